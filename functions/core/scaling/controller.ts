@@ -1,0 +1,392 @@
+/**
+ * The scaling controller: one evaluation reads every enabled service's metrics and task counts
+ * in bulk, asks the configured policy, applies what the policy decided (unless something holds
+ * it back) and records every decision, whatever became of it.
+ *
+ * It never acts blind:
+ * - metrics or task counts that cannot be read mean no decision for that service, recorded as
+ *   `skipped` with the error;
+ * - a refused desired-count change is recorded as `failed` and nothing is counted: the next
+ *   evaluation starts again from what the orchestrator reports;
+ * - without the catalog it runs from the last configuration it saw (or the one shipped with the
+ *   function), may scale out but never scales in, and keeps its decisions in memory until the
+ *   catalog is back (beyond `backlogLimit`, a gap row records how many were logged elsewhere);
+ * - a stop (global or per service) means no action at all, and dry run means decisions are
+ *   recorded while nothing changes.
+ *
+ * @example
+ * ```ts
+ * const controller = new ScalingController({ metrics, target, registry, catalog, clock, log, policies: getPolicy, fallbackConfig });
+ * const result = await controller.evaluate({ trigger: 'schedule' });
+ * for (const d of result.decisions) console.log(d.service, d.from, d.to, d.outcome);
+ * ```
+ */
+import { resolveServiceConfig, type ScalingConfig, type ServiceScalingConfig } from './config.js';
+import type {
+  Clock,
+  ControlState,
+  ControllerCatalog,
+  DecisionLog,
+  DecisionRecord,
+  MetricsReading,
+  MetricsSource,
+  Outcome,
+  PolicyLookup,
+  RawMetrics,
+  ScalableTargetRegistry,
+  ScalingTarget,
+  Suspension,
+  TasksReading,
+  Trigger,
+} from './ports.js';
+import { initialState, recordApplied, type Block, type Direction, type MetricsSnapshot, type Reason, type ScalingPolicy, type ServiceState, type TaskCounts } from './types.js';
+
+export interface ControllerDeps {
+  readonly metrics: MetricsSource;
+  readonly target: ScalingTarget;
+  readonly registry: ScalableTargetRegistry;
+  readonly catalog: ControllerCatalog;
+  readonly clock: Clock;
+  readonly log: DecisionLog;
+  readonly policies: PolicyLookup;
+  /** The configuration shipped with the function, used until the catalog has been read once. */
+  readonly fallbackConfig: ScalingConfig;
+  /** How many decisions to hold in memory while the catalog is away (default 1000). */
+  readonly backlogLimit?: number;
+}
+
+export interface EvaluateRequest {
+  readonly trigger: Trigger;
+  /** Restricts the evaluation to these services (an alarm's service, an API call's selection). */
+  readonly services?: readonly string[];
+  /** Who asked (API user, alarm name); stored with the decisions. */
+  readonly actor?: string;
+  /** Aborts network calls when the function's time budget runs out. */
+  readonly signal?: AbortSignal;
+}
+
+export interface EvaluationResult {
+  readonly at: number;
+  /** True when the global switch is off: nothing was read, decided or changed. */
+  readonly stopped: boolean;
+  /** True when the catalog was unreachable at some point of this evaluation. */
+  readonly degraded: boolean;
+  readonly configVersion?: number;
+  readonly decisions: readonly DecisionRecord[];
+  /** Problems that did not stop the evaluation (e.g. the scalable-target registry failed). */
+  readonly warnings: readonly string[];
+}
+
+/**
+ * Turns raw per-service metrics into the policy's snapshot: per-task figures are divided by the
+ * running tasks, and anything that cannot be computed is left out (never zero).
+ */
+export function toSnapshot(raw: RawMetrics, running: number, at: number): MetricsSnapshot {
+  const perTask = (v: number | undefined): number | undefined => (v === undefined || running <= 0 ? undefined : v / running);
+  const requestCount = raw.requestCountPerTarget === undefined || running <= 0 ? undefined : raw.requestCountPerTarget * running;
+  const errorRate = raw.errorCount === undefined || requestCount === undefined || requestCount <= 0 ? undefined : Math.min(100, (100 * raw.errorCount) / requestCount);
+  const entries: Array<[string, number | undefined]> = [
+    ['cpu', raw.cpu],
+    ['memory', raw.memory],
+    ['responseTimeMs', raw.responseTimeMs],
+    ['connectionsPerTask', perTask(raw.activeConnections)],
+    ['requestCount', requestCount],
+    ['errorRate', errorRate],
+    ['queueDepthPerTask', perTask(raw.queueDepth)],
+  ];
+  return { at, ...Object.fromEntries(entries.filter(([, v]) => v !== undefined && Number.isFinite(v))) } as MetricsSnapshot;
+}
+
+function directionOf(from: number, to: number): Direction {
+  if (to > from) return 'out';
+  return to < from ? 'in' : 'none';
+}
+
+function messageOf(err: unknown): string {
+  if (err instanceof Error) return `${err.name}: ${err.message}`;
+  return String(err);
+}
+
+interface ServiceInputs {
+  readonly cfg: ServiceScalingConfig;
+  readonly metrics: MetricsReading | undefined;
+  readonly tasks: TasksReading | undefined;
+  readonly suspension: Suspension | undefined;
+}
+
+interface Outcomes {
+  readonly record: DecisionRecord;
+  readonly state: ServiceState;
+}
+
+/** The evaluation service. Keep one instance per process: it carries the backlog and caches. */
+export class ScalingController {
+  private lastControl: ControlState | undefined;
+  private readonly lastStates = new Map<string, ServiceState>();
+  private backlog: DecisionRecord[] = [];
+  private dropped = 0;
+  private droppedFrom: number | undefined;
+  private droppedTo: number | undefined;
+  private readonly backlogLimit: number;
+
+  constructor(private readonly deps: ControllerDeps) {
+    this.backlogLimit = deps.backlogLimit ?? 1000;
+  }
+
+  /** Decisions taken without the catalog and not yet written to it (held + dropped). */
+  pendingBacklog(): { held: number; dropped: number } {
+    return { held: this.backlog.length, dropped: this.dropped };
+  }
+
+  /** Runs one evaluation. Never throws for a single service's trouble; see {@link EvaluationResult}. */
+  async evaluate(request: EvaluateRequest): Promise<EvaluationResult> {
+    const { clock, metrics, target, registry } = this.deps;
+    const now = clock.now();
+    const warnings: string[] = [];
+    let degraded = false;
+    let control: ControlState;
+    try {
+      control = await this.deps.catalog.loadControl();
+      this.lastControl = control;
+      await this.flushBacklog(warnings);
+    } catch (err) {
+      degraded = true;
+      warnings.push(`catalog unreachable, using the last-known configuration: ${messageOf(err)}`);
+      control = this.lastControl ?? { config: this.deps.fallbackConfig, version: 0, globalEnabled: this.deps.fallbackConfig.enabled, serviceEnabled: {} };
+    }
+    const configVersion = control.version > 0 ? control.version : undefined;
+    const base = { at: now, degraded, configVersion, warnings };
+    if (!control.globalEnabled || !control.config.enabled) return { ...base, stopped: true, decisions: [] };
+
+    const wanted = request.services ? new Set(request.services) : undefined;
+    const services = Object.keys(control.config.services)
+      .filter((s) => wanted === undefined || wanted.has(s))
+      .map((s) => resolveServiceConfig(control.config, s))
+      .filter((cfg) => cfg.enabled && control.serviceEnabled[cfg.service] !== false);
+    if (services.length === 0) return { ...base, stopped: false, decisions: [] };
+
+    const names = services.map((c) => c.service);
+    const bounds = new Map(services.map((c) => [c.service, { min: c.min_instances, max: c.max_instances }]));
+    const failAll = (what: string) => (err: unknown) => new Map<string, { ok: false; error: string }>(names.map((n) => [n, { ok: false, error: `${what}: ${messageOf(err)}` }]));
+    const [metricReadings, taskReadings, suspensions] = await Promise.all([
+      metrics.read(names, now, request.signal).catch(failAll('metrics unavailable')),
+      target.describe(names, request.signal).catch(failAll('task counts unavailable')),
+      registry.sync(bounds, request.signal).catch((err: unknown) => {
+        warnings.push(`scalable targets could not be synchronised; suspended scaling is unknown: ${messageOf(err)}`);
+        return new Map<string, Suspension>();
+      }),
+    ]);
+
+    const decisions: DecisionRecord[] = [];
+    for (const cfg of services) {
+      const inputs: ServiceInputs = {
+        cfg,
+        metrics: metricReadings.get(cfg.service),
+        tasks: taskReadings.get(cfg.service),
+        suspension: suspensions.get(cfg.service),
+      };
+      const ctx: EvalContext = { now, request, degraded, configVersion };
+      const record = degraded ? await this.evaluateWithoutCatalog(inputs, ctx) : await this.evaluateWithCatalog(inputs, ctx, warnings);
+      if (record.degraded) degraded = true;
+      this.deps.log.write(record);
+      decisions.push(record);
+    }
+    return { ...base, degraded, stopped: false, decisions };
+  }
+
+  private async evaluateWithCatalog(inputs: ServiceInputs, ctx: EvalContext, warnings: string[]): Promise<DecisionRecord> {
+    const service = inputs.cfg.service;
+    let decided: Outcomes | undefined;
+    try {
+      const locked = await this.deps.catalog.withServiceLock(service, async (session) => {
+        const state = (await session.loadState()) ?? this.lastStates.get(service) ?? initialState(service);
+        decided = await this.decideAndApply(inputs, state, ctx);
+        await session.saveState(decided.state);
+        await session.recordDecision(decided.record);
+        return decided;
+      });
+      if (locked.acquired) {
+        this.lastStates.set(service, locked.value.state);
+        return locked.value.record;
+      }
+      const aside = this.skipped(inputs, ctx, 'another evaluation holds this service; stood aside');
+      await this.deps.catalog.recordDecision(aside);
+      return aside;
+    } catch (err) {
+      // The catalog failed under us. What was applied stays applied: keep the record for the
+      // catalog's history and the state for the next evaluation of this container.
+      warnings.push(`catalog failed while evaluating ${service}: ${messageOf(err)}`);
+      if (decided !== undefined) {
+        const late: DecisionRecord = { ...decided.record, degraded: true };
+        this.lastStates.set(service, decided.state);
+        this.hold(late);
+        return late;
+      }
+      return this.evaluateWithoutCatalog(inputs, { ...ctx, degraded: true });
+    }
+  }
+
+  private async evaluateWithoutCatalog(inputs: ServiceInputs, ctx: EvalContext): Promise<DecisionRecord> {
+    const service = inputs.cfg.service;
+    const state = this.lastStates.get(service) ?? initialState(service);
+    const { record, state: next } = await this.decideAndApply(inputs, state, { ...ctx, degraded: true });
+    this.lastStates.set(service, next);
+    this.hold(record);
+    return record;
+  }
+
+  private hold(record: DecisionRecord): void {
+    this.backlog.push(record);
+    while (this.backlog.length > this.backlogLimit) {
+      const oldest = this.backlog.shift();
+      if (oldest === undefined) break;
+      this.dropped += 1;
+      this.droppedFrom = Math.min(this.droppedFrom ?? oldest.at, oldest.at);
+      this.droppedTo = Math.max(this.droppedTo ?? oldest.at, oldest.at);
+    }
+  }
+
+  private async flushBacklog(warnings: string[]): Promise<void> {
+    if (this.backlog.length === 0 && this.dropped === 0) return;
+    const backlog = { records: this.backlog, dropped: this.dropped, droppedFrom: this.droppedFrom, droppedTo: this.droppedTo };
+    try {
+      await this.deps.catalog.appendBacklog(backlog);
+      this.backlog = [];
+      this.dropped = 0;
+      this.droppedFrom = undefined;
+      this.droppedTo = undefined;
+    } catch (err) {
+      warnings.push(`decisions taken without the catalog could not be written yet: ${messageOf(err)}`);
+    }
+  }
+
+  private skipped(inputs: ServiceInputs, ctx: EvalContext, error: string): DecisionRecord {
+    const desired = inputs.tasks?.ok ? inputs.tasks.tasks.desired : 0;
+    return {
+      at: ctx.now,
+      service: inputs.cfg.service,
+      trigger: ctx.request.trigger,
+      policy: inputs.cfg.policy,
+      from: desired,
+      to: desired,
+      direction: 'none',
+      reasons: [],
+      blocked: [],
+      metrics: null,
+      dryRun: inputs.cfg.dry_run,
+      outcome: 'skipped',
+      error,
+      ...(ctx.request.actor === undefined ? {} : { actor: ctx.request.actor }),
+      degraded: ctx.degraded,
+      ...(ctx.configVersion === undefined ? {} : { configVersion: ctx.configVersion }),
+    };
+  }
+
+  private async decideAndApply(inputs: ServiceInputs, state: ServiceState, ctx: EvalContext): Promise<Outcomes> {
+    const { cfg } = inputs;
+    if (!inputs.tasks?.ok) return { record: this.skipped(inputs, ctx, inputs.tasks?.error ?? 'task counts unavailable'), state };
+    if (!inputs.metrics?.ok) return { record: this.skipped(inputs, ctx, inputs.metrics?.error ?? 'metrics unavailable'), state };
+    const tasks = inputs.tasks.tasks;
+    const snapshot = toSnapshot(inputs.metrics.metrics, tasks.running, ctx.now);
+    const policy = this.deps.policies(cfg.policy);
+    const evaluated = this.runPolicy(policy, cfg, state, snapshot, tasks, ctx);
+    const from = tasks.desired;
+    const to = evaluated.to;
+    const direction = directionOf(from, to);
+    const held = this.controllerBlocks(direction, tasks, inputs.suspension, cfg, ctx);
+    const blocked: Block[] = [...evaluated.blocked, ...held];
+    let outcome: Outcome = direction === 'none' ? (blocked.length > 0 ? 'blocked' : 'unchanged') : 'applied';
+    let error: string | undefined;
+    let next = evaluated.state;
+    if (held.length > 0) {
+      outcome = 'blocked';
+    } else if (direction !== 'none') {
+      try {
+        await this.deps.target.setDesired(cfg.service, to, ctx.request.signal);
+        next = recordApplied(next, { at: ctx.now, from, to });
+      } catch (err) {
+        outcome = 'failed';
+        error = messageOf(err);
+      }
+    }
+    const record: DecisionRecord = {
+      at: ctx.now,
+      service: cfg.service,
+      trigger: ctx.request.trigger,
+      policy: policy.name,
+      from,
+      to,
+      direction,
+      reasons: evaluated.reasons,
+      blocked,
+      metrics: snapshot,
+      dryRun: cfg.dry_run,
+      outcome,
+      ...(error === undefined ? {} : { error }),
+      ...(ctx.request.actor === undefined ? {} : { actor: ctx.request.actor }),
+      degraded: ctx.degraded,
+      ...(ctx.configVersion === undefined ? {} : { configVersion: ctx.configVersion }),
+    };
+    return { record, state: next };
+  }
+
+  /**
+   * Runs the policy. For an alarm during a scale-out cooldown it applies AWS's rule: the policy
+   * is asked again as if the in-progress scale-out had not happened, and only the difference
+   * between that answer and the capacity already set is added.
+   */
+  private runPolicy(
+    policy: ScalingPolicy<ServiceScalingConfig>,
+    cfg: ServiceScalingConfig,
+    state: ServiceState,
+    metrics: MetricsSnapshot,
+    tasks: TaskCounts,
+    ctx: EvalContext,
+  ): { to: number; reasons: readonly Reason[]; blocked: readonly Block[]; state: ServiceState } {
+    const plain = policy.evaluate({ config: cfg, state, metrics, tasks, now: ctx.now });
+    const lastOut = [...state.events].reverse().find((e) => e.to > e.from);
+    const inCooldown = lastOut !== undefined && ctx.now - lastOut.at < cfg.cooldown_out * 1000;
+    if (ctx.request.trigger !== 'alarm' || !inCooldown || plain.decision.to > tasks.desired) {
+      return { to: plain.decision.to, reasons: plain.decision.reasons, blocked: plain.decision.blocked, state: plain.state };
+    }
+    const before = { ...state, events: state.events.filter((e) => e.at < lastOut.at) };
+    const relaxed = policy.evaluate({ config: cfg, state: before, metrics, tasks: { ...tasks, desired: lastOut.from }, now: ctx.now });
+    if (relaxed.decision.to <= tasks.desired) {
+      return { to: plain.decision.to, reasons: plain.decision.reasons, blocked: plain.decision.blocked, state: plain.state };
+    }
+    const note: Reason = {
+      metric: 'capacity',
+      value: tasks.desired,
+      threshold: relaxed.decision.to,
+      rule: 'alarm_scale_out_during_cooldown',
+      message: `alarm during the scale-out cooldown: the in-progress scale-out from ${lastOut.from} to ${lastOut.to} counts, so only ${relaxed.decision.to - tasks.desired} task(s) are added`,
+    };
+    return { to: relaxed.decision.to, reasons: [...relaxed.decision.reasons, note], blocked: [], state: { ...relaxed.state, events: state.events } };
+  }
+
+  private controllerBlocks(direction: Direction, tasks: TaskCounts, suspension: Suspension | undefined, cfg: ServiceScalingConfig, ctx: EvalContext): Block[] {
+    if (direction === 'none') return [];
+    const blocks: Block[] = [];
+    if (direction === 'in' && ctx.degraded) {
+      blocks.push({ kind: 'missing_data', message: 'the catalog is unreachable: without the stored state the controller never scales in' });
+    }
+    if (direction === 'in' && tasks.deploymentInProgress === true) {
+      blocks.push({ kind: 'deployment', message: 'a deployment is in progress: no scale-in until it completes' });
+    }
+    if (direction === 'out' && suspension?.scaleOut === true) {
+      blocks.push({ kind: 'suspended', message: 'dynamic scale-out is suspended on the scalable target' });
+    }
+    if (direction === 'in' && suspension?.scaleIn === true) {
+      blocks.push({ kind: 'suspended', message: 'dynamic scale-in is suspended on the scalable target' });
+    }
+    if (cfg.dry_run) blocks.push({ kind: 'dry_run', message: 'dry run: the decision is recorded and nothing is changed' });
+    return blocks;
+  }
+}
+
+interface EvalContext {
+  readonly now: number;
+  readonly request: EvaluateRequest;
+  readonly degraded: boolean;
+  readonly configVersion: number | undefined;
+}

@@ -1,0 +1,164 @@
+/**
+ * The scaling controller's ports: what it needs from the world, stated in the domain's terms.
+ * AWS (CloudWatch, ECS, Application Auto Scaling), PostgreSQL (the catalog) and the simulated
+ * fleet implement them in `functions/adapters/`; the controller in `controller.ts` only sees
+ * these interfaces, so it runs the same against AWS, local mode and tests.
+ *
+ * Times are epoch milliseconds. Every port that talks to the network takes an `AbortSignal`
+ * so the caller can keep all calls inside the function's time budget.
+ */
+import type { ScalingConfig, ServiceScalingConfig } from './config.js';
+import type { Block, Direction, MetricsSnapshot, Reason, ScalingPolicy, ServiceState, TaskCounts } from './types.js';
+
+/** What triggered an evaluation. */
+export type Trigger = 'schedule' | 'alarm' | 'api';
+
+/**
+ * What became of a decision.
+ *
+ * - `applied`: the new desired count was accepted by the orchestrator.
+ * - `unchanged`: the policy asked for no change.
+ * - `blocked`: the policy asked for a change that something held back (dry run, cooldown,
+ *   deployment, suspended scaling, a scale-in without the catalog); see `blocked`.
+ * - `failed`: the change was attempted and the orchestrator refused it; see `error`.
+ * - `skipped`: no decision could be taken (metrics or task counts unavailable, or another
+ *   evaluation held the service's lock); see `error`.
+ */
+export type Outcome = 'applied' | 'unchanged' | 'blocked' | 'failed' | 'skipped';
+
+/** Raw per-service metrics as read from the monitoring system, before per-task division. */
+export interface RawMetrics {
+  readonly cpu?: number;
+  readonly memory?: number;
+  readonly responseTimeMs?: number;
+  /** Requests per healthy target in the period. */
+  readonly requestCountPerTarget?: number;
+  /** 5xx responses from the targets in the period (the whole target group). */
+  readonly errorCount?: number;
+  /** Active connections on the service's load balancer. */
+  readonly activeConnections?: number;
+  /** The service's queue backlog (a whole-queue figure). */
+  readonly queueDepth?: number;
+}
+
+/** One service's metrics reading: values, or why there are none. */
+export type MetricsReading =
+  | { readonly ok: true; readonly metrics: RawMetrics }
+  | { readonly ok: false; readonly error: string };
+
+/** Reads the latest metrics of many services at once. */
+export interface MetricsSource {
+  /**
+   * Reads every metric of every named service for the period ending at `now`. Returns one
+   * reading per requested service; a metric without datapoints is absent, never zero.
+   */
+  read(services: readonly string[], now: number, signal?: AbortSignal): Promise<ReadonlyMap<string, MetricsReading>>;
+}
+
+/** One service's task counts, or why they could not be read. */
+export type TasksReading = { readonly ok: true; readonly tasks: TaskCounts } | { readonly ok: false; readonly error: string };
+
+/** The orchestrator whose desired counts the controller changes (ECS, the simulated fleet). */
+export interface ScalingTarget {
+  /** Reads running, pending and desired counts and deployment state of the named services. */
+  describe(services: readonly string[], signal?: AbortSignal): Promise<ReadonlyMap<string, TasksReading>>;
+  /** Sets a service's desired count. Throws when the orchestrator refuses. */
+  setDesired(service: string, desired: number, signal?: AbortSignal): Promise<void>;
+}
+
+/** Which kinds of dynamic scaling an operator suspended for a service. */
+export interface Suspension {
+  readonly scaleOut: boolean;
+  readonly scaleIn: boolean;
+}
+
+/**
+ * The registry of scalable targets (Application Auto Scaling): keeps each service's min and max
+ * visible to other tools and reports suspended scaling.
+ */
+export interface ScalableTargetRegistry {
+  /**
+   * Makes the registered bounds match `bounds` (registering only what drifted) and returns each
+   * service's suspension. Services the registry could not describe are absent from the result.
+   */
+  sync(bounds: ReadonlyMap<string, { min: number; max: number }>, signal?: AbortSignal): Promise<ReadonlyMap<string, Suspension>>;
+}
+
+/** The wall clock, injected so the core stays deterministic. */
+export interface Clock {
+  now(): number;
+}
+
+/** One recorded decision: the policy's answer plus what the controller did with it. */
+export interface DecisionRecord {
+  readonly at: number;
+  readonly service: string;
+  readonly trigger: Trigger;
+  readonly policy: string;
+  readonly from: number;
+  readonly to: number;
+  readonly direction: Direction;
+  readonly reasons: readonly Reason[];
+  readonly blocked: readonly Block[];
+  readonly metrics: MetricsSnapshot | null;
+  readonly dryRun: boolean;
+  readonly outcome: Outcome;
+  readonly error?: string;
+  /** Who asked, for API-triggered evaluations; the alarm name for alarms. */
+  readonly actor?: string;
+  /** True when the catalog was unreachable and the controller used its last-known config. */
+  readonly degraded: boolean;
+  /** The configuration version in force (absent when running from the shipped fallback). */
+  readonly configVersion?: number;
+}
+
+/** Where decision records are written as structured log lines (always, whatever the catalog does). */
+export interface DecisionLog {
+  write(record: DecisionRecord): void;
+}
+
+/** The runtime configuration in force plus the operator's switches. */
+export interface ControlState {
+  readonly config: ScalingConfig;
+  /** The catalog's configuration version (the API's ETag). */
+  readonly version: number;
+  /** The global switch (`false` = stopped). */
+  readonly globalEnabled: boolean;
+  /** Per-service switches; a service without an entry is enabled. */
+  readonly serviceEnabled: Readonly<Record<string, boolean>>;
+}
+
+/** What the controller may do with one service while it holds that service's lock. */
+export interface ServiceSession {
+  loadState(): Promise<ServiceState | undefined>;
+  saveState(state: ServiceState): Promise<void>;
+  recordDecision(record: DecisionRecord): Promise<void>;
+}
+
+/** The decisions taken while the catalog was away, delivered once it is back. */
+export interface Backlog {
+  readonly records: readonly DecisionRecord[];
+  /** Decisions logged (as structured log lines) but no longer held in memory. */
+  readonly dropped: number;
+  /** The span the dropped decisions fall in (epoch ms), when `dropped > 0`. */
+  readonly droppedFrom?: number;
+  readonly droppedTo?: number;
+}
+
+/** The controller's view of the catalog (PostgreSQL in production and local mode). */
+export interface ControllerCatalog {
+  /** The configuration and switches in force. Throws when the catalog is unreachable. */
+  loadControl(): Promise<ControlState>;
+  /**
+   * Runs `work` while holding `service`'s evaluation lock, or returns `{ acquired: false }` at
+   * once when another evaluation holds it. Everything `work` writes commits together.
+   */
+  withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>): Promise<{ acquired: true; value: T } | { acquired: false }>;
+  /** Records a decision outside any lock (an evaluation that stood aside). */
+  recordDecision(record: DecisionRecord): Promise<void>;
+  /** Writes decisions taken while the catalog was unreachable, and a gap row for any dropped. */
+  appendBacklog(backlog: Backlog): Promise<void>;
+}
+
+/** Looks a policy up by its configured name (`getPolicy` from `policies/index.ts`). */
+export type PolicyLookup = (name: string) => ScalingPolicy<ServiceScalingConfig>;
