@@ -1,0 +1,147 @@
+/**
+ * `threshold`: the CA-DMS scaling guide's policy. Scale out by `scale_step` when any scale-up
+ * threshold is exceeded; scale in by `scale_step` when every scale-down threshold is met; wait
+ * out the cooldown after any applied change; stay within the bounds.
+ */
+import type { ServiceScalingConfig } from '../config.js';
+import type { Block, MetricKey, PolicyOutput, Reason, ScalingPolicy } from '../types.js';
+import { finishDecision, lastEvent, metricValue, type ServicePolicyInput } from './common.js';
+
+interface Rule {
+  readonly metric: MetricKey;
+  readonly threshold: (c: ServiceScalingConfig) => number;
+  readonly label: string;
+}
+
+/** Exceeding any of these (strictly above) asks for a scale-out. */
+const SCALE_UP: readonly Rule[] = [
+  { metric: 'cpu', threshold: (c) => c.cpu_scale_up, label: 'cpu_scale_up' },
+  { metric: 'memory', threshold: (c) => c.memory_scale_up, label: 'memory_scale_up' },
+  { metric: 'responseTimeMs', threshold: (c) => c.response_time_scale_up, label: 'response_time_scale_up' },
+  { metric: 'connectionsPerTask', threshold: (c) => c.connections_scale_up, label: 'connections_scale_up' },
+  { metric: 'errorRate', threshold: (c) => c.error_rate_scale_up, label: 'error_rate_scale_up' },
+  { metric: 'queueDepthPerTask', threshold: (c) => c.queue_depth_scale_up, label: 'queue_depth_scale_up' },
+];
+
+/** All of these (strictly below) must hold for a scale-in. */
+const SCALE_DOWN: readonly Rule[] = [
+  { metric: 'cpu', threshold: (c) => c.cpu_scale_down, label: 'cpu_scale_down' },
+  { metric: 'memory', threshold: (c) => c.memory_scale_down, label: 'memory_scale_down' },
+  { metric: 'connectionsPerTask', threshold: (c) => c.connections_scale_down, label: 'connections_scale_down' },
+  { metric: 'queueDepthPerTask', threshold: (c) => c.queue_depth_scale_down, label: 'queue_depth_scale_down' },
+];
+
+/** CPU and memory every service reports, so their absence is always missing data. */
+const ALWAYS_REQUIRED: readonly MetricKey[] = ['cpu', 'memory'];
+
+/**
+ * Which scale-down metrics a service must report before it may scale in: CPU and memory, plus
+ * any other scale-down metric the service has reported before (connections for web services,
+ * queue depth for workers). A metric a service never reports cannot veto forever, but one that
+ * went silent is missing data.
+ */
+function requiredForScaleIn(seen: ReadonlySet<string>): MetricKey[] {
+  return SCALE_DOWN.map((r) => r.metric).filter((m) => ALWAYS_REQUIRED.includes(m) || seen.has(m));
+}
+
+/**
+ * The guide's threshold policy.
+ *
+ * @example
+ * ```ts
+ * const { decision, state: next } = thresholdPolicy.evaluate({ config, state, metrics, tasks, now });
+ * // cpu 85 > cpu_scale_up 80 with desired 3 and no cooldown -> decision.to === 4
+ * ```
+ */
+export const thresholdPolicy: ScalingPolicy<ServiceScalingConfig> = {
+  name: 'threshold',
+  evaluate(input: ServicePolicyInput): PolicyOutput {
+    const { config, state, metrics, tasks, now } = input;
+    const from = tasks.desired;
+    const previouslySeen = Array.isArray(state.memory['seen']) ? (state.memory['seen'] as string[]) : [];
+    const seen = new Set<string>(previouslySeen);
+    let seenChanged = false;
+    for (const r of SCALE_DOWN) {
+      if (metricValue(metrics, r.metric) !== undefined && !seen.has(r.metric)) {
+        seen.add(r.metric);
+        seenChanged = true;
+      }
+    }
+
+    const reasons: Reason[] = [];
+    for (const r of SCALE_UP) {
+      const value = metricValue(metrics, r.metric);
+      const threshold = r.threshold(config);
+      if (value !== undefined && value > threshold) {
+        reasons.push({
+          metric: r.metric,
+          value,
+          threshold,
+          rule: `${r.label}_exceeded`,
+          message: `${r.metric} ${value} is above ${r.label} ${threshold}`,
+        });
+      }
+    }
+    const wantsOut = reasons.length > 0;
+
+    const required = requiredForScaleIn(seen);
+    const missing = required.filter((m) => metricValue(metrics, m) === undefined);
+    let wantsIn = false;
+    if (!wantsOut) {
+      const downRules = SCALE_DOWN.filter((r) => required.includes(r.metric));
+      const below = downRules.filter((r) => {
+        const value = metricValue(metrics, r.metric);
+        return value !== undefined && value < r.threshold(config);
+      });
+      wantsIn = below.length === downRules.length - missing.length && below.length > 0;
+      if (wantsIn) {
+        for (const r of below) {
+          const value = metricValue(metrics, r.metric) as number;
+          reasons.push({
+            metric: r.metric,
+            value,
+            threshold: r.threshold(config),
+            rule: `${r.label}_met`,
+            message: `${r.metric} ${value} is below ${r.label} ${r.threshold(config)}`,
+          });
+        }
+      } else {
+        reasons.push({
+          metric: 'capacity',
+          value: from,
+          rule: 'within_thresholds',
+          message: 'no scale-up threshold is exceeded and not every scale-down threshold is met',
+        });
+      }
+    }
+
+    let proposed = from;
+    const blocked: Block[] = [];
+    if (wantsOut || wantsIn) {
+      const step = wantsOut ? config.scale_step : -config.scale_step;
+      const cooldownS = wantsOut ? config.cooldown_out : config.cooldown_in;
+      const last = lastEvent(state);
+      const until = last ? last.at + cooldownS * 1000 : undefined;
+      if (until !== undefined && now < until) {
+        blocked.push({
+          kind: 'cooldown',
+          message: `in the ${cooldownS} s cooldown after the change at ${new Date(last!.at).toISOString()}`,
+          until,
+        });
+      } else {
+        proposed = from + step;
+      }
+    }
+
+    const decision = finishDecision({
+      policy: 'threshold',
+      input,
+      proposed,
+      reasons,
+      blocked,
+      missing,
+    });
+    const nextState = seenChanged ? { ...state, memory: { ...state.memory, seen: [...seen] } } : state;
+    return { decision, state: nextState };
+  },
+};
