@@ -1,0 +1,415 @@
+/**
+ * The scaling catalog in PostgreSQL (`catalog` schema, migration set `catalog`): versioned
+ * configuration, operator switches, per-service state, the decision history with its gaps, and
+ * CloudWatch alarm notifications. It is the controller's {@link ControllerCatalog} and the
+ * service the scaling API reads and writes.
+ *
+ * Concurrency: a service is evaluated inside a transaction holding a transaction-level advisory
+ * lock keyed by the service name (`pg_try_advisory_xact_lock`), so two evaluations never act on
+ * the same service; the one that does not get the lock stands aside at once instead of waiting.
+ *
+ * @example
+ * ```ts
+ * const store = new CatalogStore(pool, { defaults: parseScalingConfig({}) });
+ * const { version } = await store.putConfig({ cpu_scale_up: 75 }, { actor: 'alice', ifVersion: 0 });
+ * await store.setSwitch({ scope: 'worker', enabled: false, actor: 'alice', reason: 'incident 42' });
+ * const page = await store.listDecisions({ service: 'worker', limit: 20 });
+ * ```
+ */
+import type pg from 'pg';
+import { parseScalingConfig, type ScalingConfig } from '../../core/scaling/config.js';
+import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, Outcome, ServiceSession, Trigger } from '../../core/scaling/ports.js';
+import type { Block, Direction, MetricsSnapshot, Reason, ServiceState } from '../../core/scaling/types.js';
+
+/** A catalog operation failed (connection, query); `cause` holds the driver's error. */
+export class CatalogError extends Error {
+  override readonly name = 'CatalogError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** A configuration write named a version that is no longer current (the API's 412). */
+export class ConfigVersionConflictError extends Error {
+  override readonly name = 'ConfigVersionConflictError';
+  constructor(
+    readonly expected: number,
+    readonly current: number,
+  ) {
+    super(`configuration version ${expected} is not current (current: ${current})`);
+  }
+}
+
+/** One stored configuration version. */
+export interface StoredConfig {
+  readonly version: number;
+  /** The document as written (before defaults). */
+  readonly document: Record<string, unknown>;
+  /** The document with defaults applied. */
+  readonly config: ScalingConfig;
+  readonly changedBy: string;
+  readonly changedAt: Date;
+  readonly comment: string;
+}
+
+/** A switch: the global one has scope `*`. */
+export interface Switch {
+  readonly scope: string;
+  readonly enabled: boolean;
+  readonly changedBy: string;
+  readonly changedAt: Date;
+  readonly reason: string;
+}
+
+/** A decision as stored, with its id (the history's cursor). */
+export interface StoredDecision extends DecisionRecord {
+  readonly id: number;
+  readonly recordedAt: Date;
+}
+
+export interface HistoryGap {
+  readonly id: number;
+  readonly fromAt: Date;
+  readonly toAt: Date;
+  readonly decisions: number;
+  readonly note: string;
+  readonly recordedAt: Date;
+}
+
+export interface AlarmRecord {
+  readonly messageId: string;
+  readonly alarmName: string;
+  readonly newState: string;
+  readonly service?: string;
+  readonly reason: string;
+  readonly stateChangedAt?: Date;
+}
+
+export interface DecisionQuery {
+  readonly service?: string;
+  readonly outcome?: Outcome;
+  /** Only decisions with an id below this (the previous page's last id). */
+  readonly beforeId?: number;
+  readonly since?: Date;
+  readonly until?: Date;
+  /** 1..500, default 50. */
+  readonly limit?: number;
+}
+
+export interface CatalogStoreOptions {
+  /** The configuration in force while the catalog holds no version yet. */
+  readonly defaults: ScalingConfig;
+}
+
+const LOCK_CLASS = 0x5ca1e;
+const GLOBAL_SCOPE = '*';
+
+interface DecisionRow {
+  id: string;
+  decided_at: Date;
+  service: string;
+  trigger: Trigger;
+  policy: string;
+  from_count: number;
+  to_count: number;
+  direction: Direction;
+  reasons: Reason[];
+  blocked: Block[];
+  metrics: MetricsSnapshot | null;
+  dry_run: boolean;
+  outcome: Outcome;
+  error: string | null;
+  actor: string | null;
+  degraded: boolean;
+  config_version: number | null;
+  recorded_at: Date;
+}
+
+function toDecision(row: DecisionRow): StoredDecision {
+  return {
+    id: Number(row.id),
+    at: row.decided_at.getTime(),
+    service: row.service,
+    trigger: row.trigger,
+    policy: row.policy,
+    from: row.from_count,
+    to: row.to_count,
+    direction: row.direction,
+    reasons: row.reasons,
+    blocked: row.blocked,
+    metrics: row.metrics,
+    dryRun: row.dry_run,
+    outcome: row.outcome,
+    ...(row.error === null ? {} : { error: row.error }),
+    ...(row.actor === null ? {} : { actor: row.actor }),
+    degraded: row.degraded,
+    ...(row.config_version === null ? {} : { configVersion: row.config_version }),
+    recordedAt: row.recorded_at,
+  };
+}
+
+const INSERT_DECISION = `insert into catalog.scaling_decisions
+  (decided_at, service, trigger, policy, from_count, to_count, direction, reasons, blocked, metrics, dry_run, outcome, error, actor, degraded, config_version)
+  values (to_timestamp($1::double precision / 1000), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`;
+
+function decisionParams(r: DecisionRecord): unknown[] {
+  return [
+    r.at,
+    r.service,
+    r.trigger,
+    r.policy,
+    r.from,
+    r.to,
+    r.direction,
+    JSON.stringify(r.reasons),
+    JSON.stringify(r.blocked),
+    r.metrics === null ? null : JSON.stringify(r.metrics),
+    r.dryRun,
+    r.outcome,
+    r.error ?? null,
+    r.actor ?? null,
+    r.degraded,
+    r.configVersion ?? null,
+  ];
+}
+
+type Queryable = Pick<pg.Pool, 'query'> | pg.PoolClient;
+
+async function wrap<T>(what: string, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    if (err instanceof CatalogError || err instanceof ConfigVersionConflictError) throw err;
+    throw new CatalogError(`catalog: ${what} failed: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** The PostgreSQL catalog. Give it a pool; it never ends the pool. */
+export class CatalogStore implements ControllerCatalog {
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly options: CatalogStoreOptions,
+  ) {}
+
+  /** The configuration in force, or `undefined` while none was ever written. */
+  async getConfig(): Promise<StoredConfig | undefined> {
+    return wrap('reading the configuration', async () => this.readConfig(this.pool));
+  }
+
+  private async readConfig(db: Queryable): Promise<StoredConfig | undefined> {
+    const { rows } = await db.query<{ version: number; document: Record<string, unknown>; changed_by: string; changed_at: Date; comment: string }>(
+      'select version, document, changed_by, changed_at, comment from catalog.scaling_config order by version desc limit 1',
+    );
+    const row = rows[0];
+    if (!row) return undefined;
+    return { version: row.version, document: row.document, config: parseScalingConfig(row.document), changedBy: row.changed_by, changedAt: row.changed_at, comment: row.comment };
+  }
+
+  /**
+   * Stores a new configuration version. The document is validated first (throws
+   * `ScalingConfigError` naming every problem; nothing is written). With `ifVersion`, the write
+   * succeeds only if that version is still current (`0` = no version yet); otherwise throws
+   * {@link ConfigVersionConflictError}.
+   */
+  async putConfig(document: Record<string, unknown>, opts: { actor: string; comment?: string; ifVersion?: number }): Promise<StoredConfig> {
+    const config = parseScalingConfig(document);
+    return wrap('writing the configuration', async () => {
+      const client = await this.pool.connect();
+      try {
+        await client.query('begin');
+        // Serialises writers so "current version" cannot change between the check and the insert.
+        await client.query('lock table catalog.scaling_config in share row exclusive mode');
+        const { rows } = await client.query<{ v: number }>('select coalesce(max(version), 0)::int as v from catalog.scaling_config');
+        const current = rows[0]?.v ?? 0;
+        if (opts.ifVersion !== undefined && opts.ifVersion !== current) throw new ConfigVersionConflictError(opts.ifVersion, current);
+        const inserted = await client.query<{ changed_at: Date }>(
+          'insert into catalog.scaling_config (version, document, changed_by, comment) values ($1, $2, $3, $4) returning changed_at',
+          [current + 1, JSON.stringify(document), opts.actor, opts.comment ?? ''],
+        );
+        await client.query('commit');
+        const changedAt = inserted.rows[0]?.changed_at ?? new Date();
+        return { version: current + 1, document, config, changedBy: opts.actor, changedAt, comment: opts.comment ?? '' };
+      } catch (err) {
+        await client.query('rollback').catch(() => undefined);
+        throw err;
+      } finally {
+        client.release();
+      }
+    });
+  }
+
+  /** Lists configuration versions, newest first. */
+  async listConfigVersions(limit = 20): Promise<StoredConfig[]> {
+    return wrap('listing configuration versions', async () => {
+      const { rows } = await this.pool.query<{ version: number; document: Record<string, unknown>; changed_by: string; changed_at: Date; comment: string }>(
+        'select version, document, changed_by, changed_at, comment from catalog.scaling_config order by version desc limit $1',
+        [limit],
+      );
+      return rows.map((r) => ({ version: r.version, document: r.document, config: parseScalingConfig(r.document), changedBy: r.changed_by, changedAt: r.changed_at, comment: r.comment }));
+    });
+  }
+
+  /** Turns the global switch (`scope: '*'`) or a service's switch on or off. */
+  async setSwitch(s: { scope: string; enabled: boolean; actor: string; reason?: string }): Promise<Switch> {
+    return wrap('setting a switch', async () => {
+      const { rows } = await this.pool.query<{ changed_at: Date }>(
+        `insert into catalog.scaling_switches (scope, enabled, changed_by, reason) values ($1, $2, $3, $4)
+         on conflict (scope) do update set enabled = excluded.enabled, changed_by = excluded.changed_by, reason = excluded.reason, changed_at = now()
+         returning changed_at`,
+        [s.scope, s.enabled, s.actor, s.reason ?? ''],
+      );
+      return { scope: s.scope, enabled: s.enabled, changedBy: s.actor, changedAt: rows[0]?.changed_at ?? new Date(), reason: s.reason ?? '' };
+    });
+  }
+
+  /** Every switch ever set; absent scopes are enabled. */
+  async getSwitches(): Promise<Switch[]> {
+    return wrap('reading switches', async () => {
+      const { rows } = await this.pool.query<{ scope: string; enabled: boolean; changed_by: string; changed_at: Date; reason: string }>(
+        'select scope, enabled, changed_by, changed_at, reason from catalog.scaling_switches order by scope',
+      );
+      return rows.map((r) => ({ scope: r.scope, enabled: r.enabled, changedBy: r.changed_by, changedAt: r.changed_at, reason: r.reason }));
+    });
+  }
+
+  async loadControl(): Promise<ControlState> {
+    return wrap('loading the control state', async () => {
+      const [stored, switches] = await Promise.all([this.readConfig(this.pool), this.getSwitches()]);
+      const serviceEnabled = Object.fromEntries(switches.filter((s) => s.scope !== GLOBAL_SCOPE).map((s) => [s.scope, s.enabled]));
+      const global = switches.find((s) => s.scope === GLOBAL_SCOPE);
+      return { config: stored?.config ?? this.options.defaults, version: stored?.version ?? 0, globalEnabled: global?.enabled ?? true, serviceEnabled };
+    });
+  }
+
+  /** One service's stored state. */
+  async getServiceState(service: string): Promise<ServiceState | undefined> {
+    return wrap('reading service state', async () => {
+      const { rows } = await this.pool.query<{ state: ServiceState }>('select state from catalog.service_state where service = $1', [service]);
+      return rows[0]?.state;
+    });
+  }
+
+  /** Every service's stored state with when it last changed (the API's status view). */
+  async listServiceStates(): Promise<Array<{ service: string; state: ServiceState; updatedAt: Date }>> {
+    return wrap('listing service states', async () => {
+      const { rows } = await this.pool.query<{ service: string; state: ServiceState; updated_at: Date }>('select service, state, updated_at from catalog.service_state order by service');
+      return rows.map((r) => ({ service: r.service, state: r.state, updatedAt: r.updated_at }));
+    });
+  }
+
+  async withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>): Promise<{ acquired: true; value: T } | { acquired: false }> {
+    const client = await wrap('connecting', () => this.pool.connect());
+    let broken: Error | undefined;
+    try {
+      await client.query('begin');
+      const { rows } = await client.query<{ locked: boolean }>('select pg_try_advisory_xact_lock($1, hashtext($2)) as locked', [LOCK_CLASS, service]);
+      if (rows[0]?.locked !== true) {
+        await client.query('rollback');
+        return { acquired: false };
+      }
+      const session: ServiceSession = {
+        loadState: async () => (await client.query<{ state: ServiceState }>('select state from catalog.service_state where service = $1', [service])).rows[0]?.state,
+        saveState: async (state) => {
+          await client.query(
+            `insert into catalog.service_state (service, state) values ($1, $2)
+             on conflict (service) do update set state = excluded.state, updated_at = now()`,
+            [service, JSON.stringify(state)],
+          );
+        },
+        recordDecision: async (record) => {
+          await client.query(INSERT_DECISION, decisionParams(record));
+        },
+      };
+      const value = await work(session);
+      await client.query('commit');
+      return { acquired: true, value };
+    } catch (err) {
+      broken = err as Error;
+      await client.query('rollback').catch(() => undefined);
+      throw new CatalogError(`catalog: evaluating ${service} under its lock failed: ${broken.message}`, { cause: err });
+    } finally {
+      // A client whose transaction failed may have a dead connection: drop it from the pool.
+      client.release(broken);
+    }
+  }
+
+  async recordDecision(record: DecisionRecord): Promise<void> {
+    await wrap('recording a decision', () => this.pool.query(INSERT_DECISION, decisionParams(record)));
+  }
+
+  async appendBacklog(backlog: Backlog): Promise<void> {
+    await wrap('writing the backlog', async () => {
+      const client = await this.pool.connect();
+      try {
+        await client.query('begin');
+        for (const record of backlog.records) await client.query(INSERT_DECISION, decisionParams(record));
+        if (backlog.dropped > 0) {
+          await client.query(
+            `insert into catalog.history_gaps (from_at, to_at, decisions, note)
+             values (to_timestamp($1::double precision / 1000), to_timestamp($2::double precision / 1000), $3, $4)`,
+            [
+              backlog.droppedFrom ?? 0,
+              backlog.droppedTo ?? backlog.droppedFrom ?? 0,
+              backlog.dropped,
+              `${backlog.dropped} decision(s) were logged elsewhere (the function's structured logs) while the catalog was unreachable`,
+            ],
+          );
+        }
+        await client.query('commit');
+      } catch (err) {
+        await client.query('rollback').catch(() => undefined);
+        throw err;
+      } finally {
+        client.release();
+      }
+    });
+  }
+
+  /**
+   * The decision history, newest first. Page with `beforeId` set to the last id of the
+   * previous page.
+   */
+  async listDecisions(q: DecisionQuery = {}): Promise<StoredDecision[]> {
+    const limit = Math.min(Math.max(q.limit ?? 50, 1), 500);
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const add = (sql: string, value: unknown): void => {
+      params.push(value);
+      where.push(sql.replace('?', `$${params.length}`));
+    };
+    if (q.service !== undefined) add('service = ?', q.service);
+    if (q.outcome !== undefined) add('outcome = ?', q.outcome);
+    if (q.beforeId !== undefined) add('id < ?', q.beforeId);
+    if (q.since !== undefined) add('decided_at >= ?', q.since);
+    if (q.until !== undefined) add('decided_at < ?', q.until);
+    params.push(limit);
+    const sql = `select * from catalog.scaling_decisions ${where.length ? `where ${where.join(' and ')}` : ''} order by decided_at desc, id desc limit $${params.length}`;
+    return wrap('listing decisions', async () => (await this.pool.query<DecisionRow>(sql, params)).rows.map(toDecision));
+  }
+
+  /** Spans of history that only the function's logs hold, newest first. */
+  async listGaps(limit = 50): Promise<HistoryGap[]> {
+    return wrap('listing history gaps', async () => {
+      const { rows } = await this.pool.query<{ id: string; from_at: Date; to_at: Date; decisions: number; note: string; recorded_at: Date }>(
+        'select id, from_at, to_at, decisions, note, recorded_at from catalog.history_gaps order by recorded_at desc, id desc limit $1',
+        [limit],
+      );
+      return rows.map((r) => ({ id: Number(r.id), fromAt: r.from_at, toAt: r.to_at, decisions: r.decisions, note: r.note, recordedAt: r.recorded_at }));
+    });
+  }
+
+  /**
+   * Records an alarm notification. Returns `false` when this SNS message id was already
+   * recorded (a redelivery), in which case nothing else should happen.
+   */
+  async recordAlarm(alarm: AlarmRecord): Promise<boolean> {
+    return wrap('recording an alarm', async () => {
+      const { rowCount } = await this.pool.query(
+        `insert into catalog.scaling_alarms (message_id, alarm_name, new_state, service, reason, state_changed_at)
+         values ($1, $2, $3, $4, $5, $6) on conflict (message_id) do nothing`,
+        [alarm.messageId, alarm.alarmName, alarm.newState, alarm.service ?? null, alarm.reason, alarm.stateChangedAt ?? null],
+      );
+      return rowCount === 1;
+    });
+  }
+}
