@@ -9,10 +9,12 @@
  */
 import { POLICY_NAMES, type PolicyName, type ServiceScalingConfig } from '../config.js';
 import type { ScalingPolicy } from '../types.js';
+import { caDmsPolicy } from './ca-dms.js';
 import { thresholdPolicy } from './threshold.js';
 
 /** The registered policies by name. */
 export const POLICIES: Partial<Record<PolicyName, ScalingPolicy<ServiceScalingConfig>>> = {
+  'ca-dms': caDmsPolicy,
   threshold: thresholdPolicy,
 };
 
