@@ -171,10 +171,16 @@ export class ScalingController {
     const [metricReadings, taskReadings, suspensions] = await Promise.all([
       metrics.read(names, now, request.signal).catch(failAll('metrics unavailable')),
       target.describe(names, request.signal).catch(failAll('task counts unavailable')),
-      registry.sync(bounds, request.signal).catch((err: unknown) => {
-        warnings.push(`scalable targets could not be synchronised; suspended scaling is unknown: ${messageOf(err)}`);
-        return new Map<string, Suspension>();
-      }),
+      registry.sync(bounds, request.signal).then(
+        (synced) => {
+          warnings.push(...synced.warnings);
+          return synced.suspensions;
+        },
+        (err: unknown) => {
+          warnings.push(`scalable targets could not be described; suspended scaling is unknown: ${messageOf(err)}`);
+          return new Map<string, Suspension>();
+        },
+      ),
     ]);
 
     const decisions: DecisionRecord[] = [];

@@ -79,9 +79,13 @@ export interface Suspension {
 export interface ScalableTargetRegistry {
   /**
    * Makes the registered bounds match `bounds` (registering only what drifted) and returns each
-   * service's suspension. Services the registry could not describe are absent from the result.
+   * service's suspension. Services the registry could not describe are absent from
+   * `suspensions`; bounds it could not register are listed in `warnings`.
    */
-  sync(bounds: ReadonlyMap<string, { min: number; max: number }>, signal?: AbortSignal): Promise<ReadonlyMap<string, Suspension>>;
+  sync(
+    bounds: ReadonlyMap<string, { min: number; max: number }>,
+    signal?: AbortSignal,
+  ): Promise<{ suspensions: ReadonlyMap<string, Suspension>; warnings: readonly string[] }>;
 }
 
 /** The wall clock, injected so the core stays deterministic. */
