@@ -1,0 +1,46 @@
+/**
+ * PostgreSQL WAL positions (LSNs). A read-your-writes token is the primary's WAL insert position
+ * after a commit, written the way PostgreSQL prints a `pg_lsn` (`16/B374D848`); a replica may
+ * serve a read carrying that token once its replay position is at or past it.
+ *
+ * @example
+ * ```ts
+ * parseLsn('0/3000148');                        // 50331976n
+ * formatLsn(50331976n);                         // '0/3000148'
+ * lsnBytesBehind(parseLsn('0/3000148'), parseLsn('0/3000000')); // 328n
+ * ```
+ */
+
+/** A text that is not a `pg_lsn`. */
+export class LsnError extends Error {
+  override readonly name = 'LsnError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+const LSN_PATTERN = /^([0-9A-Fa-f]{1,8})\/([0-9A-Fa-f]{1,8})$/;
+
+/** Parses `X/Y` (two hexadecimal 32-bit halves) into a 64-bit byte position. */
+export function parseLsn(text: string): bigint {
+  const m = LSN_PATTERN.exec(text);
+  if (!m || m[1] === undefined || m[2] === undefined) {
+    throw new LsnError(`not a WAL position (expected two hexadecimal numbers like 16/B374D848): ${JSON.stringify(text.slice(0, 40))}`);
+  }
+  return (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`);
+}
+
+/** True when `text` is a well-formed `pg_lsn`. */
+export function isLsn(text: string): boolean {
+  return LSN_PATTERN.test(text);
+}
+
+/** Formats a byte position the way PostgreSQL prints a `pg_lsn` (upper-case hex). */
+export function formatLsn(lsn: bigint): string {
+  return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+}
+
+/** How many WAL bytes `behind` trails `ahead`; never negative. */
+export function lsnBytesBehind(ahead: bigint, behind: bigint): bigint {
+  return ahead > behind ? ahead - behind : 0n;
+}

@@ -1,0 +1,105 @@
+/**
+ * Shard statistics: per-shard rows and bytes of the sharded tables, users, documents and slots
+ * owned, each shard's share of the total and the imbalance (the largest shard over the mean).
+ * Pure aggregation over what the shard inspector measured.
+ *
+ * @example
+ * ```ts
+ * const stats = summarizeShardStatistics([
+ *   { shardId: 'shard_001', weight: 1, slotsOwned: 2048, tables: [{ table: 'documents', rows: 900, bytes: 9e6, method: 'estimate' }], users: 10, documents: 900 },
+ *   { shardId: 'shard_002', weight: 1, slotsOwned: 2048, tables: [{ table: 'documents', rows: 100, bytes: 1e6, method: 'estimate' }], users: 10, documents: 100 },
+ * ]);
+ * stats.imbalance.bytes; // 1.8 (9 MB over a mean of 5 MB)
+ * ```
+ */
+
+/** One sharded table on one shard. `estimate` comes from pg_class, `exact` from count(*). */
+export interface TableStatistics {
+  readonly table: string;
+  readonly rows: number;
+  readonly bytes: number;
+  readonly method: 'estimate' | 'exact';
+}
+
+/** What was measured on one shard's primary. */
+export interface ShardMeasurement {
+  readonly shardId: string;
+  /** The shard's configured weight: its fair share is weight over the total weight. */
+  readonly weight: number;
+  readonly slotsOwned: number;
+  readonly tables: readonly TableStatistics[];
+  readonly users: number;
+  readonly documents: number;
+}
+
+export interface ShardStatistics extends ShardMeasurement {
+  readonly rows: number;
+  readonly bytes: number;
+  /** This shard's fraction of all rows / bytes (0 when the total is 0). */
+  readonly shareOfRows: number;
+  readonly shareOfBytes: number;
+  /** The fraction it should hold by weight. */
+  readonly targetShare: number;
+}
+
+/** Largest over mean of the weight-normalised load; 1 is perfect balance. */
+export interface Imbalance {
+  readonly rows: number;
+  readonly bytes: number;
+}
+
+export interface ShardStatisticsSummary {
+  readonly shards: readonly ShardStatistics[];
+  readonly totals: { readonly rows: number; readonly bytes: number; readonly users: number; readonly documents: number; readonly slots: number };
+  readonly imbalance: Imbalance;
+}
+
+/**
+ * Max over mean of `load / weight`, so a shard of weight 2 holding twice as much as a shard of
+ * weight 1 is balanced. 1 for an empty or single-shard set.
+ */
+export function imbalanceOf(loads: readonly { readonly load: number; readonly weight: number }[]): number {
+  if (loads.length === 0) return 1;
+  const normalised = loads.map((l) => l.load / l.weight);
+  const mean = normalised.reduce((a, b) => a + b, 0) / normalised.length;
+  if (mean === 0) return 1;
+  return Math.max(...normalised) / mean;
+}
+
+/** Sums every shard's tables and works out shares and imbalance. */
+export function summarizeShardStatistics(measurements: readonly ShardMeasurement[]): ShardStatisticsSummary {
+  const withTotals = measurements.map((m) => ({
+    ...m,
+    rows: m.tables.reduce((a, t) => a + t.rows, 0),
+    bytes: m.tables.reduce((a, t) => a + t.bytes, 0),
+  }));
+  const totals = {
+    rows: withTotals.reduce((a, s) => a + s.rows, 0),
+    bytes: withTotals.reduce((a, s) => a + s.bytes, 0),
+    users: withTotals.reduce((a, s) => a + s.users, 0),
+    documents: withTotals.reduce((a, s) => a + s.documents, 0),
+    slots: withTotals.reduce((a, s) => a + s.slotsOwned, 0),
+  };
+  const totalWeight = withTotals.reduce((a, s) => a + s.weight, 0);
+  const shards = withTotals.map((s) => ({
+    ...s,
+    shareOfRows: totals.rows > 0 ? s.rows / totals.rows : 0,
+    shareOfBytes: totals.bytes > 0 ? s.bytes / totals.bytes : 0,
+    targetShare: totalWeight > 0 ? s.weight / totalWeight : 0,
+  }));
+  return {
+    shards,
+    totals,
+    imbalance: {
+      rows: imbalanceOf(shards.map((s) => ({ load: s.rows, weight: s.weight }))),
+      bytes: imbalanceOf(shards.map((s) => ({ load: s.bytes, weight: s.weight }))),
+    },
+  };
+}
+
+/** Slots owned per shard, from a slot map's assignments (shards owning none get 0). */
+export function slotsOwnedBy(assignments: readonly string[], shardIds: readonly string[]): Map<string, number> {
+  const counts = new Map<string, number>(shardIds.map((id) => [id, 0]));
+  for (const owner of assignments) counts.set(owner, (counts.get(owner) ?? 0) + 1);
+  return counts;
+}
