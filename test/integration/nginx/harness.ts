@@ -1,0 +1,255 @@
+/**
+ * Real nginx (Debian's binary) and `node:http` backends on loopback ports for the sidecar's
+ * integration tests. The configuration comes from the production template and renderer; only
+ * the filesystem paths and the bind address point somewhere a test may write.
+ *
+ * @example
+ * ```ts
+ * const app = await startBackend('app');
+ * const nginx = await startNginx({ NGINX_READ_UPSTREAMS: app.address, NGINX_WRITE_UPSTREAMS: app.address });
+ * const res = await send(nginx.port, '/api/v1/documents');
+ * await nginx.stop(); await app.close();
+ * ```
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
+import { createServer, request, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
+import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseNginxEnv, renderNginxConfig, type NginxRuntime } from '../../../containers/nginx/render.js';
+
+export const TEMPLATE_PATH = fileURLToPath(new URL('../../../containers/nginx/nginx.conf.template', import.meta.url));
+const MODULES_DIR = process.env.NGINX_MODULES_DIR_FOR_TESTS ?? '/usr/lib/nginx/modules';
+
+/** Asks the kernel for a free loopback port (without loading the PostgreSQL helpers). */
+export async function freePort(): Promise<number> {
+  const srv = createTcpServer();
+  await new Promise<void>((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => resolve());
+  });
+  const { port } = srv.address() as AddressInfo;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
+}
+
+/**
+ * The nginx binary, or a loud failure: these tests must never pass by skipping.
+ */
+export function nginxBinary(): string {
+  const candidates = [process.env.NGINX_BIN, '/usr/sbin/nginx', '/usr/local/sbin/nginx'].filter(
+    (c): c is string => c !== undefined && c !== '',
+  );
+  const found = candidates.find((c) => existsSync(c));
+  if (found === undefined) {
+    throw new Error(
+      'nginx is not installed: the sidecar tests run real nginx. Install Debian\'s packages with ' +
+        '`apt-get install nginx libnginx-mod-http-brotli-filter` (.ci/run does this) or set NGINX_BIN.',
+    );
+  }
+  if (!existsSync(join(MODULES_DIR, 'ngx_http_brotli_filter_module.so'))) {
+    throw new Error(
+      `the nginx brotli module is missing from ${MODULES_DIR}: \`apt-get install libnginx-mod-http-brotli-filter\` (.ci/run does this).`,
+    );
+  }
+  return found;
+}
+
+/** A configuration rendered into its own temporary directory. */
+export interface RenderedConfig {
+  readonly dir: string;
+  readonly confPath: string;
+  readonly accessLogPath: string;
+  readonly errorLogPath: string;
+}
+
+/** Renders `env` with the production template into a fresh temporary directory. */
+export function renderToTempDir(env: Readonly<Record<string, string>>): RenderedConfig {
+  const dir = mkdtempSync(join(tmpdir(), 'ca-dms-nginx-'));
+  // Workers run as an unprivileged user when the tests run as root; they must enter the dir.
+  chmodSync(dir, 0o755);
+  mkdirSync(join(dir, 'temp'));
+  mkdirSync(join(dir, 'cache'));
+  const runtime: NginxRuntime = {
+    pidFile: join(dir, 'nginx.pid'),
+    tempDir: join(dir, 'temp'),
+    cacheDir: join(dir, 'cache'),
+    accessLog: join(dir, 'access.log'),
+    errorLog: join(dir, 'error.log'),
+    modulesDir: MODULES_DIR,
+    listenAddress: '127.0.0.1',
+  };
+  const confPath = join(dir, 'nginx.conf');
+  writeFileSync(confPath, renderNginxConfig(readFileSync(TEMPLATE_PATH, 'utf8'), parseNginxEnv(env), runtime));
+  return { dir, confPath, accessLogPath: runtime.accessLog, errorLogPath: runtime.errorLog };
+}
+
+/** Runs `nginx -t` on a rendered configuration. */
+export function checkConfig(config: RenderedConfig): { ok: boolean; output: string } {
+  const res = spawnSync(nginxBinary(), ['-t', '-p', `${config.dir}/`, '-c', config.confPath], { encoding: 'utf8' });
+  return { ok: res.status === 0, output: `${res.stdout}${res.stderr}` };
+}
+
+export interface RunningNginx extends RenderedConfig {
+  readonly port: number;
+  readonly statusPort: number;
+  /** Stops nginx and deletes its directory. */
+  stop(): Promise<void>;
+}
+
+async function waitForPort(port: number, child: ChildProcess, errorLog: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) {
+      throw new Error(`nginx exited with ${child.exitCode}: ${existsSync(errorLog) ? readFileSync(errorLog, 'utf8') : ''}`);
+    }
+    const up = await new Promise<boolean>((resolve) => {
+      const sock = connect(port, '127.0.0.1');
+      sock.once('connect', () => {
+        sock.destroy();
+        resolve(true);
+      });
+      sock.once('error', () => resolve(false));
+    });
+    if (up) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`nginx did not listen on ${port} within 10 s`);
+}
+
+/**
+ * Starts real nginx with the rendered configuration. One worker and loopback as the trusted
+ * proxy unless `env` says otherwise; ports are free loopback ports unless `env` sets them.
+ */
+export async function startNginx(env: Readonly<Record<string, string>>): Promise<RunningNginx> {
+  const bin = nginxBinary();
+  const port = env.NGINX_LISTEN_PORT !== undefined ? Number(env.NGINX_LISTEN_PORT) : await freePort();
+  const statusPort = env.NGINX_STATUS_PORT !== undefined ? Number(env.NGINX_STATUS_PORT) : await freePort();
+  const config = renderToTempDir({
+    NGINX_WORKER_PROCESSES: '1',
+    NGINX_TRUSTED_PROXY_CIDRS: '127.0.0.0/8',
+    ...env,
+    NGINX_LISTEN_PORT: String(port),
+    NGINX_STATUS_PORT: String(statusPort),
+  });
+  const check = checkConfig(config);
+  if (!check.ok) throw new Error(`nginx -t rejected the rendered configuration:\n${check.output}`);
+  const child = spawn(bin, ['-p', `${config.dir}/`, '-c', config.confPath], { stdio: ['ignore', 'ignore', 'pipe'] });
+  child.stderr?.resume();
+  await waitForPort(port, child, config.errorLogPath);
+  return {
+    ...config,
+    port,
+    statusPort,
+    async stop() {
+      if (child.exitCode === null) {
+        const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+        await exited;
+        clearTimeout(timer);
+      }
+      rmSync(config.dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface RecordedRequest {
+  readonly method: string;
+  readonly url: string;
+  readonly headers: IncomingHttpHeaders;
+  readonly httpVersion: string;
+}
+
+export type Handler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
+
+/** A `node:http` application instance that records what reached it. */
+export interface Backend {
+  readonly name: string;
+  readonly port: number;
+  /** `127.0.0.1:PORT`, as an NGINX_*_UPSTREAMS entry. */
+  readonly address: string;
+  readonly requests: RecordedRequest[];
+  /** TCP connections accepted so far. */
+  connections: number;
+  handler: Handler;
+  close(): Promise<void>;
+}
+
+/** Answers 200 with a JSON body naming the backend, the method and the URL. */
+export const echo =
+  (name: string): Handler =>
+  (req, res) => {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify({ backend: name, method: req.method, url: req.url }));
+  };
+
+export async function startBackend(name: string, handler: Handler = echo(name)): Promise<Backend> {
+  const sockets = new Set<Socket>();
+  const backend: Backend = {
+    name,
+    port: 0,
+    address: '',
+    requests: [],
+    connections: 0,
+    handler,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      backend.requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, httpVersion: req.httpVersion });
+      backend.handler(req, res, Buffer.concat(chunks));
+    });
+  });
+  server.on('connection', (s) => {
+    backend.connections += 1;
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  const port = (server.address() as AddressInfo).port;
+  return Object.assign(backend, { port, address: `127.0.0.1:${port}` });
+}
+
+export interface Reply {
+  readonly status: number;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: Buffer;
+  readonly text: string;
+}
+
+/** One HTTP/1.1 request on a fresh connection to 127.0.0.1 (no automatic decompression). */
+export function send(
+  port: number,
+  path: string,
+  options: { method?: string; headers?: Record<string, string>; body?: Buffer | string; host?: string } = {},
+): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host: options.host ?? '127.0.0.1', port, path, method: options.method ?? 'GET', headers: options.headers, agent: false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const body = Buffer.concat(chunks);
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body, text: body.toString('utf8') });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+/** A port on which nothing listens (a primary that is down). */
+export async function deadAddress(): Promise<string> {
+  return `127.0.0.1:${await freePort()}`;
+}
