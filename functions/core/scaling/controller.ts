@@ -22,6 +22,7 @@
  * ```
  */
 import { resolveServiceConfig, type ScalingConfig, type ServiceScalingConfig } from './config.js';
+import { scaleOutCooldown } from './policies/common.js';
 import type {
   Clock,
   ControlState,
@@ -96,6 +97,13 @@ export function toSnapshot(raw: RawMetrics, running: number, at: number): Metric
   ];
   return { at, ...Object.fromEntries(entries.filter(([, v]) => v !== undefined && Number.isFinite(v))) } as MetricsSnapshot;
 }
+
+/**
+ * Blocks that forbid applying a change the decision still carries (a dry run keeps the computed
+ * count so the history shows what would have happened). Other kinds (bounds, cooldown) are
+ * already reflected in the decision's `to`.
+ */
+const HOLDING_KINDS: ReadonlySet<Block['kind']> = new Set(['dry_run', 'deployment', 'suspended', 'missing_data', 'disabled']);
 
 function directionOf(from: number, to: number): Direction {
   if (to > from) return 'out';
@@ -299,12 +307,16 @@ export class ScalingController {
     const from = tasks.desired;
     const to = evaluated.to;
     const direction = directionOf(from, to);
-    const held = this.controllerBlocks(direction, tasks, inputs.suspension, cfg, ctx);
+    // The policies already hold scale-ins during deployments and mark dry runs; the controller
+    // enforces the same rules (and its own) without repeating a block the policy reported.
+    const reported = new Set(evaluated.blocked.map((b) => b.kind));
+    const held = this.controllerBlocks(direction, tasks, inputs.suspension, cfg, ctx).filter((b) => !reported.has(b.kind));
     const blocked: Block[] = [...evaluated.blocked, ...held];
+    const holds = blocked.some((b) => HOLDING_KINDS.has(b.kind));
     let outcome: Outcome = direction === 'none' ? (blocked.length > 0 ? 'blocked' : 'unchanged') : 'applied';
     let error: string | undefined;
     let next = evaluated.state;
-    if (held.length > 0) {
+    if (direction !== 'none' && holds) {
       outcome = 'blocked';
     } else if (direction !== 'none') {
       try {
@@ -350,22 +362,20 @@ export class ScalingController {
     ctx: EvalContext,
   ): { to: number; reasons: readonly Reason[]; blocked: readonly Block[]; state: ServiceState } {
     const plain = policy.evaluate({ config: cfg, state, metrics, tasks, now: ctx.now });
-    const lastOut = [...state.events].reverse().find((e) => e.to > e.from);
-    const inCooldown = lastOut !== undefined && ctx.now - lastOut.at < cfg.cooldown_out * 1000;
-    if (ctx.request.trigger !== 'alarm' || !inCooldown || plain.decision.to > tasks.desired) {
-      return { to: plain.decision.to, reasons: plain.decision.reasons, blocked: plain.decision.blocked, state: plain.state };
-    }
-    const before = { ...state, events: state.events.filter((e) => e.at < lastOut.at) };
-    const relaxed = policy.evaluate({ config: cfg, state: before, metrics, tasks: { ...tasks, desired: lastOut.from }, now: ctx.now });
-    if (relaxed.decision.to <= tasks.desired) {
-      return { to: plain.decision.to, reasons: plain.decision.reasons, blocked: plain.decision.blocked, state: plain.state };
-    }
+    const plainResult = { to: plain.decision.to, reasons: plain.decision.reasons, blocked: plain.decision.blocked, state: plain.state };
+    const cooldown = scaleOutCooldown(state, ctx.now, cfg.cooldown_out * 1000);
+    if (ctx.request.trigger !== 'alarm' || cooldown === undefined || plain.decision.to > tasks.desired) return plainResult;
+    // The chain of scale-outs in cooldown starts with the newest scale-out that left `base`.
+    const chainStart = [...state.events].reverse().find((e) => e.to > e.from && e.from === cooldown.base);
+    const before = { ...state, events: state.events.filter((e) => chainStart === undefined || e.at < chainStart.at) };
+    const relaxed = policy.evaluate({ config: cfg, state: before, metrics, tasks: { ...tasks, desired: cooldown.base }, now: ctx.now });
+    if (relaxed.decision.to <= tasks.desired) return plainResult;
     const note: Reason = {
       metric: 'capacity',
       value: tasks.desired,
       threshold: relaxed.decision.to,
       rule: 'alarm_scale_out_during_cooldown',
-      message: `alarm during the scale-out cooldown: the in-progress scale-out from ${lastOut.from} to ${lastOut.to} counts, so only ${relaxed.decision.to - tasks.desired} task(s) are added`,
+      message: `alarm during the scale-out cooldown: capacity added since ${cooldown.base} counts, so only the difference (${relaxed.decision.to - tasks.desired}) is added`,
     };
     return { to: relaxed.decision.to, reasons: [...relaxed.decision.reasons, note], blocked: [], state: { ...relaxed.state, events: state.events } };
   }

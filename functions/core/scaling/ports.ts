@@ -7,7 +7,7 @@
  * Times are epoch milliseconds. Every port that talks to the network takes an `AbortSignal`
  * so the caller can keep all calls inside the function's time budget.
  */
-import type { ScalingConfig, ServiceScalingConfig } from './config.js';
+import type { PolicyName, ScalingConfig, ServiceScalingConfig } from './config.js';
 import type { Block, Direction, MetricsSnapshot, Reason, ScalingPolicy, ServiceState, TaskCounts } from './types.js';
 
 /** What triggered an evaluation. */
@@ -165,4 +165,4 @@ export interface ControllerCatalog {
 }
 
 /** Looks a policy up by its configured name (`getPolicy` from `policies/index.ts`). */
-export type PolicyLookup = (name: string) => ScalingPolicy<ServiceScalingConfig>;
+export type PolicyLookup = (name: PolicyName) => ScalingPolicy<ServiceScalingConfig>;
