@@ -1,0 +1,136 @@
+/**
+ * The shard directory in the catalog database (`catalog.shard_directory`): explicit key ->
+ * shard pins, per user or tenant. It is the whole routing table under `directory_based` and an
+ * override of `hash_based` (how a hot tenant gets its own shard). Reads go through a short TTL
+ * cache with an injected clock; misses are cached too, so unknown keys do not hammer the
+ * catalog. Writes through this store invalidate its own cache at once; other processes see a
+ * change within one TTL.
+ *
+ * @example
+ * ```ts
+ * const directory = new DirectoryStore(catalogPool, { ttlMs: 5_000, shards: ['shard_001', 'shard_002'] });
+ * await directory.set('tenant-42', 'shard_002', 'ops@example.com');
+ * const router = ShardRouter.fromConfig(config, { slotMap, directory });
+ * await router.resolve('tenant-42'); // { shardId: 'shard_002', source: 'directory', ... }
+ * ```
+ */
+import type pg from 'pg';
+import type { DirectoryLookup } from '../../core/sharding/router.js';
+import { TtlCache } from '../../core/sharding/ttl-cache.js';
+
+/** A directory write was refused (unknown shard, empty key or author). */
+export class DirectoryError extends Error {
+  override readonly name = 'DirectoryError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+export interface DirectoryEntry {
+  readonly key: string;
+  readonly shardId: string;
+  /** Bumped on every change of the entry. */
+  readonly version: number;
+  readonly updatedAt: Date;
+  readonly updatedBy: string;
+}
+
+export interface DirectoryStoreOptions {
+  /** How long a lookup (hit or miss) is served from memory. Default 5000 ms; 0 disables the cache. */
+  readonly ttlMs?: number;
+  /** The clock for the cache, in milliseconds. Default `Date.now`. */
+  readonly now?: () => number;
+  /** When given, `set` refuses shard ids outside this list. */
+  readonly shards?: readonly string[];
+  /** Bound on cached keys. Default 100000. */
+  readonly maxCachedKeys?: number;
+}
+
+export interface DirectoryListOptions {
+  /** Only entries pinned to this shard. */
+  readonly shardId?: string;
+  /** Keyset pagination: entries with a key after this one. */
+  readonly after?: string;
+  /** Default 1000. */
+  readonly limit?: number;
+}
+
+type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
+
+interface Row {
+  key: string;
+  shard_id: string;
+  version: string;
+  updated_at: Date;
+  updated_by: string;
+}
+
+const toEntry = (r: Row): DirectoryEntry => ({ key: r.key, shardId: r.shard_id, version: Number(r.version), updatedAt: r.updated_at, updatedBy: r.updated_by });
+
+export class DirectoryStore implements DirectoryLookup {
+  private readonly cache: TtlCache<string | null>;
+  private readonly shards: ReadonlySet<string> | undefined;
+
+  constructor(
+    private readonly pool: Queryable,
+    options: DirectoryStoreOptions = {},
+  ) {
+    this.cache = new TtlCache(options.ttlMs ?? 5_000, options.now ?? Date.now, options.maxCachedKeys);
+    this.shards = options.shards ? new Set(options.shards) : undefined;
+  }
+
+  /** The shard `key` is pinned to, or `null`; served from the TTL cache when fresh. */
+  async get(key: string): Promise<string | null> {
+    const cached = this.cache.get(key);
+    if (cached !== undefined) return cached.value;
+    const { rows } = await this.pool.query<{ shard_id: string }>('select shard_id from catalog.shard_directory where key = $1', [key]);
+    const shardId = rows[0]?.shard_id ?? null;
+    this.cache.set(key, shardId);
+    return shardId;
+  }
+
+  /** The full entry, read from the catalog (never cached). */
+  async entry(key: string, client: Queryable = this.pool): Promise<DirectoryEntry | null> {
+    const { rows } = await client.query<Row>('select key, shard_id, version, updated_at, updated_by from catalog.shard_directory where key = $1', [key]);
+    return rows[0] ? toEntry(rows[0]) : null;
+  }
+
+  /** Pins `key` to `shardId` (insert or update, bumping the entry's version). */
+  async set(key: string, shardId: string, by: string, client: Queryable = this.pool): Promise<DirectoryEntry> {
+    if (key === '') throw new DirectoryError('directory keys must not be empty');
+    if (by.trim() === '') throw new DirectoryError('every directory change records who made it; "by" must not be empty');
+    if (this.shards && !this.shards.has(shardId)) throw new DirectoryError(`shard ${shardId} is not configured (known: ${[...this.shards].join(', ')})`);
+    const { rows } = await client.query<Row>(
+      `insert into catalog.shard_directory (key, shard_id, updated_by) values ($1, $2, $3)
+       on conflict (key) do update set shard_id = excluded.shard_id, updated_by = excluded.updated_by,
+         updated_at = now(), version = catalog.shard_directory.version + 1
+       returning key, shard_id, version, updated_at, updated_by`,
+      [key, shardId, by],
+    );
+    this.cache.invalidate(key);
+    return toEntry(rows[0] as Row);
+  }
+
+  /** Removes the pin; returns whether there was one. The key then follows the fallback. */
+  async delete(key: string, client: Queryable = this.pool): Promise<boolean> {
+    const { rowCount } = await client.query('delete from catalog.shard_directory where key = $1', [key]);
+    this.cache.invalidate(key);
+    return (rowCount ?? 0) > 0;
+  }
+
+  /** Entries in key order, optionally for one shard, a page at a time. */
+  async list(options: DirectoryListOptions = {}): Promise<DirectoryEntry[]> {
+    const { rows } = await this.pool.query<Row>(
+      `select key, shard_id, version, updated_at, updated_by from catalog.shard_directory
+       where ($1::text is null or shard_id = $1) and ($2::text is null or key collate "C" > $2)
+       order by key collate "C" limit $3`,
+      [options.shardId ?? null, options.after ?? null, options.limit ?? 1000],
+    );
+    return rows.map(toEntry);
+  }
+
+  /** Forgets cached lookups (one key or all), e.g. after another process moved a key. */
+  invalidate(key?: string): void {
+    this.cache.invalidate(key);
+  }
+}

@@ -1,0 +1,138 @@
+/**
+ * Versioned slot maps in the catalog database (`catalog.slot_maps`, migration set `sharding`).
+ * Every published map is kept, so the history of who moved which slots, and why, is a query.
+ * Publishing is optimistic: version `n + 1` is written only if the latest is `n`, in one
+ * statement, so two publishers racing for the same version cannot both win.
+ *
+ * @example
+ * ```ts
+ * const store = new SlotMapStore(catalogPool);
+ * await store.initialise(buildSlotMap(weights), 'deploy', 'initial map');
+ * const current = await store.current();
+ * await store.publish(moveSlots(current, [42], 'shard_003'), 'mover', 'move slot 42');
+ * ```
+ */
+import type pg from 'pg';
+import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
+import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
+
+/** A pool, or a client inside a caller's transaction (to publish atomically with other catalog writes). */
+export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
+
+/** A published map with who published it and why. */
+export interface SlotMapRecord {
+  readonly map: SlotMap;
+  readonly createdAt: Date;
+  readonly createdBy: string;
+  readonly reason: string;
+}
+
+/** A published version without its assignments. */
+export interface SlotMapVersionInfo {
+  readonly version: number;
+  readonly createdAt: Date;
+  readonly createdBy: string;
+  readonly reason: string;
+}
+
+interface Row {
+  version: number;
+  slot_count: number;
+  assignments: string[];
+  created_at: Date;
+  created_by: string;
+  reason: string;
+}
+
+const COLUMNS = 'version, slot_count, assignments, created_at, created_by, reason';
+
+function toRecord(row: Row): SlotMapRecord {
+  return {
+    map: { version: row.version, slotCount: row.slot_count, assignments: row.assignments },
+    createdAt: row.created_at,
+    createdBy: row.created_by,
+    reason: row.reason,
+  };
+}
+
+function requireText(what: string, value: string): void {
+  if (value.trim() === '') throw new SlotMapError(`${what} must not be empty: every slot map records who published it and why`);
+}
+
+export class SlotMapStore {
+  constructor(private readonly pool: Queryable) {}
+
+  /** The latest map. Throws {@link SlotMapError} when none was ever published (call {@link initialise}). */
+  async current(client: Queryable = this.pool): Promise<SlotMap> {
+    const latest = await this.latest(client);
+    if (latest === null) throw new SlotMapError('no slot map has been published yet; initialise one from the configured shards');
+    return latest.map;
+  }
+
+  /** The latest map with its metadata, or `null` before the first one. */
+  async latest(client: Queryable = this.pool): Promise<SlotMapRecord | null> {
+    const { rows } = await client.query<Row>(`select ${COLUMNS} from catalog.slot_maps order by version desc limit 1`);
+    return rows[0] ? toRecord(rows[0]) : null;
+  }
+
+  /** One version of the map, or `null` if it does not exist. */
+  async get(version: number, client: Queryable = this.pool): Promise<SlotMapRecord | null> {
+    const { rows } = await client.query<Row>(`select ${COLUMNS} from catalog.slot_maps where version = $1`, [version]);
+    return rows[0] ? toRecord(rows[0]) : null;
+  }
+
+  /** Versions newest first, without their assignments. */
+  async history(limit = 50, client: Queryable = this.pool): Promise<SlotMapVersionInfo[]> {
+    const { rows } = await client.query<Omit<Row, 'assignments' | 'slot_count'>>('select version, created_at, created_by, reason from catalog.slot_maps order by version desc limit $1', [limit]);
+    return rows.map((r) => ({ version: r.version, createdAt: r.created_at, createdBy: r.created_by, reason: r.reason }));
+  }
+
+  /**
+   * Publishes `next`, which must be exactly one version after the latest and keep its slot
+   * count. Throws {@link SlotMapVersionConflictError} otherwise (someone else published
+   * first: reload, re-plan, retry) and {@link SlotMapError} for a malformed map.
+   */
+  async publish(next: SlotMap, by: string, reason: string, client: Queryable = this.pool): Promise<SlotMapRecord> {
+    const map = parseSlotMap(next);
+    requireText('by', by);
+    requireText('reason', reason);
+    let rows: Row[];
+    try {
+      ({ rows } = await client.query<Row>(
+        `insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason)
+         select $1, $2, $3, $4, $5
+         where $1 = coalesce((select max(version) from catalog.slot_maps), 0) + 1
+           and $2 = coalesce((select slot_count from catalog.slot_maps order by version desc limit 1), $2)
+         returning ${COLUMNS}`,
+        [map.version, map.slotCount, map.assignments, by, reason],
+      ));
+    } catch (err) {
+      // 23505: a concurrent publisher inserted the same version between our check and insert.
+      if ((err as { code?: string }).code === '23505') throw new SlotMapVersionConflictError(map.version + 1, map.version, { cause: err });
+      throw err;
+    }
+    if (rows[0]) return toRecord(rows[0]);
+    const latest = await this.latest(client);
+    const expected = (latest?.map.version ?? 0) + 1;
+    if (latest && latest.map.slotCount !== map.slotCount && expected === map.version) {
+      throw new SlotMapError(`slot map version ${map.version} has ${map.slotCount} slots but the published maps have ${latest.map.slotCount}; the slot count never changes`);
+    }
+    throw new SlotMapVersionConflictError(expected, map.version);
+  }
+
+  /**
+   * Publishes `map` as the first version if the catalog has none, and returns the current map
+   * either way (so every process starting at once may call it).
+   */
+  async initialise(map: SlotMap, by = 'initialise', reason = 'initial slot map from the configured shard weights', client: Queryable = this.pool): Promise<SlotMap> {
+    const first = parseSlotMap(map);
+    if (first.version !== 1) throw new SlotMapError(`the first slot map must be version 1, got ${first.version}`);
+    await client.query(
+      `insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason)
+       select 1, $1, $2, $3, $4 where not exists (select 1 from catalog.slot_maps)
+       on conflict (version) do nothing`,
+      [first.slotCount, first.assignments, by, reason],
+    );
+    return this.current(client);
+  }
+}
