@@ -1,0 +1,208 @@
+/**
+ * The zod schemas of the scaling API: every query, header, body and response. The router
+ * validates against them and the OpenAPI document is generated from them.
+ */
+import { z } from 'zod';
+import { POLICY_NAMES } from '../core/scaling/config.js';
+
+const isoTime = z.string().datetime({ offset: true }).describe('an ISO 8601 timestamp');
+const serviceName = z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, 'service names are lower-case letters, digits and dashes');
+
+export const reasonSchema = z.object({
+  metric: z.string(),
+  value: z.number().optional(),
+  threshold: z.number().optional(),
+  rule: z.string(),
+  message: z.string(),
+});
+export const blockSchema = z.object({
+  kind: z.string(),
+  message: z.string(),
+  until: isoTime.optional(),
+});
+
+export const lastActionSchema = z.object({
+  at: isoTime,
+  from: z.number().int(),
+  to: z.number().int(),
+  direction: z.enum(['out', 'in', 'none']),
+  outcome: z.string(),
+  trigger: z.string(),
+  why: z.string(),
+});
+
+export const serviceStatusSchema = z.object({
+  service: z.string(),
+  enabled: z.boolean(),
+  policy: z.enum(POLICY_NAMES),
+  current: z.number().int().nullable().describe('running tasks, null when the orchestrator could not be read'),
+  desired: z.number().int().nullable(),
+  running: z.number().int().nullable(),
+  pending: z.number().int().nullable(),
+  min: z.number().int(),
+  max: z.number().int(),
+  deployment_in_progress: z.boolean().nullable(),
+  last_action: lastActionSchema.nullable(),
+  cooldown_remaining_seconds: z.object({ scale_out: z.number().min(0), scale_in: z.number().min(0) }),
+  orchestrator_error: z.string().optional(),
+});
+
+export const statusSchema = z.object({
+  enabled: z.boolean(),
+  dry_run: z.boolean(),
+  config_version: z.number().int(),
+  check_interval_seconds: z.number().int(),
+  last_evaluation_at: isoTime.nullable(),
+  next_evaluation_at: isoTime.nullable(),
+  services: z.array(serviceStatusSchema),
+});
+
+const metricValue = z.object({ value: z.number().nullable(), missing: z.boolean() });
+export const serviceMetricsSchema = z.object({
+  service: z.string(),
+  timestamp: isoTime.nullable().describe('end of the period the metrics describe; null when none were ever read'),
+  cpu_percent: metricValue,
+  memory_percent: metricValue,
+  response_time_ms: metricValue,
+  connections_per_task: metricValue,
+  request_count: metricValue,
+  error_rate_percent: metricValue,
+  queue_depth_per_task: metricValue,
+});
+export const metricsSchema = z.object({ services: z.array(serviceMetricsSchema) });
+
+export const historyQuerySchema = z.strictObject({
+  service: serviceName.optional(),
+  direction: z.enum(['out', 'in', 'none']).optional(),
+  outcome: z.enum(['applied', 'unchanged', 'blocked', 'failed', 'skipped']).optional(),
+  trigger: z.enum(['schedule', 'alarm', 'api']).optional(),
+  kind: z.enum(['decision', 'event']).optional(),
+  since: isoTime.optional(),
+  until: isoTime.optional(),
+  limit: z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(1).max(200))
+    .optional(),
+  cursor: z.string().max(200).optional(),
+});
+export type HistoryQuery = z.output<typeof historyQuerySchema>;
+
+export const historyItemSchema = z.object({
+  id: z.string(),
+  kind: z.enum(['decision', 'event']),
+  at: isoTime,
+  service: z.string().nullable(),
+  type: z.string().describe('for decisions "decision"; for events what happened, e.g. config_changed, stopped, started, alarm, gap'),
+  trigger: z.string().nullable(),
+  policy: z.string().nullable(),
+  from: z.number().int().nullable(),
+  to: z.number().int().nullable(),
+  direction: z.enum(['out', 'in', 'none']).nullable(),
+  outcome: z.string().nullable(),
+  dry_run: z.boolean().nullable(),
+  reasons: z.array(reasonSchema),
+  blocked: z.array(blockSchema),
+  actor: z.string().nullable(),
+  error: z.string().nullable(),
+  detail: z.record(z.string(), z.unknown()).nullable(),
+});
+export const historySchema = z.object({ items: z.array(historyItemSchema), next_cursor: z.string().nullable() });
+
+export const configEnvelopeSchema = z.object({
+  version: z.number().int(),
+  updated_at: isoTime,
+  updated_by: z.string(),
+  config: z.record(z.string(), z.unknown()).describe('the whole runtime scaling configuration with defaults applied'),
+});
+
+/** `If-Match` is checked by the handler so that a missing header gets 428 rather than 400. */
+export const ifMatchHeadersSchema = z.object({ 'if-match': z.string().max(100).optional() });
+
+/** PUT /config accepts any JSON object; the scaling configuration schema validates it in the handler. */
+export const configBodySchema = z.record(z.string(), z.unknown());
+
+export const startStopBodySchema = z.strictObject({
+  service: serviceName.optional().describe('one service; omit for the whole controller'),
+  reason: z.string().max(500).optional(),
+});
+export const startStopResultSchema = z.object({
+  scope: z.string().describe('"global" or the service name'),
+  enabled: z.boolean(),
+  changed: z.boolean().describe('false when it was already in that state (the call is idempotent)'),
+});
+
+export const recommendationSchema = z.object({
+  id: z.string(),
+  category: z.enum([
+    'flapping',
+    'max_reached',
+    'min_unused',
+    'thresholds_close',
+    'better_policy',
+    'shard_imbalance',
+    'replica_lag',
+    'connection_saturation',
+  ]),
+  severity: z.enum(['info', 'warning', 'critical']),
+  service: z.string().nullable(),
+  shard: z.string().nullable(),
+  title: z.string(),
+  advice: z.string(),
+  evidence: z.record(z.string(), z.unknown()),
+});
+export const recommendationsSchema = z.object({ generated_at: isoTime, items: z.array(recommendationSchema) });
+
+export const evaluateBodySchema = z.strictObject({ service: serviceName.optional() });
+export const evaluationSchema = z.object({
+  dry_run: z.literal(true),
+  at: isoTime,
+  services: z.array(
+    z.object({
+      service: z.string(),
+      policy: z.string(),
+      from: z.number().int().nullable(),
+      to: z.number().int().nullable(),
+      direction: z.enum(['out', 'in', 'none']).nullable(),
+      would_change: z.boolean(),
+      reasons: z.array(reasonSchema),
+      blocked: z.array(blockSchema),
+      error: z.string().nullable(),
+    }),
+  ),
+});
+
+export const routeQuerySchema = z.strictObject({
+  key: z.string().min(1).max(512),
+  kind: z.enum(['user', 'document_owner']).optional(),
+});
+export const routeResultSchema = z.object({
+  key: z.string(),
+  shard_id: z.string(),
+  slot: z.number().int().nullable(),
+  map_version: z.number().int().nullable(),
+  strategy: z.string(),
+  source: z.string(),
+});
+
+export const rebalanceQuerySchema = z.strictObject({
+  threshold: z
+    .string()
+    .regex(/^\d+(\.\d+)?$/, 'must be a number such as 0.1')
+    .transform(Number)
+    .pipe(z.number().gt(0).max(1))
+    .optional()
+    .describe('allowed distance from the mean as a fraction (default 0.1)'),
+  by: z.enum(['bytes', 'rows']).optional(),
+});
+
+export const moveRequestSchema = z.strictObject({
+  kind: z.enum(['slot', 'directory']),
+  unit: z.string().min(1).max(512).describe('the slot number, or the directory key'),
+  to: z.string().min(1).max(100).describe('the target shard id'),
+});
+export const moveIdParamsSchema = z.strictObject({ id: z.string().regex(/^[0-9a-zA-Z-]{1,64}$/, 'is not a move id') });
+
+/** Shard reports are produced by the sharding layer; the API passes them through as objects. */
+export const shardReportSchema = z.record(z.string(), z.unknown());

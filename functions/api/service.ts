@@ -1,0 +1,86 @@
+/**
+ * What the scaling API needs from the rest of the system, in the API's own terms. The routes
+ * depend only on this port; `functions/api/wiring.ts` implements it over the controller's
+ * catalog and the sharding layer, and tests can implement it over anything real.
+ */
+import type { z } from 'zod';
+import type { ScalingConfig } from '../core/scaling/config.js';
+import type {
+  configEnvelopeSchema,
+  evaluationSchema,
+  historySchema,
+  HistoryQuery,
+  metricsSchema,
+  moveRequestSchema,
+  recommendationsSchema,
+  routeResultSchema,
+  startStopResultSchema,
+  statusSchema,
+} from './schemas.js';
+
+export type StatusView = z.input<typeof statusSchema>;
+export type MetricsView = z.input<typeof metricsSchema>;
+export type HistoryView = z.input<typeof historySchema>;
+export type ConfigEnvelope = z.input<typeof configEnvelopeSchema>;
+export type StartStopResult = z.input<typeof startStopResultSchema>;
+export type RecommendationsView = z.input<typeof recommendationsSchema>;
+export type EvaluationView = z.input<typeof evaluationSchema>;
+export type RouteView = z.input<typeof routeResultSchema>;
+export type MoveRequest = z.output<typeof moveRequestSchema>;
+export type ShardReport = Record<string, unknown>;
+
+/** A service name the configuration does not know. */
+export class UnknownServiceError extends Error {
+  override readonly name = 'UnknownServiceError';
+  constructor(
+    readonly service: string,
+    readonly known: readonly string[],
+  ) {
+    super(`unknown service ${service}; known services: ${known.join(', ')}`);
+  }
+}
+
+/** An optimistic-concurrency conflict: the configuration changed since the caller read it. */
+export class StaleVersionError extends Error {
+  override readonly name = 'StaleVersionError';
+  constructor(
+    readonly expected: number,
+    readonly current: number,
+  ) {
+    super(`the configuration is at version ${current}, not ${expected}; GET it again and retry with the new ETag`);
+  }
+}
+
+/** A resource that does not exist (a move id, a key in no shard). */
+export class NotFoundError extends Error {
+  override readonly name = 'NotFoundError';
+}
+
+/** A request that is well-formed but cannot be carried out in the current state. */
+export class ConflictError extends Error {
+  override readonly name = 'ConflictError';
+}
+
+/** A dependency (catalog, a shard) is unavailable right now. */
+export class UnavailableError extends Error {
+  override readonly name = 'UnavailableError';
+}
+
+/** The operations behind the scaling API's endpoints. */
+export interface ScalingApiPort {
+  status(): Promise<StatusView>;
+  metrics(): Promise<MetricsView>;
+  history(query: HistoryQuery): Promise<HistoryView>;
+  getConfig(): Promise<ConfigEnvelope>;
+  /** Replaces the configuration when `expectedVersion` is current; throws {@link StaleVersionError} otherwise. */
+  putConfig(config: ScalingConfig, expectedVersion: number, actor: string): Promise<ConfigEnvelope>;
+  setEnabled(enabled: boolean, scope: { service?: string; reason?: string }, actor: string): Promise<StartStopResult>;
+  recommendations(): Promise<RecommendationsView>;
+  evaluate(scope: { service?: string }, actor: string): Promise<EvaluationView>;
+  shardStatistics(options: { exact: boolean }): Promise<ShardReport>;
+  shardHealth(): Promise<ShardReport>;
+  rebalanceCheck(options: { threshold?: number; by?: 'bytes' | 'rows' }): Promise<ShardReport>;
+  route(key: string): Promise<RouteView>;
+  startMove(request: MoveRequest, actor: string): Promise<ShardReport>;
+  getMove(id: string): Promise<ShardReport>;
+}
