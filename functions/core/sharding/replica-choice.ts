@@ -77,8 +77,9 @@ export function replicaIneligibility(state: ReplicaState, bounds: FreshnessBound
 /**
  * The order in which to try nodes for a read: eligible replicas, least lagged first (bytes, then
  * seconds, then id for a stable order), then the primary. A replica whose known replay position
- * is behind the token is ranked as `tokenVerified: false`: the reader checks it live once, since
- * the state may be up to one health interval old, and moves on when it is still behind.
+ * is behind the token comes after those that are known to be past it, as `tokenVerified: false`:
+ * the reader checks it live, since the state may be up to one health interval old, and moves on
+ * when it is still behind.
  */
 export function rankReadTargets(states: readonly ReplicaState[], bounds: FreshnessBounds, request: ReadRequest): ReadTarget[] {
   const eligible = states
@@ -99,9 +100,8 @@ export function rankReadTargets(states: readonly ReplicaState[], bounds: Freshne
     const token = request.token;
     const verified = eligible.filter((s) => s.replayLsn !== null && s.replayLsn >= token);
     for (const s of verified) targets.push({ kind: 'replica', nodeId: s.nodeId, tokenVerified: true });
-    // Only the freshest unverified replica is worth one live check before going to the primary.
-    const unverified = eligible.find((s) => !verified.includes(s));
-    if (unverified) targets.push({ kind: 'replica', nodeId: unverified.nodeId, tokenVerified: false });
+    // The state may be one interval old: a live check (one round trip) beats the primary's load.
+    for (const s of eligible) if (!verified.includes(s)) targets.push({ kind: 'replica', nodeId: s.nodeId, tokenVerified: false });
   }
   targets.push({ kind: 'primary', reason: targets.length > 0 ? 'fallback after replicas' : eligible.length > 0 ? 'no replica has replayed the token' : 'no fresh replica' });
   return targets;

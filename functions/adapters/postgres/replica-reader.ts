@@ -1,0 +1,318 @@
+/**
+ * Reads from fresh replicas. Every health interval the reader probes each shard's primary (its
+ * WAL position) and replicas (replay position, replay lag, receiver state) in parallel, each
+ * probe bounded by the health-check timeout. A read goes to the least lagged replica within the
+ * configured bounds, in seconds and in bytes, or to the primary. A read carrying a
+ * read-your-writes token (see {@link captureWriteToken}) only goes to a replica that has
+ * replayed past it. A replica whose query fails with a connection-level error is set aside at
+ * once and the read is retried on the next replica or the primary, so a replica going down
+ * costs callers one retried query, and no error.
+ *
+ * Replay lag in seconds: 0 when everything received has been replayed (so an idle primary does
+ * not make a caught-up replica look stale), otherwise the age of the last replayed commit. The
+ * byte lag (primary WAL position minus replay position) catches a replica that stopped
+ * receiving.
+ *
+ * @example
+ * ```ts
+ * const pools = ShardPools.fromConfig(config);
+ * const reader = new ReplicaReader(pools, { bounds: freshnessBoundsFromConfig(config), intervalMs: 10_000 });
+ * await reader.start();
+ * const { token } = await writeWithToken(pools.primary('shard_001').pool, (c) => c.query('insert ...'));
+ * const { rows, servedBy } = await reader.query('shard_001', 'select * from documents where id = $1', [id], { token });
+ * reader.stop();
+ * await pools.end();
+ * ```
+ */
+import type pg from 'pg';
+import { formatLsn, isLsn, LsnError, lsnBytesBehind, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
+import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
+import { withNodeDeadline } from './deadline.js';
+import type { ShardNode, ShardPools } from './shard-pools.js';
+
+/** No node of the shard could serve the read (every replica and the primary failed). */
+export class ShardUnavailableError extends Error {
+  override readonly name = 'ShardUnavailableError';
+  readonly shardId: string;
+  constructor(shardId: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.shardId = shardId;
+  }
+}
+
+export interface ReplicaReaderOptions {
+  readonly bounds: FreshnessBounds;
+  /** Time between two probes of every replica. */
+  readonly intervalMs: number;
+  /** Budget of one probe (connect and query). Default 2000 ms. */
+  readonly probeTimeoutMs?: number;
+  /** The clock; injected so tests and the simulator can control it. Default `Date.now`. */
+  readonly now?: () => number;
+  /** Told about every read that had to move to another node, and why. */
+  readonly onFailover?: (event: FailoverEvent) => void;
+}
+
+export interface FailoverEvent {
+  readonly shardId: string;
+  readonly nodeId: string;
+  /** pg's message (no credentials: pools are built from URLs pg does not echo). */
+  readonly error: string;
+}
+
+export interface ReadOptions {
+  /** A read-your-writes token from {@link captureWriteToken}: the read sees that write. */
+  readonly token?: string;
+}
+
+export interface ReadResult<R> {
+  readonly rows: R[];
+  readonly rowCount: number | null;
+  /** The node that answered (`shard_001/replica-1`, `shard_001/primary`). */
+  readonly servedBy: string;
+}
+
+/** Anything with pg's `query` (a pool or a client). */
+export interface Queryable {
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
+}
+
+/**
+ * The read-your-writes token of everything this session (or anyone) committed so far: the
+ * primary's WAL insert position. Call it after COMMIT. Insert, not flush, position: with
+ * `synchronous_commit = off` the commit record may not be flushed yet, but it is inserted.
+ *
+ * @example
+ * ```ts
+ * await client.query('commit');
+ * const token = await captureWriteToken(client); // '0/3000148'
+ * ```
+ */
+export async function captureWriteToken(db: Queryable): Promise<string> {
+  const { rows } = await db.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn');
+  const lsn = rows[0]?.lsn;
+  if (lsn === undefined || !isLsn(lsn)) throw new LsnError('the primary returned no WAL position');
+  return formatLsn(normalizeWalPosition(parseLsn(lsn)));
+}
+
+/**
+ * Runs `fn` in a transaction on a primary pool and returns its result with the
+ * read-your-writes token of the commit.
+ */
+export async function writeWithToken<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<{ result: T; token: string }> {
+  const client = await pool.connect();
+  try {
+    await client.query('begin');
+    let result: T;
+    try {
+      result = await fn(client);
+      await client.query('commit');
+    } catch (error) {
+      await client.query('rollback').catch(() => undefined);
+      throw error;
+    }
+    return { result, token: await captureWriteToken(client) };
+  } finally {
+    client.release();
+  }
+}
+
+/** SQLSTATEs after which the same read can succeed on another node. */
+const RETRIABLE_SQLSTATES = new Set([
+  '57P01', // admin_shutdown: the replica is being stopped
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now: starting up, or hot standby not ready
+  '53300', // too_many_connections
+  '40001', // on a replica: canceled due to a conflict with recovery
+]);
+
+/** True for errors about the node (connection lost, refused, shutting down), not about the SQL. */
+export function isNodeFailure(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code.startsWith('08') || RETRIABLE_SQLSTATES.has(code);
+  if (typeof code === 'string' && code.startsWith('E')) return true; // ECONNREFUSED, ECONNRESET, ETIMEDOUT, ...
+  return /connection|terminated|timeout/i.test(error.message);
+}
+
+const PROBE_SQL = `select pg_is_in_recovery() as in_recovery,
+  pg_last_wal_replay_lsn()::text as replay_lsn,
+  case
+    when pg_last_wal_receive_lsn() is not null and pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0
+    else extract(epoch from clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+  end as lag_seconds`;
+
+interface ReplicaProbe {
+  readonly inRecovery: boolean;
+  readonly replayLsn: bigint | null;
+  readonly lagSeconds: number | null;
+}
+
+export class ReplicaReader {
+  readonly #pools: ShardPools;
+  readonly #bounds: FreshnessBounds;
+  readonly #intervalMs: number;
+  readonly #probeTimeoutMs: number;
+  readonly #now: () => number;
+  readonly #onFailover: ((event: FailoverEvent) => void) | undefined;
+  readonly #states = new Map<string, ReplicaState>();
+  #timer: NodeJS.Timeout | undefined;
+  #running = false;
+
+  constructor(pools: ShardPools, options: ReplicaReaderOptions) {
+    this.#pools = pools;
+    this.#bounds = options.bounds;
+    this.#intervalMs = options.intervalMs;
+    this.#probeTimeoutMs = options.probeTimeoutMs ?? 2000;
+    this.#now = options.now ?? Date.now;
+    this.#onFailover = options.onFailover;
+  }
+
+  /** Probes once, then keeps probing every interval until {@link stop}. */
+  async start(): Promise<void> {
+    this.#running = true;
+    await this.refresh();
+    this.#schedule();
+  }
+
+  /** Stops probing (in-flight probes finish on their own). */
+  stop(): void {
+    this.#running = false;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #schedule(): void {
+    if (!this.#running) return;
+    this.#timer = setTimeout(() => {
+      void this.refresh().finally(() => this.#schedule());
+    }, this.#intervalMs);
+    // Probing alone must not keep a process (a Lambda, the CLI) alive.
+    this.#timer.unref();
+  }
+
+  /** Probes every shard's primary and replicas now, in parallel. */
+  async refresh(): Promise<void> {
+    await Promise.all(this.#pools.shardIds().map((shardId) => this.#refreshShard(shardId)));
+  }
+
+  async #refreshShard(shardId: string): Promise<void> {
+    const replicas = this.#pools.replicas(shardId);
+    if (replicas.length === 0) return;
+    const primaryLsn = this.#primaryLsn(this.#pools.primary(shardId));
+    const probes = replicas.map((node) => this.#probe(node));
+    const [primary, ...states] = await Promise.all([primaryLsn, ...probes]);
+    for (const [i, node] of replicas.entries()) {
+      const probe = states[i] as ReplicaProbe | undefined;
+      const checkedAtMs = this.#now();
+      if (!probe) {
+        this.#states.set(node.nodeId, { nodeId: node.nodeId, up: false, lagSeconds: null, lagBytes: null, replayLsn: null, checkedAtMs });
+        continue;
+      }
+      const lagBytes = primary === null || probe.replayLsn === null ? null : lsnBytesBehind(primary, probe.replayLsn);
+      this.#states.set(node.nodeId, { nodeId: node.nodeId, up: probe.inRecovery, lagSeconds: probe.lagSeconds, lagBytes, replayLsn: probe.replayLsn, checkedAtMs });
+    }
+  }
+
+  async #primaryLsn(node: ShardNode): Promise<bigint | null> {
+    try {
+      const { rows } = await withNodeDeadline(node.pool, this.#probeTimeoutMs, node.nodeId, (c) =>
+        c.query<{ lsn: string }>('select pg_current_wal_lsn()::text as lsn'),
+      );
+      return rows[0] ? parseLsn(rows[0].lsn) : null;
+    } catch {
+      return null;
+    }
+  }
+
+  async #probe(node: ShardNode): Promise<ReplicaProbe | undefined> {
+    try {
+      const { rows } = await withNodeDeadline(node.pool, this.#probeTimeoutMs, node.nodeId, (c) =>
+        c.query<{ in_recovery: boolean; replay_lsn: string | null; lag_seconds: number | null }>(PROBE_SQL),
+      );
+      const row = rows[0];
+      if (!row) return undefined;
+      return {
+        inRecovery: row.in_recovery,
+        replayLsn: row.replay_lsn === null ? null : parseLsn(row.replay_lsn),
+        lagSeconds: row.lag_seconds === null ? null : Math.max(0, row.lag_seconds),
+      };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The last measured state of each replica of `shardId`, with why it gets no reads (or null). */
+  replicaStates(shardId: string): { state: ReplicaState; ineligible: string | null }[] {
+    const now = this.#now();
+    return this.#pools
+      .replicas(shardId)
+      .map((n) => this.#states.get(n.nodeId))
+      .filter((s): s is ReplicaState => s !== undefined)
+      .map((state) => ({ state, ineligible: replicaIneligibility(state, this.#bounds, now) }));
+  }
+
+  /** The order in which a read on `shardId` would try nodes right now. */
+  plan(shardId: string, options: ReadOptions = {}): ReadTarget[] {
+    const states = this.#pools
+      .replicas(shardId)
+      .map((n) => this.#states.get(n.nodeId))
+      .filter((s): s is ReplicaState => s !== undefined);
+    return rankReadTargets(states, this.#bounds, { nowMs: this.#now(), ...(options.token === undefined ? {} : { token: parseLsn(options.token) }) });
+  }
+
+  /**
+   * Runs one read-only query on the best node of `shardId`. SQL errors are thrown as pg raised
+   * them; node failures move the read to the next node.
+   */
+  async query<R extends pg.QueryResultRow = pg.QueryResultRow>(shardId: string, text: string, values: unknown[] = [], options: ReadOptions = {}): Promise<ReadResult<R>> {
+    return this.withReadClient(shardId, async (client, servedBy) => {
+      const result = await client.query<R>(text, values);
+      return { rows: result.rows, rowCount: result.rowCount, servedBy };
+    }, options);
+  }
+
+  /**
+   * Lends a client of the best node of `shardId` to `fn` (for several statements on one
+   * snapshot). `fn` may run again on another node when the first one fails, so it must only read.
+   */
+  async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string) => Promise<T>, options: ReadOptions = {}): Promise<T> {
+    const targets = this.plan(shardId, options);
+    let lastError: unknown;
+    for (const target of targets) {
+      const node = target.kind === 'primary' ? this.#pools.primary(shardId) : this.#pools.node(target.nodeId);
+      if (!node) continue;
+      let client: pg.PoolClient | undefined;
+      try {
+        client = await node.pool.connect();
+        if (target.kind === 'replica' && !target.tokenVerified && options.token !== undefined) {
+          const { rows } = await client.query<{ ok: boolean }>('select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok', [options.token]);
+          if (rows[0]?.ok !== true) {
+            client.release();
+            client = undefined;
+            continue;
+          }
+        }
+        const result = await fn(client, node.nodeId);
+        client.release();
+        return result;
+      } catch (error) {
+        if (!isNodeFailure(error)) {
+          client?.release();
+          throw error;
+        }
+        // A broken connection must not go back to the pool.
+        client?.release(error instanceof Error ? error : true);
+        lastError = error;
+        if (target.kind === 'replica') this.#markFailed(node, error);
+        else break;
+      }
+    }
+    throw new ShardUnavailableError(shardId, `no node of shard ${shardId} could serve the read: ${lastError instanceof Error ? lastError.message : String(lastError)}`, { cause: lastError });
+  }
+
+  #markFailed(node: ShardNode, error: unknown): void {
+    const state = this.#states.get(node.nodeId);
+    if (state) this.#states.set(node.nodeId, { ...state, failedAtMs: this.#now() });
+    this.#onFailover?.({ shardId: node.shardId, nodeId: node.nodeId, error: error instanceof Error ? error.message : String(error) });
+  }
+}

@@ -1,0 +1,204 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { captureWriteToken, ReplicaReader, writeWithToken, type FailoverEvent } from '../../../functions/adapters/postgres/replica-reader.js';
+import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import type { FreshnessBounds } from '../../../functions/core/sharding/replica-choice.js';
+import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+
+const SHARD = 'shard_001';
+const REPLICA_1 = `${SHARD}/replica-1`;
+const REPLICA_2 = `${SHARD}/replica-2`;
+const PRIMARY = `${SHARD}/primary`;
+const generous: FreshnessBounds = { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 };
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+describe('reads from streaming replicas', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+  const readers: ReplicaReader[] = [];
+
+  const newReader = (bounds: FreshnessBounds, intervalMs = 60_000, onFailover?: (e: FailoverEvent) => void): ReplicaReader => {
+    const reader = new ReplicaReader(pools, { bounds, intervalMs, probeTimeoutMs: 1000, ...(onFailover ? { onFailover } : {}) });
+    readers.push(reader);
+    return reader;
+  };
+  const replica = (i: number) => {
+    const r = cluster.shards[0]?.replicas[i];
+    if (!r) throw new Error('cluster has no such replica');
+    return r;
+  };
+  const insertUser = async (): Promise<{ id: string; token: string }> => {
+    const id = randomUUID();
+    const { token } = await writeWithToken(pools.primary(SHARD).pool, (c) =>
+      c.query("insert into users (id, slot, email, display_name) values ($1, 7, 'a@example.org', 'A')", [id]),
+    );
+    return { id, token };
+  };
+  const catchUpAll = async (): Promise<void> => {
+    await Promise.all(cluster.shards.flatMap((s) => s.replicas.map((r) => r.waitForCatchUp())));
+  };
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 2, replicasPerShard: 2, schema: true });
+    pools = ShardPools.fromConfig(cluster.config, { max: 4, connectionTimeoutMillis: 1000 });
+  });
+  afterEach(async () => {
+    for (const r of readers.splice(0)) r.stop();
+    for (const r of cluster.shards.flatMap((s) => s.replicas)) {
+      await r.startReplica();
+      await r.resumeReplay();
+    }
+    await catchUpAll();
+  });
+  afterAll(async () => {
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  it('builds replicas that are in recovery and replay what the primary commits', async () => {
+    const { id } = await insertUser();
+    await replica(0).waitForCatchUp();
+    const client = new pg.Client({ connectionString: replica(0).url });
+    await client.connect();
+    const { rows } = await client.query<{ rec: boolean; n: number }>('select pg_is_in_recovery() as rec, (select count(*)::int from users where id = $1) as n', [id]);
+    await client.end();
+    expect(rows[0]).toEqual({ rec: true, n: 1 });
+  });
+
+  it('serves reads from a caught-up replica even after the primary has been idle longer than the lag bound', async () => {
+    await catchUpAll();
+    const reader = newReader({ ...generous, maxLagSeconds: 1 });
+    await sleep(1500);
+    await reader.refresh();
+    const { servedBy } = await reader.query(SHARD, 'select 1 as one');
+    expect(servedBy).toMatch(/^shard_001\/replica-\d$/);
+    expect(reader.replicaStates(SHARD).map((s) => s.state.lagSeconds)).toEqual([0, 0]);
+  });
+
+  it('sends reads to the least lagged replica when replay is paused on the other', async () => {
+    await replica(0).pauseReplay();
+    await insertUser();
+    await replica(1).waitForCatchUp();
+    const reader = newReader(generous);
+    await reader.refresh();
+    const { servedBy } = await reader.query(SHARD, 'select 1');
+    expect(servedBy).toBe(REPLICA_2);
+    const lagging = reader.replicaStates(SHARD).find((s) => s.state.nodeId === REPLICA_1);
+    expect(lagging?.state.lagBytes).toBeGreaterThan(0n);
+  });
+
+  it('sends reads to the primary when every replica lags more bytes than allowed', async () => {
+    await Promise.all([replica(0).pauseReplay(), replica(1).pauseReplay()]);
+    await insertUser();
+    await sleep(300); // let the replicas receive (not replay) the WAL
+    const reader = newReader({ ...generous, maxLagBytes: 0 });
+    await reader.refresh();
+    const { servedBy } = await reader.query(SHARD, 'select 1');
+    expect(servedBy).toBe(PRIMARY);
+    expect(reader.replicaStates(SHARD).map((s) => s.ineligible)).toEqual([expect.stringMatching(/^lag \d+ bytes/), expect.stringMatching(/^lag \d+ bytes/)]);
+  });
+
+  it('sends reads to the primary when every replica lags more seconds than allowed', async () => {
+    await insertUser();
+    await catchUpAll();
+    await Promise.all([replica(0).pauseReplay(), replica(1).pauseReplay()]);
+    await sleep(1100);
+    await insertUser();
+    await sleep(300);
+    const reader = newReader({ ...generous, maxLagSeconds: 1 });
+    await reader.refresh();
+    const { servedBy } = await reader.query(SHARD, 'select 1');
+    expect(servedBy).toBe(PRIMARY);
+    expect(reader.replicaStates(SHARD).every((s) => (s.state.lagSeconds ?? 0) > 1)).toBe(true);
+  });
+
+  it('does not let a read carrying a write token see a replica that has not replayed the write', async () => {
+    await Promise.all([replica(0).pauseReplay(), replica(1).pauseReplay()]);
+    const { id, token } = await insertUser();
+    const reader = newReader(generous);
+    await reader.refresh();
+
+    const withoutToken = await reader.query<{ n: number }>(SHARD, 'select count(*)::int as n from users where id = $1', [id]);
+    const withToken = await reader.query<{ n: number }>(SHARD, 'select count(*)::int as n from users where id = $1', [id], { token });
+
+    expect(withoutToken.servedBy).toMatch(/replica/);
+    expect(withoutToken.rows[0]?.n).toBe(0);
+    expect(withToken.servedBy).toBe(PRIMARY);
+    expect(withToken.rows[0]?.n).toBe(1);
+  });
+
+  it('serves a read carrying a write token from a replica once it has replayed past the token', async () => {
+    await replica(0).pauseReplay();
+    const { id, token } = await insertUser();
+    const reader = newReader(generous);
+    await reader.refresh(); // replica-1 is paused behind the token, replica-2 is not known to be past it yet
+    await replica(1).waitForCatchUp();
+
+    const result = await reader.query<{ n: number }>(SHARD, 'select count(*)::int as n from users where id = $1', [id], { token });
+
+    expect(result.servedBy).toBe(REPLICA_2);
+    expect(result.rows[0]?.n).toBe(1);
+  });
+
+  it('retries a read on another node, without an error, when the chosen replica has just gone down', async () => {
+    const events: FailoverEvent[] = [];
+    const reader = newReader(generous, 60_000, (e) => events.push(e));
+    await reader.refresh();
+    const first = reader.plan(SHARD)[0];
+    const chosen = first?.kind === 'replica' ? first.nodeId : '';
+    await replica(chosen === REPLICA_1 ? 0 : 1).stopReplica();
+
+    const { rows, servedBy } = await reader.query<{ one: number }>(SHARD, 'select 1 as one');
+
+    expect(rows).toEqual([{ one: 1 }]);
+    expect(servedBy).not.toBe(chosen);
+    expect(events.map((e) => e.nodeId)).toEqual([chosen]);
+  });
+
+  it('stops sending reads to a stopped replica within one health interval', async () => {
+    const intervalMs = 300;
+    const reader = newReader(generous, intervalMs);
+    await reader.start();
+    await replica(0).stopReplica();
+    await sleep(intervalMs + 1000 + 100); // one interval plus one probe timeout
+
+    const states = reader.replicaStates(SHARD);
+    const served = await Promise.all(Array.from({ length: 10 }, () => reader.query(SHARD, 'select 1')));
+
+    expect(states.find((s) => s.state.nodeId === REPLICA_1)?.ineligible).toBe('down');
+    expect(new Set(served.map((r) => r.servedBy))).toEqual(new Set([REPLICA_2]));
+  });
+
+  it('sends reads to a restarted replica again at the next health check', async () => {
+    await replica(0).stopReplica();
+    const reader = newReader(generous);
+    await reader.refresh();
+    await replica(1).stopReplica();
+    await replica(0).startReplica();
+    await replica(0).waitForCatchUp();
+
+    await reader.refresh();
+    const { servedBy } = await reader.query(SHARD, 'select 1');
+
+    expect(servedBy).toBe(REPLICA_1);
+  });
+
+  it('throws SQL errors as they are instead of retrying them elsewhere', async () => {
+    const events: FailoverEvent[] = [];
+    const reader = newReader(generous, 60_000, (e) => events.push(e));
+    await reader.refresh();
+
+    await expect(reader.query(SHARD, 'select * from no_such_table')).rejects.toMatchObject({ code: '42P01' });
+    expect(events).toEqual([]);
+  });
+
+  it('returns a token that is the primary WAL insert position after the commit', async () => {
+    const { token } = await insertUser();
+    const after = await captureWriteToken(pools.primary(SHARD).pool);
+    const { rows } = await pools.primary(SHARD).pool.query<{ ok: boolean }>('select $1::pg_lsn <= $2::pg_lsn as ok', [token, after]);
+    expect(token).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+    expect(rows[0]?.ok).toBe(true);
+  });
+});
