@@ -186,6 +186,8 @@ const cookieNames = (fallback: string) =>
     }),
   );
 
+const WORKERS_MESSAGE = 'must be "auto" or a whole number from 1 to 256';
+
 /**
  * The sidecar's environment variables, their validation and their defaults. Keys are the
  * variable names, so every zod issue path names the variable at fault.
@@ -201,8 +203,8 @@ export const nginxEnvSchema = z
             .string()
             .regex(/^\d+$/)
             .transform(Number)
-            .pipe(z.number().min(1).max(256)),
-        ], { error: 'must be "auto" or a whole number from 1 to 256' })
+            .pipe(z.number().min(1, WORKERS_MESSAGE).max(256, WORKERS_MESSAGE)),
+        ], { error: WORKERS_MESSAGE })
         .default('auto'),
     ),
     NGINX_WORKER_CONNECTIONS: wholeNumber(128, 65536, 4096),
@@ -271,6 +273,24 @@ export type NginxSettings = z.output<typeof nginxEnvSchema>;
 /** Every variable the sidecar reads. */
 export const NGINX_ENV_VARIABLES: readonly string[] = Object.keys(nginxEnvSchema.shape);
 
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i += 1) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j += 1) {
+      row.push(Math.min((prev[j] ?? 0) + 1, (row[j - 1] ?? 0) + 1, (prev[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1)));
+    }
+    prev = row;
+  }
+  return prev[b.length] ?? 0;
+}
+
+function closest(name: string, candidates: readonly string[]): string | undefined {
+  const ranked = candidates.map((c) => ({ c, d: editDistance(name, c) })).sort((x, y) => x.d - y.d);
+  const best = ranked[0];
+  return best !== undefined && best.d <= 3 ? best.c : undefined;
+}
+
 /**
  * Validates the `NGINX_*` variables of `env`. Unknown `NGINX_*` names are rejected too: a typo
  * must not silently leave a default in place.
@@ -287,7 +307,11 @@ export function parseNginxEnv(env: Readonly<Record<string, string | undefined>>)
   const unknown = Object.keys(env)
     .filter((k) => k.startsWith('NGINX_') && !known.has(k))
     .sort()
-    .map((variable) => ({ variable, message: 'is not a setting of the nginx sidecar (check the spelling)', value: env[variable] }));
+    .map((variable) => {
+      const near = closest(variable, NGINX_ENV_VARIABLES);
+      const hint = near === undefined ? 'check the spelling' : `did you mean ${near}?`;
+      return { variable, message: `is not a setting of the nginx sidecar (${hint})`, value: env[variable] };
+    });
   const input = Object.fromEntries(NGINX_ENV_VARIABLES.map((k) => [k, env[k]]));
   const result = nginxEnvSchema.safeParse(input);
   const problems: NginxEnvProblem[] = [...unknown];

@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { parseNginxEnv, renderNginxConfig, type NginxRuntime } from '../../../containers/nginx/render.js';
 
 export const TEMPLATE_PATH = fileURLToPath(new URL('../../../containers/nginx/nginx.conf.template', import.meta.url));
-const MODULES_DIR = process.env.NGINX_MODULES_DIR_FOR_TESTS ?? '/usr/lib/nginx/modules';
+const MODULES_DIR = process.env.CA_DMS_NGINX_MODULES_DIR ?? '/usr/lib/nginx/modules';
 
 /** Asks the kernel for a free loopback port (without loading the PostgreSQL helpers). */
 export async function freePort(): Promise<number> {
@@ -39,14 +39,14 @@ export async function freePort(): Promise<number> {
  * The nginx binary, or a loud failure: these tests must never pass by skipping.
  */
 export function nginxBinary(): string {
-  const candidates = [process.env.NGINX_BIN, '/usr/sbin/nginx', '/usr/local/sbin/nginx'].filter(
+  const candidates = [process.env.CA_DMS_NGINX_BIN, '/usr/sbin/nginx', '/usr/local/sbin/nginx'].filter(
     (c): c is string => c !== undefined && c !== '',
   );
   const found = candidates.find((c) => existsSync(c));
   if (found === undefined) {
     throw new Error(
       'nginx is not installed: the sidecar tests run real nginx. Install Debian\'s packages with ' +
-        '`apt-get install nginx libnginx-mod-http-brotli-filter` (.ci/run does this) or set NGINX_BIN.',
+        '`apt-get install nginx libnginx-mod-http-brotli-filter` (.ci/run does this) or set CA_DMS_NGINX_BIN.',
     );
   }
   if (!existsSync(join(MODULES_DIR, 'ngx_http_brotli_filter_module.so'))) {

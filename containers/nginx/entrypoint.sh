@@ -1,0 +1,8 @@
+#!/bin/sh
+# Sidecar start: render /etc/nginx/nginx.conf from the NGINX_* variables, then become nginx.
+# An invalid variable stops here (exit 78, message naming it): nginx never starts half-configured.
+set -eu
+node /opt/ca-dms-nginx/render.mjs \
+  --template /opt/ca-dms-nginx/nginx.conf.template \
+  --out /etc/nginx/nginx.conf
+exec nginx -c /etc/nginx/nginx.conf "$@"
