@@ -30,7 +30,8 @@ export type ShardingStrategy = (typeof SHARDING_STRATEGIES)[number];
 
 /**
  * Replaces the password of a connection string (user-info or `password=` parameter) with `***`.
- * Works on strings that are not valid URLs too, so anything echoed in a message is safe.
+ * Works on strings that are not valid URLs too, so anything echoed in a message is safe; the
+ * password runs to the last `@`, so an unescaped `@` in it cannot leak its tail.
  *
  * @example
  * ```ts
@@ -38,7 +39,7 @@ export type ShardingStrategy = (typeof SHARDING_STRATEGIES)[number];
  * ```
  */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@:?#]*:)[^@]*@/i, '$1***@').replace(/([?&]password=)[^&#]*/gi, '$1***');
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@:?#]*:).*@/i, '$1***@').replace(/([?&]password=)[^&#]*/gi, '$1***');
 }
 
 /** True for `postgres://` / `postgresql://` URLs with a host. */

@@ -134,12 +134,14 @@ export function slotsOf(map: SlotMap, shardId: string): number[] {
 export function addShard(map: SlotMap, shardId: string, weight: number, weights?: Readonly<Record<string, number>>): SlotMap {
   const counts = slotCounts(map);
   if (counts.has(shardId)) throw new SlotMapError(`shard ${shardId} already owns slots in map version ${map.version}`);
-  const existing: ShardWeight[] = [...counts.entries()].map(([id, count]) => {
-    if (weights === undefined) return { shardId: id, weight: (count * counts.size) / map.slotCount };
-    const w = weights[id];
-    if (w === undefined) throw new SlotMapError(`no weight given for shard ${id}, which owns ${count} slots`);
-    return { shardId: id, weight: w };
-  });
+  const existing: ShardWeight[] = [...counts.entries()]
+    .sort(([a], [b]) => compareCodePoints(a, b))
+    .map(([id, count]) => {
+      if (weights === undefined) return { shardId: id, weight: (count * counts.size) / map.slotCount };
+      const w = weights[id];
+      if (w === undefined) throw new SlotMapError(`no weight given for shard ${id}, which owns ${count} slots`);
+      return { shardId: id, weight: w };
+    });
   const all = [...existing, { shardId, weight }];
   const quotas = slotQuotas(all, map.slotCount);
   const need = quotas.get(shardId) as number;

@@ -1,0 +1,239 @@
+/**
+ * The rebalance planner, in the spirit of Citus's rebalance plan: given each shard's size and
+ * the units that can move (hash slots and directory keys, with their rows and bytes), it
+ * proposes the moves that bring every shard within `threshold` of the mean while moving as
+ * little data as it can. Pure: the caller supplies the statistics and carries out the moves.
+ *
+ * The algorithm is greedy (a bin-balancing problem is NP-hard in general, and the slot
+ * granularity, 1/4096 of the data on average, makes greedy close to the optimum in practice):
+ *
+ * 1. `lo = mean * (1 - threshold)`, `hi = mean * (1 + threshold)`; a shard's excess is how far
+ *    its load lies outside `[lo, hi]`.
+ * 2. Take the shard with the largest excess (ties: shard id). If it is over `hi`, candidates
+ *    are its units towards any lighter shard; if it is under `lo`, units of any heavier shard
+ *    towards it.
+ * 3. A candidate is admissible only if it strictly lowers the total excess, strictly lowers
+ *    the variance of the loads (`size < load(from) - load(to)`, so no move ever makes balance
+ *    worse and the plan cannot cycle), leaves the target at least `headroomBytes` of free
+ *    storage when its free storage is known, and moves a unit not moved before.
+ * 4. Among admissible candidates, if some resolve the shard completely, take the one moving the
+ *    least data (best fit); otherwise the one that lowers the excess most (ties: less data, the
+ *    lighter target, then ids). Apply it and repeat.
+ * 5. A shard with no admissible candidate is set aside (until the next move changes the loads);
+ *    planning stops when every shard is within bounds or none can be helped, and the shards
+ *    left outside are reported in `unresolved` with the reason.
+ *
+ * @example
+ * ```ts
+ * const plan = planRebalance({
+ *   shards: [{ shardId: 'a', bytes: 900, rows: 9 }, { shardId: 'b', bytes: 100, rows: 1 }],
+ *   units: [{ kind: 'slot', id: '7', shardId: 'a', rows: 4, bytes: 400 }, { kind: 'slot', id: '8', shardId: 'a', rows: 5, bytes: 500 }],
+ * });
+ * plan.moves; // [{ unit: { kind: 'slot', id: '7' }, from: 'a', to: 'b', rows: 4, bytes: 400 }]
+ * plan.summary.imbalanceAfter; // 1.0
+ * ```
+ */
+import { z } from 'zod';
+import { RebalancePlanError } from './errors.js';
+
+const size = z.number().finite().min(0);
+
+export const rebalanceInputSchema = z.strictObject({
+  shards: z
+    .array(z.strictObject({ shardId: z.string().min(1), bytes: size, rows: size, freeBytes: size.optional() }))
+    .min(1, 'at least one shard is required'),
+  units: z.array(z.strictObject({ kind: z.enum(['slot', 'directory']), id: z.string().min(1), shardId: z.string().min(1), rows: size, bytes: size })),
+  /** Allowed deviation from the mean, as a fraction. Default 0.10 (10%). */
+  threshold: z.number().gt(0).lt(1).default(0.1),
+  by: z.enum(['bytes', 'rows']).default('bytes'),
+  /** Free storage a target must keep after a move (applies where `freeBytes` is known). Default 0. */
+  headroomBytes: size.default(0),
+  /** Safety bound on the number of moves proposed. Default 10000. */
+  maxMoves: z.number().int().min(1).default(10_000),
+});
+
+export type RebalanceInput = z.input<typeof rebalanceInputSchema>;
+export type ShardLoad = RebalanceInput['shards'][number];
+export type MovableUnit = RebalanceInput['units'][number];
+
+export interface PlannedMove {
+  readonly unit: { readonly kind: 'slot' | 'directory'; readonly id: string };
+  readonly from: string;
+  readonly to: string;
+  readonly rows: number;
+  readonly bytes: number;
+}
+
+export interface ShardBalance {
+  readonly shardId: string;
+  readonly before: number;
+  readonly after: number;
+}
+
+export interface RebalanceSummary {
+  readonly by: 'bytes' | 'rows';
+  readonly threshold: number;
+  readonly mean: number;
+  /** max over mean of the chosen metric; 1 is perfect balance. */
+  readonly imbalanceBefore: number;
+  readonly imbalanceAfter: number;
+  readonly balancedBefore: boolean;
+  readonly balancedAfter: boolean;
+  readonly movedRows: number;
+  readonly movedBytes: number;
+  readonly shards: readonly ShardBalance[];
+  /** Shards left outside the threshold, each with the reason. */
+  readonly unresolved: readonly string[];
+}
+
+export interface RebalancePlan {
+  readonly moves: readonly PlannedMove[];
+  readonly summary: RebalanceSummary;
+}
+
+interface Candidate {
+  unit: MovableUnit;
+  from: string;
+  to: string;
+  gain: number;
+  size: number;
+  resolves: boolean;
+  toLoad: number;
+}
+
+/** Plans the moves; throws {@link RebalancePlanError} for inconsistent input. */
+export function planRebalance(input: RebalanceInput): RebalancePlan {
+  const parsed = rebalanceInputSchema.safeParse(input);
+  if (!parsed.success) {
+    throw new RebalancePlanError(`invalid rebalance input: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`, { cause: parsed.error });
+  }
+  const { shards, units, threshold, by, headroomBytes, maxMoves } = parsed.data;
+  const ids = new Set<string>();
+  for (const s of shards) {
+    if (ids.has(s.shardId)) throw new RebalancePlanError(`shard ${s.shardId} is listed twice`);
+    ids.add(s.shardId);
+  }
+  const unitKeys = new Set<string>();
+  for (const u of units) {
+    if (!ids.has(u.shardId)) throw new RebalancePlanError(`${u.kind} ${u.id} is on shard ${u.shardId}, which is not in the shard list`);
+    const k = `${u.kind}:${u.id}`;
+    if (unitKeys.has(k)) throw new RebalancePlanError(`${u.kind} ${u.id} is listed twice`);
+    unitKeys.add(k);
+  }
+
+  const metric = (x: { bytes: number; rows: number }): number => (by === 'bytes' ? x.bytes : x.rows);
+  const load = new Map(shards.map((s) => [s.shardId, metric(s)]));
+  const free = new Map(shards.map((s) => [s.shardId, s.freeBytes]));
+  const total = shards.reduce((acc, s) => acc + metric(s), 0);
+  const mean = total / shards.length;
+  const lo = mean * (1 - threshold);
+  const hi = mean * (1 + threshold);
+  const excess = (v: number): number => Math.max(0, v - hi) + Math.max(0, lo - v);
+  const loadOf = (id: string): number => load.get(id) as number;
+  const order = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+
+  const home = new Map(units.map((u) => [`${u.kind}:${u.id}`, u.shardId]));
+  const moved = new Set<string>();
+  const moves: PlannedMove[] = [];
+  const unresolved = new Map<string, string>();
+
+  const admissible = (u: MovableUnit, from: string, to: string, problem: string): Candidate | undefined => {
+    const sz = metric(u);
+    const lf = loadOf(from);
+    const lt = loadOf(to);
+    if (sz <= 0 || sz >= lf - lt) return undefined;
+    const gain = excess(lf) + excess(lt) - excess(lf - sz) - excess(lt + sz);
+    if (gain <= 0) return undefined;
+    const f = free.get(to);
+    if (f !== undefined && f - u.bytes < headroomBytes) return undefined;
+    const after = problem === from ? lf - sz : lt + sz;
+    return { unit: u, from, to, gain, size: sz, resolves: excess(after) === 0, toLoad: lt };
+  };
+
+  const better = (a: Candidate, b: Candidate | undefined): boolean => {
+    if (b === undefined) return true;
+    if (a.resolves !== b.resolves) return a.resolves;
+    if (a.resolves) {
+      if (a.size !== b.size) return a.size < b.size;
+      if (a.gain !== b.gain) return a.gain > b.gain;
+    } else {
+      if (a.gain !== b.gain) return a.gain > b.gain;
+      if (a.size !== b.size) return a.size < b.size;
+    }
+    if (a.toLoad !== b.toLoad) return a.toLoad < b.toLoad;
+    return order(`${a.to}\u0000${a.unit.kind}:${a.unit.id}`, `${b.to}\u0000${b.unit.kind}:${b.unit.id}`) < 0;
+  };
+
+  while (moves.length < maxMoves) {
+    let problem: string | undefined;
+    for (const s of shards) {
+      if (unresolved.has(s.shardId) || excess(loadOf(s.shardId)) === 0) continue;
+      if (problem === undefined || excess(loadOf(s.shardId)) > excess(loadOf(problem))) problem = s.shardId;
+    }
+    if (problem === undefined) break;
+    const over = loadOf(problem) > hi;
+    let best: Candidate | undefined;
+    let blockedByHeadroom = false;
+    for (const u of units) {
+      const key = `${u.kind}:${u.id}`;
+      if (moved.has(key)) continue;
+      const at = home.get(key) as string;
+      if (over ? at !== problem : at === problem) continue;
+      const targets = over ? shards.map((s) => s.shardId) : [problem];
+      for (const t of targets) {
+        if (t === at) continue;
+        const c = admissible(u, at, t, problem);
+        if (c !== undefined) {
+          if (better(c, best)) best = c;
+          continue;
+        }
+        const f = free.get(t);
+        if (f !== undefined && f - u.bytes < headroomBytes && metric(u) > 0 && metric(u) < loadOf(at) - loadOf(t)) blockedByHeadroom = true;
+      }
+    }
+    if (best === undefined) {
+      const pct = ((loadOf(problem) / (mean || 1) - 1) * 100).toFixed(1);
+      const where = over ? `${pct}% above` : `${(-Number(pct)).toFixed(1)}% below`;
+      const why = blockedByHeadroom
+        ? `every move that would help leaves its target with less than ${headroomBytes} free bytes`
+        : over
+          ? 'none of its movable units fits on a lighter shard without overshooting'
+          : 'no heavier shard has a movable unit that fits here without overshooting';
+      unresolved.set(problem, `${problem} stays ${where} the mean: ${why}`);
+      continue;
+    }
+    const key = `${best.unit.kind}:${best.unit.id}`;
+    moved.add(key);
+    home.set(key, best.to);
+    load.set(best.from, loadOf(best.from) - best.size);
+    load.set(best.to, loadOf(best.to) + best.size);
+    const ff = free.get(best.from);
+    const ft = free.get(best.to);
+    if (ff !== undefined) free.set(best.from, ff + best.unit.bytes);
+    if (ft !== undefined) free.set(best.to, ft - best.unit.bytes);
+    moves.push({ unit: { kind: best.unit.kind, id: best.unit.id }, from: best.from, to: best.to, rows: best.unit.rows, bytes: best.unit.bytes });
+    // A move changes the loads, so a shard given up on may now have a way out.
+    unresolved.clear();
+  }
+
+  if (moves.length >= maxMoves && shards.some((s) => excess(loadOf(s.shardId)) > 0)) unresolved.set('(limit)', `planning stopped at maxMoves (${maxMoves}) before every shard was within the threshold`);
+  const imbalance = (values: number[]): number => (mean === 0 ? 1 : Math.max(...values) / mean);
+  const beforeValues = shards.map((s) => metric(s));
+  const afterValues = shards.map((s) => loadOf(s.shardId));
+  return {
+    moves,
+    summary: {
+      by,
+      threshold,
+      mean,
+      imbalanceBefore: imbalance(beforeValues),
+      imbalanceAfter: imbalance(afterValues),
+      balancedBefore: beforeValues.every((v) => excess(v) === 0),
+      balancedAfter: afterValues.every((v) => excess(v) === 0),
+      movedRows: moves.reduce((a, m) => a + m.rows, 0),
+      movedBytes: moves.reduce((a, m) => a + m.bytes, 0),
+      shards: shards.map((s) => ({ shardId: s.shardId, before: metric(s), after: loadOf(s.shardId) })),
+      unresolved: [...unresolved.values()],
+    },
+  };
+}

@@ -1,0 +1,125 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { RebalancePlanError } from '../../../functions/core/sharding/errors.js';
+import { planRebalance, type MovableUnit, type ShardLoad } from '../../../functions/core/sharding/rebalance.js';
+
+const slot = (id: number, shardId: string, bytes: number, rows = bytes / 100): MovableUnit => ({ kind: 'slot', id: String(id), shardId, rows, bytes });
+const totals = (units: MovableUnit[], ids: string[]): ShardLoad[] =>
+  ids.map((shardId) => ({ shardId, bytes: units.filter((u) => u.shardId === shardId).reduce((a, u) => a + u.bytes, 0), rows: units.filter((u) => u.shardId === shardId).reduce((a, u) => a + u.rows, 0) }));
+
+describe('rebalance planner', () => {
+  it('proposes nothing when every shard is within the threshold', () => {
+    const units = [slot(0, 'a', 1000), slot(1, 'b', 1050), slot(2, 'c', 950)];
+    const plan = planRebalance({ shards: totals(units, ['a', 'b', 'c']), units });
+    expect(plan.moves).toEqual([]);
+    expect(plan.summary).toMatchObject({ balancedBefore: true, balancedAfter: true, movedBytes: 0 });
+  });
+
+  it('moves the smallest unit that brings the shard within the threshold', () => {
+    const units = [slot(1, 'a', 500), slot(2, 'a', 400), slot(3, 'a', 20), slot(4, 'b', 100)];
+    const plan = planRebalance({ shards: totals(units, ['a', 'b']), units });
+    expect(plan.moves).toEqual([{ unit: { kind: 'slot', id: '2' }, from: 'a', to: 'b', rows: 4, bytes: 400 }]);
+    expect(plan.summary).toMatchObject({ imbalanceBefore: 920 / 510, imbalanceAfter: 520 / 510, balancedAfter: true, movedBytes: 400 });
+  });
+
+  it('fills an empty new shard from the heaviest shards', () => {
+    const units = Array.from({ length: 400 }, (_, i) => slot(i, ['a', 'b', 'c', 'd'][i % 4] as string, 100));
+    const plan = planRebalance({ shards: totals(units, ['a', 'b', 'c', 'd', 'e']), units });
+    expect(plan.summary.balancedAfter).toBe(true);
+    expect(plan.moves.every((m) => m.to === 'e')).toBe(true);
+    // The optimum moves a fifth of the data (8000 bytes); the threshold lets it stop at 10% under.
+    expect(plan.summary.movedBytes).toBeGreaterThanOrEqual(7200);
+    expect(plan.summary.movedBytes).toBeLessThanOrEqual(8000);
+  });
+
+  it('never proposes a move that does not improve balance', () => {
+    const units = [slot(1, 'a', 1000)];
+    const plan = planRebalance({ shards: totals(units, ['a', 'b']), units });
+    expect(plan.moves).toEqual([]);
+    expect(plan.summary.unresolved).toEqual([
+      'a stays 100.0% above the mean: none of its movable units fits on a lighter shard without overshooting',
+      'b stays 100.0% below the mean: no heavier shard has a movable unit that fits here without overshooting',
+    ]);
+  });
+
+  it('never leaves a target with less free storage than the headroom', () => {
+    const units = [slot(1, 'a', 400), slot(2, 'a', 500)];
+    const shards: ShardLoad[] = [
+      { shardId: 'a', bytes: 900, rows: 9, freeBytes: 10_000 },
+      { shardId: 'b', bytes: 100, rows: 1, freeBytes: 300 },
+      { shardId: 'c', bytes: 500, rows: 5, freeBytes: 1_000 },
+    ];
+    const plan = planRebalance({ shards, units, headroomBytes: 200 });
+    expect(plan.moves.map((m) => m.to)).not.toContain('b');
+    expect(plan.moves).toEqual([]);
+    expect(plan.summary.unresolved).toContain('a stays 80.0% above the mean: every move that would help leaves its target with less than 200 free bytes');
+  });
+
+  it('balances by rows when asked, even when the bytes are balanced', () => {
+    const units: MovableUnit[] = [
+      { kind: 'slot', id: '1', shardId: 'a', rows: 100, bytes: 1000 },
+      { kind: 'slot', id: '2', shardId: 'a', rows: 100, bytes: 10 },
+      { kind: 'slot', id: '3', shardId: 'b', rows: 10, bytes: 1010 },
+    ];
+    const shards = totals(units, ['a', 'b']);
+    expect(planRebalance({ shards, units, by: 'bytes' }).moves).toEqual([]);
+    const byRows = planRebalance({ shards, units, by: 'rows' });
+    expect(byRows.moves).toHaveLength(1);
+    expect(byRows.summary).toMatchObject({ by: 'rows', balancedAfter: true, movedRows: 100 });
+  });
+
+  it('moves directory keys as well as slots', () => {
+    const units: MovableUnit[] = [
+      { kind: 'directory', id: 'tenant-hot', shardId: 'a', rows: 9, bytes: 900 },
+      slot(1, 'a', 2100),
+      slot(2, 'b', 1000),
+      slot(3, 'c', 1000),
+    ];
+    const plan = planRebalance({ shards: totals(units, ['a', 'b', 'c']), units });
+    expect(plan.moves[0]).toEqual({ unit: { kind: 'directory', id: 'tenant-hot' }, from: 'a', to: 'b', rows: 9, bytes: 900 });
+  });
+
+  it('lifts a shard that is below the threshold', () => {
+    const units = [slot(1, 'a', 600), slot(2, 'a', 400), slot(3, 'b', 600), slot(4, 'b', 400), slot(5, 'c', 500)];
+    const plan = planRebalance({ shards: totals(units, ['a', 'b', 'c']), units, threshold: 0.05 });
+    expect(plan.summary.balancedBefore).toBe(false);
+    expect(plan.moves).toEqual([expect.objectContaining({ to: 'c', bytes: 400 })]);
+  });
+
+  it('only ever proposes moves that lower the variance, leaves no one worse off than the worst before and moves each unit once', () => {
+    const arb = fc.record({
+      units: fc.array(fc.record({ shard: fc.integer({ min: 0, max: 4 }), bytes: fc.integer({ min: 0, max: 1000 }) }), { maxLength: 60 }),
+      threshold: fc.double({ min: 0.01, max: 0.5, noNaN: true }),
+    });
+    fc.assert(
+      fc.property(arb, ({ units: raw, threshold }) => {
+        const ids = ['s0', 's1', 's2', 's3', 's4'];
+        const units = raw.map((u, i) => slot(i, ids[u.shard] as string, u.bytes));
+        const shards = totals(units, ids);
+        const plan = planRebalance({ shards, units, threshold });
+        const load = new Map(shards.map((s) => [s.shardId, s.bytes]));
+        const seen = new Set<string>();
+        for (const m of plan.moves) {
+          const from = load.get(m.from) as number;
+          const to = load.get(m.to) as number;
+          expect(m.bytes).toBeLessThan(from - to);
+          expect(seen.has(m.unit.id)).toBe(false);
+          seen.add(m.unit.id);
+          load.set(m.from, from - m.bytes);
+          load.set(m.to, to + m.bytes);
+        }
+        expect(plan.summary.imbalanceAfter).toBeLessThanOrEqual(plan.summary.imbalanceBefore);
+        expect(plan.summary.shards.map((s) => s.after)).toEqual(ids.map((id) => load.get(id)));
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('refuses units on unknown shards, duplicates and thresholds outside (0, 1)', () => {
+    const shards: ShardLoad[] = [{ shardId: 'a', bytes: 1, rows: 1 }];
+    expect(() => planRebalance({ shards, units: [slot(1, 'zz', 1)] })).toThrow(RebalancePlanError);
+    expect(() => planRebalance({ shards, units: [slot(1, 'a', 1), slot(1, 'a', 1)] })).toThrow(/listed twice/);
+    expect(() => planRebalance({ shards, units: [], threshold: 0 })).toThrow(/threshold/);
+    expect(() => planRebalance({ shards: [...shards, ...shards], units: [] })).toThrow(/listed twice/);
+  });
+});
