@@ -1,0 +1,196 @@
+/**
+ * The one way application code writes to a shard. `withShardWrite(key, fn)` routes the key,
+ * opens a transaction on the owning shard's primary, takes a SHARED lock on the write-fence
+ * rows of the key's slot and directory key (table `write_fences`, shard migration 002) and only
+ * then runs `fn` in that transaction. Because the mover takes the same rows EXCLUSIVELY to fence
+ * a moving unit, writers already in flight finish before the final copy, writers that arrive
+ * during the cutover wait, and once the unit has moved they find the fence marked `moved`,
+ * refresh their routing and write on the new owner. The result carries a read-your-writes token:
+ * the primary's WAL position after the commit, at or past the commit record.
+ *
+ * @example
+ * ```ts
+ * const writer = createShardWriter({ router, primaries: new Map([['shard_001', pool1], ['shard_002', pool2]]) });
+ * const { value, token } = await writer.withShardWrite(userId, async ({ client, slot }) => {
+ *   await client.query('insert into documents (id, owner_id, slot, title) values ($1, $2, $3, $4)', [docId, userId, slot, 'Minutes']);
+ *   return docId;
+ * });
+ * ```
+ */
+import type pg from 'pg';
+import type { ShardRouter } from '../../core/sharding/router.js';
+import type { DirectoryStore } from './directory-store.js';
+import type { SlotMapStore } from './slot-map-store.js';
+
+/** Where a key's writes go, as the router sees it now. */
+export interface WriteRoute {
+  readonly shardId: string;
+  readonly slot: number;
+  /** Version of the slot map (or directory entry) the route came from. */
+  readonly version: number;
+  /** True when a directory entry placed the key (its rows then do not move with its slot). */
+  readonly viaDirectory: boolean;
+}
+
+/**
+ * The routing the writer needs. `fresh: true` must bypass every cache (the writer asks for it
+ * after finding a unit moved away).
+ */
+export interface WriteRouter {
+  routeForWrite(key: string, options?: { readonly fresh?: boolean }): Promise<WriteRoute>;
+}
+
+/**
+ * The write routing of a {@link ShardRouter}: a fresh route adopts the catalog's latest slot
+ * map and forgets the key's cached directory entry first.
+ *
+ * @example
+ * ```ts
+ * const writes = routerForWrites(ShardRouter.fromConfig(config, { slotMap, directory }), slotMaps, directory);
+ * ```
+ */
+export function routerForWrites(router: ShardRouter, slotMaps: Pick<SlotMapStore, 'current'>, directory?: Pick<DirectoryStore, 'invalidate'>): WriteRouter {
+  return {
+    async routeForWrite(key, options) {
+      if (options?.fresh) {
+        router.setSlotMap(await slotMaps.current());
+        directory?.invalidate(key);
+      }
+      const route = await router.resolve(key);
+      return { shardId: route.shardId, slot: route.slot, version: route.mapVersion, viaDirectory: route.source === 'directory' };
+    },
+  };
+}
+
+export interface ShardWriterOptions {
+  readonly router: WriteRouter;
+  /** Primary pool of every shard, by shard id. */
+  readonly primaries: ReadonlyMap<string, pg.Pool>;
+  /** How long a write may wait for a fenced unit before giving up. Default 10 000 ms. */
+  readonly maxFenceWaitMs?: number;
+  /** How many times a write may be sent elsewhere because its unit moved. Default 5. */
+  readonly maxReroutes?: number;
+  /** Injected for tests; defaults to `setTimeout`. */
+  readonly sleep?: (ms: number) => Promise<void>;
+}
+
+/** What `fn` gets: the open transaction and where it runs. */
+export interface ShardWriteContext {
+  readonly client: pg.PoolClient;
+  readonly shardId: string;
+  readonly slot: number;
+  readonly version: number;
+}
+
+export interface ShardWriteResult<T> {
+  readonly value: T;
+  readonly shardId: string;
+  readonly slot: number;
+  /** Read-your-writes token: a `pg_lsn` at or past this write's commit on the shard primary. */
+  readonly token: string;
+  /** 1 when the first route was right; more when the unit was fenced or had moved. */
+  readonly attempts: number;
+}
+
+export type ShardWriteErrorReason = 'unknown-shard' | 'fence-timeout' | 'too-many-reroutes';
+
+/** A write could not be placed. Nothing was committed. */
+export class ShardWriteError extends Error {
+  override readonly name = 'ShardWriteError';
+  constructor(
+    readonly reason: ShardWriteErrorReason,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export interface ShardWriter {
+  withShardWrite<T>(key: string, fn: (ctx: ShardWriteContext) => Promise<T>): Promise<ShardWriteResult<T>>;
+}
+
+interface FenceRow {
+  kind: 'slot' | 'directory';
+  state: 'open' | 'fenced' | 'moved';
+}
+
+type FenceVerdict = 'write' | 'wait' | 'reroute';
+
+/**
+ * A directory-placed key answers only to its directory fence: its rows stay put when its hash
+ * slot moves. A hash-placed key answers to its slot fence and also to a directory fence, which
+ * exists once a move has pinned the key (the writer's cached routing may predate the pin).
+ */
+function verdict(rows: readonly FenceRow[], viaDirectory: boolean): FenceVerdict {
+  const relevant = rows.filter((r) => r.kind === 'directory' || !viaDirectory);
+  if (relevant.some((r) => r.state === 'fenced')) return 'wait';
+  if (relevant.some((r) => r.state === 'moved')) return 'reroute';
+  return 'write';
+}
+
+const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Builds a {@link ShardWriter} over the shard primaries. */
+export function createShardWriter(options: ShardWriterOptions): ShardWriter {
+  const maxFenceWaitMs = options.maxFenceWaitMs ?? 10_000;
+  const maxReroutes = options.maxReroutes ?? 5;
+  const sleep = options.sleep ?? defaultSleep;
+
+  async function withShardWrite<T>(key: string, fn: (ctx: ShardWriteContext) => Promise<T>): Promise<ShardWriteResult<T>> {
+    let fresh = false;
+    let reroutes = 0;
+    let waitedMs = 0;
+    let backoffMs = 2;
+    for (let attempt = 1; ; attempt++) {
+      const route = await options.router.routeForWrite(key, { fresh });
+      const pool = options.primaries.get(route.shardId);
+      if (!pool) throw new ShardWriteError('unknown-shard', `key routes to shard ${route.shardId}, which has no primary pool`);
+      const client = await pool.connect();
+      let outcome: FenceVerdict | undefined;
+      let released = false;
+      try {
+        await client.query('begin');
+        const fences = await client.query<FenceRow>(
+          `select kind, state from write_fences
+            where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)
+            for share`,
+          [String(route.slot), key],
+        );
+        outcome = verdict(fences.rows, route.viaDirectory);
+        if (outcome !== 'write') {
+          await client.query('rollback');
+        } else {
+          const value = await fn({ client, shardId: route.shardId, slot: route.slot, version: route.version });
+          await client.query('commit');
+          const lsn = await client.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn');
+          return { value, shardId: route.shardId, slot: route.slot, token: lsn.rows[0]?.lsn ?? '0/0', attempts: attempt };
+        }
+      } catch (err) {
+        await client.query('rollback').catch(() => undefined);
+        // A connection that failed mid-transaction must not go back to the pool.
+        client.release(err instanceof Error ? err : true);
+        released = true;
+        throw err;
+      } finally {
+        if (!released) client.release();
+      }
+      if (outcome === 'reroute') {
+        reroutes += 1;
+        if (reroutes > maxReroutes) {
+          throw new ShardWriteError('too-many-reroutes', `key's unit moved ${reroutes} times in a row; routing is not converging (last route: shard ${route.shardId}, slot ${route.slot})`);
+        }
+      } else {
+        if (waitedMs >= maxFenceWaitMs) {
+          throw new ShardWriteError('fence-timeout', `slot ${route.slot} on shard ${route.shardId} stayed fenced for more than ${maxFenceWaitMs} ms (a move is in its cutover or its mover stopped there)`);
+        }
+        await sleep(backoffMs);
+        waitedMs += backoffMs;
+        backoffMs = Math.min(backoffMs * 2, 50);
+      }
+      fresh = true;
+    }
+  }
+
+  return { withShardWrite };
+}

@@ -1,0 +1,232 @@
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MoveConflictError, MoveNotCancellableError, MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
+import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { startWorkload } from './fixtures/workload.js';
+
+/** Every document of `owners` on every shard: id -> shards holding it. */
+async function placements(env: MoveEnv, owners: readonly string[]): Promise<Map<string, { shard: string; rev: number }[]>> {
+  const out = new Map<string, { shard: string; rev: number }[]>();
+  for (const [shard, pool] of env.shards) {
+    for (const [id, rev] of await documentsOf(pool, owners)) out.set(id, [...(out.get(id) ?? []), { shard, rev }]);
+  }
+  return out;
+}
+
+async function fenceState(pool: pg.Pool, kind: string, unit: string): Promise<string | undefined> {
+  const { rows } = await pool.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2', [kind, unit]);
+  return rows[0]?.state;
+}
+
+describe('moves that lose nothing', () => {
+  let env: MoveEnv;
+  beforeAll(async () => {
+    env = await startMoveEnv();
+  });
+  afterAll(async () => {
+    await env?.stop();
+  });
+
+  it('moves a slot of 50,000 rows under concurrent writers; every acknowledged write ends up exactly once on the new owner', async () => {
+    const slot = 100;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const owners = keysInSlot(slot, 500);
+    const newUsers = keysInSlot(slot, 40);
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, owners, 99);
+    const seeded = await documentsOf(env.shards.get(from) as pg.Pool, owners);
+    const { rows: ownerRows } = await (env.shards.get(from) as pg.Pool).query<{ id: string; owner: string }>(
+      'select id::text, owner_id::text as owner from documents where slot = $1',
+      [slot],
+    );
+    const load = startWorkload(env.writer, {
+      owners,
+      documents: seeded,
+      ownerOf: new Map(ownerRows.map((r) => [r.id, r.owner])),
+      newUsers,
+      writers: 4,
+    });
+    const mover = env.mover({ readerGraceMs: 200 });
+
+    const seededRows = await countSlot(env.shards.get(from) as pg.Pool, slot);
+    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+    await new Promise((r) => setTimeout(r, 300));
+    const result = await load.stop();
+
+    expect(job.state).toBe('done');
+    expect(seededRows.users + seededRows.documents).toBe(50_000);
+    expect(result.errors).toEqual([]);
+    expect(result.anomalies).toEqual([]);
+    expect(result.byShard.get(from)).toBeGreaterThan(0);
+    expect(result.byShard.get(to)).toBeGreaterThan(0);
+    expect(await env.ownerOf(slot)).toBe(to);
+    const allOwners = [...owners, ...result.createdUsers];
+    const found = await placements(env, allOwners);
+    const misplaced = [...found].filter(([, where]) => where.length !== 1 || where[0]?.shard !== to);
+    expect(misplaced).toEqual([]);
+    const lost = [...result.live].filter(([id, rev]) => found.get(id)?.[0]?.rev !== rev);
+    expect(lost).toEqual([]);
+    const resurrected = [...result.deleted].filter((id) => found.has(id));
+    expect(resurrected).toEqual([]);
+    const unexpected = [...found.keys()].filter((id) => !result.live.has(id) && !result.uncertain.has(id));
+    expect(unexpected).toEqual([]);
+    expect(await countSlot(env.shards.get(from) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
+    expect((await countSlot(env.shards.get(to) as pg.Pool, slot)).users).toBe(owners.length + result.createdUsers.size);
+  });
+
+  it('records counts and checksums of both sides, the map versions and how long writes were fenced', async () => {
+    const slot = 101;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 20), 5);
+    const before = (await env.slotMaps.current()).version;
+    const mover = env.mover({ readerGraceMs: 0 });
+
+    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test', reason: 'balance' })).id);
+
+    expect(job.sourceSummary).toEqual(job.targetSummary);
+    expect(job.sourceSummary?.users?.rows).toBe(20);
+    expect(job.sourceSummary?.documents?.rows).toBe(100);
+    expect(job.mapVersionBefore).toBe(before);
+    expect(job.mapVersionAfter).toBe(before + 1);
+    expect(job.fenceMs).toBeGreaterThanOrEqual(0);
+    expect(job.rowsDeleted).toBe(120);
+    expect(await fenceState(env.shards.get(from) as pg.Pool, 'slot', String(slot))).toBe('moved');
+    expect(await fenceState(env.shards.get(to) as pg.Pool, 'slot', String(slot))).toBe('open');
+  });
+
+  it('moves one directory key and leaves the rest of its slot where it was', async () => {
+    const slot = 102;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const [tenant, neighbour] = keysInSlot(slot, 2) as [string, string];
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [tenant, neighbour], 50);
+    const mover = env.mover({ readerGraceMs: 0 });
+
+    const job = await mover.run((await mover.plan({ kind: 'directory', key: tenant, to, createdBy: 'test' })).id);
+    const write = await env.writer.withShardWrite(tenant, async ({ client, slot: s }) => {
+      await client.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'after the move')`, [tenant, s]);
+    });
+
+    expect(job.state).toBe('done');
+    expect((await env.directory.entry(tenant))?.shardId).toBe(to);
+    expect(write.shardId).toBe(to);
+    expect((await documentsOf(env.shards.get(to) as pg.Pool, [tenant])).size).toBe(51);
+    expect((await documentsOf(env.shards.get(from) as pg.Pool, [tenant])).size).toBe(0);
+    expect((await documentsOf(env.shards.get(from) as pg.Pool, [neighbour])).size).toBe(50);
+  });
+
+  it('leaves directory-pinned keys where the directory puts them when their slot moves', async () => {
+    const slot = 103;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const [pinned, plain] = keysInSlot(slot, 2) as [string, string];
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [pinned], 10);
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [plain], 10);
+    await env.directory.set(pinned, from, 'test');
+    const mover = env.mover({ readerGraceMs: 0 });
+
+    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+    expect(job.state).toBe('done');
+    expect(job.excludedKeys).toEqual([pinned]);
+    expect((await documentsOf(env.shards.get(from) as pg.Pool, [pinned])).size).toBe(10);
+    expect((await documentsOf(env.shards.get(to) as pg.Pool, [plain])).size).toBe(10);
+    expect((await env.writer.withShardWrite(pinned, async () => undefined)).shardId).toBe(from);
+  });
+
+  it('cancels a running move: the target copy is removed and writes stay on the source', async () => {
+    const slot = 104;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [user], 30);
+    const versionBefore = (await env.slotMaps.current()).version;
+    let requested: { cancelRequested: boolean } | undefined;
+    const mover = env.mover({
+      readerGraceMs: 0,
+      async hook(point, job) {
+        if (point === 'catching_up') requested = await env.mover().cancel(job.id);
+      },
+    });
+
+    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+    const write = await env.writer.withShardWrite(user, async () => undefined);
+
+    expect(requested?.cancelRequested).toBe(true);
+    expect(job.state).toBe('cancelled');
+    expect((await env.slotMaps.current()).version).toBe(versionBefore);
+    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await countSlot(env.shards.get(from) as pg.Pool, slot)).toEqual({ users: 1, documents: 30 });
+    expect(write.shardId).toBe(from);
+  });
+
+  it('refuses to cancel a move that has published its new owner, and finishes it', async () => {
+    const slot = 105;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 1), 3);
+    let refusal: unknown;
+    const mover = env.mover({
+      readerGraceMs: 0,
+      async hook(point, job) {
+        if (point === 'published') refusal = await env.mover().cancel(job.id).catch((e: unknown) => e);
+      },
+    });
+
+    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+    expect(refusal).toBeInstanceOf(MoveNotCancellableError);
+    expect(job.state).toBe('done');
+    expect(await env.ownerOf(slot)).toBe(to);
+  });
+
+  it('fails a move whose copy does not verify, rolls it back and reopens the source', async () => {
+    const slot = 106;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [user], 10);
+    const mover = env.mover({
+      readerGraceMs: 0,
+      async hook(point) {
+        // Corrupt the target copy behind the mover's back.
+        if (point === 'fenced') await (env.shards.get(to) as pg.Pool).query(`update documents set title = 'tampered' where id in (select id from documents where slot = $1 limit 1)`, [slot]);
+      },
+    });
+
+    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+    expect(job.state).toBe('failed');
+    expect(job.error).toMatch(/documents: source 10 rows, target 10 rows \(checksums differ\)/);
+    expect(await env.ownerOf(slot)).toBe(from);
+    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await fenceState(env.shards.get(from) as pg.Pool, 'slot', String(slot))).toBe('open');
+    expect((await env.writer.withShardWrite(user, async () => undefined)).shardId).toBe(from);
+  });
+
+  it('allows one unfinished move per slot', async () => {
+    const slot = 107;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const [key] = keysInSlot(slot, 1) as [string];
+    const mover = env.mover();
+    const first = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+
+    await expect(mover.plan({ kind: 'directory', key, to, createdBy: 'test' })).rejects.toThrow(MoveConflictError);
+    await expect(mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).rejects.toThrow(new RegExp(`job #${first.id}`));
+    await mover.cancel(first.id);
+  });
+
+  it('rejects invalid move requests, naming the problem, and records nothing', async () => {
+    const mover = env.mover();
+    const { rows } = await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.move_jobs');
+
+    await expect(mover.plan({ kind: 'slot', slot: 5000, to: 'shard_b', createdBy: 'test' })).rejects.toThrow(/slot 5000 is outside 0..4095/);
+    await expect(mover.plan({ kind: 'slot', slot: 1, to: 'shard_x', createdBy: 'test' })).rejects.toThrow(/target shard shard_x is not one of shard_a, shard_b/);
+    await expect(mover.plan({ kind: 'directory', key: 'not-a-uuid', to: 'shard_b', createdBy: 'test' })).rejects.toThrow(MoveRequestError);
+    await expect(mover.plan({ kind: 'slot', slot: 1, to: await env.ownerOf(1), createdBy: 'test' })).rejects.toThrow(/already on/);
+    const after = await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.move_jobs');
+    expect(after.rows[0]?.n).toBe(rows[0]?.n);
+  });
+});
