@@ -184,16 +184,30 @@ async function wrap<T>(what: string, run: () => Promise<T>): Promise<T> {
   }
 }
 
-/** The PostgreSQL catalog. Give it a pool; it never ends the pool. */
+/**
+ * A pool, or how to get one: in Lambda the pool is built on first use from a secret, and a
+ * failure to build it must look like an unreachable catalog rather than break the cold start.
+ */
+export type PoolSource = pg.Pool | (() => Promise<pg.Pool>);
+
+/** The PostgreSQL catalog. Give it a pool (or a pool factory); it never ends the pool. */
 export class CatalogStore implements ControllerCatalog {
+  private readonly source: PoolSource;
+
   constructor(
-    private readonly pool: pg.Pool,
+    source: PoolSource,
     private readonly options: CatalogStoreOptions,
-  ) {}
+  ) {
+    this.source = source;
+  }
+
+  private async db(): Promise<pg.Pool> {
+    return typeof this.source === 'function' ? this.source() : this.source;
+  }
 
   /** The configuration in force, or `undefined` while none was ever written. */
   async getConfig(): Promise<StoredConfig | undefined> {
-    return wrap('reading the configuration', async () => this.readConfig(this.pool));
+    return wrap('reading the configuration', async () => this.readConfig(await this.db()));
   }
 
   private async readConfig(db: Queryable): Promise<StoredConfig | undefined> {
@@ -214,7 +228,7 @@ export class CatalogStore implements ControllerCatalog {
   async putConfig(document: Record<string, unknown>, opts: { actor: string; comment?: string; ifVersion?: number }): Promise<StoredConfig> {
     const config = parseScalingConfig(document);
     return wrap('writing the configuration', async () => {
-      const client = await this.pool.connect();
+      const client = await (await this.db()).connect();
       try {
         await client.query('begin');
         // Serialises writers so "current version" cannot change between the check and the insert.
@@ -241,7 +255,7 @@ export class CatalogStore implements ControllerCatalog {
   /** Lists configuration versions, newest first. */
   async listConfigVersions(limit = 20): Promise<StoredConfig[]> {
     return wrap('listing configuration versions', async () => {
-      const { rows } = await this.pool.query<{ version: number; document: Record<string, unknown>; changed_by: string; changed_at: Date; comment: string }>(
+      const { rows } = await (await this.db()).query<{ version: number; document: Record<string, unknown>; changed_by: string; changed_at: Date; comment: string }>(
         'select version, document, changed_by, changed_at, comment from catalog.scaling_config order by version desc limit $1',
         [limit],
       );
@@ -252,7 +266,7 @@ export class CatalogStore implements ControllerCatalog {
   /** Turns the global switch (`scope: '*'`) or a service's switch on or off. */
   async setSwitch(s: { scope: string; enabled: boolean; actor: string; reason?: string }): Promise<Switch> {
     return wrap('setting a switch', async () => {
-      const { rows } = await this.pool.query<{ changed_at: Date }>(
+      const { rows } = await (await this.db()).query<{ changed_at: Date }>(
         `insert into catalog.scaling_switches (scope, enabled, changed_by, reason) values ($1, $2, $3, $4)
          on conflict (scope) do update set enabled = excluded.enabled, changed_by = excluded.changed_by, reason = excluded.reason, changed_at = now()
          returning changed_at`,
@@ -265,7 +279,7 @@ export class CatalogStore implements ControllerCatalog {
   /** Every switch ever set; absent scopes are enabled. */
   async getSwitches(): Promise<Switch[]> {
     return wrap('reading switches', async () => {
-      const { rows } = await this.pool.query<{ scope: string; enabled: boolean; changed_by: string; changed_at: Date; reason: string }>(
+      const { rows } = await (await this.db()).query<{ scope: string; enabled: boolean; changed_by: string; changed_at: Date; reason: string }>(
         'select scope, enabled, changed_by, changed_at, reason from catalog.scaling_switches order by scope',
       );
       return rows.map((r) => ({ scope: r.scope, enabled: r.enabled, changedBy: r.changed_by, changedAt: r.changed_at, reason: r.reason }));
@@ -274,7 +288,7 @@ export class CatalogStore implements ControllerCatalog {
 
   async loadControl(): Promise<ControlState> {
     return wrap('loading the control state', async () => {
-      const [stored, switches] = await Promise.all([this.readConfig(this.pool), this.getSwitches()]);
+      const [stored, switches] = await Promise.all([this.readConfig(await this.db()), this.getSwitches()]);
       const serviceEnabled = Object.fromEntries(switches.filter((s) => s.scope !== GLOBAL_SCOPE).map((s) => [s.scope, s.enabled]));
       const global = switches.find((s) => s.scope === GLOBAL_SCOPE);
       return { config: stored?.config ?? this.options.defaults, version: stored?.version ?? 0, globalEnabled: global?.enabled ?? true, serviceEnabled };
@@ -284,7 +298,7 @@ export class CatalogStore implements ControllerCatalog {
   /** One service's stored state. */
   async getServiceState(service: string): Promise<ServiceState | undefined> {
     return wrap('reading service state', async () => {
-      const { rows } = await this.pool.query<{ state: ServiceState }>('select state from catalog.service_state where service = $1', [service]);
+      const { rows } = await (await this.db()).query<{ state: ServiceState }>('select state from catalog.service_state where service = $1', [service]);
       return rows[0]?.state;
     });
   }
@@ -292,13 +306,13 @@ export class CatalogStore implements ControllerCatalog {
   /** Every service's stored state with when it last changed (the API's status view). */
   async listServiceStates(): Promise<Array<{ service: string; state: ServiceState; updatedAt: Date }>> {
     return wrap('listing service states', async () => {
-      const { rows } = await this.pool.query<{ service: string; state: ServiceState; updated_at: Date }>('select service, state, updated_at from catalog.service_state order by service');
+      const { rows } = await (await this.db()).query<{ service: string; state: ServiceState; updated_at: Date }>('select service, state, updated_at from catalog.service_state order by service');
       return rows.map((r) => ({ service: r.service, state: r.state, updatedAt: r.updated_at }));
     });
   }
 
   async withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>): Promise<{ acquired: true; value: T } | { acquired: false }> {
-    const client = await wrap('connecting', () => this.pool.connect());
+    const client = await wrap('connecting', async () => (await this.db()).connect());
     let broken: Error | undefined;
     try {
       await client.query('begin');
@@ -334,12 +348,12 @@ export class CatalogStore implements ControllerCatalog {
   }
 
   async recordDecision(record: DecisionRecord): Promise<void> {
-    await wrap('recording a decision', () => this.pool.query(INSERT_DECISION, decisionParams(record)));
+    await wrap('recording a decision', async () => (await this.db()).query(INSERT_DECISION, decisionParams(record)));
   }
 
   async appendBacklog(backlog: Backlog): Promise<void> {
     await wrap('writing the backlog', async () => {
-      const client = await this.pool.connect();
+      const client = await (await this.db()).connect();
       try {
         await client.query('begin');
         for (const record of backlog.records) await client.query(INSERT_DECISION, decisionParams(record));
@@ -384,13 +398,13 @@ export class CatalogStore implements ControllerCatalog {
     if (q.until !== undefined) add('decided_at < ?', q.until);
     params.push(limit);
     const sql = `select * from catalog.scaling_decisions ${where.length ? `where ${where.join(' and ')}` : ''} order by decided_at desc, id desc limit $${params.length}`;
-    return wrap('listing decisions', async () => (await this.pool.query<DecisionRow>(sql, params)).rows.map(toDecision));
+    return wrap('listing decisions', async () => (await (await this.db()).query<DecisionRow>(sql, params)).rows.map(toDecision));
   }
 
   /** Spans of history that only the function's logs hold, newest first. */
   async listGaps(limit = 50): Promise<HistoryGap[]> {
     return wrap('listing history gaps', async () => {
-      const { rows } = await this.pool.query<{ id: string; from_at: Date; to_at: Date; decisions: number; note: string; recorded_at: Date }>(
+      const { rows } = await (await this.db()).query<{ id: string; from_at: Date; to_at: Date; decisions: number; note: string; recorded_at: Date }>(
         'select id, from_at, to_at, decisions, note, recorded_at from catalog.history_gaps order by recorded_at desc, id desc limit $1',
         [limit],
       );
@@ -404,7 +418,7 @@ export class CatalogStore implements ControllerCatalog {
    */
   async recordAlarm(alarm: AlarmRecord): Promise<boolean> {
     return wrap('recording an alarm', async () => {
-      const { rowCount } = await this.pool.query(
+      const { rowCount } = await (await this.db()).query(
         `insert into catalog.scaling_alarms (message_id, alarm_name, new_state, service, reason, state_changed_at)
          values ($1, $2, $3, $4, $5, $6) on conflict (message_id) do nothing`,
         [alarm.messageId, alarm.alarmName, alarm.newState, alarm.service ?? null, alarm.reason, alarm.stateChangedAt ?? null],

@@ -1,0 +1,94 @@
+/**
+ * `alarm`: CloudWatch alarm state changes delivered through SNS. Each record is validated; a
+ * malformed or foreign message is logged and dropped (never crashes the function). The alarm is
+ * recorded with its SNS MessageId, so a redelivery is recognised and does not act twice (in
+ * this container's memory too, for when the catalog is unreachable). An alarm entering ALARM
+ * runs an immediate evaluation of its service; cooldowns still apply.
+ */
+import type { Context } from 'aws-lambda';
+import { MetricUnit } from '@aws-lambda-powertools/metrics';
+import { parseAlarmMessage, serviceForAlarm, snsEventSchema } from './shared/alarms.js';
+import { withPowertools } from './shared/middleware.js';
+import { logger, metrics } from './shared/powertools.js';
+import { controllerRuntime, type ControllerRuntime } from './shared/runtime.js';
+import { budgetSignal, emitEvaluationMetrics, summarise } from './shared/telemetry.js';
+
+export type AlarmRecordOutcome = 'evaluated' | 'recorded' | 'duplicate' | 'dropped';
+
+export interface AlarmResponse {
+  readonly records: ReadonlyArray<{ messageId?: string; outcome: AlarmRecordOutcome; service?: string; detail?: string }>;
+}
+
+function dropped(detail: string, messageId?: string): { messageId?: string; outcome: 'dropped'; detail: string } {
+  logger.warn('dropped SNS message', { messageId, detail });
+  metrics.addMetric('DroppedAlarmMessages', MetricUnit.Count, 1);
+  return { ...(messageId === undefined ? {} : { messageId }), outcome: 'dropped', detail };
+}
+
+/** Builds the handler around a runtime provider (tests pass their own runtime). */
+export function createAlarmHandler(runtime: () => ControllerRuntime) {
+  return withPowertools(async (event: unknown, context: Context): Promise<AlarmResponse> => {
+    const parsed = snsEventSchema.safeParse(event);
+    if (!parsed.success) {
+      return { records: [dropped(`not an SNS event: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`)] };
+    }
+    const rt = runtime();
+    const out: Array<AlarmResponse['records'][number]> = [];
+    for (const record of parsed.data.Records) {
+      const messageId = record.Sns.MessageId;
+      const message = parseAlarmMessage(record.Sns.Message);
+      if (!message.ok) {
+        out.push(dropped(message.problem, messageId));
+        continue;
+      }
+      const alarm = message.alarm;
+      const service = serviceForAlarm(alarm, rt.env.topology, rt.env.alarmServiceMap);
+      if (!rt.seenMessages.add(messageId)) {
+        logger.info('duplicate alarm delivery ignored', { messageId, alarm: alarm.AlarmName });
+        out.push({ messageId, outcome: 'duplicate' });
+        continue;
+      }
+      let fresh = true;
+      try {
+        const changedAt = alarm.StateChangeTime === undefined ? undefined : new Date(alarm.StateChangeTime);
+        fresh = await rt.catalog.recordAlarm({
+          messageId,
+          alarmName: alarm.AlarmName,
+          newState: alarm.NewStateValue,
+          ...(service === undefined ? {} : { service }),
+          reason: alarm.NewStateReason,
+          ...(changedAt === undefined || Number.isNaN(changedAt.getTime()) ? {} : { stateChangedAt: changedAt }),
+        });
+      } catch (err) {
+        logger.warn('catalog unreachable: alarm not recorded, de-duplicated by this container only', { messageId, error: err as Error });
+      }
+      if (!fresh) {
+        logger.info('duplicate alarm delivery ignored', { messageId, alarm: alarm.AlarmName });
+        out.push({ messageId, outcome: 'duplicate' });
+        continue;
+      }
+      if (service === undefined) {
+        out.push(dropped(`alarm ${alarm.AlarmName} maps to no scaled service (add it to ALARM_SERVICE_MAP_JSON)`, messageId));
+        continue;
+      }
+      if (alarm.NewStateValue !== 'ALARM') {
+        logger.info('alarm left the ALARM state; recorded, no evaluation', { messageId, alarm: alarm.AlarmName, state: alarm.NewStateValue, service });
+        out.push({ messageId, outcome: 'recorded', service });
+        continue;
+      }
+      const started = performance.now();
+      const result = await rt.controller.evaluate({
+        trigger: 'alarm',
+        services: [service],
+        actor: `alarm:${alarm.AlarmName}`,
+        signal: budgetSignal(context.getRemainingTimeInMillis(), rt.env.safetyMarginMs),
+      });
+      emitEvaluationMetrics(result, performance.now() - started);
+      logger.info('alarm evaluation finished', { messageId, alarm: alarm.AlarmName, ...summarise(result) });
+      out.push({ messageId, outcome: 'evaluated', service });
+    }
+    return { records: out };
+  });
+}
+
+export const handler = createAlarmHandler(controllerRuntime);

@@ -1,0 +1,79 @@
+/**
+ * `migrate`: the deploy-time custom resource (CDK `custom_resources.Provider` onEvent handler).
+ * Create and Update apply every pending migration (`catalog` and `sharding` on the catalog
+ * database, `shard` on each shard primary) and keep the same physical id; Delete changes
+ * nothing, because migrations are forward-only and the data outlives the stack. A failure
+ * throws, so the Provider reports FAILED with the message and CloudFormation rolls back.
+ */
+import type { Context } from 'aws-lambda';
+import type pg from 'pg';
+import { z } from 'zod';
+import { issuesOf } from '../core/scaling/config.js';
+import { awsClients, type AwsClients } from './shared/aws.js';
+import { createPool } from './shared/db.js';
+import { parseMigrationEnv, type MigrationEnv } from './shared/env.js';
+import { withPowertools } from './shared/middleware.js';
+import { migrateAll, type MigrationSummary } from './shared/migrations.js';
+import { logger } from './shared/powertools.js';
+
+/** The physical id of the one migrations resource. */
+export const PHYSICAL_ID = 'ca-dms-schema-migrations';
+
+const base = { ServiceToken: z.string().optional(), ResourceType: z.string(), LogicalResourceId: z.string(), StackId: z.string(), RequestId: z.string(), ResourceProperties: z.record(z.string(), z.unknown()) };
+
+export const customResourceEventSchema = z.discriminatedUnion('RequestType', [
+  z.object({ ...base, RequestType: z.literal('Create') }),
+  z.object({ ...base, RequestType: z.literal('Update'), PhysicalResourceId: z.string().min(1) }),
+  z.object({ ...base, RequestType: z.literal('Delete'), PhysicalResourceId: z.string().min(1) }),
+]);
+
+/** The custom resource event could not be understood. */
+export class CustomResourceEventError extends Error {
+  override readonly name = 'CustomResourceEventError';
+}
+
+export interface ProviderResponse {
+  readonly PhysicalResourceId: string;
+  readonly Data?: Record<string, string | number>;
+}
+
+/** Builds the handler around its environment and clients (tests pass their own). */
+export function createMigrateHandler(deps: () => { env: MigrationEnv; clients: Pick<AwsClients, 'secrets'> }) {
+  return withPowertools(async (event: unknown, _context: Context): Promise<ProviderResponse> => {
+    const parsed = customResourceEventSchema.safeParse(event);
+    if (!parsed.success) {
+      throw new CustomResourceEventError(`not a CloudFormation custom resource event: ${issuesOf(parsed.error).map((i) => `${i.path || '(root)'}: ${i.message}`).join('; ')}`);
+    }
+    const e = parsed.data;
+    if (e.RequestType === 'Delete') {
+      logger.info('migrations resource deleted: schemas and data are kept (migrations are forward-only)');
+      return { PhysicalResourceId: e.PhysicalResourceId };
+    }
+    const { env, clients } = deps();
+    const pools: pg.Pool[] = [];
+    try {
+      const overrides = { statement_timeout: 0, query_timeout: 0, connectionTimeoutMillis: 10_000 };
+      const catalog = await createPool(env.catalog, clients.secrets, overrides);
+      pools.push(catalog);
+      const shards: pg.Pool[] = [];
+      for (const location of env.shards) {
+        const pool = await createPool(location, clients.secrets, overrides);
+        pools.push(pool);
+        shards.push(pool);
+      }
+      const results: MigrationSummary[] = await migrateAll({ catalog, shards, ...(env.migrationsDir === undefined ? {} : { dir: env.migrationsDir }) });
+      const applied = results.flatMap((r) => r.applied.map((name) => `${r.target}: ${r.set}/${name}`));
+      logger.info('migrations applied', { requestType: e.RequestType, applied });
+      return { PhysicalResourceId: e.RequestType === 'Update' ? e.PhysicalResourceId : PHYSICAL_ID, Data: { Applied: applied.length, Targets: 1 + shards.length } };
+    } finally {
+      await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
+    }
+  });
+}
+
+let cached: { env: MigrationEnv; clients: Pick<AwsClients, 'secrets'> } | undefined;
+
+export const handler = createMigrateHandler(() => {
+  cached ??= { env: parseMigrationEnv(process.env), clients: awsClients() };
+  return cached;
+});

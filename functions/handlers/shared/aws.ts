@@ -1,0 +1,34 @@
+/**
+ * The AWS SDK clients of the control-plane functions, created once per container and traced.
+ * Retries use the SDK's standard mode (exponential backoff with jitter, throttling-aware); the
+ * caller bounds the whole evaluation with an abort signal derived from the remaining time.
+ */
+import { ApplicationAutoScalingClient } from '@aws-sdk/client-application-auto-scaling';
+import { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
+import { ECSClient } from '@aws-sdk/client-ecs';
+import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { tracer } from './powertools.js';
+
+/** The clients a controller runtime needs; tests pass their own (driven by aws-sdk-client-mock). */
+export interface AwsClients {
+  readonly cloudwatch: CloudWatchClient;
+  readonly ecs: ECSClient;
+  readonly autoscaling: ApplicationAutoScalingClient;
+  readonly secrets: SecretsManagerClient;
+}
+
+/** Attempts per call, first one included. */
+export const MAX_ATTEMPTS = 4;
+
+let clients: AwsClients | undefined;
+
+/** The container's clients. */
+export function awsClients(): AwsClients {
+  clients ??= {
+    cloudwatch: tracer.captureAWSv3Client(new CloudWatchClient({ maxAttempts: MAX_ATTEMPTS, retryMode: 'standard' })),
+    ecs: tracer.captureAWSv3Client(new ECSClient({ maxAttempts: MAX_ATTEMPTS, retryMode: 'standard' })),
+    autoscaling: tracer.captureAWSv3Client(new ApplicationAutoScalingClient({ maxAttempts: MAX_ATTEMPTS, retryMode: 'standard' })),
+    secrets: tracer.captureAWSv3Client(new SecretsManagerClient({ maxAttempts: MAX_ATTEMPTS, retryMode: 'standard' })),
+  };
+  return clients;
+}

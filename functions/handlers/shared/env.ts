@@ -1,0 +1,165 @@
+/**
+ * The control-plane functions' environment, validated once with zod. The CDK app sets these;
+ * a missing or malformed variable fails the cold start with a message naming it, instead of a
+ * confusing error at the first evaluation.
+ *
+ * @example
+ * ```ts
+ * const env = parseControllerEnv(process.env);
+ * env.topology.services['worker']?.cluster;
+ * ```
+ */
+import { z } from 'zod';
+import { issuesOf, parseScalingConfig, ScalingConfigError, type ScalingConfig } from '../../core/scaling/config.js';
+import { parseTopology, TopologyError, type Topology } from '../../adapters/aws/topology.js';
+
+/** An environment variable is missing or malformed; `issues` names each one. */
+export class EnvironmentError extends Error {
+  override readonly name = 'EnvironmentError';
+  constructor(
+    readonly issues: ReadonlyArray<{ path: string; message: string }>,
+    options?: { cause?: unknown },
+  ) {
+    super(`invalid function environment: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, options);
+  }
+}
+
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1', '[::1]']);
+
+/** A PostgreSQL URL. Only loopback URLs (local mode, tests) may go without TLS. */
+const databaseUrl = z.url({ protocol: /^postgres(ql)?$/ }).refine(
+  (raw) => {
+    const u = new URL(raw);
+    return LOOPBACK.has(u.hostname) || u.searchParams.get('sslmode') === 'verify-full';
+  },
+  { message: 'a non-loopback database URL must use sslmode=verify-full (TLS is always verified)' },
+);
+
+const jsonText = <T extends z.ZodType>(inner: T) =>
+  z.string().transform((raw, ctx) => {
+    try {
+      return JSON.parse(raw) as unknown;
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: `not valid JSON: ${(err as Error).message}` });
+      return z.NEVER;
+    }
+  }).pipe(inner);
+
+const secretArn = z.string().regex(/^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$/, 'expected a Secrets Manager secret ARN');
+
+const catalogRequired = {
+  message: 'set CATALOG_DB_SECRET_ARN (or CATALOG_DATABASE_URL for local mode)',
+  path: ['CATALOG_DB_SECRET_ARN'],
+};
+
+/** What every function that talks to the catalog needs. */
+const databaseShape = {
+  /** The catalog's credentials (RDS-managed secret: username, password, host, port, dbname). */
+  CATALOG_DB_SECRET_ARN: secretArn.optional(),
+  /** Overrides the secret's host, e.g. with an RDS Proxy endpoint. */
+  CATALOG_DB_HOST: z.string().min(1).optional(),
+  /** A full URL instead of a secret (local mode and tests). */
+  CATALOG_DATABASE_URL: databaseUrl.optional(),
+};
+
+const migrationSchema = z
+  .object({
+    ...databaseShape,
+    /** Shard primaries' secrets (JSON array of ARNs). */
+    SHARD_DB_SECRET_ARNS: jsonText(z.array(secretArn)).default([]),
+    /** Shard primaries' URLs instead of secrets (local mode and tests; JSON array). */
+    SHARD_DATABASE_URLS: jsonText(z.array(databaseUrl)).default([]),
+    /** Where the migration sets are (`catalog/`, `sharding/`, `shard/`); the bundle copies them. */
+    MIGRATIONS_DIR: z.string().min(1).optional(),
+  })
+  .refine((e) => e.CATALOG_DB_SECRET_ARN !== undefined || e.CATALOG_DATABASE_URL !== undefined, catalogRequired);
+
+const schema = z
+  .object({
+    ...databaseShape,
+    /** The runtime scaling configuration shipped at deploy time: the fallback while the catalog is unreachable. */
+    SCALING_CONFIG_JSON: jsonText(z.record(z.string(), z.unknown())).default({}),
+    /** Where each service lives in AWS (see `topology.ts`). */
+    SCALING_TARGETS_JSON: jsonText(z.unknown()),
+    /** Alarm name to service, for alarms whose dimensions do not name the service. */
+    ALARM_SERVICE_MAP_JSON: jsonText(z.record(z.string(), z.string().regex(/^[a-z][a-z0-9-]{0,62}$/))).default({}),
+    /** Milliseconds kept back from the function's remaining time for recording and flushing. */
+    EVALUATION_SAFETY_MARGIN_MS: z.string().regex(/^\d+$/, 'must be a whole number of milliseconds').transform(Number).default(3000),
+  })
+  .refine((e) => e.CATALOG_DB_SECRET_ARN !== undefined || e.CATALOG_DATABASE_URL !== undefined, catalogRequired);
+
+/** Where the catalog is: a secret (Lambda) or a URL (local mode, tests). */
+export interface DatabaseLocation {
+  readonly secretArn?: string;
+  readonly host?: string;
+  readonly url?: string;
+}
+
+function catalogLocation(e: { CATALOG_DB_SECRET_ARN?: string | undefined; CATALOG_DB_HOST?: string | undefined; CATALOG_DATABASE_URL?: string | undefined }): DatabaseLocation {
+  return {
+    ...(e.CATALOG_DB_SECRET_ARN === undefined ? {} : { secretArn: e.CATALOG_DB_SECRET_ARN }),
+    ...(e.CATALOG_DB_HOST === undefined ? {} : { host: e.CATALOG_DB_HOST }),
+    ...(e.CATALOG_DATABASE_URL === undefined ? {} : { url: e.CATALOG_DATABASE_URL }),
+  };
+}
+
+export interface MigrationEnv {
+  readonly catalog: DatabaseLocation;
+  readonly shards: readonly DatabaseLocation[];
+  readonly migrationsDir?: string;
+}
+
+/** Validates the migration function's environment. Throws {@link EnvironmentError}. */
+export function parseMigrationEnv(env: Record<string, string | undefined>): MigrationEnv {
+  const parsed = migrationSchema.safeParse(env);
+  if (!parsed.success) throw new EnvironmentError(issuesOf(parsed.error), { cause: parsed.error });
+  const e = parsed.data;
+  return {
+    catalog: catalogLocation(e),
+    shards: [...e.SHARD_DB_SECRET_ARNS.map((secretArn) => ({ secretArn })), ...e.SHARD_DATABASE_URLS.map((url) => ({ url }))],
+    ...(e.MIGRATIONS_DIR === undefined ? {} : { migrationsDir: e.MIGRATIONS_DIR }),
+  };
+}
+
+export interface ControllerEnv {
+  readonly fallbackConfig: ScalingConfig;
+  readonly topology: Topology;
+  readonly alarmServiceMap: Readonly<Record<string, string>>;
+  readonly catalog: DatabaseLocation;
+  readonly safetyMarginMs: number;
+}
+
+/** Validates the environment. Throws {@link EnvironmentError} naming every bad variable. */
+export function parseControllerEnv(env: Record<string, string | undefined>): ControllerEnv {
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) throw new EnvironmentError(issuesOf(parsed.error), { cause: parsed.error });
+  const e = parsed.data;
+  const issues: Array<{ path: string; message: string }> = [];
+  let fallbackConfig: ScalingConfig | undefined;
+  let topology: Topology | undefined;
+  try {
+    fallbackConfig = parseScalingConfig(e.SCALING_CONFIG_JSON);
+  } catch (err) {
+    if (!(err instanceof ScalingConfigError)) throw err;
+    issues.push(...err.issues.map((i) => ({ path: `SCALING_CONFIG_JSON.${i.path}`, message: i.message })));
+  }
+  try {
+    topology = parseTopology(e.SCALING_TARGETS_JSON);
+  } catch (err) {
+    if (!(err instanceof TopologyError)) throw err;
+    issues.push(...err.issues.map((i) => ({ path: `SCALING_TARGETS_JSON.${i.path}`, message: i.message })));
+  }
+  if (fallbackConfig && topology) {
+    for (const service of Object.keys(fallbackConfig.services)) {
+      if (!topology.services[service]) issues.push({ path: `SCALING_TARGETS_JSON.services.${service}`, message: 'configured for scaling but missing from the topology' });
+    }
+  }
+  if (issues.length > 0 || !fallbackConfig || !topology) throw new EnvironmentError(issues);
+  return {
+    fallbackConfig,
+    topology,
+    alarmServiceMap: e.ALARM_SERVICE_MAP_JSON,
+    catalog: catalogLocation(e),
+    safetyMarginMs: e.EVALUATION_SAFETY_MARGIN_MS,
+  };
+}

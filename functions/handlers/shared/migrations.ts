@@ -1,0 +1,44 @@
+/**
+ * Runs every migration set where it belongs: `catalog` and `sharding` on the catalog database,
+ * `shard` on each shard primary. Shared by the deploy-time custom resource and `npm run migrate`.
+ *
+ * @example
+ * ```ts
+ * const results = await migrateAll({ catalog: catalogPool, shards: [shard1, shard2] });
+ * ```
+ */
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import type pg from 'pg';
+import { runMigrations } from '../../adapters/postgres/migrate.js';
+
+/** Where the migration sets live in the source tree (bundles set MIGRATIONS_DIR instead). */
+export const DEFAULT_MIGRATIONS_DIR = fileURLToPath(new URL('../../adapters/postgres/migrations/', import.meta.url));
+
+/** The sets run on the catalog database, in order. */
+export const CATALOG_SETS = ['catalog', 'sharding'] as const;
+/** The set run on every shard primary. */
+export const SHARD_SET = 'shard';
+
+export interface MigrationSummary {
+  /** `catalog` or `shard N` (1-based, in the order given). */
+  readonly target: string;
+  readonly set: string;
+  readonly applied: readonly string[];
+  readonly alreadyApplied: number;
+}
+
+/** Applies the pending migrations of every set; stops at the first failure (MigrationError). */
+export async function migrateAll(opts: { catalog: pg.Pool; shards: readonly pg.Pool[]; dir?: string }): Promise<MigrationSummary[]> {
+  const dir = opts.dir ?? DEFAULT_MIGRATIONS_DIR;
+  const out: MigrationSummary[] = [];
+  for (const set of CATALOG_SETS) {
+    const r = await runMigrations(opts.catalog, set, join(dir, set));
+    out.push({ target: 'catalog', set, applied: r.applied, alreadyApplied: r.alreadyApplied });
+  }
+  for (const [i, shard] of opts.shards.entries()) {
+    const r = await runMigrations(shard, SHARD_SET, join(dir, SHARD_SET));
+    out.push({ target: `shard ${i + 1}`, set: SHARD_SET, applied: r.applied, alreadyApplied: r.alreadyApplied });
+  }
+  return out;
+}
