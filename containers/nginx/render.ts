@@ -397,6 +397,14 @@ export function fillTemplate(template: string, values: Readonly<Record<string, s
   return out;
 }
 
+/** Seconds until a bucket filling at `rate` (`10r/s`, `30r/m`) admits one more request. */
+export function retryAfterSeconds(rate: string): number {
+  const m = /^(\d+)r\/([sm])$/.exec(rate);
+  if (!m) throw new NginxTemplateError(`not a validated rate: ${rate}`);
+  const perSecond = m[2] === 's' ? Number(m[1]) : Number(m[1]) / 60;
+  return Math.max(1, Math.ceil(1 / perSecond));
+}
+
 const formatAddress = (a: UpstreamAddress): string => `${a.host}:${a.port}`;
 
 function serverLines(primaries: readonly UpstreamAddress[], backups: readonly UpstreamAddress[], s: NginxSettings): string {
@@ -434,7 +442,14 @@ export function renderNginxConfig(template: string, settings: NginxSettings, run
   const securityHeaders = Object.entries(SECURITY_HEADERS)
     .map(([name, value]) => `        add_header ${name} "${value}" always;`)
     .join('\n');
+  const zones = [
+    { zone: 'auth', path: s.NGINX_AUTH_PATH, rate: s.NGINX_RATE_LIMIT_AUTH },
+    { zone: 'uploads', path: s.NGINX_UPLOAD_PATH, rate: s.NGINX_RATE_LIMIT_UPLOADS },
+    { zone: 'api', path: s.NGINX_API_PATH, rate: s.NGINX_RATE_LIMIT_API },
+  ].sort((a, b) => b.path.length - a.path.length);
   const values: Record<string, string> = {
+    rate_zone_map: zones.map((e) => `        "~^${e.path.replaceAll('.', '\\.')}" ${e.zone};`).join('\n'),
+    retry_after_map: zones.map((e) => `        "429:${e.zone}" ${retryAfterSeconds(e.rate)};`).join('\n'),
     modules_dir: r.modulesDir,
     user_directive: r.user === undefined ? '' : `user ${r.user};`,
     worker_processes: String(s.NGINX_WORKER_PROCESSES),

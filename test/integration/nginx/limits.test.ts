@@ -16,7 +16,7 @@ const tightLimits = {
   NGINX_RATE_LIMIT_AUTH_BURST: '2',
   NGINX_RATE_LIMIT_API: '1r/m',
   NGINX_RATE_LIMIT_API_BURST: '3',
-  NGINX_RATE_LIMIT_UPLOADS: '1r/m',
+  NGINX_RATE_LIMIT_UPLOADS: '2r/m',
   NGINX_RATE_LIMIT_UPLOADS_BURST: '1',
 };
 
@@ -46,7 +46,7 @@ describe('rate limits behind a trusted proxy', () => {
     expect(limited.status).toBe(429);
     expect(limited.headers['content-type']).toBe('application/problem+json');
     expect(JSON.parse(limited.text)).toMatchObject({ status: 429 });
-    expect(limited.headers['retry-after']).toBe('1');
+    expect(limited.headers['retry-after']).toBe('60');
   });
 
   it('keeps a separate bucket for another client address forwarded by the trusted proxy', async () => {
@@ -70,6 +70,16 @@ describe('rate limits behind a trusted proxy', () => {
     const codes = await statuses(nginx.port, '/api/v1/documents/upload', 3, { 'x-forwarded-for': '203.0.113.30' }, 'POST');
 
     expect(codes).toEqual([200, 200, 429]);
+  });
+
+  it('tells a limited client when its endpoint\'s bucket admits the next request', async () => {
+    const headers = { 'x-forwarded-for': '203.0.113.31' };
+    await statuses(nginx.port, '/api/v1/documents/upload', 2, headers, 'POST');
+
+    const limited = await send(nginx.port, '/api/v1/documents/upload', { method: 'POST', headers });
+
+    expect(limited.status).toBe(429);
+    expect(limited.headers['retry-after']).toBe('30');
   });
 
   it.each(['/health', '/health/readonly'])('never rate limits %s', async (path) => {

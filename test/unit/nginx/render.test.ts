@@ -9,6 +9,7 @@ import {
   fillTemplate,
   parseNginxEnv,
   renderNginxConfig,
+  retryAfterSeconds,
 } from '../../../containers/nginx/render.js';
 
 const template = readFileSync(new URL('../../../containers/nginx/nginx.conf.template', import.meta.url), 'utf8');
@@ -192,6 +193,15 @@ describe('renderNginxConfig', () => {
     }
   });
 
+  it('attributes a URI to the longest matching rate-limited path, as location matching does', () => {
+    const conf = render({ NGINX_AUTH_PATH: '/api/', NGINX_API_PATH: '/api/v1/', NGINX_RATE_LIMIT_AUTH: '6r/m' });
+    const start = conf.indexOf('map $uri $rate_zone {');
+    const lines = conf.slice(start, conf.indexOf('}', start)).split('\n').map((l) => l.trim()).filter((l) => l.startsWith('"'));
+
+    expect(lines).toEqual(['"~^/api/v1/documents/upload" uploads;', '"~^/api/v1/" api;', '"~^/api/" auth;']);
+    expect(conf).toContain('"429:auth" 10;');
+  });
+
   it('escapes dots in session cookie names for the cookie pattern', () => {
     expect(render({ NGINX_SESSION_COOKIES: 'ca_dms.sid,jwt' })).toContain('(?:ca_dms\\.sid|jwt)');
   });
@@ -211,6 +221,18 @@ describe('renderNginxConfig', () => {
     const settings = parseNginxEnv({});
 
     expect(() => renderNginxConfig(template, settings, { ...PRODUCTION_RUNTIME, accessLog: '/var/log/my log' })).toThrow(/runtime\.accessLog/);
+  });
+});
+
+describe('retryAfterSeconds', () => {
+  it.each([
+    ['50r/s', 1],
+    ['1r/s', 1],
+    ['30r/m', 2],
+    ['7r/m', 9],
+    ['120r/m', 1],
+  ])('waits %s -> %i s for one more request', (rate, seconds) => {
+    expect(retryAfterSeconds(rate)).toBe(seconds);
   });
 });
 
