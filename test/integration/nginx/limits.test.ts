@@ -153,6 +153,7 @@ describe('request body limits', () => {
     const res = await send(nginx.port, '/api/v1/documents/upload', { method: 'POST', body: mb(2.5) });
 
     expect(res.status).toBe(413);
+    expect(res.headers['content-type']).toBe('application/problem+json');
     expect(app.requests.length).toBe(before);
   });
 

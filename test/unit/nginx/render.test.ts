@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  NGINX_ENV_VARIABLES,
   NginxConfigError,
   NginxTemplateError,
   PRODUCTION_RUNTIME,
@@ -247,5 +248,14 @@ describe('fillTemplate', () => {
 
   it('refuses a value without a placeholder', () => {
     expect(() => fillTemplate('listen 80;', { port: '80' })).toThrow(/no placeholder for \[port\]/);
+  });
+});
+
+describe('docs/nginx.md', () => {
+  it('documents every variable the sidecar reads', () => {
+    const docs = readFileSync(new URL('../../../docs/nginx.md', import.meta.url), 'utf8');
+    const documented = (name: string) => docs.includes(`\`${name}\``) || docs.includes(`\`${name.replace(/_BURST$/, '')}\` / \`_BURST\``);
+
+    expect(NGINX_ENV_VARIABLES.filter((name) => !documented(name))).toEqual([]);
   });
 });
