@@ -1,0 +1,168 @@
+import { CloudWatchClient, GetMetricDataCommand, type GetMetricDataCommandInput } from '@aws-sdk/client-cloudwatch';
+import { mockClient } from 'aws-sdk-client-mock';
+import { Readable } from 'node:stream';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CloudWatchMetricsSource } from '../../../functions/adapters/aws/cloudwatch-metrics.js';
+import { parseTopology } from '../../../functions/adapters/aws/topology.js';
+import { metricAnswer, serviceNames, topologyOf } from '../../support/scaling-fixtures.js';
+
+const NOW = Date.UTC(2026, 0, 5, 12, 0, 30);
+const cw = mockClient(CloudWatchClient);
+
+afterEach(() => cw.reset());
+
+function source(n: number, topology = topologyOf(n)): CloudWatchMetricsSource {
+  return new CloudWatchMetricsSource({ client: new CloudWatchClient({ region: 'eu-west-1' }), topology });
+}
+
+function inputs(): GetMetricDataCommandInput[] {
+  return cw.commandCalls(GetMetricDataCommand).map((c) => c.args[0].input);
+}
+
+describe('CloudWatch metrics source', () => {
+  it('reads 10 services x 6 metrics with one GetMetricData call', async () => {
+    cw.on(GetMetricDataCommand).callsFake((input: GetMetricDataCommandInput) => ({ MetricDataResults: metricAnswer(input, () => 50) }));
+
+    const readings = await source(10).read(serviceNames(10), NOW);
+
+    expect(inputs()).toHaveLength(1);
+    expect(inputs()[0]?.MetricDataQueries).toHaveLength(60);
+    expect([...readings.values()].every((r) => r.ok)).toBe(true);
+  });
+
+  it('asks for the exact metrics, dimensions, statistics and window', async () => {
+    cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [] });
+
+    await source(1).read(['svc-0'], NOW);
+
+    const input = inputs()[0];
+    expect(input?.StartTime).toEqual(new Date(Date.UTC(2026, 0, 5, 11, 55, 0)));
+    expect(input?.EndTime).toEqual(new Date(Date.UTC(2026, 0, 5, 12, 0, 0)));
+    expect(input?.ScanBy).toBe('TimestampDescending');
+    const tg = [
+      { Name: 'TargetGroup', Value: 'targetgroup/svc-0/0000000000000001' },
+      { Name: 'LoadBalancer', Value: 'app/ca-dms/00000000000000aa' },
+    ];
+    const ecs = [
+      { Name: 'ClusterName', Value: 'ca-dms' },
+      { Name: 'ServiceName', Value: 'ca-dms-svc-0' },
+    ];
+    const stat = (ns: string, name: string, dims: unknown, s: string) => ({ Metric: { Namespace: ns, MetricName: name, Dimensions: dims }, Period: 60, Stat: s });
+    expect(input?.MetricDataQueries?.map((q) => q.MetricStat)).toEqual([
+      stat('AWS/ECS', 'CPUUtilization', ecs, 'Average'),
+      stat('AWS/ECS', 'MemoryUtilization', ecs, 'Average'),
+      stat('AWS/ApplicationELB', 'TargetResponseTime', tg, 'Average'),
+      stat('AWS/ApplicationELB', 'RequestCountPerTarget', tg, 'Sum'),
+      stat('AWS/ApplicationELB', 'HTTPCode_Target_5XX_Count', tg, 'Sum'),
+      stat('AWS/ApplicationELB', 'ActiveConnectionCount', [{ Name: 'LoadBalancer', Value: 'app/ca-dms/00000000000000aa' }], 'Sum'),
+    ]);
+  });
+
+  it('reads the queue-depth metric named by the configuration', async () => {
+    const topology = parseTopology({
+      services: {
+        worker: {
+          cluster: 'ca-dms',
+          ecsService: 'ca-dms-worker',
+          queue: { namespace: 'AWS/SQS', metricName: 'ApproximateNumberOfMessagesVisible', dimensions: [{ name: 'QueueName', value: 'jobs' }], statistic: 'Maximum' },
+        },
+      },
+    });
+    cw.on(GetMetricDataCommand).callsFake((input: GetMetricDataCommandInput) => ({ MetricDataResults: metricAnswer(input, (id) => (id.endsWith('_queue') ? 340 : 20)) }));
+
+    const readings = await source(0, topology).read(['worker'], NOW);
+
+    const queue = inputs()[0]?.MetricDataQueries?.find((q) => q.Id?.endsWith('_queue'));
+    expect(queue?.MetricStat).toEqual({
+      Metric: { Namespace: 'AWS/SQS', MetricName: 'ApproximateNumberOfMessagesVisible', Dimensions: [{ Name: 'QueueName', Value: 'jobs' }] },
+      Period: 60,
+      Stat: 'Maximum',
+    });
+    expect(readings.get('worker')).toEqual({ ok: true, metrics: { cpu: 20, memory: 20, queueDepth: 340 } });
+  });
+
+  it('follows NextToken and keeps the newest datapoint of each query across pages', async () => {
+    cw.on(GetMetricDataCommand)
+      .resolvesOnce({
+        MetricDataResults: [{ Id: 's0_cpu', StatusCode: 'PartialData', Timestamps: [new Date(NOW - 120_000)], Values: [40] }],
+        NextToken: 'page-2',
+      })
+      .resolvesOnce({
+        MetricDataResults: [
+          { Id: 's0_cpu', StatusCode: 'Complete', Timestamps: [new Date(NOW - 60_000)], Values: [70] },
+          { Id: 's0_mem', StatusCode: 'Complete', Timestamps: [new Date(NOW - 60_000)], Values: [55] },
+        ],
+      });
+
+    const readings = await source(1).read(['svc-0'], NOW);
+
+    expect(inputs().map((i) => i.NextToken)).toEqual([undefined, 'page-2']);
+    expect(inputs()[1]?.MetricDataQueries).toEqual(inputs()[0]?.MetricDataQueries);
+    expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 70, memory: 55 } });
+  });
+
+  it('leaves metrics without datapoints out instead of reporting zero', async () => {
+    cw.on(GetMetricDataCommand).callsFake((input: GetMetricDataCommandInput) => ({
+      MetricDataResults: metricAnswer(input, (id) => (id.endsWith('_cpu') ? 64 : id.endsWith('_rt') ? 0.25 : undefined)),
+    }));
+
+    const readings = await source(1).read(['svc-0'], NOW);
+
+    expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 64, responseTimeMs: 250 } });
+  });
+
+  it('splits only beyond 500 queries, never splitting one service across requests', async () => {
+    cw.on(GetMetricDataCommand).callsFake((input: GetMetricDataCommandInput) => ({ MetricDataResults: metricAnswer(input, () => 1) }));
+
+    const readings = await source(90).read(serviceNames(90), NOW);
+
+    expect(inputs().map((i) => i.MetricDataQueries?.length)).toEqual([498, 42]);
+    expect(readings.size).toBe(90);
+    expect([...readings.values()].every((r) => r.ok)).toBe(true);
+  });
+
+  it('reports every service of a throttled request as unavailable, with the error', async () => {
+    cw.on(GetMetricDataCommand).rejects(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' }));
+
+    const readings = await source(2).read(['svc-0', 'svc-1'], NOW);
+
+    expect(readings.get('svc-0')).toEqual({ ok: false, error: 'CloudWatch GetMetricData failed: ThrottlingException: Rate exceeded' });
+    expect(readings.get('svc-1')?.ok).toBe(false);
+  });
+
+  it('reports a service missing from the topology without asking CloudWatch for it', async () => {
+    cw.on(GetMetricDataCommand).callsFake((input: GetMetricDataCommandInput) => ({ MetricDataResults: metricAnswer(input, () => 1) }));
+
+    const readings = await source(1).read(['svc-0', 'ghost'], NOW);
+
+    expect(readings.get('ghost')).toEqual({ ok: false, error: 'service ghost is missing from the scaling topology' });
+    expect(inputs()[0]?.MetricDataQueries).toHaveLength(6);
+  });
+});
+
+describe('CloudWatch throttling through the real SDK retry strategy', () => {
+  it('retries a throttled GetMetricData with backoff and then reads the metrics', async () => {
+    cw.restore();
+    let attempts = 0;
+    const reply = (statusCode: number, headers: Record<string, string>, body: unknown) => ({
+      response: { statusCode, headers: { 'content-type': 'application/x-amz-json-1.0', ...headers }, body: Readable.from([Buffer.from(JSON.stringify(body))]) },
+    });
+    const client = new CloudWatchClient({
+      region: 'eu-west-1',
+      credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret' },
+      maxAttempts: 3,
+      requestHandler: {
+        handle: async () => {
+          attempts += 1;
+          if (attempts < 3) return reply(400, { 'x-amzn-query-error': 'Throttling;Sender' }, { __type: 'com.amazonaws.cloudwatch#Throttling', message: 'Rate exceeded' });
+          return reply(200, {}, { MetricDataResults: [{ Id: 's0_cpu', StatusCode: 'Complete', Timestamps: [(NOW - 60_000) / 1000], Values: [91] }] });
+        },
+      },
+    });
+
+    const readings = await new CloudWatchMetricsSource({ client, topology: topologyOf(1) }).read(['svc-0'], NOW);
+
+    expect(attempts).toBe(3);
+    expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 91 } });
+  });
+});

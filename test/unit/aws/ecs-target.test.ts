@@ -1,0 +1,97 @@
+import { DescribeServicesCommand, ECSClient, UpdateServiceCommand, type DescribeServicesCommandInput } from '@aws-sdk/client-ecs';
+import { mockClient } from 'aws-sdk-client-mock';
+import { afterEach, describe, expect, it } from 'vitest';
+import { EcsScalingTarget, EcsUpdateError } from '../../../functions/adapters/aws/ecs-target.js';
+import { parseTopology } from '../../../functions/adapters/aws/topology.js';
+import { ecsService, serviceNames, topologyOf } from '../../support/scaling-fixtures.js';
+
+const ecs = mockClient(ECSClient);
+afterEach(() => ecs.reset());
+
+function target(topology = topologyOf(23)): EcsScalingTarget {
+  return new EcsScalingTarget({ client: new ECSClient({ region: 'eu-west-1' }), topology });
+}
+
+function answerAll(): void {
+  ecs.on(DescribeServicesCommand).callsFake((input: DescribeServicesCommandInput) => ({
+    services: (input.services ?? []).map((name) => ecsService(name, { running: 3, desired: 3 })),
+    failures: [],
+  }));
+}
+
+describe('ECS scaling target', () => {
+  it('describes services in batches of at most 10 per cluster', async () => {
+    answerAll();
+
+    const readings = await target().describe(serviceNames(23));
+
+    const calls = ecs.commandCalls(DescribeServicesCommand).map((c) => c.args[0].input);
+    expect(calls.map((c) => c.services?.length)).toEqual([10, 10, 3]);
+    expect(calls[0]).toEqual({ cluster: 'ca-dms', services: serviceNames(10).map((s) => `ca-dms-${s}`) });
+    expect(readings.size).toBe(23);
+  });
+
+  it('groups services by cluster before batching', async () => {
+    answerAll();
+    const topology = parseTopology({
+      services: { a: { cluster: 'one', ecsService: 'a' }, b: { cluster: 'two', ecsService: 'b' }, c: { cluster: 'one', ecsService: 'c' } },
+    });
+
+    await target(topology).describe(['a', 'b', 'c']);
+
+    const calls = ecs.commandCalls(DescribeServicesCommand).map((c) => c.args[0].input);
+    expect(calls).toEqual([
+      { cluster: 'one', services: ['a', 'c'] },
+      { cluster: 'two', services: ['b'] },
+    ]);
+  });
+
+  it('reports running, pending and desired counts and a deployment in progress', async () => {
+    ecs.on(DescribeServicesCommand).resolves({
+      services: [ecsService('ca-dms-svc-0', { running: 2, pending: 1, desired: 3, deploying: true }), ecsService('ca-dms-svc-1', { running: 4, desired: 4 })],
+    });
+
+    const readings = await target(topologyOf(2)).describe(['svc-0', 'svc-1']);
+
+    expect(readings.get('svc-0')).toEqual({ ok: true, tasks: { running: 2, pending: 1, desired: 3, deploymentInProgress: true } });
+    expect(readings.get('svc-1')).toEqual({ ok: true, tasks: { running: 4, pending: 0, desired: 4, deploymentInProgress: false } });
+  });
+
+  it('reports a service ECS does not know as unavailable with the reason', async () => {
+    ecs.on(DescribeServicesCommand).resolves({
+      services: [ecsService('ca-dms-svc-0', { running: 2, desired: 2 })],
+      failures: [{ arn: 'arn:aws:ecs:eu-west-1:123456789012:service/ca-dms/ca-dms-svc-1', reason: 'MISSING' }],
+    });
+
+    const readings = await target(topologyOf(2)).describe(['svc-0', 'svc-1']);
+
+    expect(readings.get('svc-1')).toEqual({ ok: false, error: 'ECS does not report ca-dms/ca-dms-svc-1: MISSING' });
+  });
+
+  it('reports every service of a failed DescribeServices call as unavailable', async () => {
+    ecs.on(DescribeServicesCommand).rejects(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' }));
+
+    const readings = await target(topologyOf(2)).describe(['svc-0', 'svc-1']);
+
+    expect(readings.get('svc-0')).toEqual({ ok: false, error: 'ECS DescribeServices failed: ThrottlingException: Rate exceeded' });
+  });
+
+  it('sets the desired count with UpdateService', async () => {
+    ecs.on(UpdateServiceCommand).resolves({});
+
+    await target(topologyOf(1)).setDesired('svc-0', 5);
+
+    expect(ecs.commandCalls(UpdateServiceCommand).map((c) => c.args[0].input)).toEqual([{ cluster: 'ca-dms', service: 'ca-dms-svc-0', desiredCount: 5 }]);
+  });
+
+  it('throws a typed error with the cause when UpdateService fails', async () => {
+    const refusal = Object.assign(new Error('service is draining'), { name: 'InvalidParameterException' });
+    ecs.on(UpdateServiceCommand).rejects(refusal);
+
+    const error = await target(topologyOf(1)).setDesired('svc-0', 5).catch((e: unknown) => e);
+
+    expect(error).toBeInstanceOf(EcsUpdateError);
+    expect((error as EcsUpdateError).message).toBe('ECS UpdateService ca-dms/ca-dms-svc-0 desiredCount=5 failed: InvalidParameterException: service is draining');
+    expect((error as EcsUpdateError).cause).toBe(refusal);
+  });
+});
