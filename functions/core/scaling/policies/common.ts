@@ -48,13 +48,20 @@ export interface Target {
  * ```
  */
 export function configuredTargets(config: ServiceScalingConfig): Target[] {
+  const cached = targetsCache.get(config.targets);
+  if (cached) return cached.slice();
   const out: Target[] = [];
-  for (const key of Object.keys(TARGET_METRICS) as Array<keyof typeof TARGET_METRICS>) {
+  for (const key of TARGET_KEYS) {
     const target = config.targets[key];
     if (target !== null && target > 0) out.push({ metric: TARGET_METRICS[key], target });
   }
-  return out;
+  targetsCache.set(config.targets, out);
+  return out.slice();
 }
+
+const TARGET_KEYS = Object.keys(TARGET_METRICS) as Array<keyof typeof TARGET_METRICS>;
+/** The simulator evaluates one configuration object thousands of times; derive its targets once. */
+const targetsCache = new WeakMap<ServiceScalingConfig['targets'], readonly Target[]>();
 
 /** The metric's value, or `undefined` when absent or not a finite number. */
 export function metricValue(metrics: MetricsSnapshot, key: MetricKey): number | undefined {

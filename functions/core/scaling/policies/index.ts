@@ -10,12 +10,18 @@
 import { POLICY_NAMES, type PolicyName, type ServiceScalingConfig } from '../config.js';
 import type { ScalingPolicy } from '../types.js';
 import { caDmsPolicy } from './ca-dms.js';
+import { hpaPolicy } from './hpa.js';
+import { stepPolicy } from './step.js';
+import { targetTrackingPolicy } from './target-tracking.js';
 import { thresholdPolicy } from './threshold.js';
 
-/** The registered policies by name. */
-export const POLICIES: Partial<Record<PolicyName, ScalingPolicy<ServiceScalingConfig>>> = {
+/** The registered policies by name; the type makes sure every configurable name has one. */
+export const POLICIES: Readonly<Record<PolicyName, ScalingPolicy<ServiceScalingConfig>>> = {
   'ca-dms': caDmsPolicy,
   threshold: thresholdPolicy,
+  'target-tracking': targetTrackingPolicy,
+  step: stepPolicy,
+  hpa: hpaPolicy,
 };
 
 /** A policy name that is not registered. */
@@ -26,9 +32,16 @@ export class UnknownPolicyError extends Error {
   }
 }
 
-/** The policy registered under `name`; throws {@link UnknownPolicyError} if there is none. */
-export function getPolicy(name: PolicyName): ScalingPolicy<ServiceScalingConfig> {
-  const policy = POLICIES[name];
-  if (!policy) throw new UnknownPolicyError(name);
-  return policy;
+/**
+ * The policy registered under `name`. Names that reached here without validation (a CLI flag,
+ * a stored row) throw {@link UnknownPolicyError} listing the valid names.
+ */
+export function getPolicy(name: PolicyName | string): ScalingPolicy<ServiceScalingConfig> {
+  if (!isPolicyName(name)) throw new UnknownPolicyError(name);
+  return POLICIES[name];
+}
+
+/** True when `name` is one of the configurable policy names. */
+export function isPolicyName(name: string): name is PolicyName {
+  return (POLICY_NAMES as readonly string[]).includes(name);
 }

@@ -40,8 +40,8 @@ const ALWAYS_REQUIRED: readonly MetricKey[] = ['cpu', 'memory'];
  * queue depth for workers). A metric a service never reports cannot veto forever, but one that
  * went silent is missing data.
  */
-function requiredForScaleIn(seen: ReadonlySet<string>): MetricKey[] {
-  return SCALE_DOWN.map((r) => r.metric).filter((m) => ALWAYS_REQUIRED.includes(m) || seen.has(m));
+function isRequiredForScaleIn(metric: MetricKey, seen: readonly string[]): boolean {
+  return ALWAYS_REQUIRED.includes(metric) || seen.includes(metric);
 }
 
 /**
@@ -59,13 +59,9 @@ export const thresholdPolicy: ScalingPolicy<ServiceScalingConfig> = {
     const { config, state, metrics, tasks, now } = input;
     const from = tasks.desired;
     const previouslySeen = Array.isArray(state.memory['seen']) ? (state.memory['seen'] as string[]) : [];
-    const seen = new Set<string>(previouslySeen);
-    let seenChanged = false;
+    let seen = previouslySeen;
     for (const r of SCALE_DOWN) {
-      if (metricValue(metrics, r.metric) !== undefined && !seen.has(r.metric)) {
-        seen.add(r.metric);
-        seenChanged = true;
-      }
+      if (metricValue(metrics, r.metric) !== undefined && !seen.includes(r.metric)) seen = [...seen, r.metric];
     }
 
     const reasons: Reason[] = [];
@@ -84,28 +80,26 @@ export const thresholdPolicy: ScalingPolicy<ServiceScalingConfig> = {
     }
     const wantsOut = reasons.length > 0;
 
-    const required = requiredForScaleIn(seen);
-    const missing = required.filter((m) => metricValue(metrics, m) === undefined);
+    // Scale in only when every required scale-down metric is reported and below its threshold;
+    // when the reported ones all agree but some are missing, propose it anyway so that the
+    // finishing step blocks it and says why.
+    const missing: MetricKey[] = [];
     let wantsIn = false;
     if (!wantsOut) {
-      const downRules = SCALE_DOWN.filter((r) => required.includes(r.metric));
-      const below = downRules.filter((r) => {
+      const met: Reason[] = [];
+      let disagree = false;
+      for (const r of SCALE_DOWN) {
+        if (!isRequiredForScaleIn(r.metric, seen)) continue;
         const value = metricValue(metrics, r.metric);
-        return value !== undefined && value < r.threshold(config);
-      });
-      wantsIn = below.length === downRules.length - missing.length && below.length > 0;
-      if (wantsIn) {
-        for (const r of below) {
-          const value = metricValue(metrics, r.metric) as number;
-          reasons.push({
-            metric: r.metric,
-            value,
-            threshold: r.threshold(config),
-            rule: `${r.label}_met`,
-            message: `${r.metric} ${value} is below ${r.label} ${r.threshold(config)}`,
-          });
-        }
-      } else {
+        const threshold = r.threshold(config);
+        if (value === undefined) missing.push(r.metric);
+        else if (value < threshold) {
+          met.push({ metric: r.metric, value, threshold, rule: `${r.label}_met`, message: `${r.metric} ${value} is below ${r.label} ${threshold}` });
+        } else disagree = true;
+      }
+      wantsIn = !disagree && met.length > 0;
+      if (wantsIn) reasons.push(...met);
+      else {
         reasons.push({
           metric: 'capacity',
           value: from,
@@ -141,7 +135,7 @@ export const thresholdPolicy: ScalingPolicy<ServiceScalingConfig> = {
       blocked,
       missing,
     });
-    const nextState = seenChanged ? { ...state, memory: { ...state.memory, seen: [...seen] } } : state;
+    const nextState = seen === previouslySeen ? state : { ...state, memory: { ...state.memory, seen } };
     return { decision, state: nextState };
   },
 };
