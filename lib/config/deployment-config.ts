@@ -137,7 +137,7 @@ const deploymentSchemaObject = z.strictObject({
       interfaceEndpoints: z.boolean().default(true),
       flowLogRetentionDays: z.number().int().min(1).default(90),
     })
-    .default({} as never),
+    .prefault({}),
   database: z
     .strictObject({
       shards: z.number().int().min(1).max(64).default(2),
@@ -156,7 +156,7 @@ const deploymentSchemaObject = z.strictObject({
       multiAz: z.boolean().optional(),
       secretRotationDays: z.number().int().min(1).max(365).default(30),
     })
-    .default({} as never),
+    .prefault({}),
   services: z
     .strictObject({
       'backend-read': serviceOverride.optional(),
@@ -173,7 +173,7 @@ const deploymentSchemaObject = z.strictObject({
       workerConnections: positiveInt.default(4096),
       keepaliveTimeout: positiveInt.default(65),
     })
-    .default({} as never),
+    .prefault({}),
   /**
    * The runtime scaling configuration (the controller's schema, see
    * `functions/core/scaling/config.ts`): thresholds, policies and the bounds per service.
@@ -189,13 +189,13 @@ const deploymentSchemaObject = z.strictObject({
       lambdaErrors: positiveInt.default(1),
       alb5xxPerMinute: positiveInt.default(10),
     })
-    .default({} as never),
+    .prefault({}),
   api: z
     .strictObject({
       throttlingRateLimit: z.number().min(1).default(20),
       throttlingBurstLimit: positiveInt.default(40),
     })
-    .default({} as never),
+    .prefault({}),
   /** Optional TLS: an ACM certificate ARN in the deployment region (HTTP only without it). */
   domain: z
     .strictObject({

@@ -1,0 +1,299 @@
+import { Annotations, Duration, Stack } from 'aws-cdk-lib';
+import type * as ec2 from 'aws-cdk-lib/aws-ec2';
+import type * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
+import type * as logs from 'aws-cdk-lib/aws-logs';
+import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import type * as sns from 'aws-cdk-lib/aws-sns';
+import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
+import { Construct } from 'constructs';
+import { parseScalingConfig, ScalingConfigError, type ScalingConfig } from '../../functions/core/scaling/config.js';
+import { acknowledge, nagArn } from '../nag.js';
+import { validateProps } from '../validate.js';
+import { ControlPlaneFunction } from './control-plane-function.js';
+import { FailureQueue } from './failure-queue.js';
+import { MigrationsResource } from './migrations-resource.js';
+import { ScalingApi } from './scaling-api.js';
+
+/** The four handler files. */
+export interface ControlPlaneEntries {
+  /** EventBridge schedule -> one evaluation of every service. */
+  readonly evaluate: string;
+  /** SNS (CloudWatch alarm) -> an immediate evaluation. */
+  readonly alarm: string;
+  /** API Gateway REST proxy -> the scaling API. */
+  readonly api: string;
+  /** CloudFormation custom resource -> catalog and shard migrations. */
+  readonly migrate: string;
+}
+
+/** A service the controller scales. */
+export interface ScaledService {
+  readonly service: ecs.IBaseService;
+  /** The target group's ARN suffix (`targetgroup/NAME/ID`), for response-time metrics. @default - none */
+  readonly targetGroupFullName?: string;
+}
+
+/** Props of {@link ControlPlane}. */
+export interface ControlPlaneProps {
+  readonly namePrefix: string;
+  readonly vpc: ec2.IVpc;
+  readonly subnets: ec2.SubnetSelection;
+  readonly securityGroup: ec2.ISecurityGroup;
+  readonly entries: ControlPlaneEntries;
+  /** Copied into the migration bundle as `migrations/` (catalog/, sharding/, shard/). */
+  readonly migrationsDirectory: string;
+  /** The lock file anchoring bundling. @default - found upwards from each entry */
+  readonly depsLockFilePath?: string;
+  readonly cluster: ecs.ICluster;
+  /** The scaled services by name (the names of the scaling configuration). */
+  readonly services: Readonly<Record<string, ScaledService>>;
+  /** The load balancer's ARN suffix (`app/NAME/ID`). @default - none */
+  readonly loadBalancerFullName?: string;
+  /** Where the catalog lives: the secret and the host to use instead of the secret's (the proxy). */
+  readonly catalog: { readonly secret: secretsmanager.ISecret; readonly host: string };
+  /** Every shard primary's admin secret (migrations and shard statistics). */
+  readonly shardSecrets: readonly secretsmanager.ISecret[];
+  /** CloudWatch alarms publish here; the alarm function is subscribed. */
+  readonly alarmTopic: sns.ITopic;
+  /** The runtime scaling configuration: the functions' last-known configuration. */
+  readonly scalingConfig: ScalingConfig;
+  /** Alarm names to service names, for alarms whose dimensions do not name the service. @default {} */
+  readonly alarmServiceMap?: Readonly<Record<string, string>>;
+  /** @default 20 */
+  readonly apiThrottlingRateLimit?: number;
+  /** @default 40 */
+  readonly apiThrottlingBurstLimit?: number;
+  /** @default logs.RetentionDays.THREE_MONTHS */
+  readonly logRetention?: logs.RetentionDays;
+}
+
+/** Shortest interval EventBridge schedules can fire at. */
+export const EVENTBRIDGE_MIN_INTERVAL_SECONDS = 60;
+
+/**
+ * The schedule rate for a configured check interval: EventBridge cannot fire more often than
+ * once a minute, so shorter intervals, and intervals that are not whole minutes, are rounded
+ * up to the next whole minute.
+ */
+export function scheduleMinutes(checkIntervalSeconds: number): number {
+  return Math.max(1, Math.ceil(checkIntervalSeconds / EVENTBRIDGE_MIN_INTERVAL_SECONDS));
+}
+
+/**
+ * The serverless scaling controller: the evaluator on an EventBridge schedule (reserved
+ * concurrency 1, so evaluations never overlap), the alarm function subscribed to the alarm
+ * topic, the scaling API behind API Gateway, and the migrations custom resource. Every
+ * event-invoked function has a dead-letter queue for undeliverable events and a failure
+ * destination for failed invocations. IAM names resources wherever AWS allows it.
+ *
+ * @example
+ * ```ts
+ * new ControlPlane(stack, 'ControlPlane', {
+ *   namePrefix: 'ca-dms-dev', vpc, subnets, securityGroup, cluster, services, alarmTopic,
+ *   entries: { evaluate: 'functions/handlers/evaluate.ts', alarm: '...', api: '...', migrate: '...' },
+ *   migrationsDirectory: 'functions/adapters/postgres/migrations',
+ *   catalog: { secret, host: proxy.endpoint }, shardSecrets, scalingConfig,
+ * });
+ * ```
+ */
+export class ControlPlane extends Construct {
+  readonly evaluate: ControlPlaneFunction;
+  readonly alarm: ControlPlaneFunction;
+  readonly api: ControlPlaneFunction;
+  readonly migrate: ControlPlaneFunction;
+  readonly scalingApi: ScalingApi;
+  readonly schedule: events.Rule;
+  readonly migrations: MigrationsResource;
+  readonly failureQueues: { readonly evaluate: FailureQueue; readonly alarm: FailureQueue };
+
+  constructor(scope: Construct, id: string, props: ControlPlaneProps) {
+    super(scope, id);
+    const serviceNames = Object.keys(props.services);
+    const configProblems = checkScalingConfig(props.scalingConfig);
+    validateProps('ControlPlane', [
+      [serviceNames.length > 0, 'services must name at least one service'],
+      ...configProblems.map((p) => [false, p] as const),
+      ...Object.keys(props.scalingConfig.services)
+        .filter((s) => !serviceNames.includes(s))
+        .map((s) => [false, `scalingConfig.services.${s} has no entry in services`] as const),
+      ...Object.entries(props.alarmServiceMap ?? {})
+        .filter(([, s]) => !serviceNames.includes(s))
+        .map(([alarm, s]) => [false, `alarmServiceMap.${alarm} names an unknown service "${s}"`] as const),
+    ]);
+
+    const stack = Stack.of(this);
+    const minutes = scheduleMinutes(props.scalingConfig.check_interval);
+    if (props.scalingConfig.check_interval !== minutes * 60) {
+      Annotations.of(this).addWarningV2(
+        '@ca-dms/control-plane:scheduleRounded',
+        `SCALING_CHECK_INTERVAL is ${props.scalingConfig.check_interval} s but EventBridge schedules fire at most once a minute in whole minutes: evaluations run every ${minutes} min. Alarms still trigger immediate evaluations through SNS.`,
+      );
+    }
+
+    const topology = {
+      periodSeconds: 60,
+      services: Object.fromEntries(
+        Object.entries(props.services).map(([name, s]) => [
+          name,
+          {
+            cluster: props.cluster.clusterName,
+            ecsService: s.service.serviceName,
+            ...(s.targetGroupFullName && props.loadBalancerFullName
+              ? { targetGroup: s.targetGroupFullName, loadBalancer: props.loadBalancerFullName }
+              : {}),
+          },
+        ]),
+      ),
+    };
+    const common = {
+      vpc: props.vpc,
+      subnets: props.subnets,
+      securityGroup: props.securityGroup,
+      depsLockFilePath: props.depsLockFilePath,
+      logRetention: props.logRetention,
+    };
+    const controllerEnv = {
+      SCALING_CONFIG_JSON: JSON.stringify(props.scalingConfig),
+      SCALING_TARGETS_JSON: stack.toJsonString(topology),
+      ALARM_SERVICE_MAP_JSON: JSON.stringify(props.alarmServiceMap ?? {}),
+      CATALOG_DB_SECRET_ARN: props.catalog.secret.secretArn,
+      CATALOG_DB_HOST: props.catalog.host,
+      POWERTOOLS_METRICS_NAMESPACE: 'CaDmsScaling',
+      SCALING_CHECK_INTERVAL: String(props.scalingConfig.check_interval),
+    };
+    const shardEnv = { SHARD_DB_SECRET_ARNS: stack.toJsonString(props.shardSecrets.map((s) => s.secretArn)) };
+
+    const evaluateFailures = new FailureQueue(this, 'EvaluateFailures');
+    const alarmFailures = new FailureQueue(this, 'AlarmFailures');
+    this.failureQueues = { evaluate: evaluateFailures, alarm: alarmFailures };
+
+    this.evaluate = new ControlPlaneFunction(this, 'Evaluate', {
+      ...common,
+      entry: props.entries.evaluate,
+      description: 'CA-DMS scaling controller: scheduled evaluation of every service',
+      environment: { ...controllerEnv, POWERTOOLS_SERVICE_NAME: 'scaling-evaluate' },
+      timeout: Duration.seconds(55),
+      reservedConcurrentExecutions: 1,
+      onFailure: new destinations.SqsDestination(evaluateFailures.queue),
+      // A scheduled evaluation older than the next tick is worthless: the next one supersedes it.
+      retryAttempts: 0,
+      maxEventAge: Duration.minutes(2),
+    });
+    this.alarm = new ControlPlaneFunction(this, 'Alarm', {
+      ...common,
+      entry: props.entries.alarm,
+      description: 'CA-DMS scaling controller: immediate evaluation on a CloudWatch alarm',
+      environment: { ...controllerEnv, POWERTOOLS_SERVICE_NAME: 'scaling-alarm' },
+      timeout: Duration.seconds(55),
+      // Alarm storms queue up behind one evaluation instead of racing each other.
+      reservedConcurrentExecutions: 1,
+      onFailure: new destinations.SqsDestination(alarmFailures.queue),
+      retryAttempts: 2,
+      maxEventAge: Duration.minutes(10),
+    });
+    this.api = new ControlPlaneFunction(this, 'Api', {
+      ...common,
+      entry: props.entries.api,
+      description: 'CA-DMS scaling REST API',
+      environment: { ...controllerEnv, ...shardEnv, POWERTOOLS_SERVICE_NAME: 'scaling-api' },
+      timeout: Duration.seconds(29),
+    });
+    this.migrate = new ControlPlaneFunction(this, 'Migrate', {
+      ...common,
+      entry: props.entries.migrate,
+      description: 'CA-DMS catalog and shard migrations (custom resource)',
+      environment: {
+        ...controllerEnv,
+        ...shardEnv,
+        POWERTOOLS_SERVICE_NAME: 'scaling-migrate',
+        MIGRATIONS_DIR: '/var/task/migrations',
+      },
+      timeout: Duration.minutes(15),
+      memorySize: 1024,
+      bundledDirectories: { [props.migrationsDirectory]: 'migrations' },
+    });
+
+    // Reading metrics: GetMetricData has no resource-level permissions in IAM.
+    const readMetrics = new iam.PolicyStatement({ sid: 'ReadMetrics', actions: ['cloudwatch:GetMetricData'], resources: ['*'] });
+    const serviceArns = Object.values(props.services).map((s) => s.service.serviceArn);
+    const describeServices = new iam.PolicyStatement({ sid: 'DescribeScaledServices', actions: ['ecs:DescribeServices'], resources: serviceArns });
+    const updateServices = new iam.PolicyStatement({ sid: 'SetDesiredCount', actions: ['ecs:UpdateService'], resources: serviceArns });
+    // DescribeScalableTargets has no resource-level permissions in IAM.
+    const describeTargets = new iam.PolicyStatement({
+      sid: 'DescribeScalableTargets',
+      actions: ['application-autoscaling:DescribeScalableTargets'],
+      resources: ['*'],
+    });
+    // Scalable-target ARNs carry an id AWS generates at registration, unknown at synthesis:
+    // the statement is bounded to this account and region.
+    const registerTargets = new iam.PolicyStatement({
+      sid: 'RegisterScalableTargets',
+      actions: ['application-autoscaling:RegisterScalableTarget'],
+      resources: [stack.formatArn({ service: 'application-autoscaling', resource: 'scalable-target', resourceName: '*' })],
+    });
+    for (const fn of [this.evaluate, this.alarm]) {
+      for (const statement of [readMetrics, describeServices, updateServices, describeTargets, registerTargets]) fn.role.addToPolicy(statement);
+      props.catalog.secret.grantRead(fn.role);
+      acknowledge(
+        fn.role,
+        `AwsSolutions-IAM5[Resource::${nagArn(this, 'application-autoscaling', 'scalable-target/*')}]`,
+        'RegisterScalableTarget: scalable-target ARNs end in an id AWS generates at registration, unknown at synthesis; the statement is bounded to this account and region, and ECS itself only accepts changes to the services named in the ECS statements.',
+      );
+    }
+    for (const fn of [this.evaluate, this.alarm, this.api, this.migrate]) {
+      acknowledge(
+        fn.role,
+        'AwsSolutions-IAM5[Resource::*]',
+        'Actions without resource-level permissions in IAM: cloudwatch:GetMetricData, application-autoscaling:DescribeScalableTargets, X-Ray PutTraceSegments/PutTelemetryRecords, and the EC2 network-interface calls Lambda makes for a function in a VPC.',
+      );
+    }
+    for (const statement of [readMetrics, describeServices, describeTargets]) this.api.role.addToPolicy(statement);
+    props.catalog.secret.grantRead(this.api.role);
+    props.catalog.secret.grantRead(this.migrate.role);
+    for (const secret of props.shardSecrets) {
+      secret.grantRead(this.api.role);
+      secret.grantRead(this.migrate.role);
+    }
+
+    this.schedule = new events.Rule(this, 'Schedule', {
+      description: `Evaluates the CA-DMS services every ${minutes} min (SCALING_CHECK_INTERVAL ${props.scalingConfig.check_interval} s)`,
+      schedule: events.Schedule.rate(Duration.minutes(minutes)),
+      targets: [
+        new targets.LambdaFunction(this.evaluate.function, {
+          deadLetterQueue: evaluateFailures.queue,
+          retryAttempts: 2,
+          maxEventAge: Duration.minutes(2),
+        }),
+      ],
+    });
+    props.alarmTopic.addSubscription(new subscriptions.LambdaSubscription(this.alarm.function, { deadLetterQueue: alarmFailures.queue }));
+
+    this.scalingApi = new ScalingApi(this, 'ScalingApi', {
+      handler: this.api.function,
+      restApiName: `${props.namePrefix}-scaling`,
+      throttlingRateLimit: props.apiThrottlingRateLimit,
+      throttlingBurstLimit: props.apiThrottlingBurstLimit,
+      logRetention: props.logRetention,
+    });
+    this.migrations = new MigrationsResource(this, 'Migrations', {
+      handler: this.migrate.function,
+      migrationsDirectory: props.migrationsDirectory,
+      logRetention: props.logRetention,
+    });
+  }
+}
+
+/** Re-validates the runtime configuration with the controller's own schema (no drift at deploy). */
+function checkScalingConfig(config: ScalingConfig): string[] {
+  try {
+    parseScalingConfig(JSON.parse(JSON.stringify(config)));
+    return [];
+  } catch (error) {
+    if (error instanceof ScalingConfigError) return error.issues.map((i) => `scalingConfig.${i.path}: ${i.message}`);
+    throw error;
+  }
+}

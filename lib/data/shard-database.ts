@@ -1,0 +1,226 @@
+import { Duration, RemovalPolicy } from 'aws-cdk-lib';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import type * as kms from 'aws-cdk-lib/aws-kms';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as rds from 'aws-cdk-lib/aws-rds';
+import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import { Construct } from 'constructs';
+import { acknowledge } from '../nag.js';
+import { validateProps } from '../validate.js';
+
+const DEFAULT_PORT_REASON =
+  'PostgreSQL keeps its default port 5432: a non-standard port is obscurity, not control; the security group admits only the services, the control-plane functions and the proxy.';
+
+/** Props of {@link ShardDatabase}. */
+export interface ShardDatabaseProps {
+  /** The VPC; instances and the proxy go to `subnets`. */
+  readonly vpc: ec2.IVpc;
+  /** Subnets for the instances and the proxy (isolated ones). */
+  readonly subnets: ec2.SubnetSelection;
+  /** Subnets where the rotation function runs (it needs to reach Secrets Manager). */
+  readonly rotationSubnets: ec2.SubnetSelection;
+  /** The shard's id as the catalog names it, e.g. `shard-001`: part of every identifier. */
+  readonly shardId: string;
+  /** Prefix of the physical names (instance identifiers, secret names). */
+  readonly namePrefix: string;
+  /** The engine, shared by every shard so they run one version. */
+  readonly engine: rds.IInstanceEngine;
+  /** The parameter group (with `pg_stat_statements` preloaded), shared by every shard. */
+  readonly parameterGroup: rds.IParameterGroup;
+  /** Encrypts storage, backups and Performance Insights. */
+  readonly encryptionKey: kms.IKey;
+  /** The primary's instance type. */
+  readonly instanceType: ec2.InstanceType;
+  /** The replicas' instance type. @default instanceType */
+  readonly replicaInstanceType?: ec2.InstanceType;
+  /** Read replicas of the primary (0..5). @default 1 */
+  readonly replicas?: number;
+  /** Multi-AZ primary. @default false */
+  readonly multiAz?: boolean;
+  /** The database created on the primary. @default 'ca_dms' */
+  readonly databaseName?: string;
+  /** Initial storage in GiB. @default 50 */
+  readonly allocatedStorageGiB?: number;
+  /** Storage autoscaling ceiling in GiB. @default 200 */
+  readonly maxAllocatedStorageGiB?: number;
+  /** Automated backup retention, at least 7 days. @default Duration.days(7) */
+  readonly backupRetention?: Duration;
+  /** How often the admin password is rotated. @default Duration.days(30) */
+  readonly secretRotation?: Duration;
+  /** Security groups admitted to every instance directly (services, functions reading replicas). */
+  readonly clientSecurityGroups: readonly ec2.ISecurityGroup[];
+  /** Security groups admitted to the RDS Proxy (the control-plane functions). */
+  readonly proxyClientSecurityGroups: readonly ec2.ISecurityGroup[];
+  /** What happens to the primary when it leaves the stack. @default RemovalPolicy.SNAPSHOT */
+  readonly removalPolicy?: RemovalPolicy;
+  /** Retention of the exported PostgreSQL logs. @default logs.RetentionDays.THREE_MONTHS */
+  readonly logRetention?: logs.RetentionDays;
+}
+
+/**
+ * One shard: an encrypted RDS PostgreSQL primary with its read replicas, deletion protection
+ * on every instance, automated backups of the primary (RDS for PostgreSQL does not back up
+ * read replicas; they are rebuilt from the primary), Performance Insights, TLS forced by the parameter
+ * group, an admin secret rotated by Secrets Manager, and an RDS Proxy in front of the primary
+ * for the Lambda functions (a proxy's reader endpoint does not work with RDS instances, so
+ * replicas are reached directly at their own endpoints).
+ *
+ * @example
+ * ```ts
+ * const shard = new ShardDatabase(stack, 'Shard001', {
+ *   vpc, subnets: { subnetGroupName: 'data' }, rotationSubnets: { subnetGroupName: 'compute' },
+ *   shardId: 'shard-001', namePrefix: 'ca-dms-dev', engine, parameterGroup, encryptionKey: key,
+ *   instanceType: new ec2.InstanceType('t4g.medium'), replicas: 1,
+ *   clientSecurityGroups: [servicesSg, functionsSg], proxyClientSecurityGroups: [functionsSg],
+ * });
+ * shard.proxy.endpoint; // what the controller connects to
+ * ```
+ */
+export class ShardDatabase extends Construct {
+  readonly shardId: string;
+  readonly primary: rds.DatabaseInstance;
+  readonly replicas: readonly rds.DatabaseInstanceReadReplica[];
+  readonly proxy: rds.DatabaseProxy;
+  /** The admin credentials (`username`, `password`, `host`, `port`, `dbname`). */
+  readonly secret: secretsmanager.ISecret;
+  readonly securityGroup: ec2.SecurityGroup;
+  readonly databaseName: string;
+
+  constructor(scope: Construct, id: string, props: ShardDatabaseProps) {
+    super(scope, id);
+    const replicas = props.replicas ?? 1;
+    const backupRetention = props.backupRetention ?? Duration.days(7);
+    const allocated = props.allocatedStorageGiB ?? 50;
+    const maxAllocated = props.maxAllocatedStorageGiB ?? 200;
+    validateProps('ShardDatabase', [
+      [/^[a-z][a-z0-9-]{0,30}$/.test(props.shardId), `shardId must be lower-case letters, digits and dashes (got "${props.shardId}")`],
+      [Number.isInteger(replicas) && replicas >= 0 && replicas <= 5, `replicas must be 0..5 (got ${replicas})`],
+      [backupRetention.toDays() >= 7 && backupRetention.toDays() <= 35, `backupRetention must be 7..35 days (got ${backupRetention.toDays()})`],
+      [maxAllocated >= allocated, `maxAllocatedStorageGiB (${maxAllocated}) must be at least allocatedStorageGiB (${allocated})`],
+      [props.clientSecurityGroups.length > 0, 'clientSecurityGroups must name at least one client'],
+    ]);
+    this.shardId = props.shardId;
+    this.databaseName = props.databaseName ?? 'ca_dms';
+    const identifier = `${props.namePrefix}-${props.shardId}`;
+
+    this.securityGroup = new ec2.SecurityGroup(this, 'Sg', {
+      vpc: props.vpc,
+      description: `PostgreSQL ${props.shardId}: only the services, the control-plane functions and the proxy`,
+      allowAllOutbound: false,
+    });
+    for (const client of props.clientSecurityGroups) {
+      this.securityGroup.addIngressRule(client, ec2.Port.tcp(5432), 'PostgreSQL from an admitted workload');
+    }
+
+    const instanceIds = [`${identifier}-primary`, ...Array.from({ length: replicas }, (_, i) => `${identifier}-replica-${i + 1}`)];
+    // RDS would create these log groups itself, with no expiry; creating them first sets one.
+    const logGroups = instanceIds.map(
+      (instanceId, i) =>
+        new logs.LogGroup(this, i === 0 ? 'PrimaryLogs' : `Replica${i}Logs`, {
+          logGroupName: `/aws/rds/instance/${instanceId}/postgresql`,
+          retention: props.logRetention ?? logs.RetentionDays.THREE_MONTHS,
+          removalPolicy: RemovalPolicy.RETAIN,
+        }),
+    );
+
+    const common: Omit<rds.DatabaseInstanceReadReplicaProps, 'sourceDatabaseInstance' | 'instanceType'> = {
+      vpc: props.vpc,
+      vpcSubnets: props.subnets,
+      securityGroups: [this.securityGroup],
+      parameterGroup: props.parameterGroup,
+      storageType: rds.StorageType.GP3,
+      maxAllocatedStorage: maxAllocated,
+      deletionProtection: true,
+      enablePerformanceInsights: true,
+      performanceInsightEncryptionKey: props.encryptionKey,
+      performanceInsightRetention: rds.PerformanceInsightRetention.DEFAULT,
+      iamAuthentication: true,
+      autoMinorVersionUpgrade: true,
+      publiclyAccessible: false,
+      cloudwatchLogsExports: ['postgresql'],
+      caCertificate: rds.CaCertificate.RDS_CA_RSA2048_G1,
+      copyTagsToSnapshot: true,
+    };
+
+    this.primary = new rds.DatabaseInstance(this, 'Primary', {
+      ...common,
+      instanceIdentifier: instanceIds[0],
+      engine: props.engine,
+      instanceType: props.instanceType,
+      storageEncrypted: true,
+      storageEncryptionKey: props.encryptionKey,
+      multiAz: props.multiAz ?? false,
+      allocatedStorage: allocated,
+      databaseName: this.databaseName,
+      credentials: rds.Credentials.fromGeneratedSecret('ca_dms_admin', {
+        secretName: `${props.namePrefix}/${props.shardId}/admin`,
+        excludeCharacters: ' %+~`#$&*()|[]{}:;<>?!\'/@"\\',
+      }),
+      backupRetention,
+      removalPolicy: props.removalPolicy ?? RemovalPolicy.SNAPSHOT,
+    });
+    this.primary.node.addDependency(logGroups[0] as logs.LogGroup);
+    acknowledge(this.primary, 'AwsSolutions-RDS11', DEFAULT_PORT_REASON);
+    if (!(props.multiAz ?? false)) {
+      acknowledge(
+        this.primary,
+        'AwsSolutions-RDS3',
+        'Single-AZ primary by configuration (database.multiAz=false, the development default to halve cost); production sets Multi-AZ.',
+      );
+    }
+    if (!this.primary.secret) throw new Error('unreachable: generated credentials always carry a secret');
+    this.secret = this.primary.secret;
+
+    this.primary.addRotationSingleUser({
+      automaticallyAfter: props.secretRotation ?? Duration.days(30),
+      vpcSubnets: props.rotationSubnets,
+    });
+
+    this.replicas = Array.from({ length: replicas }, (_, i) => {
+      const replica = new rds.DatabaseInstanceReadReplica(this, `Replica${i + 1}`, {
+        ...common,
+        instanceIdentifier: instanceIds[i + 1],
+        sourceDatabaseInstance: this.primary,
+        instanceType: props.replicaInstanceType ?? props.instanceType,
+        // RDS for PostgreSQL keeps no automated backups of read replicas (the engine rejects a
+        // retention period): the primary's backups cover the shard, and a replica holds no
+        // data of its own, so removing one destroys nothing that cannot be rebuilt.
+        removalPolicy: RemovalPolicy.DESTROY,
+      });
+      replica.node.addDependency(logGroups[i + 1] as logs.LogGroup);
+      acknowledge(replica, 'AwsSolutions-RDS11', DEFAULT_PORT_REASON);
+      acknowledge(
+        replica,
+        'AwsSolutions-RDS3',
+        'A read replica is itself the redundancy for reads: losing its AZ loses read capacity, never data (the primary holds it); replicas are spread over AZs by RDS.',
+      );
+      acknowledge(
+        replica,
+        'AwsSolutions-RDS2',
+        'The replica inherits the encrypted primary\'s storage encryption and key; CloudFormation forbids StorageEncrypted on a read replica.',
+      );
+      return replica;
+    });
+
+    const proxySecurityGroup = new ec2.SecurityGroup(this, 'ProxySg', {
+      vpc: props.vpc,
+      description: `RDS Proxy of ${props.shardId}: only the control-plane functions`,
+      allowAllOutbound: false,
+    });
+    for (const client of props.proxyClientSecurityGroups) {
+      proxySecurityGroup.addIngressRule(client, ec2.Port.tcp(5432), 'PostgreSQL from the control-plane functions');
+    }
+    proxySecurityGroup.addEgressRule(this.securityGroup, ec2.Port.tcp(5432), 'to the primary');
+    this.securityGroup.addIngressRule(proxySecurityGroup, ec2.Port.tcp(5432), 'PostgreSQL from the RDS Proxy');
+
+    this.proxy = this.primary.addProxy('Proxy', {
+      dbProxyName: `${identifier}-proxy`,
+      secrets: [this.secret],
+      vpc: props.vpc,
+      vpcSubnets: props.subnets,
+      securityGroups: [proxySecurityGroup],
+      requireTLS: true,
+      borrowTimeout: Duration.seconds(30),
+    });
+  }
+}

@@ -1,0 +1,87 @@
+import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
+import type { Construct } from 'constructs';
+import { SERVICE_NAMES, type DeploymentConfig } from '../config/deployment-config.js';
+import { resolveServiceConfig } from '../../functions/core/scaling/config.js';
+import type { ShardDatabase } from '../data/shard-database.js';
+import { FunctionAlarms } from '../observability/function-alarms.js';
+import { ScalingDashboard } from '../observability/scaling-dashboard.js';
+import { ServiceAlarms } from '../observability/service-alarms.js';
+import { ShardAlarms } from '../observability/shard-alarms.js';
+import type { ControlPlaneStack } from './control-plane-stack.js';
+import { pascal, type ServicesStack } from './services-stack.js';
+
+/** Props of {@link ObservabilityStack}. */
+export interface ObservabilityStackProps extends StackProps {
+  readonly config: DeploymentConfig;
+  readonly shards: readonly ShardDatabase[];
+  readonly services: ServicesStack;
+  readonly controlPlane: ControlPlaneStack;
+}
+
+/** The dashboard and every alarm, all publishing to the control plane's alarm topic. */
+export class ObservabilityStack extends Stack {
+  readonly dashboard: ScalingDashboard;
+
+  constructor(scope: Construct, id: string, props: ObservabilityStackProps) {
+    super(scope, id, props);
+    const { config, shards, services } = props;
+    const prefix = `${config.name}-${config.environment}`;
+    const topic = props.controlPlane.alarmTopic.topic;
+    const cp = props.controlPlane.controlPlane;
+
+    for (const shard of shards) {
+      new ShardAlarms(this, `${pascal(shard.shardId)}Alarms`, {
+        shardId: shard.shardId,
+        primary: shard.primary,
+        replicas: shard.replicas,
+        topic,
+        cpuPercent: config.alarms.cpuPercent,
+        freeStorageGiB: config.alarms.freeStorageGiB,
+        replicaLagSeconds: config.alarms.replicaLagSeconds,
+        maxConnections: config.alarms.databaseConnections,
+      });
+    }
+    for (const name of SERVICE_NAMES) {
+      const scaling = resolveServiceConfig(config.scaling, name);
+      new ServiceAlarms(this, `${pascal(name)}Alarms`, {
+        namePrefix: prefix,
+        serviceName: name,
+        service: services.services[name].service,
+        ...(name === 'worker' ? {} : { targetGroup: services.targetGroups[name] }),
+        topic,
+        cpuPercent: scaling.cpu_scale_up,
+        memoryPercent: scaling.memory_scale_up,
+        responseTimeMs: scaling.response_time_scale_up,
+      });
+    }
+    const functions = {
+      Evaluate: cp.evaluate.function,
+      Alarm: cp.alarm.function,
+      Api: cp.api.function,
+      Migrate: cp.migrate.function,
+    };
+    new FunctionAlarms(this, 'ControlPlaneAlarms', {
+      functions,
+      deadLetterQueues: { Evaluate: cp.failureQueues.evaluate.queue, Alarm: cp.failureQueues.alarm.queue },
+      topic,
+      errorThreshold: config.alarms.lambdaErrors,
+    });
+
+    this.dashboard = new ScalingDashboard(this, 'Dashboard', {
+      dashboardName: prefix,
+      services: SERVICE_NAMES.map((name) => ({
+        name,
+        clusterName: services.cluster.clusterName,
+        service: services.services[name].service,
+        ...(name === 'worker' ? {} : { targetGroup: services.targetGroups[name] }),
+      })),
+      shards: shards.map((s) => ({ shardId: s.shardId, primary: s.primary, replicas: s.replicas })),
+      functions,
+    });
+
+    new CfnOutput(this, 'DashboardUrl', {
+      description: 'The CloudWatch dashboard',
+      value: `https://${this.region}.console.aws.amazon.com/cloudwatch/home?region=${this.region}#dashboards:name=${prefix}`,
+    });
+  }
+}

@@ -1,0 +1,145 @@
+import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
+import * as ecr from 'aws-cdk-lib/aws-ecr';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import type * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
+import type * as logs from 'aws-cdk-lib/aws-logs';
+import type { Construct } from 'constructs';
+import { SERVICE_NAMES, type DeploymentConfig, type ImageConfig, type ServiceName } from '../config/deployment-config.js';
+import type { ShardDatabase } from '../data/shard-database.js';
+import { SUBNETS, type Network } from '../network/network.js';
+import { AccessLogBucket } from '../services/access-log-bucket.js';
+import { LoadBalancer } from '../services/load-balancer.js';
+import { SidecarService } from '../services/sidecar-service.js';
+
+/** Props of {@link ServicesStack}. */
+export interface ServicesStackProps extends StackProps {
+  readonly config: DeploymentConfig;
+  readonly network: Network;
+  readonly shards: readonly ShardDatabase[];
+  /** The nginx sidecar's build context (`containers/nginx`). */
+  readonly nginxImageDirectory: string;
+}
+
+/** Which health endpoint the load balancer probes for each pool. */
+const LB_HEALTH_PATH: Record<Exclude<ServiceName, 'worker'>, string> = {
+  'backend-read': '/health/readonly',
+  'backend-write': '/health',
+  frontend: '/health',
+};
+
+/**
+ * The stateless application tier: the ECS cluster, the four Fargate services with their nginx
+ * sidecars, and the load balancer routing between them.
+ */
+export class ServicesStack extends Stack {
+  readonly cluster: ecs.Cluster;
+  readonly services: Readonly<Record<ServiceName, SidecarService>>;
+  readonly targetGroups: Readonly<Record<Exclude<ServiceName, 'worker'>, elbv2.ApplicationTargetGroup>>;
+  readonly loadBalancer: LoadBalancer;
+
+  constructor(scope: Construct, id: string, props: ServicesStackProps) {
+    super(scope, id, props);
+    const { config, network, shards } = props;
+    const prefix = `${config.name}-${config.environment}`;
+
+    this.cluster = new ecs.Cluster(this, 'Cluster', {
+      clusterName: prefix,
+      vpc: network.vpc,
+      containerInsightsV2: ecs.ContainerInsights.ENABLED,
+    });
+
+    const nginxImage = ecs.ContainerImage.fromAsset(props.nginxImageDirectory);
+    const repositories = new Map<string, ecr.IRepository>();
+    const imageOf = (image: ImageConfig): ecs.ContainerImage => {
+      if (image.kind === 'registry') return ecs.ContainerImage.fromRegistry(image.uri);
+      let repository = repositories.get(image.repository);
+      if (!repository) {
+        repository = ecr.Repository.fromRepositoryName(this, `Repo${repositories.size}`, image.repository);
+        repositories.set(image.repository, repository);
+      }
+      return ecs.ContainerImage.fromEcrRepository(repository, image.tag);
+    };
+
+    // The application learns its shards from plain settings; credentials come from Secrets
+    // Manager at task start and never appear in the task definition.
+    const shardTopology = shards.map((s) => ({
+      id: s.shardId,
+      host: s.primary.dbInstanceEndpointAddress,
+      port: 5432,
+      database: s.databaseName,
+      replicas: s.replicas.map((r) => r.dbInstanceEndpointAddress),
+    }));
+    const secrets: Record<string, ecs.Secret> = {};
+    for (const s of shards) {
+      const key = s.shardId.toUpperCase().replace(/-/g, '_');
+      secrets[`${key}_DB_USERNAME`] = ecs.Secret.fromSecretsManager(s.secret, 'username');
+      secrets[`${key}_DB_PASSWORD`] = ecs.Secret.fromSecretsManager(s.secret, 'password');
+    }
+
+    const services: Partial<Record<ServiceName, SidecarService>> = {};
+    for (const name of SERVICE_NAMES) {
+      const svc = config.services[name];
+      services[name] = new SidecarService(this, pascal(name), {
+        cluster: this.cluster,
+        serviceName: `${prefix}-${name}`,
+        appImage: imageOf(svc.image),
+        nginxImage,
+        cpu: svc.cpu,
+        memoryMiB: svc.memoryMiB,
+        appPort: svc.containerPort,
+        appHealthCheckPath: svc.healthCheckPath,
+        nginxPort: config.nginx.port,
+        environment: {
+          CA_DMS_SERVICE: name,
+          // The read pool serves only GET/HEAD (the load balancer guarantees it) from replicas.
+          DATABASE_READ_ONLY: String(name === 'backend-read'),
+          SHARDING_ENABLED: 'true',
+          SHARDING_STRATEGY: 'hash_based',
+          DATABASE_SHARDS_JSON: this.toJsonString(shardTopology),
+          DATABASE_SSL_MODE: 'verify-full',
+        },
+        secrets,
+        nginxEnvironment: {
+          NGINX_WORKER_PROCESSES: String(config.nginx.workerProcesses),
+          NGINX_WORKER_CONNECTIONS: String(config.nginx.workerConnections),
+          NGINX_KEEPALIVE_TIMEOUT: String(config.nginx.keepaliveTimeout),
+          NGINX_TRUSTED_PROXY_CIDRS: network.vpc.vpcCidrBlock,
+        },
+        securityGroup: network.servicesSecurityGroup,
+        subnets: { subnetGroupName: SUBNETS.compute },
+        minTasks: config.bounds[name].min,
+        maxTasks: config.bounds[name].max,
+        logRetention: config.logRetentionDays as logs.RetentionDays,
+      });
+    }
+    this.services = services as Record<ServiceName, SidecarService>;
+
+    this.targetGroups = {
+      'backend-read': this.services['backend-read'].targetGroup(network.vpc, LB_HEALTH_PATH['backend-read']),
+      'backend-write': this.services['backend-write'].targetGroup(network.vpc, LB_HEALTH_PATH['backend-write']),
+      frontend: this.services.frontend.targetGroup(network.vpc, LB_HEALTH_PATH.frontend),
+    };
+
+    const accessLogs = new AccessLogBucket(this, 'AlbAccessLogs', { expirationDays: config.logRetentionDays });
+    this.loadBalancer = new LoadBalancer(this, 'LoadBalancer', {
+      vpc: network.vpc,
+      subnets: { subnetGroupName: SUBNETS.public },
+      securityGroup: network.loadBalancerSecurityGroup,
+      accessLogBucket: accessLogs.bucket,
+      readTargets: this.targetGroups['backend-read'],
+      writeTargets: this.targetGroups['backend-write'],
+      defaultTargets: this.targetGroups.frontend,
+      certificateArn: config.domain?.certificateArn,
+    });
+
+    new CfnOutput(this, 'LoadBalancerDnsName', {
+      description: 'DNS name of the load balancer (point the CA-DMS domain here)',
+      value: this.loadBalancer.alb.loadBalancerDnsName,
+    });
+  }
+}
+
+/** `backend-read` -> `BackendRead`: construct ids. */
+export function pascal(name: string): string {
+  return name.replace(/(^|-)([a-z])/g, (_m, _d: string, c: string) => c.toUpperCase());
+}
