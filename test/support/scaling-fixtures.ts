@@ -2,9 +2,17 @@
  * Shared fixtures for the scaling controller's tests: a topology of N services, CloudWatch
  * answers built from the queries actually sent, and ECS service descriptions.
  */
-import type { GetMetricDataCommandInput, MetricDataResult } from '@aws-sdk/client-cloudwatch';
-import type { Service } from '@aws-sdk/client-ecs';
+import { ApplicationAutoScalingClient } from '@aws-sdk/client-application-auto-scaling';
+import { CloudWatchClient, type GetMetricDataCommandInput, type MetricDataResult } from '@aws-sdk/client-cloudwatch';
+import { ECSClient, type Service } from '@aws-sdk/client-ecs';
+import { AppAutoScalingRegistry } from '../../functions/adapters/aws/app-autoscaling.js';
+import { CloudWatchMetricsSource } from '../../functions/adapters/aws/cloudwatch-metrics.js';
+import { EcsScalingTarget } from '../../functions/adapters/aws/ecs-target.js';
 import { parseTopology, type Topology } from '../../functions/adapters/aws/topology.js';
+import { parseScalingConfig } from '../../functions/core/scaling/config.js';
+import { ScalingController } from '../../functions/core/scaling/controller.js';
+import { getPolicy } from '../../functions/core/scaling/policies/index.js';
+import type { Clock, ControllerCatalog, DecisionLog, DecisionRecord } from '../../functions/core/scaling/ports.js';
 
 /** Service names `svc-0` .. `svc-(n-1)`. */
 export function serviceNames(n: number): string[] {
@@ -63,4 +71,63 @@ export function ecsService(name: string, counts: { running: number; pending?: nu
           ]
         : [{ id: 'ecs-svc/1', status: 'PRIMARY', rolloutState: 'COMPLETED' }],
   };
+}
+
+/** A recording decision log: what the handler would write as structured log lines. */
+export class RecordingLog implements DecisionLog {
+  readonly lines: DecisionRecord[] = [];
+  write(record: DecisionRecord): void {
+    this.lines.push(record);
+  }
+}
+
+/** A clock the test moves by hand. */
+export class ManualClock implements Clock {
+  constructor(private t: number) {}
+  now(): number {
+    return this.t;
+  }
+  advance(ms: number): void {
+    this.t += ms;
+  }
+}
+
+/**
+ * A controller over the real AWS adapters (their clients are expected to be mocked with
+ * aws-sdk-client-mock by the test) and the given catalog.
+ */
+export function controllerFor(opts: {
+  topology: Topology;
+  catalog: ControllerCatalog;
+  fallback: Record<string, unknown>;
+  clock: Clock;
+  log?: DecisionLog;
+  backlogLimit?: number;
+}): ScalingController {
+  return new ScalingController({
+    metrics: new CloudWatchMetricsSource({ client: new CloudWatchClient({ region: 'eu-west-1' }), topology: opts.topology }),
+    target: new EcsScalingTarget({ client: new ECSClient({ region: 'eu-west-1' }), topology: opts.topology }),
+    registry: new AppAutoScalingRegistry({ client: new ApplicationAutoScalingClient({ region: 'eu-west-1' }), topology: opts.topology }),
+    catalog: opts.catalog,
+    clock: opts.clock,
+    log: opts.log ?? new RecordingLog(),
+    policies: getPolicy,
+    fallbackConfig: parseScalingConfig(opts.fallback),
+    ...(opts.backlogLimit === undefined ? {} : { backlogLimit: opts.backlogLimit }),
+  });
+}
+
+/** Per-service metric values by CloudWatch query suffix (`cpu`, `mem`, `rt`, `rpt`, `err`, `conn`). */
+export type MetricValues = Record<string, Partial<Record<'cpu' | 'mem' | 'rt' | 'rpt' | 'err' | 'conn' | 'queue', number>>>;
+
+/** Answers GetMetricData from per-service values; `sN` ids are resolved through `services`. */
+export function metricsFrom(services: readonly string[], values: MetricValues) {
+  return (input: GetMetricDataCommandInput): { MetricDataResults: MetricDataResult[] } => ({
+    MetricDataResults: metricAnswer(input, (id) => {
+      const m = /^s(\d+)_(\w+)$/.exec(id);
+      const service = services[Number(m?.[1])];
+      const key = m?.[2] as keyof MetricValues[string];
+      return service === undefined ? undefined : values[service]?.[key];
+    }),
+  });
 }
