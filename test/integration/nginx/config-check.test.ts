@@ -40,6 +40,16 @@ const variants: Record<string, Record<string, string>> = {
   },
 };
 
+describe('the test harness', () => {
+  it('fails with the install command when nginx is absent, rather than skipping', () => {
+    expect(() => nginxBinary(['/nonexistent/nginx'])).toThrow(/nginx is not installed.*apt-get install nginx libnginx-mod-http-brotli-filter/);
+  });
+
+  it('fails with the install command when the brotli module is absent', () => {
+    expect(() => nginxBinary(undefined, '/nonexistent/modules')).toThrow(/apt-get install libnginx-mod-http-brotli-filter/);
+  });
+});
+
 describe('nginx -t', () => {
   const rendered: RenderedConfig[] = [];
   afterAll(() => {

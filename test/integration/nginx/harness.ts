@@ -38,20 +38,20 @@ export async function freePort(): Promise<number> {
 /**
  * The nginx binary, or a loud failure: these tests must never pass by skipping.
  */
-export function nginxBinary(): string {
-  const candidates = [process.env.CA_DMS_NGINX_BIN, '/usr/sbin/nginx', '/usr/local/sbin/nginx'].filter(
-    (c): c is string => c !== undefined && c !== '',
-  );
-  const found = candidates.find((c) => existsSync(c));
+export function nginxBinary(
+  candidates: readonly string[] = [process.env.CA_DMS_NGINX_BIN ?? '', '/usr/sbin/nginx', '/usr/local/sbin/nginx'],
+  modulesDir: string = MODULES_DIR,
+): string {
+  const found = candidates.find((c) => c !== '' && existsSync(c));
   if (found === undefined) {
     throw new Error(
       'nginx is not installed: the sidecar tests run real nginx. Install Debian\'s packages with ' +
         '`apt-get install nginx libnginx-mod-http-brotli-filter` (.ci/run does this) or set CA_DMS_NGINX_BIN.',
     );
   }
-  if (!existsSync(join(MODULES_DIR, 'ngx_http_brotli_filter_module.so'))) {
+  if (!existsSync(join(modulesDir, 'ngx_http_brotli_filter_module.so'))) {
     throw new Error(
-      `the nginx brotli module is missing from ${MODULES_DIR}: \`apt-get install libnginx-mod-http-brotli-filter\` (.ci/run does this).`,
+      `the nginx brotli module is missing from ${modulesDir}: \`apt-get install libnginx-mod-http-brotli-filter\` (.ci/run does this).`,
     );
   }
   return found;
