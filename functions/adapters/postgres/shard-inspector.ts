@@ -1,0 +1,492 @@
+/**
+ * Inspects every shard: health of each primary and replica, statistics of the sharded tables,
+ * and the movable units (slots, directory keys) the rebalance planner works on.
+ *
+ * Health checks every node in parallel, each under one per-node deadline (connect and queries),
+ * so a dead node costs one timeout, not the sum. Per node it measures: reachable, role
+ * (`pg_is_in_recovery()`), connections against `max_connections`, `pg_stat_database` rates
+ * (from the previous sample, which the inspector keeps), cache hit ratio, deadlocks, temp
+ * bytes, `pg_stat_statements` when installed, `pg_database_size`, and on replicas the replay lag
+ * in seconds and bytes. The classification with reasons is the pure core's
+ * (`core/sharding/health.ts`).
+ *
+ * @example
+ * ```ts
+ * const inspector = new ShardInspector(ShardPools.fromConfig(config, { max: 2 }), { timeoutMs: 2000, weights });
+ * const report = await inspector.health();       // { status: 'degraded', shards: [...] }
+ * const stats = await inspector.statistics({ slotMap });
+ * const check = await inspector.rebalanceCheck({ slotMap, threshold: 0.1, by: 'bytes' });
+ * ```
+ */
+import type pg from 'pg';
+import {
+  classifyNode,
+  classifyShard,
+  databaseRates,
+  DEFAULT_HEALTH_THRESHOLDS,
+  worstStatus,
+  type DatabaseCounters,
+  type HealthReason,
+  type HealthStatus,
+  type HealthThresholds,
+  type NodeFacts,
+  type NodeRole,
+  type RdsFacts,
+} from '../../core/sharding/health.js';
+import { lsnBytesBehind, parseLsn } from '../../core/sharding/lsn.js';
+import { checkRebalance, type RebalanceCheckOptions, type RebalanceCheckResult } from '../../core/sharding/rebalance-check.js';
+import type { MovableUnit } from '../../core/sharding/rebalance.js';
+import type { SlotMap } from '../../core/sharding/slot-map.js';
+import { slotsOwnedBy, summarizeShardStatistics, type ShardMeasurement, type ShardStatisticsSummary, type TableStatistics } from '../../core/sharding/statistics.js';
+import { withNodeDeadline } from './deadline.js';
+import type { ShardNode, ShardPools } from './shard-pools.js';
+
+/** The slowest statements of a node, from `pg_stat_statements`. */
+export type StatementsReport =
+  | { readonly available: true; readonly top: readonly StatementStat[] }
+  | { readonly available: false; readonly reason: string };
+
+export interface StatementStat {
+  readonly queryId: string;
+  /** The normalised text (constants replaced by $n), cut to 200 characters. */
+  readonly query: string;
+  readonly calls: number;
+  readonly totalExecMs: number;
+  readonly meanExecMs: number;
+  readonly rows: number;
+}
+
+export interface NodeReport {
+  readonly nodeId: string;
+  readonly shardId: string;
+  readonly role: NodeRole;
+  /** `host:port/db`, no credentials. */
+  readonly endpoint: string;
+  readonly status: HealthStatus;
+  readonly reasons: readonly HealthReason[];
+  /** How long the check of this node took (its timeout when it did not answer). */
+  readonly checkMs: number;
+  readonly facts: NodeFacts;
+  readonly statements?: StatementsReport;
+}
+
+export interface ShardHealthReport {
+  readonly shardId: string;
+  readonly status: HealthStatus;
+  readonly reasons: readonly HealthReason[];
+  readonly primary: NodeReport;
+  readonly replicas: readonly NodeReport[];
+}
+
+export interface HealthReport {
+  readonly status: HealthStatus;
+  readonly checkedAt: string;
+  /** Wall time of the whole check: about the slowest node, not the sum. */
+  readonly durationMs: number;
+  readonly shards: readonly ShardHealthReport[];
+}
+
+/** What a cloud inventory (RDS + CloudWatch) knows about an endpoint, keyed by `host:port`. */
+export interface EndpointFactsSource {
+  facts(): Promise<ReadonlyMap<string, RdsFacts>>;
+}
+
+export interface ShardInspectorOptions {
+  /** Budget of one node's check (connect and all queries). */
+  readonly timeoutMs: number;
+  readonly thresholds?: HealthThresholds;
+  /** Shard weights (fair shares for statistics); 1 for shards not listed. */
+  readonly weights?: Readonly<Record<string, number>>;
+  /** The sharded tables: rows with a `slot` column. Default users and documents. */
+  readonly tables?: { readonly users: string; readonly documents: string };
+  /** How many statements to report from pg_stat_statements. Default 5. */
+  readonly topStatements?: number;
+  /** RDS/CloudWatch facts merged into health (on AWS). */
+  readonly cloud?: EndpointFactsSource;
+  /** The clock for `checkedAt` and check durations. Default `Date.now`. */
+  readonly now?: () => number;
+}
+
+export interface StatisticsOptions {
+  /** Exact `count(*)` instead of the planner's estimates. Default false. */
+  readonly exact?: boolean;
+  /** The current slot map, for the slots each shard owns. */
+  readonly slotMap?: SlotMap;
+}
+
+export interface ShardStatisticsEntry {
+  readonly shardId: string;
+  readonly reachable: boolean;
+  readonly error?: string;
+}
+
+export interface StatisticsReport extends ShardStatisticsSummary {
+  /** False when a shard could not be measured: totals, shares and imbalance leave it out. */
+  readonly complete: boolean;
+  readonly unreachable: readonly { readonly shardId: string; readonly error: string }[];
+}
+
+export interface RebalanceCheckRequest extends RebalanceCheckOptions {
+  readonly slotMap: SlotMap;
+  /** Directory entries (key -> shard): each is a unit of its own, and its rows leave their slot. */
+  readonly directory?: readonly { readonly key: string; readonly shardId: string }[];
+  /** Free storage per shard (from RDS), for the planner's headroom rule. */
+  readonly freeBytes?: Readonly<Record<string, number>>;
+}
+
+/** A shard could not be measured, so a statistic or plan would be wrong. */
+export class ShardInspectionError extends Error {
+  override readonly name = 'ShardInspectionError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+interface ProbeRow {
+  in_recovery: boolean;
+  max_connections: number;
+  connections: number;
+  database_size: number;
+  sampled_at_ms: number;
+  stats_reset: string | null;
+  xact_commit: number;
+  xact_rollback: number;
+  blks_read: number;
+  blks_hit: number;
+  tup_returned: number;
+  tup_fetched: number;
+  tup_inserted: number;
+  tup_updated: number;
+  tup_deleted: number;
+  deadlocks: number;
+  temp_files: number;
+  temp_bytes: number;
+  conflicts: number;
+  wal_lsn: string | null;
+  receive_lsn: string | null;
+  lag_seconds: number | null;
+  replay_paused: boolean;
+  streaming: boolean;
+  has_pg_stat_statements: boolean;
+}
+
+// float8 casts: pg returns bigint as text; these counters fit a double for centuries.
+const PROBE_SQL = `select pg_is_in_recovery() as in_recovery,
+  current_setting('max_connections')::int as max_connections,
+  (select count(*)::int from pg_stat_activity where backend_type = 'client backend') as connections,
+  pg_database_size(current_database())::float8 as database_size,
+  (extract(epoch from clock_timestamp()) * 1000)::float8 as sampled_at_ms,
+  d.stats_reset::text as stats_reset,
+  d.xact_commit::float8 as xact_commit, d.xact_rollback::float8 as xact_rollback,
+  d.blks_read::float8 as blks_read, d.blks_hit::float8 as blks_hit,
+  d.tup_returned::float8 as tup_returned, d.tup_fetched::float8 as tup_fetched,
+  d.tup_inserted::float8 as tup_inserted, d.tup_updated::float8 as tup_updated, d.tup_deleted::float8 as tup_deleted,
+  d.deadlocks::float8 as deadlocks, d.temp_files::float8 as temp_files, d.temp_bytes::float8 as temp_bytes,
+  d.conflicts::float8 as conflicts,
+  case when pg_is_in_recovery() then pg_last_wal_replay_lsn()::text else pg_current_wal_lsn()::text end as wal_lsn,
+  pg_last_wal_receive_lsn()::text as receive_lsn,
+  case when not pg_is_in_recovery() then null
+    when pg_last_wal_receive_lsn() is not null and pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0
+    else extract(epoch from clock_timestamp() - pg_last_xact_replay_timestamp())::float8 end as lag_seconds,
+  case when pg_is_in_recovery() then pg_is_wal_replay_paused() else false end as replay_paused,
+  exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as streaming,
+  exists (select 1 from pg_extension where extname = 'pg_stat_statements') as has_pg_stat_statements
+from pg_stat_database d where d.datname = current_database()`;
+
+const STATEMENTS_SQL = `select queryid::text as query_id, left(query, 200) as query, calls::float8 as calls,
+  total_exec_time as total_exec_ms, mean_exec_time as mean_exec_ms, rows::float8 as rows
+from pg_stat_statements
+where dbid = (select oid from pg_database where datname = current_database())
+order by total_exec_time desc
+limit $1`;
+
+interface Measured {
+  readonly node: ShardNode;
+  readonly checkMs: number;
+  readonly row?: ProbeRow;
+  readonly statements?: StatementsReport;
+  readonly error?: string;
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export class ShardInspector {
+  readonly #pools: ShardPools;
+  readonly #options: ShardInspectorOptions;
+  readonly #thresholds: HealthThresholds;
+  readonly #now: () => number;
+  /** The previous `pg_stat_database` sample of each node, for rates. */
+  readonly #previous = new Map<string, DatabaseCounters>();
+
+  constructor(pools: ShardPools, options: ShardInspectorOptions) {
+    this.#pools = pools;
+    this.#options = options;
+    this.#thresholds = options.thresholds ?? DEFAULT_HEALTH_THRESHOLDS;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Checks every primary and replica in parallel and classifies them. Never throws for a dead node. */
+  async health(): Promise<HealthReport> {
+    const started = this.#now();
+    const cloudFacts = this.#options.cloud ? this.#options.cloud.facts().catch(() => new Map<string, RdsFacts>()) : Promise.resolve(new Map<string, RdsFacts>());
+    const [measured, cloud] = await Promise.all([Promise.all(this.#pools.nodes().map((n) => this.#measure(n))), cloudFacts]);
+    const byNode = new Map(measured.map((m) => [m.node.nodeId, m]));
+
+    const shards = this.#pools.shardIds().map((shardId): ShardHealthReport => {
+      const primaryNode = this.#pools.primary(shardId);
+      const primaryMeasured = byNode.get(primaryNode.nodeId) as Measured;
+      const primaryLsn = primaryMeasured.row && !primaryMeasured.row.in_recovery && primaryMeasured.row.wal_lsn ? parseLsn(primaryMeasured.row.wal_lsn) : null;
+      const report = (m: Measured): NodeReport => {
+        const facts = this.#facts(m, primaryLsn, cloud.get(hostPort(m.node.endpoint)));
+        const health = classifyNode(facts, this.#thresholds);
+        return {
+          nodeId: m.node.nodeId,
+          shardId: m.node.shardId,
+          role: m.node.role,
+          endpoint: m.node.endpoint,
+          status: health.status,
+          reasons: health.reasons,
+          checkMs: m.checkMs,
+          facts,
+          ...(m.statements ? { statements: m.statements } : {}),
+        };
+      };
+      const primary = report(primaryMeasured);
+      const replicas = this.#pools.replicas(shardId).map((n) => report(byNode.get(n.nodeId) as Measured));
+      const shard = classifyShard(shardId, primary, replicas);
+      return { shardId, status: shard.status, reasons: shard.reasons, primary, replicas };
+    });
+    const finished = this.#now();
+    return { status: worstStatus(shards.map((s) => s.status)), checkedAt: new Date(finished).toISOString(), durationMs: finished - started, shards };
+  }
+
+  async #measure(node: ShardNode): Promise<Measured> {
+    const started = this.#now();
+    try {
+      const { row, statements } = await withNodeDeadline(node.pool, this.#options.timeoutMs, node.nodeId, async (client) => {
+        const { rows } = await client.query<ProbeRow>(PROBE_SQL);
+        const first = rows[0];
+        if (!first) throw new ShardInspectionError(`${node.nodeId}: pg_stat_database has no row for the current database`);
+        return { row: first, statements: first.has_pg_stat_statements ? await this.#statements(client) : undefined };
+      });
+      return { node, checkMs: this.#now() - started, row, ...(statements ? { statements } : { statements: { available: false, reason: 'the pg_stat_statements extension is not installed in this database' } }) };
+    } catch (error) {
+      return { node, checkMs: this.#now() - started, error: messageOf(error) };
+    }
+  }
+
+  async #statements(client: pg.PoolClient): Promise<StatementsReport> {
+    // A savepoint would need a transaction; a failed query on its own leaves the session usable.
+    try {
+      const { rows } = await client.query<{ query_id: string; query: string; calls: number; total_exec_ms: number; mean_exec_ms: number; rows: number }>(STATEMENTS_SQL, [
+        this.#options.topStatements ?? 5,
+      ]);
+      return {
+        available: true,
+        top: rows.map((r) => ({ queryId: r.query_id, query: r.query, calls: r.calls, totalExecMs: r.total_exec_ms, meanExecMs: r.mean_exec_ms, rows: r.rows })),
+      };
+    } catch (error) {
+      // Installed but not in shared_preload_libraries: the view exists and refuses to answer.
+      return { available: false, reason: messageOf(error) };
+    }
+  }
+
+  #facts(m: Measured, primaryLsn: bigint | null, rds: RdsFacts | undefined): NodeFacts {
+    const base = { nodeId: m.node.nodeId, shardId: m.node.shardId, role: m.node.role, ...(rds ? { rds } : {}) };
+    const row = m.row;
+    if (!row) return { ...base, reachable: false, error: m.error ?? 'no answer' };
+    const counters: DatabaseCounters = {
+      sampledAtMs: row.sampled_at_ms,
+      statsReset: row.stats_reset,
+      xactCommit: row.xact_commit,
+      xactRollback: row.xact_rollback,
+      blksRead: row.blks_read,
+      blksHit: row.blks_hit,
+      tupReturned: row.tup_returned,
+      tupFetched: row.tup_fetched,
+      tupInserted: row.tup_inserted,
+      tupUpdated: row.tup_updated,
+      tupDeleted: row.tup_deleted,
+      deadlocks: row.deadlocks,
+      tempFiles: row.temp_files,
+      tempBytes: row.temp_bytes,
+      conflicts: row.conflicts,
+    };
+    const rates = databaseRates(this.#previous.get(m.node.nodeId), counters);
+    this.#previous.set(m.node.nodeId, counters);
+    const blocks = row.blks_hit + row.blks_read;
+    const replayLsn = row.in_recovery && row.wal_lsn ? parseLsn(row.wal_lsn) : null;
+    return {
+      ...base,
+      reachable: true,
+      inRecovery: row.in_recovery,
+      connections: row.connections,
+      maxConnections: row.max_connections,
+      databaseSizeBytes: row.database_size,
+      rates,
+      cumulativeCacheHitRatio: blocks > 0 ? row.blks_hit / blocks : null,
+      ...(row.in_recovery
+        ? {
+            replication: {
+              lagSeconds: row.lag_seconds === null ? null : Math.max(0, row.lag_seconds),
+              lagBytes: primaryLsn !== null && replayLsn !== null ? Number(lsnBytesBehind(primaryLsn, replayLsn)) : null,
+              replayLsn: row.wal_lsn,
+              receiveLsn: row.receive_lsn,
+              replayPaused: row.replay_paused,
+              streaming: row.streaming,
+            },
+          }
+        : {}),
+    };
+  }
+
+  /**
+   * Rows and bytes of the sharded tables on every primary (estimates from `pg_class` unless
+   * `exact`; a table never analysed is counted exactly), users, documents, slots owned, shares
+   * and imbalance. Unreachable shards are listed and left out of the figures.
+   */
+  async statistics(options: StatisticsOptions = {}): Promise<StatisticsReport> {
+    const shardIds = this.#pools.shardIds();
+    const owned = options.slotMap ? slotsOwnedBy(options.slotMap.assignments, shardIds) : new Map<string, number>();
+    const results = await Promise.all(
+      shardIds.map(async (shardId): Promise<{ shardId: string; measurement?: ShardMeasurement; error?: string }> => {
+        try {
+          const tables = await this.#tableStatistics(this.#pools.primary(shardId), options.exact ?? false);
+          const find = (name: string): number => tables.find((t) => t.table === name)?.rows ?? 0;
+          const names = this.#tables();
+          return {
+            shardId,
+            measurement: {
+              shardId,
+              weight: this.#options.weights?.[shardId] ?? 1,
+              slotsOwned: owned.get(shardId) ?? 0,
+              tables,
+              users: find(names.users),
+              documents: find(names.documents),
+            },
+          };
+        } catch (error) {
+          return { shardId, error: messageOf(error) };
+        }
+      }),
+    );
+    const measurements = results.flatMap((r) => (r.measurement ? [r.measurement] : []));
+    const unreachable = results.flatMap((r) => (r.error !== undefined ? [{ shardId: r.shardId, error: r.error }] : []));
+    return { ...summarizeShardStatistics(measurements), complete: unreachable.length === 0, unreachable };
+  }
+
+  #tables(): { users: string; documents: string } {
+    return this.#options.tables ?? { users: 'users', documents: 'documents' };
+  }
+
+  async #tableStatistics(node: ShardNode, exact: boolean): Promise<TableStatistics[]> {
+    const names = this.#tables();
+    const wanted = [names.users, names.documents];
+    // Exact counts of big tables take longer than a health timeout; they get ten of them.
+    const budget = exact ? this.#options.timeoutMs * 10 : this.#options.timeoutMs;
+    return withNodeDeadline(node.pool, budget, node.nodeId, async (client) => {
+      const { rows } = await client.query<{ table: string; estimate: number; bytes: number }>(
+        `select c.relname as table, c.reltuples::float8 as estimate, pg_total_relation_size(c.oid)::float8 as bytes
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace
+         where n.nspname = current_schema() and c.relname = any($1) and c.relkind in ('r', 'p')`,
+        [wanted],
+      );
+      const out: TableStatistics[] = [];
+      for (const name of wanted) {
+        const found = rows.find((r) => r.table === name);
+        if (!found) throw new ShardInspectionError(`${node.nodeId}: sharded table ${name} does not exist (schema not migrated?)`);
+        // reltuples is -1 until the table is first vacuumed or analysed: no estimate exists yet.
+        if (exact || found.estimate < 0) {
+          const { rows: counted } = await client.query<{ n: number }>(`select count(*)::float8 as n from ${client.escapeIdentifier(name)}`);
+          out.push({ table: name, rows: counted[0]?.n ?? 0, bytes: found.bytes, method: 'exact' });
+        } else {
+          out.push({ table: name, rows: Math.round(found.estimate), bytes: found.bytes, method: 'estimate' });
+        }
+      }
+      return out;
+    });
+  }
+
+  /**
+   * The units the planner may move: every slot with rows on the shard that owns it (exact row
+   * counts per slot; bytes apportioned from each table's total size by rows), and every
+   * directory key with its user's rows on its shard. Rows of directory keys are not counted
+   * in their hash slot, since moving the slot would not move them.
+   */
+  async movableUnits(slotMap: SlotMap, directory: readonly { readonly key: string; readonly shardId: string }[] = []): Promise<MovableUnit[]> {
+    const names = this.#tables();
+    const keys = directory.map((d) => d.key);
+    const perShard = await Promise.all(
+      this.#pools.shardIds().map(async (shardId) => {
+        const node = this.#pools.primary(shardId);
+        const ownedSlots = slotMap.assignments.flatMap((owner, slot) => (owner === shardId ? [slot] : []));
+        const ownKeys = directory.filter((d) => d.shardId === shardId).map((d) => d.key);
+        try {
+          return await withNodeDeadline(node.pool, this.#options.timeoutMs * 10, node.nodeId, async (client) => {
+            const u = client.escapeIdentifier(names.users);
+            const d = client.escapeIdentifier(names.documents);
+            const { rows: sizes } = await client.query<{ user_bytes: number; user_rows: number; doc_bytes: number; doc_rows: number }>(
+              `select pg_total_relation_size($1::regclass)::float8 as user_bytes, (select count(*) from ${u})::float8 as user_rows,
+                 pg_total_relation_size($2::regclass)::float8 as doc_bytes, (select count(*) from ${d})::float8 as doc_rows`,
+              [u, d],
+            );
+            const size = sizes[0];
+            const userBytes = size && size.user_rows > 0 ? size.user_bytes / size.user_rows : 0;
+            const docBytes = size && size.doc_rows > 0 ? size.doc_bytes / size.doc_rows : 0;
+            const { rows: slots } = await client.query<{ slot: number; users: number; documents: number }>(
+              `select slot, sum(users)::float8 as users, sum(documents)::float8 as documents from (
+                 select slot, count(*) as users, 0 as documents from ${u} where slot = any($1) and not (id::text = any($2)) group by slot
+                 union all
+                 select slot, 0, count(*) from ${d} where slot = any($1) and not (owner_id::text = any($2)) group by slot
+               ) x group by slot order by slot`,
+              [ownedSlots, keys],
+            );
+            const { rows: dirs } = await client.query<{ key: string; users: number; documents: number }>(
+              `select k.key, (select count(*) from ${u} where id::text = k.key)::float8 as users,
+                 (select count(*) from ${d} where owner_id::text = k.key)::float8 as documents
+               from unnest($1::text[]) as k(key)`,
+              [ownKeys],
+            );
+            const unit = (kind: 'slot' | 'directory', id: string, users: number, documents: number): MovableUnit => ({
+              kind,
+              id,
+              shardId,
+              rows: users + documents,
+              bytes: Math.round(users * userBytes + documents * docBytes),
+            });
+            return [
+              ...slots.map((s) => unit('slot', String(s.slot), s.users, s.documents)),
+              ...dirs.filter((k) => k.users + k.documents > 0).map((k) => unit('directory', k.key, k.users, k.documents)),
+            ];
+          });
+        } catch (error) {
+          throw new ShardInspectionError(`cannot list the movable units of ${shardId}: ${messageOf(error)}`, { cause: error });
+        }
+      }),
+    );
+    return perShard.flat();
+  }
+
+  /**
+   * Statistics, movable units and the planner's moves in one call. Refuses (throws
+   * {@link ShardInspectionError}) when a shard cannot be measured: a plan that ignores a shard
+   * would pile data onto it or away from it blindly.
+   */
+  async rebalanceCheck(request: RebalanceCheckRequest): Promise<RebalanceCheckResult> {
+    const statistics = await this.statistics({ slotMap: request.slotMap, exact: true });
+    if (!statistics.complete) {
+      throw new ShardInspectionError(`cannot plan a rebalance while shards are unreachable: ${statistics.unreachable.map((u) => `${u.shardId} (${u.error})`).join('; ')}`);
+    }
+    const units = await this.movableUnits(request.slotMap, request.directory ?? []);
+    const { slotMap: _slotMap, directory: _directory, freeBytes, ...options } = request;
+    return checkRebalance(statistics, units, { ...options, ...(freeBytes ? { freeBytes } : {}) });
+  }
+}
+
+/** `host:port` of a `host:port/db` endpoint (how cloud facts are keyed). */
+export function hostPort(endpoint: string): string {
+  const slash = endpoint.indexOf('/');
+  return slash < 0 ? endpoint : endpoint.slice(0, slash);
+}

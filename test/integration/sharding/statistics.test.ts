@@ -1,0 +1,157 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ShardInspectionError, ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
+import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import { slotOf } from '../../../functions/core/sharding/hash.js';
+import { buildSlotMap, type SlotMap } from '../../../functions/core/sharding/slot-map.js';
+import { freePort } from '../../support/postgres.js';
+import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+
+const DOCS_PER_USER = 2;
+/** A user placed on shard_002 by a directory entry although its hash slot belongs to shard_001. */
+const DIRECTORY_USER_DOCS = 5;
+
+describe('shard statistics and the rebalance check', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+  let inspector: ShardInspector;
+  let slotMap: SlotMap;
+  let directoryUser: string;
+
+  /** Users whose hash slot belongs to `shardId`, each with DOCS_PER_USER documents. */
+  const seed = async (shardId: string, users: number): Promise<void> => {
+    const url = cluster.config.shards.find((s) => s.shard_id === shardId)?.database_url;
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      await insertUsers(client, shardId, users);
+    } finally {
+      await client.end();
+    }
+  };
+  const insertUsers = async (client: pg.Client, shardId: string, users: number): Promise<void> => {
+    let made = 0;
+    while (made < users) {
+      const id = randomUUID();
+      const slot = slotOf(id);
+      if (slotMap.assignments[slot] !== shardId) continue;
+      await client.query(
+        `with u as (insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.org', 'user') returning id)
+         insert into documents (id, owner_id, slot, title, content) select gen_random_uuid(), u.id, $2, 'doc', '{"body":"lorem ipsum"}' from u, generate_series(1, $3)`,
+        [id, slot, DOCS_PER_USER],
+      );
+      made += 1;
+    }
+  };
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    slotMap = buildSlotMap([
+      { shardId: 'shard_001', weight: 1 },
+      { shardId: 'shard_002', weight: 1 },
+    ]);
+    await seed('shard_001', 300);
+    await seed('shard_002', 100);
+    directoryUser = randomUUID();
+    const client = new pg.Client({ connectionString: cluster.config.shards[1]?.database_url });
+    await client.connect();
+    await client.query(
+      `with u as (insert into users (id, slot, email, display_name) values ($1, $2, 'vip@example.org', 'vip') returning id)
+       insert into documents (id, owner_id, slot, title) select gen_random_uuid(), u.id, $2, 'doc' from u, generate_series(1, $3)`,
+      [directoryUser, slotOf(directoryUser), DIRECTORY_USER_DOCS],
+    );
+    await client.end();
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+    inspector = new ShardInspector(pools, { timeoutMs: 5000 });
+  });
+  afterAll(async () => {
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  it('counts tables that were never analysed exactly, since no estimate exists yet', async () => {
+    const stats = await inspector.statistics();
+    const shard1 = stats.shards.find((s) => s.shardId === 'shard_001');
+
+    expect(shard1?.tables).toEqual([
+      expect.objectContaining({ table: 'users', rows: 300, method: 'exact' }),
+      expect.objectContaining({ table: 'documents', rows: 600, method: 'exact' }),
+    ]);
+  });
+
+  it('uses the planner estimates once tables are analysed, and exact counts on request', async () => {
+    for (const s of cluster.shards) {
+      const c = new pg.Client({ connectionString: s.primary.url });
+      await c.connect();
+      await c.query('analyze users, documents');
+      await c.end();
+    }
+
+    const estimated = await inspector.statistics();
+    const exact = await inspector.statistics({ exact: true });
+
+    const users = (r: typeof exact) => r.shards.find((s) => s.shardId === 'shard_002')?.tables.find((t) => t.table === 'users');
+    expect(users(estimated)).toMatchObject({ method: 'estimate', rows: 101 });
+    expect(users(exact)).toMatchObject({ method: 'exact', rows: 101 });
+    expect(users(exact)?.bytes).toBeGreaterThan(0);
+  });
+
+  it('reports users, documents, slots owned, shares of the total and the imbalance', async () => {
+    const stats = await inspector.statistics({ exact: true, slotMap });
+    const [a, b] = stats.shards;
+
+    expect(a).toMatchObject({ shardId: 'shard_001', users: 300, documents: 600, rows: 900, slotsOwned: 2048 });
+    expect(b).toMatchObject({ shardId: 'shard_002', users: 101, documents: 205, rows: 306, slotsOwned: 2048 });
+    expect(stats.totals).toMatchObject({ rows: 1206, users: 401, documents: 805, slots: 4096 });
+    expect((a?.shareOfRows ?? 0) + (b?.shareOfRows ?? 0)).toBeCloseTo(1, 10);
+    expect(stats.imbalance.rows).toBeCloseTo(900 / 603, 10);
+    expect(stats.complete).toBe(true);
+  });
+
+  it('lists every slot with rows as a unit, and a directory key as a unit of its own', async () => {
+    const units = await inspector.movableUnits(slotMap, [{ key: directoryUser, shardId: 'shard_002' }]);
+
+    const dir = units.filter((u) => u.kind === 'directory');
+    expect(dir).toEqual([expect.objectContaining({ id: directoryUser, shardId: 'shard_002', rows: 1 + DIRECTORY_USER_DOCS })]);
+    expect(units.filter((u) => u.shardId === 'shard_001').reduce((n, u) => n + u.rows, 0)).toBe(900);
+    expect(units.filter((u) => u.shardId === 'shard_002').reduce((n, u) => n + u.rows, 0)).toBe(306);
+    expect(units.every((u) => u.kind === 'directory' || slotMap.assignments[Number(u.id)] === u.shardId)).toBe(true);
+  });
+
+  it('proposes slot moves from the heavy shard that bring both within 10% by rows', async () => {
+    const check = await inspector.rebalanceCheck({ slotMap, directory: [{ key: directoryUser, shardId: 'shard_002' }], by: 'rows' });
+
+    expect(check.needed).toBe(true);
+    expect(check.threshold).toBe(0.1);
+    expect(check.moves.length).toBeGreaterThan(0);
+    expect(check.moves.every((m) => m.from === 'shard_001' && m.to === 'shard_002' && m.unit.kind === 'slot')).toBe(true);
+    expect(check.summary.balancedAfter).toBe(true);
+    expect(check.summary.imbalanceAfter).toBeLessThanOrEqual(1.1);
+  });
+
+  it('proposes nothing when the shards are already within the threshold', async () => {
+    const check = await inspector.rebalanceCheck({ slotMap, by: 'rows', threshold: 0.6 });
+
+    expect(check.needed).toBe(false);
+    expect(check.moves).toEqual([]);
+  });
+
+  it('lists an unreachable shard instead of hiding it, and refuses to plan without it', async () => {
+    const port = await freePort();
+    const partial = ShardPools.fromConfig({
+      shards: [...cluster.config.shards, { shard_id: 'shard_gone', database_url: `postgresql://postgres:postgres@127.0.0.1:${port}/postgres`, read_replicas: [] }],
+    });
+    const partialInspector = new ShardInspector(partial, { timeoutMs: 2000 });
+    try {
+      const stats = await partialInspector.statistics();
+
+      expect(stats.complete).toBe(false);
+      expect(stats.unreachable).toEqual([expect.objectContaining({ shardId: 'shard_gone' })]);
+      expect(stats.shards.map((s) => s.shardId)).toEqual(['shard_001', 'shard_002']);
+      await expect(partialInspector.rebalanceCheck({ slotMap })).rejects.toBeInstanceOf(ShardInspectionError);
+    } finally {
+      await partial.end();
+    }
+  });
+});
