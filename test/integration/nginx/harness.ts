@@ -135,10 +135,19 @@ export async function startNginx(env: Readonly<Record<string, string>>): Promise
     NGINX_STATUS_PORT: String(statusPort),
   });
   const check = checkConfig(config);
-  if (!check.ok) throw new Error(`nginx -t rejected the rendered configuration:\n${check.output}`);
+  if (!check.ok) {
+    rmSync(config.dir, { recursive: true, force: true });
+    throw new Error(`nginx -t rejected the rendered configuration:\n${check.output}`);
+  }
   const child = spawn(bin, ['-p', `${config.dir}/`, '-c', config.confPath], { stdio: ['ignore', 'ignore', 'pipe'] });
   child.stderr?.resume();
-  await waitForPort(port, child, config.errorLogPath);
+  try {
+    await waitForPort(port, child, config.errorLogPath);
+  } catch (error) {
+    child.kill('SIGKILL');
+    rmSync(config.dir, { recursive: true, force: true });
+    throw error;
+  }
   return {
     ...config,
     port,
