@@ -1,0 +1,167 @@
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CatalogStore, ConfigVersionConflictError } from '../../../functions/adapters/postgres/catalog-store.js';
+import { parseScalingConfig, ScalingConfigError } from '../../../functions/core/scaling/config.js';
+import type { DecisionRecord } from '../../../functions/core/scaling/ports.js';
+import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+
+let server: TestPostgres;
+let pool: pg.Pool;
+let store: CatalogStore;
+
+beforeAll(async () => {
+  server = await startTestPostgres();
+  pool = new pg.Pool({ connectionString: server.url, max: 4 });
+  await migrateAll({ catalog: pool, shards: [] });
+  store = new CatalogStore(pool, { defaults: parseScalingConfig({}) });
+});
+afterAll(async () => {
+  await pool.end();
+  await server.stop();
+});
+
+function decision(service: string, at: number, overrides: Partial<DecisionRecord> = {}): DecisionRecord {
+  return {
+    at,
+    service,
+    trigger: 'schedule',
+    policy: 'threshold',
+    from: 2,
+    to: 3,
+    direction: 'out',
+    reasons: [{ metric: 'cpu', value: 91, threshold: 80, rule: 'cpu_scale_up_exceeded', message: 'cpu 91 is above cpu_scale_up 80' }],
+    blocked: [],
+    metrics: { at, cpu: 91 },
+    dryRun: false,
+    outcome: 'applied',
+    degraded: false,
+    ...overrides,
+  };
+}
+
+describe('catalog store: configuration', () => {
+  it('numbers configuration versions and records who changed them', async () => {
+    const first = await store.putConfig({ cpu_scale_up: 75 }, { actor: 'alice', comment: 'busier mornings', ifVersion: 0 });
+    const second = await store.putConfig({ cpu_scale_up: 70 }, { actor: 'bob', ifVersion: 1 });
+
+    const current = await store.getConfig();
+    expect([first.version, second.version]).toEqual([1, 2]);
+    expect(current).toMatchObject({ version: 2, changedBy: 'bob', document: { cpu_scale_up: 70 } });
+    expect(current?.config.cpu_scale_up).toBe(70);
+    expect((await store.listConfigVersions()).map((v) => [v.version, v.changedBy])).toEqual([
+      [2, 'bob'],
+      [1, 'alice'],
+    ]);
+  });
+
+  it('refuses a write based on a version that is no longer current', async () => {
+    const current = (await store.getConfig())?.version ?? 0;
+
+    const error = await store.putConfig({ cpu_scale_up: 60 }, { actor: 'carol', ifVersion: current - 1 }).catch((e: unknown) => e);
+
+    expect(error).toBeInstanceOf(ConfigVersionConflictError);
+    expect((await store.getConfig())?.version).toBe(current);
+  });
+
+  it('rejects an invalid configuration without writing anything', async () => {
+    const before = (await store.getConfig())?.version;
+
+    const error = await store.putConfig({ cpu_scale_up: 20, cpu_scale_down: 30 }, { actor: 'dave' }).catch((e: unknown) => e);
+
+    expect(error).toBeInstanceOf(ScalingConfigError);
+    expect((await store.getConfig())?.version).toBe(before);
+  });
+
+  it('loads the configuration in force with the switches', async () => {
+    await store.setSwitch({ scope: 'worker', enabled: false, actor: 'alice', reason: 'incident 42' });
+
+    const control = await store.loadControl();
+
+    expect(control.globalEnabled).toBe(true);
+    expect(control.serviceEnabled).toEqual({ worker: false });
+    expect(control.version).toBe((await store.getConfig())?.version);
+  });
+
+  it('turns the global switch off and on again, keeping who did it and why', async () => {
+    await store.setSwitch({ scope: '*', enabled: false, actor: 'alice', reason: 'maintenance' });
+    expect((await store.loadControl()).globalEnabled).toBe(false);
+
+    await store.setSwitch({ scope: '*', enabled: true, actor: 'bob' });
+
+    expect((await store.loadControl()).globalEnabled).toBe(true);
+    expect((await store.getSwitches()).find((s) => s.scope === '*')).toMatchObject({ enabled: true, changedBy: 'bob', reason: '' });
+  });
+});
+
+describe('catalog store: history', () => {
+  it('stores decisions with everything needed to explain them, newest first', async () => {
+    await store.recordDecision(decision('hist-a', 1_000_000));
+    await store.recordDecision(decision('hist-a', 2_000_000, { outcome: 'failed', error: 'ECS said no', trigger: 'api', actor: 'alice' }));
+
+    const page = await store.listDecisions({ service: 'hist-a' });
+
+    expect(page.map((d) => d.at)).toEqual([2_000_000, 1_000_000]);
+    expect(page[0]).toMatchObject({ outcome: 'failed', error: 'ECS said no', trigger: 'api', actor: 'alice', metrics: { cpu: 91 } });
+    expect(page[1]?.reasons[0]?.rule).toBe('cpu_scale_up_exceeded');
+  });
+
+  it('pages through the history by id', async () => {
+    for (let i = 0; i < 5; i++) await store.recordDecision(decision('hist-b', 3_000_000 + i));
+
+    const first = await store.listDecisions({ service: 'hist-b', limit: 2 });
+    const second = await store.listDecisions({ service: 'hist-b', limit: 2, beforeId: first[1]?.id ?? 0 });
+
+    expect(first.map((d) => d.at)).toEqual([3_000_004, 3_000_003]);
+    expect(second.map((d) => d.at)).toEqual([3_000_002, 3_000_001]);
+  });
+
+  it('writes a backlog with an explicit gap for the decisions only the logs hold', async () => {
+    await store.appendBacklog({ records: [decision('hist-c', 5_000_000, { degraded: true })], dropped: 7, droppedFrom: 4_000_000, droppedTo: 4_900_000 });
+
+    const gaps = await store.listGaps();
+    expect((await store.listDecisions({ service: 'hist-c' }))[0]?.degraded).toBe(true);
+    expect(gaps[0]).toMatchObject({ decisions: 7, fromAt: new Date(4_000_000), toAt: new Date(4_900_000) });
+    expect(gaps[0]?.note).toContain('7 decision(s) were logged elsewhere');
+  });
+});
+
+describe('catalog store: alarms and locks', () => {
+  it('recognises a redelivered SNS message', async () => {
+    const alarm = { messageId: 'msg-1', alarmName: 'cpu-high', newState: 'ALARM', service: 'worker', reason: 'Threshold Crossed' };
+
+    const first = await store.recordAlarm(alarm);
+    const again = await store.recordAlarm(alarm);
+
+    expect([first, again]).toEqual([true, false]);
+  });
+
+  it('lets only one evaluation hold a service; the other stands aside at once', async () => {
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => (release = r));
+    const holder = store.withServiceLock('locked-svc', async () => held);
+    await new Promise((r) => setTimeout(r, 50));
+
+    const second = await store.withServiceLock('locked-svc', async () => 'ran');
+    const other = await store.withServiceLock('other-svc', async () => 'ran');
+    release();
+    await holder;
+    const after = await store.withServiceLock('locked-svc', async () => 'ran');
+
+    expect(second).toEqual({ acquired: false });
+    expect(other).toEqual({ acquired: true, value: 'ran' });
+    expect(after).toEqual({ acquired: true, value: 'ran' });
+  });
+
+  it('commits state and decision together, and neither when the work fails', async () => {
+    const failing = store.withServiceLock('atomic-svc', async (session) => {
+      await session.saveState({ service: 'atomic-svc', events: [], metricsHistory: [], recommendations: [], memory: { n: 1 } });
+      await session.recordDecision(decision('atomic-svc', 6_000_000));
+      throw new Error('boom');
+    });
+
+    await expect(failing).rejects.toThrow('boom');
+    expect(await store.getServiceState('atomic-svc')).toBeUndefined();
+    expect(await store.listDecisions({ service: 'atomic-svc' })).toEqual([]);
+  });
+});
