@@ -1,21 +1,24 @@
 /**
  * The rebalance planner, in the spirit of Citus's rebalance plan: given each shard's size and
  * the units that can move (hash slots and directory keys, with their rows and bytes), it
- * proposes the moves that bring every shard within `threshold` of the mean while moving as
- * little data as it can. Pure: the caller supplies the statistics and carries out the moves.
+ * proposes the moves that bring every shard within `threshold` of its target while moving as
+ * little data as it can. A shard's target is its weighted share of the total (`total * weight /
+ * sum of weights`; the mean when weights are equal, the default). Pure: the caller supplies the
+ * statistics and carries out the moves.
  *
  * The algorithm is greedy (a bin-balancing problem is NP-hard in general, and the slot
  * granularity, 1/4096 of the data on average, makes greedy close to the optimum in practice):
  *
- * 1. `lo = mean * (1 - threshold)`, `hi = mean * (1 + threshold)`; a shard's excess is how far
- *    its load lies outside `[lo, hi]`.
- * 2. Take the shard with the largest excess (ties: shard id). If it is over `hi`, candidates
- *    are its units towards any lighter shard; if it is under `lo`, units of any heavier shard
- *    towards it.
+ * 1. `lo = target * (1 - threshold)`, `hi = target * (1 + threshold)` per shard; a shard's
+ *    excess is how far its load lies outside `[lo, hi]`.
+ * 2. Take the shard with the largest excess (ties: listed order). If it is over `hi`,
+ *    candidates are its units towards any shard less loaded relative to its weight; if it is
+ *    under `lo`, units of any relatively heavier shard towards it.
  * 3. A candidate is admissible only if it strictly lowers the total excess, strictly lowers
- *    the variance of the loads (`size < load(from) - load(to)`, so no move ever makes balance
- *    worse and the plan cannot cycle), leaves the target at least `headroomBytes` of free
- *    storage when its free storage is known, and moves a unit not moved before.
+ *    the weighted variance `sum(load^2 / weight)` (for equal weights: `size < load(from) -
+ *    load(to)`; so no move ever makes balance worse and the plan cannot cycle), leaves the
+ *    receiving shard at least `headroomBytes` of free storage when its free storage is known,
+ *    and moves a unit not moved before.
  * 4. Among admissible candidates, if some resolve the shard completely, take the one moving the
  *    least data (best fit); otherwise the one that lowers the excess most (ties: less data, the
  *    lighter target, then ids). Apply it and repeat.
@@ -40,10 +43,10 @@ const size = z.number().finite().min(0);
 
 export const rebalanceInputSchema = z.strictObject({
   shards: z
-    .array(z.strictObject({ shardId: z.string().min(1), bytes: size, rows: size, freeBytes: size.optional() }))
+    .array(z.strictObject({ shardId: z.string().min(1), bytes: size, rows: size, freeBytes: size.optional(), weight: z.number().finite().positive().default(1) }))
     .min(1, 'at least one shard is required'),
   units: z.array(z.strictObject({ kind: z.enum(['slot', 'directory']), id: z.string().min(1), shardId: z.string().min(1), rows: size, bytes: size })),
-  /** Allowed deviation from the mean, as a fraction. Default 0.10 (10%). */
+  /** Allowed deviation from each shard's target, as a fraction. Default 0.10 (10%). */
   threshold: z.number().gt(0).lt(1).default(0.1),
   by: z.enum(['bytes', 'rows']).default('bytes'),
   /** Free storage a target must keep after a move (applies where `freeBytes` is known). Default 0. */
@@ -55,6 +58,7 @@ export const rebalanceInputSchema = z.strictObject({
 export type RebalanceInput = z.input<typeof rebalanceInputSchema>;
 export type ShardLoad = RebalanceInput['shards'][number];
 export type MovableUnit = RebalanceInput['units'][number];
+type ShardLoadParsed = z.output<typeof rebalanceInputSchema>['shards'][number];
 
 export interface PlannedMove {
   readonly unit: { readonly kind: 'slot' | 'directory'; readonly id: string };
@@ -66,6 +70,8 @@ export interface PlannedMove {
 
 export interface ShardBalance {
   readonly shardId: string;
+  /** The shard's weighted share of the total: what perfect balance would give it. */
+  readonly target: number;
   readonly before: number;
   readonly after: number;
 }
@@ -73,8 +79,9 @@ export interface ShardBalance {
 export interface RebalanceSummary {
   readonly by: 'bytes' | 'rows';
   readonly threshold: number;
+  /** Total over the number of shards. */
   readonly mean: number;
-  /** max over mean of the chosen metric; 1 is perfect balance. */
+  /** The largest load over target (max over mean when weights are equal); 1 is perfect balance. */
   readonly imbalanceBefore: number;
   readonly imbalanceAfter: number;
   readonly balancedBefore: boolean;
@@ -98,7 +105,8 @@ interface Candidate {
   gain: number;
   size: number;
   resolves: boolean;
-  toLoad: number;
+  /** The receiving shard's load relative to its target before the move. */
+  toRelative: number;
 }
 
 /** Plans the moves; throws {@link RebalancePlanError} for inconsistent input. */
@@ -126,10 +134,18 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
   const free = new Map(shards.map((s) => [s.shardId, s.freeBytes]));
   const total = shards.reduce((acc, s) => acc + metric(s), 0);
   const mean = total / shards.length;
-  const lo = mean * (1 - threshold);
-  const hi = mean * (1 + threshold);
-  const excess = (v: number): number => Math.max(0, v - hi) + Math.max(0, lo - v);
+  const weightSum = shards.reduce((acc, s) => acc + s.weight, 0);
+  const weight = new Map(shards.map((s) => [s.shardId, s.weight]));
+  const target = new Map(shards.map((s) => [s.shardId, (total * s.weight) / weightSum]));
+  const targetOf = (id: string): number => target.get(id) as number;
+  const weightOf = (id: string): number => weight.get(id) as number;
+  const excess = (id: string, v: number): number => {
+    const t = targetOf(id);
+    return Math.max(0, v - t * (1 + threshold)) + Math.max(0, t * (1 - threshold) - v);
+  };
   const loadOf = (id: string): number => load.get(id) as number;
+  /** Load over target; 1 when the shard holds exactly its share. */
+  const relative = (id: string, v: number = loadOf(id)): number => (targetOf(id) === 0 ? (v === 0 ? 1 : Infinity) : v / targetOf(id));
   const order = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 
   const home = new Map(units.map((u) => [`${u.kind}:${u.id}`, u.shardId]));
@@ -141,13 +157,16 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
     const sz = metric(u);
     const lf = loadOf(from);
     const lt = loadOf(to);
-    if (sz <= 0 || sz >= lf - lt) return undefined;
-    const gain = excess(lf) + excess(lt) - excess(lf - sz) - excess(lt + sz);
+    const wf = weightOf(from);
+    const wt = weightOf(to);
+    // sum(load^2 / weight) falls iff size * (1/wf + 1/wt) < 2 * (lf/wf - lt/wt).
+    if (sz <= 0 || sz * (1 / wf + 1 / wt) >= 2 * (lf / wf - lt / wt)) return undefined;
+    const gain = excess(from, lf) + excess(to, lt) - excess(from, lf - sz) - excess(to, lt + sz);
     if (gain <= 0) return undefined;
     const f = free.get(to);
     if (f !== undefined && f - u.bytes < headroomBytes) return undefined;
-    const after = problem === from ? lf - sz : lt + sz;
-    return { unit: u, from, to, gain, size: sz, resolves: excess(after) === 0, toLoad: lt };
+    const resolves = problem === from ? excess(from, lf - sz) === 0 : excess(to, lt + sz) === 0;
+    return { unit: u, from, to, gain, size: sz, resolves, toRelative: relative(to, lt) };
   };
 
   const better = (a: Candidate, b: Candidate | undefined): boolean => {
@@ -160,18 +179,18 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
       if (a.gain !== b.gain) return a.gain > b.gain;
       if (a.size !== b.size) return a.size < b.size;
     }
-    if (a.toLoad !== b.toLoad) return a.toLoad < b.toLoad;
+    if (a.toRelative !== b.toRelative) return a.toRelative < b.toRelative;
     return order(`${a.to}\u0000${a.unit.kind}:${a.unit.id}`, `${b.to}\u0000${b.unit.kind}:${b.unit.id}`) < 0;
   };
 
   while (moves.length < maxMoves) {
     let problem: string | undefined;
     for (const s of shards) {
-      if (unresolved.has(s.shardId) || excess(loadOf(s.shardId)) === 0) continue;
-      if (problem === undefined || excess(loadOf(s.shardId)) > excess(loadOf(problem))) problem = s.shardId;
+      if (unresolved.has(s.shardId) || excess(s.shardId, loadOf(s.shardId)) === 0) continue;
+      if (problem === undefined || excess(s.shardId, loadOf(s.shardId)) > excess(problem, loadOf(problem))) problem = s.shardId;
     }
     if (problem === undefined) break;
-    const over = loadOf(problem) > hi;
+    const over = loadOf(problem) > targetOf(problem);
     let best: Candidate | undefined;
     let blockedByHeadroom = false;
     for (const u of units) {
@@ -188,18 +207,18 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
           continue;
         }
         const f = free.get(t);
-        if (f !== undefined && f - u.bytes < headroomBytes && metric(u) > 0 && metric(u) < loadOf(at) - loadOf(t)) blockedByHeadroom = true;
+        if (f !== undefined && f - u.bytes < headroomBytes && metric(u) > 0 && relative(at) > relative(t)) blockedByHeadroom = true;
       }
     }
     if (best === undefined) {
-      const pct = ((loadOf(problem) / (mean || 1) - 1) * 100).toFixed(1);
+      const pct = ((relative(problem) - 1) * 100).toFixed(1);
       const where = over ? `${pct}% above` : `${(-Number(pct)).toFixed(1)}% below`;
       const why = blockedByHeadroom
         ? `every move that would help leaves its target with less than ${headroomBytes} free bytes`
         : over
           ? 'none of its movable units fits on a lighter shard without overshooting'
           : 'no heavier shard has a movable unit that fits here without overshooting';
-      unresolved.set(problem, `${problem} stays ${where} the mean: ${why}`);
+      unresolved.set(problem, `${problem} stays ${where} its target: ${why}`);
       continue;
     }
     const key = `${best.unit.kind}:${best.unit.id}`;
@@ -216,8 +235,8 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
     unresolved.clear();
   }
 
-  if (moves.length >= maxMoves && shards.some((s) => excess(loadOf(s.shardId)) > 0)) unresolved.set('(limit)', `planning stopped at maxMoves (${maxMoves}) before every shard was within the threshold`);
-  const imbalance = (values: number[]): number => (mean === 0 ? 1 : Math.max(...values) / mean);
+  if (moves.length >= maxMoves && shards.some((s) => excess(s.shardId, loadOf(s.shardId)) > 0)) unresolved.set('(limit)', `planning stopped at maxMoves (${maxMoves}) before every shard was within the threshold`);
+  const imbalance = (values: number[]): number => (total === 0 ? 1 : Math.max(...values.map((v, i) => relative((shards[i] as ShardLoadParsed).shardId, v))));
   const beforeValues = shards.map((s) => metric(s));
   const afterValues = shards.map((s) => loadOf(s.shardId));
   return {
@@ -228,11 +247,11 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
       mean,
       imbalanceBefore: imbalance(beforeValues),
       imbalanceAfter: imbalance(afterValues),
-      balancedBefore: beforeValues.every((v) => excess(v) === 0),
-      balancedAfter: afterValues.every((v) => excess(v) === 0),
+      balancedBefore: beforeValues.every((v, i) => excess((shards[i] as ShardLoadParsed).shardId, v) === 0),
+      balancedAfter: afterValues.every((v, i) => excess((shards[i] as ShardLoadParsed).shardId, v) === 0),
       movedRows: moves.reduce((a, m) => a + m.rows, 0),
       movedBytes: moves.reduce((a, m) => a + m.bytes, 0),
-      shards: shards.map((s) => ({ shardId: s.shardId, before: metric(s), after: loadOf(s.shardId) })),
+      shards: shards.map((s) => ({ shardId: s.shardId, target: targetOf(s.shardId), before: metric(s), after: loadOf(s.shardId) })),
       unresolved: [...unresolved.values()],
     },
   };

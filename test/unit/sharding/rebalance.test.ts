@@ -37,8 +37,8 @@ describe('rebalance planner', () => {
     const plan = planRebalance({ shards: totals(units, ['a', 'b']), units });
     expect(plan.moves).toEqual([]);
     expect(plan.summary.unresolved).toEqual([
-      'a stays 100.0% above the mean: none of its movable units fits on a lighter shard without overshooting',
-      'b stays 100.0% below the mean: no heavier shard has a movable unit that fits here without overshooting',
+      'a stays 100.0% above its target: none of its movable units fits on a lighter shard without overshooting',
+      'b stays 100.0% below its target: no heavier shard has a movable unit that fits here without overshooting',
     ]);
   });
 
@@ -52,7 +52,7 @@ describe('rebalance planner', () => {
     const plan = planRebalance({ shards, units, headroomBytes: 200 });
     expect(plan.moves.map((m) => m.to)).not.toContain('b');
     expect(plan.moves).toEqual([]);
-    expect(plan.summary.unresolved).toContain('a stays 80.0% above the mean: every move that would help leaves its target with less than 200 free bytes');
+    expect(plan.summary.unresolved).toContain('a stays 80.0% above its target: every move that would help leaves its target with less than 200 free bytes');
   });
 
   it('balances by rows when asked, even when the bytes are balanced', () => {
@@ -77,6 +77,19 @@ describe('rebalance planner', () => {
     ];
     const plan = planRebalance({ shards: totals(units, ['a', 'b', 'c']), units });
     expect(plan.moves[0]).toEqual({ unit: { kind: 'directory', id: 'tenant-hot' }, from: 'a', to: 'b', rows: 9, bytes: 900 });
+  });
+
+  it('balances weighted shards towards their weighted shares', () => {
+    // b weighs twice a: 1000 bytes on a and 2000 on b is perfect balance, 1500/1500 is not.
+    const units = [slot(1, 'a', 500), slot(2, 'a', 1000), slot(3, 'b', 1500)];
+    const shards = totals(units, ['a', 'b']).map((s) => ({ ...s, weight: s.shardId === 'b' ? 2 : 1 }));
+    const plan = planRebalance({ shards, units });
+    expect(plan.moves).toEqual([{ unit: { kind: 'slot', id: '1' }, from: 'a', to: 'b', rows: 5, bytes: 500 }]);
+    expect(plan.summary.shards).toEqual([
+      { shardId: 'a', target: 1000, before: 1500, after: 1000 },
+      { shardId: 'b', target: 2000, before: 1500, after: 2000 },
+    ]);
+    expect(plan.summary).toMatchObject({ imbalanceBefore: 1.5, imbalanceAfter: 1 });
   });
 
   it('lifts a shard that is below the threshold', () => {
