@@ -23,7 +23,8 @@ const seconds = z.number().int().min(0);
 const stepAdjustment = z.strictObject({
   lower: z.number().nullable().default(null),
   upper: z.number().nullable().default(null),
-  adjustment: z.number(),
+  /** Tasks (ChangeInCapacity), percent (PercentChangeInCapacity) or the count (ExactCapacity); AWS takes whole numbers. */
+  adjustment: z.number().int(),
 });
 
 const stepSettings = z.strictObject({
@@ -48,7 +49,7 @@ const hpaPolicy = z.strictObject({
 const hpaRules = z.strictObject({
   stabilizationWindowSeconds: z.number().int().min(0).max(3600).optional(),
   selectPolicy: z.enum(['Max', 'Min', 'Disabled']).optional(),
-  policies: z.array(hpaPolicy).optional(),
+  policies: z.array(hpaPolicy).min(1).optional(),
 });
 const hpaSettings = z.strictObject({
   tolerance: z.number().min(0).max(1).default(0.1),
@@ -207,6 +208,49 @@ function mergeService(config: ScalingConfig, service: string): ServiceScalingCon
   };
 }
 
+type StepSettings = ScalingConfig['step'];
+
+/**
+ * AWS's rules for a list of step adjustments: each interval non-empty, and sorted by lower
+ * bound the intervals neither overlap nor leave a gap. Scale-out steps add capacity and
+ * scale-in steps remove it (for ExactCapacity: a count of at least 0).
+ */
+function stepProblems(step: StepSettings): Array<{ field: string; message: string }> {
+  const problems: Array<{ field: string; message: string }> = [];
+  for (const list of ['scale_out_steps', 'scale_in_steps'] as const) {
+    const steps = step[list];
+    steps.forEach((st, i) => {
+      if (st.lower !== null && st.upper !== null && st.lower >= st.upper) {
+        problems.push({ field: `${list}.${i}`, message: `lower (${st.lower}) must be below upper (${st.upper})` });
+      }
+      const sign = list === 'scale_out_steps' ? 1 : -1;
+      if (step.adjustment_type === 'ExactCapacity' ? st.adjustment < 0 : Math.sign(st.adjustment) !== sign) {
+        const want = step.adjustment_type === 'ExactCapacity' ? 'at least 0' : sign > 0 ? 'positive' : 'negative';
+        problems.push({ field: `${list}.${i}.adjustment`, message: `${list} adjustments must be ${want} (${step.adjustment_type})` });
+      }
+    });
+    const sorted = [...steps].sort((a, b) => (a.lower ?? -Infinity) - (b.lower ?? -Infinity));
+    for (let i = 1; i < sorted.length; i++) {
+      const prev = sorted[i - 1]!;
+      const next = sorted[i]!;
+      if (prev.upper === null || next.lower === null || prev.upper !== next.lower) {
+        problems.push({
+          field: list,
+          message: `step intervals must neither overlap nor leave a gap: [${prev.lower ?? '-inf'}, ${prev.upper ?? '+inf'}) is followed by [${next.lower ?? '-inf'}, ${next.upper ?? '+inf'})`,
+        });
+        break;
+      }
+    }
+  }
+  if (step.scale_in_threshold >= step.scale_out_threshold) {
+    problems.push({
+      field: 'scale_in_threshold',
+      message: `step.scale_in_threshold (${step.scale_in_threshold}) must be below step.scale_out_threshold (${step.scale_out_threshold})`,
+    });
+  }
+  return problems;
+}
+
 /** The schema, with the cross-field rules checked for the global settings and every service. */
 export const scalingConfigSchema = scalingConfigObject.superRefine((config, ctx) => {
   const scopes: Array<{ prefix: (string | number)[]; cfg: ServiceScalingConfig; own: Record<string, unknown> }> = [
@@ -220,15 +264,18 @@ export const scalingConfigSchema = scalingConfigObject.superRefine((config, ctx)
   for (const { prefix, cfg, own } of scopes) {
     // A service scope reports a cross-field problem only when its override sets one of the
     // fields involved, at the field it set; otherwise the global scope already names it.
-    const pathFor = (a: string, b: string): (string | number)[] | null => {
-      if (prefix.length === 0) return [a];
-      if (a in own) return [...prefix, a];
-      if (b in own) return [...prefix, b];
-      return null;
-    };
-    const report = (a: string, b: string, message: string): void => {
-      const path = pathFor(a, b);
-      if (path) ctx.addIssue({ code: 'custom', path, message });
+    // `params.involves` lists every field the rule read, so a second validation pass can drop
+    // problems that only exist because one of those fields was invalid (see parseScalingConfig).
+    const report = (a: string, b: string, message: string, at: string = a): void => {
+      let path: (string | number)[] | null;
+      if (prefix.length === 0) path = at.split('.');
+      else if (a in own) path = [...prefix, ...at.split('.')];
+      else if (b in own) path = [...prefix, b];
+      else path = null;
+      if (path) {
+        const involves = [a, b].flatMap((f) => [f, [...prefix, f].join('.')]);
+        ctx.addIssue({ code: 'custom', path, message, params: { involves } });
+      }
     };
     if (cfg.min_instances > cfg.max_instances) {
       report('min_instances', 'max_instances', `min_instances (${cfg.min_instances}) must not exceed max_instances (${cfg.max_instances})`);
@@ -236,8 +283,8 @@ export const scalingConfigSchema = scalingConfigObject.superRefine((config, ctx)
     for (const [down, up] of PAIRS) {
       if (cfg[down] >= cfg[up]) report(down, up, `${down} (${cfg[down]}) must be below ${up} (${cfg[up]})`);
     }
-    if (cfg.step.scale_in_threshold >= cfg.step.scale_out_threshold) {
-      report('step', 'step', `step.scale_in_threshold (${cfg.step.scale_in_threshold}) must be below step.scale_out_threshold (${cfg.step.scale_out_threshold})`);
+    for (const problem of stepProblems(cfg.step)) {
+      report('step', 'step', problem.message, `step.${problem.field}`);
     }
   }
 });
@@ -253,19 +300,95 @@ export class ScalingConfigError extends Error {
   }
 }
 
-/** Formats zod issues as `a.b.c` paths with messages. */
+/**
+ * Formats zod issues as `a.b.c` paths with messages; an unknown key is named by its own path
+ * (`services.worker.foo: unknown key`) rather than by the object that holds it.
+ */
 export function issuesOf(error: z.ZodError): Array<{ path: string; message: string }> {
-  return error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message }));
+  return error.issues.flatMap((i) => {
+    const path = i.path.map(String);
+    if (i.code === 'unrecognized_keys') return i.keys.map((k) => ({ path: [...path, k].join('.'), message: 'unknown key' }));
+    return [{ path: path.join('.'), message: i.message }];
+  });
+}
+
+/** Removes the value at `path` from a plain-data tree (arrays are dropped whole). */
+function removeAt(tree: Record<string, unknown>, path: readonly PropertyKey[]): string | undefined {
+  const arrayAt = path.findIndex((k) => typeof k === 'number');
+  const cut = arrayAt === -1 ? path : path.slice(0, arrayAt);
+  if (cut.length === 0) return undefined;
+  let node: unknown = tree;
+  for (const key of cut.slice(0, -1)) {
+    if (typeof node !== 'object' || node === null) return undefined;
+    node = (node as Record<PropertyKey, unknown>)[key];
+  }
+  if (typeof node !== 'object' || node === null) return undefined;
+  delete (node as Record<PropertyKey, unknown>)[cut[cut.length - 1]!];
+  return cut.map(String).join('.');
+}
+
+/**
+ * The cross-field problems a document has besides its field-level ones. zod skips refinements
+ * once a field failed, so without this pass `{min_instances: 12, foo: 1}` would name only
+ * `foo`. The pass removes every offending value (defaults take their place), validates again,
+ * and keeps the cross-field problems that do not rest on a removed value.
+ */
+function crossFieldIssues(input: unknown, first: readonly z.core.$ZodIssue[]): Array<{ path: string; message: string }> {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) return [];
+  let doc: Record<string, unknown>;
+  try {
+    doc = structuredClone(input) as Record<string, unknown>;
+  } catch {
+    return [];
+  }
+  const removed = new Set<string>();
+  let issues = first;
+  // Each round removes the values the last one rejected; three rounds cover nested objects.
+  for (let round = 0; round < 3; round++) {
+    for (const issue of issues) {
+      if (issue.code === 'custom') continue;
+      if (issue.code === 'unrecognized_keys') {
+        for (const key of issue.keys) {
+          const gone = removeAt(doc, [...issue.path, key]);
+          if (gone) removed.add(gone);
+        }
+      } else {
+        const gone = removeAt(doc, issue.path);
+        if (gone) removed.add(gone);
+      }
+    }
+    const again = scalingConfigSchema.safeParse(doc);
+    if (again.success) return [];
+    issues = again.error.issues;
+    if (issues.every((i) => i.code === 'custom')) break;
+  }
+  const restsOnRemoved = (involves: unknown): boolean =>
+    Array.isArray(involves) &&
+    involves.some((f) => typeof f === 'string' && [...removed].some((r) => r === f || r.startsWith(`${f}.`) || f.startsWith(`${r}.`)));
+  return issues
+    .filter((i) => i.code === 'custom' && !restsOnRemoved((i as z.core.$ZodIssueCustom).params?.['involves']))
+    .map((i) => ({ path: i.path.map(String).join('.'), message: i.message }));
 }
 
 /**
  * Validates a configuration document (the guide's flat JSON, or the full shape with
- * `services`) and applies the defaults. Throws {@link ScalingConfigError} naming every problem.
+ * `services`) and applies the defaults. Throws {@link ScalingConfigError} naming every problem:
+ * field-level ones and cross-field ones (min above max, scale-down at or above scale-up) at once.
+ *
+ * @example
+ * ```ts
+ * parseScalingConfig({ cpu_scale_up: 80.0, cpu_scale_down: 30.0, min_instances: 2, max_instances: 10, scale_cooldown: 300 });
+ * parseScalingConfig({ min_instances: 12, foo: 1 }); // throws, naming `foo` and `min_instances`
+ * ```
  */
 export function parseScalingConfig(input: unknown): ScalingConfig {
   const result = scalingConfigSchema.safeParse(input ?? {});
-  if (!result.success) throw new ScalingConfigError(issuesOf(result.error), { cause: result.error });
-  return result.data;
+  if (result.success) return result.data;
+  const issues = issuesOf(result.error);
+  for (const extra of crossFieldIssues(input ?? {}, result.error.issues)) {
+    if (!issues.some((i) => i.path === extra.path && i.message === extra.message)) issues.push(extra);
+  }
+  throw new ScalingConfigError(issues, { cause: result.error });
 }
 
 /** The effective configuration of one service. */
@@ -292,20 +415,37 @@ export const scalingEnvSchema = z.object({
 /**
  * Applies the guide's environment variables over a configuration document, then validates the
  * result as a whole (so `MIN_INSTANCES=12` with the default max is rejected, naming both).
+ * An unparsable variable is named as `env.NAME`, alongside any problem of the document.
+ *
+ * @example
+ * ```ts
+ * applyScalingEnv({ cpu_scale_up: 75 }, process.env); // MIN_INSTANCES=3 -> min_instances 3
+ * ```
  */
 export function applyScalingEnv(document: Record<string, unknown>, env: Record<string, string | undefined>): ScalingConfig {
-  const parsed = scalingEnvSchema.safeParse(env);
-  if (!parsed.success) {
-    throw new ScalingConfigError(
-      parsed.error.issues.map((i) => ({ path: `env.${i.path.map(String).join('.')}`, message: i.message })),
-      { cause: parsed.error },
-    );
-  }
-  const e = parsed.data;
   const overlay: Record<string, unknown> = { ...document };
-  if (e.AUTO_SCALING_ENABLED !== undefined) overlay['enabled'] = e.AUTO_SCALING_ENABLED;
-  if (e.SCALING_CHECK_INTERVAL !== undefined) overlay['check_interval'] = e.SCALING_CHECK_INTERVAL;
-  if (e.MIN_INSTANCES !== undefined) overlay['min_instances'] = e.MIN_INSTANCES;
-  if (e.MAX_INSTANCES !== undefined) overlay['max_instances'] = e.MAX_INSTANCES;
-  return parseScalingConfig(overlay);
+  const envIssues: Array<{ path: string; message: string }> = [];
+  for (const [name, key] of ENV_KEYS) {
+    if (env[name] === undefined) continue;
+    const parsed = scalingEnvSchema.shape[name].safeParse(env[name]);
+    if (parsed.success) overlay[key] = parsed.data;
+    else envIssues.push(...parsed.error.issues.map((i) => ({ path: `env.${name}`, message: i.message })));
+  }
+  if (envIssues.length === 0) return parseScalingConfig(overlay);
+  // Report the document's own problems too, so one run names everything that is wrong.
+  let documentIssues: ReadonlyArray<{ path: string; message: string }> = [];
+  try {
+    parseScalingConfig(overlay);
+  } catch (error) {
+    if (!(error instanceof ScalingConfigError)) throw error;
+    documentIssues = error.issues;
+  }
+  throw new ScalingConfigError([...envIssues, ...documentIssues]);
 }
+
+const ENV_KEYS = [
+  ['AUTO_SCALING_ENABLED', 'enabled'],
+  ['SCALING_CHECK_INTERVAL', 'check_interval'],
+  ['MIN_INSTANCES', 'min_instances'],
+  ['MAX_INSTANCES', 'max_instances'],
+] as const;
