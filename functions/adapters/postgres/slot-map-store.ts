@@ -75,6 +75,21 @@ export class SlotMapStore {
     return rows[0] ? toRecord(rows[0]) : null;
   }
 
+  /**
+   * The latest map if it is newer than `knownVersion`, else `null`: a router can poll this
+   * cheaply (an index probe, no 4096-entry array unless something changed).
+   *
+   * @example
+   * ```ts
+   * const next = await store.currentIfNewer(router.slotMap.version);
+   * if (next) router.setSlotMap(next);
+   * ```
+   */
+  async currentIfNewer(knownVersion: number, client: Queryable = this.pool): Promise<SlotMap | null> {
+    const { rows } = await client.query<Row>(`select ${COLUMNS} from catalog.slot_maps where version > $1 order by version desc limit 1`, [knownVersion]);
+    return rows[0] ? toRecord(rows[0]).map : null;
+  }
+
   /** One version of the map, or `null` if it does not exist. */
   async get(version: number, client: Queryable = this.pool): Promise<SlotMapRecord | null> {
     const { rows } = await client.query<Row>(`select ${COLUMNS} from catalog.slot_maps where version = $1`, [version]);

@@ -52,6 +52,15 @@ describe('catalog stores for routing (real PostgreSQL)', () => {
       expect((await store.latest())?.createdBy).toBe('mover');
     });
 
+    it('hands a polling router the latest map only when there is a newer one', async () => {
+      const store = new SlotMapStore(pool);
+      await store.initialise(initial);
+      expect(await store.currentIfNewer(1)).toBeNull();
+      const v2 = moveSlots(initial, [9], 'shard_002');
+      await store.publish(v2, 'mover', 'move slot 9');
+      expect(await store.currentIfNewer(1)).toEqual(v2);
+    });
+
     it('refuses a version that does not follow the current one', async () => {
       const store = new SlotMapStore(pool);
       await store.initialise(initial);

@@ -32,6 +32,14 @@ describe('rebalance planner', () => {
     expect(plan.summary.movedBytes).toBeLessThanOrEqual(8000);
   });
 
+  it('stops at maxMoves and says the plan is incomplete', () => {
+    const units = Array.from({ length: 400 }, (_, i) => slot(i, ['a', 'b', 'c', 'd'][i % 4] as string, 100));
+    const plan = planRebalance({ shards: totals(units, ['a', 'b', 'c', 'd', 'e']), units, maxMoves: 3 });
+    expect(plan.moves).toHaveLength(3);
+    expect(plan.summary.balancedAfter).toBe(false);
+    expect(plan.summary.unresolved).toEqual(['planning stopped at maxMoves (3) before every shard was within the threshold']);
+  });
+
   it('never proposes a move that does not improve balance', () => {
     const units = [slot(1, 'a', 1000)];
     const plan = planRebalance({ shards: totals(units, ['a', 'b']), units });
