@@ -1,0 +1,239 @@
+/**
+ * The controller against a real PostgreSQL catalog (and the real AWS adapters over SDK clients
+ * driven by aws-sdk-client-mock): history and state, switches, deployments, concurrency,
+ * the catalog going away and coming back, and alarms in a scale-out cooldown.
+ */
+import { ApplicationAutoScalingClient, DescribeScalableTargetsCommand, RegisterScalableTargetCommand } from '@aws-sdk/client-application-auto-scaling';
+import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { DescribeServicesCommand, ECSClient, UpdateServiceCommand } from '@aws-sdk/client-ecs';
+import { mockClient } from 'aws-sdk-client-mock';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
+import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
+import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { controllerFor, ecsService, ManualClock, metricsFrom, RecordingLog, topologyOf, type MetricValues } from '../../support/scaling-fixtures.js';
+import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.js';
+
+const cw = mockClient(CloudWatchClient);
+const ecs = mockClient(ECSClient);
+const aas = mockClient(ApplicationAutoScalingClient);
+
+const T0 = Date.UTC(2026, 0, 5, 12, 0, 0);
+const SERVICES = ['svc-0'];
+const topology = topologyOf(1);
+const CONFIG = { policy: 'threshold', min_instances: 2, max_instances: 10, scale_cooldown: 300, services: { 'svc-0': {} } };
+
+let server: TestPostgres;
+let proxy: TcpProxy;
+const pools: pg.Pool[] = [];
+let dbCount = 0;
+
+beforeAll(async () => {
+  server = await startTestPostgres();
+  proxy = await startTcpProxy(server.port);
+});
+afterAll(async () => {
+  await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
+  await proxy.close();
+  await server.stop();
+});
+
+/** A fresh, migrated catalog database reached through the proxy. */
+async function freshCatalog(): Promise<{ store: CatalogStore; pool: pg.Pool }> {
+  const name = `catalog_${++dbCount}`;
+  const admin = new pg.Client({ connectionString: server.url });
+  await admin.connect();
+  await admin.query(`create database ${name}`);
+  await admin.end();
+  const direct = new pg.Pool({ connectionString: server.urlFor(name), max: 1 });
+  await migrateAll({ catalog: direct, shards: [] });
+  await direct.end();
+  const pool = new pg.Pool({ connectionString: `postgresql://postgres:postgres@127.0.0.1:${proxy.port}/${name}`, max: 2, connectionTimeoutMillis: 1000 });
+  pool.on('error', () => undefined);
+  pools.push(pool);
+  return { store: new CatalogStore(pool, { defaults: parseScalingConfig(CONFIG) }), pool };
+}
+
+beforeEach(() => {
+  cw.reset();
+  ecs.reset();
+  aas.reset();
+  aas.on(DescribeScalableTargetsCommand).resolves({ ScalableTargets: [] });
+  aas.on(RegisterScalableTargetCommand).resolves({});
+  ecs.on(UpdateServiceCommand).resolves({});
+});
+afterEach(async () => {
+  await proxy.restore().catch(() => undefined);
+});
+
+function given(values: MetricValues, counts: { running: number; desired: number; deploying?: boolean }): void {
+  cw.on(GetMetricDataCommand).callsFake(metricsFrom(SERVICES, values));
+  ecs.on(DescribeServicesCommand).resolves({ services: [ecsService('ca-dms-svc-0', counts)] });
+}
+
+function updates(): Array<number | undefined> {
+  return ecs.commandCalls(UpdateServiceCommand).map((c) => c.args[0].input.desiredCount);
+}
+
+describe('controller with its catalog', () => {
+  it('applies a decision, records it with its metrics and reasons, and stores the service state', async () => {
+    const { store } = await freshCatalog();
+    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    const [stored] = await store.listDecisions({ service: 'svc-0' });
+    expect(updates()).toEqual([4]);
+    expect(stored).toMatchObject({ at: T0, trigger: 'schedule', policy: 'threshold', from: 3, to: 4, outcome: 'applied', degraded: false, metrics: { cpu: 93 } });
+    expect(stored?.reasons.map((r) => r.rule)).toContain('cpu_scale_up_exceeded');
+    expect((await store.getServiceState('svc-0'))?.events).toEqual([{ at: T0, from: 3, to: 4 }]);
+  });
+
+  it('honours the cooldown from the stored state, even in a new container', async () => {
+    const { store } = await freshCatalog();
+    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 4, desired: 4 });
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0 + 60_000) }).evaluate({ trigger: 'schedule' });
+
+    expect(updates()).toEqual([4]);
+    expect(result.decisions[0]?.blocked.map((b) => b.kind)).toEqual(['cooldown']);
+  });
+
+  it('records who asked for an API-triggered evaluation', async () => {
+    const { store } = await freshCatalog();
+    given({ 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
+
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'api', actor: 'alice' });
+
+    expect((await store.listDecisions())[0]).toMatchObject({ trigger: 'api', actor: 'alice', outcome: 'unchanged' });
+  });
+
+  it('does nothing at all while the global switch is off', async () => {
+    const { store } = await freshCatalog();
+    await store.setSwitch({ scope: '*', enabled: false, actor: 'alice', reason: 'maintenance' });
+    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    expect(result.stopped).toBe(true);
+    expect([cw.calls().length, ecs.calls().length, aas.calls().length]).toEqual([0, 0, 0]);
+    expect(await store.listDecisions()).toEqual([]);
+  });
+
+  it('does not touch a service whose switch is off', async () => {
+    const { store } = await freshCatalog();
+    await store.setSwitch({ scope: 'svc-0', enabled: false, actor: 'alice' });
+    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    expect(result.decisions).toEqual([]);
+    expect(ecs.calls()).toHaveLength(0);
+  });
+
+  it('does not scale in while a deployment is in progress', async () => {
+    const { store } = await freshCatalog();
+    given({ 'svc-0': { cpu: 5, mem: 10 } }, { running: 5, desired: 5, deploying: true });
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    expect(updates()).toEqual([]);
+    expect(result.decisions[0]?.blocked.map((b) => b.kind)).toContain('deployment');
+    expect((await store.listDecisions())[0]?.outcome).toBe('blocked');
+  });
+
+  it('lets exactly one of two concurrent evaluations act; the other records that it stood aside', async () => {
+    const { store } = await freshCatalog();
+    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    ecs.on(UpdateServiceCommand).callsFake(async () => {
+      await new Promise((r) => setTimeout(r, 400));
+      return {};
+    });
+    const a = controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) });
+    const b = controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) });
+
+    const results = await Promise.all([a.evaluate({ trigger: 'schedule' }), b.evaluate({ trigger: 'alarm', actor: 'alarm:cpu-high' })]);
+
+    expect(updates()).toEqual([4]);
+    expect(results.map((r) => r.decisions[0]?.outcome).sort()).toEqual(['applied', 'skipped']);
+    const history = await store.listDecisions();
+    expect(history.map((d) => d.outcome).sort()).toEqual(['applied', 'skipped']);
+    expect(history.find((d) => d.outcome === 'skipped')?.error).toBe('another evaluation holds this service; stood aside');
+  });
+
+  it('keeps working while the catalog is down and writes what it did once it is back', async () => {
+    const { store } = await freshCatalog();
+    const clock = new ManualClock(T0);
+    const log = new RecordingLog();
+    const controller = controllerFor({ topology, catalog: store, fallback: CONFIG, clock, log });
+    given({ 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
+    await controller.evaluate({ trigger: 'schedule' });
+
+    await proxy.cut();
+    clock.advance(60_000);
+    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+    const out = await controller.evaluate({ trigger: 'schedule' });
+    clock.advance(400_000);
+    given({ 'svc-0': { cpu: 5, mem: 10 } }, { running: 4, desired: 4 });
+    const wouldScaleIn = await controller.evaluate({ trigger: 'schedule' });
+    await proxy.restore();
+    clock.advance(60_000);
+    given({ 'svc-0': { cpu: 50, mem: 50 } }, { running: 4, desired: 4 });
+    const back = await controller.evaluate({ trigger: 'schedule' });
+
+    expect(out.decisions[0]).toMatchObject({ outcome: 'applied', from: 3, to: 4, degraded: true });
+    expect(wouldScaleIn.decisions[0]).toMatchObject({ outcome: 'blocked', degraded: true });
+    expect(updates()).toEqual([4]);
+    expect(back.degraded).toBe(false);
+    expect(controller.pendingBacklog()).toEqual({ held: 0, dropped: 0 });
+    const history = await store.listDecisions();
+    expect(history.map((d) => [d.at, d.outcome, d.degraded])).toEqual([
+      [T0 + 520_000, 'unchanged', false],
+      [T0 + 460_000, 'blocked', true],
+      [T0 + 60_000, 'applied', true],
+      [T0, 'unchanged', false],
+    ]);
+    expect(log.lines).toHaveLength(4);
+  });
+
+  it('shows an explicit gap in the history for decisions it could not hold while the catalog was down', async () => {
+    const { store } = await freshCatalog();
+    const clock = new ManualClock(T0);
+    const controller = controllerFor({ topology, catalog: store, fallback: CONFIG, clock, backlogLimit: 2 });
+    given({ 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
+
+    await proxy.cut();
+    for (let i = 0; i < 5; i++) {
+      await controller.evaluate({ trigger: 'schedule' });
+      clock.advance(30_000);
+    }
+    await proxy.restore();
+    await controller.evaluate({ trigger: 'schedule' });
+
+    expect((await store.listDecisions()).filter((d) => d.degraded)).toHaveLength(2);
+    expect((await store.listGaps()).map((g) => [g.decisions, g.fromAt.getTime(), g.toAt.getTime()])).toEqual([[3, T0, T0 + 60_000]]);
+  });
+
+  it('on an alarm during a scale-out cooldown adds only the difference', async () => {
+    const { store } = await freshCatalog();
+    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 2, desired: 2 });
+    const clock = new ManualClock(T0);
+    const controller = controllerFor({ topology, catalog: store, fallback: CONFIG, clock });
+    await controller.evaluate({ trigger: 'schedule' });
+    await store.putConfig({ ...CONFIG, scale_step: 3 }, { actor: 'alice' });
+    clock.advance(60_000);
+    given({ 'svc-0': { cpu: 97, mem: 50 } }, { running: 3, desired: 3 });
+
+    const scheduled = await controller.evaluate({ trigger: 'schedule' });
+    const alarm = await controller.evaluate({ trigger: 'alarm', services: ['svc-0'], actor: 'alarm:cpu-high' });
+
+    expect(scheduled.decisions[0]?.blocked.map((b) => b.kind)).toEqual(['cooldown']);
+    expect(alarm.decisions[0]).toMatchObject({ from: 3, to: 5, outcome: 'applied', trigger: 'alarm', actor: 'alarm:cpu-high' });
+    expect(alarm.decisions[0]?.reasons.map((r) => r.rule)).toContain('alarm_scale_out_during_cooldown');
+    expect(updates()).toEqual([3, 5]);
+  });
+});
