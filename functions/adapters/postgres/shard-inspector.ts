@@ -84,6 +84,8 @@ export interface HealthReport {
   /** Wall time of the whole check: about the slowest node, not the sum. */
   readonly durationMs: number;
   readonly shards: readonly ShardHealthReport[];
+  /** Present when a cloud inventory is configured: whether its facts could be read. */
+  readonly cloud?: { readonly available: boolean; readonly error?: string };
 }
 
 /** What a cloud inventory (RDS + CloudWatch) knows about an endpoint, keyed by `host:port`. */
@@ -230,7 +232,14 @@ export class ShardInspector {
   /** Checks every primary and replica in parallel and classifies them. Never throws for a dead node. */
   async health(): Promise<HealthReport> {
     const started = this.#now();
-    const cloudFacts = this.#options.cloud ? this.#options.cloud.facts().catch(() => new Map<string, RdsFacts>()) : Promise.resolve(new Map<string, RdsFacts>());
+    let cloudError: string | undefined;
+    const cloudFacts = this.#options.cloud
+      ? this.#options.cloud.facts().catch((error: unknown) => {
+          // RDS being unreadable must not hide what the databases themselves say.
+          cloudError = messageOf(error);
+          return new Map<string, RdsFacts>();
+        })
+      : Promise.resolve(new Map<string, RdsFacts>());
     const [measured, cloud] = await Promise.all([Promise.all(this.#pools.nodes().map((n) => this.#measure(n))), cloudFacts]);
     const byNode = new Map(measured.map((m) => [m.node.nodeId, m]));
 
@@ -259,7 +268,13 @@ export class ShardInspector {
       return { shardId, status: shard.status, reasons: shard.reasons, primary, replicas };
     });
     const finished = this.#now();
-    return { status: worstStatus(shards.map((s) => s.status)), checkedAt: new Date(finished).toISOString(), durationMs: finished - started, shards };
+    return {
+      status: worstStatus(shards.map((s) => s.status)),
+      checkedAt: new Date(finished).toISOString(),
+      durationMs: finished - started,
+      shards,
+      ...(this.#options.cloud ? { cloud: cloudError === undefined ? { available: true } : { available: false, error: cloudError } } : {}),
+    };
   }
 
   async #measure(node: ShardNode): Promise<Measured> {

@@ -3,6 +3,10 @@ import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ShardInspector, type ShardHealthReport } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { DescribeDBInstancesCommand, RDSClient } from '@aws-sdk/client-rds';
+import { mockClient } from 'aws-sdk-client-mock';
+import { RdsInventory } from '../../../functions/adapters/aws/rds-inventory.js';
 import { parseHealthThresholds } from '../../../functions/core/sharding/health.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
 
@@ -186,5 +190,45 @@ describe('shard health', () => {
     expect(replica?.status).toBe('degraded');
     expect(replica?.reasons.map((r) => r.code)).toEqual(expect.arrayContaining(['replay_paused', 'replication_lag_bytes']));
     expect(replica?.facts.replication?.lagBytes).toBeGreaterThan(0);
+  });
+
+  it('merges what RDS and CloudWatch say about an instance into its health', async () => {
+    const rds = mockClient(RDSClient);
+    const cw = mockClient(CloudWatchClient);
+    try {
+      const port = cluster.shards[1]?.primary.port;
+      rds.on(DescribeDBInstancesCommand).resolves({
+        DBInstances: [{ DBInstanceIdentifier: 'shard-2', DBInstanceStatus: 'available', AllocatedStorage: 100, Endpoint: { Address: '127.0.0.1', Port: port } }],
+      });
+      cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [{ Id: 'fs0', Values: [2 * 1024 ** 3] }] });
+      const cloud = new RdsInventory({ rds: new RDSClient({ region: 'eu-west-1' }), cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }) });
+
+      const report = await new ShardInspector(pools, { timeoutMs: TIMEOUT_MS, cloud }).health();
+      const primary = shard(report, 'shard_002').primary;
+
+      expect(report.cloud).toEqual({ available: true });
+      expect(primary.facts.rds).toEqual({ status: 'available', freeStorageBytes: 2 * 1024 ** 3, allocatedStorageBytes: 100 * 1024 ** 3, replicaLagSeconds: null });
+      expect(primary.reasons).toEqual([expect.objectContaining({ code: 'free_storage', status: 'degraded' })]);
+    } finally {
+      rds.restore();
+      cw.restore();
+    }
+  });
+
+  it('still reports database health when RDS cannot be read, saying so', async () => {
+    const rds = mockClient(RDSClient);
+    const cw = mockClient(CloudWatchClient);
+    try {
+      rds.on(DescribeDBInstancesCommand).rejects(new Error('Rate exceeded'));
+      const cloud = new RdsInventory({ rds: new RDSClient({ region: 'eu-west-1' }), cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }) });
+
+      const report = await new ShardInspector(pools, { timeoutMs: TIMEOUT_MS, cloud }).health();
+
+      expect(report.cloud).toEqual({ available: false, error: 'DescribeDBInstances failed: Rate exceeded' });
+      expect(shard(report, 'shard_002').primary.facts.reachable).toBe(true);
+    } finally {
+      rds.restore();
+      cw.restore();
+    }
   });
 });
