@@ -72,7 +72,7 @@ export function createAlarmHandler(runtime: () => ControllerRuntime) {
         continue;
       }
       if (alarm.NewStateValue !== 'ALARM') {
-        logger.info('alarm left the ALARM state; recorded, no evaluation', { messageId, alarm: alarm.AlarmName, state: alarm.NewStateValue, service });
+        logger.info('alarm left the ALARM state; recorded, no evaluation', { messageId, alarm: alarm.AlarmName, state: alarm.NewStateValue, scaledService: service });
         out.push({ messageId, outcome: 'recorded', service });
         continue;
       }

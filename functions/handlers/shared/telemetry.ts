@@ -1,6 +1,7 @@
 /**
  * The controller's CloudWatch metrics (EMF through Powertools): decisions by direction and by
  * outcome, the desired count per service, the evaluation duration, and degraded evaluations.
+ * Dimension names avoid Powertools' own `service` dimension (the function's service name).
  */
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import type { EvaluationResult } from '../../core/scaling/controller.js';
@@ -17,17 +18,17 @@ export function emitEvaluationMetrics(result: EvaluationResult, durationMs: numb
     byDirection.set(d.direction, (byDirection.get(d.direction) ?? 0) + 1);
     byOutcome.set(d.outcome, (byOutcome.get(d.outcome) ?? 0) + 1);
     const desired = metrics.singleMetric();
-    desired.addDimension('service', d.service);
+    desired.addDimension('ScaledService', d.service);
     desired.addMetric('DesiredCount', MetricUnit.Count, d.outcome === 'applied' ? d.to : d.from);
   }
   for (const [direction, n] of byDirection) {
     const m = metrics.singleMetric();
-    m.addDimension('direction', direction);
+    m.addDimension('Direction', direction);
     m.addMetric('Decisions', MetricUnit.Count, n);
   }
   for (const [outcome, n] of byOutcome) {
     const m = metrics.singleMetric();
-    m.addDimension('outcome', outcome);
+    m.addDimension('Outcome', outcome);
     m.addMetric('DecisionOutcomes', MetricUnit.Count, n);
   }
 }

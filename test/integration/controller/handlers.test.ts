@@ -1,0 +1,378 @@
+/**
+ * The Lambda handlers end to end: middy + Powertools, zod validation of EventBridge, SNS and
+ * CloudFormation events, a real PostgreSQL catalog and the AWS SDK clients driven by
+ * aws-sdk-client-mock.
+ */
+import { vi } from 'vitest';
+
+vi.hoisted(() => {
+  process.env['POWERTOOLS_LOG_LEVEL'] = 'INFO';
+  process.env['POWERTOOLS_TRACE_ENABLED'] = 'false';
+  process.env['POWERTOOLS_METRICS_NAMESPACE'] = 'CaDmsScalingTest';
+});
+
+import { ApplicationAutoScalingClient, DescribeScalableTargetsCommand, RegisterScalableTargetCommand } from '@aws-sdk/client-application-auto-scaling';
+import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { DescribeServicesCommand, ECSClient, UpdateServiceCommand } from '@aws-sdk/client-ecs';
+import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import type { Context } from 'aws-lambda';
+import { mockClient } from 'aws-sdk-client-mock';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createAlarmHandler } from '../../../functions/handlers/alarm.js';
+import { createEvaluateHandler } from '../../../functions/handlers/evaluate.js';
+import { createMigrateHandler, CustomResourceEventError, PHYSICAL_ID } from '../../../functions/handlers/migrate.js';
+import { EnvironmentError, parseControllerEnv, parseMigrationEnv } from '../../../functions/handlers/shared/env.js';
+import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { createControllerRuntime, type ControllerRuntime } from '../../../functions/handlers/shared/runtime.js';
+import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { ecsService, metricsFrom } from '../../support/scaling-fixtures.js';
+
+const cw = mockClient(CloudWatchClient);
+const ecs = mockClient(ECSClient);
+const aas = mockClient(ApplicationAutoScalingClient);
+
+const TOPOLOGY = {
+  services: {
+    web: { cluster: 'ca-dms', ecsService: 'ca-dms-web', targetGroup: 'targetgroup/web/00000000000000a1', loadBalancer: 'app/ca-dms/00000000000000aa' },
+    worker: { cluster: 'ca-dms', ecsService: 'ca-dms-worker' },
+  },
+};
+const CONFIG = { policy: 'threshold', services: { web: {}, worker: {} } };
+
+let server: TestPostgres;
+const runtimes: ControllerRuntime[] = [];
+
+beforeAll(async () => {
+  server = await startTestPostgres();
+  const pool = new pg.Pool({ connectionString: server.url, max: 1 });
+  await migrateAll({ catalog: pool, shards: [] });
+  await pool.end();
+});
+afterAll(async () => {
+  await Promise.all(runtimes.map((r) => r.close()));
+  await server.stop();
+});
+
+/** What the functions wrote to stdout (Powertools log lines and EMF metrics), as JSON objects. */
+let stdout: Array<Record<string, unknown>> = [];
+beforeEach(() => {
+  stdout = [];
+  vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
+    for (const line of String(chunk).split('\n').filter((l) => l.startsWith('{'))) stdout.push(JSON.parse(line) as Record<string, unknown>);
+    return true;
+  });
+  vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+});
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+beforeEach(() => {
+  cw.reset();
+  ecs.reset();
+  aas.reset();
+  aas.on(DescribeScalableTargetsCommand).resolves({ ScalableTargets: [] });
+  aas.on(RegisterScalableTargetCommand).resolves({});
+  ecs.on(UpdateServiceCommand).resolves({});
+  cw.on(GetMetricDataCommand).callsFake(metricsFrom(['web', 'worker'], { web: { cpu: 95, mem: 50 }, worker: { cpu: 50, mem: 50 } }));
+  ecs.on(DescribeServicesCommand).resolves({ services: [ecsService('ca-dms-web', { running: 3, desired: 3 }), ecsService('ca-dms-worker', { running: 2, desired: 2 })] });
+});
+
+/** A new container's runtime (its own memory), sharing the one catalog. */
+function container(extraEnv: Record<string, string> = {}): ControllerRuntime {
+  const env = parseControllerEnv({
+    SCALING_CONFIG_JSON: JSON.stringify(CONFIG),
+    SCALING_TARGETS_JSON: JSON.stringify(TOPOLOGY),
+    CATALOG_DATABASE_URL: server.url,
+    ...extraEnv,
+  });
+  const rt = createControllerRuntime(env, {
+    cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }),
+    ecs: new ECSClient({ region: 'eu-west-1' }),
+    autoscaling: new ApplicationAutoScalingClient({ region: 'eu-west-1' }),
+    secrets: new SecretsManagerClient({ region: 'eu-west-1' }),
+  });
+  runtimes.push(rt);
+  return rt;
+}
+
+const context: Context = {
+  callbackWaitsForEmptyEventLoop: false,
+  functionName: 'ca-dms-scaling-evaluate',
+  functionVersion: '$LATEST',
+  invokedFunctionArn: 'arn:aws:lambda:eu-west-1:123456789012:function:ca-dms-scaling-evaluate',
+  memoryLimitInMB: '512',
+  awsRequestId: 'c6af9ac6-7b61-11e6-9a41-93e812345678',
+  logGroupName: '/aws/lambda/ca-dms-scaling-evaluate',
+  logStreamName: '2026/01/05/[$LATEST]abcdef',
+  getRemainingTimeInMillis: () => 30_000,
+  done: () => undefined,
+  fail: () => undefined,
+  succeed: () => undefined,
+};
+
+const scheduled = {
+  version: '0',
+  id: '53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa',
+  'detail-type': 'Scheduled Event',
+  source: 'aws.events',
+  account: '123456789012',
+  time: '2026-01-05T12:00:00Z',
+  region: 'eu-west-1',
+  resources: ['arn:aws:events:eu-west-1:123456789012:rule/ca-dms-scaling-evaluate'],
+  detail: {},
+};
+
+function snsEvent(messageId: string, message: unknown): unknown {
+  return {
+    Records: [
+      {
+        EventSource: 'aws:sns',
+        EventVersion: '1.0',
+        EventSubscriptionArn: 'arn:aws:sns:eu-west-1:123456789012:ca-dms-alarms:1',
+        Sns: {
+          Type: 'Notification',
+          MessageId: messageId,
+          TopicArn: 'arn:aws:sns:eu-west-1:123456789012:ca-dms-alarms',
+          Subject: 'ALARM',
+          Message: typeof message === 'string' ? message : JSON.stringify(message),
+          Timestamp: '2026-01-05T12:00:00.000Z',
+        },
+      },
+    ],
+  };
+}
+
+function cpuAlarm(state: 'ALARM' | 'OK' = 'ALARM', name = 'ca-dms-web-cpu-high'): unknown {
+  return {
+    AlarmName: name,
+    NewStateValue: state,
+    NewStateReason: 'Threshold Crossed: 1 datapoint [95.0] was greater than the threshold (80.0).',
+    StateChangeTime: '2026-01-05T12:00:00.000+0000',
+    Trigger: {
+      MetricName: 'CPUUtilization',
+      Namespace: 'AWS/ECS',
+      Dimensions: [
+        { name: 'ClusterName', value: 'ca-dms' },
+        { name: 'ServiceName', value: 'ca-dms-web' },
+      ],
+    },
+  };
+}
+
+async function clearCatalog(): Promise<void> {
+  const c = new pg.Client({ connectionString: server.url });
+  await c.connect();
+  await c.query('truncate catalog.scaling_decisions, catalog.service_state, catalog.scaling_alarms, catalog.scaling_switches');
+  await c.end();
+}
+
+describe('evaluate handler', () => {
+  beforeEach(clearCatalog);
+
+  it('evaluates every enabled service on a scheduled event', async () => {
+    const handler = createEvaluateHandler(() => rt);
+    const rt = container();
+
+    const response = await handler(scheduled, context);
+
+    expect(response).toMatchObject({ accepted: true, stopped: false, degraded: false });
+    expect(ecs.commandCalls(UpdateServiceCommand).map((c) => c.args[0].input)).toEqual([{ cluster: 'ca-dms', service: 'ca-dms-web', desiredCount: 4 }]);
+    expect((await rt.catalog.listDecisions()).map((d) => d.service).sort()).toEqual(['web', 'worker']);
+  });
+
+  it('writes one structured log line per decision, with its reasons', async () => {
+    const rt = container();
+
+    await createEvaluateHandler(() => rt)(scheduled, context);
+
+    const lines = stdout.filter((l) => l['message'] === 'scaling decision');
+    expect(lines).toHaveLength(2);
+    const web = lines.find((l) => (l['decision'] as { service: string }).service === 'web');
+    expect(web).toMatchObject({ level: 'INFO', function_request_id: context.awsRequestId, decision: { from: 3, to: 4, outcome: 'applied' } });
+    expect((web?.['decision'] as { reasons: Array<{ rule: string }> }).reasons.map((r) => r.rule)).toContain('cpu_scale_up_exceeded');
+  });
+
+  it('emits EMF metrics: decisions by direction, desired count per service, evaluation duration', async () => {
+    const rt = container();
+
+    await createEvaluateHandler(() => rt)(scheduled, context);
+
+    const emf = stdout.filter((l) => '_aws' in l);
+    expect(emf).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ Direction: 'out', Decisions: 1 }),
+        expect.objectContaining({ Direction: 'none', Decisions: 1 }),
+        expect.objectContaining({ ScaledService: 'web', DesiredCount: 4 }),
+        expect.objectContaining({ ScaledService: 'worker', DesiredCount: 2 }),
+        expect.objectContaining({ EvaluationDuration: expect.any(Number) as unknown as number }),
+      ]),
+    );
+  });
+
+  it('rejects a malformed event, naming the fields, without evaluating anything', async () => {
+    const rt = container();
+    const handler = createEvaluateHandler(() => rt);
+
+    const response = await handler({ ...scheduled, 'detail-type': 'Object Created', time: 'yesterday' }, context);
+
+    expect(response).toEqual({
+      accepted: false,
+      issues: [
+        { path: 'detail-type', message: expect.stringContaining('Scheduled Event') as unknown as string },
+        { path: 'time', message: expect.any(String) as unknown as string },
+      ],
+    });
+    expect([cw.calls().length, ecs.calls().length]).toEqual([0, 0]);
+  });
+});
+
+describe('alarm handler', () => {
+  beforeEach(clearCatalog);
+
+  it('runs an immediate evaluation of the alarm service, recorded with the alarm as actor', async () => {
+    const rt = container();
+    const handler = createAlarmHandler(() => rt);
+
+    const response = await handler(snsEvent('m-1', cpuAlarm()), context);
+
+    expect(response.records).toEqual([{ messageId: 'm-1', outcome: 'evaluated', service: 'web' }]);
+    expect(ecs.commandCalls(UpdateServiceCommand).map((c) => c.args[0].input.desiredCount)).toEqual([4]);
+    expect((await rt.catalog.listDecisions())[0]).toMatchObject({ service: 'web', trigger: 'alarm', actor: 'alarm:ca-dms-web-cpu-high' });
+  });
+
+  it('acts once when SNS delivers the same message twice, even to two containers', async () => {
+    const first = container();
+    const second = container();
+
+    const a = await createAlarmHandler(() => first)(snsEvent('m-dup', cpuAlarm()), context);
+    const b = await createAlarmHandler(() => first)(snsEvent('m-dup', cpuAlarm()), context);
+    const c = await createAlarmHandler(() => second)(snsEvent('m-dup', cpuAlarm()), context);
+
+    expect([a, b, c].map((r) => r.records[0]?.outcome)).toEqual(['evaluated', 'duplicate', 'duplicate']);
+    expect(ecs.commandCalls(UpdateServiceCommand)).toHaveLength(1);
+  });
+
+  it('drops a malformed SNS event without throwing', async () => {
+    const rt = container();
+
+    const response = await createAlarmHandler(() => rt)({ Records: [{ EventSource: 'aws:sqs', body: '{}' }] }, context);
+
+    expect(response.records[0]?.outcome).toBe('dropped');
+    expect(response.records[0]?.detail).toContain('not an SNS event');
+    expect(ecs.calls()).toHaveLength(0);
+  });
+
+  it('drops a message that is not JSON or not a CloudWatch alarm', async () => {
+    const rt = container();
+    const handler = createAlarmHandler(() => rt);
+
+    const notJson = await handler(snsEvent('m-x', 'hello'), context);
+    const foreign = await handler(snsEvent('m-y', { Event: 'autoscaling:EC2_INSTANCE_LAUNCH' }), context);
+
+    expect(notJson.records[0]).toMatchObject({ outcome: 'dropped', detail: 'the message is not JSON' });
+    expect(foreign.records[0]?.detail).toContain('not a CloudWatch alarm notification: AlarmName');
+    expect(ecs.calls()).toHaveLength(0);
+  });
+
+  it('records an alarm returning to OK without evaluating', async () => {
+    const rt = container();
+
+    const response = await createAlarmHandler(() => rt)(snsEvent('m-ok', cpuAlarm('OK')), context);
+
+    expect(response.records[0]).toEqual({ messageId: 'm-ok', outcome: 'recorded', service: 'web' });
+    expect(ecs.calls()).toHaveLength(0);
+  });
+
+  it('maps an alarm without service dimensions through the configured name mapping', async () => {
+    const rt = container({ ALARM_SERVICE_MAP_JSON: JSON.stringify({ 'jobs-backlog': 'worker' }) });
+    const alarm = { AlarmName: 'jobs-backlog', NewStateValue: 'ALARM', NewStateReason: 'backlog', Trigger: { MetricName: 'Backlog', Namespace: 'CaDms', Dimensions: [] } };
+
+    const response = await createAlarmHandler(() => rt)(snsEvent('m-map', alarm), context);
+
+    expect(response.records[0]).toEqual({ messageId: 'm-map', outcome: 'evaluated', service: 'worker' });
+  });
+
+  it('drops an alarm that maps to no scaled service', async () => {
+    const rt = container();
+    const alarm = { AlarmName: 'billing', NewStateValue: 'ALARM', Trigger: { MetricName: 'EstimatedCharges', Namespace: 'AWS/Billing', Dimensions: [{ name: 'Currency', value: 'USD' }] } };
+
+    const response = await createAlarmHandler(() => rt)(snsEvent('m-bill', alarm), context);
+
+    expect(response.records[0]?.outcome).toBe('dropped');
+    expect(response.records[0]?.detail).toContain('maps to no scaled service');
+  });
+});
+
+describe('function environment', () => {
+  it('names every bad variable', () => {
+    const error = (() => {
+      try {
+        parseControllerEnv({ SCALING_TARGETS_JSON: '{"services":{"web":{"cluster":""}}}', CATALOG_DATABASE_URL: 'postgresql://db.example.com/x', SCALING_CONFIG_JSON: '{' });
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    })();
+
+    expect(error).toBeInstanceOf(EnvironmentError);
+    const paths = (error as EnvironmentError).issues.map((i) => i.path);
+    expect(paths).toEqual(expect.arrayContaining(['SCALING_CONFIG_JSON', 'CATALOG_DATABASE_URL']));
+  });
+
+  it('refuses a scaled service missing from the topology', () => {
+    expect(() =>
+      parseControllerEnv({ SCALING_CONFIG_JSON: JSON.stringify({ services: { ghost: {} } }), SCALING_TARGETS_JSON: JSON.stringify(TOPOLOGY), CATALOG_DATABASE_URL: server.url }),
+    ).toThrow('SCALING_TARGETS_JSON.services.ghost: configured for scaling but missing from the topology');
+  });
+});
+
+describe('migrate handler (custom resource)', () => {
+  let catalogDb: string;
+  let shardDb: string;
+  beforeAll(async () => {
+    const c = new pg.Client({ connectionString: server.url });
+    await c.connect();
+    await c.query('create database cr_catalog');
+    await c.query('create database cr_shard');
+    await c.end();
+    catalogDb = server.urlFor('cr_catalog');
+    shardDb = server.urlFor('cr_shard');
+  });
+  const base = { ServiceToken: 'arn:aws:lambda:eu-west-1:123456789012:function:provider', ResourceType: 'Custom::SchemaMigrations', LogicalResourceId: 'Migrations', StackId: 'arn:aws:cloudformation:eu-west-1:123456789012:stack/ca-dms/1', RequestId: 'r-1', ResourceProperties: { ServiceToken: 'x', MigrationsHash: 'abc' } };
+  const handler = () => createMigrateHandler(() => ({ env: parseMigrationEnv({ CATALOG_DATABASE_URL: catalogDb, SHARD_DATABASE_URLS: JSON.stringify([shardDb]) }), clients: { secrets: new SecretsManagerClient({ region: 'eu-west-1' }) } }));
+
+  it('applies every migration set on Create', async () => {
+    const response = await handler()({ ...base, RequestType: 'Create' }, context);
+
+    expect(response.PhysicalResourceId).toBe(PHYSICAL_ID);
+    expect(Number(response.Data?.['Applied'])).toBeGreaterThanOrEqual(3);
+    const c = new pg.Client({ connectionString: shardDb });
+    await c.connect();
+    const { rows } = await c.query<{ set_name: string }>('select distinct set_name from catalog.schema_migrations');
+    await c.end();
+    expect(rows.map((r) => r.set_name)).toEqual(['shard']);
+  });
+
+  it('keeps the physical id on Update and applies nothing twice', async () => {
+    const response = await handler()({ ...base, RequestType: 'Update', PhysicalResourceId: PHYSICAL_ID, OldResourceProperties: {} }, context);
+
+    expect(response).toEqual({ PhysicalResourceId: PHYSICAL_ID, Data: { Applied: 0, Targets: 2 } });
+  });
+
+  it('changes nothing on Delete', async () => {
+    const response = await handler()({ ...base, RequestType: 'Delete', PhysicalResourceId: PHYSICAL_ID }, context);
+
+    expect(response).toEqual({ PhysicalResourceId: PHYSICAL_ID });
+    const c = new pg.Client({ connectionString: catalogDb });
+    await c.connect();
+    const { rows } = await c.query<{ n: number }>('select count(*)::int as n from catalog.schema_migrations');
+    await c.end();
+    expect(rows[0]?.n).toBeGreaterThan(0);
+  });
+
+  it('fails with a clear message on a malformed event', async () => {
+    await expect(handler()({ RequestType: 'Rename' }, context)).rejects.toBeInstanceOf(CustomResourceEventError);
+  });
+});
