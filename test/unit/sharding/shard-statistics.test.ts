@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest';
+import { imbalanceOf, slotsOwnedBy, summarizeShardStatistics, type ShardMeasurement } from '../../../functions/core/sharding/statistics.js';
+
+const shard = (shardId: string, rows: number, bytes: number, weight = 1): ShardMeasurement => ({
+  shardId,
+  weight,
+  slotsOwned: 0,
+  users: rows / 10,
+  documents: rows - rows / 10,
+  tables: [
+    { table: 'users', rows: rows / 10, bytes: bytes / 10, method: 'estimate' },
+    { table: 'documents', rows: rows - rows / 10, bytes: bytes - bytes / 10, method: 'estimate' },
+  ],
+});
+
+describe('shard statistics', () => {
+  it('sums the tables of each shard and the totals', () => {
+    const s = summarizeShardStatistics([shard('a', 900, 9000), shard('b', 100, 1000)]);
+
+    expect(s.shards.map((x) => [x.rows, x.bytes])).toEqual([
+      [900, 9000],
+      [100, 1000],
+    ]);
+    expect(s.totals).toEqual({ rows: 1000, bytes: 10_000, users: 100, documents: 900, slots: 0 });
+  });
+
+  it('gives each shard its share of the total and its fair share by weight', () => {
+    const s = summarizeShardStatistics([shard('a', 900, 9000), shard('b', 100, 1000, 3)]);
+
+    expect(s.shards.map((x) => [x.shareOfRows, x.shareOfBytes, x.targetShare])).toEqual([
+      [0.9, 0.9, 0.25],
+      [0.1, 0.1, 0.75],
+    ]);
+  });
+
+  it('measures imbalance as the largest shard over the mean', () => {
+    expect(summarizeShardStatistics([shard('a', 900, 9000), shard('b', 100, 1000)]).imbalance).toEqual({ rows: 1.8, bytes: 1.8 });
+  });
+
+  it('counts a shard holding its weighted share as balanced', () => {
+    expect(imbalanceOf([{ load: 200, weight: 2 }, { load: 100, weight: 1 }])).toBe(1);
+  });
+
+  it('calls an empty or absent data set balanced rather than dividing by zero', () => {
+    expect(summarizeShardStatistics([shard('a', 0, 0), shard('b', 0, 0)]).imbalance).toEqual({ rows: 1, bytes: 1 });
+    expect(summarizeShardStatistics([]).imbalance).toEqual({ rows: 1, bytes: 1 });
+  });
+
+  it('counts the slots each shard owns, including shards owning none', () => {
+    expect(slotsOwnedBy(['a', 'b', 'a', 'a'], ['a', 'b', 'c'])).toEqual(
+      new Map([
+        ['a', 3],
+        ['b', 1],
+        ['c', 0],
+      ]),
+    );
+  });
+});
