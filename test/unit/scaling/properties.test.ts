@@ -49,7 +49,11 @@ const scenarioArb = fc.record({
   minutes: fc.array(fc.record({ metrics: metricsArb, deploying: fc.integer({ min: 0, max: 7 }).map((n) => n === 0) }), { minLength: 1, maxLength: 40 }),
 });
 
-type Scenario = typeof scenarioArb extends fc.Arbitrary<infer S> ? S : never;
+interface Scenario {
+  readonly document: Record<string, number>;
+  readonly start: number;
+  readonly minutes: ReadonlyArray<{ readonly metrics: Omit<MetricsSnapshot, 'at'>; readonly deploying: boolean }>;
+}
 
 /** Drives one policy through a scenario; tasks start one minute after they are ordered. */
 function drive(name: (typeof ANCHORS)[number], scenario: Scenario, check: (d: Decision, m: MetricsSnapshot, c: ServiceScalingConfig, deploying: boolean) => void): void {
