@@ -304,7 +304,6 @@ export class ReplicaReader {
         client?.release(error instanceof Error ? error : true);
         lastError = error;
         if (target.kind === 'replica') this.#markFailed(node, error);
-        else break;
       }
     }
     throw new ShardUnavailableError(shardId, `no node of shard ${shardId} could serve the read: ${lastError instanceof Error ? lastError.message : String(lastError)}`, { cause: lastError });

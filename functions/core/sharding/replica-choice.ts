@@ -104,5 +104,10 @@ export function rankReadTargets(states: readonly ReplicaState[], bounds: Freshne
     for (const s of eligible) if (!verified.includes(s)) targets.push({ kind: 'replica', nodeId: s.nodeId, tokenVerified: false });
   }
   targets.push({ kind: 'primary', reason: targets.length > 0 ? 'fallback after replicas' : eligible.length > 0 ? 'no replica has replayed the token' : 'no fresh replica' });
+  // When the primary is unreachable the byte lag cannot be measured; rather than fail the read,
+  // a replica that is up and fresh by seconds serves it, after the primary has been tried. A
+  // token is then always checked live on the replica itself.
+  const lastResort = states.filter((s) => s.lagBytes === null && replicaIneligibility({ ...s, lagBytes: 0n }, bounds, request.nowMs) === null);
+  for (const s of lastResort) targets.push({ kind: 'replica', nodeId: s.nodeId, tokenVerified: request.token === undefined });
   return targets;
 }

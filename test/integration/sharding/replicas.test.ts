@@ -201,4 +201,23 @@ describe('reads from streaming replicas', () => {
     expect(token).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
     expect(rows[0]?.ok).toBe(true);
   });
+
+  it('serves reads from a replica, after trying the primary, when the primary is down', async () => {
+    const single = await startShardCluster({ shards: 1, replicasPerShard: 1 });
+    const singlePools = ShardPools.fromConfig(single.config, { max: 2, connectionTimeoutMillis: 1000 });
+    try {
+      const reader = new ReplicaReader(singlePools, { bounds: generous, intervalMs: 60_000, probeTimeoutMs: 1000 });
+      await single.shards[0]?.replicas[0]?.waitForCatchUp();
+      await single.shards[0]?.primary.stop();
+      await reader.refresh();
+
+      const { rows, servedBy } = await reader.query<{ rec: boolean }>(SHARD, 'select pg_is_in_recovery() as rec');
+
+      expect(servedBy).toBe(REPLICA_1);
+      expect(rows).toEqual([{ rec: true }]);
+    } finally {
+      await singlePools.end();
+      await single.stop();
+    }
+  });
 });

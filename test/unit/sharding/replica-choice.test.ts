@@ -54,4 +54,19 @@ describe('choosing where a read goes', () => {
       freshnessBoundsFromConfig({ max_replica_lag_seconds: 5, max_replica_lag_bytes: 16_777_216, health_check_interval_seconds: 10, health_check_timeout_seconds: 2 }),
     ).toEqual({ maxLagSeconds: 5, maxLagBytes: 16_777_216, maxStateAgeMs: 22_000 });
   });
+
+  it('tries a replica fresh by seconds after the primary when the primary is unreachable and byte lag unknown', () => {
+    const targets = rankReadTargets([state('r1', { lagBytes: null }), state('r2', { lagBytes: null, lagSeconds: 60 })], bounds, { nowMs: NOW });
+
+    expect(targets).toEqual([
+      { kind: 'primary', reason: 'no fresh replica' },
+      { kind: 'replica', nodeId: 'r1', tokenVerified: true },
+    ]);
+  });
+
+  it('checks a token live on such a last-resort replica', () => {
+    const targets = rankReadTargets([state('r1', { lagBytes: null, replayLsn: 9000n })], bounds, { nowMs: NOW, token: 5000n });
+
+    expect(targets.at(-1)).toEqual({ kind: 'replica', nodeId: 'r1', tokenVerified: false });
+  });
 });
