@@ -77,7 +77,7 @@ function withErrorListener(pool: pg.Pool): pg.Pool {
 }
 
 /** Builds a pool for a database location (a secret, or a URL). */
-export async function createPool(location: DatabaseLocation, secrets: SecretsManagerClient, overrides: pg.PoolConfig = {}): Promise<pg.Pool> {
+export async function createPool(location: DatabaseLocation, secrets: SecretsManagerClient | undefined, overrides: pg.PoolConfig = {}): Promise<pg.Pool> {
   if (location.url !== undefined) {
     const url = new URL(location.url);
     const loopback = LOOPBACK.has(url.hostname);
@@ -87,6 +87,7 @@ export async function createPool(location: DatabaseLocation, secrets: SecretsMan
     );
   }
   if (location.secretArn === undefined) throw new DatabaseSecretError('no database secret or URL configured');
+  if (secrets === undefined) throw new DatabaseSecretError(`a Secrets Manager client is needed to read ${location.secretArn}`);
   const secretArn = location.secretArn;
   let secret = await readSecret(secrets, secretArn);
   let readAt = Date.now();
