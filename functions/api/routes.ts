@@ -136,9 +136,8 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
         if (expected === null) {
           throw new ProblemError(412, `If-Match ${JSON.stringify(ifMatch)} is not a configuration ETag (expected a value like "v3")`);
         }
-        let config;
         try {
-          config = parseScalingConfig(body);
+          parseScalingConfig(body);
         } catch (err) {
           if (!(err instanceof ScalingConfigError)) throw err;
           throw new ProblemError(400, err.message, {
@@ -148,7 +147,7 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
             cause: err,
           });
         }
-        const stored = await guard(() => port.putConfig(config, expected, identity.actor));
+        const stored = await guard(() => port.putConfig(body, expected, identity.actor));
         return { status: 200, body: stored, headers: { etag: etagOf(stored.version) } };
       },
     }),

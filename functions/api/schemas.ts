@@ -111,9 +111,9 @@ export const historyItemSchema = z.object({
 export const historySchema = z.object({ items: z.array(historyItemSchema), next_cursor: z.string().nullable() });
 
 export const configEnvelopeSchema = z.object({
-  version: z.number().int(),
-  updated_at: isoTime,
-  updated_by: z.string(),
+  version: z.number().int().describe('0 while only the defaults are in force'),
+  updated_at: isoTime.nullable(),
+  updated_by: z.string().nullable(),
   config: z.record(z.string(), z.unknown()).describe('the whole runtime scaling configuration with defaults applied'),
 });
 

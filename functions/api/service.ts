@@ -4,7 +4,6 @@
  * catalog and the sharding layer, and tests can implement it over anything real.
  */
 import type { z } from 'zod';
-import type { ScalingConfig } from '../core/scaling/config.js';
 import type {
   configEnvelopeSchema,
   evaluationSchema,
@@ -72,8 +71,12 @@ export interface ScalingApiPort {
   metrics(): Promise<MetricsView>;
   history(query: HistoryQuery): Promise<HistoryView>;
   getConfig(): Promise<ConfigEnvelope>;
-  /** Replaces the configuration when `expectedVersion` is current; throws {@link StaleVersionError} otherwise. */
-  putConfig(config: ScalingConfig, expectedVersion: number, actor: string): Promise<ConfigEnvelope>;
+  /**
+   * Replaces the configuration with `document` (already validated by the route; stored as
+   * written, so defaults stay defaults) when `expectedVersion` is current; throws
+   * {@link StaleVersionError} otherwise.
+   */
+  putConfig(document: Record<string, unknown>, expectedVersion: number, actor: string): Promise<ConfigEnvelope>;
   setEnabled(enabled: boolean, scope: { service?: string; reason?: string }, actor: string): Promise<StartStopResult>;
   recommendations(): Promise<RecommendationsView>;
   evaluate(scope: { service?: string }, actor: string): Promise<EvaluationView>;

@@ -208,6 +208,53 @@ export class ScalingController {
     return { ...base, degraded, stopped: false, decisions };
   }
 
+  /**
+   * A dry-run evaluation for the API: what the controller would decide for each service right
+   * now and why, or why not. It reads what `evaluate` reads (the catalog's state, metrics, task
+   * counts) but changes nothing: no desired count is set, no state or decision is stored, the
+   * backlog is left alone and the scalable-target registry is not touched (so suspended scaling
+   * is not reported here). Stopped services are included, blocked as `disabled`.
+   */
+  async preview(request: Omit<EvaluateRequest, 'trigger'>): Promise<EvaluationResult> {
+    const { clock, metrics, target } = this.deps;
+    const now = clock.now();
+    const warnings: string[] = ['preview: suspended scaling on the scalable targets is not checked'];
+    let degraded = false;
+    let control: ControlState;
+    try {
+      control = await this.deps.catalog.loadControl();
+    } catch (err) {
+      degraded = true;
+      warnings.push(`catalog unreachable, using the last-known configuration: ${messageOf(err)}`);
+      control = this.lastControl ?? { config: this.deps.fallbackConfig, version: 0, globalEnabled: this.deps.fallbackConfig.enabled, serviceEnabled: {} };
+    }
+    const configVersion = control.version > 0 ? control.version : undefined;
+    const wanted = request.services ? new Set(request.services) : undefined;
+    const globallyOn = control.globalEnabled && control.config.enabled;
+    const services = Object.keys(control.config.services)
+      .filter((s) => wanted === undefined || wanted.has(s))
+      .map((s) => {
+        const cfg = resolveServiceConfig(control.config, s);
+        const enabled = globallyOn && cfg.enabled && control.serviceEnabled[s] !== false;
+        return { ...cfg, enabled, dry_run: true };
+      });
+    const names = services.map((c) => c.service);
+    const failAll = (what: string) => (err: unknown) => new Map<string, { ok: false; error: string }>(names.map((n) => [n, { ok: false, error: `${what}: ${messageOf(err)}` }]));
+    const [metricReadings, taskReadings] = await Promise.all([
+      metrics.read(names, now, request.signal).catch(failAll('metrics unavailable')),
+      target.describe(names, request.signal).catch(failAll('task counts unavailable')),
+    ]);
+    const decisions: DecisionRecord[] = [];
+    const ctx: EvalContext = { now, request: { ...request, trigger: 'api' }, degraded, configVersion };
+    for (const cfg of services) {
+      const stored = degraded ? undefined : await this.deps.catalog.getServiceState(cfg.service).catch(() => undefined);
+      const state = stored ?? this.lastStates.get(cfg.service) ?? initialState(cfg.service);
+      const inputs: ServiceInputs = { cfg, metrics: metricReadings.get(cfg.service), tasks: taskReadings.get(cfg.service), suspension: undefined };
+      decisions.push((await this.decideAndApply(inputs, state, ctx)).record);
+    }
+    return { at: now, degraded, configVersion, warnings, stopped: !globallyOn, decisions };
+  }
+
   private async evaluateWithCatalog(inputs: ServiceInputs, ctx: EvalContext, warnings: string[]): Promise<DecisionRecord> {
     const service = inputs.cfg.service;
     let decided: Outcomes | undefined;

@@ -160,6 +160,8 @@ export interface ControllerCatalog {
   withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>): Promise<{ acquired: true; value: T } | { acquired: false }>;
   /** Records a decision outside any lock (an evaluation that stood aside). */
   recordDecision(record: DecisionRecord): Promise<void>;
+  /** Reads a service's stored state without locking it (previews). */
+  getServiceState(service: string): Promise<ServiceState | undefined>;
   /** Writes decisions taken while the catalog was unreachable, and a gap row for any dropped. */
   appendBacklog(backlog: Backlog): Promise<void>;
 }

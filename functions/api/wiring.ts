@@ -1,0 +1,422 @@
+/**
+ * The scaling API's port implemented over the real system: the controller's catalog and
+ * evaluation service, the orchestrator and metrics ports, and (when sharding is enabled) the
+ * sharding layer. The Lambda handler and local mode build it with their own adapters.
+ *
+ * @example
+ * ```ts
+ * const port = createScalingApiPort({ catalog, history, controller, target, metrics, clock, sharding });
+ * const router = createScalingRouter(port);
+ * ```
+ */
+import type { MetricsSource, Clock, ScalingTarget, TasksReading } from '../core/scaling/ports.js';
+import { resolveServiceConfig, POLICY_NAMES, type ScalingConfig } from '../core/scaling/config.js';
+import { toSnapshot, type ScalingController } from '../core/scaling/controller.js';
+import { lastEventIn } from '../core/scaling/policies/common.js';
+import { recommend, type HistoryDecision, type PolicyReplay, type ShardFacts } from '../core/scaling/recommendations.js';
+import { contestantsFor } from '../core/scaling/simulator/anchors.js';
+import { DEFAULT_MODEL } from '../core/scaling/simulator/model.js';
+import { prepareTrace, simulate } from '../core/scaling/simulator/simulate.js';
+import type { MetricsSnapshot, ServiceState } from '../core/scaling/types.js';
+import type { ShardRouter } from '../core/sharding/router.js';
+import { CatalogError, ConfigVersionConflictError, type CatalogStore, type StoredDecision } from '../adapters/postgres/catalog-store.js';
+import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
+import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
+import { MoveBusyError, MoveConflictError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
+import type { HealthReport, ShardInspector } from '../adapters/postgres/shard-inspector.js';
+import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
+import { ProblemError } from './http.js';
+import {
+  ConflictError,
+  NotFoundError,
+  StaleVersionError,
+  UnavailableError,
+  UnknownServiceError,
+  type ConfigEnvelope,
+  type EvaluationView,
+  type HistoryView,
+  type MetricsView,
+  type RecommendationsView,
+  type ScalingApiPort,
+  type ShardReport,
+  type StatusView,
+} from './service.js';
+
+/** The sharding layer, when sharding is enabled. */
+export interface ShardingDeps {
+  readonly router: ShardRouter;
+  readonly slotMaps: Pick<SlotMapStore, 'current'>;
+  readonly directory: Pick<DirectoryStore, 'list'>;
+  readonly inspector: ShardInspector;
+  readonly mover: Mover;
+  /** Replica lag bounds, for the recommendations. */
+  readonly maxLagSeconds?: number;
+  readonly maxLagBytes?: number;
+  /** Runs a planned move to completion in the background (local mode: in-process; AWS: a worker). */
+  readonly runMove: (id: number) => void;
+}
+
+export interface ScalingApiDeps {
+  readonly catalog: CatalogStore;
+  readonly history: HistoryReader;
+  readonly controller: ScalingController;
+  readonly target: ScalingTarget;
+  readonly metrics: MetricsSource;
+  readonly clock: Clock;
+  readonly sharding?: ShardingDeps;
+  /** How many recent decisions the recommendations look at (default 2000). */
+  readonly recommendationWindow?: number;
+}
+
+const iso = (ms: number | Date): string => new Date(ms).toISOString();
+
+/** Turns storage failures into the API's "unavailable" so callers get 503 and a retry hint. */
+async function available<T>(what: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if (err instanceof CatalogError) throw new UnavailableError(`${what}: the catalog is unreachable right now`, { cause: err });
+    throw err;
+  }
+}
+
+function why(d: StoredDecision): string {
+  const parts = [...d.reasons.map((r) => r.message), ...d.blocked.map((b) => b.message)];
+  return parts.length > 0 ? parts.join('; ') : d.error ?? 'no reason recorded';
+}
+
+function metricCell(value: number | undefined): { value: number | null; missing: boolean } {
+  return value === undefined ? { value: null, missing: true } : { value, missing: false };
+}
+
+function metricsView(service: string, snapshot: MetricsSnapshot | null): MetricsView['services'][number] {
+  return {
+    service,
+    timestamp: snapshot ? iso(snapshot.at) : null,
+    cpu_percent: metricCell(snapshot?.cpu),
+    memory_percent: metricCell(snapshot?.memory),
+    response_time_ms: metricCell(snapshot?.responseTimeMs),
+    connections_per_task: metricCell(snapshot?.connectionsPerTask),
+    request_count: metricCell(snapshot?.requestCount),
+    error_rate_percent: metricCell(snapshot?.errorRate),
+    queue_depth_per_task: metricCell(snapshot?.queueDepthPerTask),
+  };
+}
+
+function requireService(config: ScalingConfig, service: string): void {
+  const known = Object.keys(config.services);
+  if (!known.includes(service)) throw new UnknownServiceError(service, known);
+}
+
+/** Demand in task-units reconstructed from recorded CPU and desired counts, one point per decision. */
+function replayFor(service: string, configured: string, decisions: readonly HistoryDecision[]): PolicyReplay | undefined {
+  const points = decisions
+    .filter((d) => d.service === service && d.metrics?.cpu !== undefined)
+    .sort((a, b) => a.at - b.at)
+    .map((d) => ({ at: d.at, value: ((d.metrics?.cpu ?? 0) / 100) * Math.max(1, d.from) }));
+  if (points.length < 30) return undefined;
+  const first = points[0];
+  const last = points[points.length - 1];
+  if (!first || !last || last.at - first.at < 30 * 60_000) return undefined;
+  const trace = prepareTrace(`${service} (recorded)`, points, DEFAULT_MODEL);
+  const run = simulate(trace, contestantsFor([...POLICY_NAMES], DEFAULT_MODEL), DEFAULT_MODEL);
+  return {
+    service,
+    configured,
+    minutes: run.result.ticks,
+    results: run.result.results.map((r) => ({ policy: r.policy, sloViolationMinutes: r.sloViolationMinutes, taskMinutes: r.taskMinutes, actions: r.actions })),
+  };
+}
+
+function jobView(job: MoveJob): ShardReport {
+  return { ...job, id: String(job.id) };
+}
+
+/** Builds the port. */
+export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
+  const { catalog, controller, target, metrics, clock } = deps;
+
+  const sharding = (): ShardingDeps => {
+    if (!deps.sharding) throw new ProblemError(404, 'sharding is not enabled (SHARDING_ENABLED=false): there are no shards to report on');
+    return deps.sharding;
+  };
+
+  async function latestDecisions(service: string, limit: number): Promise<StoredDecision[]> {
+    return catalog.listDecisions({ service, limit });
+  }
+
+  return {
+    async status(): Promise<StatusView> {
+      const now = clock.now();
+      const control = await available('reading the configuration', () => catalog.loadControl());
+      const config = control.config;
+      const services = Object.keys(config.services);
+      const [tasks, states, lastApplied, lastScheduled] = await Promise.all([
+        target.describe(services).catch((err: unknown) => new Map<string, TasksReading>(services.map((s) => [s, { ok: false, error: (err as Error).message }]))),
+        available('reading service state', () => catalog.listServiceStates()),
+        available('reading the history', () => Promise.all(services.map((s) => catalog.listDecisions({ service: s, outcome: 'applied', limit: 1 })))),
+        available('reading the history', () => catalog.listDecisions({ limit: 1 })),
+      ]);
+      const stateOf = new Map<string, ServiceState>(states.map((s) => [s.service, s.state]));
+      const lastEvaluation = lastScheduled[0]?.at;
+      const enabled = control.globalEnabled && config.enabled;
+      return {
+        enabled,
+        dry_run: config.dry_run,
+        config_version: control.version,
+        check_interval_seconds: config.check_interval,
+        last_evaluation_at: lastEvaluation === undefined ? null : iso(lastEvaluation),
+        next_evaluation_at: enabled ? iso(Math.max(now, (lastEvaluation ?? now) + config.check_interval * 1000)) : null,
+        services: services.map((service, i) => {
+          const cfg = resolveServiceConfig(config, service);
+          const reading = tasks.get(service);
+          const t = reading?.ok ? reading.tasks : undefined;
+          const state = stateOf.get(service);
+          const last = lastApplied[i]?.[0];
+          const remaining = (direction: 'out' | 'in', seconds: number): number => {
+            const event = state ? lastEventIn(state, direction) : undefined;
+            return event ? Math.max(0, Math.round((event.at + seconds * 1000 - now) / 1000)) : 0;
+          };
+          return {
+            service,
+            enabled: cfg.enabled && control.serviceEnabled[service] !== false,
+            policy: cfg.policy,
+            current: t?.running ?? null,
+            desired: t?.desired ?? null,
+            running: t?.running ?? null,
+            pending: t?.pending ?? null,
+            min: cfg.min_instances,
+            max: cfg.max_instances,
+            deployment_in_progress: t ? t.deploymentInProgress === true : null,
+            last_action: last
+              ? { at: iso(last.at), from: last.from, to: last.to, direction: last.direction, outcome: last.outcome, trigger: last.trigger, why: why(last) }
+              : null,
+            cooldown_remaining_seconds: { scale_out: remaining('out', cfg.cooldown_out), scale_in: remaining('in', cfg.cooldown_in) },
+            ...(reading && !reading.ok ? { orchestrator_error: reading.error } : {}),
+          };
+        }),
+      };
+    },
+
+    async metrics(): Promise<MetricsView> {
+      const now = clock.now();
+      const control = await available('reading the configuration', () => catalog.loadControl());
+      const services = Object.keys(control.config.services);
+      const [readings, tasks] = await Promise.all([
+        metrics.read(services, now).catch(() => new Map()),
+        target.describe(services).catch(() => new Map<string, TasksReading>()),
+      ]);
+      const views = await Promise.all(
+        services.map(async (service) => {
+          const reading = readings.get(service);
+          const t = tasks.get(service);
+          if (reading?.ok && t?.ok) return metricsView(service, toSnapshot(reading.metrics, t.tasks.running, now));
+          // Live metrics unavailable: show the last snapshot the controller recorded, with its own timestamp.
+          const recorded = (await latestDecisions(service, 20).catch(() => [])).find((d) => d.metrics !== null);
+          return metricsView(service, recorded?.metrics ?? null);
+        }),
+      );
+      return { services: views };
+    },
+
+    async history(query): Promise<HistoryView> {
+      try {
+        const page = await available('reading the history', () =>
+          deps.history.page({
+            ...(query.service ? { service: query.service } : {}),
+            ...(query.direction ? { direction: query.direction } : {}),
+            ...(query.outcome ? { outcome: query.outcome } : {}),
+            ...(query.trigger ? { trigger: query.trigger } : {}),
+            ...(query.kind ? { kind: query.kind } : {}),
+            ...(query.since ? { since: new Date(query.since) } : {}),
+            ...(query.until ? { until: new Date(query.until) } : {}),
+            ...(query.limit ? { limit: query.limit } : {}),
+            ...(query.cursor ? { cursor: query.cursor } : {}),
+          }),
+        );
+        return {
+          next_cursor: page.nextCursor,
+          items: page.items.map((i) => ({
+            id: i.id,
+            kind: i.kind,
+            at: iso(i.at),
+            service: i.service,
+            type: i.type,
+            trigger: i.trigger,
+            policy: i.policy,
+            from: i.from,
+            to: i.to,
+            direction: i.direction,
+            outcome: i.outcome,
+            dry_run: i.dryRun,
+            reasons: i.reasons.map((r) => ({ ...r })),
+            blocked: i.blocked.map((b) => ({ kind: b.kind, message: b.message, ...(b.until === undefined ? {} : { until: iso(b.until) }) })),
+            actor: i.actor,
+            error: i.error,
+            detail: i.detail,
+          })),
+        };
+      } catch (err) {
+        if (err instanceof InvalidCursorError) {
+          throw new ProblemError(400, err.message, { title: 'Invalid request', invalidParams: [{ name: 'query.cursor', reason: err.message }], cause: err });
+        }
+        throw err;
+      }
+    },
+
+    async getConfig(): Promise<ConfigEnvelope> {
+      const control = await available('reading the configuration', () => catalog.loadControl());
+      const stored = await available('reading the configuration', () => catalog.getConfig());
+      return {
+        version: control.version,
+        updated_at: stored ? iso(stored.changedAt) : null,
+        updated_by: stored?.changedBy ?? null,
+        config: control.config as unknown as Record<string, unknown>,
+      };
+    },
+
+    async putConfig(document, expectedVersion, actor): Promise<ConfigEnvelope> {
+      try {
+        const stored = await available('writing the configuration', () => catalog.putConfig(document, { actor, ifVersion: expectedVersion, comment: 'PUT /config' }));
+        return { version: stored.version, updated_at: iso(stored.changedAt), updated_by: stored.changedBy, config: stored.config as unknown as Record<string, unknown> };
+      } catch (err) {
+        if (err instanceof ConfigVersionConflictError) throw new StaleVersionError(err.expected, err.current);
+        throw err;
+      }
+    },
+
+    async setEnabled(enabled, scope, actor) {
+      const control = await available('reading the configuration', () => catalog.loadControl());
+      if (scope.service !== undefined) requireService(control.config, scope.service);
+      const key = scope.service ?? '*';
+      const before = key === '*' ? control.globalEnabled : control.serviceEnabled[key] !== false;
+      await available('recording the switch', () => catalog.setSwitch({ scope: key, enabled, actor, ...(scope.reason ? { reason: scope.reason } : {}) }));
+      return { scope: scope.service ?? 'global', enabled, changed: before !== enabled };
+    },
+
+    async recommendations(): Promise<RecommendationsView> {
+      const now = clock.now();
+      const control = await available('reading the configuration', () => catalog.loadControl());
+      const stored = await available('reading the history', () => catalog.listDecisions({ limit: deps.recommendationWindow ?? 2000 }));
+      const decisions: HistoryDecision[] = stored.map((d) => ({ at: d.at, service: d.service, direction: d.direction, outcome: d.outcome, from: d.from, to: d.to, metrics: d.metrics }));
+      const replays = Object.keys(control.config.services)
+        .map((s) => replayFor(s, resolveServiceConfig(control.config, s).policy, decisions))
+        .filter((r): r is PolicyReplay => r !== undefined);
+      let shards: ShardFacts | undefined;
+      if (deps.sharding) {
+        const s = deps.sharding;
+        const [health, check] = await Promise.all([
+          s.inspector.health().catch(() => undefined),
+          (async () => {
+            const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.list()]);
+            return s.inspector.rebalanceCheck({ slotMap, directory });
+          })().catch(() => undefined),
+        ]);
+        shards = {
+          ...(check ? { imbalance: check.imbalance, rebalanceNeeded: check.needed, rebalanceMoves: check.moves.length, threshold: check.threshold, by: check.by } : {}),
+          ...(health ? { nodes: nodesOf(health) } : {}),
+          ...(s.maxLagSeconds === undefined ? {} : { maxLagSeconds: s.maxLagSeconds }),
+          ...(s.maxLagBytes === undefined ? {} : { maxLagBytes: s.maxLagBytes }),
+        };
+      }
+      const items = recommend({ now, config: control.config, decisions, replays, ...(shards ? { shards } : {}) });
+      return { generated_at: iso(now), items: items.map((r) => ({ ...r })) };
+    },
+
+    async evaluate(scope, actor): Promise<EvaluationView> {
+      const control = await available('reading the configuration', () => catalog.loadControl());
+      if (scope.service !== undefined) requireService(control.config, scope.service);
+      const preview = await controller.preview({ ...(scope.service ? { services: [scope.service] } : {}), actor });
+      return {
+        dry_run: true,
+        at: iso(preview.at),
+        services: preview.decisions.map((d) => ({
+          service: d.service,
+          policy: d.policy,
+          from: d.outcome === 'skipped' ? null : d.from,
+          to: d.outcome === 'skipped' ? null : d.to,
+          direction: d.outcome === 'skipped' ? null : d.direction,
+          would_change: d.direction !== 'none' && d.blocked.every((b) => b.kind === 'dry_run'),
+          reasons: d.reasons.map((r) => ({ ...r })),
+          blocked: d.blocked.filter((b) => b.kind !== 'dry_run').map((b) => ({ kind: b.kind, message: b.message, ...(b.until === undefined ? {} : { until: iso(b.until) }) })),
+          error: d.error ?? null,
+        })),
+      };
+    },
+
+    async shardStatistics({ exact }) {
+      const s = sharding();
+      const slotMap = await s.slotMaps.current();
+      return { ...(await s.inspector.statistics({ exact, slotMap })) };
+    },
+
+    async shardHealth() {
+      return { ...(await sharding().inspector.health()) };
+    },
+
+    async rebalanceCheck(options) {
+      const s = sharding();
+      const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.list()]);
+      return { ...(await s.inspector.rebalanceCheck({ slotMap, directory, ...options })) };
+    },
+
+    async route(key) {
+      const s = sharding();
+      const r = await s.router.resolve(key);
+      return { key, shard_id: r.shardId, slot: r.slot, map_version: r.mapVersion, strategy: r.strategy, source: r.source };
+    },
+
+    async startMove(request, actor) {
+      const s = sharding();
+      try {
+        const job =
+          request.kind === 'slot'
+            ? await s.mover.plan({ kind: 'slot', slot: slotNumber(request.unit), to: request.to, createdBy: actor, reason: 'POST /shards/moves' })
+            : await s.mover.plan({ kind: 'directory', key: request.unit, to: request.to, createdBy: actor, reason: 'POST /shards/moves' });
+        s.runMove(job.id);
+        return jobView(job);
+      } catch (err) {
+        if (err instanceof MoveRequestError) {
+          throw new ProblemError(400, err.message, { title: 'Invalid request', invalidParams: [{ name: 'body', reason: err.message }], cause: err });
+        }
+        if (err instanceof MoveConflictError || err instanceof MoveBusyError) throw new ConflictError(err.message, { cause: err });
+        throw err;
+      }
+    },
+
+    async getMove(id) {
+      const s = sharding();
+      if (!/^\d{1,15}$/.test(id)) throw new NotFoundError(`no move ${id}`);
+      try {
+        return jobView(await s.mover.get(Number(id)));
+      } catch (err) {
+        if (err instanceof MoveRequestError) throw new NotFoundError(`no move ${id}`, { cause: err });
+        throw err;
+      }
+    },
+  };
+}
+
+function slotNumber(unit: string): number {
+  if (!/^\d{1,5}$/.test(unit)) {
+    throw new ProblemError(400, `a slot move needs the slot number as unit, got ${JSON.stringify(unit)}`, {
+      title: 'Invalid request',
+      invalidParams: [{ name: 'body.unit', reason: 'must be a slot number for kind "slot"' }],
+    });
+  }
+  return Number(unit);
+}
+
+function nodesOf(health: HealthReport): ShardFacts['nodes'] {
+  return health.shards.flatMap((shard) =>
+    [shard.primary, ...shard.replicas].map((n) => ({
+      nodeId: n.nodeId,
+      shardId: n.shardId,
+      role: n.role,
+      lagSeconds: n.facts.replication?.lagSeconds ?? null,
+      lagBytes: n.facts.replication?.lagBytes ?? null,
+      connections: n.facts.connections ?? null,
+      maxConnections: n.facts.maxConnections ?? null,
+    })),
+  );
+}
