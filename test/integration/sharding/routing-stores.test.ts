@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -12,6 +13,7 @@ import { buildSlotMap, moveSlots } from '../../../functions/core/sharding/slot-m
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 
 const SHARDING_MIGRATIONS = fileURLToPath(new URL('../../../functions/adapters/postgres/migrations/sharding', import.meta.url));
+const SHARD_MIGRATIONS = fileURLToPath(new URL('../../../functions/adapters/postgres/migrations/shard', import.meta.url));
 const SHARDS = ['shard_001', 'shard_002', 'shard_003'];
 const config = (extra: Record<string, unknown> = {}) =>
   parseShardingConfig({ shards: SHARDS.map((id, i) => ({ shard_id: id, database_url: `postgresql://app:pw@db${i}:5432/ca_dms` })), default_shard: 'shard_001', ...extra });
@@ -192,12 +194,33 @@ describe('catalog stores for routing (real PostgreSQL)', () => {
       await expect(router.resolve('user-out')).rejects.toMatchObject({ reason: 'not-in-directory' });
     });
 
-    it('routes a document to its owner shard and slot', async () => {
-      const router = ShardRouter.fromConfig(config());
-      const ownerId = '6f1c5a52-8f0e-4f0a-9a4e-3c2b1d0e9f87';
-      const user = router.route(ownerId);
-      const doc = await router.resolveDocument({ ownerId });
-      expect(doc).toEqual(user);
+    // The documents.owner_id foreign key fails if a document lands on a shard without its owner.
+    it('keeps every user and all their documents on one shard, under the user slot', async () => {
+      const ids = ['coloc_a', 'coloc_b'];
+      for (const id of ids) await pool.query(`create database ${id}`);
+      const shardPools = ids.map((id) => new pg.Pool({ connectionString: server.urlFor(id), max: 2 }));
+      try {
+        for (const p of shardPools) await runMigrations(p, 'shard', SHARD_MIGRATIONS);
+        const coloc = parseShardingConfig({ shards: ids.map((id) => ({ shard_id: id, database_url: server.urlFor(id) })), default_shard: 'coloc_a' });
+        const router = ShardRouter.fromConfig(coloc);
+        const poolOf = (shardId: string): pg.Pool => shardPools[ids.indexOf(shardId)] as pg.Pool;
+        const users = Array.from({ length: 40 }, () => randomUUID());
+        for (const userId of users) {
+          const user = router.route(userId);
+          await poolOf(user.shardId).query("insert into users (id, slot, email, display_name) values ($1, $2, $3, 'u')", [userId, user.slot, `${userId}@example.com`]);
+          for (let d = 0; d < 3; d++) {
+            const doc = router.routeDocument({ ownerId: userId });
+            await poolOf(doc.shardId).query("insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'doc')", [randomUUID(), userId, doc.slot]);
+          }
+        }
+        const perShard = await Promise.all(
+          shardPools.map(async (p) => (await p.query<{ n: number }>('select count(*)::int as n from documents d join users u on u.id = d.owner_id and u.slot = d.slot')).rows[0]?.n),
+        );
+        expect(perShard.reduce((a, b) => (a ?? 0) + (b ?? 0), 0)).toBe(users.length * 3);
+        expect(perShard.every((n) => (n ?? 0) > 0)).toBe(true);
+      } finally {
+        await Promise.all(shardPools.map((p) => p.end()));
+      }
     });
   });
 });

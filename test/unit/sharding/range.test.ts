@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { compileRanges, findRange, normaliseRangeValue, rangeProblems, type RangeSpec } from '../../../functions/core/sharding/strategies/range.js';
 
@@ -76,5 +77,17 @@ describe('range strategy', () => {
     const many: RangeSpec[] = Array.from({ length: 100 }, (_, i) => ({ shard_id: `s${i}`, ...(i > 0 ? { from: i * 10 } : {}), ...(i < 99 ? { to: (i + 1) * 10 } : {}) }));
     const ranges = compileRanges('number', many);
     for (let k = -5; k < 1005; k += 7) expect(findRange(ranges, k)?.shardId).toBe(`s${Math.min(99, Math.max(0, Math.floor(k / 10)))}`);
+  });
+
+  it('agrees with a linear scan for any contiguous ranges and key', () => {
+    fc.assert(
+      fc.property(fc.uniqueArray(fc.integer({ min: -1e6, max: 1e6 }), { minLength: 1, maxLength: 30 }), fc.integer({ min: -2e6, max: 2e6 }), (cuts, key) => {
+        const bounds = [...cuts].sort((a, b) => a - b);
+        const specs: RangeSpec[] = [{ shard_id: 'r0', to: bounds[0] }, ...bounds.map((from, i) => ({ shard_id: `r${i + 1}`, from, ...(i + 1 < bounds.length ? { to: bounds[i + 1] } : {}) }))];
+        expect(rangeProblems('number', specs)).toEqual([]);
+        const expected = specs.find((s) => (s.from === undefined || key >= (s.from as number)) && (s.to === undefined || key < (s.to as number)));
+        expect(findRange(compileRanges('number', specs), key)?.shardId).toBe(expected?.shard_id);
+      }),
+    );
   });
 });
