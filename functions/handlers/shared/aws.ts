@@ -20,15 +20,22 @@ export interface AwsClients {
 /** Attempts per call, first one included. */
 export const MAX_ATTEMPTS = 4;
 
+/**
+ * Per-attempt limits: a hung connection or request becomes a retryable timeout instead of
+ * eating the whole budget.
+ */
+const requestHandler = { connectionTimeout: 2_000, requestTimeout: 5_000 };
+const options = { maxAttempts: MAX_ATTEMPTS, retryMode: 'standard', requestHandler } as const;
+
 let clients: AwsClients | undefined;
 
 /** The container's clients. */
 export function awsClients(): AwsClients {
   clients ??= {
-    cloudwatch: tracer.captureAWSv3Client(new CloudWatchClient({ maxAttempts: MAX_ATTEMPTS, retryMode: 'standard' })),
-    ecs: tracer.captureAWSv3Client(new ECSClient({ maxAttempts: MAX_ATTEMPTS, retryMode: 'standard' })),
-    autoscaling: tracer.captureAWSv3Client(new ApplicationAutoScalingClient({ maxAttempts: MAX_ATTEMPTS, retryMode: 'standard' })),
-    secrets: tracer.captureAWSv3Client(new SecretsManagerClient({ maxAttempts: MAX_ATTEMPTS, retryMode: 'standard' })),
+    cloudwatch: tracer.captureAWSv3Client(new CloudWatchClient(options)),
+    ecs: tracer.captureAWSv3Client(new ECSClient(options)),
+    autoscaling: tracer.captureAWSv3Client(new ApplicationAutoScalingClient(options)),
+    secrets: tracer.captureAWSv3Client(new SecretsManagerClient(options)),
   };
   return clients;
 }

@@ -25,7 +25,7 @@ import { createMigrateHandler, CustomResourceEventError, PHYSICAL_ID } from '../
 import { EnvironmentError, parseControllerEnv, parseMigrationEnv } from '../../../functions/handlers/shared/env.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { createControllerRuntime, type ControllerRuntime } from '../../../functions/handlers/shared/runtime.js';
-import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { freePort, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { ecsService, metricsFrom } from '../../support/scaling-fixtures.js';
 
 const cw = mockClient(CloudWatchClient);
@@ -252,6 +252,18 @@ describe('alarm handler', () => {
 
     expect([a, b, c].map((r) => r.records[0]?.outcome)).toEqual(['evaluated', 'duplicate', 'duplicate']);
     expect(ecs.commandCalls(UpdateServiceCommand)).toHaveLength(1);
+  });
+
+  it('still evaluates, and de-duplicates within the container, while the catalog is unreachable', async () => {
+    const rt = container({ CATALOG_DATABASE_URL: `postgresql://postgres:postgres@127.0.0.1:${await freePort()}/postgres` });
+    const handler = createAlarmHandler(() => rt);
+
+    const first = await handler(snsEvent('m-down', cpuAlarm()), context);
+    const again = await handler(snsEvent('m-down', cpuAlarm()), context);
+
+    expect([first, again].map((r) => r.records[0]?.outcome)).toEqual(['evaluated', 'duplicate']);
+    expect(ecs.commandCalls(UpdateServiceCommand).map((c) => c.args[0].input.desiredCount)).toEqual([4]);
+    expect(rt.controller.pendingBacklog()).toEqual({ held: 1, dropped: 0 });
   });
 
   it('drops a malformed SNS event without throwing', async () => {
