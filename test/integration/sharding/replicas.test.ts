@@ -171,6 +171,22 @@ describe('reads from streaming replicas', () => {
     expect(new Set(served.map((r) => r.servedBy))).toEqual(new Set([REPLICA_2]));
   });
 
+  it('stops sending reads to a replica that falls behind within one health interval', async () => {
+    const intervalMs = 300;
+    const reader = newReader({ ...generous, maxLagBytes: 0 }, intervalMs);
+    await reader.start();
+    await replica(0).pauseReplay();
+    await insertUser();
+    await replica(1).waitForCatchUp();
+    await sleep(intervalMs + 1000 + 100); // one interval plus one probe timeout
+
+    const served = await Promise.all(Array.from({ length: 10 }, () => reader.query(SHARD, 'select 1')));
+
+    // 'lag unknown' when the replica has not replayed any transaction since it started.
+    expect(reader.replicaStates(SHARD).find((s) => s.state.nodeId === REPLICA_1)?.ineligible).toMatch(/^lag (\d+ bytes|unknown)/);
+    expect(new Set(served.map((r) => r.servedBy))).toEqual(new Set([REPLICA_2]));
+  });
+
   it('sends reads to a restarted replica again at the next health check', async () => {
     await replica(0).stopReplica();
     const reader = newReader(generous);
