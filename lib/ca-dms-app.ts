@@ -5,7 +5,7 @@ import { ControlPlaneStack } from './stacks/control-plane-stack.js';
 import { DataStack } from './stacks/data-stack.js';
 import { NetworkStack } from './stacks/network-stack.js';
 import { ObservabilityStack } from './stacks/observability-stack.js';
-import { ServicesStack } from './stacks/services-stack.js';
+import { ServicesStack, type NginxImageSource } from './stacks/services-stack.js';
 
 /** Files outside `lib/` the stacks build from. */
 export interface CaDmsSources {
@@ -13,8 +13,8 @@ export interface CaDmsSources {
   readonly entries: ControlPlaneEntries;
   /** The SQL migrations folder (catalog/, sharding/, shard/). */
   readonly migrationsDirectory: string;
-  /** The nginx sidecar's Docker build context. */
-  readonly nginxImageDirectory: string;
+  /** The nginx sidecar's Docker build. */
+  readonly nginxImage: NginxImageSource;
   /** The lock file anchoring Lambda bundling. @default - found upwards from each entry */
   readonly depsLockFilePath?: string;
 }
@@ -36,7 +36,7 @@ export interface CaDmsStacks {
  * ```ts
  * const app = new App();
  * const config = loadDeploymentConfig({ configDir: 'config', context: (k) => app.node.tryGetContext(k) });
- * addCaDmsStacks(app, config, { entries, migrationsDirectory, nginxImageDirectory });
+ * addCaDmsStacks(app, config, { entries, migrationsDirectory, nginxImage: { directory: '.', file: 'containers/nginx/Dockerfile' } });
  * ```
  */
 export function addCaDmsStacks(app: App, config: DeploymentConfig, sources: CaDmsSources, env?: Environment): CaDmsStacks {
@@ -60,7 +60,7 @@ export function addCaDmsStacks(app: App, config: DeploymentConfig, sources: CaDm
     config,
     network: network.network,
     shards: data.shards,
-    nginxImageDirectory: sources.nginxImageDirectory,
+    nginxImage: sources.nginxImage,
     description: 'CA-DMS services: ECS cluster, Fargate services with nginx sidecars, load balancer',
   });
   const controlPlane = new ControlPlaneStack(app, `${base}-control-plane`, {

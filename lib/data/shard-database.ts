@@ -210,9 +210,8 @@ export class ShardDatabase extends Construct {
     for (const client of props.proxyClientSecurityGroups) {
       proxySecurityGroup.addIngressRule(client, ec2.Port.tcp(5432), 'PostgreSQL from the control-plane functions');
     }
-    proxySecurityGroup.addEgressRule(this.securityGroup, ec2.Port.tcp(5432), 'to the primary');
-    this.securityGroup.addIngressRule(proxySecurityGroup, ec2.Port.tcp(5432), 'PostgreSQL from the RDS Proxy');
 
+    // addProxy opens the primary's port to the proxy's security group (and only to it).
     this.proxy = this.primary.addProxy('Proxy', {
       dbProxyName: `${identifier}-proxy`,
       secrets: [this.secret],

@@ -7,10 +7,8 @@ import type * as rds from 'aws-cdk-lib/aws-rds';
 import { Construct } from 'constructs';
 import { validateProps } from '../validate.js';
 
-/** The namespace the controller publishes its decisions to (POWERTOOLS_METRICS_NAMESPACE). */
-export const DECISIONS_NAMESPACE = 'CaDmsScaling';
-/** The controller's per-service decision metric. */
-export const DECISIONS_METRIC = 'ScalingDecisions';
+/** The namespace the controller publishes its metrics to (EMF through Powertools). */
+export const CONTROLLER_NAMESPACE = 'CaDmsScaling';
 
 /** One service on the dashboard. */
 export interface DashboardService {
@@ -41,7 +39,7 @@ const PERIOD = Duration.minutes(1);
 
 /**
  * The operators' dashboard: per service CPU, memory, response time, desired and running tasks
- * and the controller's decisions; per shard connections, free storage and replica lag; for the
+ * and the controller's desired count; the controller's decisions by direction and outcome; per shard connections, free storage and replica lag; for the
  * control plane, errors and durations of every function.
  *
  * @example
@@ -92,16 +90,17 @@ export class ScalingDashboard extends Construct {
           width: 6,
         }),
         new cloudwatch.GraphWidget({
-          title: `${s.name}: scaling decisions`,
+          title: `${s.name}: controller's desired count`,
           left: [
             new cloudwatch.Metric({
-              namespace: DECISIONS_NAMESPACE,
-              metricName: DECISIONS_METRIC,
+              namespace: CONTROLLER_NAMESPACE,
+              metricName: 'DesiredCount',
               dimensionsMap: { service: s.name },
-              statistic: 'Sum',
+              statistic: 'Maximum',
               period: PERIOD,
             }),
           ],
+          leftYAxis: { min: 0 },
           width: 6,
         }),
       );
@@ -131,17 +130,27 @@ export class ScalingDashboard extends Construct {
 
     const fns = Object.entries(props.functions);
     this.dashboard.addWidgets(new cloudwatch.TextWidget({ markdown: '## Control plane', width: 24, height: 1 }));
+    // Decisions are published per direction and per outcome; SEARCH shows every value that
+    // occurs without this dashboard having to know them.
+    const search = (dimension: string, metricName: string, label: string): cloudwatch.MathExpression =>
+      new cloudwatch.MathExpression({
+        expression: `SEARCH('{${CONTROLLER_NAMESPACE},${dimension}} MetricName="${metricName}"', 'Sum', 300)`,
+        label,
+        period: Duration.minutes(5),
+      });
     this.dashboard.addWidgets(
       new cloudwatch.GraphWidget({
         title: 'Control plane: errors',
         left: fns.map(([name, fn]) => fn.metricErrors({ period: Duration.minutes(5), statistic: 'Sum', label: name })),
-        width: 12,
+        width: 6,
       }),
       new cloudwatch.GraphWidget({
         title: 'Control plane: duration p95 (ms)',
         left: fns.map(([name, fn]) => fn.metricDuration({ period: Duration.minutes(5), statistic: 'p95', label: name })),
-        width: 12,
+        width: 6,
       }),
+      new cloudwatch.GraphWidget({ title: 'Scaling decisions by direction', left: [search('direction', 'Decisions', 'decisions')], width: 6 }),
+      new cloudwatch.GraphWidget({ title: 'Scaling decisions by outcome', left: [search('outcome', 'DecisionOutcomes', 'outcomes')], width: 6 }),
     );
   }
 }

@@ -11,8 +11,12 @@ import { validateProps } from '../validate.js';
 export const APP_CONTAINER = 'app';
 export const NGINX_CONTAINER = 'nginx';
 
-/** Paths nginx writes at run time (pid, temp files, proxy cache): each gets a writable volume. */
+/**
+ * Paths nginx writes at run time: the configuration rendered at start (`/etc/nginx`), the pid,
+ * temp files and the proxy cache. Each gets a writable task volume.
+ */
 export const NGINX_WRITABLE_PATHS: Readonly<Record<string, string>> = {
+  'nginx-conf': '/etc/nginx',
   'nginx-run': '/run',
   'nginx-temp': '/var/lib/nginx',
   'nginx-cache': '/var/cache/nginx',

@@ -1,4 +1,6 @@
-import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
+import { readFileSync } from 'node:fs';
+import { CfnOutput, IgnoreMode, Stack, type StackProps } from 'aws-cdk-lib';
+import { Platform } from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecr from 'aws-cdk-lib/aws-ecr';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import type * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
@@ -16,8 +18,29 @@ export interface ServicesStackProps extends StackProps {
   readonly config: DeploymentConfig;
   readonly network: Network;
   readonly shards: readonly ShardDatabase[];
-  /** The nginx sidecar's build context (`containers/nginx`). */
-  readonly nginxImageDirectory: string;
+  /** How to build the nginx sidecar image. */
+  readonly nginxImage: NginxImageSource;
+}
+
+/** The nginx sidecar image's Docker build. */
+export interface NginxImageSource {
+  /** The build context directory. */
+  readonly directory: string;
+  /** The Dockerfile, relative to `directory`. */
+  readonly file: string;
+  /**
+   * A dockerignore file whose patterns limit what is staged from `directory` (CDK reads only
+   * `.dockerignore` by itself). @default - nothing excluded
+   */
+  readonly ignoreFile?: string;
+}
+
+/** The patterns of a dockerignore file: blank lines and comments dropped. */
+export function readIgnoreFile(path: string): string[] {
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '' && !line.startsWith('#'));
 }
 
 /** Which health endpoint the load balancer probes for each pool. */
@@ -48,7 +71,12 @@ export class ServicesStack extends Stack {
       containerInsightsV2: ecs.ContainerInsights.ENABLED,
     });
 
-    const nginxImage = ecs.ContainerImage.fromAsset(props.nginxImageDirectory);
+    const nginxImage = ecs.ContainerImage.fromAsset(props.nginxImage.directory, {
+      file: props.nginxImage.file,
+      ignoreMode: IgnoreMode.DOCKER,
+      ...(props.nginxImage.ignoreFile ? { exclude: readIgnoreFile(props.nginxImage.ignoreFile) } : {}),
+      platform: Platform.LINUX_AMD64,
+    });
     const repositories = new Map<string, ecr.IRepository>();
     const imageOf = (image: ImageConfig): ecs.ContainerImage => {
       if (image.kind === 'registry') return ecs.ContainerImage.fromRegistry(image.uri);

@@ -1,0 +1,62 @@
+#!/usr/bin/env node
+/**
+ * The CDK app: `npx cdk synth` / `npx cdk deploy --all` (cdk.json runs this file with tsx).
+ * Picks the environment with `-c ca-dms:environment=prod` (default `dev`), reads
+ * `config/<env>.json`, lays `-c ca-dms:config='{...}'` over it, and fails with every offending
+ * path named when the result is invalid. cdk-nag's AwsSolutions pack checks every stack.
+ */
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { App, Validations } from 'aws-cdk-lib';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { addCaDmsStacks } from '../lib/ca-dms-app.js';
+import { DeploymentConfigError } from '../lib/config/deployment-config.js';
+import { loadDeploymentConfig } from '../lib/config/load-config.js';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+function main(): number {
+  const app = new App();
+  let config;
+  try {
+    config = loadDeploymentConfig({ configDir: join(root, 'config'), context: (key) => app.node.tryGetContext(key), env: process.env });
+  } catch (error) {
+    if (error instanceof DeploymentConfigError) {
+      console.error(error.message);
+      return 1;
+    }
+    throw error;
+  }
+  addCaDmsStacks(
+    app,
+    config,
+    {
+      entries: {
+        evaluate: join(root, 'functions/handlers/evaluate.ts'),
+        alarm: join(root, 'functions/handlers/alarm.ts'),
+        api: join(root, 'functions/handlers/api.ts'),
+        migrate: join(root, 'functions/handlers/migrate.ts'),
+      },
+      migrationsDirectory: join(root, 'functions/adapters/postgres/migrations'),
+      // The sidecar's Dockerfile builds from the repository root (it bundles the renderer with
+      // the project's lock file); its dockerignore keeps the staged context to a few files.
+      nginxImage: {
+        directory: root,
+        file: 'containers/nginx/Dockerfile',
+        ignoreFile: join(root, 'containers/nginx/Dockerfile.dockerignore'),
+      },
+      depsLockFilePath: join(root, 'package-lock.json'),
+    },
+    {
+      region: config.region,
+      // The account comes from the configuration or the CLI's credentials; without either the
+      // stacks stay account-agnostic, which is what lets `cdk synth` run with no credentials.
+      ...(config.account ?? process.env['CDK_DEFAULT_ACCOUNT'] ? { account: config.account ?? process.env['CDK_DEFAULT_ACCOUNT'] } : {}),
+    },
+  );
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  app.synth();
+  return 0;
+}
+
+process.exitCode = main();

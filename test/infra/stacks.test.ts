@@ -1,0 +1,412 @@
+/**
+ * The CA-DMS stacks as synthesized from `config/dev.json`: what each stack must contain, and
+ * that cdk-nag's AwsSolutions pack and the CloudFormation validation find nothing left
+ * unacknowledged.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { CfnResource, Stack } from 'aws-cdk-lib';
+import { Match } from 'aws-cdk-lib/assertions';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { parseScalingConfig } from '../../functions/core/scaling/config.js';
+import { SERVICE_NAMES } from '../../lib/config/deployment-config.js';
+import { SCALING_API_ROUTES } from '../../lib/control-plane/scaling-api.js';
+import { APP_CONTAINER, NGINX_CONTAINER } from '../../lib/services/sidecar-service.js';
+import { resourcesOf, ROOT, synthesize, type Synthesized } from './support/synth.js';
+
+type Json = Record<string, unknown>;
+
+let s: Synthesized;
+const devConfig = JSON.parse(readFileSync(join(ROOT, 'config', 'dev.json'), 'utf8')) as Json;
+
+beforeAll(() => {
+  s = synthesize(devConfig);
+});
+
+function logicalId(stack: Stack, construct: { node: { defaultChild?: unknown } }): string {
+  return stack.getLogicalId(construct.node.defaultChild as CfnResource);
+}
+
+/** Every IAM policy statement of every stack, with where it came from. */
+function allStatements(): Array<{ stack: string; policy: string; Action: string | string[]; Resource: unknown }> {
+  const out: Array<{ stack: string; policy: string; Action: string | string[]; Resource: unknown }> = [];
+  for (const stack of Object.values(s.stacks)) {
+    for (const [id, policy] of resourcesOf(s.template(stack), 'AWS::IAM::Policy')) {
+      const doc = policy.Properties?.['PolicyDocument'] as { Statement: Array<{ Action: string | string[]; Resource: unknown }> };
+      for (const st of doc.Statement) out.push({ stack: stack.stackName, policy: id, Action: st.Action, Resource: st.Resource });
+    }
+  }
+  return out;
+}
+
+const asArray = <T>(v: T | T[]): T[] => (Array.isArray(v) ? v : [v]);
+
+describe('synthesis', () => {
+  it('succeeds with no unacknowledged cdk-nag finding and no CloudFormation validation error', () => {
+    expect(s.violations).toEqual([]);
+    expect(s.error).toBeUndefined();
+  });
+
+  it('lists every cdk-nag acknowledgement with its reason in docs/cdk-nag.md', () => {
+    const doc = readFileSync(join(ROOT, 'docs', 'cdk-nag.md'), 'utf8');
+    // Metadata maps each acknowledged rule id to its reason; CDK's own acknowledgements of
+    // its CloudFormation validation rules are not ours to document.
+    const rules = s.app.node
+      .findAll()
+      .flatMap((c) => c.node.metadata.filter((m) => m.type === 'aws:cdk:acknowledged-rules'))
+      .flatMap((m) => Object.entries(m.data as Record<string, string>))
+      .filter(([id]) => id.includes('AwsSolutions-'));
+    expect(rules.length).toBeGreaterThan(0);
+    for (const [id, reason] of rules) {
+      const ruleName = id.replace(/^.*?(AwsSolutions-[A-Za-z0-9]+).*$/, '$1');
+      expect(doc, `${id} missing from docs/cdk-nag.md`).toContain(ruleName);
+      expect(doc, `reason of ${id} missing from docs/cdk-nag.md`).toContain(reason);
+    }
+  });
+});
+
+describe('data stack', () => {
+  it('creates shards x (1 + replicas) database instances', () => {
+    const { shards, replicasPerShard } = s.config.database;
+    s.template(s.stacks.data).resourceCountIs('AWS::RDS::DBInstance', shards * (1 + replicasPerShard));
+  });
+
+  it('encrypts every primary with the data key, protects it from deletion and keeps backups at least 7 days', () => {
+    const primaries = resourcesOf(s.template(s.stacks.data), 'AWS::RDS::DBInstance').filter(([, r]) => !r.Properties?.['SourceDBInstanceIdentifier']);
+    expect(primaries).toHaveLength(s.config.database.shards);
+    for (const [, r] of primaries) {
+      expect(r.Properties).toMatchObject({ StorageEncrypted: true, DeletionProtection: true, KmsKeyId: expect.anything(), EnablePerformanceInsights: true });
+      expect(r.Properties?.['BackupRetentionPeriod']).toBeGreaterThanOrEqual(7);
+      expect(r.DeletionPolicy).toBe('Snapshot');
+    }
+  });
+
+  it('protects every replica from deletion and replicates it from an encrypted, backed-up primary', () => {
+    const t = s.template(s.stacks.data);
+    const instances = Object.fromEntries(resourcesOf(t, 'AWS::RDS::DBInstance'));
+    const replicas = Object.values(instances).filter((r) => r.Properties?.['SourceDBInstanceIdentifier']);
+    expect(replicas).toHaveLength(s.config.database.shards * s.config.database.replicasPerShard);
+    for (const replica of replicas) {
+      expect(replica.Properties).toMatchObject({ DeletionProtection: true, EnablePerformanceInsights: true });
+      const sourceRef = replica.Properties?.['SourceDBInstanceIdentifier'] as { 'Fn::Join': [string, unknown[]] };
+      const sourceId = JSON.stringify(sourceRef).match(/"Ref":"(?!AWS::)([^"]+)"/)?.[1] as string;
+      expect(instances[sourceId]?.Properties).toMatchObject({ StorageEncrypted: true });
+      expect(instances[sourceId]?.Properties?.['BackupRetentionPeriod']).toBeGreaterThanOrEqual(7);
+    }
+  });
+
+  it('preloads pg_stat_statements and forces TLS in the parameter group', () => {
+    s.template(s.stacks.data).hasResourceProperties('AWS::RDS::DBParameterGroup', {
+      Parameters: Match.objectLike({ shared_preload_libraries: 'pg_stat_statements', 'rds.force_ssl': '1' }),
+    });
+  });
+
+  it('puts an RDS Proxy requiring TLS in front of every primary', () => {
+    const t = s.template(s.stacks.data);
+    t.resourceCountIs('AWS::RDS::DBProxy', s.config.database.shards);
+    t.allResourcesProperties('AWS::RDS::DBProxy', { RequireTLS: true, EngineFamily: 'POSTGRESQL' });
+  });
+
+  it('rotates every shard secret', () => {
+    s.template(s.stacks.data).resourceCountIs('AWS::SecretsManager::RotationSchedule', s.config.database.shards);
+  });
+
+  it('is termination protected', () => {
+    expect(s.stacks.data.terminationProtection).toBe(true);
+  });
+
+  it('admits PostgreSQL only from the services, the control-plane functions, the proxy and the rotation function', () => {
+    const t = s.template(s.stacks.data);
+    const network = s.stacks.network.network;
+    for (const shard of s.stacks.data.shards) {
+      const sgId = logicalId(s.stacks.data, shard.securityGroup);
+      const ingress = resourcesOf(t, 'AWS::EC2::SecurityGroupIngress').filter(([, r]) => JSON.stringify(r.Properties?.['GroupId']).includes(sgId));
+      const sources = ingress.map(([, r]) => JSON.stringify(r.Properties?.['SourceSecurityGroupId']));
+      const port = (v: unknown): boolean => v === 5432 || JSON.stringify(v).includes('Endpoint.Port');
+      expect(ingress.every(([, r]) => port(r.Properties?.['FromPort']) && port(r.Properties?.['ToPort']) && !r.Properties?.['CidrIp'])).toBe(true);
+      const admitted = [
+        logicalId(s.stacks.network, network.servicesSecurityGroup),
+        logicalId(s.stacks.network, network.functionsSecurityGroup),
+        'ProxySg',
+        'RotationSingleUserSecurityGroup',
+      ];
+      expect(sources).toHaveLength(admitted.length);
+      for (const source of admitted) expect(sources.filter((x) => x.includes(source))).toHaveLength(1);
+    }
+  });
+});
+
+describe('services stack', () => {
+  it('enables Container Insights on the cluster', () => {
+    s.template(s.stacks.services).hasResourceProperties('AWS::ECS::Cluster', {
+      ClusterSettings: [{ Name: 'containerInsights', Value: 'enabled' }],
+    });
+  });
+
+  it('gives every task definition two containers with the only port mapping on nginx', () => {
+    const tasks = resourcesOf(s.template(s.stacks.services), 'AWS::ECS::TaskDefinition');
+    expect(tasks).toHaveLength(SERVICE_NAMES.length);
+    for (const [, task] of tasks) {
+      const containers = task.Properties?.['ContainerDefinitions'] as Json[];
+      expect(containers.map((c) => c['Name']).sort()).toEqual([APP_CONTAINER, NGINX_CONTAINER]);
+      const app = containers.find((c) => c['Name'] === APP_CONTAINER) as Json;
+      const nginx = containers.find((c) => c['Name'] === NGINX_CONTAINER) as Json;
+      expect(app['PortMappings']).toBeUndefined();
+      expect(nginx['PortMappings']).toEqual([expect.objectContaining({ ContainerPort: s.config.nginx.port })]);
+    }
+  });
+
+  it('starts nginx only once the application is healthy, with read-only root filesystems and CloudWatch logs', () => {
+    for (const [, task] of resourcesOf(s.template(s.stacks.services), 'AWS::ECS::TaskDefinition')) {
+      const containers = task.Properties?.['ContainerDefinitions'] as Json[];
+      const nginx = containers.find((c) => c['Name'] === NGINX_CONTAINER) as Json;
+      expect(nginx['DependsOn']).toEqual([{ ContainerName: APP_CONTAINER, Condition: 'HEALTHY' }]);
+      for (const c of containers) {
+        expect(c['ReadonlyRootFilesystem']).toBe(true);
+        expect(c['LogConfiguration']).toMatchObject({ LogDriver: 'awslogs' });
+      }
+      expect((nginx['MountPoints'] as Json[]).map((m) => m['ContainerPath'])).toEqual(expect.arrayContaining(['/etc/nginx', '/run', '/var/cache/nginx', '/var/lib/nginx']));
+    }
+  });
+
+  it('injects database credentials from Secrets Manager, never as plain environment variables', () => {
+    for (const [, task] of resourcesOf(s.template(s.stacks.services), 'AWS::ECS::TaskDefinition')) {
+      const app = (task.Properties?.['ContainerDefinitions'] as Json[]).find((c) => c['Name'] === APP_CONTAINER) as Json;
+      const secrets = app['Secrets'] as Array<{ Name: string; ValueFrom: unknown }>;
+      expect(secrets.map((x) => x.Name)).toEqual(expect.arrayContaining(['SHARD_001_DB_PASSWORD', 'SHARD_002_DB_PASSWORD']));
+      const env = (app['Environment'] as Array<{ Name: string }>).map((e) => e.Name);
+      expect(env.filter((n) => /PASSWORD|SECRET/.test(n))).toEqual([]);
+    }
+  });
+
+  it('leaves the desired count to the controller and registers each service as a scalable target with its bounds', () => {
+    const t = s.template(s.stacks.services);
+    for (const [, service] of resourcesOf(t, 'AWS::ECS::Service')) expect(service.Properties?.['DesiredCount']).toBeUndefined();
+    for (const name of SERVICE_NAMES) {
+      t.hasResourceProperties('AWS::ApplicationAutoScaling::ScalableTarget', {
+        MinCapacity: s.config.bounds[name].min,
+        MaxCapacity: s.config.bounds[name].max,
+        ScalableDimension: 'ecs:service:DesiredCount',
+        ResourceId: { 'Fn::Join': ['', Match.arrayWith([{ 'Fn::GetAtt': [logicalId(s.stacks.services, s.stacks.services.services[name].service), 'Name'] }])] },
+      });
+    }
+  });
+
+  it('sends GET and HEAD API requests to the read pool, other API methods to the write pool and the rest to the frontend', () => {
+    const t = s.template(s.stacks.services);
+    const tg = (name: 'backend-read' | 'backend-write' | 'frontend') => ({ Ref: logicalId(s.stacks.services, s.stacks.services.targetGroups[name]) });
+    t.hasResourceProperties('AWS::ElasticLoadBalancingV2::ListenerRule', {
+      Priority: 10,
+      Conditions: Match.arrayWith([
+        { Field: 'path-pattern', PathPatternConfig: { Values: ['/api/*'] } },
+        { Field: 'http-request-method', HttpRequestMethodConfig: { Values: ['GET', 'HEAD'] } },
+      ]),
+      Actions: [{ Type: 'forward', TargetGroupArn: tg('backend-read') }],
+    });
+    t.hasResourceProperties('AWS::ElasticLoadBalancingV2::ListenerRule', {
+      Priority: 20,
+      Conditions: [{ Field: 'path-pattern', PathPatternConfig: { Values: ['/api/*'] } }],
+      Actions: [{ Type: 'forward', TargetGroupArn: tg('backend-write') }],
+    });
+    t.hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
+      DefaultActions: [{ Type: 'forward', TargetGroupArn: tg('frontend') }],
+    });
+  });
+
+  it('serves plain HTTP only when no certificate is configured', () => {
+    const t = s.template(s.stacks.services);
+    t.resourceCountIs('AWS::ElasticLoadBalancingV2::Listener', 1);
+    t.hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', { Port: 80, Protocol: 'HTTP' });
+  });
+
+  it('health-checks the read pool on /health/readonly and the others on /health', () => {
+    const t = s.template(s.stacks.services);
+    const paths = resourcesOf(t, 'AWS::ElasticLoadBalancingV2::TargetGroup').map(([, r]) => r.Properties?.['HealthCheckPath']);
+    expect(paths.sort()).toEqual(['/health', '/health', '/health/readonly']);
+  });
+
+  it('writes access logs to an encrypted bucket that refuses anything but TLS', () => {
+    const t = s.template(s.stacks.services);
+    t.hasResourceProperties('AWS::ElasticLoadBalancingV2::LoadBalancer', {
+      LoadBalancerAttributes: Match.arrayWith([{ Key: 'access_logs.s3.enabled', Value: 'true' }]),
+    });
+    t.hasResourceProperties('AWS::S3::Bucket', {
+      BucketEncryption: { ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }] },
+    });
+    t.hasResourceProperties('AWS::S3::BucketPolicy', {
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } })]) },
+    });
+  });
+});
+
+describe('control plane stack', () => {
+  const fnId = (name: 'evaluate' | 'alarm' | 'api' | 'migrate') =>
+    logicalId(s.stacks.controlPlane, s.stacks.controlPlane.controlPlane[name].function);
+
+  it('runs every function on nodejs24.x, arm64, in the VPC, trusting the RDS certificate authorities', () => {
+    const fns = ['evaluate', 'alarm', 'api', 'migrate'] as const;
+    const t = s.template(s.stacks.controlPlane);
+    for (const name of fns) {
+      const fn = t.findResources('AWS::Lambda::Function')[fnId(name)] as { Properties: Json };
+      expect(fn.Properties).toMatchObject({
+        Runtime: 'nodejs24.x',
+        Architectures: ['arm64'],
+        Handler: 'index.handler',
+        TracingConfig: { Mode: 'Active' },
+        VpcConfig: expect.objectContaining({ SubnetIds: expect.any(Array) }),
+      });
+      expect((fn.Properties['Environment'] as { Variables: Json }).Variables['NODE_EXTRA_CA_CERTS']).toBe('/var/runtime/ca-cert.pem');
+    }
+  });
+
+  it('reserves a concurrency of 1 for the evaluator', () => {
+    const fn = s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId('evaluate')] as { Properties: Json };
+    expect(fn.Properties['ReservedConcurrentExecutions']).toBe(1);
+  });
+
+  it('ships the validated scaling configuration in the controller environment', () => {
+    const fn = s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId('evaluate')] as { Properties: { Environment: { Variables: Json } } };
+    const shipped = JSON.parse(fn.Properties.Environment.Variables['SCALING_CONFIG_JSON'] as string) as unknown;
+    expect(parseScalingConfig(shipped)).toEqual(s.config.scaling);
+  });
+
+  it('schedules the evaluator at the configured interval, with a dead-letter queue', () => {
+    s.template(s.stacks.controlPlane).hasResourceProperties('AWS::Events::Rule', {
+      ScheduleExpression: `rate(${s.config.checkIntervalSeconds / 60} minute)`,
+      Targets: [Match.objectLike({ Arn: { 'Fn::GetAtt': [fnId('evaluate'), 'Arn'] }, DeadLetterConfig: Match.objectLike({ Arn: Match.anyValue() }) })],
+    });
+  });
+
+  it('sends failed asynchronous invocations of the evaluator and the alarm function to a failure destination', () => {
+    const t = s.template(s.stacks.controlPlane);
+    for (const name of ['evaluate', 'alarm'] as const) {
+      t.hasResourceProperties('AWS::Lambda::EventInvokeConfig', {
+        FunctionName: { Ref: fnId(name) },
+        DestinationConfig: { OnFailure: { Destination: Match.anyValue() } },
+      });
+    }
+  });
+
+  it('feeds the alarm function from the KMS-encrypted, TLS-only alarm topic', () => {
+    const t = s.template(s.stacks.controlPlane);
+    const topicId = logicalId(s.stacks.controlPlane, s.stacks.controlPlane.alarmTopic.topic);
+    t.hasResourceProperties('AWS::SNS::Topic', { KmsMasterKeyId: Match.anyValue() });
+    t.hasResourceProperties('AWS::SNS::TopicPolicy', {
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } })]) },
+    });
+    t.hasResourceProperties('AWS::SNS::Subscription', {
+      Protocol: 'lambda',
+      TopicArn: { Ref: topicId },
+      Endpoint: { 'Fn::GetAtt': [fnId('alarm'), 'Arn'] },
+      RedrivePolicy: Match.objectLike({ deadLetterTargetArn: Match.anyValue() }),
+    });
+  });
+
+  it('requires IAM authorization and a request validator on every API method', () => {
+    const methods = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::ApiGateway::Method');
+    expect(methods).toHaveLength(SCALING_API_ROUTES.length);
+    for (const [, m] of methods) {
+      expect(m.Properties).toMatchObject({ AuthorizationType: 'AWS_IAM', RequestValidatorId: expect.anything() });
+    }
+  });
+
+  it('throttles, traces and writes JSON access logs on the API stage', () => {
+    s.template(s.stacks.controlPlane).hasResourceProperties('AWS::ApiGateway::Stage', {
+      TracingEnabled: true,
+      AccessLogSetting: { DestinationArn: Match.anyValue(), Format: Match.stringLikeRegexp('^\\{.*"requestId".*\\}$') },
+      MethodSettings: Match.arrayWith([
+        Match.objectLike({ HttpMethod: '*', ResourcePath: '/*', ThrottlingRateLimit: s.config.api.throttlingRateLimit, ThrottlingBurstLimit: s.config.api.throttlingBurstLimit }),
+      ]),
+    });
+  });
+
+  it('runs the migrations on deploy through a custom resource whose hash follows the SQL files', () => {
+    s.template(s.stacks.controlPlane).hasResourceProperties('Custom::CaDmsMigrations', {
+      MigrationsHash: s.stacks.controlPlane.controlPlane.migrations.hash,
+    });
+    expect(s.stacks.controlPlane.controlPlane.migrations.hash).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('bundles the migration SQL files with the migration function', () => {
+    const fn = s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId('migrate')] as { Properties: { Code: { S3Key: string } } };
+    const assetDir = `asset.${fn.Properties.Code.S3Key.replace(/\.zip$/, '')}`;
+    const sql = readFileSync(join(s.outdir, assetDir, 'migrations', 'catalog', '001_fixture.sql'), 'utf8');
+    expect(sql).toContain('CREATE SCHEMA');
+  });
+
+  it('lets the controller change desired counts of the four services only', () => {
+    const update = allStatements().filter((st) => asArray(st.Action).includes('ecs:UpdateService'));
+    expect(update.length).toBeGreaterThan(0);
+    for (const st of update) {
+      const resources = asArray(st.Resource);
+      expect(resources).toHaveLength(SERVICE_NAMES.length);
+      expect(resources).not.toContain('*');
+    }
+  });
+
+  it('lets the evaluator read the catalog secret only, and the API and migrations every shard secret (the catalog is shard-001)', () => {
+    const t = s.template(s.stacks.controlPlane);
+    const secretReads = (role: string): number =>
+      resourcesOf(t, 'AWS::IAM::Policy')
+        .filter(([id]) => id.startsWith(role))
+        .flatMap(([, p]) => (p.Properties?.['PolicyDocument'] as { Statement: Array<{ Action: string | string[]; Resource: unknown }> }).Statement)
+        .filter((st) => asArray(st.Action).includes('secretsmanager:GetSecretValue'))
+        .flatMap((st) => asArray(st.Resource)).length;
+    expect(secretReads('ControlPlaneEvaluateRole')).toBe(1);
+    expect(secretReads('ControlPlaneAlarmRole')).toBe(1);
+    expect(secretReads('ControlPlaneApiRole')).toBe(s.config.database.shards);
+    expect(secretReads('ControlPlaneMigrateRole')).toBe(s.config.database.shards);
+  });
+});
+
+describe('least privilege', () => {
+  /** Actions IAM cannot scope to a resource; each is acknowledged in docs/cdk-nag.md. */
+  const WILDCARD_ONLY = new Set([
+    'cloudwatch:GetMetricData',
+    'application-autoscaling:DescribeScalableTargets',
+    'xray:PutTraceSegments',
+    'xray:PutTelemetryRecords',
+    'ec2:CreateNetworkInterface',
+    'ec2:DescribeNetworkInterfaces',
+    'ec2:DeleteNetworkInterface',
+    'ec2:AssignPrivateIpAddresses',
+    'ec2:UnassignPrivateIpAddresses',
+    'ecr:GetAuthorizationToken',
+  ]);
+
+  it('grants "*" resources only for actions IAM cannot scope', () => {
+    const offenders = allStatements()
+      .filter((st) => asArray(st.Resource).includes('*'))
+      .flatMap((st) => asArray(st.Action).filter((a) => !WILDCARD_ONLY.has(a)).map((a) => `${st.stack}/${st.policy}: ${a}`));
+    expect(offenders).toEqual([]);
+  });
+});
+
+describe('observability stack', () => {
+  it('alarms on replica lag, free storage, connections and CPU of every database instance, to the alarm topic', () => {
+    const t = s.template(s.stacks.observability);
+    const alarms = resourcesOf(t, 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties as Json);
+    const { shards, replicasPerShard } = s.config.database;
+    const count = (metric: string): number => alarms.filter((a) => a['MetricName'] === metric && a['Namespace'] === 'AWS/RDS').length;
+    expect(count('ReplicaLag')).toBe(shards * replicasPerShard);
+    expect(count('FreeStorageSpace')).toBe(shards * (1 + replicasPerShard));
+    expect(count('DatabaseConnections')).toBe(shards * (1 + replicasPerShard));
+    expect(count('CPUUtilization')).toBe(shards * (1 + replicasPerShard));
+    for (const a of alarms) expect(JSON.stringify(a['AlarmActions'])).toContain('AlarmTopic');
+  });
+
+  it('builds one dashboard with a row per service and shard and the control plane', () => {
+    const t = s.template(s.stacks.observability);
+    const [[, dash]] = resourcesOf(t, 'AWS::CloudWatch::Dashboard') as [[string, { Properties?: Json }]];
+    const body = JSON.stringify(dash.Properties?.['DashboardBody']);
+    for (const name of SERVICE_NAMES) expect(body).toContain(`Service ${name}`);
+    expect(body).toContain('Shard shard-001');
+    expect(body).toContain('Control plane');
+  });
+
+  it('outputs the API URL, the load balancer DNS name and the dashboard URL', () => {
+    s.template(s.stacks.controlPlane).hasOutput('ScalingApiUrl', {});
+    s.template(s.stacks.services).hasOutput('LoadBalancerDnsName', {});
+    s.template(s.stacks.observability).hasOutput('DashboardUrl', {});
+  });
+});

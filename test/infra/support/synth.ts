@@ -1,0 +1,108 @@
+/**
+ * Synthesizes the CA-DMS app the way `bin/app.ts` does, with the fixture handlers, fixture
+ * migrations and a fixture nginx build context, and cdk-nag's AwsSolutions pack registered.
+ * Each test file calls it once (in `beforeAll`) and shares the result.
+ */
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { App, Validations, type Stack } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { addCaDmsStacks, type CaDmsStacks } from '../../../lib/ca-dms-app.js';
+import { parseDeploymentConfig, type DeploymentConfig } from '../../../lib/config/deployment-config.js';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const FIXTURES = join(ROOT, 'test', 'infra', 'fixtures');
+
+/** The recommended feature flags and defaults of `cdk.json`, as the CLI would pass them. */
+export function cdkJsonContext(): Record<string, unknown> {
+  return (JSON.parse(readFileSync(join(ROOT, 'cdk.json'), 'utf8')) as { context: Record<string, unknown> }).context;
+}
+
+/** One violation from the policy-validation report. */
+export interface Violation {
+  readonly plugin: string;
+  readonly rule: string;
+  readonly paths: readonly string[];
+}
+
+export interface Synthesized {
+  readonly app: App;
+  readonly config: DeploymentConfig;
+  readonly stacks: CaDmsStacks;
+  readonly outdir: string;
+  /** The synthesis error, if validation failed (the report still lists the violations). */
+  readonly error: unknown;
+  /** Violations of failing plugins (cdk-nag, CloudFormation validation). */
+  readonly violations: readonly Violation[];
+  template(stack: Stack): Template;
+}
+
+interface Report {
+  pluginReports: Array<{
+    pluginName: string;
+    conclusion: string;
+    violations?: Array<{ ruleName: string; violatingResources?: Array<{ constructPath?: string; resourceLogicalId?: string }> }>;
+  }>;
+}
+
+/** Synthesizes the app for `configInput` (a deployment configuration document). */
+export function synthesize(configInput: unknown): Synthesized {
+  const config = parseDeploymentConfig(configInput);
+  const outdir = mkdtempSync(join(tmpdir(), 'ca-dms-cdk-'));
+  const app = new App({ context: cdkJsonContext(), outdir });
+  const stacks = addCaDmsStacks(app, config, {
+    entries: {
+      evaluate: join(FIXTURES, 'handlers', 'evaluate.ts'),
+      alarm: join(FIXTURES, 'handlers', 'alarm.ts'),
+      api: join(FIXTURES, 'handlers', 'api.ts'),
+      migrate: join(FIXTURES, 'handlers', 'migrate.ts'),
+    },
+    migrationsDirectory: join(FIXTURES, 'migrations'),
+    nginxImage: { directory: join(FIXTURES, 'nginx'), file: 'Dockerfile' },
+    depsLockFilePath: join(ROOT, 'package-lock.json'),
+  });
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  let error: unknown;
+  try {
+    app.synth();
+  } catch (e) {
+    error = e;
+  }
+  const reportPath = join(outdir, 'validation-report.json');
+  const report: Report = existsSync(reportPath) ? (JSON.parse(readFileSync(reportPath, 'utf8')) as Report) : { pluginReports: [] };
+  const violations = report.pluginReports
+    .filter((p) => p.conclusion !== 'success')
+    .flatMap((p) =>
+      (p.violations ?? []).map((v) => ({
+        plugin: p.pluginName,
+        rule: v.ruleName,
+        paths: (v.violatingResources ?? []).map((r) => r.constructPath ?? r.resourceLogicalId ?? '?'),
+      })),
+    );
+  const templates = new Map<Stack, Template>();
+  return {
+    app,
+    config,
+    stacks,
+    outdir,
+    error,
+    violations,
+    template(stack) {
+      let t = templates.get(stack);
+      if (!t) {
+        // The assembly is already written: read it instead of synthesizing again.
+        t = Template.fromJSON(JSON.parse(readFileSync(join(outdir, stack.templateFile), 'utf8')) as Record<string, unknown>);
+        templates.set(stack, t);
+      }
+      return t;
+    },
+  };
+}
+
+/** Every resource of `type` in `template`, as [logicalId, resource] pairs. */
+export function resourcesOf(template: Template, type: string): Array<[string, { Properties?: Record<string, unknown>; DeletionPolicy?: string; UpdateReplacePolicy?: string; DependsOn?: unknown }]> {
+  return Object.entries(template.findResources(type)) as Array<[string, { Properties?: Record<string, unknown>; DeletionPolicy?: string }]>;
+}
