@@ -132,7 +132,7 @@ export interface RebalanceCheckRequest extends RebalanceCheckOptions {
   readonly slotMap: SlotMap;
   /** Directory entries (key -> shard): each is a unit of its own, and its rows leave their slot. */
   readonly directory?: readonly { readonly key: string; readonly shardId: string }[];
-  /** Free storage per shard (from RDS), for the planner's headroom rule. */
+  /** Free storage per shard, for the planner's headroom rule. Default: from the cloud inventory, when configured. */
   readonly freeBytes?: Readonly<Record<string, number>>;
 }
 
@@ -495,8 +495,32 @@ export class ShardInspector {
       throw new ShardInspectionError(`cannot plan a rebalance while shards are unreachable: ${statistics.unreachable.map((u) => `${u.shardId} (${u.error})`).join('; ')}`);
     }
     const units = await this.movableUnits(request.slotMap, request.directory ?? []);
-    const { slotMap: _slotMap, directory: _directory, freeBytes, ...options } = request;
+    const { slotMap: _slotMap, directory: _directory, freeBytes: given, ...options } = request;
+    const freeBytes = given ?? (await this.#freeStorageOfPrimaries(options.headroomBytes ?? 0));
     return checkRebalance(statistics, units, { ...options, ...(freeBytes ? { freeBytes } : {}) });
+  }
+
+  /**
+   * Free storage of each shard's primary as the cloud inventory reports it, so the planner's
+   * headroom rule works without the caller looking it up. Without an inventory there is nothing
+   * to apply; with a headroom asked for and the inventory unreadable, planning would be blind.
+   */
+  async #freeStorageOfPrimaries(headroomBytes: number): Promise<Record<string, number> | undefined> {
+    const cloud = this.#options.cloud;
+    if (!cloud) return undefined;
+    let facts: ReadonlyMap<string, RdsFacts>;
+    try {
+      facts = await cloud.facts();
+    } catch (error) {
+      if (headroomBytes > 0) throw new ShardInspectionError(`cannot apply the storage headroom: free storage is unknown (${messageOf(error)})`, { cause: error });
+      return undefined;
+    }
+    const out: Record<string, number> = {};
+    for (const shardId of this.#pools.shardIds()) {
+      const free = facts.get(hostPort(this.#pools.primary(shardId).endpoint))?.freeStorageBytes;
+      if (free !== undefined && free !== null) out[shardId] = free;
+    }
+    return out;
   }
 }
 

@@ -1,6 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { DescribeDBInstancesCommand, RDSClient } from '@aws-sdk/client-rds';
+import { mockClient } from 'aws-sdk-client-mock';
+import { RdsInventory } from '../../../functions/adapters/aws/rds-inventory.js';
 import { ShardInspectionError, ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
@@ -135,6 +139,27 @@ describe('shard statistics and the rebalance check', () => {
 
     expect(check.needed).toBe(false);
     expect(check.moves).toEqual([]);
+  });
+
+  it('proposes no move onto a shard that RDS says would be left with less free storage than the headroom', async () => {
+    const rds = mockClient(RDSClient);
+    const cw = mockClient(CloudWatchClient);
+    try {
+      const port = cluster.shards[1]?.primary.port;
+      rds.on(DescribeDBInstancesCommand).resolves({ DBInstances: [{ DBInstanceIdentifier: 'shard-2', DBInstanceStatus: 'available', AllocatedStorage: 20, Endpoint: { Address: '127.0.0.1', Port: port } }] });
+      cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [{ Id: 'fs0', Values: [1024 ** 3] }] });
+      const cloud = new RdsInventory({ rds: new RDSClient({ region: 'eu-west-1' }), cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }) });
+      const withCloud = new ShardInspector(pools, { timeoutMs: 5000, cloud });
+
+      const check = await withCloud.rebalanceCheck({ slotMap, by: 'rows', headroomBytes: 1024 ** 3 });
+
+      expect(check.needed).toBe(true);
+      expect(check.moves).toEqual([]);
+      expect(check.summary.unresolved.join(' ')).toMatch(/free bytes/);
+    } finally {
+      rds.restore();
+      cw.restore();
+    }
   });
 
   it('lists an unreachable shard instead of hiding it, and refuses to plan without it', async () => {
