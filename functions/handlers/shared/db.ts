@@ -49,7 +49,8 @@ const POOL_DEFAULTS = {
   keepAlive: true,
 } as const;
 
-async function readSecret(secrets: SecretsManagerClient, secretArn: string): Promise<DatabaseSecret> {
+/** Reads and validates an RDS-style database secret. Throws {@link DatabaseSecretError}. */
+export async function readSecret(secrets: SecretsManagerClient, secretArn: string): Promise<DatabaseSecret> {
   let raw: string | undefined;
   try {
     raw = (await secrets.send(new GetSecretValueCommand({ SecretId: secretArn }))).SecretString;

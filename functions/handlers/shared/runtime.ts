@@ -11,7 +11,7 @@
  */
 import type pg from 'pg';
 import { ScalingController } from '../../core/scaling/controller.js';
-import type { Clock, DecisionLog, DecisionRecord } from '../../core/scaling/ports.js';
+import type { Clock, DecisionLog, DecisionRecord, MetricsSource, ScalingTarget } from '../../core/scaling/ports.js';
 import { getPolicy } from '../../core/scaling/policies/index.js';
 import { AppAutoScalingRegistry } from '../../adapters/aws/app-autoscaling.js';
 import { CloudWatchMetricsSource } from '../../adapters/aws/cloudwatch-metrics.js';
@@ -42,6 +42,11 @@ export class RecentIds {
 export interface ControllerRuntime {
   readonly env: ControllerEnv;
   readonly catalog: CatalogStore;
+  /** The catalog's pool, built on first use (the API's history reader queries it directly). */
+  readonly db: () => Promise<pg.Pool>;
+  /** The orchestrator and metrics adapters the controller uses (the API reads them too). */
+  readonly target: ScalingTarget;
+  readonly metrics: MetricsSource;
   readonly controller: ScalingController;
   /** SNS message ids this container already handled (de-duplication while the catalog is away). */
   readonly seenMessages: RecentIds;
@@ -73,9 +78,11 @@ export function createControllerRuntime(env: ControllerEnv, clients: AwsClients,
     return pool;
   };
   const catalog = new CatalogStore(poolSource, { defaults: env.fallbackConfig });
+  const metrics = new CloudWatchMetricsSource({ client: clients.cloudwatch, topology: env.topology });
+  const target = new EcsScalingTarget({ client: clients.ecs, topology: env.topology });
   const controller = new ScalingController({
-    metrics: new CloudWatchMetricsSource({ client: clients.cloudwatch, topology: env.topology }),
-    target: new EcsScalingTarget({ client: clients.ecs, topology: env.topology }),
+    metrics,
+    target,
     registry: new AppAutoScalingRegistry({ client: clients.autoscaling, topology: env.topology }),
     catalog,
     clock: opts.clock ?? systemClock,
@@ -86,6 +93,9 @@ export function createControllerRuntime(env: ControllerEnv, clients: AwsClients,
   return {
     env,
     catalog,
+    db: poolSource,
+    target,
+    metrics,
     controller,
     seenMessages: new RecentIds(),
     async close() {

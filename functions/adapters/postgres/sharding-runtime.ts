@@ -1,0 +1,105 @@
+/**
+ * The sharding layer assembled over a validated sharding configuration and the catalog's pool:
+ * pools for every primary and replica, the slot map and directory stores, the router, the shard
+ * writer, the replica reader, the inspector and the mover. Local mode and the API function both
+ * build it here, so they run the same layer.
+ *
+ * @example
+ * ```ts
+ * const sharding = await createShardingRuntime({ config, catalog: catalogPool, actor: 'scaling-api' });
+ * const route = await sharding.router.resolve(userId);
+ * await sharding.close();
+ * ```
+ */
+import type pg from 'pg';
+import type { ShardingConfig } from '../../core/sharding/config.js';
+import { freshnessBoundsFromConfig } from '../../core/sharding/replica-choice.js';
+import { ShardRouter } from '../../core/sharding/router.js';
+import { buildSlotMap } from '../../core/sharding/slot-map.js';
+import { DirectoryStore } from './directory-store.js';
+import { Mover } from './mover.js';
+import { ReplicaReader } from './replica-reader.js';
+import { ShardInspector, type EndpointFactsSource } from './shard-inspector.js';
+import { ShardPools, type ShardPoolOptions } from './shard-pools.js';
+import { SlotMapStore } from './slot-map-store.js';
+import { createShardWriter, routerForWrites, type ShardWriter } from './write-transaction.js';
+
+export interface ShardingRuntimeOptions {
+  readonly config: ShardingConfig;
+  /** The catalog database (slot maps, directory, move jobs), already migrated. */
+  readonly catalog: pg.Pool;
+  /** Recorded as the publisher of the first slot map and of moves. */
+  readonly actor: string;
+  readonly pools?: ShardPoolOptions;
+  /** Start the replica reader's health loop (a long-running process wants it; a Lambda API call does not). */
+  readonly readReplicas?: boolean;
+  /** RDS/CloudWatch facts merged into health reports (AWS). */
+  readonly cloud?: EndpointFactsSource;
+}
+
+export interface ShardingRuntime {
+  readonly config: ShardingConfig;
+  readonly pools: ShardPools;
+  /** Primary pool of every shard, by shard id. */
+  readonly primaries: ReadonlyMap<string, pg.Pool>;
+  readonly slotMaps: SlotMapStore;
+  readonly directory: DirectoryStore;
+  readonly router: ShardRouter;
+  readonly writer: ShardWriter;
+  /** Present when `readReplicas` was asked for. */
+  readonly reader?: ReplicaReader;
+  readonly inspector: ShardInspector;
+  readonly mover: Mover;
+  /** Stops the replica reader and ends every shard pool (not the catalog's). */
+  close(): Promise<void>;
+}
+
+/** Builds the layer; publishes the first slot map from the configured weights when there is none. */
+export async function createShardingRuntime(options: ShardingRuntimeOptions): Promise<ShardingRuntime> {
+  const { config, catalog } = options;
+  const pools = ShardPools.fromConfig(config, options.pools ?? {});
+  try {
+    const primaries = new Map(pools.shardIds().map((id) => [id, pools.primary(id).pool]));
+    const slotMaps = new SlotMapStore(catalog);
+    if ((await slotMaps.latest()) === null) {
+      await slotMaps.initialise(
+        buildSlotMap(config.shards.map((s) => ({ shardId: s.shard_id, weight: s.weight }))),
+        options.actor,
+        `initial map for ${config.shards.length} shard(s)`,
+      );
+    }
+    const directory = new DirectoryStore(catalog, { ttlMs: config.directory.cache_ttl_seconds * 1000, shards: pools.shardIds() });
+    const router = ShardRouter.fromConfig(config, { slotMap: await slotMaps.current(), directory });
+    const writer = createShardWriter({ router: routerForWrites(router, slotMaps, directory), primaries });
+    let reader: ReplicaReader | undefined;
+    if (options.readReplicas === true) {
+      reader = new ReplicaReader(pools, { bounds: freshnessBoundsFromConfig(config), intervalMs: config.health_check_interval_seconds * 1000 });
+      await reader.start();
+    }
+    const inspector = new ShardInspector(pools, {
+      timeoutMs: config.health_check_timeout_seconds * 1000,
+      weights: Object.fromEntries(config.shards.map((s) => [s.shard_id, s.weight])),
+      ...(options.cloud ? { cloud: options.cloud } : {}),
+    });
+    const mover = new Mover({ catalog, shards: primaries, slotMaps, directory, actor: options.actor });
+    return {
+      config,
+      pools,
+      primaries,
+      slotMaps,
+      directory,
+      router,
+      writer,
+      ...(reader ? { reader } : {}),
+      inspector,
+      mover,
+      async close() {
+        reader?.stop();
+        await pools.end();
+      },
+    };
+  } catch (err) {
+    await pools.end().catch(() => undefined);
+    throw err;
+  }
+}

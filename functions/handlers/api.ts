@@ -1,0 +1,98 @@
+/**
+ * `api`: the scaling REST API behind API Gateway (REST, proxy integration, IAM authorization).
+ * The handler validates the proxy event, dispatches it through the route table, and logs one
+ * line per request with the caller's identity; the routes record that identity in every change
+ * they make. Local mode serves this very handler through the local HTTP adapter.
+ */
+import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
+import { MetricUnit } from '@aws-lambda-powertools/metrics';
+import { z } from 'zod';
+import { fromApiGatewayEvent, toApiGatewayResult } from '../api/apigw.js';
+import { ProblemError, problemResponse } from '../api/http.js';
+import { createScalingRouter } from '../api/routes.js';
+import type { Router } from '../api/router.js';
+import type { ScalingApiPort } from '../api/service.js';
+import { createScalingApiPort } from '../api/wiring.js';
+import { HistoryReader } from '../adapters/postgres/history-reader.js';
+import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
+import { awsClients } from './shared/aws.js';
+import { withPowertools } from './shared/middleware.js';
+import { logger, metrics } from './shared/powertools.js';
+import { controllerRuntime } from './shared/runtime.js';
+import { shardingConfigFromEnv } from './shared/sharding-env.js';
+
+/** The parts of a REST API proxy event the API relies on. */
+export const proxyEventSchema = z.object({
+  httpMethod: z.string().min(1),
+  path: z.string().startsWith('/'),
+  headers: z.record(z.string(), z.string().optional()).nullable().optional(),
+  queryStringParameters: z.record(z.string(), z.string().optional()).nullable().optional(),
+  body: z.string().nullable().optional(),
+  isBase64Encoded: z.boolean().optional(),
+  requestContext: z.object({ requestId: z.string().optional() }).loose().optional(),
+});
+
+/** Builds the handler around a port provider (tests and local mode pass their own). */
+export function createApiHandler(port: () => ScalingApiPort | Promise<ScalingApiPort>) {
+  let router: Router | undefined;
+  return withPowertools(async (event: unknown, _context: Context): Promise<APIGatewayProxyResult> => {
+    const parsed = proxyEventSchema.safeParse(event);
+    if (!parsed.success) {
+      logger.error('rejected event: not an API Gateway REST proxy event', { issues: parsed.error.issues.map((i) => i.path.join('.')) });
+      return toApiGatewayResult(problemResponse(new ProblemError(400, 'the event is not an API Gateway REST proxy event')));
+    }
+    router ??= createScalingRouter(await port(), {
+      onError: (err, request) => logger.error('unexpected error serving a request', { error: err as Error, requestId: request.requestId, path: request.path }),
+    });
+    const request = fromApiGatewayEvent(event as APIGatewayProxyEvent);
+    const started = performance.now();
+    const response = await router.dispatch(request);
+    const ms = performance.now() - started;
+    metrics.addMetric(response.status >= 500 ? 'ServerErrors' : response.status >= 400 ? 'ClientErrors' : 'Requests', MetricUnit.Count, 1);
+    logger.info('request', { method: request.method, path: request.path, status: response.status, actor: request.identity.actor, ms: Math.round(ms) });
+    return toApiGatewayResult(response);
+  });
+}
+
+let awsPort: Promise<ScalingApiPort> | undefined;
+
+/** The API over the controller runtime and, when configured, the shards (built once per container). */
+async function buildAwsPort(): Promise<ScalingApiPort> {
+  const rt = controllerRuntime();
+  const shardingConfig = await shardingConfigFromEnv(process.env, awsClients().secrets);
+  const sharding = shardingConfig
+    ? await createShardingRuntime({ config: shardingConfig, catalog: await rt.db(), actor: 'scaling-api', pools: { max: 2 } })
+    : undefined;
+  return createScalingApiPort({
+    catalog: rt.catalog,
+    history: new HistoryReader(rt.db),
+    controller: rt.controller,
+    target: rt.target,
+    metrics: rt.metrics,
+    clock: { now: () => Date.now() },
+    ...(sharding
+      ? {
+          sharding: {
+            router: sharding.router,
+            slotMaps: sharding.slotMaps,
+            directory: sharding.directory,
+            inspector: sharding.inspector,
+            mover: sharding.mover,
+            maxLagSeconds: shardingConfig?.max_replica_lag_seconds,
+            maxLagBytes: shardingConfig?.max_replica_lag_bytes,
+            // A Lambda invocation cannot outlive its response: the API only plans the move, and
+            // the scheduled `moves` function carries planned and unfinished jobs forward.
+            runMove: (id) => logger.info('move planned; the moves function will carry it out', { id }),
+          },
+        }
+      : {}),
+  });
+}
+
+export const handler = createApiHandler(() => {
+  awsPort ??= buildAwsPort().catch((err: unknown) => {
+    awsPort = undefined;
+    throw err;
+  });
+  return awsPort;
+});

@@ -1,0 +1,75 @@
+/**
+ * The sharding configuration of a control-plane function, from its environment: the guide's
+ * `ShardingConfig` (`SHARDING_CONFIG_JSON`, with credential-free URLs) completed with each
+ * shard's credentials from Secrets Manager (`SHARD_DB_SECRET_ARNS`, one ARN per shard in the
+ * same order), then the guide's `SHARDING_ENABLED` / `SHARDING_STRATEGY` /
+ * `DATABASE_REPLICA_URLS` on top. Without `SHARDING_CONFIG_JSON`, sharding is off.
+ *
+ * @example
+ * ```ts
+ * const config = await shardingConfigFromEnv(process.env, awsClients().secrets);
+ * if (config) { ... }
+ * ```
+ */
+import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { z } from 'zod';
+import { loadShardingConfig, type ShardingConfig } from '../../core/sharding/config.js';
+import { readSecret } from './db.js';
+import { EnvironmentError } from './env.js';
+
+const secretArn = z.string().regex(/^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$/, 'expected a Secrets Manager secret ARN');
+
+const schema = z.object({
+  SHARDING_CONFIG_JSON: z.string().optional(),
+  SHARD_DB_SECRET_ARNS: z.string().optional(),
+});
+
+function parseJson(name: string, raw: string): unknown {
+  try {
+    return JSON.parse(raw) as unknown;
+  } catch (err) {
+    throw new EnvironmentError([{ path: name, message: `not valid JSON: ${(err as Error).message}` }], { cause: err });
+  }
+}
+
+function withCredentials(url: string, user: string, password: string): string {
+  const u = new URL(url);
+  if (u.password !== '') return url;
+  u.username = encodeURIComponent(user);
+  u.password = encodeURIComponent(password);
+  return u.toString();
+}
+
+/** The validated sharding configuration, or `undefined` when sharding is not configured or disabled. */
+export async function shardingConfigFromEnv(env: Record<string, string | undefined>, secrets: SecretsManagerClient | undefined): Promise<ShardingConfig | undefined> {
+  const e = schema.parse(env);
+  if (e.SHARDING_CONFIG_JSON === undefined || e.SHARDING_CONFIG_JSON.trim() === '') return undefined;
+  const raw = parseJson('SHARDING_CONFIG_JSON', e.SHARDING_CONFIG_JSON);
+  let secretArns: string[] = [];
+  if (e.SHARD_DB_SECRET_ARNS !== undefined) {
+    const arns = z.array(secretArn).safeParse(parseJson('SHARD_DB_SECRET_ARNS', e.SHARD_DB_SECRET_ARNS));
+    if (!arns.success) throw new EnvironmentError(arns.error.issues.map((i) => ({ path: `SHARD_DB_SECRET_ARNS.${i.path.join('.')}`, message: i.message })));
+    secretArns = arns.data;
+  }
+  const doc = z.object({ shards: z.array(z.object({ database_url: z.string(), read_replicas: z.array(z.string()).default([]) }).loose()) }).loose().safeParse(raw);
+  if (secretArns.length > 0 && doc.success) {
+    if (secretArns.length !== doc.data.shards.length) {
+      throw new EnvironmentError([{ path: 'SHARD_DB_SECRET_ARNS', message: `has ${secretArns.length} ARNs for ${doc.data.shards.length} shards; give one per shard, in the same order` }]);
+    }
+    if (secrets === undefined) throw new EnvironmentError([{ path: 'SHARD_DB_SECRET_ARNS', message: 'a Secrets Manager client is needed' }]);
+    const creds = await Promise.all(secretArns.map((arn) => readSecret(secrets, arn)));
+    const shards = doc.data.shards.map((shard, i) => {
+      const c = creds[i];
+      if (!c) return shard;
+      return {
+        ...shard,
+        database_url: withCredentials(shard.database_url, c.username, c.password),
+        read_replicas: shard.read_replicas.map((r) => withCredentials(r, c.username, c.password)),
+      };
+    });
+    const config = loadShardingConfig({ ...doc.data, shards }, env);
+    return config.enabled ? config : undefined;
+  }
+  const config = loadShardingConfig(raw, env);
+  return config.enabled ? config : undefined;
+}
