@@ -1,0 +1,83 @@
+/**
+ * The policy benchmark (`npm run bench:policies [-- --traces DIR --runs N]`): every policy and
+ * the oracle on every trace in `../shared/traces/` (relative to the repository root), the score
+ * table, the ca-dms goal of issue #2 section 6 with PASS/FAIL per trace, and the time to
+ * replay the NASA trace through all five policies and the oracle (goal: under 2 s).
+ */
+import { readdir } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { readTraceFile } from '../functions/adapters/sim/trace-file.js';
+import { POLICY_NAMES } from '../functions/core/scaling/config.js';
+import { contestantsFor } from '../functions/core/scaling/simulator/anchors.js';
+import { describeModel, formatResultTable } from '../functions/core/scaling/simulator/format.js';
+import { checkGoal } from '../functions/core/scaling/simulator/goal.js';
+import { DEFAULT_MODEL } from '../functions/core/scaling/simulator/model.js';
+import { prepareTrace, simulate } from '../functions/core/scaling/simulator/simulate.js';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const NASA_GOAL_MS = 2000;
+
+const flags = z
+  .object({
+    traces: z.string().min(1).default(resolve(REPO_ROOT, '../shared/traces')),
+    runs: z
+      .string()
+      .regex(/^[1-9]\d*$/, 'expected a whole number >= 1')
+      .transform(Number)
+      .default(3),
+  })
+  .safeParse(parseArgs({ options: { traces: { type: 'string' }, runs: { type: 'string' } }, strict: true }).values);
+if (!flags.success) {
+  console.error(flags.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('\n'));
+  process.exit(2);
+}
+const { traces: dir, runs } = flags.data;
+
+let files: string[];
+try {
+  files = (await readdir(dir)).filter((f) => f.endsWith('.csv')).sort();
+} catch (error) {
+  console.error(`bench:policies: cannot read the traces folder ${dir} (${(error as Error).message}); pass --traces DIR`);
+  process.exit(1);
+}
+if (files.length === 0) {
+  console.error(`bench:policies: no .csv traces in ${dir}; pass --traces DIR`);
+  process.exit(1);
+}
+
+const model = DEFAULT_MODEL;
+console.log(`policy benchmark: ${files.length} traces from ${dir}`);
+console.log(`model: ${describeModel(model)}\n`);
+const verdicts: string[] = [];
+let allPass = true;
+for (const file of files) {
+  const trace = await readTraceFile(join(dir, file));
+  const prepared = prepareTrace(trace.name, trace.points, model);
+  const contestants = contestantsFor(POLICY_NAMES, model);
+  let best = Infinity;
+  let run = simulate(prepared, contestants, model);
+  for (let i = 0; i < runs; i++) {
+    const started = performance.now();
+    run = simulate(prepared, contestantsFor(POLICY_NAMES, model), model);
+    best = Math.min(best, performance.now() - started);
+  }
+  console.log(formatResultTable(run.result));
+  const verdict = checkGoal(run.result);
+  allPass &&= verdict.pass;
+  console.log(`goal for ca-dms against ${verdict.bestAnchor} (the anchor with the fewest SLO-violation minutes): ${verdict.pass ? 'PASS' : 'FAIL'}`);
+  for (const c of verdict.checks) console.log(`  ${c.pass ? 'PASS' : 'FAIL'}  ${c.label}: ${fmt(c.actual)} (limit ${fmt(c.limit)})`);
+  const timing = `replay of ${prepared.demand.length} minutes through ${POLICY_NAMES.length} policies + oracle: ${best.toFixed(0)} ms (best of ${runs})`;
+  if (file.includes('nasa')) console.log(`${timing}; goal < ${NASA_GOAL_MS} ms: ${best < NASA_GOAL_MS ? 'PASS' : 'FAIL'}`);
+  else console.log(timing);
+  console.log('');
+  verdicts.push(`${verdict.pass ? 'PASS' : 'FAIL'}  ${file}`);
+}
+console.log(`ca-dms goal per trace:\n${verdicts.map((v) => `  ${v}`).join('\n')}`);
+console.log(allPass ? 'ca-dms meets the goal on every trace' : 'ca-dms misses the goal on at least one trace');
+
+function fmt(x: number): string {
+  return Number.isInteger(x) ? String(x) : x.toFixed(1);
+}
