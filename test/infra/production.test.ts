@@ -1,0 +1,76 @@
+/**
+ * The production posture, synthesized from `config/prod.json` with a certificate: Multi-AZ
+ * databases kept on stack deletion, HTTPS with a modern TLS policy, and a sub-minute check
+ * interval rounded up to EventBridge's one minute with a warning.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Annotations, Match } from 'aws-cdk-lib/assertions';
+import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { mergeConfig } from '../../lib/config/deployment-config.js';
+import { scheduleMinutes } from '../../lib/control-plane/control-plane.js';
+import { resourcesOf, ROOT, synthesize, type Synthesized } from './support/synth.js';
+
+const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+let s: Synthesized;
+
+beforeAll(() => {
+  const prod = JSON.parse(readFileSync(join(ROOT, 'config', 'prod.json'), 'utf8')) as unknown;
+  s = synthesize(mergeConfig(prod, { domain: { certificateArn: CERTIFICATE } }));
+});
+
+describe('production synthesis', () => {
+  it('succeeds with no unacknowledged cdk-nag finding and no CloudFormation validation error', () => {
+    expect(s.violations).toEqual([]);
+    expect(s.error).toBeUndefined();
+  });
+
+  it('creates shards x (1 + replicas) database instances', () => {
+    s.template(s.stacks.data).resourceCountIs('AWS::RDS::DBInstance', 4 * (1 + 2));
+  });
+
+  it('runs every primary Multi-AZ and retains it when it leaves the stack', () => {
+    const primaries = resourcesOf(s.template(s.stacks.data), 'AWS::RDS::DBInstance').filter(([, r]) => !r.Properties?.['SourceDBInstanceIdentifier']);
+    expect(primaries).toHaveLength(4);
+    for (const [, r] of primaries) {
+      expect(r.Properties).toMatchObject({ MultiAZ: true, BackupRetentionPeriod: 14 });
+      expect(r.DeletionPolicy).toBe('Retain');
+    }
+  });
+
+  it('serves HTTPS with the configured certificate and the recommended TLS policy', () => {
+    s.template(s.stacks.services).hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
+      Port: 443,
+      Protocol: 'HTTPS',
+      Certificates: [{ CertificateArn: CERTIFICATE }],
+      SslPolicy: elbv2.SslPolicy.RECOMMENDED_TLS,
+    });
+  });
+
+  it('redirects HTTP to HTTPS', () => {
+    s.template(s.stacks.services).hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
+      Port: 80,
+      Protocol: 'HTTP',
+      DefaultActions: [{ Type: 'redirect', RedirectConfig: Match.objectLike({ Protocol: 'HTTPS', Port: '443', StatusCode: 'HTTP_301' }) }],
+    });
+  });
+
+  it('keeps the method routing rules on the HTTPS listener', () => {
+    const t = s.template(s.stacks.services);
+    const https = Object.keys(t.findResources('AWS::ElasticLoadBalancingV2::Listener', { Properties: { Port: 443 } }))[0] as string;
+    for (const [, rule] of resourcesOf(t, 'AWS::ElasticLoadBalancingV2::ListenerRule')) expect(rule.Properties?.['ListenerArn']).toEqual({ Ref: https });
+    t.resourceCountIs('AWS::ElasticLoadBalancingV2::ListenerRule', 2);
+  });
+});
+
+describe('schedule', () => {
+  it('rounds a 30 s SCALING_CHECK_INTERVAL up to EventBridge one-minute rate and says so at synthesis', () => {
+    s.template(s.stacks.controlPlane).hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(1 minute)' });
+    Annotations.fromStack(s.stacks.controlPlane).hasWarning('/CaDms-prod-control-plane/ControlPlane', Match.stringLikeRegexp('SCALING_CHECK_INTERVAL is 30 s.*every 1 min'));
+  });
+
+  it('rounds intervals up to whole minutes', () => {
+    expect([1, 30, 60, 61, 90, 120, 300].map(scheduleMinutes)).toEqual([1, 1, 1, 2, 2, 2, 5]);
+  });
+});
