@@ -1,10 +1,12 @@
 /**
  * Benchmark: one evaluation of 10 services (6 metrics each) by the scaling controller, with the
- * AWS SDK v3 clients answered by aws-sdk-client-mock (no network) and the catalog in a real
- * embedded PostgreSQL. Prints the CPU time of this process per evaluation (the PostgreSQL
- * server's CPU is another process and not counted) and the AWS calls one evaluation makes,
- * beside the naive approach that asks CloudWatch once per metric per service and ECS once per
- * service.
+ * catalog in a real embedded PostgreSQL and AWS answered without network in two ways:
+ * aws-sdk-client-mock (replaces `send`, so the SDK's own work is skipped) and an in-process
+ * HTTP handler behind the real SDK stack (serialisation, SigV4 signing, retries middleware and
+ * response parsing all run; only the socket is missing). Prints the CPU time of this process
+ * per evaluation (the PostgreSQL server's CPU is another process and not counted) and the AWS
+ * calls one evaluation makes, beside the naive approach that asks CloudWatch once per metric
+ * per service and ECS once per service.
  *
  * Run: npm run bench:controller
  */
@@ -12,6 +14,7 @@ import { ApplicationAutoScalingClient, DescribeScalableTargetsCommand, RegisterS
 import { CloudWatchClient, GetMetricDataCommand, type GetMetricDataCommandInput } from '@aws-sdk/client-cloudwatch';
 import { DescribeServicesCommand, ECSClient, UpdateServiceCommand, type DescribeServicesCommandInput } from '@aws-sdk/client-ecs';
 import { mockClient } from 'aws-sdk-client-mock';
+import { Readable } from 'node:stream';
 import pg from 'pg';
 import { AppAutoScalingRegistry } from '../functions/adapters/aws/app-autoscaling.js';
 import { CloudWatchMetricsSource, planQueries } from '../functions/adapters/aws/cloudwatch-metrics.js';
@@ -92,22 +95,58 @@ class NaiveEcsTarget implements ScalingTarget {
   }
 }
 
+/** Answers the AWS JSON protocols in process, from the request body, like the mocks above. */
+function inProcessHandler(counter: { calls: number; cw: number }) {
+  const json = (body: unknown) => ({
+    response: { statusCode: 200, headers: { 'content-type': 'application/x-amz-json-1.1' }, body: Readable.from([Buffer.from(JSON.stringify(body))]) },
+  });
+  return {
+    handle: async (request: { headers: Record<string, string>; body?: unknown }) => {
+      counter.calls += 1;
+      const target = request.headers['x-amz-target'] ?? '';
+      const raw = typeof request.body === 'string' ? request.body : request.body instanceof Uint8Array ? new TextDecoder().decode(request.body) : '{}';
+      const input = JSON.parse(raw) as Record<string, unknown>;
+      if (target.endsWith('.GetMetricData')) {
+        counter.cw += 1;
+        const queries = (input['MetricDataQueries'] as Array<{ Id: string }> | undefined) ?? [];
+        const at = Math.floor(Date.now() / 60_000) * 60 - 60;
+        return json({ MetricDataResults: queries.map((q) => ({ Id: q.Id, StatusCode: 'Complete', Timestamps: [at], Values: [q.Id.endsWith('_rt') ? 0.2 : 50] })) });
+      }
+      if (target.endsWith('.DescribeServices')) {
+        const services = (input['services'] as string[] | undefined) ?? [];
+        return json({ services: services.map((s) => ({ ...ecsService(s, { running: 3, desired: 3 }) })), failures: [] });
+      }
+      if (target.endsWith('.DescribeScalableTargets')) {
+        const ids = (input['ResourceIds'] as string[] | undefined) ?? [];
+        return json({ ScalableTargets: ids.map((id) => ({ ServiceNamespace: 'ecs', ResourceId: id, ScalableDimension: 'ecs:service:DesiredCount', MinCapacity: 2, MaxCapacity: 10, RoleARN: 'arn:aws:iam::123456789012:role/r', CreationTime: 0 })) });
+      }
+      return json({});
+    },
+  };
+}
+
 function callCount(): number {
   return cw.calls().length + ecs.calls().length + aas.calls().length;
 }
 
-async function measure(label: string, controller: ScalingController): Promise<{ label: string; cpuMs: number; wallMs: number; calls: number; cwCalls: number }> {
+interface Row {
+  label: string;
+  cpuMs: number;
+  wallMs: number;
+  calls: number;
+  cwCalls: number;
+}
+
+async function measure(label: string, controller: ScalingController, counted: () => { calls: number; cw: number }): Promise<Row> {
   for (let i = 0; i < WARMUP; i++) await controller.evaluate({ trigger: 'schedule' });
-  cw.resetHistory();
-  ecs.resetHistory();
-  aas.resetHistory();
+  const before = counted();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   for (let i = 0; i < RUNS; i++) await controller.evaluate({ trigger: 'schedule' });
   const wall = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
-  const calls = callCount() / RUNS;
-  return { label, cpuMs: (cpu.user + cpu.system) / 1000 / RUNS, wallMs: wall / RUNS, calls, cwCalls: cw.calls().length / RUNS };
+  const after = counted();
+  return { label, cpuMs: (cpu.user + cpu.system) / 1000 / RUNS, wallMs: wall / RUNS, calls: (after.calls - before.calls) / RUNS, cwCalls: (after.cw - before.cw) / RUNS };
 }
 
 const server = await startTestPostgres();
@@ -124,25 +163,39 @@ try {
     policies: getPolicy,
     fallbackConfig: config,
   };
-  const cwClient = new CloudWatchClient({ region: 'eu-west-1' });
-  const ecsClient = new ECSClient({ region: 'eu-west-1' });
-  const batched = new ScalingController({
-    ...common,
-    metrics: new CloudWatchMetricsSource({ client: cwClient, topology }),
-    target: new EcsScalingTarget({ client: ecsClient, topology }),
-  });
-  const naive = new ScalingController({ ...common, metrics: new NaiveMetricsSource(cwClient, topology), target: new NaiveEcsTarget(ecsClient, topology) });
+  const build = (cwClient: CloudWatchClient, ecsClient: ECSClient, aasClient: ApplicationAutoScalingClient, naive: boolean): ScalingController =>
+    new ScalingController({
+      ...common,
+      registry: new AppAutoScalingRegistry({ client: aasClient, topology }),
+      metrics: naive ? new NaiveMetricsSource(cwClient, topology) : new CloudWatchMetricsSource({ client: cwClient, topology }),
+      target: naive ? new NaiveEcsTarget(ecsClient, topology) : new EcsScalingTarget({ client: ecsClient, topology }),
+    });
+  const mocked = (): { calls: number; cw: number } => ({ calls: callCount(), cw: cw.calls().length });
+  const rows: Row[] = [];
+  const mockedClients = [new CloudWatchClient({ region: 'eu-west-1' }), new ECSClient({ region: 'eu-west-1' }), new ApplicationAutoScalingClient({ region: 'eu-west-1' })] as const;
+  rows.push(await measure('batched, aws-sdk-client-mock', build(...mockedClients, false), mocked));
+  rows.push(await measure('naive, aws-sdk-client-mock', build(...mockedClients, true), mocked));
 
-  const rows = [await measure('controller (batched)', batched), await measure('naive (per metric, per service)', naive)];
-  const [ours, theirs] = rows;
-  console.log(`One evaluation of ${SERVICES} services x 6 metrics; AWS answered by aws-sdk-client-mock; catalog in embedded PostgreSQL`);
-  console.log(`${RUNS} evaluations after ${WARMUP} warm-up; CPU = this process (user + system), PostgreSQL server excluded\n`);
-  console.log(`${'approach'.padEnd(34)}${'AWS calls'.padStart(10)}${'CloudWatch'.padStart(12)}${'CPU ms'.padStart(9)}${'wall ms'.padStart(9)}`);
+  cw.restore();
+  ecs.restore();
+  aas.restore();
+  const counter = { calls: 0, cw: 0 };
+  const sdk = { region: 'eu-west-1', credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'bench' }, requestHandler: inProcessHandler(counter) };
+  const fullClients = [new CloudWatchClient(sdk), new ECSClient(sdk), new ApplicationAutoScalingClient(sdk)] as const;
+  rows.push(await measure('batched, full SDK stack', build(...fullClients, false), () => ({ ...counter })));
+  rows.push(await measure('naive, full SDK stack', build(...fullClients, true), () => ({ ...counter })));
+
+  console.log(`One evaluation of ${SERVICES} services x 6 metrics; catalog in embedded PostgreSQL; no network to AWS`);
+  console.log(`${RUNS} evaluations after ${WARMUP} warm-up each; CPU = this process (user + system), PostgreSQL server excluded\n`);
+  console.log(`${'approach'.padEnd(32)}${'AWS calls'.padStart(10)}${'CloudWatch'.padStart(12)}${'CPU ms'.padStart(9)}${'wall ms'.padStart(9)}`);
   for (const r of rows) {
-    console.log(`${r.label.padEnd(34)}${r.calls.toFixed(0).padStart(10)}${r.cwCalls.toFixed(0).padStart(12)}${r.cpuMs.toFixed(2).padStart(9)}${r.wallMs.toFixed(2).padStart(9)}`);
+    console.log(`${r.label.padEnd(32)}${r.calls.toFixed(0).padStart(10)}${r.cwCalls.toFixed(0).padStart(12)}${r.cpuMs.toFixed(2).padStart(9)}${r.wallMs.toFixed(2).padStart(9)}`);
   }
-  if (ours && theirs) {
-    console.log(`\nbatched: ${(theirs.calls / ours.calls).toFixed(1)}x fewer AWS calls (${ours.cwCalls.toFixed(0)} GetMetricData instead of ${theirs.cwCalls.toFixed(0)}); CPU per evaluation ${ours.cpuMs.toFixed(2)} ms vs ${theirs.cpuMs.toFixed(2)} ms naive`);
+  const [mb, mn, fb, fn] = rows;
+  if (mb && mn && fb && fn) {
+    console.log(`\nbatched makes ${(mn.calls / mb.calls).toFixed(1)}x fewer AWS calls (${mb.cwCalls.toFixed(0)} GetMetricData instead of ${mn.cwCalls.toFixed(0)})`);
+    console.log(`CPU per evaluation, full SDK stack: ${fb.cpuMs.toFixed(2)} ms batched vs ${fn.cpuMs.toFixed(2)} ms naive (${(fn.cpuMs / fb.cpuMs).toFixed(1)}x)`);
+    console.log(`CPU per evaluation, client mock:    ${mb.cpuMs.toFixed(2)} ms batched vs ${mn.cpuMs.toFixed(2)} ms naive (the mock skips the SDK's per-call work)`);
   }
 } finally {
   await pool.end();
