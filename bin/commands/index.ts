@@ -26,6 +26,10 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = {
     summary: 'run the load-test mix (documents + scaling API) against a URL',
     load: async () => (await import('./load.js')).loadCommand,
   },
+  migrate: {
+    summary: 'apply pending database migrations to the catalog and every shard',
+    load: async () => (await import('./migrate.js')).migrateCommand,
+  },
   simulate: {
     summary: 'replay a workload trace through scaling policies and score them',
     load: async () => (await import('./simulate.js')).simulateCommand,
