@@ -41,7 +41,7 @@ import { z } from 'zod';
 
 /** The cluster could not be started or stopped; the message says what and where. */
 export class EmbeddedClusterError extends Error {
-  override readonly name = 'EmbeddedClusterError';
+  override readonly name: string = 'EmbeddedClusterError';
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
   }

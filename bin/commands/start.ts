@@ -1,0 +1,223 @@
+/**
+ * `ca-dms-scaling start` (`npm start`): local mode. Embedded PostgreSQL shards with streaming
+ * replicas, the scaling controller against a simulated fleet replaying a workload trace, the
+ * scaling API, the documents API and the live dashboard on one loopback port. Runs until Ctrl-C
+ * or SIGTERM, then stops everything, PostgreSQL included; data stays under the data directory.
+ */
+import { rm, mkdir } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import { applyScalingEnv, ScalingConfigError } from '../../functions/core/scaling/config.js';
+import { ShardingConfigError } from '../../functions/core/sharding/errors.js';
+import { PortInUseError } from '../../functions/adapters/http/local-server.js';
+import { ClusterLayoutError } from '../../functions/adapters/postgres/embedded-cluster.js';
+import { TraceFileError } from '../../functions/adapters/sim/trace-file.js';
+import { AlreadyRunningError, acquireLocalLock } from '../../functions/local/lock.js';
+import { startLocalMode, type LocalMode } from '../../functions/local/runtime.js';
+import type { CliCommand, CliIo, FlagTable } from './kit.js';
+import { numberFlag, parseFlags, UsageError } from './kit.js';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+/** The traces live beside the repository (`../shared/traces`), in CI too. */
+export const DEFAULT_TRACE = resolve(REPO_ROOT, '../shared/traces/nasa-http-1995-requests-per-minute.csv');
+
+const usage = `Usage: ca-dms-scaling start [--port N] [--data-dir DIR] [--shards N] [--replicas N]
+                             [--trace FILE] [--acceleration X] [--seed-users N] [--wipe]
+
+Runs the whole system on this machine (no AWS): embedded PostgreSQL shards with streaming
+replicas, the scaling controller against a simulated fleet driven by a workload trace, the
+scaling API, a small documents API and the live dashboard, all on 127.0.0.1.
+
+  --port N            port of the API and the dashboard (default 3000)
+  --data-dir DIR      where the PostgreSQL data, logs and the lock live (default .local)
+  --shards N          shard primaries, 1 to 8 (default 2)
+  --replicas N        streaming replicas per shard, 0 to 3 (default 1)
+  --trace FILE        timestamp,value CSV workload trace (default the NASA 1995 trace:
+                      ${DEFAULT_TRACE})
+  --acceleration X    seconds of trace time per second, 1 to 3600 (default 60)
+  --seed-users N      demo users seeded on a fresh start, 5 documents each (default 200)
+  --wipe              delete the data directory's PostgreSQL data first
+
+Environment: SCALING_CHECK_INTERVAL, AUTO_SCALING_ENABLED, MIN_INSTANCES, MAX_INSTANCES (written
+into the scaling configuration at start), SHARDING_STRATEGY.
+Ctrl-C or SIGTERM stops everything; the data stays in the data directory for the next start.
+`;
+
+const table: FlagTable = {
+  port: { type: 'string' },
+  'data-dir': { type: 'string' },
+  shards: { type: 'string' },
+  replicas: { type: 'string' },
+  trace: { type: 'string' },
+  acceleration: { type: 'string' },
+  'seed-users': { type: 'string' },
+  wipe: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+};
+
+const flagsSchema = z.object({
+  help: z.boolean().optional(),
+  port: numberFlag('port', { min: 0, max: 65_535, int: true }).optional(),
+  'data-dir': z.string().min(1, 'expected a directory').optional(),
+  shards: numberFlag('shards', { min: 1, max: 8, int: true }).optional(),
+  replicas: numberFlag('replicas', { min: 0, max: 3, int: true }).optional(),
+  trace: z.string().min(1, 'expected a file').optional(),
+  acceleration: numberFlag('acceleration', { min: 1, max: 3600, unit: 'trace seconds per second' }).optional(),
+  'seed-users': numberFlag('seed-users', { min: 0, max: 100_000, int: true }).optional(),
+  wipe: z.boolean().optional(),
+});
+
+/** The validated options of a start. */
+export interface StartOptions {
+  readonly port: number;
+  readonly dataDir: string;
+  readonly shards: number;
+  readonly replicasPerShard: number;
+  readonly tracePath: string;
+  readonly acceleration: number;
+  readonly seedUsers: number;
+  readonly wipe: boolean;
+}
+
+/** Parses the flags and checks the environment; throws {@link UsageError} naming what is wrong. */
+export function parseStartOptions(args: readonly string[], cwd: string, env: Record<string, string | undefined>): StartOptions | 'help' {
+  const f = parseFlags(args, table, flagsSchema);
+  if (f.help === true) return 'help';
+  try {
+    applyScalingEnv({}, env);
+  } catch (error) {
+    if (error instanceof ScalingConfigError) throw new UsageError(error.issues.map((i) => `${i.path.replace(/^env\./, '')}: ${i.message}`).join('\n'), { cause: error });
+    throw error;
+  }
+  return {
+    port: f.port ?? 3000,
+    dataDir: resolve(cwd, f['data-dir'] ?? '.local'),
+    shards: f.shards ?? 2,
+    replicasPerShard: f.replicas ?? 1,
+    tracePath: f.trace === undefined ? DEFAULT_TRACE : resolve(cwd, f.trace),
+    acceleration: f.acceleration ?? 60,
+    seedUsers: f['seed-users'] ?? 200,
+    wipe: f.wipe === true,
+  };
+}
+
+/** Fails fast, before PostgreSQL starts, when something already listens on the port. */
+async function checkPortFree(port: number): Promise<void> {
+  if (port === 0) return;
+  await new Promise<void>((resolvePort, reject) => {
+    const srv = createServer();
+    srv.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'EADDRINUSE' ? new PortInUseError(port, { cause: err }) : err));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolvePort()));
+  });
+}
+
+function banner(local: LocalMode, options: StartOptions): string {
+  const u = local.url;
+  const s = local.seed;
+  const users = Object.entries(s.usersByShard).map(([id, n]) => `${id} ${n}`).join(', ');
+  const nodes = local.cluster.nodes().map((n) => `${n.id}:${n.port}`).join('  ');
+  return `
+CA-DMS scaling: local mode is up (${(local.startupMs / 1000).toFixed(1)} s${local.cluster.fresh ? ', fresh data' : ', data reused'})
+
+  Dashboard      ${u}/
+  Scaling API    ${u}/api/v1/scaling/status   (OpenAPI: ${u}/api/v1/scaling/openapi.json)
+  Documents API  ${u}/api/v1/users, ${u}/api/v1/documents
+  PostgreSQL     ${nodes}
+  Data           ${options.dataDir} (${s.seeded ? 'seeded' : 'kept'}: users ${users}; ${s.documents} documents)
+  Workload       ${options.tracePath.split('/').pop() ?? options.tracePath} at ${options.acceleration}x; controller every ${local.config.check_interval} s
+
+Try:
+  curl -s ${u}/api/v1/scaling/status
+  curl -s ${u}/api/v1/scaling/metrics
+  curl -s '${u}/api/v1/scaling/history?limit=5'
+  curl -s ${u}/api/v1/scaling/shards/health
+  curl -s ${u}/api/v1/scaling/shards/statistics
+  curl -s -X POST ${u}/api/v1/scaling/stop -H 'content-type: application/json' -d '{"reason":"trying it"}'
+  npm run load -- --url ${u} --duration 10
+
+Scaling decisions (time, service, tasks, outcome, reason) follow. Ctrl-C stops everything.
+`;
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+function nextStopSignal(): { promise: Promise<NodeJS.Signals>; dispose: () => void } {
+  let dispose = (): void => undefined;
+  const promise = new Promise<NodeJS.Signals>((resolveSignal) => {
+    const on = (signal: NodeJS.Signals): void => resolveSignal(signal);
+    process.once('SIGINT', on);
+    process.once('SIGTERM', on);
+    dispose = () => {
+      process.off('SIGINT', on);
+      process.off('SIGTERM', on);
+    };
+  });
+  return { promise, dispose };
+}
+
+async function run(args: readonly string[], io: CliIo): Promise<number> {
+  const options = parseStartOptions(args, io.cwd, process.env);
+  if (options === 'help') {
+    io.stdout(usage);
+    return 0;
+  }
+  await mkdir(options.dataDir, { recursive: true });
+  let lock;
+  try {
+    lock = await acquireLocalLock(join(options.dataDir, 'local.lock'));
+  } catch (error) {
+    if (error instanceof AlreadyRunningError) {
+      io.stderr(`ca-dms-scaling start: ${error.message}\n`);
+      return 1;
+    }
+    throw error;
+  }
+  const signal = nextStopSignal();
+  try {
+    await checkPortFree(options.port);
+    if (options.wipe) {
+      await rm(join(options.dataDir, 'pg'), { recursive: true, force: true });
+      io.stdout(`wiped ${join(options.dataDir, 'pg')}\n`);
+    }
+    io.stdout(`starting local mode in ${options.dataDir} ...\n`);
+    const starting = startLocalMode({
+      dataDir: options.dataDir,
+      port: options.port,
+      shards: options.shards,
+      replicasPerShard: options.replicasPerShard,
+      tracePath: options.tracePath,
+      acceleration: options.acceleration,
+      seedUsers: options.seedUsers,
+      documentsPerUser: 5,
+      env: process.env,
+      onLine: (line) => io.stdout(`${line}\n`),
+    });
+    const first = await Promise.race([starting.then((local) => ({ local })), signal.promise.then((sig) => ({ sig }))]);
+    // A signal during start-up: let the start finish (it cannot be cut half-way), then stop.
+    const local = 'local' in first ? first.local : await starting;
+    if (!('local' in first)) {
+      io.stdout(`${first.sig}: stopping ...\n`);
+      await local.stop();
+      return 0;
+    }
+    await lock.update({ url: local.url });
+    io.stdout(banner(local, options));
+    const sig = await signal.promise;
+    io.stdout(`\n${sig}: stopping the controller, the API and PostgreSQL ...\n`);
+    await local.stop();
+    io.stdout(`stopped; data kept in ${options.dataDir}\n`);
+    return 0;
+  } catch (error) {
+    if (error instanceof PortInUseError || error instanceof ClusterLayoutError || error instanceof TraceFileError || error instanceof ShardingConfigError) {
+      io.stderr(`ca-dms-scaling start: ${error.message}\n`);
+      return error instanceof PortInUseError ? 1 : 2;
+    }
+    throw error;
+  } finally {
+    signal.dispose();
+    await lock.release();
+  }
+}
+
+export const startCommand: CliCommand = { name: 'start', summary: 'run the whole system locally: embedded shards, controller, API, dashboard', usage, run };

@@ -1,0 +1,222 @@
+/**
+ * A small CA-DMS-like documents API served by local mode beside the scaling API, so the sharding
+ * layer carries real traffic (and the load test has something to load):
+ *
+ * - `GET  /api/v1/users?limit=N`                  a sample of users from every shard
+ * - `POST /api/v1/users`                          `{email, display_name}` -> 201
+ * - `GET  /api/v1/users/{id}/documents?limit=N`   a user's documents (routed by the user id)
+ * - `POST /api/v1/documents`                      `{owner_id, title, content?}` -> 201
+ * - `GET  /api/v1/documents/{id}[?owner=UUID]`    one document (asks every shard without `owner`)
+ *
+ * Writes go through `withShardWrite` on the owner's shard; reads go through the replica reader.
+ * A write answers with `X-Read-Token: <shard_id>@<lsn>`; a read sent with that value in
+ * `X-Read-After` sees the write (read-your-writes), whichever replica serves it. Every input is
+ * validated with zod; errors are RFC 9457 problem documents naming the field.
+ *
+ * @example
+ * ```ts
+ * const route = createDocumentsRoute({ writer, reader, router, shardIds: ['shard_001', 'shard_002'] });
+ * await startLocalServer({ handler, port: 3000, extraRoutes: [route] });
+ * ```
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { z } from 'zod';
+import type { ShardRouter } from '../core/sharding/router.js';
+import type { ExtraRoute } from '../adapters/http/local-server.js';
+import type { ReplicaReader } from '../adapters/postgres/replica-reader.js';
+import type { ShardWriter } from '../adapters/postgres/write-transaction.js';
+
+export interface DocumentsApiDeps {
+  readonly writer: ShardWriter;
+  readonly reader: Pick<ReplicaReader, 'query'>;
+  readonly router: Pick<ShardRouter, 'resolve'>;
+  readonly shardIds: readonly string[];
+}
+
+const PREFIX = '/api/v1';
+const MAX_BODY = 256 * 1024;
+
+const uuid = z.uuid({ message: 'must be a UUID' });
+const limit = z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(1).max(200)).optional();
+const readAfter = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}@[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/, 'must be a token from X-Read-Token, e.g. shard_001@0/3000060')
+  .optional();
+
+const newUserSchema = z.strictObject({
+  email: z.email({ message: 'must be an e-mail address' }).max(320),
+  display_name: z.string().min(1).max(200),
+});
+const newDocumentSchema = z.strictObject({
+  owner_id: uuid,
+  title: z.string().min(1).max(500),
+  content: z.record(z.string(), z.unknown()).default({}),
+});
+
+interface Problem {
+  readonly status: number;
+  readonly detail: string;
+  readonly invalid?: ReadonlyArray<{ name: string; reason: string }>;
+}
+
+class HttpProblem extends Error {
+  override readonly name = 'HttpProblem';
+  constructor(readonly problem: Problem) {
+    super(problem.detail);
+  }
+}
+
+const TITLES: Readonly<Record<number, string>> = { 400: 'Bad Request', 404: 'Not Found', 405: 'Method Not Allowed', 413: 'Content Too Large', 415: 'Unsupported Media Type', 500: 'Internal Server Error', 503: 'Service Unavailable' };
+
+function invalid(part: string, error: z.ZodError): HttpProblem {
+  const params = error.issues.map((i) => ({ name: [part, ...i.path.map(String)].join('.'), reason: i.message }));
+  return new HttpProblem({ status: 400, detail: params.map((p) => `${p.name}: ${p.reason}`).join('; '), invalid: params });
+}
+
+function parse<T extends z.ZodType>(schema: T, value: unknown, part: string): z.output<T> {
+  const r = schema.safeParse(value);
+  if (!r.success) throw invalid(part, r.error);
+  return r.data;
+}
+
+function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers });
+  res.end(JSON.stringify(body));
+}
+
+function sendProblem(res: ServerResponse, p: Problem): void {
+  res.writeHead(p.status, { 'content-type': 'application/problem+json', 'cache-control': 'no-store' });
+  res.end(JSON.stringify({ type: 'about:blank', title: TITLES[p.status] ?? 'Error', status: p.status, detail: p.detail, ...(p.invalid ? { invalid_params: p.invalid } : {}) }));
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const type = req.headers['content-type'] ?? '';
+  if (!/^application\/json\b/i.test(type)) throw new HttpProblem({ status: 415, detail: 'send the body as application/json' });
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY) throw new HttpProblem({ status: 413, detail: `the body is larger than ${MAX_BODY} bytes` });
+    chunks.push(chunk as Buffer);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+  } catch (error) {
+    throw new HttpProblem({ status: 400, detail: `the body is not valid JSON: ${(error as Error).message}` });
+  }
+}
+
+interface DocumentRow {
+  id: string;
+  owner_id: string;
+  title: string;
+  content: Record<string, unknown>;
+  created_at: Date;
+  updated_at: Date;
+}
+interface UserRow {
+  id: string;
+  email: string;
+  display_name: string;
+  created_at: Date;
+}
+
+const DOC_COLUMNS = 'id, owner_id, title, content, created_at, updated_at';
+
+/** The token of a read, when it names the shard being read. */
+function tokenFor(shardId: string, header: string | undefined): { token?: string } {
+  if (header === undefined) return {};
+  const at = header.indexOf('@');
+  return header.slice(0, at) === shardId ? { token: header.slice(at + 1) } : {};
+}
+
+/** Builds the route; it answers every path under `/api/v1/users` and `/api/v1/documents`. */
+export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
+  const shardOf = async (key: string): Promise<string> => (await deps.router.resolve(key)).shardId;
+
+  async function listUsers(url: URL, res: ServerResponse): Promise<void> {
+    const q = parse(z.strictObject({ limit }), Object.fromEntries(url.searchParams), 'query');
+    const n = q.limit ?? 20;
+    const per = Math.max(1, Math.ceil(n / deps.shardIds.length));
+    const parts = await Promise.all(
+      deps.shardIds.map(async (shardId) => {
+        const r = await deps.reader.query<UserRow>(shardId, 'select id, email, display_name, created_at from users order by created_at, id limit $1', [per]);
+        return r.rows.map((u) => ({ ...u, shard_id: shardId }));
+      }),
+    );
+    send(res, 200, { items: parts.flat().slice(0, n) });
+  }
+
+  async function createUser(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = parse(newUserSchema, await readJson(req), 'body');
+    const id = randomUUID();
+    const result = await deps.writer.withShardWrite(id, async ({ client, slot }) => {
+      const { rows } = await client.query<UserRow>('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4) returning id, email, display_name, created_at', [id, slot, body.email, body.display_name]);
+      return rows[0] as UserRow;
+    });
+    send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': `${result.shardId}@${result.token}`, location: `${PREFIX}/users/${id}/documents` });
+  }
+
+  async function userDocuments(userId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const id = parse(uuid, userId, 'path.id');
+    const q = parse(z.strictObject({ limit }), Object.fromEntries(url.searchParams), 'query');
+    const after = parse(readAfter, req.headers['x-read-after'], 'header.x-read-after');
+    const shardId = await shardOf(id);
+    const r = await deps.reader.query<DocumentRow>(shardId, `select ${DOC_COLUMNS} from documents where owner_id = $1 order by created_at desc, id limit $2`, [id, q.limit ?? 50], tokenFor(shardId, after));
+    send(res, 200, { owner_id: id, shard_id: shardId, served_by: r.servedBy, items: r.rows });
+  }
+
+  async function createDocument(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = parse(newDocumentSchema, await readJson(req), 'body');
+    const id = randomUUID();
+    const result = await deps.writer.withShardWrite(body.owner_id, async ({ client, slot }) => {
+      const owner = await client.query('select 1 from users where id = $1', [body.owner_id]);
+      if (owner.rowCount === 0) return undefined;
+      const { rows } = await client.query<DocumentRow>(
+        `insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5) returning ${DOC_COLUMNS}`,
+        [id, body.owner_id, slot, body.title, JSON.stringify(body.content)],
+      );
+      return rows[0];
+    });
+    if (!result.value) throw new HttpProblem({ status: 400, detail: `body.owner_id: no user ${body.owner_id}`, invalid: [{ name: 'body.owner_id', reason: 'no such user' }] });
+    send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': `${result.shardId}@${result.token}`, location: `${PREFIX}/documents/${id}?owner=${body.owner_id}` });
+  }
+
+  async function getDocument(docId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const id = parse(uuid, docId, 'path.id');
+    const q = parse(z.strictObject({ owner: uuid.optional() }), Object.fromEntries(url.searchParams), 'query');
+    const after = parse(readAfter, req.headers['x-read-after'], 'header.x-read-after');
+    // A document lives with its owner; without the owner every shard is asked at once.
+    const shards = q.owner === undefined ? deps.shardIds : [await shardOf(q.owner)];
+    const found = await Promise.all(
+      shards.map(async (shardId) => {
+        const r = await deps.reader.query<DocumentRow>(shardId, `select ${DOC_COLUMNS} from documents where id = $1`, [id], tokenFor(shardId, after));
+        return r.rows[0] ? { ...r.rows[0], shard_id: shardId, served_by: r.servedBy } : undefined;
+      }),
+    );
+    const doc = found.find((d) => d !== undefined);
+    if (!doc) throw new HttpProblem({ status: 404, detail: `no document ${id}` });
+    send(res, 200, doc);
+  }
+
+  return async (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://127.0.0.1');
+    const path = url.pathname.replace(/\/+$/, '');
+    if (!path.startsWith(`${PREFIX}/users`) && !path.startsWith(`${PREFIX}/documents`)) return false;
+    const method = req.method ?? 'GET';
+    try {
+      let m: RegExpExecArray | null;
+      if (path === `${PREFIX}/users` && method === 'GET') await listUsers(url, res);
+      else if (path === `${PREFIX}/users` && method === 'POST') await createUser(req, res);
+      else if ((m = /^\/api\/v1\/users\/([^/]+)\/documents$/.exec(path)) && method === 'GET') await userDocuments(decodeURIComponent(m[1] ?? ''), url, req, res);
+      else if (path === `${PREFIX}/documents` && method === 'POST') await createDocument(req, res);
+      else if ((m = /^\/api\/v1\/documents\/([^/]+)$/.exec(path)) && method === 'GET') await getDocument(decodeURIComponent(m[1] ?? ''), url, req, res);
+      else sendProblem(res, { status: 404, detail: `no route ${method} ${path}; see the README for the documents API` });
+    } catch (error) {
+      if (error instanceof HttpProblem) sendProblem(res, error.problem);
+      else sendProblem(res, { status: 503, detail: `the shard could not serve the request: ${(error as Error).message}` });
+    }
+    return true;
+  };
+}

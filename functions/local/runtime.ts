@@ -1,0 +1,275 @@
+/**
+ * Local mode: the whole product on one machine. This module assembles, from the same pieces the
+ * AWS deployment uses, a running system:
+ *
+ * - embedded PostgreSQL (a catalog server and the shards, each a primary with streaming
+ *   replicas) under `<dataDir>/pg`, migrated (`catalog` + `sharding` sets on the catalog, `shard`
+ *   on every primary), with the first slot map published and demo data seeded once;
+ * - the sharding layer over it: router, shard writer, replica reader, inspector, mover;
+ * - the real {@link ScalingController} against a {@link SimulatedFleet} driven by a trace, run
+ *   every `check_interval` seconds (the catalog's configuration; `SCALING_CHECK_INTERVAL` and the
+ *   guide's other variables are written into it at start);
+ * - the scaling API (the Lambda handler, through the local HTTP adapter), the documents API and
+ *   the dashboard on one loopback port.
+ *
+ * The first start writes a local configuration (version 1) whose check interval and cooldowns
+ * suit an accelerated trace; an operator changes it like any other, through `PUT /config`.
+ *
+ * @example
+ * ```ts
+ * const local = await startLocalMode({ dataDir: '.local', port: 3000, shards: 2, replicasPerShard: 1, tracePath, acceleration: 60, env: process.env, onLine: console.log });
+ * console.log(local.url);
+ * await local.stop();
+ * ```
+ */
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { applyScalingEnv, type ScalingConfig } from '../core/scaling/config.js';
+import { ScalingController } from '../core/scaling/controller.js';
+import { getPolicy } from '../core/scaling/policies/index.js';
+import type { Clock, DecisionLog, DecisionRecord } from '../core/scaling/ports.js';
+import { applyShardingEnv, parseShardingConfig, type ShardingConfig } from '../core/sharding/config.js';
+import { createScalingApiPort } from '../api/wiring.js';
+import { fromApiGatewayEvent, toApiGatewayResult } from '../api/apigw.js';
+import { createScalingRouter } from '../api/routes.js';
+import { startLocalServer, type LocalServer } from '../adapters/http/local-server.js';
+import { createDashboardRoute } from '../adapters/http/dashboard.js';
+import { CatalogStore } from '../adapters/postgres/catalog-store.js';
+import { startEmbeddedCluster, type EmbeddedCluster } from '../adapters/postgres/embedded-cluster.js';
+import { HistoryReader } from '../adapters/postgres/history-reader.js';
+import { runMigrations } from '../adapters/postgres/migrate.js';
+import type { ReplicaReader } from '../adapters/postgres/replica-reader.js';
+import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
+import { SimulatedFleet } from '../adapters/sim/fleet.js';
+import { readTraceFile } from '../adapters/sim/trace-file.js';
+import { createDocumentsRoute } from './documents-api.js';
+import { seedDemoData, type SeedOutcome } from './seed.js';
+
+const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../adapters/postgres/migrations');
+
+/** The configuration local mode writes on its first start (the guide's defaults otherwise). */
+export const LOCAL_CONFIG_DOCUMENT: Readonly<Record<string, unknown>> = {
+  // A trace replayed 60x faster changes in seconds, not minutes: evaluate and cool down accordingly.
+  check_interval: 5,
+  scale_cooldown: 60,
+  stabilization_window: 60,
+};
+
+export interface LocalModeOptions {
+  /** Root of everything local mode keeps (`.local`): PostgreSQL data, logs, the lock file. */
+  readonly dataDir: string;
+  /** Loopback port of the API and the dashboard (0: any free port). */
+  readonly port: number;
+  readonly shards: number;
+  readonly replicasPerShard: number;
+  /** A `timestamp,value` CSV workload trace. */
+  readonly tracePath: string;
+  /** Seconds of trace time per wall-clock second. */
+  readonly acceleration: number;
+  /** Demo users to seed on a fresh start, with their documents. */
+  readonly seedUsers: number;
+  readonly documentsPerUser: number;
+  /** The process environment: the guide's scaling and sharding variables are honoured. */
+  readonly env: Record<string, string | undefined>;
+  /** One line of operator output (progress, decisions). */
+  readonly onLine: (line: string) => void;
+  readonly clock?: Clock;
+}
+
+export interface LocalMode {
+  readonly url: string;
+  readonly port: number;
+  readonly cluster: EmbeddedCluster;
+  readonly seed: SeedOutcome;
+  readonly config: ScalingConfig;
+  readonly shardingConfig: ShardingConfig;
+  /** Milliseconds from the call to a serving API. */
+  readonly startupMs: number;
+  /** Stops the loop, the server, the pools and every PostgreSQL server. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+const systemClock: Clock = { now: () => Date.now() };
+
+const LINE_REASON_CHARS = 110;
+
+/** One compact line for a decision: time, service, task counts, outcome and the gist of why. */
+export function formatDecision(d: DecisionRecord): string {
+  const time = new Date(d.at).toISOString().slice(11, 19);
+  const counts = d.from === d.to ? `${d.from}` : `${d.from} -> ${d.to}`;
+  const reasons = [...d.blocked.map((b) => b.message), ...d.reasons.map((r) => r.message)];
+  let why = reasons.join('; ') || d.error || '';
+  if (why.length > LINE_REASON_CHARS) why = `${why.slice(0, LINE_REASON_CHARS - 1)}…`;
+  return `${time}  ${d.service.padEnd(13)} ${counts.padEnd(8)} ${d.outcome.padEnd(8)} ${why}`;
+}
+
+/**
+ * Prints decisions worth telling: every change (applied or failed) and every new hold-back;
+ * "no change" and a hold-back repeated round after round stay in the history only.
+ */
+export function decisionPrinter(say: (line: string) => void): DecisionLog {
+  const lastHold = new Map<string, string>();
+  return {
+    write(d) {
+      if (d.outcome === 'unchanged') {
+        lastHold.delete(d.service);
+        return;
+      }
+      if (d.outcome === 'blocked' || d.outcome === 'skipped') {
+        const key = `${d.outcome}:${d.from}:${d.to}:${d.blocked.map((b) => b.kind).join(',')}:${d.error ?? ''}`;
+        if (lastHold.get(d.service) === key) return;
+        lastHold.set(d.service, key);
+      } else {
+        lastHold.delete(d.service);
+      }
+      say(formatDecision(d));
+    },
+  };
+}
+
+/** Starts local mode. On failure, everything already started is stopped before it rejects. */
+export async function startLocalMode(options: LocalModeOptions): Promise<LocalMode> {
+  const started = Date.now();
+  const clock = options.clock ?? systemClock;
+  const say = options.onLine;
+  const cleanup: Array<() => Promise<void> | void> = [];
+  const stopAll = async (): Promise<void> => {
+    for (const step of cleanup.reverse()) await Promise.resolve(step()).catch(() => undefined);
+    cleanup.length = 0;
+  };
+  try {
+    const trace = await readTraceFile(options.tracePath);
+    const cluster = await startEmbeddedCluster({ root: join(options.dataDir, 'pg'), shards: options.shards, replicasPerShard: options.replicasPerShard, onProgress: (m) => say(`  postgres: ${m}`) });
+    cleanup.push(() => cluster.stop());
+
+    const catalogPool = new pg.Pool({ connectionString: cluster.catalogUrl, max: 10, connectionTimeoutMillis: 3000 });
+    catalogPool.on('error', () => undefined);
+    cleanup.push(() => catalogPool.end());
+    await runMigrations(catalogPool, 'catalog', join(MIGRATIONS, 'catalog'));
+    await runMigrations(catalogPool, 'sharding', join(MIGRATIONS, 'sharding'));
+
+    const shardingConfig = parseShardingConfig(
+      applyShardingEnv(
+        {
+          strategy: 'hash_based',
+          shards: cluster.shards.map((s) => ({ shard_id: s.shardId, database_url: s.primaryUrl, weight: 1, read_replicas: [...s.replicaUrls] })),
+          default_shard: cluster.shards[0]?.shardId,
+          health_check_interval_seconds: 1,
+        },
+        options.env,
+      ),
+    );
+    const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' }, readReplicas: true });
+    cleanup.push(() => sharding.close());
+    const { primaries, router, writer, slotMaps, directory, inspector, mover, pools } = sharding;
+    const reader = sharding.reader as ReplicaReader;
+    await Promise.all([...primaries.values()].map((p) => runMigrations(p, 'shard', join(MIGRATIONS, 'shard'))));
+
+    const seed = await seedDemoData({ writer, primaries, users: options.seedUsers, documentsPerUser: options.documentsPerUser });
+
+    // Scaling: the local configuration on first start, then the guide's variables on top.
+    const catalog = new CatalogStore(catalogPool, { defaults: applyScalingEnv({}, {}) });
+    const stored = await catalog.getConfig();
+    const baseDocument = stored?.document ?? { ...LOCAL_CONFIG_DOCUMENT };
+    const config = applyScalingEnv(baseDocument, options.env);
+    const envDocument = { ...baseDocument, ...Object.fromEntries(Object.entries(envKeys(config, options.env))) };
+    if (!stored || JSON.stringify(envDocument) !== JSON.stringify(stored.document)) {
+      await catalog.putConfig(envDocument, { actor: 'local-mode', comment: stored ? 'environment variables at start' : 'local mode defaults', ifVersion: stored?.version ?? 0 });
+    }
+
+    const fleet = new SimulatedFleet({ trace: trace.points, acceleration: options.acceleration, clock });
+    const log = decisionPrinter(say);
+    const controller = new ScalingController({ metrics: fleet, target: fleet, registry: fleet, catalog, clock, log, policies: getPolicy, fallbackConfig: config });
+    const history = new HistoryReader(async () => catalogPool);
+    const moves = new Set<Promise<unknown>>();
+    const port = createScalingApiPort({
+      catalog,
+      history,
+      controller,
+      target: fleet,
+      metrics: fleet,
+      clock,
+      sharding: {
+        router,
+        slotMaps,
+        directory,
+        inspector,
+        mover,
+        maxLagSeconds: shardingConfig.max_replica_lag_seconds,
+        maxLagBytes: shardingConfig.max_replica_lag_bytes,
+        runMove: (id) => {
+          const run = mover.run(id).then(
+            (job) => say(`move ${job.id} (${job.kind} ${job.unitId} ${job.from} -> ${job.to}) ${job.state}`),
+            (err: unknown) => say(`move ${id} failed: ${(err as Error).message}`),
+          );
+          moves.add(run);
+          void run.finally(() => moves.delete(run));
+        },
+      },
+    });
+
+    const apiRouter = createScalingRouter(port);
+    const server: LocalServer = await startLocalServer({
+      handler: async (event) => toApiGatewayResult(await apiRouter.dispatch(fromApiGatewayEvent(event))),
+      port: options.port,
+      extraRoutes: [createDashboardRoute(), createDocumentsRoute({ writer, reader, router, shardIds: pools.shardIds() })],
+    });
+    cleanup.push(() => server.close());
+
+    // The scheduled evaluation, at the interval the catalog's configuration says (re-read each round).
+    let timer: NodeJS.Timeout | undefined;
+    let running = true;
+    let round: Promise<void> = Promise.resolve();
+    const schedule = (seconds: number): void => {
+      if (!running) return;
+      timer = setTimeout(() => {
+        round = (async () => {
+          let next = seconds;
+          try {
+            const result = await controller.evaluate({ trigger: 'schedule' });
+            for (const w of result.warnings) say(`warning: ${w}`);
+            // Moves publish new slot maps; the router adopts them between rounds.
+            const newer = await slotMaps.currentIfNewer(router.slotMap.version).catch(() => null);
+            if (newer) router.setSlotMap(newer);
+            next = (await catalog.getConfig().catch(() => undefined))?.config.check_interval ?? seconds;
+          } catch (err) {
+            say(`evaluation failed: ${(err as Error).message}`);
+          }
+          schedule(next);
+        })();
+      }, seconds * 1000);
+    };
+    schedule(config.check_interval);
+    cleanup.push(async () => {
+      running = false;
+      if (timer) clearTimeout(timer);
+      await round;
+      await Promise.allSettled([...moves]);
+    });
+
+    return {
+      url: server.url,
+      port: server.port,
+      cluster,
+      seed,
+      config,
+      shardingConfig,
+      startupMs: Date.now() - started,
+      stop: stopAll,
+    };
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}
+
+/** The configuration keys the guide's environment variables set (only those present). */
+function envKeys(config: ScalingConfig, env: Record<string, string | undefined>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  if (env.AUTO_SCALING_ENABLED !== undefined) out.enabled = config.enabled;
+  if (env.SCALING_CHECK_INTERVAL !== undefined) out.check_interval = config.check_interval;
+  if (env.MIN_INSTANCES !== undefined) out.min_instances = config.min_instances;
+  if (env.MAX_INSTANCES !== undefined) out.max_instances = config.max_instances;
+  return out;
+}
