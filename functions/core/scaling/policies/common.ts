@@ -69,6 +69,14 @@ export function metricValue(metrics: MetricsSnapshot, key: MetricKey): number | 
   return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
 }
 
+/**
+ * A number as a message shows it: at most two decimals, so an operator reads `cpu 85.71`, not
+ * `cpu 85.71428571428571` (and the simulator does not pay for printing 17 digits every tick).
+ */
+export function fmt(value: number): string {
+  return Number.isInteger(value) ? String(value) : String(Math.round(value * 100) / 100);
+}
+
 /** The keys among `keys` that the snapshot lacks. */
 export function missingMetrics(metrics: MetricsSnapshot, keys: readonly MetricKey[]): MetricKey[] {
   return keys.filter((k) => metricValue(metrics, k) === undefined);
@@ -80,6 +88,24 @@ export function appendBounded<T>(history: readonly T[], item: T, keep: number): 
   const out = history.slice(start);
   out.push(item);
   return out;
+}
+
+/**
+ * The state to carry forward with some of the policy-owned parts replaced. Built as a literal of
+ * one fixed shape because the simulator calls it every tick and V8 copies those much faster than
+ * an object spread.
+ */
+export function updateState(
+  state: ServiceState,
+  patch: Partial<Pick<ServiceState, 'metricsHistory' | 'recommendations' | 'memory'>>,
+): ServiceState {
+  return {
+    service: state.service,
+    events: state.events,
+    metricsHistory: patch.metricsHistory ?? state.metricsHistory,
+    recommendations: patch.recommendations ?? state.recommendations,
+    memory: patch.memory ?? state.memory,
+  };
 }
 
 /** The direction of a change from one desired count to another. */

@@ -9,8 +9,8 @@
  * behind the common policy interface.
  */
 import type { ServiceScalingConfig } from '../config.js';
-import type { Block, MetricKey, PolicyOutput, Reason, Recommendation, ScalingPolicy, ServiceState } from '../types.js';
-import { configuredTargets, directionOf, finishDecision, metricValue, type ServicePolicyInput } from './common.js';
+import type { Block, MetricKey, PolicyOutput, Reason, Recommendation, ScalingPolicy } from '../types.js';
+import { configuredTargets, directionOf, finishDecision, fmt, metricValue, updateState, type ServicePolicyInput } from './common.js';
 
 /** One metric as the HPA sees it. */
 export type HpaMetric =
@@ -183,8 +183,14 @@ export interface HpaNormalizeDetail {
 
 /** {@link hpaNormalize} with the stabilised recommendation exposed. */
 export function hpaNormalizeDetail(input: HpaNormalizeInput): HpaNormalizeDetail {
-  const up = withDefaults(input.behavior.scaleUp, HPA_DEFAULT_SCALE_UP);
-  const down = withDefaults(input.behavior.scaleDown, HPA_DEFAULT_SCALE_DOWN);
+  return normalizeWith(
+    input,
+    withDefaults(input.behavior.scaleUp, HPA_DEFAULT_SCALE_UP),
+    withDefaults(input.behavior.scaleDown, HPA_DEFAULT_SCALE_DOWN),
+  );
+}
+
+function normalizeWith(input: HpaNormalizeInput, up: Required<HpaScalingRules>, down: Required<HpaScalingRules>): HpaNormalizeDetail {
   const current = input.currentReplicas;
   const desired = input.prenormalizedDesired;
 
@@ -308,14 +314,14 @@ export const hpaPolicy: ScalingPolicy<ServiceScalingConfig> = {
         const used = flips ? target : adjusted;
         m = kind === 'utilization' ? { kind, currentPercent: used, targetPercent: target } : { kind, current: used, target };
       }
-      const proposal = hpaReplicas({ currentReplicas: current, tolerance, metrics: [m] });
+      const proposal = proposalFor(m, current, tolerance);
       hpaMetrics.push(m);
       reasons.push({
         metric,
         value,
         threshold: target,
         rule: proposal > current ? 'above_target' : proposal < current ? 'below_target' : 'within_tolerance',
-        message: `${metric} ${value} against target ${target} (tolerance ${tolerance}) asks for ${proposal} tasks`,
+        message: `${metric} ${fmt(value)} against target ${fmt(target)} (tolerance ${tolerance}) asks for ${proposal} tasks`,
       });
     }
 
@@ -337,7 +343,7 @@ export const hpaPolicy: ScalingPolicy<ServiceScalingConfig> = {
     }
     const pastRecommendations: Array<{ replicas: number; secondsAgo: number }> = [];
     for (const r of state.recommendations) pastRecommendations.push({ replicas: r.replicas, secondsAgo: (now - r.at) / 1000 });
-    const detail = hpaNormalizeDetail({
+    const detail = normalizeWith({
       currentReplicas: current,
       prenormalizedDesired: prenormalized,
       minReplicas: config.min_instances,
@@ -346,7 +352,7 @@ export const hpaPolicy: ScalingPolicy<ServiceScalingConfig> = {
       scaleUpEvents,
       scaleDownEvents,
       pastRecommendations,
-    });
+    }, up, down);
 
     const blocked: Block[] = [];
     if (detail.stabilized !== prenormalized) {
@@ -383,7 +389,7 @@ export const hpaPolicy: ScalingPolicy<ServiceScalingConfig> = {
     const recommendations: Recommendation[] = [];
     for (const r of state.recommendations) if (now - r.at < keepS * 1000) recommendations.push(r);
     recommendations.push({ at: now, replicas: prenormalized });
-    const nextState: ServiceState = { ...state, recommendations };
+    const nextState = updateState(state, { recommendations });
 
     const decision = finishDecision({ policy: 'hpa', input, proposed: detail.replicas, reasons, blocked, missing });
     return { decision, state: nextState };

@@ -14,6 +14,7 @@ import type { ServiceScalingConfig } from '../config.js';
 import type { Block, PolicyOutput, Reason, ScalingPolicy } from '../types.js';
 import {
   finishDecision,
+  fmt,
   metricValue,
   scaleInCooldownUntil,
   scaleOutCooldown,
@@ -124,7 +125,7 @@ export const stepPolicy: ScalingPolicy<ServiceScalingConfig> = {
         metric: s.metric,
         value,
         rule: 'no_alarm',
-        message: `${s.metric} ${value} is between the scale-in threshold ${s.scale_in_threshold} and the scale-out threshold ${s.scale_out_threshold}`,
+        message: `${s.metric} ${fmt(value)} is between the scale-in threshold ${s.scale_in_threshold} and the scale-out threshold ${s.scale_out_threshold}`,
       });
       return { decision: finishDecision({ policy: 'step', input, proposed, reasons }), state };
     }
@@ -137,7 +138,7 @@ export const stepPolicy: ScalingPolicy<ServiceScalingConfig> = {
         value,
         threshold,
         rule: out ? 'scale_out_alarm_no_step' : 'scale_in_alarm_no_step',
-        message: `${s.metric} ${value} breaches ${threshold} by ${value - threshold}, which no configured step covers`,
+        message: `${s.metric} ${fmt(value)} breaches ${threshold} by ${fmt(value - threshold)}, which no configured step covers`,
       });
       return { decision: finishDecision({ policy: 'step', input, proposed, reasons }), state };
     }
@@ -150,7 +151,7 @@ export const stepPolicy: ScalingPolicy<ServiceScalingConfig> = {
       value,
       threshold,
       rule: out ? 'scale_out_step' : 'scale_in_step',
-      message: `${s.metric} ${value} ${out ? '>=' : '<'} ${threshold}: step ${describe}`,
+      message: `${s.metric} ${fmt(value)} ${out ? '>=' : '<'} ${threshold}: step ${describe}`,
     });
 
     if (out) {

@@ -15,13 +15,15 @@
  * consecutive run, so missing data never triggers an action.
  */
 import type { ServiceScalingConfig } from '../config.js';
-import type { Block, MetricKey, MetricsSnapshot, PolicyOutput, Reason, ScalingPolicy, ServiceState } from '../types.js';
+import type { Block, MetricKey, MetricsSnapshot, PolicyOutput, Reason, ScalingPolicy } from '../types.js';
 import {
   configuredTargets,
   finishDecision,
+  fmt,
   metricValue,
   scaleInCooldownUntil,
   scaleOutCooldown,
+  updateState,
   type ServicePolicyInput,
 } from './common.js';
 
@@ -83,7 +85,7 @@ export const targetTrackingPolicy: ScalingPolicy<ServiceScalingConfig> = {
     const { config, state, metrics, tasks, now } = input;
     const from = tasks.desired;
     const history = withDatapoint(state.metricsHistory, metrics);
-    const nextState: ServiceState = { ...state, metricsHistory: history };
+    const nextState = updateState(state, { metricsHistory: history });
     const targets = configuredTargets(config);
     const reasons: Reason[] = [];
     const blocked: Block[] = [];
@@ -118,7 +120,7 @@ export const targetTrackingPolicy: ScalingPolicy<ServiceScalingConfig> = {
           value,
           threshold: target,
           rule: 'high_alarm',
-          message: `${metric} above target ${target} for ${SCALE_OUT_DATAPOINTS} consecutive minutes: ceil(${outBase} x ${value} / ${target}) = ${proposal}`,
+          message: `${metric} above target ${fmt(target)} for ${SCALE_OUT_DATAPOINTS} consecutive minutes: ceil(${outBase} x ${fmt(value)} / ${fmt(target)}) = ${proposal}`,
         });
       } else if (consecutive(history, SCALE_IN_DATAPOINTS, metric, false, inLine)) {
         const proposal = Math.ceil((from * value) / target);
@@ -129,10 +131,10 @@ export const targetTrackingPolicy: ScalingPolicy<ServiceScalingConfig> = {
           value,
           threshold: inLine,
           rule: 'low_alarm',
-          message: `${metric} below ${inLine} (90 % of target ${target}) for ${SCALE_IN_DATAPOINTS} consecutive minutes: ceil(${from} x ${value} / ${target}) = ${proposal}`,
+          message: `${metric} below ${fmt(inLine)} (90 % of target ${fmt(target)}) for ${SCALE_IN_DATAPOINTS} consecutive minutes: ceil(${from} x ${fmt(value)} / ${fmt(target)}) = ${proposal}`,
         });
       } else {
-        reasons.push({ metric, value, threshold: target, rule: 'tracking', message: `${metric} ${value} against target ${target}: no alarm` });
+        reasons.push({ metric, value, threshold: target, rule: 'tracking', message: `${metric} ${fmt(value)} against target ${fmt(target)}: no alarm` });
       }
     }
 

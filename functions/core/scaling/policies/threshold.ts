@@ -5,30 +5,32 @@
  */
 import type { ServiceScalingConfig } from '../config.js';
 import type { Block, MetricKey, PolicyOutput, Reason, ScalingPolicy } from '../types.js';
-import { finishDecision, lastEvent, metricValue, type ServicePolicyInput } from './common.js';
+import { finishDecision, fmt, lastEvent, metricValue, updateState, type ServicePolicyInput } from './common.js';
 
 interface Rule {
   readonly metric: MetricKey;
   readonly threshold: (c: ServiceScalingConfig) => number;
   readonly label: string;
+  /** The rule name a reason carries when this rule fires. */
+  readonly fired: string;
 }
 
 /** Exceeding any of these (strictly above) asks for a scale-out. */
 const SCALE_UP: readonly Rule[] = [
-  { metric: 'cpu', threshold: (c) => c.cpu_scale_up, label: 'cpu_scale_up' },
-  { metric: 'memory', threshold: (c) => c.memory_scale_up, label: 'memory_scale_up' },
-  { metric: 'responseTimeMs', threshold: (c) => c.response_time_scale_up, label: 'response_time_scale_up' },
-  { metric: 'connectionsPerTask', threshold: (c) => c.connections_scale_up, label: 'connections_scale_up' },
-  { metric: 'errorRate', threshold: (c) => c.error_rate_scale_up, label: 'error_rate_scale_up' },
-  { metric: 'queueDepthPerTask', threshold: (c) => c.queue_depth_scale_up, label: 'queue_depth_scale_up' },
+  { metric: 'cpu', threshold: (c) => c.cpu_scale_up, label: 'cpu_scale_up', fired: 'cpu_scale_up_exceeded' },
+  { metric: 'memory', threshold: (c) => c.memory_scale_up, label: 'memory_scale_up', fired: 'memory_scale_up_exceeded' },
+  { metric: 'responseTimeMs', threshold: (c) => c.response_time_scale_up, label: 'response_time_scale_up', fired: 'response_time_scale_up_exceeded' },
+  { metric: 'connectionsPerTask', threshold: (c) => c.connections_scale_up, label: 'connections_scale_up', fired: 'connections_scale_up_exceeded' },
+  { metric: 'errorRate', threshold: (c) => c.error_rate_scale_up, label: 'error_rate_scale_up', fired: 'error_rate_scale_up_exceeded' },
+  { metric: 'queueDepthPerTask', threshold: (c) => c.queue_depth_scale_up, label: 'queue_depth_scale_up', fired: 'queue_depth_scale_up_exceeded' },
 ];
 
 /** All of these (strictly below) must hold for a scale-in. */
 const SCALE_DOWN: readonly Rule[] = [
-  { metric: 'cpu', threshold: (c) => c.cpu_scale_down, label: 'cpu_scale_down' },
-  { metric: 'memory', threshold: (c) => c.memory_scale_down, label: 'memory_scale_down' },
-  { metric: 'connectionsPerTask', threshold: (c) => c.connections_scale_down, label: 'connections_scale_down' },
-  { metric: 'queueDepthPerTask', threshold: (c) => c.queue_depth_scale_down, label: 'queue_depth_scale_down' },
+  { metric: 'cpu', threshold: (c) => c.cpu_scale_down, label: 'cpu_scale_down', fired: 'cpu_scale_down_met' },
+  { metric: 'memory', threshold: (c) => c.memory_scale_down, label: 'memory_scale_down', fired: 'memory_scale_down_met' },
+  { metric: 'connectionsPerTask', threshold: (c) => c.connections_scale_down, label: 'connections_scale_down', fired: 'connections_scale_down_met' },
+  { metric: 'queueDepthPerTask', threshold: (c) => c.queue_depth_scale_down, label: 'queue_depth_scale_down', fired: 'queue_depth_scale_down_met' },
 ];
 
 /** CPU and memory every service reports, so their absence is always missing data. */
@@ -73,8 +75,8 @@ export const thresholdPolicy: ScalingPolicy<ServiceScalingConfig> = {
           metric: r.metric,
           value,
           threshold,
-          rule: `${r.label}_exceeded`,
-          message: `${r.metric} ${value} is above ${r.label} ${threshold}`,
+          rule: r.fired,
+          message: `${r.metric} ${fmt(value)} is above ${r.label} ${fmt(threshold)}`,
         });
       }
     }
@@ -94,7 +96,7 @@ export const thresholdPolicy: ScalingPolicy<ServiceScalingConfig> = {
         const threshold = r.threshold(config);
         if (value === undefined) missing.push(r.metric);
         else if (value < threshold) {
-          met.push({ metric: r.metric, value, threshold, rule: `${r.label}_met`, message: `${r.metric} ${value} is below ${r.label} ${threshold}` });
+          met.push({ metric: r.metric, value, threshold, rule: r.fired, message: `${r.metric} ${fmt(value)} is below ${r.label} ${fmt(threshold)}` });
         } else disagree = true;
       }
       wantsIn = !disagree && met.length > 0;
@@ -135,7 +137,7 @@ export const thresholdPolicy: ScalingPolicy<ServiceScalingConfig> = {
       blocked,
       missing,
     });
-    const nextState = seen === previouslySeen ? state : { ...state, memory: { ...state.memory, seen } };
+    const nextState = seen === previouslySeen ? state : updateState(state, { memory: { ...state.memory, seen } });
     return { decision, state: nextState };
   },
 };
