@@ -272,8 +272,10 @@ export class ReplicaReader {
   }
 
   /**
-   * Lends a client of the best node of `shardId` to `fn` (for several statements on one
-   * snapshot). `fn` may run again on another node when the first one fails, so it must only read.
+   * Lends a client of the best node of `shardId` to `fn`, for several statements on one
+   * connection (`fn` opens a `repeatable read` transaction when they must share one snapshot).
+   * `fn` may run again on another node when the first one fails, so it must only read. A
+   * malformed token is rejected with an `LsnError` before any node is tried.
    */
   async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string) => Promise<T>, options: ReadOptions = {}): Promise<T> {
     const targets = this.plan(shardId, options);
