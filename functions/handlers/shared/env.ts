@@ -10,7 +10,7 @@
  * ```
  */
 import { z } from 'zod';
-import { issuesOf, parseScalingConfig, ScalingConfigError, type ScalingConfig } from '../../core/scaling/config.js';
+import { applyScalingEnv, issuesOf, ScalingConfigError, type ScalingConfig } from '../../core/scaling/config.js';
 import { parseTopology, TopologyError, type Topology } from '../../adapters/aws/topology.js';
 
 /** An environment variable is missing or malformed; `issues` names each one. */
@@ -77,7 +77,11 @@ const migrationSchema = z
 const schema = z
   .object({
     ...databaseShape,
-    /** The runtime scaling configuration shipped at deploy time: the fallback while the catalog is unreachable. */
+    /**
+     * The runtime scaling configuration shipped at deploy time: the fallback while the catalog
+     * is unreachable. The guide's AUTO_SCALING_ENABLED, SCALING_CHECK_INTERVAL, MIN_INSTANCES
+     * and MAX_INSTANCES override it.
+     */
     SCALING_CONFIG_JSON: jsonText(z.record(z.string(), z.unknown())).default({}),
     /** Where each service lives in AWS (see `topology.ts`). */
     SCALING_TARGETS_JSON: jsonText(z.unknown()),
@@ -138,10 +142,11 @@ export function parseControllerEnv(env: Record<string, string | undefined>): Con
   let fallbackConfig: ScalingConfig | undefined;
   let topology: Topology | undefined;
   try {
-    fallbackConfig = parseScalingConfig(e.SCALING_CONFIG_JSON);
+    // The guide's variables (AUTO_SCALING_ENABLED, MIN_INSTANCES, ...) override the document.
+    fallbackConfig = applyScalingEnv(e.SCALING_CONFIG_JSON, env);
   } catch (err) {
     if (!(err instanceof ScalingConfigError)) throw err;
-    issues.push(...err.issues.map((i) => ({ path: `SCALING_CONFIG_JSON.${i.path}`, message: i.message })));
+    issues.push(...err.issues.map((i) => ({ path: i.path.startsWith('env.') ? i.path.slice(4) : `SCALING_CONFIG_JSON.${i.path}`, message: i.message })));
   }
   try {
     topology = parseTopology(e.SCALING_TARGETS_JSON);

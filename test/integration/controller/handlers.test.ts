@@ -333,6 +333,15 @@ describe('function environment', () => {
     expect(paths).toEqual(expect.arrayContaining(['SCALING_CONFIG_JSON', 'CATALOG_DATABASE_URL']));
   });
 
+  it('lets the guide variables override the shipped configuration, and names them when wrong', () => {
+    const base = { SCALING_CONFIG_JSON: JSON.stringify(CONFIG), SCALING_TARGETS_JSON: JSON.stringify(TOPOLOGY), CATALOG_DATABASE_URL: server.url };
+
+    const env = parseControllerEnv({ ...base, AUTO_SCALING_ENABLED: 'false', MAX_INSTANCES: '6' });
+
+    expect([env.fallbackConfig.enabled, env.fallbackConfig.max_instances]).toEqual([false, 6]);
+    expect(() => parseControllerEnv({ ...base, MIN_INSTANCES: 'two' })).toThrow('MIN_INSTANCES: must be a whole number');
+  });
+
   it('refuses a scaled service missing from the topology', () => {
     expect(() =>
       parseControllerEnv({ SCALING_CONFIG_JSON: JSON.stringify({ services: { ghost: {} } }), SCALING_TARGETS_JSON: JSON.stringify(TOPOLOGY), CATALOG_DATABASE_URL: server.url }),
