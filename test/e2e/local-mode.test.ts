@@ -1,0 +1,138 @@
+/**
+ * `npm start` end to end: local mode as a child process on a free port, a fast check interval
+ * and a fast trace, talked to over HTTP only.
+ */
+import { createServer, type Server } from 'node:net';
+import { existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../support/postgres.js';
+import { eventually, getJson, postgresProcessesUnder, runCli, startLocalProcess, tempDataDir, type LocalProcess } from './support/local-process.js';
+
+interface HistoryBody {
+  items: Array<{ kind: string; service: string | null; outcome: string | null; reasons: unknown[] }>;
+}
+interface NodeBody {
+  nodeId: string;
+  role: string;
+  status: string;
+}
+interface HealthBody {
+  shards: Array<{ shardId: string; primary: NodeBody; replicas: NodeBody[] }>;
+}
+
+const FAST = { args: ['--seed-users', '20', '--acceleration', '600'], env: { SCALING_CHECK_INTERVAL: '1' } };
+
+describe('local mode (npm start)', () => {
+  let local: LocalProcess | undefined;
+  const running = (): LocalProcess => {
+    if (!local) throw new Error('local mode did not start');
+    return local;
+  };
+
+  beforeAll(async () => {
+    local = await startLocalProcess(FAST);
+  });
+
+  afterAll(async () => {
+    if (!local) return;
+    await local.stop('SIGKILL');
+    await local.remove();
+  });
+
+  it('serves the scaling API with the check interval taken from SCALING_CHECK_INTERVAL', async () => {
+    const { status, body } = await getJson<{ check_interval_seconds: number; services: unknown[] }>(`${running().url}/api/v1/scaling/status`);
+
+    expect(status).toBe(200);
+    expect(body.check_interval_seconds).toBe(1);
+    expect(body.services).toHaveLength(4);
+  });
+
+  it('records the controller\'s decisions in the history as it runs against the simulated fleet', async () => {
+    const decisions = await eventually(
+      async () => {
+        const { body } = await getJson<HistoryBody>(`${running().url}/api/v1/scaling/history?kind=decision&limit=50`);
+        return body.items.length > 0 ? body.items : undefined;
+      },
+      15_000,
+      'a decision in /history',
+    );
+
+    expect(decisions[0]?.kind).toBe('decision');
+    expect(['backend-read', 'backend-write', 'frontend', 'worker']).toContain(decisions[0]?.service);
+  }, 20_000);
+
+  it('reports every shard primary and streaming replica healthy', async () => {
+    const health = await eventually(
+      async () => {
+        const { body } = await getJson<HealthBody>(`${running().url}/api/v1/scaling/shards/health`);
+        const nodes = body.shards.flatMap((s) => [s.primary, ...s.replicas]);
+        return nodes.every((n) => n.status === 'healthy') ? body : undefined;
+      },
+      15_000,
+      'every node healthy',
+    );
+
+    expect(health.shards.map((s) => s.shardId)).toEqual(['shard_001', 'shard_002']);
+    expect(health.shards.map((s) => s.replicas.map((r) => r.role))).toEqual([['replica'], ['replica']]);
+  }, 20_000);
+
+  it('refuses a second start on the same data directory while the first runs, naming its pid', async () => {
+    const second = await runCli(['start', '--data-dir', running().dataDir, '--port', String(await freePort())]);
+
+    expect(second.code).toBe(1);
+    expect(second.stderr).toMatch(new RegExp(`local mode is already running \\(pid ${running().child.pid}, ${running().url}\\)`));
+  }, 20_000);
+
+  it('stops on SIGTERM with exit code 0, leaving no PostgreSQL process of its data and no lock', async () => {
+    expect(await postgresProcessesUnder(running().dataDir)).toHaveLength(5);
+
+    const code = await running().stop('SIGTERM');
+
+    expect(code).toBe(0);
+    expect(await postgresProcessesUnder(running().dataDir)).toEqual([]);
+    expect(existsSync(join(running().dataDir, 'running().lock'))).toBe(false);
+    expect(running().output()).toContain('stopped; data kept in');
+  }, 30_000);
+
+  it('starts again on the kept data without seeding it twice, and stops on SIGINT', async () => {
+    const again = await startLocalProcess({ ...FAST, dataDir: running().dataDir });
+    try {
+      expect(again.output()).toContain('data reused');
+      expect(again.output()).toMatch(/kept: users shard_001 \d+, shard_002 \d+; 100 documents/);
+      const { body } = await getJson<{ items: unknown[] }>(`${again.url}/api/v1/users?limit=200`);
+      expect(body.items).toHaveLength(20);
+    } finally {
+      expect(await again.stop('SIGINT')).toBe(0);
+    }
+    expect(await postgresProcessesUnder(running().dataDir)).toEqual([]);
+  }, 60_000);
+});
+
+describe('local mode start-up refusals', () => {
+  let blocker: Server;
+  let dataDir: string;
+
+  beforeAll(async () => {
+    dataDir = await tempDataDir();
+    blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+  });
+
+  afterAll(async () => {
+    await new Promise<void>((r) => blocker.close(() => r()));
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('refuses a port in use with a message naming it, before starting PostgreSQL', async () => {
+    const port = (blocker.address() as { port: number }).port;
+
+    const run = await runCli(['start', '--port', String(port), '--data-dir', dataDir]);
+
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain(`port ${port} on 127.0.0.1 is already in use; choose another with --port`);
+    expect(existsSync(join(dataDir, 'pg'))).toBe(false);
+    expect(existsSync(join(dataDir, 'local.lock'))).toBe(false);
+  }, 20_000);
+});
