@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MoveConflictError, MoveNotCancellableError, MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
@@ -49,9 +50,11 @@ describe('moves that lose nothing', () => {
     const mover = env.mover({ readerGraceMs: 200 });
 
     const seededRows = await countSlot(env.shards.get(from) as pg.Pool, slot);
-    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
-    await new Promise((r) => setTimeout(r, 300));
+    const [moved] = await Promise.allSettled([mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }).then((planned) => mover.run(planned.id))]);
+    await delay(300);
     const result = await load.stop();
+    if (moved.status === 'rejected') throw moved.reason;
+    const job = moved.value;
 
     expect(job.state).toBe('done');
     expect(seededRows.users + seededRows.documents).toBe(50_000);

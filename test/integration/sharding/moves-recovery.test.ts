@@ -1,0 +1,124 @@
+import { spawn } from 'node:child_process';
+import { setTimeout as delay } from 'node:timers/promises';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
+import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { startWorkload } from './fixtures/workload.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const script = resolve(here, 'fixtures/run-move.ts');
+
+/** Runs the job in a child process that SIGKILLs itself at `killAt`; resolves with how it ended. */
+function runAndKill(env: MoveEnv, jobId: number, killAt: MoveHookPoint): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+  return new Promise((done, fail) => {
+    // `node --import tsx` rather than the tsx CLI, which would run the script in a grandchild
+    // and report its death as an exit code instead of the signal.
+    const child = spawn(process.execPath, ['--import', 'tsx', script], {
+      env: { ...process.env, CA_DMS_MOVE_ENV: JSON.stringify(env.urls), CA_DMS_MOVE_JOB: String(jobId), CA_DMS_MOVE_KILL_AT: killAt },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', fail);
+    child.on('exit', (code, signal) => done({ code, signal, stderr }));
+  });
+}
+
+const POINTS: readonly { point: MoveHookPoint; stateAfterKill: string }[] = [
+  { point: 'copying', stateAfterKill: 'copying' },
+  { point: 'catching_up', stateAfterKill: 'catching_up' },
+  { point: 'cutover', stateAfterKill: 'cutover' },
+  { point: 'fenced', stateAfterKill: 'cutover' },
+  { point: 'verifying', stateAfterKill: 'verifying' },
+  { point: 'published', stateAfterKill: 'verifying' },
+  { point: 'cleaning_up', stateAfterKill: 'cleaning_up' },
+];
+
+describe('a move killed at any step', () => {
+  let env: MoveEnv;
+  beforeAll(async () => {
+    env = await startMoveEnv();
+  });
+  afterAll(async () => {
+    await env?.stop();
+  });
+
+  it.each(POINTS.map((p, i) => ({ ...p, slot: 300 + i })))(
+    'resumes after a kill right after $point, and every acknowledged write is on the new owner exactly once',
+    async ({ point, stateAfterKill, slot }) => {
+      const from = await env.ownerOf(slot);
+      const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+      const owners = keysInSlot(slot, 60);
+      const source = env.shards.get(from) as pg.Pool;
+      await seedUsers(source, slot, owners, 10);
+      const seeded = await documentsOf(source, owners);
+      const { rows } = await source.query<{ id: string; owner: string }>('select id::text, owner_id::text as owner from documents where slot = $1', [slot]);
+      const mover = env.mover({ readerGraceMs: 0 });
+      const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+
+      const killed = await runAndKill(env, planned.id, point);
+      const afterKill = await mover.get(planned.id);
+      const load = startWorkload(env.writer, { owners, documents: seeded, ownerOf: new Map(rows.map((r) => [r.id, r.owner])), writers: 2 });
+      const [resumed] = await Promise.allSettled([delay(100).then(() => mover.run(planned.id))]);
+      await delay(100);
+      const result = await load.stop();
+      if (resumed.status === 'rejected') throw resumed.reason;
+      const job = resumed.value;
+
+      expect(killed.stderr).toBe('');
+      expect(killed.signal).toBe('SIGKILL');
+      expect(afterKill.state).toBe(stateAfterKill);
+      expect(job.state).toBe('done');
+      expect(await env.ownerOf(slot)).toBe(to);
+      expect(result.errors).toEqual([]);
+      expect(result.anomalies).toEqual([]);
+      expect(result.acknowledged).toBeGreaterThan(0);
+      const onTarget = await documentsOf(env.shards.get(to) as pg.Pool, owners);
+      expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
+      expect([...onTarget].sort()).toEqual([...result.live].sort());
+      expect([...result.deleted].filter((id) => onTarget.has(id))).toEqual([]);
+    },
+  );
+
+  it('keeps a unit fenced while its mover is dead in the cutover, so writes wait instead of landing on the old owner', async () => {
+    const slot = 320;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [user], 5);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await runAndKill(env, planned.id, 'fenced');
+
+    const write = env.writer.withShardWrite(user, async ({ client, slot: s }) => {
+      await client.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'written during the outage')`, [user, s]);
+    });
+    await delay(300);
+    const onSourceDuringOutage = (await documentsOf(env.shards.get(from) as pg.Pool, [user])).size;
+    await mover.run(planned.id);
+
+    expect(onSourceDuringOutage).toBe(5);
+    expect((await write).shardId).toBe(to);
+    expect((await documentsOf(env.shards.get(to) as pg.Pool, [user])).size).toBe(6);
+  });
+
+  it('cancels a move whose mover died in the cutover: the source reopens and the target copy goes', async () => {
+    const slot = 321;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 10), 10);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await runAndKill(env, planned.id, 'fenced');
+
+    const job = await mover.cancel(planned.id);
+
+    expect(job.state).toBe('cancelled');
+    expect(await env.ownerOf(slot)).toBe(from);
+    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await countSlot(env.shards.get(from) as pg.Pool, slot)).toEqual({ users: 10, documents: 100 });
+  });
+});
