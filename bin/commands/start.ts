@@ -15,7 +15,7 @@ import { PortInUseError } from '../../functions/adapters/http/local-server.js';
 import { ClusterLayoutError } from '../../functions/adapters/postgres/embedded-cluster.js';
 import { TraceFileError } from '../../functions/adapters/sim/trace-file.js';
 import { AlreadyRunningError, acquireLocalLock } from '../../functions/local/lock.js';
-import { startLocalMode, type LocalMode } from '../../functions/local/runtime.js';
+import type { LocalMode } from '../../functions/local/runtime.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
 import { numberFlag, parseFlags, UsageError } from './kit.js';
 
@@ -181,6 +181,11 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       io.stdout(`wiped ${join(options.dataDir, 'pg')}\n`);
     }
     io.stdout(`starting local mode in ${options.dataDir} ...\n`);
+    // The API handler's Powertools Logger and Metrics read these when first imported: in a
+    // terminal, a JSON line per request and an EMF blob per call would bury the decisions.
+    process.env.POWERTOOLS_LOG_LEVEL ??= 'WARN';
+    process.env.POWERTOOLS_METRICS_DISABLED ??= 'true';
+    const { startLocalMode } = await import('../../functions/local/runtime.js');
     const starting = startLocalMode({
       dataDir: options.dataDir,
       port: options.port,

@@ -31,8 +31,7 @@ import { getPolicy } from '../core/scaling/policies/index.js';
 import type { Clock, DecisionLog, DecisionRecord } from '../core/scaling/ports.js';
 import { applyShardingEnv, parseShardingConfig, type ShardingConfig } from '../core/sharding/config.js';
 import { createScalingApiPort } from '../api/wiring.js';
-import { fromApiGatewayEvent, toApiGatewayResult } from '../api/apigw.js';
-import { createScalingRouter } from '../api/routes.js';
+import { createApiHandler } from '../handlers/api.js';
 import { startLocalServer, type LocalServer } from '../adapters/http/local-server.js';
 import { createDashboardRoute } from '../adapters/http/dashboard.js';
 import { CatalogStore } from '../adapters/postgres/catalog-store.js';
@@ -209,9 +208,8 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       },
     });
 
-    const apiRouter = createScalingRouter(port);
     const server: LocalServer = await startLocalServer({
-      handler: async (event) => toApiGatewayResult(await apiRouter.dispatch(fromApiGatewayEvent(event))),
+      handler: createApiHandler(() => port),
       port: options.port,
       extraRoutes: [createDashboardRoute(), createDocumentsRoute({ writer, reader, router, shardIds: pools.shardIds() })],
     });
