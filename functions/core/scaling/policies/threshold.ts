@@ -101,7 +101,13 @@ export const thresholdPolicy: ScalingPolicy<ServiceScalingConfig> = {
       }
       wantsIn = !disagree && met.length > 0;
       if (wantsIn) reasons.push(...met);
-      else {
+      else if (!disagree && missing.length > 0) {
+        reasons.push({
+          metric: missing[0]!,
+          rule: 'scale_down_metrics_missing',
+          message: `no scale-up threshold is exceeded, and ${missing.join(', ')} missing, so a scale-in cannot be judged`,
+        });
+      } else {
         reasons.push({
           metric: 'capacity',
           value: from,

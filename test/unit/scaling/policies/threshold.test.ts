@@ -80,6 +80,12 @@ describe('threshold policy (the CA-DMS guide)', () => {
     expect(d.blocked[0]).toMatchObject({ kind: 'missing_data', message: expect.stringContaining('connectionsPerTask') });
   });
 
+  it('says so when the metrics a scale-in needs are all missing', () => {
+    const d = decide({ responseTimeMs: 100 });
+    expect(d.to).toBe(4);
+    expect(d.reasons).toEqual([expect.objectContaining({ rule: 'scale_down_metrics_missing', message: expect.stringContaining('cpu, memory') })]);
+  });
+
   it('lets a service that never reports connections (a worker) scale in on CPU and memory', () => {
     expect(decide({ cpu: 10, memory: 30 }).to).toBe(3);
   });
