@@ -45,7 +45,7 @@ import {
 /** The sharding layer, when sharding is enabled. */
 export interface ShardingDeps {
   readonly router: ShardRouter;
-  readonly slotMaps: Pick<SlotMapStore, 'current'>;
+  readonly slotMaps: Pick<SlotMapStore, 'current' | 'currentIfNewer'>;
   readonly directory: Pick<DirectoryStore, 'list'>;
   readonly inspector: ShardInspector;
   readonly mover: Mover;
@@ -362,6 +362,9 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
 
     async route(key) {
       const s = sharding();
+      // Another process (a move) may have published a newer map since this one was loaded.
+      const newer = await s.slotMaps.currentIfNewer(s.router.slotMap.version);
+      if (newer) s.router.setSlotMap(newer);
       const r = await s.router.resolve(key);
       return { key, shard_id: r.shardId, slot: r.slot, map_version: r.mapVersion, strategy: r.strategy, source: r.source };
     },

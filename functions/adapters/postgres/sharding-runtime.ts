@@ -58,6 +58,10 @@ export interface ShardingRuntime {
 export async function createShardingRuntime(options: ShardingRuntimeOptions): Promise<ShardingRuntime> {
   const { config, catalog } = options;
   const pools = ShardPools.fromConfig(config, options.pools ?? {});
+  const closers: Array<() => Promise<void>> = [() => pools.end()];
+  const closeAll = async (): Promise<void> => {
+    await Promise.all(closers.map((c) => c().catch(() => undefined)));
+  };
   try {
     const primaries = new Map(pools.shardIds().map((id) => [id, pools.primary(id).pool]));
     const slotMaps = new SlotMapStore(catalog);
@@ -73,10 +77,18 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
     const writer = createShardWriter({ router: routerForWrites(router, slotMaps, directory), primaries });
     let reader: ReplicaReader | undefined;
     if (options.readReplicas === true) {
-      reader = new ReplicaReader(pools, { bounds: freshnessBoundsFromConfig(config), intervalMs: config.health_check_interval_seconds * 1000 });
+      reader = new ReplicaReader(pools, {
+        bounds: freshnessBoundsFromConfig(config),
+        intervalMs: config.health_check_interval_seconds * 1000,
+        probeTimeoutMs: config.health_check_timeout_seconds * 1000,
+      });
       await reader.start();
     }
-    const inspector = new ShardInspector(pools, {
+    // Health checks get their own small pools so they never queue behind application queries
+    // (a busy shard must not look dead because its pool was full).
+    const inspectionPools = ShardPools.fromConfig(config, { max: 2, applicationName: 'ca-dms-inspector' });
+    closers.push(() => inspectionPools.end());
+    const inspector = new ShardInspector(inspectionPools, {
       timeoutMs: config.health_check_timeout_seconds * 1000,
       weights: Object.fromEntries(config.shards.map((s) => [s.shard_id, s.weight])),
       ...(options.cloud ? { cloud: options.cloud } : {}),
@@ -95,11 +107,11 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       mover,
       async close() {
         reader?.stop();
-        await pools.end();
+        await closeAll();
       },
     };
   } catch (err) {
-    await pools.end().catch(() => undefined);
+    await closeAll();
     throw err;
   }
 }

@@ -1,0 +1,296 @@
+/**
+ * The scaling API over real HTTP (the local adapter serving the Lambda handler), against real
+ * PostgreSQL shards with streaming replicas and the controller with mocked AWS clients.
+ */
+import { vi } from 'vitest';
+
+vi.hoisted(() => {
+  process.env['POWERTOOLS_LOG_LEVEL'] = 'SILENT';
+  process.env['POWERTOOLS_TRACE_ENABLED'] = 'false';
+  process.env['POWERTOOLS_METRICS_NAMESPACE'] = 'CaDmsScalingTest';
+});
+
+import { Validator } from '@seriousme/openapi-schema-validator';
+import { UpdateServiceCommand } from '@aws-sdk/client-ecs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { slotOf } from '../../../functions/core/sharding/hash.js';
+import { SERVICES, startApiHarness, type ApiHarness } from './harness.js';
+
+const API = '/api/v1/scaling';
+const JSON_HEADERS = { 'content-type': 'application/json' };
+
+interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  detail: string;
+  invalid_params?: Array<{ name: string; reason: string }>;
+}
+
+describe('scaling API over HTTP', () => {
+  let h: ApiHarness;
+  beforeAll(async () => {
+    h = await startApiHarness();
+  }, 120_000);
+  afterAll(async () => {
+    await h?.stop();
+  });
+
+  async function etag(): Promise<string> {
+    const res = await h.fetchJson(`${API}/config`);
+    return res.headers.get('etag') ?? '';
+  }
+
+  describe('status and metrics', () => {
+    it('reports every service with its ECS counts, bounds and policy', async () => {
+      h.counts['worker'] = { running: 4, desired: 5, pending: 1 };
+      const res = await h.fetchJson(`${API}/status`);
+      const body = res.body as { enabled: boolean; services: Array<Record<string, unknown>> };
+      expect(res.status).toBe(200);
+      expect(body.enabled).toBe(true);
+      expect(body.services.map((s) => s['service'])).toEqual([...SERVICES]);
+      expect(body.services.find((s) => s['service'] === 'worker')).toMatchObject({ running: 4, desired: 5, pending: 1, min: 2, max: 10, policy: 'ca-dms' });
+    });
+
+    it('shows live CloudWatch metrics and marks a metric without datapoints as missing', async () => {
+      h.metricValues['frontend'] = { cpu: 42, mem: 61 };
+      const res = await h.fetchJson(`${API}/metrics`);
+      const frontend = (res.body as { services: Array<Record<string, { value: number | null; missing: boolean }> & { service: string }> }).services.find(
+        (s) => s.service === 'frontend',
+      );
+      expect(frontend?.['cpu_percent']).toEqual({ value: 42, missing: false });
+      expect(frontend?.['response_time_ms']).toEqual({ value: null, missing: true });
+    });
+  });
+
+  describe('evaluate (dry run)', () => {
+    it('says what the controller would do and changes nothing', async () => {
+      h.metricValues['backend-read'] = { cpu: 97, mem: 50, rt: 0.2, rpt: 100, err: 0, conn: 100 };
+      h.counts['backend-read'] = { running: 3, desired: 3 };
+      const before = await h.fetchJson(`${API}/history?limit=200`);
+      const updatesBefore = h.mocks.ecs.commandCalls(UpdateServiceCommand).length;
+      const res = await h.fetchJson(`${API}/evaluate`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ service: 'backend-read' }) });
+      const after = await h.fetchJson(`${API}/history?limit=200`);
+      const decision = (res.body as { services: Array<{ service: string; direction: string; would_change: boolean; reasons: unknown[] }> }).services[0];
+      expect(res.status).toBe(200);
+      expect(decision).toMatchObject({ service: 'backend-read', direction: 'out', would_change: true });
+      expect(decision?.reasons.length).toBeGreaterThan(0);
+      expect(h.mocks.ecs.commandCalls(UpdateServiceCommand).length).toBe(updatesBefore);
+      expect((after.body as { items: unknown[] }).items).toEqual((before.body as { items: unknown[] }).items);
+    });
+
+    it('names an unknown service in a 400 problem', async () => {
+      const res = await h.fetchJson(`${API}/evaluate`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ service: 'nope' }) });
+      expect(res.status).toBe(400);
+      expect((res.body as Problem).detail).toContain('known services: backend-read');
+    });
+  });
+
+  describe('history', () => {
+    it('lists decisions newest first, filters them and pages with a cursor', async () => {
+      for (let i = 0; i < 3; i++) {
+        h.clock.advance(60_000);
+        await h.controller.evaluate({ trigger: 'schedule' });
+      }
+      const worker = await h.fetchJson(`${API}/history?service=worker&kind=decision&limit=2`);
+      const page1 = worker.body as { items: Array<{ id: string; at: string; service: string }>; next_cursor: string };
+      const page2 = (await h.fetchJson(`${API}/history?service=worker&kind=decision&limit=2&cursor=${page1.next_cursor}`)).body as { items: Array<{ id: string; at: string }> };
+      expect(page1.items.every((i) => i.service === 'worker')).toBe(true);
+      expect(page1.items.length).toBe(2);
+      expect(page2.items.length).toBeGreaterThanOrEqual(1);
+      expect(page2.items.map((i) => i.id)).not.toContain(page1.items[0]?.id);
+      const times = [...page1.items, ...page2.items].map((i) => Date.parse(i.at));
+      expect(times).toEqual([...times].sort((a, b) => b - a));
+    });
+
+    it('filters by direction and trigger', async () => {
+      const res = await h.fetchJson(`${API}/history?direction=out&trigger=schedule`);
+      const items = (res.body as { items: Array<{ direction: string; trigger: string }> }).items;
+      expect(items.length).toBeGreaterThan(0);
+      expect(items.every((i) => i.direction === 'out' && i.trigger === 'schedule')).toBe(true);
+    });
+
+    it('rejects a forged cursor and an inverted time range with 400', async () => {
+      const forged = await h.fetchJson(`${API}/history?cursor=bm90LWEtY3Vyc29y`);
+      const inverted = await h.fetchJson(`${API}/history?since=2026-11-28T00:00:00Z&until=2026-11-27T00:00:00Z`);
+      expect([forged.status, inverted.status]).toEqual([400, 400]);
+      expect((forged.body as Problem).invalid_params?.[0]?.name).toBe('query.cursor');
+    });
+  });
+
+  describe('configuration', () => {
+    it('serves the whole configuration with an ETag', async () => {
+      const res = await h.fetchJson(`${API}/config`);
+      expect(res.status).toBe(200);
+      expect(res.headers.get('etag')).toMatch(/^"v\d+"$/);
+      expect((res.body as { config: Record<string, unknown> }).config).toMatchObject({ cpu_scale_up: 80, min_instances: 2, max_instances: 10, scale_cooldown: 300 });
+    });
+
+    it('requires If-Match (428) and refuses a stale one (412)', async () => {
+      const body = JSON.stringify({ cpu_scale_up: 85 });
+      const missing = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: JSON_HEADERS, body });
+      const stale = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': '"v999"' }, body });
+      expect([missing.status, stale.status]).toEqual([428, 412]);
+    });
+
+    it('accepts the guide\'s flat JSON document and records who changed it', async () => {
+      const guide = {
+        cpu_scale_up: 80.0,
+        cpu_scale_down: 30.0,
+        memory_scale_up: 85.0,
+        memory_scale_down: 40.0,
+        response_time_scale_up: 1000.0,
+        connections_scale_up: 80,
+        connections_scale_down: 20,
+        min_instances: 2,
+        max_instances: 12,
+        scale_cooldown: 300,
+      };
+      const res = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': await etag() }, body: JSON.stringify(guide) });
+      const events = await h.fetchJson(`${API}/history?kind=event&limit=5`);
+      expect(res.status).toBe(200);
+      expect((res.body as { config: { max_instances: number } }).config.max_instances).toBe(12);
+      expect((events.body as { items: Array<{ type: string; actor: string }> }).items[0]).toMatchObject({ type: 'config_changed', actor: 'local:127.0.0.1' });
+    });
+
+    it('names every invalid path and changes nothing', async () => {
+      const tag = await etag();
+      const res = await h.fetchJson(`${API}/config`, {
+        method: 'PUT',
+        headers: { ...JSON_HEADERS, 'if-match': tag },
+        body: JSON.stringify({ min_instances: 20, cpu_scale_down: 95, policy: 'magic', bogus: 1 }),
+      });
+      const names = ((res.body as Problem).invalid_params ?? []).map((p) => p.name);
+      expect(res.status).toBe(400);
+      expect(names.sort()).toEqual(['body.bogus', 'body.cpu_scale_down', 'body.min_instances', 'body.policy']);
+      expect(await etag()).toBe(tag);
+    });
+
+    it('lets exactly one of several concurrent writers with the same If-Match win', async () => {
+      const tag = await etag();
+      const results = await Promise.all(
+        [70, 71, 72, 73, 74].map((cpu) =>
+          h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': tag }, body: JSON.stringify({ cpu_scale_up: cpu }) }),
+        ),
+      );
+      expect(results.map((r) => r.status).sort()).toEqual([200, 412, 412, 412, 412]);
+    });
+  });
+
+  describe('start and stop', () => {
+    it('stops globally, idempotently, and records each call with its caller', async () => {
+      const first = await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ reason: 'maintenance' }) });
+      const second = await h.fetchJson(`${API}/stop`, { method: 'POST' });
+      const status = await h.fetchJson(`${API}/status`);
+      const events = await h.fetchJson(`${API}/history?kind=event&limit=2`);
+      expect(first.body).toEqual({ scope: 'global', enabled: false, changed: true });
+      expect(second.body).toEqual({ scope: 'global', enabled: false, changed: false });
+      expect((status.body as { enabled: boolean; next_evaluation_at: string | null }).enabled).toBe(false);
+      expect((events.body as { items: Array<{ type: string; actor: string }> }).items.map((i) => i.type)).toEqual(['stopped', 'stopped']);
+      await h.fetchJson(`${API}/start`, { method: 'POST' });
+    });
+
+    it('stops one service, and the controller leaves it alone', async () => {
+      await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ service: 'worker' }) });
+      h.clock.advance(60_000);
+      const result = await h.controller.evaluate({ trigger: 'schedule' });
+      const status = await h.fetchJson(`${API}/status`);
+      expect(result.decisions.map((d) => d.service)).not.toContain('worker');
+      expect((status.body as { services: Array<{ service: string; enabled: boolean }> }).services.find((s) => s.service === 'worker')?.enabled).toBe(false);
+      await h.fetchJson(`${API}/start`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ service: 'worker' }) });
+    });
+  });
+
+  describe('recommendations', () => {
+    it('advises on thresholds that are too close, with evidence', async () => {
+      await h.fetchJson(`${API}/config`, {
+        method: 'PUT',
+        headers: { ...JSON_HEADERS, 'if-match': await etag() },
+        body: JSON.stringify({ cpu_scale_up: 80, cpu_scale_down: 70 }),
+      });
+      const res = await h.fetchJson(`${API}/recommendations`);
+      const items = (res.body as { items: Array<{ category: string; evidence: Record<string, unknown> }> }).items;
+      const close = items.find((i) => i.category === 'thresholds_close');
+      expect(res.status).toBe(200);
+      expect(close?.evidence).toMatchObject({ metric: 'cpu', scale_up: 80, scale_down: 70 });
+    });
+  });
+
+  describe('shards', () => {
+    it('reports every primary and replica healthy', async () => {
+      const res = await h.fetchJson(`${API}/shards/health`);
+      const report = res.body as { shards: Array<{ status: string; primary: { status: string }; replicas: Array<{ status: string }> }> };
+      expect(res.status).toBe(200);
+      expect(report.shards).toHaveLength(2);
+      expect(report.shards.flatMap((s) => [s.primary.status, ...s.replicas.map((r) => r.status)])).toEqual(['healthy', 'healthy', 'healthy', 'healthy']);
+    });
+
+    it('reports statistics and a rebalance check', async () => {
+      const stats = await h.fetchJson(`${API}/shards/statistics?exact=true`);
+      const check = await h.fetchJson(`${API}/shards/rebalance-check?threshold=0.2&by=rows`);
+      expect(stats.status).toBe(200);
+      expect((stats.body as { shards: unknown[] }).shards).toHaveLength(2);
+      expect(check.status).toBe(200);
+      expect(check.body).toMatchObject({ by: 'rows', threshold: 0.2 });
+    });
+
+    it('routes a key to its shard, slot and map version', async () => {
+      const key = '7d0c2a4e-52a5-4a55-9d40-8d2d3b1e0f11';
+      const res = await h.fetchJson(`${API}/shards/route?key=${key}`);
+      expect(res.body).toMatchObject({ key, slot: slotOf(key), map_version: 1, strategy: 'hash_based', source: 'hash' });
+    });
+
+    it('starts a slot move and follows it to done', async () => {
+      const key = '0b7f6a39-2a51-4cf4-8f2e-3b0c1a9d2e44';
+      const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
+      const to = route.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
+      const started = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to }) });
+      const location = started.headers.get('location') ?? '';
+      let state = '';
+      for (let i = 0; i < 100 && state !== 'done'; i++) {
+        state = ((await h.fetchJson(location)).body as { state: string }).state;
+        if (state !== 'done') await new Promise((r) => setTimeout(r, 100));
+      }
+      const after = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; map_version: number };
+      expect(started.status).toBe(202);
+      expect(state).toBe('done');
+      expect(after).toMatchObject({ shard_id: to, map_version: 2 });
+    });
+
+    it('answers 404 for a move that does not exist', async () => {
+      const res = await h.fetchJson(`${API}/shards/moves/424242`);
+      expect(res.status).toBe(404);
+    });
+  });
+
+  describe('protocol errors', () => {
+    it('answers unknown routes 404 and wrong methods 405 with Allow', async () => {
+      const unknown = await h.fetchJson(`${API}/nothing-here`);
+      const wrong = await h.fetchJson(`${API}/status`, { method: 'DELETE' });
+      expect(unknown.status).toBe(404);
+      expect(wrong.status).toBe(405);
+      expect(wrong.headers.get('allow')).toBe('GET');
+      expect(wrong.headers.get('content-type')).toBe('application/problem+json');
+    });
+
+    it('answers non-JSON 415, malformed JSON 400 and oversized bodies 413', async () => {
+      const text = await h.fetchJson(`${API}/stop`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'stop please' });
+      const broken = await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: '{"service":' });
+      const huge = await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ reason: 'x'.repeat(100_000) }) });
+      expect([text.status, broken.status, huge.status]).toEqual([415, 400, 413]);
+    });
+
+    it('never shows a stack trace or a connection string', async () => {
+      const res = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: '1', to: 'shard_999' }) });
+      expect(res.status).toBeGreaterThanOrEqual(400);
+      expect(res.status).toBeLessThan(500);
+      expect(JSON.stringify(res.body)).not.toMatch(/postgresql:\/\/|at .*\.ts:\d+/);
+    });
+  });
+
+  it('serves a valid OpenAPI 3 document', async () => {
+    const res = await h.fetchJson(`${API}/openapi.json`);
+    const result = await new Validator().validate(res.body as Parameters<Validator['validate']>[0]);
+    expect(result.errors ?? []).toEqual([]);
+  });
+});
