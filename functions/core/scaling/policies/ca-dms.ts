@@ -11,15 +11,15 @@
  *    queue-depth targets add proportional proposals of their own; the largest proposal wins.
  * 2. **A forecast with a measured margin.** Holt's linear smoothing gives the expected demand
  *    when a task started now would serve (`leadPeriods` ahead). The policy remembers how far
- *    its own forecasts missed over the last `errorPeriods` and adds `errorMargin` times that
- *    typical miss: noisy traffic gets headroom, smooth traffic gets none it does not need.
+ *    its own forecasts fell short over the last `errorPeriods` and adds `errorMargin` times
+ *    that typical shortfall: noisy traffic gets headroom, smooth traffic gets none it does not need.
  *    The service is sized so that this peak sits at or below a line `peakPosition` of the way
  *    from `cpu_scale_up` to saturation (90 % with the guide's 80), and so that the expected
  *    load sits at or below the CPU target (`targets.cpu`), whichever needs more tasks.
  * 3. **Counts what is already coming.** It compares with the desired count, which includes
  *    pending tasks, and jumps straight to the number needed: no step, no scale-out cooldown.
  * 4. **Scales in late and only when every metric agrees.** Scale-in needs every metric it
- *    relies on present and none saturated, and goes only to the highest recommendation of the
+ *    relies on present (the shared finishing step blocks it otherwise) and none saturated, and goes only to the highest recommendation of the
  *    stabilisation window (`stabilization_window`, hysteresis as the HPA has it).
  *
  * The shared {@link finishDecision} then applies the rules common to every policy (missing
@@ -41,7 +41,7 @@ export interface CaDmsTuning {
   readonly leadPeriods: number;
   /** Forecast errors kept: how far the forecast made `leadPeriods` earlier missed each estimate. */
   readonly errorPeriods: number;
-  /** Headroom in multiples of the root-mean-square forecast error. */
+  /** Headroom in multiples of the root-mean-square under-forecast. */
   readonly errorMargin: number;
   /** Where the forecast peak may sit: this fraction of the way from `cpu_scale_up` to 100 %. */
   readonly peakPosition: number;
@@ -52,7 +52,7 @@ export const DEFAULT_CA_DMS_TUNING: CaDmsTuning = {
   trendWeight: 0.05,
   leadPeriods: 3,
   errorPeriods: 60,
-  errorMargin: 2,
+  errorMargin: 2.8,
   peakPosition: 0.5,
 };
 
@@ -67,6 +67,8 @@ const MAX_GAP_MS = 5 * 60_000;
 interface CaDmsMemory {
   /** When the previous evaluation ran, and the tasks running and pending it saw. */
   readonly lastAt: number | undefined;
+  /** When the current unbroken run of evaluations began (scale-in waits a window after it). */
+  readonly since: number | undefined;
   readonly running: number | undefined;
   readonly pending: number | undefined;
   /** CPU percent per connection per task, learned while CPU is not saturated. */
@@ -95,6 +97,7 @@ function readMemory(state: ServiceState): CaDmsMemory {
   const m = state.memory;
   return {
     lastAt: num(m, 'lastAt'),
+    since: num(m, 'since'),
     running: num(m, 'running'),
     pending: num(m, 'pending'),
     ratio: num(m, 'ratio'),
@@ -225,12 +228,16 @@ function pushBounded(list: readonly number[], value: number, keep: number): numb
   return out;
 }
 
-/** Root mean square of a list (0 when empty): the typical size of a forecast error. */
-function rootMeanSquare(values: readonly number[]): number {
-  if (values.length === 0) return 0;
+/**
+ * The typical size of an under-forecast: the root mean square of the positive errors (demand
+ * above the forecast), over all kept errors. Over-forecasts cost only money, and counting
+ * them would make a sudden drop in load look like noise that needs more headroom.
+ */
+function underForecastRms(errors: readonly number[]): number {
+  if (errors.length === 0) return 0;
   let sum = 0;
-  for (const v of values) sum += v * v;
-  return Math.sqrt(sum / values.length);
+  for (const e of errors) if (e > 0) sum += e * e;
+  return Math.sqrt(sum / errors.length);
 }
 
 /**
@@ -251,6 +258,8 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
   const { config, state, tasks, now } = input;
   const previous = readMemory(state);
   const basis = servingBasis(input, previous);
+  const continuous = previous.lastAt !== undefined && now - previous.lastAt <= MAX_GAP_MS;
+  const since = continuous ? (previous.since ?? now) : now;
   const est = estimate(input, basis, previous);
   const reasons = est.reasons;
   const from = tasks.desired;
@@ -275,7 +284,7 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
     }
     const expected = Math.max(0, level + tuning.leadPeriods * slope);
     forecasts = pushBounded(forecasts, expected, tuning.leadPeriods);
-    const headroom = tuning.errorMargin * rootMeanSquare(errors);
+    const headroom = tuning.errorMargin * underForecastRms(errors);
     const peak = Math.max(d, expected + headroom);
     const forPeak = Math.ceil(peak / ceiling - 1e-9);
     const forTarget = Math.ceil(expected / target - 1e-9);
@@ -286,7 +295,7 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
       value: round1(peak),
       threshold: round1(ceiling * 100),
       rule: 'forecast_peak',
-      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, trend ${round1(slope * tuning.leadPeriods)}), up to ${round1(peak)} with ${tuning.errorMargin} times the typical recent forecast error: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
+      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, trend ${round1(slope * tuning.leadPeriods)}), up to ${round1(peak)} with ${tuning.errorMargin} times the typical recent under-forecast: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
     });
   }
 
@@ -309,10 +318,16 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
       rule: 'scale_out_to_needed',
       message: `${needed} tasks needed; ${tasks.running} running and ${tasks.pending} pending make ${from}: adding ${needed - from} at once`,
     });
-  } else if (!est.saturated && est.missing.length === 0 && recommendation < from) {
+  } else if (!est.saturated && recommendation < from) {
     let stable = recommendation;
     for (const r of recommendations) if (r.replicas > stable) stable = r.replicas;
-    if (stable < from) {
+    if (now - since < windowMs) {
+      blocked.push({
+        kind: 'stabilization',
+        until: since + windowMs,
+        message: `metrics ask for ${recommendation} tasks, but evaluations (re)started less than ${config.stabilization_window} s ago: watching a full window before scaling in`,
+      });
+    } else if (stable < from) {
       proposed = stable;
       reasons.push({
         metric: 'capacity',
@@ -333,7 +348,7 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
   }
 
   const decision = finishDecision({ policy: 'ca-dms', input, proposed, reasons, blocked, missing: est.missing });
-  const memory: Record<string, unknown> = { lastAt: now, running: tasks.running, pending: tasks.pending, trend: slope, forecasts, errors };
+  const memory: Record<string, unknown> = { lastAt: now, since, running: tasks.running, pending: tasks.pending, trend: slope, forecasts, errors };
   if (level !== undefined) memory['level'] = level;
   if (est.ratio !== undefined) memory['ratio'] = est.ratio;
   return { decision, state: { ...state, recommendations, memory } };

@@ -1,0 +1,202 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import type { ServiceScalingConfig } from '../../../functions/core/scaling/config.js';
+import { parseScalingConfig, resolveServiceConfig } from '../../../functions/core/scaling/config.js';
+import { caDmsPolicy, createCaDmsPolicy, DEFAULT_CA_DMS_TUNING } from '../../../functions/core/scaling/policies/ca-dms.js';
+import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
+import { contestantsFor } from '../../../functions/core/scaling/simulator/anchors.js';
+import { DEFAULT_MODEL } from '../../../functions/core/scaling/simulator/model.js';
+import { mulberry32 } from '../../../functions/core/scaling/simulator/prng.js';
+import { prepareTrace, simulate } from '../../../functions/core/scaling/simulator/simulate.js';
+import { syntheticTrace, type Shape } from '../../../functions/core/scaling/simulator/synthetic.js';
+import type { MetricsSnapshot, PolicyOutput, ServiceState, TaskCounts } from '../../../functions/core/scaling/types.js';
+import { initialState, recordApplied } from '../../../functions/core/scaling/types.js';
+
+const MIN = 60_000;
+const T0 = Date.UTC(2026, 0, 5);
+const config = (overrides: Record<string, unknown> = {}): ServiceScalingConfig =>
+  resolveServiceConfig(parseScalingConfig({ services: {}, ...overrides }), 'backend-read');
+
+/** Utilisation u on `running` tasks, as the simulator reports it. */
+function load(u: number, running: number, at: number): MetricsSnapshot {
+  return { at, cpu: 100 * Math.min(1, u), memory: 30 + 50 * Math.min(1, u), connectionsPerTask: 100 * u, responseTimeMs: u > 1 ? 5000 : 100 / (1 - Math.min(u, 0.99)) };
+}
+
+function tasks(running: number, pending = 0): TaskCounts {
+  return { running, pending, desired: running + pending };
+}
+
+/** Evaluates a sequence of periods, applying each decision as the controller would. */
+function replay(cfg: ServiceScalingConfig, periods: Array<(desired: number) => { metrics: MetricsSnapshot; tasks?: TaskCounts }>, start = 4): PolicyOutput[] {
+  let state: ServiceState = initialState('backend-read');
+  let desired = start;
+  const outputs: PolicyOutput[] = [];
+  periods.forEach((period, i) => {
+    const now = T0 + (i + 1) * MIN;
+    const { metrics, tasks: t } = period(desired);
+    const out = caDmsPolicy.evaluate({ config: cfg, state, metrics, tasks: t ?? tasks(desired), now });
+    state = out.state;
+    if (out.decision.to !== out.decision.from && !out.decision.blocked.some((b) => b.kind === 'dry_run' || b.kind === 'disabled')) {
+      state = recordApplied(state, { at: now, from: out.decision.from, to: out.decision.to });
+      desired = out.decision.to;
+    }
+    outputs.push(out);
+  });
+  return outputs;
+}
+
+describe('ca-dms', () => {
+  it('is the registered default policy', () => {
+    expect(config().policy).toBe('ca-dms');
+    expect(getPolicy('ca-dms')).toBe(caDmsPolicy);
+  });
+
+  it('sees through a saturated CPU with connections and jumps straight to the count needed, counting pending tasks', () => {
+    const input = { config: config(), state: initialState('backend-read'), metrics: load(3, 2, T0), tasks: tasks(2, 2), now: T0 };
+    const { decision } = caDmsPolicy.evaluate(input);
+    // 300 connections per task on 2 tasks = 6 busy tasks; at the 70% CPU target -> 9 tasks
+    expect(decision.to).toBe(9);
+    expect(decision.direction).toBe('out');
+    expect(decision.reasons.map((r) => r.rule)).toEqual(
+      expect.arrayContaining(['connections_demand_cpu_saturated', 'response_time_above_scale_up', 'forecast_peak', 'scale_out_to_needed']),
+    );
+    expect(decision.reasons.find((r) => r.rule === 'scale_out_to_needed')?.message).toMatch(/2 running and 2 pending make 4: adding 5 at once/);
+  });
+
+  it('converts connections with the ratio it learned while CPU was not saturated', () => {
+    // two periods where CPU is half the connection count, then saturation at 200 connections/task
+    const outs = replay(config(), [
+      () => ({ metrics: { at: 0, cpu: 40, connectionsPerTask: 80 } }),
+      () => ({ metrics: { at: 0, cpu: 40, connectionsPerTask: 80 } }),
+      () => ({ metrics: { at: 0, cpu: 100, connectionsPerTask: 200 } }),
+    ], 4);
+    const last = outs[2] as PolicyOutput;
+    expect(last.decision.reasons.find((r) => r.rule === 'connections_demand_cpu_saturated')?.message).toMatch(/is 4 busy tasks/);
+  });
+
+  it('holds when no metric measured the load, and says so', () => {
+    const { decision } = caDmsPolicy.evaluate({ config: config(), state: initialState('backend-read'), metrics: { at: T0 }, tasks: tasks(8), now: T0 });
+    expect(decision.to).toBe(8);
+    expect(decision.reasons.map((r) => r.rule)).toEqual(['no_load_metric']);
+  });
+
+  it('never scales in when CPU is missing, even if connections say the load is low', () => {
+    const outs = replay(config(), Array.from({ length: 8 }, () => () => ({ metrics: { at: 0, connectionsPerTask: 5 } })), 8);
+    expect(outs.every((o) => o.decision.to === 8)).toBe(true);
+    expect(outs.at(-1)?.decision.blocked.map((b) => b.kind)).toContain('missing_data');
+  });
+
+  it('watches a full stabilisation window after it starts before scaling in', () => {
+    const outs = replay(config({ stabilization_window: 300 }), Array.from({ length: 8 }, () => (d: number) => ({ metrics: load(0.1, d, 0) })), 8);
+    const firstIn = outs.findIndex((o) => o.decision.direction === 'in');
+    // evaluations start at T0 + 1 min; the window has passed at T0 + 6 min, the sixth period
+    expect(firstIn).toBe(5);
+    expect(outs[0]?.decision.blocked).toEqual([expect.objectContaining({ kind: 'stabilization', until: T0 + MIN + 300_000 })]);
+  });
+
+  it('scales in only to the highest recommendation of the stabilisation window', () => {
+    const u = (i: number): number => (i % 9 === 0 ? 0.9 : 0.15);
+    const outs = replay(config({ stabilization_window: 300 }), Array.from({ length: 60 }, (_, i) => (d: number) => ({ metrics: load(u(i), d, 0) })), 4);
+    const ins = outs.filter((o) => o.decision.direction === 'in');
+    expect(ins.length).toBeGreaterThan(0);
+    for (const o of ins) expect(o.decision.to).toBe(Math.max(...o.state.recommendations.map((r) => r.replicas)));
+  });
+
+  it('does not scale in while the response time says the service is saturated', () => {
+    const outs = replay(config({ stabilization_window: 0 }), [() => ({ metrics: { at: 0, cpu: 20, connectionsPerTask: 20, responseTimeMs: 3000 } })], 6);
+    expect(outs[0]?.decision.direction).toBe('out');
+  });
+
+  it('stays within the bounds and names the bound', () => {
+    const high = caDmsPolicy.evaluate({ config: config(), state: initialState('x'), metrics: load(5, 8, T0), tasks: tasks(8), now: T0 }).decision;
+    expect(high.to).toBe(10);
+    expect(high.blocked.find((b) => b.kind === 'bounds')?.message).toMatch(/max_instances \(10\)/);
+  });
+
+  it('changes nothing when disabled, and reports what it would do in a dry run', () => {
+    const input = { state: initialState('x'), metrics: load(2, 4, T0), tasks: tasks(4), now: T0 };
+    const disabled = caDmsPolicy.evaluate({ ...input, config: config({ enabled: false }) }).decision;
+    expect(disabled.to).toBe(4);
+    expect(disabled.blocked.map((b) => b.kind)).toContain('disabled');
+    const dry = caDmsPolicy.evaluate({ ...input, config: { ...config(), dry_run: true } }).decision;
+    expect(dry.to).toBeGreaterThan(4);
+    expect(dry.blocked.map((b) => b.kind)).toContain('dry_run');
+  });
+
+  it('keeps a bounded memory however long it runs', () => {
+    const outs = replay(config(), Array.from({ length: 500 }, (_, i) => (d: number) => ({ metrics: load(0.3 + 0.2 * Math.sin(i / 7), d, 0) })));
+    const state = outs.at(-1)?.state as ServiceState;
+    expect((state.memory['errors'] as unknown[]).length).toBe(DEFAULT_CA_DMS_TUNING.errorPeriods);
+    expect(JSON.stringify(state.memory).length).toBeLessThan(4000);
+    expect(state.recommendations.length).toBeLessThanOrEqual(5);
+  });
+
+  it('property: the desired count stays within the bounds and never drops on a period with missing metrics', () => {
+    const period = fc.record({
+      cpu: fc.option(fc.double({ min: 0, max: 100, noNaN: true }), { nil: undefined }),
+      connectionsPerTask: fc.option(fc.double({ min: 0, max: 500, noNaN: true }), { nil: undefined }),
+      responseTimeMs: fc.option(fc.double({ min: 0, max: 6000, noNaN: true }), { nil: undefined }),
+    });
+    fc.assert(
+      fc.property(fc.array(period, { minLength: 1, maxLength: 40 }), fc.integer({ min: 2, max: 10 }), (periods, start) => {
+        const cfg = config({ stabilization_window: 60 });
+        let state: ServiceState = initialState('x');
+        let desired = start;
+        periods.forEach((p, i) => {
+          const now = T0 + i * MIN;
+          const metrics: MetricsSnapshot = { at: now, ...Object.fromEntries(Object.entries(p).filter(([, v]) => v !== undefined)) };
+          const out = caDmsPolicy.evaluate({ config: cfg, state, metrics, tasks: tasks(desired), now });
+          state = out.state;
+          const d = out.decision;
+          expect(d.to).toBeGreaterThanOrEqual(cfg.min_instances);
+          expect(d.to).toBeLessThanOrEqual(cfg.max_instances);
+          if (p.cpu === undefined) expect(d.to).toBeGreaterThanOrEqual(d.from);
+          if (d.to !== d.from) state = recordApplied(state, { at: now, from: d.from, to: d.to });
+          desired = d.to;
+        });
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('keeps more headroom on noisy load with a larger error margin', () => {
+    const random = mulberry32(3);
+    const noisy = Array.from({ length: 90 }, () => 0.5 + 0.3 * (random() - 0.5));
+    const run = (errorMargin: number): number => {
+      const policy = createCaDmsPolicy({ ...DEFAULT_CA_DMS_TUNING, errorMargin });
+      let state: ServiceState = initialState('x');
+      let desired = 6;
+      noisy.forEach((u, i) => {
+        const now = T0 + i * MIN;
+        const out = policy.evaluate({ config: config(), state, metrics: load(u, desired, now), tasks: tasks(desired), now });
+        state = out.state;
+        if (out.decision.to !== out.decision.from) state = recordApplied(state, { at: now, from: out.decision.from, to: out.decision.to });
+        desired = out.decision.to;
+      });
+      return desired;
+    };
+    expect(run(6)).toBeGreaterThan(run(0));
+  });
+});
+
+describe('ca-dms on synthetic shapes, against the proportional anchors', () => {
+  const model = DEFAULT_MODEL;
+  // After a surprise ca-dms keeps extra headroom for `errorPeriods` minutes: with a 30-minute
+  // spike every three hours that costs about 1.5x the oracle's task-minutes (hpa: 1.24x, with
+  // 1.7x ca-dms's violation minutes). That is the known price of the margin, stated here.
+  const shapes: Array<[string, Shape, number, number]> = [
+    ['a noisy daily cycle', { kind: 'daily', low: 1, high: 8, peakMinute: 840 }, 0.15, 1.3],
+    ['a ramp', { kind: 'ramp', from: 1, to: 8, start: 600, minutes: 240 }, 0.05, 1.3],
+    ['a step', { kind: 'step', from: 2, to: 7, at: 600 }, 0.05, 1.3],
+    ['recurring spikes', { kind: 'spikes', base: 2, height: 5, every: 180, width: 30 }, 0.05, 1.6],
+  ];
+  for (const [name, shape, noise, costLimit] of shapes) {
+    it(`has no more violation minutes than target-tracking and hpa, within ${costLimit}x the oracle's task-minutes, on ${name}`, () => {
+      const trace = prepareTrace(name, syntheticTrace(shape, 3 * 1440, { noise, random: mulberry32(11) }), model);
+      const { result } = simulate(trace, contestantsFor(['ca-dms', 'target-tracking', 'hpa'], model), model);
+      const [ours, ...anchors] = result.results;
+      for (const anchor of anchors) expect(ours?.sloViolationMinutes).toBeLessThanOrEqual(anchor.sloViolationMinutes);
+      expect(ours?.taskMinutes).toBeLessThanOrEqual(costLimit * result.oracle.taskMinutes);
+    });
+  }
+});
