@@ -12,7 +12,7 @@ import { parseTopology, type Topology } from '../../functions/adapters/aws/topol
 import { parseScalingConfig } from '../../functions/core/scaling/config.js';
 import { ScalingController } from '../../functions/core/scaling/controller.js';
 import { getPolicy } from '../../functions/core/scaling/policies/index.js';
-import type { Clock, ControllerCatalog, DecisionLog, DecisionRecord } from '../../functions/core/scaling/ports.js';
+import type { Clock, ControllerCatalog, DecisionLog, DecisionRecord, PolicyLookup } from '../../functions/core/scaling/ports.js';
 
 /** Service names `svc-0` .. `svc-(n-1)`. */
 export function serviceNames(n: number): string[] {
@@ -103,6 +103,7 @@ export function controllerFor(opts: {
   clock: Clock;
   log?: DecisionLog;
   backlogLimit?: number;
+  policies?: PolicyLookup;
 }): ScalingController {
   return new ScalingController({
     metrics: new CloudWatchMetricsSource({ client: new CloudWatchClient({ region: 'eu-west-1' }), topology: opts.topology }),
@@ -111,7 +112,7 @@ export function controllerFor(opts: {
     catalog: opts.catalog,
     clock: opts.clock,
     log: opts.log ?? new RecordingLog(),
-    policies: getPolicy,
+    policies: opts.policies ?? getPolicy,
     fallbackConfig: parseScalingConfig(opts.fallback),
     ...(opts.backlogLimit === undefined ? {} : { backlogLimit: opts.backlogLimit }),
   });

@@ -205,6 +205,23 @@ export class CatalogStore implements ControllerCatalog {
     return typeof this.source === 'function' ? this.source() : this.source;
   }
 
+  /**
+   * Checks a client out of the pool for a transaction. While checked out, a client whose
+   * connection dies emits `error` with no listener of the pool's; without this one that would
+   * crash the process instead of failing the transaction (which the caller then handles).
+   */
+  private async checkout(): Promise<pg.PoolClient & { done(err?: Error): void }> {
+    const client = await (await this.db()).connect();
+    const ignore = (): void => undefined;
+    client.on('error', ignore);
+    return Object.assign(client, {
+      done(err?: Error): void {
+        client.off('error', ignore);
+        client.release(err);
+      },
+    });
+  }
+
   /** The configuration in force, or `undefined` while none was ever written. */
   async getConfig(): Promise<StoredConfig | undefined> {
     return wrap('reading the configuration', async () => this.readConfig(await this.db()));
@@ -228,7 +245,8 @@ export class CatalogStore implements ControllerCatalog {
   async putConfig(document: Record<string, unknown>, opts: { actor: string; comment?: string; ifVersion?: number }): Promise<StoredConfig> {
     const config = parseScalingConfig(document);
     return wrap('writing the configuration', async () => {
-      const client = await (await this.db()).connect();
+      const client = await this.checkout();
+      let broken: Error | undefined;
       try {
         await client.query('begin');
         // Serialises writers so "current version" cannot change between the check and the insert.
@@ -244,10 +262,11 @@ export class CatalogStore implements ControllerCatalog {
         const changedAt = inserted.rows[0]?.changed_at ?? new Date();
         return { version: current + 1, document, config, changedBy: opts.actor, changedAt, comment: opts.comment ?? '' };
       } catch (err) {
+        if (!(err instanceof ConfigVersionConflictError)) broken = err as Error;
         await client.query('rollback').catch(() => undefined);
         throw err;
       } finally {
-        client.release();
+        client.done(broken);
       }
     });
   }
@@ -312,7 +331,7 @@ export class CatalogStore implements ControllerCatalog {
   }
 
   async withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>): Promise<{ acquired: true; value: T } | { acquired: false }> {
-    const client = await wrap('connecting', async () => (await this.db()).connect());
+    const client = await wrap('connecting', async () => this.checkout());
     let broken: Error | undefined;
     try {
       await client.query('begin');
@@ -343,7 +362,7 @@ export class CatalogStore implements ControllerCatalog {
       throw new CatalogError(`catalog: evaluating ${service} under its lock failed: ${broken.message}`, { cause: err });
     } finally {
       // A client whose transaction failed may have a dead connection: drop it from the pool.
-      client.release(broken);
+      client.done(broken);
     }
   }
 
@@ -353,7 +372,8 @@ export class CatalogStore implements ControllerCatalog {
 
   async appendBacklog(backlog: Backlog): Promise<void> {
     await wrap('writing the backlog', async () => {
-      const client = await (await this.db()).connect();
+      const client = await this.checkout();
+      let broken: Error | undefined;
       try {
         await client.query('begin');
         for (const record of backlog.records) await client.query(INSERT_DECISION, decisionParams(record));
@@ -371,10 +391,11 @@ export class CatalogStore implements ControllerCatalog {
         }
         await client.query('commit');
       } catch (err) {
+        broken = err as Error;
         await client.query('rollback').catch(() => undefined);
         throw err;
       } finally {
-        client.release();
+        client.done(broken);
       }
     });
   }

@@ -349,8 +349,15 @@ export class ScalingController {
     if (!inputs.metrics?.ok) return { record: this.skipped(inputs, ctx, inputs.metrics?.error ?? 'metrics unavailable'), state };
     const tasks = inputs.tasks.tasks;
     const snapshot = toSnapshot(inputs.metrics.metrics, tasks.running, ctx.now);
-    const policy = this.deps.policies(cfg.policy);
-    const evaluated = this.runPolicy(policy, cfg, state, snapshot, tasks, ctx);
+    let policy: ScalingPolicy<ServiceScalingConfig>;
+    let evaluated: Evaluated;
+    try {
+      policy = this.deps.policies(cfg.policy);
+      evaluated = this.runPolicy(policy, cfg, state, snapshot, tasks, ctx);
+    } catch (err) {
+      // One service's broken policy must not stop the others from being evaluated.
+      return { record: { ...this.skipped(inputs, ctx, `policy ${cfg.policy} failed: ${messageOf(err)}`), metrics: snapshot }, state };
+    }
     const from = tasks.desired;
     const to = evaluated.to;
     const direction = directionOf(from, to);
@@ -407,7 +414,7 @@ export class ScalingController {
     metrics: MetricsSnapshot,
     tasks: TaskCounts,
     ctx: EvalContext,
-  ): { to: number; reasons: readonly Reason[]; blocked: readonly Block[]; state: ServiceState } {
+  ): Evaluated {
     const plain = policy.evaluate({ config: cfg, state, metrics, tasks, now: ctx.now });
     const plainResult = { to: plain.decision.to, reasons: plain.decision.reasons, blocked: plain.decision.blocked, state: plain.state };
     const cooldown = scaleOutCooldown(state, ctx.now, cfg.cooldown_out * 1000);
@@ -445,6 +452,14 @@ export class ScalingController {
     if (cfg.dry_run) blocks.push({ kind: 'dry_run', message: 'dry run: the decision is recorded and nothing is changed' });
     return blocks;
   }
+}
+
+/** What the policy decided, after the controller's alarm-cooldown rule. */
+interface Evaluated {
+  readonly to: number;
+  readonly reasons: readonly Reason[];
+  readonly blocked: readonly Block[];
+  readonly state: ServiceState;
 }
 
 interface EvalContext {

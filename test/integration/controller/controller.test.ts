@@ -200,6 +200,36 @@ describe('controller with its catalog', () => {
     expect(log.lines).toHaveLength(4);
   });
 
+  it('keeps a decision applied just before the catalog failed, and evaluates the rest without it', async () => {
+    const { store } = await freshCatalog();
+    const two = topologyOf(2);
+    const config = { ...CONFIG, services: { 'svc-0': {}, 'svc-1': {} } };
+    await store.putConfig(config, { actor: 'alice' });
+    cw.on(GetMetricDataCommand).callsFake(metricsFrom(['svc-0', 'svc-1'], { 'svc-0': { cpu: 95, mem: 50 }, 'svc-1': { cpu: 95, mem: 50 } }));
+    ecs.on(DescribeServicesCommand).resolves({ services: [ecsService('ca-dms-svc-0', { running: 3, desired: 3 }), ecsService('ca-dms-svc-1', { running: 3, desired: 3 })] });
+    ecs.on(UpdateServiceCommand).callsFakeOnce(async () => {
+      await proxy.cut();
+      return {};
+    }).resolves({});
+    const clock = new ManualClock(T0);
+    const controller = controllerFor({ topology: two, catalog: store, fallback: config, clock });
+
+    const during = await controller.evaluate({ trigger: 'schedule' });
+    await proxy.restore();
+    clock.advance(30_000);
+    await controller.evaluate({ trigger: 'schedule' });
+
+    expect(during.decisions.map((d) => [d.service, d.outcome, d.degraded])).toEqual([
+      ['svc-0', 'applied', true],
+      ['svc-1', 'applied', true],
+    ]);
+    const history = await store.listDecisions({ until: new Date(T0 + 1) });
+    expect(history.map((d) => [d.service, d.outcome, d.degraded]).sort()).toEqual([
+      ['svc-0', 'applied', true],
+      ['svc-1', 'applied', true],
+    ]);
+  });
+
   it('shows an explicit gap in the history for decisions it could not hold while the catalog was down', async () => {
     const { store } = await freshCatalog();
     const clock = new ManualClock(T0);

@@ -11,6 +11,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
+import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
 import { freePort } from '../../support/postgres.js';
 import { controllerFor, ecsService, ManualClock, metricsFrom, RecordingLog, topologyOf, type MetricValues } from '../../support/scaling-fixtures.js';
 
@@ -199,6 +200,30 @@ describe('controller safety rules', () => {
     expect(aas.commandCalls(RegisterScalableTargetCommand).map((c) => c.args[0].input)).toEqual([
       { ServiceNamespace: 'ecs', ScalableDimension: 'ecs:service:DesiredCount', ResourceId: 'service/ca-dms/ca-dms-svc-0', MinCapacity: 3, MaxCapacity: 12 },
     ]);
+  });
+
+  it('skips a service whose policy fails and still evaluates the others', async () => {
+    const two = topologyOf(2);
+    cw.on(GetMetricDataCommand).callsFake(metricsFrom(['svc-0', 'svc-1'], { 'svc-0': { cpu: 95, mem: 50 }, 'svc-1': { cpu: 95, mem: 50 } }));
+    ecs.on(DescribeServicesCommand).resolves({ services: [ecsService('ca-dms-svc-0', { running: 3, desired: 3 }), ecsService('ca-dms-svc-1', { running: 3, desired: 3 })] });
+    const c = controllerFor({
+      topology: two,
+      catalog: unreachable,
+      fallback: { ...FALLBACK, services: { 'svc-0': { policy: 'step' }, 'svc-1': {} } },
+      clock: new ManualClock(T0),
+      policies: (name) => {
+        if (name === 'step') throw new Error('step policy exploded');
+        return getPolicy(name);
+      },
+    });
+
+    const result = await c.evaluate({ trigger: 'schedule' });
+
+    expect(result.decisions.map((d) => [d.service, d.outcome, d.error])).toEqual([
+      ['svc-0', 'skipped', 'policy step failed: Error: step policy exploded'],
+      ['svc-1', 'applied', undefined],
+    ]);
+    expect(updates()).toEqual([{ cluster: 'ca-dms', service: 'ca-dms-svc-1', desiredCount: 4 }]);
   });
 
   it('goes on when the scalable-target registry fails, with a warning', async () => {
