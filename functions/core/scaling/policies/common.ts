@@ -77,19 +77,6 @@ export function fmt(value: number): string {
   return Number.isInteger(value) ? String(value) : String(Math.round(value * 100) / 100);
 }
 
-/** The keys among `keys` that the snapshot lacks. */
-export function missingMetrics(metrics: MetricsSnapshot, keys: readonly MetricKey[]): MetricKey[] {
-  return keys.filter((k) => metricValue(metrics, k) === undefined);
-}
-
-/** Appends to a history, keeping at most `keep` newest entries (O(keep), never O(history)). */
-export function appendBounded<T>(history: readonly T[], item: T, keep: number): T[] {
-  const start = Math.max(0, history.length + 1 - keep);
-  const out = history.slice(start);
-  out.push(item);
-  return out;
-}
-
 /**
  * The state to carry forward with some of the policy-owned parts replaced. Built as a literal of
  * one fixed shape because the simulator calls it every tick and V8 copies those much faster than
