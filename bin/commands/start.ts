@@ -12,7 +12,8 @@ import { z } from 'zod';
 import { applyScalingEnv, ScalingConfigError } from '../../functions/core/scaling/config.js';
 import { ShardingConfigError } from '../../functions/core/sharding/errors.js';
 import { PortInUseError } from '../../functions/adapters/http/local-server.js';
-import { ClusterLayoutError } from '../../functions/adapters/postgres/embedded-cluster.js';
+import { ClusterLayoutError, EmbeddedClusterError } from '../../functions/adapters/postgres/embedded-cluster.js';
+import { MigrationError } from '../../functions/adapters/postgres/migrate.js';
 import { TraceFileError } from '../../functions/adapters/sim/trace-file.js';
 import { AlreadyRunningError, acquireLocalLock } from '../../functions/local/lock.js';
 import type { LocalMode } from '../../functions/local/runtime.js';
@@ -217,6 +218,11 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     if (error instanceof PortInUseError || error instanceof ClusterLayoutError || error instanceof TraceFileError || error instanceof ShardingConfigError) {
       io.stderr(`ca-dms-scaling start: ${error.message}\n`);
       return error instanceof PortInUseError ? 1 : 2;
+    }
+    if (error instanceof MigrationError || error instanceof EmbeddedClusterError) {
+      const hint = error instanceof MigrationError ? `\n(the data in ${options.dataDir} was migrated by another version; add --wipe to rebuild it)` : '';
+      io.stderr(`ca-dms-scaling start: ${error.message}${hint}\n`);
+      return 1;
     }
     throw error;
   } finally {

@@ -92,7 +92,8 @@ function chart(service, series, maxTasks) {
   svg.append(polyline(step((s) => s.desired), 'desired'));
   svg.append(polyline(step((s) => s.running), 'running'));
   for (const d of decisions) {
-    if (d.service !== service) continue;
+    // Only changes get a mark; a hold-back repeated every round would hide them.
+    if (d.service !== service || (d.outcome !== 'applied' && d.outcome !== 'failed')) continue;
     const at = Date.parse(d.at);
     if (at < t0 || at > t1) continue;
     const g = el('svg:g', { class: 'decision-mark', 'data-outcome': d.outcome });
@@ -185,6 +186,17 @@ function renderStatistics(stats) {
   $('imbalance').textContent = `imbalance (largest over mean, 1 = perfect): rows ${fmt(stats.imbalance.rows, 2)}, bytes ${fmt(stats.imbalance.bytes, 2)}`;
 }
 
+/** Newest first; of a run of identical hold-backs of one service only the newest is kept. */
+function withoutRepeats(items) {
+  const seen = new Map();
+  return items.filter((d) => {
+    const key = `${d.outcome}:${d.from}:${d.to}:${(d.blocked || []).map((b) => b.kind).join(',')}`;
+    const repeat = d.outcome !== 'applied' && seen.get(d.service) === key;
+    seen.set(d.service, key);
+    return !repeat;
+  });
+}
+
 async function poll() {
   polls += 1;
   try {
@@ -199,7 +211,7 @@ async function poll() {
       while (series.length > KEEP) series.shift();
       samples.set(s.service, series);
     }
-    decisions = history.body.items.filter((d) => d.kind === 'decision' && d.outcome !== 'unchanged');
+    decisions = withoutRepeats(history.body.items.filter((d) => d.kind === 'decision' && d.outcome !== 'unchanged'));
     renderControls(status.body);
     renderServices(status.body);
     renderDecisions();
