@@ -6,6 +6,14 @@
  *
  * Times are epoch milliseconds. Every port that talks to the network takes an `AbortSignal`
  * so the caller can keep all calls inside the function's time budget.
+ *
+ * @example
+ * ```ts
+ * // A metrics source for tests or local mode: a fixed reading per service.
+ * const fixed: MetricsSource = {
+ *   read: async (services) => new Map(services.map((s) => [s, { ok: true, metrics: { cpu: 50 } }])),
+ * };
+ * ```
  */
 import type { PolicyName, ScalingConfig, ServiceScalingConfig } from './config.js';
 import type { Block, Direction, MetricsSnapshot, Reason, ScalingPolicy, ServiceState, TaskCounts } from './types.js';
