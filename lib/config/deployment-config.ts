@@ -155,6 +155,8 @@ const deploymentSchemaObject = z.strictObject({
       /** Defaults to `production`. */
       multiAz: z.boolean().optional(),
       secretRotationDays: z.number().int().min(1).max(365).default(30),
+      /** How documents are routed to shards (range routing needs ranges this file does not carry). */
+      shardingStrategy: z.enum(['hash_based', 'directory_based']).default('hash_based'),
     })
     .prefault({}),
   services: z

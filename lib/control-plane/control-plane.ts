@@ -55,8 +55,10 @@ export interface ControlPlaneProps {
   readonly loadBalancerFullName?: string;
   /** Where the catalog lives: the secret and the host to use instead of the secret's (the proxy). */
   readonly catalog: { readonly secret: secretsmanager.ISecret; readonly host: string };
-  /** Every shard primary's admin secret (migrations and shard statistics). */
+  /** Every shard primary's admin secret (migrations and shard statistics), in shard order. */
   readonly shardSecrets: readonly secretsmanager.ISecret[];
+  /** The guide's `ShardingConfig` JSON with credential-free URLs, in the same shard order (the API's shard endpoints). */
+  readonly shardingConfigJson: string;
   /** CloudWatch alarms publish here; the alarm function is subscribed. */
   readonly alarmTopic: sns.ITopic;
   /** The runtime scaling configuration: the functions' last-known configuration. */
@@ -96,7 +98,7 @@ export function scheduleMinutes(checkIntervalSeconds: number): number {
  *   namePrefix: 'ca-dms-dev', vpc, subnets, securityGroup, cluster, services, alarmTopic,
  *   entries: { evaluate: 'functions/handlers/evaluate.ts', alarm: '...', api: '...', migrate: '...' },
  *   migrationsDirectory: 'functions/adapters/postgres/migrations',
- *   catalog: { secret, host: proxy.endpoint }, shardSecrets, scalingConfig,
+ *   catalog: { secret, host: proxy.endpoint }, shardSecrets, shardingConfigJson, scalingConfig,
  * });
  * ```
  */
@@ -199,7 +201,7 @@ export class ControlPlane extends Construct {
       ...common,
       entry: props.entries.api,
       description: 'CA-DMS scaling REST API',
-      environment: { ...controllerEnv, ...shardEnv, POWERTOOLS_SERVICE_NAME: 'scaling-api' },
+      environment: { ...controllerEnv, ...shardEnv, SHARDING_CONFIG_JSON: props.shardingConfigJson, POWERTOOLS_SERVICE_NAME: 'scaling-api' },
       timeout: Duration.seconds(29),
     });
     this.migrate = new ControlPlaneFunction(this, 'Migrate', {

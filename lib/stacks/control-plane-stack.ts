@@ -7,6 +7,7 @@ import { ControlPlane, type ControlPlaneEntries } from '../control-plane/control
 import type { ShardDatabase } from '../data/shard-database.js';
 import { SUBNETS, type Network } from '../network/network.js';
 import { alarmServiceMap } from '../observability/alarm-names.js';
+import { shardingDocument } from '../data/sharding-document.js';
 import type { ServicesStack } from './services-stack.js';
 
 /** Props of {@link ControlPlaneStack}. */
@@ -56,6 +57,13 @@ export class ControlPlaneStack extends Stack {
       // The catalog lives in the first shard's primary and is reached through its proxy.
       catalog: { secret: catalogShard.secret, host: catalogShard.proxy.endpoint },
       shardSecrets: shards.map((s) => s.secret),
+      shardingConfigJson: this.toJsonString(
+        shardingDocument(
+          shards.map((s) => ({ id: s.shardId, host: s.primary.dbInstanceEndpointAddress, replicas: s.replicas.map((r) => r.dbInstanceEndpointAddress) })),
+          config.database.databaseName,
+          config.database.shardingStrategy,
+        ),
+      ),
       alarmTopic: this.alarmTopic.topic,
       scalingConfig: config.scaling,
       alarmServiceMap: alarmServiceMap(prefix, SERVICE_NAMES, ['backend-read', 'backend-write', 'frontend']),

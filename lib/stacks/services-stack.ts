@@ -12,6 +12,7 @@ import { SUBNETS, type Network } from '../network/network.js';
 import { AccessLogBucket } from '../services/access-log-bucket.js';
 import { LoadBalancer } from '../services/load-balancer.js';
 import { SidecarService } from '../services/sidecar-service.js';
+import { shardingDocument } from '../data/sharding-document.js';
 
 /** Props of {@link ServicesStack}. */
 export interface ServicesStackProps extends StackProps {
@@ -90,13 +91,11 @@ export class ServicesStack extends Stack {
 
     // The application learns its shards from plain settings; credentials come from Secrets
     // Manager at task start and never appear in the task definition.
-    const shardTopology = shards.map((s) => ({
-      id: s.shardId,
-      host: s.primary.dbInstanceEndpointAddress,
-      port: 5432,
-      database: s.databaseName,
-      replicas: s.replicas.map((r) => r.dbInstanceEndpointAddress),
-    }));
+    const sharding = shardingDocument(
+      shards.map((s) => ({ id: s.shardId, host: s.primary.dbInstanceEndpointAddress, replicas: s.replicas.map((r) => r.dbInstanceEndpointAddress) })),
+      config.database.databaseName,
+      config.database.shardingStrategy,
+    );
     const secrets: Record<string, ecs.Secret> = {};
     for (const s of shards) {
       const key = s.shardId.toUpperCase().replace(/-/g, '_');
@@ -122,9 +121,9 @@ export class ServicesStack extends Stack {
           // The read pool serves only GET/HEAD (the load balancer guarantees it) from replicas.
           DATABASE_READ_ONLY: String(name === 'backend-read'),
           SHARDING_ENABLED: 'true',
-          SHARDING_STRATEGY: 'hash_based',
-          DATABASE_SHARDS_JSON: this.toJsonString(shardTopology),
-          DATABASE_SSL_MODE: 'verify-full',
+          SHARDING_STRATEGY: config.database.shardingStrategy,
+          // The guide's ShardingConfig with credential-free URLs; SHARD_NNN_DB_* complete them.
+          SHARDING_CONFIG_JSON: this.toJsonString(sharding),
         },
         secrets,
         nginxEnvironment: {

@@ -270,6 +270,19 @@ describe('control plane stack', () => {
     expect(parseScalingConfig(shipped)).toEqual(s.config.scaling);
   });
 
+  it('gives the scaling API every shard in the guide sharding format, in the order of the shard secrets', () => {
+    const fn = s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId('api')] as { Properties: { Environment: { Variables: Json } } };
+    const vars = fn.Properties.Environment.Variables;
+    const sharding = JSON.stringify(vars['SHARDING_CONFIG_JSON']);
+    const secrets = JSON.stringify(vars['SHARD_DB_SECRET_ARNS']);
+    for (const shard of s.stacks.data.shards) {
+      expect(sharding).toContain(`\\"shard_id\\":\\"${shard.shardId}\\"`);
+      expect(sharding).toContain(logicalId(s.stacks.data, shard.primary).slice(0, 20));
+    }
+    expect(sharding).toContain('sslmode=verify-full');
+    expect(secrets.indexOf('Shard001')).toBeLessThan(secrets.indexOf('Shard002'));
+  });
+
   it('schedules the evaluator at the configured interval, with a dead-letter queue', () => {
     s.template(s.stacks.controlPlane).hasResourceProperties('AWS::Events::Rule', {
       ScheduleExpression: `rate(${s.config.checkIntervalSeconds / 60} minute)`,
