@@ -8,6 +8,7 @@ vi.hoisted(() => {
   process.env['POWERTOOLS_LOG_LEVEL'] = 'SILENT';
   process.env['POWERTOOLS_TRACE_ENABLED'] = 'false';
   process.env['POWERTOOLS_METRICS_NAMESPACE'] = 'CaDmsScalingTest';
+  process.env['POWERTOOLS_METRICS_DISABLED'] = 'true';
 });
 
 import { Validator } from '@seriousme/openapi-schema-validator';
