@@ -1,0 +1,114 @@
+/**
+ * `npm run load` and the documents API it loads, against local mode running as a child process.
+ * Loopback only, a few seconds per run.
+ */
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../support/postgres.js';
+import { getJson, runCli, startLocalProcess, type LocalProcess } from './support/local-process.js';
+
+interface Report {
+  requests: number;
+  requestsPerSecond: number;
+  errorRate: number;
+  statusCodes: Record<string, number>;
+  latencyMs: { p50: number; p99: number };
+  passed: boolean;
+}
+
+/**
+ * Forwards every request to `target`, except that it answers 503 to every document write: one
+ * request in ten of the load-test mix fails, whatever the system does.
+ */
+async function failingWritesProxy(target: string): Promise<Server> {
+  const upstream = new URL(target);
+  const server = createServer((req, res) => {
+    if (req.method === 'POST' && req.url?.startsWith('/api/v1/documents')) {
+      req.resume();
+      res.writeHead(503, { 'content-type': 'application/problem+json' }).end('{"status":503,"title":"Service Unavailable"}');
+      return;
+    }
+    const forward = httpRequest({ host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers: req.headers }, (up) => {
+      res.writeHead(up.statusCode ?? 502, up.headers);
+      up.pipe(res);
+    });
+    forward.on('error', () => res.writeHead(502).end());
+    req.pipe(forward);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return server;
+}
+
+describe('the documents API and npm run load', () => {
+  let local: LocalProcess | undefined;
+  let proxy: Server | undefined;
+  const url = (): string => {
+    if (!local) throw new Error('local mode did not start');
+    return local.url;
+  };
+
+  beforeAll(async () => {
+    local = await startLocalProcess({ args: ['--seed-users', '20'] });
+    proxy = await failingWritesProxy(local.url);
+  });
+
+  afterAll(async () => {
+    await new Promise<void>((r) => (proxy ? proxy.close(() => r()) : r()));
+    await local?.stop('SIGTERM');
+    await local?.remove();
+  });
+
+  it('writes a document on its owner\'s shard and reads it back at once with the read token', async () => {
+    const users = await getJson<{ items: Array<{ id: string; shard_id: string }> }>(`${url()}/api/v1/users?limit=1`);
+    const owner = users.body.items[0];
+
+    const created = await fetch(`${url()}/api/v1/documents`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ owner_id: owner?.id, title: 'Minutes' }) });
+    const doc = (await created.json()) as { id: string; shard_id: string };
+    const token = created.headers.get('x-read-token') ?? '';
+    const read = await fetch(`${url()}/api/v1/documents/${doc.id}`, { headers: { 'x-read-after': token } });
+
+    expect(created.status).toBe(201);
+    expect(doc.shard_id).toBe(owner?.shard_id);
+    expect(token).toMatch(new RegExp(`^${owner?.shard_id}@[0-9A-F]+/[0-9A-F]+$`));
+    expect(read.status).toBe(200);
+    expect(((await read.json()) as { title: string }).title).toBe('Minutes');
+  });
+
+  it('rejects a document without a valid owner with a problem naming the field, writing nothing', async () => {
+    const res = await fetch(`${url()}/api/v1/documents`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ owner_id: 'nobody', title: '' }) });
+    const problem = (await res.json()) as { invalid_params: Array<{ name: string }> };
+
+    expect(res.status).toBe(400);
+    expect(res.headers.get('content-type')).toBe('application/problem+json');
+    expect(problem.invalid_params.map((p) => p.name).sort()).toEqual(['body.owner_id', 'body.title']);
+  });
+
+  it('runs the mix of document reads, writes and scaling API reads and passes without errors', async () => {
+    const run = await runCli(['load', '--url', url(), '--duration', '2', '--connections', '4', '--format', 'json']);
+    const report = JSON.parse(run.stdout) as Report;
+
+    expect(run.code).toBe(0);
+    expect(report.requests).toBeGreaterThan(20);
+    expect(report.errorRate).toBe(0);
+    expect(Object.keys(report.statusCodes).sort()).toEqual(['200', '201']);
+    expect(report.latencyMs.p99).toBeGreaterThanOrEqual(report.latencyMs.p50);
+  }, 30_000);
+
+  it('exits 1 and says FAIL when failed requests pass the threshold', async () => {
+    const proxyUrl = `http://127.0.0.1:${(proxy?.address() as AddressInfo).port}`;
+
+    const run = await runCli(['load', '--url', proxyUrl, '--duration', '2', '--connections', '4', '--max-error-rate', '5']);
+
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(/non-2xx = (9|10|11)\.\d\d % \(threshold 5 %\)/);
+    expect(run.stdout).toContain('FAIL: the error rate is above the threshold');
+  }, 30_000);
+
+  it('exits 1 naming a target it cannot reach, before loading anything', async () => {
+    const run = await runCli(['load', '--url', `http://127.0.0.1:${await freePort()}`, '--duration', '1']);
+
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/discovering users: http:\/\/127\.0\.0\.1:\d+\/api\/v1\/users\?limit=100 is unreachable/);
+  }, 20_000);
+});
