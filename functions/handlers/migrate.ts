@@ -5,6 +5,7 @@
  * nothing, because migrations are forward-only and the data outlives the stack. A failure
  * throws, so the Provider reports FAILED with the message and CloudFormation rolls back.
  */
+import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import type { Context } from 'aws-lambda';
 import type pg from 'pg';
 import { z } from 'zod';
@@ -14,7 +15,7 @@ import { createPool } from './shared/db.js';
 import { parseMigrationEnv, type MigrationEnv } from './shared/env.js';
 import { withPowertools } from './shared/middleware.js';
 import { migrateAll, type MigrationSummary } from './shared/migrations.js';
-import { logger } from './shared/powertools.js';
+import { logger, metrics } from './shared/powertools.js';
 
 /** The physical id of the one migrations resource. */
 export const PHYSICAL_ID = 'ca-dms-schema-migrations';
@@ -64,6 +65,7 @@ export function createMigrateHandler(deps: () => { env: MigrationEnv; clients: P
       const results: MigrationSummary[] = await migrateAll({ catalog, shards, ...(env.migrationsDir === undefined ? {} : { dir: env.migrationsDir }) });
       const applied = results.flatMap((r) => r.applied.map((name) => `${r.target}: ${r.set}/${name}`));
       logger.info('migrations applied', { requestType: e.RequestType, applied });
+      metrics.addMetric('MigrationsApplied', MetricUnit.Count, applied.length);
       return { PhysicalResourceId: e.RequestType === 'Update' ? e.PhysicalResourceId : PHYSICAL_ID, Data: { Applied: applied.length, Targets: 1 + shards.length } };
     } finally {
       await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
