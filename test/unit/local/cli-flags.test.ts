@@ -1,0 +1,67 @@
+/**
+ * Flags of `start` and `load`: every bad value is named with what is accepted, and exits 2.
+ */
+import { describe, expect, it } from 'vitest';
+import { loadCommand } from '../../../bin/commands/load.js';
+import { DEFAULT_TRACE, parseStartOptions } from '../../../bin/commands/start.js';
+import { UsageError, type CliIo } from '../../../bin/commands/kit.js';
+import { runCli } from '../../e2e/support/local-process.js';
+
+const io: CliIo = { stdout: () => undefined, stderr: () => undefined, cwd: '/srv/app' };
+
+describe('start flags', () => {
+  it('defaults to port 3000, .local, two shards with one replica each, the NASA trace at 60x', () => {
+    expect(parseStartOptions([], '/srv/app', {})).toEqual({
+      port: 3000,
+      dataDir: '/srv/app/.local',
+      shards: 2,
+      replicasPerShard: 1,
+      tracePath: DEFAULT_TRACE,
+      acceleration: 60,
+      seedUsers: 200,
+      wipe: false,
+    });
+  });
+
+  it('resolves the data directory and the trace against the working directory', () => {
+    const options = parseStartOptions(['--data-dir', 'tmp/local', '--trace', 'traces/t.csv', '--wipe'], '/srv/app', {});
+
+    expect(options).toMatchObject({ dataDir: '/srv/app/tmp/local', tracePath: '/srv/app/traces/t.csv', wipe: true });
+  });
+
+  it.each([
+    [['--port', '70000'], '--port: expected a whole number from 0 to 65535, got "70000"'],
+    [['--shards', '0'], '--shards: expected a whole number from 1 to 8, got "0"'],
+    [['--replicas', 'two'], '--replicas: expected a whole number from 0 to 3, got "two"'],
+    [['--acceleration', '0.5'], '--acceleration: expected a number of trace seconds per second from 1 to 3600, got "0.5"'],
+    [['--seed-users=-3'], '--seed-users: expected a whole number from 0 to 100000, got "-3"'],
+    [['--color'], "Unknown option '--color'"],
+  ])('rejects %j naming the flag', (args, message) => {
+    expect(() => parseStartOptions(args, '/srv/app', {})).toThrow(UsageError);
+    expect(() => parseStartOptions(args, '/srv/app', {})).toThrow(message);
+  });
+
+  it('rejects a malformed SCALING_CHECK_INTERVAL naming the variable', () => {
+    expect(() => parseStartOptions([], '/srv/app', { SCALING_CHECK_INTERVAL: 'soon' })).toThrow('SCALING_CHECK_INTERVAL: must be a whole number');
+  });
+
+  it('exits 2 from the command line, with the flag in the message and nothing started', async () => {
+    const run = await runCli(['start', '--shards', '9']);
+
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('ca-dms-scaling start: --shards: expected a whole number from 1 to 8, got "9"');
+  }, 20_000);
+});
+
+describe('load flags', () => {
+  it.each([
+    [[], '--url: is required, e.g. --url http://127.0.0.1:3000'],
+    [['--url', 'ftp://127.0.0.1/'], '--url: expected an http:// or https:// URL such as http://127.0.0.1:3000'],
+    [['--url', 'http://127.0.0.1:3000', '--duration', '0'], '--duration: expected a number of seconds from 1 to 3600, got "0"'],
+    [['--url', 'http://127.0.0.1:3000', '--max-error-rate', '101'], '--max-error-rate: expected a number of percent from 0 to 100, got "101"'],
+    [['--url', 'http://127.0.0.1:3000', '--format', 'xml'], '--format: expected one of text, json'],
+  ])('rejects %j naming the flag', async (args, message) => {
+    await expect(loadCommand.run(args, io)).rejects.toThrow(UsageError);
+    await expect(loadCommand.run(args, io)).rejects.toThrow(message);
+  });
+});

@@ -1,0 +1,57 @@
+/**
+ * The local-mode lock: one running instance per data directory, stale locks taken over.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { AlreadyRunningError, acquireLocalLock } from '../../../functions/local/lock.js';
+
+describe('acquireLocalLock', () => {
+  let dir: string;
+  let path: string;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ca-dms-lock-'));
+    path = join(dir, 'local.lock');
+  });
+
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('writes this process\'s pid, adds the URL once known, and removes the file on release', async () => {
+    const lock = await acquireLocalLock(path);
+    await lock.update({ url: 'http://127.0.0.1:3000' });
+
+    expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ pid: process.pid, url: 'http://127.0.0.1:3000' });
+    await lock.release();
+    await expect(readFile(path, 'utf8')).rejects.toThrow('ENOENT');
+  });
+
+  it('refuses while another live process holds the lock, naming its pid and URL', async () => {
+    const holder = spawn('sleep', ['30']);
+    try {
+      await writeFile(path, JSON.stringify({ pid: holder.pid, url: 'http://127.0.0.1:3001', startedAt: new Date().toISOString() }));
+
+      const attempt = acquireLocalLock(path);
+
+      await expect(attempt).rejects.toBeInstanceOf(AlreadyRunningError);
+      await expect(acquireLocalLock(path)).rejects.toThrow(`local mode is already running (pid ${holder.pid}, http://127.0.0.1:3001)`);
+    } finally {
+      holder.kill();
+    }
+  });
+
+  it('takes over a lock whose process is gone', async () => {
+    const gone = spawn('true');
+    await new Promise((r) => gone.once('exit', r));
+    await writeFile(path, JSON.stringify({ pid: gone.pid, startedAt: new Date().toISOString() }));
+
+    const lock = await acquireLocalLock(path);
+
+    expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ pid: process.pid });
+    await lock.release();
+  });
+});
