@@ -66,3 +66,8 @@ create trigger users_move_capture after insert or update or delete on users
   for each row execute function record_move_change('id');
 create trigger documents_move_capture after insert or update or delete on documents
   for each row execute function record_move_change('owner_id');
+
+-- The mover pages through a slot's rows in id order (keyset pagination); with (slot, id) each
+-- page is an index range scan instead of a sort of the whole slot.
+create index users_slot_id_idx on users (slot, id);
+create index documents_slot_id_idx on documents (slot, id);
