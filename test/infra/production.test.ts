@@ -3,11 +3,11 @@
  * databases kept on stack deletion, HTTPS with a modern TLS policy, and a sub-minute check
  * interval rounded up to EventBridge's one minute with a warning.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Annotations, Match } from 'aws-cdk-lib/assertions';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { scheduleMinutes } from '../../lib/control-plane/control-plane.js';
 import { resourcesOf, ROOT, synthesize, type Synthesized } from './support/synth.js';
@@ -18,6 +18,10 @@ let s: Synthesized;
 beforeAll(() => {
   const prod = JSON.parse(readFileSync(join(ROOT, 'config', 'prod.json'), 'utf8')) as unknown;
   s = synthesize(mergeConfig(prod, { domain: { certificateArn: CERTIFICATE } }));
+});
+
+afterAll(() => {
+  rmSync(s.outdir, { recursive: true, force: true });
 });
 
 describe('production synthesis', () => {

@@ -3,11 +3,11 @@
  * that cdk-nag's AwsSolutions pack and the CloudFormation validation find nothing left
  * unacknowledged.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CfnResource, Stack } from 'aws-cdk-lib';
 import { Match } from 'aws-cdk-lib/assertions';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseScalingConfig } from '../../functions/core/scaling/config.js';
 import { SERVICE_NAMES } from '../../lib/config/deployment-config.js';
 import { SCALING_API_ROUTES } from '../../lib/control-plane/scaling-api.js';
@@ -21,6 +21,10 @@ const devConfig = JSON.parse(readFileSync(join(ROOT, 'config', 'dev.json'), 'utf
 
 beforeAll(() => {
   s = synthesize(devConfig);
+});
+
+afterAll(() => {
+  rmSync(s.outdir, { recursive: true, force: true });
 });
 
 function logicalId(stack: Stack, construct: { node: { defaultChild?: unknown } }): string {
