@@ -24,6 +24,7 @@ import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
 import { MoveBusyError, MoveConflictError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
 import type { HealthReport, ShardInspector } from '../adapters/postgres/shard-inspector.js';
+import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
 import { ProblemError } from './http.js';
 import {
@@ -54,6 +55,20 @@ export interface ShardingDeps {
   readonly maxLagBytes?: number;
   /** Runs a planned move to completion in the background (local mode: in-process; AWS: a worker). */
   readonly runMove: (id: number) => void;
+}
+
+/** The API's view of an assembled sharding layer; `runMove` decides where moves run. */
+export function shardingDepsOf(runtime: ShardingRuntime, runMove: (id: number) => void): ShardingDeps {
+  return {
+    router: runtime.router,
+    slotMaps: runtime.slotMaps,
+    directory: runtime.directory,
+    inspector: runtime.inspector,
+    mover: runtime.mover,
+    maxLagSeconds: runtime.config.max_replica_lag_seconds,
+    maxLagBytes: runtime.config.max_replica_lag_bytes,
+    runMove,
+  };
 }
 
 export interface ScalingApiDeps {

@@ -12,7 +12,7 @@ import { ProblemError, problemResponse } from '../api/http.js';
 import { createScalingRouter } from '../api/routes.js';
 import type { Router } from '../api/router.js';
 import type { ScalingApiPort } from '../api/service.js';
-import { createScalingApiPort } from '../api/wiring.js';
+import { createScalingApiPort, shardingDepsOf } from '../api/wiring.js';
 import { HistoryReader } from '../adapters/postgres/history-reader.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { awsClients } from './shared/aws.js';
@@ -72,18 +72,9 @@ async function buildAwsPort(): Promise<ScalingApiPort> {
     clock: { now: () => Date.now() },
     ...(sharding
       ? {
-          sharding: {
-            router: sharding.router,
-            slotMaps: sharding.slotMaps,
-            directory: sharding.directory,
-            inspector: sharding.inspector,
-            mover: sharding.mover,
-            maxLagSeconds: shardingConfig?.max_replica_lag_seconds,
-            maxLagBytes: shardingConfig?.max_replica_lag_bytes,
-            // A Lambda invocation cannot outlive its response: the API only plans the move, and
-            // the scheduled `moves` function carries planned and unfinished jobs forward.
-            runMove: (id) => logger.info('move planned; the moves function will carry it out', { id }),
-          },
+          // A Lambda invocation cannot outlive its response: the API only plans the move, and
+          // the scheduled `moves` function carries planned and unfinished jobs forward.
+          sharding: shardingDepsOf(sharding, (id) => logger.info('move planned; the moves function will carry it out', { id })),
         }
       : {}),
   });

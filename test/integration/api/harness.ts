@@ -21,7 +21,7 @@ import { HistoryReader } from '../../../functions/adapters/postgres/history-read
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import type { ScalingApiPort } from '../../../functions/api/service.js';
-import { createScalingApiPort } from '../../../functions/api/wiring.js';
+import { createScalingApiPort, shardingDepsOf } from '../../../functions/api/wiring.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import { ScalingController } from '../../../functions/core/scaling/controller.js';
 import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
@@ -115,20 +115,11 @@ export async function startApiHarness(): Promise<ApiHarness> {
     target,
     metrics,
     clock,
-    sharding: {
-      router: sharding.router,
-      slotMaps: sharding.slotMaps,
-      directory: sharding.directory,
-      inspector: sharding.inspector,
-      mover: sharding.mover,
-      maxLagSeconds: shardingConfig.max_replica_lag_seconds,
-      maxLagBytes: shardingConfig.max_replica_lag_bytes,
-      runMove: (id) => {
-        const run = sharding.mover.run(id).catch(() => undefined);
-        moves.add(run);
-        void run.finally(() => moves.delete(run));
-      },
-    },
+    sharding: shardingDepsOf(sharding, (id) => {
+      const run = sharding.mover.run(id).catch(() => undefined);
+      moves.add(run);
+      void run.finally(() => moves.delete(run));
+    }),
   });
   const handler = createApiHandler(() => port);
   const server: LocalServer = await startLocalServer({ handler, port: 0 });
