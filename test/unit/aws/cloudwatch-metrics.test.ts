@@ -140,7 +140,7 @@ describe('CloudWatch metrics source', () => {
   });
 });
 
-describe('CloudWatch throttling through the real SDK retry strategy', () => {
+describe('CloudWatch through the real SDK stack (in-process HTTP handler)', () => {
   it('retries a throttled GetMetricData with backoff and then reads the metrics', async () => {
     cw.restore();
     let attempts = 0;
@@ -164,5 +164,26 @@ describe('CloudWatch throttling through the real SDK retry strategy', () => {
 
     expect(attempts).toBe(3);
     expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 91 } });
+  });
+
+  it('gives up when the time budget runs out, reporting the services as unavailable', async () => {
+    cw.restore();
+    const client = new CloudWatchClient({
+      region: 'eu-west-1',
+      credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'secret' },
+      requestHandler: {
+        // A request that never answers: only the caller's abort signal ends it.
+        handle: (_request: unknown, options?: { abortSignal?: AbortSignal }) =>
+          new Promise((_resolve, reject) => {
+            options?.abortSignal?.addEventListener('abort', () => reject(Object.assign(new Error('Request aborted'), { name: 'AbortError' })));
+          }),
+      },
+    });
+    const started = Date.now();
+
+    const readings = await new CloudWatchMetricsSource({ client, topology: topologyOf(1) }).read(['svc-0'], NOW, AbortSignal.timeout(200));
+
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(readings.get('svc-0')).toEqual({ ok: false, error: 'CloudWatch GetMetricData failed: AbortError: Request aborted' });
   });
 });
