@@ -167,9 +167,12 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           return { value, shardId: route.shardId, slot: route.slot, token: lsn.rows[0]?.lsn ?? '0/0', attempts: attempt };
         }
       } catch (err) {
-        await client.query('rollback').catch(() => undefined);
-        // A connection that failed mid-transaction must not go back to the pool.
-        client.release(err instanceof Error ? err : true);
+        const rolledBack = await client.query('rollback').then(
+          () => true,
+          () => false,
+        );
+        // A connection that could not even roll back must not go back to the pool.
+        client.release(rolledBack ? undefined : true);
         released = true;
         throw err;
       } finally {

@@ -221,6 +221,32 @@ describe('moves that lose nothing', () => {
     await mover.cancel(first.id);
   });
 
+  it('returns a read-your-writes token past the WAL position the shard had before the write', async () => {
+    const [user] = keysInSlot(110, 1) as [string];
+    const owner = env.shards.get(await env.ownerOf(110)) as pg.Pool;
+    const before = (await owner.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn')).rows[0]?.lsn;
+
+    const write = await env.writer.withShardWrite(user, async ({ client, slot }) => {
+      await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'ryw@example.com', 'ryw')`, [user, slot]);
+    });
+
+    const { rows } = await owner.query<{ after: boolean }>('select $1::pg_lsn > $2::pg_lsn as after', [write.token, before]);
+    expect(rows[0]?.after).toBe(true);
+  });
+
+  it('commits nothing when the write function throws, and passes its error on', async () => {
+    const [user] = keysInSlot(111, 1) as [string];
+    const owner = env.shards.get(await env.ownerOf(111)) as pg.Pool;
+
+    const failed = env.writer.withShardWrite(user, async ({ client, slot }) => {
+      await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'x@example.com', 'x')`, [user, slot]);
+      throw new Error('validation failed after the insert');
+    });
+
+    await expect(failed).rejects.toThrow('validation failed after the insert');
+    expect(await countSlot(owner, 111)).toEqual({ users: 0, documents: 0 });
+  });
+
   it('rejects invalid move requests, naming the problem, and records nothing', async () => {
     const mover = env.mover();
     const { rows } = await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.move_jobs');
