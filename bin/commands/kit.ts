@@ -40,7 +40,7 @@ export type FlagTable = Record<string, { type: 'string' | 'boolean'; multiple?: 
  *
  * @example
  * ```ts
- * const flags = parseFlags(['--seed', '7'], { seed: { type: 'string' } }, z.object({ seed: intFlag('seed', 0) }));
+ * const flags = parseFlags(['--seed', '7'], { seed: { type: 'string' } }, z.object({ seed: numberFlag({ min: 0, int: true }) }));
  * flags.seed; // 7
  * ```
  */
@@ -64,8 +64,16 @@ export function parseFlags<S extends z.ZodType>(args: readonly string[], table: 
   return parsed.data;
 }
 
-/** A flag holding a number within [min, max] (whole when `int`), with a message naming it. */
-export function numberFlag(name: string, opts: { min: number; max?: number; int?: boolean; unit?: string }): z.ZodType<number, string> {
+/**
+ * A flag holding a number within [min, max] (whole when `int`); the message says what it
+ * expected and what it got; {@link parseFlags} prefixes the flag, which the schema key names.
+ *
+ * @example
+ * ```ts
+ * z.object({ tick: numberFlag({ min: 1, int: true, unit: 'seconds' }) });
+ * ```
+ */
+export function numberFlag(opts: { min: number; max?: number; int?: boolean; unit?: string }): z.ZodType<number, string> {
   const kind = opts.int === true ? 'a whole number' : 'a number';
   const range = opts.max === undefined ? `>= ${opts.min}` : `from ${opts.min} to ${opts.max}`;
   const expected = `${kind}${opts.unit ? ` of ${opts.unit}` : ''} ${range}`;
@@ -80,7 +88,14 @@ export function numberFlag(name: string, opts: { min: number; max?: number; int?
   });
 }
 
-/** A flag restricted to a list of values; the message lists them. */
+/**
+ * A flag restricted to a list of values; the message lists them.
+ *
+ * @example
+ * ```ts
+ * z.object({ format: choiceFlag(['table', 'json'] as const) });
+ * ```
+ */
 export function choiceFlag<T extends string>(values: readonly [T, ...T[]]): z.ZodType<T, string> {
   return z.string().transform((raw, ctx) => {
     if ((values as readonly string[]).includes(raw)) return raw as T;

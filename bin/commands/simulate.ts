@@ -83,21 +83,21 @@ const flagsSchema = z
     all: z.boolean().optional(),
     format: choiceFlag(['table', 'json'] as const).optional(),
     report: z.string().min(1, 'expected a file name').optional(),
-    tick: numberFlag('tick', { min: 1, max: 86_400, int: true, unit: 'seconds' }).optional(),
-    startup: numberFlag('startup', { min: 0, max: 86_400, int: true, unit: 'seconds' }).optional(),
-    'min-tasks': numberFlag('min-tasks', { min: 0, max: 10_000, int: true }).optional(),
-    'max-tasks': numberFlag('max-tasks', { min: 1, max: 10_000, int: true }).optional(),
-    'p99-units': numberFlag('p99-units', { min: 0.001, max: 10_000 }).optional(),
-    'slo-utilization': numberFlag('slo-utilization', { min: 0.01, max: 1 }).optional(),
-    'reversal-window': numberFlag('reversal-window', { min: 0, max: 86_400, int: true, unit: 'seconds' }).optional(),
-    'missing-fraction': numberFlag('missing-fraction', { min: 0, max: 1 }).optional(),
-    seed: numberFlag('seed', { min: 0, max: 2 ** 32 - 1, int: true }).optional(),
+    tick: numberFlag({ min: 1, max: 86_400, int: true, unit: 'seconds' }).optional(),
+    startup: numberFlag({ min: 0, max: 86_400, int: true, unit: 'seconds' }).optional(),
+    'min-tasks': numberFlag({ min: 0, max: 10_000, int: true }).optional(),
+    'max-tasks': numberFlag({ min: 1, max: 10_000, int: true }).optional(),
+    'p99-units': numberFlag({ min: 0.001, max: 10_000 }).optional(),
+    'slo-utilization': numberFlag({ min: 0.01, max: 1 }).optional(),
+    'reversal-window': numberFlag({ min: 0, max: 86_400, int: true, unit: 'seconds' }).optional(),
+    'missing-fraction': numberFlag({ min: 0, max: 1 }).optional(),
+    seed: numberFlag({ min: 0, max: 2 ** 32 - 1, int: true }).optional(),
     'initial-tasks': z
-      .union([z.literal('auto'), numberFlag('initial-tasks', { min: 0, max: 10_000, int: true })], {
+      .union([z.literal('auto'), numberFlag({ min: 0, max: 10_000, int: true })], {
         error: (issue) => `expected "auto" or a whole number from 0 to 10000, got "${String(issue.input)}"`,
       })
       .optional(),
-    'requests-per-unit': numberFlag('requests-per-unit', { min: 0, max: 1e9 }).optional(),
+    'requests-per-unit': numberFlag({ min: 0, max: 1e9 }).optional(),
   })
   .superRefine((f, ctx) => {
     if (f.help === true) return;

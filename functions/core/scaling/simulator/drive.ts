@@ -12,7 +12,14 @@ import type { SimulationModel } from './model.js';
 /** The service name the simulated fleet evaluates under. */
 export const SIMULATED_SERVICE = 'simulated';
 
-/** Whether the controller applies a decision (not when it is disabled or a dry run). */
+/**
+ * Whether the controller applies a decision (not when it is disabled or a dry run).
+ *
+ * @example
+ * ```ts
+ * if (isApplicable(decision)) fleet.setDesired(decision.to);
+ * ```
+ */
 export function isApplicable(decision: Decision): boolean {
   return decision.to !== decision.from && !decision.blocked.some((b) => b.kind === 'dry_run' || b.kind === 'disabled');
 }

@@ -2,7 +2,14 @@
 import type { SimulationModel } from './model.js';
 import type { PolicyResult, SimulationResult } from './simulate.js';
 
-/** One line stating every model parameter, printed with every result. */
+/**
+ * One line stating every model parameter, printed with every result.
+ *
+ * @example
+ * ```ts
+ * describeModel(DEFAULT_MODEL); // 'tick 60 s, startup 120 s, tasks 2..10, ...'
+ * ```
+ */
 export function describeModel(m: SimulationModel): string {
   return [
     `tick ${m.tickSeconds} s`,
@@ -34,7 +41,14 @@ function row(r: PolicyResult): string[] {
   ];
 }
 
-/** Aligns rows into columns (first column left, the rest right). */
+/**
+ * Aligns rows into columns (first column left, the rest right).
+ *
+ * @example
+ * ```ts
+ * alignColumns([['policy', 'min'], ['hpa', '12']]); // 'policy  min\nhpa      12'
+ * ```
+ */
 export function alignColumns(rows: readonly (readonly string[])[]): string {
   const widths = rows[0]?.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length))) ?? [];
   return rows

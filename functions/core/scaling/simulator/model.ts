@@ -42,7 +42,14 @@ export const DEFAULT_MODEL: SimulationModel = {
   requestsPerTaskUnitMinute: 6000,
 };
 
-/** The tasks needed so that `demand` keeps utilisation at or below the SLO, within bounds. */
+/**
+ * The tasks needed so that `demand` keeps utilisation at or below the SLO, within bounds.
+ *
+ * @example
+ * ```ts
+ * tasksNeeded(4.6, DEFAULT_MODEL); // 6: 4.6 / 6 = 0.77 <= 0.9, 4.6 / 5 = 0.92 > 0.9
+ * ```
+ */
 export function tasksNeeded(demand: number, model: SimulationModel): number {
   const n = Math.ceil(demand / model.sloUtilization - 1e-9);
   return Math.min(model.maxTasks, Math.max(model.minTasks, n));

@@ -3,7 +3,15 @@
  * are reproducible: the core never uses `Math.random`.
  */
 
-/** Returns a function yielding uniform numbers in [0, 1), fully determined by `seed`. */
+/**
+ * Returns a function yielding uniform numbers in [0, 1), fully determined by `seed`.
+ *
+ * @example
+ * ```ts
+ * const random = mulberry32(42);
+ * random(); // the same number on every run
+ * ```
+ */
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {

@@ -11,7 +11,14 @@ const PAD = { left: 40, right: 10, top: 10, bottom: 24 };
 /** Columns a chart is bucketed into: a week of minutes would otherwise make megabytes of SVG. */
 const COLUMNS = 480;
 
-/** Escapes text for HTML content and attribute values. */
+/**
+ * Escapes text for HTML content and attribute values.
+ *
+ * @example
+ * ```ts
+ * escapeHtml('a<b'); // 'a&lt;b'
+ * ```
+ */
 export function escapeHtml(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&#39;');
 }
@@ -63,7 +70,14 @@ function path(values: readonly number[], x: (i: number) => number, y: (v: number
   return d;
 }
 
-/** One policy's chart: demand, capacity (running tasks), all tasks, violation minutes in red. */
+/**
+ * One policy's chart: demand, capacity (running tasks), all tasks, violation minutes in red.
+ *
+ * @example
+ * ```ts
+ * const svgFigure = renderChart('ca-dms', timeline, 0.9);
+ * ```
+ */
 export function renderChart(title: string, t: Timeline, slo: number): string {
   const b = bucket(t, slo);
   const top = Math.max(1, ...b.demand, ...b.tasks);

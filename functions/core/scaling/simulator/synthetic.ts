@@ -16,7 +16,14 @@ export type Shape =
 
 const DAY = 1440;
 
-/** The shape's value at minute `m` (before noise). */
+/**
+ * The shape's value at minute `m` (before noise).
+ *
+ * @example
+ * ```ts
+ * shapeAt({ kind: 'step', from: 2, to: 7, at: 600 }, 601); // 7
+ * ```
+ */
 export function shapeAt(shape: Shape, m: number): number {
   switch (shape.kind) {
     case 'spikes':

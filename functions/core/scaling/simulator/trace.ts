@@ -33,6 +33,12 @@ const EPOCH_SECONDS_LIMIT = 1e11;
 /**
  * Parses a timestamp: ISO-8601 (a missing zone means UTC), or epoch seconds / milliseconds.
  * Returns epoch milliseconds, or `undefined` when the text is not a timestamp.
+ *
+ * @example
+ * ```ts
+ * parseTimestamp('2014-07-01T00:30:00Z'); // 1404174600000
+ * parseTimestamp('1404174600'); // 1404174600000 (epoch seconds)
+ * ```
  */
 export function parseTimestamp(text: string): number | undefined {
   if (EPOCH.test(text)) {
@@ -127,7 +133,14 @@ export function resampleToTicks(points: readonly TracePoint[], tickMs: number): 
   return out;
 }
 
-/** The nearest-rank percentile (0 < p <= 100) of a series. */
+/**
+ * The nearest-rank percentile (0 < p <= 100) of a series.
+ *
+ * @example
+ * ```ts
+ * percentile([5, 1, 3, 2, 4], 50); // 3
+ * ```
+ */
 export function percentile(values: ArrayLike<number>, p: number): number {
   const sorted = Float64Array.from(values).sort();
   const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
@@ -139,6 +152,10 @@ export function percentile(values: ArrayLike<number>, p: number): number {
  * series matters, its units do not.
  *
  * @throws {TraceError} when the series' 99th percentile is zero (nothing to scale).
+ * @example
+ * ```ts
+ * const demand = rescaleToP99(resampleToTicks(points, 60_000), 8); // task-units
+ * ```
  */
 export function rescaleToP99(values: Float64Array, p99: number): Float64Array {
   const current = percentile(values, 99);
