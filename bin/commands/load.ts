@@ -46,10 +46,10 @@ const httpUrl = z
 const flagsSchema = z.object({
   help: z.boolean().optional(),
   url: httpUrl.optional(),
-  duration: numberFlag('duration', { min: 1, max: 3600, unit: 'seconds' }).optional(),
-  connections: numberFlag('connections', { min: 1, max: 1000, int: true }).optional(),
-  rate: numberFlag('rate', { min: 1, max: 1_000_000, int: true, unit: 'requests per second' }).optional(),
-  'max-error-rate': numberFlag('max-error-rate', { min: 0, max: 100, unit: 'percent' }).optional(),
+  duration: numberFlag({ min: 1, max: 3600, unit: 'seconds' }).optional(),
+  connections: numberFlag({ min: 1, max: 1000, int: true }).optional(),
+  rate: numberFlag({ min: 1, max: 1_000_000, int: true, unit: 'requests per second' }).optional(),
+  'max-error-rate': numberFlag({ min: 0, max: 100, unit: 'percent' }).optional(),
   format: z.enum(['text', 'json'], { error: 'expected one of text, json' }).optional(),
 });
 

@@ -60,13 +60,13 @@ const table: FlagTable = {
 
 const flagsSchema = z.object({
   help: z.boolean().optional(),
-  port: numberFlag('port', { min: 0, max: 65_535, int: true }).optional(),
+  port: numberFlag({ min: 0, max: 65_535, int: true }).optional(),
   'data-dir': z.string().min(1, 'expected a directory').optional(),
-  shards: numberFlag('shards', { min: 1, max: 8, int: true }).optional(),
-  replicas: numberFlag('replicas', { min: 0, max: 3, int: true }).optional(),
+  shards: numberFlag({ min: 1, max: 8, int: true }).optional(),
+  replicas: numberFlag({ min: 0, max: 3, int: true }).optional(),
   trace: z.string().min(1, 'expected a file').optional(),
-  acceleration: numberFlag('acceleration', { min: 1, max: 3600, unit: 'trace seconds per second' }).optional(),
-  'seed-users': numberFlag('seed-users', { min: 0, max: 100_000, int: true }).optional(),
+  acceleration: numberFlag({ min: 1, max: 3600, unit: 'trace seconds per second' }).optional(),
+  'seed-users': numberFlag({ min: 0, max: 100_000, int: true }).optional(),
   wipe: z.boolean().optional(),
 });
 
