@@ -11,6 +11,7 @@
  * config.database.replicasPerShard; // 1
  * ```
  */
+import * as logs from 'aws-cdk-lib/aws-logs';
 import { z } from 'zod';
 import { DEFAULT_SERVICES } from '../../functions/core/scaling/types.js';
 import {
@@ -26,6 +27,13 @@ export const SERVICE_NAMES = DEFAULT_SERVICES;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
 
 const positiveInt = z.number().int().min(1);
+
+/** CloudWatch Logs accepts only these retention periods (days). */
+const RETENTION_DAYS = Object.values(logs.RetentionDays).filter((v): v is number => typeof v === 'number' && v > 0);
+const retentionDays = z
+  .number()
+  .int()
+  .refine((v) => RETENTION_DAYS.includes(v), `a CloudWatch Logs retention period: one of ${RETENTION_DAYS.join(', ')}`);
 
 /** `db.` is added by RDS; the class is what `ec2.InstanceType` accepts, e.g. `t4g.medium`. */
 const instanceClass = z
@@ -135,7 +143,7 @@ const deploymentSchemaObject = z.strictObject({
       natGateways: z.number().int().min(1).max(6).default(1),
       /** Interface endpoints (ECR, Logs, Secrets Manager, CloudWatch) keep that traffic off NAT. */
       interfaceEndpoints: z.boolean().default(true),
-      flowLogRetentionDays: z.number().int().min(1).default(90),
+      flowLogRetentionDays: retentionDays.default(90),
     })
     .prefault({}),
   database: z
@@ -205,7 +213,7 @@ const deploymentSchemaObject = z.strictObject({
       domainName: z.string().regex(/^([a-z0-9-]+\.)+[a-z]{2,}$/, 'a DNS name').optional(),
     })
     .optional(),
-  logRetentionDays: z.number().int().min(1).default(90),
+  logRetentionDays: retentionDays.default(90),
 });
 
 /** The validated deployment configuration with every service fully resolved. */

@@ -1,4 +1,7 @@
-import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as cwActions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import type { Construct } from 'constructs';
 import { SERVICE_NAMES, type DeploymentConfig } from '../config/deployment-config.js';
 import { resolveServiceConfig } from '../../functions/core/scaling/config.js';
@@ -66,6 +69,17 @@ export class ObservabilityStack extends Stack {
       topic,
       errorThreshold: config.alarms.lambdaErrors,
     });
+
+    const elb5xx = new cloudwatch.Alarm(this, 'LoadBalancer5xx', {
+      alarmDescription: `load balancer: more than ${config.alarms.alb5xxPerMinute} of its own 5xx answers a minute (no healthy target, or targets failing)`,
+      metric: services.loadBalancer.alb.metrics.httpCodeElb(elbv2.HttpCodeElb.ELB_5XX_COUNT, { period: Duration.minutes(1), statistic: 'Sum' }),
+      threshold: config.alarms.alb5xxPerMinute,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+      evaluationPeriods: 3,
+      datapointsToAlarm: 2,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+    elb5xx.addAlarmAction(new cwActions.SnsAction(topic));
 
     this.dashboard = new ScalingDashboard(this, 'Dashboard', {
       dashboardName: prefix,

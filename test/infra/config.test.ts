@@ -71,6 +71,10 @@ describe('parseDeploymentConfig', () => {
     expect(config.bounds['backend-read']).toEqual({ min: 1, max: 10 });
   });
 
+  it('rejects a log retention CloudWatch Logs does not offer', () => {
+    expect(issuesOf({ logRetentionDays: 10, network: { flowLogRetentionDays: 45 } }).sort()).toEqual(['logRetentionDays', 'network.flowLogRetentionDays']);
+  });
+
   it('rejects storage autoscaling below the allocated storage', () => {
     expect(issuesOf({ database: { allocatedStorageGiB: 100, maxAllocatedStorageGiB: 50 } })).toEqual(['database.maxAllocatedStorageGiB']);
   });

@@ -412,6 +412,15 @@ describe('observability stack', () => {
     for (const a of alarms) expect(JSON.stringify(a['AlarmActions'])).toContain('AlarmTopic');
   });
 
+  it("alarms on the load balancer's own 5xx answers, to the alarm topic", () => {
+    s.template(s.stacks.observability).hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'HTTPCode_ELB_5XX_Count',
+      Namespace: 'AWS/ApplicationELB',
+      Threshold: s.config.alarms.alb5xxPerMinute,
+      AlarmActions: [Match.objectLike({ 'Fn::GetStackOutput': Match.objectLike({ StackName: s.stacks.controlPlane.stackName }) })],
+    });
+  });
+
   it('builds one dashboard with a row per service and shard and the control plane', () => {
     const t = s.template(s.stacks.observability);
     const [[, dash]] = resourcesOf(t, 'AWS::CloudWatch::Dashboard') as [[string, { Properties?: Json }]];
