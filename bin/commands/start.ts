@@ -216,7 +216,8 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     return 0;
   } catch (error) {
     if (error instanceof PortInUseError || error instanceof ClusterLayoutError || error instanceof TraceFileError || error instanceof ShardingConfigError) {
-      io.stderr(`ca-dms-scaling start: ${error.message}\n`);
+      const hint = error instanceof TraceFileError ? '\n(choose a timestamp,value CSV with --trace FILE; the default traces live in ../shared/traces beside the repository)' : '';
+      io.stderr(`ca-dms-scaling start: ${error.message}${hint}\n`);
       return error instanceof PortInUseError ? 1 : 2;
     }
     if (error instanceof MigrationError || error instanceof EmbeddedClusterError) {
