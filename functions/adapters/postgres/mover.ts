@@ -157,7 +157,17 @@ const shardId = z.string().min(1, 'must not be empty');
 /** A move request, as accepted from an operator (CLI, API). */
 export const moveRequestSchema = z.discriminatedUnion('kind', [
   z.strictObject({ kind: z.literal('slot'), slot: z.number().int().min(0), to: shardId, createdBy: z.string().min(1), reason: z.string().default('') }),
-  z.strictObject({ kind: z.literal('directory'), key: z.guid('directory keys are user ids (UUIDs)'), to: shardId, createdBy: z.string().min(1), reason: z.string().default('') }),
+  z.strictObject({
+    kind: z.literal('directory'),
+    // The key is hashed and compared as text (routing, fence rows, the capture trigger), so it
+    // must be spelled the way PostgreSQL prints a uuid.
+    key: z
+      .guid('directory keys are user ids (UUIDs)')
+      .refine((k) => k === k.toLowerCase(), 'directory keys must be lower-case UUIDs, as PostgreSQL prints them'),
+    to: shardId,
+    createdBy: z.string().min(1),
+    reason: z.string().default(''),
+  }),
 ]);
 export type MoveRequest = z.input<typeof moveRequestSchema>;
 
@@ -305,7 +315,7 @@ export class Mover {
       excluded = await this.directoryKeysIn(slot);
       versionBefore = map.version;
     } else {
-      unitId = req.key.toLowerCase();
+      unitId = req.key;
       slot = slotOf(unitId);
       const entry = await this.options.directory.entry(unitId);
       from = entry?.shardId ?? (map.assignments[slot] as string);
