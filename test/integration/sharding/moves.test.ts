@@ -98,6 +98,30 @@ describe('moves that lose nothing', () => {
     expect(await fenceState(env.shards.get(to) as pg.Pool, 'slot', String(slot))).toBe('open');
   });
 
+  it('moves a slot back to the shard it left, and writes follow it both ways', async () => {
+    const slot = 112;
+    const home = await env.ownerOf(slot);
+    const away = home === 'shard_a' ? 'shard_b' : 'shard_a';
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(env.shards.get(home) as pg.Pool, slot, [user], 4);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const insert = (title: string) =>
+      env.writer.withShardWrite(user, async ({ client, slot: s }) => {
+        await client.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, $3)`, [user, s, title]);
+      });
+
+    await mover.run((await mover.plan({ kind: 'slot', slot, to: away, createdBy: 'test' })).id);
+    const whileAway = await insert('away');
+    const back = await mover.run((await mover.plan({ kind: 'slot', slot, to: home, createdBy: 'test' })).id);
+    const afterReturn = await insert('home again');
+
+    expect(back.state).toBe('done');
+    expect(whileAway.shardId).toBe(away);
+    expect(afterReturn.shardId).toBe(home);
+    expect((await documentsOf(env.shards.get(home) as pg.Pool, [user])).size).toBe(6);
+    expect(await countSlot(env.shards.get(away) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
+  });
+
   it('moves one directory key and leaves the rest of its slot where it was', async () => {
     const slot = 102;
     const from = await env.ownerOf(slot);
