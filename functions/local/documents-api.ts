@@ -131,6 +131,13 @@ function tokenFor(shardId: string, header: string | undefined): { token?: string
   return header.slice(0, at) === shardId ? { token: header.slice(at + 1) } : {};
 }
 
+/** The methods a known path answers, or undefined for an unknown path. */
+function allowedMethods(path: string): string | undefined {
+  if (path === `${PREFIX}/users` || path === `${PREFIX}/documents`) return path.endsWith('users') ? 'GET, POST' : 'POST';
+  if (/^\/api\/v1\/users\/[^/]+\/documents$/.test(path) || /^\/api\/v1\/documents\/[^/]+$/.test(path)) return 'GET';
+  return undefined;
+}
+
 /** Builds the route; it answers every path under `/api/v1/users` and `/api/v1/documents`. */
 export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
   const shardOf = async (key: string): Promise<string> => (await deps.router.resolve(key)).shardId;
@@ -212,7 +219,13 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       else if ((m = /^\/api\/v1\/users\/([^/]+)\/documents$/.exec(path)) && method === 'GET') await userDocuments(decodeURIComponent(m[1] ?? ''), url, req, res);
       else if (path === `${PREFIX}/documents` && method === 'POST') await createDocument(req, res);
       else if ((m = /^\/api\/v1\/documents\/([^/]+)$/.exec(path)) && method === 'GET') await getDocument(decodeURIComponent(m[1] ?? ''), url, req, res);
-      else sendProblem(res, { status: 404, detail: `no route ${method} ${path}; see the README for the documents API` });
+      else {
+        const allowed = allowedMethods(path);
+        if (allowed) {
+          res.setHeader('allow', allowed);
+          sendProblem(res, { status: 405, detail: `${method} is not allowed on ${path}; allowed: ${allowed}` });
+        } else sendProblem(res, { status: 404, detail: `no route ${method} ${path}; see the README for the documents API` });
+      }
     } catch (error) {
       if (error instanceof HttpProblem) sendProblem(res, error.problem);
       else sendProblem(res, { status: 503, detail: `the shard could not serve the request: ${(error as Error).message}` });

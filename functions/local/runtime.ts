@@ -25,7 +25,7 @@
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { applyScalingEnv, type ScalingConfig } from '../core/scaling/config.js';
+import { applyScalingEnv, defaultScalingConfig, type ScalingConfig } from '../core/scaling/config.js';
 import { ScalingController } from '../core/scaling/controller.js';
 import { getPolicy } from '../core/scaling/policies/index.js';
 import type { Clock, DecisionLog, DecisionRecord } from '../core/scaling/ports.js';
@@ -168,7 +168,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const seed = await seedDemoData({ writer, primaries, users: options.seedUsers, documentsPerUser: options.documentsPerUser });
 
     // Scaling: the local configuration on first start, then the guide's variables on top.
-    const catalog = new CatalogStore(catalogPool, { defaults: applyScalingEnv({}, {}) });
+    const catalog = new CatalogStore(catalogPool, { defaults: defaultScalingConfig() });
     const stored = await catalog.getConfig();
     const baseDocument = stored?.document ?? { ...LOCAL_CONFIG_DOCUMENT };
     const config = applyScalingEnv(baseDocument, options.env);

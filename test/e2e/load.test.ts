@@ -84,6 +84,13 @@ describe('the documents API and npm run load', () => {
     expect(problem.invalid_params.map((p) => p.name).sort()).toEqual(['body.owner_id', 'body.title']);
   });
 
+  it('answers 405 with the allowed methods for a known path and a wrong method', async () => {
+    const res = await fetch(`${url()}/api/v1/documents`, { method: 'GET' });
+
+    expect(res.status).toBe(405);
+    expect(res.headers.get('allow')).toBe('POST');
+  });
+
   it('runs the mix of document reads, writes and scaling API reads and passes without errors', async () => {
     const run = await runCli(['load', '--url', url(), '--duration', '2', '--connections', '4', '--format', 'json']);
     const report = JSON.parse(run.stdout) as Report;
