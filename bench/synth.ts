@@ -91,10 +91,10 @@ const withValidation = Array.from({ length: flags.runs }, () => synthOnce(flags.
 const report = (label: string, runs: readonly Run[]): void => {
   const wall = runs.map((r) => r.wallMs);
   const cpu = runs.map((r) => r.cpuMs);
-  console.log(`  ${label}: wall ${wall.map(seconds).join(', ')} (median ${seconds(median(wall))}); CPU ${cpu.map(seconds).join(', ')} (median ${seconds(median(cpu))})`);
+  console.log(`  ${label.padEnd(46)}: wall ${wall.map(seconds).join(', ')} (median ${seconds(median(wall))}); CPU ${cpu.map(seconds).join(', ')} (median ${seconds(median(cpu))})`);
 };
 const m = median(standard.map((r) => r.wallMs));
-report('npm run synth (cdk-nag)                         ', standard);
+report('npm run synth (cdk-nag)', standard);
 report('CDK_VALIDATION=true (cdk-nag + CFN validation)', withValidation);
 console.log(`  load average at end: ${loadavg()[0]?.toFixed(1)}`);
 console.log(`goal: median wall time of the default synth under ${seconds(GOAL_MS)} -> ${m < GOAL_MS ? 'met' : 'NOT met'} (${seconds(m)})`);
