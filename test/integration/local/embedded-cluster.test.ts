@@ -1,0 +1,118 @@
+/**
+ * The persistent local PostgreSQL of local mode: real servers, real streaming replicas, data
+ * reused across starts, and no server left behind.
+ */
+import { spawn } from 'node:child_process';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ClusterLayoutError, startEmbeddedCluster, type EmbeddedCluster, type EmbeddedNode } from '../../../functions/adapters/postgres/embedded-cluster.js';
+
+const FIXTURE = resolve(dirname(fileURLToPath(import.meta.url)), 'fixtures/hold-cluster.ts');
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function query<T extends pg.QueryResultRow>(url: string, sql: string, values: unknown[] = []): Promise<T[]> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return (await client.query<T>(sql, values)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+describe('startEmbeddedCluster', () => {
+  let base: string;
+  let root: string;
+
+  beforeAll(async () => {
+    base = await mkdtemp(join(tmpdir(), 'ca-dms-embedded-'));
+    await chmod(base, 0o755);
+    root = join(base, 'pg');
+  });
+
+  afterAll(async () => {
+    await rm(base, { recursive: true, force: true });
+  });
+
+  it('builds a catalog, a primary and a streaming replica that replays what the primary writes', async () => {
+    const cluster = await startEmbeddedCluster({ root, shards: 1, replicasPerShard: 1 });
+    try {
+      const shard = cluster.shards[0];
+      await query(shard?.primaryUrl ?? '', 'create table notes (body text)');
+      await query(shard?.primaryUrl ?? '', 'insert into notes values ($1)', ['replicated']);
+      const replica = shard?.replicaUrls[0] ?? '';
+      let rows: Array<{ body: string }> = [];
+      for (let i = 0; i < 100 && rows.length === 0; i++) {
+        rows = await query<{ body: string }>(replica, 'select body from notes').catch(() => []);
+        if (rows.length === 0) await new Promise((r) => setTimeout(r, 50));
+      }
+
+      expect(cluster.fresh).toBe(true);
+      expect(cluster.nodes().map((n) => n.id)).toEqual(['catalog', 'shard_001/primary', 'shard_001/replica-1']);
+      expect(rows).toEqual([{ body: 'replicated' }]);
+      expect(await query<{ r: boolean }>(replica, 'select pg_is_in_recovery() as r')).toEqual([{ r: true }]);
+      expect(await query<{ n: number }>(cluster.catalogUrl, 'select 1 as n')).toEqual([{ n: 1 }]);
+    } finally {
+      await cluster.stop();
+    }
+  }, 60_000);
+
+  it('starts again on its data, with the replica following the primary on its new port', async () => {
+    const cluster = await startEmbeddedCluster({ root, shards: 1, replicasPerShard: 1 });
+    try {
+      const rows = await query<{ body: string }>(cluster.shards[0]?.replicaUrls[0] ?? '', 'select body from notes');
+
+      expect(cluster.fresh).toBe(false);
+      expect(rows).toEqual([{ body: 'replicated' }]);
+    } finally {
+      await cluster.stop();
+    }
+    expect(cluster.nodes().every((n) => n.pid === undefined)).toBe(true);
+  }, 60_000);
+
+  it('refuses data built for another layout, naming --wipe, and starts nothing', async () => {
+    const attempt = startEmbeddedCluster({ root, shards: 2, replicasPerShard: 1 });
+
+    await expect(attempt).rejects.toBeInstanceOf(ClusterLayoutError);
+    await expect(startEmbeddedCluster({ root, shards: 1, replicasPerShard: 2 })).rejects.toThrow(/built with 1 shard\(s\) and 1 replica\(s\) per shard.*--wipe/);
+  });
+
+  it('stops the servers a killed process left behind before it starts its own', async () => {
+    const holder = spawn(process.execPath, ['--import', 'tsx', FIXTURE, root], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const leftovers = await new Promise<EmbeddedNode[]>((resolveNodes, reject) => {
+      let out = '';
+      holder.stdout.on('data', (c: Buffer) => {
+        out += c.toString('utf8');
+        if (out.includes('\n')) resolveNodes(JSON.parse(out.split('\n')[0] ?? '[]') as EmbeddedNode[]);
+      });
+      holder.once('exit', (code) => reject(new Error(`the fixture exited (${code}) before starting the cluster`)));
+    });
+    holder.kill('SIGKILL');
+    await new Promise((r) => holder.once('exit', r));
+    const pids = leftovers.map((n) => n.pid ?? 0);
+    expect(pids.every(alive)).toBe(true);
+
+    let cluster: EmbeddedCluster | undefined;
+    try {
+      cluster = await startEmbeddedCluster({ root, shards: 1, replicasPerShard: 1 });
+
+      expect(pids.filter(alive)).toEqual([]);
+      expect(await query<{ body: string }>(cluster.shards[0]?.primaryUrl ?? '', 'select body from notes')).toEqual([{ body: 'replicated' }]);
+    } finally {
+      await cluster?.stop();
+      for (const pid of pids.filter(alive)) process.kill(pid, 'SIGQUIT');
+    }
+  }, 90_000);
+});
