@@ -105,10 +105,13 @@ describe('the documents API and npm run load', () => {
   it('exits 1 and says FAIL when failed requests pass the threshold', async () => {
     const proxyUrl = `http://127.0.0.1:${(proxy?.address() as AddressInfo).port}`;
 
-    const run = await runCli(['load', '--url', proxyUrl, '--duration', '2', '--connections', '4', '--max-error-rate', '5']);
+    const run = await runCli(['load', '--url', proxyUrl, '--duration', '2', '--connections', '4', '--max-error-rate', '2']);
+    const rate = Number(/non-2xx = ([\d.]+) % \(threshold 2 %\)/.exec(run.stdout)?.[1]);
 
     expect(run.code).toBe(1);
-    expect(run.stdout).toMatch(/non-2xx = (9|10|11)\.\d\d % \(threshold 5 %\)/);
+    // One write in ten fails; partial rounds at the end move the share a little either way.
+    expect(rate).toBeGreaterThan(5);
+    expect(rate).toBeLessThan(15);
     expect(run.stdout).toContain('FAIL: the error rate is above the threshold');
   }, 30_000);
 
