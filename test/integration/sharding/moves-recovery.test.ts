@@ -23,8 +23,22 @@ function runAndKill(env: MoveEnv, jobId: number, killAt: MoveHookPoint): Promise
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     child.on('error', fail);
-    child.on('exit', (code, signal) => done({ code, signal, stderr }));
+    child.on('exit', (code, signal) => {
+      // PostgreSQL notices a killed client's closed socket a moment later; until then the dead
+      // mover's session still holds the job's advisory lock, and a new mover would stand aside.
+      void waitForAdvisoryLocksReleased(env.catalog).then(() => done({ code, signal, stderr }), fail);
+    });
   });
+}
+
+async function waitForAdvisoryLocksReleased(catalog: pg.Pool): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const { rows } = await catalog.query<{ n: number }>("select count(*)::int as n from pg_locks where locktype = 'advisory' and granted");
+    if (rows[0]?.n === 0) return;
+    await delay(20);
+  }
+  throw new Error('the killed mover still holds an advisory lock after 10 s');
 }
 
 const POINTS: readonly { point: MoveHookPoint; stateAfterKill: string }[] = [
