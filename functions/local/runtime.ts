@@ -30,7 +30,7 @@ import { ScalingController } from '../core/scaling/controller.js';
 import { getPolicy } from '../core/scaling/policies/index.js';
 import type { Clock, DecisionLog, DecisionRecord } from '../core/scaling/ports.js';
 import { applyShardingEnv, parseShardingConfig, type ShardingConfig } from '../core/sharding/config.js';
-import { createScalingApiPort } from '../api/wiring.js';
+import { createScalingApiPort, shardingDepsOf } from '../api/wiring.js';
 import { createApiHandler } from '../handlers/api.js';
 import { startLocalServer, type LocalServer } from '../adapters/http/local-server.js';
 import { createDashboardRoute } from '../adapters/http/dashboard.js';
@@ -161,7 +161,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     );
     const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' }, readReplicas: true });
     cleanup.push(() => sharding.close());
-    const { primaries, router, writer, slotMaps, directory, inspector, mover, pools } = sharding;
+    const { primaries, router, writer, slotMaps, mover, pools } = sharding;
     const reader = sharding.reader as ReplicaReader;
     await Promise.all([...primaries.values()].map((p) => runMigrations(p, 'shard', join(MIGRATIONS, 'shard'))));
 
@@ -189,23 +189,15 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       target: fleet,
       metrics: fleet,
       clock,
-      sharding: {
-        router,
-        slotMaps,
-        directory,
-        inspector,
-        mover,
-        maxLagSeconds: shardingConfig.max_replica_lag_seconds,
-        maxLagBytes: shardingConfig.max_replica_lag_bytes,
-        runMove: (id) => {
-          const run = mover.run(id).then(
-            (job) => say(`move ${job.id} (${job.kind} ${job.unitId} ${job.from} -> ${job.to}) ${job.state}`),
-            (err: unknown) => say(`move ${id} failed: ${(err as Error).message}`),
-          );
-          moves.add(run);
-          void run.finally(() => moves.delete(run));
-        },
-      },
+      sharding: shardingDepsOf(sharding, (id) => {
+        // Local mode has no moves function: the move runs in this process, in the background.
+        const run = mover.run(id).then(
+          (job) => say(`move ${job.id} (${job.kind} ${job.unitId} ${job.from} -> ${job.to}) ${job.state}`),
+          (err: unknown) => say(`move ${id} failed: ${(err as Error).message}`),
+        );
+        moves.add(run);
+        void run.finally(() => moves.delete(run));
+      }),
     });
 
     const server: LocalServer = await startLocalServer({

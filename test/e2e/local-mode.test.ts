@@ -78,6 +78,28 @@ describe('local mode (npm start)', () => {
     expect(health.shards.map((s) => s.replicas.map((r) => r.role))).toEqual([['replica'], ['replica']]);
   }, 20_000);
 
+  it('runs a slot move planned through the API in the local process, and routes the slot to its new shard', async () => {
+    const url = running().url;
+    const before = (await getJson<{ slot: number; shard_id: string }>(`${url}/api/v1/scaling/shards/route?key=move-me`)).body;
+    const to = before.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
+
+    const planned = await fetch(`${url}/api/v1/scaling/shards/moves`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'slot', unit: String(before.slot), to }) });
+    const { id } = (await planned.json()) as { id: string };
+    const done = await eventually(
+      async () => {
+        const { body } = await getJson<{ state: string }>(`${url}/api/v1/scaling/shards/moves/${id}`);
+        return body.state === 'done' ? body : undefined;
+      },
+      20_000,
+      'the move to finish',
+    );
+    const after = (await getJson<{ shard_id: string }>(`${url}/api/v1/scaling/shards/route?key=move-me`)).body;
+
+    expect(planned.status).toBeLessThan(300);
+    expect(done.state).toBe('done');
+    expect(after.shard_id).toBe(to);
+  }, 30_000);
+
   it('refuses a second start on the same data directory while the first runs, naming its pid', async () => {
     const second = await runCli(['start', '--data-dir', running().dataDir, '--port', String(await freePort())]);
 
