@@ -41,6 +41,7 @@ function main(): number {
         alarm: join(root, 'functions/handlers/alarm.ts'),
         api: join(root, 'functions/handlers/api.ts'),
         migrate: join(root, 'functions/handlers/migrate.ts'),
+        moves: join(root, 'functions/handlers/moves.ts'),
       },
       migrationsDirectory: join(root, 'functions/adapters/postgres/migrations'),
       // The sidecar's Dockerfile builds from the repository root (it bundles the renderer with

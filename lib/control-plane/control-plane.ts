@@ -18,7 +18,7 @@ import { FailureQueue } from './failure-queue.js';
 import { MigrationsResource } from './migrations-resource.js';
 import { ScalingApi } from './scaling-api.js';
 
-/** The four handler files. */
+/** The five handler files. */
 export interface ControlPlaneEntries {
   /** EventBridge schedule -> one evaluation of every service. */
   readonly evaluate: string;
@@ -28,6 +28,8 @@ export interface ControlPlaneEntries {
   readonly api: string;
   /** CloudFormation custom resource -> catalog and shard migrations. */
   readonly migrate: string;
+  /** EventBridge schedule (every minute) -> runs the shard moves the API planned. */
+  readonly moves: string;
 }
 
 /** A service the controller scales. */
@@ -88,7 +90,9 @@ export function scheduleMinutes(checkIntervalSeconds: number): number {
 /**
  * The serverless scaling controller: the evaluator on an EventBridge schedule (reserved
  * concurrency 1, so evaluations never overlap), the alarm function subscribed to the alarm
- * topic, the scaling API behind API Gateway, and the migrations custom resource. Every
+ * topic, the scaling API behind API Gateway, the moves worker on a one-minute schedule
+ * (reserved concurrency 1: the API only plans shard moves, because a Lambda invocation cannot
+ * outlive its response, and the worker carries them out), and the migrations custom resource. Every
  * event-invoked function has a dead-letter queue for undeliverable events and a failure
  * destination for failed invocations. IAM names resources wherever AWS allows it.
  *
@@ -96,7 +100,7 @@ export function scheduleMinutes(checkIntervalSeconds: number): number {
  * ```ts
  * new ControlPlane(stack, 'ControlPlane', {
  *   namePrefix: 'ca-dms-dev', vpc, subnets, securityGroup, cluster, services, alarmTopic,
- *   entries: { evaluate: 'functions/handlers/evaluate.ts', alarm: '...', api: '...', migrate: '...' },
+ *   entries: { evaluate: 'functions/handlers/evaluate.ts', alarm: '...', api: '...', migrate: '...', moves: '...' },
  *   migrationsDirectory: 'functions/adapters/postgres/migrations',
  *   catalog: { secret, host: proxy.endpoint }, shardSecrets, shardingConfigJson, scalingConfig,
  * });
@@ -107,10 +111,14 @@ export class ControlPlane extends Construct {
   readonly alarm: ControlPlaneFunction;
   readonly api: ControlPlaneFunction;
   readonly migrate: ControlPlaneFunction;
+  readonly moves: ControlPlaneFunction;
   readonly scalingApi: ScalingApi;
+  /** Invokes the evaluator at the check interval. */
   readonly schedule: events.Rule;
+  /** Invokes the moves worker every minute. */
+  readonly movesSchedule: events.Rule;
   readonly migrations: MigrationsResource;
-  readonly failureQueues: { readonly evaluate: FailureQueue; readonly alarm: FailureQueue };
+  readonly failureQueues: { readonly evaluate: FailureQueue; readonly alarm: FailureQueue; readonly moves: FailureQueue };
 
   constructor(scope: Construct, id: string, props: ControlPlaneProps) {
     super(scope, id);
@@ -168,10 +176,13 @@ export class ControlPlane extends Construct {
       SCALING_CHECK_INTERVAL: String(props.scalingConfig.check_interval),
     };
     const shardEnv = { SHARD_DB_SECRET_ARNS: stack.toJsonString(props.shardSecrets.map((s) => s.secretArn)) };
+    // The API and the moves worker build the same sharding runtime over the catalog pool.
+    const shardingEnv = { ...controllerEnv, ...shardEnv, SHARDING_CONFIG_JSON: props.shardingConfigJson };
 
     const evaluateFailures = new FailureQueue(this, 'EvaluateFailures');
     const alarmFailures = new FailureQueue(this, 'AlarmFailures');
-    this.failureQueues = { evaluate: evaluateFailures, alarm: alarmFailures };
+    const movesFailures = new FailureQueue(this, 'MovesFailures');
+    this.failureQueues = { evaluate: evaluateFailures, alarm: alarmFailures, moves: movesFailures };
 
     this.evaluate = new ControlPlaneFunction(this, 'Evaluate', {
       ...common,
@@ -201,8 +212,23 @@ export class ControlPlane extends Construct {
       ...common,
       entry: props.entries.api,
       description: 'CA-DMS scaling REST API',
-      environment: { ...controllerEnv, ...shardEnv, SHARDING_CONFIG_JSON: props.shardingConfigJson, POWERTOOLS_SERVICE_NAME: 'scaling-api' },
+      environment: { ...shardingEnv, POWERTOOLS_SERVICE_NAME: 'scaling-api' },
       timeout: Duration.seconds(29),
+    });
+    this.moves = new ControlPlaneFunction(this, 'Moves', {
+      ...common,
+      entry: props.entries.moves,
+      description: 'CA-DMS shard moves worker: runs every planned or unfinished move job',
+      environment: { ...shardingEnv, POWERTOOLS_SERVICE_NAME: 'scaling-moves' },
+      // Copying a unit can take long; a job cut short at the timeout resumes at the next tick.
+      timeout: Duration.minutes(15),
+      // One worker at a time: jobs run in order, and ticks during a long run are throttled.
+      reservedConcurrentExecutions: 1,
+      onFailure: new destinations.SqsDestination(movesFailures.queue),
+      // Jobs are resumable and the next tick picks up whatever is unfinished: a retried or
+      // late tick adds nothing.
+      retryAttempts: 0,
+      maxEventAge: Duration.minutes(2),
     });
     this.migrate = new ControlPlaneFunction(this, 'Migrate', {
       ...common,
@@ -246,6 +272,11 @@ export class ControlPlane extends Construct {
         'RegisterScalableTarget: scalable-target ARNs end in an id AWS generates at registration, unknown at synthesis; the statement is bounded to this account and region, and ECS itself only accepts changes to the services named in the ECS statements.',
       );
     }
+    acknowledge(
+      this.moves.role,
+      'AwsSolutions-IAM5[Resource::*]',
+      'Actions without resource-level permissions in IAM: X-Ray PutTraceSegments/PutTelemetryRecords and the EC2 network-interface calls Lambda makes for a function in a VPC (the moves worker reads no metrics and touches no scalable target).',
+    );
     for (const fn of [this.evaluate, this.alarm, this.api, this.migrate]) {
       acknowledge(
         fn.role,
@@ -256,9 +287,9 @@ export class ControlPlane extends Construct {
     for (const statement of [readMetrics, describeServices, describeTargets]) this.api.role.addToPolicy(statement);
     props.catalog.secret.grantRead(this.api.role);
     props.catalog.secret.grantRead(this.migrate.role);
+    props.catalog.secret.grantRead(this.moves.role);
     for (const secret of props.shardSecrets) {
-      secret.grantRead(this.api.role);
-      secret.grantRead(this.migrate.role);
+      for (const fn of [this.api, this.migrate, this.moves]) secret.grantRead(fn.role);
     }
 
     this.schedule = new events.Rule(this, 'Schedule', {
@@ -267,6 +298,17 @@ export class ControlPlane extends Construct {
       targets: [
         new targets.LambdaFunction(this.evaluate.function, {
           deadLetterQueue: evaluateFailures.queue,
+          retryAttempts: 2,
+          maxEventAge: Duration.minutes(2),
+        }),
+      ],
+    });
+    this.movesSchedule = new events.Rule(this, 'MovesSchedule', {
+      description: 'Runs the planned and unfinished CA-DMS shard moves every minute',
+      schedule: events.Schedule.rate(Duration.minutes(1)),
+      targets: [
+        new targets.LambdaFunction(this.moves.function, {
+          deadLetterQueue: movesFailures.queue,
           retryAttempts: 2,
           maxEventAge: Duration.minutes(2),
         }),

@@ -26,7 +26,7 @@ export class FailureQueue extends Construct {
     acknowledge(
       this.queue,
       'AwsSolutions-SQS3',
-      'This queue is a dead-letter queue (of an EventBridge target, an SNS subscription and a Lambda failure destination), which cdk-nag cannot see from SQS redrive policies.',
+      'This queue is a dead-letter queue (of an EventBridge target or an SNS subscription, and a Lambda failure destination), which cdk-nag cannot see from SQS redrive policies.',
     );
   }
 }

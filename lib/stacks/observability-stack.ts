@@ -62,13 +62,34 @@ export class ObservabilityStack extends Stack {
       Alarm: cp.alarm.function,
       Api: cp.api.function,
       Migrate: cp.migrate.function,
+      Moves: cp.moves.function,
     };
     new FunctionAlarms(this, 'ControlPlaneAlarms', {
       functions,
+      // Not the moves queue: while one long move runs (reserved concurrency 1), every later
+      // tick is throttled until its maximum event age and then lands there by design
+      // (EventAgeExceeded). The worker's timeouts and crashes raise its Errors alarm instead.
       deadLetterQueues: { Evaluate: cp.failureQueues.evaluate.queue, Alarm: cp.failureQueues.alarm.queue },
       topic,
       errorThreshold: config.alarms.lambdaErrors,
     });
+
+    // The moves queue raises no alarm (see above), so failed deliveries of its schedule do.
+    const movesDelivery = new cloudwatch.Alarm(this, 'MovesScheduleFailedInvocations', {
+      alarmDescription: 'control plane: EventBridge could not invoke the moves worker (planned shard moves are not progressing)',
+      metric: new cloudwatch.Metric({
+        namespace: 'AWS/Events',
+        metricName: 'FailedInvocations',
+        dimensionsMap: { RuleName: cp.movesSchedule.ruleName },
+        period: Duration.minutes(5),
+        statistic: 'Sum',
+      }),
+      threshold: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      evaluationPeriods: 1,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+    movesDelivery.addAlarmAction(new cwActions.SnsAction(topic));
 
     const elb5xx = new cloudwatch.Alarm(this, 'LoadBalancer5xx', {
       alarmDescription: `load balancer: more than ${config.alarms.alb5xxPerMinute} of its own 5xx answers a minute (no healthy target, or targets failing)`,

@@ -5,6 +5,7 @@
  */
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import type { CfnResource } from 'aws-cdk-lib';
 import { Annotations, Match } from 'aws-cdk-lib/assertions';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -70,7 +71,11 @@ describe('production synthesis', () => {
 
 describe('schedule', () => {
   it('rounds a 30 s SCALING_CHECK_INTERVAL up to EventBridge one-minute rate and says so at synthesis', () => {
-    s.template(s.stacks.controlPlane).hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(1 minute)' });
+    const evaluate = s.stacks.controlPlane.getLogicalId(s.stacks.controlPlane.controlPlane.evaluate.function.node.defaultChild as CfnResource);
+    s.template(s.stacks.controlPlane).hasResourceProperties('AWS::Events::Rule', {
+      ScheduleExpression: 'rate(1 minute)',
+      Targets: [Match.objectLike({ Arn: { 'Fn::GetAtt': [evaluate, 'Arn'] } })],
+    });
     Annotations.fromStack(s.stacks.controlPlane).hasWarning('/CaDms-prod-control-plane/ControlPlane', Match.stringLikeRegexp('SCALING_CHECK_INTERVAL is 30 s.*every 1 min'));
   });
 

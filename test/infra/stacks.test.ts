@@ -244,11 +244,13 @@ describe('services stack', () => {
 });
 
 describe('control plane stack', () => {
-  const fnId = (name: 'evaluate' | 'alarm' | 'api' | 'migrate') =>
+  const fnId = (name: 'evaluate' | 'alarm' | 'api' | 'migrate' | 'moves') =>
     logicalId(s.stacks.controlPlane, s.stacks.controlPlane.controlPlane[name].function);
+  const fnProps = (name: 'evaluate' | 'alarm' | 'api' | 'migrate' | 'moves'): Json =>
+    (s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId(name)] as { Properties: Json }).Properties;
 
   it('runs every function on nodejs24.x, arm64, in the VPC, trusting the RDS certificate authorities', () => {
-    const fns = ['evaluate', 'alarm', 'api', 'migrate'] as const;
+    const fns = ['evaluate', 'alarm', 'api', 'migrate', 'moves'] as const;
     const t = s.template(s.stacks.controlPlane);
     for (const name of fns) {
       const fn = t.findResources('AWS::Lambda::Function')[fnId(name)] as { Properties: Json };
@@ -266,6 +268,61 @@ describe('control plane stack', () => {
   it('reserves a concurrency of 1 for the evaluator', () => {
     const fn = s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId('evaluate')] as { Properties: Json };
     expect(fn.Properties['ReservedConcurrentExecutions']).toBe(1);
+  });
+
+  it('deploys the five control-plane functions and the migrations provider, and nothing else', () => {
+    // Evaluate, Alarm, Api, Migrate, Moves, plus the custom-resource provider's framework function.
+    s.template(s.stacks.controlPlane).resourceCountIs('AWS::Lambda::Function', 6);
+  });
+
+  it('reserves a concurrency of 1 for the moves worker, so one worker at a time runs the move jobs', () => {
+    expect(fnProps('moves')['ReservedConcurrentExecutions']).toBe(1);
+  });
+
+  it('lets the moves worker run for the Lambda maximum of 15 minutes (a job cut short resumes at the next tick)', () => {
+    expect(fnProps('moves')['Timeout']).toBe(900);
+  });
+
+  it('invokes the moves worker every minute, with a dead-letter queue for undeliverable ticks', () => {
+    s.template(s.stacks.controlPlane).hasResourceProperties('AWS::Events::Rule', {
+      ScheduleExpression: 'rate(1 minute)',
+      Targets: [Match.objectLike({ Arn: { 'Fn::GetAtt': [fnId('moves'), 'Arn'] }, DeadLetterConfig: Match.objectLike({ Arn: Match.anyValue() }) })],
+    });
+  });
+
+  it('has exactly two schedules: the evaluator and the moves worker', () => {
+    const rules = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::Events::Rule');
+    const targetIds = rules.flatMap(([, r]) => (r.Properties?.['Targets'] as Array<{ Arn: { 'Fn::GetAtt': [string, string] } }>).map((tg) => tg.Arn['Fn::GetAtt'][0]));
+    expect(targetIds.sort()).toEqual([fnId('evaluate'), fnId('moves')].sort());
+  });
+
+  it('never retries a failed or late moves tick (the next tick supersedes it) and sends it to a failure destination', () => {
+    s.template(s.stacks.controlPlane).hasResourceProperties('AWS::Lambda::EventInvokeConfig', {
+      FunctionName: { Ref: fnId('moves') },
+      MaximumRetryAttempts: 0,
+      MaximumEventAgeInSeconds: 120,
+      DestinationConfig: { OnFailure: { Destination: Match.anyValue() } },
+    });
+  });
+
+  it('keeps one encrypted failure queue per event-invoked function: evaluator, alarm function, moves worker', () => {
+    const queues = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::SQS::Queue');
+    expect(queues.map(([id]) => id.replace(/Queue[0-9A-F]{8}$/, '')).sort()).toEqual(['ControlPlaneAlarmFailures', 'ControlPlaneEvaluateFailures', 'ControlPlaneMovesFailures']);
+    for (const [, q] of queues) expect(q.Properties?.['SqsManagedSseEnabled']).toBe(true);
+  });
+
+  it("gives the moves worker the scaling API's environment: catalog, scaling configuration, sharding configuration and shard secrets", () => {
+    const env = (name: 'api' | 'moves'): Json => ({ ...(fnProps(name)['Environment'] as { Variables: Json }).Variables, POWERTOOLS_SERVICE_NAME: undefined });
+    expect(env('moves')).toEqual(env('api'));
+    expect(Object.keys(env('moves'))).toEqual(
+      expect.arrayContaining(['CATALOG_DB_SECRET_ARN', 'CATALOG_DB_HOST', 'SCALING_CONFIG_JSON', 'SCALING_TARGETS_JSON', 'SHARDING_CONFIG_JSON', 'SHARD_DB_SECRET_ARNS']),
+    );
+  });
+
+  it("runs the moves worker in the API's subnets and security group, the one the shard instances and proxies admit", () => {
+    const functionsSg = logicalId(s.stacks.network, s.stacks.network.network.functionsSecurityGroup);
+    expect(fnProps('moves')['VpcConfig']).toEqual(fnProps('api')['VpcConfig']);
+    expect(JSON.stringify((fnProps('moves')['VpcConfig'] as Json)['SecurityGroupIds'])).toContain(functionsSg);
   });
 
   it('ships the validated scaling configuration in the controller environment', () => {
@@ -361,7 +418,7 @@ describe('control plane stack', () => {
     }
   });
 
-  it('lets the evaluator read the catalog secret only, and the API and migrations every shard secret (the catalog is shard-001)', () => {
+  it('lets the evaluator read the catalog secret only, and the API, migrations and moves worker every shard secret (the catalog is shard-001)', () => {
     const t = s.template(s.stacks.controlPlane);
     const secretReads = (role: string): number =>
       resourcesOf(t, 'AWS::IAM::Policy')
@@ -373,6 +430,17 @@ describe('control plane stack', () => {
     expect(secretReads('ControlPlaneAlarmRole')).toBe(1);
     expect(secretReads('ControlPlaneApiRole')).toBe(s.config.database.shards);
     expect(secretReads('ControlPlaneMigrateRole')).toBe(s.config.database.shards);
+    expect(secretReads('ControlPlaneMovesRole')).toBe(s.config.database.shards);
+  });
+
+  it('lets no control-plane role but the API, migrations and moves worker read a shard secret other than the catalog', () => {
+    const others = s.stacks.data.shards.slice(1).map((shard) => logicalId(s.stacks.data, shard.secret));
+    expect(others.length).toBeGreaterThan(0);
+    const readers = allStatements()
+      .filter((st) => st.stack === s.stacks.controlPlane.stackName && asArray(st.Action).includes('secretsmanager:GetSecretValue'))
+      .filter((st) => others.some((shard) => JSON.stringify(st.Resource).includes(shard)))
+      .map((st) => st.policy.replace(/RoleDefaultPolicy.*$/, ''));
+    expect([...new Set(readers)].sort()).toEqual(['ControlPlaneApi', 'ControlPlaneMigrate', 'ControlPlaneMoves']);
   });
 });
 
@@ -419,6 +487,34 @@ describe('observability stack', () => {
       Threshold: s.config.alarms.alb5xxPerMinute,
       AlarmActions: [Match.objectLike({ 'Fn::GetStackOutput': Match.objectLike({ StackName: s.stacks.controlPlane.stackName }) })],
     });
+  });
+
+  it('alarms on errors of every control-plane function, the moves worker included, to the alarm topic', () => {
+    const t = s.template(s.stacks.observability);
+    const errorAlarms = resourcesOf(t, 'AWS::CloudWatch::Alarm')
+      .map(([, a]) => a.Properties as Json)
+      .filter((a) => a['MetricName'] === 'Errors' && a['Namespace'] === 'AWS/Lambda');
+    expect(errorAlarms).toHaveLength(5);
+    expect(errorAlarms.map((a) => a['AlarmDescription']).sort()).toEqual(
+      ['Alarm', 'Api', 'Evaluate', 'Migrate', 'Moves'].map((name) => `control plane: ${name} function errors`),
+    );
+    for (const a of errorAlarms) expect(JSON.stringify(a['AlarmActions'])).toContain('AlarmTopic');
+  });
+
+  it('alarms when EventBridge fails to invoke the moves worker (its failure queue fills with superseded ticks by design)', () => {
+    const t = s.template(s.stacks.observability);
+    const alarms = resourcesOf(t, 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties as Json);
+    const delivery = alarms.filter((a) => a['MetricName'] === 'FailedInvocations' && a['Namespace'] === 'AWS/Events');
+    expect(delivery).toHaveLength(1);
+    expect(JSON.stringify(delivery[0]?.['Dimensions'])).toContain('MovesSchedule');
+    const deadLetters = alarms.filter((a) => a['MetricName'] === 'ApproximateNumberOfMessagesVisible').map((a) => a['AlarmDescription']);
+    expect(deadLetters.sort()).toEqual(['control plane: failed Alarm events in the dead-letter queue', 'control plane: failed Evaluate events in the dead-letter queue']);
+  });
+
+  it('graphs errors and duration of the moves worker with the other control-plane functions', () => {
+    const [[, dash]] = resourcesOf(s.template(s.stacks.observability), 'AWS::CloudWatch::Dashboard') as [[string, { Properties?: Json }]];
+    const body = JSON.stringify(dash.Properties?.['DashboardBody']);
+    expect(body.match(/\\"label\\":\\"Moves\\"/g) ?? []).toHaveLength(2);
   });
 
   it('builds one dashboard with a row per service and shard and the control plane', () => {

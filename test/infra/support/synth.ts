@@ -59,6 +59,7 @@ export function synthesize(configInput: unknown): Synthesized {
       alarm: join(FIXTURES, 'handlers', 'alarm.ts'),
       api: join(FIXTURES, 'handlers', 'api.ts'),
       migrate: join(FIXTURES, 'handlers', 'migrate.ts'),
+      moves: join(FIXTURES, 'handlers', 'moves.ts'),
     },
     migrationsDirectory: join(FIXTURES, 'migrations'),
     nginxImage: { directory: join(FIXTURES, 'nginx'), file: 'Dockerfile' },
