@@ -107,13 +107,14 @@ const USER = 'postgres';
 const STOP_GRACE_MS = 10_000;
 const READY_TIMEOUT_MS = 60_000;
 
-interface OsUser {
+/** The OS user PostgreSQL runs as: empty when we are not root (it runs as us). */
+export interface OsUser {
   readonly uid?: number;
   readonly gid?: number;
 }
 
 /** PostgreSQL refuses to run as root; then it runs as the `postgres` OS user. */
-function serverUser(): OsUser {
+export function serverUser(): OsUser {
   if (userInfo().uid !== 0) return {};
   try {
     const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim());
@@ -178,7 +179,7 @@ const SKIP_CONTENTS = new Set(['pg_dynshmem', 'pg_notify', 'pg_replslot', 'pg_se
 const SKIP_FILES = new Set(['postmaster.pid', 'postmaster.opts', 'backup_label', 'backup_label.old', 'tablespace_map', 'current_logfiles']);
 
 /** Copies a live data directory the way a base backup does; WAL comes from the slot instead. */
-async function copyDataDir(src: string, dst: string, owner: OsUser, rel = ''): Promise<void> {
+export async function copyDataDir(src: string, dst: string, owner: OsUser, rel = ''): Promise<void> {
   await mkdir(dst, { recursive: true, mode: 0o700 });
   await own(dst, owner);
   const top = rel.split('/')[0] ?? '';
@@ -432,7 +433,7 @@ export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Pro
           const primary = servers.get(replica.node.primaryId ?? '') as Server;
           if (fresh) {
             progress(`building ${replica.node.id} from a base backup of ${primary.node.id}`);
-            await baseBackup(urlOf(primary, 'postgres'), primary.node.dataDir, replica.node, owner);
+            await buildStandby({ primaryUrl: urlOf(primary, 'postgres'), primaryDataDir: primary.node.dataDir, dataDir: replica.node.dataDir, slotName: replica.node.slotName ?? '', label: replica.node.id }, owner);
           } else if (!existsSync(join(replica.node.dataDir, 'standby.signal'))) {
             throw new ClusterLayoutError(`${replica.node.dataDir} is not a standby's data directory; start with --wipe to rebuild the local data`);
           }
@@ -525,29 +526,53 @@ async function pointAtPrimary(node: NodePlan, conninfo: string): Promise<void> {
   await writeFile(path, `${kept.join('\n')}\nprimary_conninfo = '${conninfo}'\nprimary_slot_name = '${node.slotName ?? ''}'\n`);
 }
 
-/** Builds a standby's data directory from a non-exclusive base backup of the running primary. */
-async function baseBackup(primaryUrl: string, primaryDir: string, node: NodePlan, owner: OsUser): Promise<void> {
+/** What a standby is built from. */
+export interface StandbySource {
+  /** A superuser connection to the running primary. */
+  readonly primaryUrl: string;
+  readonly primaryDataDir: string;
+  /** The standby's data directory (created). */
+  readonly dataDir: string;
+  /** The physical replication slot kept for the standby (created when missing). */
+  readonly slotName: string;
+  /** The backup label (shows in the primary's logs). */
+  readonly label: string;
+}
+
+/**
+ * Builds a standby's data directory from a non-exclusive base backup of the running primary:
+ * the slot, `pg_backup_start()`, a copy of the data directory, `pg_backup_stop()` in the same
+ * session, its label as `backup_label`, and `standby.signal`. The caller adds
+ * `primary_conninfo` / `primary_slot_name` and starts the server.
+ *
+ * @example
+ * ```ts
+ * await buildStandby({ primaryUrl, primaryDataDir, dataDir: '/data/replica-1', slotName: 'replica_1', label: 'replica-1' }, serverUser());
+ * ```
+ */
+export async function buildStandby(source: StandbySource, owner: OsUser): Promise<void> {
+  const { primaryUrl, primaryDataDir, dataDir, slotName } = source;
   await withClient(primaryUrl, async (client) => {
-    await client.query('select pg_create_physical_replication_slot($1, true) where not exists (select 1 from pg_replication_slots where slot_name = $1)', [node.slotName]);
+    await client.query('select pg_create_physical_replication_slot($1, true) where not exists (select 1 from pg_replication_slots where slot_name = $1)', [slotName]);
     // pg_backup_stop() must run in the session that started the backup.
-    await client.query('select pg_backup_start($1, true)', [node.id]);
+    await client.query('select pg_backup_start($1, true)', [source.label]);
     let stopped = false;
     try {
-      await copyDataDir(primaryDir, node.dataDir, owner);
+      await copyDataDir(primaryDataDir, dataDir, owner);
       const { rows } = await client.query<{ labelfile: string; spcmapfile: string | null }>('select labelfile, spcmapfile from pg_backup_stop(false)');
       stopped = true;
       const label = rows[0];
       if (!label) throw new EmbeddedClusterError('pg_backup_stop() returned no label');
-      await writeFile(join(node.dataDir, 'backup_label'), label.labelfile);
-      if (label.spcmapfile) await writeFile(join(node.dataDir, 'tablespace_map'), label.spcmapfile);
+      await writeFile(join(dataDir, 'backup_label'), label.labelfile);
+      if (label.spcmapfile) await writeFile(join(dataDir, 'tablespace_map'), label.spcmapfile);
     } finally {
       if (!stopped) await client.query('select pg_backup_stop(false)').catch(() => undefined);
     }
   });
-  await writeFile(join(node.dataDir, 'standby.signal'), '');
+  await writeFile(join(dataDir, 'standby.signal'), '');
   for (const file of ['backup_label', 'tablespace_map', 'standby.signal']) {
-    const path = join(node.dataDir, file);
+    const path = join(dataDir, file);
     if (await lstat(path).then(() => true, () => false)) await own(path, owner);
   }
-  await chmod(node.dataDir, 0o700);
+  await chmod(dataDir, 0o700);
 }
