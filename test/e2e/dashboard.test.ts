@@ -18,6 +18,7 @@ describe('the local dashboard', () => {
   let browser: BrowserContext | undefined;
   let profile: string;
   let shots: string;
+  let screenshots = 0;
   let page: Page;
 
   beforeAll(async () => {
@@ -36,6 +37,8 @@ describe('the local dashboard', () => {
     await local?.stop('SIGTERM');
     await local?.remove();
     await rm(profile, { recursive: true, force: true });
+    // Screenshots of failures stay for the reader; an unused directory goes.
+    if (screenshots === 0) await rm(shots, { recursive: true, force: true });
   });
 
   /** Screenshots the page when the running test fails. */
@@ -43,6 +46,7 @@ describe('the local dashboard', () => {
     onTestFailed(async () => {
       const path = join(shots, `${name}.png`);
       await page.screenshot({ path, fullPage: true });
+      screenshots += 1;
       console.error(`dashboard screenshot: ${path}`);
     });
   }
