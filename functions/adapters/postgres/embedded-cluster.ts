@@ -10,7 +10,7 @@
  *   (`cluster.json`: layout and the generated password) is written last, so an interrupted first
  *   start is recognised and redone.
  * - Later starts reuse the directories: ports are chosen afresh, and a replica learns its
- *   primary's port from `primary_conninfo` on its command line (which overrides the file).
+ *   primary's port from `primary_conninfo`, rewritten in its `postgresql.auto.conf` each start.
  * - Stopping is a fast shutdown (SIGINT) of replicas first, then primaries; a server that does
  *   not exit within 10 s gets an immediate shutdown (SIGQUIT). Servers run in their own process
  *   group, so a terminal's Ctrl-C reaches only our process, which then stops them in order; should
@@ -212,7 +212,16 @@ export async function copyDataDir(src: string, dst: string, owner: OsUser, rel =
   }
 }
 
-async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+/**
+ * Runs `fn` on a short-lived client and always ends it. A server that goes away under the client
+ * (a standby being stopped) must not surface as an unhandled `error` event.
+ *
+ * @example
+ * ```ts
+ * const inRecovery = await withClient(url, async (c) => (await c.query('select pg_is_in_recovery() as r')).rows[0]?.r);
+ * ```
+ */
+export async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
   client.on('error', () => undefined);
   await client.connect();
@@ -437,7 +446,7 @@ export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Pro
           } else if (!existsSync(join(replica.node.dataDir, 'standby.signal'))) {
             throw new ClusterLayoutError(`${replica.node.dataDir} is not a standby's data directory; start with --wipe to rebuild the local data`);
           }
-          await pointAtPrimary(replica.node, `host=127.0.0.1 port=${primary.port} user=${USER} password=${password} application_name=${replica.node.slotName ?? ''}`);
+          await pointAtPrimary(replica.node.dataDir, `host=127.0.0.1 port=${primary.port} user=${USER} password=${password} application_name=${replica.node.slotName ?? ''}`, replica.node.slotName ?? '');
           await replica.start(baseSettings);
           await waitReady(replica, urlOf(replica, 'postgres'), true);
         }
@@ -515,15 +524,20 @@ async function waitReady(server: Server, url: string, standby: boolean): Promise
 }
 
 /**
- * Writes the standby's `primary_conninfo` (the primary's port changes between runs) into
- * `postgresql.auto.conf` rather than onto the command line, where any local user could read the
- * password.
+ * Writes a standby's `primary_conninfo` and `primary_slot_name` into its `postgresql.auto.conf`,
+ * replacing earlier ones (the primary's port changes between runs). The file rather than the
+ * command line, where any local user could read the password. The file keeps its owner.
+ *
+ * @example
+ * ```ts
+ * await pointAtPrimary('/data/replica-1', 'host=127.0.0.1 port=5433 user=postgres password=secret', 'replica_1');
+ * ```
  */
-async function pointAtPrimary(node: NodePlan, conninfo: string): Promise<void> {
-  const path = join(node.dataDir, 'postgresql.auto.conf');
+export async function pointAtPrimary(dataDir: string, conninfo: string, slotName: string): Promise<void> {
+  const path = join(dataDir, 'postgresql.auto.conf');
   const kept = (await readFile(path, 'utf8')).split('\n').filter((l) => !/^\s*primary_(conninfo|slot_name)\s*=/.test(l));
   while (kept.length > 0 && kept[kept.length - 1] === '') kept.pop();
-  await writeFile(path, `${kept.join('\n')}\nprimary_conninfo = '${conninfo}'\nprimary_slot_name = '${node.slotName ?? ''}'\n`);
+  await writeFile(path, `${kept.join('\n')}\nprimary_conninfo = '${conninfo}'\nprimary_slot_name = '${slotName}'\n`);
 }
 
 /** What a standby is built from. */
