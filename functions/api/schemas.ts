@@ -191,9 +191,9 @@ export const rebalanceQuerySchema = z.strictObject({
     .string()
     .regex(/^\d+(\.\d+)?$/, 'must be a number such as 0.1')
     .transform(Number)
-    .pipe(z.number().gt(0).max(1))
+    .pipe(z.number().gt(0).lt(1))
     .optional()
-    .describe('allowed distance from the mean as a fraction (default 0.1)'),
+    .describe('allowed distance from the mean as a fraction, above 0 and below 1 (default 0.1)'),
   by: z.enum(['bytes', 'rows']).optional(),
 });
 

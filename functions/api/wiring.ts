@@ -18,12 +18,13 @@ import { contestantsFor } from '../core/scaling/simulator/anchors.js';
 import { DEFAULT_MODEL } from '../core/scaling/simulator/model.js';
 import { prepareTrace, simulate } from '../core/scaling/simulator/simulate.js';
 import type { MetricsSnapshot, ServiceState } from '../core/scaling/types.js';
+import { RebalancePlanError, RoutingError } from '../core/sharding/errors.js';
 import type { ShardRouter } from '../core/sharding/router.js';
 import { CatalogError, ConfigVersionConflictError, type CatalogStore, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
 import { MoveBusyError, MoveConflictError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
-import type { HealthReport, ShardInspector } from '../adapters/postgres/shard-inspector.js';
+import { ShardInspectionError, type HealthReport, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
 import { ProblemError } from './http.js';
@@ -372,7 +373,15 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     async rebalanceCheck(options) {
       const s = sharding();
       const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.list()]);
-      return { ...(await s.inspector.rebalanceCheck({ slotMap, directory, ...options })) };
+      try {
+        return { ...(await s.inspector.rebalanceCheck({ slotMap, directory, ...options })) };
+      } catch (err) {
+        // A plan over an unreachable shard would be blind; shards of unequal weights cannot be
+        // balanced towards equal loads. Both are states of the system, not server faults.
+        if (err instanceof ShardInspectionError) throw new UnavailableError(err.message, { cause: err });
+        if (err instanceof RebalancePlanError) throw new ConflictError(err.message, { cause: err });
+        throw err;
+      }
     },
 
     async route(key) {
@@ -380,7 +389,14 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       // Another process (a move) may have published a newer map since this one was loaded.
       const newer = await s.slotMaps.currentIfNewer(s.router.slotMap.version);
       if (newer) s.router.setSlotMap(newer);
-      const r = await s.router.resolve(key);
+      let r;
+      try {
+        r = await s.router.resolve(key);
+      } catch (err) {
+        // The directory strategy rejects keys it does not hold (when configured to).
+        if (err instanceof RoutingError) throw new NotFoundError(err.message, { cause: err });
+        throw err;
+      }
       return { key, shard_id: r.shardId, slot: r.slot, map_version: r.mapVersion, strategy: r.strategy, source: r.source };
     },
 

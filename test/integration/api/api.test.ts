@@ -235,6 +235,12 @@ describe('scaling API over HTTP', () => {
       expect(check.body).toMatchObject({ by: 'rows', threshold: 0.2 });
     });
 
+    it('rejects a rebalance threshold of 1 or more with 400 naming the parameter', async () => {
+      const res = await h.fetchJson(`${API}/shards/rebalance-check?threshold=1`);
+      expect(res.status).toBe(400);
+      expect((res.body as Problem).invalid_params?.[0]?.name).toBe('query.threshold');
+    });
+
     it('routes a key to its shard, slot and map version', async () => {
       const key = '7d0c2a4e-52a5-4a55-9d40-8d2d3b1e0f11';
       const res = await h.fetchJson(`${API}/shards/route?key=${key}`);
