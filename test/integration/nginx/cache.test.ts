@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { send, startBackend, startNginx, type Backend, type Handler, type RunningNginx } from './harness.js';
+import { send, startAppBehindNginx, stopAll, type Backend, type Handler, type RunningNginx } from './harness.js';
 
 /** Per-URL behaviour of the application; every body says how often its URL was served. */
 function appHandler(state: { failing: boolean }, app: () => Backend): Handler {
@@ -38,14 +38,10 @@ describe('API and static caches', () => {
   let nginx: RunningNginx;
 
   beforeAll(async () => {
-    app = await startBackend('app');
-    app.handler = appHandler(state, () => app);
-    nginx = await startNginx({ NGINX_READ_UPSTREAMS: app.address, NGINX_WRITE_UPSTREAMS: app.address, NGINX_API_CACHE_TTL: '60' });
+    // The handler reads `app` only while serving, which is after the assignment below.
+    ({ app, nginx } = await startAppBehindNginx({ NGINX_API_CACHE_TTL: '60' }, appHandler(state, () => app)));
   });
-  afterAll(async () => {
-    await nginx?.stop();
-    await app?.close();
-  });
+  afterAll(() => stopAll(nginx, app));
 
   it('answers the second GET from the cache after one backend hit', async () => {
     const first = await send(nginx.port, '/api/v1/documents/cached');
@@ -147,14 +143,10 @@ describe('stale entries', () => {
   let nginx: RunningNginx;
 
   beforeAll(async () => {
-    app = await startBackend('app');
-    app.handler = appHandler(state, () => app);
-    nginx = await startNginx({ NGINX_READ_UPSTREAMS: app.address, NGINX_WRITE_UPSTREAMS: app.address, NGINX_API_CACHE_TTL: '1' });
+    // The handler reads `app` only while serving, which is after the assignment below.
+    ({ app, nginx } = await startAppBehindNginx({ NGINX_API_CACHE_TTL: '1' }, appHandler(state, () => app)));
   });
-  afterAll(async () => {
-    await nginx?.stop();
-    await app?.close();
-  });
+  afterAll(() => stopAll(nginx, app));
 
   it('serves the stale entry when the backend fails after the TTL', async () => {
     const fresh = await send(nginx.port, '/api/v1/documents/stale');

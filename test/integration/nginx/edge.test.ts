@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { brotliDecompressSync, gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SECURITY_HEADERS } from '../../../containers/nginx/render.js';
-import { deadAddress, send, startBackend, startNginx, type Backend, type Reply, type RunningNginx } from './harness.js';
+import { deadAddress, send, startAppBehindNginx, stopAll, type Backend, type Reply, type RunningNginx } from './harness.js';
 
 const document = JSON.stringify({
   items: Array.from({ length: 400 }, (_, i) => ({ id: i, title: `Document ${i}`, tags: ['policy', 'draft'] })),
@@ -13,28 +13,22 @@ describe('the public edge', () => {
   let nginx: RunningNginx;
 
   beforeAll(async () => {
-    app = await startBackend('app', (req, res) => {
-      res.setHeader('x-powered-by', 'FastAPI');
-      res.setHeader('x-frame-options', 'SAMEORIGIN');
-      res.setHeader('content-type', 'application/json');
-      if (req.url === '/api/v1/missing') {
-        res.statusCode = 404;
-        res.end('{"detail":"not found"}');
-        return;
-      }
-      res.end(req.url === '/api/v1/documents/big' ? document : '{"ok":true}');
-    });
-    nginx = await startNginx({
-      NGINX_READ_UPSTREAMS: app.address,
-      NGINX_WRITE_UPSTREAMS: await deadAddress(),
-      NGINX_RATE_LIMIT_AUTH: '1r/m',
-      NGINX_RATE_LIMIT_AUTH_BURST: '1',
-    });
+    ({ app, nginx } = await startAppBehindNginx(
+      async () => ({ NGINX_WRITE_UPSTREAMS: await deadAddress(), NGINX_RATE_LIMIT_AUTH: '1r/m', NGINX_RATE_LIMIT_AUTH_BURST: '1' }),
+      (req, res) => {
+        res.setHeader('x-powered-by', 'FastAPI');
+        res.setHeader('x-frame-options', 'SAMEORIGIN');
+        res.setHeader('content-type', 'application/json');
+        if (req.url === '/api/v1/missing') {
+          res.statusCode = 404;
+          res.end('{"detail":"not found"}');
+          return;
+        }
+        res.end(req.url === '/api/v1/documents/big' ? document : '{"ok":true}');
+      },
+    ));
   });
-  afterAll(async () => {
-    await nginx?.stop();
-    await app?.close();
-  });
+  afterAll(() => stopAll(nginx, app));
 
   const expectSecurityHeaders = (res: Reply) => {
     for (const [name, value] of Object.entries(SECURITY_HEADERS)) {
@@ -128,13 +122,9 @@ describe('the status endpoint', () => {
   let nginx: RunningNginx;
 
   beforeAll(async () => {
-    app = await startBackend('app');
-    nginx = await startNginx({ NGINX_READ_UPSTREAMS: app.address, NGINX_WRITE_UPSTREAMS: app.address });
+    ({ app, nginx } = await startAppBehindNginx());
   });
-  afterAll(async () => {
-    await nginx?.stop();
-    await app?.close();
-  });
+  afterAll(() => stopAll(nginx, app));
 
   it('serves stub_status on the status port', async () => {
     const res = await send(nginx.statusPort, '/nginx_status');

@@ -262,3 +262,51 @@ export function send(
 export async function deadAddress(): Promise<string> {
   return `127.0.0.1:${await freePort()}`;
 }
+
+/** One application backend with nginx in front of it. */
+export interface AppBehindNginx {
+  readonly app: Backend;
+  readonly nginx: RunningNginx;
+}
+
+/**
+ * Starts a backend named `app` and nginx with both pools pointing at it; `env` adds or
+ * overrides settings. A thunk for `env` runs after the backend listens, so ports it asks for
+ * (a {@link deadAddress}) can never be the backend's. If nginx fails to start, the backend is
+ * closed before the error propagates, since the caller never receives it.
+ *
+ * @example
+ * ```ts
+ * let app: Backend;
+ * let nginx: RunningNginx;
+ * beforeAll(async () => ({ app, nginx } = await startAppBehindNginx({ NGINX_API_CACHE_TTL: '60' })));
+ * afterAll(() => stopAll(nginx, app));
+ * ```
+ */
+export async function startAppBehindNginx(
+  env: Readonly<Record<string, string>> | (() => Promise<Readonly<Record<string, string>>>) = {},
+  handler?: Handler,
+): Promise<AppBehindNginx> {
+  const app = await startBackend('app', handler);
+  try {
+    const extra = typeof env === 'function' ? await env() : env;
+    const nginx = await startNginx({ NGINX_READ_UPSTREAMS: app.address, NGINX_WRITE_UPSTREAMS: app.address, ...extra });
+    return { app, nginx };
+  } catch (error) {
+    await app.close();
+    throw error;
+  }
+}
+
+/**
+ * Stops nginx, then the backends, skipping whatever a failed `beforeAll` never started.
+ *
+ * @example
+ * ```ts
+ * afterAll(() => stopAll(nginx, read, write));
+ * ```
+ */
+export async function stopAll(nginx: RunningNginx | undefined, ...backends: readonly (Backend | undefined)[]): Promise<void> {
+  await nginx?.stop();
+  for (const backend of backends) await backend?.close();
+}

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { send, startBackend, startNginx, type Backend, type RunningNginx } from './harness.js';
+import { send, startAppBehindNginx, stopAll, type Backend, type RunningNginx } from './harness.js';
 
 const CLIENT_A = '203.0.113.10';
 const CLIENT_B = '203.0.113.11';
@@ -25,18 +25,9 @@ describe('rate limits behind a trusted proxy', () => {
   let nginx: RunningNginx;
 
   beforeAll(async () => {
-    app = await startBackend('app');
-    nginx = await startNginx({
-      NGINX_READ_UPSTREAMS: app.address,
-      NGINX_WRITE_UPSTREAMS: app.address,
-      NGINX_TRUSTED_PROXY_CIDRS: '127.0.0.0/8',
-      ...tightLimits,
-    });
+    ({ app, nginx } = await startAppBehindNginx({ NGINX_TRUSTED_PROXY_CIDRS: '127.0.0.0/8', ...tightLimits }));
   });
-  afterAll(async () => {
-    await nginx?.stop();
-    await app?.close();
-  });
+  afterAll(() => stopAll(nginx, app));
 
   it('answers 429 with a problem body once the authentication burst is spent', async () => {
     const codes = await statuses(nginx.port, '/api/v1/auth/login', 4, { 'x-forwarded-for': CLIENT_A }, 'POST');
@@ -94,18 +85,9 @@ describe('rate limits behind an untrusted peer', () => {
   let nginx: RunningNginx;
 
   beforeAll(async () => {
-    app = await startBackend('app');
-    nginx = await startNginx({
-      NGINX_READ_UPSTREAMS: app.address,
-      NGINX_WRITE_UPSTREAMS: app.address,
-      NGINX_TRUSTED_PROXY_CIDRS: '10.0.0.0/8',
-      ...tightLimits,
-    });
+    ({ app, nginx } = await startAppBehindNginx({ NGINX_TRUSTED_PROXY_CIDRS: '10.0.0.0/8', ...tightLimits }));
   });
-  afterAll(async () => {
-    await nginx?.stop();
-    await app?.close();
-  });
+  afterAll(() => stopAll(nginx, app));
 
   it('ignores X-Forwarded-For, so forged addresses share the peer bucket', async () => {
     await statuses(nginx.port, '/api/v1/auth/login', 3, { 'x-forwarded-for': CLIENT_A }, 'POST');
@@ -128,18 +110,9 @@ describe('request body limits', () => {
   const mb = (n: number) => Buffer.alloc(Math.round(n * 1024 * 1024), 'a');
 
   beforeAll(async () => {
-    app = await startBackend('app');
-    nginx = await startNginx({
-      NGINX_READ_UPSTREAMS: app.address,
-      NGINX_WRITE_UPSTREAMS: app.address,
-      NGINX_CLIENT_MAX_BODY_MB: '1',
-      NGINX_UPLOAD_MAX_BODY_MB: '2',
-    });
+    ({ app, nginx } = await startAppBehindNginx({ NGINX_CLIENT_MAX_BODY_MB: '1', NGINX_UPLOAD_MAX_BODY_MB: '2' }));
   });
-  afterAll(async () => {
-    await nginx?.stop();
-    await app?.close();
-  });
+  afterAll(() => stopAll(nginx, app));
 
   it('accepts an upload above the general limit but within the upload limit', async () => {
     const res = await send(nginx.port, '/api/v1/documents/upload', { method: 'POST', body: mb(1.5) });

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { deadAddress, send, startBackend, startNginx, type Backend, type RunningNginx } from './harness.js';
+import { deadAddress, send, startAppBehindNginx, startBackend, startNginx, stopAll, type Backend, type RunningNginx } from './harness.js';
 
 describe('request routing by method', () => {
   let read: Backend;
@@ -11,11 +11,7 @@ describe('request routing by method', () => {
     write = await startBackend('write');
     nginx = await startNginx({ NGINX_READ_UPSTREAMS: read.address, NGINX_WRITE_UPSTREAMS: write.address });
   });
-  afterAll(async () => {
-    await nginx?.stop();
-    await read?.close();
-    await write?.close();
-  });
+  afterAll(() => stopAll(nginx, read, write));
 
   it('sends GET to the read pool', async () => {
     const res = await send(nginx.port, '/api/v1/documents/get-1');
@@ -49,8 +45,7 @@ describe('failover to backup servers', () => {
     backup = await startBackend('backup');
   });
   afterEach(async () => {
-    await nginx?.stop();
-    await primary?.close();
+    await stopAll(nginx, primary);
     nginx = undefined;
     primary = undefined;
     backup.requests.length = 0;
@@ -97,13 +92,9 @@ describe('upstream connection pooling', () => {
   let nginx: RunningNginx;
 
   beforeAll(async () => {
-    app = await startBackend('app');
-    nginx = await startNginx({ NGINX_READ_UPSTREAMS: app.address, NGINX_WRITE_UPSTREAMS: app.address });
+    ({ app, nginx } = await startAppBehindNginx());
   });
-  afterAll(async () => {
-    await nginx?.stop();
-    await app?.close();
-  });
+  afterAll(() => stopAll(nginx, app));
 
   it('reuses one upstream connection for sequential requests from separate clients', async () => {
     for (let i = 0; i < 20; i += 1) {
