@@ -1,10 +1,13 @@
 /**
  * Shared fixtures for the scaling controller's tests: a topology of N services, CloudWatch
- * answers built from the queries actually sent, and ECS service descriptions.
+ * answers built from the queries actually sent, ECS service descriptions, and the mocked AWS
+ * clients the controller talks to.
  */
-import { ApplicationAutoScalingClient } from '@aws-sdk/client-application-auto-scaling';
-import { CloudWatchClient, type GetMetricDataCommandInput, type MetricDataResult } from '@aws-sdk/client-cloudwatch';
-import { ECSClient, type Service } from '@aws-sdk/client-ecs';
+import { ApplicationAutoScalingClient, DescribeScalableTargetsCommand, RegisterScalableTargetCommand } from '@aws-sdk/client-application-auto-scaling';
+import { CloudWatchClient, GetMetricDataCommand, type GetMetricDataCommandInput, type MetricDataResult } from '@aws-sdk/client-cloudwatch';
+import { DescribeServicesCommand, ECSClient, UpdateServiceCommand, type Service } from '@aws-sdk/client-ecs';
+import { mockClient, type AwsClientStub } from 'aws-sdk-client-mock';
+import { beforeEach } from 'vitest';
 import { AppAutoScalingRegistry } from '../../functions/adapters/aws/app-autoscaling.js';
 import { CloudWatchMetricsSource } from '../../functions/adapters/aws/cloudwatch-metrics.js';
 import { EcsScalingTarget } from '../../functions/adapters/aws/ecs-target.js';
@@ -131,4 +134,62 @@ export function metricsFrom(services: readonly string[], values: MetricValues) {
       return service === undefined ? undefined : values[service]?.[key];
     }),
   });
+}
+
+/** The aws-sdk-client-mock stubs of the three clients the controller uses. */
+export interface ControllerAwsMocks {
+  readonly cw: AwsClientStub<CloudWatchClient>;
+  readonly ecs: AwsClientStub<ECSClient>;
+  readonly aas: AwsClientStub<ApplicationAutoScalingClient>;
+}
+
+/**
+ * Mocks CloudWatch, ECS and Application Auto Scaling for the calling test file and registers a
+ * `beforeEach` that resets them to an account with no scalable targets, where registering a
+ * target and UpdateService succeed. Call it at the top level of the file, before any
+ * `beforeEach` that adds answers, so that the reset runs first.
+ *
+ * @example
+ * ```ts
+ * const aws = mockControllerAws();
+ * const { cw, ecs } = aws;
+ * it('scales out', async () => {
+ *   givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+ *   // ...
+ * });
+ * ```
+ */
+export function mockControllerAws(): ControllerAwsMocks {
+  const mocks: ControllerAwsMocks = {
+    cw: mockClient(CloudWatchClient),
+    ecs: mockClient(ECSClient),
+    aas: mockClient(ApplicationAutoScalingClient),
+  };
+  beforeEach(() => {
+    mocks.cw.reset();
+    mocks.ecs.reset();
+    mocks.aas.reset();
+    mocks.aas.on(DescribeScalableTargetsCommand).resolves({ ScalableTargets: [] });
+    mocks.aas.on(RegisterScalableTargetCommand).resolves({});
+    mocks.ecs.on(UpdateServiceCommand).resolves({});
+  });
+  return mocks;
+}
+
+/**
+ * Makes CloudWatch answer `values` for the single service `svc-0` of `topologyOf(1)` and ECS
+ * describe it (`ca-dms-svc-0`) with `counts`.
+ *
+ * @example
+ * ```ts
+ * givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3, deploying: true });
+ * ```
+ */
+export function givenOneService(
+  aws: ControllerAwsMocks,
+  values: MetricValues,
+  counts: { running: number; desired: number; deploying?: boolean },
+): void {
+  aws.cw.on(GetMetricDataCommand).callsFake(metricsFrom(serviceNames(1), values));
+  aws.ecs.on(DescribeServicesCommand).resolves({ services: [ecsService('ca-dms-svc-0', counts)] });
 }

@@ -3,25 +3,21 @@
  * driven by aws-sdk-client-mock): history and state, switches, deployments, concurrency,
  * the catalog going away and coming back, and alarms in a scale-out cooldown.
  */
-import { ApplicationAutoScalingClient, DescribeScalableTargetsCommand, RegisterScalableTargetCommand } from '@aws-sdk/client-application-auto-scaling';
-import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
-import { DescribeServicesCommand, ECSClient, UpdateServiceCommand } from '@aws-sdk/client-ecs';
-import { mockClient } from 'aws-sdk-client-mock';
+import { GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { DescribeServicesCommand, UpdateServiceCommand } from '@aws-sdk/client-ecs';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
-import { controllerFor, ecsService, ManualClock, metricsFrom, RecordingLog, topologyOf, type MetricValues } from '../../support/scaling-fixtures.js';
+import { controllerFor, ecsService, givenOneService, ManualClock, metricsFrom, mockControllerAws, RecordingLog, topologyOf } from '../../support/scaling-fixtures.js';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.js';
 
-const cw = mockClient(CloudWatchClient);
-const ecs = mockClient(ECSClient);
-const aas = mockClient(ApplicationAutoScalingClient);
+const aws = mockControllerAws();
+const { cw, ecs, aas } = aws;
 
 const T0 = Date.UTC(2026, 0, 5, 12, 0, 0);
-const SERVICES = ['svc-0'];
 const topology = topologyOf(1);
 const CONFIG = { policy: 'threshold', min_instances: 2, max_instances: 10, scale_cooldown: 300, services: { 'svc-0': {} } };
 
@@ -56,22 +52,9 @@ async function freshCatalog(): Promise<{ store: CatalogStore; pool: pg.Pool }> {
   return { store: new CatalogStore(pool, { defaults: parseScalingConfig(CONFIG) }), pool };
 }
 
-beforeEach(() => {
-  cw.reset();
-  ecs.reset();
-  aas.reset();
-  aas.on(DescribeScalableTargetsCommand).resolves({ ScalableTargets: [] });
-  aas.on(RegisterScalableTargetCommand).resolves({});
-  ecs.on(UpdateServiceCommand).resolves({});
-});
 afterEach(async () => {
   await proxy.restore().catch(() => undefined);
 });
-
-function given(values: MetricValues, counts: { running: number; desired: number; deploying?: boolean }): void {
-  cw.on(GetMetricDataCommand).callsFake(metricsFrom(SERVICES, values));
-  ecs.on(DescribeServicesCommand).resolves({ services: [ecsService('ca-dms-svc-0', counts)] });
-}
 
 function updates(): Array<number | undefined> {
   return ecs.commandCalls(UpdateServiceCommand).map((c) => c.args[0].input.desiredCount);
@@ -80,7 +63,7 @@ function updates(): Array<number | undefined> {
 describe('controller with its catalog', () => {
   it('applies a decision, records it with its metrics and reasons, and stores the service state', async () => {
     const { store } = await freshCatalog();
-    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
 
     await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
 
@@ -93,9 +76,9 @@ describe('controller with its catalog', () => {
 
   it('honours the cooldown from the stored state, even in a new container', async () => {
     const { store } = await freshCatalog();
-    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
     await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
-    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 4, desired: 4 });
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 4, desired: 4 });
 
     const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0 + 60_000) }).evaluate({ trigger: 'schedule' });
 
@@ -105,7 +88,7 @@ describe('controller with its catalog', () => {
 
   it('records who asked for an API-triggered evaluation', async () => {
     const { store } = await freshCatalog();
-    given({ 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
 
     await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'api', actor: 'alice' });
 
@@ -115,7 +98,7 @@ describe('controller with its catalog', () => {
   it('does nothing at all while the global switch is off', async () => {
     const { store } = await freshCatalog();
     await store.setSwitch({ scope: '*', enabled: false, actor: 'alice', reason: 'maintenance' });
-    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
 
     const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
 
@@ -127,7 +110,7 @@ describe('controller with its catalog', () => {
   it('does not touch a service whose switch is off', async () => {
     const { store } = await freshCatalog();
     await store.setSwitch({ scope: 'svc-0', enabled: false, actor: 'alice' });
-    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
 
     const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
 
@@ -137,7 +120,7 @@ describe('controller with its catalog', () => {
 
   it('does not scale in while a deployment is in progress', async () => {
     const { store } = await freshCatalog();
-    given({ 'svc-0': { cpu: 5, mem: 10 } }, { running: 5, desired: 5, deploying: true });
+    givenOneService(aws, { 'svc-0': { cpu: 5, mem: 10 } }, { running: 5, desired: 5, deploying: true });
 
     const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
 
@@ -148,7 +131,7 @@ describe('controller with its catalog', () => {
 
   it('lets exactly one of two concurrent evaluations act; the other records that it stood aside', async () => {
     const { store } = await freshCatalog();
-    given({ 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
     ecs.on(UpdateServiceCommand).callsFake(async () => {
       await new Promise((r) => setTimeout(r, 400));
       return {};
@@ -170,19 +153,19 @@ describe('controller with its catalog', () => {
     const clock = new ManualClock(T0);
     const log = new RecordingLog();
     const controller = controllerFor({ topology, catalog: store, fallback: CONFIG, clock, log });
-    given({ 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
     await controller.evaluate({ trigger: 'schedule' });
 
     await proxy.cut();
     clock.advance(60_000);
-    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
     const out = await controller.evaluate({ trigger: 'schedule' });
     clock.advance(400_000);
-    given({ 'svc-0': { cpu: 5, mem: 10 } }, { running: 4, desired: 4 });
+    givenOneService(aws, { 'svc-0': { cpu: 5, mem: 10 } }, { running: 4, desired: 4 });
     const wouldScaleIn = await controller.evaluate({ trigger: 'schedule' });
     await proxy.restore();
     clock.advance(60_000);
-    given({ 'svc-0': { cpu: 50, mem: 50 } }, { running: 4, desired: 4 });
+    givenOneService(aws, { 'svc-0': { cpu: 50, mem: 50 } }, { running: 4, desired: 4 });
     const back = await controller.evaluate({ trigger: 'schedule' });
 
     expect(out.decisions[0]).toMatchObject({ outcome: 'applied', from: 3, to: 4, degraded: true });
@@ -234,7 +217,7 @@ describe('controller with its catalog', () => {
     const { store } = await freshCatalog();
     const clock = new ManualClock(T0);
     const controller = controllerFor({ topology, catalog: store, fallback: CONFIG, clock, backlogLimit: 2 });
-    given({ 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
 
     await proxy.cut();
     for (let i = 0; i < 5; i++) {
@@ -250,13 +233,13 @@ describe('controller with its catalog', () => {
 
   it('on an alarm during a scale-out cooldown adds only the difference', async () => {
     const { store } = await freshCatalog();
-    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 2, desired: 2 });
+    givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 2, desired: 2 });
     const clock = new ManualClock(T0);
     const controller = controllerFor({ topology, catalog: store, fallback: CONFIG, clock });
     await controller.evaluate({ trigger: 'schedule' });
     await store.putConfig({ ...CONFIG, scale_step: 3 }, { actor: 'alice' });
     clock.advance(60_000);
-    given({ 'svc-0': { cpu: 97, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 97, mem: 50 } }, { running: 3, desired: 3 });
 
     const scheduled = await controller.evaluate({ trigger: 'schedule' });
     const alarm = await controller.evaluate({ trigger: 'alarm', services: ['svc-0'], actor: 'alarm:cpu-high' });

@@ -11,12 +11,11 @@ vi.hoisted(() => {
   process.env['POWERTOOLS_METRICS_NAMESPACE'] = 'CaDmsScalingTest';
 });
 
-import { ApplicationAutoScalingClient, DescribeScalableTargetsCommand, RegisterScalableTargetCommand } from '@aws-sdk/client-application-auto-scaling';
+import { ApplicationAutoScalingClient } from '@aws-sdk/client-application-auto-scaling';
 import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
 import { DescribeServicesCommand, ECSClient, UpdateServiceCommand } from '@aws-sdk/client-ecs';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import type { Context } from 'aws-lambda';
-import { mockClient } from 'aws-sdk-client-mock';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createAlarmHandler } from '../../../functions/handlers/alarm.js';
@@ -26,11 +25,9 @@ import { EnvironmentError, parseControllerEnv, parseMigrationEnv } from '../../.
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { createControllerRuntime, type ControllerRuntime } from '../../../functions/handlers/shared/runtime.js';
 import { freePort, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
-import { ecsService, metricsFrom } from '../../support/scaling-fixtures.js';
+import { ecsService, metricsFrom, mockControllerAws } from '../../support/scaling-fixtures.js';
 
-const cw = mockClient(CloudWatchClient);
-const ecs = mockClient(ECSClient);
-const aas = mockClient(ApplicationAutoScalingClient);
+const { cw, ecs } = mockControllerAws();
 
 const TOPOLOGY = {
   services: {
@@ -69,12 +66,6 @@ afterEach(() => {
 });
 
 beforeEach(() => {
-  cw.reset();
-  ecs.reset();
-  aas.reset();
-  aas.on(DescribeScalableTargetsCommand).resolves({ ScalableTargets: [] });
-  aas.on(RegisterScalableTargetCommand).resolves({});
-  ecs.on(UpdateServiceCommand).resolves({});
   cw.on(GetMetricDataCommand).callsFake(metricsFrom(['web', 'worker'], { web: { cpu: 95, mem: 50 }, worker: { cpu: 50, mem: 50 } }));
   ecs.on(DescribeServicesCommand).resolves({ services: [ecsService('ca-dms-web', { running: 3, desired: 3 }), ecsService('ca-dms-worker', { running: 2, desired: 2 })] });
 });

@@ -3,24 +3,21 @@
  * a catalog that cannot be reached (a closed loopback port): everything here must work without
  * the catalog. Behaviours that need the catalog are in test/integration/controller.
  */
-import { ApplicationAutoScalingClient, DescribeScalableTargetsCommand, RegisterScalableTargetCommand } from '@aws-sdk/client-application-auto-scaling';
-import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
-import { DescribeServicesCommand, ECSClient, UpdateServiceCommand } from '@aws-sdk/client-ecs';
-import { mockClient } from 'aws-sdk-client-mock';
+import { DescribeScalableTargetsCommand, RegisterScalableTargetCommand } from '@aws-sdk/client-application-auto-scaling';
+import { GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { DescribeServicesCommand, UpdateServiceCommand } from '@aws-sdk/client-ecs';
 import pg from 'pg';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
 import { freePort } from '../../support/postgres.js';
-import { controllerFor, ecsService, ManualClock, metricsFrom, RecordingLog, topologyOf, type MetricValues } from '../../support/scaling-fixtures.js';
+import { controllerFor, ecsService, givenOneService, ManualClock, metricsFrom, mockControllerAws, RecordingLog, topologyOf } from '../../support/scaling-fixtures.js';
 
-const cw = mockClient(CloudWatchClient);
-const ecs = mockClient(ECSClient);
-const aas = mockClient(ApplicationAutoScalingClient);
+const aws = mockControllerAws();
+const { cw, ecs, aas } = aws;
 
 const T0 = Date.UTC(2026, 0, 5, 12, 0, 0);
-const SERVICES = ['svc-0'];
 const topology = topologyOf(1);
 const FALLBACK = { policy: 'threshold', min_instances: 2, max_instances: 10, scale_cooldown: 300, services: { 'svc-0': {} } };
 
@@ -36,20 +33,6 @@ afterAll(async () => {
   await pool.end();
 });
 
-beforeEach(() => {
-  cw.reset();
-  ecs.reset();
-  aas.reset();
-  aas.on(DescribeScalableTargetsCommand).resolves({ ScalableTargets: [] });
-  aas.on(RegisterScalableTargetCommand).resolves({});
-  ecs.on(UpdateServiceCommand).resolves({});
-});
-
-function given(values: MetricValues, counts: { running: number; desired: number; deploying?: boolean }): void {
-  cw.on(GetMetricDataCommand).callsFake(metricsFrom(SERVICES, values));
-  ecs.on(DescribeServicesCommand).resolves({ services: [ecsService('ca-dms-svc-0', counts)] });
-}
-
 function controller(fallback: Record<string, unknown> = FALLBACK, log = new RecordingLog(), clock = new ManualClock(T0)) {
   return controllerFor({ topology, catalog: unreachable, fallback, clock, log });
 }
@@ -60,7 +43,7 @@ function updates(): unknown[] {
 
 describe('controller without its catalog', () => {
   it('scales out from what ECS reports, using the shipped configuration', async () => {
-    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
 
     const result = await controller().evaluate({ trigger: 'schedule' });
 
@@ -70,7 +53,7 @@ describe('controller without its catalog', () => {
   });
 
   it('never scales in', async () => {
-    given({ 'svc-0': { cpu: 5, mem: 10, conn: 3 } }, { running: 6, desired: 6 });
+    givenOneService(aws, { 'svc-0': { cpu: 5, mem: 10, conn: 3 } }, { running: 6, desired: 6 });
 
     const result = await controller().evaluate({ trigger: 'schedule' });
 
@@ -80,7 +63,7 @@ describe('controller without its catalog', () => {
   });
 
   it('writes every decision as a structured log record and holds it for the catalog', async () => {
-    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
     const log = new RecordingLog();
     const c = controller(FALLBACK, log);
 
@@ -92,7 +75,7 @@ describe('controller without its catalog', () => {
   });
 
   it('counts decisions beyond the backlog limit as dropped rather than forgetting them', async () => {
-    given({ 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
     const c = controllerFor({ topology, catalog: unreachable, fallback: FALLBACK, clock: new ManualClock(T0), backlogLimit: 2 });
 
     for (let i = 0; i < 5; i++) await c.evaluate({ trigger: 'schedule' });
@@ -119,7 +102,7 @@ describe('controller safety rules', () => {
   });
 
   it('records a refused UpdateService as failed and starts the next evaluation from the real ECS counts', async () => {
-    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
     ecs.on(UpdateServiceCommand).rejectsOnce(Object.assign(new Error('service is draining'), { name: 'InvalidParameterException' })).resolves({});
     const clock = new ManualClock(T0);
     const c = controller(FALLBACK, new RecordingLog(), clock);
@@ -138,7 +121,7 @@ describe('controller safety rules', () => {
   });
 
   it('does nothing at all when the configuration stops scaling', async () => {
-    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
 
     const result = await controller({ ...FALLBACK, enabled: false }).evaluate({ trigger: 'schedule' });
 
@@ -150,7 +133,7 @@ describe('controller safety rules', () => {
   });
 
   it('does not touch a service whose own switch is off', async () => {
-    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
 
     const result = await controller({ ...FALLBACK, services: { 'svc-0': { enabled: false } } }).evaluate({ trigger: 'schedule' });
 
@@ -159,7 +142,7 @@ describe('controller safety rules', () => {
   });
 
   it('records a dry-run decision and changes nothing', async () => {
-    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
 
     const result = await controller({ ...FALLBACK, dry_run: true }).evaluate({ trigger: 'schedule' });
 
@@ -169,7 +152,7 @@ describe('controller safety rules', () => {
   });
 
   it('respects a scale-out suspended on the scalable target', async () => {
-    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
     aas.on(DescribeScalableTargetsCommand).resolves({
       ScalableTargets: [
         {
@@ -193,7 +176,7 @@ describe('controller safety rules', () => {
   });
 
   it('keeps the configured bounds registered on the scalable target', async () => {
-    given({ 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
 
     await controller({ ...FALLBACK, services: { 'svc-0': { min_instances: 3, max_instances: 12 } } }).evaluate({ trigger: 'schedule' });
 
@@ -227,7 +210,7 @@ describe('controller safety rules', () => {
   });
 
   it('goes on when the scalable-target registry fails, with a warning', async () => {
-    given({ 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
+    givenOneService(aws, { 'svc-0': { cpu: 95, mem: 50 } }, { running: 3, desired: 3 });
     aas.on(DescribeScalableTargetsCommand).rejects(new Error('unavailable'));
 
     const result = await controller().evaluate({ trigger: 'schedule' });
