@@ -15,6 +15,7 @@ import { Validator } from '@seriousme/openapi-schema-validator';
 import { UpdateServiceCommand } from '@aws-sdk/client-ecs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
+import { GUIDE_FLAT_CONFIG } from '../../support/guide-config.js';
 import { SERVICES, startApiHarness, type ApiHarness } from './harness.js';
 
 const API = '/api/v1/scaling';
@@ -135,18 +136,8 @@ describe('scaling API over HTTP', () => {
     });
 
     it('accepts the guide\'s flat JSON document and records who changed it', async () => {
-      const guide = {
-        cpu_scale_up: 80.0,
-        cpu_scale_down: 30.0,
-        memory_scale_up: 85.0,
-        memory_scale_down: 40.0,
-        response_time_scale_up: 1000.0,
-        connections_scale_up: 80,
-        connections_scale_down: 20,
-        min_instances: 2,
-        max_instances: 12,
-        scale_cooldown: 300,
-      };
+      // 12 rather than the guide's 10, so the reply shows the document took effect, not the default.
+      const guide = { ...GUIDE_FLAT_CONFIG, max_instances: 12 };
       const res = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': await etag() }, body: JSON.stringify(guide) });
       const events = await h.fetchJson(`${API}/history?kind=event&limit=5`);
       expect(res.status).toBe(200);

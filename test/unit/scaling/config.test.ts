@@ -5,6 +5,7 @@ import {
   resolveServiceConfig,
   ScalingConfigError,
 } from '../../../functions/core/scaling/config.js';
+import { GUIDE_FLAT_CONFIG } from '../../support/guide-config.js';
 
 /** The paths a rejected document is rejected for. */
 function rejectedPaths(document: unknown): string[] {
@@ -17,28 +18,15 @@ function rejectedPaths(document: unknown): string[] {
   throw new Error('expected the document to be rejected');
 }
 
-const guideDocument = {
-  cpu_scale_up: 80.0,
-  cpu_scale_down: 30.0,
-  memory_scale_up: 85.0,
-  memory_scale_down: 40.0,
-  response_time_scale_up: 1000.0,
-  connections_scale_up: 80,
-  connections_scale_down: 20,
-  min_instances: 2,
-  max_instances: 10,
-  scale_cooldown: 300,
-};
-
 describe('runtime scaling configuration', () => {
   it('accepts the guide\'s flat JSON document as it stands', () => {
-    const config = parseScalingConfig(guideDocument);
-    expect(config).toMatchObject(guideDocument);
+    const config = parseScalingConfig(GUIDE_FLAT_CONFIG);
+    expect(config).toMatchObject(GUIDE_FLAT_CONFIG);
   });
 
   it('defaults to the guide\'s values and the four CA-DMS services', () => {
     const config = parseScalingConfig({});
-    expect(config).toMatchObject({ ...guideDocument, enabled: true, dry_run: false, policy: 'ca-dms', check_interval: 30 });
+    expect(config).toMatchObject({ ...GUIDE_FLAT_CONFIG, enabled: true, dry_run: false, policy: 'ca-dms', check_interval: 30 });
     expect(Object.keys(config.services)).toEqual(['backend-read', 'backend-write', 'frontend', 'worker']);
   });
 
