@@ -154,9 +154,13 @@ export class SimulatedFleet implements ScalingTarget, MetricsSource, ScalableTar
     return sim.batches.reduce((n, b) => n + b.count, 0);
   }
 
-  async describe(services: readonly string[]): Promise<ReadonlyMap<string, TasksReading>> {
-    const now = this.options.clock.now();
-    const out = new Map<string, TasksReading>();
+  /**
+   * One reading per service, each taken after its start-ups due by `now` are over. An unknown
+   * service gets a failed reading rather than an exception, as the controller's ports require,
+   * so one bad name does not hide the others.
+   */
+  private readEach<R>(services: readonly string[], now: number, reading: (sim: ServiceSim) => R): Map<string, R | { ok: false; error: string }> {
+    const out = new Map<string, R | { ok: false; error: string }>();
     for (const service of services) {
       const sim = this.sims.get(service);
       if (!sim) {
@@ -164,9 +168,16 @@ export class SimulatedFleet implements ScalingTarget, MetricsSource, ScalableTar
         continue;
       }
       this.advance(sim, now);
-      out.set(service, { ok: true, tasks: { running: sim.running, pending: this.pendingOf(sim), desired: sim.desired, deploymentInProgress: false } });
+      out.set(service, reading(sim));
     }
     return out;
+  }
+
+  async describe(services: readonly string[]): Promise<ReadonlyMap<string, TasksReading>> {
+    return this.readEach<TasksReading>(services, this.options.clock.now(), (sim) => ({
+      ok: true,
+      tasks: { running: sim.running, pending: this.pendingOf(sim), desired: sim.desired, deploymentInProgress: false },
+    }));
   }
 
   async setDesired(service: string, desired: number): Promise<void> {
@@ -192,18 +203,10 @@ export class SimulatedFleet implements ScalingTarget, MetricsSource, ScalableTar
   }
 
   async read(services: readonly string[], now: number): Promise<ReadonlyMap<string, MetricsReading>> {
-    const out = new Map<string, MetricsReading>();
-    for (const service of services) {
-      const sim = this.sims.get(service);
-      if (!sim) {
-        out.set(service, { ok: false, error: new UnknownFleetServiceError(service).message });
-        continue;
-      }
-      this.advance(sim, now);
+    return this.readEach<MetricsReading>(services, now, (sim) => {
       const demand = this.demandOf(sim, now);
-      out.set(service, { ok: true, metrics: toRaw(metricsFor(demand, sim.running, now, this.model), demand, sim.running) });
-    }
-    return out;
+      return { ok: true, metrics: toRaw(metricsFor(demand, sim.running, now, this.model), demand, sim.running) };
+    });
   }
 
   /** Local mode has no Application Auto Scaling: bounds live in the config alone and nothing is suspended. */
