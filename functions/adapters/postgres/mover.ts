@@ -262,6 +262,29 @@ function isHookPoint(state: MoveState): state is MoveState & MoveHookPoint {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Reads that must see one consistent state of the source (a page and its owners, a change batch). */
+const SNAPSHOT = 'begin isolation level repeatable read read only';
+
+/**
+ * Runs `fn` in one transaction on a client of `pool`, opened with `begin`: commits when `fn`
+ * resolves, rolls back when it throws (a failed rollback must not hide the error that caused
+ * it), and always returns the client to the pool.
+ */
+async function inTransaction<T>(pool: pg.Pool, begin: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query(begin);
+    const result = await fn(client);
+    await client.query('commit');
+    return result;
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -599,18 +622,10 @@ export class Mover {
         await this.checkCancel(job);
         const batch = await this.readBatch(source, job, table, cursor.after);
         if (batch.n === 0) break;
-        const client = await target.connect();
-        try {
-          await client.query('begin');
+        await inTransaction(target, 'begin', async (client) => {
           if (batch.ownersJson) await this.upsert(client, 'users', batch.ownersJson);
           await this.upsert(client, table, batch.rowsJson);
-          await client.query('commit');
-        } catch (err) {
-          await client.query('rollback').catch(() => undefined);
-          throw err;
-        } finally {
-          client.release();
-        }
+        });
         cursor = { table, after: batch.last };
         const { rows } = await this.options.catalog.query<JobRow>(
           `update catalog.move_jobs set copy_cursor = $2, rows_copied = rows_copied + $3, updated_at = now() where id = $1 returning *`,
@@ -632,9 +647,7 @@ export class Mover {
     table: TableName,
     after: string | null,
   ): Promise<{ n: number; rowsJson: string; ownersJson: string | null; last: string | null }> {
-    const client = await source.connect();
-    try {
-      await client.query('begin isolation level repeatable read read only');
+    return inTransaction(source, SNAPSHOT, async (client) => {
       const f = this.unitFilter(job, table, 3);
       const { rows } = await client.query<{ n: number; rows: string; last: string | null; owners: string[] | null }>(
         `select count(*)::int as n, coalesce(jsonb_agg(to_jsonb(t)), '[]')::text as rows,
@@ -653,14 +666,8 @@ export class Mover {
         );
         ownersJson = owners.rows[0]?.rows ?? null;
       }
-      await client.query('commit');
       return { n: page.n, rowsJson: page.rows, ownersJson, last: page.last };
-    } catch (err) {
-      await client.query('rollback').catch(() => undefined);
-      throw err;
-    } finally {
-      client.release();
-    }
+    });
   }
 
   /**
@@ -690,53 +697,35 @@ export class Mover {
     const docIds = [...(ids.get('documents') ?? [])];
     const userIds = [...(ids.get('users') ?? [])];
 
-    const client = await source.connect();
-    let docs: { rows: string; ids: string[]; owners: string[] };
-    let users: { rows: string; ids: string[] };
-    try {
-      await client.query('begin isolation level repeatable read read only');
+    const { docs, users } = await inTransaction(source, SNAPSHOT, async (client) => {
       const df = this.unitFilter(job, 'documents', 2);
       const d = await client.query<{ rows: string; ids: string[] | null; owners: string[] | null }>(
         `select coalesce(jsonb_agg(to_jsonb(t)), '[]')::text as rows, array_agg(t.id)::text[] as ids, array_agg(distinct t.owner_id)::text[] as owners
            from documents t where id = any($1::uuid[]) and ${df.sql}`,
         [docIds, ...df.params],
       );
-      docs = { rows: d.rows[0]?.rows ?? '[]', ids: d.rows[0]?.ids ?? [], owners: d.rows[0]?.owners ?? [] };
+      const docs = { rows: d.rows[0]?.rows ?? '[]', ids: d.rows[0]?.ids ?? [], owners: d.rows[0]?.owners ?? [] };
       const uf = this.unitFilter(job, 'users', 2);
       const u = await client.query<{ rows: string; ids: string[] | null }>(
         `select coalesce(jsonb_agg(to_jsonb(t)), '[]')::text as rows, array_agg(t.id)::text[] as ids
            from users t where id = any($1::uuid[]) and ${uf.sql}`,
         [[...new Set([...userIds, ...docs.owners])], ...uf.params],
       );
-      users = { rows: u.rows[0]?.rows ?? '[]', ids: u.rows[0]?.ids ?? [] };
-      await client.query('commit');
-    } catch (err) {
-      await client.query('rollback').catch(() => undefined);
-      throw err;
-    } finally {
-      client.release();
-    }
+      return { docs, users: { rows: u.rows[0]?.rows ?? '[]', ids: u.rows[0]?.ids ?? [] } };
+    });
 
     const presentDocs = new Set(docs.ids);
     const presentUsers = new Set(users.ids);
     const goneDocs = docIds.filter((id) => !presentDocs.has(id));
     const goneUsers = userIds.filter((id) => !presentUsers.has(id));
-    const target = await this.pool(job.to).connect();
-    try {
-      await target.query('begin');
+    await inTransaction(this.pool(job.to), 'begin', async (target) => {
       await this.upsert(target, 'users', users.rows);
       await this.upsert(target, 'documents', docs.rows);
       const df = this.unitFilter(job, 'documents', 2);
       await target.query(`delete from documents where id = any($1::uuid[]) and ${df.sql}`, [goneDocs, ...df.params]);
       const uf = this.unitFilter(job, 'users', 2);
       await target.query(`delete from users where id = any($1::uuid[]) and ${uf.sql}`, [goneUsers, ...uf.params]);
-      await target.query('commit');
-    } catch (err) {
-      await target.query('rollback').catch(() => undefined);
-      throw err;
-    } finally {
-      target.release();
-    }
+    });
     await source.query('delete from move_changes where seq = any($1::bigint[])', [entries.map((e) => e.seq)]);
     await this.options.catalog.query('update catalog.move_jobs set changes_applied = changes_applied + $2, updated_at = now() where id = $1', [
       job.id,
@@ -747,9 +736,7 @@ export class Mover {
 
   /** Sets the source fence to `fenced`, waiting for writers in flight, and commits it. */
   private async fence(job: MoveJob): Promise<void> {
-    const client = await this.pool(job.from).connect();
-    try {
-      await client.query('begin');
+    await inTransaction(this.pool(job.from), 'begin', async (client) => {
       await client.query(`select set_config('lock_timeout', $1, true)`, [`${this.fenceLockTimeoutMs}ms`]);
       const res = await client.query(
         `update write_fences set state = 'fenced', job_id = $3, updated_at = clock_timestamp()
@@ -757,13 +744,7 @@ export class Mover {
         [job.kind, job.unitId, job.id],
       );
       if (res.rowCount !== 1) throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.from} is missing or held by another move`);
-      await client.query('commit');
-    } catch (err) {
-      await client.query('rollback').catch(() => undefined);
-      throw err;
-    } finally {
-      client.release();
-    }
+    });
     await this.options.catalog.query('update catalog.move_jobs set fenced_at = coalesce(fenced_at, clock_timestamp()), updated_at = now() where id = $1', [job.id]);
   }
 
