@@ -755,9 +755,7 @@ export class Mover {
    * the unit is fenced). Both shards run the same PostgreSQL build, so equal rows hash equally.
    */
   private async summarise(pool: pg.Pool, job: MoveJob): Promise<TableSummaries> {
-    const client = await pool.connect();
-    try {
-      await client.query('begin isolation level repeatable read read only');
+    return inTransaction(pool, SNAPSHOT, async (client) => {
       // A 100,000-row aggregate can cross jit_above_cost; compiling it would only lengthen the fence.
       await client.query(`set local jit = off`);
       const out: Record<string, { rows: number; checksum: string }> = {};
@@ -769,11 +767,8 @@ export class Mover {
         );
         out[name] = { rows: Number(rows[0]?.n ?? 0), checksum: rows[0]?.sum ?? '0' };
       }
-      await client.query('commit');
       return out;
-    } finally {
-      client.release();
-    }
+    });
   }
 
   private async verify(job: MoveJob): Promise<void> {
