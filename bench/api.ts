@@ -6,7 +6,7 @@
  *
  *   npm run bench:api [-- --duration 10]
  */
-import './support/quiet-powertools.js';
+import '../test/support/quiet-powertools.js';
 import autocannon from 'autocannon';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';

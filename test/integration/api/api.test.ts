@@ -2,15 +2,8 @@
  * The scaling API over real HTTP (the local adapter serving the Lambda handler), against real
  * PostgreSQL shards with streaming replicas and the controller with mocked AWS clients.
  */
-import { vi } from 'vitest';
-
-vi.hoisted(() => {
-  process.env['POWERTOOLS_LOG_LEVEL'] = 'SILENT';
-  process.env['POWERTOOLS_TRACE_ENABLED'] = 'false';
-  process.env['POWERTOOLS_METRICS_NAMESPACE'] = 'CaDmsScalingTest';
-  process.env['POWERTOOLS_METRICS_DISABLED'] = 'true';
-});
-
+// Powertools reads its settings when the handler modules load: this import must stay first.
+import '../../support/quiet-powertools.js';
 import { Validator } from '@seriousme/openapi-schema-validator';
 import { UpdateServiceCommand } from '@aws-sdk/client-ecs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

@@ -4,15 +4,8 @@
  * headers and bodies, valid and not). Never a 5xx; every rejection is an RFC 9457 problem
  * document; and a rejected request leaves the stored state exactly as it was.
  */
-import { vi } from 'vitest';
-
-vi.hoisted(() => {
-  process.env['POWERTOOLS_LOG_LEVEL'] = 'SILENT';
-  process.env['POWERTOOLS_TRACE_ENABLED'] = 'false';
-  process.env['POWERTOOLS_METRICS_NAMESPACE'] = 'CaDmsScalingTest';
-  process.env['POWERTOOLS_METRICS_DISABLED'] = 'true';
-});
-
+// Powertools reads its settings when the handler modules load: this import must stay first.
+import '../../support/quiet-powertools.js';
 import type { APIGatewayProxyEvent, Context } from 'aws-lambda';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
