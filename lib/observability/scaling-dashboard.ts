@@ -9,6 +9,12 @@ import { validateProps } from '../validate.js';
 
 /** The namespace the controller publishes its metrics to (EMF through Powertools). */
 export const CONTROLLER_NAMESPACE = 'CaDmsScaling';
+/**
+ * The `service` dimension Powertools adds to every controller metric (the functions'
+ * `METRICS_SERVICE`); a CloudWatch metric is identified by all its dimensions, so graphs must
+ * name it too.
+ */
+export const CONTROLLER_METRICS_SERVICE = 'ca-dms-scaling-controller';
 
 /** One service on the dashboard. */
 export interface DashboardService {
@@ -95,7 +101,7 @@ export class ScalingDashboard extends Construct {
             new cloudwatch.Metric({
               namespace: CONTROLLER_NAMESPACE,
               metricName: 'DesiredCount',
-              dimensionsMap: { service: s.name },
+              dimensionsMap: { service: CONTROLLER_METRICS_SERVICE, ScaledService: s.name },
               statistic: 'Maximum',
               period: PERIOD,
             }),
@@ -134,7 +140,7 @@ export class ScalingDashboard extends Construct {
     // occurs without this dashboard having to know them.
     const search = (dimension: string, metricName: string, label: string): cloudwatch.MathExpression =>
       new cloudwatch.MathExpression({
-        expression: `SEARCH('{${CONTROLLER_NAMESPACE},${dimension}} MetricName="${metricName}"', 'Sum', 300)`,
+        expression: `SEARCH('{${CONTROLLER_NAMESPACE},${dimension},service} MetricName="${metricName}" service="${CONTROLLER_METRICS_SERVICE}"', 'Sum', 300)`,
         label,
         period: Duration.minutes(5),
       });
@@ -149,8 +155,8 @@ export class ScalingDashboard extends Construct {
         left: fns.map(([name, fn]) => fn.metricDuration({ period: Duration.minutes(5), statistic: 'p95', label: name })),
         width: 6,
       }),
-      new cloudwatch.GraphWidget({ title: 'Scaling decisions by direction', left: [search('direction', 'Decisions', 'decisions')], width: 6 }),
-      new cloudwatch.GraphWidget({ title: 'Scaling decisions by outcome', left: [search('outcome', 'DecisionOutcomes', 'outcomes')], width: 6 }),
+      new cloudwatch.GraphWidget({ title: 'Scaling decisions by direction', left: [search('Direction', 'Decisions', 'decisions')], width: 6 }),
+      new cloudwatch.GraphWidget({ title: 'Scaling decisions by outcome', left: [search('Outcome', 'DecisionOutcomes', 'outcomes')], width: 6 }),
     );
   }
 }

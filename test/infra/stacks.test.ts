@@ -11,6 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseScalingConfig } from '../../functions/core/scaling/config.js';
 import { SERVICE_NAMES } from '../../lib/config/deployment-config.js';
 import { SCALING_API_ROUTES } from '../../lib/control-plane/scaling-api.js';
+import { METRICS_SERVICE } from '../../functions/handlers/shared/powertools.js';
+import { CONTROLLER_METRICS_SERVICE } from '../../lib/observability/scaling-dashboard.js';
 import { APP_CONTAINER, NGINX_CONTAINER } from '../../lib/services/sidecar-service.js';
 import { resourcesOf, ROOT, synthesize, type Synthesized } from './support/synth.js';
 
@@ -524,6 +526,16 @@ describe('observability stack', () => {
     for (const name of SERVICE_NAMES) expect(body).toContain(`Service ${name}`);
     expect(body).toContain('Shard shard-001');
     expect(body).toContain('Control plane');
+  });
+
+  it('graphs the controller metrics with every dimension the functions publish them with', () => {
+    const [[, dash]] = resourcesOf(s.template(s.stacks.observability), 'AWS::CloudWatch::Dashboard') as [[string, { Properties?: Json }]];
+    const body = JSON.stringify(dash.Properties?.['DashboardBody']).replace(/\\/g, '');
+    // Powertools adds `service` to every metric, so a graph that leaves it out shows nothing.
+    expect(CONTROLLER_METRICS_SERVICE).toBe(METRICS_SERVICE);
+    for (const name of SERVICE_NAMES) expect(body).toContain(`"DesiredCount","ScaledService","${name}","service","${METRICS_SERVICE}"`);
+    expect(body).toContain(`SEARCH('{CaDmsScaling,Direction,service} MetricName="Decisions" service="${METRICS_SERVICE}"'`);
+    expect(body).toContain(`SEARCH('{CaDmsScaling,Outcome,service} MetricName="DecisionOutcomes" service="${METRICS_SERVICE}"'`);
   });
 
   it('outputs the API URL, the load balancer DNS name and the dashboard URL', () => {

@@ -14,8 +14,17 @@ import { Logger } from '@aws-lambda-powertools/logger';
 import { Metrics } from '@aws-lambda-powertools/metrics';
 import { Tracer } from '@aws-lambda-powertools/tracer';
 
-const serviceName = 'ca-dms-scaling-controller';
+/**
+ * The `service` dimension of every control-plane metric. One value for all functions, so the
+ * desired count the evaluator and the alarm function publish is one series per scaled service;
+ * the dashboard (`lib/observability/scaling-dashboard.ts`) names the same value.
+ */
+export const METRICS_SERVICE = 'ca-dms-scaling-controller';
+
+// Logs and traces carry each function's own name (the CDK app sets POWERTOOLS_SERVICE_NAME);
+// a constructor option would override it, so it is passed only as the fallback.
+const serviceName = process.env['POWERTOOLS_SERVICE_NAME'] ?? METRICS_SERVICE;
 
 export const logger = new Logger({ serviceName });
-export const metrics = new Metrics({ serviceName, namespace: 'CaDmsScaling' });
+export const metrics = new Metrics({ serviceName: METRICS_SERVICE, namespace: 'CaDmsScaling' });
 export const tracer = new Tracer({ serviceName });
