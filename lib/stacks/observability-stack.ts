@@ -7,7 +7,7 @@ import { SERVICE_NAMES, type DeploymentConfig } from '../config/deployment-confi
 import { resolveServiceConfig } from '../../functions/core/scaling/config.js';
 import type { ShardDatabase } from '../data/shard-database.js';
 import { FunctionAlarms } from '../observability/function-alarms.js';
-import { ScalingDashboard } from '../observability/scaling-dashboard.js';
+import { CONTROLLER_METRICS_SERVICE, CONTROLLER_NAMESPACE, ScalingDashboard } from '../observability/scaling-dashboard.js';
 import { ServiceAlarms } from '../observability/service-alarms.js';
 import { ShardAlarms } from '../observability/shard-alarms.js';
 import type { ControlPlaneStack } from './control-plane-stack.js';
@@ -90,6 +90,24 @@ export class ObservabilityStack extends Stack {
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
     movesDelivery.addAlarmAction(new cwActions.SnsAction(topic));
+
+    // A failed move step leaves the job resumable and does not fail the invocation, so only the
+    // worker's own metric shows it.
+    const moveFailures = new cloudwatch.Alarm(this, 'MoveStepFailures', {
+      alarmDescription: 'control plane: a shard move step failed (the job is resumable; its error is on the job: GET /shards/moves/{id})',
+      metric: new cloudwatch.Metric({
+        namespace: CONTROLLER_NAMESPACE,
+        metricName: 'MoveFailures',
+        dimensionsMap: { service: CONTROLLER_METRICS_SERVICE },
+        period: Duration.minutes(5),
+        statistic: 'Sum',
+      }),
+      threshold: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      evaluationPeriods: 1,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+    moveFailures.addAlarmAction(new cwActions.SnsAction(topic));
 
     const elb5xx = new cloudwatch.Alarm(this, 'LoadBalancer5xx', {
       alarmDescription: `load balancer: more than ${config.alarms.alb5xxPerMinute} of its own 5xx answers a minute (no healthy target, or targets failing)`,

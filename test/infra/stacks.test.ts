@@ -513,6 +513,13 @@ describe('observability stack', () => {
     expect(deadLetters.sort()).toEqual(['control plane: failed Alarm events in the dead-letter queue', 'control plane: failed Evaluate events in the dead-letter queue']);
   });
 
+  it('alarms when a shard move step fails, on the metric the moves worker publishes', () => {
+    const alarms = resourcesOf(s.template(s.stacks.observability), 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties as Json);
+    const moves = alarms.filter((a) => a['MetricName'] === 'MoveFailures');
+    expect(moves).toHaveLength(1);
+    expect(moves[0]).toMatchObject({ Namespace: 'CaDmsScaling', Dimensions: [{ Name: 'service', Value: METRICS_SERVICE }], Threshold: 1 });
+  });
+
   it('graphs errors and duration of the moves worker with the other control-plane functions', () => {
     const [[, dash]] = resourcesOf(s.template(s.stacks.observability), 'AWS::CloudWatch::Dashboard') as [[string, { Properties?: Json }]];
     const body = JSON.stringify(dash.Properties?.['DashboardBody']);
