@@ -18,19 +18,22 @@ import {
   configEnvelopeSchema,
   evaluateBodySchema,
   evaluationSchema,
+  healthReportSchema,
   historyQuerySchema,
   historySchema,
   ifMatchHeadersSchema,
   metricsSchema,
   moveIdParamsSchema,
+  moveJobSchema,
   moveRequestSchema,
+  rebalanceCheckSchema,
   rebalanceQuerySchema,
   recommendationsSchema,
   routeQuerySchema,
   routeResultSchema,
-  shardReportSchema,
   startStopBodySchema,
   startStopResultSchema,
+  statisticsReportSchema,
   statusSchema,
 } from './schemas.js';
 import { ConflictError, NotFoundError, StaleVersionError, UnavailableError, UnknownServiceError, type ScalingApiPort } from './service.js';
@@ -204,7 +207,7 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
       summary: 'Get shard statistics',
       tags: ['shards'],
       query: statisticsQuery,
-      responses: { 200: { description: 'rows and bytes per shard and table, users, documents, slots, shares and imbalance', schema: shardReportSchema } },
+      responses: { 200: { description: 'rows and bytes per shard and table, users, documents, slots, shares and imbalance', schema: statisticsReportSchema } },
       handle: async ({ query }) => ({ status: 200, body: await guard(() => port.shardStatistics({ exact: query.exact === 'true' })) }),
     }),
     defineRoute({
@@ -214,7 +217,7 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
       summary: 'Get shard health status',
       tags: ['shards'],
       query: noQuery,
-      responses: { 200: { description: 'every primary and replica: reachability, role, connections, performance, storage, lag, status', schema: shardReportSchema } },
+      responses: { 200: { description: 'every primary and replica: reachability, role, connections, performance, storage, lag, status', schema: healthReportSchema } },
       handle: async () => ({ status: 200, body: await guard(() => port.shardHealth()) }),
     }),
     defineRoute({
@@ -224,7 +227,7 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
       summary: 'Check whether shards need rebalancing',
       tags: ['shards'],
       query: rebalanceQuerySchema,
-      responses: { 200: { description: 'the imbalance and the moves that would fix it', schema: shardReportSchema } },
+      responses: { 200: { description: 'the imbalance and the moves that would fix it', schema: rebalanceCheckSchema } },
       handle: async ({ query }) => ({
         status: 200,
         body: await guard(() => port.rebalanceCheck({ ...(query.threshold !== undefined ? { threshold: query.threshold } : {}), ...(query.by ? { by: query.by } : {}) })),
@@ -248,11 +251,10 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
       tags: ['shards'],
       query: noQuery,
       body: moveRequestSchema,
-      responses: { 202: { description: 'the move job, started', schema: shardReportSchema, headers: { location: 'where to follow the move' } } },
+      responses: { 202: { description: 'the move job, started', schema: moveJobSchema, headers: { location: 'where to follow the move' } } },
       handle: async ({ body, identity }) => {
         const job = await guard(() => port.startMove(body, identity.actor));
-        const id = typeof job['id'] === 'string' ? job['id'] : '';
-        return { status: 202, body: job, headers: { location: `${API_PREFIX}/shards/moves/${id}` } };
+        return { status: 202, body: job, headers: { location: `${API_PREFIX}/shards/moves/${job.id}` } };
       },
     }),
     defineRoute({
@@ -263,7 +265,7 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
       tags: ['shards'],
       params: moveIdParamsSchema,
       query: noQuery,
-      responses: { 200: { description: 'the move job and its progress', schema: shardReportSchema } },
+      responses: { 200: { description: 'the move job and its progress', schema: moveJobSchema } },
       handle: async ({ params }) => ({ status: 200, body: await guard(() => port.getMove(params.id)) }),
     }),
   ];

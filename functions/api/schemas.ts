@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { POLICY_NAMES } from '../core/scaling/config.js';
+import { MOVE_STATES } from '../core/sharding/move-plan.js';
 
 const isoTime = z.string().datetime({ offset: true }).describe('an ISO 8601 timestamp');
 const serviceName = z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, 'service names are lower-case letters, digits and dashes');
@@ -204,5 +205,187 @@ export const moveRequestSchema = z.strictObject({
 });
 export const moveIdParamsSchema = z.strictObject({ id: z.string().regex(/^[0-9a-zA-Z-]{1,64}$/, 'is not a move id') });
 
-/** Shard reports are produced by the sharding layer; the API passes them through as objects. */
-export const shardReportSchema = z.record(z.string(), z.unknown());
+// The shard reports below mirror the sharding layer's types (core/sharding, adapters/postgres)
+// field for field, in their camelCase, so the published contract is what the layer produces.
+
+const healthStatus = z.enum(['healthy', 'degraded', 'down']);
+const nodeRole = z.enum(['primary', 'replica']);
+
+export const healthReasonSchema = z.object({
+  code: z.string().describe('stable, for alerting'),
+  status: z.enum(['degraded', 'down']),
+  message: z.string(),
+  nodeId: z.string().optional().describe('the node the reason is about (set on shard-level reasons)'),
+});
+
+export const databaseRatesSchema = z.object({
+  intervalSeconds: z.number(),
+  commitsPerSecond: z.number(),
+  rollbacksPerSecond: z.number(),
+  rowsReadPerSecond: z.number(),
+  rowsWrittenPerSecond: z.number(),
+  blocksReadPerSecond: z.number(),
+  tempBytesPerSecond: z.number(),
+  deadlocks: z.number().describe('deadlocks detected during the interval (a count)'),
+  cacheHitRatio: z.number().nullable().describe('null when there were no block requests in the interval'),
+  blockRequests: z.number(),
+});
+
+export const replicationFactsSchema = z.object({
+  lagSeconds: z.number().nullable(),
+  lagBytes: z.number().nullable().describe('null when the primary is unreachable'),
+  replayLsn: z.string().nullable(),
+  receiveLsn: z.string().nullable(),
+  replayPaused: z.boolean(),
+  streaming: z.boolean(),
+});
+
+export const rdsFactsSchema = z.object({
+  status: z.string(),
+  freeStorageBytes: z.number().nullable(),
+  allocatedStorageBytes: z.number().nullable(),
+  replicaLagSeconds: z.number().nullable(),
+});
+
+export const nodeFactsSchema = z.object({
+  nodeId: z.string(),
+  shardId: z.string(),
+  role: nodeRole.describe('the role the configuration gives the node'),
+  reachable: z.boolean(),
+  error: z.string().optional().describe('why the node could not be measured'),
+  inRecovery: z.boolean().optional(),
+  connections: z.number().int().optional(),
+  maxConnections: z.number().int().optional(),
+  databaseSizeBytes: z.number().optional(),
+  rates: databaseRatesSchema.nullable().optional().describe('null until two usable samples exist'),
+  cumulativeCacheHitRatio: z.number().nullable().optional(),
+  replication: replicationFactsSchema.optional(),
+  rds: rdsFactsSchema.optional().describe('present on AWS when the cloud inventory knows the instance'),
+});
+
+export const statementStatSchema = z.object({
+  queryId: z.string(),
+  query: z.string().describe('normalised text, cut to 200 characters'),
+  calls: z.number(),
+  totalExecMs: z.number(),
+  meanExecMs: z.number(),
+  rows: z.number(),
+});
+
+export const statementsReportSchema = z.discriminatedUnion('available', [
+  z.object({ available: z.literal(true), top: z.array(statementStatSchema) }),
+  z.object({ available: z.literal(false), reason: z.string() }),
+]);
+
+export const nodeReportSchema = z.object({
+  nodeId: z.string(),
+  shardId: z.string(),
+  role: nodeRole,
+  endpoint: z.string().describe('host:port/db, no credentials'),
+  status: healthStatus,
+  reasons: z.array(healthReasonSchema),
+  checkMs: z.number().describe('how long the check of this node took'),
+  facts: nodeFactsSchema,
+  statements: statementsReportSchema.optional(),
+});
+
+export const healthReportSchema = z.object({
+  status: healthStatus,
+  checkedAt: isoTime,
+  durationMs: z.number(),
+  shards: z.array(
+    z.object({
+      shardId: z.string(),
+      status: healthStatus,
+      reasons: z.array(healthReasonSchema),
+      primary: nodeReportSchema,
+      replicas: z.array(nodeReportSchema),
+    }),
+  ),
+  cloud: z
+    .object({ available: z.boolean(), error: z.string().optional() })
+    .optional()
+    .describe('present when a cloud inventory is configured: whether its facts could be read'),
+});
+
+export const statisticsReportSchema = z.object({
+  shards: z.array(
+    z.object({
+      shardId: z.string(),
+      weight: z.number(),
+      slotsOwned: z.number().int(),
+      tables: z.array(z.object({ table: z.string(), rows: z.number(), bytes: z.number(), method: z.enum(['estimate', 'exact']) })),
+      users: z.number(),
+      documents: z.number(),
+      rows: z.number(),
+      bytes: z.number(),
+      shareOfRows: z.number(),
+      shareOfBytes: z.number(),
+      targetShare: z.number().describe('the fraction the shard should hold by weight'),
+    }),
+  ),
+  totals: z.object({ rows: z.number(), bytes: z.number(), users: z.number(), documents: z.number(), slots: z.number().int() }),
+  imbalance: z.object({ rows: z.number(), bytes: z.number() }).describe('largest over mean of the weight-normalised load; 1 is perfect balance'),
+  complete: z.boolean().describe('false when a shard could not be measured: totals, shares and imbalance leave it out'),
+  unreachable: z.array(z.object({ shardId: z.string(), error: z.string() })),
+});
+
+const balanceMetric = z.enum(['bytes', 'rows']);
+export const rebalanceCheckSchema = z.object({
+  by: balanceMetric,
+  threshold: z.number(),
+  imbalance: z.number().describe('max over mean of the chosen metric now'),
+  needed: z.boolean(),
+  moves: z.array(
+    z.object({
+      unit: z.object({ kind: z.enum(['slot', 'directory']), id: z.string() }),
+      from: z.string(),
+      to: z.string(),
+      rows: z.number(),
+      bytes: z.number(),
+    }),
+  ),
+  summary: z.object({
+    by: balanceMetric,
+    threshold: z.number(),
+    mean: z.number(),
+    imbalanceBefore: z.number(),
+    imbalanceAfter: z.number(),
+    balancedBefore: z.boolean(),
+    balancedAfter: z.boolean(),
+    movedRows: z.number(),
+    movedBytes: z.number(),
+    shards: z.array(z.object({ shardId: z.string(), target: z.number(), before: z.number(), after: z.number() })),
+    unresolved: z.array(z.string()).describe('shards left outside the threshold, each with the reason'),
+  }),
+});
+
+const tableSummaries = z.record(z.string(), z.object({ rows: z.number(), checksum: z.string() }));
+export const moveJobSchema = z.object({
+  id: z.string(),
+  kind: z.enum(['slot', 'directory']),
+  unitId: z.string().describe('the slot (as text) or the directory key'),
+  slot: z.number().int(),
+  from: z.string(),
+  to: z.string(),
+  state: z.enum(MOVE_STATES),
+  cancelRequested: z.boolean(),
+  flipStartedAt: isoTime.nullable(),
+  excludedKeys: z.array(z.string()),
+  copyCursor: z.object({ table: z.string(), after: z.string().nullable() }).nullable(),
+  rowsCopied: z.number(),
+  changesApplied: z.number(),
+  rowsDeleted: z.number(),
+  sourceSummary: tableSummaries.nullable(),
+  targetSummary: tableSummaries.nullable(),
+  mapVersionBefore: z.number().int().nullable(),
+  mapVersionAfter: z.number().int().nullable(),
+  createdBy: z.string(),
+  reason: z.string(),
+  error: z.string().nullable(),
+  createdAt: isoTime,
+  fencedAt: isoTime.nullable(),
+  unfencedAt: isoTime.nullable(),
+  finishedAt: isoTime.nullable(),
+  fenceMs: z.number().nullable().describe('how long writes to the unit were fenced, once the fence has been released'),
+});

@@ -7,15 +7,25 @@ import type { z } from 'zod';
 import type {
   configEnvelopeSchema,
   evaluationSchema,
+  healthReportSchema,
   historySchema,
   HistoryQuery,
   metricsSchema,
+  moveJobSchema,
   moveRequestSchema,
+  rebalanceCheckSchema,
   recommendationsSchema,
   routeResultSchema,
   startStopResultSchema,
+  statisticsReportSchema,
   statusSchema,
 } from './schemas.js';
+
+/**
+ * A response body's type, read-only all the way down, so that the sharding layer's readonly
+ * reports satisfy it as they are (a mutable value satisfies it too).
+ */
+type DeepReadonly<T> = T extends readonly (infer E)[] ? readonly DeepReadonly<E>[] : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;
 
 export type StatusView = z.input<typeof statusSchema>;
 export type MetricsView = z.input<typeof metricsSchema>;
@@ -26,7 +36,11 @@ export type RecommendationsView = z.input<typeof recommendationsSchema>;
 export type EvaluationView = z.input<typeof evaluationSchema>;
 export type RouteView = z.input<typeof routeResultSchema>;
 export type MoveRequest = z.output<typeof moveRequestSchema>;
-export type ShardReport = Record<string, unknown>;
+export type ShardHealthView = DeepReadonly<z.input<typeof healthReportSchema>>;
+export type ShardStatisticsView = DeepReadonly<z.input<typeof statisticsReportSchema>>;
+export type RebalanceCheckView = DeepReadonly<z.input<typeof rebalanceCheckSchema>>;
+/** A move job; `id` is text and times are ISO 8601 strings, as in the JSON. */
+export type MoveJobView = DeepReadonly<z.input<typeof moveJobSchema>>;
 
 /** A service name the configuration does not know. */
 export class UnknownServiceError extends Error {
@@ -80,10 +94,10 @@ export interface ScalingApiPort {
   setEnabled(enabled: boolean, scope: { service?: string; reason?: string }, actor: string): Promise<StartStopResult>;
   recommendations(): Promise<RecommendationsView>;
   evaluate(scope: { service?: string }, actor: string): Promise<EvaluationView>;
-  shardStatistics(options: { exact: boolean }): Promise<ShardReport>;
-  shardHealth(): Promise<ShardReport>;
-  rebalanceCheck(options: { threshold?: number; by?: 'bytes' | 'rows' }): Promise<ShardReport>;
+  shardStatistics(options: { exact: boolean }): Promise<ShardStatisticsView>;
+  shardHealth(): Promise<ShardHealthView>;
+  rebalanceCheck(options: { threshold?: number; by?: 'bytes' | 'rows' }): Promise<RebalanceCheckView>;
   route(key: string): Promise<RouteView>;
-  startMove(request: MoveRequest, actor: string): Promise<ShardReport>;
-  getMove(id: string): Promise<ShardReport>;
+  startMove(request: MoveRequest, actor: string): Promise<MoveJobView>;
+  getMove(id: string): Promise<MoveJobView>;
 }

@@ -38,9 +38,9 @@ import {
   type EvaluationView,
   type HistoryView,
   type MetricsView,
+  type MoveJobView,
   type RecommendationsView,
   type ScalingApiPort,
-  type ShardReport,
   type StatusView,
 } from './service.js';
 
@@ -144,8 +144,18 @@ function replayFor(service: string, configured: string, decisions: readonly Hist
   };
 }
 
-function jobView(job: MoveJob): ShardReport {
-  return { ...job, id: String(job.id) };
+/** The API's view of a move job: ids are text, and times are ISO 8601 strings as they are in the JSON. */
+function jobView(job: MoveJob): MoveJobView {
+  const iso = (d: Date | null): string | null => (d === null ? null : d.toISOString());
+  return {
+    ...job,
+    id: String(job.id),
+    flipStartedAt: iso(job.flipStartedAt),
+    createdAt: job.createdAt.toISOString(),
+    fencedAt: iso(job.fencedAt),
+    unfencedAt: iso(job.unfencedAt),
+    finishedAt: iso(job.finishedAt),
+  };
 }
 
 /** Builds the port. */
@@ -363,18 +373,18 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     async shardStatistics({ exact }) {
       const s = sharding();
       const slotMap = await s.slotMaps.current();
-      return { ...(await s.inspector.statistics({ exact, slotMap })) };
+      return s.inspector.statistics({ exact, slotMap });
     },
 
     async shardHealth() {
-      return { ...(await sharding().inspector.health()) };
+      return sharding().inspector.health();
     },
 
     async rebalanceCheck(options) {
       const s = sharding();
       const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.list()]);
       try {
-        return { ...(await s.inspector.rebalanceCheck({ slotMap, directory, ...options })) };
+        return await s.inspector.rebalanceCheck({ slotMap, directory, ...options });
       } catch (err) {
         // A plan over an unreachable shard would be blind; shards of unequal weights cannot be
         // balanced towards equal loads. Both are states of the system, not server faults.

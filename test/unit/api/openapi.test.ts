@@ -36,4 +36,21 @@ describe('the scaling API OpenAPI document', () => {
       ]),
     );
   });
+
+  it('describes the shard reports and move jobs field by field', () => {
+    type Json = { properties?: Record<string, Json>; items?: Json; format?: string };
+    const paths = doc['paths'] as Record<string, Record<string, { responses: Record<string, { content: { 'application/json': { schema: Json } } }> }>>;
+    const body = (path: string, method: string, status: string): Json => paths[`${API_PREFIX}${path}`]?.[method]?.responses[status]?.content['application/json'].schema ?? {};
+
+    const health = body('/shards/health', 'get', '200');
+    const primary = health.properties?.['shards']?.items?.properties?.['primary'];
+    const job = body('/shards/moves', 'post', '202');
+
+    expect(Object.keys(health.properties ?? {})).toEqual(expect.arrayContaining(['status', 'checkedAt', 'durationMs', 'shards']));
+    expect(Object.keys(primary?.properties?.['facts']?.properties ?? {})).toEqual(expect.arrayContaining(['reachable', 'connections', 'rates', 'replication', 'rds']));
+    expect(Object.keys(body('/shards/statistics', 'get', '200').properties ?? {})).toEqual(expect.arrayContaining(['shards', 'totals', 'imbalance', 'complete', 'unreachable']));
+    expect(Object.keys(body('/shards/rebalance-check', 'get', '200').properties ?? {})).toEqual(expect.arrayContaining(['needed', 'moves', 'summary']));
+    expect(job.properties?.['createdAt']?.format).toBe('date-time');
+    expect(body('/shards/moves/{id}', 'get', '200')).toEqual(job);
+  });
 });
