@@ -115,14 +115,19 @@ function parseAddress(entry: string): UpstreamAddress | string {
   return { host, port };
 }
 
+/** The non-empty, trimmed entries of a comma-separated variable. */
+function commaList(text: string): string[] {
+  return text
+    .split(',')
+    .map((e) => e.trim())
+    .filter((e) => e !== '');
+}
+
 const addressList = (fallback: string, allowEmpty: boolean) =>
   z.preprocess(
     (v) => blankToUndefined(v) ?? fallback,
     z.string().transform((text, ctx) => {
-      const entries = text
-        .split(',')
-        .map((e) => e.trim())
-        .filter((e) => e !== '');
+      const entries = commaList(text);
       if (entries.length === 0 && !allowEmpty) {
         ctx.addIssue({ code: 'custom', message: 'must list at least one host:port' });
         return z.NEVER;
@@ -148,10 +153,7 @@ const cidrList = (fallback: string) =>
   z.preprocess(
     (v) => blankToUndefined(v) ?? fallback,
     z.string().transform((text, ctx) => {
-      const entries = text
-        .split(',')
-        .map((e) => e.trim())
-        .filter((e) => e !== '');
+      const entries = commaList(text);
       if (entries.length === 0) {
         ctx.addIssue({ code: 'custom', message: 'must list at least one CIDR' });
         return z.NEVER;
@@ -170,10 +172,7 @@ const cookieNames = (fallback: string) =>
   z.preprocess(
     (v) => blankToUndefined(v) ?? fallback,
     z.string().transform((text, ctx) => {
-      const names = text
-        .split(',')
-        .map((e) => e.trim())
-        .filter((e) => e !== '');
+      const names = commaList(text);
       const bad = names.find((n) => !/^[A-Za-z0-9_.-]+$/.test(n));
       if (names.length === 0 || bad !== undefined) {
         ctx.addIssue({
