@@ -20,9 +20,6 @@ import { z } from 'zod';
 /** The target could not be prepared for the test (unreachable, no documents API, no data). */
 export class LoadTestError extends Error {
   override readonly name = 'LoadTestError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 export interface LoadTestOptions {

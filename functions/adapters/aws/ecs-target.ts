@@ -21,9 +21,6 @@ export const DESCRIBE_BATCH = 10;
 /** ECS refused a desired-count change; `cause` holds the SDK error. */
 export class EcsUpdateError extends Error {
   override readonly name = 'EcsUpdateError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 export interface EcsScalingTargetOptions {

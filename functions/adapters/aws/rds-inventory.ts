@@ -27,9 +27,6 @@ const MAX_QUERIES_PER_REQUEST = 500;
 /** RDS or CloudWatch could not be read. */
 export class RdsInventoryError extends Error {
   override readonly name = 'RdsInventoryError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 export interface RdsEndpoint {

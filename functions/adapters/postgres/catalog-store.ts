@@ -24,9 +24,6 @@ import type { Block, Direction, MetricsSnapshot, Reason, ServiceState } from '..
 /** A catalog operation failed (connection, query); `cause` holds the driver's error. */
 export class CatalogError extends Error {
   override readonly name = 'CatalogError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 /** A configuration write named a version that is no longer current (the API's 412). */

@@ -21,9 +21,6 @@ import { TtlCache } from '../../core/sharding/ttl-cache.js';
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
   override readonly name = 'DirectoryError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 export interface DirectoryEntry {

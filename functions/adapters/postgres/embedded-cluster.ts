@@ -42,9 +42,6 @@ import { z } from 'zod';
 /** The cluster could not be started or stopped; the message says what and where. */
 export class EmbeddedClusterError extends Error {
   override readonly name: string = 'EmbeddedClusterError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 /** The data on disk was built for another layout (shard or replica count). */

@@ -17,9 +17,6 @@ import type pg from 'pg';
 
 export class MigrationError extends Error {
   override readonly name = 'MigrationError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 export interface Migration {

@@ -128,9 +128,6 @@ export type TableSummaries = Readonly<Record<string, { readonly rows: number; re
 /** A move failed or cannot be done; the job (if any) is left resumable. */
 export class MoveError extends Error {
   override readonly name: string = 'MoveError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 /** The move request is invalid (unknown shard, bad slot, same source and target, ...). Nothing was recorded. */

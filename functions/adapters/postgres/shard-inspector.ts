@@ -139,9 +139,6 @@ export interface RebalanceCheckRequest extends RebalanceCheckOptions {
 /** A shard could not be measured, so a statistic or plan would be wrong. */
 export class ShardInspectionError extends Error {
   override readonly name = 'ShardInspectionError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 interface ProbeRow {

@@ -23,9 +23,6 @@ export class ShardingConfigError extends Error {
 /** A slot map is malformed, or an operation on it (add a shard, move slots) is impossible. */
 export class SlotMapError extends Error {
   override readonly name = 'SlotMapError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 /**
@@ -59,7 +56,4 @@ export class RoutingError extends Error {
 /** The rebalance planner was given inconsistent input (a unit on an unknown shard, a negative size, ...). */
 export class RebalancePlanError extends Error {
   override readonly name = 'RebalancePlanError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }

@@ -14,9 +14,6 @@
 /** A text that is not a `pg_lsn`. */
 export class LsnError extends Error {
   override readonly name = 'LsnError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 const LSN_PATTERN = /^([0-9A-Fa-f]{1,8})\/([0-9A-Fa-f]{1,8})$/;

@@ -20,9 +20,6 @@ import type { DatabaseLocation } from './env.js';
 /** The database secret could not be read or does not have the expected shape. */
 export class DatabaseSecretError extends Error {
   override readonly name = 'DatabaseSecretError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-  }
 }
 
 /** The fields of an RDS-managed (or CDK-generated) database secret that we use. */
