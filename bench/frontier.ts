@@ -1,0 +1,139 @@
+/**
+ * The trade-off benchmark (`npm run bench:frontier [-- --traces DIR]`): for every trace in
+ * `../shared/traces/`, the goal box of issue #2 section 6 (violation minutes and task-minutes
+ * the `ca-dms` policy may not exceed), the line `ca-dms` draws through it as its headroom
+ * margin moves, and where that line crosses the violation limit.
+ *
+ * Where no margin meets the goal, it also measures the information limit with the reference
+ * rule of `simulator/frontier.ts` (an exponentially weighted level plus Poisson-scaled
+ * headroom whose noise scale is measured on the whole trace in hindsight, best of three level
+ * weights): the task-minutes it needs at the violation limit when it sees what a policy sees,
+ * and when it is given one or three minutes of foresight.
+ */
+import { readdir } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { readTraceFile } from '../functions/adapters/sim/trace-file.js';
+import { createCaDmsPolicy, DEFAULT_CA_DMS_TUNING } from '../functions/core/scaling/policies/ca-dms.js';
+import { contestantsFor, simulationConfig } from '../functions/core/scaling/simulator/anchors.js';
+import { runFleet } from '../functions/core/scaling/simulator/fleet.js';
+import type { FrontierPoint } from '../functions/core/scaling/simulator/frontier.js';
+import { hindsightNoiseScale, referenceController, taskMinutesAtViolations } from '../functions/core/scaling/simulator/frontier.js';
+import { ANCHORS, checkGoal } from '../functions/core/scaling/simulator/goal.js';
+import { DEFAULT_MODEL } from '../functions/core/scaling/simulator/model.js';
+import type { PreparedTrace, SimulationResult } from '../functions/core/scaling/simulator/simulate.js';
+import { contestant, prepareTrace, simulate } from '../functions/core/scaling/simulator/simulate.js';
+import { scoreTimeline } from '../functions/core/scaling/simulator/score.js';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+/** The ca-dms headroom margins swept (the default is 2.7). */
+const MARGINS = [2.1, 2.3, 2.5, 2.7, 2.9, 3.1, 3.3];
+/** The reference rule's level weights (the best one counts) and margins. */
+const REFERENCE_WEIGHTS = [0.03, 0.05, 0.08];
+const REFERENCE_MARGINS = Array.from({ length: 31 }, (_, i) => 1 + i / 10);
+const FORESIGHTS = [0, 1, 3];
+
+const flags = z
+  .object({ traces: z.string().min(1).default(resolve(REPO_ROOT, '../shared/traces')) })
+  .safeParse(parseArgs({ options: { traces: { type: 'string' } }, strict: true }).values);
+if (!flags.success) {
+  console.error(flags.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('\n'));
+  process.exit(2);
+}
+const dir = flags.data.traces;
+let files: string[];
+try {
+  files = (await readdir(dir)).filter((f) => f.endsWith('.csv')).sort();
+} catch (error) {
+  console.error(`bench:frontier: cannot read the traces folder ${dir} (${(error as Error).message}); pass --traces DIR`);
+  process.exit(1);
+}
+if (files.length === 0) {
+  console.error(`bench:frontier: no .csv traces in ${dir}; pass --traces DIR`);
+  process.exit(1);
+}
+
+const model = DEFAULT_MODEL;
+const fmt = (x: number): string => Math.round(x).toLocaleString('en-US');
+const pad = (cells: readonly string[], widths: readonly number[]): string => cells.map((c, i) => c.padStart(widths[i] ?? 0)).join('  ');
+
+console.log('trade-off benchmark: the ca-dms line through the goal box of issue #2, per trace');
+for (const file of files) {
+  const trace = await readTraceFile(join(dir, file));
+  const prepared = prepareTrace(trace.name, trace.points, model);
+  const started = performance.now();
+  const anchors = simulate(prepared, contestantsFor(ANCHORS, model), model).result;
+  const oracle = anchors.oracle;
+  const best = anchors.results.reduce((a, b) =>
+    b.sloViolationMinutes < a.sloViolationMinutes || (b.sloViolationMinutes === a.sloViolationMinutes && b.taskMinutes < a.taskMinutes) ? b : a,
+  );
+  const violationLimit = oracle.sloViolationMinutes + 0.5 * Math.max(0, best.sloViolationMinutes - oracle.sloViolationMinutes);
+  const costLimit = Math.min(1.3 * oracle.taskMinutes, 1.1 * best.taskMinutes);
+  console.log(`\n${file} (${prepared.demand.length} minutes)`);
+  console.log(
+    `  goal box: violation minutes <= ${fmt(violationLimit)} (oracle ${oracle.sloViolationMinutes} + half of ${best.policy}'s ${best.sloViolationMinutes - oracle.sloViolationMinutes} avoidable), ` +
+      `task-minutes <= ${fmt(costLimit)} (1.3x oracle ${fmt(oracle.taskMinutes)}, 110% of ${best.policy}'s ${fmt(best.taskMinutes)})`,
+  );
+
+  const widths = [8, 10, 10, 9, 8, 0];
+  console.log(`  ${pad(['margin', 'viol-min', 'task-min', 'x oracle', 'actions', 'goal'], widths)}`);
+  const line: FrontierPoint[] = [];
+  let anyPass = false;
+  for (const margin of MARGINS) {
+    const policy = createCaDmsPolicy({ ...DEFAULT_CA_DMS_TUNING, errorMargin: margin });
+    const run = simulate(prepared, [contestant('ca-dms', policy, simulationConfig('ca-dms', model))], model).result;
+    const merged: SimulationResult = { ...anchors, results: [...anchors.results, ...run.results] };
+    const verdict = checkGoal(merged);
+    const r = run.results[0];
+    if (r === undefined) continue;
+    anyPass ||= verdict.pass;
+    line.push({ knob: margin, sloViolationMinutes: r.sloViolationMinutes, taskMinutes: r.taskMinutes });
+    const failed = verdict.checks.filter((c) => !c.pass).map((c) => c.label);
+    const tag = margin === DEFAULT_CA_DMS_TUNING.errorMargin ? ' (default)' : '';
+    console.log(
+      `  ${pad([margin.toFixed(1), String(r.sloViolationMinutes), fmt(r.taskMinutes), (r.taskMinutes / oracle.taskMinutes).toFixed(3), String(r.actions), verdict.pass ? 'PASS' : `FAIL: ${failed.join('; ')}`], widths)}${tag}`,
+    );
+  }
+  const atLimit = taskMinutesAtViolations(line, violationLimit);
+  console.log(
+    atLimit === undefined
+      ? `  the swept margins do not reach ${fmt(violationLimit)} violation minutes`
+      : `  ca-dms at the violation limit (interpolated): ${fmt(atLimit)} task-minutes, ${(atLimit / oracle.taskMinutes).toFixed(3)}x the oracle, ${atLimit <= costLimit ? 'inside' : 'outside'} the box`,
+  );
+  console.log(`  some swept margin meets the whole goal: ${anyPass ? 'yes' : 'no'}`);
+
+  if (!anyPass) referenceLimits(prepared, violationLimit, costLimit, oracle.taskMinutes);
+  console.log(`  (${((performance.now() - started) / 1000).toFixed(1)} s)`);
+}
+
+/** The reference rule's task-minutes at the violation limit, with and without foresight. */
+function referenceLimits(prepared: PreparedTrace, violationLimit: number, costLimit: number, oracleTaskMinutes: number): void {
+  const noiseScale = hindsightNoiseScale(prepared.demand);
+  console.log(
+    `  information limit: reference rule (level + margin x ${noiseScale.toFixed(3)} x sqrt(level), noise scale measured on the whole trace in hindsight, best of level weights ${REFERENCE_WEIGHTS.join('/')})`,
+  );
+  for (const foresight of FORESIGHTS) {
+    let best: number | undefined;
+    let bestWeight = 0;
+    for (const levelWeight of REFERENCE_WEIGHTS) {
+      const points = REFERENCE_MARGINS.map((margin) => {
+        const controller = referenceController(prepared.demand, { levelWeight, margin, noiseScale, foresight }, model);
+        const s = scoreTimeline(runFleet(prepared.demand, prepared.startAt, model, controller), model);
+        return { knob: margin, sloViolationMinutes: s.sloViolationMinutes, taskMinutes: s.taskMinutes };
+      });
+      const at = taskMinutesAtViolations(points, violationLimit);
+      if (at !== undefined && (best === undefined || at < best)) {
+        best = at;
+        bestWeight = levelWeight;
+      }
+    }
+    const sees = foresight === 0 ? 'sees what a policy sees (up to the previous minute)' : `given ${foresight} minute${foresight === 1 ? '' : 's'} of foresight`;
+    console.log(
+      best === undefined
+        ? `    ${sees}: does not reach the violation limit`
+        : `    ${sees}: ${fmt(best)} task-minutes at the violation limit (${(best / oracleTaskMinutes).toFixed(3)}x the oracle, level weight ${bestWeight}): ${best <= costLimit ? 'inside' : 'outside'} the box`,
+    );
+  }
+}
