@@ -19,7 +19,7 @@ import { readTraceFile } from '../functions/adapters/sim/trace-file.js';
 import { createCaDmsPolicy, DEFAULT_CA_DMS_TUNING } from '../functions/core/scaling/policies/ca-dms.js';
 import { contestantsFor, simulationConfig } from '../functions/core/scaling/simulator/anchors.js';
 import { runFleet } from '../functions/core/scaling/simulator/fleet.js';
-import type { FrontierPoint } from '../functions/core/scaling/simulator/frontier.js';
+import type { FrontierPoint, ReferenceRule } from '../functions/core/scaling/simulator/frontier.js';
 import { hindsightNoiseScale, referenceController, taskMinutesAtViolations } from '../functions/core/scaling/simulator/frontier.js';
 import { ANCHORS, checkGoal } from '../functions/core/scaling/simulator/goal.js';
 import { DEFAULT_MODEL } from '../functions/core/scaling/simulator/model.js';
@@ -34,6 +34,11 @@ const MARGINS = [2.1, 2.3, 2.5, 2.7, 2.9, 3.1, 3.3];
 const REFERENCE_WEIGHTS = [0.03, 0.05, 0.08];
 const REFERENCE_MARGINS = Array.from({ length: 31 }, (_, i) => 1 + i / 10);
 const FORESIGHTS = [0, 1, 3];
+/**
+ * Settings found by a coordinate search on the NASA trace (throwaway, issue #2 note): a level
+ * that rises with weight 0.1 and falls with 0.03, and 0.05 tasks of scale-in hysteresis.
+ */
+const SEARCHED_ON_NASA = { levelWeight: 0.1, levelWeightDown: 0.03, hysteresis: 0.05 };
 
 const flags = z
   .object({ traces: z.string().min(1).default(resolve(REPO_ROOT, '../shared/traces')) })
@@ -114,26 +119,39 @@ function referenceLimits(prepared: PreparedTrace, violationLimit: number, costLi
   console.log(
     `  information limit: reference rule (level + margin x ${noiseScale.toFixed(3)} x sqrt(level), noise scale measured on the whole trace in hindsight, best of level weights ${REFERENCE_WEIGHTS.join('/')})`,
   );
+  const atLimit = (rule: Omit<ReferenceRule, 'margin'>): number | undefined =>
+    taskMinutesAtViolations(
+      REFERENCE_MARGINS.map((margin) => {
+        const controller = referenceController(prepared.demand, { ...rule, margin }, model);
+        const s = scoreTimeline(runFleet(prepared.demand, prepared.startAt, model, controller), model);
+        return { knob: margin, sloViolationMinutes: s.sloViolationMinutes, taskMinutes: s.taskMinutes };
+      }),
+      violationLimit,
+    );
+  const report = (label: string, cost: number | undefined, detail: string): void => {
+    console.log(
+      cost === undefined
+        ? `    ${label}: does not reach the violation limit`
+        : `    ${label}: ${fmt(cost)} task-minutes at the violation limit (${(cost / oracleTaskMinutes).toFixed(3)}x the oracle${detail}): ${cost <= costLimit ? 'inside' : 'outside'} the box`,
+    );
+  };
   for (const foresight of FORESIGHTS) {
     let best: number | undefined;
     let bestWeight = 0;
     for (const levelWeight of REFERENCE_WEIGHTS) {
-      const points = REFERENCE_MARGINS.map((margin) => {
-        const controller = referenceController(prepared.demand, { levelWeight, margin, noiseScale, foresight }, model);
-        const s = scoreTimeline(runFleet(prepared.demand, prepared.startAt, model, controller), model);
-        return { knob: margin, sloViolationMinutes: s.sloViolationMinutes, taskMinutes: s.taskMinutes };
-      });
-      const at = taskMinutesAtViolations(points, violationLimit);
+      const at = atLimit({ levelWeight, noiseScale, foresight });
       if (at !== undefined && (best === undefined || at < best)) {
         best = at;
         bestWeight = levelWeight;
       }
     }
     const sees = foresight === 0 ? 'sees what a policy sees (up to the previous minute)' : `given ${foresight} minute${foresight === 1 ? '' : 's'} of foresight`;
-    console.log(
-      best === undefined
-        ? `    ${sees}: does not reach the violation limit`
-        : `    ${sees}: ${fmt(best)} task-minutes at the violation limit (${(best / oracleTaskMinutes).toFixed(3)}x the oracle, level weight ${bestWeight}): ${best <= costLimit ? 'inside' : 'outside'} the box`,
-    );
+    report(sees, best, `, level weight ${bestWeight}`);
   }
+  const s = SEARCHED_ON_NASA;
+  report(
+    `no foresight, settings searched on NASA (level weight ${s.levelWeight} rising / ${s.levelWeightDown} falling, ${s.hysteresis}-task scale-in hysteresis)`,
+    atLimit({ ...s, noiseScale, foresight: 0 }),
+    '',
+  );
 }

@@ -78,3 +78,31 @@ describe('referenceController', () => {
     expect(big.desired[1]).toBe(model.maxTasks);
   });
 });
+
+describe('referenceController options', () => {
+  const model = { ...DEFAULT_MODEL, initialTasks: 2 };
+
+  it('lets the level fall slower than it rises with a lower falling weight', () => {
+    // 9 for three minutes, then 0: with weight 1 both ways the level drops to 0 at once;
+    // falling at 0.5 it halves each minute (4.5 -> 5 tasks at tick 4)
+    const d = Float64Array.of(9, 9, 9, 0, 0, 0);
+    const fast = runFleet(d, 0, model, referenceController(d, { levelWeight: 1, margin: 0, noiseScale: 0, foresight: 0 }, model));
+    const slow = runFleet(d, 0, model, referenceController(d, { levelWeight: 1, levelWeightDown: 0.5, margin: 0, noiseScale: 0, foresight: 0 }, model));
+    expect(fast.desired[4]).toBe(2);
+    expect(slow.desired[4]).toBe(5);
+  });
+
+  it('scales in only when the count needed with the hysteresis added is lower', () => {
+    // 8.1 busy units need 9 tasks; then 7.15 needs 8 (7.15 / 0.9 = 7.94), but with 0.1 tasks
+    // of hysteresis (7.15 + 0.09) / 0.9 = 8.04 still needs 9: hold; 6.2 needs 7 either way
+    const d = Float64Array.of(8.1, 8.1, 7.15, 6.3);
+    const rule = { levelWeight: 1, margin: 0, noiseScale: 0, foresight: 0 };
+    const plain = runFleet(d, 0, model, referenceController(d, rule, model));
+    const held = runFleet(d, 0, model, referenceController(d, { ...rule, hysteresis: 0.1 }, model));
+    expect(Array.from(plain.desired)).toEqual([2, 9, 9, 8]);
+    expect(Array.from(held.desired)).toEqual([2, 9, 9, 9]);
+    const fall = Float64Array.of(8.1, 8.1, 6.2, 6.2);
+    const later = runFleet(fall, 0, model, referenceController(fall, { ...rule, hysteresis: 0.1 }, model));
+    expect(later.desired[3]).toBe(7);
+  });
+});

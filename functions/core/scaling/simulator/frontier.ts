@@ -81,6 +81,10 @@ export function hindsightNoiseScale(demand: Float64Array, halfWindow = 15, floor
 export interface ReferenceRule {
   /** Weight of the newest minute in the exponentially weighted demand level. */
   readonly levelWeight: number;
+  /** Weight of a minute below the level (default `levelWeight`): lower makes the level fall slower than it rises. */
+  readonly levelWeightDown?: number;
+  /** Scale in only when the tasks needed with this many tasks' worth of extra load are still fewer (default 0). */
+  readonly hysteresis?: number;
   /** Headroom in multiples of `noiseScale x sqrt(level)`. */
   readonly margin: number;
   /** See {@link hindsightNoiseScale}. */
@@ -107,16 +111,21 @@ export interface ReferenceRule {
  */
 export function referenceController(demand: Float64Array, rule: ReferenceRule, model: SimulationModel): Controller {
   const last = demand.length - 1;
+  const down = rule.levelWeightDown ?? rule.levelWeight;
+  const hysteresis = rule.hysteresis ?? 0;
   let level: number | undefined;
   let seen = -1;
-  return ({ tick }) => {
+  return ({ tick, desired }) => {
     const upTo = Math.min(last, tick - 1 + rule.foresight);
     for (let i = seen + 1; i <= upTo; i++) {
       const d = demand[i] as number;
-      level = level === undefined ? d : level + rule.levelWeight * (d - level);
+      level = level === undefined ? d : level + (d < level ? down : rule.levelWeight) * (d - level);
     }
     seen = Math.max(seen, upTo);
     const l = Math.max(0, level ?? 0);
-    return tasksNeeded(l + rule.margin * rule.noiseScale * Math.sqrt(l), model);
+    const peak = l + rule.margin * rule.noiseScale * Math.sqrt(l);
+    const want = tasksNeeded(peak, model);
+    if (want >= desired || hysteresis === 0) return want;
+    return Math.min(desired, tasksNeeded(peak + hysteresis * model.sloUtilization, model));
   };
 }
