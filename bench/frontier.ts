@@ -28,8 +28,8 @@ import { contestant, prepareTrace, simulate } from '../functions/core/scaling/si
 import { scoreTimeline } from '../functions/core/scaling/simulator/score.js';
 
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-/** The ca-dms headroom margins swept (the default is 2.7). */
-const MARGINS = [2.1, 2.3, 2.5, 2.7, 2.9, 3.1, 3.3];
+/** The ca-dms headroom margins swept (the default is 2.6). */
+const MARGINS = [2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.2];
 /** The reference rule's level weights (the best one counts) and margins. */
 const REFERENCE_WEIGHTS = [0.03, 0.05, 0.08];
 const REFERENCE_MARGINS = Array.from({ length: 31 }, (_, i) => 1 + i / 10);

@@ -4,10 +4,10 @@ import type { ServiceScalingConfig } from '../../../functions/core/scaling/confi
 import { parseScalingConfig, resolveServiceConfig } from '../../../functions/core/scaling/config.js';
 import { caDmsPolicy, createCaDmsPolicy, DEFAULT_CA_DMS_TUNING } from '../../../functions/core/scaling/policies/ca-dms.js';
 import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
-import { contestantsFor } from '../../../functions/core/scaling/simulator/anchors.js';
+import { contestantsFor, simulationConfig } from '../../../functions/core/scaling/simulator/anchors.js';
 import { DEFAULT_MODEL } from '../../../functions/core/scaling/simulator/model.js';
 import { mulberry32 } from '../../../functions/core/scaling/simulator/prng.js';
-import { prepareTrace, simulate } from '../../../functions/core/scaling/simulator/simulate.js';
+import { contestant, prepareTrace, simulate } from '../../../functions/core/scaling/simulator/simulate.js';
 import { syntheticTrace, type Shape } from '../../../functions/core/scaling/simulator/synthetic.js';
 import type { MetricsSnapshot, PolicyOutput, ServiceState, TaskCounts } from '../../../functions/core/scaling/types.js';
 import { initialState, recordApplied } from '../../../functions/core/scaling/types.js';
@@ -159,16 +159,56 @@ describe('ca-dms', () => {
     );
   });
 
+  it('scales in only as far as the forecast still fits with the slack to spare, and says why it holds', () => {
+    // a steady 2.7 busy task-units: 2.7 / 0.7 (the CPU target) = 3.86 tasks; with 0.2 of a task
+    // to spare that is 4.06, so the policy stops at 5 rather than 4
+    const settle = (scaleInSlack: number): PolicyOutput[] => {
+      const policy = createCaDmsPolicy({ ...DEFAULT_CA_DMS_TUNING, scaleInSlack });
+      const cfg = config({ stabilization_window: 0 });
+      let state: ServiceState = initialState('x');
+      let desired = 6;
+      return Array.from({ length: 6 }, (_, i) => {
+        const now = T0 + i * MIN;
+        const out = policy.evaluate({ config: cfg, state, metrics: load(2.7 / desired, desired, now), tasks: tasks(desired), now });
+        state = out.state;
+        if (out.decision.to !== out.decision.from) state = recordApplied(state, { at: now, from: out.decision.from, to: out.decision.to });
+        desired = out.decision.to;
+        return out;
+      });
+    };
+    const withSlack = settle(0.2);
+    expect(withSlack.map((o) => o.decision.to)).toEqual([5, 5, 5, 5, 5, 5]);
+    expect(withSlack[0]?.decision.reasons.find((r) => r.rule === 'scale_in_all_agree')?.message).toMatch(/5 still serve the forecast with 0.2 of a task to spare/);
+    expect(withSlack[1]?.decision.blocked).toEqual([expect.objectContaining({ kind: 'stabilization', message: expect.stringMatching(/forecast needs 5: holding 5 rather than flapping/) })]);
+    expect(settle(0).map((o) => o.decision.to)).toEqual([4, 4, 4, 4, 4, 4]);
+  });
+
+  it('acts no more than hpa on a noisy plateau, thanks to the slack', () => {
+    // a step to a plateau with 10 % noise per minute: the forecast need wanders across a
+    // boundary between two counts; without slack ca-dms starts and stops a task again and again
+    const model = DEFAULT_MODEL;
+    const trace = prepareTrace('noisy plateau', syntheticTrace({ kind: 'step', from: 2, to: 7, at: 600 }, 3 * 1440, { noise: 0.1, random: mulberry32(7) }), model);
+    const cfg = simulationConfig('ca-dms', model);
+    const run = (scaleInSlack: number) =>
+      simulate(trace, [contestant('ca-dms', createCaDmsPolicy({ ...DEFAULT_CA_DMS_TUNING, scaleInSlack }), cfg), ...contestantsFor(['hpa'], model)], model).result.results;
+    const [withSlack, hpa] = run(DEFAULT_CA_DMS_TUNING.scaleInSlack);
+    const [without] = run(0);
+    expect(withSlack?.actions).toBeLessThanOrEqual(hpa?.actions ?? 0);
+    expect(without?.actions).toBeGreaterThan(2 * (hpa?.actions ?? 0));
+    expect(withSlack?.sloViolationMinutes).toBeLessThanOrEqual(without?.sloViolationMinutes ?? 0);
+  });
+
   it('keeps more headroom on noisy load with a larger error margin', () => {
+    // 3 busy task-units +- 1.5, whatever the task count (utilisation = demand / tasks)
     const random = mulberry32(3);
-    const noisy = Array.from({ length: 90 }, () => 0.5 + 0.3 * (random() - 0.5));
+    const noisy = Array.from({ length: 90 }, () => 3 + 3 * (random() - 0.5));
     const run = (errorMargin: number): number => {
       const policy = createCaDmsPolicy({ ...DEFAULT_CA_DMS_TUNING, errorMargin });
       let state: ServiceState = initialState('x');
       let desired = 6;
-      noisy.forEach((u, i) => {
+      noisy.forEach((demand, i) => {
         const now = T0 + i * MIN;
-        const out = policy.evaluate({ config: config(), state, metrics: load(u, desired, now), tasks: tasks(desired), now });
+        const out = policy.evaluate({ config: config(), state, metrics: load(demand / desired, desired, now), tasks: tasks(desired), now });
         state = out.state;
         if (out.decision.to !== out.decision.from) state = recordApplied(state, { at: now, from: out.decision.from, to: out.decision.to });
         desired = out.decision.to;

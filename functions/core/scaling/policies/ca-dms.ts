@@ -20,7 +20,10 @@
  *    pending tasks, and jumps straight to the number needed: no step, no scale-out cooldown.
  * 4. **Scales in late and only when every metric agrees.** Scale-in needs every metric it
  *    relies on present (the shared finishing step blocks it otherwise) and none saturated, and goes only to the highest recommendation of the
- *    stabilisation window (`stabilization_window`, hysteresis as the HPA has it).
+ *    stabilisation window (`stabilization_window`, as the HPA has it), and only as far as the
+ *    forecast still fits with `scaleInSlack` of a task to spare. Without that slack, load that
+ *    hovers at a boundary between two counts makes the policy start a task, stop it and start
+ *    it again, paying a start-up each time.
  *
  * The shared {@link finishDecision} then applies the rules common to every policy (missing
  * data never scales in, bounds, disabled, dry run). Its memory is bounded (about
@@ -45,6 +48,8 @@ export interface CaDmsTuning {
   readonly errorMargin: number;
   /** Where the forecast peak may sit: this fraction of the way from `cpu_scale_up` to 100 %. */
   readonly peakPosition: number;
+  /** Scale in only to a count that would still suffice with this fraction of a task more (hysteresis). */
+  readonly scaleInSlack: number;
 }
 
 export const DEFAULT_CA_DMS_TUNING: CaDmsTuning = {
@@ -52,8 +57,9 @@ export const DEFAULT_CA_DMS_TUNING: CaDmsTuning = {
   trendWeight: 0.01,
   leadPeriods: 3,
   errorPeriods: 120,
-  errorMargin: 2.7,
+  errorMargin: 2.6,
   peakPosition: 0.5,
+  scaleInSlack: 0.2,
 };
 
 /** CPU at or above this is saturated: it no longer measures the load. */
@@ -271,6 +277,8 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
   let level = previous.level;
   let slope = previous.trend;
   let needed = est.floorTasks;
+  /** The tasks the forecast needs, unrounded. */
+  let exact: number | undefined;
   if (est.demand !== undefined) {
     const d = est.demand;
     if (forecasts.length >= tuning.leadPeriods) errors = pushBounded(errors, d - (forecasts[forecasts.length - tuning.leadPeriods] as number), tuning.errorPeriods);
@@ -289,6 +297,7 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
     const forPeak = Math.ceil(peak / ceiling - 1e-9);
     const forTarget = Math.ceil(expected / target - 1e-9);
     const want = Math.max(forPeak, forTarget);
+    exact = Math.max(peak / ceiling, expected / target);
     needed = Math.max(needed, want);
     reasons.push({
       metric: 'forecast',
@@ -321,20 +330,27 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
   } else if (!est.saturated && recommendation < from) {
     let stable = recommendation;
     for (const r of recommendations) if (r.replicas > stable) stable = r.replicas;
+    const slack = tuning.scaleInSlack;
+    const withSlack = exact === undefined ? recommendation : Math.max(recommendation, Math.ceil(exact + slack - 1e-9));
     if (now - since < windowMs) {
       blocked.push({
         kind: 'stabilization',
         until: since + windowMs,
         message: `metrics ask for ${recommendation} tasks, but evaluations (re)started less than ${config.stabilization_window} s ago: watching a full window before scaling in`,
       });
-    } else if (stable < from) {
-      proposed = stable;
+    } else if (stable < from && withSlack < from) {
+      proposed = Math.max(stable, withSlack);
       reasons.push({
         metric: 'capacity',
-        value: stable,
+        value: proposed,
         threshold: from,
         rule: 'scale_in_all_agree',
-        message: `every metric has asked for at most ${stable} tasks over the last ${config.stabilization_window} s: scaling in from ${from}`,
+        message: `every metric has asked for at most ${stable} tasks over the last ${config.stabilization_window} s and ${proposed} still serve the forecast with ${slack} of a task to spare: scaling in from ${from}`,
+      });
+    } else if (stable < from) {
+      blocked.push({
+        kind: 'stabilization',
+        message: `metrics ask for ${recommendation} tasks, but with ${slack} of a task to spare the forecast needs ${withSlack}: holding ${from} rather than flapping`,
       });
     } else {
       let lastHigh = now;
