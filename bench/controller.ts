@@ -11,13 +11,13 @@
  * Run: npm run bench:controller
  */
 import { ApplicationAutoScalingClient, DescribeScalableTargetsCommand, RegisterScalableTargetCommand } from '@aws-sdk/client-application-auto-scaling';
-import { CloudWatchClient, GetMetricDataCommand, type GetMetricDataCommandInput } from '@aws-sdk/client-cloudwatch';
+import { CloudWatchClient, GetMetricDataCommand, type GetMetricDataCommandInput, type MetricDataQuery } from '@aws-sdk/client-cloudwatch';
 import { DescribeServicesCommand, ECSClient, UpdateServiceCommand, type DescribeServicesCommandInput } from '@aws-sdk/client-ecs';
 import { mockClient } from 'aws-sdk-client-mock';
 import { Readable } from 'node:stream';
 import pg from 'pg';
 import { AppAutoScalingRegistry } from '../functions/adapters/aws/app-autoscaling.js';
-import { CloudWatchMetricsSource, planQueries } from '../functions/adapters/aws/cloudwatch-metrics.js';
+import { apportionConnections, CloudWatchMetricsSource, planLoadBalancerQueries, planQueries } from '../functions/adapters/aws/cloudwatch-metrics.js';
 import { EcsScalingTarget } from '../functions/adapters/aws/ecs-target.js';
 import type { Topology } from '../functions/adapters/aws/topology.js';
 import { CatalogStore } from '../functions/adapters/postgres/catalog-store.js';
@@ -66,12 +66,26 @@ class NaiveMetricsSource implements MetricsSource {
     const end = new Date(Math.floor(now / 60_000) * 60_000);
     const start = new Date(end.getTime() - 300_000);
     const out = new Map<string, MetricsReading>();
+    const sharing = new Map<string, number>();
+    for (const t of Object.values(this.topo.services)) if (t.loadBalancer !== undefined) sharing.set(t.loadBalancer, (sharing.get(t.loadBalancer) ?? 0) + 1);
+    const series = async (query: MetricDataQuery): Promise<Map<number, number>> => {
+      const page = await this.client.send(new GetMetricDataCommand({ MetricDataQueries: [query], StartTime: start, EndTime: end, ScanBy: 'TimestampDescending' }));
+      const r = page.MetricDataResults?.[0];
+      return new Map((r?.Values ?? []).map((v, k) => [r?.Timestamps?.[k]?.getTime() ?? 0, v]));
+    };
     for (const [i, service] of services.entries()) {
       const metrics: Record<string, number> = {};
+      let tgRequests: Map<number, number> | undefined;
       for (const q of planQueries(this.topo, service, i)) {
-        const page = await this.client.send(new GetMetricDataCommand({ MetricDataQueries: [q.query], StartTime: start, EndTime: end, ScanBy: 'TimestampDescending' }));
-        const v = page.MetricDataResults?.[0]?.Values?.[0];
-        if (v !== undefined) metrics[q.field] = v * q.scale;
+        const points = await series(q.query);
+        if (q.field === 'targetGroupRequests') tgRequests = points;
+        else if (points.size > 0) metrics[q.field] = (points.get(Math.max(...points.keys())) as number) * q.scale;
+      }
+      const lb = this.topo.services[service]?.loadBalancer;
+      if (lb !== undefined) {
+        const q = planLoadBalancerQueries(lb, 0, 60);
+        const connections = apportionConnections(await series(q.connections), await series(q.requests), tgRequests, (sharing.get(lb) ?? 0) <= 1);
+        if (connections !== undefined) metrics['activeConnections'] = connections;
       }
       out.set(service, { ok: true, metrics: metrics as RawMetrics });
     }

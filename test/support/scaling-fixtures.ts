@@ -121,17 +121,35 @@ export function controllerFor(opts: {
   });
 }
 
-/** Per-service metric values by CloudWatch query suffix (`cpu`, `mem`, `rt`, `rpt`, `err`, `conn`). */
-export type MetricValues = Record<string, Partial<Record<'cpu' | 'mem' | 'rt' | 'rpt' | 'err' | 'conn' | 'queue', number>>>;
+/**
+ * Per-service metric values by CloudWatch query suffix (`cpu`, `mem`, `rt`, `rpt`, `err`,
+ * `queue`), plus `conn`: the active connections the service should end up with, and `req`: its
+ * target group's requests (default: `conn`).
+ */
+export type MetricValues = Record<string, Partial<Record<'cpu' | 'mem' | 'rt' | 'rpt' | 'err' | 'conn' | 'req' | 'queue', number>>>;
 
-/** Answers GetMetricData from per-service values; `sN` ids are resolved through `services`. */
+/**
+ * Answers GetMetricData from per-service values; `sN` ids are resolved through `services`.
+ * Every service is taken to share one load balancer (as in {@link topologyOf}): its
+ * `lbK_conn` and `lbK_req` are the sums of the services' `conn` and `req`, so that sharing the
+ * connections out by requests gives each service its own `conn` back.
+ */
 export function metricsFrom(services: readonly string[], values: MetricValues) {
+  const req = (v: MetricValues[string] | undefined): number | undefined => v?.req ?? v?.conn;
+  const sum = (pick: (v: MetricValues[string] | undefined) => number | undefined): number | undefined => {
+    const parts = services.map((s) => pick(values[s])).filter((x): x is number => x !== undefined);
+    return parts.length === 0 ? undefined : parts.reduce((a, b) => a + b, 0);
+  };
   return (input: GetMetricDataCommandInput): { MetricDataResults: MetricDataResult[] } => ({
     MetricDataResults: metricAnswer(input, (id) => {
+      if (/^lb\d+_conn$/.test(id)) return sum((v) => v?.conn);
+      if (/^lb\d+_req$/.test(id)) return sum(req);
       const m = /^s(\d+)_(\w+)$/.exec(id);
       const service = services[Number(m?.[1])];
+      if (service === undefined) return undefined;
+      if (m?.[2] === 'req') return req(values[service]);
       const key = m?.[2] as keyof MetricValues[string];
-      return service === undefined ? undefined : values[service]?.[key];
+      return key === 'conn' ? undefined : values[service]?.[key];
     }),
   });
 }

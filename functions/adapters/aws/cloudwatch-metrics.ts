@@ -4,12 +4,19 @@
  * queries together), following `NextToken` when CloudWatch pages the answer.
  *
  * Per service: ECS `CPUUtilization` and `MemoryUtilization` (ClusterName, ServiceName); for a
- * service behind the ALB, `TargetResponseTime`, `RequestCountPerTarget` and
- * `HTTPCode_Target_5XX_Count` (TargetGroup, LoadBalancer) and `ActiveConnectionCount`
- * (LoadBalancer); and the configured queue-depth metric. The newest datapoint of the last few
- * periods is used; a query without datapoints (ALB metrics are not published while idle) gives
- * a missing metric, never a zero. A failed request (after the SDK's own retries with backoff)
- * makes every service in it unavailable, so the controller takes no decision for them.
+ * service behind the ALB, `TargetResponseTime`, `RequestCountPerTarget`, `RequestCount` and
+ * `HTTPCode_Target_5XX_Count` (TargetGroup, LoadBalancer); and the configured queue-depth
+ * metric. Per load balancer, once per request however many services share it:
+ * `ActiveConnectionCount` and `RequestCount` (LoadBalancer). The newest datapoint of the last
+ * few periods is used; a query without datapoints (ALB metrics are not published while idle)
+ * gives a missing metric, never a zero. A failed request (after the SDK's own retries with
+ * backoff) makes every service in it unavailable, so the controller takes no decision for them.
+ *
+ * `ActiveConnectionCount` exists only per load balancer. Services that share one (the four
+ * CA-DMS services do, behind method- and path-based listener rules) would each see every
+ * connection of the load balancer, so a service's connections are the load balancer's
+ * apportioned by the service's share of its requests in the same minute (see
+ * {@link apportionConnections}).
  *
  * @example
  * ```ts
@@ -30,7 +37,8 @@ type MetricField = keyof RawMetrics;
 
 interface PlannedQuery {
   readonly service: string;
-  readonly field: MetricField;
+  /** A metric of the service, or its target group's request count (used to share connections). */
+  readonly field: MetricField | 'targetGroupRequests';
   /** Converts CloudWatch's unit to ours (seconds to milliseconds for the response time). */
   readonly scale: number;
   readonly query: MetricDataQuery;
@@ -72,12 +80,7 @@ export function planQueries(topology: Topology, service: string, index: number):
       { service, field: 'responseTimeMs', scale: 1000, query: metricQuery(id('rt'), 'AWS/ApplicationELB', 'TargetResponseTime', tg, 'Average', period) },
       { service, field: 'requestCountPerTarget', scale: 1, query: metricQuery(id('rpt'), 'AWS/ApplicationELB', 'RequestCountPerTarget', tg, 'Sum', period) },
       { service, field: 'errorCount', scale: 1, query: metricQuery(id('err'), 'AWS/ApplicationELB', 'HTTPCode_Target_5XX_Count', tg, 'Sum', period) },
-      {
-        service,
-        field: 'activeConnections',
-        scale: 1,
-        query: metricQuery(id('conn'), 'AWS/ApplicationELB', 'ActiveConnectionCount', { LoadBalancer: t.loadBalancer }, 'Sum', period),
-      },
+      { service, field: 'targetGroupRequests', scale: 1, query: metricQuery(id('req'), 'AWS/ApplicationELB', 'RequestCount', tg, 'Sum', period) },
     );
   }
   if (t.queue !== undefined) {
@@ -87,18 +90,77 @@ export function planQueries(topology: Topology, service: string, index: number):
   return planned;
 }
 
-/** Packs services into requests of at most `max` queries without splitting a service. */
-function packRequests(perService: PlannedQuery[][], max: number): PlannedQuery[][] {
-  const requests: PlannedQuery[][] = [];
-  let current: PlannedQuery[] = [];
-  for (const queries of perService) {
-    if (current.length > 0 && current.length + queries.length > max) {
-      requests.push(current);
-      current = [];
-    }
-    current.push(...queries);
+/** The two load-balancer queries connections are shared out from (ids `lb<index>_conn`, `lb<index>_req`). */
+export function planLoadBalancerQueries(loadBalancer: string, index: number, periodSeconds: number): { readonly connections: MetricDataQuery; readonly requests: MetricDataQuery } {
+  const dims = { LoadBalancer: loadBalancer };
+  return {
+    connections: metricQuery(`lb${index}_conn`, 'AWS/ApplicationELB', 'ActiveConnectionCount', dims, 'Sum', periodSeconds),
+    requests: metricQuery(`lb${index}_req`, 'AWS/ApplicationELB', 'RequestCount', dims, 'Sum', periodSeconds),
+  };
+}
+
+/** A time series as read: value by timestamp (epoch ms). */
+export type Series = ReadonlyMap<number, number>;
+
+function newestOf(series: Series | undefined): { at: number; value: number } | undefined {
+  let newest: { at: number; value: number } | undefined;
+  for (const [at, value] of series ?? []) if (newest === undefined || at > newest.at) newest = { at, value };
+  return newest;
+}
+
+/**
+ * A service's share of its load balancer's active connections: the load balancer's count in
+ * the newest minute that has both its connection and request counts, times the service's
+ * requests in that minute over the load balancer's. A target group without a datapoint in a
+ * minute the load balancer served requests had none, so its share is 0. A service alone on its
+ * load balancer gets all of it. Undefined when nothing can be said (no such minute and not
+ * alone): a missing metric, never a guess.
+ *
+ * @example
+ * ```ts
+ * apportionConnections(new Map([[t, 400]]), new Map([[t, 1000]]), new Map([[t, 250]]), false); // 100
+ * ```
+ */
+export function apportionConnections(connections: Series | undefined, lbRequests: Series | undefined, tgRequests: Series | undefined, alone: boolean): number | undefined {
+  let minute: number | undefined;
+  for (const [at, requests] of lbRequests ?? []) {
+    if (requests > 0 && connections?.has(at) === true && (minute === undefined || at > minute)) minute = at;
   }
-  if (current.length > 0) requests.push(current);
+  if (minute !== undefined) {
+    const total = connections?.get(minute) as number;
+    if (alone) return total;
+    const share = (tgRequests?.get(minute) ?? 0) / (lbRequests?.get(minute) as number);
+    return total * Math.min(1, share);
+  }
+  return alone ? newestOf(connections)?.value : undefined;
+}
+
+/** A request: the services' queries plus the load-balancer queries they need. */
+interface PlannedRequest {
+  readonly queries: PlannedQuery[];
+  /** Load balancer -> index of its queries in this request. */
+  readonly loadBalancers: Map<string, number>;
+}
+
+/**
+ * Packs services into requests of at most `max` queries without splitting a service; each
+ * request carries the two queries of every load balancer its services use, once.
+ */
+function packRequests(perService: PlannedQuery[][], topology: Topology, max: number, lbIndex: ReadonlyMap<string, number>): PlannedRequest[] {
+  const requests: PlannedRequest[] = [];
+  let current: PlannedRequest = { queries: [], loadBalancers: new Map() };
+  const size = (r: PlannedRequest): number => r.queries.length + 2 * r.loadBalancers.size;
+  for (const queries of perService) {
+    const lb = queries[0] === undefined ? undefined : topology.services[queries[0].service]?.loadBalancer;
+    const extra = lb !== undefined && !current.loadBalancers.has(lb) ? 2 : 0;
+    if (current.queries.length > 0 && size(current) + queries.length + extra > max) {
+      requests.push(current);
+      current = { queries: [], loadBalancers: new Map() };
+    }
+    current.queries.push(...queries);
+    if (lb !== undefined && !current.loadBalancers.has(lb)) current.loadBalancers.set(lb, lbIndex.get(lb) ?? current.loadBalancers.size);
+  }
+  if (current.queries.length > 0) requests.push(current);
   return requests;
 }
 
@@ -128,33 +190,66 @@ export class CloudWatchMetricsSource implements MetricsSource {
     const end = new Date(Math.floor(now / periodMs) * periodMs);
     const start = new Date(end.getTime() - LOOKBACK_PERIODS * periodMs);
 
-    const requests = packRequests(perService, this.max);
-    const outcomes = await Promise.all(requests.map((queries) => this.fetch(queries, start, end, signal)));
-    requests.forEach((queries, i) => {
+    // load balancers in order of first use, and how many configured services share each
+    const lbIndex = new Map<string, number>();
+    const sharing = new Map<string, number>();
+    for (const t of Object.values(topology.services)) if (t.loadBalancer !== undefined) sharing.set(t.loadBalancer, (sharing.get(t.loadBalancer) ?? 0) + 1);
+    for (const service of services) {
+      const lb = topology.services[service]?.loadBalancer;
+      if (lb !== undefined && !lbIndex.has(lb)) lbIndex.set(lb, lbIndex.size);
+    }
+
+    const requests = packRequests(perService, topology, this.max, lbIndex);
+    const outcomes = await Promise.all(
+      requests.map((r) => {
+        const lbQueries = [...r.loadBalancers].flatMap(([lb, k]) => {
+          const q = planLoadBalancerQueries(lb, k, topology.periodSeconds);
+          return [q.connections, q.requests];
+        });
+        return this.fetch([...r.queries.map((q) => q.query), ...lbQueries], start, end, signal);
+      }),
+    );
+    requests.forEach((request, i) => {
       const outcome = outcomes[i];
       const byService = new Map<string, RawMetrics>();
-      for (const q of queries) {
+      const tgRequests = new Map<string, Series>();
+      for (const q of request.queries) {
         if (!byService.has(q.service)) byService.set(q.service, {});
         if (outcome === undefined || 'error' in outcome) continue;
-        const value = outcome.latest.get(q.query.Id ?? '');
+        const series = outcome.series.get(q.query.Id ?? '');
+        if (q.field === 'targetGroupRequests') {
+          if (series !== undefined) tgRequests.set(q.service, series);
+          continue;
+        }
+        const value = newestOf(series)?.value;
         if (value !== undefined) byService.set(q.service, { ...byService.get(q.service), [q.field]: value * q.scale });
       }
       for (const [service, metrics] of byService) {
-        readings.set(service, outcome === undefined || 'error' in outcome ? { ok: false, error: `CloudWatch GetMetricData failed: ${outcome?.error ?? 'no answer'}` } : { ok: true, metrics });
+        if (outcome === undefined || 'error' in outcome) {
+          readings.set(service, { ok: false, error: `CloudWatch GetMetricData failed: ${outcome?.error ?? 'no answer'}` });
+          continue;
+        }
+        const lb = topology.services[service]?.loadBalancer;
+        const k = lb === undefined ? undefined : request.loadBalancers.get(lb);
+        const connections =
+          lb === undefined || k === undefined
+            ? undefined
+            : apportionConnections(outcome.series.get(`lb${k}_conn`), outcome.series.get(`lb${k}_req`), tgRequests.get(service), (sharing.get(lb) ?? 0) <= 1);
+        readings.set(service, { ok: true, metrics: connections === undefined ? metrics : { ...metrics, activeConnections: connections } });
       }
     });
     return readings;
   }
 
-  /** One logical request, following NextToken; returns the newest value per query id. */
-  private async fetch(queries: PlannedQuery[], start: Date, end: Date, signal: AbortSignal | undefined): Promise<{ latest: Map<string, number> } | { error: string }> {
-    const newest = new Map<string, { at: number; value: number }>();
+  /** One logical request, following NextToken; returns every datapoint per query id. */
+  private async fetch(queries: MetricDataQuery[], start: Date, end: Date, signal: AbortSignal | undefined): Promise<{ series: Map<string, Map<number, number>> } | { error: string }> {
+    const series = new Map<string, Map<number, number>>();
     let nextToken: string | undefined;
     try {
       do {
         const page = await this.options.client.send(
           new GetMetricDataCommand({
-            MetricDataQueries: queries.map((q) => q.query),
+            MetricDataQueries: queries,
             StartTime: start,
             EndTime: end,
             ScanBy: 'TimestampDescending',
@@ -167,10 +262,10 @@ export class CloudWatchMetricsSource implements MetricsSource {
           if (id === undefined) continue;
           const values = result.Values ?? [];
           const times = result.Timestamps ?? [];
+          let points = series.get(id);
+          if (points === undefined) series.set(id, (points = new Map()));
           values.forEach((value, k) => {
-            const at = times[k]?.getTime() ?? 0;
-            const seen = newest.get(id);
-            if (Number.isFinite(value) && (seen === undefined || at > seen.at)) newest.set(id, { at, value });
+            if (Number.isFinite(value)) points.set(times[k]?.getTime() ?? 0, value);
           });
         }
         nextToken = page.NextToken;
@@ -178,6 +273,6 @@ export class CloudWatchMetricsSource implements MetricsSource {
     } catch (err) {
       return { error: describe(err) };
     }
-    return { latest: new Map([...newest].map(([id, v]) => [id, v.value])) };
+    return { series };
   }
 }

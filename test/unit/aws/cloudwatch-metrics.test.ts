@@ -20,13 +20,13 @@ function inputs(): GetMetricDataCommandInput[] {
 }
 
 describe('CloudWatch metrics source', () => {
-  it('reads 10 services x 6 metrics with one GetMetricData call', async () => {
+  it('reads 10 services x 6 metrics, and their shared load balancer\'s 2, with one GetMetricData call', async () => {
     cw.on(GetMetricDataCommand).callsFake((input: GetMetricDataCommandInput) => ({ MetricDataResults: metricAnswer(input, () => 50) }));
 
     const readings = await source(10).read(serviceNames(10), NOW);
 
     expect(inputs()).toHaveLength(1);
-    expect(inputs()[0]?.MetricDataQueries).toHaveLength(60);
+    expect(inputs()[0]?.MetricDataQueries).toHaveLength(62);
     expect([...readings.values()].every((r) => r.ok)).toBe(true);
   });
 
@@ -54,7 +54,9 @@ describe('CloudWatch metrics source', () => {
       stat('AWS/ApplicationELB', 'TargetResponseTime', tg, 'Average'),
       stat('AWS/ApplicationELB', 'RequestCountPerTarget', tg, 'Sum'),
       stat('AWS/ApplicationELB', 'HTTPCode_Target_5XX_Count', tg, 'Sum'),
+      stat('AWS/ApplicationELB', 'RequestCount', tg, 'Sum'),
       stat('AWS/ApplicationELB', 'ActiveConnectionCount', [{ Name: 'LoadBalancer', Value: 'app/ca-dms/00000000000000aa' }], 'Sum'),
+      stat('AWS/ApplicationELB', 'RequestCount', [{ Name: 'LoadBalancer', Value: 'app/ca-dms/00000000000000aa' }], 'Sum'),
     ]);
   });
 
@@ -116,7 +118,9 @@ describe('CloudWatch metrics source', () => {
 
     const readings = await source(90).read(serviceNames(90), NOW);
 
-    expect(inputs().map((i) => i.MetricDataQueries?.length)).toEqual([498, 42]);
+    // 83 services x 6 + the load balancer's 2 = 500; then 7 x 6 + 2
+    expect(inputs().map((i) => i.MetricDataQueries?.length)).toEqual([500, 44]);
+    for (const input of inputs()) expect(input.MetricDataQueries?.filter((q) => q.Id?.startsWith('lb0_')).map((q) => q.Id)).toEqual(['lb0_conn', 'lb0_req']);
     expect(readings.size).toBe(90);
     expect([...readings.values()].every((r) => r.ok)).toBe(true);
   });
@@ -136,7 +140,80 @@ describe('CloudWatch metrics source', () => {
     const readings = await source(1).read(['svc-0', 'ghost'], NOW);
 
     expect(readings.get('ghost')).toEqual({ ok: false, error: 'service ghost is missing from the scaling topology' });
-    expect(inputs()[0]?.MetricDataQueries).toHaveLength(6);
+    expect(inputs()[0]?.MetricDataQueries).toHaveLength(8);
+  });
+
+  describe('active connections on a load balancer several services share', () => {
+    const at = (minutesAgo: number): Date => new Date(Date.UTC(2026, 0, 5, 12, 0, 0) - minutesAgo * 60_000);
+    const answer = (points: Record<string, Array<[number, number]>>) => (input: GetMetricDataCommandInput) => ({
+      MetricDataResults: (input.MetricDataQueries ?? []).map((q) => {
+        const p = points[q.Id ?? ''] ?? [];
+        return { Id: q.Id, StatusCode: 'Complete' as const, Timestamps: p.map(([m]) => at(m)), Values: p.map(([, v]) => v) };
+      }),
+    });
+
+    it('gives each service the load balancer\'s connections in proportion to its requests', async () => {
+      cw.on(GetMetricDataCommand).callsFake(
+        answer({ lb0_conn: [[1, 400]], lb0_req: [[1, 1000]], s0_req: [[1, 750]], s1_req: [[1, 250]], s0_cpu: [[1, 50]], s1_cpu: [[1, 20]] }),
+      );
+
+      const readings = await source(2).read(['svc-0', 'svc-1'], NOW);
+
+      expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 50, activeConnections: 300 } });
+      expect(readings.get('svc-1')).toEqual({ ok: true, metrics: { cpu: 20, activeConnections: 100 } });
+    });
+
+    it('shares out the newest minute that has both load-balancer counts, and 0 to a target group that served none of it', async () => {
+      // the newest connection count (minute 1) has no request count yet: minute 2 is used;
+      // svc-1's target group has no datapoint at minute 2, so it served none of those requests
+      cw.on(GetMetricDataCommand).callsFake(
+        answer({ lb0_conn: [[1, 900], [2, 600]], lb0_req: [[2, 300], [3, 100]], s0_req: [[1, 50], [2, 300]], s1_req: [[3, 100]] }),
+      );
+
+      const readings = await source(2).read(['svc-0', 'svc-1'], NOW);
+
+      expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { activeConnections: 600 } });
+      expect(readings.get('svc-1')).toEqual({ ok: true, metrics: { activeConnections: 0 } });
+    });
+
+    it('leaves the connections out when the load balancer reported no requests to share them by', async () => {
+      cw.on(GetMetricDataCommand).callsFake(answer({ lb0_conn: [[1, 40]], s0_cpu: [[1, 10]] }));
+
+      const readings = await source(2).read(['svc-0', 'svc-1'], NOW);
+
+      expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 10 } });
+    });
+
+    it('gives a service alone on its load balancer all of its connections, requests or not', async () => {
+      cw.on(GetMetricDataCommand).callsFake(answer({ lb0_conn: [[1, 40]] }));
+
+      const readings = await source(1).read(['svc-0'], NOW);
+
+      expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { activeConnections: 40 } });
+    });
+
+    it('counts a load balancer as shared when other configured services use it, even if only one is read', async () => {
+      cw.on(GetMetricDataCommand).callsFake(answer({ lb0_conn: [[1, 400]], lb0_req: [[1, 1000]], s0_req: [[1, 250]] }));
+
+      const readings = await source(3).read(['svc-0'], NOW);
+
+      expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { activeConnections: 100 } });
+    });
+
+    it('asks for each load balancer once per request, whichever services use it', async () => {
+      const topology = topologyOf(3, { 'svc-2': { loadBalancer: 'app/other/00000000000000bb' } });
+      cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [] });
+
+      await source(3, topology).read(['svc-0', 'svc-1', 'svc-2'], NOW);
+
+      const lbQueries = inputs()[0]?.MetricDataQueries?.filter((q) => q.Id?.startsWith('lb')).map((q) => [q.Id, q.MetricStat?.Metric?.Dimensions?.[0]?.Value]);
+      expect(lbQueries).toEqual([
+        ['lb0_conn', 'app/ca-dms/00000000000000aa'],
+        ['lb0_req', 'app/ca-dms/00000000000000aa'],
+        ['lb1_conn', 'app/other/00000000000000bb'],
+        ['lb1_req', 'app/other/00000000000000bb'],
+      ]);
+    });
   });
 });
 
