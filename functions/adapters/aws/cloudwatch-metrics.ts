@@ -18,6 +18,12 @@
  * apportioned by the service's share of its requests in the same minute (see
  * {@link apportionConnections}).
  *
+ * An ALB publishes nothing while no request reaches it. When a load balancer has no datapoint
+ * at all over the lookback window and the service's own ECS metrics did come back, the
+ * service's requests, 5xx responses and connections are 0, not missing: otherwise a service
+ * whose traffic stopped could never scale in (missing data blocks scale-in). Its response time
+ * stays missing: no request, no latency.
+ *
  * @example
  * ```ts
  * const source = new CloudWatchMetricsSource({ client: new CloudWatchClient({ maxAttempts: 4 }), topology });
@@ -231,10 +237,17 @@ export class CloudWatchMetricsSource implements MetricsSource {
         }
         const lb = topology.services[service]?.loadBalancer;
         const k = lb === undefined ? undefined : request.loadBalancers.get(lb);
-        const connections =
-          lb === undefined || k === undefined
-            ? undefined
-            : apportionConnections(outcome.series.get(`lb${k}_conn`), outcome.series.get(`lb${k}_req`), tgRequests.get(service), (sharing.get(lb) ?? 0) <= 1);
+        if (lb === undefined || k === undefined) {
+          readings.set(service, { ok: true, metrics });
+          continue;
+        }
+        const lbConnections = outcome.series.get(`lb${k}_conn`);
+        const lbRequests = outcome.series.get(`lb${k}_req`);
+        if ((lbConnections?.size ?? 0) === 0 && (lbRequests?.size ?? 0) === 0 && (metrics.cpu !== undefined || metrics.memory !== undefined)) {
+          readings.set(service, { ok: true, metrics: { ...metrics, requestCountPerTarget: 0, errorCount: 0, activeConnections: 0 } });
+          continue;
+        }
+        const connections = apportionConnections(lbConnections, lbRequests, tgRequests.get(service), (sharing.get(lb) ?? 0) <= 1);
         readings.set(service, { ok: true, metrics: connections === undefined ? metrics : { ...metrics, activeConnections: connections } });
       }
     });

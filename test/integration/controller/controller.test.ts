@@ -129,6 +129,20 @@ describe('controller with its catalog', () => {
     expect((await store.listDecisions())[0]?.outcome).toBe('blocked');
   });
 
+  it('scales in a web service whose load balancer fell silent because its traffic stopped', async () => {
+    // ALB publishes nothing while no request arrives; the connections it reported a minute ago
+    // must not turn into missing data that blocks every scale-in from then on
+    const { store } = await freshCatalog();
+    givenOneService(aws, { 'svc-0': { cpu: 40, mem: 45, conn: 30, rpt: 200 } }, { running: 6, desired: 6 });
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    givenOneService(aws, { 'svc-0': { cpu: 3, mem: 31 } }, { running: 6, desired: 6 });
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0 + 60_000) }).evaluate({ trigger: 'schedule' });
+
+    expect(updates()).toEqual([5]);
+    expect(result.decisions[0]).toMatchObject({ from: 6, to: 5, outcome: 'applied', metrics: { cpu: 3, connectionsPerTask: 0, requestCount: 0 } });
+  });
+
   it('lets exactly one of two concurrent evaluations act; the other records that it stood aside', async () => {
     const { store } = await freshCatalog();
     givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });

@@ -100,17 +100,31 @@ describe('CloudWatch metrics source', () => {
 
     expect(inputs().map((i) => i.NextToken)).toEqual([undefined, 'page-2']);
     expect(inputs()[1]?.MetricDataQueries).toEqual(inputs()[0]?.MetricDataQueries);
-    expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 70, memory: 55 } });
+    expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 70, memory: 55, requestCountPerTarget: 0, errorCount: 0, activeConnections: 0 } });
   });
 
   it('leaves metrics without datapoints out instead of reporting zero', async () => {
     cw.on(GetMetricDataCommand).callsFake((input: GetMetricDataCommandInput) => ({
-      MetricDataResults: metricAnswer(input, (id) => (id.endsWith('_cpu') ? 64 : id.endsWith('_rt') ? 0.25 : undefined)),
+      MetricDataResults: metricAnswer(input, (id) => ({ s0_cpu: 64, s0_rt: 0.25, lb0_conn: 5, lb0_req: 12 })[id]),
     }));
 
     const readings = await source(1).read(['svc-0'], NOW);
 
-    expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 64, responseTimeMs: 250 } });
+    // memory, requests per target and 5xx had no datapoints; the load balancer did, so it is not idle
+    expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 64, responseTimeMs: 250, activeConnections: 5 } });
+  });
+
+  it('reports no requests, errors or connections for an ALB that published nothing (idle), but no response time', async () => {
+    cw.on(GetMetricDataCommand).callsFake((input: GetMetricDataCommandInput) => ({
+      MetricDataResults: metricAnswer(input, (id) => ({ s0_cpu: 3, s0_mem: 31, s1_mem: 30 })[id]),
+    }));
+
+    const readings = await source(3).read(['svc-0', 'svc-1', 'svc-2'], NOW);
+
+    expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 3, memory: 31, requestCountPerTarget: 0, errorCount: 0, activeConnections: 0 } });
+    expect(readings.get('svc-1')).toEqual({ ok: true, metrics: { memory: 30, requestCountPerTarget: 0, errorCount: 0, activeConnections: 0 } });
+    // nothing at all came back for svc-2: that is missing data, not an idle service
+    expect(readings.get('svc-2')).toEqual({ ok: true, metrics: {} });
   });
 
   it('splits only beyond 500 queries, never splitting one service across requests', async () => {
@@ -240,7 +254,8 @@ describe('CloudWatch through the real SDK stack (in-process HTTP handler)', () =
     const readings = await new CloudWatchMetricsSource({ client, topology: topologyOf(1) }).read(['svc-0'], NOW);
 
     expect(attempts).toBe(3);
-    expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 91 } });
+    // the load balancer published nothing: an idle ALB, so no requests, errors or connections
+    expect(readings.get('svc-0')).toEqual({ ok: true, metrics: { cpu: 91, requestCountPerTarget: 0, errorCount: 0, activeConnections: 0 } });
   });
 
   it('gives up when the time budget runs out, reporting the services as unavailable', async () => {
