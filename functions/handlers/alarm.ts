@@ -3,7 +3,9 @@
  * malformed or foreign message is logged and dropped (never crashes the function). The alarm is
  * recorded with its SNS MessageId, so a redelivery is recognised and does not act twice (in
  * this container's memory too, for when the catalog is unreachable). An alarm entering ALARM
- * runs an immediate evaluation of its service; cooldowns still apply.
+ * runs an immediate evaluation of its service; cooldowns still apply. The topic also carries
+ * alarms that are not about a scaled service (shard, function, load-balancer alarms share it):
+ * those are kept in the history and evaluate nothing; they are not dropped messages.
  */
 import type { Context } from 'aws-lambda';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
@@ -68,7 +70,9 @@ export function createAlarmHandler(runtime: () => ControllerRuntime) {
         continue;
       }
       if (service === undefined) {
-        out.push(dropped(`alarm ${alarm.AlarmName} maps to no scaled service (add it to ALARM_SERVICE_MAP_JSON)`, messageId));
+        const detail = `alarm ${alarm.AlarmName} maps to no scaled service: kept in the history, nothing evaluated (map it in ALARM_SERVICE_MAP_JSON if it should trigger scaling)`;
+        logger.info('alarm recorded; not a scaling alarm', { messageId, alarm: alarm.AlarmName, state: alarm.NewStateValue });
+        out.push({ messageId, outcome: 'recorded', detail });
         continue;
       }
       if (alarm.NewStateValue !== 'ALARM') {

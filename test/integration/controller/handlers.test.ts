@@ -277,6 +277,7 @@ describe('alarm handler', () => {
     expect(notJson.records[0]).toMatchObject({ outcome: 'dropped', detail: 'the message is not JSON' });
     expect(foreign.records[0]?.detail).toContain('not a CloudWatch alarm notification: AlarmName');
     expect(ecs.calls()).toHaveLength(0);
+    expect(stdout.filter((l) => '_aws' in l && 'DroppedAlarmMessages' in l)).toHaveLength(2);
   });
 
   it('records an alarm returning to OK without evaluating', async () => {
@@ -297,14 +298,23 @@ describe('alarm handler', () => {
     expect(response.records[0]).toEqual({ messageId: 'm-map', outcome: 'evaluated', service: 'worker' });
   });
 
-  it('drops an alarm that maps to no scaled service', async () => {
+  it('keeps an alarm that maps to no scaled service in the history, evaluates nothing and does not count it as dropped', async () => {
+    // the topic also carries shard, function and load-balancer alarms
     const rt = container();
-    const alarm = { AlarmName: 'billing', NewStateValue: 'ALARM', Trigger: { MetricName: 'EstimatedCharges', Namespace: 'AWS/Billing', Dimensions: [{ name: 'Currency', value: 'USD' }] } };
+    const alarm = { AlarmName: 'ca-dms-shard-001-cpu', NewStateValue: 'ALARM', NewStateReason: 'cpu', Trigger: { MetricName: 'CPUUtilization', Namespace: 'AWS/RDS', Dimensions: [{ name: 'DBInstanceIdentifier', value: 'shard-001' }] } };
 
-    const response = await createAlarmHandler(() => rt)(snsEvent('m-bill', alarm), context);
+    const response = await createAlarmHandler(() => rt)(snsEvent('m-shard', alarm), context);
 
-    expect(response.records[0]?.outcome).toBe('dropped');
+    expect(response.records[0]).toMatchObject({ messageId: 'm-shard', outcome: 'recorded' });
     expect(response.records[0]?.detail).toContain('maps to no scaled service');
+    expect(ecs.calls()).toHaveLength(0);
+    expect(cw.calls()).toHaveLength(0);
+    const db = new pg.Client({ connectionString: server.url });
+    await db.connect();
+    const { rows } = await db.query(`select alarm_name, service from catalog.scaling_alarms where message_id = 'm-shard'`);
+    await db.end();
+    expect(rows).toEqual([{ alarm_name: 'ca-dms-shard-001-cpu', service: null }]);
+    expect(stdout.filter((l) => '_aws' in l && 'DroppedAlarmMessages' in l)).toEqual([]);
   });
 });
 
