@@ -12,8 +12,8 @@
  * gives a missing metric, never a zero. A failed request (after the SDK's own retries with
  * backoff) makes every service in it unavailable, so the controller takes no decision for them.
  *
- * `ActiveConnectionCount` exists only per load balancer. Services that share one (the four
- * CA-DMS services do, behind method- and path-based listener rules) would each see every
+ * `ActiveConnectionCount` exists only per load balancer. Services that share one (the three
+ * CA-DMS web services do, behind method- and path-based listener rules) would each see every
  * connection of the load balancer, so a service's connections are the load balancer's
  * apportioned by the service's share of its requests in the same minute (see
  * {@link apportionConnections}).
