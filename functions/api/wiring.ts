@@ -180,7 +180,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const [tasks, states, lastApplied, lastScheduled] = await Promise.all([
         target.describe(services).catch((err: unknown) => new Map<string, TasksReading>(services.map((s) => [s, { ok: false, error: (err as Error).message }]))),
         available('reading service state', () => catalog.listServiceStates()),
-        available('reading the history', () => Promise.all(services.map((s) => catalog.listDecisions({ service: s, outcome: 'applied', limit: 1 })))),
+        available('reading the history', () => catalog.lastAppliedDecisions(services)),
         available('reading the history', () => catalog.listDecisions({ limit: 1 })),
       ]);
       const stateOf = new Map<string, ServiceState>(states.map((s) => [s.service, s.state]));
@@ -193,12 +193,12 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         check_interval_seconds: config.check_interval,
         last_evaluation_at: lastEvaluation === undefined ? null : iso(lastEvaluation),
         next_evaluation_at: enabled ? iso(Math.max(now, (lastEvaluation ?? now) + config.check_interval * 1000)) : null,
-        services: services.map((service, i) => {
+        services: services.map((service) => {
           const cfg = resolveServiceConfig(config, service);
           const reading = tasks.get(service);
           const t = reading?.ok ? reading.tasks : undefined;
           const state = stateOf.get(service);
-          const last = lastApplied[i]?.[0];
+          const last = lastApplied.get(service);
           const remaining = (direction: 'out' | 'in', seconds: number): number => {
             const event = state ? lastEventIn(state, direction) : undefined;
             return event ? Math.max(0, Math.round((event.at + seconds * 1000 - now) / 1000)) : 0;

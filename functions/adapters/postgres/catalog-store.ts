@@ -398,6 +398,27 @@ export class CatalogStore implements ControllerCatalog {
   }
 
   /**
+   * Each named service's newest applied decision, in one round trip (one index probe per
+   * service on the partial index of applied decisions). Services that never changed are absent.
+   */
+  async lastAppliedDecisions(services: readonly string[]): Promise<Map<string, StoredDecision>> {
+    if (services.length === 0) return new Map();
+    return wrap('reading the last applied decisions', async () => {
+      const { rows } = await (await this.db()).query<DecisionRow>(
+        `select d.* from unnest($1::text[]) as s(service)
+         cross join lateral (
+           select * from catalog.scaling_decisions
+           where service = s.service and outcome = 'applied'
+           order by decided_at desc, id desc
+           limit 1
+         ) d`,
+        [services],
+      );
+      return new Map(rows.map((r) => [r.service, toDecision(r)]));
+    });
+  }
+
+  /**
    * The decision history, newest first. Page with `beforeId` set to the last id of the
    * previous page.
    */

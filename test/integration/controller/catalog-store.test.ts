@@ -106,6 +106,38 @@ describe('catalog store: history', () => {
     expect(page[1]?.reasons[0]?.rule).toBe('cpu_scale_up_exceeded');
   });
 
+  it('finds each service\'s newest applied decision in one query, skipping the unchanged ones', async () => {
+    await store.recordDecision(decision('last-a', 5_000_000, { from: 2, to: 3 }));
+    await store.recordDecision(decision('last-a', 5_000_100, { from: 3, to: 4 }));
+    await store.recordDecision(decision('last-a', 5_000_200, { from: 4, to: 4, direction: 'none', outcome: 'unchanged' }));
+    await store.recordDecision(decision('last-b', 5_000_000, { from: 5, to: 4, direction: 'in' }));
+    await store.recordDecision(decision('last-b', 5_000_300, { from: 4, to: 3, direction: 'in', outcome: 'failed', error: 'ECS said no' }));
+    await store.recordDecision(decision('last-c', 5_000_000, { outcome: 'unchanged', to: 2, direction: 'none' }));
+
+    const last = await store.lastAppliedDecisions(['last-a', 'last-b', 'last-c', 'nobody']);
+
+    expect([...last.keys()].sort()).toEqual(['last-a', 'last-b']);
+    expect(last.get('last-a')).toMatchObject({ at: 5_000_100, from: 3, to: 4, outcome: 'applied' });
+    expect(last.get('last-b')).toMatchObject({ at: 5_000_000, from: 5, to: 4 });
+    expect(await store.lastAppliedDecisions([])).toEqual(new Map());
+  });
+
+  it('reads the last applied decision from the partial index, not by walking the unchanged history', async () => {
+    await store.recordDecision(decision('quiet', 6_000_000));
+    await pool.query(
+      `insert into catalog.scaling_decisions (decided_at, service, trigger, policy, from_count, to_count, direction, reasons, blocked, metrics, dry_run, outcome, degraded)
+       select to_timestamp(6001 + g), 'quiet', 'schedule', 'threshold', 3, 3, 'none', '[]', '[]', '{}', false, 'unchanged', false from generate_series(1, 20000) g`,
+    );
+    await pool.query('analyze catalog.scaling_decisions');
+
+    const plan = await pool.query<{ 'QUERY PLAN': unknown }>(
+      `explain (format json) select * from catalog.scaling_decisions where service = 'quiet' and outcome = 'applied' order by decided_at desc, id desc limit 1`,
+    );
+
+    expect(JSON.stringify(plan.rows[0]?.['QUERY PLAN'])).toContain('scaling_decisions_applied_idx');
+    expect((await store.lastAppliedDecisions(['quiet'])).get('quiet')?.at).toBe(6_000_000);
+  });
+
   it('pages through the history by id', async () => {
     for (let i = 0; i < 5; i++) await store.recordDecision(decision('hist-b', 3_000_000 + i));
 
