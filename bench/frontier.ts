@@ -10,12 +10,11 @@
  * weights): the task-minutes it needs at the violation limit when it sees what a policy sees,
  * and when it is given one or three minutes of foresight.
  */
-import { readdir } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { readTraceFile } from '../functions/adapters/sim/trace-file.js';
+import { DEFAULT_TRACES_DIR, traceFiles } from './support/traces.js';
 import { createCaDmsPolicy, DEFAULT_CA_DMS_TUNING } from '../functions/core/scaling/policies/ca-dms.js';
 import { contestantsFor, simulationConfig } from '../functions/core/scaling/simulator/anchors.js';
 import { runFleet } from '../functions/core/scaling/simulator/fleet.js';
@@ -27,7 +26,6 @@ import type { PreparedTrace, SimulationResult } from '../functions/core/scaling/
 import { contestant, prepareTrace, simulate } from '../functions/core/scaling/simulator/simulate.js';
 import { scoreTimeline } from '../functions/core/scaling/simulator/score.js';
 
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 /** The ca-dms headroom margins swept (the default is 2.6). */
 const MARGINS = [2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.2];
 /** The reference rule's level weights (the best one counts) and margins. */
@@ -41,24 +39,14 @@ const FORESIGHTS = [0, 1, 3];
 const SEARCHED_ON_NASA = { levelWeight: 0.1, levelWeightDown: 0.03, hysteresis: 0.05 };
 
 const flags = z
-  .object({ traces: z.string().min(1).default(resolve(REPO_ROOT, '../shared/traces')) })
+  .object({ traces: z.string().min(1).default(DEFAULT_TRACES_DIR) })
   .safeParse(parseArgs({ options: { traces: { type: 'string' } }, strict: true }).values);
 if (!flags.success) {
   console.error(flags.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('\n'));
   process.exit(2);
 }
 const dir = flags.data.traces;
-let files: string[];
-try {
-  files = (await readdir(dir)).filter((f) => f.endsWith('.csv')).sort();
-} catch (error) {
-  console.error(`bench:frontier: cannot read the traces folder ${dir} (${(error as Error).message}); pass --traces DIR`);
-  process.exit(1);
-}
-if (files.length === 0) {
-  console.error(`bench:frontier: no .csv traces in ${dir}; pass --traces DIR`);
-  process.exit(1);
-}
+const files = await traceFiles('bench:frontier', dir);
 
 const model = DEFAULT_MODEL;
 const fmt = (x: number): string => Math.round(x).toLocaleString('en-US');

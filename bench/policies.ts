@@ -7,12 +7,11 @@
  * noise levels, seeded), so that a change tuned on the real traces shows what it does
  * elsewhere.
  */
-import { readdir } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { readTraceFile } from '../functions/adapters/sim/trace-file.js';
+import { DEFAULT_TRACES_DIR, traceFiles } from './support/traces.js';
 import { POLICY_NAMES } from '../functions/core/scaling/config.js';
 import { contestantsFor } from '../functions/core/scaling/simulator/anchors.js';
 import { describeModel, formatResultTable } from '../functions/core/scaling/simulator/format.js';
@@ -23,12 +22,11 @@ import { prepareTrace, simulate } from '../functions/core/scaling/simulator/simu
 import type { Shape } from '../functions/core/scaling/simulator/synthetic.js';
 import { syntheticTrace } from '../functions/core/scaling/simulator/synthetic.js';
 
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const NASA_GOAL_MS = 2000;
 
 const flags = z
   .object({
-    traces: z.string().min(1).default(resolve(REPO_ROOT, '../shared/traces')),
+    traces: z.string().min(1).default(DEFAULT_TRACES_DIR),
     runs: z
       .string()
       .regex(/^[1-9]\d*$/, 'expected a whole number >= 1')
@@ -42,17 +40,7 @@ if (!flags.success) {
 }
 const { traces: dir, runs } = flags.data;
 
-let files: string[];
-try {
-  files = (await readdir(dir)).filter((f) => f.endsWith('.csv')).sort();
-} catch (error) {
-  console.error(`bench:policies: cannot read the traces folder ${dir} (${(error as Error).message}); pass --traces DIR`);
-  process.exit(1);
-}
-if (files.length === 0) {
-  console.error(`bench:policies: no .csv traces in ${dir}; pass --traces DIR`);
-  process.exit(1);
-}
+const files = await traceFiles('bench:policies', dir);
 
 const model = DEFAULT_MODEL;
 console.log(`policy benchmark: ${files.length} traces from ${dir}`);
