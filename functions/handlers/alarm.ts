@@ -13,9 +13,15 @@ import { parseAlarmMessage, serviceForAlarm, snsEventSchema } from './shared/ala
 import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime, type ControllerRuntime } from './shared/runtime.js';
-import { budgetSignal, emitEvaluationMetrics, summarise } from './shared/telemetry.js';
+import { budgetSignal, emitEvaluationMetrics, leaseTtl, summarise } from './shared/telemetry.js';
 
-export type AlarmRecordOutcome = 'evaluated' | 'recorded' | 'duplicate' | 'dropped';
+export type AlarmRecordOutcome = 'evaluated' | 'skipped' | 'recorded' | 'duplicate' | 'dropped';
+
+/**
+ * An alarm waits this long for a running evaluation to finish (one usually takes about a
+ * second), so an alarm storm queues up behind it instead of standing aside.
+ */
+export const ALARM_LEASE_WAIT_MS = 10_000;
 
 export interface AlarmResponse {
   readonly records: ReadonlyArray<{ messageId?: string; outcome: AlarmRecordOutcome; service?: string; detail?: string }>;
@@ -81,14 +87,24 @@ export function createAlarmHandler(runtime: () => ControllerRuntime) {
         continue;
       }
       const started = performance.now();
+      const remaining = context.getRemainingTimeInMillis();
       const result = await rt.controller.evaluate({
         trigger: 'alarm',
         services: [service],
         actor: `alarm:${alarm.AlarmName}`,
-        signal: budgetSignal(context.getRemainingTimeInMillis(), rt.env.safetyMarginMs),
+        signal: budgetSignal(remaining, rt.env.safetyMarginMs),
+        leaseTtlMs: leaseTtl(remaining),
+        leaseWaitMs: Math.min(ALARM_LEASE_WAIT_MS, Math.max(0, (remaining - rt.env.safetyMarginMs) / 2)),
       });
       emitEvaluationMetrics(result, performance.now() - started);
-      logger.info('alarm evaluation finished', { messageId, alarm: alarm.AlarmName, ...summarise(result) });
+      const summary = summarise(result);
+      if (summary.skipped) {
+        const detail = `another evaluation was still running after ${ALARM_LEASE_WAIT_MS / 1000} s (${summary.skipped.holder}); nothing evaluated for this alarm, the next scheduled evaluation covers ${service}`;
+        logger.warn('alarm evaluation skipped: another evaluation is running', { messageId, alarm: alarm.AlarmName, ...summary });
+        out.push({ messageId, outcome: 'skipped', service, detail });
+        continue;
+      }
+      logger.info('alarm evaluation finished', { messageId, alarm: alarm.AlarmName, ...summary });
       out.push({ messageId, outcome: 'evaluated', service });
     }
     return { records: out };

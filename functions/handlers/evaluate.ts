@@ -9,7 +9,7 @@ import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime, type ControllerRuntime } from './shared/runtime.js';
-import { budgetSignal, emitEvaluationMetrics, summarise } from './shared/telemetry.js';
+import { budgetSignal, emitEvaluationMetrics, leaseTtl, summarise } from './shared/telemetry.js';
 
 /** An EventBridge scheduled event (a rule with a schedule expression). */
 export const scheduledEventSchema = z.object({
@@ -40,10 +40,13 @@ export function createEvaluateHandler(runtime: () => ControllerRuntime) {
     }
     const rt = runtime();
     const started = performance.now();
-    const result = await rt.controller.evaluate({ trigger: 'schedule', signal: budgetSignal(context.getRemainingTimeInMillis(), rt.env.safetyMarginMs) });
+    const remaining = context.getRemainingTimeInMillis();
+    // Another evaluation running means this tick stands aside at once: the next one follows.
+    const result = await rt.controller.evaluate({ trigger: 'schedule', signal: budgetSignal(remaining, rt.env.safetyMarginMs), leaseTtlMs: leaseTtl(remaining) });
     emitEvaluationMetrics(result, performance.now() - started);
     const summary = summarise(result);
-    logger.info('evaluation finished', { eventId: parsed.data.id, ...summary });
+    if (summary.skipped) logger.warn('evaluation skipped: another evaluation is running', { eventId: parsed.data.id, ...summary });
+    else logger.info('evaluation finished', { eventId: parsed.data.id, ...summary });
     return { accepted: true, ...summary };
   });
 }

@@ -1,12 +1,15 @@
 /**
  * `moves`: the worker that carries shard moves forward. The scaling API only plans a move (a
  * Lambda invocation cannot outlive its response); an EventBridge schedule invokes this function
- * every minute with reserved concurrency 1, and it runs every planned or unfinished job in
- * order. Jobs are resumable, so one cut short by the function's timeout simply continues at the
- * next invocation, and a job another process is running is left to it.
+ * every minute and it runs every planned or unfinished job in order, holding the moves-worker
+ * lease in the catalog (not reserved concurrency, which a new account cannot grant): a tick
+ * that finds another worker running stands aside and says so. Jobs are resumable, so one cut
+ * short by the function's timeout simply continues at the next invocation, and a job another
+ * process is running is left to it.
  */
 import type { Context } from 'aws-lambda';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
+import { LEASES } from '../adapters/postgres/lease-store.js';
 import { MoveBusyError } from '../adapters/postgres/mover.js';
 import { createShardingRuntime, type ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { scheduledEventSchema } from './evaluate.js';
@@ -15,17 +18,20 @@ import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime } from './shared/runtime.js';
 import { shardingConfigFromEnv } from './shared/sharding-env.js';
+import { leaseTtl } from './shared/telemetry.js';
 
 export interface MovesResult {
   readonly accepted: boolean;
   readonly ran: ReadonlyArray<{ id: number; state: string }>;
   readonly busy: readonly number[];
   readonly failed: ReadonlyArray<{ id: number; error: string }>;
+  /** Set when another worker held the moves-worker lease: this tick touched nothing. */
+  readonly skipped?: { holder: string; since: string; until: string };
 }
 
 /** Builds the handler around a sharding runtime provider (tests pass their own). */
 export function createMovesHandler(runtime: () => Promise<ShardingRuntime | undefined>) {
-  return withPowertools(async (event: unknown, _context: Context): Promise<MovesResult> => {
+  return withPowertools(async (event: unknown, context: Context): Promise<MovesResult> => {
     if (!scheduledEventSchema.safeParse(event).success) {
       logger.error('rejected event: not an EventBridge scheduled event; no move touched');
       return { accepted: false, ran: [], busy: [], failed: [] };
@@ -35,27 +41,41 @@ export function createMovesHandler(runtime: () => Promise<ShardingRuntime | unde
       logger.info('sharding is not configured; nothing to move');
       return { accepted: true, ran: [], busy: [], failed: [] };
     }
-    const ran: Array<{ id: number; state: string }> = [];
-    const busy: number[] = [];
-    const failed: Array<{ id: number; error: string }> = [];
-    for (const job of await sharding.mover.unfinished()) {
-      try {
-        const done = await sharding.mover.run(job.id);
-        ran.push({ id: done.id, state: done.state });
-        logger.info('move advanced', { id: done.id, kind: done.kind, unit: done.unitId, from: done.from, to: done.to, state: done.state, fenceMs: done.fenceMs });
-      } catch (err) {
-        if (err instanceof MoveBusyError) {
-          busy.push(job.id);
-          continue;
-        }
-        failed.push({ id: job.id, error: (err as Error).message });
-        logger.error('move step failed; the job stays resumable', { id: job.id, error: err as Error });
-      }
+    const lease = await sharding.leases.acquire(LEASES.movesWorker, { owner: 'scaling-moves', ttlMs: leaseTtl(context.getRemainingTimeInMillis()) });
+    if (!lease.acquired) {
+      const skipped = { holder: lease.holder, since: new Date(lease.since).toISOString(), until: new Date(lease.until).toISOString() };
+      logger.info('another moves worker is running; this tick stands aside', skipped);
+      return { accepted: true, ran: [], busy: [], failed: [], skipped };
     }
-    metrics.addMetric('MovesAdvanced', MetricUnit.Count, ran.length);
-    metrics.addMetric('MoveFailures', MetricUnit.Count, failed.length);
-    return { accepted: true, ran, busy, failed };
+    try {
+      return await runAll(sharding);
+    } finally {
+      await lease.release().catch((err: unknown) => logger.warn('moves-worker lease not released; it lapses by itself', { error: err as Error }));
+    }
   });
+}
+
+async function runAll(sharding: ShardingRuntime): Promise<MovesResult> {
+  const ran: Array<{ id: number; state: string }> = [];
+  const busy: number[] = [];
+  const failed: Array<{ id: number; error: string }> = [];
+  for (const job of await sharding.mover.unfinished()) {
+    try {
+      const done = await sharding.mover.run(job.id);
+      ran.push({ id: done.id, state: done.state });
+      logger.info('move advanced', { id: done.id, kind: done.kind, unit: done.unitId, from: done.from, to: done.to, state: done.state, fenceMs: done.fenceMs });
+    } catch (err) {
+      if (err instanceof MoveBusyError) {
+        busy.push(job.id);
+        continue;
+      }
+      failed.push({ id: job.id, error: (err as Error).message });
+      logger.error('move step failed; the job stays resumable', { id: job.id, error: err as Error });
+    }
+  }
+  metrics.addMetric('MovesAdvanced', MetricUnit.Count, ran.length);
+  metrics.addMetric('MoveFailures', MetricUnit.Count, failed.length);
+  return { accepted: true, ran, busy, failed };
 }
 
 let sharding: Promise<ShardingRuntime | undefined> | undefined;

@@ -18,8 +18,9 @@
  */
 import type pg from 'pg';
 import { parseScalingConfig, type ScalingConfig } from '../../core/scaling/config.js';
-import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, Outcome, ServiceSession, Trigger } from '../../core/scaling/ports.js';
+import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, LeaseOutcome, LeaseRequest, Outcome, ServiceSession, Trigger } from '../../core/scaling/ports.js';
 import type { Block, Direction, MetricsSnapshot, Reason, ServiceState } from '../../core/scaling/types.js';
+import { LeaseError, LeaseStore } from './lease-store.js';
 
 /** A catalog operation failed (connection, query); `cause` holds the driver's error. */
 export class CatalogError extends Error {
@@ -190,12 +191,24 @@ export type PoolSource = pg.Pool | (() => Promise<pg.Pool>);
 /** The PostgreSQL catalog. Give it a pool (or a pool factory); it never ends the pool. */
 export class CatalogStore implements ControllerCatalog {
   private readonly source: PoolSource;
+  private readonly leases: LeaseStore;
 
   constructor(
     source: PoolSource,
     private readonly options: CatalogStoreOptions,
   ) {
     this.source = source;
+    this.leases = new LeaseStore(source);
+  }
+
+  /** Takes a named lease or reports its holder (see {@link LeaseStore}). */
+  async acquireLease(name: string, request: LeaseRequest): Promise<LeaseOutcome> {
+    try {
+      return await wrap(`taking the lease ${name}`, () => this.leases.acquire(name, request));
+    } catch (err) {
+      if (err instanceof CatalogError && err.cause instanceof LeaseError) throw err.cause;
+      throw err;
+    }
   }
 
   private async db(): Promise<pg.Pool> {

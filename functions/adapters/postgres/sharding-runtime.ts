@@ -17,6 +17,7 @@ import { freshnessBoundsFromConfig } from '../../core/sharding/replica-choice.js
 import { ShardRouter } from '../../core/sharding/router.js';
 import { buildSlotMap } from '../../core/sharding/slot-map.js';
 import { DirectoryStore } from './directory-store.js';
+import { LeaseStore } from './lease-store.js';
 import { Mover } from './mover.js';
 import { ReplicaReader } from './replica-reader.js';
 import { ShardInspector, type EndpointFactsSource } from './shard-inspector.js';
@@ -50,6 +51,8 @@ export interface ShardingRuntime {
   readonly reader?: ReplicaReader;
   readonly inspector: ShardInspector;
   readonly mover: Mover;
+  /** Named leases in the catalog (one moves worker at a time). */
+  readonly leases: LeaseStore;
   /** Stops the replica reader and ends every shard pool (not the catalog's). */
   close(): Promise<void>;
 }
@@ -105,6 +108,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       ...(reader ? { reader } : {}),
       inspector,
       mover,
+      leases: new LeaseStore(catalog),
       async close() {
         reader?.stop();
         await closeAll();

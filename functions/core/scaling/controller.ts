@@ -29,6 +29,7 @@ import type {
   ControllerCatalog,
   DecisionLog,
   DecisionRecord,
+  LeaseGranted,
   MetricsReading,
   MetricsSource,
   Outcome,
@@ -40,6 +41,7 @@ import type {
   TasksReading,
   Trigger,
 } from './ports.js';
+import { EVALUATION_LEASE } from './ports.js';
 import { initialState, recordApplied, type Block, type Direction, type MetricsSnapshot, type Reason, type ScalingPolicy, type ServiceState, type TaskCounts } from './types.js';
 
 export interface ControllerDeps {
@@ -54,7 +56,12 @@ export interface ControllerDeps {
   readonly fallbackConfig: ScalingConfig;
   /** How many decisions to hold in memory while the catalog is away (default 1000). */
   readonly backlogLimit?: number;
+  /** Names this process as the evaluation lease's holder (e.g. the function name). */
+  readonly leaseOwner?: string;
 }
+
+/** How long an evaluation holds its lease when the caller does not say (local mode, tests). */
+export const DEFAULT_LEASE_TTL_MS = 60_000;
 
 export interface EvaluateRequest {
   readonly trigger: Trigger;
@@ -64,6 +71,21 @@ export interface EvaluateRequest {
   readonly actor?: string;
   /** Aborts network calls when the function's time budget runs out. */
   readonly signal?: AbortSignal;
+  /**
+   * How long this evaluation may hold the evaluation lease: at most its caller's remaining
+   * lifetime (a Lambda's remaining time), so a container killed mid-evaluation frees it.
+   * Default {@link DEFAULT_LEASE_TTL_MS}.
+   */
+  readonly leaseTtlMs?: number;
+  /** How long to wait for a running evaluation to finish before standing aside (default 0). */
+  readonly leaseWaitMs?: number;
+}
+
+/** Who held the evaluation lease when an evaluation stood aside. */
+export interface BusyLease {
+  readonly holder: string;
+  readonly since: number;
+  readonly until: number;
 }
 
 export interface EvaluationResult {
@@ -76,6 +98,11 @@ export interface EvaluationResult {
   readonly decisions: readonly DecisionRecord[];
   /** Problems that did not stop the evaluation (e.g. the scalable-target registry failed). */
   readonly warnings: readonly string[];
+  /**
+   * Set when another evaluation held the evaluation lease: this one read, decided and changed
+   * nothing, and says who was running.
+   */
+  readonly busy?: BusyLease;
 }
 
 /**
@@ -136,6 +163,8 @@ export class ScalingController {
   private droppedFrom: number | undefined;
   private droppedTo: number | undefined;
   private readonly backlogLimit: number;
+  /** A lease this process could not give back (the catalog failed under it): retried first. */
+  private unreleased: LeaseGranted | undefined;
 
   constructor(private readonly deps: ControllerDeps) {
     this.backlogLimit = deps.backlogLimit ?? 1000;
@@ -146,11 +175,60 @@ export class ScalingController {
     return { held: this.backlog.length, dropped: this.dropped };
   }
 
-  /** Runs one evaluation. Never throws for a single service's trouble; see {@link EvaluationResult}. */
+  /**
+   * Runs one evaluation under the evaluation lease, so evaluations never overlap (whatever
+   * triggered them, wherever they run). When another evaluation holds the lease this one
+   * stands aside at once (after `leaseWaitMs`) and reports it in `busy`. When the catalog
+   * cannot grant a lease at all, the evaluation runs without one: it is degraded anyway (scales
+   * out only), and a degraded evaluation racing another sets the same absolute desired count.
+   * Never throws for a single service's trouble; see {@link EvaluationResult}.
+   */
   async evaluate(request: EvaluateRequest): Promise<EvaluationResult> {
-    const { clock, metrics, target, registry } = this.deps;
-    const now = clock.now();
+    const now = this.deps.clock.now();
     const warnings: string[] = [];
+    let lease: LeaseGranted | undefined;
+    try {
+      // Otherwise this container's own lost lease would make it stand aside until it lapses.
+      if (this.unreleased) {
+        await this.unreleased.release();
+        this.unreleased = undefined;
+      }
+      const owner = `${this.deps.leaseOwner ?? 'scaling-controller'} (${request.trigger}${request.actor === undefined ? '' : ` by ${request.actor}`})`;
+      const got = await this.deps.catalog.acquireLease(EVALUATION_LEASE, {
+        owner,
+        ttlMs: request.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS,
+        ...(request.leaseWaitMs === undefined ? {} : { waitMs: request.leaseWaitMs }),
+        ...(request.signal === undefined ? {} : { signal: request.signal }),
+      });
+      if (!got.acquired) {
+        const busy = { holder: got.holder, since: got.since, until: got.until };
+        const message = `another evaluation is running (${busy.holder}, since ${new Date(busy.since).toISOString()}): this one stood aside and changed nothing`;
+        return { at: now, stopped: false, degraded: false, decisions: [], warnings: [message], busy };
+      }
+      lease = got;
+    } catch (err) {
+      warnings.push(`the evaluation lease could not be taken (catalog unreachable?), evaluating without it: ${messageOf(err)}`);
+    }
+    let result: EvaluationResult;
+    try {
+      result = await this.evaluateHeld(request, now, warnings);
+    } catch (err) {
+      await lease?.release().catch(() => {
+        this.unreleased = lease;
+      });
+      throw err;
+    }
+    try {
+      await lease?.release();
+    } catch (err) {
+      this.unreleased = lease;
+      return { ...result, warnings: [...result.warnings, `the evaluation lease was not released (it lapses by itself): ${messageOf(err)}`] };
+    }
+    return result;
+  }
+
+  private async evaluateHeld(request: EvaluateRequest, now: number, warnings: string[]): Promise<EvaluationResult> {
+    const { metrics, target, registry } = this.deps;
     let degraded = false;
     let control: ControlState;
     try {

@@ -157,8 +157,45 @@ export interface Backlog {
   readonly droppedTo?: number;
 }
 
+/** The lease every evaluation takes (scheduled, alarm, API, local mode). */
+export const EVALUATION_LEASE = 'scaling-evaluation';
+
+/** Someone else holds a lease: who (a label, e.g. the function and request id) and until when. */
+export interface LeaseHeld {
+  readonly acquired: false;
+  readonly holder: string;
+  /** Epoch ms. */
+  readonly since: number;
+  /** Epoch ms: the lease lapses then even if its holder never releases it. */
+  readonly until: number;
+}
+
+/** A lease this process holds; `release` gives it back (idempotent). */
+export interface LeaseGranted {
+  readonly acquired: true;
+  release(): Promise<void>;
+}
+
+export type LeaseOutcome = LeaseGranted | LeaseHeld;
+
+/** How to ask for a lease. */
+export interface LeaseRequest {
+  /** Recorded as the holder, shown to whoever is refused (never used to decide ownership). */
+  readonly owner: string;
+  /** The lease lapses after this long: at most the caller's own remaining lifetime. */
+  readonly ttlMs: number;
+  /** Keep asking for this long while someone else holds it (default 0: answer at once). */
+  readonly waitMs?: number;
+  readonly signal?: AbortSignal;
+}
+
 /** The controller's view of the catalog (PostgreSQL in production and local mode). */
 export interface ControllerCatalog {
+  /**
+   * Takes the named lease, or says who holds it. One evaluation at a time across every Lambda
+   * container, local mode and API-triggered evaluations. Throws when the catalog is unreachable.
+   */
+  acquireLease(name: string, request: LeaseRequest): Promise<LeaseOutcome>;
   /** The configuration and switches in force. Throws when the catalog is unreachable. */
   loadControl(): Promise<ControlState>;
   /**

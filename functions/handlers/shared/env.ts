@@ -89,6 +89,8 @@ const schema = z
     ALARM_SERVICE_MAP_JSON: jsonText(z.record(z.string(), z.string().regex(/^[a-z][a-z0-9-]{0,62}$/))).default({}),
     /** Milliseconds kept back from the function's remaining time for recording and flushing. */
     EVALUATION_SAFETY_MARGIN_MS: z.string().regex(/^\d+$/, 'must be a whole number of milliseconds').transform(Number).default(3000),
+    /** Set by the Lambda runtime; names the holder of the evaluation lease. */
+    AWS_LAMBDA_FUNCTION_NAME: z.string().min(1).optional(),
   })
   .refine((e) => e.CATALOG_DB_SECRET_ARN !== undefined || e.CATALOG_DATABASE_URL !== undefined, catalogRequired);
 
@@ -131,6 +133,8 @@ export interface ControllerEnv {
   readonly alarmServiceMap: Readonly<Record<string, string>>;
   readonly catalog: DatabaseLocation;
   readonly safetyMarginMs: number;
+  /** The function's name (Lambda) or undefined (local mode, tests). */
+  readonly functionName?: string;
 }
 
 /** Validates the environment. Throws {@link EnvironmentError} naming every bad variable. */
@@ -166,5 +170,6 @@ export function parseControllerEnv(env: Record<string, string | undefined>): Con
     alarmServiceMap: e.ALARM_SERVICE_MAP_JSON,
     catalog: catalogLocation(e),
     safetyMarginMs: e.EVALUATION_SAFETY_MARGIN_MS,
+    ...(e.AWS_LAMBDA_FUNCTION_NAME === undefined ? {} : { functionName: e.AWS_LAMBDA_FUNCTION_NAME }),
   };
 }

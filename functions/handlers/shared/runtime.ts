@@ -89,6 +89,7 @@ export function createControllerRuntime(env: ControllerEnv, clients: AwsClients,
     log: opts.log ?? loggerDecisionLog,
     policies: getPolicy,
     fallbackConfig: env.fallbackConfig,
+    ...(env.functionName === undefined ? {} : { leaseOwner: env.functionName }),
   });
   return {
     env,

@@ -12,6 +12,7 @@ export function emitEvaluationMetrics(result: EvaluationResult, durationMs: numb
   metrics.addMetric('EvaluationDuration', MetricUnit.Milliseconds, durationMs);
   if (result.degraded) metrics.addMetric('DegradedEvaluations', MetricUnit.Count, 1);
   if (result.stopped) metrics.addMetric('StoppedEvaluations', MetricUnit.Count, 1);
+  if (result.busy) metrics.addMetric('SkippedEvaluations', MetricUnit.Count, 1);
   const byDirection = new Map<string, number>();
   const byOutcome = new Map<string, number>();
   for (const d of result.decisions) {
@@ -39,8 +40,13 @@ export function summarise(result: EvaluationResult): {
   degraded: boolean;
   decisions: Array<{ service: string; from: number; to: number; outcome: string }>;
   warnings: readonly string[];
+  /** Set when another evaluation was running: this one changed nothing. */
+  skipped?: { holder: string; since: string; until: string };
 } {
   return {
+    ...(result.busy
+      ? { skipped: { holder: result.busy.holder, since: new Date(result.busy.since).toISOString(), until: new Date(result.busy.until).toISOString() } }
+      : {}),
     stopped: result.stopped,
     degraded: result.degraded,
     decisions: result.decisions.map((d) => ({ service: d.service, from: d.from, to: d.to, outcome: d.outcome })),
@@ -51,4 +57,12 @@ export function summarise(result: EvaluationResult): {
 /** The time budget for an evaluation: what Lambda has left minus a safety margin, at least 1 s. */
 export function budgetSignal(remainingMs: number, marginMs: number): AbortSignal {
   return AbortSignal.timeout(Math.max(remainingMs - marginMs, 1000));
+}
+
+/**
+ * The evaluation lease's lifetime for an invocation: exactly what Lambda has left, since the
+ * invocation cannot outlive it (a container killed at its timeout frees the lease then).
+ */
+export function leaseTtl(remainingMs: number): number {
+  return Math.max(1000, Math.floor(remainingMs));
 }

@@ -143,23 +143,57 @@ describe('controller with its catalog', () => {
     expect(result.decisions[0]).toMatchObject({ from: 6, to: 5, outcome: 'applied', metrics: { cpu: 3, connectionsPerTask: 0, requestCount: 0 } });
   });
 
-  it('lets exactly one of two concurrent evaluations act; the other records that it stood aside', async () => {
-    const { store } = await freshCatalog();
+  it('lets exactly one of two concurrent evaluations run; the other stands aside at once, changes nothing and says who runs', async () => {
+    const { store, pool } = await freshCatalog();
     givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    // The evaluation that wins the lease stops inside UpdateService until the other has answered.
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
     ecs.on(UpdateServiceCommand).callsFake(async () => {
-      await new Promise((r) => setTimeout(r, 400));
+      await gate;
       return {};
     });
     const a = controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) });
     const b = controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) });
 
-    const results = await Promise.all([a.evaluate({ trigger: 'schedule' }), b.evaluate({ trigger: 'alarm', actor: 'alarm:cpu-high' })]);
+    const pending = [a.evaluate({ trigger: 'schedule' }), b.evaluate({ trigger: 'alarm', actor: 'alarm:cpu-high' })];
+    const standing = await Promise.race(pending);
+    open();
+    const results = await Promise.all(pending);
 
+    expect(standing.busy?.holder).toMatch(/^scaling-controller \((schedule|alarm by alarm:cpu-high)\)$/);
+    expect(standing.decisions).toEqual([]);
+    expect(standing.warnings).toEqual([expect.stringContaining('another evaluation is running')]);
+    expect(results.filter((r) => r.busy === undefined).map((r) => r.decisions[0]?.outcome)).toEqual(['applied']);
     expect(updates()).toEqual([4]);
-    expect(results.map((r) => r.decisions[0]?.outcome).sort()).toEqual(['applied', 'skipped']);
-    const history = await store.listDecisions();
-    expect(history.map((d) => d.outcome).sort()).toEqual(['applied', 'skipped']);
-    expect(history.find((d) => d.outcome === 'skipped')?.error).toBe('another evaluation holds this service; stood aside');
+    expect((await store.listDecisions()).map((d) => d.outcome)).toEqual(['applied']);
+    expect((await pool.query('select count(*)::int as n from catalog.leases')).rows[0]).toEqual({ n: 0 });
+  });
+
+  it('takes over the lease of an evaluation that died holding it once the lease has lapsed', async () => {
+    const { store, pool } = await freshCatalog();
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    const dead = await store.acquireLease('scaling-evaluation', { owner: 'a container that froze', ttlMs: 60_000 });
+    const blocked = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    await pool.query("update catalog.leases set acquired_at = now() - interval '2 minutes', expires_at = now() - interval '1 minute'");
+
+    const after = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    expect(dead.acquired).toBe(true);
+    expect(blocked.busy?.holder).toBe('a container that froze');
+    expect(after.busy).toBeUndefined();
+    expect(after.decisions.map((d) => d.outcome)).toEqual(['applied']);
+  });
+
+  it('lets an alarm evaluation wait for the running one instead of standing aside', async () => {
+    const { store } = await freshCatalog();
+    const running = await store.acquireLease('scaling-evaluation', { owner: 'scaling-evaluate (schedule)', ttlMs: 60_000 });
+    const waiting = store.acquireLease('scaling-evaluation', { owner: 'scaling-alarm (alarm)', ttlMs: 60_000, waitMs: 30_000 });
+    if (running.acquired) await running.release();
+
+    const granted = await waiting;
+
+    expect(granted.acquired).toBe(true);
   });
 
   it('keeps working while the catalog is down and writes what it did once it is back', async () => {

@@ -155,7 +155,7 @@ function cpuAlarm(state: 'ALARM' | 'OK' = 'ALARM', name = 'ca-dms-web-cpu-high')
 async function clearCatalog(): Promise<void> {
   const c = new pg.Client({ connectionString: server.url });
   await c.connect();
-  await c.query('truncate catalog.scaling_decisions, catalog.service_state, catalog.scaling_alarms, catalog.scaling_switches');
+  await c.query('truncate catalog.scaling_decisions, catalog.service_state, catalog.scaling_alarms, catalog.scaling_switches, catalog.leases');
   await c.end();
 }
 
@@ -202,6 +202,34 @@ describe('evaluate handler', () => {
     );
   });
 
+  it('stands aside while another evaluation holds the lease, says who, and counts it', async () => {
+    const rt = container({ AWS_LAMBDA_FUNCTION_NAME: 'ca-dms-scaling-alarm' });
+    const other = await rt.catalog.acquireLease('scaling-evaluation', { owner: 'ca-dms-scaling-alarm (alarm)', ttlMs: 60_000 });
+
+    const response = await createEvaluateHandler(() => rt)(scheduled, context);
+
+    expect(other.acquired).toBe(true);
+    expect(response).toMatchObject({ accepted: true, decisions: [], skipped: { holder: 'ca-dms-scaling-alarm (alarm)' } });
+    expect([cw.calls().length, ecs.calls().length]).toEqual([0, 0]);
+    expect(stdout.filter((l) => '_aws' in l)).toEqual(expect.arrayContaining([expect.objectContaining({ SkippedEvaluations: 1 })]));
+  });
+
+  it('names the function as the lease holder while it evaluates', async () => {
+    const rt = container({ AWS_LAMBDA_FUNCTION_NAME: 'ca-dms-scaling-evaluate' });
+    // Another container (the function's pool has one connection, busy with the evaluation).
+    const probe = container();
+    let holder: string | undefined;
+    ecs.on(UpdateServiceCommand).callsFake(async () => {
+      const seen = await probe.catalog.acquireLease('scaling-evaluation', { owner: 'probe', ttlMs: 1000 });
+      holder = seen.acquired ? undefined : seen.holder;
+      return {};
+    });
+
+    await createEvaluateHandler(() => rt)(scheduled, context);
+
+    expect(holder).toBe('ca-dms-scaling-evaluate (schedule)');
+  });
+
   it('rejects a malformed event, naming the fields, without evaluating anything', async () => {
     const rt = container();
     const handler = createEvaluateHandler(() => rt);
@@ -231,6 +259,21 @@ describe('alarm handler', () => {
     expect(response.records).toEqual([{ messageId: 'm-1', outcome: 'evaluated', service: 'web' }]);
     expect(ecs.commandCalls(UpdateServiceCommand).map((c) => c.args[0].input.desiredCount)).toEqual([4]);
     expect((await rt.catalog.listDecisions())[0]).toMatchObject({ service: 'web', trigger: 'alarm', actor: 'alarm:ca-dms-web-cpu-high' });
+  });
+
+  it('skips an alarm cleanly, saying so, when another evaluation still runs after its wait', async () => {
+    const rt = container();
+    await rt.catalog.acquireLease('scaling-evaluation', { owner: 'ca-dms-scaling-evaluate (schedule)', ttlMs: 60_000 });
+    // 4 s left and a 3 s margin: the alarm waits half of the rest, 0.5 s, for the lease.
+    const short: Context = { ...context, getRemainingTimeInMillis: () => 4_000 };
+
+    const response = await createAlarmHandler(() => rt)(snsEvent('m-busy', cpuAlarm()), short);
+
+    expect(response.records).toEqual([
+      { messageId: 'm-busy', outcome: 'skipped', service: 'web', detail: expect.stringContaining('ca-dms-scaling-evaluate (schedule)') as unknown as string },
+    ]);
+    expect(ecs.commandCalls(UpdateServiceCommand)).toHaveLength(0);
+    expect((await rt.catalog.listDecisions()).length).toBe(0);
   });
 
   it('acts once when SNS delivers the same message twice, even to two containers', async () => {

@@ -1,0 +1,104 @@
+/**
+ * Named leases in the catalog (`catalog.leases`, catalog migration 004): at most one holder of a
+ * piece of work at a time (the scaling evaluation, the shard moves worker) across Lambda
+ * containers, local mode and API calls. This replaces Lambda reserved concurrency 1, which a
+ * new account cannot grant.
+ *
+ * A lease is one row, taken by one `insert ... on conflict do update ... where expired` and
+ * given back by one `delete`: no transaction or session lock stays open, so it pins no RDS
+ * Proxy connection and survives a pool of one connection. Each grant gets a fresh token, so
+ * only its own grant can release it; a holder that dies lets the lease lapse at `ttlMs`.
+ * Expiry is judged by the database clock alone (`now()`), never by a caller's clock.
+ *
+ * @example
+ * ```ts
+ * const leases = new LeaseStore(pool);
+ * const lease = await leases.acquire('scaling-evaluation', { owner: 'scaling-evaluate/req-1', ttlMs: 50_000 });
+ * if (lease.acquired) try { ... } finally { await lease.release(); }
+ * else console.log(`busy: ${lease.holder} since ${new Date(lease.since).toISOString()}`);
+ * ```
+ */
+import { randomUUID } from 'node:crypto';
+import type pg from 'pg';
+import { EVALUATION_LEASE, type LeaseOutcome, type LeaseRequest } from '../../core/scaling/ports.js';
+
+/** The lease names in use, so no two kinds of work share one by accident. */
+export const LEASES = {
+  /** Every scaling evaluation: scheduled, alarm-triggered, API-triggered, local mode. */
+  evaluation: EVALUATION_LEASE,
+  /** The shard moves worker (jobs run in order, one worker at a time). */
+  movesWorker: 'shard-moves-worker',
+} as const;
+
+/** A bad lease request (programming error); nothing was written. */
+export class LeaseError extends Error {
+  override readonly name = 'LeaseError';
+}
+
+const POLL_MS = 250;
+/** Longer than any Lambda invocation (15 min): a bigger TTL is a caller's mistake. */
+const MAX_TTL_MS = 16 * 60 * 1000;
+
+const ACQUIRE = `
+  insert into catalog.leases as l (name, holder, acquired_at, expires_at)
+  values ($1, $2, now(), now() + $3::integer * interval '1 millisecond')
+  on conflict (name) do update
+    set holder = excluded.holder, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
+    where l.expires_at <= now()
+  returning holder`;
+
+const CURRENT = 'select holder, acquired_at, expires_at from catalog.leases where name = $1';
+
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
+
+export class LeaseStore {
+  constructor(private readonly source: pg.Pool | (() => Promise<pg.Pool>)) {}
+
+  private async db(): Promise<pg.Pool> {
+    return typeof this.source === 'function' ? this.source() : this.source;
+  }
+
+  /** Takes `name` for `request.ttlMs`, or reports its holder (after waiting up to `waitMs`). */
+  async acquire(name: string, request: LeaseRequest): Promise<LeaseOutcome> {
+    if (!Number.isInteger(request.ttlMs) || request.ttlMs < 1 || request.ttlMs > MAX_TTL_MS) {
+      throw new LeaseError(`lease ${name}: ttlMs must be a whole number of milliseconds in 1..${MAX_TTL_MS} (got ${request.ttlMs})`);
+    }
+    const token = `${request.owner} ${randomUUID()}`;
+    const deadline = Date.now() + (request.waitMs ?? 0);
+    for (;;) {
+      const db = await this.db();
+      const taken = await db.query(ACQUIRE, [name, token, request.ttlMs]);
+      if (taken.rowCount === 1) {
+        let released = false;
+        return {
+          acquired: true,
+          release: async () => {
+            if (released) return;
+            await (await this.db()).query('delete from catalog.leases where name = $1 and holder = $2', [name, token]);
+            // Only once the row is gone: a release that failed can be tried again.
+            released = true;
+          },
+        };
+      }
+      const { rows } = await db.query<{ holder: string; acquired_at: Date; expires_at: Date }>(CURRENT, [name]);
+      const row = rows[0];
+      // Released between the two statements: try again at once.
+      if (row === undefined) continue;
+      if (Date.now() + POLL_MS > deadline || request.signal?.aborted === true) {
+        // The token's random part identifies a grant, not a holder: show the owner only.
+        return { acquired: false, holder: row.holder.replace(/ [0-9a-f-]{36}$/, ''), since: row.acquired_at.getTime(), until: row.expires_at.getTime() };
+      }
+      await sleep(POLL_MS, request.signal);
+    }
+  }
+}
