@@ -39,4 +39,9 @@ for k in vectors["keys"]:
     assert ref["route_hash"](four, k["key"]) == k["shardFourEqual"], k["key"]
     assert ref["route_hash"](five, k["key"]) == k["shardAfterFifth"], k["key"]
     checked += 1
+for f in vectors["keyForms"]["forms"]:
+    assert ref["canonical_key"](f["key"]) == f["canonical"], f["key"]
+    assert ref["slot_of"](f["key"]) == f["slot"], f["key"]
+    assert ref["route_hash"](four, f["key"]) == f["shardFourEqual"], f["key"]
+    checked += 1
 print("python reference matches all %d vectors" % checked)

@@ -22,6 +22,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
+import { uuidForm } from '../core/sharding/keys.js';
 import type { ShardRouter } from '../core/sharding/router.js';
 import type { ExtraRoute } from '../adapters/http/local-server.js';
 import type { ReplicaReader } from '../adapters/postgres/replica-reader.js';
@@ -37,7 +38,13 @@ export interface DocumentsApiDeps {
 const PREFIX = '/api/v1';
 const MAX_BODY = 256 * 1024;
 
-const uuid = z.uuid({ message: 'must be a UUID' });
+// Every spelling of a UUID (any case, braces, urn:uuid:) becomes the canonical form the router
+// hashes: the same user must never be looked up on one shard and stored on another.
+const uuid = z.string().transform((text, ctx) => {
+  const id = uuidForm(text);
+  if (id === undefined) ctx.addIssue({ code: 'custom', message: 'must be a UUID, e.g. 3f2c1d9e-8a7b-4c6d-9e0f-112233445566' });
+  return id ?? z.NEVER;
+});
 const limit = z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(1).max(200)).optional();
 const readAfter = z
   .string()

@@ -15,6 +15,7 @@
  * ```
  */
 import type pg from 'pg';
+import { canonicalKey } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
 
@@ -77,7 +78,8 @@ export class DirectoryStore implements DirectoryLookup {
   }
 
   /** The shard `key` is pinned to, or `null`; served from the TTL cache when fresh. */
-  async get(key: string): Promise<string | null> {
+  async get(rawKey: string): Promise<string | null> {
+    const key = canonicalKey(rawKey);
     const cached = this.cache.get(key);
     if (cached !== undefined) return cached.value;
     const { rows } = await this.pool.query<{ shard_id: string }>('select shard_id from catalog.shard_directory where key = $1', [key]);
@@ -87,13 +89,16 @@ export class DirectoryStore implements DirectoryLookup {
   }
 
   /** The full entry, read from the catalog (never cached). */
-  async entry(key: string, client: Queryable = this.pool): Promise<DirectoryEntry | null> {
+  async entry(rawKey: string, client: Queryable = this.pool): Promise<DirectoryEntry | null> {
+    const key = canonicalKey(rawKey);
     const { rows } = await client.query<Row>('select key, shard_id, version, updated_at, updated_by from catalog.shard_directory where key = $1', [key]);
     return rows[0] ? toEntry(rows[0]) : null;
   }
 
   /** Pins `key` to `shardId` (insert or update, bumping the entry's version). */
-  async set(key: string, shardId: string, by: string, client: Queryable = this.pool): Promise<DirectoryEntry> {
+  async set(rawKey: string, shardId: string, by: string, client: Queryable = this.pool): Promise<DirectoryEntry> {
+    // Stored in canonical form, the form the router looks up (a pin under an upper-case UUID would never match).
+    const key = canonicalKey(rawKey);
     if (key === '') throw new DirectoryError('directory keys must not be empty');
     if (by.trim() === '') throw new DirectoryError('every directory change records who made it; "by" must not be empty');
     if (this.shards && !this.shards.has(shardId)) throw new DirectoryError(`shard ${shardId} is not configured (known: ${[...this.shards].join(', ')})`);
@@ -109,7 +114,8 @@ export class DirectoryStore implements DirectoryLookup {
   }
 
   /** Removes the pin; returns whether there was one. The key then follows the fallback. */
-  async delete(key: string, client: Queryable = this.pool): Promise<boolean> {
+  async delete(rawKey: string, client: Queryable = this.pool): Promise<boolean> {
+    const key = canonicalKey(rawKey);
     const { rowCount } = await client.query('delete from catalog.shard_directory where key = $1', [key]);
     this.cache.invalidate(key);
     return (rowCount ?? 0) > 0;

@@ -39,7 +39,7 @@
  */
 import type pg from 'pg';
 import { z } from 'zod';
-import { slotOf } from '../../core/sharding/hash.js';
+import { canonicalKey, keySlot } from '../../core/sharding/keys.js';
 import {
   assertTransition,
   canCancel,
@@ -335,8 +335,8 @@ export class Mover {
       excluded = await this.directoryKeysIn(slot);
       versionBefore = map.version;
     } else {
-      unitId = req.key;
-      slot = slotOf(unitId);
+      unitId = canonicalKey(req.key);
+      slot = keySlot(unitId);
       const entry = await this.options.directory.entry(unitId);
       from = entry?.shardId ?? (map.assignments[slot] as string);
       versionBefore = entry?.version ?? 0;
@@ -368,7 +368,7 @@ export class Mover {
     const keys: string[] = [];
     for (let after: string | undefined; ; ) {
       const page = await this.options.directory.list({ limit: 1000, ...(after === undefined ? {} : { after }) });
-      keys.push(...page.map((e) => e.key).filter((k) => slotOf(k) === slot));
+      keys.push(...page.map((e) => e.key).filter((k) => keySlot(k) === slot));
       if (page.length < 1000) return keys;
       after = page[page.length - 1]?.key;
     }

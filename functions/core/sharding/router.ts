@@ -7,7 +7,9 @@
  * - `range_based`: the configured range holding the key.
  * - `directory_based`: the catalog directory; keys not in it fall back to hash or are rejected.
  *
- * `route()` is synchronous and allocation-light (the hot path); `resolve()` first asks the
+ * Every key is first normalised by {@link canonicalKey} (a UUID in any accepted spelling becomes
+ * its lowercase form), here and nowhere else on the routing path, so every spelling of a key
+ * lands in one slot. `route()` is synchronous and allocation-light (the hot path); `resolve()` first asks the
  * directory (through the {@link DirectoryLookup} port, cached by the adapter) when the
  * strategy needs it. The slot is always the hash slot of the key, whatever the strategy: it is
  * what the reference schema stores on users and documents so that moves can find rows by slot.
@@ -23,6 +25,7 @@
 import type { ShardConfig, ShardingConfig, ShardingStrategy } from './config.js';
 import { RoutingError, SlotMapError } from './errors.js';
 import { SLOT_COUNT, slotOf } from './hash.js';
+import { canonicalKey, canonicalUuid } from './keys.js';
 import { buildSlotMap, type SlotMap } from './slot-map.js';
 import { compileRanges, findRange, normaliseRangeValue, type CompiledRange, type RangeKey } from './strategies/range.js';
 
@@ -58,19 +61,7 @@ export interface DocumentRef {
   readonly ownerId: string;
 }
 
-/**
- * The canonical string of a key, which is what gets hashed: strings as they are, safe integers
- * in decimal, `Date`s as ISO 8601 UTC with milliseconds (`toISOString()`).
- */
-export function canonicalKey(key: RangeKey): string {
-  if (typeof key === 'string') return key;
-  if (typeof key === 'number') {
-    if (!Number.isSafeInteger(key)) throw new RoutingError('invalid-key', `numeric keys must be safe integers, got ${key}`);
-    return String(key);
-  }
-  if (Number.isNaN(key.getTime())) throw new RoutingError('invalid-key', 'the key is an invalid Date');
-  return key.toISOString();
-}
+export { canonicalKey } from './keys.js';
 
 export class ShardRouter {
   private map: SlotMap;
@@ -126,11 +117,13 @@ export class ShardRouter {
 
   /** Routes a key synchronously. Throws {@link RoutingError} when the key cannot be routed. */
   route(key: RangeKey, options?: RouteOptions): Route {
-    const slot = typeof key === 'string' ? slotOf(key) : slotOf(canonicalKey(key));
+    // The one place keys are normalised: every spelling of a key must hash to the same slot.
+    const text = canonicalKey(key);
+    const slot = slotOf(text);
     const { strategy } = this.config;
     if (!this.config.enabled) return { shardId: this.config.default_shard, slot, mapVersion: this.map.version, strategy, source: 'default' };
     const pinned = options?.directoryShard;
-    if (strategy === 'range_based') return this.routeRange(key, slot);
+    if (strategy === 'range_based') return this.routeRange(typeof key === 'string' && this.config.range_key_type === 'string' ? text : key, slot);
     if (typeof pinned === 'string' && (strategy === 'directory_based' || this.config.directory.override_hash)) {
       if (!this.shards.has(pinned)) throw new RoutingError('unknown-shard', `the directory pins key ${JSON.stringify(String(key))} to shard ${pinned}, which is not configured`);
       return { shardId: pinned, slot, mapVersion: this.map.version, strategy, source: 'directory' };
@@ -142,9 +135,9 @@ export class ShardRouter {
     return { shardId: this.map.assignments[slot] as string, slot, mapVersion: this.map.version, strategy, source: 'hash' };
   }
 
-  /** Co-location: a document routes exactly like its owner's user id. */
+  /** Co-location: a document routes exactly like its owner's user id, which must be a UUID (any accepted form). */
   routeDocument(doc: DocumentRef, options?: RouteOptions): Route {
-    return this.route(doc.ownerId, options);
+    return this.route(canonicalUuid(doc.ownerId), options);
   }
 
   /** Routes a key, asking the directory first when the strategy needs it. */
@@ -161,8 +154,8 @@ export class ShardRouter {
   }
 
   /** Co-location, asynchronous form of {@link routeDocument}. */
-  resolveDocument(doc: DocumentRef, options?: RouteOptions): Promise<Route> {
-    return this.resolve(doc.ownerId, options);
+  async resolveDocument(doc: DocumentRef, options?: RouteOptions): Promise<Route> {
+    return this.resolve(canonicalUuid(doc.ownerId), options);
   }
 
   private routeRange(key: RangeKey, slot: number): Route {

@@ -155,6 +155,16 @@ describe('catalog stores for routing (real PostgreSQL)', () => {
       expect(await directory.get('tenant-3')).toBeNull();
     });
 
+    it('keeps a UUID key in its canonical form, so every spelling finds the same pin', async () => {
+      const directory = new DirectoryStore(pool, { shards: SHARDS });
+      const id = '9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d';
+      await directory.set(`{${id.toUpperCase()}}`, 'shard_002', 'ops');
+      expect(await new DirectoryStore(pool).get(id)).toBe('shard_002');
+      expect((await directory.entry(`urn:uuid:${id}`))?.key).toBe(id);
+      expect(await directory.delete(id.replaceAll('-', ''))).toBe(true);
+      expect(await new DirectoryStore(pool).get(id)).toBeNull();
+    });
+
     it('refuses a shard that is not configured', async () => {
       await expect(new DirectoryStore(pool, { shards: SHARDS }).set('tenant-4', 'shard_404', 'ops')).rejects.toBeInstanceOf(DirectoryError);
       expect(await new DirectoryStore(pool).get('tenant-4')).toBeNull();

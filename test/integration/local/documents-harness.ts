@@ -1,0 +1,86 @@
+/**
+ * The documents API over real PostgreSQL: one test server holding a catalog database and two
+ * shard databases (migrated), the sharding runtime local mode builds, and the route served by a
+ * bare `node:http` server on a loopback port.
+ *
+ * @example
+ * ```ts
+ * const docs = await startDocumentsApi();
+ * const res = await fetch(`${docs.url}/api/v1/users`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"email":"a@example.org","display_name":"A"}' });
+ * await docs.stop();
+ * ```
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
+import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
+import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
+import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+
+const migrations = resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations');
+
+export interface DocumentsApi {
+  readonly url: string;
+  readonly sharding: ShardingRuntime;
+  readonly server: TestPostgres;
+  /** The primary pool of a shard, for checking rows behind the API. */
+  primary(shardId: string): pg.Pool;
+  /** JSON request helper: parsed body (or null), status and headers. */
+  request(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any; headers: Headers }>; // eslint-disable-line @typescript-eslint/no-explicit-any -- tests read arbitrary JSON answers
+  stop(): Promise<void>;
+}
+
+export async function startDocumentsApi(): Promise<DocumentsApi> {
+  const server = await startTestPostgres();
+  const admin = new pg.Client({ connectionString: server.url });
+  await admin.connect();
+  for (const db of ['catalog', 'shard_001', 'shard_002']) await admin.query(`create database ${db}`);
+  await admin.end();
+  const catalog = new pg.Pool({ connectionString: server.urlFor('catalog'), max: 4 });
+  await runMigrations(catalog, 'sharding', resolve(migrations, 'sharding'));
+  const config = parseShardingConfig({
+    shards: ['shard_001', 'shard_002'].map((id) => ({ shard_id: id, database_url: server.urlFor(id) })),
+    default_shard: 'shard_001',
+  });
+  const sharding = await createShardingRuntime({ config, catalog, actor: 'test', readReplicas: true });
+  await Promise.all([...sharding.primaries.values()].map((p) => runMigrations(p, 'shard', resolve(migrations, 'shard'))));
+  const reader = sharding.reader;
+  if (reader === undefined) throw new Error('the runtime built no replica reader');
+  const route = createDocumentsRoute({ writer: sharding.writer, reader, router: sharding.router, shardIds: ['shard_001', 'shard_002'] });
+  const http: Server = createServer((req, res) => {
+    void Promise.resolve(route(req, res)).then((handled) => {
+      if (!handled) res.writeHead(404).end();
+    });
+  });
+  await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
+  const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+  return {
+    url,
+    sharding,
+    server,
+    primary(shardId) {
+      const pool = sharding.primaries.get(shardId);
+      if (!pool) throw new Error(`no shard ${shardId}`);
+      return pool;
+    },
+    async request(method, path, body, headers = {}) {
+      const res = await fetch(`${url}${path}`, {
+        method,
+        headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+        ...(body === undefined ? {} : { body: typeof body === 'string' ? body : JSON.stringify(body) }),
+      });
+      const text = await res.text();
+      return { status: res.status, body: text === '' ? null : JSON.parse(text), headers: res.headers };
+    },
+    async stop() {
+      await new Promise<void>((ok) => http.close(() => ok()));
+      await sharding.close();
+      await catalog.end();
+      await server.stop();
+    },
+  };
+}
