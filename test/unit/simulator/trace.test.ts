@@ -35,8 +35,12 @@ describe('parseTraceCsv', () => {
     expect(() => parseTraceCsv('2014-07-01T00:05:00Z,1\n2014-07-01T00:01:00Z,2\n')).toThrow(/line 2: .*previous row's \(line 1\)/);
   });
 
-  it('rejects a repeated timestamp', () => {
-    expect(() => parseTraceCsv('2014-07-01T00:05:00Z,1\n2014-07-01T00:05:00Z,2\n')).toThrow(TraceError);
+  it('rejects a repeated timestamp, naming its line and the earlier one', () => {
+    expect(() => parseTraceCsv('t,v\n2014-07-01T00:05:00Z,1\n2014-07-01T00:05:00Z,2\n')).toThrow(/line 3: timestamp 2014-07-01T00:05:00Z is not after the previous row's \(line 2\)/);
+  });
+
+  it('rejects a trace with a single data row, naming its line', () => {
+    expect(() => parseTraceCsv('timestamp,value\n\n2014-07-01T00:05:00Z,1\n')).toThrow(/line 3: the only data row; a trace needs at least two rows/);
   });
 
   it('rejects a row with the wrong number of fields', () => {

@@ -54,9 +54,9 @@ export function parseTimestamp(text: string): number | undefined {
 
 /**
  * Parses a `timestamp,value` CSV (an optional header row, blank lines ignored). Timestamps must
- * strictly increase; values must be finite and non-negative.
+ * strictly increase; values must be finite and non-negative; at least two data rows.
  *
- * @throws {TraceError} naming the line of the first bad row, or when there is no data row.
+ * @throws {TraceError} naming the line of the first bad row, or when there are fewer than two data rows.
  * @example
  * ```ts
  * parseTraceCsv('timestamp,value\n2014-07-01T00:00:00Z,10844\n2014-07-01T00:30:00Z,8127\n');
@@ -99,6 +99,8 @@ export function parseTraceCsv(text: string): TracePoint[] {
     previousLine = lineNo;
   }
   if (points.length === 0) throw new TraceError('the trace has no data rows');
+  // One row has no duration: nothing to resample or replay.
+  if (points.length === 1) throw new TraceError('the only data row; a trace needs at least two rows to replay', previousLine);
   return points;
 }
 
