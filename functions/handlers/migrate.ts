@@ -53,7 +53,9 @@ export function createMigrateHandler(deps: () => { env: MigrationEnv; clients: P
     const { env, clients } = deps();
     const pools: pg.Pool[] = [];
     try {
-      const overrides = { statement_timeout: 0, query_timeout: 0, connectionTimeoutMillis: 10_000 };
+      // Migrations lift the statement timeout per transaction (runMigrations); no client-side
+      // query deadline either, since one long index build is legitimate.
+      const overrides = { query_timeout: 0, connectionTimeoutMillis: 10_000 };
       const catalog = await createPool(env.catalog, clients.secrets, overrides);
       pools.push(catalog);
       const shards: pg.Pool[] = [];

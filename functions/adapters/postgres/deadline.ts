@@ -1,6 +1,10 @@
 /**
  * Bounded work on one pooled connection: connecting and every query inside `fn` share one
- * deadline. When it passes, the connection is destroyed (never returned to the pool), so a hung
+ * deadline. `fn` runs in a transaction whose `statement_timeout` (SET LOCAL: it ends with the
+ * transaction, sets no session state and so pins no RDS Proxy connection beyond it) is the time
+ * left, so the server itself cancels a statement still running at the deadline instead of
+ * working on for a caller that gave up. When the deadline passes on the client (a node that
+ * does not answer at all), the connection is destroyed (never returned to the pool), so a hung
  * node costs one timeout and leaves no stuck connection behind.
  *
  * @example
@@ -31,6 +35,7 @@ export async function withNodeDeadline<T>(pool: pg.Pool, timeoutMs: number, node
     released = true;
     client.release(error);
   };
+  const started = Date.now();
   const work = (async () => {
     const c = await pool.connect();
     client = c;
@@ -39,7 +44,10 @@ export async function withNodeDeadline<T>(pool: pg.Pool, timeoutMs: number, node
       throw new NodeTimeoutError(nodeId, timeoutMs);
     }
     try {
+      const left = Math.max(1, Math.ceil(timeoutMs - (Date.now() - started)));
+      await c.query(`begin; set local statement_timeout = ${left}`);
       const result = await fn(c);
+      await c.query('commit');
       release();
       return result;
     } catch (error) {

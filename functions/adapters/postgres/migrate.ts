@@ -91,6 +91,10 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string): Pr
     for (const mig of migrations.slice(rows.length)) {
       try {
         await client.query('begin');
+        // A migration may run long (an index on a big table); the role's default statement
+        // timeout (catalog migration 005) is for the functions' queries. Transaction-scoped, so
+        // it neither outlives the migration nor sets session state.
+        await client.query('set local statement_timeout = 0');
         await client.query(mig.sql);
         await client.query('insert into catalog.schema_migrations (set_name, version, name, checksum) values ($1, $2, $3, $4)', [
           set,

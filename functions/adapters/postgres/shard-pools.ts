@@ -15,6 +15,7 @@
 import pg from 'pg';
 import type { ShardConfig } from '../../core/sharding/config.js';
 import { RoutingError } from '../../core/sharding/errors.js';
+import { withRdsTls } from './tls.js';
 import type { NodeRole } from '../../core/sharding/health.js';
 
 export interface ShardNode {
@@ -64,7 +65,8 @@ export class ShardPools {
     const pools = new ShardPools();
     const make = (shardId: string, nodeId: string, role: NodeRole, url: string): ShardNode => {
       const pool = new pg.Pool({
-        connectionString: url,
+        // Verified TLS against the RDS CAs (the URL's sslmode would replace it with Node's CAs).
+        ...withRdsTls(url),
         max: options.max ?? 10,
         connectionTimeoutMillis: options.connectionTimeoutMillis ?? 2000,
         idleTimeoutMillis: options.idleTimeoutMillis ?? 30_000,

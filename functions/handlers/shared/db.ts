@@ -1,20 +1,32 @@
 /**
- * PostgreSQL pools for the control-plane functions: one connection per container (a Lambda
- * handles one event at a time), credentials from Secrets Manager, TLS always verified.
+ * PostgreSQL pools for the control-plane functions: one connection per container by default (a
+ * Lambda handles one event at a time; callers that need more pass `max`), credentials from
+ * Secrets Manager, TLS always verified against the Amazon RDS CAs shipped with the code
+ * (`../../adapters/postgres/tls.ts`). Loopback hosts (local mode, tests) are the only
+ * connections made without TLS.
  *
- * RDS Proxy presents ACM certificates that Node already trusts; direct connections to RDS
- * instances need the Amazon RDS certificate authorities, which the Lambda runtime ships: the
- * CDK app sets `NODE_EXTRA_CA_CERTS=/var/runtime/ca-cert.pem`. Loopback URLs (local mode,
- * tests) are the only connections allowed without TLS.
+ * Credentials rotate (Secrets Manager, every 30 days, alternating users): a warm container keeps
+ * its pool, so when a new connection is refused for its credentials (SQLSTATE 28P01
+ * invalid_password or 28000 invalid_authorization_specification) the pool re-reads the secret,
+ * takes its user name and password (the alternating-users rotation switches the user) for every
+ * later connection, and retries once. Open connections are unaffected by a rotation.
+ *
+ * RDS Proxy: nothing here sets session state. In particular no `statement_timeout` startup
+ * parameter, which RDS Proxy does not recognise (its PostgreSQL startup message accepts user,
+ * database, replication, application_name, client_encoding, DateStyle, TimeZone and
+ * extra_float_digits): the catalog's statement timeout is the role's default in that database
+ * (catalog migration 005), which needs no statement and pins nothing.
  *
  * @example
  * ```ts
  * const pool = await createPool({ secretArn: process.env.CATALOG_DB_SECRET_ARN }, awsClients().secrets);
+ * const bigger = await createPool(location, secrets, { max: 4 });
  * ```
  */
 import { GetSecretValueCommand, type SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import pg from 'pg';
 import { z } from 'zod';
+import { withRdsTls, tlsFor } from '../../adapters/postgres/tls.js';
 import type { DatabaseLocation } from './env.js';
 
 /** The database secret could not be read or does not have the expected shape. */
@@ -32,19 +44,30 @@ export const databaseSecretSchema = z.object({
 });
 export type DatabaseSecret = z.infer<typeof databaseSecretSchema>;
 
-const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1', '[::1]']);
-/** Re-read the secret for new connections after this long, so rotation is picked up. */
-const SECRET_TTL_MS = 5 * 60 * 1000;
+/**
+ * The statement timeout the catalog role gets by default (catalog migration 005). The client's
+ * own `query_timeout` is a little longer: it only fires when the server cannot answer at all
+ * (a dead network), since the server cancels a slow statement first.
+ */
+export const CATALOG_STATEMENT_TIMEOUT_MS = 10_000;
 
-const POOL_DEFAULTS = {
+/** Pool options every function starts from; `createPool`'s `overrides` replace any of them. */
+export const POOL_DEFAULTS = {
   max: 1,
   connectionTimeoutMillis: 3000,
   // Long enough to reuse the connection across warm invocations.
   idleTimeoutMillis: 120_000,
-  query_timeout: 10_000,
-  statement_timeout: 10_000,
+  query_timeout: CATALOG_STATEMENT_TIMEOUT_MS + 2000,
   keepAlive: true,
-} as const;
+} as const satisfies pg.PoolConfig;
+
+/** SQLSTATEs of a refused login: wrong password, or no such user (the alternating user not there yet or gone). */
+const AUTH_FAILURES = new Set(['28P01', '28000']);
+
+/** Whether `err` is PostgreSQL refusing the credentials. */
+export function isAuthenticationFailure(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && AUTH_FAILURES.has(String((err as { code?: unknown }).code));
+}
 
 /** Reads and validates an RDS-style database secret. Throws {@link DatabaseSecretError}. */
 export async function readSecret(secrets: SecretsManagerClient, secretArn: string): Promise<DatabaseSecret> {
@@ -67,44 +90,94 @@ export async function readSecret(secrets: SecretsManagerClient, secretArn: strin
   return parsed.data;
 }
 
-function withErrorListener(pool: pg.Pool): pg.Pool {
+function withErrorListener<P extends pg.Pool>(pool: P): P {
   // An idle connection dropped while the container was frozen must not crash the process;
   // the next query reconnects.
   pool.on('error', () => undefined);
   return pool;
 }
 
+type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void;
+
+/**
+ * A pool whose credentials come from a secret: a login refused for its credentials re-reads the
+ * secret (once for any number of connections refused together) and retries with what it says.
+ * `pool.query` goes through `connect`, so both are covered.
+ */
+export class SecretPool extends pg.Pool {
+  #refreshing: Promise<void> | undefined;
+  /** Bumped by every refresh: a login that started before it tried the old credentials. */
+  #generation = 0;
+
+  constructor(
+    config: pg.PoolConfig,
+    private readonly reload: () => Promise<DatabaseSecret>,
+  ) {
+    super(config);
+  }
+
+  /** Re-reads the secret and uses its user and password for every new connection. */
+  async refreshCredentials(): Promise<void> {
+    this.#refreshing ??= (async () => {
+      try {
+        const secret = await this.reload();
+        this.options.user = secret.username;
+        this.options.password = secret.password;
+        this.#generation += 1;
+      } finally {
+        this.#refreshing = undefined;
+      }
+    })();
+    return this.#refreshing;
+  }
+
+  override connect(): Promise<pg.PoolClient>;
+  override connect(callback: ConnectCallback): void;
+  override connect(callback?: ConnectCallback): Promise<pg.PoolClient> | undefined {
+    const attempt = async (): Promise<pg.PoolClient> => {
+      const generation = this.#generation;
+      try {
+        return await super.connect();
+      } catch (err) {
+        if (!isAuthenticationFailure(err)) throw err;
+        // Logins refused together, or after another one already re-read the secret, share it.
+        if (generation === this.#generation) await this.refreshCredentials();
+        return super.connect();
+      }
+    };
+    const connected = attempt();
+    if (callback === undefined) return connected;
+    connected.then(
+      (client) => callback(undefined, client, (release) => client.release(release as Error | boolean | undefined)),
+      (err: unknown) => callback(err instanceof Error ? err : new Error(String(err)), undefined, () => undefined),
+    );
+    return undefined;
+  }
+}
+
 /** Builds a pool for a database location (a secret, or a URL). */
 export async function createPool(location: DatabaseLocation, secrets: SecretsManagerClient | undefined, overrides: pg.PoolConfig = {}): Promise<pg.Pool> {
   if (location.url !== undefined) {
-    const url = new URL(location.url);
-    const loopback = LOOPBACK.has(url.hostname);
-    url.searchParams.delete('sslmode');
-    return withErrorListener(
-      new pg.Pool({ ...POOL_DEFAULTS, ...overrides, connectionString: url.toString(), ssl: loopback ? false : { rejectUnauthorized: true } }),
-    );
+    return withErrorListener(new pg.Pool({ ...POOL_DEFAULTS, ...overrides, ...withRdsTls(location.url) }));
   }
   if (location.secretArn === undefined) throw new DatabaseSecretError('no database secret or URL configured');
   if (secrets === undefined) throw new DatabaseSecretError(`a Secrets Manager client is needed to read ${location.secretArn}`);
   const secretArn = location.secretArn;
-  let secret = await readSecret(secrets, secretArn);
-  let readAt = Date.now();
+  const secret = await readSecret(secrets, secretArn);
+  const host = location.host ?? secret.host;
   return withErrorListener(
-    new pg.Pool({
-      ...POOL_DEFAULTS,
-      ...overrides,
-      host: location.host ?? secret.host,
-      port: secret.port,
-      database: secret.dbname,
-      user: secret.username,
-      password: async () => {
-        if (Date.now() - readAt > SECRET_TTL_MS) {
-          secret = await readSecret(secrets, secretArn);
-          readAt = Date.now();
-        }
-        return secret.password;
+    new SecretPool(
+      {
+        ...POOL_DEFAULTS,
+        ...overrides,
+        host,
+        port: secret.port,
+        database: secret.dbname,
+        user: secret.username,
+        password: secret.password,
+        ssl: tlsFor(host),
       },
-      ssl: { rejectUnauthorized: true },
-    }),
+      () => readSecret(secrets, secretArn),
+    ),
   );
 }

@@ -1,0 +1,146 @@
+/**
+ * The functions' PostgreSQL pools against a real server: credentials re-read from Secrets
+ * Manager (aws-sdk-client-mock) when a rotation changed them under a live pool, the Amazon RDS
+ * CA bundle on every non-loopback pool, and node deadlines that the server itself enforces.
+ */
+import { X509Certificate } from 'node:crypto';
+import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { mockClient } from 'aws-sdk-client-mock';
+import pg from 'pg';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { withNodeDeadline } from '../../../functions/adapters/postgres/deadline.js';
+import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import { RDS_CA_BUNDLE } from '../../../functions/adapters/postgres/tls.js';
+import { createPool, isAuthenticationFailure } from '../../../functions/handlers/shared/db.js';
+import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+
+const SECRET_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:catalog-AbCdEf';
+const sm = mockClient(SecretsManagerClient);
+const secrets = new SecretsManagerClient({ region: 'eu-west-1' });
+
+let server: TestPostgres;
+let admin: pg.Pool;
+const pools: pg.Pool[] = [];
+
+beforeAll(async () => {
+  server = await startTestPostgres();
+  admin = new pg.Pool({ connectionString: server.url, max: 2 });
+  await admin.query("create role app_user login password 'first'");
+  await admin.query("create role app_user_clone login password 'clone-pass'");
+});
+afterAll(async () => {
+  await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
+  await admin.end();
+  await server.stop();
+});
+beforeEach(() => sm.reset());
+
+function secretSays(username: string, password: string): void {
+  sm.on(GetSecretValueCommand).resolves({ SecretString: JSON.stringify({ username, password, host: '127.0.0.1', port: server.port, dbname: 'postgres' }) });
+}
+
+/** Ends the pool's open connections from the server side, so its next query logs in again. */
+async function dropConnectionsOf(user: string): Promise<void> {
+  await admin.query('select pg_terminate_backend(pid) from pg_stat_activity where usename = $1', [user]);
+  for (let i = 0; i < 50 && (await admin.query('select 1 from pg_stat_activity where usename = $1', [user])).rowCount !== 0; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('credentials rotated under a live pool', () => {
+  it('re-reads the secret when the password was changed, and the next query succeeds', async () => {
+    await admin.query("alter role app_user password 'first'");
+    secretSays('app_user', 'first');
+    const pool = await createPool({ secretArn: SECRET_ARN }, secrets);
+    pools.push(pool);
+    expect((await pool.query<{ u: string }>('select current_user as u')).rows[0]?.u).toBe('app_user');
+
+    await admin.query("alter role app_user password 'second'");
+    secretSays('app_user', 'second');
+    await dropConnectionsOf('app_user');
+    const after = await pool.query<{ u: string }>('select current_user as u');
+
+    expect(after.rows[0]?.u).toBe('app_user');
+    expect(sm.commandCalls(GetSecretValueCommand)).toHaveLength(2);
+  });
+
+  it('follows the alternating-users rotation to the other user', async () => {
+    await admin.query("alter role app_user password 'first'");
+    secretSays('app_user', 'first');
+    const pool = await createPool({ secretArn: SECRET_ARN }, secrets, { max: 2 });
+    pools.push(pool);
+    await pool.query('select 1');
+
+    // The rotation makes the clone current and changes the old user's password.
+    await admin.query("alter role app_user password 'rotated-away'");
+    secretSays('app_user_clone', 'clone-pass');
+    await dropConnectionsOf('app_user');
+    const [a, b] = await Promise.all([pool.query<{ u: string }>('select current_user as u'), pool.query<{ u: string }>('select current_user as u, pg_sleep(0.05)')]);
+
+    expect([a.rows[0]?.u, b.rows[0]?.u]).toEqual(['app_user_clone', 'app_user_clone']);
+    // Two logins refused together read the secret once more, not twice.
+    expect(sm.commandCalls(GetSecretValueCommand)).toHaveLength(2);
+  });
+
+  it('gives up with the authentication error when the secret is still wrong', async () => {
+    await admin.query("alter role app_user password 'first'");
+    secretSays('app_user', 'not-the-password');
+    const pool = await createPool({ secretArn: SECRET_ARN }, secrets);
+    pools.push(pool);
+
+    const err: unknown = await pool.query('select 1').catch((e: unknown) => e);
+
+    expect(isAuthenticationFailure(err)).toBe(true);
+    expect(sm.commandCalls(GetSecretValueCommand)).toHaveLength(2);
+  });
+});
+
+describe('TLS against the Amazon RDS certificate authorities', () => {
+  it('ships a bundle with the RDS CAs and the roots of RDS Proxy certificates', () => {
+    const subjects = RDS_CA_BUNDLE.map((pem) => new X509Certificate(pem).subject);
+
+    expect(subjects.some((s) => /CN=Amazon RDS .*Root CA RSA2048 G1/.test(s))).toBe(true);
+    expect(subjects.some((s) => /CN=Amazon Root CA 1/.test(s))).toBe(true);
+  });
+
+  it('creates a pool for a secret with a non-loopback host with verified TLS and the bundle as its CAs', async () => {
+    sm.on(GetSecretValueCommand).resolves({ SecretString: JSON.stringify({ username: 'u', password: 'p', host: 'catalog.abc.eu-west-1.rds.amazonaws.com', port: 5432, dbname: 'catalog' }) });
+
+    const pool = await createPool({ secretArn: SECRET_ARN, host: 'proxy.proxy-abc.eu-west-1.rds.amazonaws.com' }, secrets);
+    pools.push(pool);
+
+    expect(pool.options.ssl).toEqual({ rejectUnauthorized: true, ca: RDS_CA_BUNDLE });
+  });
+
+  it('creates URL and shard pools with the bundle, never letting sslmode swap it for the default CAs', async () => {
+    const url = 'postgresql://u:p@shard1.abc.eu-west-1.rds.amazonaws.com:5432/cadms?sslmode=verify-full';
+    const catalog = await createPool({ url }, undefined);
+    const shards = ShardPools.fromConfig({ shards: [{ shard_id: 'shard_001', database_url: url, read_replicas: [] }] });
+    pools.push(catalog);
+
+    const shardOptions = shards.primary('shard_001').pool.options;
+    await shards.end();
+    for (const options of [catalog.options, shardOptions]) {
+      expect(options.ssl).toEqual({ rejectUnauthorized: true, ca: RDS_CA_BUNDLE });
+      expect(options.connectionString).not.toContain('sslmode');
+    }
+  });
+});
+
+describe('node deadlines', () => {
+  it('has the server cancel a statement still running at the deadline', async () => {
+    const pool = new pg.Pool({ connectionString: server.url, max: 1, application_name: 'deadline-test' });
+    pools.push(pool);
+    pool.on('error', () => undefined);
+
+    const err: unknown = await withNodeDeadline(pool, 500, 'shard_001/primary', (c) => c.query('select pg_sleep(30)')).catch((e: unknown) => e);
+    let running = 1;
+    for (let i = 0; i < 100 && running > 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      running = (await admin.query("select 1 from pg_stat_activity where application_name = 'deadline-test' and query like '%pg_sleep(30)%' and state = 'active'")).rowCount ?? 0;
+    }
+
+    expect(err).toBeInstanceOf(Error);
+    expect(running).toBe(0);
+  });
+});
