@@ -378,6 +378,34 @@ describe('control plane stack', () => {
     });
   });
 
+  it('lets CloudWatch alarms of this account and region publish to the topic and use its key', () => {
+    // enforceSSL's Deny-only topic policy replaces SNS's default one: without this Allow no alarm notifies.
+    const t = s.template(s.stacks.controlPlane);
+    const fromOwnAlarms = {
+      StringEquals: { 'aws:SourceAccount': { Ref: 'AWS::AccountId' } },
+      ArnLike: { 'aws:SourceArn': { 'Fn::Join': ['', [`arn:aws:cloudwatch:${s.config.region}:`, { Ref: 'AWS::AccountId' }, ':alarm:*']] } },
+    };
+    t.hasResourceProperties('AWS::SNS::TopicPolicy', {
+      PolicyDocument: {
+        Statement: Match.arrayWith([
+          Match.objectLike({ Effect: 'Allow', Principal: { Service: 'cloudwatch.amazonaws.com' }, Action: 'sns:Publish', Condition: fromOwnAlarms }),
+        ]),
+      },
+    });
+    t.hasResourceProperties('AWS::KMS::Key', {
+      KeyPolicy: {
+        Statement: Match.arrayWith([
+          Match.objectLike({
+            Effect: 'Allow',
+            Principal: { Service: 'cloudwatch.amazonaws.com' },
+            Action: ['kms:Decrypt', 'kms:GenerateDataKey*'],
+            Condition: fromOwnAlarms,
+          }),
+        ]),
+      },
+    });
+  });
+
   it('requires IAM authorization and a request validator on every API method', () => {
     const methods = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::ApiGateway::Method');
     expect(methods).toHaveLength(SCALING_API_ROUTES.length);
