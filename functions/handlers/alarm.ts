@@ -14,6 +14,10 @@ import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime, type ControllerRuntime } from './shared/runtime.js';
 import { budgetSignal, emitEvaluationMetrics, leaseTtl, summarise } from './shared/telemetry.js';
+import { loadParameterEnv } from './shared/parameter-env.js';
+
+// The deployment's growing configuration (SSM Parameter Store), read once in the init phase.
+await loadParameterEnv();
 
 export type AlarmRecordOutcome = 'evaluated' | 'skipped' | 'recorded' | 'duplicate' | 'dropped';
 

@@ -20,6 +20,10 @@ import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime } from './shared/runtime.js';
 import { shardingConfigFromEnv } from './shared/sharding-env.js';
+import { loadParameterEnv } from './shared/parameter-env.js';
+
+// The deployment's growing configuration (SSM Parameter Store), read once in the init phase.
+await loadParameterEnv();
 
 /** The parts of a REST API proxy event the API relies on. */
 export const proxyEventSchema = z.object({

@@ -16,6 +16,10 @@ import { parseMigrationEnv, type MigrationEnv } from './shared/env.js';
 import { withPowertools } from './shared/middleware.js';
 import { migrateAll, type MigrationSummary } from './shared/migrations.js';
 import { logger, metrics } from './shared/powertools.js';
+import { loadParameterEnv } from './shared/parameter-env.js';
+
+// The deployment's growing configuration (SSM Parameter Store), read once in the init phase.
+await loadParameterEnv();
 
 /** The physical id of the one migrations resource. */
 export const PHYSICAL_ID = 'ca-dms-schema-migrations';

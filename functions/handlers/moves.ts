@@ -19,6 +19,10 @@ import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime } from './shared/runtime.js';
 import { shardingConfigFromEnv } from './shared/sharding-env.js';
 import { leaseTtl } from './shared/telemetry.js';
+import { loadParameterEnv } from './shared/parameter-env.js';
+
+// The deployment's growing configuration (SSM Parameter Store), read once in the init phase.
+await loadParameterEnv();
 
 export interface MovesResult {
   readonly accepted: boolean;

@@ -13,6 +13,7 @@ import { Construct } from 'constructs';
 import { parseScalingConfig, ScalingConfigError, type ScalingConfig } from '../../functions/core/scaling/config.js';
 import { acknowledge, nagArn } from '../nag.js';
 import { validateProps } from '../validate.js';
+import { ConfigParameters } from './config-parameters.js';
 import { ControlPlaneFunction } from './control-plane-function.js';
 import { FailureQueue } from './failure-queue.js';
 import { MigrationsResource } from './migrations-resource.js';
@@ -118,6 +119,8 @@ export class ControlPlane extends Construct {
   /** Invokes the moves worker every minute. */
   readonly movesSchedule: events.Rule;
   readonly migrations: MigrationsResource;
+  /** The configuration that grows with the deployment, read by the functions at cold start. */
+  readonly config: ConfigParameters;
   readonly failureQueues: { readonly evaluate: FailureQueue; readonly alarm: FailureQueue; readonly moves: FailureQueue };
 
   constructor(scope: Construct, id: string, props: ControlPlaneProps) {
@@ -166,18 +169,30 @@ export class ControlPlane extends Construct {
       depsLockFilePath: props.depsLockFilePath,
       logRetention: props.logRetention,
     };
+    // What grows with the deployment (services, shards, alarms) goes to SSM Parameter Store:
+    // Lambda refuses an environment over 4 KB. The rest stays in the environment.
+    const config = new ConfigParameters(this, 'Config', {
+      values: {
+        SCALING_CONFIG_JSON: JSON.stringify(props.scalingConfig),
+        SCALING_TARGETS_JSON: stack.toJsonString(topology),
+        ALARM_SERVICE_MAP_JSON: JSON.stringify(props.alarmServiceMap ?? {}),
+        SHARD_DB_SECRET_ARNS: stack.toJsonString(props.shardSecrets.map((s) => s.secretArn)),
+        SHARDING_CONFIG_JSON: props.shardingConfigJson,
+      },
+    });
+    this.config = config;
+    const catalogEnv = { CATALOG_DB_SECRET_ARN: props.catalog.secret.secretArn, CATALOG_DB_HOST: props.catalog.host };
+    const controllerParameters = ['SCALING_CONFIG_JSON', 'SCALING_TARGETS_JSON', 'ALARM_SERVICE_MAP_JSON'];
+    // The API and the moves worker build the same sharding runtime over the catalog pool.
+    const shardingParameters = [...controllerParameters, 'SHARD_DB_SECRET_ARNS', 'SHARDING_CONFIG_JSON'];
+    const migrateParameters = ['SHARD_DB_SECRET_ARNS'];
     const controllerEnv = {
-      SCALING_CONFIG_JSON: JSON.stringify(props.scalingConfig),
-      SCALING_TARGETS_JSON: stack.toJsonString(topology),
-      ALARM_SERVICE_MAP_JSON: JSON.stringify(props.alarmServiceMap ?? {}),
-      CATALOG_DB_SECRET_ARN: props.catalog.secret.secretArn,
-      CATALOG_DB_HOST: props.catalog.host,
+      ...catalogEnv,
+      ...config.environment(controllerParameters),
       POWERTOOLS_METRICS_NAMESPACE: 'CaDmsScaling',
       SCALING_CHECK_INTERVAL: String(props.scalingConfig.check_interval),
     };
-    const shardEnv = { SHARD_DB_SECRET_ARNS: stack.toJsonString(props.shardSecrets.map((s) => s.secretArn)) };
-    // The API and the moves worker build the same sharding runtime over the catalog pool.
-    const shardingEnv = { ...controllerEnv, ...shardEnv, SHARDING_CONFIG_JSON: props.shardingConfigJson };
+    const shardingEnv = { ...controllerEnv, ...config.environment(shardingParameters) };
 
     const evaluateFailures = new FailureQueue(this, 'EvaluateFailures');
     const alarmFailures = new FailureQueue(this, 'AlarmFailures');
@@ -235,8 +250,8 @@ export class ControlPlane extends Construct {
       entry: props.entries.migrate,
       description: 'CA-DMS catalog and shard migrations (custom resource)',
       environment: {
-        ...controllerEnv,
-        ...shardEnv,
+        ...catalogEnv,
+        ...config.environment(migrateParameters),
         POWERTOOLS_SERVICE_NAME: 'scaling-migrate',
         MIGRATIONS_DIR: '/var/task/migrations',
       },
@@ -288,6 +303,9 @@ export class ControlPlane extends Construct {
     props.catalog.secret.grantRead(this.api.role);
     props.catalog.secret.grantRead(this.migrate.role);
     props.catalog.secret.grantRead(this.moves.role);
+    for (const fn of [this.evaluate, this.alarm]) config.grantRead(fn.role, controllerParameters);
+    for (const fn of [this.api, this.moves]) config.grantRead(fn.role, shardingParameters);
+    config.grantRead(this.migrate.role, migrateParameters);
     for (const secret of props.shardSecrets) {
       for (const fn of [this.api, this.migrate, this.moves]) secret.grantRead(fn.role);
     }

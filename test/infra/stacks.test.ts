@@ -250,6 +250,15 @@ describe('control plane stack', () => {
     logicalId(s.stacks.controlPlane, s.stacks.controlPlane.controlPlane[name].function);
   const fnProps = (name: 'evaluate' | 'alarm' | 'api' | 'migrate' | 'moves'): Json =>
     (s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId(name)] as { Properties: Json }).Properties;
+  /** The value of `variable` in the SSM parameter the function's CONFIG_PARAMETERS names for it. */
+  const configValue = (name: 'evaluate' | 'alarm' | 'api' | 'migrate' | 'moves', variable: string): unknown => {
+    const parameter = s.stacks.controlPlane.controlPlane.config.parameters[variable];
+    if (!parameter) return undefined;
+    const id = logicalId(s.stacks.controlPlane, parameter);
+    const named = JSON.stringify((fnProps(name)['Environment'] as { Variables: Json }).Variables['CONFIG_PARAMETERS']);
+    if (!named.includes(`\\"${variable}\\":\\"",{"Ref":"${id}"}`)) return undefined;
+    return (s.template(s.stacks.controlPlane).findResources('AWS::SSM::Parameter')[id] as { Properties: Json }).Properties['Value'];
+  };
 
   it('runs every function on nodejs24.x, arm64, in the VPC, trusting the RDS certificate authorities', () => {
     const fns = ['evaluate', 'alarm', 'api', 'migrate', 'moves'] as const;
@@ -316,9 +325,22 @@ describe('control plane stack', () => {
   it("gives the moves worker the scaling API's environment: catalog, scaling configuration, sharding configuration and shard secrets", () => {
     const env = (name: 'api' | 'moves'): Json => ({ ...(fnProps(name)['Environment'] as { Variables: Json }).Variables, POWERTOOLS_SERVICE_NAME: undefined });
     expect(env('moves')).toEqual(env('api'));
-    expect(Object.keys(env('moves'))).toEqual(
-      expect.arrayContaining(['CATALOG_DB_SECRET_ARN', 'CATALOG_DB_HOST', 'SCALING_CONFIG_JSON', 'SCALING_TARGETS_JSON', 'SHARDING_CONFIG_JSON', 'SHARD_DB_SECRET_ARNS']),
-    );
+    expect(Object.keys(env('moves'))).toEqual(expect.arrayContaining(['CATALOG_DB_SECRET_ARN', 'CATALOG_DB_HOST', 'CONFIG_PARAMETERS']));
+    for (const variable of ['SCALING_CONFIG_JSON', 'SCALING_TARGETS_JSON', 'SHARDING_CONFIG_JSON', 'SHARD_DB_SECRET_ARNS']) expect(configValue('moves', variable)).toBeDefined();
+  });
+
+  it('lets each function read only the SSM parameters its CONFIG_PARAMETERS names', () => {
+    const params = s.stacks.controlPlane.controlPlane.config.parameters;
+    const policies = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::IAM::Policy');
+    for (const name of ['evaluate', 'alarm', 'api', 'moves', 'migrate'] as const) {
+      const roleId = logicalId(s.stacks.controlPlane, s.stacks.controlPlane.controlPlane[name].role);
+      const policy = JSON.stringify(policies.filter(([, p]) => JSON.stringify(p.Properties?.['Roles']).includes(roleId)).map(([, p]) => p.Properties?.['PolicyDocument']));
+      const named = JSON.stringify((fnProps(name)['Environment'] as { Variables: Json }).Variables['CONFIG_PARAMETERS']);
+      for (const [variable, parameter] of Object.entries(params)) {
+        const id = logicalId(s.stacks.controlPlane, parameter);
+        expect(policy.includes(id), `${name} may read ${variable}`).toBe(named.includes(id));
+      }
+    }
   });
 
   it("runs the moves worker in the API's subnets and security group, the one the shard instances and proxies admit", () => {
@@ -327,17 +349,14 @@ describe('control plane stack', () => {
     expect(JSON.stringify((fnProps('moves')['VpcConfig'] as Json)['SecurityGroupIds'])).toContain(functionsSg);
   });
 
-  it('ships the validated scaling configuration in the controller environment', () => {
-    const fn = s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId('evaluate')] as { Properties: { Environment: { Variables: Json } } };
-    const shipped = JSON.parse(fn.Properties.Environment.Variables['SCALING_CONFIG_JSON'] as string) as unknown;
+  it("ships the validated scaling configuration in the controller's SSM parameters", () => {
+    const shipped = JSON.parse(configValue('evaluate', 'SCALING_CONFIG_JSON') as string) as unknown;
     expect(parseScalingConfig(shipped)).toEqual(s.config.scaling);
   });
 
   it('gives the scaling API every shard in the guide sharding format, in the order of the shard secrets', () => {
-    const fn = s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId('api')] as { Properties: { Environment: { Variables: Json } } };
-    const vars = fn.Properties.Environment.Variables;
-    const sharding = JSON.stringify(vars['SHARDING_CONFIG_JSON']);
-    const secrets = JSON.stringify(vars['SHARD_DB_SECRET_ARNS']);
+    const sharding = JSON.stringify(configValue('api', 'SHARDING_CONFIG_JSON'));
+    const secrets = JSON.stringify(configValue('api', 'SHARD_DB_SECRET_ARNS'));
     for (const shard of s.stacks.data.shards) {
       expect(sharding).toContain(`\\"shard_id\\":\\"${shard.shardId}\\"`);
       expect(sharding).toContain(logicalId(s.stacks.data, shard.primary).slice(0, 20));

@@ -1,0 +1,52 @@
+/**
+ * Lambda refuses a function whose environment is over 4 KB. Every shipped configuration
+ * (config/*.json, prod with a certificate as it must have one) is synthesized and every
+ * function's environment estimated (references counted at 128 characters): each must stay under
+ * 3 KB, leaving room for users' additions. What grows with the deployment lives in SSM
+ * Parameter Store instead, one parameter per variable, within the parameter limits.
+ */
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { mergeConfig } from '../../lib/config/deployment-config.js';
+import { ADVANCED_PARAMETER_MAX, estimatedEnvironmentSize, estimatedSize, STANDARD_PARAMETER_MAX } from '../../lib/control-plane/config-parameters.js';
+import { resourcesOf, ROOT, synthesize, type Synthesized } from './support/synth.js';
+
+const LIMIT = 3 * 1024;
+const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+const configs = readdirSync(join(ROOT, 'config')).filter((f) => f.endsWith('.json'));
+const synthesized: Synthesized[] = [];
+
+afterAll(() => {
+  for (const s of synthesized) rmSync(s.outdir, { recursive: true, force: true });
+});
+
+describe.each(configs)('config/%s', (file) => {
+  const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { production?: boolean };
+  const s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw);
+  synthesized.push(s);
+  const functions = Object.values(s.stacks).flatMap((stack) =>
+    resourcesOf(s.template(stack), 'AWS::Lambda::Function').map(([id, fn]) => ({
+      id: `${stack.stackName}/${id}`,
+      variables: ((fn.Properties?.['Environment'] as { Variables?: Record<string, unknown> } | undefined)?.Variables ?? {}),
+    })),
+  );
+
+  it('synthesizes', () => {
+    expect(s.error).toBeUndefined();
+    expect(functions.length).toBeGreaterThanOrEqual(5);
+  });
+
+  it.each(functions.map((f) => [f.id, f] as const))('keeps the environment of %s under 3 KB', (_id, fn) => {
+    expect(estimatedEnvironmentSize(fn.variables)).toBeLessThanOrEqual(LIMIT);
+  });
+
+  it('keeps each SSM parameter within its tier', () => {
+    const parameters = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::SSM::Parameter');
+    expect(parameters.length).toBeGreaterThan(0);
+    for (const [, p] of parameters) {
+      const size = estimatedSize(p.Properties?.['Value']);
+      expect(size).toBeLessThanOrEqual(p.Properties?.['Tier'] === 'Advanced' ? ADVANCED_PARAMETER_MAX : STANDARD_PARAMETER_MAX);
+    }
+  });
+});
