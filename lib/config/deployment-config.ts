@@ -200,6 +200,16 @@ const deploymentSchemaObject = z.strictObject({
       alb5xxPerMinute: positiveInt.default(10),
     })
     .prefault({}),
+  controlPlane: z
+    .strictObject({
+      /**
+       * Reserve a concurrency of 1 for the evaluator, the alarm function and the moves worker.
+       * Off by default: a new account's quota is 10 and AWS keeps 10 unreserved, so the deploy
+       * would fail; the catalog lease already runs one evaluation and one moves worker at a time.
+       */
+      reservedConcurrency: z.boolean().default(false),
+    })
+    .prefault({}),
   api: z
     .strictObject({
       throttlingRateLimit: z.number().min(1).default(20),

@@ -52,7 +52,6 @@ export interface ControlPlaneFunctionProps {
  * const fn = new ControlPlaneFunction(stack, 'Evaluate', {
  *   entry: 'functions/handlers/evaluate.ts', description: 'Scheduled evaluation',
  *   vpc, subnets: { subnetGroupName: 'compute' }, securityGroup,
- *   reservedConcurrentExecutions: 1,
  * });
  * ```
  */

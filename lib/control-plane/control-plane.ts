@@ -68,6 +68,12 @@ export interface ControlPlaneProps {
   readonly scalingConfig: ScalingConfig;
   /** Alarm names to service names, for alarms whose dimensions do not name the service. @default {} */
   readonly alarmServiceMap?: Readonly<Record<string, string>>;
+  /**
+   * Reserve a concurrency of 1 for the evaluator, the alarm function and the moves worker. The
+   * catalog lease already keeps one evaluation and one moves run at a time; this only stops
+   * surplus containers from starting. @default false
+   */
+  readonly reservedConcurrency?: boolean;
   /** @default 20 */
   readonly apiThrottlingRateLimit?: number;
   /** @default 40 */
@@ -89,11 +95,12 @@ export function scheduleMinutes(checkIntervalSeconds: number): number {
 }
 
 /**
- * The serverless scaling controller: the evaluator on an EventBridge schedule (reserved
- * concurrency 1, so evaluations never overlap), the alarm function subscribed to the alarm
- * topic, the scaling API behind API Gateway, the moves worker on a one-minute schedule
- * (reserved concurrency 1: the API only plans shard moves, because a Lambda invocation cannot
- * outlive its response, and the worker carries them out), and the migrations custom resource. Every
+ * The serverless scaling controller: the evaluator on an EventBridge schedule, the alarm
+ * function subscribed to the alarm topic, the scaling API behind API Gateway, the moves worker
+ * on a one-minute schedule (the API only plans shard moves, because a Lambda invocation cannot
+ * outlive its response, and the worker carries them out), and the migrations custom resource.
+ * Evaluations and moves runs never overlap because each takes a lease row in the catalog;
+ * reserved concurrency is opt-in (`reservedConcurrency`). Every
  * event-invoked function has a dead-letter queue for undeliverable events and a failure
  * destination for failed invocations. IAM names resources wherever AWS allows it.
  *
@@ -139,6 +146,7 @@ export class ControlPlane extends Construct {
     ]);
 
     const stack = Stack.of(this);
+    const reserved = props.reservedConcurrency === true ? 1 : undefined;
     const minutes = scheduleMinutes(props.scalingConfig.check_interval);
     if (props.scalingConfig.check_interval !== minutes * 60) {
       Annotations.of(this).addWarningV2(
@@ -205,7 +213,7 @@ export class ControlPlane extends Construct {
       description: 'CA-DMS scaling controller: scheduled evaluation of every service',
       environment: { ...controllerEnv, POWERTOOLS_SERVICE_NAME: 'scaling-evaluate' },
       timeout: Duration.seconds(55),
-      reservedConcurrentExecutions: 1,
+      reservedConcurrentExecutions: reserved,
       onFailure: new destinations.SqsDestination(evaluateFailures.queue),
       // A scheduled evaluation older than the next tick is worthless: the next one supersedes it.
       retryAttempts: 0,
@@ -217,8 +225,7 @@ export class ControlPlane extends Construct {
       description: 'CA-DMS scaling controller: immediate evaluation on a CloudWatch alarm',
       environment: { ...controllerEnv, POWERTOOLS_SERVICE_NAME: 'scaling-alarm' },
       timeout: Duration.seconds(55),
-      // Alarm storms queue up behind one evaluation instead of racing each other.
-      reservedConcurrentExecutions: 1,
+      reservedConcurrentExecutions: reserved,
       onFailure: new destinations.SqsDestination(alarmFailures.queue),
       retryAttempts: 2,
       maxEventAge: Duration.minutes(10),
@@ -237,8 +244,7 @@ export class ControlPlane extends Construct {
       environment: { ...shardingEnv, POWERTOOLS_SERVICE_NAME: 'scaling-moves' },
       // Copying a unit can take long; a job cut short at the timeout resumes at the next tick.
       timeout: Duration.minutes(15),
-      // One worker at a time: jobs run in order, and ticks during a long run are throttled.
-      reservedConcurrentExecutions: 1,
+      reservedConcurrentExecutions: reserved,
       onFailure: new destinations.SqsDestination(movesFailures.queue),
       // Jobs are resumable and the next tick picks up whatever is unfinished: a retried or
       // late tick adds nothing.

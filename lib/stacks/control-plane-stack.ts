@@ -67,6 +67,7 @@ export class ControlPlaneStack extends Stack {
       alarmTopic: this.alarmTopic.topic,
       scalingConfig: config.scaling,
       alarmServiceMap: alarmServiceMap(prefix, SERVICE_NAMES, ['backend-read', 'backend-write', 'frontend']),
+      reservedConcurrency: config.controlPlane.reservedConcurrency,
       apiThrottlingRateLimit: config.api.throttlingRateLimit,
       apiThrottlingBurstLimit: config.api.throttlingBurstLimit,
       logRetention: config.logRetentionDays as logs.RetentionDays,

@@ -66,8 +66,8 @@ export class ObservabilityStack extends Stack {
     };
     new FunctionAlarms(this, 'ControlPlaneAlarms', {
       functions,
-      // Not the moves queue: while one long move runs (reserved concurrency 1), every later
-      // tick is throttled until its maximum event age and then lands there by design
+      // Not the moves queue: with the opt-in reserved concurrency, while one long move runs every
+      // later tick is throttled until its maximum event age and then lands there by design
       // (EventAgeExceeded). The worker's timeouts and crashes raise its Errors alarm instead.
       deadLetterQueues: { Evaluate: cp.failureQueues.evaluate.queue, Alarm: cp.failureQueues.alarm.queue },
       topic,

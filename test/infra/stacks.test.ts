@@ -276,9 +276,8 @@ describe('control plane stack', () => {
     }
   });
 
-  it('reserves a concurrency of 1 for the evaluator', () => {
-    const fn = s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId('evaluate')] as { Properties: Json };
-    expect(fn.Properties['ReservedConcurrentExecutions']).toBe(1);
+  it('reserves no concurrency by default: a new account (quota 10, 10 kept unreserved) could not deploy it; the catalog lease serialises runs', () => {
+    for (const name of ['evaluate', 'alarm', 'api', 'migrate', 'moves'] as const) expect(fnProps(name)['ReservedConcurrentExecutions']).toBeUndefined();
   });
 
   it('deploys the five control-plane functions and the migrations provider, and nothing else', () => {
@@ -286,9 +285,6 @@ describe('control plane stack', () => {
     s.template(s.stacks.controlPlane).resourceCountIs('AWS::Lambda::Function', 6);
   });
 
-  it('reserves a concurrency of 1 for the moves worker, so one worker at a time runs the move jobs', () => {
-    expect(fnProps('moves')['ReservedConcurrentExecutions']).toBe(1);
-  });
 
   it('lets the moves worker run for the Lambda maximum of 15 minutes (a job cut short resumes at the next tick)', () => {
     expect(fnProps('moves')['Timeout']).toBe(900);
