@@ -73,7 +73,7 @@ export function buildOpenApi(routes: readonly RouteSpec[], info: OpenApiInfo): J
       };
     }
     responses['default'] = {
-      description: 'An RFC 9457 problem document (400 invalid input, 404, 405, 412, 413, 415, 428, 500)',
+      description: 'An RFC 9457 problem document (400 invalid input, 404, 405, 412, 413, 415, 422, 428, 500)',
       content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } },
     };
     const operation: Record<string, unknown> = {
@@ -88,7 +88,7 @@ export function buildOpenApi(routes: readonly RouteSpec[], info: OpenApiInfo): J
     if (route.body) {
       operation['requestBody'] = {
         required: route.bodyRequired ?? true,
-        content: { 'application/json': { schema: toSchema(route.body, 'input') } },
+        content: Object.fromEntries((route.contentTypes ?? ['application/json']).map((type) => [type, { schema: toSchema(route.body as z.ZodType, 'input') }])),
       };
     }
     paths[route.path] = { ...(paths[route.path] ?? {}), [route.method.toLowerCase()]: operation };

@@ -71,6 +71,11 @@ export interface RouteSpec<
   readonly body?: BS;
   /** Whether a body is required when `body` is declared (default true). */
   readonly bodyRequired?: boolean;
+  /**
+   * The media types the body may have (default: `application/json` and any `application/*+json`).
+   * A PATCH route names its patch format here; a 415 then carries `Accept-Patch` (RFC 5789).
+   */
+  readonly contentTypes?: readonly string[];
   readonly responses: Readonly<Record<number, ResponseSpec>>;
   handle(ctx: RouteContext<Out<PS>, Out<QS>, Out<HS>, Out<BS>>): Promise<RouteResult>;
 }
@@ -120,9 +125,10 @@ function zodIssues(prefix: string, error: z.ZodError): InvalidParam[] {
   return error.issues.map((i) => ({ name: [prefix, ...i.path.map(String)].join('.'), reason: i.message }));
 }
 
+const mediaType = (value: string | undefined): string => value?.split(';')[0]?.trim().toLowerCase() ?? '';
+
 function isJsonContentType(value: string | undefined): boolean {
-  if (!value) return false;
-  const type = value.split(';')[0]?.trim().toLowerCase() ?? '';
+  const type = mediaType(value);
   return type === 'application/json' || (type.startsWith('application/') && type.endsWith('+json'));
 }
 
@@ -182,8 +188,13 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
       }
       const hasBody = rawBody.trim().length > 0;
       if (hasBody) {
-        if (!isJsonContentType(request.headers['content-type'])) {
-          throw new ProblemError(415, `send the body as application/json (got ${request.headers['content-type'] ?? 'no content-type'})`);
+        const got = request.headers['content-type'];
+        if (spec.contentTypes !== undefined && !spec.contentTypes.includes(mediaType(got))) {
+          const accepted = spec.contentTypes.join(', ');
+          throw new ProblemError(415, `send the body as ${accepted} (got ${got ?? 'no content-type'})`, { headers: spec.method === 'PATCH' ? { 'accept-patch': accepted } : {} });
+        }
+        if (spec.contentTypes === undefined && !isJsonContentType(got)) {
+          throw new ProblemError(415, `send the body as application/json (got ${got ?? 'no content-type'})`);
         }
         let parsed: unknown;
         try {

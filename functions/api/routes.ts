@@ -10,6 +10,7 @@
  */
 import { z } from 'zod';
 import { ScalingConfigError, parseScalingConfig } from '../core/scaling/config.js';
+import { applyMergePatch, missingSettings } from '../core/scaling/config-document.js';
 import { ProblemError } from './http.js';
 import { buildOpenApi } from './openapi.js';
 import { createRouter, defineRoute, type RouteSpec, type Router, type RouterOptions } from './router.js';
@@ -36,18 +37,77 @@ import {
   statisticsReportSchema,
   statusSchema,
 } from './schemas.js';
-import { ConflictError, NotFoundError, StaleVersionError, UnavailableError, UnknownServiceError, type ScalingApiPort } from './service.js';
+import { ConflictError, NotFoundError, StaleVersionError, UnavailableError, UnknownServiceError, type ConfigEnvelope, type ScalingApiPort } from './service.js';
 
 export const API_PREFIX = '/api/v1/scaling';
 
 const noQuery = z.strictObject({});
 const statisticsQuery = z.strictObject({ exact: z.enum(['true', 'false']).optional().describe('exact row counts instead of estimates') });
 
-/** `"v7"` -> 7; anything else is not one of our ETags. */
-function parseEtag(value: string): number | null {
-  const m = /^(?:W\/)?"v(\d{1,9})"$/.exec(value.trim());
-  return m ? Number(m[1]) : null;
+/** What an `If-Match` header asks for: any current version (`*`), or one of these versions. */
+type Precondition = { readonly any: true } | { readonly any: false; readonly versions: readonly number[] };
+
+const MERGE_PATCH = 'application/merge-patch+json';
+
+/**
+ * Parses `If-Match` (RFC 9110 section 13.1.1): `*`, or a list of entity tags. It uses the strong
+ * comparison, so a weak tag (`W/"v3"`) never matches: 412, saying so. A well-formed tag that is
+ * not one of ours (`"abc"`) never matches either; a header that is not a list of tags is a 400.
+ */
+function parseIfMatch(value: string): Precondition {
+  const text = value.trim();
+  if (text === '*') return { any: true };
+  const tags = text.split(',').map((t) => t.trim());
+  if (tags.some((t) => !/^(?:W\/)?"[\x21\x23-\x7e]*"$/.test(t))) {
+    throw new ProblemError(400, `If-Match must be * or a list of entity tags like "v3" (got ${JSON.stringify(value.slice(0, 100))})`, {
+      title: 'Invalid request',
+      type: 'https://ca-dms-scaling.dev/problems/validation',
+      invalidParams: [{ name: 'headers.if-match', reason: 'must be * or a list of entity tags like "v3"' }],
+    });
+  }
+  const weak = tags.filter((t) => t.startsWith('W/'));
+  const versions = tags.flatMap((t) => {
+    const m = /^"v(\d{1,9})"$/.exec(t);
+    return m ? [Number(m[1])] : [];
+  });
+  if (versions.length === 0) {
+    throw new ProblemError(
+      412,
+      weak.length > 0
+        ? `If-Match compares entity tags strongly (RFC 9110), so the weak tag ${weak[0]} never matches; send the strong ETag from GET /config, e.g. "v3"`
+        : `If-Match ${JSON.stringify(value.slice(0, 100))} names no configuration ETag (expected a value like "v3" from GET /config)`,
+    );
+  }
+  return { any: false, versions };
 }
+
+/**
+ * The current configuration, once `If-Match` holds for it; 412 otherwise. Preconditions are
+ * evaluated before the content is (RFC 9110 section 13.2.1), so a stale writer learns that first.
+ */
+async function currentMatching(precondition: Precondition | undefined, port: ScalingApiPort): Promise<ConfigEnvelope> {
+  const current = await guard(() => port.getConfig());
+  if (precondition !== undefined && !precondition.any && !precondition.versions.includes(current.version)) {
+    throw new ProblemError(412, `the configuration is at version ${current.version}, not ${precondition.versions.map((v) => `"v${v}"`).join(' or ')}; GET it again and retry with the new ETag`);
+  }
+  return current;
+}
+
+/** Validates a whole configuration document; a 400 naming every invalid path (`body.` + path) otherwise. */
+function validateConfig(document: unknown): void {
+  try {
+    parseScalingConfig(document);
+  } catch (err) {
+    if (!(err instanceof ScalingConfigError)) throw err;
+    throw new ProblemError(400, err.message, {
+      title: 'Invalid configuration',
+      type: 'https://ca-dms-scaling.dev/problems/validation',
+      invalidParams: err.issues.map((i) => ({ name: i.path ? `body.${i.path}` : 'body', reason: i.message })),
+      cause: err,
+    });
+  }
+}
+
 const etagOf = (version: number): string => `"v${version}"`;
 
 /** Maps the port's typed errors onto problem documents; anything else stays a 500. */
@@ -124,9 +184,9 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
       method: 'PUT',
       path: `${API_PREFIX}/config`,
       operationId: 'putConfig',
-      summary: 'Update scaling configuration',
+      summary: 'Replace the scaling configuration',
       description:
-        'Replaces the whole configuration (the guide\'s flat JSON is accepted; omitted settings take their defaults). Requires If-Match with the ETag from GET: 428 without it, 412 when it is stale.',
+        'Replaces the whole configuration: the body must name every setting (GET /config returns a complete document to edit); 422 lists the missing ones. To change some settings, use PATCH. Requires If-Match with the ETag from GET (or *): 428 without it, 412 when it is stale or weak.',
       tags: ['scaling'],
       query: noQuery,
       headers: ifMatchHeadersSchema,
@@ -135,23 +195,48 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
       handle: async ({ headers, body, identity }) => {
         const ifMatch = headers['if-match'];
         if (ifMatch === undefined) throw new ProblemError(428, 'send If-Match with the ETag from GET /config so concurrent changes cannot overwrite each other');
-        const expected = parseEtag(ifMatch);
-        if (expected === null) {
-          throw new ProblemError(412, `If-Match ${JSON.stringify(ifMatch)} is not a configuration ETag (expected a value like "v3")`);
-        }
-        try {
-          parseScalingConfig(body);
-        } catch (err) {
-          if (!(err instanceof ScalingConfigError)) throw err;
-          throw new ProblemError(400, err.message, {
-            title: 'Invalid configuration',
-            type: 'https://ca-dms-scaling.dev/problems/validation',
-            invalidParams: err.issues.map((i) => ({ name: i.path ? `body.${i.path}` : 'body', reason: i.message })),
-            cause: err,
+        const current = await currentMatching(parseIfMatch(ifMatch), port);
+        const missing = missingSettings(body);
+        if (missing.length > 0) {
+          throw new ProblemError(422, `PUT replaces the whole configuration and this document leaves out ${missing.length} setting(s): ${missing.join(', ')}. Send the complete document (as GET /config returns it), or change some settings with PATCH and ${MERGE_PATCH}`, {
+            title: 'Incomplete configuration',
+            type: 'https://ca-dms-scaling.dev/problems/incomplete-configuration',
+            invalidParams: missing.map((path) => ({ name: `body.${path}`, reason: 'is missing; PUT takes the complete configuration' })),
           });
         }
-        const stored = await guard(() => port.putConfig(body, expected, identity.actor));
+        validateConfig(body);
+        const stored = await guard(() => port.putConfig(body, current.version, identity.actor, 'PUT /config'));
         return { status: 200, body: stored, headers: { etag: etagOf(stored.version) } };
+      },
+    }),
+    defineRoute({
+      method: 'PATCH',
+      path: `${API_PREFIX}/config`,
+      operationId: 'patchConfig',
+      summary: 'Change some scaling settings',
+      description: `A JSON Merge Patch (RFC 7396, ${MERGE_PATCH}) of the configuration as GET /config returns it: the settings it names change, every other stays as it is; null resets a setting to its default. If-Match (the ETag from GET, or *) is optional: without it the patch applies to whatever version is current.`,
+      tags: ['scaling'],
+      query: noQuery,
+      headers: ifMatchHeadersSchema,
+      body: configBodySchema,
+      contentTypes: [MERGE_PATCH],
+      responses: { 200: { description: 'the stored configuration and its new version', schema: configEnvelopeSchema, headers: { etag: 'the new version' } } },
+      handle: async ({ headers, body, identity }) => {
+        const ifMatch = headers['if-match'];
+        const precondition = ifMatch === undefined ? undefined : parseIfMatch(ifMatch);
+        const pinned = precondition !== undefined && !precondition.any && precondition.versions.length === 1;
+        // Without a pinned version a concurrent writer only means the patch applies to the newer version.
+        for (let attempt = 1; ; attempt += 1) {
+          const current = await currentMatching(precondition, port);
+          const merged = applyMergePatch(current.config, body) as Record<string, unknown>;
+          validateConfig(merged);
+          try {
+            const stored = await guard(() => port.putConfig(merged, current.version, identity.actor, 'PATCH /config'));
+            return { status: 200, body: stored, headers: { etag: etagOf(stored.version) } };
+          } catch (err) {
+            if (pinned || attempt >= 5 || !(err instanceof ProblemError) || err.status !== 412) throw err;
+          }
+        }
       },
     }),
     ...(['start', 'stop'] as const).map((verb) =>

@@ -90,7 +90,7 @@ export interface ScalingApiPort {
    * written, so defaults stay defaults) when `expectedVersion` is current; throws
    * {@link StaleVersionError} otherwise.
    */
-  putConfig(document: Record<string, unknown>, expectedVersion: number, actor: string): Promise<ConfigEnvelope>;
+  putConfig(document: Record<string, unknown>, expectedVersion: number, actor: string, comment?: string): Promise<ConfigEnvelope>;
   setEnabled(enabled: boolean, scope: { service?: string; reason?: string }, actor: string): Promise<StartStopResult>;
   recommendations(): Promise<RecommendationsView>;
   evaluate(scope: { service?: string }, actor: string): Promise<EvaluationView>;

@@ -301,9 +301,9 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       };
     },
 
-    async putConfig(document, expectedVersion, actor): Promise<ConfigEnvelope> {
+    async putConfig(document, expectedVersion, actor, comment = 'PUT /config'): Promise<ConfigEnvelope> {
       try {
-        const stored = await available('writing the configuration', () => catalog.putConfig(document, { actor, ifVersion: expectedVersion, comment: 'PUT /config' }));
+        const stored = await available('writing the configuration', () => catalog.putConfig(document, { actor, ifVersion: expectedVersion, comment }));
         return { version: stored.version, updated_at: iso(stored.changedAt), updated_by: stored.changedBy, config: stored.config as unknown as Record<string, unknown> };
       } catch (err) {
         if (err instanceof ConfigVersionConflictError) throw new StaleVersionError(err.expected, err.current);

@@ -13,7 +13,7 @@
  *   the dashboard on one loopback port.
  *
  * The first start writes a local configuration (version 1) whose check interval and cooldowns
- * suit an accelerated trace; an operator changes it like any other, through `PUT /config`.
+ * suit an accelerated trace; an operator changes it like any other, through `PATCH /config`.
  *
  * @example
  * ```ts

@@ -8,13 +8,15 @@ import { validateProps } from '../validate.js';
 
 /** One route of the scaling API as the guide lists it. */
 export interface ApiRoute {
-  readonly method: 'GET' | 'POST' | 'PUT';
+  readonly method: 'GET' | 'POST' | 'PUT' | 'PATCH';
   /** Relative to the API root, without a leading slash. */
   readonly path: string;
   /** Query-string parameters the method accepts (all optional). */
   readonly query?: readonly string[];
   /** Whether the request must carry a JSON object body. */
   readonly jsonBody?: boolean;
+  /** The media type of that body. @default 'application/json' */
+  readonly bodyContentType?: string;
 }
 
 /** The guide's endpoints (`/api/v1/scaling/...`). */
@@ -24,6 +26,8 @@ export const SCALING_API_ROUTES: readonly ApiRoute[] = [
   { method: 'GET', path: 'api/v1/scaling/history', query: ['service', 'limit', 'cursor', 'since', 'until'] },
   { method: 'GET', path: 'api/v1/scaling/config' },
   { method: 'PUT', path: 'api/v1/scaling/config', jsonBody: true },
+  // Partial updates (RFC 7396), so no request resets settings it does not mention.
+  { method: 'PATCH', path: 'api/v1/scaling/config', jsonBody: true, bodyContentType: 'application/merge-patch+json' },
   { method: 'POST', path: 'api/v1/scaling/start' },
   { method: 'POST', path: 'api/v1/scaling/stop' },
   { method: 'GET', path: 'api/v1/scaling/recommendations', query: ['service'] },
@@ -142,7 +146,7 @@ export class ScalingApi extends Construct {
         authorizationType: apigw.AuthorizationType.IAM,
         requestValidator: validator,
         requestParameters: Object.fromEntries((route.query ?? []).map((q) => [`method.request.querystring.${q}`, false])),
-        ...(route.jsonBody ? { requestModels: { 'application/json': jsonObject } } : {}),
+        ...(route.jsonBody ? { requestModels: { [route.bodyContentType ?? 'application/json']: jsonObject } } : {}),
       });
     }
   }

@@ -93,7 +93,7 @@ describe('the local dashboard', () => {
     await expect.poll(() => badge.textContent(), { timeout: 10_000 }).toBe('scaling: running');
   }, 30_000);
 
-  it('switches dry run through PUT /config with the ETag it read', async () => {
+  it('switches dry run through PATCH /config with the ETag it read', async () => {
     screenshotOnFailure('dry-run');
     const before = await getJson<{ version: number }>(`${local?.url}/api/v1/scaling/config`);
 

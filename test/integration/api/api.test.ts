@@ -121,28 +121,77 @@ describe('scaling API over HTTP', () => {
       expect((res.body as { config: Record<string, unknown> }).config).toMatchObject({ cpu_scale_up: 80, min_instances: 2, max_instances: 10, scale_cooldown: 300 });
     });
 
-    it('requires If-Match (428) and refuses a stale one (412)', async () => {
+    it('requires If-Match on PUT (428) and refuses a stale one (412) before looking at the body', async () => {
       const body = JSON.stringify({ cpu_scale_up: 85 });
       const missing = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: JSON_HEADERS, body });
       const stale = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': '"v999"' }, body });
       expect([missing.status, stale.status]).toEqual([428, 412]);
     });
 
-    it('accepts the guide\'s flat JSON document and records who changed it', async () => {
-      // 12 rather than the guide's 10, so the reply shows the document took effect, not the default.
-      const guide = { ...GUIDE_FLAT_CONFIG, max_instances: 12 };
-      const res = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': await etag() }, body: JSON.stringify(guide) });
+    it('refuses a PUT that leaves settings out (422, listing them) and changes nothing', async () => {
+      const tag = await etag();
+      const empty = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': tag }, body: '{}' });
+      const guide = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': tag }, body: JSON.stringify(GUIDE_FLAT_CONFIG) });
+      const names = ((guide.body as Problem).invalid_params ?? []).map((p) => p.name);
+      expect([empty.status, guide.status]).toEqual([422, 422]);
+      expect(names).toEqual(expect.arrayContaining(['body.check_interval', 'body.dry_run', 'body.targets', 'body.services']));
+      expect(names).not.toContain('body.cpu_scale_up');
+      expect((empty.body as Problem).invalid_params?.length).toBeGreaterThan(names.length);
+      expect(await etag()).toBe(tag);
+    });
+
+    it('replaces the whole configuration with a complete PUT and records who changed it', async () => {
+      const current = await h.fetchJson(`${API}/config`);
+      const config = { ...(current.body as { config: Record<string, unknown> }).config, max_instances: 12 };
+      const res = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': current.headers.get('etag') ?? '' }, body: JSON.stringify(config) });
       const events = await h.fetchJson(`${API}/history?kind=event&limit=5`);
       expect(res.status).toBe(200);
-      expect((res.body as { config: { max_instances: number } }).config.max_instances).toBe(12);
+      expect((res.body as { config: Record<string, unknown> }).config).toEqual(config);
       expect((events.body as { items: Array<{ type: string; actor: string }> }).items[0]).toMatchObject({ type: 'config_changed', actor: 'local:127.0.0.1' });
+    });
+
+    it('changes only the settings a merge patch names (PATCH, RFC 7396), and null resets one to its default', async () => {
+      const before = (await h.fetchJson(`${API}/config`)).body as { config: Record<string, unknown> };
+      const res = await h.fetchJson(`${API}/config`, {
+        method: 'PATCH',
+        headers: { 'content-type': 'application/merge-patch+json', 'if-match': await etag() },
+        body: JSON.stringify({ ...GUIDE_FLAT_CONFIG, max_instances: 11, check_interval: 7, targets: { cpu: 65 } }),
+      });
+      const reset = await h.fetchJson(`${API}/config`, { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json' }, body: '{"check_interval": null}' });
+      const after = (res.body as { config: Record<string, unknown> }).config;
+      expect(res.status).toBe(200);
+      expect(after).toEqual({ ...before.config, ...GUIDE_FLAT_CONFIG, max_instances: 11, check_interval: 7, targets: { ...(before.config['targets'] as object), cpu: 65 } });
+      expect((reset.body as { config: Record<string, unknown> }).config).toEqual({ ...after, check_interval: 30 });
+    });
+
+    it('takes a merge patch only as application/merge-patch+json (415 with Accept-Patch)', async () => {
+      const res = await h.fetchJson(`${API}/config`, { method: 'PATCH', headers: JSON_HEADERS, body: '{"dry_run": true}' });
+      expect(res.status).toBe(415);
+      expect(res.headers.get('accept-patch')).toBe('application/merge-patch+json');
+    });
+
+    it('honours If-Match: * and lists of tags, and refuses weak tags (412) as RFC 9110 requires', async () => {
+      const tag = await etag();
+      const patch = (ifMatch: string, body: unknown) =>
+        h.fetchJson(`${API}/config`, { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json', 'if-match': ifMatch }, body: JSON.stringify(body) });
+      const weak = await patch(`W/${tag}`, { scale_step: 2 });
+      const malformed = await patch('v3', { scale_step: 2 });
+      const star = await patch('*', { scale_step: 2 });
+      const list = await patch(`"v999", ${star.headers.get('etag') ?? ''}`, { scale_step: 3 });
+      const current = (await h.fetchJson(`${API}/config`)).body as { config: { scale_step: number } };
+      const complete = { ...current.config };
+      const putStar = await h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': '*' }, body: JSON.stringify(complete) });
+      expect([weak.status, malformed.status, star.status, list.status, putStar.status]).toEqual([412, 400, 200, 200, 200]);
+      expect((weak.body as Problem).detail).toMatch(/weak/);
+      expect((malformed.body as Problem).invalid_params?.[0]?.name).toBe('headers.if-match');
+      expect(current.config.scale_step).toBe(3);
     });
 
     it('names every invalid path and changes nothing', async () => {
       const tag = await etag();
       const res = await h.fetchJson(`${API}/config`, {
-        method: 'PUT',
-        headers: { ...JSON_HEADERS, 'if-match': tag },
+        method: 'PATCH',
+        headers: { 'content-type': 'application/merge-patch+json', 'if-match': tag },
         body: JSON.stringify({ min_instances: 20, cpu_scale_down: 95, policy: 'magic', bogus: 1 }),
       });
       const names = ((res.body as Problem).invalid_params ?? []).map((p) => p.name);
@@ -155,10 +204,21 @@ describe('scaling API over HTTP', () => {
       const tag = await etag();
       const results = await Promise.all(
         [70, 71, 72, 73, 74].map((cpu) =>
-          h.fetchJson(`${API}/config`, { method: 'PUT', headers: { ...JSON_HEADERS, 'if-match': tag }, body: JSON.stringify({ cpu_scale_up: cpu }) }),
+          h.fetchJson(`${API}/config`, { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json', 'if-match': tag }, body: JSON.stringify({ cpu_scale_up: cpu }) }),
         ),
       );
       expect(results.map((r) => r.status).sort()).toEqual([200, 412, 412, 412, 412]);
+    });
+
+    it('applies every one of several concurrent patches without If-Match, none lost', async () => {
+      const results = await Promise.all(
+        (['cpu_scale_up', 'memory_scale_up', 'connections_scale_up'] as const).map((key, i) =>
+          h.fetchJson(`${API}/config`, { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json' }, body: JSON.stringify({ [key]: 81 + i }) }),
+        ),
+      );
+      const config = ((await h.fetchJson(`${API}/config`)).body as { config: Record<string, number> }).config;
+      expect(results.map((r) => r.status)).toEqual([200, 200, 200]);
+      expect([config['cpu_scale_up'], config['memory_scale_up'], config['connections_scale_up']]).toEqual([81, 82, 83]);
     });
   });
 
@@ -189,8 +249,8 @@ describe('scaling API over HTTP', () => {
   describe('recommendations', () => {
     it('advises on thresholds that are too close, with evidence', async () => {
       await h.fetchJson(`${API}/config`, {
-        method: 'PUT',
-        headers: { ...JSON_HEADERS, 'if-match': await etag() },
+        method: 'PATCH',
+        headers: { 'content-type': 'application/merge-patch+json', 'if-match': await etag() },
         body: JSON.stringify({ cpu_scale_up: 80, cpu_scale_down: 70 }),
       });
       const res = await h.fetchJson(`${API}/recommendations`);

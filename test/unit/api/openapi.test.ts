@@ -32,6 +32,7 @@ describe('the scaling API OpenAPI document', () => {
         'POST /start',
         'POST /stop',
         'PUT /config',
+        'PATCH /config',
         'GET /config',
       ]),
     );

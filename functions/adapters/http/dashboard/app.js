@@ -246,10 +246,10 @@ function wire() {
   $('stop-button').addEventListener('click', () => act('scaling stopped', () => api('/stop', { method: 'POST', headers: json(), body: JSON.stringify({ reason: 'stopped from the local dashboard' }) })));
   $('start-button').addEventListener('click', () => act('scaling started', () => api('/start', { method: 'POST', headers: json(), body: JSON.stringify({ reason: 'started from the local dashboard' }) })));
   $('dry-run-button').addEventListener('click', () => act('dry run switched', async () => {
-    // Optimistic concurrency: the write names the version it read, so a concurrent change wins a 412 rather than being overwritten.
+    // A merge patch names only dry_run, so nothing else can be reset; If-Match names the version
+    // whose dry_run was read, so a concurrent switch wins a 412 rather than being undone.
     const { body, etag } = await api('/config');
-    const config = { ...body.config, dry_run: !body.config.dry_run };
-    await api('/config', { method: 'PUT', headers: { ...json(), 'if-match': etag }, body: JSON.stringify(config) });
+    await api('/config', { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json', 'if-match': etag }, body: JSON.stringify({ dry_run: !body.config.dry_run }) });
   }));
   void poll();
   setInterval(poll, POLL_MS);
