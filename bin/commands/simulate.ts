@@ -5,13 +5,14 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { z } from 'zod';
+import { readReportAssets } from '../../functions/adapters/charts/assets.js';
 import { TraceFileError, readTraceFile } from '../../functions/adapters/sim/trace-file.js';
 import { parseScalingConfig, POLICY_NAMES, ScalingConfigError, type PolicyName, type ScalingConfig } from '../../functions/core/scaling/config.js';
 import { getPolicy, POLICIES } from '../../functions/core/scaling/policies/index.js';
 import { ANCHOR_DOCUMENT, contestantsFor, simulationConfig } from '../../functions/core/scaling/simulator/anchors.js';
 import { formatResultTable } from '../../functions/core/scaling/simulator/format.js';
 import { DEFAULT_MODEL, type SimulationModel } from '../../functions/core/scaling/simulator/model.js';
-import { renderReport } from '../../functions/core/scaling/simulator/report.js';
+import { renderReport, tradeoffOf } from '../../functions/core/scaling/simulator/report.js';
 import { contestant, prepareTrace, simulate, type Contestant } from '../../functions/core/scaling/simulator/simulate.js';
 import { TraceError } from '../../functions/core/scaling/simulator/trace.js';
 import { applyVariant, parseVariant, VariantError, type VariantSpec } from '../../functions/core/scaling/simulator/variant.js';
@@ -37,7 +38,8 @@ Replays a timestamp,value CSV trace through scaling policies and the clairvoyant
                             simulator's base settings; its min/max_instances bound the fleet
                             unless --min-tasks/--max-tasks are given
   --format table|json       output format (default table); json prints one object
-  --report FILE             also write a self-contained HTML report with a chart per policy
+  --report FILE             also write a self-contained HTML report: zoomable charts per row and
+                            a trade-off chart (this replays every anchor setting of the sweep too)
 
 Model flags (defaults in brackets):
   --tick SECONDS            evaluation period and resampling step [${d.tickSeconds}]
@@ -219,7 +221,10 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     throw error;
   }
   const runResult = simulate(trace, contestants, model);
-  if (flags.report !== undefined) await writeFile(resolve(io.cwd, flags.report), renderReport(runResult));
+  if (flags.report !== undefined) {
+    const html = renderReport(runResult, { assets: await readReportAssets(), tradeoff: tradeoffOf(runResult.result, trace, model) });
+    await writeFile(resolve(io.cwd, flags.report), html);
+  }
   if (flags.format === 'json') io.stdout(`${JSON.stringify(runResult.result)}\n`);
   else io.stdout(formatResultTable(runResult.result));
   return 0;

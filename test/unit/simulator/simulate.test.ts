@@ -114,12 +114,14 @@ describe('the result and the report', () => {
     expect((json['oracle'] as { policy: string }).policy).toBe('oracle');
   });
 
-  it('renders one self-contained HTML page with a chart per policy and the score table', () => {
-    const html = renderReport(run);
-    expect(html.match(/<svg /g)).toHaveLength(2);
+  it('renders one self-contained HTML page: the score table, the inlined scripts and a series per policy', () => {
+    const html = renderReport(run, { assets: { css: '.u-legend{}', scripts: ['var a = "</script>";'] } });
+    const data = JSON.parse(/<script type="application\/json" id="report-data">(.*?)<\/script>/s.exec(html)?.[1] ?? 'null') as { rows: Array<{ name: string }> };
+
+    expect(data.rows.map((r) => r.name)).toEqual(['never', 'oracle']);
     expect(html).toContain('<td>never</td>');
-    expect(html).toContain('class="violation"');
     expect(html).toContain('step &lt;&amp;&gt;');
-    expect(html).not.toMatch(/<script|src=|href=/);
+    expect(html).toContain('var a = "<\\/script>";');
+    expect(html).not.toMatch(/src=|href=/);
   });
 });

@@ -30,6 +30,19 @@ export interface Scores {
 }
 
 /**
+ * Whether a tick violates the SLO: demand above the SLO utilisation of the running tasks (any
+ * demand with none running).
+ *
+ * @example
+ * ```ts
+ * violatesSlo(4.6, 5, 0.9); // true: 0.92 > 0.9
+ * ```
+ */
+export function violatesSlo(demand: number, running: number, sloUtilization: number): boolean {
+  return running === 0 ? demand > 0 : demand / running > sloUtilization;
+}
+
+/**
  * Demand below this many task-units is normalised by it in the accuracy metrics, so that an
  * idle minute does not make over-provisioning infinite.
  */
@@ -57,7 +70,7 @@ export function scoreTimeline(t: Timeline, model: SimulationModel): Scores {
     const d = t.demand[i] as number;
     const r = t.running[i] as number;
     const all = r + (t.starting[i] as number);
-    if (r === 0 ? d > 0 : d / r > model.sloUtilization) violations++;
+    if (violatesSlo(d, r, model.sloUtilization)) violations++;
     tasks += all;
     if (all > maxTasks) maxTasks = all;
     const supply = model.sloUtilization * r;
