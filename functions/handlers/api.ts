@@ -13,9 +13,10 @@ import { createScalingRouter } from '../api/routes.js';
 import type { Router } from '../api/router.js';
 import type { ScalingApiPort } from '../api/service.js';
 import { createScalingApiPort, shardingDepsOf } from '../api/wiring.js';
+import { RdsInventory } from '../adapters/aws/rds-inventory.js';
 import { HistoryReader } from '../adapters/postgres/history-reader.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
-import { awsClients } from './shared/aws.js';
+import { awsClients, rdsClient } from './shared/aws.js';
 import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime } from './shared/runtime.js';
@@ -65,7 +66,14 @@ async function buildAwsPort(): Promise<ScalingApiPort> {
   const rt = controllerRuntime();
   const shardingConfig = await shardingConfigFromEnv(process.env, awsClients().secrets);
   const sharding = shardingConfig
-    ? await createShardingRuntime({ config: shardingConfig, catalog: await rt.db(), actor: 'scaling-api', pools: { max: 2 } })
+    ? await createShardingRuntime({
+        config: shardingConfig,
+        catalog: await rt.db(),
+        actor: 'scaling-api',
+        pools: { max: 2 },
+        // Health and the rebalance headroom rule add what RDS and its CloudWatch metrics say.
+        cloud: new RdsInventory({ rds: rdsClient(), cloudwatch: awsClients().cloudwatch }),
+      })
     : undefined;
   return createScalingApiPort({
     catalog: rt.catalog,

@@ -1,4 +1,4 @@
-import { Annotations, Duration, Stack } from 'aws-cdk-lib';
+import { Annotations, ArnFormat, Duration, Stack } from 'aws-cdk-lib';
 import type * as ec2 from 'aws-cdk-lib/aws-ec2';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as events from 'aws-cdk-lib/aws-events';
@@ -306,6 +306,19 @@ export class ControlPlane extends Construct {
       );
     }
     for (const statement of [readMetrics, describeServices, describeTargets]) this.api.role.addToPolicy(statement);
+    // Shard health on AWS merges what RDS says (status, storage, replica topology) by endpoint.
+    this.api.role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'DescribeShardInstances',
+        actions: ['rds:DescribeDBInstances'],
+        resources: [stack.formatArn({ service: 'rds', resource: 'db', resourceName: '*', arnFormat: ArnFormat.COLON_RESOURCE_NAME })],
+      }),
+    );
+    acknowledge(
+      this.api.role,
+      `AwsSolutions-IAM5[Resource::${nagArn(this, 'rds', 'db:*')}]`,
+      'DescribeDBInstances with an engine filter lists the instances of this account and region (read-only); the shard instances get their identifiers from CloudFormation, and the inventory matches them by endpoint.',
+    );
     props.catalog.secret.grantRead(this.api.role);
     props.catalog.secret.grantRead(this.migrate.role);
     props.catalog.secret.grantRead(this.moves.role);

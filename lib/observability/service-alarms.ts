@@ -7,6 +7,7 @@ import type * as sns from 'aws-cdk-lib/aws-sns';
 import { Construct } from 'constructs';
 import { validateProps } from '../validate.js';
 import { serviceAlarmNames } from './alarm-names.js';
+import { RESPONSE_TIME_STATISTIC } from '../../functions/adapters/aws/topology.js';
 
 /** Props of {@link ServiceAlarms}. */
 export interface ServiceAlarmsProps {
@@ -73,8 +74,9 @@ export class ServiceAlarms extends Construct {
         new cloudwatch.Alarm(this, 'ResponseTime', {
           ...common,
           alarmName: names.responseTime,
-          alarmDescription: `${props.serviceName}: p95 response time above ${props.responseTimeMs} ms (scale-up threshold)`,
-          metric: props.targetGroup.metrics.targetResponseTime({ period: Duration.minutes(1), statistic: 'p95' }),
+          alarmDescription: `${props.serviceName}: ${RESPONSE_TIME_STATISTIC} response time above ${props.responseTimeMs} ms (scale-up threshold)`,
+          // The controller reads the same statistic, so the evaluation this alarm triggers sees what it saw.
+          metric: props.targetGroup.metrics.targetResponseTime({ period: Duration.minutes(1), statistic: RESPONSE_TIME_STATISTIC }),
           // TargetResponseTime is in seconds.
           threshold: props.responseTimeMs / 1000,
         }),

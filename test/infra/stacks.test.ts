@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import type { CfnResource, Stack } from 'aws-cdk-lib';
 import { Match } from 'aws-cdk-lib/assertions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RESPONSE_TIME_STATISTIC } from '../../functions/adapters/aws/topology.js';
 import { parseScalingConfig } from '../../functions/core/scaling/config.js';
 import { SERVICE_NAMES } from '../../lib/config/deployment-config.js';
 import { SCALING_API_ROUTES } from '../../lib/control-plane/scaling-api.js';
@@ -504,6 +505,13 @@ describe('least privilege', () => {
     'ecr:GetAuthorizationToken',
   ]);
 
+  it('lets the API, and only the API, describe the RDS instances it merges into shard health', () => {
+    const describers = allStatements()
+      .filter((st) => asArray(st.Action).includes('rds:DescribeDBInstances'))
+      .map((st) => st.policy.replace(/RoleDefaultPolicy.*$/, ''));
+    expect([...new Set(describers)]).toEqual(['ControlPlaneApi']);
+  });
+
   it('grants "*" resources only for actions IAM cannot scope', () => {
     const offenders = allStatements()
       .filter((st) => asArray(st.Resource).includes('*'))
@@ -523,6 +531,15 @@ describe('observability stack', () => {
     expect(count('DatabaseConnections')).toBe(shards * (1 + replicasPerShard));
     expect(count('CPUUtilization')).toBe(shards * (1 + replicasPerShard));
     for (const a of alarms) expect(JSON.stringify(a['AlarmActions'])).toContain('AlarmTopic');
+  });
+
+  it('alarms on the response time with the statistic the controller reads', () => {
+    const t = s.template(s.stacks.observability);
+    const responseTime = resourcesOf(t, 'AWS::CloudWatch::Alarm')
+      .map(([, a]) => a.Properties as Json)
+      .filter((a) => a['MetricName'] === 'TargetResponseTime');
+    expect(responseTime.length).toBeGreaterThan(0);
+    for (const a of responseTime) expect(a['ExtendedStatistic'] ?? a['Statistic']).toBe(RESPONSE_TIME_STATISTIC);
   });
 
   it("alarms on the load balancer's own 5xx answers, to the alarm topic", () => {

@@ -3,14 +3,22 @@
  * per evaluation (a request holds up to 500 queries; more are split, keeping each service's
  * queries together), following `NextToken` when CloudWatch pages the answer.
  *
- * Per service: ECS `CPUUtilization` and `MemoryUtilization` (ClusterName, ServiceName); for a
- * service behind the ALB, `TargetResponseTime`, `RequestCountPerTarget`, `RequestCount` and
- * `HTTPCode_Target_5XX_Count` (TargetGroup, LoadBalancer); and the configured queue-depth
- * metric. Per load balancer, once per request however many services share it:
- * `ActiveConnectionCount` and `RequestCount` (LoadBalancer). The newest datapoint of the last
+ * Per service: ECS `CPUUtilization` and `MemoryUtilization` (Average; ClusterName,
+ * ServiceName); for a service behind the ALB, `TargetResponseTime` (p95, the statistic of the
+ * response-time alarms too: {@link RESPONSE_TIME_STATISTIC}), `RequestCountPerTarget`,
+ * `RequestCount` and `HTTPCode_Target_5XX_Count` (Sum; TargetGroup, LoadBalancer); and the
+ * configured queue-depth metric. Per load balancer, once per request however many services
+ * share it: `ActiveConnectionCount` and `RequestCount` (LoadBalancer).
+ *
+ * The window is whole periods ending at the start of the current period (`EndTime` is
+ * exclusive), so the period still being filled is never read. The newest datapoint of the last
  * few periods is used; a query without datapoints (ALB metrics are not published while idle)
- * gives a missing metric, never a zero. A failed request (after the SDK's own retries with
- * backoff) makes every service in it unavailable, so the controller takes no decision for them.
+ * gives a missing metric, never a zero, except `HTTPCode_Target_5XX_Count`, which CloudWatch
+ * omits in a minute without 5xx: it is read in the minute of the request count the error rate
+ * divides it by, and is 0 when that minute has no datapoint (without a request count there is
+ * no error rate to compute, and it stays missing). A failed request (after the SDK's
+ * own retries with backoff) makes every service in it unavailable, so the controller takes no
+ * decision for them.
  *
  * `ActiveConnectionCount` exists only per load balancer. Services that share one (the three
  * CA-DMS web services do, behind method- and path-based listener rules) would each see every
@@ -32,7 +40,7 @@
  */
 import { GetMetricDataCommand, type CloudWatchClient, type MetricDataQuery } from '@aws-sdk/client-cloudwatch';
 import type { MetricsReading, MetricsSource, RawMetrics } from '../../core/scaling/ports.js';
-import type { Topology } from './topology.js';
+import { RESPONSE_TIME_STATISTIC, type Topology } from './topology.js';
 
 /** CloudWatch's limit of queries in one GetMetricData request. */
 export const MAX_QUERIES_PER_REQUEST = 500;
@@ -83,7 +91,7 @@ export function planQueries(topology: Topology, service: string, index: number):
   if (t.targetGroup !== undefined && t.loadBalancer !== undefined) {
     const tg = { TargetGroup: t.targetGroup, LoadBalancer: t.loadBalancer };
     planned.push(
-      { service, field: 'responseTimeMs', scale: 1000, query: metricQuery(id('rt'), 'AWS/ApplicationELB', 'TargetResponseTime', tg, 'Average', period) },
+      { service, field: 'responseTimeMs', scale: 1000, query: metricQuery(id('rt'), 'AWS/ApplicationELB', 'TargetResponseTime', tg, RESPONSE_TIME_STATISTIC, period) },
       { service, field: 'requestCountPerTarget', scale: 1, query: metricQuery(id('rpt'), 'AWS/ApplicationELB', 'RequestCountPerTarget', tg, 'Sum', period) },
       { service, field: 'errorCount', scale: 1, query: metricQuery(id('err'), 'AWS/ApplicationELB', 'HTTPCode_Target_5XX_Count', tg, 'Sum', period) },
       { service, field: 'targetGroupRequests', scale: 1, query: metricQuery(id('req'), 'AWS/ApplicationELB', 'RequestCount', tg, 'Sum', period) },
@@ -225,6 +233,13 @@ export class CloudWatchMetricsSource implements MetricsSource {
         const series = outcome.series.get(q.query.Id ?? '');
         if (q.field === 'targetGroupRequests') {
           if (series !== undefined) tgRequests.set(q.service, series);
+          continue;
+        }
+        if (q.field === 'errorCount') {
+          // Omitted when zero: the minute of the request count it is divided by, 0 if absent.
+          const perTarget = outcome.series.get(q.query.Id?.replace(/_err$/, '_rpt') ?? '');
+          const minute = newestOf(perTarget)?.at;
+          if (minute !== undefined) byService.set(q.service, { ...byService.get(q.service), errorCount: series?.get(minute) ?? 0 });
           continue;
         }
         const value = newestOf(series)?.value;

@@ -184,8 +184,11 @@ export class RdsInventory {
     });
     const values = new Map<string, number>();
     if (queries.length === 0) return values;
-    const end = this.#now();
-    const start = new Date(end.getTime() - this.#lookback * 1000);
+    // Whole periods ending at the last complete one (EndTime is exclusive): the period still
+    // being filled would report a partial minimum or maximum.
+    const periodMs = this.#period * 1000;
+    const end = new Date(Math.floor(this.#now().getTime() / periodMs) * periodMs);
+    const start = new Date(end.getTime() - Math.ceil(this.#lookback / this.#period) * periodMs);
     try {
       for (let i = 0; i < queries.length; i += MAX_QUERIES_PER_REQUEST) {
         const batch = queries.slice(i, i + MAX_QUERIES_PER_REQUEST);

@@ -19,6 +19,15 @@
 import { z } from 'zod';
 import { issuesOf } from '../../core/scaling/config.js';
 
+/**
+ * The statistic of `TargetResponseTime` for the controller AND the response-time alarms (the
+ * CDK app imports this): the 95th percentile. The guide's 1000 ms threshold is about what users
+ * wait, and an average hides a slow tail behind many fast requests. Above all both sides must
+ * read the same number: an alarm on p95 that triggers an evaluation reading the average would
+ * find nothing to act on.
+ */
+export const RESPONSE_TIME_STATISTIC = 'p95';
+
 /** The queue-depth metric of a service: an SQS queue's metric or one the application publishes. */
 export const queueMetricSchema = z.strictObject({
   namespace: z.string().min(1),

@@ -6,6 +6,7 @@
 import { ApplicationAutoScalingClient } from '@aws-sdk/client-application-auto-scaling';
 import { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
 import { ECSClient } from '@aws-sdk/client-ecs';
+import { RDSClient } from '@aws-sdk/client-rds';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { tracer } from './powertools.js';
 
@@ -38,4 +39,12 @@ export function awsClients(): AwsClients {
     secrets: tracer.captureAWSv3Client(new SecretsManagerClient(options)),
   };
   return clients;
+}
+
+let rds: RDSClient | undefined;
+
+/** The RDS client, built only by the functions that ask RDS about the shards (the API). */
+export function rdsClient(): RDSClient {
+  rds ??= tracer.captureAWSv3Client(new RDSClient(options));
+  return rds;
 }

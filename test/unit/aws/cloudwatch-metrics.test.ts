@@ -1,6 +1,7 @@
 import { CloudWatchClient, GetMetricDataCommand, type GetMetricDataCommandInput } from '@aws-sdk/client-cloudwatch';
 import { mockClient } from 'aws-sdk-client-mock';
 import { Readable } from 'node:stream';
+import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CloudWatchMetricsSource } from '../../../functions/adapters/aws/cloudwatch-metrics.js';
 import { parseTopology } from '../../../functions/adapters/aws/topology.js';
@@ -51,13 +52,59 @@ describe('CloudWatch metrics source', () => {
     expect(input?.MetricDataQueries?.map((q) => q.MetricStat)).toEqual([
       stat('AWS/ECS', 'CPUUtilization', ecs, 'Average'),
       stat('AWS/ECS', 'MemoryUtilization', ecs, 'Average'),
-      stat('AWS/ApplicationELB', 'TargetResponseTime', tg, 'Average'),
+      stat('AWS/ApplicationELB', 'TargetResponseTime', tg, 'p95'),
       stat('AWS/ApplicationELB', 'RequestCountPerTarget', tg, 'Sum'),
       stat('AWS/ApplicationELB', 'HTTPCode_Target_5XX_Count', tg, 'Sum'),
       stat('AWS/ApplicationELB', 'RequestCount', tg, 'Sum'),
       stat('AWS/ApplicationELB', 'ActiveConnectionCount', [{ Name: 'LoadBalancer', Value: 'app/ca-dms/00000000000000aa' }], 'Sum'),
       stat('AWS/ApplicationELB', 'RequestCount', [{ Name: 'LoadBalancer', Value: 'app/ca-dms/00000000000000aa' }], 'Sum'),
     ]);
+  });
+
+  it('reads whole periods ending at the last complete minute, whatever the time of the call', async () => {
+    cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [] });
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: Date.UTC(2020, 0, 1), max: Date.UTC(2035, 0, 1) }), async (now) => {
+        cw.resetHistory();
+        await source(1).read(['svc-0'], now);
+        const { StartTime, EndTime } = inputs()[0] ?? {};
+        const end = (EndTime as Date).getTime();
+        const start = (StartTime as Date).getTime();
+        // EndTime is exclusive: the minute still being filled (end..now) is never read.
+        expect(end % 60_000).toBe(0);
+        expect(end <= now && now - end < 60_000).toBe(true);
+        expect((end - start) % 60_000).toBe(0);
+      }),
+      { verbose: true },
+    );
+  });
+
+  it('counts 5xx responses in the minute of the request count, as 0 when CloudWatch omitted them', async () => {
+    const minute = (k: number): Date => new Date(Date.UTC(2026, 0, 5, 12, 0, 0) - k * 60_000);
+    const answer = (errors: { at: Date; n: number }[]) => (input: GetMetricDataCommandInput) => ({
+      MetricDataResults: (input.MetricDataQueries ?? []).map((q) => {
+        const series: Record<string, { at: Date; n: number }[]> = {
+          s0_cpu: [{ at: minute(1), n: 50 }],
+          s0_mem: [{ at: minute(1), n: 50 }],
+          s0_rpt: [{ at: minute(1), n: 100 }, { at: minute(3), n: 90 }],
+          s0_req: [{ at: minute(1), n: 300 }],
+          s0_err: errors,
+          lb0_conn: [{ at: minute(1), n: 30 }],
+          lb0_req: [{ at: minute(1), n: 300 }],
+        };
+        const points = series[q.Id ?? ''] ?? [];
+        return { Id: q.Id, StatusCode: 'Complete', Timestamps: points.map((p) => p.at), Values: points.map((p) => p.n) };
+      }),
+    });
+
+    cw.on(GetMetricDataCommand).callsFake(answer([{ at: minute(3), n: 45 }]));
+    const quiet = (await source(1).read(['svc-0'], NOW)).get('svc-0');
+    cw.on(GetMetricDataCommand).callsFake(answer([{ at: minute(1), n: 7 }, { at: minute(3), n: 45 }]));
+    const failing = (await source(1).read(['svc-0'], NOW)).get('svc-0');
+
+    // Minute 3's burst is not the last minute's: the last minute had no 5xx, so none were published.
+    expect(quiet?.ok === true && quiet.metrics.errorCount).toBe(0);
+    expect(failing?.ok === true && failing.metrics.errorCount).toBe(7);
   });
 
   it('reads the queue-depth metric named by the configuration', async () => {

@@ -4,7 +4,8 @@ import { mockClient } from 'aws-sdk-client-mock';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RdsInventory, RdsInventoryError, SHARD_TAG } from '../../../functions/adapters/aws/rds-inventory.js';
 
-const NOW = new Date(Date.UTC(2026, 10, 27, 9, 0, 0));
+// 42 s into a minute: the window must end at the minute before.
+const NOW = new Date(Date.UTC(2026, 10, 27, 9, 0, 42));
 const GIB = 1024 ** 3;
 const rds = mockClient(RDSClient);
 const cw = mockClient(CloudWatchClient);
@@ -54,7 +55,7 @@ describe('RDS inventory', () => {
     expect(instances.map((i) => i.identifier)).toEqual(['shard-1', 'shard-1-r1', 'shard-1-r2', 'shard-2']);
   });
 
-  it('asks CloudWatch for FreeStorageSpace of every instance and ReplicaLag of replicas, over the last ten minutes', async () => {
+  it('asks CloudWatch for FreeStorageSpace of every instance and ReplicaLag of replicas, over the last ten whole minutes', async () => {
     rds.on(DescribeDBInstancesCommand).resolves({ DBInstances: TOPOLOGY.slice(0, 2) });
     cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [] });
 
@@ -69,7 +70,8 @@ describe('RDS inventory', () => {
         { Id: 'rl1', MetricStat: { Metric: metric('ReplicaLag', 'shard-1-r1'), Period: 60, Stat: 'Maximum' }, ReturnData: true },
       ],
       StartTime: new Date(Date.UTC(2026, 10, 27, 8, 50, 0)),
-      EndTime: NOW,
+      // The minute in progress at NOW (09:00:xx) is not read.
+      EndTime: new Date(Date.UTC(2026, 10, 27, 9, 0, 0)),
       ScanBy: 'TimestampDescending',
     });
   });
