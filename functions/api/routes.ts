@@ -365,12 +365,27 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
     handle: async () => ({ status: 200, body: openApiDocument }),
   });
   const all = [...routes, openapi];
-  const openApiDocument = buildOpenApi(all, {
-    title: 'CA-DMS scaling API',
-    version: '1.0.0',
-    description: 'Watch and steer CA-DMS horizontal scaling: auto-scaling status, metrics, history, configuration, recommendations and database shards.',
-  });
+  const openApiDocument = buildOpenApi(all, OPENAPI_INFO);
   return all;
+}
+
+const OPENAPI_INFO = {
+  title: 'CA-DMS scaling API',
+  version: '1.0.0',
+  description: 'Watch and steer CA-DMS horizontal scaling: auto-scaling status, metrics, history, configuration, recommendations and database shards.',
+};
+
+/** A port for reading the route table's shape only: every call is refused. */
+const shapeOnlyPort = new Proxy({} as ScalingApiPort, {
+  get: (_target, name) => () => Promise.reject(new Error(`the route table was built to read its shape; ${String(name)} cannot be served`)),
+});
+
+/**
+ * This API's OpenAPI document, without a port to serve it: the CDK app builds API Gateway's
+ * resources and methods from it, so the gateway and the router cannot drift apart.
+ */
+export function scalingApiDocument(): ReturnType<typeof buildOpenApi> {
+  return buildOpenApi(scalingRoutes(shapeOnlyPort), OPENAPI_INFO);
 }
 
 /** The router for the scaling API. */

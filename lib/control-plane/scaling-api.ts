@@ -3,38 +3,69 @@ import * as apigw from 'aws-cdk-lib/aws-apigateway';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
+import { z } from 'zod';
+import { scalingApiDocument } from '../../functions/api/routes.js';
 import { acknowledge } from '../nag.js';
 import { validateProps } from '../validate.js';
 
-/** One route of the scaling API as the guide lists it. */
+/** One route of the scaling API, as API Gateway needs it. */
 export interface ApiRoute {
-  readonly method: 'GET' | 'POST' | 'PUT' | 'PATCH';
-  /** Relative to the API root, without a leading slash. */
+  readonly method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+  /** Relative to the API root, without a leading slash; `{name}` for a path parameter. */
   readonly path: string;
-  /** Query-string parameters the method accepts (all optional). */
-  readonly query?: readonly string[];
-  /** Whether the request must carry a JSON object body. */
-  readonly jsonBody?: boolean;
-  /** The media type of that body. @default 'application/json' */
-  readonly bodyContentType?: string;
+  /** Query-string parameters the method accepts, and whether each is required. */
+  readonly query?: Readonly<Record<string, boolean>>;
 }
 
-/** The guide's endpoints (`/api/v1/scaling/...`). */
-export const SCALING_API_ROUTES: readonly ApiRoute[] = [
-  { method: 'GET', path: 'api/v1/scaling/status' },
-  { method: 'GET', path: 'api/v1/scaling/metrics', query: ['service'] },
-  { method: 'GET', path: 'api/v1/scaling/history', query: ['service', 'limit', 'cursor', 'since', 'until'] },
-  { method: 'GET', path: 'api/v1/scaling/config' },
-  { method: 'PUT', path: 'api/v1/scaling/config', jsonBody: true },
-  // Partial updates (RFC 7396), so no request resets settings it does not mention.
-  { method: 'PATCH', path: 'api/v1/scaling/config', jsonBody: true, bodyContentType: 'application/merge-patch+json' },
-  { method: 'POST', path: 'api/v1/scaling/start' },
-  { method: 'POST', path: 'api/v1/scaling/stop' },
-  { method: 'GET', path: 'api/v1/scaling/recommendations', query: ['service'] },
-  { method: 'GET', path: 'api/v1/scaling/shards/statistics' },
-  { method: 'GET', path: 'api/v1/scaling/shards/health' },
-  { method: 'GET', path: 'api/v1/scaling/shards/rebalance-check' },
+const openApiOperation = z.looseObject({
+  parameters: z.array(z.looseObject({ name: z.string(), in: z.string(), required: z.boolean().optional() })).default([]),
+});
+const openApiPaths = z.looseObject({ paths: z.record(z.string(), z.record(z.string(), z.unknown())) });
+const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'] as const;
+
+/** The routes of an OpenAPI 3 document (the one the API's router serves at `/openapi.json`). */
+export function apiRoutesFromOpenApi(document: unknown): ApiRoute[] {
+  const doc = openApiPaths.parse(document);
+  return Object.entries(doc.paths).flatMap(([path, operations]) =>
+    Object.entries(operations).flatMap(([verb, operation]) => {
+      const method = METHODS.find((m) => m === verb.toUpperCase());
+      if (!method) return [];
+      const query = openApiOperation.parse(operation).parameters.filter((p) => p.in === 'query');
+      return [{ method, path: path.replace(/^\//, ''), ...(query.length > 0 ? { query: Object.fromEntries(query.map((q) => [q.name, q.required === true])) } : {}) }];
+    }),
+  );
+}
+
+/** Every route the API's router serves, from its OpenAPI document. */
+export const SCALING_API_ROUTES: readonly ApiRoute[] = apiRoutesFromOpenApi(scalingApiDocument());
+
+/** What API Gateway itself answers (not the function), with the status it answers with. */
+const GATEWAY_RESPONSES: ReadonlyArray<readonly [apigw.ResponseType, number | undefined]> = [
+  [apigw.ResponseType.DEFAULT_4XX, undefined],
+  [apigw.ResponseType.DEFAULT_5XX, undefined],
+  [apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, 403],
+  [apigw.ResponseType.ACCESS_DENIED, 403],
+  [apigw.ResponseType.INVALID_SIGNATURE, 403],
+  [apigw.ResponseType.EXPIRED_TOKEN, 403],
+  [apigw.ResponseType.BAD_REQUEST_PARAMETERS, 400],
+  [apigw.ResponseType.BAD_REQUEST_BODY, 400],
+  [apigw.ResponseType.REQUEST_TOO_LARGE, 413],
+  [apigw.ResponseType.UNSUPPORTED_MEDIA_TYPE, 415],
+  [apigw.ResponseType.THROTTLED, 429],
+  [apigw.ResponseType.QUOTA_EXCEEDED, 429],
+  [apigw.ResponseType.INTEGRATION_FAILURE, 504],
+  [apigw.ResponseType.INTEGRATION_TIMEOUT, 504],
 ];
+
+/**
+ * The RFC 9457 problem document API Gateway answers with for its own errors. Gateway response
+ * templates take only simple substitutions: `$context.error.messageString` is already a quoted
+ * JSON string. The default 4XX/5XX responses cover several statuses, so they omit `status`
+ * (optional in RFC 9457; the HTTP status is authoritative).
+ */
+export function gatewayProblemTemplate(status: number | undefined): string {
+  return `{"type":"about:blank","title":$context.error.messageString,${status === undefined ? '' : `"status":${status},`}"detail":$context.error.messageString,"instance":"$context.path","requestId":"$context.requestId"}`;
+}
 
 /** Props of {@link ScalingApi}. */
 export interface ScalingApiProps {
@@ -75,10 +106,11 @@ export class ScalingApi extends Construct {
     const rate = props.throttlingRateLimit ?? 20;
     const burst = props.throttlingBurstLimit ?? 40;
     const keys = routes.map((r) => `${r.method} ${r.path}`);
+    const pathPattern = /^[a-z0-9][a-z0-9\-/{}.]*$/;
     validateProps('ScalingApi', [
       [routes.length > 0, 'routes must not be empty'],
       [new Set(keys).size === keys.length, `routes must be unique (got ${keys.join(', ')})`],
-      [routes.every((r) => /^[a-z0-9][a-z0-9\-/{}]*$/.test(r.path) && !r.path.endsWith('/')), 'route paths are relative, lower-case, without a trailing slash'],
+      [routes.every((r) => pathPattern.test(r.path) && !r.path.endsWith('/')), 'route paths are relative, lower-case, without a trailing slash'],
       [rate > 0 && burst >= 1, `throttling must be positive (rate ${rate}, burst ${burst})`],
     ]);
 
@@ -122,31 +154,41 @@ export class ScalingApi extends Construct {
       'AwsSolutions-APIG3',
       'Every method requires IAM (SigV4) authorization, so unsigned traffic is rejected by API Gateway before any integration; the stage is throttled. A WAF web ACL adds cost without protecting anything further for an operator-only API.',
     );
+    acknowledge(this.api, 'AwsSolutions-APIG2', "API Gateway validates the path and query parameters of every method; request bodies are validated by the function with the router's zod schemas (the same ones the OpenAPI document is built from), which answer with problem+json naming each offending field, which API Gateway's model validation cannot.");
     acknowledge(this.api, 'AwsSolutions-COG4', 'The API is for operators and automation with AWS credentials: IAM authorization, not Cognito user pools, is the intended authorizer.');
     acknowledge(
       this.api,
       'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]',
       'The account-wide API Gateway logging role: AWS publishes this managed policy for exactly that role, and API Gateway cannot write execution or access logs without it.',
     );
+    // Parameters only: request bodies are validated by the function's own zod schemas, which
+    // answer with problem+json naming each field (API Gateway's model validation cannot).
     const validator = this.api.addRequestValidator('Validator', {
-      requestValidatorName: 'parameters-and-body',
+      requestValidatorName: 'parameters',
       validateRequestParameters: true,
-      validateRequestBody: true,
-    });
-    const jsonObject = this.api.addModel('JsonObject', {
-      contentType: 'application/json',
-      modelName: 'JsonObject',
-      schema: { schema: apigw.JsonSchemaVersion.DRAFT4, title: 'JsonObject', type: apigw.JsonSchemaType.OBJECT, minProperties: 1 },
+      validateRequestBody: false,
     });
     const integration = new apigw.LambdaIntegration(props.handler, { proxy: true, allowTestInvoke: false });
 
     for (const route of routes) {
       const resource = this.api.root.resourceForPath(route.path);
+      const pathParams = [...route.path.matchAll(/\{([^}]+)\}/g)].map((m) => m[1] ?? '');
       resource.addMethod(route.method, integration, {
         authorizationType: apigw.AuthorizationType.IAM,
         requestValidator: validator,
-        requestParameters: Object.fromEntries((route.query ?? []).map((q) => [`method.request.querystring.${q}`, false])),
-        ...(route.jsonBody ? { requestModels: { [route.bodyContentType ?? 'application/json']: jsonObject } } : {}),
+        requestParameters: {
+          ...Object.fromEntries(pathParams.map((p) => [`method.request.path.${p}`, true])),
+          ...Object.fromEntries(Object.entries(route.query ?? {}).map(([q, required]) => [`method.request.querystring.${q}`, required])),
+        },
+      });
+    }
+
+    for (const [type, status] of GATEWAY_RESPONSES) {
+      this.api.addGatewayResponse(`Problem${type.responseType}`, {
+        type,
+        ...(status === undefined ? {} : { statusCode: String(status) }),
+        responseHeaders: { 'Content-Type': "'application/problem+json'", 'Cache-Control': "'no-store'" },
+        templates: { 'application/json': gatewayProblemTemplate(status) },
       });
     }
   }

@@ -12,6 +12,7 @@ import { RESPONSE_TIME_STATISTIC } from '../../functions/adapters/aws/topology.j
 import { parseScalingConfig } from '../../functions/core/scaling/config.js';
 import { SERVICE_NAMES } from '../../lib/config/deployment-config.js';
 import { SCALING_API_ROUTES } from '../../lib/control-plane/scaling-api.js';
+import { scalingApiDocument } from '../../functions/api/routes.js';
 import { METRICS_SERVICE } from '../../functions/handlers/shared/powertools.js';
 import { CONTROLLER_METRICS_SERVICE } from '../../lib/observability/scaling-dashboard.js';
 import { APP_CONTAINER, NGINX_CONTAINER } from '../../lib/services/sidecar-service.js';
@@ -427,6 +428,46 @@ describe('control plane stack', () => {
     expect(methods).toHaveLength(SCALING_API_ROUTES.length);
     for (const [, m] of methods) {
       expect(m.Properties).toMatchObject({ AuthorizationType: 'AWS_IAM', RequestValidatorId: expect.anything() });
+    }
+  });
+
+  it("has exactly the router's routes, path and query parameters included (read off the template's resource tree)", () => {
+    const t = s.template(s.stacks.controlPlane);
+    const resources = t.findResources('AWS::ApiGateway::Resource') as Record<string, { Properties: { ParentId: unknown; PathPart: string } }>;
+    const pathOf = (ref: unknown): string => {
+      const id = (ref as { Ref?: string }).Ref;
+      const r = id === undefined ? undefined : resources[id];
+      return r ? `${pathOf(r.Properties.ParentId)}/${r.Properties.PathPart}` : '';
+    };
+    const deployed = resourcesOf(t, 'AWS::ApiGateway::Method').map(([, m]) => {
+      const props = m.Properties as { HttpMethod: string; ResourceId: unknown; RequestParameters?: Record<string, boolean> };
+      return `${props.HttpMethod} ${pathOf(props.ResourceId)} ${Object.keys(props.RequestParameters ?? {}).sort().join(',')}`;
+    });
+    const doc = scalingApiDocument() as { paths: Record<string, Record<string, { parameters: Array<{ in: string; name: string }> }>> };
+    const served = Object.entries(doc.paths).flatMap(([path, ops]) =>
+      Object.entries(ops).map(([method, op]) => {
+        const params = op.parameters.filter((p) => p.in !== 'header').map((p) => `method.request.${p.in === 'path' ? 'path' : 'querystring'}.${p.name}`);
+        return `${method.toUpperCase()} ${path} ${params.sort().join(',')}`;
+      }),
+    );
+    expect(deployed.sort()).toEqual(served.sort());
+    const paths = deployed.map((d) => d.split(' ').slice(0, 2).join(' '));
+    for (const needed of ['POST /api/v1/scaling/evaluate', 'GET /api/v1/scaling/shards/route', 'POST /api/v1/scaling/shards/moves', 'GET /api/v1/scaling/shards/moves/{id}', 'GET /api/v1/scaling/openapi.json']) {
+      expect(paths).toContain(needed);
+    }
+  });
+
+  it("answers API Gateway's own errors (auth, throttling, timeouts, defaults) as application/problem+json", () => {
+    const responses = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::ApiGateway::GatewayResponse').map(([, r]) => r.Properties as Json);
+    const types = responses.map((r) => r['ResponseType']);
+    expect(types).toEqual(expect.arrayContaining(['DEFAULT_4XX', 'DEFAULT_5XX', 'MISSING_AUTHENTICATION_TOKEN', 'ACCESS_DENIED', 'THROTTLED', 'INTEGRATION_TIMEOUT']));
+    for (const r of responses) {
+      expect(r['ResponseParameters']).toMatchObject({ 'gatewayresponse.header.Content-Type': "'application/problem+json'" });
+      const template = (r['ResponseTemplates'] as Record<string, string>)['application/json'] ?? '';
+      // Once API Gateway substitutes its quoted strings, the template is a problem document.
+      const body = JSON.parse(template.replaceAll('$context.error.messageString', '"Forbidden"').replaceAll('$context.path', '/x').replaceAll('$context.requestId', 'r')) as Json;
+      expect(body).toMatchObject({ type: 'about:blank', title: 'Forbidden', detail: 'Forbidden' });
+      if (r['StatusCode'] !== undefined) expect(body['status']).toBe(Number(r['StatusCode']));
     }
   });
 
