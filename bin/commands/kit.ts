@@ -31,6 +31,80 @@ export class UsageError extends Error {
 /** The exit code for bad input (flags, files), as the issue asks. */
 export const EXIT_USAGE = 2;
 
+/** The exit code for everything else that went wrong. */
+export const EXIT_FAILURE = 1;
+
+/** A failure whose message already says what went wrong and what to do (exit code 1). */
+export class CliError extends Error {
+  override readonly name = 'CliError';
+}
+
+/** The system errors an operator meets every day, in words that say what to do about them. */
+const ERRNO_ADVICE: Readonly<Record<string, (e: NodeJS.ErrnoException & { address?: string; port?: number; hostname?: string }) => string>> = {
+  ECONNREFUSED: (e) => `cannot connect to ${e.address ?? 'the server'}${e.port === undefined ? '' : `:${e.port}`} (connection refused): is it running, and is the URL right?`,
+  ECONNRESET: () => 'the connection was reset by the other side: is the server healthy?',
+  ETIMEDOUT: (e) => `connecting to ${e.address ?? 'the server'}${e.port === undefined ? '' : `:${e.port}`} timed out: is the host reachable?`,
+  ENOTFOUND: (e) => `cannot resolve the host name ${e.hostname ?? ''}: check the URL`,
+  ENOENT: (e) => `${e.path ?? 'a file'}: no such file or directory (check the path, and that its folder exists)`,
+  EACCES: (e) => `${e.path ?? 'a file'}: permission denied`,
+  EISDIR: (e) => `${e.path ?? 'the path'} is a directory, not a file`,
+  ENOTDIR: (e) => `${e.path ?? 'the path'}: a part of it is not a directory`,
+  ENOSPC: (e) => `${e.path ?? 'the disk'}: no space left on the device`,
+  EROFS: (e) => `${e.path ?? 'the path'} is on a read-only file system`,
+};
+
+/** The first system error (errno code) in an error, its causes or an AggregateError's members. */
+function findErrno(error: unknown, depth = 0): NodeJS.ErrnoException | undefined {
+  if (!(error instanceof Error) || depth > 5) return undefined;
+  const code = (error as NodeJS.ErrnoException).code;
+  if (typeof code === 'string' && code in ERRNO_ADVICE) return error as NodeJS.ErrnoException;
+  const nested = [...(error instanceof AggregateError ? (error.errors as unknown[]) : []), error.cause];
+  for (const inner of nested) {
+    const found = findErrno(inner, depth + 1);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+/**
+ * One line an operator can act on, for any failure a command did not handle itself: a
+ * {@link CliError}'s message, a system error in plain words, or the first line of the message.
+ *
+ * @example
+ * ```ts
+ * describeFailure(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED', address: '127.0.0.1', port: 5432 }));
+ * // 'cannot connect to 127.0.0.1:5432 (connection refused): is it running, and is the URL right?'
+ * ```
+ */
+export function describeFailure(error: unknown): string {
+  if (error instanceof CliError) return error.message;
+  const errno = findErrno(error);
+  if (errno?.code !== undefined) return ERRNO_ADVICE[errno.code]?.(errno) ?? errno.message;
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split('\n')[0] || (error instanceof Error ? error.name : 'unexpected failure');
+}
+
+/**
+ * `parseArgs` reads `--duration -1` as a flag without its value followed by an unknown flag
+ * `-1`; a value that looks like a negative number is joined to its flag (`--duration=-1`) so
+ * the flag's own check can say what is wrong with it.
+ */
+function joinNegativeValues(args: readonly string[], table: FlagTable): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] as string;
+    const next = args[i + 1];
+    const flag = arg.startsWith('--') ? table[arg.slice(2)] : undefined;
+    if (flag?.type === 'string' && next !== undefined && /^-(?:\d|\.\d)/.test(next)) {
+      out.push(`${arg}=${next}`);
+      i++;
+    } else {
+      out.push(arg);
+    }
+  }
+  return out;
+}
+
 /** The `parseArgs` option table of a command. */
 export type FlagTable = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>;
 
@@ -47,7 +121,7 @@ export type FlagTable = Record<string, { type: 'string' | 'boolean'; multiple?: 
 export function parseFlags<S extends z.ZodType>(args: readonly string[], table: FlagTable, schema: S): z.infer<S> {
   let values: Record<string, unknown>;
   try {
-    ({ values } = parseArgs({ args: [...args], options: table, strict: true, allowPositionals: false }));
+    ({ values } = parseArgs({ args: joinNegativeValues(args, table), options: table, strict: true, allowPositionals: false }));
   } catch (error) {
     const accepted = Object.keys(table).map((k) => `--${k}`).join(', ');
     const message = error instanceof Error ? error.message.split('\n')[0] : String(error);

@@ -6,7 +6,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { readReportAssets } from '../../functions/adapters/charts/assets.js';
-import { TraceFileError, readTraceFile } from '../../functions/adapters/sim/trace-file.js';
+import { SHIPPED_TRACE, TraceFileError, readTraceFile } from '../../functions/adapters/sim/trace-file.js';
 import { parseScalingConfig, POLICY_NAMES, ScalingConfigError, type PolicyName, type ScalingConfig } from '../../functions/core/scaling/config.js';
 import { getPolicy, POLICIES } from '../../functions/core/scaling/policies/index.js';
 import { ANCHOR_DOCUMENT, contestantsFor, simulationConfig } from '../../functions/core/scaling/simulator/anchors.js';
@@ -21,12 +21,13 @@ import { choiceFlag, numberFlag, parseFlags, UsageError } from './kit.js';
 
 const d = DEFAULT_MODEL;
 
-const usage = `Usage: ca-dms-scaling simulate --trace FILE [--policy NAME ...] [--all] [--variant SPEC ...]
+const usage = `Usage: ca-dms-scaling simulate [--trace FILE] [--policy NAME ...] [--all] [--variant SPEC ...]
                                 [--config FILE] [--format table|json] [--report out.html] [model flags]
 
 Replays a timestamp,value CSV trace through scaling policies and the clairvoyant oracle.
 
-  --trace FILE              the trace (ISO-8601 or epoch timestamps, any step)
+  --trace FILE              the trace (ISO-8601 or epoch timestamps, any step; plain or
+                            gzip; default the NASA 1995 trace shipped in data/traces/)
   --policy NAME             a policy to replay; repeat or comma-separate (default ca-dms)
                             one of: ${POLICY_NAMES.join(', ')}
   --all                     replay every policy
@@ -115,7 +116,6 @@ const flagsSchema = z
   })
   .superRefine((f, ctx) => {
     if (f.help === true) return;
-    if (f.trace === undefined) ctx.addIssue({ code: 'custom', path: ['trace'], message: 'is required: the CSV trace to replay' });
     const min = f['min-tasks'];
     const max = f['max-tasks'];
     if (min !== undefined && max !== undefined && min > max) ctx.addIssue({ code: 'custom', path: ['min-tasks'], message: `${min} must not exceed --max-tasks (${max})` });
@@ -211,7 +211,7 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       : await readConfigDocument(resolve(io.cwd, flags.config), flags.config);
   const model = modelFrom(flags, base.config);
   const contestants = contestantsOf(flags, model, base.document);
-  const tracePath = resolve(io.cwd, flags.trace as string);
+  const tracePath = flags.trace === undefined ? SHIPPED_TRACE : resolve(io.cwd, flags.trace);
   let trace;
   try {
     const file = await readTraceFile(tracePath);

@@ -1,28 +1,27 @@
 /**
  * `ca-dms-scaling start` (`npm start`): local mode. Embedded PostgreSQL shards with streaming
  * replicas, the scaling controller against a simulated fleet replaying a workload trace, the
- * scaling API, the documents API and the live dashboard on one loopback port. Runs until Ctrl-C
- * or SIGTERM, then stops everything, PostgreSQL included; data stays under the data directory.
+ * scaling API, the documents API and the live dashboard on one loopback port. Runs until Ctrl-C,
+ * SIGTERM or SIGHUP, then stops everything, PostgreSQL included; data stays under the data
+ * directory.
  */
 import { rm, mkdir } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { applyScalingEnv, ScalingConfigError } from '../../functions/core/scaling/config.js';
 import { ShardingConfigError } from '../../functions/core/sharding/errors.js';
 import { PortInUseError } from '../../functions/adapters/http/local-server.js';
 import { ClusterLayoutError, EmbeddedClusterError } from '../../functions/adapters/postgres/embedded-cluster.js';
 import { MigrationError } from '../../functions/adapters/postgres/migrate.js';
-import { TraceFileError } from '../../functions/adapters/sim/trace-file.js';
+import { SHIPPED_TRACE, TraceFileError } from '../../functions/adapters/sim/trace-file.js';
 import { AlreadyRunningError, acquireLocalLock } from '../../functions/local/lock.js';
 import type { LocalMode } from '../../functions/local/runtime.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
 import { numberFlag, parseFlags, UsageError } from './kit.js';
 
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-/** The traces live beside the repository (`../shared/traces`), in CI too. */
-export const DEFAULT_TRACE = resolve(REPO_ROOT, '../shared/traces/nasa-http-1995-requests-per-minute.csv');
+/** The NASA trace shipped in the repository. */
+export const DEFAULT_TRACE = SHIPPED_TRACE;
 
 const usage = `Usage: ca-dms-scaling start [--port N] [--data-dir DIR] [--shards N] [--replicas N]
                              [--trace FILE] [--acceleration X] [--seed-users N] [--wipe]
@@ -35,15 +34,16 @@ scaling API, a small documents API and the live dashboard, all on 127.0.0.1.
   --data-dir DIR      where the PostgreSQL data, logs and the lock live (default .local)
   --shards N          shard primaries, 1 to 8 (default 2)
   --replicas N        streaming replicas per shard, 0 to 3 (default 1)
-  --trace FILE        timestamp,value CSV workload trace (default the NASA 1995 trace:
-                      ${DEFAULT_TRACE})
+  --trace FILE        timestamp,value CSV workload trace, plain or gzip (default the NASA
+                      1995 trace shipped in data/traces/)
   --acceleration X    seconds of trace time per second, 1 to 3600 (default 60)
   --seed-users N      demo users seeded on a fresh start, 5 documents each (default 200)
   --wipe              delete the data directory's PostgreSQL data first
 
 Environment: SCALING_CHECK_INTERVAL, AUTO_SCALING_ENABLED, MIN_INSTANCES, MAX_INSTANCES (written
 into the scaling configuration at start), SHARDING_STRATEGY.
-Ctrl-C or SIGTERM stops everything; the data stays in the data directory for the next start.
+Ctrl-C, SIGTERM or SIGHUP stops everything within 10 s; the data stays in the data directory
+for the next start. Should the process be killed outright, its PostgreSQL servers shut down too.
 `;
 
 const table: FlagTable = {
@@ -127,7 +127,7 @@ CA-DMS scaling: local mode is up (${(local.startupMs / 1000).toFixed(1)} s${loca
   Documents API  ${u}/api/v1/users, ${u}/api/v1/documents
   PostgreSQL     ${nodes}
   Data           ${options.dataDir} (${s.seeded ? 'seeded' : 'kept'}: users ${users}; ${s.documents} documents)
-  Workload       ${options.tracePath.split('/').pop() ?? options.tracePath} at ${options.acceleration}x; controller every ${local.config.check_interval} s
+  Workload       ${(options.tracePath.split('/').pop() ?? options.tracePath).replace(/\.gz$/, '')} at ${options.acceleration}x; controller every ${local.config.check_interval} s
 
 Try:
   curl -s ${u}/api/v1/scaling/status
@@ -142,20 +142,36 @@ Scaling decisions (time, service, tasks, outcome, reason) follow. Ctrl-C stops e
 `;
 }
 
-/** Resolves on the first SIGINT or SIGTERM. */
-function nextStopSignal(): { promise: Promise<NodeJS.Signals>; dispose: () => void } {
+/** Ctrl-C, a supervisor's stop, the terminal closing. */
+const STOP_SIGNALS: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
+/**
+ * Resolves on the first stop signal. Later ones are absorbed until `dispose`: one stop often
+ * arrives twice (Ctrl-C reaches npm, which passes it on, and us), and a second signal must not
+ * kill the process half-way through stopping its servers.
+ */
+function nextStopSignal(say: (line: string) => void): { promise: Promise<NodeJS.Signals>; dispose: () => void } {
   let dispose = (): void => undefined;
   const promise = new Promise<NodeJS.Signals>((resolveSignal) => {
-    const on = (signal: NodeJS.Signals): void => resolveSignal(signal);
-    process.once('SIGINT', on);
-    process.once('SIGTERM', on);
+    let first: NodeJS.Signals | undefined;
+    const on = (signal: NodeJS.Signals): void => {
+      if (first === undefined) {
+        first = signal;
+        resolveSignal(signal);
+      } else {
+        say(`${signal}: already stopping (after ${first}) ...`);
+      }
+    };
+    for (const s of STOP_SIGNALS) process.on(s, on);
     dispose = () => {
-      process.off('SIGINT', on);
-      process.off('SIGTERM', on);
+      for (const s of STOP_SIGNALS) process.off(s, on);
     };
   });
   return { promise, dispose };
 }
+
+/** How long a start-up may still run after a stop signal before its servers are shut down at once. */
+const STARTUP_STOP_GRACE_MS = 5_000;
 
 async function run(args: readonly string[], io: CliIo): Promise<number> {
   const options = parseStartOptions(args, io.cwd, process.env);
@@ -174,7 +190,8 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     }
     throw error;
   }
-  const signal = nextStopSignal();
+  if (lock.replaced) io.stdout(`${lock.replaced}\n`);
+  const signal = nextStopSignal((line) => io.stdout(`${line}\n`));
   try {
     await checkPortFree(options.port);
     if (options.wipe) {
@@ -200,13 +217,24 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       onLine: (line) => io.stdout(`${line}\n`),
     });
     const first = await Promise.race([starting.then((local) => ({ local })), signal.promise.then((sig) => ({ sig }))]);
-    // A signal during start-up: let the start finish (it cannot be cut half-way), then stop.
-    const local = 'local' in first ? first.local : await starting;
     if (!('local' in first)) {
-      io.stdout(`${first.sig}: stopping ...\n`);
-      await local.stop();
+      // A signal during start-up: a start cannot be cut half-way, so it gets a few seconds to
+      // finish and stop in order; past that the process exits, and every server it started
+      // gets an immediate shutdown (the embedded cluster's exit hook and parent-death signal).
+      io.stdout(`${first.sig}: stopping once the start-up finishes ...\n`);
+      const timer = setTimeout(() => {
+        io.stderr(`ca-dms-scaling start: interrupted during start-up; PostgreSQL servers shut down immediately (the next start checks the data)\n`);
+        lock.releaseSync();
+        process.exit(1);
+      }, STARTUP_STOP_GRACE_MS);
+      try {
+        await (await starting).stop();
+      } finally {
+        clearTimeout(timer);
+      }
       return 0;
     }
+    const local = first.local;
     await lock.update({ url: local.url });
     io.stdout(banner(local, options));
     const sig = await signal.promise;
@@ -216,7 +244,7 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     return 0;
   } catch (error) {
     if (error instanceof PortInUseError || error instanceof ClusterLayoutError || error instanceof TraceFileError || error instanceof ShardingConfigError) {
-      const hint = error instanceof TraceFileError ? '\n(choose a timestamp,value CSV with --trace FILE; the default traces live in ../shared/traces beside the repository)' : '';
+      const hint = error instanceof TraceFileError ? '\n(choose a timestamp,value CSV, plain or gzip, with --trace FILE, or leave --trace out for the NASA trace shipped in data/traces/)' : '';
       io.stderr(`ca-dms-scaling start: ${error.message}${hint}\n`);
       return error instanceof PortInUseError ? 1 : 2;
     }

@@ -1,7 +1,8 @@
 /**
- * The local-mode lock: one `npm start` per data directory. The lock file holds the owner's pid
- * and URL; a second start finds it, sees the owner is alive and says where it runs. A lock left
- * by a process that died is taken over.
+ * The local-mode lock: one `npm start` per data directory. The lock file holds the owner's pid,
+ * its process start time and URL; a second start finds it, sees the owner is alive and says where
+ * it runs. A lock left by a process that died (or whose pid now belongs to another process) is
+ * taken over, and the new lock says so (`replaced`) so the operator is told.
  *
  * @example
  * ```ts
@@ -10,6 +11,7 @@
  * await lock.release();
  * ```
  */
+import { readFileSync, rmSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { z } from 'zod';
 
@@ -25,26 +27,44 @@ export class AlreadyRunningError extends Error {
   }
 }
 
-const lockSchema = z.object({ pid: z.number().int().positive(), url: z.string().optional(), startedAt: z.string() });
+const lockSchema = z.object({ pid: z.number().int().positive(), procStart: z.string().optional(), url: z.string().optional(), startedAt: z.string() });
 type LockContent = z.infer<typeof lockSchema>;
 
 export interface LocalLock {
+  /** When this lock replaced a stale one: a sentence saying whose (for the operator). */
+  readonly replaced: string | undefined;
   update(fields: { url: string }): Promise<void>;
   release(): Promise<void>;
+  /** For the last moments of a process that exits without its event loop. */
+  releaseSync(): void;
 }
 
-function alive(pid: number): boolean {
+/** A process's start time in clock ticks since boot (Linux), to tell a recycled pid from its first owner. */
+function processStart(pid: number | 'self'): string | undefined {
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+    // Field 22 of /proc/PID/stat; the command name (field 2) may hold spaces, so count after its ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
   }
+}
+
+function alive(owner: LockContent): boolean {
+  try {
+    process.kill(owner.pid, 0);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  const start = owner.procStart === undefined ? undefined : processStart(owner.pid);
+  return start === undefined || start === owner.procStart;
 }
 
 /** Takes the lock at `path` for this process. Throws {@link AlreadyRunningError}. */
 export async function acquireLocalLock(path: string): Promise<LocalLock> {
-  let content: LockContent = { pid: process.pid, startedAt: new Date().toISOString() };
+  const procStart = processStart('self');
+  let content: LockContent = { pid: process.pid, ...(procStart === undefined ? {} : { procStart }), startedAt: new Date().toISOString() };
+  let replaced: string | undefined;
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       await writeFile(path, JSON.stringify(content), { flag: 'wx' });
@@ -58,13 +78,17 @@ export async function acquireLocalLock(path: string): Promise<LocalLock> {
       } catch {
         held = undefined;
       }
-      if (held && held.pid !== process.pid && alive(held.pid)) throw new AlreadyRunningError(held.pid, held.url, path);
+      if (held && held.pid !== process.pid && alive(held)) throw new AlreadyRunningError(held.pid, held.url, path);
       // A stale lock (its owner died) or an unreadable one: take it over.
+      replaced = held
+        ? `cleared the lock of an earlier run that did not stop cleanly (pid ${held.pid}, started ${held.startedAt}; that process is gone): ${path}`
+        : `cleared an unreadable lock file: ${path}`;
       await rm(path, { force: true });
     }
   }
   let released = false;
   return {
+    replaced,
     async update(fields) {
       content = { ...content, ...fields };
       await writeFile(path, JSON.stringify(content));
@@ -73,6 +97,11 @@ export async function acquireLocalLock(path: string): Promise<LocalLock> {
       if (released) return;
       released = true;
       await rm(path, { force: true });
+    },
+    releaseSync() {
+      if (released) return;
+      released = true;
+      rmSync(path, { force: true });
     },
   };
 }

@@ -114,7 +114,7 @@ describe('local mode (npm start)', () => {
 
     expect(code).toBe(0);
     expect(await postgresProcessesUnder(running().dataDir)).toEqual([]);
-    expect(existsSync(join(running().dataDir, 'running().lock'))).toBe(false);
+    expect(existsSync(join(running().dataDir, 'local.lock'))).toBe(false);
     expect(running().output()).toContain('stopped; data kept in');
   }, 30_000);
 

@@ -12,10 +12,13 @@
  * - Later starts reuse the directories: ports are chosen afresh, and a replica learns its
  *   primary's port from `primary_conninfo`, rewritten in its `postgresql.auto.conf` each start.
  * - Stopping is a fast shutdown (SIGINT) of replicas first, then primaries; a server that does
- *   not exit within 10 s gets an immediate shutdown (SIGQUIT). Servers run in their own process
- *   group, so a terminal's Ctrl-C reaches only our process, which then stops them in order; should
- *   our process die without stopping them, the next start finds their `postmaster.pid` and stops
- *   the leftover server (only a process whose command line names that data directory).
+ *   not exit within 4 s gets an immediate shutdown (SIGQUIT), so a stop ends within 10 s. Servers
+ *   run in their own process group, so a terminal's Ctrl-C reaches only our process, which then
+ *   stops them in order. Their lifetime is tied to ours: each is started through util-linux's
+ *   `setpriv --pdeathsig SIGINT`, so the kernel asks it to shut down when our process dies, however
+ *   it dies (SIGKILL, a crash). Should a server still outlive us (no `setpriv` on this system),
+ *   the next start finds its `postmaster.pid` and stops it (only a process whose command line
+ *   names that data directory), and says so.
  *
  * PostgreSQL refuses to run as root; when we are root the servers run as the `postgres` OS user,
  * which owns the data directories (mode 0700). Every parent of the root must be traversable by it.
@@ -101,7 +104,8 @@ type Manifest = z.infer<typeof manifestSchema>;
 
 const CATALOG_DATABASE = 'catalog';
 const USER = 'postgres';
-const STOP_GRACE_MS = 10_000;
+/** Fast shutdown, then immediate: replicas then primaries each get this long, within 10 s in all. */
+const STOP_GRACE_MS = 4_000;
 const READY_TIMEOUT_MS = 60_000;
 
 /** The OS user PostgreSQL runs as: empty when we are not root (it runs as us). */
@@ -266,25 +270,30 @@ class Server {
     return this.child?.pid;
   }
 
-  /** Stops a server a previous run left behind (our process died without stopping it). */
-  async stopLeftover(): Promise<void> {
+  /**
+   * Stops a server a previous run left behind (our process died without stopping it). Returns
+   * its pid, or undefined when there was none (a `postmaster.pid` whose process is gone is
+   * PostgreSQL's own business: it replaces a stale one at start).
+   */
+  async stopLeftover(): Promise<number | undefined> {
     const pidFile = join(this.node.dataDir, 'postmaster.pid');
-    if (!existsSync(pidFile)) return;
+    if (!existsSync(pidFile)) return undefined;
     const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
-    if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid)) return;
+    if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid)) return undefined;
     let cmdline = '';
     try {
       cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
     } catch {
-      return;
+      return undefined;
     }
     // Only a postmaster of this very data directory (a recycled pid is someone else's).
-    if (!cmdline.includes(this.node.dataDir)) return;
+    if (!cmdline.includes(this.node.dataDir)) return undefined;
     process.kill(pid, 'SIGINT');
     const deadline = Date.now() + STOP_GRACE_MS;
     while (isAlive(pid) && Date.now() < deadline) await sleep(50);
     if (isAlive(pid)) process.kill(pid, 'SIGQUIT');
     while (isAlive(pid)) await sleep(50);
+    return pid;
   }
 
   async start(settings: Record<string, string | number>): Promise<void> {
@@ -293,7 +302,8 @@ class Server {
     const fd = openSync(this.logFile, 'a');
     try {
       // Own process group: a terminal's Ctrl-C must reach only us, so we stop servers in order.
-      const proc = spawn(postgresBin, args, { ...this.owner, detached: true, stdio: ['ignore', fd, 'pipe'] });
+      const [command, commandArgs] = tiedToUs(postgresBin, args);
+      const proc = spawn(command, commandArgs, { ...this.owner, detached: true, stdio: ['ignore', fd, 'pipe'] });
       proc.stderr?.on('data', (chunk: Buffer) => {
         this.logTail = (this.logTail + chunk.toString('utf8')).slice(-4000);
         void appendFile(this.logFile, chunk).catch(() => undefined);
@@ -323,6 +333,28 @@ class Server {
     await exited;
     clearTimeout(timer);
   }
+}
+
+/** util-linux's setpriv when it can set a parent-death signal (2.33 and later), else undefined. */
+const SETPRIV: string | undefined = (() => {
+  for (const path of ['/usr/bin/setpriv', '/bin/setpriv']) {
+    if (!existsSync(path)) continue;
+    try {
+      if (execFileSync(path, ['--help'], { encoding: 'utf8' }).includes('--pdeathsig')) return path;
+    } catch {
+      // An unusable setpriv is the same as none.
+    }
+  }
+  return undefined;
+})();
+
+/**
+ * The command line that runs `bin args` so that the kernel sends it SIGINT (PostgreSQL's fast
+ * shutdown) when our process dies: setpriv sets the parent-death signal, then execs the server,
+ * which keeps our process as its parent and the setting across the exec.
+ */
+function tiedToUs(bin: string, args: readonly string[]): [string, string[]] {
+  return SETPRIV === undefined ? [bin, [...args]] : [SETPRIV, ['--pdeathsig', 'SIGINT', '--', bin, ...args]];
 }
 
 /** Every server this process started, so none outlives it even on an unexpected exit. */
@@ -367,13 +399,14 @@ export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Pro
   const nodes = plan(options.root, options.shards, options.replicasPerShard);
   const servers = new Map(nodes.map((n) => [n.id, new Server(n, owner, join(options.root, 'logs', `${n.id.replace('/', '-')}.log`))]));
   const fresh = manifest === undefined;
+  for (const server of servers.values()) {
+    const leftover = await server.stopLeftover();
+    if (leftover !== undefined) progress(`stopped ${server.node.id} (pid ${leftover}), left running by a run that did not stop cleanly`);
+  }
   if (fresh) {
     // An interrupted first start leaves directories without a manifest: they are rebuilt.
-    for (const server of servers.values()) await server.stopLeftover();
     for (const entry of await readdir(options.root)) if (entry !== 'logs') await rm(join(options.root, entry), { recursive: true, force: true });
     manifest = { format: 1, shards: options.shards, replicasPerShard: options.replicasPerShard, database, password: randomBytes(18).toString('base64url') };
-  } else {
-    for (const server of servers.values()) await server.stopLeftover();
   }
   const { password } = manifest as Manifest;
   const urlOf = (server: Server, db: string): string => `postgresql://${USER}:${encodeURIComponent(password)}@127.0.0.1:${server.port}/${db}`;

@@ -12,11 +12,13 @@
  * expect(postgresProcessesUnder(local.dataDir)).toEqual([]);
  * ```
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { freePort } from '../../support/postgres.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -27,19 +29,31 @@ export interface LocalProcess {
   readonly port: number;
   readonly dataDir: string;
   readonly child: ChildProcess;
+  /** The pid of the node process running the CLI (the child itself, or the one npm started). */
+  nodePid(): Promise<number>;
+  /** Resolves to the child's exit code (null when a signal ended it). */
+  readonly exited: Promise<number | null>;
   /** Everything printed so far (stdout and stderr). */
   output(): string;
   /** Waits until the output contains `text`. */
   waitFor(text: string | RegExp, timeoutMs?: number): Promise<void>;
-  /** Sends `signal` and resolves to the exit code. */
+  /** Sends `signal` (to the process group when run through npm) and resolves to the exit code. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
   /** Deletes the data directory (after stop). */
   remove(): Promise<void>;
 }
 
 export interface StartLocalProcessOptions {
+  /**
+   * `node` (default) runs the CLI directly; `npm` runs `npm start -- ...` the way the README
+   * says, in its own process group as a terminal would (`child` is then npm, and
+   * {@link LocalProcess.nodePid} finds the node process under it).
+   */
+  readonly via?: 'node' | 'npm';
   readonly args?: readonly string[];
   readonly env?: Readonly<Record<string, string>>;
+  /** The repository to run from (default this one); see {@link bareCopy}. */
+  readonly repo?: string;
   /** Reuse a data directory (a restart). */
   readonly dataDir?: string;
   readonly port?: number;
@@ -68,11 +82,16 @@ export async function runCli(args: readonly string[], env: Readonly<Record<strin
 export async function startLocalProcess(options: StartLocalProcessOptions = {}): Promise<LocalProcess> {
   const dataDir = options.dataDir ?? (await tempDataDir());
   const port = options.port ?? (await freePort());
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'start', '--port', String(port), '--data-dir', dataDir, ...(options.args ?? [])], {
-    cwd: REPO_ROOT,
-    env: { ...process.env, ...options.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const startArgs = ['start', '--port', String(port), '--data-dir', dataDir, ...(options.args ?? [])];
+  const viaNpm = options.via === 'npm';
+  const repo = options.repo ?? REPO_ROOT;
+  const child = viaNpm
+    ? spawn('npm', ['start', '--silent', '--', ...startArgs.slice(1)], { cwd: repo, env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+    : spawn(process.execPath, ['--import', 'tsx', join(repo, 'bin/cli.ts'), ...startArgs], {
+        cwd: repo,
+        env: { ...process.env, ...options.env },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
   let out = '';
   const waiters = new Set<() => void>();
   const onData = (c: Buffer): void => {
@@ -114,10 +133,20 @@ export async function startLocalProcess(options: StartLocalProcessOptions = {}):
     port,
     dataDir,
     child,
+    exited,
+    async nodePid() {
+      if (!viaNpm) return child.pid as number;
+      const found = (await descendantsOf(child.pid as number)).find((p) => p.cmdline.includes('bin/ca-dms-scaling.js'));
+      if (!found) throw new Error(`no node process under npm (pid ${child.pid})`);
+      return found.pid;
+    },
     output: () => out,
     waitFor,
     async stop(signal = 'SIGTERM') {
-      if (exitCode === undefined) child.kill(signal);
+      if (exitCode !== undefined) return exited;
+      // Through npm: the whole group, as a terminal does, so no node process is orphaned.
+      if (viaNpm) process.kill(-(child.pid as number), signal);
+      else child.kill(signal);
       return exited;
     },
     async remove() {
@@ -133,6 +162,49 @@ export async function startLocalProcess(options: StartLocalProcessOptions = {}):
     }
   }
   return local;
+}
+
+/**
+ * What a fresh clone holds (the files git tracks or would track) copied under a new temporary
+ * folder with nothing beside it (no `../shared`), plus a link to our node_modules standing in
+ * for `npm ci`. Returns the copy's path; remove its parent when done.
+ */
+export async function bareCopy(): Promise<string> {
+  const parent = await tempDataDir();
+  const repo = join(parent, 'ca-dms-scaling');
+  const { stdout } = await promisify(execFile)('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: REPO_ROOT, maxBuffer: 16 * 1024 * 1024 });
+  for (const file of stdout.split('\0').filter((f) => f !== '' && existsSync(join(REPO_ROOT, f)))) {
+    await mkdir(dirname(join(repo, file)), { recursive: true });
+    await copyFile(join(REPO_ROOT, file), join(repo, file));
+    await chmod(join(repo, file), (await stat(join(REPO_ROOT, file))).mode & 0o777);
+  }
+  await symlink(join(REPO_ROOT, 'node_modules'), join(repo, 'node_modules'));
+  return repo;
+}
+
+/** Every process below `pid` (children, grandchildren, ...) with its command line, from /proc. */
+export async function descendantsOf(pid: number): Promise<Array<{ pid: number; cmdline: string }>> {
+  const all: Array<{ pid: number; ppid: number; cmdline: string }> = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    const cmdline = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ');
+    all.push({ pid: Number(entry), ppid, cmdline });
+  }
+  const out: Array<{ pid: number; cmdline: string }> = [];
+  const parents = new Set([pid]);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const p of all) {
+      if (parents.has(p.ppid) && !parents.has(p.pid)) {
+        parents.add(p.pid);
+        out.push({ pid: p.pid, cmdline: p.cmdline });
+        grew = true;
+      }
+    }
+  }
+  return out;
 }
 
 /** Pids of processes whose command line names a path under `dir` (PostgreSQL servers of that data). */

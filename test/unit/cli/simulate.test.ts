@@ -41,7 +41,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-describe.concurrent('ca-dms-scaling simulate', () => {
+describe.concurrent('ca-dms-scaling simulate', { timeout: 120_000 }, () => {
   it('prints the score table with every model parameter and the oracle row', async () => {
     const run = await cli('simulate', '--trace', file('good.csv'), '--policy', 'ca-dms,threshold', '--startup', '180');
     expect(run.code).toBe(0);
@@ -117,13 +117,16 @@ describe.concurrent('ca-dms-scaling simulate', () => {
     expect(run.stderr).toMatch(/--format: expected one of table, json, got "xml"/);
   });
 
-  it('exits 2 when --min-tasks exceeds --max-tasks, and when --trace is missing', async () => {
+  it('exits 2 when --min-tasks exceeds --max-tasks', async () => {
     const bounds = await cli('simulate', '--trace', file('good.csv'), '--min-tasks', '5', '--max-tasks', '3');
     expect(bounds.code).toBe(2);
     expect(bounds.stderr).toMatch(/--min-tasks: 5 must not exceed --max-tasks \(3\)/);
-    const noTrace = await cli('simulate');
-    expect(noTrace.code).toBe(2);
-    expect(noTrace.stderr).toMatch(/--trace: is required/);
+  });
+
+  it('replays the NASA trace shipped in the repository when --trace is left out', async () => {
+    const run = await cli('simulate', '--format', 'json');
+    expect(run.code).toBe(0);
+    expect(JSON.parse(run.stdout)).toMatchObject({ trace: 'nasa-http-1995-requests-per-minute.csv', ticks: 84_332 });
   });
 
   it('exits 2 on an unknown flag, listing the accepted ones', async () => {

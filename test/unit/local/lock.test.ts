@@ -52,6 +52,28 @@ describe('acquireLocalLock', () => {
     const lock = await acquireLocalLock(path);
 
     expect(JSON.parse(await readFile(path, 'utf8'))).toMatchObject({ pid: process.pid });
+    expect(lock.replaced).toContain(`cleared the lock of an earlier run that did not stop cleanly (pid ${gone.pid}`);
+    await lock.release();
+  });
+
+  it('takes over a lock whose pid now belongs to another process (started after the lock was written)', async () => {
+    const other = spawn('sleep', ['30']);
+    try {
+      await writeFile(path, JSON.stringify({ pid: other.pid, procStart: '1', startedAt: new Date().toISOString() }));
+
+      const lock = await acquireLocalLock(path);
+
+      expect(lock.replaced).toContain(`pid ${other.pid}`);
+      await lock.release();
+    } finally {
+      other.kill();
+    }
+  });
+
+  it('says nothing was replaced when there was no lock', async () => {
+    const lock = await acquireLocalLock(path);
+
+    expect(lock.replaced).toBeUndefined();
     await lock.release();
   });
 });
