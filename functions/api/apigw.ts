@@ -14,11 +14,15 @@ export function identityOf(event: APIGatewayProxyEvent): CallerIdentity {
   return { actor, ...(sourceIp ? { sourceIp } : {}) };
 }
 
-/** Builds the transport-neutral request from a REST API proxy event. */
+/**
+ * Builds the transport-neutral request from a REST API proxy event. Header and query names are
+ * the client's: they go into null-prototype objects, so `__proto__` or `constructor` is a key
+ * like any other, never an inherited property or a prototype change.
+ */
 export function fromApiGatewayEvent(event: APIGatewayProxyEvent): ApiRequest {
-  const headers: Record<string, string> = {};
+  const headers = Object.create(null) as Record<string, string>;
   for (const [k, v] of Object.entries(event.headers ?? {})) if (typeof v === 'string') headers[k.toLowerCase()] = v;
-  const query: Record<string, string> = {};
+  const query = Object.create(null) as Record<string, string>;
   for (const [k, v] of Object.entries(event.queryStringParameters ?? {})) if (typeof v === 'string') query[k] = v;
   const body = event.body == null ? null : event.isBase64Encoded ? Buffer.from(event.body, 'base64').toString('utf8') : event.body;
   return {

@@ -3,6 +3,14 @@
  * REST proxy event, calls the very same Lambda handler API Gateway would, and writes its
  * result back. Used by local mode and by the API tests.
  *
+ * What a client sends is untrusted, and every refusal is an RFC 9457 problem document: a
+ * request target that is not a URL or holds malformed percent-encoding is 400; a request whose
+ * headers and body do not arrive within `requestTimeoutMs` (default 10 s) is 408; Node's own
+ * parser refusals (bad syntax 400, headers too large 431) get a problem body too; a body over
+ * `maxBodyBytes` is 413 and the connection is closed, since the rest of that body would
+ * otherwise be read as the next request. Query keys become properties of null-prototype
+ * objects, so a key such as `__proto__` or `constructor` is data like any other.
+ *
  * @example
  * ```ts
  * const server = await startLocalServer({ handler, port: 3000 });
@@ -12,8 +20,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
+import { ProblemError, problemResponse } from '../../api/http.js';
 
 export type ProxyHandler = (event: APIGatewayProxyEvent, context: Context) => Promise<APIGatewayProxyResult>;
 
@@ -27,6 +37,8 @@ export interface LocalServerOptions {
   readonly host?: string;
   /** Largest body read before answering 413 without calling the handler (default 1 MiB). */
   readonly maxBodyBytes?: number;
+  /** Longest a client may take to send a request's headers and body before a 408 (default 10 s). */
+  readonly requestTimeoutMs?: number;
   readonly extraRoutes?: readonly ExtraRoute[];
 }
 
@@ -65,6 +77,8 @@ function lambdaContext(requestId: string): Context {
 }
 
 async function readBody(req: IncomingMessage, limit: number): Promise<string | 'too-large'> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) return 'too-large';
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
@@ -76,19 +90,40 @@ async function readBody(req: IncomingMessage, limit: number): Promise<string | '
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/** A map from untrusted keys: no inherited property can be mistaken for one of them. */
+function untrustedKeys<T>(): Record<string, T> {
+  return Object.create(null) as Record<string, T>;
+}
+
+/** The request target as a URL, or why it is not one (a 400). */
+export function parseTarget(raw: string | undefined): URL | ProblemError {
+  let url: URL;
+  try {
+    url = new URL(raw ?? '/', 'http://127.0.0.1');
+  } catch (error) {
+    return new ProblemError(400, 'the request target is not a valid URL', { cause: error });
+  }
+  try {
+    decodeURIComponent(url.pathname);
+  } catch (error) {
+    return new ProblemError(400, `the request path ${url.pathname} holds malformed percent-encoding (a % must be followed by two hex digits)`, { cause: error });
+  }
+  return url;
+}
+
 /** Converts one node:http request into a REST API proxy event. */
-export function toProxyEvent(req: IncomingMessage, body: string, requestId: string): APIGatewayProxyEvent {
-  const url = new URL(req.url ?? '/', 'http://127.0.0.1');
-  const headers: Record<string, string> = {};
-  const multiHeaders: Record<string, string[]> = {};
+export function toProxyEvent(req: IncomingMessage, body: string, requestId: string, target?: URL): APIGatewayProxyEvent {
+  const url = target ?? new URL(req.url ?? '/', 'http://127.0.0.1');
+  const headers = untrustedKeys<string>();
+  const multiHeaders = untrustedKeys<string[]>();
   for (const [k, v] of Object.entries(req.headers)) {
     if (v === undefined) continue;
     const values = Array.isArray(v) ? v : [v];
     headers[k] = values.join(', ');
     multiHeaders[k] = values;
   }
-  const query: Record<string, string> = {};
-  const multiQuery: Record<string, string[]> = {};
+  const query = untrustedKeys<string>();
+  const multiQuery = untrustedKeys<string[]>();
   for (const [k, v] of url.searchParams) {
     query[k] = v;
     (multiQuery[k] ??= []).push(v);
@@ -141,29 +176,65 @@ export function toProxyEvent(req: IncomingMessage, body: string, requestId: stri
   };
 }
 
+/** Writes a problem response; `close` ends the connection after it (the request was not read to its end). */
+function sendProblem(res: ServerResponse, problem: ProblemError, close = false): void {
+  const response = problemResponse(problem);
+  res.writeHead(problem.status, { ...response.headers, 'content-length': String(Buffer.byteLength(response.body)), ...(close ? { connection: 'close' } : {}) });
+  res.end(response.body);
+}
+
+/** Node's parser refusals and timeouts, as the status and words a client gets. */
+function clientErrorProblem(err: NodeJS.ErrnoException, timeoutMs: number): ProblemError {
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') return new ProblemError(408, `the request was not received within ${timeoutMs / 1000} s (its headers and body)`, { title: 'Request Timeout' });
+  if (err.code === 'HPE_HEADER_OVERFLOW') return new ProblemError(431, 'the request headers are too large', { title: 'Request Header Fields Too Large' });
+  return new ProblemError(400, 'the request is not valid HTTP/1.1');
+}
+
 /** Starts the adapter on loopback. Rejects with {@link PortInUseError} when the port is taken. */
 export async function startLocalServer(options: LocalServerOptions): Promise<LocalServer> {
   const limit = options.maxBodyBytes ?? 1024 * 1024;
-  const server = createServer((req, res) => {
+  const timeoutMs = options.requestTimeoutMs ?? 10_000;
+  // The response under way on each connection: a parser error or a timeout may answer only
+  // while nothing of a response has been written.
+  const responding = new WeakMap<Duplex, ServerResponse>();
+  const server = createServer({ requestTimeout: timeoutMs, headersTimeout: timeoutMs, connectionsCheckingInterval: Math.min(1000, timeoutMs / 2) }, (req, res) => {
+    responding.set(req.socket, res);
     void (async () => {
+      const target = parseTarget(req.url);
+      if (target instanceof ProblemError) {
+        sendProblem(res, target, true);
+        return;
+      }
       for (const extra of options.extraRoutes ?? []) if (await extra(req, res)) return;
       const requestId = randomUUID();
       const body = await readBody(req, limit);
       if (body === 'too-large') {
-        res.writeHead(413, { 'content-type': 'application/problem+json', connection: 'close' });
-        res.end(JSON.stringify({ type: 'https://ca-dms-scaling.dev/problems/content-too-large', title: 'Content Too Large', status: 413, detail: `the request body is larger than ${limit} bytes` }));
+        sendProblem(res, new ProblemError(413, `the request body is larger than ${limit} bytes`), true);
         return;
       }
-      const result = await options.handler(toProxyEvent(req, body, requestId), lambdaContext(requestId));
+      const result = await options.handler(toProxyEvent(req, body, requestId, target), lambdaContext(requestId));
       const headers: Record<string, string> = { 'x-request-id': requestId };
       for (const [k, v] of Object.entries(result.headers ?? {})) headers[k] = String(v);
       res.writeHead(result.statusCode, headers);
       res.end(result.isBase64Encoded ? Buffer.from(result.body, 'base64') : result.body);
     })().catch((err: unknown) => {
-      if (!res.headersSent) res.writeHead(500, { 'content-type': 'application/problem+json' });
-      res.end(JSON.stringify({ type: 'about:blank', title: 'Internal Server Error', status: 500, detail: 'the local adapter failed to serve the request' }));
+      // A client that went away (or timed out) mid-request has nobody left to answer.
+      if (req.socket.destroyed) return;
+      if (!res.headersSent) sendProblem(res, new ProblemError(500, 'the local adapter failed to serve the request'), true);
+      else res.end();
       process.emitWarning(`local adapter: ${(err as Error).message}`);
     });
+  });
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    const res = responding.get(socket);
+    if (err.code === 'ECONNRESET' || !socket.writable || res?.headersSent === true) {
+      socket.destroy();
+      return;
+    }
+    const problem = clientErrorProblem(err, timeoutMs);
+    const response = problemResponse(problem);
+    const head = [`HTTP/1.1 ${problem.status} ${problem.title}`, ...Object.entries(response.headers).map(([k, v]) => `${k}: ${v}`), `content-length: ${Buffer.byteLength(response.body)}`, 'connection: close'];
+    (socket as Socket).end(`${head.join('\r\n')}\r\n\r\n${response.body}`);
   });
   const host = options.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
