@@ -56,6 +56,42 @@ const hpaSettings = z.strictObject({
   behavior: z.strictObject({ scaleUp: hpaRules.optional(), scaleDown: hpaRules.optional() }).default({}),
 });
 
+/**
+ * The `ca-dms` policy's settings (README, "The ca-dms policy"). One is the trade-off a user
+ * chooses (`target_violation_rate`); the rest shape the forecast and rarely need changing. The
+ * defaults were chosen by leave-one-out over the public traces and synthetic weeks
+ * (`npm run bench:policies`).
+ */
+export const CA_DMS_DEFAULTS = {
+  /** Share (0..0.5) of periods in which demand may exceed the forecast plus headroom: lower buys fewer SLO violations with more tasks. */
+  target_violation_rate: 0.05,
+  /** Weight of the newest demand estimate in the smoothed level (Holt's alpha). */
+  level_weight: 0.1,
+  /** Weight of the newest change in the smoothed trend (Holt's beta). */
+  trend_weight: 0.01,
+  /** Periods from the last measured period until a task started now serves (start-up time / check interval, rounded up, plus one). */
+  lead_periods: 3,
+  /** How the forecast error is taken to grow with the load: 0 the same at every level, 0.5 with its square root, 1 in proportion. */
+  noise_exponent: 0,
+  /** Step of the online headroom tracker, in units of the typical forecast error: higher adapts faster and wanders more. */
+  learning_rate: 0.02,
+  /** Scale in only to a count that would still serve the forecast with this fraction of a task more (hysteresis). */
+  scale_in_slack: 1,
+} as const;
+
+const caDmsFields = {
+  target_violation_rate: z.number().gt(0).max(0.5),
+  level_weight: z.number().gt(0).max(1),
+  trend_weight: z.number().min(0).max(1),
+  lead_periods: z.number().int().min(1).max(60),
+  noise_exponent: z.number().min(0).max(1),
+  learning_rate: z.number().gt(0).max(1),
+  scale_in_slack: z.number().min(0).max(5),
+};
+const caDmsSettings = z.strictObject(caDmsFields).default(CA_DMS_DEFAULTS);
+/** A service's override: the fields it sets and nothing else (no defaults filled in over the global ones). */
+const caDmsOverride = z.strictObject(caDmsFields).partial();
+
 /** Targets for the proportional policies; `null` means the metric is not targeted. */
 const targets = z.strictObject({
   cpu: percent.nullable().default(70),
@@ -89,6 +125,7 @@ const serviceSettingsShape = {
   targets,
   step: stepSettings,
   hpa: hpaSettings,
+  ca_dms: caDmsSettings,
 } as const;
 
 const serviceDefaults = {
@@ -137,6 +174,7 @@ export const serviceOverrideSchema = z.strictObject({
   targets: targets.partial().optional(),
   step: stepSettings.partial().optional(),
   hpa: hpaSettings.partial().optional(),
+  ca_dms: caDmsOverride.optional(),
 });
 export type ServiceOverride = z.infer<typeof serviceOverrideSchema>;
 
@@ -166,6 +204,7 @@ const scalingConfigObject = z.strictObject({
   targets: targets.default(targets.parse({})),
   step: stepSettings.default(stepSettings.parse({})),
   hpa: hpaSettings.default(hpaSettings.parse({})),
+  ca_dms: z.strictObject(caDmsFields).partial().transform((o) => ({ ...CA_DMS_DEFAULTS, ...o })).default(CA_DMS_DEFAULTS),
   services: z
     .record(z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, 'service names are lower-case letters, digits and dashes'), serviceOverrideSchema)
     .default(Object.fromEntries(DEFAULT_SERVICES.map((s) => [s, {}]))),
@@ -199,6 +238,7 @@ function mergeService(config: ScalingConfig, service: string): ServiceScalingCon
     targets: { ...global.targets, ...(o.targets ?? {}) },
     step: { ...global.step, ...(o.step ?? {}) },
     hpa: { ...global.hpa, ...(o.hpa ?? {}), behavior: { ...global.hpa.behavior, ...(o.hpa?.behavior ?? {}) } },
+    ca_dms: { ...global.ca_dms, ...(o.ca_dms ?? {}) },
   } as Omit<ServiceScalingConfig, 'service' | 'cooldown_out' | 'cooldown_in'>;
   return {
     ...merged,

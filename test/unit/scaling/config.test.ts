@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   applyScalingEnv,
+  CA_DMS_DEFAULTS,
   parseScalingConfig,
   resolveServiceConfig,
   ScalingConfigError,
@@ -46,6 +47,13 @@ describe('runtime scaling configuration', () => {
     const worker = resolveServiceConfig(config, 'worker');
     expect(worker).toMatchObject({ service: 'worker', policy: 'step', max_instances: 20, cpu_scale_up: 75 });
     expect(worker.targets).toMatchObject({ cpu: 70, queue_depth: 50 });
+  });
+
+  it('has the ca-dms settings in one section with their defaults, overridable per service', () => {
+    const config = parseScalingConfig({ ca_dms: { target_violation_rate: 0.02 }, services: { worker: { ca_dms: { lead_periods: 5 } } } });
+    expect(resolveServiceConfig(config, 'worker').ca_dms).toEqual({ ...CA_DMS_DEFAULTS, target_violation_rate: 0.02, lead_periods: 5 });
+    expect(resolveServiceConfig(config, 'frontend').ca_dms).toEqual({ ...CA_DMS_DEFAULTS, target_violation_rate: 0.02 });
+    expect(parseScalingConfig({}).ca_dms).toEqual(CA_DMS_DEFAULTS);
   });
 
   it('resolves separate scale-out and scale-in cooldowns, falling back to scale_cooldown', () => {
@@ -115,6 +123,15 @@ describe('runtime scaling configuration', () => {
 
     it('an unknown Kubernetes selectPolicy', () => {
       expect(rejectedPaths({ hpa: { behavior: { scaleUp: { selectPolicy: 'Fastest' } } } })).toEqual(['hpa.behavior.scaleUp.selectPolicy']);
+    });
+
+    it('ca-dms settings out of range or unknown, globally and per service', () => {
+      expect(rejectedPaths({ ca_dms: { target_violation_rate: 0, lead_periods: 1.5 }, services: { worker: { ca_dms: { level_weight: 2, margin: 3 } } } })).toEqual([
+        'ca_dms.target_violation_rate',
+        'ca_dms.lead_periods',
+        'services.worker.ca_dms.level_weight',
+        'services.worker.ca_dms.margin',
+      ]);
     });
   });
 

@@ -9,59 +9,50 @@
  *    `cpu_scale_up / connections_scale_up`). A response time above `response_time_scale_up`
  *    means at least one task more than served. Configured memory, response-time and
  *    queue-depth targets add proportional proposals of their own; the largest proposal wins.
- * 2. **A forecast with a measured margin.** Holt's linear smoothing gives the expected demand
- *    when a task started now would serve (`leadPeriods` ahead). The policy remembers how far
- *    its own forecasts fell short over the last `errorPeriods` and adds `errorMargin` times
- *    that typical shortfall: noisy traffic gets headroom, smooth traffic gets none it does not need.
- *    The service is sized so that this peak sits at or below a line `peakPosition` of the way
- *    from `cpu_scale_up` to saturation (90 % with the guide's 80), and so that the expected
- *    load sits at or below the CPU target (`targets.cpu`), whichever needs more tasks.
+ * 2. **Two forecasts, each with a headroom it measures itself.** A smooth forecast (Holt's
+ *    linear smoothing, `level_weight` / `trend_weight`) and a quick one (the last estimate
+ *    plus its recent slope) both predict demand `lead_periods` ahead, when a task started now
+ *    would serve. Each tracks online the headroom its own forecast needed: the error of
+ *    the forecast made `lead_periods` ago, divided by a noise scale (`level ^ noise_exponent`),
+ *    moves the headroom up a large step when demand beat forecast plus headroom and down a
+ *    small one when not, so it settles where demand beats it in `target_violation_rate` of
+ *    periods (online quantile tracking, as in online conformal prediction; the step is
+ *    `learning_rate` times the typical error, so it learns the service's noise scale as it
+ *    goes). The forecast whose bound scored better recently (quantile loss) is used: the quick
+ *    one wins on load that moves in straight lines between samples, the smooth one on noisy
+ *    per-minute load. A surprise raises the headroom at once and lets it fall back slowly.
+ *    The service is sized so that forecast plus headroom sits at or below a line halfway from
+ *    `cpu_scale_up` to saturation (90 % with the guide's 80), and so that the expected load
+ *    sits at or below the CPU target (`targets.cpu`), whichever needs more tasks.
  * 3. **Counts what is already coming.** It compares with the desired count, which includes
  *    pending tasks, and jumps straight to the number needed: no step, no scale-out cooldown.
  * 4. **Scales in late and only when every metric agrees.** Scale-in needs every metric it
  *    relies on present (the shared finishing step blocks it otherwise) and none saturated, and goes only to the highest recommendation of the
  *    stabilisation window (`stabilization_window`, as the HPA has it), and only as far as the
- *    forecast still fits with `scaleInSlack` of a task to spare. Without that slack, load that
+ *    forecast still fits with `scale_in_slack` of a task to spare. Without that slack, load that
  *    hovers at a boundary between two counts makes the policy start a task, stop it and start
  *    it again, paying a start-up each time.
  *
  * The shared {@link finishDecision} then applies the rules common to every policy (missing
  * data never scales in, bounds, disabled, dry run). Its memory is bounded (about
- * `errorPeriods + leadPeriods + 8` numbers), so the state stays small in the catalog.
+ * `2 x lead_periods + 16` numbers), so the state stays small in the catalog.
  */
 import type { ServiceScalingConfig } from '../config.js';
 import type { Block, MetricKey, PolicyOutput, Reason, ScalingPolicy, ServiceState } from '../types.js';
 import type { ServicePolicyInput } from './common.js';
 import { configuredTargets, finishDecision, lastEvent, metricValue } from './common.js';
 
-/** The knobs of the forecast; the defaults were tuned on real traces and synthetic shapes. */
-export interface CaDmsTuning {
-  /** Weight of the newest estimate in the demand level (Holt's linear smoothing, alpha). */
-  readonly levelWeight: number;
-  /** Weight of the newest change in the demand trend (Holt's beta). */
-  readonly trendWeight: number;
-  /** Periods from the last observed period until a task started now serves. */
-  readonly leadPeriods: number;
-  /** Forecast errors kept: how far the forecast made `leadPeriods` earlier missed each estimate. */
-  readonly errorPeriods: number;
-  /** Headroom in multiples of the root-mean-square under-forecast. */
-  readonly errorMargin: number;
-  /** Where the forecast peak may sit: this fraction of the way from `cpu_scale_up` to 100 %. */
-  readonly peakPosition: number;
-  /** Scale in only to a count that would still suffice with this fraction of a task more (hysteresis). */
-  readonly scaleInSlack: number;
-}
+/** The policy's settings: the configuration's `ca_dms` section. */
+export type CaDmsSettings = ServiceScalingConfig['ca_dms'];
 
-export const DEFAULT_CA_DMS_TUNING: CaDmsTuning = {
-  levelWeight: 0.1,
-  trendWeight: 0.01,
-  leadPeriods: 3,
-  errorPeriods: 120,
-  errorMargin: 2.6,
-  peakPosition: 0.5,
-  scaleInSlack: 0.2,
-};
-
+/** Where forecast plus headroom may sit: this fraction of the way from `cpu_scale_up` to 100 %. */
+const PEAK_POSITION = 0.5;
+/** Weight of the newest period in the tracked error size and quantile loss (about 50 periods). */
+const ERROR_WEIGHT = 0.02;
+/** Weight of the newest change in the quick forecast's slope. */
+const QUICK_SLOPE_WEIGHT = 0.5;
+/** Demand below this many busy tasks is normalised as if it were this much (the scale of an idle service). */
+const NOISE_FLOOR = 0.25;
 /** CPU at or above this is saturated: it no longer measures the load. */
 const CPU_SATURATED = 99;
 /** Weight of a new observation in the learned connections-to-CPU ratio. */
@@ -82,10 +73,10 @@ interface CaDmsMemory {
   /** Holt's smoothed demand level and trend (busy task-units, per period). */
   readonly level: number | undefined;
   readonly trend: number;
-  /** The forecasts for `leadPeriods` ahead made by the last `leadPeriods` evaluations. */
-  readonly forecasts: readonly number[];
-  /** The last `errorPeriods` forecast errors (estimate minus what was forecast for it). */
-  readonly errors: readonly number[];
+  readonly smooth: Track;
+  readonly quick: Track;
+  readonly last: number | undefined;
+  readonly fast: number;
 }
 
 function num(m: Readonly<Record<string, unknown>>, key: string): number | undefined {
@@ -99,6 +90,42 @@ function numbers(raw: unknown): number[] {
   return out;
 }
 
+/** One forecaster's record: its last forecasts, the headroom it needs and how well it did. */
+interface Track {
+  /** The forecasts for `lead_periods` ahead made by the last `lead_periods` evaluations. */
+  readonly forecasts: readonly number[];
+  /** The headroom, in units of the noise scale, that demand exceeded in about `target_violation_rate` of periods (tracked online). */
+  readonly quantile: number;
+  /** The typical size of a normalised forecast error (tracked online): the step of the quantile tracker. */
+  readonly spread: number | undefined;
+  /** The recent quantile (pinball) loss of forecast plus headroom: the lower of two forecasters is used. */
+  readonly loss: number;
+}
+
+function readTrack(raw: unknown): Track {
+  const m = typeof raw === 'object' && raw !== null ? (raw as Record<string, unknown>) : {};
+  return { forecasts: numbers(m['forecasts']), quantile: num(m, 'quantile') ?? 0, spread: num(m, 'spread'), loss: num(m, 'loss') ?? 0 };
+}
+
+/**
+ * Scores the forecast made `lead` periods ago against the demand `d` that came, and moves the
+ * headroom by online quantile tracking (as in online conformal prediction): up by
+ * (1 - rate) / rate steps when demand beat forecast plus headroom, down by one step when not,
+ * so it settles where demand beats it in `target_violation_rate` of periods, on whatever
+ * noise this service has. The step is `learning_rate` times the typical normalised error.
+ */
+function learn(track: Track, d: number, scale: number, lead: number, tuning: CaDmsSettings): Track {
+  if (track.forecasts.length < lead) return track;
+  const rate = tuning.target_violation_rate;
+  const r = (d - (track.forecasts[track.forecasts.length - lead] as number)) / scale;
+  const w = ERROR_WEIGHT;
+  const spread = track.spread === undefined ? Math.abs(r) : track.spread + w * (Math.abs(r) - track.spread);
+  const over = r > track.quantile;
+  const pinball = over ? (r - track.quantile) * (1 - rate) : (track.quantile - r) * rate;
+  const quantile = Math.max(0, track.quantile + tuning.learning_rate * spread * ((over ? 1 : 0) - rate) / rate);
+  return { forecasts: track.forecasts, quantile, spread, loss: track.loss + w * (pinball - track.loss) };
+}
+
 function readMemory(state: ServiceState): CaDmsMemory {
   const m = state.memory;
   return {
@@ -109,8 +136,10 @@ function readMemory(state: ServiceState): CaDmsMemory {
     ratio: num(m, 'ratio'),
     level: num(m, 'level'),
     trend: num(m, 'trend') ?? 0,
-    forecasts: numbers(m['forecasts']),
-    errors: numbers(m['errors']),
+    smooth: readTrack(m['smooth']),
+    quick: readTrack(m['quick']),
+    last: num(m, 'last'),
+    fast: num(m, 'fast') ?? 0,
   };
 }
 
@@ -234,33 +263,12 @@ function pushBounded(list: readonly number[], value: number, keep: number): numb
   return out;
 }
 
-/**
- * The typical size of an under-forecast: the root mean square of the positive errors (demand
- * above the forecast), over all kept errors. Over-forecasts cost only money, and counting
- * them would make a sudden drop in load look like noise that needs more headroom.
- */
-function underForecastRms(errors: readonly number[]): number {
-  if (errors.length === 0) return 0;
-  let sum = 0;
-  for (const e of errors) if (e > 0) sum += e * e;
-  return Math.sqrt(sum / errors.length);
+/** The noise scale at a demand level: how forecast errors grow with the load. */
+function noiseScale(level: number, exponent: number): number {
+  return Math.pow(Math.max(level, NOISE_FLOOR), exponent);
 }
 
-/**
- * Builds the `ca-dms` policy with the given tuning (the registry uses the defaults).
- *
- * @example
- * ```ts
- * const policy = createCaDmsPolicy({ ...DEFAULT_CA_DMS_TUNING, errorMargin: 3 });
- * const { decision } = policy.evaluate({ config, state, metrics, tasks, now });
- * decision.reasons.map((r) => r.message); // why, metric by metric
- * ```
- */
-export function createCaDmsPolicy(tuning: CaDmsTuning = DEFAULT_CA_DMS_TUNING): ScalingPolicy<ServiceScalingConfig> {
-  return { name: 'ca-dms', evaluate: (input) => evaluate(input, tuning) };
-}
-
-function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput {
+function evaluate(input: ServicePolicyInput): PolicyOutput {
   const { config, state, tasks, now } = input;
   const previous = readMemory(state);
   const basis = servingBasis(input, previous);
@@ -269,30 +277,44 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
   const est = estimate(input, basis, previous);
   const reasons = est.reasons;
   const from = tasks.desired;
-  const ceiling = (config.cpu_scale_up + tuning.peakPosition * (100 - config.cpu_scale_up)) / 100;
+  const tuning = config.ca_dms;
+  const lead = tuning.lead_periods;
+  const ceiling = (config.cpu_scale_up + PEAK_POSITION * (100 - config.cpu_scale_up)) / 100;
   const target = (config.targets.cpu ?? config.cpu_scale_up) / 100;
 
-  let forecasts = previous.forecasts;
-  let errors = previous.errors;
   let level = previous.level;
   let slope = previous.trend;
+  let fast = previous.fast;
+  let smooth = previous.smooth;
+  let quick = previous.quick;
   let needed = est.floorTasks;
   /** The tasks the forecast needs, unrounded. */
   let exact: number | undefined;
   if (est.demand !== undefined) {
     const d = est.demand;
-    if (forecasts.length >= tuning.leadPeriods) errors = pushBounded(errors, d - (forecasts[forecasts.length - tuning.leadPeriods] as number), tuning.errorPeriods);
+    const scale = noiseScale(level ?? d, tuning.noise_exponent);
+    if (level !== undefined) {
+      smooth = learn(smooth, d, scale, lead, tuning);
+      quick = learn(quick, d, scale, lead, tuning);
+    }
     if (level === undefined) {
       level = d;
       slope = 0;
     } else {
-      const next = tuning.levelWeight * d + (1 - tuning.levelWeight) * (level + slope);
-      slope = tuning.trendWeight * (next - level) + (1 - tuning.trendWeight) * slope;
+      const next = tuning.level_weight * d + (1 - tuning.level_weight) * (level + slope);
+      slope = tuning.trend_weight * (next - level) + (1 - tuning.trend_weight) * slope;
       level = next;
     }
-    const expected = Math.max(0, level + tuning.leadPeriods * slope);
-    forecasts = pushBounded(forecasts, expected, tuning.leadPeriods);
-    const headroom = tuning.errorMargin * underForecastRms(errors);
+    const last = previous.last;
+    if (last !== undefined) fast = fast + QUICK_SLOPE_WEIGHT * (d - last - fast);
+    const smoothExpected = Math.max(0, level + lead * slope);
+    const quickExpected = Math.max(0, d + lead * fast);
+    smooth = { ...smooth, forecasts: pushBounded(smooth.forecasts, smoothExpected, lead) };
+    quick = { ...quick, forecasts: pushBounded(quick.forecasts, quickExpected, lead) };
+    const useQuick = quick.loss < smooth.loss;
+    const track = useQuick ? quick : smooth;
+    const expected = useQuick ? quickExpected : smoothExpected;
+    const headroom = track.quantile * noiseScale(level, tuning.noise_exponent);
     const peak = Math.max(d, expected + headroom);
     const forPeak = Math.ceil(peak / ceiling - 1e-9);
     const forTarget = Math.ceil(expected / target - 1e-9);
@@ -304,7 +326,7 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
       value: round1(peak),
       threshold: round1(ceiling * 100),
       rule: 'forecast_peak',
-      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, trend ${round1(slope * tuning.leadPeriods)}), up to ${round1(peak)} with ${tuning.errorMargin} times the typical recent under-forecast: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
+      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, ${useQuick ? 'quick' : 'smooth'} forecast), up to ${round1(peak)} with the headroom recent demand exceeded in ${round1(tuning.target_violation_rate * 100)}% of periods: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
     });
   }
 
@@ -330,7 +352,7 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
   } else if (!est.saturated && recommendation < from) {
     let stable = recommendation;
     for (const r of recommendations) if (r.replicas > stable) stable = r.replicas;
-    const slack = tuning.scaleInSlack;
+    const slack = tuning.scale_in_slack;
     const withSlack = exact === undefined ? recommendation : Math.max(recommendation, Math.ceil(exact + slack - 1e-9));
     if (now - since < windowMs) {
       blocked.push({
@@ -364,11 +386,20 @@ function evaluate(input: ServicePolicyInput, tuning: CaDmsTuning): PolicyOutput 
   }
 
   const decision = finishDecision({ policy: 'ca-dms', input, proposed, reasons, blocked, missing: est.missing });
-  const memory: Record<string, unknown> = { lastAt: now, since, running: tasks.running, pending: tasks.pending, trend: slope, forecasts, errors };
+  const memory: Record<string, unknown> = { lastAt: now, since, running: tasks.running, pending: tasks.pending, trend: slope, fast, smooth, quick };
+  if (est.demand !== undefined) memory['last'] = est.demand;
   if (level !== undefined) memory['level'] = level;
   if (est.ratio !== undefined) memory['ratio'] = est.ratio;
   return { decision, state: { ...state, recommendations, memory } };
 }
 
-/** The `ca-dms` policy with its default tuning. */
-export const caDmsPolicy: ScalingPolicy<ServiceScalingConfig> = createCaDmsPolicy();
+/**
+ * The `ca-dms` policy; its settings are the configuration's `ca_dms` section.
+ *
+ * @example
+ * ```ts
+ * const { decision } = caDmsPolicy.evaluate({ config, state, metrics, tasks, now });
+ * decision.reasons.map((r) => r.message); // why, metric by metric
+ * ```
+ */
+export const caDmsPolicy: ScalingPolicy<ServiceScalingConfig> = { name: 'ca-dms', evaluate };
