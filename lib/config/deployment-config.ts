@@ -216,11 +216,33 @@ const deploymentSchemaObject = z.strictObject({
       throttlingBurstLimit: positiveInt.default(40),
     })
     .prefault({}),
-  /** Optional TLS: an ACM certificate ARN in the deployment region (HTTP only without it). */
+  /**
+   * HTTPS for the load balancer: an ACM certificate ARN in the deployment region, or a Route 53
+   * hosted zone in which the app requests a DNS-validated certificate for `domainName` and points
+   * `domainName` at the load balancer. Required in production; without it a development
+   * environment serves plain HTTP, with a synthesis warning.
+   */
   domain: z
     .strictObject({
-      certificateArn: z.string().regex(/^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate\/[\w-]+$/, 'an ACM certificate ARN'),
+      certificateArn: z.string().regex(/^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate\/[\w-]+$/, 'an ACM certificate ARN').optional(),
       domainName: z.string().regex(/^([a-z0-9-]+\.)+[a-z]{2,}$/, 'a DNS name').optional(),
+      hostedZone: z
+        .strictObject({
+          id: z.string().regex(/^Z[A-Z0-9]{1,32}$/, 'a Route 53 hosted zone id such as "Z0123456789ABCDEFGHIJ"'),
+          name: z.string().regex(/^([a-z0-9-]+\.)+[a-z]{2,}$/, 'the zone\'s DNS name, e.g. "example.com"'),
+        })
+        .optional(),
+    })
+    .superRefine((d, ctx) => {
+      if (d.certificateArn === undefined && d.hostedZone === undefined) {
+        ctx.addIssue({ code: 'custom', path: ['certificateArn'], message: 'give a certificateArn, or a hostedZone (with domainName) to request one' });
+      }
+      if (d.hostedZone !== undefined && d.domainName === undefined) {
+        ctx.addIssue({ code: 'custom', path: ['domainName'], message: 'required with hostedZone: the name the certificate is for and the alias record points at' });
+      }
+      if (d.hostedZone !== undefined && d.domainName !== undefined && d.domainName !== d.hostedZone.name && !d.domainName.endsWith(`.${d.hostedZone.name}`)) {
+        ctx.addIssue({ code: 'custom', path: ['domainName'], message: `must be in the hosted zone ${d.hostedZone.name}` });
+      }
     })
     .optional(),
   logRetentionDays: retentionDays.default(90),
@@ -291,6 +313,12 @@ export function parseDeploymentConfig(input: unknown): DeploymentConfig {
       issues.push({
         path: 'database.maxAllocatedStorageGiB',
         message: `must be at least database.allocatedStorageGiB (${db.allocatedStorageGiB})`,
+      });
+    }
+    if (result.data.production && result.data.domain === undefined) {
+      issues.push({
+        path: 'domain',
+        message: 'production serves HTTPS only: give domain.certificateArn, or domain.hostedZone and domain.domainName (e.g. -c ca-dms:config=\'{"domain":{"certificateArn":"arn:aws:acm:..."}}\')',
       });
     }
     if (result.data.network.natGateways > result.data.network.maxAzs) {

@@ -1,4 +1,4 @@
-import { Duration } from 'aws-cdk-lib';
+import { Duration, Token } from 'aws-cdk-lib';
 import type * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import type * as s3 from 'aws-cdk-lib/aws-s3';
@@ -63,7 +63,7 @@ export class LoadBalancer extends Construct {
     const apiPathPattern = props.apiPathPattern ?? '/api/*';
     validateProps('LoadBalancer', [
       [apiPathPattern.startsWith('/'), `apiPathPattern must start with / (got "${apiPathPattern}")`],
-      [props.certificateArn === undefined || /^arn:aws[a-z-]*:acm:/.test(props.certificateArn), `certificateArn must be an ACM certificate ARN (got "${props.certificateArn}")`],
+      [props.certificateArn === undefined || Token.isUnresolved(props.certificateArn) || /^arn:aws[a-z-]*:acm:/.test(props.certificateArn), `certificateArn must be an ACM certificate ARN (got "${props.certificateArn}")`],
     ]);
 
     this.alb = new elbv2.ApplicationLoadBalancer(this, 'Alb', {

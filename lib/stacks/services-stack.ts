@@ -1,5 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { CfnOutput, IgnoreMode, Stack, type StackProps } from 'aws-cdk-lib';
+import { Annotations, CfnOutput, IgnoreMode, Stack, type StackProps } from 'aws-cdk-lib';
+import * as acm from 'aws-cdk-lib/aws-certificatemanager';
+import * as route53 from 'aws-cdk-lib/aws-route53';
+import * as route53Targets from 'aws-cdk-lib/aws-route53-targets';
 import { Platform } from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecr from 'aws-cdk-lib/aws-ecr';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -156,13 +159,49 @@ export class ServicesStack extends Stack {
       readTargets: this.targetGroups['backend-read'],
       writeTargets: this.targetGroups['backend-write'],
       defaultTargets: this.targetGroups.frontend,
-      certificateArn: config.domain?.certificateArn,
+      certificateArn: this.certificateArn(config),
     });
+    const zone = config.domain?.hostedZone;
+    if (zone && config.domain?.domainName) {
+      new route53.ARecord(this, 'DomainAlias', {
+        zone: this.hostedZone(config),
+        recordName: config.domain.domainName,
+        target: route53.RecordTarget.fromAlias(new route53Targets.LoadBalancerTarget(this.loadBalancer.alb)),
+      });
+    }
+    if (!config.domain) {
+      Annotations.of(this.loadBalancer).addWarningV2(
+        '@ca-dms/services:httpOnly',
+        'No domain configured: the load balancer serves plain HTTP only. Set domain.certificateArn, or domain.hostedZone and domain.domainName, for HTTPS (required when production is true).',
+      );
+    }
 
     new CfnOutput(this, 'LoadBalancerDnsName', {
       description: 'DNS name of the load balancer (point the CA-DMS domain here)',
       value: this.loadBalancer.alb.loadBalancerDnsName,
     });
+  }
+
+  private zone?: route53.IHostedZone;
+
+  /** The configured hosted zone, by id and name (no lookup: synthesis stays offline). */
+  private hostedZone(config: DeploymentConfig): route53.IHostedZone {
+    const zone = config.domain?.hostedZone;
+    if (!zone) throw new Error('hostedZone() needs domain.hostedZone');
+    this.zone ??= route53.HostedZone.fromHostedZoneAttributes(this, 'Zone', { hostedZoneId: zone.id, zoneName: zone.name });
+    return this.zone;
+  }
+
+  /** The configured certificate, or one requested for domain.domainName and validated in the hosted zone. */
+  private certificateArn(config: DeploymentConfig): string | undefined {
+    const domain = config.domain;
+    if (!domain) return undefined;
+    if (domain.certificateArn) return domain.certificateArn;
+    if (!domain.domainName) return undefined;
+    return new acm.Certificate(this, 'Certificate', {
+      domainName: domain.domainName,
+      validation: acm.CertificateValidation.fromDns(this.hostedZone(config)),
+    }).certificateArn;
   }
 }
 

@@ -8,7 +8,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DeploymentConfigError, mergeConfig, parseDeploymentConfig } from '../../lib/config/deployment-config.js';
+import { DeploymentConfigError, mergeConfig, parseDeploymentConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
 import { loadDeploymentConfig } from '../../lib/config/load-config.js';
 import { ROOT } from './support/synth.js';
 
@@ -86,6 +86,33 @@ describe('mergeConfig', () => {
   });
 });
 
+describe('domain and HTTPS', () => {
+  const problemsOf = (input: unknown): ConfigIssue[] => {
+    try {
+      parseDeploymentConfig(input);
+      return [];
+    } catch (error) {
+      if (error instanceof DeploymentConfigError) return [...error.issues];
+      throw error;
+    }
+  };
+
+  it('refuses production without a domain, naming domain', () => {
+    expect(problemsOf({ production: true })).toEqual([expect.objectContaining({ path: 'domain', message: expect.stringContaining('HTTPS') })]);
+    expect(problemsOf({ production: false })).toEqual([]);
+  });
+
+  it('takes a certificate ARN, or a hosted zone with a domain name inside it', () => {
+    expect(problemsOf({ production: true, domain: { certificateArn: 'arn:aws:acm:eu-west-1:123456789012:certificate/abc-123' } })).toEqual([]);
+    expect(problemsOf({ domain: { domainName: 'dms.example.com', hostedZone: { id: 'Z0123456789ABCDEFGHIJ', name: 'example.com' } } })).toEqual([]);
+    expect(problemsOf({ domain: { hostedZone: { id: 'Z0123456789ABCDEFGHIJ', name: 'example.com' } } }).map((i) => i.path)).toEqual(['domain.domainName']);
+    expect(problemsOf({ domain: { domainName: 'dms.example.org', hostedZone: { id: 'Z0123456789ABCDEFGHIJ', name: 'example.com' } } })).toEqual([
+      expect.objectContaining({ path: 'domain.domainName', message: 'must be in the hosted zone example.com' }),
+    ]);
+    expect(problemsOf({ domain: { domainName: 'dms.example.com' } }).map((i) => i.path)).toEqual(['domain.certificateArn']);
+  });
+});
+
 describe('loadDeploymentConfig', () => {
   function configDir(files: Record<string, unknown>): string {
     const dir = mkdtempSync(join(tmpdir(), 'ca-dms-config-'));
@@ -94,7 +121,7 @@ describe('loadDeploymentConfig', () => {
   }
 
   it('reads the file of the environment named in the context', () => {
-    const dir = configDir({ 'prod.json': { production: true, database: { shards: 4 } } });
+    const dir = configDir({ 'prod.json': { production: true, database: { shards: 4 }, domain: { certificateArn: 'arn:aws:acm:eu-west-1:123456789012:certificate/abc-123' } } });
 
     const config = loadDeploymentConfig({ configDir: dir, context: contextOf({ 'ca-dms:environment': 'prod' }) });
 
@@ -136,10 +163,11 @@ describe('loadDeploymentConfig', () => {
     expect(() => loadDeploymentConfig({ configDir: dir, context: contextOf({ 'ca-dms:environment': 'stage' }) })).toThrow(/stage\.json/);
   });
 
-  it('accepts both shipped environment files', () => {
-    for (const env of ['dev', 'prod']) {
-      expect(() => loadDeploymentConfig({ configDir: join(ROOT, 'config'), context: contextOf({ 'ca-dms:environment': env }) })).not.toThrow();
-    }
+  it('accepts both shipped environment files, prod once given its domain (it ships none)', () => {
+    const load = (context: Record<string, unknown>) => () => loadDeploymentConfig({ configDir: join(ROOT, 'config'), context: contextOf(context) });
+    expect(load({ 'ca-dms:environment': 'dev' })).not.toThrow();
+    expect(load({ 'ca-dms:environment': 'prod' })).toThrow(/domain: production serves HTTPS only/);
+    expect(load({ 'ca-dms:environment': 'prod', 'ca-dms:config': { domain: { certificateArn: 'arn:aws:acm:eu-west-1:123456789012:certificate/abc-123' } } })).not.toThrow();
   });
 });
 

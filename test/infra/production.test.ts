@@ -1,5 +1,6 @@
 /**
- * The production posture, synthesized from `config/prod.json` with a certificate: Multi-AZ
+ * The production posture, synthesized from `config/prod.json` with a Route 53 hosted zone (the
+ * app requests a DNS-validated certificate and points the domain at the load balancer): Multi-AZ
  * databases kept on stack deletion, HTTPS with a modern TLS policy, and a sub-minute check
  * interval rounded up to EventBridge's one minute with a warning.
  */
@@ -13,12 +14,12 @@ import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { scheduleMinutes } from '../../lib/control-plane/control-plane.js';
 import { resourcesOf, ROOT, synthesize, type Synthesized } from './support/synth.js';
 
-const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+const DOMAIN = { domainName: 'dms.example.com', hostedZone: { id: 'Z0123456789ABCDEFGHIJ', name: 'example.com' } };
 let s: Synthesized;
 
 beforeAll(() => {
   const prod = JSON.parse(readFileSync(join(ROOT, 'config', 'prod.json'), 'utf8')) as unknown;
-  s = synthesize(mergeConfig(prod, { domain: { certificateArn: CERTIFICATE } }));
+  s = synthesize(mergeConfig(prod, { domain: DOMAIN }));
 });
 
 afterAll(() => {
@@ -44,12 +45,28 @@ describe('production synthesis', () => {
     }
   });
 
-  it('serves HTTPS with the configured certificate and the recommended TLS policy', () => {
-    s.template(s.stacks.services).hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
+  it('serves HTTPS with a certificate validated in the hosted zone and the recommended TLS policy', () => {
+    const t = s.template(s.stacks.services);
+    t.hasResourceProperties('AWS::CertificateManager::Certificate', {
+      DomainName: DOMAIN.domainName,
+      ValidationMethod: 'DNS',
+      DomainValidationOptions: [{ DomainName: DOMAIN.domainName, HostedZoneId: DOMAIN.hostedZone.id }],
+    });
+    const [certificate] = Object.keys(t.findResources('AWS::CertificateManager::Certificate'));
+    t.hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
       Port: 443,
       Protocol: 'HTTPS',
-      Certificates: [{ CertificateArn: CERTIFICATE }],
+      Certificates: [{ CertificateArn: { Ref: certificate } }],
       SslPolicy: elbv2.SslPolicy.RECOMMENDED_TLS,
+    });
+  });
+
+  it('points the domain at the load balancer with an alias record in the hosted zone', () => {
+    s.template(s.stacks.services).hasResourceProperties('AWS::Route53::RecordSet', {
+      Name: `${DOMAIN.domainName}.`,
+      Type: 'A',
+      HostedZoneId: DOMAIN.hostedZone.id,
+      AliasTarget: Match.objectLike({ DNSName: Match.anyValue() }),
     });
   });
 

@@ -73,6 +73,14 @@ describe('synthesis', () => {
   });
 });
 
+describe('services stack without a domain (development)', () => {
+  it('serves plain HTTP and says so with a synthesis warning', () => {
+    const warnings = s.app.node.findAll().flatMap((c) => c.node.metadata.filter((m) => m.type === 'aws:cdk:warning').map((m) => String(m.data)));
+    expect(warnings.some((w) => w.includes('plain HTTP only'))).toBe(true);
+    s.template(s.stacks.services).resourceCountIs('AWS::CertificateManager::Certificate', 0);
+  });
+});
+
 describe('data stack', () => {
   it('creates shards x (1 + replicas) database instances', () => {
     const { shards, replicasPerShard } = s.config.database;
