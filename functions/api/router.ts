@@ -21,6 +21,7 @@
  */
 import { z } from 'zod';
 import { ProblemError, jsonResponse, problemResponse, type ApiRequest, type ApiResponse, type CallerIdentity, type InvalidParam } from './http.js';
+import { jsonProblems, textProblem } from './input-limits.js';
 
 export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -167,6 +168,17 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
         invalid.push({ name: `params.${name}`, reason: 'is not valid percent-encoding' });
       }
     }
+    // NUL and lone surrogates are refused here, before any schema or database sees them.
+    for (const [name, value] of Object.entries(rawParams)) {
+      const why = textProblem(value);
+      if (why) invalid.push({ name: `params.${name}`, reason: why });
+    }
+    for (const [name, value] of Object.entries(request.query)) {
+      const nameWhy = textProblem(name);
+      const why = value === undefined ? undefined : textProblem(value);
+      if (nameWhy) invalid.push({ name: 'query', reason: `a parameter name ${nameWhy}` });
+      else if (why) invalid.push({ name: `query.${name}`, reason: why });
+    }
     const parsePart = (prefix: string, schema: Schema | undefined, value: unknown): unknown => {
       if (!schema) return undefined;
       const r = schema.safeParse(value);
@@ -202,7 +214,9 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
         } catch (err) {
           throw new ProblemError(400, `the request body is not valid JSON: ${(err as Error).message}`, { cause: err });
         }
-        body = parsePart('body', spec.body, parsed);
+        const hostile = jsonProblems(parsed, 'body');
+        if (hostile.length > 0) invalid.push(...hostile);
+        else body = parsePart('body', spec.body, parsed);
       } else if (spec.bodyRequired ?? true) {
         invalid.push({ name: 'body', reason: 'a JSON body is required' });
       } else {

@@ -176,7 +176,8 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const now = clock.now();
       const control = await available('reading the configuration', () => catalog.loadControl());
       const config = control.config;
-      const services = Object.keys(config.services);
+      // By name: the catalog keeps the configuration as jsonb, which does not keep key order.
+      const services = Object.keys(config.services).sort();
       const [tasks, states, lastApplied, lastScheduled] = await Promise.all([
         target.describe(services).catch((err: unknown) => new Map<string, TasksReading>(services.map((s) => [s, { ok: false, error: (err as Error).message }]))),
         available('reading service state', () => catalog.listServiceStates()),
@@ -227,7 +228,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     async metrics(): Promise<MetricsView> {
       const now = clock.now();
       const control = await available('reading the configuration', () => catalog.loadControl());
-      const services = Object.keys(control.config.services);
+      const services = Object.keys(control.config.services).sort();
       const [readings, tasks] = await Promise.all([
         metrics.read(services, now).catch(() => new Map()),
         target.describe(services).catch(() => new Map<string, TasksReading>()),
@@ -403,8 +404,15 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       try {
         r = await s.router.resolve(key);
       } catch (err) {
-        // The directory strategy rejects keys it does not hold (when configured to).
-        if (err instanceof RoutingError) throw new NotFoundError(err.message, { cause: err });
+        if (err instanceof RoutingError) {
+          // The directory's own error stays in the logs: no database text reaches a client.
+          if (err.reason === 'directory-unavailable') throw new UnavailableError('the shard directory cannot be read right now', { cause: err });
+          if (err.reason === 'invalid-key') {
+            throw new ProblemError(400, err.message, { title: 'Invalid request', invalidParams: [{ name: 'query.key', reason: err.message }], cause: err });
+          }
+          // The directory strategy rejects keys it does not hold (when configured to).
+          throw new NotFoundError(err.message, { cause: err });
+        }
         throw err;
       }
       return { key, shard_id: r.shardId, slot: r.slot, map_version: r.mapVersion, strategy: r.strategy, source: r.source };

@@ -3,7 +3,8 @@
  * layer carries real traffic (and the load test has something to load):
  *
  * - `GET  /api/v1/users?limit=N`                  a sample of users from every shard
- * - `POST /api/v1/users`                          `{email, display_name}` -> 201
+ * - `POST /api/v1/users`                          `{email, display_name}` -> 201 (409 when the e-mail is taken)
+ * - `GET  /api/v1/users/{id}`                     one user
  * - `GET  /api/v1/users/{id}/documents?limit=N`   a user's documents (routed by the user id)
  * - `POST /api/v1/documents`                      `{owner_id, title, content?}` -> 201
  * - `GET  /api/v1/documents/{id}[?owner=UUID]`    one document (asks every shard without `owner`)
@@ -11,7 +12,9 @@
  * Writes go through `withShardWrite` on the owner's shard; reads go through the replica reader.
  * A write answers with `X-Read-Token: <shard_id>@<lsn>`; a read sent with that value in
  * `X-Read-After` sees the write (read-your-writes), whichever replica serves it. Every input is
- * validated with zod; errors are RFC 9457 problem documents naming the field.
+ * validated with zod; errors are RFC 9457 problem documents naming the field. Bodies are held
+ * to the limits of `functions/api/input-limits.ts` (no NUL, well-formed Unicode, 32 levels of
+ * nesting) and 256 KiB; no database text ever reaches a client (it is logged instead).
  *
  * @example
  * ```ts
@@ -19,20 +22,24 @@
  * await startLocalServer({ handler, port: 3000, extraRoutes: [route] });
  * ```
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import { uuidForm } from '../core/sharding/keys.js';
 import type { ShardRouter } from '../core/sharding/router.js';
 import type { ExtraRoute } from '../adapters/http/local-server.js';
 import type { ReplicaReader } from '../adapters/postgres/replica-reader.js';
-import type { ShardWriter } from '../adapters/postgres/write-transaction.js';
+import { ShardWriteError, type ShardWriter } from '../adapters/postgres/write-transaction.js';
+import { jsonProblems, MAX_JSON_DEPTH } from '../api/input-limits.js';
+import { RoutingError } from '../core/sharding/errors.js';
 
 export interface DocumentsApiDeps {
   readonly writer: ShardWriter;
   readonly reader: Pick<ReplicaReader, 'query'>;
   readonly router: Pick<ShardRouter, 'resolve'>;
   readonly shardIds: readonly string[];
+  /** Where unexpected errors go, with their database text (clients never see it). Default: one JSON line on stderr. */
+  readonly onError?: (error: unknown, request: { method: string; path: string }) => void;
 }
 
 const PREFIX = '/api/v1';
@@ -46,7 +53,7 @@ const uuid = z.string().transform((text, ctx) => {
   return id ?? z.NEVER;
 });
 const limit = z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(1).max(200)).optional();
-const readAfter = z
+const readAfterSchema = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}@[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/, 'must be a token from X-Read-Token, e.g. shard_001@0/3000060')
   .optional();
@@ -58,8 +65,23 @@ const newUserSchema = z.strictObject({
 const newDocumentSchema = z.strictObject({
   owner_id: uuid,
   title: z.string().min(1).max(500),
-  content: z.record(z.string(), z.unknown()).default({}),
+  // A document's content is an object of fields; other JSON values are refused rather than wrapped.
+  content: z.record(z.string(), z.unknown(), { error: 'must be a JSON object, e.g. {"body": "text"}' }).default({}),
 });
+
+/**
+ * A user's id is derived from the e-mail address (UUID version 5 of its lower-case form), so
+ * two sign-ups with one address route to one shard and meet on the primary key there: the
+ * duplicate is refused atomically, with no cross-shard lookup to race.
+ */
+export function userIdForEmail(email: string): string {
+  const NAMESPACE = Buffer.from('6ba7b8119dad11d180b400c04fd430c8', 'hex'); // RFC 9562 name-space for URLs and mail
+  const hash = createHash('sha1').update(NAMESPACE).update(email.toLowerCase(), 'utf8').digest();
+  hash[6] = ((hash[6] as number) & 0x0f) | 0x50;
+  hash[8] = ((hash[8] as number) & 0x3f) | 0x80;
+  const hex = hash.subarray(0, 16).toString('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
 
 interface Problem {
   readonly status: number;
@@ -74,7 +96,17 @@ class HttpProblem extends Error {
   }
 }
 
-const TITLES: Readonly<Record<number, string>> = { 400: 'Bad Request', 404: 'Not Found', 405: 'Method Not Allowed', 413: 'Content Too Large', 415: 'Unsupported Media Type', 500: 'Internal Server Error', 503: 'Service Unavailable' };
+const TITLES: Readonly<Record<number, string>> = {
+  400: 'Bad Request',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
+  409: 'Conflict',
+  413: 'Content Too Large',
+  415: 'Unsupported Media Type',
+  422: 'Unprocessable Content',
+  500: 'Internal Server Error',
+  503: 'Service Unavailable',
+};
 
 function invalid(part: string, error: z.ZodError): HttpProblem {
   const params = error.issues.map((i) => ({ name: [part, ...i.path.map(String)].join('.'), reason: i.message }));
@@ -107,11 +139,29 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
     if (size > MAX_BODY) throw new HttpProblem({ status: 413, detail: `the body is larger than ${MAX_BODY} bytes` });
     chunks.push(chunk as Buffer);
   }
+  let parsed: unknown;
   try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    parsed = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
   } catch (error) {
     throw new HttpProblem({ status: 400, detail: `the body is not valid JSON: ${(error as Error).message}` });
   }
+  const hostile = jsonProblems(parsed, 'body', MAX_JSON_DEPTH);
+  if (hostile.length > 0) throw new HttpProblem({ status: 400, detail: hostile.map((p) => `${p.name}: ${p.reason}`).join('; '), invalid: hostile });
+  return parsed;
+}
+
+/**
+ * A problem for an error no handler expected: the client learns what kind of failure it was,
+ * never the database's words (those go to `onError`).
+ */
+function unexpected(error: unknown): Problem {
+  if (error instanceof RoutingError) return { status: 400, detail: error.message };
+  if (error instanceof URIError) return { status: 400, detail: 'the path has a malformed percent-escape' };
+  if (error instanceof ShardWriteError && error.reason === 'fence-timeout') return { status: 503, detail: 'the data is being moved to another shard right now; retry in a few seconds' };
+  const code = (error as { code?: unknown }).code;
+  // Class 22 is "data exception": a value the database refused (input checks should have caught it).
+  if (typeof code === 'string' && code.startsWith('22')) return { status: 400, detail: 'a value in the request cannot be stored' };
+  return { status: 503, detail: 'the shard could not serve the request right now; retry' };
 }
 
 interface DocumentRow {
@@ -131,23 +181,41 @@ interface UserRow {
 
 const DOC_COLUMNS = 'id, owner_id, title, content, created_at, updated_at';
 
-/** The token of a read, when it names the shard being read. */
-function tokenFor(shardId: string, header: string | undefined): { token?: string } {
+/**
+ * How a read honours an `X-Read-After` token: on the shard the token names, a replica must have
+ * replayed its position; on another shard (the write was made before a move) the position means
+ * nothing, so the read goes to the primary, which holds everything the move copied.
+ */
+function tokenFor(shardId: string, header: string | undefined): { token?: string; primary?: boolean } {
   if (header === undefined) return {};
   const at = header.indexOf('@');
-  return header.slice(0, at) === shardId ? { token: header.slice(at + 1) } : {};
+  return header.slice(0, at) === shardId ? { token: header.slice(at + 1) } : { primary: true };
 }
 
 /** The methods a known path answers, or undefined for an unknown path. */
 function allowedMethods(path: string): string | undefined {
   if (path === `${PREFIX}/users` || path === `${PREFIX}/documents`) return path.endsWith('users') ? 'GET, POST' : 'POST';
-  if (/^\/api\/v1\/users\/[^/]+\/documents$/.test(path) || /^\/api\/v1\/documents\/[^/]+$/.test(path)) return 'GET';
+  if (/^\/api\/v1\/users\/[^/]+(\/documents)?$/.test(path) || /^\/api\/v1\/documents\/[^/]+$/.test(path)) return 'GET';
   return undefined;
 }
 
 /** Builds the route; it answers every path under `/api/v1/users` and `/api/v1/documents`. */
 export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
   const shardOf = async (key: string): Promise<string> => (await deps.router.resolve(key)).shardId;
+  const onError =
+    deps.onError ??
+    ((error: unknown, request: { method: string; path: string }) => {
+      process.stderr.write(`${JSON.stringify({ level: 'error', message: 'documents API request failed', ...request, error: error instanceof Error ? { name: error.name, message: error.message, code: (error as { code?: unknown }).code } : String(error) })}\n`);
+    });
+  /** The token header, refused (400) when it names no configured shard. */
+  const readAfter = (req: IncomingMessage): string | undefined => {
+    const header = parse(readAfterSchema, req.headers['x-read-after'], 'header.x-read-after');
+    if (header !== undefined && !deps.shardIds.includes(header.slice(0, header.indexOf('@')))) {
+      const reason = `names shard ${header.slice(0, header.indexOf('@'))}, which is not one of ${deps.shardIds.join(', ')}`;
+      throw new HttpProblem({ status: 400, detail: `header.x-read-after: ${reason}`, invalid: [{ name: 'header.x-read-after', reason }] });
+    }
+    return header;
+  };
 
   async function listUsers(url: URL, res: ServerResponse): Promise<void> {
     const q = parse(z.strictObject({ limit }), Object.fromEntries(url.searchParams), 'query');
@@ -164,18 +232,34 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
 
   async function createUser(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = parse(newUserSchema, await readJson(req), 'body');
-    const id = randomUUID();
+    const id = userIdForEmail(body.email);
     const result = await deps.writer.withShardWrite(id, async ({ client, slot }) => {
-      const { rows } = await client.query<UserRow>('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4) returning id, email, display_name, created_at', [id, slot, body.email, body.display_name]);
-      return rows[0] as UserRow;
+      const { rows } = await client.query<UserRow>(
+        'insert into users (id, slot, email, display_name) values ($1, $2, $3, $4) on conflict (id) do nothing returning id, email, display_name, created_at',
+        [id, slot, body.email, body.display_name],
+      );
+      return rows[0];
     });
-    send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': `${result.shardId}@${result.token}`, location: `${PREFIX}/users/${id}/documents` });
+    if (!result.value) {
+      const reason = `a user with this e-mail address already exists (${PREFIX}/users/${id})`;
+      throw new HttpProblem({ status: 409, detail: `body.email: ${reason}`, invalid: [{ name: 'body.email', reason }] });
+    }
+    send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': `${result.shardId}@${result.token}`, location: `${PREFIX}/users/${id}` });
+  }
+
+  async function getUser(userId: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const id = parse(uuid, userId, 'path.id');
+    const after = readAfter(req);
+    const shardId = await shardOf(id);
+    const r = await deps.reader.query<UserRow>(shardId, 'select id, email, display_name, created_at from users where id = $1', [id], tokenFor(shardId, after));
+    if (!r.rows[0]) throw new HttpProblem({ status: 404, detail: `no user ${id}` });
+    send(res, 200, { ...r.rows[0], shard_id: shardId, served_by: r.servedBy });
   }
 
   async function userDocuments(userId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const id = parse(uuid, userId, 'path.id');
     const q = parse(z.strictObject({ limit }), Object.fromEntries(url.searchParams), 'query');
-    const after = parse(readAfter, req.headers['x-read-after'], 'header.x-read-after');
+    const after = readAfter(req);
     const shardId = await shardOf(id);
     const r = await deps.reader.query<DocumentRow>(shardId, `select ${DOC_COLUMNS} from documents where owner_id = $1 order by created_at desc, id limit $2`, [id, q.limit ?? 50], tokenFor(shardId, after));
     send(res, 200, { owner_id: id, shard_id: shardId, served_by: r.servedBy, items: r.rows });
@@ -193,14 +277,14 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       );
       return rows[0];
     });
-    if (!result.value) throw new HttpProblem({ status: 400, detail: `body.owner_id: no user ${body.owner_id}`, invalid: [{ name: 'body.owner_id', reason: 'no such user' }] });
+    if (!result.value) throw new HttpProblem({ status: 422, detail: `body.owner_id: there is no user ${body.owner_id}; create the user first`, invalid: [{ name: 'body.owner_id', reason: 'no such user' }] });
     send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': `${result.shardId}@${result.token}`, location: `${PREFIX}/documents/${id}?owner=${body.owner_id}` });
   }
 
   async function getDocument(docId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const id = parse(uuid, docId, 'path.id');
     const q = parse(z.strictObject({ owner: uuid.optional() }), Object.fromEntries(url.searchParams), 'query');
-    const after = parse(readAfter, req.headers['x-read-after'], 'header.x-read-after');
+    const after = readAfter(req);
     // A document lives with its owner; without the owner every shard is asked at once.
     const shards = q.owner === undefined ? deps.shardIds : [await shardOf(q.owner)];
     const found = await Promise.all(
@@ -211,6 +295,10 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     );
     const doc = found.find((d) => d !== undefined);
     if (!doc) throw new HttpProblem({ status: 404, detail: `no document ${id}` });
+    if (q.owner !== undefined && doc.owner_id !== q.owner) {
+      const reason = `document ${id} belongs to another owner than ${q.owner}`;
+      throw new HttpProblem({ status: 409, detail: `query.owner: ${reason}`, invalid: [{ name: 'query.owner', reason }] });
+    }
     send(res, 200, doc);
   }
 
@@ -223,6 +311,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       let m: RegExpExecArray | null;
       if (path === `${PREFIX}/users` && method === 'GET') await listUsers(url, res);
       else if (path === `${PREFIX}/users` && method === 'POST') await createUser(req, res);
+      else if ((m = /^\/api\/v1\/users\/([^/]+)$/.exec(path)) && method === 'GET') await getUser(decodeURIComponent(m[1] ?? ''), req, res);
       else if ((m = /^\/api\/v1\/users\/([^/]+)\/documents$/.exec(path)) && method === 'GET') await userDocuments(decodeURIComponent(m[1] ?? ''), url, req, res);
       else if (path === `${PREFIX}/documents` && method === 'POST') await createDocument(req, res);
       else if ((m = /^\/api\/v1\/documents\/([^/]+)$/.exec(path)) && method === 'GET') await getDocument(decodeURIComponent(m[1] ?? ''), url, req, res);
@@ -235,7 +324,10 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       }
     } catch (error) {
       if (error instanceof HttpProblem) sendProblem(res, error.problem);
-      else sendProblem(res, { status: 503, detail: `the shard could not serve the request: ${(error as Error).message}` });
+      else {
+        onError(error, { method, path });
+        sendProblem(res, unexpected(error));
+      }
     }
     return true;
   };

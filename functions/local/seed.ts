@@ -11,6 +11,7 @@
  * ```
  */
 import { randomUUID } from 'node:crypto';
+import { userIdForEmail } from './documents-api.js';
 import type pg from 'pg';
 import type { ShardWriter } from '../adapters/postgres/write-transaction.js';
 
@@ -51,9 +52,11 @@ export async function seedDemoData(options: SeedOptions): Promise<SeedOutcome> {
   const worker = async (): Promise<void> => {
     while (next < options.users) {
       const i = next++;
-      const id = randomUUID();
+      const email = `user${i + 1}@ca-dms.example`;
+      // The id the documents API gives this address, so signing up with it again is a 409.
+      const id = userIdForEmail(email);
       await options.writer.withShardWrite(id, async ({ client, slot }) => {
-        await client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [id, slot, `user${i + 1}@ca-dms.example`, `Demo user ${i + 1}`]);
+        await client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [id, slot, email, `Demo user ${i + 1}`]);
         for (let d = 0; d < options.documentsPerUser; d++) {
           const title = `${TITLES[(i + d) % TITLES.length] ?? 'Document'} #${d + 1}`;
           await client.query('insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5)', [randomUUID(), id, slot, title, JSON.stringify({ body: `${title} of demo user ${i + 1}`, tags: ['demo'] })]);

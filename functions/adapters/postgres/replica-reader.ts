@@ -62,6 +62,11 @@ export interface FailoverEvent {
 export interface ReadOptions {
   /** A read-your-writes token from {@link captureWriteToken}: the read sees that write. */
   readonly token?: string;
+  /**
+   * Read from the primary only: for a write whose position means nothing on this shard's
+   * replicas (it was made on another shard, before a move).
+   */
+  readonly primary?: boolean;
 }
 
 export interface ReadResult<R> {
@@ -253,6 +258,7 @@ export class ReplicaReader {
 
   /** The order in which a read on `shardId` would try nodes right now. */
   plan(shardId: string, options: ReadOptions = {}): ReadTarget[] {
+    if (options.primary === true) return [{ kind: 'primary', reason: 'the read asked for the primary' }];
     const states = this.#pools
       .replicas(shardId)
       .map((n) => this.#states.get(n.nodeId))

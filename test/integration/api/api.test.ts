@@ -210,6 +210,13 @@ describe('scaling API over HTTP', () => {
       expect(results.map((r) => r.status).sort()).toEqual([200, 412, 412, 412, 412]);
     });
 
+    it('keeps services in name order in /status and /metrics after the configuration was stored', async () => {
+      const status = await h.fetchJson(`${API}/status`);
+      const metrics = await h.fetchJson(`${API}/metrics`);
+      expect((status.body as { services: Array<{ service: string }> }).services.map((s) => s.service)).toEqual([...SERVICES]);
+      expect((metrics.body as { services: Array<{ service: string }> }).services.map((s) => s.service)).toEqual([...SERVICES]);
+    });
+
     it('applies every one of several concurrent patches without If-Match, none lost', async () => {
       const results = await Promise.all(
         (['cpu_scale_up', 'memory_scale_up', 'connections_scale_up'] as const).map((key, i) =>

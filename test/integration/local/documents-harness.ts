@@ -34,7 +34,7 @@ export interface DocumentsApi {
   stop(): Promise<void>;
 }
 
-export async function startDocumentsApi(): Promise<DocumentsApi> {
+export async function startDocumentsApi(onError?: (error: unknown) => void): Promise<DocumentsApi> {
   const server = await startTestPostgres();
   const admin = new pg.Client({ connectionString: server.url });
   await admin.connect();
@@ -50,7 +50,7 @@ export async function startDocumentsApi(): Promise<DocumentsApi> {
   await Promise.all([...sharding.primaries.values()].map((p) => runMigrations(p, 'shard', resolve(migrations, 'shard'))));
   const reader = sharding.reader;
   if (reader === undefined) throw new Error('the runtime built no replica reader');
-  const route = createDocumentsRoute({ writer: sharding.writer, reader, router: sharding.router, shardIds: ['shard_001', 'shard_002'] });
+  const route = createDocumentsRoute({ writer: sharding.writer, reader, router: sharding.router, shardIds: ['shard_001', 'shard_002'], ...(onError ? { onError } : {}) });
   const http: Server = createServer((req, res) => {
     void Promise.resolve(route(req, res)).then((handled) => {
       if (!handled) res.writeHead(404).end();

@@ -1,0 +1,74 @@
+/**
+ * Limits every JSON body and request string is held to before anything else reads it, so that
+ * hostile input is a 400 naming the field rather than a database error or a stack overflow:
+ *
+ * - no NUL character (U+0000) in any string or member name: PostgreSQL stores neither in `text`
+ *   nor in `jsonb` (`\u0000` is "unsupported Unicode escape sequence");
+ * - well-formed Unicode only: a lone surrogate (`"\ud800"`, which `JSON.parse` accepts) is
+ *   refused by `jsonb` and silently replaced with U+FFFD in `text`;
+ * - at most {@link MAX_JSON_DEPTH} levels of nesting: deeper values overflow the stack of
+ *   recursive code (`JSON.stringify`, validators) and PostgreSQL's `max_stack_depth`.
+ *
+ * The walk is iterative, so a body nested 100,000 deep is measured without recursion.
+ *
+ * @example
+ * ```ts
+ * jsonProblems(JSON.parse('{"title": "a\\u0000b"}'), 'body'); // [{ name: 'body.title', reason: 'must not contain the NUL character (U+0000)' }]
+ * textProblem('a\u0000b'); // 'must not contain the NUL character (U+0000)'
+ * ```
+ */
+import type { InvalidParam } from './http.js';
+
+/** Deepest nesting accepted in a JSON body: the body itself is level 1. */
+export const MAX_JSON_DEPTH = 32;
+
+/** At most this many problems are listed; one is enough to refuse, a few help fix. */
+const MAX_PROBLEMS = 10;
+
+// In a `u` regex surrogate pairs are one code point, so this matches only unpaired halves.
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+
+/** Why a string cannot be accepted, or `undefined` when it can. */
+export function textProblem(text: string): string | undefined {
+  if (text.includes('\u0000')) return 'must not contain the NUL character (U+0000)';
+  if (LONE_SURROGATE.test(text)) return 'must be well-formed Unicode (it contains a lone UTF-16 surrogate)';
+  return undefined;
+}
+
+// Paths of deep values are cut short: the field is recognisable from its start.
+const join = (path: string, key: string | number): string => (path.length > 200 ? path : `${path}.${key}`);
+
+/**
+ * The problems of a parsed JSON value: NUL characters and lone surrogates in strings and member
+ * names, and nesting deeper than `maxDepth`, each named by its path under `root`.
+ */
+export function jsonProblems(value: unknown, root: string, maxDepth = MAX_JSON_DEPTH): InvalidParam[] {
+  const problems: InvalidParam[] = [];
+  const stack: Array<{ value: unknown; path: string; depth: number }> = [{ value, path: root, depth: 1 }];
+  while (stack.length > 0 && problems.length < MAX_PROBLEMS) {
+    const item = stack.pop() as { value: unknown; path: string; depth: number };
+    if (typeof item.value === 'string') {
+      const why = textProblem(item.value);
+      if (why) problems.push({ name: item.path, reason: why });
+      continue;
+    }
+    if (typeof item.value !== 'object' || item.value === null) continue;
+    if (item.depth > maxDepth) {
+      problems.push({ name: item.path, reason: `nests deeper than ${maxDepth} levels, the limit` });
+      continue;
+    }
+    if (Array.isArray(item.value)) {
+      for (let i = item.value.length - 1; i >= 0; i -= 1) stack.push({ value: item.value[i], path: join(item.path, i), depth: item.depth + 1 });
+      continue;
+    }
+    const entries = Object.entries(item.value);
+    for (let i = entries.length - 1; i >= 0; i -= 1) {
+      const [key, member] = entries[i] as [string, unknown];
+      const why = textProblem(key);
+      // A bad member name is reported without repeating it (it may be unprintable).
+      if (why) problems.push({ name: item.path, reason: `a member name ${why}` });
+      else stack.push({ value: member, path: join(item.path, key), depth: item.depth + 1 });
+    }
+  }
+  return problems;
+}
