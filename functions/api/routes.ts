@@ -36,6 +36,10 @@ import {
   startStopResultSchema,
   statisticsReportSchema,
   statusSchema,
+  TIMESERIES_MAX_POINTS,
+  TIMESERIES_MAX_WINDOW_SECONDS,
+  timeseriesQuerySchema,
+  timeseriesSchema,
 } from './schemas.js';
 import { ConflictError, NotFoundError, StaleVersionError, UnavailableError, UnknownServiceError, type ConfigEnvelope, type ScalingApiPort } from './service.js';
 
@@ -166,6 +170,27 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
         }
         return { status: 200, body: await guard(() => port.history(query)) };
       },
+    }),
+    defineRoute({
+      method: 'GET',
+      path: `${API_PREFIX}/timeseries`,
+      operationId: 'getTimeseries',
+      summary: 'Get demand, CPU, tasks and decisions over a time window',
+      description: `Per service, the evaluations recorded in the window reduced to buckets (demand in requests/min and CPU %, mean and highest; desired tasks), and every change of the desired count with its reasons. Default window: the last hour. At most ${TIMESERIES_MAX_WINDOW_SECONDS / 86_400} days and ${TIMESERIES_MAX_POINTS} buckets.`,
+      tags: ['scaling'],
+      query: timeseriesQuerySchema,
+      responses: { 200: { description: 'the series per service', schema: timeseriesSchema } },
+      handle: async ({ query }) => ({
+        status: 200,
+        body: await guard(() =>
+          port.timeseries({
+            ...(query.service ? { service: query.service } : {}),
+            ...(query.since ? { since: new Date(query.since) } : {}),
+            ...(query.until ? { until: new Date(query.until) } : {}),
+            ...(query.step ? { stepSeconds: query.step } : {}),
+          }),
+        ),
+      }),
     }),
     defineRoute({
       method: 'GET',

@@ -72,6 +72,55 @@ export const serviceMetricsSchema = z.object({
 });
 export const metricsSchema = z.object({ services: z.array(serviceMetricsSchema) });
 
+/** The longest window `GET /timeseries` answers, and the most buckets per service. */
+export const TIMESERIES_MAX_WINDOW_SECONDS = 7 * 86_400;
+export const TIMESERIES_MAX_POINTS = 2000;
+
+export const timeseriesQuerySchema = z.strictObject({
+  service: serviceName.optional().describe('one service; every configured service when absent'),
+  since: isoTime.optional().describe('start of the window (default: one hour before until)'),
+  until: isoTime.optional().describe('end of the window (default: now)'),
+  step: z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number of seconds')
+    .transform(Number)
+    .pipe(z.number().int().min(1).max(86_400))
+    .optional()
+    .describe(`seconds per bucket (default: the window in at most 360 buckets; at most ${TIMESERIES_MAX_POINTS} buckets)`),
+});
+export type TimeseriesQuery = z.output<typeof timeseriesQuerySchema>;
+
+const timeseriesPointSchema = z.object({
+  at: isoTime.describe('start of the bucket'),
+  demand: z.number().nullable().describe('requests per minute, mean of the evaluations in the bucket'),
+  demand_max: z.number().nullable().describe('requests per minute, highest in the bucket'),
+  cpu: z.number().nullable().describe('CPU %, mean of the evaluations in the bucket'),
+  cpu_max: z.number().nullable().describe('CPU %, highest in the bucket'),
+  tasks: z.number().int().describe('desired tasks after the last evaluation of the bucket'),
+});
+const timeseriesDecisionSchema = z.object({
+  at: isoTime,
+  from: z.number().int(),
+  to: z.number().int(),
+  direction: z.enum(['out', 'in', 'none']),
+  outcome: z.enum(['applied', 'failed']),
+  trigger: z.string(),
+  dry_run: z.boolean(),
+  why: z.string().describe('the reasons the policy gave (and what blocked or failed)'),
+});
+export const timeseriesSchema = z.object({
+  since: isoTime,
+  until: isoTime,
+  step_seconds: z.number().int(),
+  services: z.array(
+    z.object({
+      service: z.string(),
+      points: z.array(timeseriesPointSchema).describe('buckets with at least one evaluation, oldest first'),
+      decisions: z.array(timeseriesDecisionSchema).describe('changes of the desired count (applied or failed), oldest first'),
+    }),
+  ),
+});
+
 export const historyQuerySchema = z.strictObject({
   service: serviceName.optional(),
   direction: z.enum(['out', 'in', 'none']).optional(),

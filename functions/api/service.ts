@@ -19,6 +19,7 @@ import type {
   startStopResultSchema,
   statisticsReportSchema,
   statusSchema,
+  timeseriesSchema,
 } from './schemas.js';
 
 /**
@@ -30,6 +31,7 @@ type DeepReadonly<T> = T extends readonly (infer E)[] ? readonly DeepReadonly<E>
 export type StatusView = z.input<typeof statusSchema>;
 export type MetricsView = z.input<typeof metricsSchema>;
 export type HistoryView = z.input<typeof historySchema>;
+export type TimeseriesView = z.input<typeof timeseriesSchema>;
 export type ConfigEnvelope = z.input<typeof configEnvelopeSchema>;
 export type StartStopResult = z.input<typeof startStopResultSchema>;
 export type RecommendationsView = z.input<typeof recommendationsSchema>;
@@ -84,6 +86,11 @@ export interface ScalingApiPort {
   status(): Promise<StatusView>;
   metrics(): Promise<MetricsView>;
   history(query: HistoryQuery): Promise<HistoryView>;
+  /**
+   * Per service, demand, CPU and tasks bucketed over a window (default: the hour before now), and
+   * the changes in it. A window or step out of bounds is a 400 naming the parameter.
+   */
+  timeseries(query: { service?: string; since?: Date; until?: Date; stepSeconds?: number }): Promise<TimeseriesView>;
   getConfig(): Promise<ConfigEnvelope>;
   /**
    * Replaces the configuration with `document` (already validated by the route; stored as

@@ -28,6 +28,7 @@ import { ShardInspectionError, type HealthReport, type ShardInspector } from '..
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
 import { ProblemError } from './http.js';
+import { TIMESERIES_MAX_POINTS, TIMESERIES_MAX_WINDOW_SECONDS } from './schemas.js';
 import {
   ConflictError,
   NotFoundError,
@@ -42,6 +43,7 @@ import {
   type RecommendationsView,
   type ScalingApiPort,
   type StatusView,
+  type TimeseriesView,
 } from './service.js';
 
 /** The sharding layer, when sharding is enabled. */
@@ -96,7 +98,7 @@ async function available<T>(what: string, work: () => Promise<T>): Promise<T> {
   }
 }
 
-function why(d: StoredDecision): string {
+function why(d: Pick<StoredDecision, 'reasons' | 'blocked' | 'error'>): string {
   const parts = [...d.reasons.map((r) => r.message), ...d.blocked.map((b) => b.message)];
   return parts.length > 0 ? parts.join('; ') : d.error ?? 'no reason recorded';
 }
@@ -117,6 +119,25 @@ function metricsView(service: string, snapshot: MetricsSnapshot | null): Metrics
     error_rate_percent: metricCell(snapshot?.errorRate),
     queue_depth_per_task: metricCell(snapshot?.queueDepthPerTask),
   };
+}
+
+/**
+ * The window and step of a time-series query: until defaults to now (the controller's clock),
+ * since to an hour before, the step to the window in 360 buckets. 400 naming the parameter when
+ * the window is empty or too long, or the step makes too many buckets.
+ */
+function timeseriesWindow(q: { service?: string; since?: Date; until?: Date; stepSeconds?: number }, now: number): { service?: string; since: Date; until: Date; stepSeconds: number } {
+  const invalid = (name: string, reason: string): ProblemError => new ProblemError(400, `${name}: ${reason}`, { title: 'Invalid request', invalidParams: [{ name, reason }] });
+  const until = q.until ?? new Date(now);
+  const since = q.since ?? new Date(until.getTime() - 3_600_000);
+  const window = (until.getTime() - since.getTime()) / 1000;
+  if (!(window > 0)) throw invalid('query.since', 'must be before until');
+  if (window > TIMESERIES_MAX_WINDOW_SECONDS) throw invalid('query.since', `the window is at most ${TIMESERIES_MAX_WINDOW_SECONDS / 86_400} days`);
+  const stepSeconds = q.stepSeconds ?? Math.max(1, Math.ceil(window / 360));
+  if (window / stepSeconds > TIMESERIES_MAX_POINTS) {
+    throw invalid('query.step', `makes ${Math.ceil(window / stepSeconds)} buckets; at most ${TIMESERIES_MAX_POINTS} (use a step of at least ${Math.ceil(window / TIMESERIES_MAX_POINTS)} s)`);
+  }
+  return { ...(q.service === undefined ? {} : { service: q.service }), since, until, stepSeconds };
 }
 
 function requireService(config: ScalingConfig, service: string): void {
@@ -289,6 +310,34 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         }
         throw err;
       }
+    },
+
+    async timeseries(query): Promise<TimeseriesView> {
+      const q = timeseriesWindow(query, clock.now());
+      const control = await available('reading the configuration', () => catalog.loadControl());
+      if (q.service !== undefined) requireService(control.config, q.service);
+      const services = q.service !== undefined ? [q.service] : Object.keys(control.config.services);
+      const { buckets, changes } = await available('reading the history', async () => {
+        try {
+          return await deps.history.series(q);
+        } catch (err) {
+          throw new CatalogError('reading the time series', { cause: err });
+        }
+      });
+      return {
+        since: iso(q.since),
+        until: iso(q.until),
+        step_seconds: q.stepSeconds,
+        services: services.map((service) => ({
+          service,
+          points: buckets
+            .filter((b) => b.service === service)
+            .map((b) => ({ at: iso(b.at), demand: b.demand, demand_max: b.demandMax, cpu: b.cpu, cpu_max: b.cpuMax, tasks: b.tasks })),
+          decisions: changes
+            .filter((c) => c.service === service)
+            .map((c) => ({ at: iso(c.at), from: c.from, to: c.to, direction: c.direction, outcome: c.outcome, trigger: c.trigger, dry_run: c.dryRun, why: why({ ...c, error: c.error ?? undefined }) })),
+        })),
+      };
     },
 
     async getConfig(): Promise<ConfigEnvelope> {

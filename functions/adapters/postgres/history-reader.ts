@@ -126,6 +126,20 @@ function decodeCursor(cursor: string): [string, string] {
 export class HistoryReader {
   constructor(private readonly db: () => Promise<Pick<pg.Pool, 'query'>>) {}
 
+  /**
+   * Every evaluation records the metrics it read and the desired count it left, so the decision
+   * record is itself the time series of each service: bucketed in the database (one row per
+   * service and bucket, over the (service, decided_at) index), with the changes beside it.
+   *
+   * @example
+   * ```ts
+   * const { buckets, changes } = await reader.series({ since: new Date(Date.now() - 3_600_000), until: new Date(), stepSeconds: 10 });
+   * ```
+   */
+  async series(q: SeriesQuery): Promise<{ buckets: SeriesBucket[]; changes: SeriesChange[] }> {
+    return seriesOf(await this.db(), q);
+  }
+
   /** One page, newest first. Throws {@link InvalidCursorError} for a foreign cursor. */
   async page(filter: HistoryFilter): Promise<HistoryPage> {
     const limit = Math.min(Math.max(filter.limit ?? 50, 1), 200);
@@ -176,4 +190,98 @@ export class HistoryReader {
     const last = rows.length > limit ? rows[limit - 1] : undefined;
     return { items, nextCursor: last ? encodeCursor(last.at_us, last.id) : null };
   }
+}
+
+/** A window of the decision record reduced to buckets (see {@link HistoryReader.series}). */
+export interface SeriesQuery {
+  readonly service?: string;
+  readonly since: Date;
+  readonly until: Date;
+  readonly stepSeconds: number;
+}
+
+/** One bucket of one service: the evaluations recorded in it, summarised. */
+export interface SeriesBucket {
+  readonly service: string;
+  /** Start of the bucket. */
+  readonly at: Date;
+  /** Requests per minute, mean and highest of the bucket's evaluations (null: none recorded). */
+  readonly demand: number | null;
+  readonly demandMax: number | null;
+  /** CPU %, mean and highest. */
+  readonly cpu: number | null;
+  readonly cpuMax: number | null;
+  /** The desired count after the bucket's last evaluation. */
+  readonly tasks: number;
+}
+
+/** A decision that changed (or failed to change) a desired count. */
+export interface SeriesChange {
+  readonly service: string;
+  readonly at: Date;
+  readonly from: number;
+  readonly to: number;
+  readonly direction: 'out' | 'in' | 'none';
+  readonly outcome: 'applied' | 'failed';
+  readonly trigger: string;
+  readonly dryRun: boolean;
+  readonly reasons: readonly Reason[];
+  readonly blocked: readonly Block[];
+  readonly error: string | null;
+}
+
+/** Changes listed per window at most; a window with more is cut to the newest ones. */
+export const SERIES_CHANGE_LIMIT = 1000;
+
+/** The queries behind {@link HistoryReader.series}. */
+async function seriesOf(pool: Pick<pg.Pool, 'query'>, q: SeriesQuery): Promise<{ buckets: SeriesBucket[]; changes: SeriesChange[] }> {
+  const service = q.service ?? null;
+  const [buckets, changes] = await Promise.all([
+    pool.query<{ service: string; bucket: number; demand: number | null; demand_max: number | null; cpu: number | null; cpu_max: number | null; tasks: number }>(
+      `select service, floor(extract(epoch from decided_at - $1::timestamptz) / $3)::int as bucket,
+              avg((metrics->>'requestCount')::float8) as demand, max((metrics->>'requestCount')::float8) as demand_max,
+              avg((metrics->>'cpu')::float8) as cpu, max((metrics->>'cpu')::float8) as cpu_max,
+              (array_agg(to_count order by decided_at desc, id desc))[1] as tasks
+         from catalog.scaling_decisions
+        where decided_at >= $1 and decided_at < $2 and ($4::text is null or service = $4)
+        group by service, bucket
+        order by service, bucket`,
+      [q.since, q.until, q.stepSeconds, service],
+    ),
+    pool.query<{ service: string; decided_at: Date; from_count: number; to_count: number; direction: SeriesChange['direction']; outcome: SeriesChange['outcome']; trigger: string; dry_run: boolean; reasons: Reason[]; blocked: Block[]; error: string | null }>(
+      `select * from (
+         select service, decided_at, id, from_count, to_count, direction, outcome, trigger, dry_run, reasons, blocked, error
+           from catalog.scaling_decisions
+          where decided_at >= $1 and decided_at < $2 and ($3::text is null or service = $3)
+            and outcome in ('applied', 'failed')
+          order by decided_at desc, id desc
+          limit ${SERIES_CHANGE_LIMIT}) c
+        order by decided_at, id`,
+      [q.since, q.until, service],
+    ),
+  ]);
+  return {
+    buckets: buckets.rows.map((r) => ({
+      service: r.service,
+      at: new Date(q.since.getTime() + r.bucket * q.stepSeconds * 1000),
+      demand: r.demand,
+      demandMax: r.demand_max,
+      cpu: r.cpu,
+      cpuMax: r.cpu_max,
+      tasks: r.tasks,
+    })),
+    changes: changes.rows.map((r) => ({
+      service: r.service,
+      at: r.decided_at,
+      from: r.from_count,
+      to: r.to_count,
+      direction: r.direction,
+      outcome: r.outcome,
+      trigger: r.trigger,
+      dryRun: r.dry_run,
+      reasons: r.reasons,
+      blocked: r.blocked,
+      error: r.error,
+    })),
+  };
 }

@@ -113,6 +113,69 @@ describe('scaling API over HTTP', () => {
     });
   });
 
+  describe('time series', () => {
+    interface Series {
+      since: string;
+      until: string;
+      step_seconds: number;
+      services: Array<{ service: string; points: Array<{ at: string; demand: number | null; cpu: number | null; cpu_max: number | null; tasks: number }>; decisions: Array<{ at: string; direction: string; outcome: string; from: number; to: number; why: string }> }>;
+    }
+
+    it('buckets a service\'s demand, CPU and tasks over a window and lists its changes with their reasons', async () => {
+      const start = h.clock.now();
+      const cpu = h.metricValues['backend-read']?.cpu;
+      (h.metricValues['backend-read'] as { cpu: number }).cpu = 96;
+      for (let i = 0; i < 3; i++) {
+        // Past any cooldown, so each evaluation may scale out.
+        h.clock.advance(600_000);
+        await h.controller.evaluate({ trigger: 'schedule' });
+      }
+      (h.metricValues['backend-read'] as { cpu: number }).cpu = cpu ?? 50;
+      const since = new Date(start).toISOString();
+      const until = new Date(h.clock.now() + 1).toISOString();
+
+      const res = await h.fetchJson(`${API}/timeseries?service=backend-read&since=${since}&until=${until}&step=600`);
+
+      expect(res.status).toBe(200);
+      const body = res.body as Series;
+      expect(body.step_seconds).toBe(600);
+      expect(body.services.map((s) => s.service)).toEqual(['backend-read']);
+      const [series] = body.services;
+      expect(series?.points).toHaveLength(3);
+      expect(series?.points.every((p) => p.cpu === 96 && p.cpu_max === 96 && p.demand !== null && Number.isInteger(p.tasks))).toBe(true);
+      expect(series?.decisions.length).toBeGreaterThanOrEqual(1);
+      expect(series?.decisions.every((d) => d.direction === 'out' && d.to > d.from && d.why.length > 0)).toBe(true);
+      expect(series?.decisions.every((d) => d.at >= since && d.at < until)).toBe(true);
+    });
+
+    it('answers every configured service for the last hour by default', async () => {
+      const res = await h.fetchJson(`${API}/timeseries`);
+      const body = res.body as Series;
+
+      expect(res.status).toBe(200);
+      expect(body.services.map((s) => s.service)).toEqual([...SERVICES]);
+      expect(Date.parse(body.until) - Date.parse(body.since)).toBe(3_600_000);
+      expect(body.step_seconds).toBe(10);
+    });
+
+    it('rejects an empty or overlong window, too many buckets and an unknown service with 400 naming the parameter', async () => {
+      const [inverted, long, steps, unknown, extra] = await Promise.all([
+        h.fetchJson(`${API}/timeseries?since=2026-11-28T00:00:00Z&until=2026-11-27T00:00:00Z`),
+        h.fetchJson(`${API}/timeseries?since=2026-11-01T00:00:00Z&until=2026-11-27T00:00:00Z`),
+        h.fetchJson(`${API}/timeseries?since=2026-11-26T00:00:00Z&until=2026-11-27T00:00:00Z&step=1`),
+        h.fetchJson(`${API}/timeseries?service=nope`),
+        h.fetchJson(`${API}/timeseries?window=5`),
+      ]);
+
+      expect([inverted.status, long.status, steps.status, unknown.status, extra.status]).toEqual([400, 400, 400, 400, 400]);
+      expect((inverted.body as Problem).invalid_params?.[0]?.name).toBe('query.since');
+      expect((long.body as Problem).invalid_params?.[0]?.reason).toMatch(/at most 7 days/);
+      expect((steps.body as Problem).invalid_params?.[0]).toEqual({ name: 'query.step', reason: 'makes 86400 buckets; at most 2000 (use a step of at least 44 s)' });
+      expect((unknown.body as Problem).detail).toMatch(/unknown service nope/);
+      expect(JSON.stringify((extra.body as Problem).invalid_params)).toMatch(/window/);
+    });
+  });
+
   describe('configuration', () => {
     it('serves the whole configuration with an ETag', async () => {
       const res = await h.fetchJson(`${API}/config`);

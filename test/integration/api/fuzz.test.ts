@@ -28,6 +28,7 @@ const ENDPOINTS: readonly Endpoint[] = [
   { method: 'GET', path: '/status', queryKeys: [] },
   { method: 'GET', path: '/metrics', queryKeys: [] },
   { method: 'GET', path: '/history', queryKeys: ['service', 'direction', 'outcome', 'trigger', 'kind', 'since', 'until', 'limit', 'cursor'] },
+  { method: 'GET', path: '/timeseries', queryKeys: ['service', 'since', 'until', 'step'] },
   { method: 'GET', path: '/config', queryKeys: [] },
   {
     method: 'PUT',

@@ -25,6 +25,7 @@ describe('the scaling API OpenAPI document', () => {
         'GET /status',
         'GET /metrics',
         'GET /history',
+        'GET /timeseries',
         'GET /shards/statistics',
         'GET /shards/health',
         'GET /shards/rebalance-check',
