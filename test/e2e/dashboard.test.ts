@@ -20,6 +20,7 @@ describe('the local dashboard', () => {
   let shots: string;
   let screenshots = 0;
   let page: Page;
+  const problems: string[] = [];
 
   beforeAll(async () => {
     profile = await mkdtemp(join(tmpdir(), 'ca-dms-chromium-'));
@@ -29,6 +30,13 @@ describe('the local dashboard', () => {
       chromium.launchPersistentContext(profile, { executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS }),
     ]);
     page = await browser.newPage();
+    page.on('console', (m) => {
+      if (m.type() === 'error') problems.push(`console: ${m.text()}`);
+    });
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('request', (r) => {
+      if (!r.url().startsWith(local?.url ?? '')) problems.push(`fetched ${r.url()}`);
+    });
     await page.goto(`${local.url}/`);
   });
 
@@ -51,21 +59,79 @@ describe('the local dashboard', () => {
     });
   }
 
-  it('draws a chart per service with demand, CPU and tasks from the API, and marks decisions with their reasons', async () => {
+  type Doc = { document: { querySelector(s: string): { getAttribute(n: string): string | null } | null } };
+  /** Waits until the service's chart has drawn at least `n` points. */
+  const pointsAtLeast = (on: Page, service: string, n: number) =>
+    on.waitForFunction(([s, k]) => Number((globalThis as unknown as Doc).document.querySelector(`.series-chart[data-service="${s}"]`)?.getAttribute('data-points') ?? 0) >= Number(k), [service, String(n)] as const, { timeout: 20_000 });
+  type Charts = { dashboardCharts: Map<string, { axes: Array<{ label?: string }>; series: Array<{ label?: string }>; data: number[][]; valToPos(v: number, scale: string): number; over: { getBoundingClientRect(): { left: number; top: number } } }> };
+
+  it('draws a chart per service with labelled time and value axes, demand, CPU and tasks, and marks decisions', async () => {
     screenshotOnFailure('charts');
 
     for (const service of SERVICES) {
-      await page.waitForSelector(`svg.chart[data-service="${service}"]:not([data-points="0"]):not([data-points="1"])`, { timeout: 20_000 });
+      await pointsAtLeast(page, service, 2);
     }
-    const running = await page.locator('svg.chart[data-service="backend-read"] polyline.running').getAttribute('points');
-    const cpu = await page.locator('svg.chart[data-service="backend-read"] polyline.cpu').getAttribute('points');
+    await page.waitForSelector('.series-chart[data-decisions]:not([data-decisions="0"])', { timeout: 20_000 });
+    const charts = await page.evaluate(() =>
+      [...(globalThis as unknown as Charts).dashboardCharts.entries()].map(([service, u]) => ({ service, axes: u.axes.map((a) => a.label), series: u.series.slice(1).map((x) => x.label) })),
+    );
     await page.waitForSelector('#decisions tbody tr[data-outcome]', { timeout: 20_000 });
     const reason = await page.locator('#decisions tbody tr[data-outcome] td').nth(4).textContent();
 
-    expect(running?.split(' ').length).toBeGreaterThanOrEqual(2);
-    expect(cpu?.split(' ').length).toBeGreaterThanOrEqual(2);
+    expect(charts.map((c) => c.service).sort()).toEqual(SERVICES);
+    for (const c of charts) {
+      expect(c.axes).toEqual(['time', 'tasks', 'CPU %', 'requests/min']);
+      expect(c.series).toEqual(['demand (requests/min)', 'CPU %', 'desired tasks']);
+    }
     expect(reason?.length).toBeGreaterThan(10);
   }, 45_000);
+
+  it('shows a decision and its reason in the tooltip over its mark', async () => {
+    screenshotOnFailure('tooltip');
+    const service = await page.locator('.series-chart[data-decisions]:not([data-decisions="0"])').first().getAttribute('data-service');
+    const chart = page.locator(`.series-chart[data-service="${service}"]`);
+    await chart.scrollIntoViewIfNeeded();
+    const spot = await page.evaluate(async (s) => {
+      const res = await fetch(`/api/v1/scaling/timeseries?service=${s}`);
+      const body = (await res.json()) as { services: Array<{ decisions: Array<{ at: string }> }> };
+      const first = body.services[0]?.decisions[0];
+      const u = (globalThis as unknown as Charts).dashboardCharts.get(s ?? '');
+      if (!first || !u) return null;
+      const r = u.over.getBoundingClientRect();
+      return { x: r.left + u.valToPos(Date.parse(first.at) / 1000, 'x'), y: r.top + 20 };
+    }, service);
+
+    expect(spot).not.toBeNull();
+    await page.mouse.move(spot?.x ?? 0, spot?.y ?? 0);
+
+    const tip = chart.locator('.chart-tooltip');
+    await expect.poll(() => tip.isVisible(), { timeout: 5_000 }).toBe(true);
+    expect(await tip.textContent()).toMatch(/decision .*\d+ → \d+ \((applied|failed)[^)]*\): \S+/);
+  }, 30_000);
+
+  it('backfills the last hour when opened: the charts start before the page did', async () => {
+    screenshotOnFailure('backfill');
+    const late = await browser?.newPage();
+    if (!late) throw new Error('no browser');
+    const opened = Date.now();
+
+    await late.goto(`${local?.url}/`);
+    await pointsAtLeast(late, 'backend-read', 2);
+    const first = await late.evaluate(() => (globalThis as unknown as Charts).dashboardCharts.get('backend-read')?.data[0]?.[0] ?? Infinity);
+    await late.close();
+
+    expect(first * 1000).toBeLessThan(opened - 5_000);
+  }, 30_000);
+
+  it('has a favicon, the chart library served locally, and no console error', async () => {
+    const icon = await page.locator('link[rel="icon"]').getAttribute('href');
+    const [favicon, library] = await Promise.all([fetch(`${local?.url}${icon}`), fetch(`${local?.url}/dashboard/vendor/uPlot.iife.min.js`)]);
+
+    expect(favicon.status).toBe(200);
+    expect(favicon.headers.get('content-type')).toBe('image/svg+xml');
+    expect(library.status).toBe(200);
+    expect(problems).toEqual([]);
+  });
 
   it('shows every shard node with its health and the shard statistics', async () => {
     screenshotOnFailure('shards');

@@ -1,14 +1,12 @@
 // The local dashboard: polls the scaling API and draws what it says. No framework, no build.
-/* global document, fetch, setInterval */
+/* global document, fetch, setInterval, window, uPlot */
 'use strict';
 
 const API = '/api/v1/scaling';
 const POLL_MS = 2000;
 const SHARDS_EVERY = 3; // shard health and statistics every third poll
-const KEEP = 180; // samples per service (6 minutes at 2 s)
-const SVG = 'http://www.w3.org/2000/svg';
 
-const samples = new Map(); // service -> [{at, demand, cpu, running, desired}]
+const series = new Map(); // service -> {points, decisions, step_seconds} from GET /timeseries
 let decisions = [];
 let polls = 0;
 let lastStatus = null;
@@ -31,7 +29,7 @@ async function api(path, init = {}) {
 }
 
 function el(tag, attrs = {}, text) {
-  const node = tag.startsWith('svg:') ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
+  const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
   if (text !== undefined) node.textContent = text;
   return node;
@@ -54,74 +52,119 @@ function why(d) {
   return parts.join('; ') || d.error || '';
 }
 
-function polyline(points, cls) {
-  return el('svg:polyline', { class: cls, points: points.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' ') });
+const charts = new Map(); // service -> uPlot
+const existingRange = new Map(); // service -> the time range last shown
+const WINDOW_MS = 3_600_000; // the charts show the last hour, backfilled from GET /timeseries
+const TASKS = 'tasks', PCT = '%', RPM = 'rpm';
+
+function decisionText(d) {
+  return `${new Date(d.at).toLocaleTimeString()} ${d.from} → ${d.to} (${d.outcome}${d.dry_run ? ', dry run' : ''}): ${d.why}`;
 }
 
-/** One service's chart: demand and CPU (scaled to the height), running and desired tasks, decisions. */
-function chart(service, series, maxTasks) {
-  const W = 400, H = 150, L = 26, R = 30, T = 6, B = 16;
-  const svg = el('svg:svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `${service}: demand, CPU, tasks and decisions`, 'data-service': service, 'data-points': series.length });
-  if (series.length === 0) return svg;
-  const t0 = series[0].at, t1 = Math.max(series[series.length - 1].at, t0 + 1);
-  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
-  const top = Math.max(maxTasks, ...series.map((s) => Math.max(s.running ?? 0, s.desired ?? 0)), 1);
-  const yTasks = (n) => H - B - (n / top) * (H - B - T);
-  const yPct = (p) => H - B - (Math.min(100, p) / 100) * (H - B - T);
-  const maxDemand = Math.max(...series.map((s) => s.demand ?? 0), 1);
-  const yDemand = (d) => H - B - (d / maxDemand) * (H - B - T);
-  svg.append(el('svg:line', { class: 'axis', x1: L, y1: H - B, x2: W - R, y2: H - B }));
-  svg.append(el('svg:line', { class: 'axis', x1: L, y1: T, x2: L, y2: H - B }));
-  svg.append(el('svg:text', { x: 2, y: T + 8 }, String(top)));
-  svg.append(el('svg:text', { x: 2, y: H - B }, '0'));
-  svg.append(el('svg:text', { x: W - R + 3, y: T + 8 }, '100%'));
-  svg.append(el('svg:text', { x: L, y: H - 3 }, new Date(t0).toLocaleTimeString()));
-  svg.append(el('svg:text', { x: W - R - 44, y: H - 3 }, new Date(t1).toLocaleTimeString()));
-  const pts = (f, y) => series.filter((s) => f(s) !== null && f(s) !== undefined).map((s) => [x(s.at), y(f(s))]);
-  const step = (f) => {
-    const out = [];
-    for (const s of series) {
-      if (f(s) === null || f(s) === undefined) continue;
-      if (out.length > 0) out.push([x(s.at), out[out.length - 1][1]]);
-      out.push([x(s.at), yTasks(f(s))]);
-    }
-    return out;
+/** Draws each change of the desired count as a vertical line and a dot at the new count. */
+function decisionMarks(service) {
+  return {
+    hooks: {
+      draw(u) {
+        const ctx = u.ctx;
+        ctx.save();
+        for (const d of (series.get(service) || { decisions: [] }).decisions) {
+          const x = u.valToPos(Date.parse(d.at) / 1000, 'x', true);
+          if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
+          ctx.strokeStyle = ctx.fillStyle = d.outcome === 'failed' ? '#687085' : '#d62728';
+          ctx.lineWidth = 1;
+          ctx.beginPath();
+          ctx.moveTo(x, u.bbox.top);
+          ctx.lineTo(x, u.bbox.top + u.bbox.height);
+          ctx.stroke();
+          ctx.beginPath();
+          ctx.arc(x, u.valToPos(d.to, TASKS, true), 4, 0, 2 * Math.PI);
+          ctx.fill();
+        }
+        ctx.restore();
+      },
+    },
   };
-  svg.append(polyline(pts((s) => s.demand, yDemand), 'demand'));
-  svg.append(polyline(pts((s) => s.cpu, yPct), 'cpu'));
-  svg.append(polyline(step((s) => s.desired), 'desired'));
-  svg.append(polyline(step((s) => s.running), 'running'));
-  for (const d of decisions) {
-    // Only changes get a mark; a hold-back repeated every round would hide them.
-    if (d.service !== service || (d.outcome !== 'applied' && d.outcome !== 'failed')) continue;
-    const at = Date.parse(d.at);
-    if (at < t0 || at > t1) continue;
-    const g = el('svg:g', { class: 'decision-mark', 'data-outcome': d.outcome });
-    g.append(el('svg:title', {}, `${new Date(at).toLocaleTimeString()} ${d.from} → ${d.to} (${d.outcome}): ${why(d)}`));
-    g.append(el('svg:line', { class: 'decision', x1: x(at), y1: T, x2: x(at), y2: H - B }));
-    g.append(el('svg:circle', { class: 'decision', cx: x(at), cy: yTasks(d.to ?? 0), r: 3.5 }));
-    svg.append(g);
-  }
-  return svg;
 }
+
+/** The decisions within the bucket under the cursor, for the tooltip. */
+function decisionsNear(service, ts, stepSeconds) {
+  const list = (series.get(service) || { decisions: [] }).decisions;
+  return list.filter((d) => { const t = Date.parse(d.at) / 1000; return t >= ts && t < ts + stepSeconds; });
+}
+
+function chartData(s) {
+  const x = s.points.map((p) => Date.parse(p.at) / 1000);
+  return [x, s.points.map((p) => p.demand), s.points.map((p) => p.cpu), s.points.map((p) => p.tasks)];
+}
+
+/** One service's chart: demand, CPU and desired tasks over the last hour, decisions marked. */
+function chart(service, s, maxTasks, host) {
+  const { tooltipPlugin, num } = window.CaDmsCharts;
+  const existing = charts.get(service);
+  const now = Date.now() / 1000;
+  // The last hour, or since the first evaluation on record when that is more recent.
+  const first = s.points.length > 0 ? Date.parse(s.points[0].at) / 1000 : now - 60;
+  const range = { min: Math.max(now - WINDOW_MS / 1000, Math.min(first, now - 60)), max: now };
+  if (existing) {
+    existing.setData(chartData(s), false);
+    existing.setScale('x', range);
+    existingRange.set(service, range);
+    existing.root.dataset.points = String(s.points.length);
+    existing.root.dataset.decisions = String(s.decisions.length);
+    return;
+  }
+  const tip = tooltipPlugin((ts) => {
+    const near = decisionsNear(service, ts, (series.get(service) || {}).step_seconds || 10);
+    return [new Date(ts * 1000).toLocaleTimeString(), ...near.map((d) => `decision ${decisionText(d)}`)].join('\n');
+  });
+  const u = new uPlot({
+    width: Math.max(300, host.clientWidth - 4),
+    height: 190,
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true, range: () => { const r = existingRange.get(service) || range; return [r.min, r.max]; } }, [TASKS]: { range: (u, min, max) => [0, Math.max(maxTasks, max || 0, 1)] }, [PCT]: { range: [0, 100] }, [RPM]: { range: (u, min, max) => [0, Math.max(1, max || 0) * 1.1] } },
+    axes: [
+      { label: 'time' },
+      { scale: TASKS, label: 'tasks', values: (u, v) => v.map((n) => num(n, 0)) },
+      { scale: PCT, label: 'CPU %', side: 1, grid: { show: false } },
+      { scale: RPM, label: 'requests/min', side: 1, grid: { show: false }, values: (u, v) => v.map((n) => num(n, 0)) },
+    ],
+    series: [
+      {},
+      { label: 'demand (requests/min)', scale: RPM, stroke: '#8a63d2', width: 1.5, value: (u, v) => num(v, 0) },
+      { label: 'CPU %', scale: PCT, stroke: '#e07b24', width: 1.5, value: (u, v) => num(v, 1) },
+      { label: 'desired tasks', scale: TASKS, stroke: '#1f77b4', width: 2, paths: uPlot.paths.stepped({ align: 1 }), value: (u, v) => num(v, 0) },
+    ],
+    plugins: [tip, decisionMarks(service)],
+  }, chartData(s), host);
+  u.root.classList.add('series-chart');
+  u.root.dataset.service = service;
+  u.root.dataset.points = String(s.points.length);
+  u.root.dataset.decisions = String(s.decisions.length);
+  charts.set(service, u);
+  window.dashboardCharts = charts;
+}
+
+const cardsByService = new Map(); // service -> {card, title, figures, host}; kept so a hovered chart stays put
 
 function renderServices(status) {
   const root = $('services');
-  const cards = [];
   for (const s of status.services) {
-    const series = samples.get(s.service) || [];
-    const last = series[series.length - 1] || {};
-    const card = el('div', { class: 'card', 'data-service': s.service });
-    const h = el('h3');
-    h.append(el('span', {}, s.service), el('span', { class: 'muted' }, `${s.policy}${s.enabled ? '' : ' · disabled'}`));
-    card.append(h);
-    card.append(el('div', { class: 'figures' },
+    let c = cardsByService.get(s.service);
+    if (!c) {
+      c = { card: el('div', { class: 'card', 'data-service': s.service }), title: el('h3'), figures: el('div', { class: 'figures' }), host: el('div', { class: 'chart-host' }) };
+      c.card.append(c.title, c.figures, c.host);
+      root.append(c.card);
+      cardsByService.set(s.service, c);
+    }
+    const sr = series.get(s.service) || { points: [], decisions: [] };
+    const last = sr.points[sr.points.length - 1] || {};
+    c.title.replaceChildren(el('span', {}, s.service), el('span', { class: 'muted' }, `${s.policy}${s.enabled ? '' : ' · disabled'}`));
+    c.figures.textContent =
       `running ${fmt(s.running)} · pending ${fmt(s.pending)} · desired ${fmt(s.desired)} (min ${s.min}, max ${s.max}) · CPU ${fmt(last.cpu)}% · demand ${fmt(last.demand)} req/min` +
-      (s.last_action ? ` · last change ${s.last_action.from} → ${s.last_action.to} at ${new Date(s.last_action.at).toLocaleTimeString()}` : '')));
-    card.append(chart(s.service, series, s.max));
-    cards.push(card);
+      (s.last_action ? ` · last change ${s.last_action.from} → ${s.last_action.to} at ${new Date(s.last_action.at).toLocaleTimeString()}` : '');
+    chart(s.service, sr, s.max, c.host);
   }
-  root.replaceChildren(...cards);
 }
 
 function renderControls(status) {
@@ -200,17 +243,11 @@ function withoutRepeats(items) {
 async function poll() {
   polls += 1;
   try {
-    const [status, metrics, history] = await Promise.all([api('/status'), api('/metrics'), api('/history?kind=decision&limit=200')]);
+    // The last hour from the decision record: what happened before the page was opened too.
+    const since = new Date(Date.now() - WINDOW_MS).toISOString();
+    const [status, timeseries, history] = await Promise.all([api('/status'), api(`/timeseries?since=${encodeURIComponent(since)}`), api('/history?kind=decision&limit=200')]);
     lastStatus = status.body;
-    const now = Date.now();
-    const byService = new Map(metrics.body.services.map((m) => [m.service, m]));
-    for (const s of status.body.services) {
-      const m = byService.get(s.service);
-      const series = samples.get(s.service) || [];
-      series.push({ at: now, demand: m ? m.request_count.value : null, cpu: m ? m.cpu_percent.value : null, running: s.running, desired: s.desired });
-      while (series.length > KEEP) series.shift();
-      samples.set(s.service, series);
-    }
+    for (const s of timeseries.body.services) series.set(s.service, { ...s, step_seconds: timeseries.body.step_seconds });
     decisions = withoutRepeats(history.body.items.filter((d) => d.kind === 'decision' && d.outcome !== 'unchanged'));
     renderControls(status.body);
     renderServices(status.body);
