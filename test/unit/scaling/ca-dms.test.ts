@@ -201,6 +201,18 @@ describe('ca-dms', () => {
     expect(withSlack?.sloViolationMinutes).toBeLessThanOrEqual(without?.sloViolationMinutes ?? 0);
   });
 
+  it('forecasts with the quick forecast on load moving in straight lines and with the smooth one on noisy load', () => {
+    const forecastOf = (demand: (i: number) => number): string | undefined => {
+      const outs = replay(config(), Array.from({ length: 240 }, (_, i) => (d: number) => ({ metrics: load(demand(i) / d, d, 0) })));
+      return outs.at(-1)?.decision.reasons.find((r) => r.rule === 'forecast_peak')?.message;
+    };
+    // a zig-zag between 2 and 6 busy tasks, 20 minutes each way: the slope of the last minutes says where it goes next
+    const zigzag = (i: number): number => 2 + 4 * Math.abs(((i / 20) % 2) - 1);
+    expect(forecastOf(zigzag)).toMatch(/quick forecast/);
+    const random = mulberry32(5);
+    expect(forecastOf(() => 3 + 2 * (random() - 0.5))).toMatch(/smooth forecast/);
+  });
+
   it('keeps more headroom on noisy load with a lower target violation rate', () => {
     // 3 busy task-units +- 1.5, whatever the task count (utilisation = demand / tasks)
     const random = mulberry32(3);
