@@ -31,6 +31,8 @@ export interface PolicyJobResult {
   /** One row per candidate, in order. */
   readonly candidates: readonly PolicyResult[];
   readonly ms: number;
+  /** CPU time the job used (user + system), which a loaded machine does not inflate. */
+  readonly cpuMs: number;
 }
 
 async function load(job: PolicyJob): Promise<PreparedTrace> {
@@ -49,6 +51,7 @@ async function load(job: PolicyJob): Promise<PreparedTrace> {
  */
 export async function runPolicyJob(job: PolicyJob): Promise<PolicyJobResult> {
   const started = performance.now();
+  const cpu = process.cpuUsage();
   const trace = await load(job);
   const model = job.missing ? withMissing(DEFAULT_MODEL) : DEFAULT_MODEL;
   const anchors = runAnchors(trace, model);
@@ -56,5 +59,9 @@ export async function runPolicyJob(job: PolicyJob): Promise<PolicyJobResult> {
   const policy = getPolicy('ca-dms');
   const contestants = job.candidates.map((c, i) => contestant(`ca-dms #${i}`, policy, { ...base, ca_dms: { ...base.ca_dms, ...c } }));
   const candidates = simulate(trace, contestants, model).result.results;
-  return { trace: trace.name, minutes: trace.demand.length, missing: job.missing, anchors, candidates, ms: performance.now() - started };
+  return { trace: trace.name, minutes: trace.demand.length, missing: job.missing, anchors, candidates, ms: performance.now() - started, cpuMs: cpuMs(process.cpuUsage(cpu)) };
+}
+
+function cpuMs(usage: NodeJS.CpuUsage): number {
+  return (usage.user + usage.system) / 1000;
 }
