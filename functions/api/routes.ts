@@ -11,9 +11,10 @@
 import { z } from 'zod';
 import { ScalingConfigError, parseScalingConfig } from '../core/scaling/config.js';
 import { applyMergePatch, missingSettings } from '../core/scaling/config-document.js';
-import { ProblemError } from './http.js';
+import { ProblemError, type ApiRequest } from './http.js';
 import { buildOpenApi } from './openapi.js';
-import { createRouter, defineRoute, type RouteSpec, type Router, type RouterOptions } from './router.js';
+import { createRouter, defineRoute, type RouteResult, type RouteSpec, type Router, type RouterOptions } from './router.js';
+import { noneMatch, Snapshot } from './snapshot.js';
 import {
   configBodySchema,
   configEnvelopeSchema,
@@ -129,8 +130,36 @@ async function guard<T>(work: () => Promise<T>): Promise<T> {
   }
 }
 
+/** How long the snapshots behind the cheap reads live. */
+export interface ReadSnapshotOptions {
+  /** Shard health and (estimated) statistics: the sharding `health_check_interval` (default 10 s). */
+  readonly shardsMaxAgeMs?: number;
+  /** Status; any change made through this API renews it at once (default 1 s). */
+  readonly statusMaxAgeMs?: number;
+  readonly now?: () => number;
+}
+
+const NOT_MODIFIED = { description: 'the snapshot named in If-None-Match is still current (no body)' };
+const SNAPSHOT_HEADERS = {
+  etag: 'entity tag of this snapshot; send it back in If-None-Match for a 304',
+  age: 'seconds since the snapshot was taken',
+  'cache-control': 'private, max-age: seconds until the next snapshot is due',
+};
+
+/** Serves a snapshot read: 304 when the client has it already, else the body serialised once. */
+async function fromSnapshot<T>(snapshot: Snapshot<T>, request: ApiRequest): Promise<RouteResult> {
+  const read = await guard(() => snapshot.read());
+  const headers = { etag: read.etag, age: String(read.ageSeconds), 'cache-control': `private, max-age=${read.maxAgeSeconds}` };
+  if (noneMatch(request.headers['if-none-match'], read.etag)) return { status: 304, headers };
+  return { status: 200, body: read.value, json: read.json, headers };
+}
+
 /** The route table over a port. */
-export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
+export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptions = {}): RouteSpec[] {
+  const now = snapshots.now ?? Date.now;
+  const statusSnapshot = new Snapshot(() => port.status(), { maxAgeMs: snapshots.statusMaxAgeMs ?? 1000, now });
+  const healthSnapshot = new Snapshot(() => port.shardHealth(), { maxAgeMs: snapshots.shardsMaxAgeMs ?? 10_000, now });
+  const statisticsSnapshot = new Snapshot(() => port.shardStatistics({ exact: false }), { maxAgeMs: snapshots.shardsMaxAgeMs ?? 10_000, now });
   const routes: RouteSpec[] = [
     defineRoute({
       method: 'GET',
@@ -139,8 +168,11 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
       summary: 'Get auto-scaling status',
       tags: ['scaling'],
       query: noQuery,
-      responses: { 200: { description: 'enabled or stopped, dry run, and per service its counts, bounds, policy, last action and cooldowns', schema: statusSchema } },
-      handle: async () => ({ status: 200, body: await guard(() => port.status()) }),
+      responses: {
+        200: { description: 'enabled or stopped, dry run, and per service its counts, bounds, policy, last action and cooldowns (a snapshot at most 1 s old, renewed by any change made through this API)', schema: statusSchema, headers: SNAPSHOT_HEADERS },
+        304: NOT_MODIFIED,
+      },
+      handle: async ({ request }) => fromSnapshot(statusSnapshot, request),
     }),
     defineRoute({
       method: 'GET',
@@ -317,8 +349,12 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
       summary: 'Get shard statistics',
       tags: ['shards'],
       query: statisticsQuery,
-      responses: { 200: { description: 'rows and bytes per shard and table, users, documents, slots, shares and imbalance', schema: statisticsReportSchema } },
-      handle: async ({ query }) => ({ status: 200, body: await guard(() => port.shardStatistics({ exact: query.exact === 'true' })) }),
+      responses: {
+        200: { description: 'rows and bytes per shard and table, users, documents, slots, shares and imbalance; estimates come from a snapshot refreshed every health_check_interval, exact=true counts now', schema: statisticsReportSchema, headers: SNAPSHOT_HEADERS },
+        304: NOT_MODIFIED,
+      },
+      handle: async ({ query, request }) =>
+        query.exact === 'true' ? { status: 200, body: await guard(() => port.shardStatistics({ exact: true })) } : fromSnapshot(statisticsSnapshot, request),
     }),
     defineRoute({
       method: 'GET',
@@ -327,8 +363,11 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
       summary: 'Get shard health status',
       tags: ['shards'],
       query: noQuery,
-      responses: { 200: { description: 'every primary and replica: reachability, role, connections, performance, storage, lag, status', schema: healthReportSchema } },
-      handle: async () => ({ status: 200, body: await guard(() => port.shardHealth()) }),
+      responses: {
+        200: { description: 'every primary and replica: reachability, role, connections, performance, storage, lag, status; a snapshot refreshed every health_check_interval', schema: healthReportSchema, headers: SNAPSHOT_HEADERS },
+        304: NOT_MODIFIED,
+      },
+      handle: async ({ request }) => fromSnapshot(healthSnapshot, request),
     }),
     defineRoute({
       method: 'GET',
@@ -389,7 +428,9 @@ export function scalingRoutes(port: ScalingApiPort): RouteSpec[] {
     responses: { 200: { description: 'the OpenAPI document', schema: z.record(z.string(), z.unknown()) } },
     handle: async () => ({ status: 200, body: openApiDocument }),
   });
-  const all = [...routes, openapi];
+  // A change made through the API shows in the very next GET /status.
+  const renewing = routes.map((r): RouteSpec => (r.method === 'GET' ? r : { ...r, handle: (ctx) => r.handle(ctx).finally(() => statusSnapshot.invalidate()) }));
+  const all = [...renewing, openapi];
   const openApiDocument = buildOpenApi(all, OPENAPI_INFO);
   return all;
 }
@@ -414,6 +455,6 @@ export function scalingApiDocument(): ReturnType<typeof buildOpenApi> {
 }
 
 /** The router for the scaling API. */
-export function createScalingRouter(port: ScalingApiPort, options: RouterOptions = {}): Router {
-  return createRouter(scalingRoutes(port), options);
+export function createScalingRouter(port: ScalingApiPort, options: RouterOptions & { snapshots?: ReadSnapshotOptions } = {}): Router {
+  return createRouter(scalingRoutes(port, options.snapshots), options);
 }

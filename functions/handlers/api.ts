@@ -9,7 +9,7 @@ import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
 import { fromApiGatewayEvent, toApiGatewayResult } from '../api/apigw.js';
 import { ProblemError, problemResponse } from '../api/http.js';
-import { createScalingRouter } from '../api/routes.js';
+import { createScalingRouter, type ReadSnapshotOptions } from '../api/routes.js';
 import type { Router } from '../api/router.js';
 import type { ScalingApiPort } from '../api/service.js';
 import { createScalingApiPort, shardingDepsOf } from '../api/wiring.js';
@@ -37,8 +37,11 @@ export const proxyEventSchema = z.object({
   requestContext: z.object({ requestId: z.string().optional() }).loose().optional(),
 });
 
-/** Builds the handler around a port provider (tests and local mode pass their own). */
-export function createApiHandler(port: () => ScalingApiPort | Promise<ScalingApiPort>) {
+/**
+ * Builds the handler around a port provider (tests and local mode pass their own); `snapshots`
+ * sets how long the status and shard snapshots live (local mode: its health_check_interval).
+ */
+export function createApiHandler(port: () => ScalingApiPort | Promise<ScalingApiPort>, options: { snapshots?: ReadSnapshotOptions } = {}) {
   let router: Router | undefined;
   return withPowertools(async (event: unknown, _context: Context): Promise<APIGatewayProxyResult> => {
     const parsed = proxyEventSchema.safeParse(event);
@@ -47,6 +50,7 @@ export function createApiHandler(port: () => ScalingApiPort | Promise<ScalingApi
       return toApiGatewayResult(problemResponse(new ProblemError(400, 'the event is not an API Gateway REST proxy event')));
     }
     router ??= createScalingRouter(await port(), {
+      ...(options.snapshots ? { snapshots: options.snapshots } : {}),
       onError: (err, request) => logger.error('unexpected error serving a request', { error: err as Error, requestId: request.requestId, path: request.path }),
     });
     const request = fromApiGatewayEvent(event as APIGatewayProxyEvent);

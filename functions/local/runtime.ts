@@ -201,7 +201,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     });
 
     const server: LocalServer = await startLocalServer({
-      handler: createApiHandler(() => port),
+      handler: createApiHandler(() => port, { snapshots: { shardsMaxAgeMs: shardingConfig.health_check_interval_seconds * 1000 } }),
       port: options.port,
       extraRoutes: [createDashboardRoute(), createDocumentsRoute({ writer, reader, router, shardIds: pools.shardIds() })],
     });

@@ -292,6 +292,33 @@ describe('scaling API over HTTP', () => {
     });
   });
 
+  describe('snapshot reads', () => {
+    it('serves shard health from a snapshot with its ETag, Age and lifetime, and 304 to a client that has it', async () => {
+      const first = await h.fetchJson(`${API}/shards/health`);
+      const tag = first.headers.get('etag') ?? '';
+      const again = await fetch(`${h.url}${API}/shards/health`, { headers: { 'if-none-match': tag } });
+
+      expect(first.status).toBe(200);
+      expect(tag).toMatch(/^"[\w-]+"$/);
+      expect(Number(first.headers.get('age'))).toBeGreaterThanOrEqual(0);
+      expect(first.headers.get('cache-control')).toMatch(/^private, max-age=\d+$/);
+      expect(again.status).toBe(304);
+      expect(await again.text()).toBe('');
+    });
+
+    it('shows a change made through the API in the very next status, snapshot or not', async () => {
+      await h.fetchJson(`${API}/status`);
+
+      await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ reason: 'snapshot check' }) });
+      const stopped = await h.fetchJson(`${API}/status`);
+      await h.fetchJson(`${API}/start`, { method: 'POST' });
+      const started = await h.fetchJson(`${API}/status`);
+
+      expect((stopped.body as { enabled: boolean }).enabled).toBe(false);
+      expect((started.body as { enabled: boolean }).enabled).toBe(true);
+    });
+  });
+
   describe('start and stop', () => {
     it('stops globally, idempotently, and records each call with its caller', async () => {
       const first = await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ reason: 'maintenance' }) });

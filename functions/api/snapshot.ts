@@ -1,0 +1,118 @@
+/**
+ * A read model refreshed at most every `maxAgeMs`: reads that change slowly and cost a round of
+ * queries to every shard (shard health, statistics) or to the catalog (status) are served from
+ * the last snapshot, with its age, an ETag and a Cache-Control lifetime, instead of being
+ * recomputed for every request. A stale snapshot is served while one refresh runs in the
+ * background (one at a time); only the very first read waits. A failed refresh keeps the last
+ * snapshot (its age keeps growing, so a client sees how old it is); with none, the error is
+ * thrown to the caller. Values are deep-frozen: every reader shares them.
+ *
+ * @example
+ * ```ts
+ * const health = new Snapshot(() => port.shardHealth(), { maxAgeMs: 10_000 });
+ * const { value, etag, ageSeconds } = await health.read();
+ * ```
+ */
+import { createHash } from 'node:crypto';
+
+export interface SnapshotOptions {
+  /** How old a snapshot may get before a read starts a refresh. */
+  readonly maxAgeMs: number;
+  /** Milliseconds since the epoch (injected for tests). */
+  readonly now?: () => number;
+}
+
+/** One snapshot as served. */
+export interface SnapshotRead<T> {
+  readonly value: T;
+  /** The value as JSON, serialised once per snapshot. */
+  readonly json: string;
+  /** A strong entity tag of `json`. */
+  readonly etag: string;
+  /** Whole seconds since the snapshot was taken (the HTTP `Age`). */
+  readonly ageSeconds: number;
+  /** Whole seconds a client may keep it (what is left of `maxAgeMs`, at least 0). */
+  readonly maxAgeSeconds: number;
+}
+
+interface Taken<T> {
+  readonly value: T;
+  readonly json: string;
+  readonly etag: string;
+  readonly at: number;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const inner of Object.values(value)) deepFreeze(inner);
+  }
+  return value;
+}
+
+export class Snapshot<T> {
+  private taken: Taken<T> | undefined;
+  private refreshing: Promise<Taken<T>> | undefined;
+  private generation = 0;
+  private refreshingGeneration = -1;
+  private readonly now: () => number;
+
+  constructor(
+    private readonly load: () => Promise<T>,
+    private readonly options: SnapshotOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+  }
+
+  /** The current snapshot; refreshes in the background when it is older than `maxAgeMs`. */
+  async read(): Promise<SnapshotRead<T>> {
+    const now = this.now();
+    let taken = this.taken;
+    if (taken === undefined) taken = await this.refresh();
+    else if (now - taken.at >= this.options.maxAgeMs) void this.refresh().catch(() => undefined);
+    const ageMs = Math.max(0, now - taken.at);
+    return {
+      value: taken.value,
+      json: taken.json,
+      etag: taken.etag,
+      ageSeconds: Math.floor(ageMs / 1000),
+      maxAgeSeconds: Math.max(0, Math.floor((this.options.maxAgeMs - ageMs) / 1000)),
+    };
+  }
+
+  /** Forgets the snapshot (after a change through the API): the next read waits for a fresh one. */
+  invalidate(): void {
+    this.taken = undefined;
+    this.generation++;
+  }
+
+  private refresh(): Promise<Taken<T>> {
+    // A refresh begun before an invalidation may have read the state before the change.
+    if (this.refreshing && this.refreshingGeneration === this.generation) return this.refreshing;
+    const generation = this.generation;
+    this.refreshingGeneration = generation;
+    const started = this.now();
+    this.refreshing = (async () => {
+      try {
+        const value = deepFreeze(await this.load());
+        const json = JSON.stringify(value);
+        const taken: Taken<T> = { value, json, etag: `"${createHash('sha1').update(json).digest('base64url').slice(0, 22)}"`, at: started };
+        if (generation === this.generation) this.taken = taken;
+        return taken;
+      } finally {
+        if (this.refreshingGeneration === generation) this.refreshing = undefined;
+      }
+    })();
+    return this.refreshing;
+  }
+}
+
+/** Whether an `If-None-Match` header names `etag` (or is `*`); weak comparison, as RFC 9110 says for it. */
+export function noneMatch(header: string | undefined, etag: string): boolean {
+  if (header === undefined) return false;
+  const bare = etag.replace(/^W\//, '');
+  return header.split(',').some((t) => {
+    const tag = t.trim();
+    return tag === '*' || tag.replace(/^W\//, '') === bare;
+  });
+}

@@ -1,0 +1,86 @@
+/**
+ * Snapshots behind the cheap reads: one load per lifetime however many readers, stale served
+ * while one refresh runs, an invalidation never answered with the state from before it.
+ */
+import { describe, expect, it } from 'vitest';
+import { noneMatch, Snapshot } from '../../../functions/api/snapshot.js';
+
+function counter(): { load: () => Promise<{ n: number }>; calls: () => number } {
+  let n = 0;
+  return {
+    load: async () => ({ n: ++n }),
+    calls: () => n,
+  };
+}
+
+describe('Snapshot', () => {
+  it('loads once for many readers within its lifetime, with the age and what is left of it', async () => {
+    let now = 1_000_000;
+    const c = counter();
+    const snap = new Snapshot(c.load, { maxAgeMs: 5000, now: () => now });
+
+    const reads = await Promise.all(Array.from({ length: 20 }, () => snap.read()));
+    now += 2500;
+    const later = await snap.read();
+
+    expect(c.calls()).toBe(1);
+    expect(new Set(reads.map((r) => r.etag)).size).toBe(1);
+    expect(later).toMatchObject({ value: { n: 1 }, json: '{"n":1}', ageSeconds: 2, maxAgeSeconds: 2 });
+    expect(Object.isFrozen(later.value)).toBe(true);
+  });
+
+  it('serves the old snapshot while it refreshes, then the new one with a new ETag', async () => {
+    let now = 0;
+    const c = counter();
+    const snap = new Snapshot(c.load, { maxAgeMs: 1000, now: () => now });
+    const first = await snap.read();
+
+    now = 1500;
+    const during = await snap.read();
+    await new Promise((r) => setTimeout(r, 0));
+    const after = await snap.read();
+
+    expect(during.value).toEqual({ n: 1 });
+    expect(after.value).toEqual({ n: 2 });
+    expect(after.etag).not.toBe(first.etag);
+  });
+
+  it('after an invalidation, waits for a load begun after it', async () => {
+    const c = counter();
+    const snap = new Snapshot(c.load, { maxAgeMs: 60_000 });
+    await snap.read();
+
+    snap.invalidate();
+    const next = await snap.read();
+
+    expect(next.value).toEqual({ n: 2 });
+  });
+
+  it('keeps serving the last snapshot when a refresh fails, its age growing', async () => {
+    let now = 0;
+    let fail = false;
+    const snap = new Snapshot(async () => {
+      if (fail) throw new Error('shard down');
+      return { ok: true };
+    }, { maxAgeMs: 1000, now: () => now });
+    await snap.read();
+
+    fail = true;
+    now = 3000;
+    await snap.read();
+    await new Promise((r) => setTimeout(r, 0));
+    const read = await snap.read();
+
+    expect(read).toMatchObject({ value: { ok: true }, ageSeconds: 3, maxAgeSeconds: 0 });
+  });
+});
+
+describe('noneMatch', () => {
+  it('matches the tag in a list, a weak form of it, and *; nothing else', () => {
+    expect(noneMatch('"a", "b"', '"b"')).toBe(true);
+    expect(noneMatch('W/"b"', '"b"')).toBe(true);
+    expect(noneMatch('*', '"b"')).toBe(true);
+    expect(noneMatch('"c"', '"b"')).toBe(false);
+    expect(noneMatch(undefined, '"b"')).toBe(false);
+  });
+});
