@@ -114,6 +114,42 @@ describe('reads from streaming replicas', () => {
     expect(reader.replicaStates(SHARD).every((s) => (s.state.lagSeconds ?? 0) > 1)).toBe(true);
   });
 
+  it('sends reads to the primary when the replicas lost their WAL receiver, though they replayed all they received', async () => {
+    await catchUpAll();
+    // Point each standby at a port nobody listens on: its receiver restarts and cannot connect.
+    const cut = await Promise.all(
+      [replica(0), replica(1)].map(async (r) => {
+        const client = new pg.Client({ connectionString: r.url });
+        await client.connect();
+        const { rows } = await client.query<{ primary_conninfo: string }>('show primary_conninfo');
+        await client.query("alter system set primary_conninfo = 'host=127.0.0.1 port=1 user=postgres connect_timeout=1'");
+        await client.query('select pg_reload_conf()');
+        for (let i = 0; i < 200; i += 1) {
+          const streaming = await client.query<{ n: number }>("select count(*)::int as n from pg_stat_wal_receiver where status = 'streaming'");
+          if (streaming.rows[0]?.n === 0) break;
+          await sleep(25);
+        }
+        return { client, conninfo: rows[0]?.primary_conninfo ?? '' };
+      }),
+    );
+    try {
+      await insertUser();
+      await sleep(1200);
+      await insertUser(); // a few hundred bytes: far inside the byte bound
+      const reader = newReader({ ...generous, maxLagSeconds: 1 });
+      await reader.refresh();
+      const { servedBy } = await reader.query(SHARD, 'select 1');
+      expect(servedBy).toBe(PRIMARY);
+      expect(reader.replicaStates(SHARD).map((s) => s.ineligible)).toEqual([expect.stringMatching(/^lag [\d.]+ s over 1 s$/), expect.stringMatching(/^lag [\d.]+ s over 1 s$/)]);
+    } finally {
+      for (const { client, conninfo } of cut) {
+        await client.query(`alter system set primary_conninfo = '${conninfo.replaceAll("'", "''")}'`);
+        await client.query('select pg_reload_conf()');
+        await client.end();
+      }
+    }
+  });
+
   it('does not let a read carrying a write token see a replica that has not replayed the write', async () => {
     await Promise.all([replica(0).pauseReplay(), replica(1).pauseReplay()]);
     const { id, token } = await insertUser();
