@@ -64,7 +64,7 @@ const hpaSettings = z.strictObject({
  */
 export const CA_DMS_DEFAULTS = {
   /** Share (0..0.5) of periods in which demand may exceed the forecast plus headroom: lower buys fewer SLO violations with more tasks. */
-  target_violation_rate: 0.05,
+  target_violation_rate: 0.1,
   /** Weight of the newest demand estimate in the smoothed level (Holt's alpha). */
   level_weight: 0.1,
   /** Weight of the newest change in the smoothed trend (Holt's beta). */
@@ -74,7 +74,7 @@ export const CA_DMS_DEFAULTS = {
   /** How the forecast error is taken to grow with the load: 0 the same at every level, 0.5 with its square root, 1 in proportion. */
   noise_exponent: 0,
   /** Step of the online headroom tracker, in units of the typical forecast error: higher adapts faster and wanders more. */
-  learning_rate: 0.02,
+  learning_rate: 0.05,
   /** Scale in only to a count that would still serve the forecast with this fraction of a task more (hysteresis). */
   scale_in_slack: 1,
 } as const;
