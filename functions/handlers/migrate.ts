@@ -10,8 +10,9 @@ import type { Context } from 'aws-lambda';
 import type pg from 'pg';
 import { z } from 'zod';
 import { issuesOf } from '../core/scaling/config.js';
+import { ensureApplicationLogin } from '../adapters/postgres/app-role.js';
 import { awsClients, type AwsClients } from './shared/aws.js';
-import { createPool } from './shared/db.js';
+import { createPool, readSecret } from './shared/db.js';
 import { parseMigrationEnv, type MigrationEnv } from './shared/env.js';
 import { withPowertools } from './shared/middleware.js';
 import { migrateAll, type MigrationSummary } from './shared/migrations.js';
@@ -71,6 +72,15 @@ export function createMigrateHandler(deps: () => { env: MigrationEnv; clients: P
       const results: MigrationSummary[] = await migrateAll({ catalog, shards, ...(env.migrationsDir === undefined ? {} : { dir: env.migrationsDir }) });
       const applied = results.flatMap((r) => r.applied.map((name) => `${r.target}: ${r.set}/${name}`));
       logger.info('migrations applied', { requestType: e.RequestType, applied });
+      // The application's least-privilege login on each shard, from its own secret (the
+      // application never gets the master credentials).
+      for (const [i, arn] of env.appSecrets.entries()) {
+        const shard = shards[i];
+        if (!shard) continue;
+        const login = await readSecret(clients.secrets, arn);
+        const done = await ensureApplicationLogin(shard, { username: login.username, password: login.password });
+        logger.info('application login on shard', { shard: i + 1, user: login.username, outcome: done });
+      }
       metrics.addMetric('MigrationsApplied', MetricUnit.Count, applied.length);
       return { PhysicalResourceId: e.RequestType === 'Update' ? e.PhysicalResourceId : PHYSICAL_ID, Data: { Applied: applied.length, Targets: 1 + shards.length } };
     } finally {

@@ -69,10 +69,19 @@ const migrationSchema = z
     SHARD_DB_SECRET_ARNS: jsonText(z.array(secretArn)).default([]),
     /** Shard primaries' URLs instead of secrets (local mode and tests; JSON array). */
     SHARD_DATABASE_URLS: jsonText(z.array(databaseUrl)).default([]),
+    /**
+     * The CA-DMS application's login per shard (JSON array of secret ARNs, in the order of
+     * SHARD_DB_SECRET_ARNS): the migrations create each user as a member of `ca_dms_app`.
+     */
+    SHARD_APP_SECRET_ARNS: jsonText(z.array(secretArn)).default([]),
     /** Where the migration sets are (`catalog/`, `sharding/`, `shard/`); the bundle copies them. */
     MIGRATIONS_DIR: z.string().min(1).optional(),
   })
-  .refine((e) => e.CATALOG_DB_SECRET_ARN !== undefined || e.CATALOG_DATABASE_URL !== undefined, catalogRequired);
+  .refine((e) => e.CATALOG_DB_SECRET_ARN !== undefined || e.CATALOG_DATABASE_URL !== undefined, catalogRequired)
+  .refine((e) => e.SHARD_APP_SECRET_ARNS.length === 0 || e.SHARD_APP_SECRET_ARNS.length === e.SHARD_DB_SECRET_ARNS.length + e.SHARD_DATABASE_URLS.length, {
+    message: 'give one application secret per shard (SHARD_DB_SECRET_ARNS, then SHARD_DATABASE_URLS), in the same order',
+    path: ['SHARD_APP_SECRET_ARNS'],
+  });
 
 const schema = z
   .object({
@@ -112,6 +121,8 @@ function catalogLocation(e: { CATALOG_DB_SECRET_ARN?: string | undefined; CATALO
 export interface MigrationEnv {
   readonly catalog: DatabaseLocation;
   readonly shards: readonly DatabaseLocation[];
+  /** Per shard (same order as `shards`, or empty): the application login's secret. */
+  readonly appSecrets: readonly string[];
   readonly migrationsDir?: string;
 }
 
@@ -123,6 +134,7 @@ export function parseMigrationEnv(env: Record<string, string | undefined>): Migr
   return {
     catalog: catalogLocation(e),
     shards: [...e.SHARD_DB_SECRET_ARNS.map((secretArn) => ({ secretArn })), ...e.SHARD_DATABASE_URLS.map((url) => ({ url }))],
+    appSecrets: e.SHARD_APP_SECRET_ARNS,
     ...(e.MIGRATIONS_DIR === undefined ? {} : { migrationsDir: e.MIGRATIONS_DIR }),
   };
 }

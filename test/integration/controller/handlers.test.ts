@@ -14,7 +14,8 @@ vi.hoisted(() => {
 import { ApplicationAutoScalingClient } from '@aws-sdk/client-application-auto-scaling';
 import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
 import { DescribeServicesCommand, ECSClient, UpdateServiceCommand } from '@aws-sdk/client-ecs';
-import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { mockClient } from 'aws-sdk-client-mock';
 import type { Context } from 'aws-lambda';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -424,6 +425,38 @@ describe('migrate handler (custom resource)', () => {
     const response = await handler()({ ...base, RequestType: 'Update', PhysicalResourceId: PHYSICAL_ID, OldResourceProperties: {} }, context);
 
     expect(response).toEqual({ PhysicalResourceId: PHYSICAL_ID, Data: { Applied: 0, Targets: 2 } });
+  });
+
+  it("creates the application's least-privilege login on each shard from its own secret", async () => {
+    const appSecret = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shard-1-app-AbCdEf';
+    const sm = mockClient(SecretsManagerClient);
+    sm.on(GetSecretValueCommand, { SecretId: appSecret }).resolves({ SecretString: JSON.stringify({ username: 'ca_dms_app_user', password: 'app pass', host: '127.0.0.1' }) });
+    const withApp = createMigrateHandler(() => ({
+      env: parseMigrationEnv({ CATALOG_DATABASE_URL: catalogDb, SHARD_DATABASE_URLS: JSON.stringify([shardDb]), SHARD_APP_SECRET_ARNS: JSON.stringify([appSecret]) }),
+      clients: { secrets: new SecretsManagerClient({ region: 'eu-west-1' }) },
+    }));
+
+    await withApp({ ...base, RequestType: 'Update', PhysicalResourceId: PHYSICAL_ID, OldResourceProperties: {} }, context);
+    sm.restore();
+    const app = new pg.Client({ connectionString: `postgresql://ca_dms_app_user:${encodeURIComponent('app pass')}@127.0.0.1:${server.port}/cr_shard` });
+    await app.connect();
+    const denied = await app.query('drop table documents').then(() => 'ok', (e: { code?: string }) => e.code);
+    const { rows } = await app.query<{ n: number }>('select count(*)::int as n from users');
+    await app.end();
+
+    expect(rows).toEqual([{ n: 0 }]);
+    expect(denied).toBe('42501');
+  });
+
+  it('refuses application secrets that do not pair up with the shards, naming the variable', () => {
+    expect(() => parseMigrationEnv({ CATALOG_DATABASE_URL: server.url, SHARD_DATABASE_URLS: JSON.stringify([server.url]), SHARD_APP_SECRET_ARNS: '[]' })).not.toThrow();
+    expect(() =>
+      parseMigrationEnv({
+        CATALOG_DATABASE_URL: server.url,
+        SHARD_DATABASE_URLS: JSON.stringify([server.url]),
+        SHARD_APP_SECRET_ARNS: JSON.stringify(['arn:aws:secretsmanager:eu-west-1:123456789012:secret:a-AbCdEf', 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:b-AbCdEf']),
+      }),
+    ).toThrow(/SHARD_APP_SECRET_ARNS: give one application secret per shard/);
   });
 
   it('changes nothing on Delete', async () => {
