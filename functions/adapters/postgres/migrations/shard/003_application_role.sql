@@ -9,11 +9,15 @@
 -- (SELECT ... FOR SHARE needs UPDATE on at least one column: updated_at only, so it can lock a
 -- fence but never open or close one); and, through the change-capture trigger that runs as the
 -- writer, reads move_captures and appends to move_changes.
+-- Roles belong to the whole server, and shards may share one (tests, small deployments):
+-- another database's migration may be creating it at the same moment.
 do $$
 begin
-  if not exists (select from pg_roles where rolname = 'ca_dms_app') then
+  begin
     create role ca_dms_app nologin;
-  end if;
+  exception when duplicate_object or unique_violation then
+    null;
+  end;
   execute format('grant usage on schema %I to ca_dms_app', current_schema());
 end
 $$;
