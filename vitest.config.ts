@@ -3,6 +3,8 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // The built images' tests need root and podman: `npm run test:images` (vitest.images.config.ts).
+    exclude: ['**/node_modules/**', 'test/images/**'],
     // Integration tests start real PostgreSQL and nginx processes; on a 2-core machine
     // running more than two files at once only adds contention.
     maxWorkers: 2,

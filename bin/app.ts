@@ -6,12 +6,15 @@
  * path named when the result is invalid. cdk-nag's AwsSolutions pack checks every stack;
  * `CDK_VALIDATION=true` adds CDK's CloudFormation schema validation.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
+import { stageNginxContext } from '../containers/nginx/context.js';
 import { addCaDmsStacks } from '../lib/ca-dms-app.js';
-import { DeploymentConfigError } from '../lib/config/deployment-config.js';
+import { DeploymentConfigError, type DeploymentConfig } from '../lib/config/deployment-config.js';
 import { loadDeploymentConfig } from '../lib/config/load-config.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -32,6 +35,17 @@ function main(): number {
     }
     throw error;
   }
+  const staging = mkdtempSync(join(tmpdir(), 'ca-dms-image-contexts-'));
+  try {
+    synthesize(app, config, staging);
+  } finally {
+    rmSync(staging, { recursive: true, force: true });
+  }
+  return 0;
+}
+
+/** Adds the stacks with this repository's sources, image contexts staged under `staging`. */
+function synthesize(app: App, config: DeploymentConfig, staging: string): void {
   addCaDmsStacks(
     app,
     config,
@@ -44,13 +58,9 @@ function main(): number {
         moves: join(root, 'functions/handlers/moves.ts'),
       },
       migrationsDirectory: join(root, 'functions/adapters/postgres/migrations'),
-      // The sidecar's Dockerfile builds from the repository root (it bundles the renderer with
-      // the project's lock file); its dockerignore keeps the staged context to a few files.
-      nginxImage: {
-        directory: root,
-        file: 'containers/nginx/Dockerfile',
-        ignoreFile: join(root, 'containers/nginx/Dockerfile.dockerignore'),
-      },
+      // The sidecar's build context is staged (its renderer bundled here, offline, with no
+      // Docker daemon); CDK copies it into the cloud assembly as the image asset.
+      nginxImage: { directory: stageNginxContext(join(staging, 'nginx')), file: 'Dockerfile' },
       depsLockFilePath: join(root, 'package-lock.json'),
     },
     {
@@ -62,7 +72,6 @@ function main(): number {
   );
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
   app.synth();
-  return 0;
 }
 
 process.exitCode = main();

@@ -43,7 +43,9 @@ function main(argv: readonly string[], env: NodeJS.ProcessEnv): number {
     const tmp = `${flags.out}.tmp`;
     writeFileSync(tmp, conf);
     renameSync(tmp, flags.out);
-    console.log(
+    // stderr, with nginx's own diagnostics: the container's stdout is the access log, one
+    // JSON object per line, and a line of prose there breaks whoever parses it.
+    console.error(
       `nginx-render: wrote ${flags.out} (read pool ${settings.NGINX_READ_UPSTREAMS.length}, write pool ${settings.NGINX_WRITE_UPSTREAMS.length}, backups ${settings.NGINX_BACKUP_UPSTREAMS.length}, workers ${settings.NGINX_WORKER_PROCESSES})`,
     );
     return 0;

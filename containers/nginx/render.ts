@@ -213,8 +213,9 @@ export const nginxEnvSchema = z
       65,
       ` (seconds; it must stay above the ALB's ${ALB_IDLE_TIMEOUT_SECONDS} s idle timeout)`,
     ),
-    NGINX_LISTEN_PORT: wholeNumber(1, 65535, 80),
-    NGINX_STATUS_PORT: wholeNumber(1, 65535, 8081),
+    // Above 1024: the image runs nginx's master unprivileged, and only root may bind below.
+    NGINX_LISTEN_PORT: wholeNumber(1024, 65535, 8080),
+    NGINX_STATUS_PORT: wholeNumber(1024, 65535, 8081),
     NGINX_READ_UPSTREAMS: addressList('127.0.0.1:8000', false),
     NGINX_WRITE_UPSTREAMS: addressList('127.0.0.1:8000', false),
     NGINX_BACKUP_UPSTREAMS: addressList('', true),
@@ -355,7 +356,11 @@ export const nginxRuntimeSchema = z.object({
 /** Filesystem and bind parameters of a rendered configuration. */
 export type NginxRuntime = z.input<typeof nginxRuntimeSchema>;
 
-/** The container's runtime: Debian's module directory, logs to the container's streams. */
+/**
+ * The container's runtime: Debian's module directory, logs to the container's streams. No
+ * `user`: the image starts nginx as an unprivileged user, and the directive only applies to a
+ * master running as root.
+ */
 export const PRODUCTION_RUNTIME: NginxRuntime = {
   pidFile: '/run/nginx.pid',
   tempDir: '/var/lib/nginx',
@@ -363,7 +368,6 @@ export const PRODUCTION_RUNTIME: NginxRuntime = {
   accessLog: '/dev/stdout',
   errorLog: 'stderr',
   modulesDir: '/usr/lib/nginx/modules',
-  user: 'www-data',
 };
 
 /**

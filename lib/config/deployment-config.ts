@@ -51,6 +51,12 @@ const FARGATE_MEMORY: Record<number, readonly [number, number, number]> = {
   16384: [32768, 122880, 8192],
 };
 
+/**
+ * The port nginx listens on in a task by default; the sidecar image exposes it. At least 1024,
+ * since the image runs nginx unprivileged.
+ */
+export const DEFAULT_NGINX_PORT = 8080;
+
 const imageSchema = z.discriminatedUnion('kind', [
   z.strictObject({
     kind: z.literal('ecr'),
@@ -178,7 +184,7 @@ const deploymentSchemaObject = z.strictObject({
   nginx: z
     .strictObject({
       /** The port nginx listens on inside the task: the task's only port mapping. */
-      port: z.number().int().min(1024).max(65535).default(8080),
+      port: z.number().int().min(1024).max(65535).default(DEFAULT_NGINX_PORT),
       workerProcesses: z.union([z.literal('auto'), positiveInt]).default('auto'),
       workerConnections: positiveInt.default(4096),
       keepaliveTimeout: positiveInt.default(65),

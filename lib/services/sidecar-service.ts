@@ -12,6 +12,13 @@ export const APP_CONTAINER = 'app';
 export const NGINX_CONTAINER = 'nginx';
 
 /**
+ * The unprivileged user the nginx sidecar image runs as (its Dockerfile's `USER`; the image
+ * tests check they agree). Set on the container too, so the task definition says it runs as
+ * non-root whatever image it is given.
+ */
+export const NGINX_CONTAINER_USER = '10101:10101';
+
+/**
  * Paths nginx writes at run time: the configuration rendered at start (`/etc/nginx`), the pid,
  * temp files and the proxy cache. Each gets a writable task volume.
  */
@@ -127,6 +134,7 @@ export class SidecarService extends Construct {
     const nginx = this.taskDefinition.addContainer(NGINX_CONTAINER, {
       image: props.nginxImage,
       essential: true,
+      user: NGINX_CONTAINER_USER,
       readonlyRootFilesystem: true,
       portMappings: [{ containerPort: props.nginxPort, protocol: ecs.Protocol.TCP, name: 'http' }],
       environment: {

@@ -1,5 +1,4 @@
-import { readFileSync } from 'node:fs';
-import { Annotations, CfnOutput, IgnoreMode, Stack, type StackProps } from 'aws-cdk-lib';
+import { Annotations, CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
 import * as acm from 'aws-cdk-lib/aws-certificatemanager';
 import * as route53 from 'aws-cdk-lib/aws-route53';
 import * as route53Targets from 'aws-cdk-lib/aws-route53-targets';
@@ -28,23 +27,10 @@ export interface ServicesStackProps extends StackProps {
 
 /** The nginx sidecar image's Docker build. */
 export interface NginxImageSource {
-  /** The build context directory. */
+  /** The build context directory (staged by `containers/nginx/context.ts`). */
   readonly directory: string;
   /** The Dockerfile, relative to `directory`. */
   readonly file: string;
-  /**
-   * A dockerignore file whose patterns limit what is staged from `directory` (CDK reads only
-   * `.dockerignore` by itself). @default - nothing excluded
-   */
-  readonly ignoreFile?: string;
-}
-
-/** The patterns of a dockerignore file: blank lines and comments dropped. */
-export function readIgnoreFile(path: string): string[] {
-  return readFileSync(path, 'utf8')
-    .split('\n')
-    .map((line) => line.trim())
-    .filter((line) => line !== '' && !line.startsWith('#'));
 }
 
 /** Which health endpoint the load balancer probes for each pool. */
@@ -77,8 +63,6 @@ export class ServicesStack extends Stack {
 
     const nginxImage = ecs.ContainerImage.fromAsset(props.nginxImage.directory, {
       file: props.nginxImage.file,
-      ignoreMode: IgnoreMode.DOCKER,
-      ...(props.nginxImage.ignoreFile ? { exclude: readIgnoreFile(props.nginxImage.ignoreFile) } : {}),
       platform: Platform.LINUX_AMD64,
     });
     const repositories = new Map<string, ecr.IRepository>();

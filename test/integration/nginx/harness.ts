@@ -1,7 +1,9 @@
 /**
  * Real nginx (Debian's binary) and `node:http` backends on loopback ports for the sidecar's
  * integration tests. The configuration comes from the production template and renderer; only
- * the filesystem paths and the bind address point somewhere a test may write.
+ * the filesystem paths and the bind address point somewhere a test may write. Under
+ * `npm run test:images` the same tests run against the built sidecar image instead: its entry
+ * point, its renderer bundle and its nginx, as its unprivileged user (see test/images/).
  *
  * @example
  * ```ts
@@ -18,7 +20,10 @@ import { connect, createServer as createTcpServer, type AddressInfo, type Socket
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { inject } from 'vitest';
 import { parseNginxEnv, renderNginxConfig, type NginxRuntime } from '../../../containers/nginx/render.js';
+import { NGINX_WRITABLE_PATHS } from '../../../lib/services/sidecar-service.js';
+import { startImage, type ExportedImage } from '../../images/rootfs.js';
 
 export const TEMPLATE_PATH = fileURLToPath(new URL('../../../containers/nginx/nginx.conf.template', import.meta.url));
 const MODULES_DIR = process.env.CA_DMS_NGINX_MODULES_DIR ?? '/usr/lib/nginx/modules';
@@ -124,16 +129,50 @@ async function waitForPort(port: number, child: ChildProcess, errorLog: string):
  * proxy unless `env` says otherwise; ports are free loopback ports unless `env` sets them.
  */
 export async function startNginx(env: Readonly<Record<string, string>>): Promise<RunningNginx> {
-  const bin = nginxBinary();
   const port = env.NGINX_LISTEN_PORT !== undefined ? Number(env.NGINX_LISTEN_PORT) : await freePort();
   const statusPort = env.NGINX_STATUS_PORT !== undefined ? Number(env.NGINX_STATUS_PORT) : await freePort();
-  const config = renderToTempDir({
+  const fullEnv = {
     NGINX_WORKER_PROCESSES: '1',
     NGINX_TRUSTED_PROXY_CIDRS: '127.0.0.0/8',
     ...env,
     NGINX_LISTEN_PORT: String(port),
     NGINX_STATUS_PORT: String(statusPort),
-  });
+  };
+  const image = inject('nginxImage');
+  return image === undefined ? startHostNginx(fullEnv, port, statusPort) : startImageNginx(image, fullEnv, port, statusPort);
+}
+
+/**
+ * `npm run test:images`: the built image's own entry point renders the configuration with its
+ * bundled renderer and Debian's nodejs, and runs its nginx as the image's user, with the task
+ * definition's read-only root filesystem and writable volumes.
+ */
+async function startImageNginx(image: ExportedImage, env: Readonly<Record<string, string>>, port: number, statusPort: number): Promise<RunningNginx> {
+  const run = startImage(image, { env, writablePaths: Object.values(NGINX_WRITABLE_PATHS) });
+  const etc = run.volumes['/etc/nginx'];
+  if (etc === undefined) throw new Error('the task definition has no writable /etc/nginx for the rendered configuration');
+  try {
+    await waitForPort(port, run.child, run.stderrPath);
+  } catch (error) {
+    await run.stop('SIGKILL');
+    throw error;
+  }
+  return {
+    dir: etc,
+    confPath: join(etc, 'nginx.conf'),
+    accessLogPath: run.stdoutPath,
+    errorLogPath: run.stderrPath,
+    port,
+    statusPort,
+    async stop() {
+      await run.stop();
+    },
+  };
+}
+
+async function startHostNginx(env: Readonly<Record<string, string>>, port: number, statusPort: number): Promise<RunningNginx> {
+  const bin = nginxBinary();
+  const config = renderToTempDir(env);
   const check = checkConfig(config);
   if (!check.ok) {
     rmSync(config.dir, { recursive: true, force: true });

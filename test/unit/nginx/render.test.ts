@@ -44,7 +44,7 @@ describe('parseNginxEnv defaults', () => {
       NGINX_WORKER_PROCESSES: 'auto',
       NGINX_WORKER_CONNECTIONS: 4096,
       NGINX_KEEPALIVE_TIMEOUT: 65,
-      NGINX_LISTEN_PORT: 80,
+      NGINX_LISTEN_PORT: 8080,
       NGINX_STATUS_PORT: 8081,
       NGINX_READ_UPSTREAMS: [{ host: '127.0.0.1', port: 8000 }],
       NGINX_WRITE_UPSTREAMS: [{ host: '127.0.0.1', port: 8000 }],
@@ -73,6 +73,8 @@ describe('parseNginxEnv rejections', () => {
     ['NGINX_KEEPALIVE_TIMEOUT', '60', "must stay above the ALB's 60 s idle timeout"],
     ['NGINX_KEEPALIVE_TIMEOUT', '65s', 'must be a whole number'],
     ['NGINX_LISTEN_PORT', '70000', 'must be at most 65535'],
+    // The image's nginx is unprivileged: it could not bind a port below 1024.
+    ['NGINX_LISTEN_PORT', '80', 'must be at least 1024'],
     ['NGINX_READ_UPSTREAMS', 'app', '"app" is not host:port'],
     ['NGINX_READ_UPSTREAMS', '127.0.0.1:99999', 'has port outside 1-65535'],
     ['NGINX_WRITE_UPSTREAMS', 'app;evil:80', 'has an invalid host'],

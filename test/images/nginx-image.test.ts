@@ -1,0 +1,130 @@
+/**
+ * The built nginx sidecar image itself: who it runs as, what ECS can mount writable, and what
+ * its entry point does with bad settings. Its request handling is tested by the sidecar's
+ * behaviour tests (test/integration/nginx), which `npm run test:images` runs against it too.
+ */
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { DEFAULT_NGINX_PORT } from '../../lib/config/deployment-config.js';
+import { NGINX_CONTAINER_USER, NGINX_WRITABLE_PATHS } from '../../lib/services/sidecar-service.js';
+import { freePort, send, startBackend, type Backend } from '../integration/nginx/harness.js';
+import { startImage, type ExportedImage, type RunningImage } from './rootfs.js';
+
+const nginxImage = (): ExportedImage => {
+  const image = inject('nginxImage');
+  if (image === undefined) throw new Error('no nginx image was exported (run through npm run test:images)');
+  return image;
+};
+
+const writablePaths = Object.values(NGINX_WRITABLE_PATHS);
+
+/** Waits for the process to end and returns its exit code. */
+const exitOf = (run: RunningImage): Promise<number | null> =>
+  new Promise((resolve) => {
+    if (run.child.exitCode !== null) resolve(run.child.exitCode);
+    else run.child.once('exit', (code) => resolve(code));
+  });
+
+/** The real and effective uids of a process, from /proc. */
+const uidsOf = (pid: number): number[] => {
+  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('Uid:'));
+  return (line ?? '').split(/\s+/).slice(1, 3).map(Number);
+};
+
+describe('the nginx sidecar image', () => {
+  it('runs as the unprivileged user the task definition names', () => {
+    const image = nginxImage();
+
+    expect(image.uid).not.toBe(0);
+    expect(`${image.uid}:${image.gid}`).toBe(NGINX_CONTAINER_USER);
+  });
+
+  it('declares a VOLUME at every path the task mounts writable, so Fargate gives them the image\'s owner', () => {
+    expect(nginxImage().volumes).toEqual(expect.arrayContaining(writablePaths));
+  });
+
+  it('exposes the port the services listen on and stops gracefully on SIGQUIT', () => {
+    const image = nginxImage();
+
+    expect(image.exposedPorts).toEqual([`${DEFAULT_NGINX_PORT}/tcp`]);
+    expect(image.stopSignal).toBe('SIGQUIT');
+  });
+
+  it('stops with exit 78 naming the variable, before nginx starts, when a setting is invalid', async () => {
+    const run = startImage(nginxImage(), { env: { NGINX_KEEPALIVE_TIMEOUT: '30', NGINX_WORKER_CONECTIONS: '1024' }, writablePaths });
+    const code = await exitOf(run);
+    const stderr = readFileSync(run.stderrPath, 'utf8');
+    await run.stop();
+
+    expect(code).toBe(78);
+    expect(stderr).toContain('NGINX_KEEPALIVE_TIMEOUT: must be at least 61');
+    expect(stderr).toContain('did you mean NGINX_WORKER_CONNECTIONS?');
+    expect(stderr).toContain('nginx was not started');
+  });
+});
+
+describe('the nginx sidecar image, started', () => {
+  let app: Backend;
+  let run: RunningImage;
+  let port: number;
+
+  beforeAll(async () => {
+    app = await startBackend('app');
+    port = await freePort();
+    run = startImage(nginxImage(), {
+      env: {
+        NGINX_LISTEN_PORT: String(port),
+        NGINX_STATUS_PORT: String(await freePort()),
+        NGINX_READ_UPSTREAMS: app.address,
+        NGINX_WRITE_UPSTREAMS: app.address,
+        NGINX_WORKER_PROCESSES: '1',
+      },
+      writablePaths,
+    });
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const up = await send(port, '/health').then(
+        () => true,
+        () => false,
+      );
+      if (up) break;
+      if (run.child.exitCode !== null || Date.now() > deadline) {
+        throw new Error(`the image's nginx did not start: ${readFileSync(run.stderrPath, 'utf8')}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  });
+  afterAll(async () => {
+    await run?.stop();
+    await app?.close();
+  });
+
+  it('runs the nginx master as the image\'s user, not root', () => {
+    const pid = run.child.pid ?? -1;
+
+    expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8')).toContain('nginx: master process');
+    expect(uidsOf(pid)).toEqual([nginxImage().uid, nginxImage().uid]);
+  });
+
+  it('proxies the load balancer\'s health checks to the application', async () => {
+    const res = await send(port, '/health/readonly');
+
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.text)).toMatchObject({ backend: 'app', url: '/health/readonly' });
+  });
+
+  it('says on stderr what it rendered, leaving stdout to the JSON access log', () => {
+    expect(readFileSync(run.stderrPath, 'utf8')).toContain('nginx-render: wrote /etc/nginx/nginx.conf');
+    for (const line of readFileSync(run.stdoutPath, 'utf8').trim().split('\n')) {
+      expect(() => JSON.parse(line) as unknown, line).not.toThrow();
+    }
+  });
+
+  it('ends with exit 0 on SIGQUIT, ECS\'s stop signal for it', async () => {
+    const code = await run.stop('SIGQUIT');
+
+    expect(code).toBe(0);
+  });
+});

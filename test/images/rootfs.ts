@@ -1,0 +1,203 @@
+/**
+ * Runs a built container image without a container runtime: `podman run` needs cgroups these
+ * machines do not give it, so the image is exported to a directory and its entry point started
+ * with `unshare` (a private mount namespace) and `chroot`, as the image's own user, on the host's
+ * network. What ECS does to a task is reproduced where the tests depend on it: the root
+ * filesystem is read-only (the task definitions set `readonlyRootFilesystem`), each writable
+ * path is a fresh volume that, like Fargate's bind mounts, carries the image's contents and
+ * owner only where the image declares that path a `VOLUME` (otherwise an empty directory owned
+ * by root), and the process's stdout/stderr belong to its user (as runc arranges), so
+ * `/dev/stdout` can be reopened. Needs root and util-linux; used by `npm run test:images` only.
+ *
+ * @example
+ * ```ts
+ * const image = exportImage('localhost/ca-dms-nginx:ci', '/tmp/images');
+ * const run = startImage(image, { env: { NGINX_LISTEN_PORT: '18080' }, writablePaths: ['/etc/nginx', '/run'] });
+ * // ... send requests to 127.0.0.1:18080 ...
+ * await run.stop();
+ * ```
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+
+/** What the tests need to know of an exported image. */
+export interface ExportedImage {
+  readonly name: string;
+  /** The image's filesystem, extracted. */
+  readonly rootfs: string;
+  readonly uid: number;
+  readonly gid: number;
+  readonly entrypoint: readonly string[];
+  readonly env: Readonly<Record<string, string>>;
+  /** Paths the image declares with `VOLUME`. */
+  readonly volumes: readonly string[];
+  readonly stopSignal: string | undefined;
+  readonly exposedPorts: readonly string[];
+}
+
+const inspectSchema = z.array(
+  z.object({
+    Config: z.object({
+      User: z.string().default(''),
+      Entrypoint: z.array(z.string()).nullish(),
+      Cmd: z.array(z.string()).nullish(),
+      Env: z.array(z.string()).nullish(),
+      Volumes: z.record(z.string(), z.unknown()).nullish(),
+      ExposedPorts: z.record(z.string(), z.unknown()).nullish(),
+      StopSignal: z.string().nullish(),
+    }),
+  }),
+).length(1);
+
+function podman(args: readonly string[]): string {
+  const res = spawnSync('podman', ['--cgroup-manager=cgroupfs', ...args], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  if (res.error) throw new Error(`podman ${args[0] ?? ''} could not start: ${res.error.message}`);
+  if (res.status !== 0) throw new Error(`podman ${args.join(' ')} exited with ${res.status}: ${res.stderr}`);
+  return res.stdout.trim();
+}
+
+/** Resolves a `USER` of the form `uid[:gid]` or `name[:group]` against the image's own files. */
+function resolveUser(user: string, rootfs: string): { uid: number; gid: number } {
+  if (user === '') return { uid: 0, gid: 0 };
+  const [u = '', g] = user.split(':');
+  const lookup = (file: string, name: string, field: number): number | undefined => {
+    const line = readFileSync(join(rootfs, 'etc', file), 'utf8')
+      .split('\n')
+      .find((l) => l.split(':')[0] === name);
+    const value = line?.split(':')[field];
+    return value === undefined ? undefined : Number(value);
+  };
+  const uid = /^\d+$/.test(u) ? Number(u) : lookup('passwd', u, 2);
+  if (uid === undefined) throw new Error(`the image's USER "${user}" names no account in its /etc/passwd`);
+  const gid = g === undefined ? (lookup('passwd', u, 3) ?? uid) : /^\d+$/.test(g) ? Number(g) : lookup('group', g, 2);
+  if (gid === undefined) throw new Error(`the image's USER "${user}" names no group in its /etc/group`);
+  return { uid, gid };
+}
+
+/**
+ * Exports `name` (an image podman has) into a new directory under `parent`: its filesystem and
+ * its configuration.
+ */
+export function exportImage(name: string, parent: string): ExportedImage {
+  const [inspected] = inspectSchema.parse(JSON.parse(podman(['image', 'inspect', name])));
+  const config = inspected!.Config;
+  const dir = mkdtempSync(join(parent, 'image-'));
+  const rootfs = join(dir, 'rootfs');
+  mkdirSync(rootfs);
+  const container = podman(['create', name]);
+  try {
+    const tar = join(dir, 'rootfs.tar');
+    podman(['export', '--output', tar, container]);
+    const untar = spawnSync('tar', ['-xf', tar, '-C', rootfs, '--numeric-owner'], { encoding: 'utf8' });
+    if (untar.status !== 0) throw new Error(`tar could not extract ${name}: ${untar.stderr}`);
+    rmSync(tar);
+  } finally {
+    podman(['rm', container]);
+  }
+  return {
+    name,
+    rootfs,
+    ...resolveUser(config.User, rootfs),
+    entrypoint: [...(config.Entrypoint ?? []), ...(config.Cmd ?? [])],
+    env: Object.fromEntries((config.Env ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
+    volumes: Object.keys(config.Volumes ?? {}).sort(),
+    stopSignal: config.StopSignal ?? undefined,
+    exposedPorts: Object.keys(config.ExposedPorts ?? {}).sort(),
+  };
+}
+
+/** One started entry point. */
+export interface RunningImage {
+  readonly child: ChildProcess;
+  /** Where the process's stdout and stderr go. */
+  readonly stdoutPath: string;
+  readonly stderrPath: string;
+  /** The host directory behind each writable path, by container path. */
+  readonly volumes: Readonly<Record<string, string>>;
+  /** Sends `signal` (SIGTERM by default), waits for the exit, and removes the volumes. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export interface StartImageOptions {
+  /** Added to the image's own environment. */
+  readonly env?: Readonly<Record<string, string>>;
+  /** The task's writable paths (the ECS volumes). */
+  readonly writablePaths: readonly string[];
+}
+
+const shellQuote = (s: string): string => `'${s.replaceAll("'", "'\\''")}'`;
+
+/**
+ * Starts the image's entry point as its user, with a read-only root filesystem and a fresh
+ * volume at each of `writablePaths`.
+ */
+export function startImage(image: ExportedImage, options: StartImageOptions): RunningImage {
+  const dir = mkdtempSync(join(image.rootfs, '..', 'run-'));
+  const root = join(dir, 'root');
+  mkdirSync(root);
+  const volumes: Record<string, string> = {};
+  options.writablePaths.forEach((path, i) => {
+    const volume = join(dir, `volume-${i}`);
+    const inImage = join(image.rootfs, path);
+    if (image.volumes.includes(path) && existsSync(inImage)) {
+      // cp -a: owners and modes of the contents too, which node's cpSync does not keep.
+      const copy = spawnSync('cp', ['-a', inImage, volume], { encoding: 'utf8' });
+      if (copy.status !== 0) throw new Error(`cp -a ${inImage} failed: ${copy.stderr}`);
+    } else {
+      mkdirSync(volume, { mode: 0o755 });
+      chownSync(volume, 0, 0);
+    }
+    if (!existsSync(inImage)) throw new Error(`${path} does not exist in ${image.name}: ECS could not mount a volume there`);
+    volumes[path] = volume;
+  });
+  const stdoutPath = join(dir, 'stdout.log');
+  const stderrPath = join(dir, 'stderr.log');
+  const fds = [stdoutPath, stderrPath].map((p) => {
+    const fd = openSync(p, 'w');
+    chownSync(p, image.uid, image.gid);
+    return fd;
+  });
+  const mounts = [
+    `mount --bind ${shellQuote(image.rootfs)} ${shellQuote(root)}`,
+    `mount -o remount,bind,ro ${shellQuote(root)}`,
+    ...Object.entries(volumes).map(([path, volume]) => `mount --bind ${shellQuote(volume)} ${shellQuote(join(root, path))}`),
+    `mount --rbind /dev ${shellQuote(join(root, 'dev'))}`,
+    `mount -t proc proc ${shellQuote(join(root, 'proc'))}`,
+  ];
+  const env = { ...image.env, ...options.env };
+  const script = [
+    'set -e',
+    ...mounts,
+    // exec all the way down: the child's pid becomes the entry point's, as PID 1 of a container.
+    `exec env -i ${Object.entries(env)
+      .map(([k, v]) => shellQuote(`${k}=${v}`))
+      .join(' ')} chroot --userspec=${image.uid}:${image.gid} ${shellQuote(root)} ${image.entrypoint.map(shellQuote).join(' ')}`,
+  ].join('\n');
+  // unshare --mount makes the mounts private to this process tree: they vanish with it.
+  const child = spawn('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c', script], {
+    stdio: ['ignore', fds[0]!, fds[1]!],
+  });
+  for (const fd of fds) closeSync(fd);
+  const exited = new Promise<number | null>((resolve) => {
+    if (child.exitCode !== null) resolve(child.exitCode);
+    else child.once('exit', (code) => resolve(code));
+  });
+  return {
+    child,
+    stdoutPath,
+    stderrPath,
+    volumes,
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill(signal);
+        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+        await exited;
+        clearTimeout(timer);
+      }
+      rmSync(dir, { recursive: true, force: true });
+      return child.exitCode;
+    },
+  };
+}
