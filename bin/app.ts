@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
+import { stageBackendContext } from '../containers/backend/context.js';
 import { stageNginxContext } from '../containers/nginx/context.js';
 import { addCaDmsStacks } from '../lib/ca-dms-app.js';
 import { DeploymentConfigError, type DeploymentConfig } from '../lib/config/deployment-config.js';
@@ -58,9 +59,10 @@ function synthesize(app: App, config: DeploymentConfig, staging: string): void {
         moves: join(root, 'functions/handlers/moves.ts'),
       },
       migrationsDirectory: join(root, 'functions/adapters/postgres/migrations'),
-      // The sidecar's build context is staged (its renderer bundled here, offline, with no
-      // Docker daemon); CDK copies it into the cloud assembly as the image asset.
+      // The images' build contexts are staged (their code bundled here, offline, with no
+      // Docker daemon); CDK copies each into the cloud assembly as an image asset.
       nginxImage: { directory: stageNginxContext(join(staging, 'nginx')), file: 'Dockerfile' },
+      demoBackendImage: { directory: stageBackendContext(join(staging, 'backend')), file: 'Dockerfile' },
       depsLockFilePath: join(root, 'package-lock.json'),
     },
     {

@@ -11,11 +11,13 @@
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
+import { stageBackendContext } from './backend/context.js';
 import { stageNginxContext } from './nginx/context.js';
 
 /** Each image this repository builds, by the name the CLI takes. */
 export const IMAGE_CONTEXTS = {
   nginx: stageNginxContext,
+  backend: stageBackendContext,
 } as const satisfies Record<string, (dir: string) => string>;
 
 const argsSchema = z.tuple(

@@ -5,7 +5,7 @@ import { ControlPlaneStack } from './stacks/control-plane-stack.js';
 import { DataStack } from './stacks/data-stack.js';
 import { NetworkStack } from './stacks/network-stack.js';
 import { ObservabilityStack } from './stacks/observability-stack.js';
-import { ServicesStack, type NginxImageSource } from './stacks/services-stack.js';
+import { ServicesStack, type ImageBuildContext } from './stacks/services-stack.js';
 
 /** Files outside `lib/` the stacks build from. */
 export interface CaDmsSources {
@@ -14,7 +14,9 @@ export interface CaDmsSources {
   /** The SQL migrations folder (catalog/, sharding/, shard/). */
   readonly migrationsDirectory: string;
   /** The nginx sidecar's Docker build. */
-  readonly nginxImage: NginxImageSource;
+  readonly nginxImage: ImageBuildContext;
+  /** The demo backend's Docker build (services configured with `{ "kind": "demo" }`). */
+  readonly demoBackendImage: ImageBuildContext;
   /** The lock file anchoring Lambda bundling. @default - found upwards from each entry */
   readonly depsLockFilePath?: string;
 }
@@ -36,7 +38,9 @@ export interface CaDmsStacks {
  * ```ts
  * const app = new App();
  * const config = loadDeploymentConfig({ configDir: 'config', context: (k) => app.node.tryGetContext(k) });
- * addCaDmsStacks(app, config, { entries, migrationsDirectory, nginxImage: { directory: '.', file: 'containers/nginx/Dockerfile' } });
+ * const nginxImage = { directory: stageNginxContext('/tmp/ctx/nginx'), file: 'Dockerfile' };
+ * const demoBackendImage = { directory: stageBackendContext('/tmp/ctx/backend'), file: 'Dockerfile' };
+ * addCaDmsStacks(app, config, { entries, migrationsDirectory, nginxImage, demoBackendImage });
  * ```
  */
 export function addCaDmsStacks(app: App, config: DeploymentConfig, sources: CaDmsSources, env?: Environment): CaDmsStacks {
@@ -61,6 +65,7 @@ export function addCaDmsStacks(app: App, config: DeploymentConfig, sources: CaDm
     network: network.network,
     shards: data.shards,
     nginxImage: sources.nginxImage,
+    demoBackendImage: sources.demoBackendImage,
     description: 'CA-DMS services: ECS cluster, Fargate services with nginx sidecars, load balancer',
   });
   const controlPlane = new ControlPlaneStack(app, `${base}-control-plane`, {

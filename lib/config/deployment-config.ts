@@ -58,6 +58,8 @@ const FARGATE_MEMORY: Record<number, readonly [number, number, number]> = {
 export const DEFAULT_NGINX_PORT = 8080;
 
 const imageSchema = z.discriminatedUnion('kind', [
+  /** The demo backend, built from this repository at deploy time (containers/backend). */
+  z.strictObject({ kind: z.literal('demo') }),
   z.strictObject({
     kind: z.literal('ecr'),
     /** The ECR repository name in the deployment account, e.g. `ca-dms/backend`. */
@@ -70,7 +72,7 @@ const imageSchema = z.discriminatedUnion('kind', [
     /** A full image reference, e.g. `public.ecr.aws/org/image:1.2.3`. */
     uri: z.string().regex(/^[a-z0-9.-]+(:\d+)?\/[\w./-]+(:[\w.-]+|@sha256:[a-f0-9]{64})$/, 'an image reference with a registry host and a tag or digest'),
   }),
-]);
+], { error: '"kind" must be "demo" (the demo backend built from containers/backend), "ecr" (with "repository" and "tag") or "registry" (with "uri")' });
 export type ImageConfig = z.infer<typeof imageSchema>;
 
 /** Task CPU units (Fargate). */
@@ -111,11 +113,17 @@ function service(defaults: { image: ImageConfig; port: number; health: string; c
   } as const;
 }
 
+/**
+ * Every service runs the demo backend this repository builds unless the configuration names
+ * an image (`services.<name>.image`): no default points at an image nobody builds, and a
+ * first deploy starts healthy tasks.
+ */
+const DEMO: ImageConfig = { kind: 'demo' };
 const DEFAULT_SERVICE_CONFIG: Record<ServiceName, z.input<typeof serviceSchema>> = {
-  'backend-read': service({ image: { kind: 'ecr', repository: 'ca-dms/backend', tag: 'latest' }, port: 8000, health: '/health' }),
-  'backend-write': service({ image: { kind: 'ecr', repository: 'ca-dms/backend', tag: 'latest' }, port: 8000, health: '/health' }),
-  frontend: service({ image: { kind: 'ecr', repository: 'ca-dms/frontend', tag: 'latest' }, port: 3000, health: '/health', cpu: 256, memoryMiB: 512 }),
-  worker: service({ image: { kind: 'ecr', repository: 'ca-dms/backend', tag: 'latest' }, port: 8000, health: '/health' }),
+  'backend-read': service({ image: DEMO, port: 8000, health: '/health' }),
+  'backend-write': service({ image: DEMO, port: 8000, health: '/health' }),
+  frontend: service({ image: DEMO, port: 3000, health: '/health', cpu: 256, memoryMiB: 512 }),
+  worker: service({ image: DEMO, port: 8000, health: '/health' }),
 };
 
 const serviceOverride = z.strictObject({

@@ -18,6 +18,9 @@ export const NGINX_CONTAINER = 'nginx';
  */
 export const NGINX_CONTAINER_USER = '10101:10101';
 
+/** The unprivileged user of the demo backend image (containers/backend/Dockerfile). */
+export const DEMO_BACKEND_USER = '10102:10102';
+
 /**
  * Paths nginx writes at run time: the configuration rendered at start (`/etc/nginx`), the pid,
  * temp files and the proxy cache. Each gets a writable task volume.
@@ -36,6 +39,8 @@ export interface SidecarServiceProps {
   /** The ECS service name (also the physical name the controller addresses). */
   readonly serviceName: string;
   readonly appImage: ecs.ContainerImage;
+  /** The application container's user, when known. @default - the image's own USER */
+  readonly appUser?: string;
   readonly nginxImage: ecs.ContainerImage;
   /** Task CPU units. */
   readonly cpu: number;
@@ -116,6 +121,7 @@ export class SidecarService extends Construct {
     const app = this.taskDefinition.addContainer(APP_CONTAINER, {
       image: props.appImage,
       essential: true,
+      ...(props.appUser === undefined ? {} : { user: props.appUser }),
       readonlyRootFilesystem: true,
       environment: { ...props.environment },
       secrets: { ...props.secrets },

@@ -13,7 +13,7 @@ import type { ShardDatabase } from '../data/shard-database.js';
 import { SUBNETS, type Network } from '../network/network.js';
 import { AccessLogBucket } from '../services/access-log-bucket.js';
 import { LoadBalancer } from '../services/load-balancer.js';
-import { SidecarService } from '../services/sidecar-service.js';
+import { DEMO_BACKEND_USER, SidecarService } from '../services/sidecar-service.js';
 import { shardingDocument } from '../data/sharding-document.js';
 
 /** Props of {@link ServicesStack}. */
@@ -22,12 +22,14 @@ export interface ServicesStackProps extends StackProps {
   readonly network: Network;
   readonly shards: readonly ShardDatabase[];
   /** How to build the nginx sidecar image. */
-  readonly nginxImage: NginxImageSource;
+  readonly nginxImage: ImageBuildContext;
+  /** How to build the demo backend image, run by services whose image is `{ "kind": "demo" }`. */
+  readonly demoBackendImage: ImageBuildContext;
 }
 
-/** The nginx sidecar image's Docker build. */
-export interface NginxImageSource {
-  /** The build context directory (staged by `containers/nginx/context.ts`). */
+/** A Docker build of an image this repository owns (staged by `containers/stage.ts`). */
+export interface ImageBuildContext {
+  /** The build context directory. */
   readonly directory: string;
   /** The Dockerfile, relative to `directory`. */
   readonly file: string;
@@ -61,12 +63,16 @@ export class ServicesStack extends Stack {
       containerInsightsV2: ecs.ContainerInsights.ENABLED,
     });
 
-    const nginxImage = ecs.ContainerImage.fromAsset(props.nginxImage.directory, {
-      file: props.nginxImage.file,
-      platform: Platform.LINUX_AMD64,
-    });
+    // Images this repository owns are CDK assets: built by `cdk deploy` and pushed to the
+    // bootstrap repository, so a first deploy needs no image built by hand. One asset each,
+    // shared by every service that runs it.
+    const asset = (context: ImageBuildContext): ecs.ContainerImage =>
+      ecs.ContainerImage.fromAsset(context.directory, { file: context.file, platform: Platform.LINUX_AMD64 });
+    const nginxImage = asset(props.nginxImage);
+    let demoBackend: ecs.ContainerImage | undefined;
     const repositories = new Map<string, ecr.IRepository>();
     const imageOf = (image: ImageConfig): ecs.ContainerImage => {
+      if (image.kind === 'demo') return (demoBackend ??= asset(props.demoBackendImage));
       if (image.kind === 'registry') return ecs.ContainerImage.fromRegistry(image.uri);
       let repository = repositories.get(image.repository);
       if (!repository) {
@@ -97,6 +103,8 @@ export class ServicesStack extends Stack {
         cluster: this.cluster,
         serviceName: `${prefix}-${name}`,
         appImage: imageOf(svc.image),
+        // The demo image's user; other images run as their own USER says.
+        ...(svc.image.kind === 'demo' ? { appUser: DEMO_BACKEND_USER } : {}),
         nginxImage,
         cpu: svc.cpu,
         memoryMiB: svc.memoryMiB,
@@ -104,6 +112,8 @@ export class ServicesStack extends Stack {
         appHealthCheckPath: svc.healthCheckPath,
         nginxPort: config.nginx.port,
         environment: {
+          // Where the application listens: the port nginx proxies to and the health check probes.
+          PORT: String(svc.containerPort),
           CA_DMS_SERVICE: name,
           // The read pool serves only GET/HEAD (the load balancer guarantees it) from replicas.
           DATABASE_READ_ONLY: String(name === 'backend-read'),

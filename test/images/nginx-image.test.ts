@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { DEFAULT_NGINX_PORT } from '../../lib/config/deployment-config.js';
 import { NGINX_CONTAINER_USER, NGINX_WRITABLE_PATHS } from '../../lib/services/sidecar-service.js';
 import { freePort, send, startBackend, type Backend } from '../integration/nginx/harness.js';
-import { startImage, type ExportedImage, type RunningImage } from './rootfs.js';
+import { startImage, uidsOf, waitUntil, type ExportedImage, type RunningImage } from './rootfs.js';
 
 const nginxImage = (): ExportedImage => {
   const image = inject('nginxImage');
@@ -17,21 +17,6 @@ const nginxImage = (): ExportedImage => {
 };
 
 const writablePaths = Object.values(NGINX_WRITABLE_PATHS);
-
-/** Waits for the process to end and returns its exit code. */
-const exitOf = (run: RunningImage): Promise<number | null> =>
-  new Promise((resolve) => {
-    if (run.child.exitCode !== null) resolve(run.child.exitCode);
-    else run.child.once('exit', (code) => resolve(code));
-  });
-
-/** The real and effective uids of a process, from /proc. */
-const uidsOf = (pid: number): number[] => {
-  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
-    .split('\n')
-    .find((l) => l.startsWith('Uid:'));
-  return (line ?? '').split(/\s+/).slice(1, 3).map(Number);
-};
 
 describe('the nginx sidecar image', () => {
   it('runs as the unprivileged user the task definition names', () => {
@@ -54,7 +39,7 @@ describe('the nginx sidecar image', () => {
 
   it('stops with exit 78 naming the variable, before nginx starts, when a setting is invalid', async () => {
     const run = startImage(nginxImage(), { env: { NGINX_KEEPALIVE_TIMEOUT: '30', NGINX_WORKER_CONECTIONS: '1024' }, writablePaths });
-    const code = await exitOf(run);
+    const code = await run.exited;
     const stderr = readFileSync(run.stderrPath, 'utf8');
     await run.stop();
 
@@ -83,18 +68,12 @@ describe('the nginx sidecar image, started', () => {
       },
       writablePaths,
     });
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      const up = await send(port, '/health').then(
+    await waitUntil(run, () =>
+      send(port, '/health').then(
         () => true,
         () => false,
-      );
-      if (up) break;
-      if (run.child.exitCode !== null || Date.now() > deadline) {
-        throw new Error(`the image's nginx did not start: ${readFileSync(run.stderrPath, 'utf8')}`);
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
+      ),
+    );
   });
   afterAll(async () => {
     await run?.stop();

@@ -111,6 +111,8 @@ export function exportImage(name: string, parent: string): ExportedImage {
 /** One started entry point. */
 export interface RunningImage {
   readonly child: ChildProcess;
+  /** Settles with the exit code (null when a signal ended it). */
+  readonly exited: Promise<number | null>;
   /** Where the process's stdout and stderr go. */
   readonly stdoutPath: string;
   readonly stderrPath: string;
@@ -125,6 +127,8 @@ export interface StartImageOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** The task's writable paths (the ECS volumes). */
   readonly writablePaths: readonly string[];
+  /** Runs this instead of the image's entry point (as ECS runs a health check command). */
+  readonly command?: readonly string[];
 }
 
 const shellQuote = (s: string): string => `'${s.replaceAll("'", "'\\''")}'`;
@@ -173,7 +177,7 @@ export function startImage(image: ExportedImage, options: StartImageOptions): Ru
     // exec all the way down: the child's pid becomes the entry point's, as PID 1 of a container.
     `exec env -i ${Object.entries(env)
       .map(([k, v]) => shellQuote(`${k}=${v}`))
-      .join(' ')} chroot --userspec=${image.uid}:${image.gid} ${shellQuote(root)} ${image.entrypoint.map(shellQuote).join(' ')}`,
+      .join(' ')} chroot --userspec=${image.uid}:${image.gid} ${shellQuote(root)} ${(options.command ?? image.entrypoint).map(shellQuote).join(' ')}`,
   ].join('\n');
   // unshare --mount makes the mounts private to this process tree: they vanish with it.
   const child = spawn('unshare', ['--mount', '--propagation', 'private', '--', 'sh', '-c', script], {
@@ -186,6 +190,7 @@ export function startImage(image: ExportedImage, options: StartImageOptions): Ru
   });
   return {
     child,
+    exited,
     stdoutPath,
     stderrPath,
     volumes,
@@ -200,4 +205,27 @@ export function startImage(image: ExportedImage, options: StartImageOptions): Ru
       return child.exitCode;
     },
   };
+}
+
+/** The real and effective uids of a process, from /proc. */
+export function uidsOf(pid: number): number[] {
+  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('Uid:'));
+  return (line ?? '').split(/\s+/).slice(1, 3).map(Number);
+}
+
+/**
+ * Waits until `probe` resolves true, failing with the process's stderr if it exits first or
+ * 60 s pass (starting a node process on a loaded CI machine has taken over 10 s).
+ */
+export async function waitUntil(run: RunningImage, probe: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (await probe()) return;
+    if (run.child.exitCode !== null || Date.now() > deadline) {
+      throw new Error(`the image did not come up: ${readFileSync(run.stderrPath, 'utf8')}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }

@@ -14,11 +14,13 @@ declare module 'vitest' {
   export interface ProvidedContext {
     /** The nginx sidecar image, exported; absent outside `npm run test:images`. */
     nginxImage: ExportedImage | undefined;
+    /** The demo backend image, exported; absent outside `npm run test:images`. */
+    backendImage: ExportedImage | undefined;
   }
 }
 
 /** The variables naming the images, e.g. `localhost/ca-dms-nginx:ci`. */
-export const IMAGE_VARIABLES = { nginxImage: 'CA_DMS_NGINX_IMAGE' } as const;
+export const IMAGE_VARIABLES = { nginxImage: 'CA_DMS_NGINX_IMAGE', backendImage: 'CA_DMS_BACKEND_IMAGE' } as const;
 
 export default function setup(project: TestProject): () => void {
   const parent = mkdtempSync(join(tmpdir(), 'ca-dms-images-'));

@@ -63,6 +63,7 @@ export function synthesize(configInput: unknown): Synthesized {
     },
     migrationsDirectory: join(FIXTURES, 'migrations'),
     nginxImage: { directory: join(FIXTURES, 'nginx'), file: 'Dockerfile' },
+    demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
     depsLockFilePath: join(ROOT, 'package-lock.json'),
   });
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app));

@@ -104,8 +104,8 @@ export interface RunningNginx extends RenderedConfig {
   stop(): Promise<void>;
 }
 
-async function waitForPort(port: number, child: ChildProcess, errorLog: string): Promise<void> {
-  const deadline = Date.now() + 10_000;
+async function waitForPort(port: number, child: ChildProcess, errorLog: string, timeoutSeconds = 10): Promise<void> {
+  const deadline = Date.now() + timeoutSeconds * 1000;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) {
       throw new Error(`nginx exited with ${child.exitCode}: ${existsSync(errorLog) ? readFileSync(errorLog, 'utf8') : ''}`);
@@ -121,7 +121,7 @@ async function waitForPort(port: number, child: ChildProcess, errorLog: string):
     if (up) return;
     await new Promise((r) => setTimeout(r, 20));
   }
-  throw new Error(`nginx did not listen on ${port} within 10 s`);
+  throw new Error(`nginx did not listen on ${port} within ${timeoutSeconds} s: ${existsSync(errorLog) ? readFileSync(errorLog, 'utf8') : ''}`);
 }
 
 /**
@@ -152,7 +152,9 @@ async function startImageNginx(image: ExportedImage, env: Readonly<Record<string
   const etc = run.volumes['/etc/nginx'];
   if (etc === undefined) throw new Error('the task definition has no writable /etc/nginx for the rendered configuration');
   try {
-    await waitForPort(port, run.child, run.stderrPath);
+    // The image's start runs its renderer under Debian's node first; on a CI machine shared
+    // with other suites that alone has taken more than 10 s.
+    await waitForPort(port, run.child, run.stderrPath, 60);
   } catch (error) {
     await run.stop('SIGKILL');
     throw error;
