@@ -365,9 +365,10 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const control = await available('reading the configuration', () => catalog.loadControl());
       if (scope.service !== undefined) requireService(control.config, scope.service);
       const key = scope.service ?? '*';
-      const before = key === '*' ? control.globalEnabled : control.serviceEnabled[key] !== false;
-      await available('recording the switch', () => catalog.setSwitch({ scope: key, enabled, actor, ...(scope.reason ? { reason: scope.reason } : {}) }));
-      return { scope: scope.service ?? 'global', enabled, changed: before !== enabled };
+      // Whether it changed is decided by the catalog under its lock: a value read here first
+      // could be stale by the time the write lands (8 concurrent starts all saw "stopped").
+      const { changed } = await available('recording the switch', () => catalog.setSwitch({ scope: key, enabled, actor, ...(scope.reason ? { reason: scope.reason } : {}) }));
+      return { scope: scope.service ?? 'global', enabled, changed };
     },
 
     async recommendations(): Promise<RecommendationsView> {

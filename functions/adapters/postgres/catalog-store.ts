@@ -293,15 +293,35 @@ export class CatalogStore implements ControllerCatalog {
   }
 
   /** Turns the global switch (`scope: '*'`) or a service's switch on or off. */
-  async setSwitch(s: { scope: string; enabled: boolean; actor: string; reason?: string }): Promise<Switch> {
+  /**
+   * Sets a switch and says whether that changed it. Writers of one scope are serialised (an
+   * advisory lock per scope, held to commit), so of several concurrent identical calls exactly
+   * one reports `changed`. An absent scope counts as enabled.
+   */
+  async setSwitch(s: { scope: string; enabled: boolean; actor: string; reason?: string }): Promise<Switch & { readonly changed: boolean }> {
     return wrap('setting a switch', async () => {
-      const { rows } = await (await this.db()).query<{ changed_at: Date }>(
-        `insert into catalog.scaling_switches (scope, enabled, changed_by, reason) values ($1, $2, $3, $4)
-         on conflict (scope) do update set enabled = excluded.enabled, changed_by = excluded.changed_by, reason = excluded.reason, changed_at = now()
-         returning changed_at`,
-        [s.scope, s.enabled, s.actor, s.reason ?? ''],
-      );
-      return { scope: s.scope, enabled: s.enabled, changedBy: s.actor, changedAt: rows[0]?.changed_at ?? new Date(), reason: s.reason ?? '' };
+      const client = await this.checkout();
+      let broken: Error | undefined;
+      try {
+        await client.query('begin');
+        await client.query("select pg_advisory_xact_lock(hashtext('catalog.scaling_switches'), hashtext($1))", [s.scope]);
+        const before = await client.query<{ enabled: boolean }>('select enabled from catalog.scaling_switches where scope = $1', [s.scope]);
+        const { rows } = await client.query<{ changed_at: Date }>(
+          `insert into catalog.scaling_switches (scope, enabled, changed_by, reason) values ($1, $2, $3, $4)
+           on conflict (scope) do update set enabled = excluded.enabled, changed_by = excluded.changed_by, reason = excluded.reason, changed_at = now()
+           returning changed_at`,
+          [s.scope, s.enabled, s.actor, s.reason ?? ''],
+        );
+        await client.query('commit');
+        const changed = (before.rows[0]?.enabled ?? true) !== s.enabled;
+        return { scope: s.scope, enabled: s.enabled, changedBy: s.actor, changedAt: rows[0]?.changed_at ?? new Date(), reason: s.reason ?? '', changed };
+      } catch (err) {
+        broken = err as Error;
+        await client.query('rollback').catch(() => undefined);
+        throw err;
+      } finally {
+        client.done(broken);
+      }
     });
   }
 

@@ -332,6 +332,16 @@ describe('scaling API over HTTP', () => {
       await h.fetchJson(`${API}/start`, { method: 'POST' });
     });
 
+    it('answers changed: true to exactly one of 8 concurrent starts, as the history records', async () => {
+      await h.fetchJson(`${API}/stop`, { method: 'POST' });
+      const results = await Promise.all(Array.from({ length: 8 }, () => h.fetchJson(`${API}/start`, { method: 'POST' })));
+      const events = await h.fetchJson(`${API}/history?kind=event&limit=8`);
+      const changed = results.filter((r) => (r.body as { changed: boolean }).changed);
+      expect(results.map((r) => r.status)).toEqual(Array.from({ length: 8 }, () => 200));
+      expect(changed).toHaveLength(1);
+      expect((events.body as { items: Array<{ type: string }> }).items.map((i) => i.type)).toEqual(Array.from({ length: 8 }, () => 'started'));
+    });
+
     it('stops one service, and the controller leaves it alone', async () => {
       await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ service: 'worker' }) });
       h.clock.advance(60_000);
