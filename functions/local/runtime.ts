@@ -41,6 +41,7 @@ import { runMigrations } from '../adapters/postgres/migrate.js';
 import type { ReplicaReader } from '../adapters/postgres/replica-reader.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { SimulatedFleet } from '../adapters/sim/fleet.js';
+import { LiveLoad } from '../adapters/sim/live-load.js';
 import { readTraceFile } from '../adapters/sim/trace-file.js';
 import { createDocumentsRoute } from './documents-api.js';
 import { seedDemoData, type SeedOutcome } from './seed.js';
@@ -74,7 +75,15 @@ export interface LocalModeOptions {
   /** One line of operator output (progress, decisions). */
   readonly onLine: (line: string) => void;
   readonly clock?: Clock;
+  /** Requests per second of live traffic that keep one simulated task busy (default {@link LIVE_REQUESTS_PER_TASK}). */
+  readonly liveRequestsPerTask?: number;
 }
+
+/**
+ * Live requests per second one simulated task serves at 100 % CPU: small, so that a load test
+ * from a laptop (`npm run load`, a few hundred requests per second) visibly moves the fleet.
+ */
+export const LIVE_REQUESTS_PER_TASK = 20;
 
 export interface LocalMode {
   readonly url: string;
@@ -177,7 +186,9 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       await catalog.putConfig(envDocument, { actor: 'local-mode', comment: stored ? 'environment variables at start' : 'local mode defaults', ifVersion: stored?.version ?? 0 });
     }
 
-    const fleet = new SimulatedFleet({ trace: trace.points, acceleration: options.acceleration, clock });
+    // What `npm run load` sends to the documents API becomes demand of the fleet.
+    const liveLoad = new LiveLoad({ clock, requestsPerTask: options.liveRequestsPerTask ?? LIVE_REQUESTS_PER_TASK });
+    const fleet = new SimulatedFleet({ trace: trace.points, acceleration: options.acceleration, clock, extraDemand: (service, now) => liveLoad.taskUnits(service, now) });
     const log = decisionPrinter(say);
     const controller = new ScalingController({ metrics: fleet, target: fleet, registry: fleet, catalog, clock, log, policies: getPolicy, fallbackConfig: config });
     const history = new HistoryReader(async () => catalogPool);
@@ -203,7 +214,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const server: LocalServer = await startLocalServer({
       handler: createApiHandler(() => port, { snapshots: { shardsMaxAgeMs: shardingConfig.health_check_interval_seconds * 1000 } }),
       port: options.port,
-      extraRoutes: [createDashboardRoute(), createDocumentsRoute({ writer, reader, router, shardIds: pools.shardIds() })],
+      extraRoutes: [liveLoad.route(), createDashboardRoute(), createDocumentsRoute({ writer, reader, router, shardIds: pools.shardIds() })],
     });
     cleanup.push(() => server.close());
 

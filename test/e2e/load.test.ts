@@ -2,11 +2,14 @@
  * `npm run load` and the documents API it loads, against local mode running as a child process.
  * Loopback only, a few seconds per run.
  */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, request as httpRequest, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../support/postgres.js';
-import { getJson, runCli, startLocalProcess, type LocalProcess } from './support/local-process.js';
+import { eventually, getJson, runCli, startLocalProcess, type LocalProcess } from './support/local-process.js';
 
 interface Report {
   requests: number;
@@ -48,8 +51,15 @@ describe('the documents API and npm run load', () => {
     return local.url;
   };
 
+  let traceDir: string;
+
   beforeAll(async () => {
-    local = await startLocalProcess({ args: ['--seed-users', '20'] });
+    // A quiet trace: 1 request/min for days, a burst at the very end that sets its 99th
+    // percentile, so the replayed demand stays near zero and any scale-out is the load test's.
+    traceDir = await mkdtemp(join(tmpdir(), 'ca-dms-quiet-'));
+    const rows = Array.from({ length: 3000 }, (_, i) => `${new Date(Date.UTC(2026, 0, 5) + i * 60_000).toISOString()},${i >= 2950 ? 100 : 1}`);
+    await writeFile(join(traceDir, 'quiet.csv'), `timestamp,value\n${rows.join('\n')}\n`);
+    local = await startLocalProcess({ args: ['--seed-users', '20', '--trace', join(traceDir, 'quiet.csv'), '--acceleration', '1'], env: { SCALING_CHECK_INTERVAL: '1' } });
     proxy = await failingWritesProxy(local.url);
   });
 
@@ -57,6 +67,7 @@ describe('the documents API and npm run load', () => {
     await new Promise<void>((r) => (proxy ? proxy.close(() => r()) : r()));
     await local?.stop('SIGTERM');
     await local?.remove();
+    await rm(traceDir, { recursive: true, force: true });
   });
 
   it('writes a document on its owner\'s shard and reads it back at once with the read token', async () => {
@@ -90,6 +101,32 @@ describe('the documents API and npm run load', () => {
     expect(res.status).toBe(405);
     expect(res.headers.get('allow')).toBe('POST');
   });
+
+  it('becomes demand of the simulated fleet: the controller scales the read pool out, citing the load on its CPU', async () => {
+    type Item = { at: string; service: string; direction: string; outcome: string; from: number; to: number; reasons: Array<{ message: string }> };
+    type Series = { services: Array<{ points: Array<{ at: string; demand: number | null }> }> };
+    const scaleOuts = async (since: string) =>
+      (await getJson<{ items: Item[] }>(`${url()}/api/v1/scaling/history?service=backend-read&kind=decision&direction=out&outcome=applied&since=${since}`)).body.items;
+    const quietSince = new Date(Date.now() - 10_000).toISOString();
+    const quiet = await scaleOuts(quietSince);
+    const loadStart = new Date().toISOString();
+
+    const run = await runCli(['load', '--url', url(), '--duration', '8', '--connections', '4', '--format', 'json']);
+    const out = await eventually(async () => {
+      const items = await scaleOuts(loadStart);
+      return items.length > 0 ? items : undefined;
+    }, 20_000, 'a scale-out of backend-read after the load');
+    const series = (await getJson<Series>(`${url()}/api/v1/scaling/timeseries?service=backend-read&since=${quietSince}&step=1`)).body.services[0]?.points ?? [];
+
+    expect(run.code).toBe(0);
+    expect(quiet).toEqual([]);
+    expect(out[0]?.to).toBeGreaterThan(out[0]?.from ?? Infinity);
+    expect(out[0]?.reasons.map((r) => r.message).join('; ')).toMatch(/CPU/);
+    // The demand recorded while the load ran is far above the quiet trace's.
+    const before = series.filter((p) => p.at < loadStart).map((p) => p.demand ?? 0);
+    const during = series.filter((p) => p.at >= loadStart).map((p) => p.demand ?? 0);
+    expect(Math.max(...during)).toBeGreaterThan(10 * Math.max(1, ...before));
+  }, 60_000);
 
   it('runs the mix of document reads, writes and scaling API reads and passes without errors', async () => {
     const run = await runCli(['load', '--url', url(), '--duration', '2', '--connections', '4', '--format', 'json']);

@@ -53,6 +53,8 @@ export interface SimulatedFleetOptions {
   /** The simulator's model: tick, task start-up time (trace seconds), bounds, requests per unit. */
   readonly model?: SimulationModel;
   readonly services?: readonly FleetServiceSpec[];
+  /** Demand (task-units) added to the trace's at wall-clock `now`: live traffic (see `LiveLoad`). */
+  readonly extraDemand?: (service: string, now: number) => number;
 }
 
 /** A service the fleet does not run. */
@@ -134,7 +136,7 @@ export class SimulatedFleet implements ScalingTarget, MetricsSource, ScalableTar
     const i = Math.floor(wrapped);
     const a = sim.demand[i] ?? 0;
     const b = sim.demand[(i + 1) % n] ?? a;
-    return a + (b - a) * (wrapped - i);
+    return a + (b - a) * (wrapped - i) + (this.options.extraDemand?.(sim.spec.service, now) ?? 0);
   }
 
   /** Moves tasks whose start-up is over from pending to running. */
