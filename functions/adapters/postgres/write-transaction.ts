@@ -92,7 +92,7 @@ export interface ShardWriteResult<T> {
   readonly attempts: number;
 }
 
-export type ShardWriteErrorReason = 'unknown-shard' | 'fence-timeout' | 'too-many-reroutes';
+export type ShardWriteErrorReason = 'unknown-shard' | 'fence-timeout' | 'too-many-reroutes' | 'deadline-exceeded';
 
 /** A write could not be placed. Nothing was committed. */
 export class ShardWriteError extends Error {
@@ -106,9 +106,21 @@ export class ShardWriteError extends Error {
   }
 }
 
-export interface ShardWriter {
-  withShardWrite<T>(key: string, fn: (ctx: ShardWriteContext) => Promise<T>): Promise<ShardWriteResult<T>>;
+export interface ShardWriteOptions {
+  /**
+   * The request's deadline, in ms from the call. Each attempt's transaction gets `SET LOCAL
+   * statement_timeout` and `lock_timeout` of the time left, so PostgreSQL itself stops the
+   * work when the caller stops waiting (no query left running for nobody).
+   */
+  readonly deadlineMs?: number;
 }
+
+export interface ShardWriter {
+  withShardWrite<T>(key: string, fn: (ctx: ShardWriteContext) => Promise<T>, options?: ShardWriteOptions): Promise<ShardWriteResult<T>>;
+}
+
+/** SQLSTATEs of a statement or lock wait the deadline cut short. */
+const DEADLINE_SQLSTATES = new Set(['57014', '55P03']);
 
 interface FenceRow {
   kind: 'slot' | 'directory';
@@ -137,7 +149,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
   const maxReroutes = options.maxReroutes ?? 5;
   const sleep = options.sleep ?? defaultSleep;
 
-  async function withShardWrite<T>(key: string, fn: (ctx: ShardWriteContext) => Promise<T>): Promise<ShardWriteResult<T>> {
+  async function withShardWrite<T>(key: string, fn: (ctx: ShardWriteContext) => Promise<T>, writeOptions: ShardWriteOptions = {}): Promise<ShardWriteResult<T>> {
+    const deadlineAt = writeOptions.deadlineMs === undefined ? undefined : Date.now() + writeOptions.deadlineMs;
     let fresh = false;
     let reroutes = 0;
     let waitedMs = 0;
@@ -151,6 +164,10 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       let released = false;
       try {
         await client.query('begin');
+        if (deadlineAt !== undefined) {
+          const left = Math.max(1, deadlineAt - Date.now());
+          await client.query(`set local statement_timeout = ${left}; set local lock_timeout = ${left}`);
+        }
         const fences = await client.query<FenceRow>(
           `select kind, state from write_fences
             where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)
@@ -174,6 +191,10 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         // A connection that could not even roll back must not go back to the pool.
         client.release(rolledBack ? undefined : true);
         released = true;
+        const code = (err as { code?: unknown }).code;
+        if (deadlineAt !== undefined && typeof code === 'string' && DEADLINE_SQLSTATES.has(code)) {
+          throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} passed its ${writeOptions.deadlineMs} ms deadline; PostgreSQL cancelled it and nothing was committed`, { cause: err });
+        }
         throw err;
       } finally {
         if (!released) client.release();
