@@ -1,6 +1,7 @@
 import type { App, Environment } from 'aws-cdk-lib';
 import type { DeploymentConfig } from './config/deployment-config.js';
 import type { ControlPlaneEntries } from './control-plane/control-plane.js';
+import { applyGuardPosture } from './guard.js';
 import { ControlPlaneStack } from './stacks/control-plane-stack.js';
 import { DataStack } from './stacks/data-stack.js';
 import { NetworkStack } from './stacks/network-stack.js';
@@ -87,6 +88,7 @@ export function addCaDmsStacks(app: App, config: DeploymentConfig, sources: CaDm
     controlPlane,
     description: 'CA-DMS observability: dashboard and alarms',
   });
+  applyGuardPosture(app);
   return { network, data, services, controlPlane, observability };
 }
 

@@ -29,6 +29,8 @@ export interface LoadBalancerProps {
   readonly certificateArn?: string;
   /** TLS policy of the HTTPS listener. @default elbv2.SslPolicy.RECOMMENDED_TLS (TLS 1.3 and 1.2, forward secrecy) */
   readonly sslPolicy?: elbv2.SslPolicy;
+  /** Refuse deletion of the load balancer (production). @default false */
+  readonly deletionProtection?: boolean;
   /** The API's path pattern. @default '/api/*' */
   readonly apiPathPattern?: string;
 }
@@ -74,6 +76,7 @@ export class LoadBalancer extends Construct {
       dropInvalidHeaderFields: true,
       idleTimeout: Duration.seconds(60),
       http2Enabled: true,
+      deletionProtection: props.deletionProtection ?? false,
     });
     this.alb.logAccessLogs(props.accessLogBucket, 'alb');
 

@@ -154,6 +154,7 @@ export class ServicesStack extends Stack {
       writeTargets: this.targetGroups['backend-write'],
       defaultTargets: this.targetGroups.frontend,
       certificateArn: this.certificateArn(config),
+      deletionProtection: config.production,
     });
     const zone = config.domain?.hostedZone;
     if (zone && config.domain?.domainName) {

@@ -12,6 +12,7 @@ import { RESPONSE_TIME_STATISTIC } from '../../functions/adapters/aws/topology.j
 import { parseScalingConfig } from '../../functions/core/scaling/config.js';
 import { SERVICE_NAMES } from '../../lib/config/deployment-config.js';
 import { SCALING_API_ROUTES } from '../../lib/control-plane/scaling-api.js';
+import { GUARD_EXEMPTIONS } from '../../lib/guard.js';
 import { scalingApiDocument } from '../../functions/api/routes.js';
 import { METRICS_SERVICE } from '../../functions/handlers/shared/powertools.js';
 import { CONTROLLER_METRICS_SERVICE } from '../../lib/observability/scaling-dashboard.js';
@@ -78,6 +79,34 @@ describe('services stack without a domain (development)', () => {
     const warnings = s.app.node.findAll().flatMap((c) => c.node.metadata.filter((m) => m.type === 'aws:cdk:warning').map((m) => String(m.data)));
     expect(warnings.some((w) => w.includes('plain HTTP only'))).toBe(true);
     s.template(s.stacks.services).resourceCountIs('AWS::CertificateManager::Certificate', 0);
+  });
+});
+
+describe('cfn-guard posture (lib/guard.ts)', () => {
+  it('lets no KMS key grant to anything but AWS resources (CT.KMS.PR.3)', () => {
+    const keys = Object.values(s.stacks).flatMap((stack) => resourcesOf(s.template(stack), 'AWS::KMS::Key'));
+    expect(keys.length).toBeGreaterThan(0);
+    for (const [, key] of keys) {
+      expect((key.Properties?.['KeyPolicy'] as { Statement: Json[] }).Statement).toContainEqual(
+        expect.objectContaining({
+          Effect: 'Deny',
+          Action: 'kms:CreateGrant',
+          Condition: { BoolIfExists: { 'kms:GrantIsForAWSResource': 'false', 'aws:PrincipalIsAWSService': 'false' } },
+        }),
+      );
+    }
+  });
+
+  it('acknowledges each guard exemption with its reason only on resources it covers', () => {
+    const acknowledged = s.app.node
+      .findAll()
+      .flatMap((c) => c.node.metadata.filter((m) => m.type === 'aws:cdk:acknowledged-rules'))
+      .flatMap((m) => Object.entries(m.data as Record<string, string>))
+      .filter(([id]) => id.startsWith('cdk-validator-cfnguard::'));
+    expect(acknowledged.length).toBeGreaterThan(0);
+    for (const [id, reason] of acknowledged) {
+      expect(GUARD_EXEMPTIONS.find((e) => `cdk-validator-cfnguard::${e.rule}` === id)?.reason).toBe(reason);
+    }
   });
 });
 
