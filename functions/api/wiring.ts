@@ -479,7 +479,11 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         return jobView(job);
       } catch (err) {
         if (err instanceof MoveRequestError) {
-          throw new ProblemError(400, err.message, { title: 'Invalid request', invalidParams: [{ name: 'body', reason: err.message }], cause: err });
+          // A well-formed request naming a shard that does not exist, the unit's own shard, or a
+          // unit the routing strategy does not route by cannot be carried out: 422, with the field.
+          const field = err.problem === 'strategy' ? 'body.kind' : err.problem === 'invalid' ? 'body' : 'body.to';
+          const status = err.problem === 'invalid' ? 400 : 422;
+          throw new ProblemError(status, err.message, { ...(status === 400 ? { title: 'Invalid request' } : {}), invalidParams: [{ name: field, reason: err.message }], cause: err });
         }
         if (err instanceof MoveConflictError || err instanceof MoveBusyError) throw new ConflictError(err.message, { cause: err });
         throw err;

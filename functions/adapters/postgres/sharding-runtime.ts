@@ -96,7 +96,14 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       weights: Object.fromEntries(config.shards.map((s) => [s.shard_id, s.weight])),
       ...(options.cloud ? { cloud: options.cloud } : {}),
     });
-    const mover = new Mover({ catalog, shards: primaries, slotMaps, directory, actor: options.actor });
+    const mover = new Mover({
+      catalog,
+      shards: primaries,
+      slotMaps,
+      directory,
+      actor: options.actor,
+      routing: { strategy: config.strategy, overrideHash: config.directory.override_hash, fallback: config.directory.fallback },
+    });
     return {
       config,
       pools,

@@ -75,6 +75,9 @@ export function nextState(state: MoveState): MoveState | undefined {
 export function canTransition(from: MoveState, to: MoveState, flipStarted = false): boolean {
   if (isTerminal(from)) return false;
   if (to === nextState(from)) return true;
+  // A fence that could not be taken (or held) within its budget is released and the move goes
+  // back to catching up, to try again later: writes must never stay blocked waiting for a move.
+  if (from === 'cutover' && to === 'catching_up') return true;
   if (to === 'failed' || to === 'cancelled') return !flipStarted && BEFORE_FLIP.includes(from);
   return false;
 }

@@ -415,6 +415,16 @@ describe('scaling API over HTTP', () => {
       expect(after).toMatchObject({ shard_id: to, map_version: 2 });
     });
 
+    it('refuses a move to an unknown shard or to the unit\'s own shard with 422 naming body.to, and records no job', async () => {
+      const key = '5d1c0e7a-6b3f-4a8e-9c2d-7e6f5a4b3c21';
+      const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
+      const unknown = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to: 'shard_999' }) });
+      const own = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to: route.shard_id }) });
+      expect([unknown.status, own.status]).toEqual([422, 422]);
+      expect(unknown.body).toMatchObject({ detail: expect.stringMatching(/target shard shard_999 is not one of/), invalid_params: [{ name: 'body.to' }] });
+      expect(own.body).toMatchObject({ detail: expect.stringMatching(new RegExp(`slot ${route.slot} is already on ${route.shard_id}`)), invalid_params: [{ name: 'body.to' }] });
+    });
+
     it('answers 404 for a move that does not exist', async () => {
       const res = await h.fetchJson(`${API}/shards/moves/424242`);
       expect(res.status).toBe(404);

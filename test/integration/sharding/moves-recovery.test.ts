@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
+import { MOVE_CRASH_POINTS } from '../../../functions/core/sharding/move-machine.js';
 import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { startWorkload } from './fixtures/workload.js';
 
@@ -41,14 +42,17 @@ async function waitForAdvisoryLocksReleased(catalog: pg.Pool): Promise<void> {
   throw new Error('the killed mover still holds an advisory lock after 10 s');
 }
 
+/** Every crash point of the protocol (MOVE_CRASH_POINTS), with the state the job is left in. */
 const POINTS: readonly { point: MoveHookPoint; stateAfterKill: string }[] = [
   { point: 'copying', stateAfterKill: 'copying' },
+  { point: 'copied', stateAfterKill: 'copying' },
   { point: 'catching_up', stateAfterKill: 'catching_up' },
   { point: 'cutover', stateAfterKill: 'cutover' },
   { point: 'fenced', stateAfterKill: 'cutover' },
   { point: 'verifying', stateAfterKill: 'verifying' },
   { point: 'published', stateAfterKill: 'verifying' },
   { point: 'cleaning_up', stateAfterKill: 'cleaning_up' },
+  { point: 'cleaned', stateAfterKill: 'cleaning_up' },
 ];
 
 describe('a move killed at any step', () => {
@@ -97,6 +101,10 @@ describe('a move killed at any step', () => {
       expect([...result.deleted].filter((id) => onTarget.has(id))).toEqual([]);
     },
   );
+
+  it('covers every crash point the protocol names', () => {
+    expect(POINTS.map((p) => p.point)).toEqual([...MOVE_CRASH_POINTS]);
+  });
 
   it('keeps a unit fenced while its mover is dead in the cutover, so writes wait instead of landing on the old owner', async () => {
     const slot = 320;

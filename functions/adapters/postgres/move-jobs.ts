@@ -1,0 +1,164 @@
+/**
+ * Move jobs as recorded in `catalog.move_jobs` (sharding migrations 002 and 003), the errors the
+ * mover reports, and the request an operator sends. Shared by the mover (planning, running,
+ * cancelling) and its PostgreSQL port (the steps).
+ *
+ * @example
+ * ```ts
+ * const { rows } = await catalog.query<JobRow>('select * from catalog.move_jobs where id = $1', [id]);
+ * const job = toJob(rows[0]!);
+ * ```
+ */
+import { z } from 'zod';
+import { MoveError, type MoveJobView } from '../../core/sharding/move-machine.js';
+import type { MoveState, MoveUnitKind } from '../../core/sharding/move-plan.js';
+
+export { MoveError, MoveFenceTimeoutError } from '../../core/sharding/move-machine.js';
+
+export interface CopyCursor {
+  readonly table: string;
+  readonly after: string | null;
+}
+
+/** Per table: row count and an order-independent checksum of the rows. */
+export type TableSummaries = Readonly<Record<string, { readonly rows: number; readonly checksum: string }>>;
+
+export interface MoveJob extends MoveJobView {
+  /** The hash slot the unit lives in (for a directory key, the slot of the key). */
+  readonly slot: number;
+  readonly flipStartedAt: Date | null;
+  /** Set once a rollback has been decided (compare-and-set against the flip). */
+  readonly rollbackTo: 'failed' | 'cancelled' | null;
+  readonly excludedKeys: readonly string[];
+  readonly copyCursor: CopyCursor | null;
+  readonly rowsCopied: number;
+  readonly changesApplied: number;
+  readonly rowsDeleted: number;
+  /** Times the cutover gave up because the fence could not be held within its budget. */
+  readonly fenceTimeouts: number;
+  readonly sourceSummary: TableSummaries | null;
+  readonly targetSummary: TableSummaries | null;
+  readonly mapVersionBefore: number | null;
+  readonly mapVersionAfter: number | null;
+  readonly createdBy: string;
+  readonly reason: string;
+  readonly error: string | null;
+  readonly createdAt: Date;
+  readonly fencedAt: Date | null;
+  readonly unfencedAt: Date | null;
+  readonly finishedAt: Date | null;
+  /** How long writes to the unit were fenced, once the fence has been released. */
+  readonly fenceMs: number | null;
+}
+
+/** Why a move request was refused, for callers that map it to a status (API: 422). */
+export type MoveRequestProblem = 'invalid' | 'unknown-shard' | 'same-shard' | 'strategy' | 'not-found';
+
+/** The move request is invalid or cannot be carried out (unknown shard, same source and target, strategy, ...). Nothing was recorded. */
+export class MoveRequestError extends MoveError {
+  override readonly name = 'MoveRequestError';
+  constructor(
+    message: string,
+    readonly problem: MoveRequestProblem = 'invalid',
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** The slot (or the slot of the key) already has an unfinished move. */
+export class MoveConflictError extends MoveError {
+  override readonly name = 'MoveConflictError';
+}
+
+/** Another mover process is running this job right now. */
+export class MoveBusyError extends MoveError {
+  override readonly name = 'MoveBusyError';
+}
+
+/** The job has passed the point of no return (or is finished) and can no longer be cancelled. */
+export class MoveNotCancellableError extends MoveError {
+  override readonly name = 'MoveNotCancellableError';
+}
+
+const shardId = z.string().min(1, 'must not be empty');
+/** A move request, as accepted from an operator (CLI, API). */
+export const moveRequestSchema = z.discriminatedUnion('kind', [
+  z.strictObject({ kind: z.literal('slot'), slot: z.number().int().min(0), to: shardId, createdBy: z.string().min(1), reason: z.string().default('') }),
+  z.strictObject({
+    kind: z.literal('directory'),
+    // The key is hashed and compared as text (routing, fence rows, the capture trigger), so it
+    // must be spelled the way PostgreSQL prints a uuid.
+    key: z
+      .guid('directory keys are user ids (UUIDs)')
+      .refine((k) => k === k.toLowerCase(), 'directory keys must be lower-case UUIDs, as PostgreSQL prints them'),
+    to: shardId,
+    createdBy: z.string().min(1),
+    reason: z.string().default(''),
+  }),
+]);
+export type MoveRequest = z.input<typeof moveRequestSchema>;
+
+export interface JobRow {
+  id: string;
+  kind: MoveUnitKind;
+  unit_id: string;
+  slot: number;
+  from_shard: string;
+  to_shard: string;
+  state: MoveState;
+  cancel_requested: boolean;
+  flip_started_at: Date | null;
+  rollback_to: 'failed' | 'cancelled' | null;
+  excluded_keys: string[];
+  copy_cursor: CopyCursor | null;
+  rows_copied: string;
+  changes_applied: string;
+  rows_deleted: string;
+  fence_timeouts: number;
+  source_summary: TableSummaries | null;
+  target_summary: TableSummaries | null;
+  map_version_before: string | null;
+  map_version_after: string | null;
+  created_by: string;
+  reason: string;
+  error: string | null;
+  created_at: Date;
+  fenced_at: Date | null;
+  unfenced_at: Date | null;
+  finished_at: Date | null;
+}
+
+export function toJob(r: JobRow): MoveJob {
+  return {
+    id: Number(r.id),
+    kind: r.kind,
+    unitId: r.unit_id,
+    slot: r.slot,
+    from: r.from_shard,
+    to: r.to_shard,
+    state: r.state,
+    cancelRequested: r.cancel_requested,
+    flipStarted: r.flip_started_at !== null,
+    flipStartedAt: r.flip_started_at,
+    rollbackTo: r.rollback_to,
+    excludedKeys: r.excluded_keys,
+    copyCursor: r.copy_cursor,
+    rowsCopied: Number(r.rows_copied),
+    changesApplied: Number(r.changes_applied),
+    rowsDeleted: Number(r.rows_deleted),
+    fenceTimeouts: r.fence_timeouts,
+    sourceSummary: r.source_summary,
+    targetSummary: r.target_summary,
+    mapVersionBefore: r.map_version_before === null ? null : Number(r.map_version_before),
+    mapVersionAfter: r.map_version_after === null ? null : Number(r.map_version_after),
+    createdBy: r.created_by,
+    reason: r.reason,
+    error: r.error,
+    createdAt: r.created_at,
+    fencedAt: r.fenced_at,
+    unfencedAt: r.unfenced_at,
+    finishedAt: r.finished_at,
+    fenceMs: r.fenced_at && r.unfenced_at ? r.unfenced_at.getTime() - r.fenced_at.getTime() : null,
+  };
+}

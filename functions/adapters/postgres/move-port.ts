@@ -1,0 +1,613 @@
+/**
+ * The PostgreSQL side of a move: the SQL of each step the move protocol
+ * (`core/sharding/move-machine.ts`) asks for. One port serves one run of one job and uses one
+ * catalog connection (the run's, which also holds the job's advisory lock) and the shards' pools
+ * one connection at a time, so a Lambda whose pools hold a single connection can run a move.
+ *
+ * - Change capture by trigger (`record_move_change`, shard migration 002) rather than by
+ *   `updated_at` or `xmin`: those cannot see deletes, and `updated_at` trusts every writer. The
+ *   log holds only row ids; the catch-up re-reads the current row, so applying an entry twice
+ *   is harmless, and entries are consumed by deleting them (sequence order is not commit order).
+ * - The write fence is a row of `write_fences` on each side, enforced for every writer by a
+ *   trigger (shard migration 003). The mover's own writes mark their transaction with
+ *   `ca_dms.move_writer` and pass.
+ * - The flip and the rollback are compare-and-set in one catalog transaction with the job row
+ *   (locked FOR UPDATE): the flip publishes only while the map still names the source and no
+ *   rollback was decided; a rollback is decided only while the map still names the source and
+ *   the flip has not happened. So a rollback can never delete the new owner's copy.
+ *
+ * @example
+ * ```ts
+ * const port = new PgMovePort({ catalog: client, shards, slotMaps, directory, settings });
+ * const done = await driveMove(job, port);
+ * ```
+ */
+import type pg from 'pg';
+import { MoveCancelled, MoveError, type FlipOutcome, type MovePort, type MoveTransitionName, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
+import { assertTransition } from '../../core/sharding/move-plan.js';
+import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
+import { moveSlots } from '../../core/sharding/slot-map.js';
+import type { DirectoryStore } from './directory-store.js';
+import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
+import type { SlotMapStore } from './slot-map-store.js';
+
+/** The slot-map side of the catalog the mover needs. */
+export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish'>;
+
+/** The directory side of the catalog the mover needs (`entry` reads are never cached). */
+export type MoverDirectory = Pick<DirectoryStore, 'entry' | 'set' | 'list'>;
+
+export interface MoveSettings {
+  /** Rows per copy batch, per catch-up pass and per delete batch. */
+  readonly batchRows: number;
+  /** Catching up ends when a pass applies fewer changes than this. */
+  readonly catchUpThreshold: number;
+  /** How long writes to the unit may be held by the fence: lock wait plus the final catch-up. */
+  readonly fenceBudgetMs: number;
+  /** How long to wait for writers older than the change capture. */
+  readonly drainTimeoutMs: number;
+  /** Time between the flip and deleting the source rows, for readers holding the old map. */
+  readonly readerGraceMs: number;
+  /** Recorded as the publisher of the new map. */
+  readonly actor: string;
+}
+
+export interface PgMovePortOptions {
+  /** The run's catalog connection (it holds the job's advisory lock). */
+  readonly catalog: pg.ClientBase;
+  readonly shards: ReadonlyMap<string, pg.Pool>;
+  readonly slotMaps: MoverSlotMaps;
+  readonly directory: MoverDirectory;
+  readonly settings: MoveSettings;
+  /** Injected for tests; a timer by default. */
+  readonly sleep?: (ms: number) => Promise<void>;
+  /** Injected clock in milliseconds (the fence budget); `performance.now` by default. */
+  readonly now?: () => number;
+}
+
+/** The sharded tables, parents first; `owner` is the column holding the user id (the directory key). */
+const TABLES = [
+  { name: 'users', owner: 'id' },
+  { name: 'documents', owner: 'owner_id' },
+] as const;
+type TableName = (typeof TABLES)[number]['name'];
+
+/** Reads that must see one consistent state of the source (a page and its owners, a change batch). */
+const SNAPSHOT = 'begin isolation level repeatable read read only';
+/** Writes by the mover itself, which the write-fence trigger lets through. */
+const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
+
+const LOCK_NOT_AVAILABLE = '55P03';
+
+/** Step timestamp column recorded when a job enters a state. */
+const ENTERED_AT: Partial<Record<string, string>> = {
+  copying: 'copying_at',
+  catching_up: 'catching_up_at',
+  cutover: 'cutover_at',
+  verifying: 'verifying_at',
+  cleaning_up: 'cleaning_up_at',
+  done: 'finished_at',
+};
+
+/**
+ * Runs `fn` in one transaction on a client of `pool`, opened with `begin`: commits when `fn`
+ * resolves, rolls back when it throws (a failed rollback must not hide the error that caused
+ * it), and always returns the client to the pool.
+ */
+export async function inTransaction<T>(pool: pg.Pool, begin: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query(begin);
+    const result = await fn(client);
+    await client.query('commit');
+    return result;
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw err;
+  } finally {
+    client.release();
+  }
+}
+
+const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class PgMovePort implements MovePort<MoveJob> {
+  private readonly catalog: pg.ClientBase;
+  private readonly settings: MoveSettings;
+  private readonly sleep: (ms: number) => Promise<void>;
+  private readonly now: () => number;
+  private readonly columns = new Map<TableName, readonly string[]>();
+
+  constructor(private readonly options: PgMovePortOptions) {
+    this.catalog = options.catalog;
+    this.settings = options.settings;
+    this.sleep = options.sleep ?? defaultSleep;
+    this.now = options.now ?? (() => performance.now());
+  }
+
+  async reload(job: MoveJob): Promise<MoveJob> {
+    const { rows } = await this.catalog.query<JobRow>('select * from catalog.move_jobs where id = $1', [job.id]);
+    if (!rows[0]) throw new MoveError(`move job #${job.id} has disappeared from the catalog`);
+    return toJob(rows[0]);
+  }
+
+  async transition(job: MoveJob, name: MoveTransitionName, note?: string): Promise<MoveJob> {
+    const { from, to } = MOVE_TRANSITIONS[name];
+    if (job.state !== from) throw new MoveError(`move job #${job.id} is in ${job.state}; transition ${name} needs ${from}`);
+    assertTransition(from, to, job.flipStarted);
+    const col = ENTERED_AT[to];
+    const stamp = col ? `, ${col} = coalesce(${col}, clock_timestamp())` : '';
+    const extra = name === 'fence_timed_out' ? ', fence_timeouts = fence_timeouts + 1, fenced_at = null' : '';
+    const { rows } = await this.catalog.query<JobRow>(
+      `update catalog.move_jobs set state = $2, error = $3, updated_at = now()${stamp}${extra} where id = $1 and state = $4 returning *`,
+      [job.id, to, note ?? null, from],
+    );
+    if (!rows[0]) throw new MoveError(`move job #${job.id} was changed by someone else while in ${from}`);
+    return toJob(rows[0]);
+  }
+
+  async recordError(job: MoveJob, error: string): Promise<void> {
+    await this.catalog.query('update catalog.move_jobs set error = $2, updated_at = now() where id = $1', [job.id, error]);
+  }
+
+  pause(ms: number): Promise<void> {
+    return this.sleep(ms);
+  }
+
+  private pool(shard: string): pg.Pool {
+    const pool = this.options.shards.get(shard);
+    if (!pool) throw new MoveError(`shard ${shard} has no primary pool in this mover`);
+    return pool;
+  }
+
+  private async checkCancel(job: MoveJob): Promise<void> {
+    const { rows } = await this.catalog.query<{ c: boolean }>('select cancel_requested or rollback_to is not null as c from catalog.move_jobs where id = $1', [job.id]);
+    if (rows[0]?.c) throw new MoveCancelled();
+  }
+
+  /** `where` clause selecting the unit's rows of a table, with its parameters from `$first`. */
+  private unitFilter(job: MoveJob, table: TableName, first: number, alias = ''): { sql: string; params: unknown[] } {
+    const owner = `${alias}${TABLES.find((t) => t.name === table)?.owner ?? 'id'}`;
+    if (job.kind === 'slot') {
+      return { sql: `${alias}slot = $${first} and not (${owner}::text = any($${first + 1}::text[]))`, params: [Number(job.unitId), job.excludedKeys] };
+    }
+    return { sql: `${owner} = $${first}::uuid`, params: [job.unitId] };
+  }
+
+  async prepareSource(job: MoveJob): Promise<void> {
+    if (job.kind === 'directory') {
+      // Pin the key where it is, so that the flip is a directory change that hash routing
+      // cannot override; writers routed by hash land on the same shard meanwhile.
+      const pinned = (await this.options.directory.entry(job.unitId, this.catalog))?.shardId ?? null;
+      if (pinned === null) await this.options.directory.set(job.unitId, job.from, this.settings.actor, this.catalog);
+      else if (pinned !== job.from) throw new MoveError(`key ${job.unitId} is now pinned to ${pinned}, not ${job.from}; cancel this move`);
+    }
+    const source = this.pool(job.from);
+    const excluded = job.kind === 'slot' ? job.excludedKeys : [];
+    await source.query(`insert into write_fences (kind, unit_id, excluded_keys) values ($1, $2, $3) on conflict (kind, unit_id) do nothing`, [
+      job.kind,
+      job.unitId,
+      excluded,
+    ]);
+    const fence = await source.query<{ state: string; job_id: string | null }>('select state, job_id from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
+    const row = fence.rows[0];
+    if (row?.state === 'moved' || row?.state === 'incoming') {
+      throw new MoveError(`the fence on ${job.from} says ${job.kind} ${job.unitId} is ${row.state}: that shard does not own it, the catalog and the shard disagree`);
+    }
+    if (row?.state === 'fenced' && Number(row.job_id) !== job.id) throw new MoveError(`${job.kind} ${job.unitId} on ${job.from} is fenced by move job #${row.job_id}`);
+    await source.query('update write_fences set excluded_keys = $3 where kind = $1 and unit_id = $2', [job.kind, job.unitId, excluded]);
+    // The target does not own the unit until the flip: writes that reach it early are refused.
+    const target = await this.pool(job.to).query<{ state: string; job_id: string | null }>(
+      `insert into write_fences (kind, unit_id, state, job_id, excluded_keys) values ($1, $2, 'incoming', $3, $4)
+       on conflict (kind, unit_id) do update set state = 'incoming', moved_to = null, job_id = $3, excluded_keys = $4, updated_at = clock_timestamp()
+         where write_fences.state in ('moved', 'incoming', 'open')
+       returning state`,
+      [job.kind, job.unitId, job.id, excluded],
+    );
+    if (target.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
+    await source.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [
+      job.id,
+      job.kind,
+      job.unitId,
+      job.excludedKeys,
+    ]);
+    await this.drain(source, job);
+  }
+
+  /**
+   * Waits until every writer whose transaction began before the capture (and the fence row)
+   * existed has ended: such a writer could hold no fence lock and log no change, so the copy
+   * must start after it has committed. Only transactions that have written (an xid) or are
+   * writing (a row-exclusive lock on a sharded table) count: a long read-only transaction such
+   * as pg_dump writes nothing the copy could miss.
+   */
+  private async drain(source: pg.Pool, job: MoveJob): Promise<void> {
+    const { rows } = await source.query<{ t: Date }>('select now() as t');
+    const since = rows[0]?.t;
+    const deadline = this.now() + this.settings.drainTimeoutMs;
+    for (;;) {
+      const { rows: active } = await source.query<{ n: number }>(
+        `select count(*)::int as n from pg_stat_activity a
+          where a.datname = current_database() and a.pid <> pg_backend_pid() and a.backend_type = 'client backend' and a.xact_start < $1
+            and (a.backend_xid is not null
+                 or exists (select 1 from pg_locks l where l.pid = a.pid and l.mode = 'RowExclusiveLock'
+                             and l.relation in ('users'::regclass, 'documents'::regclass)))`,
+        [since],
+      );
+      if ((active[0]?.n ?? 0) === 0) return;
+      if (this.now() > deadline) throw new MoveError(`writers on ${job.from} older than the change capture are still open after ${this.settings.drainTimeoutMs} ms`);
+      await this.sleep(10);
+    }
+  }
+
+  async copy(start: MoveJob): Promise<MoveJob> {
+    let job = start;
+    let cursor: CopyCursor = job.copyCursor ?? { table: 'users', after: null };
+    const source = this.pool(job.from);
+    const target = this.pool(job.to);
+    for (const { name: table } of TABLES) {
+      if (TABLES.findIndex((t) => t.name === table) < TABLES.findIndex((t) => t.name === cursor.table)) continue;
+      if (cursor.table !== table) cursor = { table, after: null };
+      for (;;) {
+        await this.checkCancel(job);
+        const batch = await this.readBatch(source, job, table, cursor.after);
+        if (batch.n === 0) break;
+        await inTransaction(target, MOVER_WRITE, async (client) => {
+          if (batch.ownersJson) await this.upsert(client, 'users', batch.ownersJson);
+          await this.upsert(client, table, batch.rowsJson);
+        });
+        cursor = { table, after: batch.last };
+        const { rows } = await this.catalog.query<JobRow>(
+          `update catalog.move_jobs set copy_cursor = $2, rows_copied = rows_copied + $3, updated_at = now() where id = $1 returning *`,
+          [job.id, JSON.stringify(cursor), batch.n],
+        );
+        job = toJob(rows[0] as JobRow);
+      }
+    }
+    return job;
+  }
+
+  /**
+   * One keyset page of a table's unit rows, with (for child tables) their owners read in the
+   * same snapshot, so that the target never sees a document before its user.
+   */
+  private async readBatch(source: pg.Pool, job: MoveJob, table: TableName, after: string | null): Promise<{ n: number; rowsJson: string; ownersJson: string | null; last: string | null }> {
+    return inTransaction(source, SNAPSHOT, async (client) => {
+      const f = this.unitFilter(job, table, 3);
+      const { rows } = await client.query<{ n: number; rows: string; last: string | null; owners: string[] | null }>(
+        `select count(*)::int as n, coalesce(jsonb_agg(to_jsonb(t)), '[]')::text as rows,
+                (array_agg(t.id order by t.id desc))[1]::text as last,
+                ${table === 'users' ? 'null::text[]' : 'array_agg(distinct t.owner_id)::text[]'} as owners
+           from (select * from ${table} where ${f.sql} and ($1::uuid is null or id > $1::uuid) order by id limit $2) t`,
+        [after, this.settings.batchRows, ...f.params],
+      );
+      const page = rows[0] ?? { n: 0, rows: '[]', last: null, owners: null };
+      let ownersJson: string | null = null;
+      if (page.owners && page.owners.length > 0) {
+        const uf = this.unitFilter(job, 'users', 2, 'u.');
+        const owners = await client.query<{ rows: string }>(`select coalesce(jsonb_agg(to_jsonb(u)), '[]')::text as rows from users u where u.id = any($1::uuid[]) and ${uf.sql}`, [
+          page.owners,
+          ...uf.params,
+        ]);
+        ownersJson = owners.rows[0]?.rows ?? null;
+      }
+      return { n: page.n, rowsJson: page.rows, ownersJson, last: page.last };
+    });
+  }
+
+  async catchUp(job: MoveJob, until: 'few' | 'all'): Promise<boolean> {
+    const deadline = this.now() + this.settings.fenceBudgetMs;
+    for (let pass = 0; ; pass++) {
+      if (until === 'few') await this.checkCancel(job);
+      const applied = await this.catchUpPass(job);
+      if (until === 'all' ? applied === 0 : applied < this.settings.catchUpThreshold) return true;
+      if (until === 'few' && pass >= 100) return true;
+      // While fenced, every pass holds writers: past the budget, give the fence up.
+      if (until === 'all' && this.now() > deadline) return false;
+    }
+  }
+
+  /** One pass: re-read the current source rows of up to `batchRows` logged ids and make the target match. */
+  private async catchUpPass(job: MoveJob): Promise<number> {
+    const source = this.pool(job.from);
+    const { rows: entries } = await source.query<{ seq: string; table_name: TableName; row_id: string }>(
+      'select seq, table_name, row_id from move_changes where job_id = $1 order by seq limit $2',
+      [job.id, this.settings.batchRows],
+    );
+    if (entries.length === 0) return 0;
+    const ids = new Map<TableName, Set<string>>(TABLES.map((t) => [t.name, new Set<string>()]));
+    for (const e of entries) ids.get(e.table_name)?.add(e.row_id);
+    const docIds = [...(ids.get('documents') ?? [])];
+    const userIds = [...(ids.get('users') ?? [])];
+
+    const { docs, users } = await inTransaction(source, SNAPSHOT, async (client) => {
+      const df = this.unitFilter(job, 'documents', 2, 't.');
+      const d = await client.query<{ rows: string; ids: string[] | null; owners: string[] | null }>(
+        `select coalesce(jsonb_agg(to_jsonb(t)), '[]')::text as rows, array_agg(t.id)::text[] as ids, array_agg(distinct t.owner_id)::text[] as owners
+           from documents t where t.id = any($1::uuid[]) and ${df.sql}`,
+        [docIds, ...df.params],
+      );
+      const docs = { rows: d.rows[0]?.rows ?? '[]', ids: d.rows[0]?.ids ?? [], owners: d.rows[0]?.owners ?? [] };
+      const uf = this.unitFilter(job, 'users', 2, 't.');
+      const u = await client.query<{ rows: string; ids: string[] | null }>(
+        `select coalesce(jsonb_agg(to_jsonb(t)), '[]')::text as rows, array_agg(t.id)::text[] as ids from users t where t.id = any($1::uuid[]) and ${uf.sql}`,
+        [[...new Set([...userIds, ...docs.owners])], ...uf.params],
+      );
+      return { docs, users: { rows: u.rows[0]?.rows ?? '[]', ids: u.rows[0]?.ids ?? [] } };
+    });
+
+    const presentDocs = new Set(docs.ids);
+    const presentUsers = new Set(users.ids);
+    const goneDocs = docIds.filter((id) => !presentDocs.has(id));
+    const goneUsers = userIds.filter((id) => !presentUsers.has(id));
+    await inTransaction(this.pool(job.to), MOVER_WRITE, async (target) => {
+      await this.upsert(target, 'users', users.rows);
+      await this.upsert(target, 'documents', docs.rows);
+      const df = this.unitFilter(job, 'documents', 2);
+      await target.query(`delete from documents where id = any($1::uuid[]) and ${df.sql}`, [goneDocs, ...df.params]);
+      const uf = this.unitFilter(job, 'users', 2);
+      await target.query(`delete from users where id = any($1::uuid[]) and ${uf.sql}`, [goneUsers, ...uf.params]);
+    });
+    await source.query('delete from move_changes where seq = any($1::bigint[])', [entries.map((e) => e.seq)]);
+    await this.catalog.query('update catalog.move_jobs set changes_applied = changes_applied + $2, updated_at = now() where id = $1', [job.id, entries.length]);
+    return entries.length;
+  }
+
+  /**
+   * Sets the source fence to `fenced`, waiting at most the fence budget for writers in flight
+   * (`lock_timeout`): while the UPDATE waits, later writers queue behind it, so an unbounded
+   * wait would block every write to the unit. On timeout nothing has changed.
+   */
+  async fence(job: MoveJob): Promise<boolean> {
+    try {
+      await inTransaction(this.pool(job.from), 'begin', async (client) => {
+        await client.query(`select set_config('lock_timeout', $1, true)`, [`${Math.max(1, Math.round(this.settings.fenceBudgetMs))}ms`]);
+        const res = await client.query(
+          `update write_fences set state = 'fenced', job_id = $3, updated_at = clock_timestamp()
+            where kind = $1 and unit_id = $2 and (state = 'open' or (state = 'fenced' and job_id = $3))`,
+          [job.kind, job.unitId, job.id],
+        );
+        if (res.rowCount !== 1) throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.from} is missing or held by another move`);
+      });
+    } catch (err) {
+      if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
+      throw err;
+    }
+    await this.catalog.query('update catalog.move_jobs set fenced_at = coalesce(fenced_at, clock_timestamp()), updated_at = now() where id = $1', [job.id]);
+    return true;
+  }
+
+  async unfence(job: MoveJob): Promise<void> {
+    await this.pool(job.from).query(
+      `update write_fences set state = 'open', job_id = null, updated_at = clock_timestamp()
+        where kind = $1 and unit_id = $2 and state = 'fenced' and job_id = $3`,
+      [job.kind, job.unitId, job.id],
+    );
+  }
+
+  /**
+   * Counts and checksums of the unit's rows, per table, on one shard. The checksum is the sum
+   * of each row's 64-bit `hash_record_extended` (order-independent, so no sort; hashing the
+   * binary values avoids formatting every row as text, which matters because this runs while
+   * the unit is fenced). Both shards run the same PostgreSQL build, so equal rows hash equally.
+   */
+  private async summarise(pool: pg.Pool, job: MoveJob): Promise<TableSummaries> {
+    return inTransaction(pool, SNAPSHOT, async (client) => {
+      // A 100,000-row aggregate can cross jit_above_cost; compiling it would only lengthen the fence.
+      await client.query(`set local jit = off`);
+      const out: Record<string, { rows: number; checksum: string }> = {};
+      for (const { name } of TABLES) {
+        const f = this.unitFilter(job, name, 1, 't.');
+        const { rows } = await client.query<{ n: string; sum: string }>(
+          `select count(*) as n, coalesce(sum(hash_record_extended(t, 0)), 0)::text as sum from ${name} t where ${f.sql}`,
+          f.params,
+        );
+        out[name] = { rows: Number(rows[0]?.n ?? 0), checksum: rows[0]?.sum ?? '0' };
+      }
+      return out;
+    });
+  }
+
+  async verify(job: MoveJob): Promise<true | string> {
+    const [source, target] = await Promise.all([this.summarise(this.pool(job.from), job), this.summarise(this.pool(job.to), job)]);
+    await this.catalog.query('update catalog.move_jobs set source_summary = $2, target_summary = $3, updated_at = now() where id = $1', [
+      job.id,
+      JSON.stringify(source),
+      JSON.stringify(target),
+    ]);
+    const bad = TABLES.filter(({ name }) => source[name]?.rows !== target[name]?.rows || source[name]?.checksum !== target[name]?.checksum).map(
+      ({ name }) => `${name}: source ${source[name]?.rows ?? 0} rows, target ${target[name]?.rows ?? 0} rows${source[name]?.rows === target[name]?.rows ? ' (checksums differ)' : ''}`,
+    );
+    return bad.length === 0 ? true : `verification failed: ${bad.join('; ')}`;
+  }
+
+  /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
+  private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T>): Promise<T> {
+    await this.catalog.query('begin');
+    try {
+      const { rows } = await this.catalog.query<JobRow>('select * from catalog.move_jobs where id = $1 for update', [job.id]);
+      if (!rows[0]) throw new MoveError(`move job #${job.id} has disappeared from the catalog`);
+      const result = await fn(toJob(rows[0]));
+      await this.catalog.query('commit');
+      return result;
+    } catch (err) {
+      await this.catalog.query('rollback').catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Who the catalog names as the unit's owner now, with the version that says so. */
+  private async currentOwner(job: MoveJob): Promise<{ owner: string | null; version: number }> {
+    if (job.kind === 'directory') {
+      const entry = await this.options.directory.entry(job.unitId, this.catalog);
+      return { owner: entry?.shardId ?? null, version: entry?.version ?? 0 };
+    }
+    const map = await this.options.slotMaps.current(this.catalog);
+    return { owner: map.assignments[Number(job.unitId)] ?? null, version: map.version };
+  }
+
+  async flip(job: MoveJob): Promise<FlipOutcome> {
+    const reason = `move job #${job.id}: ${job.kind} ${job.unitId} from ${job.from} to ${job.to}`;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.withLockedJob(job, async (row) => {
+          if (row.flipStarted) return { kind: 'flipped' };
+          if (row.cancelRequested || row.rollbackTo !== null) return { kind: 'cancelled' };
+          const { owner, version } = await this.currentOwner(row);
+          if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
+            return { kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` };
+          }
+          let after: number;
+          if (job.kind === 'directory') {
+            after = (await this.options.directory.set(job.unitId, job.to, this.settings.actor, this.catalog)).version;
+          } else {
+            const map = await this.options.slotMaps.current(this.catalog);
+            after = (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, this.catalog)).map.version;
+          }
+          await this.catalog.query('update catalog.move_jobs set flip_started_at = clock_timestamp(), map_version_after = $2, updated_at = now() where id = $1', [job.id, after]);
+          return { kind: 'flipped' };
+        });
+      } catch (err) {
+        // Another publisher (a move from another source) took this map version: read it again.
+        if (!(err instanceof SlotMapVersionConflictError) || attempt >= 20) throw err;
+      }
+    }
+  }
+
+  /**
+   * Opens the target's fence, then marks the source's `moved` (in that order, so writers sent
+   * to the target never find a stale `moved` there), and records when writes were let through.
+   */
+  async releaseFence(job: MoveJob): Promise<void> {
+    const version = job.mapVersionAfter ?? 0;
+    await this.pool(job.to).query(
+      `insert into write_fences (kind, unit_id, state, map_version, job_id) values ($1, $2, 'open', $3, $4)
+       on conflict (kind, unit_id) do update set state = 'open', moved_to = null, map_version = $3, job_id = $4, updated_at = clock_timestamp()`,
+      [job.kind, job.unitId, version, job.id],
+    );
+    await this.pool(job.from).query(
+      `update write_fences set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
+        where kind = $1 and unit_id = $2`,
+      [job.kind, job.unitId, job.to, version, job.id],
+    );
+    await this.catalog.query('update catalog.move_jobs set unfenced_at = coalesce(unfenced_at, clock_timestamp()), updated_at = now() where id = $1', [job.id]);
+  }
+
+  async cleanUp(start: MoveJob): Promise<MoveJob> {
+    const job = await this.reload(start);
+    const source = this.pool(job.from);
+    await source.query('delete from move_captures where job_id = $1', [job.id]);
+    await source.query('delete from move_changes where job_id = $1', [job.id]);
+    const since = job.unfencedAt ? Date.now() - job.unfencedAt.getTime() : 0;
+    if (since < this.settings.readerGraceMs) await this.sleep(this.settings.readerGraceMs - since);
+    const { deleted, kept } = await this.deleteVerified(source, job);
+    const note = kept > 0 ? `clean-up kept ${kept} user row(s) on ${job.from} that still own documents outside the moved unit` : null;
+    const { rows } = await this.catalog.query<JobRow>(
+      'update catalog.move_jobs set rows_deleted = rows_deleted + $2, error = coalesce($3, error), updated_at = now() where id = $1 returning *',
+      [job.id, deleted, note],
+    );
+    return toJob(rows[0] as JobRow);
+  }
+
+  /**
+   * Deletes the unit's rows from the source in batches, children first, and only the rows the
+   * verification covered: the unit's documents, then its users that no longer own any document
+   * here. A user deleted by cascade could take with it a document that was never part of the
+   * unit (stored under another slot), which no verification saw; such users are kept.
+   */
+  private async deleteVerified(pool: pg.Pool, job: MoveJob): Promise<{ deleted: number; kept: number }> {
+    let deleted = 0;
+    const docs = this.unitFilter(job, 'documents', 2);
+    for (;;) {
+      const res = await inTransaction(pool, MOVER_WRITE, (c) => c.query(`delete from documents where id in (select id from documents where ${docs.sql} limit $1)`, [this.settings.batchRows, ...docs.params]));
+      deleted += res.rowCount ?? 0;
+      if ((res.rowCount ?? 0) === 0) break;
+    }
+    const users = this.unitFilter(job, 'users', 2, 'u.');
+    for (;;) {
+      const res = await inTransaction(pool, MOVER_WRITE, (c) =>
+        c.query(
+          `delete from users where id in (select u.id from users u where ${users.sql} and not exists (select 1 from documents d where d.owner_id = u.id) limit $1)`,
+          [this.settings.batchRows, ...users.params],
+        ),
+      );
+      deleted += res.rowCount ?? 0;
+      if ((res.rowCount ?? 0) === 0) break;
+    }
+    const left = this.unitFilter(job, 'users', 1, 'u.');
+    const { rows } = await pool.query<{ n: number }>(`select count(*)::int as n from users u where ${left.sql}`, left.params);
+    return { deleted, kept: rows[0]?.n ?? 0 };
+  }
+
+  /** Deletes the unit's copy from the target (a rollback), children first. */
+  private async deleteCopy(pool: pg.Pool, job: MoveJob): Promise<void> {
+    for (const { name } of [...TABLES].reverse()) {
+      const f = this.unitFilter(job, name, 2);
+      for (;;) {
+        const res = await inTransaction(pool, MOVER_WRITE, (c) => c.query(`delete from ${name} where id in (select id from ${name} where ${f.sql} limit $1)`, [this.settings.batchRows, ...f.params]));
+        if ((res.rowCount ?? 0) === 0) break;
+      }
+    }
+  }
+
+  /**
+   * Undoes a move that has not flipped. The decision is a compare-and-set in the catalog: the job
+   * row is locked, the flip must not have happened and the catalog must not name the target as
+   * the owner; `rollback_to` is then recorded, so a flip can never follow. Only then is the
+   * target copy deleted. Every part after the decision is idempotent, so a rollback interrupted
+   * by a crash is simply done again on restart.
+   */
+  async rollback(job: MoveJob, to: 'failed' | 'cancelled', error: string | null): Promise<MoveJob> {
+    const decided = await this.withLockedJob(job, async (row) => {
+      if (row.flipStarted) return { refused: `move job #${job.id} has published its new owner; it can only finish` };
+      const { owner, version } = await this.currentOwner(row);
+      if (owner === job.to) return { refused: `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${version}); deleting its copy would lose data` };
+      const outcome = row.rollbackTo ?? to;
+      await this.catalog.query('update catalog.move_jobs set rollback_to = $2, error = coalesce($3, error), updated_at = now() where id = $1', [job.id, outcome, error]);
+      return { outcome };
+    });
+    if ('refused' in decided) throw new MoveError(decided.refused ?? 'rollback refused');
+    const source = this.pool(job.from);
+    await source.query(
+      `update write_fences set state = 'open', job_id = null, updated_at = clock_timestamp()
+        where kind = $1 and unit_id = $2 and state = 'fenced' and job_id = $3`,
+      [job.kind, job.unitId, job.id],
+    );
+    await source.query('delete from move_captures where job_id = $1', [job.id]);
+    await source.query('delete from move_changes where job_id = $1', [job.id]);
+    const target = this.pool(job.to);
+    await this.deleteCopy(target, job);
+    await target.query(`delete from write_fences where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3`, [job.kind, job.unitId, job.id]);
+    const { rows } = await this.catalog.query<JobRow>(
+      `update catalog.move_jobs set state = rollback_to, unfenced_at = case when fenced_at is null then null else coalesce(unfenced_at, clock_timestamp()) end,
+              finished_at = clock_timestamp(), updated_at = now()
+        where id = $1 returning *`,
+      [job.id],
+    );
+    return toJob(rows[0] as JobRow);
+  }
+
+  private async tableColumns(table: TableName, client: pg.PoolClient): Promise<readonly string[]> {
+    const known = this.columns.get(table);
+    if (known) return known;
+    const { rows } = await client.query<{ c: string }>(
+      `select column_name as c from information_schema.columns
+        where table_schema = current_schema() and table_name = $1 order by ordinal_position`,
+      [table],
+    );
+    const cols = rows.map((r) => r.c);
+    this.columns.set(table, cols);
+    return cols;
+  }
+
+  /** Upserts a JSON array of rows (as produced by `jsonb_agg(t)`) into `table`. */
+  private async upsert(client: pg.PoolClient, table: TableName, rowsJson: string): Promise<void> {
+    const cols = (await this.tableColumns(table, client)).filter((c) => c !== 'id');
+    await client.query(
+      `insert into ${table} select * from jsonb_populate_recordset(null::${table}, $1::jsonb)
+       on conflict (id) do update set (${cols.join(', ')}) = row(${cols.map((c) => `excluded.${c}`).join(', ')})`,
+      [rowsJson],
+    );
+  }
+}
+

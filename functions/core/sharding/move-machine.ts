@@ -1,0 +1,282 @@
+/**
+ * The move protocol as a driver over a port: which step runs in which state, which named
+ * transition follows it, where a crash can happen, and what happens when the fence cannot be
+ * taken in time. The PostgreSQL adapter (`adapters/postgres/move-port.ts`) implements
+ * {@link MovePort}; nothing here touches a database, a clock or a timer (pauses go through the
+ * port), so every crash point is a name in {@link MOVE_CRASH_POINTS} and the tests kill a mover
+ * at each of them.
+ *
+ * Transitions (each named, each a compare-and-set on the job's state in the catalog):
+ *
+ * | name | from | to | what was done before it |
+ * |---|---|---|---|
+ * | `start` | planned | copying | nothing |
+ * | `copied` | copying | catching_up | fence row, change capture, drain, bulk copy |
+ * | `caught_up` | catching_up | cutover | captured changes applied until few are left |
+ * | `fence_timed_out` | cutover | catching_up | the fence could not be taken (or held) within its budget: released, writes flow again |
+ * | `drained` | cutover | verifying | fence committed, every captured change applied |
+ * | `flipped` | verifying | cleaning_up | sides verified equal, new owner published (CAS on the map), fence released |
+ * | `cleaned` | cleaning_up | done | capture stopped, the verified source rows deleted |
+ * | `rolled_back` | any before the flip | failed / cancelled | target copy deleted, source reopened (CAS: only while the map still names the source) |
+ *
+ * @example
+ * ```ts
+ * const done = await driveMove(job, port, { fenceAttempts: 3, fenceRetryPauseMs: 1000, hook: (p) => log(p) });
+ * ```
+ */
+import { isTerminal, restartAction, type MoveState, type MoveUnitKind } from './move-plan.js';
+
+/** A named transition of the forward path (see the table above). */
+export const MOVE_TRANSITIONS = {
+  start: { from: 'planned', to: 'copying' },
+  copied: { from: 'copying', to: 'catching_up' },
+  caught_up: { from: 'catching_up', to: 'cutover' },
+  fence_timed_out: { from: 'cutover', to: 'catching_up' },
+  drained: { from: 'cutover', to: 'verifying' },
+  flipped: { from: 'verifying', to: 'cleaning_up' },
+  cleaned: { from: 'cleaning_up', to: 'done' },
+} as const satisfies Record<string, { from: MoveState; to: MoveState }>;
+export type MoveTransitionName = keyof typeof MOVE_TRANSITIONS;
+
+/**
+ * Every point at which a mover can die between two durable effects: after each state is
+ * entered, after the fence is committed (`fenced`), after the new owner is published but before
+ * the fence is released (`published`), and after the source rows are deleted but before the job
+ * says `done` (`cleaned`). A mover resumed from any of them must finish the move (or, before the
+ * flip, roll it back on request) without losing or duplicating an acknowledged write.
+ */
+export const MOVE_CRASH_POINTS = ['copying', 'copied', 'catching_up', 'cutover', 'fenced', 'verifying', 'published', 'cleaning_up', 'cleaned'] as const;
+export type MoveCrashPoint = (typeof MOVE_CRASH_POINTS)[number];
+
+/** What the driver needs to know about a job. */
+export interface MoveJobView {
+  readonly id: number;
+  readonly kind: MoveUnitKind;
+  readonly unitId: string;
+  readonly from: string;
+  readonly to: string;
+  readonly state: MoveState;
+  readonly cancelRequested: boolean;
+  /** The new owner has been published (point of no return). */
+  readonly flipStarted: boolean;
+  /** A rollback was decided (and may not have finished): it is carried out with this outcome. */
+  readonly rollbackTo?: 'failed' | 'cancelled' | null;
+}
+
+/** The outcome of trying to publish the new owner, decided in one catalog transaction with the job. */
+export type FlipOutcome =
+  | { readonly kind: 'flipped' }
+  /** A cancellation was recorded first; the move must roll back. */
+  | { readonly kind: 'cancelled' }
+  /** The map (or directory) no longer names the source as the owner: someone else changed it. */
+  | { readonly kind: 'conflict'; readonly detail: string };
+
+/** The I/O of a move. Every method is idempotent: a step killed half-way is run again from its start. */
+export interface MovePort<J extends MoveJobView> {
+  /** The job as recorded now. */
+  reload(job: J): Promise<J>;
+  /** Applies a named transition as a compare-and-set on the job's state; throws if the job changed. */
+  transition(job: J, name: MoveTransitionName, note?: string): Promise<J>;
+  /** Creates the source's fence row (and the target's `incoming` row), starts change capture, waits for older writers. */
+  prepareSource(job: J): Promise<void>;
+  /** Copies the unit's rows in resumable batches; throws {@link MoveCancelled} when asked to stop. */
+  copy(job: J): Promise<J>;
+  /**
+   * Applies captured changes: `few` until a pass finds few, `all` until none is left (while
+   * fenced). Returns `false` when `all` could not finish within the fence budget.
+   */
+  catchUp(job: J, until: 'few' | 'all'): Promise<boolean>;
+  /** Fences the unit on the source within the fence budget; `false` when the lock could not be had in time (nothing changed). */
+  fence(job: J): Promise<boolean>;
+  /** Reopens the source's fence (after a fence held too long). */
+  unfence(job: J): Promise<void>;
+  /** Compares the two sides; a string names the mismatch. */
+  verify(job: J): Promise<true | string>;
+  /** Publishes the target as owner, compare-and-set on the map version and on the job not being cancelled. */
+  flip(job: J): Promise<FlipOutcome>;
+  /** Opens the target's fence and marks the source's `moved`. */
+  releaseFence(job: J): Promise<void>;
+  /** Stops capture and deletes the source rows the move verified. */
+  cleanUp(job: J): Promise<J>;
+  /** Undoes a move that has not flipped; refuses (throws) if the map names the target. */
+  rollback(job: J, to: 'failed' | 'cancelled', error: string | null): Promise<J>;
+  /** Records why a run stopped, leaving the job resumable. */
+  recordError(job: J, error: string): Promise<void>;
+  /** Waits (a timer in production, a no-op in unit tests). */
+  pause(ms: number): Promise<void>;
+}
+
+/** A move failed or cannot be done; the job (if any) is left resumable. */
+export class MoveError extends Error {
+  override readonly name: string = 'MoveError';
+}
+
+/** Thrown by a port step that saw a cancellation request; the driver rolls back. */
+export class MoveCancelled extends Error {
+  override readonly name = 'MoveCancelled';
+}
+
+/** The fence could not be taken within its budget in any attempt; writes were never held past it and the job resumes later. */
+export class MoveFenceTimeoutError extends MoveError {
+  override readonly name = 'MoveFenceTimeoutError';
+}
+
+export interface DriveOptions<J extends MoveJobView> {
+  /** How many times one run tries to fence before giving up until the next run. Default 3. */
+  readonly fenceAttempts?: number;
+  /** Pause between fence attempts, so the readers holding the lock can finish. Default 1000 ms. */
+  readonly fenceRetryPauseMs?: number;
+  /** Called at every crash point; tests kill the process there. */
+  readonly hook?: (point: MoveCrashPoint, job: J) => Promise<void> | void;
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Runs (or resumes) a job until it is done, failed or cancelled. Throws {@link MoveError} when a
+ * step fails in a way that leaves the job resumable (the error is recorded on the job), and
+ * {@link MoveFenceTimeoutError} when the fence could not be taken in any attempt.
+ */
+export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<J>, options: DriveOptions<J> = {}): Promise<J> {
+  const fenceAttempts = options.fenceAttempts ?? 3;
+  const pauseMs = options.fenceRetryPauseMs ?? 1000;
+  const hook = async (point: MoveCrashPoint, j: J): Promise<void> => {
+    await options.hook?.(point, j);
+  };
+  let job = start;
+  if (!isTerminal(job.state) && job.rollbackTo) return port.rollback(job, job.rollbackTo, null);
+  const action = restartAction({ state: job.state, cancelRequested: job.cancelRequested, flipStarted: job.flipStarted });
+  if (action.kind === 'none') return job;
+  if (action.kind === 'rollback') return port.rollback(job, action.to, null);
+  let fenceTries = 0;
+  for (;;) {
+    if (isTerminal(job.state)) return job;
+    if (job.cancelRequested && !job.flipStarted) return port.rollback(job, 'cancelled', null);
+    try {
+      switch (job.state) {
+        case 'planned':
+          job = await port.transition(job, 'start');
+          await hook('copying', job);
+          break;
+        case 'copying':
+          await port.prepareSource(job);
+          job = await port.copy(job);
+          await hook('copied', job);
+          job = await port.transition(job, 'copied');
+          await hook('catching_up', job);
+          break;
+        case 'catching_up':
+          await port.catchUp(job, 'few');
+          job = await port.transition(job, 'caught_up');
+          await hook('cutover', job);
+          break;
+        case 'cutover': {
+          let held = await port.fence(job);
+          if (held) {
+            await hook('fenced', job);
+            held = await port.catchUp(job, 'all');
+            if (!held) await port.unfence(job);
+          }
+          if (!held) {
+            fenceTries += 1;
+            const why = `the write fence of ${job.kind} ${job.unitId} on ${job.from} was not held within its budget (attempt ${fenceTries} of ${fenceAttempts}); writes were released`;
+            job = await port.transition(job, 'fence_timed_out', why);
+            if (fenceTries >= fenceAttempts) throw new MoveFenceTimeoutError(`${why}; the move resumes at its next run`);
+            await port.pause(pauseMs);
+            break;
+          }
+          job = await port.transition(job, 'drained');
+          await hook('verifying', job);
+          break;
+        }
+        case 'verifying': {
+          // Once the flip has happened writers may already write on the target, so the two sides
+          // legitimately differ; the verification that allowed the flip has passed.
+          if (!job.flipStarted) {
+            const verdict = await port.verify(job);
+            if (verdict !== true) return await port.rollback(job, 'failed', verdict);
+            const flip = await port.flip(job);
+            if (flip.kind === 'cancelled') {
+              job = await port.reload(job);
+              break;
+            }
+            if (flip.kind === 'conflict') throw new MoveError(`move job #${job.id} cannot publish its new owner: ${flip.detail}`);
+            job = await port.reload(job);
+            await hook('published', job);
+          }
+          await port.releaseFence(job);
+          job = await port.transition(job, 'flipped');
+          await hook('cleaning_up', job);
+          break;
+        }
+        case 'cleaning_up':
+          job = await port.cleanUp(job);
+          await hook('cleaned', job);
+          job = await port.transition(job, 'cleaned');
+          break;
+        default:
+          return job;
+      }
+    } catch (err) {
+      if (err instanceof MoveCancelled) {
+        job = await port.reload(job);
+        continue;
+      }
+      await port.recordError(job, `${job.state}: ${message(err)}`).catch(() => undefined);
+      if (err instanceof MoveError) throw err;
+      throw new MoveError(`move job #${job.id} stopped in ${job.state}: ${message(err)}`, { cause: err });
+    }
+  }
+}
+
+/** How the configured strategy routes, as far as moves go. */
+export interface MoveRouting {
+  readonly strategy: 'hash_based' | 'range_based' | 'directory_based';
+  /** Whether directory entries override hash routing (`directory.override_hash`). */
+  readonly overrideHash: boolean;
+  /** What `directory_based` does with keys not in the directory. */
+  readonly fallback: 'hash' | 'reject';
+}
+
+export type MoveUnitVerdict =
+  | {
+      readonly ok: true;
+      /** Directory-placed keys hashing into a moving slot stay where the directory puts them. */
+      readonly excludeDirectoryKeys: boolean;
+    }
+  | { readonly ok: false; readonly reason: string };
+
+/**
+ * Whether a move of this kind moves what the configured strategy routes by. A slot move under
+ * range routing, or a directory move when the directory does not decide routing, would copy
+ * rows the router then looks for elsewhere: the keys would be stranded. Such moves are refused.
+ *
+ * @example
+ * ```ts
+ * moveUnitFor({ strategy: 'range_based', overrideHash: true, fallback: 'hash' }, 'slot'); // { ok: false, reason: 'strategy range_based ...' }
+ * ```
+ */
+export function moveUnitFor(routing: MoveRouting, kind: MoveUnitKind): MoveUnitVerdict {
+  if (routing.strategy === 'range_based') {
+    return {
+      ok: false,
+      reason: 'strategy range_based routes keys by the configured ranges, not by hash slot or directory entry; a move would strand keys on the old shard: change the ranges in the sharding configuration instead',
+    };
+  }
+  const directoryDecides = routing.strategy === 'directory_based' || routing.overrideHash;
+  if (kind === 'directory') {
+    if (!directoryDecides) {
+      return {
+        ok: false,
+        reason: 'strategy hash_based with directory.override_hash false routes every key by its hash slot; a directory-key move would strand the key: move its slot instead, or turn override_hash on',
+      };
+    }
+    return { ok: true, excludeDirectoryKeys: true };
+  }
+  if (routing.strategy === 'directory_based' && routing.fallback === 'reject') {
+    return { ok: false, reason: 'strategy directory_based with fallback reject routes no key by hash slot; a slot move would move nothing the router uses: move directory keys instead' };
+  }
+  return { ok: true, excludeDirectoryKeys: directoryDecides };
+}

@@ -1,0 +1,249 @@
+import '../../support/quiet-powertools.js';
+import type { Context } from 'aws-lambda';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
+import type { MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
+import { MoveFenceTimeoutError } from '../../../functions/adapters/postgres/mover.js';
+import { createPool } from '../../../functions/handlers/shared/db.js';
+import { createMovesHandler } from '../../../functions/handlers/moves.js';
+import { countSlot, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+const context: Context = {
+  callbackWaitsForEmptyEventLoop: false,
+  functionName: 'ca-dms-scaling-moves',
+  functionVersion: '$LATEST',
+  invokedFunctionArn: 'arn:aws:lambda:eu-west-1:123456789012:function:ca-dms-scaling-moves',
+  memoryLimitInMB: '512',
+  awsRequestId: 'd7af9ac6-7b61-11e6-9a41-93e812345678',
+  logGroupName: '/aws/lambda/ca-dms-scaling-moves',
+  logStreamName: '2026/01/05/[$LATEST]abcdef',
+  getRemainingTimeInMillis: () => 900_000,
+  done: () => undefined,
+  fail: () => undefined,
+  succeed: () => undefined,
+};
+
+const tick = {
+  version: '0',
+  id: '63dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa',
+  'detail-type': 'Scheduled Event',
+  source: 'aws.events',
+  account: '123456789012',
+  time: '2026-01-05T12:00:00Z',
+  region: 'eu-west-1',
+  resources: ['arn:aws:events:eu-west-1:123456789012:rule/ca-dms-scaling-moves'],
+  detail: {},
+};
+
+/** Source and target of a slot, and the pools. */
+async function sides(env: MoveEnv, slot: number): Promise<{ from: string; to: string; source: pg.Pool; target: pg.Pool }> {
+  const from = await env.ownerOf(slot);
+  const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+  return { from, to, source: env.shards.get(from) as pg.Pool, target: env.shards.get(to) as pg.Pool };
+}
+
+/** A raw SQL write (another language's writer, no withShardWrite): resolves to its SQLSTATE, or 'ok'. */
+async function rawInsert(pool: pg.Pool, owner: string, slot: number): Promise<string> {
+  return pool.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'raw writer')`, [owner, slot]).then(
+    () => 'ok',
+    (err: { code?: string }) => err.code ?? 'error',
+  );
+}
+
+async function fenceState(pool: pg.Pool, slot: number): Promise<string | undefined> {
+  const { rows } = await pool.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+  return rows[0]?.state;
+}
+
+describe('moves that hold under hostile conditions', () => {
+  let env: MoveEnv;
+  beforeAll(async () => {
+    env = await startMoveEnv();
+  });
+  afterAll(async () => {
+    await env?.stop();
+  });
+
+  it('runs a move through the moves handler with the Lambda pool settings (one catalog connection, one per shard)', async () => {
+    const slot = 400;
+    const { to, target } = await sides(env, slot);
+    await seedUsers((await sides(env, slot)).source, slot, keysInSlot(slot, 5), 4);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const catalog = await createPool({ url: env.urls.catalog }, undefined);
+    const config = parseShardingConfig({
+      strategy: 'hash_based',
+      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
+      default_shard: 'shard_a',
+    });
+    let runtime: ShardingRuntime | undefined;
+    try {
+      runtime = await createShardingRuntime({ config, catalog, actor: 'scaling-moves', pools: { max: 1 } });
+      const rt = runtime;
+      const result = await createMovesHandler(async () => rt)(tick, context);
+
+      expect(catalog.options.max).toBe(1);
+      expect(result.failed).toEqual([]);
+      expect(result.ran).toContainEqual({ id: planned.id, state: 'done' });
+      expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 20 });
+    } finally {
+      await runtime?.close();
+      await catalog.end();
+    }
+  });
+
+  it('gives the fence up within its budget when a reader holds share locks, leaves writes flowing, and finishes on a later run', async () => {
+    const slot = 401;
+    const { from, to, source } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 3);
+    const reader = new pg.Client({ connectionString: env.urls.shards[from] });
+    await reader.connect();
+    const mover = env.mover({
+      readerGraceMs: 0,
+      fenceBudgetMs: 200,
+      fenceAttempts: 2,
+      fenceRetryPauseMs: 10,
+      async hook(point) {
+        if (point !== 'cutover') return;
+        await reader.query('begin');
+        await reader.query(`select * from write_fences where kind = 'slot' and unit_id = $1 for share`, [String(slot)]);
+      },
+    });
+    try {
+      const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+      const run = await mover.run(planned.id).catch((e: unknown) => e);
+      const stopped = await mover.get(planned.id);
+      const stateWhileReading = await fenceState(source, slot);
+      const rawWhileReading = await rawInsert(source, user, slot);
+      await reader.query('commit');
+      const done = await env.mover({ readerGraceMs: 0 }).run(planned.id);
+
+      expect(run).toBeInstanceOf(MoveFenceTimeoutError);
+      expect(stopped).toMatchObject({ state: 'catching_up', fenceTimeouts: 2 });
+      expect(stopped.error).toMatch(/not held within its budget \(attempt 2 of 2\); writes were released/);
+      expect(stateWhileReading).toBe('open');
+      expect(rawWhileReading).toBe('ok');
+      expect(done.state).toBe('done');
+      expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 1, documents: 4 });
+    } finally {
+      await reader.end();
+    }
+  });
+
+  it('refuses a rollback that would delete the copy the catalog names as the owner', async () => {
+    const slot = 402;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 4), 5);
+    const mover = env.mover({
+      readerGraceMs: 0,
+      async hook(point, job) {
+        if (point !== 'verifying') return;
+        // Another publisher names the target as the owner, and a cancellation arrives.
+        await env.slotMaps.publish(moveSlots(await env.slotMaps.current(), [slot], to), 'someone-else', 'manual edit');
+        await env.catalog.query('update catalog.move_jobs set cancel_requested = true where id = $1', [job.id]);
+      },
+    });
+
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const run = await mover.run(planned.id).catch((e: unknown) => e as Error);
+
+    expect(run).toBeInstanceOf(Error);
+    expect((run as Error).message).toMatch(/names the target .* deleting its copy would lose data/);
+    expect((await mover.get(planned.id)).state).not.toBe('cancelled');
+    expect(await countSlot(target, slot)).toEqual({ users: 4, documents: 20 });
+  });
+
+  it('enforces the fence in the database for writers that bypass withShardWrite', async () => {
+    const slot = 403;
+    const { from, to, source, target } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 2);
+    const seen: Record<string, string> = {};
+    const mover = env.mover({
+      readerGraceMs: 0,
+      async hook(point) {
+        if (point === 'catching_up') {
+          seen.targetWhileCopying = await rawInsert(target, user, slot);
+          seen.truncateWhileCapturing = await source.query('truncate documents').then(
+            () => 'ok',
+            (err: { code?: string }) => err.code ?? 'error',
+          );
+        }
+        if (point === 'fenced') seen.sourceWhileFenced = await rawInsert(source, user, slot);
+      },
+    });
+
+    await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+    seen.sourceAfterMove = await rawInsert(source, user, slot);
+    seen.targetAfterMove = await rawInsert(target, user, slot);
+
+    expect(from).not.toBe(to);
+    expect(seen).toEqual({ targetWhileCopying: 'CAF02', truncateWhileCapturing: 'CAF03', sourceWhileFenced: 'CAF01', sourceAfterMove: 'CAF02', targetAfterMove: 'ok' });
+    expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 3 });
+  });
+
+  it('does not wait for a long read-only transaction (a pg_dump) before copying', async () => {
+    const slot = 404;
+    const { from, to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 2), 2);
+    const dump = new pg.Client({ connectionString: env.urls.shards[from] });
+    await dump.connect();
+    try {
+      await dump.query('begin isolation level repeatable read read only');
+      await dump.query('select count(*) from documents');
+      const mover = env.mover({ readerGraceMs: 0, drainTimeoutMs: 1000 });
+
+      const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+      expect(job.state).toBe('done');
+    } finally {
+      await dump.end();
+    }
+  });
+
+  it('refuses moves of a unit the configured strategy does not route by, and records nothing', async () => {
+    const [key] = keysInSlot(405, 1) as [string];
+    const { to } = await sides(env, 405);
+    const before = (await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.move_jobs')).rows[0]?.n;
+    const range = env.mover({ routing: { strategy: 'range_based', overrideHash: true, fallback: 'hash' } });
+    const hashOnly = env.mover({ routing: { strategy: 'hash_based', overrideHash: false, fallback: 'hash' } });
+
+    const slotUnderRange = await range.plan({ kind: 'slot', slot: 405, to, createdBy: 'test' }).catch((e: unknown) => e as MoveRequestError);
+    const keyUnderHashOnly = await hashOnly.plan({ kind: 'directory', key, to, createdBy: 'test' }).catch((e: unknown) => e as MoveRequestError);
+
+    expect(slotUnderRange).toMatchObject({ problem: 'strategy', message: expect.stringMatching(/strategy range_based routes keys by the configured ranges/) });
+    expect(keyUnderHashOnly).toMatchObject({ problem: 'strategy', message: expect.stringMatching(/override_hash false/) });
+    const after = (await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.move_jobs')).rows[0]?.n;
+    expect(after).toBe(before);
+  });
+
+  it('moves a pinned key with its slot when the directory does not override hash routing', async () => {
+    const slot = 406;
+    const { from, to, source, target } = await sides(env, slot);
+    const [pinned] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [pinned], 3);
+    await env.directory.set(pinned, from, 'test');
+    const mover = env.mover({ readerGraceMs: 0, routing: { strategy: 'hash_based', overrideHash: false, fallback: 'hash' } });
+
+    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+    expect(job.excludedKeys).toEqual([]);
+    expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 3 });
+  });
+
+  it('refuses a move to the unit\'s own shard or to an unknown shard, naming the problem', async () => {
+    const { from } = await sides(env, 407);
+    const mover = env.mover();
+
+    const own = await mover.plan({ kind: 'slot', slot: 407, to: from, createdBy: 'test' }).catch((e: unknown) => e);
+    const unknown = await mover.plan({ kind: 'slot', slot: 407, to: 'shard_x', createdBy: 'test' }).catch((e: unknown) => e);
+
+    expect(own).toMatchObject({ problem: 'same-shard' });
+    expect(unknown).toMatchObject({ problem: 'unknown-shard' });
+  });
+});

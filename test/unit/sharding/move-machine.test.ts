@@ -1,0 +1,140 @@
+import { describe, expect, it } from 'vitest';
+import {
+  driveMove,
+  MOVE_CRASH_POINTS,
+  MOVE_TRANSITIONS,
+  MoveFenceTimeoutError,
+  moveUnitFor,
+  type FlipOutcome,
+  type MoveCrashPoint,
+  type MoveJobView,
+  type MovePort,
+  type MoveTransitionName,
+} from '../../../functions/core/sharding/move-machine.js';
+import { canTransition } from '../../../functions/core/sharding/move-plan.js';
+
+type Job = MoveJobView;
+
+/** An in-memory port that records the steps it is asked for; `fenceHeld` scripts the fence outcomes. */
+function recordingPort(options: { fenceHeld?: boolean[]; flip?: FlipOutcome['kind'] } = {}) {
+  const calls: string[] = [];
+  const fences = [...(options.fenceHeld ?? [true])];
+  let stored: Job = { id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'planned', cancelRequested: false, flipStarted: false };
+  const port: MovePort<Job> = {
+    reload: async () => stored,
+    async transition(_job, name: MoveTransitionName) {
+      calls.push(`transition:${name}`);
+      stored = { ...stored, state: MOVE_TRANSITIONS[name].to };
+      return stored;
+    },
+    prepareSource: async () => void calls.push('prepareSource'),
+    copy: async (job) => (calls.push('copy'), job),
+    catchUp: async (_job, until) => (calls.push(`catchUp:${until}`), true),
+    fence: async () => (calls.push('fence'), fences.shift() ?? true),
+    unfence: async () => void calls.push('unfence'),
+    verify: async () => (calls.push('verify'), true),
+    async flip() {
+      calls.push('flip');
+      const kind = options.flip ?? 'flipped';
+      if (kind === 'flipped') stored = { ...stored, flipStarted: true };
+      return kind === 'conflict' ? { kind, detail: 'someone else' } : { kind };
+    },
+    releaseFence: async () => void calls.push('releaseFence'),
+    cleanUp: async (job) => (calls.push('cleanUp'), job),
+    async rollback(job, to) {
+      calls.push(`rollback:${to}`);
+      stored = { ...job, state: to };
+      return stored;
+    },
+    recordError: async () => undefined,
+    pause: async () => void calls.push('pause'),
+  };
+  return { port, calls, job: () => stored };
+}
+
+describe('the move protocol', () => {
+  it('names transitions the state machine allows', () => {
+    for (const [name, t] of Object.entries(MOVE_TRANSITIONS)) expect(canTransition(t.from, t.to), name).toBe(true);
+  });
+
+  it('walks every step in order and passes every crash point once', async () => {
+    const { port, calls, job } = recordingPort();
+    const points: MoveCrashPoint[] = [];
+
+    const done = await driveMove(job(), port, { hook: (p) => void points.push(p) });
+
+    expect(done.state).toBe('done');
+    expect(points).toEqual([...MOVE_CRASH_POINTS]);
+    expect(calls).toEqual([
+      'transition:start',
+      'prepareSource',
+      'copy',
+      'transition:copied',
+      'catchUp:few',
+      'transition:caught_up',
+      'fence',
+      'catchUp:all',
+      'transition:drained',
+      'verify',
+      'flip',
+      'releaseFence',
+      'transition:flipped',
+      'cleanUp',
+      'transition:cleaned',
+    ]);
+  });
+
+  it('goes back to catching up when the fence cannot be taken, and stops after the last attempt without holding it', async () => {
+    const { port, calls } = recordingPort({ fenceHeld: [false, false] });
+
+    const run = driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'cutover', cancelRequested: false, flipStarted: false }, port, { fenceAttempts: 2 });
+
+    await expect(run).rejects.toBeInstanceOf(MoveFenceTimeoutError);
+    expect(calls).toEqual(['fence', 'transition:fence_timed_out', 'pause', 'catchUp:few', 'transition:caught_up', 'fence', 'transition:fence_timed_out']);
+  });
+
+  it('never publishes when the flip finds the map changed, and never rolls back after a flip', async () => {
+    const conflict = recordingPort({ flip: 'conflict' });
+    const afterFlip = recordingPort();
+
+    const refused = driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'verifying', cancelRequested: false, flipStarted: false }, conflict.port);
+    const resumed = await driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'verifying', cancelRequested: true, flipStarted: true }, afterFlip.port);
+
+    await expect(refused).rejects.toThrow(/cannot publish its new owner: someone else/);
+    expect(conflict.calls).not.toContain('releaseFence');
+    expect(resumed.state).toBe('done');
+    expect(afterFlip.calls.filter((c) => c.startsWith('rollback') || c === 'verify' || c === 'flip')).toEqual([]);
+  });
+
+  it('finishes a decided rollback with its recorded outcome', async () => {
+    const { port, calls } = recordingPort();
+
+    const job = await driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'cutover', cancelRequested: false, flipStarted: false, rollbackTo: 'failed' }, port);
+
+    expect(job.state).toBe('failed');
+    expect(calls).toEqual(['rollback:failed']);
+  });
+});
+
+describe('which units a strategy can move', () => {
+  it.each([
+    ['hash_based', true, 'hash', 'slot', { ok: true, excludeDirectoryKeys: true }],
+    ['hash_based', false, 'hash', 'slot', { ok: true, excludeDirectoryKeys: false }],
+    ['hash_based', true, 'hash', 'directory', { ok: true, excludeDirectoryKeys: true }],
+    ['directory_based', false, 'hash', 'slot', { ok: true, excludeDirectoryKeys: true }],
+    ['directory_based', false, 'hash', 'directory', { ok: true, excludeDirectoryKeys: true }],
+  ] as const)('%s (override_hash %s, fallback %s) moves a %s', (strategy, overrideHash, fallback, kind, verdict) => {
+    expect(moveUnitFor({ strategy, overrideHash, fallback }, kind)).toEqual(verdict);
+  });
+
+  it.each([
+    ['range_based', true, 'hash', 'slot', /range_based/],
+    ['range_based', true, 'hash', 'directory', /range_based/],
+    ['hash_based', false, 'hash', 'directory', /override_hash false/],
+    ['directory_based', false, 'reject', 'slot', /fallback reject/],
+  ] as const)('%s (override_hash %s, fallback %s) refuses a %s move, naming the strategy', (strategy, overrideHash, fallback, kind, reason) => {
+    const verdict = moveUnitFor({ strategy, overrideHash, fallback }, kind);
+    expect(verdict.ok).toBe(false);
+    expect(verdict.ok ? '' : verdict.reason).toMatch(reason);
+  });
+});
