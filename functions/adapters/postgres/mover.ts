@@ -181,6 +181,12 @@ export class Mover {
   async run(id: number): Promise<MoveJob> {
     const catalog = await this.options.catalog.connect();
     let broken = false;
+    // A connection dropped mid-run (failover, proxy, a killed backend) fails the next query,
+    // which leaves the job resumable; the client's error event must not crash the process.
+    const onError = (): void => {
+      broken = true;
+    };
+    catalog.on('error', onError);
     try {
       const key = ((LOCK_CLASS << 32n) | BigInt(id)).toString();
       const { rows } = await catalog.query<{ ok: boolean }>('select pg_try_advisory_lock($1::bigint) as ok', [key]);
@@ -214,6 +220,7 @@ export class Mover {
         });
       }
     } finally {
+      catalog.off('error', onError);
       catalog.release(broken || undefined);
     }
   }

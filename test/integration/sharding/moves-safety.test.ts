@@ -1,8 +1,12 @@
 import '../../support/quiet-powertools.js';
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Context } from 'aws-lambda';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { slotOf } from '../../../functions/core/sharding/hash.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import type { MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
@@ -58,14 +62,15 @@ async function fenceState(pool: pg.Pool, slot: number): Promise<string | undefin
   return rows[0]?.state;
 }
 
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv();
+});
+afterAll(async () => {
+  await env?.stop();
+});
+
 describe('moves that hold under hostile conditions', () => {
-  let env: MoveEnv;
-  beforeAll(async () => {
-    env = await startMoveEnv();
-  });
-  afterAll(async () => {
-    await env?.stop();
-  });
 
   it('runs a move through the moves handler with the Lambda pool settings (one catalog connection, one per shard)', async () => {
     const slot = 400;
@@ -245,5 +250,51 @@ describe('moves that hold under hostile conditions', () => {
 
     expect(own).toMatchObject({ problem: 'same-shard' });
     expect(unknown).toMatchObject({ problem: 'unknown-shard' });
+  });
+});
+
+interface FenceVector {
+  readonly key: string;
+  readonly slot: number;
+  readonly cases: ReadonlyArray<{
+    readonly name: string;
+    readonly fences: ReadonlyArray<{ kind: string; unit_id: string; state: string; moved_to?: string; map_version?: number; excluded_keys?: string[] }>;
+    readonly outcome: string;
+  }>;
+}
+
+describe('the write-fence contract (docs/fence-test-vectors.json)', () => {
+  const vectors = JSON.parse(readFileSync(resolve(dirname(fileURLToPath(import.meta.url)), '../../../docs/fence-test-vectors.json'), 'utf8')) as FenceVector;
+  it('has the key in the slot it names', () => {
+    expect(slotOf(vectors.key)).toBe(vectors.slot);
+  });
+
+  it.each(vectors.cases)('$name: $outcome', async ({ fences, outcome }) => {
+    const shard = env.shards.get('shard_a') as pg.Pool;
+    const client = await shard.connect();
+    try {
+      await client.query('begin');
+      await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'v@example.com', 'vector')`, [vectors.key, vectors.slot]);
+      for (const f of fences) {
+        await client.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version, excluded_keys) values ($1, $2, $3, $4, $5, $6)`, [
+          f.kind,
+          f.unit_id,
+          f.state,
+          f.moved_to ?? null,
+          f.map_version ?? 0,
+          f.excluded_keys ?? [],
+        ]);
+      }
+      const got = await client.query('savepoint w').then(() =>
+        client.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'vector')`, [vectors.key, vectors.slot]).then(
+          () => 'ok',
+          (err: { code?: string }) => err.code ?? 'error',
+        ),
+      );
+      expect(got).toBe(outcome);
+    } finally {
+      await client.query('rollback');
+      client.release();
+    }
   });
 });

@@ -218,7 +218,12 @@ describe('moves that lose nothing', () => {
       readerGraceMs: 0,
       async hook(point) {
         // Corrupt the target copy behind the mover's back.
-        if (point === 'fenced') await (env.shards.get(to) as pg.Pool).query(`update documents set title = 'tampered' where id in (select id from documents where slot = $1 limit 1)`, [slot]);
+        // (As a mover would write: the target refuses other writers until the flip.)
+        if (point === 'fenced') {
+          await (env.shards.get(to) as pg.Pool).query(
+            `begin; set local ca_dms.move_writer = 'on'; update documents set title = 'tampered' where id in (select id from documents where slot = ${slot} limit 1); commit`,
+          );
+        }
       },
     });
 
