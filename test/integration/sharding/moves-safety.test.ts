@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import type { MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
 import { MoveFenceTimeoutError } from '../../../functions/adapters/postgres/mover.js';
@@ -77,6 +78,8 @@ describe('moves that hold under hostile conditions', () => {
     const { to, target } = await sides(env, slot);
     await seedUsers((await sides(env, slot)).source, slot, keysInSlot(slot, 5), 4);
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // The handler's own catalog tables (its worker lease) come from the catalog migrations.
+    await runMigrations(env.catalog, 'catalog', resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations/catalog'));
     const catalog = await createPool({ url: env.urls.catalog }, undefined);
     const config = parseShardingConfig({
       strategy: 'hash_based',
