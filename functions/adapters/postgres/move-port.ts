@@ -9,7 +9,7 @@
  *   log holds only row ids; the catch-up re-reads the current row, so applying an entry twice
  *   is harmless, and entries are consumed by deleting them (sequence order is not commit order).
  * - The write fence is a row of `write_fences` on each side, enforced for every writer by a
- *   trigger (shard migration 003). The mover's own writes mark their transaction with
+ *   trigger (shard migration 004). The mover's own writes mark their transaction with
  *   `ca_dms.move_writer` and pass.
  * - The flip and the rollback are compare-and-set in one catalog transaction with the job row
  *   (locked FOR UPDATE): the flip publishes only while the map still names the source and no

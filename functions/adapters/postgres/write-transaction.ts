@@ -195,7 +195,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         if (deadlineAt !== undefined && typeof code === 'string' && DEADLINE_SQLSTATES.has(code)) {
           throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} passed its ${writeOptions.deadlineMs} ms deadline; PostgreSQL cancelled it and nothing was committed`, { cause: err });
         }
-        // The database enforces the fence too (shard migration 003): a row of this transaction
+        // The database enforces the fence too (shard migration 004): a row of this transaction
         // (perhaps of another owner's unit) was fenced or is owned elsewhere now. Nothing was
         // committed, so the write is retried like one that saw the fence up front.
         if (code === 'CAF01') outcome = 'wait';
