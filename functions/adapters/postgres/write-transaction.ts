@@ -124,7 +124,7 @@ const DEADLINE_SQLSTATES = new Set(['57014', '55P03']);
 
 interface FenceRow {
   kind: 'slot' | 'directory';
-  state: 'open' | 'fenced' | 'moved';
+  state: 'open' | 'fenced' | 'moved' | 'incoming';
 }
 
 type FenceVerdict = 'write' | 'wait' | 'reroute';
@@ -136,7 +136,8 @@ type FenceVerdict = 'write' | 'wait' | 'reroute';
  */
 function verdict(rows: readonly FenceRow[], viaDirectory: boolean): FenceVerdict {
   const relevant = rows.filter((r) => r.kind === 'directory' || !viaDirectory);
-  if (relevant.some((r) => r.state === 'fenced')) return 'wait';
+  // 'incoming': the map already names this shard but the mover has not released its fence yet.
+  if (relevant.some((r) => r.state === 'fenced' || r.state === 'incoming')) return 'wait';
   if (relevant.some((r) => r.state === 'moved')) return 'reroute';
   return 'write';
 }

@@ -189,7 +189,7 @@ describe('moves that hold under hostile conditions', () => {
     seen.targetAfterMove = await rawInsert(target, user, slot);
 
     expect(from).not.toBe(to);
-    expect(seen).toEqual({ targetWhileCopying: 'CAF02', truncateWhileCapturing: 'CAF03', sourceWhileFenced: 'CAF01', sourceAfterMove: 'CAF02', targetAfterMove: 'ok' });
+    expect(seen).toEqual({ targetWhileCopying: 'CAF01', truncateWhileCapturing: 'CAF03', sourceWhileFenced: 'CAF01', sourceAfterMove: 'CAF02', targetAfterMove: 'ok' });
     expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
     expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 3 });
   });

@@ -6,7 +6,8 @@
 --   open      this shard owns the unit: the write goes ahead
 --   fenced    a move is cutting the unit over: SQLSTATE CAF01, retry in a moment
 --   moved     another shard owns the unit (moved_to, map_version say which): SQLSTATE CAF02
---   incoming  a move is copying the unit here and this shard does not own it yet: SQLSTATE CAF02
+--   incoming  a move is copying the unit here; it becomes 'open' when the move releases its
+--             fence, right after the flip: SQLSTATE CAF01, retry in a moment
 --
 -- The trigger reads the fence row FOR SHARE, inside the writer's transaction, so the mover's
 -- UPDATE to 'fenced' waits for writers in flight, exactly as for withShardWrite. A directory
@@ -39,12 +40,12 @@ begin
      limit 1
        for share;
     continue when not found or f.state = 'open';
-    if f.state = 'fenced' then
-      raise exception 'write to % % refused: a move is cutting it over on this shard; retry shortly', f.kind, f.unit_id
-        using errcode = 'CAF01', detail = format('fence state fenced, map version %s', f.map_version);
+    if f.state in ('fenced', 'incoming') then
+      raise exception 'write to % % refused: a move is cutting it over; retry shortly', f.kind, f.unit_id
+        using errcode = 'CAF01', detail = format('fence state %s, map version %s', f.state, f.map_version);
     end if;
     raise exception 'write to % % refused: this shard does not own it (%)', f.kind, f.unit_id,
-        case when f.state = 'moved' then format('moved to %s in map version %s', f.moved_to, f.map_version) else 'a move is copying it here' end
+        format('moved to %s in map version %s', f.moved_to, f.map_version)
       using errcode = 'CAF02', detail = format('fence state %s, moved_to %s, map version %s', f.state, coalesce(f.moved_to, '-'), f.map_version);
   end loop;
   return case when tg_op = 'DELETE' then old else new end;
