@@ -125,13 +125,18 @@ describe('scaling API over HTTP', () => {
       const start = h.clock.now();
       const cpu = h.metricValues['backend-read']?.cpu;
       (h.metricValues['backend-read'] as { cpu: number }).cpu = 96;
+      const tasks = h.counts['backend-read'] as { running: number; desired: number };
       for (let i = 0; i < 3; i++) {
-        // Past any cooldown, so each evaluation may scale out.
+        // Past any cooldown, and every task asked for earlier (here or by an earlier test) has
+        // started, so each evaluation may scale out.
         h.clock.advance(600_000);
+        tasks.running = tasks.desired;
         await h.controller.evaluate({ trigger: 'schedule' });
       }
       (h.metricValues['backend-read'] as { cpu: number }).cpu = cpu ?? 50;
-      const since = new Date(start).toISOString();
+      // One millisecond past the start: earlier tests evaluate on the same fake clock, and a
+      // decision recorded exactly at `start` belongs to them, not to this window.
+      const since = new Date(start + 1).toISOString();
       const until = new Date(h.clock.now() + 1).toISOString();
 
       const res = await h.fetchJson(`${API}/timeseries?service=backend-read&since=${since}&until=${until}&step=600`);
