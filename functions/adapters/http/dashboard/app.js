@@ -87,10 +87,14 @@ function decisionMarks(service) {
   };
 }
 
-/** The decisions within the bucket under the cursor, for the tooltip. */
+/**
+ * The decisions within one bucket either side of the point under the cursor, for the tooltip.
+ * The cursor snaps to the nearest bucket start, which can be the bucket after a decision's mark
+ * when the pointer sits on the mark itself.
+ */
 function decisionsNear(service, ts, stepSeconds) {
   const list = (series.get(service) || { decisions: [] }).decisions;
-  return list.filter((d) => { const t = Date.parse(d.at) / 1000; return t >= ts && t < ts + stepSeconds; });
+  return list.filter((d) => { const t = Date.parse(d.at) / 1000; return t >= ts - stepSeconds && t < ts + stepSeconds; });
 }
 
 function chartData(s) {
