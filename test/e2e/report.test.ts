@@ -99,7 +99,7 @@ describe('the simulation report in a browser', () => {
 
     expect(await svg.locator('.axis-label.x').textContent()).toMatch(/^task-minutes/);
     expect(await svg.locator('.axis-label.y').textContent()).toBe('SLO-violation minutes');
-    expect(await svg.locator('g.curve').evaluateAll((gs) => gs.map((g) => g.getAttribute('data-name')))).toEqual(['hpa', 'target-tracking', 'step', 'threshold']);
+    expect(await svg.locator('g.curve').evaluateAll((gs) => gs.map((g) => g.getAttribute('data-name')))).toEqual(['hpa', 'target-tracking', 'step', 'threshold', 'ca-dms']);
     expect(await svg.locator('g.oracle').count()).toBe(1);
     expect(await svg.locator('g.point[data-name="ca-dms"]').count()).toBe(1);
     expect(await svg.locator('.tick.x').count()).toBeGreaterThan(2);

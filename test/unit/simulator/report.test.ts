@@ -2,7 +2,8 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { simulationConfig } from '../../../functions/core/scaling/simulator/anchors.js';
 import { DEFAULT_MODEL } from '../../../functions/core/scaling/simulator/model.js';
-import { columnStarts, minMaxColumns, renderTradeoffSvg, reportSeries } from '../../../functions/core/scaling/simulator/report.js';
+import { columnStarts, minMaxColumns, renderTradeoffSvg, reportSeries, tradeoffOf } from '../../../functions/core/scaling/simulator/report.js';
+import { CA_DMS_RATES } from '../../../functions/core/scaling/simulator/sweep.js';
 import { contestant, prepareTrace, simulate } from '../../../functions/core/scaling/simulator/simulate.js';
 import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
 
@@ -52,6 +53,23 @@ describe('the report series', () => {
     expect(series.ticksPerColumn).toBe(10);
     expect(hpa?.violations.reduce((a, b) => a + b, 0)).toBe(run.result.results[0]?.sloViolationMinutes);
     expect(series.rows.map((r) => r.name)).toEqual(['hpa', 'oracle']);
+  });
+});
+
+describe('the trade-off data', () => {
+  it('draws ca-dms as a line over its target violation rate, beside the four anchors', () => {
+    const points = Array.from({ length: 1440 }, (_, i) => ({ at: Date.UTC(2026, 0, 5) + i * 60_000, value: 20 + 10 * Math.sin(i / 90) }));
+    const trace = prepareTrace('one day', points, DEFAULT_MODEL);
+    const run = simulate(trace, [contestant('ca-dms', getPolicy('ca-dms'), simulationConfig('ca-dms', DEFAULT_MODEL))], DEFAULT_MODEL);
+
+    const tradeoff = tradeoffOf(run.result, trace, DEFAULT_MODEL);
+    const line = tradeoff.curves.find((c) => c.name === 'ca-dms');
+
+    expect(tradeoff.curves.map((c) => c.name)).toEqual(['hpa', 'target-tracking', 'step', 'threshold', 'ca-dms']);
+    expect(line?.points.map((p) => p.label)).toEqual(CA_DMS_RATES.map((r) => `ca-dms:ca_dms.target_violation_rate=${r}`));
+    // The default rate is on the line: the point the run itself scored.
+    const atDefault = line?.points.find((p) => p.label.endsWith('=0.1'));
+    expect(atDefault?.taskMinutes).toBe(run.result.results[0]?.taskMinutes);
   });
 });
 

@@ -11,7 +11,7 @@ import type { Timeline } from './fleet.js';
 import type { SimulationModel } from './model.js';
 import { violatesSlo } from './score.js';
 import type { PolicyResult, PreparedTrace, SimulationResult, SimulationRun } from './simulate.js';
-import { ANCHOR_SWEEPS, runAnchors } from './sweep.js';
+import { ANCHOR_SWEEPS, caDmsCurve, runAnchors } from './sweep.js';
 
 /**
  * Columns a series is reduced to. Each keeps its lowest and highest value (two points), so a
@@ -183,8 +183,8 @@ export function reportSeries(run: SimulationRun, names: readonly string[], colum
 }
 
 /**
- * The trade-off chart's data: every anchor swept on this trace (replayed here), the oracle, and
- * this run's rows as points.
+ * The trade-off chart's data: every anchor swept on this trace (replayed here), ca-dms's own line
+ * over its target violation rate, the oracle, and this run's rows as points.
  *
  * @example
  * ```ts
@@ -199,7 +199,7 @@ export function tradeoffOf(result: SimulationResult, trace: PreparedTrace, model
     curves: anchors.curves.map((c) => {
       const sweep = ANCHOR_SWEEPS.find((s) => s.anchor === c.anchor);
       return { name: c.anchor, points: [...c.points].sort((a, b) => a.knob - b.knob).map((p) => point(sweep ? sweep.spec(p.knob) : `${c.anchor} ${p.knob}`, p)) };
-    }),
+    }).concat({ name: 'ca-dms', points: caDmsCurve(trace, model).map((r) => point(r.policy, r)) }),
     oracle: point('oracle', result.oracle),
     points: result.results.map((r) => point(r.policy, r)),
   };

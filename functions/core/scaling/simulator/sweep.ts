@@ -58,6 +58,30 @@ export const ANCHOR_SWEEPS: readonly AnchorSweep[] = [
   },
 ];
 
+/**
+ * ca-dms's own trade-off line: its one user-facing setting, `ca_dms.target_violation_rate`,
+ * from strict to lax (the default 0.1 among them), named in `simulate --variant` syntax.
+ */
+export const CA_DMS_RATES: readonly number[] = [0.02, 0.05, 0.1, 0.2, 0.3];
+
+/**
+ * ca-dms replayed on `trace` at each of {@link CA_DMS_RATES}, cheapest-violating last: the curve
+ * the trade-off chart draws beside the anchors'.
+ *
+ * @example
+ * ```ts
+ * caDmsCurve(trace, model).map((r) => [r.policy, r.taskMinutes, r.sloViolationMinutes]);
+ * ```
+ */
+export function caDmsCurve(trace: PreparedTrace, model: SimulationModel): PolicyResult[] {
+  const base = simulationConfig('ca-dms', model);
+  const policy = getPolicy('ca-dms');
+  const contestants = CA_DMS_RATES.map((rate) =>
+    contestant(`ca-dms:ca_dms.target_violation_rate=${rate}`, policy, { ...base, ca_dms: { ...base.ca_dms, target_violation_rate: rate } }),
+  );
+  return [...simulate(trace, contestants, model).result.results];
+}
+
 /** `hpa` at its simulation defaults (`targets.cpu` 70): the actions the judged policy may not exceed. */
 export const HPA_DEFAULT_SPEC = 'hpa:targets.cpu=70';
 
