@@ -7,7 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { mockClient } from 'aws-sdk-client-mock';
 import pg from 'pg';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { withNodeDeadline } from '../../../functions/adapters/postgres/deadline.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { RDS_CA_BUNDLE } from '../../../functions/adapters/postgres/tls.js';
@@ -40,11 +40,14 @@ function secretSays(username: string, password: string): void {
 }
 
 /** Ends the pool's open connections from the server side, so its next query logs in again. */
-async function dropConnectionsOf(user: string): Promise<void> {
+async function dropConnectionsOf(user: string, pool: pg.Pool): Promise<void> {
   await admin.query('select pg_terminate_backend(pid) from pg_stat_activity where usename = $1', [user]);
   for (let i = 0; i < 50 && (await admin.query('select 1 from pg_stat_activity where usename = $1', [user])).rowCount !== 0; i++) {
     await new Promise((r) => setTimeout(r, 50));
   }
+  // The pool learns of its terminated idle connections asynchronously; a query handed one first
+  // fails with 57P01, which is not the rotation these tests are about.
+  await vi.waitFor(() => expect(pool.idleCount).toBe(0), { timeout: 5_000 });
 }
 
 describe('credentials rotated under a live pool', () => {
@@ -57,7 +60,7 @@ describe('credentials rotated under a live pool', () => {
 
     await admin.query("alter role app_user password 'second'");
     secretSays('app_user', 'second');
-    await dropConnectionsOf('app_user');
+    await dropConnectionsOf('app_user', pool);
     const after = await pool.query<{ u: string }>('select current_user as u');
 
     expect(after.rows[0]?.u).toBe('app_user');
@@ -74,7 +77,7 @@ describe('credentials rotated under a live pool', () => {
     // The rotation makes the clone current and changes the old user's password.
     await admin.query("alter role app_user password 'rotated-away'");
     secretSays('app_user_clone', 'clone-pass');
-    await dropConnectionsOf('app_user');
+    await dropConnectionsOf('app_user', pool);
     const [a, b] = await Promise.all([pool.query<{ u: string }>('select current_user as u'), pool.query<{ u: string }>('select current_user as u, pg_sleep(0.05)')]);
 
     expect([a.rows[0]?.u, b.rows[0]?.u]).toEqual(['app_user_clone', 'app_user_clone']);
