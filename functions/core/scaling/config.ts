@@ -150,6 +150,17 @@ const serviceDefaults = {
   queue_depth_scale_down: 10,
 };
 
+/**
+ * A section's per-service override: every field optional and without its default. zod's
+ * `.partial()` keeps the defaults, so an override naming one field would come back with every
+ * other field at its built-in default and the merge would reset them over the global section.
+ */
+function overrideOf<S extends z.ZodRawShape>(section: z.ZodObject<S>): z.ZodObject<{ [K in keyof S]: z.ZodOptional<S[K]> }> {
+  const shape = Object.fromEntries(Object.entries(section.shape).map(([key, field]) => [key, z.optional(field instanceof z.ZodDefault ? field.unwrap() : field)]));
+  // The unwrapped fields parse to the same values as the originals, minus the filled-in default.
+  return z.strictObject(shape) as unknown as z.ZodObject<{ [K in keyof S]: z.ZodOptional<S[K]> }>;
+}
+
 /** Per-service overrides: any subset of the service settings. */
 export const serviceOverrideSchema = z.strictObject({
   enabled: serviceSettingsShape.enabled.optional(),
@@ -171,9 +182,9 @@ export const serviceOverrideSchema = z.strictObject({
   error_rate_scale_up: serviceSettingsShape.error_rate_scale_up.optional(),
   queue_depth_scale_up: serviceSettingsShape.queue_depth_scale_up.optional(),
   queue_depth_scale_down: serviceSettingsShape.queue_depth_scale_down.optional(),
-  targets: targets.partial().optional(),
-  step: stepSettings.partial().optional(),
-  hpa: hpaSettings.partial().optional(),
+  targets: overrideOf(targets).optional(),
+  step: overrideOf(stepSettings).optional(),
+  hpa: overrideOf(hpaSettings).optional(),
   ca_dms: caDmsOverride.optional(),
 });
 export type ServiceOverride = z.infer<typeof serviceOverrideSchema>;

@@ -49,6 +49,19 @@ describe('runtime scaling configuration', () => {
     expect(worker.targets).toMatchObject({ cpu: 70, queue_depth: 50 });
   });
 
+  it('keeps the global step, hpa and targets values a service override does not name', () => {
+    const config = parseScalingConfig({
+      targets: { cpu: 55, memory: 60 },
+      step: { scale_out_threshold: 60, scale_in_threshold: 30, adjustment_type: 'ExactCapacity', scale_out_steps: [{ lower: 0, upper: null, adjustment: 4 }], scale_in_steps: [{ lower: null, upper: 0, adjustment: 2 }] },
+      hpa: { tolerance: 0.2, behavior: { scaleDown: { stabilizationWindowSeconds: 60 } } },
+      services: { worker: { targets: { queue_depth: 50 }, step: { scale_in_threshold: 20 }, hpa: { behavior: { scaleUp: { stabilizationWindowSeconds: 0 } } } } },
+    });
+    const worker = resolveServiceConfig(config, 'worker');
+    expect(worker.targets).toEqual({ cpu: 55, memory: 60, response_time: null, connections: null, queue_depth: 50 });
+    expect(worker.step).toEqual({ ...config.step, scale_in_threshold: 20 });
+    expect(worker.hpa).toEqual({ tolerance: 0.2, behavior: { scaleDown: { stabilizationWindowSeconds: 60 }, scaleUp: { stabilizationWindowSeconds: 0 } } });
+  });
+
   it('has the ca-dms settings in one section with their defaults, overridable per service', () => {
     const config = parseScalingConfig({ ca_dms: { target_violation_rate: 0.02 }, services: { worker: { ca_dms: { lead_periods: 5 } } } });
     expect(resolveServiceConfig(config, 'worker').ca_dms).toEqual({ ...CA_DMS_DEFAULTS, target_violation_rate: 0.02, lead_periods: 5 });
