@@ -42,6 +42,8 @@ export interface ShardPoolOptions {
    * The message is pg's; the pool drops the connection by itself. Default: ignore.
    */
   readonly onIdleError?: (nodeId: string, error: Error) => void;
+  /** The certificate authorities TLS connections are verified against. Default: the RDS bundle (tls.ts). */
+  readonly ca?: readonly string[];
 }
 
 /** `host:port/database` of a connection string, without credentials. */
@@ -66,7 +68,7 @@ export class ShardPools {
     const make = (shardId: string, nodeId: string, role: NodeRole, url: string): ShardNode => {
       const pool = new pg.Pool({
         // Verified TLS against the RDS CAs (the URL's sslmode would replace it with Node's CAs).
-        ...withRdsTls(url),
+        ...withRdsTls(url, options.ca),
         max: options.max ?? 10,
         connectionTimeoutMillis: options.connectionTimeoutMillis ?? 2000,
         idleTimeoutMillis: options.idleTimeoutMillis ?? 30_000,

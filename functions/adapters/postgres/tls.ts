@@ -28,9 +28,12 @@ export function isLoopback(host: string): boolean {
   return LOOPBACK.has(host);
 }
 
-/** The `ssl` option of a pool for `host`: `false` on loopback, verified TLS against RDS's CAs elsewhere. */
-export function tlsFor(host: string): false | ConnectionOptions {
-  return isLoopback(host) ? false : { rejectUnauthorized: true, ca: [...RDS_CA_BUNDLE] };
+/**
+ * The `ssl` option of a pool for `host`: `false` on loopback, verified TLS elsewhere, against
+ * RDS's CAs unless the caller names its own (a CA bundle file an image carries).
+ */
+export function tlsFor(host: string, ca: readonly string[] = RDS_CA_BUNDLE): false | ConnectionOptions {
+  return isLoopback(host) ? false : { rejectUnauthorized: true, ca: [...ca] };
 }
 
 /**
@@ -38,8 +41,8 @@ export function tlsFor(host: string): false | ConnectionOptions {
  * `sslmode` override the `ssl` option (and `verify-full` there means Node's default CAs, which
  * lack RDS's), so the mode is taken out and the verified RDS options put in its place.
  */
-export function withRdsTls(connectionString: string): { connectionString: string; ssl: false | ConnectionOptions } {
+export function withRdsTls(connectionString: string, ca?: readonly string[]): { connectionString: string; ssl: false | ConnectionOptions } {
   const url = new URL(connectionString);
   url.searchParams.delete('sslmode');
-  return { connectionString: url.toString(), ssl: tlsFor(url.hostname) };
+  return { connectionString: url.toString(), ssl: tlsFor(url.hostname, ca) };
 }

@@ -14,6 +14,7 @@
 import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { z } from 'zod';
 import { loadShardingConfig, type ShardingConfig } from '../../core/sharding/config.js';
+import { withCredentials } from '../../adapters/postgres/connection-url.js';
 import { readSecret } from './db.js';
 import { EnvironmentError } from './env.js';
 
@@ -30,14 +31,6 @@ function parseJson(name: string, raw: string): unknown {
   } catch (err) {
     throw new EnvironmentError([{ path: name, message: `not valid JSON: ${(err as Error).message}` }], { cause: err });
   }
-}
-
-function withCredentials(url: string, user: string, password: string): string {
-  const u = new URL(url);
-  if (u.password !== '') return url;
-  u.username = encodeURIComponent(user);
-  u.password = encodeURIComponent(password);
-  return u.toString();
 }
 
 /** The validated sharding configuration, or `undefined` when sharding is not configured or disabled. */
