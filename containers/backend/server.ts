@@ -1,93 +1,215 @@
 /**
  * The demo backend: what the services run when the configuration names no image of its own
- * (`{ "kind": "demo" }`), so a first deploy starts healthy tasks before an application exists.
- * It answers the health checks the task definitions and the load balancer send (`/health`,
- * `/health/readonly`), describes itself at `/`, and answers anything else with an RFC 9457
- * 404. Its settings are validated at start; an invalid one stops it with exit 78 (EX_CONFIG)
- * and a line naming the variable.
+ * (`{ "kind": "demo" }`). It is the documents API of local mode (functions/local/documents-api.ts)
+ * over the sharding layer, against the shards the task is given (settings.ts), so a first
+ * deploy carries real traffic to real shards before the CA-DMS application exists.
+ *
+ * - `GET /health`, `GET /health/readonly`: the container health check and the load balancer's.
+ *   They answer 200 as soon as the server listens, whatever the databases do: on a first deploy
+ *   the services start before the control plane has migrated the shards, and a task that failed
+ *   its health check then would be replaced in a loop until the deployment rolled back. The body
+ *   says whether the shards are reachable (`database`: `connecting` or `ready`).
+ * - `/api/v1/users...`, `/api/v1/documents...`: the documents API. Until the shards and the
+ *   catalog's first slot map are reachable it answers 503 with `Retry-After`; the read pool
+ *   (`DATABASE_READ_ONLY=true`) refuses writes with 405.
+ * - `/`: what this is; anything else is an RFC 9457 404.
+ *
+ * Invalid settings stop it with exit 78 (EX_CONFIG) and a line naming each variable.
  *
  * @example
  * ```sh
- * PORT=8000 CA_DMS_SERVICE=backend-read DATABASE_READ_ONLY=true node server.mjs
- * curl http://127.0.0.1:8000/health/readonly
+ * PORT=8000 CA_DMS_SERVICE=backend-write SHARDING_CONFIG_JSON="$(cat sharding.json)" \
+ *   SHARD_001_DB_USERNAME=app SHARD_001_DB_PASSWORD=... node server.mjs
+ * curl -X POST -H 'content-type: application/json' -d '{"email":"a@example.com","display_name":"A"}' \
+ *   http://127.0.0.1:8000/api/v1/users
  * ```
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { pathToFileURL } from 'node:url';
-import { z } from 'zod';
+import pg from 'pg';
+import { createShardingRuntime, type ShardingRuntime } from '../../functions/adapters/postgres/sharding-runtime.js';
+import { SlotMapStore } from '../../functions/adapters/postgres/slot-map-store.js';
+import { withRdsTls } from '../../functions/adapters/postgres/tls.js';
+import type { ExtraRoute } from '../../functions/adapters/http/local-server.js';
+import { createDocumentsRoute } from '../../functions/local/documents-api.js';
+import { BackendConfigError, parseBackendEnv, type BackendSettings } from './settings.js';
+
+export { BackendConfigError, parseBackendEnv, type BackendSettings } from './settings.js';
 
 const EX_CONFIG = 78;
 
 /** The health endpoints: the container health check probes `/health`, the read pool's target group `/health/readonly`. */
 export const HEALTH_PATHS = ['/health', '/health/readonly'] as const;
 
-export const backendEnvSchema = z.object({
-  PORT: z
-    .string()
-    .regex(/^\d+$/, 'must be a whole number')
-    .transform(Number)
-    .pipe(z.number().int().min(1024, 'must be at least 1024 (the image runs unprivileged)').max(65535, 'must be at most 65535'))
-    .default(8000),
-  /** Which service this task is (the task definitions set it); only reported. */
-  CA_DMS_SERVICE: z.enum(['backend-read', 'backend-write', 'frontend', 'worker'], { error: 'must be backend-read, backend-write, frontend or worker' }).optional(),
-  DATABASE_READ_ONLY: z.enum(['true', 'false'], { error: 'must be true or false' }).default('false').transform((v) => v === 'true'),
-  /**
-   * Idle keep-alive of client connections, in seconds. nginx closes its pooled upstream
-   * connections sooner (NGINX_UPSTREAM_KEEPALIVE_TIMEOUT, 4 s, below NGINX_APP_KEEPALIVE_TIMEOUT,
-   * 5 s), so it never writes to a connection this server is closing.
-   */
-  KEEPALIVE_TIMEOUT_SECONDS: z
-    .string()
-    .regex(/^\d+$/, 'must be a whole number')
-    .transform(Number)
-    .pipe(z.number().int().min(1).max(3600))
-    .default(5),
-});
-export type BackendSettings = z.output<typeof backendEnvSchema>;
+const DOCUMENT_PATHS = /^\/api\/v1\/(users|documents)(\/|$)/;
 
-/** Validates the variables this server reads; throws a message naming each one at fault. */
-export function parseBackendEnv(env: Readonly<Record<string, string | undefined>>): BackendSettings {
-  const input = Object.fromEntries(Object.keys(backendEnvSchema.shape).map((k) => [k, env[k] === '' ? undefined : env[k]]));
-  const result = backendEnvSchema.safeParse(input);
-  if (!result.success) {
-    const lines = result.error.issues.map((i) => `  ${String(i.path[0])}: ${i.message} (got ${JSON.stringify(env[String(i.path[0])])})`);
-    throw new BackendConfigError(`invalid demo backend settings:\n${lines.join('\n')}`, { cause: result.error });
-  }
-  return result.data;
-}
+/** One line of JSON on stderr (CloudWatch Logs keeps each as an event). */
+export type BackendLog = (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void;
 
-export class BackendConfigError extends Error {
-  override readonly name = 'BackendConfigError';
-}
+const stderrLog: BackendLog = (level, message, fields = {}) => {
+  process.stderr.write(`${JSON.stringify({ level, message, ...fields })}\n`);
+};
 
 function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   res.writeHead(status, { 'content-type': status >= 400 ? 'application/problem+json' : 'application/json', 'cache-control': 'no-store', ...headers });
   res.end(JSON.stringify(body));
 }
 
+function problem(res: ServerResponse, status: number, title: string, detail: string, headers: Record<string, string> = {}): void {
+  sendJson(res, status, { type: 'about:blank', title, status, detail }, headers);
+}
+
+/**
+ * The shards as this process reaches them: the sharding runtime once the catalog holds a slot
+ * map and the databases answer, retried until then; newer slot maps adopted as moves publish
+ * them.
+ */
+export class ShardConnection {
+  #runtime: ShardingRuntime | undefined;
+  #route: ExtraRoute | undefined;
+  #catalog: pg.Pool;
+  #stopped = false;
+  #timer: NodeJS.Timeout | undefined;
+  #lastProblem = '';
+  #connecting: Promise<void> | undefined;
+  /** Why the shards are not reachable yet, for the 503 and the health body. */
+  waitingFor = 'the first connection to the shards';
+
+  constructor(
+    private readonly settings: BackendSettings,
+    private readonly log: BackendLog = stderrLog,
+  ) {
+    const applicationName = `ca-dms-demo-backend${settings.CA_DMS_SERVICE ? `-${settings.CA_DMS_SERVICE}` : ''}`;
+    this.#catalog = new pg.Pool({ ...withRdsTls(settings.catalogUrl, settings.ca), max: 2, connectionTimeoutMillis: 3000, application_name: applicationName });
+    this.#catalog.on('error', () => undefined);
+  }
+
+  /** The documents API's route, once the shards are reachable. */
+  get route(): ExtraRoute | undefined {
+    return this.#route;
+  }
+
+  /** Starts connecting in the background; resolves when the first attempt has ended. */
+  start(): Promise<void> {
+    this.#connecting ??= this.#attempt();
+    return this.#connecting;
+  }
+
+  async #attempt(): Promise<void> {
+    if (this.#stopped) return;
+    try {
+      await this.#connect();
+      this.log('info', 'connected to the shards', { shards: this.settings.sharding.shards.map((s) => s.shard_id), slot_map_version: this.#runtime?.router.slotMap.version });
+      this.#schedule(this.settings.SLOT_MAP_REFRESH_SECONDS, () => this.#refreshSlotMap());
+    } catch (error) {
+      this.waitingFor = (error as Error).message;
+      // One line per new reason: a task waiting for the migrations must not flood its log group.
+      if (this.waitingFor !== this.#lastProblem) this.log('warn', 'the shards are not reachable yet; retrying', { reason: this.waitingFor, retry_seconds: this.settings.DATABASE_RETRY_SECONDS });
+      this.#lastProblem = this.waitingFor;
+      this.#schedule(this.settings.DATABASE_RETRY_SECONDS, () => this.#attempt());
+    }
+  }
+
+  async #connect(): Promise<void> {
+    // The slot map is published by the control plane (the scaling API or the moves function),
+    // never here: the application's role may read the catalog, not write it.
+    if ((await new SlotMapStore(this.#catalog).latest()) === null) {
+      throw new Error('the catalog has no slot map yet (the control plane publishes the first once the migrations have run)');
+    }
+    const runtime = await createShardingRuntime({
+      config: this.settings.sharding,
+      catalog: this.#catalog,
+      actor: `demo-backend ${this.settings.CA_DMS_SERVICE ?? ''}`.trim(),
+      pools: { max: this.settings.DATABASE_POOL_SIZE, applicationName: 'ca-dms-demo-backend', ...(this.settings.ca ? { ca: this.settings.ca } : {}) },
+      readReplicas: true,
+    });
+    if (this.#stopped) {
+      await runtime.close();
+      return;
+    }
+    const reader = runtime.reader;
+    if (!reader) throw new Error('unreachable: the runtime was asked for a replica reader');
+    this.#runtime = runtime;
+    this.#route = createDocumentsRoute({
+      writer: runtime.writer,
+      reader,
+      router: runtime.router,
+      shardIds: runtime.pools.shardIds(),
+      onError: (error, request) => this.log('error', 'documents API request failed', { ...request, error: error instanceof Error ? { name: error.name, message: error.message, code: (error as { code?: unknown }).code } : String(error) }),
+    });
+  }
+
+  async #refreshSlotMap(): Promise<void> {
+    const router = this.#runtime?.router;
+    if (!router) return;
+    try {
+      const newer = await this.#runtime?.slotMaps.currentIfNewer(router.slotMap.version);
+      if (newer && router.setSlotMap(newer)) this.log('info', 'adopted a newer slot map', { version: newer.version });
+    } catch (error) {
+      this.log('warn', 'could not look for a newer slot map', { reason: (error as Error).message });
+    }
+    this.#schedule(this.settings.SLOT_MAP_REFRESH_SECONDS, () => this.#refreshSlotMap());
+  }
+
+  #schedule(seconds: number, fn: () => Promise<void>): void {
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => void fn(), seconds * 1000);
+  }
+
+  /** Stops retrying and refreshing, and closes every pool. */
+  async close(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    await this.#connecting;
+    await this.#runtime?.close();
+    await this.#catalog.end();
+  }
+}
+
 /** The request handler (exported for tests that do not start a process). */
-export function handle(settings: BackendSettings, req: IncomingMessage, res: ServerResponse): void {
+export async function handle(settings: BackendSettings, shards: Pick<ShardConnection, 'route' | 'waitingFor'>, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const path = new URL(req.url ?? '/', 'http://backend').pathname;
+  const method = req.method ?? 'GET';
+  const identity = { service: settings.CA_DMS_SERVICE ?? null, read_only: settings.DATABASE_READ_ONLY };
+  if (DOCUMENT_PATHS.test(path)) {
+    if (settings.DATABASE_READ_ONLY && method !== 'GET' && method !== 'HEAD') {
+      problem(res, 405, 'Method Not Allowed', `this task is the read pool (DATABASE_READ_ONLY=true): ${method} ${path} goes to the write pool`, { allow: 'GET, HEAD' });
+      return;
+    }
+    const route = shards.route;
+    if (!route) {
+      problem(res, 503, 'Service Unavailable', `the shards are not reachable yet: ${shards.waitingFor}`, { 'retry-after': String(settings.DATABASE_RETRY_SECONDS) });
+      return;
+    }
+    if (!(await route(req, res))) problem(res, 404, 'Not Found', `no route ${method} ${path}`);
+    return;
+  }
   const known = path === '/' || (HEALTH_PATHS as readonly string[]).includes(path);
   if (!known) {
-    sendJson(res, 404, { type: 'about:blank', title: 'Not Found', status: 404, detail: `the demo backend has no ${path}; it serves /, /health and /health/readonly` });
+    problem(res, 404, 'Not Found', `the demo backend has no ${path}; it serves /, /health, /health/readonly and the documents API under /api/v1/users and /api/v1/documents`);
     return;
   }
-  if (req.method !== 'GET' && req.method !== 'HEAD') {
-    sendJson(res, 405, { type: 'about:blank', title: 'Method Not Allowed', status: 405, detail: `${req.method ?? ''} is not allowed on ${path}` }, { allow: 'GET, HEAD' });
+  if (method !== 'GET' && method !== 'HEAD') {
+    problem(res, 405, 'Method Not Allowed', `${method} is not allowed on ${path}`, { allow: 'GET, HEAD' });
     return;
   }
-  const identity = { service: settings.CA_DMS_SERVICE ?? null, read_only: settings.DATABASE_READ_ONLY };
+  const database = shards.route ? 'ready' : 'connecting';
   if (path === '/') {
-    sendJson(res, 200, { name: 'ca-dms demo backend', ...identity, endpoints: ['/health', '/health/readonly'] });
+    sendJson(res, 200, { name: 'ca-dms demo backend', ...identity, database, endpoints: ['/health', '/health/readonly', '/api/v1/users', '/api/v1/documents'] });
   } else {
-    sendJson(res, 200, { status: 'ok', ...identity });
+    sendJson(res, 200, { status: 'ok', ...identity, database });
   }
 }
 
 /** Starts listening on `host:settings.PORT`. */
-export async function startBackendServer(settings: BackendSettings, host = '0.0.0.0'): Promise<Server> {
-  const server = createServer((req, res) => handle(settings, req, res));
+export async function startBackendServer(settings: BackendSettings, shards: Pick<ShardConnection, 'route' | 'waitingFor'>, host = '0.0.0.0', log: BackendLog = stderrLog): Promise<Server> {
+  const server = createServer((req, res) => {
+    handle(settings, shards, req, res).catch((error: unknown) => {
+      log('error', 'request failed', { path: req.url, error: (error as Error).message });
+      if (!res.headersSent) problem(res, 500, 'Internal Server Error', 'the request failed; see the task log');
+      else res.destroy();
+    });
+  });
   server.keepAliveTimeout = settings.KEEPALIVE_TIMEOUT_SECONDS * 1000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -107,12 +229,15 @@ async function main(): Promise<number> {
     }
     throw error;
   }
-  const server = await startBackendServer(settings);
-  console.error(`demo-backend: listening on ${settings.PORT} as ${settings.CA_DMS_SERVICE ?? 'an unnamed service'}`);
+  const shards = new ShardConnection(settings);
+  const server = await startBackendServer(settings, shards);
+  stderrLog('info', `listening on ${settings.PORT}`, { service: settings.CA_DMS_SERVICE ?? null, read_only: settings.DATABASE_READ_ONLY });
+  void shards.start();
   // ECS sends SIGTERM on stop: finish what is in flight, then exit 0.
   await new Promise<void>((resolve) => process.once('SIGTERM', () => resolve()));
   server.closeIdleConnections();
   await new Promise<void>((resolve) => server.close(() => resolve()));
+  await shards.close();
   return 0;
 }
 

@@ -10,28 +10,15 @@
  * npx tsx containers/stage.ts nginx /tmp/nginx-context && podman build /tmp/nginx-context
  * ```
  */
-import { buildSync } from 'esbuild';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { bundleForImage, sourceFile } from '../bundle.js';
 
-/** Debian 12's `nodejs` package is Node 18. */
-export const IMAGE_NODE_TARGET = 'node18';
-
-const here = (file: string): string => fileURLToPath(new URL(file, import.meta.url));
+const here = (file: string): string => sourceFile(import.meta.url, file);
 
 /** Writes the bundled renderer CLI to `outfile`. */
 export function bundleRenderer(outfile: string): void {
-  buildSync({
-    entryPoints: [here('./cli.ts')],
-    outfile,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: IMAGE_NODE_TARGET,
-    legalComments: 'none',
-    logLevel: 'warning',
-  });
+  bundleForImage(here('./cli.ts'), outfile);
 }
 
 /** Files copied as they are from this directory into the context. */

@@ -121,6 +121,8 @@ export class ServicesStack extends Stack {
           SHARDING_STRATEGY: config.database.shardingStrategy,
           // The guide's ShardingConfig with credential-free URLs; SHARD_NNN_DB_* complete them.
           SHARDING_CONFIG_JSON: this.toJsonString(sharding),
+          // The catalog (slot maps, directory) lives on the first shard's primary, as the control plane's.
+          CATALOG_SHARD_ID: shards[0]?.shardId ?? '',
         },
         secrets,
         nginxEnvironment: {

@@ -1,12 +1,19 @@
 /**
- * The built demo backend image, run as ECS runs it: its user, its health endpoints on the
- * port the task sets, the task definition's health check command inside it, and the load
- * balancer's health checks through the built nginx sidecar image in front of it.
+ * The built demo backend image, run as ECS runs it: its user, the RDS CA bundle it carries, the
+ * documents API against real PostgreSQL shards given to it as the services stack gives them
+ * (credential-free URLs, each shard's login in SHARD_<ID>_DB_*), its health endpoints, the task
+ * definition's health check command inside it, and the load balancer's requests through the
+ * built nginx sidecar image in front of it.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { rdsCaBundlePem } from '../../containers/backend/context.js';
 import { DEMO_BACKEND_USER, NGINX_WRITABLE_PATHS } from '../../lib/services/sidecar-service.js';
 import { freePort, send } from '../integration/nginx/harness.js';
+import { startDemoShards, type DemoShards } from '../support/demo-backend.js';
+import { makeServerCertificate, type ServerCertificate } from '../support/tls.js';
 import { startImage, uidsOf, waitUntil, type ExportedImage, type RunningImage } from './rootfs.js';
 
 const imageOf = (key: 'backendImage' | 'nginxImage'): ExportedImage => {
@@ -24,6 +31,13 @@ const listening = (port: number, path = '/health') => () =>
     () => false,
   );
 
+const health = async (port: number, path = '/health'): Promise<{ database?: string }> => JSON.parse((await send(port, path)).text) as { database?: string };
+
+const post = async (port: number, path: string, body: unknown): Promise<{ status: number; json: Record<string, string>; headers: Record<string, unknown> }> => {
+  const res = await send(port, path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  return { status: res.status, json: JSON.parse(res.text) as Record<string, string>, headers: res.headers };
+};
+
 describe('the demo backend image', () => {
   it('runs as the unprivileged user the task definition names', () => {
     const image = imageOf('backendImage');
@@ -33,7 +47,22 @@ describe('the demo backend image', () => {
     expect(image.volumes).toEqual(expect.arrayContaining(APP_WRITABLE));
   });
 
-  it('stops with exit 78 naming the variable when a setting is invalid', async () => {
+  it('carries the Amazon RDS certificate authorities and points DATABASE_CA_BUNDLE at them', () => {
+    const image = imageOf('backendImage');
+    const path = image.env['DATABASE_CA_BUNDLE'];
+    expect(path).toBe('/opt/ca-dms-backend/rds-ca-bundle.pem');
+    const pem = readFileSync(join(image.rootfs, path ?? ''), 'utf8');
+    const certificates = (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((c) => new X509Certificate(c));
+
+    expect(pem).toBe(rdsCaBundlePem());
+    expect(certificates.filter((c) => c.ca).length).toBe(certificates.length);
+    // The current RDS CAs of the regions the project deploys to.
+    for (const subject of ['Amazon RDS us-east-1 Root CA RSA2048 G1', 'Amazon RDS eu-west-1 Root CA RSA2048 G1', 'Amazon RDS us-east-1 Root CA ECC384 G1']) {
+      expect(certificates.some((c) => c.subject.includes(`CN=${subject}`)), subject).toBe(true);
+    }
+  });
+
+  it('stops with exit 78 naming each invalid variable', async () => {
     const run = startImage(imageOf('backendImage'), { env: { PORT: '80' }, writablePaths: APP_WRITABLE });
     const code = await run.exited;
     const stderr = readFileSync(run.stderrPath, 'utf8');
@@ -41,44 +70,85 @@ describe('the demo backend image', () => {
 
     expect(code).toBe(78);
     expect(stderr).toContain('PORT: must be at least 1024');
+    expect(stderr).toContain('SHARDING_CONFIG_JSON: is required');
   });
 });
 
-describe('a task of the demo backend behind the nginx sidecar, both from their images', () => {
-  let app: RunningImage;
+describe('a task of the demo backend behind the nginx sidecar, both from their images, over real shards', () => {
+  let shards: DemoShards;
+  let writer: RunningImage;
+  let reader: RunningImage;
   let nginx: RunningImage;
-  let appPort: number;
+  let writerPort: number;
+  let readerPort: number;
   let nginxPort: number;
 
   beforeAll(async () => {
-    appPort = await freePort();
+    shards = await startDemoShards();
+    writerPort = await freePort();
+    readerPort = await freePort();
     nginxPort = await freePort();
-    // The environment the services stack gives the two containers.
-    app = startImage(imageOf('backendImage'), {
-      env: { PORT: String(appPort), CA_DMS_SERVICE: 'backend-read', DATABASE_READ_ONLY: 'true' },
+    // The environment the services stack gives the two pools' app containers.
+    writer = startImage(imageOf('backendImage'), {
+      env: { ...shards.backendEnv(), PORT: String(writerPort), CA_DMS_SERVICE: 'backend-write', DATABASE_READ_ONLY: 'false' },
       writablePaths: APP_WRITABLE,
     });
-    await waitUntil(app, listening(appPort));
+    reader = startImage(imageOf('backendImage'), {
+      env: { ...shards.backendEnv(), PORT: String(readerPort), CA_DMS_SERVICE: 'backend-read', DATABASE_READ_ONLY: 'true' },
+      writablePaths: APP_WRITABLE,
+    });
+    await waitUntil(writer, listening(writerPort));
+    await waitUntil(reader, listening(readerPort));
     nginx = startImage(imageOf('nginxImage'), {
       env: {
         NGINX_LISTEN_PORT: String(nginxPort),
         NGINX_STATUS_PORT: String(await freePort()),
-        NGINX_READ_UPSTREAMS: `127.0.0.1:${appPort}`,
-        NGINX_WRITE_UPSTREAMS: `127.0.0.1:${appPort}`,
+        NGINX_READ_UPSTREAMS: `127.0.0.1:${readerPort}`,
+        NGINX_WRITE_UPSTREAMS: `127.0.0.1:${writerPort}`,
         NGINX_WORKER_PROCESSES: '1',
       },
       writablePaths: Object.values(NGINX_WRITABLE_PATHS),
     });
     await waitUntil(nginx, listening(nginxPort));
-  });
+  }, 120_000);
   afterAll(async () => {
     await nginx?.stop();
-    await app?.stop();
+    await reader?.stop();
+    await writer?.stop();
+    await shards?.stop();
+  });
+
+  it('is healthy before the control plane has published a slot map, and says it is still connecting', async () => {
+    expect((await send(nginxPort, '/health')).status).toBe(200);
+    expect(await health(writerPort)).toMatchObject({ status: 'ok', service: 'backend-write', database: 'connecting' });
+    expect((await post(nginxPort, '/api/v1/users', { email: 'early@example.org', display_name: 'Early' })).status).toBe(503);
+  });
+
+  it('creates a user and a document through nginx and reads the document back from the read pool', async () => {
+    await shards.publishSlotMap();
+    await waitUntil(writer, async () => (await health(writerPort)).database === 'ready');
+    await waitUntil(reader, async () => (await health(readerPort, '/health/readonly')).database === 'ready');
+
+    const user = await post(nginxPort, '/api/v1/users', { email: 'grace@example.org', display_name: 'Grace' });
+    expect(user.status).toBe(201);
+    const doc = await post(nginxPort, '/api/v1/documents', { owner_id: user.json['id'], title: 'From the image', content: { body: 'hello' } });
+    expect(doc.status).toBe(201);
+    const read = await send(nginxPort, `/api/v1/documents/${doc.json['id'] ?? ''}?owner=${user.json['id'] ?? ''}`, { headers: { 'x-read-after': String(doc.headers['x-read-token']) } });
+
+    expect(read.status).toBe(200);
+    expect(JSON.parse(read.text)).toMatchObject({ id: doc.json['id'], title: 'From the image', content: { body: 'hello' } });
+  });
+
+  it.each(['/health', '/health/readonly'])('answers the load balancer\'s %s through nginx with 200', async (path) => {
+    const res = await send(nginxPort, path);
+
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.text)).toMatchObject({ status: 'ok', database: 'ready' });
   });
 
   it('passes the container health check the task definition runs in the app container', async () => {
     const check = (path: string) =>
-      startImage(imageOf('backendImage'), { command: ['curl', '-fsS', `http://127.0.0.1:${appPort}${path}`], writablePaths: APP_WRITABLE });
+      startImage(imageOf('backendImage'), { command: ['curl', '-fsS', `http://127.0.0.1:${writerPort}${path}`], writablePaths: APP_WRITABLE });
     const healthy = check('/health');
     const missing = check('/no-such-endpoint');
 
@@ -88,18 +158,54 @@ describe('a task of the demo backend behind the nginx sidecar, both from their i
     await Promise.all([healthy.stop(), missing.stop()]);
   });
 
-  it.each(['/health', '/health/readonly'])('answers the load balancer\'s %s through nginx with 200', async (path) => {
-    const res = await send(nginxPort, path);
-
-    expect(res.status).toBe(200);
-    expect(JSON.parse(res.text)).toEqual({ status: 'ok', service: 'backend-read', read_only: true });
-  });
-
   it('runs the server as the image\'s user, not root', () => {
-    expect(uidsOf(app.child.pid ?? -1)).toEqual([imageOf('backendImage').uid, imageOf('backendImage').uid]);
+    expect(uidsOf(writer.child.pid ?? -1)).toEqual([imageOf('backendImage').uid, imageOf('backendImage').uid]);
   });
 
   it('ends with exit 0 on SIGTERM, ECS\'s stop signal', async () => {
-    expect(await app.stop('SIGTERM')).toBe(0);
+    expect(await writer.stop('SIGTERM')).toBe(0);
+  });
+});
+
+describe('the demo backend image over verified TLS', () => {
+  let tls: ServerCertificate;
+  let shards: DemoShards;
+  const runs: RunningImage[] = [];
+
+  beforeAll(async () => {
+    tls = makeServerCertificate('127.0.0.2');
+    shards = await startDemoShards({ settings: { ...tls.postgresSettings, listen_addresses: '127.0.0.1,127.0.0.2' } });
+    await shards.publishSlotMap();
+  }, 60_000);
+  afterAll(async () => {
+    for (const run of runs) await run.stop();
+    await shards?.stop();
+    tls?.remove();
+  });
+
+  const start = async (options: { env?: Record<string, string>; files?: Record<string, string> }): Promise<{ run: RunningImage; port: number }> => {
+    const port = await freePort();
+    const run = startImage(imageOf('backendImage'), {
+      env: { ...shards.backendEnv({ host: '127.0.0.2', verifyFull: true }), PORT: String(port), CA_DMS_SERVICE: 'backend-write', ...options.env },
+      writablePaths: APP_WRITABLE,
+      ...(options.files ? { files: options.files } : {}),
+    });
+    runs.push(run);
+    await waitUntil(run, listening(port));
+    return { run, port };
+  };
+
+  it('verifies the shard\'s certificate against the image\'s RDS bundle: a certificate RDS did not issue is refused', async () => {
+    const { run, port } = await start({});
+
+    await waitUntil(run, async () => readFileSync(run.stderrPath, 'utf8').includes('unable to verify the first certificate'));
+    expect(await health(port)).toMatchObject({ database: 'connecting' });
+  });
+
+  it('connects with verify-full when DATABASE_CA_BUNDLE names the CA that signed it', async () => {
+    const { run, port } = await start({ env: { DATABASE_CA_BUNDLE: '/tmp/shards-ca.pem' }, files: { '/tmp/shards-ca.pem': tls.caPem } });
+
+    await waitUntil(run, async () => (await health(port)).database === 'ready');
+    expect((await post(port, '/api/v1/users', { email: 'tls@example.org', display_name: 'TLS' })).status).toBe(201);
   });
 });

@@ -18,7 +18,7 @@
  * ```
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 
@@ -129,6 +129,8 @@ export interface StartImageOptions {
   readonly writablePaths: readonly string[];
   /** Runs this instead of the image's entry point (as ECS runs a health check command). */
   readonly command?: readonly string[];
+  /** Files written into the writable volumes before the start, by their path in the container. */
+  readonly files?: Readonly<Record<string, string>>;
 }
 
 const shellQuote = (s: string): string => `'${s.replaceAll("'", "'\\''")}'`;
@@ -156,6 +158,13 @@ export function startImage(image: ExportedImage, options: StartImageOptions): Ru
     if (!existsSync(inImage)) throw new Error(`${path} does not exist in ${image.name}: ECS could not mount a volume there`);
     volumes[path] = volume;
   });
+  for (const [path, content] of Object.entries(options.files ?? {})) {
+    const mount = options.writablePaths.find((p) => path.startsWith(`${p}/`));
+    if (mount === undefined) throw new Error(`${path} is under none of the writable paths (${options.writablePaths.join(', ')})`);
+    const file = join(volumes[mount] ?? '', path.slice(mount.length));
+    writeFileSync(file, content);
+    chownSync(file, image.uid, image.gid);
+  }
   const stdoutPath = join(dir, 'stdout.log');
   const stderrPath = join(dir, 'stderr.log');
   const fds = [stdoutPath, stderrPath].map((p) => {

@@ -3,6 +3,7 @@
  * assets staged offline, with no Docker daemon), any other is an explicit, validated
  * configuration value, and the task definitions run both unprivileged.
  */
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +11,7 @@ import { stageBackendContext } from '../../containers/backend/context.js';
 import { stageNginxContext } from '../../containers/nginx/context.js';
 import { DeploymentConfigError, parseDeploymentConfig } from '../../lib/config/deployment-config.js';
 import { APP_CONTAINER, DEMO_BACKEND_USER, NGINX_CONTAINER, NGINX_CONTAINER_USER } from '../../lib/services/sidecar-service.js';
+import { parseBackendEnv } from '../../containers/backend/settings.js';
 import { resourcesOf, ROOT, synthesize, type Synthesized } from './support/synth.js';
 
 type Json = Record<string, unknown>;
@@ -105,9 +107,33 @@ describe('the services stack, the frontend naming its own image', () => {
     }
   });
 
+  it('gives the demo backend every setting it validates: the shards, each shard\'s credentials by the names it reads, the catalog', () => {
+    const demo = tasks().filter(({ app }) => app['Image'] !== FRONTEND_IMAGE);
+    expect(demo).toHaveLength(3);
+    for (const { app } of demo) {
+      // What ECS would hand the container, with CloudFormation's references resolved to stand-ins.
+      const resolved = (value: unknown): string => (typeof value === 'string' ? value : resolveJoin(value));
+      const environment = Object.fromEntries((app['Environment'] as Array<{ Name: string; Value: unknown }>).map((e) => [e.Name, resolved(e.Value)]));
+      const secrets = Object.fromEntries((app['Secrets'] as Array<{ Name: string }>).map((e) => [e.Name, 'from-secrets-manager']));
+
+      const settings = parseBackendEnv({ ...environment, ...secrets });
+
+      expect(settings.sharding.shards).toHaveLength(s.config.database.shards);
+      expect(environment['CATALOG_SHARD_ID']).toBe(settings.sharding.shards[0]?.shard_id);
+      for (const shard of settings.sharding.shards) expect(new URL(shard.database_url).password).toBe('from-secrets-manager');
+    }
+  });
+
   it('tells the application the port nginx proxies to', () => {
     for (const { app, nginx } of tasks()) {
       expect(env(nginx, 'NGINX_READ_UPSTREAMS')).toBe(`127.0.0.1:${String(env(app, 'PORT'))}`);
     }
   });
 });
+
+/** `Fn::Join` of strings and references, each reference as a host name of its own. */
+function resolveJoin(value: unknown): string {
+  const join = (value as { 'Fn::Join'?: [string, unknown[]] })['Fn::Join'];
+  if (join) return join[1].map((part) => (typeof part === 'string' ? part : resolveJoin(part))).join(join[0]);
+  return `ref-${createHash('sha256').update(JSON.stringify(value)).digest('hex').slice(0, 12)}.example.invalid`;
+}

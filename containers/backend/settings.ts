@@ -1,0 +1,186 @@
+/**
+ * The demo backend's settings: the environment the services stack gives every task
+ * (lib/stacks/services-stack.ts), validated at start. Each problem names its variable; the
+ * server stops with exit 78 (EX_CONFIG) rather than run half-configured.
+ *
+ * - `SHARDING_CONFIG_JSON`: the guide's ShardingConfig with credential-free URLs
+ *   (`?sslmode=verify-full` off loopback), plus the guide's `SHARDING_ENABLED`,
+ *   `SHARDING_STRATEGY` and `DATABASE_REPLICA_URLS` on top.
+ * - `SHARD_<ID>_DB_USERNAME` / `SHARD_<ID>_DB_PASSWORD` for every shard (`<ID>` is the shard id
+ *   in capitals, other characters as `_`: `shard-001` -> `SHARD_001`), injected by ECS from the
+ *   shard's secret; they complete the shard's primary and replica URLs.
+ * - `CATALOG_SHARD_ID`: the shard whose primary database holds the catalog (slot maps and
+ *   directory, read to route); default the configuration's `default_shard`.
+ * - `DATABASE_CA_BUNDLE`: a PEM file of the certificate authorities every non-loopback
+ *   connection is verified against; the image sets it to the RDS bundle it carries.
+ *
+ * @example
+ * ```ts
+ * const settings = parseBackendEnv(process.env); // throws BackendConfigError naming each variable
+ * settings.sharding.shards[0]?.database_url; // with the credentials in it
+ * ```
+ */
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { withCredentials } from '../../functions/adapters/postgres/connection-url.js';
+import { loadShardingConfig, type ShardingConfig } from '../../functions/core/sharding/config.js';
+import { ShardingConfigError } from '../../functions/core/sharding/errors.js';
+
+export const SERVICE_ROLES = ['backend-read', 'backend-write', 'frontend', 'worker'] as const;
+
+const wholeNumber = (min: number, max: number, fallback: number, why = '') =>
+  z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min, `must be at least ${min}${why}`).max(max, `must be at most ${max}`))
+    .default(fallback);
+
+export const backendEnvSchema = z.object({
+  PORT: wholeNumber(1024, 65535, 8000, ' (the image runs unprivileged)'),
+  /** Which service this task is (the task definitions set it); reported and used as the pools' application_name. */
+  CA_DMS_SERVICE: z.enum(SERVICE_ROLES, { error: 'must be backend-read, backend-write, frontend or worker' }).optional(),
+  /** The read pool: GET and HEAD only, served by replicas fresh enough. */
+  DATABASE_READ_ONLY: z.enum(['true', 'false'], { error: 'must be true or false' }).default('false').transform((v) => v === 'true'),
+  /**
+   * Idle keep-alive of client connections, in seconds. nginx closes its pooled upstream
+   * connections sooner (NGINX_UPSTREAM_KEEPALIVE_TIMEOUT, 4 s, below NGINX_APP_KEEPALIVE_TIMEOUT,
+   * 5 s), so it never writes to a connection this server is closing.
+   */
+  KEEPALIVE_TIMEOUT_SECONDS: wholeNumber(1, 3600, 5),
+  SHARDING_CONFIG_JSON: z.string({ error: 'is required: the sharding configuration (the services stack sets it)' }).min(1, 'must not be empty'),
+  CATALOG_SHARD_ID: z.string().min(1).optional(),
+  DATABASE_CA_BUNDLE: z.string().startsWith('/', 'must be an absolute path').optional(),
+  /** Connections per database node (each primary and replica). */
+  DATABASE_POOL_SIZE: wholeNumber(1, 100, 10),
+  /** How often newer slot maps (published by moves) are looked for, in seconds. */
+  SLOT_MAP_REFRESH_SECONDS: wholeNumber(1, 3600, 5),
+  /** How long to wait between attempts to reach the shards and the catalog at start, in seconds. */
+  DATABASE_RETRY_SECONDS: wholeNumber(1, 300, 5),
+});
+
+/** The validated settings, with the sharding configuration completed by the credentials. */
+export interface BackendSettings {
+  readonly PORT: number;
+  readonly CA_DMS_SERVICE?: (typeof SERVICE_ROLES)[number];
+  readonly DATABASE_READ_ONLY: boolean;
+  readonly KEEPALIVE_TIMEOUT_SECONDS: number;
+  readonly DATABASE_POOL_SIZE: number;
+  readonly SLOT_MAP_REFRESH_SECONDS: number;
+  readonly DATABASE_RETRY_SECONDS: number;
+  readonly sharding: ShardingConfig;
+  /** The catalog's connection string (the catalog shard's primary, with its credentials). */
+  readonly catalogUrl: string;
+  /** The CAs to verify against; undefined means the RDS bundle compiled in (tls.ts). */
+  readonly ca?: readonly string[];
+}
+
+export class BackendConfigError extends Error {
+  override readonly name = 'BackendConfigError';
+}
+
+/** `shard-001` -> `SHARD_001`: the prefix of a shard's credential variables. */
+export function shardVariablePrefix(shardId: string): string {
+  return shardId.toUpperCase().replace(/[^A-Z0-9]/g, '_');
+}
+
+/** The names of a shard's two credential variables. */
+export function shardCredentialVariables(shardId: string): { username: string; password: string } {
+  const prefix = shardVariablePrefix(shardId);
+  return { username: `${prefix}_DB_USERNAME`, password: `${prefix}_DB_PASSWORD` };
+}
+
+interface Issue {
+  readonly variable: string;
+  readonly message: string;
+}
+
+/** The certificates of a PEM file, or the reason it cannot be used. */
+function readCaBundle(path: string): string[] | string {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    return `cannot be read: ${(error as Error).message}`;
+  }
+  const pems = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (pems.length === 0) return 'holds no PEM certificate';
+  for (const [i, pem] of pems.entries()) {
+    try {
+      new X509Certificate(pem);
+    } catch (error) {
+      return `certificate ${i + 1} does not parse: ${(error as Error).message}`;
+    }
+  }
+  return pems;
+}
+
+/** Validates the variables this server reads; throws a {@link BackendConfigError} naming each one at fault. */
+export function parseBackendEnv(env: Readonly<Record<string, string | undefined>>): BackendSettings {
+  const value = (k: string): string | undefined => (env[k] === '' ? undefined : env[k]);
+  const input = Object.fromEntries(Object.keys(backendEnvSchema.shape).map((k) => [k, value(k)]));
+  const issues: Issue[] = [];
+  const fail = (): never => {
+    const lines = issues.map((i) => `  ${i.variable}: ${i.message}${i.variable.endsWith('_PASSWORD') || i.variable === 'SHARDING_CONFIG_JSON' ? '' : ` (got ${JSON.stringify(env[i.variable])})`}`);
+    throw new BackendConfigError(`invalid demo backend settings:\n${lines.join('\n')}`);
+  };
+  const result = backendEnvSchema.safeParse(input);
+  if (!result.success) {
+    issues.push(...result.error.issues.map((i) => ({ variable: String(i.path[0]), message: i.message })));
+    fail();
+  }
+  const e = result.data!;
+
+  let document: unknown;
+  try {
+    document = JSON.parse(e.SHARDING_CONFIG_JSON) as unknown;
+  } catch (error) {
+    issues.push({ variable: 'SHARDING_CONFIG_JSON', message: `is not valid JSON: ${(error as Error).message}` });
+    fail();
+  }
+  let sharding: ShardingConfig;
+  try {
+    sharding = loadShardingConfig(document, env);
+  } catch (error) {
+    if (!(error instanceof ShardingConfigError)) throw error;
+    issues.push(...error.problems.map((p) => ({ variable: /^[A-Z_]+:/.test(p) ? p.slice(0, p.indexOf(':')) : 'SHARDING_CONFIG_JSON', message: p })));
+    return fail();
+  }
+  if (!sharding.enabled) issues.push({ variable: 'SHARDING_ENABLED', message: 'the demo backend serves sharded data only; sharding must be enabled' });
+
+  // Every shard's credentials, into its primary and replica URLs.
+  const shards = sharding.shards.map((shard) => {
+    const names = shardCredentialVariables(shard.shard_id);
+    const user = value(names.username);
+    const password = value(names.password);
+    if (user === undefined) issues.push({ variable: names.username, message: `is required: the login for shard ${shard.shard_id}` });
+    if (password === undefined) issues.push({ variable: names.password, message: `is required: the password for shard ${shard.shard_id}` });
+    if (user === undefined || password === undefined) return shard;
+    return { ...shard, database_url: withCredentials(shard.database_url, user, password), read_replicas: shard.read_replicas.map((r) => withCredentials(r, user, password)) };
+  });
+  const catalogShard = e.CATALOG_SHARD_ID ?? sharding.default_shard ?? sharding.shards[0]?.shard_id;
+  const catalog = shards.find((s) => s.shard_id === catalogShard);
+  if (!catalog) issues.push({ variable: 'CATALOG_SHARD_ID', message: `names no configured shard (${sharding.shards.map((s) => s.shard_id).join(', ')})` });
+
+  let ca: string[] | undefined;
+  if (e.DATABASE_CA_BUNDLE !== undefined) {
+    const bundle = readCaBundle(e.DATABASE_CA_BUNDLE);
+    if (typeof bundle === 'string') issues.push({ variable: 'DATABASE_CA_BUNDLE', message: bundle });
+    else ca = bundle;
+  }
+  if (issues.length > 0) fail();
+
+  return {
+    PORT: e.PORT,
+    ...(e.CA_DMS_SERVICE === undefined ? {} : { CA_DMS_SERVICE: e.CA_DMS_SERVICE }),
+    DATABASE_READ_ONLY: e.DATABASE_READ_ONLY,
+    KEEPALIVE_TIMEOUT_SECONDS: e.KEEPALIVE_TIMEOUT_SECONDS,
+    DATABASE_POOL_SIZE: e.DATABASE_POOL_SIZE,
+    SLOT_MAP_REFRESH_SECONDS: e.SLOT_MAP_REFRESH_SECONDS,
+    DATABASE_RETRY_SECONDS: e.DATABASE_RETRY_SECONDS,
+    sharding: { ...sharding, shards },
+    catalogUrl: catalog!.database_url,
+    ...(ca === undefined ? {} : { ca }),
+  };
+}

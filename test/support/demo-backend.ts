@@ -1,0 +1,95 @@
+/**
+ * Shards as a deployment gives them to the demo backend (containers/backend): one test
+ * PostgreSQL server with two shard databases, the catalog in the first one's database (as on
+ * AWS, where it lives on the first shard's primary), every migration applied, and the
+ * application's least-privilege login (shard migration 003), whose credentials the backend gets
+ * the way ECS passes them: `SHARD_<ID>_DB_USERNAME` / `_PASSWORD` beside a credential-free
+ * `SHARDING_CONFIG_JSON`.
+ *
+ * @example
+ * ```ts
+ * const shards = await startDemoShards();
+ * const env = shards.backendEnv(); // give it to the backend
+ * await shards.publishSlotMap();    // what the control plane does after the migrations
+ * await shards.stop();
+ * ```
+ */
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { ensureApplicationLogin } from '../../functions/adapters/postgres/app-role.js';
+import { runMigrations } from '../../functions/adapters/postgres/migrate.js';
+import { SlotMapStore } from '../../functions/adapters/postgres/slot-map-store.js';
+import { buildSlotMap } from '../../functions/core/sharding/slot-map.js';
+import { startTestPostgres, type StartTestPostgresOptions, type TestPostgres } from './postgres.js';
+
+const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../../functions/adapters/postgres/migrations');
+
+export const DEMO_SHARD_IDS = ['shard_001', 'shard_002'] as const;
+const APP_LOGIN = { username: 'ca_dms_app_demo', password: 'demo p@ss/word' };
+
+export interface DemoShards {
+  readonly server: TestPostgres;
+  /** The master's pool on a shard's database (checks behind the API's back). */
+  admin(shardId: (typeof DEMO_SHARD_IDS)[number]): pg.Pool;
+  /**
+   * The backend's environment for these shards: the URLs reach `host` (default 127.0.0.1) and
+   * carry `sslmode=verify-full` when asked, as the deployed ones do.
+   */
+  backendEnv(options?: { host?: string; verifyFull?: boolean }): Record<string, string>;
+  /** Publishes the first slot map from the shards' weights, as the control plane does. */
+  publishSlotMap(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startDemoShards(options: StartTestPostgresOptions = {}): Promise<DemoShards> {
+  const server = await startTestPostgres(options);
+  const pools = new Map<string, pg.Pool>();
+  try {
+    const setup = new pg.Client({ connectionString: server.url });
+    await setup.connect();
+    for (const id of DEMO_SHARD_IDS) await setup.query(`create database ${id}`);
+    await setup.end();
+    for (const id of DEMO_SHARD_IDS) {
+      const pool = new pg.Pool({ connectionString: server.urlFor(id), max: 2 });
+      pool.on('error', () => undefined);
+      pools.set(id, pool);
+      await runMigrations(pool, 'shard', resolve(MIGRATIONS, 'shard'));
+    }
+    const catalog = pools.get(DEMO_SHARD_IDS[0])!;
+    await runMigrations(catalog, 'catalog', resolve(MIGRATIONS, 'catalog'));
+    await runMigrations(catalog, 'sharding', resolve(MIGRATIONS, 'sharding'));
+    await ensureApplicationLogin(catalog, APP_LOGIN);
+  } catch (error) {
+    await Promise.all([...pools.values()].map((p) => p.end()));
+    await server.stop();
+    throw error;
+  }
+  return {
+    server,
+    admin(shardId) {
+      return pools.get(shardId)!;
+    },
+    backendEnv({ host = '127.0.0.1', verifyFull = false } = {}) {
+      const url = (id: string): string => `postgresql://${host}:${server.port}/${id}${verifyFull ? '?sslmode=verify-full' : ''}`;
+      return {
+        SHARDING_CONFIG_JSON: JSON.stringify({
+          strategy: 'hash_based',
+          default_shard: DEMO_SHARD_IDS[0],
+          shards: DEMO_SHARD_IDS.map((id) => ({ shard_id: id, database_url: url(id), weight: 1, read_replicas: [] })),
+        }),
+        ...Object.fromEntries(DEMO_SHARD_IDS.flatMap((id) => [[`${id.toUpperCase()}_DB_USERNAME`, APP_LOGIN.username], [`${id.toUpperCase()}_DB_PASSWORD`, APP_LOGIN.password]])),
+        CATALOG_SHARD_ID: DEMO_SHARD_IDS[0],
+        DATABASE_RETRY_SECONDS: '1',
+        SLOT_MAP_REFRESH_SECONDS: '1',
+      };
+    },
+    async publishSlotMap() {
+      await new SlotMapStore(pools.get(DEMO_SHARD_IDS[0])!).initialise(buildSlotMap(DEMO_SHARD_IDS.map((shardId) => ({ shardId, weight: 1 }))), 'test control plane');
+    },
+    async stop() {
+      await Promise.all([...pools.values()].map((p) => p.end()));
+      await server.stop();
+    },
+  };
+}
