@@ -109,6 +109,8 @@ interface CompiledRoute {
   readonly spec: RouteSpec;
   readonly pattern: RegExp;
   readonly paramNames: readonly string[];
+  /** The query schema's output for a request without a query, parsed once (most reads have none). */
+  readonly emptyQuery: { readonly ok: true; readonly data: unknown } | { readonly ok: false };
 }
 
 function compile(spec: RouteSpec): CompiledRoute {
@@ -124,7 +126,9 @@ function compile(spec: RouteSpec): CompiledRoute {
       return seg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     })
     .join('/');
-  return { spec, pattern: new RegExp(`^${source}/?$`), paramNames };
+  const empty = spec.query?.safeParse({});
+  const emptyQuery = empty?.success ? ({ ok: true, data: Object.freeze(empty.data) } as const) : ({ ok: false } as const);
+  return { spec, pattern: new RegExp(`^${source}/?$`), paramNames, emptyQuery };
 }
 
 function zodIssues(prefix: string, error: z.ZodError): InvalidParam[] {
@@ -196,7 +200,7 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
       return r.data;
     };
     const params = parsePart('params', spec.params, rawParams);
-    const query = parsePart('query', spec.query, { ...request.query });
+    const query = Object.keys(request.query).length === 0 && hit.route.emptyQuery.ok ? hit.route.emptyQuery.data : parsePart('query', spec.query, { ...request.query });
     const headers = parsePart('headers', spec.headers, { ...request.headers });
 
     let body: unknown;

@@ -14,7 +14,7 @@ import { applyMergePatch, missingSettings } from '../core/scaling/config-documen
 import { ProblemError, type ApiRequest } from './http.js';
 import { buildOpenApi } from './openapi.js';
 import { createRouter, defineRoute, type RouteResult, type RouteSpec, type Router, type RouterOptions } from './router.js';
-import { noneMatch, Snapshot } from './snapshot.js';
+import { noneMatch, Snapshot, SnapshotMap, type SnapshotRead } from './snapshot.js';
 import {
   configBodySchema,
   configEnvelopeSchema,
@@ -42,7 +42,18 @@ import {
   timeseriesQuerySchema,
   timeseriesSchema,
 } from './schemas.js';
-import { ConflictError, NotFoundError, StaleVersionError, UnavailableError, UnknownServiceError, type ConfigEnvelope, type ScalingApiPort } from './service.js';
+import {
+  ConflictError,
+  NotFoundError,
+  StaleVersionError,
+  UnavailableError,
+  UnknownServiceError,
+  type ConfigEnvelope,
+  type HistoryView,
+  type RebalanceCheckView,
+  type ScalingApiPort,
+  type TimeseriesView,
+} from './service.js';
 
 export const API_PREFIX = '/api/v1/scaling';
 
@@ -130,12 +141,21 @@ async function guard<T>(work: () => Promise<T>): Promise<T> {
   }
 }
 
-/** How long the snapshots behind the cheap reads live. */
+/**
+ * How long the snapshots behind the reads live. Every read endpoint is served from a snapshot
+ * (one per set of query parameters), so a burst of readers costs one computation per lifetime,
+ * not one per request; `Age`, `ETag` and `Cache-Control` say how old it is.
+ */
 export interface ReadSnapshotOptions {
-  /** Shard health and (estimated) statistics: the sharding `health_check_interval` (default 10 s). */
+  /** Shard health, (estimated) statistics and the rebalance check: the sharding `health_check_interval` (default 10 s). */
   readonly shardsMaxAgeMs?: number;
-  /** Status; any change made through this API renews it at once (default 1 s). */
+  /**
+   * Status, metrics, history, time series and configuration (default 1 s); any change made
+   * through this API renews them at once.
+   */
   readonly statusMaxAgeMs?: number;
+  /** Recommendations, which replay the last decisions (default 10 s); renewed by changes too. */
+  readonly recommendationsMaxAgeMs?: number;
   readonly now?: () => number;
 }
 
@@ -147,8 +167,8 @@ const SNAPSHOT_HEADERS = {
 };
 
 /** Serves a snapshot read: 304 when the client has it already, else the body serialised once. */
-async function fromSnapshot<T>(snapshot: Snapshot<T>, request: ApiRequest): Promise<RouteResult> {
-  const read = await guard(() => snapshot.read());
+async function fromSnapshot<T>(snapshot: Snapshot<T> | (() => Promise<SnapshotRead<T>>), request: ApiRequest): Promise<RouteResult> {
+  const read = await guard(() => (snapshot instanceof Snapshot ? snapshot.read() : snapshot()));
   const headers = { etag: read.etag, age: String(read.ageSeconds), 'cache-control': `private, max-age=${read.maxAgeSeconds}` };
   if (noneMatch(request.headers['if-none-match'], read.etag)) return { status: 304, headers };
   return { status: 200, body: read.value, json: read.json, headers };
@@ -157,9 +177,26 @@ async function fromSnapshot<T>(snapshot: Snapshot<T>, request: ApiRequest): Prom
 /** The route table over a port. */
 export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptions = {}): RouteSpec[] {
   const now = snapshots.now ?? Date.now;
-  const statusSnapshot = new Snapshot(() => port.status(), { maxAgeMs: snapshots.statusMaxAgeMs ?? 1000, now });
-  const healthSnapshot = new Snapshot(() => port.shardHealth(), { maxAgeMs: snapshots.shardsMaxAgeMs ?? 10_000, now });
-  const statisticsSnapshot = new Snapshot(() => port.shardStatistics({ exact: false }), { maxAgeMs: snapshots.shardsMaxAgeMs ?? 10_000, now });
+  const live = { maxAgeMs: snapshots.statusMaxAgeMs ?? 1000, now };
+  const shards = { maxAgeMs: snapshots.shardsMaxAgeMs ?? 10_000, now };
+  const statusSnapshot = new Snapshot(() => port.status(), live);
+  const metricsSnapshot = new Snapshot(() => port.metrics(), live);
+  const configSnapshot = new Snapshot(() => port.getConfig(), { ...live, etag: (envelope) => etagOf(envelope.version) });
+  const historyPages = new SnapshotMap<HistoryView>(live);
+  const timeseriesWindows = new SnapshotMap<TimeseriesView>(live);
+  const recommendationsSnapshot = new Snapshot(() => port.recommendations(), { maxAgeMs: snapshots.recommendationsMaxAgeMs ?? 10_000, now });
+  const healthSnapshot = new Snapshot(() => port.shardHealth(), shards);
+  const statisticsSnapshot = new Snapshot(() => port.shardStatistics({ exact: false }), shards);
+  const rebalanceChecks = new SnapshotMap<RebalanceCheckView>(shards);
+  /** What a change made through this API may have changed: read again on the next request. */
+  const renew = (): void => {
+    statusSnapshot.invalidate();
+    metricsSnapshot.invalidate();
+    configSnapshot.invalidate();
+    historyPages.invalidate();
+    timeseriesWindows.invalidate();
+    recommendationsSnapshot.invalidate();
+  };
   const routes: RouteSpec[] = [
     defineRoute({
       method: 'GET',
@@ -181,8 +218,11 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       summary: 'Get current system metrics',
       tags: ['scaling'],
       query: noQuery,
-      responses: { 200: { description: 'the latest metrics per service; missing ones marked missing', schema: metricsSchema } },
-      handle: async () => ({ status: 200, body: await guard(() => port.metrics()) }),
+      responses: {
+        200: { description: 'the latest metrics per service; missing ones marked missing (a snapshot at most 1 s old)', schema: metricsSchema, headers: SNAPSHOT_HEADERS },
+        304: NOT_MODIFIED,
+      },
+      handle: async ({ request }) => fromSnapshot(metricsSnapshot, request),
     }),
     defineRoute({
       method: 'GET',
@@ -192,15 +232,15 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       description: 'Decisions and events, newest first, with cursor pagination.',
       tags: ['scaling'],
       query: historyQuerySchema,
-      responses: { 200: { description: 'a page of history', schema: historySchema } },
-      handle: async ({ query }) => {
+      responses: { 200: { description: 'a page of history (a snapshot at most 1 s old)', schema: historySchema, headers: SNAPSHOT_HEADERS }, 304: NOT_MODIFIED },
+      handle: async ({ query, request }) => {
         if (query.since && query.until && Date.parse(query.since) > Date.parse(query.until)) {
           throw new ProblemError(400, 'since must not be after until', {
             title: 'Invalid request',
             invalidParams: [{ name: 'query.since', reason: 'must not be after until' }],
           });
         }
-        return { status: 200, body: await guard(() => port.history(query)) };
+        return fromSnapshot(() => historyPages.read(JSON.stringify(query), () => port.history(query)), request);
       },
     }),
     defineRoute({
@@ -211,18 +251,20 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       description: `Per service, the evaluations recorded in the window reduced to buckets (demand in requests/min and CPU %, mean and highest; desired tasks), and every change of the desired count with its reasons. Default window: the last hour. At most ${TIMESERIES_MAX_WINDOW_SECONDS / 86_400} days and ${TIMESERIES_MAX_POINTS} buckets.`,
       tags: ['scaling'],
       query: timeseriesQuerySchema,
-      responses: { 200: { description: 'the series per service', schema: timeseriesSchema } },
-      handle: async ({ query }) => ({
-        status: 200,
-        body: await guard(() =>
-          port.timeseries({
-            ...(query.service ? { service: query.service } : {}),
-            ...(query.since ? { since: new Date(query.since) } : {}),
-            ...(query.until ? { until: new Date(query.until) } : {}),
-            ...(query.step ? { stepSeconds: query.step } : {}),
-          }),
+      responses: { 200: { description: 'the series per service (a snapshot at most 1 s old)', schema: timeseriesSchema, headers: SNAPSHOT_HEADERS }, 304: NOT_MODIFIED },
+      handle: async ({ query, request }) =>
+        fromSnapshot(
+          () =>
+            timeseriesWindows.read(JSON.stringify(query), () =>
+              port.timeseries({
+                ...(query.service ? { service: query.service } : {}),
+                ...(query.since ? { since: new Date(query.since) } : {}),
+                ...(query.until ? { until: new Date(query.until) } : {}),
+                ...(query.step ? { stepSeconds: query.step } : {}),
+              }),
+            ),
+          request,
         ),
-      }),
     }),
     defineRoute({
       method: 'GET',
@@ -231,11 +273,15 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       summary: 'Get the scaling configuration',
       tags: ['scaling'],
       query: noQuery,
-      responses: { 200: { description: 'the configuration and its version', schema: configEnvelopeSchema, headers: { etag: 'the version, for If-Match' } } },
-      handle: async () => {
-        const envelope = await guard(() => port.getConfig());
-        return { status: 200, body: envelope, headers: { etag: etagOf(envelope.version) } };
+      responses: {
+        200: {
+          description: 'the configuration and its version (a snapshot at most 1 s old, renewed by any change made through this API)',
+          schema: configEnvelopeSchema,
+          headers: { ...SNAPSHOT_HEADERS, etag: 'the version, for If-Match (and If-None-Match)' },
+        },
+        304: NOT_MODIFIED,
       },
+      handle: async ({ request }) => fromSnapshot(configSnapshot, request),
     }),
     defineRoute({
       method: 'PUT',
@@ -323,8 +369,11 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       summary: 'Get scaling recommendations',
       tags: ['scaling'],
       query: noQuery,
-      responses: { 200: { description: 'advice with its evidence', schema: recommendationsSchema } },
-      handle: async () => ({ status: 200, body: await guard(() => port.recommendations()) }),
+      responses: {
+        200: { description: 'advice with its evidence (a snapshot at most 10 s old, renewed by any change made through this API)', schema: recommendationsSchema, headers: SNAPSHOT_HEADERS },
+        304: NOT_MODIFIED,
+      },
+      handle: async ({ request }) => fromSnapshot(recommendationsSnapshot, request),
     }),
     defineRoute({
       method: 'POST',
@@ -376,11 +425,18 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       summary: 'Check whether shards need rebalancing',
       tags: ['shards'],
       query: rebalanceQuerySchema,
-      responses: { 200: { description: 'the imbalance and the moves that would fix it', schema: rebalanceCheckSchema } },
-      handle: async ({ query }) => ({
-        status: 200,
-        body: await guard(() => port.rebalanceCheck({ ...(query.threshold !== undefined ? { threshold: query.threshold } : {}), ...(query.by ? { by: query.by } : {}) })),
-      }),
+      responses: {
+        200: { description: 'the imbalance and the moves that would fix it (a snapshot refreshed every health_check_interval)', schema: rebalanceCheckSchema, headers: SNAPSHOT_HEADERS },
+        304: NOT_MODIFIED,
+      },
+      handle: async ({ query, request }) =>
+        fromSnapshot(
+          () =>
+            rebalanceChecks.read(JSON.stringify(query), () =>
+              port.rebalanceCheck({ ...(query.threshold !== undefined ? { threshold: query.threshold } : {}), ...(query.by ? { by: query.by } : {}) }),
+            ),
+          request,
+        ),
     }),
     defineRoute({
       method: 'GET',
@@ -425,13 +481,18 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
     summary: 'This API\'s OpenAPI 3 document',
     tags: ['meta'],
     query: noQuery,
-    responses: { 200: { description: 'the OpenAPI document', schema: z.record(z.string(), z.unknown()) } },
-    handle: async () => ({ status: 200, body: openApiDocument }),
+    responses: {
+      200: { description: 'the OpenAPI document', schema: z.record(z.string(), z.unknown()), headers: { etag: 'entity tag of the document', 'cache-control': 'how long it may be kept' } },
+      304: NOT_MODIFIED,
+    },
+    // Built once, with the routes: it changes only with a new version of this code.
+    handle: async ({ request }) => fromSnapshot(openApiSnapshot, request),
   });
-  // A change made through the API shows in the very next GET /status.
-  const renewing = routes.map((r): RouteSpec => (r.method === 'GET' ? r : { ...r, handle: (ctx) => r.handle(ctx).finally(() => statusSnapshot.invalidate()) }));
+  // A change made through the API shows in the very next read.
+  const renewing = routes.map((r): RouteSpec => (r.method === 'GET' ? r : { ...r, handle: (ctx) => r.handle(ctx).finally(renew) }));
   const all = [...renewing, openapi];
   const openApiDocument = buildOpenApi(all, OPENAPI_INFO);
+  const openApiSnapshot = new Snapshot(async () => openApiDocument, { maxAgeMs: 3600_000, now });
   return all;
 }
 

@@ -15,11 +15,13 @@
  */
 import { createHash } from 'node:crypto';
 
-export interface SnapshotOptions {
+export interface SnapshotOptions<T = unknown> {
   /** How old a snapshot may get before a read starts a refresh. */
   readonly maxAgeMs: number;
   /** Milliseconds since the epoch (injected for tests). */
   readonly now?: () => number;
+  /** The entity tag of a value (default: a hash of its JSON). A value with a version of its own names it here. */
+  readonly etag?: (value: T, json: string) => string;
 }
 
 /** One snapshot as served. */
@@ -59,7 +61,7 @@ export class Snapshot<T> {
 
   constructor(
     private readonly load: () => Promise<T>,
-    private readonly options: SnapshotOptions,
+    private readonly options: SnapshotOptions<T>,
   ) {
     this.now = options.now ?? Date.now;
   }
@@ -96,7 +98,8 @@ export class Snapshot<T> {
       try {
         const value = deepFreeze(await this.load());
         const json = JSON.stringify(value);
-        const taken: Taken<T> = { value, json, etag: `"${createHash('sha1').update(json).digest('base64url').slice(0, 22)}"`, at: started };
+        const etag = this.options.etag ? this.options.etag(value, json) : `"${createHash('sha1').update(json).digest('base64url').slice(0, 22)}"`;
+        const taken: Taken<T> = { value, json, etag, at: started };
         if (generation === this.generation) this.taken = taken;
         return taken;
       } finally {
@@ -104,6 +107,38 @@ export class Snapshot<T> {
       }
     })();
     return this.refreshing;
+  }
+}
+
+/**
+ * Snapshots of a read that takes parameters (a page of history, a time window), one per key (the
+ * parameters, normalised), at most `maxKeys` of them: past that, the oldest key is dropped.
+ *
+ * @example
+ * ```ts
+ * const pages = new SnapshotMap<HistoryView>({ maxAgeMs: 1000 });
+ * const read = await pages.read(JSON.stringify(query), () => port.history(query));
+ * ```
+ */
+export class SnapshotMap<T> {
+  private readonly entries = new Map<string, Snapshot<T>>();
+
+  constructor(private readonly options: SnapshotOptions<T> & { readonly maxKeys?: number }) {}
+
+  /** The snapshot for `key`; `load` computes it (the first read of a key decides how). */
+  read(key: string, load: () => Promise<T>): Promise<SnapshotRead<T>> {
+    let snapshot = this.entries.get(key);
+    if (snapshot === undefined) {
+      snapshot = new Snapshot(load, this.options);
+      this.entries.set(key, snapshot);
+      if (this.entries.size > (this.options.maxKeys ?? 64)) this.entries.delete(this.entries.keys().next().value as string);
+    }
+    return snapshot.read();
+  }
+
+  /** Forgets every key: the next read of each waits for a fresh snapshot. */
+  invalidate(): void {
+    this.entries.clear();
   }
 }
 

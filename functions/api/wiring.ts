@@ -27,6 +27,7 @@ import { MoveBusyError, MoveConflictError, MoveRequestError, type MoveJob, type 
 import { ShardInspectionError, type HealthReport, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
+import { coalesced } from './coalesce.js';
 import { ProblemError } from './http.js';
 import { TIMESERIES_MAX_POINTS, TIMESERIES_MAX_WINDOW_SECONDS } from './schemas.js';
 import {
@@ -187,6 +188,13 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     if (!deps.sharding) throw new ProblemError(404, 'sharding is not enabled (SHARDING_ENABLED=false): there are no shards to report on');
     return deps.sharding;
   };
+  // Another process (a move) may have published a newer map since this one was loaded: every
+  // lookup checks, and concurrent lookups share the check (never one begun before they came).
+  const adoptNewerMap = coalesced(async () => {
+    const s = sharding();
+    const newer = await s.slotMaps.currentIfNewer(s.router.slotMap.version);
+    if (newer) s.router.setSlotMap(newer);
+  });
 
   async function latestDecisions(service: string, limit: number): Promise<StoredDecision[]> {
     return catalog.listDecisions({ service, limit });
@@ -447,9 +455,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
 
     async route(key) {
       const s = sharding();
-      // Another process (a move) may have published a newer map since this one was loaded.
-      const newer = await s.slotMaps.currentIfNewer(s.router.slotMap.version);
-      if (newer) s.router.setSlotMap(newer);
+      await adoptNewerMap();
       let r;
       try {
         r = await s.router.resolve(key);

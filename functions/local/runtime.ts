@@ -31,7 +31,7 @@ import { getPolicy } from '../core/scaling/policies/index.js';
 import type { Clock, DecisionLog, DecisionRecord } from '../core/scaling/ports.js';
 import { applyShardingEnv, parseShardingConfig, type ShardingConfig } from '../core/sharding/config.js';
 import { createScalingApiPort, shardingDepsOf } from '../api/wiring.js';
-import { createApiHandler } from '../handlers/api.js';
+import { createScalingRouter } from '../api/routes.js';
 import { startLocalServer, type LocalServer } from '../adapters/http/local-server.js';
 import { createDashboardRoute } from '../adapters/http/dashboard.js';
 import { CatalogStore } from '../adapters/postgres/catalog-store.js';
@@ -211,8 +211,14 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       }),
     });
 
+    // The route table served directly: the Lambda handler's wrapping (middy, Powertools, and the
+    // X-Ray SDK's async hooks, which tax every promise in the process) is for AWS only.
+    const api = createScalingRouter(port, {
+      snapshots: { shardsMaxAgeMs: shardingConfig.health_check_interval_seconds * 1000 },
+      onError: (err, request) => say(`api: unexpected error serving ${request.method} ${request.path} (request id ${request.requestId}): ${(err as Error).message}`),
+    });
     const server: LocalServer = await startLocalServer({
-      handler: createApiHandler(() => port, { snapshots: { shardsMaxAgeMs: shardingConfig.health_check_interval_seconds * 1000 } }),
+      dispatch: (request) => api.dispatch(request),
       port: options.port,
       extraRoutes: [liveLoad.route(), createDashboardRoute(), createDocumentsRoute({ writer, reader, router, shardIds: pools.shardIds() })],
     });

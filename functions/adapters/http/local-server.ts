@@ -1,7 +1,13 @@
 /**
- * The local HTTP adapter: a `node:http` server that turns each request into an API Gateway
- * REST proxy event, calls the very same Lambda handler API Gateway would, and writes its
- * result back. Used by local mode and by the API tests.
+ * The local HTTP adapter: a `node:http` server in front of the scaling API. It serves the API
+ * one of two ways:
+ *
+ * - `dispatch` (local mode): each request becomes the very {@link ApiRequest} that
+ *   `fromApiGatewayEvent` builds from the proxy event API Gateway would send, and goes straight
+ *   to the route table. No proxy event, no middy, no per-request Powertools setup: on a laptop
+ *   those cost more than the API's own work (issue #16, point 8).
+ * - `handler`: each request becomes an API Gateway REST proxy event for a Lambda handler, as
+ *   API Gateway would call it.
  *
  * What a client sends is untrusted, and every refusal is an RFC 9457 problem document: a
  * request target that is not a URL or holds malformed percent-encoding is 400; a request whose
@@ -13,7 +19,8 @@
  *
  * @example
  * ```ts
- * const server = await startLocalServer({ handler, port: 3000 });
+ * const router = createScalingRouter(port);
+ * const server = await startLocalServer({ dispatch: (request) => router.dispatch(request), port: 3000 });
  * console.log(server.url); // http://127.0.0.1:3000
  * await server.close();
  * ```
@@ -23,15 +30,17 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
-import { ProblemError, problemResponse } from '../../api/http.js';
+import { ProblemError, problemResponse, type ApiRequest, type ApiResponse } from '../../api/http.js';
 
 export type ProxyHandler = (event: APIGatewayProxyEvent, context: Context) => Promise<APIGatewayProxyResult>;
+
+/** Serves one API request: the route table's `dispatch`. */
+export type ApiDispatch = (request: ApiRequest) => Promise<ApiResponse>;
 
 /** Serves something other than the API (the dashboard page, static files); return false to fall through. */
 export type ExtraRoute = (req: IncomingMessage, res: ServerResponse) => boolean | Promise<boolean>;
 
-export interface LocalServerOptions {
-  readonly handler: ProxyHandler;
+interface CommonServerOptions {
   /** Port on 127.0.0.1; 0 picks a free one. */
   readonly port?: number;
   readonly host?: string;
@@ -41,6 +50,9 @@ export interface LocalServerOptions {
   readonly requestTimeoutMs?: number;
   readonly extraRoutes?: readonly ExtraRoute[];
 }
+
+/** Exactly one way of serving the API: a route table's dispatcher, or a Lambda handler. */
+export type LocalServerOptions = CommonServerOptions & ({ readonly dispatch: ApiDispatch; readonly handler?: undefined } | { readonly handler: ProxyHandler; readonly dispatch?: undefined });
 
 export interface LocalServer {
   readonly url: string;
@@ -76,7 +88,15 @@ function lambdaContext(requestId: string): Context {
   };
 }
 
+/** Whether the request has no body at all (RFC 9112 section 6.3): neither Transfer-Encoding nor a non-zero Content-Length. */
+function bodiless(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] === undefined && (length === undefined || length === '0');
+}
+
 async function readBody(req: IncomingMessage, limit: number): Promise<string | 'too-large'> {
+  // Most requests (every GET) have none: no stream iteration for them.
+  if (bodiless(req)) return '';
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > limit) return 'too-large';
   const chunks: Buffer[] = [];
@@ -109,6 +129,29 @@ export function parseTarget(raw: string | undefined): URL | ProblemError {
     return new ProblemError(400, `the request path ${url.pathname} holds malformed percent-encoding (a % must be followed by two hex digits)`, { cause: error });
   }
   return url;
+}
+
+/**
+ * Converts one node:http request into the API's own request: what `fromApiGatewayEvent` makes of
+ * {@link toProxyEvent}'s event for it (a test holds the two equal), built directly.
+ */
+export function toApiRequest(req: IncomingMessage, body: string, requestId: string, target: URL): ApiRequest {
+  const headers = untrustedKeys<string>();
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+  }
+  const query = untrustedKeys<string>();
+  for (const [k, v] of target.searchParams) query[k] = v;
+  const sourceIp = req.socket.remoteAddress ?? '127.0.0.1';
+  return {
+    method: req.method ?? 'GET',
+    path: target.pathname,
+    query,
+    headers,
+    body: body.length > 0 ? body : null,
+    identity: { actor: `local:${sourceIp}`, sourceIp },
+    requestId,
+  };
 }
 
 /** Converts one node:http request into a REST API proxy event. */
@@ -194,6 +237,9 @@ function clientErrorProblem(err: NodeJS.ErrnoException, timeoutMs: number): Prob
 export async function startLocalServer(options: LocalServerOptions): Promise<LocalServer> {
   const limit = options.maxBodyBytes ?? 1024 * 1024;
   const timeoutMs = options.requestTimeoutMs ?? 10_000;
+  const { dispatch, handler } = options;
+  if ((dispatch === undefined) === (handler === undefined)) throw new TypeError('startLocalServer: pass exactly one of dispatch and handler');
+  const extras = options.extraRoutes ?? [];
   // The response under way on each connection: a parser error or a timeout may answer only
   // while nothing of a response has been written.
   const responding = new WeakMap<Duplex, ServerResponse>();
@@ -205,14 +251,24 @@ export async function startLocalServer(options: LocalServerOptions): Promise<Loc
         sendProblem(res, target, true);
         return;
       }
-      for (const extra of options.extraRoutes ?? []) if (await extra(req, res)) return;
+      for (const extra of extras) {
+        // Most extra routes decide synchronously; awaiting only a promise keeps them off the microtask queue.
+        const taken = extra(req, res);
+        if (taken === true || (taken !== false && (await taken))) return;
+      }
       const requestId = randomUUID();
       const body = await readBody(req, limit);
       if (body === 'too-large') {
         sendProblem(res, new ProblemError(413, `the request body is larger than ${limit} bytes`), true);
         return;
       }
-      const result = await options.handler(toProxyEvent(req, body, requestId, target), lambdaContext(requestId));
+      if (dispatch) {
+        const response = await dispatch(toApiRequest(req, body, requestId, target));
+        res.writeHead(response.status, { ...response.headers, 'x-request-id': requestId });
+        res.end(response.body);
+        return;
+      }
+      const result = await (handler as ProxyHandler)(toProxyEvent(req, body, requestId, target), lambdaContext(requestId));
       const headers: Record<string, string> = { 'x-request-id': requestId };
       for (const [k, v] of Object.entries(result.headers ?? {})) headers[k] = String(v);
       res.writeHead(result.statusCode, headers);

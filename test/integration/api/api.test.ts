@@ -298,10 +298,21 @@ describe('scaling API over HTTP', () => {
   });
 
   describe('snapshot reads', () => {
-    it('serves shard health from a snapshot with its ETag, Age and lifetime, and 304 to a client that has it', async () => {
-      const first = await h.fetchJson(`${API}/shards/health`);
+    it.each([
+      '/status',
+      '/metrics',
+      '/history?limit=5',
+      '/timeseries',
+      '/config',
+      '/recommendations',
+      '/shards/health',
+      '/shards/statistics',
+      '/shards/rebalance-check',
+      '/openapi.json',
+    ])('serves GET %s from a snapshot with its ETag, Age and lifetime, and 304 to a client that has it', async (path) => {
+      const first = await h.fetchJson(`${API}${path}`);
       const tag = first.headers.get('etag') ?? '';
-      const again = await fetch(`${h.url}${API}/shards/health`, { headers: { 'if-none-match': tag } });
+      const again = await fetch(`${h.url}${API}${path}`, { headers: { 'if-none-match': tag } });
 
       expect(first.status).toBe(200);
       expect(tag).toMatch(/^"[\w-]+"$/);
@@ -309,6 +320,20 @@ describe('scaling API over HTTP', () => {
       expect(first.headers.get('cache-control')).toMatch(/^private, max-age=\d+$/);
       expect(again.status).toBe(304);
       expect(await again.text()).toBe('');
+    });
+
+    it('shows a configuration change made through the API in the very next GET /config and its ETag', async () => {
+      const before = await h.fetchJson(`${API}/config`);
+
+      const patched = await h.fetchJson(`${API}/config`, { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json' }, body: JSON.stringify({ check_interval: 45 }) });
+      const after = await h.fetchJson(`${API}/config`);
+
+      expect(patched.status).toBe(200);
+      expect(after.headers.get('etag')).toBe(patched.headers.get('etag'));
+      expect(after.headers.get('etag')).not.toBe(before.headers.get('etag'));
+      expect((after.body as { config: { check_interval: number } }).config.check_interval).toBe(45);
+      const restore = { check_interval: (before.body as { config: { check_interval: number } }).config.check_interval };
+      await h.fetchJson(`${API}/config`, { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json' }, body: JSON.stringify(restore) });
     });
 
     it('shows a change made through the API in the very next status, snapshot or not', async () => {

@@ -3,10 +3,14 @@
  * is a problem document with the right status, no request is held open for long, and a query
  * key named like a built-in property is data like any other.
  */
+import fc from 'fast-check';
+import { request } from 'node:http';
 import { connect } from 'node:net';
 import type { APIGatewayProxyEvent } from 'aws-lambda';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startLocalServer, type LocalServer } from '../../../functions/adapters/http/local-server.js';
+import { startLocalServer, type LocalServer, type LocalServerOptions } from '../../../functions/adapters/http/local-server.js';
+import { fromApiGatewayEvent } from '../../../functions/api/apigw.js';
+import type { ApiRequest } from '../../../functions/api/http.js';
 
 /** Sends raw bytes on one connection; resolves to everything received until the server closes it. */
 function raw(port: number, ...parts: Array<string | Buffer>): Promise<string> {
@@ -102,5 +106,86 @@ describe('local HTTP adapter', () => {
 
     expect(bad).toMatchObject({ status: 400, contentType: 'application/problem+json', body: { status: 400 } });
     expect(huge).toMatchObject({ status: 431, contentType: 'application/problem+json', body: { status: 431 } });
+  });
+});
+
+describe('local HTTP adapter, served directly (local mode) or through a Lambda handler', () => {
+  let direct: LocalServer;
+  let viaLambda: LocalServer;
+  let lastDirect: ApiRequest | undefined;
+  let lastEvent: APIGatewayProxyEvent | undefined;
+  const ok = { status: 204, headers: {}, body: '' };
+
+  beforeAll(async () => {
+    direct = await startLocalServer({
+      port: 0,
+      dispatch: async (request) => {
+        lastDirect = request;
+        return ok;
+      },
+    });
+    viaLambda = await startLocalServer({
+      port: 0,
+      handler: async (event) => {
+        lastEvent = event;
+        return { statusCode: 204, body: '' };
+      },
+    });
+  });
+
+  afterAll(async () => {
+    await Promise.all([direct.close(), viaLambda.close()]);
+  });
+
+  /** Sends one request with node:http (repeated headers and all) and waits for its answer. */
+  function send(port: number, method: string, target: string, headers: ReadonlyArray<readonly [string, string]>, body: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      // Raw header pairs (repeats kept) replace node's defaults, Host included.
+      const framing = body.length > 0 ? [['content-type', 'application/json'], ['content-length', String(Buffer.byteLength(body))]] : [];
+      const raw = [['host', `127.0.0.1:${port}`], ...framing, ...headers].flat();
+      const req = request({ host: '127.0.0.1', port, method, path: target, headers: raw }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+  }
+
+  const token = fc.stringMatching(/^[a-z][a-z0-9-]{0,11}$/);
+  const text = fc.string({ maxLength: 20 }).filter((s) => !/[\r\n\0]/.test(s));
+  const queryKey = fc.oneof(token, fc.constantFrom('__proto__', 'constructor', 'toString', 'hasOwnProperty', 'a b', 'ü'));
+
+  it('gives the routes the very request that API Gateway would build from the proxy event', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom('GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD'),
+        fc.array(fc.oneof(token, text.map(encodeURIComponent)), { maxLength: 4 }),
+        fc.array(fc.tuple(queryKey, text)),
+        fc.array(fc.tuple(token.map((t) => `x-${t}`), fc.stringMatching(/^[ -~]{0,20}$/).map((v) => v.trim()))),
+        fc.oneof(fc.constant(''), fc.json()),
+        async (method, segments, query, headers, body) => {
+          const search = new URLSearchParams(query).toString();
+          const target = `/${segments.join('/')}${search ? `?${search}` : ''}`;
+          const sent = method === 'GET' || method === 'HEAD' ? '' : body;
+          lastDirect = undefined;
+          lastEvent = undefined;
+          const status = await send(direct.port, method, target, headers, sent);
+          // A target the adapter refuses (e.g. `//`) is refused the same way either way.
+          expect(await send(viaLambda.port, method, target, headers, sent)).toBe(status);
+          if (status !== 204) return;
+
+          const expected = fromApiGatewayEvent(lastEvent as unknown as APIGatewayProxyEvent);
+          // Each server has its own port (in Host) and each request its own id.
+          const strip = (r: ApiRequest | undefined) => ({ ...r, requestId: undefined, headers: { ...r?.headers, host: undefined } });
+          expect(strip(lastDirect)).toEqual(strip(expected));
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it('refuses to start with neither or both of dispatch and handler', async () => {
+    await expect(startLocalServer({ port: 0 } as unknown as LocalServerOptions)).rejects.toThrow('exactly one of dispatch and handler');
   });
 });
