@@ -12,13 +12,10 @@
  *   npm run bench:api [-- --duration 10 --connections 50]
  */
 import { execFile, spawn } from 'node:child_process';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { z } from 'zod';
-import { startLocalProcess } from './support/local-process.js';
+import { startLocalProcess } from '../test/e2e/support/local-process.js';
 
 const args = z
   .object({ duration: z.coerce.number().int().min(1).max(120).default(10), connections: z.coerce.number().int().min(1).max(1000).default(50) })
@@ -78,10 +75,7 @@ async function bare(body: string, contentType: string): Promise<{ url: string; c
   return { url: `http://127.0.0.1:${port}`, close: () => child.kill('SIGTERM') };
 }
 
-const dataDir = await mkdtemp(join(tmpdir(), 'ca-dms-bench-api-'));
-// mkdtemp makes it 0700; the postgres OS user must enter it.
-await chmod(dataDir, 0o755);
-const local = await startLocalProcess(dataDir);
+const local = await startLocalProcess();
 try {
   const rows: string[][] = [['endpoint', 'server', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx']];
   const ratios: string[] = [];
@@ -110,6 +104,6 @@ try {
   console.log(`${met} of ${READ_PATHS.length} read endpoints meet the goal.`);
   console.log('\nThe bare server does no work; the ratio is the price of parsing, routing, validation and serving from snapshots while local mode runs its controller and fleet.');
 } finally {
-  await local.stop();
-  await rm(dataDir, { recursive: true, force: true });
+  await local.stop('SIGTERM');
+  await local.remove();
 }

@@ -10,14 +10,17 @@
  *
  *   npm run bench:startup -- [--runs N] [--shards N] [--replicas N]
  */
+import { spawn } from 'node:child_process';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { startLocalProcess } from './support/local-process.js';
 
 const GOAL_SECONDS = 15;
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 const flags = z.object({
   runs: z.coerce.number().int().min(1).max(10).default(3),
@@ -32,6 +35,17 @@ function parse(argv: string[]): z.output<typeof flags> {
   return parsed.data;
 }
 
+async function freePort(): Promise<number> {
+  return new Promise((r, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => r(port));
+    });
+  });
+}
+
 interface Timing {
   readonly readyMs: number;
   readonly stopMs: number;
@@ -39,8 +53,29 @@ interface Timing {
 
 /** Starts local mode, waits for a 200 from /status, stops it; returns both durations. */
 async function startOnce(dataDir: string, extra: readonly string[]): Promise<Timing> {
-  const local = await startLocalProcess(dataDir, extra);
-  return { readyMs: local.readyMs, stopMs: await local.stop() };
+  const port = await freePort();
+  const started = performance.now();
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bin/cli.ts'), 'start', '--port', String(port), '--data-dir', dataDir, ...extra], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.on('data', (c: Buffer) => (output += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (output += c.toString('utf8')));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  let readyMs: number | undefined;
+  while (readyMs === undefined) {
+    if (child.exitCode !== null) throw new Error(`local mode exited (${child.exitCode}) before its API was ready:\n${output}`);
+    const ok = await fetch(`http://127.0.0.1:${port}/api/v1/scaling/status`).then((r) => r.status === 200, () => false);
+    if (ok) readyMs = performance.now() - started;
+    else await new Promise((r) => setTimeout(r, 50));
+    if (performance.now() - started > 120_000) {
+      child.kill('SIGTERM');
+      throw new Error(`local mode was not ready within 120 s:\n${output}`);
+    }
+  }
+  const stopping = performance.now();
+  child.kill('SIGTERM');
+  const code = await exited;
+  if (code !== 0) throw new Error(`local mode exited ${code} on SIGTERM:\n${output}`);
+  return { readyMs, stopMs: performance.now() - stopping };
 }
 
 const median = (xs: readonly number[]): number => {
