@@ -3,7 +3,7 @@
  * while one refresh runs, an invalidation never answered with the state from before it.
  */
 import { describe, expect, it } from 'vitest';
-import { noneMatch, Snapshot } from '../../../functions/api/snapshot.js';
+import { noneMatch, Snapshot, SnapshotMap } from '../../../functions/api/snapshot.js';
 
 function counter(): { load: () => Promise<{ n: number }>; calls: () => number } {
   let n = 0;
@@ -82,5 +82,42 @@ describe('noneMatch', () => {
     expect(noneMatch('*', '"b"')).toBe(true);
     expect(noneMatch('"c"', '"b"')).toBe(false);
     expect(noneMatch(undefined, '"b"')).toBe(false);
+  });
+});
+
+describe('SnapshotMap', () => {
+  it('keeps one snapshot per key, loaded once per lifetime, and at most maxKeys of them', async () => {
+    const loads: string[] = [];
+    const pages = new SnapshotMap<string>({ maxAgeMs: 60_000, maxKeys: 2, now: () => 0 });
+    const load = (key: string) => async () => {
+      loads.push(key);
+      return key.toUpperCase();
+    };
+
+    const a = await pages.read('a', load('a'));
+    await pages.read('a', load('a'));
+    await pages.read('b', load('b'));
+    await pages.read('c', load('c'));
+    await pages.read('a', load('a'));
+
+    expect(a.value).toBe('A');
+    expect(loads).toEqual(['a', 'b', 'c', 'a']);
+  });
+
+  it('loads every key afresh after an invalidation', async () => {
+    let n = 0;
+    const pages = new SnapshotMap<number>({ maxAgeMs: 60_000, now: () => 0 });
+    const load = async () => ++n;
+    await pages.read('q', load);
+
+    pages.invalidate();
+
+    expect((await pages.read('q', load)).value).toBe(2);
+  });
+
+  it('names a value by the etag option when given one', async () => {
+    const snap = new Snapshot(async () => ({ version: 7 }), { maxAgeMs: 1000, etag: (v) => `"v${v.version}"` });
+
+    expect((await snap.read()).etag).toBe('"v7"');
   });
 });
