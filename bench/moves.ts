@@ -1,89 +1,221 @@
 /**
- * Move benchmark: one hash slot holding 100,000 rows (users and their documents) moved from one
- * real PostgreSQL shard to another while writers keep writing to the moving keys through
- * `withShardWrite`. Prints the copy rate, the end-to-end rate, how long writes to the moving
- * keys were fenced (as the mover recorded it, and the slowest write the writers saw), and the
- * comparison with the goal: fenced for under 500 ms.
+ * Move benchmark, in three parts, each printing its figures beside the goal of issue #15:
  *
- * Run: `npm run bench:moves` (options: `--users N` users in the slot, default 1000;
- * `--docs N` documents per user, default 99; `--writers N` concurrent writers, default 2).
+ * 1. **One big move**: a hash slot holding 100,000 rows (users and their documents) moved from
+ *    `shard_a` to `shard_b` while 8 writers keep inserting, updating and deleting the moving
+ *    keys through `withShardWrite`. Figures: copy rate (goal >= 50k rows/s), how long writes were
+ *    fenced (the mover's record, and the writers' p99 latency: goal < 250 ms), the catch-up lag
+ *    (the age of the oldest change not yet applied on the target, sampled on the source every
+ *    20 ms from the first time the copy's backlog was caught up to the flip: goal < 1 s), and
+ *    what the writers were told against what the shards hold (goal 0 lost, 0 duplicated,
+ *    nothing left on the old owner).
+ * 2. **Parallel moves**: one slot per source shard, every source moving to its own target at
+ *    once, for 1, 2, ... `--sources` sources; the aggregate rows/s must rise with the sources.
+ * 3. **Torture at full size** (`--torture N` schedules): the same seeding and writers, with the
+ *    mover killed at crash points chosen by fast-check (seed printed; `TORTURE_SEED` replays).
+ *
+ * Run: `npm run bench:moves` (options: `--users N` users in the slot, default 1000; `--docs N`
+ * documents per user, default 99; `--writers N`, default 8; `--sources N`, default 2;
+ * `--parallel-users N` users per slot in part 2, default 500; `--torture N`, default 2).
  */
 import os from 'node:os';
 import { parseArgs } from 'node:util';
+import fc from 'fast-check';
 import type pg from 'pg';
 import { z } from 'zod';
-import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv } from '../test/integration/sharding/fixtures/move-env.js';
-import { startWorkload } from '../test/integration/sharding/fixtures/workload.js';
+import { MOVE_CRASH_POINTS } from '../functions/core/sharding/move-machine.js';
+import type { MoveJob } from '../functions/adapters/postgres/mover.js';
+import { countSlot, keysInSlot, seedUsers, shardIds, startMoveEnv, type MoveEnv } from '../test/integration/sharding/fixtures/move-env.js';
+import { tortureRun, type TortureReport } from '../test/integration/sharding/fixtures/torture.js';
 
-const GOAL_FENCE_MS = 500;
-const SLOT = 777;
+const GOAL = { fenceMs: 250, copyRowsPerSecond: 50_000, lagMs: 1000 };
 
-const { values } = parseArgs({ options: { users: { type: 'string', default: '1000' }, docs: { type: 'string', default: '99' }, writers: { type: 'string', default: '2' } } });
+const { values } = parseArgs({
+  options: {
+    users: { type: 'string', default: '1000' },
+    docs: { type: 'string', default: '99' },
+    writers: { type: 'string', default: '8' },
+    sources: { type: 'string', default: '2' },
+    'parallel-users': { type: 'string', default: '500' },
+    torture: { type: 'string', default: '2' },
+  },
+});
 const opts = z
   .object({
     users: z.coerce.number().int().min(1).max(100_000),
     docs: z.coerce.number().int().min(0).max(10_000),
-    writers: z.coerce.number().int().min(0).max(32),
+    writers: z.coerce.number().int().min(1).max(32),
+    sources: z.coerce.number().int().min(1).max(6),
+    'parallel-users': z.coerce.number().int().min(1).max(100_000),
+    torture: z.coerce.number().int().min(0).max(100),
   })
   .safeParse(values);
 if (!opts.success) {
   console.error(`bench:moves: ${opts.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ')}`);
   process.exit(2);
 }
-const { users: USERS, docs: DOCS, writers: WRITERS } = opts.data;
+const { users: USERS, docs: DOCS, writers: WRITERS, sources: SOURCES, torture: TORTURE_RUNS } = opts.data;
+const PARALLEL_USERS = opts.data['parallel-users'];
 
-const ms = (a: Date | null, b: Date | null): number => (a && b ? b.getTime() - a.getTime() : Number.NaN);
+const ms = (a: Date | null | undefined, b: Date | null | undefined): number => (a && b ? b.getTime() - a.getTime() : Number.NaN);
+const rate = (rows: number, millis: number): string => `${Math.round((rows / millis) * 1000).toLocaleString('en')} rows/s`;
+const verdict = (ok: boolean): string => (ok ? 'MET' : 'NOT MET');
+function quantile(values: readonly number[], q: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length === 0 ? Number.NaN : (sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] as number);
+}
 
-const env = await startMoveEnv();
-try {
-  const from = await env.ownerOf(SLOT);
-  const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-  const source = env.shards.get(from) as pg.Pool;
-  const owners = keysInSlot(SLOT, USERS);
-  await seedUsers(source, SLOT, owners, DOCS);
-  await source.query('vacuum analyze users, documents');
-  const seeded = await countSlot(source, SLOT);
-  const rows = seeded.users + seeded.documents;
-  const { rows: docRows } = await source.query<{ id: string; owner: string }>('select id::text, owner_id::text as owner from documents where slot = $1', [SLOT]);
-  const load =
-    WRITERS > 0
-      ? startWorkload(env.writer, {
-          owners,
-          documents: await documentsOf(source, owners),
-          ownerOf: new Map(docRows.map((r) => [r.id, r.owner])),
-          writers: WRITERS,
-        })
-      : undefined;
+/** A slot owned by `shard`, not yet used by this run. */
+async function slotOwnedBy(env: MoveEnv, shard: string, used: Set<number>): Promise<number> {
+  const map = await env.slotMaps.current();
+  const slot = map.assignments.findIndex((owner, s) => owner === shard && !used.has(s) && s % 7 === 3);
+  if (slot < 0) throw new Error(`no free slot owned by ${shard}`);
+  used.add(slot);
+  return slot;
+}
 
-  const mover = env.mover({ readerGraceMs: 0 });
-  const started = performance.now();
-  const planned = await mover.plan({ kind: 'slot', slot: SLOT, to, createdBy: 'bench', reason: 'bench:moves' });
-  const [moved] = await Promise.allSettled([mover.run(planned.id)]);
-  const elapsedMs = performance.now() - started;
-  const result = await load?.stop();
-  if (moved.status === 'rejected') throw moved.reason;
-  const job = moved.value;
-  const { rows: steps } = await env.catalog.query<Record<string, Date | null>>(
+/**
+ * Samples, every 20 ms, the age of the oldest change of the job not yet applied on the target,
+ * from the first sample at which the copy's backlog is caught up (fewer than 50 pending) until
+ * the job leaves the cutover.
+ */
+function sampleLag(env: MoveEnv, source: pg.Pool, jobId: () => number | undefined): { stop(): Promise<number[]> } {
+  const samples: number[] = [];
+  let caughtUp = false;
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const id = jobId();
+      if (id !== undefined) {
+        const { rows } = await env.catalog.query<{ state: string }>('select state from catalog.move_jobs where id = $1', [id]);
+        const state = rows[0]?.state;
+        if (state === 'catching_up' || state === 'cutover') {
+          const { rows: lag } = await source.query<{ n: number; age: number | null }>(
+            'select count(*)::int as n, extract(epoch from clock_timestamp() - min(captured_at)) * 1000 as age from move_changes where job_id = $1',
+            [id],
+          );
+          const n = lag[0]?.n ?? 0;
+          if (n < 50) caughtUp = true;
+          if (caughtUp) samples.push(Number(lag[0]?.age ?? 0));
+        } else if (state !== 'planned' && state !== 'copying') {
+          return;
+        }
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  return {
+    async stop() {
+      running = false;
+      await loop;
+      return samples;
+    },
+  };
+}
+
+async function steps(env: MoveEnv, job: MoveJob): Promise<Record<string, Date | null>> {
+  const { rows } = await env.catalog.query<Record<string, Date | null>>(
     'select copying_at, catching_up_at, cutover_at, fenced_at, verifying_at, flip_started_at, unfenced_at, cleaning_up_at, finished_at from catalog.move_jobs where id = $1',
     [job.id],
   );
-  const t = steps[0] ?? {};
-  const copyMs = ms(t.copying_at ?? null, t.catching_up_at ?? null);
-  const fenceMs = job.fenceMs ?? Number.NaN;
+  return rows[0] ?? {};
+}
 
-  console.log(`bench:moves on ${os.cpus().length} CPU(s), load average ${os.loadavg()[0]?.toFixed(1)}: slot ${SLOT}, ${from} -> ${to}`);
-  console.log(`  rows in the slot            ${rows.toLocaleString('en')} (${seeded.users} users, ${seeded.documents} documents)`);
-  console.log(`  concurrent writers          ${WRITERS}${result ? ` (${result.acknowledged} acknowledged writes, ${result.errors.length} errors, ${result.retried} waited or re-routed)` : ''}`);
-  console.log(`  copy                        ${copyMs.toFixed(0)} ms  -> ${Math.round((job.rowsCopied / copyMs) * 1000).toLocaleString('en')} rows/s`);
-  console.log(`  catch up                    ${ms(t.catching_up_at ?? null, t.cutover_at ?? null).toFixed(0)} ms (${job.changesApplied} changes applied in total)`);
-  console.log(
-    `  fenced: final catch-up ${ms(t.fenced_at ?? null, t.verifying_at ?? null).toFixed(0)} ms, verify ${ms(t.verifying_at ?? null, t.flip_started_at ?? null).toFixed(0)} ms, publish + release ${ms(t.flip_started_at ?? null, t.unfenced_at ?? null).toFixed(0)} ms`,
-  );
-  console.log(`  clean up (delete source)    ${ms(t.cleaning_up_at ?? null, t.finished_at ?? null).toFixed(0)} ms (${job.rowsDeleted} rows)`);
-  console.log(`  end to end                  ${elapsedMs.toFixed(0)} ms  -> ${Math.round((rows / elapsedMs) * 1000).toLocaleString('en')} rows/s`);
-  console.log(`  writes fenced (mover)       ${fenceMs.toFixed(0)} ms   goal < ${GOAL_FENCE_MS} ms: ${fenceMs < GOAL_FENCE_MS ? 'MET' : 'NOT MET'}`);
-  if (result) console.log(`  slowest write (whole move)  ${result.maxLatencyMs.toFixed(0)} ms   goal < ${GOAL_FENCE_MS} ms: ${result.maxLatencyMs < GOAL_FENCE_MS ? 'MET' : 'NOT MET'}`);
-  console.log(`  job                         #${job.id} ${job.state}; map version ${job.mapVersionBefore} -> ${job.mapVersionAfter}`);
+function printOutcome(report: TortureReport): void {
+  const { load } = report;
+  console.log(`  writers told                ${load.acknowledged} writes acknowledged, ${load.retried} waited or re-routed, ${load.errors.length} failed`);
+  console.log(`  lost / duplicated / left    ${report.violations.length === 0 ? '0 / 0 / 0' : `${report.violations.length} violation(s)`}   goal 0: ${verdict(report.violations.length === 0)}`);
+  for (const v of report.violations.slice(0, 10)) console.log(`    ${v}`);
+}
+
+const shardCount = Math.max(2, SOURCES * 2);
+const env = await startMoveEnv({ shards: shardCount });
+const used = new Set<number>();
+try {
+  console.log(`bench:moves on ${os.cpus().length} CPU(s), load average ${os.loadavg()[0]?.toFixed(1)}, ${shardCount} shards`);
+
+  // Part 1: one big move under writers.
+  const slot = await slotOwnedBy(env, 'shard_a', used);
+  let jobId: number | undefined;
+  const lag = sampleLag(env, env.shards.get('shard_a') as pg.Pool, () => jobId);
+  const started = performance.now();
+  const report = await tortureRun(env, {
+    slot,
+    users: USERS,
+    docsPerUser: DOCS,
+    writers: WRITERS,
+    crashes: [],
+    batchRows: 5000,
+    copyBatchRows: 20_000,
+    to: 'shard_b',
+    onPlanned: (job) => {
+      jobId = job.id;
+    },
+  });
+  const elapsedMs = performance.now() - started;
+  const lagSamples = await lag.stop();
+  const { job } = report;
+  const t = await steps(env, job);
+  const rows = USERS + USERS * DOCS;
+  const copyMs = ms(t.copying_at, t.catching_up_at);
+  const copyRate = (job.rowsCopied / copyMs) * 1000;
+  const fenceMs = job.fenceMs ?? Number.NaN;
+  const p99 = quantile(report.load.latenciesMs, 0.99);
+  const maxLag = Math.max(0, ...lagSamples);
+  console.log(`\n1. one move of slot ${slot}, shard_a -> shard_b, ${WRITERS} concurrent writers on its keys`);
+  console.log(`  rows in the slot            ${rows.toLocaleString('en')} (${USERS} users, ${USERS * DOCS} documents; ${job.rowsCopied} copied)`);
+  console.log(`  copy                        ${copyMs.toFixed(0)} ms  -> ${rate(job.rowsCopied, copyMs)}   goal >= ${GOAL.copyRowsPerSecond.toLocaleString('en')}: ${verdict(copyRate >= GOAL.copyRowsPerSecond)}`);
+  console.log(`  catch up                    ${ms(t.catching_up_at, t.cutover_at).toFixed(0)} ms (${job.changesApplied} changes applied in total)`);
+  console.log(`  catch-up lag                max ${maxLag.toFixed(0)} ms, p50 ${quantile(lagSamples, 0.5).toFixed(0)} ms over ${lagSamples.length} samples   goal < ${GOAL.lagMs} ms: ${verdict(maxLag < GOAL.lagMs)}`);
+  console.log(`  fenced                      final catch-up ${ms(t.fenced_at, t.verifying_at).toFixed(0)} ms, verify ${ms(t.verifying_at, t.flip_started_at).toFixed(0)} ms, publish + release ${ms(t.flip_started_at, t.unfenced_at).toFixed(0)} ms`);
+  console.log(`  writes fenced (mover)       ${fenceMs.toFixed(0)} ms   goal < ${GOAL.fenceMs} ms: ${verdict(fenceMs < GOAL.fenceMs)}`);
+  console.log(`  write latency (writers)     p50 ${quantile(report.load.latenciesMs, 0.5).toFixed(0)} ms, p99 ${p99.toFixed(0)} ms, max ${report.load.maxLatencyMs.toFixed(0)} ms   goal p99 < ${GOAL.fenceMs} ms: ${verdict(p99 < GOAL.fenceMs)}`);
+  console.log(`  clean up (delete source)    ${ms(t.cleaning_up_at, t.finished_at).toFixed(0)} ms (${job.rowsDeleted} rows)`);
+  console.log(`  end to end                  ${elapsedMs.toFixed(0)} ms incl. seeding; move ${ms(t.copying_at, t.finished_at).toFixed(0)} ms -> ${rate(rows, ms(t.copying_at, t.finished_at))}`);
+  printOutcome(report);
+
+  // Part 2: moves from different sources at once.
+  console.log(`\n2. parallel moves: one slot of ${(PARALLEL_USERS * (DOCS + 1)).toLocaleString('en')} rows per source, each source to its own target, no writers`);
+  const ids = shardIds(shardCount);
+  let single = Number.NaN;
+  for (let sources = 1; sources <= SOURCES; sources++) {
+    const pairs = Array.from({ length: sources }, (_, i) => ({ from: ids[i] as string, to: ids[SOURCES + i] as string }));
+    const units = [];
+    for (const { from, to } of pairs) {
+      const s = await slotOwnedBy(env, from, used);
+      const pool = env.shards.get(from) as pg.Pool;
+      await seedUsers(pool, s, keysInSlot(s, PARALLEL_USERS), DOCS);
+      await pool.query('vacuum analyze users, documents');
+      units.push({ slot: s, from, to, rows: (await countSlot(pool, s)).users + (await countSlot(pool, s)).documents });
+    }
+    const movers = units.map(() => env.mover({ readerGraceMs: 0 }));
+    const jobs = await Promise.all(units.map((u, i) => (movers[i] as ReturnType<MoveEnv['mover']>).plan({ kind: 'slot', slot: u.slot, to: u.to, createdBy: 'bench' })));
+    const t0 = performance.now();
+    const done = await Promise.all(jobs.map((j, i) => (movers[i] as ReturnType<MoveEnv['mover']>).run(j.id)));
+    const wall = performance.now() - t0;
+    const total = units.reduce((a, u) => a + u.rows, 0);
+    const perSecond = (total / wall) * 1000;
+    if (sources === 1) single = perSecond;
+    const states = done.map((d) => d.state).join(', ');
+    console.log(
+      `  ${sources} source(s) (${pairs.map((p) => `${p.from}->${p.to}`).join(', ')}): ${total.toLocaleString('en')} rows in ${wall.toFixed(0)} ms -> ${rate(total, wall)}` +
+        (sources === 1 ? '' : ` = ${(perSecond / single).toFixed(2)}x one source   goal > 1x: ${verdict(perSecond > single)}`) +
+        ` [${states}]`,
+    );
+  }
+
+  // Part 3: the torture run at full size.
+  if (TORTURE_RUNS > 0) {
+    const seed = process.env['TORTURE_SEED'] === undefined ? Date.now() % 2 ** 31 : Number(process.env['TORTURE_SEED']);
+    console.log(`\n3. torture at full size: ${TORTURE_RUNS} schedule(s), seed ${seed} (TORTURE_SEED=${seed} replays)`);
+    const schedules = fc.sample(fc.subarray([...MOVE_CRASH_POINTS], { minLength: 1, maxLength: 4 }), { numRuns: TORTURE_RUNS, seed });
+    for (const crashes of schedules) {
+      const s = await slotOwnedBy(env, 'shard_a', used);
+      const r = await tortureRun(env, { slot: s, users: USERS, docsPerUser: DOCS, writers: WRITERS, crashes, batchRows: 5000, copyBatchRows: 20_000, to: 'shard_b' });
+      console.log(`  killed at ${crashes.join(', ')}: ${r.runs} runs, ${r.job.state}, ${r.load.acknowledged} writes acknowledged, ${r.violations.length} violation(s): ${verdict(r.violations.length === 0)}`);
+      for (const v of r.violations.slice(0, 10)) console.log(`    ${v}`);
+    }
+  }
 } finally {
   await env.stop();
 }

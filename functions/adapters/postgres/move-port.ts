@@ -22,7 +22,9 @@
  * const done = await driveMove(job, port);
  * ```
  */
+import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
+import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { MoveCancelled, MoveError, type FlipOutcome, type MovePort, type MoveTransitionName, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
@@ -38,8 +40,10 @@ export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish'>;
 export type MoverDirectory = Pick<DirectoryStore, 'entry' | 'set' | 'list'>;
 
 export interface MoveSettings {
-  /** Rows per copy batch, per catch-up pass and per delete batch. */
+  /** Rows per catch-up pass and per delete batch. */
   readonly batchRows: number;
+  /** Rows per copy page (one COPY each; the copy resumes from the last page saved). */
+  readonly copyBatchRows: number;
   /** Catching up ends when a pass applies fewer changes than this. */
   readonly catchUpThreshold: number;
   /** How long writes to the unit may be held by the fence: lock wait plus the final catch-up. */
@@ -72,12 +76,29 @@ const TABLES = [
 ] as const;
 type TableName = (typeof TABLES)[number]['name'];
 
+/** Counts and checksums of a table's unit rows per bucket (the first three hex digits of the row id). */
+type Buckets = Map<string, { readonly n: number; readonly sum: bigint }>;
+
+/**
+ * A verification of both sides made before the fence (see {@link PgMovePort.preVerify}): the
+ * source's buckets (equal to the target's where untouched), and the buckets with a change not
+ * yet applied then.
+ */
+interface PreVerified {
+  readonly jobId: number;
+  readonly buckets: Record<TableName, Buckets>;
+  readonly touched: Record<TableName, Set<string>>;
+}
+
+const bucketOf = (id: string): string => id.slice(0, 3).toLowerCase();
+
 /** Reads that must see one consistent state of the source (a page and its owners, a change batch). */
 const SNAPSHOT = 'begin isolation level repeatable read read only';
 /** Writes by the mover itself, which the write-fence trigger lets through. */
 const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
 
 const LOCK_NOT_AVAILABLE = '55P03';
+const INSUFFICIENT_PRIVILEGE = '42501';
 
 /** Step timestamp column recorded when a job enters a state. */
 const ENTERED_AT: Partial<Record<string, string>> = {
@@ -117,6 +138,9 @@ export class PgMovePort implements MovePort<MoveJob> {
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly now: () => number;
   private readonly columns = new Map<TableName, readonly string[]>();
+  /** Per shard: whether the mover's login may set `session_replication_role` (see {@link bulkBegin}). */
+  private readonly replicaRole = new Map<string, Promise<boolean>>();
+  private pre: PreVerified | null = null;
 
   constructor(private readonly options: PgMovePortOptions) {
     this.catalog = options.catalog;
@@ -250,12 +274,8 @@ export class PgMovePort implements MovePort<MoveJob> {
       if (cursor.table !== table) cursor = { table, after: null };
       for (;;) {
         await this.checkCancel(job);
-        const batch = await this.readBatch(source, job, table, cursor.after);
+        const batch = await this.copyBatch(source, target, job, table, cursor.after);
         if (batch.n === 0) break;
-        await inTransaction(target, MOVER_WRITE, async (client) => {
-          if (batch.ownersJson) await this.upsert(client, 'users', batch.ownersJson);
-          await this.upsert(client, table, batch.rowsJson);
-        });
         cursor = { table, after: batch.last };
         const { rows } = await this.catalog.query<JobRow>(
           `update catalog.move_jobs set copy_cursor = $2, rows_copied = rows_copied + $3, updated_at = now() where id = $1 returning *`,
@@ -268,31 +288,93 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
-   * One keyset page of a table's unit rows, with (for child tables) their owners read in the
-   * same snapshot, so that the target never sees a document before its user.
+   * Copies one keyset page of a table's unit rows, `(after, last]` in id order, with the COPY
+   * protocol: `COPY (select ...) TO STDOUT` in a snapshot of the source piped into `COPY ... FROM
+   * STDIN` on the target, in binary (both sides run the same schema and build), so no row is
+   * formatted as text or JSON on either side or parsed in Node. For a child table the page's
+   * owners are upserted first from the same snapshot, so the target never sees a document
+   * before its user.
+   *
+   * COPY cannot upsert, so the target transaction first deletes the unit's rows of that range:
+   * after a crash between the target's commit and the cursor's save in the catalog, the page is
+   * copied again from the source as it is now. Only the mover writes the unit on the target
+   * during the copy (its fence says `incoming`), and the users pass ends before any document
+   * is copied, so that delete removes nothing but the mover's own earlier copy of the page.
    */
-  private async readBatch(source: pg.Pool, job: MoveJob, table: TableName, after: string | null): Promise<{ n: number; rowsJson: string; ownersJson: string | null; last: string | null }> {
-    return inTransaction(source, SNAPSHOT, async (client) => {
+  private async copyBatch(source: pg.Pool, target: pg.Pool, job: MoveJob, table: TableName, after: string | null): Promise<{ n: number; last: string | null }> {
+    return inTransaction(source, SNAPSHOT, async (from) => {
       const f = this.unitFilter(job, table, 3);
-      const { rows } = await client.query<{ n: number; rows: string; last: string | null; owners: string[] | null }>(
-        `select count(*)::int as n, coalesce(jsonb_agg(to_jsonb(t)), '[]')::text as rows,
-                (array_agg(t.id order by t.id desc))[1]::text as last,
+      const { rows } = await from.query<{ n: number; last: string | null; owners: string[] | null }>(
+        `select count(*)::int as n, (array_agg(t.id order by t.id desc))[1]::text as last,
                 ${table === 'users' ? 'null::text[]' : 'array_agg(distinct t.owner_id)::text[]'} as owners
            from (select * from ${table} where ${f.sql} and ($1::uuid is null or id > $1::uuid) order by id limit $2) t`,
-        [after, this.settings.batchRows, ...f.params],
+        [after, this.settings.copyBatchRows, ...f.params],
       );
-      const page = rows[0] ?? { n: 0, rows: '[]', last: null, owners: null };
+      const page = rows[0];
+      if (!page || page.n === 0 || page.last === null) return { n: 0, last: null };
       let ownersJson: string | null = null;
       if (page.owners && page.owners.length > 0) {
         const uf = this.unitFilter(job, 'users', 2, 'u.');
-        const owners = await client.query<{ rows: string }>(`select coalesce(jsonb_agg(to_jsonb(u)), '[]')::text as rows from users u where u.id = any($1::uuid[]) and ${uf.sql}`, [
+        const owners = await from.query<{ rows: string }>(`select coalesce(jsonb_agg(to_jsonb(u)), '[]')::text as rows from users u where u.id = any($1::uuid[]) and ${uf.sql}`, [
           page.owners,
           ...uf.params,
         ]);
         ownersJson = owners.rows[0]?.rows ?? null;
       }
-      return { n: page.n, rowsJson: page.rows, ownersJson, last: page.last };
+      const cols = (await this.tableColumns(table, from)).join(', ');
+      const bounds = `${after === null ? '' : `id > ${from.escapeLiteral(after)}::uuid and `}id <= ${from.escapeLiteral(page.last)}::uuid`;
+      const where = `${this.unitFilterLiteral(job, table, from)} and ${bounds}`;
+      const copied = await inTransaction(target, await this.bulkBegin(job.to, target), async (to) => {
+        if (ownersJson) await this.upsert(to, 'users', ownersJson);
+        await to.query(`delete from ${table} where ${where}`);
+        const sink = to.query(copyFrom(`copy ${table} (${cols}) from stdin with (format binary)`));
+        await pipeline(from.query(copyTo(`copy (select ${cols} from ${table} where ${where} order by id) to stdout with (format binary)`)), sink);
+        return sink.rowCount;
+      });
+      if (copied !== page.n) throw new MoveError(`copying ${table} of ${job.kind} ${job.unitId} after ${after ?? 'the start'}: ${copied} rows arrived, the page had ${page.n}`);
+      return { n: page.n, last: page.last };
     });
+  }
+
+  /**
+   * How the mover's bulk transactions begin (the copy's pages on the target, the clean-up's
+   * deletes on the source). Row triggers cost more than the COPY itself (measured: 99,000
+   * documents in 0.9 s into a table without triggers, 7-13 s with the fence, capture and
+   * foreign-key triggers under load), so where the mover's login may (a superuser, RDS's
+   * `rds_superuser`, or a `grant set on parameter session_replication_role`), these run with
+   * `session_replication_role = replica`, which skips row triggers for that transaction only.
+   * Nothing is lost by it: the fence lets the mover through anyway, and still refuses every
+   * other writer; the target captures no change of a unit moving in (one unfinished move per
+   * slot); a copied page's owners are upserted before its documents and the verification
+   * compares both sides before the flip; the clean-up deletes documents before their users and
+   * only users left without documents, so no cascade is needed. A login without the privilege
+   * runs the same statements with the triggers firing.
+   */
+  private async bulkBegin(shard: string, pool: pg.Pool): Promise<string> {
+    let allowed = this.replicaRole.get(shard);
+    if (!allowed) {
+      allowed = inTransaction(pool, 'begin', (c) => c.query('set local session_replication_role = replica')).then(
+        () => true,
+        (err: unknown) => {
+          if ((err as { code?: string }).code === INSUFFICIENT_PRIVILEGE) return false;
+          throw err;
+        },
+      );
+      this.replicaRole.set(shard, allowed);
+    }
+    return (await allowed) ? `${MOVER_WRITE}; set local session_replication_role = replica` : MOVER_WRITE;
+  }
+
+  /** {@link unitFilter} with its values written as SQL literals, for COPY (which takes no parameters). */
+  private unitFilterLiteral(job: MoveJob, table: TableName, client: pg.ClientBase): string {
+    const owner = TABLES.find((t) => t.name === table)?.owner ?? 'id';
+    if (job.kind === 'slot') {
+      const slot = Number(job.unitId);
+      if (!Number.isSafeInteger(slot) || slot < 0) throw new MoveError(`slot move with unit ${job.unitId}, not a slot number`);
+      const excluded = job.excludedKeys.map((k) => client.escapeLiteral(k)).join(', ');
+      return `slot = ${slot} and not (${owner}::text = any(array[${excluded}]::text[]))`;
+    }
+    return `${owner} = ${client.escapeLiteral(job.unitId)}::uuid`;
   }
 
   async catchUp(job: MoveJob, until: 'few' | 'all'): Promise<boolean> {
@@ -359,6 +441,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    * wait would block every write to the unit. On timeout nothing has changed.
    */
   async fence(job: MoveJob): Promise<boolean> {
+    if (this.pre?.jobId !== job.id) await this.preVerify(job);
     try {
       await inTransaction(this.pool(job.from), 'begin', async (client) => {
         await client.query(`select set_config('lock_timeout', $1, true)`, [`${Math.max(1, Math.round(this.settings.fenceBudgetMs))}ms`]);
@@ -408,8 +491,80 @@ export class PgMovePort implements MovePort<MoveJob> {
     });
   }
 
+  /**
+   * Verifies both sides before the fence, bucket by bucket, so that the verification under the
+   * fence need only rescan the buckets written since: the full count-and-checksum scan of the
+   * unit on both shards was the longest part of the fence (150-450 ms for 100,000 rows).
+   *
+   * First the target starts capturing its own changes to the unit (a `move_captures` row on the
+   * target, the same trigger as on the source), so that every write there from now on, the
+   * catch-up's or anyone's, is logged. The source is read in one snapshot S, with its change log
+   * as S sees it; a row written on the source after S has its log entry committed with it,
+   * invisible to S and not yet applied, so S and the target agree on every row except those
+   * with an entry visible to S: their buckets count as touched. Under the fence, the buckets
+   * named by the target's log are touched too; a bucket untouched is unchanged on both sides
+   * since it was found equal. If an untouched bucket differs here, nothing is kept and the
+   * fenced verification scans everything, as before; a mover resumed after a crash does too.
+   */
+  private async preVerify(job: MoveJob): Promise<void> {
+    this.pre = null;
+    const targetPool = this.pool(job.to);
+    await targetPool.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [
+      job.id,
+      job.kind,
+      job.unitId,
+      job.excludedKeys,
+    ]);
+    await targetPool.query('delete from move_changes where job_id = $1', [job.id]);
+    const [source, target] = await Promise.all([
+      inTransaction(this.pool(job.from), SNAPSHOT, async (client) => {
+        const { rows } = await client.query<{ t: TableName; id: string }>('select table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
+        return { pending: rows, buckets: await this.bucketSums(client, job, null) };
+      }),
+      inTransaction(targetPool, SNAPSHOT, async (client) => ({ buckets: await this.bucketSums(client, job, null) })),
+    ]);
+    const touched: Record<TableName, Set<string>> = { users: new Set(), documents: new Set() };
+    for (const { t, id } of source.pending) touched[t]?.add(bucketOf(id));
+    for (const { name } of TABLES) {
+      for (const b of new Set([...source.buckets[name].keys(), ...target.buckets[name].keys()])) {
+        if (touched[name].has(b)) continue;
+        const a = source.buckets[name].get(b);
+        const c = target.buckets[name].get(b);
+        if (a?.n !== c?.n || a?.sum !== c?.sum) return;
+      }
+    }
+    this.pre = { jobId: job.id, buckets: source.buckets, touched };
+  }
+
+  /**
+   * Per table, the unit's counts and checksums per bucket: of every bucket (`only` null, one
+   * scan of the unit), or of the given buckets only (an index range scan of each).
+   */
+  private async bucketSums(client: pg.PoolClient, job: MoveJob, only: Record<TableName, readonly string[]> | null): Promise<Record<TableName, Buckets>> {
+    // A 100,000-row aggregate can cross jit_above_cost; compiling it would only lengthen the fence.
+    await client.query('set local jit = off');
+    const out = {} as Record<TableName, Buckets>;
+    for (const { name } of TABLES) {
+      const f = this.unitFilter(job, name, 2, 'x.');
+      const sql =
+        only === null
+          ? `select substr(x.id::text, 1, 3) as b, count(*)::int as n, coalesce(sum(hash_record_extended(x, 0)), 0)::text as s
+               from ${name} x where $1::text[] is null and ${f.sql} group by 1`
+          : `select r.b, count(*)::int as n, coalesce(sum(hash_record_extended(x, 0)), 0)::text as s
+               from unnest($1::text[]) r(b)
+               join ${name} x on x.id between (r.b || '00000-0000-0000-0000-000000000000')::uuid and (r.b || 'fffff-ffff-ffff-ffff-ffffffffffff')::uuid
+              where ${f.sql} group by 1`;
+      const { rows } = await client.query<{ b: string; n: number; s: string }>(sql, [only === null ? null : only[name], ...f.params]);
+      out[name] = new Map(rows.map((r) => [r.b, { n: r.n, sum: BigInt(r.s) }]));
+    }
+    return out;
+  }
+
   async verify(job: MoveJob): Promise<true | string> {
-    const [source, target] = await Promise.all([this.summarise(this.pool(job.from), job), this.summarise(this.pool(job.to), job)]);
+    const pre = this.pre?.jobId === job.id ? this.pre : null;
+    const [source, target] = pre
+      ? await this.verifyTouched(job, pre)
+      : await Promise.all([this.summarise(this.pool(job.from), job), this.summarise(this.pool(job.to), job)]);
     await this.catalog.query('update catalog.move_jobs set source_summary = $2, target_summary = $3, updated_at = now() where id = $1', [
       job.id,
       JSON.stringify(source),
@@ -419,6 +574,41 @@ export class PgMovePort implements MovePort<MoveJob> {
       ({ name }) => `${name}: source ${source[name]?.rows ?? 0} rows, target ${target[name]?.rows ?? 0} rows${source[name]?.rows === target[name]?.rows ? ' (checksums differ)' : ''}`,
     );
     return bad.length === 0 ? true : `verification failed: ${bad.join('; ')}`;
+  }
+
+  /**
+   * The fenced half of a verification prepared by {@link preVerify}: rescans the touched
+   * buckets on both sides and adds the untouched buckets found equal before. A touched bucket
+   * that differs makes the totals differ (its count or its checksum), so it fails as a full
+   * verification would.
+   */
+  private async verifyTouched(job: MoveJob, pre: PreVerified): Promise<[TableSummaries, TableSummaries]> {
+    const { rows: written } = await this.pool(job.to).query<{ t: TableName; id: string }>('select table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
+    const touched: Record<TableName, Set<string>> = { users: new Set(pre.touched.users), documents: new Set(pre.touched.documents) };
+    for (const { t, id } of written) touched[t]?.add(bucketOf(id));
+    const only = { users: [...touched.users], documents: [...touched.documents] };
+    const [source, target] = await Promise.all(
+      [job.from, job.to].map((shard) => inTransaction(this.pool(shard), SNAPSHOT, (client) => this.bucketSums(client, job, only))),
+    );
+    const totals = (now: Record<TableName, Buckets>): TableSummaries => {
+      const out: Record<string, { rows: number; checksum: string }> = {};
+      for (const { name } of TABLES) {
+        let rows = 0;
+        let sum = 0n;
+        for (const [b, v] of pre.buckets[name]) {
+          if (touched[name].has(b)) continue;
+          rows += v.n;
+          sum += v.sum;
+        }
+        for (const v of now[name].values()) {
+          rows += v.n;
+          sum += v.sum;
+        }
+        out[name] = { rows, checksum: sum.toString() };
+      }
+      return out;
+    };
+    return [totals(source as Record<TableName, Buckets>), totals(target as Record<TableName, Buckets>)];
   }
 
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
@@ -480,6 +670,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   async releaseFence(job: MoveJob): Promise<void> {
     const version = job.mapVersionAfter ?? 0;
+    await this.stopTargetCapture(job);
     await this.pool(job.to).query(
       `insert into write_fences (kind, unit_id, state, map_version, job_id) values ($1, $2, 'open', $3, $4)
        on conflict (kind, unit_id) do update set state = 'open', moved_to = null, map_version = $3, job_id = $4, updated_at = clock_timestamp()`,
@@ -491,6 +682,13 @@ export class PgMovePort implements MovePort<MoveJob> {
       [job.kind, job.unitId, job.to, version, job.id],
     );
     await this.catalog.query('update catalog.move_jobs set unfenced_at = coalesce(unfenced_at, clock_timestamp()), updated_at = now() where id = $1', [job.id]);
+  }
+
+  /** Ends the capture {@link preVerify} started on the target (before writers may write there). */
+  private async stopTargetCapture(job: MoveJob): Promise<void> {
+    const target = this.pool(job.to);
+    await target.query('delete from move_captures where job_id = $1', [job.id]);
+    await target.query('delete from move_changes where job_id = $1', [job.id]);
   }
 
   async cleanUp(start: MoveJob): Promise<MoveJob> {
@@ -517,15 +715,16 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   private async deleteVerified(pool: pg.Pool, job: MoveJob): Promise<{ deleted: number; kept: number }> {
     let deleted = 0;
+    const begin = await this.bulkBegin(job.from, pool);
     const docs = this.unitFilter(job, 'documents', 2);
     for (;;) {
-      const res = await inTransaction(pool, MOVER_WRITE, (c) => c.query(`delete from documents where id in (select id from documents where ${docs.sql} limit $1)`, [this.settings.batchRows, ...docs.params]));
+      const res = await inTransaction(pool, begin, (c) => c.query(`delete from documents where id in (select id from documents where ${docs.sql} limit $1)`, [this.settings.batchRows, ...docs.params]));
       deleted += res.rowCount ?? 0;
       if ((res.rowCount ?? 0) === 0) break;
     }
     const users = this.unitFilter(job, 'users', 2, 'u.');
     for (;;) {
-      const res = await inTransaction(pool, MOVER_WRITE, (c) =>
+      const res = await inTransaction(pool, begin, (c) =>
         c.query(
           `delete from users where id in (select u.id from users u where ${users.sql} and not exists (select 1 from documents d where d.owner_id = u.id) limit $1)`,
           [this.settings.batchRows, ...users.params],
@@ -575,6 +774,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     );
     await source.query('delete from move_captures where job_id = $1', [job.id]);
     await source.query('delete from move_changes where job_id = $1', [job.id]);
+    await this.stopTargetCapture(job);
     const target = this.pool(job.to);
     await this.deleteCopy(target, job);
     await target.query(`delete from write_fences where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3`, [job.kind, job.unitId, job.id]);

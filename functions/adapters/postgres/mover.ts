@@ -51,8 +51,10 @@ export interface MoverOptions {
   readonly directory: MoverDirectory;
   /** How the configured strategy routes; moves of a unit it does not route by are refused. Default: hash with directory overrides. */
   readonly routing?: MoveRouting;
-  /** Rows per copy batch, per catch-up pass and per delete batch. Default 5000. */
+  /** Rows per catch-up pass and per delete batch. Default 5000. */
   readonly batchRows?: number;
+  /** Rows per copy page: one COPY, one transaction on each side, one saved position. Default 20 000. */
+  readonly copyBatchRows?: number;
   /** Catching up ends when a pass applies fewer changes than this (what is left is applied while fenced). Default 50. */
   readonly catchUpThreshold?: number;
   /**
@@ -201,6 +203,7 @@ export class Mover {
           directory: this.options.directory,
           settings: {
             batchRows: this.options.batchRows ?? 5000,
+            copyBatchRows: this.options.copyBatchRows ?? 20_000,
             catchUpThreshold: this.options.catchUpThreshold ?? 50,
             fenceBudgetMs: this.options.fenceBudgetMs ?? 2000,
             drainTimeoutMs: this.options.drainTimeoutMs ?? 30_000,

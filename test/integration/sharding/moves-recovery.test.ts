@@ -144,4 +144,29 @@ describe('a move killed at any step', () => {
     expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
     expect(await countSlot(env.shards.get(from) as pg.Pool, slot)).toEqual({ users: 10, documents: 100 });
   });
+
+  it('copies a page again when a run died after the target committed it but before its position was saved', async () => {
+    const slot = 330;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const source = env.shards.get(from) as pg.Pool;
+    const target = env.shards.get(to) as pg.Pool;
+    await seedUsers(source, slot, keysInSlot(slot, 6), 4);
+    const mover = env.mover({ readerGraceMs: 0, copyBatchRows: 4 });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // What such a run leaves behind: the first page of users on the target, no saved position.
+    const { rows: page } = await source.query<{ id: string; email: string }>('select id::text, email from users where slot = $1 order by id limit 4', [slot]);
+    await target.query(
+      `begin; set local ca_dms.move_writer = 'on';
+       insert into users (id, slot, email, display_name) select u.id::uuid, ${slot}, u.email, 'stale copy' from json_to_recordset('${JSON.stringify(page)}') u(id text, email text);
+       commit`,
+    );
+
+    const job = await mover.run(planned.id);
+
+    expect(job.state).toBe('done');
+    expect(await countSlot(target, slot)).toEqual({ users: 6, documents: 24 });
+    const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from users where slot = $1 and display_name = 'stale copy'`, [slot]);
+    expect(rows[0]?.n).toBe(0);
+  });
 });
