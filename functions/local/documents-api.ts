@@ -8,6 +8,7 @@
  * - `GET  /api/v1/users/{id}/documents?limit=N`   a user's documents (routed by the user id)
  * - `POST /api/v1/documents`                      `{owner_id, title, content?}` -> 201
  * - `GET  /api/v1/documents/{id}[?owner=UUID]`    one document (asks every shard without `owner`)
+ * - `GET  /api/v1/openapi.json`                   this API's OpenAPI document, from the same zod schemas
  *
  * Writes go through `withShardWrite` on the owner's shard; reads go through the replica reader.
  * A write answers with `X-Read-Token: <shard_id>@<lsn>`; a read sent with that value in
@@ -47,11 +48,14 @@ const MAX_BODY = 256 * 1024;
 
 // Every spelling of a UUID (any case, braces, urn:uuid:) becomes the canonical form the router
 // hashes: the same user must never be looked up on one shard and stored on another.
-const uuid = z.string().transform((text, ctx) => {
-  const id = uuidForm(text);
-  if (id === undefined) ctx.addIssue({ code: 'custom', message: 'must be a UUID, e.g. 3f2c1d9e-8a7b-4c6d-9e0f-112233445566' });
-  return id ?? z.NEVER;
-});
+const uuid = z
+  .string()
+  .meta({ format: 'uuid' })
+  .transform((text, ctx) => {
+    const id = uuidForm(text);
+    if (id === undefined) ctx.addIssue({ code: 'custom', message: 'must be a UUID, e.g. 3f2c1d9e-8a7b-4c6d-9e0f-112233445566' });
+    return id ?? z.NEVER;
+  });
 const limit = z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(1).max(200)).optional();
 const readAfterSchema = z
   .string()
@@ -68,6 +72,55 @@ const newDocumentSchema = z.strictObject({
   // A document's content is an object of fields; other JSON values are refused rather than wrapped.
   content: z.record(z.string(), z.unknown(), { error: 'must be a JSON object, e.g. {"body": "text"}' }).default({}),
 });
+
+const limitQuery = z.strictObject({ limit });
+const documentQuery = z.strictObject({ owner: uuid.optional() });
+const idParams = z.strictObject({ id: uuid });
+const readAfterHeaders = z.object({ 'x-read-after': readAfterSchema.describe('a token from X-Read-Token: the read sees that write') });
+
+type JsonSchema = Record<string, unknown>;
+const jsonSchema = (schema: z.ZodType): JsonSchema => {
+  const { $schema: _dialect, ...rest } = z.toJSONSchema(schema, { target: 'openapi-3.0', io: 'input', unrepresentable: 'any' }) as JsonSchema;
+  return rest;
+};
+const parameters = (schema: z.ZodType, where: 'path' | 'query' | 'header'): JsonSchema[] => {
+  const json = jsonSchema(schema);
+  const required = new Set((json['required'] as string[] | undefined) ?? []);
+  return Object.entries((json['properties'] ?? {}) as Record<string, JsonSchema>).map(([name, schemaOf]) => ({ name, in: where, required: where === 'path' || required.has(name), schema: schemaOf }));
+};
+
+/**
+ * The documents API's OpenAPI 3.0 document, built from the schemas the handlers validate with
+ * (served at `GET /api/v1/openapi.json`; the fuzz tests generate their requests from it).
+ */
+export function documentsApiDocument(): JsonSchema {
+  const problem = { description: 'an RFC 9457 problem document', content: { 'application/problem+json': { schema: { type: 'object' } } } };
+  const op = (operationId: string, summary: string, parts: { params?: z.ZodType; query?: z.ZodType; headers?: z.ZodType; body?: z.ZodType }, ok: number): JsonSchema => ({
+    operationId,
+    summary,
+    parameters: [
+      ...(parts.params ? parameters(parts.params, 'path') : []),
+      ...(parts.query ? parameters(parts.query, 'query') : []),
+      ...(parts.headers ? parameters(parts.headers, 'header') : []),
+    ],
+    ...(parts.body ? { requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(parts.body) } } } } : {}),
+    responses: { [ok]: { description: ok === 201 ? 'created, with X-Read-Token and Location' : 'found' }, default: problem },
+  });
+  return {
+    openapi: '3.0.3',
+    info: { title: 'CA-DMS documents API (local mode)', version: '1.0.0' },
+    paths: {
+      [`${PREFIX}/users`]: {
+        get: op('listUsers', 'A sample of users from every shard', { query: limitQuery }, 200),
+        post: op('createUser', 'Create a user (409 when the e-mail is taken)', { body: newUserSchema }, 201),
+      },
+      [`${PREFIX}/users/{id}`]: { get: op('getUser', 'One user', { params: idParams, headers: readAfterHeaders }, 200) },
+      [`${PREFIX}/users/{id}/documents`]: { get: op('listUserDocuments', "A user's documents", { params: idParams, query: limitQuery, headers: readAfterHeaders }, 200) },
+      [`${PREFIX}/documents`]: { post: op('createDocument', 'Create a document on its owner\'s shard', { body: newDocumentSchema }, 201) },
+      [`${PREFIX}/documents/{id}`]: { get: op('getDocument', 'One document', { params: idParams, query: documentQuery, headers: readAfterHeaders }, 200) },
+    },
+  };
+}
 
 /**
  * A user's id is derived from the e-mail address (UUID version 5 of its lower-case form), so
@@ -218,7 +271,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
   };
 
   async function listUsers(url: URL, res: ServerResponse): Promise<void> {
-    const q = parse(z.strictObject({ limit }), Object.fromEntries(url.searchParams), 'query');
+    const q = parse(limitQuery, Object.fromEntries(url.searchParams), 'query');
     const n = q.limit ?? 20;
     const per = Math.max(1, Math.ceil(n / deps.shardIds.length));
     const parts = await Promise.all(
@@ -258,7 +311,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
 
   async function userDocuments(userId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const id = parse(uuid, userId, 'path.id');
-    const q = parse(z.strictObject({ limit }), Object.fromEntries(url.searchParams), 'query');
+    const q = parse(limitQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
     const shardId = await shardOf(id);
     const r = await deps.reader.query<DocumentRow>(shardId, `select ${DOC_COLUMNS} from documents where owner_id = $1 order by created_at desc, id limit $2`, [id, q.limit ?? 50], tokenFor(shardId, after));
@@ -283,7 +336,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
 
   async function getDocument(docId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const id = parse(uuid, docId, 'path.id');
-    const q = parse(z.strictObject({ owner: uuid.optional() }), Object.fromEntries(url.searchParams), 'query');
+    const q = parse(documentQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
     // A document lives with its owner; without the owner every shard is asked at once.
     const shards = q.owner === undefined ? deps.shardIds : [await shardOf(q.owner)];
@@ -302,11 +355,17 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     send(res, 200, doc);
   }
 
+  const openApi = JSON.stringify(documentsApiDocument());
   return async (req, res) => {
     const url = new URL(req.url ?? '/', 'http://127.0.0.1');
     const path = url.pathname.replace(/\/+$/, '');
-    if (!path.startsWith(`${PREFIX}/users`) && !path.startsWith(`${PREFIX}/documents`)) return false;
     const method = req.method ?? 'GET';
+    if (path === `${PREFIX}/openapi.json` && (method === 'GET' || method === 'HEAD')) {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'private, max-age=3600' });
+      res.end(method === 'HEAD' ? undefined : openApi);
+      return true;
+    }
+    if (!path.startsWith(`${PREFIX}/users`) && !path.startsWith(`${PREFIX}/documents`)) return false;
     try {
       let m: RegExpExecArray | null;
       if (path === `${PREFIX}/users` && method === 'GET') await listUsers(url, res);

@@ -1,138 +1,73 @@
 /**
- * Property-based fuzzing of every scaling API endpoint through the Lambda handler, against the
- * real system: generated requests per endpoint (random methods, queries with hostile key names
- * such as `__proto__`, headers and bodies, valid and not). Never a 5xx; every rejection is an
- * RFC 9457 problem document without a stack or database text; and a rejected request leaves the
- * stored state exactly as it was. `npm test` runs 100 requests per endpoint; `npm run fuzz`
- * runs 1,000 (FUZZ_RUNS sets any other number).
+ * Property-based fuzzing of live local mode over HTTP, driven by the OpenAPI documents: every
+ * operation of the scaling API (`/api/v1/scaling/openapi.json`) and of the documents API
+ * (`/api/v1/openapi.json`) gets requests generated from its parameter and body schemas, valid
+ * and hostile mixed (`test/support/openapi-fuzz.ts`), sent one at a time to a real local mode
+ * (embedded PostgreSQL shards with replicas, the controller, the simulated fleet). For every
+ * answer: never a 5xx; an error is an RFC 9457 problem document with no stack trace and no
+ * database text; and a refused request (4xx) leaves the stored state (catalog and every shard)
+ * exactly as it was. `npm test` sends 25 requests per operation; `npm run fuzz` 1,000
+ * (FUZZ_RUNS sets any other number). fast-check prints the seed and the request on a failure.
  */
-// Powertools reads its settings when the handler modules load: this import must stay first.
-import '../../support/quiet-powertools.js';
-import type { APIGatewayProxyEvent, Context } from 'aws-lambda';
 import fc from 'fast-check';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SERVICES, startApiHarness, type ApiHarness } from './harness.js';
+import { SHIPPED_TRACE } from '../../../functions/adapters/sim/trace-file.js';
+import { scalingApiDocument } from '../../../functions/api/routes.js';
+import { documentsApiDocument } from '../../../functions/local/documents-api.js';
+import { startLocalMode, type LocalMode } from '../../../functions/local/runtime.js';
+import { tempDataDir } from '../../e2e/support/local-process.js';
+import { operationsOf, requestArb, type FuzzRequest } from '../../support/openapi-fuzz.js';
 
-const API = '/api/v1/scaling';
-const RUNS = Number(process.env['FUZZ_RUNS'] ?? 100);
+const RUNS = Number(process.env['FUZZ_RUNS'] ?? 25);
 
-interface Endpoint {
-  readonly method: string;
-  readonly path: string;
-  /** Query keys the endpoint knows, so generated queries are sometimes valid. */
-  readonly queryKeys: readonly string[];
-  /** Bodies that are sometimes valid. */
-  readonly bodies?: fc.Arbitrary<unknown>;
-}
+/** Text no answer may hold: stack frames, source positions, connection strings, PostgreSQL's own words. */
+const LEAK = /postgres(ql)?:\/\/|\.ts:\d+:\d+|\n\s+at |invalid input syntax|violates .* constraint|syntax error at|relation ".*" does not exist|unsupported Unicode escape|Maximum call stack|invalid byte sequence|\bSQLSTATE\b/;
 
-const service = fc.constantFrom(...SERVICES, 'nope', '', 'Worker', 'worker; drop table x');
-const ENDPOINTS: readonly Endpoint[] = [
-  { method: 'GET', path: '/status', queryKeys: [] },
-  { method: 'GET', path: '/metrics', queryKeys: [] },
-  { method: 'GET', path: '/history', queryKeys: ['service', 'direction', 'outcome', 'trigger', 'kind', 'since', 'until', 'limit', 'cursor'] },
-  { method: 'GET', path: '/timeseries', queryKeys: ['service', 'since', 'until', 'step'] },
-  { method: 'GET', path: '/config', queryKeys: [] },
-  {
-    method: 'PUT',
-    path: '/config',
-    queryKeys: [],
-    bodies: fc.oneof(
-      fc.record({ cpu_scale_up: fc.oneof(fc.double(), fc.integer({ min: 31, max: 100 }), fc.string()), min_instances: fc.integer({ min: -5, max: 20 }) }, { requiredKeys: [] }),
-      fc.dictionary(fc.string({ maxLength: 12 }), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 4 }),
-    ),
-  },
-  { method: 'POST', path: '/start', queryKeys: [], bodies: fc.record({ service, reason: fc.string({ maxLength: 40 }) }, { requiredKeys: [] }) },
-  { method: 'POST', path: '/stop', queryKeys: [], bodies: fc.record({ service, reason: fc.string({ maxLength: 40 }) }, { requiredKeys: [] }) },
-  { method: 'GET', path: '/recommendations', queryKeys: [] },
-  { method: 'POST', path: '/evaluate', queryKeys: [], bodies: fc.record({ service }, { requiredKeys: [] }) },
-  { method: 'GET', path: '/shards/statistics', queryKeys: ['exact'] },
-  { method: 'GET', path: '/shards/health', queryKeys: [] },
-  { method: 'GET', path: '/shards/rebalance-check', queryKeys: ['threshold', 'by'] },
-  { method: 'GET', path: '/shards/route', queryKeys: ['key', 'kind'] },
-  {
-    method: 'POST',
-    path: '/shards/moves',
-    queryKeys: [],
-    bodies: fc.record(
-      {
-        kind: fc.constantFrom('slot', 'directory', 'range', ''),
-        unit: fc.oneof(fc.integer({ min: -3, max: 5000 }).map(String), fc.uuid(), fc.string({ maxLength: 10 })),
-        to: fc.constantFrom('shard_404', '', 'SHARD', 'x'.repeat(120)),
-      },
-      { requiredKeys: [] },
-    ),
-  },
-  { method: 'GET', path: '/shards/moves/{id}', queryKeys: [] },
-  { method: 'GET', path: '/openapi.json', queryKeys: [] },
-];
+const operations = [...operationsOf(scalingApiDocument()), ...operationsOf(documentsApiDocument())];
 
-const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS'];
+/** Answers per operation and status class, printed at the end (the figures of a `npm run fuzz`). */
+const tally = new Map<string, Record<string, number>>();
 
-function requestArb(endpoint: Endpoint): fc.Arbitrary<APIGatewayProxyEvent> {
-  const queryValue = fc.oneof(fc.string({ maxLength: 30 }), fc.constantFrom('true', 'false', '0', '1', '50', '0.1', 'bytes', 'rows', 'worker', 'out', 'schedule', '2026-11-27T10:00:00Z'));
-  const query = fc.oneof(
-    fc.constant({}),
-    fc.dictionary(fc.constantFrom(...endpoint.queryKeys, 'x', '__proto__', 'constructor', 'toString', 'hasOwnProperty'), queryValue, { maxKeys: 3 }),
-    fc.dictionary(fc.string({ maxLength: 8 }), fc.string({ maxLength: 20 }), { maxKeys: 3 }),
-  );
-  const path = endpoint.path.includes('{id}')
-    ? fc.oneof(fc.nat({ max: 99999 }).map(String), fc.string({ minLength: 1, maxLength: 12 }).map((s) => encodeURIComponent(s))).map((id) => endpoint.path.replace('{id}', id))
-    : fc.constant(endpoint.path);
-  const body = fc.oneof(
-    fc.constant(null),
-    (endpoint.bodies ?? fc.jsonValue({ maxDepth: 2 })).map((b) => JSON.stringify(b)),
-    fc.jsonValue({ maxDepth: 3 }).map((b) => JSON.stringify(b)),
-    fc.string({ maxLength: 60 }),
-  );
-  const contentType = fc.constantFrom('application/json', 'application/json; charset=utf-8', 'text/plain', 'application/x-www-form-urlencoded', undefined);
-  const ifMatch = fc.constantFrom(undefined, '"v1"', '"v0"', '*', 'W/"v2"', 'garbage', 'CURRENT');
-  return fc
-    .record({
-      method: fc.oneof({ weight: 4, arbitrary: fc.constant(endpoint.method) }, { weight: 1, arbitrary: fc.constantFrom(...METHODS) }),
-      path,
-      query,
-      body,
-      contentType,
-      ifMatch,
-    })
-    .map(({ method, path: p, query: q, body: b, contentType: ct, ifMatch: im }) => {
-      const headers: Record<string, string> = {};
-      if (ct !== undefined) headers['content-type'] = ct;
-      if (im !== undefined) headers['if-match'] = im;
-      const qs = Object.keys(q).length > 0 ? q : null;
-      return {
-        resource: '/{proxy+}',
-        path: `${API}${p}`,
-        httpMethod: method,
-        headers,
-        multiValueHeaders: {},
-        queryStringParameters: qs,
-        multiValueQueryStringParameters: null,
-        pathParameters: null,
-        stageVariables: null,
-        body: b,
-        isBase64Encoded: false,
-        requestContext: { requestId: 'fuzz', identity: { sourceIp: '127.0.0.1', userArn: 'arn:aws:iam::123456789012:user/fuzzer' } },
-      } as unknown as APIGatewayProxyEvent;
-    });
-}
+describe('fuzzing live local mode from its OpenAPI documents', () => {
+  let local: LocalMode;
+  let dataDir: string;
+  let catalog: pg.Client;
+  let shards: pg.Client[];
 
-const context = { getRemainingTimeInMillis: () => 30_000, awsRequestId: 'fuzz', functionName: 'fuzz' } as unknown as Context;
-
-describe('scaling API fuzzing', () => {
-  let h: ApiHarness;
   beforeAll(async () => {
-    h = await startApiHarness();
-    // Some history for the endpoints that read it.
-    await h.controller.evaluate({ trigger: 'schedule' });
-  }, 120_000);
-  afterAll(async () => {
-    await h?.stop();
-  });
+    dataDir = await tempDataDir();
+    local = await startLocalMode({
+      dataDir,
+      port: 0,
+      shards: 2,
+      replicasPerShard: 1,
+      tracePath: SHIPPED_TRACE,
+      acceleration: 60,
+      seedUsers: 10,
+      documentsPerUser: 2,
+      // No scheduled evaluation during the run: its decisions would look like changes made by a refused request.
+      env: { SCALING_CHECK_INTERVAL: '86400' },
+      onLine: () => undefined,
+    });
+    catalog = new pg.Client({ connectionString: local.cluster.catalogUrl });
+    shards = local.cluster.shards.map((s) => new pg.Client({ connectionString: s.primaryUrl }));
+    await Promise.all([catalog, ...shards].map((c) => c.connect()));
+  }, 180_000);
 
-  /** Everything a rejected request must not change. */
-  async function snapshot(): Promise<string> {
-    const { rows } = await h.catalogPool.query(`select
+  afterAll(async () => {
+    const rows = [...tally].map(([op, counts]) => `${op.padEnd(58)} ${['2xx', '3xx', '4xx', '5xx'].map((c) => String(counts[c] ?? 0).padStart(6)).join('')}`);
+    const total = [...tally.values()].reduce((n, c) => n + Object.values(c).reduce((a, b) => a + b, 0), 0);
+    console.log([`fuzz: ${total} requests, ${RUNS} per operation`, `${'operation'.padEnd(58)}    2xx   3xx   4xx   5xx`, ...rows].join('\n'));
+    await Promise.all([catalog, ...(shards ?? [])].map((c) => c?.end().catch(() => undefined)));
+    await local?.stop();
+    const { rm } = await import('node:fs/promises');
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  }, 60_000);
+
+  /** Everything a refused request must not change, in the catalog and on every shard. */
+  async function state(): Promise<string> {
+    const { rows } = await catalog.query(`select
       (select coalesce(max(version), 0) from catalog.scaling_config) as config,
       (select count(*) from catalog.switch_events) as switch_events,
       (select coalesce(string_agg(scope || '=' || enabled, ',' order by scope), '') from catalog.scaling_switches) as switches,
@@ -140,35 +75,69 @@ describe('scaling API fuzzing', () => {
       (select count(*) from catalog.move_jobs) as moves,
       (select count(*) from catalog.slot_maps) as maps,
       (select count(*) from catalog.shard_directory) as directory`);
-    return JSON.stringify(rows[0]);
+    const perShard = await Promise.all(shards.map(async (c) => (await c.query('select (select count(*) from users) as users, (select count(*) from documents) as documents')).rows[0]));
+    return JSON.stringify({ catalog: rows[0], shards: perShard });
   }
 
   async function currentEtag(): Promise<string> {
-    const { rows } = await h.catalogPool.query<{ v: number }>('select coalesce(max(version), 0)::int as v from catalog.scaling_config');
+    const { rows } = await catalog.query<{ v: number }>('select coalesce(max(version), 0)::int as v from catalog.scaling_config');
     return `"v${rows[0]?.v ?? 0}"`;
   }
 
-  for (const endpoint of ENDPOINTS) {
-    it(`${endpoint.method} ${endpoint.path}: never a 5xx, rejections are problems, rejected requests change nothing`, async () => {
-      let before = await snapshot();
+  /** An accepted move runs in the background: let it finish before the next request is judged. */
+  async function settleMove(body: string): Promise<void> {
+    const id = (JSON.parse(body) as { id?: string }).id;
+    for (let i = 0; i < 300 && id !== undefined; i++) {
+      const res = await fetch(`${local.url}/api/v1/scaling/shards/moves/${id}`);
+      const job = (await res.json()) as { state?: string };
+      if (job.state === 'done' || job.state === 'failed' || job.state === 'cancelled') return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  it('serves the OpenAPI documents the requests are generated from', async () => {
+    const scaling = await (await fetch(`${local.url}/api/v1/scaling/openapi.json`)).json();
+    const documents = await (await fetch(`${local.url}/api/v1/openapi.json`)).json();
+
+    expect(scaling).toEqual(JSON.parse(JSON.stringify(scalingApiDocument())));
+    expect(documents).toEqual(documentsApiDocument());
+    expect(operations.length).toBeGreaterThanOrEqual(24);
+  });
+
+  for (const op of operations) {
+    it(`${op.method} ${op.path} (${op.operationId}): never a 5xx, no leak, a refused request changes nothing`, async () => {
+      const usesIfMatch = op.parameters.some((p) => p.name === 'if-match');
+      let before = await state();
       await fc.assert(
-        fc.asyncProperty(requestArb(endpoint), async (event) => {
-          if (event.headers['if-match'] === 'CURRENT') event.headers['if-match'] = await currentEtag();
-          const res = await h.handler(event, context);
-          expect(res.statusCode).toBeLessThan(500);
-          const after = await snapshot();
-          if (res.statusCode >= 400) {
-            expect(res.headers?.['content-type']).toBe('application/problem+json');
-            const doc = JSON.parse(res.body) as { status: number; title: string; detail: string };
-            expect(doc.status).toBe(res.statusCode);
-            expect(typeof doc.detail).toBe('string');
-            expect(res.body).not.toMatch(/postgresql:\/\/|\.ts:\d+:\d+|\n\s+at |invalid input syntax|violates .* constraint|syntax error at|relation ".*" does not exist|unsupported Unicode escape/);
-            expect(after).toBe(before);
+        fc.asyncProperty(requestArb(op), fc.boolean(), async (request: FuzzRequest, currentTag) => {
+          const headers = { ...request.headers };
+          if (usesIfMatch && currentTag) headers['if-match'] = await currentEtag();
+          const res = await fetch(`${local.url}${request.target}`, { method: request.method, headers, ...(request.body === undefined ? {} : { body: request.body }) });
+          const text = await res.text();
+          const after = await state();
+          const what = `${request.method} ${request.target} (${request.note}) -> ${res.status} ${text.slice(0, 300)}`;
+          const counts = tally.get(`${op.method} ${op.path}`) ?? {};
+          const statusClass = `${Math.floor(res.status / 100)}xx`;
+          counts[statusClass] = (counts[statusClass] ?? 0) + 1;
+          tally.set(`${op.method} ${op.path}`, counts);
+          expect(res.status, what).toBeLessThan(500);
+          if (res.status >= 400) {
+            expect(res.headers.get('content-type'), what).toBe('application/problem+json');
+            if (request.method !== 'HEAD') {
+              const doc = JSON.parse(text) as { status: number; title: unknown; detail: unknown };
+              expect(doc.status, what).toBe(res.status);
+              expect(typeof doc.title, what).toBe('string');
+              expect(typeof doc.detail, what).toBe('string');
+              expect(text, what).not.toMatch(LEAK);
+            }
+            expect(after, `state changed after ${what}`).toBe(before);
+          } else if (res.status === 202 && request.target.startsWith('/api/v1/scaling/shards/moves')) {
+            await settleMove(text);
           }
-          before = after;
+          before = await state();
         }),
         { numRuns: RUNS },
       );
-    }, 300_000);
+    }, 900_000);
   }
 });
