@@ -236,6 +236,30 @@ export const routeResultSchema = z.object({
   source: z.string(),
 });
 
+export const directoryQuerySchema = z.strictObject({
+  shard: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'is not a shard id').optional(),
+  limit: z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(1).max(1000))
+    .optional(),
+  cursor: z.string().max(1024).optional().describe("the previous page's next_cursor"),
+});
+export type DirectoryQuery = z.output<typeof directoryQuerySchema>;
+export const directoryPageSchema = z.object({
+  items: z.array(
+    z.object({
+      key: z.string(),
+      shard_id: z.string(),
+      version: z.number().int(),
+      updated_at: z.string(),
+      updated_by: z.string(),
+    }),
+  ),
+  next_cursor: z.string().nullable().describe('pass as cursor for the next page; null on the last page'),
+});
+
 export const rebalanceQuerySchema = z.strictObject({
   threshold: z
     .string()

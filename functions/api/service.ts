@@ -6,6 +6,8 @@
 import type { z } from 'zod';
 import type {
   configEnvelopeSchema,
+  directoryPageSchema,
+  DirectoryQuery,
   evaluationSchema,
   healthReportSchema,
   historySchema,
@@ -37,6 +39,7 @@ export type StartStopResult = z.input<typeof startStopResultSchema>;
 export type RecommendationsView = z.input<typeof recommendationsSchema>;
 export type EvaluationView = z.input<typeof evaluationSchema>;
 export type RouteView = z.input<typeof routeResultSchema>;
+export type DirectoryPageView = z.input<typeof directoryPageSchema>;
 export type MoveRequest = z.output<typeof moveRequestSchema>;
 export type ShardHealthView = DeepReadonly<z.input<typeof healthReportSchema>>;
 export type ShardStatisticsView = DeepReadonly<z.input<typeof statisticsReportSchema>>;
@@ -105,6 +108,8 @@ export interface ScalingApiPort {
   shardHealth(): Promise<ShardHealthView>;
   rebalanceCheck(options: { threshold?: number; by?: 'bytes' | 'rows' }): Promise<RebalanceCheckView>;
   route(key: string): Promise<RouteView>;
+  /** One page of the shard directory in key order; a malformed cursor is a 400 naming `query.cursor`. */
+  directory(query: DirectoryQuery): Promise<DirectoryPageView>;
   startMove(request: MoveRequest, actor: string): Promise<MoveJobView>;
   getMove(id: string): Promise<MoveJobView>;
 }

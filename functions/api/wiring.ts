@@ -51,7 +51,7 @@ import {
 export interface ShardingDeps {
   readonly router: ShardRouter;
   readonly slotMaps: Pick<SlotMapStore, 'current' | 'currentIfNewer'>;
-  readonly directory: Pick<DirectoryStore, 'list'>;
+  readonly directory: Pick<DirectoryStore, 'all' | 'page'>;
   readonly inspector: ShardInspector;
   readonly mover: Mover;
   /** Replica lag bounds, for the recommendations. */
@@ -88,6 +88,8 @@ export interface ScalingApiDeps {
 }
 
 const iso = (ms: number | Date): string => new Date(ms).toISOString();
+/** A 400 naming the query or body field at fault. */
+const invalid = (name: string, reason: string): ProblemError => new ProblemError(400, `${name}: ${reason}`, { title: 'Invalid request', invalidParams: [{ name, reason }] });
 
 /** Turns storage failures into the API's "unavailable" so callers get 503 and a retry hint. */
 async function available<T>(what: string, work: () => Promise<T>): Promise<T> {
@@ -128,7 +130,6 @@ function metricsView(service: string, snapshot: MetricsSnapshot | null): Metrics
  * the window is empty or too long, or the step makes too many buckets.
  */
 function timeseriesWindow(q: { service?: string; since?: Date; until?: Date; stepSeconds?: number }, now: number): { service?: string; since: Date; until: Date; stepSeconds: number } {
-  const invalid = (name: string, reason: string): ProblemError => new ProblemError(400, `${name}: ${reason}`, { title: 'Invalid request', invalidParams: [{ name, reason }] });
   const until = q.until ?? new Date(now);
   const since = q.since ?? new Date(until.getTime() - 3_600_000);
   const window = (until.getTime() - since.getTime()) / 1000;
@@ -393,7 +394,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         const [health, check] = await Promise.all([
           s.inspector.health().catch(() => undefined),
           (async () => {
-            const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.list()]);
+            const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.all()]);
             return s.inspector.rebalanceCheck({ slotMap, directory });
           })().catch(() => undefined),
         ]);
@@ -441,7 +442,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
 
     async rebalanceCheck(options) {
       const s = sharding();
-      const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.list()]);
+      const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.all()]);
       try {
         return await s.inspector.rebalanceCheck({ slotMap, directory, ...options });
       } catch (err) {
@@ -494,6 +495,22 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         if (err instanceof MoveConflictError || err instanceof MoveBusyError) throw new ConflictError(err.message, { cause: err });
         throw err;
       }
+    },
+
+    async directory(query) {
+      const s = sharding();
+      let after: string | undefined;
+      if (query.cursor !== undefined) {
+        const decoded = Buffer.from(query.cursor, 'base64url').toString('utf8');
+        if (!query.cursor.match(/^[A-Za-z0-9_-]+$/) || !decoded.startsWith('k:')) throw invalid('query.cursor', 'is not a cursor this API returned');
+        after = decoded.slice(2);
+      }
+      const page = await s.directory.page({ ...(query.shard ? { shardId: query.shard } : {}), ...(after === undefined ? {} : { after }), limit: query.limit ?? 100 });
+      return {
+        items: page.entries.map((e) => ({ key: e.key, shard_id: e.shardId, version: e.version, updated_at: e.updatedAt.toISOString(), updated_by: e.updatedBy })),
+        // Opaque, so that clients do not build cursors of their own: the key, prefixed and base64url-encoded.
+        next_cursor: page.next === null ? null : Buffer.from(`k:${page.next}`, 'utf8').toString('base64url'),
+      };
     },
 
     async getMove(id) {

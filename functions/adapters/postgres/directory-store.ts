@@ -47,10 +47,20 @@ export interface DirectoryStoreOptions {
 export interface DirectoryListOptions {
   /** Only entries pinned to this shard. */
   readonly shardId?: string;
-  /** Keyset pagination: entries with a key after this one. */
+  /** Keyset pagination: entries with a key after this one (a page's `next`). */
   readonly after?: string;
-  /** Default 1000. */
+  /** Entries per page, 1 to {@link MAX_DIRECTORY_PAGE}. Default 1000. */
   readonly limit?: number;
+}
+
+/** The most entries one page returns. */
+export const MAX_DIRECTORY_PAGE = 1000;
+
+/** One page of the directory, in key order (code points). */
+export interface DirectoryPage {
+  readonly entries: DirectoryEntry[];
+  /** Pass as `after` for the next page; null when this page is the last. */
+  readonly next: string | null;
 }
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -121,15 +131,44 @@ export class DirectoryStore implements DirectoryLookup {
     return (rowCount ?? 0) > 0;
   }
 
-  /** Entries in key order, optionally for one shard, a page at a time. */
-  async list(options: DirectoryListOptions = {}): Promise<DirectoryEntry[]> {
+  /**
+   * One page of entries in key order (byte order of the UTF-8 text, which is code-point order),
+   * optionally of one shard. A full page says where the next one starts; nothing is ever cut
+   * off silently.
+   *
+   * @example
+   * ```ts
+   * for (let after: string | undefined; ; ) {
+   *   const { entries, next } = await directory.page({ shardId: 'shard_002', ...(after ? { after } : {}) });
+   *   handle(entries);
+   *   if (next === null) break;
+   *   after = next;
+   * }
+   * ```
+   */
+  async page(options: DirectoryListOptions = {}): Promise<DirectoryPage> {
+    const limit = options.limit ?? MAX_DIRECTORY_PAGE;
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_DIRECTORY_PAGE) throw new DirectoryError(`a directory page holds 1 to ${MAX_DIRECTORY_PAGE} entries, not ${limit}`);
+    // One row more than the page tells whether another page follows.
     const { rows } = await this.pool.query<Row>(
       `select key, shard_id, version, updated_at, updated_by from catalog.shard_directory
        where ($1::text is null or shard_id = $1) and ($2::text is null or key collate "C" > $2)
        order by key collate "C" limit $3`,
-      [options.shardId ?? null, options.after ?? null, options.limit ?? 1000],
+      [options.shardId ?? null, options.after ?? null, limit + 1],
     );
-    return rows.map(toEntry);
+    const entries = rows.slice(0, limit).map(toEntry);
+    return { entries, next: rows.length > limit ? (entries[entries.length - 1]?.key ?? null) : null };
+  }
+
+  /** Every entry (optionally of one shard), read a page at a time. */
+  async all(options: Pick<DirectoryListOptions, 'shardId'> = {}): Promise<DirectoryEntry[]> {
+    const out: DirectoryEntry[] = [];
+    for (let after: string | undefined; ; ) {
+      const { entries, next } = await this.page({ ...options, ...(after === undefined ? {} : { after }) });
+      out.push(...entries);
+      if (next === null) return out;
+      after = next;
+    }
   }
 
   /** Forgets cached lookups (one key or all), e.g. after another process moved a key. */

@@ -153,13 +153,7 @@ export class Mover {
 
   /** Every directory key whose hash slot is `slot`. */
   private async directoryKeysIn(slot: number): Promise<string[]> {
-    const keys: string[] = [];
-    for (let after: string | undefined; ; ) {
-      const page = await this.options.directory.list({ limit: 1000, ...(after === undefined ? {} : { after }) });
-      keys.push(...page.map((e) => e.key).filter((k) => keySlot(k) === slot));
-      if (page.length < 1000) return keys;
-      after = page[page.length - 1]?.key;
-    }
+    return (await this.options.directory.all()).map((e) => e.key).filter((k) => keySlot(k) === slot);
   }
 
   /** The job as recorded now. */

@@ -455,6 +455,27 @@ describe('scaling API over HTTP', () => {
       expect(own.body).toMatchObject({ detail: expect.stringMatching(new RegExp(`slot ${route.slot} is already on ${route.shard_id}`)), invalid_params: [{ name: 'body.to' }] });
     });
 
+    it('lists the shard directory a page at a time, following next_cursor to the end', async () => {
+      const keys = ['dir-page-a', 'dir-page-b', 'dir-page-c'];
+      for (const key of keys) await h.sharding.directory.set(key, 'shard_002', 'api-test');
+      const first = await h.fetchJson(`${API}/shards/directory?shard=shard_002&limit=2`);
+      const page1 = first.body as { items: Array<{ key: string; shard_id: string }>; next_cursor: string | null };
+      const second = await h.fetchJson(`${API}/shards/directory?shard=shard_002&limit=2&cursor=${page1.next_cursor ?? ''}`);
+      const page2 = second.body as typeof page1;
+      expect([first.status, second.status]).toEqual([200, 200]);
+      expect([...page1.items, ...page2.items].map((i) => i.key)).toEqual(keys);
+      expect(page1.items[0]).toMatchObject({ shard_id: 'shard_002', updated_by: 'api-test' });
+      expect(page2.next_cursor).toBeNull();
+    });
+
+    it('refuses a cursor it did not hand out, and a page over 1,000, with 400 naming the parameter', async () => {
+      const cursor = await h.fetchJson(`${API}/shards/directory?cursor=not-ours`);
+      const limit = await h.fetchJson(`${API}/shards/directory?limit=1001`);
+      expect([cursor.status, limit.status]).toEqual([400, 400]);
+      expect((cursor.body as Problem).invalid_params?.[0]?.name).toBe('query.cursor');
+      expect((limit.body as Problem).invalid_params?.[0]?.name).toBe('query.limit');
+    });
+
     it('answers 404 for a move that does not exist', async () => {
       const res = await h.fetchJson(`${API}/shards/moves/424242`);
       expect(res.status).toBe(404);

@@ -173,9 +173,25 @@ describe('catalog stores for routing (real PostgreSQL)', () => {
     it('lists entries in key order, per shard, a page at a time', async () => {
       const directory = new DirectoryStore(pool);
       for (const [k, s] of [['b', 'shard_001'], ['a', 'shard_002'], ['c', 'shard_002'], ['d', 'shard_002']] as const) await directory.set(k, s, 'ops');
-      expect((await directory.list({ shardId: 'shard_002', limit: 2 })).map((e) => e.key)).toEqual(['a', 'c']);
-      expect((await directory.list({ shardId: 'shard_002', after: 'c' })).map((e) => e.key)).toEqual(['d']);
+      const first = await directory.page({ shardId: 'shard_002', limit: 2 });
+      expect(first.entries.map((e) => e.key)).toEqual(['a', 'c']);
+      expect(first.next).toBe('c');
+      expect(await directory.page({ shardId: 'shard_002', after: 'c' })).toMatchObject({ entries: [{ key: 'd' }], next: null });
       expect(await directory.delete('nope')).toBe(false);
+    });
+
+    it('reads past the 1,000 entries of a page instead of stopping there', async () => {
+      const directory = new DirectoryStore(pool);
+      await pool.query(
+        `insert into catalog.shard_directory (key, shard_id, updated_by) select 'many-' || lpad(g::text, 4, '0'), 'shard_003', 'test' from generate_series(1, 1205) g`,
+      );
+      const first = await directory.page({ shardId: 'shard_003' });
+      expect(first.entries).toHaveLength(1000);
+      expect(first.next).toBe('many-1000');
+      expect((await directory.page({ shardId: 'shard_003', after: first.next as string })).entries).toHaveLength(205);
+      const all = await directory.all({ shardId: 'shard_003' });
+      expect(all.map((e) => e.key)).toEqual(Array.from({ length: 1205 }, (_, i) => `many-${String(i + 1).padStart(4, '0')}`));
+      await expect(directory.page({ limit: 1001 })).rejects.toBeInstanceOf(DirectoryError);
     });
   });
 
