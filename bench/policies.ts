@@ -1,5 +1,5 @@
 /**
- * The policy benchmark (`npm run bench:policies [-- --traces DIR --workers N]`): the frontier
+ * The policy benchmark (`npm run bench:policies [-- --traces DIR --workers N --only REGEX]`): the frontier
  * test of issue #13 on every trace in `../shared/traces/` and on the synthetic weeks.
  *
  * For each trace, every anchor is swept over its main setting (`simulator/sweep.ts`) and
@@ -11,6 +11,9 @@
  * once (a score matrix), and for each public trace the setting that does best on the other
  * eleven plus the synthetic weeks is scored on the one left out. The exit code is 1 when
  * ca-dms loses any trace in either table.
+ *
+ * `--only REGEX` keeps the traces whose name matches (for quick iteration on a few; the
+ * leave-one-out table and the counts then cover only those).
  *
  * Work is split into one job per trace and model, run by `--workers` child processes
  * (default: the machine's available parallelism).
@@ -50,16 +53,33 @@ const flags = z
       .regex(/^[1-9]\d*$/, 'expected a whole number >= 1')
       .transform(Number)
       .default(availableParallelism()),
+    only: z
+      .string()
+      .optional()
+      .transform((v, ctx) => {
+        if (v === undefined) return undefined;
+        try {
+          return new RegExp(v);
+        } catch (e) {
+          ctx.addIssue({ code: 'custom', message: `not a regular expression: ${(e as Error).message}` });
+          return z.NEVER;
+        }
+      }),
   })
-  .safeParse(parseArgs({ options: { traces: { type: 'string' }, workers: { type: 'string' } }, strict: true }).values);
+  .safeParse(parseArgs({ options: { traces: { type: 'string' }, workers: { type: 'string' }, only: { type: 'string' } }, strict: true }).values);
 if (!flags.success) {
   console.error(flags.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('\n'));
   process.exit(2);
 }
-const { traces: dir, workers } = flags.data;
-const files = await traceFiles('bench:policies', dir);
+const { traces: dir, workers, only } = flags.data;
+const files = (await traceFiles('bench:policies', dir)).filter((f) => only === undefined || only.test(f));
+const weekNames = SYNTHETIC_WEEKS.filter((w) => only === undefined || only.test(w));
+if (files.length + weekNames.length === 0) {
+  console.error(`--only: ${only} matches no trace in ${dir} and no synthetic week`);
+  process.exit(2);
+}
 
-console.log(`policy benchmark (issue #13 frontier test): ${files.length} traces from ${dir} and ${SYNTHETIC_WEEKS.length} synthetic weeks`);
+console.log(`policy benchmark (issue #13 frontier test): ${files.length} traces from ${dir} and ${weekNames.length} synthetic weeks${only === undefined ? '' : ` matching ${only}`}`);
 console.log(`model: ${describeModel(DEFAULT_MODEL)}; rerun with ${MISSING_FRACTION * 100}% of the metric minutes missing`);
 console.log(`ca-dms candidates for leave-one-out: ${CANDIDATES.map(describeCandidate).join('; ')}`);
 
@@ -67,7 +87,7 @@ console.log(`ca-dms candidates for leave-one-out: ${CANDIDATES.map(describeCandi
 const sizes = await Promise.all(files.map(async (f) => (await stat(join(dir, f))).size));
 const sources: PolicyJob['source'][] = [
   ...files.map((file, i) => ({ file, dir, size: sizes[i] ?? 0 })).sort((a, b) => b.size - a.size).map(({ file }) => ({ file, dir })),
-  ...SYNTHETIC_WEEKS.map((week) => ({ week })),
+  ...weekNames.map((week) => ({ week })),
 ];
 const jobs: PolicyJob[] = sources.flatMap((source) => [false, true].map((missing) => ({ source, missing, candidates: CANDIDATES })));
 
