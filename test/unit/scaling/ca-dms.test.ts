@@ -23,6 +23,20 @@ function load(u: number, running: number, at: number): MetricsSnapshot {
   return { at, cpu: 100 * Math.min(1, u), memory: 30 + 50 * Math.min(1, u), connectionsPerTask: 100 * u, responseTimeMs: u > 1 ? 5000 : 100 / (1 - Math.min(u, 0.99)) };
 }
 
+/**
+ * Periods of `demand(i)` busy task-units measured as the simulator does: the period just
+ * measured was served by the tasks running at the previous evaluation, less any its decision
+ * stopped; a task it started was still starting and serves from now on.
+ */
+function served(demand: (i: number) => number, length: number, start: number): Array<(desired: number) => { metrics: MetricsSnapshot }> {
+  let before = start;
+  return Array.from({ length }, (_, i) => (d: number) => {
+    const serving = Math.min(before, d);
+    before = d;
+    return { metrics: load(demand(i) / serving, serving, 0) };
+  });
+}
+
 function tasks(running: number, pending = 0): TaskCounts {
   return { running, pending, desired: running + pending };
 }
@@ -179,11 +193,13 @@ describe('ca-dms', () => {
         return out;
       });
     };
+    // the first evaluation has no earlier need to compare with, so it waits one period for the need to hold
     const withSlack = settle(0.2);
-    expect(withSlack.map((o) => o.decision.to)).toEqual([5, 5, 5, 5, 5, 5]);
-    expect(withSlack[0]?.decision.reasons.find((r) => r.rule === 'scale_in_all_agree')?.message).toMatch(/5 still serve the forecast with 0.2 of a task to spare/);
-    expect(withSlack[1]?.decision.blocked).toEqual([expect.objectContaining({ kind: 'stabilization', message: expect.stringMatching(/forecast needs 5: holding 5 rather than flapping/) })]);
-    expect(settle(0).map((o) => o.decision.to)).toEqual([4, 4, 4, 4, 4, 4]);
+    expect(withSlack.map((o) => o.decision.to)).toEqual([6, 5, 5, 5, 5, 5]);
+    expect(withSlack[0]?.decision.blocked).toEqual([expect.objectContaining({ kind: 'stabilization', message: expect.stringMatching(/needs 5 tasks with 0.2 of a task to spare, measured for the first time/) })]);
+    expect(withSlack[1]?.decision.reasons.find((r) => r.rule === 'scale_in_all_agree')?.message).toMatch(/5 still serve the forecast with 0.2 of a task to spare/);
+    expect(withSlack[2]?.decision.blocked).toEqual([expect.objectContaining({ kind: 'stabilization', message: expect.stringMatching(/forecast needs 5: holding 5 rather than flapping/) })]);
+    expect(settle(0).map((o) => o.decision.to)).toEqual([6, 4, 4, 4, 4, 4]);
   });
 
   it('acts no more than hpa on a noisy plateau, thanks to the slack', () => {
@@ -203,7 +219,7 @@ describe('ca-dms', () => {
 
   it('forecasts with the quick forecast on load moving in straight lines and with the smooth one on noisy load', () => {
     const forecastOf = (demand: (i: number) => number): string | undefined => {
-      const outs = replay(config(), Array.from({ length: 240 }, (_, i) => (d: number) => ({ metrics: load(demand(i) / d, d, 0) })));
+      const outs = replay(config(), served(demand, 240, 4));
       return outs.at(-1)?.decision.reasons.find((r) => r.rule === 'forecast_peak')?.message;
     };
     // a zig-zag between 2 and 6 busy tasks, 20 minutes each way: the slope of the last minutes says where it goes next
@@ -211,6 +227,23 @@ describe('ca-dms', () => {
     expect(forecastOf(zigzag)).toMatch(/quick forecast/);
     const random = mulberry32(5);
     expect(forecastOf(() => 3 + 2 * (random() - 0.5))).toMatch(/smooth forecast/);
+  });
+
+  it('scales out on a rising ramp for more of the climb than the forecast needs now, in fewer steps than periods', () => {
+    // 1 busy task-unit rising 0.25 a minute to 7: one more task every 3.6 minutes
+    const outs = replay(config(), served((i) => Math.min(7, 1 + 0.25 * i), 30, 2), 2);
+    const scaleOuts = outs.filter((o) => o.decision.to > o.decision.from);
+    expect(scaleOuts.length).toBeGreaterThan(0);
+    expect(scaleOuts.length).toBeLessThanOrEqual(4);
+    expect(outs.some((o) => o.decision.reasons.some((r) => r.rule === 'scale_out_reach' && /rising 0.2|rising 0.3/.test(r.message)))).toBe(true);
+  });
+
+  it('comes down from a burst in one scale-in, not a staircase', () => {
+    // 2 busy task-units, a 10-minute burst to 6, back to 2: the window's recommendations come down step by step
+    const outs = replay(config(), served((i) => (i >= 30 && i < 40 ? 6 : 2), 60, 4));
+    const ins = outs.slice(40).filter((o) => o.decision.to < o.decision.from);
+    expect(ins.map((o) => o.decision.to)).toEqual([outs.at(-1)?.decision.to]);
+    expect(outs.slice(40).some((o) => o.decision.blocked.some((b) => /in one step when the window has come down/.test(b.message)))).toBe(true);
   });
 
   it('keeps more headroom on noisy load with a lower target violation rate', () => {

@@ -26,12 +26,16 @@
  *    sits at or below the CPU target (`targets.cpu`), whichever needs more tasks.
  * 3. **Counts what is already coming.** It compares with the desired count, which includes
  *    pending tasks, and jumps straight to the number needed: no step, no scale-out cooldown.
- * 4. **Scales in late and only when every metric agrees.** Scale-in needs every metric it
- *    relies on present (the shared finishing step blocks it otherwise) and none saturated, and goes only to the highest recommendation of the
- *    stabilisation window (`stabilization_window`, as the HPA has it), and only as far as the
- *    forecast still fits with `scale_in_slack` of a task to spare. Without that slack, load that
- *    hovers at a boundary between two counts makes the policy start a task, stop it and start
- *    it again, paying a start-up each time.
+ *    While the forecast is rising it sizes for `SCALE_OUT_REACH` lead times more of the climb,
+ *    so that load climbing in a straight line costs one scale-out rather than one per period.
+ * 4. **Scales in late, in one step, and only when every metric agrees.** Scale-in needs every
+ *    metric it relies on present (the shared finishing step blocks it otherwise) and none
+ *    saturated; it goes only as far as the forecast still fits with `scale_in_slack` of a task
+ *    to spare (without that slack, load that hovers at a boundary between two counts makes the
+ *    policy start a task, stop it and start it again, paying a start-up each time), and only
+ *    once that count has held for two evaluations and the highest recommendation of the
+ *    stabilisation window (`stabilization_window`, as the HPA has it) has come down to it, so
+ *    that the fleet comes down from a burst in one action rather than a staircase.
  *
  * The shared {@link finishDecision} then applies the rules common to every policy (missing
  * data never scales in, bounds, disabled, dry run). Its memory is bounded (about
@@ -49,6 +53,13 @@ export type CaDmsSettings = ServiceScalingConfig['ca_dms'];
 const PEAK_POSITION = 0.5;
 /** Weight of the newest period in the tracked error size and quantile loss (about 50 periods). */
 const ERROR_WEIGHT = 0.02;
+/**
+ * When it scales out, the policy sizes for its forecast carried this many lead times further
+ * along the forecast's rising slope: load that climbs in a straight line (a metric sampled
+ * every few minutes and interpolated, a burst's rising edge) would otherwise need a scale-out
+ * every period, each paying a start-up and counting as an action.
+ */
+const SCALE_OUT_REACH = 2;
 /** Weight of the newest change in the quick forecast's slope. */
 const QUICK_SLOPE_WEIGHT = 0.5;
 /** Demand below this many busy tasks is normalised as if it were this much (the scale of an idle service). */
@@ -77,6 +88,8 @@ interface CaDmsMemory {
   readonly quick: Track;
   readonly last: number | undefined;
   readonly fast: number;
+  /** The count the forecast needed with the scale-in slack at the previous evaluation. */
+  readonly need: number | undefined;
 }
 
 function num(m: Readonly<Record<string, unknown>>, key: string): number | undefined {
@@ -140,6 +153,7 @@ function readMemory(state: ServiceState): CaDmsMemory {
     quick: readTrack(m['quick']),
     last: num(m, 'last'),
     fast: num(m, 'fast') ?? 0,
+    need: num(m, 'need'),
   };
 }
 
@@ -321,6 +335,21 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
     const want = Math.max(forPeak, forTarget);
     exact = Math.max(peak / ceiling, expected / target);
     needed = Math.max(needed, want);
+    if (want > from) {
+      const rising = Math.max(0, useQuick ? fast : slope);
+      const further = expected + rising * lead * SCALE_OUT_REACH;
+      const reach = Math.max((further + headroom) / ceiling, further / target);
+      exact = Math.max(exact, reach);
+      if (Math.ceil(reach - 1e-9) > needed) {
+        needed = Math.ceil(reach - 1e-9);
+        reasons.push({
+          metric: 'forecast',
+          value: round1(rising),
+          rule: 'scale_out_reach',
+          message: `demand is rising ${round1(rising)} busy tasks a period: scaling out to ${needed}, enough for ${SCALE_OUT_REACH * lead} periods more of that climb, rather than one step each period`,
+        });
+      }
+    }
     reasons.push({
       metric: 'forecast',
       value: round1(peak),
@@ -336,6 +365,8 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
   const kept = state.recommendations.filter((r) => now - r.at < windowMs);
   const recommendations = measured ? [...kept, { at: now, replicas: recommendation }] : kept;
 
+  /** The fewest tasks that serve the forecast with `scale_in_slack` of a task to spare: as low as scale-in goes. */
+  const withSlack = exact === undefined ? recommendation : Math.max(recommendation, Math.ceil(exact + tuning.scale_in_slack - 1e-9));
   let proposed = from;
   const blocked: Block[] = [];
   if (!measured) {
@@ -353,28 +384,13 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
     let stable = recommendation;
     for (const r of recommendations) if (r.replicas > stable) stable = r.replicas;
     const slack = tuning.scale_in_slack;
-    const withSlack = exact === undefined ? recommendation : Math.max(recommendation, Math.ceil(exact + slack - 1e-9));
     if (now - since < windowMs) {
       blocked.push({
         kind: 'stabilization',
         until: since + windowMs,
         message: `metrics ask for ${recommendation} tasks, but evaluations (re)started less than ${config.stabilization_window} s ago: watching a full window before scaling in`,
       });
-    } else if (stable < from && withSlack < from) {
-      proposed = Math.max(stable, withSlack);
-      reasons.push({
-        metric: 'capacity',
-        value: proposed,
-        threshold: from,
-        rule: 'scale_in_all_agree',
-        message: `every metric has asked for at most ${stable} tasks over the last ${config.stabilization_window} s and ${proposed} still serve the forecast with ${slack} of a task to spare: scaling in from ${from}`,
-      });
-    } else if (stable < from) {
-      blocked.push({
-        kind: 'stabilization',
-        message: `metrics ask for ${recommendation} tasks, but with ${slack} of a task to spare the forecast needs ${withSlack}: holding ${from} rather than flapping`,
-      });
-    } else {
+    } else if (stable >= from) {
       let lastHigh = now;
       for (const r of recommendations) if (r.replicas >= from) lastHigh = r.at;
       blocked.push({
@@ -382,12 +398,41 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
         until: lastHigh + windowMs,
         message: `metrics ask for ${recommendation} tasks, but the last ${config.stabilization_window} s asked for up to ${stable}: holding ${from}`,
       });
+    } else if (withSlack >= from) {
+      blocked.push({
+        kind: 'stabilization',
+        message: `metrics ask for ${recommendation} tasks, but with ${slack} of a task to spare the forecast needs ${withSlack}: holding ${from} rather than flapping`,
+      });
+    } else if (stable > withSlack) {
+      // Scaling in to the window's highest recommendation while it is still coming down would
+      // go down a staircase, one action per step; waiting for it takes the fleet down in one.
+      blocked.push({
+        kind: 'stabilization',
+        message: `the forecast needs ${withSlack} tasks with ${slack} of a task to spare, but the last ${config.stabilization_window} s asked for up to ${stable}: scaling in once in one step when the window has come down to it`,
+      });
+    } else if (previous.need !== withSlack) {
+      // A need still moving from one evaluation to the next (a ramp, noise at a boundary)
+      // would be followed down and back up; one unchanged evaluation is the sign it has settled.
+      blocked.push({
+        kind: 'stabilization',
+        message: `the forecast needs ${withSlack} tasks with ${slack} of a task to spare, ${previous.need === undefined ? 'measured for the first time' : `${previous.need} at the previous evaluation`}: scaling in once it holds for one more evaluation`,
+      });
+    } else {
+      proposed = withSlack;
+      reasons.push({
+        metric: 'capacity',
+        value: proposed,
+        threshold: from,
+        rule: 'scale_in_all_agree',
+        message: `every metric has asked for at most ${stable} tasks over the last ${config.stabilization_window} s and ${proposed} still serve the forecast with ${slack} of a task to spare, as at the previous evaluation: scaling in from ${from} in one step`,
+      });
     }
   }
 
   const decision = finishDecision({ policy: 'ca-dms', input, proposed, reasons, blocked, missing: est.missing });
   const memory: Record<string, unknown> = { lastAt: now, since, running: tasks.running, pending: tasks.pending, trend: slope, fast, smooth, quick };
   if (est.demand !== undefined) memory['last'] = est.demand;
+  if (measured) memory['need'] = withSlack;
   if (level !== undefined) memory['level'] = level;
   if (est.ratio !== undefined) memory['ratio'] = est.ratio;
   return { decision, state: { ...state, recommendations, memory } };
