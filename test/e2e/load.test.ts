@@ -102,11 +102,12 @@ describe('the documents API and npm run load', () => {
     expect(res.headers.get('allow')).toBe('POST');
   });
 
-  it('becomes demand of the simulated fleet: the controller scales the read pool out, citing the load on its CPU', async () => {
+  it('becomes demand of the simulated fleet: the controller scales the read pool out under the load, citing its CPU, and back in after it', async () => {
     type Item = { at: string; service: string; direction: string; outcome: string; from: number; to: number; reasons: Array<{ message: string }> };
     type Series = { services: Array<{ points: Array<{ at: string; demand: number | null }> }> };
-    const scaleOuts = async (since: string) =>
-      (await getJson<{ items: Item[] }>(`${url()}/api/v1/scaling/history?service=backend-read&kind=decision&direction=out&outcome=applied&since=${since}`)).body.items;
+    const applied = async (direction: 'out' | 'in', since: string) =>
+      (await getJson<{ items: Item[] }>(`${url()}/api/v1/scaling/history?service=backend-read&kind=decision&direction=${direction}&outcome=applied&since=${since}`)).body.items;
+    const scaleOuts = (since: string) => applied('out', since);
     const quietSince = new Date(Date.now() - 10_000).toISOString();
     const quiet = await scaleOuts(quietSince);
     const loadStart = new Date().toISOString();
@@ -117,7 +118,19 @@ describe('the documents API and npm run load', () => {
       return items.length > 0 ? items : undefined;
     }, 20_000, 'a scale-out of backend-read after the load');
     const series = (await getJson<Series>(`${url()}/api/v1/scaling/timeseries?service=backend-read&since=${quietSince}&step=1`)).body.services[0]?.points ?? [];
+    // The load is over: with short scale-in waits (the local defaults are 60 s) the pool comes back in.
+    const loadEnd = new Date().toISOString();
+    const patched = await fetch(`${url()}/api/v1/scaling/config`, {
+      method: 'PATCH',
+      headers: { 'content-type': 'application/merge-patch+json' },
+      body: JSON.stringify({ scale_in_cooldown: 2, stabilization_window: 2 }),
+    });
+    const back = await eventually(async () => {
+      const items = await applied('in', loadEnd);
+      return items.length > 0 ? items : undefined;
+    }, 60_000, 'a scale-in of backend-read after the load ended');
 
+    expect(patched.status).toBe(200);
     expect(run.code).toBe(0);
     expect(quiet).toEqual([]);
     expect(out[0]?.to).toBeGreaterThan(out[0]?.from ?? Infinity);
@@ -126,7 +139,10 @@ describe('the documents API and npm run load', () => {
     const before = series.filter((p) => p.at < loadStart).map((p) => p.demand ?? 0);
     const during = series.filter((p) => p.at >= loadStart).map((p) => p.demand ?? 0);
     expect(Math.max(...during)).toBeGreaterThan(10 * Math.max(1, ...before));
-  }, 60_000);
+    const last = back.at(-1);
+    expect(last?.to).toBeLessThan(last?.from ?? -Infinity);
+    expect(last?.reasons.map((r) => r.message).join('; ')).toMatch(/CPU/);
+  }, 150_000);
 
   it('runs the mix of document reads, writes and scaling API reads and passes without errors', async () => {
     const run = await runCli(['load', '--url', url(), '--duration', '2', '--connections', '4', '--format', 'json']);
