@@ -3,8 +3,9 @@
  * The CDK app: `npx cdk synth` / `npx cdk deploy --all` (cdk.json runs this file with tsx).
  * Picks the environment with `-c ca-dms:environment=prod` (default `dev`), reads
  * `config/<env>.json`, lays `-c ca-dms:config='{...}'` over it, and fails with every offending
- * path named when the result is invalid. cdk-nag's AwsSolutions pack checks every stack;
- * `CDK_VALIDATION=true` adds CDK's CloudFormation schema validation.
+ * path named when the result is invalid. cdk-nag's AwsSolutions pack and cfn-guard with the AWS
+ * Control Tower rules (lib/guard.ts) check every stack, and any finding not acknowledged fails
+ * the synthesis; `CDK_VALIDATION=true` adds CDK's CloudFormation schema validation.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,6 +16,7 @@ import { AwsSolutionsChecks } from 'cdk-nag';
 import { stageBackendContext } from '../containers/backend/context.js';
 import { stageNginxContext } from '../containers/nginx/context.js';
 import { addCaDmsStacks } from '../lib/ca-dms-app.js';
+import { guardValidator } from '../lib/guard.js';
 import { DeploymentConfigError, type DeploymentConfig } from '../lib/config/deployment-config.js';
 import { loadDeploymentConfig } from '../lib/config/load-config.js';
 
@@ -24,7 +26,7 @@ function main(): number {
   // CDK's built-in CloudFormation schema validation (a WebAssembly engine) costs more than
   // the rest of the synthesis together, pushing it past the 30 s goal on a shared 2-core
   // machine. The infra tests run it on every environment file; here it is opt-in with
-  // CDK_VALIDATION=true. cdk-nag always runs.
+  // CDK_VALIDATION=true. cdk-nag and cfn-guard always run.
   const app = new App({ builtinCloudFormationValidation: process.env['CDK_VALIDATION'] === 'true' });
   let config;
   try {
@@ -72,7 +74,7 @@ function synthesize(app: App, config: DeploymentConfig, staging: string): void {
       ...(config.account ?? process.env['CDK_DEFAULT_ACCOUNT'] ? { account: config.account ?? process.env['CDK_DEFAULT_ACCOUNT'] } : {}),
     },
   );
-  Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app), guardValidator());
   app.synth();
 }
 

@@ -167,8 +167,13 @@ const deploymentSchemaObject = z.strictObject({
       instanceClass: instanceClass.default('t4g.medium'),
       /** Defaults to `instanceClass`. */
       replicaInstanceClass: instanceClass.optional(),
-      /** A full PostgreSQL version RDS offers, e.g. `17.6`. */
-      postgresVersion: z.string().regex(/^(1[4-9])\.\d{1,2}$/, 'a PostgreSQL version 14.x or newer, e.g. "17.6"').default('17.6'),
+      /**
+       * The PostgreSQL version: a major version (`17`, the default), which RDS keeps on its
+       * newest minor with automatic minor upgrades, or a full version (`17.6`), pinned: automatic
+       * minor upgrades are then off, since RDS would move the instances past the template's
+       * version and every later deploy would try to take them back.
+       */
+      postgresVersion: z.string().regex(/^(1[4-9])(\.\d{1,2})?$/, 'a PostgreSQL major version 14 or newer ("17"), or a full version to pin ("17.6")').default('17'),
       databaseName: z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/, 'a PostgreSQL identifier').default('ca_dms'),
       allocatedStorageGiB: z.number().int().min(20).max(65536).default(50),
       maxAllocatedStorageGiB: z.number().int().min(20).max(65536).default(200),

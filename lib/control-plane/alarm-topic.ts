@@ -39,7 +39,7 @@ export class AlarmTopic extends Construct {
     this.key = new kms.Key(this, 'Key', {
       description: 'Encrypts the CA-DMS alarm topic',
       enableKeyRotation: true,
-      removalPolicy: RemovalPolicy.RETAIN,
+      removalPolicy: RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
     });
     const stack = Stack.of(this);
     const fromOwnAlarms = {

@@ -293,12 +293,14 @@ export class ControlPlane extends Construct {
         'RegisterScalableTarget: scalable-target ARNs end in an id AWS generates at registration, unknown at synthesis; the statement is bounded to this account and region, and ECS itself only accepts changes to the services named in the ECS statements.',
       );
     }
-    acknowledge(
-      this.moves.role,
-      'AwsSolutions-IAM5[Resource::*]',
-      'Actions without resource-level permissions in IAM: X-Ray PutTraceSegments/PutTelemetryRecords and the EC2 network-interface calls Lambda makes for a function in a VPC (the moves worker reads no metrics and touches no scalable target).',
-    );
-    for (const fn of [this.evaluate, this.alarm, this.api, this.migrate]) {
+    for (const fn of [this.moves, this.migrate]) {
+      acknowledge(
+        fn.role,
+        'AwsSolutions-IAM5[Resource::*]',
+        'Actions without resource-level permissions in IAM: X-Ray PutTraceSegments/PutTelemetryRecords and the EC2 network-interface calls Lambda makes for a function in a VPC (the moves worker and the migrations read no metrics and touch no scalable target).',
+      );
+    }
+    for (const fn of [this.evaluate, this.alarm, this.api]) {
       acknowledge(
         fn.role,
         'AwsSolutions-IAM5[Resource::*]',
@@ -351,7 +353,7 @@ export class ControlPlane extends Construct {
         }),
       ],
     });
-    props.alarmTopic.addSubscription(new subscriptions.LambdaSubscription(this.alarm.function, { deadLetterQueue: alarmFailures.queue }));
+    const alarmSubscription = props.alarmTopic.addSubscription(new subscriptions.LambdaSubscription(this.alarm.function, { deadLetterQueue: alarmFailures.queue }));
 
     this.scalingApi = new ScalingApi(this, 'ScalingApi', {
       handler: this.api.function,
@@ -365,6 +367,9 @@ export class ControlPlane extends Construct {
       migrationsDirectory: props.migrationsDirectory,
       logRetention: props.logRetention,
     });
+    // Nothing invokes the controller or the moves worker before the catalog and shard schemas
+    // exist: on a first deploy a tick would fail (and land in a failure queue) until then.
+    for (const trigger of [this.schedule, this.movesSchedule, alarmSubscription]) trigger.node.addDependency(this.migrations.resource);
   }
 }
 

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { CustomResource, Stack, type CfnResource } from 'aws-cdk-lib';
+import { CustomResource, RemovalPolicy, Stack, type CfnResource } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
@@ -44,7 +44,10 @@ export class MigrationsResource extends Construct {
     validateProps('MigrationsResource', [[files.length > 0, `migrationsDirectory holds no files: ${props.migrationsDirectory}`]]);
     this.hash = hashFiles(props.migrationsDirectory, files);
 
-    const logGroup = new logs.LogGroup(this, 'ProviderLogs', { retention: props.logRetention ?? logs.RetentionDays.THREE_MONTHS });
+    const logGroup = new logs.LogGroup(this, 'ProviderLogs', {
+      retention: props.logRetention ?? logs.RetentionDays.THREE_MONTHS,
+      removalPolicy: RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
+    });
     const role = new iam.Role(this, 'ProviderRole', {
       assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
       description: 'CA-DMS migrations custom-resource provider',

@@ -116,7 +116,7 @@ export class ScalingApi extends Construct {
 
     const accessLogs = new logs.LogGroup(this, 'AccessLogs', {
       retention: props.logRetention ?? logs.RetentionDays.THREE_MONTHS,
-      removalPolicy: RemovalPolicy.RETAIN,
+      removalPolicy: RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
     });
     this.api = new apigw.RestApi(this, 'Api', {
       restApiName: props.restApiName,

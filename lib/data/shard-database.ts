@@ -1,4 +1,4 @@
-import { Duration, RemovalPolicy } from 'aws-cdk-lib';
+import { Annotations, Duration, RemovalPolicy } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import type * as kms from 'aws-cdk-lib/aws-kms';
 import * as logs from 'aws-cdk-lib/aws-logs';
@@ -9,7 +9,7 @@ import { acknowledge } from '../nag.js';
 import { validateProps } from '../validate.js';
 
 const DEFAULT_PORT_REASON =
-  'PostgreSQL keeps its default port 5432: a non-standard port is obscurity, not control; the security group admits only the services, the control-plane functions and the proxy.';
+  "PostgreSQL keeps its default port 5432: a non-standard port is obscurity, not control; the instances' security group admits only the services, the control-plane functions, the proxy and the secret-rotation functions.";
 
 /** Props of {@link ShardDatabase}. */
 export interface ShardDatabaseProps {
@@ -37,6 +37,17 @@ export interface ShardDatabaseProps {
   readonly replicas?: number;
   /** Multi-AZ primary. @default false */
   readonly multiAz?: boolean;
+  /**
+   * Let RDS apply minor engine upgrades. Only with an engine version that names no minor
+   * version: otherwise RDS moves the instances past the template's version (drift). @default true
+   */
+  readonly autoMinorVersionUpgrade?: boolean;
+  /**
+   * The Availability Zones of `subnets`, in order. A single-AZ primary goes to the first and
+   * replica N to zone N (round-robin), so replicas never share the single-AZ primary's zone
+   * while there are two or more. @default - RDS picks every instance's zone
+   */
+  readonly availabilityZones?: readonly string[];
   /** The database created on the primary. @default 'ca_dms' */
   readonly databaseName?: string;
   /** Initial storage in GiB. @default 50 */
@@ -55,6 +66,22 @@ export interface ShardDatabaseProps {
   readonly removalPolicy?: RemovalPolicy;
   /** Retention of the exported PostgreSQL logs. @default logs.RetentionDays.THREE_MONTHS */
   readonly logRetention?: logs.RetentionDays;
+  /** What happens to the exported logs when the shard leaves the stack. @default RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE */
+  readonly logRemovalPolicy?: RemovalPolicy;
+}
+
+/**
+ * Every log RDS for PostgreSQL can export to CloudWatch Logs: the server log and the log of
+ * major-version upgrades (the Control Tower rule CT.RDS.PR.14 asks for all of them).
+ */
+export const RDS_LOG_EXPORTS = ['postgresql', 'upgrade'] as const;
+
+/** Instance classes (without `db.`) without Performance Insights, as AWS documents them. */
+export const CLASSES_WITHOUT_PERFORMANCE_INSIGHTS: readonly string[] = ['t2.micro', 't2.small', 't3.micro', 't3.small', 't4g.micro', 't4g.small'];
+
+/** Whether RDS offers Performance Insights on `instanceClass` (`t4g.medium`, no `db.` prefix). */
+export function supportsPerformanceInsights(instanceClass: string): boolean {
+  return !CLASSES_WITHOUT_PERFORMANCE_INSIGHTS.includes(instanceClass);
 }
 
 /**
@@ -101,6 +128,7 @@ export class ShardDatabase extends Construct {
     ]);
     this.shardId = props.shardId;
     this.databaseName = props.databaseName ?? 'ca_dms';
+    const azs = props.availabilityZones ?? [];
     const identifier = `${props.namePrefix}-${props.shardId}`;
 
     this.securityGroup = new ec2.SecurityGroup(this, 'Sg', {
@@ -114,13 +142,18 @@ export class ShardDatabase extends Construct {
 
     const instanceIds = [`${identifier}-primary`, ...Array.from({ length: replicas }, (_, i) => `${identifier}-replica-${i + 1}`)];
     // RDS would create these log groups itself, with no expiry; creating them first sets one.
-    const logGroups = instanceIds.map(
-      (instanceId, i) =>
-        new logs.LogGroup(this, i === 0 ? 'PrimaryLogs' : `Replica${i}Logs`, {
-          logGroupName: `/aws/rds/instance/${instanceId}/postgresql`,
-          retention: props.logRetention ?? logs.RetentionDays.THREE_MONTHS,
-          removalPolicy: RemovalPolicy.RETAIN,
-        }),
+    // Their names are RDS's, so they are physical: kept on stack deletion only where
+    // `logRemovalPolicy` says (production); a rolled-back first deploy removes them either way
+    // (RetainExceptOnCreate), so the retry does not collide with them.
+    const logGroups = instanceIds.map((instanceId, i) =>
+      RDS_LOG_EXPORTS.map(
+        (kind) =>
+          new logs.LogGroup(this, `${i === 0 ? 'Primary' : `Replica${i}`}${kind === 'postgresql' ? '' : 'Upgrade'}Logs`, {
+            logGroupName: `/aws/rds/instance/${instanceId}/${kind}`,
+            retention: props.logRetention ?? logs.RetentionDays.THREE_MONTHS,
+            removalPolicy: props.logRemovalPolicy ?? RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
+          }),
+      ),
     );
 
     const common: Omit<rds.DatabaseInstanceReadReplicaProps, 'sourceDatabaseInstance' | 'instanceType'> = {
@@ -131,25 +164,25 @@ export class ShardDatabase extends Construct {
       storageType: rds.StorageType.GP3,
       maxAllocatedStorage: maxAllocated,
       deletionProtection: true,
-      enablePerformanceInsights: true,
-      performanceInsightEncryptionKey: props.encryptionKey,
-      performanceInsightRetention: rds.PerformanceInsightRetention.DEFAULT,
       iamAuthentication: true,
-      autoMinorVersionUpgrade: true,
+      autoMinorVersionUpgrade: props.autoMinorVersionUpgrade ?? true,
       publiclyAccessible: false,
-      cloudwatchLogsExports: ['postgresql'],
+      cloudwatchLogsExports: [...RDS_LOG_EXPORTS],
       caCertificate: rds.CaCertificate.RDS_CA_RSA2048_G1,
       copyTagsToSnapshot: true,
     };
 
     this.primary = new rds.DatabaseInstance(this, 'Primary', {
       ...common,
+      ...this.performanceInsights(props.instanceType, props.encryptionKey),
       instanceIdentifier: instanceIds[0],
       engine: props.engine,
       instanceType: props.instanceType,
       storageEncrypted: true,
       storageEncryptionKey: props.encryptionKey,
       multiAz: props.multiAz ?? false,
+      // A Multi-AZ primary's zone is RDS's to choose (and changes on failover).
+      ...(!(props.multiAz ?? false) && azs.length > 0 ? { availabilityZone: azs[0] } : {}),
       allocatedStorage: allocated,
       databaseName: this.databaseName,
       credentials: rds.Credentials.fromGeneratedSecret('ca_dms_admin', {
@@ -159,7 +192,7 @@ export class ShardDatabase extends Construct {
       backupRetention,
       removalPolicy: props.removalPolicy ?? RemovalPolicy.SNAPSHOT,
     });
-    this.primary.node.addDependency(logGroups[0] as logs.LogGroup);
+    this.primary.node.addDependency(...(logGroups[0] ?? []));
     acknowledge(this.primary, 'AwsSolutions-RDS11', DEFAULT_PORT_REASON);
     if (!(props.multiAz ?? false)) {
       acknowledge(
@@ -182,17 +215,19 @@ export class ShardDatabase extends Construct {
         instanceIdentifier: instanceIds[i + 1],
         sourceDatabaseInstance: this.primary,
         instanceType: props.replicaInstanceType ?? props.instanceType,
+        ...this.performanceInsights(props.replicaInstanceType ?? props.instanceType, props.encryptionKey),
+        ...(azs.length > 0 ? { availabilityZone: azs[(i + 1) % azs.length] } : {}),
         // RDS for PostgreSQL keeps no automated backups of read replicas (the engine rejects a
         // retention period): the primary's backups cover the shard, and a replica holds no
         // data of its own, so removing one destroys nothing that cannot be rebuilt.
         removalPolicy: RemovalPolicy.DESTROY,
       });
-      replica.node.addDependency(logGroups[i + 1] as logs.LogGroup);
+      replica.node.addDependency(...(logGroups[i + 1] ?? []));
       acknowledge(replica, 'AwsSolutions-RDS11', DEFAULT_PORT_REASON);
       acknowledge(
         replica,
         'AwsSolutions-RDS3',
-        'A read replica is itself the redundancy for reads: losing its AZ loses read capacity, never data (the primary holds it); replicas are spread over AZs by RDS.',
+        "A read replica is itself the redundancy for reads: losing its AZ loses read capacity, never data (the primary holds it, Multi-AZ in production). Replicas are placed round-robin over the VPC's Availability Zones, starting after the zone of a single-AZ primary.",
       );
       acknowledge(
         replica,
@@ -221,5 +256,21 @@ export class ShardDatabase extends Construct {
       requireTLS: true,
       borrowTimeout: Duration.seconds(30),
     });
+  }
+
+  /**
+   * Performance Insights where the instance class supports it. AWS documents no Performance
+   * Insights (now Database Insights) for the micro and small burstable classes, and RDS
+   * refuses an instance created with it on; those get it off, with a synthesis warning.
+   */
+  private performanceInsights(instanceType: ec2.InstanceType, key: kms.IKey): Pick<rds.DatabaseInstanceReadReplicaProps, 'enablePerformanceInsights' | 'performanceInsightEncryptionKey' | 'performanceInsightRetention'> {
+    if (!supportsPerformanceInsights(instanceType.toString())) {
+      Annotations.of(this).addWarningV2(
+        '@ca-dms/data:noPerformanceInsights',
+        `${this.shardId}: instance class db.${instanceType.toString()} does not support Performance Insights; it is off for this shard's instances of that class.`,
+      );
+      return { enablePerformanceInsights: false };
+    }
+    return { enablePerformanceInsights: true, performanceInsightEncryptionKey: key, performanceInsightRetention: rds.PerformanceInsightRetention.DEFAULT };
   }
 }

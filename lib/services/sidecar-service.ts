@@ -1,4 +1,4 @@
-import { Duration } from 'aws-cdk-lib';
+import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import type * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
@@ -17,6 +17,17 @@ export const NGINX_CONTAINER = 'nginx';
  * non-root whatever image it is given.
  */
 export const NGINX_CONTAINER_USER = '10101:10101';
+
+/**
+ * The nginx sidecar's memory hard limit (MiB): its two 20 MiB cache key zones, the workers and
+ * their connection buffers, with room to spare. The application gets the rest of the task's
+ * memory as its own hard limit, so a leaking application is the container the kernel stops,
+ * and the stopped task says which one ran out.
+ */
+export const NGINX_MEMORY_MIB = 256;
+
+/** The least memory (MiB) left for the application container beside the sidecar. */
+export const MIN_APP_MEMORY_MIB = 128;
 
 /** The unprivileged user of the demo backend image (containers/backend/Dockerfile). */
 export const DEMO_BACKEND_USER = '10102:10102';
@@ -102,11 +113,16 @@ export class SidecarService extends Construct {
       [Number.isInteger(props.minTasks) && props.minTasks >= 0, `minTasks must be a whole number of at least 0 (got ${props.minTasks})`],
       [props.maxTasks >= props.minTasks && props.maxTasks >= 1, `maxTasks (${props.maxTasks}) must be at least 1 and at least minTasks (${props.minTasks})`],
       [props.appHealthCheckPath.startsWith('/'), `appHealthCheckPath must start with / (got "${props.appHealthCheckPath}")`],
+      [
+        props.memoryMiB - NGINX_MEMORY_MIB >= MIN_APP_MEMORY_MIB,
+        `memoryMiB (${props.memoryMiB}) must leave at least ${MIN_APP_MEMORY_MIB} MiB for the application beside nginx's ${NGINX_MEMORY_MIB} MiB`,
+      ],
     ]);
     this.nginxPort = props.nginxPort;
 
     this.logGroup = new logs.LogGroup(this, 'Logs', {
       retention: props.logRetention ?? logs.RetentionDays.THREE_MONTHS,
+      removalPolicy: RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
     });
 
     this.taskDefinition = new ecs.FargateTaskDefinition(this, 'Task', {
@@ -121,6 +137,7 @@ export class SidecarService extends Construct {
     const app = this.taskDefinition.addContainer(APP_CONTAINER, {
       image: props.appImage,
       essential: true,
+      memoryLimitMiB: props.memoryMiB - NGINX_MEMORY_MIB,
       ...(props.appUser === undefined ? {} : { user: props.appUser }),
       readonlyRootFilesystem: true,
       environment: { ...props.environment },
@@ -140,6 +157,7 @@ export class SidecarService extends Construct {
     const nginx = this.taskDefinition.addContainer(NGINX_CONTAINER, {
       image: props.nginxImage,
       essential: true,
+      memoryLimitMiB: NGINX_MEMORY_MIB,
       user: NGINX_CONTAINER_USER,
       readonlyRootFilesystem: true,
       portMappings: [{ containerPort: props.nginxPort, protocol: ecs.Protocol.TCP, name: 'http' }],

@@ -15,6 +15,11 @@ export interface DataStackProps extends StackProps {
   readonly network: Network;
 }
 
+/** `17` of `17.6` (and of `17`). */
+function majorVersion(version: string): string {
+  return version.split('.')[0] as string;
+}
+
 /** The shard id of shard `index` (0-based): `shard-001`, `shard-002`, ... */
 export function shardId(index: number): string {
   return `shard-${String(index + 1).padStart(3, '0')}`;
@@ -37,11 +42,11 @@ export class DataStack extends Stack {
     this.key = new kms.Key(this, 'DataKey', {
       description: `${prefix}: RDS storage, backups and Performance Insights`,
       enableKeyRotation: true,
-      removalPolicy: RemovalPolicy.RETAIN,
+      removalPolicy: RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
     });
 
     const engine = rds.DatabaseInstanceEngine.postgres({
-      version: rds.PostgresEngineVersion.of(db.postgresVersion, db.postgresVersion.split('.')[0] as string),
+      version: rds.PostgresEngineVersion.of(db.postgresVersion, majorVersion(db.postgresVersion)),
     });
     const parameterGroup = new rds.ParameterGroup(this, 'Parameters', {
       engine,
@@ -52,7 +57,7 @@ export class DataStack extends Stack {
         'rds.force_ssl': '1',
         log_min_duration_statement: '1000',
       },
-      removalPolicy: RemovalPolicy.RETAIN,
+      removalPolicy: RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
     });
 
     this.shards = Array.from({ length: db.shards }, (_, i) => {
@@ -70,6 +75,8 @@ export class DataStack extends Stack {
         replicaInstanceType: new ec2.InstanceType(db.replicaInstanceClass ?? db.instanceClass),
         replicas: db.replicasPerShard,
         multiAz: db.multiAz ?? config.production,
+        autoMinorVersionUpgrade: majorVersion(db.postgresVersion) === db.postgresVersion,
+        availabilityZones: network.vpc.availabilityZones,
         databaseName: db.databaseName,
         allocatedStorageGiB: db.allocatedStorageGiB,
         maxAllocatedStorageGiB: db.maxAllocatedStorageGiB,
@@ -79,6 +86,9 @@ export class DataStack extends Stack {
         proxyClientSecurityGroups: [network.functionsSecurityGroup],
         removalPolicy: config.production ? RemovalPolicy.RETAIN : RemovalPolicy.SNAPSHOT,
         logRetention: config.logRetentionDays as logs.RetentionDays,
+        // Development environments are torn down and redeployed: their retained log groups,
+        // named after the instances, would collide with the next deploy's.
+        logRemovalPolicy: config.production ? RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE : RemovalPolicy.DESTROY,
       });
     });
   }

@@ -30,7 +30,7 @@ describe('parseDeploymentConfig', () => {
   it('accepts an empty document with the guide defaults for a first deploy', () => {
     const config = parseDeploymentConfig({});
 
-    expect(config.database).toMatchObject({ shards: 2, replicasPerShard: 1, backupRetentionDays: 7, postgresVersion: '17.6' });
+    expect(config.database).toMatchObject({ shards: 2, replicasPerShard: 1, backupRetentionDays: 7, postgresVersion: '17' });
     expect(config.bounds.worker).toEqual({ min: 2, max: 10 });
     expect(config.checkIntervalSeconds).toBe(30);
     expect(config.domain).toBeUndefined();

@@ -12,7 +12,7 @@ import { stageNginxContext } from '../../containers/nginx/context.js';
 import { DeploymentConfigError, parseDeploymentConfig } from '../../lib/config/deployment-config.js';
 import { APP_CONTAINER, DEMO_BACKEND_USER, NGINX_CONTAINER, NGINX_CONTAINER_USER } from '../../lib/services/sidecar-service.js';
 import { parseBackendEnv } from '../../containers/backend/settings.js';
-import { resourcesOf, ROOT, synthesize, type Synthesized } from './support/synth.js';
+import { resourcesOf, ROOT, synthesize, SYNTH_HOOK_TIMEOUT_MS, type Synthesized } from './support/synth.js';
 
 type Json = Record<string, unknown>;
 
@@ -71,7 +71,7 @@ describe('the services stack, the frontend naming its own image', () => {
   // One synthesis for the file (each takes tens of seconds on a shared machine).
   beforeAll(() => {
     s = synthesize({ services: { frontend: { image: { kind: 'registry', uri: FRONTEND_IMAGE } } } });
-  });
+  }, SYNTH_HOOK_TIMEOUT_MS);
   afterAll(() => rmSync(s.outdir, { recursive: true, force: true }));
 
   const tasks = (): Array<{ app: Json; nginx: Json }> =>

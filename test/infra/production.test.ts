@@ -12,7 +12,7 @@ import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { scheduleMinutes } from '../../lib/control-plane/control-plane.js';
-import { resourcesOf, ROOT, synthesize, type Synthesized } from './support/synth.js';
+import { resourcesOf, ROOT, synthesize, SYNTH_HOOK_TIMEOUT_MS, type Synthesized } from './support/synth.js';
 
 const DOMAIN = { domainName: 'dms.example.com', hostedZone: { id: 'Z0123456789ABCDEFGHIJ', name: 'example.com' } };
 let s: Synthesized;
@@ -20,7 +20,7 @@ let s: Synthesized;
 beforeAll(() => {
   const prod = JSON.parse(readFileSync(join(ROOT, 'config', 'prod.json'), 'utf8')) as unknown;
   s = synthesize(mergeConfig(prod, { domain: DOMAIN }));
-});
+}, SYNTH_HOOK_TIMEOUT_MS);
 
 afterAll(() => {
   rmSync(s.outdir, { recursive: true, force: true });

@@ -1,6 +1,7 @@
 /**
  * Synthesizes the CA-DMS app the way `bin/app.ts` does, with the fixture handlers, fixture
- * migrations and a fixture nginx build context, and cdk-nag's AwsSolutions pack registered.
+ * migrations and a fixture nginx build context, and cdk-nag's AwsSolutions pack and cfn-guard
+ * (lib/guard.ts) registered.
  * Each test file calls it once (in `beforeAll`) and shares the result.
  */
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
@@ -11,10 +12,18 @@ import { App, Validations, type Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { addCaDmsStacks, type CaDmsStacks } from '../../../lib/ca-dms-app.js';
+import { guardValidator } from '../../../lib/guard.js';
 import { parseDeploymentConfig, type DeploymentConfig } from '../../../lib/config/deployment-config.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const FIXTURES = join(ROOT, 'test', 'infra', 'fixtures');
+
+/**
+ * How long a `beforeAll` that synthesizes may take: the app with cdk-nag and cfn-guard costs
+ * about a minute of CPU, and on a 2-core machine shared with other test runs its wall time is
+ * several times that. Not a performance check (bench/synth.ts is): only a bound on a hang.
+ */
+export const SYNTH_HOOK_TIMEOUT_MS = 600_000;
 
 /** The recommended feature flags and defaults of `cdk.json`, as the CLI would pass them. */
 export function cdkJsonContext(): Record<string, unknown> {
@@ -35,7 +44,7 @@ export interface Synthesized {
   readonly outdir: string;
   /** The synthesis error, if validation failed (the report still lists the violations). */
   readonly error: unknown;
-  /** Violations of failing plugins (cdk-nag, CloudFormation validation). */
+  /** Violations of failing plugins (cdk-nag, cfn-guard, CloudFormation validation). */
   readonly violations: readonly Violation[];
   template(stack: Stack): Template;
 }
@@ -66,7 +75,7 @@ export function synthesize(configInput: unknown): Synthesized {
     demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
     depsLockFilePath: join(ROOT, 'package-lock.json'),
   });
-  Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app), guardValidator());
   let error: unknown;
   try {
     app.synth();
