@@ -6,6 +6,8 @@ import { CA_DMS_DEFAULTS } from '../../../functions/core/scaling/config.js';
 import { caDmsPolicy } from '../../../functions/core/scaling/policies/ca-dms.js';
 import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
 import { contestantsFor, simulationConfig } from '../../../functions/core/scaling/simulator/anchors.js';
+import { policyController } from '../../../functions/core/scaling/simulator/drive.js';
+import { runFleet } from '../../../functions/core/scaling/simulator/fleet.js';
 import { DEFAULT_MODEL } from '../../../functions/core/scaling/simulator/model.js';
 import { mulberry32 } from '../../../functions/core/scaling/simulator/prng.js';
 import { contestant, prepareTrace, simulate } from '../../../functions/core/scaling/simulator/simulate.js';
@@ -222,9 +224,16 @@ describe('ca-dms', () => {
       const outs = replay(config(), served(demand, 240, 4));
       return outs.at(-1)?.decision.reasons.find((r) => r.rule === 'forecast_peak')?.message;
     };
-    // a zig-zag between 2 and 6 busy tasks, 20 minutes each way: the slope of the last minutes says where it goes next
-    const zigzag = (i: number): number => 2 + 4 * Math.abs(((i / 20) % 2) - 1);
-    expect(forecastOf(zigzag)).toMatch(/quick forecast/);
+    // a random walk sampled every 5 minutes and interpolated in between, as a CloudWatch
+    // series replayed per minute is: the slope of the last minutes says where it goes next
+    const draw = mulberry32(8);
+    const knots = [4];
+    for (let k = 1; k <= 50; k++) knots.push(Math.min(7, Math.max(1, (knots[k - 1] as number) + 2 * (draw() - 0.5))));
+    const walk = (i: number): number => {
+      const k = Math.floor(i / 5);
+      return (knots[k] as number) + (((knots[k + 1] as number) - (knots[k] as number)) * (i % 5)) / 5;
+    };
+    expect(forecastOf(walk)).toMatch(/quick forecast/);
     const random = mulberry32(5);
     expect(forecastOf(() => 3 + 2 * (random() - 0.5))).toMatch(/smooth forecast/);
   });
@@ -244,6 +253,34 @@ describe('ca-dms', () => {
     const ins = outs.slice(40).filter((o) => o.decision.to < o.decision.from);
     expect(ins.map((o) => o.decision.to)).toEqual([outs.at(-1)?.decision.to]);
     expect(outs.slice(40).some((o) => o.decision.blocked.some((b) => /in one step when the window has come down/.test(b.message)))).toBe(true);
+  });
+
+  it('learns load that recurs: hourly spikes are met before they arrive once the period is known, and says so', () => {
+    // +5 busy tasks for 10 minutes every hour: a jump no forecast of the level sees coming,
+    // so without the seasonal forecast every spike costs about 3 violation minutes (start-up 2 min)
+    const model = DEFAULT_MODEL;
+    const day = 1440;
+    const trace = prepareTrace('hourly spikes', syntheticTrace({ kind: 'spikes', base: 2, height: 5, every: 60, width: 10 }, 2 * day, { noise: 0.1, random: mulberry32(7) }), model);
+    const messages: string[] = [];
+    const controller = policyController(caDmsPolicy, simulationConfig('ca-dms', model), model, new Uint8Array(trace.demand.length), (d) => {
+      messages.push(d.reasons.find((r) => r.rule === 'forecast_peak')?.message ?? '');
+    });
+    const timeline = runFleet(trace.demand, trace.startAt, model, controller);
+    let secondDay = 0;
+    for (let i = day; i < 2 * day; i++) if ((timeline.demand[i] as number) / (timeline.running[i] as number) > model.sloUtilization) secondDay++;
+    expect(secondDay).toBeLessThanOrEqual(6);
+    expect(messages.slice(day).filter((m) => /seasonal forecast: the load one period \((60|120|180|240) min\) ago/.test(m)).length).toBeGreaterThan(0.9 * day);
+  });
+
+  it('keeps the seasonal forecast out of use on load that does not recur', () => {
+    const model = DEFAULT_MODEL;
+    const trace = prepareTrace('noisy plateau', syntheticTrace({ kind: 'step', from: 2, to: 7, at: 600 }, 2 * 1440, { noise: 0.3, random: mulberry32(9) }), model);
+    let seasonal = 0;
+    const controller = policyController(caDmsPolicy, simulationConfig('ca-dms', model), model, new Uint8Array(trace.demand.length), (d) => {
+      if (d.reasons.some((r) => /seasonal forecast/.test(r.message))) seasonal++;
+    });
+    runFleet(trace.demand, trace.startAt, model, controller);
+    expect(seasonal).toBe(0);
   });
 
   it('keeps more headroom on noisy load with a lower target violation rate', () => {

@@ -24,6 +24,17 @@
  *    The service is sized so that forecast plus headroom sits at or below a line halfway from
  *    `cpu_scale_up` to saturation (90 % with the guide's 80), and so that the expected load
  *    sits at or below the CPU target (`targets.cpu`), whichever needs more tasks.
+ *
+ *    A third, seasonal forecast (`ca-dms-season.ts`) is for load that recurs, such as a batch
+ *    every hour, which no forecast of the level sees coming: it finds the period online (the
+ *    lag of 10 to 240 minutes whose demand best matches the demand one lag later, if it beats
+ *    the shorter lags clearly) and forecasts the demand one period ago at that phase (the
+ *    largest within 2 minutes, as edges jitter), adjusted for the level change since. It has a
+ *    headroom track of its own and is used instead of the other two while its quantile loss
+ *    over about 12 hours (a recurrence shows in a few minutes of each period) is below both
+ *    of theirs; otherwise, as on load that does not recur, it is never used. While it is used
+ *    the expected load is not below the load now (scale-in waits for the stabilisation window
+ *    anyway), so a fleet comes down from a spike in one step.
  * 3. **Counts what is already coming.** It compares with the desired count, which includes
  *    pending tasks, and jumps straight to the number needed: no step, no scale-out cooldown.
  *    While the forecast is rising it sizes for `SCALE_OUT_REACH` lead times more of the climb,
@@ -39,11 +50,15 @@
  *
  * The shared {@link finishDecision} then applies the rules common to every policy (missing
  * data never scales in, bounds, disabled, dry run). Its memory is bounded (about
- * `2 x lead_periods + 16` numbers), so the state stays small in the catalog.
+ * `3 x lead_periods + 20` numbers, and the seasonal forecast's 4 hours of per-minute demand and
+ * one tracked difference per candidate lag: about 3.5 KB of JSON), so the state stays small in
+ * the catalog.
  */
 import type { ServiceScalingConfig } from '../config.js';
 import type { Block, MetricKey, PolicyOutput, Reason, ScalingPolicy, ServiceState } from '../types.js';
 import type { ServicePolicyInput } from './common.js';
+import type { Season } from './ca-dms-season.js';
+import { forecast as seasonForecast, observe, period as seasonPeriod, readSeason } from './ca-dms-season.js';
 import { configuredTargets, finishDecision, lastEvent, metricValue } from './common.js';
 
 /** The policy's settings: the configuration's `ca_dms` section. */
@@ -60,6 +75,8 @@ const ERROR_WEIGHT = 0.02;
  * every period, each paying a start-up and counting as an action.
  */
 const SCALE_OUT_REACH = 2;
+/** Weight of the newest period in the slow quantile loss that admits the seasonal forecast (about 12 hours of minutes). */
+const SLOW_WEIGHT = 1 / 720;
 /** Weight of the newest change in the quick forecast's slope. */
 const QUICK_SLOPE_WEIGHT = 0.5;
 /** Demand below this many busy tasks is normalised as if it were this much (the scale of an idle service). */
@@ -86,6 +103,8 @@ interface CaDmsMemory {
   readonly trend: number;
   readonly smooth: Track;
   readonly quick: Track;
+  readonly seasonal: Track;
+  readonly season: Season;
   readonly last: number | undefined;
   readonly fast: number;
   /** The count the forecast needed with the scale-in slack at the previous evaluation. */
@@ -113,11 +132,16 @@ interface Track {
   readonly spread: number | undefined;
   /** The recent quantile (pinball) loss of forecast plus headroom: the lower of two forecasters is used. */
   readonly loss: number;
+  /**
+   * The same loss over about a day's evaluations: a recurrence shows in a few minutes of each
+   * period, so whether the seasonal forecast earns its place is judged over many periods.
+   */
+  readonly slow: number;
 }
 
 function readTrack(raw: unknown): Track {
   const m = typeof raw === 'object' && raw !== null ? (raw as Record<string, unknown>) : {};
-  return { forecasts: numbers(m['forecasts']), quantile: num(m, 'quantile') ?? 0, spread: num(m, 'spread'), loss: num(m, 'loss') ?? 0 };
+  return { forecasts: numbers(m['forecasts']), quantile: num(m, 'quantile') ?? 0, spread: num(m, 'spread'), loss: num(m, 'loss') ?? 0, slow: num(m, 'slow') ?? 0 };
 }
 
 /**
@@ -136,7 +160,7 @@ function learn(track: Track, d: number, scale: number, lead: number, tuning: CaD
   const over = r > track.quantile;
   const pinball = over ? (r - track.quantile) * (1 - rate) : (track.quantile - r) * rate;
   const quantile = Math.max(0, track.quantile + tuning.learning_rate * spread * ((over ? 1 : 0) - rate) / rate);
-  return { forecasts: track.forecasts, quantile, spread, loss: track.loss + w * (pinball - track.loss) };
+  return { forecasts: track.forecasts, quantile, spread, loss: track.loss + w * (pinball - track.loss), slow: track.slow + SLOW_WEIGHT * (pinball - track.slow) };
 }
 
 function readMemory(state: ServiceState): CaDmsMemory {
@@ -151,6 +175,8 @@ function readMemory(state: ServiceState): CaDmsMemory {
     trend: num(m, 'trend') ?? 0,
     smooth: readTrack(m['smooth']),
     quick: readTrack(m['quick']),
+    seasonal: readTrack(m['seasonal']),
+    season: readSeason(m['season']),
     last: num(m, 'last'),
     fast: num(m, 'fast') ?? 0,
     need: num(m, 'need'),
@@ -301,6 +327,8 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
   let fast = previous.fast;
   let smooth = previous.smooth;
   let quick = previous.quick;
+  let seasonal = previous.seasonal;
+  let season = previous.season;
   let needed = est.floorTasks;
   /** The tasks the forecast needs, unrounded. */
   let exact: number | undefined;
@@ -310,6 +338,7 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
     if (level !== undefined) {
       smooth = learn(smooth, d, scale, lead, tuning);
       quick = learn(quick, d, scale, lead, tuning);
+      seasonal = learn(seasonal, d, scale, lead, tuning);
     }
     if (level === undefined) {
       level = d;
@@ -327,8 +356,19 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
     quick = { ...quick, forecasts: pushBounded(quick.forecasts, quickExpected, lead) };
     const useQuick = quick.loss < smooth.loss;
     const track = useQuick ? quick : smooth;
-    const expected = useQuick ? quickExpected : smoothExpected;
-    const headroom = track.quantile * noiseScale(level, tuning.noise_exponent);
+    const baseExpected = useQuick ? quickExpected : smoothExpected;
+    season = observe(season, d, now);
+    const seasonExpected = seasonForecast(season, lead);
+    // Until a period is measured the seasonal track scores the other forecast, so its headroom is ready when it starts.
+    seasonal = { ...seasonal, forecasts: pushBounded(seasonal.forecasts, seasonExpected ?? baseExpected, lead) };
+    const useSeason = seasonExpected !== undefined && seasonal.slow < Math.min(smooth.slow, quick.slow);
+    const noise = noiseScale(level, tuning.noise_exponent);
+    // The seasonal forecast foresees a spike's end too, but scale-in waits for the stabilisation
+    // window anyway: floored at the load now, the recommendations of a spike's last minutes stay
+    // at the spike's count and the fleet comes down in one step rather than two, and a spike
+    // that lasts longer than last time is not scaled in under.
+    const expected = useSeason ? Math.max(d, seasonExpected) : baseExpected;
+    const headroom = (useSeason ? seasonal : track).quantile * noise;
     const peak = Math.max(d, expected + headroom);
     const forPeak = Math.ceil(peak / ceiling - 1e-9);
     const forTarget = Math.ceil(expected / target - 1e-9);
@@ -355,7 +395,7 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
       value: round1(peak),
       threshold: round1(ceiling * 100),
       rule: 'forecast_peak',
-      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, ${useQuick ? 'quick' : 'smooth'} forecast), up to ${round1(peak)} with the headroom recent demand exceeded in ${round1(tuning.target_violation_rate * 100)}% of periods: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
+      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, ${useSeason ? `seasonal forecast: the load one period (${seasonPeriod(season, lead)} min) ago at that phase` : `${useQuick ? 'quick' : 'smooth'} forecast`}), up to ${round1(peak)} with the headroom recent demand exceeded in ${round1(tuning.target_violation_rate * 100)}% of periods: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
     });
   }
 
@@ -430,7 +470,7 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
   }
 
   const decision = finishDecision({ policy: 'ca-dms', input, proposed, reasons, blocked, missing: est.missing });
-  const memory: Record<string, unknown> = { lastAt: now, since, running: tasks.running, pending: tasks.pending, trend: slope, fast, smooth, quick };
+  const memory: Record<string, unknown> = { lastAt: now, since, running: tasks.running, pending: tasks.pending, trend: slope, fast, smooth, quick, seasonal, season };
   if (est.demand !== undefined) memory['last'] = est.demand;
   if (measured) memory['need'] = withSlack;
   if (level !== undefined) memory['level'] = level;

@@ -1,0 +1,198 @@
+/**
+ * The recurring-pattern forecaster of `ca-dms`: load that comes back at the same phase of a
+ * period (a cron job every hour, a batch every three hours) cannot be foreseen from the last few
+ * minutes, but it can be from the last period.
+ *
+ * It keeps the demand of the last {@link RING_MINUTES} wall-clock minutes and, for every
+ * candidate lag ({@link LAGS}: 10 to 240 minutes in steps of 5), a tracked mean absolute
+ * difference between each minute's demand and the demand one lag earlier. The lag with the
+ * smallest tracked difference is the period; nothing about the trace (name, length, sampling
+ * step) is read, only the minutes of `now`. The forecast for `lead` minutes ahead is the largest
+ * demand within {@link PHASE_WINDOW} minutes of that phase one period ago (a spike's edges may
+ * move a minute or two, and a lag on the 5-minute grid is up to 2 minutes off the true period),
+ * plus the change of the level since: the mean of the last {@link LEVEL_MINUTES} minutes less
+ * the mean of the same minutes one period earlier.
+ *
+ * Pure functions over a JSON-serialisable state of about 300 numbers (about 2 KB as JSON);
+ * whether the forecast is any good is for the caller to judge (ca-dms scores it like its other
+ * forecasts and uses it only where it has proven better).
+ */
+
+/** Minutes of demand kept: the longest lag plus the level window plus margin. */
+export const RING_MINUTES = 256;
+/** The candidate periods, in minutes. */
+export const LAGS: readonly number[] = Array.from({ length: 231 }, (_, i) => 10 + i);
+/** Half-width, in minutes, of the phase window whose largest value one period ago is the forecast. */
+export const PHASE_WINDOW = 2;
+/**
+ * A lag is a period only when its tracked difference is at most this share of the mean at the
+ * shorter lags: load that recurs is predicted by its period far better than by a lag that
+ * falls short of it, while on noise or a trend no lag beats the shorter ones (on a trend the
+ * shortest lag is the best one).
+ */
+export const RECURRENCE_RATIO = 0.6;
+/** Minutes averaged on both sides of the level change since one period ago. */
+export const LEVEL_MINUTES = 10;
+/**
+ * Weight of the newest minute in a lag's tracked difference (about six hours); before that
+ * many minutes were compared at a lag, the plain mean of those compared.
+ */
+const LAG_ERROR_WEIGHT = 1 / 360;
+/** `seen` stops counting here: past it every lag's difference is tracked with the fixed weight. */
+const SEEN_CAP = 10_000;
+const MINUTE_MS = 60_000;
+
+/** The forecaster's memory, as stored in the policy state. */
+export interface Season {
+  /** The wall-clock minute (epoch ms / 60 000, floored) of the newest ring slot; undefined before the first observation. */
+  readonly end: number | undefined;
+  /** Minutes observed so far (up to {@link SEEN_CAP}): a lag has been compared about `seen - lag` times. */
+  readonly seen: number;
+  /** Demand per minute, oldest first, ending at `end`; null where no metric measured the load. */
+  readonly ring: ReadonlyArray<number | null>;
+  /** Per entry of {@link LAGS}: the tracked mean absolute difference at that lag, or null before one was measured. */
+  readonly errors: ReadonlyArray<number | null>;
+}
+
+/** A forecaster that has seen nothing yet. */
+export const EMPTY_SEASON: Season = { end: undefined, seen: 0, ring: [], errors: LAGS.map(() => null) };
+
+function finite(v: unknown): v is number {
+  return typeof v === 'number' && Number.isFinite(v);
+}
+
+/**
+ * Reads a stored state, dropping anything malformed (an older or corrupted state starts afresh
+ * rather than failing the evaluation).
+ *
+ * @example
+ * ```ts
+ * const season = readSeason(JSON.parse(JSON.stringify(observe(EMPTY_SEASON, 2.5, Date.now()))));
+ * ```
+ */
+export function readSeason(raw: unknown): Season {
+  if (typeof raw !== 'object' || raw === null) return EMPTY_SEASON;
+  const m = raw as Record<string, unknown>;
+  const end = m['end'];
+  const ring = m['ring'];
+  const errors = m['errors'];
+  const seen = m['seen'];
+  if (!finite(seen) || seen < 0 || !finite(end) || !Number.isInteger(end) || !Array.isArray(ring) || ring.length > RING_MINUTES || !Array.isArray(errors) || errors.length !== LAGS.length) {
+    return EMPTY_SEASON;
+  }
+  const clean = (v: unknown): number | null => (finite(v) && v >= 0 ? v : null);
+  return { end, seen: Math.min(seen, SEEN_CAP), ring: ring.map(clean), errors: errors.map(clean) };
+}
+
+/** Three decimals: enough for busy task-units, and a shorter JSON state. */
+function round3(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+/** The ring value `back` minutes before the newest slot, or null when absent. */
+function at(ring: ReadonlyArray<number | null>, back: number): number | null {
+  const i = ring.length - 1 - back;
+  return i >= 0 && i < ring.length ? (ring[i] ?? null) : null;
+}
+
+/**
+ * Records the demand `demand` measured at `now`. Minutes without an observation stay empty;
+ * a second observation within the same minute keeps the larger; an observation older than the
+ * newest slot is ignored. Each new minute updates every lag's tracked difference.
+ *
+ * @example
+ * ```ts
+ * let s = EMPTY_SEASON;
+ * for (let m = 0; m < 600; m++) s = observe(s, m % 60 < 10 ? 7 : 2, m * 60_000);
+ * forecast(s, 3); // a spike the hour before is a spike ahead
+ * ```
+ */
+export function observe(season: Season, demand: number, now: number): Season {
+  const minute = Math.floor(now / MINUTE_MS);
+  const value = round3(Math.max(0, demand));
+  if (season.end !== undefined && minute < season.end) return season;
+  if (season.end !== undefined && minute === season.end) {
+    const ring = season.ring.slice();
+    const last = ring[ring.length - 1];
+    ring[ring.length - 1] = last === null || last === undefined ? value : Math.max(last, value);
+    return { ...season, ring };
+  }
+  const gap = season.end === undefined ? 0 : minute - season.end - 1;
+  // After a gap longer than the ring nothing in it is recent enough to keep.
+  const ring = gap >= RING_MINUTES ? [] : season.ring.slice();
+  if (gap < RING_MINUTES) for (let i = 0; i < gap; i++) ring.push(null);
+  ring.push(value);
+  if (ring.length > RING_MINUTES) ring.splice(0, ring.length - RING_MINUTES);
+  const seen = Math.min(season.seen + 1, SEEN_CAP);
+  const errors = LAGS.map((lag, i) => {
+    const before = at(ring, lag);
+    const old = season.errors[i] ?? null;
+    if (before === null) return old;
+    const diff = Math.abs(value - before);
+    const weight = Math.max(LAG_ERROR_WEIGHT, 1 / Math.max(1, seen - lag));
+    return round3(old === null ? diff : old + weight * (diff - old));
+  });
+  return { end: minute, seen, ring, errors };
+}
+
+/**
+ * The period (minutes): the lag whose tracked difference is smallest among those long enough
+ * to forecast `lead` minutes ahead from the ring and compared over at least one whole lag (a
+ * lag first compared a moment ago has seen too little to be trusted over one that has seen a
+ * recurrence begin), when it beats the shorter lags by {@link RECURRENCE_RATIO}; undefined when
+ * the load does not recur (or not yet).
+ */
+export function period(season: Season, lead: number): number | undefined {
+  const eligible: Array<{ lag: number; error: number }> = [];
+  LAGS.forEach((lag, i) => {
+    const e = season.errors[i];
+    if (e === null || e === undefined || lag < lead + PHASE_WINDOW + 1 || lag + LEVEL_MINUTES > RING_MINUTES || season.seen < 3 * lag) return;
+    eligible.push({ lag, error: e });
+  });
+  let best = -1;
+  for (let i = 0; i < eligible.length; i++) if (best < 0 || (eligible[i] as { error: number }).error < (eligible[best] as { error: number }).error) best = i;
+  if (best <= 0) return undefined;
+  const shorter = eligible.slice(0, best).reduce((s, e) => s + e.error, 0) / best;
+  const chosen = eligible[best] as { lag: number; error: number };
+  return chosen.error <= RECURRENCE_RATIO * shorter ? chosen.lag : undefined;
+}
+
+function mean(ring: ReadonlyArray<number | null>, from: number, count: number): number | undefined {
+  let sum = 0;
+  let n = 0;
+  for (let b = from; b < from + count; b++) {
+    const v = at(ring, b);
+    if (v !== null) {
+      sum += v;
+      n++;
+    }
+  }
+  return n === 0 ? undefined : sum / n;
+}
+
+/**
+ * The demand expected `lead` minutes after the newest slot: the largest value within
+ * {@link PHASE_WINDOW} minutes of that phase one period ago, plus the level change since.
+ * Undefined while no period has been measured or the ring has nothing at that phase.
+ *
+ * @example
+ * ```ts
+ * forecast(season, 3); // e.g. 7.2 busy task-units three minutes from now
+ * ```
+ */
+export function forecast(season: Season, lead: number): number | undefined {
+  const lag = period(season, lead);
+  if (lag === undefined) return undefined;
+  const { ring } = season;
+  // The phase `lead` minutes ahead, one period ago, is `lag - lead` minutes back from the newest slot.
+  let phase: number | undefined;
+  for (let back = lag - lead - PHASE_WINDOW; back <= lag - lead + PHASE_WINDOW; back++) {
+    const v = at(ring, back);
+    if (v !== null && (phase === undefined || v > phase)) phase = v;
+  }
+  if (phase === undefined) return undefined;
+  const now = mean(ring, 0, LEVEL_MINUTES);
+  const then = mean(ring, lag, LEVEL_MINUTES);
+  const shift = now !== undefined && then !== undefined ? now - then : 0;
+  return Math.max(0, phase + shift);
+}
