@@ -80,8 +80,17 @@ export function readSeason(raw: unknown): Season {
   if (!finite(seen) || seen < 0 || !finite(end) || !Number.isInteger(end) || !Array.isArray(ring) || ring.length > RING_MINUTES || !Array.isArray(errors) || errors.length !== LAGS.length) {
     return EMPTY_SEASON;
   }
-  const clean = (v: unknown): number | null => (finite(v) && v >= 0 ? v : null);
-  return { end, seen: Math.min(seen, SEEN_CAP), ring: ring.map(clean), errors: errors.map(clean) };
+  return { end, seen: Math.min(seen, SEEN_CAP), ring: clean(ring), errors: clean(errors) };
+}
+
+/** The non-negative finite numbers of a stored list, anything else as null (a plain loop: this runs every evaluation). */
+function clean(list: readonly unknown[]): Array<number | null> {
+  const out = new Array<number | null>(list.length);
+  for (let i = 0; i < list.length; i++) {
+    const v = list[i];
+    out[i] = typeof v === 'number' && v >= 0 && v < Infinity ? v : null;
+  }
+  return out;
 }
 
 /** Three decimals: enough for busy task-units, and a shorter JSON state. */
@@ -119,19 +128,21 @@ export function observe(season: Season, demand: number, now: number): Season {
   }
   const gap = season.end === undefined ? 0 : minute - season.end - 1;
   // After a gap longer than the ring nothing in it is recent enough to keep.
-  const ring = gap >= RING_MINUTES ? [] : season.ring.slice();
+  // One copy of the part that stays (this runs every evaluation).
+  const ring = gap >= RING_MINUTES ? [] : season.ring.slice(Math.max(0, season.ring.length + gap + 1 - RING_MINUTES));
   if (gap < RING_MINUTES) for (let i = 0; i < gap; i++) ring.push(null);
   ring.push(value);
-  if (ring.length > RING_MINUTES) ring.splice(0, ring.length - RING_MINUTES);
   const seen = Math.min(season.seen + 1, SEEN_CAP);
-  const errors = LAGS.map((lag, i) => {
+  const errors = season.errors.slice();
+  for (let i = 0; i < LAGS.length; i++) {
+    const lag = LAGS[i] as number;
     const before = at(ring, lag);
-    const old = season.errors[i] ?? null;
-    if (before === null) return old;
+    if (before === null) continue;
+    const old = errors[i] ?? null;
     const diff = Math.abs(value - before);
     const weight = Math.max(LAG_ERROR_WEIGHT, 1 / Math.max(1, seen - lag));
-    return round3(old === null ? diff : old + weight * (diff - old));
-  });
+    errors[i] = round3(old === null ? diff : old + weight * (diff - old));
+  }
   return { end: minute, seen, ring, errors };
 }
 
@@ -143,18 +154,28 @@ export function observe(season: Season, demand: number, now: number): Season {
  * the load does not recur (or not yet).
  */
 export function period(season: Season, lead: number): number | undefined {
-  const eligible: Array<{ lag: number; error: number }> = [];
-  LAGS.forEach((lag, i) => {
+  // One pass, no allocation: this runs every evaluation over every lag.
+  let best: number | undefined;
+  let bestError = Infinity;
+  let shorterSum = 0;
+  let shorterCount = 0;
+  let sum = 0;
+  let count = 0;
+  for (let i = 0; i < LAGS.length; i++) {
+    const lag = LAGS[i] as number;
     const e = season.errors[i];
-    if (e === null || e === undefined || lag < lead + PHASE_WINDOW + 1 || lag + LEVEL_MINUTES > RING_MINUTES || season.seen < 3 * lag) return;
-    eligible.push({ lag, error: e });
-  });
-  let best = -1;
-  for (let i = 0; i < eligible.length; i++) if (best < 0 || (eligible[i] as { error: number }).error < (eligible[best] as { error: number }).error) best = i;
-  if (best <= 0) return undefined;
-  const shorter = eligible.slice(0, best).reduce((s, e) => s + e.error, 0) / best;
-  const chosen = eligible[best] as { lag: number; error: number };
-  return chosen.error <= RECURRENCE_RATIO * shorter ? chosen.lag : undefined;
+    if (e === null || e === undefined || lag < lead + PHASE_WINDOW + 1 || lag + LEVEL_MINUTES > RING_MINUTES || season.seen < 3 * lag) continue;
+    if (e < bestError) {
+      best = lag;
+      bestError = e;
+      shorterSum = sum;
+      shorterCount = count;
+    }
+    sum += e;
+    count++;
+  }
+  if (best === undefined || shorterCount === 0) return undefined;
+  return bestError <= (RECURRENCE_RATIO * shorterSum) / shorterCount ? best : undefined;
 }
 
 function mean(ring: ReadonlyArray<number | null>, from: number, count: number): number | undefined {
@@ -173,15 +194,15 @@ function mean(ring: ReadonlyArray<number | null>, from: number, count: number): 
 /**
  * The demand expected `lead` minutes after the newest slot: the largest value within
  * {@link PHASE_WINDOW} minutes of that phase one period ago, plus the level change since.
- * Undefined while no period has been measured or the ring has nothing at that phase.
+ * Undefined while no period has been measured or the ring has nothing at that phase. `lag`
+ * is the period, when the caller has it already.
  *
  * @example
  * ```ts
  * forecast(season, 3); // e.g. 7.2 busy task-units three minutes from now
  * ```
  */
-export function forecast(season: Season, lead: number): number | undefined {
-  const lag = period(season, lead);
+export function forecast(season: Season, lead: number, lag: number | undefined = period(season, lead)): number | undefined {
   if (lag === undefined) return undefined;
   const { ring } = season;
   // The phase `lead` minutes ahead, one period ago, is `lag - lead` minutes back from the newest slot.

@@ -358,7 +358,8 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
     const track = useQuick ? quick : smooth;
     const baseExpected = useQuick ? quickExpected : smoothExpected;
     season = observe(season, d, now);
-    const seasonExpected = seasonForecast(season, lead);
+    const seasonLag = seasonPeriod(season, lead);
+    const seasonExpected = seasonForecast(season, lead, seasonLag);
     // Until a period is measured the seasonal track scores the other forecast, so its headroom is ready when it starts.
     seasonal = { ...seasonal, forecasts: pushBounded(seasonal.forecasts, seasonExpected ?? baseExpected, lead) };
     const useSeason = seasonExpected !== undefined && seasonal.slow < Math.min(smooth.slow, quick.slow);
@@ -395,7 +396,7 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
       value: round1(peak),
       threshold: round1(ceiling * 100),
       rule: 'forecast_peak',
-      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, ${useSeason ? `seasonal forecast: the load one period (${seasonPeriod(season, lead)} min) ago at that phase` : `${useQuick ? 'quick' : 'smooth'} forecast`}), up to ${round1(peak)} with the headroom recent demand exceeded in ${round1(tuning.target_violation_rate * 100)}% of periods: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
+      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, ${useSeason ? `seasonal forecast: the load one period (${seasonLag} min) ago at that phase` : `${useQuick ? 'quick' : 'smooth'} forecast`}), up to ${round1(peak)} with the headroom recent demand exceeded in ${round1(tuning.target_violation_rate * 100)}% of periods: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
     });
   }
 
