@@ -6,7 +6,7 @@ import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
 import type * as logs from 'aws-cdk-lib/aws-logs';
-import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
+import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import type * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import { Construct } from 'constructs';
@@ -60,6 +60,14 @@ export interface ControlPlaneProps {
   readonly catalog: { readonly secret: secretsmanager.ISecret; readonly host: string };
   /** Every shard primary's admin secret (migrations and shard statistics), in shard order. */
   readonly shardSecrets: readonly secretsmanager.ISecret[];
+  /**
+   * Every shard's application login secret, in shard order: the migrations create each user,
+   * and each is rotated with alternating users (Secrets Manager's hosted PostgreSQL multi-user
+   * rotation, logging in with the shard's admin secret) once the migrations have run.
+   */
+  readonly shardAppSecrets: readonly secretsmanager.ISecret[];
+  /** How often the application logins rotate. @default Duration.days(30) */
+  readonly appSecretRotation?: Duration;
   /** The guide's `ShardingConfig` JSON with credential-free URLs, in the same shard order (the API's shard endpoints). */
   readonly shardingConfigJson: string;
   /** CloudWatch alarms publish here; the alarm function is subscribed. */
@@ -129,6 +137,8 @@ export class ControlPlane extends Construct {
   /** The configuration that grows with the deployment, read by the functions at cold start. */
   readonly config: ConfigParameters;
   readonly failureQueues: { readonly evaluate: FailureQueue; readonly alarm: FailureQueue; readonly moves: FailureQueue };
+  /** One per shard, in shard order: the application login's alternating-users rotation. */
+  readonly appSecretRotations: readonly secretsmanager.RotationSchedule[];
 
   constructor(scope: Construct, id: string, props: ControlPlaneProps) {
     super(scope, id);
@@ -136,6 +146,10 @@ export class ControlPlane extends Construct {
     const configProblems = checkScalingConfig(props.scalingConfig);
     validateProps('ControlPlane', [
       [serviceNames.length > 0, 'services must name at least one service'],
+      [
+        props.shardAppSecrets.length === props.shardSecrets.length,
+        `shardAppSecrets must have one secret per shard, like shardSecrets (got ${props.shardAppSecrets.length} and ${props.shardSecrets.length})`,
+      ],
       ...configProblems.map((p) => [false, p] as const),
       ...Object.keys(props.scalingConfig.services)
         .filter((s) => !serviceNames.includes(s))
@@ -185,6 +199,7 @@ export class ControlPlane extends Construct {
         SCALING_TARGETS_JSON: stack.toJsonString(topology),
         ALARM_SERVICE_MAP_JSON: JSON.stringify(props.alarmServiceMap ?? {}),
         SHARD_DB_SECRET_ARNS: stack.toJsonString(props.shardSecrets.map((s) => s.secretArn)),
+        SHARD_APP_SECRET_ARNS: stack.toJsonString(props.shardAppSecrets.map((s) => s.secretArn)),
         SHARDING_CONFIG_JSON: props.shardingConfigJson,
       },
     });
@@ -193,7 +208,7 @@ export class ControlPlane extends Construct {
     const controllerParameters = ['SCALING_CONFIG_JSON', 'SCALING_TARGETS_JSON', 'ALARM_SERVICE_MAP_JSON'];
     // The API and the moves worker build the same sharding runtime over the catalog pool.
     const shardingParameters = [...controllerParameters, 'SHARD_DB_SECRET_ARNS', 'SHARDING_CONFIG_JSON'];
-    const migrateParameters = ['SHARD_DB_SECRET_ARNS'];
+    const migrateParameters = ['SHARD_DB_SECRET_ARNS', 'SHARD_APP_SECRET_ARNS'];
     const controllerEnv = {
       ...catalogEnv,
       ...config.environment(controllerParameters),
@@ -330,6 +345,7 @@ export class ControlPlane extends Construct {
     for (const secret of props.shardSecrets) {
       for (const fn of [this.api, this.migrate, this.moves]) secret.grantRead(fn.role);
     }
+    for (const secret of props.shardAppSecrets) secret.grantRead(this.migrate.role);
 
     this.schedule = new events.Rule(this, 'Schedule', {
       description: `Evaluates the CA-DMS services every ${minutes} min (SCALING_CHECK_INTERVAL ${props.scalingConfig.check_interval} s)`,
@@ -370,6 +386,27 @@ export class ControlPlane extends Construct {
     // Nothing invokes the controller or the moves worker before the catalog and shard schemas
     // exist: on a first deploy a tick would fail (and land in a failure queue) until then.
     for (const trigger of [this.schedule, this.movesSchedule, alarmSubscription]) trigger.node.addDependency(this.migrations.resource);
+
+    // The application logins rotate with alternating users, so a task or pool holding the
+    // previous password keeps working until the next rotation. The first rotation runs when the
+    // schedule is created: after the migrations, which create the users it must log in as.
+    this.appSecretRotations = props.shardAppSecrets.map((secret, i) => {
+      const masterSecret = props.shardSecrets[i];
+      if (!masterSecret) throw new Error('unreachable: validated above, one admin secret per application secret');
+      const rotation = new secretsmanager.RotationSchedule(this, `AppSecretRotation${i + 1}`, {
+        secret,
+        hostedRotation: secretsmanager.HostedRotation.postgreSqlMultiUser({
+          masterSecret,
+          vpc: props.vpc,
+          vpcSubnets: props.subnets,
+          // The functions' group: the shard instances admit it, and it reaches Secrets Manager.
+          securityGroups: [props.securityGroup],
+        }),
+        automaticallyAfter: props.appSecretRotation ?? Duration.days(30),
+      });
+      rotation.node.addDependency(this.migrations.resource);
+      return rotation;
+    });
   }
 }
 

@@ -76,6 +76,12 @@ export interface ShardDatabaseProps {
  */
 export const RDS_LOG_EXPORTS = ['postgresql', 'upgrade'] as const;
 
+/** The application's login user on every shard (its secret: {@link ShardDatabase.appSecret}). */
+export const APP_LOGIN = 'ca_dms_app_user';
+
+/** Characters kept out of generated passwords: they would need quoting in a connection URL. */
+const SECRET_EXCLUDED_CHARACTERS = ' %+~`#$&*()|[]{}:;<>?!\'/@"\\';
+
 /** Instance classes (without `db.`) without Performance Insights, as AWS documents them. */
 export const CLASSES_WITHOUT_PERFORMANCE_INSIGHTS: readonly string[] = ['t2.micro', 't2.small', 't3.micro', 't3.small', 't4g.micro', 't4g.small'];
 
@@ -110,6 +116,12 @@ export class ShardDatabase extends Construct {
   readonly proxy: rds.DatabaseProxy;
   /** The admin credentials (`username`, `password`, `host`, `port`, `dbname`). */
   readonly secret: secretsmanager.ISecret;
+  /**
+   * The application's least-privilege login (a member of `ca_dms_app`, shard migration 003):
+   * `username`, `password`, `host`, `port`, `dbname`, and `masterarn` naming {@link secret}, which
+   * the alternating-users rotation logs in with. The migrations create the user from it.
+   */
+  readonly appSecret: secretsmanager.ISecret;
   readonly securityGroup: ec2.SecurityGroup;
   readonly databaseName: string;
 
@@ -187,7 +199,7 @@ export class ShardDatabase extends Construct {
       databaseName: this.databaseName,
       credentials: rds.Credentials.fromGeneratedSecret('ca_dms_admin', {
         secretName: `${props.namePrefix}/${props.shardId}/admin`,
-        excludeCharacters: ' %+~`#$&*()|[]{}:;<>?!\'/@"\\',
+        excludeCharacters: SECRET_EXCLUDED_CHARACTERS,
       }),
       backupRetention,
       removalPolicy: props.removalPolicy ?? RemovalPolicy.SNAPSHOT,
@@ -203,6 +215,20 @@ export class ShardDatabase extends Construct {
     }
     if (!this.primary.secret) throw new Error('unreachable: generated credentials always carry a secret');
     this.secret = this.primary.secret;
+
+    // Its rotation (alternating users) is scheduled by the control plane once the migrations
+    // have created the user: a rotation must log in with the current password first.
+    const appSecret = new rds.DatabaseSecret(this, 'AppSecret', {
+      username: APP_LOGIN,
+      masterSecret: this.secret,
+      excludeCharacters: SECRET_EXCLUDED_CHARACTERS,
+    });
+    acknowledge(
+      appSecret,
+      'AwsSolutions-SMG4',
+      "Rotated every database.secretRotationDays by Secrets Manager's hosted PostgreSQL multi-user (alternating users) rotation, scheduled in the control-plane stack after the migrations have created the user, which cdk-nag cannot see from this stack.",
+    );
+    this.appSecret = appSecret.attach(this.primary);
 
     this.primary.addRotationSingleUser({
       automaticallyAfter: props.secretRotation ?? Duration.days(30),

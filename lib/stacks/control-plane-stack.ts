@@ -1,4 +1,4 @@
-import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
 import { SERVICE_NAMES, type DeploymentConfig } from '../config/deployment-config.js';
@@ -57,6 +57,8 @@ export class ControlPlaneStack extends Stack {
       // The catalog lives in the first shard's primary and is reached through its proxy.
       catalog: { secret: catalogShard.secret, host: catalogShard.proxy.endpoint },
       shardSecrets: shards.map((s) => s.secret),
+      shardAppSecrets: shards.map((s) => s.appSecret),
+      appSecretRotation: Duration.days(config.database.secretRotationDays),
       shardingConfigJson: this.toJsonString(
         shardingDocument(
           shards.map((s) => ({ id: s.shardId, host: s.primary.dbInstanceEndpointAddress, replicas: s.replicas.map((r) => r.dbInstanceEndpointAddress) })),

@@ -92,8 +92,10 @@ export class ServicesStack extends Stack {
     const secrets: Record<string, ecs.Secret> = {};
     for (const s of shards) {
       const key = s.shardId.toUpperCase().replace(/-/g, '_');
-      secrets[`${key}_DB_USERNAME`] = ecs.Secret.fromSecretsManager(s.secret, 'username');
-      secrets[`${key}_DB_PASSWORD`] = ecs.Secret.fromSecretsManager(s.secret, 'password');
+      // The least-privilege application login, never the master: the tasks only read and
+      // write documents (shard migration 003, sharding migration 004).
+      secrets[`${key}_DB_USERNAME`] = ecs.Secret.fromSecretsManager(s.appSecret, 'username');
+      secrets[`${key}_DB_PASSWORD`] = ecs.Secret.fromSecretsManager(s.appSecret, 'password');
     }
 
     const services: Partial<Record<ServiceName, SidecarService>> = {};

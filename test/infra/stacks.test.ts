@@ -267,6 +267,18 @@ describe('services stack', () => {
     }
   });
 
+  it("gives the tasks each shard's least-privilege application login, never its admin secret", () => {
+    for (const [, task] of resourcesOf(s.template(s.stacks.services), 'AWS::ECS::TaskDefinition')) {
+      const app = (task.Properties?.['ContainerDefinitions'] as Json[]).find((c) => c['Name'] === APP_CONTAINER) as Json;
+      for (const secret of app['Secrets'] as Array<{ Name: string; ValueFrom: unknown }>) {
+        const from = JSON.stringify(secret.ValueFrom);
+        const shard = secret.Name.replace(/^SHARD_(\d{3})_DB_.*$/, 'Shard$1');
+        expect(from, secret.Name).toContain(`${shard}AppSecret`);
+        expect(from, secret.Name).not.toContain('PrimarySecret');
+      }
+    }
+  });
+
   it('leaves the desired count to the controller and registers each service as a scalable target with its bounds', () => {
     const t = s.template(s.stacks.services);
     for (const [, service] of resourcesOf(t, 'AWS::ECS::Service')) expect(service.Properties?.['DesiredCount']).toBeUndefined();
@@ -585,7 +597,7 @@ describe('control plane stack', () => {
     }
   });
 
-  it('lets the evaluator read the catalog secret only, and the API, migrations and moves worker every shard secret (the catalog is shard-001)', () => {
+  it('lets the evaluator read the catalog secret only, and the API, migrations and moves worker every shard admin secret (the catalog is shard-001)', () => {
     const t = s.template(s.stacks.controlPlane);
     const secretReads = (role: string): number =>
       resourcesOf(t, 'AWS::IAM::Policy')
@@ -596,7 +608,8 @@ describe('control plane stack', () => {
     expect(secretReads('ControlPlaneEvaluateRole')).toBe(1);
     expect(secretReads('ControlPlaneAlarmRole')).toBe(1);
     expect(secretReads('ControlPlaneApiRole')).toBe(s.config.database.shards);
-    expect(secretReads('ControlPlaneMigrateRole')).toBe(s.config.database.shards);
+    // The migrations also read each shard's application login, to create the user.
+    expect(secretReads('ControlPlaneMigrateRole')).toBe(2 * s.config.database.shards);
     expect(secretReads('ControlPlaneMovesRole')).toBe(s.config.database.shards);
   });
 
@@ -608,6 +621,30 @@ describe('control plane stack', () => {
       .filter((st) => others.some((shard) => JSON.stringify(st.Resource).includes(shard)))
       .map((st) => st.policy.replace(/RoleDefaultPolicy.*$/, ''));
     expect([...new Set(readers)].sort()).toEqual(['ControlPlaneApi', 'ControlPlaneMigrate', 'ControlPlaneMoves']);
+  });
+});
+
+describe('application logins', () => {
+  it('rotates each with alternating users (hosted multi-user rotation, logging in with the admin secret), once the migrations have made the user', () => {
+    const t = s.template(s.stacks.controlPlane);
+    const rotations = resourcesOf(t, 'AWS::SecretsManager::RotationSchedule');
+    expect(rotations).toHaveLength(s.config.database.shards);
+    const migrations = s.stacks.controlPlane.getLogicalId(s.stacks.controlPlane.controlPlane.migrations.resource.node.defaultChild as CfnResource);
+    for (const [id, rotation] of rotations) {
+      const hosted = rotation.Properties?.['HostedRotationLambda'] as Json;
+      expect(hosted['RotationType'], id).toBe('PostgreSQLMultiUser');
+      expect(JSON.stringify(hosted['MasterSecretArn']), id).toContain('PrimarySecret');
+      expect(JSON.stringify(rotation.Properties?.['SecretId']), id).toContain('AppSecret');
+      expect(rotation.DependsOn, id).toContain(migrations);
+    }
+  });
+
+  it('lets the migrations, and no other control-plane function, read the application secrets it creates the users from', () => {
+    const readers = allStatements()
+      .filter((st) => st.stack === s.stacks.controlPlane.stackName && asArray(st.Action).includes('secretsmanager:GetSecretValue'))
+      .filter((st) => JSON.stringify(st.Resource).includes('AppSecret'))
+      .map((st) => st.policy.replace(/RoleDefaultPolicy.*$/, ''));
+    expect([...new Set(readers)]).toEqual(['ControlPlaneMigrate']);
   });
 });
 
