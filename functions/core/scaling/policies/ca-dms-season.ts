@@ -4,7 +4,7 @@
  * minutes, but it can be from the last period.
  *
  * It keeps the demand of the last {@link RING_MINUTES} wall-clock minutes and, for every
- * candidate lag ({@link LAGS}: every minute from 10 to 60, then every 5 to 240), a tracked mean absolute
+ * candidate lag ({@link LAGS}: 10 to 240 minutes in steps of 5), a tracked mean absolute
  * difference between each minute's demand and the demand one lag earlier. The lag with the
  * smallest tracked difference is the period; nothing about the trace (name, length, sampling
  * step) is read, only the minutes of `now`. The forecast for `lead` minutes ahead is the largest
@@ -21,10 +21,7 @@
 /** Minutes of demand kept: the longest lag plus the level window plus margin. */
 export const RING_MINUTES = 256;
 /** The candidate periods, in minutes. */
-export const LAGS: readonly number[] = [
-  ...Array.from({ length: 51 }, (_, i) => 10 + i),
-  ...Array.from({ length: 36 }, (_, i) => 65 + 5 * i),
-];
+export const LAGS: readonly number[] = Array.from({ length: 231 }, (_, i) => 10 + i);
 /** Half-width, in minutes, of the phase window whose largest value one period ago is the forecast. */
 export const PHASE_WINDOW = 2;
 /**
