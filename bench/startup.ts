@@ -4,15 +4,14 @@
  * long a SIGTERM takes to leave no PostgreSQL process behind. The goal is a ready API within
  * 15 s from fresh data on this machine.
  *
- * Each run starts the CLI as a child process (as an operator would) on a free loopback port and a
- * fresh temporary data directory, polls `GET /api/v1/scaling/status` until it answers 200, then
+ * Each run starts the CLI as a child process (as an operator would) with `--port 0` (it binds a
+ * free loopback port first and prints it) and a fresh temporary data directory, polls `GET /api/v1/scaling/status` until it answers 200, then
  * stops it with SIGTERM.
  *
  *   npm run bench:startup -- [--runs N] [--shards N] [--replicas N]
  */
 import { spawn } from 'node:child_process';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,17 +34,6 @@ function parse(argv: string[]): z.output<typeof flags> {
   return parsed.data;
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((r, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => r(port));
-    });
-  });
-}
-
 interface Timing {
   readonly readyMs: number;
   readonly stopMs: number;
@@ -53,9 +41,8 @@ interface Timing {
 
 /** Starts local mode, waits for a 200 from /status, stops it; returns both durations. */
 async function startOnce(dataDir: string, extra: readonly string[]): Promise<Timing> {
-  const port = await freePort();
   const started = performance.now();
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bin/cli.ts'), 'start', '--port', String(port), '--data-dir', dataDir, ...extra], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'bin/cli.ts'), 'start', '--port', '0', '--data-dir', dataDir, ...extra], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout.on('data', (c: Buffer) => (output += c.toString('utf8')));
   child.stderr.on('data', (c: Buffer) => (output += c.toString('utf8')));
@@ -63,7 +50,9 @@ async function startOnce(dataDir: string, extra: readonly string[]): Promise<Tim
   let readyMs: number | undefined;
   while (readyMs === undefined) {
     if (child.exitCode !== null) throw new Error(`local mode exited (${child.exitCode}) before its API was ready:\n${output}`);
-    const ok = await fetch(`http://127.0.0.1:${port}/api/v1/scaling/status`).then((r) => r.status === 200, () => false);
+    // Until the port is bound and printed there is nothing to ask; after, a 503 says "starting".
+    const url = /listening on (http:\/\/127\.0\.0\.1:\d+) /.exec(output)?.[1];
+    const ok = url !== undefined && (await fetch(`${url}/api/v1/scaling/status`).then((r) => r.status === 200, () => false));
     if (ok) readyMs = performance.now() - started;
     else await new Promise((r) => setTimeout(r, 50));
     if (performance.now() - started > 120_000) {

@@ -6,7 +6,6 @@
  * directory.
  */
 import { rm, mkdir } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { applyScalingEnv, ScalingConfigError } from '../../functions/core/scaling/config.js';
@@ -30,7 +29,8 @@ Runs the whole system on this machine (no AWS): embedded PostgreSQL shards with 
 replicas, the scaling controller against a simulated fleet driven by a workload trace, the
 scaling API, a small documents API and the live dashboard, all on 127.0.0.1.
 
-  --port N            port of the API and the dashboard (default 3000)
+  --port N            port of the API and the dashboard (default 3000; 0 picks a free one,
+                      printed at once: the API answers 503 until the start-up finishes)
   --data-dir DIR      where the PostgreSQL data, logs and the lock live (default .local)
   --shards N          shard primaries, 1 to 8 (default 2)
   --replicas N        streaming replicas per shard, 0 to 3 (default 1)
@@ -102,16 +102,6 @@ export function parseStartOptions(args: readonly string[], cwd: string, env: Rec
     seedUsers: f['seed-users'] ?? 200,
     wipe: f.wipe === true,
   };
-}
-
-/** Fails fast, before PostgreSQL starts, when something already listens on the port. */
-async function checkPortFree(port: number): Promise<void> {
-  if (port === 0) return;
-  await new Promise<void>((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'EADDRINUSE' ? new PortInUseError(port, { cause: err }) : err));
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolvePort()));
-  });
 }
 
 function banner(local: LocalMode, options: StartOptions): string {
@@ -193,7 +183,6 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
   if (lock.replaced) io.stdout(`${lock.replaced}\n`);
   const signal = nextStopSignal((line) => io.stdout(`${line}\n`));
   try {
-    await checkPortFree(options.port);
     if (options.wipe) {
       await rm(join(options.dataDir, 'pg'), { recursive: true, force: true });
       io.stdout(`wiped ${join(options.dataDir, 'pg')}\n`);

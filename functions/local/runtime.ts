@@ -32,7 +32,7 @@ import type { Clock, DecisionLog, DecisionRecord } from '../core/scaling/ports.j
 import { applyShardingEnv, parseShardingConfig, type ShardingConfig } from '../core/sharding/config.js';
 import { createScalingApiPort, shardingDepsOf } from '../api/wiring.js';
 import { createScalingRouter } from '../api/routes.js';
-import { startLocalServer, type LocalServer } from '../adapters/http/local-server.js';
+import { bindLocalServer } from '../adapters/http/local-server.js';
 import { createDashboardRoute } from '../adapters/http/dashboard.js';
 import { CatalogStore } from '../adapters/postgres/catalog-store.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../adapters/postgres/embedded-cluster.js';
@@ -147,6 +147,11 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     cleanup.length = 0;
   };
   try {
+    // The port first: it is ours from here on (a parallel process cannot take it during the
+    // seconds PostgreSQL takes), and every request is a 503 "starting" until the routes exist.
+    const server = await bindLocalServer({ port: options.port });
+    cleanup.push(() => server.close());
+    say(`listening on ${server.url} (answering 503 until the start-up finishes)`);
     const trace = await readTraceFile(options.tracePath);
     const cluster = await startEmbeddedCluster({ root: join(options.dataDir, 'pg'), shards: options.shards, replicasPerShard: options.replicasPerShard, onProgress: (m) => say(`  postgres: ${m}`) });
     cleanup.push(() => cluster.stop());
@@ -217,9 +222,8 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       snapshots: { shardsMaxAgeMs: shardingConfig.health_check_interval_seconds * 1000 },
       onError: (err, request) => say(`api: unexpected error serving ${request.method} ${request.path} (request id ${request.requestId}): ${(err as Error).message}`),
     });
-    const server: LocalServer = await startLocalServer({
+    server.serve({
       dispatch: (request) => api.dispatch(request),
-      port: options.port,
       extraRoutes: [liveLoad.route(), createDashboardRoute(), createDocumentsRoute({ writer, reader, router, shardIds: pools.shardIds() })],
     });
     cleanup.push(() => server.close());

@@ -1,5 +1,5 @@
 /**
- * `npm start` end to end: local mode as a child process on a free port, a fast check interval
+ * `npm start` end to end: local mode as a child process on the free port it picks itself, a fast check interval
  * and a fast trace, talked to over HTTP only.
  */
 import { createServer, type Server } from 'node:net';
@@ -7,7 +7,6 @@ import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../support/postgres.js';
 import { eventually, getJson, postgresProcessesUnder, runCli, startLocalProcess, tempDataDir, type LocalProcess } from './support/local-process.js';
 
 interface HistoryBody {
@@ -39,6 +38,15 @@ describe('local mode (npm start)', () => {
     if (!local) return;
     await local.stop('SIGKILL');
     await local.remove();
+  });
+
+  it('binds its port (--port 0: one it picks) before starting PostgreSQL and prints it, so no other process can take it during start-up', async () => {
+    const out = running().output();
+    const listening = out.indexOf(`listening on ${running().url} `);
+
+    expect(listening).toBeGreaterThanOrEqual(0);
+    expect(listening).toBeLessThan(out.indexOf('  postgres: '));
+    expect(out).toContain(`Dashboard      ${running().url}/`);
   });
 
   it('serves the scaling API with the check interval taken from SCALING_CHECK_INTERVAL', async () => {
@@ -101,7 +109,7 @@ describe('local mode (npm start)', () => {
   }, 30_000);
 
   it('refuses a second start on the same data directory while the first runs, naming its pid', async () => {
-    const second = await runCli(['start', '--data-dir', running().dataDir, '--port', String(await freePort())]);
+    const second = await runCli(['start', '--data-dir', running().dataDir, '--port', '0']);
 
     expect(second.code).toBe(1);
     expect(second.stderr).toMatch(new RegExp(`local mode is already running \\(pid ${running().child.pid}, ${running().url}\\)`));

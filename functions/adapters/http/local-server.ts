@@ -48,16 +48,20 @@ interface CommonServerOptions {
   readonly maxBodyBytes?: number;
   /** Longest a client may take to send a request's headers and body before a 408 (default 10 s). */
   readonly requestTimeoutMs?: number;
-  readonly extraRoutes?: readonly ExtraRoute[];
 }
 
-/** Exactly one way of serving the API: a route table's dispatcher, or a Lambda handler. */
-export type LocalServerOptions = CommonServerOptions & ({ readonly dispatch: ApiDispatch; readonly handler?: undefined } | { readonly handler: ProxyHandler; readonly dispatch?: undefined });
+/** What answers requests: exactly one way of serving the API (a route table's dispatcher, or a Lambda handler), and the extra routes before it. */
+export type LocalRoutes = { readonly extraRoutes?: readonly ExtraRoute[] } & ({ readonly dispatch: ApiDispatch; readonly handler?: undefined } | { readonly handler: ProxyHandler; readonly dispatch?: undefined });
+
+export type LocalServerOptions = CommonServerOptions & LocalRoutes;
 
 export interface LocalServer {
   readonly url: string;
   readonly port: number;
   readonly server: Server;
+  /** Starts answering with `routes` (replacing the 503 "starting" of {@link bindLocalServer}). */
+  serve(routes: LocalRoutes): void;
+  /** Closes every connection and the port; later calls return the same promise. */
   close(): Promise<void>;
 }
 
@@ -235,11 +239,33 @@ function clientErrorProblem(err: NodeJS.ErrnoException, timeoutMs: number): Prob
 
 /** Starts the adapter on loopback. Rejects with {@link PortInUseError} when the port is taken. */
 export async function startLocalServer(options: LocalServerOptions): Promise<LocalServer> {
+  checkRoutes(options);
+  const server = await bindLocalServer(options);
+  server.serve(options);
+  return server;
+}
+
+function checkRoutes(routes: LocalRoutes): void {
+  if ((routes.dispatch === undefined) === (routes.handler === undefined)) throw new TypeError('local server: pass exactly one of dispatch and handler');
+}
+
+/** Seconds a client is told to wait (`Retry-After`) while local mode starts. */
+const STARTING_RETRY_AFTER_S = 2;
+
+/**
+ * Binds the port at once and answers every request with a 503 "starting" problem (with
+ * `Retry-After`) until {@link LocalServer.serve} installs the routes. Local mode binds first and
+ * builds PostgreSQL and its replicas after, so the port it reports (`--port 0` included) is
+ * its own from the first moment: nobody can take it during the seconds of start-up, and a port
+ * in use fails the start before anything else runs. Rejects with {@link PortInUseError}.
+ */
+export async function bindLocalServer(options: CommonServerOptions): Promise<LocalServer> {
   const limit = options.maxBodyBytes ?? 1024 * 1024;
   const timeoutMs = options.requestTimeoutMs ?? 10_000;
-  const { dispatch, handler } = options;
-  if ((dispatch === undefined) === (handler === undefined)) throw new TypeError('startLocalServer: pass exactly one of dispatch and handler');
-  const extras = options.extraRoutes ?? [];
+  let dispatch: ApiDispatch | undefined;
+  let handler: ProxyHandler | undefined;
+  let extras: readonly ExtraRoute[] = [];
+  let serving = false;
   // The response under way on each connection: a parser error or a timeout may answer only
   // while nothing of a response has been written.
   const responding = new WeakMap<Duplex, ServerResponse>();
@@ -249,6 +275,10 @@ export async function startLocalServer(options: LocalServerOptions): Promise<Loc
       const target = parseTarget(req.url);
       if (target instanceof ProblemError) {
         sendProblem(res, target, true);
+        return;
+      }
+      if (!serving) {
+        sendProblem(res, new ProblemError(503, 'local mode is starting (PostgreSQL, replicas, demo data); retry in a moment', { title: 'Service Unavailable', headers: { 'retry-after': String(STARTING_RETRY_AFTER_S) } }), !bodiless(req));
         return;
       }
       for (const extra of extras) {
@@ -298,14 +328,25 @@ export async function startLocalServer(options: LocalServerOptions): Promise<Loc
     server.listen(options.port ?? 0, host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;
+  let closing: Promise<void> | undefined;
   return {
     url: `http://${host}:${port}`,
     port,
     server,
-    close: () =>
-      new Promise<void>((resolve) => {
+    serve(routes) {
+      checkRoutes(routes);
+      dispatch = routes.dispatch;
+      handler = routes.handler;
+      extras = routes.extraRoutes ?? [];
+      serving = true;
+    },
+    close() {
+      // Once: local mode closes it both in order and on a failed start.
+      closing ??= new Promise<void>((resolve) => {
         server.closeAllConnections();
         server.close(() => resolve());
-      }),
+      });
+      return closing;
+    },
   };
 }

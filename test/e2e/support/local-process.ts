@@ -1,8 +1,9 @@
 /**
  * Local mode as a child process, the way an operator runs it: `node --import tsx bin/cli.ts
- * start` on a free loopback port with a throwaway data directory. The tests talk to it over
- * HTTP only, stop it with a signal and check that no PostgreSQL process of its data directory is
- * left (found by data directory in /proc, never by name, so nobody else's server is touched).
+ * start --port 0` (local mode binds a free loopback port first and prints it) with a throwaway
+ * data directory. The tests talk to it over HTTP only, stop it with a signal and check that no
+ * PostgreSQL process of its data directory is left (found by data directory in /proc, never by
+ * name, so nobody else's server is touched).
  *
  * @example
  * ```ts
@@ -19,7 +20,6 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { freePort } from '../../support/postgres.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 export const CLI = join(REPO_ROOT, 'bin/cli.ts');
@@ -56,8 +56,9 @@ export interface StartLocalProcessOptions {
   readonly repo?: string;
   /** Reuse a data directory (a restart). */
   readonly dataDir?: string;
+  /** A fixed port (default 0: local mode picks a free one and prints it). */
   readonly port?: number;
-  /** Resolve once the process started, without waiting for the banner. */
+  /** Resolve once the port is bound (the API answering 503 "starting"), without waiting for the banner. */
   readonly waitForBanner?: boolean;
 }
 
@@ -79,10 +80,14 @@ export async function runCli(args: readonly string[], env: Readonly<Record<strin
   return { code, stdout, stderr };
 }
 
+/** The line local mode prints as soon as its port is bound, with the URL it serves. */
+const LISTENING = /listening on (http:\/\/127\.0\.0\.1:\d+) /;
+
 export async function startLocalProcess(options: StartLocalProcessOptions = {}): Promise<LocalProcess> {
   const dataDir = options.dataDir ?? (await tempDataDir());
-  const port = options.port ?? (await freePort());
-  const startArgs = ['start', '--port', String(port), '--data-dir', dataDir, ...(options.args ?? [])];
+  // Port 0 unless told: local mode binds it before anything else and prints it, so no other
+  // process can take it meanwhile (a free port chosen here could be taken during start-up).
+  const startArgs = ['start', '--port', String(options.port ?? 0), '--data-dir', dataDir, ...(options.args ?? [])];
   const viaNpm = options.via === 'npm';
   const repo = options.repo ?? REPO_ROOT;
   const child = viaNpm
@@ -128,9 +133,17 @@ export async function startLocalProcess(options: StartLocalProcessOptions = {}):
       waiters.add(check);
       check();
     });
+  try {
+    await waitFor(LISTENING, 60_000);
+  } catch (error) {
+    if (viaNpm) process.kill(-(child.pid as number), 'SIGTERM');
+    else child.kill('SIGTERM');
+    throw error;
+  }
+  const url = (LISTENING.exec(out) as RegExpExecArray)[1] as string;
   const local: LocalProcess = {
-    url: `http://127.0.0.1:${port}`,
-    port,
+    url,
+    port: Number(new URL(url).port),
     dataDir,
     child,
     exited,

@@ -8,7 +8,7 @@ import { request } from 'node:http';
 import { connect } from 'node:net';
 import type { APIGatewayProxyEvent } from 'aws-lambda';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startLocalServer, type LocalServer, type LocalServerOptions } from '../../../functions/adapters/http/local-server.js';
+import { bindLocalServer, PortInUseError, startLocalServer, type LocalServer, type LocalServerOptions } from '../../../functions/adapters/http/local-server.js';
 import { fromApiGatewayEvent } from '../../../functions/api/apigw.js';
 import type { ApiRequest } from '../../../functions/api/http.js';
 
@@ -187,5 +187,35 @@ describe('local HTTP adapter, served directly (local mode) or through a Lambda h
 
   it('refuses to start with neither or both of dispatch and handler', async () => {
     await expect(startLocalServer({ port: 0 } as unknown as LocalServerOptions)).rejects.toThrow('exactly one of dispatch and handler');
+  });
+});
+
+describe('local HTTP adapter bound before its routes exist (local mode while it starts)', () => {
+  it('owns the port from the bind: 503 "starting" with Retry-After until serve, then the routes; a second bind of it fails', async () => {
+    const server = await bindLocalServer({ port: 0 });
+    try {
+      await expect(bindLocalServer({ port: server.port })).rejects.toBeInstanceOf(PortInUseError);
+
+      const starting = await fetch(`${server.url}/api/v1/scaling/status`);
+      expect(starting.status).toBe(503);
+      expect(starting.headers.get('content-type')).toBe('application/problem+json');
+      expect(starting.headers.get('retry-after')).toBe('2');
+      expect(((await starting.json()) as { detail: string }).detail).toMatch(/starting/);
+      // A body that was not read closes the connection, as after a 413.
+      const posted = await raw(server.port, 'POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n');
+      expect(problemOf(posted).status).toBe(503);
+
+      server.serve({ dispatch: async () => ({ status: 200, headers: { 'content-type': 'text/plain' }, body: 'ready' }) });
+      const ready = await fetch(`${server.url}/api/v1/scaling/status`);
+      expect([ready.status, await ready.text()]).toEqual([200, 'ready']);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('closes once however often it is asked', async () => {
+    const server = await bindLocalServer({ port: 0 });
+    await Promise.all([server.close(), server.close()]);
+    await expect(fetch(server.url)).rejects.toThrow();
   });
 });
