@@ -1,0 +1,407 @@
+/**
+ * IAM against the code: every AWS API call the runtime code makes is allowed by the role of the
+ * Lambda function or ECS task that runs it, on the resources it touches, and the role grants
+ * nothing much beyond that.
+ *
+ * The calls come from the source (support/sdk-calls.ts: every `new XxxCommand(` reachable from
+ * the handler's entry file). {@link CALLS} says, per handler, which of them it makes and on
+ * which resources; {@link NOT_CALLED} names the reachable ones it never makes, with the reason.
+ * The two must cover the scan exactly, so a new call, or a call that disappears, fails here
+ * until the table (and the role) follow. Each shipped configuration (config/*.json) is
+ * synthesized (without cdk-nag and cfn-guard: guard.test.ts runs them) and every role read
+ * from the templates, cross-stack references resolved to the resources they name.
+ */
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { CfnElement } from 'aws-cdk-lib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mergeConfig } from '../../lib/config/deployment-config.js';
+import { sdkCallsFrom } from './support/sdk-calls.js';
+import { ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, type Synthesized } from './support/synth.js';
+
+type Handler = 'evaluate' | 'alarm' | 'api' | 'moves' | 'migrate';
+const HANDLERS: readonly Handler[] = ['evaluate', 'alarm', 'api', 'moves', 'migrate'];
+
+/** What a call touches, as the test can find it in the templates. */
+type Target =
+  /** The action has no resource-level permission in IAM: only `*` can grant it. */
+  | { readonly kind: 'any' }
+  /** The secrets whose ARNs these variables hold (in the environment or in an SSM parameter of CONFIG_PARAMETERS). */
+  | { readonly kind: 'secrets'; readonly variables: readonly string[] }
+  /** The SSM parameters the function's CONFIG_PARAMETERS names. */
+  | { readonly kind: 'config-parameters' }
+  /** Every ECS service of the scaling topology (SCALING_TARGETS_JSON). */
+  | { readonly kind: 'scaled-services' }
+  /** The code cannot know the ARN (AWS generates it, or the call lists): the resource, rendered, must match. */
+  | { readonly kind: 'pattern'; readonly pattern: RegExp };
+
+const ACCOUNT = '123456789012';
+const controller = {
+  'ssm:GetParameters': { kind: 'config-parameters' },
+  'secretsmanager:GetSecretValue': { kind: 'secrets', variables: ['CATALOG_DB_SECRET_ARN'] },
+  'cloudwatch:GetMetricData': { kind: 'any' },
+  'ecs:DescribeServices': { kind: 'scaled-services' },
+  'ecs:UpdateService': { kind: 'scaled-services' },
+  'application-autoscaling:DescribeScalableTargets': { kind: 'any' },
+  // Scalable-target ARNs end in an id AWS generates at registration.
+  'application-autoscaling:RegisterScalableTarget': { kind: 'pattern', pattern: new RegExp(`^arn:aws:application-autoscaling:[a-z0-9-]+:${ACCOUNT}:scalable-target/\\*$`) },
+} as const satisfies Record<string, Target>;
+
+/** The calls each handler makes, and on what. */
+const CALLS: Readonly<Record<Handler, Readonly<Record<string, Target>>>> = {
+  evaluate: controller,
+  alarm: controller,
+  api: {
+    'ssm:GetParameters': { kind: 'config-parameters' },
+    // The catalog pool, and the shards' admin logins for the shard statistics and move planning.
+    'secretsmanager:GetSecretValue': { kind: 'secrets', variables: ['CATALOG_DB_SECRET_ARN', 'SHARD_DB_SECRET_ARNS'] },
+    // Service metrics, and the shards' FreeStorageSpace / ReplicaLag (RdsInventory).
+    'cloudwatch:GetMetricData': { kind: 'any' },
+    'ecs:DescribeServices': { kind: 'scaled-services' },
+    // RdsInventory lists the account's PostgreSQL instances and matches them by endpoint.
+    'rds:DescribeDBInstances': { kind: 'pattern', pattern: new RegExp(`^arn:aws:rds:[a-z0-9-]+:${ACCOUNT}:db:\\*$`) },
+  },
+  moves: {
+    'ssm:GetParameters': { kind: 'config-parameters' },
+    'secretsmanager:GetSecretValue': { kind: 'secrets', variables: ['CATALOG_DB_SECRET_ARN', 'SHARD_DB_SECRET_ARNS'] },
+  },
+  migrate: {
+    'ssm:GetParameters': { kind: 'config-parameters' },
+    'secretsmanager:GetSecretValue': { kind: 'secrets', variables: ['CATALOG_DB_SECRET_ARN', 'SHARD_DB_SECRET_ARNS', 'SHARD_APP_SECRET_ARNS'] },
+  },
+};
+
+const PREVIEW_ONLY = 'the API builds the controller runtime, but POST /evaluate is controller.preview: it sets no desired count and never touches the scalable-target registry';
+const CATALOG_POOL_ONLY = 'the moves worker takes only the catalog pool of the controller runtime; its metrics, ECS and registry adapters are built but never called';
+
+/** Calls reachable from a handler's entry that it never makes, with the reason. */
+const NOT_CALLED: Readonly<Record<Handler, Readonly<Record<string, string>>>> = {
+  evaluate: {},
+  alarm: {},
+  api: {
+    'ecs:UpdateService': PREVIEW_ONLY,
+    'application-autoscaling:DescribeScalableTargets': PREVIEW_ONLY,
+    'application-autoscaling:RegisterScalableTarget': PREVIEW_ONLY,
+  },
+  moves: {
+    'cloudwatch:GetMetricData': CATALOG_POOL_ONLY,
+    'ecs:DescribeServices': CATALOG_POOL_ONLY,
+    'ecs:UpdateService': CATALOG_POOL_ONLY,
+    'application-autoscaling:DescribeScalableTargets': CATALOG_POOL_ONLY,
+    'application-autoscaling:RegisterScalableTarget': CATALOG_POOL_ONLY,
+  },
+  migrate: {},
+};
+
+/** Actions granted with a call because the CDK grant that gives it comes with them (read-only, same resources). */
+const COMPANIONS: Readonly<Record<string, readonly string[]>> = {
+  'secretsmanager:GetSecretValue': ['secretsmanager:DescribeSecret'],
+  'ssm:GetParameters': ['ssm:GetParameter', 'ssm:GetParameterHistory', 'ssm:DescribeParameters'],
+};
+
+/** What Lambda itself does with the execution role of a function in a VPC with tracing on. */
+const LAMBDA_SERVICE_ACTIONS = {
+  /** Lambda manages the function's network interfaces; EC2 offers no resource-level permission for these. */
+  eni: ['ec2:CreateNetworkInterface', 'ec2:DescribeNetworkInterfaces', 'ec2:DeleteNetworkInterface', 'ec2:AssignPrivateIpAddresses', 'ec2:UnassignPrivateIpAddresses'],
+  xray: ['xray:PutTraceSegments', 'xray:PutTelemetryRecords'],
+  /** On its own log group only. */
+  logs: ['logs:CreateLogStream', 'logs:PutLogEvents'],
+  /** On its own failure destination only (asynchronous invocations that failed). */
+  destination: ['sqs:SendMessage', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl'],
+};
+
+type Json = unknown;
+interface Statement {
+  readonly Effect: string;
+  readonly Action: string | string[];
+  readonly Resource: Json;
+  readonly Condition?: Json;
+}
+interface Template {
+  readonly Resources: Record<string, { Type: string; Properties?: Record<string, Json> }>;
+  readonly Outputs?: Record<string, { Value: Json; Export?: { Name: Json } }>;
+}
+
+const PSEUDO = new Set(['AWS::AccountId', 'AWS::Region', 'AWS::Partition', 'AWS::URLSuffix', 'AWS::StackName', 'AWS::StackId', 'AWS::NoValue']);
+
+/** The templates of one synthesis, keyed by stack name, with cross-stack references resolved. */
+class Assembly {
+  readonly templates = new Map<string, Template>();
+
+  constructor(readonly s: Synthesized) {
+    for (const stack of Object.values(s.stacks)) {
+      this.templates.set(stack.stackName, JSON.parse(readFileSync(join(s.outdir, stack.templateFile), 'utf8')) as Template);
+    }
+  }
+
+  template(stackName: string): Template {
+    const t = this.templates.get(stackName);
+    if (!t) throw new Error(`no template for stack ${stackName}`);
+    return t;
+  }
+
+  /**
+   * `value` with every cross-stack reference replaced by what the other stack outputs, and
+   * every Ref / GetAtt qualified with its stack (`stack/LogicalId`), so values from different
+   * stacks compare equal exactly when they name the same resource.
+   */
+  resolve(value: Json, stackName: string): Json {
+    if (Array.isArray(value)) return value.map((v) => this.resolve(v, stackName));
+    if (typeof value !== 'object' || value === null) return value;
+    const o = value as Record<string, Json>;
+    const output = o['Fn::GetStackOutput'] as { StackName: string; OutputName: string } | undefined;
+    if (output) {
+      const out = this.template(output.StackName).Outputs?.[output.OutputName];
+      if (!out) throw new Error(`stack ${output.StackName} has no output ${output.OutputName}`);
+      return this.resolve(out.Value, output.StackName);
+    }
+    if (o['Fn::ImportValue'] !== undefined) {
+      const name = JSON.stringify(o['Fn::ImportValue']);
+      for (const [other, t] of this.templates) {
+        for (const out of Object.values(t.Outputs ?? {})) if (JSON.stringify(out.Export?.Name) === name) return this.resolve(out.Value, other);
+      }
+      throw new Error(`no stack exports ${name}`);
+    }
+    if (typeof o['Ref'] === 'string' && !PSEUDO.has(o['Ref'])) return { Ref: `${stackName}/${o['Ref']}` };
+    const getAtt = o['Fn::GetAtt'];
+    if (Array.isArray(getAtt)) return { 'Fn::GetAtt': [`${stackName}/${String(getAtt[0])}`, ...getAtt.slice(1)] };
+    return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, this.resolve(v, stackName)]));
+  }
+
+  /** Every Allow statement of the role `roleId` (in `stackName`): its policies and inline policies, resolved. */
+  statementsOf(stackName: string, roleId: string): Statement[] {
+    const t = this.template(stackName);
+    const role = t.Resources[roleId];
+    expect(role?.Type).toBe('AWS::IAM::Role');
+    // A managed policy's content is not in the template: the coverage could not be checked.
+    expect(role?.Properties?.['ManagedPolicyArns'] ?? []).toEqual([]);
+    const docs: Json[] = ((role?.Properties?.['Policies'] as Array<{ PolicyDocument: Json }> | undefined) ?? []).map((p) => p.PolicyDocument);
+    for (const r of Object.values(t.Resources)) {
+      if (r.Type !== 'AWS::IAM::Policy') continue;
+      const roles = (r.Properties?.['Roles'] as Json[] | undefined) ?? [];
+      if (roles.some((x) => JSON.stringify(x) === JSON.stringify({ Ref: roleId }))) docs.push(r.Properties?.['PolicyDocument']);
+    }
+    return docs
+      .flatMap((d) => (d as { Statement: Statement[] }).Statement)
+      .filter((st) => st.Effect === 'Allow')
+      .map((st) => ({ ...st, Resource: this.resolve(st.Resource, stackName) }));
+  }
+}
+
+function actionsOf(st: Statement): string[] {
+  return Array.isArray(st.Action) ? st.Action : [st.Action];
+}
+
+function resourcesOf(st: Statement): Json[] {
+  return Array.isArray(st.Resource) ? (st.Resource as Json[]) : [st.Resource];
+}
+
+function globMatches(pattern: string, value: string): boolean {
+  const re = new RegExp(`^${pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`, 'i');
+  return re.test(value);
+}
+
+/** A resource as a string: pseudo parameters filled in (the account is {@link ACCOUNT}), other references as `<ref>`. */
+function render(value: Json, region: string): string {
+  if (typeof value === 'string') return value;
+  if (typeof value !== 'object' || value === null) return String(value);
+  const o = value as Record<string, Json>;
+  const join = o['Fn::Join'] as [string, Json[]] | undefined;
+  if (join) return join[1].map((p) => render(p, region)).join(join[0]);
+  const ref = o['Ref'];
+  if (ref === 'AWS::AccountId') return ACCOUNT;
+  if (ref === 'AWS::Region') return region;
+  if (ref === 'AWS::Partition') return 'aws';
+  if (ref === 'AWS::URLSuffix') return 'amazonaws.com';
+  return '<ref>';
+}
+
+/** Whether `resource` (from a policy) names `target` (a resolved reference): itself, or an ARN built from it. */
+function names(resource: Json, target: Json): boolean {
+  const t = JSON.stringify(target);
+  if (JSON.stringify(resource) === t) return true;
+  const join = (resource as Record<string, Json> | null)?.['Fn::Join'] as [string, Json[]] | undefined;
+  return join !== undefined && join[1].some((p) => JSON.stringify(p) === t) && join[1].some((p) => typeof p === 'string' && p.startsWith('arn:'));
+}
+
+/** Whether the statements allow `action` on `resource` (a resolved reference, or a rendered pattern check). */
+function allows(statements: readonly Statement[], action: string, match: (resource: Json) => boolean): boolean {
+  return statements.some((st) => st.Condition === undefined && actionsOf(st).some((a) => globMatches(a, action)) && resourcesOf(st).some(match));
+}
+
+/** The references a value holds: the intrinsic objects of a Join (or the value itself). */
+function referencesIn(value: Json): Json[] {
+  if (typeof value === 'string') return [];
+  const join = (value as Record<string, Json>)['Fn::Join'] as [string, Json[]] | undefined;
+  if (join) return join[1].filter((p) => typeof p !== 'string');
+  return [value];
+}
+
+/** The references that follow `"key":"` in a JSON document built by `Stack.toJsonString` (a Join). */
+function referencesAfterKey(value: Json, key: string): Json[] {
+  const join = (value as Record<string, Json> | null)?.['Fn::Join'] as [string, Json[]] | undefined;
+  if (!join) return [];
+  const out: Json[] = [];
+  join[1].forEach((p, i) => {
+    if (typeof p === 'string' && p.endsWith(`"${key}":"`) && typeof join[1][i + 1] !== 'string') out.push(join[1][i + 1]);
+  });
+  return out;
+}
+
+const configFiles = readdirSync(join(ROOT, 'config')).filter((f) => f.endsWith('.json'));
+const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+
+describe('the calls the code makes (static scan of the handlers)', () => {
+  it.each(HANDLERS)('%s: every reachable SDK call is either made (CALLS) or explained (NOT_CALLED), and nothing else', (handler) => {
+    const scanned = [...sdkCallsFrom(`functions/handlers/${handler}.ts`).keys()].sort();
+    const listed = [...Object.keys(CALLS[handler]), ...Object.keys(NOT_CALLED[handler])].sort();
+    expect(scanned).toEqual(listed);
+  });
+
+  it('finds the calls it is meant to find (a scan that found nothing would prove nothing)', () => {
+    const evaluate = sdkCallsFrom('functions/handlers/evaluate.ts');
+    expect(evaluate.get('ecs:UpdateService')).toEqual(['functions/adapters/aws/ecs-target.ts']);
+    expect(evaluate.get('ssm:GetParameters')).toEqual(['functions/handlers/shared/parameter-env.ts']);
+    expect(sdkCallsFrom('functions/handlers/api.ts').get('rds:DescribeDBInstances')).toEqual(['functions/adapters/aws/rds-inventory.ts']);
+  });
+
+  it('the containers the services run call no AWS API (their task roles need no permission)', () => {
+    expect([...sdkCallsFrom('containers/backend/server.ts').keys()]).toEqual([]);
+    expect([...sdkCallsFrom('containers/nginx/cli.ts').keys()]).toEqual([]);
+  });
+});
+
+describe.each(configFiles)('config/%s: the roles allow the calls and little else', (file) => {
+  let s: Synthesized;
+  let asm: Assembly;
+  let cp: string;
+  let region: string;
+
+  beforeAll(() => {
+    const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { production?: boolean; region?: string };
+    s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw, { validate: false });
+    expect(s.error).toBeUndefined();
+    asm = new Assembly(s);
+    cp = s.stacks.controlPlane.stackName;
+    region = s.stacks.controlPlane.region;
+  }, SYNTH_HOOK_TIMEOUT_MS);
+
+  afterAll(() => {
+    if (s) rmSync(s.outdir, { recursive: true, force: true });
+  });
+
+  /** The function of `handler`, its role and its resolved environment. */
+  function functionOf(handler: Handler): { id: string; roleId: string; env: Record<string, Json>; props: Record<string, Json> } {
+    const construct = s.stacks.controlPlane.controlPlane[handler].function;
+    const id = s.stacks.controlPlane.getLogicalId(construct.node.defaultChild as CfnElement);
+    const props = asm.template(cp).Resources[id]?.Properties ?? {};
+    const roleId = ((props['Role'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'])[0];
+    const env = ((props['Environment'] as { Variables?: Record<string, Json> } | undefined)?.Variables ?? {}) as Record<string, Json>;
+    return { id, roleId, env: asm.resolve(env, cp) as Record<string, Json>, props };
+  }
+
+  /** The SSM parameter holding `variable` for this function (via CONFIG_PARAMETERS), resolved. */
+  function parameterOf(env: Record<string, Json>, variable: string): Json | undefined {
+    const [ref] = referencesAfterKey(env['CONFIG_PARAMETERS'], variable);
+    return ref;
+  }
+
+  function valueOf(env: Record<string, Json>, variable: string): Json | undefined {
+    if (env[variable] !== undefined) return env[variable];
+    const parameter = parameterOf(env, variable) as { Ref?: string } | undefined;
+    if (parameter?.Ref === undefined) return undefined;
+    const logicalId = parameter.Ref.slice(cp.length + 1);
+    return asm.resolve(asm.template(cp).Resources[logicalId]?.Properties?.['Value'], cp);
+  }
+
+  /** Every resource the call touches, as predicates on a policy resource, with a label for the message. */
+  function targetsOf(handler: Handler, target: Target): Array<{ label: string; match: (resource: Json) => boolean }> {
+    const { env } = functionOf(handler);
+    switch (target.kind) {
+      case 'any':
+        return [{ label: '*', match: (r) => r === '*' }];
+      case 'pattern':
+        return [{ label: String(target.pattern), match: (r) => target.pattern.test(render(r, region)) }];
+      case 'config-parameters': {
+        const params = referencesIn(env['CONFIG_PARAMETERS']);
+        expect(params.length).toBeGreaterThan(0);
+        return params.map((p) => ({ label: JSON.stringify(p), match: (r) => names(r, p) }));
+      }
+      case 'secrets':
+        return target.variables.flatMap((variable) => {
+          const value = valueOf(env, variable);
+          expect(value, `${handler} has no ${variable}`).toBeDefined();
+          const refs = referencesIn(value);
+          expect(refs.length, `${variable} of ${handler} names no secret`).toBeGreaterThan(0);
+          return refs.map((ref) => ({ label: `${variable}: ${JSON.stringify(ref)}`, match: (r: Json) => names(r, ref) }));
+        });
+      case 'scaled-services': {
+        const services = referencesAfterKey(valueOf(env, 'SCALING_TARGETS_JSON'), 'ecsService');
+        expect(services.length).toBe(Object.keys(s.config.scaling.services).length);
+        return services.map((svc) => {
+          // The topology names the service (GetAtt Name); its ARN is the service's Ref.
+          const [logical] = (svc as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'];
+          return { label: logical, match: (r: Json) => names(r, { Ref: logical }) };
+        });
+      }
+    }
+  }
+
+  it.each(HANDLERS)('%s: its role allows every call it makes, on the resources it touches', (handler) => {
+    const { roleId } = functionOf(handler);
+    const statements = asm.statementsOf(cp, roleId);
+    const missing: string[] = [];
+    for (const [action, target] of Object.entries(CALLS[handler])) {
+      for (const t of targetsOf(handler, target)) if (!allows(statements, action, t.match)) missing.push(`${action} on ${t.label}`);
+    }
+    expect(missing).toEqual([]);
+  });
+
+  it.each(HANDLERS)('%s: its role grants nothing beyond its calls and what Lambda does with it', (handler) => {
+    const { roleId, props, id } = functionOf(handler);
+    const statements = asm.statementsOf(cp, roleId);
+    const logGroup = asm.resolve({ 'Fn::GetAtt': [((props['LoggingConfig'] as { LogGroup: { Ref: string } }).LogGroup).Ref, 'Arn'] }, cp);
+    const invokeConfig = Object.values(asm.template(cp).Resources).find(
+      (r) => r.Type === 'AWS::Lambda::EventInvokeConfig' && JSON.stringify(r.Properties?.['FunctionName']) === JSON.stringify({ Ref: id }),
+    );
+    const destination = asm.resolve((invokeConfig?.Properties?.['DestinationConfig'] as { OnFailure?: { Destination: Json } } | undefined)?.OnFailure?.Destination, cp);
+    const calls = Object.keys(CALLS[handler]);
+    const anyResource = new Set([...LAMBDA_SERVICE_ACTIONS.eni, ...LAMBDA_SERVICE_ACTIONS.xray, ...Object.entries(CALLS[handler]).filter(([, t]) => t.kind === 'any').map(([a]) => a)]);
+    const extra: string[] = [];
+    for (const st of statements) {
+      for (const action of actionsOf(st)) {
+        expect(action, 'no wildcard actions').not.toContain('*');
+        const resources = resourcesOf(st);
+        if (calls.includes(action) || calls.some((c) => COMPANIONS[c]?.includes(action))) {
+          if (resources.includes('*')) expect(anyResource.has(action) || COMPANIONS['ssm:GetParameters']?.includes(action), `${action} on *`).toBe(true);
+          continue;
+        }
+        if (LAMBDA_SERVICE_ACTIONS.eni.includes(action) || LAMBDA_SERVICE_ACTIONS.xray.includes(action)) continue;
+        if (LAMBDA_SERVICE_ACTIONS.logs.includes(action) && resources.every((r) => JSON.stringify(r) === JSON.stringify(logGroup))) continue;
+        if (LAMBDA_SERVICE_ACTIONS.destination.includes(action) && destination !== undefined && resources.every((r) => JSON.stringify(r) === JSON.stringify(destination))) continue;
+        extra.push(`${action} on ${JSON.stringify(resources)}`);
+      }
+    }
+    expect(extra).toEqual([]);
+  });
+
+  it('ECS tasks: the task roles grant nothing (the containers call no AWS API), the execution roles read exactly the secrets the containers are given', () => {
+    const services = s.stacks.services.stackName;
+    const t = asm.template(services);
+    const tasks = Object.values(t.Resources).filter((r) => r.Type === 'AWS::ECS::TaskDefinition');
+    expect(tasks.length).toBe(Object.keys(s.config.scaling.services).length);
+    for (const task of tasks) {
+      const taskRole = (task.Properties?.['TaskRoleArn'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
+      expect(asm.statementsOf(services, taskRole)).toEqual([]);
+      const executionRole = (task.Properties?.['ExecutionRoleArn'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
+      const statements = asm.statementsOf(services, executionRole);
+      const containers = task.Properties?.['ContainerDefinitions'] as Array<{ Name: string; Secrets?: Array<{ Name: string; ValueFrom: Json }> }>;
+      const secrets = containers.flatMap((c) => (c.Secrets ?? []).map((x) => ({ name: `${c.Name}.${x.Name}`, arn: referencesIn(asm.resolve(x.ValueFrom, services))[0] })));
+      expect(secrets.length).toBeGreaterThan(0);
+      const missing = secrets.filter((x) => !allows(statements, 'secretsmanager:GetSecretValue', (r) => names(r, x.arn))).map((x) => x.name);
+      expect(missing).toEqual([]);
+      const granted = statements.filter((st) => actionsOf(st).includes('secretsmanager:GetSecretValue')).flatMap(resourcesOf).map((r) => JSON.stringify(r));
+      expect(new Set(granted)).toEqual(new Set(secrets.map((x) => JSON.stringify(x.arn))));
+    }
+  });
+});
