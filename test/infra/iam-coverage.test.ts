@@ -1,7 +1,8 @@
 /**
- * IAM against the code: every AWS API call the runtime code makes is allowed by the role of the
- * Lambda function or ECS task that runs it, on the resources it touches, and the role grants
- * nothing much beyond that.
+ * IAM and network paths against the code: every AWS API call the runtime code makes is allowed
+ * by the role of the Lambda function or ECS task that runs it, on the resources it touches, the
+ * role grants nothing much beyond that, and the call has a network path from the subnets the
+ * caller runs in (a NAT gateway, or a VPC endpoint that admits the caller).
  *
  * The calls come from the source (support/sdk-calls.ts: every `new XxxCommand(` reachable from
  * the handler's entry file). {@link CALLS} says, per handler, which of them it makes and on
@@ -109,6 +110,27 @@ const LAMBDA_SERVICE_ACTIONS = {
   /** On its own failure destination only (asynchronous invocations that failed). */
   destination: ['sqs:SendMessage', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl'],
 };
+
+/**
+ * The endpoint service (`com.amazonaws.<region>.<name>`) of each IAM prefix the handlers call.
+ * Lambda itself ships the functions' logs and traces outside the VPC.
+ */
+const ENDPOINT_OF_PREFIX: Readonly<Record<string, string>> = {
+  ssm: 'ssm',
+  secretsmanager: 'secretsmanager',
+  cloudwatch: 'monitoring',
+  ecs: 'ecs',
+  'application-autoscaling': 'application-autoscaling',
+  rds: 'rds',
+};
+
+/**
+ * What a Fargate task (platform 1.4.0 and later) reaches through its own network interface
+ * before and while its containers run: the image (ECR API, ECR Docker registry, and the layers
+ * in S3), the secrets the task definition injects, and the awslogs driver
+ * (docs.aws.amazon.com/AmazonECS/latest/developerguide/platform-version-migration.html).
+ */
+const TASK_ENDPOINTS = ['ecr.api', 'ecr.dkr', 's3', 'secretsmanager', 'logs'];
 
 type Json = unknown;
 interface Statement {
@@ -271,7 +293,7 @@ describe('the calls the code makes (static scan of the handlers)', () => {
   });
 });
 
-describe.each(configFiles)('config/%s: the roles allow the calls and little else', (file) => {
+describe.each(configFiles)('config/%s: what the runtime code calls is allowed and reachable', (file) => {
   let s: Synthesized;
   let asm: Assembly;
   let cp: string;
@@ -383,6 +405,73 @@ describe.each(configFiles)('config/%s: the roles allow the calls and little else
       }
     }
     expect(extra).toEqual([]);
+  });
+
+  /** How each caller's subnets reach `com.amazonaws.<region>.<service>`, or why they cannot. */
+  function pathTo(subnets: readonly Json[], securityGroups: readonly Json[], service: string): string | undefined {
+    const net = s.stacks.network.stackName;
+    const t = asm.template(net);
+    const resources = Object.entries(t.Resources).map(([id, r]) => ({ id: `${net}/${id}`, ...r, Properties: (asm.resolve(r.Properties ?? {}, net) as Record<string, Json>) }));
+    const serviceName = `com.amazonaws.${region}.${service}`;
+    const endpoint = resources.find((r) => r.Type === 'AWS::EC2::VPCEndpoint' && render(r.Properties['ServiceName'], region) === serviceName);
+    const routeTableOf = (subnet: Json): Json =>
+      resources.find((r) => r.Type === 'AWS::EC2::SubnetRouteTableAssociation' && JSON.stringify(r.Properties['SubnetId']) === JSON.stringify(subnet))?.Properties['RouteTableId'];
+    const defaultRoute = (table: Json) =>
+      resources.find((r) => r.Type === 'AWS::EC2::Route' && r.Properties['DestinationCidrBlock'] === '0.0.0.0/0' && JSON.stringify(r.Properties['RouteTableId']) === JSON.stringify(table));
+    const problems: string[] = [];
+    if (endpoint?.Properties['VpcEndpointType'] === 'Interface') {
+      // With private DNS the service's name resolves to the endpoint in the whole VPC, so the
+      // endpoint is the only path: its security group must admit the caller on 443.
+      expect(endpoint.Properties['PrivateDnsEnabled'], serviceName).toBe(true);
+      const groups = endpoint.Properties['SecurityGroupIds'] as Json[];
+      const vpcCidr = { 'Fn::GetAtt': [`${net}/${s.stacks.network.getLogicalId(s.stacks.network.network.vpc.node.defaultChild as CfnElement)}`, 'CidrBlock'] };
+      const admits = groups.some((g) => {
+        const groupId = JSON.stringify((g as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0]);
+        const group = resources.find((r) => JSON.stringify(r.id) === groupId);
+        const rules = [
+          ...((group?.Properties['SecurityGroupIngress'] as Array<Record<string, Json>> | undefined) ?? []),
+          ...resources.filter((r) => r.Type === 'AWS::EC2::SecurityGroupIngress' && JSON.stringify(r.Properties['GroupId']) === JSON.stringify(g)).map((r) => r.Properties),
+        ];
+        return rules.some(
+          (rule) =>
+            rule['IpProtocol'] === 'tcp' && Number(rule['FromPort']) <= 443 && Number(rule['ToPort']) >= 443 &&
+            (JSON.stringify(rule['CidrIp']) === JSON.stringify(vpcCidr) || securityGroups.some((sg) => JSON.stringify(rule['SourceSecurityGroupId']) === JSON.stringify(sg))),
+        );
+      });
+      return admits ? undefined : `${serviceName}: its interface endpoint does not admit the caller on 443`;
+    }
+    for (const subnet of subnets) {
+      const table = routeTableOf(subnet);
+      if (endpoint !== undefined && (endpoint.Properties['RouteTableIds'] as Json[]).some((rt) => JSON.stringify(rt) === JSON.stringify(table))) continue;
+      const route = defaultRoute(table);
+      const nat = route?.Properties['NatGatewayId'] as { Ref: string } | undefined;
+      const natResource = resources.find((r) => r.Type === 'AWS::EC2::NatGateway' && JSON.stringify({ Ref: r.id }) === JSON.stringify(nat));
+      const natToInternet = natResource !== undefined && defaultRoute(routeTableOf(natResource.Properties['SubnetId']))?.Properties['GatewayId'] !== undefined;
+      if (!natToInternet) problems.push(`${serviceName}: subnet ${JSON.stringify(subnet)} has neither a NAT gateway to the internet nor an endpoint`);
+    }
+    return problems.length === 0 ? undefined : problems.join('; ');
+  }
+
+  it.each(HANDLERS)('%s: every service it calls is reachable from its subnets', (handler) => {
+    const { props } = functionOf(handler);
+    const vpc = asm.resolve(props['VpcConfig'], cp) as { SubnetIds: Json[]; SecurityGroupIds: Json[] };
+    expect(vpc.SubnetIds.length).toBeGreaterThanOrEqual(2);
+    const services = new Set(Object.keys(CALLS[handler]).map((action) => ENDPOINT_OF_PREFIX[action.split(':')[0] as string]));
+    expect(services.has(undefined), 'an IAM prefix without its endpoint service in ENDPOINT_OF_PREFIX').toBe(false);
+    const problems = [...services].map((svc) => pathTo(vpc.SubnetIds, vpc.SecurityGroupIds, svc as string)).filter((p) => p !== undefined);
+    expect(problems).toEqual([]);
+  });
+
+  it('ECS tasks reach ECR, S3, Secrets Manager and CloudWatch Logs from their subnets', () => {
+    const services = s.stacks.services.stackName;
+    const ecsServices = Object.values(asm.template(services).Resources).filter((r) => r.Type === 'AWS::ECS::Service');
+    expect(ecsServices.length).toBe(Object.keys(s.config.scaling.services).length);
+    for (const svc of ecsServices) {
+      const network = (asm.resolve(svc.Properties?.['NetworkConfiguration'], services) as { AwsvpcConfiguration: { Subnets: Json[]; SecurityGroups: Json[]; AssignPublicIp: string } }).AwsvpcConfiguration;
+      expect(network.AssignPublicIp).toBe('DISABLED');
+      const problems = TASK_ENDPOINTS.map((e) => pathTo(network.Subnets, network.SecurityGroups, e)).filter((p) => p !== undefined);
+      expect(problems).toEqual([]);
+    }
   });
 
   it('ECS tasks: the task roles grant nothing (the containers call no AWS API), the execution roles read exactly the secrets the containers are given', () => {
