@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { Season } from '../../../functions/core/scaling/policies/ca-dms-season.js';
-import { EMPTY_SEASON, forecast, LAGS, observe, period, readSeason, RING_MINUTES } from '../../../functions/core/scaling/policies/ca-dms-season.js';
+import { EMPTY_SEASON, forecast, LAGS, NONE, observe, period, readSeason, RING_MINUTES } from '../../../functions/core/scaling/policies/ca-dms-season.js';
 import { mulberry32 } from '../../../functions/core/scaling/simulator/prng.js';
 
 const MIN = 60_000;
@@ -59,31 +59,36 @@ describe('ca-dms seasonal forecaster', () => {
 
   it('keeps a bounded JSON state that survives the round trip through the catalog', () => {
     const random = mulberry32(3);
-    const s = feed(5000, () => 10 * random());
+    // two minutes without a measurement at the end
+    const s = observe(feed(5000, () => 10 * random()), 4, T0 + 5002 * MIN);
     expect(s.ring.length).toBe(RING_MINUTES);
     expect(s.errors.length).toBe(LAGS.length);
     const json = JSON.stringify(s);
     expect(json.length).toBeLessThan(3000);
+    // numbers only (an absent value is NONE, not null), so the engine keeps the lists unboxed
+    expect(json).not.toContain('null');
     const back = readSeason(JSON.parse(json));
     expect(forecast(back, 3)).toBe(forecast(s, 3));
-    expect(observe(back, 4, T0 + 5000 * MIN)).toEqual(observe(s, 4, T0 + 5000 * MIN));
+    expect(observe(back, 4, T0 + 5003 * MIN)).toEqual(observe(s, 4, T0 + 5003 * MIN));
   });
 
   it('starts afresh from a malformed state rather than failing', () => {
     for (const raw of [null, 3, 'x', {}, { end: 1.5, seen: 1, ring: [], errors: [] }, { end: 1, seen: 1, ring: new Array(RING_MINUTES + 1).fill(1), errors: LAGS.map(() => 0) }]) {
       expect(readSeason(raw)).toEqual(EMPTY_SEASON);
     }
-    const s = readSeason({ end: 10, seen: 3, ring: [1, 'x', -2], errors: LAGS.map(() => 'bad') });
-    expect(s.ring).toEqual([1, null, null]);
-    expect(s.errors.every((e) => e === null)).toBe(true);
+    const s = readSeason({ end: 10, seen: 3, ring: [1, 'x', -2, null, NONE, Infinity], errors: LAGS.map(() => 'bad') });
+    expect(s.ring).toEqual([1, NONE, NONE, NONE, NONE, NONE]);
+    expect(s.errors.every((e) => e === NONE)).toBe(true);
+    // a stored state with an empty ring takes a second observation in its newest minute
+    expect(observe(readSeason({ end: 10, seen: 1, ring: [], errors: LAGS.map(() => NONE) }), 2, 10 * MIN).ring).toEqual([2]);
   });
 
   it('leaves minutes without a measurement empty, keeps the larger of two in one minute and ignores an older one', () => {
     let s = observe(EMPTY_SEASON, 1, T0);
     s = observe(s, 3, T0 + 3 * MIN);
-    expect(s.ring).toEqual([1, null, null, 3]);
+    expect(s.ring).toEqual([1, NONE, NONE, 3]);
     s = observe(s, 2, T0 + 3 * MIN + 30_000);
-    expect(s.ring).toEqual([1, null, null, 3]);
+    expect(s.ring).toEqual([1, NONE, NONE, 3]);
     expect(observe(s, 9, T0 + MIN)).toBe(s);
     // a gap longer than the ring restarts it
     s = observe(s, 5, T0 + (RING_MINUTES + 10) * MIN);

@@ -13,9 +13,14 @@
  * plus the change of the level since: the mean of the last {@link LEVEL_MINUTES} minutes less
  * the mean of the same minutes one period earlier.
  *
- * Pure functions over a JSON-serialisable state of about 300 numbers (about 2 KB as JSON);
+ * Pure functions over a JSON-serialisable state of about 500 numbers (about 2 KB as JSON);
  * whether the forecast is any good is for the caller to judge (ca-dms scores it like its other
  * forecasts and uses it only where it has proven better).
+ *
+ * An absent value is stored as {@link NONE} (-1; every real value is >= 0), not null: a list of
+ * numbers only is kept unboxed by the JavaScript engine, where one null among the numbers makes
+ * every element a separately allocated number. This runs at every evaluation of every service
+ * (and about a million times in one `bench:policies` job on a two-month trace).
  */
 
 /** Minutes of demand kept: the longest lag plus the level window plus margin. */
@@ -41,6 +46,8 @@ const LAG_ERROR_WEIGHT = 1 / 360;
 /** `seen` stops counting here: past it every lag's difference is tracked with the fixed weight. */
 const SEEN_CAP = 10_000;
 const MINUTE_MS = 60_000;
+/** An absent value in {@link Season.ring} and {@link Season.errors}. */
+export const NONE = -1;
 
 /** The forecaster's memory, as stored in the policy state. */
 export interface Season {
@@ -48,14 +55,14 @@ export interface Season {
   readonly end: number | undefined;
   /** Minutes observed so far (up to {@link SEEN_CAP}): a lag has been compared about `seen - lag` times. */
   readonly seen: number;
-  /** Demand per minute, oldest first, ending at `end`; null where no metric measured the load. */
-  readonly ring: ReadonlyArray<number | null>;
-  /** Per entry of {@link LAGS}: the tracked mean absolute difference at that lag, or null before one was measured. */
-  readonly errors: ReadonlyArray<number | null>;
+  /** Demand per minute, oldest first, ending at `end`; {@link NONE} where no metric measured the load. */
+  readonly ring: readonly number[];
+  /** Per entry of {@link LAGS}: the tracked mean absolute difference at that lag, or {@link NONE} before one was measured. */
+  readonly errors: readonly number[];
 }
 
 /** A forecaster that has seen nothing yet. */
-export const EMPTY_SEASON: Season = { end: undefined, seen: 0, ring: [], errors: LAGS.map(() => null) };
+export const EMPTY_SEASON: Season = { end: undefined, seen: 0, ring: [], errors: LAGS.map(() => NONE) };
 
 function finite(v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v);
@@ -83,12 +90,23 @@ export function readSeason(raw: unknown): Season {
   return { end, seen: Math.min(seen, SEEN_CAP), ring: clean(ring), errors: clean(errors) };
 }
 
-/** The non-negative finite numbers of a stored list, anything else as null (a plain loop: this runs every evaluation). */
-function clean(list: readonly unknown[]): Array<number | null> {
-  const out = new Array<number | null>(list.length);
-  for (let i = 0; i < list.length; i++) {
-    const v = list[i];
-    out[i] = typeof v === 'number' && v >= 0 && v < Infinity ? v : null;
+function valid(v: unknown): v is number {
+  return typeof v === 'number' && ((v >= 0 && v < Infinity) || v === NONE);
+}
+
+/**
+ * The stored list with anything but a non-negative finite number or {@link NONE} as
+ * {@link NONE}: the list itself when it is clean, as a state this module wrote is (no copy:
+ * this runs every evaluation, and nothing changes a list in place).
+ */
+function clean(list: readonly unknown[]): number[] {
+  let i = 0;
+  while (i < list.length && valid(list[i])) i++;
+  if (i === list.length) return list as number[];
+  const out = new Array<number>(list.length);
+  for (let j = 0; j < list.length; j++) {
+    const v = list[j];
+    out[j] = valid(v) ? v : NONE;
   }
   return out;
 }
@@ -98,10 +116,10 @@ function round3(x: number): number {
   return Math.round(x * 1000) / 1000;
 }
 
-/** The ring value `back` minutes before the newest slot, or null when absent. */
-function at(ring: ReadonlyArray<number | null>, back: number): number | null {
+/** The ring value `back` minutes before the newest slot, or {@link NONE} when absent. */
+function at(ring: readonly number[], back: number): number {
   const i = ring.length - 1 - back;
-  return i >= 0 && i < ring.length ? (ring[i] ?? null) : null;
+  return i >= 0 && i < ring.length ? (ring[i] as number) : NONE;
 }
 
 /**
@@ -122,26 +140,31 @@ export function observe(season: Season, demand: number, now: number): Season {
   if (season.end !== undefined && minute < season.end) return season;
   if (season.end !== undefined && minute === season.end) {
     const ring = season.ring.slice();
-    const last = ring[ring.length - 1];
-    ring[ring.length - 1] = last === null || last === undefined ? value : Math.max(last, value);
+    // NONE (-1) is below every value; a stored state may have an empty ring.
+    if (ring.length === 0) ring.push(value);
+    else ring[ring.length - 1] = Math.max(ring[ring.length - 1] as number, value);
     return { ...season, ring };
   }
   const gap = season.end === undefined ? 0 : minute - season.end - 1;
   // After a gap longer than the ring nothing in it is recent enough to keep.
   // One copy of the part that stays (this runs every evaluation).
   const ring = gap >= RING_MINUTES ? [] : season.ring.slice(Math.max(0, season.ring.length + gap + 1 - RING_MINUTES));
-  if (gap < RING_MINUTES) for (let i = 0; i < gap; i++) ring.push(null);
+  if (gap < RING_MINUTES) for (let i = 0; i < gap; i++) ring.push(NONE);
   ring.push(value);
   const seen = Math.min(season.seen + 1, SEEN_CAP);
   const errors = season.errors.slice();
-  for (let i = 0; i < LAGS.length; i++) {
+  const newest = ring.length - 1;
+  // LAGS ascend: past the first lag longer than the ring, none is in it.
+  for (let i = 0; i < LAGS.length && (LAGS[i] as number) <= newest; i++) {
     const lag = LAGS[i] as number;
-    const before = at(ring, lag);
-    if (before === null) continue;
-    const old = errors[i] ?? null;
+    const before = ring[newest - lag] as number;
+    if (before === NONE) continue;
+    const old = errors[i] as number;
     const diff = Math.abs(value - before);
-    const weight = Math.max(LAG_ERROR_WEIGHT, 1 / Math.max(1, seen - lag));
-    errors[i] = round3(old === null ? diff : old + weight * (diff - old));
+    const compared = seen - lag;
+    // 1 / compared is below the fixed weight from that many comparisons on: no division then.
+    const weight = compared >= 1 / LAG_ERROR_WEIGHT ? LAG_ERROR_WEIGHT : Math.max(LAG_ERROR_WEIGHT, 1 / Math.max(1, compared));
+    errors[i] = round3(old === NONE ? diff : old + weight * (diff - old));
   }
   return { end: minute, seen, ring, errors };
 }
@@ -163,8 +186,8 @@ export function period(season: Season, lead: number): number | undefined {
   let count = 0;
   for (let i = 0; i < LAGS.length; i++) {
     const lag = LAGS[i] as number;
-    const e = season.errors[i];
-    if (e === null || e === undefined || lag < lead + PHASE_WINDOW + 1 || lag + LEVEL_MINUTES > RING_MINUTES || season.seen < 3 * lag) continue;
+    const e = season.errors[i] as number;
+    if (e === NONE || lag < lead + PHASE_WINDOW + 1 || lag + LEVEL_MINUTES > RING_MINUTES || season.seen < 3 * lag) continue;
     if (e < bestError) {
       best = lag;
       bestError = e;
@@ -178,12 +201,12 @@ export function period(season: Season, lead: number): number | undefined {
   return bestError <= (RECURRENCE_RATIO * shorterSum) / shorterCount ? best : undefined;
 }
 
-function mean(ring: ReadonlyArray<number | null>, from: number, count: number): number | undefined {
+function mean(ring: readonly number[], from: number, count: number): number | undefined {
   let sum = 0;
   let n = 0;
   for (let b = from; b < from + count; b++) {
     const v = at(ring, b);
-    if (v !== null) {
+    if (v !== NONE) {
       sum += v;
       n++;
     }
@@ -209,7 +232,7 @@ export function forecast(season: Season, lead: number, lag: number | undefined =
   let phase: number | undefined;
   for (let back = lag - lead - PHASE_WINDOW; back <= lag - lead + PHASE_WINDOW; back++) {
     const v = at(ring, back);
-    if (v !== null && (phase === undefined || v > phase)) phase = v;
+    if (v !== NONE && (phase === undefined || v > phase)) phase = v;
   }
   if (phase === undefined) return undefined;
   const now = mean(ring, 0, LEVEL_MINUTES);
