@@ -25,7 +25,7 @@
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { MoveCancelled, MoveError, type FlipOutcome, type MovePort, type MoveTransitionName, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
+import { MoveCancelled, MoveError, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots } from '../../core/sharding/slot-map.js';
@@ -76,23 +76,27 @@ const TABLES = [
 ] as const;
 type TableName = (typeof TABLES)[number]['name'];
 
-/** Counts and checksums of a table's unit rows per bucket (the first three hex digits of the row id). */
-type Buckets = Map<string, { readonly n: number; readonly sum: bigint }>;
+/** Each unit row's 64-bit `hash_record_extended`, by row id, per table. */
+type RowHashes = Record<TableName, Map<string, bigint>>;
 
 /**
- * A verification of both sides made before the fence (see {@link PgMovePort.preVerify}): the
- * source's buckets (equal to the target's where untouched), and the buckets with a change not
- * yet applied then.
+ * Both sides compared row by row before the fence (see {@link PgMovePort.preVerify}): each
+ * side's row hashes then, and the rows to compare again under the fence (those that differed,
+ * or had a change not yet applied, then).
  */
 interface PreVerified {
   readonly jobId: number;
-  readonly buckets: Record<TableName, Buckets>;
-  readonly touched: Record<TableName, Set<string>>;
+  readonly source: RowHashes;
+  readonly target: RowHashes;
+  readonly recheck: Record<TableName, Set<string>>;
 }
 
-const bucketOf = (id: string): string => id.slice(0, 3).toLowerCase();
-/** Buckets per table: three hex digits. */
-const BUCKETS = 4096;
+/**
+ * Past this many changes written on the target since the comparison before the fence, a new
+ * comparison is made before the next fence attempt: the rows compared under the fence are
+ * those changes, and they must fit in the fence budget.
+ */
+const RECHECK_LIMIT = 10_000;
 
 /** Reads that must see one consistent state of the source (a page and its owners, a change batch). */
 const SNAPSHOT = 'begin isolation level repeatable read read only';
@@ -100,6 +104,7 @@ const SNAPSHOT = 'begin isolation level repeatable read read only';
 const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
 
 const LOCK_NOT_AVAILABLE = '55P03';
+const QUERY_CANCELED = '57014';
 const INSUFFICIENT_PRIVILEGE = '42501';
 
 /** Step timestamp column recorded when a job enters a state. */
@@ -143,6 +148,8 @@ export class PgMovePort implements MovePort<MoveJob> {
   /** Per shard: whether the mover's login may set `session_replication_role` (see {@link bulkBegin}). */
   private readonly replicaRole = new Map<string, Promise<boolean>>();
   private pre: PreVerified | null = null;
+  /** When the fence this run holds (or is taking) must be given up: the fence budget, from the attempt's start. */
+  private fenceDeadline: number | null = null;
 
   constructor(private readonly options: PgMovePortOptions) {
     this.catalog = options.catalog;
@@ -163,7 +170,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     assertTransition(from, to, job.flipStarted);
     const col = ENTERED_AT[to];
     const stamp = col ? `, ${col} = coalesce(${col}, clock_timestamp())` : '';
-    const extra = name === 'fence_timed_out' ? ', fence_timeouts = fence_timeouts + 1, fenced_at = null' : '';
+    const extra = name === 'fence_timed_out' || name === 'verify_timed_out' ? ', fence_timeouts = fence_timeouts + 1, fenced_at = null' : '';
     const { rows } = await this.catalog.query<JobRow>(
       `update catalog.move_jobs set state = $2, error = $3, updated_at = now()${stamp}${extra} where id = $1 and state = $4 returning *`,
       [job.id, to, note ?? null, from],
@@ -195,7 +202,10 @@ export class PgMovePort implements MovePort<MoveJob> {
   private unitFilter(job: MoveJob, table: TableName, first: number, alias = ''): { sql: string; params: unknown[] } {
     const owner = `${alias}${TABLES.find((t) => t.name === table)?.owner ?? 'id'}`;
     if (job.kind === 'slot') {
-      return { sql: `${alias}slot = $${first} and not (${owner}::text = any($${first + 1}::text[]))`, params: [Number(job.unitId), job.excludedKeys] };
+      // With no excluded key (the usual case) the clause folds away when planned, so that the
+      // (slot, id) index answers the copy's page bounds alone, without visiting the rows.
+      const excluded = `$${first + 1}::text[]`;
+      return { sql: `${alias}slot = $${first} and (cardinality(${excluded}) = 0 or not (${owner}::text = any(${excluded})))`, params: [Number(job.unitId), job.excludedKeys] };
     }
     return { sql: `${owner} = $${first}::uuid`, params: [job.unitId] };
   }
@@ -293,9 +303,14 @@ export class PgMovePort implements MovePort<MoveJob> {
    * Copies one keyset page of a table's unit rows, `(after, last]` in id order, with the COPY
    * protocol: `COPY (select ...) TO STDOUT` in a snapshot of the source piped into `COPY ... FROM
    * STDIN` on the target, in binary (both sides run the same schema and build), so no row is
-   * formatted as text or JSON on either side or parsed in Node. For a child table the page's
-   * owners are upserted first from the same snapshot, so the target never sees a document
-   * before its user.
+   * formatted as text or JSON on either side or parsed in Node. The page's upper bound comes from
+   * the `(slot, id)` index alone (the `copyBatchRows`-th id after `after`, or the unit's last id),
+   * so the page's rows are read once, by the COPY.
+   *
+   * When the target's foreign keys are checked (a login without `session_replication_role`, see
+   * {@link bulkBegin}), a document page's owners are upserted first from the same snapshot, so
+   * the target never holds a document before its user. Otherwise a user created on the source
+   * after the users pass reaches the target through the change capture, before the fence.
    *
    * COPY cannot upsert, so the target transaction first deletes the unit's rows of that range:
    * after a crash between the target's commit and the cursor's save in the catalog, the page is
@@ -304,37 +319,37 @@ export class PgMovePort implements MovePort<MoveJob> {
    * is copied, so that delete removes nothing but the mover's own earlier copy of the page.
    */
   private async copyBatch(source: pg.Pool, target: pg.Pool, job: MoveJob, table: TableName, after: string | null): Promise<{ n: number; last: string | null }> {
+    const begin = await this.bulkBegin(job.to, target);
+    const checkedKeys = !(await this.skipsTriggers(job.to, target));
     return inTransaction(source, SNAPSHOT, async (from) => {
       const f = this.unitFilter(job, table, 3);
-      const { rows } = await from.query<{ n: number; last: string | null; owners: string[] | null }>(
-        `select count(*)::int as n, (array_agg(t.id order by t.id desc))[1]::text as last,
-                ${table === 'users' ? 'null::text[]' : 'array_agg(distinct t.owner_id)::text[]'} as owners
-           from (select * from ${table} where ${f.sql} and ($1::uuid is null or id > $1::uuid) order by id limit $2) t`,
+      const { rows } = await from.query<{ nth: string | null; last: string | null }>(
+        `select (select id from ${table} where ${f.sql} and ($1::uuid is null or id > $1::uuid) order by id offset $2 - 1 limit 1)::text as nth,
+                (select id from ${table} where ${f.sql} and ($1::uuid is null or id > $1::uuid) order by id desc limit 1)::text as last`,
         [after, this.settings.copyBatchRows, ...f.params],
       );
-      const page = rows[0];
-      if (!page || page.n === 0 || page.last === null) return { n: 0, last: null };
+      const last = rows[0]?.nth ?? rows[0]?.last ?? null;
+      if (last === null) return { n: 0, last: null };
+      const bounds = `${after === null ? '' : `id > ${from.escapeLiteral(after)}::uuid and `}id <= ${from.escapeLiteral(last)}::uuid`;
+      const where = `${this.unitFilterLiteral(job, table, from)} and ${bounds}`;
       let ownersJson: string | null = null;
-      if (page.owners && page.owners.length > 0) {
-        const uf = this.unitFilter(job, 'users', 2, 'u.');
-        const owners = await from.query<{ rows: string }>(`select coalesce(jsonb_agg(to_jsonb(u)), '[]')::text as rows from users u where u.id = any($1::uuid[]) and ${uf.sql}`, [
-          page.owners,
-          ...uf.params,
-        ]);
+      if (checkedKeys && table === 'documents') {
+        const uf = this.unitFilterLiteral(job, 'users', from);
+        const owners = await from.query<{ rows: string }>(
+          `select coalesce(jsonb_agg(to_jsonb(u)), '[]')::text as rows from users u
+            where u.id in (select owner_id from documents where ${where}) and ${uf}`,
+        );
         ownersJson = owners.rows[0]?.rows ?? null;
       }
       const cols = (await this.tableColumns(table, from)).join(', ');
-      const bounds = `${after === null ? '' : `id > ${from.escapeLiteral(after)}::uuid and `}id <= ${from.escapeLiteral(page.last)}::uuid`;
-      const where = `${this.unitFilterLiteral(job, table, from)} and ${bounds}`;
-      const copied = await inTransaction(target, await this.bulkBegin(job.to, target), async (to) => {
+      const n = await inTransaction(target, begin, async (to) => {
         if (ownersJson) await this.upsert(to, 'users', ownersJson);
         await to.query(`delete from ${table} where ${where}`);
         const sink = to.query(copyFrom(`copy ${table} (${cols}) from stdin with (format binary)`));
         await pipeline(from.query(copyTo(`copy (select ${cols} from ${table} where ${where} order by id) to stdout with (format binary)`)), sink);
         return sink.rowCount;
       });
-      if (copied !== page.n) throw new MoveError(`copying ${table} of ${job.kind} ${job.unitId} after ${after ?? 'the start'}: ${copied} rows arrived, the page had ${page.n}`);
-      return { n: page.n, last: page.last };
+      return { n, last };
     });
   }
 
@@ -353,6 +368,11 @@ export class PgMovePort implements MovePort<MoveJob> {
    * runs the same statements with the triggers firing.
    */
   private async bulkBegin(shard: string, pool: pg.Pool): Promise<string> {
+    return (await this.skipsTriggers(shard, pool)) ? `${MOVER_WRITE}; set local session_replication_role = replica` : MOVER_WRITE;
+  }
+
+  /** Whether the mover's bulk transactions on `shard` skip row triggers (see {@link bulkBegin}). */
+  private skipsTriggers(shard: string, pool: pg.Pool): Promise<boolean> {
     let allowed = this.replicaRole.get(shard);
     if (!allowed) {
       allowed = inTransaction(pool, 'begin', (c) => c.query('set local session_replication_role = replica')).then(
@@ -364,7 +384,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       );
       this.replicaRole.set(shard, allowed);
     }
-    return (await allowed) ? `${MOVER_WRITE}; set local session_replication_role = replica` : MOVER_WRITE;
+    return allowed;
   }
 
   /** {@link unitFilter} with its values written as SQL literals, for COPY (which takes no parameters). */
@@ -373,6 +393,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (job.kind === 'slot') {
       const slot = Number(job.unitId);
       if (!Number.isSafeInteger(slot) || slot < 0) throw new MoveError(`slot move with unit ${job.unitId}, not a slot number`);
+      if (job.excludedKeys.length === 0) return `slot = ${slot}`;
       const excluded = job.excludedKeys.map((k) => client.escapeLiteral(k)).join(', ');
       return `slot = ${slot} and not (${owner}::text = any(array[${excluded}]::text[]))`;
     }
@@ -380,14 +401,13 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   async catchUp(job: MoveJob, until: 'few' | 'all'): Promise<boolean> {
-    const deadline = this.now() + this.settings.fenceBudgetMs;
     for (let pass = 0; ; pass++) {
       if (until === 'few') await this.checkCancel(job);
       const applied = await this.catchUpPass(job);
       if (until === 'all' ? applied === 0 : applied < this.settings.catchUpThreshold) return true;
       if (until === 'few' && pass >= 100) return true;
       // While fenced, every pass holds writers: past the budget, give the fence up.
-      if (until === 'all' && this.now() > deadline) return false;
+      if (until === 'all' && this.budgetLeft() <= 0) return false;
     }
   }
 
@@ -437,13 +457,26 @@ export class PgMovePort implements MovePort<MoveJob> {
     return entries.length;
   }
 
+  /** Milliseconds left of the fence budget; 0 when this run holds no fence. */
+  private budgetLeft(): number {
+    return this.fenceDeadline === null ? 0 : Math.max(0, this.fenceDeadline - this.now());
+  }
+
   /**
    * Sets the source fence to `fenced`, waiting at most the fence budget for writers in flight
    * (`lock_timeout`): while the UPDATE waits, later writers queue behind it, so an unbounded
-   * wait would block every write to the unit. On timeout nothing has changed.
+   * wait would block every write to the unit. On timeout nothing has changed. The budget starts
+   * here and bounds everything until the flip: the final catch-up, the verification and the
+   * flip are given up when it runs out (see `verify_timed_out`).
+   *
+   * Before the fence, both sides are compared row by row while the catch-up keeps running, and
+   * the catch-up is brought down to a few changes, so that the fence holds writes only for the
+   * last changes and the comparison of the rows changed since.
    */
   async fence(job: MoveJob): Promise<boolean> {
-    if (this.pre?.jobId !== job.id) await this.preVerify(job);
+    if (this.pre?.jobId !== job.id || (await this.targetChanges(job)) > RECHECK_LIMIT) await this.preVerifyWhileCatchingUp(job);
+    await this.catchUp(job, 'few');
+    this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     try {
       await inTransaction(this.pool(job.from), 'begin', async (client) => {
         await client.query(`select set_config('lock_timeout', $1, true)`, [`${Math.max(1, Math.round(this.settings.fenceBudgetMs))}ms`]);
@@ -455,6 +488,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         if (res.rowCount !== 1) throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.from} is missing or held by another move`);
       });
     } catch (err) {
+      this.fenceDeadline = null;
       if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
       throw err;
     }
@@ -463,6 +497,7 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   async unfence(job: MoveJob): Promise<void> {
+    this.fenceDeadline = null;
     await this.pool(job.from).query(
       `update write_fences set state = 'open', job_id = null, updated_at = clock_timestamp()
         where kind = $1 and unit_id = $2 and state = 'fenced' and job_id = $3`,
@@ -470,16 +505,22 @@ export class PgMovePort implements MovePort<MoveJob> {
     );
   }
 
+  /** Changes logged on the target since its capture started (see {@link preVerify}). */
+  private async targetChanges(job: MoveJob): Promise<number> {
+    const { rows } = await this.pool(job.to).query<{ n: number }>('select count(*)::int as n from move_changes where job_id = $1', [job.id]);
+    return rows[0]?.n ?? 0;
+  }
+
   /**
-   * Counts and checksums of the unit's rows, per table, on one shard. The checksum is the sum
-   * of each row's 64-bit `hash_record_extended` (order-independent, so no sort; hashing the
-   * binary values avoids formatting every row as text, which matters because this runs while
-   * the unit is fenced). Both shards run the same PostgreSQL build, so equal rows hash equally.
+   * Counts and checksums of the unit's rows, per table, on one shard, within `timeoutMs`. The
+   * checksum is the sum of each row's 64-bit `hash_record_extended` (order-independent, so no
+   * sort; hashing the binary values avoids formatting every row as text). Both shards run the
+   * same PostgreSQL build, so equal rows hash equally.
    */
-  private async summarise(pool: pg.Pool, job: MoveJob): Promise<TableSummaries> {
+  private async summarise(pool: pg.Pool, job: MoveJob, timeoutMs: number): Promise<TableSummaries> {
     return inTransaction(pool, SNAPSHOT, async (client) => {
       // A 100,000-row aggregate can cross jit_above_cost; compiling it would only lengthen the fence.
-      await client.query(`set local jit = off`);
+      await client.query(`select set_config('jit', 'off', true), set_config('statement_timeout', $1, true)`, [`${Math.max(1, Math.ceil(timeoutMs))}ms`]);
       const out: Record<string, { rows: number; checksum: string }> = {};
       for (const { name } of TABLES) {
         const f = this.unitFilter(job, name, 1, 't.');
@@ -494,19 +535,40 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
-   * Verifies both sides before the fence, bucket by bucket, so that the verification under the
-   * fence need only rescan the buckets written since: the full count-and-checksum scan of the
-   * unit on both shards was the longest part of the fence (150-450 ms for 100,000 rows).
+   * {@link preVerify} while the catch-up keeps applying changes: the comparison reads every row
+   * of the unit on both sides, and changes that waited for it would all be applied under the
+   * fence. Rows the catch-up writes meanwhile are logged on the target and compared again.
+   */
+  private async preVerifyWhileCatchingUp(job: MoveJob): Promise<void> {
+    let comparing = true;
+    const compared = this.preVerify(job).finally(() => {
+      comparing = false;
+    });
+    const catchingUp = (async () => {
+      while (comparing) {
+        if ((await this.catchUpPass(job)) < this.settings.catchUpThreshold) await this.sleep(10);
+      }
+    })();
+    const [a, b] = await Promise.allSettled([compared, catchingUp]);
+    if (a.status === 'rejected') throw a.reason;
+    if (b.status === 'rejected') throw b.reason;
+  }
+
+  /**
+   * Compares both sides row by row before the fence, so that the comparison under the fence
+   * need only look at the rows changed since: its cost is bounded by what changed, not by the
+   * size of the unit (the full count-and-checksum scan of 100,000 rows on both shards was the
+   * longest part of the fence).
    *
    * First the target starts capturing its own changes to the unit (a `move_captures` row on the
    * target, the same trigger as on the source), so that every write there from now on, the
    * catch-up's or anyone's, is logged. The source is read in one snapshot S, with its change log
-   * as S sees it; a row written on the source after S has its log entry committed with it,
-   * invisible to S and not yet applied, so S and the target agree on every row except those
-   * with an entry visible to S: their buckets count as touched. Under the fence, the buckets
-   * named by the target's log are touched too; a bucket untouched is unchanged on both sides
-   * since it was found equal. If an untouched bucket differs here, nothing is kept and the
-   * fenced verification scans everything, as before; a mover resumed after a crash does too.
+   * as S sees it, and the target in one snapshot. A row is compared again under the fence if
+   * it differed here, or had a change logged on the source visible to S (not yet applied), or
+   * is named by the target's log then. Every other row was equal here and has not changed on
+   * either side since: a source change after S is logged, applied by the catch-up (all of it,
+   * under the fence) and so logged on the target; a target change after its snapshot is logged
+   * on the target. A mover resumed after a crash compares again from the start.
    */
   private async preVerify(job: MoveJob): Promise<void> {
     this.pre = null;
@@ -521,56 +583,58 @@ export class PgMovePort implements MovePort<MoveJob> {
     const [source, target] = await Promise.all([
       inTransaction(this.pool(job.from), SNAPSHOT, async (client) => {
         const { rows } = await client.query<{ t: TableName; id: string }>('select table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
-        return { pending: rows, buckets: await this.bucketSums(client, job, null) };
+        return { pending: rows, hashes: await this.rowHashes(client, job, null) };
       }),
-      inTransaction(targetPool, SNAPSHOT, async (client) => ({ buckets: await this.bucketSums(client, job, null) })),
+      inTransaction(targetPool, SNAPSHOT, (client) => this.rowHashes(client, job, null)),
     ]);
-    const touched: Record<TableName, Set<string>> = { users: new Set(), documents: new Set() };
-    for (const { t, id } of source.pending) touched[t]?.add(bucketOf(id));
+    const recheck: Record<TableName, Set<string>> = { users: new Set(), documents: new Set() };
+    for (const { t, id } of source.pending) recheck[t]?.add(id);
     for (const { name } of TABLES) {
-      for (const b of new Set([...source.buckets[name].keys(), ...target.buckets[name].keys()])) {
-        if (touched[name].has(b)) continue;
-        const a = source.buckets[name].get(b);
-        const c = target.buckets[name].get(b);
-        if (a?.n !== c?.n || a?.sum !== c?.sum) return;
-      }
+      const a = source.hashes[name];
+      const b = target[name];
+      for (const [id, h] of a) if (b.get(id) !== h) recheck[name].add(id);
+      for (const id of b.keys()) if (!a.has(id)) recheck[name].add(id);
     }
-    this.pre = { jobId: job.id, buckets: source.buckets, touched };
+    this.pre = { jobId: job.id, source: source.hashes, target, recheck };
   }
 
-  /**
-   * Per table, the unit's counts and checksums per bucket: of every bucket (`only` null, one
-   * scan of the unit), or of the given buckets only (an index range scan of each).
-   */
-  private async bucketSums(client: pg.PoolClient, job: MoveJob, only: Record<TableName, readonly string[]> | null): Promise<Record<TableName, Buckets>> {
-    // A 100,000-row aggregate can cross jit_above_cost; compiling it would only lengthen the fence.
-    await client.query('set local jit = off');
-    const out = {} as Record<TableName, Buckets>;
+  /** Per table, the hash of each of the unit's rows (`only` null), or of the given rows only (looked up by id). */
+  private async rowHashes(client: pg.PoolClient, job: MoveJob, only: Record<TableName, ReadonlySet<string>> | null): Promise<RowHashes> {
+    const out = {} as RowHashes;
     for (const { name } of TABLES) {
       const f = this.unitFilter(job, name, 2, 'x.');
-      const sql =
-        only === null
-          ? `select substr(x.id::text, 1, 3) as b, count(*)::int as n, coalesce(sum(hash_record_extended(x, 0)), 0)::text as s
-               from ${name} x where $1::text[] is null and ${f.sql} group by 1`
-          : // A lateral subquery per bucket, so that each is an index range scan of its ids; as a
-            // join, the planner scans the whole unit once per bucket or hashes it all.
-            `select r.b, y.n, y.s from unnest($1::text[]) r(b)
-               cross join lateral (
-                 select count(*)::int as n, coalesce(sum(hash_record_extended(x, 0)), 0)::text as s from ${name} x
-                  where x.id between (r.b || '00000-0000-0000-0000-000000000000')::uuid and (r.b || 'fffff-ffff-ffff-ffff-ffffffffffff')::uuid and ${f.sql}
-               ) y
-              where y.n > 0`;
-      const { rows } = await client.query<{ b: string; n: number; s: string }>(sql, [only === null ? null : only[name], ...f.params]);
-      out[name] = new Map(rows.map((r) => [r.b, { n: r.n, sum: BigInt(r.s) }]));
+      const ids = only === null ? null : [...only[name]];
+      const { rows } =
+        ids !== null && ids.length === 0
+          ? { rows: [] }
+          : await client.query<{ id: string; h: string }>(
+              `select x.id::text as id, hash_record_extended(x, 0)::text as h from ${name} x where ($1::uuid[] is null or x.id = any($1::uuid[])) and ${f.sql}`,
+              [ids, ...f.params],
+            );
+      out[name] = new Map(rows.map((r) => [r.id, BigInt(r.h)]));
     }
     return out;
   }
 
-  async verify(job: MoveJob): Promise<true | string> {
+  async verify(job: MoveJob): Promise<VerifyOutcome> {
+    const left = this.budgetLeft();
+    if (left <= 0) return { kind: 'over_budget' };
     const pre = this.pre?.jobId === job.id ? this.pre : null;
-    const [source, target] = pre
-      ? await this.verifyTouched(job, pre)
-      : await Promise.all([this.summarise(this.pool(job.from), job), this.summarise(this.pool(job.to), job)]);
+    let source: TableSummaries;
+    let target: TableSummaries;
+    let differing = 0;
+    try {
+      if (pre) {
+        const changed = await this.verifyChanged(job, pre, left);
+        [source, target, differing] = [changed.source, changed.target, changed.differing];
+      } else {
+        [source, target] = await Promise.all([this.summarise(this.pool(job.from), job, left), this.summarise(this.pool(job.to), job, left)]);
+      }
+    } catch (err) {
+      if ((err as { code?: string }).code === QUERY_CANCELED) return { kind: 'over_budget' };
+      throw err;
+    }
+    if (this.budgetLeft() <= 0) return { kind: 'over_budget' };
     await this.catalog.query('update catalog.move_jobs set source_summary = $2, target_summary = $3, updated_at = now() where id = $1', [
       job.id,
       JSON.stringify(source),
@@ -579,44 +643,48 @@ export class PgMovePort implements MovePort<MoveJob> {
     const bad = TABLES.filter(({ name }) => source[name]?.rows !== target[name]?.rows || source[name]?.checksum !== target[name]?.checksum).map(
       ({ name }) => `${name}: source ${source[name]?.rows ?? 0} rows, target ${target[name]?.rows ?? 0} rows${source[name]?.rows === target[name]?.rows ? ' (checksums differ)' : ''}`,
     );
-    return bad.length === 0 ? true : `verification failed: ${bad.join('; ')}`;
+    if (bad.length === 0 && differing === 0) return { kind: 'equal' };
+    return { kind: 'differ', detail: `verification failed: ${bad.length > 0 ? bad.join('; ') : `${differing} row(s) differ`}` };
   }
 
   /**
-   * The fenced half of a verification prepared by {@link preVerify}: rescans the touched
-   * buckets on both sides and adds the untouched buckets found equal before. A touched bucket
-   * that differs makes the totals differ (its count or its checksum), so it fails as a full
-   * verification would.
+   * The fenced half of a comparison prepared by {@link preVerify}: the rows it named, and the
+   * rows the target's log names now, are read on both sides (by id) and compared one by one;
+   * the totals recorded are the earlier totals with those rows replaced by what they are now.
    */
-  private async verifyTouched(job: MoveJob, pre: PreVerified): Promise<[TableSummaries, TableSummaries]> {
-    const { rows: written } = await this.pool(job.to).query<{ t: TableName; id: string }>('select table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
-    const touched: Record<TableName, Set<string>> = { users: new Set(pre.touched.users), documents: new Set(pre.touched.documents) };
-    for (const { t, id } of written) touched[t]?.add(bucketOf(id));
-    // Past a quarter of the buckets, one scan of the whole unit reads less than the range scans.
-    if (touched.users.size + touched.documents.size > BUCKETS / 4) return Promise.all([this.summarise(this.pool(job.from), job), this.summarise(this.pool(job.to), job)]);
-    const only = { users: [...touched.users], documents: [...touched.documents] };
-    const [source, target] = await Promise.all(
-      [job.from, job.to].map((shard) => inTransaction(this.pool(shard), SNAPSHOT, (client) => this.bucketSums(client, job, only))),
-    );
-    const totals = (now: Record<TableName, Buckets>): TableSummaries => {
+  private async verifyChanged(job: MoveJob, pre: PreVerified, timeoutMs: number): Promise<{ source: TableSummaries; target: TableSummaries; differing: number }> {
+    const { rows: written } = await this.pool(job.to).query<{ t: TableName; id: string }>('select distinct table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
+    const ids: Record<TableName, Set<string>> = { users: new Set(pre.recheck.users), documents: new Set(pre.recheck.documents) };
+    for (const { t, id } of written) ids[t]?.add(id);
+    const [source, target] = (await Promise.all(
+      [job.from, job.to].map((shard) =>
+        inTransaction(this.pool(shard), SNAPSHOT, async (client) => {
+          await client.query(`select set_config('statement_timeout', $1, true)`, [`${Math.max(1, Math.ceil(timeoutMs))}ms`]);
+          return this.rowHashes(client, job, ids);
+        }),
+      ),
+    )) as [RowHashes, RowHashes];
+    let differing = 0;
+    for (const { name } of TABLES) for (const id of ids[name]) if (source[name].get(id) !== target[name].get(id)) differing += 1;
+    const totals = (before: RowHashes, now: RowHashes): TableSummaries => {
       const out: Record<string, { rows: number; checksum: string }> = {};
       for (const { name } of TABLES) {
         let rows = 0;
         let sum = 0n;
-        for (const [b, v] of pre.buckets[name]) {
-          if (touched[name].has(b)) continue;
-          rows += v.n;
-          sum += v.sum;
+        for (const [id, h] of before[name]) {
+          if (ids[name].has(id)) continue;
+          rows += 1;
+          sum += h;
         }
-        for (const v of now[name].values()) {
-          rows += v.n;
-          sum += v.sum;
+        for (const h of now[name].values()) {
+          rows += 1;
+          sum += h;
         }
         out[name] = { rows, checksum: sum.toString() };
       }
       return out;
     };
-    return [totals(source as Record<TableName, Buckets>), totals(target as Record<TableName, Buckets>)];
+    return { source: totals(pre.source, source), target: totals(pre.target, target), differing };
   }
 
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
@@ -651,6 +719,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         return await this.withLockedJob(job, async (row) => {
           if (row.flipStarted) return { kind: 'flipped' };
           if (row.cancelRequested || row.rollbackTo !== null) return { kind: 'cancelled' };
+          if (this.budgetLeft() <= 0) return { kind: 'over_budget' };
           const { owner, version } = await this.currentOwner(row);
           if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
             return { kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` };
@@ -677,6 +746,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    * to the target never find a stale `moved` there), and records when writes were let through.
    */
   async releaseFence(job: MoveJob): Promise<void> {
+    this.fenceDeadline = null;
     const version = job.mapVersionAfter ?? 0;
     await this.stopTargetCapture(job);
     await this.pool(job.to).query(

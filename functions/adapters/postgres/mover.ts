@@ -58,11 +58,13 @@ export interface MoverOptions {
   /** Catching up ends when a pass applies fewer changes than this (what is left is applied while fenced). Default 50. */
   readonly catchUpThreshold?: number;
   /**
-   * How long writes to the unit may be held by the cutover: the fence's lock wait (its
-   * `lock_timeout`) and then the final catch-up. Past it the fence is released and the cutover
-   * retried. Default 2000 ms.
+   * How long writes to the unit may be held by the cutover, from the start of the fence's lock
+   * wait (its `lock_timeout`) through the final catch-up and the verification to the flip. Past
+   * it the fence is released and the cutover retried. Default 2000 ms.
    */
   readonly fenceBudgetMs?: number;
+  /** The clock the fence budget is measured on, in ms; `performance.now` by default (tests move it). */
+  readonly clock?: () => number;
   /** Fence attempts per run before the job is left for the next run. Default 3. */
   readonly fenceAttempts?: number;
   /** Pause between fence attempts. Default 1000 ms. */
@@ -195,6 +197,7 @@ export class Mover {
           shards: this.options.shards,
           slotMaps: this.options.slotMaps,
           directory: this.options.directory,
+          ...(this.options.clock ? { now: this.options.clock } : {}),
           settings: {
             batchRows: this.options.batchRows ?? 5000,
             copyBatchRows: this.options.copyBatchRows ?? 20_000,

@@ -15,6 +15,7 @@
  * | `caught_up` | catching_up | cutover | captured changes applied until few are left |
  * | `fence_timed_out` | cutover | catching_up | the fence could not be taken (or held) within its budget: released, writes flow again |
  * | `drained` | cutover | verifying | fence committed, every captured change applied |
+ * | `verify_timed_out` | verifying | catching_up | the verification (or the flip) could not finish within what was left of the fence budget: released, writes flow again |
  * | `flipped` | verifying | cleaning_up | sides verified equal, new owner published (CAS on the map), fence released |
  * | `cleaned` | cleaning_up | done | capture stopped, the verified source rows deleted |
  * | `rolled_back` | any before the flip | failed / cancelled | target copy deleted, source reopened (CAS: only while the map still names the source) |
@@ -33,6 +34,7 @@ export const MOVE_TRANSITIONS = {
   caught_up: { from: 'catching_up', to: 'cutover' },
   fence_timed_out: { from: 'cutover', to: 'catching_up' },
   drained: { from: 'cutover', to: 'verifying' },
+  verify_timed_out: { from: 'verifying', to: 'catching_up' },
   flipped: { from: 'verifying', to: 'cleaning_up' },
   cleaned: { from: 'cleaning_up', to: 'done' },
 } as const satisfies Record<string, { from: MoveState; to: MoveState }>;
@@ -63,9 +65,17 @@ export interface MoveJobView {
   readonly rollbackTo?: 'failed' | 'cancelled' | null;
 }
 
+/**
+ * The comparison of both sides under the fence. `over_budget`: it could not finish within what
+ * was left of the fence budget (or no fence of this run is held), so nothing was decided.
+ */
+export type VerifyOutcome = { readonly kind: 'equal' } | { readonly kind: 'differ'; readonly detail: string } | { readonly kind: 'over_budget' };
+
 /** The outcome of trying to publish the new owner, decided in one catalog transaction with the job. */
 export type FlipOutcome =
   | { readonly kind: 'flipped' }
+  /** The fence budget ran out first: nothing was published. */
+  | { readonly kind: 'over_budget' }
   /** A cancellation was recorded first; the move must roll back. */
   | { readonly kind: 'cancelled' }
   /** The map (or directory) no longer names the source as the owner: someone else changed it. */
@@ -86,13 +96,17 @@ export interface MovePort<J extends MoveJobView> {
    * fenced). Returns `false` when `all` could not finish within the fence budget.
    */
   catchUp(job: J, until: 'few' | 'all'): Promise<boolean>;
-  /** Fences the unit on the source within the fence budget; `false` when the lock could not be had in time (nothing changed). */
+  /**
+   * Fences the unit on the source; `false` when the lock could not be had in time (nothing
+   * changed). The fence budget starts with the attempt: the lock wait, the final catch-up, the
+   * verification and the flip all fit in it, or the fence is given up.
+   */
   fence(job: J): Promise<boolean>;
   /** Reopens the source's fence (after a fence held too long). */
   unfence(job: J): Promise<void>;
-  /** Compares the two sides; a string names the mismatch. */
-  verify(job: J): Promise<true | string>;
-  /** Publishes the target as owner, compare-and-set on the map version and on the job not being cancelled. */
+  /** Compares the two sides within what is left of the fence budget. */
+  verify(job: J): Promise<VerifyOutcome>;
+  /** Publishes the target as owner, compare-and-set on the map version and on the job not being cancelled; refused past the fence budget. */
   flip(job: J): Promise<FlipOutcome>;
   /** Opens the target's fence and marks the source's `moved`. */
   releaseFence(job: J): Promise<void>;
@@ -151,6 +165,15 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
   if (action.kind === 'none') return job;
   if (action.kind === 'rollback') return port.rollback(job, action.to, null);
   let fenceTries = 0;
+  /** After the fence was released unused: back to catching up, and a pause before the next attempt (or the end of this run). */
+  const giveUp = async (name: 'fence_timed_out' | 'verify_timed_out', what: string): Promise<J> => {
+    fenceTries += 1;
+    const why = `the write fence of ${job.kind} ${job.unitId} on ${job.from} ${what} (attempt ${fenceTries} of ${fenceAttempts}); writes were released`;
+    const back = await port.transition(job, name, why);
+    if (fenceTries >= fenceAttempts) throw new MoveFenceTimeoutError(`${why}; the move resumes at its next run`);
+    await port.pause(pauseMs);
+    return back;
+  };
   for (;;) {
     if (isTerminal(job.state)) return job;
     if (job.cancelRequested && !job.flipStarted) return port.rollback(job, 'cancelled', null);
@@ -180,11 +203,7 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
             if (!held) await port.unfence(job);
           }
           if (!held) {
-            fenceTries += 1;
-            const why = `the write fence of ${job.kind} ${job.unitId} on ${job.from} was not held within its budget (attempt ${fenceTries} of ${fenceAttempts}); writes were released`;
-            job = await port.transition(job, 'fence_timed_out', why);
-            if (fenceTries >= fenceAttempts) throw new MoveFenceTimeoutError(`${why}; the move resumes at its next run`);
-            await port.pause(pauseMs);
+            job = await giveUp('fence_timed_out', 'was not held within its budget');
             break;
           }
           job = await port.transition(job, 'drained');
@@ -196,8 +215,13 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
           // legitimately differ; the verification that allowed the flip has passed.
           if (!job.flipStarted) {
             const verdict = await port.verify(job);
-            if (verdict !== true) return await port.rollback(job, 'failed', verdict);
-            const flip = await port.flip(job);
+            if (verdict.kind === 'differ') return await port.rollback(job, 'failed', verdict.detail);
+            const flip = verdict.kind === 'equal' ? await port.flip(job) : verdict;
+            if (flip.kind === 'over_budget') {
+              await port.unfence(job);
+              job = await giveUp('verify_timed_out', `could not be verified and published within its budget (${verdict.kind === 'equal' ? 'the flip' : 'the verification'} ran out of time)`);
+              break;
+            }
             if (flip.kind === 'cancelled') {
               job = await port.reload(job);
               break;

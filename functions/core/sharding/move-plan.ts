@@ -77,7 +77,9 @@ export function canTransition(from: MoveState, to: MoveState, flipStarted = fals
   if (to === nextState(from)) return true;
   // A fence that could not be taken (or held) within its budget is released and the move goes
   // back to catching up, to try again later: writes must never stay blocked waiting for a move.
-  if (from === 'cutover' && to === 'catching_up') return true;
+  // The same when the verification under the fence cannot finish within the budget (never after
+  // the flip: then the target owns the unit and only the way forward is left).
+  if ((from === 'cutover' || (from === 'verifying' && !flipStarted)) && to === 'catching_up') return true;
   if (to === 'failed' || to === 'cancelled') return !flipStarted && BEFORE_FLIP.includes(from);
   return false;
 }

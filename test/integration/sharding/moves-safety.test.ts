@@ -141,6 +141,39 @@ describe('moves that hold under hostile conditions', () => {
     }
   });
 
+  it('gives the fence up when the verification would keep writes blocked past the budget, lets writes through, and publishes on the next attempt', async () => {
+    const slot = 407;
+    const { from, to, source } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 3);
+    // The budget's clock is moved on while the unit is fenced, as if the verification were slow.
+    let skew = 0;
+    let fenced = 0;
+    const seen: { state?: string; write?: string; timeouts?: number }[] = [];
+    const mover = env.mover({
+      readerGraceMs: 0,
+      fenceBudgetMs: 2000,
+      fenceRetryPauseMs: 10,
+      clock: () => performance.now() + skew,
+      async hook(point, job) {
+        if (point === 'verifying' && fenced++ === 0) skew += 2001;
+        if (point === 'cutover' && fenced === 1) {
+          const now = await mover.get(job.id);
+          seen.push({ state: await fenceState(source, slot), write: await rawInsert(source, user, slot), timeouts: now.fenceTimeouts });
+        }
+      },
+    });
+
+    const done = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+    // Back in the cutover after giving up: the fence was open again and a raw write went through.
+    expect(seen).toEqual([{ state: 'open', write: 'ok', timeouts: 1 }]);
+    expect(done).toMatchObject({ state: 'done', fenceTimeouts: 1 });
+    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 1, documents: 4 });
+    expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
+    expect(from).not.toBe(to);
+  });
+
   it('refuses a rollback that would delete the copy the catalog names as the owner', async () => {
     const slot = 402;
     const { to, source, target } = await sides(env, slot);

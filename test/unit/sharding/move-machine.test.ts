@@ -10,15 +10,18 @@ import {
   type MoveJobView,
   type MovePort,
   type MoveTransitionName,
+  type VerifyOutcome,
 } from '../../../functions/core/sharding/move-machine.js';
 import { canTransition } from '../../../functions/core/sharding/move-plan.js';
 
 type Job = MoveJobView;
 
 /** An in-memory port that records the steps it is asked for; `fenceHeld` scripts the fence outcomes. */
-function recordingPort(options: { fenceHeld?: boolean[]; flip?: FlipOutcome['kind'] } = {}) {
+function recordingPort(options: { fenceHeld?: boolean[]; flip?: FlipOutcome['kind']; verdicts?: VerifyOutcome['kind'][] } = {}) {
   const calls: string[] = [];
   const fences = [...(options.fenceHeld ?? [true])];
+  const verdicts = [...(options.verdicts ?? [])];
+  const flips = options.flip === undefined ? [] : [options.flip];
   let stored: Job = { id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'planned', cancelRequested: false, flipStarted: false };
   const port: MovePort<Job> = {
     reload: async () => stored,
@@ -32,10 +35,14 @@ function recordingPort(options: { fenceHeld?: boolean[]; flip?: FlipOutcome['kin
     catchUp: async (_job, until) => (calls.push(`catchUp:${until}`), true),
     fence: async () => (calls.push('fence'), fences.shift() ?? true),
     unfence: async () => void calls.push('unfence'),
-    verify: async () => (calls.push('verify'), true),
+    verify: async () => {
+      calls.push('verify');
+      const kind = verdicts.shift() ?? 'equal';
+      return kind === 'differ' ? { kind, detail: 'rows differ' } : { kind };
+    },
     async flip() {
       calls.push('flip');
-      const kind = options.flip ?? 'flipped';
+      const kind = flips.shift() ?? 'flipped';
       if (kind === 'flipped') stored = { ...stored, flipStarted: true };
       return kind === 'conflict' ? { kind, detail: 'someone else' } : { kind };
     },
@@ -91,6 +98,31 @@ describe('the move protocol', () => {
 
     await expect(run).rejects.toBeInstanceOf(MoveFenceTimeoutError);
     expect(calls).toEqual(['fence', 'transition:fence_timed_out', 'pause', 'catchUp:few', 'transition:caught_up', 'fence', 'transition:fence_timed_out']);
+  });
+
+  it('releases the fence and goes back to catching up when the verification or the flip runs out of fence budget, then finishes', async () => {
+    const slowVerify = recordingPort({ verdicts: ['over_budget'] });
+    const slowFlip = recordingPort({ flip: 'over_budget' });
+    const at = (state: 'verifying'): Job => ({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state, cancelRequested: false, flipStarted: false });
+
+    const a = await driveMove(at('verifying'), slowVerify.port, { fenceAttempts: 2 });
+    const b = await driveMove(at('verifying'), slowFlip.port, { fenceAttempts: 2 });
+
+    const retried = ['unfence', 'transition:verify_timed_out', 'pause', 'catchUp:few', 'transition:caught_up', 'fence', 'catchUp:all', 'transition:drained', 'verify', 'flip', 'releaseFence'];
+    expect([a.state, b.state]).toEqual(['done', 'done']);
+    expect(slowVerify.calls.slice(0, 1 + retried.length)).toEqual(['verify', ...retried]);
+    expect(slowFlip.calls.slice(0, 2 + retried.length)).toEqual(['verify', 'flip', ...retried]);
+  });
+
+  it('stops after the last attempt when the verification keeps running out of fence budget, with the fence released', async () => {
+    const { port, calls } = recordingPort({ verdicts: ['over_budget', 'over_budget'] });
+
+    const run = driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'verifying', cancelRequested: false, flipStarted: false }, port, { fenceAttempts: 2 });
+
+    await expect(run).rejects.toBeInstanceOf(MoveFenceTimeoutError);
+    expect(calls.at(-2)).toBe('unfence');
+    expect(calls.at(-1)).toBe('transition:verify_timed_out');
+    expect(calls).not.toContain('flip');
   });
 
   it('never publishes when the flip finds the map changed, and never rolls back after a flip', async () => {
