@@ -21,6 +21,7 @@ import { parseScalingConfig, type ScalingConfig } from '../../core/scaling/confi
 import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, LeaseOutcome, LeaseRequest, Outcome, ServiceSession, Trigger } from '../../core/scaling/ports.js';
 import type { Block, Direction, MetricsSnapshot, Reason, ServiceState } from '../../core/scaling/types.js';
 import { LeaseError, LeaseStore } from './lease-store.js';
+import { inTransaction } from './transaction.js';
 
 /** A catalog operation failed (connection, query); `cause` holds the driver's error. */
 export class CatalogError extends Error {
@@ -215,23 +216,6 @@ export class CatalogStore implements ControllerCatalog {
     return typeof this.source === 'function' ? this.source() : this.source;
   }
 
-  /**
-   * Checks a client out of the pool for a transaction. While checked out, a client whose
-   * connection dies emits `error` with no listener of the pool's; without this one that would
-   * crash the process instead of failing the transaction (which the caller then handles).
-   */
-  private async checkout(): Promise<pg.PoolClient & { done(err?: Error): void }> {
-    const client = await (await this.db()).connect();
-    const ignore = (): void => undefined;
-    client.on('error', ignore);
-    return Object.assign(client, {
-      done(err?: Error): void {
-        client.off('error', ignore);
-        client.release(err);
-      },
-    });
-  }
-
   /** The configuration in force, or `undefined` while none was ever written. */
   async getConfig(): Promise<StoredConfig | undefined> {
     return wrap('reading the configuration', async () => this.readConfig(await this.db()));
@@ -254,11 +238,8 @@ export class CatalogStore implements ControllerCatalog {
    */
   async putConfig(document: Record<string, unknown>, opts: { actor: string; comment?: string; ifVersion?: number }): Promise<StoredConfig> {
     const config = parseScalingConfig(document);
-    return wrap('writing the configuration', async () => {
-      const client = await this.checkout();
-      let broken: Error | undefined;
-      try {
-        await client.query('begin');
+    return wrap('writing the configuration', async () =>
+      inTransaction(await this.db(), 'begin', async (client) => {
         // Serialises writers so "current version" cannot change between the check and the insert.
         await client.query('lock table catalog.scaling_config in share row exclusive mode');
         const { rows } = await client.query<{ v: number }>('select coalesce(max(version), 0)::int as v from catalog.scaling_config');
@@ -268,17 +249,10 @@ export class CatalogStore implements ControllerCatalog {
           'insert into catalog.scaling_config (version, document, changed_by, comment) values ($1, $2, $3, $4) returning changed_at',
           [current + 1, JSON.stringify(document), opts.actor, opts.comment ?? ''],
         );
-        await client.query('commit');
         const changedAt = inserted.rows[0]?.changed_at ?? new Date();
         return { version: current + 1, document, config, changedBy: opts.actor, changedAt, comment: opts.comment ?? '' };
-      } catch (err) {
-        if (!(err instanceof ConfigVersionConflictError)) broken = err as Error;
-        await client.query('rollback').catch(() => undefined);
-        throw err;
-      } finally {
-        client.done(broken);
-      }
-    });
+      }),
+    );
   }
 
   /** Lists configuration versions, newest first. */
@@ -299,11 +273,8 @@ export class CatalogStore implements ControllerCatalog {
    * one reports `changed`. An absent scope counts as enabled.
    */
   async setSwitch(s: { scope: string; enabled: boolean; actor: string; reason?: string }): Promise<Switch & { readonly changed: boolean }> {
-    return wrap('setting a switch', async () => {
-      const client = await this.checkout();
-      let broken: Error | undefined;
-      try {
-        await client.query('begin');
+    return wrap('setting a switch', async () =>
+      inTransaction(await this.db(), 'begin', async (client) => {
         await client.query("select pg_advisory_xact_lock(hashtext('catalog.scaling_switches'), hashtext($1))", [s.scope]);
         const before = await client.query<{ enabled: boolean }>('select enabled from catalog.scaling_switches where scope = $1', [s.scope]);
         const { rows } = await client.query<{ changed_at: Date }>(
@@ -312,17 +283,10 @@ export class CatalogStore implements ControllerCatalog {
            returning changed_at`,
           [s.scope, s.enabled, s.actor, s.reason ?? ''],
         );
-        await client.query('commit');
         const changed = (before.rows[0]?.enabled ?? true) !== s.enabled;
         return { scope: s.scope, enabled: s.enabled, changedBy: s.actor, changedAt: rows[0]?.changed_at ?? new Date(), reason: s.reason ?? '', changed };
-      } catch (err) {
-        broken = err as Error;
-        await client.query('rollback').catch(() => undefined);
-        throw err;
-      } finally {
-        client.done(broken);
-      }
-    });
+      }),
+    );
   }
 
   /** Every switch ever set; absent scopes are enabled. */
@@ -361,38 +325,29 @@ export class CatalogStore implements ControllerCatalog {
   }
 
   async withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>): Promise<{ acquired: true; value: T } | { acquired: false }> {
-    const client = await wrap('connecting', async () => this.checkout());
-    let broken: Error | undefined;
+    const db = await wrap('connecting', async () => this.db());
     try {
-      await client.query('begin');
-      const { rows } = await client.query<{ locked: boolean }>('select pg_try_advisory_xact_lock($1, hashtext($2)) as locked', [LOCK_CLASS, service]);
-      if (rows[0]?.locked !== true) {
-        await client.query('rollback');
-        return { acquired: false };
-      }
-      const session: ServiceSession = {
-        loadState: async () => (await client.query<{ state: ServiceState }>('select state from catalog.service_state where service = $1', [service])).rows[0]?.state,
-        saveState: async (state) => {
-          await client.query(
-            `insert into catalog.service_state (service, state) values ($1, $2)
-             on conflict (service) do update set state = excluded.state, updated_at = now()`,
-            [service, JSON.stringify(state)],
-          );
-        },
-        recordDecision: async (record) => {
-          await client.query(INSERT_DECISION, decisionParams(record));
-        },
-      };
-      const value = await work(session);
-      await client.query('commit');
-      return { acquired: true, value };
+      return await inTransaction(db, 'begin', async (client) => {
+        const { rows } = await client.query<{ locked: boolean }>('select pg_try_advisory_xact_lock($1, hashtext($2)) as locked', [LOCK_CLASS, service]);
+        // Another evaluation holds the service: the empty transaction just ends.
+        if (rows[0]?.locked !== true) return { acquired: false } as const;
+        const session: ServiceSession = {
+          loadState: async () => (await client.query<{ state: ServiceState }>('select state from catalog.service_state where service = $1', [service])).rows[0]?.state,
+          saveState: async (state) => {
+            await client.query(
+              `insert into catalog.service_state (service, state) values ($1, $2)
+               on conflict (service) do update set state = excluded.state, updated_at = now()`,
+              [service, JSON.stringify(state)],
+            );
+          },
+          recordDecision: async (record) => {
+            await client.query(INSERT_DECISION, decisionParams(record));
+          },
+        };
+        return { acquired: true, value: await work(session) } as const;
+      });
     } catch (err) {
-      broken = err as Error;
-      await client.query('rollback').catch(() => undefined);
-      throw new CatalogError(`catalog: evaluating ${service} under its lock failed: ${broken.message}`, { cause: err });
-    } finally {
-      // A client whose transaction failed may have a dead connection: drop it from the pool.
-      client.done(broken);
+      throw new CatalogError(`catalog: evaluating ${service} under its lock failed: ${(err as Error).message}`, { cause: err });
     }
   }
 
@@ -401,11 +356,8 @@ export class CatalogStore implements ControllerCatalog {
   }
 
   async appendBacklog(backlog: Backlog): Promise<void> {
-    await wrap('writing the backlog', async () => {
-      const client = await this.checkout();
-      let broken: Error | undefined;
-      try {
-        await client.query('begin');
+    await wrap('writing the backlog', async () =>
+      inTransaction(await this.db(), 'begin', async (client) => {
         for (const record of backlog.records) await client.query(INSERT_DECISION, decisionParams(record));
         if (backlog.dropped > 0) {
           await client.query(
@@ -419,15 +371,8 @@ export class CatalogStore implements ControllerCatalog {
             ],
           );
         }
-        await client.query('commit');
-      } catch (err) {
-        broken = err as Error;
-        await client.query('rollback').catch(() => undefined);
-        throw err;
-      } finally {
-        client.done(broken);
-      }
-    });
+      }),
+    );
   }
 
   /**

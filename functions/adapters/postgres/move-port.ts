@@ -32,6 +32,7 @@ import { moveSlots } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { SlotMapStore } from './slot-map-store.js';
+import { inTransaction } from './transaction.js';
 
 /** The slot-map side of the catalog the mover needs. */
 export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish'>;
@@ -116,26 +117,6 @@ const ENTERED_AT: Partial<Record<string, string>> = {
   cleaning_up: 'cleaning_up_at',
   done: 'finished_at',
 };
-
-/**
- * Runs `fn` in one transaction on a client of `pool`, opened with `begin`: commits when `fn`
- * resolves, rolls back when it throws (a failed rollback must not hide the error that caused
- * it), and always returns the client to the pool.
- */
-export async function inTransaction<T>(pool: pg.Pool, begin: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
-  try {
-    await client.query(begin);
-    const result = await fn(client);
-    await client.query('commit');
-    return result;
-  } catch (err) {
-    await client.query('rollback').catch(() => undefined);
-    throw err;
-  } finally {
-    client.release();
-  }
-}
 
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
