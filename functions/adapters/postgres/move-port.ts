@@ -275,62 +275,58 @@ export class PgMovePort implements MovePort<MoveJob> {
           [job.id, JSON.stringify(cursor), batch.n],
         );
         job = toJob(rows[0] as JobRow);
+        // A short page was the table's last.
+        if (batch.n < this.settings.copyBatchRows) break;
       }
     }
     return job;
   }
 
   /**
-   * Copies one keyset page of a table's unit rows, `(after, last]` in id order, with the COPY
-   * protocol: `COPY (select ...) TO STDOUT` in a snapshot of the source piped into `COPY ... FROM
-   * STDIN` on the target, in binary (both sides run the same schema and build), so no row is
-   * formatted as text or JSON on either side or parsed in Node. The page's upper bound comes from
-   * the `(slot, id)` index alone (the `copyBatchRows`-th id after `after`, or the unit's last id),
-   * so the page's rows are read once, by the COPY.
+   * Copies one keyset page of a table's unit rows, the first `copyBatchRows` after `after` in id
+   * order, with the COPY protocol: `COPY (select ... limit n) TO STDOUT` on the source piped into
+   * `COPY ... FROM STDIN` on the target, in binary (both sides run the same schema and build), so
+   * no row is formatted as text or JSON on either side or parsed in Node, and the page's rows are
+   * read once, by the COPY (a separate query for the page's bounds read them twice, and cost as
+   * much as the copy under writers). The page's last id is then read back on the target.
    *
    * When the target's foreign keys are checked (a login without `session_replication_role`, see
-   * {@link bulkBegin}), a document page's owners are upserted first from the same snapshot, so
-   * the target never holds a document before its user. Otherwise a user created on the source
-   * after the users pass reaches the target through the change capture, before the fence.
+   * {@link bulkBegin}), a document page's owners are upserted first from the same source
+   * snapshot, so the target never holds a document before its user. Otherwise a user created on
+   * the source after the users pass reaches the target through the change capture, before the
+   * fence.
    *
-   * COPY cannot upsert, so the target transaction first deletes the unit's rows of that range:
-   * after a crash between the target's commit and the cursor's save in the catalog, the page is
-   * copied again from the source as it is now. Only the mover writes the unit on the target
-   * during the copy (its fence says `incoming`), and the users pass ends before any document
-   * is copied, so that delete removes nothing but the mover's own earlier copy of the page.
+   * COPY cannot upsert, so the target transaction first deletes the unit's rows after `after`:
+   * after a crash between the target's commit and the cursor's save in the catalog, the copy
+   * resumes from the saved cursor with the source as it is now. Only the mover writes the unit
+   * on the target during the copy (its fence says `incoming`), and the users pass ends before
+   * any document is copied, so that delete removes nothing but the mover's own earlier copy.
    */
   private async copyBatch(source: pg.Pool, target: pg.Pool, job: MoveJob, table: TableName, after: string | null): Promise<{ n: number; last: string | null }> {
     const begin = await this.bulkBegin(job.to, target);
     const checkedKeys = !(await this.skipsTriggers(job.to, target));
     return inTransaction(source, SNAPSHOT, async (from) => {
-      const f = this.unitFilter(job, table, 3);
-      const { rows } = await from.query<{ nth: string | null; last: string | null }>(
-        `select (select id from ${table} where ${f.sql} and ($1::uuid is null or id > $1::uuid) order by id offset $2 - 1 limit 1)::text as nth,
-                (select id from ${table} where ${f.sql} and ($1::uuid is null or id > $1::uuid) order by id desc limit 1)::text as last`,
-        [after, this.settings.copyBatchRows, ...f.params],
-      );
-      const last = rows[0]?.nth ?? rows[0]?.last ?? null;
-      if (last === null) return { n: 0, last: null };
-      const bounds = `${after === null ? '' : `id > ${from.escapeLiteral(after)}::uuid and `}id <= ${from.escapeLiteral(last)}::uuid`;
-      const where = `${this.unitFilterLiteral(job, table, from)} and ${bounds}`;
+      const unit = this.unitFilterLiteral(job, table, from);
+      const where = after === null ? unit : `${unit} and id > ${from.escapeLiteral(after)}::uuid`;
+      const page = `select * from ${table} where ${where} order by id limit ${Math.max(1, Math.floor(this.settings.copyBatchRows))}`;
       let ownersJson: string | null = null;
       if (checkedKeys && table === 'documents') {
-        const uf = this.unitFilterLiteral(job, 'users', from);
         const owners = await from.query<{ rows: string }>(
           `select coalesce(jsonb_agg(to_jsonb(u)), '[]')::text as rows from users u
-            where u.id in (select owner_id from documents where ${where}) and ${uf}`,
+            where u.id in (select owner_id from (${page}) p) and ${this.unitFilterLiteral(job, 'users', from)}`,
         );
         ownersJson = owners.rows[0]?.rows ?? null;
       }
       const cols = (await this.tableColumns(table, from)).join(', ');
-      const n = await inTransaction(target, begin, async (to) => {
+      return inTransaction(target, begin, async (to) => {
         if (ownersJson) await this.upsert(to, 'users', ownersJson);
         await to.query(`delete from ${table} where ${where}`);
         const sink = to.query(copyFrom(`copy ${table} (${cols}) from stdin with (format binary)`));
-        await pipeline(from.query(copyTo(`copy (select ${cols} from ${table} where ${where} order by id) to stdout with (format binary)`)), sink);
-        return sink.rowCount;
+        await pipeline(from.query(copyTo(`copy (select ${cols} from (${page}) p) to stdout with (format binary)`)), sink);
+        if (sink.rowCount === 0) return { n: 0, last: null };
+        const { rows } = await to.query<{ last: string }>(`select id::text as last from ${table} where ${where} order by id desc limit 1`);
+        return { n: sink.rowCount, last: rows[0]?.last ?? null };
       });
-      return { n, last };
     });
   }
 
