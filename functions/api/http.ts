@@ -26,6 +26,12 @@ export interface ApiResponse {
   readonly status: number;
   readonly headers: Readonly<Record<string, string>>;
   readonly body: string;
+  /**
+   * Milliseconds for which this very response (status, headers, body) answers the same GET again,
+   * unless a change is made through the API meanwhile: a snapshot's, whose `Age` has not ticked
+   * yet. A server may resend its bytes without dispatching (local mode does); absent means never.
+   */
+  readonly reuseForMs?: number;
 }
 
 /** One invalid field of a request: where it is and what is wrong with it. */

@@ -56,6 +56,8 @@ export interface RouteResult {
    */
   readonly json?: string;
   readonly headers?: Readonly<Record<string, string>>;
+  /** See {@link ApiResponse.reuseForMs}: how long a snapshot's answer stays the same. */
+  readonly reuseForMs?: number;
 }
 
 export interface RouteSpec<
@@ -256,9 +258,9 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
       if (result.json !== undefined && typeof result.body === 'object' && result.body !== null && Object.isFrozen(result.body)) checkedSnapshots.add(result.body);
     }
     if (result.body === undefined) return { status: result.status, headers: { 'cache-control': 'no-store', ...result.headers }, body: '' };
-    const response =
-      result.json === undefined ? jsonResponse(result.status, result.body, { ...result.headers }) : { ...jsonResponse(result.status, null, { ...result.headers }), body: result.json };
-    return method === 'HEAD' ? { ...response, body: '' } : response;
+    if (method === 'HEAD') return { ...jsonResponse(result.status, null, { ...result.headers }), body: '' };
+    if (result.json === undefined) return jsonResponse(result.status, result.body, { ...result.headers });
+    return { ...jsonResponse(result.status, null, { ...result.headers }), body: result.json, ...(result.reuseForMs ? { reuseForMs: result.reuseForMs } : {}) };
   }
 
   return {

@@ -51,8 +51,10 @@ import {
   UnavailableError,
   UnknownServiceError,
   type ConfigEnvelope,
+  type DirectoryPageView,
   type HistoryView,
   type RebalanceCheckView,
+  type RouteView,
   type ScalingApiPort,
   type TimeseriesView,
 } from './service.js';
@@ -159,6 +161,8 @@ export interface ReadSnapshotOptions {
   /** Recommendations, which replay the last decisions (default 10 s); renewed by changes too. */
   readonly recommendationsMaxAgeMs?: number;
   readonly now?: () => number;
+  /** Called whenever answers given before may no longer hold (a change made through the API, a move seen done). */
+  readonly onRenew?: () => void;
 }
 
 const NOT_MODIFIED = { description: 'the snapshot named in If-None-Match is still current (no body)' };
@@ -173,7 +177,7 @@ async function fromSnapshot<T>(snapshot: Snapshot<T> | (() => Promise<SnapshotRe
   const read = await guard(() => (snapshot instanceof Snapshot ? snapshot.read() : snapshot()));
   const headers = { etag: read.etag, age: String(read.ageSeconds), 'cache-control': `private, max-age=${read.maxAgeSeconds}` };
   if (noneMatch(request.headers['if-none-match'], read.etag)) return { status: 304, headers };
-  return { status: 200, body: read.value, json: read.json, headers };
+  return { status: 200, body: read.value, json: read.json, headers, reuseForMs: read.reusableMs };
 }
 
 /** The route table over a port. */
@@ -190,6 +194,15 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
   const healthSnapshot = new Snapshot(() => port.shardHealth(), shards);
   const statisticsSnapshot = new Snapshot(() => port.shardStatistics({ exact: false }), shards);
   const rebalanceChecks = new SnapshotMap<RebalanceCheckView>(shards);
+  // One per key looked up (hostile clients included): more of them, so as not to evict the usual ones.
+  const routeAnswers = new SnapshotMap<RouteView>({ ...live, maxKeys: 256 });
+  const directoryPages = new SnapshotMap<DirectoryPageView>(live);
+  /** Where keys live changes when a move is done: whoever saw it done reads the new place next. */
+  const renewPlacement = (): void => {
+    routeAnswers.invalidate();
+    directoryPages.invalidate();
+    snapshots.onRenew?.();
+  };
   /** What a change made through this API may have changed: read again on the next request. */
   const renew = (): void => {
     statusSnapshot.invalidate();
@@ -198,6 +211,7 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
     historyPages.invalidate();
     timeseriesWindows.invalidate();
     recommendationsSnapshot.invalidate();
+    renewPlacement();
   };
   const routes: RouteSpec[] = [
     defineRoute({
@@ -447,8 +461,11 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       summary: 'Where a key lives',
       tags: ['shards'],
       query: routeQuerySchema,
-      responses: { 200: { description: 'the shard, slot and map version for the key', schema: routeResultSchema } },
-      handle: async ({ query }) => ({ status: 200, body: await guard(() => port.route(query.key)) }),
+      responses: {
+        200: { description: 'the shard, slot and map version for the key (a snapshot at most 1 s old, renewed once a move is seen done)', schema: routeResultSchema, headers: SNAPSHOT_HEADERS },
+        304: NOT_MODIFIED,
+      },
+      handle: async ({ query, request }) => fromSnapshot(() => routeAnswers.read(JSON.stringify(query), () => port.route(query.key)), request),
     }),
     defineRoute({
       method: 'GET',
@@ -458,8 +475,11 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       description: 'Directory entries (key -> shard) in key order, optionally of one shard; next_cursor leads to the next page.',
       tags: ['shards'],
       query: directoryQuerySchema,
-      responses: { 200: { description: 'one page of entries', schema: directoryPageSchema } },
-      handle: async ({ query }) => ({ status: 200, body: await guard(() => port.directory(query)) }),
+      responses: {
+        200: { description: 'one page of entries (a snapshot at most 1 s old, renewed once a move is seen done)', schema: directoryPageSchema, headers: SNAPSHOT_HEADERS },
+        304: NOT_MODIFIED,
+      },
+      handle: async ({ query, request }) => fromSnapshot(() => directoryPages.read(JSON.stringify(query), () => port.directory(query)), request),
     }),
     defineRoute({
       method: 'POST',
@@ -484,7 +504,12 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       params: moveIdParamsSchema,
       query: noQuery,
       responses: { 200: { description: 'the move job and its progress', schema: moveJobSchema } },
-      handle: async ({ params }) => ({ status: 200, body: await guard(() => port.getMove(params.id)) }),
+      handle: async ({ params }) => {
+        const job = await guard(() => port.getMove(params.id));
+        // Read-your-writes for whoever follows a move: once it is done, the next route and directory reads are fresh.
+        if (job.state === 'done') renewPlacement();
+        return { status: 200, body: job };
+      },
     }),
   ];
   const openapi = defineRoute({
@@ -528,7 +553,25 @@ export function scalingApiDocument(): ReturnType<typeof buildOpenApi> {
   return buildOpenApi(scalingRoutes(shapeOnlyPort), OPENAPI_INFO);
 }
 
+/** The scaling API's router, and how often the answers it gave may have stopped holding. */
+export interface ScalingRouter extends Router {
+  /** Raised whenever answers given before may no longer hold; a server keeping answers drops older ones. */
+  changes(): number;
+}
+
 /** The router for the scaling API. */
-export function createScalingRouter(port: ScalingApiPort, options: RouterOptions & { snapshots?: ReadSnapshotOptions } = {}): Router {
-  return createRouter(scalingRoutes(port, options.snapshots), options);
+export function createScalingRouter(port: ScalingApiPort, options: RouterOptions & { snapshots?: ReadSnapshotOptions } = {}): ScalingRouter {
+  let changes = 0;
+  const onRenew = options.snapshots?.onRenew;
+  const router = createRouter(
+    scalingRoutes(port, {
+      ...options.snapshots,
+      onRenew: () => {
+        changes++;
+        onRenew?.();
+      },
+    }),
+    options,
+  );
+  return { ...router, changes: () => changes };
 }

@@ -35,6 +35,12 @@ export interface SnapshotRead<T> {
   readonly ageSeconds: number;
   /** Whole seconds a client may keep it (what is left of `maxAgeMs`, at least 0). */
   readonly maxAgeSeconds: number;
+  /**
+   * Milliseconds during which a read would give this very answer (value, `Age`, max-age): until
+   * either whole-second figure ticks or the snapshot falls due. 0 once it is due. A server may
+   * resend the response's bytes that long (unless a change invalidates the snapshot first).
+   */
+  readonly reusableMs: number;
 }
 
 interface Taken<T> {
@@ -73,12 +79,14 @@ export class Snapshot<T> {
     if (taken === undefined) taken = await this.refresh();
     else if (now - taken.at >= this.options.maxAgeMs) void this.refresh().catch(() => undefined);
     const ageMs = Math.max(0, now - taken.at);
+    const leftMs = this.options.maxAgeMs - ageMs;
     return {
       value: taken.value,
       json: taken.json,
       etag: taken.etag,
       ageSeconds: Math.floor(ageMs / 1000),
-      maxAgeSeconds: Math.max(0, Math.floor((this.options.maxAgeMs - ageMs) / 1000)),
+      maxAgeSeconds: Math.max(0, Math.floor(leftMs / 1000)),
+      reusableMs: leftMs <= 0 ? 0 : Math.min(1000 - (ageMs % 1000), (leftMs % 1000) + 1, leftMs),
     };
   }
 

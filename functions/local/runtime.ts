@@ -224,6 +224,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     });
     server.serve({
       dispatch: (request) => api.dispatch(request),
+      changes: () => api.changes(),
       extraRoutes: [liveLoad.route(), createDashboardRoute(), createDocumentsRoute({ writer, reader, router, shardIds: pools.shardIds() })],
     });
     cleanup.push(() => server.close());

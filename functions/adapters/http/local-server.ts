@@ -51,7 +51,14 @@ interface CommonServerOptions {
 }
 
 /** What answers requests: exactly one way of serving the API (a route table's dispatcher, or a Lambda handler), and the extra routes before it. */
-export type LocalRoutes = { readonly extraRoutes?: readonly ExtraRoute[] } & ({ readonly dispatch: ApiDispatch; readonly handler?: undefined } | { readonly handler: ProxyHandler; readonly dispatch?: undefined });
+export type LocalRoutes = {
+  readonly extraRoutes?: readonly ExtraRoute[];
+  /**
+   * With `dispatch`: a count the routes raise whenever answers they gave may no longer hold (the
+   * scaling router's `changes`); reusable answers kept from before are then not resent.
+   */
+  readonly changes?: () => number;
+} & ({ readonly dispatch: ApiDispatch; readonly handler?: undefined } | { readonly handler: ProxyHandler; readonly dispatch?: undefined });
 
 export type LocalServerOptions = CommonServerOptions & LocalRoutes;
 
@@ -249,6 +256,56 @@ function checkRoutes(routes: LocalRoutes): void {
   if ((routes.dispatch === undefined) === (routes.handler === undefined)) throw new TypeError('local server: pass exactly one of dispatch and handler');
 }
 
+/** An answer kept as bytes, to resend to the same GET until `until`. */
+interface Reply {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: Buffer;
+  readonly until: number;
+  readonly stamp: number;
+}
+
+/** Request targets with a reply kept at once (query-string variants each count): the oldest goes first. */
+const MAX_KEPT_REPLIES = 256;
+
+/**
+ * The answers of GETs the routes marked reusable ({@link ApiResponse.reuseForMs}, a snapshot's
+ * answer until its `Age` ticks), by request target, as bytes: the same GET again is answered
+ * without parsing, routing or serialising anything. A request of any other method clears it
+ * (the routes renew their snapshots after a change, and so must this), and an answer computed
+ * across such a clear is not kept (`generation`).
+ */
+class ReplyCache {
+  private readonly replies = new Map<string, Reply>();
+  private cleared = 0;
+  /** The routes' own count of changes (see {@link LocalRoutes.changes}). */
+  changes: () => number = () => 0;
+
+  /** Both counts only grow, so their sum changes whenever either does. */
+  stamp(): number {
+    return this.cleared + this.changes();
+  }
+
+  /** The reply kept for `target`, if it still holds. */
+  get(target: string): Reply | undefined {
+    const reply = this.replies.get(target);
+    return reply !== undefined && reply.until > Date.now() && reply.stamp === this.stamp() ? reply : undefined;
+  }
+
+  /** Keeps a reusable answer, unless something changed since it was asked for (`stamp`). */
+  offer(target: string, response: ApiResponse, stamp: number): void {
+    if (response.reuseForMs === undefined || response.reuseForMs <= 0 || stamp !== this.stamp()) return;
+    this.replies.delete(target);
+    this.replies.set(target, { status: response.status, headers: response.headers, body: Buffer.from(response.body, 'utf8'), until: Date.now() + response.reuseForMs, stamp });
+    if (this.replies.size > MAX_KEPT_REPLIES) this.replies.delete(this.replies.keys().next().value as string);
+  }
+
+  clear(): void {
+    this.replies.clear();
+    this.cleared++;
+  }
+}
+
 /** Seconds a client is told to wait (`Retry-After`) while local mode starts. */
 const STARTING_RETRY_AFTER_S = 2;
 
@@ -266,6 +323,7 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
   let handler: ProxyHandler | undefined;
   let extras: readonly ExtraRoute[] = [];
   let serving = false;
+  const replies = new ReplyCache();
   // The response under way on each connection: a parser error or a timeout may answer only
   // while nothing of a response has been written.
   const responding = new WeakMap<Duplex, ServerResponse>();
@@ -287,13 +345,27 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
         if (taken === true || (taken !== false && (await taken))) return;
       }
       const requestId = randomUUID();
+      // A conditional GET (If-None-Match) may get a 304 instead: it always goes to the routes.
+      const reusable = dispatch !== undefined && req.method === 'GET' && req.headers['if-none-match'] === undefined && bodiless(req);
+      if (reusable) {
+        const hit = replies.get(req.url as string);
+        if (hit !== undefined) {
+          res.writeHead(hit.status, { ...hit.headers, 'x-request-id': requestId });
+          res.end(hit.body);
+          return;
+        }
+      }
       const body = await readBody(req, limit);
       if (body === 'too-large') {
         sendProblem(res, new ProblemError(413, `the request body is larger than ${limit} bytes`), true);
         return;
       }
       if (dispatch) {
+        const stamp = replies.stamp();
         const response = await dispatch(toApiRequest(req, body, requestId, target));
+        if (reusable) replies.offer(req.url as string, response, stamp);
+        // Any other method may change what the reads answer: nothing sent before it is resent.
+        else if (req.method !== 'GET' && req.method !== 'HEAD') replies.clear();
         res.writeHead(response.status, { ...response.headers, 'x-request-id': requestId });
         res.end(response.body);
         return;
@@ -338,6 +410,8 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
       dispatch = routes.dispatch;
       handler = routes.handler;
       extras = routes.extraRoutes ?? [];
+      replies.clear();
+      replies.changes = routes.changes ?? (() => 0);
       serving = true;
     },
     close() {

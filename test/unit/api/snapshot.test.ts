@@ -2,6 +2,7 @@
  * Snapshots behind the cheap reads: one load per lifetime however many readers, stale served
  * while one refresh runs, an invalidation never answered with the state from before it.
  */
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { noneMatch, Snapshot, SnapshotMap } from '../../../functions/api/snapshot.js';
 
@@ -72,6 +73,33 @@ describe('Snapshot', () => {
     const read = await snap.read();
 
     expect(read).toMatchObject({ value: { ok: true }, ageSeconds: 3, maxAgeSeconds: 0 });
+  });
+});
+
+describe('Snapshot.reusableMs', () => {
+  it('is exactly how long a read keeps giving the same answer: the same Age and max-age until then, another (or a due snapshot) at its end', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 1, max: 60_000 }), fc.integer({ min: 0, max: 70_000 }), async (maxAgeMs, elapsedMs) => {
+        let now = 0;
+        const snap = new Snapshot(async () => ({ n: 1 }), { maxAgeMs, now: () => now });
+        await snap.read();
+        now = elapsedMs;
+        const read = await snap.read();
+        if (elapsedMs >= maxAgeMs) {
+          expect(read.reusableMs).toBe(0);
+          return;
+        }
+        expect(read.reusableMs).toBeGreaterThan(0);
+        now = elapsedMs + read.reusableMs - 1;
+        const last = await snap.read();
+        now = elapsedMs + read.reusableMs;
+        const next = await snap.read();
+
+        expect([last.etag, last.ageSeconds, last.maxAgeSeconds]).toEqual([read.etag, read.ageSeconds, read.maxAgeSeconds]);
+        expect(next.ageSeconds !== read.ageSeconds || next.maxAgeSeconds !== read.maxAgeSeconds || next.reusableMs === 0).toBe(true);
+      }),
+      { numRuns: 300 },
+    );
   });
 });
 

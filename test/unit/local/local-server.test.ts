@@ -219,3 +219,67 @@ describe('local HTTP adapter bound before its routes exist (local mode while it 
     await expect(fetch(server.url)).rejects.toThrow();
   });
 });
+
+describe('local HTTP adapter resending reusable answers as bytes', () => {
+  let server: LocalServer;
+  let changes = 0;
+  const dispatched: string[] = [];
+
+  beforeAll(async () => {
+    server = await startLocalServer({
+      port: 0,
+      changes: () => changes,
+      dispatch: async (request) => {
+        const target = `${request.method} ${request.path}?${new URLSearchParams(request.query as Record<string, string>).toString()}`;
+        dispatched.push(target);
+        const reuseForMs = request.path === '/never' ? 0 : 60_000;
+        return { status: 200, headers: { 'content-type': 'application/json', etag: '"e"' }, body: JSON.stringify({ target, n: dispatched.length }), reuseForMs };
+      },
+    });
+  });
+
+  afterAll(async () => {
+    await server.close();
+  });
+
+  const get = async (target: string, headers: Record<string, string> = {}): Promise<{ body: string; id: string | null; etag: string | null }> => {
+    const res = await fetch(`${server.url}${target}`, { headers });
+    return { body: await res.text(), id: res.headers.get('x-request-id'), etag: res.headers.get('etag') };
+  };
+
+  it('answers the same GET again from the kept bytes (headers included, a request id of its own), each query string apart', async () => {
+    dispatched.length = 0;
+    const first = await get('/a?x=1');
+    const again = await get('/a?x=1');
+    const other = await get('/a?x=2');
+
+    expect(dispatched).toEqual(['GET /a?x=1', 'GET /a?x=2']);
+    expect(again.body).toBe(first.body);
+    expect(again.etag).toBe('"e"');
+    expect(again.id).not.toBe(first.id);
+    expect(other.body).not.toBe(first.body);
+  });
+
+  it('never resends an answer not marked reusable, nor answers a conditional GET or a HEAD from kept bytes', async () => {
+    dispatched.length = 0;
+    await get('/never');
+    await get('/never');
+    await get('/b');
+    await get('/b', { 'if-none-match': '"e"' });
+    await fetch(`${server.url}/b`, { method: 'HEAD' });
+
+    expect(dispatched).toEqual(['GET /never?', 'GET /never?', 'GET /b?', 'GET /b?', 'HEAD /b?']);
+  });
+
+  it('drops what it kept after a request of another method, and when the routes count a change', async () => {
+    dispatched.length = 0;
+    await get('/c');
+    await fetch(`${server.url}/c`, { method: 'POST' });
+    await get('/c');
+    await get('/c');
+    changes++;
+    await get('/c');
+
+    expect(dispatched).toEqual(['GET /c?', 'POST /c?', 'GET /c?', 'GET /c?']);
+  });
+});
