@@ -57,6 +57,9 @@ const FARGATE_MEMORY: Record<number, readonly [number, number, number]> = {
  */
 export const DEFAULT_NGINX_PORT = 8080;
 
+/** The host of a private Amazon ECR registry (`<account>.dkr.ecr.<region>.amazonaws.com`, `.com.cn` in China). */
+const PRIVATE_ECR_HOST = /^\d{12}\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?\//;
+
 const imageSchema = z.discriminatedUnion('kind', [
   /** The demo backend, built from this repository at deploy time (containers/backend). */
   z.strictObject({ kind: z.literal('demo') }),
@@ -70,7 +73,13 @@ const imageSchema = z.discriminatedUnion('kind', [
   z.strictObject({
     kind: z.literal('registry'),
     /** A full image reference, e.g. `public.ecr.aws/org/image:1.2.3`. */
-    uri: z.string().regex(/^[a-z0-9.-]+(:\d+)?\/[\w./-]+(:[\w.-]+|@sha256:[a-f0-9]{64})$/, 'an image reference with a registry host and a tag or digest'),
+    uri: z
+      .string()
+      .regex(/^[a-z0-9.-]+(:\d+)?\/[\w./-]+(:[\w.-]+|@sha256:[a-f0-9]{64})$/, 'an image reference with a registry host and a tag or digest')
+      // A registry image is pulled without credentials: a private ECR repository would refuse
+      // the task execution role, whose pull permission names only the repositories the stack
+      // knows, and every task would fail to start.
+      .refine((uri) => !PRIVATE_ECR_HOST.test(uri), 'a private Amazon ECR image: use {"kind":"ecr","repository":...,"tag":...} for a repository of the deployment account, so the task execution role is granted pull on it'),
   }),
 ], { error: '"kind" must be "demo" (the demo backend built from containers/backend), "ecr" (with "repository" and "tag") or "registry" (with "uri")' });
 export type ImageConfig = z.infer<typeof imageSchema>;

@@ -56,6 +56,15 @@ describe('parseDeploymentConfig', () => {
     );
   });
 
+  it('refuses a private ECR image as a registry image (no pull permission for it), and takes a public one', () => {
+    const registry = (uri: string) => ({ services: { frontend: { image: { kind: 'registry', uri } } } });
+    for (const uri of ['123456789012.dkr.ecr.eu-west-1.amazonaws.com/ca-dms/frontend:1.2.3', '123456789012.dkr.ecr-fips.us-east-1.amazonaws.com/app@sha256:' + 'a'.repeat(64)]) {
+      expect(issuesOf(registry(uri)), uri).toEqual(['services.frontend.image.uri']);
+    }
+    expect(parseDeploymentConfig(registry('public.ecr.aws/example/frontend:1.2.3')).services.frontend.image).toMatchObject({ kind: 'registry' });
+    expect(parseDeploymentConfig(registry('ghcr.io/example/frontend:1.2.3')).services.frontend.image).toMatchObject({ kind: 'registry' });
+  });
+
   it('rejects unknown keys, naming them', () => {
     expect(issuesOf({ databse: { shards: 2 }, network: { maxAZs: 3 } }).sort()).toEqual(['databse', 'network.maxAZs']);
   });
