@@ -184,10 +184,13 @@ export function period(season: Season, lead: number): number | undefined {
   let shorterCount = 0;
   let sum = 0;
   let count = 0;
-  for (let i = 0; i < LAGS.length; i++) {
+  const shortest = lead + PHASE_WINDOW + 1;
+  const longest = Math.min(RING_MINUTES - LEVEL_MINUTES, season.seen / 3);
+  // LAGS ascend: the loop ends at the first lag too long.
+  for (let i = 0; i < LAGS.length && (LAGS[i] as number) <= longest; i++) {
     const lag = LAGS[i] as number;
     const e = season.errors[i] as number;
-    if (e === NONE || lag < lead + PHASE_WINDOW + 1 || lag + LEVEL_MINUTES > RING_MINUTES || season.seen < 3 * lag) continue;
+    if (e === NONE || lag < shortest) continue;
     if (e < bestError) {
       best = lag;
       bestError = e;

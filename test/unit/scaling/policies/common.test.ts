@@ -1,6 +1,8 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   finishDecision,
+  fmt,
   scaleInCooldownUntil,
   scaleOutCooldown,
   type ServicePolicyInput,
@@ -83,5 +85,26 @@ describe('AWS cooldown bookkeeping', () => {
     const thenOut = withEvents([...inOnly.events, { at: T0 - 30 * SECOND, from: 5, to: 6 }]);
     expect(scaleInCooldownUntil(inOnly, T0, 300 * SECOND)).toBe(T0 + 4 * MINUTE);
     expect(scaleInCooldownUntil(thenOut, T0, 300 * SECOND)).toBeUndefined();
+  });
+});
+
+describe('fmt', () => {
+  /** What fmt printed before it composed the string from whole hundredths: the reference it must match. */
+  const reference = (v: number): string => (Number.isInteger(v) ? String(v) : String(Math.round(v * 100) / 100));
+
+  it('prints at most two decimals, trailing zeros and a lone minus of zero dropped', () => {
+    expect([85.71428, 85.70001, 0.05, -0.5, -0.004, 99.995].map(fmt)).toEqual(['85.71', '85.7', '0.05', '-0.5', '0', '100']);
+  });
+
+  it('property: the same string as String(Math.round(v * 100) / 100) for any number', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(fc.double(), fc.double({ min: -1e4, max: 1e4 }), fc.integer({ min: -1e7, max: 1e7 }).map((h) => h / 100 + 0.005), fc.constantFrom(1e15 + 0.5, 1e21 + 0.5, -0)),
+        (v) => {
+          expect(fmt(v)).toBe(reference(v));
+        },
+      ),
+      { numRuns: 5000, verbose: true },
+    );
   });
 });
