@@ -57,7 +57,7 @@ export const GUARD_EXEMPTIONS: readonly GuardExemption[] = [
     rule: 'lambda_inside_vpc_check',
     type: 'AWS::Lambda::Function',
     when: (p) => p['VpcConfig'] === undefined,
-    reason: "CDK's own custom-resource handlers (default security group restriction, custom-resource provider framework): they only call AWS APIs and reach nothing in the VPC; the five control-plane functions do run in the VPC.",
+    reason: "CDK's own custom-resource handlers (default security group restriction, the ECS service-linked role's AwsCustomResource, custom-resource provider framework): they only call AWS APIs and reach nothing in the VPC; the five control-plane functions do run in the VPC.",
   },
   {
     rule: 'lambda_inside_vpc_check',
@@ -77,6 +77,12 @@ export const GUARD_EXEMPTIONS: readonly GuardExemption[] = [
     type: 'AWS::RDS::DBInstance',
     when: (p) => p['MultiAZ'] !== true,
     reason: 'Multi-AZ follows database.multiAz (default: the production flag): development primaries are single-AZ to halve their cost; production primaries are Multi-AZ.',
+  },
+  {
+    rule: 'rds_instance_deletion_protection_enabled_check',
+    type: 'AWS::RDS::DBInstance',
+    when: (p) => p['DeletionProtection'] !== true,
+    reason: 'Deletion protection follows database.deletionProtection (default: the production flag): with it on, CloudFormation can neither roll back a failed first create (the stack stops in ROLLBACK_FAILED) nor run `cdk destroy`, which development environments need; production keeps it on.',
   },
   {
     rule: 'rds_instance_enhanced_monitoring_enabled_check',
@@ -136,7 +142,7 @@ export const GUARD_EXEMPTIONS: readonly GuardExemption[] = [
     rule: 'sqs_dlq_check',
     type: 'AWS::SQS::Queue',
     when: (p) => p['RedrivePolicy'] === undefined,
-    reason: 'These queues are the dead-letter queues (failed and undeliverable events of the control-plane functions); a dead-letter queue of a dead-letter queue would only move the same messages again.',
+    reason: "These queues are dead-letter queues (failed and undeliverable events of the control-plane functions, and the worker queue's jobs that failed maxReceiveCount times); a dead-letter queue of a dead-letter queue would only move the same messages again.",
   },
 ];
 

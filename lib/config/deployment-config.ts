@@ -190,6 +190,13 @@ const deploymentSchemaObject = z.strictObject({
       backupRetentionDays: z.number().int().min(7).max(35).default(7),
       /** Defaults to `production`. */
       multiAz: z.boolean().optional(),
+      /**
+       * RDS deletion protection on every instance. Defaults to `production`. It stops
+       * CloudFormation too: a failed first create cannot roll back past a protected instance
+       * (ROLLBACK_FAILED) and `cdk destroy` fails, so a first production deploy may run with it
+       * off and turn it on with the next deploy (an in-place change).
+       */
+      deletionProtection: z.boolean().optional(),
       secretRotationDays: z.number().int().min(1).max(365).default(30),
       /** How documents are routed to shards (range routing needs ranges this file does not carry). */
       shardingStrategy: z.enum(['hash_based', 'directory_based']).default('hash_based'),
@@ -218,6 +225,15 @@ const deploymentSchemaObject = z.strictObject({
    * It becomes the functions' last-known configuration and the scalable targets' bounds.
    */
   scaling: z.record(z.string(), z.unknown()).default({}),
+  /** The worker service's job queue (SQS), whose depth the controller scales the worker on. */
+  workerQueue: z
+    .strictObject({
+      /** How long a received job stays hidden from other workers: longer than the slowest job. SQS allows 0..43200. */
+      visibilityTimeoutSeconds: z.number().int().min(0).max(43_200).default(300),
+      /** Receives after which a failing job goes to the dead-letter queue. SQS allows 1..1000. */
+      maxReceiveCount: z.number().int().min(1).max(1000).default(5),
+    })
+    .prefault({}),
   alarms: z
     .strictObject({
       cpuPercent: z.number().min(1).max(100).default(80),

@@ -8,8 +8,10 @@ import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import type * as sns from 'aws-cdk-lib/aws-sns';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import { Construct } from 'constructs';
+import type { QueueMetric } from '../../functions/adapters/aws/topology.js';
 import { parseScalingConfig, ScalingConfigError, type ScalingConfig } from '../../functions/core/scaling/config.js';
 import { acknowledge, nagArn } from '../nag.js';
 import { validateProps } from '../validate.js';
@@ -38,6 +40,23 @@ export interface ScaledService {
   readonly service: ecs.IBaseService;
   /** The target group's ARN suffix (`targetgroup/NAME/ID`), for response-time metrics. @default - none */
   readonly targetGroupFullName?: string;
+  /** The SQS queue whose visible messages are the service's queue depth. @default - none */
+  readonly queue?: sqs.IQueue;
+}
+
+/**
+ * The queue-depth metric the controller reads for a service fed by `queue`: the jobs waiting to
+ * be received (`ApproximateNumberOfMessagesVisible`, not those in flight: a running job needs no
+ * new task). Its `Maximum` over the period, the backlog at its worst, as SQS publishes the
+ * metric once a minute per queue.
+ */
+export function sqsQueueDepth(queue: sqs.IQueue): QueueMetric {
+  return {
+    namespace: 'AWS/SQS',
+    metricName: 'ApproximateNumberOfMessagesVisible',
+    dimensions: [{ name: 'QueueName', value: queue.queueName }],
+    statistic: 'Maximum',
+  };
 }
 
 /** Props of {@link ControlPlane}. */
@@ -180,6 +199,7 @@ export class ControlPlane extends Construct {
             ...(s.targetGroupFullName && props.loadBalancerFullName
               ? { targetGroup: s.targetGroupFullName, loadBalancer: props.loadBalancerFullName }
               : {}),
+            ...(s.queue ? { queue: sqsQueueDepth(s.queue) } : {}),
           },
         ]),
       ),

@@ -1,4 +1,4 @@
-import { Annotations, Duration, RemovalPolicy } from 'aws-cdk-lib';
+import { Annotations, Duration, RemovalPolicy, Resource } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import type * as kms from 'aws-cdk-lib/aws-kms';
 import * as logs from 'aws-cdk-lib/aws-logs';
@@ -64,6 +64,12 @@ export interface ShardDatabaseProps {
   readonly proxyClientSecurityGroups: readonly ec2.ISecurityGroup[];
   /** What happens to the primary when it leaves the stack. @default RemovalPolicy.SNAPSHOT */
   readonly removalPolicy?: RemovalPolicy;
+  /**
+   * RDS deletion protection on every instance. It also stops CloudFormation: the rollback of a
+   * failed first create cannot delete a protected instance (the stack ends in ROLLBACK_FAILED,
+   * and a retry collides with the instance's name), nor can `cdk destroy`. @default true
+   */
+  readonly deletionProtection?: boolean;
   /** Retention of the exported PostgreSQL logs. @default logs.RetentionDays.THREE_MONTHS */
   readonly logRetention?: logs.RetentionDays;
   /** What happens to the exported logs when the shard leaves the stack. @default RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE */
@@ -175,7 +181,7 @@ export class ShardDatabase extends Construct {
       parameterGroup: props.parameterGroup,
       storageType: rds.StorageType.GP3,
       maxAllocatedStorage: maxAllocated,
-      deletionProtection: true,
+      deletionProtection: props.deletionProtection ?? true,
       iamAuthentication: true,
       autoMinorVersionUpgrade: props.autoMinorVersionUpgrade ?? true,
       publiclyAccessible: false,
@@ -215,6 +221,14 @@ export class ShardDatabase extends Construct {
     }
     if (!this.primary.secret) throw new Error('unreachable: generated credentials always carry a secret');
     this.secret = this.primary.secret;
+    // CDK gives the primary's subnet group and admin secret its removal policy only for RETAIN
+    // (anything else becomes DESTROY): a primary kept except on create must keep them too, or a
+    // stack deletion would remove the password of the database it keeps.
+    if (props.removalPolicy === RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE) {
+      for (const helper of [this.primary.node.tryFindChild('SubnetGroup'), this.primary.node.tryFindChild('Secret')]) {
+        if (helper instanceof Resource) helper.applyRemovalPolicy(RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE);
+      }
+    }
 
     // Its rotation (alternating users) is scheduled by the control plane once the migrations
     // have created the user: a rotation must log in with the current password first.
@@ -282,6 +296,16 @@ export class ShardDatabase extends Construct {
       requireTLS: true,
       borrowTimeout: Duration.seconds(30),
     });
+
+    if (!(props.deletionProtection ?? true)) {
+      for (const instance of [this.primary, ...this.replicas]) {
+        acknowledge(
+          instance,
+          'AwsSolutions-RDS10',
+          'Deletion protection off by configuration (database.deletionProtection, the development default): CloudFormation could neither roll back a failed first create nor run `cdk destroy` past a protected instance; production keeps it on.',
+        );
+      }
+    }
   }
 
   /**

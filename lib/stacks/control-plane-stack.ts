@@ -1,5 +1,6 @@
 import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import type * as logs from 'aws-cdk-lib/aws-logs';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { SERVICE_NAMES, type DeploymentConfig } from '../config/deployment-config.js';
 import { AlarmTopic } from '../control-plane/alarm-topic.js';
@@ -8,14 +9,17 @@ import type { ShardDatabase } from '../data/shard-database.js';
 import { SUBNETS, type Network } from '../network/network.js';
 import { alarmServiceMap } from '../observability/alarm-names.js';
 import { shardingDocument } from '../data/sharding-document.js';
-import type { ServicesStack } from './services-stack.js';
+import type { ScaledFleet, WatchedControlPlane } from './interfaces.js';
 
 /** Props of {@link ControlPlaneStack}. */
 export interface ControlPlaneStackProps extends StackProps {
   readonly config: DeploymentConfig;
   readonly network: Network;
   readonly shards: readonly ShardDatabase[];
-  readonly services: ServicesStack;
+  /** The services the controller scales. */
+  readonly fleet: ScaledFleet;
+  /** The worker service's job queue: the controller scales the worker on its depth. */
+  readonly workerQueue: sqs.IQueue;
   readonly entries: ControlPlaneEntries;
   readonly migrationsDirectory: string;
   /** @default - found upwards from each entry */
@@ -26,10 +30,12 @@ export interface ControlPlaneStackProps extends StackProps {
 export class ControlPlaneStack extends Stack {
   readonly controlPlane: ControlPlane;
   readonly alarmTopic: AlarmTopic;
+  /** What the observability stack watches and alarms to. */
+  readonly watched: WatchedControlPlane;
 
   constructor(scope: Construct, id: string, props: ControlPlaneStackProps) {
     super(scope, id, props);
-    const { config, network, shards, services } = props;
+    const { config, network, shards, fleet } = props;
     const prefix = `${config.name}-${config.environment}`;
     const catalogShard = shards[0];
     if (!catalogShard) throw new Error('ControlPlaneStack needs at least one shard: the catalog lives on the first');
@@ -43,17 +49,17 @@ export class ControlPlaneStack extends Stack {
       entries: props.entries,
       migrationsDirectory: props.migrationsDirectory,
       depsLockFilePath: props.depsLockFilePath,
-      cluster: services.cluster,
+      cluster: fleet.cluster,
       services: Object.fromEntries(
         SERVICE_NAMES.map((name) => [
           name,
           {
-            service: services.services[name].service,
-            ...(name === 'worker' ? {} : { targetGroupFullName: services.targetGroups[name].targetGroupFullName }),
+            service: fleet.services[name].service,
+            ...(name === 'worker' ? { queue: props.workerQueue } : { targetGroupFullName: fleet.targetGroups[name].targetGroupFullName }),
           },
         ]),
       ),
-      loadBalancerFullName: services.loadBalancer.alb.loadBalancerFullName,
+      loadBalancerFullName: fleet.loadBalancer.alb.loadBalancerFullName,
       // The catalog lives in the first shard's primary and is reached through its proxy.
       catalog: { secret: catalogShard.secret, host: catalogShard.proxy.endpoint },
       shardSecrets: shards.map((s) => s.secret),
@@ -74,6 +80,17 @@ export class ControlPlaneStack extends Stack {
       apiThrottlingBurstLimit: config.api.throttlingBurstLimit,
       logRetention: config.logRetentionDays as logs.RetentionDays,
     });
+
+    const cp = this.controlPlane;
+    this.watched = {
+      alarmTopic: this.alarmTopic.topic,
+      functions: { Evaluate: cp.evaluate.function, Alarm: cp.alarm.function, Api: cp.api.function, Migrate: cp.migrate.function, Moves: cp.moves.function },
+      // Not the moves queue: with the opt-in reserved concurrency, while one long move runs every
+      // later tick is throttled until its maximum event age and then lands there by design
+      // (EventAgeExceeded). The worker's timeouts and crashes raise its Errors alarm instead.
+      deadLetterQueues: { Evaluate: cp.failureQueues.evaluate.queue, Alarm: cp.failureQueues.alarm.queue },
+      movesScheduleRuleName: cp.movesSchedule.ruleName,
+    };
 
     new CfnOutput(this, 'ScalingApiUrl', {
       description: 'Base URL of the scaling API (IAM/SigV4-signed requests only)',

@@ -6,6 +6,7 @@ import * as rds from 'aws-cdk-lib/aws-rds';
 import type { Construct } from 'constructs';
 import type { DeploymentConfig } from '../config/deployment-config.js';
 import { ShardDatabase } from '../data/shard-database.js';
+import { WorkQueue } from '../data/work-queue.js';
 import type { Network } from '../network/network.js';
 import { SUBNETS } from '../network/network.js';
 
@@ -26,11 +27,13 @@ export function shardId(index: number): string {
 }
 
 /**
- * The stateful stack: every shard's PostgreSQL instances, proxies and secrets. Termination
- * protection is on and every resource states what happens when it is removed.
+ * The stateful stack: every shard's PostgreSQL instances, proxies and secrets, and the worker
+ * service's job queue (jobs not yet done are state too). Termination protection is on and every
+ * resource states what happens when it is removed.
  */
 export class DataStack extends Stack {
   readonly shards: readonly ShardDatabase[];
+  readonly workerQueue: WorkQueue;
   readonly key: kms.Key;
 
   constructor(scope: Construct, id: string, props: DataStackProps) {
@@ -84,12 +87,22 @@ export class DataStack extends Stack {
         secretRotation: Duration.days(db.secretRotationDays),
         clientSecurityGroups: [network.servicesSecurityGroup, network.functionsSecurityGroup],
         proxyClientSecurityGroups: [network.functionsSecurityGroup],
-        removalPolicy: config.production ? RemovalPolicy.RETAIN : RemovalPolicy.SNAPSHOT,
+        // Kept when it leaves the stack in production, except after the failed create that made
+        // it: a rolled-back first deploy must leave no instance whose name the retry would reuse.
+        removalPolicy: config.production ? RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE : RemovalPolicy.SNAPSHOT,
+        deletionProtection: db.deletionProtection ?? config.production,
         logRetention: config.logRetentionDays as logs.RetentionDays,
         // Development environments are torn down and redeployed: their retained log groups,
         // named after the instances, would collide with the next deploy's.
         logRemovalPolicy: config.production ? RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE : RemovalPolicy.DESTROY,
       });
+    });
+
+    this.workerQueue = new WorkQueue(this, 'WorkerQueue', {
+      visibilityTimeout: Duration.seconds(config.workerQueue.visibilityTimeoutSeconds),
+      maxReceiveCount: config.workerQueue.maxReceiveCount,
+      // A torn-down development environment's pending jobs are worth nothing; production keeps them.
+      removalPolicy: config.production ? RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE : RemovalPolicy.DESTROY,
     });
   }
 }

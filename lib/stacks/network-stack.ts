@@ -2,6 +2,7 @@ import { Stack, type StackProps } from 'aws-cdk-lib';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
 import type { DeploymentConfig } from '../config/deployment-config.js';
+import { EcsServiceLinkedRole } from '../network/ecs-service-linked-role.js';
 import { Network } from '../network/network.js';
 
 /** Props of {@link NetworkStack}. */
@@ -9,9 +10,13 @@ export interface NetworkStackProps extends StackProps {
   readonly config: DeploymentConfig;
 }
 
-/** The VPC, its endpoints and flow logs, and the workload security groups. */
+/**
+ * The VPC, its endpoints and flow logs, the workload security groups, and ECS's service-linked
+ * role (this stack deploys first: see {@link EcsServiceLinkedRole}).
+ */
 export class NetworkStack extends Stack {
   readonly network: Network;
+  readonly ecsServiceLinkedRole: EcsServiceLinkedRole;
 
   constructor(scope: Construct, id: string, props: NetworkStackProps) {
     super(scope, id, props);
@@ -23,5 +28,6 @@ export class NetworkStack extends Stack {
       interfaceEndpoints: n.interfaceEndpoints,
       flowLogRetention: n.flowLogRetentionDays as logs.RetentionDays,
     });
+    this.ecsServiceLinkedRole = new EcsServiceLinkedRole(this, 'EcsServiceLinkedRole');
   }
 }

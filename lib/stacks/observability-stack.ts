@@ -2,6 +2,7 @@ import { CfnOutput, Duration, Stack, type StackProps } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as cwActions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { SERVICE_NAMES, type DeploymentConfig } from '../config/deployment-config.js';
 import { resolveServiceConfig } from '../../functions/core/scaling/config.js';
@@ -10,15 +11,18 @@ import { FunctionAlarms } from '../observability/function-alarms.js';
 import { CONTROLLER_METRICS_SERVICE, CONTROLLER_NAMESPACE, ScalingDashboard } from '../observability/scaling-dashboard.js';
 import { ServiceAlarms } from '../observability/service-alarms.js';
 import { ShardAlarms } from '../observability/shard-alarms.js';
-import type { ControlPlaneStack } from './control-plane-stack.js';
-import { pascal, type ServicesStack } from './services-stack.js';
+import type { ScaledFleet, WatchedControlPlane } from './interfaces.js';
+import { pascal } from './services-stack.js';
 
 /** Props of {@link ObservabilityStack}. */
 export interface ObservabilityStackProps extends StackProps {
   readonly config: DeploymentConfig;
   readonly shards: readonly ShardDatabase[];
-  readonly services: ServicesStack;
-  readonly controlPlane: ControlPlaneStack;
+  /** The services whose alarms and graphs it shows. */
+  readonly fleet: ScaledFleet;
+  readonly controlPlane: WatchedControlPlane;
+  /** Where the worker's jobs go after failing maxReceiveCount times. */
+  readonly workerDeadLetterQueue: sqs.IQueue;
 }
 
 /** The dashboard and every alarm, all publishing to the control plane's alarm topic. */
@@ -27,10 +31,10 @@ export class ObservabilityStack extends Stack {
 
   constructor(scope: Construct, id: string, props: ObservabilityStackProps) {
     super(scope, id, props);
-    const { config, shards, services } = props;
+    const { config, shards, fleet } = props;
     const prefix = `${config.name}-${config.environment}`;
-    const topic = props.controlPlane.alarmTopic.topic;
-    const cp = props.controlPlane.controlPlane;
+    const topic = props.controlPlane.alarmTopic;
+    const cp = props.controlPlane;
 
     for (const shard of shards) {
       new ShardAlarms(this, `${pascal(shard.shardId)}Alarms`, {
@@ -49,38 +53,29 @@ export class ObservabilityStack extends Stack {
       new ServiceAlarms(this, `${pascal(name)}Alarms`, {
         namePrefix: prefix,
         serviceName: name,
-        service: services.services[name].service,
-        ...(name === 'worker' ? {} : { targetGroup: services.targetGroups[name] }),
+        service: fleet.services[name].service,
+        ...(name === 'worker' ? {} : { targetGroup: fleet.targetGroups[name] }),
         topic,
         cpuPercent: scaling.cpu_scale_up,
         memoryPercent: scaling.memory_scale_up,
         responseTimeMs: scaling.response_time_scale_up,
       });
     }
-    const functions = {
-      Evaluate: cp.evaluate.function,
-      Alarm: cp.alarm.function,
-      Api: cp.api.function,
-      Migrate: cp.migrate.function,
-      Moves: cp.moves.function,
-    };
+    const functions = cp.functions;
     new FunctionAlarms(this, 'ControlPlaneAlarms', {
       functions,
-      // Not the moves queue: with the opt-in reserved concurrency, while one long move runs every
-      // later tick is throttled until its maximum event age and then lands there by design
-      // (EventAgeExceeded). The worker's timeouts and crashes raise its Errors alarm instead.
-      deadLetterQueues: { Evaluate: cp.failureQueues.evaluate.queue, Alarm: cp.failureQueues.alarm.queue },
+      deadLetterQueues: cp.deadLetterQueues,
       topic,
       errorThreshold: config.alarms.lambdaErrors,
     });
 
-    // The moves queue raises no alarm (see above), so failed deliveries of its schedule do.
+    // The moves failure queue raises no alarm (see ControlPlaneStack.watched), so failed deliveries of its schedule do.
     const movesDelivery = new cloudwatch.Alarm(this, 'MovesScheduleFailedInvocations', {
       alarmDescription: 'control plane: EventBridge could not invoke the moves worker (planned shard moves are not progressing)',
       metric: new cloudwatch.Metric({
         namespace: 'AWS/Events',
         metricName: 'FailedInvocations',
-        dimensionsMap: { RuleName: cp.movesSchedule.ruleName },
+        dimensionsMap: { RuleName: cp.movesScheduleRuleName },
         period: Duration.minutes(5),
         statistic: 'Sum',
       }),
@@ -109,9 +104,21 @@ export class ObservabilityStack extends Stack {
     });
     moveFailures.addAlarmAction(new cwActions.SnsAction(topic));
 
+    // A job lands here only after failing every receive: someone must look at it, and nothing
+    // else reports it (the worker's own errors are the application's).
+    const workerDeadLetters = new cloudwatch.Alarm(this, 'WorkerDeadLetters', {
+      alarmDescription: 'worker: jobs failed every attempt and wait in the dead-letter queue (inspect, fix, then redrive them from the SQS console)',
+      metric: props.workerDeadLetterQueue.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5), statistic: 'Maximum' }),
+      threshold: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      evaluationPeriods: 1,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+    workerDeadLetters.addAlarmAction(new cwActions.SnsAction(topic));
+
     const elb5xx = new cloudwatch.Alarm(this, 'LoadBalancer5xx', {
       alarmDescription: `load balancer: more than ${config.alarms.alb5xxPerMinute} of its own 5xx answers a minute (no healthy target, or targets failing)`,
-      metric: services.loadBalancer.alb.metrics.httpCodeElb(elbv2.HttpCodeElb.ELB_5XX_COUNT, { period: Duration.minutes(1), statistic: 'Sum' }),
+      metric: fleet.loadBalancer.alb.metrics.httpCodeElb(elbv2.HttpCodeElb.ELB_5XX_COUNT, { period: Duration.minutes(1), statistic: 'Sum' }),
       threshold: config.alarms.alb5xxPerMinute,
       comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
       evaluationPeriods: 3,
@@ -124,9 +131,9 @@ export class ObservabilityStack extends Stack {
       dashboardName: prefix,
       services: SERVICE_NAMES.map((name) => ({
         name,
-        clusterName: services.cluster.clusterName,
-        service: services.services[name].service,
-        ...(name === 'worker' ? {} : { targetGroup: services.targetGroups[name] }),
+        clusterName: fleet.cluster.clusterName,
+        service: fleet.services[name].service,
+        ...(name === 'worker' ? {} : { targetGroup: fleet.targetGroups[name] }),
       })),
       shards: shards.map((s) => ({ shardId: s.shardId, primary: s.primary, replicas: s.replicas })),
       functions,

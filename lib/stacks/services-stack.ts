@@ -7,6 +7,7 @@ import * as ecr from 'aws-cdk-lib/aws-ecr';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import type * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import type * as logs from 'aws-cdk-lib/aws-logs';
+import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
 import { SERVICE_NAMES, type DeploymentConfig, type ImageConfig, type ServiceName } from '../config/deployment-config.js';
 import type { ShardDatabase } from '../data/shard-database.js';
@@ -21,6 +22,8 @@ export interface ServicesStackProps extends StackProps {
   readonly config: DeploymentConfig;
   readonly network: Network;
   readonly shards: readonly ShardDatabase[];
+  /** The worker service's job queue: its tasks get its URL and name, and may send, receive and delete. */
+  readonly workerQueue: sqs.IQueue;
   /** How to build the nginx sidecar image. */
   readonly nginxImage: ImageBuildContext;
   /** How to build the demo backend image, run by services whose image is `{ "kind": "demo" }`. */
@@ -125,6 +128,7 @@ export class ServicesStack extends Stack {
           SHARDING_CONFIG_JSON: this.toJsonString(sharding),
           // The catalog (slot maps, directory) lives on the first shard's primary, as the control plane's.
           CATALOG_SHARD_ID: shards[0]?.shardId ?? '',
+          ...(name === 'worker' ? { WORKER_QUEUE_URL: props.workerQueue.queueUrl, WORKER_QUEUE_NAME: props.workerQueue.queueName } : {}),
         },
         secrets,
         nginxEnvironment: {
@@ -141,6 +145,11 @@ export class ServicesStack extends Stack {
       });
     }
     this.services = services as Record<ServiceName, SidecarService>;
+    // The worker takes jobs off its queue (receive, delete, extend visibility) and may queue
+    // follow-up jobs; no other service touches it.
+    const workerRole = this.services.worker.taskDefinition.taskRole;
+    props.workerQueue.grantConsumeMessages(workerRole);
+    props.workerQueue.grantSendMessages(workerRole);
 
     this.targetGroups = {
       'backend-read': this.services['backend-read'].targetGroup(network.vpc, LB_HEALTH_PATH['backend-read']),

@@ -36,13 +36,31 @@ describe('production synthesis', () => {
     s.template(s.stacks.data).resourceCountIs('AWS::RDS::DBInstance', 4 * (1 + 2));
   });
 
-  it('runs every primary Multi-AZ and retains it when it leaves the stack', () => {
+  it('runs every primary Multi-AZ, protected from deletion, and retains it when it leaves the stack except after the failed create that made it', () => {
     const primaries = resourcesOf(s.template(s.stacks.data), 'AWS::RDS::DBInstance').filter(([, r]) => !r.Properties?.['SourceDBInstanceIdentifier']);
     expect(primaries).toHaveLength(4);
     for (const [, r] of primaries) {
-      expect(r.Properties).toMatchObject({ MultiAZ: true, BackupRetentionPeriod: 14 });
-      expect(r.DeletionPolicy).toBe('Retain');
+      expect(r.Properties).toMatchObject({ MultiAZ: true, BackupRetentionPeriod: 14, DeletionProtection: true });
+      expect(r.DeletionPolicy).toBe('RetainExceptOnCreate');
+      expect(r.UpdateReplacePolicy).toBe('Retain');
     }
+  });
+
+  it("keeps each primary's subnet group and admin secret exactly as long as the primary", () => {
+    const t = s.template(s.stacks.data);
+    for (const shard of s.stacks.data.shards) {
+      for (const helper of [shard.primary.node.findChild('SubnetGroup').node.defaultChild, shard.primary.node.findChild('Secret').node.defaultChild]) {
+        // The secret's logical id is overridden (CDK appends a hash of its password rules).
+        const id = s.stacks.data.resolve((helper as CfnResource).logicalId) as string;
+        expect(t.toJSON()['Resources'][id], id).toMatchObject({ DeletionPolicy: 'RetainExceptOnCreate', UpdateReplacePolicy: 'Retain' });
+      }
+    }
+  });
+
+  it('protects every replica from deletion', () => {
+    const replicas = resourcesOf(s.template(s.stacks.data), 'AWS::RDS::DBInstance').filter(([, r]) => r.Properties?.['SourceDBInstanceIdentifier']);
+    expect(replicas.length).toBeGreaterThan(0);
+    for (const [, r] of replicas) expect(r.Properties?.['DeletionProtection']).toBe(true);
   });
 
   it('serves HTTPS with a certificate validated in the hosted zone and the recommended TLS policy', () => {

@@ -7,8 +7,11 @@ import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CfnResource, Stack } from 'aws-cdk-lib';
 import { Match } from 'aws-cdk-lib/assertions';
+import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { mockClient } from 'aws-sdk-client-mock';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RESPONSE_TIME_STATISTIC } from '../../functions/adapters/aws/topology.js';
+import { CloudWatchMetricsSource } from '../../functions/adapters/aws/cloudwatch-metrics.js';
+import { parseTopology, RESPONSE_TIME_STATISTIC } from '../../functions/adapters/aws/topology.js';
 import { parseScalingConfig } from '../../functions/core/scaling/config.js';
 import { SERVICE_NAMES } from '../../lib/config/deployment-config.js';
 import { SCALING_API_ROUTES } from '../../lib/control-plane/scaling-api.js';
@@ -128,23 +131,27 @@ describe('data stack', () => {
     s.template(s.stacks.data).resourceCountIs('AWS::RDS::DBInstance', shards * (1 + replicasPerShard));
   });
 
-  it('encrypts every primary with the data key, protects it from deletion and keeps backups at least 7 days', () => {
+  it('encrypts every primary with the data key, snapshots it when it leaves the stack and keeps backups at least 7 days', () => {
     const primaries = resourcesOf(s.template(s.stacks.data), 'AWS::RDS::DBInstance').filter(([, r]) => !r.Properties?.['SourceDBInstanceIdentifier']);
     expect(primaries).toHaveLength(s.config.database.shards);
     for (const [, r] of primaries) {
-      expect(r.Properties).toMatchObject({ StorageEncrypted: true, DeletionProtection: true, KmsKeyId: expect.anything(), EnablePerformanceInsights: true });
+      expect(r.Properties).toMatchObject({ StorageEncrypted: true, KmsKeyId: expect.anything(), EnablePerformanceInsights: true });
       expect(r.Properties?.['BackupRetentionPeriod']).toBeGreaterThanOrEqual(7);
       expect(r.DeletionPolicy).toBe('Snapshot');
     }
   });
 
-  it('protects every replica from deletion and replicates it from an encrypted, backed-up primary', () => {
+  it('leaves deletion protection off in development, so that a failed first create can roll back and `cdk destroy` works', () => {
+    for (const [id, r] of resourcesOf(s.template(s.stacks.data), 'AWS::RDS::DBInstance')) expect(r.Properties?.['DeletionProtection'], id).toBe(false);
+  });
+
+  it('replicates every replica from an encrypted, backed-up primary', () => {
     const t = s.template(s.stacks.data);
     const instances = Object.fromEntries(resourcesOf(t, 'AWS::RDS::DBInstance'));
     const replicas = Object.values(instances).filter((r) => r.Properties?.['SourceDBInstanceIdentifier']);
     expect(replicas).toHaveLength(s.config.database.shards * s.config.database.replicasPerShard);
     for (const replica of replicas) {
-      expect(replica.Properties).toMatchObject({ DeletionProtection: true, EnablePerformanceInsights: true });
+      expect(replica.Properties).toMatchObject({ EnablePerformanceInsights: true });
       const sourceRef = replica.Properties?.['SourceDBInstanceIdentifier'] as { 'Fn::Join': [string, unknown[]] };
       const sourceId = JSON.stringify(sourceRef).match(/"Ref":"(?!AWS::)([^"]+)"/)?.[1] as string;
       expect(instances[sourceId]?.Properties).toMatchObject({ StorageEncrypted: true });
@@ -727,7 +734,9 @@ describe('observability stack', () => {
     const delivery = alarms.filter((a) => a['MetricName'] === 'FailedInvocations' && a['Namespace'] === 'AWS/Events');
     expect(delivery).toHaveLength(1);
     expect(JSON.stringify(delivery[0]?.['Dimensions'])).toContain('MovesSchedule');
-    const deadLetters = alarms.filter((a) => a['MetricName'] === 'ApproximateNumberOfMessagesVisible').map((a) => a['AlarmDescription']);
+    const deadLetters = alarms
+      .filter((a) => a['MetricName'] === 'ApproximateNumberOfMessagesVisible' && String(a['AlarmDescription']).startsWith('control plane'))
+      .map((a) => a['AlarmDescription']);
     expect(deadLetters.sort()).toEqual(['control plane: failed Alarm events in the dead-letter queue', 'control plane: failed Evaluate events in the dead-letter queue']);
   });
 
@@ -770,6 +779,125 @@ describe('observability stack', () => {
   });
 });
 
+/**
+ * A template value with every cross-stack reference replaced by a stand-in for what it names:
+ * `<logicalId>.<attribute>` of the producing stack's resource (ARN suffixes of target groups and
+ * load balancers in the shape the topology schema checks). Other intrinsics are not expected.
+ */
+function resolveCrossStack(value: unknown): string {
+  if (typeof value === 'string') return value;
+  const v = value as Json;
+  if ('Fn::Join' in v) {
+    const [separator, parts] = v['Fn::Join'] as [string, unknown[]];
+    return parts.map(resolveCrossStack).join(separator);
+  }
+  if ('Fn::GetStackOutput' in v) {
+    const { StackName, OutputName } = v['Fn::GetStackOutput'] as { StackName: string; OutputName: string };
+    const producer = Object.values(s.stacks).find((stack) => stack.stackName === StackName);
+    if (!producer) throw new Error(`no stack ${StackName}`);
+    const output = (s.template(producer).toJSON()['Outputs'] as Record<string, { Value: Json }>)[OutputName]?.Value;
+    if (!output) throw new Error(`no output ${OutputName} in ${StackName}`);
+    const [id, attribute] = 'Ref' in output ? [output['Ref'] as string, 'Ref'] : (output['Fn::GetAtt'] as [string, string]);
+    if (attribute === 'TargetGroupFullName') return `targetgroup/${id.slice(0, 24)}/0123456789abcdef`;
+    if (attribute === 'LoadBalancerFullName') return `app/${id.slice(0, 24)}/0123456789abcdef`;
+    return `${id}.${attribute}`;
+  }
+  throw new Error(`unexpected intrinsic ${JSON.stringify(v)}`);
+}
+
+describe('worker queue', () => {
+  const queueId = () => logicalId(s.stacks.data, s.stacks.data.workerQueue.queue);
+  const dlqId = () => logicalId(s.stacks.data, s.stacks.data.workerQueue.deadLetterQueue);
+  const queues = () => Object.fromEntries(resourcesOf(s.template(s.stacks.data), 'AWS::SQS::Queue'));
+
+  it('is an SQS queue encrypted with SQS-managed keys that redrives to an encrypted dead-letter queue after the configured receives', () => {
+    const all = queues();
+    expect(Object.keys(all).sort()).toEqual([dlqId(), queueId()].sort());
+    for (const q of Object.values(all)) {
+      expect(q.Properties?.['SqsManagedSseEnabled']).toBe(true);
+      expect(q.Properties?.['MessageRetentionPeriod']).toBe(14 * 24 * 3600);
+    }
+    expect(all[queueId()]?.Properties?.['RedrivePolicy']).toEqual({
+      deadLetterTargetArn: { 'Fn::GetAtt': [dlqId(), 'Arn'] },
+      maxReceiveCount: s.config.workerQueue.maxReceiveCount,
+    });
+    expect(all[queueId()]?.Properties?.['VisibilityTimeout']).toBe(s.config.workerQueue.visibilityTimeoutSeconds);
+  });
+
+  it('refuses anything but TLS on both queues', () => {
+    for (const id of [queueId(), dlqId()]) {
+      s.template(s.stacks.data).hasResourceProperties('AWS::SQS::QueuePolicy', {
+        Queues: [{ Ref: id }],
+        PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } })]) },
+      });
+    }
+  });
+
+  it("gives the worker's application container the queue's URL and name, and no other service either", () => {
+    for (const name of SERVICE_NAMES) {
+      const task = logicalId(s.stacks.services, s.stacks.services.services[name].taskDefinition);
+      const defs = (s.template(s.stacks.services).findResources('AWS::ECS::TaskDefinition')[task] as { Properties: Json }).Properties['ContainerDefinitions'] as Array<{
+        Name: string;
+        Environment?: Array<{ Name: string; Value: unknown }>;
+      }>;
+      const env = Object.fromEntries((defs.find((d) => d.Name === APP_CONTAINER)?.Environment ?? []).map((e) => [e.Name, e.Value]));
+      if (name === 'worker') {
+        expect(resolveCrossStack(env['WORKER_QUEUE_URL'])).toBe(`${queueId()}.Ref`);
+        expect(resolveCrossStack(env['WORKER_QUEUE_NAME'])).toBe(`${queueId()}.QueueName`);
+      } else {
+        expect(Object.keys(env).filter((k) => k.startsWith('WORKER_QUEUE')), name).toEqual([]);
+      }
+    }
+  });
+
+  it('lets the worker task role, and no other role, send, receive, delete and extend jobs of the queue only', () => {
+    const workerRole = logicalId(s.stacks.services, s.stacks.services.services.worker.taskDefinition.taskRole);
+    // The control plane's own failure queues live in its stack; the worker queue is the only
+    // queue of another stack (the data stack).
+    const sqsStatements = allStatements().filter((st) => asArray(st.Action).some((a) => a.startsWith('sqs:')) && JSON.stringify(st.Resource).includes('Fn::GetStackOutput'));
+    expect(sqsStatements.length).toBeGreaterThan(0);
+    const policies = Object.fromEntries(resourcesOf(s.template(s.stacks.services), 'AWS::IAM::Policy'));
+    for (const st of sqsStatements) {
+      expect(st.stack).toBe(s.stacks.services.stackName);
+      expect(JSON.stringify(policies[st.policy]?.Properties?.['Roles'])).toContain(workerRole);
+      expect(resolveCrossStack(st.Resource)).toBe(`${queueId()}.Arn`);
+    }
+    const actions = sqsStatements.flatMap((st) => asArray(st.Action));
+    expect(actions).toEqual(expect.arrayContaining(['sqs:SendMessage', 'sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility']));
+  });
+
+  it('alarms to the alarm topic as soon as a job lands in the dead-letter queue', () => {
+    const alarms = resourcesOf(s.template(s.stacks.observability), 'AWS::CloudWatch::Alarm').filter(([, a]) => a.Properties?.['Namespace'] === 'AWS/SQS' && JSON.stringify(a.Properties['Dimensions']).includes(s.stacks.data.stackName));
+    expect(alarms).toHaveLength(1);
+    const p = alarms[0]?.[1].Properties as Json;
+    expect(p).toMatchObject({ MetricName: 'ApproximateNumberOfMessagesVisible', Statistic: 'Maximum', Threshold: 1, ComparisonOperator: 'GreaterThanOrEqualToThreshold' });
+    expect(resolveCrossStack((p['Dimensions'] as Array<{ Value: unknown }>)[0]?.Value)).toBe(`${dlqId()}.QueueName`);
+    expect(JSON.stringify(p['AlarmActions'])).toContain(s.stacks.controlPlane.stackName);
+  });
+
+  it("makes the controller's GetMetricData query read the visible messages of this queue for the worker", async () => {
+    const parameter = s.stacks.controlPlane.controlPlane.config.parameters['SCALING_TARGETS_JSON'];
+    if (!parameter) throw new Error('no SCALING_TARGETS_JSON parameter');
+    const value = (s.template(s.stacks.controlPlane).findResources('AWS::SSM::Parameter')[logicalId(s.stacks.controlPlane, parameter)] as { Properties: Json }).Properties['Value'];
+    const topology = parseTopology(JSON.parse(resolveCrossStack(value)));
+    const cw = mockClient(CloudWatchClient);
+    try {
+      cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [] });
+      await new CloudWatchMetricsSource({ client: new CloudWatchClient({ region: 'eu-west-1' }), topology }).read(['worker'], Date.UTC(2026, 0, 5, 12, 0, 30));
+      const queries = cw.commandCalls(GetMetricDataCommand).flatMap((c) => c.args[0].input.MetricDataQueries ?? []);
+      const sqsQueries = queries.filter((q) => q.MetricStat?.Metric?.Namespace === 'AWS/SQS');
+      expect(sqsQueries.map((q) => q.MetricStat)).toEqual([
+        expect.objectContaining({
+          Metric: { Namespace: 'AWS/SQS', MetricName: 'ApproximateNumberOfMessagesVisible', Dimensions: [{ Name: 'QueueName', Value: `${queueId()}.QueueName` }] },
+          Stat: 'Maximum',
+        }),
+      ]);
+    } finally {
+      cw.restore();
+    }
+  });
+});
+
 describe('first deploy, rollback and redeploy', () => {
   it('starts the schedules and the alarm subscription only once the migrations have run', () => {
     const t = s.template(s.stacks.controlPlane);
@@ -796,11 +924,38 @@ describe('first deploy, rollback and redeploy', () => {
     expect(new Set(exceptOnCreate)).toEqual(new Set(['AWS::KMS::Key', 'AWS::Logs::LogGroup', 'AWS::RDS::DBParameterGroup']));
   });
 
+  it("creates ECS's service-linked role in the first stack, accepting one that exists and never deleting it, before any cluster", () => {
+    const t = s.template(s.stacks.network);
+    const [created, ...others] = resourcesOf(t, 'Custom::EcsServiceLinkedRole');
+    expect(others).toEqual([]);
+    const call = JSON.parse(created?.[1].Properties?.['Create'] as string) as Json;
+    expect(call).toMatchObject({ service: 'IAM', action: 'createServiceLinkedRole', parameters: { AWSServiceName: 'ecs.amazonaws.com' }, ignoreErrorCodesMatching: 'InvalidInput' });
+    expect(created?.[1].Properties?.['Delete']).toBeUndefined();
+    t.hasResourceProperties('AWS::IAM::Policy', {
+      PolicyDocument: {
+        Statement: [
+          {
+            Action: 'iam:CreateServiceLinkedRole',
+            Effect: 'Allow',
+            Condition: { StringEquals: { 'iam:AWSServiceName': 'ecs.amazonaws.com' } },
+            Resource: Match.objectLike({ 'Fn::Join': ['', Match.arrayWith([':role/aws-service-role/ecs.amazonaws.com/AWSServiceRoleForECS'])] }),
+          },
+        ],
+      },
+    });
+    // The cluster and the services are in the services stack, deployed after the network stack.
+    expect(resourcesOf(t, 'AWS::ECS::Cluster')).toEqual([]);
+    expect(s.stacks.services.dependencies).toContain(s.stacks.network);
+  });
+
   it('names no log group but those RDS names itself', () => {
     for (const stack of Object.values(s.stacks)) {
       for (const [id, group] of resourcesOf(s.template(stack), 'AWS::Logs::LogGroup')) {
         const name = group.Properties?.['LogGroupName'];
-        if (name !== undefined) expect(name, `${stack.stackName}/${id}`).toMatch(/^\/aws\/rds\/instance\//);
+        if (name === undefined) continue;
+        // A name made of a generated function name (CDK's custom-resource handlers) cannot collide.
+        if (typeof name !== 'string') expect(name, `${stack.stackName}/${id}`).toEqual({ 'Fn::Join': ['', ['/aws/lambda/', { Ref: expect.stringMatching(/^[A-Za-z0-9]+$/) }]] });
+        else expect(name, `${stack.stackName}/${id}`).toMatch(/^\/aws\/rds\/instance\//);
       }
     }
   });
