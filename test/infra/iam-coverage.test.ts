@@ -474,14 +474,26 @@ describe.each(configFiles)('config/%s: what the runtime code calls is allowed an
     }
   });
 
-  it('ECS tasks: the task roles grant nothing (the containers call no AWS API), the execution roles read exactly the secrets the containers are given', () => {
+  it("ECS tasks: the task roles grant nothing but the worker's use of its job queue (the demo containers call no AWS API), the execution roles read exactly the secrets the containers are given", () => {
     const services = s.stacks.services.stackName;
     const t = asm.template(services);
-    const tasks = Object.values(t.Resources).filter((r) => r.Type === 'AWS::ECS::TaskDefinition');
+    const tasks = Object.entries(t.Resources).filter(([, r]) => r.Type === 'AWS::ECS::TaskDefinition');
     expect(tasks.length).toBe(Object.keys(s.config.scaling.services).length);
-    for (const task of tasks) {
+    const workerTask = s.stacks.services.resolve((s.stacks.services.services.worker.taskDefinition.node.defaultChild as CfnElement).logicalId) as string;
+    const workerQueue = { 'Fn::GetAtt': [`${s.stacks.data.stackName}/${s.stacks.data.resolve((s.stacks.data.workerQueue.queue.node.defaultChild as CfnElement).logicalId) as string}`, 'Arn'] };
+    for (const [id, task] of tasks) {
       const taskRole = (task.Properties?.['TaskRoleArn'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
-      expect(asm.statementsOf(services, taskRole)).toEqual([]);
+      const taskGrants = asm.statementsOf(services, taskRole);
+      if (id === workerTask) {
+        // The worker application (its image is the operator's; the demo backend ignores the queue)
+        // takes jobs off its queue and may queue follow-ups: exactly that, on that queue.
+        expect(new Set(taskGrants.flatMap(actionsOf))).toEqual(
+          new Set(['sqs:ReceiveMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueUrl', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:SendMessage']),
+        );
+        expect(new Set(taskGrants.flatMap(resourcesOf).map((r) => JSON.stringify(r)))).toEqual(new Set([JSON.stringify(workerQueue)]));
+      } else {
+        expect(taskGrants).toEqual([]);
+      }
       const executionRole = (task.Properties?.['ExecutionRoleArn'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
       const statements = asm.statementsOf(services, executionRole);
       const containers = task.Properties?.['ContainerDefinitions'] as Array<{ Name: string; Secrets?: Array<{ Name: string; ValueFrom: Json }> }>;
