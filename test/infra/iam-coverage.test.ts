@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import type { CfnElement } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mergeConfig } from '../../lib/config/deployment-config.js';
-import { sdkCallsFrom } from './support/sdk-calls.js';
+import { sdkCallsFrom, UnscannableSdkCallError } from './support/sdk-calls.js';
 import { ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, type Synthesized } from './support/synth.js';
 
 type Handler = 'evaluate' | 'alarm' | 'api' | 'moves' | 'migrate';
@@ -285,6 +285,10 @@ describe('the calls the code makes (static scan of the handlers)', () => {
     expect(evaluate.get('ecs:UpdateService')).toEqual(['functions/adapters/aws/ecs-target.ts']);
     expect(evaluate.get('ssm:GetParameters')).toEqual(['functions/handlers/shared/parameter-env.ts']);
     expect(sdkCallsFrom('functions/handlers/api.ts').get('rds:DescribeDBInstances')).toEqual(['functions/adapters/aws/rds-inventory.ts']);
+  });
+
+  it('refuses calls it could not see (a paginator reached through a re-export)', () => {
+    expect(() => sdkCallsFrom('test/infra/fixtures/sdk-scan/entry.ts')).toThrow(UnscannableSdkCallError);
   });
 
   it('the containers the services run call no AWS API (their task roles need no permission)', () => {

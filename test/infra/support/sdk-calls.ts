@@ -6,7 +6,8 @@
  * becomes the IAM action of the call (`GetSecretValueCommand` from client-secrets-manager is
  * `secretsmanager:GetSecretValue`).
  *
- * It over-approximates on purpose: a module reachable from a handler may hold a call that
+ * Calls made any other way (paginators, waiters, the aggregated client) are refused
+ * ({@link UnscannableSdkCallError}), so the scan cannot miss them. It over-approximates on purpose: a module reachable from a handler may hold a call that
  * handler never makes (the IAM coverage test lists those, each with its reason), but a call
  * that exists cannot be missed.
  *
@@ -38,6 +39,18 @@ export const IAM_PREFIX_OF_PACKAGE: Readonly<Record<string, string>> = {
 export class UnknownSdkPackageError extends Error {
   override readonly name = 'UnknownSdkPackageError';
 }
+
+/**
+ * Thrown when the code imports something from an SDK client package that could call AWS without
+ * a `new XxxCommand(` the scan would see: a paginator (`paginateX`), a waiter (`waitUntilX`) or
+ * the aggregated client (`new SecretsManager().getSecretValue()`).
+ */
+export class UnscannableSdkCallError extends Error {
+  override readonly name = 'UnscannableSdkCallError';
+}
+
+/** Value imports from a client package the scan understands: commands, the bare client, errors. */
+const SCANNABLE_IMPORT = /(Command|Client|Exception|Error)$/;
 
 const IMPORT = /(?:^|\n)\s*(import|export)\s+(type\s+)?([^'";]*?)\s+from\s+['"]([^'"]+)['"]/g;
 const SIDE_EFFECT_IMPORT = /(?:^|\n)\s*import\s+['"]([^'"]+)['"]/g;
@@ -84,6 +97,10 @@ export function sdkCallsFrom(entry: string): Map<string, string[]> {
         if (target && (clause.includes('*') || !clause.startsWith('{') || valueNames(clause).length > 0)) queue.push(target);
       } else if (specifier.startsWith('@aws-sdk/client-')) {
         const prefix = IAM_PREFIX_OF_PACKAGE[specifier];
+        const opaque = valueNames(clause).filter((n) => !SCANNABLE_IMPORT.test(n));
+        if (opaque.length > 0) {
+          throw new UnscannableSdkCallError(`${relative(ROOT, file)} imports ${opaque.join(', ')} from ${specifier}: send XxxCommand objects through the bare client instead, so the IAM coverage test sees every call`);
+        }
         for (const name of valueNames(clause).filter((n) => n.endsWith('Command'))) {
           if (prefix === undefined) throw new UnknownSdkPackageError(`${relative(ROOT, file)} imports ${name} from ${specifier}: add the package's IAM prefix to IAM_PREFIX_OF_PACKAGE`);
           commands.set(name, `${prefix}:${name.slice(0, -'Command'.length)}`);
