@@ -51,6 +51,87 @@ export function operationsOf(doc: unknown): Operation[] {
   return ops;
 }
 
+/**
+ * Identifiers seen in earlier answers (users and documents created or listed, moves started,
+ * shard ids, slots), by kind, so that generated requests can name things that exist: without
+ * them a random UUID or move id almost never does, and the handlers behind `/{id}` see no
+ * request they can answer with a 2xx. A generated request draws one by index; a replay may
+ * draw another, since the pool depends on what was answered before.
+ */
+export class KnownValues {
+  private readonly byKind = new Map<string, string[]>();
+  /** At most this many per kind: the newest replace the oldest. */
+  private static readonly PER_KIND = 64;
+
+  /** Records the identifiers in an answer of the operation at `path` (a path template). */
+  learn(path: string, answer: unknown): void {
+    const collection = collectionOf(path);
+    const visit = (value: unknown, depth: number): void => {
+      if (depth > 6 || value === null || typeof value !== 'object') return;
+      if (Array.isArray(value)) {
+        for (const v of value) visit(v, depth + 1);
+        return;
+      }
+      for (const [key, v] of Object.entries(value as Record<string, unknown>)) {
+        const kind = key === 'id' ? collection : ANSWER_FIELD_KINDS[key];
+        if (kind !== undefined && (typeof v === 'string' || (typeof v === 'number' && Number.isInteger(v)))) this.add(kind, String(v));
+        else visit(v, depth + 1);
+      }
+    };
+    visit(answer, 0);
+  }
+
+  private add(kind: string, value: string): void {
+    const list = this.byKind.get(kind) ?? [];
+    if (list.includes(value)) return;
+    list.push(value);
+    if (list.length > KnownValues.PER_KIND) list.shift();
+    this.byKind.set(kind, list);
+  }
+
+  /** The `index`-th known value of `kind` (modulo how many there are), or undefined when none is known. */
+  pick(kind: string, index: number): string | undefined {
+    const list = this.byKind.get(kind);
+    return list === undefined || list.length === 0 ? undefined : list[index % list.length];
+  }
+
+  /** How many values of `kind` are known. */
+  count(kind: string): number {
+    return this.byKind.get(kind)?.length ?? 0;
+  }
+}
+
+/** Fields of an answer that name something of a kind (besides `id`, which names the path's own collection). */
+const ANSWER_FIELD_KINDS: Readonly<Record<string, string>> = { owner_id: 'users', shard_id: 'shards', shardId: 'shards', slot: 'slots' };
+/** Request fields (path, query, body) that name something of a kind. */
+const REQUEST_FIELD_KINDS: Readonly<Record<string, string>> = { owner_id: 'users', to: 'shards', shard: 'shards', unit: 'slots' };
+
+/** The collection a path's resources belong to: its last literal segment (`/users/{id}/documents` -> documents). */
+function collectionOf(path: string): string {
+  return (
+    path
+      .split('/')
+      .filter((s) => s !== '' && !s.startsWith('{'))
+      .pop() ?? ''
+  );
+}
+
+/** The kind of a parameter or body field: `{id}` is of the collection before it; other names by {@link REQUEST_FIELD_KINDS}. */
+function kindOf(path: string, name: string): string | undefined {
+  if (name === 'id') {
+    const segments = path.split('/');
+    return segments[segments.indexOf('{id}') - 1];
+  }
+  return REQUEST_FIELD_KINDS[name];
+}
+
+/** Known values of `kind` three times in four once there are any, else (and otherwise) `fallback`'s. */
+function knownOr(known: KnownValues | undefined, kind: string | undefined, fallback: fc.Arbitrary<unknown>): fc.Arbitrary<unknown> {
+  if (known === undefined || kind === undefined) return fallback;
+  const pick = fc.tuple(fc.nat(), fallback).map(([index, generated]) => known.pick(kind, index) ?? generated);
+  return fc.oneof({ weight: 3, arbitrary: pick }, { weight: 1, arbitrary: fallback });
+}
+
 /** Strings no API should store or echo as they are. */
 const HOSTILE_STRINGS = ['\u0000', 'a\u0000b', '\ud800', '\udfff x', "'; drop table users; --", '%zz', '../../etc/passwd', '__proto__', 'constructor', '${7*7}', 'x'.repeat(5000), '\u202e', '1e999', '-0', ''];
 const hostileString = fc.constantFrom(...HOSTILE_STRINGS);
@@ -78,16 +159,19 @@ function stringArb(schema: JsonSchema): fc.Arbitrary<string> {
   return fc.string({ minLength: min, maxLength: Math.max(min, max) });
 }
 
-/** Values valid for `schema` (as far as the schema says), `depth` levels deep at most. */
-export function schemaArb(schema: JsonSchema, depth = 3): fc.Arbitrary<unknown> {
+/**
+ * Values valid for `schema` (as far as the schema says), `depth` levels deep at most; object
+ * properties that name something of a kind take known values of it (see {@link KnownValues}).
+ */
+export function schemaArb(schema: JsonSchema, depth = 3, known?: KnownValues, path = ''): fc.Arbitrary<unknown> {
   const plain = ((): fc.Arbitrary<unknown> => {
     if (Array.isArray(schema['enum']) && schema['enum'].length > 0) return fc.constantFrom(...(schema['enum'] as unknown[]));
     if ('const' in schema) return fc.constant(schema['const']);
     for (const key of ['anyOf', 'oneOf'] as const) {
       const options = schema[key];
-      if (Array.isArray(options) && options.length > 0) return fc.oneof(...(options as JsonSchema[]).map((o) => schemaArb(o, depth)));
+      if (Array.isArray(options) && options.length > 0) return fc.oneof(...(options as JsonSchema[]).map((o) => schemaArb(o, depth, known, path)));
     }
-    if (Array.isArray(schema['allOf']) && schema['allOf'].length > 0) return schemaArb(schema['allOf'][0] as JsonSchema, depth);
+    if (Array.isArray(schema['allOf']) && schema['allOf'].length > 0) return schemaArb(schema['allOf'][0] as JsonSchema, depth, known, path);
     switch (schema['type']) {
       case 'string':
         return stringArb(schema);
@@ -103,7 +187,7 @@ export function schemaArb(schema: JsonSchema, depth = 3): fc.Arbitrary<unknown> 
         const props = (schema['properties'] ?? {}) as Record<string, JsonSchema>;
         const required = (schema['required'] as string[] | undefined) ?? [];
         if (Object.keys(props).length > 0 && depth > 0) {
-          return fc.record(Object.fromEntries(Object.entries(props).map(([k, v]) => [k, schemaArb(v, depth - 1)])), { requiredKeys: required.filter((k) => k in props) });
+          return fc.record(Object.fromEntries(Object.entries(props).map(([k, v]) => [k, knownOr(known, kindOf(path, k), schemaArb(v, depth - 1, known, path))])), { requiredKeys: required.filter((k) => k in props) });
         }
         const extra = schema['additionalProperties'];
         return depth <= 0 ? fc.constant({}) : fc.dictionary(fc.string({ maxLength: 12 }), typeof extra === 'object' && extra !== null ? schemaArb(extra as JsonSchema, depth - 1) : fc.jsonValue({ maxDepth: 2 }), { maxKeys: 4 });
@@ -132,7 +216,8 @@ function hostileBody(body: unknown): fc.Arbitrary<{ text: string | undefined; no
   const obj = typeof body === 'object' && body !== null && !Array.isArray(body) ? (body as Record<string, unknown>) : undefined;
   const keys = obj ? Object.keys(obj) : [];
   return fc.oneof(
-    fc.constant({ text: JSON.stringify(body), note: 'as generated' }),
+    // Weighted up: a body as generated (with known ids, see KnownValues) is the one that gets past validation.
+    { weight: 3, arbitrary: fc.constant({ text: JSON.stringify(body), note: 'as generated' }) },
     ...(keys.length > 0
       ? [
           fc.constantFrom(...keys).map((k) => {
@@ -160,17 +245,17 @@ export interface FuzzRequest {
   readonly note: string;
 }
 
-/** Generated requests for one operation: valid ones and hostile ones, mixed. */
-export function requestArb(op: Operation): fc.Arbitrary<FuzzRequest> {
+/** Generated requests for one operation: valid ones and hostile ones, mixed; with `known`, naming things earlier answers showed. */
+export function requestArb(op: Operation, known?: KnownValues): fc.Arbitrary<FuzzRequest> {
   const param = (p: Parameter): fc.Arbitrary<string | undefined> => {
-    const valid = schemaArb(p.schema, 2).map(asText);
+    const valid = knownOr(known, kindOf(op.path, p.name), schemaArb(p.schema, 2)).map(asText);
     const value = fc.oneof({ weight: 4, arbitrary: valid }, { weight: 1, arbitrary: hostileString }, { weight: 1, arbitrary: fc.string({ maxLength: 20 }) });
     return p.required ? value : fc.option(value, { nil: undefined, freq: 2 });
   };
   const params = fc.tuple(...op.parameters.map(param));
   const extraQuery = fc.oneof({ weight: 4, arbitrary: fc.constant([] as Array<[string, string]>) }, { weight: 1, arbitrary: fc.array(fc.tuple(fc.oneof(fc.constantFrom(...BUILTIN_KEYS), fc.string({ maxLength: 8 })), fc.string({ maxLength: 10 })), { minLength: 1, maxLength: 3 }) });
   const method = fc.oneof({ weight: 6, arbitrary: fc.constant(op.method) }, { weight: 1, arbitrary: fc.constantFrom('GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS') });
-  const body = op.body ? schemaArb(op.body.schema).chain(hostileBody) : fc.oneof({ weight: 5, arbitrary: fc.constant({ text: undefined as string | undefined, note: 'no body' }) }, { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 2 }).map((v) => ({ text: JSON.stringify(v), note: 'unexpected body' })) });
+  const body = op.body ? schemaArb(op.body.schema, 3, known, op.path).chain(hostileBody) : fc.oneof({ weight: 5, arbitrary: fc.constant({ text: undefined as string | undefined, note: 'no body' }) }, { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 2 }).map((v) => ({ text: JSON.stringify(v), note: 'unexpected body' })) });
   const contentType = fc.oneof(
     { weight: 6, arbitrary: fc.constant(op.body?.contentTypes[0] ?? 'application/json') },
     { weight: 1, arbitrary: fc.constantFrom('text/plain', 'application/x-www-form-urlencoded', 'application/json; charset=utf-8', 'application/merge-patch+json', '') },

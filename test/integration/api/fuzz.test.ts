@@ -17,7 +17,7 @@ import { scalingApiDocument } from '../../../functions/api/routes.js';
 import { documentsApiDocument } from '../../../functions/local/documents-api.js';
 import { startLocalMode, type LocalMode } from '../../../functions/local/runtime.js';
 import { tempDataDir } from '../../e2e/support/local-process.js';
-import { operationsOf, requestArb, type FuzzRequest } from '../../support/openapi-fuzz.js';
+import { KnownValues, operationsOf, requestArb, type FuzzRequest } from '../../support/openapi-fuzz.js';
 
 const RUNS = Number(process.env['FUZZ_RUNS'] ?? 25);
 
@@ -25,6 +25,9 @@ const RUNS = Number(process.env['FUZZ_RUNS'] ?? 25);
 const LEAK = /postgres(ql)?:\/\/|\.ts:\d+:\d+|\n\s+at |invalid input syntax|violates .* constraint|syntax error at|relation ".*" does not exist|unsupported Unicode escape|Maximum call stack|invalid byte sequence|\bSQLSTATE\b/;
 
 const operations = [...operationsOf(scalingApiDocument()), ...operationsOf(documentsApiDocument())];
+
+/** Identifiers from earlier answers (users, documents, moves, shards, slots), for later requests to name. */
+const known = new KnownValues();
 
 /** Answers per operation and status class, printed at the end (the figures of a `npm run fuzz`). */
 const tally = new Map<string, Record<string, number>>();
@@ -109,7 +112,7 @@ describe('fuzzing live local mode from its OpenAPI documents', () => {
       const usesIfMatch = op.parameters.some((p) => p.name === 'if-match');
       let before = await state();
       await fc.assert(
-        fc.asyncProperty(requestArb(op), fc.boolean(), async (request: FuzzRequest, currentTag) => {
+        fc.asyncProperty(requestArb(op, known), fc.boolean(), async (request: FuzzRequest, currentTag) => {
           const headers = { ...request.headers };
           if (usesIfMatch && currentTag) headers['if-match'] = await currentEtag();
           const res = await fetch(`${local.url}${request.target}`, { method: request.method, headers, ...(request.body === undefined ? {} : { body: request.body }) });
@@ -134,6 +137,7 @@ describe('fuzzing live local mode from its OpenAPI documents', () => {
           } else if (res.status === 202 && request.target.startsWith('/api/v1/scaling/shards/moves')) {
             await settleMove(text);
           }
+          if (res.status >= 200 && res.status < 300 && text !== '') known.learn(op.path, JSON.parse(text));
           before = await state();
         }),
         { numRuns: RUNS },
