@@ -466,14 +466,18 @@ describe.each(configFiles)('config/%s: what the runtime code calls is allowed an
     expect(problems).toEqual([]);
   });
 
-  it('ECS tasks reach ECR, S3, Secrets Manager and CloudWatch Logs from their subnets', () => {
+  it('ECS tasks reach ECR, S3, Secrets Manager and CloudWatch Logs from their subnets, and the worker its SQS queue', () => {
     const services = s.stacks.services.stackName;
-    const ecsServices = Object.values(asm.template(services).Resources).filter((r) => r.Type === 'AWS::ECS::Service');
+    const ecsServices = Object.entries(asm.template(services).Resources).filter(([, r]) => r.Type === 'AWS::ECS::Service');
     expect(ecsServices.length).toBe(Object.keys(s.config.scaling.services).length);
-    for (const svc of ecsServices) {
+    const worker = s.stacks.services.getLogicalId(s.stacks.services.services.worker.service.node.defaultChild as CfnElement);
+    expect(ecsServices.map(([id]) => id)).toContain(worker);
+    for (const [id, svc] of ecsServices) {
       const network = (asm.resolve(svc.Properties?.['NetworkConfiguration'], services) as { AwsvpcConfiguration: { Subnets: Json[]; SecurityGroups: Json[]; AssignPublicIp: string } }).AwsvpcConfiguration;
       expect(network.AssignPublicIp).toBe('DISABLED');
-      const problems = TASK_ENDPOINTS.map((e) => pathTo(network.Subnets, network.SecurityGroups, e)).filter((p) => p !== undefined);
+      // The worker's application takes jobs from its queue with its task role (see below).
+      const endpoints = id === worker ? [...TASK_ENDPOINTS, 'sqs'] : TASK_ENDPOINTS;
+      const problems = endpoints.map((e) => pathTo(network.Subnets, network.SecurityGroups, e)).filter((p) => p !== undefined);
       expect(problems).toEqual([]);
     }
   });
