@@ -127,13 +127,13 @@ export class ShardConnection {
       await runtime.close();
       return;
     }
-    const reader = runtime.reader;
-    if (!reader) throw new Error('unreachable: the runtime was asked for a replica reader');
+    const { reader, reads } = runtime;
+    if (!reader || !reads) throw new Error('unreachable: the runtime was asked for a replica reader');
     this.#runtime = runtime;
     this.#route = createDocumentsRoute({
       writer: runtime.writer,
       reader,
-      router: runtime.router,
+      reads,
       shardIds: runtime.pools.shardIds(),
       onError: (error, request) => this.log('error', 'documents API request failed', { ...request, error: error instanceof Error ? { name: error.name, message: error.message, code: (error as { code?: unknown }).code } : String(error) }),
     });

@@ -10,16 +10,19 @@
  * - `GET  /api/v1/documents/{id}[?owner=UUID]`    one document (asks every shard without `owner`)
  * - `GET  /api/v1/openapi.json`                   this API's OpenAPI document, from the same zod schemas
  *
- * Writes go through `withShardWrite` on the owner's shard; reads go through the replica reader.
- * A write answers with `X-Read-Token: <shard_id>@<lsn>`; a read sent with that value in
- * `X-Read-After` sees the write (read-your-writes), whichever replica serves it. Every input is
+ * Writes go through `withShardWrite` on the owner's shard; reads of one owner's rows go through
+ * `withShardRead`, which checks the unit's fence in the read's snapshot (a read never lands on
+ * a shard the owner has moved away from), the others through the replica reader. A write
+ * answers with `X-Read-Token: <shard_id>@<lsn>;tl=<timeline>;v=<map version>`; a read sent with
+ * that value in `X-Read-After` sees the write (read-your-writes), whichever replica serves it,
+ * across a move or a failover. Every input is
  * validated with zod; errors are RFC 9457 problem documents naming the field. Bodies are held
  * to the limits of `functions/api/input-limits.ts` (no NUL, well-formed Unicode, 32 levels of
  * nesting) and 256 KiB; no database text ever reaches a client (it is logged instead).
  *
  * @example
  * ```ts
- * const route = createDocumentsRoute({ writer, reader, router, shardIds: ['shard_001', 'shard_002'] });
+ * const route = createDocumentsRoute({ writer, reader, reads, shardIds: ['shard_001', 'shard_002'] });
  * await startLocalServer({ handler, port: 3000, extraRoutes: [route] });
  * ```
  */
@@ -27,17 +30,19 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import { uuidForm } from '../core/sharding/keys.js';
-import type { ShardRouter } from '../core/sharding/router.js';
 import type { ExtraRoute } from '../adapters/http/local-server.js';
 import type { ReplicaReader } from '../adapters/postgres/replica-reader.js';
 import { ShardWriteError, type ShardWriter } from '../adapters/postgres/write-transaction.js';
+import { ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
+import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
 import { jsonProblems, MAX_JSON_DEPTH } from '../api/input-limits.js';
 import { RoutingError } from '../core/sharding/errors.js';
 
 export interface DocumentsApiDeps {
   readonly writer: ShardWriter;
   readonly reader: Pick<ReplicaReader, 'query'>;
-  readonly router: Pick<ShardRouter, 'resolve'>;
+  /** Reads of one owner's rows (fence-checked, read-your-writes). */
+  readonly reads: ShardReader;
   readonly shardIds: readonly string[];
   /** Where unexpected errors go, with their database text (clients never see it). Default: one JSON line on stderr. */
   readonly onError?: (error: unknown, request: { method: string; path: string }) => void;
@@ -59,7 +64,14 @@ const uuid = z
 const limit = z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(1).max(200)).optional();
 const readAfterSchema = z
   .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}@[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/, 'must be a token from X-Read-Token, e.g. shard_001@0/3000060')
+  .transform((text, ctx): ReadToken => {
+    try {
+      return parseReadToken(text);
+    } catch (error) {
+      ctx.addIssue({ code: 'custom', message: error instanceof ReadTokenError ? `must be a token from X-Read-Token: ${error.message}` : `must be a token from X-Read-Token, e.g. ${READ_TOKEN_EXAMPLE}` });
+      return z.NEVER;
+    }
+  })
   .optional();
 
 const newUserSchema = z.strictObject({
@@ -211,6 +223,7 @@ function unexpected(error: unknown): Problem {
   if (error instanceof RoutingError) return { status: 400, detail: error.message };
   if (error instanceof URIError) return { status: 400, detail: 'the path has a malformed percent-escape' };
   if (error instanceof ShardWriteError && error.reason === 'fence-timeout') return { status: 503, detail: 'the data is being moved to another shard right now; retry in a few seconds' };
+  if (error instanceof ShardReadError && error.reason !== 'deadline-exceeded') return { status: 503, detail: 'the data is being moved to another shard right now; retry in a few seconds' };
   const code = (error as { code?: unknown }).code;
   // Class 22 is "data exception": a value the database refused (input checks should have caught it).
   if (typeof code === 'string' && code.startsWith('22')) return { status: 400, detail: 'a value in the request cannot be stored' };
@@ -239,10 +252,9 @@ const DOC_COLUMNS = 'id, owner_id, title, content, created_at, updated_at';
  * replayed its position; on another shard (the write was made before a move) the position means
  * nothing, so the read goes to the primary, which holds everything the move copied.
  */
-function tokenFor(shardId: string, header: string | undefined): { token?: string; primary?: boolean } {
-  if (header === undefined) return {};
-  const at = header.indexOf('@');
-  return header.slice(0, at) === shardId ? { token: header.slice(at + 1) } : { primary: true };
+function tokenFor(shardId: string, token: ReadToken | undefined): { token?: string; primary?: boolean } {
+  if (token === undefined) return {};
+  return token.shardId === shardId ? { token: token.lsn } : { primary: true };
 }
 
 /** The methods a known path answers, or undefined for an unknown path. */
@@ -254,17 +266,16 @@ function allowedMethods(path: string): string | undefined {
 
 /** Builds the route; it answers every path under `/api/v1/users` and `/api/v1/documents`. */
 export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
-  const shardOf = async (key: string): Promise<string> => (await deps.router.resolve(key)).shardId;
   const onError =
     deps.onError ??
     ((error: unknown, request: { method: string; path: string }) => {
       process.stderr.write(`${JSON.stringify({ level: 'error', message: 'documents API request failed', ...request, error: error instanceof Error ? { name: error.name, message: error.message, code: (error as { code?: unknown }).code } : String(error) })}\n`);
     });
   /** The token header, refused (400) when it names no configured shard. */
-  const readAfter = (req: IncomingMessage): string | undefined => {
+  const readAfter = (req: IncomingMessage): ReadToken | undefined => {
     const header = parse(readAfterSchema, req.headers['x-read-after'], 'header.x-read-after');
-    if (header !== undefined && !deps.shardIds.includes(header.slice(0, header.indexOf('@')))) {
-      const reason = `names shard ${header.slice(0, header.indexOf('@'))}, which is not one of ${deps.shardIds.join(', ')}`;
+    if (header !== undefined && !deps.shardIds.includes(header.shardId)) {
+      const reason = `names shard ${header.shardId}, which is not one of ${deps.shardIds.join(', ')}`;
       throw new HttpProblem({ status: 400, detail: `header.x-read-after: ${reason}`, invalid: [{ name: 'header.x-read-after', reason }] });
     }
     return header;
@@ -297,25 +308,27 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       const reason = `a user with this e-mail address already exists (${PREFIX}/users/${id})`;
       throw new HttpProblem({ status: 409, detail: `body.email: ${reason}`, invalid: [{ name: 'body.email', reason }] });
     }
-    send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': `${result.shardId}@${result.token}`, location: `${PREFIX}/users/${id}` });
+    send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': formatReadToken(result.readToken), location: `${PREFIX}/users/${id}` });
   }
 
   async function getUser(userId: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const id = parse(uuid, userId, 'path.id');
     const after = readAfter(req);
-    const shardId = await shardOf(id);
-    const r = await deps.reader.query<UserRow>(shardId, 'select id, email, display_name, created_at from users where id = $1', [id], tokenFor(shardId, after));
-    if (!r.rows[0]) throw new HttpProblem({ status: 404, detail: `no user ${id}` });
-    send(res, 200, { ...r.rows[0], shard_id: shardId, served_by: r.servedBy });
+    const r = await deps.reads.withShardRead(id, async ({ client }) => (await client.query<UserRow>('select id, email, display_name, created_at from users where id = $1', [id])).rows, after ? { token: after } : {});
+    if (!r.value[0]) throw new HttpProblem({ status: 404, detail: `no user ${id}` });
+    send(res, 200, { ...r.value[0], shard_id: r.shardId, served_by: r.servedBy });
   }
 
   async function userDocuments(userId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const id = parse(uuid, userId, 'path.id');
     const q = parse(limitQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
-    const shardId = await shardOf(id);
-    const r = await deps.reader.query<DocumentRow>(shardId, `select ${DOC_COLUMNS} from documents where owner_id = $1 order by created_at desc, id limit $2`, [id, q.limit ?? 50], tokenFor(shardId, after));
-    send(res, 200, { owner_id: id, shard_id: shardId, served_by: r.servedBy, items: r.rows });
+    const r = await deps.reads.withShardRead(
+      id,
+      async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where owner_id = $1 order by created_at desc, id limit $2`, [id, q.limit ?? 50])).rows,
+      after ? { token: after } : {},
+    );
+    send(res, 200, { owner_id: id, shard_id: r.shardId, served_by: r.servedBy, items: r.value });
   }
 
   async function createDocument(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -331,7 +344,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       return rows[0];
     });
     if (!result.value) throw new HttpProblem({ status: 422, detail: `body.owner_id: there is no user ${body.owner_id}; create the user first`, invalid: [{ name: 'body.owner_id', reason: 'no such user' }] });
-    send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': `${result.shardId}@${result.token}`, location: `${PREFIX}/documents/${id}?owner=${body.owner_id}` });
+    send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': formatReadToken(result.readToken), location: `${PREFIX}/documents/${id}?owner=${body.owner_id}` });
   }
 
   async function getDocument(docId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -339,13 +352,20 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const q = parse(documentQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
     // A document lives with its owner; without the owner every shard is asked at once.
-    const shards = q.owner === undefined ? deps.shardIds : [await shardOf(q.owner)];
-    const found = await Promise.all(
-      shards.map(async (shardId) => {
-        const r = await deps.reader.query<DocumentRow>(shardId, `select ${DOC_COLUMNS} from documents where id = $1`, [id], tokenFor(shardId, after));
-        return r.rows[0] ? { ...r.rows[0], shard_id: shardId, served_by: r.servedBy } : undefined;
-      }),
-    );
+    const owner = q.owner;
+    const found =
+      owner === undefined
+        ? await Promise.all(
+            deps.shardIds.map(async (shardId) => {
+              const r = await deps.reader.query<DocumentRow>(shardId, `select ${DOC_COLUMNS} from documents where id = $1`, [id], tokenFor(shardId, after));
+              return r.rows[0] ? { ...r.rows[0], shard_id: shardId, served_by: r.servedBy } : undefined;
+            }),
+          )
+        : [
+            await deps.reads
+              .withShardRead(owner, async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where id = $1`, [id])).rows[0], after ? { token: after } : {})
+              .then((r) => (r.value ? { ...r.value, shard_id: r.shardId, served_by: r.servedBy } : undefined)),
+          ];
     const doc = found.find((d) => d !== undefined);
     if (!doc) throw new HttpProblem({ status: 404, detail: `no document ${id}` });
     if (q.owner !== undefined && doc.owner_id !== q.owner) {

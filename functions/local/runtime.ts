@@ -38,7 +38,6 @@ import { CatalogStore } from '../adapters/postgres/catalog-store.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../adapters/postgres/embedded-cluster.js';
 import { HistoryReader } from '../adapters/postgres/history-reader.js';
 import { runMigrations } from '../adapters/postgres/migrate.js';
-import type { ReplicaReader } from '../adapters/postgres/replica-reader.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { SimulatedFleet } from '../adapters/sim/fleet.js';
 import { LiveLoad } from '../adapters/sim/live-load.js';
@@ -176,7 +175,8 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' }, readReplicas: true });
     cleanup.push(() => sharding.close());
     const { primaries, router, writer, slotMaps, mover, pools } = sharding;
-    const reader = sharding.reader as ReplicaReader;
+    const { reader, reads } = sharding;
+    if (!reader || !reads) throw new Error('unreachable: the runtime was asked for a replica reader');
     await Promise.all([...primaries.values()].map((p) => runMigrations(p, 'shard', join(MIGRATIONS, 'shard'))));
 
     const seed = await seedDemoData({ writer, primaries, users: options.seedUsers, documentsPerUser: options.documentsPerUser });
@@ -225,7 +225,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     server.serve({
       dispatch: (request) => api.dispatch(request),
       changes: () => api.changes(),
-      extraRoutes: [liveLoad.route(), createDashboardRoute(), createDocumentsRoute({ writer, reader, router, shardIds: pools.shardIds() })],
+      extraRoutes: [liveLoad.route(), createDashboardRoute(), createDocumentsRoute({ writer, reader, reads, shardIds: pools.shardIds() })],
     });
     cleanup.push(() => server.close());
 

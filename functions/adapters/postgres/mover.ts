@@ -71,7 +71,11 @@ export interface MoverOptions {
   readonly fenceRetryPauseMs?: number;
   /** How long to wait for writers older than the change capture. Default 30 000 ms. */
   readonly drainTimeoutMs?: number;
-  /** Time between the flip and deleting the source rows, for readers holding the old map. Default 5000 ms. */
+  /**
+   * Time between the flip and deleting the source rows. Readers that go through
+   * `withShardRead` (or follow the spec's read contract) check the unit's fence in their read's
+   * snapshot and never need it, so it defaults to 0; it is there for readers that do not.
+   */
   readonly readerGraceMs?: number;
   /** Name recorded as the publisher of the new map. Default `mover`. */
   readonly actor?: string;
@@ -204,7 +208,7 @@ export class Mover {
             catchUpThreshold: this.options.catchUpThreshold ?? 50,
             fenceBudgetMs: this.options.fenceBudgetMs ?? 2000,
             drainTimeoutMs: this.options.drainTimeoutMs ?? 30_000,
-            readerGraceMs: this.options.readerGraceMs ?? 5000,
+            readerGraceMs: this.options.readerGraceMs ?? 0,
             actor: this.options.actor ?? 'mover',
           },
         });

@@ -181,6 +181,7 @@ export class ReplicaReader {
   readonly #now: () => number;
   readonly #onFailover: ((event: FailoverEvent) => void) | undefined;
   readonly #states = new Map<string, ReplicaState>();
+  readonly #timelines = new Map<string, number>();
   #timer: NodeJS.Timeout | undefined;
   #running = false;
 
@@ -250,9 +251,13 @@ export class ReplicaReader {
         await c.query('select txid_current()');
       });
       const { rows } = await withNodeDeadline(node.pool, this.#probeTimeoutMs, node.nodeId, (c) =>
-        c.query<{ lsn: string; now_ms: number }>('select pg_current_wal_lsn()::text as lsn, (extract(epoch from clock_timestamp()) * 1000)::float8 as now_ms'),
+        c.query<{ lsn: string; now_ms: number; tli: string }>(
+          `select pg_current_wal_lsn()::text as lsn, (extract(epoch from clock_timestamp()) * 1000)::float8 as now_ms,
+                  ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint as tli`,
+        ),
       );
       const row = rows[0];
+      if (row) this.#timelines.set(node.shardId, Number(row.tli));
       return row ? { lsn: parseLsn(row.lsn), primaryMs: row.now_ms, localMs: this.#now() } : null;
     } catch {
       return null;
@@ -282,6 +287,14 @@ export class ReplicaReader {
     } catch {
       return undefined;
     }
+  }
+
+  /**
+   * The timeline of `shardId`'s primary at the last probe (undefined before the first, or for a
+   * shard without replicas): a read-your-writes token of another timeline predates a failover.
+   */
+  primaryTimeline(shardId: string): number | undefined {
+    return this.#timelines.get(shardId);
   }
 
   /** The last measured state of each replica of `shardId`, with why it gets no reads (or null). */

@@ -19,6 +19,7 @@ import { buildSlotMap } from '../../core/sharding/slot-map.js';
 import { DirectoryStore } from './directory-store.js';
 import { LeaseStore } from './lease-store.js';
 import { Mover } from './mover.js';
+import { createShardReader, type ShardReader } from './read-transaction.js';
 import { ReplicaReader } from './replica-reader.js';
 import { ShardInspector, type EndpointFactsSource } from './shard-inspector.js';
 import { ShardPools, type ShardPoolOptions } from './shard-pools.js';
@@ -49,6 +50,8 @@ export interface ShardingRuntime {
   readonly writer: ShardWriter;
   /** Present when `readReplicas` was asked for. */
   readonly reader?: ReplicaReader;
+  /** Keyed reads that check the unit's fence in their snapshot (see `read-transaction.ts`); present with `reader`. */
+  readonly reads?: ShardReader;
   readonly inspector: ShardInspector;
   readonly mover: Mover;
   /** Named leases in the catalog (one moves worker at a time). */
@@ -77,7 +80,8 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
     }
     const directory = new DirectoryStore(catalog, { ttlMs: config.directory.cache_ttl_seconds * 1000, shards: pools.shardIds() });
     const router = ShardRouter.fromConfig(config, { slotMap: await slotMaps.current(), directory });
-    const writer = createShardWriter({ router: routerForWrites(router, slotMaps, directory), primaries });
+    const keyRouter = routerForWrites(router, slotMaps, directory);
+    const writer = createShardWriter({ router: keyRouter, primaries });
     let reader: ReplicaReader | undefined;
     if (options.readReplicas === true) {
       reader = new ReplicaReader(pools, {
@@ -112,7 +116,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       directory,
       router,
       writer,
-      ...(reader ? { reader } : {}),
+      ...(reader ? { reader, reads: createShardReader({ router: keyRouter, reader }) } : {}),
       inspector,
       mover,
       leases: new LeaseStore(catalog),

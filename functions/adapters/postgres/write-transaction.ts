@@ -18,6 +18,7 @@
  * ```
  */
 import type pg from 'pg';
+import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { ShardRouter } from '../../core/sharding/router.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
@@ -86,8 +87,10 @@ export interface ShardWriteResult<T> {
   readonly value: T;
   readonly shardId: string;
   readonly slot: number;
-  /** Read-your-writes token: a `pg_lsn` at or past this write's commit on the shard primary. */
+  /** A `pg_lsn` at or past this write's commit on the shard primary. */
   readonly token: string;
+  /** The read-your-writes token of this write: the position, the primary's timeline and the map version it was routed with. */
+  readonly readToken: ReadToken;
   /** 1 when the first route was right; more when the unit was fenced or had moved. */
   readonly attempts: number;
 }
@@ -130,6 +133,20 @@ interface FenceRow {
 type FenceVerdict = 'write' | 'wait' | 'reroute';
 
 /**
+ * The fence rows of a key's slot (`$1`) and directory key (`$2`); `lock` takes them FOR SHARE
+ * (writers: the mover's fence waits for them). Readers read them in their snapshot unlocked.
+ */
+export function fenceRowsQuery(lock: boolean): string {
+  return `select kind, state from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)${lock ? ' for share' : ''}`;
+}
+
+/**
+ * The primary's WAL insert position and timeline (the first 8 hex digits of the WAL segment
+ * file name), after a commit: what a read-your-writes token carries.
+ */
+export const WRITE_POSITION_SQL = `select pg_current_wal_insert_lsn()::text as lsn, ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint as tli`;
+
+/**
  * A directory-placed key answers only to its directory fence: its rows stay put when its hash
  * slot moves. A hash-placed key answers to its slot fence and also to a directory fence, which
  * exists once a move has pinned the key (the writer's cached routing may predate the pin).
@@ -169,20 +186,17 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           const left = Math.max(1, deadlineAt - Date.now());
           await client.query(`set local statement_timeout = ${left}; set local lock_timeout = ${left}`);
         }
-        const fences = await client.query<FenceRow>(
-          `select kind, state from write_fences
-            where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)
-            for share`,
-          [String(route.slot), key],
-        );
+        const fences = await client.query<FenceRow>(fenceRowsQuery(true), [String(route.slot), key]);
         outcome = verdict(fences.rows, route.viaDirectory);
         if (outcome !== 'write') {
           await client.query('rollback');
         } else {
           const value = await fn({ client, shardId: route.shardId, slot: route.slot, version: route.version });
           await client.query('commit');
-          const lsn = await client.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn');
-          return { value, shardId: route.shardId, slot: route.slot, token: lsn.rows[0]?.lsn ?? '0/0', attempts: attempt };
+          const position = await client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
+          const lsn = position.rows[0]?.lsn ?? '0/0';
+          const readToken = { shardId: route.shardId, lsn, timeline: Number(position.rows[0]?.tli ?? 1), mapVersion: route.version };
+          return { value, shardId: route.shardId, slot: route.slot, token: lsn, readToken, attempts: attempt };
         }
       } catch (err) {
         const rolledBack = await client.query('rollback').then(

@@ -48,9 +48,9 @@ export async function startDocumentsApi(onError?: (error: unknown) => void): Pro
   });
   const sharding = await createShardingRuntime({ config, catalog, actor: 'test', readReplicas: true });
   await Promise.all([...sharding.primaries.values()].map((p) => runMigrations(p, 'shard', resolve(migrations, 'shard'))));
-  const reader = sharding.reader;
-  if (reader === undefined) throw new Error('the runtime built no replica reader');
-  const route = createDocumentsRoute({ writer: sharding.writer, reader, router: sharding.router, shardIds: ['shard_001', 'shard_002'], ...(onError ? { onError } : {}) });
+  const { reader, reads } = sharding;
+  if (reader === undefined || reads === undefined) throw new Error('the runtime built no replica reader');
+  const route = createDocumentsRoute({ writer: sharding.writer, reader, reads, shardIds: ['shard_001', 'shard_002'], ...(onError ? { onError } : {}) });
   const http: Server = createServer((req, res) => {
     void Promise.resolve(route(req, res)).then((handled) => {
       if (!handled) res.writeHead(404).end();

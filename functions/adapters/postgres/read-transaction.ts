@@ -1,0 +1,185 @@
+/**
+ * The one way application code reads a key's rows. `withShardRead(key, fn)` routes the key,
+ * borrows a connection of the owning shard from the replica reader (a fresh replica, or the
+ * primary), opens a read-only snapshot there and, in that same snapshot, reads the write-fence
+ * rows of the key's slot and directory key (table `write_fences`) before running `fn`:
+ *
+ * - `moved`: another shard owns the unit now. The reader's routing is stale; it refreshes it
+ *   from the catalog and reads again on the new owner. Because the mover marks the source
+ *   `moved` before it deletes anything there, a snapshot that could miss a row the move deleted
+ *   also sees `moved`: a read never returns the old owner's emptied (or stale) copy, and the
+ *   mover need not wait a fixed grace period for readers holding an old map.
+ * - `incoming`: a move is copying the unit here (or has just published it and not yet opened
+ *   it): the copy may be incomplete, so the read waits a moment and routes again.
+ * - `open`, `fenced` or no row: this shard owns the unit (a fenced unit holds its writes, so
+ *   what is read is current).
+ *
+ * No LISTEN/NOTIFY is involved, so nothing pins an RDS Proxy connection. A read-your-writes
+ * token (see {@link ReadToken}) sends the read to a node that has replayed the write: a replica
+ * past its position on the shard that made it, or the primary when the token names another
+ * shard (the write was made before a move) or another timeline (a failover since). A deadline
+ * sets `statement_timeout` in the read's transaction, so PostgreSQL stops the query when the
+ * caller stops waiting.
+ *
+ * @example
+ * ```ts
+ * const reads = createShardReader({ router: routerForWrites(router, slotMaps, directory), reader });
+ * const { value } = await reads.withShardRead(userId, async ({ client }) => (await client.query('select * from users where id = $1', [userId])).rows[0], { deadlineMs: 2000 });
+ * ```
+ */
+import type pg from 'pg';
+import type { ReadToken } from '../../core/sharding/read-token.js';
+import type { ReadOptions, ReplicaReader } from './replica-reader.js';
+import { fenceRowsQuery, type WriteRouter } from './write-transaction.js';
+
+export interface ShardReaderOptions {
+  /** The routing; `fresh: true` must bypass every cache (asked for after finding a unit moved away). */
+  readonly router: WriteRouter;
+  /** `primaryTimeline` (when given) sends token reads to the primary after a failover. */
+  readonly reader: Pick<ReplicaReader, 'withReadClient'> & Partial<Pick<ReplicaReader, 'primaryTimeline'>>;
+  /** How many times a read may be sent elsewhere because its unit moved. Default 5. */
+  readonly maxReroutes?: number;
+  /** How long a read may wait for a unit being copied in. Default 10 000 ms. */
+  readonly maxIncomingWaitMs?: number;
+  /** Injected for tests; defaults to `setTimeout`. */
+  readonly sleep?: (ms: number) => Promise<void>;
+}
+
+/** What `fn` gets: a client inside a read-only snapshot on the key's owner. */
+export interface ShardReadContext {
+  readonly client: pg.PoolClient;
+  readonly shardId: string;
+  readonly slot: number;
+  /** The node that serves the read (`shard_001/replica-1`, `shard_001/primary`). */
+  readonly servedBy: string;
+}
+
+export interface ShardReadOptions {
+  /** A read-your-writes token: the read sees that write. */
+  readonly token?: ReadToken;
+  /** The request's deadline, in ms from the call: the read's `statement_timeout`. */
+  readonly deadlineMs?: number;
+}
+
+export interface ShardReadResult<T> {
+  readonly value: T;
+  readonly shardId: string;
+  readonly servedBy: string;
+  /** 1 when the first route was right; more when the unit had moved or was being copied in. */
+  readonly attempts: number;
+}
+
+export type ShardReadErrorReason = 'deadline-exceeded' | 'too-many-reroutes' | 'incoming-timeout';
+
+/** A read could not be served. */
+export class ShardReadError extends Error {
+  override readonly name = 'ShardReadError';
+  constructor(
+    readonly reason: ShardReadErrorReason,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export interface ShardReader {
+  withShardRead<T>(key: string, fn: (ctx: ShardReadContext) => Promise<T>, options?: ShardReadOptions): Promise<ShardReadResult<T>>;
+}
+
+type ReadVerdict = 'read' | 'reroute' | 'wait';
+
+/** As for writes: a directory-placed key answers only to its directory fence row. */
+function readVerdict(rows: readonly { kind: string; state: string }[], viaDirectory: boolean): ReadVerdict {
+  const relevant = rows.filter((r) => r.kind === 'directory' || !viaDirectory);
+  if (relevant.some((r) => r.state === 'moved')) return 'reroute';
+  if (relevant.some((r) => r.state === 'incoming')) return 'wait';
+  return 'read';
+}
+
+const QUERY_CANCELED = '57014';
+const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Where a token sends a read on `shardId`: a replica past its position on the shard and
+ * timeline that made it; otherwise the primary, which holds everything a move copied and
+ * everything a failover kept.
+ */
+export function readOptionsFor(shardId: string, token: ReadToken | undefined, timelineOf?: (shardId: string) => number | undefined): ReadOptions {
+  if (token === undefined) return {};
+  if (token.shardId !== shardId) return { primary: true };
+  const timeline = timelineOf?.(shardId);
+  if (timeline !== undefined && timeline !== token.timeline) return { primary: true };
+  return { token: token.lsn };
+}
+
+/** Builds a {@link ShardReader} over the replica reader. */
+export function createShardReader(options: ShardReaderOptions): ShardReader {
+  const maxReroutes = options.maxReroutes ?? 5;
+  const maxIncomingWaitMs = options.maxIncomingWaitMs ?? 10_000;
+  const sleep = options.sleep ?? defaultSleep;
+
+  async function withShardRead<T>(key: string, fn: (ctx: ShardReadContext) => Promise<T>, readOptions: ShardReadOptions = {}): Promise<ShardReadResult<T>> {
+    const deadlineAt = readOptions.deadlineMs === undefined ? undefined : Date.now() + readOptions.deadlineMs;
+    const token = readOptions.token;
+    // A token written under a newer map than the router holds: route from the catalog's map.
+    let fresh = false;
+    let reroutes = 0;
+    let waitedMs = 0;
+    let backoffMs = 2;
+    for (let attempt = 1; ; attempt++) {
+      let route = await options.router.routeForWrite(key, { fresh });
+      if (!fresh && token !== undefined && token.mapVersion > route.version) route = await options.router.routeForWrite(key, { fresh: true });
+      let left: number | undefined;
+      if (deadlineAt !== undefined) {
+        left = deadlineAt - Date.now();
+        if (left <= 0) throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline before it could start`);
+      }
+      let outcome: { verdict: 'read'; value: T; servedBy: string } | { verdict: 'reroute' | 'wait' };
+      try {
+        outcome = await options.reader.withReadClient(
+          route.shardId,
+          async (client, servedBy) => {
+            await client.query('begin isolation level repeatable read read only');
+            try {
+              if (left !== undefined) await client.query(`select set_config('statement_timeout', $1, true)`, [`${Math.max(1, Math.ceil(left))}ms`]);
+              const fences = await client.query<{ kind: string; state: string }>(fenceRowsQuery(false), [String(route.slot), key]);
+              const verdict = readVerdict(fences.rows, route.viaDirectory);
+              if (verdict !== 'read') {
+                await client.query('rollback');
+                return { verdict };
+              }
+              const value = await fn({ client, shardId: route.shardId, slot: route.slot, servedBy });
+              await client.query('commit');
+              return { verdict, value, servedBy };
+            } catch (err) {
+              await client.query('rollback').catch(() => undefined);
+              throw err;
+            }
+          },
+          readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader)),
+        );
+      } catch (err) {
+        if (deadlineAt !== undefined && (err as { code?: unknown }).code === QUERY_CANCELED) {
+          throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline; PostgreSQL cancelled it`, { cause: err });
+        }
+        throw err;
+      }
+      if (outcome.verdict === 'read') return { value: outcome.value, shardId: route.shardId, servedBy: outcome.servedBy, attempts: attempt };
+      if (outcome.verdict === 'reroute') {
+        reroutes += 1;
+        if (reroutes > maxReroutes) throw new ShardReadError('too-many-reroutes', `key's unit moved ${reroutes} times in a row; routing is not converging (last route: shard ${route.shardId}, slot ${route.slot})`);
+      } else {
+        if (waitedMs >= maxIncomingWaitMs) {
+          throw new ShardReadError('incoming-timeout', `slot ${route.slot} on shard ${route.shardId} stayed 'incoming' (being moved in) for more than ${maxIncomingWaitMs} ms`);
+        }
+        await sleep(backoffMs);
+        waitedMs += backoffMs;
+        backoffMs = Math.min(backoffMs * 2, 50);
+      }
+      fresh = true;
+    }
+  }
+
+  return { withShardRead };
+}
