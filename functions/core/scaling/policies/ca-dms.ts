@@ -20,7 +20,10 @@
  *    `learning_rate` times the typical error, so it learns the service's noise scale as it
  *    goes). The forecast whose bound scored better recently (quantile loss) is used: the quick
  *    one wins on load that moves in straight lines between samples, the smooth one on noisy
- *    per-minute load. A surprise raises the headroom at once and lets it fall back slowly.
+ *    per-minute load. Where the smooth one scored better but the quick one's errors are no
+ *    larger than its own, the quick one stands in whenever it foresees more than the smooth
+ *    forecast plus its headroom: the smooth forecast follows a level shift or a burst's rising
+ *    edge only over its time constant. A surprise raises the headroom at once and lets it fall back slowly.
  *    The service is sized so that forecast plus headroom sits at or below a line halfway from
  *    `cpu_scale_up` to saturation (90 % with the guide's 80), and so that the expected load
  *    sits at or below the CPU target (`targets.cpu`), whichever needs more tasks.
@@ -303,6 +306,20 @@ function pushBounded(list: readonly number[], value: number, keep: number): numb
   return out;
 }
 
+/**
+ * Whether the quick forecast should stand in for the smooth one, which scored better on
+ * average: when it foresees more than the smooth forecast plus the smooth one's headroom (a
+ * level shift or a burst's rising edge, which the smooth forecast follows only over its time
+ * constant) and its typical error is no larger than the smooth one's. That second test keeps
+ * the switch to load that moves in straight lines between samples (metrics sampled every few
+ * minutes and interpolated): on noisy per-minute load the quick forecast's errors are two to
+ * three times the smooth one's, and there it would fire on noise and chase it.
+ */
+function climbing(smooth: Track, quick: Track, smoothExpected: number, quickExpected: number, noise: number): boolean {
+  if (smooth.spread === undefined || quick.spread === undefined || quick.spread > smooth.spread) return false;
+  return quickExpected > smoothExpected + smooth.quantile * noise;
+}
+
 /** The noise scale at a demand level: how forecast errors grow with the load. */
 function noiseScale(level: number, exponent: number): number {
   return Math.pow(Math.max(level, NOISE_FLOOR), exponent);
@@ -354,7 +371,8 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
     const quickExpected = Math.max(0, d + lead * fast);
     smooth = { ...smooth, forecasts: pushBounded(smooth.forecasts, smoothExpected, lead) };
     quick = { ...quick, forecasts: pushBounded(quick.forecasts, quickExpected, lead) };
-    const useQuick = quick.loss < smooth.loss;
+    const climb = quick.loss >= smooth.loss && climbing(smooth, quick, smoothExpected, quickExpected, noiseScale(level, tuning.noise_exponent));
+    const useQuick = quick.loss < smooth.loss || climb;
     const track = useQuick ? quick : smooth;
     const baseExpected = useQuick ? quickExpected : smoothExpected;
     season = observe(season, d, now);
@@ -396,7 +414,7 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
       value: round1(peak),
       threshold: round1(ceiling * 100),
       rule: 'forecast_peak',
-      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, ${useSeason ? `seasonal forecast: the load one period (${seasonLag} min) ago at that phase` : `${useQuick ? 'quick' : 'smooth'} forecast`}), up to ${round1(peak)} with the headroom recent demand exceeded in ${round1(tuning.target_violation_rate * 100)}% of periods: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
+      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, ${useSeason ? `seasonal forecast: the load one period (${seasonLag} min) ago at that phase` : climb ? 'quick forecast: demand climbs past the smooth forecast and its headroom' : `${useQuick ? 'quick' : 'smooth'} forecast`}), up to ${round1(peak)} with the headroom recent demand exceeded in ${round1(tuning.target_violation_rate * 100)}% of periods: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
     });
   }
 
