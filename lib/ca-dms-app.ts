@@ -88,6 +88,7 @@ export function addCaDmsStacks(app: App, config: DeploymentConfig, sources: CaDm
     shards: data.shards,
     fleet: services,
     controlPlane: controlPlane.watched,
+    workerQueue: data.workerQueue.queue,
     workerDeadLetterQueue: data.workerQueue.deadLetterQueue,
     description: 'CA-DMS observability: dashboard and alarms',
   });

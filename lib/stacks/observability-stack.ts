@@ -21,6 +21,8 @@ export interface ObservabilityStackProps extends StackProps {
   /** The services whose alarms and graphs it shows. */
   readonly fleet: ScaledFleet;
   readonly controlPlane: WatchedControlPlane;
+  /** The worker's job queue: a backlog per task over the controller's threshold evaluates the worker at once. */
+  readonly workerQueue: sqs.IQueue;
   /** Where the worker's jobs go after failing maxReceiveCount times. */
   readonly workerDeadLetterQueue: sqs.IQueue;
 }
@@ -103,6 +105,35 @@ export class ObservabilityStack extends Stack {
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
     moveFailures.addAlarmAction(new cwActions.SnsAction(topic));
+
+    // The worker's scale-out signal, on the statistic the controller reads (Maximum) and per
+    // running task like its queue_depth_scale_up: the alarm evaluates the worker at once instead
+    // of at the next tick. Its ServiceName dimension names the worker for the alarm function.
+    const worker = resolveServiceConfig(config.scaling, 'worker');
+    const backlog = new cloudwatch.Alarm(this, 'WorkerQueueDepth', {
+      alarmDescription: `worker: more than ${worker.queue_depth_scale_up} waiting jobs per running task (queue_depth_scale_up): the controller evaluates the worker now`,
+      metric: new cloudwatch.MathExpression({
+        expression: 'visible / IF(tasks > 0, tasks, 1)',
+        usingMetrics: {
+          visible: props.workerQueue.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(1), statistic: 'Maximum' }),
+          tasks: new cloudwatch.Metric({
+            namespace: 'ECS/ContainerInsights',
+            metricName: 'RunningTaskCount',
+            dimensionsMap: { ClusterName: fleet.cluster.clusterName, ServiceName: fleet.services.worker.service.serviceName },
+            period: Duration.minutes(1),
+            statistic: 'Average',
+          }),
+        },
+        period: Duration.minutes(1),
+        label: 'waiting jobs per running task',
+      }),
+      threshold: worker.queue_depth_scale_up,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+      evaluationPeriods: 2,
+      datapointsToAlarm: 2,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+    backlog.addAlarmAction(new cwActions.SnsAction(topic));
 
     // A job lands here only after failing every receive: someone must look at it, and nothing
     // else reports it (the worker's own errors are the application's).

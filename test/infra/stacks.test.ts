@@ -866,6 +866,25 @@ describe('worker queue', () => {
     expect(actions).toEqual(expect.arrayContaining(['sqs:SendMessage', 'sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility']));
   });
 
+  it("alarms, on the controller's statistic and threshold, when the waiting jobs per running worker task exceed queue_depth_scale_up", () => {
+    const alarms = resourcesOf(s.template(s.stacks.observability), 'AWS::CloudWatch::Alarm').filter(([, a]) => JSON.stringify(a.Properties?.['Metrics'] ?? []).includes('AWS/SQS'));
+    expect(alarms).toHaveLength(1);
+    const p = alarms[0]?.[1].Properties as Json;
+    const worker = parseScalingConfig(JSON.parse(JSON.stringify(s.config.scaling)));
+    expect(p['Threshold']).toBe((worker.services['worker']?.queue_depth_scale_up ?? worker.queue_depth_scale_up));
+    expect(p['ComparisonOperator']).toBe('GreaterThanThreshold');
+    const metrics = p['Metrics'] as Array<{ Id: string; Expression?: string; MetricStat?: { Metric: { Namespace: string; MetricName: string; Dimensions: Array<{ Name: string; Value: unknown }> }; Stat: string } }>;
+    expect(metrics.find((m) => m.Expression)?.Expression).toBe('visible / IF(tasks > 0, tasks, 1)');
+    const visible = metrics.find((m) => m.Id === 'visible')?.MetricStat;
+    expect(visible).toMatchObject({ Metric: { Namespace: 'AWS/SQS', MetricName: 'ApproximateNumberOfMessagesVisible' }, Stat: 'Maximum' });
+    expect(resolveCrossStack(visible?.Metric.Dimensions[0]?.Value)).toBe(`${queueId()}.QueueName`);
+    const tasks = metrics.find((m) => m.Id === 'tasks')?.MetricStat;
+    expect(tasks?.Metric).toMatchObject({ Namespace: 'ECS/ContainerInsights', MetricName: 'RunningTaskCount' });
+    const serviceDim = tasks?.Metric.Dimensions.find((d) => d.Name === 'ServiceName')?.Value;
+    expect(resolveCrossStack(serviceDim)).toBe(`${logicalId(s.stacks.services, s.stacks.services.services.worker.service)}.Name`);
+    expect(JSON.stringify(p['AlarmActions'])).toContain(s.stacks.controlPlane.stackName);
+  });
+
   it('alarms to the alarm topic as soon as a job lands in the dead-letter queue', () => {
     const alarms = resourcesOf(s.template(s.stacks.observability), 'AWS::CloudWatch::Alarm').filter(([, a]) => a.Properties?.['Namespace'] === 'AWS/SQS' && JSON.stringify(a.Properties['Dimensions']).includes(s.stacks.data.stackName));
     expect(alarms).toHaveLength(1);
