@@ -259,6 +259,21 @@ describe('ca-dms', () => {
     expect(noisy.reasons.find((r) => r.rule === 'forecast_peak')?.message).toMatch(/smooth forecast/);
   });
 
+  it('holds the CPU target on the lower forecast, not on the quick one extrapolating a wiggle', () => {
+    // 3.4 busy tasks on 5 (68 % against the 70 % target), rising 0.1 a minute along one
+    // segment of an interpolated series: the quick forecast (in use) says 3.7 in 3 minutes,
+    // the smooth one 3.4. Peak and headroom fit on 5 tasks; only the target could ask for 6.
+    const now = T0 + 10 * MIN;
+    const track = (loss: number) => ({ forecasts: [3.4, 3.4, 3.4], quantile: 0.1, spread: 0.1, loss, slow: loss });
+    const memory = { lastAt: now - MIN, since: now - 60 * MIN, running: 5, pending: 0, level: 3.4, trend: 0, smooth: track(0.05), quick: track(0.03), last: 3.3, fast: 0.1 };
+    const state: ServiceState = { ...initialState('backend-read'), memory };
+    const decision = caDmsPolicy.evaluate({ config: config(), state, metrics: load(0.68, 5, now), tasks: tasks(5), now }).decision;
+    const message = decision.reasons.find((r) => r.rule === 'forecast_peak')?.message;
+    expect(decision.to).toBe(5);
+    expect(message).toMatch(/quick forecast/);
+    expect(message).toMatch(/5 keep the load it settles at \(3.4, the lower forecast\) at the 70% target/);
+  });
+
   it('scales out on a rising ramp for more of the climb than the forecast needs now, in fewer steps than periods', () => {
     // 1 busy task-unit rising 0.25 a minute to 7: one more task every 3.6 minutes
     const outs = replay(config(), served((i) => Math.min(7, 1 + 0.25 * i), 30, 2), 2);

@@ -26,7 +26,9 @@
  *    edge only over its time constant. A surprise raises the headroom at once and lets it fall back slowly.
  *    The service is sized so that forecast plus headroom sits at or below a line halfway from
  *    `cpu_scale_up` to saturation (90 % with the guide's 80), and so that the expected load
- *    sits at or below the CPU target (`targets.cpu`), whichever needs more tasks.
+ *    sits at or below the CPU target (`targets.cpu`), whichever needs more tasks; for the target
+ *    the expected load is the lower of the smooth and quick forecasts (the seasonal one where
+ *    it is used), so that the target rule does not chase each wiggle the quick one extrapolates.
  *
  *    A third, seasonal forecast (`ca-dms-season.ts`) is for load that recurs, such as a batch
  *    every hour, which no forecast of the level sees coming: it finds the period online (the
@@ -390,9 +392,14 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
     const headroom = (useSeason ? seasonal : track).quantile * noise;
     const peak = Math.max(d, expected + headroom);
     const forPeak = Math.ceil(peak / ceiling - 1e-9);
-    const forTarget = Math.ceil(expected / target - 1e-9);
+    // The CPU target is for the load the service settles at: measured on the lower of the two
+    // level forecasts, it does not follow the quick forecast's extrapolation of each wiggle
+    // (a task started and stopped at every turn of an interpolated series); climbs are the
+    // peak rule's, which has the headroom for them.
+    const targetLoad = useSeason ? expected : Math.min(smoothExpected, quickExpected);
+    const forTarget = Math.ceil(targetLoad / target - 1e-9);
     const want = Math.max(forPeak, forTarget);
-    exact = Math.max(peak / ceiling, expected / target);
+    exact = Math.max(peak / ceiling, targetLoad / target);
     needed = Math.max(needed, want);
     if (want > from) {
       const rising = Math.max(0, useQuick ? fast : slope);
@@ -414,7 +421,7 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
       value: round1(peak),
       threshold: round1(ceiling * 100),
       rule: 'forecast_peak',
-      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, ${useSeason ? `seasonal forecast: the load one period (${seasonLag} min) ago at that phase` : climb ? 'quick forecast: demand climbs past the smooth forecast and its headroom' : `${useQuick ? 'quick' : 'smooth'} forecast`}), up to ${round1(peak)} with the headroom recent demand exceeded in ${round1(tuning.target_violation_rate * 100)}% of periods: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the expected load at the ${round1(target * 100)}% target`,
+      message: `expecting ${round1(expected)} busy tasks by the time a new task could serve (now ${round1(d)}, ${useSeason ? `seasonal forecast: the load one period (${seasonLag} min) ago at that phase` : climb ? 'quick forecast: demand climbs past the smooth forecast and its headroom' : `${useQuick ? 'quick' : 'smooth'} forecast`}), up to ${round1(peak)} with the headroom recent demand exceeded in ${round1(tuning.target_violation_rate * 100)}% of periods: ${forPeak} tasks keep that peak at or below ${round1(ceiling * 100)}% CPU, ${forTarget} keep the load it settles at (${round1(targetLoad)}, the lower forecast) at the ${round1(target * 100)}% target`,
     });
   }
 
