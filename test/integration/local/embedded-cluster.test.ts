@@ -90,7 +90,7 @@ describe('startEmbeddedCluster', () => {
     await expect(startEmbeddedCluster({ root, shards: 1, replicasPerShard: 2 })).rejects.toThrow(/built with 1 shard\(s\) and 1 replica\(s\) per shard.*--wipe/);
   });
 
-  it('stops the servers a killed process left behind before it starts its own', async () => {
+  it('starts on the data of a killed process, stopping any server it left behind', async () => {
     const holder = spawn(process.execPath, ['--import', 'tsx', FIXTURE, root], { stdio: ['ignore', 'pipe', 'inherit'] });
     const leftovers = await new Promise<EmbeddedNode[]>((resolveNodes, reject) => {
       let out = '';
@@ -103,7 +103,10 @@ describe('startEmbeddedCluster', () => {
     holder.kill('SIGKILL');
     await new Promise((r) => holder.once('exit', r));
     const pids = leftovers.map((n) => n.pid ?? 0);
-    expect(pids.every(alive)).toBe(true);
+    // Every server had started (each has a pid). Whether some are still alive here is a race:
+    // with setpriv they were told to stop the moment their parent died and may already be gone;
+    // without it they run on. The start below must succeed either way, and none may survive it.
+    expect(pids.every((pid) => pid > 0)).toBe(true);
 
     let cluster: EmbeddedCluster | undefined;
     try {
