@@ -74,7 +74,7 @@ export const CA_DMS_DEFAULTS = {
   /** How the forecast error is taken to grow with the load: 0 the same at every level, 0.5 with its square root, 1 in proportion. */
   noise_exponent: 0,
   /** Step of the online headroom tracker, in units of the typical forecast error: higher adapts faster and wanders more. */
-  learning_rate: 0.05,
+  learning_rate: 0.02,
   /** Scale in only to a count that would still serve the forecast with this fraction of a task more (hysteresis). */
   scale_in_slack: 1,
 } as const;
