@@ -23,14 +23,29 @@ import { parseArgs, promisify } from 'node:util';
 import { z } from 'zod';
 import { startLocalProcess } from '../test/e2e/support/local-process.js';
 
-const args = z
+function readFlags(): Record<string, string | boolean | undefined> {
+  try {
+    return parseArgs({ options: { duration: { type: 'string' }, connections: { type: 'string' }, rounds: { type: 'string' } }, strict: true }).values;
+  } catch (error) {
+    // parseArgs names the unknown or malformed option; its stack would say nothing more.
+    console.error(`bench:api: ${(error as Error).message}`);
+    process.exit(2);
+  }
+}
+
+const flags = z
   .object({
     duration: z.coerce.number().int().min(1).max(120).default(10),
     connections: z.coerce.number().int().min(1).max(1000).default(50),
     rounds: z.coerce.number().int().min(1).max(20).default(4),
   })
-  .refine((a) => a.duration % a.rounds === 0, { message: '--duration must be a multiple of --rounds (whole seconds per slice)', path: ['rounds'] })
-  .parse(parseArgs({ options: { duration: { type: 'string' }, connections: { type: 'string' }, rounds: { type: 'string' } } }).values);
+  .refine((a) => a.duration % a.rounds === 0, { message: 'must divide --duration (whole seconds per slice)', path: ['rounds'] })
+  .safeParse(readFlags());
+if (!flags.success) {
+  console.error(`bench:api: ${flags.error.issues.map((i) => `--${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  process.exit(2);
+}
+const args = flags.data;
 
 interface Figures {
   readonly rps: number;
