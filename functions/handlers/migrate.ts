@@ -10,9 +10,9 @@ import type { Context } from 'aws-lambda';
 import type pg from 'pg';
 import { z } from 'zod';
 import { issuesOf } from '../core/scaling/config.js';
-import { ensureApplicationLogin } from '../adapters/postgres/app-role.js';
+import { APPLICATION_ROLE, CONTROL_ROLE, ensureLogin, MONITOR_ROLE, MOVER_ROLE, type LoginGrant } from '../adapters/postgres/app-role.js';
 import { awsClients, type AwsClients } from './shared/aws.js';
-import { createPool, readSecret } from './shared/db.js';
+import { CATALOG_STATEMENT_TIMEOUT_MS, createPool, readSecret } from './shared/db.js';
 import { parseMigrationEnv, type MigrationEnv } from './shared/env.js';
 import { withPowertools } from './shared/middleware.js';
 import { migrateAll, type MigrationSummary } from './shared/migrations.js';
@@ -72,14 +72,26 @@ export function createMigrateHandler(deps: () => { env: MigrationEnv; clients: P
       const results: MigrationSummary[] = await migrateAll({ catalog, shards, ...(env.migrationsDir === undefined ? {} : { dir: env.migrationsDir }) });
       const applied = results.flatMap((r) => r.applied.map((name) => `${r.target}: ${r.set}/${name}`));
       logger.info('migrations applied', { requestType: e.RequestType, applied });
-      // The application's least-privilege login on each shard, from its own secret (the
-      // application never gets the master credentials).
-      for (const [i, arn] of env.appSecrets.entries()) {
-        const shard = shards[i];
-        if (!shard) continue;
+      // Every other function's least-privilege login, each from its own secret: only this
+      // function gets the master credentials.
+      const ensure = async (pool: pg.Pool, arn: string, grant: LoginGrant, where: string): Promise<void> => {
         const login = await readSecret(clients.secrets, arn);
-        const done = await ensureApplicationLogin(shard, { username: login.username, password: login.password });
-        logger.info('application login on shard', { shard: i + 1, user: login.username, outcome: done });
+        const done = await ensureLogin(pool, { username: login.username, password: login.password }, grant);
+        logger.info('least-privilege login', { where, role: grant.role, user: login.username, outcome: done });
+      };
+      if (env.controlSecret !== undefined) {
+        // The catalog's statement timeout is each login's own default (catalog migration 005).
+        await ensure(catalog, env.controlSecret, { role: CONTROL_ROLE, settings: { statement_timeout: `${CATALOG_STATEMENT_TIMEOUT_MS}ms` } }, 'catalog');
+      }
+      for (const [i, shard] of shards.entries()) {
+        for (const [arns, role] of [
+          [env.appSecrets, APPLICATION_ROLE],
+          [env.monitorSecrets, MONITOR_ROLE],
+          [env.moverSecrets, MOVER_ROLE],
+        ] as const) {
+          const arn = arns[i];
+          if (arn !== undefined) await ensure(shard, arn, { role }, `shard ${i + 1}`);
+        }
       }
       metrics.addMetric('MigrationsApplied', MetricUnit.Count, applied.length);
       return { PhysicalResourceId: e.RequestType === 'Update' ? e.PhysicalResourceId : PHYSICAL_ID, Data: { Applied: applied.length, Targets: 1 + shards.length } };

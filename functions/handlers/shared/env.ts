@@ -74,13 +74,27 @@ const migrationSchema = z
      * SHARD_DB_SECRET_ARNS): the migrations create each user as a member of `ca_dms_app`.
      */
     SHARD_APP_SECRET_ARNS: jsonText(z.array(secretArn)).default([]),
+    /** The scaling API's login per shard (`ca_dms_monitor`), in the same order (JSON array of ARNs). */
+    SHARD_MONITOR_SECRET_ARNS: jsonText(z.array(secretArn)).default([]),
+    /** The moves worker's login per shard (`ca_dms_mover`), in the same order (JSON array of ARNs). */
+    SHARD_MOVER_SECRET_ARNS: jsonText(z.array(secretArn)).default([]),
+    /** The control plane's login on the catalog (`ca_dms_control`). */
+    CATALOG_CONTROL_SECRET_ARN: secretArn.optional(),
     /** Where the migration sets are (`catalog/`, `sharding/`, `shard/`); the bundle copies them. */
     MIGRATIONS_DIR: z.string().min(1).optional(),
   })
   .refine((e) => e.CATALOG_DB_SECRET_ARN !== undefined || e.CATALOG_DATABASE_URL !== undefined, catalogRequired)
-  .refine((e) => e.SHARD_APP_SECRET_ARNS.length === 0 || e.SHARD_APP_SECRET_ARNS.length === e.SHARD_DB_SECRET_ARNS.length + e.SHARD_DATABASE_URLS.length, {
-    message: 'give one application secret per shard (SHARD_DB_SECRET_ARNS, then SHARD_DATABASE_URLS), in the same order',
-    path: ['SHARD_APP_SECRET_ARNS'],
+  .superRefine((e, ctx) => {
+    const shards = e.SHARD_DB_SECRET_ARNS.length + e.SHARD_DATABASE_URLS.length;
+    for (const [variable, role] of [
+      ['SHARD_APP_SECRET_ARNS', 'application'],
+      ['SHARD_MONITOR_SECRET_ARNS', 'monitor'],
+      ['SHARD_MOVER_SECRET_ARNS', 'mover'],
+    ] as const) {
+      if (e[variable].length !== 0 && e[variable].length !== shards) {
+        ctx.addIssue({ code: 'custom', message: `give one ${role} secret per shard (SHARD_DB_SECRET_ARNS, then SHARD_DATABASE_URLS), in the same order`, path: [variable] });
+      }
+    }
   });
 
 const schema = z
@@ -123,6 +137,12 @@ export interface MigrationEnv {
   readonly shards: readonly DatabaseLocation[];
   /** Per shard (same order as `shards`, or empty): the application login's secret. */
   readonly appSecrets: readonly string[];
+  /** Per shard (same order as `shards`, or empty): the scaling API's monitor login's secret. */
+  readonly monitorSecrets: readonly string[];
+  /** Per shard (same order as `shards`, or empty): the moves worker's login's secret. */
+  readonly moverSecrets: readonly string[];
+  /** The control plane's catalog login's secret, when there is one. */
+  readonly controlSecret?: string;
   readonly migrationsDir?: string;
 }
 
@@ -135,6 +155,9 @@ export function parseMigrationEnv(env: Record<string, string | undefined>): Migr
     catalog: catalogLocation(e),
     shards: [...e.SHARD_DB_SECRET_ARNS.map((secretArn) => ({ secretArn })), ...e.SHARD_DATABASE_URLS.map((url) => ({ url }))],
     appSecrets: e.SHARD_APP_SECRET_ARNS,
+    monitorSecrets: e.SHARD_MONITOR_SECRET_ARNS,
+    moverSecrets: e.SHARD_MOVER_SECRET_ARNS,
+    ...(e.CATALOG_CONTROL_SECRET_ARN === undefined ? {} : { controlSecret: e.CATALOG_CONTROL_SECRET_ARN }),
     ...(e.MIGRATIONS_DIR === undefined ? {} : { migrationsDir: e.MIGRATIONS_DIR }),
   };
 }

@@ -448,6 +448,41 @@ describe('migrate handler (custom resource)', () => {
     expect(denied).toBe('42501');
   });
 
+  it("creates every function's own login from its secret: the control plane's on the catalog with its statement timeout, the monitor's and the mover's on each shard", async () => {
+    const arn = (name: string) => `arn:aws:secretsmanager:eu-west-1:123456789012:secret:${name}-AbCdEf`;
+    const logins = { control: 'ca_dms_control_user', monitor: 'ca_dms_monitor_user', mover: 'ca_dms_mover_user' } as const;
+    const sm = mockClient(SecretsManagerClient);
+    for (const [name, username] of Object.entries(logins)) {
+      sm.on(GetSecretValueCommand, { SecretId: arn(name) }).resolves({ SecretString: JSON.stringify({ username, password: `${name} pass`, host: '127.0.0.1' }) });
+    }
+    const withLogins = createMigrateHandler(() => ({
+      env: parseMigrationEnv({
+        CATALOG_DATABASE_URL: catalogDb,
+        SHARD_DATABASE_URLS: JSON.stringify([shardDb]),
+        CATALOG_CONTROL_SECRET_ARN: arn('control'),
+        SHARD_MONITOR_SECRET_ARNS: JSON.stringify([arn('monitor')]),
+        SHARD_MOVER_SECRET_ARNS: JSON.stringify([arn('mover')]),
+      }),
+      clients: { secrets: new SecretsManagerClient({ region: 'eu-west-1' }) },
+    }));
+
+    await withLogins({ ...base, RequestType: 'Update', PhysicalResourceId: PHYSICAL_ID, OldResourceProperties: {} }, context);
+    sm.restore();
+    const as = async (name: keyof typeof logins, db: string, sql: string): Promise<unknown> => {
+      const c = new pg.Client({ connectionString: `postgresql://${logins[name]}:${encodeURIComponent(`${name} pass`)}@127.0.0.1:${server.port}/${db}` });
+      await c.connect();
+      try {
+        return (await c.query(sql)).rows[0];
+      } finally {
+        await c.end();
+      }
+    };
+
+    expect(await as('control', 'cr_catalog', "select current_setting('statement_timeout') as t, pg_has_role('ca_dms_control', 'member') as member")).toEqual({ t: '10s', member: true });
+    expect(await as('monitor', 'cr_shard', "select pg_has_role('ca_dms_monitor', 'member') as member")).toEqual({ member: true });
+    expect(await as('mover', 'cr_shard', "select pg_has_role('ca_dms_mover', 'member') as member")).toEqual({ member: true });
+  });
+
   it('refuses application secrets that do not pair up with the shards, naming the variable', () => {
     expect(() => parseMigrationEnv({ CATALOG_DATABASE_URL: server.url, SHARD_DATABASE_URLS: JSON.stringify([server.url]), SHARD_APP_SECRET_ARNS: '[]' })).not.toThrow();
     expect(() =>
@@ -457,6 +492,9 @@ describe('migrate handler (custom resource)', () => {
         SHARD_APP_SECRET_ARNS: JSON.stringify(['arn:aws:secretsmanager:eu-west-1:123456789012:secret:a-AbCdEf', 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:b-AbCdEf']),
       }),
     ).toThrow(/SHARD_APP_SECRET_ARNS: give one application secret per shard/);
+    expect(() =>
+      parseMigrationEnv({ CATALOG_DATABASE_URL: server.url, SHARD_DATABASE_URLS: JSON.stringify([server.url]), SHARD_MOVER_SECRET_ARNS: JSON.stringify([]), SHARD_MONITOR_SECRET_ARNS: JSON.stringify(['arn:aws:secretsmanager:eu-west-1:123456789012:secret:a-AbCdEf', 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:b-AbCdEf']) }),
+    ).toThrow(/SHARD_MONITOR_SECRET_ARNS: give one monitor secret per shard/);
   });
 
   it('changes nothing on Delete', async () => {

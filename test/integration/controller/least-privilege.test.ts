@@ -1,0 +1,287 @@
+/**
+ * Each control-plane function's own login against a real PostgreSQL, laid out as on AWS: the
+ * catalog in the first shard's database, a second shard beside it. The logins are made by the
+ * migrations function's code (`ensureLogin`) from the migrations' roles, and each runs its real
+ * code path: the scaling API's health, statistics and rebalance check as `ca_dms_monitor`, a
+ * full move as `ca_dms_mover`, a controller evaluation and the API's catalog writes as
+ * `ca_dms_control`. Each is then refused what its code path must never do. A grant missing makes
+ * a code path fail here; a grant too broad makes a refusal succeed.
+ */
+import { randomUUID } from 'node:crypto';
+import { UpdateServiceCommand } from '@aws-sdk/client-ecs';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { alternateUser, APPLICATION_ROLE, CONTROL_ROLE, ensureLogin, MONITOR_ROLE, MOVER_ROLE, scramVerifier } from '../../../functions/adapters/postgres/app-role.js';
+import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
+import { HistoryReader } from '../../../functions/adapters/postgres/history-reader.js';
+import { LEASES, LeaseStore } from '../../../functions/adapters/postgres/lease-store.js';
+import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
+import { CATALOG_STATEMENT_TIMEOUT_MS } from '../../../functions/handlers/shared/db.js';
+import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { controllerFor, givenOneService, ManualClock, mockControllerAws, topologyOf } from '../../support/scaling-fixtures.js';
+import { keysInSlot, seedUsers } from '../sharding/fixtures/move-env.js';
+
+const SHARDS = ['shard_a', 'shard_b'] as const;
+const PASSWORD = 'least privilege';
+const LOGINS = { control: 'ca_dms_control_user', monitor: 'ca_dms_monitor_user', mover: 'ca_dms_mover_user', app: 'ca_dms_app_user' } as const;
+const CONFIG = { policy: 'threshold', min_instances: 2, max_instances: 10, scale_cooldown: 300, services: { 'svc-0': {} } };
+
+const aws = mockControllerAws();
+let server: TestPostgres;
+const pools: pg.Pool[] = [];
+
+/** A pool on `database` as `user` (the test password unless given). */
+function poolAs(user: string, database: string, password = PASSWORD): pg.Pool {
+  const pool = new pg.Pool({ connectionString: loginUrl(user, database, password), max: 4 });
+  pool.on('error', () => undefined);
+  pools.push(pool);
+  return pool;
+}
+
+function loginUrl(user: string, database: string, password = PASSWORD): string {
+  return `postgresql://${user}:${encodeURIComponent(password)}@127.0.0.1:${server.port}/${database}`;
+}
+
+/** The sharding configuration the API and the moves worker get, with `user`'s credentials in every URL. */
+function shardingConfigAs(user: string) {
+  return parseShardingConfig({
+    strategy: 'hash_based',
+    shards: SHARDS.map((shard_id) => ({ shard_id, database_url: loginUrl(user, shard_id), weight: 1, read_replicas: [] })),
+    default_shard: SHARDS[0],
+  });
+}
+
+/** The SQLSTATE `run` fails with, or 'ok'. */
+async function outcome(run: () => Promise<unknown>): Promise<string> {
+  try {
+    await run();
+    return 'ok';
+  } catch (err) {
+    return String((err as { code?: unknown }).code);
+  }
+}
+
+beforeAll(async () => {
+  server = await startTestPostgres({ settings: { shared_preload_libraries: 'pg_stat_statements' } });
+  const admin = new pg.Client({ connectionString: server.url });
+  await admin.connect();
+  for (const db of SHARDS) await admin.query(`create database ${db}`);
+  await admin.end();
+  // As on AWS: the catalog lives in the first shard's database; migrations run as the master user.
+  const masters = SHARDS.map((db) => poolAs('postgres', db, 'postgres'));
+  const [catalog, other] = masters as [pg.Pool, pg.Pool];
+  await migrateAll({ catalog, shards: [catalog, other] });
+  await catalog.query('create extension pg_stat_statements');
+  await ensureLogin(catalog, { username: LOGINS.control, password: PASSWORD }, { role: CONTROL_ROLE, settings: { statement_timeout: `${CATALOG_STATEMENT_TIMEOUT_MS}ms` } });
+  for (const shard of masters) {
+    await ensureLogin(shard, { username: LOGINS.monitor, password: PASSWORD }, { role: MONITOR_ROLE });
+    await ensureLogin(shard, { username: LOGINS.mover, password: PASSWORD }, { role: MOVER_ROLE });
+    await ensureLogin(shard, { username: LOGINS.app, password: PASSWORD }, { role: APPLICATION_ROLE });
+  }
+}, 60_000);
+afterAll(async () => {
+  await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
+  await server?.stop();
+});
+
+describe('the scaling API on the shards, as ca_dms_monitor', () => {
+  let api: ShardingRuntime;
+  beforeAll(async () => {
+    api = await createShardingRuntime({ config: shardingConfigAs(LOGINS.monitor), catalog: poolAs(LOGINS.control, SHARDS[0]), actor: 'scaling-api', pools: { max: 2 } });
+  });
+  afterAll(async () => {
+    await api.close();
+  });
+
+  it("reads health with other sessions' statements, statistics with exact counts, and the rebalance check", async () => {
+    const [user] = keysInSlot(300, 1) as [string];
+    await seedUsers(poolAs('postgres', SHARDS[0], 'postgres'), 300, [user], 3);
+    const health = await api.inspector.health();
+    const statistics = await api.inspector.statistics({ exact: true, slotMap: await api.slotMaps.current() });
+    const check = await api.inspector.rebalanceCheck({ slotMap: await api.slotMaps.current(), directory: [] });
+
+    const primaries = health.shards.map((s) => s.primary);
+    expect(primaries.map((p) => p.facts.error)).toEqual([undefined, undefined]);
+    expect(primaries.every((p) => p.facts.reachable)).toBe(true);
+    const statements = primaries[0]?.statements;
+    // The slowest statements are the migrations' and the seeding's, run by the master user:
+    // without pg_read_all_stats (pg_monitor) their text reads '<insufficient privilege>'.
+    expect(statements?.available).toBe(true);
+    const texts = statements?.available === true ? statements.top.map((s) => s.query) : [];
+    expect(texts.length).toBeGreaterThan(0);
+    expect(texts.filter((q) => q === '<insufficient privilege>')).toEqual([]);
+    expect(statistics.complete).toBe(true);
+    expect(statistics.unreachable).toEqual([]);
+    expect(check).toBeDefined();
+  });
+
+  it('cannot write data, change a fence, run DDL, or read the catalog', async () => {
+    const monitor = poolAs(LOGINS.monitor, SHARDS[0]);
+    const refused = {
+      insertDocument: await outcome(() => monitor.query("insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), gen_random_uuid(), 1, 'x')")),
+      deleteUsers: await outcome(() => monitor.query('delete from users')),
+      openFence: await outcome(() => monitor.query("insert into write_fences (kind, unit_id) values ('slot', '1')")),
+      dropTable: await outcome(() => monitor.query('drop table documents')),
+      createTable: await outcome(() => monitor.query('create table scratch (id int)')),
+      readJobs: await outcome(() => monitor.query('select * from catalog.move_jobs')),
+      readMoveLog: await outcome(() => monitor.query('select * from move_changes')),
+    };
+
+    expect(refused).toEqual({
+      insertDocument: '42501',
+      deleteUsers: '42501',
+      openFence: '42501',
+      dropTable: '42501',
+      createTable: '42501',
+      readJobs: '42501',
+      readMoveLog: '42501',
+    });
+  });
+});
+
+describe('the moves worker on the shards, as ca_dms_mover', () => {
+  let worker: ShardingRuntime;
+  beforeAll(async () => {
+    worker = await createShardingRuntime({ config: shardingConfigAs(LOGINS.mover), catalog: poolAs(LOGINS.control, SHARDS[0]), actor: 'scaling-moves', pools: { max: 2 } });
+  });
+  afterAll(async () => {
+    await worker.close();
+  });
+
+  it('carries a slot move to done: fences, capture, COPY both ways, verification and clean-up', async () => {
+    const slot = 301;
+    const from = (await worker.slotMaps.current()).assignments[slot] as string;
+    const to = from === SHARDS[0] ? SHARDS[1] : SHARDS[0];
+    await seedUsers(poolAs('postgres', from, 'postgres'), slot, keysInSlot(slot, 5), 4);
+    const planned = await worker.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+
+    const done = await worker.mover.run(planned.id);
+
+    expect(done.state).toBe('done');
+    expect(done.sourceSummary).toEqual(done.targetSummary);
+    expect(done.sourceSummary?.documents?.rows).toBe(20);
+    expect(done.rowsDeleted).toBe(25);
+    expect((await worker.slotMaps.current()).assignments[slot]).toBe(to);
+  });
+
+  it("sees other sessions' open write transactions, which the drain before the copy waits for", async () => {
+    const app = await poolAs(LOGINS.app, SHARDS[1]).connect();
+    try {
+      await app.query('begin');
+      await app.query("insert into users (id, slot, email, display_name) values (gen_random_uuid(), 9, 'w@example.com', 'W')");
+      const pid = (await app.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
+      const { rows } = await poolAs(LOGINS.mover, SHARDS[1]).query<{ xact_start: Date | null; writing: boolean }>(
+        'select xact_start, backend_xid is not null as writing from pg_stat_activity where pid = $1',
+        [pid],
+      );
+      await app.query('rollback');
+
+      expect(rows).toHaveLength(1);
+      expect(rows[0]?.xact_start).toBeInstanceOf(Date);
+      expect(rows[0]?.writing).toBe(true);
+    } finally {
+      app.release();
+    }
+  });
+
+  it('cannot run DDL, truncate, or touch the catalog', async () => {
+    const mover = poolAs(LOGINS.mover, SHARDS[0]);
+    const refused = {
+      dropTable: await outcome(() => mover.query('drop table documents')),
+      createTable: await outcome(() => mover.query('create table scratch (id int)')),
+      alterTable: await outcome(() => mover.query('alter table users add column x int')),
+      truncate: await outcome(() => mover.query('truncate move_changes')),
+      publishMap: await outcome(() => mover.query("insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (99, 1, '{x}', 'm', 'm')")),
+      readJobs: await outcome(() => mover.query('select * from catalog.move_jobs')),
+    };
+
+    expect(refused).toEqual({ dropTable: '42501', createTable: '42501', alterTable: '42501', truncate: '42501', publishMap: '42501', readJobs: '42501' });
+  });
+});
+
+describe('the control plane on the catalog, as ca_dms_control', () => {
+  it("takes and releases a lease, runs an evaluation, records an alarm, and makes the API's configuration and switch changes", async () => {
+    const control = poolAs(LOGINS.control, SHARDS[0]);
+    const store = new CatalogStore(control, { defaults: parseScalingConfig(CONFIG) });
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    const clock = new ManualClock(Date.UTC(2026, 0, 5, 12));
+
+    const lease = await new LeaseStore(control).acquire(LEASES.movesWorker, { owner: 'test', ttlMs: 60_000 });
+    await controllerFor({ topology: topologyOf(1), catalog: store, fallback: CONFIG, clock }).evaluate({ trigger: 'schedule' });
+    await store.recordAlarm({ messageId: randomUUID(), alarmName: 'cpu-high', newState: 'ALARM', service: 'svc-0', reason: 'test' });
+    await store.putConfig(CONFIG, { actor: 'test' });
+    await store.setSwitch({ scope: 'svc-0', enabled: false, actor: 'test' });
+    const history = await new HistoryReader(() => Promise.resolve(control)).page({ limit: 10 });
+    if (lease.acquired) await lease.release();
+
+    expect(aws.ecs.commandCalls(UpdateServiceCommand).map((c) => c.args[0].input.desiredCount)).toEqual([4]);
+    expect(lease.acquired).toBe(true);
+    expect((await store.listDecisions({ service: 'svc-0' }))[0]?.outcome).toBe('applied');
+    expect(history.items.length).toBeGreaterThan(0);
+  });
+
+  it('cannot run DDL, rewrite the migrations record, delete history, or read shard data', async () => {
+    const control = poolAs(LOGINS.control, SHARDS[0]);
+    const refused = {
+      createTable: await outcome(() => control.query('create table catalog.scratch (id int)')),
+      dropTable: await outcome(() => control.query('drop table catalog.scaling_decisions')),
+      truncate: await outcome(() => control.query('truncate catalog.scaling_decisions')),
+      deleteHistory: await outcome(() => control.query('delete from catalog.scaling_decisions')),
+      forgetMigration: await outcome(() => control.query('delete from catalog.schema_migrations')),
+      rewriteMap: await outcome(() => control.query('update catalog.slot_maps set reason = $1', ['x'])),
+      readUsers: await outcome(() => control.query('select * from users')),
+    };
+
+    expect(refused).toEqual({
+      createTable: '42501',
+      dropTable: '42501',
+      truncate: '42501',
+      deleteHistory: '42501',
+      forgetMigration: '42501',
+      rewriteMap: '42501',
+      readUsers: '42501',
+    });
+  });
+
+  it('keeps the application from altering the slot map or the directory', async () => {
+    const app = poolAs(LOGINS.app, SHARDS[0]);
+    const refused = {
+      publishMap: await outcome(() => app.query("insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (99, 1, '{x}', 'a', 'a')")),
+      pinKey: await outcome(() => app.query("insert into catalog.shard_directory (key, shard_id, updated_by) values ('k', 'shard_b', 'a')")),
+      readJobs: await outcome(() => app.query('select * from catalog.move_jobs')),
+    };
+
+    expect(refused).toEqual({ publishMap: '42501', pinKey: '42501', readJobs: '42501' });
+  });
+});
+
+describe('the alternating-users rotation', () => {
+  it("gives the clone the role's grants and the login's own statement timeout once the rotation sets its password", async () => {
+    const clone = alternateUser(LOGINS.control);
+    // What the hosted rotation does to an existing alternate user: set its password, nothing else.
+    await poolAs('postgres', SHARDS[0], 'postgres').query(`alter user ${clone} with password '${scramVerifier('rotated')}'`);
+    const pool = poolAs(clone, SHARDS[0], 'rotated');
+
+    const { rows } = await pool.query<{ statement_timeout: string }>('show statement_timeout');
+    const leases = await outcome(() => new LeaseStore(pool).acquire('rotation-test', { owner: clone, ttlMs: 1000 }));
+    const ddl = await outcome(() => pool.query('create table catalog.scratch (id int)'));
+
+    expect(rows[0]?.statement_timeout).toBe('10s');
+    expect(leases).toBe('ok');
+    expect(ddl).toBe('42501');
+  });
+
+  it('leaves the password of the user the secret does not name alone on a redeploy', async () => {
+    const shard = poolAs('postgres', SHARDS[1], 'postgres');
+    await shard.query(`alter user ${alternateUser(LOGINS.monitor)} with password '${scramVerifier('previous')}'`);
+
+    await ensureLogin(shard, { username: LOGINS.monitor, password: 'next' }, { role: MONITOR_ROLE });
+    const previous = await outcome(() => poolAs(alternateUser(LOGINS.monitor), SHARDS[1], 'previous').query('select 1'));
+    const current = await outcome(() => poolAs(LOGINS.monitor, SHARDS[1], 'next').query('select 1'));
+
+    expect({ previous, current }).toEqual({ previous: 'ok', current: 'ok' });
+  });
+});
