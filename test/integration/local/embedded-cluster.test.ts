@@ -3,6 +3,7 @@
  * reused across starts, and no server left behind.
  */
 import { spawn } from 'node:child_process';
+import { createServer, type Server as NetServer } from 'node:net';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,7 +11,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ClusterLayoutError, startEmbeddedCluster, type EmbeddedCluster, type EmbeddedNode } from '../../../functions/adapters/postgres/embedded-cluster.js';
+import { ClusterLayoutError, EmbeddedClusterError, PORT_ATTEMPTS, freeLoopbackPort, startEmbeddedCluster, type EmbeddedCluster, type EmbeddedNode } from '../../../functions/adapters/postgres/embedded-cluster.js';
 
 const FIXTURE = resolve(dirname(fileURLToPath(import.meta.url)), 'fixtures/hold-cluster.ts');
 
@@ -21,6 +22,15 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** A listening socket on a loopback port, as a process that took the port first would hold it. */
+async function occupyPort(): Promise<{ port: number; socket: NetServer }> {
+  const socket = createServer();
+  await new Promise<void>((r) => socket.listen(0, '127.0.0.1', r));
+  const addr = socket.address();
+  if (addr === null || typeof addr === 'string') throw new Error('no port');
+  return { port: addr.port, socket };
 }
 
 async function query<T extends pg.QueryResultRow>(url: string, sql: string, values: unknown[] = []): Promise<T[]> {
@@ -82,6 +92,61 @@ describe('startEmbeddedCluster', () => {
     }
     expect(cluster.nodes().every((n) => n.pid === undefined)).toBe(true);
   }, 60_000);
+
+  it('starts a server on another port when the port chosen for it is taken before PostgreSQL binds it', async () => {
+    const { port: taken, socket } = await occupyPort();
+    const given: number[] = [];
+    const progress: string[] = [];
+    // The first port handed out (to whichever server asks first) is already taken, as when
+    // another process binds a port between the kernel reporting it free and PostgreSQL binding it.
+    const choosePort = async (): Promise<number> => {
+      const port = given.length === 0 ? taken : await freeLoopbackPort();
+      given.push(port);
+      return port;
+    };
+    let cluster: EmbeddedCluster | undefined;
+    try {
+      cluster = await startEmbeddedCluster({ root, shards: 1, replicasPerShard: 1, choosePort, onProgress: (m) => progress.push(m) });
+      const ports = cluster.nodes().map((n) => n.port);
+
+      expect(given.length).toBe(4);
+      expect(ports).not.toContain(taken);
+      expect(progress.filter((m) => m.includes(`port ${taken} was taken`))).toHaveLength(1);
+      expect(await query<{ body: string }>(cluster.shards[0]?.replicaUrls[0] ?? '', 'select body from notes')).toEqual([{ body: 'replicated' }]);
+      expect(await query<{ n: number }>(cluster.catalogUrl, 'select 1 as n')).toEqual([{ n: 1 }]);
+    } finally {
+      await cluster?.stop();
+      socket.close();
+    }
+  }, 60_000);
+
+  it('gives up with a message naming the server when every port chosen for it is taken, leaving no server running', async () => {
+    const { port: taken, socket } = await occupyPort();
+    const started: EmbeddedNode[] = [];
+    let calls = 0;
+    // Every port is the taken one: each server fails to bind on each attempt.
+    const choosePort = async (): Promise<number> => {
+      calls++;
+      return taken;
+    };
+    try {
+      const attempt = startEmbeddedCluster({ root, shards: 1, replicasPerShard: 1, choosePort });
+
+      await expect(attempt).rejects.toBeInstanceOf(EmbeddedClusterError);
+      await expect(attempt).rejects.toThrow(new RegExp(`could not start: each of the ${PORT_ATTEMPTS} free ports .* \\(last ${taken}\\)`));
+      expect(calls).toBe(2 * PORT_ATTEMPTS);
+      // The primary that did start was stopped, and the data is intact and unlocked: the next
+      // start succeeds and finds no server left running.
+      const progress: string[] = [];
+      const cluster = await startEmbeddedCluster({ root, shards: 1, replicasPerShard: 1, onProgress: (m) => progress.push(m) });
+      started.push(...cluster.nodes());
+      await cluster.stop();
+      expect(started.map((n) => n.id)).toEqual(['catalog', 'shard_001/primary', 'shard_001/replica-1']);
+      expect(progress.filter((m) => m.includes('left running'))).toEqual([]);
+    } finally {
+      socket.close();
+    }
+  }, 90_000);
 
   it('refuses data built for another layout, naming --wipe, and starts nothing', async () => {
     const attempt = startEmbeddedCluster({ root, shards: 2, replicasPerShard: 1 });
