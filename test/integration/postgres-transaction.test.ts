@@ -1,12 +1,13 @@
 /**
- * `inTransaction` (functions/adapters/postgres/transaction.ts), the transaction block the catalog
- * store and the move port share, against a real PostgreSQL: commit, rollback with the original
- * error, the client back in the pool, and a connection that died mid-transaction discarded
- * without crashing the process.
+ * `inTransaction` and `inClientTransaction` (functions/adapters/postgres/transaction.ts), the one
+ * transaction block of the adapters (catalog store, move port, shard reads and writes,
+ * migrations), against a real PostgreSQL: commit, rollback with the original error, a body that
+ * asks for a rollback and hands a value back, the client back in the pool, and a connection
+ * that died mid-transaction discarded without crashing the process.
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { inTransaction } from '../../functions/adapters/postgres/transaction.js';
+import { inClientTransaction, inTransaction, RollbackWith } from '../../functions/adapters/postgres/transaction.js';
 import { startTestPostgres, type TestPostgres } from '../support/postgres.js';
 
 let server: TestPostgres;
@@ -76,5 +77,76 @@ describe('inTransaction', () => {
     expect(pool.totalCount).toBe(0);
     const after = await inTransaction(pool, 'begin', backendPid);
     expect(after).not.toBe(before);
+  });
+});
+
+describe('a body that returns RollbackWith', () => {
+  it('rolls back what it wrote and hands back its value, on a pooled client', async () => {
+    const value = await inTransaction<string>(pool, 'begin', async (client) => {
+      await client.query("insert into notes values (3, 'undone')");
+      return new RollbackWith('fenced');
+    });
+    expect(value).toBe('fenced');
+    expect((await admin.query('select count(*)::int as n from notes where id = 3')).rows).toEqual([{ n: 0 }]);
+    expect([pool.totalCount, pool.idleCount]).toEqual([1, 1]);
+  });
+
+  it("a body's own result with a `value` field is committed, never taken for a rollback", async () => {
+    const result = await inTransaction(pool, 'begin', async (client) => {
+      await client.query("insert into notes values (4, 'kept')");
+      return { value: 'mine' };
+    });
+    expect(result).toEqual({ value: 'mine' });
+    expect((await admin.query('select body from notes where id = 4')).rows).toEqual([{ body: 'kept' }]);
+  });
+});
+
+describe('inClientTransaction', () => {
+  it('runs on a client the caller keeps: commit, rollback on RollbackWith and on an error, the session still open', async () => {
+    const client = await pool.connect();
+    try {
+      const pid = await backendPid(client);
+      await inClientTransaction(client, 'begin', async () => {
+        await client.query("insert into notes values (5, 'kept')");
+      });
+      const verdict = await inClientTransaction<string>(client, 'begin isolation level repeatable read read only', async () => {
+        const { rows } = await client.query<{ l: string }>("select current_setting('transaction_isolation') as l");
+        return new RollbackWith(rows[0]?.l ?? '');
+      });
+      expect(verdict).toBe('repeatable read');
+      let heard: Error | undefined;
+      await expect(
+        inClientTransaction(
+          client,
+          'begin',
+          async () => {
+            await client.query("insert into notes values (6, 'dropped')");
+            await client.query('select * from no_such_table');
+          },
+          (e) => {
+            heard = e;
+          },
+        ),
+      ).rejects.toMatchObject({ code: '42P01' });
+      // The rollback worked, so nobody was told to discard the connection; it is the same session.
+      expect(heard).toBeUndefined();
+      expect(await backendPid(client)).toBe(pid);
+      expect((await client.query<{ s: string }>("select current_setting('transaction_isolation') as s")).rows[0]?.s).toBe('read committed');
+    } finally {
+      client.release();
+    }
+    expect((await admin.query('select id from notes where id in (5, 6) order by id')).rows).toEqual([{ id: 5 }]);
+  });
+
+  it('tells the caller when the rollback failed too, and still rethrows the first error', async () => {
+    const failure = new Error('the body failed');
+    const dead = { query: async (text: string): Promise<never> => Promise.reject(new Error(`connection gone (${text})`)) };
+    let heard: Error | undefined;
+    await expect(
+      inClientTransaction(dead as unknown as pg.ClientBase, 'begin', () => Promise.reject(failure), (e) => {
+        heard = e;
+      }),
+    ).rejects.toThrow('connection gone (begin)');
+    expect(heard?.message).toBe('connection gone (rollback)');
   });
 });

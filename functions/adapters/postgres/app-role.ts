@@ -29,6 +29,7 @@
  */
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
 import type pg from 'pg';
+import { inTransaction } from './transaction.js';
 
 /** The NOLOGIN role holding the application's grants (shard migration 003). */
 export const APPLICATION_ROLE = 'ca_dms_app';
@@ -71,10 +72,8 @@ export interface LoginGrant {
  * of `grant.role`, and gives both `grant.settings` in the pool's database. One transaction.
  */
 export async function ensureLogin(pool: pg.Pool, login: { readonly username: string; readonly password: string }, grant: LoginGrant): Promise<'created' | 'updated'> {
-  const client = await pool.connect();
-  try {
+  return inTransaction(pool, 'begin', async (client) => {
     const role = client.escapeIdentifier(grant.role);
-    await client.query('begin');
     const { rows } = await client.query<{ db: string }>('select current_database() as db');
     const database = client.escapeIdentifier(rows[0]?.db ?? '');
     let outcome: 'created' | 'updated' = 'updated';
@@ -97,14 +96,8 @@ export async function ensureLogin(pool: pg.Pool, login: { readonly username: str
         await client.query(`alter role ${user} in database ${database} set ${client.escapeIdentifier(name)} = ${client.escapeLiteral(value)}`);
       }
     }
-    await client.query('commit');
     return outcome;
-  } catch (err) {
-    await client.query('rollback').catch(() => undefined);
-    throw err;
-  } finally {
-    client.release();
-  }
+  });
 }
 
 /** Creates the CA-DMS application's login (or resets its password) as a member of {@link APPLICATION_ROLE}. */

@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pg from 'pg';
+import { inClientTransaction } from './transaction.js';
 
 export class MigrationError extends Error {
   override readonly name = 'MigrationError';
@@ -90,22 +91,21 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string): Pr
     const applied: string[] = [];
     for (const mig of migrations.slice(rows.length)) {
       try {
-        await client.query('begin');
-        // A migration may run long (an index on a big table); the role's default statement
-        // timeout (catalog migration 005) is for the functions' queries. Transaction-scoped, so
-        // it neither outlives the migration nor sets session state.
-        await client.query('set local statement_timeout = 0');
-        await client.query(mig.sql);
-        await client.query('insert into catalog.schema_migrations (set_name, version, name, checksum) values ($1, $2, $3, $4)', [
-          set,
-          mig.version,
-          mig.name,
-          mig.checksum,
-        ]);
-        await client.query('commit');
+        await inClientTransaction(client, 'begin', async () => {
+          // A migration may run long (an index on a big table); the role's default statement
+          // timeout (catalog migration 005) is for the functions' queries. Transaction-scoped, so
+          // it neither outlives the migration nor sets session state.
+          await client.query('set local statement_timeout = 0');
+          await client.query(mig.sql);
+          await client.query('insert into catalog.schema_migrations (set_name, version, name, checksum) values ($1, $2, $3, $4)', [
+            set,
+            mig.version,
+            mig.name,
+            mig.checksum,
+          ]);
+        });
         applied.push(mig.name);
       } catch (err) {
-        await client.query('rollback').catch(() => undefined);
         throw new MigrationError(`${set}: migration ${mig.name} failed: ${(err as Error).message}`, { cause: err });
       }
     }

@@ -32,7 +32,7 @@ import { moveSlots } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { inTransaction } from './transaction.js';
+import { inClientTransaction, inTransaction } from './transaction.js';
 
 /** The slot-map side of the catalog the mover needs. */
 export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish'>;
@@ -666,17 +666,11 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
   private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T>): Promise<T> {
-    await this.catalog.query('begin');
-    try {
+    return inClientTransaction(this.catalog, 'begin', async () => {
       const { rows } = await this.catalog.query<JobRow>('select * from catalog.move_jobs where id = $1 for update', [job.id]);
       if (!rows[0]) throw new MoveError(`move job #${job.id} has disappeared from the catalog`);
-      const result = await fn(toJob(rows[0]));
-      await this.catalog.query('commit');
-      return result;
-    } catch (err) {
-      await this.catalog.query('rollback').catch(() => undefined);
-      throw err;
-    }
+      return fn(toJob(rows[0]));
+    });
   }
 
   /** Who the catalog names as the unit's owner now, with the version that says so. */

@@ -30,6 +30,7 @@
 import type pg from 'pg';
 import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { ReadOptions, ReplicaReader } from './replica-reader.js';
+import { inClientTransaction, RollbackWith } from './transaction.js';
 import { fenceRowsQuery, type WriteRouter } from './write-transaction.js';
 
 export interface ShardReaderOptions {
@@ -135,28 +136,20 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
         left = deadlineAt - Date.now();
         if (left <= 0) throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline before it could start`);
       }
-      let outcome: { verdict: 'read'; value: T; servedBy: string } | { verdict: 'reroute' | 'wait' };
+      type Outcome = { verdict: 'read'; value: T; servedBy: string } | { verdict: 'reroute' | 'wait' };
+      let outcome: Outcome;
       try {
         outcome = await options.reader.withReadClient(
           route.shardId,
-          async (client, servedBy) => {
-            await client.query('begin isolation level repeatable read read only');
-            try {
+          (client, servedBy) =>
+            inClientTransaction<Outcome>(client, 'begin isolation level repeatable read read only', async () => {
               if (left !== undefined) await client.query(`select set_config('statement_timeout', $1, true)`, [`${Math.max(1, Math.ceil(left))}ms`]);
               const fences = await client.query<{ kind: string; state: string }>(fenceRowsQuery(false), [String(route.slot), key]);
               const verdict = readVerdict(fences.rows, route.viaDirectory);
-              if (verdict !== 'read') {
-                await client.query('rollback');
-                return { verdict };
-              }
+              if (verdict !== 'read') return new RollbackWith({ verdict });
               const value = await fn({ client, shardId: route.shardId, slot: route.slot, servedBy });
-              await client.query('commit');
               return { verdict, value, servedBy };
-            } catch (err) {
-              await client.query('rollback').catch(() => undefined);
-              throw err;
-            }
-          },
+            }),
           readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader)),
         );
       } catch (err) {

@@ -36,6 +36,7 @@ import { formatLsn, isLsn, LsnError, lsnBytesBehind, normalizeWalPosition, parse
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { withNodeDeadline } from './deadline.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
+import { inClientTransaction } from './transaction.js';
 
 /** No node of the shard could serve the read (every replica and the primary failed). */
 export class ShardUnavailableError extends Error {
@@ -112,19 +113,14 @@ export async function captureWriteToken(db: Queryable): Promise<string> {
  */
 export async function writeWithToken<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<{ result: T; token: string }> {
   const client = await pool.connect();
+  let broken = false;
   try {
-    await client.query('begin');
-    let result: T;
-    try {
-      result = await fn(client);
-      await client.query('commit');
-    } catch (error) {
-      await client.query('rollback').catch(() => undefined);
-      throw error;
-    }
+    const result = await inClientTransaction(client, 'begin', () => fn(client), () => {
+      broken = true;
+    });
     return { result, token: await captureWriteToken(client) };
   } finally {
-    client.release();
+    client.release(broken || undefined);
   }
 }
 

@@ -1,9 +1,14 @@
 /**
- * One transaction on a pooled client, the one way the adapters open one: `begin` (or a
- * stricter form such as `begin isolation level repeatable read`), `fn`, then commit; when `fn`
- * or the commit throws, a rollback, and the original error rethrown (a failed rollback must not
- * hide what caused it). The client always goes back to the pool, and is discarded instead of
- * reused when the rollback failed too: then its connection is dead or stuck mid-transaction.
+ * Transactions, the one way the adapters open one: `begin` (or a stricter form such as
+ * `begin isolation level repeatable read`), the body, then commit; when the body or the commit
+ * throws, a rollback, and the original error rethrown (a failed rollback must not hide what
+ * caused it). A body that finds the transaction should not commit (a fence verdict read inside
+ * it, say) returns {@link RollbackWith}: the transaction is rolled back and its value returned.
+ *
+ * {@link inClientTransaction} runs on a client the caller holds (a session lock's client, a
+ * replica chosen by the reader); {@link inTransaction} checks one out of a pool for the
+ * transaction and gives it back, discarded instead of reused when the rollback failed too: then
+ * its connection is dead or stuck mid-transaction.
  *
  * While the client is checked out, a connection that dies emits `error` on the client, which
  * the pool does not listen to; a listener here turns that into a failed query (which the caller
@@ -19,21 +24,56 @@
  */
 import type pg from 'pg';
 
-export async function inTransaction<T>(pool: Pick<pg.Pool, 'connect'>, begin: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+const ROLLBACK: unique symbol = Symbol('rollback');
+
+/**
+ * Returned by a transaction body to end the transaction with a rollback; `value` is handed back.
+ * A body that may return one names its result type: `inTransaction<Verdict>(pool, ...)`.
+ */
+export class RollbackWith<T> {
+  // A member keyed by a module-private symbol makes the type nominal: a body's own `{ value }`
+  // result can never be taken for one.
+  readonly [ROLLBACK] = true;
+  constructor(readonly value: T) {}
+}
+
+/**
+ * Runs `fn` in one transaction on `client`, which the caller keeps. `onRollbackFailure` hears
+ * of a rollback that failed after an error (the caller should then discard the connection).
+ */
+export async function inClientTransaction<T>(
+  client: Pick<pg.ClientBase, 'query'>,
+  begin: string,
+  fn: () => Promise<T | RollbackWith<NoInfer<T>>>,
+  onRollbackFailure?: (error: Error) => void,
+): Promise<T> {
+  try {
+    await client.query(begin);
+    const result = await fn();
+    if (result instanceof RollbackWith) {
+      await client.query('rollback');
+      return result.value;
+    }
+    await client.query('commit');
+    return result;
+  } catch (err) {
+    await client.query('rollback').catch((rollbackError: unknown) => {
+      onRollbackFailure?.(rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError)));
+    });
+    throw err;
+  }
+}
+
+/** Runs `fn` in one transaction on a client checked out of `pool` for it. */
+export async function inTransaction<T>(pool: Pick<pg.Pool, 'connect'>, begin: string, fn: (client: pg.PoolClient) => Promise<T | RollbackWith<NoInfer<T>>>): Promise<T> {
   const client = await pool.connect();
   const ignore = (): void => undefined;
   client.on('error', ignore);
   let broken: Error | undefined;
   try {
-    await client.query(begin);
-    const result = await fn(client);
-    await client.query('commit');
-    return result;
-  } catch (err) {
-    await client.query('rollback').catch((rollbackError: unknown) => {
-      broken = rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
+    return await inClientTransaction(client, begin, () => fn(client), (rollbackError) => {
+      broken = rollbackError;
     });
-    throw err;
   } finally {
     client.off('error', ignore);
     client.release(broken);

@@ -22,6 +22,7 @@ import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { ShardRouter } from '../../core/sharding/router.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
+import { inClientTransaction, RollbackWith } from './transaction.js';
 
 /** Where a key's writes go, as the router sees it now. */
 export interface WriteRoute {
@@ -178,34 +179,35 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       const pool = options.primaries.get(route.shardId);
       if (!pool) throw new ShardWriteError('unknown-shard', `key routes to shard ${route.shardId}, which has no primary pool`);
       const client = await pool.connect();
-      let outcome: FenceVerdict | undefined;
-      let released = false;
+      let outcome: FenceVerdict;
+      let broken = false;
       try {
-        await client.query('begin');
-        if (deadlineAt !== undefined) {
-          const left = Math.max(1, deadlineAt - Date.now());
-          await client.query(`set local statement_timeout = ${left}; set local lock_timeout = ${left}`);
-        }
-        const fences = await client.query<FenceRow>(fenceRowsQuery(true), [String(route.slot), key]);
-        outcome = verdict(fences.rows, route.viaDirectory);
-        if (outcome !== 'write') {
-          await client.query('rollback');
-        } else {
-          const value = await fn({ client, shardId: route.shardId, slot: route.slot, version: route.version });
-          await client.query('commit');
+        const body = await inClientTransaction<{ verdict: 'write'; value: T } | { verdict: Exclude<FenceVerdict, 'write'> }>(
+          client,
+          'begin',
+          async () => {
+            if (deadlineAt !== undefined) {
+              const left = Math.max(1, deadlineAt - Date.now());
+              await client.query(`set local statement_timeout = ${left}; set local lock_timeout = ${left}`);
+            }
+            const fences = await client.query<FenceRow>(fenceRowsQuery(true), [String(route.slot), key]);
+            const found = verdict(fences.rows, route.viaDirectory);
+            if (found !== 'write') return new RollbackWith({ verdict: found });
+            return { verdict: found, value: await fn({ client, shardId: route.shardId, slot: route.slot, version: route.version }) };
+          },
+          // A connection that could not even roll back must not go back to the pool.
+          () => {
+            broken = true;
+          },
+        );
+        if (body.verdict === 'write') {
           const position = await client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
           const lsn = position.rows[0]?.lsn ?? '0/0';
           const readToken = { shardId: route.shardId, lsn, timeline: Number(position.rows[0]?.tli ?? 1), mapVersion: route.version };
-          return { value, shardId: route.shardId, slot: route.slot, token: lsn, readToken, attempts: attempt };
+          return { value: body.value, shardId: route.shardId, slot: route.slot, token: lsn, readToken, attempts: attempt };
         }
+        outcome = body.verdict;
       } catch (err) {
-        const rolledBack = await client.query('rollback').then(
-          () => true,
-          () => false,
-        );
-        // A connection that could not even roll back must not go back to the pool.
-        client.release(rolledBack ? undefined : true);
-        released = true;
         const code = (err as { code?: unknown }).code;
         if (deadlineAt !== undefined && typeof code === 'string' && DEADLINE_SQLSTATES.has(code)) {
           throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} passed its ${writeOptions.deadlineMs} ms deadline; PostgreSQL cancelled it and nothing was committed`, { cause: err });
@@ -217,7 +219,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         else if (code === 'CAF02') outcome = 'reroute';
         else throw err;
       } finally {
-        if (!released) client.release();
+        client.release(broken || undefined);
       }
       if (outcome === 'reroute') {
         reroutes += 1;
