@@ -80,16 +80,78 @@ type TableName = (typeof TABLES)[number]['name'];
 /** Each unit row's 64-bit `hash_record_extended`, by row id, per table. */
 type RowHashes = Record<TableName, Map<string, bigint>>;
 
+/** Row ids per table. */
+type RowIds = Record<TableName, Set<string>>;
+
+function rowIds(...from: readonly Readonly<Record<TableName, ReadonlySet<string>>>[]): RowIds {
+  return { users: new Set(from.flatMap((f) => [...f.users])), documents: new Set(from.flatMap((f) => [...f.documents])) };
+}
+
 /**
- * Both sides compared row by row before the fence (see {@link PgMovePort.preVerify}): each
- * side's row hashes then, and the rows to compare again under the fence (those that differed,
- * or had a change not yet applied, then).
+ * One side's row hashes as last compared, with their per-table count and sum kept up to date as
+ * rows are replaced, so that the totals under the fence cost what changed, not the unit's size
+ * (summing 100,000 hashes there took tens of ms of the fence).
+ */
+class SideHashes {
+  readonly totals: Record<TableName, { rows: number; sum: bigint }> = { users: { rows: 0, sum: 0n }, documents: { rows: 0, sum: 0n } };
+
+  constructor(readonly rows: RowHashes) {
+    for (const { name } of TABLES) for (const h of rows[name].values()) this.add(name, h);
+  }
+
+  private add(table: TableName, h: bigint, sign: 1 | -1 = 1): void {
+    this.totals[table].rows += sign;
+    this.totals[table].sum += BigInt(sign) * h;
+  }
+
+  /** Replaces the rows named in `ids` by what `now` says of them (absent: the row is gone). */
+  replace(ids: RowIds, now: RowHashes): void {
+    for (const { name } of TABLES) {
+      for (const id of ids[name]) {
+        const before = this.rows[name].get(id);
+        if (before !== undefined) this.add(name, before, -1);
+        const after = now[name].get(id);
+        if (after === undefined) this.rows[name].delete(id);
+        else {
+          this.rows[name].set(id, after);
+          this.add(name, after);
+        }
+      }
+    }
+  }
+
+  /** The totals with the rows named in `ids` replaced by `now`, leaving these hashes as they are. */
+  totalsWith(ids: RowIds, now: RowHashes): TableSummaries {
+    const out: Record<string, { rows: number; checksum: string }> = {};
+    for (const { name } of TABLES) {
+      let { rows, sum } = this.totals[name];
+      for (const id of ids[name]) {
+        const before = this.rows[name].get(id);
+        if (before !== undefined) {
+          rows -= 1;
+          sum -= before;
+        }
+      }
+      for (const h of now[name].values()) {
+        rows += 1;
+        sum += h;
+      }
+      out[name] = { rows, checksum: sum.toString() };
+    }
+    return out;
+  }
+}
+
+/**
+ * Both sides compared row by row before the fence (see {@link PgMovePort.preVerify}, brought
+ * forward by {@link PgMovePort.recompare}): each side's row hashes then, and the rows to compare
+ * again under the fence (those that differed, or had a change not yet applied, then).
  */
 interface PreVerified {
   readonly jobId: number;
-  readonly source: RowHashes;
-  readonly target: RowHashes;
-  readonly recheck: Record<TableName, Set<string>>;
+  readonly source: SideHashes;
+  readonly target: SideHashes;
+  recheck: RowIds;
 }
 
 /**
@@ -98,6 +160,9 @@ interface PreVerified {
  * those changes, and they must fit in the fence budget.
  */
 const RECHECK_LIMIT = 10_000;
+
+/** At most this many comparisons of the changed rows before each fence attempt (see {@link PgMovePort.recompare}). */
+const RECOMPARE_ROUNDS = 3;
 
 /** Reads that must see one consistent state of the source (a page and its owners, a change batch). */
 const SNAPSHOT = 'begin isolation level repeatable read read only';
@@ -381,14 +446,22 @@ export class PgMovePort implements MovePort<MoveJob> {
     for (let pass = 0; ; pass++) {
       if (until === 'few') await this.checkCancel(job);
       const applied = await this.catchUpPass(job);
-      if (until === 'all' ? applied === 0 : applied < this.settings.catchUpThreshold) return true;
+      // Under the fence no writer of the unit can log a change on the source any more (the fence
+      // waited for those in flight, whose capture ran inside their transactions), so a pass that
+      // found less than a batch found the last of them: no pass to confirm an empty log.
+      if (until === 'all' ? applied < this.settings.batchRows : applied < this.settings.catchUpThreshold) return true;
       if (until === 'few' && pass >= 100) return true;
       // While fenced, every pass holds writers: past the budget, give the fence up.
       if (until === 'all' && this.budgetLeft() <= 0) return false;
     }
   }
 
-  /** One pass: re-read the current source rows of up to `batchRows` logged ids and make the target match. */
+  /**
+   * One pass: re-read the current source rows of up to `batchRows` logged ids and make the target
+   * match. The source is read by one statement (one snapshot, no transaction to open and close)
+   * and the target written in one transaction, statements with nothing to do skipped: under the
+   * fence every round trip holds writers.
+   */
   private async catchUpPass(job: MoveJob): Promise<number> {
     const source = this.pool(job.from);
     const { rows: entries } = await source.query<{ seq: string; table_name: TableName; row_id: string }>(
@@ -401,33 +474,30 @@ export class PgMovePort implements MovePort<MoveJob> {
     const docIds = [...(ids.get('documents') ?? [])];
     const userIds = [...(ids.get('users') ?? [])];
 
-    const { docs, users } = await inTransaction(source, SNAPSHOT, async (client) => {
-      const df = this.unitFilter(job, 'documents', 2, 't.');
-      const d = await client.query<{ rows: string; ids: string[] | null; owners: string[] | null }>(
-        `select coalesce(jsonb_agg(to_jsonb(t)), '[]')::text as rows, array_agg(t.id)::text[] as ids, array_agg(distinct t.owner_id)::text[] as owners
-           from documents t where t.id = any($1::uuid[]) and ${df.sql}`,
-        [docIds, ...df.params],
-      );
-      const docs = { rows: d.rows[0]?.rows ?? '[]', ids: d.rows[0]?.ids ?? [], owners: d.rows[0]?.owners ?? [] };
-      const uf = this.unitFilter(job, 'users', 2, 't.');
-      const u = await client.query<{ rows: string; ids: string[] | null }>(
-        `select coalesce(jsonb_agg(to_jsonb(t)), '[]')::text as rows, array_agg(t.id)::text[] as ids from users t where t.id = any($1::uuid[]) and ${uf.sql}`,
-        [[...new Set([...userIds, ...docs.owners])], ...uf.params],
-      );
-      return { docs, users: { rows: u.rows[0]?.rows ?? '[]', ids: u.rows[0]?.ids ?? [] } };
-    });
-
-    const presentDocs = new Set(docs.ids);
-    const presentUsers = new Set(users.ids);
+    const df = this.unitFilter(job, 'documents', 3, 't.');
+    const uf = this.unitFilter(job, 'users', 3 + df.params.length, 't.');
+    const { rows: read } = await source.query<{ docs: string; doc_ids: string[] | null; users: string; user_ids: string[] | null }>(
+      `with d as (select t.* from documents t where t.id = any($1::uuid[]) and ${df.sql}),
+            u as (select t.* from users t where (t.id = any($2::uuid[]) or t.id in (select owner_id from d)) and ${uf.sql})
+       select (select coalesce(jsonb_agg(to_jsonb(d)), '[]')::text from d) as docs, (select array_agg(d.id)::text[] from d) as doc_ids,
+              (select coalesce(jsonb_agg(to_jsonb(u)), '[]')::text from u) as users, (select array_agg(u.id)::text[] from u) as user_ids`,
+      [docIds, userIds, ...df.params, ...uf.params],
+    );
+    const presentDocs = new Set(read[0]?.doc_ids ?? []);
+    const presentUsers = new Set(read[0]?.user_ids ?? []);
     const goneDocs = docIds.filter((id) => !presentDocs.has(id));
     const goneUsers = userIds.filter((id) => !presentUsers.has(id));
     await inTransaction(this.pool(job.to), MOVER_WRITE, async (target) => {
-      await this.upsert(target, 'users', users.rows);
-      await this.upsert(target, 'documents', docs.rows);
-      const df = this.unitFilter(job, 'documents', 2);
-      await target.query(`delete from documents where id = any($1::uuid[]) and ${df.sql}`, [goneDocs, ...df.params]);
-      const uf = this.unitFilter(job, 'users', 2);
-      await target.query(`delete from users where id = any($1::uuid[]) and ${uf.sql}`, [goneUsers, ...uf.params]);
+      if (presentUsers.size > 0) await this.upsert(target, 'users', read[0]?.users ?? '[]');
+      if (presentDocs.size > 0) await this.upsert(target, 'documents', read[0]?.docs ?? '[]');
+      if (goneDocs.length > 0) {
+        const f = this.unitFilter(job, 'documents', 2);
+        await target.query(`delete from documents where id = any($1::uuid[]) and ${f.sql}`, [goneDocs, ...f.params]);
+      }
+      if (goneUsers.length > 0) {
+        const f = this.unitFilter(job, 'users', 2);
+        await target.query(`delete from users where id = any($1::uuid[]) and ${f.sql}`, [goneUsers, ...f.params]);
+      }
     });
     await source.query('delete from move_changes where seq = any($1::bigint[])', [entries.map((e) => e.seq)]);
     await this.catalog.query('update catalog.move_jobs set changes_applied = changes_applied + $2, updated_at = now() where id = $1', [job.id, entries.length]);
@@ -451,8 +521,17 @@ export class PgMovePort implements MovePort<MoveJob> {
    * last changes and the comparison of the rows changed since.
    */
   async fence(job: MoveJob): Promise<boolean> {
-    if (this.pre?.jobId !== job.id || (await this.targetChanges(job)) > RECHECK_LIMIT) await this.preVerifyWhileCatchingUp(job);
+    if (this.pre?.jobId !== job.id || (await this.targetChanges(job)) > RECHECK_LIMIT) await this.whileCatchingUp(job, () => this.preVerify(job));
+    // The full comparison leaves behind every change applied while it read both sides (thousands
+    // under 8 writers, 185-204 ms of a 255-300 ms fence to compare again). Each round compares
+    // those rows again outside the fence, leaving only what changed during the round.
+    // The catch-up runs alongside each round, so the fence that follows the last one at once
+    // finds few changes to apply, and the rows it compares again are those the last round saw
+    // change: comparing a row by id costs less than applying it while writes are held.
     await this.catchUp(job, 'few');
+    for (let round = 0; round < RECOMPARE_ROUNDS; round++) {
+      if ((await this.whileCatchingUp(job, () => this.recompare(job))) <= this.settings.catchUpThreshold) break;
+    }
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     try {
       await inTransaction(this.pool(job.from), 'begin', async (client) => {
@@ -489,6 +568,44 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
+   * Brings the comparison before the fence forward: the rows it left to compare again, and the
+   * rows the target's log names now (entries W), are read again on both sides by id, in one
+   * snapshot each taken after W was read, with the source's pending changes; the rows to compare
+   * under the fence become those that differ now or have a change pending, and W is consumed.
+   * Returns how many rows are left to compare again (plus target changes logged since).
+   *
+   * It keeps the invariant {@link preVerify} sets up, that a row neither left to compare again
+   * nor named by the target's log is equal on both sides and unchanged since: a row compared
+   * here equal, with no source change pending, that changes later on the target is logged there
+   * after W was read (so not consumed); a later source change is either pending under the fence
+   * or applied by the catch-up, which writes the target after W was read and is logged there. A
+   * row not compared here was covered before and is not in W.
+   */
+  private async recompare(job: MoveJob): Promise<number> {
+    const pre = this.pre;
+    if (pre?.jobId !== job.id) return Number.POSITIVE_INFINITY;
+    const target = this.pool(job.to);
+    const { rows: logged } = await target.query<{ seq: string; t: TableName; id: string }>('select seq, table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
+    const ids = rowIds(pre.recheck);
+    for (const { t, id } of logged) ids[t]?.add(id);
+    const [source, now] = await Promise.all([
+      inTransaction(this.pool(job.from), SNAPSHOT, async (client) => {
+        const { rows } = await client.query<{ t: TableName; id: string }>('select table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
+        return { pending: rows, hashes: await this.rowHashes(client, job, ids) };
+      }),
+      inTransaction(target, SNAPSHOT, (client) => this.rowHashes(client, job, ids)),
+    ]);
+    pre.source.replace(ids, source.hashes);
+    pre.target.replace(ids, now);
+    const recheck = rowIds({ users: new Set(), documents: new Set() });
+    for (const { t, id } of source.pending) recheck[t]?.add(id);
+    for (const { name } of TABLES) for (const id of ids[name]) if (source.hashes[name].get(id) !== now[name].get(id)) recheck[name].add(id);
+    pre.recheck = recheck;
+    await target.query('delete from move_changes where seq = any($1::bigint[])', [logged.map((l) => l.seq)]);
+    return recheck.users.size + recheck.documents.size + (await this.targetChanges(job));
+  }
+
+  /**
    * Counts and checksums of the unit's rows, per table, on one shard, within `timeoutMs`. The
    * checksum is the sum of each row's 64-bit `hash_record_extended` (order-independent, so no
    * sort; hashing the binary values avoids formatting every row as text). Both shards run the
@@ -512,13 +629,13 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
-   * {@link preVerify} while the catch-up keeps applying changes: the comparison reads every row
-   * of the unit on both sides, and changes that waited for it would all be applied under the
-   * fence. Rows the catch-up writes meanwhile are logged on the target and compared again.
+   * Runs a comparison while the catch-up keeps applying changes: a comparison reads the unit's
+   * rows on both sides, and changes that waited for it would all be applied under the fence.
+   * Rows the catch-up writes meanwhile are logged on the target and compared again.
    */
-  private async preVerifyWhileCatchingUp(job: MoveJob): Promise<void> {
+  private async whileCatchingUp<T>(job: MoveJob, comparison: () => Promise<T>): Promise<T> {
     let comparing = true;
-    const compared = this.preVerify(job).finally(() => {
+    const compared = comparison().finally(() => {
       comparing = false;
     });
     const catchingUp = (async () => {
@@ -529,6 +646,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     const [a, b] = await Promise.allSettled([compared, catchingUp]);
     if (a.status === 'rejected') throw a.reason;
     if (b.status === 'rejected') throw b.reason;
+    return a.value;
   }
 
   /**
@@ -564,7 +682,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       }),
       inTransaction(targetPool, SNAPSHOT, (client) => this.rowHashes(client, job, null)),
     ]);
-    const recheck: Record<TableName, Set<string>> = { users: new Set(), documents: new Set() };
+    const recheck = rowIds({ users: new Set(), documents: new Set() });
     for (const { t, id } of source.pending) recheck[t]?.add(id);
     for (const { name } of TABLES) {
       const a = source.hashes[name];
@@ -572,24 +690,29 @@ export class PgMovePort implements MovePort<MoveJob> {
       for (const [id, h] of a) if (b.get(id) !== h) recheck[name].add(id);
       for (const id of b.keys()) if (!a.has(id)) recheck[name].add(id);
     }
-    this.pre = { jobId: job.id, source: source.hashes, target, recheck };
+    this.pre = { jobId: job.id, source: new SideHashes(source.hashes), target: new SideHashes(target), recheck };
   }
 
-  /** Per table, the hash of each of the unit's rows (`only` null), or of the given rows only (looked up by id). */
-  private async rowHashes(client: pg.PoolClient, job: MoveJob, only: Record<TableName, ReadonlySet<string>> | null): Promise<RowHashes> {
-    const out = {} as RowHashes;
+  /**
+   * Per table, the hash of each of the unit's rows (`only` null), or of the given rows only
+   * (looked up by id); one statement for both tables.
+   */
+  private async rowHashes(client: pg.PoolClient, job: MoveJob, only: RowIds | null): Promise<RowHashes> {
+    const out: RowHashes = { users: new Map(), documents: new Map() };
+    const params: unknown[] = [];
+    const parts: string[] = [];
     for (const { name } of TABLES) {
-      const f = this.unitFilter(job, name, 2, 'x.');
       const ids = only === null ? null : [...only[name]];
-      const { rows } =
-        ids !== null && ids.length === 0
-          ? { rows: [] }
-          : await client.query<{ id: string; h: string }>(
-              `select x.id::text as id, hash_record_extended(x, 0)::text as h from ${name} x where ($1::uuid[] is null or x.id = any($1::uuid[])) and ${f.sql}`,
-              [ids, ...f.params],
-            );
-      out[name] = new Map(rows.map((r) => [r.id, BigInt(r.h)]));
+      if (ids !== null && ids.length === 0) continue;
+      const f = this.unitFilter(job, name, params.length + 2, 'x.');
+      parts.push(
+        `select '${name}' as t, x.id::text as id, hash_record_extended(x, 0)::text as h from ${name} x where ($${params.length + 1}::uuid[] is null or x.id = any($${params.length + 1}::uuid[])) and ${f.sql}`,
+      );
+      params.push(ids, ...f.params);
     }
+    if (parts.length === 0) return out;
+    const { rows } = await client.query<{ t: TableName; id: string; h: string }>(parts.join(' union all '), params);
+    for (const r of rows) out[r.t].set(r.id, BigInt(r.h));
     return out;
   }
 
@@ -631,37 +754,17 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   private async verifyChanged(job: MoveJob, pre: PreVerified, timeoutMs: number): Promise<{ source: TableSummaries; target: TableSummaries; differing: number }> {
     const { rows: written } = await this.pool(job.to).query<{ t: TableName; id: string }>('select distinct table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
-    const ids: Record<TableName, Set<string>> = { users: new Set(pre.recheck.users), documents: new Set(pre.recheck.documents) };
+    const ids = rowIds(pre.recheck);
     for (const { t, id } of written) ids[t]?.add(id);
     const [source, target] = (await Promise.all(
       [job.from, job.to].map((shard) =>
-        inTransaction(this.pool(shard), SNAPSHOT, async (client) => {
-          await client.query(`select set_config('statement_timeout', $1, true)`, [`${Math.max(1, Math.ceil(timeoutMs))}ms`]);
-          return this.rowHashes(client, job, ids);
-        }),
+        // The timeout is a whole number of ms written into the text: one round trip with the begin.
+        inTransaction(this.pool(shard), `${SNAPSHOT}; set local statement_timeout = '${Math.max(1, Math.ceil(timeoutMs))}ms'`, (client) => this.rowHashes(client, job, ids)),
       ),
     )) as [RowHashes, RowHashes];
     let differing = 0;
     for (const { name } of TABLES) for (const id of ids[name]) if (source[name].get(id) !== target[name].get(id)) differing += 1;
-    const totals = (before: RowHashes, now: RowHashes): TableSummaries => {
-      const out: Record<string, { rows: number; checksum: string }> = {};
-      for (const { name } of TABLES) {
-        let rows = 0;
-        let sum = 0n;
-        for (const [id, h] of before[name]) {
-          if (ids[name].has(id)) continue;
-          rows += 1;
-          sum += h;
-        }
-        for (const h of now[name].values()) {
-          rows += 1;
-          sum += h;
-        }
-        out[name] = { rows, checksum: sum.toString() };
-      }
-      return out;
-    };
-    return { source: totals(pre.source, source), target: totals(pre.target, target), differing };
+    return { source: pre.source.totalsWith(ids, source), target: pre.target.totalsWith(ids, target), differing };
   }
 
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
@@ -719,9 +822,11 @@ export class PgMovePort implements MovePort<MoveJob> {
   async releaseFence(job: MoveJob): Promise<void> {
     this.fenceDeadline = null;
     const version = job.mapVersionAfter ?? 0;
-    await this.stopTargetCapture(job);
+    // The target's capture stops in the statement that opens its fence (one round trip while
+    // writes are held): no writer's change there is logged for a move that is over.
     await this.pool(job.to).query(
-      `insert into write_fences (kind, unit_id, state, map_version, job_id) values ($1, $2, 'open', $3, $4)
+      `with captures as (delete from move_captures where job_id = $4), changes as (delete from move_changes where job_id = $4)
+       insert into write_fences (kind, unit_id, state, map_version, job_id) values ($1, $2, 'open', $3, $4)
        on conflict (kind, unit_id) do update set state = 'open', moved_to = null, map_version = $3, job_id = $4, updated_at = clock_timestamp()`,
       [job.kind, job.unitId, version, job.id],
     );
