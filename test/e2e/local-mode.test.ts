@@ -2,12 +2,13 @@
  * `npm start` end to end: local mode as a child process on the free port it picks itself, a fast check interval
  * and a fast trace, talked to over HTTP only.
  */
+import { spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { existsSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, getJson, postgresProcessesUnder, runCli, startLocalProcess, tempDataDir, type LocalProcess } from './support/local-process.js';
+import { REPO_ROOT, eventually, getJson, postgresProcessesUnder, runCli, startLocalProcess, tempDataDir, type LocalProcess } from './support/local-process.js';
 
 interface HistoryBody {
   items: Array<{ kind: string; service: string | null; outcome: string | null; reasons: unknown[] }>;
@@ -106,6 +107,22 @@ describe('local mode (npm start)', () => {
     expect(planned.status).toBeLessThan(300);
     expect(done.state).toBe('done');
     expect(after.shard_id).toBe(to);
+  }, 30_000);
+
+  it('answers the curl examples of the README as written (its port replaced by this run\'s) with no error', async () => {
+    const readme = await readFile(join(REPO_ROOT, 'README.md'), 'utf8');
+    const blocks = [...readme.matchAll(/```bash\n([\s\S]*?)```/g)].map((m) => m[1] ?? '').filter((b) => /curl [^\n]*(localhost|127\.0\.0\.1):3000\/api\//.test(b));
+    const port = new URL(running().url).port;
+    // Each block as a reader pastes it, but failing on the first error answer (curl -s alone
+    // prints a problem document and carries on); jq only pretty-prints, where it is installed.
+    const prelude = 'set -eo pipefail\ncurl() { command curl --fail-with-body "$@"; }\ncommand -v jq >/dev/null || jq() { cat; }\n';
+    const runs = blocks.map((block) => spawnSync('bash', ['-c', prelude + block.replaceAll(/(localhost|127\.0\.0\.1):3000\b/g, `$1:${port}`)], { encoding: 'utf8', timeout: 15_000 }));
+    const config = (await getJson<{ config: { check_interval: number; cpu_scale_up: number } }>(`${running().url}/api/v1/scaling/config`)).body.config;
+
+    expect(blocks.length).toBeGreaterThanOrEqual(2);
+    expect(runs.map((r) => ({ status: r.status, stderr: r.stderr }))).toEqual(blocks.map(() => ({ status: 0, stderr: '' })));
+    // The merge patch changed what it named and kept the rest (the interval came from the environment).
+    expect(config).toMatchObject({ check_interval: 1, cpu_scale_up: 75 });
   }, 30_000);
 
   it('refuses a second start on the same data directory while the first runs, naming its pid', async () => {
