@@ -62,7 +62,7 @@ describe('ca-dms seasonal forecaster', () => {
     // two minutes without a measurement at the end
     const s = observe(feed(5000, () => 10 * random()), 4, T0 + 5002 * MIN);
     expect(s.ring.length).toBe(RING_MINUTES);
-    expect(s.errors.length).toBe(LAGS.length);
+    expect(s.lagErrors.length).toBe(LAGS.length);
     const json = JSON.stringify(s);
     expect(json.length).toBeLessThan(3000);
     // numbers only (an absent value is NONE, not null), so the engine keeps the lists unboxed
@@ -73,14 +73,16 @@ describe('ca-dms seasonal forecaster', () => {
   });
 
   it('starts afresh from a malformed state rather than failing', () => {
-    for (const raw of [null, 3, 'x', {}, { end: 1.5, seen: 1, ring: [], errors: [] }, { end: 1, seen: 1, ring: new Array(RING_MINUTES + 1).fill(1), errors: LAGS.map(() => 0) }]) {
+    for (const raw of [null, 3, 'x', {}, { end: 1.5, seen: 1, ring: [], errors: [] }, { end: 1, seen: 1, ring: new Array(RING_MINUTES + 1).fill(1), lagErrors: LAGS.map(() => 0) }]) {
       expect(readSeason(raw)).toEqual(EMPTY_SEASON);
     }
-    const s = readSeason({ end: 10, seen: 3, ring: [1, 'x', -2, null, NONE, Infinity], errors: LAGS.map(() => 'bad') });
+    const s = readSeason({ end: 10, seen: 3, ring: [1, 'x', -2, null, NONE, Infinity], lagErrors: LAGS.map(() => 'bad') });
     expect(s.ring).toEqual([1, NONE, NONE, NONE, NONE, NONE]);
-    expect(s.errors.every((e) => e === NONE)).toBe(true);
+    expect(s.lagErrors.every((e) => e === NONE)).toBe(true);
+    // a state from before the differences were whole units starts afresh
+    expect(readSeason({ end: 10, seen: 3, ring: [1], errors: LAGS.map(() => 0.5) })).toEqual(EMPTY_SEASON);
     // a stored state with an empty ring takes a second observation in its newest minute
-    expect(observe(readSeason({ end: 10, seen: 1, ring: [], errors: LAGS.map(() => NONE) }), 2, 10 * MIN).ring).toEqual([2]);
+    expect(observe(readSeason({ end: 10, seen: 1, ring: [], lagErrors: LAGS.map(() => NONE) }), 2, 10 * MIN).ring).toEqual([2]);
   });
 
   it('leaves minutes without a measurement empty, keeps the larger of two in one minute and ignores an older one', () => {
@@ -105,5 +107,40 @@ describe('ca-dms seasonal forecaster', () => {
     expect(period(noise, 3)).toBeUndefined();
     // a trend: every lag is beaten by the shorter ones
     expect(period(feed(2000, (m) => m / 100), 3)).toBeUndefined();
+  });
+
+  /** The tracked difference at `lag`, in busy task-units. */
+  function lagError(s: Season, lag: number): number {
+    return (s.lagErrors[LAGS.indexOf(lag)] as number) / 10_000;
+  }
+
+  it('property: on a perfectly periodic load the difference at its period decays towards 0 after any start', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 20, max: 120 }), fc.integer({ min: 1, max: 1000 }), (every, seed) => {
+        const random = mulberry32(seed);
+        const load = spikes(0.5, 0.5, every, 5);
+        // noise for the first 300 minutes gives the lag a large difference to start from
+        const s = feed(300 + 12 * 360, (m) => (m < 300 ? 2 * random() : load(m)));
+        // about 12 time constants: what is left of the start is far below a thousandth
+        expect(lagError(s, every)).toBeLessThan(0.001);
+      }),
+      { numRuns: 10, verbose: true },
+    );
+  });
+
+  it('follows a lag whose mean difference falls, however small it is', () => {
+    // a blip of 0.01 every 10 minutes, then every 20: at lag 11 the mean difference goes from 0.002 to 0.001
+    const blips = (m: number, every: number): number => (m % every === 0 ? 1.01 : 1);
+    const s = feed(3000, (m) => blips(m, 10));
+    expect(lagError(s, 11)).toBeCloseTo(0.002, 3);
+    let after = s;
+    let sum = 0;
+    for (let m = 3000; m < 9000; m++) {
+      after = observe(after, blips(m, 20), T0 + m * MIN);
+      if (m >= 6000) sum += lagError(after, 11);
+    }
+    // rounded to the nearest unit each step, it would have stayed at 0.002 (each step is under half a unit)
+    expect(sum / 3000).toBeGreaterThan(0.0008);
+    expect(sum / 3000).toBeLessThan(0.0012);
   });
 });

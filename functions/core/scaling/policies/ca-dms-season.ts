@@ -4,7 +4,7 @@
  * minutes, but it can be from the last period.
  *
  * It keeps the demand of the last {@link RING_MINUTES} wall-clock minutes and, for every
- * candidate lag ({@link LAGS}: 10 to 240 minutes in steps of 5), a tracked mean absolute
+ * candidate lag ({@link LAGS}: every whole minute from 10 to 240), a tracked mean absolute
  * difference between each minute's demand and the demand one lag earlier. The lag with the
  * smallest tracked difference is the period; nothing about the trace (name, length, sampling
  * step) is read, only the minutes of `now`. The forecast for `lead` minutes ahead is the largest
@@ -43,10 +43,23 @@ export const LEVEL_MINUTES = 10;
  * many minutes were compared at a lag, the plain mean of those compared.
  */
 const LAG_ERROR_WEIGHT = 1 / 360;
+/**
+ * Tracked differences are kept in whole units of 1 / ERROR_UNITS of a busy task-unit (short
+ * in JSON). Each update is rounded to a whole unit stochastically (down or up with the
+ * probabilities that make its expected value the exact one), not to the nearest: a step of
+ * the tracker is a 360th of the way to the newest difference, and rounded to the nearest it
+ * vanishes whenever it is under half a unit, so the difference could rise but never fall
+ * below 180 units. At three decimals, as it was, that floor was 0.18 busy task-units: a lag
+ * that missed a spike's edge early on kept the mark for good and could win over the true
+ * period, and a perfectly periodic load never showed its period as better than that.
+ */
+const ERROR_UNITS = 10_000;
+/** The fractional part of the golden ratio: successive multiples of it spread evenly over [0, 1). */
+const GOLDEN = 0.6180339887498949;
 /** `seen` stops counting here: past it every lag's difference is tracked with the fixed weight. */
 const SEEN_CAP = 10_000;
 const MINUTE_MS = 60_000;
-/** An absent value in {@link Season.ring} and {@link Season.errors}. */
+/** An absent value in {@link Season.ring} and {@link Season.lagErrors}. */
 export const NONE = -1;
 
 /** The forecaster's memory, as stored in the policy state. */
@@ -57,12 +70,15 @@ export interface Season {
   readonly seen: number;
   /** Demand per minute, oldest first, ending at `end`; {@link NONE} where no metric measured the load. */
   readonly ring: readonly number[];
-  /** Per entry of {@link LAGS}: the tracked mean absolute difference at that lag, or {@link NONE} before one was measured. */
-  readonly errors: readonly number[];
+  /**
+   * Per entry of {@link LAGS}: the tracked mean absolute difference at that lag in whole units
+   * of 1 / {@link ERROR_UNITS} busy task-units, or {@link NONE} before one was measured.
+   */
+  readonly lagErrors: readonly number[];
 }
 
 /** A forecaster that has seen nothing yet. */
-export const EMPTY_SEASON: Season = { end: undefined, seen: 0, ring: [], errors: LAGS.map(() => NONE) };
+export const EMPTY_SEASON: Season = { end: undefined, seen: 0, ring: [], lagErrors: LAGS.map(() => NONE) };
 
 function finite(v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v);
@@ -82,12 +98,13 @@ export function readSeason(raw: unknown): Season {
   const m = raw as Record<string, unknown>;
   const end = m['end'];
   const ring = m['ring'];
-  const errors = m['errors'];
+  // A state from before the differences were whole units (`errors`, in busy task-units) has none: it starts afresh.
+  const errors = m['lagErrors'];
   const seen = m['seen'];
   if (!finite(seen) || seen < 0 || !finite(end) || !Number.isInteger(end) || !Array.isArray(ring) || ring.length > RING_MINUTES || !Array.isArray(errors) || errors.length !== LAGS.length) {
     return EMPTY_SEASON;
   }
-  return { end, seen: Math.min(seen, SEEN_CAP), ring: clean(ring), errors: clean(errors) };
+  return { end, seen: Math.min(seen, SEEN_CAP), ring: clean(ring), lagErrors: clean(errors) };
 }
 
 function valid(v: unknown): v is number {
@@ -114,6 +131,16 @@ function clean(list: readonly unknown[]): number[] {
 /** Three decimals: enough for busy task-units, and a shorter JSON state. */
 function round3(x: number): number {
   return Math.round(x * 1000) / 1000;
+}
+
+/**
+ * A number in [0, 1) drawn from the minute (a 32-bit integer hash of it): the same minute
+ * always draws the same, so a replay makes the same decisions.
+ */
+function draw(minute: number): number {
+  let h = Math.imul(minute ^ (minute >>> 16), 0x45d9f3b);
+  h = Math.imul(h ^ (h >>> 16), 0x45d9f3b);
+  return ((h ^ (h >>> 16)) >>> 0) / 2 ** 32;
 }
 
 /** The ring value `back` minutes before the newest slot, or {@link NONE} when absent. */
@@ -152,21 +179,27 @@ export function observe(season: Season, demand: number, now: number): Season {
   if (gap < RING_MINUTES) for (let i = 0; i < gap; i++) ring.push(NONE);
   ring.push(value);
   const seen = Math.min(season.seen + 1, SEEN_CAP);
-  const errors = season.errors.slice();
+  const errors = season.lagErrors.slice();
   const newest = ring.length - 1;
+  // One draw per minute, offset by a golden-ratio step per lag: every lag's rounding is
+  // uniform over the minutes, and adjacent lags do not round the same way at once.
+  let dither = draw(minute);
   // LAGS ascend: past the first lag longer than the ring, none is in it.
   for (let i = 0; i < LAGS.length && (LAGS[i] as number) <= newest; i++) {
+    dither += GOLDEN;
+    if (dither >= 1) dither -= 1;
     const lag = LAGS[i] as number;
     const before = ring[newest - lag] as number;
     if (before === NONE) continue;
     const old = errors[i] as number;
-    const diff = Math.abs(value - before);
+    // Ring values have three decimals: the difference is a whole number of units (up to float error).
+    const diff = Math.round(Math.abs(value - before) * ERROR_UNITS);
     const compared = seen - lag;
     // 1 / compared is below the fixed weight from that many comparisons on: no division then.
     const weight = compared >= 1 / LAG_ERROR_WEIGHT ? LAG_ERROR_WEIGHT : Math.max(LAG_ERROR_WEIGHT, 1 / Math.max(1, compared));
-    errors[i] = round3(old === NONE ? diff : old + weight * (diff - old));
+    errors[i] = old === NONE ? diff : Math.floor(old + weight * (diff - old) + dither);
   }
-  return { end: minute, seen, ring, errors };
+  return { end: minute, seen, ring, lagErrors: errors };
 }
 
 /**
@@ -189,7 +222,7 @@ export function period(season: Season, lead: number): number | undefined {
   // LAGS ascend: the loop ends at the first lag too long.
   for (let i = 0; i < LAGS.length && (LAGS[i] as number) <= longest; i++) {
     const lag = LAGS[i] as number;
-    const e = season.errors[i] as number;
+    const e = season.lagErrors[i] as number;
     if (e === NONE || lag < shortest) continue;
     if (e < bestError) {
       best = lag;
