@@ -5,7 +5,8 @@
  * SIGTERM or SIGHUP, then stops everything, PostgreSQL included; data stays under the data
  * directory.
  */
-import { rm, mkdir } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, rm, mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { applyScalingEnv, ScalingConfigError } from '../../functions/core/scaling/config.js';
@@ -168,6 +169,12 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
   if (options === 'help') {
     io.stdout(usage);
     return 0;
+  }
+  // A trace that is not there is a mistake in the command: said before anything is created or bound.
+  try {
+    await access(options.tracePath, constants.R_OK);
+  } catch (error) {
+    throw new UsageError(`--trace: ${options.tracePath}: no such file, or not readable`, { cause: error });
   }
   await mkdir(options.dataDir, { recursive: true });
   let lock;

@@ -182,4 +182,15 @@ describe('local mode start-up refusals', () => {
     expect(existsSync(join(dataDir, 'pg'))).toBe(false);
     expect(existsSync(join(dataDir, 'local.lock'))).toBe(false);
   }, 20_000);
+
+  it('refuses a --trace that does not exist before binding a port or creating the data directory', async () => {
+    const fresh = join(dataDir, 'never-created');
+
+    const run = await runCli(['start', '--port', '0', '--data-dir', fresh, '--trace', join(dataDir, 'absent.csv')]);
+
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain(`--trace: ${join(dataDir, 'absent.csv')}: no such file`);
+    expect(run.stdout).not.toContain('listening on');
+    expect(existsSync(fresh)).toBe(false);
+  }, 20_000);
 });
