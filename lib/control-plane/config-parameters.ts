@@ -90,15 +90,21 @@ export class ConfigParameters extends Construct {
    * The `CONFIG_PARAMETERS` variable naming the parameters of `names`, and
    * `CONFIG_PARAMETERS_VERSION`, a digest of their values: a deploy that changes a value changes
    * the environment too, so Lambda replaces the warm containers that read the old one.
+   * `as` reads a parameter into another variable (parameter name -> variable name), e.g. the
+   * monitor logins' secrets as the `SHARD_DB_SECRET_ARNS` the API connects to the shards with.
    */
-  environment(names: readonly string[]): Record<string, string> {
+  environment(names: readonly string[], as: Readonly<Record<string, string>> = {}): Record<string, string> {
     const missing = names.filter((n) => !this.parameters[n]);
-    validateProps('ConfigParameters.environment', [[missing.length === 0, `no parameter for ${missing.join(', ')}`]]);
+    const variables = names.map((n) => as[n] ?? n);
+    validateProps('ConfigParameters.environment', [
+      [missing.length === 0, `no parameter for ${missing.join(', ')}`],
+      [new Set(variables).size === variables.length, `two parameters read into one variable (${variables.join(', ')})`],
+    ]);
     const stack = Stack.of(this);
     const digest = createHash('sha256');
-    for (const n of names) digest.update(`${n}\u0000${JSON.stringify(stack.resolve(this.values[n]))}\u0000`);
+    for (const n of names) digest.update(`${as[n] ?? n}\u0000${n}\u0000${JSON.stringify(stack.resolve(this.values[n]))}\u0000`);
     return {
-      CONFIG_PARAMETERS: stack.toJsonString(Object.fromEntries(names.map((n) => [n, this.parameters[n]?.parameterName]))),
+      CONFIG_PARAMETERS: stack.toJsonString(Object.fromEntries(names.map((n) => [as[n] ?? n, this.parameters[n]?.parameterName]))),
       CONFIG_PARAMETERS_VERSION: digest.digest('hex').slice(0, 16),
     };
   }

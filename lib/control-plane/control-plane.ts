@@ -75,18 +75,24 @@ export interface ControlPlaneProps {
   readonly services: Readonly<Record<string, ScaledService>>;
   /** The load balancer's ARN suffix (`app/NAME/ID`). @default - none */
   readonly loadBalancerFullName?: string;
-  /** Where the catalog lives: the secret and the host to use instead of the secret's (the proxy). */
-  readonly catalog: { readonly secret: secretsmanager.ISecret; readonly host: string };
-  /** Every shard primary's admin secret (migrations and shard statistics), in shard order. */
+  /**
+   * Where the catalog lives: its admin secret (the migrations only), the control plane's own
+   * login there (`ca_dms_control`: the evaluator, the alarm function, the API and the moves
+   * worker), and the host to use instead of the secrets' (the proxy, which must admit both).
+   */
+  readonly catalog: { readonly secret: secretsmanager.ISecret; readonly controlSecret: secretsmanager.ISecret; readonly host: string };
+  /** Every shard primary's admin secret, in shard order: the migrations function's alone. */
   readonly shardSecrets: readonly secretsmanager.ISecret[];
   /**
-   * Every shard's application login secret, in shard order: the migrations create each user,
-   * and each is rotated with alternating users (Secrets Manager's hosted PostgreSQL multi-user
-   * rotation, logging in with the shard's admin secret) once the migrations have run.
+   * Every shard's least-privilege logins, in shard order: the CA-DMS application's (the ECS
+   * tasks), the scaling API's (`ca_dms_monitor`) and the moves worker's (`ca_dms_mover`). The
+   * migrations create each user, and each, like the catalog's control login, is rotated with
+   * alternating users (Secrets Manager's hosted PostgreSQL multi-user rotation, logging in with
+   * the admin secret of its database) once the migrations have run.
    */
-  readonly shardAppSecrets: readonly secretsmanager.ISecret[];
-  /** How often the application logins rotate. @default Duration.days(30) */
-  readonly appSecretRotation?: Duration;
+  readonly shardLogins: ReadonlyArray<{ readonly app: secretsmanager.ISecret; readonly monitor: secretsmanager.ISecret; readonly mover: secretsmanager.ISecret }>;
+  /** How often the least-privilege logins rotate. @default Duration.days(30) */
+  readonly loginRotation?: Duration;
   /** The guide's `ShardingConfig` JSON with credential-free URLs, in the same shard order (the API's shard endpoints). */
   readonly shardingConfigJson: string;
   /** CloudWatch alarms publish here; the alarm function is subscribed. */
@@ -137,7 +143,7 @@ export function scheduleMinutes(checkIntervalSeconds: number): number {
  *   namePrefix: 'ca-dms-dev', vpc, subnets, securityGroup, cluster, services, alarmTopic,
  *   entries: { evaluate: 'functions/handlers/evaluate.ts', alarm: '...', api: '...', migrate: '...', moves: '...' },
  *   migrationsDirectory: 'functions/adapters/postgres/migrations',
- *   catalog: { secret, host: proxy.endpoint }, shardSecrets, shardingConfigJson, scalingConfig,
+ *   catalog: { secret, controlSecret, host: proxy.endpoint }, shardSecrets, shardLogins, shardingConfigJson, scalingConfig,
  * });
  * ```
  */
@@ -156,8 +162,8 @@ export class ControlPlane extends Construct {
   /** The configuration that grows with the deployment, read by the functions at cold start. */
   readonly config: ConfigParameters;
   readonly failureQueues: { readonly evaluate: FailureQueue; readonly alarm: FailureQueue; readonly moves: FailureQueue };
-  /** One per shard, in shard order: the application login's alternating-users rotation. */
-  readonly appSecretRotations: readonly secretsmanager.RotationSchedule[];
+  /** The alternating-users rotation of every least-privilege login (the catalog's control login, then each shard's). */
+  readonly loginRotations: readonly secretsmanager.RotationSchedule[];
 
   constructor(scope: Construct, id: string, props: ControlPlaneProps) {
     super(scope, id);
@@ -166,8 +172,8 @@ export class ControlPlane extends Construct {
     validateProps('ControlPlane', [
       [serviceNames.length > 0, 'services must name at least one service'],
       [
-        props.shardAppSecrets.length === props.shardSecrets.length,
-        `shardAppSecrets must have one secret per shard, like shardSecrets (got ${props.shardAppSecrets.length} and ${props.shardSecrets.length})`,
+        props.shardLogins.length === props.shardSecrets.length,
+        `shardLogins must have one entry per shard, like shardSecrets (got ${props.shardLogins.length} and ${props.shardSecrets.length})`,
       ],
       ...configProblems.map((p) => [false, p] as const),
       ...Object.keys(props.scalingConfig.services)
@@ -219,23 +225,31 @@ export class ControlPlane extends Construct {
         SCALING_TARGETS_JSON: stack.toJsonString(topology),
         ALARM_SERVICE_MAP_JSON: JSON.stringify(props.alarmServiceMap ?? {}),
         SHARD_DB_SECRET_ARNS: stack.toJsonString(props.shardSecrets.map((s) => s.secretArn)),
-        SHARD_APP_SECRET_ARNS: stack.toJsonString(props.shardAppSecrets.map((s) => s.secretArn)),
+        SHARD_APP_SECRET_ARNS: stack.toJsonString(props.shardLogins.map((s) => s.app.secretArn)),
+        SHARD_MONITOR_SECRET_ARNS: stack.toJsonString(props.shardLogins.map((s) => s.monitor.secretArn)),
+        SHARD_MOVER_SECRET_ARNS: stack.toJsonString(props.shardLogins.map((s) => s.mover.secretArn)),
         SHARDING_CONFIG_JSON: props.shardingConfigJson,
       },
     });
     this.config = config;
-    const catalogEnv = { CATALOG_DB_SECRET_ARN: props.catalog.secret.secretArn, CATALOG_DB_HOST: props.catalog.host };
+    // Only the migrations log in with admin secrets. Every other function reaches the catalog
+    // (through the proxy) as the control plane's login, and the shards as its own: the API as
+    // the monitor (statistics, health), the moves worker as the mover. Both read their shard
+    // logins' ARNs as SHARD_DB_SECRET_ARNS, the variable the sharding runtime takes them from.
+    const controlEnv = { CATALOG_DB_SECRET_ARN: props.catalog.controlSecret.secretArn, CATALOG_DB_HOST: props.catalog.host };
     const controllerParameters = ['SCALING_CONFIG_JSON', 'SCALING_TARGETS_JSON', 'ALARM_SERVICE_MAP_JSON'];
     // The API and the moves worker build the same sharding runtime over the catalog pool.
-    const shardingParameters = [...controllerParameters, 'SHARD_DB_SECRET_ARNS', 'SHARDING_CONFIG_JSON'];
-    const migrateParameters = ['SHARD_DB_SECRET_ARNS', 'SHARD_APP_SECRET_ARNS'];
+    const apiParameters = [...controllerParameters, 'SHARD_MONITOR_SECRET_ARNS', 'SHARDING_CONFIG_JSON'];
+    const movesParameters = [...controllerParameters, 'SHARD_MOVER_SECRET_ARNS', 'SHARDING_CONFIG_JSON'];
+    const migrateParameters = ['SHARD_DB_SECRET_ARNS', 'SHARD_APP_SECRET_ARNS', 'SHARD_MONITOR_SECRET_ARNS', 'SHARD_MOVER_SECRET_ARNS'];
     const controllerEnv = {
-      ...catalogEnv,
+      ...controlEnv,
       ...config.environment(controllerParameters),
       POWERTOOLS_METRICS_NAMESPACE: 'CaDmsScaling',
       SCALING_CHECK_INTERVAL: String(props.scalingConfig.check_interval),
     };
-    const shardingEnv = { ...controllerEnv, ...config.environment(shardingParameters) };
+    const apiEnv = { ...controllerEnv, ...config.environment(apiParameters, { SHARD_MONITOR_SECRET_ARNS: 'SHARD_DB_SECRET_ARNS' }) };
+    const movesEnv = { ...controllerEnv, ...config.environment(movesParameters, { SHARD_MOVER_SECRET_ARNS: 'SHARD_DB_SECRET_ARNS' }) };
 
     const evaluateFailures = new FailureQueue(this, 'EvaluateFailures');
     const alarmFailures = new FailureQueue(this, 'AlarmFailures');
@@ -269,14 +283,14 @@ export class ControlPlane extends Construct {
       ...common,
       entry: props.entries.api,
       description: 'CA-DMS scaling REST API',
-      environment: { ...shardingEnv, POWERTOOLS_SERVICE_NAME: 'scaling-api' },
+      environment: { ...apiEnv, POWERTOOLS_SERVICE_NAME: 'scaling-api' },
       timeout: Duration.seconds(29),
     });
     this.moves = new ControlPlaneFunction(this, 'Moves', {
       ...common,
       entry: props.entries.moves,
       description: 'CA-DMS shard moves worker: runs every planned or unfinished move job',
-      environment: { ...shardingEnv, POWERTOOLS_SERVICE_NAME: 'scaling-moves' },
+      environment: { ...movesEnv, POWERTOOLS_SERVICE_NAME: 'scaling-moves' },
       // Copying a unit can take long; a job cut short at the timeout resumes at the next tick.
       timeout: Duration.minutes(15),
       reservedConcurrentExecutions: reserved,
@@ -291,7 +305,9 @@ export class ControlPlane extends Construct {
       entry: props.entries.migrate,
       description: 'CA-DMS catalog and shard migrations (custom resource)',
       environment: {
-        ...catalogEnv,
+        CATALOG_DB_SECRET_ARN: props.catalog.secret.secretArn,
+        CATALOG_DB_HOST: props.catalog.host,
+        CATALOG_CONTROL_SECRET_ARN: props.catalog.controlSecret.secretArn,
         ...config.environment(migrateParameters),
         POWERTOOLS_SERVICE_NAME: 'scaling-migrate',
         MIGRATIONS_DIR: '/var/task/migrations',
@@ -321,7 +337,6 @@ export class ControlPlane extends Construct {
     });
     for (const fn of [this.evaluate, this.alarm]) {
       for (const statement of [readMetrics, describeServices, updateServices, describeTargets, registerTargets]) fn.role.addToPolicy(statement);
-      props.catalog.secret.grantRead(fn.role);
       acknowledge(
         fn.role,
         `AwsSolutions-IAM5[Resource::${nagArn(this, 'application-autoscaling', 'scalable-target/*')}]`,
@@ -363,16 +378,19 @@ export class ControlPlane extends Construct {
       `AwsSolutions-IAM5[Resource::${nagArn(this, 'rds', 'db:*')}]`,
       'DescribeDBInstances with an engine filter lists the instances of this account and region (read-only); the shard instances get their identifiers from CloudFormation, and the inventory matches them by endpoint.',
     );
-    props.catalog.secret.grantRead(this.api.role);
-    props.catalog.secret.grantRead(this.migrate.role);
-    props.catalog.secret.grantRead(this.moves.role);
+    // Each function reads the secrets it logs in with, and only those; the migrations read the
+    // admin secrets and every login's (they create the users from them).
+    for (const fn of [this.evaluate, this.alarm, this.api, this.moves]) props.catalog.controlSecret.grantRead(fn.role);
     for (const fn of [this.evaluate, this.alarm]) config.grantRead(fn.role, controllerParameters);
-    for (const fn of [this.api, this.moves]) config.grantRead(fn.role, shardingParameters);
+    config.grantRead(this.api.role, apiParameters);
+    config.grantRead(this.moves.role, movesParameters);
     config.grantRead(this.migrate.role, migrateParameters);
-    for (const secret of props.shardSecrets) {
-      for (const fn of [this.api, this.migrate, this.moves]) secret.grantRead(fn.role);
+    for (const [i, login] of props.shardLogins.entries()) {
+      login.monitor.grantRead(this.api.role);
+      login.mover.grantRead(this.moves.role);
+      for (const secret of [props.shardSecrets[i], login.app, login.monitor, login.mover]) secret?.grantRead(this.migrate.role);
     }
-    for (const secret of props.shardAppSecrets) secret.grantRead(this.migrate.role);
+    for (const secret of [props.catalog.secret, props.catalog.controlSecret]) secret.grantRead(this.migrate.role);
 
     this.schedule = new events.Rule(this, 'Schedule', {
       description: `Evaluates the CA-DMS services every ${minutes} min (SCALING_CHECK_INTERVAL ${props.scalingConfig.check_interval} s)`,
@@ -414,22 +432,31 @@ export class ControlPlane extends Construct {
     // exist: on a first deploy a tick would fail (and land in a failure queue) until then.
     for (const trigger of [this.schedule, this.movesSchedule, alarmSubscription]) trigger.node.addDependency(this.migrations.resource);
 
-    // The application logins rotate with alternating users, so a task or pool holding the
-    // previous password keeps working until the next rotation. The first rotation runs when the
-    // schedule is created: after the migrations, which create the users it must log in as.
-    this.appSecretRotations = props.shardAppSecrets.map((secret, i) => {
-      const masterSecret = props.shardSecrets[i];
-      if (!masterSecret) throw new Error('unreachable: validated above, one admin secret per application secret');
-      const rotation = new secretsmanager.RotationSchedule(this, `AppSecretRotation${i + 1}`, {
+    // Every least-privilege login rotates with alternating users, so a task or pool holding the
+    // previous password keeps working until the next rotation; the hosted rotation logs in with
+    // the admin secret of the login's database (its masterarn). The first rotation runs when
+    // the schedule is created: after the migrations, which create the users it must log in as.
+    const logins: Array<{ id: string; secret: secretsmanager.ISecret; master: secretsmanager.ISecret }> = [{ id: 'ControlSecretRotation', secret: props.catalog.controlSecret, master: props.catalog.secret }];
+    for (const [i, login] of props.shardLogins.entries()) {
+      const master = props.shardSecrets[i];
+      if (!master) throw new Error('unreachable: validated above, one admin secret per shard');
+      logins.push(
+        { id: `AppSecretRotation${i + 1}`, secret: login.app, master },
+        { id: `MonitorSecretRotation${i + 1}`, secret: login.monitor, master },
+        { id: `MoverSecretRotation${i + 1}`, secret: login.mover, master },
+      );
+    }
+    this.loginRotations = logins.map(({ id, secret, master }) => {
+      const rotation = new secretsmanager.RotationSchedule(this, id, {
         secret,
         hostedRotation: secretsmanager.HostedRotation.postgreSqlMultiUser({
-          masterSecret,
+          masterSecret: master,
           vpc: props.vpc,
           vpcSubnets: props.subnets,
           // The functions' group: the shard instances admit it, and it reaches Secrets Manager.
           securityGroups: [props.securityGroup],
         }),
-        automaticallyAfter: props.appSecretRotation ?? Duration.days(30),
+        automaticallyAfter: props.loginRotation ?? Duration.days(30),
       });
       rotation.node.addDependency(this.migrations.resource);
       return rotation;

@@ -74,6 +74,11 @@ export interface ShardDatabaseProps {
   readonly logRetention?: logs.RetentionDays;
   /** What happens to the exported logs when the shard leaves the stack. @default RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE */
   readonly logRemovalPolicy?: RemovalPolicy;
+  /**
+   * The scaling catalog lives in this shard's database: it gets the control plane's catalog
+   * login ({@link ShardDatabase.controlSecret}), which its proxy admits. @default false
+   */
+  readonly hostsCatalog?: boolean;
 }
 
 /**
@@ -84,6 +89,15 @@ export const RDS_LOG_EXPORTS = ['postgresql', 'upgrade'] as const;
 
 /** The application's login user on every shard (its secret: {@link ShardDatabase.appSecret}). */
 export const APP_LOGIN = 'ca_dms_app_user';
+/** The scaling API's login on every shard (statistics and health; {@link ShardDatabase.monitorSecret}). */
+export const MONITOR_LOGIN = 'ca_dms_monitor_user';
+/** The moves worker's login on every shard ({@link ShardDatabase.moverSecret}). */
+export const MOVER_LOGIN = 'ca_dms_mover_user';
+/** The control plane's login on the catalog ({@link ShardDatabase.controlSecret}). */
+export const CONTROL_LOGIN = 'ca_dms_control_user';
+
+const ROTATED_ELSEWHERE =
+  "Rotated every database.secretRotationDays by Secrets Manager's hosted PostgreSQL multi-user (alternating users) rotation, scheduled in the control-plane stack after the migrations have created the user, which cdk-nag cannot see from this stack.";
 
 /** Characters kept out of generated passwords: they would need quoting in a connection URL. */
 const SECRET_EXCLUDED_CHARACTERS = ' %+~`#$&*()|[]{}:;<>?!\'/@"\\';
@@ -128,6 +142,15 @@ export class ShardDatabase extends Construct {
    * the alternating-users rotation logs in with. The migrations create the user from it.
    */
   readonly appSecret: secretsmanager.ISecret;
+  /** The scaling API's login (a member of `ca_dms_monitor`, shard migration 006), shaped like {@link appSecret}. */
+  readonly monitorSecret: secretsmanager.ISecret;
+  /** The moves worker's login (a member of `ca_dms_mover`, shard migration 006), shaped like {@link appSecret}. */
+  readonly moverSecret: secretsmanager.ISecret;
+  /**
+   * With `hostsCatalog`: the control plane's catalog login (a member of `ca_dms_control`,
+   * catalog migration 006), shaped like {@link appSecret} and admitted by {@link proxy}.
+   */
+  readonly controlSecret?: secretsmanager.ISecret;
   readonly securityGroup: ec2.SecurityGroup;
   readonly databaseName: string;
 
@@ -230,19 +253,20 @@ export class ShardDatabase extends Construct {
       }
     }
 
-    // Its rotation (alternating users) is scheduled by the control plane once the migrations
-    // have created the user: a rotation must log in with the current password first.
-    const appSecret = new rds.DatabaseSecret(this, 'AppSecret', {
-      username: APP_LOGIN,
-      masterSecret: this.secret,
-      excludeCharacters: SECRET_EXCLUDED_CHARACTERS,
-    });
-    acknowledge(
-      appSecret,
-      'AwsSolutions-SMG4',
-      "Rotated every database.secretRotationDays by Secrets Manager's hosted PostgreSQL multi-user (alternating users) rotation, scheduled in the control-plane stack after the migrations have created the user, which cdk-nag cannot see from this stack.",
-    );
-    this.appSecret = appSecret.attach(this.primary);
+    // Each least-privilege login's secret: username, password, and (attached to the primary)
+    // the engine, host, port and dbname the hosted rotation requires, with masterarn naming the
+    // admin secret it clones and sets passwords with. Its rotation (alternating users) is
+    // scheduled by the control plane once the migrations have created the user: a rotation
+    // must log in with the current password first.
+    const login = (id: string, username: string): secretsmanager.ISecret => {
+      const secret = new rds.DatabaseSecret(this, id, { username, masterSecret: this.secret, excludeCharacters: SECRET_EXCLUDED_CHARACTERS });
+      acknowledge(secret, 'AwsSolutions-SMG4', ROTATED_ELSEWHERE);
+      return secret.attach(this.primary);
+    };
+    this.appSecret = login('AppSecret', APP_LOGIN);
+    this.monitorSecret = login('MonitorSecret', MONITOR_LOGIN);
+    this.moverSecret = login('MoverSecret', MOVER_LOGIN);
+    if (props.hostsCatalog === true) this.controlSecret = login('ControlSecret', CONTROL_LOGIN);
 
     this.primary.addRotationSingleUser({
       automaticallyAfter: props.secretRotation ?? Duration.days(30),
@@ -286,10 +310,12 @@ export class ShardDatabase extends Construct {
       proxySecurityGroup.addIngressRule(client, ec2.Port.tcp(5432), 'PostgreSQL from the control-plane functions');
     }
 
-    // addProxy opens the primary's port to the proxy's security group (and only to it).
+    // addProxy opens the primary's port to the proxy's security group (and only to it). The
+    // proxy logs in as whoever the client names, with that user's secret: the admin (the
+    // migrations) and, on the catalog's shard, the control plane's login.
     this.proxy = this.primary.addProxy('Proxy', {
       dbProxyName: `${identifier}-proxy`,
-      secrets: [this.secret],
+      secrets: [this.secret, ...(this.controlSecret ? [this.controlSecret] : [])],
       vpc: props.vpc,
       vpcSubnets: props.subnets,
       securityGroups: [proxySecurityGroup],

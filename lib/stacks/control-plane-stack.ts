@@ -39,6 +39,7 @@ export class ControlPlaneStack extends Stack {
     const prefix = `${config.name}-${config.environment}`;
     const catalogShard = shards[0];
     if (!catalogShard) throw new Error('ControlPlaneStack needs at least one shard: the catalog lives on the first');
+    if (!catalogShard.controlSecret) throw new Error('ControlPlaneStack: the first shard hosts the catalog and must be made with hostsCatalog (its control-plane login)');
 
     this.alarmTopic = new AlarmTopic(this, 'AlarmTopic', { displayName: `${prefix} scaling alarms` });
     this.controlPlane = new ControlPlane(this, 'ControlPlane', {
@@ -61,10 +62,10 @@ export class ControlPlaneStack extends Stack {
       ),
       loadBalancerFullName: fleet.loadBalancer.alb.loadBalancerFullName,
       // The catalog lives in the first shard's primary and is reached through its proxy.
-      catalog: { secret: catalogShard.secret, host: catalogShard.proxy.endpoint },
+      catalog: { secret: catalogShard.secret, controlSecret: catalogShard.controlSecret, host: catalogShard.proxy.endpoint },
       shardSecrets: shards.map((s) => s.secret),
-      shardAppSecrets: shards.map((s) => s.appSecret),
-      appSecretRotation: Duration.days(config.database.secretRotationDays),
+      shardLogins: shards.map((s) => ({ app: s.appSecret, monitor: s.monitorSecret, mover: s.moverSecret })),
+      loginRotation: Duration.days(config.database.secretRotationDays),
       shardingConfigJson: this.toJsonString(
         shardingDocument(
           shards.map((s) => ({ id: s.shardId, host: s.primary.dbInstanceEndpointAddress, replicas: s.replicas.map((r) => r.dbInstanceEndpointAddress) })),

@@ -95,6 +95,8 @@ export class DataStack extends Stack {
         // Development environments are torn down and redeployed: their retained log groups,
         // named after the instances, would collide with the next deploy's.
         logRemovalPolicy: config.production ? RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE : RemovalPolicy.DESTROY,
+        // The scaling catalog lives in the first shard's database (ControlPlaneStack).
+        hostsCatalog: i === 0,
       });
     });
 

@@ -54,7 +54,7 @@ const CALLS: Readonly<Record<Handler, Readonly<Record<string, Target>>>> = {
   alarm: controller,
   api: {
     'ssm:GetParameters': { kind: 'config-parameters' },
-    // The catalog pool, and the shards' admin logins for the shard statistics and move planning.
+    // The control plane's catalog login, and the shards' monitor logins for statistics and health.
     'secretsmanager:GetSecretValue': { kind: 'secrets', variables: ['CATALOG_DB_SECRET_ARN', 'SHARD_DB_SECRET_ARNS'] },
     // Service metrics, and the shards' FreeStorageSpace / ReplicaLag (RdsInventory).
     'cloudwatch:GetMetricData': { kind: 'any' },
@@ -68,7 +68,11 @@ const CALLS: Readonly<Record<Handler, Readonly<Record<string, Target>>>> = {
   },
   migrate: {
     'ssm:GetParameters': { kind: 'config-parameters' },
-    'secretsmanager:GetSecretValue': { kind: 'secrets', variables: ['CATALOG_DB_SECRET_ARN', 'SHARD_DB_SECRET_ARNS', 'SHARD_APP_SECRET_ARNS'] },
+    // The admin secrets, and every least-privilege login's, whose users it creates.
+    'secretsmanager:GetSecretValue': {
+      kind: 'secrets',
+      variables: ['CATALOG_DB_SECRET_ARN', 'CATALOG_CONTROL_SECRET_ARN', 'SHARD_DB_SECRET_ARNS', 'SHARD_APP_SECRET_ARNS', 'SHARD_MONITOR_SECRET_ARNS', 'SHARD_MOVER_SECRET_ARNS'],
+    },
   },
 };
 

@@ -352,12 +352,11 @@ describe('control plane stack', () => {
   const fnProps = (name: 'evaluate' | 'alarm' | 'api' | 'migrate' | 'moves'): Json =>
     (s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId(name)] as { Properties: Json }).Properties;
   /** The value of `variable` in the SSM parameter the function's CONFIG_PARAMETERS names for it. */
+  /** The value of the SSM parameter a function reads into `variable` (CONFIG_PARAMETERS), if any. */
   const configValue = (name: 'evaluate' | 'alarm' | 'api' | 'migrate' | 'moves', variable: string): unknown => {
-    const parameter = s.stacks.controlPlane.controlPlane.config.parameters[variable];
-    if (!parameter) return undefined;
-    const id = logicalId(s.stacks.controlPlane, parameter);
     const named = JSON.stringify((fnProps(name)['Environment'] as { Variables: Json }).Variables['CONFIG_PARAMETERS']);
-    if (!named.includes(`\\"${variable}\\":\\"",{"Ref":"${id}"}`)) return undefined;
+    const id = new RegExp(`\\\\"${variable}\\\\":\\\\"",\\{"Ref":"([A-Za-z0-9]+)"\\}`).exec(named)?.[1];
+    if (id === undefined) return undefined;
     return (s.template(s.stacks.controlPlane).findResources('AWS::SSM::Parameter')[id] as { Properties: Json }).Properties['Value'];
   };
 
@@ -419,11 +418,17 @@ describe('control plane stack', () => {
     for (const [, q] of queues) expect(q.Properties?.['SqsManagedSseEnabled']).toBe(true);
   });
 
-  it("gives the moves worker the scaling API's environment: catalog, scaling configuration, sharding configuration and shard secrets", () => {
-    const env = (name: 'api' | 'moves'): Json => ({ ...(fnProps(name)['Environment'] as { Variables: Json }).Variables, POWERTOOLS_SERVICE_NAME: undefined });
+  it("gives the moves worker the scaling API's environment (catalog, scaling and sharding configuration), with its own shard logins", () => {
+    const env = (name: 'api' | 'moves'): Json => {
+      const vars = (fnProps(name)['Environment'] as { Variables: Json }).Variables;
+      return { ...vars, POWERTOOLS_SERVICE_NAME: undefined, CONFIG_PARAMETERS: undefined, CONFIG_PARAMETERS_VERSION: undefined };
+    };
     expect(env('moves')).toEqual(env('api'));
-    expect(Object.keys(env('moves'))).toEqual(expect.arrayContaining(['CATALOG_DB_SECRET_ARN', 'CATALOG_DB_HOST', 'CONFIG_PARAMETERS']));
-    for (const variable of ['SCALING_CONFIG_JSON', 'SCALING_TARGETS_JSON', 'SHARDING_CONFIG_JSON', 'SHARD_DB_SECRET_ARNS']) expect(configValue('moves', variable)).toBeDefined();
+    expect(Object.keys(env('moves'))).toEqual(expect.arrayContaining(['CATALOG_DB_SECRET_ARN', 'CATALOG_DB_HOST']));
+    for (const variable of ['SCALING_CONFIG_JSON', 'SCALING_TARGETS_JSON', 'SHARDING_CONFIG_JSON']) expect(configValue('moves', variable)).toEqual(configValue('api', variable));
+    expect(JSON.stringify(configValue('api', 'SHARD_DB_SECRET_ARNS'))).toMatch(/Shard001MonitorSecret/);
+    expect(JSON.stringify(configValue('moves', 'SHARD_DB_SECRET_ARNS'))).toMatch(/Shard001MoverSecret/);
+    expect(JSON.stringify(configValue('moves', 'SHARD_DB_SECRET_ARNS'))).not.toMatch(/PrimarySecret|MonitorSecret/);
   });
 
   it('lets each function read only the SSM parameters its CONFIG_PARAMETERS names', () => {
@@ -604,46 +609,61 @@ describe('control plane stack', () => {
     }
   });
 
-  it('lets the evaluator read the catalog secret only, and the API, migrations and moves worker every shard admin secret (the catalog is shard-001)', () => {
+  it("lets each function read only the secrets it logs in with: the controller the catalog's control login, the API also the shards' monitor logins, the moves worker their mover logins", () => {
     const t = s.template(s.stacks.controlPlane);
-    const secretReads = (role: string): number =>
+    const secretReads = (role: string): string[] =>
       resourcesOf(t, 'AWS::IAM::Policy')
         .filter(([id]) => id.startsWith(role))
         .flatMap(([, p]) => (p.Properties?.['PolicyDocument'] as { Statement: Array<{ Action: string | string[]; Resource: unknown }> }).Statement)
         .filter((st) => asArray(st.Action).includes('secretsmanager:GetSecretValue'))
-        .flatMap((st) => asArray(st.Resource)).length;
-    expect(secretReads('ControlPlaneEvaluateRole')).toBe(1);
-    expect(secretReads('ControlPlaneAlarmRole')).toBe(1);
-    expect(secretReads('ControlPlaneApiRole')).toBe(s.config.database.shards);
-    // The migrations also read each shard's application login, to create the user.
-    expect(secretReads('ControlPlaneMigrateRole')).toBe(2 * s.config.database.shards);
-    expect(secretReads('ControlPlaneMovesRole')).toBe(s.config.database.shards);
+        .flatMap((st) => asArray(st.Resource))
+        .map((r) => JSON.stringify(r).replace(/^.*(Shard\d{3})(Primary|App|Monitor|Mover|Control)Secret.*$/, '$1$2'))
+        .sort();
+    const shards = s.stacks.data.shards.map((_, i) => `Shard${String(i + 1).padStart(3, '0')}`);
+    const logins = (kind: string) => shards.map((sh) => `${sh}${kind}`);
+
+    expect(secretReads('ControlPlaneEvaluateRole')).toEqual(['Shard001Control']);
+    expect(secretReads('ControlPlaneAlarmRole')).toEqual(['Shard001Control']);
+    expect(secretReads('ControlPlaneApiRole')).toEqual(['Shard001Control', ...logins('Monitor')].sort());
+    expect(secretReads('ControlPlaneMovesRole')).toEqual(['Shard001Control', ...logins('Mover')].sort());
+    // The migrations log in as admin and create every login from its secret.
+    expect(secretReads('ControlPlaneMigrateRole')).toEqual(['Shard001Control', ...logins('Primary'), ...logins('App'), ...logins('Monitor'), ...logins('Mover')].sort());
   });
 
-  it('lets no control-plane role but the API, migrations and moves worker read a shard secret other than the catalog', () => {
-    const others = s.stacks.data.shards.slice(1).map((shard) => logicalId(s.stacks.data, shard.secret));
-    expect(others.length).toBeGreaterThan(0);
+  it('lets no control-plane role but the migrations read a shard admin secret', () => {
+    const admins = s.stacks.data.shards.map((shard) => logicalId(s.stacks.data, shard.secret));
     const readers = allStatements()
       .filter((st) => st.stack === s.stacks.controlPlane.stackName && asArray(st.Action).includes('secretsmanager:GetSecretValue'))
-      .filter((st) => others.some((shard) => JSON.stringify(st.Resource).includes(shard)))
+      .filter((st) => admins.some((admin) => JSON.stringify(st.Resource).includes(admin)))
       .map((st) => st.policy.replace(/RoleDefaultPolicy.*$/, ''));
-    expect([...new Set(readers)].sort()).toEqual(['ControlPlaneApi', 'ControlPlaneMigrate', 'ControlPlaneMoves']);
+    expect([...new Set(readers)]).toEqual(['ControlPlaneMigrate']);
+  });
+
+  it("admits the control plane's catalog login at the catalog shard's proxy, beside the admin the migrations use", () => {
+    const proxies = resourcesOf(s.template(s.stacks.data), 'AWS::RDS::DBProxy');
+    const auth = proxies.map(([, p]) => (p.Properties?.['Auth'] as Array<{ SecretArn: Json }>).map((a) => JSON.stringify(a.SecretArn).replace(/^.*(Shard\d{3})(Primary|Control)Secret.*$/, '$1$2')));
+    expect(auth[0]).toEqual(['Shard001Primary', 'Shard001Control']);
+    for (const others of auth.slice(1)) expect(others).toHaveLength(1);
   });
 });
 
-describe('application logins', () => {
-  it('rotates each with alternating users (hosted multi-user rotation, logging in with the admin secret), once the migrations have made the user', () => {
+describe('least-privilege logins', () => {
+  it('rotates each (the catalog control login, and every shard\'s application, monitor and mover logins) with alternating users, logging in with its database\'s admin secret, once the migrations have made the user', () => {
     const t = s.template(s.stacks.controlPlane);
     const rotations = resourcesOf(t, 'AWS::SecretsManager::RotationSchedule');
-    expect(rotations).toHaveLength(s.config.database.shards);
+    expect(rotations).toHaveLength(1 + 3 * s.config.database.shards);
     const migrations = s.stacks.controlPlane.getLogicalId(s.stacks.controlPlane.controlPlane.migrations.resource.node.defaultChild as CfnResource);
+    const rotated = new Set<string>();
     for (const [id, rotation] of rotations) {
       const hosted = rotation.Properties?.['HostedRotationLambda'] as Json;
+      const master = JSON.stringify(hosted['MasterSecretArn']).replace(/^.*(Shard\d{3})PrimarySecret.*$/, '$1');
+      const login = JSON.stringify(rotation.Properties?.['SecretId']).replace(/^.*(Shard\d{3})(App|Monitor|Mover|Control)Secret.*$/, '$1 $2');
       expect(hosted['RotationType'], id).toBe('PostgreSQLMultiUser');
-      expect(JSON.stringify(hosted['MasterSecretArn']), id).toContain('PrimarySecret');
-      expect(JSON.stringify(rotation.Properties?.['SecretId']), id).toContain('AppSecret');
+      expect(login.split(' ')[0], id).toBe(master);
       expect(rotation.DependsOn, id).toContain(migrations);
+      rotated.add(login);
     }
+    expect(rotated.size).toBe(rotations.length);
   });
 
   it('lets the migrations, and no other control-plane function, read the application secrets it creates the users from', () => {
