@@ -1,9 +1,12 @@
 #!/usr/bin/env node
 /**
- * The CDK app: `npx cdk synth` / `npx cdk deploy --all` (cdk.json runs this file with tsx).
+ * The CDK app: `npx cdk synth` / `npx cdk deploy 'Dev/*'` (cdk.json runs this file with tsx).
  * Picks the environment with `-c ca-dms:environment=prod` (default `dev`), reads
- * `config/<env>.json`, lays `-c ca-dms:config='{...}'` over it, and fails with every offending
- * path named when the result is invalid. cdk-nag's AwsSolutions pack and cfn-guard with the AWS
+ * `config/<env>.json`, lays `-c ca-dms:config='{...}'` over it, fails with every offending
+ * path named when the result is invalid, and adds that environment as one `Stage` (`Dev`,
+ * `Prod`) holding its five stacks. One environment per synthesis: the overrides and the scaling
+ * variables then apply to exactly one environment, and prod's required domain never blocks a
+ * dev synthesis. cdk-nag's AwsSolutions pack and cfn-guard with the AWS
  * Control Tower rules (lib/guard.ts) check every stack, and any finding not acknowledged fails
  * the synthesis; `CDK_VALIDATION=true` adds CDK's CloudFormation schema validation.
  */
@@ -15,7 +18,7 @@ import { App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { stageBackendContext } from '../containers/backend/context.js';
 import { stageNginxContext } from '../containers/nginx/context.js';
-import { addCaDmsStacks } from '../lib/ca-dms-app.js';
+import { CaDmsStage, stageId } from '../lib/ca-dms-stage.js';
 import { guardValidator } from '../lib/guard.js';
 import { DeploymentConfigError, type DeploymentConfig } from '../lib/config/deployment-config.js';
 import { loadDeploymentConfig } from '../lib/config/load-config.js';
@@ -47,12 +50,11 @@ function main(): number {
   return 0;
 }
 
-/** Adds the stacks with this repository's sources, image contexts staged under `staging`. */
+/** Adds the environment's stage with this repository's sources, image contexts staged under `staging`. */
 function synthesize(app: App, config: DeploymentConfig, staging: string): void {
-  addCaDmsStacks(
-    app,
+  new CaDmsStage(app, stageId(config.environment), {
     config,
-    {
+    sources: {
       entries: {
         evaluate: join(root, 'functions/handlers/evaluate.ts'),
         alarm: join(root, 'functions/handlers/alarm.ts'),
@@ -67,13 +69,13 @@ function synthesize(app: App, config: DeploymentConfig, staging: string): void {
       demoBackendImage: { directory: stageBackendContext(join(staging, 'backend')), file: 'Dockerfile' },
       depsLockFilePath: join(root, 'package-lock.json'),
     },
-    {
+    env: {
       region: config.region,
       // The account comes from the configuration or the CLI's credentials; without either the
       // stacks stay account-agnostic, which is what lets `cdk synth` run with no credentials.
       ...(config.account ?? process.env['CDK_DEFAULT_ACCOUNT'] ? { account: config.account ?? process.env['CDK_DEFAULT_ACCOUNT'] } : {}),
     },
-  );
+  });
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app), guardValidator());
   app.synth();
 }

@@ -8,7 +8,7 @@
  *
  * @example
  * ```ts
- * addCaDmsStacks(app, config, sources); // applies the exemptions and the key-grant fix
+ * new CaDmsStage(app, 'Dev', { config, sources }); // applies the exemptions and the key-grant fix
  * Validations.of(app).addPlugins(guardValidator());
  * ```
  */
@@ -18,13 +18,13 @@ import { dirname, join } from 'node:path';
 import {
   CfnResource,
   Stack,
-  type App,
   type IPolicyValidationContextBeta1,
   type IPolicyValidationPluginBeta1,
   type PolicyValidationPluginReportBeta1,
 } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
+import type { Construct } from 'constructs';
 import { CfnGuardValidator } from '@cdklabs/cdk-validator-cfnguard';
 import { acknowledge } from './nag.js';
 
@@ -209,8 +209,8 @@ function inVpc(vpcConfig: unknown): boolean {
  * Applies the posture cfn-guard asks for where it is right (key policies refuse grants that are
  * not for AWS resources) and records the exemptions above on the resources they cover.
  */
-export function applyGuardPosture(app: App): void {
-  for (const construct of app.node.findAll()) {
+export function applyGuardPosture(scope: Construct): void {
+  for (const construct of scope.node.findAll()) {
     if (construct instanceof kms.Key) {
       construct.addToResourcePolicy(
         new iam.PolicyStatement({
@@ -224,7 +224,7 @@ export function applyGuardPosture(app: App): void {
       );
     }
   }
-  for (const construct of app.node.findAll()) {
+  for (const construct of scope.node.findAll()) {
     if (!(construct instanceof CfnResource)) continue;
     const exemptions = GUARD_EXEMPTIONS.filter((e) => e.type === construct.cfnResourceType);
     if (exemptions.length === 0) continue;

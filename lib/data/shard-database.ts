@@ -6,6 +6,7 @@ import * as rds from 'aws-cdk-lib/aws-rds';
 import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
 import { acknowledge } from '../nag.js';
+import { keepStackRootedLogicalId } from '../stack-rooted-id.js';
 import { validateProps } from '../validate.js';
 
 const DEFAULT_PORT_REASON =
@@ -244,6 +245,9 @@ export class ShardDatabase extends Construct {
     }
     if (!this.primary.secret) throw new Error('unreachable: generated credentials always carry a secret');
     this.secret = this.primary.secret;
+    // Its logical ID comes from the full construct path, which the environment's Stage is part
+    // of: keep the ID it had before the stages, or the admin password would be replaced.
+    keepStackRootedLogicalId(this.primary.node.findChild('Secret'));
     // CDK gives the primary's subnet group and admin secret its removal policy only for RETAIN
     // (anything else becomes DESTROY): a primary kept except on create must keep them too, or a
     // stack deletion would remove the password of the database it keeps.

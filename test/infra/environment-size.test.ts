@@ -4,6 +4,10 @@
  * function's environment estimated (references counted at 128 characters): each must stay under
  * 3 KB, leaving room for users' additions. What grows with the deployment lives in SSM
  * Parameter Store instead, one parameter per variable, within the parameter limits.
+ *
+ * The same syntheses check that every stateful resource keeps the logical ID it had before the
+ * environments became Stages (test/infra/fixtures/stateful-logical-ids.json): a changed ID is a
+ * new database, secret, key or log group beside (or instead of) the old one.
  */
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -16,6 +20,7 @@ const LIMIT = 3 * 1024;
 const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
 const configs = readdirSync(join(ROOT, 'config')).filter((f) => f.endsWith('.json'));
 const synthesized: Synthesized[] = [];
+const statefulIds = JSON.parse(readFileSync(join(ROOT, 'test', 'infra', 'fixtures', 'stateful-logical-ids.json'), 'utf8')) as Record<string, Record<string, Record<string, string>>>;
 
 afterAll(() => {
   for (const s of synthesized) rmSync(s.outdir, { recursive: true, force: true });
@@ -39,6 +44,19 @@ describe.each(configs)('config/%s', (file) => {
 
   it.each(functions.map((f) => [f.id, f] as const))('keeps the environment of %s under 3 KB', (_id, fn) => {
     expect(estimatedEnvironmentSize(fn.variables)).toBeLessThanOrEqual(LIMIT);
+  });
+
+  it('keeps the logical ID and type of every stateful resource synthesized before the stages', () => {
+    const recorded = statefulIds[s.config.environment];
+    expect(recorded, `no recorded IDs for environment ${s.config.environment}`).toBeDefined();
+    for (const [stackName, ids] of Object.entries(recorded ?? {})) {
+      const stack = Object.values(s.stacks).find((st) => st.stackName === stackName);
+      expect(stack, `stack ${stackName}`).toBeDefined();
+      if (!stack) continue;
+      const resources = (s.template(stack).toJSON() as { Resources: Record<string, { Type: string }> }).Resources;
+      const synthesizedIds = Object.fromEntries(Object.keys(ids).map((id) => [id, resources[id]?.Type]));
+      expect(synthesizedIds, stackName).toEqual(ids);
+    }
   });
 
   it('keeps each SSM parameter within its tier', () => {

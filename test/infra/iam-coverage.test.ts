@@ -156,7 +156,7 @@ class Assembly {
 
   constructor(readonly s: Synthesized) {
     for (const stack of Object.values(s.stacks)) {
-      this.templates.set(stack.stackName, JSON.parse(readFileSync(join(s.outdir, stack.templateFile), 'utf8')) as Template);
+      this.templates.set(stack.stackName, JSON.parse(readFileSync(s.templatePath(stack), 'utf8')) as Template);
     }
   }
 

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { App, Validations, type Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { addCaDmsStacks, type CaDmsStacks } from '../../../lib/ca-dms-app.js';
+import { CaDmsStage, stageId, type CaDmsStacks } from '../../../lib/ca-dms-stage.js';
 import { guardValidator } from '../../../lib/guard.js';
 import { parseDeploymentConfig, type DeploymentConfig } from '../../../lib/config/deployment-config.js';
 
@@ -40,13 +40,17 @@ export interface Violation {
 export interface Synthesized {
   readonly app: App;
   readonly config: DeploymentConfig;
+  readonly stage: CaDmsStage;
   readonly stacks: CaDmsStacks;
+  /** The app's cloud assembly (its validation report); the stage's templates are in `assembly-<Stage>/`. */
   readonly outdir: string;
   /** The synthesis error, if validation failed (the report still lists the violations). */
   readonly error: unknown;
   /** Violations of failing plugins (cdk-nag, cfn-guard, CloudFormation validation). */
   readonly violations: readonly Violation[];
   template(stack: Stack): Template;
+  /** Where the synthesized template of `stack` is (in its stage's nested assembly). */
+  templatePath(stack: Stack): string;
 }
 
 interface Report {
@@ -66,19 +70,23 @@ export function synthesize(configInput: unknown, options: { readonly validate?: 
   const config = parseDeploymentConfig(configInput);
   const outdir = mkdtempSync(join(tmpdir(), 'ca-dms-cdk-'));
   const app = new App({ context: cdkJsonContext(), outdir });
-  const stacks = addCaDmsStacks(app, config, {
-    entries: {
-      evaluate: join(FIXTURES, 'handlers', 'evaluate.ts'),
-      alarm: join(FIXTURES, 'handlers', 'alarm.ts'),
-      api: join(FIXTURES, 'handlers', 'api.ts'),
-      migrate: join(FIXTURES, 'handlers', 'migrate.ts'),
-      moves: join(FIXTURES, 'handlers', 'moves.ts'),
+  const stage = new CaDmsStage(app, stageId(config.environment), {
+    config,
+    sources: {
+      entries: {
+        evaluate: join(FIXTURES, 'handlers', 'evaluate.ts'),
+        alarm: join(FIXTURES, 'handlers', 'alarm.ts'),
+        api: join(FIXTURES, 'handlers', 'api.ts'),
+        migrate: join(FIXTURES, 'handlers', 'migrate.ts'),
+        moves: join(FIXTURES, 'handlers', 'moves.ts'),
+      },
+      migrationsDirectory: join(FIXTURES, 'migrations'),
+      nginxImage: { directory: join(FIXTURES, 'nginx'), file: 'Dockerfile' },
+      demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
+      depsLockFilePath: join(ROOT, 'package-lock.json'),
     },
-    migrationsDirectory: join(FIXTURES, 'migrations'),
-    nginxImage: { directory: join(FIXTURES, 'nginx'), file: 'Dockerfile' },
-    demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
-    depsLockFilePath: join(ROOT, 'package-lock.json'),
   });
+  const stacks = stage.stacks;
   if (options.validate ?? true) Validations.of(app).addPlugins(new AwsSolutionsChecks(app), guardValidator());
   let error: unknown;
   try {
@@ -101,6 +109,7 @@ export function synthesize(configInput: unknown, options: { readonly validate?: 
   return {
     app,
     config,
+    stage,
     stacks,
     outdir,
     error,
@@ -109,10 +118,13 @@ export function synthesize(configInput: unknown, options: { readonly validate?: 
       let t = templates.get(stack);
       if (!t) {
         // The assembly is already written: read it instead of synthesizing again.
-        t = Template.fromJSON(JSON.parse(readFileSync(join(outdir, stack.templateFile), 'utf8')) as Record<string, unknown>);
+        t = Template.fromJSON(JSON.parse(readFileSync(this.templatePath(stack), 'utf8')) as Record<string, unknown>);
         templates.set(stack, t);
       }
       return t;
+    },
+    templatePath(stack) {
+      return join(stage.outdir, stack.templateFile);
     },
   };
 }
