@@ -296,7 +296,8 @@ class ReplyCache {
   offer(target: string, response: ApiResponse, stamp: number): void {
     if (response.reuseForMs === undefined || response.reuseForMs <= 0 || stamp !== this.stamp()) return;
     this.replies.delete(target);
-    this.replies.set(target, { status: response.status, headers: response.headers, body: Buffer.from(response.body, 'utf8'), until: Date.now() + response.reuseForMs, stamp });
+    const body = Buffer.from(response.body, 'utf8');
+    this.replies.set(target, { status: response.status, headers: { ...response.headers, 'content-length': String(body.length) }, body, until: Date.now() + response.reuseForMs, stamp });
     if (this.replies.size > MAX_KEPT_REPLIES) this.replies.delete(this.replies.keys().next().value as string);
   }
 
@@ -329,6 +330,18 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
   const responding = new WeakMap<Duplex, ServerResponse>();
   const server = createServer({ requestTimeout: timeoutMs, headersTimeout: timeoutMs, connectionsCheckingInterval: Math.min(1000, timeoutMs / 2) }, (req, res) => {
     responding.set(req.socket, res);
+    // A conditional GET (If-None-Match) may get a 304 instead: it always goes to the routes.
+    const reusable = serving && dispatch !== undefined && req.method === 'GET' && req.headers['if-none-match'] === undefined && bodiless(req);
+    if (reusable) {
+      // Kept only after this very target was parsed, passed over by every extra route and
+      // answered by the routes (and dropped whenever they change): written out at once.
+      const hit = replies.get(req.url as string);
+      if (hit !== undefined) {
+        res.writeHead(hit.status, { ...hit.headers, 'x-request-id': randomUUID() });
+        res.end(hit.body);
+        return;
+      }
+    }
     void (async () => {
       const target = parseTarget(req.url);
       if (target instanceof ProblemError) {
@@ -345,16 +358,6 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
         if (taken === true || (taken !== false && (await taken))) return;
       }
       const requestId = randomUUID();
-      // A conditional GET (If-None-Match) may get a 304 instead: it always goes to the routes.
-      const reusable = dispatch !== undefined && req.method === 'GET' && req.headers['if-none-match'] === undefined && bodiless(req);
-      if (reusable) {
-        const hit = replies.get(req.url as string);
-        if (hit !== undefined) {
-          res.writeHead(hit.status, { ...hit.headers, 'x-request-id': requestId });
-          res.end(hit.body);
-          return;
-        }
-      }
       const body = await readBody(req, limit);
       if (body === 'too-large') {
         sendProblem(res, new ProblemError(413, `the request body is larger than ${limit} bytes`), true);
@@ -366,7 +369,9 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
         if (reusable) replies.offer(req.url as string, response, stamp);
         // Any other method may change what the reads answer: nothing sent before it is resent.
         else if (req.method !== 'GET' && req.method !== 'HEAD') replies.clear();
-        res.writeHead(response.status, { ...response.headers, 'x-request-id': requestId });
+        // A length rather than chunked framing: one less piece per response to write and parse.
+        const length = response.status === 204 || response.status === 304 ? {} : { 'content-length': String(Buffer.byteLength(response.body)) };
+        res.writeHead(response.status, { ...response.headers, ...length, 'x-request-id': requestId });
         res.end(response.body);
         return;
       }

@@ -224,11 +224,19 @@ describe('local HTTP adapter resending reusable answers as bytes', () => {
   let server: LocalServer;
   let changes = 0;
   const dispatched: string[] = [];
+  /** Requests an extra route (the dashboard, the documents API) was asked to take. */
+  const offeredToExtras: string[] = [];
 
   beforeAll(async () => {
     server = await startLocalServer({
       port: 0,
       changes: () => changes,
+      extraRoutes: [
+        (req) => {
+          offeredToExtras.push(req.url ?? '');
+          return false;
+        },
+      ],
       dispatch: async (request) => {
         const target = `${request.method} ${request.path}?${new URLSearchParams(request.query as Record<string, string>).toString()}`;
         dispatched.push(target);
@@ -258,6 +266,21 @@ describe('local HTTP adapter resending reusable answers as bytes', () => {
     expect(again.etag).toBe('"e"');
     expect(again.id).not.toBe(first.id);
     expect(other.body).not.toBe(first.body);
+  });
+
+  it('resends kept bytes without offering the request to the extra routes again, with a Content-Length, as the first answer had', async () => {
+    offeredToExtras.length = 0;
+    const first = await fetch(`${server.url}/len?q=1`);
+    const firstBody = await first.text();
+    const again = await fetch(`${server.url}/len?q=1`);
+    const againBody = await again.text();
+
+    expect(offeredToExtras).toEqual(['/len?q=1']);
+    expect(againBody).toBe(firstBody);
+    for (const res of [first, again]) {
+      expect(res.headers.get('content-length')).toBe(String(Buffer.byteLength(firstBody)));
+      expect(res.headers.get('transfer-encoding')).toBeNull();
+    }
   });
 
   it('never resends an answer not marked reusable, nor answers a conditional GET or a HEAD from kept bytes', async () => {
