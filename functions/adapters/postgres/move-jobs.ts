@@ -13,7 +13,7 @@ import { z } from 'zod';
 import { MoveError, type MoveJobView } from '../../core/sharding/move-machine.js';
 import type { MoveState, MoveUnitKind } from '../../core/sharding/move-plan.js';
 
-export { MoveError, MoveFenceTimeoutError } from '../../core/sharding/move-machine.js';
+export { MoveError, MoveFenceTimeoutError, MoveLeaseLostError } from '../../core/sharding/move-machine.js';
 
 export interface CopyCursor {
   readonly table: string;

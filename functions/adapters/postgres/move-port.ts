@@ -1,8 +1,10 @@
 /**
  * The PostgreSQL side of a move: the SQL of each step the move protocol
  * (`core/sharding/move-machine.ts`) asks for. One port serves one run of one job and uses one
- * catalog connection (the run's, which also holds the job's advisory lock) and the shards' pools
- * one connection at a time, so a Lambda whose pools hold a single connection can run a move.
+ * catalog connection (the run's) and the shards' pools one connection at a time, so a Lambda
+ * whose pools hold a single connection can run a move. Every write of the job row is a
+ * compare-and-set on the run's lease epoch (sharding migration 006): a run whose lease expired
+ * and was claimed by another runner changes nothing more ({@link MoveLeaseLostError}).
  *
  * - Change capture by trigger (`record_move_change`, shard migration 002) rather than by
  *   `updated_at` or `xmin`: those cannot see deletes, and `updated_at` trusts every writer. The
@@ -25,7 +27,7 @@
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { MoveCancelled, MoveError, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
+import { MoveCancelled, MoveError, MoveLeaseLostError, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots } from '../../core/sharding/slot-map.js';
@@ -58,8 +60,10 @@ export interface MoveSettings {
 }
 
 export interface PgMovePortOptions {
-  /** The run's catalog connection (it holds the job's advisory lock). */
+  /** The run's catalog connection. */
   readonly catalog: pg.ClientBase;
+  /** The epoch of the run's lease on the job (see `Mover.run`): every write of the job row requires it. */
+  readonly leaseEpoch: number;
   readonly shards: ReadonlyMap<string, pg.Pool>;
   readonly slotMaps: MoverSlotMaps;
   readonly directory: MoverDirectory;
@@ -194,12 +198,15 @@ export class PgMovePort implements MovePort<MoveJob> {
   /** Per shard: whether the mover's login may set `session_replication_role` (see {@link bulkBegin}). */
   private readonly replicaRole = new Map<string, Promise<boolean>>();
   private pre: PreVerified | null = null;
+  /** The condition every write of the job row carries: the run's lease is still the job's. */
+  private readonly mine: string;
   /** When the fence this run holds (or is taking) must be given up: the fence budget, from the attempt's start. */
   private fenceDeadline: number | null = null;
 
   constructor(private readonly options: PgMovePortOptions) {
     this.catalog = options.catalog;
     this.settings = options.settings;
+    this.mine = `lease_epoch = ${Math.trunc(options.leaseEpoch)}`;
     this.sleep = options.sleep ?? defaultSleep;
     this.now = options.now ?? (() => performance.now());
   }
@@ -218,15 +225,45 @@ export class PgMovePort implements MovePort<MoveJob> {
     const stamp = col ? `, ${col} = coalesce(${col}, clock_timestamp())` : '';
     const extra = name === 'fence_timed_out' || name === 'verify_timed_out' ? ', fence_timeouts = fence_timeouts + 1, fenced_at = null' : '';
     const { rows } = await this.catalog.query<JobRow>(
-      `update catalog.move_jobs set state = $2, error = $3, updated_at = now()${stamp}${extra} where id = $1 and state = $4 returning *`,
+      `update catalog.move_jobs set state = $2, error = $3, updated_at = now()${stamp}${extra} where id = $1 and state = $4 and ${this.mine} returning *`,
       [job.id, to, note ?? null, from],
     );
-    if (!rows[0]) throw new MoveError(`move job #${job.id} was changed by someone else while in ${from}`);
+    if (!rows[0]) {
+      await this.assertLease(job);
+      throw new MoveError(`move job #${job.id} was changed by someone else while in ${from}`);
+    }
     return toJob(rows[0]);
   }
 
   async recordError(job: MoveJob, error: string): Promise<void> {
-    await this.catalog.query('update catalog.move_jobs set error = $2, updated_at = now() where id = $1', [job.id, error]);
+    await this.catalog.query(`update catalog.move_jobs set error = $2, updated_at = now() where id = $1 and ${this.mine}`, [job.id, error]);
+  }
+
+  /**
+   * In a transaction writing the unit on the target: the target's fence row, locked FOR SHARE,
+   * must still say the unit is moving in for this job. After the flip the mover that took over
+   * opens it (waiting for this lock), so a stalled run's late catch-up can never overwrite what
+   * writers wrote on the new owner with older rows of the source.
+   */
+  private async assertIncoming(target: pg.PoolClient, job: MoveJob): Promise<void> {
+    const { rows } = await target.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2 and job_id = $3 for share', [job.kind, job.unitId, job.id]);
+    if (rows[0]?.state !== 'incoming') throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is no longer moving in for move job #${job.id} (fence ${rows[0]?.state ?? 'gone'}); this run stops`);
+  }
+
+  /** Throws {@link MoveLeaseLostError} when another run has claimed the job since this one did. */
+  private async assertLease(job: MoveJob): Promise<void> {
+    const { rows } = await this.catalog.query<{ mine: boolean; holder: string | null }>(`select ${this.mine} as mine, lease_holder as holder from catalog.move_jobs where id = $1`, [job.id]);
+    if (rows[0] && !rows[0].mine) throw new MoveLeaseLostError(`move job #${job.id}: this run's lease was taken over by ${rows[0].holder ?? 'another run'} after it expired; this run stops and changes nothing more`);
+  }
+
+  /** One write of the job row, compare-and-set on the run's lease (`where id = $1` and the lease are added). */
+  private async updateJob(set: string, params: readonly unknown[], job: MoveJob): Promise<MoveJob> {
+    const { rows } = await this.catalog.query<JobRow>(`update catalog.move_jobs set ${set}, updated_at = now() where id = $1 and ${this.mine} returning *`, [job.id, ...params]);
+    if (!rows[0]) {
+      await this.assertLease(job);
+      throw new MoveError(`move job #${job.id} has disappeared from the catalog`);
+    }
+    return toJob(rows[0]);
   }
 
   pause(ms: number): Promise<void> {
@@ -240,7 +277,11 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   private async checkCancel(job: MoveJob): Promise<void> {
-    const { rows } = await this.catalog.query<{ c: boolean }>('select cancel_requested or rollback_to is not null as c from catalog.move_jobs where id = $1', [job.id]);
+    const { rows } = await this.catalog.query<{ c: boolean; mine: boolean }>(
+      `select cancel_requested or rollback_to is not null as c, ${this.mine} as mine from catalog.move_jobs where id = $1`,
+      [job.id],
+    );
+    if (rows[0]?.mine === false) await this.assertLease(job);
     if (rows[0]?.c) throw new MoveCancelled();
   }
 
@@ -335,11 +376,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         const batch = await this.copyBatch(source, target, job, table, cursor.after);
         if (batch.n === 0) break;
         cursor = { table, after: batch.last };
-        const { rows } = await this.catalog.query<JobRow>(
-          `update catalog.move_jobs set copy_cursor = $2, rows_copied = rows_copied + $3, updated_at = now() where id = $1 returning *`,
-          [job.id, JSON.stringify(cursor), batch.n],
-        );
-        job = toJob(rows[0] as JobRow);
+        job = await this.updateJob('copy_cursor = $2, rows_copied = rows_copied + $3', [JSON.stringify(cursor), batch.n], job);
         // A short page was the table's last.
         if (batch.n < this.settings.copyBatchRows) break;
       }
@@ -488,6 +525,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     const goneDocs = docIds.filter((id) => !presentDocs.has(id));
     const goneUsers = userIds.filter((id) => !presentUsers.has(id));
     await inTransaction(this.pool(job.to), MOVER_WRITE, async (target) => {
+      await this.assertIncoming(target, job);
       if (presentUsers.size > 0) await this.upsert(target, 'users', read[0]?.users ?? '[]');
       if (presentDocs.size > 0) await this.upsert(target, 'documents', read[0]?.docs ?? '[]');
       if (goneDocs.length > 0) {
@@ -500,7 +538,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       }
     });
     await source.query('delete from move_changes where seq = any($1::bigint[])', [entries.map((e) => e.seq)]);
-    await this.catalog.query('update catalog.move_jobs set changes_applied = changes_applied + $2, updated_at = now() where id = $1', [job.id, entries.length]);
+    await this.updateJob('changes_applied = changes_applied + $2', [entries.length], job);
     return entries.length;
   }
 
@@ -548,12 +586,15 @@ export class PgMovePort implements MovePort<MoveJob> {
       if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
       throw err;
     }
-    await this.catalog.query('update catalog.move_jobs set fenced_at = coalesce(fenced_at, clock_timestamp()), updated_at = now() where id = $1', [job.id]);
+    await this.updateJob('fenced_at = coalesce(fenced_at, clock_timestamp())', [], job);
     return true;
   }
 
   async unfence(job: MoveJob): Promise<void> {
     this.fenceDeadline = null;
+    // The fence row names the job, not the run: a run that lost its lease must not open a fence
+    // that the run holding the job now has taken.
+    await this.assertLease(job);
     await this.pool(job.from).query(
       `update write_fences set state = 'open', job_id = null, updated_at = clock_timestamp()
         where kind = $1 and unit_id = $2 and state = 'fenced' and job_id = $3`,
@@ -735,11 +776,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       throw err;
     }
     if (this.budgetLeft() <= 0) return { kind: 'over_budget' };
-    await this.catalog.query('update catalog.move_jobs set source_summary = $2, target_summary = $3, updated_at = now() where id = $1', [
-      job.id,
-      JSON.stringify(source),
-      JSON.stringify(target),
-    ]);
+    await this.updateJob('source_summary = $2, target_summary = $3', [JSON.stringify(source), JSON.stringify(target)], job);
     const bad = TABLES.filter(({ name }) => source[name]?.rows !== target[name]?.rows || source[name]?.checksum !== target[name]?.checksum).map(
       ({ name }) => `${name}: source ${source[name]?.rows ?? 0} rows, target ${target[name]?.rows ?? 0} rows${source[name]?.rows === target[name]?.rows ? ' (checksums differ)' : ''}`,
     );
@@ -770,8 +807,11 @@ export class PgMovePort implements MovePort<MoveJob> {
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
   private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T>): Promise<T> {
     return inClientTransaction(this.catalog, 'begin', async () => {
-      const { rows } = await this.catalog.query<JobRow>('select * from catalog.move_jobs where id = $1 for update', [job.id]);
-      if (!rows[0]) throw new MoveError(`move job #${job.id} has disappeared from the catalog`);
+      const { rows } = await this.catalog.query<JobRow>(`select * from catalog.move_jobs where id = $1 and ${this.mine} for update`, [job.id]);
+      if (!rows[0]) {
+        await this.assertLease(job);
+        throw new MoveError(`move job #${job.id} has disappeared from the catalog`);
+      }
       return fn(toJob(rows[0]));
     });
   }
@@ -805,7 +845,7 @@ export class PgMovePort implements MovePort<MoveJob> {
             const map = await this.options.slotMaps.current(this.catalog);
             after = (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, this.catalog)).map.version;
           }
-          await this.catalog.query('update catalog.move_jobs set flip_started_at = clock_timestamp(), map_version_after = $2, updated_at = now() where id = $1', [job.id, after]);
+          await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);
           return { kind: 'flipped' };
         });
       } catch (err) {
@@ -835,7 +875,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         where kind = $1 and unit_id = $2`,
       [job.kind, job.unitId, job.to, version, job.id],
     );
-    await this.catalog.query('update catalog.move_jobs set unfenced_at = coalesce(unfenced_at, clock_timestamp()), updated_at = now() where id = $1', [job.id]);
+    await this.updateJob('unfenced_at = coalesce(unfenced_at, clock_timestamp())', [], job);
   }
 
   /** Ends the capture {@link preVerify} started on the target (before writers may write there). */
@@ -854,11 +894,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (since < this.settings.readerGraceMs) await this.sleep(this.settings.readerGraceMs - since);
     const { deleted, kept } = await this.deleteVerified(source, job);
     const note = kept > 0 ? `clean-up kept ${kept} user row(s) on ${job.from} that still own documents outside the moved unit` : null;
-    const { rows } = await this.catalog.query<JobRow>(
-      'update catalog.move_jobs set rows_deleted = rows_deleted + $2, error = coalesce($3, error), updated_at = now() where id = $1 returning *',
-      [job.id, deleted, note],
-    );
-    return toJob(rows[0] as JobRow);
+    return this.updateJob('rows_deleted = rows_deleted + $2, error = coalesce($3, error)', [deleted, note], job);
   }
 
   /**
@@ -916,7 +952,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       const { owner, version } = await this.currentOwner(row);
       if (owner === job.to) return { refused: `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${version}); deleting its copy would lose data` };
       const outcome = row.rollbackTo ?? to;
-      await this.catalog.query('update catalog.move_jobs set rollback_to = $2, error = coalesce($3, error), updated_at = now() where id = $1', [job.id, outcome, error]);
+      await this.updateJob('rollback_to = $2, error = coalesce($3, error)', [outcome, error], job);
       return { outcome };
     });
     if ('refused' in decided) throw new MoveError(decided.refused ?? 'rollback refused');
@@ -932,13 +968,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     const target = this.pool(job.to);
     await this.deleteCopy(target, job);
     await target.query(`delete from write_fences where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3`, [job.kind, job.unitId, job.id]);
-    const { rows } = await this.catalog.query<JobRow>(
-      `update catalog.move_jobs set state = rollback_to, unfenced_at = case when fenced_at is null then null else coalesce(unfenced_at, clock_timestamp()) end,
-              finished_at = clock_timestamp(), updated_at = now()
-        where id = $1 returning *`,
-      [job.id],
+    return this.updateJob(
+      'state = rollback_to, unfenced_at = case when fenced_at is null then null else coalesce(unfenced_at, clock_timestamp()) end, finished_at = clock_timestamp()',
+      [],
+      job,
     );
-    return toJob(rows[0] as JobRow);
   }
 
   private async tableColumns(table: TableName, client: pg.PoolClient): Promise<readonly string[]> {

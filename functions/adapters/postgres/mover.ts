@@ -6,9 +6,16 @@
  * happens when the fence cannot be taken in time) is `core/sharding/move-machine.ts`; the SQL of
  * each step is {@link PgMovePort}. This class plans jobs, refuses the ones that cannot work
  * (unknown or same shard, a slot already moving, a unit the configured strategy does not route
- * by), and runs them one connection per database at a time: the catalog connection that holds
- * the job's advisory lock also carries every catalog query of the run, so a Lambda whose pool
- * holds one connection can run a move.
+ * by), and runs them one connection per database at a time: one catalog connection carries
+ * every catalog query of the run, so a Lambda whose pool holds one connection can run a move.
+ *
+ * Who runs a job is a lease on its row (sharding migration 006), not a session lock: a run claims
+ * the job by compare-and-set (no holder, or the holder's lease expired by the database clock),
+ * which gives it the next lease epoch; it renews the lease every third of `leaseTtlMs`, and every
+ * write it makes to the job row requires that epoch. A mover killed outright lets its claim lapse
+ * after at most `leaseTtlMs`; the next run claims the job and resumes it, and the old mover, were
+ * it only stalled, finds its epoch gone at its next write and stops ({@link MoveLeaseLostError}).
+ * Nothing is held on a connection between statements, so no RDS Proxy connection is pinned.
  *
  * @example
  * ```ts
@@ -18,6 +25,7 @@
  * console.log(done.state, done.rowsCopied, done.fenceMs);
  * ```
  */
+import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { canonicalKey, keySlot } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting } from '../../core/sharding/move-machine.js';
@@ -79,11 +87,24 @@ export interface MoverOptions {
   readonly readerGraceMs?: number;
   /** Name recorded as the publisher of the new map. Default `mover`. */
   readonly actor?: string;
+  /**
+   * How long a run's claim on a job lasts without renewal (renewed every third of it while the
+   * run is alive): how long a job waits after its mover died before another run may resume it.
+   * Default 30 000 ms.
+   */
+  readonly leaseTtlMs?: number;
+  /** Recorded as the lease holder, with a random suffix per claim. Default `mover pid <pid>`. */
+  readonly holder?: string;
   /** Called at each crash point; tests use it to kill the process at a chosen step. */
   readonly hook?: (point: MoveHookPoint, job: MoveJob) => Promise<void> | void;
 }
 
-const LOCK_CLASS = 0x0ca0en;
+const CLAIM = `
+  update catalog.move_jobs set lease_holder = $2, lease_epoch = lease_epoch + 1, lease_expires_at = clock_timestamp() + $3::integer * interval '1 millisecond'
+   where id = $1 and (lease_expires_at is null or lease_expires_at <= clock_timestamp())
+  returning *`;
+const RENEW = `update catalog.move_jobs set lease_expires_at = clock_timestamp() + $3::integer * interval '1 millisecond' where id = $1 and lease_epoch = $2`;
+const RELEASE = 'update catalog.move_jobs set lease_holder = null, lease_expires_at = null where id = $1 and lease_epoch = $2';
 const DEFAULT_ROUTING: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
 
 function message(err: unknown): string {
@@ -92,7 +113,7 @@ function message(err: unknown): string {
 
 /**
  * Runs move jobs. One instance per process; any number of processes may share a catalog (a job
- * is run by one of them at a time, under a session advisory lock on the catalog).
+ * is run by one of them at a time, under a lease on its row).
  */
 export class Mover {
   private readonly routing: MoveRouting;
@@ -181,6 +202,8 @@ export class Mover {
    * the job resumable (the error is recorded on the job).
    */
   async run(id: number): Promise<MoveJob> {
+    const ttlMs = this.options.leaseTtlMs ?? 30_000;
+    if (!Number.isInteger(ttlMs) || ttlMs < 100) throw new MoveError(`leaseTtlMs must be a whole number of ms, at least 100 (got ${ttlMs})`);
     const catalog = await this.options.catalog.connect();
     let broken = false;
     // A connection dropped mid-run (failover, proxy, a killed backend) fails the next query,
@@ -190,14 +213,25 @@ export class Mover {
     };
     catalog.on('error', onError);
     try {
-      const key = ((LOCK_CLASS << 32n) | BigInt(id)).toString();
-      const { rows } = await catalog.query<{ ok: boolean }>('select pg_try_advisory_lock($1::bigint) as ok', [key]);
-      if (rows[0]?.ok !== true) throw new MoveBusyError(`move job #${id} is being run by another mover`);
-      try {
-        const { rows: found } = await catalog.query<JobRow>('select * from catalog.move_jobs where id = $1', [id]);
+      const holder = `${this.options.holder ?? `mover pid ${process.pid}`} ${randomUUID()}`;
+      const { rows } = await catalog.query<JobRow & { lease_epoch: string }>(CLAIM, [id, holder, ttlMs]);
+      const claimed = rows[0];
+      if (!claimed) {
+        const { rows: found } = await catalog.query<{ holder: string | null; until: Date | null }>('select lease_holder as holder, lease_expires_at as until from catalog.move_jobs where id = $1', [id]);
         if (!found[0]) throw new MoveRequestError(`there is no move job #${id}`, 'not-found');
+        throw new MoveBusyError(`move job #${id} is being run by ${found[0].holder ?? 'another mover'} (its lease runs until ${found[0].until?.toISOString() ?? '?'})`);
+      }
+      const epoch = Number(claimed.lease_epoch);
+      // Renewed on the run's own connection (queued between the run's statements), so the run
+      // needs no second catalog connection. A renewal that finds another epoch changes nothing;
+      // the run learns of it at its next write of the job row.
+      const renewal = setInterval(() => {
+        catalog.query(RENEW, [id, epoch, ttlMs]).catch(() => undefined);
+      }, Math.floor(ttlMs / 3));
+      try {
         const port = new PgMovePort({
           catalog,
+          leaseEpoch: epoch,
           shards: this.options.shards,
           slotMaps: this.options.slotMaps,
           directory: this.options.directory,
@@ -212,16 +246,15 @@ export class Mover {
             actor: this.options.actor ?? 'mover',
           },
         });
-        return await driveMove(toJob(found[0]), port, {
+        return await driveMove(toJob(claimed), port, {
           ...(this.options.fenceAttempts === undefined ? {} : { fenceAttempts: this.options.fenceAttempts }),
           ...(this.options.fenceRetryPauseMs === undefined ? {} : { fenceRetryPauseMs: this.options.fenceRetryPauseMs }),
           ...(this.options.hook ? { hook: this.options.hook } : {}),
         });
       } finally {
-        await catalog.query('select pg_advisory_unlock($1::bigint)', [key]).catch(() => {
-          // A connection that cannot unlock must not go back to the pool holding the lock.
-          broken = true;
-        });
+        clearInterval(renewal);
+        // A release that fails leaves the claim to lapse at its expiry.
+        await catalog.query(RELEASE, [id, epoch]).catch(() => undefined);
       }
     } finally {
       catalog.off('error', onError);

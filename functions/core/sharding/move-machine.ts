@@ -135,6 +135,11 @@ export class MoveFenceTimeoutError extends MoveError {
   override readonly name = 'MoveFenceTimeoutError';
 }
 
+/** Another runner claimed the job after this run's lease expired: this run stops and writes nothing more. */
+export class MoveLeaseLostError extends MoveError {
+  override readonly name = 'MoveLeaseLostError';
+}
+
 export interface DriveOptions<J extends MoveJobView> {
   /** How many times one run tries to fence before giving up until the next run. Default 3. */
   readonly fenceAttempts?: number;

@@ -4,7 +4,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
+import { MoveBusyError, MoveLeaseLostError, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { MOVE_CRASH_POINTS } from '../../../functions/core/sharding/move-machine.js';
 import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { startWorkload } from './fixtures/workload.js';
@@ -12,34 +12,42 @@ import { startWorkload } from './fixtures/workload.js';
 const here = dirname(fileURLToPath(import.meta.url));
 const script = resolve(here, 'fixtures/run-move.ts');
 
-/** Runs the job in a child process that SIGKILLs itself at `killAt`; resolves with how it ended. */
-function runAndKill(env: MoveEnv, jobId: number, killAt: MoveHookPoint): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+/**
+ * Runs the job in a child process that SIGKILLs itself at `killAt` (its lease on the job lasting
+ * `leaseMs`); resolves with how it ended, once the dead process's claim has lapsed.
+ */
+function runAndKill(env: MoveEnv, jobId: number, killAt: MoveHookPoint, leaseMs = 1000): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+  return runAndKillKeepingLease(env, jobId, killAt, leaseMs).then(async (ended) => {
+    await waitForLeaseLapsed(env.catalog, jobId);
+    return ended;
+  });
+}
+
+/** {@link runAndKill} without waiting for the claim to lapse. */
+function runAndKillKeepingLease(env: MoveEnv, jobId: number, killAt: MoveHookPoint, leaseMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
   return new Promise((done, fail) => {
     // `node --import tsx` rather than the tsx CLI, which would run the script in a grandchild
     // and report its death as an exit code instead of the signal.
     const child = spawn(process.execPath, ['--import', 'tsx', script], {
-      env: { ...process.env, CA_DMS_MOVE_ENV: JSON.stringify(env.urls), CA_DMS_MOVE_JOB: String(jobId), CA_DMS_MOVE_KILL_AT: killAt },
+      env: { ...process.env, CA_DMS_MOVE_ENV: JSON.stringify(env.urls), CA_DMS_MOVE_JOB: String(jobId), CA_DMS_MOVE_KILL_AT: killAt, CA_DMS_MOVE_LEASE_MS: String(leaseMs) },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     child.on('error', fail);
-    child.on('exit', (code, signal) => {
-      // PostgreSQL notices a killed client's closed socket a moment later; until then the dead
-      // mover's session still holds the job's advisory lock, and a new mover would stand aside.
-      void waitForAdvisoryLocksReleased(env.catalog).then(() => done({ code, signal, stderr }), fail);
-    });
+    child.on('exit', (code, signal) => done({ code, signal, stderr }));
   });
 }
 
-async function waitForAdvisoryLocksReleased(catalog: pg.Pool): Promise<void> {
-  const deadline = Date.now() + 10_000;
+/** Waits (by the database clock) until nobody's claim on the job is current. */
+async function waitForLeaseLapsed(catalog: pg.Pool, jobId: number): Promise<void> {
+  const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
-    const { rows } = await catalog.query<{ n: number }>("select count(*)::int as n from pg_locks where locktype = 'advisory' and granted");
-    if (rows[0]?.n === 0) return;
-    await delay(20);
+    const { rows } = await catalog.query<{ lapsed: boolean }>('select coalesce(lease_expires_at <= clock_timestamp(), true) as lapsed from catalog.move_jobs where id = $1', [jobId]);
+    if (rows[0]?.lapsed) return;
+    await delay(50);
   }
-  throw new Error('the killed mover still holds an advisory lock after 10 s');
+  throw new Error(`the killed mover's lease on job #${jobId} is still current after 30 s`);
 }
 
 /** Every crash point of the protocol (MOVE_CRASH_POINTS), with the state the job is left in. */
@@ -145,6 +153,78 @@ describe('a move killed at any step', () => {
     expect(await env.ownerOf(slot)).toBe(from);
     expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
     expect(await countSlot(env.shards.get(from) as pg.Pool, slot)).toEqual({ users: 10, documents: 100 });
+  });
+
+  it("refuses to run a job while a SIGKILLed mover's lease on it is current, and resumes it once the lease has expired", async () => {
+    const slot = 340;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 10), 5);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // Renewed every 2 s, so the dead process's claim stays current for at least 4 s after the kill.
+    const killed = await runAndKillKeepingLease(env, planned.id, 'catching_up', 6000);
+
+    const refused = await mover.run(planned.id).then(
+      () => null,
+      (err: unknown) => err,
+    );
+    const during = await mover.get(planned.id);
+    await waitForLeaseLapsed(env.catalog, planned.id);
+    const resumed = await mover.run(planned.id);
+
+    expect(killed.signal).toBe('SIGKILL');
+    expect(refused).toBeInstanceOf(MoveBusyError);
+    expect((refused as Error).message).toMatch(/run-move pid \d+/);
+    expect(during.state).toBe('catching_up');
+    expect(resumed.state).toBe('done');
+    expect(await env.ownerOf(slot)).toBe(to);
+    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 10, documents: 50 });
+  }, 60_000);
+
+  it('stops a stalled run whose expired lease another mover took over: the old run writes nothing more to the job', async () => {
+    const slot = 341;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 10), 5);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    let stalled = (): void => undefined;
+    const resume = new Promise<void>((r) => (stalled = r));
+    let reached = (): void => undefined;
+    const reachedStall = new Promise<void>((r) => (reached = r));
+    // A run that stops making progress (a long GC pause, a partition) while it holds the job;
+    // its lease (renewed every 20 s) would outlive the test unless it expires.
+    const staleRun = env
+      .mover({
+        readerGraceMs: 0,
+        leaseTtlMs: 60_000,
+        async hook(point) {
+          if (point !== 'catching_up') return;
+          reached();
+          await resume;
+        },
+      })
+      .run(planned.id)
+      .then(
+        () => null,
+        (err: unknown) => err,
+      );
+
+    await reachedStall;
+    // Its renewals stopped long enough for the claim to expire (by the database clock).
+    await env.catalog.query('update catalog.move_jobs set lease_expires_at = clock_timestamp() where id = $1', [planned.id]);
+    const taken = await env.mover({ readerGraceMs: 0 }).run(planned.id);
+    const job = 'select state, updated_at, lease_epoch, error, rows_copied from catalog.move_jobs where id = $1';
+    const afterTakeover = (await env.catalog.query(job, [planned.id])).rows[0] as unknown;
+    stalled();
+    const staleOutcome = await staleRun;
+    const afterStale = (await env.catalog.query(job, [planned.id])).rows[0] as unknown;
+
+    expect(taken.state).toBe('done');
+    expect(staleOutcome).toBeInstanceOf(MoveLeaseLostError);
+    expect(afterStale).toEqual(afterTakeover);
+    expect(await env.ownerOf(slot)).toBe(to);
+    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 10, documents: 50 });
   });
 
   it('copies a page again when a run died after the target committed it but before its position was saved', async () => {
