@@ -61,10 +61,11 @@ describe('ca-dms seasonal forecaster', () => {
     const random = mulberry32(3);
     // two minutes without a measurement at the end
     const s = observe(feed(5000, () => 10 * random()), 4, T0 + 5002 * MIN);
-    expect(s.ring.length).toBe(RING_MINUTES);
+    expect(s.ringMilli.length).toBe(RING_MINUTES);
     expect(s.lagErrors.length).toBe(LAGS.length);
     const json = JSON.stringify(s);
-    expect(json.length).toBeLessThan(3000);
+    // demand in whole thousandths and differences in whole units of 1e-4: about 2.7 KB here
+    expect(json.length).toBeLessThan(2800);
     // numbers only (an absent value is NONE, not null), so the engine keeps the lists unboxed
     expect(json).not.toContain('null');
     const back = readSeason(JSON.parse(json));
@@ -73,28 +74,28 @@ describe('ca-dms seasonal forecaster', () => {
   });
 
   it('starts afresh from a malformed state rather than failing', () => {
-    for (const raw of [null, 3, 'x', {}, { end: 1.5, seen: 1, ring: [], errors: [] }, { end: 1, seen: 1, ring: new Array(RING_MINUTES + 1).fill(1), lagErrors: LAGS.map(() => 0) }]) {
+    for (const raw of [null, 3, 'x', {}, { end: 1.5, seen: 1, ring: [], errors: [] }, { end: 1, seen: 1, ringMilli: new Array(RING_MINUTES + 1).fill(1), lagErrors: LAGS.map(() => 0) }]) {
       expect(readSeason(raw)).toEqual(EMPTY_SEASON);
     }
-    const s = readSeason({ end: 10, seen: 3, ring: [1, 'x', -2, null, NONE, Infinity], lagErrors: LAGS.map(() => 'bad') });
-    expect(s.ring).toEqual([1, NONE, NONE, NONE, NONE, NONE]);
+    const s = readSeason({ end: 10, seen: 3, ringMilli: [1, 'x', -2, null, NONE, Infinity, 1.5], lagErrors: LAGS.map(() => 'bad') });
+    expect(s.ringMilli).toEqual([1, NONE, NONE, NONE, NONE, NONE, NONE]);
     expect(s.lagErrors.every((e) => e === NONE)).toBe(true);
     // a state from before the differences were whole units starts afresh
-    expect(readSeason({ end: 10, seen: 3, ring: [1], errors: LAGS.map(() => 0.5) })).toEqual(EMPTY_SEASON);
+    expect(readSeason({ end: 10, seen: 3, ring: [1.5], errors: LAGS.map(() => 0.5) })).toEqual(EMPTY_SEASON);
     // a stored state with an empty ring takes a second observation in its newest minute
-    expect(observe(readSeason({ end: 10, seen: 1, ring: [], lagErrors: LAGS.map(() => NONE) }), 2, 10 * MIN).ring).toEqual([2]);
+    expect(observe(readSeason({ end: 10, seen: 1, ringMilli: [], lagErrors: LAGS.map(() => NONE) }), 2, 10 * MIN).ringMilli).toEqual([2000]);
   });
 
   it('leaves minutes without a measurement empty, keeps the larger of two in one minute and ignores an older one', () => {
     let s = observe(EMPTY_SEASON, 1, T0);
     s = observe(s, 3, T0 + 3 * MIN);
-    expect(s.ring).toEqual([1, NONE, NONE, 3]);
+    expect(s.ringMilli).toEqual([1000, NONE, NONE, 3000]);
     s = observe(s, 2, T0 + 3 * MIN + 30_000);
-    expect(s.ring).toEqual([1, NONE, NONE, 3]);
+    expect(s.ringMilli).toEqual([1000, NONE, NONE, 3000]);
     expect(observe(s, 9, T0 + MIN)).toBe(s);
     // a gap longer than the ring restarts it
     s = observe(s, 5, T0 + (RING_MINUTES + 10) * MIN);
-    expect(s.ring).toEqual([5]);
+    expect(s.ringMilli).toEqual([5000]);
   });
 
   it('forecasts nothing before the load has recurred, nor on load that does not recur', () => {

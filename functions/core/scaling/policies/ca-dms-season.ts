@@ -13,7 +13,7 @@
  * plus the change of the level since: the mean of the last {@link LEVEL_MINUTES} minutes less
  * the mean of the same minutes one period earlier.
  *
- * Pure functions over a JSON-serialisable state of about 500 numbers (about 2 KB as JSON);
+ * Pure functions over a JSON-serialisable state of about 500 whole numbers (under 3 KB as JSON);
  * whether the forecast is any good is for the caller to judge (ca-dms scores it like its other
  * forecasts and uses it only where it has proven better).
  *
@@ -59,7 +59,12 @@ const GOLDEN = 0.6180339887498949;
 /** `seen` stops counting here: past it every lag's difference is tracked with the fixed weight. */
 const SEEN_CAP = 10_000;
 const MINUTE_MS = 60_000;
-/** An absent value in {@link Season.ring} and {@link Season.lagErrors}. */
+/**
+ * Demand is kept in whole thousandths of a busy task-unit (a fine enough grain for busy
+ * task-units, and one character per minute shorter in JSON than three decimals).
+ */
+const DEMAND_UNITS = 1000;
+/** An absent value in {@link Season.ringMilli} and {@link Season.lagErrors}. */
 export const NONE = -1;
 
 /** The forecaster's memory, as stored in the policy state. */
@@ -68,8 +73,11 @@ export interface Season {
   readonly end: number | undefined;
   /** Minutes observed so far (up to {@link SEEN_CAP}): a lag has been compared about `seen - lag` times. */
   readonly seen: number;
-  /** Demand per minute, oldest first, ending at `end`; {@link NONE} where no metric measured the load. */
-  readonly ring: readonly number[];
+  /**
+   * Demand per minute in whole thousandths of a busy task-unit, oldest first, ending at `end`;
+   * {@link NONE} where no metric measured the load.
+   */
+  readonly ringMilli: readonly number[];
   /**
    * Per entry of {@link LAGS}: the tracked mean absolute difference at that lag in whole units
    * of 1 / {@link ERROR_UNITS} busy task-units, or {@link NONE} before one was measured.
@@ -78,7 +86,7 @@ export interface Season {
 }
 
 /** A forecaster that has seen nothing yet. */
-export const EMPTY_SEASON: Season = { end: undefined, seen: 0, ring: [], lagErrors: LAGS.map(() => NONE) };
+export const EMPTY_SEASON: Season = { end: undefined, seen: 0, ringMilli: [], lagErrors: LAGS.map(() => NONE) };
 
 function finite(v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v);
@@ -97,22 +105,22 @@ export function readSeason(raw: unknown): Season {
   if (typeof raw !== 'object' || raw === null) return EMPTY_SEASON;
   const m = raw as Record<string, unknown>;
   const end = m['end'];
-  const ring = m['ring'];
-  // A state from before the differences were whole units (`errors`, in busy task-units) has none: it starts afresh.
+  // A state from before the values were whole units (`ring` and `errors`, in busy task-units) has neither: it starts afresh.
+  const ring = m['ringMilli'];
   const errors = m['lagErrors'];
   const seen = m['seen'];
   if (!finite(seen) || seen < 0 || !finite(end) || !Number.isInteger(end) || !Array.isArray(ring) || ring.length > RING_MINUTES || !Array.isArray(errors) || errors.length !== LAGS.length) {
     return EMPTY_SEASON;
   }
-  return { end, seen: Math.min(seen, SEEN_CAP), ring: clean(ring), lagErrors: clean(errors) };
+  return { end, seen: Math.min(seen, SEEN_CAP), ringMilli: clean(ring), lagErrors: clean(errors) };
 }
 
 function valid(v: unknown): v is number {
-  return typeof v === 'number' && ((v >= 0 && v < Infinity) || v === NONE);
+  return typeof v === 'number' && ((v >= 0 && Number.isSafeInteger(v)) || v === NONE);
 }
 
 /**
- * The stored list with anything but a non-negative finite number or {@link NONE} as
+ * The stored list with anything but a non-negative whole number or {@link NONE} as
  * {@link NONE}: the list itself when it is clean, as a state this module wrote is (no copy:
  * this runs every evaluation, and nothing changes a list in place).
  */
@@ -128,11 +136,6 @@ function clean(list: readonly unknown[]): number[] {
   return out;
 }
 
-/** Three decimals: enough for busy task-units, and a shorter JSON state. */
-function round3(x: number): number {
-  return Math.round(x * 1000) / 1000;
-}
-
 /**
  * A number in [0, 1) drawn from the minute (a 32-bit integer hash of it): the same minute
  * always draws the same, so a replay makes the same decisions.
@@ -143,7 +146,7 @@ function draw(minute: number): number {
   return ((h ^ (h >>> 16)) >>> 0) / 2 ** 32;
 }
 
-/** The ring value `back` minutes before the newest slot, or {@link NONE} when absent. */
+/** The ring value `back` minutes before the newest slot (thousandths), or {@link NONE} when absent. */
 function at(ring: readonly number[], back: number): number {
   const i = ring.length - 1 - back;
   return i >= 0 && i < ring.length ? (ring[i] as number) : NONE;
@@ -163,19 +166,19 @@ function at(ring: readonly number[], back: number): number {
  */
 export function observe(season: Season, demand: number, now: number): Season {
   const minute = Math.floor(now / MINUTE_MS);
-  const value = round3(Math.max(0, demand));
+  const value = Math.round(Math.max(0, demand) * DEMAND_UNITS);
   if (season.end !== undefined && minute < season.end) return season;
   if (season.end !== undefined && minute === season.end) {
-    const ring = season.ring.slice();
+    const ring = season.ringMilli.slice();
     // NONE (-1) is below every value; a stored state may have an empty ring.
     if (ring.length === 0) ring.push(value);
     else ring[ring.length - 1] = Math.max(ring[ring.length - 1] as number, value);
-    return { ...season, ring };
+    return { ...season, ringMilli: ring };
   }
   const gap = season.end === undefined ? 0 : minute - season.end - 1;
   // After a gap longer than the ring nothing in it is recent enough to keep.
   // One copy of the part that stays (this runs every evaluation).
-  const ring = gap >= RING_MINUTES ? [] : season.ring.slice(Math.max(0, season.ring.length + gap + 1 - RING_MINUTES));
+  const ring = gap >= RING_MINUTES ? [] : season.ringMilli.slice(Math.max(0, season.ringMilli.length + gap + 1 - RING_MINUTES));
   if (gap < RING_MINUTES) for (let i = 0; i < gap; i++) ring.push(NONE);
   ring.push(value);
   const seen = Math.min(season.seen + 1, SEEN_CAP);
@@ -192,14 +195,13 @@ export function observe(season: Season, demand: number, now: number): Season {
     const before = ring[newest - lag] as number;
     if (before === NONE) continue;
     const old = errors[i] as number;
-    // Ring values have three decimals: the difference is a whole number of units (up to float error).
-    const diff = Math.round(Math.abs(value - before) * ERROR_UNITS);
+    const diff = Math.abs(value - before) * (ERROR_UNITS / DEMAND_UNITS);
     const compared = seen - lag;
     // 1 / compared is below the fixed weight from that many comparisons on: no division then.
     const weight = compared >= 1 / LAG_ERROR_WEIGHT ? LAG_ERROR_WEIGHT : Math.max(LAG_ERROR_WEIGHT, 1 / Math.max(1, compared));
     errors[i] = old === NONE ? diff : Math.floor(old + weight * (diff - old) + dither);
   }
-  return { end: minute, seen, ring, lagErrors: errors };
+  return { end: minute, seen, ringMilli: ring, lagErrors: errors };
 }
 
 /**
@@ -243,7 +245,8 @@ function mean(ring: readonly number[], from: number, count: number): number | un
   for (let b = from; b < from + count; b++) {
     const v = at(ring, b);
     if (v !== NONE) {
-      sum += v;
+      // Each value in busy task-units before summing: the same sum, to the last bit, as when the ring held them so.
+      sum += v / DEMAND_UNITS;
       n++;
     }
   }
@@ -263,7 +266,7 @@ function mean(ring: readonly number[], from: number, count: number): number | un
  */
 export function forecast(season: Season, lead: number, lag: number | undefined = period(season, lead)): number | undefined {
   if (lag === undefined) return undefined;
-  const { ring } = season;
+  const ring = season.ringMilli;
   // The phase `lead` minutes ahead, one period ago, is `lag - lead` minutes back from the newest slot.
   let phase: number | undefined;
   for (let back = lag - lead - PHASE_WINDOW; back <= lag - lead + PHASE_WINDOW; back++) {
@@ -274,5 +277,5 @@ export function forecast(season: Season, lead: number, lag: number | undefined =
   const now = mean(ring, 0, LEVEL_MINUTES);
   const then = mean(ring, lag, LEVEL_MINUTES);
   const shift = now !== undefined && then !== undefined ? now - then : 0;
-  return Math.max(0, phase + shift);
+  return Math.max(0, phase / DEMAND_UNITS + shift);
 }
