@@ -427,6 +427,13 @@ export class ControlPlane extends Construct {
       handler: this.migrate.function,
       migrationsDirectory: props.migrationsDirectory,
       logRetention: props.logRetention,
+      // A shard added later, or a login secret replaced, reruns the migrations for it.
+      targets: [
+        props.catalog.secret.secretArn,
+        props.catalog.controlSecret.secretArn,
+        ...props.shardSecrets.map((s) => s.secretArn),
+        ...props.shardLogins.flatMap((l) => [l.app.secretArn, l.monitor.secretArn, l.mover.secretArn]),
+      ],
     });
     // Nothing invokes the controller or the moves worker before the catalog and shard schemas
     // exist: on a first deploy a tick would fail (and land in a failure queue) until then.

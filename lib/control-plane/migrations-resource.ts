@@ -18,12 +18,20 @@ export interface MigrationsResourceProps {
   readonly migrationsDirectory: string;
   /** Retention of the provider's log group. @default logs.RetentionDays.THREE_MONTHS */
   readonly logRetention?: logs.RetentionDays;
+  /**
+   * What the migrations run on and create (the databases' admin secrets, the logins' secrets):
+   * a change reruns them, so a shard added later gets its schema and its logins before anything
+   * uses them (the login rotations depend on this resource and would otherwise rotate a user
+   * that does not exist). @default []
+   */
+  readonly targets?: readonly string[];
 }
 
 /**
- * Runs the catalog and shard migrations on every deploy that changes them: a CloudFormation
- * custom resource (through the CDK provider framework) whose `MigrationsHash` property is the
- * SHA-256 of every file under the migrations folder. The migration function receives the
+ * Runs the catalog and shard migrations on every deploy that changes them or their targets: a
+ * CloudFormation custom resource (through the CDK provider framework) whose `MigrationsHash`
+ * property is the SHA-256 of every file under the migrations folder and whose `Targets` are the
+ * secrets of the databases and logins it works on. The migration function receives the
  * provider's `onEvent` call (Create, Update, Delete) and returns `{ PhysicalResourceId }`; a
  * thrown error fails the deploy and CloudFormation rolls back.
  *
@@ -67,7 +75,7 @@ export class MigrationsResource extends Construct {
     this.resource = new CustomResource(this, 'Resource', {
       serviceToken: provider.serviceToken,
       resourceType: 'Custom::CaDmsMigrations',
-      properties: { MigrationsHash: this.hash },
+      properties: { MigrationsHash: this.hash, Targets: [...(props.targets ?? [])] },
     });
   }
 }

@@ -592,6 +592,15 @@ describe('control plane stack', () => {
     expect(s.stacks.controlPlane.controlPlane.migrations.hash).toMatch(/^[0-9a-f]{64}$/);
   });
 
+  it('reruns the migrations when a database or login they work on changes (a shard added later gets its schema and logins before its rotations run)', () => {
+    const [, resource] = resourcesOf(s.template(s.stacks.controlPlane), 'Custom::CaDmsMigrations')[0] as [string, { Properties?: Json }];
+    const targets = (resource.Properties?.['Targets'] as Json[]).map((t) => JSON.stringify(t).replace(/^.*(Shard\d{3})(Primary|App|Monitor|Mover|Control)Secret.*$/, '$1$2'));
+    const shards = s.stacks.data.shards.map((_, i) => `Shard${String(i + 1).padStart(3, '0')}`);
+    const expected = ['Shard001Control', ...shards.flatMap((sh) => ['Primary', 'App', 'Monitor', 'Mover'].map((k) => `${sh}${k}`))];
+
+    expect([...new Set(targets)].sort()).toEqual(expected.sort());
+  });
+
   it('bundles the migration SQL files with the migration function', () => {
     const fn = s.template(s.stacks.controlPlane).findResources('AWS::Lambda::Function')[fnId('migrate')] as { Properties: { Code: { S3Key: string } } };
     const assetDir = `asset.${fn.Properties.Code.S3Key.replace(/\.zip$/, '')}`;
