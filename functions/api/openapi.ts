@@ -12,14 +12,15 @@ import type { RouteSpec } from './router.js';
 
 type JsonSchema = Record<string, unknown>;
 
-function toSchema(schema: z.ZodType, io: 'input' | 'output'): JsonSchema {
+/** A zod schema as an OpenAPI 3.0 schema object (the request's side: `input`; the answer's: `output`). */
+export function toSchema(schema: z.ZodType, io: 'input' | 'output'): JsonSchema {
   const s = z.toJSONSchema(schema, { target: 'openapi-3.0', io, unrepresentable: 'any' }) as JsonSchema;
   delete s['$schema'];
   return s;
 }
 
-/** Path parameters, query strings and headers become individual OpenAPI parameters. */
-function parametersOf(schema: z.ZodType | undefined, where: 'path' | 'query' | 'header'): JsonSchema[] {
+/** Path parameters, query strings and headers become individual OpenAPI parameters, each with its schema's description. */
+export function parametersOf(schema: z.ZodType | undefined, where: 'path' | 'query' | 'header'): JsonSchema[] {
   if (!schema) return [];
   const json = toSchema(schema, 'input');
   const props = (json['properties'] ?? {}) as Record<string, JsonSchema>;

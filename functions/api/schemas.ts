@@ -122,11 +122,11 @@ export const timeseriesSchema = z.object({
 });
 
 export const historyQuerySchema = z.strictObject({
-  service: serviceName.optional(),
-  direction: z.enum(['out', 'in', 'none']).optional(),
-  outcome: z.enum(['applied', 'unchanged', 'blocked', 'failed', 'skipped']).optional(),
-  trigger: z.enum(['schedule', 'alarm', 'api']).optional(),
-  kind: z.enum(['decision', 'event']).optional(),
+  service: serviceName.optional().describe("only this service's decisions and events"),
+  direction: z.enum(['out', 'in', 'none']).optional().describe('only decisions that scaled out, in, or kept the count (none)'),
+  outcome: z.enum(['applied', 'unchanged', 'blocked', 'failed', 'skipped']).optional().describe('only decisions with this outcome'),
+  trigger: z.enum(['schedule', 'alarm', 'api']).optional().describe('only decisions of evaluations started by the schedule, an alarm, or the API'),
+  kind: z.enum(['decision', 'event']).optional().describe('only decisions, or only events (configuration changes, starts and stops, alarms, gaps in the record)'),
   since: isoTime.optional(),
   until: isoTime.optional(),
   limit: z
@@ -134,8 +134,9 @@ export const historyQuerySchema = z.strictObject({
     .regex(/^\d+$/, 'must be a whole number')
     .transform(Number)
     .pipe(z.number().int().min(1).max(200))
-    .optional(),
-  cursor: z.string().max(200).optional(),
+    .optional()
+    .describe('items per page, 1 to 200 (default 50)'),
+  cursor: z.string().max(200).optional().describe("the previous page's next_cursor"),
 });
 export type HistoryQuery = z.output<typeof historyQuerySchema>;
 
@@ -168,7 +169,13 @@ export const configEnvelopeSchema = z.object({
 });
 
 /** `If-Match` is checked by the handler so that a missing header gets 428 rather than 400. */
-export const ifMatchHeadersSchema = z.object({ 'if-match': z.string().max(100).optional() });
+export const ifMatchHeadersSchema = z.object({
+  'if-match': z
+    .string()
+    .max(100)
+    .optional()
+    .describe('the ETag of GET /config ("v3"), a comma-separated list of them, or *: a stale or weak one gets 412. Required by PUT (428 without), optional for PATCH'),
+});
 
 /** PUT /config accepts any JSON object; the scaling configuration schema validates it in the handler. */
 export const configBodySchema = z.record(z.string(), z.unknown());
@@ -224,8 +231,8 @@ export const evaluationSchema = z.object({
 });
 
 export const routeQuerySchema = z.strictObject({
-  key: z.string().min(1).max(512),
-  kind: z.enum(['user', 'document_owner']).optional(),
+  key: z.string().min(1).max(512).describe('the routing key: a user id, or the owner id of a document'),
+  kind: z.enum(['user', 'document_owner']).optional().describe('what the key is (default user); both route the same way'),
 });
 export const routeResultSchema = z.object({
   key: z.string(),
@@ -237,13 +244,14 @@ export const routeResultSchema = z.object({
 });
 
 export const directoryQuerySchema = z.strictObject({
-  shard: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'is not a shard id').optional(),
+  shard: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'is not a shard id').optional().describe('only keys placed on this shard, e.g. shard_002'),
   limit: z
     .string()
     .regex(/^\d+$/, 'must be a whole number')
     .transform(Number)
     .pipe(z.number().int().min(1).max(1000))
-    .optional(),
+    .optional()
+    .describe('keys per page, 1 to 1000 (default 100)'),
   cursor: z.string().max(1024).optional().describe("the previous page's next_cursor"),
 });
 export type DirectoryQuery = z.output<typeof directoryQuerySchema>;
@@ -268,7 +276,7 @@ export const rebalanceQuerySchema = z.strictObject({
     .pipe(z.number().gt(0).lt(1))
     .optional()
     .describe('allowed distance from the mean as a fraction, above 0 and below 1 (default 0.1)'),
-  by: z.enum(['bytes', 'rows']).optional(),
+  by: z.enum(['bytes', 'rows']).optional().describe('compare the shards by bytes or by rows (default bytes)'),
 });
 
 export const moveRequestSchema = z.strictObject({
@@ -276,7 +284,7 @@ export const moveRequestSchema = z.strictObject({
   unit: z.string().min(1).max(512).describe('the slot number, or the directory key'),
   to: z.string().min(1).max(100).describe('the target shard id'),
 });
-export const moveIdParamsSchema = z.strictObject({ id: z.string().regex(/^[0-9a-zA-Z-]{1,64}$/, 'is not a move id') });
+export const moveIdParamsSchema = z.strictObject({ id: z.string().regex(/^[0-9a-zA-Z-]{1,64}$/, 'is not a move id').describe('the id POST /shards/moves answered with') });
 
 // The shard reports below mirror the sharding layer's types (core/sharding, adapters/postgres)
 // field for field, in their camelCase, so the published contract is what the layer produces.

@@ -36,6 +36,7 @@ import { ShardWriteError, type ShardWriter } from '../adapters/postgres/write-tr
 import { ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
 import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
 import { jsonProblems, MAX_JSON_DEPTH } from '../api/input-limits.js';
+import { parametersOf, toSchema } from '../api/openapi.js';
 import { RoutingError } from '../core/sharding/errors.js';
 
 export interface DocumentsApiDeps {
@@ -85,21 +86,15 @@ const newDocumentSchema = z.strictObject({
   content: z.record(z.string(), z.unknown(), { error: 'must be a JSON object, e.g. {"body": "text"}' }).default({}),
 });
 
-const limitQuery = z.strictObject({ limit });
-const documentQuery = z.strictObject({ owner: uuid.optional() });
-const idParams = z.strictObject({ id: uuid });
+const usersQuery = z.strictObject({ limit: limit.describe('users to list, 1 to 200 (default 20), taken from every shard') });
+const documentsQuery = z.strictObject({ limit: limit.describe('documents to list, newest first, 1 to 200 (default 50)') });
+const documentQuery = z.strictObject({ owner: uuid.optional().describe("the document's owner: only the owner's shard is asked (every shard without it)") });
+const userIdParams = z.strictObject({ id: uuid.describe('the user id (a UUID, in any of the forms of docs/sharding-spec.md)') });
+const documentIdParams = z.strictObject({ id: uuid.describe('the document id (a UUID)') });
 const readAfterHeaders = z.object({ 'x-read-after': readAfterSchema.describe('a token from X-Read-Token: the read sees that write') });
 
 type JsonSchema = Record<string, unknown>;
-const jsonSchema = (schema: z.ZodType): JsonSchema => {
-  const { $schema: _dialect, ...rest } = z.toJSONSchema(schema, { target: 'openapi-3.0', io: 'input', unrepresentable: 'any' }) as JsonSchema;
-  return rest;
-};
-const parameters = (schema: z.ZodType, where: 'path' | 'query' | 'header'): JsonSchema[] => {
-  const json = jsonSchema(schema);
-  const required = new Set((json['required'] as string[] | undefined) ?? []);
-  return Object.entries((json['properties'] ?? {}) as Record<string, JsonSchema>).map(([name, schemaOf]) => ({ name, in: where, required: where === 'path' || required.has(name), schema: schemaOf }));
-};
+const jsonSchema = (schema: z.ZodType): JsonSchema => toSchema(schema, 'input');
 
 /**
  * The documents API's OpenAPI 3.0 document, built from the schemas the handlers validate with
@@ -111,9 +106,9 @@ export function documentsApiDocument(): JsonSchema {
     operationId,
     summary,
     parameters: [
-      ...(parts.params ? parameters(parts.params, 'path') : []),
-      ...(parts.query ? parameters(parts.query, 'query') : []),
-      ...(parts.headers ? parameters(parts.headers, 'header') : []),
+      ...parametersOf(parts.params, 'path'),
+      ...parametersOf(parts.query, 'query'),
+      ...parametersOf(parts.headers, 'header'),
     ],
     ...(parts.body ? { requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(parts.body) } } } } : {}),
     responses: { [ok]: { description: ok === 201 ? 'created, with X-Read-Token and Location' : 'found' }, default: problem },
@@ -123,13 +118,13 @@ export function documentsApiDocument(): JsonSchema {
     info: { title: 'CA-DMS documents API (local mode)', version: '1.0.0' },
     paths: {
       [`${PREFIX}/users`]: {
-        get: op('listUsers', 'A sample of users from every shard', { query: limitQuery }, 200),
+        get: op('listUsers', 'A sample of users from every shard', { query: usersQuery }, 200),
         post: op('createUser', 'Create a user (409 when the e-mail is taken)', { body: newUserSchema }, 201),
       },
-      [`${PREFIX}/users/{id}`]: { get: op('getUser', 'One user', { params: idParams, headers: readAfterHeaders }, 200) },
-      [`${PREFIX}/users/{id}/documents`]: { get: op('listUserDocuments', "A user's documents", { params: idParams, query: limitQuery, headers: readAfterHeaders }, 200) },
+      [`${PREFIX}/users/{id}`]: { get: op('getUser', 'One user', { params: userIdParams, headers: readAfterHeaders }, 200) },
+      [`${PREFIX}/users/{id}/documents`]: { get: op('listUserDocuments', "A user's documents", { params: userIdParams, query: documentsQuery, headers: readAfterHeaders }, 200) },
       [`${PREFIX}/documents`]: { post: op('createDocument', 'Create a document on its owner\'s shard', { body: newDocumentSchema }, 201) },
-      [`${PREFIX}/documents/{id}`]: { get: op('getDocument', 'One document', { params: idParams, query: documentQuery, headers: readAfterHeaders }, 200) },
+      [`${PREFIX}/documents/{id}`]: { get: op('getDocument', 'One document', { params: documentIdParams, query: documentQuery, headers: readAfterHeaders }, 200) },
     },
   };
 }
@@ -282,7 +277,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
   };
 
   async function listUsers(url: URL, res: ServerResponse): Promise<void> {
-    const q = parse(limitQuery, Object.fromEntries(url.searchParams), 'query');
+    const q = parse(usersQuery, Object.fromEntries(url.searchParams), 'query');
     const n = q.limit ?? 20;
     const per = Math.max(1, Math.ceil(n / deps.shardIds.length));
     const parts = await Promise.all(
@@ -321,7 +316,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
 
   async function userDocuments(userId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const id = parse(uuid, userId, 'path.id');
-    const q = parse(limitQuery, Object.fromEntries(url.searchParams), 'query');
+    const q = parse(documentsQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
     const r = await deps.reads.withShardRead(
       id,

@@ -1,7 +1,8 @@
 import { Validator } from '@seriousme/openapi-schema-validator';
 import { describe, expect, it } from 'vitest';
 import { buildOpenApi } from '../../../functions/api/openapi.js';
-import { API_PREFIX, scalingRoutes } from '../../../functions/api/routes.js';
+import { API_PREFIX, scalingApiDocument, scalingRoutes } from '../../../functions/api/routes.js';
+import { documentsApiDocument } from '../../../functions/local/documents-api.js';
 import type { ScalingApiPort } from '../../../functions/api/service.js';
 
 // The OpenAPI document depends only on the route table, never on the port's behaviour.
@@ -54,5 +55,23 @@ describe('the scaling API OpenAPI document', () => {
     expect(Object.keys(body('/shards/rebalance-check', 'get', '200').properties ?? {})).toEqual(expect.arrayContaining(['needed', 'moves', 'summary']));
     expect(job.properties?.['createdAt']?.format).toBe('date-time');
     expect(body('/shards/moves/{id}', 'get', '200')).toEqual(job);
+  });
+});
+
+describe('parameters of the published OpenAPI documents', () => {
+  type Parameter = { name: string; in: string; description?: string; schema: Record<string, unknown> };
+  type Doc = { paths: Record<string, Record<string, { parameters?: Parameter[] }>> };
+  const docs: Array<[string, Doc]> = [
+    ['scaling API', scalingApiDocument() as unknown as Doc],
+    ['documents API', documentsApiDocument() as unknown as Doc],
+  ];
+
+  it.each(docs)('%s: every path, query and header parameter says what it is (beside its schema, where tools show it)', async (_name, doc) => {
+    const params = Object.entries(doc.paths).flatMap(([path, ops]) => Object.entries(ops).flatMap(([method, op]) => (op.parameters ?? []).map((p) => ({ at: `${method.toUpperCase()} ${path} ${p.in} ${p.name}`, p }))));
+
+    expect(params.length).toBeGreaterThan(0);
+    expect(params.filter(({ p }) => typeof p.description !== 'string' || p.description.length === 0).map(({ at }) => at)).toEqual([]);
+    expect(params.filter(({ p }) => 'description' in p.schema).map(({ at }) => at)).toEqual([]);
+    expect((await new Validator().validate(doc as unknown as Record<string, unknown>)).errors ?? []).toEqual([]);
   });
 });
