@@ -1,0 +1,87 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
+import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
+import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import { createShardWriter, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
+import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
+import type { FreshnessBounds } from '../../../functions/core/sharding/replica-choice.js';
+import type { ReadToken } from '../../../functions/core/sharding/read-token.js';
+import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+
+const SHARD = 'shard_001';
+const generous: FreshnessBounds = { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 };
+/** One shard, every key in slot 7: the unit under test is the token's timeline, not routing. */
+const router: WriteRouter = { routeForWrite: () => Promise.resolve({ shardId: SHARD, slot: 7, version: 1, viaDirectory: false }) };
+
+/**
+ * The `tl=N` part of read-your-writes tokens against a real timeline change: a streaming replica
+ * promoted with `pg_promote()` starts timeline 2, and a token written on timeline 1 is read on the
+ * new primary, as docs/sharding-spec.md says (a replica of the new timeline could be behind on
+ * WAL that a position of the old one does not describe).
+ */
+describe('read-your-writes tokens across a failover', () => {
+  let cluster: TestShardCluster;
+  const closers: (() => Promise<void>)[] = [];
+
+  const readerFor = async (primaryUrl: string, replicaUrls: string[]): Promise<ReplicaReader> => {
+    const pools = ShardPools.fromConfig({ shards: [{ shard_id: SHARD, database_url: primaryUrl, read_replicas: replicaUrls }] }, { max: 2, connectionTimeoutMillis: 2000 });
+    const reader = new ReplicaReader(pools, { bounds: generous, intervalMs: 60_000, probeTimeoutMs: 2000 });
+    closers.push(async () => {
+      reader.stop();
+      await pools.end();
+    });
+    await reader.refresh();
+    return reader;
+  };
+  const readUser = async (reader: ReplicaReader, id: string, token: ReadToken): Promise<{ servedBy: string; found: number }> => {
+    const { value, servedBy } = await createShardReader({ router, reader }).withShardRead(
+      id,
+      async ({ client }) => (await client.query<{ n: number }>('select count(*)::int as n from users where id = $1', [id])).rows[0]?.n ?? 0,
+      { token },
+    );
+    return { servedBy, found: value };
+  };
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 2, schema: true });
+  });
+  afterAll(async () => {
+    for (const close of closers.splice(0)) await close();
+    await cluster?.stop();
+  });
+
+  it('serves a token from a replica while its timeline is current, and from the promoted primary once pg_promote() has started timeline 2', async () => {
+    const shard = cluster.shards[0];
+    const [promoted, follower] = shard?.replicas ?? [];
+    if (!shard || !promoted || !follower) throw new Error('the cluster has no two replicas');
+    const primaries = new Map([[SHARD, new pg.Pool({ connectionString: shard.primary.url, max: 2 })]]);
+    closers.push(() => primaries.get(SHARD)?.end() ?? Promise.resolve());
+    const id = randomUUID();
+    const written = await createShardWriter({ router, primaries }).withShardWrite(id, ({ client }) =>
+      client.query("insert into users (id, slot, email, display_name) values ($1, 7, 'a@example.org', 'A')", [id]),
+    );
+    await Promise.all([promoted.waitForCatchUp(), follower.waitForCatchUp()]);
+    // Before the failover: the token's timeline is the primary's, so a replica past it may serve it.
+    const before = await readUser(await readerFor(shard.primary.url, [follower.url]), id, written.readToken);
+
+    await withClient(promoted.url, (c) => c.query('select pg_promote(true, 60)'));
+    // The promoted node as the shard's primary; the other replica still streams timeline 1.
+    const after = await readerFor(promoted.url, [follower.url]);
+    const onOldTimeline = await readUser(after, id, written.readToken);
+    const newPrimaries = new Map([[SHARD, new pg.Pool({ connectionString: promoted.url, max: 2 })]]);
+    closers.push(() => newPrimaries.get(SHARD)?.end() ?? Promise.resolve());
+    const second = randomUUID();
+    const rewritten = await createShardWriter({ router, primaries: newPrimaries }).withShardWrite(second, ({ client }) =>
+      client.query("insert into users (id, slot, email, display_name) values ($1, 7, 'b@example.org', 'B')", [second]),
+    );
+
+    expect(written.readToken.timeline).toBe(1);
+    expect(before).toEqual({ servedBy: `${SHARD}/replica-1`, found: 1 });
+    expect(after.primaryTimeline(SHARD)).toBe(2);
+    expect(onOldTimeline).toEqual({ servedBy: `${SHARD}/primary`, found: 1 });
+    expect(rewritten.readToken.timeline).toBe(2);
+    expect(await readUser(after, second, rewritten.readToken)).toEqual({ servedBy: `${SHARD}/primary`, found: 1 });
+  }, 120_000);
+});
