@@ -193,6 +193,23 @@ describe('data stack', () => {
     t.allResourcesProperties('AWS::RDS::DBProxy', { RequireTLS: true, EngineFamily: 'POSTGRESQL' });
   });
 
+  it('gives every login secret what the hosted alternating-users rotation requires: engine, host, port and dbname of its primary (attachment) and masterarn naming its admin secret', () => {
+    const t = s.template(s.stacks.data);
+    const secrets = resourcesOf(t, 'AWS::SecretsManager::Secret').filter(([id]) => /(App|Monitor|Mover|Control)Secret/.test(id));
+    expect(secrets).toHaveLength(3 * s.config.database.shards + 1);
+    const attachments = resourcesOf(t, 'AWS::SecretsManager::SecretTargetAttachment');
+    for (const [id, secret] of secrets) {
+      const shard = /^(Shard\d{3})/.exec(id)?.[1] as string;
+      const template = JSON.stringify((secret.Properties?.['GenerateSecretString'] as Json)['SecretStringTemplate']);
+      expect(template, id).toMatch(/username/);
+      expect(template, id).toMatch(/masterarn/);
+      expect(template, id).toContain(`${shard}PrimarySecret`);
+      const attachment = attachments.find(([, a]) => JSON.stringify(a.Properties?.['SecretId']) === JSON.stringify({ Ref: id }));
+      expect(attachment?.[1].Properties?.['TargetType'], id).toBe('AWS::RDS::DBInstance');
+      expect(JSON.stringify(attachment?.[1].Properties?.['TargetId']), id).toContain(`${shard}Primary`);
+    }
+  });
+
   it('rotates every shard secret', () => {
     s.template(s.stacks.data).resourceCountIs('AWS::SecretsManager::RotationSchedule', s.config.database.shards);
   });
