@@ -162,8 +162,17 @@ const deploymentSchemaObject = z.strictObject({
     .strictObject({
       cidr: z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/(1[6-9]|2[0-4])$/, 'an IPv4 CIDR between /16 and /24').default('10.40.0.0/16'),
       maxAzs: z.number().int().min(2).max(6).default(2),
-      /** NAT gateways: 1 saves cost in development; one per AZ survives an AZ outage. */
-      natGateways: z.number().int().min(1).max(6).default(1),
+      /**
+       * NAT gateways: 1 saves cost in development; one per AZ survives an AZ outage. At least
+       * one: SQS (the worker's queue), SSM, ECS, Application Auto Scaling and the RDS API have
+       * no interface endpoint here, the compute subnets reach them through NAT.
+       */
+      natGateways: z
+        .number()
+        .int()
+        .min(1, 'at least 1: the worker tasks reach SQS, and the functions SSM, ECS, Application Auto Scaling and the RDS API, only through NAT')
+        .max(6)
+        .default(1),
       /** Interface endpoints (ECR, Logs, Secrets Manager, CloudWatch) keep that traffic off NAT. */
       interfaceEndpoints: z.boolean().default(true),
       flowLogRetentionDays: retentionDays.default(90),

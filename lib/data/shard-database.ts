@@ -262,8 +262,12 @@ export class ShardDatabase extends Construct {
     // admin secret it clones and sets passwords with. Its rotation (alternating users) is
     // scheduled by the control plane once the migrations have created the user: a rotation
     // must log in with the current password first.
+    // A login's secret opens the database as much as the admin's: kept when the primary is kept.
+    const keptWithPrimary =
+      props.removalPolicy === RemovalPolicy.RETAIN || props.removalPolicy === RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE ? props.removalPolicy : undefined;
     const login = (id: string, username: string): secretsmanager.ISecret => {
       const secret = new rds.DatabaseSecret(this, id, { username, masterSecret: this.secret, excludeCharacters: SECRET_EXCLUDED_CHARACTERS });
+      if (keptWithPrimary) secret.applyRemovalPolicy(keptWithPrimary);
       acknowledge(secret, 'AwsSolutions-SMG4', ROTATED_ELSEWHERE);
       return secret.attach(this.primary);
     };

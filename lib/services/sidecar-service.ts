@@ -47,8 +47,6 @@ export const NGINX_WRITABLE_PATHS: Readonly<Record<string, string>> = {
 /** Props of {@link SidecarService}. */
 export interface SidecarServiceProps {
   readonly cluster: ecs.ICluster;
-  /** The ECS service name (also the physical name the controller addresses). */
-  readonly serviceName: string;
   readonly appImage: ecs.ContainerImage;
   /** The application container's user, when known. @default - the image's own USER */
   readonly appUser?: string;
@@ -91,7 +89,7 @@ export interface SidecarServiceProps {
  * @example
  * ```ts
  * const read = new SidecarService(stack, 'BackendRead', {
- *   cluster, serviceName: 'ca-dms-dev-backend-read', appImage, nginxImage,
+ *   cluster, appImage, nginxImage,
  *   cpu: 512, memoryMiB: 1024, appPort: 8000, appHealthCheckPath: '/health', nginxPort: 8080,
  *   securityGroup, subnets: { subnetGroupName: 'compute' }, minTasks: 2, maxTasks: 10,
  * });
@@ -108,7 +106,6 @@ export class SidecarService extends Construct {
   constructor(scope: Construct, id: string, props: SidecarServiceProps) {
     super(scope, id);
     validateProps('SidecarService', [
-      [/^[A-Za-z][\w-]{0,254}$/.test(props.serviceName), `serviceName must be letters, digits, dashes and underscores (got "${props.serviceName}")`],
       [props.appPort !== props.nginxPort, `appPort and nginxPort must differ (both ${props.appPort})`],
       [Number.isInteger(props.minTasks) && props.minTasks >= 0, `minTasks must be a whole number of at least 0 (got ${props.minTasks})`],
       [props.maxTasks >= props.minTasks && props.maxTasks >= 1, `maxTasks (${props.maxTasks}) must be at least 1 and at least minTasks (${props.minTasks})`],
@@ -175,9 +172,12 @@ export class SidecarService extends Construct {
       nginx.addMountPoints({ sourceVolume: volume, containerPath: path, readOnly: false });
     }
 
+    // No serviceName: CloudFormation names the service. A fixed name collides when a deploy
+    // that rolled back is retried while the old service still drains (ECS keeps a deleted
+    // service's name until it is INACTIVE); everything that addresses the service (the
+    // controller's topology, alarms, dashboard, scalable target) takes the generated name.
     this.service = new ecs.FargateService(this, 'Service', {
       cluster: props.cluster,
-      serviceName: props.serviceName,
       taskDefinition: this.taskDefinition,
       securityGroups: [props.securityGroup],
       vpcSubnets: props.subnets,

@@ -106,7 +106,6 @@ export class ServicesStack extends Stack {
       const svc = config.services[name];
       services[name] = new SidecarService(this, pascal(name), {
         cluster: this.cluster,
-        serviceName: `${prefix}-${name}`,
         appImage: imageOf(svc.image),
         // The demo image's user; other images run as their own USER says.
         ...(svc.image.kind === 'demo' ? { appUser: DEMO_BACKEND_USER } : {}),

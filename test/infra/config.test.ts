@@ -56,6 +56,16 @@ describe('parseDeploymentConfig', () => {
     );
   });
 
+  it('refuses a network without NAT, naming what would be unreachable (no SQS, SSM, ECS or RDS API endpoint)', () => {
+    let issues: readonly ConfigIssue[] = [];
+    try {
+      parseDeploymentConfig({ network: { natGateways: 0 } });
+    } catch (error) {
+      if (error instanceof DeploymentConfigError) issues = error.issues;
+    }
+    expect(issues).toEqual([expect.objectContaining({ path: 'network.natGateways', message: expect.stringContaining('SQS') })]);
+  });
+
   it('refuses a private ECR image as a registry image (no pull permission for it), and takes a public one', () => {
     const registry = (uri: string) => ({ services: { frontend: { image: { kind: 'registry', uri } } } });
     for (const uri of ['123456789012.dkr.ecr.eu-west-1.amazonaws.com/ca-dms/frontend:1.2.3', '123456789012.dkr.ecr-fips.us-east-1.amazonaws.com/app@sha256:' + 'a'.repeat(64)]) {

@@ -57,6 +57,13 @@ describe('production synthesis', () => {
     }
   });
 
+  it('keeps every secret that opens a shard (admin and every login) exactly as long as the primary', () => {
+    const secrets = resourcesOf(s.template(s.stacks.data), 'AWS::SecretsManager::Secret');
+    // Per shard the admin secret and at least the application login's.
+    expect(secrets.length).toBeGreaterThanOrEqual(2 * s.stacks.data.shards.length);
+    for (const [id, secret] of secrets) expect(secret, id).toMatchObject({ DeletionPolicy: 'RetainExceptOnCreate', UpdateReplacePolicy: 'Retain' });
+  });
+
   it('protects every replica from deletion', () => {
     const replicas = resourcesOf(s.template(s.stacks.data), 'AWS::RDS::DBInstance').filter(([, r]) => r.Properties?.['SourceDBInstanceIdentifier']);
     expect(replicas.length).toBeGreaterThan(0);

@@ -303,6 +303,13 @@ describe('services stack', () => {
     }
   });
 
+  // The controller's topology takes the generated name (GetAtt Name): iam-coverage.test.ts.
+  it('lets CloudFormation name the ECS services (a fixed name collides on a retry soon after a rollback)', () => {
+    const services = resourcesOf(s.template(s.stacks.services), 'AWS::ECS::Service');
+    expect(services).toHaveLength(SERVICE_NAMES.length);
+    for (const [id, service] of services) expect(service.Properties?.['ServiceName'], id).toBeUndefined();
+  });
+
   it('leaves the desired count to the controller and registers each service as a scalable target with its bounds', () => {
     const t = s.template(s.stacks.services);
     for (const [, service] of resourcesOf(t, 'AWS::ECS::Service')) expect(service.Properties?.['DesiredCount']).toBeUndefined();
