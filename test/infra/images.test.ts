@@ -86,7 +86,7 @@ describe('the services stack, the frontend naming its own image', () => {
     (container['Environment'] as Array<{ Name: string; Value: unknown }>).find((e) => e.Name === name)?.Value;
 
   it('builds exactly two images, the nginx sidecar and the demo backend, as assets', () => {
-    const manifest = JSON.parse(readFileSync(join(s.outdir, `${s.stacks.services.artifactId}.assets.json`), 'utf8')) as { dockerImages?: Record<string, unknown> };
+    const manifest = JSON.parse(readFileSync(join(s.stage.outdir, `${s.stacks.services.artifactId}.assets.json`), 'utf8')) as { dockerImages?: Record<string, unknown> };
 
     expect(Object.keys(manifest.dockerImages ?? {})).toHaveLength(2);
   });
