@@ -99,14 +99,18 @@ const READ_PATHS = [
   '/openapi.json',
 ].map((p) => `/api/v1/scaling${p}`);
 
-/** The bare server: its own process, answering every request with `body` (read from stdin). */
+/**
+ * The bare server: its own process, answering every request with `body` (read from stdin), with
+ * a Content-Length as local mode sends one (chunked framing would cost it a write and a parse
+ * that local mode does not pay, and flatter the ratio).
+ */
 const BARE_SERVER = `
 const chunks = [];
 process.stdin.on('data', (c) => chunks.push(c));
 process.stdin.on('end', () => {
   const body = Buffer.concat(chunks);
   const server = require('node:http').createServer((_req, res) => {
-    res.writeHead(200, { 'content-type': process.argv[1], 'cache-control': 'no-store' });
+    res.writeHead(200, { 'content-type': process.argv[1], 'cache-control': 'no-store', 'content-length': String(body.length) });
     res.end(body);
   });
   server.listen(0, '127.0.0.1', () => console.log(server.address().port));
