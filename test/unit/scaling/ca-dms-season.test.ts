@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { Season } from '../../../functions/core/scaling/policies/ca-dms-season.js';
-import { EMPTY_SEASON, forecast, LAGS, NONE, observe, period, readSeason, RING_MINUTES } from '../../../functions/core/scaling/policies/ca-dms-season.js';
+import { EMPTY_SEASON, forecast, lagErrors, LAGS, NONE, observe, period, readSeason, RING_MINUTES, UNMEASURED } from '../../../functions/core/scaling/policies/ca-dms-season.js';
 import { mulberry32 } from '../../../functions/core/scaling/simulator/prng.js';
 
 const MIN = 60_000;
@@ -62,11 +62,11 @@ describe('ca-dms seasonal forecaster', () => {
     // two minutes without a measurement at the end
     const s = observe(feed(5000, () => 10 * random()), 4, T0 + 5002 * MIN);
     expect(s.ringMilli.length).toBe(RING_MINUTES);
-    expect(s.lagErrors.length).toBe(LAGS.length);
+    expect(s.lagDeltas.length).toBe(LAGS.length);
     const json = JSON.stringify(s);
-    // demand in whole thousandths and differences in whole units of 1e-4: about 2.7 KB here
-    expect(json.length).toBeLessThan(2800);
-    // numbers only (an absent value is NONE, not null), so the engine keeps the lists unboxed
+    // demand in whole thousandths, differences as changes from the previous lag's: about 2.4 KB here (2.9 KB with three decimals)
+    expect(json.length).toBeLessThan(2500);
+    // numbers only (an absent value is NONE or UNMEASURED, not null), so the engine keeps the lists unboxed
     expect(json).not.toContain('null');
     const back = readSeason(JSON.parse(json));
     expect(forecast(back, 3)).toBe(forecast(s, 3));
@@ -74,16 +74,21 @@ describe('ca-dms seasonal forecaster', () => {
   });
 
   it('starts afresh from a malformed state rather than failing', () => {
-    for (const raw of [null, 3, 'x', {}, { end: 1.5, seen: 1, ring: [], errors: [] }, { end: 1, seen: 1, ringMilli: new Array(RING_MINUTES + 1).fill(1), lagErrors: LAGS.map(() => 0) }]) {
+    for (const raw of [null, 3, 'x', {}, { end: 1.5, seen: 1, ring: [], errors: [] }, { end: 1, seen: 1, ringMilli: new Array(RING_MINUTES + 1).fill(1), lagDeltas: LAGS.map(() => 0) }]) {
       expect(readSeason(raw)).toEqual(EMPTY_SEASON);
     }
-    const s = readSeason({ end: 10, seen: 3, ringMilli: [1, 'x', -2, null, NONE, Infinity, 1.5], lagErrors: LAGS.map(() => 'bad') });
+    const s = readSeason({ end: 10, seen: 3, ringMilli: [1, 'x', -2, null, NONE, Infinity, 1.5], lagDeltas: LAGS.map(() => 'bad') });
     expect(s.ringMilli).toEqual([1, NONE, NONE, NONE, NONE, NONE, NONE]);
-    expect(s.lagErrors.every((e) => e === NONE)).toBe(true);
+    expect(s.lagDeltas.every((e) => e === UNMEASURED)).toBe(true);
+    // changes that add up to a negative difference are not a state this module wrote: the differences start afresh
+    const negative = readSeason({ end: 10, seen: 3, ringMilli: [1], lagDeltas: LAGS.map((_, i) => (i === 0 ? 2 : i === 1 ? -3 : UNMEASURED)) });
+    expect(negative.ringMilli).toEqual([1]);
+    expect(negative.lagDeltas).toEqual(EMPTY_SEASON.lagDeltas);
+    expect(lagErrors(readSeason({ end: 10, seen: 3, ringMilli: [1], lagDeltas: LAGS.map((_, i) => (i === 0 ? 2 : i === 2 ? -2 : UNMEASURED)) })).slice(0, 3)).toEqual([2e-4, undefined, 0]);
     // a state from before the differences were whole units starts afresh
     expect(readSeason({ end: 10, seen: 3, ring: [1.5], errors: LAGS.map(() => 0.5) })).toEqual(EMPTY_SEASON);
     // a stored state with an empty ring takes a second observation in its newest minute
-    expect(observe(readSeason({ end: 10, seen: 1, ringMilli: [], lagErrors: LAGS.map(() => NONE) }), 2, 10 * MIN).ringMilli).toEqual([2000]);
+    expect(observe(readSeason({ end: 10, seen: 1, ringMilli: [], lagDeltas: LAGS.map(() => UNMEASURED) }), 2, 10 * MIN).ringMilli).toEqual([2000]);
   });
 
   it('leaves minutes without a measurement empty, keeps the larger of two in one minute and ignores an older one', () => {
@@ -112,7 +117,7 @@ describe('ca-dms seasonal forecaster', () => {
 
   /** The tracked difference at `lag`, in busy task-units. */
   function lagError(s: Season, lag: number): number {
-    return (s.lagErrors[LAGS.indexOf(lag)] as number) / 10_000;
+    return lagErrors(s)[LAGS.indexOf(lag)] as number;
   }
 
   it('property: on a perfectly periodic load the difference at its period decays towards 0 after any start', () => {

@@ -64,8 +64,10 @@ const MINUTE_MS = 60_000;
  * task-units, and one character per minute shorter in JSON than three decimals).
  */
 const DEMAND_UNITS = 1000;
-/** An absent value in {@link Season.ringMilli} and {@link Season.lagErrors}. */
+/** An absent value in {@link Season.ringMilli}. */
 export const NONE = -1;
+/** A lag not measured yet in {@link Season.lagDeltas} (every change there is a whole number). */
+export const UNMEASURED = 0.5;
 
 /** The forecaster's memory, as stored in the policy state. */
 export interface Season {
@@ -79,14 +81,30 @@ export interface Season {
    */
   readonly ringMilli: readonly number[];
   /**
-   * Per entry of {@link LAGS}: the tracked mean absolute difference at that lag in whole units
-   * of 1 / {@link ERROR_UNITS} busy task-units, or {@link NONE} before one was measured.
+   * Per entry of {@link LAGS}: the tracked mean absolute difference at that lag, in whole units
+   * of 1 / {@link ERROR_UNITS} busy task-units, as the change from the previous measured lag's
+   * (from 0 for the first); {@link UNMEASURED} before the lag was measured. Adjacent lags'
+   * differences are close, so a change is a digit or two shorter in JSON than the difference
+   * itself, and reading it back is one addition. Read with {@link lagErrors}.
    */
-  readonly lagErrors: readonly number[];
+  readonly lagDeltas: readonly number[];
+}
+
+/**
+ * The tracked mean absolute difference per entry of {@link LAGS}, in busy task-units, or
+ * undefined before the lag was measured (for inspection; the forecaster reads them in one pass).
+ */
+export function lagErrors(season: Season): Array<number | undefined> {
+  let abs = 0;
+  return season.lagDeltas.map((z) => {
+    if (z === UNMEASURED) return undefined;
+    abs += z;
+    return abs / ERROR_UNITS;
+  });
 }
 
 /** A forecaster that has seen nothing yet. */
-export const EMPTY_SEASON: Season = { end: undefined, seen: 0, ringMilli: [], lagErrors: LAGS.map(() => NONE) };
+export const EMPTY_SEASON: Season = { end: undefined, seen: 0, ringMilli: [], lagDeltas: LAGS.map(() => UNMEASURED) };
 
 function finite(v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v);
@@ -105,14 +123,31 @@ export function readSeason(raw: unknown): Season {
   if (typeof raw !== 'object' || raw === null) return EMPTY_SEASON;
   const m = raw as Record<string, unknown>;
   const end = m['end'];
-  // A state from before the values were whole units (`ring` and `errors`, in busy task-units) has neither: it starts afresh.
+  // A state from before the values were whole units (`ring` and `errors`, in busy task-units)
+  // or before the differences were stored as changes (`lagErrors`) has neither: it starts afresh.
   const ring = m['ringMilli'];
-  const errors = m['lagErrors'];
+  const errors = m['lagDeltas'];
   const seen = m['seen'];
   if (!finite(seen) || seen < 0 || !finite(end) || !Number.isInteger(end) || !Array.isArray(ring) || ring.length > RING_MINUTES || !Array.isArray(errors) || errors.length !== LAGS.length) {
     return EMPTY_SEASON;
   }
-  return { end, seen: Math.min(seen, SEEN_CAP), ringMilli: clean(ring), lagErrors: clean(errors) };
+  return { end, seen: Math.min(seen, SEEN_CAP), ringMilli: clean(ring), lagDeltas: readDeltas(errors) };
+}
+
+/**
+ * The stored changes when each is a whole number or {@link UNMEASURED} and every difference
+ * they add up to is >= 0, as in a state this module wrote (the list itself, no copy);
+ * otherwise none measured: one bad change would misplace every difference after it.
+ */
+function readDeltas(list: readonly unknown[]): readonly number[] {
+  let abs = 0;
+  for (const z of list) {
+    if (z === UNMEASURED) continue;
+    if (typeof z !== 'number' || !Number.isSafeInteger(z)) return EMPTY_SEASON.lagDeltas;
+    abs += z;
+    if (abs < 0) return EMPTY_SEASON.lagDeltas;
+  }
+  return list as readonly number[];
 }
 
 function valid(v: unknown): v is number {
@@ -182,26 +217,45 @@ export function observe(season: Season, demand: number, now: number): Season {
   if (gap < RING_MINUTES) for (let i = 0; i < gap; i++) ring.push(NONE);
   ring.push(value);
   const seen = Math.min(season.seen + 1, SEEN_CAP);
-  const errors = season.lagErrors.slice();
+  const deltas = season.lagDeltas;
+  // A copy written over in place: a list made by slice stays packed, where new Array(n) starts with holes.
+  const next = deltas.slice();
   const newest = ring.length - 1;
   // One draw per minute, offset by a golden-ratio step per lag: every lag's rounding is
   // uniform over the minutes, and adjacent lags do not round the same way at once.
   let dither = draw(minute);
-  // LAGS ascend: past the first lag longer than the ring, none is in it.
-  for (let i = 0; i < LAGS.length && (LAGS[i] as number) <= newest; i++) {
-    dither += GOLDEN;
-    if (dither >= 1) dither -= 1;
+  // One pass: decode each lag's difference, update it, encode it against the previous one's new value.
+  let oldPrevious = 0;
+  let newPrevious = 0;
+  for (let i = 0; i < LAGS.length; i++) {
     const lag = LAGS[i] as number;
-    const before = ring[newest - lag] as number;
-    if (before === NONE) continue;
-    const old = errors[i] as number;
-    const diff = Math.abs(value - before) * (ERROR_UNITS / DEMAND_UNITS);
-    const compared = seen - lag;
-    // 1 / compared is below the fixed weight from that many comparisons on: no division then.
-    const weight = compared >= 1 / LAG_ERROR_WEIGHT ? LAG_ERROR_WEIGHT : Math.max(LAG_ERROR_WEIGHT, 1 / Math.max(1, compared));
-    errors[i] = old === NONE ? diff : Math.floor(old + weight * (diff - old) + dither);
+    const z = deltas[i] as number;
+    let old = NONE;
+    if (z !== UNMEASURED) {
+      old = oldPrevious + z;
+      oldPrevious = old;
+    }
+    let updated = old;
+    // LAGS ascend: past the first lag longer than the ring, none is in it.
+    if (lag <= newest) {
+      dither += GOLDEN;
+      if (dither >= 1) dither -= 1;
+      const before = ring[newest - lag] as number;
+      if (before !== NONE) {
+        const diff = Math.abs(value - before) * (ERROR_UNITS / DEMAND_UNITS);
+        const compared = seen - lag;
+        // 1 / compared is below the fixed weight from that many comparisons on: no division then.
+        const weight = compared >= 1 / LAG_ERROR_WEIGHT ? LAG_ERROR_WEIGHT : Math.max(LAG_ERROR_WEIGHT, 1 / Math.max(1, compared));
+        updated = old === NONE ? diff : Math.floor(old + weight * (diff - old) + dither);
+      }
+    }
+    if (updated === NONE) next[i] = UNMEASURED;
+    else {
+      next[i] = updated - newPrevious;
+      newPrevious = updated;
+    }
   }
-  return { end: minute, seen, ringMilli: ring, lagErrors: errors };
+  return { end: minute, seen, ringMilli: ring, lagDeltas: next };
 }
 
 /**
@@ -222,10 +276,13 @@ export function period(season: Season, lead: number): number | undefined {
   const shortest = lead + PHASE_WINDOW + 1;
   const longest = Math.min(RING_MINUTES - LEVEL_MINUTES, season.seen / 3);
   // LAGS ascend: the loop ends at the first lag too long.
+  let e = 0;
   for (let i = 0; i < LAGS.length && (LAGS[i] as number) <= longest; i++) {
     const lag = LAGS[i] as number;
-    const e = season.lagErrors[i] as number;
-    if (e === NONE || lag < shortest) continue;
+    const z = season.lagDeltas[i] as number;
+    if (z === UNMEASURED) continue;
+    e += z;
+    if (lag < shortest) continue;
     if (e < bestError) {
       best = lag;
       bestError = e;
