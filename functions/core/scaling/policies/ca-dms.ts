@@ -56,7 +56,7 @@
  * The shared {@link finishDecision} then applies the rules common to every policy (missing
  * data never scales in, bounds, disabled, dry run). Its memory is bounded (about
  * `3 x lead_periods + 20` numbers, and the seasonal forecast's 4 hours of per-minute demand and
- * one tracked difference per candidate lag, both as whole numbers: at most about 3.75 KB of
+ * one tracked difference per candidate lag, both as whole numbers: at most 3,261 characters of
  * JSON on the traces of `bench:policies`), so the state stays small in the catalog.
  */
 import type { ServiceScalingConfig } from '../config.js';
