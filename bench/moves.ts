@@ -11,8 +11,10 @@
  *    nothing left on the old owner).
  * 2. **Parallel moves**: one slot per source shard, every source moving to its own target at
  *    once, for 1, 2, ... `--sources` sources; the aggregate rows/s must rise with the sources.
- * 3. **Torture at full size** (`--torture N` schedules): the same seeding and writers, with the
- *    mover killed at crash points chosen by fast-check (seed printed; `TORTURE_SEED` replays).
+ * 3. **Torture at full size** (`--torture N` schedules): the same seeding and writers (every third
+ *    write read back with its read-your-writes token), with the mover killed at crash points
+ *    chosen by fast-check, each kill either a SIGKILL of a mover process or a run stopped dead
+ *    with its lease expired (seed printed; `TORTURE_SEED` replays).
  *
  * Run: `npm run bench:moves` (options: `--users N` users in the slot, default 1000; `--docs N`
  * documents per user, default 99; `--writers N`, default 8; `--sources N`, default 2;
@@ -129,6 +131,7 @@ async function steps(env: MoveEnv, job: MoveJob): Promise<Record<string, Date | 
 function printOutcome(report: TortureReport): void {
   const { load } = report;
   console.log(`  writers told                ${load.acknowledged} writes acknowledged, ${load.retried} waited or re-routed, ${load.errors.length} failed`);
+  console.log(`  token-holding reads         ${load.tokenReads} writes read back at once with their read-your-writes token (every one must see its write)`);
   console.log(`  lost / duplicated / left    ${report.violations.length === 0 ? '0 / 0 / 0' : `${report.violations.length} violation(s)`}   goal 0: ${verdict(report.violations.length === 0)}`);
   for (const v of report.violations.slice(0, 10)) console.log(`    ${v}`);
 }
@@ -222,11 +225,17 @@ try {
   if (TORTURE_RUNS > 0) {
     const seed = process.env['TORTURE_SEED'] === undefined ? Date.now() % 2 ** 31 : Number(process.env['TORTURE_SEED']);
     console.log(`\n3. torture at full size: ${TORTURE_RUNS} schedule(s), seed ${seed} (TORTURE_SEED=${seed} replays)`);
-    const schedules = fc.sample(fc.subarray([...MOVE_CRASH_POINTS], { minLength: 1, maxLength: 4 }), { numRuns: TORTURE_RUNS, seed });
-    for (const crashes of schedules) {
+    const schedules = fc.sample(fc.tuple(fc.subarray([...MOVE_CRASH_POINTS], { minLength: 1, maxLength: 4 }), fc.array(fc.boolean(), { minLength: 4, maxLength: 4 })), {
+      numRuns: TORTURE_RUNS,
+      seed,
+    });
+    for (const [crashes, sigkill] of schedules) {
       const s = await slotOwnedBy(env, 'shard_a', used);
-      const r = await tortureRun(env, { slot: s, users: USERS, docsPerUser: DOCS, writers: WRITERS, crashes, batchRows: 5000, copyBatchRows: 20_000, to: 'shard_b' });
-      console.log(`  killed at ${crashes.join(', ')}: ${r.runs} runs, ${r.job.state}, ${r.load.acknowledged} writes acknowledged, ${r.violations.length} violation(s): ${verdict(r.violations.length === 0)}`);
+      const r = await tortureRun(env, { slot: s, users: USERS, docsPerUser: DOCS, writers: WRITERS, crashes, sigkill, batchRows: 5000, copyBatchRows: 20_000, to: 'shard_b' });
+      const how = crashes.map((c, i) => `${c}${sigkill[i] === true ? ' (SIGKILL)' : ''}`).join(', ');
+      console.log(
+        `  killed at ${how}: ${r.runs} runs, ${r.job.state}, ${r.load.acknowledged} writes acknowledged, ${r.load.tokenReads} read back with their tokens, ${r.violations.length} violation(s): ${verdict(r.violations.length === 0)}`,
+      );
       for (const v of r.violations.slice(0, 10)) console.log(`    ${v}`);
     }
   }

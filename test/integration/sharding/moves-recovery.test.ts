@@ -1,54 +1,11 @@
-import { spawn } from 'node:child_process';
 import { setTimeout as delay } from 'node:timers/promises';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MoveBusyError, MoveLeaseLostError, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { MOVE_CRASH_POINTS } from '../../../functions/core/sharding/move-machine.js';
 import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { runAndKill, runAndKillKeepingLease, waitForLeaseLapsed } from './fixtures/kill.js';
 import { startWorkload } from './fixtures/workload.js';
-
-const here = dirname(fileURLToPath(import.meta.url));
-const script = resolve(here, 'fixtures/run-move.ts');
-
-/**
- * Runs the job in a child process that SIGKILLs itself at `killAt` (its lease on the job lasting
- * `leaseMs`); resolves with how it ended, once the dead process's claim has lapsed.
- */
-function runAndKill(env: MoveEnv, jobId: number, killAt: MoveHookPoint, leaseMs = 1000): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
-  return runAndKillKeepingLease(env, jobId, killAt, leaseMs).then(async (ended) => {
-    await waitForLeaseLapsed(env.catalog, jobId);
-    return ended;
-  });
-}
-
-/** {@link runAndKill} without waiting for the claim to lapse. */
-function runAndKillKeepingLease(env: MoveEnv, jobId: number, killAt: MoveHookPoint, leaseMs: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
-  return new Promise((done, fail) => {
-    // `node --import tsx` rather than the tsx CLI, which would run the script in a grandchild
-    // and report its death as an exit code instead of the signal.
-    const child = spawn(process.execPath, ['--import', 'tsx', script], {
-      env: { ...process.env, CA_DMS_MOVE_ENV: JSON.stringify(env.urls), CA_DMS_MOVE_JOB: String(jobId), CA_DMS_MOVE_KILL_AT: killAt, CA_DMS_MOVE_LEASE_MS: String(leaseMs) },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', fail);
-    child.on('exit', (code, signal) => done({ code, signal, stderr }));
-  });
-}
-
-/** Waits (by the database clock) until nobody's claim on the job is current. */
-async function waitForLeaseLapsed(catalog: pg.Pool, jobId: number): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    const { rows } = await catalog.query<{ lapsed: boolean }>('select coalesce(lease_expires_at <= clock_timestamp(), true) as lapsed from catalog.move_jobs where id = $1', [jobId]);
-    if (rows[0]?.lapsed) return;
-    await delay(50);
-  }
-  throw new Error(`the killed mover's lease on job #${jobId} is still current after 30 s`);
-}
 
 /** Every crash point of the protocol (MOVE_CRASH_POINTS), with the state the job is left in. */
 const POINTS: readonly { point: MoveHookPoint; stateAfterKill: string }[] = [
