@@ -20,7 +20,7 @@ import { awsClients, rdsClient } from './shared/aws.js';
 import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime } from './shared/runtime.js';
-import { shardingConfigFromEnv } from './shared/sharding-env.js';
+import { shardCredentialsFromEnv, shardingConfigFromEnv } from './shared/sharding-env.js';
 import { loadParameterEnv } from './shared/parameter-env.js';
 
 // The deployment's growing configuration (SSM Parameter Store), read once in the init phase.
@@ -69,12 +69,14 @@ let awsPort: Promise<ScalingApiPort> | undefined;
 async function buildAwsPort(): Promise<ScalingApiPort> {
   const rt = controllerRuntime();
   const shardingConfig = await shardingConfigFromEnv(process.env, awsClients().secrets);
+  const credentials = shardCredentialsFromEnv(process.env, awsClients().secrets);
   const sharding = shardingConfig
     ? await createShardingRuntime({
         config: shardingConfig,
         catalog: await rt.db(),
         actor: 'scaling-api',
-        pools: { max: 2 },
+        // A rotated-away login is re-read from its secret, not kept until the container is recycled.
+        pools: { max: 2, ...(credentials ? { credentials } : {}) },
         // Health and the rebalance headroom rule add what RDS and its CloudWatch metrics say.
         cloud: new RdsInventory({ rds: rdsClient(), cloudwatch: awsClients().cloudwatch }),
       })

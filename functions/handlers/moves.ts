@@ -17,7 +17,7 @@ import { awsClients } from './shared/aws.js';
 import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime } from './shared/runtime.js';
-import { shardingConfigFromEnv } from './shared/sharding-env.js';
+import { shardCredentialsFromEnv, shardingConfigFromEnv } from './shared/sharding-env.js';
 import { leaseTtl } from './shared/telemetry.js';
 import { loadParameterEnv } from './shared/parameter-env.js';
 
@@ -87,7 +87,9 @@ let sharding: Promise<ShardingRuntime | undefined> | undefined;
 export const handler = createMovesHandler(() => {
   sharding ??= (async () => {
     const config = await shardingConfigFromEnv(process.env, awsClients().secrets);
-    return config ? createShardingRuntime({ config, catalog: await controllerRuntime().db(), actor: 'scaling-moves', pools: { max: 2 } }) : undefined;
+    // A rotated-away login is re-read from its secret, not kept until the container is recycled.
+    const credentials = shardCredentialsFromEnv(process.env, awsClients().secrets);
+    return config ? createShardingRuntime({ config, catalog: await controllerRuntime().db(), actor: 'scaling-moves', pools: { max: 2, ...(credentials ? { credentials } : {}) } }) : undefined;
   })().catch((err: unknown) => {
     sharding = undefined;
     throw err;

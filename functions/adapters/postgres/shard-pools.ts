@@ -13,6 +13,7 @@
  * ```
  */
 import pg from 'pg';
+import { SecretPool, type LoginCredentials } from './secret-pool.js';
 import type { ShardConfig } from '../../core/sharding/config.js';
 import { RoutingError } from '../../core/sharding/errors.js';
 import { withRdsTls } from './tls.js';
@@ -44,6 +45,12 @@ export interface ShardPoolOptions {
   readonly onIdleError?: (nodeId: string, error: Error) => void;
   /** The certificate authorities TLS connections are verified against. Default: the RDS bundle (tls.ts). */
   readonly ca?: readonly string[];
+  /**
+   * Where a shard's login comes from when it can change (a secret rotated with alternating
+   * users): a connection refused for its credentials re-reads them and retries once
+   * ({@link SecretPool}). Default: the URL's credentials, fixed.
+   */
+  readonly credentials?: (shardId: string) => Promise<LoginCredentials>;
 }
 
 /** `host:port/database` of a connection string, without credentials. */
@@ -56,6 +63,22 @@ export function endpointOf(url: string): string {
   }
 }
 
+/**
+ * The connection fields of a URL, the login apart: a `connectionString` would override the user
+ * and password a {@link SecretPool} sets after re-reading its credentials.
+ */
+function loginFields(target: { connectionString: string; ssl: pg.PoolConfig['ssl'] }): pg.PoolConfig {
+  const u = new URL(target.connectionString);
+  return {
+    host: u.hostname,
+    port: Number(u.port || '5432'),
+    database: decodeURIComponent(u.pathname.slice(1)) || 'postgres',
+    user: decodeURIComponent(u.username),
+    password: decodeURIComponent(u.password),
+    ssl: target.ssl,
+  };
+}
+
 export class ShardPools {
   readonly #nodes = new Map<string, ShardNode>();
   readonly #byShard = new Map<string, { primary: ShardNode; replicas: ShardNode[] }>();
@@ -66,14 +89,16 @@ export class ShardPools {
   static fromConfig(config: { readonly shards: readonly Pick<ShardConfig, 'shard_id' | 'database_url' | 'read_replicas'>[] }, options: ShardPoolOptions = {}): ShardPools {
     const pools = new ShardPools();
     const make = (shardId: string, nodeId: string, role: NodeRole, url: string): ShardNode => {
-      const pool = new pg.Pool({
+      const credentials = options.credentials;
+      const config: pg.PoolConfig = {
         // Verified TLS against the RDS CAs (the URL's sslmode would replace it with Node's CAs).
-        ...withRdsTls(url, options.ca),
+        ...(credentials ? loginFields(withRdsTls(url, options.ca)) : withRdsTls(url, options.ca)),
         max: options.max ?? 10,
         connectionTimeoutMillis: options.connectionTimeoutMillis ?? 2000,
         idleTimeoutMillis: options.idleTimeoutMillis ?? 30_000,
         application_name: options.applicationName ?? 'ca-dms-scaling',
-      });
+      };
+      const pool = credentials ? new SecretPool(config, () => credentials(shardId)) : new pg.Pool(config);
       // Without a listener an idle connection's error would crash the process.
       pool.on('error', (error) => options.onIdleError?.(nodeId, error));
       const node: ShardNode = { nodeId, shardId, role, endpoint: endpointOf(url), pool };

@@ -93,7 +93,12 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
     }
     // Health checks get their own small pools so they never queue behind application queries
     // (a busy shard must not look dead because its pool was full).
-    const inspectionPools = ShardPools.fromConfig(config, { max: 2, applicationName: 'ca-dms-inspector', ...(options.pools?.ca ? { ca: options.pools.ca } : {}) });
+    const inspectionPools = ShardPools.fromConfig(config, {
+      max: 2,
+      applicationName: 'ca-dms-inspector',
+      ...(options.pools?.ca ? { ca: options.pools.ca } : {}),
+      ...(options.pools?.credentials ? { credentials: options.pools.credentials } : {}),
+    });
     closers.push(() => inspectionPools.end());
     const inspector = new ShardInspector(inspectionPools, {
       timeoutMs: config.health_check_timeout_seconds * 1000,

@@ -26,7 +26,10 @@
 import { GetSecretValueCommand, type SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import pg from 'pg';
 import { z } from 'zod';
+import { SecretPool } from '../../adapters/postgres/secret-pool.js';
 import { withRdsTls, tlsFor } from '../../adapters/postgres/tls.js';
+
+export { isAuthenticationFailure, SecretPool } from '../../adapters/postgres/secret-pool.js';
 import type { DatabaseLocation } from './env.js';
 
 /** The database secret could not be read or does not have the expected shape. */
@@ -61,14 +64,6 @@ export const POOL_DEFAULTS = {
   keepAlive: true,
 } as const satisfies pg.PoolConfig;
 
-/** SQLSTATEs of a refused login: wrong password, or no such user (the alternating user not there yet or gone). */
-const AUTH_FAILURES = new Set(['28P01', '28000']);
-
-/** Whether `err` is PostgreSQL refusing the credentials. */
-export function isAuthenticationFailure(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && AUTH_FAILURES.has(String((err as { code?: unknown }).code));
-}
-
 /** Reads and validates an RDS-style database secret. Throws {@link DatabaseSecretError}. */
 export async function readSecret(secrets: SecretsManagerClient, secretArn: string): Promise<DatabaseSecret> {
   let raw: string | undefined;
@@ -95,64 +90,6 @@ function withErrorListener<P extends pg.Pool>(pool: P): P {
   // the next query reconnects.
   pool.on('error', () => undefined);
   return pool;
-}
-
-type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void;
-
-/**
- * A pool whose credentials come from a secret: a login refused for its credentials re-reads the
- * secret (once for any number of connections refused together) and retries with what it says.
- * `pool.query` goes through `connect`, so both are covered.
- */
-export class SecretPool extends pg.Pool {
-  #refreshing: Promise<void> | undefined;
-  /** Bumped by every refresh: a login that started before it tried the old credentials. */
-  #generation = 0;
-
-  constructor(
-    config: pg.PoolConfig,
-    private readonly reload: () => Promise<DatabaseSecret>,
-  ) {
-    super(config);
-  }
-
-  /** Re-reads the secret and uses its user and password for every new connection. */
-  async refreshCredentials(): Promise<void> {
-    this.#refreshing ??= (async () => {
-      try {
-        const secret = await this.reload();
-        this.options.user = secret.username;
-        this.options.password = secret.password;
-        this.#generation += 1;
-      } finally {
-        this.#refreshing = undefined;
-      }
-    })();
-    return this.#refreshing;
-  }
-
-  override connect(): Promise<pg.PoolClient>;
-  override connect(callback: ConnectCallback): void;
-  override connect(callback?: ConnectCallback): Promise<pg.PoolClient> | undefined {
-    const attempt = async (): Promise<pg.PoolClient> => {
-      const generation = this.#generation;
-      try {
-        return await super.connect();
-      } catch (err) {
-        if (!isAuthenticationFailure(err)) throw err;
-        // Logins refused together, or after another one already re-read the secret, share it.
-        if (generation === this.#generation) await this.refreshCredentials();
-        return super.connect();
-      }
-    };
-    const connected = attempt();
-    if (callback === undefined) return connected;
-    connected.then(
-      (client) => callback(undefined, client, (release) => client.release(release as Error | boolean | undefined)),
-      (err: unknown) => callback(err instanceof Error ? err : new Error(String(err)), undefined, () => undefined),
-    );
-    return undefined;
-  }
 }
 
 /** Builds a pool for a database location (a secret, or a URL). */

@@ -15,6 +15,7 @@ import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { z } from 'zod';
 import { loadShardingConfig, type ShardingConfig } from '../../core/sharding/config.js';
 import { withCredentials } from '../../adapters/postgres/connection-url.js';
+import type { LoginCredentials } from '../../adapters/postgres/secret-pool.js';
 import { readSecret } from './db.js';
 import { EnvironmentError } from './env.js';
 
@@ -65,4 +66,24 @@ export async function shardingConfigFromEnv(env: Record<string, string | undefin
   }
   const config = loadShardingConfig(raw, env);
   return config.enabled ? config : undefined;
+}
+
+/**
+ * Where each shard's login comes from after a rotation: shard id -> re-read of its secret in
+ * `SHARD_DB_SECRET_ARNS` (same order as `SHARDING_CONFIG_JSON`'s shards). `undefined` without
+ * secrets (local mode, tests with URLs). Give it to the shard pools (`pools.credentials`), so a
+ * warm container whose login was rotated away re-reads it instead of failing until it is recycled.
+ */
+export function shardCredentialsFromEnv(env: Record<string, string | undefined>, secrets: SecretsManagerClient | undefined): ((shardId: string) => Promise<LoginCredentials>) | undefined {
+  const e = schema.parse(env);
+  if (e.SHARDING_CONFIG_JSON === undefined || e.SHARD_DB_SECRET_ARNS === undefined || secrets === undefined) return undefined;
+  const arns = z.array(secretArn).safeParse(parseJson('SHARD_DB_SECRET_ARNS', e.SHARD_DB_SECRET_ARNS));
+  const doc = z.object({ shards: z.array(z.object({ shard_id: z.string() }).loose()) }).loose().safeParse(parseJson('SHARDING_CONFIG_JSON', e.SHARDING_CONFIG_JSON));
+  if (!arns.success || !doc.success || arns.data.length === 0) return undefined;
+  const byShard = new Map(doc.data.shards.map((s, i) => [s.shard_id, arns.data[i]]));
+  return async (shardId) => {
+    const arn = byShard.get(shardId);
+    if (arn === undefined) throw new EnvironmentError([{ path: 'SHARD_DB_SECRET_ARNS', message: `no secret for shard ${shardId}` }]);
+    return readSecret(secrets, arn);
+  };
 }

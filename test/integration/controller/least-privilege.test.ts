@@ -9,17 +9,21 @@
  */
 import { randomUUID } from 'node:crypto';
 import { UpdateServiceCommand } from '@aws-sdk/client-ecs';
+import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { mockClient } from 'aws-sdk-client-mock';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { alternateUser, APPLICATION_ROLE, CONTROL_ROLE, ensureLogin, MONITOR_ROLE, MOVER_ROLE, scramVerifier } from '../../../functions/adapters/postgres/app-role.js';
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { HistoryReader } from '../../../functions/adapters/postgres/history-reader.js';
 import { LEASES, LeaseStore } from '../../../functions/adapters/postgres/lease-store.js';
+import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import { CATALOG_STATEMENT_TIMEOUT_MS } from '../../../functions/handlers/shared/db.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { shardCredentialsFromEnv } from '../../../functions/handlers/shared/sharding-env.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, givenOneService, ManualClock, mockControllerAws, topologyOf } from '../../support/scaling-fixtures.js';
 import { keysInSlot, seedUsers } from '../sharding/fixtures/move-env.js';
@@ -283,5 +287,56 @@ describe('the alternating-users rotation', () => {
     const current = await outcome(() => poolAs(LOGINS.monitor, SHARDS[1], 'next').query('select 1'));
 
     expect({ previous, current }).toEqual({ previous: 'ok', current: 'ok' });
+  });
+
+  it("lets a warm shard pool follow its login across rotations: a refused connection re-reads the secret and logs in as the user it names", async () => {
+    const admin = poolAs('postgres', SHARDS[1], 'postgres');
+    const clone = alternateUser(LOGINS.mover);
+    let secret: { username: string; password: string } = { username: LOGINS.mover, password: PASSWORD };
+    const config = { shards: [{ shard_id: SHARDS[1], database_url: loginUrl(LOGINS.mover, SHARDS[1]), read_replicas: [] }] };
+    const following = ShardPools.fromConfig(config, { max: 1, credentials: () => Promise.resolve(secret) });
+    const fixed = ShardPools.fromConfig(config, { max: 1 });
+    const userOf = async (pools: ShardPools): Promise<string> => {
+      const client = await pools.primary(SHARDS[1]).pool.connect();
+      try {
+        return (await client.query<{ u: string }>('select current_user as u')).rows[0]?.u ?? '';
+      } finally {
+        client.release(true); // the next query needs a new connection, i.e. a new login
+      }
+    };
+    try {
+      const before = await userOf(following);
+      await userOf(fixed);
+      // Two rotations: the secret names the clone with a new password, then the original user's
+      // password changes too (what the second rotation does to the user a pool started with).
+      await admin.query(`alter user ${clone} with password '${scramVerifier('second')}'`);
+      secret = { username: clone, password: 'second' };
+      await admin.query(`alter user ${LOGINS.mover} with password '${scramVerifier('third')}'`);
+
+      const after = await userOf(following);
+      const stuck = await outcome(() => userOf(fixed));
+
+      expect({ before, after, stuck }).toEqual({ before: LOGINS.mover, after: clone, stuck: '28P01' });
+    } finally {
+      await admin.query(`alter user ${LOGINS.mover} with password '${scramVerifier(PASSWORD)}'`);
+      await Promise.all([following.end(), fixed.end()]);
+    }
+  });
+
+  it("maps each shard of the sharding document to its login's secret, in order", async () => {
+    const arn = (n: number) => `arn:aws:secretsmanager:eu-west-1:123456789012:secret:shard-${n}-mover-AbCdEf`;
+    const sm = mockClient(SecretsManagerClient);
+    for (const n of [1, 2]) sm.on(GetSecretValueCommand, { SecretId: arn(n) }).resolves({ SecretString: JSON.stringify({ username: `mover${n}`, password: 'p', host: 'h' }) });
+    const credentials = shardCredentialsFromEnv(
+      { SHARDING_CONFIG_JSON: JSON.stringify({ shards: [{ shard_id: 'shard-001', database_url: 'postgresql://h/db' }, { shard_id: 'shard-002', database_url: 'postgresql://h/db' }] }), SHARD_DB_SECRET_ARNS: JSON.stringify([arn(1), arn(2)]) },
+      new SecretsManagerClient({ region: 'eu-west-1' }),
+    );
+
+    const second = await credentials?.('shard-002');
+    const unknown = await credentials?.('shard-009').then(() => 'ok', (err: Error) => err.message);
+    sm.restore();
+
+    expect(second?.username).toBe('mover2');
+    expect(unknown).toMatch(/SHARD_DB_SECRET_ARNS: no secret for shard shard-009/);
   });
 });
