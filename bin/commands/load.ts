@@ -14,12 +14,12 @@ const usage = `Usage: ca-dms-scaling load --url URL [--duration SECONDS] [--conn
 Runs the CA-DMS load-test mix against URL: per 10 requests, 4 document reads, 2 reads of a
 user's documents, 1 document write and 3 scaling API reads (status, metrics, history).
 
-  --url URL               the target, e.g. http://127.0.0.1:3000 or the load balancer's URL
-  --duration SECONDS      how long to run, 1 to 3600 (default 30)
-  --connections N         concurrent connections, 1 to 1000 (default 10)
-  --rate N                requests per second over all connections (default: as fast as it answers)
-  --max-error-rate PCT    fail (exit 1) above this percentage of failed requests (default 1)
-  --format text|json      output format (default text)
+  --url URL                 the target, e.g. http://127.0.0.1:3000 or the load balancer's URL
+  --duration SECONDS        how long to run, 1 to 3600 (default 30)
+  --connections N           concurrent connections, 1 to 1000 (default 10)
+  --rate N                  requests per second over all connections (default: as fast as it answers)
+  --max-error-rate PERCENT  fail (exit 1) above this percentage of failed requests (default 1)
+  --format text|json        output format (default text)
 `;
 
 const table: FlagTable = {

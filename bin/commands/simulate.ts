@@ -22,7 +22,7 @@ import { choiceFlag, numberFlag, parseFlags, UsageError } from './kit.js';
 const d = DEFAULT_MODEL;
 
 const usage = `Usage: ca-dms-scaling simulate [--trace FILE] [--policy NAME ...] [--all] [--variant SPEC ...]
-                                [--config FILE] [--format table|json] [--report out.html] [model flags]
+                                [--config FILE] [--format table|json] [--report FILE] [model flags]
 
 Replays a timestamp,value CSV trace through scaling policies and the clairvoyant oracle.
 
