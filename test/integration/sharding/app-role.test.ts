@@ -1,14 +1,15 @@
 /**
  * The application's least-privilege role on a shard (shard migration 003) against a real
  * PostgreSQL: what the CA-DMS application does works as a member of `ca_dms_app`, and what it
- * has no business doing (DDL, opening or closing a write fence, reading the move log) is refused.
+ * has no business doing (DDL, opening or closing a write fence, reading the move log, passing a
+ * fence by claiming to be the mover) is refused.
  */
 import { randomUUID } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureApplicationLogin, scramVerifier } from '../../../functions/adapters/postgres/app-role.js';
+import { ensureApplicationLogin, ensureLogin, scramVerifier } from '../../../functions/adapters/postgres/app-role.js';
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 
@@ -84,6 +85,38 @@ describe('the application role on a shard', () => {
       startCapture: '42501',
       truncateUsers: '42501',
     });
+  });
+
+  it("is fenced even when it sets the mover's pass; only a member of ca_dms_mover is let through", async () => {
+    await admin.query("insert into write_fences (kind, unit_id, state) values ('slot', '9', 'fenced')");
+    await admin.query("insert into write_fences (kind, unit_id, state, moved_to, map_version) values ('slot', '10', 'moved', 'shard-002', 3)");
+    await ensureLogin(admin, { username: 'ca_dms_mover_user', password: 'mover pass' }, { role: 'ca_dms_mover' });
+    const mover = new pg.Pool({ connectionString: `postgresql://ca_dms_mover_user:${encodeURIComponent('mover pass')}@127.0.0.1:${server.port}/postgres`, max: 1 });
+    /** Inserts a user on `slot` in a transaction that claims to be the mover's. */
+    const claimPass = (pool: pg.Pool, slot: number) => async (): Promise<void> => {
+      const client = await pool.connect();
+      try {
+        await client.query("begin; set local ca_dms.move_writer = 'on'");
+        await client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [randomUUID(), slot, `${randomUUID()}@example.com`, 'Sneaky']);
+        await client.query('commit');
+      } catch (err) {
+        await client.query('rollback');
+        throw err;
+      } finally {
+        client.release();
+      }
+    };
+    try {
+      expect({
+        appOnFenced: await outcome(claimPass(app, 9)),
+        appOnMoved: await outcome(claimPass(app, 10)),
+        moverOnFenced: await outcome(claimPass(mover, 9)),
+        moverOnMoved: await outcome(claimPass(mover, 10)),
+      }).toEqual({ appOnFenced: 'CAF01', appOnMoved: 'CAF02', moverOnFenced: 'ok', moverOnMoved: 'ok' });
+    } finally {
+      await mover.end();
+    }
+    expect((await admin.query<{ n: number }>("select count(*)::int as n from users where display_name = 'Sneaky'")).rows[0]?.n).toBe(2);
   });
 
   it('resets the password of an existing login to the secret, sent as a SCRAM verifier only', async () => {
