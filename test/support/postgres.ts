@@ -130,3 +130,13 @@ async function waitForClientsToLeave(url: string): Promise<void> {
     await client.end().catch(() => undefined);
   }
 }
+
+/** The SQLSTATE `run` fails with, or 'ok': what a privilege test compares, one statement at a time. */
+export async function sqlstateOf(run: () => Promise<unknown>): Promise<string> {
+  try {
+    await run();
+    return 'ok';
+  } catch (err) {
+    return String((err as { code?: unknown }).code);
+  }
+}

@@ -24,7 +24,7 @@ import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import { CATALOG_STATEMENT_TIMEOUT_MS } from '../../../functions/handlers/shared/db.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { shardCredentialsFromEnv } from '../../../functions/handlers/shared/sharding-env.js';
-import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, givenOneService, ManualClock, mockControllerAws, topologyOf } from '../../support/scaling-fixtures.js';
 import { keysInSlot, seedUsers } from '../sharding/fixtures/move-env.js';
 
@@ -56,16 +56,6 @@ function shardingConfigAs(user: string) {
     shards: SHARDS.map((shard_id) => ({ shard_id, database_url: loginUrl(user, shard_id), weight: 1, read_replicas: [] })),
     default_shard: SHARDS[0],
   });
-}
-
-/** The SQLSTATE `run` fails with, or 'ok'. */
-async function outcome(run: () => Promise<unknown>): Promise<string> {
-  try {
-    await run();
-    return 'ok';
-  } catch (err) {
-    return String((err as { code?: unknown }).code);
-  }
 }
 
 beforeAll(async () => {
@@ -125,13 +115,13 @@ describe('the scaling API on the shards, as ca_dms_monitor', () => {
   it('cannot write data, change a fence, run DDL, or read the catalog', async () => {
     const monitor = poolAs(LOGINS.monitor, SHARDS[0]);
     const refused = {
-      insertDocument: await outcome(() => monitor.query("insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), gen_random_uuid(), 1, 'x')")),
-      deleteUsers: await outcome(() => monitor.query('delete from users')),
-      openFence: await outcome(() => monitor.query("insert into write_fences (kind, unit_id) values ('slot', '1')")),
-      dropTable: await outcome(() => monitor.query('drop table documents')),
-      createTable: await outcome(() => monitor.query('create table scratch (id int)')),
-      readJobs: await outcome(() => monitor.query('select * from catalog.move_jobs')),
-      readMoveLog: await outcome(() => monitor.query('select * from move_changes')),
+      insertDocument: await sqlstateOf(() => monitor.query("insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), gen_random_uuid(), 1, 'x')")),
+      deleteUsers: await sqlstateOf(() => monitor.query('delete from users')),
+      openFence: await sqlstateOf(() => monitor.query("insert into write_fences (kind, unit_id) values ('slot', '1')")),
+      dropTable: await sqlstateOf(() => monitor.query('drop table documents')),
+      createTable: await sqlstateOf(() => monitor.query('create table scratch (id int)')),
+      readJobs: await sqlstateOf(() => monitor.query('select * from catalog.move_jobs')),
+      readMoveLog: await sqlstateOf(() => monitor.query('select * from move_changes')),
     };
 
     expect(refused).toEqual({
@@ -194,12 +184,12 @@ describe('the moves worker on the shards, as ca_dms_mover', () => {
   it('cannot run DDL, truncate, or touch the catalog', async () => {
     const mover = poolAs(LOGINS.mover, SHARDS[0]);
     const refused = {
-      dropTable: await outcome(() => mover.query('drop table documents')),
-      createTable: await outcome(() => mover.query('create table scratch (id int)')),
-      alterTable: await outcome(() => mover.query('alter table users add column x int')),
-      truncate: await outcome(() => mover.query('truncate move_changes')),
-      publishMap: await outcome(() => mover.query("insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (99, 1, '{x}', 'm', 'm')")),
-      readJobs: await outcome(() => mover.query('select * from catalog.move_jobs')),
+      dropTable: await sqlstateOf(() => mover.query('drop table documents')),
+      createTable: await sqlstateOf(() => mover.query('create table scratch (id int)')),
+      alterTable: await sqlstateOf(() => mover.query('alter table users add column x int')),
+      truncate: await sqlstateOf(() => mover.query('truncate move_changes')),
+      publishMap: await sqlstateOf(() => mover.query("insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (99, 1, '{x}', 'm', 'm')")),
+      readJobs: await sqlstateOf(() => mover.query('select * from catalog.move_jobs')),
     };
 
     expect(refused).toEqual({ dropTable: '42501', createTable: '42501', alterTable: '42501', truncate: '42501', publishMap: '42501', readJobs: '42501' });
@@ -230,13 +220,13 @@ describe('the control plane on the catalog, as ca_dms_control', () => {
   it('cannot run DDL, rewrite the migrations record, delete history, or read shard data', async () => {
     const control = poolAs(LOGINS.control, SHARDS[0]);
     const refused = {
-      createTable: await outcome(() => control.query('create table catalog.scratch (id int)')),
-      dropTable: await outcome(() => control.query('drop table catalog.scaling_decisions')),
-      truncate: await outcome(() => control.query('truncate catalog.scaling_decisions')),
-      deleteHistory: await outcome(() => control.query('delete from catalog.scaling_decisions')),
-      forgetMigration: await outcome(() => control.query('delete from catalog.schema_migrations')),
-      rewriteMap: await outcome(() => control.query('update catalog.slot_maps set reason = $1', ['x'])),
-      readUsers: await outcome(() => control.query('select * from users')),
+      createTable: await sqlstateOf(() => control.query('create table catalog.scratch (id int)')),
+      dropTable: await sqlstateOf(() => control.query('drop table catalog.scaling_decisions')),
+      truncate: await sqlstateOf(() => control.query('truncate catalog.scaling_decisions')),
+      deleteHistory: await sqlstateOf(() => control.query('delete from catalog.scaling_decisions')),
+      forgetMigration: await sqlstateOf(() => control.query('delete from catalog.schema_migrations')),
+      rewriteMap: await sqlstateOf(() => control.query('update catalog.slot_maps set reason = $1', ['x'])),
+      readUsers: await sqlstateOf(() => control.query('select * from users')),
     };
 
     expect(refused).toEqual({
@@ -253,9 +243,9 @@ describe('the control plane on the catalog, as ca_dms_control', () => {
   it('keeps the application from altering the slot map or the directory', async () => {
     const app = poolAs(LOGINS.app, SHARDS[0]);
     const refused = {
-      publishMap: await outcome(() => app.query("insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (99, 1, '{x}', 'a', 'a')")),
-      pinKey: await outcome(() => app.query("insert into catalog.shard_directory (key, shard_id, updated_by) values ('k', 'shard_b', 'a')")),
-      readJobs: await outcome(() => app.query('select * from catalog.move_jobs')),
+      publishMap: await sqlstateOf(() => app.query("insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (99, 1, '{x}', 'a', 'a')")),
+      pinKey: await sqlstateOf(() => app.query("insert into catalog.shard_directory (key, shard_id, updated_by) values ('k', 'shard_b', 'a')")),
+      readJobs: await sqlstateOf(() => app.query('select * from catalog.move_jobs')),
     };
 
     expect(refused).toEqual({ publishMap: '42501', pinKey: '42501', readJobs: '42501' });
@@ -270,8 +260,8 @@ describe('the alternating-users rotation', () => {
     const pool = poolAs(clone, SHARDS[0], 'rotated');
 
     const { rows } = await pool.query<{ statement_timeout: string }>('show statement_timeout');
-    const leases = await outcome(() => new LeaseStore(pool).acquire('rotation-test', { owner: clone, ttlMs: 1000 }));
-    const ddl = await outcome(() => pool.query('create table catalog.scratch (id int)'));
+    const leases = await sqlstateOf(() => new LeaseStore(pool).acquire('rotation-test', { owner: clone, ttlMs: 1000 }));
+    const ddl = await sqlstateOf(() => pool.query('create table catalog.scratch (id int)'));
 
     expect(rows[0]?.statement_timeout).toBe('10s');
     expect(leases).toBe('ok');
@@ -283,8 +273,8 @@ describe('the alternating-users rotation', () => {
     await shard.query(`alter user ${alternateUser(LOGINS.monitor)} with password '${scramVerifier('previous')}'`);
 
     await ensureLogin(shard, { username: LOGINS.monitor, password: 'next' }, { role: MONITOR_ROLE });
-    const previous = await outcome(() => poolAs(alternateUser(LOGINS.monitor), SHARDS[1], 'previous').query('select 1'));
-    const current = await outcome(() => poolAs(LOGINS.monitor, SHARDS[1], 'next').query('select 1'));
+    const previous = await sqlstateOf(() => poolAs(alternateUser(LOGINS.monitor), SHARDS[1], 'previous').query('select 1'));
+    const current = await sqlstateOf(() => poolAs(LOGINS.monitor, SHARDS[1], 'next').query('select 1'));
 
     expect({ previous, current }).toEqual({ previous: 'ok', current: 'ok' });
   });
@@ -314,7 +304,7 @@ describe('the alternating-users rotation', () => {
       await admin.query(`alter user ${LOGINS.mover} with password '${scramVerifier('third')}'`);
 
       const after = await userOf(following);
-      const stuck = await outcome(() => userOf(fixed));
+      const stuck = await sqlstateOf(() => userOf(fixed));
 
       expect({ before, after, stuck }).toEqual({ before: LOGINS.mover, after: clone, stuck: '28P01' });
     } finally {

@@ -11,7 +11,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureApplicationLogin, ensureLogin, scramVerifier } from '../../../functions/adapters/postgres/app-role.js';
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
-import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 
 const SHARD_MIGRATIONS = join(resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations'), 'shard');
 
@@ -31,16 +31,6 @@ afterAll(async () => {
   await admin.end();
   await server.stop();
 });
-
-/** The SQLSTATE `run` fails with, or 'ok'. */
-async function outcome(run: () => Promise<unknown>): Promise<string> {
-  try {
-    await run();
-    return 'ok';
-  } catch (err) {
-    return String((err as { code?: unknown }).code);
-  }
-}
 
 describe('the application role on a shard', () => {
   it('reads and writes users and documents under a shared lock on its fence rows, captured during a move', async () => {
@@ -67,13 +57,13 @@ describe('the application role on a shard', () => {
 
   it('refuses DDL, changing a fence, and reading or editing the move log', async () => {
     const refused = {
-      dropTable: await outcome(() => app.query('drop table documents')),
-      createTable: await outcome(() => app.query('create table scratch (id int)')),
-      openFence: await outcome(() => app.query("update write_fences set state = 'open'")),
-      removeFence: await outcome(() => app.query('delete from write_fences')),
-      readMoveLog: await outcome(() => app.query('select * from move_changes')),
-      startCapture: await outcome(() => app.query("insert into move_captures (job_id, kind, unit_id) values (2, 'slot', '8')")),
-      truncateUsers: await outcome(() => app.query('truncate users')),
+      dropTable: await sqlstateOf(() => app.query('drop table documents')),
+      createTable: await sqlstateOf(() => app.query('create table scratch (id int)')),
+      openFence: await sqlstateOf(() => app.query("update write_fences set state = 'open'")),
+      removeFence: await sqlstateOf(() => app.query('delete from write_fences')),
+      readMoveLog: await sqlstateOf(() => app.query('select * from move_changes')),
+      startCapture: await sqlstateOf(() => app.query("insert into move_captures (job_id, kind, unit_id) values (2, 'slot', '8')")),
+      truncateUsers: await sqlstateOf(() => app.query('truncate users')),
     };
 
     expect(refused).toEqual({
@@ -108,10 +98,10 @@ describe('the application role on a shard', () => {
     };
     try {
       expect({
-        appOnFenced: await outcome(claimPass(app, 9)),
-        appOnMoved: await outcome(claimPass(app, 10)),
-        moverOnFenced: await outcome(claimPass(mover, 9)),
-        moverOnMoved: await outcome(claimPass(mover, 10)),
+        appOnFenced: await sqlstateOf(claimPass(app, 9)),
+        appOnMoved: await sqlstateOf(claimPass(app, 10)),
+        moverOnFenced: await sqlstateOf(claimPass(mover, 9)),
+        moverOnMoved: await sqlstateOf(claimPass(mover, 10)),
       }).toEqual({ appOnFenced: 'CAF01', appOnMoved: 'CAF02', moverOnFenced: 'ok', moverOnMoved: 'ok' });
     } finally {
       await mover.end();
