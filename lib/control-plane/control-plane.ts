@@ -86,9 +86,9 @@ export interface ControlPlaneProps {
   /**
    * Every shard's least-privilege logins, in shard order: the CA-DMS application's (the ECS
    * tasks), the scaling API's (`ca_dms_monitor`) and the moves worker's (`ca_dms_mover`). The
-   * migrations create each user, and each, like the catalog's control login, is rotated with
-   * alternating users (Secrets Manager's hosted PostgreSQL multi-user rotation, logging in with
-   * the admin secret of its database) once the migrations have run.
+   * migrations create each user, and each is rotated with alternating users (Secrets Manager's
+   * hosted PostgreSQL multi-user rotation, logging in with the admin secret of its database) once
+   * the migrations have run. The catalog's control login, behind RDS Proxy, rotates single-user.
    */
   readonly shardLogins: ReadonlyArray<{ readonly app: secretsmanager.ISecret; readonly monitor: secretsmanager.ISecret; readonly mover: secretsmanager.ISecret }>;
   /** How often the least-privilege logins rotate. @default Duration.days(30) */
@@ -162,7 +162,10 @@ export class ControlPlane extends Construct {
   /** The configuration that grows with the deployment, read by the functions at cold start. */
   readonly config: ConfigParameters;
   readonly failureQueues: { readonly evaluate: FailureQueue; readonly alarm: FailureQueue; readonly moves: FailureQueue };
-  /** The alternating-users rotation of every least-privilege login (the catalog's control login, then each shard's). */
+  /**
+   * The rotation of every least-privilege login: the catalog's control login (single user: it is
+   * reached through RDS Proxy), then each shard's (alternating users).
+   */
   readonly loginRotations: readonly secretsmanager.RotationSchedule[];
 
   constructor(scope: Construct, id: string, props: ControlPlaneProps) {
@@ -439,11 +442,17 @@ export class ControlPlane extends Construct {
     // exist: on a first deploy a tick would fail (and land in a failure queue) until then.
     for (const trigger of [this.schedule, this.movesSchedule, alarmSubscription]) trigger.node.addDependency(this.migrations.resource);
 
-    // Every least-privilege login rotates with alternating users, so a task or pool holding the
-    // previous password keeps working until the next rotation; the hosted rotation logs in with
-    // the admin secret of the login's database (its masterarn). The first rotation runs when
-    // the schedule is created: after the migrations, which create the users it must log in as.
-    const logins: Array<{ id: string; secret: secretsmanager.ISecret; master: secretsmanager.ISecret }> = [{ id: 'ControlSecretRotation', secret: props.catalog.controlSecret, master: props.catalog.secret }];
+    // Every least-privilege login the functions or tasks reach directly rotates with alternating
+    // users, so a task or pool holding the previous password keeps working until the next
+    // rotation; the hosted rotation logs in with the admin secret of the login's database (its
+    // masterarn). The catalog's control login is different: the functions reach it through RDS
+    // Proxy, which authenticates a client against the one user the secret's AWSCURRENT version
+    // names and has no credentials for the other user of an alternating pair (aws/aws-cdk#25568),
+    // so it rotates single-user: its user name never changes, the proxy re-reads the password
+    // from the secret, and a pool refused with the old one re-reads it too
+    // (docs/infrastructure.md, "Rotation behind RDS Proxy"). The first rotation runs when the
+    // schedule is created: after the migrations, which create the users it must log in as.
+    const logins: Array<{ id: string; secret: secretsmanager.ISecret; master?: secretsmanager.ISecret }> = [{ id: 'ControlSecretRotation', secret: props.catalog.controlSecret }];
     for (const [i, login] of props.shardLogins.entries()) {
       const master = props.shardSecrets[i];
       if (!master) throw new Error('unreachable: validated above, one admin secret per shard');
@@ -453,16 +462,19 @@ export class ControlPlane extends Construct {
         { id: `MoverSecretRotation${i + 1}`, secret: login.mover, master },
       );
     }
+    const rotationNetwork = {
+      vpc: props.vpc,
+      vpcSubnets: props.subnets,
+      // The functions' group: the shard instances admit it, and it reaches Secrets Manager.
+      securityGroups: [props.securityGroup],
+    };
     this.loginRotations = logins.map(({ id, secret, master }) => {
       const rotation = new secretsmanager.RotationSchedule(this, id, {
         secret,
-        hostedRotation: secretsmanager.HostedRotation.postgreSqlMultiUser({
-          masterSecret: master,
-          vpc: props.vpc,
-          vpcSubnets: props.subnets,
-          // The functions' group: the shard instances admit it, and it reaches Secrets Manager.
-          securityGroups: [props.securityGroup],
-        }),
+        hostedRotation:
+          master === undefined
+            ? secretsmanager.HostedRotation.postgreSqlSingleUser(rotationNetwork)
+            : secretsmanager.HostedRotation.postgreSqlMultiUser({ masterSecret: master, ...rotationNetwork }),
         automaticallyAfter: props.loginRotation ?? Duration.days(30),
       });
       rotation.node.addDependency(this.migrations.resource);

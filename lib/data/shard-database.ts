@@ -99,6 +99,8 @@ export const CONTROL_LOGIN = 'ca_dms_control_user';
 
 const ROTATED_ELSEWHERE =
   "Rotated every database.secretRotationDays by Secrets Manager's hosted PostgreSQL multi-user (alternating users) rotation, scheduled in the control-plane stack after the migrations have created the user, which cdk-nag cannot see from this stack.";
+const ROTATED_ELSEWHERE_SINGLE_USER =
+  "Rotated every database.secretRotationDays by Secrets Manager's hosted PostgreSQL single-user rotation (the login is reached through RDS Proxy, which knows one user per secret), scheduled in the control-plane stack after the migrations have created the user, which cdk-nag cannot see from this stack.";
 
 /** Characters kept out of generated passwords: they would need quoting in a connection URL. */
 const SECRET_EXCLUDED_CHARACTERS = ' %+~`#$&*()|[]{}:;<>?!\'/@"\\';
@@ -265,16 +267,16 @@ export class ShardDatabase extends Construct {
     // A login's secret opens the database as much as the admin's: kept when the primary is kept.
     const keptWithPrimary =
       props.removalPolicy === RemovalPolicy.RETAIN || props.removalPolicy === RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE ? props.removalPolicy : undefined;
-    const login = (id: string, username: string): secretsmanager.ISecret => {
+    const login = (id: string, username: string, behindProxy = false): secretsmanager.ISecret => {
       const secret = new rds.DatabaseSecret(this, id, { username, masterSecret: this.secret, excludeCharacters: SECRET_EXCLUDED_CHARACTERS });
       if (keptWithPrimary) secret.applyRemovalPolicy(keptWithPrimary);
-      acknowledge(secret, 'AwsSolutions-SMG4', ROTATED_ELSEWHERE);
+      acknowledge(secret, 'AwsSolutions-SMG4', behindProxy ? ROTATED_ELSEWHERE_SINGLE_USER : ROTATED_ELSEWHERE);
       return secret.attach(this.primary);
     };
     this.appSecret = login('AppSecret', APP_LOGIN);
     this.monitorSecret = login('MonitorSecret', MONITOR_LOGIN);
     this.moverSecret = login('MoverSecret', MOVER_LOGIN);
-    if (props.hostsCatalog === true) this.controlSecret = login('ControlSecret', CONTROL_LOGIN);
+    if (props.hostsCatalog === true) this.controlSecret = login('ControlSecret', CONTROL_LOGIN, true);
 
     this.primary.addRotationSingleUser({
       automaticallyAfter: props.secretRotation ?? Duration.days(30),
@@ -320,7 +322,9 @@ export class ShardDatabase extends Construct {
 
     // addProxy opens the primary's port to the proxy's security group (and only to it). The
     // proxy logs in as whoever the client names, with that user's secret: the admin (the
-    // migrations) and, on the catalog's shard, the control plane's login.
+    // migrations) and, on the catalog's shard, the control plane's login. It knows only the user
+    // each secret's current version names, so every secret registered here must keep its user
+    // name across rotations: single-user rotation, never alternating users.
     this.proxy = this.primary.addProxy('Proxy', {
       dbProxyName: `${identifier}-proxy`,
       secrets: [this.secret, ...(this.controlSecret ? [this.controlSecret] : [])],

@@ -681,7 +681,10 @@ describe('control plane stack', () => {
 });
 
 describe('least-privilege logins', () => {
-  it('rotates each (the catalog control login, and every shard\'s application, monitor and mover logins) with alternating users, logging in with its database\'s admin secret, once the migrations have made the user', () => {
+  /** `Shard001 App` for a reference to a login secret of the data stack (the admin's is `Shard001 Primary`). */
+  const loginOf = (ref: unknown): string => JSON.stringify(ref).replace(/^.*(Shard\d{3})(App|Monitor|Mover|Control|Primary)Secret.*$/, '$1 $2');
+
+  it("rotates each shard's application, monitor and mover login with alternating users, logging in with its database's admin secret, once the migrations have made the user", () => {
     const t = s.template(s.stacks.controlPlane);
     const rotations = resourcesOf(t, 'AWS::SecretsManager::RotationSchedule');
     expect(rotations).toHaveLength(1 + 3 * s.config.database.shards);
@@ -689,14 +692,30 @@ describe('least-privilege logins', () => {
     const rotated = new Set<string>();
     for (const [id, rotation] of rotations) {
       const hosted = rotation.Properties?.['HostedRotationLambda'] as Json;
-      const master = JSON.stringify(hosted['MasterSecretArn']).replace(/^.*(Shard\d{3})PrimarySecret.*$/, '$1');
-      const login = JSON.stringify(rotation.Properties?.['SecretId']).replace(/^.*(Shard\d{3})(App|Monitor|Mover|Control)Secret.*$/, '$1 $2');
-      expect(hosted['RotationType'], id).toBe('PostgreSQLMultiUser');
-      expect(login.split(' ')[0], id).toBe(master);
+      const login = loginOf(rotation.Properties?.['SecretId']);
       expect(rotation.DependsOn, id).toContain(migrations);
       rotated.add(login);
+      if (login.endsWith(' Control')) continue;
+      expect(hosted['RotationType'], id).toBe('PostgreSQLMultiUser');
+      expect(loginOf(hosted['MasterSecretArn']), id).toBe(`${login.split(' ')[0]} Primary`);
     }
     expect(rotated.size).toBe(rotations.length);
+  });
+
+  it('rotates every secret an RDS Proxy admits with a single user: the proxy knows only the user its current version names, and alternating users would switch it', () => {
+    const admitted = resourcesOf(s.template(s.stacks.data), 'AWS::RDS::DBProxy').flatMap(([, p]) => (p.Properties?.['Auth'] as Array<{ SecretArn: Json }>).map((a) => loginOf(a.SecretArn)));
+    const rotations = [s.stacks.data, s.stacks.controlPlane].flatMap((stack) => resourcesOf(s.template(stack), 'AWS::SecretsManager::RotationSchedule'));
+    const strategyOf = new Map(
+      rotations.map(([, r]) => {
+        const hosted = r.Properties?.['HostedRotationLambda'] as Json | undefined;
+        // CDK's addRotationSingleUser deploys the serverless application instead of a hosted rotation.
+        return [loginOf(r.Properties?.['SecretId']), hosted === undefined ? 'serverless application' : String(hosted['RotationType'])] as const;
+      }),
+    );
+
+    expect(admitted).toContain('Shard001 Control');
+    for (const login of admitted) expect([login, strategyOf.get(login)]).toEqual([login, expect.stringMatching(/SingleUser|serverless application/)]);
+    expect(strategyOf.get('Shard001 Control')).toBe('PostgreSQLSingleUser');
   });
 
   it('lets the migrations, and no other control-plane function, read the application secrets it creates the users from', () => {
