@@ -1,0 +1,109 @@
+/**
+ * The migrations and the logins they make, run as RDS's master user would run them: a login that
+ * is NOT a superuser. On RDS for PostgreSQL the master user is created
+ * `LOGIN NOSUPERUSER INHERIT CREATEDB CREATEROLE NOREPLICATION` and is a member of
+ * `rds_superuser` (AWS, "Understanding the rds_superuser role",
+ * https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/Appendix.PostgreSQL.CommonDBATasks.Roles.rds_superuser.html),
+ * which holds the monitoring predefined roles and may grant them on to others; it owns the
+ * database RDS creates (`DBName`). The superuser of these tests plays `rdsadmin` and builds that
+ * master here. What is emulated, and why:
+ *
+ * - `rds_superuser` NOLOGIN, holding `pg_monitor`, `pg_read_all_stats`, `pg_read_all_settings`,
+ *   `pg_stat_scan_tables`, `pg_signal_backend` and `pg_checkpoint` WITH ADMIN OPTION: AWS's page
+ *   above says the master may grant roles, and from PostgreSQL 16 CREATEROLE alone no longer
+ *   grants a role one lacks ADMIN OPTION on (PostgreSQL 16 release notes, "Restrict the
+ *   privileges of CREATEROLE"). Grants of predefined roles as the master work on RDS 16+ in
+ *   practice (gravitational/teleport#48897: rds_superuser members may grant roles there), so
+ *   rds_superuser is given the ADMIN OPTION it needs for that, and nothing more.
+ * - The master: the attributes above, a member of `rds_superuser`, owner of the shard databases.
+ * - Not emulated: whatever RDS lets rds_superuser do beyond PostgreSQL's own rules (e.g. create
+ *   untrusted extensions such as `pg_stat_statements`). A migration relying on that fails here
+ *   first, which is the point: it would need a decision, not luck.
+ *
+ * A migration or login statement that needs a true superuser fails this test.
+ */
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { alternateUser, APPLICATION_ROLE, CONTROL_ROLE, ensureLogin, MONITOR_ROLE, MOVER_ROLE } from '../../../functions/adapters/postgres/app-role.js';
+import { CATALOG_STATEMENT_TIMEOUT_MS } from '../../../functions/handlers/shared/db.js';
+import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+
+const MASTER = 'ca_dms_admin';
+const MASTER_PASSWORD = 'rds master';
+/** As on AWS: the catalog lives in the first shard's database. */
+const SHARDS = ['ca_dms_1', 'ca_dms_2'] as const;
+/** The predefined roles RDS makes rds_superuser a member of, with the option to grant them. */
+const RDS_SUPERUSER_ROLES = ['pg_monitor', 'pg_read_all_stats', 'pg_read_all_settings', 'pg_stat_scan_tables', 'pg_signal_backend', 'pg_checkpoint'];
+
+let server: TestPostgres;
+const pools: pg.Pool[] = [];
+
+function masterPool(database: string): pg.Pool {
+  const pool = new pg.Pool({ connectionString: `postgresql://${MASTER}:${encodeURIComponent(MASTER_PASSWORD)}@127.0.0.1:${server.port}/${database}`, max: 2 });
+  pool.on('error', () => undefined);
+  pools.push(pool);
+  return pool;
+}
+
+beforeAll(async () => {
+  server = await startTestPostgres({ settings: { shared_preload_libraries: 'pg_stat_statements' } });
+  const rdsadmin = new pg.Client({ connectionString: server.url });
+  await rdsadmin.connect();
+  try {
+    await rdsadmin.query('create role rds_superuser nologin');
+    await rdsadmin.query(`grant ${RDS_SUPERUSER_ROLES.join(', ')} to rds_superuser`);
+    await rdsadmin.query(`create role ${MASTER} with login nosuperuser inherit createdb createrole noreplication password '${MASTER_PASSWORD}'`);
+    await rdsadmin.query(`grant rds_superuser to ${MASTER}`);
+    for (const db of SHARDS) await rdsadmin.query(`create database ${db} owner ${MASTER}`);
+  } finally {
+    await rdsadmin.end();
+  }
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
+  await server?.stop();
+});
+
+describe("RDS's master user (rds_superuser, not a superuser)", () => {
+  it('is refused what only a superuser may do, so the emulation bites', async () => {
+    const master = masterPool(SHARDS[0]);
+    const { rows } = await master.query<{ super: boolean }>('select rolsuper as super from pg_roles where rolname = current_user');
+
+    expect(rows[0]?.super).toBe(false);
+    expect(await sqlstateOf(() => master.query('create extension pg_stat_statements'))).toBe('42501');
+    expect(await sqlstateOf(() => master.query('grant set on parameter session_replication_role to pg_monitor'))).toBe('42501');
+  });
+
+  it('runs every migration set where it belongs and makes every least-privilege login, as the migrations function does on AWS', async () => {
+    const [catalog, other] = SHARDS.map(masterPool) as [pg.Pool, pg.Pool];
+
+    const results = await migrateAll({ catalog, shards: [catalog, other] });
+    await ensureLogin(catalog, { username: 'ca_dms_control_user', password: 'c' }, { role: CONTROL_ROLE, settings: { statement_timeout: `${CATALOG_STATEMENT_TIMEOUT_MS}ms` } });
+    for (const shard of [catalog, other]) {
+      await ensureLogin(shard, { username: 'ca_dms_app_user', password: 'a' }, { role: APPLICATION_ROLE });
+      await ensureLogin(shard, { username: 'ca_dms_monitor_user', password: 'm' }, { role: MONITOR_ROLE });
+      await ensureLogin(shard, { username: 'ca_dms_mover_user', password: 'v' }, { role: MOVER_ROLE });
+    }
+
+    expect(results.map((r) => `${r.target}/${r.set}`)).toEqual(['catalog/catalog', 'catalog/sharding', 'shard 1/shard', 'shard 2/shard']);
+    expect(results.every((r) => r.applied.length > 0)).toBe(true);
+    // The grants of predefined roles took: without them the monitor reads other sessions' rows
+    // and statements as '<insufficient privilege>', and the mover's drain sees no writer.
+    const { rows } = await catalog.query<{ member: string; role: string }>(
+      `select m.rolname as member, r.rolname as role
+         from pg_auth_members a join pg_roles m on m.oid = a.member join pg_roles r on r.oid = a.roleid
+        where m.rolname in ('ca_dms_monitor', 'ca_dms_mover') and r.rolname like 'pg\\_%'
+        order by 1, 2`,
+    );
+    expect(rows).toEqual([
+      { member: 'ca_dms_monitor', role: 'pg_monitor' },
+      { member: 'ca_dms_mover', role: 'pg_read_all_stats' },
+    ]);
+    const users = await catalog.query<{ rolname: string }>("select rolname from pg_roles where rolname like 'ca\\_dms\\_%\\_user%' order by 1");
+    expect(users.rows.map((r) => r.rolname)).toEqual(
+      ['ca_dms_app_user', 'ca_dms_control_user', 'ca_dms_monitor_user', 'ca_dms_mover_user'].flatMap((u) => [u, alternateUser(u)]).sort(),
+    );
+  });
+});
