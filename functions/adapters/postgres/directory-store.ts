@@ -171,8 +171,9 @@ export class DirectoryStore implements DirectoryLookup {
     }
   }
 
-  /** Forgets cached lookups (one key or all), e.g. after another process moved a key. */
-  invalidate(key?: string): void {
-    this.cache.invalidate(key);
+  /** Forgets cached lookups (one key, in any spelling, or all), e.g. after another process moved a key. */
+  invalidate(rawKey?: string): void {
+    // The cache holds canonical keys: forgetting `rawKey` as spelled would forget nothing.
+    this.cache.invalidate(rawKey === undefined ? undefined : canonicalKey(rawKey));
   }
 }

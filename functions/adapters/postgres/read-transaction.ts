@@ -28,6 +28,7 @@
  * ```
  */
 import type pg from 'pg';
+import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { ReadOptions, ReplicaReader } from './replica-reader.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
@@ -120,7 +121,9 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
   const maxIncomingWaitMs = options.maxIncomingWaitMs ?? 10_000;
   const sleep = options.sleep ?? defaultSleep;
 
-  async function withShardRead<T>(key: string, fn: (ctx: ShardReadContext) => Promise<T>, readOptions: ShardReadOptions = {}): Promise<ShardReadResult<T>> {
+  async function withShardRead<T>(rawKey: string, fn: (ctx: ShardReadContext) => Promise<T>, readOptions: ShardReadOptions = {}): Promise<ShardReadResult<T>> {
+    // As for writes: the fence rows are found by the canonical key, whatever spelling was given.
+    const key = canonicalKey(rawKey);
     const deadlineAt = readOptions.deadlineMs === undefined ? undefined : Date.now() + readOptions.deadlineMs;
     const token = readOptions.token;
     // A token written under a newer map than the router holds: route from the catalog's map.

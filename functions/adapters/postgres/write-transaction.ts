@@ -18,6 +18,7 @@
  * ```
  */
 import type pg from 'pg';
+import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { ShardRouter } from '../../core/sharding/router.js';
 import type { DirectoryStore } from './directory-store.js';
@@ -172,7 +173,10 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
   const maxReroutes = options.maxReroutes ?? 5;
   const sleep = options.sleep ?? defaultSleep;
 
-  async function withShardWrite<T>(key: string, fn: (ctx: ShardWriteContext) => Promise<T>, writeOptions: ShardWriteOptions = {}): Promise<ShardWriteResult<T>> {
+  async function withShardWrite<T>(rawKey: string, fn: (ctx: ShardWriteContext) => Promise<T>, writeOptions: ShardWriteOptions = {}): Promise<ShardWriteResult<T>> {
+    // Fence rows name directory keys in canonical form: looked up as spelled, an upper-case id
+    // would miss its key's 'moved' row (docs/sharding-spec.md, sections 1 and 9).
+    const key = canonicalKey(rawKey);
     const deadlineAt = writeOptions.deadlineMs === undefined ? undefined : Date.now() + writeOptions.deadlineMs;
     let fresh = false;
     let reroutes = 0;

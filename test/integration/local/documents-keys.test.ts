@@ -1,14 +1,8 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keySlot } from '../../../functions/core/sharding/keys.js';
+import { keySpelling, spell } from '../../support/key-spellings.js';
 import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
-
-/** One spelling of a UUID: any letter case, bare, braced, as a URN, or without hyphens. */
-const spell = (id: string, upper: readonly boolean[], form: 'plain' | 'braced' | 'urn' | 'bare'): string => {
-  const body = [...id].map((c, i) => (upper[i % upper.length] ? c.toUpperCase() : c)).join('');
-  return form === 'plain' ? body : form === 'braced' ? `{${body}}` : form === 'urn' ? `urn:uuid:${body}` : body.replaceAll('-', '');
-};
-const spelling = fc.tuple(fc.array(fc.boolean(), { minLength: 1, maxLength: 36 }), fc.constantFrom('plain' as const, 'braced' as const, 'urn' as const, 'bare' as const));
 
 describe('documents API: every spelling of an owner id is one owner', () => {
   let api: DocumentsApi;
@@ -21,19 +15,19 @@ describe('documents API: every spelling of an owner id is one owner', () => {
 
   it('stores, routes and lists documents the same whichever form of the owner id a request uses', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(spelling, { minLength: 1, maxLength: 3 }), spelling, async (writeForms, readForm) => {
+      fc.asyncProperty(fc.array(keySpelling, { minLength: 1, maxLength: 3 }), keySpelling, async (writeForms, readForm) => {
         const user = await api.request('POST', '/api/v1/users', { email: `u${Math.random().toString(36).slice(2)}@example.org`, display_name: 'U' });
         expect(user.status).toBe(201);
         const id = user.body.id as string;
         const created: string[] = [];
-        for (const [upper, form] of writeForms) {
-          const doc = await api.request('POST', '/api/v1/documents', { owner_id: spell(id, upper, form), title: 't' });
+        for (const form of writeForms) {
+          const doc = await api.request('POST', '/api/v1/documents', { owner_id: spell(id, form), title: 't' });
           expect(doc.status).toBe(201);
           expect(doc.body.owner_id).toBe(id);
           expect(doc.body.shard_id).toBe(user.body.shard_id);
           created.push(doc.body.id as string);
         }
-        const list = await api.request('GET', `/api/v1/users/${encodeURIComponent(spell(id, readForm[0], readForm[1]))}/documents`);
+        const list = await api.request('GET', `/api/v1/users/${encodeURIComponent(spell(id, readForm))}/documents`);
         expect(list.status).toBe(200);
         expect(list.body.owner_id).toBe(id);
         expect((list.body.items as { id: string }[]).map((d) => d.id).sort()).toEqual([...created].sort());

@@ -3,9 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { createShardReader, ShardReadError, type ShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
-import type { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
-import { keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { keysInSlot, primaryReads, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -15,20 +14,6 @@ afterAll(async () => {
   await env?.stop();
 });
 
-/** The primaries as the read pool (these shards have no replicas). */
-function primariesOnly(): Pick<ReplicaReader, 'withReadClient'> {
-  return {
-    async withReadClient(shardId, fn) {
-      const client = await (env.shards.get(shardId) as pg.Pool).connect();
-      try {
-        return await fn(client, `${shardId}/primary`);
-      } finally {
-        client.release();
-      }
-    },
-  };
-}
-
 /** A reader whose router holds the slot map as it is now, and keeps it until told to refresh. */
 async function readerWithTodaysMap(): Promise<ShardReader> {
   const config = parseShardingConfig({
@@ -37,7 +22,7 @@ async function readerWithTodaysMap(): Promise<ShardReader> {
     default_shard: 'shard_a',
   });
   const router = ShardRouter.fromConfig(config, { slotMap: await env.slotMaps.current(), directory: env.directory });
-  return createShardReader({ router: routerForWrites(router, env.slotMaps, env.directory), reader: primariesOnly() });
+  return createShardReader({ router: routerForWrites(router, env.slotMaps, env.directory), reader: primaryReads(env.shards) });
 }
 
 const docsOf = (user: string) => async ({ client }: { client: pg.PoolClient }) =>

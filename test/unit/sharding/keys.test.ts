@@ -7,6 +7,7 @@ import { slotOf } from '../../../functions/core/sharding/hash.js';
 import { canonicalKey, canonicalUuid, keySlot, uuidForm } from '../../../functions/core/sharding/keys.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
+import { keySpelling, spell } from '../../support/key-spellings.js';
 
 const shards = ['shard_001', 'shard_002', 'shard_003', 'shard_004'].map((id, i) => ({ shard_id: id, database_url: `postgresql://app:pw@db${i}:5432/ca_dms` }));
 const fourEqual = buildSlotMap(shards.map((s) => ({ shardId: s.shard_id, weight: 1 })));
@@ -16,15 +17,8 @@ const vectors = JSON.parse(readFileSync(new URL('../../../docs/routing-test-vect
   keyForms: { forms: { key: string; canonical: string; isUuid: boolean; slot: number; shardFourEqual: string }[] };
 };
 
-/** Randomly upper-cases some letters of a string. */
-const mixCase = (text: string, mask: readonly boolean[]): string => [...text].map((c, i) => (mask[i % mask.length] ? c.toUpperCase() : c)).join('');
-
 /** Every accepted spelling of a canonical UUID, with random letter case. */
-const spellings = fc.tuple(fc.uuid(), fc.array(fc.boolean(), { minLength: 1, maxLength: 45 }), fc.constantFrom('plain', 'braced', 'urn', 'bare')).map(([id, mask, form]) => {
-  const body = mixCase(id, mask);
-  const spelled = form === 'plain' ? body : form === 'braced' ? `{${body}}` : form === 'urn' ? mixCase(`urn:uuid:${id}`, mask) : body.replaceAll('-', '');
-  return { id, spelled };
-});
+const spellings = fc.tuple(fc.uuid(), keySpelling).map(([id, s]) => ({ id, spelled: spell(id, s) }));
 
 describe('key normalisation (docs/sharding-spec.md section 1)', () => {
   it.each(vectors.keyForms.forms.map((f) => [JSON.stringify(f.key), f] as const))('normalises %s as the spec vectors say', (_name, f) => {
