@@ -10,6 +10,7 @@
  * ```
  */
 import { z } from 'zod';
+import { uuidForm } from '../../core/sharding/keys.js';
 import { MoveError, type MoveJobView } from '../../core/sharding/move-machine.js';
 import type { MoveState, MoveUnitKind } from '../../core/sharding/move-plan.js';
 
@@ -88,10 +89,13 @@ export const moveRequestSchema = z.discriminatedUnion('kind', [
   z.strictObject({
     kind: z.literal('directory'),
     // The key is hashed and compared as text (routing, fence rows, the capture trigger), so it
-    // must be spelled the way PostgreSQL prints a uuid.
-    key: z
-      .guid('directory keys are user ids (UUIDs)')
-      .refine((k) => k === k.toLowerCase(), 'directory keys must be lower-case UUIDs, as PostgreSQL prints them'),
+    // is taken in any spelling the documents API and the router accept and recorded in the one
+    // PostgreSQL prints (docs/sharding-spec.md, section 1).
+    key: z.string().transform((text, ctx) => {
+      const id = uuidForm(text);
+      if (id === undefined) ctx.addIssue({ code: 'custom', message: 'directory keys are user ids (UUIDs), e.g. 3f2c1d9e-8a7b-4c6d-9e0f-112233445566' });
+      return id ?? z.NEVER;
+    }),
     to: shardId,
     createdBy: z.string().min(1),
     reason: z.string().default(''),

@@ -82,4 +82,26 @@ describe('every spelling of a user id reaches the same rows, across a move', () 
     );
     expect((await documentsOf(env.shards.get(from) as pg.Pool, [user])).size).toBe(0);
   });
+
+  it('moves a directory key named in any spelling: the job, the directory entry and the rows are those of the canonical id', async () => {
+    const slot = 531;
+    await fc.assert(
+      fc.asyncProperty(keySpelling, async (spelling) => {
+        const [user] = keysInSlot(slot, 1) as [string];
+        const from = await env.ownerOf(slot);
+        const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+        await seedUsers(env.shards.get(from) as pg.Pool, slot, [user], 3);
+        const mover = env.mover({ readerGraceMs: 0 });
+
+        const planned = await mover.plan({ kind: 'directory', key: spell(user, spelling), to, createdBy: 'test' });
+        const job = await mover.run(planned.id);
+
+        expect({ unit: job.unitId, state: job.state }).toEqual({ unit: user, state: 'done' });
+        expect((await env.directory.entry(user))?.shardId).toBe(to);
+        expect((await documentsOf(env.shards.get(to) as pg.Pool, [user])).size).toBe(3);
+        expect((await documentsOf(env.shards.get(from) as pg.Pool, [user])).size).toBe(0);
+      }),
+      { numRuns: 4 },
+    );
+  });
 });
