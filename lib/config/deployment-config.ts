@@ -14,6 +14,7 @@
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { z } from 'zod';
 import { DEFAULT_SERVICES } from '../../functions/core/scaling/types.js';
+import { minimumMaxAllocatedStorageGiB } from '../data/shard-database.js';
 import {
   issuesOf,
   parseScalingConfig,
@@ -194,6 +195,7 @@ const deploymentSchemaObject = z.strictObject({
       postgresVersion: z.string().regex(/^(1[4-9])(\.\d{1,2})?$/, 'a PostgreSQL major version 14 or newer ("17"), or a full version to pin ("17.6")').default('17'),
       databaseName: z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/, 'a PostgreSQL identifier').default('ca_dms'),
       allocatedStorageGiB: z.number().int().min(20).max(65536).default(50),
+      /** Storage autoscaling ceiling: RDS wants it at least 10% above allocatedStorageGiB. */
       maxAllocatedStorageGiB: z.number().int().min(20).max(65536).default(200),
       /** The guide asks for every shard to be backed up independently: 7..35 days. */
       backupRetentionDays: z.number().int().min(7).max(35).default(7),
@@ -362,10 +364,21 @@ export function parseDeploymentConfig(input: unknown): DeploymentConfig {
   }
   if (result.success) {
     const db = result.data.database;
-    if (db.maxAllocatedStorageGiB < db.allocatedStorageGiB) {
+    const minimumCeiling = minimumMaxAllocatedStorageGiB(db.allocatedStorageGiB);
+    if (db.maxAllocatedStorageGiB < minimumCeiling) {
       issues.push({
         path: 'database.maxAllocatedStorageGiB',
-        message: `must be at least database.allocatedStorageGiB (${db.allocatedStorageGiB})`,
+        message: `must be at least ${minimumCeiling}, 10% above database.allocatedStorageGiB (${db.allocatedStorageGiB}): RDS refuses a lower storage-autoscaling ceiling ("Invalid max storage size")`,
+      });
+    }
+    const certificateRegion = result.data.domain?.certificateArn?.split(':')[3];
+    if (certificateRegion !== undefined && certificateRegion !== result.data.region) {
+      // ACM certificates are regional and cannot be copied between regions: the load balancer's
+      // HTTPS listener takes only one from its own region
+      // (https://docs.aws.amazon.com/acm/latest/userguide/acm-regions.html).
+      issues.push({
+        path: 'domain.certificateArn',
+        message: `is a certificate of ${certificateRegion}, but the load balancer is in ${result.data.region}: request or import the certificate in ${result.data.region} (a CloudFront certificate from us-east-1 does not serve a load balancer elsewhere), or give domain.hostedZone and domain.domainName to have one made there`,
       });
     }
     if (result.data.production && result.data.domain === undefined) {

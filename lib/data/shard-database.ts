@@ -105,6 +105,16 @@ const ROTATED_ELSEWHERE_SINGLE_USER =
 /** Characters kept out of generated passwords: they would need quoting in a connection URL. */
 const SECRET_EXCLUDED_CHARACTERS = ' %+~`#$&*()|[]{}:;<>?!\'/@"\\';
 
+/**
+ * The lowest storage-autoscaling ceiling RDS accepts for `allocatedGiB`: "at least 10% more than
+ * the currently allocated storage", or it refuses the instance with "Invalid max storage size"
+ * (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_PIOPS.Autoscaling.html).
+ */
+export function minimumMaxAllocatedStorageGiB(allocatedGiB: number): number {
+  // Integer arithmetic: 50 * 1.1 is 55.00000000000001 in floating point, which would round up to 56.
+  return Math.ceil((allocatedGiB * 11) / 10);
+}
+
 /** Instance classes (without `db.`) without Performance Insights, as AWS documents them. */
 export const CLASSES_WITHOUT_PERFORMANCE_INSIGHTS: readonly string[] = ['t2.micro', 't2.small', 't3.micro', 't3.small', 't4g.micro', 't4g.small'];
 
@@ -167,7 +177,10 @@ export class ShardDatabase extends Construct {
       [/^[a-z][a-z0-9-]{0,30}$/.test(props.shardId), `shardId must be lower-case letters, digits and dashes (got "${props.shardId}")`],
       [Number.isInteger(replicas) && replicas >= 0 && replicas <= 5, `replicas must be 0..5 (got ${replicas})`],
       [backupRetention.toDays() >= 7 && backupRetention.toDays() <= 35, `backupRetention must be 7..35 days (got ${backupRetention.toDays()})`],
-      [maxAllocated >= allocated, `maxAllocatedStorageGiB (${maxAllocated}) must be at least allocatedStorageGiB (${allocated})`],
+      [
+        maxAllocated >= minimumMaxAllocatedStorageGiB(allocated),
+        `maxAllocatedStorageGiB (${maxAllocated}) must be at least ${minimumMaxAllocatedStorageGiB(allocated)}, 10% above allocatedStorageGiB (${allocated}): RDS refuses a lower storage-autoscaling ceiling`,
+      ],
       [props.clientSecurityGroups.length > 0, 'clientSecurityGroups must name at least one client'],
     ]);
     this.shardId = props.shardId;
