@@ -58,10 +58,11 @@ export class ServicesStack extends Stack {
   constructor(scope: Construct, id: string, props: ServicesStackProps) {
     super(scope, id, props);
     const { config, network, shards } = props;
-    const prefix = `${config.name}-${config.environment}`;
 
+    // CloudFormation names the cluster (`<stack>-Cluster…-<suffix>`): a fixed name would collide
+    // with a second deployment of the same name and environment in the account and region. The
+    // controller, alarms and dashboard take the generated name; the ClusterName output shows it.
     this.cluster = new ecs.Cluster(this, 'Cluster', {
-      clusterName: prefix,
       vpc: network.vpc,
       containerInsightsV2: ecs.ContainerInsights.ENABLED,
     });
@@ -186,6 +187,10 @@ export class ServicesStack extends Stack {
     new CfnOutput(this, 'LoadBalancerDnsName', {
       description: 'DNS name of the load balancer (point the CA-DMS domain here)',
       value: this.loadBalancer.alb.loadBalancerDnsName,
+    });
+    new CfnOutput(this, 'ClusterName', {
+      description: 'The ECS cluster of the services (named by CloudFormation)',
+      value: this.cluster.clusterName,
     });
   }
 
