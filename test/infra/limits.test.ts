@@ -4,13 +4,16 @@
  * with the path to change, not half-way through a stack creation. Every limit cites the AWS page
  * that states it.
  */
+import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { Stack } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as rds from 'aws-cdk-lib/aws-rds';
-import { describe, expect, it } from 'vitest';
-import { DeploymentConfigError, parseDeploymentConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { DeploymentConfigError, mergeConfig, parseDeploymentConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
 import { minimumMaxAllocatedStorageGiB, ShardDatabase } from '../../lib/data/shard-database.js';
+import { ROOT, synthesize, type Synthesized } from './support/synth.js';
 
 function problemsOf(input: unknown): ConfigIssue[] {
   try {
@@ -77,5 +80,156 @@ describe('the HTTPS certificate (acm-regions: ACM certificates are regional and 
 
   it("accepts a certificate of the load balancer's region", () => {
     expect(problemsOf({ region: 'eu-central-1', production: true, domain: { certificateArn: certificate('eu-central-1') } })).toEqual([]);
+  });
+});
+
+/**
+ * The shipped environments (config/*.json; prod with a certificate, as it must have one),
+ * synthesized once each without cdk-nag and cfn-guard (stacks.test.ts and production.test.ts run
+ * those), against the quotas a first deploy in a new account meets. Each limit is the
+ * documented one; references are counted at {@link TOKEN_SIZE}, above any ARN or name they
+ * resolve to here.
+ */
+const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+const TOKEN_SIZE = 256;
+const configs = readdirSync(join(ROOT, 'config')).filter((f) => f.endsWith('.json'));
+const synthesized: Synthesized[] = [];
+
+afterAll(() => {
+  for (const s of synthesized) rmSync(s.outdir, { recursive: true, force: true });
+});
+
+interface CfnTemplate {
+  readonly Description?: string;
+  readonly Resources: Record<string, { Type: string; Properties?: Record<string, unknown> }>;
+  readonly Outputs?: Record<string, unknown>;
+  readonly Parameters?: Record<string, unknown>;
+  readonly Mappings?: Record<string, unknown>;
+}
+
+/** The characters of `value` as JSON without whitespace, each reference at {@link TOKEN_SIZE}. */
+function resolvedJsonLength(value: unknown): number {
+  if (typeof value === 'string') return value.length + 2;
+  if (typeof value === 'number' || typeof value === 'boolean') return String(value).length;
+  if (Array.isArray(value)) return value.reduce((sum: number, v) => sum + resolvedJsonLength(v) + 1, 1);
+  if (typeof value === 'object' && value !== null) {
+    const keys = Object.keys(value);
+    const join = (value as Record<string, unknown>)['Fn::Join'];
+    if (keys.length === 1 && Array.isArray(join) && Array.isArray(join[1])) {
+      return (join[1] as unknown[]).reduce((sum: number, part) => sum + (typeof part === 'string' ? part.length : TOKEN_SIZE), 2);
+    }
+    if (keys.length === 1 && (keys[0] === 'Ref' || keys[0]?.startsWith('Fn::'))) return TOKEN_SIZE;
+    return Object.entries(value).reduce((sum: number, [k, v]) => sum + k.length + 3 + resolvedJsonLength(v), 1);
+  }
+  return 0;
+}
+
+describe.each(configs)('config/%s within the quotas of a first deploy', (file) => {
+  const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { production?: boolean };
+  const s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw, { validate: false });
+  synthesized.push(s);
+  const templates = Object.values(s.stacks).map((stack) => ({ name: stack.stackName, path: s.templatePath(stack), t: s.template(stack).toJSON() as CfnTemplate }));
+  const resources = (type: string) => templates.flatMap(({ name, t }) => Object.entries(t.Resources).filter(([, r]) => r.Type === type).map(([id, r]) => ({ id: `${name}/${id}`, p: r.Properties ?? {} })));
+
+  it('synthesizes', () => {
+    expect(s.error).toBeUndefined();
+  });
+
+  // https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-limits.html
+  it('keeps every template within CloudFormation: 500 resources, 200 outputs, parameters and mappings, 1 MB, 60 dynamic references, 255-character logical ids', () => {
+    for (const { name, path, t } of templates) {
+      expect(Object.keys(t.Resources).length, name).toBeLessThanOrEqual(500);
+      expect(Object.keys(t.Outputs ?? {}).length, name).toBeLessThanOrEqual(200);
+      expect(Object.keys(t.Parameters ?? {}).length, name).toBeLessThanOrEqual(200);
+      expect(Object.keys(t.Mappings ?? {}).length, name).toBeLessThanOrEqual(200);
+      expect(statSync(path).size, name).toBeLessThanOrEqual(1_000_000);
+      expect(Buffer.byteLength(t.Description ?? '', 'utf8'), name).toBeLessThanOrEqual(1024);
+      expect(JSON.stringify(t).split('{{resolve:').length - 1, name).toBeLessThanOrEqual(60);
+      for (const id of [...Object.keys(t.Resources), ...Object.keys(t.Outputs ?? {})]) expect(id.length, `${name}/${id}`).toBeLessThanOrEqual(255);
+    }
+  });
+
+  // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html: a role's
+  // inline policies together at most 10,240 characters (whitespace not counted); 10 managed
+  // policies per role by default.
+  it("keeps every role's inline policies within 10,240 characters and its managed policies within 10", () => {
+    const inline = new Map<string, number>();
+    for (const { id, p } of resources('AWS::IAM::Policy')) {
+      for (const role of (p['Roles'] as Array<{ Ref?: string }> | undefined) ?? []) {
+        const key = `${id.split('/')[0]}/${role.Ref ?? JSON.stringify(role)}`;
+        inline.set(key, (inline.get(key) ?? 0) + resolvedJsonLength(p['PolicyDocument']));
+      }
+    }
+    for (const { id, p } of resources('AWS::IAM::Role')) {
+      const own = ((p['Policies'] as Array<{ PolicyDocument: unknown }> | undefined) ?? []).reduce((sum, x) => sum + resolvedJsonLength(x.PolicyDocument), 0);
+      inline.set(id, (inline.get(id) ?? 0) + own);
+      expect(((p['ManagedPolicyArns'] as unknown[] | undefined) ?? []).length, id).toBeLessThanOrEqual(10);
+    }
+    expect(inline.size).toBeGreaterThan(5);
+    for (const [role, size] of inline) expect(size, role).toBeLessThanOrEqual(10_240);
+  });
+
+  // https://docs.aws.amazon.com/vpc/latest/userguide/amazon-vpc-limits.html: 60 inbound and 60
+  // outbound rules per security group, 5 security groups per network interface (defaults).
+  it('keeps every security group within 60 rules each way, and every network interface within 5 groups', () => {
+    const rules = new Map<string, { in: number; out: number }>();
+    const count = (group: unknown, way: 'in' | 'out', n: number) => {
+      const key = JSON.stringify(group);
+      const r = rules.get(key) ?? { in: 0, out: 0 };
+      r[way] += n;
+      rules.set(key, r);
+    };
+    for (const { name, t } of templates) {
+      for (const [id, r] of Object.entries(t.Resources)) {
+        const p = r.Properties ?? {};
+        if (r.Type === 'AWS::EC2::SecurityGroup') {
+          const self = { 'Fn::GetAtt': [id, 'GroupId'], stack: name };
+          count(self, 'in', ((p['SecurityGroupIngress'] as unknown[] | undefined) ?? []).length);
+          count(self, 'out', ((p['SecurityGroupEgress'] as unknown[] | undefined) ?? []).length);
+        }
+        if (r.Type === 'AWS::EC2::SecurityGroupIngress') count({ ...(p['GroupId'] as object), stack: name }, 'in', 1);
+        if (r.Type === 'AWS::EC2::SecurityGroupEgress') count({ ...(p['GroupId'] as object), stack: name }, 'out', 1);
+      }
+    }
+    expect(rules.size).toBeGreaterThan(5);
+    for (const [group, r] of rules) {
+      expect(r.in, group).toBeLessThanOrEqual(60);
+      expect(r.out, group).toBeLessThanOrEqual(60);
+    }
+    const groupsPerInterface = [
+      ...resources('AWS::Lambda::Function').map(({ id, p }) => [id, (p['VpcConfig'] as { SecurityGroupIds?: unknown[] } | undefined)?.SecurityGroupIds] as const),
+      ...resources('AWS::ECS::Service').map(({ id, p }) => [id, (p['NetworkConfiguration'] as { AwsvpcConfiguration: { SecurityGroups?: unknown[] } }).AwsvpcConfiguration.SecurityGroups] as const),
+      ...resources('AWS::RDS::DBInstance').map(({ id, p }) => [id, p['VPCSecurityGroups'] as unknown[] | undefined] as const),
+      ...resources('AWS::RDS::DBProxy').map(({ id, p }) => [id, p['VpcSecurityGroupIds'] as unknown[] | undefined] as const),
+      ...resources('AWS::EC2::VPCEndpoint').map(({ id, p }) => [id, p['SecurityGroupIds'] as unknown[] | undefined] as const),
+    ];
+    for (const [id, groups] of groupsPerInterface) expect((groups ?? []).length, id).toBeLessThanOrEqual(5);
+  });
+
+  // https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_PutMetricAlarm.html:
+  // for a period under an hour, Period x EvaluationPeriods at most one day; DatapointsToAlarm
+  // at most EvaluationPeriods.
+  it('keeps every alarm within one day of evaluation, with no more datapoints to alarm than it evaluates', () => {
+    const alarms = resources('AWS::CloudWatch::Alarm');
+    expect(alarms.length).toBeGreaterThan(10);
+    for (const { id, p } of alarms) {
+      const evaluations = p['EvaluationPeriods'] as number;
+      const periods = [p['Period'] as number | undefined, ...((p['Metrics'] as Array<{ MetricStat?: { Period: number } }> | undefined) ?? []).map((m) => m.MetricStat?.Period)].filter((x): x is number => x !== undefined);
+      expect(periods.length, id).toBeGreaterThan(0);
+      for (const period of periods) expect(period * evaluations, id).toBeLessThanOrEqual(period < 3600 ? 86_400 : 604_800);
+      expect((p['DatapointsToAlarm'] as number | undefined) ?? evaluations, id).toBeLessThanOrEqual(evaluations);
+    }
+  });
+
+  // API Gateway's REST integrations time out after 29 s by default
+  // (https://docs.aws.amazon.com/apigateway/latest/developerguide/limits.html): a longer
+  // function would keep running after the caller got a 504.
+  it("lets no API Gateway-invoked function run past API Gateway's 29 s integration timeout", () => {
+    const invoked = new Set(
+      resources('AWS::ApiGateway::Method').map(({ p }) => JSON.stringify(((p['Integration'] as { Uri?: { 'Fn::Join': [string, unknown[]] } }).Uri?.['Fn::Join'][1] ?? [])[1])),
+    );
+    const functions = resources('AWS::Lambda::Function').filter(({ id }) => invoked.has(JSON.stringify({ 'Fn::GetAtt': [id.split('/')[1], 'Arn'] })));
+    expect(functions).toHaveLength(1);
+    for (const { id, p } of functions) expect(p['Timeout'] as number, id).toBeLessThanOrEqual(29);
   });
 });
