@@ -161,6 +161,11 @@ export interface ControllerAwsMocks {
   readonly aas: AwsClientStub<ApplicationAutoScalingClient>;
 }
 
+/** Mocks of the three clients with no answers yet (outside vitest too: a child process of a test). */
+export function mockAws(): ControllerAwsMocks {
+  return { cw: mockClient(CloudWatchClient), ecs: mockClient(ECSClient), aas: mockClient(ApplicationAutoScalingClient) };
+}
+
 /**
  * Mocks CloudWatch, ECS and Application Auto Scaling for the calling test file and registers a
  * `beforeEach` that resets them to an account with no scalable targets, where registering a
@@ -178,11 +183,7 @@ export interface ControllerAwsMocks {
  * ```
  */
 export function mockControllerAws(): ControllerAwsMocks {
-  const mocks: ControllerAwsMocks = {
-    cw: mockClient(CloudWatchClient),
-    ecs: mockClient(ECSClient),
-    aas: mockClient(ApplicationAutoScalingClient),
-  };
+  const mocks = mockAws();
   beforeEach(() => {
     mocks.cw.reset();
     mocks.ecs.reset();

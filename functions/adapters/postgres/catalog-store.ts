@@ -18,7 +18,7 @@
  */
 import type pg from 'pg';
 import { parseScalingConfig, type ScalingConfig } from '../../core/scaling/config.js';
-import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, LeaseOutcome, LeaseRequest, Outcome, ServiceSession, Trigger } from '../../core/scaling/ports.js';
+import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, LeaseOutcome, LeaseRequest, Outcome, ServiceSession, StoredServiceState, Trigger } from '../../core/scaling/ports.js';
 import type { Block, Direction, MetricsSnapshot, Reason, ServiceState } from '../../core/scaling/types.js';
 import { LeaseError, LeaseStore } from './lease-store.js';
 import { inTransaction } from './transaction.js';
@@ -324,15 +324,16 @@ export class CatalogStore implements ControllerCatalog {
     });
   }
 
-  async withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>): Promise<{ acquired: true; value: T } | { acquired: false }> {
+  async withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>, options: { readonly wait?: boolean } = {}): Promise<{ acquired: true; value: T } | { acquired: false }> {
     const db = await wrap('connecting', async () => this.db());
     try {
       return await inTransaction(db, 'begin', async (client) => {
-        const { rows } = await client.query<{ locked: boolean }>('select pg_try_advisory_xact_lock($1, hashtext($2)) as locked', [LOCK_CLASS, service]);
+        const lock = options.wait ? 'select true as locked from (select pg_advisory_xact_lock($1, hashtext($2))) waited' : 'select pg_try_advisory_xact_lock($1, hashtext($2)) as locked';
+        const { rows } = await client.query<{ locked: boolean }>(lock, [LOCK_CLASS, service]);
         // Another evaluation holds the service: the empty transaction just ends.
         if (rows[0]?.locked !== true) return { acquired: false } as const;
         const session: ServiceSession = {
-          loadState: async () => (await client.query<{ state: ServiceState }>('select state from catalog.service_state where service = $1', [service])).rows[0]?.state,
+          loadState: async () => (await client.query<{ state: StoredServiceState }>('select state from catalog.service_state where service = $1', [service])).rows[0]?.state,
           saveState: async (state) => {
             await client.query(
               `insert into catalog.service_state (service, state) values ($1, $2)

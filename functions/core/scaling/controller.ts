@@ -37,6 +37,7 @@ import type {
   RawMetrics,
   ScalableTargetRegistry,
   ScalingTarget,
+  StoredServiceState,
   Suspension,
   TasksReading,
   Trigger,
@@ -154,6 +155,11 @@ interface Outcomes {
   readonly state: ServiceState;
 }
 
+/** A decision before the orchestrator is asked: `change` is set when it is to be asked. */
+interface Plan extends Outcomes {
+  readonly change?: { readonly from: number; readonly to: number };
+}
+
 /** The evaluation service. Keep one instance per process: it carries the backlog and caches. */
 export class ScalingController {
   private lastControl: ControlState | undefined;
@@ -165,6 +171,8 @@ export class ScalingController {
   private readonly backlogLimit: number;
   /** A lease this process could not give back (the catalog failed under it): retried first. */
   private unreleased: LeaseGranted | undefined;
+  /** Per service, the time of a change whose record this process holds in its backlog while its `pending` may still be stored. */
+  private readonly heldPending = new Map<string, number>();
 
   constructor(private readonly deps: ControllerDeps) {
     this.backlogLimit = deps.backlogLimit ?? 1000;
@@ -333,36 +341,92 @@ export class ScalingController {
     return { at: now, degraded, configVersion, warnings, stopped: !globallyOn, decisions };
   }
 
+  /**
+   * Evaluates one service in two transactions under its lock, with the orchestrator asked in
+   * between. The first settles what a stopped evaluation left (see {@link settle}) and decides;
+   * a decision that changes nothing is recorded there, one that changes the desired count is
+   * stored as the service's `pending` change, committed before the orchestrator is asked. The
+   * second records the outcome and clears `pending`, with the change counted in the state (the
+   * cooldown starts). A process killed in between leaves `pending` for the next evaluation,
+   * which records the change and starts its cooldown if the service shows it.
+   */
   private async evaluateWithCatalog(inputs: ServiceInputs, ctx: EvalContext, warnings: string[]): Promise<DecisionRecord> {
     const service = inputs.cfg.service;
-    let decided: Outcomes | undefined;
+    let done: Outcomes | undefined;
     try {
-      const locked = await this.deps.catalog.withServiceLock(service, async (session) => {
-        const state = (await session.loadState()) ?? this.lastStates.get(service) ?? initialState(service);
-        decided = await this.decideAndApply(inputs, state, ctx);
-        await session.saveState(decided.state);
-        await session.recordDecision(decided.record);
-        return decided;
+      const planned = await this.deps.catalog.withServiceLock(service, async (session) => {
+        const { state, settled, unsettled } = this.settle(await session.loadState(), inputs, ctx);
+        if (settled !== undefined) await session.recordDecision(settled);
+        const plan = this.decide(inputs, state, ctx);
+        const pending = plan.change ? plan.record : unsettled;
+        await session.saveState(pending === undefined ? plan.state : { ...plan.state, pending });
+        if (!plan.change) await session.recordDecision(plan.record);
+        return plan;
       });
-      if (locked.acquired) {
-        this.lastStates.set(service, locked.value.state);
-        return locked.value.record;
+      if (!planned.acquired) {
+        const aside = this.skipped(inputs, ctx, 'another evaluation holds this service; stood aside');
+        await this.deps.catalog.recordDecision(aside);
+        return aside;
       }
-      const aside = this.skipped(inputs, ctx, 'another evaluation holds this service; stood aside');
-      await this.deps.catalog.recordDecision(aside);
-      return aside;
+      const plan = planned.value;
+      if (!plan.change) {
+        this.lastStates.set(service, plan.state);
+        return plan.record;
+      }
+      const outcome = await this.apply(plan, ctx);
+      done = outcome;
+      await this.deps.catalog.withServiceLock(
+        service,
+        async (session) => {
+          // Only an evaluation without the evaluation lease (the catalog failed it) can have
+          // settled this change meanwhile; its record then stands.
+          if ((await session.loadState())?.pending?.at !== plan.record.at) return;
+          await session.saveState(outcome.state);
+          await session.recordDecision(outcome.record);
+        },
+        { wait: true },
+      );
+      this.lastStates.set(service, outcome.state);
+      return outcome.record;
     } catch (err) {
       // The catalog failed under us. What was applied stays applied: keep the record for the
       // catalog's history and the state for the next evaluation of this container.
       warnings.push(`catalog failed while evaluating ${service}: ${messageOf(err)}`);
-      if (decided !== undefined) {
-        const late: DecisionRecord = { ...decided.record, degraded: true };
-        this.lastStates.set(service, decided.state);
+      if (done !== undefined) {
+        const late: DecisionRecord = { ...done.record, degraded: true };
+        this.lastStates.set(service, done.state);
+        // Its `pending` may still be stored: the backlog records it, so settling must not.
+        this.heldPending.set(service, done.record.at);
         this.hold(late);
         return late;
       }
       return this.evaluateWithoutCatalog(inputs, { ...ctx, degraded: true });
     }
+  }
+
+  /**
+   * The stored state to decide from, and what to do with a change a stopped evaluation left
+   * `pending`: the service reporting its target count means the change took effect (recorded
+   * as applied, counted in the state, so its cooldown holds); any other count means it did not,
+   * or was undone (recorded as failed). Without task counts it stays pending.
+   */
+  private settle(stored: StoredServiceState | undefined, inputs: ServiceInputs, ctx: EvalContext): { state: ServiceState; settled?: DecisionRecord; unsettled?: DecisionRecord } {
+    const service = inputs.cfg.service;
+    if (stored === undefined) return { state: this.lastStates.get(service) ?? initialState(service) };
+    const { pending, ...state } = stored;
+    if (pending === undefined) return { state };
+    if (this.heldPending.get(service) === pending.at) {
+      this.heldPending.delete(service);
+      return { state: this.lastStates.get(service) ?? state };
+    }
+    if (!inputs.tasks?.ok) return { state, unsettled: pending };
+    const desired = inputs.tasks.tasks.desired;
+    const stopped = `the evaluation that took this decision stopped before recording it; found by the evaluation of ${new Date(ctx.now).toISOString()}`;
+    if (desired === pending.to) {
+      const note: Reason = { metric: 'capacity', value: desired, threshold: pending.to, rule: 'recorded_after_stop', message: `${stopped}, when the service reported ${desired} desired tasks: the change took effect` };
+      return { state: recordApplied(state, { at: pending.at, from: pending.from, to: pending.to }), settled: { ...pending, outcome: 'applied', reasons: [...pending.reasons, note] } };
+    }
+    return { state, settled: { ...pending, outcome: 'failed', error: `${stopped}, when the service reported ${desired} desired tasks, not ${pending.to}: the change did not take effect, or was undone` } };
   }
 
   private async evaluateWithoutCatalog(inputs: ServiceInputs, ctx: EvalContext): Promise<DecisionRecord> {
@@ -421,7 +485,25 @@ export class ScalingController {
     };
   }
 
+  /** Decides and, unless held back, changes the desired count (previews, evaluations without the catalog). */
   private async decideAndApply(inputs: ServiceInputs, state: ServiceState, ctx: EvalContext): Promise<Outcomes> {
+    return this.apply(this.decide(inputs, state, ctx), ctx);
+  }
+
+  /** Asks the orchestrator for the plan's change, if it has one; a refusal is recorded as `failed`. */
+  private async apply(plan: Plan, ctx: EvalContext): Promise<Outcomes> {
+    const { change } = plan;
+    if (change === undefined) return { record: plan.record, state: plan.state };
+    try {
+      await this.deps.target.setDesired(plan.record.service, change.to, ctx.request.signal);
+      return { record: plan.record, state: recordApplied(plan.state, { at: ctx.now, from: change.from, to: change.to }) };
+    } catch (err) {
+      return { record: { ...plan.record, outcome: 'failed', error: messageOf(err) }, state: plan.state };
+    }
+  }
+
+  /** What the policy and the controller's own rules decide; a decision to change the count carries `change` and the outcome `applied`, to be confirmed by {@link apply}. */
+  private decide(inputs: ServiceInputs, state: ServiceState, ctx: EvalContext): Plan {
     const { cfg } = inputs;
     if (!inputs.tasks?.ok) return { record: this.skipped(inputs, ctx, inputs.tasks?.error ?? 'task counts unavailable'), state };
     if (!inputs.metrics?.ok) return { record: this.skipped(inputs, ctx, inputs.metrics?.error ?? 'metrics unavailable'), state };
@@ -445,20 +527,8 @@ export class ScalingController {
     const held = this.controllerBlocks(direction, tasks, inputs.suspension, cfg, ctx).filter((b) => !reported.has(b.kind));
     const blocked: Block[] = [...evaluated.blocked, ...held];
     const holds = blocked.some((b) => HOLDING_KINDS.has(b.kind));
-    let outcome: Outcome = direction === 'none' ? (blocked.length > 0 ? 'blocked' : 'unchanged') : 'applied';
-    let error: string | undefined;
-    let next = evaluated.state;
-    if (direction !== 'none' && holds) {
-      outcome = 'blocked';
-    } else if (direction !== 'none') {
-      try {
-        await this.deps.target.setDesired(cfg.service, to, ctx.request.signal);
-        next = recordApplied(next, { at: ctx.now, from, to });
-      } catch (err) {
-        outcome = 'failed';
-        error = messageOf(err);
-      }
-    }
+    const changes = direction !== 'none' && !holds;
+    const outcome: Outcome = changes ? 'applied' : direction === 'none' && blocked.length === 0 ? 'unchanged' : 'blocked';
     const record: DecisionRecord = {
       at: ctx.now,
       service: cfg.service,
@@ -472,12 +542,11 @@ export class ScalingController {
       metrics: snapshot,
       dryRun: cfg.dry_run,
       outcome,
-      ...(error === undefined ? {} : { error }),
       ...(ctx.request.actor === undefined ? {} : { actor: ctx.request.actor }),
       degraded: ctx.degraded,
       ...(ctx.configVersion === undefined ? {} : { configVersion: ctx.configVersion }),
     };
-    return { record, state: next };
+    return { record, state: evaluated.state, ...(changes ? { change: { from, to } } : {}) };
   }
 
   /**

@@ -140,10 +140,20 @@ export interface ControlState {
   readonly serviceEnabled: Readonly<Record<string, boolean>>;
 }
 
+/**
+ * A service's state as stored. `pending` is a change of desired count an evaluation decided and
+ * committed before asking the orchestrator for it; the evaluation clears it when it records the
+ * decision. A later evaluation that finds it knows the one before stopped in between (a Lambda
+ * timed out, a process was killed) and settles it from the desired count the service reports.
+ */
+export interface StoredServiceState extends ServiceState {
+  readonly pending?: DecisionRecord;
+}
+
 /** What the controller may do with one service while it holds that service's lock. */
 export interface ServiceSession {
-  loadState(): Promise<ServiceState | undefined>;
-  saveState(state: ServiceState): Promise<void>;
+  loadState(): Promise<StoredServiceState | undefined>;
+  saveState(state: StoredServiceState): Promise<void>;
   recordDecision(record: DecisionRecord): Promise<void>;
 }
 
@@ -200,9 +210,10 @@ export interface ControllerCatalog {
   loadControl(): Promise<ControlState>;
   /**
    * Runs `work` while holding `service`'s evaluation lock, or returns `{ acquired: false }` at
-   * once when another evaluation holds it. Everything `work` writes commits together.
+   * once when another evaluation holds it (with `wait: true`, waits for the lock instead).
+   * Everything `work` writes commits together.
    */
-  withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>): Promise<{ acquired: true; value: T } | { acquired: false }>;
+  withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>, options?: { readonly wait?: boolean }): Promise<{ acquired: true; value: T } | { acquired: false }>;
   /** Records a decision outside any lock (an evaluation that stood aside). */
   recordDecision(record: DecisionRecord): Promise<void>;
   /** Reads a service's stored state without locking it (previews). */
