@@ -3,6 +3,7 @@
  * that cdk-nag's AwsSolutions pack and the CloudFormation validation find nothing left
  * unacknowledged.
  */
+import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CfnResource, Stack } from 'aws-cdk-lib';
@@ -58,6 +59,26 @@ describe('synthesis', () => {
   it('succeeds with no unacknowledged cdk-nag finding and no CloudFormation validation error', () => {
     expect(s.violations).toEqual([]);
     expect(s.error).toBeUndefined();
+  });
+
+  it("`npm run synth` closes by naming the stage's stacks, not an empty list (aws/aws-cdk-cli#1442: without a selector the CLI selects only top-level stacks, and a Stage's are not)", () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    // The script itself, run by the shell as npm would, on the assembly already synthesized here.
+    const run = spawnSync('sh', ['-c', `${pkg.scripts['synth'] ?? 'missing'} --app "${s.outdir}"`], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: { ...process.env, PATH: `${join(ROOT, 'node_modules', '.bin')}:${process.env['PATH'] ?? ''}` },
+    });
+    const output = `${run.stdout}${run.stderr}`;
+
+    expect(run.status, output).toBe(0);
+    expect(output).toContain(`Supply a stack id (${['network', 'data', 'services', 'control-plane', 'observability'].map((id) => `${s.stage.stageName}/${id}`).join(', ')})`);
+  });
+
+  it('synthesizes offline: the CLI fetches no notices and sends no telemetry', () => {
+    const cdkJson = JSON.parse(readFileSync(join(ROOT, 'cdk.json'), 'utf8')) as { notices?: unknown; context: Record<string, unknown> };
+    expect(cdkJson.notices).toBe(false);
+    expect(cdkJson.context['cli-telemetry']).toBe(false);
   });
 
   it('lists every cdk-nag acknowledgement with its reason in docs/cdk-nag.md', () => {
