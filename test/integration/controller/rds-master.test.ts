@@ -52,7 +52,7 @@ beforeAll(async () => {
   await rdsadmin.connect();
   try {
     await rdsadmin.query('create role rds_superuser nologin');
-    await rdsadmin.query(`grant ${RDS_SUPERUSER_ROLES.join(', ')} to rds_superuser`);
+    await rdsadmin.query(`grant ${RDS_SUPERUSER_ROLES.join(', ')} to rds_superuser with admin option`);
     await rdsadmin.query(`create role ${MASTER} with login nosuperuser inherit createdb createrole noreplication password '${MASTER_PASSWORD}'`);
     await rdsadmin.query(`grant rds_superuser to ${MASTER}`);
     for (const db of SHARDS) await rdsadmin.query(`create database ${db} owner ${MASTER}`);
