@@ -62,7 +62,8 @@ describe('shard health', () => {
       blackHole(),
       blackHole(),
     ]);
-    await onPrimary('shard_001', (c) => c.query('create extension pg_stat_statements'));
+    // Shard migration 008 created pg_stat_statements on both preloaded primaries: shard_002 goes without.
+    await onPrimary('shard_002', (c) => c.query('drop extension pg_stat_statements'));
     await Promise.all(cluster.shards.flatMap((s) => s.replicas.map((r) => r.waitForCatchUp())));
     const [h1, h2, h3] = holes;
     pools = ShardPools.fromConfig(cluster.config, { max: 2, connectionTimeoutMillis: TIMEOUT_MS });
