@@ -18,6 +18,7 @@ import { TraceError } from '../../functions/core/scaling/simulator/trace.js';
 import { applyVariant, parseVariant, VariantError, type VariantSpec } from '../../functions/core/scaling/simulator/variant.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
 import { choiceFlag, numberFlag, parseFlags, UsageError } from './kit.js';
+import { parseJsonText } from '../../functions/core/json-text.js';
 
 const d = DEFAULT_MODEL;
 
@@ -159,7 +160,7 @@ async function readConfigDocument(path: string, shown: string): Promise<{ docume
   }
   let document: unknown;
   try {
-    document = JSON.parse(text);
+    document = parseJsonText(text);
   } catch (error) {
     throw new UsageError(`--config ${shown}: not valid JSON (${error instanceof Error ? error.message : String(error)})`, { cause: error });
   }

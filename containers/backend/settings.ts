@@ -24,6 +24,7 @@ import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { withCredentials } from '../../functions/adapters/postgres/connection-url.js';
+import { parseJsonText } from '../../functions/core/json-text.js';
 import { loadShardingConfig, type ShardingConfig } from '../../functions/core/sharding/config.js';
 import { ShardingConfigError } from '../../functions/core/sharding/errors.js';
 
@@ -134,7 +135,7 @@ export function parseBackendEnv(env: Readonly<Record<string, string | undefined>
 
   let document: unknown;
   try {
-    document = JSON.parse(e.SHARDING_CONFIG_JSON) as unknown;
+    document = parseJsonText(e.SHARDING_CONFIG_JSON);
   } catch (error) {
     issues.push({ variable: 'SHARDING_CONFIG_JSON', message: `is not valid JSON: ${(error as Error).message}` });
     fail();

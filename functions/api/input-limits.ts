@@ -17,6 +17,7 @@
  * textProblem('a\u0000b'); // 'must not contain the NUL character (U+0000)'
  * ```
  */
+import type { DuplicateMemberError } from '../core/json-text.js';
 import type { InvalidParam } from './http.js';
 
 /** Deepest nesting accepted in a JSON body: the body itself is level 1. */
@@ -71,4 +72,9 @@ export function jsonProblems(value: unknown, root: string, maxDepth = MAX_JSON_D
     }
   }
   return problems;
+}
+
+/** One problem per member a body gave twice (see `parseJsonText`), named by its path under `part`. */
+export function duplicateProblems(error: DuplicateMemberError, part: string): InvalidParam[] {
+  return error.paths.map((path) => ({ name: path.startsWith('[') ? `${part}${path}` : `${part}.${path}`, reason: 'is given more than once in its object; give each member once' }));
 }

@@ -21,7 +21,8 @@
  */
 import { z } from 'zod';
 import { ProblemError, jsonResponse, problemResponse, type ApiRequest, type ApiResponse, type CallerIdentity, type InvalidParam } from './http.js';
-import { jsonProblems, textProblem } from './input-limits.js';
+import { DuplicateMemberError, parseJsonText } from '../core/json-text.js';
+import { duplicateProblems, jsonProblems, textProblem } from './input-limits.js';
 
 export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -222,14 +223,19 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
           throw new ProblemError(415, `send the body as application/json (got ${got ?? 'no content-type'})`);
         }
         let parsed: unknown;
+        let duplicated = false;
         try {
-          parsed = JSON.parse(rawBody);
+          parsed = parseJsonText(rawBody);
         } catch (err) {
-          throw new ProblemError(400, `the request body is not valid JSON: ${(err as Error).message}`, { cause: err });
+          if (!(err instanceof DuplicateMemberError)) throw new ProblemError(400, `the request body is not valid JSON: ${(err as Error).message}`, { cause: err });
+          invalid.push(...duplicateProblems(err, 'body'));
+          duplicated = true;
         }
-        const hostile = jsonProblems(parsed, 'body');
-        if (hostile.length > 0) invalid.push(...hostile);
-        else body = parsePart('body', spec.body, parsed);
+        if (!duplicated) {
+          const hostile = jsonProblems(parsed, 'body');
+          if (hostile.length > 0) invalid.push(...hostile);
+          else body = parsePart('body', spec.body, parsed);
+        }
       } else if (spec.bodyRequired ?? true) {
         invalid.push({ name: 'body', reason: 'a JSON body is required' });
       } else {

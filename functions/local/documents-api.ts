@@ -35,7 +35,8 @@ import type { ReplicaReader } from '../adapters/postgres/replica-reader.js';
 import { ShardWriteError, type ShardWriter } from '../adapters/postgres/write-transaction.js';
 import { ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
 import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
-import { jsonProblems, MAX_JSON_DEPTH } from '../api/input-limits.js';
+import { duplicateProblems, jsonProblems, MAX_JSON_DEPTH } from '../api/input-limits.js';
+import { DuplicateMemberError, parseJsonText } from '../core/json-text.js';
 import { parametersOf, toSchema } from '../api/openapi.js';
 import { RoutingError } from '../core/sharding/errors.js';
 
@@ -201,8 +202,12 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   }
   let parsed: unknown;
   try {
-    parsed = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    parsed = parseJsonText(Buffer.concat(chunks).toString('utf8'));
   } catch (error) {
+    if (error instanceof DuplicateMemberError) {
+      const twice = duplicateProblems(error, 'body');
+      throw new HttpProblem({ status: 400, detail: twice.map((p) => `${p.name}: ${p.reason}`).join('; '), invalid: twice });
+    }
     throw new HttpProblem({ status: 400, detail: `the body is not valid JSON: ${(error as Error).message}` });
   }
   const hostile = jsonProblems(parsed, 'body', MAX_JSON_DEPTH);

@@ -15,6 +15,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { scalingEnvSchema } from '../../functions/core/scaling/config.js';
+import { parseJsonText } from '../../functions/core/json-text.js';
 import { DeploymentConfigError, mergeConfig, parseDeploymentConfig, type DeploymentConfig } from './deployment-config.js';
 
 /** Context key naming the environment whose file is read (`-c ca-dms:environment=prod`). */
@@ -44,7 +45,7 @@ export function loadDeploymentConfig(options: LoadConfigOptions): DeploymentConf
   }
   let fromFile: unknown;
   try {
-    fromFile = JSON.parse(readFileSync(file, 'utf8'));
+    fromFile = parseJsonText(readFileSync(file, 'utf8'));
   } catch (error) {
     throw new DeploymentConfigError([{ path: file, message: `not valid JSON: ${(error as Error).message}` }], { cause: error });
   }
@@ -52,9 +53,9 @@ export function loadDeploymentConfig(options: LoadConfigOptions): DeploymentConf
   let fromContext = options.context(CONFIG_CONTEXT_KEY);
   if (typeof fromContext === 'string') {
     try {
-      fromContext = JSON.parse(fromContext);
+      fromContext = parseJsonText(fromContext);
     } catch (error) {
-      throw new DeploymentConfigError([{ path: `context.${CONFIG_CONTEXT_KEY}`, message: 'not valid JSON' }], { cause: error });
+      throw new DeploymentConfigError([{ path: `context.${CONFIG_CONTEXT_KEY}`, message: `not valid JSON: ${(error as Error).message}` }], { cause: error });
     }
   }
 

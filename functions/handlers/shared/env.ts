@@ -11,6 +11,7 @@
  */
 import { z } from 'zod';
 import { applyScalingEnv, issuesOf, ScalingConfigError, type ScalingConfig } from '../../core/scaling/config.js';
+import { parseJsonText } from '../../core/json-text.js';
 import { parseTopology, TopologyError, type Topology } from '../../adapters/aws/topology.js';
 
 /** An environment variable is missing or malformed; `issues` names each one. */
@@ -38,7 +39,7 @@ const databaseUrl = z.url({ protocol: /^postgres(ql)?$/ }).refine(
 const jsonText = <T extends z.ZodType>(inner: T) =>
   z.string().transform((raw, ctx) => {
     try {
-      return JSON.parse(raw) as unknown;
+      return parseJsonText(raw);
     } catch (err) {
       ctx.addIssue({ code: 'custom', message: `not valid JSON: ${(err as Error).message}` });
       return z.NEVER;

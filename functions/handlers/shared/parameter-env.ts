@@ -15,6 +15,7 @@
 import { GetParametersCommand, SSMClient } from '@aws-sdk/client-ssm';
 import { z } from 'zod';
 import { EnvironmentError } from './env.js';
+import { parseJsonText } from '../../core/json-text.js';
 
 /** The variable naming the parameters to read. */
 export const CONFIG_PARAMETERS_ENV = 'CONFIG_PARAMETERS';
@@ -30,7 +31,7 @@ const mappingSchema = z.record(
 function parseMapping(raw: string): Record<string, string> {
   let json: unknown;
   try {
-    json = JSON.parse(raw) as unknown;
+    json = parseJsonText(raw);
   } catch (err) {
     throw new EnvironmentError([{ path: CONFIG_PARAMETERS_ENV, message: `not valid JSON: ${(err as Error).message}` }], { cause: err });
   }

@@ -18,6 +18,7 @@ import { withCredentials } from '../../adapters/postgres/connection-url.js';
 import type { LoginCredentials } from '../../adapters/postgres/secret-pool.js';
 import { readSecret } from './db.js';
 import { EnvironmentError } from './env.js';
+import { parseJsonText } from '../../core/json-text.js';
 
 const secretArn = z.string().regex(/^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$/, 'expected a Secrets Manager secret ARN');
 
@@ -28,7 +29,7 @@ const schema = z.object({
 
 function parseJson(name: string, raw: string): unknown {
   try {
-    return JSON.parse(raw) as unknown;
+    return parseJsonText(raw);
   } catch (err) {
     throw new EnvironmentError([{ path: name, message: `not valid JSON: ${(err as Error).message}` }], { cause: err });
   }
