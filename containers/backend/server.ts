@@ -26,12 +26,14 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { pathToFileURL } from 'node:url';
-import pg from 'pg';
+import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import type pg from 'pg';
 import { createShardingRuntime, type ShardingRuntime } from '../../functions/adapters/postgres/sharding-runtime.js';
 import { SlotMapStore } from '../../functions/adapters/postgres/slot-map-store.js';
-import { withRdsTls } from '../../functions/adapters/postgres/tls.js';
+import { createNodePool, type ShardPools } from '../../functions/adapters/postgres/shard-pools.js';
 import type { ExtraRoute } from '../../functions/adapters/http/local-server.js';
 import { createDocumentsRoute } from '../../functions/local/documents-api.js';
+import { readShardLogins, secretsClientFor, type ShardLogins } from './logins.js';
 import { BackendConfigError, parseBackendEnv, type BackendSettings } from './settings.js';
 
 export { BackendConfigError, parseBackendEnv, type BackendSettings } from './settings.js';
@@ -67,7 +69,8 @@ function problem(res: ServerResponse, status: number, title: string, detail: str
 export class ShardConnection {
   #runtime: ShardingRuntime | undefined;
   #route: ExtraRoute | undefined;
-  #catalog: pg.Pool;
+  #logins: ShardLogins | undefined;
+  #catalog: pg.Pool | undefined;
   #stopped = false;
   #timer: NodeJS.Timeout | undefined;
   #lastProblem = '';
@@ -75,13 +78,19 @@ export class ShardConnection {
   /** Why the shards are not reachable yet, for the 503 and the health body. */
   waitingFor = 'the first connection to the shards';
 
+  /**
+   * @param secrets Reads the shards' login secrets when the settings say they are secrets
+   *   (default: a client for the settings' region, {@link secretsClientFor}).
+   */
   constructor(
     private readonly settings: BackendSettings,
     private readonly log: BackendLog = stderrLog,
-  ) {
-    const applicationName = `ca-dms-demo-backend${settings.CA_DMS_SERVICE ? `-${settings.CA_DMS_SERVICE}` : ''}`;
-    this.#catalog = new pg.Pool({ ...withRdsTls(settings.catalogUrl, settings.ca), max: 2, connectionTimeoutMillis: 3000, application_name: applicationName });
-    this.#catalog.on('error', () => undefined);
+    private readonly secrets: SecretsManagerClient | undefined = secretsClientFor(settings),
+  ) {}
+
+  /** The shards' pools once connected (what a rotation is observed through). */
+  get pools(): ShardPools | undefined {
+    return this.#runtime?.pools;
   }
 
   /** The documents API's route, once the shards are reachable. */
@@ -111,16 +120,21 @@ export class ShardConnection {
   }
 
   async #connect(): Promise<void> {
+    // Read once; the pools read a secret again themselves when a rotation refuses its login.
+    this.#logins ??= await readShardLogins(this.settings, this.secrets);
+    const logins = this.#logins;
+    const ca = this.settings.ca ? { ca: this.settings.ca } : {};
+    this.#catalog ??= this.#catalogPool(logins, ca);
     // The slot map is published by the control plane (the scaling API or the moves function),
     // never here: the application's role may read the catalog, not write it.
     if ((await new SlotMapStore(this.#catalog).latest()) === null) {
       throw new Error('the catalog has no slot map yet (the control plane publishes the first once the migrations have run)');
     }
     const runtime = await createShardingRuntime({
-      config: this.settings.sharding,
+      config: logins.sharding,
       catalog: this.#catalog,
       actor: `demo-backend ${this.settings.CA_DMS_SERVICE ?? ''}`.trim(),
-      pools: { max: this.settings.DATABASE_POOL_SIZE, applicationName: 'ca-dms-demo-backend', ...(this.settings.ca ? { ca: this.settings.ca } : {}) },
+      pools: { max: this.settings.DATABASE_POOL_SIZE, applicationName: 'ca-dms-demo-backend', ...ca, ...(logins.credentials ? { credentials: logins.credentials } : {}) },
       readReplicas: true,
     });
     if (this.#stopped) {
@@ -137,6 +151,21 @@ export class ShardConnection {
       shardIds: runtime.pools.shardIds(),
       onError: (error, request) => this.log('error', 'documents API request failed', { ...request, error: error instanceof Error ? { name: error.name, message: error.message, code: (error as { code?: unknown }).code } : String(error) }),
     });
+  }
+
+  /** The catalog shard's primary, with that shard's login (re-read like the shard pools'). */
+  #catalogPool(logins: ShardLogins, ca: { ca?: readonly string[] }): pg.Pool {
+    const shardId = this.settings.catalogShardId;
+    const shard = logins.sharding.shards.find((s) => s.shard_id === shardId);
+    if (!shard) throw new Error(`unreachable: the settings checked that shard ${shardId} is configured`);
+    const credentials = logins.credentials;
+    const pool = createNodePool(
+      shard.database_url,
+      { max: 2, connectionTimeoutMillis: 3000, applicationName: `ca-dms-demo-backend${this.settings.CA_DMS_SERVICE ? `-${this.settings.CA_DMS_SERVICE}` : ''}`, ...ca },
+      credentials && (() => credentials(shardId)),
+    );
+    pool.on('error', () => undefined);
+    return pool;
   }
 
   async #refreshSlotMap(): Promise<void> {
@@ -162,7 +191,7 @@ export class ShardConnection {
     if (this.#timer) clearTimeout(this.#timer);
     await this.#connecting;
     await this.#runtime?.close();
-    await this.#catalog.end();
+    await this.#catalog?.end();
   }
 }
 

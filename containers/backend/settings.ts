@@ -6,9 +6,15 @@
  * - `SHARDING_CONFIG_JSON`: the guide's ShardingConfig with credential-free URLs
  *   (`?sslmode=verify-full` off loopback), plus the guide's `SHARDING_ENABLED`,
  *   `SHARDING_STRATEGY` and `DATABASE_REPLICA_URLS` on top.
- * - `SHARD_<ID>_DB_USERNAME` / `SHARD_<ID>_DB_PASSWORD` for every shard (`<ID>` is the shard id
- *   in capitals, other characters as `_`: `shard-001` -> `SHARD_001`), injected by ECS from the
- *   shard's secret; they complete the shard's primary and replica URLs.
+ * - Each shard's login, one of two ways for all shards (`<ID>` is the shard id in capitals, other
+ *   characters as `_`: `shard-001` -> `SHARD_001`):
+ *   - on AWS, `SHARD_<ID>_DB_SECRET_ARN`: the shard's login secret, read through Secrets Manager
+ *     (in the task's region, `AWS_REGION`, which ECS sets) when the task connects and read again
+ *     whenever a login is refused for its credentials, as a rotation with alternating users does
+ *     to a login one rotation after it stopped being current (see server.ts);
+ *   - elsewhere (local runs, the image tests), `SHARD_<ID>_DB_USERNAME` / `SHARD_<ID>_DB_PASSWORD`,
+ *     fixed for the life of the process.
+ *   Both for one shard, or neither, is refused, naming the variables.
  * - `CATALOG_SHARD_ID`: the shard whose primary database holds the catalog (slot maps and
  *   directory, read to route); default the configuration's `default_shard`.
  * - `DATABASE_CA_BUNDLE`: a PEM file of the certificate authorities every non-loopback
@@ -23,7 +29,8 @@
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { withCredentials } from '../../functions/adapters/postgres/connection-url.js';
+import { secretArnSchema } from '../../functions/adapters/aws/database-secret.js';
+import { shardWithLogin } from '../../functions/adapters/postgres/connection-url.js';
 import { parseJsonText } from '../../functions/core/json-text.js';
 import { loadShardingConfig, type ShardingConfig } from '../../functions/core/sharding/config.js';
 import { ShardingConfigError } from '../../functions/core/sharding/errors.js';
@@ -61,7 +68,15 @@ export const backendEnvSchema = z.object({
   DATABASE_RETRY_SECONDS: wholeNumber(1, 300, 5),
 });
 
-/** The validated settings, with the sharding configuration completed by the credentials. */
+/**
+ * Where the shards' logins come from: the environment (already in the sharding configuration's
+ * URLs), or each shard's secret in Secrets Manager (the URLs carry none until it is read).
+ */
+export type LoginSource =
+  | { readonly kind: 'environment' }
+  | { readonly kind: 'secrets-manager'; readonly region: string; readonly secretArns: ReadonlyMap<string, string> };
+
+/** The validated settings. */
 export interface BackendSettings {
   readonly PORT: number;
   readonly CA_DMS_SERVICE?: (typeof SERVICE_ROLES)[number];
@@ -70,9 +85,11 @@ export interface BackendSettings {
   readonly DATABASE_POOL_SIZE: number;
   readonly SLOT_MAP_REFRESH_SECONDS: number;
   readonly DATABASE_RETRY_SECONDS: number;
+  /** The shards; with {@link LoginSource} `environment` their URLs carry the logins. */
   readonly sharding: ShardingConfig;
-  /** The catalog's connection string (the catalog shard's primary, with its credentials). */
-  readonly catalogUrl: string;
+  /** The shard whose primary database holds the catalog; it is reached with that shard's login. */
+  readonly catalogShardId: string;
+  readonly logins: LoginSource;
   /** The CAs to verify against; undefined means the RDS bundle compiled in (tls.ts). */
   readonly ca?: readonly string[];
 }
@@ -86,10 +103,10 @@ export function shardVariablePrefix(shardId: string): string {
   return shardId.toUpperCase().replace(/[^A-Z0-9]/g, '_');
 }
 
-/** The names of a shard's two credential variables. */
-export function shardCredentialVariables(shardId: string): { username: string; password: string } {
+/** The names of a shard's credential variables: its login, or its login's secret. */
+export function shardCredentialVariables(shardId: string): { username: string; password: string; secretArn: string } {
   const prefix = shardVariablePrefix(shardId);
-  return { username: `${prefix}_DB_USERNAME`, password: `${prefix}_DB_PASSWORD` };
+  return { username: `${prefix}_DB_USERNAME`, password: `${prefix}_DB_PASSWORD`, secretArn: `${prefix}_DB_SECRET_ARN` };
 }
 
 interface Issue {
@@ -115,6 +132,44 @@ function readCaBundle(path: string): string[] | string {
     }
   }
   return pems;
+}
+
+/**
+ * Each shard's login source: its secret's ARN when any shard has one (every shard must then, and
+ * none may have a login in the environment), otherwise its user name and password, put into its
+ * URLs. Problems go to `issues`, each naming its variable.
+ */
+function shardLogins(sharding: ShardingConfig, value: (name: string) => string | undefined, issues: Issue[]): { shards: ShardingConfig['shards']; logins: LoginSource } {
+  const named = sharding.shards.map((shard) => ({ shard, names: shardCredentialVariables(shard.shard_id) }));
+  const withSecret = named.find(({ names }) => value(names.secretArn) !== undefined);
+  if (withSecret !== undefined) {
+    const secretArns = new Map<string, string>();
+    for (const { shard, names } of named) {
+      for (const variable of [names.username, names.password]) {
+        if (value(variable) !== undefined) issues.push({ variable, message: `must not be set with ${names.secretArn}: the login comes from the secret` });
+      }
+      const arn = value(names.secretArn);
+      if (arn === undefined) {
+        issues.push({ variable: names.secretArn, message: `is required: the login secret of shard ${shard.shard_id} (${withSecret.names.secretArn} is set, so every shard's login comes from Secrets Manager)` });
+        continue;
+      }
+      const parsed = secretArnSchema.safeParse(arn);
+      if (parsed.success) secretArns.set(shard.shard_id, parsed.data);
+      else issues.push({ variable: names.secretArn, message: parsed.error.issues.map((i) => i.message).join('; ') });
+    }
+    const region = value('AWS_REGION') ?? value('AWS_DEFAULT_REGION');
+    if (region === undefined) issues.push({ variable: 'AWS_REGION', message: 'is required with the shards\' secret ARNs: the region of Secrets Manager (ECS sets it in every task)' });
+    return { shards: sharding.shards, logins: { kind: 'secrets-manager', region: region ?? '', secretArns } };
+  }
+  const shards = named.map(({ shard, names }) => {
+    const username = value(names.username);
+    const password = value(names.password);
+    const alternative = `, or give ${names.secretArn} to read the login from Secrets Manager`;
+    if (username === undefined) issues.push({ variable: names.username, message: `is required: the login for shard ${shard.shard_id}${alternative}` });
+    if (password === undefined) issues.push({ variable: names.password, message: `is required: the password for shard ${shard.shard_id}${alternative}` });
+    return username === undefined || password === undefined ? shard : shardWithLogin(shard, { username, password });
+  });
+  return { shards, logins: { kind: 'environment' } };
 }
 
 /** Validates the variables this server reads; throws a {@link BackendConfigError} naming each one at fault. */
@@ -150,19 +205,9 @@ export function parseBackendEnv(env: Readonly<Record<string, string | undefined>
   }
   if (!sharding.enabled) issues.push({ variable: 'SHARDING_ENABLED', message: 'the demo backend serves sharded data only; sharding must be enabled' });
 
-  // Every shard's credentials, into its primary and replica URLs.
-  const shards = sharding.shards.map((shard) => {
-    const names = shardCredentialVariables(shard.shard_id);
-    const user = value(names.username);
-    const password = value(names.password);
-    if (user === undefined) issues.push({ variable: names.username, message: `is required: the login for shard ${shard.shard_id}` });
-    if (password === undefined) issues.push({ variable: names.password, message: `is required: the password for shard ${shard.shard_id}` });
-    if (user === undefined || password === undefined) return shard;
-    return { ...shard, database_url: withCredentials(shard.database_url, user, password), read_replicas: shard.read_replicas.map((r) => withCredentials(r, user, password)) };
-  });
-  const catalogShard = e.CATALOG_SHARD_ID ?? sharding.default_shard ?? sharding.shards[0]?.shard_id;
-  const catalog = shards.find((s) => s.shard_id === catalogShard);
-  if (!catalog) issues.push({ variable: 'CATALOG_SHARD_ID', message: `names no configured shard (${sharding.shards.map((s) => s.shard_id).join(', ')})` });
+  const { shards, logins } = shardLogins(sharding, value, issues);
+  const catalogShardId = e.CATALOG_SHARD_ID ?? sharding.default_shard ?? sharding.shards[0]?.shard_id ?? '';
+  if (!shards.some((s) => s.shard_id === catalogShardId)) issues.push({ variable: 'CATALOG_SHARD_ID', message: `names no configured shard (${sharding.shards.map((s) => s.shard_id).join(', ')})` });
 
   let ca: string[] | undefined;
   if (e.DATABASE_CA_BUNDLE !== undefined) {
@@ -181,7 +226,8 @@ export function parseBackendEnv(env: Readonly<Record<string, string | undefined>
     SLOT_MAP_REFRESH_SECONDS: e.SLOT_MAP_REFRESH_SECONDS,
     DATABASE_RETRY_SECONDS: e.DATABASE_RETRY_SECONDS,
     sharding: { ...sharding, shards },
-    catalogUrl: catalog!.database_url,
+    catalogShardId,
+    logins,
     ...(ca === undefined ? {} : { ca }),
   };
 }

@@ -2,9 +2,9 @@
  * Shards as a deployment gives them to the demo backend (containers/backend): one test
  * PostgreSQL server with two shard databases, the catalog in the first one's database (as on
  * AWS, where it lives on the first shard's primary), every migration applied, and the
- * application's least-privilege login (shard migration 003), whose credentials the backend gets
- * the way ECS passes them: `SHARD_<ID>_DB_USERNAME` / `_PASSWORD` beside a credential-free
- * `SHARDING_CONFIG_JSON`.
+ * application's least-privilege login (shard migration 003), which the backend gets beside a
+ * credential-free `SHARDING_CONFIG_JSON`: as `SHARD_<ID>_DB_USERNAME` / `_PASSWORD`, or as the
+ * ARN of each shard's secret (`SHARD_<ID>_DB_SECRET_ARN`) as the services stack gives it.
  *
  * @example
  * ```ts
@@ -32,11 +32,15 @@ export interface DemoShards {
   readonly server: TestPostgres;
   /** The master's pool on a shard's database (checks behind the API's back). */
   admin(shardId: (typeof DEMO_SHARD_IDS)[number]): pg.Pool;
+  /** The application login the migrations made (its `_clone` twin exists too, with a password nobody knows). */
+  readonly login: { readonly username: string; readonly password: string };
   /**
    * The backend's environment for these shards: the URLs reach `host` (default 127.0.0.1) and
-   * carry `sslmode=verify-full` when asked, as the deployed ones do.
+   * carry `sslmode=verify-full` when asked, as the deployed ones do. The logins are
+   * `SHARD_<ID>_DB_USERNAME` / `_PASSWORD`, or with `secretArns` (shard id -> ARN) each shard's
+   * secret, as the services stack gives them, and the region ECS sets.
    */
-  backendEnv(options?: { host?: string; verifyFull?: boolean }): Record<string, string>;
+  backendEnv(options?: { host?: string; verifyFull?: boolean; secretArns?: ReadonlyMap<string, string> }): Record<string, string>;
   /** Publishes the first slot map from the shards' weights, as the control plane does. */
   publishSlotMap(): Promise<void>;
   stop(): Promise<void>;
@@ -67,10 +71,11 @@ export async function startDemoShards(options: StartTestPostgresOptions = {}): P
   }
   return {
     server,
+    login: APP_LOGIN,
     admin(shardId) {
       return pools.get(shardId)!;
     },
-    backendEnv({ host = '127.0.0.1', verifyFull = false } = {}) {
+    backendEnv({ host = '127.0.0.1', verifyFull = false, secretArns } = {}) {
       const url = (id: string): string => `postgresql://${host}:${server.port}/${id}${verifyFull ? '?sslmode=verify-full' : ''}`;
       return {
         SHARDING_CONFIG_JSON: JSON.stringify({
@@ -78,7 +83,9 @@ export async function startDemoShards(options: StartTestPostgresOptions = {}): P
           default_shard: DEMO_SHARD_IDS[0],
           shards: DEMO_SHARD_IDS.map((id) => ({ shard_id: id, database_url: url(id), weight: 1, read_replicas: [] })),
         }),
-        ...Object.fromEntries(DEMO_SHARD_IDS.flatMap((id) => [[`${id.toUpperCase()}_DB_USERNAME`, APP_LOGIN.username], [`${id.toUpperCase()}_DB_PASSWORD`, APP_LOGIN.password]])),
+        ...(secretArns === undefined
+          ? Object.fromEntries(DEMO_SHARD_IDS.flatMap((id) => [[`${id.toUpperCase()}_DB_USERNAME`, APP_LOGIN.username], [`${id.toUpperCase()}_DB_PASSWORD`, APP_LOGIN.password]]))
+          : { ...Object.fromEntries(DEMO_SHARD_IDS.map((id) => [`${id.toUpperCase()}_DB_SECRET_ARN`, secretArns.get(id) ?? ''])), AWS_REGION: 'eu-west-1' }),
         CATALOG_SHARD_ID: DEMO_SHARD_IDS[0],
         DATABASE_RETRY_SECONDS: '1',
         SLOT_MAP_REFRESH_SECONDS: '1',

@@ -15,3 +15,12 @@ export function withCredentials(url: string, user: string, password: string): st
   u.password = encodeURIComponent(password);
   return u.toString();
 }
+
+/** A shard's primary and replica URLs completed with one login (see {@link withCredentials}). */
+export function shardWithLogin<S extends { readonly database_url: string; readonly read_replicas: readonly string[] }>(shard: S, login: { readonly username: string; readonly password: string }): S {
+  return {
+    ...shard,
+    database_url: withCredentials(shard.database_url, login.username, login.password),
+    read_replicas: shard.read_replicas.map((r) => withCredentials(r, login.username, login.password)),
+  };
+}

@@ -3,8 +3,9 @@
  * a new connection refused for its credentials (SQLSTATE 28P01 invalid_password or 28000
  * invalid_authorization_specification) re-reads them once, for any number of connections
  * refused together, takes the user name and password they name for every later connection, and
- * retries. Open connections are unaffected by a rotation. The control-plane functions' catalog
- * pool (`functions/handlers/shared/db.ts`) and their shard pools (`shard-pools.ts`) use it.
+ * retries the connection once. Open connections are unaffected by a rotation. The control-plane
+ * functions' catalog pool (`functions/handlers/shared/db.ts`), the shard pools (`shard-pools.ts`)
+ * and the demo backend's pools (containers/backend) use it.
  *
  * @example
  * ```ts
@@ -29,31 +30,81 @@ export function isAuthenticationFailure(err: unknown): boolean {
 
 type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void;
 
+/** How often a {@link SecretPool} may re-read its credentials. */
+export interface SecretPoolOptions {
+  /**
+   * After a re-read, logins refused within this many milliseconds fail with their own error
+   * instead of reading again: a secret that still names a refused login (a password changed by
+   * hand, a rotation that failed half-way) costs one GetSecretValue per interval, not one per
+   * connection. Default 1000.
+   */
+  readonly minRefreshIntervalMs?: number;
+  /**
+   * After a re-read that failed (Secrets Manager unreachable, access denied), the next one waits
+   * `minRefreshIntervalMs` doubled for each failure in a row, at most this long; until then a
+   * refused login fails with the re-read's error. Default 60000.
+   */
+  readonly maxRefreshBackoffMs?: number;
+  /** The clock, in milliseconds (tests move it). Default `Date.now`. */
+  readonly now?: () => number;
+}
+
 /**
  * A pool whose credentials come from a secret: a login refused for its credentials re-reads the
- * secret (once for any number of connections refused together) and retries with what it says.
- * `pool.query` goes through `connect`, so both are covered.
+ * secret (once for any number of connections refused together, and at most once per interval,
+ * backing off while the re-read fails) and retries with what it says. Only the connection is
+ * retried, never a statement: `pool.query` goes through `connect`, so a query whose login was
+ * refused runs once, on the retried connection, and a statement that failed for any other
+ * reason fails as it did.
  */
 export class SecretPool extends pg.Pool {
   #refreshing: Promise<void> | undefined;
   /** Bumped by every refresh: a login that started before it tried the old credentials. */
   #generation = 0;
+  /** No re-read before this instant (ms). */
+  #notBefore = Number.NEGATIVE_INFINITY;
+  #failuresInARow = 0;
+  #lastFailure: unknown;
+  readonly #minIntervalMs: number;
+  readonly #maxBackoffMs: number;
+  readonly #now: () => number;
 
   constructor(
     config: pg.PoolConfig,
     private readonly reload: () => Promise<LoginCredentials>,
+    options: SecretPoolOptions = {},
   ) {
     super(config);
+    this.#minIntervalMs = options.minRefreshIntervalMs ?? 1000;
+    this.#maxBackoffMs = options.maxRefreshBackoffMs ?? 60_000;
+    this.#now = options.now ?? Date.now;
   }
 
-  /** Re-reads the secret and uses its user and password for every new connection. */
+  /**
+   * Re-reads the secret and uses its user and password for every new connection; shared by
+   * concurrent callers. Within the interval after the last re-read it reads nothing: it resolves
+   * after a success, and rejects with the last failure after a failure.
+   */
   async refreshCredentials(): Promise<void> {
-    this.#refreshing ??= (async () => {
+    if (this.#refreshing) return this.#refreshing;
+    if (this.#now() < this.#notBefore) {
+      if (this.#failuresInARow > 0) throw this.#lastFailure;
+      return;
+    }
+    this.#refreshing = (async () => {
       try {
         const secret = await this.reload();
         this.options.user = secret.username;
         this.options.password = secret.password;
         this.#generation += 1;
+        this.#failuresInARow = 0;
+        this.#lastFailure = undefined;
+        this.#notBefore = this.#now() + this.#minIntervalMs;
+      } catch (err) {
+        this.#failuresInARow += 1;
+        this.#lastFailure = err;
+        this.#notBefore = this.#now() + Math.min(this.#maxBackoffMs, this.#minIntervalMs * 2 ** (this.#failuresInARow - 1));
+        throw err;
       } finally {
         this.#refreshing = undefined;
       }
@@ -72,6 +123,8 @@ export class SecretPool extends pg.Pool {
         if (!isAuthenticationFailure(err)) throw err;
         // Logins refused together, or after another one already re-read the secret, share it.
         if (generation === this.#generation) await this.refreshCredentials();
+        // Nothing new to log in with (re-read moments ago): the same login would be refused again.
+        if (generation === this.#generation) throw err;
         return super.connect();
       }
     };

@@ -79,6 +79,22 @@ function loginFields(target: { connectionString: string; ssl: pg.PoolConfig['ssl
   };
 }
 
+/**
+ * One node's pool: verified TLS against the RDS CAs (the URL's sslmode would replace it with
+ * Node's CAs), and, when `credentials` is given, a {@link SecretPool} that re-reads the login
+ * after a refused connection. Shard pools and the demo backend's catalog pool are built here.
+ */
+export function createNodePool(url: string, options: Omit<ShardPoolOptions, 'credentials' | 'onIdleError'> = {}, credentials?: () => Promise<LoginCredentials>): pg.Pool {
+  const config: pg.PoolConfig = {
+    ...(credentials ? loginFields(withRdsTls(url, options.ca)) : withRdsTls(url, options.ca)),
+    max: options.max ?? 10,
+    connectionTimeoutMillis: options.connectionTimeoutMillis ?? 2000,
+    idleTimeoutMillis: options.idleTimeoutMillis ?? 30_000,
+    application_name: options.applicationName ?? 'ca-dms-scaling',
+  };
+  return credentials ? new SecretPool(config, credentials) : new pg.Pool(config);
+}
+
 export class ShardPools {
   readonly #nodes = new Map<string, ShardNode>();
   readonly #byShard = new Map<string, { primary: ShardNode; replicas: ShardNode[] }>();
@@ -90,15 +106,7 @@ export class ShardPools {
     const pools = new ShardPools();
     const make = (shardId: string, nodeId: string, role: NodeRole, url: string): ShardNode => {
       const credentials = options.credentials;
-      const config: pg.PoolConfig = {
-        // Verified TLS against the RDS CAs (the URL's sslmode would replace it with Node's CAs).
-        ...(credentials ? loginFields(withRdsTls(url, options.ca)) : withRdsTls(url, options.ca)),
-        max: options.max ?? 10,
-        connectionTimeoutMillis: options.connectionTimeoutMillis ?? 2000,
-        idleTimeoutMillis: options.idleTimeoutMillis ?? 30_000,
-        application_name: options.applicationName ?? 'ca-dms-scaling',
-      };
-      const pool = credentials ? new SecretPool(config, () => credentials(shardId)) : new pg.Pool(config);
+      const pool = createNodePool(url, options, credentials && (() => credentials(shardId)));
       // Without a listener an idle connection's error would crash the process.
       pool.on('error', (error) => options.onIdleError?.(nodeId, error));
       const node: ShardNode = { nodeId, shardId, role, endpoint: endpointOf(url), pool };

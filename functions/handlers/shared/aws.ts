@@ -1,13 +1,14 @@
 /**
- * The AWS SDK clients of the control-plane functions, created once per container and traced.
- * Retries use the SDK's standard mode (exponential backoff with jitter, throttling-aware); the
- * caller bounds the whole evaluation with an abort signal derived from the remaining time.
+ * The AWS SDK clients of the control-plane functions, created once per container and traced,
+ * with the retries and per-attempt timeouts of SDK_CLIENT_OPTIONS; the caller bounds the whole
+ * evaluation with an abort signal derived from the remaining time.
  */
 import { ApplicationAutoScalingClient } from '@aws-sdk/client-application-auto-scaling';
 import { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
 import { ECSClient } from '@aws-sdk/client-ecs';
 import { RDSClient } from '@aws-sdk/client-rds';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { SDK_CLIENT_OPTIONS } from '../../adapters/aws/client-options.js';
 import { tracer } from './powertools.js';
 
 /** The clients a controller runtime needs; tests pass their own (driven by aws-sdk-client-mock). */
@@ -18,15 +19,7 @@ export interface AwsClients {
   readonly secrets: SecretsManagerClient;
 }
 
-/** Attempts per call, first one included. */
-export const MAX_ATTEMPTS = 4;
-
-/**
- * Per-attempt limits: a hung connection or request becomes a retryable timeout instead of
- * eating the whole budget.
- */
-const requestHandler = { connectionTimeout: 2_000, requestTimeout: 5_000 };
-const options = { maxAttempts: MAX_ATTEMPTS, retryMode: 'standard', requestHandler } as const;
+const options = SDK_CLIENT_OPTIONS;
 
 let clients: AwsClients | undefined;
 

@@ -23,29 +23,15 @@
  * const bigger = await createPool(location, secrets, { max: 4 });
  * ```
  */
-import { GetSecretValueCommand, type SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import pg from 'pg';
-import { z } from 'zod';
+import { DatabaseSecretError, readSecret } from '../../adapters/aws/database-secret.js';
 import { SecretPool } from '../../adapters/postgres/secret-pool.js';
 import { withRdsTls, tlsFor } from '../../adapters/postgres/tls.js';
 
 export { isAuthenticationFailure, SecretPool } from '../../adapters/postgres/secret-pool.js';
+export { DatabaseSecretError, databaseSecretSchema, readSecret, type DatabaseSecret } from '../../adapters/aws/database-secret.js';
 import type { DatabaseLocation } from './env.js';
-
-/** The database secret could not be read or does not have the expected shape. */
-export class DatabaseSecretError extends Error {
-  override readonly name = 'DatabaseSecretError';
-}
-
-/** The fields of an RDS-managed (or CDK-generated) database secret that we use. */
-export const databaseSecretSchema = z.object({
-  username: z.string().min(1),
-  password: z.string().min(1),
-  host: z.string().min(1),
-  port: z.coerce.number().int().min(1).max(65_535).default(5432),
-  dbname: z.string().min(1).default('postgres'),
-});
-export type DatabaseSecret = z.infer<typeof databaseSecretSchema>;
 
 /**
  * The statement timeout the catalog role gets by default (catalog migration 005). The client's
@@ -63,27 +49,6 @@ export const POOL_DEFAULTS = {
   query_timeout: CATALOG_STATEMENT_TIMEOUT_MS + 2000,
   keepAlive: true,
 } as const satisfies pg.PoolConfig;
-
-/** Reads and validates an RDS-style database secret. Throws {@link DatabaseSecretError}. */
-export async function readSecret(secrets: SecretsManagerClient, secretArn: string): Promise<DatabaseSecret> {
-  let raw: string | undefined;
-  try {
-    raw = (await secrets.send(new GetSecretValueCommand({ SecretId: secretArn }))).SecretString;
-  } catch (err) {
-    throw new DatabaseSecretError(`reading database secret ${secretArn} failed: ${(err as Error).message}`, { cause: err });
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(raw ?? '');
-  } catch (err) {
-    throw new DatabaseSecretError(`database secret ${secretArn} is not JSON`, { cause: err });
-  }
-  const parsed = databaseSecretSchema.safeParse(json);
-  if (!parsed.success) {
-    throw new DatabaseSecretError(`database secret ${secretArn} lacks ${parsed.error.issues.map((i) => i.path.join('.')).join(', ')}`, { cause: parsed.error });
-  }
-  return parsed.data;
-}
 
 function withErrorListener<P extends pg.Pool>(pool: P): P {
   // An idle connection dropped while the container was frozen must not crash the process;

@@ -10,6 +10,7 @@
  * ```
  */
 import { z } from 'zod';
+import { secretArnSchema as secretArn } from '../../adapters/aws/database-secret.js';
 import { applyScalingEnv, issuesOf, ScalingConfigError, type ScalingConfig } from '../../core/scaling/config.js';
 import { parseJsonText } from '../../core/json-text.js';
 import { parseTopology, TopologyError, type Topology } from '../../adapters/aws/topology.js';
@@ -46,7 +47,6 @@ const jsonText = <T extends z.ZodType>(inner: T) =>
     }
   }).pipe(inner);
 
-const secretArn = z.string().regex(/^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$/, 'expected a Secrets Manager secret ARN');
 
 const catalogRequired = {
   message: 'set CATALOG_DB_SECRET_ARN (or CATALOG_DATABASE_URL for local mode)',

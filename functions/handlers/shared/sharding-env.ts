@@ -14,13 +14,12 @@
 import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { z } from 'zod';
 import { loadShardingConfig, type ShardingConfig } from '../../core/sharding/config.js';
-import { withCredentials } from '../../adapters/postgres/connection-url.js';
+import { readSecret, secretArnSchema as secretArn, secretLogins } from '../../adapters/aws/database-secret.js';
+import { shardWithLogin } from '../../adapters/postgres/connection-url.js';
 import type { LoginCredentials } from '../../adapters/postgres/secret-pool.js';
-import { readSecret } from './db.js';
 import { EnvironmentError } from './env.js';
 import { parseJsonText } from '../../core/json-text.js';
 
-const secretArn = z.string().regex(/^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:.+$/, 'expected a Secrets Manager secret ARN');
 
 const schema = z.object({
   SHARDING_CONFIG_JSON: z.string().optional(),
@@ -55,12 +54,7 @@ export async function shardingConfigFromEnv(env: Record<string, string | undefin
     const creds = await Promise.all(secretArns.map((arn) => readSecret(secrets, arn)));
     const shards = doc.data.shards.map((shard, i) => {
       const c = creds[i];
-      if (!c) return shard;
-      return {
-        ...shard,
-        database_url: withCredentials(shard.database_url, c.username, c.password),
-        read_replicas: shard.read_replicas.map((r) => withCredentials(r, c.username, c.password)),
-      };
+      return c ? shardWithLogin(shard, c) : shard;
     });
     const config = loadShardingConfig({ ...doc.data, shards }, env);
     return config.enabled ? config : undefined;
@@ -81,10 +75,10 @@ export function shardCredentialsFromEnv(env: Record<string, string | undefined>,
   const arns = z.array(secretArn).safeParse(parseJson('SHARD_DB_SECRET_ARNS', e.SHARD_DB_SECRET_ARNS));
   const doc = z.object({ shards: z.array(z.object({ shard_id: z.string() }).loose()) }).loose().safeParse(parseJson('SHARDING_CONFIG_JSON', e.SHARDING_CONFIG_JSON));
   if (!arns.success || !doc.success || arns.data.length === 0) return undefined;
-  const byShard = new Map(doc.data.shards.map((s, i) => [s.shard_id, arns.data[i]]));
+  const byShard = new Map(doc.data.shards.flatMap((s, i) => (arns.data[i] === undefined ? [] : [[s.shard_id, arns.data[i]] as const])));
+  const read = secretLogins(secrets, byShard);
   return async (shardId) => {
-    const arn = byShard.get(shardId);
-    if (arn === undefined) throw new EnvironmentError([{ path: 'SHARD_DB_SECRET_ARNS', message: `no secret for shard ${shardId}` }]);
-    return readSecret(secrets, arn);
+    if (!byShard.has(shardId)) throw new EnvironmentError([{ path: 'SHARD_DB_SECRET_ARNS', message: `no secret for shard ${shardId}` }]);
+    return read(shardId);
   };
 }

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vites
 import { withNodeDeadline } from '../../../functions/adapters/postgres/deadline.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { RDS_CA_BUNDLE } from '../../../functions/adapters/postgres/tls.js';
-import { createPool, isAuthenticationFailure } from '../../../functions/handlers/shared/db.js';
+import { createPool, DatabaseSecretError, isAuthenticationFailure, readSecret, SecretPool } from '../../../functions/handlers/shared/db.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 
 const SECRET_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:catalog-AbCdEf';
@@ -95,6 +95,80 @@ describe('credentials rotated under a live pool', () => {
 
     expect(isAuthenticationFailure(err)).toBe(true);
     expect(sm.commandCalls(GetSecretValueCommand)).toHaveLength(2);
+  });
+});
+
+describe('re-reads that cannot run away (single flight, interval, backoff)', () => {
+  /** A pool logged in as app_user with `password`, re-reading through the mocked client, on a clock the test moves. */
+  async function poolWith(password: string, max: number): Promise<{ pool: SecretPool; clock: { now: number } }> {
+    const clock = { now: 0 };
+    const pool = new SecretPool({ host: '127.0.0.1', port: server.port, database: 'postgres', user: 'app_user', password, max }, () => readSecret(secrets, SECRET_ARN), {
+      minRefreshIntervalMs: 1000,
+      maxRefreshBackoffMs: 4000,
+      now: () => clock.now,
+    });
+    pool.on('error', () => undefined);
+    pools.push(pool);
+    return { pool, clock };
+  }
+  const failureOf = (pool: pg.Pool): Promise<unknown> => pool.query('select 1').then(() => 'connected', (e: unknown) => e);
+
+  it('reads the secret once for eight connections refused together, and all eight then log in as the user it names', async () => {
+    await admin.query("alter role app_user password 'rotated-away'");
+    secretSays('app_user_clone', 'clone-pass');
+    const { pool } = await poolWith('first', 8);
+
+    const users = await Promise.all(Array.from({ length: 8 }, () => pool.query<{ u: string }>('select current_user as u, pg_sleep(0.05)')));
+
+    expect(users.map((r) => r.rows[0]?.u)).toEqual(Array<string>(8).fill('app_user_clone'));
+    expect(sm.commandCalls(GetSecretValueCommand)).toHaveLength(1);
+  });
+
+  it('fails a refused login with a clear error naming the secret when Secrets Manager refuses the read, and backs off before reading again', async () => {
+    await admin.query("alter role app_user password 'rotated-away'");
+    sm.on(GetSecretValueCommand).rejects(new Error('User is not authorized to perform: secretsmanager:GetSecretValue'));
+    const { pool, clock } = await poolWith('first', 1);
+
+    const first = await failureOf(pool);
+    const again = await failureOf(pool); // within the backoff: no read
+    clock.now += 1000;
+    const afterOne = await failureOf(pool); // 1 s after the first failure: one read, which fails too
+    clock.now += 1000;
+    const stillBackingOff = await failureOf(pool); // the second failure in a row waits 2 s
+    clock.now += 1000;
+    secretSays('app_user_clone', 'clone-pass');
+    const recovered = await pool.query<{ u: string }>('select current_user as u');
+
+    expect(first).toBeInstanceOf(DatabaseSecretError);
+    expect((first as Error).message).toBe(`reading database secret ${SECRET_ARN} failed: User is not authorized to perform: secretsmanager:GetSecretValue`);
+    expect([again, afterOne, stillBackingOff]).toEqual([first, expect.any(DatabaseSecretError), expect.any(DatabaseSecretError)]);
+    expect(recovered.rows[0]?.u).toBe('app_user_clone');
+    expect(sm.commandCalls(GetSecretValueCommand)).toHaveLength(3);
+  });
+
+  it('reads a secret that still names a refused login at most once per interval, failing with the login\'s own error in between', async () => {
+    await admin.query("alter role app_user password 'rotated-away'");
+    secretSays('app_user', 'still-wrong');
+    const { pool, clock } = await poolWith('first', 1);
+
+    const refused = [await failureOf(pool), await failureOf(pool), await failureOf(pool)];
+    const readsWithinInterval = sm.commandCalls(GetSecretValueCommand).length;
+    clock.now += 1000;
+    await failureOf(pool);
+
+    expect(refused.every(isAuthenticationFailure)).toBe(true);
+    expect(readsWithinInterval).toBe(1);
+    expect(sm.commandCalls(GetSecretValueCommand)).toHaveLength(2);
+  });
+
+  it('never re-runs a statement: a query that fails after its login succeeded fails once, with no re-read', async () => {
+    await admin.query("alter role app_user password 'first'");
+    const { pool } = await poolWith('first', 1);
+
+    const err = await pool.query("select 1 / 0").catch((e: unknown) => e);
+
+    expect((err as { code?: string }).code).toBe('22012');
+    expect(sm.commandCalls(GetSecretValueCommand)).toHaveLength(0);
   });
 });
 

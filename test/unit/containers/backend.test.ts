@@ -36,10 +36,49 @@ describe('parseBackendEnv', () => {
   it('puts each shard\'s credentials, URL-encoded, into its primary and replica URLs, and reads the catalog on the default shard', () => {
     const settings = parseBackendEnv(VALID);
 
+    expect(settings.logins).toEqual({ kind: 'environment' });
     expect(settings.sharding.shards[0]?.database_url).toBe('postgresql://app:p%40ss%20word@shard-001.db.example:5432/ca_dms?sslmode=verify-full');
     expect(settings.sharding.shards[1]?.read_replicas).toEqual(['postgresql://app:other@shard-002-r1.db.example:5432/ca_dms?sslmode=verify-full']);
-    expect(settings.catalogUrl).toBe(settings.sharding.shards[0]?.database_url);
-    expect(parseBackendEnv({ ...VALID, CATALOG_SHARD_ID: 'shard-002' }).catalogUrl).toBe(settings.sharding.shards[1]?.database_url);
+    expect(settings.catalogShardId).toBe('shard-001');
+    expect(parseBackendEnv({ ...VALID, CATALOG_SHARD_ID: 'shard-002' }).catalogShardId).toBe('shard-002');
+  });
+
+  describe('logins from Secrets Manager (SHARD_<ID>_DB_SECRET_ARN)', () => {
+    const arn = (id: string) => `arn:aws:secretsmanager:eu-west-1:123456789012:secret:ca-dms-dev/${id}/app-AbCdEf`;
+    const ARNS = { SHARD_001_DB_SECRET_ARN: arn('shard-001'), SHARD_002_DB_SECRET_ARN: arn('shard-002') };
+    const ON_AWS = { SHARDING_CONFIG_JSON: SHARDING, ...ARNS, AWS_REGION: 'eu-west-1' };
+
+    it('takes every shard\'s secret ARN and the task\'s region, leaving the URLs without a login', () => {
+      const settings = parseBackendEnv(ON_AWS);
+
+      expect(settings.logins).toEqual({ kind: 'secrets-manager', region: 'eu-west-1', secretArns: new Map([['shard-001', arn('shard-001')], ['shard-002', arn('shard-002')]]) });
+      expect(settings.sharding.shards[0]?.database_url).toBe('postgresql://shard-001.db.example:5432/ca_dms?sslmode=verify-full');
+      expect(parseBackendEnv({ ...ON_AWS, AWS_REGION: undefined, AWS_DEFAULT_REGION: 'eu-central-1' }).logins).toMatchObject({ region: 'eu-central-1' });
+    });
+
+    it('refuses a login in the environment beside the secret, naming both variables and printing no password', () => {
+      const message = messageOf({ ...ON_AWS, SHARD_002_DB_USERNAME: 'app', SHARD_002_DB_PASSWORD: 'hidden' });
+
+      expect(message).toContain('SHARD_002_DB_USERNAME: must not be set with SHARD_002_DB_SECRET_ARN: the login comes from the secret');
+      expect(message).toContain('SHARD_002_DB_PASSWORD: must not be set with SHARD_002_DB_SECRET_ARN');
+      expect(message).not.toContain('hidden');
+    });
+
+    it('requires every shard\'s secret once one shard has one, a valid ARN and a region', () => {
+      const missing = messageOf({ ...ON_AWS, SHARD_002_DB_SECRET_ARN: undefined, SHARD_002_DB_USERNAME: 'app', SHARD_002_DB_PASSWORD: 'p' });
+      const invalid = messageOf({ ...ON_AWS, SHARD_001_DB_SECRET_ARN: 'ca-dms-dev/shard-001/app' });
+      const noRegion = messageOf({ ...ON_AWS, AWS_REGION: undefined });
+
+      expect(missing).toContain('SHARD_002_DB_SECRET_ARN: is required: the login secret of shard shard-002 (SHARD_001_DB_SECRET_ARN is set');
+      expect(invalid).toContain('SHARD_001_DB_SECRET_ARN: expected a Secrets Manager secret ARN (got "ca-dms-dev/shard-001/app")');
+      expect(noRegion).toContain('AWS_REGION: is required with the shards\' secret ARNs');
+    });
+
+    it('refuses a shard with neither a secret nor a login, naming both ways', () => {
+      expect(messageOf({ SHARDING_CONFIG_JSON: SHARDING, SHARD_001_DB_USERNAME: 'app', SHARD_001_DB_PASSWORD: 'p' })).toContain(
+        'SHARD_002_DB_USERNAME: is required: the login for shard shard-002, or give SHARD_002_DB_SECRET_ARN to read the login from Secrets Manager',
+      );
+    });
   });
 
   it('names every invalid variable with its value', () => {
@@ -93,7 +132,7 @@ describe('parseBackendEnv', () => {
   });
 
   it('names the credential variables the way the services stack names the secrets (shard-001 -> SHARD_001_DB_*)', () => {
-    expect(shardCredentialVariables('shard-001')).toEqual({ username: 'SHARD_001_DB_USERNAME', password: 'SHARD_001_DB_PASSWORD' });
+    expect(shardCredentialVariables('shard-001')).toEqual({ username: 'SHARD_001_DB_USERNAME', password: 'SHARD_001_DB_PASSWORD', secretArn: 'SHARD_001_DB_SECRET_ARN' });
   });
 });
 
