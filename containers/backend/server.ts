@@ -14,7 +14,10 @@
  *   (`DATABASE_READ_ONLY=true`) refuses writes with 405.
  * - `/`: what this is; anything else is an RFC 9457 404.
  *
- * Invalid settings stop it with exit 78 (EX_CONFIG) and a line naming each variable.
+ * Invalid settings stop it with exit 78 (EX_CONFIG) and a line naming each variable. On AWS the
+ * shards' logins are secrets (logins.ts): read when it connects (a refused read is the reason it
+ * waits, retried every DATABASE_RETRY_SECONDS), and read again by a pool whose new connection is
+ * refused for its credentials after a rotation; connections already open are kept.
  *
  * @example
  * ```sh

@@ -23,7 +23,7 @@
  * @example
  * ```ts
  * const settings = parseBackendEnv(process.env); // throws BackendConfigError naming each variable
- * settings.sharding.shards[0]?.database_url; // with the credentials in it
+ * settings.logins.kind; // 'secrets-manager' on AWS: logins.ts reads them; 'environment': already in the URLs
  * ```
  */
 import { X509Certificate } from 'node:crypto';

@@ -63,8 +63,6 @@ export interface SidecarServiceProps {
   readonly nginxPort: number;
   /** Plain, non-secret settings of the application. @default {} */
   readonly environment?: Readonly<Record<string, string>>;
-  /** Secrets injected from Secrets Manager at task start. @default {} */
-  readonly secrets?: Readonly<Record<string, ecs.Secret>>;
   /** `NGINX_*` settings of the sidecar (the upstreams are set to the app's loopback port). @default {} */
   readonly nginxEnvironment?: Readonly<Record<string, string>>;
   readonly securityGroup: ec2.ISecurityGroup;
@@ -138,7 +136,6 @@ export class SidecarService extends Construct {
       ...(props.appUser === undefined ? {} : { user: props.appUser }),
       readonlyRootFilesystem: true,
       environment: { ...props.environment },
-      secrets: { ...props.secrets },
       logging: ecs.LogDrivers.awsLogs({ logGroup: this.logGroup, streamPrefix: APP_CONTAINER }),
       healthCheck: {
         command: ['CMD-SHELL', `curl -fsS http://127.0.0.1:${props.appPort}${props.appHealthCheckPath} || exit 1`],
@@ -191,12 +188,12 @@ export class SidecarService extends Construct {
     acknowledge(
       this.taskDefinition,
       'AwsSolutions-ECS2',
-      'Only non-secret settings (service role, shard hosts, nginx tuning) are plain environment variables; credentials come from Secrets Manager through the secrets field.',
+      'Only non-secret settings (service role, shard hosts, nginx tuning, the ARNs of the login secrets) are plain environment variables; the application reads the credentials from Secrets Manager with its task role, and again after a rotation.',
     );
     acknowledge(
       this.taskDefinition.obtainExecutionRole(),
       'AwsSolutions-IAM5[Resource::*]',
-      'ecr:GetAuthorizationToken has no resource-level permissions in IAM; image pulls, log writes and secret reads are granted on named resources.',
+      'ecr:GetAuthorizationToken has no resource-level permissions in IAM; image pulls and log writes are granted on named resources.',
     );
     this.scalableTarget = this.service.autoScaleTaskCount({ minCapacity: props.minTasks, maxCapacity: props.maxTasks });
   }

@@ -86,21 +86,19 @@ export class ServicesStack extends Stack {
       return ecs.ContainerImage.fromEcrRepository(repository, image.tag);
     };
 
-    // The application learns its shards from plain settings; credentials come from Secrets
-    // Manager at task start and never appear in the task definition.
+    // The application learns its shards from plain settings, and where each shard's login is:
+    // the ARN of its least-privilege application login's secret (never the master's: the tasks
+    // only read and write documents, shard migration 003, sharding migration 004). The
+    // application reads the secret with its task role when it connects, and again whenever a
+    // login is refused: the secret rotates with alternating users, and a login injected once at
+    // task start (ECS `secrets`) would stop working at the second rotation after the task started.
     const sharding = shardingDocument(
       shards.map((s) => ({ id: s.shardId, host: s.primary.dbInstanceEndpointAddress, replicas: s.replicas.map((r) => r.dbInstanceEndpointAddress) })),
       config.database.databaseName,
       config.database.shardingStrategy,
     );
-    const secrets: Record<string, ecs.Secret> = {};
-    for (const s of shards) {
-      const key = s.shardId.toUpperCase().replace(/-/g, '_');
-      // The least-privilege application login, never the master: the tasks only read and
-      // write documents (shard migration 003, sharding migration 004).
-      secrets[`${key}_DB_USERNAME`] = ecs.Secret.fromSecretsManager(s.appSecret, 'username');
-      secrets[`${key}_DB_PASSWORD`] = ecs.Secret.fromSecretsManager(s.appSecret, 'password');
-    }
+    const loginSecrets: Record<string, string> = {};
+    for (const s of shards) loginSecrets[`${s.shardId.toUpperCase().replace(/-/g, '_')}_DB_SECRET_ARN`] = s.appSecret.secretArn;
 
     const services: Partial<Record<ServiceName, SidecarService>> = {};
     for (const name of SERVICE_NAMES) {
@@ -124,13 +122,13 @@ export class ServicesStack extends Stack {
           DATABASE_READ_ONLY: String(name === 'backend-read'),
           SHARDING_ENABLED: 'true',
           SHARDING_STRATEGY: config.database.shardingStrategy,
-          // The guide's ShardingConfig with credential-free URLs; SHARD_NNN_DB_* complete them.
+          // The guide's ShardingConfig with credential-free URLs; the SHARD_NNN_DB_SECRET_ARN logins complete them.
           SHARDING_CONFIG_JSON: this.toJsonString(sharding),
+          ...loginSecrets,
           // The catalog (slot maps, directory) lives on the first shard's primary, as the control plane's.
           CATALOG_SHARD_ID: shards[0]?.shardId ?? '',
           ...(name === 'worker' ? { WORKER_QUEUE_URL: props.workerQueue.queueUrl, WORKER_QUEUE_NAME: props.workerQueue.queueName } : {}),
         },
-        secrets,
         nginxEnvironment: {
           NGINX_WORKER_PROCESSES: String(config.nginx.workerProcesses),
           NGINX_WORKER_CONNECTIONS: String(config.nginx.workerConnections),
@@ -145,6 +143,13 @@ export class ServicesStack extends Stack {
       });
     }
     this.services = services as Record<ServiceName, SidecarService>;
+    // Each task reads its shards' login secrets itself (GetSecretValue, with DescribeSecret that
+    // comes with the grant), so its task role holds the grant; the execution role, which only
+    // pulls the images and ships the logs, reads no secret. The secrets are encrypted with the
+    // AWS managed key of Secrets Manager, which needs no kms grant.
+    for (const service of Object.values(this.services)) {
+      for (const s of shards) s.appSecret.grantRead(service.taskDefinition.taskRole);
+    }
     // The worker takes jobs off its queue (receive, delete, extend visibility) and may queue
     // follow-up jobs; no other service touches it.
     const workerRole = this.services.worker.taskDefinition.taskRole;

@@ -5,7 +5,8 @@
  * caller runs in (a NAT gateway, or a VPC endpoint that admits the caller).
  *
  * The calls come from the source (support/sdk-calls.ts: every `new XxxCommand(` reachable from
- * the handler's entry file). {@link CALLS} says, per handler, which of them it makes and on
+ * the handler's entry file, or from the entry file of a container the services run:
+ * {@link CONTAINER_CALLS}). {@link CALLS} says, per handler, which of them it makes and on
  * which resources; {@link NOT_CALLED} names the reachable ones it never makes, with the reason.
  * The two must cover the scan exactly, so a new call, or a call that disappears, fails here
  * until the table (and the role) follow. Each shipped configuration (config/*.json) is
@@ -17,6 +18,7 @@ import { join } from 'node:path';
 import type { CfnElement } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mergeConfig } from '../../lib/config/deployment-config.js';
+import { APP_CONTAINER } from '../../lib/services/sidecar-service.js';
 import { sdkCallsFrom, UnscannableSdkCallError } from './support/sdk-calls.js';
 import { ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, type Synthesized } from './support/synth.js';
 
@@ -96,6 +98,17 @@ const NOT_CALLED: Readonly<Record<Handler, Readonly<Record<string, string>>>> = 
     'application-autoscaling:RegisterScalableTarget': CATALOG_POOL_ONLY,
   },
   migrate: {},
+};
+
+/**
+ * The calls of the containers the services run (their entry files), each on the secrets whose
+ * ARNs the application container's environment variables matching `secretVariables` hold: the
+ * demo backend reads its shards' login secrets with its task role (containers/backend/logins.ts).
+ * Every service's task gets them, whatever its image, so every task role must allow them.
+ */
+const CONTAINER_CALLS: Readonly<Record<string, Readonly<Record<string, { readonly secretVariables: RegExp }>>>> = {
+  'containers/backend/server.ts': { 'secretsmanager:GetSecretValue': { secretVariables: /^SHARD_[A-Z0-9_]+_DB_SECRET_ARN$/ } },
+  'containers/nginx/cli.ts': {},
 };
 
 /** Actions granted with a call because the CDK grant that gives it comes with them (read-only, same resources). */
@@ -295,9 +308,8 @@ describe('the calls the code makes (static scan of the handlers)', () => {
     expect(() => sdkCallsFrom('test/infra/fixtures/sdk-scan/entry.ts')).toThrow(UnscannableSdkCallError);
   });
 
-  it('the containers the services run call no AWS API (their task roles need no permission)', () => {
-    expect([...sdkCallsFrom('containers/backend/server.ts').keys()]).toEqual([]);
-    expect([...sdkCallsFrom('containers/nginx/cli.ts').keys()]).toEqual([]);
+  it.each(Object.keys(CONTAINER_CALLS))('the container entry %s makes exactly the calls CONTAINER_CALLS lists', (entry) => {
+    expect([...sdkCallsFrom(entry).keys()].sort()).toEqual(Object.keys(CONTAINER_CALLS[entry] ?? {}).sort());
   });
 });
 
@@ -486,35 +498,59 @@ describe.each(configFiles)('config/%s: what the runtime code calls is allowed an
     }
   });
 
-  it("ECS tasks: the task roles grant nothing but the worker's use of its job queue (the demo containers call no AWS API), the execution roles read exactly the secrets the containers are given", () => {
+  it("ECS tasks: each task role allows the containers' calls on exactly the secrets the application is given, and nothing else but the worker's use of its job queue; the execution roles read no secret", () => {
     const services = s.stacks.services.stackName;
     const t = asm.template(services);
     const tasks = Object.entries(t.Resources).filter(([, r]) => r.Type === 'AWS::ECS::TaskDefinition');
     expect(tasks.length).toBe(Object.keys(s.config.scaling.services).length);
     const workerTask = s.stacks.services.resolve((s.stacks.services.services.worker.taskDefinition.node.defaultChild as CfnElement).logicalId) as string;
     const workerQueue = { 'Fn::GetAtt': [`${s.stacks.data.stackName}/${s.stacks.data.resolve((s.stacks.data.workerQueue.queue.node.defaultChild as CfnElement).logicalId) as string}`, 'Arn'] };
+    const workerActions = ['sqs:ReceiveMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueUrl', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:SendMessage'];
     for (const [id, task] of tasks) {
+      const containers = task.Properties?.['ContainerDefinitions'] as Array<{ Name: string; Environment?: Array<{ Name: string; Value: Json }>; Secrets?: Json[] }>;
+      const app = containers.find((c) => c.Name === APP_CONTAINER);
+      expect(app, `${id} has no app container`).toBeDefined();
       const taskRole = (task.Properties?.['TaskRoleArn'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
       const taskGrants = asm.statementsOf(services, taskRole);
-      if (id === workerTask) {
-        // The worker application (its image is the operator's; the demo backend ignores the queue)
-        // takes jobs off its queue and may queue follow-ups: exactly that, on that queue.
-        expect(new Set(taskGrants.flatMap(actionsOf))).toEqual(
-          new Set(['sqs:ReceiveMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueUrl', 'sqs:DeleteMessage', 'sqs:GetQueueAttributes', 'sqs:SendMessage']),
-        );
-        expect(new Set(taskGrants.flatMap(resourcesOf).map((r) => JSON.stringify(r)))).toEqual(new Set([JSON.stringify(workerQueue)]));
-      } else {
-        expect(taskGrants).toEqual([]);
+
+      // Every container call, on every secret the application is given.
+      const missing: string[] = [];
+      const calledActions = new Set<string>();
+      const secretsGiven = new Set<string>();
+      for (const calls of Object.values(CONTAINER_CALLS)) {
+        for (const [action, { secretVariables }] of Object.entries(calls)) {
+          calledActions.add(action);
+          const variables = (app?.Environment ?? []).filter((e) => secretVariables.test(e.Name));
+          expect(variables.length, `${id}: no variable matches ${String(secretVariables)}`).toBe(s.config.database.shards);
+          for (const v of variables) {
+            const arn = referencesIn(asm.resolve(v.Value, services))[0];
+            secretsGiven.add(JSON.stringify(arn));
+            if (!allows(taskGrants, action, (r) => names(r, arn))) missing.push(`${action} on ${v.Name}`);
+          }
+        }
       }
-      const executionRole = (task.Properties?.['ExecutionRoleArn'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
-      const statements = asm.statementsOf(services, executionRole);
-      const containers = task.Properties?.['ContainerDefinitions'] as Array<{ Name: string; Secrets?: Array<{ Name: string; ValueFrom: Json }> }>;
-      const secrets = containers.flatMap((c) => (c.Secrets ?? []).map((x) => ({ name: `${c.Name}.${x.Name}`, arn: referencesIn(asm.resolve(x.ValueFrom, services))[0] })));
-      expect(secrets.length).toBeGreaterThan(0);
-      const missing = secrets.filter((x) => !allows(statements, 'secretsmanager:GetSecretValue', (r) => names(r, x.arn))).map((x) => x.name);
       expect(missing).toEqual([]);
-      const granted = statements.filter((st) => actionsOf(st).includes('secretsmanager:GetSecretValue')).flatMap(resourcesOf).map((r) => JSON.stringify(r));
-      expect(new Set(granted)).toEqual(new Set(secrets.map((x) => JSON.stringify(x.arn))));
+
+      // Nothing beyond: those calls (and their companions) on exactly those secrets, and the worker's queue.
+      const extra: string[] = [];
+      for (const st of taskGrants) {
+        for (const action of actionsOf(st)) {
+          const resources = resourcesOf(st).map((r) => JSON.stringify(r));
+          if (calledActions.has(action) || [...calledActions].some((c) => COMPANIONS[c]?.includes(action))) {
+            if (!resources.every((r) => secretsGiven.has(r))) extra.push(`${action} on ${resources.join(', ')}`);
+          } else if (!(id === workerTask && workerActions.includes(action) && resources.every((r) => r === JSON.stringify(workerQueue)))) {
+            extra.push(`${action} on ${resources.join(', ')}`);
+          }
+        }
+      }
+      expect(extra).toEqual([]);
+      if (id === workerTask) expect(new Set(taskGrants.flatMap(actionsOf).filter((a) => a.startsWith('sqs:')))).toEqual(new Set(workerActions));
+
+      // The execution role pulls images and ships logs; ECS injects no secret, so it reads none.
+      expect(containers.flatMap((c) => c.Secrets ?? [])).toEqual([]);
+      const executionRole = (task.Properties?.['ExecutionRoleArn'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
+      const executionActions = asm.statementsOf(services, executionRole).flatMap(actionsOf);
+      expect(executionActions.filter((a) => a.startsWith('secretsmanager:') || a.startsWith('kms:'))).toEqual([]);
     }
   });
 });

@@ -107,20 +107,24 @@ describe('the services stack, the frontend naming its own image', () => {
     }
   });
 
-  it('gives the demo backend every setting it validates: the shards, each shard\'s credentials by the names it reads, the catalog', () => {
+  it('gives the demo backend every setting it validates: the shards, each shard\'s login secret by the name it reads, the catalog', () => {
     const demo = tasks().filter(({ app }) => app['Image'] !== FRONTEND_IMAGE);
     expect(demo).toHaveLength(3);
     for (const { app } of demo) {
-      // What ECS would hand the container, with CloudFormation's references resolved to stand-ins.
-      const resolved = (value: unknown): string => (typeof value === 'string' ? value : resolveJoin(value));
-      const environment = Object.fromEntries((app['Environment'] as Array<{ Name: string; Value: unknown }>).map((e) => [e.Name, resolved(e.Value)]));
-      const secrets = Object.fromEntries((app['Secrets'] as Array<{ Name: string }>).map((e) => [e.Name, 'from-secrets-manager']));
+      // What ECS would hand the container, with CloudFormation's references resolved to stand-ins
+      // (a secret's ARN to an ARN), and the region ECS sets in every task.
+      const resolved = (name: string, value: unknown): string => {
+        if (typeof value === 'string') return value;
+        return name.endsWith('_DB_SECRET_ARN') ? `arn:aws:secretsmanager:eu-west-1:123456789012:secret:${resolveJoin(value)}` : resolveJoin(value);
+      };
+      const environment = Object.fromEntries((app['Environment'] as Array<{ Name: string; Value: unknown }>).map((e) => [e.Name, resolved(e.Name, e.Value)]));
 
-      const settings = parseBackendEnv({ ...environment, ...secrets });
+      const settings = parseBackendEnv({ ...environment, AWS_REGION: 'eu-west-1' });
 
       expect(settings.sharding.shards).toHaveLength(s.config.database.shards);
       expect(environment['CATALOG_SHARD_ID']).toBe(settings.sharding.shards[0]?.shard_id);
-      for (const shard of settings.sharding.shards) expect(new URL(shard.database_url).password).toBe('from-secrets-manager');
+      expect(settings.logins.kind).toBe('secrets-manager');
+      expect(settings.logins.kind === 'secrets-manager' ? [...settings.logins.secretArns.keys()] : []).toEqual(settings.sharding.shards.map((shard) => shard.shard_id));
     }
   });
 

@@ -302,24 +302,25 @@ describe('services stack', () => {
     }
   });
 
-  it('injects database credentials from Secrets Manager, never as plain environment variables', () => {
+  it('gives the application the ARN of each shard\'s login secret to read itself, never a credential: no plain one, none injected at task start (it would not follow the rotation)', () => {
     for (const [, task] of resourcesOf(s.template(s.stacks.services), 'AWS::ECS::TaskDefinition')) {
       const app = (task.Properties?.['ContainerDefinitions'] as Json[]).find((c) => c['Name'] === APP_CONTAINER) as Json;
-      const secrets = app['Secrets'] as Array<{ Name: string; ValueFrom: unknown }>;
-      expect(secrets.map((x) => x.Name)).toEqual(expect.arrayContaining(['SHARD_001_DB_PASSWORD', 'SHARD_002_DB_PASSWORD']));
+      expect(app['Secrets']).toBeUndefined();
       const env = (app['Environment'] as Array<{ Name: string }>).map((e) => e.Name);
-      expect(env.filter((n) => /PASSWORD|SECRET/.test(n))).toEqual([]);
+      expect(env.filter((n) => /PASSWORD|SECRET|USERNAME/.test(n))).toEqual(['SHARD_001_DB_SECRET_ARN', 'SHARD_002_DB_SECRET_ARN']);
     }
   });
 
   it("gives the tasks each shard's least-privilege application login, never its admin secret", () => {
     for (const [, task] of resourcesOf(s.template(s.stacks.services), 'AWS::ECS::TaskDefinition')) {
       const app = (task.Properties?.['ContainerDefinitions'] as Json[]).find((c) => c['Name'] === APP_CONTAINER) as Json;
-      for (const secret of app['Secrets'] as Array<{ Name: string; ValueFrom: unknown }>) {
-        const from = JSON.stringify(secret.ValueFrom);
-        const shard = secret.Name.replace(/^SHARD_(\d{3})_DB_.*$/, 'Shard$1');
-        expect(from, secret.Name).toContain(`${shard}AppSecret`);
-        expect(from, secret.Name).not.toContain('PrimarySecret');
+      const logins = (app['Environment'] as Array<{ Name: string; Value: unknown }>).filter((e) => e.Name.endsWith('_DB_SECRET_ARN'));
+      expect(logins).toHaveLength(2);
+      for (const login of logins) {
+        const from = JSON.stringify(login.Value);
+        const shard = login.Name.replace(/^SHARD_(\d{3})_DB_.*$/, 'Shard$1');
+        expect(from, login.Name).toContain(`${shard}AppSecret`);
+        expect(from, login.Name).not.toContain('PrimarySecret');
       }
     }
   });
