@@ -156,6 +156,7 @@ try {
     batchRows: 5000,
     copyBatchRows: 20_000,
     to: 'shard_b',
+    writersProcess: true,
     onPlanned: (job) => {
       jobId = job.id;
     },
@@ -231,7 +232,7 @@ try {
     });
     for (const [crashes, sigkill] of schedules) {
       const s = await slotOwnedBy(env, 'shard_a', used);
-      const r = await tortureRun(env, { slot: s, users: USERS, docsPerUser: DOCS, writers: WRITERS, crashes, sigkill, batchRows: 5000, copyBatchRows: 20_000, to: 'shard_b' });
+      const r = await tortureRun(env, { slot: s, users: USERS, docsPerUser: DOCS, writers: WRITERS, crashes, sigkill, batchRows: 5000, copyBatchRows: 20_000, to: 'shard_b', writersProcess: true });
       const how = crashes.map((c, i) => `${c}${sigkill[i] === true ? ' (SIGKILL)' : ''}`).join(', ');
       console.log(
         `  killed at ${how}: ${r.runs} runs, ${r.job.state}, ${r.load.acknowledged} writes acknowledged, ${r.load.tokenReads} read back with their tokens, ${r.violations.length} violation(s): ${verdict(r.violations.length === 0)}`,
