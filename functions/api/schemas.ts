@@ -453,7 +453,13 @@ export const moveJobSchema = z.object({
   cancelRequested: z.boolean(),
   flipStartedAt: isoTime.nullable(),
   excludedKeys: z.array(z.string()),
-  copyCursor: z.object({ table: z.string(), after: z.string().nullable() }).nullable(),
+  copyCursor: z
+    .object({
+      table: z.string(),
+      after: z.string().nullable(),
+      lanes: z.array(z.string().nullable()).optional().describe('with the table copied in several id ranges at once, the last id copied in each'),
+    })
+    .nullable(),
   rowsCopied: z.number(),
   changesApplied: z.number(),
   rowsDeleted: z.number(),

@@ -16,9 +16,12 @@ import type { MoveState, MoveUnitKind } from '../../core/sharding/move-plan.js';
 
 export { MoveError, MoveFenceTimeoutError, MoveLeaseLostError } from '../../core/sharding/move-machine.js';
 
+/** Where the copy is: the table, and the last id copied (one lane) or per lane (several, see `PgMovePort.copy`). */
 export interface CopyCursor {
   readonly table: string;
   readonly after: string | null;
+  /** With the table copied in several id ranges at once, the last id copied in each (null: none yet). */
+  readonly lanes?: readonly (string | null)[];
 }
 
 /** Per table: row count and an order-independent checksum of the rows. */

@@ -63,6 +63,8 @@ export interface MoverOptions {
   readonly batchRows?: number;
   /** Rows per copy page: one COPY, one transaction on each side, one saved position. Default 20 000. */
   readonly copyBatchRows?: number;
+  /** Id ranges of a table copied at once, each its own source and target connection. Default 2. */
+  readonly copyLanes?: number;
   /** Catching up ends when a pass applies fewer changes than this (what is left is applied while fenced). Default 50. */
   readonly catchUpThreshold?: number;
   /**
@@ -204,6 +206,8 @@ export class Mover {
   async run(id: number): Promise<MoveJob> {
     const ttlMs = this.options.leaseTtlMs ?? 30_000;
     if (!Number.isInteger(ttlMs) || ttlMs < 100) throw new MoveError(`leaseTtlMs must be a whole number of ms, at least 100 (got ${ttlMs})`);
+    const copyLanes = this.options.copyLanes ?? 2;
+    if (!Number.isInteger(copyLanes) || copyLanes < 1 || copyLanes > 16) throw new MoveError(`copyLanes must be a whole number from 1 to 16 (got ${copyLanes})`);
     const catalog = await this.options.catalog.connect();
     let broken = false;
     // A connection dropped mid-run (failover, proxy, a killed backend) fails the next query,
@@ -239,6 +243,7 @@ export class Mover {
           settings: {
             batchRows: this.options.batchRows ?? 5000,
             copyBatchRows: this.options.copyBatchRows ?? 20_000,
+            copyLanes,
             catchUpThreshold: this.options.catchUpThreshold ?? 50,
             fenceBudgetMs: this.options.fenceBudgetMs ?? 2000,
             drainTimeoutMs: this.options.drainTimeoutMs ?? 30_000,

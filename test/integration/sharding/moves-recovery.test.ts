@@ -1,11 +1,13 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { laneBounds } from '../../../functions/adapters/postgres/move-port.js';
 import { MoveBusyError, MoveLeaseLostError, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { MOVE_CRASH_POINTS } from '../../../functions/core/sharding/move-machine.js';
 import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { runAndKill, runAndKillKeepingLease, waitForLeaseLapsed } from './fixtures/kill.js';
 import { startWorkload } from './fixtures/workload.js';
+import { inTransaction } from '../../../functions/adapters/postgres/transaction.js';
 
 /** Every crash point of the protocol (MOVE_CRASH_POINTS), with the state the job is left in. */
 const POINTS: readonly { point: MoveHookPoint; stateAfterKill: string }[] = [
@@ -206,6 +208,46 @@ describe('a move killed at any step', () => {
     expect(job.state).toBe('done');
     expect(await countSlot(target, slot)).toEqual({ users: 6, documents: 24 });
     const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from users where slot = $1 and display_name = 'stale copy'`, [slot]);
+    expect(rows[0]?.n).toBe(0);
+  });
+
+  it("resumes a copy split in id ranges from each range's saved position, copying again only what came after it", async () => {
+    const slot = 331;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const source = env.shards.get(from) as pg.Pool;
+    const target = env.shards.get(to) as pg.Pool;
+    await seedUsers(source, slot, keysInSlot(slot, 8), 5);
+    const mover = env.mover({ readerGraceMs: 0, copyBatchRows: 3, copyLanes: 2 });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // What a run killed mid-copy leaves behind: every user, each lane's documents up to its saved
+    // position, and one document past each position committed on the target but not saved.
+    const [low, high] = laneBounds(2);
+    const docs = (await source.query<{ id: string }>('select id::text from documents where slot = $1 order by id', [slot])).rows.map((r) => r.id);
+    const lane0 = docs.filter((id) => id < (low?.to as string));
+    const lane1 = docs.filter((id) => id >= (high?.from as string));
+    const saved = [lane0[1] as string, lane1[2] as string];
+    const unsaved = [lane0[2] as string, lane1[3] as string];
+    const asJson = async (sql: string, params: unknown[]): Promise<string> => (await source.query<{ j: string }>(`select coalesce(jsonb_agg(to_jsonb(t)), '[]')::text as j from (${sql}) t`, params)).rows[0]?.j ?? '[]';
+    await inTransaction(target, "begin; set local ca_dms.move_writer = 'on'", async (c) => {
+      await c.query('insert into users select * from jsonb_populate_recordset(null::users, $1::jsonb)', [await asJson('select * from users where slot = $1', [slot])]);
+      await c.query('insert into documents select * from jsonb_populate_recordset(null::documents, $1::jsonb)', [
+        await asJson('select * from documents where id = any($1::uuid[])', [[...lane0.slice(0, 3), ...lane1.slice(0, 4)]]),
+      ]);
+      await c.query(`update documents set title = 'stale copy' where id = any($1::uuid[])`, [unsaved]);
+    });
+    await env.catalog.query(`update catalog.move_jobs set state = 'copying', copying_at = now(), copy_cursor = $2 where id = $1`, [
+      planned.id,
+      JSON.stringify({ table: 'documents', after: null, lanes: saved }),
+    ]);
+
+    const job = await mover.run(planned.id);
+
+    expect(job.state).toBe('done');
+    expect(await countSlot(target, slot)).toEqual({ users: 8, documents: 40 });
+    // The rows up to each saved position (2 and 3) were not copied again; the rest were, once.
+    expect(job.rowsCopied).toBe(40 - 2 - 3);
+    const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from documents where slot = $1 and title = 'stale copy'`, [slot]);
     expect(rows[0]?.n).toBe(0);
   });
 });
