@@ -2,8 +2,9 @@
  * Move benchmark, in three parts, each printing its figures beside the goal of issue #15:
  *
  * 1. **One big move**: a hash slot holding 100,000 rows (users and their documents) moved from
- *    `shard_a` to `shard_b` while 8 writers keep inserting, updating and deleting the moving
- *    keys through `withShardWrite`. Figures: copy rate (goal >= 50k rows/s), how long writes were
+ *    `shard_a` to `shard_b` while 8 writers, in a process of their own (so that the figures are
+ *    the mover's, not its event loop shared with the writers), keep inserting, updating and
+ *    deleting the moving keys through `withShardWrite`. Figures: copy rate (goal >= 50k rows/s), how long writes were
  *    fenced (the mover's record, and the writers' p99 latency: goal < 250 ms), the catch-up lag
  *    (the age of the oldest change not yet applied on the target, sampled on the source every
  *    20 ms from the first time the copy's backlog was caught up to the flip: goal < 1 s), and
@@ -83,8 +84,8 @@ async function slotOwnedBy(env: MoveEnv, shard: string, used: Set<number>): Prom
  * backlog count would not do as that mark: under 8 writers it may never fall below any fixed
  * number before the final catch-up inside the fence, and then nothing is sampled.
  */
-function sampleLag(env: MoveEnv, source: pg.Pool, jobId: () => number | undefined): { stop(): Promise<number[]> } {
-  const samples: number[] = [];
+function sampleLag(env: MoveEnv, source: pg.Pool, jobId: () => number | undefined): { stop(): Promise<{ state: string; ms: number }[]> } {
+  const samples: { state: string; ms: number }[] = [];
   let catchUpBegan: number | undefined;
   let caughtUp = false;
   let running = true;
@@ -103,7 +104,7 @@ function sampleLag(env: MoveEnv, source: pg.Pool, jobId: () => number | undefine
           const oldest = lag[0]?.oldest === null || lag[0]?.oldest === undefined ? undefined : Number(lag[0].oldest);
           catchUpBegan ??= now;
           if (oldest === undefined || oldest >= catchUpBegan) caughtUp = true;
-          if (caughtUp) samples.push(oldest === undefined ? 0 : Math.max(0, now - oldest));
+          if (caughtUp) samples.push({ state, ms: oldest === undefined ? 0 : Math.max(0, now - oldest) });
         } else if (state !== 'planned' && state !== 'copying') {
           return;
         }
@@ -162,7 +163,8 @@ try {
     },
   });
   const elapsedMs = performance.now() - started;
-  const lagSamples = await lag.stop();
+  const lagByState = await lag.stop();
+  const lagSamples = lagByState.map((l) => l.ms);
   const { job } = report;
   const t = await steps(env, job);
   const rows = USERS + USERS * DOCS;
@@ -180,6 +182,11 @@ try {
       ? `  catch-up lag                not measured (no sample after the copy's backlog drained)   goal < ${GOAL.lagMs} ms: NOT MEASURED`
       : `  catch-up lag                max ${maxLag.toFixed(0)} ms, p50 ${quantile(lagSamples, 0.5).toFixed(0)} ms over ${lagSamples.length} samples   goal < ${GOAL.lagMs} ms: ${verdict(maxLag < GOAL.lagMs)}`,
   );
+  // Where the worst lag was: catching up, or comparing the sides before the fence (cutover).
+  const lagStates = [...new Set(lagByState.map((l) => l.state))];
+  if (lagStates.length > 0) {
+    console.log(`    max by state              ${lagStates.map((st) => `${st} ${Math.max(...lagByState.filter((l) => l.state === st).map((l) => l.ms)).toFixed(0)} ms`).join(', ')}`);
+  }
   // Step timestamps keep the first entry into a state, so after a fence given up they span attempts.
   if (job.fenceTimeouts === 0) {
     console.log(`  fenced                      final catch-up ${ms(t.fenced_at, t.verifying_at).toFixed(0)} ms, verify ${ms(t.verifying_at, t.flip_started_at).toFixed(0)} ms, publish + release ${ms(t.flip_started_at, t.unfenced_at).toFixed(0)} ms`);
@@ -191,6 +198,7 @@ try {
   console.log(`  clean up (delete source)    ${ms(t.cleaning_up_at, t.finished_at).toFixed(0)} ms (${job.rowsDeleted} rows)`);
   console.log(`  end to end                  ${elapsedMs.toFixed(0)} ms incl. seeding; move ${ms(t.copying_at, t.finished_at).toFixed(0)} ms -> ${rate(rows, ms(t.copying_at, t.finished_at))}`);
   printOutcome(report);
+  console.log(`  load average after part 1   ${os.loadavg().map((l) => l.toFixed(1)).join(' ')} (1, 5, 15 min)`);
 
   // Part 2: moves from different sources at once.
   console.log(`\n2. parallel moves: one slot of ${(PARALLEL_USERS * (DOCS + 1)).toLocaleString('en')} rows per source, each source to its own target, no writers`);

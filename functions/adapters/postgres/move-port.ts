@@ -32,6 +32,7 @@ import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
+import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { SlotMapStore } from './slot-map-store.js';
 import { inClientTransaction, inTransaction } from './transaction.js';
@@ -83,8 +84,11 @@ const TABLES = [
 ] as const;
 type TableName = (typeof TABLES)[number]['name'];
 
-/** Each unit row's 64-bit `hash_record_extended`, by row id, per table. */
-type RowHashes = Record<TableName, Map<string, bigint>>;
+/** Each unit row's 64-bit `hash_record_extended`, in id order, per table (see `move-hashes.ts`). */
+type RowHashes = Record<TableName, HashRun>;
+
+/** Per table: how many rows were hashed and the sum of their hashes. */
+type HashTotals = Record<TableName, { rows: number; sum: bigint }>;
 
 /** Row ids per table. */
 type RowIds = Record<TableName, Set<string>>;
@@ -94,34 +98,40 @@ function rowIds(...from: readonly Readonly<Record<TableName, ReadonlySet<string>
 }
 
 /**
- * One side's row hashes as last compared, with their per-table count and sum kept up to date as
- * rows are replaced, so that the totals under the fence cost what changed, not the unit's size
- * (summing 100,000 hashes there took tens of ms of the fence).
+ * One side's row hashes as last compared: those of the full comparison, with the rows compared
+ * again since replacing them, and their per-table count and sum kept up to date as rows are
+ * replaced, so that the totals under the fence cost what changed, not the unit's size (summing
+ * 100,000 hashes there took tens of ms of the fence).
  */
 class SideHashes {
-  readonly totals: Record<TableName, { rows: number; sum: bigint }> = { users: { rows: 0, sum: 0n }, documents: { rows: 0, sum: 0n } };
+  /** Rows compared again since the full comparison: their hash now (null: the row is gone). */
+  private readonly replaced: Record<TableName, Map<string, string | null>> = { users: new Map(), documents: new Map() };
 
-  constructor(readonly rows: RowHashes) {
-    for (const { name } of TABLES) for (const h of rows[name].values()) this.add(name, h);
+  /** @param totals the count and sum of `base`, as the database computed them with the hashes. */
+  constructor(
+    private readonly base: RowHashes,
+    readonly totals: HashTotals,
+  ) {}
+
+  private hashOf(table: TableName, id: string): string | undefined {
+    const replaced = this.replaced[table];
+    return replaced.has(id) ? (replaced.get(id) ?? undefined) : this.base[table].get(id);
   }
 
-  private add(table: TableName, h: bigint, sign: 1 | -1 = 1): void {
+  private add(table: TableName, h: string, sign: 1 | -1 = 1): void {
     this.totals[table].rows += sign;
-    this.totals[table].sum += BigInt(sign) * h;
+    this.totals[table].sum += BigInt(sign) * hashValue(h);
   }
 
   /** Replaces the rows named in `ids` by what `now` says of them (absent: the row is gone). */
   replace(ids: RowIds, now: RowHashes): void {
     for (const { name } of TABLES) {
       for (const id of ids[name]) {
-        const before = this.rows[name].get(id);
+        const before = this.hashOf(name, id);
         if (before !== undefined) this.add(name, before, -1);
         const after = now[name].get(id);
-        if (after === undefined) this.rows[name].delete(id);
-        else {
-          this.rows[name].set(id, after);
-          this.add(name, after);
-        }
+        this.replaced[name].set(id, after ?? null);
+        if (after !== undefined) this.add(name, after);
       }
     }
   }
@@ -132,15 +142,15 @@ class SideHashes {
     for (const { name } of TABLES) {
       let { rows, sum } = this.totals[name];
       for (const id of ids[name]) {
-        const before = this.rows[name].get(id);
+        const before = this.hashOf(name, id);
         if (before !== undefined) {
           rows -= 1;
-          sum -= before;
+          sum -= hashValue(before);
         }
       }
-      for (const h of now[name].values()) {
+      for (const h of now[name].hashes()) {
         rows += 1;
-        sum += h;
+        sum += hashValue(h);
       }
       out[name] = { rows, checksum: sum.toString() };
     }
@@ -593,11 +603,18 @@ export class PgMovePort implements MovePort<MoveJob> {
 
     const df = this.unitFilter(job, 'documents', 3, 't.');
     const uf = this.unitFilter(job, 'users', 3 + df.params.length, 't.');
-    const { rows: read } = await source.query<{ docs: string; doc_ids: string[] | null; users: string; user_ids: string[] | null }>(
+    // The changed documents' owners that did not change themselves are only there so that a
+    // new document's owner exists on the target (its foreign key): they are inserted when
+    // missing, not rewritten. Rewriting them (about one owner per changed document under 8
+    // writers) doubled the rows each pass wrote, each a new version with its index entries and
+    // a change logged on the target, to be compared again before the fence.
+    const { rows: read } = await source.query<{ docs: string; doc_ids: string[] | null; users: string; user_ids: string[] | null; owners: string | null }>(
       `with d as (select t.* from documents t where t.id = any($1::uuid[]) and ${df.sql}),
-            u as (select t.* from users t where (t.id = any($2::uuid[]) or t.id in (select owner_id from d)) and ${uf.sql})
+            u as (select t.* from users t where t.id = any($2::uuid[]) and ${uf.sql}),
+            o as (select t.* from users t where t.id in (select owner_id from d) and not (t.id = any($2::uuid[])) and ${uf.sql})
        select (select coalesce(jsonb_agg(to_jsonb(d)), '[]')::text from d) as docs, (select array_agg(d.id)::text[] from d) as doc_ids,
-              (select coalesce(jsonb_agg(to_jsonb(u)), '[]')::text from u) as users, (select array_agg(u.id)::text[] from u) as user_ids`,
+              (select coalesce(jsonb_agg(to_jsonb(u)), '[]')::text from u) as users, (select array_agg(u.id)::text[] from u) as user_ids,
+              (select jsonb_agg(to_jsonb(o))::text from o) as owners`,
       [docIds, userIds, ...df.params, ...uf.params],
     );
     const presentDocs = new Set(read[0]?.doc_ids ?? []);
@@ -607,6 +624,8 @@ export class PgMovePort implements MovePort<MoveJob> {
     await inTransaction(this.pool(job.to), MOVER_WRITE, async (target) => {
       await this.assertIncoming(target, job);
       if (presentUsers.size > 0) await this.upsert(target, 'users', read[0]?.users ?? '[]');
+      const owners = read[0]?.owners;
+      if (owners) await target.query('insert into users select * from jsonb_populate_recordset(null::users, $1::jsonb) on conflict (id) do nothing', [owners]);
       if (presentDocs.size > 0) await this.upsert(target, 'documents', read[0]?.docs ?? '[]');
       if (goneDocs.length > 0) {
         const f = this.unitFilter(job, 'documents', 2);
@@ -712,9 +731,9 @@ export class PgMovePort implements MovePort<MoveJob> {
     const [source, now] = await Promise.all([
       inTransaction(this.pool(job.from), SNAPSHOT, async (client) => {
         const { rows } = await client.query<{ t: TableName; id: string }>('select table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
-        return { pending: rows, hashes: await this.rowHashes(client, job, ids) };
+        return { pending: rows, hashes: (await this.rowHashes(client, job, ids)).hashes };
       }),
-      inTransaction(target, SNAPSHOT, (client) => this.rowHashes(client, job, ids)),
+      inTransaction(target, SNAPSHOT, async (client) => (await this.rowHashes(client, job, ids)).hashes),
     ]);
     pre.source.replace(ids, source.hashes);
     pre.target.replace(ids, now);
@@ -799,27 +818,24 @@ export class PgMovePort implements MovePort<MoveJob> {
     const [source, target] = await Promise.all([
       inTransaction(this.pool(job.from), SNAPSHOT, async (client) => {
         const { rows } = await client.query<{ t: TableName; id: string }>('select table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
-        return { pending: rows, hashes: await this.rowHashes(client, job, null) };
+        return { pending: rows, ...(await this.rowHashes(client, job, null)) };
       }),
       inTransaction(targetPool, SNAPSHOT, (client) => this.rowHashes(client, job, null)),
     ]);
     const recheck = rowIds({ users: new Set(), documents: new Set() });
     for (const { t, id } of source.pending) recheck[t]?.add(id);
-    for (const { name } of TABLES) {
-      const a = source.hashes[name];
-      const b = target[name];
-      for (const [id, h] of a) if (b.get(id) !== h) recheck[name].add(id);
-      for (const id of b.keys()) if (!a.has(id)) recheck[name].add(id);
-    }
-    this.pre = { jobId: job.id, source: new SideHashes(source.hashes), target: new SideHashes(target), recheck };
+    for (const { name } of TABLES) for (const id of differingIds(source.hashes[name], target.hashes[name])) recheck[name].add(id);
+    this.pre = { jobId: job.id, source: new SideHashes(source.hashes, source.totals), target: new SideHashes(target.hashes, target.totals), recheck };
   }
 
   /**
    * Per table, the hash of each of the unit's rows (`only` null), or of the given rows only
-   * (looked up by id); one statement for both tables.
+   * (looked up by id), with their count and sum; one statement for both tables, each table's
+   * hashes one text value in id order (see `move-hashes.ts` for why not a row each).
    */
-  private async rowHashes(client: pg.PoolClient, job: MoveJob, only: RowIds | null): Promise<RowHashes> {
-    const out: RowHashes = { users: new Map(), documents: new Map() };
+  private async rowHashes(client: pg.PoolClient, job: MoveJob, only: RowIds | null): Promise<{ hashes: RowHashes; totals: HashTotals }> {
+    const hashes: RowHashes = { users: new HashRun(''), documents: new HashRun('') };
+    const totals: HashTotals = { users: { rows: 0, sum: 0n }, documents: { rows: 0, sum: 0n } };
     const params: unknown[] = [];
     const parts: string[] = [];
     for (const { name } of TABLES) {
@@ -827,14 +843,19 @@ export class PgMovePort implements MovePort<MoveJob> {
       if (ids !== null && ids.length === 0) continue;
       const f = this.unitFilter(job, name, params.length + 2, 'x.');
       parts.push(
-        `select '${name}' as t, x.id::text as id, hash_record_extended(x, 0)::text as h from ${name} x where ($${params.length + 1}::uuid[] is null or x.id = any($${params.length + 1}::uuid[])) and ${f.sql}`,
+        `select '${name}' as t, count(*)::int as n, coalesce(sum(h), 0)::text as sum, ${HASH_RUN_SQL} as run
+           from (select x.id, hash_record_extended(x, 0) as h from ${name} x
+                  where ($${params.length + 1}::uuid[] is null or x.id = any($${params.length + 1}::uuid[])) and ${f.sql}) r`,
       );
       params.push(ids, ...f.params);
     }
-    if (parts.length === 0) return out;
-    const { rows } = await client.query<{ t: TableName; id: string; h: string }>(parts.join(' union all '), params);
-    for (const r of rows) out[r.t].set(r.id, BigInt(r.h));
-    return out;
+    if (parts.length === 0) return { hashes, totals };
+    const { rows } = await client.query<{ t: TableName; n: number; sum: string; run: string }>(parts.join(' union all '), params);
+    for (const r of rows) {
+      totals[r.t] = { rows: r.n, sum: BigInt(r.sum) };
+      hashes[r.t] = new HashRun(r.run);
+    }
+    return { hashes, totals };
   }
 
   async verify(job: MoveJob): Promise<VerifyOutcome> {
@@ -876,7 +897,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     const [source, target] = (await Promise.all(
       [job.from, job.to].map((shard) =>
         // The timeout is a whole number of ms written into the text: one round trip with the begin.
-        inTransaction(this.pool(shard), `${SNAPSHOT}; set local statement_timeout = '${Math.max(1, Math.ceil(timeoutMs))}ms'`, (client) => this.rowHashes(client, job, ids)),
+        inTransaction(this.pool(shard), `${SNAPSHOT}; set local statement_timeout = '${Math.max(1, Math.ceil(timeoutMs))}ms'`, async (client) => (await this.rowHashes(client, job, ids)).hashes),
       ),
     )) as [RowHashes, RowHashes];
     let differing = 0;
