@@ -111,7 +111,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       slotMaps,
       directory,
       actor: options.actor,
-      routing: { strategy: config.strategy, overrideHash: config.directory.override_hash, fallback: config.directory.fallback },
+      routing: { strategy: config.strategy, overrideHash: config.directory.override_hash, fallback: config.directory.fallback, enabled: config.enabled },
     });
     return {
       config,

@@ -267,6 +267,8 @@ export interface MoveRouting {
   readonly overrideHash: boolean;
   /** What `directory_based` does with keys not in the directory. */
   readonly fallback: 'hash' | 'reject';
+  /** `false` when sharding is disabled (`SHARDING_ENABLED=false`); default `true`. */
+  readonly enabled?: boolean;
 }
 
 export type MoveUnitVerdict =
@@ -280,7 +282,8 @@ export type MoveUnitVerdict =
 /**
  * Whether a move of this kind moves what the configured strategy routes by. A slot move under
  * range routing, or a directory move when the directory does not decide routing, would copy
- * rows the router then looks for elsewhere: the keys would be stranded. Such moves are refused.
+ * rows the router then looks for elsewhere: the keys would be stranded. So would any move while
+ * sharding is disabled (every key goes to `default_shard`). Such moves are refused.
  *
  * @example
  * ```ts
@@ -288,6 +291,12 @@ export type MoveUnitVerdict =
  * ```
  */
 export function moveUnitFor(routing: MoveRouting, kind: MoveUnitKind): MoveUnitVerdict {
+  if (routing.enabled === false) {
+    return {
+      ok: false,
+      reason: 'sharding is disabled (SHARDING_ENABLED=false): every key routes to default_shard whatever the slot map or the directory says; a move would strand its rows on the target: enable sharding first',
+    };
+  }
   if (routing.strategy === 'range_based') {
     return {
       ok: false,
