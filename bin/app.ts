@@ -30,7 +30,9 @@ function main(): number {
   // the rest of the synthesis together, pushing it past the 30 s goal on a shared 2-core
   // machine. The infra tests run it on every environment file; here it is opt-in with
   // CDK_VALIDATION=true. cdk-nag and cfn-guard always run.
-  const app = new App({ builtinCloudFormationValidation: process.env['CDK_VALIDATION'] === 'true' });
+  // No synthesis on exit: main() synthesizes once, and a configuration refused half-way through
+  // building the stages must not be synthesized anyway.
+  const app = new App({ autoSynth: false, builtinCloudFormationValidation: process.env['CDK_VALIDATION'] === 'true' });
   let config;
   try {
     config = loadDeploymentConfig({ configDir: join(root, 'config'), context: (key) => app.node.tryGetContext(key), env: process.env });
@@ -44,6 +46,14 @@ function main(): number {
   const staging = mkdtempSync(join(tmpdir(), 'ca-dms-image-contexts-'));
   try {
     synthesize(app, config, staging);
+  } catch (error) {
+    // A configuration the stacks find too large for AWS (DataStack's shard count) is reported
+    // like any invalid configuration: the path and what fits, no stack trace.
+    if (error instanceof DeploymentConfigError) {
+      console.error(error.message);
+      return 1;
+    }
+    throw error;
   } finally {
     rmSync(staging, { recursive: true, force: true });
   }

@@ -112,6 +112,8 @@ export class CaDmsStage extends Stage {
       workerDeadLetterQueue: data.workerQueue.deadLetterQueue,
       description: 'CA-DMS observability: dashboard and alarms',
     });
+    // Once every stack is built: the others add rules to the data stack's security groups.
+    data.checkCapacity();
     applyGuardPosture(this);
     this.stacks = { network, data, services, controlPlane, observability };
   }

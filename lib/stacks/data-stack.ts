@@ -1,10 +1,10 @@
-import { Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import { Annotations, CfnResource, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import * as rds from 'aws-cdk-lib/aws-rds';
-import type { Construct } from 'constructs';
-import type { DeploymentConfig } from '../config/deployment-config.js';
+import type { Construct, IConstruct } from 'constructs';
+import { DeploymentConfigError, type DeploymentConfig } from '../config/deployment-config.js';
 import { ShardDatabase } from '../data/shard-database.js';
 import { WorkQueue } from '../data/work-queue.js';
 import type { Network } from '../network/network.js';
@@ -15,6 +15,18 @@ export interface DataStackProps extends StackProps {
   readonly config: DeploymentConfig;
   readonly network: Network;
 }
+
+/**
+ * CloudFormation's resources per stack: a hard limit, CDK refuses more at synthesis
+ * (https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-limits.html).
+ */
+export const MAX_STACK_RESOURCES = 500;
+
+/**
+ * RDS's default quota of DB instances per region, shared by every environment in the account
+ * and adjustable in Service Quotas (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/CHAP_Limits.html).
+ */
+export const DEFAULT_DB_INSTANCE_QUOTA = 40;
 
 /** `17` of `17.6` (and of `17`). */
 function majorVersion(version: string): string {
@@ -35,6 +47,7 @@ export class DataStack extends Stack {
   readonly shards: readonly ShardDatabase[];
   readonly workerQueue: WorkQueue;
   readonly key: kms.Key;
+  private readonly database: DeploymentConfig['database'];
 
   constructor(scope: Construct, id: string, props: DataStackProps) {
     super(scope, id, { ...props, terminationProtection: true });
@@ -106,5 +119,40 @@ export class DataStack extends Stack {
       // A torn-down development environment's pending jobs are worth nothing; production keeps them.
       removalPolicy: config.production ? RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE : RemovalPolicy.DESTROY,
     });
+    this.database = db;
+  }
+
+  /**
+   * The configuration's shards must fit one stack: past {@link MAX_STACK_RESOURCES} the error
+   * names `database.shards` and how many fit, counted from the shards as built (so it follows
+   * whatever a shard is made of). Call it once every stack of the stage is built: the other
+   * stacks add rules to the shards' security groups, which live here. Past the default DB
+   * instance quota it warns: that quota can be raised, but a new account meets it half-way
+   * through the stack creation.
+   */
+  checkCapacity(): void {
+    const { shards, replicasPerShard: replicas } = this.database;
+    const resources = (scope: IConstruct) => scope.node.findAll().filter(CfnResource.isCfnResource).length;
+    const inShards = this.shards.map(resources);
+    // One resource more at synthesis: the AWS::CDK::Metadata CDK adds to every stack.
+    const total = resources(this) + 1;
+    if (total > MAX_STACK_RESOURCES) {
+      const perShard = Math.min(...inShards);
+      const fixed = total - inShards.reduce((a, b) => a + b, 0) + (Math.max(...inShards) - perShard);
+      const fitting = Math.floor((MAX_STACK_RESOURCES - fixed) / perShard);
+      throw new DeploymentConfigError([
+        {
+          path: 'database.shards',
+          message: `${shards} shards of ${1 + replicas} instances (database.replicasPerShard ${replicas}) make ${total} resources in the data stack, ${perShard} a shard, and CloudFormation takes at most ${MAX_STACK_RESOURCES} a stack: at most ${fitting} shards with this many replicas`,
+        },
+      ]);
+    }
+    const instances = shards * (1 + replicas);
+    if (instances > DEFAULT_DB_INSTANCE_QUOTA) {
+      Annotations.of(this).addWarningV2(
+        '@ca-dms/data:dbInstanceQuota',
+        `${instances} DB instances (database.shards ${shards} x (1 primary + ${replicas} replicas)): RDS allows ${DEFAULT_DB_INSTANCE_QUOTA} a region by default, for every environment of the account together. Raise "DB instances" in Service Quotas before the first deploy, or the data stack fails half-way and rolls back.`,
+      );
+    }
   }
 }

@@ -5,15 +5,18 @@
  * that states it.
  */
 import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { Stack } from 'aws-cdk-lib';
+import { dirname, join } from 'node:path';
+import { App, Stack } from 'aws-cdk-lib';
+import { Annotations, Match } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as rds from 'aws-cdk-lib/aws-rds';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DeploymentConfigError, mergeConfig, parseDeploymentConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
 import { minimumMaxAllocatedStorageGiB, ShardDatabase } from '../../lib/data/shard-database.js';
-import { ROOT, synthesize, type Synthesized } from './support/synth.js';
+import { DEFAULT_DB_INSTANCE_QUOTA, MAX_STACK_RESOURCES, type DataStack } from '../../lib/stacks/data-stack.js';
+import { CaDmsStage } from '../../lib/ca-dms-stage.js';
+import { FIXTURES, ROOT, synthesize, type Synthesized } from './support/synth.js';
 
 function problemsOf(input: unknown): ConfigIssue[] {
   try {
@@ -80,6 +83,66 @@ describe('the HTTPS certificate (acm-regions: ACM certificates are regional and 
 
   it("accepts a certificate of the load balancer's region", () => {
     expect(problemsOf({ region: 'eu-central-1', production: true, domain: { certificateArn: certificate('eu-central-1') } })).toEqual([]);
+  });
+});
+
+/**
+ * The data stack of a stage for `database`, built without synthesis and without bundling the
+ * functions (fast): the other stacks add rules to its security groups, so it is counted within
+ * its stage.
+ */
+function dataStack(database: Record<string, unknown>): DataStack {
+  const app = new App({ autoSynth: false, context: { 'aws:cdk:bundling-stacks': [] } });
+  const config = parseDeploymentConfig({ database });
+  return new CaDmsStage(app, 'Dev', { config, sources: FIXTURE_SOURCES }).stacks.data;
+}
+
+const FIXTURE_SOURCES = {
+  entries: Object.fromEntries(['evaluate', 'alarm', 'api', 'migrate', 'moves'].map((f) => [f, join(FIXTURES, 'handlers', `${f}.ts`)])) as Record<'evaluate' | 'alarm' | 'api' | 'migrate' | 'moves', string>,
+  migrationsDirectory: join(FIXTURES, 'migrations'),
+  nginxImage: { directory: join(FIXTURES, 'nginx'), file: 'Dockerfile' },
+  demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
+};
+
+function dataStackError(database: Record<string, unknown>): ConfigIssue[] {
+  try {
+    dataStack(database);
+    return [];
+  } catch (error) {
+    if (error instanceof DeploymentConfigError) return [...error.issues];
+    throw error;
+  }
+}
+
+describe('shards of one data stack (cloudformation-limits: 500 resources a stack; CHAP_Limits: 40 DB instances a region by default)', () => {
+  // https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-limits.html
+  it('refuses more shards than one stack holds, naming database.shards and the most that fit, which do fit', () => {
+    // Not far beyond: from 20 shards the sharding configuration outgrows its SSM parameter first.
+    const [issue, ...others] = dataStackError({ shards: 16, replicasPerShard: 1 });
+    expect(others).toEqual([]);
+    expect(issue).toMatchObject({ path: 'database.shards', message: expect.stringMatching(/^16 shards of 2 instances \(database.replicasPerShard 1\) make \d+ resources .* at most \d+ shards with this many replicas$/) });
+    const fitting = Number(/at most (\d+) shards/.exec(issue?.message ?? '')?.[1]);
+
+    // The most that fit do fit: the stage synthesizes (CDK refuses a template over 500), and
+    // the template has at most 500 resources.
+    const largest = dataStack({ shards: fitting, replicasPerShard: 1 });
+    const assembly = App.of(largest)?.synth().getNestedAssembly('assembly-Dev');
+    try {
+      const template = assembly?.getStackArtifact(largest.artifactId).template as { Resources: object } | undefined;
+      expect(Object.keys(template?.Resources ?? {}).length).toBeGreaterThan(MAX_STACK_RESOURCES - 40);
+      expect(Object.keys(template?.Resources ?? {}).length).toBeLessThanOrEqual(MAX_STACK_RESOURCES);
+    } finally {
+      if (assembly) rmSync(dirname(assembly.directory), { recursive: true, force: true });
+    }
+    expect(dataStackError({ shards: fitting + 1, replicasPerShard: 1 }).map((i) => i.path)).toEqual(['database.shards']);
+  });
+
+  // https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/CHAP_Limits.html
+  it('warns when the shards need more DB instances than the default RDS quota, and not below it', () => {
+    const over = dataStack({ shards: 7, replicasPerShard: 5 });
+    expect(7 * 6).toBeGreaterThan(DEFAULT_DB_INSTANCE_QUOTA);
+    Annotations.fromStack(over).hasWarning('/Dev/data', Match.stringLikeRegexp('42 DB instances .*RDS allows 40 a region by default'));
+    expect(Annotations.fromStack(dataStack({ shards: 8, replicasPerShard: 4 })).findWarning('/Dev/data', Match.stringLikeRegexp('DB instances'))).toEqual([]);
   });
 });
 
