@@ -78,8 +78,8 @@ function dimensionsOf(alarm: AlarmMessage): Map<string, string> {
  * balancer that fronts exactly one service. `undefined` when nothing matches unambiguously.
  */
 export function serviceForAlarm(alarm: AlarmMessage, topology: Topology, nameMap: Readonly<Record<string, string>>): string | undefined {
-  const mapped = nameMap[alarm.AlarmName];
-  if (mapped !== undefined) return mapped;
+  // Own members only: an alarm named `constructor` or `toString` must not find Object's.
+  if (Object.hasOwn(nameMap, alarm.AlarmName)) return nameMap[alarm.AlarmName];
   const dims = dimensionsOf(alarm);
   const entries = Object.entries(topology.services);
   const unique = (matches: Array<[string, unknown]>): string | undefined => (matches.length === 1 ? matches[0]?.[0] : undefined);
