@@ -1,7 +1,8 @@
 /**
  * The built demo backend image, run as ECS runs it: its user, the RDS CA bundle it carries, the
- * documents API against real PostgreSQL shards given to it as the services stack gives them
- * (credential-free URLs, each shard's login in SHARD_<ID>_DB_*), its health endpoints, the task
+ * documents API against real PostgreSQL shards (credential-free URLs, each shard's login in
+ * SHARD_<ID>_DB_USERNAME/PASSWORD, or read from Secrets Manager through its secret's ARN as the
+ * services stack gives it, and read again after a rotation), its health endpoints, the task
  * definition's health check command inside it, and the load balancer's requests through the
  * built nginx sidecar image in front of it.
  */
@@ -12,7 +13,8 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { rdsCaBundlePem } from '../../containers/backend/context.js';
 import { DEMO_BACKEND_USER, NGINX_WRITABLE_PATHS } from '../../lib/services/sidecar-service.js';
 import { freePort, send } from '../integration/nginx/harness.js';
-import { startDemoShards, type DemoShards } from '../support/demo-backend.js';
+import { DEMO_SHARD_IDS, startDemoShards, type DemoShards } from '../support/demo-backend.js';
+import { startSecretsManagerEndpoint, type SecretsManagerEndpoint } from '../support/secrets-manager-endpoint.js';
 import { makeServerCertificate, type ServerCertificate } from '../support/tls.js';
 import { startImage, uidsOf, waitUntil, type ExportedImage, type RunningImage } from './rootfs.js';
 
@@ -207,5 +209,63 @@ describe('the demo backend image over verified TLS', () => {
 
     await waitUntil(run, async () => (await health(port)).database === 'ready');
     expect((await post(port, '/api/v1/users', { email: 'tls@example.org', display_name: 'TLS' })).status).toBe(201);
+  });
+});
+
+describe('the demo backend image with its shards\' logins in Secrets Manager (as on AWS)', () => {
+  const arnOf = (shardId: string): string => `arn:aws:secretsmanager:eu-west-1:123456789012:secret:ca-dms-dev/${shardId}/app-AbCdEf`;
+  let shards: DemoShards;
+  let endpoint: SecretsManagerEndpoint;
+  let login: { username: string; password: string };
+  let run: RunningImage;
+  let port: number;
+
+  beforeAll(async () => {
+    shards = await startDemoShards();
+    await shards.publishSlotMap();
+    login = shards.login;
+    endpoint = await startSecretsManagerEndpoint(() => JSON.stringify({ ...login, host: '127.0.0.1', port: shards.server.port, dbname: 'postgres' }));
+    port = await freePort();
+    run = startImage(imageOf('backendImage'), {
+      env: { ...shards.backendEnv({ secretArns: new Map(DEMO_SHARD_IDS.map((id) => [id, arnOf(id)])) }), ...endpoint.env, PORT: String(port), CA_DMS_SERVICE: 'backend-write' },
+      writablePaths: APP_WRITABLE,
+    });
+    await waitUntil(run, listening(port));
+  }, 120_000);
+  afterAll(async () => {
+    await run?.stop();
+    await endpoint?.stop();
+    await shards?.stop();
+  });
+
+  const shardPoolUsers = async (): Promise<string[]> =>
+    (await shards.admin('shard_001').query<{ usename: string }>("select distinct usename from pg_stat_activity where application_name = 'ca-dms-demo-backend' order by 1")).rows.map((r) => r.usename);
+
+  it('reads each shard\'s secret with a signed GetSecretValue (the SDK runs on the image\'s Node.js) and serves with that login', async () => {
+    await waitUntil(run, async () => (await health(port)).database === 'ready');
+
+    expect((await post(port, '/api/v1/users', { email: 'secret@example.org', display_name: 'Secret' })).status).toBe(201);
+    expect(new Set(endpoint.requests.map((r) => r.secretId))).toEqual(new Set(DEMO_SHARD_IDS.map(arnOf)));
+    expect(endpoint.requests.every((r) => r.target === 'secretsmanager.GetSecretValue' && r.authorization.startsWith('AWS4-HMAC-SHA256'))).toBe(true);
+    expect(await shardPoolUsers()).toEqual([shards.login.username]);
+  });
+
+  it('reads the secret again when a rotation has changed its login\'s password, and serves as the clone it names', async () => {
+    const original = shards.login.username;
+    const clone = `${original}_clone`;
+    const readsBefore = endpoint.requests.length;
+    await shards.admin('shard_001').query(`alter role ${clone} password 'image clone pass'`);
+    login = { username: clone, password: 'image clone pass' };
+    await shards.admin('shard_001').query(`alter role ${original} password 'rotated away'`);
+    // Its idle connections end, so the next requests need new logins.
+    await shards.admin('shard_001').query("select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'ca-dms-demo-backend' and state = 'idle'");
+
+    // A request handed a connection the server has just ended may fail before the pool drops it;
+    // a login refused for good would fail every one.
+    let n = 0;
+    await waitUntil(run, async () => (await post(port, '/api/v1/users', { email: `rotated-${n++}@example.org`, display_name: 'Rotated' })).status === 201);
+
+    expect(endpoint.requests.length).toBeGreaterThan(readsBefore);
+    expect(await shardPoolUsers()).toEqual([clone]);
   });
 });
