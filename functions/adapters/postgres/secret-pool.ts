@@ -1,7 +1,7 @@
 /**
  * A pg pool whose credentials can change under it (Secrets Manager rotation, alternating users):
- * a new connection refused for its credentials (SQLSTATE 28P01 invalid_password or 28000
- * invalid_authorization_specification) re-reads them once, for any number of connections
+ * a new connection refused for its credentials (SQLSTATE class 28: 28P01 invalid_password,
+ * 28000 invalid_authorization_specification) re-reads them once, for any number of connections
  * refused together, takes the user name and password they name for every later connection, and
  * retries the connection once. Open connections are unaffected by a rotation. The control-plane
  * functions' catalog pool (`functions/handlers/shared/db.ts`), the shard pools (`shard-pools.ts`)
@@ -20,12 +20,15 @@ export interface LoginCredentials {
   readonly password: string;
 }
 
-/** SQLSTATEs of a refused login: wrong password, or no such user (the alternating user not there yet or gone). */
-const AUTH_FAILURES = new Set(['28P01', '28000']);
-
-/** Whether `err` is PostgreSQL refusing the credentials. */
+/**
+ * Whether `err` is a login refused for its credentials: SQLSTATE class 28, invalid authorization
+ * specification. PostgreSQL sends 28P01 for a wrong password and 28000 for no such user (the
+ * alternating user not there yet, or gone); RDS Proxy documents neither code for its own
+ * refusals (docs/infrastructure.md, "Rotation behind RDS Proxy"), so the whole class counts.
+ */
 export function isAuthenticationFailure(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && AUTH_FAILURES.has(String((err as { code?: unknown }).code));
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  return typeof code === 'string' && /^28[0-9A-Z]{3}$/.test(code);
 }
 
 type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void;

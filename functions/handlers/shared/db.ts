@@ -6,8 +6,8 @@
  * connections made without TLS.
  *
  * Credentials rotate (Secrets Manager, every 30 days, alternating users): a warm container keeps
- * its pool, so when a new connection is refused for its credentials (SQLSTATE 28P01
- * invalid_password or 28000 invalid_authorization_specification) the pool re-reads the secret,
+ * its pool, so when a new connection is refused for its credentials (SQLSTATE class 28:
+ * 28P01 invalid_password, 28000 invalid_authorization_specification, or the proxy's) the pool re-reads the secret,
  * takes its user name and password (the alternating-users rotation switches the user) for every
  * later connection, and retries once. Open connections are unaffected by a rotation.
  *
