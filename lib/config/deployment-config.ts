@@ -15,6 +15,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import { z } from 'zod';
 import { DEFAULT_SERVICES } from '../../functions/core/scaling/types.js';
 import { minimumMaxAllocatedStorageGiB } from '../data/shard-database.js';
+import { nginxEnvSchema } from '../../containers/nginx/render.js';
 import {
   issuesOf,
   parseScalingConfig,
@@ -387,6 +388,7 @@ export function parseDeploymentConfig(input: unknown): DeploymentConfig {
         message: 'production serves HTTPS only: give domain.certificateArn, or domain.hostedZone and domain.domainName (e.g. -c ca-dms:config=\'{"domain":{"certificateArn":"arn:aws:acm:..."}}\')',
       });
     }
+    issues.push(...sidecarIssues(result.data.nginx));
     if (result.data.network.natGateways > result.data.network.maxAzs) {
       issues.push({ path: 'network.natGateways', message: `must not exceed network.maxAzs (${result.data.network.maxAzs})` });
     }
@@ -415,6 +417,37 @@ export function parseDeploymentConfig(input: unknown): DeploymentConfig {
     checkIntervalSeconds: resolvedScaling.check_interval,
     bounds,
   };
+}
+
+/** The configuration field each sidecar variable the stack sets comes from. */
+const NGINX_VARIABLE_PATHS: Readonly<Record<string, string>> = {
+  NGINX_WORKER_PROCESSES: 'nginx.workerProcesses',
+  NGINX_WORKER_CONNECTIONS: 'nginx.workerConnections',
+  NGINX_KEEPALIVE_TIMEOUT: 'nginx.keepaliveTimeout',
+  NGINX_LISTEN_PORT: 'nginx.port',
+  // Not set by the stack: its default must differ from the listen port.
+  NGINX_STATUS_PORT: 'nginx.port',
+};
+
+/**
+ * What the nginx sidecar would refuse at start (exit 78, containers/nginx/render.ts) among the
+ * variables the stack gives it: refused here instead, since on ECS every task would fail its
+ * start and the deployment roll back. Among them the client keep-alive, which must outlast the
+ * load balancer's idle timeout or the load balancer answers 502 on connections nginx closed
+ * (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/edit-load-balancer-attributes.html#connection-idle-timeout).
+ */
+function sidecarIssues(nginx: { readonly workerProcesses: number | 'auto'; readonly workerConnections: number; readonly keepaliveTimeout: number; readonly port: number }): ConfigIssue[] {
+  const parsed = nginxEnvSchema.safeParse({
+    NGINX_WORKER_PROCESSES: String(nginx.workerProcesses),
+    NGINX_WORKER_CONNECTIONS: String(nginx.workerConnections),
+    NGINX_KEEPALIVE_TIMEOUT: String(nginx.keepaliveTimeout),
+    NGINX_LISTEN_PORT: String(nginx.port),
+  });
+  if (parsed.success) return [];
+  return parsed.error.issues.map((issue) => {
+    const variable = String(issue.path[0]);
+    return { path: NGINX_VARIABLE_PATHS[variable] ?? 'nginx', message: `the nginx sidecar would refuse to start: ${variable} ${issue.message}` };
+  });
 }
 
 function dedupe(issues: readonly ConfigIssue[]): ConfigIssue[] {

@@ -15,6 +15,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { DeploymentConfigError, mergeConfig, parseDeploymentConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
 import { minimumMaxAllocatedStorageGiB, ShardDatabase } from '../../lib/data/shard-database.js';
 import { DEFAULT_DB_INSTANCE_QUOTA, MAX_STACK_RESOURCES, type DataStack } from '../../lib/stacks/data-stack.js';
+import { ALB_IDLE_TIMEOUT_SECONDS } from '../../containers/nginx/render.js';
 import { CaDmsStage } from '../../lib/ca-dms-stage.js';
 import { FIXTURES, ROOT, synthesize, type Synthesized } from './support/synth.js';
 
@@ -83,6 +84,22 @@ describe('the HTTPS certificate (acm-regions: ACM certificates are regional and 
 
   it("accepts a certificate of the load balancer's region", () => {
     expect(problemsOf({ region: 'eu-central-1', production: true, domain: { certificateArn: certificate('eu-central-1') } })).toEqual([]);
+  });
+});
+
+describe('the nginx sidecar, which refuses at start what it cannot run (containers/nginx/render.ts): on ECS no task would start', () => {
+  // https://docs.aws.amazon.com/elasticloadbalancing/latest/application/edit-load-balancer-attributes.html#connection-idle-timeout
+  it("refuses a keep-alive no longer than the load balancer's 60 s idle timeout (502s), naming nginx.keepaliveTimeout", () => {
+    expect(ALB_IDLE_TIMEOUT_SECONDS).toBe(60);
+    for (const keepaliveTimeout of [30, 60]) {
+      expect(problemsOf({ nginx: { keepaliveTimeout } })).toEqual([expect.objectContaining({ path: 'nginx.keepaliveTimeout', message: expect.stringContaining('NGINX_KEEPALIVE_TIMEOUT') })]);
+    }
+    expect(problemsOf({ nginx: { keepaliveTimeout: 61 } })).toEqual([]);
+  });
+
+  it('refuses the worker settings and the port the sidecar refuses, each at its path', () => {
+    expect(problemsOf({ nginx: { workerConnections: 64, workerProcesses: 300, port: 8081 } }).map((i) => i.path).sort()).toEqual(['nginx.port', 'nginx.workerConnections', 'nginx.workerProcesses']);
+    expect(problemsOf({ nginx: { workerConnections: 128, workerProcesses: 256, port: 8090 } })).toEqual([]);
   });
 });
 
