@@ -193,6 +193,8 @@ const PAGE_SNAPSHOT = `${SNAPSHOT}; set local enable_sort = off`;
 const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
 
 const LOCK_NOT_AVAILABLE = '55P03';
+/** A shard refused a write of this run: a later run of the job holds its permit there (shard migration 010). */
+const PERMIT_REFUSED = 'CAF04';
 const QUERY_CANCELED = '57014';
 const INSUFFICIENT_PRIVILEGE = '42501';
 
@@ -239,13 +241,16 @@ export class PgMovePort implements MovePort<MoveJob> {
   private pre: PreVerified | null = null;
   /** The condition every write of the job row carries: the run's lease is still the job's. */
   private readonly mine: string;
+  /** The run's lease epoch, which its writes on the shards carry too (see {@link write}). */
+  private readonly epoch: number;
   /** When the fence this run holds (or is taking) must be given up: the fence budget, from the attempt's start. */
   private fenceDeadline: number | null = null;
 
   constructor(private readonly options: PgMovePortOptions) {
     this.catalog = options.catalog;
     this.settings = options.settings;
-    this.mine = `lease_epoch = ${Math.trunc(options.leaseEpoch)}`;
+    this.epoch = Math.trunc(options.leaseEpoch);
+    this.mine = `lease_epoch = ${this.epoch}`;
     this.sleep = options.sleep ?? defaultSleep;
     this.now = options.now ?? (() => performance.now());
   }
@@ -309,6 +314,48 @@ export class PgMovePort implements MovePort<MoveJob> {
     return this.sleep(ms);
   }
 
+  /**
+   * Claims the job's permit on both shards for this run (shard migration 010): a compare-and-set
+   * that refuses an epoch lower than one that claimed it before, and waits for the write
+   * transactions in flight of the run it replaces. From then on that run can change nothing on
+   * either shard, whatever its own view of its lease. Called once the run holds the lease, before
+   * any step.
+   */
+  async claimPermits(job: MoveJob): Promise<void> {
+    for (const shard of new Set([job.from, job.to])) {
+      try {
+        await this.pool(shard).query('select move_permit_claim($1, $2)', [job.id, this.epoch]);
+      } catch (err) {
+        throw this.permitLost(err, job, shard);
+      }
+    }
+  }
+
+  /** How this run's write transactions on a shard begin: `begin` (the mover's own by default), then holding the job's permit there. */
+  private permitted(job: MoveJob, begin: string = MOVER_WRITE): string {
+    return `${begin}; select move_permit_hold(${Math.trunc(job.id)}, ${this.epoch})`;
+  }
+
+  /**
+   * Runs `fn` in a write transaction on `shard` that first holds this run's permit there (FOR
+   * SHARE, so a later run's claim waits for it to end). Every write of the mover on a shard goes
+   * through here or begins with {@link permitted}: a run whose lease was taken over is refused by
+   * the shard itself ({@link MoveLeaseLostError}), even if it stalled after checking its lease.
+   */
+  private async write<T>(job: MoveJob, shard: string, fn: (client: pg.PoolClient) => Promise<T>, begin: string = MOVER_WRITE): Promise<T> {
+    try {
+      return await inTransaction(this.pool(shard), this.permitted(job, begin), fn);
+    } catch (err) {
+      throw this.permitLost(err, job, shard);
+    }
+  }
+
+  /** A shard's refusal of this run's permit as a {@link MoveLeaseLostError}; any other error as it is. */
+  private permitLost(err: unknown, job: MoveJob, shard: string): unknown {
+    if ((err as { code?: string }).code !== PERMIT_REFUSED) return err;
+    return new MoveLeaseLostError(`move job #${job.id}: ${shard} refused this run's write (lease epoch ${this.epoch}): ${(err as Error).message}; this run stops and changes nothing more`, { cause: err });
+  }
+
   private pool(shard: string): pg.Pool {
     const pool = this.options.shards.get(shard);
     if (!pool) throw new MoveError(`shard ${shard} has no primary pool in this mover`);
@@ -346,33 +393,30 @@ export class PgMovePort implements MovePort<MoveJob> {
     }
     const source = this.pool(job.from);
     const excluded = job.kind === 'slot' ? job.excludedKeys : [];
-    await source.query(`insert into write_fences (kind, unit_id, excluded_keys) values ($1, $2, $3) on conflict (kind, unit_id) do nothing`, [
-      job.kind,
-      job.unitId,
-      excluded,
-    ]);
-    const fence = await source.query<{ state: string; job_id: string | null }>('select state, job_id from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
-    const row = fence.rows[0];
-    if (row?.state === 'moved' || row?.state === 'incoming') {
-      throw new MoveError(`the fence on ${job.from} says ${job.kind} ${job.unitId} is ${row.state}: that shard does not own it, the catalog and the shard disagree`);
-    }
-    if (row?.state === 'fenced' && Number(row.job_id) !== job.id) throw new MoveError(`${job.kind} ${job.unitId} on ${job.from} is fenced by move job #${row.job_id}`);
-    await source.query('update write_fences set excluded_keys = $3 where kind = $1 and unit_id = $2', [job.kind, job.unitId, excluded]);
+    await this.write(job, job.from, async (c) => {
+      await c.query(`insert into write_fences (kind, unit_id, excluded_keys) values ($1, $2, $3) on conflict (kind, unit_id) do nothing`, [job.kind, job.unitId, excluded]);
+      const fence = await c.query<{ state: string; job_id: string | null }>('select state, job_id from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
+      const row = fence.rows[0];
+      if (row?.state === 'moved' || row?.state === 'incoming') {
+        throw new MoveError(`the fence on ${job.from} says ${job.kind} ${job.unitId} is ${row.state}: that shard does not own it, the catalog and the shard disagree`);
+      }
+      if (row?.state === 'fenced' && Number(row.job_id) !== job.id) throw new MoveError(`${job.kind} ${job.unitId} on ${job.from} is fenced by move job #${row.job_id}`);
+      await c.query('update write_fences set excluded_keys = $3 where kind = $1 and unit_id = $2', [job.kind, job.unitId, excluded]);
+    });
     // The target does not own the unit until the flip: writes that reach it early are refused.
-    const target = await this.pool(job.to).query<{ state: string; job_id: string | null }>(
-      `insert into write_fences (kind, unit_id, state, job_id, excluded_keys) values ($1, $2, 'incoming', $3, $4)
-       on conflict (kind, unit_id) do update set state = 'incoming', moved_to = null, job_id = $3, excluded_keys = $4, updated_at = clock_timestamp()
-         where write_fences.state in ('moved', 'incoming', 'open')
-       returning state`,
-      [job.kind, job.unitId, job.id, excluded],
+    const target = await this.write(job, job.to, (c) =>
+      c.query<{ state: string; job_id: string | null }>(
+        `insert into write_fences (kind, unit_id, state, job_id, excluded_keys) values ($1, $2, 'incoming', $3, $4)
+         on conflict (kind, unit_id) do update set state = 'incoming', moved_to = null, job_id = $3, excluded_keys = $4, updated_at = clock_timestamp()
+           where write_fences.state in ('moved', 'incoming', 'open')
+         returning state`,
+        [job.kind, job.unitId, job.id, excluded],
+      ),
     );
     if (target.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
-    await source.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [
-      job.id,
-      job.kind,
-      job.unitId,
-      job.excludedKeys,
-    ]);
+    await this.write(job, job.from, (c) =>
+      c.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [job.id, job.kind, job.unitId, job.excludedKeys]),
+    );
     await this.drain(source, job);
   }
 
@@ -439,7 +483,9 @@ export class PgMovePort implements MovePort<MoveJob> {
           for (;;) {
             if (failing) return;
             await inTurn(() => this.checkCancel(job));
-            const batch = await this.copyBatch(source, target, job, table, { after: lanes[lane] ?? null, ...(bounds[lane] as LaneBounds) });
+            const batch = await this.copyBatch(source, target, job, table, { after: lanes[lane] ?? null, ...(bounds[lane] as LaneBounds) }).catch((err: unknown) => {
+              throw this.permitLost(err, job, job.to);
+            });
             if (batch.n === 0) return;
             lanes[lane] = batch.last;
             // Built when its turn comes, with every lane's position as it is then: each save
@@ -510,7 +556,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         ownersJson = owners.rows[0]?.rows ?? null;
       }
       const cols = (await this.tableColumns(table, from)).join(', ');
-      return inTransaction(target, begin, async (to) => {
+      return inTransaction(target, this.permitted(job, begin), async (to) => {
         if (ownersJson) await this.upsert(to, 'users', ownersJson);
         await to.query(`delete from ${table} where ${where}`);
         const sink = to.query(copyFrom(`copy ${table} (${cols}) from stdin with (format binary)`));
@@ -621,7 +667,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     const presentUsers = new Set(read[0]?.user_ids ?? []);
     const goneDocs = docIds.filter((id) => !presentDocs.has(id));
     const goneUsers = userIds.filter((id) => !presentUsers.has(id));
-    await inTransaction(this.pool(job.to), MOVER_WRITE, async (target) => {
+    await this.write(job, job.to, async (target) => {
       await this.assertIncoming(target, job);
       if (presentUsers.size > 0) await this.upsert(target, 'users', read[0]?.users ?? '[]');
       const owners = read[0]?.owners;
@@ -636,7 +682,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         await target.query(`delete from users where id = any($1::uuid[]) and ${f.sql}`, [goneUsers, ...f.params]);
       }
     });
-    await source.query('delete from move_changes where seq = any($1::bigint[])', [entries.map((e) => e.seq)]);
+    await this.write(job, job.from, (c) => c.query('delete from move_changes where seq = any($1::bigint[])', [entries.map((e) => e.seq)]));
     await this.updateJob('changes_applied = changes_applied + $2', [entries.length], job);
     return entries.length;
   }
@@ -671,15 +717,22 @@ export class PgMovePort implements MovePort<MoveJob> {
     }
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     try {
-      await inTransaction(this.pool(job.from), 'begin', async (client) => {
-        await client.query(`select set_config('lock_timeout', $1, true)`, [`${Math.max(1, Math.round(this.settings.fenceBudgetMs))}ms`]);
-        const res = await client.query(
-          `update write_fences set state = 'fenced', job_id = $3, updated_at = clock_timestamp()
-            where kind = $1 and unit_id = $2 and (state = 'open' or (state = 'fenced' and job_id = $3))`,
-          [job.kind, job.unitId, job.id],
-        );
-        if (res.rowCount !== 1) throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.from} is missing or held by another move`);
-      });
+      // The lock wait is bounded from the transaction's first statement (a whole number of ms
+      // written into the text), the permit's too.
+      const bounded = `${MOVER_WRITE}; set local lock_timeout = '${Math.max(1, Math.round(this.settings.fenceBudgetMs))}ms'`;
+      await this.write(
+        job,
+        job.from,
+        async (client) => {
+          const res = await client.query(
+            `update write_fences set state = 'fenced', job_id = $3, updated_at = clock_timestamp()
+              where kind = $1 and unit_id = $2 and (state = 'open' or (state = 'fenced' and job_id = $3))`,
+            [job.kind, job.unitId, job.id],
+          );
+          if (res.rowCount !== 1) throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.from} is missing or held by another move`);
+        },
+        bounded,
+      );
     } catch (err) {
       this.fenceDeadline = null;
       if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
@@ -692,12 +745,13 @@ export class PgMovePort implements MovePort<MoveJob> {
   async unfence(job: MoveJob): Promise<void> {
     this.fenceDeadline = null;
     // The fence row names the job, not the run: a run that lost its lease must not open a fence
-    // that the run holding the job now has taken.
-    await this.assertLease(job);
-    await this.pool(job.from).query(
-      `update write_fences set state = 'open', job_id = null, updated_at = clock_timestamp()
-        where kind = $1 and unit_id = $2 and state = 'fenced' and job_id = $3`,
-      [job.kind, job.unitId, job.id],
+    // that the run holding the job now has taken. The shard refuses it (the permit).
+    await this.write(job, job.from, (c) =>
+      c.query(
+        `update write_fences set state = 'open', job_id = null, updated_at = clock_timestamp()
+          where kind = $1 and unit_id = $2 and state = 'fenced' and job_id = $3`,
+        [job.kind, job.unitId, job.id],
+      ),
     );
   }
 
@@ -741,7 +795,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     for (const { t, id } of source.pending) recheck[t]?.add(id);
     for (const { name } of TABLES) for (const id of ids[name]) if (source.hashes[name].get(id) !== now[name].get(id)) recheck[name].add(id);
     pre.recheck = recheck;
-    await target.query('delete from move_changes where seq = any($1::bigint[])', [logged.map((l) => l.seq)]);
+    await this.write(job, job.to, (c) => c.query('delete from move_changes where seq = any($1::bigint[])', [logged.map((l) => l.seq)]));
     return recheck.users.size + recheck.documents.size + (await this.targetChanges(job));
   }
 
@@ -808,13 +862,10 @@ export class PgMovePort implements MovePort<MoveJob> {
   private async preVerify(job: MoveJob): Promise<void> {
     this.pre = null;
     const targetPool = this.pool(job.to);
-    await targetPool.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [
-      job.id,
-      job.kind,
-      job.unitId,
-      job.excludedKeys,
-    ]);
-    await targetPool.query('delete from move_changes where job_id = $1', [job.id]);
+    await this.write(job, job.to, async (c) => {
+      await c.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [job.id, job.kind, job.unitId, job.excludedKeys]);
+      await c.query('delete from move_changes where job_id = $1', [job.id]);
+    });
     const [source, target] = await Promise.all([
       inTransaction(this.pool(job.from), SNAPSHOT, async (client) => {
         const { rows } = await client.query<{ t: TableName; id: string }>('select table_name as t, row_id::text as id from move_changes where job_id = $1', [job.id]);
@@ -965,32 +1016,44 @@ export class PgMovePort implements MovePort<MoveJob> {
     const version = job.mapVersionAfter ?? 0;
     // The target's capture stops in the statement that opens its fence (one round trip while
     // writes are held): no writer's change there is logged for a move that is over.
-    await this.pool(job.to).query(
-      `with captures as (delete from move_captures where job_id = $4), changes as (delete from move_changes where job_id = $4)
-       insert into write_fences (kind, unit_id, state, map_version, job_id) values ($1, $2, 'open', $3, $4)
-       on conflict (kind, unit_id) do update set state = 'open', moved_to = null, map_version = $3, job_id = $4, updated_at = clock_timestamp()`,
-      [job.kind, job.unitId, version, job.id],
+    await this.write(job, job.to, (c) =>
+      c.query(
+        `with captures as (delete from move_captures where job_id = $4), changes as (delete from move_changes where job_id = $4)
+         insert into write_fences (kind, unit_id, state, map_version, job_id) values ($1, $2, 'open', $3, $4)
+         on conflict (kind, unit_id) do update set state = 'open', moved_to = null, map_version = $3, job_id = $4, updated_at = clock_timestamp()`,
+        [job.kind, job.unitId, version, job.id],
+      ),
     );
-    await this.pool(job.from).query(
-      `update write_fences set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
-        where kind = $1 and unit_id = $2`,
-      [job.kind, job.unitId, job.to, version, job.id],
+    await this.write(job, job.from, (c) =>
+      c.query(
+        `update write_fences set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
+          where kind = $1 and unit_id = $2`,
+        [job.kind, job.unitId, job.to, version, job.id],
+      ),
     );
     await this.updateJob('unfenced_at = coalesce(unfenced_at, clock_timestamp())', [], job);
   }
 
   /** Ends the capture {@link preVerify} started on the target (before writers may write there). */
   private async stopTargetCapture(job: MoveJob): Promise<void> {
-    const target = this.pool(job.to);
-    await target.query('delete from move_captures where job_id = $1', [job.id]);
-    await target.query('delete from move_changes where job_id = $1', [job.id]);
+    await this.write(job, job.to, async (c) => {
+      await c.query('delete from move_captures where job_id = $1', [job.id]);
+      await c.query('delete from move_changes where job_id = $1', [job.id]);
+    });
+  }
+
+  /** Ends the change capture on the source. */
+  private async stopSourceCapture(job: MoveJob): Promise<void> {
+    await this.write(job, job.from, async (c) => {
+      await c.query('delete from move_captures where job_id = $1', [job.id]);
+      await c.query('delete from move_changes where job_id = $1', [job.id]);
+    });
   }
 
   async cleanUp(start: MoveJob): Promise<MoveJob> {
     const job = await this.reload(start);
     const source = this.pool(job.from);
-    await source.query('delete from move_captures where job_id = $1', [job.id]);
-    await source.query('delete from move_changes where job_id = $1', [job.id]);
+    await this.stopSourceCapture(job);
     const since = job.unfencedAt ? Date.now() - job.unfencedAt.getTime() : 0;
     if (since < this.settings.readerGraceMs) await this.sleep(this.settings.readerGraceMs - since);
     const { deleted, kept } = await this.deleteVerified(source, job);
@@ -1009,17 +1072,21 @@ export class PgMovePort implements MovePort<MoveJob> {
     const begin = await this.bulkBegin(job.from, pool);
     const docs = this.unitFilter(job, 'documents', 2);
     for (;;) {
-      const res = await inTransaction(pool, begin, (c) => c.query(`delete from documents where id in (select id from documents where ${docs.sql} limit $1)`, [this.settings.batchRows, ...docs.params]));
+      const res = await this.write(job, job.from, (c) => c.query(`delete from documents where id in (select id from documents where ${docs.sql} limit $1)`, [this.settings.batchRows, ...docs.params]), begin);
       deleted += res.rowCount ?? 0;
       if ((res.rowCount ?? 0) === 0) break;
     }
     const users = this.unitFilter(job, 'users', 2, 'u.');
     for (;;) {
-      const res = await inTransaction(pool, begin, (c) =>
-        c.query(
-          `delete from users where id in (select u.id from users u where ${users.sql} and not exists (select 1 from documents d where d.owner_id = u.id) limit $1)`,
-          [this.settings.batchRows, ...users.params],
-        ),
+      const res = await this.write(
+        job,
+        job.from,
+        (c) =>
+          c.query(
+            `delete from users where id in (select u.id from users u where ${users.sql} and not exists (select 1 from documents d where d.owner_id = u.id) limit $1)`,
+            [this.settings.batchRows, ...users.params],
+          ),
+        begin,
       );
       deleted += res.rowCount ?? 0;
       if ((res.rowCount ?? 0) === 0) break;
@@ -1030,11 +1097,11 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /** Deletes the unit's copy from the target (a rollback), children first. */
-  private async deleteCopy(pool: pg.Pool, job: MoveJob): Promise<void> {
+  private async deleteCopy(job: MoveJob): Promise<void> {
     for (const { name } of [...TABLES].reverse()) {
       const f = this.unitFilter(job, name, 2);
       for (;;) {
-        const res = await inTransaction(pool, MOVER_WRITE, (c) => c.query(`delete from ${name} where id in (select id from ${name} where ${f.sql} limit $1)`, [this.settings.batchRows, ...f.params]));
+        const res = await this.write(job, job.to, (c) => c.query(`delete from ${name} where id in (select id from ${name} where ${f.sql} limit $1)`, [this.settings.batchRows, ...f.params]));
         if ((res.rowCount ?? 0) === 0) break;
       }
     }
@@ -1057,18 +1124,11 @@ export class PgMovePort implements MovePort<MoveJob> {
       return { outcome };
     });
     if ('refused' in decided) throw new MoveError(decided.refused ?? 'rollback refused');
-    const source = this.pool(job.from);
-    await source.query(
-      `update write_fences set state = 'open', job_id = null, updated_at = clock_timestamp()
-        where kind = $1 and unit_id = $2 and state = 'fenced' and job_id = $3`,
-      [job.kind, job.unitId, job.id],
-    );
-    await source.query('delete from move_captures where job_id = $1', [job.id]);
-    await source.query('delete from move_changes where job_id = $1', [job.id]);
+    await this.unfence(job);
+    await this.stopSourceCapture(job);
     await this.stopTargetCapture(job);
-    const target = this.pool(job.to);
-    await this.deleteCopy(target, job);
-    await target.query(`delete from write_fences where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3`, [job.kind, job.unitId, job.id]);
+    await this.deleteCopy(job);
+    await this.write(job, job.to, (c) => c.query(`delete from write_fences where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3`, [job.kind, job.unitId, job.id]));
     return this.updateJob(
       'state = rollback_to, unfenced_at = case when fenced_at is null then null else coalesce(unfenced_at, clock_timestamp()) end, finished_at = clock_timestamp()',
       [],

@@ -15,6 +15,9 @@
  * write it makes to the job row requires that epoch. A mover killed outright lets its claim lapse
  * after at most `leaseTtlMs`; the next run claims the job and resumes it, and the old mover, were
  * it only stalled, finds its epoch gone at its next write and stops ({@link MoveLeaseLostError}).
+ * The shards enforce the same epoch (shard migration 010): a run claims the job's permit on both
+ * shards before its first step, and every write it makes there holds that permit, so a stalled
+ * run is refused by the shards too, even between a check of its lease and its write.
  * Nothing is held on a connection between statements, so no RDS Proxy connection is pinned.
  *
  * @example
@@ -251,7 +254,11 @@ export class Mover {
             actor: this.options.actor ?? 'mover',
           },
         });
-        return await driveMove(toJob(claimed), port, {
+        const job = toJob(claimed);
+        // The shards learn of this run before it acts on them: the run it replaces, were it only
+        // stalled, is refused by both from now on.
+        if (!isTerminal(job.state)) await port.claimPermits(job);
+        return await driveMove(job, port, {
           ...(this.options.fenceAttempts === undefined ? {} : { fenceAttempts: this.options.fenceAttempts }),
           ...(this.options.fenceRetryPauseMs === undefined ? {} : { fenceRetryPauseMs: this.options.fenceRetryPauseMs }),
           ...(this.options.hook ? { hook: this.options.hook } : {}),

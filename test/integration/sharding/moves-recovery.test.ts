@@ -1,7 +1,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { laneBounds } from '../../../functions/adapters/postgres/move-port.js';
+import { laneBounds, PgMovePort } from '../../../functions/adapters/postgres/move-port.js';
 import { MoveBusyError, MoveLeaseLostError, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { MOVE_CRASH_POINTS } from '../../../functions/core/sharding/move-machine.js';
 import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
@@ -183,6 +183,65 @@ describe('a move killed at any step', () => {
     expect(staleOutcome).toBeInstanceOf(MoveLeaseLostError);
     expect(afterStale).toEqual(afterTakeover);
     expect(await env.ownerOf(slot)).toBe(to);
+    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 10, documents: 50 });
+  });
+
+  it('refuses, on the shards themselves, a stalled run whose lease was taken over: it can neither reopen the fence nor write the target', async () => {
+    const slot = 342;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const source = env.shards.get(from) as pg.Pool;
+    await seedUsers(source, slot, keysInSlot(slot, 10), 5);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // Each run stops dead at a step with its lease expired, as if it stalled there.
+    const runUntil = (point: MoveHookPoint): Promise<unknown> =>
+      env
+        .mover({
+          readerGraceMs: 0,
+          async hook(reached) {
+            if (reached !== point) return;
+            await env.catalog.query('update catalog.move_jobs set lease_expires_at = clock_timestamp() where id = $1', [planned.id]);
+            throw new Error(`stalled at ${point}`);
+          },
+        })
+        .run(planned.id)
+        .catch((err: unknown) => err);
+    await runUntil('fenced');
+    const { rows: first } = await env.catalog.query<{ epoch: string }>('select lease_epoch as epoch from catalog.move_jobs where id = $1', [planned.id]);
+    // A second run takes the job over, fences the unit again and catches up, then holds the fence.
+    await runUntil('verifying');
+    const job = await env.mover().get(planned.id);
+    const fence = async (): Promise<unknown> => (await source.query('select state, job_id::int as job from write_fences where kind = $1 and unit_id = $2', ['slot', String(slot)])).rows[0];
+    const fenced = await fence();
+    // The stalled first run wakes up with a change to apply, past any check of its lease.
+    const { rows: doc } = await source.query<{ id: string }>('select id::text from documents where slot = $1 limit 1', [slot]);
+    await source.query(`insert into move_changes (job_id, table_name, row_id) values ($1, 'documents', $2)`, [planned.id, doc[0]?.id]);
+    const catalog = await env.catalog.connect();
+    try {
+      const stale = new PgMovePort({
+        catalog,
+        leaseEpoch: Number(first[0]?.epoch),
+        shards: env.shards,
+        slotMaps: env.slotMaps,
+        directory: env.directory,
+        settings: { batchRows: 50, copyBatchRows: 50, copyLanes: 1, catchUpThreshold: 5, fenceBudgetMs: 2000, drainTimeoutMs: 5000, readerGraceMs: 0, actor: 'stale' },
+      });
+
+      const reopen = stale.unfence(job).catch((err: unknown) => err);
+      const write = stale.catchUp(job, 'all').catch((err: unknown) => err);
+
+      for (const refused of [await reopen, await write]) {
+        expect(refused).toBeInstanceOf(MoveLeaseLostError);
+        expect((refused as Error).message).toMatch(/refused this run's write \(lease epoch 1\)/);
+      }
+    } finally {
+      catalog.release();
+    }
+    expect(fenced).toEqual({ state: 'fenced', job: planned.id });
+    expect(await fence()).toEqual(fenced);
+    expect((await env.catalog.query('select count(*)::int as n from catalog.move_jobs where id = $1 and changes_applied = $2', [planned.id, job.changesApplied])).rows[0]).toEqual({ n: 1 });
+    const done = await env.mover({ readerGraceMs: 0 }).run(planned.id);
+    expect(done.state).toBe('done');
     expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 10, documents: 50 });
   });
 
