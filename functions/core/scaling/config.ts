@@ -452,7 +452,13 @@ export function defaultScalingConfig(): ScalingConfig {
   return parseScalingConfig({});
 }
 
-const boolEnv = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes');
+// Read as SHARDING_ENABLED is (core/sharding/config.ts): any case, blanks around ignored, so the
+// guide's two switches never disagree on one value ("True" turned sharding on and was refused here).
+const boolEnv = z
+  .string()
+  .transform((v) => v.trim().toLowerCase())
+  .pipe(z.enum(['true', 'false', '1', '0', 'yes', 'no'], { error: 'must be true or false (also 1/0, yes/no)' }))
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
 const intEnv = z.string().regex(/^\d+$/, 'must be a whole number').transform(Number);
 
 /** The guide's environment variables that override the runtime scaling configuration. */
