@@ -37,14 +37,14 @@ import { createNodePool, type ShardPools } from '../../functions/adapters/postgr
 import type { ExtraRoute } from '../../functions/adapters/http/local-server.js';
 import { createDocumentsRoute } from '../../functions/local/documents-api.js';
 import { readShardLogins, secretsClientFor, type ShardLogins } from './logins.js';
+import { HEALTH_PATHS } from './health.js';
 import { BackendConfigError, parseBackendEnv, type BackendSettings } from './settings.js';
 
 export { BackendConfigError, parseBackendEnv, type BackendSettings } from './settings.js';
 
 const EX_CONFIG = 78;
 
-/** The health endpoints: the container health check probes `/health`, the read pool's target group `/health/readonly`. */
-export const HEALTH_PATHS = ['/health', '/health/readonly'] as const;
+export { HEALTH_PATHS } from './health.js';
 
 const DOCUMENT_PATHS = /^\/api\/v1\/(users|documents)(\/|$)/;
 

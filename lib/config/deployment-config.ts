@@ -15,6 +15,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import { z } from 'zod';
 import { DEFAULT_SERVICES } from '../../functions/core/scaling/types.js';
 import { minimumMaxAllocatedStorageGiB } from '../data/shard-database.js';
+import { HEALTH_PATHS } from '../../containers/backend/health.js';
 import { nginxEnvSchema } from '../../containers/nginx/render.js';
 import {
   issuesOf,
@@ -101,6 +102,12 @@ const serviceSchema = z
     healthCheckPath: z.string().regex(/^\/[\w\-/.]*$/, 'an absolute URL path'),
   })
   .superRefine((s, ctx) => {
+    // The demo backend answers only its own health paths: another would fail the container
+    // health check of every task, nginx (which waits for it) would never start, and the
+    // deployment would roll back.
+    if (s.image.kind === 'demo' && !(HEALTH_PATHS as readonly string[]).includes(s.healthCheckPath)) {
+      ctx.addIssue({ code: 'custom', path: ['healthCheckPath'], message: `the demo backend answers health checks on ${HEALTH_PATHS.join(' and ')} only, not ${s.healthCheckPath}` });
+    }
     const range = FARGATE_MEMORY[s.cpu];
     // 256 CPU units take 512, 1024 or 2048 MiB; the other sizes a range in fixed steps.
     const valid = s.cpu === 256 ? [512, 1024, 2048].includes(s.memoryMiB) : range !== undefined && s.memoryMiB >= range[0] && s.memoryMiB <= range[1] && (s.memoryMiB - range[0]) % range[2] === 0;

@@ -103,6 +103,16 @@ describe('the nginx sidecar, which refuses at start what it cannot run (containe
   });
 });
 
+describe("the demo backend's health check", () => {
+  it('refuses a health check path the demo backend does not answer (no task would become healthy), and takes one for an image of your own', () => {
+    expect(problemsOf({ services: { 'backend-read': { healthCheckPath: '/healthz' } } })).toEqual([
+      expect.objectContaining({ path: 'services.backend-read.healthCheckPath', message: expect.stringContaining('/health and /health/readonly') }),
+    ]);
+    expect(problemsOf({ services: { 'backend-read': { healthCheckPath: '/health/readonly' } } })).toEqual([]);
+    expect(problemsOf({ services: { 'backend-read': { healthCheckPath: '/healthz', image: { kind: 'registry', uri: 'public.ecr.aws/org/app:1.0.0' } } } })).toEqual([]);
+  });
+});
+
 /**
  * The data stack of a stage for `database`, built without synthesis and without bundling the
  * functions (fast): the other stacks add rules to its security groups, so it is counted within
