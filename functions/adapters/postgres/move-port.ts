@@ -30,7 +30,7 @@ import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { MoveCancelled, MoveError, MoveLeaseLostError, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
-import { moveSlots } from '../../core/sharding/slot-map.js';
+import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
@@ -968,14 +968,18 @@ export class PgMovePort implements MovePort<MoveJob> {
     });
   }
 
-  /** Who the catalog names as the unit's owner now, with the version that says so. */
-  private async currentOwner(job: MoveJob): Promise<{ owner: string | null; version: number }> {
+  /**
+   * Who the catalog names as the unit's owner now, with the version that says so, and for a slot
+   * the map read (the flip builds the next version from it: one read of the 4096-slot map per
+   * flip, not one to check and one to build).
+   */
+  private async currentOwner(job: MoveJob): Promise<{ owner: string | null; version: number; map: SlotMap | null }> {
     if (job.kind === 'directory') {
       const entry = await this.options.directory.entry(job.unitId, this.catalog);
-      return { owner: entry?.shardId ?? null, version: entry?.version ?? 0 };
+      return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, map: null };
     }
     const map = await this.options.slotMaps.current(this.catalog);
-    return { owner: map.assignments[Number(job.unitId)] ?? null, version: map.version };
+    return { owner: map.assignments[Number(job.unitId)] ?? null, version: map.version, map };
   }
 
   async flip(job: MoveJob): Promise<FlipOutcome> {
@@ -986,15 +990,14 @@ export class PgMovePort implements MovePort<MoveJob> {
           if (row.flipStarted) return { kind: 'flipped' };
           if (row.cancelRequested || row.rollbackTo !== null) return { kind: 'cancelled' };
           if (this.budgetLeft() <= 0) return { kind: 'over_budget' };
-          const { owner, version } = await this.currentOwner(row);
+          const { owner, version, map } = await this.currentOwner(row);
           if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
             return { kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` };
           }
           let after: number;
-          if (job.kind === 'directory') {
+          if (map === null) {
             after = (await this.options.directory.set(job.unitId, job.to, this.settings.actor, this.catalog)).version;
           } else {
-            const map = await this.options.slotMaps.current(this.catalog);
             after = (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, this.catalog)).map.version;
           }
           await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);

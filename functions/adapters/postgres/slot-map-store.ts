@@ -111,14 +111,16 @@ export class SlotMapStore {
     const map = parseSlotMap(next);
     requireText('by', by);
     requireText('reason', reason);
-    let rows: Row[];
+    let rows: Omit<Row, 'assignments'>[];
     try {
-      ({ rows } = await client.query<Row>(
+      // The assignments come back from `map`, not from the database: a mover publishes while it
+      // holds writes fenced, and the 4096-entry array would cross the wire a second time.
+      ({ rows } = await client.query<Omit<Row, 'assignments'>>(
         `insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason)
          select $1, $2, $3, $4, $5
          where $1 = coalesce((select max(version) from catalog.slot_maps), 0) + 1
            and $2 = coalesce((select slot_count from catalog.slot_maps order by version desc limit 1), $2)
-         returning ${COLUMNS}`,
+         returning version, slot_count, created_at, created_by, reason`,
         [map.version, map.slotCount, map.assignments, by, reason],
       ));
     } catch (err) {
@@ -126,7 +128,7 @@ export class SlotMapStore {
       if ((err as { code?: string }).code === '23505') throw new SlotMapVersionConflictError(map.version + 1, map.version, { cause: err });
       throw err;
     }
-    if (rows[0]) return toRecord(rows[0]);
+    if (rows[0]) return toRecord({ ...rows[0], assignments: [...map.assignments] });
     const latest = await this.latest(client);
     const expected = (latest?.map.version ?? 0) + 1;
     if (latest && latest.map.slotCount !== map.slotCount && expected === map.version) {

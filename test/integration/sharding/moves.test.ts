@@ -1,7 +1,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MoveConflictError, MoveNotCancellableError, MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
+import { MoveConflictError, MoveNotCancellableError, MoveRequestError, Mover, type MoverSlotMaps } from '../../../functions/adapters/postgres/mover.js';
 import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { startWorkload } from './fixtures/workload.js';
 
@@ -97,6 +97,26 @@ describe('moves that lose nothing', () => {
     expect(job.rowsDeleted).toBe(120);
     expect(await fenceState(env.shards.get(from) as pg.Pool, 'slot', String(slot))).toBe('moved');
     expect(await fenceState(env.shards.get(to) as pg.Pool, 'slot', String(slot))).toBe('open');
+  });
+
+  it('reads the 4096-slot map once per run of a slot move: the flip checks the owner and builds the next version from one read', async () => {
+    const slot = 104;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 3), 2);
+    let reads = 0;
+    const slotMaps: MoverSlotMaps = {
+      current: (client) => ((reads += 1), env.slotMaps.current(client)),
+      publish: (next, by, reason, client) => env.slotMaps.publish(next, by, reason, client),
+    };
+    const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps, directory: env.directory, readerGraceMs: 0 });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    reads = 0;
+
+    const job = await mover.run(planned.id);
+
+    expect(job.state).toBe('done');
+    expect(reads).toBe(1);
   });
 
   it('moves a slot back to the shard it left, and writes follow it both ways', async () => {
