@@ -20,6 +20,7 @@ import { prepareTrace, simulate } from '../core/scaling/simulator/simulate.js';
 import type { MetricsSnapshot, ServiceState } from '../core/scaling/types.js';
 import { RebalancePlanError, RoutingError } from '../core/sharding/errors.js';
 import type { ShardRouter } from '../core/sharding/router.js';
+import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ConfigVersionConflictError, type CatalogStore, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
@@ -395,7 +396,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           s.inspector.health().catch(() => undefined),
           (async () => {
             const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.all()]);
-            return s.inspector.rebalanceCheck({ slotMap, directory });
+            return s.inspector.rebalanceCheck({ slotMap, directory, routing: moveRoutingOf(s.router.config) });
           })().catch(() => undefined),
         ]);
         shards = {
@@ -444,7 +445,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const s = sharding();
       const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.all()]);
       try {
-        return await s.inspector.rebalanceCheck({ slotMap, directory, ...options });
+        return await s.inspector.rebalanceCheck({ slotMap, directory, routing: moveRoutingOf(s.router.config), ...options });
       } catch (err) {
         // A plan over an unreachable shard would be blind; shards of unequal weights cannot be
         // balanced towards equal loads. Both are states of the system, not server faults.

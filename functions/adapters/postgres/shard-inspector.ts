@@ -34,6 +34,7 @@ import {
   type RdsFacts,
 } from '../../core/sharding/health.js';
 import { lsnBytesBehind, parseLsn } from '../../core/sharding/lsn.js';
+import { moveUnitFor, type MoveRouting } from '../../core/sharding/move-machine.js';
 import { checkRebalance, type RebalanceCheckOptions, type RebalanceCheckResult } from '../../core/sharding/rebalance-check.js';
 import type { MovableUnit } from '../../core/sharding/rebalance.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
@@ -134,6 +135,12 @@ export interface RebalanceCheckRequest extends RebalanceCheckOptions {
   readonly directory?: readonly { readonly key: string; readonly shardId: string }[];
   /** Free storage per shard, for the planner's headroom rule. Default: from the cloud inventory, when configured. */
   readonly freeBytes?: Readonly<Record<string, number>>;
+  /**
+   * The configured routing: units of a kind the mover would refuse under it (every kind with
+   * `range_based` or sharding disabled) are not offered, and an unbalanced plan says why.
+   * Default: every unit is offered.
+   */
+  readonly routing?: MoveRouting;
 }
 
 /** A shard could not be measured, so a statistic or plan would be wrong. */
@@ -491,10 +498,18 @@ export class ShardInspector {
     if (!statistics.complete) {
       throw new ShardInspectionError(`cannot plan a rebalance while shards are unreachable: ${statistics.unreachable.map((u) => `${u.shardId} (${u.error})`).join('; ')}`);
     }
-    const units = await this.movableUnits(request.slotMap, request.directory ?? []);
-    const { slotMap: _slotMap, directory: _directory, freeBytes: given, ...options } = request;
+    const { slotMap: _slotMap, directory: _directory, freeBytes: given, routing, ...options } = request;
+    // A plan of moves the mover then refuses (422) would only mislead whoever follows it.
+    const refused = routing === undefined ? [] : (['slot', 'directory'] as const).flatMap((kind) => {
+      const verdict = moveUnitFor(routing, kind);
+      return verdict.ok ? [] : [{ kind, reason: verdict.reason }];
+    });
+    const units = (await this.movableUnits(request.slotMap, request.directory ?? [])).filter((u) => !refused.some((r) => r.kind === u.kind));
     const freeBytes = given ?? (await this.#freeStorageOfPrimaries(options.headroomBytes ?? 0));
-    return checkRebalance(statistics, units, { ...options, ...(freeBytes ? { freeBytes } : {}) });
+    const result = checkRebalance(statistics, units, { ...options, ...(freeBytes ? { freeBytes } : {}) });
+    if (refused.length === 0 || result.summary.balancedAfter) return result;
+    const why = refused.map((r) => `no ${r.kind} moves are offered: ${r.reason}`);
+    return { ...result, summary: { ...result.summary, unresolved: [...result.summary.unresolved, ...why] } };
   }
 
   /**

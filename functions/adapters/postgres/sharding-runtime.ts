@@ -13,6 +13,7 @@
  */
 import type pg from 'pg';
 import type { ShardingConfig } from '../../core/sharding/config.js';
+import { moveRoutingOf } from '../../core/sharding/move-machine.js';
 import { freshnessBoundsFromConfig } from '../../core/sharding/replica-choice.js';
 import { ShardRouter } from '../../core/sharding/router.js';
 import { buildSlotMap } from '../../core/sharding/slot-map.js';
@@ -111,7 +112,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       slotMaps,
       directory,
       actor: options.actor,
-      routing: { strategy: config.strategy, overrideHash: config.directory.override_hash, fallback: config.directory.fallback, enabled: config.enabled },
+      routing: moveRoutingOf(config),
     });
     return {
       config,

@@ -25,6 +25,7 @@
  * const done = await driveMove(job, port, { fenceAttempts: 3, fenceRetryPauseMs: 1000, hook: (p) => log(p) });
  * ```
  */
+import type { ShardingConfig } from './config.js';
 import { isTerminal, restartAction, type MoveState, type MoveUnitKind } from './move-plan.js';
 
 /** A named transition of the forward path (see the table above). */
@@ -269,6 +270,11 @@ export interface MoveRouting {
   readonly fallback: 'hash' | 'reject';
   /** `false` when sharding is disabled (`SHARDING_ENABLED=false`); default `true`. */
   readonly enabled?: boolean;
+}
+
+/** The routing a sharding configuration gives the mover. */
+export function moveRoutingOf(config: ShardingConfig): MoveRouting {
+  return { strategy: config.strategy, overrideHash: config.directory.override_hash, fallback: config.directory.fallback, enabled: config.enabled };
 }
 
 export type MoveUnitVerdict =

@@ -4,13 +4,15 @@
  * writes and reads, the route lookup and the rows on the shards all agree. Nothing is ever
  * stranded where routing will not look.
  */
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseShardingConfig, type ShardingConfig } from '../../../functions/core/sharding/config.js';
 import { MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
 import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
-import { keysInSlot, primaryReads, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { moveRoutingOf } from '../../../functions/core/sharding/move-machine.js';
+import { keysInSlot, primaryReads, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -44,6 +46,11 @@ async function rowsByShard(user: string): Promise<Record<string, number>> {
 }
 
 describe('every routing strategy x every move kind', () => {
+  beforeAll(async () => {
+    // Far more rows on shard_a than on shard_b, in slots no move case touches.
+    for (let slot = 100; slot < 120; slot++) await seedUsers(env.shards.get('shard_a') as pg.Pool, slot, keysInSlot(slot, 5), 4);
+  });
+
   it.each(CASES.map((c, i) => [`${c.name}: ${c.kind} move`, c, 600 + i] as const))('%s: refused where the strategy cannot move it, else the key is found where its rows are', async (_name, c, slot) => {
     const runtime: ShardingRuntime = await createShardingRuntime({ config: configOf(c.config), catalog: env.catalog, actor: 'test' });
     try {
@@ -77,6 +84,24 @@ describe('every routing strategy x every move kind', () => {
       expect({ refused: refused !== undefined, problem: refused?.problem }).toEqual(c.refuses.includes(c.kind) ? { refused: true, problem: 'strategy' } : { refused: false, problem: undefined });
       expect({ written: after.shardId, read: read.shardId, routed: routed.shardId, n: read.value }).toEqual({ written: read.shardId, read: read.shardId, routed: read.shardId, n: 2 });
       expect(await rowsByShard(user)).toEqual({ shard_a: 0, shard_b: 0, [read.shardId]: 2 });
+    } finally {
+      await runtime.close();
+    }
+  });
+
+  it.each(VARIANTS.map((v) => [v.name, v] as const))('%s: the rebalance check proposes only moves the mover accepts, and says why when it can propose none', async (_name, v) => {
+    const runtime = await createShardingRuntime({ config: configOf(v.config), catalog: env.catalog, actor: 'test' });
+    try {
+      const check = await runtime.inspector.rebalanceCheck({ slotMap: await runtime.slotMaps.current(), directory: await runtime.directory.all(), routing: moveRoutingOf(runtime.config), by: 'rows' });
+
+      expect(check.needed).toBe(true);
+      expect(check.moves.filter((m) => v.refuses.includes(m.unit.kind))).toEqual([]);
+      if (v.refuses.length === 2) {
+        expect(check.moves).toEqual([]);
+        expect(check.summary.unresolved.join('\n')).toMatch(/no slot moves are offered: .*\n.*no directory moves are offered: /);
+      } else {
+        expect(check.moves.length).toBeGreaterThan(0);
+      }
     } finally {
       await runtime.close();
     }
