@@ -17,7 +17,7 @@ import { minimumMaxAllocatedStorageGiB, ShardDatabase } from '../../lib/data/sha
 import { DEFAULT_DB_INSTANCE_QUOTA, MAX_STACK_RESOURCES, type DataStack } from '../../lib/stacks/data-stack.js';
 import { ALB_IDLE_TIMEOUT_SECONDS } from '../../containers/nginx/render.js';
 import { CaDmsStage } from '../../lib/ca-dms-stage.js';
-import { FIXTURES, ROOT, synthesize, type Synthesized } from './support/synth.js';
+import { FIXTURES, ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, type Synthesized } from './support/synth.js';
 
 function problemsOf(input: unknown): ConfigIssue[] {
   try {
@@ -162,7 +162,7 @@ describe('shards of one data stack (cloudformation-limits: 500 resources a stack
       if (assembly) rmSync(dirname(assembly.directory), { recursive: true, force: true });
     }
     expect(dataStackError({ shards: fitting + 1, replicasPerShard: 1 }).map((i) => i.path)).toEqual(['database.shards']);
-  });
+  }, SYNTH_HOOK_TIMEOUT_MS);
 
   // https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/CHAP_Limits.html
   it('warns when the shards need more DB instances than the default RDS quota, and not below it', () => {
@@ -170,7 +170,7 @@ describe('shards of one data stack (cloudformation-limits: 500 resources a stack
     expect(7 * 6).toBeGreaterThan(DEFAULT_DB_INSTANCE_QUOTA);
     Annotations.fromStack(over).hasWarning('/Dev/data', Match.stringLikeRegexp('42 DB instances .*RDS allows 40 a region by default'));
     expect(Annotations.fromStack(dataStack({ shards: 8, replicasPerShard: 4 })).findWarning('/Dev/data', Match.stringLikeRegexp('DB instances'))).toEqual([]);
-  });
+  }, SYNTH_HOOK_TIMEOUT_MS);
 });
 
 /**
