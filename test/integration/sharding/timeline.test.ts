@@ -25,6 +25,18 @@ describe('read-your-writes tokens across a failover', () => {
   let cluster: TestShardCluster;
   const closers: (() => Promise<void>)[] = [];
 
+  /**
+   * A plain pool whose idle clients may hear the server's shutdown: `pool.end()` resolves once it
+   * has asked its clients to close, and a server stopped right after can still send them 57P01,
+   * which an unheard pool raises as an uncaught error.
+   */
+  const poolFor = (url: string): Map<string, pg.Pool> => {
+    const pool = new pg.Pool({ connectionString: url, max: 2 });
+    pool.on('error', () => undefined);
+    closers.push(() => pool.end());
+    return new Map([[SHARD, pool]]);
+  };
+
   const readerFor = async (primaryUrl: string, replicaUrls: string[]): Promise<ReplicaReader> => {
     const pools = ShardPools.fromConfig({ shards: [{ shard_id: SHARD, database_url: primaryUrl, read_replicas: replicaUrls }] }, { max: 2, connectionTimeoutMillis: 2000 });
     const reader = new ReplicaReader(pools, { bounds: generous, intervalMs: 60_000, probeTimeoutMs: 2000 });
@@ -56,8 +68,7 @@ describe('read-your-writes tokens across a failover', () => {
     const shard = cluster.shards[0];
     const [promoted, follower] = shard?.replicas ?? [];
     if (!shard || !promoted || !follower) throw new Error('the cluster has no two replicas');
-    const primaries = new Map([[SHARD, new pg.Pool({ connectionString: shard.primary.url, max: 2 })]]);
-    closers.push(() => primaries.get(SHARD)?.end() ?? Promise.resolve());
+    const primaries = poolFor(shard.primary.url);
     const id = randomUUID();
     const written = await createShardWriter({ router, primaries }).withShardWrite(id, ({ client }) =>
       client.query("insert into users (id, slot, email, display_name) values ($1, 7, 'a@example.org', 'A')", [id]),
@@ -70,8 +81,7 @@ describe('read-your-writes tokens across a failover', () => {
     // The promoted node as the shard's primary; the other replica still streams timeline 1.
     const after = await readerFor(promoted.url, [follower.url]);
     const onOldTimeline = await readUser(after, id, written.readToken);
-    const newPrimaries = new Map([[SHARD, new pg.Pool({ connectionString: promoted.url, max: 2 })]]);
-    closers.push(() => newPrimaries.get(SHARD)?.end() ?? Promise.resolve());
+    const newPrimaries = poolFor(promoted.url);
     const second = randomUUID();
     const rewritten = await createShardWriter({ router, primaries: newPrimaries }).withShardWrite(second, ({ client }) =>
       client.query("insert into users (id, slot, email, display_name) values ($1, 7, 'b@example.org', 'B')", [second]),
