@@ -11,6 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { DeploymentConfigError, mergeConfig, parseDeploymentConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
 import { loadDeploymentConfig } from '../../lib/config/load-config.js';
 import { ROOT } from './support/synth.js';
+import { problemsOf } from './support/config-issues.js';
 
 function issuesOf(input: unknown): string[] {
   try {
@@ -106,16 +107,6 @@ describe('mergeConfig', () => {
 });
 
 describe('domain and HTTPS', () => {
-  const problemsOf = (input: unknown): ConfigIssue[] => {
-    try {
-      parseDeploymentConfig(input);
-      return [];
-    } catch (error) {
-      if (error instanceof DeploymentConfigError) return [...error.issues];
-      throw error;
-    }
-  };
-
   it('refuses production without a domain, naming domain', () => {
     expect(problemsOf({ production: true })).toEqual([expect.objectContaining({ path: 'domain', message: expect.stringContaining('HTTPS') })]);
     expect(problemsOf({ production: false })).toEqual([]);

@@ -12,22 +12,14 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as rds from 'aws-cdk-lib/aws-rds';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DeploymentConfigError, mergeConfig, parseDeploymentConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
+import { mergeConfig, parseDeploymentConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
 import { minimumMaxAllocatedStorageGiB, ShardDatabase } from '../../lib/data/shard-database.js';
 import { DEFAULT_DB_INSTANCE_QUOTA, MAX_STACK_RESOURCES, type DataStack } from '../../lib/stacks/data-stack.js';
 import { ALB_IDLE_TIMEOUT_SECONDS } from '../../containers/nginx/render.js';
 import { CaDmsStage } from '../../lib/ca-dms-stage.js';
 import { FIXTURES, ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, type Synthesized } from './support/synth.js';
+import { configIssuesOf, problemsOf } from './support/config-issues.js';
 
-function problemsOf(input: unknown): ConfigIssue[] {
-  try {
-    parseDeploymentConfig(input);
-    return [];
-  } catch (error) {
-    if (error instanceof DeploymentConfigError) return [...error.issues];
-    throw error;
-  }
-}
 
 describe('RDS storage autoscaling (USER_PIOPS.Autoscaling: the ceiling at least 10% above the allocated storage)', () => {
   // https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_PIOPS.Autoscaling.html
@@ -131,15 +123,7 @@ const FIXTURE_SOURCES = {
   demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
 };
 
-function dataStackError(database: Record<string, unknown>): ConfigIssue[] {
-  try {
-    dataStack(database);
-    return [];
-  } catch (error) {
-    if (error instanceof DeploymentConfigError) return [...error.issues];
-    throw error;
-  }
-}
+const dataStackError = (database: Record<string, unknown>): ConfigIssue[] => configIssuesOf(() => dataStack(database));
 
 describe('shards of one data stack (cloudformation-limits: 500 resources a stack; CHAP_Limits: 40 DB instances a region by default)', () => {
   // https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-limits.html
