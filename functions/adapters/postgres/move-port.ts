@@ -20,7 +20,7 @@
  *
  * @example
  * ```ts
- * const port = new PgMovePort({ catalog: client, shards, slotMaps, directory, settings });
+ * const port = new PgMovePort({ catalog: new MoverCatalog(client), leaseEpoch, shards, slotMaps, directory, settings });
  * const done = await driveMove(job, port);
  * ```
  */
@@ -35,7 +35,8 @@ import type { DirectoryStore } from './directory-store.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { inClientTransaction, inTransaction } from './transaction.js';
+import type { MoverCatalog } from './mover-catalog.js';
+import { inTransaction } from './transaction.js';
 
 /** The slot-map side of the catalog the mover needs. */
 export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish'>;
@@ -63,8 +64,8 @@ export interface MoveSettings {
 }
 
 export interface PgMovePortOptions {
-  /** The run's catalog connection. */
-  readonly catalog: pg.ClientBase;
+  /** The run's catalog connection, shared with the run's lease renewal one holder at a time. */
+  readonly catalog: MoverCatalog;
   /** The epoch of the run's lease on the job (see `Mover.run`): every write of the job row requires it. */
   readonly leaseEpoch: number;
   readonly shards: ReadonlyMap<string, pg.Pool>;
@@ -231,7 +232,7 @@ export function laneBounds(n: number): LaneBounds[] {
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class PgMovePort implements MovePort<MoveJob> {
-  private readonly catalog: pg.ClientBase;
+  private readonly catalog: MoverCatalog;
   private readonly settings: MoveSettings;
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly now: () => number;
@@ -387,9 +388,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (job.kind === 'directory') {
       // Pin the key where it is, so that the flip is a directory change that hash routing
       // cannot override; writers routed by hash land on the same shard meanwhile.
-      const pinned = (await this.options.directory.entry(job.unitId, this.catalog))?.shardId ?? null;
-      if (pinned === null) await this.options.directory.set(job.unitId, job.from, this.settings.actor, this.catalog);
-      else if (pinned !== job.from) throw new MoveError(`key ${job.unitId} is now pinned to ${pinned}, not ${job.from}; cancel this move`);
+      await this.catalog.use(async (catalog) => {
+        const pinned = (await this.options.directory.entry(job.unitId, catalog))?.shardId ?? null;
+        if (pinned === null) await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog);
+        else if (pinned !== job.from) throw new MoveError(`key ${job.unitId} is now pinned to ${pinned}, not ${job.from}; cancel this move`);
+      });
     }
     const source = this.pool(job.from);
     const excluded = job.kind === 'slot' ? job.excludedKeys : [];
@@ -467,14 +470,6 @@ export class PgMovePort implements MovePort<MoveJob> {
       // A cursor saved before lanes existed is one lane.
       const lanes = cursor.lanes && cursor.lanes.length > 0 ? [...cursor.lanes] : [cursor.after];
       const bounds = laneBounds(lanes.length);
-      // The lanes share the run's one catalog connection: their catalog statements take turns
-      // (a pg client must not be handed a query while another waits on it).
-      let turn: Promise<unknown> = Promise.resolve();
-      const inTurn = <T>(fn: () => Promise<T>): Promise<T> => {
-        const mine = turn.then(fn);
-        turn = mine.catch(() => undefined);
-        return mine;
-      };
       // Every lane ends before the copy returns or throws (none may outlive the run's
       // connection); once one has failed, the others stop at their next page.
       let failing = false;
@@ -482,15 +477,16 @@ export class PgMovePort implements MovePort<MoveJob> {
         lanes.map(async (_, lane) => {
           for (;;) {
             if (failing) return;
-            await inTurn(() => this.checkCancel(job));
+            await this.checkCancel(job);
             const batch = await this.copyBatch(source, target, job, table, { after: lanes[lane] ?? null, ...(bounds[lane] as LaneBounds) }).catch((err: unknown) => {
               throw this.permitLost(err, job, job.to);
             });
             if (batch.n === 0) return;
             lanes[lane] = batch.last;
-            // Built when its turn comes, with every lane's position as it is then: each save
-            // holds every page committed before it.
-            job = await inTurn(() => {
+            // The lanes share the run's one catalog connection and take turns on it: the cursor
+            // is built when this lane's turn comes, with every lane's position as it is then, so
+            // each save holds every page committed before it.
+            job = await this.catalog.use(() => {
               cursor = lanes.length === 1 ? { table, after: lanes[0] ?? null } : { table, after: null, lanes: [...lanes] };
               return this.updateJob('copy_cursor = $2, rows_copied = rows_copied + $3', [JSON.stringify(cursor), batch.n], job);
             });
@@ -958,7 +954,7 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
   private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T>): Promise<T> {
-    return inClientTransaction(this.catalog, 'begin', async () => {
+    return this.catalog.transaction('begin', async () => {
       const { rows } = await this.catalog.query<JobRow>(`select * from catalog.move_jobs where id = $1 and ${this.mine} for update`, [job.id]);
       if (!rows[0]) {
         await this.assertLease(job);
@@ -973,13 +969,15 @@ export class PgMovePort implements MovePort<MoveJob> {
    * the map read (the flip builds the next version from it: one read of the 4096-slot map per
    * flip, not one to check and one to build).
    */
-  private async currentOwner(job: MoveJob): Promise<{ owner: string | null; version: number; map: SlotMap | null }> {
-    if (job.kind === 'directory') {
-      const entry = await this.options.directory.entry(job.unitId, this.catalog);
-      return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, map: null };
-    }
-    const map = await this.options.slotMaps.current(this.catalog);
-    return { owner: map.assignments[Number(job.unitId)] ?? null, version: map.version, map };
+  private currentOwner(job: MoveJob): Promise<{ owner: string | null; version: number; map: SlotMap | null }> {
+    return this.catalog.use(async (catalog) => {
+      if (job.kind === 'directory') {
+        const entry = await this.options.directory.entry(job.unitId, catalog);
+        return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, map: null };
+      }
+      const map = await this.options.slotMaps.current(catalog);
+      return { owner: map.assignments[Number(job.unitId)] ?? null, version: map.version, map };
+    });
   }
 
   async flip(job: MoveJob): Promise<FlipOutcome> {
@@ -994,12 +992,11 @@ export class PgMovePort implements MovePort<MoveJob> {
           if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
             return { kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` };
           }
-          let after: number;
-          if (map === null) {
-            after = (await this.options.directory.set(job.unitId, job.to, this.settings.actor, this.catalog)).version;
-          } else {
-            after = (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, this.catalog)).map.version;
-          }
+          const after = await this.catalog.use(async (catalog) =>
+            map === null
+              ? (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog)).version
+              : (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version,
+          );
           await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);
           return { kind: 'flipped' };
         });

@@ -11,7 +11,8 @@
  *
  * Who runs a job is a lease on its row (sharding migration 006), not a session lock: a run claims
  * the job by compare-and-set (no holder, or the holder's lease expired by the database clock),
- * which gives it the next lease epoch; it renews the lease every third of `leaseTtlMs`, and every
+ * which gives it the next lease epoch; it renews the lease every third of `leaseTtlMs` (on the
+ * run's catalog connection, in its turn between transactions: {@link MoverCatalog}), and every
  * write it makes to the job row requires that epoch. A mover killed outright lets its claim lapse
  * after at most `leaseTtlMs`; the next run claims the job and resumes it, and the old mover, were
  * it only stalled, finds its epoch gone at its next write and stops ({@link MoveLeaseLostError}).
@@ -45,6 +46,7 @@ import {
   type MoveJob,
   type MoveRequest,
 } from './move-jobs.js';
+import { MoverCatalog } from './mover-catalog.js';
 import { PgMovePort, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 
 export * from './move-jobs.js';
@@ -217,14 +219,15 @@ export class Mover {
     if (!Number.isInteger(ttlMs) || ttlMs < 100) throw new MoveError(`leaseTtlMs must be a whole number of ms, at least 100 (got ${ttlMs})`);
     const copyLanes = this.options.copyLanes ?? 1;
     if (!Number.isInteger(copyLanes) || copyLanes < 1 || copyLanes > 16) throw new MoveError(`copyLanes must be a whole number from 1 to 16 (got ${copyLanes})`);
-    const catalog = await this.options.catalog.connect();
+    const client = await this.options.catalog.connect();
+    const catalog = new MoverCatalog(client);
     let broken = false;
     // A connection dropped mid-run (failover, proxy, a killed backend) fails the next query,
     // which leaves the job resumable; the client's error event must not crash the process.
     const onError = (): void => {
       broken = true;
     };
-    catalog.on('error', onError);
+    client.on('error', onError);
     try {
       const holder = `${this.options.holder ?? `mover pid ${process.pid}`} ${randomUUID()}`;
       const { rows } = await catalog.query<JobRow & { lease_epoch: string }>(CLAIM, [id, holder, ttlMs]);
@@ -235,11 +238,21 @@ export class Mover {
         throw new MoveBusyError(`move job #${id} is being run by ${found[0].holder ?? 'another mover'} (its lease runs until ${found[0].until?.toISOString() ?? '?'})`);
       }
       const epoch = Number(claimed.lease_epoch);
-      // Renewed on the run's own connection (queued between the run's statements), so the run
-      // needs no second catalog connection. A renewal that finds another epoch changes nothing;
+      // Renewed on the run's own connection, so the run needs no second catalog connection: in
+      // its turn, at a statement boundary outside the port's transactions (see MoverCatalog),
+      // never inside one, where a rollback would undo it. A period that passes while a renewal
+      // still waits for its turn adds none. A renewal that finds another epoch changes nothing;
       // the run learns of it at its next write of the job row.
+      let renewing = false;
       const renewal = setInterval(() => {
-        catalog.query(RENEW, [id, epoch, ttlMs]).catch(() => undefined);
+        if (renewing) return;
+        renewing = true;
+        catalog
+          .query(RENEW, [id, epoch, ttlMs])
+          .catch(() => undefined)
+          .finally(() => {
+            renewing = false;
+          });
       }, Math.floor(ttlMs / 3));
       try {
         const port = new PgMovePort({
@@ -275,8 +288,8 @@ export class Mover {
         await catalog.query(RELEASE, [id, epoch]).catch(() => undefined);
       }
     } finally {
-      catalog.off('error', onError);
-      catalog.release(broken || undefined);
+      client.off('error', onError);
+      client.release(broken || undefined);
     }
   }
 

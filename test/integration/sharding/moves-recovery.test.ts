@@ -2,6 +2,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { laneBounds, PgMovePort } from '../../../functions/adapters/postgres/move-port.js';
+import { MoverCatalog } from '../../../functions/adapters/postgres/mover-catalog.js';
 import { MoveBusyError, MoveLeaseLostError, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { MOVE_CRASH_POINTS } from '../../../functions/core/sharding/move-machine.js';
 import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
@@ -219,7 +220,7 @@ describe('a move killed at any step', () => {
     const catalog = await env.catalog.connect();
     try {
       const stale = new PgMovePort({
-        catalog,
+        catalog: new MoverCatalog(catalog),
         leaseEpoch: Number(first[0]?.epoch),
         shards: env.shards,
         slotMaps: env.slotMaps,

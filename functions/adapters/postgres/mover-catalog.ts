@@ -1,0 +1,65 @@
+/**
+ * The run's one catalog connection, handed out one holder at a time. A move run has a single
+ * catalog connection (a Lambda's pool holds one), shared by the port's statements, its copy lanes
+ * and the lease renewal. A pg client must never be handed a query while it is busy: pg 8 queues
+ * it with a deprecation warning (pg 9 refuses), and a query queued while the port is inside a
+ * transaction runs inside that transaction (a lease renewal there would be rolled back with it,
+ * or commit half of the port's work early). So every use goes through {@link MoverCatalog}:
+ * {@link MoverCatalog.transaction} holds the client from `begin` to `commit`/`rollback`, and a
+ * statement outside one waits its turn, at a statement boundary outside every transaction.
+ *
+ * Statements issued by a holder's own body (the body of a transaction, say) run on the client
+ * directly: the holder is known through the async context of its body (AsyncLocalStorage), so
+ * code called from inside a transaction needs no separate handle.
+ *
+ * @example
+ * ```ts
+ * const catalog = new MoverCatalog(await pool.connect());
+ * await catalog.transaction('begin', async (client) => {
+ *   await catalog.query('select 1');            // inside: runs in the transaction
+ *   await directory.entry(key, client);         // code that takes a client gets the held one
+ * });
+ * await catalog.query(RENEW, [id, epoch, ttl]); // outside: waits for the transaction to end
+ * ```
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type pg from 'pg';
+import { inClientTransaction, type RollbackWith } from './transaction.js';
+
+export class MoverCatalog {
+  /** Settles when the current holder (and every one queued before the next caller) is done. */
+  private tail: Promise<void> = Promise.resolve();
+  /** Set in the async context of the current holder's body. */
+  private readonly holding = new AsyncLocalStorage<MoverCatalog>();
+
+  constructor(readonly client: pg.ClientBase) {}
+
+  /** Whether the caller runs inside a holder's body (then it already has the client). */
+  private held(): boolean {
+    return this.holding.getStore() === this;
+  }
+
+  /**
+   * Runs `fn` with the client to itself: after every holder queued before, and with nobody else
+   * given the client until it settles. Called from inside a holder's body, it runs at once.
+   */
+  use<T>(fn: (client: pg.ClientBase) => Promise<T>): Promise<T> {
+    if (this.held()) return fn(this.client);
+    const run = this.tail.then(() => this.holding.run(this, () => fn(this.client)));
+    this.tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  /** One statement, in its turn (see {@link use}). */
+  query<R extends pg.QueryResultRow>(text: string, values?: readonly unknown[]): Promise<pg.QueryResult<R>> {
+    return this.use((client) => client.query<R>(text, values === undefined ? undefined : [...values]));
+  }
+
+  /** One transaction holding the client from its `begin` to its end (see `transaction.ts`). */
+  transaction<T>(begin: string, fn: (client: pg.ClientBase) => Promise<T | RollbackWith<NoInfer<T>>>): Promise<T> {
+    return this.use((client) => inClientTransaction(client, begin, () => fn(client)));
+  }
+}
