@@ -8,15 +8,9 @@
  * once and the read is retried on the next replica or the primary, so a replica going down
  * costs callers one retried query, and no error.
  *
- * Replay lag in seconds is measured from the primary's side, because a replica alone cannot see
- * that its WAL receiver is gone (it has replayed all it received, so it looks current). Every
- * probe first commits a heartbeat on the primary (a transaction with an xid, committed with
- * `synchronous_commit = on`) and notes the primary's WAL position and clock. A replica that
- * replays past that position within {@link HEARTBEAT_WAIT_MS} is current (lag 0); otherwise its
- * lag is the primary's clock now minus the commit time of the last transaction it replayed,
- * which is also the primary's clock: no clock skew between hosts enters. When the primary does
- * not answer, the replica's own measure is used (0 when everything received has been replayed,
- * otherwise the age of its last replayed commit). The byte lag (primary WAL position minus replay
+ * Replay lag in seconds is measured from the primary's side (see replica-lag.ts): every probe
+ * first commits a heartbeat on the primary, and a replica that replays past it within
+ * {@link HEARTBEAT_WAIT_MS} is current. The byte lag (primary WAL position minus replay
  * position) is a second bound. A bound holds at each probe; between probes a replica that has
  * just lost its primary can be at most one health interval staler than measured.
  *
@@ -32,9 +26,9 @@
  * ```
  */
 import type pg from 'pg';
-import { formatLsn, isLsn, LsnError, lsnBytesBehind, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
+import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
-import { withNodeDeadline } from './deadline.js';
+import { commitHeartbeat, probeReplicaLag } from './replica-lag.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { inClientTransaction } from './transaction.js';
 
@@ -144,30 +138,6 @@ export function isNodeFailure(error: unknown): boolean {
 
 /** How long a probe waits for a replica to replay the heartbeat before measuring its lag. */
 export const HEARTBEAT_WAIT_MS = 250;
-const HEARTBEAT_POLL_MS = 25;
-
-/** The primary's side of a probe: the heartbeat's WAL position and the primary's clock. */
-interface Heartbeat {
-  readonly lsn: bigint;
-  /** The primary's clock (epoch ms) just after the heartbeat committed. */
-  readonly primaryMs: number;
-  /** This process's clock when `primaryMs` was read: elapsed time is measured on one clock. */
-  readonly localMs: number;
-}
-
-const PROBE_SQL = `select pg_is_in_recovery() as in_recovery,
-  pg_last_wal_replay_lsn()::text as replay_lsn,
-  (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::float8 as replay_commit_ms,
-  case
-    when pg_last_wal_receive_lsn() is not null and pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0
-    else extract(epoch from clock_timestamp() - pg_last_xact_replay_timestamp())::float8
-  end as lag_seconds`;
-
-interface ReplicaProbe {
-  readonly inRecovery: boolean;
-  readonly replayLsn: bigint | null;
-  readonly lagSeconds: number | null;
-}
 
 export class ReplicaReader {
   readonly #pools: ShardPools;
@@ -222,66 +192,18 @@ export class ReplicaReader {
     const replicas = this.#pools.replicas(shardId);
     if (replicas.length === 0) return;
     // The heartbeat first: the replicas are then measured against it.
-    const heartbeat = await this.#heartbeat(this.#pools.primary(shardId));
-    const primary = heartbeat?.lsn ?? null;
-    const states = await Promise.all(replicas.map((node) => this.#probe(node, heartbeat)));
+    const options = { timeoutMs: this.#probeTimeoutMs, now: this.#now };
+    const heartbeat = await commitHeartbeat(this.#pools.primary(shardId), options);
+    if (heartbeat) this.#timelines.set(shardId, heartbeat.timeline);
+    const states = await Promise.all(replicas.map((node) => probeReplicaLag(node, heartbeat, { ...options, waitMs: HEARTBEAT_WAIT_MS })));
     for (const [i, node] of replicas.entries()) {
-      const probe = states[i] as ReplicaProbe | undefined;
+      const probe = states[i];
       const checkedAtMs = this.#now();
       if (!probe) {
         this.#states.set(node.nodeId, { nodeId: node.nodeId, up: false, lagSeconds: null, lagBytes: null, replayLsn: null, checkedAtMs });
         continue;
       }
-      const lagBytes = primary === null || probe.replayLsn === null ? null : lsnBytesBehind(primary, probe.replayLsn);
-      this.#states.set(node.nodeId, { nodeId: node.nodeId, up: probe.inRecovery, lagSeconds: probe.lagSeconds, lagBytes, replayLsn: probe.replayLsn, checkedAtMs });
-    }
-  }
-
-  async #heartbeat(node: ShardNode): Promise<Heartbeat | null> {
-    try {
-      // txid_current() gives the transaction an xid, so its commit is a WAL record with the
-      // primary's commit time, which a replica reports once replayed. Synchronous commit makes
-      // it visible to the WAL senders now rather than at the WAL writer's next round.
-      await withNodeDeadline(node.pool, this.#probeTimeoutMs, node.nodeId, async (c) => {
-        await c.query('set local synchronous_commit = on');
-        await c.query('select txid_current()');
-      });
-      const { rows } = await withNodeDeadline(node.pool, this.#probeTimeoutMs, node.nodeId, (c) =>
-        c.query<{ lsn: string; now_ms: number; tli: string }>(
-          `select pg_current_wal_lsn()::text as lsn, (extract(epoch from clock_timestamp()) * 1000)::float8 as now_ms,
-                  ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint as tli`,
-        ),
-      );
-      const row = rows[0];
-      if (row) this.#timelines.set(node.shardId, Number(row.tli));
-      return row ? { lsn: parseLsn(row.lsn), primaryMs: row.now_ms, localMs: this.#now() } : null;
-    } catch {
-      return null;
-    }
-  }
-
-  async #probe(node: ShardNode, heartbeat: Heartbeat | null): Promise<ReplicaProbe | undefined> {
-    try {
-      // Counted in polls, not read from the injected clock (a test's clock need not move).
-      for (let poll = 1; ; poll += 1) {
-        const { rows } = await withNodeDeadline(node.pool, this.#probeTimeoutMs, node.nodeId, (c) =>
-          c.query<{ in_recovery: boolean; replay_lsn: string | null; replay_commit_ms: number | null; lag_seconds: number | null }>(PROBE_SQL),
-        );
-        const row = rows[0];
-        if (!row) return undefined;
-        const replayLsn = row.replay_lsn === null ? null : parseLsn(row.replay_lsn);
-        const base = { inRecovery: row.in_recovery, replayLsn };
-        if (heartbeat === null) return { ...base, lagSeconds: row.lag_seconds === null ? null : Math.max(0, row.lag_seconds) };
-        if (replayLsn !== null && replayLsn >= heartbeat.lsn) return { ...base, lagSeconds: 0 };
-        if (poll * HEARTBEAT_POLL_MS >= HEARTBEAT_WAIT_MS) {
-          if (row.replay_commit_ms === null) return { ...base, lagSeconds: null };
-          const primaryNowMs = heartbeat.primaryMs + (this.#now() - heartbeat.localMs);
-          return { ...base, lagSeconds: Math.max(0, (primaryNowMs - row.replay_commit_ms) / 1000) };
-        }
-        await new Promise((resolve) => setTimeout(resolve, HEARTBEAT_POLL_MS));
-      }
-    } catch {
-      return undefined;
+      this.#states.set(node.nodeId, { nodeId: node.nodeId, up: probe.inRecovery, lagSeconds: probe.lagSeconds, lagBytes: probe.lagBytes, replayLsn: probe.replayLsn, checkedAtMs });
     }
   }
 

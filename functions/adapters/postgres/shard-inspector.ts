@@ -7,7 +7,8 @@
  * (`pg_is_in_recovery()`), connections against `max_connections`, `pg_stat_database` rates
  * (from the previous sample, which the inspector keeps), cache hit ratio, deadlocks, temp
  * bytes, `pg_stat_statements` when installed, `pg_database_size`, and on replicas the replay lag
- * in seconds and bytes. The classification with reasons is the pure core's
+ * in seconds and bytes, measured against a heartbeat committed on the primary (replica-lag.ts)
+ * as the read router measures it. The classification with reasons is the pure core's
  * (`core/sharding/health.ts`).
  *
  * @example
@@ -40,6 +41,7 @@ import type { MovableUnit } from '../../core/sharding/rebalance.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import { slotsOwnedBy, summarizeShardStatistics, type ShardMeasurement, type ShardStatisticsSummary, type TableStatistics } from '../../core/sharding/statistics.js';
 import { withNodeDeadline } from './deadline.js';
+import { commitHeartbeat, probeReplicaLag, type ReplicaLag } from './replica-lag.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 
 /** The slowest statements of a node, from `pg_stat_statements`. */
@@ -189,7 +191,7 @@ const PROBE_SQL = `select pg_is_in_recovery() as in_recovery,
   d.tup_inserted::float8 as tup_inserted, d.tup_updated::float8 as tup_updated, d.tup_deleted::float8 as tup_deleted,
   d.deadlocks::float8 as deadlocks, d.temp_files::float8 as temp_files, d.temp_bytes::float8 as temp_bytes,
   d.conflicts::float8 as conflicts,
-  case when pg_is_in_recovery() then pg_last_wal_replay_lsn()::text else pg_current_wal_lsn()::text end as wal_lsn,
+  case when pg_is_in_recovery() then pg_last_wal_replay_lsn()::text else pg_current_wal_insert_lsn()::text end as wal_lsn,
   pg_last_wal_receive_lsn()::text as receive_lsn,
   case when not pg_is_in_recovery() then null
     when pg_last_wal_receive_lsn() is not null and pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0
@@ -210,9 +212,18 @@ interface Measured {
   readonly node: ShardNode;
   readonly checkMs: number;
   readonly row?: ProbeRow;
+  /** Replay lag measured from the primary's side (replicas whose primary answered). */
+  readonly lag?: ReplicaLag;
   readonly statements?: StatementsReport;
   readonly error?: string;
 }
+
+/**
+ * How long a replica may take to replay the health check's heartbeat and still count as current
+ * (at most half the node budget). Longer than the read router's wait: a health report is read by
+ * people and alarms, and a replica that is merely busy for a moment is not degraded.
+ */
+const HEALTH_HEARTBEAT_WAIT_MS = 1000;
 
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -244,7 +255,8 @@ export class ShardInspector {
           return new Map<string, RdsFacts>();
         })
       : Promise.resolve(new Map<string, RdsFacts>());
-    const [measured, cloud] = await Promise.all([Promise.all(this.#pools.nodes().map((n) => this.#measure(n))), cloudFacts]);
+    const lags = this.#replicaLags();
+    const [measured, cloud] = await Promise.all([Promise.all(this.#pools.nodes().map((n) => this.#measure(n, lags.get(n.nodeId)))), cloudFacts]);
     const byNode = new Map(measured.map((m) => [m.node.nodeId, m]));
 
     const shards = this.#pools.shardIds().map((shardId): ShardHealthReport => {
@@ -281,7 +293,29 @@ export class ShardInspector {
     };
   }
 
-  async #measure(node: ShardNode): Promise<Measured> {
+  /**
+   * Starts measuring every replica's lag from its primary's side (replica-lag.ts): one heartbeat
+   * per shard, then each replica waits for it. Resolves to undefined for a replica whose primary
+   * or itself did not answer; its own measure stands in then.
+   */
+  #replicaLags(): Map<string, Promise<ReplicaLag | undefined>> {
+    const lags = new Map<string, Promise<ReplicaLag | undefined>>();
+    const options = { timeoutMs: this.#options.timeoutMs, now: this.#now };
+    for (const shardId of this.#pools.shardIds()) {
+      const replicas = this.#pools.replicas(shardId);
+      if (replicas.length === 0) continue;
+      const heartbeat = commitHeartbeat(this.#pools.primary(shardId), options);
+      for (const replica of replicas) {
+        lags.set(
+          replica.nodeId,
+          heartbeat.then((h) => (h === null ? undefined : probeReplicaLag(replica, h, { ...options, waitMs: Math.min(HEALTH_HEARTBEAT_WAIT_MS, options.timeoutMs / 2) }))),
+        );
+      }
+    }
+    return lags;
+  }
+
+  async #measure(node: ShardNode, lag: Promise<ReplicaLag | undefined> | undefined): Promise<Measured> {
     const started = this.#now();
     try {
       const { row, statements } = await withNodeDeadline(node.pool, this.#options.timeoutMs, node.nodeId, async (client) => {
@@ -290,7 +324,14 @@ export class ShardInspector {
         if (!first) throw new ShardInspectionError(`${node.nodeId}: pg_stat_database has no row for the current database`);
         return { row: first, statements: first.has_pg_stat_statements ? await this.#statements(client) : undefined };
       });
-      return { node, checkMs: this.#now() - started, row, ...(statements ? { statements } : { statements: { available: false, reason: 'the pg_stat_statements extension is not installed in this database' } }) };
+      const measuredLag = await lag;
+      return {
+        node,
+        checkMs: this.#now() - started,
+        row,
+        ...(measuredLag ? { lag: measuredLag } : {}),
+        ...(statements ? { statements } : { statements: { available: false, reason: 'the pg_stat_statements extension is not installed in this database' } }),
+      };
     } catch (error) {
       return { node, checkMs: this.#now() - started, error: messageOf(error) };
     }
@@ -349,8 +390,12 @@ export class ShardInspector {
       ...(row.in_recovery
         ? {
             replication: {
-              lagSeconds: row.lag_seconds === null ? null : Math.max(0, row.lag_seconds),
-              lagBytes: primaryLsn !== null && replayLsn !== null ? Number(lsnBytesBehind(primaryLsn, replayLsn)) : null,
+              ...(m.lag
+                ? { lagSeconds: m.lag.lagSeconds, lagBytes: m.lag.lagBytes === null ? null : Number(m.lag.lagBytes) }
+                : {
+                    lagSeconds: row.lag_seconds === null ? null : Math.max(0, row.lag_seconds),
+                    lagBytes: primaryLsn !== null && replayLsn !== null ? Number(lsnBytesBehind(primaryLsn, replayLsn)) : null,
+                  }),
               replayLsn: row.wal_lsn,
               receiveLsn: row.receive_lsn,
               replayPaused: row.replay_paused,

@@ -401,10 +401,13 @@ describe('scaling API over HTTP', () => {
   describe('shards', () => {
     it('reports every primary and replica healthy', async () => {
       const res = await h.fetchJson(`${API}/shards/health`);
-      const report = res.body as { shards: Array<{ status: string; primary: { status: string }; replicas: Array<{ status: string }> }> };
+      type Node = { nodeId: string; status: string; reasons: Array<{ code: string }> };
+      const report = res.body as { shards: Array<{ status: string; primary: Node; replicas: Node[] }> };
       expect(res.status).toBe(200);
       expect(report.shards).toHaveLength(2);
-      expect(report.shards.flatMap((s) => [s.primary.status, ...s.replicas.map((r) => r.status)])).toEqual(['healthy', 'healthy', 'healthy', 'healthy']);
+      // With the reasons, so a failure says why a node is not healthy.
+      const nodes = report.shards.flatMap((s) => [s.primary, ...s.replicas]).map((n) => `${n.nodeId} ${n.status} ${n.reasons.map((r) => r.code).join(',')}`.trim());
+      expect(nodes).toEqual(['shard_001/primary healthy', 'shard_001/replica-1 healthy', 'shard_002/primary healthy', 'shard_002/replica-1 healthy']);
     });
 
     it('reports statistics and a rebalance check', async () => {

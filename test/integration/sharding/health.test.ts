@@ -193,6 +193,50 @@ describe('shard health', () => {
     expect(replica?.facts.replication?.lagBytes).toBeGreaterThan(0);
   });
 
+  it('measures lag from the primary: a replica of an idle shard replaying a fresh commit is current, one that stays behind is not', async () => {
+    const strict = new ShardInspector(pools, { timeoutMs: TIMEOUT_MS, thresholds: parseHealthThresholds({ maxReplicaLagSeconds: 1 }) });
+    const replica = cluster.shards[0]?.replicas[0];
+    const onReplica = async (sql: string): Promise<void> => {
+      const client = new pg.Client({ connectionString: replica?.url });
+      client.on('error', () => undefined);
+      await client.connect();
+      try {
+        await client.query(sql);
+        await client.query('select pg_reload_conf()');
+      } finally {
+        await client.end();
+      }
+    };
+    const idle = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+    const replicaOf = async (): Promise<ShardHealthReport['replicas'][number] | undefined> => shard(await strict.health(), 'shard_001').replicas[0];
+    try {
+      // Every commit reaches the replica at once and is applied 400 ms later: WAL received, not replayed.
+      await onReplica("alter system set recovery_min_apply_delay = '400ms'");
+      await replica?.waitForCatchUp();
+      await idle(1500);
+      // Measured on the replica alone, the fresh commit makes the replica look as old as its last
+      // replayed commit (1.5 s, over the 1 s bound) although it is 400 ms behind at most.
+      await onPrimary('shard_001', (c) => c.query('select txid_current()'));
+      const current = await replicaOf();
+
+      expect(current?.reasons).toEqual([]);
+      expect(current?.facts.replication?.lagSeconds).toBe(0);
+
+      // A replica that takes longer than the health check's wait to replay is behind.
+      await onReplica("alter system set recovery_min_apply_delay = '3s'");
+      await replica?.waitForCatchUp();
+      await idle(1200);
+      const behind = await replicaOf();
+
+      expect(behind?.status).toBe('degraded');
+      expect(behind?.reasons.map((r) => r.code)).toContain('replication_lag_seconds');
+      expect(behind?.facts.replication?.lagSeconds).toBeGreaterThan(1);
+      expect(behind?.facts.replication?.lagBytes).toBeGreaterThan(0);
+    } finally {
+      await onReplica('alter system reset recovery_min_apply_delay');
+    }
+  });
+
   it('merges what RDS and CloudWatch say about an instance into its health', async () => {
     const rds = mockClient(RDSClient);
     const cw = mockClient(CloudWatchClient);

@@ -1,0 +1,132 @@
+/**
+ * Replay lag of a replica, measured from its primary's side. Shared by the read router
+ * ({@link ReplicaReader}) and the health report ({@link ShardInspector}), so the two never
+ * disagree about how stale a replica is.
+ *
+ * A replica alone measures badly in both directions:
+ * - It cannot see that its WAL receiver is gone: it has replayed all it received, so it looks
+ *   current while the primary moves on.
+ * - Right after WAL arrives from an idle primary, it has received more than it replayed, and
+ *   `now() - pg_last_xact_replay_timestamp()` is the age of the last commit it replayed, which
+ *   on an idle shard is however long the shard was idle: a replica a few milliseconds behind
+ *   reads as minutes behind.
+ *
+ * So a measure first commits a heartbeat on the primary (a transaction with an xid, committed
+ * with `synchronous_commit = on`) and notes the primary's WAL position and clock. A replica that
+ * replays past that position within the wait is current (lag 0, to the wait's resolution);
+ * otherwise its lag is the primary's clock now minus the commit time of the last transaction it
+ * replayed, which is also the primary's clock, so no clock skew between hosts enters. When the
+ * primary does not answer, the replica's own measure is used (0 when everything received has
+ * been replayed, otherwise the age of its last replayed commit).
+ *
+ * @example
+ * ```ts
+ * const heartbeat = await commitHeartbeat(pools.primary('shard_001'), { timeoutMs: 2000 });
+ * const probe = await probeReplicaLag(pools.replicas('shard_001')[0], heartbeat, { timeoutMs: 2000, waitMs: 250 });
+ * // { inRecovery: true, replayLsn: 50331976n, lagSeconds: 0 }
+ * ```
+ */
+import { lsnBytesBehind, parseLsn } from '../../core/sharding/lsn.js';
+import { withNodeDeadline } from './deadline.js';
+import type { ShardNode } from './shard-pools.js';
+
+/** The primary's side of a measure: the heartbeat's WAL position and the primary's clock. */
+export interface Heartbeat {
+  readonly lsn: bigint;
+  /** The primary's clock (epoch ms) just after the heartbeat committed. */
+  readonly primaryMs: number;
+  /** The local clock when `primaryMs` was read: elapsed time is measured on one clock. */
+  readonly localMs: number;
+  /** The primary's timeline (from its current WAL file name). */
+  readonly timeline: number;
+}
+
+export interface LagMeasureOptions {
+  /** Budget of each query (connect included). */
+  readonly timeoutMs: number;
+  /** The local clock. Default `Date.now`. */
+  readonly now?: () => number;
+}
+
+export interface ReplicaLagOptions extends LagMeasureOptions {
+  /** How long the replica may take to replay the heartbeat and still count as current. */
+  readonly waitMs: number;
+  /** Pause between two polls of the replica while waiting. Default 25 ms. */
+  readonly pollMs?: number;
+}
+
+export interface ReplicaLag {
+  readonly inRecovery: boolean;
+  readonly replayLsn: bigint | null;
+  /** Null when it cannot be told (no transaction replayed since the replica started). */
+  readonly lagSeconds: number | null;
+  /** WAL bytes between the heartbeat and the replay position; null without a heartbeat. */
+  readonly lagBytes: bigint | null;
+}
+
+// The insert position, read after the commit on the same connection, is at or past the end of
+// the heartbeat's commit record. The write position (pg_current_wal_lsn) can still be short of
+// it: with fsync off it stays at the start of the WAL page, so a replica that had not replayed
+// the heartbeat was taken for current.
+const HEARTBEAT_POSITION_SQL = `select pg_current_wal_insert_lsn()::text as lsn, (extract(epoch from clock_timestamp()) * 1000)::float8 as now_ms,
+  ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint as tli`;
+
+const REPLICA_SQL = `select pg_is_in_recovery() as in_recovery,
+  pg_last_wal_replay_lsn()::text as replay_lsn,
+  (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::float8 as replay_commit_ms,
+  case
+    when pg_last_wal_receive_lsn() is not null and pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0
+    else extract(epoch from clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+  end as lag_seconds`;
+
+/** Commits a heartbeat on `primary`; null when the primary does not answer within the budget. */
+export async function commitHeartbeat(primary: ShardNode, options: LagMeasureOptions): Promise<Heartbeat | null> {
+  const now = options.now ?? Date.now;
+  try {
+    // txid_current() gives the transaction an xid, so its commit is a WAL record with the
+    // primary's commit time, which a replica reports once replayed. Synchronous commit makes
+    // it visible to the WAL senders now rather than at the WAL writer's next round.
+    await withNodeDeadline(primary.pool, options.timeoutMs, primary.nodeId, async (c) => {
+      await c.query('set local synchronous_commit = on');
+      await c.query('select txid_current()');
+    });
+    const { rows } = await withNodeDeadline(primary.pool, options.timeoutMs, primary.nodeId, (c) =>
+      c.query<{ lsn: string; now_ms: number; tli: string }>(HEARTBEAT_POSITION_SQL),
+    );
+    const row = rows[0];
+    return row ? { lsn: parseLsn(row.lsn), primaryMs: row.now_ms, localMs: now(), timeline: Number(row.tli) } : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Measures `replica` against `heartbeat` (or on its own when the heartbeat is null); undefined
+ * when the replica does not answer.
+ */
+export async function probeReplicaLag(replica: ShardNode, heartbeat: Heartbeat | null, options: ReplicaLagOptions): Promise<ReplicaLag | undefined> {
+  const now = options.now ?? Date.now;
+  const pollMs = options.pollMs ?? 25;
+  try {
+    // Counted in polls, not read from the injected clock (a test's clock need not move).
+    for (let poll = 1; ; poll += 1) {
+      const { rows } = await withNodeDeadline(replica.pool, options.timeoutMs, replica.nodeId, (c) =>
+        c.query<{ in_recovery: boolean; replay_lsn: string | null; replay_commit_ms: number | null; lag_seconds: number | null }>(REPLICA_SQL),
+      );
+      const row = rows[0];
+      if (!row) return undefined;
+      const replayLsn = row.replay_lsn === null ? null : parseLsn(row.replay_lsn);
+      const base = { inRecovery: row.in_recovery, replayLsn, lagBytes: heartbeat === null || replayLsn === null ? null : lsnBytesBehind(heartbeat.lsn, replayLsn) };
+      if (heartbeat === null) return { ...base, lagSeconds: row.lag_seconds === null ? null : Math.max(0, row.lag_seconds) };
+      if (replayLsn !== null && replayLsn >= heartbeat.lsn) return { ...base, lagSeconds: 0 };
+      if (poll * pollMs >= options.waitMs) {
+        if (row.replay_commit_ms === null) return { ...base, lagSeconds: null };
+        const primaryNowMs = heartbeat.primaryMs + (now() - heartbeat.localMs);
+        return { ...base, lagSeconds: Math.max(0, (primaryNowMs - row.replay_commit_ms) / 1000) };
+      }
+      await new Promise((resolve) => setTimeout(resolve, pollMs));
+    }
+  } catch {
+    return undefined;
+  }
+}
