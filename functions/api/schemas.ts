@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { POLICY_NAMES } from '../core/scaling/config.js';
+import { uuidForm } from '../core/sharding/keys.js';
 import { MOVE_STATES } from '../core/sharding/move-plan.js';
 
 const isoTime = z.string().datetime({ offset: true }).describe('an ISO 8601 timestamp');
@@ -230,12 +231,23 @@ export const evaluationSchema = z.object({
   ),
 });
 
-export const routeQuerySchema = z.strictObject({
-  key: z.string().min(1).max(512).describe('the routing key: a user id, or the owner id of a document'),
-  kind: z.enum(['user', 'document_owner']).optional().describe('what the key is (default user); both route the same way'),
-});
+export const routeQuerySchema = z
+  .strictObject({
+    key: z.string().min(1).max(512).describe('the routing key: a user id, the owner id of a document, or any other key the configured strategy routes'),
+    kind: z
+      .enum(['key', 'user', 'document_owner'])
+      .optional()
+      .describe('what the key is (default key: any key, in its canonical form). user and document_owner must be a UUID (docs/sharding-spec.md section 1); all three route the same way'),
+  })
+  .superRefine((query, ctx) => {
+    // The spec refuses a non-UUID wherever a user id is expected: answering where `user-1` would
+    // live, had it been a user, tells a caller that an id they got wrong is fine.
+    if (query.kind !== undefined && query.kind !== 'key' && uuidForm(query.key) === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['key'], message: `is not a UUID, which a ${query.kind === 'user' ? 'user id' : 'document owner id'} is (e.g. 3f2c1d9e-8a7b-4c6d-9e0f-112233445566)` });
+    }
+  });
 export const routeResultSchema = z.object({
-  key: z.string(),
+  key: z.string().describe('the key in its canonical form (a UUID in lower case 8-4-4-4-12), which is what is routed'),
   shard_id: z.string(),
   slot: z.number().int().nullable(),
   map_version: z.number().int().nullable(),

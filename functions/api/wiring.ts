@@ -19,6 +19,7 @@ import { DEFAULT_MODEL } from '../core/scaling/simulator/model.js';
 import { prepareTrace, simulate } from '../core/scaling/simulator/simulate.js';
 import type { MetricsSnapshot, ServiceState } from '../core/scaling/types.js';
 import { RebalancePlanError, RoutingError } from '../core/sharding/errors.js';
+import { canonicalKey } from '../core/sharding/keys.js';
 import type { ShardRouter } from '../core/sharding/router.js';
 import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ConfigVersionConflictError, type CatalogStore, type StoredDecision } from '../adapters/postgres/catalog-store.js';
@@ -473,7 +474,8 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         }
         throw err;
       }
-      return { key, shard_id: r.shardId, slot: r.slot, map_version: r.mapVersion, strategy: r.strategy, source: r.source };
+      // The canonical form: the text that was hashed or looked up, and that rows are stored under.
+      return { key: canonicalKey(key), shard_id: r.shardId, slot: r.slot, map_version: r.mapVersion, strategy: r.strategy, source: r.source };
     },
 
     async startMove(request, actor) {

@@ -431,6 +431,19 @@ describe('scaling API over HTTP', () => {
       expect(res.body).toMatchObject({ key, slot: slotOf(key), map_version: 1, strategy: 'hash_based', source: 'hash' });
     });
 
+    it('routes a user id in any UUID form as its canonical form, and refuses a user id that is not a UUID with 400 naming query.key', async () => {
+      const key = '7d0c2a4e-52a5-4a55-9d40-8d2d3b1e0f11';
+      const upper = await h.fetchJson(`${API}/shards/route?kind=user&key=${key.toUpperCase()}`);
+      const owner = await h.fetchJson(`${API}/shards/route?kind=document_owner&key=urn:uuid:${key}`);
+      const notUuid = await h.fetchJson(`${API}/shards/route?kind=user&key=user-1`);
+      const anyKey = await h.fetchJson(`${API}/shards/route?kind=key&key=user-1`);
+      expect([upper.status, owner.status, anyKey.status]).toEqual([200, 200, 200]);
+      expect(upper.body).toMatchObject({ key, slot: slotOf(key) });
+      expect(owner.body).toMatchObject({ key, slot: slotOf(key) });
+      expect(notUuid.status).toBe(400);
+      expect((notUuid.body as Problem).invalid_params).toEqual([{ name: 'query.key', reason: expect.stringMatching(/is not a UUID, which a user id is/) }]);
+    });
+
     it('starts a slot move and follows it to done', async () => {
       const key = '0b7f6a39-2a51-4cf4-8f2e-3b0c1a9d2e44';
       const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
