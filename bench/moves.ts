@@ -9,7 +9,11 @@
  *    (the age of the oldest change not yet applied on the target, sampled on the source every
  *    20 ms from the first time the copy's backlog was caught up to the flip: goal < 1 s), and
  *    what the writers were told against what the shards hold (goal 0 lost, 0 duplicated,
- *    nothing left on the old owner).
+ *    nothing left on the old owner). While the job copies, the active backends of the source and
+ *    the target are sampled every 100 ms (`pg_stat_activity`: CPU or the wait event, and whether
+ *    it is the copy), so that a slow copy can be told from a fast one. `--repeat N` runs it N
+ *    times, each in a slot of its own, and ends with the median and range of each figure and the
+ *    load average of each run: one move is not a figure on a shared machine.
  * 2. **Parallel moves**: one slot per source shard, every source moving to its own target at
  *    once, for 1, 2, ... `--sources` sources; the aggregate rows/s must rise with the sources.
  * 3. **Torture at full size** (`--torture N` schedules): the same seeding and writers (every third
@@ -19,7 +23,9 @@
  *
  * Run: `npm run bench:moves` (options: `--users N` users in the slot, default 1000; `--docs N`
  * documents per user, default 99; `--writers N`, default 8; `--sources N`, default 2;
- * `--parallel-users N` users per slot in part 2, default 500; `--torture N`, default 2).
+ * `--parallel-users N` users per slot in part 2, default 500; `--torture N`, default 2;
+ * `--repeat N` part 1 N times, default 1; `--copy-batch-rows N` and `--copy-lanes N`, the mover's
+ * `copyBatchRows` and `copyLanes` in part 1, default 20000 and 1).
  */
 import os from 'node:os';
 import { parseArgs } from 'node:util';
@@ -41,6 +47,9 @@ const { values } = parseArgs({
     sources: { type: 'string', default: '2' },
     'parallel-users': { type: 'string', default: '500' },
     torture: { type: 'string', default: '2' },
+    repeat: { type: 'string', default: '1' },
+    'copy-batch-rows': { type: 'string', default: '20000' },
+    'copy-lanes': { type: 'string', default: '1' },
   },
 });
 const opts = z
@@ -51,6 +60,9 @@ const opts = z
     sources: z.coerce.number().int().min(1).max(6),
     'parallel-users': z.coerce.number().int().min(1).max(100_000),
     torture: z.coerce.number().int().min(0).max(100),
+    repeat: z.coerce.number().int().min(1).max(50),
+    'copy-batch-rows': z.coerce.number().int().min(100).max(1_000_000),
+    'copy-lanes': z.coerce.number().int().min(1).max(16),
   })
   .safeParse(values);
 if (!opts.success) {
@@ -59,6 +71,9 @@ if (!opts.success) {
 }
 const { users: USERS, docs: DOCS, writers: WRITERS, sources: SOURCES, torture: TORTURE_RUNS } = opts.data;
 const PARALLEL_USERS = opts.data['parallel-users'];
+const REPEAT = opts.data.repeat;
+const COPY_BATCH_ROWS = opts.data['copy-batch-rows'];
+const COPY_LANES = opts.data['copy-lanes'];
 
 const ms = (a: Date | null | undefined, b: Date | null | undefined): number => (a && b ? b.getTime() - a.getTime() : Number.NaN);
 const rate = (rows: number, millis: number): string => `${Math.round((rows / millis) * 1000).toLocaleString('en')} rows/s`;
@@ -121,6 +136,56 @@ function sampleLag(env: MoveEnv, source: pg.Pool, jobId: () => number | undefine
   };
 }
 
+/**
+ * Samples, every 100 ms while the job is `copying`, what each active backend of the source and
+ * the target is doing (`pg_stat_activity`: the mover's COPY, the writers, autovacuum, the
+ * checkpointer), so that a slow copy can be told from a fast one by where its time went.
+ */
+function sampleWaits(env: MoveEnv, shards: Readonly<Record<'source' | 'target', pg.Pool>>, jobId: () => number | undefined): { stop(): Promise<Map<string, number>> } {
+  const counts = new Map<string, number>();
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const id = jobId();
+      if (id !== undefined) {
+        const { rows } = await env.catalog.query<{ state: string }>('select state from catalog.move_jobs where id = $1', [id]);
+        const state = rows[0]?.state;
+        if (state === 'copying') {
+          for (const [side, pool] of Object.entries(shards)) {
+            const { rows: active } = await pool.query<{ what: string }>(
+              `select backend_type || ' ' || coalesce(wait_event_type || ':' || wait_event, 'CPU') || case when query ilike 'copy%' then ' (copy)' else '' end as what
+                 from pg_stat_activity where pid <> pg_backend_pid() and (state is null or state = 'active')
+                  and backend_type in ('client backend', 'autovacuum worker', 'checkpointer', 'walwriter') and coalesce(wait_event_type, '') <> 'Activity'`,
+            );
+            for (const { what } of active) counts.set(`${side} ${what}`, (counts.get(`${side} ${what}`) ?? 0) + 1);
+          }
+        } else if (state !== 'planned') {
+          return;
+        }
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+  return {
+    async stop() {
+      running = false;
+      await loop;
+      return counts;
+    },
+  };
+}
+
+/** The target's WAL written, WAL-buffer overflows, checkpoints and autovacuum runs so far (PostgreSQL 17 views). */
+async function walStats(pool: pg.Pool): Promise<{ bytes: number; buffersFull: number; checkpoints: number; autovacuums: number }> {
+  const { rows } = await pool.query<{ bytes: string; full: string; checkpoints: string; autovacuums: string }>(
+    `select (select wal_bytes from pg_stat_wal)::text as bytes, (select wal_buffers_full from pg_stat_wal)::text as full,
+            (select num_timed + num_requested from pg_stat_checkpointer)::text as checkpoints,
+            (select sum(autovacuum_count + autoanalyze_count) from pg_stat_user_tables where relname in ('users', 'documents'))::text as autovacuums`,
+  );
+  const r = rows[0];
+  return { bytes: Number(r?.bytes), buffersFull: Number(r?.full), checkpoints: Number(r?.checkpoints), autovacuums: Number(r?.autovacuums) };
+}
+
 async function steps(env: MoveEnv, job: MoveJob): Promise<Record<string, Date | null>> {
   const { rows } = await env.catalog.query<Record<string, Date | null>>(
     'select copying_at, catching_up_at, cutover_at, fenced_at, verifying_at, flip_started_at, unfenced_at, cleaning_up_at, finished_at from catalog.move_jobs where id = $1',
@@ -137,16 +202,28 @@ function printOutcome(report: TortureReport): void {
   for (const v of report.violations.slice(0, 10)) console.log(`    ${v}`);
 }
 
-const shardCount = Math.max(2, SOURCES * 2);
-const env = await startMoveEnv({ shards: shardCount });
-const used = new Set<number>();
-try {
-  console.log(`bench:moves on ${os.cpus().length} CPU(s), load average ${os.loadavg()[0]?.toFixed(1)}, ${shardCount} shards`);
+interface BigMove {
+  readonly copyRate: number;
+  readonly fenceMs: number;
+  readonly p99: number;
+  readonly maxLag: number;
+  readonly lost: number;
+  /** 1-minute load average when the move's seeding began, and when it was done. */
+  readonly loadBefore: number;
+  readonly loadAfter: number;
+}
 
-  // Part 1: one big move under writers.
+/** Part 1, once: one big move under writers; prints its figures and returns the headline ones. */
+async function oneBigMove(env: MoveEnv, used: Set<number>, run: number): Promise<BigMove> {
+  // Each run starts from shards without the dead rows of the run before (its clean-up's deletes).
+  if (run > 1) for (const id of ['shard_a', 'shard_b']) await (env.shards.get(id) as pg.Pool).query('vacuum analyze users, documents');
+  const loadBefore = os.loadavg()[0] ?? Number.NaN;
+  const targetWal = env.shards.get('shard_b') as pg.Pool;
+  const walBefore = await walStats(targetWal);
   const slot = await slotOwnedBy(env, 'shard_a', used);
   let jobId: number | undefined;
   const lag = sampleLag(env, env.shards.get('shard_a') as pg.Pool, () => jobId);
+  const waits = sampleWaits(env, { source: env.shards.get('shard_a') as pg.Pool, target: env.shards.get('shard_b') as pg.Pool }, () => jobId);
   const started = performance.now();
   const report = await tortureRun(env, {
     slot,
@@ -155,7 +232,8 @@ try {
     writers: WRITERS,
     crashes: [],
     batchRows: 5000,
-    copyBatchRows: 20_000,
+    copyBatchRows: COPY_BATCH_ROWS,
+    copyLanes: COPY_LANES,
     to: 'shard_b',
     writersProcess: true,
     onPlanned: (job) => {
@@ -163,7 +241,9 @@ try {
     },
   });
   const elapsedMs = performance.now() - started;
+  const walAfter = await walStats(targetWal);
   const lagByState = await lag.stop();
+  const waitCounts = await waits.stop();
   const lagSamples = lagByState.map((l) => l.ms);
   const { job } = report;
   const t = await steps(env, job);
@@ -173,9 +253,15 @@ try {
   const fenceMs = job.fenceMs ?? Number.NaN;
   const p99 = quantile(report.load.latenciesMs, 0.99);
   const maxLag = Math.max(0, ...lagSamples);
-  console.log(`\n1. one move of slot ${slot}, shard_a -> shard_b, ${WRITERS} concurrent writers on its keys`);
+  console.log(`\n1.${run} one move of slot ${slot}, shard_a -> shard_b, ${WRITERS} concurrent writers on its keys, copy pages of ${COPY_BATCH_ROWS} rows in ${COPY_LANES} lane(s)`);
   console.log(`  rows in the slot            ${rows.toLocaleString('en')} (${USERS} users, ${USERS * DOCS} documents; ${job.rowsCopied} copied)`);
   console.log(`  copy                        ${copyMs.toFixed(0)} ms  -> ${rate(job.rowsCopied, copyMs)}   goal >= ${GOAL.copyRowsPerSecond.toLocaleString('en')}: ${verdict(copyRate >= GOAL.copyRowsPerSecond)}`);
+  const waitTotal = [...waitCounts.values()].reduce((a, b) => a + b, 0);
+  const topWaits = [...waitCounts].sort((a, b) => b[1] - a[1]).slice(0, 8);
+  console.log(`    active backends sampled   ${topWaits.map(([what, n]) => `${what} ${((n / Math.max(1, waitTotal)) * 100).toFixed(0)}%`).join(', ')} (${waitTotal} samples)`);
+  console.log(
+    `    target WAL over the move   ${((walAfter.bytes - walBefore.bytes) / 2 ** 20).toFixed(0)} MB, WAL buffers full ${walAfter.buffersFull - walBefore.buffersFull} time(s), checkpoints ${walAfter.checkpoints - walBefore.checkpoints}, autovacuum/analyze runs on its tables ${walAfter.autovacuums - walBefore.autovacuums}`,
+  );
   console.log(`  catch up                    ${ms(t.catching_up_at, t.cutover_at).toFixed(0)} ms (${job.changesApplied} changes applied in total)`);
   console.log(
     lagSamples.length === 0
@@ -198,7 +284,37 @@ try {
   console.log(`  clean up (delete source)    ${ms(t.cleaning_up_at, t.finished_at).toFixed(0)} ms (${job.rowsDeleted} rows)`);
   console.log(`  end to end                  ${elapsedMs.toFixed(0)} ms incl. seeding; move ${ms(t.copying_at, t.finished_at).toFixed(0)} ms -> ${rate(rows, ms(t.copying_at, t.finished_at))}`);
   printOutcome(report);
-  console.log(`  load average after part 1   ${os.loadavg().map((l) => l.toFixed(1)).join(' ')} (1, 5, 15 min)`);
+  console.log(`  load average after the move ${os.loadavg().map((l) => l.toFixed(1)).join(' ')} (1, 5, 15 min)`);
+  return { copyRate, fenceMs, p99, maxLag, lost: report.violations.length, loadBefore, loadAfter: os.loadavg()[0] ?? Number.NaN };
+}
+
+/** Median and range of each headline figure over the repeated part 1, with the load of each run. */
+function printSummary(moves: readonly BigMove[]): void {
+  const figure = (name: string, values: readonly number[], unit: string, goal: string, ok: (v: number) => boolean): void => {
+    const sorted = [...values].sort((a, b) => a - b);
+    const median = sorted.length % 2 === 1 ? (sorted[(sorted.length - 1) / 2] as number) : ((sorted[sorted.length / 2 - 1] as number) + (sorted[sorted.length / 2] as number)) / 2;
+    const met = values.filter(ok).length;
+    const fmt = (v: number): string => Math.round(v).toLocaleString('en');
+    console.log(`  ${name.padEnd(26)}  median ${fmt(median)} ${unit}, range ${fmt(sorted[0] as number)}-${fmt(sorted.at(-1) as number)}   goal ${goal}: met in ${met} of ${values.length}`);
+  };
+  console.log(`\n1. summary of ${moves.length} moves (1-min load average before/after each: ${moves.map((m) => `${m.loadBefore.toFixed(1)}/${m.loadAfter.toFixed(1)}`).join(', ')})`);
+  figure('copy', moves.map((m) => m.copyRate), 'rows/s', `>= ${GOAL.copyRowsPerSecond.toLocaleString('en')}`, (v) => v >= GOAL.copyRowsPerSecond);
+  figure('writes fenced (mover)', moves.map((m) => m.fenceMs), 'ms', `< ${GOAL.fenceMs}`, (v) => v < GOAL.fenceMs);
+  figure('write latency p99', moves.map((m) => m.p99), 'ms', `< ${GOAL.fenceMs}`, (v) => v < GOAL.fenceMs);
+  figure('catch-up lag max', moves.map((m) => m.maxLag), 'ms', `< ${GOAL.lagMs}`, (v) => v < GOAL.lagMs);
+  figure('lost / duplicated / left', moves.map((m) => m.lost), 'violations', '0', (v) => v === 0);
+}
+
+const shardCount = Math.max(2, SOURCES * 2);
+const env = await startMoveEnv({ shards: shardCount });
+const used = new Set<number>();
+try {
+  console.log(`bench:moves on ${os.cpus().length} CPU(s), load average ${os.loadavg()[0]?.toFixed(1)}, ${shardCount} shards`);
+
+  // Part 1: one big move under writers, `--repeat` times (each in a slot of its own).
+  const moves: BigMove[] = [];
+  for (let run = 1; run <= REPEAT; run++) moves.push(await oneBigMove(env, used, run));
+  if (REPEAT > 1) printSummary(moves);
 
   // Part 2: moves from different sources at once.
   console.log(`\n2. parallel moves: one slot of ${(PARALLEL_USERS * (DOCS + 1)).toLocaleString('en')} rows per source, each source to its own target, no writers`);
