@@ -104,11 +104,28 @@ export interface RunningNginx extends RenderedConfig {
   stop(): Promise<void>;
 }
 
-async function waitForPort(port: number, child: ChildProcess, errorLog: string, timeoutSeconds = 10): Promise<void> {
+/** nginx could not bind a port: another process took it after it was chosen. */
+export class NginxPortTakenError extends Error {
+  override readonly name = 'NginxPortTakenError';
+}
+
+const PORT_TAKEN = /bind\(\) to \S+ failed \(98: Address already in use\)/;
+
+/** A log file's text, or '' when there is none yet. */
+const logOf = (path: string): string => (existsSync(path) ? readFileSync(path, 'utf8') : '');
+
+/**
+ * Waits until nginx listens on `port`. A connection alone does not prove it: another process may
+ * hold the port (nginx then reports a failed bind, on stderr while it starts, and retries for
+ * 2.5 s before exiting), so `log` (what nginx said so far) must show no failed bind and `ready`
+ * (where known, that nginx wrote its own pid file, which it does once bound) must hold.
+ */
+async function waitForPort(port: number, child: ChildProcess, log: () => string, timeoutSeconds = 10, ready: () => boolean = () => true): Promise<void> {
   const deadline = Date.now() + timeoutSeconds * 1000;
   while (Date.now() < deadline) {
+    if (PORT_TAKEN.test(log())) throw new NginxPortTakenError(`nginx could not bind its port: ${log()}`);
     if (child.exitCode !== null) {
-      throw new Error(`nginx exited with ${child.exitCode}: ${existsSync(errorLog) ? readFileSync(errorLog, 'utf8') : ''}`);
+      throw new Error(`nginx exited with ${child.exitCode}: ${log()}`);
     }
     const up = await new Promise<boolean>((resolve) => {
       const sock = connect(port, '127.0.0.1');
@@ -118,28 +135,41 @@ async function waitForPort(port: number, child: ChildProcess, errorLog: string, 
       });
       sock.once('error', () => resolve(false));
     });
-    if (up) return;
+    if (up && ready() && !PORT_TAKEN.test(log())) return;
     await new Promise((r) => setTimeout(r, 20));
   }
-  throw new Error(`nginx did not listen on ${port} within ${timeoutSeconds} s: ${existsSync(errorLog) ? readFileSync(errorLog, 'utf8') : ''}`);
+  throw new Error(`nginx did not listen on ${port} within ${timeoutSeconds} s: ${log()}`);
 }
+
+/** How many times a start is tried on fresh ports when a chosen one was taken meanwhile. */
+const PORT_ATTEMPTS = 5;
 
 /**
  * Starts real nginx with the rendered configuration. One worker and loopback as the trusted
- * proxy unless `env` says otherwise; ports are free loopback ports unless `env` sets them.
+ * proxy unless `env` says otherwise; ports are free loopback ports unless `env` sets them. A free
+ * port is only free when chosen: should another process bind one before nginx does, nginx starts
+ * again on new ones (`choosePort` replaces the chooser, for the test of that).
  */
-export async function startNginx(env: Readonly<Record<string, string>>): Promise<RunningNginx> {
-  const port = env.NGINX_LISTEN_PORT !== undefined ? Number(env.NGINX_LISTEN_PORT) : await freePort();
-  const statusPort = env.NGINX_STATUS_PORT !== undefined ? Number(env.NGINX_STATUS_PORT) : await freePort();
-  const fullEnv = {
-    NGINX_WORKER_PROCESSES: '1',
-    NGINX_TRUSTED_PROXY_CIDRS: '127.0.0.0/8',
-    ...env,
-    NGINX_LISTEN_PORT: String(port),
-    NGINX_STATUS_PORT: String(statusPort),
-  };
+export async function startNginx(env: Readonly<Record<string, string>>, options: { choosePort?: () => Promise<number> } = {}): Promise<RunningNginx> {
+  const choosePort = options.choosePort ?? freePort;
   const image = inject('nginxImage');
-  return image === undefined ? startHostNginx(fullEnv, port, statusPort) : startImageNginx(image, fullEnv, port, statusPort);
+  for (let attempt = 1; ; attempt += 1) {
+    const port = env.NGINX_LISTEN_PORT !== undefined ? Number(env.NGINX_LISTEN_PORT) : await choosePort();
+    const statusPort = env.NGINX_STATUS_PORT !== undefined ? Number(env.NGINX_STATUS_PORT) : await choosePort();
+    const fullEnv = {
+      NGINX_WORKER_PROCESSES: '1',
+      NGINX_TRUSTED_PROXY_CIDRS: '127.0.0.0/8',
+      ...env,
+      NGINX_LISTEN_PORT: String(port),
+      NGINX_STATUS_PORT: String(statusPort),
+    };
+    try {
+      return await (image === undefined ? startHostNginx(fullEnv, port, statusPort) : startImageNginx(image, fullEnv, port, statusPort));
+    } catch (error) {
+      const fixedPorts = env.NGINX_LISTEN_PORT !== undefined && env.NGINX_STATUS_PORT !== undefined;
+      if (!(error instanceof NginxPortTakenError) || fixedPorts || attempt >= PORT_ATTEMPTS) throw error;
+    }
+  }
 }
 
 /**
@@ -154,7 +184,7 @@ async function startImageNginx(image: ExportedImage, env: Readonly<Record<string
   try {
     // The image's start runs its renderer under Debian's node first; on a CI machine shared
     // with other suites that alone has taken more than 10 s.
-    await waitForPort(port, run.child, run.stderrPath, 60);
+    await waitForPort(port, run.child, () => logOf(run.stderrPath), 60);
   } catch (error) {
     await run.stop('SIGKILL');
     throw error;
@@ -181,9 +211,15 @@ async function startHostNginx(env: Readonly<Record<string, string>>, port: numbe
     throw new Error(`nginx -t rejected the rendered configuration:\n${check.output}`);
   }
   const child = spawn(bin, ['-p', `${config.dir}/`, '-c', config.confPath], { stdio: ['ignore', 'ignore', 'pipe'] });
-  child.stderr?.resume();
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => {
+    stderr = (stderr + chunk.toString('utf8')).slice(-4000);
+  });
+  // The pid file holds the master's pid once every listening socket is bound (`nginx -t` above
+  // left one with its own pid).
+  const bound = (): boolean => logOf(join(config.dir, 'nginx.pid')).trim() === String(child.pid);
   try {
-    await waitForPort(port, child, config.errorLogPath);
+    await waitForPort(port, child, () => `${logOf(config.errorLogPath)}${stderr}`, 10, bound);
   } catch (error) {
     child.kill('SIGKILL');
     rmSync(config.dir, { recursive: true, force: true });
