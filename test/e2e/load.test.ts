@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort } from '../support/postgres.js';
-import { eventually, getJson, runCli, startLocalProcess, type LocalProcess } from './support/local-process.js';
+import { CLI_RUN_TIMEOUT_MS, eventually, getJson, runCli, startLocalProcess, type LocalProcess } from './support/local-process.js';
 
 interface Report {
   requests: number;
@@ -153,7 +153,7 @@ describe('the documents API and npm run load', () => {
     expect(report.errorRate).toBe(0);
     expect(Object.keys(report.statusCodes).sort()).toEqual(['200', '201']);
     expect(report.latencyMs.p99).toBeGreaterThanOrEqual(report.latencyMs.p50);
-  }, 30_000);
+  }, CLI_RUN_TIMEOUT_MS);
 
   it('exits 1 and says FAIL when failed requests pass the threshold', async () => {
     const proxyUrl = `http://127.0.0.1:${(proxy?.address() as AddressInfo).port}`;
@@ -166,12 +166,12 @@ describe('the documents API and npm run load', () => {
     expect(rate).toBeGreaterThan(5);
     expect(rate).toBeLessThan(15);
     expect(run.stdout).toContain('FAIL: the error rate is above the threshold');
-  }, 30_000);
+  }, CLI_RUN_TIMEOUT_MS);
 
   it('exits 1 naming a target it cannot reach, before loading anything', async () => {
     const run = await runCli(['load', '--url', `http://127.0.0.1:${await freePort()}`, '--duration', '1']);
 
     expect(run.code).toBe(1);
     expect(run.stderr).toMatch(/discovering users: http:\/\/127\.0\.0\.1:\d+\/api\/v1\/users\?limit=100 is unreachable/);
-  }, 20_000);
+  }, CLI_RUN_TIMEOUT_MS);
 });

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { REPO_ROOT, eventually, getJson, postgresProcessesUnder, runCli, startLocalProcess, tempDataDir, type LocalProcess } from './support/local-process.js';
+import { CLI_RUN_TIMEOUT_MS, REPO_ROOT, eventually, getJson, postgresProcessesUnder, runCli, startLocalProcess, tempDataDir, type LocalProcess } from './support/local-process.js';
 
 interface HistoryBody {
   items: Array<{ kind: string; service: string | null; outcome: string | null; reasons: unknown[] }>;
@@ -130,7 +130,7 @@ describe('local mode (npm start)', () => {
 
     expect(second.code).toBe(1);
     expect(second.stderr).toMatch(new RegExp(`local mode is already running \\(pid ${running().child.pid}, ${running().url}\\)`));
-  }, 20_000);
+  }, CLI_RUN_TIMEOUT_MS);
 
   it('stops on SIGTERM with exit code 0, leaving no PostgreSQL process of its data and no lock', async () => {
     expect(await postgresProcessesUnder(running().dataDir)).toHaveLength(5);
@@ -181,7 +181,7 @@ describe('local mode start-up refusals', () => {
     expect(run.stderr).toContain(`port ${port} on 127.0.0.1 is already in use; choose another with --port`);
     expect(existsSync(join(dataDir, 'pg'))).toBe(false);
     expect(existsSync(join(dataDir, 'local.lock'))).toBe(false);
-  }, 20_000);
+  }, CLI_RUN_TIMEOUT_MS);
 
   it('refuses a --trace that does not exist before binding a port or creating the data directory', async () => {
     const fresh = join(dataDir, 'never-created');
@@ -192,5 +192,5 @@ describe('local mode start-up refusals', () => {
     expect(run.stderr).toContain(`--trace: ${join(dataDir, 'absent.csv')}: no such file`);
     expect(run.stdout).not.toContain('listening on');
     expect(existsSync(fresh)).toBe(false);
-  }, 20_000);
+  }, CLI_RUN_TIMEOUT_MS);
 });

@@ -18,6 +18,7 @@ import { EnvironmentError, parseControllerEnv } from '../../functions/handlers/s
 import { createDocumentsRoute } from '../../functions/local/documents-api.js';
 import { loadDeploymentConfig } from '../../lib/config/load-config.js';
 import { DeploymentConfigError } from '../../lib/config/deployment-config.js';
+import { CLI_RUN_TIMEOUT_MS } from '../e2e/support/local-process.js';
 
 /** A member name and two values for it, written into `{ ...before, name: first, ...after, name: second }`. */
 const repeated = fc.record({
@@ -130,12 +131,12 @@ describe('a JSON member given twice', () => {
     const cli = resolve(import.meta.dirname, '../../bin/cli.ts');
 
     const run = await new Promise<{ code: number; stderr: string }>((done) => {
-      execFile(cli, ['simulate', '--trace', join(dir, 'trace.csv'), '--config', join(dir, 'config.json')], { timeout: 60_000 }, (error, _stdout, stderr) => {
+      execFile(cli, ['simulate', '--trace', join(dir, 'trace.csv'), '--config', join(dir, 'config.json')], { timeout: CLI_RUN_TIMEOUT_MS - 5_000 }, (error, _stdout, stderr) => {
         done({ code: error ? (typeof error.code === 'number' ? error.code : 1) : 0, stderr });
       });
     });
 
     expect(run.code).toBe(2);
     expect(run.stderr).toMatch(/--config .*config\.json: not valid JSON .*"min_instances" is given more than once/);
-  });
+  }, CLI_RUN_TIMEOUT_MS);
 });

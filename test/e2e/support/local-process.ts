@@ -69,6 +69,14 @@ export async function tempDataDir(): Promise<string> {
   return dir;
 }
 
+/**
+ * The time a test that runs the CLI as a process (`runCli`) allows. Starting it means loading the
+ * CLI through tsx: about 1 s on a quiet machine, but 6-9 s for a flag error alone under
+ * `stress-ng --cpu 12`, and a refused second start ran past 20 s at load 14 with local mode
+ * running beside it. The suite's other CLI process tests (test/unit/cli/errors.test.ts) allow 90 s.
+ */
+export const CLI_RUN_TIMEOUT_MS = 90_000;
+
 /** Runs the CLI with `args` to completion; for quick commands (flag errors, --help). */
 export async function runCli(args: readonly string[], env: Readonly<Record<string, string>> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: REPO_ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { loadCommand } from '../../../bin/commands/load.js';
 import { DEFAULT_TRACE, parseStartOptions } from '../../../bin/commands/start.js';
 import { UsageError, type CliIo } from '../../../bin/commands/kit.js';
-import { runCli } from '../../e2e/support/local-process.js';
+import { CLI_RUN_TIMEOUT_MS, runCli } from '../../e2e/support/local-process.js';
 
 const io: CliIo = { stdout: () => undefined, stderr: () => undefined, cwd: '/srv/app' };
 
@@ -50,7 +50,7 @@ describe('start flags', () => {
 
     expect(run.code).toBe(2);
     expect(run.stderr).toContain('ca-dms-scaling start: --shards: expected a whole number from 1 to 8, got "9"');
-  }, 20_000);
+  }, CLI_RUN_TIMEOUT_MS);
 });
 
 describe('load flags', () => {
