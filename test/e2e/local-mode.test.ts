@@ -2,7 +2,7 @@
  * `npm start` end to end: local mode as a child process on the free port it picks itself, a fast check interval
  * and a fast trace, talked to over HTTP only.
  */
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { existsSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
@@ -20,6 +20,15 @@ interface NodeBody {
 }
 interface HealthBody {
   shards: Array<{ shardId: string; primary: NodeBody; replicas: NodeBody[] }>;
+}
+
+/** Runs a bash script to completion: its exit status (1 when a signal or the timeout ended it) and stderr. */
+function bash(script: string): Promise<{ status: number; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile('bash', ['-c', script], { encoding: 'utf8', timeout: 15_000 }, (error, _stdout, stderr) => {
+      resolve({ status: error ? (typeof error.code === 'number' ? error.code : 1) : 0, stderr });
+    });
+  });
 }
 
 const FAST = { args: ['--seed-users', '20', '--acceleration', '600'], env: { SCALING_CHECK_INTERVAL: '1' } };
@@ -116,7 +125,12 @@ describe('local mode (npm start)', () => {
     // Each block as a reader pastes it, but failing on the first error answer (curl -s alone
     // prints a problem document and carries on); jq only pretty-prints, where it is installed.
     const prelude = 'set -eo pipefail\ncurl() { command curl --fail-with-body "$@"; }\ncommand -v jq >/dev/null || jq() { cat; }\n';
-    const runs = blocks.map((block) => spawnSync('bash', ['-c', prelude + block.replaceAll(/(localhost|127\.0\.0\.1):3000\b/g, `$1:${port}`)], { encoding: 'utf8', timeout: 15_000 }));
+    // One block after another (the second reads the ETag the first left), without blocking this
+    // process: a spawnSync held its event loop for seconds under load, so its pooled connection
+    // to local mode never heard the server close it after the 5 s keep-alive and the next fetch
+    // reused a dead socket ("other side closed", 3 runs of 3 at load 14).
+    const runs: { status: number; stderr: string }[] = [];
+    for (const block of blocks) runs.push(await bash(prelude + block.replaceAll(/(localhost|127\.0\.0\.1):3000\b/g, `$1:${port}`)));
     const config = (await getJson<{ config: { check_interval: number; cpu_scale_up: number } }>(`${running().url}/api/v1/scaling/config`)).body.config;
 
     expect(blocks.length).toBeGreaterThanOrEqual(2);
