@@ -296,13 +296,9 @@ export class ShardDatabase extends Construct {
       vpcSubnets: props.rotationSubnets,
     });
 
-    // The replicas live in the primary's subnet group rather than one each: RDS allows 50 DB
-    // subnet groups a region by default (CHAP_Limits), shared by every environment of the account.
-    const subnetGroup = this.primary.node.findChild('SubnetGroup') as rds.ISubnetGroup;
     this.replicas = Array.from({ length: replicas }, (_, i) => {
       const replica = new rds.DatabaseInstanceReadReplica(this, `Replica${i + 1}`, {
         ...common,
-        subnetGroup,
         instanceIdentifier: instanceIds[i + 1],
         sourceDatabaseInstance: this.primary,
         instanceType: props.replicaInstanceType ?? props.instanceType,
