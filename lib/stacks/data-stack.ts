@@ -151,7 +151,7 @@ export class DataStack extends Stack {
     if (instances > DEFAULT_DB_INSTANCE_QUOTA) {
       Annotations.of(this).addWarningV2(
         '@ca-dms/data:dbInstanceQuota',
-        `${instances} DB instances (database.shards ${shards} x (1 primary + ${replicas} replicas)): RDS allows ${DEFAULT_DB_INSTANCE_QUOTA} a region by default, for every environment of the account together. Raise "DB instances" in Service Quotas before the first deploy, or the data stack fails half-way and rolls back.`,
+        `${instances} DB instances (database.shards ${shards} x (1 primary + ${replicas} replicas)): RDS allows ${DEFAULT_DB_INSTANCE_QUOTA} a region by default, for every environment of the account together. Raise "DB instances" in Service Quotas before the first deploy, or the data stack fails half-way and rolls back; past 50, raise "DB subnet groups" too (each instance has its own).`,
       );
     }
   }
