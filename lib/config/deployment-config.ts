@@ -100,8 +100,17 @@ const serviceSchema = z
     containerPort: z.number().int().min(1024).max(65535),
     /** The application's own health endpoint, used by the container health check. */
     healthCheckPath: z.string().regex(/^\/[\w\-/.]*$/, 'an absolute URL path'),
+    /**
+     * Whether the service connects to the shards: its task role may read the shards' login
+     * secrets, and its environment names the shards. A service of your own that never touches
+     * the database (a static frontend) sets false and gets neither.
+     */
+    databaseAccess: z.boolean(),
   })
   .superRefine((s, ctx) => {
+    if (s.image.kind === 'demo' && !s.databaseAccess) {
+      ctx.addIssue({ code: 'custom', path: ['databaseAccess'], message: 'the demo backend serves sharded documents and does not start without the shards: keep databaseAccess true, or name an image of your own' });
+    }
     // The demo backend answers only its own health paths: another would fail the container
     // health check of every task, nginx (which waits for it) would never start, and the
     // deployment would roll back.
@@ -128,6 +137,7 @@ function service(defaults: { image: ImageConfig; port: number; health: string; c
     memoryMiB: defaults.memoryMiB ?? 1024,
     containerPort: defaults.port,
     healthCheckPath: defaults.health,
+    databaseAccess: true,
   } as const;
 }
 
@@ -150,6 +160,7 @@ const serviceOverride = z.strictObject({
   memoryMiB: positiveInt.optional(),
   containerPort: z.number().int().optional(),
   healthCheckPath: z.string().optional(),
+  databaseAccess: z.boolean().optional(),
 });
 
 const awsRegion = z.string().regex(/^[a-z]{2}(-gov)?-[a-z]+-\d$/, 'an AWS region such as "eu-west-1"');

@@ -119,14 +119,18 @@ export class ServicesStack extends Stack {
           PORT: String(svc.containerPort),
           CA_DMS_SERVICE: name,
           // The read pool serves only GET/HEAD (the load balancer guarantees it) from replicas.
-          DATABASE_READ_ONLY: String(name === 'backend-read'),
-          SHARDING_ENABLED: 'true',
-          SHARDING_STRATEGY: config.database.shardingStrategy,
-          // The guide's ShardingConfig with credential-free URLs; the SHARD_NNN_DB_SECRET_ARN logins complete them.
-          SHARDING_CONFIG_JSON: this.toJsonString(sharding),
-          ...loginSecrets,
-          // The catalog (slot maps, directory) lives on the first shard's primary, as the control plane's.
-          CATALOG_SHARD_ID: shards[0]?.shardId ?? '',
+          ...(svc.databaseAccess
+            ? {
+                DATABASE_READ_ONLY: String(name === 'backend-read'),
+                SHARDING_ENABLED: 'true',
+                SHARDING_STRATEGY: config.database.shardingStrategy,
+                // The guide's ShardingConfig with credential-free URLs; the SHARD_NNN_DB_SECRET_ARN logins complete them.
+                SHARDING_CONFIG_JSON: this.toJsonString(sharding),
+                ...loginSecrets,
+                // The catalog (slot maps, directory) lives on the first shard's primary, as the control plane's.
+                CATALOG_SHARD_ID: shards[0]?.shardId ?? '',
+              }
+            : {}),
           ...(name === 'worker' ? { WORKER_QUEUE_URL: props.workerQueue.queueUrl, WORKER_QUEUE_NAME: props.workerQueue.queueName } : {}),
         },
         nginxEnvironment: {
@@ -147,8 +151,10 @@ export class ServicesStack extends Stack {
     // comes with the grant), so its task role holds the grant; the execution role, which only
     // pulls the images and ships the logs, reads no secret. The secrets are encrypted with the
     // AWS managed key of Secrets Manager, which needs no kms grant.
-    for (const service of Object.values(this.services)) {
-      for (const s of shards) s.appSecret.grantRead(service.taskDefinition.taskRole);
+    // Only services with databaseAccess: a frontend of your own that never connects gets no grant.
+    for (const name of SERVICE_NAMES) {
+      if (!config.services[name].databaseAccess) continue;
+      for (const s of shards) s.appSecret.grantRead(this.services[name].taskDefinition.taskRole);
     }
     // The worker takes jobs off its queue (receive, delete, extend visibility) and may queue
     // follow-up jobs; no other service touches it.

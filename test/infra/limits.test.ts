@@ -12,12 +12,11 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as rds from 'aws-cdk-lib/aws-rds';
 import { afterAll, describe, expect, it } from 'vitest';
-import { mergeConfig, parseDeploymentConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
+import { mergeConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
 import { minimumMaxAllocatedStorageGiB, ShardDatabase } from '../../lib/data/shard-database.js';
 import { DEFAULT_DB_INSTANCE_QUOTA, MAX_STACK_RESOURCES, type DataStack } from '../../lib/stacks/data-stack.js';
 import { ALB_IDLE_TIMEOUT_SECONDS } from '../../containers/nginx/render.js';
-import { CaDmsStage } from '../../lib/ca-dms-stage.js';
-import { FIXTURES, ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, type Synthesized } from './support/synth.js';
+import { ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, unbundledStage, type Synthesized } from './support/synth.js';
 import { configIssuesOf, problemsOf } from './support/config-issues.js';
 
 
@@ -106,22 +105,12 @@ describe("the demo backend's health check", () => {
 });
 
 /**
- * The data stack of a stage for `database`, built without synthesis and without bundling the
- * functions (fast): the other stacks add rules to its security groups, so it is counted within
- * its stage.
+ * The data stack of a stage for `database` (unbundled: fast): the other stacks add rules to its
+ * security groups, so it is counted within its stage.
  */
 function dataStack(database: Record<string, unknown>): DataStack {
-  const app = new App({ autoSynth: false, context: { 'aws:cdk:bundling-stacks': [] } });
-  const config = parseDeploymentConfig({ database });
-  return new CaDmsStage(app, 'Dev', { config, sources: FIXTURE_SOURCES }).stacks.data;
+  return unbundledStage({ database }).data;
 }
-
-const FIXTURE_SOURCES = {
-  entries: Object.fromEntries(['evaluate', 'alarm', 'api', 'migrate', 'moves'].map((f) => [f, join(FIXTURES, 'handlers', `${f}.ts`)])) as Record<'evaluate' | 'alarm' | 'api' | 'migrate' | 'moves', string>,
-  migrationsDirectory: join(FIXTURES, 'migrations'),
-  nginxImage: { directory: join(FIXTURES, 'nginx'), file: 'Dockerfile' },
-  demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
-};
 
 const dataStackError = (database: Record<string, unknown>): ConfigIssue[] => configIssuesOf(() => dataStack(database));
 

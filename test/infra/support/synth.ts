@@ -25,6 +25,29 @@ export const FIXTURES = join(ROOT, 'test', 'infra', 'fixtures');
  */
 export const SYNTH_HOOK_TIMEOUT_MS = 600_000;
 
+/** The fixture handlers, migrations and image build contexts the test stages are built from. */
+export const FIXTURE_SOURCES = {
+  entries: {
+    evaluate: join(FIXTURES, 'handlers', 'evaluate.ts'),
+    alarm: join(FIXTURES, 'handlers', 'alarm.ts'),
+    api: join(FIXTURES, 'handlers', 'api.ts'),
+    migrate: join(FIXTURES, 'handlers', 'migrate.ts'),
+    moves: join(FIXTURES, 'handlers', 'moves.ts'),
+  },
+  migrationsDirectory: join(FIXTURES, 'migrations'),
+  nginxImage: { directory: join(FIXTURES, 'nginx'), file: 'Dockerfile' },
+  demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
+} as const;
+
+/**
+ * The stage `Dev` for `configInput`, built without synthesis and without bundling the functions
+ * (fast): for tests that read one stack's constructs or template.
+ */
+export function unbundledStage(configInput: unknown): CaDmsStacks {
+  const app = new App({ autoSynth: false, context: { 'aws:cdk:bundling-stacks': [] } });
+  return new CaDmsStage(app, 'Dev', { config: parseDeploymentConfig(configInput), sources: FIXTURE_SOURCES }).stacks;
+}
+
 /** The recommended feature flags and defaults of `cdk.json`, as the CLI would pass them. */
 export function cdkJsonContext(): Record<string, unknown> {
   return (JSON.parse(readFileSync(join(ROOT, 'cdk.json'), 'utf8')) as { context: Record<string, unknown> }).context;
@@ -72,19 +95,7 @@ export function synthesize(configInput: unknown, options: { readonly validate?: 
   const app = new App({ context: cdkJsonContext(), outdir });
   const stage = new CaDmsStage(app, stageId(config.environment), {
     config,
-    sources: {
-      entries: {
-        evaluate: join(FIXTURES, 'handlers', 'evaluate.ts'),
-        alarm: join(FIXTURES, 'handlers', 'alarm.ts'),
-        api: join(FIXTURES, 'handlers', 'api.ts'),
-        migrate: join(FIXTURES, 'handlers', 'migrate.ts'),
-        moves: join(FIXTURES, 'handlers', 'moves.ts'),
-      },
-      migrationsDirectory: join(FIXTURES, 'migrations'),
-      nginxImage: { directory: join(FIXTURES, 'nginx'), file: 'Dockerfile' },
-      demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
-      depsLockFilePath: join(ROOT, 'package-lock.json'),
-    },
+    sources: { ...FIXTURE_SOURCES, depsLockFilePath: join(ROOT, 'package-lock.json') },
   });
   const stacks = stage.stacks;
   if (options.validate ?? true) Validations.of(app).addPlugins(new AwsSolutionsChecks(app), guardValidator());
