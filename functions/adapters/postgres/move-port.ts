@@ -396,16 +396,32 @@ export class PgMovePort implements MovePort<MoveJob> {
     }
     const source = this.pool(job.from);
     const excluded = job.kind === 'slot' ? job.excludedKeys : [];
-    await this.write(job, job.from, async (c) => {
-      await c.query(`insert into write_fences (kind, unit_id, excluded_keys) values ($1, $2, $3) on conflict (kind, unit_id) do nothing`, [job.kind, job.unitId, excluded]);
-      const fence = await c.query<{ state: string; job_id: string | null }>('select state, job_id from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
-      const row = fence.rows[0];
-      if (row?.state === 'moved' || row?.state === 'incoming') {
-        throw new MoveError(`the fence on ${job.from} says ${job.kind} ${job.unitId} is ${row.state}: that shard does not own it, the catalog and the shard disagree`);
-      }
-      if (row?.state === 'fenced' && Number(row.job_id) !== job.id) throw new MoveError(`${job.kind} ${job.unitId} on ${job.from} is fenced by move job #${row.job_id}`);
-      await c.query('update write_fences set excluded_keys = $3 where kind = $1 and unit_id = $2', [job.kind, job.unitId, excluded]);
-    });
+    // Updating an existing fence row waits for every writer of the unit in flight (they hold it
+    // FOR SHARE) and queues every new one behind it: a fence taken before the move has begun.
+    // So the row is updated only when its excluded keys change (a unit moved here earlier
+    // already has its row, usually with the same keys), and then within the fence budget; a
+    // writer that holds the row longer makes this step fail and the job is resumed later, with
+    // writes never held past the budget (the drain below waits for old writers without blocking
+    // new ones).
+    const bounded = `${MOVER_WRITE}; set local lock_timeout = '${Math.max(1, Math.round(this.settings.fenceBudgetMs))}ms'`;
+    await this.write(
+      job,
+      job.from,
+      async (c) => {
+        await c.query(`insert into write_fences (kind, unit_id, excluded_keys) values ($1, $2, $3) on conflict (kind, unit_id) do nothing`, [job.kind, job.unitId, excluded]);
+        const fence = await c.query<{ state: string; job_id: string | null }>('select state, job_id from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
+        const row = fence.rows[0];
+        if (row?.state === 'moved' || row?.state === 'incoming') {
+          throw new MoveError(`the fence on ${job.from} says ${job.kind} ${job.unitId} is ${row.state}: that shard does not own it, the catalog and the shard disagree`);
+        }
+        if (row?.state === 'fenced' && Number(row.job_id) !== job.id) throw new MoveError(`${job.kind} ${job.unitId} on ${job.from} is fenced by move job #${row.job_id}`);
+        await c.query('update write_fences set excluded_keys = $3 where kind = $1 and unit_id = $2 and excluded_keys is distinct from $3::text[]', [job.kind, job.unitId, excluded]).catch((err: unknown) => {
+          if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw err;
+          throw new MoveError(`writers of ${job.kind} ${job.unitId} on ${job.from} held its fence row past the fence budget (${this.settings.fenceBudgetMs} ms) while the move set its excluded keys; nothing changed, the move starts again on its next run`, { cause: err });
+        });
+      },
+      bounded,
+    );
     // The target does not own the unit until the flip: writes that reach it early are refused.
     const target = await this.write(job, job.to, (c) =>
       c.query<{ state: string; job_id: string | null }>(

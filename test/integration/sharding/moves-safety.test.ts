@@ -246,6 +246,87 @@ describe('moves that hold under hostile conditions', () => {
     }
   });
 
+  describe('a unit whose fence row exists from an earlier move (writers in flight hold it FOR SHARE)', () => {
+    /** A writer of the unit whose transaction stays open (its trigger holds the fence row FOR SHARE). */
+    async function openWriter(from: string, owner: string, slot: number): Promise<pg.Client> {
+      const writer = new pg.Client({ connectionString: env.urls.shards[from] });
+      await writer.connect();
+      await writer.query('begin');
+      await writer.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'long writer')`, [owner, slot]);
+      return writer;
+    }
+
+    it('starts the move without queueing new writers behind the writers in flight', async () => {
+      const slot = 409;
+      const { from, to, source } = await sides(env, slot);
+      const [user] = keysInSlot(slot, 1) as [string];
+      await seedUsers(source, slot, [user], 3);
+      await source.query(`insert into write_fences (kind, unit_id) values ('slot', $1)`, [String(slot)]);
+      const writer = await openWriter(from, user, slot);
+      const mover = env.mover({ readerGraceMs: 0, drainTimeoutMs: 30_000 });
+      const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+      let committed = false;
+      try {
+        const run = mover.run(planned.id);
+        // Either the move's change capture is in place (it is draining: waiting for the open writer
+        // without a lock), or the move waits for a lock on the fence row (new writers queue behind it).
+        let seen: 'draining' | 'locked' | undefined;
+        while (seen === undefined) {
+          const { rows } = await source.query<{ draining: boolean; locked: boolean }>(
+            `select exists (select 1 from move_captures where job_id = $1) as draining,
+                    exists (select 1 from pg_stat_activity where wait_event_type = 'Lock' and query ilike 'update write_fences%') as locked`,
+            [planned.id],
+          );
+          seen = rows[0]?.locked ? 'locked' : rows[0]?.draining ? 'draining' : undefined;
+          if (seen === undefined) await new Promise((r) => setTimeout(r, 10));
+        }
+        const second = await rawInsert(source, user, slot).then((code) => ({ code, whileFirstOpen: !committed }));
+        await writer.query('commit');
+        committed = true;
+        const done = await run;
+
+        expect(seen).toBe('draining');
+        expect(second).toEqual({ code: 'ok', whileFirstOpen: true });
+        expect(done.state).toBe('done');
+        expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 1, documents: 5 });
+      } finally {
+        if (!committed) await writer.query('commit');
+        await writer.end();
+      }
+    });
+
+    it('gives up within the fence budget when it must change the row\'s excluded keys under a writer that holds it, and starts again later', async () => {
+      const slot = 410;
+      const { from, to, source } = await sides(env, slot);
+      const [user] = keysInSlot(slot, 1) as [string];
+      await seedUsers(source, slot, [user], 3);
+      // Excluded keys other than the job's (none): the row must be updated, which waits for the writer.
+      await source.query(`insert into write_fences (kind, unit_id, excluded_keys) values ('slot', $1, $2)`, [String(slot), ['some-other-key']]);
+      const writer = await openWriter(from, user, slot);
+      const mover = env.mover({ readerGraceMs: 0, fenceBudgetMs: 200 });
+      const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+      let committed = false;
+      try {
+        const refused = await mover.run(planned.id).catch((err: unknown) => err);
+        const stopped = await mover.get(planned.id);
+        const whileStopped = await rawInsert(source, user, slot);
+        await writer.query('commit');
+        committed = true;
+        const done = await mover.run(planned.id);
+
+        expect((refused as Error).message).toMatch(/held its fence row past the fence budget \(200 ms\)/);
+        expect(stopped.state).toBe('copying');
+        expect(whileStopped).toBe('ok');
+        expect(done.state).toBe('done');
+        expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 1, documents: 5 });
+        expect((await source.query(`select excluded_keys from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)])).rows[0]).toEqual({ excluded_keys: [] });
+      } finally {
+        if (!committed) await writer.query('commit');
+        await writer.end();
+      }
+    });
+  });
+
   it('refuses moves of a unit the configured strategy does not route by, and records nothing', async () => {
     const [key] = keysInSlot(405, 1) as [string];
     const { to } = await sides(env, 405);
