@@ -171,8 +171,14 @@ describe('catalog store: alarms and locks', () => {
   it('lets only one evaluation hold a service; the other stands aside at once', async () => {
     let release: () => void = () => undefined;
     const held = new Promise<void>((r) => (release = r));
-    const holder = store.withServiceLock('locked-svc', async () => held);
-    await new Promise((r) => setTimeout(r, 50));
+    let entered: () => void = () => undefined;
+    const inside = new Promise<void>((r) => (entered = r));
+    const holder = store.withServiceLock('locked-svc', async () => {
+      entered();
+      await held;
+    });
+    // The second caller comes once the first holds the lock, not after a guessed delay.
+    await inside;
 
     const second = await store.withServiceLock('locked-svc', async () => 'ran');
     const other = await store.withServiceLock('other-svc', async () => 'ran');
