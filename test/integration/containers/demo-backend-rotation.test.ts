@@ -54,7 +54,7 @@ beforeAll(async () => {
   shards = await startDemoShards();
   await shards.publishSlotMap();
   current = shards.login;
-}, 60_000);
+});
 afterEach(async () => {
   for (const { server, connection } of running.splice(0)) {
     await new Promise<void>((resolve) => server.close(() => resolve()));

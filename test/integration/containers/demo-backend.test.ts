@@ -73,7 +73,7 @@ describe('the demo backend over real shards', () => {
     shards = await startDemoShards();
     writer = (await backends.start({ ...shards.backendEnv(), CA_DMS_SERVICE: 'backend-write' }, false)).base;
     reader = (await backends.start({ ...shards.backendEnv(), CA_DMS_SERVICE: 'backend-read', DATABASE_READ_ONLY: 'true' }, false)).base;
-  }, 60_000);
+  });
   afterAll(async () => {
     await backends.stop();
     await shards?.stop();
@@ -138,7 +138,7 @@ describe('the demo backend over verified TLS (as to RDS, with verify-full)', () 
   beforeAll(async () => {
     shards = await startDemoShards({ settings: { ...tls.postgresSettings, listen_addresses: '127.0.0.1,127.0.0.2' } });
     await shards.publishSlotMap();
-  }, 60_000);
+  });
   afterAll(async () => {
     await backends.stop();
     await shards?.stop();

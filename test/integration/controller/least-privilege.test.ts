@@ -75,7 +75,7 @@ beforeAll(async () => {
     await ensureLogin(shard, { username: LOGINS.mover, password: PASSWORD }, { role: MOVER_ROLE });
     await ensureLogin(shard, { username: LOGINS.app, password: PASSWORD }, { role: APPLICATION_ROLE });
   }
-}, 60_000);
+});
 afterAll(async () => {
   await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
   await server?.stop();

@@ -59,7 +59,7 @@ beforeAll(async () => {
   } finally {
     await rdsadmin.end();
   }
-}, 60_000);
+});
 
 afterAll(async () => {
   await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
