@@ -27,6 +27,12 @@ async function takenPort(): Promise<{ port: number; release(): Promise<void> }> 
 }
 
 /** A port chooser whose first answer is `taken`, then free ports; `given` records every answer. */
+/**
+ * These tests start servers in their body: as much time as a hook gets (vitest.config.ts), since a
+ * start took 14 s at load 8 and a one-shard cluster more than 30 s at load 19.
+ */
+const SERVER_START_TEST_TIMEOUT_MS = 120_000;
+
 function takenFirst(taken: number, given: number[]): () => Promise<number> {
   return async () => {
     const port = given.length === 0 ? taken : await freePort();
@@ -73,7 +79,7 @@ describe('test PostgreSQL helper', () => {
       await other?.stop();
       await taken.release();
     }
-  });
+  }, SERVER_START_TEST_TIMEOUT_MS);
 
   it('starts a streaming replica on another port when the chosen one is taken before the standby binds it', async () => {
     const taken = await takenPort();
@@ -93,5 +99,5 @@ describe('test PostgreSQL helper', () => {
       await replica?.stop();
       await taken.release();
     }
-  });
+  }, SERVER_START_TEST_TIMEOUT_MS);
 });
