@@ -68,6 +68,10 @@ describe('a move killed at any step', () => {
       expect([...onTarget].sort()).toEqual([...result.live].sort());
       expect([...result.deleted].filter((id) => onTarget.has(id))).toEqual([]);
     },
+    // Each case starts a mover process (tsx) and kills it: 10-18 s each in a CI run at load 16,
+    // where one took over the 30 s default. A timed-out case also leaves its resumeAll() running,
+    // which then resumes the next case's job under it.
+    60_000,
   );
 
   it('covers every crash point the protocol names', () => {
