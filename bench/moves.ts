@@ -93,6 +93,31 @@ async function slotOwnedBy(env: MoveEnv, shard: string, used: Set<number>): Prom
 }
 
 /**
+ * Calls `sample` with the job's state every `intervalMs` until `stop()`, or until `sample`
+ * returns false (the job has left the states the sampler watches).
+ */
+function pollJob<T>(env: MoveEnv, jobId: () => number | undefined, intervalMs: number, result: T, sample: (id: number, state: string | undefined) => Promise<boolean>): { stop(): Promise<T> } {
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const id = jobId();
+      if (id !== undefined) {
+        const { rows } = await env.catalog.query<{ state: string }>('select state from catalog.move_jobs where id = $1', [id]);
+        if (!(await sample(id, rows[0]?.state))) return;
+      }
+      await new Promise((r) => setTimeout(r, intervalMs));
+    }
+  })();
+  return {
+    async stop() {
+      running = false;
+      await loop;
+      return result;
+    },
+  };
+}
+
+/**
  * Samples, every 20 ms, the age of the oldest change of the job not yet applied on the target
  * (0 when none is pending), from the moment the backlog the copy left behind is drained (every
  * change still pending was captured after the catch-up began) until the job is published. A
@@ -103,37 +128,21 @@ function sampleLag(env: MoveEnv, source: pg.Pool, jobId: () => number | undefine
   const samples: { state: string; ms: number }[] = [];
   let catchUpBegan: number | undefined;
   let caughtUp = false;
-  let running = true;
-  const loop = (async () => {
-    while (running) {
-      const id = jobId();
-      if (id !== undefined) {
-        const { rows } = await env.catalog.query<{ state: string }>('select state from catalog.move_jobs where id = $1', [id]);
-        const state = rows[0]?.state;
-        if (state === 'catching_up' || state === 'cutover' || state === 'verifying') {
-          const { rows: lag } = await source.query<{ now: number; oldest: number | null }>(
-            'select extract(epoch from clock_timestamp()) * 1000 as now, extract(epoch from min(captured_at)) * 1000 as oldest from move_changes where job_id = $1',
-            [id],
-          );
-          const now = Number(lag[0]?.now);
-          const oldest = lag[0]?.oldest === null || lag[0]?.oldest === undefined ? undefined : Number(lag[0].oldest);
-          catchUpBegan ??= now;
-          if (oldest === undefined || oldest >= catchUpBegan) caughtUp = true;
-          if (caughtUp) samples.push({ state, ms: oldest === undefined ? 0 : Math.max(0, now - oldest) });
-        } else if (state !== 'planned' && state !== 'copying') {
-          return;
-        }
-      }
-      await new Promise((r) => setTimeout(r, 20));
+  return pollJob(env, jobId, 20, samples, async (id, state) => {
+    if (state === 'catching_up' || state === 'cutover' || state === 'verifying') {
+      const { rows: lag } = await source.query<{ now: number; oldest: number | null }>(
+        'select extract(epoch from clock_timestamp()) * 1000 as now, extract(epoch from min(captured_at)) * 1000 as oldest from move_changes where job_id = $1',
+        [id],
+      );
+      const now = Number(lag[0]?.now);
+      const oldest = lag[0]?.oldest === null || lag[0]?.oldest === undefined ? undefined : Number(lag[0].oldest);
+      catchUpBegan ??= now;
+      if (oldest === undefined || oldest >= catchUpBegan) caughtUp = true;
+      if (caughtUp) samples.push({ state, ms: oldest === undefined ? 0 : Math.max(0, now - oldest) });
+      return true;
     }
-  })();
-  return {
-    async stop() {
-      running = false;
-      await loop;
-      return samples;
-    },
-  };
+    return state === 'planned' || state === 'copying';
+  });
 }
 
 /**
@@ -143,36 +152,18 @@ function sampleLag(env: MoveEnv, source: pg.Pool, jobId: () => number | undefine
  */
 function sampleWaits(env: MoveEnv, shards: Readonly<Record<'source' | 'target', pg.Pool>>, jobId: () => number | undefined): { stop(): Promise<Map<string, number>> } {
   const counts = new Map<string, number>();
-  let running = true;
-  const loop = (async () => {
-    while (running) {
-      const id = jobId();
-      if (id !== undefined) {
-        const { rows } = await env.catalog.query<{ state: string }>('select state from catalog.move_jobs where id = $1', [id]);
-        const state = rows[0]?.state;
-        if (state === 'copying') {
-          for (const [side, pool] of Object.entries(shards)) {
-            const { rows: active } = await pool.query<{ what: string }>(
-              `select backend_type || ' ' || coalesce(wait_event_type || ':' || wait_event, 'CPU') || case when query ilike 'copy%' then ' (copy)' else '' end as what
-                 from pg_stat_activity where pid <> pg_backend_pid() and (state is null or state = 'active')
-                  and backend_type in ('client backend', 'autovacuum worker', 'checkpointer', 'walwriter') and coalesce(wait_event_type, '') <> 'Activity'`,
-            );
-            for (const { what } of active) counts.set(`${side} ${what}`, (counts.get(`${side} ${what}`) ?? 0) + 1);
-          }
-        } else if (state !== 'planned') {
-          return;
-        }
-      }
-      await new Promise((r) => setTimeout(r, 100));
+  return pollJob(env, jobId, 100, counts, async (_id, state) => {
+    if (state !== 'copying') return state === 'planned';
+    for (const [side, pool] of Object.entries(shards)) {
+      const { rows: active } = await pool.query<{ what: string }>(
+        `select backend_type || ' ' || coalesce(wait_event_type || ':' || wait_event, 'CPU') || case when query ilike 'copy%' then ' (copy)' else '' end as what
+           from pg_stat_activity where pid <> pg_backend_pid() and (state is null or state = 'active')
+            and backend_type in ('client backend', 'autovacuum worker', 'checkpointer', 'walwriter') and coalesce(wait_event_type, '') <> 'Activity'`,
+      );
+      for (const { what } of active) counts.set(`${side} ${what}`, (counts.get(`${side} ${what}`) ?? 0) + 1);
     }
-  })();
-  return {
-    async stop() {
-      running = false;
-      await loop;
-      return counts;
-    },
-  };
+    return true;
+  });
 }
 
 /** The target's WAL written, WAL-buffer overflows, checkpoints and autovacuum runs so far (PostgreSQL 17 views). */
