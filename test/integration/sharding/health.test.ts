@@ -222,9 +222,11 @@ describe('shard health', () => {
       expect(current?.reasons).toEqual([]);
       expect(current?.facts.replication?.lagSeconds).toBe(0);
 
-      // A replica that takes longer than the health check's wait to replay is behind.
-      await onReplica("alter system set recovery_min_apply_delay = '3s'");
+      // A replica that takes longer than the health check's wait to replay is behind. The wait is
+      // counted in polls, so a starved machine stretches it: at load 20 it outlasted a 3 s delay
+      // (1 run of 3 reported the replica healthy). Caught up first, then a delay no wait reaches.
       await replica?.waitForCatchUp();
+      await onReplica("alter system set recovery_min_apply_delay = '60s'");
       await idle(1200);
       const behind = await replicaOf();
 
