@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { MoveBusyError, Mover } from '../../../functions/adapters/postgres/mover.js';
 import type { MoverSlotMaps } from '../../../functions/adapters/postgres/move-port.js';
 import { SlotMapVersionConflictError } from '../../../functions/core/sharding/errors.js';
-import { countSlot, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /** The lease's expiry as the catalog records it, read on a connection of its own. */
 async function leaseExpiry(env: MoveEnv, id: number): Promise<Date> {
@@ -39,9 +39,8 @@ describe("a move run's lease renewal", () => {
   });
 
   async function plannedMove(slot: number): Promise<{ id: number; to: string }> {
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 5), 2);
+    const { to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 5), 2);
     const job = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     return { id: job.id, to };
   }

@@ -1,11 +1,10 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { laneBounds, PgMovePort } from '../../../functions/adapters/postgres/move-port.js';
 import { MoverCatalog } from '../../../functions/adapters/postgres/mover-catalog.js';
 import { MoveBusyError, MoveLeaseLostError, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { MOVE_CRASH_POINTS } from '../../../functions/core/sharding/move-machine.js';
-import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, documentsOf, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { runAndKill, runAndKillKeepingLease, waitForLeaseLapsed } from './fixtures/kill.js';
 import { startWorkload } from './fixtures/workload.js';
 import { inTransaction } from '../../../functions/adapters/postgres/transaction.js';
@@ -35,10 +34,8 @@ describe('a move killed at any step', () => {
   it.each(POINTS.map((p, i) => ({ ...p, slot: 300 + i })))(
     'resumes after a kill right after $point, and every acknowledged write is on the new owner exactly once',
     async ({ point, stateAfterKill, slot }) => {
-      const from = await env.ownerOf(slot);
-      const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+      const { to, source, target } = await sides(env, slot);
       const owners = keysInSlot(slot, 60);
-      const source = env.shards.get(from) as pg.Pool;
       await seedUsers(source, slot, owners, 10);
       const seeded = await documentsOf(source, owners);
       const { rows } = await source.query<{ id: string; owner: string }>('select id::text, owner_id::text as owner from documents where slot = $1', [slot]);
@@ -63,7 +60,7 @@ describe('a move killed at any step', () => {
       expect(result.errors).toEqual([]);
       expect(result.anomalies).toEqual([]);
       expect(result.acknowledged).toBeGreaterThan(0);
-      const onTarget = await documentsOf(env.shards.get(to) as pg.Pool, owners);
+      const onTarget = await documentsOf(target, owners);
       expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
       expect([...onTarget].sort()).toEqual([...result.live].sort());
       expect([...result.deleted].filter((id) => onTarget.has(id))).toEqual([]);
@@ -80,10 +77,9 @@ describe('a move killed at any step', () => {
 
   it('keeps a unit fenced while its mover is dead in the cutover, so writes wait instead of landing on the old owner', async () => {
     const slot = 320;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const { to, source, target } = await sides(env, slot);
     const [user] = keysInSlot(slot, 1) as [string];
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [user], 5);
+    await seedUsers(source, slot, [user], 5);
     const mover = env.mover({ readerGraceMs: 0 });
     const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     await runAndKill(env, planned.id, 'fenced');
@@ -92,21 +88,20 @@ describe('a move killed at any step', () => {
       await client.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'written during the outage')`, [user, s]);
     });
     await delay(300);
-    const onSourceDuringOutage = (await documentsOf(env.shards.get(from) as pg.Pool, [user])).size;
+    const onSourceDuringOutage = (await documentsOf(source, [user])).size;
     await mover.run(planned.id);
 
     expect(onSourceDuringOutage).toBe(5);
     expect((await write).shardId).toBe(to);
-    expect((await documentsOf(env.shards.get(to) as pg.Pool, [user])).size).toBe(6);
+    expect((await documentsOf(target, [user])).size).toBe(6);
     // About 15 s on a loaded 2-core machine (a resumed cutover under a waiting writer), so more
     // than the suite's 30 s default leaves room.
   }, 60_000);
 
   it('cancels a move whose mover died in the cutover: the source reopens and the target copy goes', async () => {
     const slot = 321;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 10), 10);
+    const { from, to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 10), 10);
     const mover = env.mover({ readerGraceMs: 0 });
     const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     await runAndKill(env, planned.id, 'fenced');
@@ -115,15 +110,14 @@ describe('a move killed at any step', () => {
 
     expect(job.state).toBe('cancelled');
     expect(await env.ownerOf(slot)).toBe(from);
-    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
-    expect(await countSlot(env.shards.get(from) as pg.Pool, slot)).toEqual({ users: 10, documents: 100 });
+    expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await countSlot(source, slot)).toEqual({ users: 10, documents: 100 });
   });
 
   it("refuses to run a job while a SIGKILLed mover's lease on it is current, and resumes it once the lease has expired", async () => {
     const slot = 340;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 10), 5);
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 10), 5);
     const mover = env.mover({ readerGraceMs: 0 });
     const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     // Renewed every 2 s, so the dead process's claim stays current for at least 4 s after the kill.
@@ -143,14 +137,13 @@ describe('a move killed at any step', () => {
     expect(during.state).toBe('catching_up');
     expect(resumed.state).toBe('done');
     expect(await env.ownerOf(slot)).toBe(to);
-    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 10, documents: 50 });
+    expect(await countSlot(target, slot)).toEqual({ users: 10, documents: 50 });
   }, 60_000);
 
   it('stops a stalled run whose expired lease another mover took over: the old run writes nothing more to the job', async () => {
     const slot = 341;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 10), 5);
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 10), 5);
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     let stalled = (): void => undefined;
     const resume = new Promise<void>((r) => (stalled = r));
@@ -188,14 +181,12 @@ describe('a move killed at any step', () => {
     expect(staleOutcome).toBeInstanceOf(MoveLeaseLostError);
     expect(afterStale).toEqual(afterTakeover);
     expect(await env.ownerOf(slot)).toBe(to);
-    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 10, documents: 50 });
+    expect(await countSlot(target, slot)).toEqual({ users: 10, documents: 50 });
   });
 
   it('refuses, on the shards themselves, a stalled run whose lease was taken over: it can neither reopen the fence nor write the target', async () => {
     const slot = 342;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    const source = env.shards.get(from) as pg.Pool;
+    const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 10), 5);
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     // Each run stops dead at a step with its lease expired, as if it stalled there.
@@ -247,15 +238,12 @@ describe('a move killed at any step', () => {
     expect((await env.catalog.query('select count(*)::int as n from catalog.move_jobs where id = $1 and changes_applied = $2', [planned.id, job.changesApplied])).rows[0]).toEqual({ n: 1 });
     const done = await env.mover({ readerGraceMs: 0 }).run(planned.id);
     expect(done.state).toBe('done');
-    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 10, documents: 50 });
+    expect(await countSlot(target, slot)).toEqual({ users: 10, documents: 50 });
   });
 
   it('copies a page again when a run died after the target committed it but before its position was saved', async () => {
     const slot = 330;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    const source = env.shards.get(from) as pg.Pool;
-    const target = env.shards.get(to) as pg.Pool;
+    const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 6), 4);
     const mover = env.mover({ readerGraceMs: 0, copyBatchRows: 4 });
     const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
@@ -277,10 +265,7 @@ describe('a move killed at any step', () => {
 
   it("resumes a copy split in id ranges from each range's saved position, copying again only what came after it", async () => {
     const slot = 331;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    const source = env.shards.get(from) as pg.Pool;
-    const target = env.shards.get(to) as pg.Pool;
+    const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 8), 5);
     const mover = env.mover({ readerGraceMs: 0, copyBatchRows: 3, copyLanes: 2 });
     const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });

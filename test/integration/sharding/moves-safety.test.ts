@@ -14,7 +14,7 @@ import type { MoveRequestError } from '../../../functions/adapters/postgres/move
 import { MoveFenceTimeoutError } from '../../../functions/adapters/postgres/mover.js';
 import { createPool } from '../../../functions/handlers/shared/db.js';
 import { createMovesHandler } from '../../../functions/handlers/moves.js';
-import { countSlot, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 const context: Context = {
   callbackWaitsForEmptyEventLoop: false,
@@ -42,13 +42,6 @@ const tick = {
   resources: ['arn:aws:events:eu-west-1:123456789012:rule/ca-dms-scaling-moves'],
   detail: {},
 };
-
-/** Source and target of a slot, and the pools. */
-async function sides(env: MoveEnv, slot: number): Promise<{ from: string; to: string; source: pg.Pool; target: pg.Pool }> {
-  const from = await env.ownerOf(slot);
-  const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-  return { from, to, source: env.shards.get(from) as pg.Pool, target: env.shards.get(to) as pg.Pool };
-}
 
 /** A raw SQL write (another language's writer, no withShardWrite): resolves to its SQLSTATE, or 'ok'. */
 async function rawInsert(pool: pg.Pool, owner: string, slot: number): Promise<string> {

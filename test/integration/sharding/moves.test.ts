@@ -2,7 +2,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MoveConflictError, MoveNotCancellableError, MoveRequestError, Mover, type MoverSlotMaps } from '../../../functions/adapters/postgres/mover.js';
-import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, documentsOf, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { startWorkload } from './fixtures/workload.js';
 
 /** Every document of `owners` on every shard: id -> shards holding it. */
@@ -30,13 +30,12 @@ describe('moves that lose nothing', () => {
 
   it('moves a slot of 50,000 rows under concurrent writers; every acknowledged write ends up exactly once on the new owner', async () => {
     const slot = 100;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const { from, to, source, target } = await sides(env, slot);
     const owners = keysInSlot(slot, 500);
     const newUsers = keysInSlot(slot, 40);
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, owners, 99);
-    const seeded = await documentsOf(env.shards.get(from) as pg.Pool, owners);
-    const { rows: ownerRows } = await (env.shards.get(from) as pg.Pool).query<{ id: string; owner: string }>(
+    await seedUsers(source, slot, owners, 99);
+    const seeded = await documentsOf(source, owners);
+    const { rows: ownerRows } = await source.query<{ id: string; owner: string }>(
       'select id::text, owner_id::text as owner from documents where slot = $1',
       [slot],
     );
@@ -49,7 +48,7 @@ describe('moves that lose nothing', () => {
     });
     const mover = env.mover({ readerGraceMs: 200 });
 
-    const seededRows = await countSlot(env.shards.get(from) as pg.Pool, slot);
+    const seededRows = await countSlot(source, slot);
     const [moved] = await Promise.allSettled([mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }).then((planned) => mover.run(planned.id))]);
     await delay(300);
     const result = await load.stop();
@@ -73,16 +72,15 @@ describe('moves that lose nothing', () => {
     expect(resurrected).toEqual([]);
     const unexpected = [...found.keys()].filter((id) => !result.live.has(id) && !result.uncertain.has(id));
     expect(unexpected).toEqual([]);
-    expect(await countSlot(env.shards.get(from) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
-    expect((await countSlot(env.shards.get(to) as pg.Pool, slot)).users).toBe(owners.length + result.createdUsers.size);
+    expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
+    expect((await countSlot(target, slot)).users).toBe(owners.length + result.createdUsers.size);
     // Seeding and moving 50,000 rows under 4 writers takes 10-25 s on a shared 2-core machine.
   }, 120_000);
 
   it('records counts and checksums of both sides, the map versions and how long writes were fenced', async () => {
     const slot = 101;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 20), 5);
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 20), 5);
     const before = (await env.slotMaps.current()).version;
     const mover = env.mover({ readerGraceMs: 0 });
 
@@ -95,15 +93,14 @@ describe('moves that lose nothing', () => {
     expect(job.mapVersionAfter).toBe(before + 1);
     expect(job.fenceMs).toBeGreaterThanOrEqual(0);
     expect(job.rowsDeleted).toBe(120);
-    expect(await fenceState(env.shards.get(from) as pg.Pool, 'slot', String(slot))).toBe('moved');
-    expect(await fenceState(env.shards.get(to) as pg.Pool, 'slot', String(slot))).toBe('open');
+    expect(await fenceState(source, 'slot', String(slot))).toBe('moved');
+    expect(await fenceState(target, 'slot', String(slot))).toBe('open');
   });
 
   it('reads the 4096-slot map once per run of a slot move: the flip checks the owner and builds the next version from one read', async () => {
     const slot = 113;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 3), 2);
+    const { to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
     let reads = 0;
     const slotMaps: MoverSlotMaps = {
       current: (client) => ((reads += 1), env.slotMaps.current(client)),
@@ -145,10 +142,9 @@ describe('moves that lose nothing', () => {
 
   it('moves one directory key and leaves the rest of its slot where it was', async () => {
     const slot = 102;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const { to, source, target } = await sides(env, slot);
     const [tenant, neighbour] = keysInSlot(slot, 2) as [string, string];
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [tenant, neighbour], 50);
+    await seedUsers(source, slot, [tenant, neighbour], 50);
     const mover = env.mover({ readerGraceMs: 0 });
 
     const job = await mover.run((await mover.plan({ kind: 'directory', key: tenant, to, createdBy: 'test' })).id);
@@ -159,18 +155,17 @@ describe('moves that lose nothing', () => {
     expect(job.state).toBe('done');
     expect((await env.directory.entry(tenant))?.shardId).toBe(to);
     expect(write.shardId).toBe(to);
-    expect((await documentsOf(env.shards.get(to) as pg.Pool, [tenant])).size).toBe(51);
-    expect((await documentsOf(env.shards.get(from) as pg.Pool, [tenant])).size).toBe(0);
-    expect((await documentsOf(env.shards.get(from) as pg.Pool, [neighbour])).size).toBe(50);
+    expect((await documentsOf(target, [tenant])).size).toBe(51);
+    expect((await documentsOf(source, [tenant])).size).toBe(0);
+    expect((await documentsOf(source, [neighbour])).size).toBe(50);
   });
 
   it('leaves directory-pinned keys where the directory puts them when their slot moves', async () => {
     const slot = 103;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const { from, to, source, target } = await sides(env, slot);
     const [pinned, plain] = keysInSlot(slot, 2) as [string, string];
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [pinned], 10);
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [plain], 10);
+    await seedUsers(source, slot, [pinned], 10);
+    await seedUsers(source, slot, [plain], 10);
     await env.directory.set(pinned, from, 'test');
     const mover = env.mover({ readerGraceMs: 0 });
 
@@ -178,17 +173,16 @@ describe('moves that lose nothing', () => {
 
     expect(job.state).toBe('done');
     expect(job.excludedKeys).toEqual([pinned]);
-    expect((await documentsOf(env.shards.get(from) as pg.Pool, [pinned])).size).toBe(10);
-    expect((await documentsOf(env.shards.get(to) as pg.Pool, [plain])).size).toBe(10);
+    expect((await documentsOf(source, [pinned])).size).toBe(10);
+    expect((await documentsOf(target, [plain])).size).toBe(10);
     expect((await env.writer.withShardWrite(pinned, async () => undefined)).shardId).toBe(from);
   });
 
   it('cancels a running move: the target copy is removed and writes stay on the source', async () => {
     const slot = 104;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const { from, to, source, target } = await sides(env, slot);
     const [user] = keysInSlot(slot, 1) as [string];
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [user], 30);
+    await seedUsers(source, slot, [user], 30);
     const versionBefore = (await env.slotMaps.current()).version;
     let requested: { cancelRequested: boolean } | undefined;
     const mover = env.mover({
@@ -204,16 +198,15 @@ describe('moves that lose nothing', () => {
     expect(requested?.cancelRequested).toBe(true);
     expect(job.state).toBe('cancelled');
     expect((await env.slotMaps.current()).version).toBe(versionBefore);
-    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
-    expect(await countSlot(env.shards.get(from) as pg.Pool, slot)).toEqual({ users: 1, documents: 30 });
+    expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await countSlot(source, slot)).toEqual({ users: 1, documents: 30 });
     expect(write.shardId).toBe(from);
   });
 
   it('refuses to cancel a move that has published its new owner, and finishes it', async () => {
     const slot = 105;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 1), 3);
+    const { to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 1), 3);
     let refusal: unknown;
     const mover = env.mover({
       readerGraceMs: 0,
@@ -235,17 +228,16 @@ describe('moves that lose nothing', () => {
     { point: 'cutover', slot: 106 },
     { point: 'fenced', slot: 108 },
   ] as const)('fails a move whose copy does not verify (target changed at $point), rolls it back and reopens the source', async ({ point, slot }) => {
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const { from, to, source, target } = await sides(env, slot);
     const [user] = keysInSlot(slot, 1) as [string];
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [user], 10);
+    await seedUsers(source, slot, [user], 10);
     const mover = env.mover({
       readerGraceMs: 0,
       async hook(hookPoint) {
         // Corrupt the target copy behind the mover's back.
         // (As a mover would write: the target refuses other writers until the flip.)
         if (hookPoint === point) {
-          await (env.shards.get(to) as pg.Pool).query(
+          await target.query(
             `begin; set local ca_dms.move_writer = 'on'; update documents set title = 'tampered' where id in (select id from documents where slot = ${slot} limit 1); commit`,
           );
         }
@@ -257,15 +249,14 @@ describe('moves that lose nothing', () => {
     expect(job.state).toBe('failed');
     expect(job.error).toMatch(/documents: source 10 rows, target 10 rows \(checksums differ\)/);
     expect(await env.ownerOf(slot)).toBe(from);
-    expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 0, documents: 0 });
-    expect(await fenceState(env.shards.get(from) as pg.Pool, 'slot', String(slot))).toBe('open');
+    expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await fenceState(source, 'slot', String(slot))).toBe('open');
     expect((await env.writer.withShardWrite(user, async () => undefined)).shardId).toBe(from);
   });
 
   it('allows one unfinished move per slot', async () => {
     const slot = 107;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const { to } = await sides(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
     const mover = env.mover();
     const first = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });

@@ -4,7 +4,7 @@ import { parseShardingConfig } from '../../../functions/core/sharding/config.js'
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { createShardReader, ShardReadError, type ShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
 import { routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
-import { keysInSlot, primaryReads, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { keysInSlot, primaryReads, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -31,10 +31,9 @@ const docsOf = (user: string) => async ({ client }: { client: pg.PoolClient }) =
 describe('reads during and after a move', () => {
   it('never answers from the old owner once the move has released its fence, with no grace period and no sleep', async () => {
     const slot = 510;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const { from, to, source } = await sides(env, slot);
     const [user] = keysInSlot(slot, 1) as [string];
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [user], 7);
+    await seedUsers(source, slot, [user], 7);
     // One reader per look, each holding the map from before the move (a reader that has been
     // sent elsewhere once has learnt the new map).
     const stale = new Map<string, ShardReader>();
@@ -64,10 +63,9 @@ describe('reads during and after a move', () => {
 
   it('refreshes its map first when a read-your-writes token was issued under a newer map', async () => {
     const slot = 511;
-    const from = await env.ownerOf(slot);
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const { to, source } = await sides(env, slot);
     const [user] = keysInSlot(slot, 1) as [string];
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [user], 1);
+    await seedUsers(source, slot, [user], 1);
     const stale = await readerWithTodaysMap();
     const mover = env.mover({ readerGraceMs: 0 });
     await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
