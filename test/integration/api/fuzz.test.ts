@@ -87,15 +87,22 @@ describe('fuzzing live local mode from its OpenAPI documents', () => {
     return `"v${rows[0]?.v ?? 0}"`;
   }
 
-  /** An accepted move runs in the background: let it finish before the next request is judged. */
+  /**
+   * An accepted move runs in the background: let it finish before the next request is judged.
+   * One still running after 30 s fails here, by name, rather than as a "state changed" on
+   * whichever request comes next.
+   */
   async function settleMove(body: string): Promise<void> {
     const id = (JSON.parse(body) as { id?: string }).id;
-    for (let i = 0; i < 300 && id !== undefined; i++) {
+    expect(id, `a 202 from the moves endpoint names its job: ${body.slice(0, 300)}`).toBeDefined();
+    let state: string | undefined;
+    for (let i = 0; i < 300; i++) {
       const res = await fetch(`${local.url}/api/v1/scaling/shards/moves/${id}`);
-      const job = (await res.json()) as { state?: string };
-      if (job.state === 'done' || job.state === 'failed' || job.state === 'cancelled') return;
+      state = ((await res.json()) as { state?: string }).state;
+      if (state === 'done' || state === 'failed' || state === 'cancelled') return;
       await new Promise((r) => setTimeout(r, 100));
     }
+    throw new Error(`move job ${id} accepted by the fuzz run was still ${state ?? 'unknown'} after 30 s`);
   }
 
   it('serves the OpenAPI documents the requests are generated from', async () => {
