@@ -85,6 +85,29 @@ const TABLES = [
 ] as const;
 type TableName = (typeof TABLES)[number]['name'];
 
+/**
+ * One batch of a unit's deletion (the clean-up on the source, a rollback's on the target): the
+ * next `$1` rows of `table` matching `filter` (with its parameters from `$3`; `x` is the table's
+ * alias), in id order after `$2` when `after` is set, deleted; answers how many and the last id.
+ * It runs after {@link DELETE_BATCH_SETTINGS}.
+ *
+ * Both keep each batch on indexes. Unordered and with sequential scans allowed, the planner
+ * read the unit with a sequential scan whenever it was a few percent of the table, and a unit
+ * written last sits at the end of the heap: every batch read the whole table (a 50,000-row slot
+ * on a shard of 850,000 documents: 10 sequential scans, 2.4 s). After `$2`, a batch also starts
+ * past the index entries of the rows the batches before it deleted.
+ */
+/** How a deletion batch's transaction plans (see {@link unitDeleteBatchSql}). */
+export const DELETE_BATCH_SETTINGS = 'set local enable_seqscan = off';
+
+export function unitDeleteBatchSql(table: TableName, filter: string, after: boolean): string {
+  return `with gone as (
+            delete from ${table} where id in (
+              select x.id from ${table} x where ${filter}${after ? ' and x.id > $2::uuid' : ' and $2::uuid is null'} order by x.id limit $1)
+            returning id)
+          select count(*)::int as n, (array_agg(id order by id desc))[1]::text as last from gone`;
+}
+
 /** Each unit row's 64-bit `hash_record_extended`, in id order, per table (see `move-hashes.ts`). */
 type RowHashes = Record<TableName, HashRun>;
 
@@ -468,9 +491,11 @@ export class PgMovePort implements MovePort<MoveJob> {
   /**
    * Copies the unit's rows, parents first, each table in {@link MoveSettings.copyLanes} id ranges
    * at once (see {@link laneBounds}): one lane is one source backend reading and one target
-   * backend writing, and the target's index maintenance is the copy's longest part, so two lanes
-   * keep both of a small machine's cores busy (100k rows, no writers, load 8: 1.75-1.86 s with
-   * one lane, 1.16-1.31 s with two, no better with three). Each lane pages through its range in
+   * backend writing, and the target's index maintenance is the copy's longest part. Whether a
+   * second lane pays depends on idle cores: on one 2-core machine holding source, target and
+   * writers, two lanes beat one in 13 of 18 interleaved moves under 8 writers (median 64.4k
+   * against 57.1k rows/s), and lost without writers (one source 53-61k against 60-67k, two
+   * sources 56-70k against 76-88k), so the default is one lane. Each lane pages through its range in
    * id order and its position is saved after each page; the number of lanes is the cursor's, so
    * a resumed copy keeps the split it began with. With pools of one connection (a Lambda) the
    * lanes take turns: each holds its source connection before asking for its target's.
@@ -1078,35 +1103,37 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
+   * Deletes the unit's rows of `table` on `shard` (that also match `extra`, on alias `x`) in
+   * batches of `batchRows` (see {@link unitDeleteBatchSql}), each its own transaction, and answers
+   * how many. Each batch starts after the last id of the one before; once one finds nothing, a
+   * batch from the start confirms it, so a row the ordered pass could have stepped over is still
+   * deleted (none should be: the unit's fence refuses every other writer on both shards).
+   */
+  private async deleteUnit(job: MoveJob, shard: string, table: TableName, begin: string = MOVER_WRITE, extra = ''): Promise<number> {
+    const filter = this.unitFilter(job, table, 3, 'x.');
+    let deleted = 0;
+    let after: string | null = null;
+    for (;;) {
+      const from: string | null = after;
+      const { rows }: pg.QueryResult<{ n: number; last: string | null }> = await this.write(job, shard, (c) => c.query<{ n: number; last: string | null }>(unitDeleteBatchSql(table, `${filter.sql}${extra}`, from !== null), [this.settings.batchRows, from, ...filter.params]), `${begin}; ${DELETE_BATCH_SETTINGS}`);
+      const n = rows[0]?.n ?? 0;
+      deleted += n;
+      if (n > 0) after = rows[0]?.last ?? null;
+      else if (from === null) return deleted;
+      else after = null;
+    }
+  }
+
+  /**
    * Deletes the unit's rows from the source in batches, children first, and only the rows the
    * verification covered: the unit's documents, then its users that no longer own any document
    * here. A user deleted by cascade could take with it a document that was never part of the
    * unit (stored under another slot), which no verification saw; such users are kept.
    */
   private async deleteVerified(pool: pg.Pool, job: MoveJob): Promise<{ deleted: number; kept: number }> {
-    let deleted = 0;
     const begin = await this.bulkBegin(job.from, pool);
-    const docs = this.unitFilter(job, 'documents', 2);
-    for (;;) {
-      const res = await this.write(job, job.from, (c) => c.query(`delete from documents where id in (select id from documents where ${docs.sql} limit $1)`, [this.settings.batchRows, ...docs.params]), begin);
-      deleted += res.rowCount ?? 0;
-      if ((res.rowCount ?? 0) === 0) break;
-    }
-    const users = this.unitFilter(job, 'users', 2, 'u.');
-    for (;;) {
-      const res = await this.write(
-        job,
-        job.from,
-        (c) =>
-          c.query(
-            `delete from users where id in (select u.id from users u where ${users.sql} and not exists (select 1 from documents d where d.owner_id = u.id) limit $1)`,
-            [this.settings.batchRows, ...users.params],
-          ),
-        begin,
-      );
-      deleted += res.rowCount ?? 0;
-      if ((res.rowCount ?? 0) === 0) break;
-    }
+    let deleted = await this.deleteUnit(job, job.from, 'documents', begin);
+    deleted += await this.deleteUnit(job, job.from, 'users', begin, ' and not exists (select 1 from documents d where d.owner_id = x.id)');
     const left = this.unitFilter(job, 'users', 1, 'u.');
     const { rows } = await pool.query<{ n: number }>(`select count(*)::int as n from users u where ${left.sql}`, left.params);
     return { deleted, kept: rows[0]?.n ?? 0 };
@@ -1114,13 +1141,7 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   /** Deletes the unit's copy from the target (a rollback), children first. */
   private async deleteCopy(job: MoveJob): Promise<void> {
-    for (const { name } of [...TABLES].reverse()) {
-      const f = this.unitFilter(job, name, 2);
-      for (;;) {
-        const res = await this.write(job, job.to, (c) => c.query(`delete from ${name} where id in (select id from ${name} where ${f.sql} limit $1)`, [this.settings.batchRows, ...f.params]));
-        if ((res.rowCount ?? 0) === 0) break;
-      }
-    }
+    for (const { name } of [...TABLES].reverse()) await this.deleteUnit(job, job.to, name);
   }
 
   /**
