@@ -25,7 +25,7 @@
  * documents per user, default 99; `--writers N`, default 8; `--sources N`, default 2;
  * `--parallel-users N` users per slot in part 2, default 500; `--torture N`, default 2;
  * `--repeat N` part 1 N times, default 1; `--copy-batch-rows N` and `--copy-lanes N`, the mover's
- * `copyBatchRows` and `copyLanes` in part 1, default 20000 and 1).
+ * `copyBatchRows` and `copyLanes` in parts 1 and 2, default 20000 and 1).
  */
 import os from 'node:os';
 import { parseArgs } from 'node:util';
@@ -321,7 +321,7 @@ try {
       await pool.query('vacuum analyze users, documents');
       units.push({ slot: s, from, to, rows: (await countSlot(pool, s)).users + (await countSlot(pool, s)).documents });
     }
-    const movers = units.map(() => env.mover({ readerGraceMs: 0 }));
+    const movers = units.map(() => env.mover({ readerGraceMs: 0, copyBatchRows: COPY_BATCH_ROWS, copyLanes: COPY_LANES }));
     const jobs = await Promise.all(units.map((u, i) => (movers[i] as ReturnType<MoveEnv['mover']>).plan({ kind: 'slot', slot: u.slot, to: u.to, createdBy: 'bench' })));
     const t0 = performance.now();
     const done = await Promise.all(jobs.map((j, i) => (movers[i] as ReturnType<MoveEnv['mover']>).run(j.id)));

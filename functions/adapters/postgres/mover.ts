@@ -69,11 +69,12 @@ export interface MoverOptions {
   /** Rows per copy page: one COPY, one transaction on each side, one saved position. Default 20 000. */
   readonly copyBatchRows?: number;
   /**
-   * Id ranges of a table copied at once, each its own source and target connection. Default 1:
-   * with source, target, mover and 8 writers on one 2-core machine, 2 lanes copied no faster
-   * (bench:moves at load 0.4-2.9, 6 runs each: 1 lane median 52.4k rows/s, 41.8-64.1k; 2 lanes
-   * median 47.6k, 40.6-55.4k). More lanes are for a source and target with cores to spare
-   * (separate RDS instances), where this machine cannot measure them.
+   * Id ranges of a table copied at once, each its own source and target connection. Default 1.
+   * On one 2-core machine holding source, target, mover and writers, a second lane wins a larger
+   * share of the cores from 8 busy writers (13 of 18 interleaved moves faster, median 64.4k
+   * against 57.1k rows/s) and loses without them (53-61k against 60-67k rows/s, and two parallel
+   * sources 56-70k against 76-88k): see {@link PgMovePort.copy}. More lanes are for a source and
+   * target with cores to spare (separate RDS instances), where this machine cannot measure them.
    */
   readonly copyLanes?: number;
   /** Catching up ends when a pass applies fewer changes than this (what is left is applied while fenced). Default 50. */
