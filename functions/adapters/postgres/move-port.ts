@@ -98,18 +98,18 @@ type TableName = (typeof TABLES)[number]['name'];
  * past the index entries of the rows the batches before it deleted. The rows are deleted by the
  * tuple ids the index scan found (a TID scan), not looked up again by primary key: on a small
  * shard, 100k rows in 1.24-1.77 s against 1.48-1.81 s with the lookups. A row updated between
- * the two has a new tuple id and is left for the pass that confirms the end (none can be: the
- * fence refuses every other writer of the unit on both shards).
+ * the two has a new tuple id and is not deleted by this batch; `found` (rows picked) against `n`
+ * (rows deleted) lets the caller see that and pick it again (none should be: the fence refuses
+ * every other writer of the unit on both shards).
  */
 /** How a deletion batch's transaction plans (see {@link unitDeleteBatchSql}). */
 export const DELETE_BATCH_SETTINGS = 'set local enable_seqscan = off';
 
 export function unitDeleteBatchSql(table: TableName, filter: string, after: boolean): string {
-  return `with gone as (
-            delete from ${table} where ctid = any(array(
-              select x.ctid from ${table} x where ${filter}${after ? ' and x.id > $2::uuid' : ' and $2::uuid is null'} order by x.id limit $1))
-            returning id)
-          select count(*)::int as n, (array_agg(id order by id desc))[1]::text as last from gone`;
+  return `with picked as materialized (
+            select array(select x.ctid from ${table} x where ${filter}${after ? ' and x.id > $2::uuid' : ' and $2::uuid is null'} order by x.id limit $1) as tids),
+          gone as (delete from ${table} where ctid = any((select tids from picked)::tid[]) returning id)
+          select (select cardinality(tids) from picked) as found, count(*)::int as n, (array_agg(id order by id desc))[1]::text as last from gone`;
 }
 
 /** Each unit row's 64-bit `hash_record_extended`, in id order, per table (see `move-hashes.ts`). */
@@ -1109,9 +1109,11 @@ export class PgMovePort implements MovePort<MoveJob> {
   /**
    * Deletes the unit's rows of `table` on `shard` (that also match `extra`, on alias `x`) in
    * batches of `batchRows` (see {@link unitDeleteBatchSql}), each its own transaction, and answers
-   * how many. Each batch starts after the last id of the one before; once one finds nothing, a
-   * batch from the start confirms it, so a row the ordered pass could have stepped over is still
-   * deleted (none should be: the unit's fence refuses every other writer on both shards).
+   * how many. Each batch starts after the last id the one before deleted; once one picks nothing,
+   * a batch from the start confirms it, and the deletion ends only when such a batch picks
+   * nothing. So a row the ordered pass stepped over, or one a batch picked but could not delete
+   * (updated meanwhile), is picked again (none should be: the unit's fence refuses every other
+   * writer on both shards).
    */
   private async deleteUnit(job: MoveJob, shard: string, table: TableName, begin: string = MOVER_WRITE, extra = ''): Promise<number> {
     const filter = this.unitFilter(job, table, 3, 'x.');
@@ -1119,10 +1121,17 @@ export class PgMovePort implements MovePort<MoveJob> {
     let after: string | null = null;
     for (;;) {
       const from: string | null = after;
-      const { rows }: pg.QueryResult<{ n: number; last: string | null }> = await this.write(job, shard, (c) => c.query<{ n: number; last: string | null }>(unitDeleteBatchSql(table, `${filter.sql}${extra}`, from !== null), [this.settings.batchRows, from, ...filter.params]), `${begin}; ${DELETE_BATCH_SETTINGS}`);
+      const { rows }: pg.QueryResult<{ found: number | null; n: number; last: string | null }> = await this.write(
+        job,
+        shard,
+        (c) => c.query<{ found: number | null; n: number; last: string | null }>(unitDeleteBatchSql(table, `${filter.sql}${extra}`, from !== null), [this.settings.batchRows, from, ...filter.params]),
+        `${begin}; ${DELETE_BATCH_SETTINGS}`,
+      );
+      const found = rows[0]?.found ?? 0;
       const n = rows[0]?.n ?? 0;
       deleted += n;
       if (n > 0) after = rows[0]?.last ?? null;
+      else if (found > 0) continue;
       else if (from === null) return deleted;
       else after = null;
     }

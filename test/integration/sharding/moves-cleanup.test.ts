@@ -54,6 +54,7 @@ describe("a move's batched deletions", () => {
       const first = await plan(source, unitDeleteBatchSql('documents', SLOT_FILTER, after), [500, after ? keysInSlot(unit, 1)[0] : null, unit, []], DELETE_BATCH_SETTINGS);
       expect(first, first).not.toMatch(/Seq Scan/);
       expect(first, first).toMatch(/Index (Only )?Scan (using|on) documents_slot_id_idx/);
+      expect(first, first).toMatch(/Tid Scan on documents/);
       const users = await plan(source, unitDeleteBatchSql('users', `x.slot = $3 and (cardinality($4::text[]) = 0 or not (x.id::text = any($4::text[]))) and not exists (select 1 from documents d where d.owner_id = x.id)`, after), [
         500,
         after ? keysInSlot(unit, 1)[0] : null,
@@ -61,6 +62,38 @@ describe("a move's batched deletions", () => {
         [],
       ], DELETE_BATCH_SETTINGS);
       expect(users, users).not.toMatch(/Seq Scan/);
+    }
+  });
+
+  it('tells a row it picked but could not delete (updated meanwhile) from one it deleted', async () => {
+    const { source } = await sides(env, unit);
+    const slot = 21;
+    await seedUsers(source, slot, keysInSlot(slot, 2), 2);
+    const { rows: docs } = await source.query<{ id: string }>('select id::text from documents where slot = $1 order by id', [slot]);
+    const updater = await source.connect();
+    const deleter = await source.connect();
+    try {
+      // The first document is updated by a transaction that holds it while the batch runs.
+      await updater.query('begin');
+      await updater.query("update documents set title = 'updated meanwhile' where id = $1", [docs[0]?.id]);
+      await deleter.query(`begin; ${DELETE_BATCH_SETTINGS}`);
+      const batch = deleter.query<{ found: number; n: number; last: string }>(unitDeleteBatchSql('documents', SLOT_FILTER, false), [500, null, slot, []]);
+      // The batch waits for the row's lock; the update commits a version with a new tuple id.
+      await new Promise((r) => setTimeout(r, 200));
+      await updater.query('commit');
+      const { rows } = await batch;
+      await deleter.query('commit');
+      expect(rows[0]).toEqual({ found: 4, n: 3, last: docs[3]?.id });
+      expect((await source.query('select title from documents where slot = $1', [slot])).rows).toEqual([{ title: 'updated meanwhile' }]);
+      // Picked again, it is deleted.
+      await deleter.query(`begin; ${DELETE_BATCH_SETTINGS}`);
+      const again = await deleter.query<{ found: number; n: number }>(unitDeleteBatchSql('documents', SLOT_FILTER, false), [500, null, slot, []]);
+      await deleter.query('commit');
+      expect(again.rows[0]).toMatchObject({ found: 1, n: 1 });
+      expect(await countSlot(source, slot)).toEqual({ users: 2, documents: 0 });
+    } finally {
+      updater.release();
+      deleter.release();
     }
   });
 
