@@ -88,8 +88,9 @@ type TableName = (typeof TABLES)[number]['name'];
 /**
  * One batch of a unit's deletion (the clean-up on the source, a rollback's on the target): the
  * next `$1` rows of `table` matching `filter` (with its parameters from `$3`; `x` is the table's
- * alias), in id order after `$2` when `after` is set, deleted; answers how many and the last id.
- * It runs after {@link DELETE_BATCH_SETTINGS}.
+ * alias), in id order after `$2` when `after` is set, deleted; answers how many it picked
+ * (`found`), how many it deleted (`n`) and the last id deleted. The first batch names `$2` too,
+ * as null, so both forms take the same parameters. It runs after {@link DELETE_BATCH_SETTINGS}.
  *
  * Both keep each batch on indexes. Unordered and with sequential scans allowed, the planner
  * read the unit with a sequential scan whenever it was a few percent of the table, and a unit
@@ -102,6 +103,9 @@ type TableName = (typeof TABLES)[number]['name'];
  * (rows deleted) lets the caller see that and pick it again (none should be: the fence refuses
  * every other writer of the unit on both shards).
  */
+/** Batches in a row that may pick rows without deleting any before a deletion gives up (see `deleteUnit`). */
+const UNDELETABLE_RETRIES = 20;
+
 /** How a deletion batch's transaction plans (see {@link unitDeleteBatchSql}). */
 export const DELETE_BATCH_SETTINGS = 'set local enable_seqscan = off';
 
@@ -1113,12 +1117,16 @@ export class PgMovePort implements MovePort<MoveJob> {
    * a batch from the start confirms it, and the deletion ends only when such a batch picks
    * nothing. So a row the ordered pass stepped over, or one a batch picked but could not delete
    * (updated meanwhile), is picked again (none should be: the unit's fence refuses every other
-   * writer on both shards).
+   * writer on both shards). Rows picked and never deleted (a trigger of the shard's owner that
+   * skips the delete, say) end the run with a {@link MoveError} after
+   * {@link UNDELETABLE_RETRIES} batches in a row, rather than picking them forever; the job
+   * resumes from its state later.
    */
   private async deleteUnit(job: MoveJob, shard: string, table: TableName, begin: string = MOVER_WRITE, extra = ''): Promise<number> {
     const filter = this.unitFilter(job, table, 3, 'x.');
     let deleted = 0;
     let after: string | null = null;
+    let stuck = 0;
     for (;;) {
       const from: string | null = after;
       const { rows }: pg.QueryResult<{ found: number | null; n: number; last: string | null }> = await this.write(
@@ -1130,6 +1138,10 @@ export class PgMovePort implements MovePort<MoveJob> {
       const found = rows[0]?.found ?? 0;
       const n = rows[0]?.n ?? 0;
       deleted += n;
+      stuck = n === 0 && found > 0 ? stuck + 1 : 0;
+      if (stuck >= UNDELETABLE_RETRIES) {
+        throw new MoveError(`${found} ${table} row(s) of ${job.kind} ${job.unitId} on ${shard} were picked for deletion ${stuck} times in a row and never deleted (a trigger or policy on ${table} skips the delete?); the move stops here and resumes from ${job.state}`);
+      }
       if (n > 0) after = rows[0]?.last ?? null;
       else if (found > 0) continue;
       else if (from === null) return deleted;

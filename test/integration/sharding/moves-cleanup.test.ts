@@ -97,6 +97,31 @@ describe("a move's batched deletions", () => {
     }
   });
 
+  it('stops a clean-up whose rows are picked but never deleted, and finishes it on resume once they can be', async () => {
+    const slot = 22;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+    await source.query("update documents set title = 'keep me' where id = (select id from documents where slot = $1 order by id limit 1)", [slot]);
+    // A trigger of the shard's owner that quietly skips one row's delete.
+    await source.query(`create function skip_keep_me() returns trigger language plpgsql as $$ begin return case when old.title = 'keep me' then null else old end; end $$`);
+    await source.query('create trigger skip_keep_me before delete on documents for each row execute function skip_keep_me()');
+    await source.query('alter table documents enable always trigger skip_keep_me');
+    const mover = env.mover({ readerGraceMs: 0, batchRows: 500 });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    try {
+      await expect(mover.run(planned.id)).rejects.toThrow(/1 documents row\(s\) of slot 22 on shard_\w+ were picked for deletion 20 times in a row and never deleted/);
+      expect((await mover.get(planned.id)).state).toBe('cleaning_up');
+      expect(await countSlot(source, slot)).toEqual({ users: 3, documents: 1 });
+    } finally {
+      await source.query('drop trigger skip_keep_me on documents');
+      await source.query('drop function skip_keep_me()');
+    }
+    const done = await mover.run(planned.id);
+    expect(done.state).toBe('done');
+    expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await countSlot(target, slot)).toEqual({ users: 3, documents: 6 });
+  });
+
   it('deletes every row of the unit and nothing else, in many batches, on a clean-up and on a rollback', async () => {
     const { from, to, source, target } = await sides(env, unit);
     const before = await Promise.all(others.map((s) => countSlot(source, s)));
