@@ -464,8 +464,15 @@ export class PgMovePort implements MovePort<MoveJob> {
       ),
     );
     if (target.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
+    // The capture row also tells the unit's writers where it is going (shard migration 011), so
+    // that they can connect there before the cutover; a job resumed from before that migration
+    // gets the name on its existing row.
     await this.write(job, job.from, (c) =>
-      c.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [job.id, job.kind, job.unitId, job.excludedKeys]),
+      c.query(
+        `insert into move_captures (job_id, kind, unit_id, excluded_keys, moving_to) values ($1, $2, $3, $4, $5)
+         on conflict (job_id) do update set moving_to = excluded.moving_to where move_captures.moving_to is distinct from excluded.moving_to`,
+        [job.id, job.kind, job.unitId, job.excludedKeys, job.to],
+      ),
     );
     await this.drain(source, job);
   }

@@ -134,6 +134,8 @@ const DEADLINE_SQLSTATES = new Set(['57014', '55P03']);
 interface FenceRow {
   kind: 'slot' | 'directory';
   state: 'open' | 'fenced' | 'moved' | 'incoming';
+  /** The shard a move in progress is copying the unit to, if one is (shard migration 011); a hint. */
+  moving_to: string | null;
 }
 
 type FenceVerdict = 'write' | 'wait' | 'reroute';
@@ -144,6 +146,23 @@ type FenceVerdict = 'write' | 'wait' | 'reroute';
  */
 export function fenceRowsQuery(lock: boolean): string {
   return `select kind, state from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)${lock ? ' for share' : ''}`;
+}
+
+/**
+ * {@link fenceRowsQuery} for writers, locked, with each row's `moving_to`: the destination of a
+ * move copying the unit away from this shard (the source's capture row, shard migration 011),
+ * unless the key is one the move leaves behind.
+ */
+export const WRITER_FENCE_ROWS_SQL = `select w.kind, w.state,
+         (select c.moving_to from move_captures c
+           where c.kind = w.kind and c.unit_id = w.unit_id and c.moving_to is not null and not ($2 = any (c.excluded_keys)) limit 1) as moving_to
+    from write_fences w
+   where (w.kind = 'slot' and w.unit_id = $1) or (w.kind = 'directory' and w.unit_id = $2)
+     for share of w`;
+
+/** The shard a move is copying the key's unit to, from the rows that decide the key's fate. */
+function movingTo(rows: readonly FenceRow[], viaDirectory: boolean): string | null {
+  return rows.find((r) => (r.kind === 'directory' || !viaDirectory) && r.moving_to !== null)?.moving_to ?? null;
 }
 
 /**
@@ -172,6 +191,24 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
   const maxFenceWaitMs = options.maxFenceWaitMs ?? 10_000;
   const maxReroutes = options.maxReroutes ?? 5;
   const sleep = options.sleep ?? defaultSleep;
+  /**
+   * Opens one more connection to `destination`, in the background, while a move copies a unit
+   * this writer writes there from `source` and the destination's pool holds fewer connections
+   * (counting those being opened) than the source's, which is about as many as this process
+   * writes the unit with at once. After the cutover those writes go to the destination, and
+   * without this each would open its first connection there right after waiting on the fence
+   * (shard migration 011 has the figures). Each write opens at most one, so the pool fills while
+   * the unit is copied. A connection that cannot be opened now is left to the write that needs
+   * it to report.
+   */
+  function prepareDestination(destination: string, source: pg.Pool): void {
+    const pool = options.primaries.get(destination);
+    if (!pool || pool.totalCount >= Math.min(source.totalCount, pool.options.max ?? 10)) return;
+    pool.connect().then(
+      (client) => client.release(),
+      () => undefined,
+    );
+  }
 
   async function withShardWrite<T>(rawKey: string, fn: (ctx: ShardWriteContext) => Promise<T>, writeOptions: ShardWriteOptions = {}): Promise<ShardWriteResult<T>> {
     // Fence rows name directory keys in canonical form: looked up as spelled, an upper-case id
@@ -198,7 +235,9 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
               const left = Math.max(1, deadlineAt - Date.now());
               await client.query(`set local statement_timeout = ${left}; set local lock_timeout = ${left}`);
             }
-            const fences = await client.query<FenceRow>(fenceRowsQuery(true), [String(route.slot), key]);
+            const fences = await client.query<FenceRow>(WRITER_FENCE_ROWS_SQL, [String(route.slot), key]);
+            const destination = movingTo(fences.rows, route.viaDirectory);
+            if (destination !== null && destination !== route.shardId) prepareDestination(destination, pool);
             const found = verdict(fences.rows, route.viaDirectory);
             if (found !== 'write') return new RollbackWith({ verdict: found });
             return { verdict: found, value: await fn({ client, shardId: route.shardId, slot: route.slot, version: route.version }) };

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureApplicationLogin, ensureLogin, scramVerifier } from '../../../functions/adapters/postgres/app-role.js';
+import { WRITER_FENCE_ROWS_SQL } from '../../../functions/adapters/postgres/write-transaction.js';
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
 import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 
@@ -36,11 +37,13 @@ describe('the application role on a shard', () => {
   it('reads and writes users and documents under a shared lock on its fence rows, captured during a move', async () => {
     const user = randomUUID();
     await admin.query("insert into write_fences (kind, unit_id) values ('slot', '7')");
-    await admin.query("insert into move_captures (job_id, kind, unit_id) values (1, 'slot', '7')");
+    await admin.query("insert into move_captures (job_id, kind, unit_id, moving_to) values (1, 'slot', '7', 'shard-002')");
     const client = await app.connect();
     try {
       await client.query('begin');
-      await client.query("select kind, state from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2) for share", ['7', user]);
+      // The writer's own statement: the fence rows, locked, with the destination of a move in progress.
+      const fences = await client.query(WRITER_FENCE_ROWS_SQL, ['7', user]);
+      expect(fences.rows).toEqual([{ kind: 'slot', state: 'open', moving_to: 'shard-002' }]);
       await client.query('insert into users (id, slot, email, display_name) values ($1, 7, $2, $3)', [user, 'a@example.com', 'A']);
       await client.query('insert into documents (id, owner_id, slot, title) values ($1, $2, 7, $3)', [randomUUID(), user, 'Minutes']);
       await client.query('update documents set title = $1 where owner_id = $2', ['Agenda', user]);

@@ -1,0 +1,123 @@
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createShardWriter, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
+import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+/**
+ * Writers of a unit that a move is copying away open connections to its destination before the
+ * cutover (shard migration 011): the source's capture row names the destination, and each write
+ * that reads its fence rows opens at most one more connection there, up to as many as it holds
+ * on the source. Nothing is written to the destination by it, and a destination that refuses
+ * connections changes nothing for the write.
+ */
+describe('connections to a move destination, opened ahead of the cutover', () => {
+  let env: MoveEnv;
+  const SLOT = 77;
+  const JOB = 990_001;
+  const [key, excluded] = keysInSlot(SLOT, 2) as [string, string];
+  const pools: pg.Pool[] = [];
+
+  const pool = (url: string): pg.Pool => {
+    const p = new pg.Pool({ connectionString: url, max: 12 });
+    p.on('error', () => undefined);
+    pools.push(p);
+    return p;
+  };
+  /** A writer over fresh pools, every key routed to shard_a's slot 77 (hash) or directory entry. */
+  const writerFor = (viaDirectory: boolean, destinationUrl = env.urls.shards['shard_b'] as string) => {
+    const source = pool(env.urls.shards['shard_a'] as string);
+    const destination = pool(destinationUrl);
+    const router: WriteRouter = { routeForWrite: () => Promise.resolve({ shardId: 'shard_a', slot: SLOT, version: 1, viaDirectory }) };
+    const writer = createShardWriter({ router, primaries: new Map([['shard_a', source], ['shard_b', destination]]) });
+    const write = (k: string) => writer.withShardWrite(k, ({ client }) => client.query('update users set display_name = display_name where id = $1', [k]));
+    return { source, destination, write };
+  };
+  const shardA = (): pg.Pool => env.shards.get('shard_a') as pg.Pool;
+  /** Waits for the background connections to finish opening (they count in totalCount meanwhile). */
+  const settled = async (p: pg.Pool): Promise<number> => {
+    for (let i = 0; i < 100 && p.idleCount < p.totalCount; i++) await new Promise((r) => setTimeout(r, 20));
+    return p.totalCount;
+  };
+
+  beforeAll(async () => {
+    env = await startMoveEnv();
+    await seedUsers(shardA(), SLOT, [key, excluded], 1);
+  }, 120_000);
+  afterEach(async () => {
+    await Promise.all(pools.splice(0).map((p) => p.end()));
+    await shardA().query('delete from move_captures where job_id = $1', [JOB]);
+    await shardA().query(`delete from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)`, [String(SLOT), key]);
+  });
+  afterAll(async () => {
+    await env?.stop();
+  });
+
+  const capture = (kind: 'slot' | 'directory', unit: string, movingTo: string | null, excludedKeys: string[] = []) =>
+    shardA().query(`insert into write_fences (kind, unit_id) values ($1, $2) on conflict do nothing`, [kind, unit]).then(() =>
+      shardA().query('insert into move_captures (job_id, kind, unit_id, excluded_keys, moving_to) values ($1, $2, $3, $4, $5)', [JOB, kind, unit, excludedKeys, movingTo]),
+    );
+
+  it('fills the destination pool up to the source pool while the unit is copied, and writes nothing there', async () => {
+    await capture('slot', String(SLOT), 'shard_b');
+    const { source, destination, write } = writerFor(false);
+    await Promise.all([write(key), write(key), write(key), write(key)]);
+    const held = source.totalCount;
+    expect(held).toBeGreaterThanOrEqual(2);
+    for (let i = 0; i < 20 && (await settled(destination)) < held; i++) await write(key);
+    expect(await settled(destination)).toBe(held);
+    // More writes never take it past the source's count.
+    for (let i = 0; i < 5; i++) await write(key);
+    expect(await settled(destination)).toBe(source.totalCount);
+    const { rows } = await (env.shards.get('shard_b') as pg.Pool).query('select count(*)::int as n from users where id = $1', [key]);
+    expect(rows[0]?.n).toBe(0);
+  });
+
+  it.each([
+    { name: 'no move in progress', setup: () => Promise.resolve(), viaDirectory: false, k: key },
+    { name: 'a capture that names no destination (the target side of a move)', setup: () => capture('slot', String(SLOT), null), viaDirectory: false, k: key },
+    { name: 'a key the slot move leaves behind (excluded)', setup: () => capture('slot', String(SLOT), 'shard_b', [excluded]), viaDirectory: false, k: excluded },
+    { name: 'a slot move, for a key the directory places', setup: () => capture('slot', String(SLOT), 'shard_b'), viaDirectory: true, k: key },
+    { name: 'a move to the shard the write goes to', setup: () => capture('slot', String(SLOT), 'shard_a'), viaDirectory: false, k: key },
+  ])('opens nothing for $name', async ({ setup, viaDirectory, k }) => {
+    await setup();
+    const { destination, write } = writerFor(viaDirectory);
+    for (let i = 0; i < 5; i++) await write(k);
+    expect(await settled(destination)).toBe(0);
+  });
+
+  it("follows a directory key's own move", async () => {
+    await capture('directory', key, 'shard_b');
+    const { destination, write } = writerFor(true);
+    await write(key);
+    expect(await settled(destination)).toBe(1);
+  });
+
+  it('leaves the write alone when the destination refuses connections', async () => {
+    await capture('slot', String(SLOT), 'shard_b');
+    // A database that does not exist on a live server: every connection is refused (3D000).
+    const { destination, write } = writerFor(false, `${(env.urls.shards['shard_b'] as string).replace(/\/[^/?]+(\?|$)/, '/no_such_database$1')}`);
+    for (let i = 0; i < 3; i++) await expect(write(key)).resolves.toMatchObject({ shardId: 'shard_a' });
+    expect(await settled(destination)).toBe(0);
+  });
+
+  it('the mover names the destination on the source capture row while it copies, and removes it after the cutover', async () => {
+    const slot = 78;
+    await seedUsers(env.shards.get(await env.ownerOf(slot)) as pg.Pool, slot, keysInSlot(slot, 3), 2);
+    const { to, source } = await sides(env, slot);
+    const seen: (string | null)[] = [];
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const done = await env
+      .mover({
+        async hook(point, job) {
+          if (point !== 'catching_up') return;
+          const { rows } = await source.query<{ moving_to: string | null }>('select moving_to from move_captures where job_id = $1', [job.id]);
+          seen.push(...rows.map((r) => r.moving_to));
+        },
+      })
+      .run(planned.id);
+    expect(done.state).toBe('done');
+    expect(seen).toEqual([to]);
+    const { rows } = await source.query('select 1 from move_captures where job_id = $1', [planned.id]);
+    expect(rows).toHaveLength(0);
+  });
+});
