@@ -27,10 +27,13 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
   const writerFor = (viaDirectory: boolean, destinationUrl = env.urls.shards['shard_b'] as string) => {
     const source = pool(env.urls.shards['shard_a'] as string);
     const destination = pool(destinationUrl);
+    const opened = { connected: 0, removed: 0 };
+    destination.on('connect', () => (opened.connected += 1));
+    destination.on('remove', () => (opened.removed += 1));
     const router: WriteRouter = { routeForWrite: () => Promise.resolve({ shardId: 'shard_a', slot: SLOT, version: 1, viaDirectory }) };
     const writer = createShardWriter({ router, primaries: new Map([['shard_a', source], ['shard_b', destination]]) });
     const write = (k: string) => writer.withShardWrite(k, ({ client }) => client.query('update users set display_name = display_name where id = $1', [k]));
-    return { source, destination, write };
+    return { source, destination, write, opened };
   };
   const shardA = (): pg.Pool => env.shards.get('shard_a') as pg.Pool;
   /** Waits for the background connections to finish opening (they count in totalCount meanwhile). */
@@ -68,8 +71,12 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
     // More writes never take it past the source's count.
     for (let i = 0; i < 5; i++) await write(key);
     expect(await settled(destination)).toBe(source.totalCount);
-    const { rows } = await (env.shards.get('shard_b') as pg.Pool).query('select count(*)::int as n from users where id = $1', [key]);
+    const shardB = env.shards.get('shard_b') as pg.Pool;
+    const { rows } = await shardB.query('select count(*)::int as n from users where id = $1', [key]);
     expect(rows[0]?.n).toBe(0);
+    // Each connection ran the warm-up (its last statement is the documents lookup) before it was pooled.
+    const warmed = await shardB.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() and state = 'idle' and query = 'select 1 from documents where id = $1'`);
+    expect(warmed.rows[0]?.n).toBe(held);
   });
 
   it.each([
@@ -92,12 +99,22 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
     expect(await settled(destination)).toBe(1);
   });
 
-  it('leaves the write alone when the destination refuses connections', async () => {
-    await capture('slot', String(SLOT), 'shard_b');
+  it.each([
     // A database that does not exist on a live server: every connection is refused (3D000).
-    const { destination, write } = writerFor(false, `${(env.urls.shards['shard_b'] as string).replace(/\/[^/?]+(\?|$)/, '/no_such_database$1')}`);
+    { name: 'refuses connections', database: 'no_such_database', connects: false },
+    // A database without the shard schema: connections open, the warm-up statements fail (42P01).
+    { name: 'cannot run the warm-up', database: 'catalog', connects: true },
+  ])('leaves the write alone when the destination $name, and keeps no connection there', async ({ database, connects }) => {
+    await capture('slot', String(SLOT), 'shard_b');
+    const url = (env.urls.shards['shard_a'] as string).replace(/\/[^/?]+(\?|$)/, `/${database}$1`);
+    const { destination, write, opened } = writerFor(false, url);
     for (let i = 0; i < 3; i++) await expect(write(key)).resolves.toMatchObject({ shardId: 'shard_a' });
     expect(await settled(destination)).toBe(0);
+    if (connects) {
+      // Connections were opened there, and each was discarded after its failed warm-up.
+      expect(opened.connected).toBeGreaterThan(0);
+      expect(opened.removed).toBe(opened.connected);
+    } else expect(opened.connected).toBe(0);
   });
 
   it('the mover names the destination on the source capture row while it copies, and removes it after the cutover', async () => {

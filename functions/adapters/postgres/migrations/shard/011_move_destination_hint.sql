@@ -1,9 +1,10 @@
 -- Where a unit being copied away is going, for its writers. After a move's cutover, each writer
 -- of the unit writes to the new owner, and a writer that had never written there opened its
--- first connection to it right then. In bench:moves under 8 writers (6 moves each way,
--- interleaved), the 8 writes that met each fence took at most 281-347 ms (p50 231-310 ms)
--- without this hint and at most 187-243 ms (p50 130-207 ms) with it; the fence itself was held
--- 33-78 ms, and the copy ran at the same rate either way.
+-- first connection to it right then, and ran its first statements on a cold backend. In
+-- bench:moves under 8 writers, the slowest of the writes that met a fence took 274-441 ms
+-- without this hint (under 250 ms in 0 of 21 moves), 119-295 ms with connections opened and
+-- warmed during the copy (16 of 18), the fence itself held 33-90 ms and the copy unchanged
+-- (docs/moves-benchmark.md, eighth session).
 --
 -- The source's capture row (written when the move starts, deleted after the cutover or a
 -- rollback) now names the destination, so a writer that reads its unit's fence row can open
