@@ -271,6 +271,8 @@ export class PgMovePort implements MovePort<MoveJob> {
   /** Per shard: whether the mover's login may set `session_replication_role` (see {@link bulkBegin}). */
   private readonly replicaRole = new Map<string, Promise<boolean>>();
   private pre: PreVerified | null = null;
+  /** The job whose destination this run has named on the source's capture row (see {@link nameDestination}). */
+  private hinted: number | null = null;
   /** The condition every write of the job row carries: the run's lease is still the job's. */
   private readonly mine: string;
   /** The run's lease epoch, which its writes on the shards carry too (see {@link write}). */
@@ -464,15 +466,8 @@ export class PgMovePort implements MovePort<MoveJob> {
       ),
     );
     if (target.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
-    // The capture row also tells the unit's writers where it is going (shard migration 011), so
-    // that they can connect there before the cutover; a job resumed from before that migration
-    // gets the name on its existing row.
     await this.write(job, job.from, (c) =>
-      c.query(
-        `insert into move_captures (job_id, kind, unit_id, excluded_keys, moving_to) values ($1, $2, $3, $4, $5)
-         on conflict (job_id) do update set moving_to = excluded.moving_to where move_captures.moving_to is distinct from excluded.moving_to`,
-        [job.id, job.kind, job.unitId, job.excludedKeys, job.to],
-      ),
+      c.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [job.id, job.kind, job.unitId, job.excludedKeys]),
     );
     await this.drain(source, job);
   }
@@ -668,6 +663,10 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   async catchUp(job: MoveJob, until: 'few' | 'all'): Promise<boolean> {
+    if (this.hinted !== job.id) {
+      await this.nameDestination(job);
+      this.hinted = job.id;
+    }
     for (let pass = 0; ; pass++) {
       if (until === 'few') await this.checkCancel(job);
       const applied = await this.catchUpPass(job);
@@ -679,6 +678,18 @@ export class PgMovePort implements MovePort<MoveJob> {
       // While fenced, every pass holds writers: past the budget, give the fence up.
       if (until === 'all' && this.budgetLeft() <= 0) return false;
     }
+  }
+
+  /**
+   * Names the destination on the source's capture row (shard migration 011), so that the unit's
+   * writers open and warm connections there before the cutover instead of after it (see
+   * `withShardWrite`). Done once the bulk copy is over, when the catch-up starts, so that those
+   * connections are not opened during the copy (nor closed idle and opened again over a long
+   * one), and well before the fence: the catch-up and the comparison before it take hundreds of
+   * milliseconds. Idempotent; the row goes with the capture, after the cutover or a rollback.
+   */
+  private async nameDestination(job: MoveJob): Promise<void> {
+    await this.write(job, job.from, (c) => c.query('update move_captures set moving_to = $2 where job_id = $1 and moving_to is distinct from $2', [job.id, job.to]));
   }
 
   /**

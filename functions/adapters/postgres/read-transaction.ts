@@ -32,7 +32,7 @@ import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { ReadOptions, ReplicaReader } from './replica-reader.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
-import { fenceRowsQuery, type WriteRouter } from './write-transaction.js';
+import { READER_FENCE_ROWS_SQL, type WriteRouter } from './write-transaction.js';
 
 export interface ShardReaderOptions {
   /** The routing; `fresh: true` must bypass every cache (asked for after finding a unit moved away). */
@@ -147,7 +147,7 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
           (client, servedBy) =>
             inClientTransaction<Outcome>(client, 'begin isolation level repeatable read read only', async () => {
               if (left !== undefined) await client.query(`select set_config('statement_timeout', $1, true)`, [`${Math.max(1, Math.ceil(left))}ms`]);
-              const fences = await client.query<{ kind: string; state: string }>(fenceRowsQuery(false), [String(route.slot), key]);
+              const fences = await client.query<{ kind: string; state: string }>(READER_FENCE_ROWS_SQL, [String(route.slot), key]);
               const verdict = readVerdict(fences.rows, route.viaDirectory);
               if (verdict !== 'read') return new RollbackWith({ verdict });
               const value = await fn({ client, shardId: route.shardId, slot: route.slot, servedBy });

@@ -134,28 +134,29 @@ const DEADLINE_SQLSTATES = new Set(['57014', '55P03']);
 interface FenceRow {
   kind: 'slot' | 'directory';
   state: 'open' | 'fenced' | 'moved' | 'incoming';
-  /** The shard a move in progress is copying the unit to, if one is (shard migration 011); a hint. */
+  /** The shard a move in progress is taking the unit to, once its bulk copy is done (shard migration 011); a hint. */
   moving_to: string | null;
 }
 
 type FenceVerdict = 'write' | 'wait' | 'reroute';
 
 /**
- * The fence rows of a key's slot (`$1`) and directory key (`$2`); `lock` takes them FOR SHARE
- * (writers: the mover's fence waits for them). Readers read them in their snapshot unlocked.
+ * The fence rows of a key's slot (`$1`) and directory key (`$2`), as readers read them: in their
+ * snapshot, unlocked (docs/sharding-spec.md). Writers lock them, see {@link WRITER_FENCE_ROWS_SQL}.
  */
-export function fenceRowsQuery(lock: boolean): string {
-  return `select kind, state from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)${lock ? ' for share' : ''}`;
-}
+export const READER_FENCE_ROWS_SQL = `select kind, state from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)`;
 
 /**
- * {@link fenceRowsQuery} for writers, locked, with each row's `moving_to`: the destination of a
- * move copying the unit away from this shard (the source's capture row, shard migration 011),
- * unless the key is one the move leaves behind.
+ * The fence rows of a key's slot (`$1`) and directory key (`$2`) for writers, locked FOR SHARE
+ * (the mover's fence waits for them), with each row's `moving_to`: the destination of a
+ * move taking the unit away from this shard, named once its bulk copy is done (the source's
+ * capture row, shard migration 011), unless the key is one the move leaves behind. The column is read through `to_jsonb` so that a
+ * shard without migration 011 answers null rather than failing every write: an upgrade deploys
+ * the services before the control plane, whose custom resource runs the migrations.
  */
 export const WRITER_FENCE_ROWS_SQL = `select w.kind, w.state,
-         (select c.moving_to from move_captures c
-           where c.kind = w.kind and c.unit_id = w.unit_id and c.moving_to is not null and not ($2 = any (c.excluded_keys)) limit 1) as moving_to
+         (select to_jsonb(c) ->> 'moving_to' from move_captures c
+           where c.kind = w.kind and c.unit_id = w.unit_id and to_jsonb(c) ->> 'moving_to' is not null and not ($2 = any (c.excluded_keys)) limit 1) as moving_to
     from write_fences w
    where (w.kind = 'slot' and w.unit_id = $1) or (w.kind = 'directory' and w.unit_id = $2)
      for share of w`;
@@ -209,32 +210,37 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
   const maxReroutes = options.maxReroutes ?? 5;
   const sleep = options.sleep ?? defaultSleep;
   /**
-   * Opens one more connection to `destination`, in the background, while a move copies a unit
-   * this writer writes there from `source` and the destination's pool holds fewer connections
-   * (counting those being opened) than the source's, which is about as many as this process
-   * writes the unit with at once. After the cutover those writes go to the destination, and
-   * without this each would open its first connection there right after waiting on the fence
-   * (shard migration 011 has the figures) and run its first statements on a cold backend (see
-   * {@link DESTINATION_WARM_UP}). Each write opens at most one, so the pool fills while the unit
-   * is copied. A connection that cannot be opened or warmed now is left to the write that needs
-   * one to report.
+   * Fills the pool of `destination` in the background while a move that has copied a unit this
+   * writer writes from `source` catches up: up to as many connections as the source's pool
+   * holds, which is about as many as this process writes the unit with at once, each warmed (see
+   * {@link DESTINATION_WARM_UP}) before it is pooled. After the cutover those writes go to the
+   * destination, and without this each would open its first connection there right after
+   * waiting on the fence and run its first statements on a cold backend (shard migration 011 has
+   * the figures). `pool.connect()` hands out an idle connection before it opens a new one, so the
+   * idle ones are checked out too (and warmed again) while the missing ones open; connections
+   * being opened count in `totalCount`, so writes meanwhile open no more. A connection that
+   * cannot be opened or warmed now is left to the write that needs one to report.
    */
   function prepareDestination(destination: string, source: pg.Pool): void {
     const pool = options.primaries.get(destination);
-    if (!pool || pool.totalCount >= Math.min(source.totalCount, pool.options.max ?? 10)) return;
-    pool.connect().then(
-      async (client) => {
-        let failed: Error | undefined;
-        try {
-          for (const { sql, params } of DESTINATION_WARM_UP) await client.query(sql, params);
-        } catch (err) {
-          failed = err instanceof Error ? err : new Error(String(err));
-        }
-        // A connection whose statement failed is not kept: it may be the connection that broke.
-        client.release(failed);
-      },
-      () => undefined,
-    );
+    if (!pool) return;
+    const missing = Math.min(source.totalCount, pool.options.max ?? 10) - pool.totalCount;
+    if (missing <= 0) return;
+    for (let i = missing + pool.idleCount; i > 0; i--) {
+      pool.connect().then(
+        async (client) => {
+          let failed: Error | undefined;
+          try {
+            for (const { sql, params } of DESTINATION_WARM_UP) await client.query(sql, params);
+          } catch (err) {
+            failed = err instanceof Error ? err : new Error(String(err));
+          }
+          // A connection whose statement failed is not kept: it may be the connection that broke.
+          client.release(failed);
+        },
+        () => undefined,
+      );
+    }
   }
 
   async function withShardWrite<T>(rawKey: string, fn: (ctx: ShardWriteContext) => Promise<T>, writeOptions: ShardWriteOptions = {}): Promise<ShardWriteResult<T>> {

@@ -62,21 +62,27 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
 
   it('fills the destination pool up to the source pool while the unit is copied, and writes nothing there', async () => {
     await capture('slot', String(SLOT), 'shard_b');
-    const { source, destination, write } = writerFor(false);
-    await Promise.all([write(key), write(key), write(key), write(key)]);
-    const held = source.totalCount;
-    expect(held).toBeGreaterThanOrEqual(2);
-    for (let i = 0; i < 20 && (await settled(destination)) < held; i++) await write(key);
-    expect(await settled(destination)).toBe(held);
+    const { source, destination, write, opened } = writerFor(false);
+    // The source pool holds 4 connections (as if 4 writes ran at once); the destination holds
+    // one, idle: pool.connect() would hand that one out rather than open another.
+    const held = await Promise.all([1, 2, 3, 4].map(() => source.connect()));
+    for (const c of held) c.release();
+    (await destination.connect()).release();
+    await write(key);
+    expect(await settled(destination)).toBe(4);
+    expect(opened.connected).toBe(4);
     // More writes never take it past the source's count.
     for (let i = 0; i < 5; i++) await write(key);
-    expect(await settled(destination)).toBe(source.totalCount);
+    expect(await settled(destination)).toBe(4);
+    expect(opened.connected).toBe(4);
     const shardB = env.shards.get('shard_b') as pg.Pool;
     const { rows } = await shardB.query('select count(*)::int as n from users where id = $1', [key]);
     expect(rows[0]?.n).toBe(0);
-    // Each connection ran the warm-up (its last statement is the documents lookup) before it was pooled.
-    const warmed = await shardB.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() and state = 'idle' and query = 'select 1 from documents where id = $1'`);
-    expect(warmed.rows[0]?.n).toBe(held);
+    // Every one ran the warm-up (its last statement is the documents lookup) before it was pooled.
+    const warmed = await shardB.query<{ n: number }>(
+      `select count(*)::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() and state = 'idle' and query = 'select 1 from documents where id = $1'`,
+    );
+    expect(warmed.rows[0]?.n).toBe(4);
   });
 
   it.each([
@@ -111,29 +117,47 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
     for (let i = 0; i < 3; i++) await expect(write(key)).resolves.toMatchObject({ shardId: 'shard_a' });
     expect(await settled(destination)).toBe(0);
     if (connects) {
-      // Connections were opened there, and each was discarded after its failed warm-up.
+      // Connections were opened there, and each was discarded after its failed warm-up (the pool
+      // says 'remove' once the connection has closed).
       expect(opened.connected).toBeGreaterThan(0);
+      for (let i = 0; i < 100 && opened.removed < opened.connected; i++) await new Promise((r) => setTimeout(r, 20));
       expect(opened.removed).toBe(opened.connected);
     } else expect(opened.connected).toBe(0);
   });
 
-  it('the mover names the destination on the source capture row while it copies, and removes it after the cutover', async () => {
+  it('writes on a shard that has not run shard migration 011 yet (no moving_to), opening nothing', async () => {
+    await shardA().query('alter table move_captures drop column moving_to');
+    try {
+      await shardA().query(`insert into write_fences (kind, unit_id) values ('slot', $1)`, [String(SLOT)]);
+      await shardA().query(`insert into move_captures (job_id, kind, unit_id) values ($1, 'slot', $2)`, [JOB, String(SLOT)]);
+      const { destination, write } = writerFor(false);
+      for (let i = 0; i < 3; i++) await expect(write(key)).resolves.toMatchObject({ shardId: 'shard_a', attempts: 1 });
+      expect(await settled(destination)).toBe(0);
+    } finally {
+      await shardA().query('delete from move_captures where job_id = $1', [JOB]);
+      await shardA().query('alter table move_captures add column moving_to text');
+    }
+  });
+
+  it('the mover names the destination on the source capture row once the copy is done, and removes it after the cutover', async () => {
     const slot = 78;
     await seedUsers(env.shards.get(await env.ownerOf(slot)) as pg.Pool, slot, keysInSlot(slot, 3), 2);
     const { to, source } = await sides(env, slot);
-    const seen: (string | null)[] = [];
+    const seen: string[] = [];
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     const done = await env
       .mover({
         async hook(point, job) {
-          if (point !== 'catching_up') return;
           const { rows } = await source.query<{ moving_to: string | null }>('select moving_to from move_captures where job_id = $1', [job.id]);
-          seen.push(...rows.map((r) => r.moving_to));
+          seen.push(`${point}: ${rows.map((r) => r.moving_to ?? 'null').join(',')}`);
         },
       })
       .run(planned.id);
     expect(done.state).toBe('done');
-    expect(seen).toEqual([to]);
+    // Not during the bulk copy; from the catch-up to the cutover; gone with the capture after it.
+    expect(seen.slice(0, 4)).toEqual(['copying: ', 'copied: null', 'catching_up: null', `cutover: ${to}`]);
+    expect(seen).toContain(`fenced: ${to}`);
+    expect(seen.at(-1)).toBe('cleaned: ');
     const { rows } = await source.query('select 1 from move_captures where job_id = $1', [planned.id]);
     expect(rows).toHaveLength(0);
   });

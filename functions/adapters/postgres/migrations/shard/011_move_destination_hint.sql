@@ -1,14 +1,15 @@
--- Where a unit being copied away is going, for its writers. After a move's cutover, each writer
+-- Where a unit being moved away is going, for its writers. After a move's cutover, each writer
 -- of the unit writes to the new owner, and a writer that had never written there opened its
 -- first connection to it right then, and ran its first statements on a cold backend. In
 -- bench:moves under 8 writers, the slowest of the writes that met a fence took 274-441 ms
 -- without this hint (under 250 ms in 0 of 21 moves), 119-295 ms with connections opened and
--- warmed during the copy (16 of 18), the fence itself held 33-90 ms and the copy unchanged
--- (docs/moves-benchmark.md, eighth session).
+-- warmed ahead of it (16 of 18), the fence itself held 33-90 ms (docs/moves-benchmark.md,
+-- eighth session).
 --
 -- The source's capture row (written when the move starts, deleted after the cutover or a
--- rollback) now names the destination, so a writer that reads its unit's fence row can open
--- connections there while the unit is still being copied, long before the fence. It is a hint:
+-- rollback) now names the destination from the end of the bulk copy, when the catch-up starts,
+-- so a writer that reads its unit's fence row can open connections there before the fence (and
+-- not during the copy, whose target they would compete with). It is a hint:
 -- the fence, the slot map and the directory decide where a write goes, never this column. The
 -- fence row itself is not used for it: updating that row waits for every writer in flight (they
 -- hold it FOR SHARE), which is a fence of its own.
