@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createShardWriter, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
+import { runAndKill } from './fixtures/kill.js';
 import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /**
@@ -17,16 +18,16 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
   const [key, excluded] = keysInSlot(SLOT, 2) as [string, string];
   const pools: pg.Pool[] = [];
 
-  const pool = (url: string): pg.Pool => {
-    const p = new pg.Pool({ connectionString: url, max: 12 });
+  const pool = (url: string, max = 12): pg.Pool => {
+    const p = new pg.Pool({ connectionString: url, max });
     p.on('error', () => undefined);
     pools.push(p);
     return p;
   };
   /** A writer over fresh pools, every key routed to shard_a's slot 77 (hash) or directory entry. */
-  const writerFor = (viaDirectory: boolean, destinationUrl = env.urls.shards['shard_b'] as string) => {
-    const source = pool(env.urls.shards['shard_a'] as string);
-    const destination = pool(destinationUrl);
+  const writerFor = (viaDirectory: boolean, destinationUrl = env.urls.shards['shard_b'] as string, max = 12) => {
+    const source = pool(env.urls.shards['shard_a'] as string, max);
+    const destination = pool(destinationUrl, max);
     const opened = { connected: 0, removed: 0 };
     destination.on('connect', () => (opened.connected += 1));
     destination.on('remove', () => (opened.removed += 1));
@@ -83,6 +84,18 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
       `select count(*)::int as n from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() and state = 'idle' and query = 'select 1 from documents where id = $1'`,
     );
     expect(warmed.rows[0]?.n).toBe(4);
+  });
+
+  it('with the Lambda functions\' pools of one connection, opens the one and keeps writing', async () => {
+    await capture('slot', String(SLOT), 'shard_b');
+    const { destination, write, opened } = writerFor(false, undefined, 1);
+    for (let i = 0; i < 5; i++) await write(key);
+    expect(await settled(destination)).toBe(1);
+    expect(opened.connected).toBe(1);
+    // The warmed connection is the one a write to the destination then takes: none is opened.
+    (await destination.connect()).release();
+    expect(opened.connected).toBe(1);
+    expect(opened.removed).toBe(0);
   });
 
   it.each([
@@ -160,5 +173,30 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
     expect(seen.at(-1)).toBe('cleaned: ');
     const { rows } = await source.query('select 1 from move_captures where job_id = $1', [planned.id]);
     expect(rows).toHaveLength(0);
+  });
+
+  it('a mover resumed at the cutover names the destination again, in the catch-up before its fence', async () => {
+    const slot = 79;
+    await seedUsers(env.shards.get(await env.ownerOf(slot)) as pg.Pool, slot, keysInSlot(slot, 3), 2);
+    const { to, source } = await sides(env, slot);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const killed = await runAndKill(env, planned.id, 'fenced');
+    expect(killed.signal).toBe('SIGKILL');
+    expect((await env.mover().get(planned.id)).state).toBe('cutover');
+    // The killed run named it; cleared, it shows whether the resumed run (a new process, which
+    // has named nothing yet) names it before taking the fence again.
+    const cleared = await source.query('update move_captures set moving_to = null where job_id = $1', [planned.id]);
+    expect(cleared.rowCount).toBe(1);
+    const seen: string[] = [];
+    const done = await env
+      .mover({
+        async hook(point, job) {
+          const { rows } = await source.query<{ moving_to: string | null }>('select moving_to from move_captures where job_id = $1', [job.id]);
+          seen.push(`${point}: ${rows.map((r) => r.moving_to ?? 'null').join(',')}`);
+        },
+      })
+      .run(planned.id);
+    expect(done.state).toBe('done');
+    expect(seen[0]).toBe(`fenced: ${to}`);
   });
 });
