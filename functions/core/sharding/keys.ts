@@ -6,9 +6,13 @@
  * or compared against a range (docs/sharding-spec.md, section 1).
  *
  * - A string that is a UUID in any accepted form becomes the lowercase, hyphenated
- *   36-character form. Accepted forms: `8-4-4-4-12` hex in any case, the same in braces
- *   (`{...}`), with a `urn:uuid:` prefix (any case), and 32 hex digits without hyphens:
- *   exactly the unambiguous forms PostgreSQL's `uuid` type reads, plus the RFC 9562 URN.
+ *   36-character form. Accepted forms are exactly those PostgreSQL's `uuid` type reads, plus the
+ *   RFC 9562 URN: 32 hex digits in any case, where one hyphen may follow any group of four
+ *   digits (never first, never last, never two in a row), optionally in braces around the whole
+ *   value (both or neither); and `urn:uuid:` (any case) followed by `8-4-4-4-12` hex digits.
+ *   So `{3F2C1D9E8A7B4C6D9E0F112233445566}` and `3f2c-1d9e-8a7b-4c6d-9e0f-1122-3344-5566` are
+ *   one key with `3f2c1d9e-8a7b-4c6d-9e0f-112233445566`; ` 3f2c...` (spaces), a lone brace and
+ *   a hyphen after three digits are not UUIDs, as PostgreSQL refuses them too.
  * - Any other string is hashed as given (case matters: `Tenant-1` and `tenant-1` are two keys).
  * - Safe integers in decimal; `Date`s as ISO 8601 UTC with milliseconds; other numbers refused.
  *
@@ -24,19 +28,24 @@ import { slotOf } from './hash.js';
 import type { RangeKey } from './strategies/range.js';
 
 const CANONICAL_UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-// Groups 1-5: the hyphenated form, bare, braced or as a URN; groups 6-10: 32 bare hex digits.
-const UUID_FORMS =
-  /^(?:(?:urn:uuid:)?([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})|\{([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})\}|([0-9a-f]{8})([0-9a-f]{4})([0-9a-f]{4})([0-9a-f]{4})([0-9a-f]{12}))$/i;
+/**
+ * What PostgreSQL's `uuid_in` reads: optional braces (both or neither) around 32 hex digits in
+ * eight groups of four, each group but the last optionally followed by one hyphen.
+ */
+const POSTGRES_UUID = /^(?:\{[0-9a-f]{4}(?:-?[0-9a-f]{4}){7}\}|[0-9a-f]{4}(?:-?[0-9a-f]{4}){7})$/i;
+/** The RFC 9562 URN, which PostgreSQL does not read: `urn:uuid:` and the `8-4-4-4-12` form only. */
+const URN_UUID = /^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const NOT_HEX = /[^0-9a-f]/gi;
 
 /** The canonical UUID for a string in any accepted UUID form, or `undefined` when it is not a UUID. */
 export function uuidForm(text: string): string | undefined {
   // The hot path: keys minted by us are already canonical.
   if (text.length === 36 && CANONICAL_UUID.test(text)) return text;
   if (text.length < 32 || text.length > 45) return undefined;
-  const m = UUID_FORMS.exec(text);
-  if (m === null) return undefined;
-  const parts = m[1] !== undefined ? m.slice(1, 6) : m[6] !== undefined ? m.slice(6, 11) : m.slice(11, 16);
-  return parts.join('-').toLowerCase();
+  if (!POSTGRES_UUID.test(text) && !URN_UUID.test(text)) return undefined;
+  // 32 hex digits remain once the prefix, braces and hyphens are dropped.
+  const hex = (text.length === 45 ? text.slice(9) : text).replace(NOT_HEX, '').toLowerCase();
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
 /**

@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { slotOf } from '../../../functions/core/sharding/hash.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { createShardReader, type ShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
@@ -103,5 +104,38 @@ describe('every spelling of a user id reaches the same rows, across a move', () 
       }),
       { numRuns: 4 },
     );
+  });
+});
+
+describe("spellings of a user id that PostgreSQL's uuid type reads as that id", () => {
+  // uuid_in also reads the 32 digits in braces and a hyphen after any group of four digits: a
+  // write under such a spelling stores the canonical id, so it must route as the canonical id.
+  it.each([
+    { form: 'the 32 digits in braces', spell: (id: string) => `{${id.replaceAll('-', '').toUpperCase()}}` },
+    { form: 'a hyphen after every four digits', spell: (id: string) => id.replaceAll('-', '').replace(/(.{4})(?!$)/g, '$1-') },
+  ])('routes a write under $form to the shard and slot of the canonical id, where a read of the canonical id finds it', async ({ spell }) => {
+    const slot = 532;
+    const map = await env.slotMaps.current();
+    const home = map.assignments[slot];
+    // A user whose spelling, hashed as plain text, would land on the other shard.
+    const user = keysInSlot(slot, 64).find((k) => map.assignments[slotOf(spell(k))] !== home);
+    expect(user).toBeDefined();
+    const id = user as string;
+    const spelled = spell(id);
+    const shardA = env.shards.get('shard_a') as pg.Pool;
+    expect((await shardA.query<{ u: string }>('select $1::uuid::text as u', [spelled])).rows[0]?.u).toBe(id);
+
+    const write = await env.writer.withShardWrite(spelled, async ({ client, slot: s }) => {
+      await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'spelled@example.com', 'spelled')`, [spelled, s]);
+      await client.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'first')`, [spelled, s]);
+    });
+    const read = await env.reader.withShardRead(id, countDocs(id));
+    const readSpelled = await env.reader.withShardRead(spelled, countDocs(id));
+
+    expect({ writtenOn: write.shardId, writtenSlot: write.slot }).toEqual({ writtenOn: home, writtenSlot: slot });
+    expect({ readOn: read.shardId, docs: read.value }).toEqual({ readOn: home, docs: 1 });
+    expect({ readOn: readSpelled.shardId, docs: readSpelled.value }).toEqual({ readOn: home, docs: 1 });
+    const stored = await (env.shards.get(home as string) as pg.Pool).query<{ slot: number }>('select slot from users where id = $1', [id]);
+    expect(stored.rows).toEqual([{ slot }]);
   });
 });
