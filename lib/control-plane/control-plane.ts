@@ -441,6 +441,18 @@ export class ControlPlane extends Construct {
     // Nothing invokes the controller or the moves worker before the catalog and shard schemas
     // exist: on a first deploy a tick would fail (and land in a failure queue) until then.
     for (const trigger of [this.schedule, this.movesSchedule, alarmSubscription]) trigger.node.addDependency(this.migrations.resource);
+    // Nor does CloudFormation create or update a function before the migrations its code needs
+    // have run. A trigger's dependency orders only the trigger itself: on an upgrade it is left
+    // alone and keeps invoking the function, whose new code would otherwise go live while the
+    // shards are still at the previous migration (the moves worker's statements on a column a
+    // new shard migration adds fail with 42703). Each of these four reads a migrated schema: the
+    // moves worker the sharding catalog and every shard's (as the mover); the API the same (as
+    // the monitor: move plans, shard statistics); the evaluator and the alarm function the
+    // catalog's scaling tables (leases, decisions, configuration). The migrations are forward
+    // only and additive, so the previous code keeps working while they run. No cycle: the
+    // migrations resource depends only on its provider and the migration function, never on
+    // these functions (test/infra/stacks.test.ts).
+    for (const fn of [this.evaluate, this.alarm, this.api, this.moves]) fn.function.node.addDependency(this.migrations.resource);
 
     // Every least-privilege login the functions or tasks reach directly rotates with alternating
     // users, so a task or pool holding the previous password keeps working until the next

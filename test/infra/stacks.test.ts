@@ -1020,6 +1020,45 @@ describe('first deploy, rollback and redeploy', () => {
     for (const [id, trigger] of triggers) expect(trigger.DependsOn, id).toContain(migrations);
   });
 
+  it('updates the functions whose code reads the migrated schemas only after the migrations, and the migrations depend on none of them (no cycle)', () => {
+    const stack = s.stacks.controlPlane;
+    const cp = stack.controlPlane;
+    const resources = s.template(stack).toJSON()['Resources'] as Record<string, { Type: string; DependsOn?: string[]; Properties?: unknown }>;
+    const migrations = logicalId(stack, cp.migrations.resource);
+    const fnId = (fn: { function: { node: { defaultChild?: unknown } } }): string => logicalId(stack, fn.function);
+    // The upgrade window of shard migration 011: new moves code ran on shards still at 010.
+    expect(resources[fnId(cp.moves)]?.Type).toBe('AWS::Lambda::Function');
+    expect(resources[fnId(cp.moves)]?.DependsOn).toContain(migrations);
+    for (const fn of [cp.evaluate, cp.alarm, cp.api]) expect(resources[fnId(fn)]?.DependsOn, fnId(fn)).toContain(migrations);
+    expect(resources[fnId(cp.migrate)]?.DependsOn ?? []).not.toContain(migrations);
+
+    // Everything the migrations resource needs before it runs, through DependsOn, Ref and GetAtt.
+    const refsOf = (value: unknown): string[] => {
+      if (Array.isArray(value)) return value.flatMap(refsOf);
+      if (value === null || typeof value !== 'object') return [];
+      return Object.entries(value as Record<string, unknown>).flatMap(([k, v]) => {
+        if (k === 'Ref' && typeof v === 'string') return [v];
+        if (k === 'Fn::GetAtt') return [Array.isArray(v) ? String(v[0]) : String(v).split('.')[0] ?? ''];
+        return refsOf(v);
+      });
+    };
+    const needed = new Set<string>();
+    const pending = [migrations];
+    for (let id = pending.pop(); id !== undefined; id = pending.pop()) {
+      const r = resources[id];
+      if (!r) continue;
+      for (const next of [...(r.DependsOn ?? []), ...refsOf(r.Properties)]) {
+        if (!needed.has(next)) {
+          needed.add(next);
+          pending.push(next);
+        }
+      }
+    }
+    expect(needed).toContain(fnId(cp.migrate));
+    expect(needed).not.toContain(migrations);
+    for (const fn of [cp.evaluate, cp.alarm, cp.api, cp.moves]) expect(needed, fnId(fn)).not.toContain(fnId(fn));
+  });
+
   it('retains nothing a rolled-back deploy created: kept resources are RetainExceptOnCreate, but for the log bucket and the account-wide API Gateway logging role', () => {
     const retained = Object.values(s.stacks).flatMap((stack) =>
       Object.entries(s.template(stack).toJSON()['Resources'] as Record<string, { Type: string; DeletionPolicy?: string }>)
