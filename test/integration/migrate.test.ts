@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MigrationError, runMigrations } from '../../functions/adapters/postgres/migrate.js';
+import { MigrationError, runMigrations, type LockRetryEvent } from '../../functions/adapters/postgres/migrate.js';
 import { startTestPostgres, type TestPostgres } from '../support/postgres.js';
 
 describe('migration runner', () => {
@@ -55,5 +55,172 @@ describe('migration runner', () => {
   it('rejects gaps in version numbers', async () => {
     const dir = await folder({ '001_a.sql': 'select 1;', '003_c.sql': 'select 1;' });
     await expect(runMigrations(pool, 'set-gap', dir)).rejects.toThrow(/should be version 2/);
+  });
+
+  describe('lock waits', () => {
+    async function session(): Promise<{ client: pg.Client; pid: number }> {
+      const client = new pg.Client({ connectionString: server.url });
+      client.on('error', () => undefined);
+      await client.connect();
+      const { rows } = await client.query<{ pid: number }>('select pg_backend_pid() as pid');
+      return { client, pid: rows[0]?.pid ?? 0 };
+    }
+
+    /** Polls `probe` every 10 ms until it returns something, for at most 10 s (a bound on a hang). */
+    async function eventually<T>(what: string, probe: () => Promise<T | undefined>): Promise<T> {
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const value = await probe();
+        if (value !== undefined) return value;
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+
+    async function stateOf(pid: number): Promise<string | undefined> {
+      const { rows } = await pool.query<{ state: string }>('select state from pg_stat_activity where pid = $1', [pid]);
+      return rows[0]?.state;
+    }
+
+    it('gives up waiting behind an idle-in-transaction session, so a writer queued behind the migration goes through', async () => {
+      await pool.query('create table t_wait (id int)');
+      const dir = await folder({ '001_alter.sql': 'alter table t_wait add column v text;' });
+      const blocker = await session();
+      const writer = await session();
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        await blocker.client.query('begin');
+        await blocker.client.query('select * from t_wait');
+        const retries: LockRetryEvent[] = [];
+        const outcome = runMigrations(pool, 'set-wait', dir, {
+          lockTimeoutMs: 1000,
+          lockAttempts: 2,
+          retryPauseMs: 50,
+          onLockRetry: (e) => {
+            retries.push(e);
+          },
+        }).then(
+          () => 'applied',
+          (e: unknown) => e,
+        );
+        const alterPid = await eventually('the migration to wait for its lock', async () => {
+          const { rows } = await pool.query<{ pid: number }>("select pid from pg_stat_activity where wait_event_type = 'Lock' and query like 'alter table t_wait%'");
+          return rows[0]?.pid;
+        });
+        const write = writer.client.query('insert into t_wait (id) values (1)');
+        // The writer queues behind the migration's lock request, not behind the reader...
+        const blockers = await eventually('the writer to queue', async () => {
+          const { rows } = await pool.query<{ b: number[] }>('select pg_blocking_pids($1) as b', [writer.pid]);
+          const b = rows[0]?.b ?? [];
+          return b.length > 0 ? b : undefined;
+        });
+        expect(blockers).toEqual([alterPid]);
+        // ...and goes through once the migration gives up its wait, while the reader still holds
+        // its lock: without a lock_timeout it would wait as long as the reader's transaction.
+        const stuck = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error('the writer was still blocked after 10 s')), 10_000);
+        });
+        await expect(Promise.race([write, stuck])).resolves.toMatchObject({ rowCount: 1 });
+        expect(await stateOf(blocker.pid)).toBe('idle in transaction');
+
+        const error = await outcome;
+        expect(error).toBeInstanceOf(MigrationError);
+        expect(retries.map((r) => r.attempt)).toEqual([1]);
+        expect(retries[0]?.blockers).toContainEqual(
+          expect.objectContaining({ pid: blocker.pid, state: 'idle in transaction', locks: ['public.t_wait AccessShareLock'] }),
+        );
+      } finally {
+        clearTimeout(timer);
+        await blocker.client.end();
+        await writer.client.end();
+      }
+    });
+
+    it('applies the migration on a retry once the blocking session has ended', async () => {
+      await pool.query('create table t_retry (id int)');
+      const dir = await folder({ '001_alter.sql': 'alter table t_retry add column v text;' });
+      const blocker = await session();
+      await blocker.client.query('begin');
+      await blocker.client.query('select * from t_retry');
+      const retries: LockRetryEvent[] = [];
+      const result = await runMigrations(pool, 'set-retry', dir, {
+        lockTimeoutMs: 200,
+        lockAttempts: 5,
+        retryPauseMs: 50,
+        onLockRetry: async (e) => {
+          retries.push(e);
+          // The session ends between the first attempt and the next.
+          if (retries.length === 1) await blocker.client.end();
+        },
+      });
+      expect(result.applied).toEqual(['001_alter.sql']);
+      expect(retries[0]).toMatchObject({ set: 'set-retry', migration: '001_alter.sql', attempt: 1, attempts: 5 });
+      expect(retries[0]?.blockers.map((b) => b.pid)).toContain(blocker.pid);
+      const { rows } = await pool.query("select column_name from information_schema.columns where table_name = 't_retry' order by ordinal_position");
+      expect(rows.map((r: { column_name: string }) => r.column_name)).toEqual(['id', 'v']);
+    });
+
+    it('fails after the last attempt, naming the migration and the session holding the lock, with nothing of the migration applied', async () => {
+      await pool.query('create table t_held (id int)');
+      const dir = await folder({
+        '001_ok.sql': 'create table t_before (id int);',
+        '002_alter.sql': 'create table t_side (id int);\nalter table t_held add column v text;',
+      });
+      const blocker = await session();
+      try {
+        await blocker.client.query('begin');
+        await blocker.client.query('select * from t_held');
+        const retries: number[] = [];
+        const error = await runMigrations(pool, 'set-held', dir, {
+          lockTimeoutMs: 100,
+          lockAttempts: 3,
+          retryPauseMs: 20,
+          onLockRetry: (e) => {
+            retries.push(e.attempt);
+          },
+        }).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(MigrationError);
+        const message = (error as Error).message;
+        expect(message).toContain('set-held: migration 002_alter.sql failed, not applied');
+        expect(message).toContain('each of 3 attempts it waited more than 100 ms for a lock');
+        expect(message).toContain('another session held a lock on a table it changes');
+        expect(message).toContain(`pid ${blocker.pid} (idle in transaction, in a transaction for `);
+        expect(message).toContain('public.t_held AccessShareLock');
+        expect(((error as Error).cause as { code?: string }).code).toBe('55P03');
+        expect(retries).toEqual([1, 2]);
+
+        const { rows } = await pool.query(
+          `select to_regclass('t_before') as before, to_regclass('t_side') as side,
+                  (select count(*)::int from information_schema.columns where table_name = 't_held' and column_name = 'v') as v,
+                  (select array_agg(version order by version) from catalog.schema_migrations where set_name = 'set-held') as versions`,
+        );
+        expect(rows[0]).toEqual({ before: 't_before', side: null, v: 0, versions: [1] });
+        // The blocker was never disturbed.
+        expect(await stateOf(blocker.pid)).toBe('idle in transaction');
+      } finally {
+        await blocker.client.end();
+      }
+    });
+
+    it('does not retry a migration that fails for another reason', async () => {
+      const dir = await folder({ '001_bad.sql': 'select 1/0;' });
+      let retries = 0;
+      await expect(
+        runMigrations(pool, 'set-no-retry', dir, {
+          lockTimeoutMs: 100,
+          retryPauseMs: 0,
+          onLockRetry: () => {
+            retries++;
+          },
+        }),
+      ).rejects.toThrow(/001_bad.sql failed: division by zero/);
+      expect(retries).toBe(0);
+    });
+
+    it('rejects options that would disable or break the bound', async () => {
+      const dir = await folder({ '001_a.sql': 'select 1;' });
+      await expect(runMigrations(pool, 'set-options', dir, { lockTimeoutMs: 0 })).rejects.toThrow(/lockTimeoutMs must be a positive integer/);
+      await expect(runMigrations(pool, 'set-options', dir, { lockAttempts: 0 })).rejects.toThrow(/lockAttempts must be a positive integer/);
+    });
   });
 });

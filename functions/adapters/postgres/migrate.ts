@@ -5,6 +5,13 @@
  * already-applied file is caught rather than silently ignored. A session advisory lock keyed
  * by the set name makes concurrent runners (two deploys, two local starts) wait for each other.
  *
+ * A migration's statements wait at most `lockTimeoutMs` for each lock (`lock_timeout`). An
+ * `alter table` needs an ACCESS EXCLUSIVE lock; waiting for it behind one long or
+ * idle-in-transaction session that read the table, it would queue every later statement on that
+ * table (every write of the services) behind itself for as long as that session lives. Given up
+ * instead, the migration is rolled back, and retried after a pause, a bounded number of times;
+ * then it fails naming the sessions that held locks on the tables it names.
+ *
  * @example
  * ```ts
  * await runMigrations(pool, 'catalog', catalogMigrationsDir);
@@ -32,6 +39,53 @@ export interface MigrationResult {
   readonly applied: readonly string[];
   readonly alreadyApplied: number;
 }
+
+/** Options of {@link runMigrations}. */
+export interface RunMigrationsOptions {
+  /**
+   * How long one statement of a migration waits for a lock before giving up (`lock_timeout`):
+   * also how long other sessions' statements on the table can queue behind its wait.
+   * @default 5000
+   */
+  readonly lockTimeoutMs?: number;
+  /** Attempts at a migration whose statement gave up waiting for a lock (SQLSTATE 55P03). @default 5 */
+  readonly lockAttempts?: number;
+  /**
+   * Pause between those attempts (the defaults: 5 waits of 5 s and 4 pauses of 10 s, about a
+   * minute, before the migration fails). @default 10000
+   */
+  readonly retryPauseMs?: number;
+  /** Hears of each attempt given up on a lock before the pause and the next attempt. @default - none */
+  readonly onLockRetry?: (event: LockRetryEvent) => void | Promise<void>;
+}
+
+/** One attempt at a migration given up on a lock wait, with another to come. */
+export interface LockRetryEvent {
+  readonly set: string;
+  readonly migration: string;
+  /** 1-based: the attempt that gave up. */
+  readonly attempt: number;
+  readonly attempts: number;
+  /** The sessions holding locks on tables the migration names, as found after the rollback. */
+  readonly blockers: readonly LockHolder[];
+}
+
+/** A session holding locks on tables a migration names (pg_locks, pg_stat_activity). */
+export interface LockHolder {
+  readonly pid: number;
+  /** `idle in transaction`, `active`, ...; null when this login may not see the session's state. */
+  readonly state: string | null;
+  /** Seconds since the session's transaction started; null when unknown. */
+  readonly transactionSeconds: number | null;
+  /** `schema.table mode`, for each lock it holds on a table the migration names. */
+  readonly locks: readonly string[];
+}
+
+export const DEFAULT_LOCK_TIMEOUT_MS = 5000;
+export const DEFAULT_LOCK_ATTEMPTS = 5;
+export const DEFAULT_RETRY_PAUSE_MS = 10_000;
+/** SQLSTATE lock_not_available: what a statement that hit `lock_timeout` fails with. */
+const LOCK_NOT_AVAILABLE = '55P03';
 
 const FILE = /^(\d{3,})_([a-z0-9_]+)\.sql$/;
 
@@ -63,9 +117,16 @@ function lockKey(set: string): number {
 
 /**
  * Applies the pending migrations of `set` from `dir`. Returns what was applied.
- * Throws {@link MigrationError} when an applied migration's file changed or disappeared.
+ * Throws {@link MigrationError} when an applied migration's file changed or disappeared, when a
+ * migration fails, and when one still finds a table locked after its last attempt.
  */
-export async function runMigrations(pool: pg.Pool, set: string, dir: string): Promise<MigrationResult> {
+export async function runMigrations(pool: pg.Pool, set: string, dir: string, options: RunMigrationsOptions = {}): Promise<MigrationResult> {
+  const lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS;
+  const attempts = options.lockAttempts ?? DEFAULT_LOCK_ATTEMPTS;
+  const pauseMs = options.retryPauseMs ?? DEFAULT_RETRY_PAUSE_MS;
+  if (!Number.isInteger(lockTimeoutMs) || lockTimeoutMs < 1) throw new MigrationError(`lockTimeoutMs must be a positive integer (got ${lockTimeoutMs})`);
+  if (!Number.isInteger(attempts) || attempts < 1) throw new MigrationError(`lockAttempts must be a positive integer (got ${attempts})`);
+  if (!Number.isFinite(pauseMs) || pauseMs < 0) throw new MigrationError(`retryPauseMs must be 0 or more (got ${pauseMs})`);
   const migrations = await loadMigrations(dir);
   const client = await pool.connect();
   const LOCK_CLASS = 0x0ca0d;
@@ -90,23 +151,42 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string): Pr
     }
     const applied: string[] = [];
     for (const mig of migrations.slice(rows.length)) {
-      try {
-        await inClientTransaction(client, 'begin', async () => {
-          // A migration may run long (an index on a big table); the role's default statement
-          // timeout (catalog migration 005) is for the functions' queries. Transaction-scoped, so
-          // it neither outlives the migration nor sets session state.
-          await client.query('set local statement_timeout = 0');
-          await client.query(mig.sql);
-          await client.query('insert into catalog.schema_migrations (set_name, version, name, checksum) values ($1, $2, $3, $4)', [
-            set,
-            mig.version,
-            mig.name,
-            mig.checksum,
-          ]);
-        });
-        applied.push(mig.name);
-      } catch (err) {
-        throw new MigrationError(`${set}: migration ${mig.name} failed: ${(err as Error).message}`, { cause: err });
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await inClientTransaction(client, 'begin', async () => {
+            // A migration may run long (an index on a big table); the role's default statement
+            // timeout (catalog migration 005) is for the functions' queries. Its lock waits are
+            // bounded, though (see the module comment). Transaction-scoped, so neither outlives
+            // the migration nor sets session state.
+            await client.query('set local statement_timeout = 0');
+            await client.query("select set_config('lock_timeout', $1, true)", [`${lockTimeoutMs}ms`]);
+            await client.query(mig.sql);
+            await client.query('insert into catalog.schema_migrations (set_name, version, name, checksum) values ($1, $2, $3, $4)', [
+              set,
+              mig.version,
+              mig.name,
+              mig.checksum,
+            ]);
+          });
+          applied.push(mig.name);
+          break;
+        } catch (err) {
+          if ((err as { code?: unknown }).code !== LOCK_NOT_AVAILABLE) {
+            throw new MigrationError(`${set}: migration ${mig.name} failed: ${(err as Error).message}`, { cause: err });
+          }
+          // Rolled back already (inClientTransaction): nothing of the migration holds or waits.
+          const blockers = await lockHolders(client, mig.sql);
+          if (attempt >= attempts) {
+            throw new MigrationError(
+              `${set}: migration ${mig.name} failed, not applied: in ${attempts === 1 ? 'its one attempt' : `each of ${attempts} attempts`} it waited more than ${lockTimeoutMs} ms for a lock and gave up, ` +
+                `because another session held a lock on a table it changes (${describeHolders(blockers)}). ` +
+                'End or wait out that session (see pg_stat_activity and pg_locks), then run the migrations again.',
+              { cause: err },
+            );
+          }
+          await options.onLockRetry?.({ set, migration: mig.name, attempt, attempts, blockers });
+          await new Promise((resolve) => setTimeout(resolve, pauseMs));
+        }
       }
     }
     return { set, applied, alreadyApplied: rows.length };
@@ -114,4 +194,48 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string): Pr
     await client.query('select pg_advisory_unlock($1, $2)', [LOCK_CLASS, lockKey(set)]).catch(() => undefined);
     client.release();
   }
+}
+
+/**
+ * The other sessions of this database holding locks on tables `sql` names (a whole-word,
+ * case-insensitive match of the table's name): the likely blockers of a migration that gave up
+ * waiting. Best effort, and cheap (one query, after the rollback): a failure yields none.
+ */
+async function lockHolders(client: pg.PoolClient, sql: string): Promise<LockHolder[]> {
+  try {
+    const { rows } = await client.query<{ pid: number; state: string | null; xact_seconds: number | null; nspname: string; relname: string; mode: string }>(
+      `select l.pid, a.state, extract(epoch from now() - a.xact_start)::float8 as xact_seconds, n.nspname, c.relname, l.mode
+         from pg_locks l
+         join pg_class c on c.oid = l.relation
+         join pg_namespace n on n.oid = c.relnamespace
+         left join pg_stat_activity a on a.pid = l.pid
+        where l.locktype = 'relation' and l.granted and l.pid <> pg_backend_pid()
+          and l.database = (select oid from pg_database where datname = current_database())
+          and n.nspname not in ('pg_catalog', 'information_schema')
+        order by l.pid, n.nspname, c.relname
+        limit 500`,
+    );
+    const text = sql.toLowerCase();
+    const named = (relname: string): boolean => new RegExp(`(^|[^a-z0-9_$])${relname.toLowerCase().replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}($|[^a-z0-9_$])`).test(text);
+    const byPid = new Map<number, { state: string | null; transactionSeconds: number | null; locks: string[] }>();
+    for (const row of rows.filter((r) => named(r.relname))) {
+      const holder = byPid.get(row.pid) ?? { state: row.state, transactionSeconds: row.xact_seconds === null ? null : Math.round(row.xact_seconds), locks: [] };
+      holder.locks.push(`${row.nspname}.${row.relname} ${row.mode}`);
+      byPid.set(row.pid, holder);
+    }
+    return [...byPid].map(([pid, h]) => ({ pid, ...h }));
+  } catch {
+    return [];
+  }
+}
+
+function describeHolders(holders: readonly LockHolder[]): string {
+  if (holders.length === 0) return 'no session holds a lock on a table it names any more';
+  const shown = holders.slice(0, 5).map((h) => {
+    const state = h.state ?? 'state not visible to this login';
+    const age = h.transactionSeconds === null ? '' : `, in a transaction for ${h.transactionSeconds} s`;
+    return `pid ${h.pid} (${state}${age}) holding ${h.locks.join(', ')}`;
+  });
+  const more = holders.length > shown.length ? `, and ${holders.length - shown.length} more` : '';
+  return `sessions holding locks on tables it names: ${shown.join('; ')}${more}`;
 }
