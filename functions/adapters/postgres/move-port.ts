@@ -1201,14 +1201,24 @@ export class PgMovePort implements MovePort<MoveJob> {
       if (owner === job.to) return { refused: `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${version}); deleting its copy would lose data` };
       const outcome = row.rollbackTo ?? to;
       await this.updateJob('rollback_to = $2, error = coalesce($3, error)', [outcome, error], job);
-      return { outcome };
+      return { outcome, version };
     });
     if ('refused' in decided) throw new MoveError(decided.refused ?? 'rollback refused');
     await this.unfence(job);
     await this.stopSourceCapture(job);
     await this.stopTargetCapture(job);
     await this.deleteCopy(job);
-    await this.write(job, job.to, (c) => c.query(`delete from write_fences where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3`, [job.kind, job.unitId, job.id]));
+    // The target does not own the unit, and a missing row would say it does: a shard the unit
+    // once left (its row said 'moved' until this move made it 'incoming') would take the writes
+    // and reads of every process still holding the map of that time. So the row says 'moved', to
+    // the owner, whatever it said before the move.
+    await this.write(job, job.to, (c) =>
+      c.query(
+        `update write_fences set state = 'moved', moved_to = $4, map_version = $5, updated_at = clock_timestamp()
+          where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3`,
+        [job.kind, job.unitId, job.id, job.from, decided.version],
+      ),
+    );
     return this.updateJob(
       'state = rollback_to, unfenced_at = case when fenced_at is null then null else coalesce(unfenced_at, clock_timestamp()) end, finished_at = clock_timestamp()',
       [],
