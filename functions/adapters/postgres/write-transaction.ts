@@ -141,6 +141,14 @@ interface FenceRow {
 type FenceVerdict = 'write' | 'wait' | 'reroute';
 
 /**
+ * Every write transaction is READ COMMITTED, whatever the login's default: the fence row is read
+ * and the change captured with a snapshot per statement, so a move that began during the
+ * transaction is seen. The shards refuse writes at other levels (SQLSTATE `CAF05`, shard
+ * migration 012; docs/sharding-spec.md section 9).
+ */
+const WRITE_BEGIN = 'begin isolation level read committed';
+
+/**
  * The fence rows of a key's slot (`$1`) and directory key (`$2`), as readers read them: in their
  * snapshot, unlocked (docs/sharding-spec.md). Writers lock them, see {@link WRITER_FENCE_ROWS_SQL}.
  */
@@ -262,7 +270,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       try {
         const body = await inClientTransaction<{ verdict: 'write'; value: T } | { verdict: Exclude<FenceVerdict, 'write'> }>(
           client,
-          'begin',
+          WRITE_BEGIN,
           async () => {
             if (deadlineAt !== undefined) {
               const left = Math.max(1, deadlineAt - Date.now());

@@ -370,6 +370,8 @@ interface FenceVector {
     readonly name: string;
     readonly fences: ReadonlyArray<{ kind: string; unit_id: string; state: string; moved_to?: string; map_version?: number; excluded_keys?: string[] }>;
     readonly outcome: string;
+    /** The writing transaction's level when it is not READ COMMITTED. */
+    readonly isolation?: 'repeatable read' | 'serializable';
   }>;
 }
 
@@ -379,11 +381,14 @@ describe('the write-fence contract (docs/fence-test-vectors.json)', () => {
     expect(slotOf(vectors.key)).toBe(vectors.slot);
   });
 
-  it.each(vectors.cases)('$name: $outcome', async ({ fences, outcome }) => {
+  it.each(vectors.cases)('$name: $outcome', async ({ fences, outcome, isolation }) => {
     const shard = env.shards.get('shard_a') as pg.Pool;
     const client = await shard.connect();
     try {
-      await client.query('begin');
+      expect([undefined, 'repeatable read', 'serializable']).toContain(isolation);
+      await client.query(`begin isolation level ${isolation ?? 'read committed'}`);
+      // The setup writes as the mover (the test login is a superuser), the case's write as anyone else.
+      await client.query("set local ca_dms.move_writer = 'on'");
       await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'v@example.com', 'vector')`, [vectors.key, vectors.slot]);
       for (const f of fences) {
         await client.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version, excluded_keys) values ($1, $2, $3, $4, $5, $6)`, [
@@ -395,6 +400,7 @@ describe('the write-fence contract (docs/fence-test-vectors.json)', () => {
           f.excluded_keys ?? [],
         ]);
       }
+      await client.query("set local ca_dms.move_writer = 'off'");
       const got = await client.query('savepoint w').then(() =>
         client.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'vector')`, [vectors.key, vectors.slot]).then(
           () => 'ok',
