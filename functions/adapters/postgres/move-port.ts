@@ -27,7 +27,7 @@
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { MoveCancelled, MoveError, MoveLeaseLostError, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
+import { MoveCancelled, MoveError, MoveLeaseLostError, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
@@ -76,6 +76,8 @@ export interface PgMovePortOptions {
   readonly sleep?: (ms: number) => Promise<void>;
   /** Injected clock in milliseconds (the fence budget); `performance.now` by default. */
   readonly now?: () => number;
+  /** Whether the run's time is up: the copy and the catch-up stop at their next page or pass ({@link MovePaused}). */
+  readonly timeUp?: () => boolean;
 }
 
 /** The sharded tables, parents first; `owner` is the column holding the user id (the directory key). */
@@ -396,7 +398,9 @@ export class PgMovePort implements MovePort<MoveJob> {
     return pool;
   }
 
+  /** Between copy pages and catch-up passes (no fence held): a cancellation, or the run's time being up. */
   private async checkCancel(job: MoveJob): Promise<void> {
+    if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up in ${job.state}; the next run resumes it there`);
     const { rows } = await this.catalog.query<{ c: boolean; mine: boolean }>(
       `select cancel_requested or rollback_to is not null as c, ${this.mine} as mine from catalog.move_jobs where id = $1`,
       [job.id],

@@ -87,6 +87,8 @@ export interface MoverOptions {
   readonly fenceBudgetMs?: number;
   /** The clock the fence budget is measured on, in ms; `performance.now` by default (tests move it). */
   readonly clock?: () => number;
+  /** The wall clock a run's `until` is read on, epoch ms; `Date.now` by default (tests move it). */
+  readonly wallClock?: () => number;
   /** Fence attempts per run before the job is left for the next run. Default 3. */
   readonly fenceAttempts?: number;
   /** Pause between fence attempts. Default 1000 ms. */
@@ -211,11 +213,18 @@ export class Mover {
   }
 
   /**
-   * Runs (or resumes) a job until it is done, failed or cancelled. Throws {@link MoveBusyError}
-   * when another process runs it, and {@link MoveError} when a step fails in a way that leaves
-   * the job resumable (the error is recorded on the job).
+   * Runs (or resumes) a job until it is done, failed or cancelled, or until `until` (epoch ms,
+   * `Date.now()`'s clock) has passed: then the run stops at its next safe point (between copy
+   * pages or catch-up passes, or before a step that takes the fence; never while the fence is
+   * held) and returns the job where it is, for the next run to resume. Throws
+   * {@link MoveBusyError} when another process runs it, and {@link MoveError} when a step fails in
+   * a way that leaves the job resumable (the error is recorded on the job).
    */
-  async run(id: number): Promise<MoveJob> {
+  async run(id: number, runOptions: { readonly until?: number } = {}): Promise<MoveJob> {
+    const { until } = runOptions;
+    if (until !== undefined && !Number.isFinite(until)) throw new MoveError(`until must be a time in epoch milliseconds (got ${until})`);
+    const wallClock = this.options.wallClock ?? Date.now;
+    const timeUp = until === undefined ? undefined : (): boolean => wallClock() >= until;
     const ttlMs = this.options.leaseTtlMs ?? 30_000;
     if (!Number.isInteger(ttlMs) || ttlMs < 100) throw new MoveError(`leaseTtlMs must be a whole number of ms, at least 100 (got ${ttlMs})`);
     const copyLanes = this.options.copyLanes ?? 1;
@@ -263,6 +272,7 @@ export class Mover {
           slotMaps: this.options.slotMaps,
           directory: this.options.directory,
           ...(this.options.clock ? { now: this.options.clock } : {}),
+          ...(timeUp ? { timeUp } : {}),
           settings: {
             batchRows: this.options.batchRows ?? 5000,
             copyBatchRows: this.options.copyBatchRows ?? 20_000,
@@ -282,6 +292,7 @@ export class Mover {
           ...(this.options.fenceAttempts === undefined ? {} : { fenceAttempts: this.options.fenceAttempts }),
           ...(this.options.fenceRetryPauseMs === undefined ? {} : { fenceRetryPauseMs: this.options.fenceRetryPauseMs }),
           ...(this.options.hook ? { hook: this.options.hook } : {}),
+          ...(timeUp ? { timeUp } : {}),
         });
       } finally {
         clearInterval(renewal);

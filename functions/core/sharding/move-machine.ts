@@ -131,6 +131,18 @@ export class MoveCancelled extends Error {
   override readonly name = 'MoveCancelled';
 }
 
+/**
+ * Thrown by a port step at a point where a run may stop (between copy pages, between catch-up
+ * passes outside the fence) once the run's time is up ({@link DriveOptions.timeUp}): the driver
+ * returns the job as it is, and the next run resumes it there.
+ */
+export class MovePaused extends Error {
+  override readonly name = 'MovePaused';
+}
+
+/** States at whose start a run whose time is up stops: no fence is held there. */
+const MAY_STOP_AT: ReadonlySet<MoveState> = new Set(['planned', 'copying', 'catching_up', 'cutover', 'cleaning_up']);
+
 /** The fence could not be taken within its budget in any attempt; writes were never held past it and the job resumes later. */
 export class MoveFenceTimeoutError extends MoveError {
   override readonly name = 'MoveFenceTimeoutError';
@@ -148,6 +160,12 @@ export interface DriveOptions<J extends MoveJobView> {
   readonly fenceRetryPauseMs?: number;
   /** Called at every crash point; tests kill the process there. */
   readonly hook?: (point: MoveCrashPoint, job: J) => Promise<void> | void;
+  /**
+   * Whether the run's time is up (a Lambda invocation near its timeout). Checked before each step
+   * that starts with no fence held; once true the driver returns the job where it is, resumable.
+   * A step in progress stops at its next safe point by throwing {@link MovePaused}. Default: never.
+   */
+  readonly timeUp?: () => boolean;
 }
 
 function message(err: unknown): string {
@@ -183,6 +201,7 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
   for (;;) {
     if (isTerminal(job.state)) return job;
     if (job.cancelRequested && !job.flipStarted) return port.rollback(job, 'cancelled', null);
+    if (options.timeUp?.() && MAY_STOP_AT.has(job.state)) return job;
     try {
       switch (job.state) {
         case 'planned':
@@ -250,6 +269,7 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
           return job;
       }
     } catch (err) {
+      if (err instanceof MovePaused) return port.reload(job);
       if (err instanceof MoveCancelled) {
         job = await port.reload(job);
         continue;

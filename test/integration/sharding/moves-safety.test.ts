@@ -13,7 +13,7 @@ import { createShardingRuntime, type ShardingRuntime } from '../../../functions/
 import type { MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
 import { MoveFenceTimeoutError } from '../../../functions/adapters/postgres/mover.js';
 import { createPool } from '../../../functions/handlers/shared/db.js';
-import { createMovesHandler } from '../../../functions/handlers/moves.js';
+import { createMovesHandler, STOP_BEFORE_TIMEOUT_MS } from '../../../functions/handlers/moves.js';
 import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 const context: Context = {
@@ -93,6 +93,59 @@ describe('moves that hold under hostile conditions', () => {
       await runtime?.close();
       await catalog.end();
     }
+  });
+
+  it('stops an invocation near its timeout before it starts a job, and the next invocation runs it', async () => {
+    const slot = 411;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await runMigrations(env.catalog, 'catalog', resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations/catalog'));
+    const catalog = await createPool({ url: env.urls.catalog }, undefined);
+    const config = parseShardingConfig({
+      strategy: 'hash_based',
+      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
+      default_shard: 'shard_a',
+    });
+    let runtime: ShardingRuntime | undefined;
+    try {
+      runtime = await createShardingRuntime({ config, catalog, actor: 'scaling-moves', pools: { max: 1 } });
+      const rt = runtime;
+      const nearTimeout = await createMovesHandler(async () => rt)(tick, { ...context, getRemainingTimeInMillis: () => STOP_BEFORE_TIMEOUT_MS - 1 });
+      expect(nearTimeout).toEqual({ accepted: true, ran: [], busy: [], failed: [] });
+      expect((await env.mover().get(planned.id)).state).toBe('planned');
+      const next = await createMovesHandler(async () => rt)(tick, context);
+      expect(next.ran).toContainEqual({ id: planned.id, state: 'done' });
+      expect(await countSlot(target, slot)).toEqual({ users: 3, documents: 6 });
+    } finally {
+      await runtime?.close();
+      await catalog.end();
+    }
+  });
+
+  it('stops a run whose time is up at its next safe point, with no error, and the next run finishes the move', async () => {
+    const slot = 412;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 4), 3);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // The run looks at the clock before each step and before each copy page: the time is up at
+    // its fourth look, after the users' page (before planned, before copying, before the users'
+    // page), so it stops inside the copy step, before the documents' first page.
+    const until = Date.now() + 60_000;
+    let looks = 0;
+    const wallClock = (): number => (++looks >= 4 ? until : until - 1);
+    const paused = await env.mover({ wallClock }).run(planned.id, { until });
+    expect(paused.state).toBe('copying');
+    expect(paused.error).toBeNull();
+    expect(paused.rowsCopied).toBe(4);
+    expect(await countSlot(target, slot)).toEqual({ users: 4, documents: 0 });
+    // A run whose time is already up at the start changes nothing.
+    expect((await env.mover().run(planned.id, { until: Date.now() - 1 })).state).toBe('copying');
+    const done = await env.mover().run(planned.id);
+    expect(done.state).toBe('done');
+    expect(await countSlot(target, slot)).toEqual({ users: 4, documents: 12 });
+    expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
+    await expect(env.mover().run(planned.id, { until: Number.NaN })).rejects.toThrow(/until must be a time/);
   });
 
   it('gives the fence up within its budget when a reader holds share locks, leaves writes flowing, and finishes on a later run', async () => {

@@ -4,6 +4,7 @@ import {
   MOVE_CRASH_POINTS,
   MOVE_TRANSITIONS,
   MoveFenceTimeoutError,
+  MovePaused,
   moveUnitFor,
   type FlipOutcome,
   type MoveCrashPoint,
@@ -89,6 +90,39 @@ describe('the move protocol', () => {
       'cleanUp',
       'transition:cleaned',
     ]);
+  });
+
+  it('stops when its time is up only where no fence is held, and returns the job where it is', async () => {
+    for (const [upAfter, stopsAt, lastCall] of [
+      ['copied', 'catching_up', 'transition:copied'],
+      ['catching_up', 'catching_up', 'transition:copied'],
+      ['cutover', 'cutover', 'transition:caught_up'],
+      // Fenced: the verification, the flip and the release run to the end before it stops.
+      ['fenced', 'cleaning_up', 'transition:flipped'],
+      ['verifying', 'cleaning_up', 'transition:flipped'],
+      ['cleaning_up', 'cleaning_up', 'transition:flipped'],
+    ] as const) {
+      const { port, calls } = recordingPort();
+      let up = false;
+      const stopped = await driveMove(await port.reload({} as Job), port, { hook: (p) => void (up ||= p === upAfter), timeUp: () => up });
+      expect(stopped.state, upAfter).toBe(stopsAt);
+      expect(calls.at(-1), upAfter).toBe(lastCall);
+      expect(calls.filter((c) => c === 'unfence'), upAfter).toEqual([]);
+    }
+  });
+
+  it('returns the job where it is when a step stops at a safe point (MovePaused), recording no error', async () => {
+    const { port, calls } = recordingPort();
+    let recorded = 0;
+    port.copy = async () => {
+      calls.push('copy');
+      throw new MovePaused('time is up');
+    };
+    port.recordError = async () => void (recorded += 1);
+    const stopped = await driveMove(await port.reload({} as Job), port, {});
+    expect(stopped.state).toBe('copying');
+    expect(calls).toEqual(['transition:start', 'prepareSource', 'copy']);
+    expect(recorded).toBe(0);
   });
 
   it('goes back to catching up when the fence cannot be taken, and stops after the last attempt without holding it', async () => {
