@@ -489,9 +489,10 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         return jobView(job);
       } catch (err) {
         if (err instanceof MoveRequestError) {
-          // A well-formed request naming a shard that does not exist, the unit's own shard, or a
-          // unit the routing strategy does not route by cannot be carried out: 422, with the field.
-          const field = err.problem === 'strategy' ? 'body.kind' : err.problem === 'invalid' ? 'body' : 'body.to';
+          // A well-formed request naming a shard that does not exist, the unit's own shard, a unit
+          // the routing strategy does not route by, or one too large for one move cannot be carried
+          // out: 422, with the field.
+          const field = err.problem === 'strategy' ? 'body.kind' : err.problem === 'invalid' ? 'body' : err.problem === 'too-large' ? 'body.unit' : 'body.to';
           const status = err.problem === 'invalid' ? 400 : 422;
           throw new ProblemError(status, err.message, { ...(status === 400 ? { title: 'Invalid request' } : {}), invalidParams: [{ name: field, reason: err.message }], cause: err });
         }

@@ -294,8 +294,13 @@ export class ControlPlane extends Construct {
       entry: props.entries.moves,
       description: 'CA-DMS shard moves worker: runs every planned or unfinished move job',
       environment: { ...movesEnv, POWERTOOLS_SERVICE_NAME: 'scaling-moves' },
-      // Copying a unit can take long; a job cut short at the timeout resumes at the next tick.
+      // Copying a unit can take long; a run stops 2 minutes before the timeout at a safe point
+      // and the next tick resumes it.
       timeout: Duration.minutes(15),
+      // The comparison before a move's fence holds a hash of every row of the unit, both sides
+      // (+363 MiB peak RSS for 2 million rows): 2,048 MB carries the largest unit the mover
+      // plans (DEFAULT_MAX_UNIT_ROWS, 10 million rows per table), and Lambda gives it more CPU.
+      memorySize: 2048,
       reservedConcurrentExecutions: reserved,
       onFailure: new destinations.SqsDestination(movesFailures.queue),
       // Jobs are resumable and the next tick picks up whatever is unfinished: a retried or

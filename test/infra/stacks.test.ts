@@ -432,8 +432,12 @@ describe('control plane stack', () => {
   });
 
 
-  it('lets the moves worker run for the Lambda maximum of 15 minutes (a job cut short resumes at the next tick)', () => {
+  it('lets the moves worker run for the Lambda maximum of 15 minutes (a run stops before it and the next tick resumes)', () => {
     expect(fnProps('moves')['Timeout']).toBe(900);
+  });
+
+  it('gives the moves worker the memory for the comparison of the largest unit it plans (every row hashed, both sides)', () => {
+    expect(fnProps('moves')['MemorySize']).toBe(2048);
   });
 
   it('invokes the moves worker every minute, with a dead-letter queue for undeliverable ticks', () => {

@@ -56,7 +56,7 @@ export interface MoveJob extends MoveJobView {
 }
 
 /** Why a move request was refused, for callers that map it to a status (API: 422). */
-export type MoveRequestProblem = 'invalid' | 'unknown-shard' | 'same-shard' | 'strategy' | 'not-found';
+export type MoveRequestProblem = 'invalid' | 'unknown-shard' | 'same-shard' | 'strategy' | 'not-found' | 'too-large';
 
 /** The move request is invalid or cannot be carried out (unknown shard, same source and target, strategy, ...). Nothing was recorded. */
 export class MoveRequestError extends MoveError {

@@ -404,6 +404,26 @@ describe('moves that hold under hostile conditions', () => {
     expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 3 });
   });
 
+  it('refuses a unit with more rows in a table than one move takes, naming the table and the limit, and records nothing', async () => {
+    const slot = 413;
+    const { to, source } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 2) as [string, string];
+    await seedUsers(source, slot, keysInSlot(slot, 2), 3);
+    const mover = env.mover({ maxUnitRows: 5 });
+    const before = await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.move_jobs');
+    const bySlot = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }).catch((e: unknown) => e as MoveRequestError);
+    expect(bySlot).toMatchObject({ problem: 'too-large' });
+    expect((bySlot as Error).message).toMatch(/slot 413 has 6 rows in documents on shard_[ab]; one move takes at most 5 rows per table/);
+    // One user's 3 documents are within the limit.
+    const byKey = await mover.plan({ kind: 'directory', key: user.toUpperCase(), to, createdBy: 'test' });
+    expect(byKey.state).toBe('planned');
+    await mover.cancel(byKey.id);
+    expect((await env.mover().run(byKey.id)).state).toBe('cancelled');
+    const after = await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.move_jobs');
+    expect(after.rows[0]?.n).toBe((before.rows[0]?.n ?? 0) + 1);
+    await expect(env.mover({ maxUnitRows: 0 }).plan({ kind: 'slot', slot, to, createdBy: 'test' })).rejects.toThrow(/maxUnitRows must be/);
+  });
+
   it('refuses a move to the unit\'s own shard or to an unknown shard, naming the problem', async () => {
     const { from } = await sides(env, 407);
     const mover = env.mover();
