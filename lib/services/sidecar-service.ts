@@ -94,6 +94,9 @@ export interface SidecarServiceProps {
  * listener.addAction('Reads', { action: elbv2.ListenerAction.forward([read.targetGroup(vpc, '/health/readonly')]) });
  * ```
  */
+/** A deployment starts a new task beside each old one before stopping it: the tasks' peak. */
+export const DEPLOYMENT_MAX_PERCENT = 200;
+
 export class SidecarService extends Construct {
   readonly service: ecs.FargateService;
   readonly taskDefinition: ecs.FargateTaskDefinition;
@@ -181,7 +184,7 @@ export class SidecarService extends Construct {
       assignPublicIp: false,
       circuitBreaker: { enable: true, rollback: true },
       minHealthyPercent: 100,
-      maxHealthyPercent: 200,
+      maxHealthyPercent: DEPLOYMENT_MAX_PERCENT,
       propagateTags: ecs.PropagatedTagSource.SERVICE,
       enableECSManagedTags: true,
     });

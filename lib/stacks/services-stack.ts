@@ -9,12 +9,13 @@ import type * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import type { Construct } from 'constructs';
-import { SERVICE_NAMES, type DeploymentConfig, type ImageConfig, type ServiceName } from '../config/deployment-config.js';
+import { DeploymentConfigError, SERVICE_NAMES, type DeploymentConfig, type ImageConfig, type ServiceName } from '../config/deployment-config.js';
 import type { ShardDatabase } from '../data/shard-database.js';
 import { SUBNETS, type Network } from '../network/network.js';
 import { AccessLogBucket } from '../services/access-log-bucket.js';
 import { LoadBalancer } from '../services/load-balancer.js';
-import { DEMO_BACKEND_USER, SidecarService } from '../services/sidecar-service.js';
+import { connectionBudget } from '../services/connection-budget.js';
+import { DEMO_BACKEND_USER, DEPLOYMENT_MAX_PERCENT, SidecarService } from '../services/sidecar-service.js';
 import { shardingDocument } from '../data/sharding-document.js';
 
 /** Props of {@link ServicesStack}. */
@@ -100,6 +101,29 @@ export class ServicesStack extends Stack {
     const loginSecrets: Record<string, string> = {};
     for (const s of shards) loginSecrets[`${s.shardId.toUpperCase().replace(/-/g, '_')}_DB_SECRET_ARN`] = s.appSecret.secretArn;
 
+    // Each task's pool per database instance, so that every service at its maximum, during a
+    // deployment, stays within the instances' default max_connections (connection-budget.ts).
+    const connected = SERVICE_NAMES.filter((name) => config.services[name].databaseAccess);
+    const budget = connectionBudget({
+      instanceClasses: [config.database.instanceClass, ...(config.database.replicasPerShard > 0 ? [config.database.replicaInstanceClass ?? config.database.instanceClass] : [])],
+      maxTasks: connected.reduce((n, name) => n + config.bounds[name].max, 0),
+      surgePercent: DEPLOYMENT_MAX_PERCENT,
+    });
+    if (budget.poolSize < 1) {
+      throw new DeploymentConfigError([
+        {
+          path: 'database.instanceClass',
+          message: `${budget.peakTasks} tasks at the services' max_instances during a deployment (${connected.join(', ')}) cannot hold even one connection each within the ${budget.maxConnections} connections ${config.database.instanceClass} allows by default: choose a larger instance class or lower scaling max_instances`,
+        },
+      ]);
+    }
+    if (budget.maxConnections === undefined) {
+      Annotations.of(this).addWarningV2(
+        '@ca-dms/services:unknownInstanceClass',
+        `the default max_connections of ${config.database.instanceClass} is not known here: the tasks get DATABASE_POOL_SIZE ${budget.poolSize}, unchecked against it (${budget.peakTasks} tasks at the largest)`,
+      );
+    }
+
     const services: Partial<Record<ServiceName, SidecarService>> = {};
     for (const name of SERVICE_NAMES) {
       const svc = config.services[name];
@@ -122,6 +146,7 @@ export class ServicesStack extends Stack {
           ...(svc.databaseAccess
             ? {
                 DATABASE_READ_ONLY: String(name === 'backend-read'),
+                DATABASE_POOL_SIZE: String(budget.poolSize),
                 SHARDING_ENABLED: 'true',
                 SHARDING_STRATEGY: config.database.shardingStrategy,
                 // The guide's ShardingConfig with credential-free URLs; the SHARD_NNN_DB_SECRET_ARN logins complete them.
