@@ -152,12 +152,9 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
     }
   });
 
-  it('the mover names the destination on the source capture row once the copy is done, and removes it after the cutover', async () => {
-    const slot = 78;
-    await seedUsers(env.shards.get(await env.ownerOf(slot)) as pg.Pool, slot, keysInSlot(slot, 3), 2);
-    const { to, source } = await sides(env, slot);
+  /** Runs a job, noting at each crash point what the source's capture row names (`point: moving_to`, empty with no row). */
+  const runSeeingHint = async (id: number, source: pg.Pool) => {
     const seen: string[] = [];
-    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     const done = await env
       .mover({
         async hook(point, job) {
@@ -165,7 +162,16 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
           seen.push(`${point}: ${rows.map((r) => r.moving_to ?? 'null').join(',')}`);
         },
       })
-      .run(planned.id);
+      .run(id);
+    return { done, seen };
+  };
+
+  it('the mover names the destination on the source capture row once the copy is done, and removes it after the cutover', async () => {
+    const slot = 78;
+    await seedUsers(env.shards.get(await env.ownerOf(slot)) as pg.Pool, slot, keysInSlot(slot, 3), 2);
+    const { to, source } = await sides(env, slot);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const { done, seen } = await runSeeingHint(planned.id, source);
     expect(done.state).toBe('done');
     // Not during the bulk copy; from the catch-up to the cutover; gone with the capture after it.
     expect(seen.slice(0, 4)).toEqual(['copying: ', 'copied: null', 'catching_up: null', `cutover: ${to}`]);
@@ -187,15 +193,7 @@ describe('connections to a move destination, opened ahead of the cutover', () =>
     // has named nothing yet) names it before taking the fence again.
     const cleared = await source.query('update move_captures set moving_to = null where job_id = $1', [planned.id]);
     expect(cleared.rowCount).toBe(1);
-    const seen: string[] = [];
-    const done = await env
-      .mover({
-        async hook(point, job) {
-          const { rows } = await source.query<{ moving_to: string | null }>('select moving_to from move_captures where job_id = $1', [job.id]);
-          seen.push(`${point}: ${rows.map((r) => r.moving_to ?? 'null').join(',')}`);
-        },
-      })
-      .run(planned.id);
+    const { done, seen } = await runSeeingHint(planned.id, source);
     expect(done.state).toBe('done');
     expect(seen[0]).toBe(`fenced: ${to}`);
   });

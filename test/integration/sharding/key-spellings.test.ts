@@ -1,14 +1,9 @@
 import fc from 'fast-check';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
-import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
-import { createShardReader, type ShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
-import { createShardWriter, routerForWrites, type ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
 import { keySpelling, spell } from '../../support/key-spellings.js';
-import { documentsOf, keysInSlot, primaryReads, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { documentsOf, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv, type OtherProcess } from './fixtures/move-env.js';
 
 // Every spelling of a user id is one key (docs/sharding-spec.md, section 1) at the library's own
 // entry points too, withShardWrite and withShardRead, which other TypeScript services call with
@@ -21,28 +16,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-interface StaleSide {
-  readonly directory: DirectoryStore;
-  readonly writer: ShardWriter;
-  readonly reader: ShardReader;
-}
-
-/**
- * A process of its own (router, directory cache) whose cached directory answers last for a
- * minute: what another API or worker process holds when a move happens elsewhere.
- */
-async function otherProcess(): Promise<StaleSide> {
-  const config = parseShardingConfig({
-    strategy: 'hash_based',
-    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
-    default_shard: 'shard_a',
-  });
-  const directory = new DirectoryStore(env.catalog, { ttlMs: 60_000, shards: [...env.shards.keys()] });
-  const router = ShardRouter.fromConfig(config, { slotMap: await env.slotMaps.current(), directory });
-  const routing = routerForWrites(router, env.slotMaps, directory);
-  return { directory, writer: createShardWriter({ router: routing, primaries: env.shards }), reader: createShardReader({ router: routing, reader: primaryReads(env.shards) }) };
-}
 
 const countDocs = (user: string) => async ({ client }: { client: pg.PoolClient }) =>
   (await client.query<{ n: number }>('select count(*)::int as n from documents where owner_id = $1', [user])).rows[0]?.n;
@@ -57,9 +30,9 @@ describe('every spelling of a user id reaches the same rows, across a move', () 
     await seedUsers(env.shards.get(from) as pg.Pool, slot, [user], 7);
     // Each run gets two processes that looked the key up before the move (a process that has
     // been sent elsewhere once has learnt the new place).
-    const sides: StaleSide[] = [];
+    const sides: OtherProcess[] = [];
     for (let i = 0; i < 2 * runs; i++) {
-      const side = await otherProcess();
+      const side = await otherProcess(env);
       expect(await side.directory.get(user)).toBeNull();
       sides.push(side);
     }
@@ -69,7 +42,7 @@ describe('every spelling of a user id reaches the same rows, across a move', () 
     let docs = 7;
     await fc.assert(
       fc.asyncProperty(keySpelling, keySpelling, async (writeSpelling, readSpelling) => {
-        const [writerSide, readerSide] = sides.splice(0, 2) as [StaleSide, StaleSide];
+        const [writerSide, readerSide] = sides.splice(0, 2) as [OtherProcess, OtherProcess];
         const write = await writerSide.writer.withShardWrite(spell(user, writeSpelling), async ({ client, slot: s }) => {
           await client.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'after the move')`, [user, s]);
         });

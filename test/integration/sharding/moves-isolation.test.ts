@@ -1,10 +1,6 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
-import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
-import { createShardWriter, routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
-import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, documentsOf, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /**
  * Writes to the sharded tables run at READ COMMITTED (shard migration 012, docs/sharding-spec.md
@@ -52,14 +48,7 @@ describe('writes and transaction isolation', () => {
     const { home, away, homePool } = await sides(slot);
     const [user, newcomer] = keysInSlot(slot, 2) as [string, string];
     await seedUsers(homePool, slot, [user], 2);
-    const config = parseShardingConfig({
-      strategy: 'hash_based',
-      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
-      default_shard: 'shard_a',
-    });
-    const directory = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
-    const router = ShardRouter.fromConfig(config, { slotMap: await env.slotMaps.current(), directory });
-    const writer = createShardWriter({ router: routerForWrites(router, env.slotMaps, directory), primaries: poolsAt(isolation) });
+    const { writer } = await otherProcess(env, { ttlMs: 0, primaries: poolsAt(isolation) });
     let moved!: () => void;
     const moveDone = new Promise<void>((resolve) => (moved = resolve));
     let began!: () => void;

@@ -1,11 +1,6 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
-import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
-import { createShardReader, type ShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
-import { createShardWriter, routerForWrites, type ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
-import { countSlot, documentsOf, keysInSlot, primaryReads, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, documentsOf, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /**
  * A move that is cancelled or fails leaves its target marked as not owning the unit. The target
@@ -21,24 +16,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-interface OtherProcess {
-  readonly writer: ShardWriter;
-  readonly reader: ShardReader;
-}
-
-/** Another API process: its router holds the slot map as it is now (and keeps it until told a unit moved). */
-async function otherProcess(): Promise<OtherProcess> {
-  const config = parseShardingConfig({
-    strategy: 'hash_based',
-    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
-    default_shard: 'shard_a',
-  });
-  const directory = new DirectoryStore(env.catalog, { ttlMs: 60_000, shards: [...env.shards.keys()] });
-  const router = ShardRouter.fromConfig(config, { slotMap: await env.slotMaps.current(), directory });
-  const routing = routerForWrites(router, env.slotMaps, directory);
-  return { writer: createShardWriter({ router: routing, primaries: env.shards }), reader: createShardReader({ router: routing, reader: primaryReads(env.shards) }) };
-}
 
 async function fenceRow(pool: pg.Pool, kind: string, unit: string): Promise<{ state: string; moved_to: string | null } | null> {
   const { rows } = await pool.query<{ state: string; moved_to: string | null }>('select state, moved_to from write_fences where kind = $1 and unit_id = $2', [kind, unit]);
@@ -63,7 +40,7 @@ describe('a cancelled move back to a shard the unit left', () => {
     const [user, newcomer, rawcomer] = keysInSlot(slot, 3) as [string, string, string];
     await seedUsers(homePool, slot, [user], 5);
     // A process that routed this slot before any move (map version 1: slot -> home).
-    const stale = await otherProcess();
+    const stale = await otherProcess(env);
     const mover = env.mover({ readerGraceMs: 0 });
 
     // home -> away, done: home's fence row says moved.
@@ -118,7 +95,7 @@ describe('a cancelled move back to a shard the unit left', () => {
     const [tenant] = keysInSlot(slot, 1) as [string];
     await seedUsers(homePool, slot, [tenant], 3);
     // A process that looked the key up before any move (not pinned: hash routing, home).
-    const stale = await otherProcess();
+    const stale = await otherProcess(env);
     expect((await stale.writer.withShardWrite(tenant, async () => undefined)).shardId).toBe(home);
     const mover = env.mover({ readerGraceMs: 0 });
 
@@ -146,7 +123,7 @@ describe('a cancelled move back to a shard the unit left', () => {
     const away = home === 'shard_a' ? 'shard_b' : 'shard_a';
     const [user, newcomer] = keysInSlot(slot, 2) as [string, string];
     await seedUsers(env.shards.get(home) as pg.Pool, slot, [user], 2);
-    const stale = await otherProcess();
+    const stale = await otherProcess(env);
     const mover = env.mover({ readerGraceMs: 0 });
     await mover.run((await mover.plan({ kind: 'slot', slot, to: away, createdBy: 'test' })).id);
     const cancelling = env.mover({

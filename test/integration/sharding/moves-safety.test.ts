@@ -65,12 +65,11 @@ afterAll(async () => {
 });
 
 describe('moves that hold under hostile conditions', () => {
-
-  it('runs a move through the moves handler with the Lambda pool settings (one catalog connection, one per shard)', async () => {
-    const slot = 400;
-    const { to, target } = await sides(env, slot);
-    await seedUsers((await sides(env, slot)).source, slot, keysInSlot(slot, 5), 4);
-    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+  /**
+   * The moves handler over a sharding runtime with the Lambda functions' pool settings (one
+   * catalog connection, one per shard), its catalog tables migrated; closed afterwards.
+   */
+  async function withLambdaSettings(fn: (handler: ReturnType<typeof createMovesHandler>, catalog: pg.Pool) => Promise<void>): Promise<void> {
     // The handler's own catalog tables (its worker lease) come from the catalog migrations.
     await runMigrations(env.catalog, 'catalog', resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations/catalog'));
     const catalog = await createPool({ url: env.urls.catalog }, undefined);
@@ -83,16 +82,26 @@ describe('moves that hold under hostile conditions', () => {
     try {
       runtime = await createShardingRuntime({ config, catalog, actor: 'scaling-moves', pools: { max: 1 } });
       const rt = runtime;
-      const result = await createMovesHandler(async () => rt)(tick, context);
+      await fn(createMovesHandler(async () => rt), catalog);
+    } finally {
+      await runtime?.close();
+      await catalog.end();
+    }
+  }
+
+  it('runs a move through the moves handler with the Lambda pool settings (one catalog connection, one per shard)', async () => {
+    const slot = 400;
+    const { to, target } = await sides(env, slot);
+    await seedUsers((await sides(env, slot)).source, slot, keysInSlot(slot, 5), 4);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await withLambdaSettings(async (handler, catalog) => {
+      const result = await handler(tick, context);
 
       expect(catalog.options.max).toBe(1);
       expect(result.failed).toEqual([]);
       expect(result.ran).toContainEqual({ id: planned.id, state: 'done' });
       expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 20 });
-    } finally {
-      await runtime?.close();
-      await catalog.end();
-    }
+    });
   });
 
   it('stops an invocation near its timeout before it starts a job, and the next invocation runs it', async () => {
@@ -100,27 +109,14 @@ describe('moves that hold under hostile conditions', () => {
     const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 3), 2);
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
-    await runMigrations(env.catalog, 'catalog', resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations/catalog'));
-    const catalog = await createPool({ url: env.urls.catalog }, undefined);
-    const config = parseShardingConfig({
-      strategy: 'hash_based',
-      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
-      default_shard: 'shard_a',
-    });
-    let runtime: ShardingRuntime | undefined;
-    try {
-      runtime = await createShardingRuntime({ config, catalog, actor: 'scaling-moves', pools: { max: 1 } });
-      const rt = runtime;
-      const nearTimeout = await createMovesHandler(async () => rt)(tick, { ...context, getRemainingTimeInMillis: () => STOP_BEFORE_TIMEOUT_MS - 1 });
+    await withLambdaSettings(async (handler) => {
+      const nearTimeout = await handler(tick, { ...context, getRemainingTimeInMillis: () => STOP_BEFORE_TIMEOUT_MS - 1 });
       expect(nearTimeout).toEqual({ accepted: true, ran: [], busy: [], failed: [] });
       expect((await env.mover().get(planned.id)).state).toBe('planned');
-      const next = await createMovesHandler(async () => rt)(tick, context);
+      const next = await handler(tick, context);
       expect(next.ran).toContainEqual({ id: planned.id, state: 'done' });
       expect(await countSlot(target, slot)).toEqual({ users: 3, documents: 6 });
-    } finally {
-      await runtime?.close();
-      await catalog.end();
-    }
+    });
   });
 
   it('stops a run whose time is up at its next safe point, with no error, and the next run finishes the move', async () => {
