@@ -1127,9 +1127,15 @@ export class PgMovePort implements MovePort<MoveJob> {
     await this.stopSourceCapture(job);
     const since = job.unfencedAt ? Date.now() - job.unfencedAt.getTime() : 0;
     if (since < this.settings.readerGraceMs) await this.sleep(this.settings.readerGraceMs - since);
-    const { deleted, kept } = await this.deleteVerified(source, job);
+    // Each batch is counted on the job as it commits (progress the stalled-move alarm sees), and
+    // a run whose time is up stops between batches: the next run deletes on from the start, and
+    // only rows the verification covered are ever picked.
+    const kept = await this.deleteVerified(source, job, async (n) => {
+      if (n > 0) await this.updateJob('rows_deleted = rows_deleted + $2', [n], job);
+      if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up in the clean-up; the next run resumes it`);
+    });
     const note = kept > 0 ? `clean-up kept ${kept} user row(s) on ${job.from} that still own documents outside the moved unit` : null;
-    return this.updateJob('rows_deleted = rows_deleted + $2, error = coalesce($3, error)', [deleted, note], job);
+    return this.updateJob('error = coalesce($2, error)', [note], job);
   }
 
   /**
@@ -1142,9 +1148,10 @@ export class PgMovePort implements MovePort<MoveJob> {
    * writer on both shards). Rows picked and never deleted (a trigger of the shard's owner that
    * skips the delete, say) end the run with a {@link MoveError} after
    * {@link UNDELETABLE_RETRIES} batches in a row, rather than picking them forever; the job
-   * resumes from its state later.
+   * resumes from its state later. `afterBatch`, when given, is called after each batch commits,
+   * with how many rows it deleted; what it throws ends the deletion there.
    */
-  private async deleteUnit(job: MoveJob, shard: string, table: TableName, begin: string = MOVER_WRITE, extra = ''): Promise<number> {
+  private async deleteUnit(job: MoveJob, shard: string, table: TableName, begin: string = MOVER_WRITE, extra = '', afterBatch?: (deleted: number) => Promise<void>): Promise<number> {
     const filter = this.unitFilter(job, table, 3, 'x.');
     let deleted = 0;
     let after: string | null = null;
@@ -1160,6 +1167,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       const found = rows[0]?.found ?? 0;
       const n = rows[0]?.n ?? 0;
       deleted += n;
+      await afterBatch?.(n);
       stuck = n === 0 && found > 0 ? stuck + 1 : 0;
       if (stuck >= UNDELETABLE_RETRIES) {
         throw new MoveError(`${found} ${table} row(s) of ${job.kind} ${job.unitId} on ${shard} were picked for deletion ${stuck} times in a row and never deleted (a trigger or policy on ${table} skips the delete?); the move stops here and resumes from ${job.state}`);
@@ -1175,15 +1183,16 @@ export class PgMovePort implements MovePort<MoveJob> {
    * Deletes the unit's rows from the source in batches, children first, and only the rows the
    * verification covered: the unit's documents, then its users that no longer own any document
    * here. A user deleted by cascade could take with it a document that was never part of the
-   * unit (stored under another slot), which no verification saw; such users are kept.
+   * unit (stored under another slot), which no verification saw; such users are kept, and their
+   * number is the answer. `afterBatch` is called after each batch commits, with its count.
    */
-  private async deleteVerified(pool: pg.Pool, job: MoveJob): Promise<{ deleted: number; kept: number }> {
+  private async deleteVerified(pool: pg.Pool, job: MoveJob, afterBatch: (deleted: number) => Promise<void>): Promise<number> {
     const begin = await this.bulkBegin(job.from, pool);
-    let deleted = await this.deleteUnit(job, job.from, 'documents', begin);
-    deleted += await this.deleteUnit(job, job.from, 'users', begin, ' and not exists (select 1 from documents d where d.owner_id = x.id)');
+    await this.deleteUnit(job, job.from, 'documents', begin, '', afterBatch);
+    await this.deleteUnit(job, job.from, 'users', begin, ' and not exists (select 1 from documents d where d.owner_id = x.id)', afterBatch);
     const left = this.unitFilter(job, 'users', 1, 'u.');
     const { rows } = await pool.query<{ n: number }>(`select count(*)::int as n from users u where ${left.sql}`, left.params);
-    return { deleted, kept: rows[0]?.n ?? 0 };
+    return rows[0]?.n ?? 0;
   }
 
   /** Deletes the unit's copy from the target (a rollback), children first. */

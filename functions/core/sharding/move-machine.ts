@@ -132,7 +132,7 @@ export class MoveCancelled extends Error {
 }
 
 /**
- * Thrown by a port step at a point where a run may stop (between copy pages, between catch-up
+ * Thrown by a port step at a point where a run may stop (between copy pages, clean-up batches, catch-up
  * passes outside the fence) once the run's time is up ({@link DriveOptions.timeUp}): the driver
  * returns the job as it is, and the next run resumes it there.
  */

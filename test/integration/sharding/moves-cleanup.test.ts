@@ -157,4 +157,45 @@ describe("a move's batched deletions", () => {
     // The slots that stayed are whole.
     expect(await Promise.all(others.map((s) => countSlot(source, s)))).toEqual(before);
   }, 120_000);
+
+  it('stops a clean-up between batches when the run is out of time, counting what it deleted, and the next run finishes it', async () => {
+    const slot = 5;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 20), 30);
+    const untouched = await Promise.all(others.map((s) => countSlot(source, s)));
+    const until = Date.now() + 600_000;
+    // The clock runs out on the third look after the flip: the look before the clean-up starts,
+    // then one after each batch.
+    let looksAfterFlip: number | undefined;
+    const wallClock = (): number => {
+      if (looksAfterFlip === undefined) return until - 1;
+      looksAfterFlip += 1;
+      return looksAfterFlip >= 3 ? until : until - 1;
+    };
+    const late = env.mover({
+      readerGraceMs: 0,
+      batchRows: 100,
+      wallClock,
+      hook(point) {
+        if (point === 'cleaning_up') looksAfterFlip = 0;
+      },
+    });
+    const planned = await late.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const before = await late.get(planned.id);
+    const paused = await late.run(planned.id, { until });
+
+    expect(paused.state).toBe('cleaning_up');
+    expect(paused.error).toBeNull();
+    expect(paused.rowsDeleted).toBe(200);
+    expect(paused.progressedAt.getTime()).toBeGreaterThan(before.progressedAt.getTime());
+    expect(await countSlot(source, slot)).toEqual({ users: 20, documents: 400 });
+    expect(await countSlot(target, slot)).toEqual({ users: 20, documents: 600 });
+
+    const done = await env.mover({ readerGraceMs: 0, batchRows: 100 }).run(planned.id, { until: Date.now() + 600_000 });
+    expect(done.state).toBe('done');
+    expect(done.rowsDeleted).toBe(620);
+    expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await countSlot(target, slot)).toEqual({ users: 20, documents: 600 });
+    expect(await Promise.all(others.map((s) => countSlot(source, s)))).toEqual(untouched);
+  }, 120_000);
 });
