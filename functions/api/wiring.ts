@@ -180,6 +180,7 @@ function jobView(job: MoveJob): MoveJobView {
     fencedAt: iso(job.fencedAt),
     unfencedAt: iso(job.unfencedAt),
     finishedAt: iso(job.finishedAt),
+    progressedAt: job.progressedAt.toISOString(),
   };
 }
 

@@ -5,7 +5,7 @@
  * lease in the catalog (not reserved concurrency, which a new account cannot grant): a tick
  * that finds another worker running stands aside and says so. Jobs are resumable, and a job
  * another process is running is left to it. A run stops on its own {@link STOP_BEFORE_TIMEOUT_MS}
- * before the function's timeout, at its next safe point (between copy pages or catch-up passes,
+ * before the function's timeout, at its next safe point (between copy pages, catch-up passes or clean-up batches,
  * never while the fence is held), and the next invocation resumes it: a long move is a series of
  * invocations that end normally, not timeouts, which Lambda counts as errors (and the moves
  * function's error alarm would report every 15 minutes of a healthy move).
@@ -13,7 +13,8 @@
 import type { Context } from 'aws-lambda';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { LEASES } from '../adapters/postgres/lease-store.js';
-import { MoveBusyError } from '../adapters/postgres/mover.js';
+import { MoveBusyError, type MoveJob } from '../adapters/postgres/mover.js';
+import { isTerminal } from '../core/sharding/move-plan.js';
 import { createShardingRuntime, type ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { scheduledEventSchema } from './evaluate.js';
 import { awsClients } from './shared/aws.js';
@@ -69,10 +70,27 @@ export function createMovesHandler(runtime: () => Promise<ShardingRuntime | unde
   });
 }
 
+/**
+ * Minutes since `job` last moved forward (see `MoveJob.progressedAt`), 0 once it is finished. A
+ * long move makes progress every page or batch; one that runs without failing and without
+ * progressing (a catch-up that never gets within its threshold, a verification always over its
+ * budget) grows this by one invocation at every tick.
+ */
+export function minutesWithoutProgress(job: Pick<MoveJob, 'state' | 'progressedAt'>, now: number): number {
+  return isTerminal(job.state) ? 0 : Math.max(0, (now - job.progressedAt.getTime()) / 60_000);
+}
+
 async function runAll(sharding: ShardingRuntime, until: number): Promise<MovesResult> {
   const ran: Array<{ id: number; state: string }> = [];
   const busy: number[] = [];
   const failed: Array<{ id: number; error: string }> = [];
+  // Only the jobs this invocation ran: a job queued behind a long one is waiting, not stalled.
+  let stalledMinutes = 0;
+  const stalled = (job: MoveJob): void => {
+    const minutes = minutesWithoutProgress(job, Date.now());
+    stalledMinutes = Math.max(stalledMinutes, minutes);
+    if (minutes >= 10) logger.warn('move has made no progress', { id: job.id, state: job.state, since: job.progressedAt.toISOString(), minutes: Math.round(minutes) });
+  };
   for (const job of await sharding.mover.unfinished()) {
     if (Date.now() >= until) {
       logger.info('this invocation is near its timeout; the next one runs the remaining jobs', { next: job.id });
@@ -81,6 +99,7 @@ async function runAll(sharding: ShardingRuntime, until: number): Promise<MovesRe
     try {
       const done = await sharding.mover.run(job.id, { until });
       ran.push({ id: done.id, state: done.state });
+      stalled(done);
       logger.info('move advanced', { id: done.id, kind: done.kind, unit: done.unitId, from: done.from, to: done.to, state: done.state, fenceMs: done.fenceMs });
     } catch (err) {
       if (err instanceof MoveBusyError) {
@@ -89,10 +108,12 @@ async function runAll(sharding: ShardingRuntime, until: number): Promise<MovesRe
       }
       failed.push({ id: job.id, error: (err as Error).message });
       logger.error('move step failed; the job stays resumable', { id: job.id, error: err as Error });
+      stalled(await sharding.mover.get(job.id).catch(() => job));
     }
   }
   metrics.addMetric('MovesAdvanced', MetricUnit.Count, ran.length);
   metrics.addMetric('MoveFailures', MetricUnit.Count, failed.length);
+  metrics.addMetric('MoveSecondsWithoutProgress', MetricUnit.Seconds, Math.round(stalledMinutes * 60));
   return { accepted: true, ran, busy, failed };
 }
 

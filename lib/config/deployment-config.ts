@@ -272,6 +272,13 @@ const deploymentSchemaObject = z.strictObject({
       databaseConnections: positiveInt.default(400),
       lambdaErrors: positiveInt.default(1),
       alb5xxPerMinute: positiveInt.default(10),
+      /**
+       * Minutes a shard move may run without moving forward (no page copied, no batch deleted, no
+       * state it does not come back from) before the `MoveWithoutProgress` alarm. The catch-up,
+       * fence and verification loop of a healthy move ends within minutes; one moves-worker
+       * invocation lasts 13.
+       */
+      moveStalledMinutes: positiveInt.default(30),
     })
     .prefault({}),
   controlPlane: z

@@ -106,6 +106,25 @@ export class ObservabilityStack extends Stack {
     });
     moveFailures.addAlarmAction(new cwActions.SnsAction(topic));
 
+    // A move that runs without failing and without moving forward (a catch-up that never gets
+    // within its threshold, a verification always over its budget) raises no MoveFailures: the
+    // worker reports how long the jobs it ran have gone without progress.
+    const moveStalled = new cloudwatch.Alarm(this, 'MoveWithoutProgress', {
+      alarmDescription: `control plane: a shard move has made no progress for ${config.alarms.moveStalledMinutes} minutes without failing (its state and progressedAt: GET /shards/moves/{id}; cancel it or relieve the writes or reads holding it)`,
+      metric: new cloudwatch.Metric({
+        namespace: CONTROLLER_NAMESPACE,
+        metricName: 'MoveSecondsWithoutProgress',
+        dimensionsMap: { service: CONTROLLER_METRICS_SERVICE },
+        period: Duration.minutes(5),
+        statistic: 'Maximum',
+      }),
+      threshold: config.alarms.moveStalledMinutes * 60,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      evaluationPeriods: 1,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    });
+    moveStalled.addAlarmAction(new cwActions.SnsAction(topic));
+
     // The worker's scale-out signal, on the statistic the controller reads (Maximum) and per
     // running task like its queue_depth_scale_up: the alarm evaluates the worker at once instead
     // of at the next tick. Its ServiceName dimension names the worker for the alarm function.

@@ -845,6 +845,21 @@ describe('observability stack', () => {
     expect(moves[0]).toMatchObject({ Namespace: 'CaDmsScaling', Dimensions: [{ Name: 'service', Value: METRICS_SERVICE }], Threshold: 1 });
   });
 
+  it('alarms when a shard move the worker ran has made no progress for 30 minutes, whatever the failures say', () => {
+    const alarms = resourcesOf(s.template(s.stacks.observability), 'AWS::CloudWatch::Alarm').map(([, a]) => a.Properties as Json);
+    const stalled = alarms.filter((a) => a['MetricName'] === 'MoveSecondsWithoutProgress');
+    expect(stalled).toHaveLength(1);
+    expect(stalled[0]).toMatchObject({
+      Namespace: 'CaDmsScaling',
+      Dimensions: [{ Name: 'service', Value: METRICS_SERVICE }],
+      Statistic: 'Maximum',
+      Threshold: 30 * 60,
+      ComparisonOperator: 'GreaterThanOrEqualToThreshold',
+      TreatMissingData: 'notBreaching',
+    });
+    expect(JSON.stringify(stalled[0]?.['AlarmActions'])).toContain('AlarmTopic');
+  });
+
   it('graphs errors and duration of the moves worker with the other control-plane functions', () => {
     const [[, dash]] = resourcesOf(s.template(s.stacks.observability), 'AWS::CloudWatch::Dashboard') as [[string, { Properties?: Json }]];
     const body = JSON.stringify(dash.Properties?.['DashboardBody']);

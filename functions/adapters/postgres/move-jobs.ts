@@ -51,6 +51,12 @@ export interface MoveJob extends MoveJobView {
   readonly fencedAt: Date | null;
   readonly unfencedAt: Date | null;
   readonly finishedAt: Date | null;
+  /**
+   * When the job last moved forward (sharding migration 007): a page copied, a batch of source rows
+   * deleted, or a state entered that it does not come back from. The catch-up, fence and
+   * verification loop does not count until it ends in the flip.
+   */
+  readonly progressedAt: Date;
   /** How long writes to the unit were fenced, once the fence has been released. */
   readonly fenceMs: number | null;
 }
@@ -134,6 +140,7 @@ export interface JobRow {
   fenced_at: Date | null;
   unfenced_at: Date | null;
   finished_at: Date | null;
+  progressed_at: Date;
 }
 
 export function toJob(r: JobRow): MoveJob {
@@ -166,6 +173,7 @@ export function toJob(r: JobRow): MoveJob {
     fencedAt: r.fenced_at,
     unfencedAt: r.unfenced_at,
     finishedAt: r.finished_at,
+    progressedAt: r.progressed_at,
     fenceMs: r.fenced_at && r.unfenced_at ? r.unfenced_at.getTime() - r.fenced_at.getTime() : null,
   };
 }

@@ -2,46 +2,15 @@ import '../../support/quiet-powertools.js';
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Context } from 'aws-lambda';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
-import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import type { MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
 import { MoveFenceTimeoutError } from '../../../functions/adapters/postgres/mover.js';
-import { createPool } from '../../../functions/handlers/shared/db.js';
-import { createMovesHandler, STOP_BEFORE_TIMEOUT_MS } from '../../../functions/handlers/moves.js';
+import { STOP_BEFORE_TIMEOUT_MS } from '../../../functions/handlers/moves.js';
 import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
-
-const context: Context = {
-  callbackWaitsForEmptyEventLoop: false,
-  functionName: 'ca-dms-scaling-moves',
-  functionVersion: '$LATEST',
-  invokedFunctionArn: 'arn:aws:lambda:eu-west-1:123456789012:function:ca-dms-scaling-moves',
-  memoryLimitInMB: '512',
-  awsRequestId: 'd7af9ac6-7b61-11e6-9a41-93e812345678',
-  logGroupName: '/aws/lambda/ca-dms-scaling-moves',
-  logStreamName: '2026/01/05/[$LATEST]abcdef',
-  getRemainingTimeInMillis: () => 900_000,
-  done: () => undefined,
-  fail: () => undefined,
-  succeed: () => undefined,
-};
-
-const tick = {
-  version: '0',
-  id: '63dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa',
-  'detail-type': 'Scheduled Event',
-  source: 'aws.events',
-  account: '123456789012',
-  time: '2026-01-05T12:00:00Z',
-  region: 'eu-west-1',
-  resources: ['arn:aws:events:eu-west-1:123456789012:rule/ca-dms-scaling-moves'],
-  detail: {},
-};
+import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.js';
 
 /** A raw SQL write (another language's writer, no withShardWrite): resolves to its SQLSTATE, or 'ok'. */
 async function rawInsert(pool: pg.Pool, owner: string, slot: number): Promise<string> {
@@ -65,37 +34,13 @@ afterAll(async () => {
 });
 
 describe('moves that hold under hostile conditions', () => {
-  /**
-   * The moves handler over a sharding runtime with the Lambda functions' pool settings (one
-   * catalog connection, one per shard), its catalog tables migrated; closed afterwards.
-   */
-  async function withLambdaSettings(fn: (handler: ReturnType<typeof createMovesHandler>, catalog: pg.Pool) => Promise<void>): Promise<void> {
-    // The handler's own catalog tables (its worker lease) come from the catalog migrations.
-    await runMigrations(env.catalog, 'catalog', resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations/catalog'));
-    const catalog = await createPool({ url: env.urls.catalog }, undefined);
-    const config = parseShardingConfig({
-      strategy: 'hash_based',
-      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
-      default_shard: 'shard_a',
-    });
-    let runtime: ShardingRuntime | undefined;
-    try {
-      runtime = await createShardingRuntime({ config, catalog, actor: 'scaling-moves', pools: { max: 1 } });
-      const rt = runtime;
-      await fn(createMovesHandler(async () => rt), catalog);
-    } finally {
-      await runtime?.close();
-      await catalog.end();
-    }
-  }
-
   it('runs a move through the moves handler with the Lambda pool settings (one catalog connection, one per shard)', async () => {
     const slot = 400;
     const { to, target } = await sides(env, slot);
     await seedUsers((await sides(env, slot)).source, slot, keysInSlot(slot, 5), 4);
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
-    await withLambdaSettings(async (handler, catalog) => {
-      const result = await handler(tick, context);
+    await withMovesHandler(env, async (handler, catalog) => {
+      const result = await handler(tick, lambdaContext);
 
       expect(catalog.options.max).toBe(1);
       expect(result.failed).toEqual([]);
@@ -109,11 +54,11 @@ describe('moves that hold under hostile conditions', () => {
     const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 3), 2);
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
-    await withLambdaSettings(async (handler) => {
-      const nearTimeout = await handler(tick, { ...context, getRemainingTimeInMillis: () => STOP_BEFORE_TIMEOUT_MS - 1 });
+    await withMovesHandler(env, async (handler) => {
+      const nearTimeout = await handler(tick, { ...lambdaContext, getRemainingTimeInMillis: () => STOP_BEFORE_TIMEOUT_MS - 1 });
       expect(nearTimeout).toEqual({ accepted: true, ran: [], busy: [], failed: [] });
       expect((await env.mover().get(planned.id)).state).toBe('planned');
-      const next = await handler(tick, context);
+      const next = await handler(tick, lambdaContext);
       expect(next.ran).toContainEqual({ id: planned.id, state: 'done' });
       expect(await countSlot(target, slot)).toEqual({ users: 3, documents: 6 });
     });
