@@ -158,7 +158,7 @@ export interface DriveOptions<J extends MoveJobView> {
   readonly fenceAttempts?: number;
   /** Pause between fence attempts, so the readers holding the lock can finish. Default 1000 ms. */
   readonly fenceRetryPauseMs?: number;
-  /** Called at every crash point; tests kill the process there. */
+  /** Called at every crash point; tests kill the process there (or throw, which stops the run as a kill would). */
   readonly hook?: (point: MoveCrashPoint, job: J) => Promise<void> | void;
   /**
    * Whether the run's time is up (a Lambda invocation near its timeout). Checked before each step
@@ -180,15 +180,41 @@ function message(err: unknown): string {
 export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<J>, options: DriveOptions<J> = {}): Promise<J> {
   const fenceAttempts = options.fenceAttempts ?? 3;
   const pauseMs = options.fenceRetryPauseMs ?? 1000;
+  // A hook that throws stands for the process dying there: the run stops without reopening a
+  // fence it holds, as a killed one would (the error is recorded all the same).
+  let died = false;
   const hook = async (point: MoveCrashPoint, j: J): Promise<void> => {
-    await options.hook?.(point, j);
+    try {
+      await options.hook?.(point, j);
+    } catch (err) {
+      died = true;
+      throw err;
+    }
   };
   let job = start;
+  // A run resumed in the cutover may find the fence of the run before it (killed under it) still
+  // held: writes would wait through this run's whole comparison before its own fence, or until
+  // the next run if this one stops first. Nothing of that run is left to finish under it.
+  if (job.state === 'cutover' && !job.flipStarted && !job.rollbackTo) await port.unfence(job);
+  // A run whose time is already up changes nothing, a rollback included (it deletes the whole copy).
+  if (options.timeUp?.() && !isTerminal(job.state)) return job;
   if (!isTerminal(job.state) && job.rollbackTo) return port.rollback(job, job.rollbackTo, null);
   const action = restartAction({ state: job.state, cancelRequested: job.cancelRequested, flipStarted: job.flipStarted });
   if (action.kind === 'none') return job;
   if (action.kind === 'rollback') return port.rollback(job, action.to, null);
   let fenceTries = 0;
+  /**
+   * After a step failed in the cutover or the verification, where this run may hold the fence:
+   * reopen the source rather than hold writes until the next run. Only when the catalog says the
+   * new owner was not published: the job is read again first, and a run that cannot read it (the
+   * catalog connection is gone, and a flip may have committed) leaves the fence to the next run.
+   */
+  const releaseOwnFence = async (): Promise<void> => {
+    if (died || (job.state !== 'cutover' && job.state !== 'verifying')) return;
+    const now = await port.reload(job).catch(() => undefined);
+    if (!now || now.flipStarted || (now.state !== 'cutover' && now.state !== 'verifying')) return;
+    await port.unfence(now).catch(() => undefined);
+  };
   /** After the fence was released unused: back to catching up, and a pause before the next attempt (or the end of this run). */
   const giveUp = async (name: 'fence_timed_out' | 'verify_timed_out', what: string): Promise<J> => {
     fenceTries += 1;
@@ -200,8 +226,8 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
   };
   for (;;) {
     if (isTerminal(job.state)) return job;
-    if (job.cancelRequested && !job.flipStarted) return port.rollback(job, 'cancelled', null);
     if (options.timeUp?.() && MAY_STOP_AT.has(job.state)) return job;
+    if (job.cancelRequested && !job.flipStarted) return port.rollback(job, 'cancelled', null);
     try {
       switch (job.state) {
         case 'planned':
@@ -274,6 +300,7 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
         job = await port.reload(job);
         continue;
       }
+      await releaseOwnFence();
       await port.recordError(job, `${job.state}: ${message(err)}`).catch(() => undefined);
       if (err instanceof MoveError) throw err;
       throw new MoveError(`move job #${job.id} stopped in ${job.state}: ${message(err)}`, { cause: err });

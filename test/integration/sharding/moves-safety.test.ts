@@ -69,12 +69,13 @@ describe('moves that hold under hostile conditions', () => {
     const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 4), 3);
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
-    // The run looks at the clock before each step and before each copy page: the time is up at
-    // its fourth look, after the users' page (before planned, before copying, before the users'
-    // page), so it stops inside the copy step, before the documents' first page.
+    // The run looks at the clock when it starts, before each step and before each copy page: the
+    // time is up at its fifth look, after the users' page (at the start, before planned, before
+    // copying, before the users' page), so it stops inside the copy step, before the documents'
+    // first page.
     const until = Date.now() + 60_000;
     let looks = 0;
-    const wallClock = (): number => (++looks >= 4 ? until : until - 1);
+    const wallClock = (): number => (++looks >= 5 ? until : until - 1);
     const paused = await env.mover({ wallClock }).run(planned.id, { until });
     expect(paused.state).toBe('copying');
     expect(paused.error).toBeNull();

@@ -131,7 +131,68 @@ describe('the move protocol', () => {
     const run = driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'cutover', cancelRequested: false, flipStarted: false }, port, { fenceAttempts: 2 });
 
     await expect(run).rejects.toBeInstanceOf(MoveFenceTimeoutError);
-    expect(calls).toEqual(['fence', 'transition:fence_timed_out', 'pause', 'catchUp:few', 'transition:caught_up', 'fence', 'transition:fence_timed_out']);
+    // A run that starts in the cutover first reopens a fence a run before it may have left held.
+    expect(calls).toEqual(['unfence', 'fence', 'transition:fence_timed_out', 'pause', 'catchUp:few', 'transition:caught_up', 'fence', 'transition:fence_timed_out']);
+  });
+
+  it('reopens the fence a killed run left held before anything else when resumed in the cutover, even with its time already up', async () => {
+    const { port, calls } = recordingPort();
+    const at: Job = { id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'cutover', cancelRequested: false, flipStarted: false };
+
+    const stopped = await driveMove(at, port, { timeUp: () => true });
+
+    expect(stopped.state).toBe('cutover');
+    expect(calls).toEqual(['unfence']);
+  });
+
+  it('reopens the fence it holds when a step under it fails, unless the catalog says the new owner was published', async () => {
+    const at = (state: 'cutover' | 'verifying'): Job => ({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state, cancelRequested: false, flipStarted: false });
+    // The final catch-up under the fence loses its connection.
+    const lost = recordingPort();
+    lost.port.reload = async (job) => ({ ...job, state: 'cutover' });
+    lost.port.catchUp = async (_job, until) => {
+      lost.calls.push(`catchUp:${until}`);
+      if (until === 'all') throw new Error('connection terminated');
+      return true;
+    };
+    await expect(driveMove(at('cutover'), lost.port)).rejects.toThrow(/stopped in cutover: connection terminated/);
+    expect(lost.calls).toEqual(['unfence', 'fence', 'catchUp:all', 'unfence']);
+
+    // The flip fails before its commit is known to have happened: the catalog decides.
+    for (const published of [false, true]) {
+      const flip = recordingPort();
+      flip.port.reload = async (job) => ({ ...job, state: 'verifying', flipStarted: published });
+      flip.port.flip = async () => {
+        flip.calls.push('flip');
+        throw new Error('catalog connection reset');
+      };
+      await expect(driveMove(at('verifying'), flip.port)).rejects.toThrow(/catalog connection reset/);
+      expect(flip.calls, `published: ${published}`).toEqual(published ? ['verify', 'flip'] : ['verify', 'flip', 'unfence']);
+    }
+
+    // A catalog that cannot be read leaves the fence to the next run (a flip may have committed).
+    const dark = recordingPort();
+    dark.port.reload = async () => {
+      throw new Error('catalog unreachable');
+    };
+    dark.port.flip = async () => {
+      dark.calls.push('flip');
+      throw new Error('catalog connection reset');
+    };
+    await expect(driveMove(at('verifying'), dark.port)).rejects.toThrow(/catalog connection reset/);
+    expect(dark.calls).toEqual(['verify', 'flip']);
+  });
+
+  it('starts no rollback once the run is out of time, whether asked for now or decided before', async () => {
+    const requested = recordingPort();
+    const cancelled: Job = { id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'catching_up', cancelRequested: true, flipStarted: false };
+    expect((await driveMove(cancelled, requested.port, { timeUp: () => true })).state).toBe('catching_up');
+    const decided = recordingPort();
+    expect((await driveMove({ ...cancelled, rollbackTo: 'cancelled' }, decided.port, { timeUp: () => true })).state).toBe('catching_up');
+    expect([...requested.calls, ...decided.calls]).toEqual([]);
+    // With time left, both roll back.
+    expect((await driveMove(cancelled, requested.port)).state).toBe('cancelled');
+    expect((await driveMove({ ...cancelled, rollbackTo: 'cancelled' }, decided.port)).state).toBe('cancelled');
   });
 
   it('releases the fence and goes back to catching up when the verification or the flip runs out of fence budget, then finishes', async () => {
