@@ -211,6 +211,9 @@ interface PreVerified {
  */
 const RECHECK_LIMIT = 10_000;
 
+/** How long a run waits for the write transactions of the run it replaces before it gives up (see {@link PgMovePort.claimPermits}). */
+export const PERMIT_CLAIM_WAIT_MS = 10_000;
+
 /** At most this many comparisons of the changed rows before each fence attempt (see {@link PgMovePort.recompare}). */
 const RECOMPARE_ROUNDS = 3;
 
@@ -305,7 +308,9 @@ export class PgMovePort implements MovePort<MoveJob> {
     const stamp = col ? `, ${col} = coalesce(${col}, clock_timestamp())` : '';
     const extra = name === 'fence_timed_out' || name === 'verify_timed_out' ? ', fence_timeouts = fence_timeouts + 1, fenced_at = null' : '';
     const { rows } = await this.catalog.query<JobRow>(
-      `update catalog.move_jobs set state = $2, error = $3, updated_at = now()${stamp}${extra} where id = $1 and state = $4 and ${this.mine} returning *`,
+      // A transition clears the last error, except the clean-up's note on the rows it kept, which
+      // the finished job keeps (see cleanUp).
+      `update catalog.move_jobs set state = $2, error = ${name === 'cleaned' ? 'coalesce($3, error)' : '$3'}, updated_at = now()${stamp}${extra} where id = $1 and state = $4 and ${this.mine} returning *`,
       [job.id, to, note ?? null, from],
     );
     if (!rows[0]) {
@@ -360,8 +365,17 @@ export class PgMovePort implements MovePort<MoveJob> {
   async claimPermits(job: MoveJob): Promise<void> {
     for (const shard of new Set([job.from, job.to])) {
       try {
-        await this.pool(shard).query('select move_permit_claim($1, $2)', [job.id, this.epoch]);
+        // The claim waits for the write transactions of the run it replaces; one left open by a
+        // run that hung would make it wait for ever, past this run's deadline, renewing a lease
+        // that shows the job busy. So the wait is bounded and the run fails, naming the shard.
+        await inTransaction(this.pool(shard), `begin; set local lock_timeout = '${PERMIT_CLAIM_WAIT_MS}ms'`, (c) => c.query('select move_permit_claim($1, $2)', [job.id, this.epoch]));
       } catch (err) {
+        if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) {
+          throw new MoveError(
+            `move job #${job.id}: an earlier run's write transaction on ${shard} is still open after ${PERMIT_CLAIM_WAIT_MS} ms (see pg_stat_activity for the mover's sessions there); this run changed nothing and the job is tried again at its next run`,
+            { cause: err },
+          );
+        }
         throw this.permitLost(err, job, shard);
       }
     }
@@ -424,11 +438,15 @@ export class PgMovePort implements MovePort<MoveJob> {
   async prepareSource(job: MoveJob): Promise<void> {
     if (job.kind === 'directory') {
       // Pin the key where it is, so that the flip is a directory change that hash routing
-      // cannot override; writers routed by hash land on the same shard meanwhile.
-      await this.catalog.use(async (catalog) => {
-        const pinned = (await this.options.directory.entry(job.unitId, catalog))?.shardId ?? null;
-        if (pinned === null) await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog);
-        else if (pinned !== job.from) throw new MoveError(`key ${job.unitId} is now pinned to ${pinned}, not ${job.from}; cancel this move`);
+      // cannot override; writers routed by hash land on the same shard meanwhile. Read and set
+      // with the job row locked on this run's lease: a run whose lease lapsed (another finished
+      // the move meanwhile) must not pin the key back to its old shard.
+      await this.withLockedJob(job, async () => {
+        await this.catalog.use(async (catalog) => {
+          const pinned = (await this.options.directory.entry(job.unitId, catalog))?.shardId ?? null;
+          if (pinned === null) await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog);
+          else if (pinned !== job.from) throw new MoveError(`key ${job.unitId} is now pinned to ${pinned}, not ${job.from}; cancel this move`);
+        });
       });
     }
     const source = this.pool(job.from);
@@ -470,6 +488,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       ),
     );
     if (target.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
+    await this.markExcludedKeys(job);
     await this.write(job, job.from, (c) =>
       c.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [job.id, job.kind, job.unitId, job.excludedKeys]),
     );
@@ -477,27 +496,71 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
+   * The keys a slot move leaves where the directory puts them are not the slot's owner's, on
+   * either side: its fence rows exclude them, and without a row of their own a process whose
+   * directory cache has not seen the key yet would route it by hash and read nothing there, or
+   * write a second copy of it. So each shard of the move gets a `directory` row saying `moved`,
+   * to the shard the directory names, unless it has a row for the key already (a move of the key
+   * made it) or is that shard itself.
+   */
+  private async markExcludedKeys(job: MoveJob): Promise<void> {
+    if (job.kind !== 'slot' || job.excludedKeys.length === 0) return;
+    const elsewhere: Array<{ key: string; shard: string; version: number }> = [];
+    for (const key of job.excludedKeys) {
+      const entry = await this.catalog.use((catalog) => this.options.directory.entry(key, catalog));
+      if (entry) elsewhere.push({ key, shard: entry.shardId, version: entry.version });
+    }
+    for (const shard of [job.from, job.to]) {
+      const rows = elsewhere.filter((e) => e.shard !== shard);
+      if (rows.length === 0) continue;
+      await this.write(job, shard, (c) =>
+        c.query(
+          `insert into write_fences (kind, unit_id, state, moved_to, map_version)
+           select 'directory', k, 'moved', s, v from unnest($1::text[], $2::text[], $3::bigint[]) as e(k, s, v)
+           on conflict (kind, unit_id) do nothing`,
+          [rows.map((r) => r.key), rows.map((r) => r.shard), rows.map((r) => r.version)],
+        ),
+      );
+    }
+  }
+
+  /**
    * Waits until every writer whose transaction began before the capture (and the fence row)
    * existed has ended: such a writer could hold no fence lock and log no change, so the copy
    * must start after it has committed. Only transactions that have written (an xid) or are
    * writing (a row-exclusive lock on a sharded table) count: a long read-only transaction such
-   * as pg_dump writes nothing the copy could miss.
+   * as pg_dump writes nothing the copy could miss. Prepared (two-phase) transactions count too,
+   * whenever they began: they have left `pg_stat_activity`, and one that wrote before the
+   * capture commits later through `COMMIT PREPARED`, a row the copy never saw and the capture
+   * never logged. Their row-exclusive locks on the sharded tables stay in `pg_locks`, with no
+   * backend.
    */
   private async drain(source: pg.Pool, job: MoveJob): Promise<void> {
     const { rows } = await source.query<{ t: Date }>('select now() as t');
     const since = rows[0]?.t;
     const deadline = this.now() + this.settings.drainTimeoutMs;
     for (;;) {
-      const { rows: active } = await source.query<{ n: number }>(
-        `select count(*)::int as n from pg_stat_activity a
-          where a.datname = current_database() and a.pid <> pg_backend_pid() and a.backend_type = 'client backend' and a.xact_start < $1
-            and (a.backend_xid is not null
-                 or exists (select 1 from pg_locks l where l.pid = a.pid and l.mode = 'RowExclusiveLock'
-                             and l.relation in ('users'::regclass, 'documents'::regclass)))`,
+      const { rows: active } = await source.query<{ n: number; prepared: number }>(
+        `select (select count(*)::int from pg_stat_activity a
+                  where a.datname = current_database() and a.pid <> pg_backend_pid() and a.backend_type = 'client backend' and a.xact_start < $1
+                    and (a.backend_xid is not null
+                         or exists (select 1 from pg_locks l where l.pid = a.pid and l.mode = 'RowExclusiveLock'
+                                     and l.relation in ('users'::regclass, 'documents'::regclass)))) as n,
+                (select count(distinct l.virtualtransaction)::int from pg_locks l
+                  where l.pid is null and l.locktype = 'relation' and l.mode = 'RowExclusiveLock'
+                    and l.database = (select oid from pg_database where datname = current_database())
+                    and l.relation in ('users'::regclass, 'documents'::regclass)) as prepared`,
         [since],
       );
-      if ((active[0]?.n ?? 0) === 0) return;
-      if (this.now() > deadline) throw new MoveError(`writers on ${job.from} older than the change capture are still open after ${this.settings.drainTimeoutMs} ms`);
+      const open = active[0]?.n ?? 0;
+      const prepared = active[0]?.prepared ?? 0;
+      if (open + prepared === 0) return;
+      if (this.now() > deadline) {
+        const what = [open > 0 ? `${open} writer(s) older than the change capture` : '', prepared > 0 ? `${prepared} prepared transaction(s) that wrote users or documents (pg_prepared_xacts)` : '']
+          .filter(Boolean)
+          .join(' and ');
+        throw new MoveError(`${what} on ${job.from} still open after ${this.settings.drainTimeoutMs} ms; the copy starts once they have ended (commit or roll back a forgotten prepared transaction)`);
+      }
       await this.sleep(10);
     }
   }
@@ -608,7 +671,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       }
       const cols = (await this.tableColumns(table, from)).join(', ');
       return inTransaction(target, this.permitted(job, begin), async (to) => {
-        if (ownersJson) await this.upsert(to, 'users', ownersJson);
+        if (ownersJson) await this.upsert(to, job, 'users', ownersJson, (JSON.parse(ownersJson) as unknown[]).length);
         await to.query(`delete from ${table} where ${where}`);
         const sink = to.query(copyFrom(`copy ${table} (${cols}) from stdin with (format binary)`));
         await pipeline(from.query(copyTo(`copy (select ${cols} from (${rows}) p) to stdout with (format binary)`)), sink);
@@ -736,10 +799,10 @@ export class PgMovePort implements MovePort<MoveJob> {
     const goneUsers = userIds.filter((id) => !presentUsers.has(id));
     await this.write(job, job.to, async (target) => {
       await this.assertIncoming(target, job);
-      if (presentUsers.size > 0) await this.upsert(target, 'users', read[0]?.users ?? '[]');
+      if (presentUsers.size > 0) await this.upsert(target, job, 'users', read[0]?.users ?? '[]', presentUsers.size);
       const owners = read[0]?.owners;
       if (owners) await target.query('insert into users select * from jsonb_populate_recordset(null::users, $1::jsonb) on conflict (id) do nothing', [owners]);
-      if (presentDocs.size > 0) await this.upsert(target, 'documents', read[0]?.docs ?? '[]');
+      if (presentDocs.size > 0) await this.upsert(target, job, 'documents', read[0]?.docs ?? '[]', presentDocs.size);
       if (goneDocs.length > 0) {
         const f = this.unitFilter(job, 'documents', 2);
         await target.query(`delete from documents where id = any($1::uuid[]) and ${f.sql}`, [goneDocs, ...f.params]);
@@ -1079,12 +1142,24 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
-   * Opens the target's fence, then marks the source's `moved` (in that order, so writers sent
-   * to the target never find a stale `moved` there), and records when writes were let through.
+   * Marks the source's fence `moved`, then opens the target's, and records when writes were let
+   * through. In that order because readers take a `fenced` source as current (nothing can be
+   * written anywhere while it holds): were the target opened first, a write acknowledged there
+   * would be missing from what a reader holding the old map reads on the source until the
+   * second commit (or, should the mover die between the two, until the job is resumed). This
+   * way a reader or writer sent to either shard in between finds `moved` or `incoming`, and
+   * waits for the target to open.
    */
   async releaseFence(job: MoveJob): Promise<void> {
     this.fenceDeadline = null;
     const version = job.mapVersionAfter ?? 0;
+    await this.write(job, job.from, (c) =>
+      c.query(
+        `update write_fences set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
+          where kind = $1 and unit_id = $2`,
+        [job.kind, job.unitId, job.to, version, job.id],
+      ),
+    );
     // The target's capture stops in the statement that opens its fence (one round trip while
     // writes are held): no writer's change there is logged for a move that is over.
     await this.write(job, job.to, (c) =>
@@ -1093,13 +1168,6 @@ export class PgMovePort implements MovePort<MoveJob> {
          insert into write_fences (kind, unit_id, state, map_version, job_id) values ($1, $2, 'open', $3, $4)
          on conflict (kind, unit_id) do update set state = 'open', moved_to = null, map_version = $3, job_id = $4, updated_at = clock_timestamp()`,
         [job.kind, job.unitId, version, job.id],
-      ),
-    );
-    await this.write(job, job.from, (c) =>
-      c.query(
-        `update write_fences set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
-          where kind = $1 and unit_id = $2`,
-        [job.kind, job.unitId, job.to, version, job.id],
       ),
     );
     await this.updateJob('unfenced_at = coalesce(unfenced_at, clock_timestamp())', [], job);
@@ -1135,7 +1203,8 @@ export class PgMovePort implements MovePort<MoveJob> {
       if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up in the clean-up; the next run resumes it`);
     });
     const note = kept > 0 ? `clean-up kept ${kept} user row(s) on ${job.from} that still own documents outside the moved unit` : null;
-    return this.updateJob('error = coalesce($2, error)', [note], job);
+    // Errors of earlier attempts are moot once the clean-up has finished; the note is not.
+    return this.updateJob('error = $2', [note], job);
   }
 
   /**
@@ -1252,13 +1321,32 @@ export class PgMovePort implements MovePort<MoveJob> {
     return cols;
   }
 
-  /** Upserts a JSON array of rows (as produced by `jsonb_agg(t)`) into `table`. */
-  private async upsert(client: pg.PoolClient, table: TableName, rowsJson: string): Promise<void> {
+  /**
+   * Upserts a JSON array of `count` rows of the unit (as produced by `jsonb_agg(t)`) into `table`.
+   * A row of the target with the same id overwrites only when it is itself a row of the unit (a
+   * copy made earlier): a row the target owns under another slot or key is another record with
+   * the same id, and overwriting it would take it from its owner (and a rollback would then
+   * delete it). Such a collision stops the move, naming the ids.
+   */
+  private async upsert(client: pg.PoolClient, job: MoveJob, table: TableName, rowsJson: string, count: number): Promise<void> {
     const cols = (await this.tableColumns(table, client)).filter((c) => c !== 'id');
-    await client.query(
+    const unit = this.unitFilter(job, table, 2, `${table}.`);
+    const res = await client.query(
       `insert into ${table} select * from jsonb_populate_recordset(null::${table}, $1::jsonb)
-       on conflict (id) do update set (${cols.join(', ')}) = row(${cols.map((c) => `excluded.${c}`).join(', ')})`,
-      [rowsJson],
+       on conflict (id) do update set (${cols.join(', ')}) = row(${cols.map((c) => `excluded.${c}`).join(', ')})
+         where ${unit.sql}`,
+      [rowsJson, ...unit.params],
+    );
+    if (res.rowCount === count) return;
+    const outside = this.unitFilter(job, table, 2, 't.');
+    const { rows } = await client.query<{ id: string }>(
+      `select t.id::text as id from ${table} t
+        where t.id in (select (r ->> 'id')::uuid from jsonb_array_elements($1::jsonb) r) and not (${outside.sql})
+        order by t.id limit 5`,
+      [rowsJson, ...outside.params],
+    );
+    throw new MoveError(
+      `${table} id(s) ${rows.map((r) => r.id).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}; ids must be unique across shards (docs/sharding-spec.md, section 9): the move stops here, nothing on ${job.to} was overwritten`,
     );
   }
 }

@@ -190,20 +190,43 @@ export class Mover {
     if (!this.options.shards.has(from)) throw new MoveRequestError(`the unit's owner ${from} has no primary pool in this mover`, 'unknown-shard');
     if (from === req.to) throw new MoveRequestError(`${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`} is already on ${req.to}`, 'same-shard');
     await this.checkUnitSize(req.kind, unitId, from);
+    // The owner was read before the job is recorded: another move of the slot may have finished
+    // in between (the unique index only stops one that is still unfinished). A job recorded from
+    // an owner that is no longer the owner could neither run (its fence says moved) nor be
+    // cancelled (the catalog names its target), and would block the slot for good. So the owner
+    // is read again once the job row is in, in the same transaction: any move of the slot that
+    // could still change it now conflicts with this row.
+    const client = await this.options.catalog.connect();
+    let recorded: JobRow;
     try {
-      const { rows } = await this.options.catalog.query<JobRow>(
+      await client.query('begin');
+      const { rows } = await client.query<JobRow>(
         `insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, excluded_keys, map_version_before, created_by, reason)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning *`,
         [req.kind, unitId, slot, from, req.to, excluded, versionBefore, req.createdBy, req.reason],
       );
-      return toJob(rows[0] as JobRow);
+      recorded = rows[0] as JobRow;
+      const entry = req.kind === 'directory' ? await this.options.directory.entry(unitId, client) : null;
+      const owner = entry?.shardId ?? (await this.options.slotMaps.current(client)).assignments[slot];
+      if (owner !== from) {
+        await client.query('rollback');
+        const what = req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`;
+        if (owner === req.to) throw new MoveRequestError(`${what} is already on ${req.to} (another move finished while this one was planned)`, 'same-shard');
+        throw new MoveConflictError(`${what} moved from ${from} to ${owner ?? 'another shard'} while this move was planned; nothing was recorded: plan it again`);
+      }
+      await client.query('commit');
     } catch (err) {
+      await client.query('rollback').catch(() => undefined);
+      if (err instanceof MoveError) throw err;
       if ((err as { code?: string }).code === '23505') {
         const { rows } = await this.options.catalog.query<{ id: string }>(`select id from catalog.move_jobs where slot = $1 and state <> all($2::text[])`, [slot, TERMINAL_STATES]);
         throw new MoveConflictError(`slot ${slot} already has an unfinished move (job #${rows[0]?.id ?? '?'}); finish or cancel it first`, { cause: err });
       }
       throw new MoveError(`could not record the move: ${message(err)}`, { cause: err });
+    } finally {
+      client.release();
     }
+    return toJob(recorded);
   }
 
   /** Every directory key whose hash slot is `slot`. */
