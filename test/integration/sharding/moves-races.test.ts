@@ -378,7 +378,12 @@ describe('the clean-up', () => {
     const [user] = keysInSlot(slot, 1) as [string];
     await seedUsers(source, slot, [user], 2);
     // A document of this user stored under another slot (not part of the unit): its owner is kept.
-    await source.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, 731, 'elsewhere')`, [user]);
+    // Shard migration 013 refuses such a row now; one written before it is still there (the key
+    // is not validated), so it is written as it was then, the foreign keys skipped.
+    await source.query(
+      `begin; set local session_replication_role = replica;
+       insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), '${user}', 731, 'elsewhere'); commit`,
+    );
     const done = await env.mover({ readerGraceMs: 0 }).run((await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
     expect(done.state).toBe('done');
     expect(await countSlot(source, slot)).toEqual({ users: 1, documents: 0 });
