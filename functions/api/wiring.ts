@@ -493,9 +493,9 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           // A well-formed request naming a shard that does not exist, the unit's own shard, a unit
           // the routing strategy does not route by, or one too large for one move cannot be carried
           // out: 422, with the field.
-          const field = err.problem === 'strategy' ? 'body.kind' : err.problem === 'invalid' ? 'body' : err.problem === 'too-large' ? 'body.unit' : 'body.to';
-          const status = err.problem === 'invalid' ? 400 : 422;
-          throw new ProblemError(status, err.message, { ...(status === 400 ? { title: 'Invalid request' } : {}), invalidParams: [{ name: field, reason: err.message }], cause: err });
+          if (err.problem === 'invalid') throw invalidMoveRequest(err);
+          const field = err.problem === 'strategy' ? 'body.kind' : err.problem === 'too-large' ? 'body.unit' : 'body.to';
+          throw new ProblemError(422, err.message, { invalidParams: [{ name: field, reason: err.message }], cause: err });
         }
         if (err instanceof MoveConflictError || err instanceof MoveBusyError) throw new ConflictError(err.message, { cause: err });
         throw err;
@@ -529,6 +529,19 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       }
     },
   };
+}
+
+/**
+ * The mover's request names the unit `slot` or `key`; this API's body names it `unit`. A 400
+ * names the body's fields, so a client learns which of its own fields to fix, never the
+ * mover's names for them.
+ */
+const BODY_FIELD_OF_MOVE_FIELD: Readonly<Record<string, string>> = { slot: 'body.unit', key: 'body.unit', to: 'body.to', kind: 'body.kind' };
+
+function invalidMoveRequest(err: MoveRequestError): ProblemError {
+  const params = err.issues.map((i) => ({ name: BODY_FIELD_OF_MOVE_FIELD[i.field] ?? 'body', reason: i.reason }));
+  if (params.length === 0) params.push({ name: 'body', reason: err.message });
+  return new ProblemError(400, params.map((p) => `${p.name}: ${p.reason}`).join('; '), { title: 'Invalid request', invalidParams: params, cause: err });
 }
 
 function slotNumber(unit: string): number {

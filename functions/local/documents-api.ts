@@ -33,7 +33,7 @@ import { uuidForm } from '../core/sharding/keys.js';
 import type { ExtraRoute } from '../adapters/http/local-server.js';
 import type { ReplicaReader } from '../adapters/postgres/replica-reader.js';
 import { ShardWriteError, type ShardWriter } from '../adapters/postgres/write-transaction.js';
-import { ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
+import { NOT_OWNED_STATES_SQL, rowFenceStateSql, ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
 import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
 import { duplicateProblems, jsonProblems, MAX_JSON_DEPTH } from '../api/input-limits.js';
 import { DuplicateMemberError, parseJsonText } from '../core/json-text.js';
@@ -248,6 +248,56 @@ interface UserRow {
 const DOC_COLUMNS = 'id, owner_id, title, content, created_at, updated_at';
 
 /**
+ * Reads that ask every shard (a listing, a document looked up without its owner) cannot route
+ * by key, so each shard answers only for rows of units it owns, judged by the fence rows in the
+ * statement's own snapshot (the rule of withShardRead and of the write trigger): a unit being
+ * copied in (`incoming`) or already handed over (`moved`, rows not yet cleaned up, or a replica
+ * not yet past the clean-up) is left out. Each row also says whether its unit is `fenced`, for
+ * `oneCopyEach`.
+ */
+const USER_STATE = rowFenceStateSql('u.id', 'u.slot');
+const LIST_USERS_SQL = `select id, email, display_name, created_at, ${USER_STATE} as unit_state
+  from users u where ${USER_STATE} not in ${NOT_OWNED_STATES_SQL} order by created_at, id limit $1`;
+const DOC_STATE = rowFenceStateSql('d.owner_id', 'd.slot');
+const DOCUMENT_ANY_OWNER_SQL = `select ${DOC_COLUMNS}, ${DOC_STATE} as unit_state
+  from documents d where id = $1 and ${DOC_STATE} not in ${NOT_OWNED_STATES_SQL}`;
+
+/** A row as one shard answered it, and whether its unit is fenced there. */
+interface Copy<T> {
+  readonly item: T;
+  readonly fenced: boolean;
+}
+
+/**
+ * One copy of each row, in the order first seen. After the filters above, two shards answer for
+ * the same row only when one of the nodes asked lags a move: the mover marks the source `moved`
+ * before it opens the target, so on primaries an open target means a source left out. A `fenced`
+ * copy (a replica of the source that has not replayed the release) may miss writes the target
+ * has acknowledged since, so the open copy wins; two open copies (a replica behind a whole move)
+ * are resolved by asking the owner through withShardRead (undefined: the row is gone). Between
+ * the release's two commits neither shard answers for the unit: a listing then misses it for
+ * those milliseconds, and a lookup by id answers 404, rather than serve a stale copy.
+ */
+async function oneCopyEach<T>(copies: readonly Copy<T>[], idOf: (item: T) => string, resolve: (item: T) => Promise<T | undefined>): Promise<T[]> {
+  const byId = new Map<string, Copy<T>[]>();
+  for (const c of copies) {
+    const id = idOf(c.item);
+    const seen = byId.get(id);
+    if (seen) seen.push(c);
+    else byId.set(id, [c]);
+  }
+  const picked: (T | undefined)[] = await Promise.all(
+    [...byId.values()].map(async (same) => {
+      if (same.length === 1) return (same[0] as Copy<T>).item;
+      const open = same.filter((c) => !c.fenced);
+      if (open.length === 1) return (open[0] as Copy<T>).item;
+      return resolve((same[0] as Copy<T>).item);
+    }),
+  );
+  return picked.filter((item): item is T => item !== undefined);
+}
+
+/**
  * How a read honours an `X-Read-After` token: on the shard the token names, a replica must have
  * replayed its position; on another shard (the write was made before a move) the position means
  * nothing, so the read goes to the primary, which holds everything the move copied.
@@ -287,11 +337,19 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const per = Math.max(1, Math.ceil(n / deps.shardIds.length));
     const parts = await Promise.all(
       deps.shardIds.map(async (shardId) => {
-        const r = await deps.reader.query<UserRow>(shardId, 'select id, email, display_name, created_at from users order by created_at, id limit $1', [per]);
-        return r.rows.map((u) => ({ ...u, shard_id: shardId }));
+        const r = await deps.reader.query<UserRow & { unit_state: string }>(shardId, LIST_USERS_SQL, [per]);
+        return r.rows.map(({ unit_state, ...u }) => ({ item: { ...u, shard_id: shardId }, fenced: unit_state === 'fenced' }));
       }),
     );
-    send(res, 200, { items: parts.flat().slice(0, n) });
+    const items = await oneCopyEach(
+      parts.flat(),
+      (u) => u.id,
+      async (u) => {
+        const r = await deps.reads.withShardRead(u.id, async ({ client }) => (await client.query<UserRow>('select id, email, display_name, created_at from users where id = $1', [u.id])).rows[0]);
+        return r.value ? { ...r.value, shard_id: r.shardId } : undefined;
+      },
+    );
+    send(res, 200, { items: items.slice(0, n) });
   }
 
   async function createUser(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -351,21 +409,25 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const id = parse(uuid, docId, 'path.id');
     const q = parse(documentQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
-    // A document lives with its owner; without the owner every shard is asked at once.
+    const ownerRead = async (owner: string) =>
+      deps.reads
+        .withShardRead(owner, async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where id = $1`, [id])).rows[0], after ? { token: after } : {})
+        .then((r) => (r.value ? { ...r.value, shard_id: r.shardId, served_by: r.servedBy } : undefined));
+    // A document lives with its owner; without the owner every shard is asked at once, and only
+    // the shard that owns the document's unit answers (see DOCUMENT_ANY_OWNER_SQL).
     const owner = q.owner;
     const found =
       owner === undefined
         ? await Promise.all(
             deps.shardIds.map(async (shardId) => {
-              const r = await deps.reader.query<DocumentRow>(shardId, `select ${DOC_COLUMNS} from documents where id = $1`, [id], tokenFor(shardId, after));
-              return r.rows[0] ? { ...r.rows[0], shard_id: shardId, served_by: r.servedBy } : undefined;
+              const r = await deps.reader.query<DocumentRow & { unit_state: string }>(shardId, DOCUMENT_ANY_OWNER_SQL, [id], tokenFor(shardId, after));
+              const row = r.rows[0];
+              if (!row) return [];
+              const { unit_state, ...d } = row;
+              return [{ item: { ...d, shard_id: shardId, served_by: r.servedBy }, fenced: unit_state === 'fenced' }];
             }),
-          )
-        : [
-            await deps.reads
-              .withShardRead(owner, async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where id = $1`, [id])).rows[0], after ? { token: after } : {})
-              .then((r) => (r.value ? { ...r.value, shard_id: r.shardId, served_by: r.servedBy } : undefined)),
-          ];
+          ).then((copies) => oneCopyEach(copies.flat(), (d) => d.id, async (d) => ownerRead(d.owner_id)))
+        : [await ownerRead(owner)];
     const doc = found.find((d) => d !== undefined);
     if (!doc) throw new HttpProblem({ status: 404, detail: `no document ${id}` });
     if (q.owner !== undefined && doc.owner_id !== q.owner) {

@@ -64,15 +64,28 @@ export interface MoveJob extends MoveJobView {
 /** Why a move request was refused, for callers that map it to a status (API: 422). */
 export type MoveRequestProblem = 'invalid' | 'unknown-shard' | 'same-shard' | 'strategy' | 'not-found' | 'too-large';
 
+/**
+ * What is wrong with one field of a {@link MoveRequest} (`slot`, `key`, `to`, ...), in words that
+ * do not name the field, so that a caller whose input spells it otherwise (the API's `unit`) can
+ * name its own.
+ */
+export interface MoveRequestIssue {
+  readonly field: string;
+  readonly reason: string;
+}
+
 /** The move request is invalid or cannot be carried out (unknown shard, same source and target, strategy, ...). Nothing was recorded. */
 export class MoveRequestError extends MoveError {
   override readonly name = 'MoveRequestError';
+  /** For an `invalid` request, the fields at fault; empty when no single field is. */
+  readonly issues: readonly MoveRequestIssue[];
   constructor(
     message: string,
     readonly problem: MoveRequestProblem = 'invalid',
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; issues?: readonly MoveRequestIssue[] },
   ) {
     super(message, options);
+    this.issues = options?.issues ?? [];
   }
 }
 

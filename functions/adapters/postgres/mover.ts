@@ -158,8 +158,9 @@ export class Mover {
   async plan(request: MoveRequest): Promise<MoveJob> {
     const parsed = moveRequestSchema.safeParse(request);
     if (!parsed.success) {
-      const detail = parsed.error.issues.map((i) => `${i.path.join('.') || '(request)'}: ${i.message}`).join('; ');
-      throw new MoveRequestError(`invalid move request: ${detail}`, 'invalid', { cause: parsed.error });
+      const issues = parsed.error.issues.map((i) => ({ field: i.path.join('.'), reason: i.message }));
+      const detail = issues.map((i) => `${i.field || '(request)'}: ${i.reason}`).join('; ');
+      throw new MoveRequestError(`invalid move request: ${detail}`, 'invalid', { cause: parsed.error, issues });
     }
     const req = parsed.data;
     const unit = moveUnitFor(this.routing, req.kind);
@@ -173,7 +174,9 @@ export class Mover {
     let excluded: string[] = [];
     let versionBefore: number;
     if (req.kind === 'slot') {
-      if (req.slot >= map.slotCount) throw new MoveRequestError(`slot ${req.slot} is outside 0..${map.slotCount - 1}`);
+      if (req.slot >= map.slotCount) {
+        throw new MoveRequestError(`slot ${req.slot} is outside 0..${map.slotCount - 1}`, 'invalid', { issues: [{ field: 'slot', reason: `must be a slot number from 0 to ${map.slotCount - 1}` }] });
+      }
       unitId = String(req.slot);
       slot = req.slot;
       from = map.assignments[slot] as string;

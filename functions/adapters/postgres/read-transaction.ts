@@ -89,6 +89,53 @@ export interface ShardReader {
   withShardRead<T>(key: string, fn: (ctx: ShardReadContext) => Promise<T>, options?: ShardReadOptions): Promise<ShardReadResult<T>>;
 }
 
+/** A directory key that is a UUID in canonical form, as PostgreSQL prints one (the owner keys of the sharded tables). */
+const CANONICAL_UUID_SQL = `'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'`;
+
+/**
+ * The fence state that applies to one stored row, as a SQL expression over the row's owner
+ * column (`owner`, a `uuid`: `u.id`, `d.owner_id`) and its `slot` column. It is the rule the
+ * shards' write trigger applies to a written row (shard migration 004, docs/sharding-spec.md
+ * section 9): the owner's `directory` row decides when there is one; otherwise the row's `slot`
+ * row, unless the owner is one of the keys that row leaves out (`excluded_keys`); no row is
+ * `open`. Reads that scan many owners at once (listings, lookups by a non-routing id) cannot
+ * route per key as {@link ShardReader.withShardRead} does, so they apply this rule to each row
+ * instead, in the same statement and hence the same snapshot.
+ *
+ * Rows outside every unit with a fence row in another state than `open`, nearly all of them,
+ * are settled by two hashed look-ups in the columns' own types (each set is read once per
+ * statement); only the others pay for the exact rule, the CASE making sure of that order.
+ */
+export function rowFenceStateSql(owner: string, slot: string): string {
+  return `(case
+    when ${slot} in (select unit_id::int from write_fences where kind = 'slot' and state <> 'open')
+      or ${owner} in (select unit_id::uuid from write_fences where kind = 'directory' and state <> 'open' and unit_id ~ ${CANONICAL_UUID_SQL})
+    then coalesce(
+      (select f.state from write_fences f where f.kind = 'directory' and f.unit_id = ${owner}::text),
+      (select f.state from write_fences f where f.kind = 'slot' and f.unit_id = ${slot}::text and not (${owner}::text = any (f.excluded_keys))),
+      'open')
+    else 'open'
+  end)`;
+}
+
+/**
+ * The rows of `table` (alias `r`) that a fence row of the shard names, by slot or by owner: a
+ * superset of the rows whose fence state ({@link rowFenceStateSql}) is one of `states`, found
+ * through the (slot, id) and owner indexes rather than by a scan of the table.
+ */
+export function rowsOfFencedUnitsSql(table: string, owner: string, states: string): string {
+  return `select * from ${table} r
+   where r.slot = any (array(select unit_id::int from write_fences where kind = 'slot' and state in ${states}))
+      or r.${owner} = any (array(select unit_id::uuid from write_fences where kind = 'directory' and state in ${states} and unit_id ~ ${CANONICAL_UUID_SQL}))`;
+}
+
+/**
+ * The fence states of a unit a shard holds rows of without owning it: `incoming` (a move is
+ * still copying it here) and `moved` (another shard owns it; the rows wait for the clean-up,
+ * or, on a replica, for its replay). As a SQL list, for `state in ...`.
+ */
+export const NOT_OWNED_STATES_SQL = `('moved', 'incoming')`;
+
 type ReadVerdict = 'read' | 'reroute' | 'wait';
 
 /** As for writes: a directory-placed key answers only to its directory fence row. */

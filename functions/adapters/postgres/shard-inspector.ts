@@ -41,6 +41,7 @@ import type { MovableUnit } from '../../core/sharding/rebalance.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import { slotsOwnedBy, summarizeShardStatistics, type ShardMeasurement, type ShardStatisticsSummary, type TableStatistics } from '../../core/sharding/statistics.js';
 import { withNodeDeadline } from './deadline.js';
+import { NOT_OWNED_STATES_SQL, rowFenceStateSql, rowsOfFencedUnitsSql } from './read-transaction.js';
 import { commitHeartbeat, probeReplicaLag, type ReplicaLag } from './replica-lag.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 
@@ -409,7 +410,9 @@ export class ShardInspector {
   /**
    * Rows and bytes of the sharded tables on every primary (estimates from `pg_class` unless
    * `exact`; a table never analysed is counted exactly), users, documents, slots owned, shares
-   * and imbalance. Unreachable shards are listed and left out of the figures.
+   * and imbalance. Unreachable shards are listed and left out of the figures. An exact count
+   * leaves out the rows of units the shard holds without owning them (see {@link ownedRowsSql});
+   * an estimate and the bytes are of the whole table.
    */
   async statistics(options: StatisticsOptions = {}): Promise<StatisticsReport> {
     const shardIds = this.#pools.shardIds();
@@ -463,7 +466,8 @@ export class ShardInspector {
         if (!found) throw new ShardInspectionError(`${node.nodeId}: sharded table ${name} does not exist (schema not migrated?)`);
         // reltuples is -1 until the table is first vacuumed or analysed: no estimate exists yet.
         if (exact || found.estimate < 0) {
-          const { rows: counted } = await client.query<{ n: number }>(`select count(*)::float8 as n from ${client.escapeIdentifier(name)}`);
+          const owner = name === names.users ? 'id' : 'owner_id';
+          const { rows: counted } = await client.query<{ n: number }>(ownedRowsSql(client.escapeIdentifier(name), owner));
           out.push({ table: name, rows: counted[0]?.n ?? 0, bytes: found.bytes, method: 'exact' });
         } else {
           out.push({ table: name, rows: Math.round(found.estimate), bytes: found.bytes, method: 'estimate' });
@@ -585,4 +589,20 @@ export class ShardInspector {
 export function hostPort(endpoint: string): string {
   const slash = endpoint.indexOf('/');
   return slash < 0 ? endpoint : endpoint.slice(0, slash);
+}
+
+/**
+ * The exact count of a sharded table's rows whose unit the shard owns. A unit being moved is
+ * held by two shards: the target holds the copy from the start of the copy (`incoming`), the
+ * source the original until the clean-up has deleted it (`moved`); counted on both, it skews
+ * the shares the rebalance check plans from. The rows of those units, which the fence rows name
+ * (a few slots and keys), are found through the indexes (`rowsOfFencedUnitsSql`), judged by the
+ * trigger's rule (`rowFenceStateSql`) and taken off the table's count: the statement costs the
+ * count it replaces plus index scans of the units in flight, all in one snapshot.
+ */
+function ownedRowsSql(table: string, owner: 'id' | 'owner_id'): string {
+  return `select (select count(*) from ${table})::float8 - (
+      select count(*) from (${rowsOfFencedUnitsSql(table, owner, NOT_OWNED_STATES_SQL)}) r
+       where ${rowFenceStateSql(`r.${owner}`, 'r.slot')} in ${NOT_OWNED_STATES_SQL}
+    )::float8 as n`;
 }

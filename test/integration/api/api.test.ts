@@ -471,6 +471,19 @@ describe('scaling API over HTTP', () => {
       expect(own.body).toMatchObject({ detail: expect.stringMatching(new RegExp(`slot ${route.slot} is already on ${route.shard_id}`)), invalid_params: [{ name: 'body.to' }] });
     });
 
+    it('refuses a slot number out of range and a directory key that is not a UUID with 400 naming body.unit, and records no job', async () => {
+      const jobs = async (): Promise<number> => Number((await h.catalogPool.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n);
+      const before = await jobs();
+      const outOfRange = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: '4096', to: 'shard_002' }) });
+      const notUuid = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'directory', unit: 'tenant-42', to: 'shard_002' }) });
+      expect([outOfRange.status, notUuid.status]).toEqual([400, 400]);
+      // The mover's own names for the unit (slot, key) are not fields of this API.
+      expect(outOfRange.body).toMatchObject({ detail: 'body.unit: must be a slot number from 0 to 4095', invalid_params: [{ name: 'body.unit', reason: 'must be a slot number from 0 to 4095' }] });
+      expect(notUuid.body).toMatchObject({ detail: expect.stringMatching(/^body\.unit: directory keys are user ids \(UUIDs\)/), invalid_params: [{ name: 'body.unit' }] });
+      expect(JSON.stringify([outOfRange.body, notUuid.body])).not.toMatch(/\bkey:|\bslot:/);
+      expect(await jobs()).toBe(before);
+    });
+
     it('lists the shard directory a page at a time, following next_cursor to the end', async () => {
       const keys = ['dir-page-a', 'dir-page-b', 'dir-page-c'];
       for (const key of keys) await h.sharding.directory.set(key, 'shard_002', 'api-test');

@@ -302,6 +302,10 @@ describe('moves that lose nothing', () => {
     // Nearly a uuid, but PostgreSQL refuses it too (one brace), so it is no spelling of one.
     await expect(mover.plan({ kind: 'directory', key: '{a0eebc999c0b4ef8bb6d6bb9bd380a11', to: 'shard_b', createdBy: 'test' })).rejects.toThrow(/key: directory keys are user ids/);
     await expect(mover.plan({ kind: 'slot', slot: 1, to: await env.ownerOf(1), createdBy: 'test' })).rejects.toThrow(/already on/);
+    // The field at fault, apart from the message, so that a caller can name it in its own terms (the API's body.unit).
+    const issuesOf = (e: unknown) => (e as MoveRequestError).issues;
+    expect(issuesOf(await mover.plan({ kind: 'slot', slot: 4096, to: 'shard_b', createdBy: 'test' }).catch((e: unknown) => e))).toEqual([{ field: 'slot', reason: 'must be a slot number from 0 to 4095' }]);
+    expect(issuesOf(await mover.plan({ kind: 'directory', key: 'tenant-42', to: 'shard_b', createdBy: 'test' }).catch((e: unknown) => e))).toEqual([{ field: 'key', reason: expect.stringMatching(/^directory keys are user ids/) }]);
     const after = await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.move_jobs');
     expect(after.rows[0]?.n).toBe(rows[0]?.n);
   });

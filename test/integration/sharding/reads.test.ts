@@ -1,10 +1,14 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
+import type { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { createShardReader, ShardReadError, type ShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
 import { routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
-import { keysInSlot, primaryReads, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, keysInSlot, primaryReads, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -95,5 +99,126 @@ describe('reads during and after a move', () => {
     expect(error).toBeInstanceOf(ShardReadError);
     expect((error as ShardReadError).reason).toBe('deadline-exceeded');
     expect(rows[0]?.n).toBe(0);
+  });
+});
+
+/** The local documents API over the env's primaries (these shards have no replicas: every replica read is a primary read). */
+async function documentsApi(): Promise<{ get<T>(path: string): Promise<{ status: number; body: T }>; close(): Promise<void> }> {
+  const reader: Pick<ReplicaReader, 'query'> = {
+    async query<R extends pg.QueryResultRow>(shardId: string, text: string, values: unknown[] = []) {
+      const r = await (env.shards.get(shardId) as pg.Pool).query<R>(text, values);
+      return { rows: r.rows, rowCount: r.rowCount, servedBy: `${shardId}/primary` };
+    },
+  };
+  const route = createDocumentsRoute({ writer: env.writer, reader, reads: env.reader, shardIds: [...env.shards.keys()] });
+  const http = createServer((req, res) => void Promise.resolve(route(req, res)).then((handled) => (handled ? undefined : res.writeHead(404).end())));
+  await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
+  const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+  return {
+    async get<T>(path: string) {
+      const res = await fetch(`${url}${path}`);
+      return { status: res.status, body: (await res.json()) as T };
+    },
+    close: () => new Promise<void>((ok) => http.close(() => ok())),
+  };
+}
+
+interface ListedUser {
+  id: string;
+  shard_id: string;
+}
+interface FoundDocument {
+  title: string;
+  shard_id: string;
+}
+
+describe('documents API reads that ask every shard', () => {
+  it('answer from the owner only, between a move\'s flip and its clean-up and during its copy', async () => {
+    // Slot A: moved, its clean-up not yet run (the mover stopped before it: a crash, a Lambda
+    // timeout, or the time the clean-up takes). Slot B: its copy on the target, not yet published.
+    const [slotA, slotB] = [513, 514];
+    const a = await sides(env, slotA);
+    const b = await sides(env, slotB);
+    const [userA] = keysInSlot(slotA, 1) as [string];
+    const [userB] = keysInSlot(slotB, 1) as [string];
+    await seedUsers(a.source, slotA, [userA], 1);
+    await seedUsers(b.source, slotB, [userB], 1);
+    const docOf = async (pool: pg.Pool, user: string): Promise<string> => (await pool.query<{ id: string }>('select id::text from documents where owner_id = $1', [user])).rows[0]?.id as string;
+    const [docA, docB] = [await docOf(a.source, userA), await docOf(b.source, userB)];
+    const stopAt = (at: string) =>
+      env.mover({
+        readerGraceMs: 0,
+        hook(point) {
+          if (point === at) throw new Error(`test: the mover stops at ${at}`);
+        },
+      });
+    const moverA = stopAt('cleaning_up');
+    await expect(moverA.run((await moverA.plan({ kind: 'slot', slot: slotA, to: a.to, createdBy: 'test' })).id)).rejects.toThrow(/stops at/);
+    const moverB = stopAt('catching_up');
+    const jobB = (await moverB.plan({ kind: 'slot', slot: slotB, to: b.to, createdBy: 'test' })).id;
+    await expect(moverB.run(jobB)).rejects.toThrow(/stops at/);
+    // Both shards hold each unit's rows now.
+    expect([await countSlot(a.source, slotA), await countSlot(a.target, slotA), await countSlot(b.target, slotB)]).toEqual(Array(3).fill({ users: 1, documents: 1 }));
+    // The owner edits A's document on its new shard.
+    const write = await env.writer.withShardWrite(userA, async ({ client }) => {
+      await client.query(`update documents set title = 'edited after the move' where id = $1`, [docA]);
+    });
+    expect(write.shardId).toBe(a.to);
+
+    const api = await documentsApi();
+    try {
+      const [foundA, foundB] = [await api.get<FoundDocument>(`/api/v1/documents/${docA}`), await api.get<FoundDocument>(`/api/v1/documents/${docB}`)];
+      const users = await api.get<{ items: ListedUser[] }>('/api/v1/users?limit=200');
+      const listedOn = (user: string) => users.body.items.filter((u) => u.id === user).map((u) => u.shard_id);
+
+      expect({ title: foundA.body.title, shard: foundA.body.shard_id }).toEqual({ title: 'edited after the move', shard: a.to });
+      expect(foundB.body.shard_id).toBe(b.from);
+      expect({ a: listedOn(userA), b: listedOn(userB) }).toEqual({ a: [a.to], b: [b.from] });
+    } finally {
+      await api.close();
+      await moverB.cancel(jobB);
+      await env.mover({ readerGraceMs: 0 }).resumeAll();
+    }
+  });
+
+  it('prefer the open copy to a fenced one, and ask the owner when two shards both say they own a row', async () => {
+    const slot = 515;
+    const { from, to, source, target } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 1);
+    const doc = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1', [user])).rows[0]?.id as string;
+    const mover = env.mover({
+      readerGraceMs: 0,
+      hook(point) {
+        if (point === 'cleaning_up') throw new Error('test: the mover stops before the clean-up');
+      },
+    });
+    await expect(mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).rejects.toThrow(/before the clean-up/);
+    await env.writer.withShardWrite(user, async ({ client }) => {
+      await client.query(`update documents set title = 'edited on the new owner' where id = $1`, [doc]);
+    });
+    // What each shard says of the slot: the source as between the target's opening and its own
+    // 'moved' mark (two commits on two shards), then as a replica that has replayed none of the move.
+    const sourceSays = (state: string) => source.query(`update write_fences set state = $2 where kind = 'slot' and unit_id = $1`, [String(slot), state]);
+    const api = await documentsApi();
+    try {
+      const look = async () => {
+        const found = await api.get<FoundDocument>(`/api/v1/documents/${doc}`);
+        const users = await api.get<{ items: ListedUser[] }>('/api/v1/users?limit=200');
+        return { doc: [found.body.title, found.body.shard_id], listedOn: users.body.items.filter((u) => u.id === user).map((u) => u.shard_id) };
+      };
+      await sourceSays('fenced');
+      const whileFenced = await look();
+      await sourceSays('open');
+      const bothOpen = await look();
+
+      const current = { doc: ['edited on the new owner', to], listedOn: [to] };
+      expect({ from, whileFenced, bothOpen }).toEqual({ from, whileFenced: current, bothOpen: current });
+      expect((await target.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)])).rows[0]?.state).toBe('open');
+    } finally {
+      await sourceSays('moved');
+      await api.close();
+      await env.mover({ readerGraceMs: 0 }).resumeAll();
+    }
   });
 });

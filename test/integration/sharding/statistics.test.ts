@@ -113,6 +113,59 @@ describe('shard statistics and the rebalance check', () => {
     expect(stats.complete).toBe(true);
   });
 
+  it('counts exactly only the rows of units the shard owns: not a copy being moved in, nor one moved away and not yet cleaned up', async () => {
+    const clientOf = async (shardId: string): Promise<pg.Client> => {
+      const c = new pg.Client({ connectionString: cluster.config.shards.find((s) => s.shard_id === shardId)?.database_url });
+      await c.connect();
+      return c;
+    };
+    const [source, target] = [await clientOf('shard_001'), await clientOf('shard_002')];
+    try {
+      const before = await inspector.statistics({ exact: true, slotMap });
+      // A slot of shard_001 with two users; one of them the directory keeps on shard_001 while the slot moves (excluded_keys).
+      const { rows } = await source.query<{ slot: number; ids: string[] }>('select slot, array_agg(id::text order by id) as ids from users group by slot having count(*) >= 2 order by slot limit 1');
+      const { slot, ids } = rows[0] as { slot: number; ids: string[] };
+      const [pinned, ...moving] = ids as [string, ...string[]];
+      // A move's bulk copy on shard_002 (rows first: the fence would refuse them once 'incoming').
+      const copy = await source.query<{ users: string; documents: string }>(
+        `select (select json_agg(u) from users u where slot = $1 and id::text = any($2))::text as users,
+                (select json_agg(d) from documents d where slot = $1 and owner_id::text = any($2))::text as documents`,
+        [slot, moving],
+      );
+      await target.query('insert into users select * from json_populate_recordset(null::users, $1::json)', [copy.rows[0]?.users]);
+      await target.query('insert into documents select * from json_populate_recordset(null::documents, $1::json)', [copy.rows[0]?.documents]);
+      await target.query(`insert into write_fences (kind, unit_id, state, excluded_keys) values ('slot', $1, 'incoming', $2)`, [String(slot), [pinned]]);
+      // And shard_002's directory user has been moved away, its rows not yet deleted.
+      await target.query(`insert into write_fences (kind, unit_id, state, moved_to) values ('directory', $1, 'moved', 'shard_001')`, [directoryUser]);
+      const copying = await inspector.statistics({ exact: true, slotMap });
+      // The flip: the target owns the slot, the source keeps its rows until the clean-up, but not
+      // the pinned key's, which an 'open' directory row also keeps here (it decides over the slot row).
+      await target.query(`update write_fences set state = 'open' where kind = 'slot' and unit_id = $1`, [String(slot)]);
+      await source.query(`insert into write_fences (kind, unit_id, state, moved_to, excluded_keys) values ('slot', $1, 'moved', 'shard_002', $2), ('directory', $3, 'open', null, '{}')`, [String(slot), [pinned], pinned]);
+      const flipped = await inspector.statistics({ exact: true, slotMap });
+      await source.query(`delete from write_fences where unit_id in ($1, $2)`, [String(slot), pinned]);
+      await target.query(`delete from write_fences where unit_id in ($1, $2)`, [String(slot), directoryUser]);
+      await target.query('delete from documents where slot = $1 and owner_id::text = any($2)', [slot, moving]);
+      await target.query('delete from users where slot = $1 and id::text = any($2)', [slot, moving]);
+
+      const counts = (r: typeof before) => r.shards.map((s) => ({ shardId: s.shardId, users: s.users, documents: s.documents }));
+      const n = moving.length;
+      expect(counts(copying)).toEqual([
+        { shardId: 'shard_001', users: 300, documents: 600 },
+        { shardId: 'shard_002', users: 100, documents: 205 - DIRECTORY_USER_DOCS },
+      ]);
+      expect(counts(flipped)).toEqual([
+        { shardId: 'shard_001', users: 300 - n, documents: 600 - n * DOCS_PER_USER },
+        { shardId: 'shard_002', users: 100 + n, documents: 205 - DIRECTORY_USER_DOCS + n * DOCS_PER_USER },
+      ]);
+      expect(copying.shards.every((s) => s.tables.every((t) => t.method === 'exact'))).toBe(true);
+      expect(counts(await inspector.statistics({ exact: true, slotMap }))).toEqual(counts(before));
+    } finally {
+      await source.end();
+      await target.end();
+    }
+  });
+
   it('lists every slot with rows as a unit, and a directory key as a unit of its own', async () => {
     const units = await inspector.movableUnits(slotMap, [{ key: directoryUser, shardId: 'shard_002' }]);
 
