@@ -61,6 +61,8 @@ export interface MoveSettings {
   readonly readerGraceMs: number;
   /** Recorded as the publisher of the new map. */
   readonly actor: string;
+  /** The most rows of one table a unit may have when it is compared (see {@link PgMovePort.preVerify}); unlimited when absent. */
+  readonly maxUnitRows?: number;
 }
 
 export interface PgMovePortOptions {
@@ -991,6 +993,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   private async preVerify(job: MoveJob): Promise<void> {
     this.pre = null;
+    await this.checkUnitSize(job);
     const targetPool = this.pool(job.to);
     await this.write(job, job.to, async (c) => {
       await c.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [job.id, job.kind, job.unitId, job.excludedKeys]);
@@ -1007,6 +1010,30 @@ export class PgMovePort implements MovePort<MoveJob> {
     for (const { t, id } of source.pending) recheck[t]?.add(id);
     for (const { name } of TABLES) for (const id of differingIds(source.hashes[name], target.hashes[name])) recheck[name].add(id);
     this.pre = { jobId: job.id, source: new SideHashes(source.hashes, source.totals), target: new SideHashes(target.hashes, target.totals), recheck };
+  }
+
+  /**
+   * The unit's size was checked when the move was planned; it may have grown since (a long copy
+   * under writers). The comparison holds every row's hash of both sides in memory, in one string
+   * per table and side: past the limit it would run the worker out of memory, or past V8's
+   * longest string, on every run. So it stops here, before reading, naming the counts.
+   */
+  private async checkUnitSize(job: MoveJob): Promise<void> {
+    const limit = this.settings.maxUnitRows;
+    if (limit === undefined) return;
+    const users = this.unitFilter(job, 'users', 1);
+    const docs = this.unitFilter(job, 'documents', 1 + users.params.length);
+    const { rows } = await this.pool(job.from).query<{ users: string; documents: string }>(
+      `select (select count(*) from users where ${users.sql}) as users, (select count(*) from documents where ${docs.sql}) as documents`,
+      [...users.params, ...docs.params],
+    );
+    for (const [table, n] of Object.entries(rows[0] ?? {})) {
+      if (Number(n) > limit) {
+        throw new MoveError(
+          `${job.kind} ${job.unitId} has grown to ${Number(n).toLocaleString('en')} rows in ${table} on ${job.from} since it was planned; one move compares at most ${limit.toLocaleString('en')} rows per table: cancel this move (DELETE /shards/moves/${job.id}) and move the unit's keys in smaller units`,
+        );
+      }
+    }
   }
 
   /**

@@ -344,6 +344,7 @@ export class Mover {
             drainTimeoutMs: this.options.drainTimeoutMs ?? 30_000,
             readerGraceMs: this.options.readerGraceMs ?? 0,
             actor: this.options.actor ?? 'mover',
+            maxUnitRows: this.options.maxUnitRows ?? DEFAULT_MAX_UNIT_ROWS,
           },
         });
         const job = toJob(claimed);

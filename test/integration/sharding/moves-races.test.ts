@@ -390,3 +390,25 @@ describe('the clean-up', () => {
     expect(done.error).toMatch(/clean-up kept 1 user row\(s\) on .* that still own documents outside the moved unit/);
   });
 });
+
+describe('the unit-size limit', () => {
+  it('is checked again before the comparison, for a unit that grew past it after it was planned', async () => {
+    const slot = 740;
+    const { to, source, target } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 8);
+    const mover = env.mover({ readerGraceMs: 0, maxUnitRows: 10 });
+    const id = (await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id;
+    await source.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'later ' || g from generate_series(1, 4) g`, [user, slot]);
+
+    await expect(mover.run(id)).rejects.toThrow(/has grown to 12 rows in documents .* one move compares at most 10 rows per table: cancel this move/);
+    const stopped = await mover.get(id);
+    expect(stopped.flipStarted).toBe(false);
+    expect(stopped.error).toMatch(/has grown to 12 rows/);
+    // Writes were never held: the unit is open on its owner, and the cancel leaves it whole there.
+    expect(await fenceState(source, 'slot', String(slot))).toBe('open');
+    expect((await mover.cancel(id)).state).toBe('cancelled');
+    expect(await countSlot(source, slot)).toEqual({ users: 1, documents: 12 });
+    expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
+  });
+});
