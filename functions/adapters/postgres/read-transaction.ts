@@ -14,6 +14,11 @@
  * - `open`, `fenced` or no row: this shard owns the unit (a fenced unit holds its writes, so
  *   what is read is current).
  *
+ * On a replica, whose snapshot may predate the move that brought the unit here, "no row" counts
+ * as owned only on the unit's first owner ({@link WriteRoute.firstOwner}), and `moved` in a row
+ * the route's map already knows means the unit came back since: either way the read goes to the
+ * shard's primary (docs/sharding-spec.md, section 9, Readers).
+ *
  * No LISTEN/NOTIFY is involved, so nothing pins an RDS Proxy connection. A read-your-writes
  * token (see {@link ReadToken}) sends the read to a node that has replayed the write: a replica
  * past its position on the shard that made it, or the primary when the token names another
@@ -32,7 +37,7 @@ import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { ReadOptions, ReplicaReader } from './replica-reader.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
-import { READER_FENCE_ROWS_SQL, type WriteRouter } from './write-transaction.js';
+import { READER_FENCE_ROWS_SQL, type WriteRoute, type WriteRouter } from './write-transaction.js';
 
 export interface ShardReaderOptions {
   /** The routing; `fresh: true` must bypass every cache (asked for after finding a unit moved away). */
@@ -136,14 +141,47 @@ export function rowsOfFencedUnitsSql(table: string, owner: string, states: strin
  */
 export const NOT_OWNED_STATES_SQL = `('moved', 'incoming')`;
 
-type ReadVerdict = 'read' | 'reroute' | 'wait';
+type ReadVerdict = 'read' | 'reroute' | 'wait' | 'primary';
 
-/** As for writes: a directory-placed key answers only to its directory fence row. */
-function readVerdict(rows: readonly { kind: string; state: string }[], viaDirectory: boolean): ReadVerdict {
-  const relevant = rows.filter((r) => r.kind === 'directory' || !viaDirectory);
-  if (relevant.some((r) => r.state === 'moved')) return 'reroute';
+interface ReaderFenceRow {
+  readonly kind: string;
+  readonly state: string;
+  readonly map_version: string;
+}
+
+/**
+ * As for writes: a directory-placed key answers only to its directory fence row. On a replica
+ * two answers are not to be trusted, because its snapshot may predate a move that brought the
+ * unit (back) here; the read then goes to the primary (docs/sharding-spec.md, section 9):
+ *
+ * - no row of the unit, on a shard that is not the unit's first owner: the replica has not
+ *   replayed the move's `incoming` row (nor its copy), and would answer "nothing" for rows
+ *   that exist. The first owner needs no row: fence rows are never deleted, so a snapshot of it
+ *   without one is from a time it owned the unit (ordinary bounded staleness);
+ * - `moved` in a slot row whose map version the route's map already has, that map still naming
+ *   this shard: the unit moved away and back, and the replica has not replayed its return. A
+ *   directory row's version is the directory entry's, which the route does not carry: `moved`
+ *   in it is checked on the primary before the read is re-routed.
+ */
+function readVerdict(rows: readonly ReaderFenceRow[], route: WriteRoute, onReplica: boolean): ReadVerdict {
+  const relevant = rows.filter((r) => r.kind === 'directory' || !route.viaDirectory);
+  const moved = relevant.filter((r) => r.state === 'moved');
+  if (moved.length > 0) {
+    if (!onReplica) return 'reroute';
+    const predatesRoute = (r: ReaderFenceRow): boolean => r.kind === 'slot' && Number(r.map_version) <= route.version;
+    return route.viaDirectory || moved.every(predatesRoute) ? 'primary' : 'reroute';
+  }
   if (relevant.some((r) => r.state === 'incoming')) return 'wait';
-  return 'read';
+  if (!onReplica) return 'read';
+  const unitKind = route.viaDirectory ? 'directory' : 'slot';
+  if (rows.some((r) => r.kind === unitKind)) return 'read';
+  // Without a row of its unit the replica shows the unit's rows only where they have always been.
+  // A stub route of map version 1 names that first owner itself.
+  const firstOwner = route.firstOwner ?? (route.version === 1 && !route.viaDirectory ? route.shardId : undefined);
+  if (firstOwner !== route.shardId) return 'primary';
+  // A directory-placed key on its slot's first owner: its rows were there from the start unless
+  // its slot has moved (a slot row): then only the primary can tell.
+  return route.viaDirectory && rows.some((r) => r.kind === 'slot') ? 'primary' : 'read';
 }
 
 const QUERY_CANCELED = '57014';
@@ -159,7 +197,7 @@ export function readOptionsFor(shardId: string, token: ReadToken | undefined, ti
   if (token.shardId !== shardId) return { primary: true };
   const timeline = timelineOf?.(shardId);
   if (timeline !== undefined && timeline !== token.timeline) return { primary: true };
-  return { token: token.lsn };
+  return { token: token.lsn, tokenTimeline: token.timeline };
 }
 
 /** Builds a {@link ShardReader} over the replica reader. */
@@ -178,29 +216,38 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
     let reroutes = 0;
     let waitedMs = 0;
     let backoffMs = 2;
+    // Set when a replica could not vouch for the unit's ownership: the same route, on the primary.
+    let primaryRoute: WriteRoute | undefined;
     for (let attempt = 1; ; attempt++) {
-      let route = await options.router.routeForWrite(key, { fresh });
-      if (!fresh && token !== undefined && token.mapVersion > route.version) route = await options.router.routeForWrite(key, { fresh: true });
+      let route: WriteRoute;
+      if (primaryRoute !== undefined) {
+        route = primaryRoute;
+      } else {
+        route = await options.router.routeForWrite(key, { fresh, firstOwner: true });
+        if (!fresh && token !== undefined && token.mapVersion > route.version) route = await options.router.routeForWrite(key, { fresh: true, firstOwner: true });
+      }
+      const onPrimary = primaryRoute !== undefined;
+      primaryRoute = undefined;
       let left: number | undefined;
       if (deadlineAt !== undefined) {
         left = deadlineAt - Date.now();
         if (left <= 0) throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline before it could start`);
       }
-      type Outcome = { verdict: 'read'; value: T; servedBy: string } | { verdict: 'reroute' | 'wait' };
+      type Outcome = { verdict: 'read'; value: T; servedBy: string } | { verdict: 'reroute' | 'wait' | 'primary' };
       let outcome: Outcome;
       try {
         outcome = await options.reader.withReadClient(
           route.shardId,
-          (client, servedBy) =>
+          (client, servedBy, node) =>
             inClientTransaction<Outcome>(client, 'begin isolation level repeatable read read only', async () => {
               if (left !== undefined) await client.query(`select set_config('statement_timeout', $1, true)`, [`${Math.max(1, Math.ceil(left))}ms`]);
-              const fences = await client.query<{ kind: string; state: string }>(READER_FENCE_ROWS_SQL, [String(route.slot), key]);
-              const verdict = readVerdict(fences.rows, route.viaDirectory);
+              const fences = await client.query<ReaderFenceRow>(READER_FENCE_ROWS_SQL, [String(route.slot), key]);
+              const verdict = readVerdict(fences.rows, route, node.replica);
               if (verdict !== 'read') return new RollbackWith({ verdict });
               const value = await fn({ client, shardId: route.shardId, slot: route.slot, servedBy });
               return { verdict, value, servedBy };
             }),
-          readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader)),
+          onPrimary ? { primary: true } : readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader)),
         );
       } catch (err) {
         if (deadlineAt !== undefined && (err as { code?: unknown }).code === QUERY_CANCELED) {
@@ -209,6 +256,10 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
         throw err;
       }
       if (outcome.verdict === 'read') return { value: outcome.value, shardId: route.shardId, servedBy: outcome.servedBy, attempts: attempt };
+      if (outcome.verdict === 'primary') {
+        primaryRoute = route;
+        continue;
+      }
       if (outcome.verdict === 'reroute') {
         reroutes += 1;
         if (reroutes > maxReroutes) throw new ShardReadError('too-many-reroutes', `key's unit moved ${reroutes} times in a row; routing is not converging (last route: shard ${route.shardId}, slot ${route.slot})`);

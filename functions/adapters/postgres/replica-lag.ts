@@ -26,6 +26,7 @@
  * // { inRecovery: true, replayLsn: 50331976n, lagSeconds: 0 }
  * ```
  */
+import type pg from 'pg';
 import { lsnBytesBehind, parseLsn } from '../../core/sharding/lsn.js';
 import { withNodeDeadline } from './deadline.js';
 import type { ShardNode } from './shard-pools.js';
@@ -62,7 +63,25 @@ export interface ReplicaLag {
   readonly lagSeconds: number | null;
   /** WAL bytes between the heartbeat and the replay position; null without a heartbeat. */
   readonly lagBytes: bigint | null;
+  /**
+   * The timeline the replica follows ({@link REPLICA_TIMELINE_SQL}); null when it cannot be
+   * told. A replica of another timeline than its primary's follows another server (an old
+   * primary after a promotion): its replay position and lag say nothing about this primary.
+   */
+  readonly timeline: number | null;
 }
+
+/**
+ * The timeline a replica follows, in SQL. The WAL receiver's `received_tli` is the timeline it
+ * streams (and the startup process replays) now; PostgreSQL shows it only to roles with the
+ * privileges of `pg_read_all_stats`, and there is no row while no receiver runs. Otherwise the
+ * later of the control file's last restartpoint timeline and minimum-recovery-point timeline:
+ * never ahead of the replayed timeline, though it can trail it after a timeline switch until the
+ * next restartpoint (the replica then looks like it follows the old timeline: reads go elsewhere,
+ * which is the safe side). `pg_walfile_name()` cannot be called during recovery.
+ */
+export const REPLICA_TIMELINE_SQL = `coalesce((select received_tli from pg_stat_wal_receiver),
+  greatest((pg_control_checkpoint()).timeline_id, nullif((pg_control_recovery()).min_recovery_end_timeline, 0)))`;
 
 // The insert position, read after the commit on the same connection, is at or past the end of
 // the heartbeat's commit record. The write position (pg_current_wal_lsn) can still be short of
@@ -71,13 +90,20 @@ export interface ReplicaLag {
 const HEARTBEAT_POSITION_SQL = `select pg_current_wal_insert_lsn()::text as lsn, (extract(epoch from clock_timestamp()) * 1000)::float8 as now_ms,
   ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint as tli`;
 
-const REPLICA_SQL = `select pg_is_in_recovery() as in_recovery,
+const REPLICA_SQL_WITHOUT_TIMELINE = `select pg_is_in_recovery() as in_recovery,
   pg_last_wal_replay_lsn()::text as replay_lsn,
   (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::float8 as replay_commit_ms,
   case
     when pg_last_wal_receive_lsn() is not null and pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0
     else extract(epoch from clock_timestamp() - pg_last_xact_replay_timestamp())::float8
-  end as lag_seconds`;
+  end as lag_seconds,
+  null::int as timeline`;
+const REPLICA_SQL = REPLICA_SQL_WITHOUT_TIMELINE.replace('null::int as timeline', `${REPLICA_TIMELINE_SQL} as timeline`);
+
+/** SQLSTATE 42501: a provider that revoked EXECUTE on the control-file functions from the login. */
+export const INSUFFICIENT_PRIVILEGE = '42501';
+/** Replica pools whose login may not read the timeline (asked once per process). */
+const timelineDenied = new WeakSet<pg.Pool>();
 
 /** Commits a heartbeat on `primary`; null when the primary does not answer within the budget. */
 export async function commitHeartbeat(primary: ShardNode, options: LagMeasureOptions): Promise<Heartbeat | null> {
@@ -101,6 +127,20 @@ export async function commitHeartbeat(primary: ShardNode, options: LagMeasureOpt
 }
 
 /**
+ * The primary's WAL insert position now; null when it does not answer. Read after the replicas'
+ * probes: a replica whose replay position is past it replays WAL this primary never wrote (it
+ * follows another server, e.g. an old primary still taking writes after a promotion).
+ */
+export async function readPrimaryPosition(primary: ShardNode, options: LagMeasureOptions): Promise<bigint | null> {
+  try {
+    const { rows } = await withNodeDeadline(primary.pool, options.timeoutMs, primary.nodeId, (c) => c.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn'));
+    return rows[0] ? parseLsn(rows[0].lsn) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
  * Measures `replica` against `heartbeat` (or on its own when the heartbeat is null); undefined
  * when the replica does not answer.
  */
@@ -110,14 +150,32 @@ export async function probeReplicaLag(replica: ShardNode, heartbeat: Heartbeat |
   try {
     // Counted in polls, not read from the injected clock (a test's clock need not move).
     for (let poll = 1; ; poll += 1) {
-      const { rows } = await withNodeDeadline(replica.pool, options.timeoutMs, replica.nodeId, (c) =>
-        c.query<{ in_recovery: boolean; replay_lsn: string | null; replay_commit_ms: number | null; lag_seconds: number | null }>(REPLICA_SQL),
-      );
+      type Row = { in_recovery: boolean; replay_lsn: string | null; replay_commit_ms: number | null; lag_seconds: number | null; timeline: number | null };
+      const measure = (sql: string) => withNodeDeadline(replica.pool, options.timeoutMs, replica.nodeId, (c) => c.query<Row>(sql));
+      let result: pg.QueryResult<Row>;
+      try {
+        result = await measure(timelineDenied.has(replica.pool) ? REPLICA_SQL_WITHOUT_TIMELINE : REPLICA_SQL);
+      } catch (error) {
+        // Without the right to read the timeline, the rest of the measure still stands.
+        if ((error as { code?: unknown }).code !== INSUFFICIENT_PRIVILEGE) throw error;
+        timelineDenied.add(replica.pool);
+        result = await measure(REPLICA_SQL_WITHOUT_TIMELINE);
+      }
+      const { rows } = result;
       const row = rows[0];
       if (!row) return undefined;
       const replayLsn = row.replay_lsn === null ? null : parseLsn(row.replay_lsn);
-      const base = { inRecovery: row.in_recovery, replayLsn, lagBytes: heartbeat === null || replayLsn === null ? null : lsnBytesBehind(heartbeat.lsn, replayLsn) };
+      const base = {
+        inRecovery: row.in_recovery,
+        replayLsn,
+        lagBytes: heartbeat === null || replayLsn === null ? null : lsnBytesBehind(heartbeat.lsn, replayLsn),
+        timeline: row.timeline === null ? null : Number(row.timeline),
+      };
       if (heartbeat === null) return { ...base, lagSeconds: row.lag_seconds === null ? null : Math.max(0, row.lag_seconds) };
+      // A replica of another timeline replays another server's WAL: its position may well be past
+      // the heartbeat's, and its last commit recent, without its having replayed anything of
+      // this primary's since the fork. Its lag behind this primary cannot be told.
+      if (base.timeline !== null && base.timeline !== heartbeat.timeline) return { ...base, lagSeconds: null };
       if (replayLsn !== null && replayLsn >= heartbeat.lsn) return { ...base, lagSeconds: 0 };
       if (poll * pollMs >= options.waitMs) {
         if (row.replay_commit_ms === null) return { ...base, lagSeconds: null };

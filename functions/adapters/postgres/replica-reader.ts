@@ -28,7 +28,7 @@
 import type pg from 'pg';
 import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
-import { commitHeartbeat, probeReplicaLag } from './replica-lag.js';
+import { commitHeartbeat, INSUFFICIENT_PRIVILEGE, probeReplicaLag, readPrimaryPosition, REPLICA_TIMELINE_SQL } from './replica-lag.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { inClientTransaction } from './transaction.js';
 
@@ -65,6 +65,11 @@ export interface ReadOptions {
   /** A read-your-writes token from {@link captureWriteToken}: the read sees that write. */
   readonly token?: string;
   /**
+   * The primary's timeline when the token was taken: a replica serves the token only on that
+   * timeline (a position of one timeline says nothing about another's WAL).
+   */
+  readonly tokenTimeline?: number;
+  /**
    * Read from the primary only: for a write whose position means nothing on this shard's
    * replicas (it was made on another shard, before a move).
    */
@@ -76,6 +81,12 @@ export interface ReadResult<R> {
   readonly rowCount: number | null;
   /** The node that answered (`shard_001/replica-1`, `shard_001/primary`). */
   readonly servedBy: string;
+}
+
+/** What the node lent to a read is. */
+export interface ReadNode {
+  /** A replica: its snapshot may trail the primary's by up to the freshness bound. */
+  readonly replica: boolean;
 }
 
 /** Anything with pg's `query` (a pool or a client). */
@@ -196,6 +207,8 @@ export class ReplicaReader {
     const heartbeat = await commitHeartbeat(this.#pools.primary(shardId), options);
     if (heartbeat) this.#timelines.set(shardId, heartbeat.timeline);
     const states = await Promise.all(replicas.map((node) => probeReplicaLag(node, heartbeat, { ...options, waitMs: HEARTBEAT_WAIT_MS })));
+    // Read after the replicas' replay positions: one past it follows another server.
+    const primaryLsn = heartbeat ? await readPrimaryPosition(this.#pools.primary(shardId), options) : null;
     for (const [i, node] of replicas.entries()) {
       const probe = states[i];
       const checkedAtMs = this.#now();
@@ -203,7 +216,17 @@ export class ReplicaReader {
         this.#states.set(node.nodeId, { nodeId: node.nodeId, up: false, lagSeconds: null, lagBytes: null, replayLsn: null, checkedAtMs });
         continue;
       }
-      this.#states.set(node.nodeId, { nodeId: node.nodeId, up: probe.inRecovery, lagSeconds: probe.lagSeconds, lagBytes: probe.lagBytes, replayLsn: probe.replayLsn, checkedAtMs });
+      this.#states.set(node.nodeId, {
+        nodeId: node.nodeId,
+        up: probe.inRecovery,
+        lagSeconds: probe.lagSeconds,
+        lagBytes: probe.lagBytes,
+        replayLsn: probe.replayLsn,
+        checkedAtMs,
+        timeline: probe.timeline,
+        primaryTimeline: heartbeat?.timeline ?? null,
+        primaryLsn,
+      });
     }
   }
 
@@ -232,7 +255,11 @@ export class ReplicaReader {
       .replicas(shardId)
       .map((n) => this.#states.get(n.nodeId))
       .filter((s): s is ReplicaState => s !== undefined);
-    return rankReadTargets(states, this.#bounds, { nowMs: this.#now(), ...(options.token === undefined ? {} : { token: parseLsn(options.token) }) });
+    return rankReadTargets(states, this.#bounds, {
+      nowMs: this.#now(),
+      ...(options.token === undefined ? {} : { token: parseLsn(options.token) }),
+      ...(options.tokenTimeline === undefined ? {} : { tokenTimeline: options.tokenTimeline }),
+    });
   }
 
   /**
@@ -252,7 +279,7 @@ export class ReplicaReader {
    * `fn` may run again on another node when the first one fails, so it must only read. A
    * malformed token is rejected with an `LsnError` before any node is tried.
    */
-  async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string) => Promise<T>, options: ReadOptions = {}): Promise<T> {
+  async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string, node: ReadNode) => Promise<T>, options: ReadOptions = {}): Promise<T> {
     const targets = this.plan(shardId, options);
     let lastError: unknown;
     for (const target of targets) {
@@ -262,14 +289,26 @@ export class ReplicaReader {
       try {
         client = await node.pool.connect();
         if (target.kind === 'replica' && !target.tokenVerified && options.token !== undefined) {
-          const { rows } = await client.query<{ ok: boolean }>('select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok', [options.token]);
+          // Past the position, and on the token's timeline (a replica following an old primary
+          // can be past any position of the new one).
+          const { rows } = await client
+            .query<{ ok: boolean }>(`select pg_last_wal_replay_lsn() >= $1::pg_lsn and ($2::bigint is null or ${REPLICA_TIMELINE_SQL} = $2::bigint) as ok`, [
+              options.token,
+              options.tokenTimeline ?? null,
+            ])
+            .catch((error: unknown) => {
+              // Timeline unreadable for this login: the position alone (the reader's state, which
+              // then has no timeline either, never verified the token without this check).
+              if ((error as { code?: unknown }).code !== INSUFFICIENT_PRIVILEGE) throw error;
+              return (client as pg.PoolClient).query<{ ok: boolean }>('select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok', [options.token]);
+            });
           if (rows[0]?.ok !== true) {
             client.release();
             client = undefined;
             continue;
           }
         }
-        const result = await fn(client, node.nodeId);
+        const result = await fn(client, node.nodeId, { replica: target.kind === 'replica' });
         client.release();
         return result;
       } catch (error) {

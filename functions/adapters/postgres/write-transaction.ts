@@ -21,6 +21,7 @@ import type pg from 'pg';
 import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { ShardRouter } from '../../core/sharding/router.js';
+import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
@@ -33,6 +34,20 @@ export interface WriteRoute {
   readonly version: number;
   /** True when a directory entry placed the key (its rows then do not move with its slot). */
   readonly viaDirectory: boolean;
+  /**
+   * The shard that held the key's unit before any move: the slot's owner in version 1 of the
+   * slot map (also for a directory-placed key), or the routed shard under range routing or
+   * with sharding disabled (nothing moves there). Undefined when unknown. A replica read uses
+   * it to tell "no fence row: this shard has always owned the unit" from "no fence row yet: the
+   * replica has not replayed the move that brought the unit here" (docs/sharding-spec.md, section 9).
+   */
+  readonly firstOwner?: string;
+}
+
+export interface RouteForWriteOptions {
+  readonly fresh?: boolean;
+  /** Fill in {@link WriteRoute.firstOwner} (readers ask for it; writers need not). */
+  readonly firstOwner?: boolean;
 }
 
 /**
@@ -40,7 +55,7 @@ export interface WriteRoute {
  * after finding a unit moved away).
  */
 export interface WriteRouter {
-  routeForWrite(key: string, options?: { readonly fresh?: boolean }): Promise<WriteRoute>;
+  routeForWrite(key: string, options?: RouteForWriteOptions): Promise<WriteRoute>;
 }
 
 /**
@@ -52,7 +67,25 @@ export interface WriteRouter {
  * const writes = routerForWrites(ShardRouter.fromConfig(config, { slotMap, directory }), slotMaps, directory);
  * ```
  */
-export function routerForWrites(router: ShardRouter, slotMaps: Pick<SlotMapStore, 'currentIfNewer'>, directory?: Pick<DirectoryStore, 'invalidate'>): WriteRouter {
+export function routerForWrites(
+  router: ShardRouter,
+  slotMaps: Pick<SlotMapStore, 'currentIfNewer'> & Partial<Pick<SlotMapStore, 'get'>>,
+  directory?: Pick<DirectoryStore, 'invalidate'>,
+): WriteRouter {
+  // Version 1 never changes: read once (when the router holds a later map), kept for good.
+  let first: Promise<SlotMap | null> | undefined;
+  const firstMap = (): Promise<SlotMap | null> | SlotMap | null => {
+    if (router.slotMap.version === 1) return router.slotMap;
+    if (slotMaps.get === undefined) return null;
+    first ??= slotMaps.get(1).then(
+      (record) => record?.map ?? null,
+      () => {
+        first = undefined; // not known this time; asked again next time
+        return null;
+      },
+    );
+    return first;
+  };
   return {
     async routeForWrite(key, options) {
       if (options?.fresh) {
@@ -64,7 +97,15 @@ export function routerForWrites(router: ShardRouter, slotMaps: Pick<SlotMapStore
         directory?.invalidate(key);
       }
       const route = await router.resolve(key);
-      return { shardId: route.shardId, slot: route.slot, version: route.mapVersion, viaDirectory: route.source === 'directory' };
+      const firstOwner =
+        options?.firstOwner !== true ? undefined : route.source === 'range' || route.source === 'default' ? route.shardId : (await firstMap())?.assignments[route.slot];
+      return {
+        shardId: route.shardId,
+        slot: route.slot,
+        version: route.mapVersion,
+        viaDirectory: route.source === 'directory',
+        ...(firstOwner === undefined ? {} : { firstOwner }),
+      };
     },
   };
 }
@@ -152,7 +193,7 @@ const WRITE_BEGIN = 'begin isolation level read committed';
  * The fence rows of a key's slot (`$1`) and directory key (`$2`), as readers read them: in their
  * snapshot, unlocked (docs/sharding-spec.md). Writers lock them, see {@link WRITER_FENCE_ROWS_SQL}.
  */
-export const READER_FENCE_ROWS_SQL = `select kind, state from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)`;
+export const READER_FENCE_ROWS_SQL = `select kind, state, map_version::text as map_version from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)`;
 
 /**
  * The fence rows of a key's slot (`$1`) and directory key (`$2`) for writers, locked FOR SHARE

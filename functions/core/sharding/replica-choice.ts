@@ -27,6 +27,12 @@ export interface ReplicaState {
   readonly checkedAtMs: number;
   /** Set by the reader when a query on the replica failed after the last probe. */
   readonly failedAtMs?: number;
+  /** The timeline the replica follows (null or absent: unknown). */
+  readonly timeline?: number | null;
+  /** Its primary's timeline at the same probe (null or absent: the primary did not answer). */
+  readonly primaryTimeline?: number | null;
+  /** Its primary's WAL insert position read after the replica's probe (null or absent: unknown). */
+  readonly primaryLsn?: bigint | null;
 }
 
 /** How fresh a replica must be to serve reads. */
@@ -60,12 +66,21 @@ export interface ReadRequest {
   readonly nowMs: number;
   /** Read-your-writes token: the replica must have replayed at least this position. */
   readonly token?: bigint;
+  /** The token's timeline: a replica is known past the token only on that timeline. */
+  readonly tokenTimeline?: number;
 }
 
 /** Why a replica may not serve a read now; null when it may. */
 export function replicaIneligibility(state: ReplicaState, bounds: FreshnessBounds, nowMs: number): string | null {
   if (!state.up) return 'down';
   if (state.failedAtMs !== undefined && state.failedAtMs >= state.checkedAtMs) return 'a query failed since the last check';
+  // A replica that follows another server than its primary (an old primary, after a promotion,
+  // that a stale client still writes to) is not behind this primary but beside it: its lag
+  // measures nothing, and what it answers may never have been committed here.
+  if (state.timeline != null && state.primaryTimeline != null && state.timeline !== state.primaryTimeline) {
+    return `on timeline ${state.timeline}, its primary on ${state.primaryTimeline}`;
+  }
+  if (state.replayLsn !== null && state.primaryLsn != null && state.replayLsn > state.primaryLsn) return 'replayed past its primary (it follows another server)';
   if (nowMs - state.checkedAtMs > bounds.maxStateAgeMs) return 'state too old';
   if (state.lagSeconds === null) return 'lag unknown';
   if (state.lagSeconds > bounds.maxLagSeconds) return `lag ${state.lagSeconds.toFixed(1)} s over ${bounds.maxLagSeconds} s`;
@@ -77,7 +92,8 @@ export function replicaIneligibility(state: ReplicaState, bounds: FreshnessBound
 /**
  * The order in which to try nodes for a read: eligible replicas, least lagged first (bytes, then
  * seconds, then id for a stable order), then the primary. A replica whose known replay position
- * is behind the token comes after those that are known to be past it, as `tokenVerified: false`:
+ * is behind the token (or not known to be on the token's timeline) comes after those that are
+ * known to be past it, as `tokenVerified: false`:
  * the reader checks it live, since the state may be up to one health interval old, and moves on
  * when it is still behind.
  */
@@ -98,7 +114,8 @@ export function rankReadTargets(states: readonly ReplicaState[], bounds: Freshne
     for (const s of eligible) targets.push({ kind: 'replica', nodeId: s.nodeId, tokenVerified: true });
   } else {
     const token = request.token;
-    const verified = eligible.filter((s) => s.replayLsn !== null && s.replayLsn >= token);
+    const tokenTimeline = request.tokenTimeline;
+    const verified = eligible.filter((s) => s.replayLsn !== null && s.replayLsn >= token && (tokenTimeline === undefined || s.timeline === tokenTimeline));
     for (const s of verified) targets.push({ kind: 'replica', nodeId: s.nodeId, tokenVerified: true });
     // The state may be one interval old: a live check (one round trip) beats the primary's load.
     for (const s of eligible) if (!verified.includes(s)) targets.push({ kind: 'replica', nodeId: s.nodeId, tokenVerified: false });

@@ -100,6 +100,55 @@ describe('reads during and after a move', () => {
     expect((error as ShardReadError).reason).toBe('deadline-exceeded');
     expect(rows[0]?.n).toBe(0);
   });
+
+  it("reads a directory-placed key on the new owner's primary when the replica's snapshot predates its directory move", async () => {
+    const slot = 517;
+    const { to, source, target } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 4);
+    // The target's "replica": the target itself, read in a snapshot exported before the move (what
+    // a replica that has not replayed the move's 'incoming' row and copy shows).
+    const holder = await target.connect();
+    try {
+      await holder.query('begin isolation level repeatable read read only');
+      const snapshot = (await holder.query<{ s: string }>('select pg_export_snapshot() as s')).rows[0]?.s as string;
+      const mover = env.mover({ readerGraceMs: 0 });
+      expect((await mover.run((await mover.plan({ kind: 'directory', key: user, to, createdBy: 'test' })).id)).state).toBe('done');
+      const primaries = primaryReads(env.shards);
+      const laggingReplica: Pick<ReplicaReader, 'withReadClient'> = {
+        async withReadClient(shardId, fn, options) {
+          if (shardId !== to || options?.primary === true) return primaries.withReadClient(shardId, fn, options);
+          const client = await target.connect();
+          try {
+            // The read's own BEGIN, then the old snapshot, as its first statement.
+            const query = async (text: unknown, values?: unknown): Promise<unknown> => {
+              const result: unknown = await client.query(text as string, values as unknown[]);
+              if (typeof text === 'string' && text.startsWith('begin')) await client.query(`set transaction snapshot '${snapshot}'`);
+              return result;
+            };
+            const inSnapshot = new Proxy(client, { get: (t, p) => (p === 'query' ? query : (Reflect.get(t, p) as unknown)) });
+            return await fn(inSnapshot, `${to}/replica-1`, { replica: true });
+          } finally {
+            client.release();
+          }
+        },
+      };
+      const config = parseShardingConfig({
+        strategy: 'hash_based',
+        shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
+        default_shard: 'shard_a',
+      });
+      const router = ShardRouter.fromConfig(config, { slotMap: await env.slotMaps.current(), directory: env.directory });
+      const reads = createShardReader({ router: routerForWrites(router, env.slotMaps, env.directory), reader: laggingReplica });
+
+      const read = await reads.withShardRead(user, docsOf(user));
+
+      expect({ n: read.value, shardId: read.shardId, servedBy: read.servedBy }).toEqual({ n: 4, shardId: to, servedBy: `${to}/primary` });
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+    }
+  });
 });
 
 /** The local documents API over the env's primaries (these shards have no replicas: every replica read is a primary read). */

@@ -1,10 +1,22 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
+import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
 import { captureWriteToken, ReplicaReader, writeWithToken, type FailoverEvent } from '../../../functions/adapters/postgres/replica-reader.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import { routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import type { FreshnessBounds } from '../../../functions/core/sharding/replica-choice.js';
+import { ShardRouter } from '../../../functions/core/sharding/router.js';
+import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { keysInSlot, seedUsers } from './fixtures/move-env.js';
 
 const SHARD = 'shard_001';
 const REPLICA_1 = `${SHARD}/replica-1`;
@@ -13,6 +25,17 @@ const PRIMARY = `${SHARD}/primary`;
 const generous: FreshnessBounds = { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 };
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const migrations = resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations');
+
+const withAdmin = async <T>(url: string | undefined, fn: (c: pg.Client) => Promise<T>): Promise<T> => {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+};
 
 describe('reads from streaming replicas', () => {
   let cluster: TestShardCluster;
@@ -252,6 +275,102 @@ describe('reads from streaming replicas', () => {
     const { rows } = await pools.primary(SHARD).pool.query<{ ok: boolean }>('select $1::pg_lsn <= $2::pg_lsn as ok', [token, after]);
     expect(token).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
     expect(rows[0]?.ok).toBe(true);
+  });
+
+  /**
+   * A replica of a move's new owner that lags the move (within the freshness bound) has replayed
+   * neither the target's 'incoming' fence row nor the copy: without a row it would take itself
+   * for the unit's owner and answer "nothing" (docs/sharding-spec.md, section 9, Readers).
+   */
+  describe('fence-checked reads of a unit a move brought to a lagging replica', () => {
+    const defaults: FreshnessBounds = { maxLagSeconds: 5, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 25_000 };
+    let catalog: pg.Pool;
+    let slotMaps: SlotMapStore;
+    let directory: DirectoryStore;
+    beforeAll(async () => {
+      await withAdmin(cluster.shards[0]?.primary.url, (c) => c.query('create database catalog'));
+      catalog = new pg.Pool({ connectionString: cluster.shards[0]?.primary.urlFor('catalog'), max: 4 });
+      await runMigrations(catalog, 'sharding', resolve(migrations, 'sharding'));
+      const config = parseShardingConfig(cluster.config);
+      slotMaps = new SlotMapStore(catalog);
+      await slotMaps.initialise(buildSlotMap(config.shards.map((s) => ({ shardId: s.shard_id, weight: 1 }))), 'test', 'two shards');
+      directory = new DirectoryStore(catalog, { ttlMs: 0 });
+    });
+    afterAll(async () => {
+      await catalog?.end();
+    });
+
+    const primaries = (): Map<string, pg.Pool> => new Map(pools.shardIds().map((id) => [id, pools.primary(id).pool]));
+    const move = async (slot: number, to: string): Promise<void> => {
+      const mover = new Mover({ catalog, shards: primaries(), slotMaps, directory, readerGraceMs: 0 });
+      const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+      expect(job.state).toBe('done');
+    };
+    const replicasOf = (shardId: string) => cluster.shards.find((s) => s.shardId === shardId)?.replicas ?? [];
+    /** A reader over the shards' replicas, routing with the map it is built with (moves refresh it). */
+    const readsWith = async (reader: ReplicaReader) => {
+      const router = ShardRouter.fromConfig(parseShardingConfig(cluster.config), { slotMap: await slotMaps.current(), directory });
+      return createShardReader({ router: routerForWrites(router, slotMaps, directory), reader });
+    };
+    const countDocs = (user: string) => async ({ client }: { client: pg.PoolClient }) =>
+      (await client.query<{ n: number }>('select count(*)::int as n from documents where owner_id = $1', [user])).rows[0]?.n;
+
+    it("reads a moved unit on the new owner's primary, not as nothing, while its replicas have not replayed the move", async () => {
+      const slot = 100;
+      const from = (await slotMaps.current()).assignments[slot] as string;
+      const to = from === 'shard_001' ? 'shard_002' : 'shard_001';
+      const [user] = keysInSlot(slot, 1) as [string];
+      await seedUsers(pools.primary(from).pool, slot, [user], 3);
+      await catchUpAll();
+      const reader = newReader(defaults);
+      await reader.refresh();
+      const reads = await readsWith(reader);
+      const before = await reads.withShardRead(user, countDocs(user));
+
+      // The new owner's replicas fall a second or so behind (well within 5 s) while the move completes.
+      await Promise.all(replicasOf(to).map((r) => r.pauseReplay()));
+      await move(slot, to);
+      // The old owner's replicas have replayed its 'moved' row (else a read may, rightly, still be
+      // answered there from a snapshot of before the release: ordinary bounded staleness).
+      await Promise.all(replicasOf(from).map((r) => r.waitForCatchUp()));
+      await reader.refresh();
+      const eligible = reader.replicaStates(to).map((s) => s.ineligible);
+      const during = await reads.withShardRead(user, countDocs(user));
+      // Once they have replayed the move, the replicas serve the unit again.
+      await Promise.all(replicasOf(to).map((r) => r.resumeReplay()));
+      await catchUpAll();
+      await reader.refresh();
+      const after = await reads.withShardRead(user, countDocs(user));
+
+      expect({ n: before.value, servedBy: before.servedBy }).toEqual({ n: 3, servedBy: expect.stringMatching(new RegExp(`^${from}/replica-\\d$`)) });
+      expect(eligible).toEqual([null, null]);
+      expect({ n: during.value, shardId: during.shardId, servedBy: during.servedBy }).toEqual({ n: 3, shardId: to, servedBy: `${to}/primary` });
+      expect({ n: after.value, shardId: after.shardId, servedBy: after.servedBy }).toEqual({ n: 3, shardId: to, servedBy: expect.stringMatching(new RegExp(`^${to}/replica-\\d$`)) });
+    }, 60_000);
+
+    it("reads a unit that moved away and back on its owner's primary while the owner's replicas still show it 'moved'", async () => {
+      const slot = 101;
+      const home = (await slotMaps.current()).assignments[slot] as string;
+      const away = home === 'shard_001' ? 'shard_002' : 'shard_001';
+      const [user] = keysInSlot(slot, 1) as [string];
+      await seedUsers(pools.primary(home).pool, slot, [user], 3);
+      await move(slot, away);
+      await catchUpAll();
+      const reader = newReader(defaults);
+      await reader.refresh();
+      const reads = await readsWith(reader);
+
+      // Back home while home's replicas lag: they still say 'moved' (to away), and away's say 'moved' too.
+      await Promise.all(replicasOf(home).map((r) => r.pauseReplay()));
+      await move(slot, home);
+      await Promise.all(replicasOf(away).map((r) => r.waitForCatchUp()));
+      await reader.refresh();
+      const eligible = reader.replicaStates(home).map((s) => s.ineligible);
+      const during = await reads.withShardRead(user, countDocs(user));
+
+      expect(eligible).toEqual([null, null]);
+      expect({ n: during.value, shardId: during.shardId, servedBy: during.servedBy }).toEqual({ n: 3, shardId: home, servedBy: `${home}/primary` });
+    }, 60_000);
   });
 
   describe('with a shard of its own whose primary goes down', () => {

@@ -95,3 +95,76 @@ describe('read-your-writes tokens across a failover', () => {
     expect(await readUser(after, second, rewritten.readToken)).toEqual({ servedBy: `${SHARD}/primary`, found: 1 });
   }, 120_000);
 });
+
+/**
+ * After a promotion, a replica still streaming the OLD timeline (not yet re-pointed; its old
+ * primary not yet fenced, a stale client still writing there) replays past every position of the
+ * new primary: it must not pass for a fresh replica of the new primary, nor serve its tokens.
+ */
+describe('a replica that follows the old timeline after a promotion', () => {
+  let cluster: TestShardCluster;
+  const closers: (() => Promise<void>)[] = [];
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 2, schema: true });
+  });
+  afterAll(async () => {
+    for (const close of closers.splice(0)) await close().catch(() => undefined);
+    await cluster?.stop();
+  });
+
+  it('is ineligible (timeline and position), and neither a timeline-2 token nor a plain read is served by it', async () => {
+    const shard = cluster.shards[0];
+    const [promoted, follower] = shard?.replicas ?? [];
+    if (!shard || !promoted || !follower) throw new Error('the cluster has no two replicas');
+    await Promise.all([promoted.waitForCatchUp(), follower.waitForCatchUp()]);
+    await withClient(promoted.url, (c) => c.query('select pg_promote(true, 60)'));
+    const newPrimary = new pg.Pool({ connectionString: promoted.url, max: 2 });
+    newPrimary.on('error', () => undefined);
+    closers.push(() => newPrimary.end());
+    const id = randomUUID();
+    const written = await createShardWriter({ router, primaries: new Map([[SHARD, newPrimary]]) }).withShardWrite(id, ({ client }) =>
+      client.query("insert into users (id, slot, email, display_name) values ($1, 7, 'new@example.org', 'on timeline 2')", [id]),
+    );
+    // The old primary is not fenced yet and a stale client still writes there; the follower replays it.
+    await withClient(shard.primary.url, (c) =>
+      c.query("insert into users (id, slot, email, display_name) select gen_random_uuid(), 7, 'old' || g || '@example.org', repeat('x', 500) from generate_series(1, 5000) g"),
+    );
+    await follower.waitForCatchUp();
+
+    const pools = ShardPools.fromConfig({ shards: [{ shard_id: SHARD, database_url: promoted.url, read_replicas: [follower.url] }] }, { max: 2, connectionTimeoutMillis: 2000 });
+    const reader = new ReplicaReader(pools, { bounds: { maxLagSeconds: 5, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 25_000 }, intervalMs: 60_000, probeTimeoutMs: 2000 });
+    closers.push(async () => {
+      reader.stop();
+      await pools.end();
+    });
+    await reader.refresh();
+    const [state] = reader.replicaStates(SHARD);
+    const reads = createShardReader({ router, reader });
+    const count = async ({ client }: { client: pg.PoolClient }) => (await client.query<{ n: number }>('select count(*)::int as n from users where id = $1', [id])).rows[0]?.n ?? 0;
+    const withToken = await reads.withShardRead(id, count, { token: written.readToken });
+    const plain = await reads.withShardRead(id, count);
+    // A process still configured with the old primary: the follower is on its primary's timeline
+    // and past the token's position, yet not on the token's timeline, which the read checks live.
+    const stalePools = ShardPools.fromConfig({ shards: [{ shard_id: SHARD, database_url: shard.primary.url, read_replicas: [follower.url] }] }, { max: 2, connectionTimeoutMillis: 2000 });
+    const staleReader = new ReplicaReader(stalePools, { bounds: { maxLagSeconds: 5, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 25_000 }, intervalMs: 60_000, probeTimeoutMs: 2000 });
+    closers.push(async () => {
+      staleReader.stop();
+      await stalePools.end();
+    });
+    await staleReader.refresh();
+    const staleEligible = staleReader.replicaStates(SHARD).map((s) => s.ineligible);
+    const liveChecked = await staleReader.withReadClient(SHARD, async (_client, servedBy) => servedBy, { token: written.readToken.lsn, tokenTimeline: written.readToken.timeline });
+
+    expect(written.readToken.timeline).toBe(2);
+    expect({ servedBy: withToken.servedBy, found: withToken.value }).toEqual({ servedBy: `${SHARD}/primary`, found: 1 });
+    expect({ servedBy: plain.servedBy, found: plain.value }).toEqual({ servedBy: `${SHARD}/primary`, found: 1 });
+    expect(staleEligible).toEqual([null]);
+    expect(liveChecked).toBe(`${SHARD}/primary`);
+    expect({ timeline: state?.state.timeline, primaryTimeline: state?.state.primaryTimeline, ineligible: state?.ineligible }).toEqual({
+      timeline: 1,
+      primaryTimeline: 2,
+      ineligible: 'on timeline 1, its primary on 2',
+    });
+    expect(state?.state.replayLsn).toBeGreaterThan(state?.state.primaryLsn ?? 0n);
+  }, 120_000);
+});

@@ -69,4 +69,19 @@ describe('choosing where a read goes', () => {
 
     expect(targets.at(-1)).toEqual({ kind: 'replica', nodeId: 'r1', tokenVerified: false });
   });
+
+  it('gives no reads to a replica on another timeline than its primary, or past its primary (it follows another server)', () => {
+    expect(replicaIneligibility(state('r', { timeline: 1, primaryTimeline: 2 }), bounds, NOW)).toBe('on timeline 1, its primary on 2');
+    expect(replicaIneligibility(state('r', { timeline: 2, primaryTimeline: 2, replayLsn: 5001n, primaryLsn: 5000n }), bounds, NOW)).toBe('replayed past its primary (it follows another server)');
+    expect(replicaIneligibility(state('r', { timeline: 2, primaryTimeline: 2, replayLsn: 5000n, primaryLsn: 5000n }), bounds, NOW)).toBeNull();
+    // Unknown on either side (no heartbeat, the primary down): not held against the replica.
+    expect(replicaIneligibility(state('r', { timeline: null, primaryTimeline: 2 }), bounds, NOW)).toBeNull();
+    expect(replicaIneligibility(state('r', { timeline: 1, primaryTimeline: null, primaryLsn: null }), bounds, NOW)).toBeNull();
+  });
+
+  it("verifies a token by state only on the token's timeline; otherwise the read checks it live", () => {
+    const targets = rankReadTargets([state('r1', { replayLsn: 9000n, timeline: 1, primaryTimeline: 1 })], bounds, { nowMs: NOW, token: 5000n, tokenTimeline: 2 });
+
+    expect(targets[0]).toEqual({ kind: 'replica', nodeId: 'r1', tokenVerified: false });
+  });
 });
