@@ -531,15 +531,19 @@ export class PgMovePort implements MovePort<MoveJob> {
    * existed has ended: such a writer could hold no fence lock and log no change, so the copy
    * must start after it has committed. Only transactions that have written (an xid) or are
    * writing (a row-exclusive lock on a sharded table) count: a long read-only transaction such
-   * as pg_dump writes nothing the copy could miss. Prepared (two-phase) transactions count too,
-   * whenever they began: they have left `pg_stat_activity`, and one that wrote before the
-   * capture commits later through `COMMIT PREPARED`, a row the copy never saw and the capture
-   * never logged. Their row-exclusive locks on the sharded tables stay in `pg_locks`, with no
-   * backend.
+   * as pg_dump writes nothing the copy could miss. Prepared (two-phase) transactions count too:
+   * they have left `pg_stat_activity`, and one that wrote before the capture commits later
+   * through `COMMIT PREPARED`, a row the copy never saw and the capture never logged. Those
+   * counted are the ones with a transaction id older than the capture (below the xmax of a
+   * snapshot taken after it: their first write came before it) that hold row-exclusive locks on
+   * the sharded tables (kept in `pg_locks` with no backend, beside their transaction id's lock).
+   * A newer one wrote with the capture in place, and was logged.
    */
   private async drain(source: pg.Pool, job: MoveJob): Promise<void> {
-    const { rows } = await source.query<{ t: Date }>('select now() as t');
+    const { rows } = await source.query<{ t: Date; xmax: string }>('select now() as t, pg_snapshot_xmax(pg_current_snapshot())::text as xmax');
     const since = rows[0]?.t;
+    // Transactions given an id before this snapshot's xmax may have written before the capture.
+    const xmax = rows[0]?.xmax ?? '0';
     const deadline = this.now() + this.settings.drainTimeoutMs;
     for (;;) {
       const { rows: active } = await source.query<{ n: number; prepared: number }>(
@@ -548,11 +552,15 @@ export class PgMovePort implements MovePort<MoveJob> {
                     and (a.backend_xid is not null
                          or exists (select 1 from pg_locks l where l.pid = a.pid and l.mode = 'RowExclusiveLock'
                                      and l.relation in ('users'::regclass, 'documents'::regclass)))) as n,
-                (select count(distinct l.virtualtransaction)::int from pg_locks l
-                  where l.pid is null and l.locktype = 'relation' and l.mode = 'RowExclusiveLock'
-                    and l.database = (select oid from pg_database where datname = current_database())
-                    and l.relation in ('users'::regclass, 'documents'::regclass)) as prepared`,
-        [since],
+                (select count(*)::int from pg_prepared_xacts p
+                  where p.database = current_database()
+                    and age(p.transaction) > age(($2::bigint % 4294967296)::text::xid)
+                    and exists (select 1 from pg_locks x join pg_locks l on l.virtualtransaction = x.virtualtransaction
+                                 where x.locktype = 'transactionid' and x.transactionid = p.transaction and x.pid is null
+                                   and l.locktype = 'relation' and l.mode = 'RowExclusiveLock'
+                                   and l.database = (select oid from pg_database where datname = current_database())
+                                   and l.relation in ('users'::regclass, 'documents'::regclass))) as prepared`,
+        [since, xmax],
       );
       const open = active[0]?.n ?? 0;
       const prepared = active[0]?.prepared ?? 0;

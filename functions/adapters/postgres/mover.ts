@@ -211,18 +211,30 @@ export class Mover {
       recorded = rows[0] as JobRow;
       const entry = req.kind === 'directory' ? await this.options.directory.entry(unitId, client) : null;
       const owner = entry?.shardId ?? (await this.options.slotMaps.current(client)).assignments[slot];
+      const what = req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`;
       if (owner !== from) {
         await client.query('rollback');
-        const what = req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`;
         if (owner === req.to) throw new MoveRequestError(`${what} is already on ${req.to} (another move finished while this one was planned)`, 'same-shard');
         throw new MoveConflictError(`${what} moved from ${from} to ${owner ?? 'another shard'} while this move was planned; nothing was recorded: plan it again`);
+      }
+      // So may the keys the directory places in the slot (a key move of the slot that pinned its
+      // key and was then cancelled): a key left out of `excluded` would be copied and deleted from
+      // where the directory keeps it. From this row on, no other move of the slot can change them.
+      if (req.kind === 'slot' && unit.excludeDirectoryKeys) {
+        const { rows: keys } = await client.query<{ key: string }>('select key from catalog.shard_directory');
+        const now = keys.map((k) => k.key).filter((k) => keySlot(k) === slot);
+        if (now.length !== excluded.length || now.some((k) => !excluded.includes(k))) {
+          await client.query('rollback');
+          throw new MoveConflictError(`the directory's keys in ${what} changed while this move was planned; nothing was recorded: plan it again`);
+        }
       }
       await client.query('commit');
     } catch (err) {
       await client.query('rollback').catch(() => undefined);
       if (err instanceof MoveError) throw err;
       if ((err as { code?: string }).code === '23505') {
-        const { rows } = await this.options.catalog.query<{ id: string }>(`select id from catalog.move_jobs where slot = $1 and state <> all($2::text[])`, [slot, TERMINAL_STATES]);
+        // On this connection: a pool of one (a Lambda's) has no other to give until it is released.
+        const { rows } = await client.query<{ id: string }>(`select id from catalog.move_jobs where slot = $1 and state <> all($2::text[])`, [slot, TERMINAL_STATES]);
         throw new MoveConflictError(`slot ${slot} already has an unfinished move (job #${rows[0]?.id ?? '?'}); finish or cancel it first`, { cause: err });
       }
       throw new MoveError(`could not record the move: ${message(err)}`, { cause: err });

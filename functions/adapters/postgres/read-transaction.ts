@@ -175,13 +175,13 @@ function readVerdict(rows: readonly ReaderFenceRow[], route: WriteRoute, onRepli
   if (!onReplica) return 'read';
   const unitKind = route.viaDirectory ? 'directory' : 'slot';
   if (rows.some((r) => r.kind === unitKind)) return 'read';
-  // Without a row of its unit the replica shows the unit's rows only where they have always been.
-  // A stub route of map version 1 names that first owner itself.
+  // Without a row of its unit the replica shows the unit's rows only where they have always been:
+  // the slot's owner in map version 1, or for a directory-placed key the shard of its first
+  // directory entry (whatever its slot did since: slot moves leave directory keys out). A stub
+  // route of map version 1 names the slot's first owner itself; an unknown first owner is the
+  // primary's to answer for.
   const firstOwner = route.firstOwner ?? (route.version === 1 && !route.viaDirectory ? route.shardId : undefined);
-  if (firstOwner !== route.shardId) return 'primary';
-  // A directory-placed key on its slot's first owner: its rows were there from the start unless
-  // its slot has moved (a slot row): then only the primary can tell.
-  return route.viaDirectory && rows.some((r) => r.kind === 'slot') ? 'primary' : 'read';
+  return firstOwner === route.shardId ? 'read' : 'primary';
 }
 
 const QUERY_CANCELED = '57014';

@@ -70,7 +70,7 @@ export interface WriteRouter {
 export function routerForWrites(
   router: ShardRouter,
   slotMaps: Pick<SlotMapStore, 'currentIfNewer'> & Partial<Pick<SlotMapStore, 'get'>>,
-  directory?: Pick<DirectoryStore, 'invalidate'>,
+  directory?: Pick<DirectoryStore, 'invalidate'> & Partial<Pick<DirectoryStore, 'firstShard'>>,
 ): WriteRouter {
   // Version 1 never changes: read once (when the router holds a later map), kept for good.
   let first: Promise<SlotMap | null> | undefined;
@@ -97,8 +97,16 @@ export function routerForWrites(
         directory?.invalidate(key);
       }
       const route = await router.resolve(key);
+      // A directory-placed key's rows began where its first entry put it (not where its slot's
+      // were): that is its first owner, unknown (undefined) for an entry older than the column.
       const firstOwner =
-        options?.firstOwner !== true ? undefined : route.source === 'range' || route.source === 'default' ? route.shardId : (await firstMap())?.assignments[route.slot];
+        options?.firstOwner !== true
+          ? undefined
+          : route.source === 'range' || route.source === 'default'
+            ? route.shardId
+            : route.source === 'directory'
+              ? ((await directory?.firstShard?.(key)) ?? undefined)
+              : (await firstMap())?.assignments[route.slot];
       return {
         shardId: route.shardId,
         slot: route.slot,
