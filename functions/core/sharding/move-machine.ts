@@ -192,10 +192,11 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
     }
   };
   let job = start;
-  // A run resumed in the cutover may find the fence of the run before it (killed under it) still
-  // held: writes would wait through this run's whole comparison before its own fence, or until
-  // the next run if this one stops first. Nothing of that run is left to finish under it.
-  if (job.state === 'cutover' && !job.flipStarted && !job.rollbackTo) await port.unfence(job);
+  // A run resumed in the cutover or the verification (before the flip) may find the fence of
+  // the run before it (killed under it) still held: writes would wait through this run's whole
+  // comparison before its own fence, or until the next run if this one stops first. Nothing of
+  // that run is left to finish under it.
+  if ((job.state === 'cutover' || job.state === 'verifying') && !job.flipStarted && !job.rollbackTo) await port.unfence(job);
   // A run whose time is already up changes nothing, a rollback included (it deletes the whole copy).
   if (options.timeUp?.() && !isTerminal(job.state)) return job;
   if (!isTerminal(job.state) && job.rollbackTo) return port.rollback(job, job.rollbackTo, null);

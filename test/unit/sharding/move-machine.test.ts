@@ -135,14 +135,20 @@ describe('the move protocol', () => {
     expect(calls).toEqual(['unfence', 'fence', 'transition:fence_timed_out', 'pause', 'catchUp:few', 'transition:caught_up', 'fence', 'transition:fence_timed_out']);
   });
 
-  it('reopens the fence a killed run left held before anything else when resumed in the cutover, even with its time already up', async () => {
-    const { port, calls } = recordingPort();
-    const at: Job = { id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'cutover', cancelRequested: false, flipStarted: false };
+  it('reopens the fence a killed run left held before anything else when resumed in the cutover or the verification, even with its time already up', async () => {
+    for (const state of ['cutover', 'verifying'] as const) {
+      const { port, calls } = recordingPort();
+      const at: Job = { id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state, cancelRequested: false, flipStarted: false };
 
-    const stopped = await driveMove(at, port, { timeUp: () => true });
+      const stopped = await driveMove(at, port, { timeUp: () => true });
 
-    expect(stopped.state).toBe('cutover');
-    expect(calls).toEqual(['unfence']);
+      expect(stopped.state).toBe(state);
+      expect(calls, state).toEqual(['unfence']);
+    }
+    // Once the new owner is published the source must stay closed: nothing is reopened.
+    const flipped = recordingPort();
+    await driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'verifying', cancelRequested: false, flipStarted: true }, flipped.port, { timeUp: () => true });
+    expect(flipped.calls).toEqual([]);
   });
 
   it('reopens the fence it holds when a step under it fails, unless the catalog says the new owner was published', async () => {
@@ -167,7 +173,8 @@ describe('the move protocol', () => {
         throw new Error('catalog connection reset');
       };
       await expect(driveMove(at('verifying'), flip.port)).rejects.toThrow(/catalog connection reset/);
-      expect(flip.calls, `published: ${published}`).toEqual(published ? ['verify', 'flip'] : ['verify', 'flip', 'unfence']);
+      // (A run that starts in the verification first reopens a fence a killed run may have left.)
+      expect(flip.calls, `published: ${published}`).toEqual(published ? ['unfence', 'verify', 'flip'] : ['unfence', 'verify', 'flip', 'unfence']);
     }
 
     // A catalog that cannot be read leaves the fence to the next run (a flip may have committed).
@@ -180,7 +187,7 @@ describe('the move protocol', () => {
       throw new Error('catalog connection reset');
     };
     await expect(driveMove(at('verifying'), dark.port)).rejects.toThrow(/catalog connection reset/);
-    expect(dark.calls).toEqual(['verify', 'flip']);
+    expect(dark.calls).toEqual(['unfence', 'verify', 'flip']);
   });
 
   it('starts no rollback once the run is out of time, whether asked for now or decided before', async () => {
@@ -205,8 +212,8 @@ describe('the move protocol', () => {
 
     const retried = ['unfence', 'transition:verify_timed_out', 'pause', 'catchUp:few', 'transition:caught_up', 'fence', 'catchUp:all', 'transition:drained', 'verify', 'flip', 'releaseFence'];
     expect([a.state, b.state]).toEqual(['done', 'done']);
-    expect(slowVerify.calls.slice(0, 1 + retried.length)).toEqual(['verify', ...retried]);
-    expect(slowFlip.calls.slice(0, 2 + retried.length)).toEqual(['verify', 'flip', ...retried]);
+    expect(slowVerify.calls.slice(0, 2 + retried.length)).toEqual(['unfence', 'verify', ...retried]);
+    expect(slowFlip.calls.slice(0, 3 + retried.length)).toEqual(['unfence', 'verify', 'flip', ...retried]);
   });
 
   it('stops after the last attempt when the verification keeps running out of fence budget, with the fence released', async () => {
