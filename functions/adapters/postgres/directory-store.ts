@@ -75,21 +75,15 @@ interface Row {
 
 const toEntry = (r: Row): DirectoryEntry => ({ key: r.key, shardId: r.shard_id, version: Number(r.version), updatedAt: r.updated_at, updatedBy: r.updated_by });
 
-/** How many keys' first shards a {@link DirectoryStore} keeps in memory. */
-export const FIRST_SHARDS_KEPT = 10_000;
-
 export class DirectoryStore implements DirectoryLookup {
   private readonly cache: TtlCache<string | null>;
   private readonly shards: ReadonlySet<string> | undefined;
-  private readonly firstShards = new Map<string, string>();
-  private readonly unknownFirst: TtlCache<null>;
 
   constructor(
     private readonly pool: Queryable,
     options: DirectoryStoreOptions = {},
   ) {
     this.cache = new TtlCache(options.ttlMs ?? 5_000, options.now ?? Date.now, options.maxCachedKeys);
-    this.unknownFirst = new TtlCache(options.ttlMs ?? 5_000, options.now ?? Date.now, options.maxCachedKeys);
     this.shards = options.shards ? new Set(options.shards) : undefined;
   }
 
@@ -118,10 +112,8 @@ export class DirectoryStore implements DirectoryLookup {
     if (key === '') throw new DirectoryError('directory keys must not be empty');
     if (by.trim() === '') throw new DirectoryError('every directory change records who made it; "by" must not be empty');
     if (this.shards && !this.shards.has(shardId)) throw new DirectoryError(`shard ${shardId} is not configured (known: ${[...this.shards].join(', ')})`);
-    // The first entry of a key records where its rows begin (first_shard, sharding migration
-    // 008); moves of the key change shard_id only.
     const { rows } = await client.query<Row>(
-      `insert into catalog.shard_directory (key, shard_id, first_shard, updated_by) values ($1, $2, $2, $3)
+      `insert into catalog.shard_directory (key, shard_id, updated_by) values ($1, $2, $3)
        on conflict (key) do update set shard_id = excluded.shard_id, updated_by = excluded.updated_by,
          updated_at = now(), version = catalog.shard_directory.version + 1
        returning key, shard_id, version, updated_at, updated_by`,
@@ -129,28 +121,6 @@ export class DirectoryStore implements DirectoryLookup {
     );
     this.cache.invalidate(key);
     return toEntry(rows[0] as Row);
-  }
-
-  /**
-   * The shard where `key`'s rows began (its first directory entry's), or null when the key has
-   * no entry or one made before sharding migration 008. It never changes once set, so it is kept
-   * for good (up to {@link FIRST_SHARDS_KEPT} keys); a null answer only for the TTL.
-   */
-  async firstShard(rawKey: string): Promise<string | null> {
-    const key = canonicalKey(rawKey);
-    const known = this.firstShards.get(key);
-    if (known !== undefined) return known;
-    const cached = this.unknownFirst.get(key);
-    if (cached !== undefined) return null;
-    const { rows } = await this.pool.query<{ first_shard: string | null }>('select first_shard from catalog.shard_directory where key = $1', [key]);
-    const first = rows[0]?.first_shard ?? null;
-    if (first === null) {
-      this.unknownFirst.set(key, null);
-      return null;
-    }
-    if (this.firstShards.size >= FIRST_SHARDS_KEPT) this.firstShards.delete(this.firstShards.keys().next().value as string);
-    this.firstShards.set(key, first);
-    return first;
   }
 
   /** Removes the pin; returns whether there was one. The key then follows the fallback. */

@@ -157,7 +157,9 @@ interface ReaderFenceRow {
  * - no row of the unit, on a shard that is not the unit's first owner: the replica has not
  *   replayed the move's `incoming` row (nor its copy), and would answer "nothing" for rows
  *   that exist. The first owner needs no row: fence rows are never deleted, so a snapshot of it
- *   without one is from a time it owned the unit (ordinary bounded staleness);
+ *   without one is from a time it owned the unit (ordinary bounded staleness). A slot's first
+ *   owner is its owner in map version 1; a directory-placed key has none that can be known (a
+ *   move of the key gives it a row on both its shards, so its replicas vouch once replayed);
  * - `moved` in a slot row whose map version the route's map already has, that map still naming
  *   this shard: the unit moved away and back, and the replica has not replayed its return. A
  *   directory row's version is the directory entry's, which the route does not carry: `moved`
@@ -175,12 +177,13 @@ function readVerdict(rows: readonly ReaderFenceRow[], route: WriteRoute, onRepli
   if (!onReplica) return 'read';
   const unitKind = route.viaDirectory ? 'directory' : 'slot';
   if (rows.some((r) => r.kind === unitKind)) return 'read';
-  // Without a row of its unit the replica shows the unit's rows only where they have always been:
-  // the slot's owner in map version 1, or for a directory-placed key the shard of its first
-  // directory entry (whatever its slot did since: slot moves leave directory keys out). A stub
-  // route of map version 1 names the slot's first owner itself; an unknown first owner is the
-  // primary's to answer for.
-  const firstOwner = route.firstOwner ?? (route.version === 1 && !route.viaDirectory ? route.shardId : undefined);
+  // A directory-placed key's rows reach a shard by a move of the key (which writes its fence
+  // rows on both shards before it copies) or of its slot before it was pinned: where they began
+  // is not known, so without the key's own row only the primary can tell. A slot's rows, without
+  // its row, are where they have always been only on its owner in map version 1 (a stub route
+  // of map version 1 names it itself).
+  if (route.viaDirectory) return 'primary';
+  const firstOwner = route.firstOwner ?? (route.version === 1 ? route.shardId : undefined);
   return firstOwner === route.shardId ? 'read' : 'primary';
 }
 

@@ -70,7 +70,7 @@ export interface WriteRouter {
 export function routerForWrites(
   router: ShardRouter,
   slotMaps: Pick<SlotMapStore, 'currentIfNewer'> & Partial<Pick<SlotMapStore, 'get'>>,
-  directory?: Pick<DirectoryStore, 'invalidate'> & Partial<Pick<DirectoryStore, 'firstShard'>>,
+  directory?: Pick<DirectoryStore, 'invalidate'>,
 ): WriteRouter {
   // Version 1 never changes: read once (when the router holds a later map), kept for good.
   let first: Promise<SlotMap | null> | undefined;
@@ -97,15 +97,15 @@ export function routerForWrites(
         directory?.invalidate(key);
       }
       const route = await router.resolve(key);
-      // A directory-placed key's rows began where its first entry put it (not where its slot's
-      // were): that is its first owner, unknown (undefined) for an entry older than the column.
+      // A directory-placed key has no first owner a route can name: where its rows began is not
+      // recorded (its reads on a replica rely on its own fence row, see read-transaction.ts).
       const firstOwner =
         options?.firstOwner !== true
           ? undefined
           : route.source === 'range' || route.source === 'default'
             ? route.shardId
             : route.source === 'directory'
-              ? ((await directory?.firstShard?.(key)) ?? undefined)
+              ? undefined
               : (await firstMap())?.assignments[route.slot];
       return {
         shardId: route.shardId,

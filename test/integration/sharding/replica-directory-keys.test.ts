@@ -31,10 +31,11 @@ const withAdmin = async <T>(url: string | undefined, fn: (c: pg.Client) => Promi
 };
 
 /**
- * The first-owner rule for replica reads (docs/sharding-spec.md section 9, Readers) for keys the
- * directory places: such a key's rows begin where its first directory entry put it (sharding
- * migration 008), not where its slot's were. Units that never moved must still be read from fresh
- * replicas, and a lagging replica must never answer "nothing" for a key moved in.
+ * Replica reads of keys the directory places (docs/sharding-spec.md section 9, Readers): where
+ * such a key's rows began is not recorded (they may have come with a move of its slot before it
+ * was pinned), so a replica serves it only when it shows the key's own directory fence row, which
+ * a move of the key writes on both its shards. A lagging replica must never answer "nothing" for a
+ * key's rows, and a key pinned by a move must still be read from fresh replicas.
  */
 describe('replica reads of directory-placed keys', () => {
   let cluster: TestShardCluster;
@@ -58,6 +59,17 @@ describe('replica reads of directory-placed keys', () => {
   };
   const countDocs = (user: string) => async ({ client }: { client: pg.PoolClient }) =>
     (await client.query<{ n: number }>('select count(*)::int as n from documents where owner_id = $1', [user])).rows[0]?.n;
+  const replicasOf = (shard: string) => cluster.shards.find((s) => s.shardId === shard)?.replicas ?? [];
+  /** Pauses replay on the shard's replicas (after a recent commit there, so their lag stays small) until the test ends. */
+  const pauseReplicasOf = async (shard: string): Promise<void> => {
+    await pools.primary(shard).pool.query("insert into users (id, slot, email, display_name) values (gen_random_uuid(), 0, 'x@example.org', 'x')");
+    await catchUpAll();
+    await Promise.all(replicasOf(shard).map((r) => r.pauseReplay()));
+    closers.push(async () => {
+      await Promise.all(replicasOf(shard).map((r) => r.resumeReplay()));
+    });
+  };
+  const newMover = (): Mover => new Mover({ catalog, shards: primaries(), slotMaps, directory, readerGraceMs: 0 });
 
   beforeAll(async () => {
     cluster = await startShardCluster({ shards: 2, replicasPerShard: 1, schema: true });
@@ -79,19 +91,18 @@ describe('replica reads of directory-placed keys', () => {
     await cluster?.stop();
   });
 
-  it('serves a directory-placed key (pinned to a shard before its rows were written, never moved) from a fresh replica', async () => {
+  it('serves a key pinned by a directory move, and never moved since, from a fresh replica', async () => {
     const slot = 200;
     const hashOwner = (await slotMaps.current()).assignments[slot] as string;
     const pinnedTo = other(hashOwner);
     const [key] = keysInSlot(slot, 1) as [string];
-    await directory.set(key, pinnedTo, 'test');
-    await seedUsers(pools.primary(pinnedTo).pool, slot, [key], 2);
+    await seedUsers(pools.primary(hashOwner).pool, slot, [key], 2);
+    expect((await newMover().run((await newMover().plan({ kind: 'directory', key, to: pinnedTo, createdBy: 'test' })).id)).state).toBe('done');
     await catchUpAll();
     const { reader, reads } = await readsOver(pools);
     const read = await reads.withShardRead(key, countDocs(key));
 
     expect(reader.replicaStates(pinnedTo).map((s) => s.ineligible)).toEqual([null]);
-    // Observed: servedBy `${pinnedTo}/primary`, on every read, for as long as the key is never moved.
     expect({ n: read.value, shardId: read.shardId, servedBy: read.servedBy }).toEqual({ n: 2, shardId: pinnedTo, servedBy: `${pinnedTo}/replica-1` });
   }, 60_000);
 
@@ -100,8 +111,8 @@ describe('replica reads of directory-placed keys', () => {
     const hashOwner = (await slotMaps.current()).assignments[slot] as string;
     const pinnedTo = other(hashOwner);
     const [pinned] = keysInSlot(slot, 1) as [string];
-    await directory.set(pinned, pinnedTo, 'test');
-    await seedUsers(pools.primary(pinnedTo).pool, slot, [pinned], 2);
+    await seedUsers(pools.primary(hashOwner).pool, slot, [pinned], 2);
+    expect((await newMover().run((await newMover().plan({ kind: 'directory', key: pinned, to: pinnedTo, createdBy: 'test' })).id)).state).toBe('done');
     // A hash-routed key whose slot the pinned shard owns since version 1, for comparison.
     const ownSlot = (await slotMaps.current()).assignments.findIndex((s) => s === pinnedTo);
     const [hashed] = keysInSlot(ownSlot, 1) as [string];
@@ -124,39 +135,33 @@ describe('replica reads of directory-placed keys', () => {
     const pinnedRead = await outcome(pinned);
 
     expect(hashedRead).toEqual({ n: 2, servedBy: `${pinnedTo}/replica-1` });
-    // Observed: { error: 'ShardUnavailableError: no node of shard ... could serve the read: connect ECONNREFUSED 127.0.0.1:1' }
-    // (the read is sent to the primary only, never to the replica it was served by before).
     expect(pinnedRead).toEqual({ n: 2, servedBy: `${pinnedTo}/replica-1` });
   }, 60_000);
 
-  it('serves a key the directory keeps on its slot\'s old owner (excluded from the slot\'s move) from a fresh replica after the move', async () => {
+  it('serves a key the directory keeps out of its slot\'s move from a fresh replica after the move', async () => {
     const slot = 202;
     const home = (await slotMaps.current()).assignments[slot] as string;
     const away = other(home);
     const [kept, moved] = keysInSlot(slot, 2) as [string, string];
-    await directory.set(kept, home, 'test');
     await seedUsers(pools.primary(home).pool, slot, [kept, moved], 2);
-    const mover = new Mover({ catalog, shards: primaries(), slotMaps, directory, readerGraceMs: 0 });
-    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to: away, createdBy: 'test' })).id);
+    // The key is pinned away by a move of its own, then its slot follows it, leaving it out.
+    expect((await newMover().run((await newMover().plan({ kind: 'directory', key: kept, to: away, createdBy: 'test' })).id)).state).toBe('done');
+    const job = await newMover().run((await newMover().plan({ kind: 'slot', slot, to: away, createdBy: 'test' })).id);
     await catchUpAll();
     const { reader, reads } = await readsOver(pools);
     const keptRead = await reads.withShardRead(kept, countDocs(kept));
     const movedRead = await reads.withShardRead(moved, countDocs(moved));
 
     expect({ state: job.state, excluded: job.excludedKeys }).toEqual({ state: 'done', excluded: [kept] });
-    expect(reader.replicaStates(home).map((s) => s.ineligible)).toEqual([null]);
+    expect(reader.replicaStates(away).map((s) => s.ineligible)).toEqual([null]);
     expect({ n: movedRead.value, servedBy: movedRead.servedBy }).toEqual({ n: 2, servedBy: `${away}/replica-1` });
-    // Observed: servedBy `${home}/primary` on every read, for good: the home shard has the slot's
-    // 'moved' row and no directory row of the key, which the reader takes as "only the primary can tell".
-    expect({ n: keptRead.value, shardId: keptRead.shardId, servedBy: keptRead.servedBy }).toEqual({ n: 2, shardId: home, servedBy: `${home}/replica-1` });
+    expect({ n: keptRead.value, shardId: keptRead.shardId, servedBy: keptRead.servedBy }).toEqual({ n: 2, shardId: away, servedBy: `${away}/replica-1` });
   }, 90_000);
 
   /**
-   * The first-owner rule for a directory-placed key takes its slot's version-1 owner for the
-   * key's first owner. A key pinned elsewhere from the start and later moved (directory move) to
-   * that very shard has never had a row there: a replica of it that lags the move has no
-   * directory row of the key and no slot row, takes itself for the first owner, and answers
-   * "nothing" for rows that exist (the defect the change meant to fix, left open for this case).
+   * A key pinned elsewhere from the start (without a move: it reads on the primary) and later
+   * moved onto its slot's version-1 owner has never had a row there: a replica of it that lags
+   * the move shows neither the key's row nor the slot's, and must not answer "nothing".
    */
   it("does not answer 'nothing' from a lagging replica for a directory-placed key moved to its slot's version-1 owner", async () => {
     const slot = 203;
@@ -179,19 +184,72 @@ describe('replica reads of directory-placed keys', () => {
 
       expect(job.state).toBe('done');
       expect(reader.replicaStates(hashOwner).map((s) => s.ineligible)).toEqual([null]);
-      // Observed: { n: 0, shardId: hashOwner, servedBy: `${hashOwner}/replica-1` }.
       expect({ n: read.value, shardId: read.shardId, servedBy: read.servedBy }).toEqual({ n: 3, shardId: hashOwner, servedBy: `${hashOwner}/primary` });
     } finally {
       await Promise.all(hashOwnerReplicas.map((r) => r.resumeReplay()));
     }
   }, 90_000);
-});
+  it("does not answer 'nothing' from a lagging replica for a key whose slot moved in, then pinned where it is by a cancelled key move", async () => {
+    const slot = 310;
+    const home = (await slotMaps.current()).assignments[slot] as string;
+    const away = other(home);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(pools.primary(home).pool, slot, [key], 3);
+    await pauseReplicasOf(away);
+    expect((await newMover().run((await newMover().plan({ kind: 'slot', slot, to: away, createdBy: 'test' })).id)).state).toBe('done');
+    // A key move away -> home pins the key where it is, dies after its copy, and is cancelled.
+    const dying = new Mover({
+      catalog,
+      shards: primaries(),
+      slotMaps,
+      directory,
+      readerGraceMs: 0,
+      hook(point) {
+        if (point === 'copied') throw new Error('test: the key move dies after its copy');
+      },
+    });
+    const keyJob = await dying.plan({ kind: 'directory', key, to: home, createdBy: 'test' });
+    await dying.run(keyJob.id).catch(() => undefined);
+    expect((await newMover().cancel(keyJob.id)).state).toBe('cancelled');
+    expect((await directory.entry(key))?.shardId).toBe(away);
 
-/**
- * The timeline probe as the application's login sees it. The login the readers use (the
- * application role) is not a member of pg_read_all_stats, so pg_stat_wal_receiver shows it no
- * received_tli and the probe falls back to the control file, whose timeline trails a switch until
- * the replica's next restartpoint. A replica that followed the promotion and is fully caught up
- * on the new primary is then ineligible: after every failover no replica serves a read until a
- * restartpoint (checkpoint_timeout, 5 min by default, or longer on a quiet shard).
- */
+    const { reader, reads } = await readsOver(pools, { ...bounds, maxLagSeconds: 60 });
+    const read = await reads.withShardRead(key, countDocs(key));
+    expect(reader.replicaStates(away).map((s) => s.ineligible)).toEqual([null]);
+    expect({ n: read.value, shardId: read.shardId, servedBy: read.servedBy }).toEqual({ n: 3, shardId: away, servedBy: `${away}/primary` });
+  }, 120_000);
+
+  it("does not answer 'nothing' from a lagging replica for a key pinned again (delete, then set) where a key move put its rows", async () => {
+    const slot = 311;
+    const home = (await slotMaps.current()).assignments[slot] as string;
+    const away = other(home);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await directory.set(key, away, 'test');
+    await seedUsers(pools.primary(away).pool, slot, [key], 3);
+    await pauseReplicasOf(home);
+    expect((await newMover().run((await newMover().plan({ kind: 'directory', key, to: home, createdBy: 'test' })).id)).state).toBe('done');
+    await directory.delete(key);
+    await directory.set(key, home, 'test');
+
+    const { reader, reads } = await readsOver(pools, { ...bounds, maxLagSeconds: 60 });
+    const read = await reads.withShardRead(key, countDocs(key));
+    expect(reader.replicaStates(home).map((s) => s.ineligible)).toEqual([null]);
+    expect({ n: read.value, shardId: read.shardId, servedBy: read.servedBy }).toEqual({ n: 3, shardId: home, servedBy: `${home}/primary` });
+  }, 120_000);
+
+  it("does not answer 'nothing' from a lagging replica for a key an operator pins where its moved-in slot put it", async () => {
+    const slot = 312;
+    const home = (await slotMaps.current()).assignments[slot] as string;
+    const away = other(home);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(pools.primary(home).pool, slot, [key], 3);
+    await pauseReplicasOf(away);
+    expect((await newMover().run((await newMover().plan({ kind: 'slot', slot, to: away, createdBy: 'test' })).id)).state).toBe('done');
+    await directory.set(key, away, 'operator');
+
+    const { reader, reads } = await readsOver(pools, { ...bounds, maxLagSeconds: 60 });
+    const read = await reads.withShardRead(key, countDocs(key));
+    expect(reader.replicaStates(away).map((s) => s.ineligible)).toEqual([null]);
+    expect({ n: read.value, shardId: read.shardId, servedBy: read.servedBy }).toEqual({ n: 3, shardId: away, servedBy: `${away}/primary` });
+  }, 120_000);
+});
