@@ -121,7 +121,11 @@ export class ObservabilityStack extends Stack {
       threshold: config.alarms.moveStalledMinutes * 60,
       comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
       evaluationPeriods: 1,
-      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      // A run holds the worker for up to 13 minutes, and ticks that find it busy publish nothing:
+      // a stalled move gives one datapoint per run. Missing data keeps the alarm where it is
+      // (in alarm until a run reports the move progressing, finished or gone), rather than
+      // clearing it between runs and paging again at each.
+      treatMissingData: cloudwatch.TreatMissingData.IGNORE,
     });
     moveStalled.addAlarmAction(new cwActions.SnsAction(topic));
 

@@ -855,7 +855,8 @@ describe('observability stack', () => {
       Statistic: 'Maximum',
       Threshold: 30 * 60,
       ComparisonOperator: 'GreaterThanOrEqualToThreshold',
-      TreatMissingData: 'notBreaching',
+      // One datapoint per run of the worker (up to 13 minutes apart): missing data must not clear it.
+      TreatMissingData: 'ignore',
     });
     expect(JSON.stringify(stalled[0]?.['AlarmActions'])).toContain('AlarmTopic');
   });

@@ -160,6 +160,39 @@ describe('migration runner', () => {
       expect(rows.map((r: { column_name: string }) => r.column_name)).toEqual(['id', 'v']);
     });
 
+    it('tries a migration again when it loses a deadlock with a writer, and applies it', async () => {
+      // Shard migration 013 as it first was: an index on one table, then a foreign key on the other,
+      // in one transaction, against a writer that writes the second table, then the first.
+      await pool.query('create table t_dl_a (id int); create table t_dl_b (id int)');
+      const dir = await folder({ '001_two_tables.sql': 'lock table t_dl_a in share mode;\nlock table t_dl_b in share row exclusive mode;\nalter table t_dl_b add column v text;' });
+      const writer = await session();
+      try {
+        await writer.client.query('begin');
+        await writer.client.query('insert into t_dl_b values (1)');
+        const retries: LockRetryEvent[] = [];
+        // Waits for the writer's lock on t_dl_b, holding its own on t_dl_a.
+        const outcome = runMigrations(pool, 'set-deadlock', dir, {
+          lockTimeoutMs: 10_000,
+          lockAttempts: 3,
+          retryPauseMs: 50,
+          onLockRetry: (e) => {
+            retries.push(e);
+          },
+        });
+        await new Promise((r) => setTimeout(r, 200));
+        // The writer now wants t_dl_a: a cycle, which the migration (waiting longer) breaks by losing.
+        await writer.client.query('insert into t_dl_a values (1)');
+        await writer.client.query('commit');
+        const result = await outcome;
+        expect(result.applied).toEqual(['001_two_tables.sql']);
+        expect(retries.map((r) => r.attempt)).toEqual([1]);
+        const { rows } = await pool.query<{ a: number; b: number }>('select (select count(*)::int from t_dl_a) as a, (select count(*)::int from t_dl_b) as b');
+        expect(rows[0]).toEqual({ a: 1, b: 1 });
+      } finally {
+        await writer.client.end();
+      }
+    });
+
     it('fails after the last attempt, naming the migration and the session holding the lock, with nothing of the migration applied', async () => {
       await pool.query('create table t_held (id int)');
       const dir = await folder({

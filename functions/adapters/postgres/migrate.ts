@@ -86,6 +86,8 @@ export const DEFAULT_LOCK_ATTEMPTS = 5;
 export const DEFAULT_RETRY_PAUSE_MS = 10_000;
 /** SQLSTATE lock_not_available: what a statement that hit `lock_timeout` fails with. */
 const LOCK_NOT_AVAILABLE = '55P03';
+/** SQLSTATE 40P01: the migration was chosen to break a deadlock, and rolled back. */
+const DEADLOCK_DETECTED = '40P01';
 
 const FILE = /^(\d{3,})_([a-z0-9_]+)\.sql$/;
 
@@ -171,14 +173,18 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
           applied.push(mig.name);
           break;
         } catch (err) {
-          if ((err as { code?: unknown }).code !== LOCK_NOT_AVAILABLE) {
+          // A deadlock is a lock wait too: the migration lost it (its locks met a writer taking the
+          // same tables in the other order) and was rolled back; the writer went on. Tried again
+          // like a lock timeout.
+          const code = (err as { code?: unknown }).code;
+          if (code !== LOCK_NOT_AVAILABLE && code !== DEADLOCK_DETECTED) {
             throw new MigrationError(`${set}: migration ${mig.name} failed: ${(err as Error).message}`, { cause: err });
           }
           // Rolled back already (inClientTransaction): nothing of the migration holds or waits.
           const blockers = await lockHolders(client, mig.sql);
           if (attempt >= attempts) {
             throw new MigrationError(
-              `${set}: migration ${mig.name} failed, not applied: in ${attempts === 1 ? 'its one attempt' : `each of ${attempts} attempts`} it waited more than ${lockTimeoutMs} ms for a lock and gave up, ` +
+              `${set}: migration ${mig.name} failed, not applied: in ${attempts === 1 ? 'its one attempt' : `each of ${attempts} attempts`} it waited more than ${lockTimeoutMs} ms for a lock and gave up (or lost a deadlock), ` +
                 `because another session held a lock on a table it changes (${describeHolders(blockers)}). ` +
                 'End or wait out that session (see pg_stat_activity and pg_locks), then run the migrations again.',
               { cause: err },

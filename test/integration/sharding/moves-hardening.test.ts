@@ -6,14 +6,14 @@ import { sqlstateOf } from '../../support/postgres.js';
 import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /**
- * Shard migration 013: writes of an ordinary application login (a member of ca_dms_app only,
+ * Shard migrations 013-015: writes of an ordinary application login (a member of ca_dms_app only,
  * as a writer in another language would connect) that a move used to lose or misplace.
  *
  * - Temporary tables named like the fence and capture tables no longer shadow them in the
  *   triggers (their search_path is pinned, pg_temp last). PUBLIC may no longer create temporary
  *   tables on a shard; `hardening_temp` is granted TEMP by name, as an operator might, to show
  *   that the pinned search_path holds without the revoke.
- * - A document's slot is its owner's (documents (owner_id, slot) references users (id, slot)).
+ * - A document's slot is its owner's (documents (owner_id, slot) references users (id, slot); 014, 015).
  */
 let env: MoveEnv;
 beforeAll(async () => {

@@ -378,7 +378,7 @@ describe('the clean-up', () => {
     const [user] = keysInSlot(slot, 1) as [string];
     await seedUsers(source, slot, [user], 2);
     // A document of this user stored under another slot (not part of the unit): its owner is kept.
-    // Shard migration 013 refuses such a row now; one written before it is still there (the key
+    // Shard migration 015 refuses such a row now; one written before it is still there (the key
     // is not validated), so it is written as it was then, the foreign keys skipped.
     await source.query(
       `begin; set local session_replication_role = replica;

@@ -1,0 +1,29 @@
+-- Nothing tied a document's `slot` to its owner's. `update documents set owner_id = <a user
+-- of another slot>` left `slot` stale and was accepted; a later move of the old slot carried
+-- the document to a shard where its owner does not live (an orphan there, invisible to the
+-- owner, who stays on the source). The contract says `slot` is the slot of the canonical
+-- owner id; the database now enforces it: documents (owner_id, slot) references
+-- users (id, slot). The foreign key of migration 001 (owner_id -> users.id, on delete
+-- cascade) stays. The new key cascades deletes too, so a user's deletion removes their
+-- documents whichever of the two keys' triggers fires first (a NO ACTION key checked before
+-- the cascade ran would refuse it); an update of a user's slot that still has documents is
+-- refused (a user's slot never changes: it is the hash of the id).
+--
+-- The key is added NOT VALID: new and updated rows are checked from now on, existing rows
+-- are not scanned, so the migration neither fails on a deployment holding rows written
+-- wrong before it nor holds the documents table's SHARE ROW EXCLUSIVE lock (taken by ADD
+-- FOREIGN KEY, held to the end of this transaction, and blocking every write of documents)
+-- for a scan of the whole table. Validating is an operator step (section 9): find and fix
+-- the rows the query there lists, then `alter table documents validate constraint
+-- documents_owner_slot_fkey`, which takes only SHARE UPDATE EXCLUSIVE (writes go on).
+--
+-- The referenced key is migration 014's unique index on users (id, slot), built in its own
+-- transaction: this one takes only the foreign key's locks, bounded by the runner's
+-- lock_timeout like any migration's.
+--
+-- The mover is unaffected: its bulk copy either skips row triggers (session_replication_role
+-- = replica; the source's rows are copied as they are) or upserts a page's owners before its
+-- documents; its catch-up upserts users before documents and deletes documents before users;
+-- its clean-up and rollback delete documents before their users.
+alter table documents add constraint documents_owner_slot_fkey
+  foreign key (owner_id, slot) references users (id, slot) on delete cascade not valid;
