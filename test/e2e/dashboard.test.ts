@@ -25,11 +25,19 @@ describe('the local dashboard', () => {
   beforeAll(async () => {
     profile = await mkdtemp(join(tmpdir(), 'ca-dms-chromium-'));
     shots = await mkdtemp(join(tmpdir(), 'ca-dms-dashboard-shots-'));
-    [local, browser] = await Promise.all([
+    // Both started at once; each one that started is kept for afterAll to stop, even when the
+    // other failed (Promise.all would drop a local-mode process, leaving it and its PostgreSQL
+    // running after the suite).
+    const [started, launched] = await Promise.allSettled([
       startLocalProcess({ args: ['--seed-users', '20', '--acceleration', '600'], env: { SCALING_CHECK_INTERVAL: '1' } }),
       chromium.launchPersistentContext(profile, { executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS }),
     ]);
-    page = await browser.newPage();
+    if (started.status === 'fulfilled') local = started.value;
+    if (launched.status === 'fulfilled') browser = launched.value;
+    if (started.status === 'rejected') throw started.reason;
+    if (launched.status === 'rejected') throw launched.reason;
+    const url = started.value.url;
+    page = await launched.value.newPage();
     page.on('console', (m) => {
       if (m.type() === 'error') problems.push(`console: ${m.text()}`);
     });
@@ -37,7 +45,7 @@ describe('the local dashboard', () => {
     page.on('request', (r) => {
       if (!r.url().startsWith(local?.url ?? '')) problems.push(`fetched ${r.url()}`);
     });
-    await page.goto(`${local.url}/`);
+    await page.goto(`${url}/`);
   });
 
   afterAll(async () => {
