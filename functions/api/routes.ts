@@ -511,6 +511,22 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
         return { status: 200, body: job };
       },
     }),
+    defineRoute({
+      method: 'DELETE',
+      path: `${API_PREFIX}/shards/moves/{id}`,
+      operationId: 'cancelMove',
+      summary: 'Cancel a move',
+      description:
+        'Records the cancellation; the moves worker rolls the move back (the copy on the target is deleted, the source stays the owner), so the answer comes at once and GET shows the move reach cancelled. Refused (409) once the new owner is published: the move can then only finish.',
+      tags: ['shards'],
+      params: moveIdParamsSchema,
+      query: noQuery,
+      responses: { 202: { description: 'the move job, its cancellation recorded (cancelRequested)', schema: moveJobSchema, headers: { location: 'where to follow the move' } } },
+      handle: async ({ params }) => {
+        const job = await guard(() => port.cancelMove(params.id));
+        return { status: 202, body: job, headers: { location: `${API_PREFIX}/shards/moves/${job.id}` } };
+      },
+    }),
   ];
   const openapi = defineRoute({
     method: 'GET',

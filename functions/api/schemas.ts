@@ -475,6 +475,8 @@ export const moveJobSchema = z.object({
   rowsCopied: z.number(),
   changesApplied: z.number(),
   rowsDeleted: z.number(),
+  fenceTimeouts: z.number().int().describe('times the cutover gave up because the write fence could not be held within its budget (writes were released each time)'),
+  rollbackTo: z.enum(['failed', 'cancelled']).nullable().describe('set once a rollback has been decided: the state the move ends in'),
   sourceSummary: tableSummaries.nullable(),
   targetSummary: tableSummaries.nullable(),
   mapVersionBefore: z.number().int().nullable(),

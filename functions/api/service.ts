@@ -112,4 +112,6 @@ export interface ScalingApiPort {
   directory(query: DirectoryQuery): Promise<DirectoryPageView>;
   startMove(request: MoveRequest, actor: string): Promise<MoveJobView>;
   getMove(id: string): Promise<MoveJobView>;
+  /** Asks for a move to be cancelled: 404 unknown, 409 past the flip or finished. */
+  cancelMove(id: string): Promise<MoveJobView>;
 }

@@ -25,7 +25,7 @@ import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ConfigVersionConflictError, type CatalogStore, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
-import { MoveBusyError, MoveConflictError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
+import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
 import { ShardInspectionError, type HealthReport, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
@@ -172,8 +172,10 @@ function replayFor(service: string, configured: string, decisions: readonly Hist
 /** The API's view of a move job: ids are text, and times are ISO 8601 strings as they are in the JSON. */
 function jobView(job: MoveJob): MoveJobView {
   const iso = (d: Date | null): string | null => (d === null ? null : d.toISOString());
+  // Field by field: the job carries more than the API documents (its schema allows no others).
+  const { flipStarted: _flipStarted, ...documented } = job;
   return {
-    ...job,
+    ...documented,
     id: String(job.id),
     flipStartedAt: iso(job.flipStartedAt),
     createdAt: job.createdAt.toISOString(),
@@ -516,6 +518,23 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         // Opaque, so that clients do not build cursors of their own: the key, prefixed and base64url-encoded.
         next_cursor: page.next === null ? null : Buffer.from(`k:${page.next}`, 'utf8').toString('base64url'),
       };
+    },
+
+    async cancelMove(id) {
+      const s = sharding();
+      if (!/^\d{1,15}$/.test(id)) throw new NotFoundError(`no move ${id}`);
+      try {
+        const job = await s.mover.requestCancel(Number(id));
+        // Where moves run in this process (local mode), the rollback starts now.
+        s.runMove(job.id);
+        return jobView(job);
+      } catch (err) {
+        if (err instanceof MoveRequestError) throw new NotFoundError(`no move ${id}`, { cause: err });
+        if (err instanceof MoveNotCancellableError) throw new ConflictError(err.message, { cause: err });
+        // Changed while cancelling (a run moved it on): asking again decides.
+        if (err instanceof MoveError) throw new ConflictError(err.message, { cause: err });
+        throw err;
+      }
     },
 
     async getMove(id) {

@@ -100,6 +100,8 @@ async function runAll(sharding: ShardingRuntime, until: number): Promise<MovesRe
       const done = await sharding.mover.run(job.id, { until });
       ran.push({ id: done.id, state: done.state });
       stalled(done);
+      // Rolled back because the two sides differed: the run ended normally, the move did not.
+      if (done.state === 'failed') failed.push({ id: done.id, error: done.error ?? 'the move failed and was rolled back' });
       logger.info('move advanced', { id: done.id, kind: done.kind, unit: done.unitId, from: done.from, to: done.to, state: done.state, fenceMs: done.fenceMs });
     } catch (err) {
       if (err instanceof MoveBusyError) {

@@ -38,6 +38,7 @@ import { CatalogStore } from '../adapters/postgres/catalog-store.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../adapters/postgres/embedded-cluster.js';
 import { HistoryReader } from '../adapters/postgres/history-reader.js';
 import { runMigrations } from '../adapters/postgres/migrate.js';
+import { MoveBusyError } from '../adapters/postgres/mover.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { SimulatedFleet } from '../adapters/sim/fleet.js';
 import { LiveLoad } from '../adapters/sim/live-load.js';
@@ -48,6 +49,11 @@ import { seedDemoData, type SeedOutcome } from './seed.js';
 const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../adapters/postgres/migrations');
 
 /** The configuration local mode writes on its first start (the guide's defaults otherwise). */
+/** How often local mode resumes unfinished moves (the moves function's schedule on AWS is every minute). */
+export const LOCAL_MOVES_RESUME_MS = 15_000;
+/** How long stopping local mode waits for running moves to finish their step. */
+const MOVES_STOP_WAIT_MS = 10_000;
+
 export const LOCAL_CONFIG_DOCUMENT: Readonly<Record<string, unknown>> = {
   // A trace replayed 60x faster changes in seconds, not minutes: evaluate and cool down accordingly.
   check_interval: 5,
@@ -198,6 +204,34 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const controller = new ScalingController({ metrics: fleet, target: fleet, registry: fleet, catalog, clock, log, policies: getPolicy, fallbackConfig: config });
     const history = new HistoryReader(async () => catalogPool);
     const moves = new Set<Promise<unknown>>();
+    const runningMoves = new Set<number>();
+    // Local mode has no moves function: a move runs in this process, in the background, one run
+    // per job at a time.
+    const runMove = (id: number): void => {
+      if (runningMoves.has(id)) return;
+      runningMoves.add(id);
+      const run = mover.run(id).then(
+        (job) => say(`move ${job.id} (${job.kind} ${job.unitId} ${job.from} -> ${job.to}) ${job.state}`),
+        (err: unknown) => {
+          if (!(err instanceof MoveBusyError)) say(`move ${id} stopped, to be tried again in ${LOCAL_MOVES_RESUME_MS / 1000} s: ${(err as Error).message}`);
+        },
+      );
+      moves.add(run);
+      void run.finally(() => {
+        moves.delete(run);
+        runningMoves.delete(id);
+      });
+    };
+    // What the moves function's schedule does on AWS: a run that stopped (writers older than the
+    // capture, a fence not held in time, a dropped connection) is resumed later, and so is a job
+    // an earlier session in this data directory left unfinished.
+    const resumeMoves = setInterval(() => {
+      void mover.unfinished().then(
+        (jobs) => jobs.forEach((job) => runMove(job.id)),
+        () => undefined,
+      );
+    }, LOCAL_MOVES_RESUME_MS);
+    resumeMoves.unref();
     const port = createScalingApiPort({
       catalog,
       history,
@@ -205,15 +239,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       target: fleet,
       metrics: fleet,
       clock,
-      sharding: shardingDepsOf(sharding, (id) => {
-        // Local mode has no moves function: the move runs in this process, in the background.
-        const run = mover.run(id).then(
-          (job) => say(`move ${job.id} (${job.kind} ${job.unitId} ${job.from} -> ${job.to}) ${job.state}`),
-          (err: unknown) => say(`move ${id} failed: ${(err as Error).message}`),
-        );
-        moves.add(run);
-        void run.finally(() => moves.delete(run));
-      }),
+      sharding: shardingDepsOf(sharding, runMove),
     });
 
     // The route table served directly: the Lambda handler's wrapping (middy, Powertools, and the
@@ -256,8 +282,11 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     cleanup.push(async () => {
       running = false;
       if (timer) clearTimeout(timer);
+      clearInterval(resumeMoves);
       await round;
-      await Promise.allSettled([...moves]);
+      // A move stops safely anywhere (its job resumes at the next start): its runs get a few
+      // seconds to finish a step, not the whole move.
+      await Promise.race([Promise.allSettled([...moves]), new Promise((resolve) => setTimeout(resolve, MOVES_STOP_WAIT_MS).unref())]);
     });
 
     return {

@@ -362,7 +362,13 @@ export class Mover {
         const job = toJob(claimed);
         // The shards learn of this run before it acts on them: the run it replaces, were it only
         // stalled, is refused by both from now on.
-        if (!isTerminal(job.state)) await port.claimPermits(job);
+        if (!isTerminal(job.state)) {
+          // The steps record their own errors on the job; this one comes before them.
+          await port.claimPermits(job).catch(async (err: unknown) => {
+            await port.recordError(job, `${job.state}: ${(err as Error).message}`).catch(() => undefined);
+            throw err;
+          });
+        }
         return await driveMove(job, port, {
           ...(this.options.fenceAttempts === undefined ? {} : { fenceAttempts: this.options.fenceAttempts }),
           ...(this.options.fenceRetryPauseMs === undefined ? {} : { fenceRetryPauseMs: this.options.fenceRetryPauseMs }),
@@ -394,6 +400,22 @@ export class Mover {
    * is being published.
    */
   async cancel(id: number): Promise<MoveJob> {
+    await this.requestCancel(id);
+    try {
+      return await this.run(id);
+    } catch (err) {
+      if (err instanceof MoveBusyError) return this.get(id);
+      throw err;
+    }
+  }
+
+  /**
+   * Records a cancellation request and returns the job as it is then: the run that holds the job,
+   * or the next one, rolls it back (the scaling API answers at once rather than delete a copy
+   * within one request). Throws {@link MoveNotCancellableError} once the new owner is published or
+   * the job is finished, and {@link MoveRequestError} (`not-found`) for an unknown job.
+   */
+  async requestCancel(id: number): Promise<MoveJob> {
     const { rows } = await this.options.catalog.query<JobRow>(
       `update catalog.move_jobs set cancel_requested = true, updated_at = now()
         where id = $1 and flip_started_at is null and state <> all($2::text[]) returning *`,
@@ -404,11 +426,6 @@ export class Mover {
       if (canCancel({ state: job.state, flipStarted: job.flipStarted })) throw new MoveError(`move job #${id} changed while cancelling; try again`);
       throw new MoveNotCancellableError(isTerminal(job.state) ? `move job #${id} is already ${job.state}` : `move job #${id} has published the new owner; it can only finish`);
     }
-    try {
-      return await this.run(id);
-    } catch (err) {
-      if (err instanceof MoveBusyError) return this.get(id);
-      throw err;
-    }
+    return toJob(rows[0]);
   }
 }

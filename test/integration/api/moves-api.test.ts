@@ -1,0 +1,129 @@
+/**
+ * The shard-move endpoints (POST /shards/moves, GET and DELETE /shards/moves/{id}) and the moves
+ * worker, over real HTTP against real PostgreSQL shards: the bodies are what the OpenAPI document
+ * promises, a move can be cancelled, and a run that fails says why on the job.
+ */
+// Powertools reads its settings when the handler modules load: this import must stay first.
+import '../../support/quiet-powertools.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createMovesHandler } from '../../../functions/handlers/moves.js';
+import { lambdaContext, tick } from '../sharding/fixtures/moves-handler.js';
+import { startApiHarness, type ApiHarness } from './harness.js';
+
+const API = '/api/v1/scaling';
+const JSON_HEADERS = { 'content-type': 'application/json' };
+
+describe('shard moves over HTTP', () => {
+  let h: ApiHarness;
+  type Schema = { properties?: Record<string, unknown>; required?: string[]; additionalProperties?: boolean };
+  let openapi: { paths: Record<string, Record<string, { responses: Record<string, { content?: Record<string, { schema: Schema }> }> }>> };
+  beforeAll(async () => {
+    h = await startApiHarness();
+    openapi = (await h.fetchJson(`${API}/openapi.json`)).body as typeof openapi;
+  }, 120_000);
+  afterAll(async () => {
+    await h?.stop();
+  });
+
+  function responseSchema(path: string, method: string, status: string): Schema {
+    const schema = openapi.paths[path]?.[method]?.responses[status]?.content?.['application/json']?.schema;
+    if (!schema) throw new Error(`no schema for ${method} ${path} ${status}`);
+    return schema;
+  }
+
+  /** The fields of `body` the schema does not document, and the ones it requires that are missing. */
+  function misfit(schema: Schema, body: unknown): { undocumented: string[]; missing: string[] } {
+    const keys = Object.keys(body as Record<string, unknown>);
+    const documented = Object.keys(schema.properties ?? {});
+    return { undocumented: keys.filter((k) => !documented.includes(k)), missing: (schema.required ?? []).filter((k) => !keys.includes(k)) };
+  }
+
+  async function waitDone(location: string): Promise<Record<string, unknown>> {
+    let body: Record<string, unknown> = {};
+    for (let i = 0; i < 150; i++) {
+      body = (await h.fetchJson(location)).body as Record<string, unknown>;
+      if (body['state'] === 'done' || body['state'] === 'failed' || body['state'] === 'cancelled') return body;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return body;
+  }
+
+  it('answers GET /shards/moves/{id} and the 202 of POST with exactly the fields the OpenAPI document gives', async () => {
+    const key = '7a1e2b3c-4d5e-4f60-8a71-92b3c4d5e6f7';
+    const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
+    const to = route.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
+    const started = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to }) });
+    expect(started.status).toBe(202);
+    const done = await waitDone(started.headers.get('location') ?? '');
+    expect(done['state']).toBe('done');
+    const schema = responseSchema(`${API}/shards/moves/{id}`, 'get', '200');
+    expect(schema.additionalProperties).toBe(false);
+    expect(misfit(schema, done)).toEqual({ undocumented: [], missing: [] });
+    expect(misfit(responseSchema(`${API}/shards/moves`, 'post', '202'), started.body)).toEqual({ undocumented: [], missing: [] });
+    for (const field of ['progressedAt', 'fenceMs', 'fenceTimeouts', 'rollbackTo', 'error']) expect(done).toHaveProperty(field);
+  });
+
+  it('cancels a planned move: 202 with the cancellation recorded, then the worker rolls it back; 404 and 409 where it cannot', async () => {
+    const key = '1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f';
+    const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
+    const to = route.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
+    // Planned but not run (as on AWS between the POST and the worker's next tick).
+    const job = await h.sharding.mover.plan({ kind: 'slot', slot: route.slot, to, createdBy: 'test', reason: 'test' });
+    const again = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to }) });
+    expect(again.status).toBe(409);
+    expect((again.body as { detail: string }).detail).toMatch(/finish or cancel it first/);
+
+    const cancel = await h.fetchJson(`${API}/shards/moves/${job.id}`, { method: 'DELETE' });
+    expect(cancel.status).toBe(202);
+    expect(cancel.body).toMatchObject({ id: String(job.id), cancelRequested: true });
+    expect(cancel.headers.get('location')).toBe(`${API}/shards/moves/${job.id}`);
+    const done = await waitDone(`${API}/shards/moves/${job.id}`);
+    if (done['state'] !== 'cancelled') await createMovesHandler(async () => h.sharding)(tick, lambdaContext);
+    expect(((await h.fetchJson(`${API}/shards/moves/${job.id}`)).body as { state: string }).state).toBe('cancelled');
+    // The slot is free for another move.
+    const next = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to }) });
+    expect(next.status).toBe(202);
+    const finished = await waitDone(next.headers.get('location') ?? '');
+    if (finished['state'] !== 'done') await createMovesHandler(async () => h.sharding)(tick, lambdaContext);
+
+    // Finished (or cancelled) moves cannot be cancelled; unknown ones are not found.
+    const late = await h.fetchJson(`${API}/shards/moves/${job.id}`, { method: 'DELETE' });
+    expect(late.status).toBe(409);
+    expect((late.body as { detail: string }).detail).toMatch(/already cancelled/);
+    expect((await h.fetchJson(`${API}/shards/moves/999999`, { method: 'DELETE' })).status).toBe(404);
+    expect((await h.fetchJson(`${API}/shards/moves/not-a-number`, { method: 'DELETE' })).status).toBe(404);
+  });
+
+  it('the moves worker carries the other jobs forward when one of them fails, and the failure shows on the failed job', async () => {
+    const map = await h.sharding.slotMaps.current();
+    const { rows: busy } = await h.catalogPool.query<{ slot: number }>(`select slot from catalog.move_jobs where state not in ('done', 'failed', 'cancelled')`);
+    const free = (shard: string): number[] => map.assignments.flatMap((owner, slot) => (owner === shard && !busy.some((b) => b.slot === slot) ? [slot] : []));
+    const x = free('shard_001')[200] as number;
+    const y = free('shard_002')[200] as number;
+    const broken = await h.sharding.mover.plan({ kind: 'slot', slot: x, to: 'shard_002', createdBy: 'test', reason: 'test' });
+    // From the other shard: a transaction left open on a source holds up every move's drain there.
+    const good = await h.sharding.mover.plan({ kind: 'slot', slot: y, to: 'shard_001', createdBy: 'test', reason: 'test' });
+    // The first job's earlier run hung with a write transaction open on the source (it holds the
+    // job's permit there): the next run cannot claim the permit within 10 s and fails.
+    const source = h.sharding.primaries.get('shard_001');
+    if (!source) throw new Error('no shard_001');
+    await source.query('insert into move_permits (job_id, lease_epoch) values ($1, 1) on conflict do nothing', [broken.id]);
+    const hung = await source.connect();
+    await hung.query('begin');
+    await hung.query('select 1 from move_permits where job_id = $1 for share', [broken.id]);
+    try {
+      const result = await createMovesHandler(async () => h.sharding)(tick, lambdaContext);
+      // The worker goes on with the next job.
+      expect(result.failed.map((f) => f.id), JSON.stringify(result.failed)).toEqual([broken.id]);
+      expect(result.failed[0]?.error).toMatch(/still open after 10000 ms/);
+      expect(result.ran).toEqual(expect.arrayContaining([{ id: good.id, state: 'done' }]));
+      // The failure is on the job, for whoever follows GET /shards/moves/{id}.
+      const view = (await h.fetchJson(`${API}/shards/moves/${broken.id}`)).body as { error: string | null; state: string };
+      expect(String(view.error)).toMatch(/still open/);
+    } finally {
+      await hung.query('rollback');
+      hung.release();
+      await h.sharding.mover.cancel(broken.id).catch(() => undefined);
+    }
+  }, 60_000);
+});
