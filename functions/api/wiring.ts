@@ -447,9 +447,9 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
 
     async rebalanceCheck(options) {
       const s = sharding();
-      const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.all()]);
+      const [slotMap, directory, unfinished] = await Promise.all([s.slotMaps.current(), s.directory.all(), s.mover.unfinished()]);
       try {
-        return await s.inspector.rebalanceCheck({ slotMap, directory, routing: moveRoutingOf(s.router.config), ...options });
+        return await s.inspector.rebalanceCheck({ slotMap, directory, routing: moveRoutingOf(s.router.config), busySlots: new Set(unfinished.map((j) => j.slot)), ...options });
       } catch (err) {
         // A plan over an unreachable shard would be blind; shards of unequal weights cannot be
         // balanced towards equal loads. Both are states of the system, not server faults.

@@ -34,6 +34,7 @@ import {
   type NodeRole,
   type RdsFacts,
 } from '../../core/sharding/health.js';
+import { keySlot } from '../../core/sharding/keys.js';
 import { lsnBytesBehind, parseLsn } from '../../core/sharding/lsn.js';
 import { moveUnitFor, type MoveRouting } from '../../core/sharding/move-machine.js';
 import { checkRebalance, type RebalanceCheckOptions, type RebalanceCheckResult } from '../../core/sharding/rebalance-check.js';
@@ -144,6 +145,11 @@ export interface RebalanceCheckRequest extends RebalanceCheckOptions {
    * Default: every unit is offered.
    */
   readonly routing?: MoveRouting;
+  /**
+   * Slots with an unfinished move: their units (the slot, and the directory keys hashing into it)
+   * are not offered, since a move of them is refused (409) until that one ends.
+   */
+  readonly busySlots?: ReadonlySet<number>;
 }
 
 /** A shard could not be measured, so a statistic or plan would be wrong. */
@@ -547,13 +553,16 @@ export class ShardInspector {
     if (!statistics.complete) {
       throw new ShardInspectionError(`cannot plan a rebalance while shards are unreachable: ${statistics.unreachable.map((u) => `${u.shardId} (${u.error})`).join('; ')}`);
     }
-    const { slotMap: _slotMap, directory: _directory, freeBytes: given, routing, ...options } = request;
+    const { slotMap: _slotMap, directory: _directory, freeBytes: given, routing, busySlots: _busySlots, ...options } = request;
     // A plan of moves the mover then refuses (422) would only mislead whoever follows it.
     const refused = routing === undefined ? [] : (['slot', 'directory'] as const).flatMap((kind) => {
       const verdict = moveUnitFor(routing, kind);
       return verdict.ok ? [] : [{ kind, reason: verdict.reason }];
     });
-    const units = (await this.movableUnits(request.slotMap, request.directory ?? [])).filter((u) => !refused.some((r) => r.kind === u.kind));
+    const busy = request.busySlots ?? new Set<number>();
+    const units = (await this.movableUnits(request.slotMap, request.directory ?? []))
+      .filter((u) => !refused.some((r) => r.kind === u.kind))
+      .filter((u) => !busy.has(u.kind === 'slot' ? Number(u.id) : keySlot(u.id)));
     const freeBytes = given ?? (await this.#freeStorageOfPrimaries(options.headroomBytes ?? 0));
     const result = checkRebalance(statistics, units, { ...options, ...(freeBytes ? { freeBytes } : {}) });
     if (refused.length === 0 || result.summary.balancedAfter) return result;

@@ -94,6 +94,32 @@ describe('shard moves over HTTP', () => {
     expect((await h.fetchJson(`${API}/shards/moves/not-a-number`, { method: 'DELETE' })).status).toBe(404);
   });
 
+  it('GET /shards/rebalance-check does not propose a unit that already has an unfinished move (its POST can only be a 409)', async () => {
+    const map = await h.sharding.slotMaps.current();
+    const { rows: busy } = await h.catalogPool.query<{ slot: number }>(`select slot from catalog.move_jobs where state not in ('done', 'failed', 'cancelled')`);
+    const owned = map.assignments.flatMap((owner, slot) => (owner === 'shard_001' && !busy.some((b) => b.slot === slot) ? [slot] : [])).slice(100, 103);
+    const [a, b, c] = owned as [number, number, number];
+    const shard1 = h.sharding.primaries.get('shard_001');
+    if (!shard1) throw new Error('no shard_001');
+    // shard_001 four times heavier than needed, slot a exactly the surplus: the plan is to move slot a.
+    for (const [slot, n] of [[a, 2000], [b, 1000], [c, 1000]] as const) {
+      await shard1.query(`insert into users (id, slot, email, display_name) select gen_random_uuid(), $1, 'rebalance@example.com', 'rebalance' from generate_series(1, $2::int)`, [slot, n]);
+    }
+    const before = (await h.fetchJson(`${API}/shards/rebalance-check?threshold=0.05&by=rows`)).body as { moves: Array<{ unit: { kind: string; id: string }; to: string }> };
+    const proposed = before.moves.find((m) => m.unit.kind === 'slot' && m.unit.id === String(a));
+    expect(proposed, JSON.stringify(before.moves)).toBeDefined();
+    // An operator starts that move; it is planned (the worker has not run it yet).
+    const job = await h.sharding.mover.plan({ kind: 'slot', slot: a, to: 'shard_002', createdBy: 'test', reason: 'test' });
+    try {
+      const after = (await h.fetchJson(`${API}/shards/rebalance-check?threshold=0.06&by=rows`)).body as { moves: Array<{ unit: { kind: string; id: string }; from: string; to: string }> };
+      const again = after.moves.find((m) => m.unit.kind === 'slot' && m.unit.id === String(a));
+      const posted = again ? await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: again.unit.id, to: again.to }) }) : undefined;
+      // Slot a is not proposed again while its move is unfinished (following it could only be a 409).
+      expect({ proposedAgain: again !== undefined, status: posted?.status }).toEqual({ proposedAgain: false, status: undefined });
+    } finally {
+      await h.sharding.mover.cancel(job.id).catch(() => undefined);
+    }
+  });
   it('the moves worker carries the other jobs forward when one of them fails, and the failure shows on the failed job', async () => {
     const map = await h.sharding.slotMaps.current();
     const { rows: busy } = await h.catalogPool.query<{ slot: number }>(`select slot from catalog.move_jobs where state not in ('done', 'failed', 'cancelled')`);
