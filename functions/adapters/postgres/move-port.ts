@@ -807,21 +807,34 @@ export class PgMovePort implements MovePort<MoveJob> {
     const presentUsers = new Set(read[0]?.user_ids ?? []);
     const goneDocs = docIds.filter((id) => !presentDocs.has(id));
     const goneUsers = userIds.filter((id) => !presentUsers.has(id));
-    await this.write(job, job.to, async (target) => {
-      await this.assertIncoming(target, job);
-      if (presentUsers.size > 0) await this.upsert(target, job, 'users', read[0]?.users ?? '[]', presentUsers.size);
-      const owners = read[0]?.owners;
-      if (owners) await target.query('insert into users select * from jsonb_populate_recordset(null::users, $1::jsonb) on conflict (id) do nothing', [owners]);
-      if (presentDocs.size > 0) await this.upsert(target, job, 'documents', read[0]?.docs ?? '[]', presentDocs.size);
-      if (goneDocs.length > 0) {
-        const f = this.unitFilter(job, 'documents', 2);
-        await target.query(`delete from documents where id = any($1::uuid[]) and ${f.sql}`, [goneDocs, ...f.params]);
-      }
-      if (goneUsers.length > 0) {
-        const f = this.unitFilter(job, 'users', 2);
-        await target.query(`delete from users where id = any($1::uuid[]) and ${f.sql}`, [goneUsers, ...f.params]);
-      }
-    });
+    // The rows that left the unit go first, in a transaction of their own. Two units moving from
+    // one source to one target at once can trade rows (a document handed to an owner of the other
+    // slot): each move's upsert then meets the other's stale copy of the row and refuses it (see
+    // upsert), and with the deletes in the same transaction neither move could ever remove its
+    // own stale copy; both stalled for good. Committed first, each pass removes its stale copies
+    // whatever its upserts meet, and the refused upsert goes through at a later pass.
+    if (goneDocs.length > 0 || goneUsers.length > 0) {
+      await this.write(job, job.to, async (target) => {
+        await this.assertIncoming(target, job);
+        if (goneDocs.length > 0) {
+          const f = this.unitFilter(job, 'documents', 2);
+          await target.query(`delete from documents where id = any($1::uuid[]) and ${f.sql}`, [goneDocs, ...f.params]);
+        }
+        if (goneUsers.length > 0) {
+          const f = this.unitFilter(job, 'users', 2);
+          await target.query(`delete from users where id = any($1::uuid[]) and ${f.sql}`, [goneUsers, ...f.params]);
+        }
+      });
+    }
+    const owners = read[0]?.owners;
+    if (presentUsers.size > 0 || owners || presentDocs.size > 0) {
+      await this.write(job, job.to, async (target) => {
+        await this.assertIncoming(target, job);
+        if (presentUsers.size > 0) await this.upsert(target, job, 'users', read[0]?.users ?? '[]', presentUsers.size);
+        if (owners) await target.query('insert into users select * from jsonb_populate_recordset(null::users, $1::jsonb) on conflict (id) do nothing', [owners]);
+        if (presentDocs.size > 0) await this.upsert(target, job, 'documents', read[0]?.docs ?? '[]', presentDocs.size);
+      });
+    }
     await this.write(job, job.from, (c) => c.query('delete from move_changes where seq = any($1::bigint[])', [entries.map((e) => e.seq)]));
     await this.updateJob('changes_applied = changes_applied + $2', [entries.length], job);
     return entries.length;
@@ -1381,7 +1394,8 @@ export class PgMovePort implements MovePort<MoveJob> {
       [rowsJson, ...outside.params],
     );
     throw new MoveError(
-      `${table} id(s) ${rows.map((r) => r.id).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}; ids must be unique across shards (docs/sharding-spec.md, section 9): the move stops here, nothing on ${job.to} was overwritten`,
+      `${table} id(s) ${rows.map((r) => r.id).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}; nothing on ${job.to} was overwritten and the move stops here. ` +
+        `If another move to ${job.to} is copying that unit and the rows changed units since, its next catch-up removes its copy and this move goes on at its next run; otherwise the ids are another record's, and ids must be unique across shards (docs/sharding-spec.md, section 9)`,
     );
   }
 }

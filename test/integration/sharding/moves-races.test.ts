@@ -412,3 +412,53 @@ describe('the unit-size limit', () => {
     expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
   });
 });
+
+describe('two slots moving from one source to one target at once', () => {
+  it('both finish when documents change hands between them during the catch-up, each once on its owner', async () => {
+    // Two slots of one shard, both moving to another.
+    const map = await env.slotMaps.current();
+    const from = map.assignments[750] as string;
+    const slots = map.assignments.flatMap((owner, slot) => (owner === from && slot >= 750 && slot < 900 ? [slot] : [])).slice(0, 2) as [number, number];
+    const to = [...env.shards.keys()].find((s) => s !== from) as string;
+    const source = env.shards.get(from) as pg.Pool;
+    const target = env.shards.get(to) as pg.Pool;
+    const [s, t] = slots;
+    const [u] = keysInSlot(s, 1) as [string];
+    const [w] = keysInSlot(t, 1) as [string];
+    await seedUsers(source, s, [u], 2);
+    await seedUsers(source, t, [w], 2);
+    // Both copied, then stopped (a crash) once caught up: both units are incoming on the target.
+    const stopAfterCopy = env.mover({
+      readerGraceMs: 0,
+      hook(point) {
+        if (point === 'catching_up') throw new Error('test: stopped after the copy');
+      },
+    });
+    const jobS = await stopAfterCopy.plan({ kind: 'slot', slot: s, to, createdBy: 'test' });
+    const jobT = await stopAfterCopy.plan({ kind: 'slot', slot: t, to, createdBy: 'test' });
+    await expect(stopAfterCopy.run(jobS.id)).rejects.toThrow(/stopped after the copy/);
+    await expect(stopAfterCopy.run(jobT.id)).rejects.toThrow(/stopped after the copy/);
+    // One document of each owner is handed to the other (owner and slot together, as the spec says).
+    const docOf = async (owner: string): Promise<string> => (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 1', [owner])).rows[0]?.id as string;
+    const [dU, dW] = [await docOf(u), await docOf(w)];
+    await env.writer.withShardWrite(u, async ({ client }) => {
+      await client.query('update documents set owner_id = $1, slot = $2 where id = $3', [w, t, dU]);
+      await client.query('update documents set owner_id = $1, slot = $2 where id = $3', [u, s, dW]);
+    });
+
+    // Run one after the other, as the moves worker does, until both are done.
+    const mover = env.mover({ readerGraceMs: 0 });
+    const states = async (): Promise<string[]> => [(await mover.get(jobS.id)).state, (await mover.get(jobT.id)).state];
+    for (let round = 0; round < 4 && (await states()).some((x) => x !== 'done'); round++) {
+      for (const id of [jobS.id, jobT.id]) await mover.run(id).catch(() => undefined);
+    }
+    expect(await states()).toEqual(['done', 'done']);
+    const placed = async (pool: pg.Pool, id: string): Promise<string[]> => (await pool.query<{ o: string }>('select owner_id::text as o from documents where id = $1', [id])).rows.map((r) => r.o);
+    expect({ dU: await placed(target, dU), dW: await placed(target, dW) }).toEqual({ dU: [w], dW: [u] });
+    expect({ dU: await placed(source, dU), dW: await placed(source, dW) }).toEqual({ dU: [], dW: [] });
+    expect([await countSlot(target, s), await countSlot(target, t)]).toEqual([
+      { users: 1, documents: 2 },
+      { users: 1, documents: 2 },
+    ]);
+  });
+});
