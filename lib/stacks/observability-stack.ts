@@ -88,46 +88,47 @@ export class ObservabilityStack extends Stack {
     });
     movesDelivery.addAlarmAction(new cwActions.SnsAction(topic));
 
+    // The moves worker's own metrics (namespace and service dimension of every controller metric),
+    // each at or above its threshold in one 5-minute period, to the topic.
+    const movesWorkerAlarm = (id: string, p: { description: string; metricName: string; statistic: 'Sum' | 'Maximum'; threshold: number; missing: cloudwatch.TreatMissingData }): void => {
+      new cloudwatch.Alarm(this, id, {
+        alarmDescription: p.description,
+        metric: new cloudwatch.Metric({
+          namespace: CONTROLLER_NAMESPACE,
+          metricName: p.metricName,
+          dimensionsMap: { service: CONTROLLER_METRICS_SERVICE },
+          period: Duration.minutes(5),
+          statistic: p.statistic,
+        }),
+        threshold: p.threshold,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        evaluationPeriods: 1,
+        treatMissingData: p.missing,
+      }).addAlarmAction(new cwActions.SnsAction(topic));
+    };
     // A failed move step leaves the job resumable and does not fail the invocation, so only the
     // worker's own metric shows it.
-    const moveFailures = new cloudwatch.Alarm(this, 'MoveStepFailures', {
-      alarmDescription: 'control plane: a shard move step failed (the job is resumable; its error is on the job: GET /shards/moves/{id})',
-      metric: new cloudwatch.Metric({
-        namespace: CONTROLLER_NAMESPACE,
-        metricName: 'MoveFailures',
-        dimensionsMap: { service: CONTROLLER_METRICS_SERVICE },
-        period: Duration.minutes(5),
-        statistic: 'Sum',
-      }),
+    movesWorkerAlarm('MoveStepFailures', {
+      description: 'control plane: a shard move step failed (the job is resumable; its error is on the job: GET /shards/moves/{id})',
+      metricName: 'MoveFailures',
+      statistic: 'Sum',
       threshold: 1,
-      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-      evaluationPeriods: 1,
-      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      missing: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
-    moveFailures.addAlarmAction(new cwActions.SnsAction(topic));
-
     // A move that runs without failing and without moving forward (a catch-up that never gets
     // within its threshold, a verification always over its budget) raises no MoveFailures: the
     // worker reports how long the jobs it ran have gone without progress.
-    const moveStalled = new cloudwatch.Alarm(this, 'MoveWithoutProgress', {
-      alarmDescription: `control plane: a shard move has made no progress for ${config.alarms.moveStalledMinutes} minutes without failing (its state and progressedAt: GET /shards/moves/{id}; cancel it or relieve the writes or reads holding it)`,
-      metric: new cloudwatch.Metric({
-        namespace: CONTROLLER_NAMESPACE,
-        metricName: 'MoveSecondsWithoutProgress',
-        dimensionsMap: { service: CONTROLLER_METRICS_SERVICE },
-        period: Duration.minutes(5),
-        statistic: 'Maximum',
-      }),
+    movesWorkerAlarm('MoveWithoutProgress', {
+      description: `control plane: a shard move has made no progress for ${config.alarms.moveStalledMinutes} minutes without failing (its state and progressedAt: GET /shards/moves/{id}; cancel it or relieve the writes or reads holding it)`,
+      metricName: 'MoveSecondsWithoutProgress',
+      statistic: 'Maximum',
       threshold: config.alarms.moveStalledMinutes * 60,
-      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-      evaluationPeriods: 1,
       // A run holds the worker for up to 13 minutes, and ticks that find it busy publish nothing:
-      // a stalled move gives one datapoint per run. Missing data keeps the alarm where it is
-      // (in alarm until a run reports the move progressing, finished or gone), rather than
-      // clearing it between runs and paging again at each.
-      treatMissingData: cloudwatch.TreatMissingData.IGNORE,
+      // a stalled move gives one datapoint per run. Missing data keeps the alarm where it is (in
+      // alarm until a run reports the move progressing, finished or gone), rather than clearing
+      // it between runs and paging again at each.
+      missing: cloudwatch.TreatMissingData.IGNORE,
     });
-    moveStalled.addAlarmAction(new cwActions.SnsAction(topic));
 
     // The worker's scale-out signal, on the statistic the controller reads (Maximum) and per
     // running task like its queue_depth_scale_up: the alarm evaluates the worker at once instead

@@ -140,3 +140,14 @@ export async function sqlstateOf(run: () => Promise<unknown>): Promise<string> {
     return String((err as { code?: unknown }).code);
   }
 }
+
+/** Runs `fn` on a client of its own connected to `url` (a server's admin URL), closed afterwards. */
+export async function withAdmin<T>(url: string | undefined, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}

@@ -150,23 +150,30 @@ describe('planning a move', () => {
     await seedUsers(source, slot, keysInSlot(slot, 1), 2);
     const first = env.mover({ readerGraceMs: 0 });
     const job1 = await first.plan({ kind: 'slot', slot, to, createdBy: 'request 1' });
-    let run1: Promise<unknown> | undefined;
-    // Request 2 reads the map, then request 1's move runs to the end before request 2 records its job.
-    const slowPlanner = new Mover({
-      catalog: env.catalog,
-      shards: env.shards,
-      directory: env.directory,
-      readerGraceMs: 0,
-      slotMaps: {
-        current: async (...a: Parameters<typeof env.slotMaps.current>) => {
-          const map = await env.slotMaps.current(...a);
-          run1 ??= first.run(job1.id);
-          await run1;
-          return map;
+    /**
+     * A planner whose read of the slot map comes just before `other` runs to its end, as a plan
+     * slowed down between reading the owner and recording its job would see it.
+     */
+    const plannerRacing = (other: number): Mover => {
+      let ran: Promise<unknown> | undefined;
+      return new Mover({
+        catalog: env.catalog,
+        shards: env.shards,
+        directory: env.directory,
+        readerGraceMs: 0,
+        slotMaps: {
+          current: async (...a: Parameters<typeof env.slotMaps.current>) => {
+            const map = await env.slotMaps.current(...a);
+            ran ??= first.run(other);
+            await ran;
+            return map;
+          },
+          publish: env.slotMaps.publish.bind(env.slotMaps),
         },
-        publish: env.slotMaps.publish.bind(env.slotMaps),
-      },
-    });
+      });
+    };
+    // Request 2 reads the map, then request 1's move runs to the end before request 2 records its job.
+    const slowPlanner = plannerRacing(job1.id);
     // Request 2 asked for the same target: the slot is there already.
     await expect(slowPlanner.plan({ kind: 'slot', slot, to, createdBy: 'request 2' })).rejects.toThrow(/is already on .*another move finished while this one was planned/);
     const unfinished = async (): Promise<number | undefined> =>
@@ -176,22 +183,7 @@ describe('planning a move', () => {
     // Request 3 asked for a third shard, planned from the owner it read before the slot moved back.
     const third = [...env.shards.keys()].find((s) => s !== to && s !== job1.from) as string;
     const back = await first.plan({ kind: 'slot', slot, to: job1.from, createdBy: 'request 1 again' });
-    run1 = undefined;
-    const racing = new Mover({
-      catalog: env.catalog,
-      shards: env.shards,
-      directory: env.directory,
-      readerGraceMs: 0,
-      slotMaps: {
-        current: async (...a: Parameters<typeof env.slotMaps.current>) => {
-          const map = await env.slotMaps.current(...a);
-          run1 ??= first.run(back.id);
-          await run1;
-          return map;
-        },
-        publish: env.slotMaps.publish.bind(env.slotMaps),
-      },
-    });
+    const racing = plannerRacing(back.id);
     await expect(racing.plan({ kind: 'slot', slot, to: third, createdBy: 'request 3' }).then(undefined, (e: unknown) => e)).resolves.toBeInstanceOf(MoveConflictError);
     expect(await unfinished()).toBe(0);
     // The slot's next move is planned from its real owner, and runs.

@@ -4,7 +4,7 @@ import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
-import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { Mover, type MoveJob } from '../../../functions/adapters/postgres/mover.js';
 import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
 import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
@@ -14,21 +14,12 @@ import { parseShardingConfig } from '../../../functions/core/sharding/config.js'
 import type { FreshnessBounds } from '../../../functions/core/sharding/replica-choice.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
+import { withAdmin } from '../../support/postgres.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
 import { keysInSlot, seedUsers } from './fixtures/move-env.js';
 
 const migrations = resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations');
 const bounds: FreshnessBounds = { maxLagSeconds: 5, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 25_000 };
-
-const withAdmin = async <T>(url: string | undefined, fn: (c: pg.Client) => Promise<T>): Promise<T> => {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-};
 
 /**
  * Replica reads of keys the directory places (docs/sharding-spec.md section 9, Readers): where
@@ -70,6 +61,18 @@ describe('replica reads of directory-placed keys', () => {
     });
   };
   const newMover = (): Mover => new Mover({ catalog, shards: primaries(), slotMaps, directory, readerGraceMs: 0 });
+  /** Plans and runs a move to its end. */
+  const moveToEnd = async (request: Parameters<Mover['plan']>[0]): Promise<MoveJob> => {
+    const mover = newMover();
+    return mover.run((await mover.plan(request)).id);
+  };
+  /** Reads `key`'s documents with a lag bound a paused replica stays within, checking the replica of `shard` was eligible. */
+  const readPastPausedReplica = async (key: string, shard: string) => {
+    const { reader, reads } = await readsOver(pools, { ...bounds, maxLagSeconds: 60 });
+    const read = await reads.withShardRead(key, countDocs(key));
+    expect(reader.replicaStates(shard).map((st) => st.ineligible)).toEqual([null]);
+    return { n: read.value, shardId: read.shardId, servedBy: read.servedBy };
+  };
 
   beforeAll(async () => {
     cluster = await startShardCluster({ shards: 2, replicasPerShard: 1, schema: true });
@@ -97,7 +100,7 @@ describe('replica reads of directory-placed keys', () => {
     const pinnedTo = other(hashOwner);
     const [key] = keysInSlot(slot, 1) as [string];
     await seedUsers(pools.primary(hashOwner).pool, slot, [key], 2);
-    expect((await newMover().run((await newMover().plan({ kind: 'directory', key, to: pinnedTo, createdBy: 'test' })).id)).state).toBe('done');
+    expect((await moveToEnd({ kind: 'directory', key, to: pinnedTo, createdBy: 'test' })).state).toBe('done');
     await catchUpAll();
     const { reader, reads } = await readsOver(pools);
     const read = await reads.withShardRead(key, countDocs(key));
@@ -112,7 +115,7 @@ describe('replica reads of directory-placed keys', () => {
     const pinnedTo = other(hashOwner);
     const [pinned] = keysInSlot(slot, 1) as [string];
     await seedUsers(pools.primary(hashOwner).pool, slot, [pinned], 2);
-    expect((await newMover().run((await newMover().plan({ kind: 'directory', key: pinned, to: pinnedTo, createdBy: 'test' })).id)).state).toBe('done');
+    expect((await moveToEnd({ kind: 'directory', key: pinned, to: pinnedTo, createdBy: 'test' })).state).toBe('done');
     // A hash-routed key whose slot the pinned shard owns since version 1, for comparison.
     const ownSlot = (await slotMaps.current()).assignments.findIndex((s) => s === pinnedTo);
     const [hashed] = keysInSlot(ownSlot, 1) as [string];
@@ -145,7 +148,7 @@ describe('replica reads of directory-placed keys', () => {
     const [kept, moved] = keysInSlot(slot, 2) as [string, string];
     await seedUsers(pools.primary(home).pool, slot, [kept, moved], 2);
     // The key is pinned away by a move of its own, then its slot follows it, leaving it out.
-    expect((await newMover().run((await newMover().plan({ kind: 'directory', key: kept, to: away, createdBy: 'test' })).id)).state).toBe('done');
+    expect((await moveToEnd({ kind: 'directory', key: kept, to: away, createdBy: 'test' })).state).toBe('done');
     const job = await newMover().run((await newMover().plan({ kind: 'slot', slot, to: away, createdBy: 'test' })).id);
     await catchUpAll();
     const { reader, reads } = await readsOver(pools);
@@ -170,25 +173,12 @@ describe('replica reads of directory-placed keys', () => {
     const [key] = keysInSlot(slot, 1) as [string];
     await directory.set(key, pinnedTo, 'test');
     await seedUsers(pools.primary(pinnedTo).pool, slot, [key], 3);
-    // A recent commit on the key's hash owner, so that its replica's lag stays small while paused.
-    await pools.primary(hashOwner).pool.query("insert into users (id, slot, email, display_name) values (gen_random_uuid(), 0, 'x@example.org', 'x')");
-    await catchUpAll();
-    const hashOwnerReplicas = cluster.shards.find((s) => s.shardId === hashOwner)?.replicas ?? [];
-    await Promise.all(hashOwnerReplicas.map((r) => r.pauseReplay()));
-    try {
-      const mover = new Mover({ catalog, shards: primaries(), slotMaps, directory, readerGraceMs: 0 });
-      const job = await mover.run((await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' })).id);
-      await Promise.all((cluster.shards.find((s) => s.shardId === pinnedTo)?.replicas ?? []).map((r) => r.waitForCatchUp()));
-      const { reader, reads } = await readsOver(pools, { ...bounds, maxLagSeconds: 60 });
-      const read = await reads.withShardRead(key, countDocs(key));
-
-      expect(job.state).toBe('done');
-      expect(reader.replicaStates(hashOwner).map((s) => s.ineligible)).toEqual([null]);
-      expect({ n: read.value, shardId: read.shardId, servedBy: read.servedBy }).toEqual({ n: 3, shardId: hashOwner, servedBy: `${hashOwner}/primary` });
-    } finally {
-      await Promise.all(hashOwnerReplicas.map((r) => r.resumeReplay()));
-    }
+    await pauseReplicasOf(hashOwner);
+    expect((await moveToEnd({ kind: 'directory', key, to: hashOwner, createdBy: 'test' })).state).toBe('done');
+    await Promise.all(replicasOf(pinnedTo).map((r) => r.waitForCatchUp()));
+    expect(await readPastPausedReplica(key, hashOwner)).toEqual({ n: 3, shardId: hashOwner, servedBy: `${hashOwner}/primary` });
   }, 90_000);
+
   it("does not answer 'nothing' from a lagging replica for a key whose slot moved in, then pinned where it is by a cancelled key move", async () => {
     const slot = 310;
     const home = (await slotMaps.current()).assignments[slot] as string;
@@ -196,7 +186,7 @@ describe('replica reads of directory-placed keys', () => {
     const [key] = keysInSlot(slot, 1) as [string];
     await seedUsers(pools.primary(home).pool, slot, [key], 3);
     await pauseReplicasOf(away);
-    expect((await newMover().run((await newMover().plan({ kind: 'slot', slot, to: away, createdBy: 'test' })).id)).state).toBe('done');
+    expect((await moveToEnd({ kind: 'slot', slot, to: away, createdBy: 'test' })).state).toBe('done');
     // A key move away -> home pins the key where it is, dies after its copy, and is cancelled.
     const dying = new Mover({
       catalog,
@@ -213,10 +203,7 @@ describe('replica reads of directory-placed keys', () => {
     expect((await newMover().cancel(keyJob.id)).state).toBe('cancelled');
     expect((await directory.entry(key))?.shardId).toBe(away);
 
-    const { reader, reads } = await readsOver(pools, { ...bounds, maxLagSeconds: 60 });
-    const read = await reads.withShardRead(key, countDocs(key));
-    expect(reader.replicaStates(away).map((s) => s.ineligible)).toEqual([null]);
-    expect({ n: read.value, shardId: read.shardId, servedBy: read.servedBy }).toEqual({ n: 3, shardId: away, servedBy: `${away}/primary` });
+    expect(await readPastPausedReplica(key, away)).toEqual({ n: 3, shardId: away, servedBy: `${away}/primary` });
   }, 120_000);
 
   it("does not answer 'nothing' from a lagging replica for a key pinned again (delete, then set) where a key move put its rows", async () => {
@@ -227,14 +214,11 @@ describe('replica reads of directory-placed keys', () => {
     await directory.set(key, away, 'test');
     await seedUsers(pools.primary(away).pool, slot, [key], 3);
     await pauseReplicasOf(home);
-    expect((await newMover().run((await newMover().plan({ kind: 'directory', key, to: home, createdBy: 'test' })).id)).state).toBe('done');
+    expect((await moveToEnd({ kind: 'directory', key, to: home, createdBy: 'test' })).state).toBe('done');
     await directory.delete(key);
     await directory.set(key, home, 'test');
 
-    const { reader, reads } = await readsOver(pools, { ...bounds, maxLagSeconds: 60 });
-    const read = await reads.withShardRead(key, countDocs(key));
-    expect(reader.replicaStates(home).map((s) => s.ineligible)).toEqual([null]);
-    expect({ n: read.value, shardId: read.shardId, servedBy: read.servedBy }).toEqual({ n: 3, shardId: home, servedBy: `${home}/primary` });
+    expect(await readPastPausedReplica(key, home)).toEqual({ n: 3, shardId: home, servedBy: `${home}/primary` });
   }, 120_000);
 
   it("does not answer 'nothing' from a lagging replica for a key an operator pins where its moved-in slot put it", async () => {
@@ -244,12 +228,9 @@ describe('replica reads of directory-placed keys', () => {
     const [key] = keysInSlot(slot, 1) as [string];
     await seedUsers(pools.primary(home).pool, slot, [key], 3);
     await pauseReplicasOf(away);
-    expect((await newMover().run((await newMover().plan({ kind: 'slot', slot, to: away, createdBy: 'test' })).id)).state).toBe('done');
+    expect((await moveToEnd({ kind: 'slot', slot, to: away, createdBy: 'test' })).state).toBe('done');
     await directory.set(key, away, 'operator');
 
-    const { reader, reads } = await readsOver(pools, { ...bounds, maxLagSeconds: 60 });
-    const read = await reads.withShardRead(key, countDocs(key));
-    expect(reader.replicaStates(away).map((s) => s.ineligible)).toEqual([null]);
-    expect({ n: read.value, shardId: read.shardId, servedBy: read.servedBy }).toEqual({ n: 3, shardId: away, servedBy: `${away}/primary` });
+    expect(await readPastPausedReplica(key, away)).toEqual({ n: 3, shardId: away, servedBy: `${away}/primary` });
   }, 120_000);
 });

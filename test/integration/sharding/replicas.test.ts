@@ -15,6 +15,7 @@ import { parseShardingConfig } from '../../../functions/core/sharding/config.js'
 import type { FreshnessBounds } from '../../../functions/core/sharding/replica-choice.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
+import { withAdmin } from '../../support/postgres.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
 import { keysInSlot, seedUsers } from './fixtures/move-env.js';
 
@@ -26,16 +27,6 @@ const generous: FreshnessBounds = { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const migrations = resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations');
-
-const withAdmin = async <T>(url: string | undefined, fn: (c: pg.Client) => Promise<T>): Promise<T> => {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-};
 
 describe('reads from streaming replicas', () => {
   let cluster: TestShardCluster;
