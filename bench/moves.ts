@@ -26,14 +26,20 @@
  * documents per user, default 99; `--writers N`, default 8; `--sources N`, default 2;
  * `--parallel-users N` users per slot in part 2, default 500; `--torture N`, default 2;
  * `--repeat N` part 1 N times, default 1; `--copy-batch-rows N` and `--copy-lanes N`, the mover's
- * `copyBatchRows` and `copyLanes` in parts 1 and 2, default 20000 and 1).
+ * `copyBatchRows` and `copyLanes` in parts 1 and 2, default 20000 and 1; `--mover-login L`, the
+ * mover's login in parts 1 and 2: `superuser` (default), `unprivileged`, a member of
+ * `ca_dms_mover` without shard migration 006's grant (as on RDS), whose bulk transactions skip row
+ * triggers through shard migration 016's `mover_replica_role()`, or `unprivileged-triggers`, the
+ * same without that function either, so that its copy fires the target's row triggers and
+ * foreign keys).
  */
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import fc from 'fast-check';
-import type pg from 'pg';
+import pg from 'pg';
 import { z } from 'zod';
 import { MOVE_CRASH_POINTS } from '../functions/core/sharding/move-machine.js';
+import { MOVER_ROLE, ensureLogin } from '../functions/adapters/postgres/app-role.js';
 import type { MoveJob } from '../functions/adapters/postgres/mover.js';
 import { countSlot, keysInSlot, seedUsers, shardIds, startMoveEnv, type MoveEnv } from '../test/integration/sharding/fixtures/move-env.js';
 import { tortureRun, type TortureReport } from '../test/integration/sharding/fixtures/torture.js';
@@ -51,6 +57,7 @@ const { values } = parseArgs({
     repeat: { type: 'string', default: '1' },
     'copy-batch-rows': { type: 'string', default: '20000' },
     'copy-lanes': { type: 'string', default: '1' },
+    'mover-login': { type: 'string', default: 'superuser' },
   },
 });
 const opts = z
@@ -64,6 +71,7 @@ const opts = z
     repeat: z.coerce.number().int().min(1).max(50),
     'copy-batch-rows': z.coerce.number().int().min(100).max(1_000_000),
     'copy-lanes': z.coerce.number().int().min(1).max(16),
+    'mover-login': z.enum(['superuser', 'unprivileged', 'unprivileged-triggers']),
   })
   .safeParse(values);
 if (!opts.success) {
@@ -75,6 +83,34 @@ const PARALLEL_USERS = opts.data['parallel-users'];
 const REPEAT = opts.data.repeat;
 const COPY_BATCH_ROWS = opts.data['copy-batch-rows'];
 const COPY_LANES = opts.data['copy-lanes'];
+const MOVER_LOGIN = opts.data['mover-login'];
+
+/**
+ * The mover's shard pools for `--mover-login unprivileged[-triggers]`: a login that is only a
+ * member of `ca_dms_mover`, which has lost `set on parameter session_replication_role` (RDS's
+ * master cannot grant it: shard migration 006) and, for `unprivileged-triggers`, the right to call
+ * `mover_replica_role()` (shard migration 016), so that its copy pays the target's row triggers
+ * and foreign keys. Null for the default, the env's superuser pools.
+ */
+async function moverPools(env: MoveEnv): Promise<Map<string, pg.Pool> | null> {
+  if (MOVER_LOGIN === 'superuser') return null;
+  const login = { username: 'bench_mover', password: 'bench-mover' };
+  const pools = new Map<string, pg.Pool>();
+  for (const [id, admin] of env.shards) {
+    await admin.query(`revoke set on parameter session_replication_role from ${MOVER_ROLE}`);
+    if (MOVER_LOGIN === 'unprivileged-triggers') await admin.query(`revoke execute on function mover_replica_role() from ${MOVER_ROLE}`);
+    await ensureLogin(admin, login, { role: MOVER_ROLE });
+    const url = new URL(env.urls.shards[id] as string);
+    url.username = login.username;
+    url.password = login.password;
+    const pool = new pg.Pool({ connectionString: url.toString(), max: 12 });
+    pool.on('error', () => undefined);
+    const { rows } = await pool.query<{ su: boolean }>('select rolsuper as su from pg_roles where rolname = current_user');
+    if (rows[0]?.su !== false) throw new Error(`bench:moves: the mover's login on ${id} is a superuser`);
+    pools.set(id, pool);
+  }
+  return pools;
+}
 
 const ms = (a: Date | null | undefined, b: Date | null | undefined): number => (a && b ? b.getTime() - a.getTime() : Number.NaN);
 const rate = (rows: number, millis: number): string => `${Math.round((rows / millis) * 1000).toLocaleString('en')} rows/s`;
@@ -208,7 +244,7 @@ interface BigMove {
 }
 
 /** Part 1, once: one big move under writers; prints its figures and returns the headline ones. */
-async function oneBigMove(env: MoveEnv, used: Set<number>, run: number): Promise<BigMove> {
+async function oneBigMove(env: MoveEnv, used: Set<number>, run: number, moverShards: ReadonlyMap<string, pg.Pool> | null): Promise<BigMove> {
   // Each run starts from shards without the dead rows of the run before (its clean-up's deletes).
   if (run > 1) for (const id of ['shard_a', 'shard_b']) await (env.shards.get(id) as pg.Pool).query('vacuum analyze users, documents');
   const loadBefore = os.loadavg()[0] ?? Number.NaN;
@@ -230,6 +266,7 @@ async function oneBigMove(env: MoveEnv, used: Set<number>, run: number): Promise
     copyLanes: COPY_LANES,
     to: 'shard_b',
     writersProcess: true,
+    ...(moverShards === null ? {} : { moverShards }),
     onPlanned: (job) => {
       jobId = job.id;
     },
@@ -313,12 +350,13 @@ function printSummary(moves: readonly BigMove[]): void {
 const shardCount = Math.max(2, SOURCES * 2);
 const env = await startMoveEnv({ shards: shardCount });
 const used = new Set<number>();
+const moverShards = await moverPools(env);
 try {
-  console.log(`bench:moves on ${os.cpus().length} CPU(s), load average ${os.loadavg()[0]?.toFixed(1)}, ${shardCount} shards`);
+  console.log(`bench:moves on ${os.cpus().length} CPU(s), load average ${os.loadavg()[0]?.toFixed(1)}, ${shardCount} shards, the mover's login: ${MOVER_LOGIN}`);
 
   // Part 1: one big move under writers, `--repeat` times (each in a slot of its own).
   const moves: BigMove[] = [];
-  for (let run = 1; run <= REPEAT; run++) moves.push(await oneBigMove(env, used, run));
+  for (let run = 1; run <= REPEAT; run++) moves.push(await oneBigMove(env, used, run, moverShards));
   if (REPEAT > 1) printSummary(moves);
 
   // Part 2: moves from different sources at once.
@@ -335,7 +373,7 @@ try {
       await pool.query('vacuum analyze users, documents');
       units.push({ slot: s, from, to, rows: (await countSlot(pool, s)).users + (await countSlot(pool, s)).documents });
     }
-    const movers = units.map(() => env.mover({ readerGraceMs: 0, copyBatchRows: COPY_BATCH_ROWS, copyLanes: COPY_LANES }));
+    const movers = units.map(() => env.mover({ readerGraceMs: 0, copyBatchRows: COPY_BATCH_ROWS, copyLanes: COPY_LANES, ...(moverShards === null ? {} : { shards: moverShards }) }));
     const jobs = await Promise.all(units.map((u, i) => (movers[i] as ReturnType<MoveEnv['mover']>).plan({ kind: 'slot', slot: u.slot, to: u.to, createdBy: 'bench' })));
     const t0 = performance.now();
     const done = await Promise.all(jobs.map((j, i) => (movers[i] as ReturnType<MoveEnv['mover']>).run(j.id)));
@@ -370,5 +408,6 @@ try {
     }
   }
 } finally {
+  await Promise.all([...(moverShards?.values() ?? [])].map((p) => p.end()));
   await env.stop();
 }

@@ -236,6 +236,14 @@ const LOCK_NOT_AVAILABLE = '55P03';
 const PERMIT_REFUSED = 'CAF04';
 const QUERY_CANCELED = '57014';
 const INSUFFICIENT_PRIVILEGE = '42501';
+const UNDEFINED_FUNCTION = '42883';
+/**
+ * The ways a mover's transaction may set `session_replication_role = replica` (see
+ * `PgMovePort.bulkBegin`): `set`, its login may set it; `definer`, through shard migration 016's
+ * function; null, neither.
+ */
+type ReplicaRoleBy = 'set' | 'definer' | null;
+const REPLICA_ROLE_SQL = { set: 'set local session_replication_role = replica', definer: 'select mover_replica_role()' } as const;
 
 /** Step timestamp column recorded when a job enters a state. */
 const ENTERED_AT: Partial<Record<string, string>> = {
@@ -275,8 +283,8 @@ export class PgMovePort implements MovePort<MoveJob> {
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly now: () => number;
   private readonly columns = new Map<TableName, readonly string[]>();
-  /** Per shard: whether the mover's login may set `session_replication_role` (see {@link bulkBegin}). */
-  private readonly replicaRole = new Map<string, Promise<boolean>>();
+  /** Per shard: how the mover's login sets `session_replication_role`, if it may (see {@link bulkBegin}). */
+  private readonly replicaRole = new Map<string, Promise<ReplicaRoleBy>>();
   private pre: PreVerified | null = null;
   /** The job whose destination this run has named on the source's capture row (see {@link nameDestination}). */
   private hinted: number | null = null;
@@ -665,7 +673,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   private async copyBatch(source: pg.Pool, target: pg.Pool, job: MoveJob, table: TableName, page: LaneBounds & { readonly after: string | null }): Promise<{ n: number; last: string | null }> {
     const begin = await this.bulkBegin(job.to, target);
-    const checkedKeys = !(await this.skipsTriggers(job.to, target));
+    const checkedKeys = (await this.skipsTriggers(job.to, target)) === null;
     return inTransaction(source, PAGE_SNAPSHOT, async (from) => {
       const unit = this.unitFilterLiteral(job, table, from);
       const after = page.after === null ? null : `id > ${from.escapeLiteral(page.after)}::uuid`;
@@ -696,34 +704,47 @@ export class PgMovePort implements MovePort<MoveJob> {
    * How the mover's bulk transactions begin (the copy's pages on the target, the clean-up's
    * deletes on the source). Row triggers cost more than the COPY itself (measured: 99,000
    * documents in 0.9 s into a table without triggers, 7-13 s with the fence, capture and
-   * foreign-key triggers under load), so where the mover's login may (a superuser, RDS's
-   * `rds_superuser`, or a `grant set on parameter session_replication_role`), these run with
-   * `session_replication_role = replica`, which skips row triggers for that transaction only.
+   * foreign-key triggers under load; a whole move's copy under 8 writers about 5 times slower,
+   * `bench:moves --mover-login unprivileged`), so where the mover's login may, these run with
+   * `session_replication_role = replica`, which skips row triggers for that transaction only:
+   * set directly by a superuser or a login granted `set on parameter session_replication_role`
+   * (shard migration 006), or through `mover_replica_role()` (shard migration 016), a function
+   * of the migrations' login that only ca_dms_mover may call, for RDS, where only members of
+   * `rds_superuser` may set the parameter and 006's grant is refused.
    * Nothing is lost by it: the fence lets the mover through anyway, and still refuses every
    * other writer; the target captures no change of a unit moving in (one unfinished move per
    * slot); a copied page's owners are upserted before its documents and the verification
    * compares both sides before the flip; the clean-up deletes documents before their users and
-   * only users left without documents, so no cascade is needed. A login without the privilege
+   * only users left without documents, so no cascade is needed. A login that may do neither
    * runs the same statements with the triggers firing.
    */
   private async bulkBegin(shard: string, pool: pg.Pool): Promise<string> {
-    return (await this.skipsTriggers(shard, pool)) ? `${MOVER_WRITE}; set local session_replication_role = replica` : MOVER_WRITE;
+    const by = await this.skipsTriggers(shard, pool);
+    return by === null ? MOVER_WRITE : `${MOVER_WRITE}; ${REPLICA_ROLE_SQL[by]}`;
   }
 
-  /** Whether the mover's bulk transactions on `shard` skip row triggers (see {@link bulkBegin}). */
-  private skipsTriggers(shard: string, pool: pg.Pool): Promise<boolean> {
-    let allowed = this.replicaRole.get(shard);
-    if (!allowed) {
-      allowed = inTransaction(pool, 'begin', (c) => c.query('set local session_replication_role = replica')).then(
-        () => true,
-        (err: unknown) => {
-          if ((err as { code?: string }).code === INSUFFICIENT_PRIVILEGE) return false;
-          throw err;
-        },
-      );
-      this.replicaRole.set(shard, allowed);
+  /** How the mover's bulk transactions on `shard` skip row triggers, or null: they may not (see {@link bulkBegin}). */
+  private skipsTriggers(shard: string, pool: pg.Pool): Promise<ReplicaRoleBy> {
+    let by = this.replicaRole.get(shard);
+    if (!by) {
+      by = (async () => {
+        for (const way of ['set', 'definer'] as const) {
+          try {
+            await inTransaction(pool, 'begin', (c) => c.query(REPLICA_ROLE_SQL[way]));
+            return way;
+          } catch (err) {
+            const code = (err as { code?: string }).code;
+            // Refused, or (for the function) shard migration 016 not applied yet.
+            if (code !== INSUFFICIENT_PRIVILEGE && code !== UNDEFINED_FUNCTION) throw err;
+          }
+        }
+        return null;
+      })();
+      // A probe that failed otherwise (a dropped connection) is asked again by the next transaction.
+      by.catch(() => this.replicaRole.delete(shard));
+      this.replicaRole.set(shard, by);
     }
-    return allowed;
+    return by;
   }
 
   /** {@link unitFilter} with its values written as SQL literals, for COPY (which takes no parameters). */

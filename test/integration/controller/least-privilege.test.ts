@@ -161,6 +161,53 @@ describe('the moves worker on the shards, as ca_dms_mover', () => {
     expect((await worker.slotMaps.current()).assignments[slot]).toBe(to);
   });
 
+  it("skips the row triggers of its copy and clean-up where 006's grant was refused (as on RDS), through mover_replica_role(), which no other login may call", async () => {
+    const slot = 302;
+    const from = (await worker.slotMaps.current()).assignments[slot] as string;
+    const to = from === SHARDS[0] ? SHARDS[1] : SHARDS[0];
+    const masters = SHARDS.map((db) => poolAs('postgres', db, 'postgres'));
+    // As on RDS: the mover's login may not set the parameter itself. A trigger of the test's own
+    // counts the rows written with row triggers firing (an ORIGIN trigger: replica mode skips it).
+    for (const m of masters) {
+      await m.query(`revoke set on parameter session_replication_role from ${MOVER_ROLE};
+        create table trigger_hits (tbl text, op text);
+        create function count_trigger_hit() returns trigger language plpgsql security definer set search_path = public, pg_temp
+          as $$ begin insert into trigger_hits values (tg_table_name, tg_op); return null; end $$;
+        create trigger count_hits after insert or delete on users for each row execute function count_trigger_hit();
+        create trigger count_hits after insert or delete on documents for each row execute function count_trigger_hit();`);
+    }
+    try {
+      const mover = await poolAs(LOGINS.mover, from).connect();
+      try {
+        expect(await sqlstateOf(() => mover.query('set session_replication_role = replica'))).toBe('42501');
+        await mover.query('begin');
+        await mover.query('select mover_replica_role()');
+        expect((await mover.query<{ role: string }>('select current_setting($1) as role', ['session_replication_role'])).rows[0]?.role).toBe('replica');
+        await mover.query('commit');
+        // For the transaction only.
+        expect((await mover.query<{ role: string }>('select current_setting($1) as role', ['session_replication_role'])).rows[0]?.role).toBe('origin');
+      } finally {
+        mover.release();
+      }
+      for (const login of [LOGINS.app, LOGINS.monitor]) expect(await sqlstateOf(() => poolAs(login, from).query('select mover_replica_role()'))).toBe('42501');
+
+      await seedUsers(poolAs('postgres', from, 'postgres'), slot, keysInSlot(slot, 5), 4);
+      await masters[SHARDS.indexOf(from as (typeof SHARDS)[number])]?.query('truncate trigger_hits');
+      const done = await worker.mover.run((await worker.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+      expect(done.state).toBe('done');
+      expect(done.sourceSummary).toEqual(done.targetSummary);
+      expect(done.rowsDeleted).toBe(25);
+      const hits = await Promise.all(masters.map(async (m) => (await m.query<{ n: number }>('select count(*)::int as n from trigger_hits')).rows[0]?.n));
+      expect(hits).toEqual([0, 0]);
+    } finally {
+      for (const m of masters) {
+        await m.query(`drop trigger count_hits on users; drop trigger count_hits on documents; drop function count_trigger_hit(); drop table trigger_hits;
+          grant set on parameter session_replication_role to ${MOVER_ROLE}`);
+      }
+    }
+  });
+
   it("sees other sessions' open write transactions, which the drain before the copy waits for", async () => {
     const app = await poolAs(LOGINS.app, SHARDS[1]).connect();
     try {

@@ -27,6 +27,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { alternateUser, APPLICATION_ROLE, CONTROL_ROLE, ensureLogin, MONITOR_ROLE, MOVER_ROLE } from '../../../functions/adapters/postgres/app-role.js';
 import { CATALOG_STATEMENT_TIMEOUT_MS } from '../../../functions/handlers/shared/db.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { createShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { keysInSlot, seedUsers } from '../sharding/fixtures/move-env.js';
 import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 
 const MASTER = 'ca_dms_admin';
@@ -105,5 +108,39 @@ describe("RDS's master user (rds_superuser, not a superuser)", () => {
     expect(users.rows.map((r) => r.rolname)).toEqual(
       ['ca_dms_app_user', 'ca_dms_control_user', 'ca_dms_monitor_user', 'ca_dms_mover_user'].flatMap((u) => [u, alternateUser(u)]).sort(),
     );
+  });
+
+  it("lets the mover's login carry a move to done with its row triggers firing where neither it nor mover_replica_role()'s owner may set session_replication_role", async () => {
+    // On RDS the function's owner, the master, is a member of rds_superuser, which RDS lets set
+    // the parameter; this emulation cannot, so it shows the way down: the move still finishes.
+    const mover = new pg.Pool({ connectionString: `postgresql://ca_dms_mover_user:v@127.0.0.1:${server.port}/${SHARDS[0]}`, max: 1 });
+    pools.push(mover);
+    const { rows: owner } = await masterPool(SHARDS[0]).query<{ owner: string }>("select proowner::regrole::text as owner from pg_proc where proname = 'mover_replica_role'");
+    expect(owner).toEqual([{ owner: MASTER }]);
+    expect(await sqlstateOf(() => mover.query('select mover_replica_role()'))).toBe('42501');
+
+    const config = parseShardingConfig({
+      strategy: 'hash_based',
+      shards: SHARDS.map((shard_id) => ({ shard_id, database_url: `postgresql://ca_dms_mover_user:v@127.0.0.1:${server.port}/${shard_id}`, weight: 1, read_replicas: [] })),
+      default_shard: SHARDS[0],
+    });
+    const control = new pg.Pool({ connectionString: `postgresql://ca_dms_control_user:c@127.0.0.1:${server.port}/${SHARDS[0]}`, max: 2 });
+    pools.push(control);
+    const worker = await createShardingRuntime({ config, catalog: control, actor: 'scaling-moves', pools: { max: 2 } });
+    try {
+      const slot = 301;
+      const from = (await worker.slotMaps.current()).assignments[slot] as string;
+      const to = from === SHARDS[0] ? SHARDS[1] : SHARDS[0];
+      await seedUsers(masterPool(from), slot, keysInSlot(slot, 5), 4);
+
+      const done = await worker.mover.run((await worker.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+      expect(done.state).toBe('done');
+      expect(done.sourceSummary).toEqual(done.targetSummary);
+      expect(done.sourceSummary?.documents?.rows).toBe(20);
+      expect(done.rowsDeleted).toBe(25);
+    } finally {
+      await worker.close();
+    }
   });
 });
