@@ -36,6 +36,7 @@ import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { SlotMapStore } from './slot-map-store.js';
 import type { MoverCatalog } from './mover-catalog.js';
+import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
 
 /** The slot-map side of the catalog the mover needs. */
@@ -235,8 +236,6 @@ const LOCK_NOT_AVAILABLE = '55P03';
 /** A shard refused a write of this run: a later run of the job holds its permit there (shard migration 010). */
 const PERMIT_REFUSED = 'CAF04';
 const QUERY_CANCELED = '57014';
-const INSUFFICIENT_PRIVILEGE = '42501';
-const UNDEFINED_FUNCTION = '42883';
 /**
  * The ways a mover's transaction may set `session_replication_role = replica` (see
  * `PgMovePort.bulkBegin`): `set`, its login may set it; `definer`, through shard migration 016's
@@ -733,9 +732,8 @@ export class PgMovePort implements MovePort<MoveJob> {
             await inTransaction(pool, 'begin', (c) => c.query(REPLICA_ROLE_SQL[way]));
             return way;
           } catch (err) {
-            const code = (err as { code?: string }).code;
             // Refused, or (for the function) shard migration 016 not applied yet.
-            if (code !== INSUFFICIENT_PRIVILEGE && code !== UNDEFINED_FUNCTION) throw err;
+            if (!hasSqlState(err, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION)) throw err;
           }
         }
         return null;

@@ -29,6 +29,7 @@
 import type pg from 'pg';
 import { lsnBytesBehind, parseLsn } from '../../core/sharding/lsn.js';
 import { withNodeDeadline } from './deadline.js';
+import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
 import type { ShardNode } from './shard-pools.js';
 
 /** The primary's side of a measure: the heartbeat's WAL position and the primary's clock. */
@@ -71,6 +72,9 @@ export interface ReplicaLag {
   readonly timeline: number | null;
 }
 
+/** The control file's view of a replica's timeline (see {@link REPLICA_TIMELINE_SQL}). */
+const CONTROL_FILE_TIMELINE_SQL = 'greatest((pg_control_checkpoint()).timeline_id, nullif((pg_control_recovery()).min_recovery_end_timeline, 0))';
+
 /**
  * The timeline a replica follows, in SQL. The WAL receiver's `received_tli` is the timeline it
  * streams (and the startup process replays) now; PostgreSQL shows it only to roles with the
@@ -79,9 +83,63 @@ export interface ReplicaLag {
  * never ahead of the replayed timeline, though it can trail it after a timeline switch until the
  * next restartpoint (the replica then looks like it follows the old timeline: reads go elsewhere,
  * which is the safe side). `pg_walfile_name()` cannot be called during recovery.
+ *
+ * A login without `pg_read_all_stats` (the application's) reads `received_tli` through
+ * {@link RECEIVER_TIMELINE_FUNCTION} instead, where it may: see {@link withTimelineSql}.
  */
 export const REPLICA_TIMELINE_SQL = `coalesce((select received_tli from pg_stat_wal_receiver),
-  greatest((pg_control_checkpoint()).timeline_id, nullif((pg_control_recovery()).min_recovery_end_timeline, 0)))`;
+  ${CONTROL_FILE_TIMELINE_SQL})`;
+
+/**
+ * Shard migration 017: `received_tli` read with its owner's rights (SECURITY DEFINER, EXECUTE
+ * granted to `ca_dms_app`), so the application sees a replica's new timeline as soon as it
+ * streams it rather than at its next restartpoint. NULL without a WAL receiver.
+ */
+export const RECEIVER_TIMELINE_FUNCTION = 'wal_receiver_timeline';
+
+
+/**
+ * The timeline expressions a login tries, best first; null is "no timeline" (the measure stands
+ * on positions alone). A login that is refused one (42501, 42883) moves to the next:
+ * - the function, then the control file (the application login once migration 017 is applied);
+ * - {@link REPLICA_TIMELINE_SQL} (no function, or no EXECUTE on it: the monitor and the mover,
+ *   which see `received_tli` themselves, or a shard without migration 017);
+ * - the function alone (a provider refused the control-file functions to the login);
+ * - nothing.
+ */
+const TIMELINE_EXPRESSIONS: readonly (string | null)[] = [
+  `coalesce(${RECEIVER_TIMELINE_FUNCTION}(), ${CONTROL_FILE_TIMELINE_SQL})`,
+  REPLICA_TIMELINE_SQL,
+  `${RECEIVER_TIMELINE_FUNCTION}()`,
+  null,
+];
+/** How far down {@link TIMELINE_EXPRESSIONS} each replica pool's login has been refused (once per process). */
+const timelineStep = new WeakMap<pg.Pool, number>();
+
+/**
+ * Runs `run` with the best timeline expression this pool's login may use (null: none), moving
+ * down the list when it is refused one. Other errors are thrown as they came.
+ *
+ * @example
+ * ```ts
+ * const { rows } = await withTimelineSql(replica.pool, (tl) => client.query(`select ${tl ?? 'null::int'} as timeline`));
+ * ```
+ */
+export async function withTimelineSql<T>(pool: pg.Pool, run: (timelineSql: string | null) => Promise<T>): Promise<T> {
+  for (;;) {
+    const step = timelineStep.get(pool) ?? 0;
+    const sql = TIMELINE_EXPRESSIONS[step] ?? null;
+    try {
+      return await run(sql);
+    } catch (error) {
+      // Refused (no EXECUTE, or a provider that revoked the control-file functions), or
+      // migration 017 not applied yet.
+      if (sql === null || !hasSqlState(error, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION)) throw error;
+      // Concurrent probes refused the same step move down once, not once each.
+      timelineStep.set(pool, Math.max(timelineStep.get(pool) ?? 0, step + 1));
+    }
+  }
+}
 
 // The insert position, read after the commit on the same connection, is at or past the end of
 // the heartbeat's commit record. The write position (pg_current_wal_lsn) can still be short of
@@ -98,12 +156,8 @@ const REPLICA_SQL_WITHOUT_TIMELINE = `select pg_is_in_recovery() as in_recovery,
     else extract(epoch from clock_timestamp() - pg_last_xact_replay_timestamp())::float8
   end as lag_seconds,
   null::int as timeline`;
-const REPLICA_SQL = REPLICA_SQL_WITHOUT_TIMELINE.replace('null::int as timeline', `${REPLICA_TIMELINE_SQL} as timeline`);
-
-/** SQLSTATE 42501: a provider that revoked EXECUTE on the control-file functions from the login. */
-export const INSUFFICIENT_PRIVILEGE = '42501';
-/** Replica pools whose login may not read the timeline (asked once per process). */
-const timelineDenied = new WeakSet<pg.Pool>();
+const replicaSql = (timelineSql: string | null): string =>
+  timelineSql === null ? REPLICA_SQL_WITHOUT_TIMELINE : REPLICA_SQL_WITHOUT_TIMELINE.replace('null::int as timeline', `${timelineSql} as timeline`);
 
 /** Commits a heartbeat on `primary`; null when the primary does not answer within the budget. */
 export async function commitHeartbeat(primary: ShardNode, options: LagMeasureOptions): Promise<Heartbeat | null> {
@@ -152,16 +206,8 @@ export async function probeReplicaLag(replica: ShardNode, heartbeat: Heartbeat |
     for (let poll = 1; ; poll += 1) {
       type Row = { in_recovery: boolean; replay_lsn: string | null; replay_commit_ms: number | null; lag_seconds: number | null; timeline: number | null };
       const measure = (sql: string) => withNodeDeadline(replica.pool, options.timeoutMs, replica.nodeId, (c) => c.query<Row>(sql));
-      let result: pg.QueryResult<Row>;
-      try {
-        result = await measure(timelineDenied.has(replica.pool) ? REPLICA_SQL_WITHOUT_TIMELINE : REPLICA_SQL);
-      } catch (error) {
-        // Without the right to read the timeline, the rest of the measure still stands.
-        if ((error as { code?: unknown }).code !== INSUFFICIENT_PRIVILEGE) throw error;
-        timelineDenied.add(replica.pool);
-        result = await measure(REPLICA_SQL_WITHOUT_TIMELINE);
-      }
-      const { rows } = result;
+      // Without the right to read the timeline, the rest of the measure still stands.
+      const { rows } = await withTimelineSql(replica.pool, (timelineSql) => measure(replicaSql(timelineSql)));
       const row = rows[0];
       if (!row) return undefined;
       const replayLsn = row.replay_lsn === null ? null : parseLsn(row.replay_lsn);

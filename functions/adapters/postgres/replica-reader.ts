@@ -28,7 +28,7 @@
 import type pg from 'pg';
 import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
-import { commitHeartbeat, INSUFFICIENT_PRIVILEGE, probeReplicaLag, readPrimaryPosition, REPLICA_TIMELINE_SQL } from './replica-lag.js';
+import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { inClientTransaction } from './transaction.js';
 
@@ -291,17 +291,17 @@ export class ReplicaReader {
         if (target.kind === 'replica' && !target.tokenVerified && options.token !== undefined) {
           // Past the position, and on the token's timeline (a replica following an old primary
           // can be past any position of the new one).
-          const { rows } = await client
-            .query<{ ok: boolean }>(`select pg_last_wal_replay_lsn() >= $1::pg_lsn and ($2::bigint is null or ${REPLICA_TIMELINE_SQL} = $2::bigint) as ok`, [
-              options.token,
-              options.tokenTimeline ?? null,
-            ])
-            .catch((error: unknown) => {
-              // Timeline unreadable for this login: the position alone (the reader's state, which
-              // then has no timeline either, never verified the token without this check).
-              if ((error as { code?: unknown }).code !== INSUFFICIENT_PRIVILEGE) throw error;
-              return (client as pg.PoolClient).query<{ ok: boolean }>('select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok', [options.token]);
-            });
+          // With the timeline unreadable for this login, the position alone (the reader's state,
+          // which then has no timeline either, never verified the token without this check).
+          const lent = client;
+          const { rows } = await withTimelineSql(node.pool, (timelineSql) =>
+            timelineSql === null
+              ? lent.query<{ ok: boolean }>('select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok', [options.token])
+              : lent.query<{ ok: boolean }>(`select pg_last_wal_replay_lsn() >= $1::pg_lsn and ($2::bigint is null or ${timelineSql} = $2::bigint) as ok`, [
+                  options.token,
+                  options.tokenTimeline ?? null,
+                ]),
+          );
           if (rows[0]?.ok !== true) {
             client.release();
             client = undefined;

@@ -1,24 +1,7 @@
 /**
  * The migrations and the logins they make, run as RDS's master user would run them: a login that
- * is NOT a superuser. On RDS for PostgreSQL the master user is created
- * `LOGIN NOSUPERUSER INHERIT CREATEDB CREATEROLE NOREPLICATION` and is a member of
- * `rds_superuser` (AWS, "Understanding the rds_superuser role",
- * https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/Appendix.PostgreSQL.CommonDBATasks.Roles.rds_superuser.html),
- * which holds the monitoring predefined roles and may grant them on to others; it owns the
- * database RDS creates (`DBName`). The superuser of these tests plays `rdsadmin` and builds that
- * master here. What is emulated, and why:
- *
- * - `rds_superuser` NOLOGIN, holding `pg_monitor`, `pg_read_all_stats`, `pg_read_all_settings`,
- *   `pg_stat_scan_tables`, `pg_signal_backend` and `pg_checkpoint` WITH ADMIN OPTION: AWS's page
- *   above says the master may grant roles, and from PostgreSQL 16 CREATEROLE alone no longer
- *   grants a role one lacks ADMIN OPTION on (PostgreSQL 16 release notes, "Restrict the
- *   privileges of CREATEROLE"). Grants of predefined roles as the master work on RDS 16+ in
- *   practice (gravitational/teleport#48897: rds_superuser members may grant roles there), so
- *   rds_superuser is given the ADMIN OPTION it needs for that, and nothing more.
- * - The master: the attributes above, a member of `rds_superuser`, owner of the shard databases.
- * - Not emulated: whatever RDS lets rds_superuser do beyond PostgreSQL's own rules (e.g. create
- *   untrusted extensions such as `pg_stat_statements`). A migration relying on that fails here
- *   first, which is the point: it would need a decision, not luck.
+ * is NOT a superuser, member of `rds_superuser`, owner of the shard databases. What is emulated,
+ * and why, is in `test/support/rds-master.ts`.
  *
  * A migration or login statement that needs a true superuser fails this test.
  */
@@ -31,13 +14,12 @@ import { createShardingRuntime } from '../../../functions/adapters/postgres/shar
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { keysInSlot, seedUsers } from '../sharding/fixtures/move-env.js';
 import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { emulateRdsMaster } from '../../support/rds-master.js';
 
 const MASTER = 'ca_dms_admin';
 const MASTER_PASSWORD = 'rds master';
 /** As on AWS: the catalog lives in the first shard's database. */
 const SHARDS = ['ca_dms_1', 'ca_dms_2'] as const;
-/** The predefined roles RDS makes rds_superuser a member of, with the option to grant them. */
-const RDS_SUPERUSER_ROLES = ['pg_monitor', 'pg_read_all_stats', 'pg_read_all_settings', 'pg_stat_scan_tables', 'pg_signal_backend', 'pg_checkpoint'];
 
 let server: TestPostgres;
 const pools: pg.Pool[] = [];
@@ -51,17 +33,7 @@ function masterPool(database: string): pg.Pool {
 
 beforeAll(async () => {
   server = await startTestPostgres({ settings: { shared_preload_libraries: 'pg_stat_statements' } });
-  const rdsadmin = new pg.Client({ connectionString: server.url });
-  await rdsadmin.connect();
-  try {
-    await rdsadmin.query('create role rds_superuser nologin');
-    await rdsadmin.query(`grant ${RDS_SUPERUSER_ROLES.join(', ')} to rds_superuser with admin option`);
-    await rdsadmin.query(`create role ${MASTER} with login nosuperuser inherit createdb createrole noreplication password '${MASTER_PASSWORD}'`);
-    await rdsadmin.query(`grant rds_superuser to ${MASTER}`);
-    for (const db of SHARDS) await rdsadmin.query(`create database ${db} owner ${MASTER}`);
-  } finally {
-    await rdsadmin.end();
-  }
+  await emulateRdsMaster(server.url, { master: MASTER, password: MASTER_PASSWORD, databases: SHARDS });
 });
 
 afterAll(async () => {

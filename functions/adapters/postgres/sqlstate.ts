@@ -1,0 +1,15 @@
+/**
+ * The PostgreSQL error codes (SQLSTATE) the adapters act on rather than pass up
+ * (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+ */
+
+/** 42501: the login may not (a privilege, a parameter, a function it may not execute). */
+export const INSUFFICIENT_PRIVILEGE = '42501';
+/** 42883: no such function (a migration that adds it not applied yet, or not on the search_path). */
+export const UNDEFINED_FUNCTION = '42883';
+
+/** Whether `error` is a PostgreSQL error with one of `codes`. */
+export function hasSqlState(error: unknown, ...codes: readonly string[]): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && codes.includes(code);
+}
