@@ -311,6 +311,11 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     let backoffMs = 2;
     for (let attempt = 1; ; attempt++) {
       const route = await options.router.routeForWrite(key, { fresh });
+      // As for reads: once the caller's deadline has passed, no further attempt (a 1 ms
+      // statement_timeout does not reliably stop the short fence-row statement).
+      if (deadlineAt !== undefined && Date.now() >= deadlineAt) {
+        throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} passed its ${writeOptions.deadlineMs} ms deadline before it could be placed; nothing was committed`);
+      }
       const pool = options.primaries.get(route.shardId);
       if (!pool) throw new ShardWriteError('unknown-shard', `key routes to shard ${route.shardId}, which has no primary pool`);
       const client = await pool.connect();

@@ -213,7 +213,13 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
   const releaseOwnFence = async (): Promise<void> => {
     if (died || (job.state !== 'cutover' && job.state !== 'verifying')) return;
     const now = await port.reload(job).catch(() => undefined);
-    if (!now || now.flipStarted || (now.state !== 'cutover' && now.state !== 'verifying')) return;
+    if (!now || (now.state !== 'cutover' && now.state !== 'verifying')) return;
+    // Past the flip the new owner is published: the fence can only be released forward (source
+    // moved, target opened; idempotent), or every write of the unit waits for the next run.
+    if (now.flipStarted) {
+      await port.releaseFence(now).catch(() => undefined);
+      return;
+    }
     await port.unfence(now).catch(() => undefined);
   };
   /** After the fence was released unused: back to catching up, and a pause before the next attempt (or the end of this run). */
@@ -228,8 +234,10 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
   for (;;) {
     if (isTerminal(job.state)) return job;
     if (options.timeUp?.() && MAY_STOP_AT.has(job.state)) return job;
-    if (job.cancelRequested && !job.flipStarted) return port.rollback(job, 'cancelled', null);
     try {
+      // Inside the try: a cancellation seen under the fence (the flip's answer) rolls back while
+      // the fence is held, and a rollback that fails before reopening it must not leave it held.
+      if (job.cancelRequested && !job.flipStarted) return await port.rollback(job, 'cancelled', null);
       switch (job.state) {
         case 'planned':
           job = await port.transition(job, 'start');

@@ -151,14 +151,16 @@ describe('reads during and after a move', () => {
   });
 });
 
-/** The local documents API over the env's primaries (these shards have no replicas: every replica read is a primary read). */
-async function documentsApi(): Promise<{ get<T>(path: string): Promise<{ status: number; body: T }>; close(): Promise<void> }> {
-  const reader: Pick<ReplicaReader, 'query'> = {
-    async query<R extends pg.QueryResultRow>(shardId: string, text: string, values: unknown[] = []) {
-      const r = await (env.shards.get(shardId) as pg.Pool).query<R>(text, values);
-      return { rows: r.rows, rowCount: r.rowCount, servedBy: `${shardId}/primary` };
-    },
-  };
+/** The env's primaries as the documents API's replica reads (these shards have no replicas: every replica read is a primary read). */
+const primariesAsReplicas: Pick<ReplicaReader, 'query'> = {
+  async query<R extends pg.QueryResultRow>(shardId: string, text: string, values: unknown[] = []) {
+    const r = await (env.shards.get(shardId) as pg.Pool).query<R>(text, values);
+    return { rows: r.rows, rowCount: r.rowCount, servedBy: `${shardId}/primary` };
+  },
+};
+
+/** The local documents API, its replica reads served by `reader` (the primaries by default). */
+async function documentsApi(reader: Pick<ReplicaReader, 'query'> = primariesAsReplicas): Promise<{ get<T>(path: string): Promise<{ status: number; body: T }>; close(): Promise<void> }> {
   const route = createDocumentsRoute({ writer: env.writer, reader, reads: env.reader, shardIds: [...env.shards.keys()] });
   const http = createServer((req, res) => void Promise.resolve(route(req, res)).then((handled) => (handled ? undefined : res.writeHead(404).end())));
   await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
@@ -227,6 +229,53 @@ describe('documents API reads that ask every shard', () => {
       await api.close();
       await moverB.cancel(jobB);
       await env.mover({ readerGraceMs: 0 }).resumeAll();
+    }
+  });
+
+  it("find a document looked up without its owner when the new owner's replica has not replayed its move yet", async () => {
+    const slot = 1500;
+    const { to, source, target } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 1);
+    const doc = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1', [user])).rows[0]?.id as string;
+    // The target's replica reads in a snapshot taken before the move (within its lag bound, it
+    // has not replayed the move in); the source's is fresh: it shows the slot moved away.
+    const holder = await target.connect();
+    try {
+      await holder.query('begin isolation level repeatable read read only');
+      const snapshot = (await holder.query<{ s: string }>('select pg_export_snapshot() as s')).rows[0]?.s as string;
+      const mover = env.mover({ readerGraceMs: 0 });
+      expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
+      const lagging: Pick<ReplicaReader, 'query'> = {
+        async query<R extends pg.QueryResultRow>(shardId: string, text: string, values: unknown[] = [], options?: { readonly primary?: boolean }) {
+          const pool = env.shards.get(shardId) as pg.Pool;
+          if (shardId !== to || options?.primary === true) {
+            const r = await pool.query<R>(text, values);
+            return { rows: r.rows, rowCount: r.rowCount, servedBy: `${shardId}/${options?.primary === true ? 'primary' : 'replica-1'}` };
+          }
+          const client = await pool.connect();
+          try {
+            await client.query('begin isolation level repeatable read read only');
+            await client.query(`set transaction snapshot '${snapshot}'`);
+            const r = await client.query<R>(text, values);
+            await client.query('commit');
+            return { rows: r.rows, rowCount: r.rowCount, servedBy: `${shardId}/replica-1` };
+          } finally {
+            client.release();
+          }
+        },
+      };
+      const api = await documentsApi(lagging);
+      try {
+        const found = await api.get<FoundDocument>(`/api/v1/documents/${doc}`);
+
+        expect({ status: found.status, shard: found.body.shard_id }).toEqual({ status: 200, shard: to });
+      } finally {
+        await api.close();
+      }
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
     }
   });
 

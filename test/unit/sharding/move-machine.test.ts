@@ -174,7 +174,7 @@ describe('the move protocol', () => {
       };
       await expect(driveMove(at('verifying'), flip.port)).rejects.toThrow(/catalog connection reset/);
       // (A run that starts in the verification first reopens a fence a killed run may have left.)
-      expect(flip.calls, `published: ${published}`).toEqual(published ? ['unfence', 'verify', 'flip'] : ['unfence', 'verify', 'flip', 'unfence']);
+      expect(flip.calls, `published: ${published}`).toEqual(published ? ['unfence', 'verify', 'flip', 'releaseFence'] : ['unfence', 'verify', 'flip', 'unfence']);
     }
 
     // A catalog that cannot be read leaves the fence to the next run (a flip may have committed).

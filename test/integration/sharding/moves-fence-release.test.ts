@@ -1,0 +1,91 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { failingOnce } from './fixtures/flaky-pool.js';
+import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+/**
+ * The fence is given back whatever fails around it: a step that fails once while the fence is
+ * held must not leave the unit closed to its writers until the next run of the job (a minute on
+ * AWS), and a writer waiting at a fence gives up at its own deadline.
+ */
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv();
+});
+afterAll(async () => {
+  await env?.stop();
+});
+
+async function fenceState(pool: pg.Pool, slot: number): Promise<string | undefined> {
+  const { rows } = await pool.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+  return rows[0]?.state;
+}
+
+describe('a step that fails once under the fence', () => {
+  it('after the flip: opening the target fails once, and the run still opens it (the map names the target; its writers are not held)', async () => {
+    const slot = 1200;
+    const { to, source, target } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 3);
+    const flaky = failingOnce(target, /insert into write_fences \(kind, unit_id, state, map_version, job_id\) values \(\$1, \$2, 'open'/);
+    const mover = new Mover({ catalog: env.catalog, shards: new Map([...env.shards, [to, flaky.pool]]), slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+
+    await mover.run(job.id).catch(() => undefined);
+
+    expect(flaky.failed()).toBe(true);
+    expect(await env.ownerOf(slot)).toBe(to);
+    expect({ source: await fenceState(source, slot), target: await fenceState(target, slot) }).toEqual({ source: 'moved', target: 'open' });
+    // Within the fence budget (2 s), not at the next run.
+    const write = await env.writer.withShardWrite(user, ({ client }) => client.query(`update users set display_name = 'after the flip' where id = $1`, [user]), { deadlineMs: 3000 });
+    expect(write.shardId).toBe(to);
+  });
+
+  it('a cancellation the flip answers: the rollback under the fence fails once, and the source is open again', async () => {
+    const slot = 1600;
+    const { to, source } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 2);
+    // The second locked read of the job (the flip's is the first) is the rollback's.
+    const catalog = failingOnce(env.catalog, /from catalog\.move_jobs where id = \$1 and lease_epoch = \d+ for update/, 2);
+    const mover = new Mover({
+      catalog: catalog.pool,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      readerGraceMs: 0,
+      // The operator cancels while the run holds the fence, before the flip.
+      async hook(point, job) {
+        if (point === 'verifying') await env.mover().requestCancel(job.id);
+      },
+    });
+    const job = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+
+    await mover.run(job.id).catch(() => undefined);
+
+    expect(catalog.failed()).toBe(true);
+    expect(await fenceState(source, slot)).toBe('open');
+    expect(await env.ownerOf(slot)).not.toBe(to);
+    // The failure is on the job, for the worker's log and the API.
+    expect((await env.mover().get(job.id)).error).toMatch(/Connection terminated/);
+  });
+});
+
+describe('a writer at a fence', () => {
+  it('gives up at its own deadline, not at the fence wait limit', async () => {
+    const slot = 1400;
+    const { source } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 1);
+    // A mover holds the unit fenced (a cutover, or a run that stopped under it).
+    await source.query(`insert into write_fences (kind, unit_id, state, job_id) values ('slot', $1, 'fenced', 999)`, [String(slot)]);
+    const started = Date.now();
+
+    const outcome = await env.writer.withShardWrite(user, ({ client }) => client.query(`update users set display_name = 'x' where id = $1`, [user]), { deadlineMs: 500 }).catch((err: unknown) => err);
+
+    expect(outcome).toMatchObject({ reason: 'deadline-exceeded' });
+    expect(Date.now() - started).toBeLessThan(1500);
+    await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+  });
+});
