@@ -24,6 +24,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
+import { rowFenceStateSql } from './read-transaction.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
 
 /** Where a key's writes go, as the router sees it now. */
@@ -179,6 +180,7 @@ export interface ShardWriter {
 
 /** SQLSTATEs of a statement or lock wait the deadline cut short. */
 const DEADLINE_SQLSTATES = new Set(['57014', '55P03']);
+const UNIQUE_VIOLATION = '23505';
 
 interface FenceRow {
   kind: 'slot' | 'directory';
@@ -300,6 +302,23 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     }
   }
 
+  /**
+   * Whether `err` is a unique violation of `users` or `documents` by id against a row of a unit
+   * this shard holds a move's copy of (`incoming`), read on `client` (its transaction rolled
+   * back). Such an id is not a duplicate: it is a row another unit held when the move copied it
+   * (a document handed to another owner: deleted there, inserted here), which the move's
+   * catch-up removes. So the write waits for it as for a fence.
+   */
+  async function conflictsWithIncomingCopy(client: pg.PoolClient, err: unknown): Promise<boolean> {
+    const e = err as { code?: unknown; table?: unknown; constraint?: unknown; detail?: unknown };
+    if (e.code !== UNIQUE_VIOLATION || (e.table !== 'users' && e.table !== 'documents') || e.constraint !== `${e.table}_pkey`) return false;
+    const id = typeof e.detail === 'string' ? /^Key \(id\)=\(([0-9a-f-]{36})\)/i.exec(e.detail)?.[1] : undefined;
+    if (id === undefined) return false;
+    const state = e.table === 'users' ? rowFenceStateSql('r.id', 'r.slot') : rowFenceStateSql('r.owner_id', 'r.slot');
+    const { rows } = await client.query<{ state: string }>(`select ${state} as state from ${e.table} r where r.id = $1`, [id]);
+    return rows[0]?.state === 'incoming';
+  }
+
   async function withShardWrite<T>(rawKey: string, fn: (ctx: ShardWriteContext) => Promise<T>, writeOptions: ShardWriteOptions = {}): Promise<ShardWriteResult<T>> {
     // Fence rows name directory keys in canonical form: looked up as spelled, an upper-case id
     // would miss its key's 'moved' row (docs/sharding-spec.md, sections 1 and 9).
@@ -310,6 +329,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     let waitedMs = 0;
     let backoffMs = 2;
     for (let attempt = 1; ; attempt++) {
+      /** Why this attempt waits, if it does: a fence, or a copy moving in that holds a written id. */
+      let waitedFor: 'fence' | 'copy' = 'fence';
       const route = await options.router.routeForWrite(key, { fresh });
       // As for reads: once the caller's deadline has passed, no further attempt (a 1 ms
       // statement_timeout does not reliably stop the short fence-row statement).
@@ -359,7 +380,10 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         // committed, so the write is retried like one that saw the fence up front.
         if (code === 'CAF01') outcome = 'wait';
         else if (code === 'CAF02') outcome = 'reroute';
-        else throw err;
+        else if (!broken && (await conflictsWithIncomingCopy(client, err).catch(() => false))) {
+          outcome = 'wait';
+          waitedFor = 'copy';
+        } else throw err;
       } finally {
         client.release(broken || undefined);
       }
@@ -370,7 +394,12 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         }
       } else {
         if (waitedMs >= maxFenceWaitMs) {
-          throw new ShardWriteError('fence-timeout', `slot ${route.slot} on shard ${route.shardId} stayed fenced for more than ${maxFenceWaitMs} ms (a move is in its cutover or its mover stopped there)`);
+          throw new ShardWriteError(
+            'fence-timeout',
+            waitedFor === 'copy'
+              ? `an id this write inserts on shard ${route.shardId} is held by a move's copy of another unit for more than ${maxFenceWaitMs} ms (the row left that unit; its move's catch-up removes the copy): retry later`
+              : `slot ${route.slot} on shard ${route.shardId} stayed fenced for more than ${maxFenceWaitMs} ms (a move is in its cutover or its mover stopped there)`,
+          );
         }
         await sleep(backoffMs);
         waitedMs += backoffMs;

@@ -89,3 +89,35 @@ describe('a writer at a fence', () => {
     await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
   });
 });
+
+describe("a writer meeting a move's copy of another unit", () => {
+  it('hands a document of a moving slot to an owner on the target (delete there, insert here): the insert waits for the catch-up, then lands once', async () => {
+    const slot = 1700;
+    const { to, source, target } = await sides(env, slot);
+    const [u1] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [u1], 2);
+    const x = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 1', [u1])).rows[0]?.id as string;
+    const targetSlot = (await env.slotMaps.current()).assignments.findIndex((s) => s === to);
+    const [v] = keysInSlot(targetSlot, 1) as [string];
+    await seedUsers(target, targetSlot, [v], 0);
+    // The move has copied the slot to the target and stopped there (a worker run ended).
+    const stopped = env.mover({ readerGraceMs: 0, hook: (point) => (point === 'catching_up' ? Promise.reject(new Error('test: stop after the copy')) : undefined) });
+    const job = await stopped.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await expect(stopped.run(job.id)).rejects.toThrow(/stop after the copy/);
+    // A genuine duplicate (a row the target owns) is still refused at once.
+    const owned = (await target.query<{ id: string }>('select id::text from users where id = $1', [v])).rows[0]?.id as string;
+    await expect(env.writer.withShardWrite(v, ({ client, slot: s }) => client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'dup@example.com', 'dup')`, [owned, s]))).rejects.toMatchObject({ code: '23505' });
+
+    await env.writer.withShardWrite(u1, ({ client }) => client.query('delete from documents where id = $1', [x]));
+    const insert = env.writer.withShardWrite(v, ({ client, slot: s }) => client.query(`insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'handed over')`, [x, v, s]));
+    insert.catch(() => undefined); // (awaited below; a failure must not be an unhandled rejection meanwhile)
+    await new Promise((r) => setTimeout(r, 300));
+    // The next run's catch-up removes the copy of the row that left the slot.
+    const done = await env.mover({ readerGraceMs: 0 }).run(job.id);
+
+    expect((await insert).shardId).toBe(to);
+    expect(done.state).toBe('done');
+    const copies = await Promise.all([source, target].map(async (p) => (await p.query<{ owner: string; slot: number }>('select owner_id::text as owner, slot from documents where id = $1', [x])).rows));
+    expect(copies).toEqual([[], [{ owner: v, slot: targetSlot }]]);
+  });
+});
