@@ -36,8 +36,8 @@ import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { SlotMapStore } from './slot-map-store.js';
 import type { MoverCatalog } from './mover-catalog.js';
-import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
-import { inTransaction } from './transaction.js';
+import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION, UNIQUE_VIOLATION } from './sqlstate.js';
+import { inTransaction, RollbackWith } from './transaction.js';
 
 /** The slot-map side of the catalog the mover needs. */
 export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish'>;
@@ -82,6 +82,20 @@ export interface PgMovePortOptions {
   /** Whether the run's time is up: the copy and the catch-up stop at their next page or pass ({@link MovePaused}). */
   readonly timeUp?: () => boolean;
 }
+
+/** Rows of a unit that met rows of the target with the same ids in another unit (see `upsert`); nothing was overwritten. */
+class UnitCollision extends MoveError {
+  constructor(
+    readonly table: TableName,
+    readonly ids: readonly string[],
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Which unit a move moves: the job's own, or another's as a target's fence row names it. */
+type UnitRef = Pick<MoveJob, 'kind' | 'unitId' | 'excludedKeys'>;
 
 /** The sharded tables, parents first; `owner` is the column holding the user id (the directory key). */
 const TABLES = [
@@ -401,7 +415,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    * through here or begins with {@link permitted}: a run whose lease was taken over is refused by
    * the shard itself ({@link MoveLeaseLostError}), even if it stalled after checking its lease.
    */
-  private async write<T>(job: MoveJob, shard: string, fn: (client: pg.PoolClient) => Promise<T>, begin: string = MOVER_WRITE): Promise<T> {
+  private async write<T>(job: MoveJob, shard: string, fn: (client: pg.PoolClient) => Promise<T | RollbackWith<NoInfer<T>>>, begin: string = MOVER_WRITE): Promise<T> {
     try {
       return await inTransaction(this.pool(shard), this.permitted(job, begin), fn);
     } catch (err) {
@@ -433,7 +447,7 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /** `where` clause selecting the unit's rows of a table, with its parameters from `$first`. */
-  private unitFilter(job: MoveJob, table: TableName, first: number, alias = ''): { sql: string; params: unknown[] } {
+  private unitFilter(job: UnitRef, table: TableName, first: number, alias = ''): { sql: string; params: unknown[] } {
     const owner = `${alias}${TABLES.find((t) => t.name === table)?.owner ?? 'id'}`;
     if (job.kind === 'slot') {
       // With no excluded key (the usual case) the clause folds away when planned, so that the
@@ -613,7 +627,7 @@ export class PgMovePort implements MovePort<MoveJob> {
           for (;;) {
             if (failing) return;
             await this.checkCancel(job);
-            const batch = await this.copyBatch(source, target, job, table, { after: lanes[lane] ?? null, ...(bounds[lane] as LaneBounds) }).catch((err: unknown) => {
+            const batch = await this.copyPage(source, target, job, table, { after: lanes[lane] ?? null, ...(bounds[lane] as LaneBounds) }).catch((err: unknown) => {
               throw this.permitLost(err, job, job.to);
             });
             if (batch.n === 0) return;
@@ -639,6 +653,122 @@ export class PgMovePort implements MovePort<MoveJob> {
       if (failed) throw failed.reason;
     }
     return job;
+  }
+
+  /**
+   * One page of the copy ({@link copyBatch}), and when the target already holds one of the page's
+   * document ids outside the unit, the stale copies among them cleared ({@link clearStaleCopies})
+   * and the page copied again. Two units moving from one source to one target at once trade
+   * documents (one handed to an owner of the other slot): the target then holds the first move's
+   * copy of a document the second move's page now holds, until the first move's catch-up removes
+   * it, and the second move's COPY failed on the primary key meanwhile, every run, while the first
+   * could stall in its turn on the second's stale copies (each catch-up pass refused, see
+   * {@link catchUpPass}): measured, two such moves under a trader often never finished. What is
+   * not a stale copy of another move from this source (a row the target owns, say) is left as it
+   * is and the move stops, naming the ids, as the catch-up's guard does.
+   */
+  private async copyPage(source: pg.Pool, target: pg.Pool, job: MoveJob, table: TableName, page: LaneBounds & { readonly after: string | null }): Promise<{ n: number; last: string | null }> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.copyBatch(source, target, job, table, page);
+      } catch (err) {
+        if (!hasSqlState(err, UNIQUE_VIOLATION) || table !== 'documents') throw err;
+        const ids = await inTransaction(source, PAGE_SNAPSHOT, async (from) => {
+          const { rows } = await from.query<{ id: string }>(`select id::text as id from ${table} where ${this.pageWhere(job, table, page, from)} order by id limit ${Math.max(1, Math.floor(this.settings.copyBatchRows))}`);
+          return rows.map((r) => r.id);
+        });
+        const outside = this.unitFilter(job, table, 2, 't.');
+        const { rows: met } = await target.query<{ id: string }>(`select t.id::text as id from ${table} t where t.id = any($1::uuid[]) and not (${outside.sql}) order by t.id`, [ids, ...outside.params]);
+        // None met any more (the other move removed its copies meanwhile): the page again, or
+        // another unique key than the id's, as it is.
+        if (met.length === 0) {
+          if (attempt <= 3) continue;
+          throw err;
+        }
+        if (attempt <= 3 && (await this.clearStaleCopies(job, table, met.map((r) => r.id))) > 0) continue;
+        throw new MoveError(
+          `${table} id(s) ${met.slice(0, 5).map((r) => r.id).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}, and are not another unfinished move's stale copies; nothing on ${job.to} was overwritten and the copy stops here. ` +
+            `Ids must be unique across shards (docs/sharding-spec.md, section 9)`,
+          { cause: err },
+        );
+      }
+    }
+  }
+
+  /**
+   * Deletes from the target the stale copies, among the rows named by `ids`, that other
+   * unfinished moves from this move's source into its target hold of rows this move's unit holds
+   * on the source now (a document handed from an owner of the other unit to one of this unit
+   * since that move copied it), and answers how many. Each such row is one the other move would
+   * delete itself at its next catch-up pass: the source logged its leaving that move's unit. A
+   * row is deleted only
+   *
+   * - if it is in a unit whose fence row on the target says `incoming` for another job, locked FOR
+   *   SHARE here (the other move cannot open it before this commits): never a row of a unit the
+   *   target owns (`open`, or no row), nor one a move left there (`moved`);
+   * - if that job captures changes on this source now (its `move_captures` row): the row's leaving
+   *   its unit was logged there, and the job's rollback has not stopped its capture;
+   * - by the other unit's own filter and id (and, for a slot, not of a key with a directory row
+   *   here, whose row decides the key's rows): this move's copy of the id, in its own unit, is never
+   *   matched, nor is it by the other move's later deletes, which match by id and unit too;
+   * - if the source, read after the delete (the row locked here), holds it in this move's unit:
+   *   then the source does not hold it in the other unit, so the other move's copy is stale, and
+   *   that move cannot have compared it equal under a fence (a fenced unit keeps its rows on the
+   *   source until it is cleaned up, after its fence row here opens, which waits for this lock).
+   *
+   * Otherwise nothing is deleted. The deletes fire the target's triggers, so that a move
+   * comparing its unit there (its capture on the target, see {@link preVerify}) compares the rows
+   * again. Documents only: a user's slot is its id's, so no user changes units.
+   */
+  private async clearStaleCopies(job: MoveJob, table: TableName, ids: readonly string[]): Promise<number> {
+    if (table !== 'documents' || ids.length === 0) return 0;
+    const source = this.pool(job.from);
+    const mine = this.unitFilter(job, table, 2, 't.');
+    const inUnit = async (of: readonly string[]): Promise<Set<string>> =>
+      new Set((await source.query<{ id: string }>(`select t.id::text as id from ${table} t where t.id = any($1::uuid[]) and ${mine.sql}`, [of, ...mine.params])).rows.map((r) => r.id));
+    const capturing = async (jobs: readonly string[]): Promise<Set<string>> =>
+      new Set((await source.query<{ job_id: string }>('select job_id::text from move_captures where job_id = any($1::bigint[])', [jobs])).rows.map((r) => r.job_id));
+    const candidates = [...(await inUnit(ids))];
+    if (candidates.length === 0) return 0;
+    return this.write<number>(job, job.to, async (target) => {
+      await this.assertIncoming(target, job);
+      const outside = this.unitFilter(job, table, 3, 'c.');
+      const { rows: fences } = await target.query<{ kind: 'slot' | 'directory'; unit_id: string; job_id: string; excluded_keys: string[] }>(
+        `select w.kind, w.unit_id, w.job_id::text as job_id, w.excluded_keys from write_fences w
+          where w.state = 'incoming' and w.job_id is not null and w.job_id <> $2
+            and exists (select 1 from ${table} c
+                         where c.id = any($1::uuid[]) and not (${outside.sql})
+                           and ((w.kind = 'slot' and w.unit_id = c.slot::text and not (c.owner_id::text = any (w.excluded_keys)))
+                                or (w.kind = 'directory' and w.unit_id = c.owner_id::text)))
+          order by w.kind, w.unit_id
+          for share`,
+        [candidates, job.id, ...outside.params],
+      );
+      const live = await capturing(fences.map((f) => f.job_id));
+      const deleted: string[] = [];
+      const from: string[] = [];
+      for (const f of fences) {
+        if (!live.has(f.job_id)) continue;
+        const other = this.unitFilter({ kind: f.kind, unitId: f.unit_id, excludedKeys: f.excluded_keys }, table, 2, 'x.');
+        // A row of a slot whose owner has a directory row here is that row's, whatever its slot says.
+        const pinned = f.kind === 'slot' ? " and not exists (select 1 from write_fences d where d.kind = 'directory' and d.unit_id = x.owner_id::text)" : '';
+        const { rows } = await target.query<{ id: string }>(`delete from ${table} x where x.id = any($1::uuid[]) and ${other.sql}${pinned} returning x.id::text as id`, [candidates, ...other.params]);
+        if (rows.length > 0) from.push(f.job_id);
+        deleted.push(...rows.map((r) => r.id));
+      }
+      if (deleted.length === 0) return 0;
+      // Read again now that the rows are deleted here (and locked until this commits).
+      const [still, stillCapturing] = [await inUnit(deleted), await capturing(from)];
+      if (!deleted.every((id) => still.has(id)) || !from.every((j) => stillCapturing.has(j))) return new RollbackWith(0);
+      return deleted.length;
+    });
+  }
+
+  /** The `where` clause of a copy page: the unit's rows of `table` in the lane's bounds, after the page's `after`. */
+  private pageWhere(job: MoveJob, table: TableName, page: LaneBounds & { readonly after: string | null }, client: pg.ClientBase): string {
+    const unit = this.unitFilterLiteral(job, table, client);
+    const after = page.after === null ? null : `id > ${client.escapeLiteral(page.after)}::uuid`;
+    return [unit, page.from === null ? null : `id >= '${page.from}'::uuid`, page.to === null ? null : `id < '${page.to}'::uuid`, after].filter((c) => c !== null).join(' and ');
   }
 
   /** The cursor at the start of a table: no row copied in any lane. */
@@ -674,9 +804,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     const begin = await this.bulkBegin(job.to, target);
     const checkedKeys = (await this.skipsTriggers(job.to, target)) === null;
     return inTransaction(source, PAGE_SNAPSHOT, async (from) => {
-      const unit = this.unitFilterLiteral(job, table, from);
-      const after = page.after === null ? null : `id > ${from.escapeLiteral(page.after)}::uuid`;
-      const where = [unit, page.from === null ? null : `id >= '${page.from}'::uuid`, page.to === null ? null : `id < '${page.to}'::uuid`, after].filter((c) => c !== null).join(' and ');
+      const where = this.pageWhere(job, table, page, from);
       const rows = `select * from ${table} where ${where} order by id limit ${Math.max(1, Math.floor(this.settings.copyBatchRows))}`;
       let ownersJson: string | null = null;
       if (checkedKeys && table === 'documents') {
@@ -847,11 +975,20 @@ export class PgMovePort implements MovePort<MoveJob> {
     }
     const owners = read[0]?.owners;
     if (presentUsers.size > 0 || owners || presentDocs.size > 0) {
-      await this.write(job, job.to, async (target) => {
-        await this.assertIncoming(target, job);
-        if (presentUsers.size > 0) await this.upsert(target, job, 'users', read[0]?.users ?? '[]', presentUsers.size);
-        if (owners) await target.query('insert into users select * from jsonb_populate_recordset(null::users, $1::jsonb) on conflict (id) do nothing', [owners]);
-        if (presentDocs.size > 0) await this.upsert(target, job, 'documents', read[0]?.docs ?? '[]', presentDocs.size);
+      const upsertAll = (): Promise<void> =>
+        this.write(job, job.to, async (target) => {
+          await this.assertIncoming(target, job);
+          if (presentUsers.size > 0) await this.upsert(target, job, 'users', read[0]?.users ?? '[]', presentUsers.size);
+          if (owners) await target.query('insert into users select * from jsonb_populate_recordset(null::users, $1::jsonb) on conflict (id) do nothing', [owners]);
+          if (presentDocs.size > 0) await this.upsert(target, job, 'documents', read[0]?.docs ?? '[]', presentDocs.size);
+        });
+      // A refused document may be another unfinished move's stale copy (see clearStaleCopies):
+      // cleared, the pass is written again. Without it, with more changes logged than one pass
+      // takes, each of two such moves could be refused for good on the other's stale copies, their
+      // own stale copies logged past the pass that kept failing.
+      await upsertAll().catch(async (err: unknown) => {
+        if (!(err instanceof UnitCollision) || err.table !== 'documents' || (await this.clearStaleCopies(job, 'documents', err.ids)) === 0) throw err;
+        await upsertAll();
       });
     }
     await this.write(job, job.from, (c) => c.query('delete from move_changes where seq = any($1::bigint[])', [entries.map((e) => e.seq)]));
@@ -1409,11 +1546,13 @@ export class PgMovePort implements MovePort<MoveJob> {
     const { rows } = await client.query<{ id: string }>(
       `select t.id::text as id from ${table} t
         where t.id in (select (r ->> 'id')::uuid from jsonb_array_elements($1::jsonb) r) and not (${outside.sql})
-        order by t.id limit 5`,
+        order by t.id`,
       [rowsJson, ...outside.params],
     );
-    throw new MoveError(
-      `${table} id(s) ${rows.map((r) => r.id).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}; nothing on ${job.to} was overwritten and the move stops here. ` +
+    throw new UnitCollision(
+      table,
+      rows.map((r) => r.id),
+      `${table} id(s) ${rows.slice(0, 5).map((r) => r.id).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}; nothing on ${job.to} was overwritten and the move stops here. ` +
         `If another move to ${job.to} is copying that unit and the rows changed units since, its next catch-up removes its copy and this move goes on at its next run; otherwise the ids are another record's, and ids must be unique across shards (docs/sharding-spec.md, section 9)`,
     );
   }

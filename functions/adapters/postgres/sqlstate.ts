@@ -5,6 +5,8 @@
 
 /** 42501: the login may not (a privilege, a parameter, a function it may not execute). */
 export const INSUFFICIENT_PRIVILEGE = '42501';
+/** 23505: a unique index refused a row. */
+export const UNIQUE_VIOLATION = '23505';
 /** 42883: no such function (a migration that adds it not applied yet, or not on the search_path). */
 export const UNDEFINED_FUNCTION = '42883';
 

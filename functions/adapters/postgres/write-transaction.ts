@@ -25,6 +25,7 @@ import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
 import { rowFenceStateSql } from './read-transaction.js';
+import { UNIQUE_VIOLATION } from './sqlstate.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
 
 /** Where a key's writes go, as the router sees it now. */
@@ -180,7 +181,6 @@ export interface ShardWriter {
 
 /** SQLSTATEs of a statement or lock wait the deadline cut short. */
 const DEADLINE_SQLSTATES = new Set(['57014', '55P03']);
-const UNIQUE_VIOLATION = '23505';
 
 interface FenceRow {
   kind: 'slot' | 'directory';

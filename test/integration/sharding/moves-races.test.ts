@@ -3,7 +3,8 @@
  * processes whose directory cache missed a key a slot move leaves out, a plan racing another move
  * of the slot, a stalled run of a directory move, a document id the target already uses under
  * another slot, a prepared (two-phase) transaction older than the capture, an earlier run's write
- * transaction left open, and the clean-up's note on rows it kept. Each case was shown to lose,
+ * transaction left open, the clean-up's note on rows it kept, and two moves into one target whose
+ * units trade documents (each meeting the other's stale copies). Each case was shown to lose,
  * hide or misplace data (or to stall a move for good) before its fix.
  */
 import { randomUUID } from 'node:crypto';
@@ -453,4 +454,215 @@ describe('two slots moving from one source to one target at once', () => {
       { users: 1, documents: 2 },
     ]);
   });
+});
+
+describe("the bulk copy beside another move's stale copies", () => {
+  /** Two slots of one shard (in [lo, hi)), both to be moved to another shard, with `users` users of `docs` documents each. */
+  async function twoSlots(lo: number, hi: number, users: number, docs: number) {
+    const map = await env.slotMaps.current();
+    const from = map.assignments[lo] as string;
+    const [s, t] = map.assignments.flatMap((owner, slot) => (owner === from && slot >= lo && slot < hi ? [slot] : [])).slice(0, 2) as [number, number];
+    const to = [...env.shards.keys()].find((x) => x !== from) as string;
+    const source = env.shards.get(from) as pg.Pool;
+    const target = env.shards.get(to) as pg.Pool;
+    const us = keysInSlot(s, users);
+    const ws = keysInSlot(t, users);
+    await seedUsers(source, s, us, docs);
+    await seedUsers(source, t, ws, docs);
+    return { from, to, source, target, s, t, us, ws };
+  }
+
+  const stopAfterCopy = () =>
+    env.mover({
+      readerGraceMs: 0,
+      copyBatchRows: 10,
+      hook(point) {
+        if (point === 'catching_up') throw new Error('test: stopped after the copy');
+      },
+    });
+
+  it("copies a unit whose documents another unfinished move into the target still holds copies of (traded since), and that move's copy is left right", async () => {
+    const { source, target, to, s, t, ws } = await twoSlots(950, 1100, 3, 10);
+    // Slot s copied to the target, then stopped: its copy is there, incoming.
+    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
+    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
+    await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
+    // Six of slot s's documents are handed to owners of slot t on the source: A's copies of them are stale.
+    const { rows: traded } = await source.query<{ id: string }>('select id::text from documents where slot = $1 order by id limit 6', [s]);
+    for (const [i, { id }] of traded.entries()) {
+      await env.writer.withShardWrite(ws[i % ws.length] as string, async ({ client, slot: slot2 }) => {
+        await client.query('update documents set owner_id = $1, slot = $2 where id = $3', [ws[i % ws.length], slot2, id]);
+      });
+    }
+    // B's copy meets them, and goes through at its first run.
+    await expect(stopAfterCopy().run(jobB)).rejects.toThrow(/stopped after the copy/);
+    const ids = traded.map((r) => r.id);
+    const onTarget = async () =>
+      (await target.query<{ id: string; slot: number }>('select id::text, slot from documents where id = any($1::uuid[]) order by id', [ids])).rows;
+    expect(await onTarget()).toEqual(ids.map((id) => ({ id, slot: t })));
+    // Both finish; every document once, with its owner, on the target.
+    const mover = env.mover({ readerGraceMs: 0 });
+    for (let round = 0; round < 3; round++) for (const id of [jobA, jobB]) await mover.run(id).catch(() => undefined);
+    expect([(await mover.get(jobA)).state, (await mover.get(jobB)).state]).toEqual(['done', 'done']);
+    expect(await onTarget()).toEqual(ids.map((id) => ({ id, slot: t })));
+    expect([await countSlot(target, s), await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)]).toEqual([
+      { users: 3, documents: 24 },
+      { users: 3, documents: 36 },
+      { users: 0, documents: 0 },
+      { users: 0, documents: 0 },
+    ]);
+    const { rows: bad } = await target.query('select d.id from documents d join users u on u.id = d.owner_id where d.slot <> u.slot and d.slot = any($1::int[])', [[s, t]]);
+    expect(bad).toEqual([]);
+  });
+
+  it("leaves this move's copies alone when the other move is cancelled, and finishes", async () => {
+    const { source, target, to, s, t } = await twoSlots(1300, 1450, 2, 10);
+    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
+    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
+    await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
+    const { rows: owners } = await source.query<{ id: string }>('select id::text from users where slot = $1 order by id limit 1', [t]);
+    const w = owners[0]?.id as string;
+    const { rows: traded } = await source.query<{ id: string }>('select id::text from documents where slot = $1 order by id limit 4', [s]);
+    const ids = traded.map((r) => r.id);
+    await env.writer.withShardWrite(w, async ({ client, slot: slot2 }) => {
+      await client.query('update documents set owner_id = $1, slot = $2 where id = any($3::uuid[])', [w, slot2, ids]);
+    });
+    await expect(stopAfterCopy().run(jobB)).rejects.toThrow(/stopped after the copy/);
+    // A is cancelled: its rollback deletes its copy, by its unit, and none of B's.
+    const mover = env.mover({ readerGraceMs: 0 });
+    expect((await mover.cancel(jobA)).state).toBe('cancelled');
+    expect((await target.query<{ slot: number }>('select slot from documents where id = any($1::uuid[])', [ids])).rows.map((r) => r.slot)).toEqual([t, t, t, t]);
+    expect(await countSlot(target, s)).toEqual({ users: 0, documents: 0 });
+    expect((await mover.run(jobB)).state).toBe('done');
+    expect([await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)]).toEqual([
+      { users: 2, documents: 24 },
+      { users: 2, documents: 16 },
+      { users: 0, documents: 0 },
+    ]);
+  });
+
+  it("stops naming the id, and deletes nothing, when the id is a row's the target owns", async () => {
+    const { source, target, to, t, ws } = await twoSlots(1450, 1600, 1, 3);
+    const map = await env.slotMaps.current();
+    const ownedSlot = map.assignments.findIndex((x) => x === to);
+    const [other] = keysInSlot(ownedSlot, 1) as [string];
+    const shared = randomUUID();
+    await env.writer.withShardWrite(other, async ({ client, slot: x }) => {
+      await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'o2@example.com', 'o2')`, [other, x]);
+      await client.query(`insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'target original')`, [shared, other, x]);
+    });
+    // The same id on the source in slot t (an import that kept a client's ids).
+    await source.query(`insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'source copy')`, [shared, ws[0], t]);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const id = (await mover.plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
+    await expect(mover.run(id)).rejects.toThrow(new RegExp(`documents id\\(s\\) ${shared} of slot ${t} already belong to another unit on ${to}`));
+    expect((await target.query('select owner_id::text as o, title from documents where id = $1', [shared])).rows).toEqual([{ o: other, title: 'target original' }]);
+    expect((await mover.cancel(id)).state).toBe('cancelled');
+    expect((await target.query('select title from documents where id = $1', [shared])).rows).toEqual([{ title: 'target original' }]);
+    expect((await source.query('select title from documents where id = $1', [shared])).rows).toEqual([{ title: 'source copy' }]);
+  });
+
+  it('converges without failed copies while documents keep changing hands between the two units', async () => {
+    const { source, target, to, s, t, us, ws } = await twoSlots(1600, 1800, 8, 50);
+    const planner = env.mover({ readerGraceMs: 0 });
+    const jobA = (await planner.plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
+    const jobB = (await planner.plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
+    // A is copied first and stopped, as a worker stopped by its deadline would leave it.
+    await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
+    // A trader hands random documents of either unit to an owner of the other, on the source,
+    // until one of the slots has moved (then the fences refuse it).
+    let trading = true;
+    let trades = 0;
+    const owners = [...us.map((u) => ({ u, slot: s })), ...ws.map((u) => ({ u, slot: t }))];
+    const trader = (async () => {
+      while (trading) {
+        const { rows } = await source.query<{ id: string; slot: number; owner_id: string }>('select id::text, slot, owner_id::text from documents where slot = any($1::int[]) order by random() limit 1', [[s, t]]);
+        const doc = rows[0];
+        if (!doc) break;
+        const others = owners.filter((o) => o.slot !== doc.slot);
+        const next = others[Math.floor(Math.random() * others.length)] as { u: string; slot: number };
+        await env.writer
+          .withShardWrite(doc.owner_id, async ({ client }) => {
+            const r = await client.query('update documents set owner_id = $1, slot = $2 where id = $3', [next.u, next.slot, doc.id]);
+            trades += r.rowCount ?? 0;
+          })
+          .catch(() => undefined);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    })();
+    // A's copy goes stale for a while before B's copy starts.
+    await until('trades', async () => trades >= 30);
+    // The worker: small copy pages, B first, each job run in turn for a short slice of time.
+    const started = Date.now();
+    const failures: string[] = [];
+    let runs = 0;
+    const mover = env.mover({ readerGraceMs: 0, copyBatchRows: 10, batchRows: 20 });
+    const states = async (): Promise<string[]> => [(await mover.get(jobA)).state, (await mover.get(jobB)).state];
+    for (let round = 0; round < 60 && (await states()).some((x) => x !== 'done'); round++) {
+      for (const id of [jobB, jobA]) {
+        if ((await mover.get(id)).state === 'done') continue;
+        runs += 1;
+        await mover.run(id, { until: Date.now() + 150 }).catch((e: unknown) => failures.push((e as Error).message));
+      }
+      if ((await states()).some((x) => x === 'done')) trading = false;
+    }
+    trading = false;
+    await trader;
+    const ms = Date.now() - started;
+    const copyFailures = failures.filter((f) => /duplicate key|already belong to another unit/.test(f));
+    console.log(`concurrent moves with trades: ${trades} trades, ${runs} runs, ${failures.length} failed, ${copyFailures.length} on another move's stale copies, ${ms} ms to converge; states ${(await states()).join(', ')}`);
+    for (const f of new Set(failures.map((x) => x.replace(/#\d+/g, '#n').replace(/[0-9a-f-]{36}/g, 'ID').slice(0, 200)))) console.log(`  failure: ${f}`);
+    expect(await states()).toEqual(['done', 'done']);
+    // Every document once, on the target, with an owner of its slot there.
+    expect([await countSlot(source, s), await countSlot(source, t)]).toEqual([
+      { users: 0, documents: 0 },
+      { users: 0, documents: 0 },
+    ]);
+    const a = await countSlot(target, s);
+    const b = await countSlot(target, t);
+    expect({ users: a.users + b.users, documents: a.documents + b.documents }).toEqual({ users: 16, documents: 800 });
+    const { rows: bad } = await target.query('select d.id from documents d left join users u on u.id = d.owner_id where (u.id is null or d.slot <> u.slot) and d.slot = any($1::int[])', [[s, t]]);
+    expect(bad).toEqual([]);
+    expect(copyFailures).toEqual([]);
+  }, 120_000);
+
+  it('both finish when each copies in two lanes and a document of each went to the other after both copied their first pages', async () => {
+    const map = await env.slotMaps.current();
+    const [s1, s2] = map.assignments.flatMap((owner, slot) => (owner === map.assignments[1300] && slot >= 1300 && slot < 1400 ? [slot] : [])) as [number, number];
+    const { to, source, target } = await sides(env, s1);
+    const [u1] = keysInSlot(s1, 1) as [string];
+    const [u2] = keysInSlot(s2, 1) as [string];
+    const id = (prefix: string) => `${prefix}-0000-4000-8000-000000000000`;
+    // Lane 1 holds ids below 80000000-..., lane 2 the rest; X is in lane 2 of s1, Y in lane 1 of s2.
+    const [X, Y] = [id('90000000'), id('20000000')];
+    await source.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'u1@example.com', 'u1'), ($3, $4, 'u2@example.com', 'u2')`, [u1, s1, u2, s2]);
+    await source.query(
+      `insert into documents (id, owner_id, slot, title) select d, $2::uuid, $3::int, 'doc' from unnest($1::uuid[]) d
+       union all select d, $5::uuid, $6::int, 'doc' from unnest($4::uuid[]) d`,
+      [[id('10000000'), id('70000000'), X, id('f0000000')], u1, s1, [Y, id('78000000'), id('88000000'), id('f8000000')], u2, s2],
+    );
+    const mover = (deps: Partial<ConstructorParameters<typeof Mover>[0]> = {}) =>
+      new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, copyLanes: 2, copyBatchRows: 1, ...deps });
+    /** A run whose time is up after the first document page of each lane. */
+    const pausing = () => {
+      let calls = 0;
+      return mover({ wallClock: () => (++calls >= 9 ? 2 : 0) });
+    };
+    const [m1, m2] = [await mover().plan({ kind: 'slot', slot: s1, to, createdBy: 'test' }), await mover().plan({ kind: 'slot', slot: s2, to, createdBy: 'test' })];
+    const [p1, p2] = [await pausing().run(m1.id, { until: 1 }), await pausing().run(m2.id, { until: 1 })];
+    expect([p1.state, p1.rowsCopied, p2.state, p2.rowsCopied]).toEqual(['copying', 3, 'copying', 3]);
+    await env.writer.withShardWrite(u1, async ({ client }) => {
+      await client.query('update documents set owner_id = $2, slot = $3 where id = $1', [X, u2, s2]);
+      await client.query('update documents set owner_id = $2, slot = $3 where id = $1', [Y, u1, s1]);
+    });
+
+    // The worker runs unfinished jobs one after the other.
+    for (let tick = 0; tick < 4; tick++) {
+      for (const job of [m1, m2]) if ((await mover().get(job.id)).state !== 'done') await mover().run(job.id).catch(() => undefined);
+    }
+
+    expect([(await mover().get(m1.id)).state, (await mover().get(m2.id)).state]).toEqual(['done', 'done']);
+    const onTarget = (await target.query<{ id: string; slot: number }>('select id::text, slot from documents where id = any($1::uuid[]) order by id', [[X, Y]])).rows;
+    expect(onTarget).toEqual([{ id: Y, slot: s1 }, { id: X, slot: s2 }]);
+  }, 120_000);
 });
