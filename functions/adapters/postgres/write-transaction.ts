@@ -309,14 +309,23 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
    * (a document handed to another owner: deleted there, inserted here), which the move's
    * catch-up removes. So the write waits for it as for a fence.
    */
-  async function conflictsWithIncomingCopy(client: pg.PoolClient, err: unknown): Promise<boolean> {
+  async function conflictsWithIncomingCopy(client: pg.PoolClient, shardId: string, err: unknown): Promise<boolean> {
     const e = err as { code?: unknown; table?: unknown; constraint?: unknown; detail?: unknown };
     if (e.code !== UNIQUE_VIOLATION || (e.table !== 'users' && e.table !== 'documents') || e.constraint !== `${e.table}_pkey`) return false;
     const id = typeof e.detail === 'string' ? /^Key \(id\)=\(([0-9a-f-]{36})\)/i.exec(e.detail)?.[1] : undefined;
     if (id === undefined) return false;
-    const state = e.table === 'users' ? rowFenceStateSql('r.id', 'r.slot') : rowFenceStateSql('r.owner_id', 'r.slot');
-    const { rows } = await client.query<{ state: string }>(`select ${state} as state from ${e.table} r where r.id = $1`, [id]);
-    return rows[0]?.state === 'incoming';
+    const owner = e.table === 'users' ? 'r.id' : 'r.owner_id';
+    const state = rowFenceStateSql(owner, 'r.slot');
+    const { rows } = await client.query<{ state: string; owner: string }>(`select ${state} as state, ${owner}::text as owner from ${e.table} r where r.id = $1`, [id]);
+    const row = rows[0];
+    if (row?.state !== 'incoming') return false;
+    // The copy is stale only if the id has left the shard that still owns the copy's unit (the
+    // source): while the source holds the id, it is a real duplicate (ids are unique across shards).
+    const source = await options.router.routeForWrite(canonicalKey(row.owner), { fresh: true });
+    const sourcePool = source.shardId === shardId ? undefined : options.primaries.get(source.shardId);
+    if (!sourcePool) return false;
+    const held = await sourcePool.query(`select 1 from ${e.table} where id = $1`, [id]);
+    return held.rowCount === 0;
   }
 
   async function withShardWrite<T>(rawKey: string, fn: (ctx: ShardWriteContext) => Promise<T>, writeOptions: ShardWriteOptions = {}): Promise<ShardWriteResult<T>> {
@@ -380,7 +389,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         // committed, so the write is retried like one that saw the fence up front.
         if (code === 'CAF01') outcome = 'wait';
         else if (code === 'CAF02') outcome = 'reroute';
-        else if (!broken && (await conflictsWithIncomingCopy(client, err).catch(() => false))) {
+        else if (!broken && (await conflictsWithIncomingCopy(client, route.shardId, err).catch(() => false))) {
           outcome = 'wait';
           waitedFor = 'copy';
         } else throw err;

@@ -91,22 +91,30 @@ describe('a writer at a fence', () => {
 });
 
 describe("a writer meeting a move's copy of another unit", () => {
-  it('hands a document of a moving slot to an owner on the target (delete there, insert here): the insert waits for the catch-up, then lands once', async () => {
-    const slot = 1700;
+  /**
+   * A slot of one user with two documents, its move stopped after the copy (a worker run ended),
+   * and a user `v` in a slot the target owns; `x` is one of the slot's documents.
+   */
+  async function copiedAndStopped(slot: number) {
     const { to, source, target } = await sides(env, slot);
     const [u1] = keysInSlot(slot, 1) as [string];
     await seedUsers(source, slot, [u1], 2);
     const x = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 1', [u1])).rows[0]?.id as string;
-    const targetSlot = (await env.slotMaps.current()).assignments.findIndex((s) => s === to);
+    const targetSlot = (await env.slotMaps.current()).assignments.findIndex((s, i) => s === to && i > slot);
     const [v] = keysInSlot(targetSlot, 1) as [string];
     await seedUsers(target, targetSlot, [v], 0);
-    // The move has copied the slot to the target and stopped there (a worker run ended).
     const stopped = env.mover({ readerGraceMs: 0, hook: (point) => (point === 'catching_up' ? Promise.reject(new Error('test: stop after the copy')) : undefined) });
     const job = await stopped.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     await expect(stopped.run(job.id)).rejects.toThrow(/stop after the copy/);
-    // A genuine duplicate (a row the target owns) is still refused at once.
-    const owned = (await target.query<{ id: string }>('select id::text from users where id = $1', [v])).rows[0]?.id as string;
-    await expect(env.writer.withShardWrite(v, ({ client, slot: s }) => client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'dup@example.com', 'dup')`, [owned, s]))).rejects.toMatchObject({ code: '23505' });
+    /** Where `x` is now: its rows on the source and on the target. */
+    const copies = () => Promise.all([source, target].map(async (p) => (await p.query<{ owner: string; slot: number }>('select owner_id::text as owner, slot from documents where id = $1', [x])).rows));
+    return { to, u1, v, x, targetSlot, job, copies };
+  }
+
+  it('hands a document of a moving slot to an owner on the target (delete there, insert here): the insert waits for the catch-up, then lands once', async () => {
+    const { to, u1, v, x, targetSlot, job, copies } = await copiedAndStopped(1700);
+    // A genuine duplicate of a row the target owns is still refused at once.
+    await expect(env.writer.withShardWrite(v, ({ client, slot: s }) => client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'dup@example.com', 'dup')`, [v, s]))).rejects.toMatchObject({ code: '23505' });
 
     await env.writer.withShardWrite(u1, ({ client }) => client.query('delete from documents where id = $1', [x]));
     const insert = env.writer.withShardWrite(v, ({ client, slot: s }) => client.query(`insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'handed over')`, [x, v, s]));
@@ -117,7 +125,32 @@ describe("a writer meeting a move's copy of another unit", () => {
 
     expect((await insert).shardId).toBe(to);
     expect(done.state).toBe('done');
-    const copies = await Promise.all([source, target].map(async (p) => (await p.query<{ owner: string; slot: number }>('select owner_id::text as owner, slot from documents where id = $1', [x])).rows));
-    expect(copies).toEqual([[], [{ owner: v, slot: targetSlot }]]);
+    expect(await copies()).toEqual([[], [{ owner: v, slot: targetSlot }]]);
+  });
+
+  it('refuses at once (23505) an id the source still holds in the moving unit: a real duplicate, not a stale copy', async () => {
+    const { u1, v, x, job, copies } = await copiedAndStopped(1750);
+    const started = Date.now();
+
+    await expect(env.writer.withShardWrite(v, ({ client, slot: s }) => client.query(`insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'duplicate')`, [x, v, s]))).rejects.toMatchObject({ code: '23505' });
+
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect((await copies())[0]).toEqual([{ owner: u1, slot: 1750 }]);
+    await env.mover({ readerGraceMs: 0 }).run(job.id);
+  });
+
+  it('an idempotent hand-over insert in the form the spec gives (on conflict (id) do update) waits for the copy and lands too', async () => {
+    const { to, u1, v, x, targetSlot, job, copies } = await copiedAndStopped(1850);
+    await env.writer.withShardWrite(u1, ({ client }) => client.query('delete from documents where id = $1', [x]));
+    const insert = env.writer.withShardWrite(v, ({ client, slot: s }) =>
+      client.query(`insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'handed over') on conflict (id) do update set id = excluded.id`, [x, v, s]),
+    );
+    insert.catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 300));
+    await env.mover({ readerGraceMs: 0 }).run(job.id);
+
+    const written = await insert;
+    expect({ shard: written.shardId, rows: written.value.rowCount }).toEqual({ shard: to, rows: 1 });
+    expect(await copies()).toEqual([[], [{ owner: v, slot: targetSlot }]]);
   });
 });
