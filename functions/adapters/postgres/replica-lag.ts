@@ -113,30 +113,45 @@ const TIMELINE_EXPRESSIONS: readonly (string | null)[] = [
   `${RECEIVER_TIMELINE_FUNCTION}()`,
   null,
 ];
-/** How far down {@link TIMELINE_EXPRESSIONS} each replica pool's login has been refused (once per process). */
-const timelineStep = new WeakMap<pg.Pool, number>();
+/**
+ * How far down {@link TIMELINE_EXPRESSIONS} each replica pool's login has been refused, and
+ * whether the last refusal was a function not there (42883), which migration 017 ends, rather
+ * than a right the login lacks (42501), which is for good (the monitor and the mover).
+ */
+const timelineStep = new WeakMap<pg.Pool, { readonly step: number; readonly absent: boolean }>();
 
 /**
  * Runs `run` with the best timeline expression this pool's login may use (null: none), moving
- * down the list when it is refused one. Other errors are thrown as they came.
+ * down the list when it is refused one. Other errors are thrown as they came. With `recheck`
+ * (the periodic lag probe's first poll), a pool moved down because the function was not there
+ * tries from the top again: migration 017 applied, or replayed on the replica, after the
+ * process's first probe (the code may be deployed first) would otherwise leave it on the control
+ * file's timeline for the life of the process.
  *
  * @example
  * ```ts
  * const { rows } = await withTimelineSql(replica.pool, (tl) => client.query(`select ${tl ?? 'null::int'} as timeline`));
  * ```
  */
-export async function withTimelineSql<T>(pool: pg.Pool, run: (timelineSql: string | null) => Promise<T>): Promise<T> {
+export async function withTimelineSql<T>(pool: pg.Pool, run: (timelineSql: string | null) => Promise<T>, options: { readonly recheck?: boolean } = {}): Promise<T> {
+  let floor = options.recheck === true && timelineStep.get(pool)?.absent === true ? 0 : undefined;
+  /** Whether this call's last refusal was a missing function. */
+  let absentNow = false;
   for (;;) {
-    const step = timelineStep.get(pool) ?? 0;
+    const step = floor ?? timelineStep.get(pool)?.step ?? 0;
     const sql = TIMELINE_EXPRESSIONS[step] ?? null;
     try {
-      return await run(sql);
+      const result = await run(sql);
+      if (floor !== undefined) timelineStep.set(pool, { step, absent: absentNow });
+      return result;
     } catch (error) {
       // Refused (no EXECUTE, or a provider that revoked the control-file functions), or
       // migration 017 not applied yet.
       if (sql === null || !hasSqlState(error, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION)) throw error;
+      absentNow = hasSqlState(error, UNDEFINED_FUNCTION);
+      if (floor !== undefined) floor = step + 1;
       // Concurrent probes refused the same step move down once, not once each.
-      timelineStep.set(pool, Math.max(timelineStep.get(pool) ?? 0, step + 1));
+      else if (step + 1 > (timelineStep.get(pool)?.step ?? 0)) timelineStep.set(pool, { step: step + 1, absent: absentNow });
     }
   }
 }
@@ -207,7 +222,7 @@ export async function probeReplicaLag(replica: ShardNode, heartbeat: Heartbeat |
       type Row = { in_recovery: boolean; replay_lsn: string | null; replay_commit_ms: number | null; lag_seconds: number | null; timeline: number | null };
       const measure = (sql: string) => withNodeDeadline(replica.pool, options.timeoutMs, replica.nodeId, (c) => c.query<Row>(sql));
       // Without the right to read the timeline, the rest of the measure still stands.
-      const { rows } = await withTimelineSql(replica.pool, (timelineSql) => measure(replicaSql(timelineSql)));
+      const { rows } = await withTimelineSql(replica.pool, (timelineSql) => measure(replicaSql(timelineSql)), { recheck: poll === 1 });
       const row = rows[0];
       if (!row) return undefined;
       const replayLsn = row.replay_lsn === null ? null : parseLsn(row.replay_lsn);

@@ -74,7 +74,7 @@ describe('a replica of the promoted primary, seen by the application login', () 
     await primary?.stop();
   });
 
-  it('is eligible for reads, on timeline 2, right after it has caught up rather than after its next restartpoint', async () => {
+  it('is eligible for reads, on timeline 2, right after it has caught up rather than after its next restartpoint, also to a process that probed it before migration 017', async () => {
     await Promise.all([promoted.waitForCatchUp(), follower.waitForCatchUp()]);
     // The primary fails (a clean stop: both replicas have all of its WAL, so the follower can
     // follow the promoted one's new timeline), one replica is promoted, the other re-pointed.
@@ -95,22 +95,37 @@ describe('a replica of the promoted primary, seen by the application login', () 
     const written = await createShardWriter({ router, primaries: new Map([[SHARD, newPrimary]]) }).withShardWrite(id, ({ client }) =>
       client.query("insert into users (id, slot, email, display_name) values ($1, 7, 'new@example.org', 'on timeline 2')", [id]),
     );
+    /** Waits until the follower streams timeline 2 and has replayed all the new primary wrote; answers its control file's timeline. */
+    const replayed = async (): Promise<number | undefined> => {
+      const target = await withClient(promoted.url, async (c) => (await c.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn')).rows[0]?.lsn);
+      const deadline = Date.now() + 30_000;
+      return withClient(follower.url, async (c) => {
+        for (;;) {
+          const { rows } = await c.query<{ ok: boolean }>(
+            "select coalesce((select received_tli = 2 and status = 'streaming' from pg_stat_wal_receiver), false) and pg_last_wal_replay_lsn() >= $1::pg_lsn as ok",
+            [target],
+          );
+          if (rows[0]?.ok) break;
+          if (Date.now() > deadline) throw new Error(`the follower did not replay timeline 2 up to ${target}`);
+          await sleep(25);
+        }
+        const { rows } = await c.query<{ tli: number }>('select greatest((pg_control_checkpoint()).timeline_id, nullif((pg_control_recovery()).min_recovery_end_timeline, 0)) as tli');
+        return rows[0]?.tli;
+      });
+    };
+    // A process whose first probe ran before migration 017 had reached the replica (the code
+    // deployed first, which the migration allows): refused the function then, it must not keep
+    // the control file's timeline once the function is there.
+    const masterUrl = `postgresql://${MASTER}:${encodeURIComponent(MASTER_PASSWORD)}@127.0.0.1:${promoted.port}/${DATABASE}`;
+    await withClient(masterUrl, (c) => c.query('alter function wal_receiver_timeline() rename to wal_receiver_timeline_later'));
+    await replayed();
+    const early = await readerFor(appUrl);
+    const earlyBefore = early.replicaStates(SHARD)[0]?.state.timeline;
+    await withClient(masterUrl, (c) => c.query('alter function wal_receiver_timeline_later() rename to wal_receiver_timeline'));
     // The follower streams timeline 2 and has replayed the write.
-    const target = await withClient(promoted.url, async (c) => (await c.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn')).rows[0]?.lsn);
-    const deadline = Date.now() + 30_000;
-    const control = await withClient(follower.url, async (c) => {
-      for (;;) {
-        const { rows } = await c.query<{ ok: boolean }>(
-          "select coalesce((select received_tli = 2 and status = 'streaming' from pg_stat_wal_receiver), false) and pg_last_wal_replay_lsn() >= $1::pg_lsn as ok",
-          [target],
-        );
-        if (rows[0]?.ok) break;
-        if (Date.now() > deadline) throw new Error(`the follower did not replay timeline 2 up to ${target}`);
-        await sleep(25);
-      }
-      const { rows } = await c.query<{ tli: number }>('select greatest((pg_control_checkpoint()).timeline_id, nullif((pg_control_recovery()).min_recovery_end_timeline, 0)) as tli');
-      return rows[0]?.tli;
-    });
+    const control = await replayed();
+    await early.refresh();
+    const [earlyAfter] = early.replicaStates(SHARD);
     // What the application login sees by itself: the receiver's row, its timeline hidden.
     const hidden = await withClient(appUrl(follower.port), async (c) => (await c.query<{ tli: number | null }>('select received_tli as tli from pg_stat_wal_receiver')).rows);
     const fn = await withClient(appUrl(follower.port), async (c) =>
@@ -141,5 +156,7 @@ describe('a replica of the promoted primary, seen by the application login', () 
     expect({ servedBy: withToken.servedBy, found: withToken.value }).toEqual({ servedBy: `${SHARD}/replica-1`, found: 1 });
     expect({ timeline: monitored?.state.timeline, ineligible: monitored?.ineligible }).toEqual({ timeline: 2, ineligible: null });
     expect({ servedBy: plain.servedBy, found: plain.value }).toEqual({ servedBy: `${SHARD}/replica-1`, found: 1 });
+    expect(earlyBefore).toBe(1);
+    expect({ timeline: earlyAfter?.state.timeline, ineligible: earlyAfter?.ineligible }).toEqual({ timeline: 2, ineligible: null });
   }, 120_000);
 });
