@@ -38,6 +38,7 @@ import { CatalogStore } from '../adapters/postgres/catalog-store.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../adapters/postgres/embedded-cluster.js';
 import { HistoryReader } from '../adapters/postgres/history-reader.js';
 import { runMigrations } from '../adapters/postgres/migrate.js';
+import { ListeningClient } from '../adapters/postgres/listening-client.js';
 import { MoveBusyError } from '../adapters/postgres/mover.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { SimulatedFleet } from '../adapters/sim/fleet.js';
@@ -161,7 +162,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const cluster = await startEmbeddedCluster({ root: join(options.dataDir, 'pg'), shards: options.shards, replicasPerShard: options.replicasPerShard, onProgress: (m) => say(`  postgres: ${m}`) });
     cleanup.push(() => cluster.stop());
 
-    const catalogPool = new pg.Pool({ connectionString: cluster.catalogUrl, max: 10, connectionTimeoutMillis: 3000 });
+    const catalogPool = new pg.Pool({ connectionString: cluster.catalogUrl, max: 10, connectionTimeoutMillis: 3000, Client: ListeningClient });
     catalogPool.on('error', () => undefined);
     cleanup.push(() => catalogPool.end());
     await runMigrations(catalogPool, 'catalog', join(MIGRATIONS, 'catalog'));

@@ -14,6 +14,7 @@
  */
 import pg from 'pg';
 import { SecretPool, type LoginCredentials } from './secret-pool.js';
+import { ListeningClient } from './listening-client.js';
 import type { ShardConfig } from '../../core/sharding/config.js';
 import { RoutingError } from '../../core/sharding/errors.js';
 import { withRdsTls } from './tls.js';
@@ -91,6 +92,7 @@ export function createNodePool(url: string, options: Omit<ShardPoolOptions, 'cre
     connectionTimeoutMillis: options.connectionTimeoutMillis ?? 2000,
     idleTimeoutMillis: options.idleTimeoutMillis ?? 30_000,
     application_name: options.applicationName ?? 'ca-dms-scaling',
+    Client: ListeningClient,
   };
   return credentials ? new SecretPool(config, credentials) : new pg.Pool(config);
 }

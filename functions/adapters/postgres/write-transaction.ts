@@ -289,12 +289,16 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       pool.connect().then(
         async (client) => {
           let failed: Error | undefined;
+          // A connection that dies while checked out emits 'error' on the client (see transaction.ts).
+          const ignore = (): void => undefined;
+          client.on('error', ignore);
           try {
             for (const { sql, params } of DESTINATION_WARM_UP) await client.query(sql, params);
           } catch (err) {
             failed = err instanceof Error ? err : new Error(String(err));
           }
           // A connection whose statement failed is not kept: it may be the connection that broke.
+          client.off('error', ignore);
           client.release(failed);
         },
         () => undefined,
@@ -349,6 +353,14 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       const pool = options.primaries.get(route.shardId);
       if (!pool) throw new ShardWriteError('unknown-shard', `key routes to shard ${route.shardId}, which has no primary pool`);
       const client = await pool.connect();
+      // A connection that dies while checked out (a restart, a failover, pg_terminate_backend)
+      // emits 'error' on the client, which the pool does not listen to then: unheard, it would end
+      // the process. The failed query carries the error to the caller instead (see transaction.ts).
+      let died = false;
+      const onError = (): void => {
+        died = true;
+      };
+      client.on('error', onError);
       let outcome: FenceVerdict;
       let broken = false;
       try {
@@ -394,7 +406,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           waitedFor = 'copy';
         } else throw err;
       } finally {
-        client.release(broken || undefined);
+        client.off('error', onError);
+        client.release(broken || died || undefined);
       }
       if (outcome === 'reroute') {
         reroutes += 1;

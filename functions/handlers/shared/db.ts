@@ -27,6 +27,7 @@ import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import pg from 'pg';
 import { DatabaseSecretError, readSecret } from '../../adapters/aws/database-secret.js';
 import { SecretPool } from '../../adapters/postgres/secret-pool.js';
+import { ListeningClient } from '../../adapters/postgres/listening-client.js';
 import { withRdsTls, tlsFor } from '../../adapters/postgres/tls.js';
 
 export { isAuthenticationFailure, SecretPool } from '../../adapters/postgres/secret-pool.js';
@@ -48,6 +49,7 @@ export const POOL_DEFAULTS = {
   idleTimeoutMillis: 120_000,
   query_timeout: CATALOG_STATEMENT_TIMEOUT_MS + 2000,
   keepAlive: true,
+  Client: ListeningClient,
 } as const satisfies pg.PoolConfig;
 
 function withErrorListener<P extends pg.Pool>(pool: P): P {
