@@ -819,7 +819,17 @@ export class PgMovePort implements MovePort<MoveJob> {
         if (ownersJson) await this.upsert(to, job, 'users', ownersJson, (JSON.parse(ownersJson) as unknown[]).length);
         await to.query(`delete from ${table} where ${where}`);
         const sink = to.query(copyFrom(`copy ${table} (${cols}) from stdin with (format binary)`));
-        await pipeline(from.query(copyTo(`copy (select ${cols} from (${rows}) p) to stdout with (format binary)`)), sink);
+        try {
+          await pipeline(from.query(copyTo(`copy (select ${cols} from (${rows}) p) to stdout with (format binary)`)), sink);
+        } catch (err) {
+          // The COPY TO stream reads the source's socket only as fast as the sink takes its rows;
+          // destroyed part-way (the target's session went), it reads it no more, and the source
+          // client waits for the end of a COPY it will never see: its rollback (and the run) would
+          // hang for ever, the source transaction open and the lease renewed. Closing the socket
+          // fails that client's queries now; the pool discards it and the server rolls back.
+          (from as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+          throw err;
+        }
         if (sink.rowCount === 0) return { n: 0, last: null };
         const { rows: last } = await to.query<{ last: string }>(`select id::text as last from ${table} where ${where} order by id desc limit 1`);
         return { n: sink.rowCount, last: last[0]?.last ?? null };
