@@ -685,9 +685,10 @@ export class PgMovePort implements MovePort<MoveJob> {
           if (attempt <= 3) continue;
           throw err;
         }
-        if (attempt <= 3 && (await this.clearStaleCopies(job, table, met.map((r) => r.id))) > 0) continue;
+        const { inTheWay } = await this.clearStaleCopies(job, table, met.map((r) => r.id));
+        if (attempt <= 3 && inTheWay.length === 0) continue;
         throw new MoveError(
-          `${table} id(s) ${met.slice(0, 5).map((r) => r.id).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}, and are not another unfinished move's stale copies; nothing on ${job.to} was overwritten and the copy stops here. ` +
+          `${table} id(s) ${(inTheWay.length > 0 ? inTheWay : met.map((r) => r.id)).slice(0, 5).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}, and are not another move's stale copies; nothing on ${job.to} was overwritten and the copy stops here. ` +
             `Ids must be unique across shards (docs/sharding-spec.md, section 9)`,
           { cause: err },
         );
@@ -696,18 +697,22 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
-   * Deletes from the target the stale copies, among the rows named by `ids`, that other
-   * unfinished moves from this move's source into its target hold of rows this move's unit holds
-   * on the source now (a document handed from an owner of the other unit to one of this unit
-   * since that move copied it), and answers how many. Each such row is one the other move would
-   * delete itself at its next catch-up pass: the source logged its leaving that move's unit. A
-   * row is deleted only
+   * Deletes from the target the stale copies, among the rows named by `ids`, that stand in the
+   * way of rows this move's unit holds on the source now (a document handed from an owner of
+   * another unit to one of this unit since the copy in the way was made), and answers how many it
+   * deleted and which of `ids` are still in the way after it (none: the page or pass can be
+   * written again; another move may have removed its copy meanwhile). Two kinds of copies:
+   * another unfinished move's from this source into this target (it would delete the row itself
+   * at its next catch-up pass: the source logged its leaving that unit), and the rows a finished
+   * move left on this target, its old owner, for its clean-up (a unit `moved` here: a move the
+   * other way, whose clean-up has not run). A row is deleted only
    *
-   * - if it is in a unit whose fence row on the target says `incoming` for another job, locked FOR
-   *   SHARE here (the other move cannot open it before this commits): never a row of a unit the
-   *   target owns (`open`, or no row), nor one a move left there (`moved`);
-   * - if that job captures changes on this source now (its `move_captures` row): the row's leaving
-   *   its unit was logged there, and the job's rollback has not stopped its capture;
+   * - if it is in a unit whose fence row on the target says `moved`, or `incoming` for another
+   *   job, locked FOR SHARE here (the other move cannot open it before this commits): never a row
+   *   of a unit the target owns (`open`, or no row);
+   * - for `incoming`, if that job captures changes on this source now (its `move_captures` row):
+   *   the row's leaving its unit was logged there, and the job's rollback has not stopped its
+   *   capture (a `moved` unit's rows here are read by no one and wait only to be deleted);
    * - by the other unit's own filter and id (and, for a slot, not of a key with a directory row
    *   here, whose row decides the key's rows): this move's copy of the id, in its own unit, is never
    *   matched, nor is it by the other move's later deletes, which match by id and unit too;
@@ -720,7 +725,16 @@ export class PgMovePort implements MovePort<MoveJob> {
    * comparing its unit there (its capture on the target, see {@link preVerify}) compares the rows
    * again. Documents only: a user's slot is its id's, so no user changes units.
    */
-  private async clearStaleCopies(job: MoveJob, table: TableName, ids: readonly string[]): Promise<number> {
+  private async clearStaleCopies(job: MoveJob, table: TableName, ids: readonly string[]): Promise<{ readonly cleared: number; readonly inTheWay: readonly string[] }> {
+    const outsideHere = this.unitFilter(job, table, 2, 't.');
+    const inTheWay = async (): Promise<string[]> =>
+      (await this.pool(job.to).query<{ id: string }>(`select t.id::text as id from ${table} t where t.id = any($1::uuid[]) and not (${outsideHere.sql}) order by t.id`, [ids, ...outsideHere.params])).rows.map((r) => r.id);
+    const cleared = await this.deleteStaleCopies(job, table, ids);
+    return { cleared, inTheWay: await inTheWay() };
+  }
+
+  /** The deletes of {@link clearStaleCopies}; answers how many rows it deleted. */
+  private async deleteStaleCopies(job: MoveJob, table: TableName, ids: readonly string[]): Promise<number> {
     if (table !== 'documents' || ids.length === 0) return 0;
     const source = this.pool(job.from);
     const mine = this.unitFilter(job, table, 2, 't.');
@@ -733,9 +747,9 @@ export class PgMovePort implements MovePort<MoveJob> {
     return this.write<number>(job, job.to, async (target) => {
       await this.assertIncoming(target, job);
       const outside = this.unitFilter(job, table, 3, 'c.');
-      const { rows: fences } = await target.query<{ kind: 'slot' | 'directory'; unit_id: string; job_id: string; excluded_keys: string[] }>(
-        `select w.kind, w.unit_id, w.job_id::text as job_id, w.excluded_keys from write_fences w
-          where w.state = 'incoming' and w.job_id is not null and w.job_id <> $2
+      const { rows: fences } = await target.query<{ kind: 'slot' | 'directory'; unit_id: string; state: string; job_id: string | null; excluded_keys: string[] }>(
+        `select w.kind, w.unit_id, w.state, w.job_id::text as job_id, w.excluded_keys from write_fences w
+          where ((w.state = 'incoming' and w.job_id is not null and w.job_id <> $2) or w.state = 'moved')
             and exists (select 1 from ${table} c
                          where c.id = any($1::uuid[]) and not (${outside.sql})
                            and ((w.kind = 'slot' and w.unit_id = c.slot::text and not (c.owner_id::text = any (w.excluded_keys)))
@@ -744,16 +758,17 @@ export class PgMovePort implements MovePort<MoveJob> {
           for share`,
         [candidates, job.id, ...outside.params],
       );
-      const live = await capturing(fences.map((f) => f.job_id));
+      const live = await capturing(fences.flatMap((f) => (f.state === 'incoming' && f.job_id !== null ? [f.job_id] : [])));
       const deleted: string[] = [];
       const from: string[] = [];
       for (const f of fences) {
-        if (!live.has(f.job_id)) continue;
+        const incoming = f.state === 'incoming' && f.job_id !== null ? f.job_id : null;
+        if (f.state === 'incoming' && (incoming === null || !live.has(incoming))) continue;
         const other = this.unitFilter({ kind: f.kind, unitId: f.unit_id, excludedKeys: f.excluded_keys }, table, 2, 'x.');
         // A row of a slot whose owner has a directory row here is that row's, whatever its slot says.
         const pinned = f.kind === 'slot' ? " and not exists (select 1 from write_fences d where d.kind = 'directory' and d.unit_id = x.owner_id::text)" : '';
         const { rows } = await target.query<{ id: string }>(`delete from ${table} x where x.id = any($1::uuid[]) and ${other.sql}${pinned} returning x.id::text as id`, [candidates, ...other.params]);
-        if (rows.length > 0) from.push(f.job_id);
+        if (rows.length > 0 && incoming !== null) from.push(incoming);
         deleted.push(...rows.map((r) => r.id));
       }
       if (deleted.length === 0) return 0;
@@ -997,7 +1012,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       // takes, each of two such moves could be refused for good on the other's stale copies, their
       // own stale copies logged past the pass that kept failing.
       await upsertAll().catch(async (err: unknown) => {
-        if (!(err instanceof UnitCollision) || err.table !== 'documents' || (await this.clearStaleCopies(job, 'documents', err.ids)) === 0) throw err;
+        if (!(err instanceof UnitCollision) || err.table !== 'documents' || (await this.clearStaleCopies(job, 'documents', err.ids)).inTheWay.length > 0) throw err;
         await upsertAll();
       });
     }

@@ -307,13 +307,16 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
   }
 
   /**
-   * Whether `err` is a unique violation of `users` or `documents` by id against a row of a unit
-   * this shard holds a move's copy of (`incoming`), read on `client` (its transaction rolled
-   * back). Such an id is not a duplicate: it is a row another unit held when the move copied it
-   * (a document handed to another owner: deleted there, inserted here), which the move's
-   * catch-up removes. So the write waits for it as for a fence.
+   * Whether `err` is a unique violation of `users` or `documents` by id against a row that is no
+   * duplicate but a copy a move is about to remove, read on `client` (its transaction rolled
+   * back): a row of a unit this shard holds without owning it, a move's copy coming in
+   * (`incoming`, removed by that move's catch-up) or a finished move's rows waiting for its
+   * clean-up (`moved`), of an id the shard that owns the unit now no longer holds (a document
+   * handed to another owner: deleted there, inserted here). Also when the row is gone by the
+   * time it is looked up (removed in between). So the write waits for it as for a fence. While
+   * the owning shard still holds the id it is a real duplicate (ids are unique across shards).
    */
-  async function conflictsWithIncomingCopy(client: pg.PoolClient, shardId: string, err: unknown): Promise<boolean> {
+  async function conflictsWithCopy(client: pg.PoolClient, shardId: string, err: unknown): Promise<boolean> {
     const e = err as { code?: unknown; table?: unknown; constraint?: unknown; detail?: unknown };
     if (e.code !== UNIQUE_VIOLATION || (e.table !== 'users' && e.table !== 'documents') || e.constraint !== `${e.table}_pkey`) return false;
     const id = typeof e.detail === 'string' ? /^Key \(id\)=\(([0-9a-f-]{36})\)/i.exec(e.detail)?.[1] : undefined;
@@ -322,13 +325,12 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     const state = rowFenceStateSql(owner, 'r.slot');
     const { rows } = await client.query<{ state: string; owner: string }>(`select ${state} as state, ${owner}::text as owner from ${e.table} r where r.id = $1`, [id]);
     const row = rows[0];
-    if (row?.state !== 'incoming') return false;
-    // The copy is stale only if the id has left the shard that still owns the copy's unit (the
-    // source): while the source holds the id, it is a real duplicate (ids are unique across shards).
-    const source = await options.router.routeForWrite(canonicalKey(row.owner), { fresh: true });
-    const sourcePool = source.shardId === shardId ? undefined : options.primaries.get(source.shardId);
-    if (!sourcePool) return false;
-    const held = await sourcePool.query(`select 1 from ${e.table} where id = $1`, [id]);
+    if (row === undefined) return true;
+    if (row.state !== 'incoming' && row.state !== 'moved') return false;
+    const owning = await options.router.routeForWrite(canonicalKey(row.owner), { fresh: true });
+    const owningPool = owning.shardId === shardId ? undefined : options.primaries.get(owning.shardId);
+    if (!owningPool) return false;
+    const held = await owningPool.query(`select 1 from ${e.table} where id = $1`, [id]);
     return held.rowCount === 0;
   }
 
@@ -401,7 +403,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         // committed, so the write is retried like one that saw the fence up front.
         if (code === 'CAF01') outcome = 'wait';
         else if (code === 'CAF02') outcome = 'reroute';
-        else if (!broken && (await conflictsWithIncomingCopy(client, route.shardId, err).catch(() => false))) {
+        else if (!broken && (await conflictsWithCopy(client, route.shardId, err).catch(() => false))) {
           outcome = 'wait';
           waitedFor = 'copy';
         } else throw err;
@@ -419,7 +421,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           throw new ShardWriteError(
             'fence-timeout',
             waitedFor === 'copy'
-              ? `an id this write inserts on shard ${route.shardId} is held by a move's copy of another unit for more than ${maxFenceWaitMs} ms (the row left that unit; its move's catch-up removes the copy): retry later`
+              ? `an id this write inserts on shard ${route.shardId} is held by a move's copy of another unit for more than ${maxFenceWaitMs} ms (the row left that unit; that move's catch-up or clean-up removes the copy): retry later`
               : `slot ${route.slot} on shard ${route.shardId} stayed fenced for more than ${maxFenceWaitMs} ms (a move is in its cutover or its mover stopped there)`,
           );
         }

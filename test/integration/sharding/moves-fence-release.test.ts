@@ -153,4 +153,41 @@ describe("a writer meeting a move's copy of another unit", () => {
     expect({ shard: written.shardId, rows: written.value.rowCount }).toEqual({ shard: to, rows: 1 });
     expect(await copies()).toEqual([[], [{ owner: v, slot: targetSlot }]]);
   });
+
+  it("hands a document of a unit moved away from this shard, before the move's clean-up, back to an owner here: the insert waits for the clean-up, then lands once", async () => {
+    const map = await env.slotMaps.current();
+    const here = map.assignments[3000] as string;
+    const [s, t] = map.assignments.flatMap((owner, slot) => (owner === here && slot >= 3000 ? [slot] : [])) as [number, number];
+    const source = env.shards.get(here) as pg.Pool;
+    const away = [...env.shards.keys()].find((x) => x !== here) as string;
+    const [u] = keysInSlot(s, 1) as [string];
+    const [w] = keysInSlot(t, 1) as [string];
+    await seedUsers(source, s, [u], 1);
+    await seedUsers(source, t, [w], 1);
+    const d = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1', [u])).rows[0]?.id as string;
+    // Slot s moves away; its mover dies before the clean-up: its rows stay here, 'moved'.
+    const killed = env.mover({
+      readerGraceMs: 0,
+      async hook(point, job) {
+        if (point !== 'cleaning_up') return;
+        await env.catalog.query('update catalog.move_jobs set lease_expires_at = clock_timestamp() where id = $1', [job.id]);
+        throw new Error('test: killed at cleaning_up');
+      },
+    });
+    const job = await killed.plan({ kind: 'slot', slot: s, to: away, createdBy: 'test' });
+    await expect(killed.run(job.id)).rejects.toThrow(/killed at cleaning_up/);
+    expect(await env.ownerOf(s)).toBe(away);
+
+    // d goes from u (now away) to w (here): delete there, insert here.
+    await env.writer.withShardWrite(u, ({ client }) => client.query('delete from documents where id = $1', [d]));
+    const insert = env.writer.withShardWrite(w, ({ client, slot }) => client.query(`insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'handed back')`, [d, w, slot]));
+    insert.catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 300));
+    // The next run (once the dead run's lease is gone) cleans up.
+    expect((await env.mover({ readerGraceMs: 0 }).run(job.id)).state).toBe('done');
+
+    expect((await insert).shardId).toBe(here);
+    const rows = await Promise.all([source, env.shards.get(away) as pg.Pool].map(async (p) => (await p.query<{ owner: string; slot: number }>('select owner_id::text as owner, slot from documents where id = $1', [d])).rows));
+    expect(rows).toEqual([[{ owner: w, slot: t }], []]);
+  });
 });

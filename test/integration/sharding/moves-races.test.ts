@@ -665,4 +665,41 @@ describe("the bulk copy beside another move's stale copies", () => {
     const onTarget = (await target.query<{ id: string; slot: number }>('select id::text, slot from documents where id = any($1::uuid[]) order by id', [[X, Y]])).rows;
     expect(onTarget).toEqual([{ id: Y, slot: s1 }, { id: X, slot: s2 }]);
   }, 120_000);
+
+  it("clears the rows a finished move the other way left on its target for its clean-up, when one of them is now this unit's", async () => {
+    const map = await env.slotMaps.current();
+    const [a, b] = ['shard_a', 'shard_b'];
+    // The last slot of each shard, which no other test of this file uses.
+    const s = map.assignments.lastIndexOf(a);
+    const t = map.assignments.lastIndexOf(b);
+    const [u] = keysInSlot(s, 1) as [string];
+    const [w] = keysInSlot(t, 1) as [string];
+    await seedUsers(env.shards.get(a) as pg.Pool, s, [u], 1);
+    await seedUsers(env.shards.get(b) as pg.Pool, t, [w], 1);
+    const d = (await (env.shards.get(b) as pg.Pool).query<{ id: string }>('select id::text from documents where owner_id = $1', [w])).rows[0]?.id as string;
+    // s (on a) starts moving to b and is copied; t moves from b to a, and its mover dies before
+    // its clean-up: t's rows stay on b, 'moved' there.
+    const stoppedAfterCopy = env.mover({ readerGraceMs: 0, hook: (point) => (point === 'catching_up' ? Promise.reject(new Error('test: stopped after the copy')) : undefined) });
+    const jobS = await stoppedAfterCopy.plan({ kind: 'slot', slot: s, to: b, createdBy: 'test' });
+    await expect(stoppedAfterCopy.run(jobS.id)).rejects.toThrow(/stopped after the copy/);
+    const killed = env.mover({
+      readerGraceMs: 0,
+      async hook(point, job) {
+        if (point !== 'cleaning_up') return;
+        await env.catalog.query('update catalog.move_jobs set lease_expires_at = clock_timestamp() where id = $1', [job.id]);
+        throw new Error('test: killed at cleaning_up');
+      },
+    });
+    const jobT = await killed.plan({ kind: 'slot', slot: t, to: a, createdBy: 'test' });
+    await expect(killed.run(jobT.id)).rejects.toThrow(/killed at cleaning_up/);
+    // w and u both live on a now: d goes from w to u in one statement.
+    await env.writer.withShardWrite(w, ({ client }) => client.query('update documents set owner_id = $1, slot = $2 where id = $3', [u, s, d]));
+
+    const done = await env.mover({ readerGraceMs: 0 }).run(jobS.id);
+
+    expect(done.state).toBe('done');
+    expect((await env.mover({ readerGraceMs: 0 }).run(jobT.id)).state).toBe('done');
+    const rows = await Promise.all([a, b].map(async (x) => (await (env.shards.get(x) as pg.Pool).query<{ owner: string; slot: number }>('select owner_id::text as owner, slot from documents where id = $1', [d])).rows));
+    expect(rows).toEqual([[], [{ owner: u, slot: s }]]);
+  });
 });
