@@ -1,12 +1,11 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type pg from 'pg';
 import { MoveBusyError, type MoveHookPoint, type MoveJob } from '../../../functions/adapters/postgres/mover.js';
 import { MOVE_CRASH_POINTS } from '../../../functions/core/sharding/move-machine.js';
-import { countSlot, documentsOf, keysInSlot, otherProcess, seedUsers, sides } from './fixtures/move-env.js';
-import { startFaultEnv, type FaultEnv, type ShutdownMode } from './fixtures/restartable.js';
-import { startWorkload, type WorkloadResult } from './fixtures/workload.js';
+import { documentsOf, keysInSlot, seedUsers, sides } from './fixtures/move-env.js';
+import { expectMovedCleanly, startFaultEnv, type FaultEnv, type ShutdownMode } from './fixtures/restartable.js';
+import { startWorkload } from './fixtures/workload.js';
 
 type Db = 'source' | 'target' | 'catalog';
 const DBS: readonly Db[] = (process.env.FAULT_DBS?.split(',') as Db[] | undefined) ?? ['source', 'target', 'catalog'];
@@ -43,35 +42,6 @@ async function resumeUntilEnded(id: number, deadlineMs = 60_000): Promise<{ job:
   }
 }
 
-async function checkAfter(slot: number, from: string, to: string, source: pg.Pool, target: pg.Pool, owners: readonly string[], result: WorkloadResult, job: MoveJob): Promise<void> {
-  expect(job.state).toBe('done');
-  expect(await env.ownerOf(slot)).toBe(to);
-  expect(result.anomalies).toEqual([]);
-  expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
-  const onTarget = await documentsOf(target, [...owners, ...result.createdUsers]);
-  // Every acknowledged document is there once, at its acknowledged revision.
-  const missing = [...result.live].filter(([id, rev]) => onTarget.get(id) !== rev).map(([id, rev]) => `${id} rev ${rev} -> ${onTarget.get(id) ?? 'absent'}`);
-  expect(missing).toEqual([]);
-  const unexplained = [...onTarget.keys()].filter((id) => !result.live.has(id) && !result.uncertain.has(id));
-  expect(unexplained).toEqual([]);
-  for (const u of result.createdUsers) expect((await target.query('select 1 from users where id = $1', [u])).rowCount).toBe(1);
-  const fences = async (p: pg.Pool) => (await p.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)])).rows.map((r) => r.state);
-  expect(await fences(source)).toEqual(['moved']);
-  expect(await fences(target)).toEqual(['open']);
-  for (const p of [source, target]) {
-    expect((await p.query('select 1 from move_captures where job_id = $1', [job.id])).rowCount).toBe(0);
-    expect((await p.query('select 1 from move_changes where job_id = $1', [job.id])).rowCount).toBe(0);
-    expect((await p.query('select gid from pg_prepared_xacts')).rows).toEqual([]);
-  }
-  // Nobody is fenced for good: a fresh process writes the unit at once.
-  const other = await otherProcess(env);
-  const [fresh] = keysInSlot(slot, 1) as [string];
-  const w = await other.writer.withShardWrite(fresh, async ({ client, slot: s }) => {
-    await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'after')`, [fresh, s, `${fresh}@example.com`]);
-  });
-  expect(w.shardId).toBe(to);
-  void from;
-}
 
 const ALL = POINTS.flatMap((point) => DBS.flatMap((db) => MODES.flatMap((mode) => WAIT.map((wait) => ({ point, db, mode, wait })))));
 // The whole matrix takes about 2.5 minutes: `npm test` runs a sample of it chosen by fast-check
@@ -121,7 +91,7 @@ describe(`a move whose database restarts at a step (${cases.length} of ${ALL.len
       const result = await load.stop();
       const ctx = `first run: ${first}; resume errors: ${errors.join(' | ')}; job error: ${job.error ?? ''}`;
       expect(job.state, ctx).toBe('done');
-      await checkAfter(slot, from, to, source, target, owners, result, job);
+      await expectMovedCleanly(env, { slot, to, source, target, owners, result, job });
     },
     120_000,
   );

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { Mover } from '../../../functions/adapters/postgres/mover.js';
 import { failingOnce } from './fixtures/flaky-pool.js';
+import { moverKilledAt } from './fixtures/kill.js';
 import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /**
@@ -166,14 +167,7 @@ describe("a writer meeting a move's copy of another unit", () => {
     await seedUsers(source, t, [w], 1);
     const d = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1', [u])).rows[0]?.id as string;
     // Slot s moves away; its mover dies before the clean-up: its rows stay here, 'moved'.
-    const killed = env.mover({
-      readerGraceMs: 0,
-      async hook(point, job) {
-        if (point !== 'cleaning_up') return;
-        await env.catalog.query('update catalog.move_jobs set lease_expires_at = clock_timestamp() where id = $1', [job.id]);
-        throw new Error('test: killed at cleaning_up');
-      },
-    });
+    const killed = moverKilledAt(env, 'cleaning_up');
     const job = await killed.plan({ kind: 'slot', slot: s, to: away, createdBy: 'test' });
     await expect(killed.run(job.id)).rejects.toThrow(/killed at cleaning_up/);
     expect(await env.ownerOf(s)).toBe(away);

@@ -11,6 +11,7 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Mover, MoveConflictError } from '../../../functions/adapters/postgres/mover.js';
+import { moverKilledAt } from './fixtures/kill.js';
 import { countSlot, keysInSlot, otherProcess, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
@@ -682,14 +683,7 @@ describe("the bulk copy beside another move's stale copies", () => {
     const stoppedAfterCopy = env.mover({ readerGraceMs: 0, hook: (point) => (point === 'catching_up' ? Promise.reject(new Error('test: stopped after the copy')) : undefined) });
     const jobS = await stoppedAfterCopy.plan({ kind: 'slot', slot: s, to: b, createdBy: 'test' });
     await expect(stoppedAfterCopy.run(jobS.id)).rejects.toThrow(/stopped after the copy/);
-    const killed = env.mover({
-      readerGraceMs: 0,
-      async hook(point, job) {
-        if (point !== 'cleaning_up') return;
-        await env.catalog.query('update catalog.move_jobs set lease_expires_at = clock_timestamp() where id = $1', [job.id]);
-        throw new Error('test: killed at cleaning_up');
-      },
-    });
+    const killed = moverKilledAt(env, 'cleaning_up');
     const jobT = await killed.plan({ kind: 'slot', slot: t, to: a, createdBy: 'test' });
     await expect(killed.run(jobT.id)).rejects.toThrow(/killed at cleaning_up/);
     // w and u both live on a now: d goes from w to u in one statement.
