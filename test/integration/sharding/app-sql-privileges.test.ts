@@ -1,0 +1,233 @@
+/**
+ * The database-enforced write fence, as a writer in another language sees it: plain SQL
+ * as a login that is a member of `ca_dms_app` only, straight to a shard with the shard migrations.
+ * Every statement form that writes rows, and every way around the triggers, against fence rows in
+ * each state a move leaves them in.
+ */
+import { randomUUID } from 'node:crypto';
+import { dirname, join, resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureApplicationLogin } from '../../../functions/adapters/postgres/app-role.js';
+import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
+import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+
+const SHARD_MIGRATIONS = join(resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations'), 'shard');
+
+let server: TestPostgres;
+let admin: pg.Pool;
+let appUrl: string;
+
+beforeAll(async () => {
+  server = await startTestPostgres({ settings: { max_prepared_transactions: 4 } });
+  admin = new pg.Pool({ connectionString: server.url, max: 3 });
+  await runMigrations(admin, 'shard', SHARD_MIGRATIONS);
+  await ensureApplicationLogin(admin, { username: 'plain_sql_app', password: 'plain sql pass' });
+  appUrl = `postgresql://plain_sql_app:${encodeURIComponent('plain sql pass')}@127.0.0.1:${server.port}/postgres`;
+  // Slots 101 open, 102 fenced, 103 moved, 104 incoming; 105 has no row.
+  await admin.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version) values
+    ('slot', '101', 'open', null, 0), ('slot', '102', 'fenced', null, 0), ('slot', '103', 'moved', 'shard_x', 5), ('slot', '104', 'incoming', null, 0)`);
+}, 120_000);
+afterAll(async () => {
+  await admin?.end();
+  await server?.stop();
+});
+
+/** Runs `fn` on a fresh session of the application login (session settings never leak between probes). */
+async function asApp<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: appUrl });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+/** A user of `slot` with one document, written as the superuser (no fence applies to it: its pass is set). */
+async function seed(slot: number): Promise<{ user: string; doc: string }> {
+  const user = randomUUID();
+  const doc = randomUUID();
+  const c = await admin.connect();
+  try {
+    await c.query("begin; set local ca_dms.move_writer = 'on'");
+    await c.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [user, slot, `${user}@x`, 'u']);
+    await c.query('insert into documents (id, owner_id, slot, title) values ($1, $2, $3, $4)', [doc, user, slot, 't']);
+    await c.query('commit');
+  } finally {
+    c.release();
+  }
+  return { user, doc };
+}
+
+describe('ca_dms_app writing plain SQL to a shard', () => {
+  it('cannot skip, disable or replace the triggers, nor gain a role that can', async () => {
+    const probes: Record<string, string> = {
+      setReplicaRole: await sqlstateOf(() => asApp((c) => c.query('set session_replication_role = replica'))),
+      setConfigReplicaRole: await sqlstateOf(() => asApp((c) => c.query("select set_config('session_replication_role', 'replica', true)"))),
+      alterRoleSetReplica: await sqlstateOf(() => asApp((c) => c.query('alter role plain_sql_app set session_replication_role = replica'))),
+      moverReplicaRole: await sqlstateOf(() => asApp((c) => c.query('begin; select mover_replica_role()'))),
+      disableTrigger: await sqlstateOf(() => asApp((c) => c.query('alter table documents disable trigger documents_write_fence'))),
+      createTrigger: await sqlstateOf(() => asApp((c) => c.query('create trigger t before insert on documents for each row execute function enforce_write_fence()'))),
+      createFunction: await sqlstateOf(() => asApp((c) => c.query('create function public.f() returns int language sql as $$ select 1 $$'))),
+      createSchema: await sqlstateOf(() => asApp((c) => c.query('create schema plain_sql_app'))),
+      createTemp: await sqlstateOf(() => asApp((c) => c.query('create temp table write_fences (x int)'))),
+      setRoleMover: await sqlstateOf(() => asApp((c) => c.query('set role ca_dms_mover'))),
+      grantMover: await sqlstateOf(() => asApp((c) => c.query('grant ca_dms_mover to plain_sql_app'))),
+      claimPermit: await sqlstateOf(() => asApp((c) => c.query('select move_permit_claim(1, 1)'))),
+      insertFence: await sqlstateOf(() => asApp((c) => c.query("insert into write_fences (kind, unit_id) values ('slot', '999')"))),
+      deleteCapture: await sqlstateOf(() => asApp((c) => c.query('delete from move_captures'))),
+      truncate: await sqlstateOf(() => asApp((c) => c.query('truncate documents'))),
+    };
+    expect(probes).toEqual({
+      setReplicaRole: '42501',
+      setConfigReplicaRole: '42501',
+      alterRoleSetReplica: '42501',
+      moverReplicaRole: '42501',
+      disableTrigger: '42501',
+      createTrigger: '42501',
+      createFunction: '42501',
+      createSchema: '42501',
+      createTemp: '42501',
+      setRoleMover: '42501',
+      grantMover: '42501',
+      claimPermit: '42501',
+      insertFence: '42501',
+      deleteCapture: '42501',
+      truncate: '42501',
+    });
+    // No SECURITY DEFINER function but the replica timeline is the application's to call.
+    const definers = await asApp((c) =>
+      c.query<{ f: string }>(
+        "select p.oid::regprocedure::text as f from pg_proc p join pg_namespace n on n.oid = p.pronamespace where p.prosecdef and n.nspname not in ('pg_catalog', 'information_schema') and has_function_privilege(p.oid, 'execute') order by 1",
+      ),
+    );
+    expect(definers.rows.map((r) => r.f)).toEqual(['wal_receiver_timeline()']);
+  });
+
+  it('is refused on fenced, incoming and moved units by every row-writing statement form', async () => {
+    const fenced = await seed(102);
+    const moved = await seed(103);
+    const incoming = await seed(104);
+    const open = await seed(101);
+    const doc = (slot: number, owner: string) => `('${randomUUID()}', '${owner}', ${slot}, 'x')`;
+    const probes: Record<string, string> = {
+      insertFenced: await sqlstateOf(() => asApp((c) => c.query(`insert into documents (id, owner_id, slot, title) values ${doc(102, fenced.user)}`))),
+      insertIncoming: await sqlstateOf(() => asApp((c) => c.query(`insert into documents (id, owner_id, slot, title) values ${doc(104, incoming.user)}`))),
+      insertMoved: await sqlstateOf(() => asApp((c) => c.query(`insert into documents (id, owner_id, slot, title) values ${doc(103, moved.user)}`))),
+      twoUnits: await sqlstateOf(() => asApp((c) => c.query(`insert into documents (id, owner_id, slot, title) values ${doc(101, open.user)}, ${doc(102, fenced.user)}`))),
+      handOverOut: await sqlstateOf(() => asApp((c) => c.query('update documents set owner_id = $1, slot = 101 where id = $2', [open.user, fenced.doc]))),
+      handOverIn: await sqlstateOf(() => asApp((c) => c.query('update documents set owner_id = $1, slot = 103 where id = $2', [moved.user, open.doc]))),
+      deleteMoved: await sqlstateOf(() => asApp((c) => c.query('delete from documents where id = $1', [moved.doc]))),
+      deleteUserCascade: await sqlstateOf(() => asApp(async (c) => {
+          await c.query("begin; set local ca_dms.move_writer = 'on'");
+          await c.query('delete from users where id = $1', [moved.user]);
+        })),
+      upsertOntoFenced: await sqlstateOf(() =>
+        asApp((c) => c.query(`insert into documents (id, owner_id, slot, title) values ($1, $2, 101, 'y') on conflict (id) do update set title = excluded.title`, [fenced.doc, open.user])),
+      ),
+      mergeFenced: await sqlstateOf(() =>
+        asApp((c) =>
+          c.query(`merge into documents d using (values ($1::uuid, $2::uuid, 102, 'm')) v(id, owner_id, slot, title) on d.id = v.id
+                   when matched then update set title = v.title when not matched then insert (id, owner_id, slot, title) values (v.id, v.owner_id, v.slot, v.title)`, [randomUUID(), fenced.user]),
+        ),
+      ),
+      mergeDeleteMoved: await sqlstateOf(() =>
+        asApp((c) => c.query('merge into documents d using (values ($1::uuid)) v(id) on d.id = v.id when matched then delete', [moved.doc])),
+      ),
+      copyMoved: await sqlstateOf(() =>
+        asApp(async (c) => {
+          const sink = c.query(copyFrom('copy documents (id, owner_id, slot, title) from stdin'));
+          await pipeline(Readable.from([`${randomUUID()}\t${moved.user}\t103\tc\n`]), sink);
+        }),
+      ),
+      userSlotChange: await sqlstateOf(() => asApp((c) => c.query('update users set slot = 101 where id = $1', [moved.user]))),
+    };
+    expect(probes).toEqual({
+      insertFenced: 'CAF01',
+      insertIncoming: 'CAF01',
+      insertMoved: 'CAF02',
+      twoUnits: 'CAF01',
+      handOverOut: 'CAF01',
+      handOverIn: 'CAF02',
+      deleteMoved: 'CAF02',
+      deleteUserCascade: 'CAF02',
+      upsertOntoFenced: 'CAF01',
+      mergeFenced: 'CAF01',
+      mergeDeleteMoved: 'CAF02',
+      copyMoved: 'CAF02',
+      userSlotChange: 'CAF02',
+    });
+  });
+
+  it("an insert of an id held here by a row of a unit this shard does not own fails with the primary key's 23505 in every form (shard migration 018)", async () => {
+    const moved = await seed(103);
+    const incoming = await seed(104);
+    const open = await seed(101);
+    const withDetail = async (run: () => Promise<unknown>): Promise<string> => {
+      try {
+        await run();
+        return 'ok';
+      } catch (err) {
+        const e = err as { code?: string; constraint?: string; table?: string; detail?: string };
+        return `${e.code} ${e.table} ${e.constraint} ${e.detail}`;
+      }
+    };
+    const forms = (id: string) => ({
+      plain: withDetail(() => asApp((c) => c.query("insert into documents (id, owner_id, slot, title) values ($1, $2, 101, 'h')", [id, open.user]))),
+      doNothing: withDetail(() =>
+        asApp(async (c) => {
+          const r = await c.query("insert into documents (id, owner_id, slot, title) values ($1, $2, 101, 'h') on conflict (id) do nothing", [id, open.user]);
+          if (r.rowCount === 0) throw Object.assign(new Error('acknowledged, nothing written'), { code: 'silent' });
+        }),
+      ),
+      doUpdate: withDetail(() => asApp((c) => c.query("insert into documents (id, owner_id, slot, title) values ($1, $2, 101, 'h') on conflict (id) do update set id = excluded.id", [id, open.user]))),
+      copy: withDetail(() =>
+        asApp(async (c) => {
+          await pipeline(Readable.from([`${id}\t${open.user}\t101\th\n`]), c.query(copyFrom('copy documents (id, owner_id, slot, title) from stdin')));
+        }),
+      ),
+    });
+    const settle = async (o: Record<string, Promise<string>>): Promise<Record<string, string>> => Object.fromEntries(await Promise.all(Object.entries(o).map(async ([k, v]) => [k, await v] as const)));
+    const dup = (id: string) => `23505 documents documents_pkey Key (id)=(${id}) already exists.`;
+    expect(await settle(forms(moved.doc))).toEqual({ plain: dup(moved.doc), doNothing: dup(moved.doc), doUpdate: dup(moved.doc), copy: dup(moved.doc) });
+    expect(await settle(forms(incoming.doc))).toEqual({ plain: dup(incoming.doc), doNothing: dup(incoming.doc), doUpdate: dup(incoming.doc), copy: dup(incoming.doc) });
+    // What no trigger can see (the spec says so): MERGE reads the held row as a match and inserts nothing.
+    const merged = await asApp((c) =>
+      c.query(`merge into documents d using (values ($1::uuid, $2::uuid)) v(id, owner_id) on d.id = v.id
+               when not matched then insert (id, owner_id, slot, title) values (v.id, v.owner_id, 101, 'h')`, [moved.doc, open.user]),
+    );
+    expect(merged.rowCount).toBe(0);
+    // A row the shard owns: the primary key and ON CONFLICT as ever (an idempotent retry works).
+    const owned = await settle(forms(open.doc));
+    expect({ ...owned, plain: owned.plain?.slice(0, 5), copy: owned.copy?.slice(0, 5) }).toEqual({ plain: '23505', doNothing: 'silent undefined undefined undefined', doUpdate: 'ok', copy: '23505' });
+  });
+
+  it('a prepared transaction keeps the fence row locked, so a fence waits for it like for any writer', async () => {
+    const open = await seed(101);
+    await asApp(async (c) => {
+      await c.query('begin');
+      await c.query("update documents set title = 'prepared' where id = $1", [open.doc]);
+      await c.query("prepare transaction 'app_sql_1'");
+    });
+    try {
+      const fence = await sqlstateOf(async () => {
+        const c = await admin.connect();
+        try {
+          await c.query("begin; set local lock_timeout = '200ms'");
+          await c.query("update write_fences set state = 'fenced' where kind = 'slot' and unit_id = '101'");
+        } finally {
+          await c.query('rollback');
+          c.release();
+        }
+      });
+      expect(fence).toBe('55P03');
+    } finally {
+      await admin.query("commit prepared 'app_sql_1'");
+    }
+  });
+});
