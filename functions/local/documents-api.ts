@@ -259,8 +259,10 @@ const USER_STATE = rowFenceStateSql('u.id', 'u.slot');
 const LIST_USERS_SQL = `select id, email, display_name, created_at, ${USER_STATE} as unit_state
   from users u where ${USER_STATE} not in ${NOT_OWNED_STATES_SQL} order by created_at, id limit $1`;
 const DOC_STATE = rowFenceStateSql('d.owner_id', 'd.slot');
-const DOCUMENT_ANY_OWNER_SQL = `select ${DOC_COLUMNS}, ${DOC_STATE} as unit_state
-  from documents d where id = $1 and ${DOC_STATE} not in ${NOT_OWNED_STATES_SQL}`;
+// Every copy of the id (one row per shard at most), with its unit's state: a copy of a unit in
+// transit (`moved`, `incoming`) is not an answer, but says the document exists.
+const DOCUMENT_ANY_OWNER_SQL = `select ${DOC_COLUMNS}, ${DOC_STATE} as unit_state from documents d where id = $1`;
+const NOT_OWNED_STATES: ReadonlySet<string> = new Set(['moved', 'incoming']);
 
 /** A row as one shard answered it, and whether its unit is fenced there. */
 interface Copy<T> {
@@ -416,21 +418,33 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     // A document lives with its owner; without the owner every shard is asked at once, and only
     // the shard that owns the document's unit answers (see DOCUMENT_ANY_OWNER_SQL).
     const owner = q.owner;
-    const everyShard = (primary: boolean) =>
-      Promise.all(
+    type Found = DocumentRow & { shard_id: string; served_by: string };
+    /** The owned copies, resolved to one; and the owners of copies in units in transit. */
+    const everyShard = async (primary: boolean): Promise<{ found: Found[]; inTransit: string[] }> => {
+      const rows = await Promise.all(
         deps.shardIds.map(async (shardId) => {
           const r = await deps.reader.query<DocumentRow & { unit_state: string }>(shardId, DOCUMENT_ANY_OWNER_SQL, [id], primary ? { primary: true } : tokenFor(shardId, after));
-          const row = r.rows[0];
-          if (!row) return [];
-          const { unit_state, ...d } = row;
-          return [{ item: { ...d, shard_id: shardId, served_by: r.servedBy }, fenced: unit_state === 'fenced' }];
+          return r.rows.map(({ unit_state, ...d }) => ({ item: { ...d, shard_id: shardId, served_by: r.servedBy }, state: unit_state }));
         }),
-      ).then((copies) => oneCopyEach(copies.flat(), (d) => d.id, async (d) => ownerRead(d.owner_id)));
-    let found = owner === undefined ? await everyShard(false) : [await ownerRead(owner)];
+      );
+      const owned = rows.flat().filter((c) => !NOT_OWNED_STATES.has(c.state));
+      const inTransit = rows.flat().filter((c) => NOT_OWNED_STATES.has(c.state)).map((c) => c.item.owner_id);
+      const found = await oneCopyEach(owned.map((c) => ({ item: c.item, fenced: c.state === 'fenced' })), (d) => d.id, async (d) => ownerRead(d.owner_id));
+      return { found, inTransit };
+    };
+    let found: (Found | undefined)[] = owner === undefined ? (await everyShard(false)).found : [await ownerRead(owner)];
     // Replicas of different shards lag independently: one of the source, past a move, leaves the
     // row out while one of the target has not replayed the move in yet. A miss is confirmed on
-    // the primaries, where a unit is owned by one shard at all times (but for the release's few ms).
-    if (owner === undefined && found.length === 0) found = await everyShard(true);
+    // the primaries, where a unit is owned by one shard at all times, but for the release's two
+    // commits (the source 'moved', the target not yet open): a copy in transit is then read
+    // through its owner, which waits for the target to open (or answers a retryable 503), rather
+    // than answer 404 for a document that exists.
+    if (owner === undefined && found.length === 0) {
+      const onPrimaries = await everyShard(true);
+      found = onPrimaries.found;
+      const transitOwner = onPrimaries.inTransit[0];
+      if (found.length === 0 && transitOwner !== undefined) found = [await ownerRead(transitOwner)];
+    }
     const doc = found.find((d) => d !== undefined);
     if (!doc) throw new HttpProblem({ status: 404, detail: `no document ${id}` });
     if (q.owner !== undefined && doc.owner_id !== q.owner) {

@@ -17,3 +17,13 @@ export class ListeningClient extends pg.Client {
     this.on('error', () => undefined);
   }
 }
+
+/**
+ * Closes a client's socket at once. For a connection that will never answer again, or whose
+ * protocol state is lost (a COPY abandoned part-way): its pending and later queries fail now
+ * instead of waiting for ever, the pool discards it on release, and the server rolls back its
+ * transaction. node-postgres has no public call for this; `client.end()` waits for the server.
+ */
+export function dropConnection(client: pg.ClientBase): void {
+  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+}

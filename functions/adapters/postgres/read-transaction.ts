@@ -163,7 +163,9 @@ interface ReaderFenceRow {
  * - `moved` in a slot row whose map version the route's map already has, that map still naming
  *   this shard: the unit moved away and back, and the replica has not replayed its return. A
  *   directory row's version is the directory entry's, which the route does not carry: `moved`
- *   in it is checked on the primary before the read is re-routed.
+ *   in it is checked on the primary before the read is re-routed;
+ * - `incoming`: the replica may not have replayed the unit's opening yet; the primary tells
+ *   whether the move is still copying (then the read waits) or has opened it (then it reads).
  */
 function readVerdict(rows: readonly ReaderFenceRow[], route: WriteRoute, onReplica: boolean): ReadVerdict {
   const relevant = rows.filter((r) => r.kind === 'directory' || !route.viaDirectory);
@@ -173,7 +175,10 @@ function readVerdict(rows: readonly ReaderFenceRow[], route: WriteRoute, onRepli
     const predatesRoute = (r: ReaderFenceRow): boolean => r.kind === 'slot' && Number(r.map_version) <= route.version;
     return route.viaDirectory || moved.every(predatesRoute) ? 'primary' : 'reroute';
   }
-  if (relevant.some((r) => r.state === 'incoming')) return 'wait';
+  // On a replica 'incoming' may be a state its primary left long ago (the move opened the unit
+  // since, and the replica, within its bound, has not replayed that yet): only the primary says
+  // whether the copy is still under way. Waiting here would last as long as the replica lags.
+  if (relevant.some((r) => r.state === 'incoming')) return onReplica ? 'primary' : 'wait';
   if (!onReplica) return 'read';
   const unitKind = route.viaDirectory ? 'directory' : 'slot';
   if (rows.some((r) => r.kind === unitKind)) return 'read';

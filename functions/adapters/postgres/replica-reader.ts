@@ -6,13 +6,16 @@
  * read-your-writes token (see {@link captureWriteToken}) only goes to a replica that has
  * replayed past it. A replica whose query fails with a connection-level error is set aside at
  * once and the read is retried on the next replica or the primary, so a replica going down
- * costs callers one retried query, and no error.
+ * costs callers one retried query, and no error. A replica that stops answering without closing
+ * its connections (a frozen host, a black-holed path) fails no query: a read waiting on it is
+ * given up, and retried the same way, as soon as a probe finds the replica down.
  *
  * Replay lag in seconds is measured from the primary's side (see replica-lag.ts): every probe
  * first commits a heartbeat on the primary, and a replica that replays past it within
  * {@link HEARTBEAT_WAIT_MS} is current. The byte lag (primary WAL position minus replay
- * position) is a second bound. A bound holds at each probe; between probes a replica that has
- * just lost its primary can be at most one health interval staler than measured.
+ * position) is a second bound. A probe vouches for a replica only until its data, as of the
+ * probe's heartbeat, is `max_replica_lag_seconds` old (a replica may stop replaying right after
+ * it); the reader probes at least every half bound, so a current replica is vouched for all along.
  *
  * @example
  * ```ts
@@ -29,6 +32,7 @@ import type pg from 'pg';
 import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
+import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { inClientTransaction } from './transaction.js';
 
@@ -39,6 +43,21 @@ export class ShardUnavailableError extends Error {
   constructor(shardId: string, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.shardId = shardId;
+  }
+}
+
+/**
+ * A read was waiting on a replica that a probe has since found down (no answer within the probe
+ * timeout, or no longer in recovery): its connection is dropped and the read moves on.
+ */
+export class ReplicaDownError extends Error {
+  override readonly name = 'ReplicaDownError';
+  /** A node failure for {@link isNodeFailure}: the read is retried on the next node. */
+  readonly code = 'ENODEDOWN';
+  readonly nodeId: string;
+  constructor(nodeId: string) {
+    super(`${nodeId} stopped answering its health probe while a read waited on it; the read's connection was abandoned`);
+    this.nodeId = nodeId;
   }
 }
 
@@ -147,6 +166,9 @@ export function isNodeFailure(error: unknown): boolean {
   return /connection|terminated|timeout/i.test(error.message);
 }
 
+/** The shortest time between two probes, however tight the lag bound. */
+const MIN_PROBE_INTERVAL_MS = 100;
+
 /** How long a probe waits for a replica to replay the heartbeat before measuring its lag. */
 export const HEARTBEAT_WAIT_MS = 250;
 
@@ -159,13 +181,18 @@ export class ReplicaReader {
   readonly #onFailover: ((event: FailoverEvent) => void) | undefined;
   readonly #states = new Map<string, ReplicaState>();
   readonly #timelines = new Map<string, number>();
+  /** Reads waiting on each replica, told when a probe finds it down. */
+  readonly #downWatchers = new Map<string, Set<(error: ReplicaDownError) => void>>();
   #timer: NodeJS.Timeout | undefined;
   #running = false;
 
   constructor(pools: ShardPools, options: ReplicaReaderOptions) {
     this.#pools = pools;
     this.#bounds = options.bounds;
-    this.#intervalMs = options.intervalMs;
+    // A probe vouches for a replica for max_replica_lag_seconds from its heartbeat at most (see
+    // ReplicaState.freshAsOfMs): probing at least twice in that time keeps a current replica
+    // serving reads all along, even when the health interval is longer than the bound.
+    this.#intervalMs = options.bounds.maxLagSeconds > 0 ? Math.min(options.intervalMs, Math.max(MIN_PROBE_INTERVAL_MS, options.bounds.maxLagSeconds * 500)) : options.intervalMs;
     this.#probeTimeoutMs = options.probeTimeoutMs ?? 2000;
     this.#now = options.now ?? Date.now;
     this.#onFailover = options.onFailover;
@@ -204,14 +231,25 @@ export class ReplicaReader {
     if (replicas.length === 0) return;
     // The heartbeat first: the replicas are then measured against it.
     const options = { timeoutMs: this.#probeTimeoutMs, now: this.#now };
+    // Everything committed before this instant is committed before the heartbeat: a replica that
+    // replays the heartbeat was current as of this instant (not of the end of the probe).
+    const heartbeatStartMs = this.#now();
+    // A probe that found no free connection in a full pool may have timed out waiting for one:
+    // then it says the pool is busy, not that the server stopped answering.
+    const saturated = replicas.map((node) => node.pool.idleCount === 0 && node.pool.totalCount >= (node.pool.options.max ?? 10));
     const heartbeat = await commitHeartbeat(this.#pools.primary(shardId), options);
     if (heartbeat) this.#timelines.set(shardId, heartbeat.timeline);
     const states = await Promise.all(replicas.map((node) => probeReplicaLag(node, heartbeat, { ...options, waitMs: HEARTBEAT_WAIT_MS })));
+    const probedAtMs = this.#now();
     // Read after the replicas' replay positions: one past it follows another server.
     const primaryLsn = heartbeat ? await readPrimaryPosition(this.#pools.primary(shardId), options) : null;
     for (const [i, node] of replicas.entries()) {
       const probe = states[i];
       const checkedAtMs = this.#now();
+      if ((!probe && saturated[i] !== true) || (probe && !probe.inRecovery)) {
+        // Reads still waiting on it go to the next node (they only read: they may run again).
+        for (const watcher of [...(this.#downWatchers.get(node.nodeId) ?? [])]) watcher(new ReplicaDownError(node.nodeId));
+      }
       if (!probe) {
         this.#states.set(node.nodeId, { nodeId: node.nodeId, up: false, lagSeconds: null, lagBytes: null, replayLsn: null, checkedAtMs });
         continue;
@@ -226,6 +264,9 @@ export class ReplicaReader {
         timeline: probe.timeline,
         primaryTimeline: heartbeat?.timeline ?? null,
         primaryLsn,
+        ...(probe.lagSeconds === null
+          ? {}
+          : { freshAsOfMs: probe.lagSeconds === 0 && heartbeat !== null ? heartbeatStartMs : Math.min(checkedAtMs, probedAtMs) - probe.lagSeconds * 1000 }),
       });
     }
   }
@@ -286,14 +327,20 @@ export class ReplicaReader {
       const node = target.kind === 'primary' ? this.#pools.primary(shardId) : this.#pools.node(target.nodeId);
       if (!node) continue;
       let client: pg.PoolClient | undefined;
-      try {
-        client = await node.pool.connect();
+      /** Set when the read gave up on this replica (found down) while it was still connecting. */
+      let abandoned: Error | undefined;
+      const attempt = async (): Promise<{ readonly skip: true } | { readonly skip: false; readonly value: T }> => {
+        const lent = await node.pool.connect();
+        if (abandoned !== undefined) {
+          lent.release(abandoned);
+          throw abandoned;
+        }
+        client = lent;
         if (target.kind === 'replica' && !target.tokenVerified && options.token !== undefined) {
           // Past the position, and on the token's timeline (a replica following an old primary
           // can be past any position of the new one).
           // With the timeline unreadable for this login, the position alone (the reader's state,
           // which then has no timeline either, never verified the token without this check).
-          const lent = client;
           const { rows } = await withTimelineSql(node.pool, (timelineSql) =>
             timelineSql === null
               ? lent.query<{ ok: boolean }>('select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok', [options.token])
@@ -302,27 +349,64 @@ export class ReplicaReader {
                   options.tokenTimeline ?? null,
                 ]),
           );
-          if (rows[0]?.ok !== true) {
-            client.release();
-            client = undefined;
-            continue;
-          }
+          if (rows[0]?.ok !== true) return { skip: true };
         }
-        const result = await fn(client, node.nodeId, { replica: target.kind === 'replica' });
-        client.release();
-        return result;
+        return { skip: false, value: await fn(lent, node.nodeId, { replica: target.kind === 'replica' }) };
+      };
+      try {
+        // A replica that stops answering (a frozen host, a black-holed path) never fails a query
+        // on a connection already open: the read is given up when a probe finds it down.
+        const outcome =
+          target.kind === 'replica'
+            ? await this.#unlessDown(node.nodeId, attempt(), (error) => {
+                abandoned = error;
+              })
+            : await attempt();
+        const done: pg.PoolClient | undefined = client;
+        client = undefined;
+        done?.release();
+        if (outcome.skip) continue;
+        return outcome.value;
       } catch (error) {
         if (!isNodeFailure(error)) {
           client?.release();
           throw error;
         }
-        // A broken connection must not go back to the pool.
+        // A broken connection must not go back to the pool; one abandoned on a replica that stopped
+        // answering is closed at once (ending it politely would wait on that replica).
+        if (error instanceof ReplicaDownError && client !== undefined) dropConnection(client);
         client?.release(error instanceof Error ? error : true);
         lastError = error;
         if (target.kind === 'replica') this.#markFailed(node, error);
       }
     }
     throw new ShardUnavailableError(shardId, `no node of shard ${shardId} could serve the read: ${lastError instanceof Error ? lastError.message : String(lastError)}`, { cause: lastError });
+  }
+
+  /**
+   * `work` on replica `nodeId`, or a {@link ReplicaDownError} as soon as a probe finds the
+   * replica down (`onDown` is told first), whichever comes first.
+   */
+  async #unlessDown<R>(nodeId: string, work: Promise<R>, onDown: (error: ReplicaDownError) => void): Promise<R> {
+    // The loser of the race must not become an unhandled rejection.
+    work.catch(() => undefined);
+    let abandon!: (error: ReplicaDownError) => void;
+    const down = new Promise<never>((_, reject) => {
+      abandon = reject;
+    });
+    const watcher = (error: ReplicaDownError): void => {
+      onDown(error);
+      abandon(error);
+    };
+    const watchers = this.#downWatchers.get(nodeId) ?? new Set<(error: ReplicaDownError) => void>();
+    this.#downWatchers.set(nodeId, watchers);
+    watchers.add(watcher);
+    try {
+      return await Promise.race([work, down]);
+    } finally {
+      watchers.delete(watcher);
+      if (watchers.size === 0) this.#downWatchers.delete(nodeId);
+    }
   }
 
   #markFailed(node: ShardNode, error: unknown): void {

@@ -33,6 +33,13 @@ export interface ReplicaState {
   readonly primaryTimeline?: number | null;
   /** Its primary's WAL insert position read after the replica's probe (null or absent: unknown). */
   readonly primaryLsn?: bigint | null;
+  /**
+   * The caller's clock (ms) at which the replica was last known to hold everything its primary
+   * had committed (absent: not tracked). A replica's data can only age from there: if it stops
+   * replaying right after a probe, it is `nowMs - freshAsOfMs` stale at a read, however small
+   * the lag the probe measured.
+   */
+  readonly freshAsOfMs?: number;
 }
 
 /** How fresh a replica must be to serve reads. */
@@ -84,6 +91,11 @@ export function replicaIneligibility(state: ReplicaState, bounds: FreshnessBound
   if (nowMs - state.checkedAtMs > bounds.maxStateAgeMs) return 'state too old';
   if (state.lagSeconds === null) return 'lag unknown';
   if (state.lagSeconds > bounds.maxLagSeconds) return `lag ${state.lagSeconds.toFixed(1)} s over ${bounds.maxLagSeconds} s`;
+  // The measure holds at the probe; by now the replica may have stopped replaying since (a
+  // receiver gone, replay paused): it is only known to be as fresh as it was then.
+  if (state.freshAsOfMs !== undefined && nowMs - state.freshAsOfMs > bounds.maxLagSeconds * 1000) {
+    return `last known fresh ${((nowMs - state.freshAsOfMs) / 1000).toFixed(1)} s ago, over ${bounds.maxLagSeconds} s`;
+  }
   if (state.lagBytes === null) return 'lag in bytes unknown';
   if (state.lagBytes > BigInt(bounds.maxLagBytes)) return `lag ${state.lagBytes} bytes over ${bounds.maxLagBytes}`;
   return null;

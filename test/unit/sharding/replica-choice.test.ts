@@ -30,6 +30,12 @@ describe('choosing where a read goes', () => {
     expect(replicaIneligibility(state('r', { failedAtMs: NOW - 50 }), bounds, NOW)).toBe('a query failed since the last check');
   });
 
+  it('stops trusting a probe once the replica may have aged past the bound since it', () => {
+    // Measured current 4 s ago: it may have stopped replaying right after, so it is vouched for 1 s more.
+    expect(replicaIneligibility(state('r', { freshAsOfMs: NOW - 4_000 }), bounds, NOW)).toBeNull();
+    expect(replicaIneligibility(state('r', { freshAsOfMs: NOW - 5_001 }), bounds, NOW)).toBe('last known fresh 5.0 s ago, over 5 s');
+  });
+
   it('gives a replica whose query failed another chance at the next check', () => {
     expect(replicaIneligibility(state('r', { failedAtMs: NOW - 200, checkedAtMs: NOW - 100 }), bounds, NOW)).toBeNull();
   });
