@@ -42,14 +42,20 @@ export interface MovesResult {
   readonly failed: ReadonlyArray<{ id: number; error: string }>;
   /** Set when another worker held the moves-worker lease: this tick touched nothing. */
   readonly skipped?: { holder: string; since: string; until: string };
+  /** Set when the event was refused (not an EventBridge scheduled event): the fields at fault. */
+  readonly issues?: ReadonlyArray<{ path: string; message: string }>;
 }
 
 /** Builds the handler around a sharding runtime provider (tests pass their own). */
 export function createMovesHandler(runtime: () => Promise<ShardingRuntime | undefined>) {
   return withPowertools(async (event: unknown, context: Context): Promise<MovesResult> => {
-    if (!scheduledEventSchema.safeParse(event).success) {
-      logger.error('rejected event: not an EventBridge scheduled event; no move touched');
-      return { accepted: false, ran: [], busy: [], failed: [] };
+    const parsed = scheduledEventSchema.safeParse(event);
+    if (!parsed.success) {
+      // As the evaluation function: the fields at fault, in the log and in the answer.
+      const issues = parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.') || '(root)', message: i.message }));
+      logger.error('rejected event: not an EventBridge scheduled event; no move touched', { issues });
+      metrics.addMetric('RejectedEvents', MetricUnit.Count, 1);
+      return { accepted: false, ran: [], busy: [], failed: [], issues };
     }
     const sharding = await runtime();
     if (!sharding) {

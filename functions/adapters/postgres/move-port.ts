@@ -32,6 +32,7 @@ import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
+import { dropConnection } from './listening-client.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { SlotMapStore } from './slot-map-store.js';
@@ -234,6 +235,13 @@ export const PERMIT_CLAIM_WAIT_MS = 10_000;
 /** At most this many comparisons of the changed rows before each fence attempt (see {@link PgMovePort.recompare}). */
 const RECOMPARE_ROUNDS = 3;
 
+/**
+ * How long past the fence budget a shard statement of the fenced part may stay unanswered before
+ * its connection is closed (see {@link PgMovePort.fencedPool}): well past what the server's own
+ * bounds within the budget leave, so only a connection that went silent is closed.
+ */
+export const FENCED_STATEMENT_SLACK_MS = 5000;
+
 /** Reads that must see one consistent state of the source (a page and its owners, a change batch). */
 const SNAPSHOT = 'begin isolation level repeatable read read only';
 /**
@@ -432,7 +440,51 @@ export class PgMovePort implements MovePort<MoveJob> {
   private pool(shard: string): pg.Pool {
     const pool = this.options.shards.get(shard);
     if (!pool) throw new MoveError(`shard ${shard} has no primary pool in this mover`);
-    return pool;
+    return this.fenceDeadline === null ? pool : this.fencedPool(pool);
+  }
+
+  /**
+   * `pool` as used while this run holds the fence: every client it hands out has its socket
+   * closed once the fence budget is spent and {@link FENCED_STATEMENT_SLACK_MS} more, should it
+   * still be out. The server bounds the fenced statements (`lock_timeout`, `statement_timeout`
+   * within the budget) only while it can answer: on a connection that went silent (a network
+   * path that drops packets without a reset, the old address of a failed-over instance) a
+   * statement would wait for ever, and writes to the unit with it, until the function's timeout.
+   * Closed, the statement fails, and the run reopens the fence and stays resumable.
+   */
+  private fencedPool(pool: pg.Pool): pg.Pool {
+    const afterMs = this.budgetLeft() + FENCED_STATEMENT_SLACK_MS;
+    const connect = async (): Promise<pg.PoolClient> => {
+      const client = await pool.connect();
+      const timer = setTimeout(() => {
+        dropConnection(client);
+      }, afterMs);
+      const release = client.release.bind(client);
+      client.release = (err?: Error | boolean): void => {
+        clearTimeout(timer);
+        release(err);
+      };
+      return client;
+    };
+    const query = async (...args: unknown[]): Promise<unknown> => {
+      const client = await connect();
+      let broken: Error | undefined;
+      try {
+        return await (client.query as (...a: unknown[]) => Promise<unknown>)(...args);
+      } catch (err) {
+        broken = err as Error;
+        throw err;
+      } finally {
+        client.release(broken);
+      }
+    };
+    return new Proxy(pool, {
+      get(target, prop, receiver): unknown {
+        if (prop === 'connect') return connect;
+        if (prop === 'query') return query;
+        return Reflect.get(target, prop, receiver) as unknown;
+      },
+    });
   }
 
   /** Between copy pages and catch-up passes (no fence held): a cancellation, or the run's time being up. */
@@ -842,7 +894,7 @@ export class PgMovePort implements MovePort<MoveJob> {
           // client waits for the end of a COPY it will never see: its rollback (and the run) would
           // hang for ever, the source transaction open and the lease renewed. Closing the socket
           // fails that client's queries now; the pool discards it and the server rolls back.
-          (from as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+          dropConnection(from);
           throw err;
         }
         if (sink.rowCount === 0) return { n: 0, last: null };
@@ -1495,7 +1547,13 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   /** Deletes the unit's copy from the target (a rollback), children first. */
   private async deleteCopy(job: MoveJob): Promise<void> {
-    for (const { name } of [...TABLES].reverse()) await this.deleteUnit(job, job.to, name);
+    // A copy is as large as the unit: a run whose time is up (a Lambda near its timeout) stops
+    // between batches rather than be killed mid-statement; the next run takes up the rollback
+    // (`rollback_to` is recorded) and deletes on.
+    const between = async (): Promise<void> => {
+      if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up in the rollback; the next run resumes it`);
+    };
+    for (const { name } of [...TABLES].reverse()) await this.deleteUnit(job, job.to, name, MOVER_WRITE, '', between);
   }
 
   /**

@@ -199,10 +199,16 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
   if ((job.state === 'cutover' || job.state === 'verifying') && !job.flipStarted && !job.rollbackTo) await port.unfence(job);
   // A run whose time is already up changes nothing, a rollback included (it deletes the whole copy).
   if (options.timeUp?.() && !isTerminal(job.state)) return job;
-  if (!isTerminal(job.state) && job.rollbackTo) return port.rollback(job, job.rollbackTo, null);
+  // A rollback stops between its batches once the time is up (MovePaused); the next run resumes it.
+  const rollback = (to: 'failed' | 'cancelled', error: string | null): Promise<J> =>
+    port.rollback(job, to, error).catch((err: unknown) => {
+      if (err instanceof MovePaused) return port.reload(job);
+      throw err;
+    });
+  if (!isTerminal(job.state) && job.rollbackTo) return rollback(job.rollbackTo, null);
   const action = restartAction({ state: job.state, cancelRequested: job.cancelRequested, flipStarted: job.flipStarted });
   if (action.kind === 'none') return job;
-  if (action.kind === 'rollback') return port.rollback(job, action.to, null);
+  if (action.kind === 'rollback') return rollback(action.to, null);
   let fenceTries = 0;
   /**
    * After a step failed in the cutover or the verification, where this run may hold the fence:

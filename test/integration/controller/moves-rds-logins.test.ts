@@ -1,0 +1,162 @@
+/**
+ * The moves worker's handler as it runs on AWS, end to end under RDS-like
+ * privileges: migrations as RDS's master user (not a superuser), the API planning as
+ * ca_dms_control on the catalog and ca_dms_monitor on the shards, the worker running as
+ * ca_dms_control on the catalog and ca_dms_mover on the shards, each with the Lambda pool
+ * settings (the catalog pool of `createPool`, one connection; two per shard), while the
+ * application writes as ca_dms_app.
+ */
+import '../../support/quiet-powertools.js';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { APPLICATION_ROLE, CONTROL_ROLE, ensureLogin, MONITOR_ROLE, MOVER_ROLE } from '../../../functions/adapters/postgres/app-role.js';
+import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { keySlot } from '../../../functions/core/sharding/keys.js';
+import { createMovesHandler } from '../../../functions/handlers/moves.js';
+import { CATALOG_STATEMENT_TIMEOUT_MS, createPool } from '../../../functions/handlers/shared/db.js';
+import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { emulateRdsMaster } from '../../support/rds-master.js';
+import { keysInSlot, seedUsers } from '../sharding/fixtures/move-env.js';
+import { lambdaContext, tick } from '../sharding/fixtures/moves-handler.js';
+
+const MASTER = 'ca_dms_admin';
+const PASSWORD = 'rds master';
+const SHARDS = ['ca_dms_1', 'ca_dms_2'] as const;
+const LOGINS = { control: 'ca_dms_control_user', monitor: 'ca_dms_monitor_user', mover: 'ca_dms_mover_user', app: 'ca_dms_app_user' } as const;
+
+let server: TestPostgres;
+const pools: pg.Pool[] = [];
+let api: ShardingRuntime;
+let worker: ShardingRuntime;
+let handler: ReturnType<typeof createMovesHandler>;
+
+function url(user: string, database: string): string {
+  return `postgresql://${user}:${encodeURIComponent(PASSWORD)}@127.0.0.1:${server.port}/${database}`;
+}
+function poolAs(user: string, database: string, max = 2): pg.Pool {
+  const pool = new pg.Pool({ connectionString: url(user, database), max });
+  pool.on('error', () => undefined);
+  pools.push(pool);
+  return pool;
+}
+function configAs(user: string) {
+  return parseShardingConfig({
+    strategy: 'hash_based',
+    shards: SHARDS.map((shard_id) => ({ shard_id, database_url: url(user, shard_id), weight: 1, read_replicas: [] })),
+    default_shard: SHARDS[0],
+  });
+}
+async function count(shard: string, slot: number): Promise<{ users: number; documents: number }> {
+  const { rows } = await poolAs(MASTER, shard).query<{ users: number; documents: number }>(
+    'select (select count(*)::int from users where slot = $1) as users, (select count(*)::int from documents where slot = $1) as documents',
+    [slot],
+  );
+  return rows[0] ?? { users: -1, documents: -1 };
+}
+
+beforeAll(async () => {
+  server = await startTestPostgres({ settings: { shared_preload_libraries: 'pg_stat_statements' } });
+  await emulateRdsMaster(server.url, { master: MASTER, password: PASSWORD, databases: SHARDS });
+  const [catalog, other] = SHARDS.map((db) => poolAs(MASTER, db)) as [pg.Pool, pg.Pool];
+  await migrateAll({ catalog, shards: [catalog, other] });
+  await ensureLogin(catalog, { username: LOGINS.control, password: PASSWORD }, { role: CONTROL_ROLE, settings: { statement_timeout: `${CATALOG_STATEMENT_TIMEOUT_MS}ms` } });
+  for (const shard of [catalog, other]) {
+    await ensureLogin(shard, { username: LOGINS.monitor, password: PASSWORD }, { role: MONITOR_ROLE });
+    await ensureLogin(shard, { username: LOGINS.mover, password: PASSWORD }, { role: MOVER_ROLE });
+    await ensureLogin(shard, { username: LOGINS.app, password: PASSWORD }, { role: APPLICATION_ROLE });
+  }
+  const apiCatalog = await createPool({ url: url(LOGINS.control, SHARDS[0]) }, undefined);
+  const workerCatalog = await createPool({ url: url(LOGINS.control, SHARDS[0]) }, undefined);
+  pools.push(apiCatalog, workerCatalog);
+  api = await createShardingRuntime({ config: configAs(LOGINS.monitor), catalog: apiCatalog, actor: 'scaling-api', pools: { max: 2 } });
+  worker = await createShardingRuntime({ config: configAs(LOGINS.mover), catalog: workerCatalog, actor: 'scaling-moves', pools: { max: 2 } });
+  handler = createMovesHandler(async () => worker);
+}, 120_000);
+
+afterAll(async () => {
+  await api?.close();
+  await worker?.close();
+  await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
+  await server?.stop();
+});
+
+async function sidesOf(slot: number): Promise<{ from: string; to: string }> {
+  const from = (await api.slotMaps.current()).assignments[slot] as string;
+  return { from, to: from === SHARDS[0] ? SHARDS[1] : SHARDS[0] };
+}
+
+describe('the moves worker on AWS-like logins and Lambda pools', () => {
+  it('carries a slot move planned by the API to done while the application writes', async () => {
+    const slot = 501;
+    const { from, to } = await sidesOf(slot);
+    const users = keysInSlot(slot, 4);
+    await seedUsers(poolAs(MASTER, from), slot, users, 3);
+    const planned = await api.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const app = poolAs(LOGINS.app, from, 1);
+    let writing = true;
+    let written = 0;
+    const writer = (async () => {
+      while (writing) {
+        await app.query(`update documents set title = 'w' || $2 where owner_id = $1`, [users[0], String(written)]).then(
+          () => (written += 1),
+          () => undefined,
+        );
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+
+    const result = await handler(tick, lambdaContext);
+    writing = false;
+    await writer;
+
+    expect(result.failed).toEqual([]);
+    expect(result.ran).toContainEqual({ id: planned.id, state: 'done' });
+    expect(await count(to, slot)).toEqual({ users: 4, documents: 12 });
+    expect(await count(from, slot)).toEqual({ users: 0, documents: 0 });
+  });
+
+  it('carries a directory-key move planned by the API to done', async () => {
+    const [key] = keysInSlot(502, 1) as [string];
+    const slot = keySlot(key);
+    const { from, to } = await sidesOf(slot);
+    await seedUsers(poolAs(MASTER, from), slot, [key], 2);
+    const planned = await api.mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+
+    const result = await handler(tick, lambdaContext);
+
+    expect(result.failed).toEqual([]);
+    expect(result.ran).toContainEqual({ id: planned.id, state: 'done' });
+    expect(await count(to, slot)).toEqual({ users: 1, documents: 2 });
+  });
+
+  it('rolls back a move the API cancelled after part of its copy', async () => {
+    const slot = 503;
+    const { from, to } = await sidesOf(slot);
+    await seedUsers(poolAs(MASTER, from), slot, keysInSlot(slot, 4), 3);
+    const planned = await api.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const until = Date.now() + 60_000;
+    let looks = 0;
+    const partial = new Mover({ catalog: poolAs(LOGINS.control, SHARDS[0], 1), shards: worker.primaries, slotMaps: worker.slotMaps, directory: worker.directory, wallClock: () => (++looks >= 5 ? until : until - 1) });
+    expect((await partial.run(planned.id, { until })).state).toBe('copying');
+    expect((await count(to, slot)).users).toBe(4);
+    await api.mover.requestCancel(planned.id);
+
+    const result = await handler(tick, lambdaContext);
+
+    expect(result.failed).toEqual([]);
+    expect(result.ran).toContainEqual({ id: planned.id, state: 'cancelled' });
+    expect(await count(to, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await count(from, slot)).toEqual({ users: 4, documents: 12 });
+  });
+
+  it('answers the API with a conflict, not a database error, for a slot already moving, with the Lambda catalog pool', async () => {
+    const slot = 504;
+    const { to } = await sidesOf(slot);
+    await api.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await expect(api.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).rejects.toMatchObject({ name: 'MoveConflictError' });
+    await handler(tick, lambdaContext);
+  });
+});
