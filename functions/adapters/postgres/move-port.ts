@@ -763,8 +763,9 @@ export class PgMovePort implements MovePort<MoveJob> {
    *   job, locked FOR SHARE here (the other move cannot open it before this commits): never a row
    *   of a unit the target owns (`open`, or no row);
    * - for `incoming`, if that job captures changes on this source now (its `move_captures` row):
-   *   the row's leaving its unit was logged there, and the job's rollback has not stopped its
-   *   capture (a `moved` unit's rows here are read by no one and wait only to be deleted);
+   *   the row's leaving its unit was logged there (a rollback keeps the capture until it has
+   *   deleted its copy, so a paused rollback's copies are cleared too; a `moved` unit's rows here
+   *   are read by no one and wait only to be deleted);
    * - by the other unit's own filter and id (and, for a slot, not of a key with a directory row
    *   here, whose row decides the key's rows): this move's copy of the id, in its own unit, is never
    *   matched, nor is it by the other move's later deletes, which match by id and unit too;
@@ -1574,9 +1575,13 @@ export class PgMovePort implements MovePort<MoveJob> {
     });
     if ('refused' in decided) throw new MoveError(decided.refused ?? 'rollback refused');
     await this.unfence(job);
-    await this.stopSourceCapture(job);
     await this.stopTargetCapture(job);
     await this.deleteCopy(job);
+    // The source's capture ends only once the copy is gone: while it runs, another move from this
+    // source whose rows meet this copy's stale rows on the target (documents handed between the
+    // units) may clear them (see clearStaleCopies); stopped first, it would be stopped on them
+    // until this rollback ends, which a run whose time is up leaves to the next run.
+    await this.stopSourceCapture(job);
     // The target does not own the unit, and a missing row would say it does: a shard the unit
     // once left (its row said 'moved' until this move made it 'incoming') would take the writes
     // and reads of every process still holding the map of that time. So the row says 'moved', to

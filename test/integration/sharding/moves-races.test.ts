@@ -697,3 +697,44 @@ describe("the bulk copy beside another move's stale copies", () => {
     expect(rows).toEqual([[], [{ owner: u, slot: s }]]);
   });
 });
+
+describe("a move beside another move's rollback that has stopped part-way", () => {
+  it("clears the rolled-back move's stale copy in its way while that rollback is paused, and both end right", async () => {
+    const map = await env.slotMaps.current();
+    const from = map.assignments[1850] as string;
+    const [s, t] = map.assignments.flatMap((owner, slot) => (owner === from && slot >= 1850 && slot < 2000 ? [slot] : [])).slice(0, 2) as [number, number];
+    const { to, source, target } = await sides(env, s);
+    const [w] = keysInSlot(t, 1) as [string];
+    await seedUsers(source, s, keysInSlot(s, 4), 10);
+    await seedUsers(source, t, [w], 2);
+    const stopAfterCopy = env.mover({ readerGraceMs: 0, hook: (point) => (point === 'catching_up' ? Promise.reject(new Error('test: stopped after the copy')) : undefined) });
+    const jobA = (await stopAfterCopy.plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
+    const jobB = (await stopAfterCopy.plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
+    await expect(stopAfterCopy.run(jobA)).rejects.toThrow(/stopped after the copy/);
+    await expect(stopAfterCopy.run(jobB)).rejects.toThrow(/stopped after the copy/);
+    // s's last document (in id order: the rollback deletes it last) goes to w, of slot t: A's copy of it is stale.
+    const x = (await source.query<{ id: string }>('select id::text from documents where slot = $1 order by id desc limit 1', [s])).rows[0]?.id as string;
+    await env.writer.withShardWrite(w, ({ client, slot }) => client.query('update documents set owner_id = $1, slot = $2 where id = $3', [w, slot, x]));
+    // A is cancelled, and its rollback stops after its first batch (the run's time is up: a
+    // Lambda near its timeout): its copy of x is still on the target, until A's next run.
+    await env.mover().requestCancel(jobA);
+    const until = Date.now() + 60_000;
+    let looks = 0;
+    const paused = await env.mover({ batchRows: 10, wallClock: () => (++looks >= 2 ? until : until - 1) }).run(jobA, { until });
+    expect(paused.state).not.toBe('cancelled');
+    expect((await target.query<{ slot: number }>('select slot from documents where id = $1', [x])).rows).toEqual([{ slot: s }]);
+
+    // B's catch-up meets that copy: it is a stale one of a rollback under way, not a row the target owns.
+    const mover = env.mover({ readerGraceMs: 0 });
+    expect((await mover.run(jobB)).state).toBe('done');
+    expect((await mover.run(jobA)).state).toBe('cancelled');
+    expect((await target.query<{ owner: string; slot: number }>('select owner_id::text as owner, slot from documents where id = $1', [x])).rows).toEqual([{ owner: w, slot: t }]);
+    expect((await source.query('select 1 from documents where id = $1', [x])).rows).toEqual([]);
+    expect([await countSlot(target, s), await countSlot(source, s), await countSlot(target, t), await countSlot(source, t)]).toEqual([
+      { users: 0, documents: 0 },
+      { users: 4, documents: 39 },
+      { users: 1, documents: 3 },
+      { users: 0, documents: 0 },
+    ]);
+  });
+});
