@@ -198,4 +198,18 @@ describe("a move's batched deletions", () => {
     expect(await countSlot(target, slot)).toEqual({ users: 20, documents: 600 });
     expect(await Promise.all(others.map((s) => countSlot(source, s)))).toEqual(untouched);
   }, 120_000);
+
+  it("sweeps the changes an ended capture was left with (a writer's commit after the stop) on both shards", async () => {
+    const slot = 40;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 2), 2);
+    // What a writer leaves when its trigger saw a capture row and it commits after the capture's
+    // stop: a change of a job that captures no more (here an ended job's number).
+    const stray = (pool: pg.Pool) => pool.query(`insert into move_changes (job_id, table_name, row_id) values (999999999, 'documents', gen_random_uuid())`);
+    await stray(source);
+    await stray(target);
+    const mover = env.mover({ readerGraceMs: 0 });
+    expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
+    for (const pool of [source, target]) expect((await pool.query('select job_id::text from move_changes')).rows).toEqual([]);
+  });
 });
