@@ -339,3 +339,28 @@ export async function startShardCluster(options: StartShardClusterOptions = {}):
     },
   };
 }
+
+/**
+ * Cuts a replica's WAL receiver off its primary: `primary_conninfo` is pointed at a loopback
+ * port nobody listens on, and this waits until the receiver no longer streams. The replica keeps
+ * serving what it replayed (it is still in recovery), as a standby whose network path to its
+ * primary broke. Answers the function that restores the old `primary_conninfo`.
+ */
+export async function cutWalReceiver(replicaUrl: string): Promise<() => Promise<void>> {
+  const client = new pg.Client({ connectionString: replicaUrl });
+  await client.connect();
+  const { rows } = await client.query<{ primary_conninfo: string }>('show primary_conninfo');
+  const conninfo = rows[0]?.primary_conninfo ?? '';
+  await client.query("alter system set primary_conninfo = 'host=127.0.0.1 port=1 user=postgres connect_timeout=1'");
+  await client.query('select pg_reload_conf()');
+  for (let i = 0; i < 200; i += 1) {
+    const streaming = await client.query<{ n: number }>("select count(*)::int as n from pg_stat_wal_receiver where status = 'streaming'");
+    if (streaming.rows[0]?.n === 0) break;
+    await sleep(25);
+  }
+  return async () => {
+    await client.query(`alter system set primary_conninfo = '${conninfo.replaceAll("'", "''")}'`);
+    await client.query('select pg_reload_conf()');
+    await client.end();
+  };
+}

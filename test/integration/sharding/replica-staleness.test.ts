@@ -1,11 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { freshnessBoundsFromConfig } from '../../../functions/core/sharding/replica-choice.js';
-import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
 
 /**
  * The configured bound (`max_replica_lag_seconds`) is what a platform engineer reads as "a
@@ -83,25 +82,14 @@ describe('replica reads between two health probes', () => {
     await replica().waitForCatchUp();
     const reader = await newReader();
     expect(reader.replicaStates(SHARD).map((s) => s.ineligible)).toEqual([null]);
-    const client = new pg.Client({ connectionString: replica().url });
-    await client.connect();
-    const { rows: conn } = await client.query<{ primary_conninfo: string }>('show primary_conninfo');
+    const restore = await cutWalReceiver(replica().url);
     try {
-      await client.query("alter system set primary_conninfo = 'host=127.0.0.1 port=1 user=postgres connect_timeout=1'");
-      await client.query('select pg_reload_conf()');
-      for (let i = 0; i < 200; i += 1) {
-        const streaming = await client.query<{ n: number }>("select count(*)::int as n from pg_stat_wal_receiver where status = 'streaming'");
-        if (streaming.rows[0]?.n === 0) break;
-        await sleep(25);
-      }
       const id = await insertUser();
       await sleep(2500);
       const { rows } = await reader.query<{ n: number }>(SHARD, 'select count(*)::int as n from users where id = $1', [id]);
       expect(rows[0]?.n).toBe(1);
     } finally {
-      await client.query(`alter system set primary_conninfo = '${(conn[0]?.primary_conninfo ?? '').replaceAll("'", "''")}'`);
-      await client.query('select pg_reload_conf()');
-      await client.end();
+      await restore();
     }
   });
 });
