@@ -28,7 +28,7 @@
  * await pools.end();
  * ```
  */
-import type pg from 'pg';
+import pg from 'pg';
 import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
@@ -212,11 +212,15 @@ export class ReplicaReader {
     this.#timer = undefined;
   }
 
-  #schedule(): void {
+  #schedule(delayMs: number = this.#intervalMs): void {
     if (!this.#running) return;
     this.#timer = setTimeout(() => {
-      void this.refresh().finally(() => this.#schedule());
-    }, this.#intervalMs);
+      // The interval runs from a probe's start to the next one's: a probe lasts a heartbeat wait
+      // or more, and counting it on top would leave a current replica vouched for less than its
+      // bound between two probes (see freshAsOfMs).
+      const startedMs = performance.now();
+      void this.refresh().finally(() => this.#schedule(Math.max(MIN_PROBE_INTERVAL_MS / 2, this.#intervalMs - (performance.now() - startedMs))));
+    }, delayMs);
     // Probing alone must not keep a process (a Lambda, the CLI) alive.
     this.#timer.unref();
   }
@@ -234,19 +238,34 @@ export class ReplicaReader {
     // Everything committed before this instant is committed before the heartbeat: a replica that
     // replays the heartbeat was current as of this instant (not of the end of the probe).
     const heartbeatStartMs = this.#now();
+    // The primary's position at that instant: a replica that has replayed up to it holds everything
+    // committed before it, even when it has not replayed the heartbeat within the probe's wait (its
+    // last replayed commit, on an idle primary the previous heartbeat, would date it an interval
+    // earlier than it is).
+    const startLsn = await readPrimaryPosition(this.#pools.primary(shardId), options);
     // A probe that found no free connection in a full pool may have timed out waiting for one:
     // then it says the pool is busy, not that the server stopped answering.
     const saturated = replicas.map((node) => node.pool.idleCount === 0 && node.pool.totalCount >= (node.pool.options.max ?? 10));
     const heartbeat = await commitHeartbeat(this.#pools.primary(shardId), options);
     if (heartbeat) this.#timelines.set(shardId, heartbeat.timeline);
-    const states = await Promise.all(replicas.map((node) => probeReplicaLag(node, heartbeat, { ...options, waitMs: HEARTBEAT_WAIT_MS })));
-    const probedAtMs = this.#now();
+    // Each replica's lag is dated when its own probe answered, not when the slowest replica of
+    // the shard did (one frozen sibling would date every lag a probe timeout too late).
+    const measured = await Promise.all(
+      replicas.map(async (node) => {
+        const lag = await probeReplicaLag(node, heartbeat, { ...options, waitMs: HEARTBEAT_WAIT_MS });
+        return { lag, atMs: this.#now() };
+      }),
+    );
+    const states = measured.map((m) => m.lag);
     // Read after the replicas' replay positions: one past it follows another server.
     const primaryLsn = heartbeat ? await readPrimaryPosition(this.#pools.primary(shardId), options) : null;
+    // A probe that failed on a full pool tells nothing: the pool may be full of reads waiting on a
+    // replica that stopped answering. Ask the server itself, on a connection of its own.
+    const silent = await Promise.all(replicas.map(async (node, i) => !states[i] && (saturated[i] !== true || !(await this.#answersOutsidePool(node)))));
     for (const [i, node] of replicas.entries()) {
       const probe = states[i];
       const checkedAtMs = this.#now();
-      if ((!probe && saturated[i] !== true) || (probe && !probe.inRecovery)) {
+      if (silent[i] === true || (probe && !probe.inRecovery)) {
         // Reads still waiting on it go to the next node (they only read: they may run again).
         for (const watcher of [...(this.#downWatchers.get(node.nodeId) ?? [])]) watcher(new ReplicaDownError(node.nodeId));
       }
@@ -266,7 +285,12 @@ export class ReplicaReader {
         primaryLsn,
         ...(probe.lagSeconds === null
           ? {}
-          : { freshAsOfMs: probe.lagSeconds === 0 && heartbeat !== null ? heartbeatStartMs : Math.min(checkedAtMs, probedAtMs) - probe.lagSeconds * 1000 }),
+          : {
+              freshAsOfMs:
+                heartbeat !== null && (probe.lagSeconds === 0 || (startLsn !== null && probe.replayLsn !== null && probe.replayLsn >= startLsn))
+                  ? heartbeatStartMs
+                  : Math.min(checkedAtMs, measured[i]?.atMs ?? checkedAtMs) - probe.lagSeconds * 1000,
+            }),
       });
     }
   }
@@ -336,6 +360,13 @@ export class ReplicaReader {
           throw abandoned;
         }
         client = lent;
+        if (target.kind === 'replica') {
+          // The replica was chosen before the wait for its connection (a busy pool can hold a read
+          // for seconds): it must still be fresh enough now, when the read runs.
+          // (A last resort, tried when the primary is down, has no byte lag: judged by the rest.)
+          const state = this.#states.get(target.nodeId);
+          if (state === undefined || replicaIneligibility(state.lagBytes === null ? { ...state, lagBytes: 0n } : state, this.#bounds, this.#now()) !== null) return { skip: true };
+        }
         if (target.kind === 'replica' && !target.tokenVerified && options.token !== undefined) {
           // Past the position, and on the token's timeline (a replica following an old primary
           // can be past any position of the new one).
@@ -381,6 +412,28 @@ export class ReplicaReader {
       }
     }
     throw new ShardUnavailableError(shardId, `no node of shard ${shardId} could serve the read: ${lastError instanceof Error ? lastError.message : String(lastError)}`, { cause: lastError });
+  }
+
+  /** Whether `node`'s server answers `select 1` within the probe timeout on a new, unpooled connection. */
+  async #answersOutsidePool(node: ShardNode): Promise<boolean> {
+    const client = new pg.Client({ ...node.pool.options, connectionTimeoutMillis: this.#probeTimeoutMs });
+    client.on('error', () => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<false>((resolve) => {
+      timer = setTimeout(() => resolve(false), this.#probeTimeoutMs);
+    });
+    const answer = client
+      .connect()
+      .then(() => client.query('select 1'))
+      .then(
+        () => true,
+        () => false,
+      );
+    const answered = await Promise.race([answer, deadline]);
+    clearTimeout(timer);
+    if (answered) await client.end().catch(() => undefined);
+    else dropConnection(client);
+    return answered;
   }
 
   /**
