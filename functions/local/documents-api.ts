@@ -442,8 +442,19 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     if (owner === undefined && found.length === 0) {
       const onPrimaries = await everyShard(true);
       found = onPrimaries.found;
-      const transitOwner = onPrimaries.inTransit[0];
-      if (found.length === 0 && transitOwner !== undefined) found = [await ownerRead(transitOwner)];
+      // Copies in transit may name different owners (a former owner's copy waiting for its
+      // clean-up, the current owner's in a release): each is asked, and a read that could not be
+      // served (a retryable 503) outranks another owner's miss.
+      let unavailable: { readonly error: unknown } | undefined;
+      for (const transitOwner of new Set(onPrimaries.inTransit)) {
+        if (found.some((d) => d !== undefined)) break;
+        try {
+          found = [await ownerRead(transitOwner)];
+        } catch (error) {
+          unavailable ??= { error };
+        }
+      }
+      if (!found.some((d) => d !== undefined) && unavailable !== undefined) throw unavailable.error;
     }
     const doc = found.find((d) => d !== undefined);
     if (!doc) throw new HttpProblem({ status: 404, detail: `no document ${id}` });
