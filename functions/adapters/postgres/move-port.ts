@@ -315,6 +315,8 @@ export class PgMovePort implements MovePort<MoveJob> {
   private readonly epoch: number;
   /** When the fence this run holds (or is taking) must be given up: the fence budget, from the attempt's start. */
   private fenceDeadline: number | null = null;
+  /** Set while this run gives a fence up (reopens or releases it): its writes get {@link FENCED_STATEMENT_SLACK_MS}. */
+  private releasingFence = false;
 
   constructor(private readonly options: PgMovePortOptions) {
     this.catalog = options.catalog;
@@ -440,7 +442,9 @@ export class PgMovePort implements MovePort<MoveJob> {
   private pool(shard: string): pg.Pool {
     const pool = this.options.shards.get(shard);
     if (!pool) throw new MoveError(`shard ${shard} has no primary pool in this mover`);
-    return this.fenceDeadline === null ? pool : this.fencedPool(pool);
+    if (this.fenceDeadline !== null) return this.fencedPool(pool, this.budgetLeft() + FENCED_STATEMENT_SLACK_MS);
+    // Giving the fence up writes to the source too: a silent source must not hold that for ever.
+    return this.releasingFence ? this.fencedPool(pool, FENCED_STATEMENT_SLACK_MS) : pool;
   }
 
   /**
@@ -452,13 +456,34 @@ export class PgMovePort implements MovePort<MoveJob> {
    * statement would wait for ever, and writes to the unit with it, until the function's timeout.
    * Closed, the statement fails, and the run reopens the fence and stays resumable.
    */
-  private fencedPool(pool: pg.Pool): pg.Pool {
-    const afterMs = this.budgetLeft() + FENCED_STATEMENT_SLACK_MS;
+  private fencedPool(pool: pg.Pool, afterMs: number): pg.Pool {
     const connect = async (): Promise<pg.PoolClient> => {
-      const client = await pool.connect();
+      // The connection itself is bounded too: a new connection to an address that answers nothing
+      // (a failed-over instance's old one) never completes its start-up.
+      const deadline = Date.now() + afterMs;
+      let late = false;
+      const client = await new Promise<pg.PoolClient>((resolve, reject) => {
+        const waiting = setTimeout(() => {
+          late = true;
+          reject(new Error(`connection timeout: no connection within ${afterMs} ms while the fence is held`));
+        }, afterMs);
+        pool.connect().then(
+          (c) => {
+            clearTimeout(waiting);
+            if (late) {
+              dropConnection(c);
+              c.release(true);
+            } else resolve(c);
+          },
+          (err: unknown) => {
+            clearTimeout(waiting);
+            reject(err instanceof Error ? err : new Error(String(err)));
+          },
+        );
+      });
       const timer = setTimeout(() => {
         dropConnection(client);
-      }, afterMs);
+      }, Math.max(0, deadline - Date.now()));
       const release = client.release.bind(client);
       client.release = (err?: Error | boolean): void => {
         clearTimeout(timer);
@@ -1131,6 +1156,15 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   async unfence(job: MoveJob): Promise<void> {
     this.fenceDeadline = null;
+    this.releasingFence = true;
+    try {
+      await this.reopenFence(job);
+    } finally {
+      this.releasingFence = false;
+    }
+  }
+
+  private async reopenFence(job: MoveJob): Promise<void> {
     // The fence row names the job, not the run: a run that lost its lease must not open a fence
     // that the run holding the job now has taken. The shard refuses it (the permit).
     await this.write(job, job.from, (c) =>
@@ -1434,6 +1468,15 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   async releaseFence(job: MoveJob): Promise<void> {
     this.fenceDeadline = null;
+    this.releasingFence = true;
+    try {
+      await this.releaseFenceForward(job);
+    } finally {
+      this.releasingFence = false;
+    }
+  }
+
+  private async releaseFenceForward(job: MoveJob): Promise<void> {
     const version = job.mapVersionAfter ?? 0;
     await this.write(job, job.from, (c) =>
       c.query(
