@@ -13,6 +13,7 @@
  * ```
  */
 import type pg from 'pg';
+import { dropConnection } from './listening-client.js';
 
 /** The node did not answer within its deadline. */
 export class NodeTimeoutError extends Error {
@@ -70,4 +71,85 @@ export async function withNodeDeadline<T>(pool: pg.Pool, timeoutMs: number, node
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * How long past a request's deadline the client waits before it gives the connection up: the
+ * server's own `statement_timeout` (set to the time left) cancels a slow statement at the
+ * deadline and answers within this, leaving the connection reusable. A server that has not
+ * answered by then is silent (a frozen host, a black-holed path, a failed-over instance's old
+ * address): its connection is dropped.
+ */
+export const DEADLINE_GRACE_MS = 250;
+
+/** The request's deadline passed with the node silent: its connection was dropped. */
+export class DeadlinePassedError extends Error {
+  override readonly name = 'DeadlinePassedError';
+  constructor(readonly nodeId: string, readonly phase: 'connect' | 'query') {
+    super(phase === 'connect' ? `${nodeId}: no connection before the request's deadline` : `${nodeId}: no answer by the request's deadline; the connection was dropped`);
+  }
+}
+
+/**
+ * A checkout bounded by an absolute deadline (`Date.now()` ms): the pool's own
+ * `connectionTimeoutMillis` may be longer than the time left. A connection that arrives after
+ * the caller gave up goes back to the pool (it is new and healthy; a silent server never gets
+ * this far).
+ */
+export async function connectBy(pool: pg.Pool, deadlineAt: number, nodeId: string): Promise<pg.PoolClient> {
+  const left = deadlineAt - Date.now();
+  if (left <= 0) throw new DeadlinePassedError(nodeId, 'connect');
+  let timedOut = false;
+  const connecting = pool.connect();
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      timedOut = true;
+      reject(new DeadlinePassedError(nodeId, 'connect'));
+    }, left);
+  });
+  connecting.then(
+    (client) => {
+      if (timedOut) client.release();
+    },
+    () => undefined,
+  );
+  try {
+    return await Promise.race([connecting, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A checked-out client held to a deadline by {@link dropAtDeadline}. */
+export interface ClientDeadline {
+  /** True once the deadline passed and the connection was dropped. */
+  readonly expired: boolean;
+  /** Stops the timer (call before releasing the client). */
+  disarm(): void;
+}
+
+/**
+ * Drops `client`'s connection ({@link dropConnection}) if it is still checked out
+ * {@link DEADLINE_GRACE_MS} after `deadlineAt`: every query pending on it fails at once, and
+ * the caller (seeing `expired`) releases it as broken, so the pool discards it instead of
+ * lending a connection that will never answer to the next request.
+ */
+export function dropAtDeadline(client: pg.ClientBase, deadlineAt: number, graceMs = DEADLINE_GRACE_MS): ClientDeadline {
+  let expired = false;
+  const timer = setTimeout(
+    () => {
+      expired = true;
+      dropConnection(client);
+    },
+    Math.max(0, deadlineAt + graceMs - Date.now()),
+  );
+  return {
+    get expired() {
+      return expired;
+    },
+    disarm() {
+      clearTimeout(timer);
+    },
+  };
 }

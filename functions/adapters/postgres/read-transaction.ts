@@ -37,6 +37,7 @@ import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { ReadOptions, ReplicaReader } from './replica-reader.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
+import { DeadlinePassedError } from './deadline.js';
 import { READER_FENCE_ROWS_SQL, type WriteRoute, type WriteRouter } from './write-transaction.js';
 
 export interface ShardReaderOptions {
@@ -255,9 +256,15 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
               const value = await fn({ client, shardId: route.shardId, slot: route.slot, servedBy });
               return { verdict, value, servedBy };
             }),
-          onPrimary ? { primary: true } : readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader)),
+          {
+            ...(onPrimary ? { primary: true } : readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader))),
+            ...(deadlineAt === undefined ? {} : { deadlineAt }),
+          },
         );
       } catch (err) {
+        if (err instanceof DeadlinePassedError) {
+          throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline: ${err.nodeId} did not answer (its connection was dropped)`, { cause: err });
+        }
         if (deadlineAt !== undefined && (err as { code?: unknown }).code === QUERY_CANCELED) {
           throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline; PostgreSQL cancelled it`, { cause: err });
         }

@@ -32,6 +32,7 @@ import pg from 'pg';
 import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
+import { connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, dropAtDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { inClientTransaction } from './transaction.js';
@@ -93,6 +94,12 @@ export interface ReadOptions {
    * replicas (it was made on another shard, before a move).
    */
   readonly primary?: boolean;
+  /**
+   * The request's deadline (`Date.now()` ms). A node that has not answered shortly after it
+   * (a silent primary: no probe watches it) has its connection dropped and the read fails with
+   * a {@link DeadlinePassedError}, not retried elsewhere.
+   */
+  readonly deadlineAt?: number;
 }
 
 export interface ReadResult<R> {
@@ -353,13 +360,15 @@ export class ReplicaReader {
       let client: pg.PoolClient | undefined;
       /** Set when the read gave up on this replica (found down) while it was still connecting. */
       let abandoned: Error | undefined;
+      let guard: ClientDeadline | undefined;
       const attempt = async (): Promise<{ readonly skip: true } | { readonly skip: false; readonly value: T }> => {
-        const lent = await node.pool.connect();
+        const lent = options.deadlineAt === undefined ? await node.pool.connect() : await connectBy(node.pool, options.deadlineAt + DEADLINE_GRACE_MS, node.nodeId);
         if (abandoned !== undefined) {
           lent.release(abandoned);
           throw abandoned;
         }
         client = lent;
+        if (options.deadlineAt !== undefined) guard = dropAtDeadline(lent, options.deadlineAt);
         if (target.kind === 'replica') {
           // The replica was chosen before the wait for its connection (a busy pool can hold a read
           // for seconds): it must still be fresh enough now, when the read runs.
@@ -393,12 +402,20 @@ export class ReplicaReader {
                 abandoned = error;
               })
             : await attempt();
+        guard?.disarm();
         const done: pg.PoolClient | undefined = client;
         client = undefined;
         done?.release();
         if (outcome.skip) continue;
         return outcome.value;
       } catch (error) {
+        guard?.disarm();
+        if (guard?.expired === true || error instanceof DeadlinePassedError) {
+          // The deadline is spent: no other node is tried.
+          const passed = error instanceof DeadlinePassedError ? error : new DeadlinePassedError(node.nodeId, 'query');
+          client?.release(passed);
+          throw passed;
+        }
         if (!isNodeFailure(error)) {
           client?.release();
           throw error;

@@ -24,6 +24,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
+import { connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, dropAtDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { UNIQUE_VIOLATION } from './sqlstate.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
@@ -354,7 +355,16 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       }
       const pool = options.primaries.get(route.shardId);
       if (!pool) throw new ShardWriteError('unknown-shard', `key routes to shard ${route.shardId}, which has no primary pool`);
-      const client = await pool.connect();
+      // The server enforces the deadline (statement_timeout below) only while it answers: a
+      // silent primary is held to it here, on the client (deadline.ts).
+      let client: pg.PoolClient;
+      try {
+        client = deadlineAt === undefined ? await pool.connect() : await connectBy(pool, deadlineAt + DEADLINE_GRACE_MS, `${route.shardId}/primary`);
+      } catch (err) {
+        if (err instanceof DeadlinePassedError) throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} got no connection within its ${writeOptions.deadlineMs} ms deadline; nothing was committed`, { cause: err });
+        throw err;
+      }
+      const guard = deadlineAt === undefined ? undefined : dropAtDeadline(client, deadlineAt);
       // A connection that dies while checked out (a restart, a failover, pg_terminate_backend)
       // emits 'error' on the client, which the pool does not listen to then: unheard, it would end
       // the process. The failed query carries the error to the caller instead (see transaction.ts).
@@ -365,6 +375,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       client.on('error', onError);
       let outcome: FenceVerdict;
       let broken = false;
+      let committed = false;
       try {
         const body = await inClientTransaction<{ verdict: 'write'; value: T } | { verdict: Exclude<FenceVerdict, 'write'> }>(
           client,
@@ -387,6 +398,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           },
         );
         if (body.verdict === 'write') {
+          committed = true;
           const position = await client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
           const lsn = position.rows[0]?.lsn ?? '0/0';
           const readToken = { shardId: route.shardId, lsn, timeline: Number(position.rows[0]?.tli ?? 1), mapVersion: route.version };
@@ -394,6 +406,16 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         }
         outcome = body.verdict;
       } catch (err) {
+        if (guard?.expired === true) {
+          broken = true;
+          throw new ShardWriteError(
+            'deadline-exceeded',
+            committed
+              ? `shard ${route.shardId}'s primary committed the write but did not answer for its read token within the ${writeOptions.deadlineMs} ms deadline; the connection was dropped`
+              : `shard ${route.shardId}'s primary did not answer within the write's ${writeOptions.deadlineMs} ms deadline; the connection was dropped (nothing was committed, unless the commit itself was under way: then its outcome is unknown)`,
+            { cause: new DeadlinePassedError(`${route.shardId}/primary`, 'query') },
+          );
+        }
         const code = (err as { code?: unknown }).code;
         if (deadlineAt !== undefined && typeof code === 'string' && DEADLINE_SQLSTATES.has(code)) {
           throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} passed its ${writeOptions.deadlineMs} ms deadline; PostgreSQL cancelled it and nothing was committed`, { cause: err });
@@ -408,8 +430,9 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           waitedFor = 'copy';
         } else throw err;
       } finally {
+        guard?.disarm();
         client.off('error', onError);
-        client.release(broken || died || undefined);
+        client.release(broken || died || guard?.expired || undefined);
       }
       if (outcome === 'reroute') {
         reroutes += 1;

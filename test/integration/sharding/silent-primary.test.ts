@@ -1,0 +1,155 @@
+/**
+ * A shard primary that goes silent (a black-holed path, a failed-over instance's old address:
+ * no answer and no reset) under writes and primary reads that carry a request deadline. The
+ * deadline's `statement_timeout` is enforced by the server, which no longer answers: the request
+ * must still end by its deadline (a retryable error), and the pooled connection it held must not
+ * stay stuck in the pool (with the Lambda-sized pools, the next request would wait on it).
+ */
+import { setTimeout as delay } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { ShardRouter } from '../../../functions/core/sharding/router.js';
+import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import { createShardReader, ShardReadError, type ShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
+import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
+import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
+import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import { createShardWriter, routerForWrites, ShardWriteError, type ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
+import { keysInSlot, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { SilentRelay } from './fixtures/silent-relay.js';
+
+let env: MoveEnv;
+const relays: SilentRelay[] = [];
+const closers: Array<() => Promise<void>> = [];
+beforeAll(async () => {
+  env = await startMoveEnv();
+}, 60_000);
+afterAll(async () => {
+  for (const r of relays) await r.stop();
+  await Promise.race([Promise.all(closers.map((c) => c().catch(() => undefined))), delay(5000)]);
+  await Promise.race([env?.stop(), delay(20_000)]);
+}, 60_000);
+
+interface Api {
+  readonly relay: SilentRelay;
+  readonly writer: ShardWriter;
+  readonly reads: ShardReader;
+}
+
+/** An API process whose pool to `shardId`'s primary (one connection, as on Lambda... or two) goes through a relay. */
+async function apiThroughRelay(shardId: string, max: number): Promise<Api> {
+  const upstream = new URL(env.urls.shards[shardId] as string);
+  const relay = await SilentRelay.start(Number(upstream.port));
+  relays.push(relay);
+  const config = parseShardingConfig({
+    strategy: 'hash_based',
+    shards: Object.entries(env.urls.shards).map(([shard_id, url]) => ({ shard_id, database_url: shard_id === shardId ? relay.url(url) : url, weight: 1, read_replicas: [] })),
+    default_shard: 'shard_a',
+  });
+  const pools = ShardPools.fromConfig(config, { max, connectionTimeoutMillis: 2000 });
+  closers.push(() => pools.end());
+  const directory = new DirectoryStore(env.catalog, { ttlMs: 60_000, shards: pools.shardIds() });
+  const router = ShardRouter.fromConfig(config, { slotMap: await env.slotMaps.current(), directory });
+  const routing = routerForWrites(router, env.slotMaps, directory);
+  const primaries = new Map(pools.shardIds().map((id) => [id, pools.primary(id).pool]));
+  const reader = new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 1 << 24, maxStateAgeMs: 120_000 }, intervalMs: 60_000, probeTimeoutMs: 1000 });
+  closers.push(async () => reader.stop());
+  return { relay, writer: createShardWriter({ router: routing, primaries }), reads: createShardReader({ router: routing, reader }) };
+}
+
+type Outcome = { readonly ok: true } | { readonly error: string; readonly ms: number };
+
+async function timed(work: () => Promise<unknown>, waitMs = 8000): Promise<Outcome | 'still waiting'> {
+  const started = Date.now();
+  const run = work().then(
+    (): Outcome => ({ ok: true }),
+    (e: unknown): Outcome => ({ error: e instanceof ShardWriteError || e instanceof ShardReadError ? `${e.name}:${e.reason}` : String(e), ms: Date.now() - started }),
+  );
+  return Promise.race([run, delay(waitMs).then(() => 'still waiting' as const)]);
+}
+
+describe('a silent shard primary under requests with a deadline', () => {
+  it('ends a write by its deadline, and the next writes neither hang nor wait on a stuck connection', async () => {
+    const slot = 901;
+    const shardId = await env.ownerOf(slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    const api = await apiThroughRelay(shardId, 1);
+    const write = (deadlineMs: number) => () =>
+      api.writer.withShardWrite(user, ({ client, slot: s }) => client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4) on conflict (id) do update set display_name = excluded.display_name', [user, s, `${user}@example.org`, 'x']), { deadlineMs });
+    expect(await timed(write(3000))).toEqual({ ok: true }); // the pool's one connection, idle and ready
+
+    api.relay.blackhole();
+    const first = await timed(write(1000));
+    const second = await timed(write(1000));
+    api.relay.heal();
+    const third = await timed(write(3000));
+
+    expect({ first, second, third }).toEqual({
+      first: { error: 'ShardWriteError:deadline-exceeded', ms: expect.any(Number) as unknown as number },
+      second: { error: 'ShardWriteError:deadline-exceeded', ms: expect.any(Number) as unknown as number },
+      third: { ok: true },
+    });
+    expect(first !== 'still waiting' && 'ms' in first && first.ms).toBeLessThan(1600);
+    expect(second !== 'still waiting' && 'ms' in second && second.ms).toBeLessThan(1600);
+  }, 30_000);
+
+  it('ends a primary read by its deadline, and the next reads neither hang nor wait on a stuck connection', async () => {
+    const slot = 902;
+    const shardId = await env.ownerOf(slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    const api = await apiThroughRelay(shardId, 1);
+    const read = (deadlineMs: number) => () => api.reads.withShardRead(user, ({ client }) => client.query('select * from users where id = $1', [user]), { deadlineMs });
+    expect(await timed(read(3000))).toEqual({ ok: true });
+
+    api.relay.blackhole();
+    const first = await timed(read(1000));
+    const second = await timed(read(1000));
+    api.relay.heal();
+    const third = await timed(read(3000));
+
+    expect({ first, second, third }).toEqual({
+      first: { error: 'ShardReadError:deadline-exceeded', ms: expect.any(Number) as unknown as number },
+      second: { error: 'ShardReadError:deadline-exceeded', ms: expect.any(Number) as unknown as number },
+      third: { ok: true },
+    });
+    expect(first !== 'still waiting' && 'ms' in first && first.ms).toBeLessThan(1600);
+    expect(second !== 'still waiting' && 'ms' in second && second.ms).toBeLessThan(1600);
+  }, 30_000);
+});
+
+/**
+ * GET /shards/health over a shard primary whose pooled connections go silent (a black-holed
+ * path: no reset). The check must report the node down within its timeout rather than hang, and
+ * must not keep the silent connections: once the path works again, the next check says so.
+ */
+describe('shard health with a silent primary', () => {
+  it('reports the primary down within the check timeout, and up again once it answers', async () => {
+    const relay = await SilentRelay.start(Number(new URL(env.urls.shards.shard_a as string).port));
+    relays.push(relay);
+    const silentRelay = relay;
+    const config = parseShardingConfig({
+      strategy: 'hash_based',
+      shards: Object.entries(env.urls.shards).map(([shard_id, url]) => ({ shard_id, database_url: shard_id === 'shard_a' ? silentRelay.url(url) : url, weight: 1, read_replicas: [] })),
+      default_shard: 'shard_a',
+    });
+    const pools = ShardPools.fromConfig(config, { max: 2 });
+    closers.push(() => pools.end());
+    const inspector = new ShardInspector(pools, { timeoutMs: 1000, weights: { shard_a: 1, shard_b: 1 } });
+    const primaryOf = async (): Promise<{ status: string; ms: number }> => {
+      const started = Date.now();
+      const report = await Promise.race([inspector.health(), delay(8000).then(() => undefined)]);
+      const status = report?.shards.find((s) => s.shardId === 'shard_a')?.primary.status ?? 'no report within 8 s';
+      return { status, ms: Date.now() - started };
+    };
+    await primaryOf();
+    const before = await primaryOf(); // pooled connections, idle and ready
+
+    relay.blackhole();
+    const silent = await primaryOf();
+    relay.heal();
+    const after = await primaryOf();
+
+    expect({ before: before.status, silent: silent.status, after: after.status }).toEqual({ before: 'healthy', silent: 'down', after: 'healthy' });
+    expect(silent.ms).toBeLessThan(2500);
+  }, 40_000);
+});
