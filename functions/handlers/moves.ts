@@ -35,6 +35,13 @@ await loadParameterEnv();
  */
 export const STOP_BEFORE_TIMEOUT_MS = 120_000;
 
+/**
+ * When a run must be over, whatever it waits on (a shard gone silent: its statement would never
+ * end): its shard connections are closed this long before the function's timeout, which leaves
+ * room to record the error and give back the job's and the worker's leases.
+ */
+export const ABANDON_BEFORE_TIMEOUT_MS = 20_000;
+
 export interface MovesResult {
   readonly accepted: boolean;
   readonly ran: ReadonlyArray<{ id: number; state: string }>;
@@ -69,7 +76,8 @@ export function createMovesHandler(runtime: () => Promise<ShardingRuntime | unde
       return { accepted: true, ran: [], busy: [], failed: [], skipped };
     }
     try {
-      return await runAll(sharding, Date.now() + context.getRemainingTimeInMillis() - STOP_BEFORE_TIMEOUT_MS);
+      const ends = Date.now() + context.getRemainingTimeInMillis();
+      return await runAll(sharding, ends - STOP_BEFORE_TIMEOUT_MS, ends - ABANDON_BEFORE_TIMEOUT_MS);
     } finally {
       await lease.release().catch((err: unknown) => logger.warn('moves-worker lease not released; it lapses by itself', { error: err as Error }));
     }
@@ -86,7 +94,7 @@ export function minutesWithoutProgress(job: Pick<MoveJob, 'state' | 'progressedA
   return isTerminal(job.state) ? 0 : Math.max(0, (now - job.progressedAt.getTime()) / 60_000);
 }
 
-async function runAll(sharding: ShardingRuntime, until: number): Promise<MovesResult> {
+async function runAll(sharding: ShardingRuntime, until: number, abandonAt: number): Promise<MovesResult> {
   const ran: Array<{ id: number; state: string }> = [];
   const busy: number[] = [];
   const failed: Array<{ id: number; error: string }> = [];
@@ -103,7 +111,7 @@ async function runAll(sharding: ShardingRuntime, until: number): Promise<MovesRe
       break;
     }
     try {
-      const done = await sharding.mover.run(job.id, { until });
+      const done = await sharding.mover.run(job.id, { until, abandonAt });
       ran.push({ id: done.id, state: done.state });
       stalled(done);
       // Rolled back because the two sides differed: the run ended normally, the move did not.

@@ -15,8 +15,34 @@ export class ListeningClient extends pg.Client {
   constructor(config?: string | pg.ClientConfig) {
     super(config);
     this.on('error', () => undefined);
+    // A statement that outlived the client's `query_timeout` (the pools of the Lambda functions
+    // set one) was sent and never answered: the server is silent. node-postgres fails it but
+    // keeps it as the connection's active statement, so every later statement on this
+    // connection queues behind it and fails by its own timeout, and the pool, which cannot tell,
+    // lends it again. Closed, the connection is discarded when it is released.
+    const query = this.query.bind(this) as (...args: unknown[]) => unknown;
+    const onTimeout = (error: unknown): void => {
+      if (error instanceof Error && error.message === QUERY_READ_TIMEOUT) dropConnection(this);
+    };
+    (this as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]): unknown => {
+      const last = args.length - 1;
+      const callback = args[last];
+      if (typeof callback === 'function') {
+        args[last] = (error: unknown, ...rest: unknown[]): unknown => {
+          onTimeout(error);
+          return (callback as (...a: unknown[]) => unknown)(error, ...rest);
+        };
+      }
+      const result = query(...args);
+      // Registered before the caller's own handlers: the connection is closed before it can be released.
+      if (result instanceof Promise) result.then(undefined, onTimeout);
+      return result;
+    };
   }
 }
+
+/** node-postgres's message for a statement past the client's `query_timeout`. */
+const QUERY_READ_TIMEOUT = 'Query read timeout';
 
 /**
  * Closes a client's socket at once. For a connection that will never answer again, or whose

@@ -25,6 +25,7 @@
  * ```
  */
 import { pipeline } from 'node:stream/promises';
+import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { MoveCancelled, MoveError, MoveLeaseLostError, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
@@ -32,11 +33,12 @@ import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
+import { connectBy } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import type { MoverCatalog } from './mover-catalog.js';
+import { withIdleBound, type MoverCatalog } from './mover-catalog.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION, UNIQUE_VIOLATION } from './sqlstate.js';
 import { inTransaction, RollbackWith } from './transaction.js';
 
@@ -47,6 +49,15 @@ export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish'>;
 export type MoverDirectory = Pick<DirectoryStore, 'entry' | 'set' | 'all'>;
 
 export interface MoveSettings {
+  /**
+   * How long a transaction of the run may sit idle on a shard before the server ends it
+   * (`SET LOCAL idle_in_transaction_session_timeout`, see `withIdleBound`): a connection that
+   * went silent mid-transaction must not hold this run's permit (and the locks it took) for as
+   * long as the server keeps the session, or no later run could claim the job there (a
+   * transaction stuck mid-statement, a COPY FROM STDIN whose data stopped coming, is ended by
+   * the claim instead: {@link PgMovePort.claimPermits}). Absent: no bound.
+   */
+  readonly idleInTransactionMs?: number;
   /** Rows per catch-up pass and per delete batch. */
   readonly batchRows: number;
   /** Rows per copy page (one COPY each; the copy resumes from the last page saved). */
@@ -82,6 +93,11 @@ export interface PgMovePortOptions {
   readonly now?: () => number;
   /** Whether the run's time is up: the copy and the catch-up stop at their next page or pass ({@link MovePaused}). */
   readonly timeUp?: () => boolean;
+  /**
+   * How long until the run must be over (ms from now, read at each checkout): a shard connection
+   * still checked out then has its socket closed ({@link PgMovePort.pool}). Absent: no bound.
+   */
+  readonly abandonInMs?: () => number;
 }
 
 /** Rows of a unit that met rows of the target with the same ids in another unit (see `upsert`); nothing was overwritten. */
@@ -232,12 +248,15 @@ const RECHECK_LIMIT = 10_000;
 /** How long a run waits for the write transactions of the run it replaces before it gives up (see {@link PgMovePort.claimPermits}). */
 export const PERMIT_CLAIM_WAIT_MS = 10_000;
 
+/** How long a permit claim waits for an earlier run's transactions before it ends them (see {@link PgMovePort.claimPermits}). */
+export const STALE_RUN_GRACE_MS = 250;
+
 /** At most this many comparisons of the changed rows before each fence attempt (see {@link PgMovePort.recompare}). */
 const RECOMPARE_ROUNDS = 3;
 
 /**
  * How long past the fence budget a shard statement of the fenced part may stay unanswered before
- * its connection is closed (see {@link PgMovePort.fencedPool}): well past what the server's own
+ * its connection is closed (see {@link PgMovePort.droppingPool}): well past what the server's own
  * bounds within the budget leave, so only a connection that went silent is closed.
  */
 export const FENCED_STATEMENT_SLACK_MS = 5000;
@@ -384,6 +403,56 @@ export class PgMovePort implements MovePort<MoveJob> {
     return toJob(rows[0]);
   }
 
+  /**
+   * One shard's permit claim. A claim that waits is waiting for write transactions of a run
+   * that has lost its lease (this run holds it now): alive, they would be refused at their next
+   * write anyway. Left to end by themselves they may never end: a transaction whose connection
+   * went silent (a black-holed path: the server sees no reset) mid-statement, a COPY FROM STDIN
+   * whose data stopped coming, is not idle, so no server timeout ends it, and it holds the
+   * permit for as long as the server keeps the session. So after {@link STALE_RUN_GRACE_MS} the
+   * backends that block the claim (holders of the permit row: that run's transactions only) are
+   * terminated from a second connection, which rolls their work back as a crash of that run
+   * would. Without a second connection (a pool of one) the claim waits its bound as before.
+   */
+  private async claimPermit(job: MoveJob, shard: string): Promise<void> {
+    const pool = this.pool(shard);
+    const client = await pool.connect();
+    let broken: Error | undefined;
+    try {
+      const { rows } = await client.query<{ pid: number }>('select pg_backend_pid() as pid');
+      await client.query(`begin; set local lock_timeout = '${PERMIT_CLAIM_WAIT_MS}ms'`);
+      const claim = client.query('select move_permit_claim($1, $2)', [job.id, this.epoch]);
+      const settled = claim.then(
+        () => true,
+        () => true,
+      );
+      const waiting = !(await Promise.race([settled, delay(STALE_RUN_GRACE_MS).then(() => false)]));
+      const waiter = rows[0]?.pid;
+      if (waiting && waiter !== undefined) await this.endStaleRun(pool, shard, waiter).catch(() => undefined);
+      try {
+        await claim;
+        await client.query('commit');
+      } catch (err) {
+        await client.query('rollback').catch((rollbackError: unknown) => {
+          broken = rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
+        });
+        throw err;
+      }
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** Terminates the backends that block `waiter`'s permit claim (see {@link claimPermit}). */
+  private async endStaleRun(pool: pg.Pool, shard: string, waiter: number): Promise<void> {
+    const other = await connectBy(pool, Date.now() + STALE_RUN_GRACE_MS * 4, `${shard}/primary`);
+    try {
+      await other.query('select pg_terminate_backend(b) from unnest(pg_blocking_pids($1)) as b', [waiter]);
+    } finally {
+      other.release();
+    }
+  }
+
   pause(ms: number): Promise<void> {
     return this.sleep(ms);
   }
@@ -401,7 +470,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         // The claim waits for the write transactions of the run it replaces; one left open by a
         // run that hung would make it wait for ever, past this run's deadline, renewing a lease
         // that shows the job busy. So the wait is bounded and the run fails, naming the shard.
-        await inTransaction(this.pool(shard), `begin; set local lock_timeout = '${PERMIT_CLAIM_WAIT_MS}ms'`, (c) => c.query('select move_permit_claim($1, $2)', [job.id, this.epoch]));
+        await this.claimPermit(job, shard);
       } catch (err) {
         if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) {
           throw new MoveError(
@@ -416,7 +485,7 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   /** How this run's write transactions on a shard begin: `begin` (the mover's own by default), then holding the job's permit there. */
   private permitted(job: MoveJob, begin: string = MOVER_WRITE): string {
-    return `${begin}; select move_permit_hold(${Math.trunc(job.id)}, ${this.epoch})`;
+    return `${withIdleBound(begin, this.settings.idleInTransactionMs)}; select move_permit_hold(${Math.trunc(job.id)}, ${this.epoch})`;
   }
 
   /**
@@ -442,45 +511,33 @@ export class PgMovePort implements MovePort<MoveJob> {
   private pool(shard: string): pg.Pool {
     const pool = this.options.shards.get(shard);
     if (!pool) throw new MoveError(`shard ${shard} has no primary pool in this mover`);
-    if (this.fenceDeadline !== null) return this.fencedPool(pool, this.budgetLeft() + FENCED_STATEMENT_SLACK_MS);
+    if (this.fenceDeadline !== null) return this.droppingPool(pool, shard, this.budgetLeft() + FENCED_STATEMENT_SLACK_MS);
     // Giving the fence up writes to the source too: a silent source must not hold that for ever.
-    return this.releasingFence ? this.fencedPool(pool, FENCED_STATEMENT_SLACK_MS) : pool;
+    if (this.releasingFence) return this.droppingPool(pool, shard, FENCED_STATEMENT_SLACK_MS);
+    // Outside the fence the server answers for nothing either: a shard that went silent during the
+    // copy or the catch-up (no fence held, the lease renewed by a healthy catalog connection)
+    // would hold the job until the function's timeout. Past the run's abandon time its
+    // connections are closed, the run ends, and its lease goes back.
+    const abandonIn = this.options.abandonInMs?.();
+    return abandonIn === undefined ? pool : this.droppingPool(pool, shard, abandonIn);
   }
 
   /**
-   * `pool` as used while this run holds the fence: every client it hands out has its socket
-   * closed once the fence budget is spent and {@link FENCED_STATEMENT_SLACK_MS} more, should it
-   * still be out. The server bounds the fenced statements (`lock_timeout`, `statement_timeout`
+   * `pool` whose clients (and their checkouts) are bounded to `afterMs` from now: a client still
+   * out then has its socket closed. While this run holds the fence the bound is the fence budget
+   * and {@link FENCED_STATEMENT_SLACK_MS} more; while it gives the fence up, that slack; otherwise
+   * the run's abandon time (when given). The server bounds the fenced statements (`lock_timeout`, `statement_timeout`
    * within the budget) only while it can answer: on a connection that went silent (a network
    * path that drops packets without a reset, the old address of a failed-over instance) a
    * statement would wait for ever, and writes to the unit with it, until the function's timeout.
    * Closed, the statement fails, and the run reopens the fence and stays resumable.
    */
-  private fencedPool(pool: pg.Pool, afterMs: number): pg.Pool {
+  private droppingPool(pool: pg.Pool, shard: string, afterMs: number): pg.Pool {
     const connect = async (): Promise<pg.PoolClient> => {
       // The connection itself is bounded too: a new connection to an address that answers nothing
       // (a failed-over instance's old one) never completes its start-up.
       const deadline = Date.now() + afterMs;
-      let late = false;
-      const client = await new Promise<pg.PoolClient>((resolve, reject) => {
-        const waiting = setTimeout(() => {
-          late = true;
-          reject(new Error(`connection timeout: no connection within ${afterMs} ms while the fence is held`));
-        }, afterMs);
-        pool.connect().then(
-          (c) => {
-            clearTimeout(waiting);
-            if (late) {
-              dropConnection(c);
-              c.release(true);
-            } else resolve(c);
-          },
-          (err: unknown) => {
-            clearTimeout(waiting);
-            reject(err instanceof Error ? err : new Error(String(err)));
-          },
-        );
-      });
+      const client = await connectBy(pool, deadline, `${shard}/primary`);
       const timer = setTimeout(() => {
         dropConnection(client);
       }, Math.max(0, deadline - Date.now()));

@@ -32,7 +32,18 @@ export class MoverCatalog {
   /** Set in the async context of the current holder's body. */
   private readonly holding = new AsyncLocalStorage<MoverCatalog>();
 
-  constructor(readonly client: pg.ClientBase) {}
+  /**
+   * `idleInTransactionMs`: the server ends a transaction of the run left idle longer than this
+   * (`SET LOCAL idle_in_transaction_session_timeout`: nothing outlives the transaction, nothing
+   * is pinned). A connection that went silent mid-transaction (a black-holed path: the server
+   * sees no reset) would otherwise keep the job row locked for as long as the server keeps the
+   * session, and no other run could claim the job. Give the lease's TTL: the renewal waits for
+   * the transaction, so a transaction idle that long has lost its lease anyway.
+   */
+  constructor(
+    readonly client: pg.ClientBase,
+    private readonly options: { readonly idleInTransactionMs?: number } = {},
+  ) {}
 
   /** Whether the caller runs inside a holder's body (then it already has the client). */
   private held(): boolean {
@@ -60,6 +71,15 @@ export class MoverCatalog {
 
   /** One transaction holding the client from its `begin` to its end (see `transaction.ts`). */
   transaction<T>(begin: string, fn: (client: pg.ClientBase) => Promise<T | RollbackWith<NoInfer<T>>>): Promise<T> {
-    return this.use((client) => inClientTransaction(client, begin, () => fn(client)));
+    return this.use((client) => inClientTransaction(client, withIdleBound(begin, this.options.idleInTransactionMs), () => fn(client)));
   }
+}
+
+/**
+ * `begin` (a statement that opens a transaction, without parameters) followed by a bound on how
+ * long the transaction may sit idle on the server; `begin` as it is without a bound.
+ */
+export function withIdleBound(begin: string, idleMs: number | undefined): string {
+  if (idleMs === undefined) return begin;
+  return `${begin}; set local idle_in_transaction_session_timeout = ${Math.max(1, Math.ceil(idleMs))}`;
 }

@@ -290,13 +290,18 @@ export class Mover {
    * Runs (or resumes) a job until it is done, failed or cancelled, or until `until` (epoch ms,
    * `Date.now()`'s clock) has passed: then the run stops at its next safe point (between copy
    * pages or catch-up passes, or before a step that takes the fence; never while the fence is
-   * held) and returns the job where it is, for the next run to resume. Throws
+   * held) and returns the job where it is, for the next run to resume. `abandonAt` (same clock)
+   * is when the run must be over whatever it is doing: a shard statement still unanswered then
+   * (a shard gone silent: no reset, no answer) has its connection closed, the step fails and
+   * the job stays resumable, instead of the run waiting, its lease renewed, until the process
+   * is killed. Throws
    * {@link MoveBusyError} when another process runs it, and {@link MoveError} when a step fails in
    * a way that leaves the job resumable (the error is recorded on the job).
    */
-  async run(id: number, runOptions: { readonly until?: number } = {}): Promise<MoveJob> {
-    const { until } = runOptions;
+  async run(id: number, runOptions: { readonly until?: number; readonly abandonAt?: number } = {}): Promise<MoveJob> {
+    const { until, abandonAt } = runOptions;
     if (until !== undefined && !Number.isFinite(until)) throw new MoveError(`until must be a time in epoch milliseconds (got ${until})`);
+    if (abandonAt !== undefined && !Number.isFinite(abandonAt)) throw new MoveError(`abandonAt must be a time in epoch milliseconds (got ${abandonAt})`);
     const wallClock = this.options.wallClock ?? Date.now;
     const timeUp = until === undefined ? undefined : (): boolean => wallClock() >= until;
     const ttlMs = this.options.leaseTtlMs ?? 30_000;
@@ -304,7 +309,7 @@ export class Mover {
     const copyLanes = this.options.copyLanes ?? 1;
     if (!Number.isInteger(copyLanes) || copyLanes < 1 || copyLanes > 16) throw new MoveError(`copyLanes must be a whole number from 1 to 16 (got ${copyLanes})`);
     const client = await this.options.catalog.connect();
-    const catalog = new MoverCatalog(client);
+    const catalog = new MoverCatalog(client, { idleInTransactionMs: ttlMs });
     let broken = false;
     // A connection dropped mid-run (failover, proxy, a killed backend) fails the next query,
     // which leaves the job resumable; the client's error event must not crash the process.
@@ -347,6 +352,7 @@ export class Mover {
           directory: this.options.directory,
           ...(this.options.clock ? { now: this.options.clock } : {}),
           ...(timeUp ? { timeUp } : {}),
+          ...(abandonAt === undefined ? {} : { abandonInMs: () => abandonAt - wallClock() }),
           settings: {
             batchRows: this.options.batchRows ?? 5000,
             copyBatchRows: this.options.copyBatchRows ?? 20_000,
@@ -357,6 +363,7 @@ export class Mover {
             readerGraceMs: this.options.readerGraceMs ?? 0,
             actor: this.options.actor ?? 'mover',
             maxUnitRows: this.options.maxUnitRows ?? DEFAULT_MAX_UNIT_ROWS,
+            idleInTransactionMs: ttlMs,
           },
         });
         const job = toJob(claimed);

@@ -337,7 +337,7 @@ describe('the drain before the copy', () => {
 });
 
 describe('a run resumed beside a stalled one', () => {
-  it("gives up, naming the shard, when an earlier run's write transaction stays open, and changes nothing", async () => {
+  it("ends an earlier run's write transaction that stays open (that run lost its lease), and finishes the move", async () => {
     const slot = 720;
     const { from, to, source } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 2), 2);
@@ -347,21 +347,22 @@ describe('a run resumed beside a stalled one', () => {
     let looks = 0;
     expect((await env.mover({ wallClock: () => (++looks >= 4 ? first : first - 1) }).run(planned.id, { until: first })).state).toBe('copying');
     const { rows } = await env.catalog.query<{ epoch: string }>('select lease_epoch as epoch from catalog.move_jobs where id = $1', [planned.id]);
-    // A stalled run of that epoch is inside one of its write transactions on the source.
+    // A stalled run of that epoch is inside one of its write transactions on the source (or its
+    // connection went silent there: the server cannot tell).
     const stalled = await (env.shards.get(from) as pg.Pool).connect();
+    stalled.on('error', () => undefined);
     try {
       await stalled.query('begin');
       await stalled.query(`set local ca_dms.move_writer = 'on'`);
       await stalled.query('select move_permit_hold($1, $2)', [planned.id, Number(rows[0]?.epoch)]);
       const started = Date.now();
-      await expect(env.mover({ readerGraceMs: 0 }).run(planned.id)).rejects.toThrow(new RegExp(`an earlier run's write transaction on ${from} is still open after 10000 ms`));
-      expect(Date.now() - started).toBeLessThan(20_000);
-      expect((await env.mover().get(planned.id)).state).toBe('copying');
+      expect((await env.mover({ readerGraceMs: 0 }).run(planned.id)).state).toBe('done');
+      expect(Date.now() - started).toBeLessThan(10_000);
+      // The stalled run's session was ended: it can change nothing more.
+      await expect(stalled.query('select 1')).rejects.toThrow();
     } finally {
-      await stalled.query('rollback');
-      stalled.release();
+      stalled.release(true);
     }
-    expect((await env.mover({ readerGraceMs: 0 }).run(planned.id)).state).toBe('done');
   }, 60_000);
 });
 

@@ -1,0 +1,386 @@
+/**
+ * A database goes silent under a move: no reset, no answer (a black-holed network path, the old
+ * address of a failed-over instance). While the mover holds the source's write fence, the fence
+ * budget promises writes to the unit are held at most `fenceBudgetMs`; on Lambda a hung run would
+ * hold them until the function's timeout (15 min) killed it and the next tick reopened them.
+ * Whichever side goes silent, and however (open connections silent, or reset with new ones never
+ * answered), the run must end within a bound of the budget, the fence given back. Outside the
+ * fence, a run waiting on a silent shard during the copy, or leaving a transaction open there,
+ * must neither outlive its invocation nor keep the next run from taking the job over. The same
+ * holds for the catalog going silent under a run (inside the flip; with the moves function's
+ * pool settings).
+ */
+import { setTimeout as delay } from 'node:timers/promises';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ListeningClient } from '../../../functions/adapters/postgres/listening-client.js';
+import { Mover, MoveBusyError } from '../../../functions/adapters/postgres/mover.js';
+import { createPool } from '../../../functions/handlers/shared/db.js';
+import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { SilentRelay } from './fixtures/silent-relay.js';
+
+let env: MoveEnv;
+const pools: pg.Pool[] = [];
+const relays: SilentRelay[] = [];
+beforeAll(async () => {
+  env = await startMoveEnv();
+});
+afterAll(async () => {
+  for (const r of relays) await r.stop();
+  await Promise.race([Promise.all(pools.map((p) => p.end().catch(() => undefined))), delay(5000)]);
+  await Promise.race([env?.stop(), delay(20_000)]);
+}, 60_000);
+
+async function fenceState(pool: pg.Pool, slot: number): Promise<string | undefined> {
+  const { rows } = await pool.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+  return rows[0]?.state;
+}
+
+/** A pool of `max` connections to `url`'s server through a relay that can go silent. */
+async function relayedPool(url: string, max = 4): Promise<{ relay: SilentRelay; pool: pg.Pool }> {
+  const u = new URL(url);
+  const relay = await SilentRelay.start(Number(u.port));
+  relays.push(relay);
+  const pool = new pg.Pool({ connectionString: relay.url(url), max, Client: ListeningClient });
+  pool.on('error', () => undefined);
+  pools.push(pool);
+  return { relay, pool };
+}
+
+describe("the target's connection goes silent while the source is fenced", () => {
+  it('gives the fence up within a bound of its budget, so writes to the unit are not held until the function is killed', async () => {
+    const slot = 630;
+    const { from, to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+    const { relay, pool: relayed } = await relayedPool(env.urls.shards[to] as string, 1);
+    const mover = env.mover({
+      shards: new Map([
+        [from, source],
+        [to, relayed],
+      ]),
+      fenceBudgetMs: 1000,
+      hook: (point) => {
+        if (point === 'fenced') relay.blackhole();
+      },
+    });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    let fencedAt = 0;
+    const run = mover.run(planned.id, { until: Date.now() + 60_000 }).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+    for (let i = 0; i < 400 && fencedAt === 0; i++) {
+      if ((await fenceState(source, slot)) === 'fenced') fencedAt = Date.now();
+      else await delay(25);
+    }
+    expect(fencedAt).toBeGreaterThan(0);
+
+    // Ten budgets later.
+    await delay(10_000);
+    const state = await fenceState(source, slot);
+    const outcome = await Promise.race([run, delay(10).then(() => 'still running')]);
+
+    expect({ state, outcome }).toEqual({ state: 'open', outcome: expect.stringMatching(/^(threw|ended)/) as unknown as string });
+    await relay.stop();
+    await Promise.race([run, delay(5000)]);
+    // Resumed over a healthy connection, the move finishes.
+    expect((await env.mover().run(planned.id)).state).toBe('done');
+  }, 60_000);
+});
+
+async function runUntilSilent(slot: number, side: 'source' | 'target', how: 'blackhole' | 'failOver'): Promise<{ outcome: string; planned: number }> {
+  const { from, to, source, target } = await sides(env, slot);
+  await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+  const relayed = await relayedPool(env.urls.shards[side === 'source' ? from : to] as string);
+  const mover = env.mover({
+    shards: new Map([
+      [from, side === 'source' ? relayed.pool : source],
+      [to, side === 'target' ? relayed.pool : target],
+    ]),
+    fenceBudgetMs: 1000,
+    hook: (point) => {
+      if (point === 'fenced') relayed.relay[how]();
+    },
+  });
+  const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+  const run = mover.run(planned.id, { until: Date.now() + 60_000 }).then(
+    (j) => `ended: ${j.state}`,
+    (e: Error) => `threw: ${e.message}`,
+  );
+  let fenced = false;
+  for (let i = 0; i < 400 && !fenced; i++) {
+    if ((await fenceState(source, slot)) === 'fenced') fenced = true;
+    else await delay(25);
+  }
+  expect(fenced).toBe(true);
+  // Fifteen budgets later (the budget, its 5 s slack, and the unfence's own bound).
+  const ran = await Promise.race([run, delay(15_000).then(() => 'still running 15 s after the fence')]);
+  const outcome = `${ran} (source fence ${(await fenceState(source, slot)) ?? '-'})`;
+  await relayed.relay.stop();
+  await Promise.race([run, delay(5000)]);
+  return { outcome, planned: planned.id };
+}
+
+describe('a shard silent while the source is fenced: the run ends', () => {
+  it("ends the run when the source's path goes silent under the fence (its unfence must not wait for ever)", async () => {
+    const { outcome } = await runUntilSilent(631, 'source', 'blackhole');
+    expect(outcome).toMatch(/^(threw|ended)/);
+  }, 60_000);
+
+  it('ends the run when the target fails over under the fence (a new connection to the old address never completes)', async () => {
+    const { outcome } = await runUntilSilent(632, 'target', 'failOver');
+    expect(outcome).toMatch(/^(threw|ended).*\(source fence open\)$/);
+  }, 60_000);
+});
+
+/**
+ * The source's connection goes silent (a black-holed path: the server sees no reset) just as
+ * the mover sends the statement that fences the unit: the server runs it and waits, idle in
+ * transaction, for a commit that never comes, with the unit's fence row locked. The mover gives
+ * the connection up on its side (moves-fence-silent-shard.test.ts); the server does not, and
+ * every write to the unit waits on that row lock for as long as the server keeps the session.
+ */
+describe("the source goes silent inside the mover's fence transaction", () => {
+  it('lets writes to the unit through again within about a lease TTL', async () => {
+    const slot = 670;
+    const { from, to, source, target } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 2);
+    const { relay, pool: relayed } = await relayedPool(env.urls.shards[from] as string, 2);
+    const mover = env.mover({
+      shards: new Map([
+        [from, relayed],
+        [to, target],
+      ]),
+      fenceBudgetMs: 1000,
+      leaseTtlMs: 1500,
+    });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    relay.blackholeAfter("set state = 'fenced'");
+    const run = mover.run(planned.id, { until: Date.now() + 20_000, abandonAt: Date.now() + 25_000 }).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+    let locked = false;
+    for (let i = 0; i < 300 && !locked; i++) {
+      const { rows } = await source.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where state = 'idle in transaction' and query like '%set state = ''fenced''%'`);
+      locked = (rows[0]?.n ?? 0) > 0;
+      if (!locked) await delay(50);
+    }
+    expect(locked).toBe(true);
+    const lockedAt = Date.now();
+
+    let written: number | 'never' = 'never';
+    while (Date.now() - lockedAt < 9000) {
+      const ok = await env.writer.withShardWrite(user, ({ client }) => client.query(`update users set display_name = 'after the silence' where id = $1`, [user]), { deadlineMs: 1000 }).then(
+        () => true,
+        () => false,
+      );
+      if (ok) {
+        written = Date.now() - lockedAt;
+        break;
+      }
+    }
+
+    expect(written === 'never' ? 'no write got through in 9 s' : written < 5000).toBe(true);
+    await relay.stop();
+    await Promise.race([run, delay(5000)]);
+  }, 45_000);
+});
+
+/**
+ * A shard goes silent (no reset: a black-holed path, the old address of a failed-over instance)
+ * while a move copies, with no fence held. The run's catalog connection is healthy and renews
+ * its lease, so no other run may take the job over while this one waits. The moves function
+ * promises that an invocation ends normally, its leases given back, before the function's
+ * timeout (a run stops at a safe point from its `until`): a run waiting on a silent shard must be
+ * over by its `abandonAt`, not wait until the process is killed.
+ */
+describe('a shard goes silent during the copy (no fence held)', () => {
+  it("ends the run by its abandonAt and gives the job up, so the next run takes it over", async () => {
+    const slot = 640;
+    const { from, to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 40), 5);
+    const { relay, pool: relayed } = await relayedPool(env.urls.shards[to] as string, 2);
+    const mover = env.mover({
+      shards: new Map([
+        [from, source],
+        [to, relayed],
+      ]),
+      copyBatchRows: 20,
+      leaseTtlMs: 1500,
+      hook: (point) => {
+        if (point === 'copying') relay.blackhole();
+      },
+    });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // As the moves function passes them, shortened: stop at a safe point from `until`, be over by `abandonAt`.
+    const until = Date.now() + 2000;
+    const abandonAt = until + 2000;
+    const run = mover.run(planned.id, { until, abandonAt }).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.name}`,
+    );
+
+    const outcome = await Promise.race([run, delay(4000 + 3000).then(() => 'still running')]);
+    const takeover = await env
+      .mover()
+      .run(planned.id)
+      .then(
+        (j) => j.state,
+        (e: unknown) => (e instanceof MoveBusyError ? 'busy: the silent run still holds the job' : `threw: ${String(e)}`),
+      );
+
+    expect({ outcome, takeover }).toEqual({ outcome: expect.stringMatching(/^(threw|ended)/) as unknown as string, takeover: 'done' });
+  }, 40_000);
+});
+
+/**
+ * A shard connection of a move run goes silent (a black-holed path: the server sees no reset)
+ * in the middle of one of the run's write transactions on that shard. The server keeps the
+ * transaction open, idle, for as long as it keeps the session, holding the run's permit there;
+ * the run that takes the job over waits for the permit at most PERMIT_CLAIM_WAIT_MS and fails,
+ * at every tick, until the server drops that session.
+ */
+describe("a shard goes silent inside one of the mover's transactions", () => {
+  it.each([
+    { at: 'between two statements of a copy page', slot: 660, after: 'delete from users where', waiting: 'delete from users where%' },
+    { at: "in a copy page's COPY FROM STDIN", slot: 661, after: 'from stdin', waiting: 'copy users%' },
+  ])('$at: lets the next run claim the job on that shard once the silent run has lost its lease, and finish the move', async ({ slot, after, waiting }) => {
+    const { from, to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 5), 2);
+    const { relay, pool: relayed } = await relayedPool(env.urls.shards[to] as string, 2);
+    const silent = env.mover({
+      shards: new Map([
+        [from, source],
+        [to, relayed],
+      ]),
+      leaseTtlMs: 1500,
+    });
+    const planned = await silent.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // The copy's first page on the target: the statement runs, its answer never comes back.
+    relay.blackholeAfter(after);
+    const run = silent.run(planned.id, { until: Date.now() + 1000, abandonAt: Date.now() + 2000 }).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+    let seen = false;
+    for (let i = 0; i < 200 && !seen; i++) {
+      const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where state <> 'idle' and query like $1 and pid <> pg_backend_pid()`, [waiting]);
+      seen = (rows[0]?.n ?? 0) > 0;
+      if (!seen) await delay(50);
+    }
+    expect(seen).toBe(true);
+    await Promise.race([run, delay(5000)]);
+    await delay(1000); // its lease has lapsed
+
+    const takeover = await Promise.race([
+      env
+        .mover({ leaseTtlMs: 1500 })
+        .run(planned.id)
+        .then(
+          (j) => j.state,
+          (e: Error) => `threw: ${e.message}`,
+        ),
+      delay(15_000).then(() => 'still waiting'),
+    ]);
+    const rows = { source: await countSlot(source, slot), target: await countSlot(target, slot) };
+
+    expect({ takeover, rows }).toEqual({ takeover: 'done', rows: { source: { users: 0, documents: 0 }, target: { users: 5, documents: 10 } } });
+  }, 45_000);
+});
+
+/**
+ * The moves worker's catalog connection goes silent (a black-holed path, a failed-over
+ * catalog's old address) inside the flip: the flip's transaction has locked the job row and
+ * published the new map version, and its next statement's answer never comes. The server keeps
+ * that transaction open, idle, for as long as it keeps the session: the job row stays locked, so
+ * no other run can claim the job once the silent run's lease has lapsed, and the source stays
+ * fenced (writes to the unit wait) all that time.
+ */
+describe('the catalog goes silent inside the flip', () => {
+  it('lets another run take the job over once the silent run has lost its lease, and finish the move', async () => {
+    const slot = 650;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 5), 2);
+    const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
+    relays.push(relay);
+    // The moves function's catalog pool (one connection, its query timeout, keepalive).
+    const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined);
+    pools.push(catalog);
+    const silent = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100 });
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    relay.blackholeAfter('flip_started_at = clock_timestamp()');
+    const run = silent.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+    // Wait for the flip's statement to have been sent, then for its lease to lapse.
+    for (let i = 0; i < 200; i++) {
+      const { rows } = await env.catalog.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where state = 'idle in transaction' and query like '%flip_started_at = clock_timestamp()%'`);
+      if ((rows[0]?.n ?? 0) > 0) break;
+      await delay(50);
+    }
+    await delay(2000);
+
+    const takeover = await Promise.race([
+      env
+        .mover({ leaseTtlMs: 1500 })
+        .run(planned.id)
+        .then(
+          (j) => j.state,
+          (e: Error) => `threw: ${e.message}`,
+        ),
+      delay(12_000).then(() => 'still waiting for the job row'),
+    ]);
+    const rows = { source: await countSlot(source, slot), target: await countSlot(target, slot) };
+
+    expect({ takeover, rows }).toEqual({ takeover: 'done', rows: { source: { users: 0, documents: 0 }, target: { users: 5, documents: 10 } } });
+    await relay.stop();
+    await Promise.race([run, delay(5000)]);
+  }, 45_000);
+});
+
+/**
+ * The moves worker's catalog connection goes silent during the copy. With the Lambda pool
+ * settings the client's `query_timeout` ends each catalog statement (the server cannot answer
+ * it), and the run fails, resumable. The connection must not go back to the pool as it is: its
+ * unanswered statement stays at the head of its queue, so every later statement on it (the
+ * next invocation's, in a warm container whose pool holds one connection) waits its own
+ * query timeout and fails, even once new connections work again.
+ */
+describe('the catalog goes silent under a move run (Lambda pool settings)', () => {
+  it('ends the run, and the next run on the same pool finishes the move once the catalog answers again', async () => {
+    const slot = 680;
+    const { to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 5), 2);
+    const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
+    relays.push(relay);
+    // The moves function's catalog pool, its query timeout shortened from 12 s.
+    const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined, { query_timeout: 1500 });
+    pools.push(catalog);
+    const mover = (hook?: () => void): Mover =>
+      new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100, ...(hook ? { hook: (point) => (point === 'copied' ? hook() : undefined) } : {}) });
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const first = await Promise.race([
+      mover(() => relay.blackhole())
+        .run(planned.id)
+        .then(
+          (j) => `ended: ${j.state}`,
+          (e: Error) => `threw: ${e.message}`,
+        ),
+      delay(15_000).then(() => 'still running'),
+    ]);
+    relay.heal(); // the catalog answers new connections again (a failover finished)
+    await delay(1600); // the first run's lease has lapsed
+
+    const next = await mover()
+      .run(planned.id)
+      .then(
+        (j) => j.state,
+        (e: Error) => `threw: ${e.message}`,
+      );
+
+    expect({ first: first.startsWith('threw'), next }).toEqual({ first: true, next: 'done' });
+  }, 45_000);
+});
