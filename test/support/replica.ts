@@ -25,7 +25,8 @@
  * await cluster.stop();
  * ```
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -363,4 +364,29 @@ export async function cutWalReceiver(replicaUrl: string): Promise<() => Promise<
     await client.query('select pg_reload_conf()');
     await client.end();
   };
+}
+
+/**
+ * Freezes a replica's server (SIGSTOP to its postmaster and every process it started, backends
+ * included): it stops answering without closing any connection, as a frozen host, a paused VM or
+ * a black-holed path would. Answers the function that thaws it (SIGCONT; safe to call twice).
+ */
+export function freezeReplica(replica: TestReplica): () => void {
+  const postmaster = Number(readFileSync(join(replica.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const children = execFileSync('pgrep', ['-P', String(postmaster)], { encoding: 'utf8' })
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map(Number);
+  const pids = [postmaster, ...children];
+  const signal = (sig: NodeJS.Signals): void => {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, sig);
+      } catch {
+        // gone already
+      }
+    }
+  };
+  signal('SIGSTOP');
+  return () => signal('SIGCONT');
 }

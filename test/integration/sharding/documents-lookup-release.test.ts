@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type pg from 'pg';
@@ -12,8 +13,9 @@ import { keysInSlot, primaryReads, seedUsers, sides, startMoveEnv, type MoveEnv 
 
 let env: MoveEnv;
 beforeAll(async () => {
-  env = await startMoveEnv();
-});
+  // Four shards: a unit can have a former owner, a current owner and a target, all different.
+  env = await startMoveEnv({ shards: 4 });
+}, 120_000);
 afterAll(async () => {
   await env?.stop();
 });
@@ -87,4 +89,56 @@ describe("a document looked up without its owner while a move's release is half 
       await env.mover({ readerGraceMs: 0 }).resumeAll();
     }
   });
+});
+
+async function slotOwnedBy(shard: string, from: number): Promise<number> {
+  for (let slot = from; ; slot += 1) if ((await env.ownerOf(slot)) === shard) return slot;
+}
+
+describe('a document looked up without its owner, copies in transit naming different owners', () => {
+  /**
+   * The document was owner A's (slot s1) on shard_a; s1 moved to shard_d and its clean-up on
+   * shard_a has not run (a `moved` copy under A). The document was then handed to owner B
+   * (slot s2, on shard_b), and s2 is now in its release to shard_c (shard_b `moved`, shard_c
+   * `incoming`). The document exists: the answer is the document or a retryable 503, not 404.
+   */
+  it('answers 503 or the document, never 404, when the first copy in transit names a former owner', async () => {
+    const s1 = await slotOwnedBy('shard_d', 100);
+    const s2 = await slotOwnedBy('shard_b', 300);
+    const shard = (id: string): pg.Pool => env.shards.get(id) as pg.Pool;
+    const [ownerA] = keysInSlot(s1, 1) as [string];
+    const [ownerB] = keysInSlot(s2, 1) as [string];
+    await seedUsers(shard('shard_d'), s1, [ownerA], 0);
+    await seedUsers(shard('shard_b'), s2, [ownerB], 1);
+    const doc = (await shard('shard_b').query<{ id: string }>('select id::text from documents where owner_id = $1', [ownerB])).rows[0]?.id as string;
+    // The former owner's stale copy on shard_a, of a unit that moved to shard_d (clean-up pending).
+    const stale = await shard('shard_a').connect();
+    try {
+      await stale.query("begin; set local ca_dms.move_writer = 'on'");
+      await stale.query("insert into users (id, slot, email, display_name) values ($1, $2, $3, 'a')", [ownerA, s1, `${randomUUID()}@x`]);
+      await stale.query("insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'old')", [doc, ownerA, s1]);
+      await stale.query("insert into write_fences (kind, unit_id, state, moved_to, map_version) values ('slot', $1, 'moved', 'shard_d', 1)", [String(s1)]);
+      await stale.query('commit');
+    } finally {
+      stale.release();
+    }
+    const mover = env.mover({
+      readerGraceMs: 0,
+      hook(point) {
+        if (point === 'cleaning_up') throw new Error('test: the mover stops after the release');
+      },
+    });
+    await expect(mover.run((await mover.plan({ kind: 'slot', slot: s2, to: 'shard_c', createdBy: 'test' })).id)).rejects.toThrow(/after the release/);
+    const targetSays = (state: string) => shard('shard_c').query(`update write_fences set state = $2 where kind = 'slot' and unit_id = $1`, [String(s2), state]);
+    await targetSays('incoming');
+    const api = await documentsApi();
+    try {
+      const between = await api.get<{ title?: string; status?: number }>(`/api/v1/documents/${doc}`);
+      expect([200, 503]).toContain(between.status);
+    } finally {
+      await targetSays('open');
+      await api.close();
+      await env.mover({ readerGraceMs: 0 }).resumeAll();
+    }
+  }, 60_000);
 });

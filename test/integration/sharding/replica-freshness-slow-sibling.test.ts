@@ -1,34 +1,13 @@
-import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import type { FreshnessBounds } from '../../../functions/core/sharding/replica-choice.js';
-import { startShardCluster, type TestReplica, type TestShardCluster } from '../../support/replica.js';
+import { freezeReplica, startShardCluster, type TestShardCluster } from '../../support/replica.js';
 
 const SHARD = 'shard_001';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const bounds: FreshnessBounds = { maxLagSeconds: 2, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 120_000 };
-
-function processesOf(replica: TestReplica): number[] {
-  const postmaster = Number(readFileSync(join(replica.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-  const children = execFileSync('pgrep', ['-P', String(postmaster)], { encoding: 'utf8' })
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map(Number);
-  return [postmaster, ...children];
-}
-const signal = (pids: readonly number[], sig: NodeJS.Signals): void => {
-  for (const pid of pids) {
-    try {
-      process.kill(pid, sig);
-    } catch {
-      // gone already
-    }
-  }
-};
 
 /**
  * freshAsOfMs is "probe time less the lag", but the probe time is read once after every replica
@@ -39,14 +18,14 @@ const signal = (pids: readonly number[], sig: NodeJS.Signals): void => {
 describe('replica freshness measured next to a slow sibling replica', () => {
   let cluster: TestShardCluster;
   let pools: ShardPools;
-  let frozen: number[] = [];
+  let thaw: () => void = () => undefined;
 
   beforeAll(async () => {
     cluster = await startShardCluster({ shards: 1, replicasPerShard: 2, schema: true });
     pools = ShardPools.fromConfig(cluster.config, { max: 4, connectionTimeoutMillis: 3000 });
   }, 120_000);
   afterAll(async () => {
-    signal(frozen, 'SIGCONT');
+    thaw();
     await pools?.end();
     await cluster?.stop();
   });
@@ -64,8 +43,7 @@ describe('replica freshness measured next to a slow sibling replica', () => {
       const id = randomUUID();
       await pools.primary(SHARD).pool.query("insert into users (id, slot, email, display_name) values ($1, 7, 'a@example.org', 'A')", [id]);
       const committedAt = Date.now();
-      frozen = processesOf(slow);
-      signal(frozen, 'SIGSTOP');
+      thaw = freezeReplica(slow);
       await sleep(300);
       await reader.refresh(); // the frozen sibling holds it for the probe timeout
       const wait = committedAt + bounds.maxLagSeconds * 1000 + 700 - Date.now();
@@ -75,8 +53,7 @@ describe('replica freshness measured next to a slow sibling replica', () => {
       expect({ n: rows[0]?.n, staleMsOver: staleMs > bounds.maxLagSeconds * 1000, servedBy }).toEqual({ n: 1, staleMsOver: true, servedBy: expect.any(String) });
     } finally {
       reader.stop();
-      signal(frozen, 'SIGCONT');
-      frozen = [];
+      thaw();
       await paused.resumeReplay();
     }
   }, 60_000);
