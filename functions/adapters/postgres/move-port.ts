@@ -426,9 +426,14 @@ export class PgMovePort implements MovePort<MoveJob> {
         () => true,
         () => true,
       );
-      const waiting = !(await Promise.race([settled, delay(STALE_RUN_GRACE_MS).then(() => false)]));
       const waiter = rows[0]?.pid;
-      if (waiting && waiter !== undefined) await this.endStaleRun(pool, shard, waiter).catch(() => undefined);
+      // The earlier run may have several transactions holding the permit row (copy lanes, the
+      // source and the target on one shard): the claim waits for them one at a time, so each
+      // round ends the one it waits for now, until the claim settles or its own bound ends it.
+      const giveUpAt = Date.now() + PERMIT_CLAIM_WAIT_MS;
+      while (waiter !== undefined && Date.now() < giveUpAt && !(await Promise.race([settled, delay(STALE_RUN_GRACE_MS).then(() => false)]))) {
+        await this.endStaleRun(pool, shard, waiter).catch(() => undefined);
+      }
       try {
         await claim;
         await client.query('commit');
@@ -443,11 +448,24 @@ export class PgMovePort implements MovePort<MoveJob> {
     }
   }
 
-  /** Terminates the backends that block `waiter`'s permit claim (see {@link claimPermit}). */
+  /**
+   * Terminates the backends that block `waiter`'s permit claim on the job's permit row (see
+   * {@link claimPermit}): only while the claim waits for a row locker's transaction (a lock of
+   * type `transactionid`; the claim's statement touches this job's permit row only), and only
+   * sessions of the waiter's own login. A claim that waits for a lock on the table (an operator's
+   * `lock table`, a migration's `alter table`, a `vacuum full`) ends nobody: it waits its bound.
+   */
   private async endStaleRun(pool: pg.Pool, shard: string, waiter: number): Promise<void> {
     const other = await connectBy(pool, Date.now() + STALE_RUN_GRACE_MS * 4, `${shard}/primary`);
     try {
-      await other.query('select pg_terminate_backend(b) from unnest(pg_blocking_pids($1)) as b', [waiter]);
+      await other.query(
+        `select pg_terminate_backend(a.pid)
+           from unnest(pg_blocking_pids($1)) as b(pid)
+           join pg_stat_activity a on a.pid = b.pid
+          where a.usename = (select w.usename from pg_stat_activity w where w.pid = $1)
+            and exists (select 1 from pg_locks l where l.pid = $1 and not l.granted and l.locktype = 'transactionid')`,
+        [waiter],
+      );
     } finally {
       other.release();
     }

@@ -93,6 +93,28 @@ describe('a silent shard primary under requests with a deadline', () => {
     expect(second !== 'still waiting' && 'ms' in second && second.ms).toBeLessThan(1600);
   }, 30_000);
 
+  it.each([
+    { lost: "the commit's answer", after: 'commit\u0000', slot: 903 },
+    { lost: "the read token's answer (the commit was acknowledged)", after: 'pg_current_wal_insert_lsn', slot: 904 },
+  ])('does not report a committed write as a plain deadline failure (nothing committed) when $lost is lost', async ({ after, slot }) => {
+    const shardId = await env.ownerOf(slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    const api = await apiThroughRelay(shardId, 1);
+    // The commit is answered; the read token's query after it goes unanswered (the path goes silent).
+    api.relay.blackholeAfter(after);
+    const reason = await api.writer
+      .withShardWrite(user, ({ client, slot: s }) => client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [user, s, `${user}@example.org`, 'x']), { deadlineMs: 1000 })
+      .then(
+        () => 'ok',
+        (e: unknown) => (e instanceof ShardWriteError ? e.reason : String(e)),
+      );
+    const shard = env.shards.get(shardId);
+    if (!shard) throw new Error(`no pool for ${shardId}`);
+    const { rows } = await shard.query<{ n: number }>('select count(*)::int as n from users where id = $1', [user]);
+    // Committed: the caller must be able to tell this from a write that changed nothing (retrying it would write twice).
+    expect({ committed: rows[0]?.n, reason }).toEqual({ committed: 1, reason: 'outcome-unknown' });
+  }, 30_000);
+
   it('ends a primary read by its deadline, and the next reads neither hang nor wait on a stuck connection', async () => {
     const slot = 902;
     const shardId = await env.ownerOf(slot);
@@ -114,6 +136,33 @@ describe('a silent shard primary under requests with a deadline', () => {
     });
     expect(first !== 'still waiting' && 'ms' in first && first.ms).toBeLessThan(1600);
     expect(second !== 'still waiting' && 'ms' in second && second.ms).toBeLessThan(1600);
+  }, 30_000);
+});
+
+/**
+ * A healthy primary, a write past its deadline: PostgreSQL cancels it (statement_timeout) and
+ * the connection stays in the pool; only a silent primary's connection is dropped.
+ */
+describe('a healthy primary under a write that runs past its deadline', () => {
+  it('keeps the connection when a later statement of the write runs past the deadline', async () => {
+    const slot = 905;
+    const shardId = await env.ownerOf(slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    const api = await apiThroughRelay(shardId, 1);
+    const pid = async (): Promise<number> => (await api.writer.withShardWrite(user, async ({ client }) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? -1, { deadlineMs: 3000 })).value;
+    const before = await pid();
+    // Two statements of 700 ms each within a 1000 ms deadline: the second passes the deadline.
+    const slow = await api.writer
+      .withShardWrite(user, async ({ client }) => {
+        await client.query('select pg_sleep(0.7)');
+        await client.query('select pg_sleep(0.7)');
+      }, { deadlineMs: 1000 })
+      .then(
+        () => 'ok',
+        (e: unknown) => (e instanceof ShardWriteError ? `${e.reason}: ${e.message}` : String(e)),
+      );
+    const after = await pid();
+    expect({ slow: slow.startsWith('deadline-exceeded'), droppedHealthyConnection: after !== before, detail: slow }).toMatchObject({ slow: true, droppedHealthyConnection: false });
   }, 30_000);
 });
 
