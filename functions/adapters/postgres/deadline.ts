@@ -12,6 +12,7 @@
  * const rows = await withNodeDeadline(pool, 2000, 'shard_001/replica-1', async (c) => (await c.query('select 1')).rows);
  * ```
  */
+import net from 'node:net';
 import type pg from 'pg';
 import { dropConnection } from './listening-client.js';
 
@@ -152,4 +153,29 @@ export function dropAtDeadline(client: pg.ClientBase, deadlineAt: number, graceM
       clearTimeout(timer);
     },
   };
+}
+
+/**
+ * Asks the server to cancel the statement `client` is running (a protocol CancelRequest on a
+ * connection of its own, as `pg_cancel_backend` would): `statement_timeout` bounds each statement
+ * from its own start, so a statement begun shortly before a request's deadline would run past
+ * it. Cancelled, it fails with 57014 and the connection stays usable. Fire and forget: a server
+ * that is silent never gets it (the caller drops the connection then). A cancel that arrives
+ * while the session is idle is ignored by the server.
+ */
+export function cancelStatement(client: pg.ClientBase): void {
+  const c = client as unknown as { processID?: unknown; secretKey?: unknown; host?: unknown; port?: unknown };
+  const { processID, secretKey, host, port } = c;
+  if (typeof processID !== 'number' || typeof secretKey !== 'number' || typeof port !== 'number') return;
+  const socket = typeof host === 'string' && host.startsWith('/') ? net.connect(`${host}/.s.PGSQL.${port}`) : net.connect(port, typeof host === 'string' ? host : 'localhost');
+  socket.on('error', () => undefined);
+  socket.setTimeout(DEADLINE_GRACE_MS * 4, () => socket.destroy());
+  socket.on('connect', () => {
+    const request = Buffer.alloc(16);
+    request.writeInt32BE(16, 0);
+    request.writeInt32BE(80877102, 4);
+    request.writeInt32BE(processID, 8);
+    request.writeInt32BE(secretKey, 12);
+    socket.end(request);
+  });
 }

@@ -24,7 +24,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, dropAtDeadline } from './deadline.js';
+import { cancelStatement, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, dropAtDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { UNIQUE_VIOLATION } from './sqlstate.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
@@ -153,9 +153,14 @@ export interface ShardWriteResult<T> {
   readonly attempts: number;
 }
 
-export type ShardWriteErrorReason = 'unknown-shard' | 'fence-timeout' | 'too-many-reroutes' | 'deadline-exceeded';
+/**
+ * `outcome-unknown`: the deadline passed with the primary silent after the write's commit was
+ * sent (its answer lost, or the commit answered and the read token's query not): the write may
+ * have been (when the message says so, was) committed. Every other reason: nothing was committed.
+ */
+export type ShardWriteErrorReason = 'unknown-shard' | 'fence-timeout' | 'too-many-reroutes' | 'deadline-exceeded' | 'outcome-unknown';
 
-/** A write could not be placed. Nothing was committed. */
+/** A write could not be placed. Nothing was committed, unless the reason is `outcome-unknown`. */
 export class ShardWriteError extends Error {
   override readonly name = 'ShardWriteError';
   constructor(
@@ -376,6 +381,21 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       let outcome: FenceVerdict;
       let broken = false;
       let committed = false;
+      // Set once the body is done and the transaction's commit is about to be sent.
+      let committing = false;
+      // statement_timeout runs from each statement's own start: one begun shortly before the
+      // deadline would outrun it, and the guard would drop a healthy connection. At the deadline
+      // the server is asked to cancel the statement (never once the commit is on its way); only a
+      // server that does not answer that within the grace has its connection dropped.
+      const canceller =
+        deadlineAt === undefined
+          ? undefined
+          : setTimeout(
+              () => {
+                if (!committing) cancelStatement(client);
+              },
+              Math.max(0, deadlineAt - Date.now()),
+            );
       try {
         const body = await inClientTransaction<{ verdict: 'write'; value: T } | { verdict: Exclude<FenceVerdict, 'write'> }>(
           client,
@@ -390,7 +410,9 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
             if (destination !== null && destination !== route.shardId) prepareDestination(destination, pool);
             const found = verdict(fences.rows, route.viaDirectory);
             if (found !== 'write') return new RollbackWith({ verdict: found });
-            return { verdict: found, value: await fn({ client, shardId: route.shardId, slot: route.slot, version: route.version }) };
+            const value = await fn({ client, shardId: route.shardId, slot: route.slot, version: route.version });
+            committing = true;
+            return { verdict: found, value };
           },
           // A connection that could not even roll back must not go back to the pool.
           () => {
@@ -406,13 +428,20 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         }
         outcome = body.verdict;
       } catch (err) {
+        if (committed) {
+          // The commit was acknowledged; only the read token's query failed.
+          broken = true;
+          throw new ShardWriteError('outcome-unknown', `shard ${route.shardId}'s primary committed the write, then failed to give its read token; the write was committed`, { cause: err });
+        }
         if (guard?.expired === true) {
           broken = true;
           throw new ShardWriteError(
-            'deadline-exceeded',
+            committed || committing ? 'outcome-unknown' : 'deadline-exceeded',
             committed
               ? `shard ${route.shardId}'s primary committed the write but did not answer for its read token within the ${writeOptions.deadlineMs} ms deadline; the connection was dropped`
-              : `shard ${route.shardId}'s primary did not answer within the write's ${writeOptions.deadlineMs} ms deadline; the connection was dropped (nothing was committed, unless the commit itself was under way: then its outcome is unknown)`,
+              : committing
+                ? `shard ${route.shardId}'s primary did not answer the write's commit within its ${writeOptions.deadlineMs} ms deadline; the connection was dropped and whether the write was committed is unknown`
+                : `shard ${route.shardId}'s primary did not answer within the write's ${writeOptions.deadlineMs} ms deadline; the connection was dropped and nothing was committed`,
             { cause: new DeadlinePassedError(`${route.shardId}/primary`, 'query') },
           );
         }
@@ -430,6 +459,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           waitedFor = 'copy';
         } else throw err;
       } finally {
+        clearTimeout(canceller);
         guard?.disarm();
         client.off('error', onError);
         client.release(broken || died || guard?.expired || undefined);
