@@ -14,7 +14,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ListeningClient } from '../../../functions/adapters/postgres/listening-client.js';
-import { Mover, MoveBusyError } from '../../../functions/adapters/postgres/mover.js';
+import { Mover, MoveBusyError, type MoveJob } from '../../../functions/adapters/postgres/mover.js';
 import { createPool } from '../../../functions/handlers/shared/db.js';
 import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { SilentRelay } from './fixtures/silent-relay.js';
@@ -30,6 +30,26 @@ afterAll(async () => {
   await Promise.race([Promise.all(pools.map((p) => p.end().catch(() => undefined))), delay(5000)]);
   await Promise.race([env?.stop(), delay(20_000)]);
 }, 60_000);
+
+/** How a move run ended, as text: `ended: <state>` or `threw: <message>`. */
+const settle = (run: Promise<MoveJob>): Promise<string> =>
+  run.then(
+    (j) => `ended: ${j.state}`,
+    (e: Error) => `threw: ${e.message}`,
+  );
+
+/** The job run by a fresh mover (one taking it over from a silent run): its final state, `threw: ...`, or `stuck` after `withinMs`. */
+const takeOver = (id: number, withinMs: number, stuck: string): Promise<string> =>
+  Promise.race([
+    env
+      .mover({ leaseTtlMs: 1500 })
+      .run(id)
+      .then(
+        (j) => j.state,
+        (e: Error) => `threw: ${e.message}`,
+      ),
+    delay(withinMs).then(() => stuck),
+  ]);
 
 async function fenceState(pool: pg.Pool, slot: number): Promise<string | undefined> {
   const { rows } = await pool.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
@@ -65,10 +85,7 @@ describe("the target's connection goes silent while the source is fenced", () =>
     });
     const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     let fencedAt = 0;
-    const run = mover.run(planned.id, { until: Date.now() + 60_000 }).then(
-      (j) => `ended: ${j.state}`,
-      (e: Error) => `threw: ${e.message}`,
-    );
+    const run = settle(mover.run(planned.id, { until: Date.now() + 60_000 }));
     for (let i = 0; i < 400 && fencedAt === 0; i++) {
       if ((await fenceState(source, slot)) === 'fenced') fencedAt = Date.now();
       else await delay(25);
@@ -103,10 +120,7 @@ async function runUntilSilent(slot: number, side: 'source' | 'target', how: 'bla
     },
   });
   const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
-  const run = mover.run(planned.id, { until: Date.now() + 60_000 }).then(
-    (j) => `ended: ${j.state}`,
-    (e: Error) => `threw: ${e.message}`,
-  );
+  const run = settle(mover.run(planned.id, { until: Date.now() + 60_000 }));
   let fenced = false;
   for (let i = 0; i < 400 && !fenced; i++) {
     if ((await fenceState(source, slot)) === 'fenced') fenced = true;
@@ -157,10 +171,7 @@ describe("the source goes silent inside the mover's fence transaction", () => {
     });
     const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     relay.blackholeAfter("set state = 'fenced'");
-    const run = mover.run(planned.id, { until: Date.now() + 20_000, abandonAt: Date.now() + 25_000 }).then(
-      (j) => `ended: ${j.state}`,
-      (e: Error) => `threw: ${e.message}`,
-    );
+    const run = settle(mover.run(planned.id, { until: Date.now() + 20_000, abandonAt: Date.now() + 25_000 }));
     let locked = false;
     for (let i = 0; i < 300 && !locked; i++) {
       const { rows } = await source.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where state = 'idle in transaction' and query like '%set state = ''fenced''%'`);
@@ -260,10 +271,7 @@ describe("a shard goes silent inside one of the mover's transactions", () => {
     const planned = await silent.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     // The copy's first page on the target: the statement runs, its answer never comes back.
     relay.blackholeAfter(after);
-    const run = silent.run(planned.id, { until: Date.now() + 1000, abandonAt: Date.now() + 2000 }).then(
-      (j) => `ended: ${j.state}`,
-      (e: Error) => `threw: ${e.message}`,
-    );
+    const run = settle(silent.run(planned.id, { until: Date.now() + 1000, abandonAt: Date.now() + 2000 }));
     let seen = false;
     for (let i = 0; i < 200 && !seen; i++) {
       const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where state <> 'idle' and query like $1 and pid <> pg_backend_pid()`, [waiting]);
@@ -274,16 +282,7 @@ describe("a shard goes silent inside one of the mover's transactions", () => {
     await Promise.race([run, delay(5000)]);
     await delay(1000); // its lease has lapsed
 
-    const takeover = await Promise.race([
-      env
-        .mover({ leaseTtlMs: 1500 })
-        .run(planned.id)
-        .then(
-          (j) => j.state,
-          (e: Error) => `threw: ${e.message}`,
-        ),
-      delay(15_000).then(() => 'still waiting'),
-    ]);
+    const takeover = await takeOver(planned.id, 15_000, 'still waiting');
     const rows = { source: await countSlot(source, slot), target: await countSlot(target, slot) };
 
     expect({ takeover, rows }).toEqual({ takeover: 'done', rows: { source: { users: 0, documents: 0 }, target: { users: 5, documents: 10 } } });
@@ -311,10 +310,7 @@ describe('the catalog goes silent inside the flip', () => {
     const silent = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100 });
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     relay.blackholeAfter('flip_started_at = clock_timestamp()');
-    const run = silent.run(planned.id).then(
-      (j) => `ended: ${j.state}`,
-      (e: Error) => `threw: ${e.message}`,
-    );
+    const run = settle(silent.run(planned.id));
     // Wait for the flip's statement to have been sent, then for its lease to lapse.
     for (let i = 0; i < 200; i++) {
       const { rows } = await env.catalog.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where state = 'idle in transaction' and query like '%flip_started_at = clock_timestamp()%'`);
@@ -323,16 +319,7 @@ describe('the catalog goes silent inside the flip', () => {
     }
     await delay(2000);
 
-    const takeover = await Promise.race([
-      env
-        .mover({ leaseTtlMs: 1500 })
-        .run(planned.id)
-        .then(
-          (j) => j.state,
-          (e: Error) => `threw: ${e.message}`,
-        ),
-      delay(12_000).then(() => 'still waiting for the job row'),
-    ]);
+    const takeover = await takeOver(planned.id, 12_000, 'still waiting for the job row');
     const rows = { source: await countSlot(source, slot), target: await countSlot(target, slot) };
 
     expect({ takeover, rows }).toEqual({ takeover: 'done', rows: { source: { users: 0, documents: 0 }, target: { users: 5, documents: 10 } } });
