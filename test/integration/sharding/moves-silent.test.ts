@@ -151,7 +151,7 @@ describe('a shard silent while the source is fenced: the run ends', () => {
  * The source's connection goes silent (a black-holed path: the server sees no reset) just as
  * the mover sends the statement that fences the unit: the server runs it and waits, idle in
  * transaction, for a commit that never comes, with the unit's fence row locked. The mover gives
- * the connection up on its side (moves-fence-silent-shard.test.ts); the server does not, and
+ * the connection up on its side (the tests above); the server does not, and
  * every write to the unit waits on that row lock for as long as the server keeps the session.
  */
 describe("the source goes silent inside the mover's fence transaction", () => {
