@@ -207,6 +207,98 @@ describe('ca_dms_app writing plain SQL to a shard', () => {
     expect({ ...owned, plain: owned.plain?.slice(0, 5), copy: owned.copy?.slice(0, 5) }).toEqual({ plain: '23505', doNothing: 'silent undefined undefined undefined', doUpdate: 'ok', copy: '23505' });
   });
 
+  it('cannot write the move log itself: its writes reach it only through the capture trigger (shard migration 019)', async () => {
+    // Before 019 the login held INSERT on move_changes (for the trigger, which ran as the writer):
+    // it could append entries for any job, of any age, and so many that a move's catch-up never
+    // gets down to the fence (and the lag it reports is whatever the entries' captured_at say).
+    const forged = {
+      insertChange: await sqlstateOf(() =>
+        asApp((c) => c.query("insert into move_changes (job_id, table_name, row_id, captured_at) values (901, 'documents', $1, now() - interval '1 day')", [randomUUID()])),
+      ),
+      nextSeq: await sqlstateOf(() => asApp((c) => c.query("select nextval('move_changes_seq_seq')"))),
+      callCapture: await sqlstateOf(() => asApp((c) => c.query('select record_move_change()'))),
+    };
+    expect(forged).toEqual({ insertChange: '42501', nextSeq: '42501', callCapture: '42501' });
+    // The capture itself still records the login's writes (slot 106: no fence row, captured).
+    await admin.query("insert into move_captures (job_id, kind, unit_id) values (901, 'slot', '106')");
+    try {
+      const user = randomUUID();
+      await asApp(async (c) => {
+        await c.query('begin isolation level read committed');
+        await c.query("insert into users (id, slot, email, display_name) values ($1, 106, $2, 'u')", [user, `${user}@x`]);
+        await c.query("insert into documents (id, owner_id, slot, title) values ($1, $2, 106, 'd')", [randomUUID(), user]);
+        await c.query('commit');
+      });
+      const { rows } = await admin.query<{ t: string; n: number }>('select table_name as t, count(*)::int as n from move_changes where job_id = 901 group by 1 order by 1');
+      expect(rows).toEqual([{ t: 'documents', n: 1 }, { t: 'users', n: 1 }]);
+    } finally {
+      await admin.query('delete from move_captures where job_id = 901; delete from move_changes where job_id = 901');
+    }
+  });
+
+  it("a user's delete does not lend the mover's pass to the documents it cascades to (shard migration 019)", async () => {
+    // The foreign keys' cascade runs as the table's owner, a member of ca_dms_mover (superuser,
+    // or RDS's master with ADMIN on the role): the fence judged the pass by current_user, so a
+    // login that set ca_dms.move_writer deleted, through its owner, a document of a fenced unit.
+    // Only documents whose slot is not their owner's can be of another unit than the user (rows
+    // written before migration 015, whose key is NOT VALID): one is made here as the superuser.
+    const user = randomUUID();
+    const doc = randomUUID();
+    const c = await admin.connect();
+    try {
+      await c.query('begin; set local session_replication_role = replica');
+      await c.query("insert into users (id, slot, email, display_name) values ($1, 101, $2, 'legacy')", [user, `${user}@x`]);
+      await c.query("insert into documents (id, owner_id, slot, title) values ($1, $2, 102, 'legacy, slot not its owner''s')", [doc, user]);
+      await c.query('commit');
+    } finally {
+      c.release();
+    }
+    const cascade = await sqlstateOf(() =>
+      asApp(async (app) => {
+        await app.query("begin; set local ca_dms.move_writer = 'on'");
+        await app.query('delete from users where id = $1', [user]);
+        await app.query('commit');
+      }),
+    );
+    expect(cascade).toBe('CAF01');
+    expect((await admin.query<{ n: number }>('select count(*)::int as n from documents where id = $1', [doc])).rows[0]?.n).toBe(1);
+  });
+
+  it("cannot swap the triggers' functions for its own where it may create in the shard's schema (PostgreSQL 14; shard migration 019)", async () => {
+    // PostgreSQL 14 grants CREATE on the public schema to PUBLIC (migration 019 revokes it where it
+    // may; here it is granted back, as where it may not). A login's own to_jsonb(documents) is an
+    // exact type match, preferred over pg_catalog's to_jsonb(anyelement) by a function whose
+    // search_path names the schema: it answers an open slot for every row.
+    await admin.query('grant create on schema public to public');
+    try {
+      await asApp(async (c) => {
+        for (const t of ['users', 'documents']) {
+          await c.query(`create function public.to_jsonb(r ${t}) returns jsonb language sql as $$
+            select pg_catalog.jsonb_build_object('id', r.id, 'owner_id', ${t === 'users' ? 'r.id' : 'r.owner_id'}, 'slot', '101') $$`);
+        }
+      });
+      const write = (slot: number) => async (c: pg.Client): Promise<void> => {
+        const user = randomUUID();
+        await c.query('begin isolation level read committed');
+        await c.query("insert into users (id, slot, email, display_name) values ($1, $2, $3, 'shadow')", [user, slot, `${user}@x`]);
+        await c.query("insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'shadow')", [randomUUID(), user, slot]);
+        await c.query('commit');
+      };
+      await admin.query("insert into move_captures (job_id, kind, unit_id) values (902, 'slot', '106')");
+      const outcome = {
+        fenced: await sqlstateOf(() => asApp(write(102))),
+        moved: await sqlstateOf(() => asApp(write(103))),
+        captured: await sqlstateOf(() => asApp(write(106))),
+      };
+      const { rows } = await admin.query<{ n: number }>('select count(*)::int as n from move_changes where job_id = 902');
+      expect({ ...outcome, changesCaptured: rows[0]?.n }).toEqual({ fenced: 'CAF01', moved: 'CAF02', captured: 'ok', changesCaptured: 2 });
+    } finally {
+      await admin.query('delete from move_captures where job_id = 902; delete from move_changes where job_id = 902');
+      await admin.query('drop function if exists public.to_jsonb(users), public.to_jsonb(documents)');
+      await admin.query('revoke create on schema public from public');
+    }
+  });
+
   it('a prepared transaction keeps the fence row locked, so a fence waits for it like for any writer', async () => {
     const open = await seed(101);
     await asApp(async (c) => {
