@@ -203,6 +203,17 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
     directoryPages.invalidate();
     snapshots.onRenew?.();
   };
+  /**
+   * A move started, cancelled or seen done changes which units the rebalance check may propose
+   * (a unit with an unfinished move is refused, 409; a moved one is elsewhere): whoever asks next
+   * gets a check made after it, not the proposal they have just followed.
+   */
+  const movesSeenDone = new Set<string>();
+  const renewMovePlans = (): void => {
+    rebalanceChecks.invalidate();
+    recommendationsSnapshot.invalidate();
+    snapshots.onRenew?.();
+  };
   /** What a change made through this API may have changed: read again on the next request. */
   const renew = (): void => {
     statusSnapshot.invalidate();
@@ -491,7 +502,8 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       body: moveRequestSchema,
       responses: { 202: { description: 'the move job, started', schema: moveJobSchema, headers: { location: 'where to follow the move' } } },
       handle: async ({ body, identity }) => {
-        const job = await guard(() => port.startMove(body, identity.actor));
+        // Refused (409: the unit is moving) or started, the check's last answer may propose it.
+        const job = await guard(() => port.startMove(body, identity.actor)).finally(renewMovePlans);
         return { status: 202, body: job, headers: { location: `${API_PREFIX}/shards/moves/${job.id}` } };
       },
     }),
@@ -507,7 +519,17 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       handle: async ({ params }) => {
         const job = await guard(() => port.getMove(params.id));
         // Read-your-writes for whoever follows a move: once it is done, the next route and directory reads are fresh.
-        if (job.state === 'done') renewPlacement();
+        if (job.state === 'done') {
+          renewPlacement();
+          // Once per move: following a finished move again must not cost a new check each time.
+          if (!movesSeenDone.has(job.id)) {
+            if (movesSeenDone.size >= 1024) movesSeenDone.clear();
+            movesSeenDone.add(job.id);
+            // The slots each shard owns (and its rows, once counted again) changed with the flip.
+            statisticsSnapshot.invalidate();
+            renewMovePlans();
+          }
+        }
         return { status: 200, body: job };
       },
     }),
@@ -523,7 +545,7 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       query: noQuery,
       responses: { 202: { description: 'the move job, its cancellation recorded (cancelRequested)', schema: moveJobSchema, headers: { location: 'where to follow the move' } } },
       handle: async ({ params }) => {
-        const job = await guard(() => port.cancelMove(params.id));
+        const job = await guard(() => port.cancelMove(params.id)).finally(renewMovePlans);
         return { status: 202, body: job, headers: { location: `${API_PREFIX}/shards/moves/${job.id}` } };
       },
     }),

@@ -399,12 +399,23 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         const [health, check] = await Promise.all([
           s.inspector.health().catch(() => undefined),
           (async () => {
-            const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.all()]);
-            return s.inspector.rebalanceCheck({ slotMap, directory, routing: moveRoutingOf(s.router.config) });
+            const [slotMap, directory, unfinished] = await Promise.all([s.slotMaps.current(), s.directory.all(), s.mover.unfinished()]);
+            // As GET /shards/rebalance-check does: a unit with an unfinished move cannot be started again (409).
+            const result = await s.inspector.rebalanceCheck({ slotMap, directory, routing: moveRoutingOf(s.router.config), busySlots: new Set(unfinished.map((j) => j.slot)) });
+            return { result, inFlight: unfinished.length };
           })().catch(() => undefined),
         ]);
         shards = {
-          ...(check ? { imbalance: check.imbalance, rebalanceNeeded: check.needed, rebalanceMoves: check.moves.length, threshold: check.threshold, by: check.by } : {}),
+          ...(check
+            ? {
+                imbalance: check.result.imbalance,
+                rebalanceNeeded: check.result.needed,
+                rebalanceMoves: check.result.moves.length,
+                movesInFlight: check.inFlight,
+                threshold: check.result.threshold,
+                by: check.result.by,
+              }
+            : {}),
           ...(health ? { nodes: nodesOf(health) } : {}),
           ...(s.maxLagSeconds === undefined ? {} : { maxLagSeconds: s.maxLagSeconds }),
           ...(s.maxLagBytes === undefined ? {} : { maxLagBytes: s.maxLagBytes }),

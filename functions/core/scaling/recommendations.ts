@@ -44,7 +44,10 @@ export interface ShardNodeFacts {
 export interface ShardFacts {
   readonly imbalance?: number;
   readonly rebalanceNeeded?: boolean;
+  /** Moves the rebalance check proposes now: none of a unit that already has an unfinished move. */
   readonly rebalanceMoves?: number;
+  /** Moves started and not yet finished (planned, copying, ... rolling back). */
+  readonly movesInFlight?: number;
   readonly threshold?: number;
   readonly by?: string;
   readonly nodes?: readonly ShardNodeFacts[];
@@ -215,6 +218,14 @@ function serviceAdvice(input: RecommendationInput, service: string): Recommendat
   return out;
 }
 
+/** What to do about an imbalance: start the moves that can be started, and wait for those under way. */
+function shardMovesAdvice(toStart: number, inFlight: number): string {
+  const waiting = inFlight > 0 ? `${inFlight} move(s) are under way (the balance is measured as it is now, before they finish)` : '';
+  if (toStart === 0) return inFlight > 0 ? `${waiting}; check again once they are done.` : 'GET /shards/rebalance-check says why no move fixes it.';
+  const start = `GET /shards/rebalance-check lists the ${toStart} move(s) that fix it; start them with POST /shards/moves.`;
+  return inFlight > 0 ? `${waiting}. ${start}` : start;
+}
+
 function shardAdvice(facts: ShardFacts): Recommendation[] {
   const out: Recommendation[] = [];
   if (facts.rebalanceNeeded === true && facts.imbalance !== undefined) {
@@ -225,8 +236,14 @@ function shardAdvice(facts: ShardFacts): Recommendation[] {
       service: null,
       shard: null,
       title: `shards are out of balance (max/mean ${round(facts.imbalance)})`,
-      advice: `Some shard is more than ${Math.round((facts.threshold ?? 0.1) * 100)}% from the mean ${facts.by ?? 'bytes'}. GET /shards/rebalance-check lists the ${facts.rebalanceMoves ?? 0} move(s) that fix it; start them with POST /shards/moves.`,
-      evidence: { imbalance: round(facts.imbalance, 3), threshold: facts.threshold ?? 0.1, by: facts.by ?? 'bytes', moves: facts.rebalanceMoves ?? 0 },
+      advice: `Some shard is more than ${Math.round((facts.threshold ?? 0.1) * 100)}% from the mean ${facts.by ?? 'bytes'}. ${shardMovesAdvice(facts.rebalanceMoves ?? 0, facts.movesInFlight ?? 0)}`,
+      evidence: {
+        imbalance: round(facts.imbalance, 3),
+        threshold: facts.threshold ?? 0.1,
+        by: facts.by ?? 'bytes',
+        moves: facts.rebalanceMoves ?? 0,
+        ...(facts.movesInFlight === undefined ? {} : { movesInFlight: facts.movesInFlight }),
+      },
     });
   }
   for (const node of facts.nodes ?? []) {

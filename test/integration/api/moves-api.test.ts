@@ -120,6 +120,81 @@ describe('shard moves over HTTP', () => {
       await h.sharding.mover.cancel(job.id).catch(() => undefined);
     }
   });
+  it('GET /recommendations counts only moves that can be started: none for units whose move is unfinished, and says moves are under way', async () => {
+    const map = await h.sharding.slotMaps.current();
+    const { rows: busy } = await h.catalogPool.query<{ slot: number }>(`select slot from catalog.move_jobs where state not in ('done', 'failed', 'cancelled')`);
+    const heavy = map.assignments.flatMap((owner, slot) => (owner === 'shard_001' && !busy.some((b) => b.slot === slot) ? [slot] : [])).slice(400, 410);
+    const shard1 = h.sharding.primaries.get('shard_001');
+    if (!shard1) throw new Error('no shard_001');
+    // shard_001 far heavier than shard_002 by bytes (what the recommendations check by), in ten slots.
+    for (const slot of heavy) {
+      await shard1.query(`insert into users (id, slot, email, display_name) select gen_random_uuid(), $1, 'recommend@example.com', repeat('r', 400) from generate_series(1, 500)`, [slot]);
+    }
+    await shard1.query('analyze users');
+    // An operator starts every move the check proposes, until it proposes none (the worker has not run them yet).
+    const planned: number[] = [];
+    try {
+      for (let round = 0; round < 5; round++) {
+        const check = await h.port.rebalanceCheck({});
+        expect(check.needed).toBe(true);
+        if (check.moves.length === 0) break;
+        for (const m of check.moves) {
+          const job = m.unit.kind === 'slot'
+            ? await h.sharding.mover.plan({ kind: 'slot', slot: Number(m.unit.id), to: m.to, createdBy: 'test', reason: 'test' })
+            : await h.sharding.mover.plan({ kind: 'directory', key: m.unit.id, to: m.to, createdBy: 'test', reason: 'test' });
+          planned.push(job.id);
+        }
+      }
+      expect((await h.port.rebalanceCheck({})).moves).toEqual([]);
+      const advice = (await h.port.recommendations()).items.find((i) => i.category === 'shard_imbalance');
+      expect(advice, 'the shards are still out of balance until the moves are done').toBeDefined();
+      // Nothing is left to start: every move the check would propose is already under way.
+      expect(advice?.evidence).toMatchObject({ moves: 0, movesInFlight: planned.length });
+      expect(advice?.advice).not.toMatch(/start them with POST/);
+      expect(advice?.advice).toMatch(/under way/);
+    } finally {
+      for (const id of planned) await h.sharding.mover.cancel(id).catch(() => undefined);
+      await shard1.query('delete from users where email = $1', ['recommend@example.com']);
+    }
+  }, 60_000);
+
+  it('GET /shards/rebalance-check asked again right after POST /shards/moves of a unit it proposed does not propose that unit again', async () => {
+    const map = await h.sharding.slotMaps.current();
+    const { rows: busy } = await h.catalogPool.query<{ slot: number }>(`select slot from catalog.move_jobs where state not in ('done', 'failed', 'cancelled')`);
+    const owned = map.assignments.flatMap((owner, slot) => (owner === 'shard_001' && !busy.some((b) => b.slot === slot) ? [slot] : [])).slice(300, 303);
+    const shard1 = h.sharding.primaries.get('shard_001');
+    if (!shard1) throw new Error('no shard_001');
+    for (const [slot, n] of owned.map((s, i) => [s, i === 0 ? 3000 : 1000] as const)) {
+      await shard1.query(`insert into users (id, slot, email, display_name) select gen_random_uuid(), $1, 'again@example.com', 'again' from generate_series(1, $2::int)`, [slot, n]);
+    }
+    const query = `${API}/shards/rebalance-check?threshold=0.04&by=rows`;
+    type Check = { moves: Array<{ unit: { kind: string; id: string }; from: string; to: string }> };
+    const first = ((await h.fetchJson(query)).body as Check).moves[0];
+    if (!first) throw new Error('no move proposed');
+    const started = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: first.unit.kind, unit: first.unit.id, to: first.to }) });
+    expect(started.status, JSON.stringify(started.body)).toBe(202);
+    // The same question again, at once (well within health_check_interval): the unit is moving
+    // (or has moved), so proposing it again from its old shard could only get a 409 or a 422.
+    const again = ((await h.fetchJson(query)).body as Check).moves.find((m) => m.unit.kind === first.unit.kind && m.unit.id === first.unit.id && m.from === first.from);
+    expect(again).toBeUndefined();
+    await waitDone(started.headers.get('location') ?? '');
+  }, 60_000);
+
+  it('GET /shards/statistics read right after following a move to done counts the moved slot on its new shard', async () => {
+    const key = '9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a';
+    const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
+    const to = route.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
+    type Stats = { shards: Array<{ shardId: string; slotsOwned: number }> };
+    const owned = (stats: Stats): Record<string, number> => Object.fromEntries(stats.shards.map((s) => [s.shardId, s.slotsOwned]));
+    const before = owned((await h.fetchJson(`${API}/shards/statistics`)).body as Stats);
+    const started = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to }) });
+    expect(started.status).toBe(202);
+    expect((await waitDone(started.headers.get('location') ?? ''))['state']).toBe('done');
+    // Whoever saw the move done reads the new placement next, as the route lookup does.
+    const after = owned((await h.fetchJson(`${API}/shards/statistics`)).body as Stats);
+    expect(after).toEqual({ ...before, [route.shard_id]: (before[route.shard_id] ?? 0) - 1, [to]: (before[to] ?? 0) + 1 });
+  }, 60_000);
+
   it('the moves worker carries the other jobs forward when one of them fails, and the failure shows on the failed job', async () => {
     const map = await h.sharding.slotMaps.current();
     const { rows: busy } = await h.catalogPool.query<{ slot: number }>(`select slot from catalog.move_jobs where state not in ('done', 'failed', 'cancelled')`);
