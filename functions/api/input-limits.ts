@@ -17,6 +17,7 @@
  * textProblem('a\u0000b'); // 'must not contain the NUL character (U+0000)'
  * ```
  */
+import type { z } from 'zod';
 import type { DuplicateMemberError } from '../core/json-text.js';
 import type { InvalidParam } from './http.js';
 
@@ -77,4 +78,38 @@ export function jsonProblems(value: unknown, root: string, maxDepth = MAX_JSON_D
 /** One problem per member a body gave twice (see `parseJsonText`), named by its path under `part`. */
 export function duplicateProblems(error: DuplicateMemberError, part: string): InvalidParam[] {
   return error.paths.map((path) => ({ name: path.startsWith('[') ? `${part}${path}` : `${part}.${path}`, reason: 'is given more than once in its object; give each member once' }));
+}
+
+/** Longest member name a problem repeats: its start is enough to recognise it. */
+const MAX_NAME_CHARS = 64;
+/** At most this many problems are listed in one answer (one is enough to refuse, a few help fix). */
+const MAX_LISTED = 20;
+
+/** A client's member name as a problem repeats it: cut short, so that a hostile body is not echoed back. */
+function shortName(name: string): string {
+  return name.length <= MAX_NAME_CHARS ? name : `${name.slice(0, MAX_NAME_CHARS)}…(${name.length} characters)`;
+}
+
+/**
+ * A zod error's issues as problems named by their paths under `prefix`. An unknown member is
+ * named by its own path (`body.from: is not a field of this request`) with its name cut short,
+ * rather than quoted in the reason, which would repeat a 60,000-character name or thousands of
+ * names back to the client.
+ */
+export function zodProblems(prefix: string, error: z.ZodError): InvalidParam[] {
+  return error.issues.flatMap((i) => {
+    const path = [prefix, ...i.path.map((p) => shortName(String(p)))].join('.');
+    if (i.code === 'unrecognized_keys') return i.keys.map((k) => ({ name: `${path}.${shortName(k)}`, reason: 'is not a field of this request' }));
+    return [{ name: path, reason: i.message }];
+  });
+}
+
+/**
+ * The problems an answer lists: the first {@link MAX_LISTED}, each name held to a length (names
+ * built elsewhere, such as a member given twice, may be as long as the body), and what to add to
+ * the detail for the rest.
+ */
+export function listedProblems(problems: readonly InvalidParam[]): { listed: InvalidParam[]; more: string } {
+  const listed = problems.slice(0, MAX_LISTED).map((p) => (p.name.length <= 4 * MAX_NAME_CHARS ? p : { ...p, name: shortName(p.name) }));
+  return { listed, more: problems.length > listed.length ? ` (and ${problems.length - listed.length} more problems)` : '' };
 }

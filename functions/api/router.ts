@@ -22,7 +22,7 @@
 import { z } from 'zod';
 import { ProblemError, jsonResponse, problemResponse, type ApiRequest, type ApiResponse, type CallerIdentity, type InvalidParam } from './http.js';
 import { DuplicateMemberError, parseJsonText } from '../core/json-text.js';
-import { duplicateProblems, jsonProblems, textProblem } from './input-limits.js';
+import { duplicateProblems, jsonProblems, listedProblems, textProblem, zodProblems } from './input-limits.js';
 
 export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -134,10 +134,6 @@ function compile(spec: RouteSpec): CompiledRoute {
   return { spec, pattern: new RegExp(`^${source}/?$`), paramNames, emptyQuery };
 }
 
-function zodIssues(prefix: string, error: z.ZodError): InvalidParam[] {
-  return error.issues.map((i) => ({ name: [prefix, ...i.path.map(String)].join('.'), reason: i.message }));
-}
-
 const mediaType = (value: string | undefined): string => value?.split(';')[0]?.trim().toLowerCase() ?? '';
 
 function isJsonContentType(value: string | undefined): boolean {
@@ -197,7 +193,7 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
       if (!schema) return undefined;
       const r = schema.safeParse(value);
       if (!r.success) {
-        invalid.push(...zodIssues(prefix, r.error));
+        invalid.push(...zodProblems(prefix, r.error));
         return undefined;
       }
       return r.data;
@@ -245,10 +241,11 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
       throw new ProblemError(413, `the request body is larger than ${maxBody} bytes`);
     }
     if (invalid.length > 0) {
-      throw new ProblemError(400, `the request is invalid: ${invalid.map((p) => `${p.name}: ${p.reason}`).join('; ')}`, {
+      const { listed, more } = listedProblems(invalid);
+      throw new ProblemError(400, `the request is invalid: ${listed.map((p) => `${p.name}: ${p.reason}`).join('; ')}${more}`, {
         title: 'Invalid request',
         type: 'https://ca-dms-scaling.dev/problems/validation',
-        invalidParams: invalid,
+        invalidParams: listed,
       });
     }
 

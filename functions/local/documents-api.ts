@@ -31,18 +31,19 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import { uuidForm } from '../core/sharding/keys.js';
 import type { ExtraRoute } from '../adapters/http/local-server.js';
-import type { ReplicaReader } from '../adapters/postgres/replica-reader.js';
+import type { ReadOptions, ReplicaReader } from '../adapters/postgres/replica-reader.js';
 import { ShardWriteError, type ShardWriter } from '../adapters/postgres/write-transaction.js';
-import { NOT_OWNED_STATES_SQL, rowFenceStateSql, ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
+import { NOT_OWNED_STATES_SQL, readOptionsFor, rowFenceStateSql, ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
 import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
-import { duplicateProblems, jsonProblems, MAX_JSON_DEPTH } from '../api/input-limits.js';
+import { duplicateProblems, jsonProblems, listedProblems, MAX_JSON_DEPTH, zodProblems } from '../api/input-limits.js';
 import { DuplicateMemberError, parseJsonText } from '../core/json-text.js';
 import { parametersOf, toSchema } from '../api/openapi.js';
 import { RoutingError } from '../core/sharding/errors.js';
 
 export interface DocumentsApiDeps {
   readonly writer: ShardWriter;
-  readonly reader: Pick<ReplicaReader, 'query'>;
+  /** `primaryTimeline` (when given) sends token reads to the primary after a failover, as `withShardRead` does. */
+  readonly reader: Pick<ReplicaReader, 'query'> & Partial<Pick<ReplicaReader, 'primaryTimeline'>>;
   /** Reads of one owner's rows (fence-checked, read-your-writes). */
   readonly reads: ShardReader;
   readonly shardIds: readonly string[];
@@ -170,8 +171,13 @@ const TITLES: Readonly<Record<number, string>> = {
 };
 
 function invalid(part: string, error: z.ZodError): HttpProblem {
-  const params = error.issues.map((i) => ({ name: [part, ...i.path.map(String)].join('.'), reason: i.message }));
-  return new HttpProblem({ status: 400, detail: params.map((p) => `${p.name}: ${p.reason}`).join('; '), invalid: params });
+  return problemList(zodProblems(part, error));
+}
+
+/** A 400 listing the problems (a few of them, names held to a length: see `listedProblems`). */
+function problemList(problems: readonly { name: string; reason: string }[]): HttpProblem {
+  const { listed, more } = listedProblems(problems);
+  return new HttpProblem({ status: 400, detail: `${listed.map((p) => `${p.name}: ${p.reason}`).join('; ')}${more}`, invalid: listed });
 }
 
 function parse<T extends z.ZodType>(schema: T, value: unknown, part: string): z.output<T> {
@@ -205,13 +211,12 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
     parsed = parseJsonText(Buffer.concat(chunks).toString('utf8'));
   } catch (error) {
     if (error instanceof DuplicateMemberError) {
-      const twice = duplicateProblems(error, 'body');
-      throw new HttpProblem({ status: 400, detail: twice.map((p) => `${p.name}: ${p.reason}`).join('; '), invalid: twice });
+      throw problemList(duplicateProblems(error, 'body'));
     }
     throw new HttpProblem({ status: 400, detail: `the body is not valid JSON: ${(error as Error).message}` });
   }
   const hostile = jsonProblems(parsed, 'body', MAX_JSON_DEPTH);
-  if (hostile.length > 0) throw new HttpProblem({ status: 400, detail: hostile.map((p) => `${p.name}: ${p.reason}`).join('; '), invalid: hostile });
+  if (hostile.length > 0) throw problemList(hostile);
   return parsed;
 }
 
@@ -299,16 +304,6 @@ async function oneCopyEach<T>(copies: readonly Copy<T>[], idOf: (item: T) => str
   return picked.filter((item): item is T => item !== undefined);
 }
 
-/**
- * How a read honours an `X-Read-After` token: on the shard the token names, a replica must have
- * replayed its position; on another shard (the write was made before a move) the position means
- * nothing, so the read goes to the primary, which holds everything the move copied.
- */
-function tokenFor(shardId: string, token: ReadToken | undefined): { token?: string; primary?: boolean } {
-  if (token === undefined) return {};
-  return token.shardId === shardId ? { token: token.lsn } : { primary: true };
-}
-
 /** The methods a known path answers, or undefined for an unknown path. */
 function allowedMethods(path: string): string | undefined {
   if (path === `${PREFIX}/users` || path === `${PREFIX}/documents`) return path.endsWith('users') ? 'GET, POST' : 'POST';
@@ -323,6 +318,14 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     ((error: unknown, request: { method: string; path: string }) => {
       process.stderr.write(`${JSON.stringify({ level: 'error', message: 'documents API request failed', ...request, error: error instanceof Error ? { name: error.name, message: error.message, code: (error as { code?: unknown }).code } : String(error) })}\n`);
     });
+  /**
+   * How a read of every shard honours an `X-Read-After` token, by the rule of `withShardRead`
+   * (`readOptionsFor`): on the shard and timeline the token names, a replica must have replayed
+   * its position (and be on that timeline); on another shard (the write was made before a move)
+   * or another timeline (a failover since, which this reader may not have probed yet) the
+   * position means nothing there, so the read goes to the primary.
+   */
+  const tokenFor = (shardId: string, token: ReadToken | undefined): ReadOptions => readOptionsFor(shardId, token, deps.reader.primaryTimeline?.bind(deps.reader));
   /** The token header, refused (400) when it names no configured shard. */
   const readAfter = (req: IncomingMessage): ReadToken | undefined => {
     const header = parse(readAfterSchema, req.headers['x-read-after'], 'header.x-read-after');

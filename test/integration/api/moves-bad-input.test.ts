@@ -59,6 +59,45 @@ describe('bad input to the moves API', () => {
     expect(await jobs()).toBe(before);
   });
 
+  it('five concurrent POSTs of one slot: exactly one 202, the others 409 naming the move, and one job recorded', async () => {
+    const before = await jobs();
+    const map = await h.sharding.slotMaps.current();
+    const free = map.assignments.findIndex((owner, s) => owner === own && s !== slot && s > 1000);
+    const posts = await Promise.all(
+      Array.from({ length: 5 }, () => h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: String(free), to: other }) })),
+    );
+    const statuses = posts.map((p) => p.status).sort();
+    expect(statuses, JSON.stringify(posts.map((p) => p.body))).toEqual([202, 409, 409, 409, 409]);
+    for (const p of posts.filter((r) => r.status === 409)) expect((p.body as { detail: string }).detail).toMatch(/already has an unfinished move/);
+    expect(await jobs()).toBe(before + 1);
+    const started = posts.find((p) => p.status === 202);
+    const id = (started?.body as { id: string }).id;
+    for (let i = 0; i < 150; i++) {
+      const state = ((await h.fetchJson(`${API}/shards/moves/${id}`)).body as { state: string }).state;
+      if (state === 'done' || state === 'failed' || state === 'cancelled') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }, 60_000);
+
+  it.each([
+    ['a 60,000-character member name', () => JSON.stringify({ kind: 'slot', unit: String(slot), to: other, ['k'.repeat(60_000)]: 1 }), /not a field/],
+    ['5,000 unknown members', () => JSON.stringify(Object.fromEntries([['kind', 'slot'], ['unit', String(slot)], ['to', other], ...Array.from({ length: 5000 }, (_, i) => [`x${i}`, 1])])), /not a field/],
+    ['a 30,000-character member name given twice', () => `{"${'k'.repeat(30_000)}": 1, "${'k'.repeat(30_000)}": 2}`, /more than once/],
+  ] as const)('POST with %s answers 400 naming the member(s) briefly, without echoing the body back', async (_what, body, reason) => {
+    const before = await jobs();
+    const text = body();
+    const res = await fetch(`${h.url}${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: text });
+    const answer = await res.text();
+    expect(res.status).toBe(400);
+    const problem = JSON.parse(answer) as { detail: string; invalid_params: Array<{ name: string; reason: string }> };
+    // The field is named (its start is enough to recognise it), under the body.
+    expect(problem.invalid_params[0]?.name).toMatch(/^body\.(k{10}|x0)/);
+    expect(problem.invalid_params[0]?.reason).toMatch(reason);
+    // The answer stays small: a hostile body is not reflected at once, twice or twenty times its size.
+    expect(answer.length, answer.slice(0, 300)).toBeLessThan(4096);
+    expect(await jobs()).toBe(before);
+  });
+
   it('POST with a body that is not JSON answers 400 and records nothing', async () => {
     const before = await jobs();
     const res = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: '{"kind":"slot",' });

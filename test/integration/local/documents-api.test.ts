@@ -1,5 +1,16 @@
 import { randomUUID } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
+import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
+import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
 import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
 
 const nested = (depth: number): string => `${'{"a":'.repeat(depth)}1${'}'.repeat(depth)}`;
@@ -34,6 +45,22 @@ describe('documents API against real PostgreSQL: honest answers to bad and hosti
     expect(res.headers.get('content-type')).toBe('application/problem+json');
     expect(res.body.invalid_params[0]).toEqual({ name: expect.stringMatching(field), reason: expect.stringMatching(reason) });
     expect(JSON.stringify(res.body)).not.toMatch(/postgres|sqlstate|syntax|unicode escape|stack/i);
+    expect(await documentCount()).toBe(before);
+  });
+
+  it.each([
+    ['a 200,000-character unknown member', () => `{"owner_id": "OWNER", "title": "t", "${'k'.repeat(200_000)}": 1}`, /^body\.k{64}…/, /not a field/],
+    ['20,000 unknown members', () => `{"owner_id": "OWNER", "title": "t", ${Array.from({ length: 20_000 }, (_, i) => `"x${i}": 1`).join(', ')}}`, /^body\.x0$/, /not a field/],
+    ['a 100,000-character member given twice', () => `{"owner_id": "OWNER", "title": "t", "content": {"${'k'.repeat(100_000)}": 1, "${'k'.repeat(100_000)}": 2}}`, /^body\.content\.k+…/, /more than once/],
+  ] as const)('answers %s with a short 400 naming the member, not the body echoed back, and stores nothing', async (_what, body, field, reason) => {
+    const before = await documentCount();
+    const text = body().replace('OWNER', owner.id);
+    const res = await fetch(`${api.url}/api/v1/documents`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: text });
+    const answer = await res.text();
+    expect(res.status).toBe(400);
+    const problem = JSON.parse(answer) as { invalid_params: Array<{ name: string; reason: string }> };
+    expect(problem.invalid_params[0]).toEqual({ name: expect.stringMatching(field), reason: expect.stringMatching(reason) });
+    expect(answer.length, answer.slice(0, 300)).toBeLessThan(4096);
     expect(await documentCount()).toBe(before);
   });
 
@@ -94,4 +121,58 @@ describe('documents API against real PostgreSQL: honest answers to bad and hosti
       await api.primary(owner.shard_id).query('alter table documents drop constraint no_secret');
     }
   });
+});
+
+describe('documents API over shards with streaming replicas: read-your-writes tokens', () => {
+  let cluster: TestShardCluster;
+  let catalogServer: TestPostgres;
+  let catalog: pg.Pool;
+  let sharding: ShardingRuntime;
+  let http: Server;
+  let url: string;
+  beforeAll(async () => {
+    [catalogServer, cluster] = await Promise.all([startTestPostgres(), startShardCluster({ shards: 2, replicasPerShard: 1, schema: true })]);
+    catalog = new pg.Pool({ connectionString: catalogServer.url, max: 4 });
+    await runMigrations(catalog, 'sharding', resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations/sharding'));
+    sharding = await createShardingRuntime({ config: parseShardingConfig({ ...cluster.config, health_check_interval_seconds: 1 }), catalog, actor: 'test', readReplicas: true });
+    const { reader, reads } = sharding;
+    if (reader === undefined || reads === undefined) throw new Error('the runtime built no replica reader');
+    const route = createDocumentsRoute({ writer: sharding.writer, reader, reads, shardIds: ['shard_001', 'shard_002'] });
+    http = createServer((req, res) => void Promise.resolve(route(req, res)).then((handled) => (handled ? undefined : res.writeHead(404).end())));
+    await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
+    url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+  }, 120_000);
+  afterAll(async () => {
+    await new Promise<void>((ok) => (http ? http.close(() => ok()) : ok()));
+    await sharding?.close();
+    await catalog?.end();
+    await Promise.all([cluster?.stop(), catalogServer?.stop()]);
+  });
+
+  async function call(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: Record<string, unknown>; headers: Headers }> {
+    const res = await fetch(`${url}${path}`, { method, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+    return { status: res.status, body: (await res.json()) as Record<string, unknown>, headers: res.headers };
+  }
+
+  it('a token of another timeline than the shard is on (a failover the reader has not probed yet) is read on the primary, with or without ?owner=', async () => {
+    const user = await call('POST', '/api/v1/users', { email: 'timeline@example.org', display_name: 'T' });
+    const doc = await call('POST', '/api/v1/documents', { owner_id: user.body['id'], title: 'before the failover' });
+    const token = doc.headers.get('x-read-token') ?? '';
+    const shardId = String(doc.body['shard_id']);
+    const primary = `${shardId}/primary`;
+    // The replica has replayed the write, and the reader knows it: the token is served there.
+    let servedBy = primary;
+    for (let i = 0; i < 100 && servedBy === primary; i++) {
+      servedBy = String((await call('GET', `/api/v1/documents/${String(doc.body['id'])}`, undefined, { 'x-read-after': token })).body['served_by']);
+      if (servedBy === primary) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(servedBy, 'a replica serves the token of its own timeline').not.toBe(primary);
+    // The same position on a timeline this shard is not on (as the writer saw it, after a
+    // promotion): a replica's replay position says nothing about that timeline's WAL.
+    const otherTimeline = token.replace(/;tl=(\d+)/, (_m, tl: string) => `;tl=${Number(tl) + 1}`);
+    expect(otherTimeline).not.toBe(token);
+    const withOwner = await call('GET', `/api/v1/documents/${String(doc.body['id'])}?owner=${String(user.body['id'])}`, undefined, { 'x-read-after': otherTimeline });
+    const withoutOwner = await call('GET', `/api/v1/documents/${String(doc.body['id'])}`, undefined, { 'x-read-after': otherTimeline });
+    expect({ withOwner: withOwner.body['served_by'], withoutOwner: withoutOwner.body['served_by'] }).toEqual({ withOwner: primary, withoutOwner: primary });
+  }, 60_000);
 });

@@ -77,7 +77,7 @@ describe('API router', () => {
     const res = await router.dispatch(req('PUT', '/api/items/ABC', { headers: json, body: '{"size":-1,"extra":true}' }));
     const doc = JSON.parse(res.body) as { invalid_params: Array<{ name: string }> };
     expect(res.status).toBe(400);
-    expect(doc.invalid_params.map((p) => p.name).sort()).toEqual(['body', 'body.size', 'params.id']);
+    expect(doc.invalid_params.map((p) => p.name).sort()).toEqual(['body.extra', 'body.size', 'params.id']);
   });
 
   it('rejects malformed JSON with 400, a non-JSON body with 415 and an oversized one with 413', async () => {
