@@ -75,11 +75,11 @@ export async function withNodeDeadline<T>(pool: pg.Pool, timeoutMs: number, node
 }
 
 /**
- * How long past a request's deadline the client waits before it gives the connection up: the
- * server's own `statement_timeout` (set to the time left) cancels a slow statement at the
- * deadline and answers within this, leaving the connection reusable. A server that has not
- * answered by then is silent (a frozen host, a black-holed path, a failed-over instance's old
- * address): its connection is dropped.
+ * How long past a request's deadline the client waits before it gives the connection up: a slow
+ * statement is cancelled at the deadline (by the server's own `statement_timeout`, set to the
+ * time left, or by a cancel request, see {@link holdToDeadline}) and answers within this, leaving
+ * the connection reusable. A server that has not answered by then is silent (a frozen host, a
+ * black-holed path, a failed-over instance's old address): its connection is dropped.
  */
 export const DEADLINE_GRACE_MS = 250;
 
@@ -122,35 +122,91 @@ export async function connectBy(pool: pg.Pool, deadlineAt: number, nodeId: strin
   }
 }
 
-/** A checked-out client held to a deadline by {@link dropAtDeadline}. */
+/** A checked-out client held to a deadline by {@link holdToDeadline}. */
 export interface ClientDeadline {
   /** True once the deadline passed and the connection was dropped. */
   readonly expired: boolean;
-  /** Stops the timer (call before releasing the client). */
+  /** Stops the timers (call before releasing the client). */
   disarm(): void;
+  /**
+   * Whether the connection may go back to the pool, the request having ended with `failure`
+   * (its error; undefined when it succeeded): not once dropped, nor after a cancel request was
+   * sent unless `failure` is the cancellation it caused. A cancel request travels on a
+   * connection of its own and can reach the server after the statement it was sent for has
+   * ended: it would then cancel the statement of the next request lent the connection.
+   */
+  reusable(failure?: unknown): boolean;
 }
 
 /**
- * Drops `client`'s connection ({@link dropConnection}) if it is still checked out
- * {@link DEADLINE_GRACE_MS} after `deadlineAt`: every query pending on it fails at once, and
- * the caller (seeing `expired`) releases it as broken, so the pool discards it instead of
- * lending a connection that will never answer to the next request.
+ * The error of a statement cancelled by a cancel request (57014 "canceling statement due to user
+ * request"), not by `statement_timeout` (57014 "... due to statement timeout"). A message in
+ * another language (`lc_messages`) is not recognised: the connection is then discarded, which
+ * is safe.
  */
-export function dropAtDeadline(client: pg.ClientBase, deadlineAt: number, graceMs = DEADLINE_GRACE_MS): ClientDeadline {
+function cancelledByRequest(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  return (error as { code?: unknown }).code === '57014' && error.message.includes('user request');
+}
+
+export interface HoldToDeadlineOptions {
+  /**
+   * Whether the statement running at the deadline may be cancelled (asked then). Default: always.
+   * A write answers false once its commit is on its way: a cancelled commit may still have
+   * committed, and the caller must not be told otherwise.
+   */
+  readonly mayCancel?: () => boolean;
+  /** How long past the deadline a silent connection is dropped. Default {@link DEADLINE_GRACE_MS}. */
+  readonly graceMs?: number;
+}
+
+/**
+ * Holds `client`, checked out for one request, to the request's deadline on the client side.
+ * `statement_timeout` counts from each statement's own start, so a statement begun shortly
+ * before the deadline would outrun it: at the deadline the server is asked to cancel the
+ * statement running then ({@link cancelStatement}; it fails with 57014 and the connection stays
+ * usable). A connection still checked out {@link DEADLINE_GRACE_MS} after the deadline belongs to
+ * a server that answered neither (a frozen host, a black-holed path): it is dropped
+ * ({@link dropConnection}), every query pending on it fails at once, and the caller (seeing
+ * `expired`) releases it as broken, so the pool discards it instead of lending a connection that
+ * will never answer to the next request. A connection a cancel request may still reach is not
+ * lent again either (see {@link ClientDeadline.reusable}).
+ *
+ * @example
+ * ```ts
+ * const guard = holdToDeadline(client, deadlineAt);
+ * let failure: unknown;
+ * try { await client.query(sql); } catch (error) { failure = error; throw error; } finally { guard.disarm(); client.release(!guard.reusable(failure) || undefined); }
+ * ```
+ */
+export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, options: HoldToDeadlineOptions = {}): ClientDeadline {
   let expired = false;
-  const timer = setTimeout(
+  let cancelSent = false;
+  const canceller = setTimeout(
+    () => {
+      if (options.mayCancel?.() === false) return;
+      cancelSent = true;
+      cancelStatement(client);
+    },
+    Math.max(0, deadlineAt - Date.now()),
+  );
+  const dropper = setTimeout(
     () => {
       expired = true;
       dropConnection(client);
     },
-    Math.max(0, deadlineAt + graceMs - Date.now()),
+    Math.max(0, deadlineAt + (options.graceMs ?? DEADLINE_GRACE_MS) - Date.now()),
   );
   return {
     get expired() {
       return expired;
     },
     disarm() {
-      clearTimeout(timer);
+      clearTimeout(canceller);
+      clearTimeout(dropper);
+    },
+    reusable(failure) {
+      return !expired && (!cancelSent || cancelledByRequest(failure));
     },
   };
 }
@@ -160,8 +216,8 @@ export function dropAtDeadline(client: pg.ClientBase, deadlineAt: number, graceM
  * connection of its own, as `pg_cancel_backend` would): `statement_timeout` bounds each statement
  * from its own start, so a statement begun shortly before a request's deadline would run past
  * it. Cancelled, it fails with 57014 and the connection stays usable. Fire and forget: a server
- * that is silent never gets it (the caller drops the connection then). A cancel that arrives
- * while the session is idle is ignored by the server.
+ * that is silent never gets it ({@link holdToDeadline} drops the connection then). A cancel that
+ * arrives while the session is idle is ignored by the server.
  */
 export function cancelStatement(client: pg.ClientBase): void {
   const c = client as unknown as { processID?: unknown; secretKey?: unknown; host?: unknown; port?: unknown };

@@ -23,8 +23,8 @@
  * token (see {@link ReadToken}) sends the read to a node that has replayed the write: a replica
  * past its position on the shard that made it, or the primary when the token names another
  * shard (the write was made before a move) or another timeline (a failover since). A deadline
- * sets `statement_timeout` in the read's transaction, so PostgreSQL stops the query when the
- * caller stops waiting.
+ * sets `statement_timeout` in the read's transaction, and the statement running at the deadline
+ * is cancelled, so PostgreSQL stops the query when the caller stops waiting.
  *
  * @example
  * ```ts
@@ -65,7 +65,11 @@ export interface ShardReadContext {
 export interface ShardReadOptions {
   /** A read-your-writes token: the read sees that write. */
   readonly token?: ReadToken;
-  /** The request's deadline, in ms from the call: the read's `statement_timeout`. */
+  /**
+   * The request's deadline, in ms from the call: the read's `statement_timeout`, and the statement
+   * still running at the deadline is cancelled then (the connection stays in the pool), so a
+   * statement begun shortly before it does not outrun it (replica-reader.ts, deadline.ts).
+   */
   readonly deadlineMs?: number;
 }
 

@@ -32,7 +32,7 @@ import pg from 'pg';
 import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
-import { connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, dropAtDeadline, type ClientDeadline } from './deadline.js';
+import { connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { inClientTransaction } from './transaction.js';
@@ -95,9 +95,10 @@ export interface ReadOptions {
    */
   readonly primary?: boolean;
   /**
-   * The request's deadline (`Date.now()` ms). A node that has not answered shortly after it
-   * (a silent primary: no probe watches it) has its connection dropped and the read fails with
-   * a {@link DeadlinePassedError}, not retried elsewhere.
+   * The request's deadline (`Date.now()` ms). The statement running at the deadline is
+   * cancelled (it fails with 57014, its connection goes back to the pool); a node that has not
+   * answered shortly after it (a silent primary: no probe watches it) has its connection dropped
+   * and the read fails with a {@link DeadlinePassedError}, not retried elsewhere.
    */
   readonly deadlineAt?: number;
 }
@@ -368,7 +369,8 @@ export class ReplicaReader {
           throw abandoned;
         }
         client = lent;
-        if (options.deadlineAt !== undefined) guard = dropAtDeadline(lent, options.deadlineAt);
+        // A read may be cancelled at any point: it changes nothing.
+        if (options.deadlineAt !== undefined) guard = holdToDeadline(lent, options.deadlineAt);
         if (target.kind === 'replica') {
           // The replica was chosen before the wait for its connection (a busy pool can hold a read
           // for seconds): it must still be fresh enough now, when the read runs.
@@ -405,7 +407,7 @@ export class ReplicaReader {
         guard?.disarm();
         const done: pg.PoolClient | undefined = client;
         client = undefined;
-        done?.release();
+        done?.release(guard?.reusable() === false || undefined);
         if (outcome.skip) continue;
         return outcome.value;
       } catch (error) {
@@ -417,7 +419,7 @@ export class ReplicaReader {
           throw passed;
         }
         if (!isNodeFailure(error)) {
-          client?.release();
+          client?.release(guard?.reusable(error) === false || undefined);
           throw error;
         }
         // A broken connection must not go back to the pool; one abandoned on a replica that stopped

@@ -24,7 +24,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { cancelStatement, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, dropAtDeadline } from './deadline.js';
+import { connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { UNIQUE_VIOLATION } from './sqlstate.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
@@ -369,7 +369,6 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         if (err instanceof DeadlinePassedError) throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} got no connection within its ${writeOptions.deadlineMs} ms deadline; nothing was committed`, { cause: err });
         throw err;
       }
-      const guard = deadlineAt === undefined ? undefined : dropAtDeadline(client, deadlineAt);
       // A connection that dies while checked out (a restart, a failover, pg_terminate_backend)
       // emits 'error' on the client, which the pool does not listen to then: unheard, it would end
       // the process. The failed query carries the error to the caller instead (see transaction.ts).
@@ -380,22 +379,14 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       client.on('error', onError);
       let outcome: FenceVerdict;
       let broken = false;
+      /** What the attempt failed with, if it did (a connection a late cancel may reach is not reused). */
+      let failure: unknown;
       let committed = false;
       // Set once the body is done and the transaction's commit is about to be sent.
       let committing = false;
-      // statement_timeout runs from each statement's own start: one begun shortly before the
-      // deadline would outrun it, and the guard would drop a healthy connection. At the deadline
-      // the server is asked to cancel the statement (never once the commit is on its way); only a
-      // server that does not answer that within the grace has its connection dropped.
-      const canceller =
-        deadlineAt === undefined
-          ? undefined
-          : setTimeout(
-              () => {
-                if (!committing) cancelStatement(client);
-              },
-              Math.max(0, deadlineAt - Date.now()),
-            );
+      // At the deadline the statement is cancelled (never once the commit is on its way); only a
+      // server that does not answer within the grace has its connection dropped.
+      const guard = deadlineAt === undefined ? undefined : holdToDeadline(client, deadlineAt, { mayCancel: () => !committing });
       try {
         const body = await inClientTransaction<{ verdict: 'write'; value: T } | { verdict: Exclude<FenceVerdict, 'write'> }>(
           client,
@@ -428,6 +419,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         }
         outcome = body.verdict;
       } catch (err) {
+        failure = err;
         if (committed) {
           // The commit was acknowledged; only the read token's query failed.
           broken = true;
@@ -459,10 +451,9 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           waitedFor = 'copy';
         } else throw err;
       } finally {
-        clearTimeout(canceller);
         guard?.disarm();
         client.off('error', onError);
-        client.release(broken || died || guard?.expired || undefined);
+        client.release(broken || died || guard?.reusable(failure) === false || undefined);
       }
       if (outcome === 'reroute') {
         reroutes += 1;

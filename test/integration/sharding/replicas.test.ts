@@ -242,6 +242,35 @@ describe('reads from streaming replicas', () => {
     expect(events).toEqual([]);
   });
 
+  it('cancels a replica read at its deadline and gives its connection back to the pool, usable', async () => {
+    // One replica with one connection, so the same backend serves every read of the replica.
+    const oneReplica = { shards: cluster.config.shards.map((s) => ({ ...s, read_replicas: s.read_replicas.slice(0, 1) })) };
+    const own = ShardPools.fromConfig(oneReplica, { max: 1, connectionTimeoutMillis: 1000 });
+    try {
+      const reader = new ReplicaReader(own, { bounds: generous, intervalMs: 60_000, probeTimeoutMs: 1000 });
+      readers.push(reader);
+      await reader.refresh();
+      const backend = async (): Promise<string> => {
+        const r = await reader.query<{ pid: number }>(SHARD, 'select pg_backend_pid() as pid');
+        return `${r.servedBy} pid ${r.rows[0]?.pid}`;
+      };
+      const before = await backend();
+      const slow = await reader.query(SHARD, 'select pg_sleep(5)', [], { deadlineAt: Date.now() + 500 }).then(
+        () => 'answered',
+        (e: unknown) => (e instanceof Error ? `${e.name} ${String((e as { code?: unknown }).code ?? '')}: ${e.message}` : String(e)),
+      );
+      const after = await backend();
+
+      expect({ servedByReplica: before.startsWith(REPLICA_1), cancelled: slow.includes('57014'), sameConnection: after === before, slow }).toMatchObject({
+        servedByReplica: true,
+        cancelled: true,
+        sameConnection: true,
+      });
+    } finally {
+      await own.end();
+    }
+  });
+
   it('returns a token that is the primary WAL insert position after the commit', async () => {
     const { token } = await insertUser();
     const after = await captureWriteToken(pools.primary(SHARD).pool);

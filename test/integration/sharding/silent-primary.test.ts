@@ -6,6 +6,7 @@
  * stay stuck in the pool (with the Lambda-sized pools, the next request would wait on it).
  */
 import { setTimeout as delay } from 'node:timers/promises';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
@@ -163,6 +164,75 @@ describe('a healthy primary under a write that runs past its deadline', () => {
       );
     const after = await pid();
     expect({ slow: slow.startsWith('deadline-exceeded'), droppedHealthyConnection: after !== before, detail: slow }).toMatchObject({ slow: true, droppedHealthyConnection: false });
+  }, 30_000);
+});
+
+/**
+ * The same for reads: the read's `statement_timeout` is the time left when its transaction
+ * began, and runs from each statement's own start, so a later statement outruns the deadline.
+ */
+describe('a healthy primary under a read that runs past its deadline', () => {
+  it('ends the read at its deadline (PostgreSQL cancels the statement) and keeps the connection', async () => {
+    const slot = 906;
+    const shardId = await env.ownerOf(slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    const api = await apiThroughRelay(shardId, 1);
+    const pid = async (): Promise<number> => (await api.reads.withShardRead(user, async ({ client }) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? -1, { deadlineMs: 3000 })).value;
+    const before = await pid();
+    const started = Date.now();
+    // Two statements of 700 ms each within a 1000 ms deadline: the second passes the deadline.
+    const slow = await api.reads
+      .withShardRead(user, async ({ client }) => {
+        await client.query('select pg_sleep(0.7)');
+        await client.query('select pg_sleep(0.7)');
+      }, { deadlineMs: 1000 })
+      .then(
+        () => 'ok',
+        (e: unknown) => (e instanceof ShardReadError ? `${e.reason}: ${e.message}` : String(e)),
+      );
+    const ms = Date.now() - started;
+    const after = await pid();
+    expect({ slow: slow.startsWith('deadline-exceeded'), cancelledByPostgres: slow.includes('PostgreSQL cancelled it'), droppedHealthyConnection: after !== before, detail: slow, ms }).toMatchObject({
+      slow: true,
+      cancelledByPostgres: true,
+      droppedHealthyConnection: false,
+    });
+  }, 30_000);
+});
+
+/**
+ * A cancel request travels on a connection of its own, so it can reach the server after the
+ * statement it was sent for has ended (here: a path that is slow for new connections). The
+ * connection must not be lent to the next request meanwhile: the late cancel would cancel that
+ * request's statement instead.
+ */
+describe('a cancel request that arrives after its statement ended', () => {
+  it.each([
+    { kind: 'read', slot: 907 },
+    { kind: 'write', slot: 908 },
+  ])('does not cancel the next $kind on the same connection', async ({ kind, slot }) => {
+    const shardId = await env.ownerOf(slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    const api = await apiThroughRelay(shardId, 1);
+    const run = async (statements: readonly string[], deadlineMs: number): Promise<string> => {
+      const body = async ({ client }: { client: pg.PoolClient }): Promise<void> => {
+        for (const sql of statements) await client.query(sql);
+      };
+      const work = kind === 'read' ? api.reads.withShardRead(user, body, { deadlineMs }) : api.writer.withShardWrite(user, body, { deadlineMs });
+      return work.then(
+        () => 'ok',
+        (e: unknown) => (e instanceof ShardWriteError || e instanceof ShardReadError ? `${e.reason}: ${e.message}` : String(e)),
+      );
+    };
+    expect(await run(['select 1'], 3000)).toBe('ok'); // the pool's one connection, idle and ready
+    api.relay.slowNewConnections(300);
+
+    // The second statement ends just past the deadline (each starts with the time left as its
+    // statement_timeout); the cancel sent at the deadline reaches the server 300 ms later.
+    const late = await run(['select pg_sleep(0.3)', 'select pg_sleep(0.3)'], 500);
+    const next = await run(['select pg_sleep(0.5)'], 3000);
+
+    expect({ next, late }).toMatchObject({ next: 'ok' });
   }, 30_000);
 });
 
