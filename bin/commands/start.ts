@@ -16,6 +16,7 @@ import { ClusterLayoutError, EmbeddedClusterError } from '../../functions/adapte
 import { MigrationError } from '../../functions/adapters/postgres/migrate.js';
 import { SHIPPED_TRACE, TraceFileError } from '../../functions/adapters/sim/trace-file.js';
 import { AlreadyRunningError, acquireLocalLock } from '../../functions/local/lock.js';
+import { DEFAULT_REQUEST_DEADLINE_MS } from '../../functions/local/documents-api.js';
 import type { LocalMode } from '../../functions/local/runtime.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
 import { numberFlag, parseFlags, UsageError } from './kit.js';
@@ -24,7 +25,8 @@ import { numberFlag, parseFlags, UsageError } from './kit.js';
 export const DEFAULT_TRACE = SHIPPED_TRACE;
 
 const usage = `Usage: ca-dms-scaling start [--port N] [--data-dir DIR] [--shards N] [--replicas N]
-                             [--trace FILE] [--acceleration X] [--seed-users N] [--wipe]
+                             [--trace FILE] [--acceleration X] [--seed-users N]
+                             [--request-deadline S] [--wipe]
 
 Runs the whole system on this machine (no AWS): embedded PostgreSQL shards with streaming
 replicas, the scaling controller against a simulated fleet driven by a workload trace, the
@@ -39,6 +41,9 @@ scaling API, a small documents API and the live dashboard, all on 127.0.0.1.
                       1995 trace shipped in data/traces/)
   --acceleration X    seconds of trace time per second, 1 to 3600 (default 60)
   --seed-users N      demo users seeded on a fresh start, 5 documents each (default 200)
+  --request-deadline S  how long a documents-API request may wait on the shards, 0.1 to 60
+                      seconds (default 5); past it the answer is a 503 (nothing written, retry)
+                      or a 504 (a write whose outcome is unknown)
   --wipe              delete the data directory's PostgreSQL data first
 
 Environment: SCALING_CHECK_INTERVAL, AUTO_SCALING_ENABLED, MIN_INSTANCES, MAX_INSTANCES (written
@@ -55,6 +60,7 @@ const table: FlagTable = {
   trace: { type: 'string' },
   acceleration: { type: 'string' },
   'seed-users': { type: 'string' },
+  'request-deadline': { type: 'string' },
   wipe: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 };
@@ -68,6 +74,7 @@ const flagsSchema = z.object({
   trace: z.string().min(1, 'expected a file').optional(),
   acceleration: numberFlag({ min: 1, max: 3600, unit: 'trace seconds per second' }).optional(),
   'seed-users': numberFlag({ min: 0, max: 100_000, int: true }).optional(),
+  'request-deadline': numberFlag({ min: 0.1, max: 60, unit: 'seconds' }).optional(),
   wipe: z.boolean().optional(),
 });
 
@@ -80,6 +87,8 @@ export interface StartOptions {
   readonly tracePath: string;
   readonly acceleration: number;
   readonly seedUsers: number;
+  /** The documents API's request deadline. */
+  readonly requestDeadlineMs: number;
   readonly wipe: boolean;
 }
 
@@ -101,6 +110,7 @@ export function parseStartOptions(args: readonly string[], cwd: string, env: Rec
     tracePath: f.trace === undefined ? DEFAULT_TRACE : resolve(cwd, f.trace),
     acceleration: f.acceleration ?? 60,
     seedUsers: f['seed-users'] ?? 200,
+    requestDeadlineMs: f['request-deadline'] === undefined ? DEFAULT_REQUEST_DEADLINE_MS : Math.round(f['request-deadline'] * 1000),
     wipe: f.wipe === true,
   };
 }
@@ -209,6 +219,7 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       acceleration: options.acceleration,
       seedUsers: options.seedUsers,
       documentsPerUser: 5,
+      requestDeadlineMs: options.requestDeadlineMs,
       env: process.env,
       onLine: (line) => io.stdout(`${line}\n`),
     });

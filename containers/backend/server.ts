@@ -152,6 +152,7 @@ export class ShardConnection {
       reader,
       reads,
       shardIds: runtime.pools.shardIds(),
+      deadlineMs: this.settings.DATABASE_REQUEST_DEADLINE_MS,
       onError: (error, request) => this.log('error', 'documents API request failed', { ...request, error: error instanceof Error ? { name: error.name, message: error.message, code: (error as { code?: unknown }).code } : String(error) }),
     });
   }

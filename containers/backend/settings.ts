@@ -66,6 +66,12 @@ export const backendEnvSchema = z.object({
   SLOT_MAP_REFRESH_SECONDS: wholeNumber(1, 3600, 5),
   /** How long to wait between attempts to reach the shards and the catalog at start, in seconds. */
   DATABASE_RETRY_SECONDS: wholeNumber(1, 300, 5),
+  /**
+   * How long a documents-API request may wait on the shards, in ms (503 past it, or 504 for a
+   * write whose outcome is unknown). Keep it below the sidecar's `NGINX_PROXY_READ_TIMEOUT` (55 s
+   * by default), so the client gets the API's answer rather than nginx's.
+   */
+  DATABASE_REQUEST_DEADLINE_MS: wholeNumber(100, 60_000, 5000),
 });
 
 /**
@@ -85,6 +91,7 @@ export interface BackendSettings {
   readonly DATABASE_POOL_SIZE: number;
   readonly SLOT_MAP_REFRESH_SECONDS: number;
   readonly DATABASE_RETRY_SECONDS: number;
+  readonly DATABASE_REQUEST_DEADLINE_MS: number;
   /** The shards; with {@link LoginSource} `environment` their URLs carry the logins. */
   readonly sharding: ShardingConfig;
   /** The shard whose primary database holds the catalog; it is reached with that shard's login. */
@@ -225,6 +232,7 @@ export function parseBackendEnv(env: Readonly<Record<string, string | undefined>
     DATABASE_POOL_SIZE: e.DATABASE_POOL_SIZE,
     SLOT_MAP_REFRESH_SECONDS: e.SLOT_MAP_REFRESH_SECONDS,
     DATABASE_RETRY_SECONDS: e.DATABASE_RETRY_SECONDS,
+    DATABASE_REQUEST_DEADLINE_MS: e.DATABASE_REQUEST_DEADLINE_MS,
     sharding: { ...sharding, shards },
     catalogShardId,
     logins,

@@ -32,7 +32,8 @@ import { z } from 'zod';
 import { uuidForm } from '../core/sharding/keys.js';
 import type { ExtraRoute } from '../adapters/http/local-server.js';
 import type { ReadOptions, ReplicaReader } from '../adapters/postgres/replica-reader.js';
-import { ShardWriteError, type ShardWriter } from '../adapters/postgres/write-transaction.js';
+import { DeadlinePassedError } from '../adapters/postgres/deadline.js';
+import { ShardWriteError, type ShardWriteContext, type ShardWriteResult, type ShardWriter } from '../adapters/postgres/write-transaction.js';
 import { NOT_OWNED_STATES_SQL, readOptionsFor, rowFenceStateSql, ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
 import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
 import { duplicateProblems, jsonProblems, listedProblems, MAX_JSON_DEPTH, zodProblems } from '../api/input-limits.js';
@@ -49,7 +50,19 @@ export interface DocumentsApiDeps {
   readonly shardIds: readonly string[];
   /** Where unexpected errors go, with their database text (clients never see it). Default: one JSON line on stderr. */
   readonly onError?: (error: unknown, request: { method: string; path: string }) => void;
+  /**
+   * How long a request's database work may take, from when its input is read (default
+   * {@link DEFAULT_REQUEST_DEADLINE_MS}). Held on the client too, so a shard that stops answering
+   * costs a request this and a moment, not for ever.
+   */
+  readonly deadlineMs?: number;
 }
+
+/**
+ * The default request deadline: longer than a move's fence (2 s by default, which a write
+ * meeting it waits out), well under a client's patience.
+ */
+export const DEFAULT_REQUEST_DEADLINE_MS = 5000;
 
 const PREFIX = '/api/v1';
 const MAX_BODY = 256 * 1024;
@@ -149,6 +162,28 @@ interface Problem {
   readonly status: number;
   readonly detail: string;
   readonly invalid?: ReadonlyArray<{ name: string; reason: string }>;
+  /** A problem type URI (`about:blank`, the status alone, otherwise) and its title. */
+  readonly type?: { readonly uri: string; readonly title: string };
+  /** Where the client can look for what the request may have created (extension member `check`). */
+  readonly check?: string;
+  readonly headers?: Readonly<Record<string, string>>;
+}
+
+/** The problem type of a write that may or may not have been committed. */
+export const OUTCOME_UNKNOWN_TYPE = 'https://ca-dms-scaling.dev/problems/outcome-unknown';
+
+/**
+ * A write whose commit was sent but not confirmed by the deadline ({@link ShardWriteError}
+ * `outcome-unknown`): `check` is where the client looks before it sends the write again.
+ */
+class WriteOutcomeUnknownError extends Error {
+  override readonly name = 'WriteOutcomeUnknownError';
+  constructor(
+    readonly check: string,
+    cause: ShardWriteError,
+  ) {
+    super(cause.message, { cause });
+  }
 }
 
 class HttpProblem extends Error {
@@ -168,6 +203,7 @@ const TITLES: Readonly<Record<number, string>> = {
   422: 'Unprocessable Content',
   500: 'Internal Server Error',
   503: 'Service Unavailable',
+  504: 'Gateway Timeout',
 };
 
 function invalid(part: string, error: z.ZodError): HttpProblem {
@@ -192,8 +228,17 @@ function send(res: ServerResponse, status: number, body: unknown, headers: Recor
 }
 
 function sendProblem(res: ServerResponse, p: Problem): void {
-  res.writeHead(p.status, { 'content-type': 'application/problem+json', 'cache-control': 'no-store' });
-  res.end(JSON.stringify({ type: 'about:blank', title: TITLES[p.status] ?? 'Error', status: p.status, detail: p.detail, ...(p.invalid ? { invalid_params: p.invalid } : {}) }));
+  res.writeHead(p.status, { 'content-type': 'application/problem+json', 'cache-control': 'no-store', ...p.headers });
+  res.end(
+    JSON.stringify({
+      type: p.type?.uri ?? 'about:blank',
+      title: p.type?.title ?? TITLES[p.status] ?? 'Error',
+      status: p.status,
+      detail: p.detail,
+      ...(p.invalid ? { invalid_params: p.invalid } : {}),
+      ...(p.check === undefined ? {} : { check: p.check }),
+    }),
+  );
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
@@ -220,11 +265,34 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   return parsed;
 }
 
+/** A request's deadline: an instant, and what is left of it as a `deadlineMs`. */
+interface Deadline {
+  readonly at: number;
+  left(): number;
+}
+
+/** The request's deadline passed on its way to the database, or there: nothing was written. */
+function passedDeadline(error: unknown): boolean {
+  if (error instanceof ShardWriteError || error instanceof ShardReadError) return error.reason === 'deadline-exceeded';
+  // A read on every shard, through the replica reader: its node fell silent, or PostgreSQL cancelled it.
+  return error instanceof DeadlinePassedError || (error as { code?: unknown }).code === '57014';
+}
+
 /**
  * A problem for an error no handler expected: the client learns what kind of failure it was,
  * never the database's words (those go to `onError`).
  */
-function unexpected(error: unknown): Problem {
+function unexpected(error: unknown, deadlineMs: number): Problem {
+  // Not "retry": a second attempt could write twice. 504: the database behind the API did not answer in time.
+  if (error instanceof WriteOutcomeUnknownError) {
+    return {
+      status: 504,
+      type: { uri: OUTCOME_UNKNOWN_TYPE, title: 'Write Outcome Unknown' },
+      detail: `the shard did not confirm the write within the request's ${deadlineMs} ms deadline, after its commit was sent: it may have been committed. Look for it (GET ${error.check}) before sending it again`,
+      check: error.check,
+    };
+  }
+  if (passedDeadline(error)) return { status: 503, detail: `the shard did not answer within the request's ${deadlineMs} ms deadline; nothing was written; retry`, headers: { 'retry-after': '1' } };
   if (error instanceof RoutingError) return { status: 400, detail: error.message };
   if (error instanceof URIError) return { status: 400, detail: 'the path has a malformed percent-escape' };
   if (error instanceof ShardWriteError && error.reason === 'fence-timeout') return { status: 503, detail: 'the data is being moved to another shard right now; retry in a few seconds' };
@@ -326,6 +394,21 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
    * position means nothing there, so the read goes to the primary.
    */
   const tokenFor = (shardId: string, token: ReadToken | undefined): ReadOptions => readOptionsFor(shardId, token, deps.reader.primaryTimeline?.bind(deps.reader));
+  const deadlineMs = deps.deadlineMs ?? DEFAULT_REQUEST_DEADLINE_MS;
+  /** The request's deadline, from now: called once its input is read and checked. */
+  const startDeadline = (): Deadline => {
+    const at = Date.now() + deadlineMs;
+    return { at, left: () => at - Date.now() };
+  };
+  /** A write held to the request's deadline; one that may have been committed names where to look for it (`check`). */
+  const write = async <T>(key: string, check: string, fn: (ctx: ShardWriteContext) => Promise<T>): Promise<ShardWriteResult<T>> => {
+    try {
+      return await deps.writer.withShardWrite(key, fn, { deadlineMs: startDeadline().left() });
+    } catch (error) {
+      if (error instanceof ShardWriteError && error.reason === 'outcome-unknown') throw new WriteOutcomeUnknownError(check, error);
+      throw error;
+    }
+  };
   /** The token header, refused (400) when it names no configured shard. */
   const readAfter = (req: IncomingMessage): ReadToken | undefined => {
     const header = parse(readAfterSchema, req.headers['x-read-after'], 'header.x-read-after');
@@ -338,11 +421,12 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
 
   async function listUsers(url: URL, res: ServerResponse): Promise<void> {
     const q = parse(usersQuery, Object.fromEntries(url.searchParams), 'query');
+    const deadline = startDeadline();
     const n = q.limit ?? 20;
     const per = Math.max(1, Math.ceil(n / deps.shardIds.length));
     const parts = await Promise.all(
       deps.shardIds.map(async (shardId) => {
-        const r = await deps.reader.query<UserRow & { unit_state: string }>(shardId, LIST_USERS_SQL, [per]);
+        const r = await deps.reader.query<UserRow & { unit_state: string }>(shardId, LIST_USERS_SQL, [per], { deadlineAt: deadline.at });
         return r.rows.map(({ unit_state, ...u }) => ({ item: { ...u, shard_id: shardId }, fenced: unit_state === 'fenced' }));
       }),
     );
@@ -350,7 +434,9 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       parts.flat(),
       (u) => u.id,
       async (u) => {
-        const r = await deps.reads.withShardRead(u.id, async ({ client }) => (await client.query<UserRow>('select id, email, display_name, created_at from users where id = $1', [u.id])).rows[0]);
+        const r = await deps.reads.withShardRead(u.id, async ({ client }) => (await client.query<UserRow>('select id, email, display_name, created_at from users where id = $1', [u.id])).rows[0], {
+          deadlineMs: deadline.left(),
+        });
         return r.value ? { ...r.value, shard_id: r.shardId } : undefined;
       },
     );
@@ -360,7 +446,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
   async function createUser(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = parse(newUserSchema, await readJson(req), 'body');
     const id = userIdForEmail(body.email);
-    const result = await deps.writer.withShardWrite(id, async ({ client, slot }) => {
+    const result = await write(id, `${PREFIX}/users/${id}`, async ({ client, slot }) => {
       const { rows } = await client.query<UserRow>(
         'insert into users (id, slot, email, display_name) values ($1, $2, $3, $4) on conflict (id) do nothing returning id, email, display_name, created_at',
         [id, slot, body.email, body.display_name],
@@ -377,7 +463,10 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
   async function getUser(userId: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const id = parse(uuid, userId, 'path.id');
     const after = readAfter(req);
-    const r = await deps.reads.withShardRead(id, async ({ client }) => (await client.query<UserRow>('select id, email, display_name, created_at from users where id = $1', [id])).rows, after ? { token: after } : {});
+    const r = await deps.reads.withShardRead(id, async ({ client }) => (await client.query<UserRow>('select id, email, display_name, created_at from users where id = $1', [id])).rows, {
+      ...(after ? { token: after } : {}),
+      deadlineMs: startDeadline().left(),
+    });
     if (!r.value[0]) throw new HttpProblem({ status: 404, detail: `no user ${id}` });
     send(res, 200, { ...r.value[0], shard_id: r.shardId, served_by: r.servedBy });
   }
@@ -389,7 +478,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const r = await deps.reads.withShardRead(
       id,
       async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where owner_id = $1 order by created_at desc, id limit $2`, [id, q.limit ?? 50])).rows,
-      after ? { token: after } : {},
+      { ...(after ? { token: after } : {}), deadlineMs: startDeadline().left() },
     );
     send(res, 200, { owner_id: id, shard_id: r.shardId, served_by: r.servedBy, items: r.value });
   }
@@ -397,7 +486,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
   async function createDocument(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = parse(newDocumentSchema, await readJson(req), 'body');
     const id = randomUUID();
-    const result = await deps.writer.withShardWrite(body.owner_id, async ({ client, slot }) => {
+    const result = await write(body.owner_id, `${PREFIX}/documents/${id}?owner=${body.owner_id}`, async ({ client, slot }) => {
       const owner = await client.query('select 1 from users where id = $1', [body.owner_id]);
       if (owner.rowCount === 0) return undefined;
       const { rows } = await client.query<DocumentRow>(
@@ -414,9 +503,13 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const id = parse(uuid, docId, 'path.id');
     const q = parse(documentQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
+    const deadline = startDeadline();
     const ownerRead = async (owner: string) =>
       deps.reads
-        .withShardRead(owner, async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where id = $1`, [id])).rows[0], after ? { token: after } : {})
+        .withShardRead(owner, async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where id = $1`, [id])).rows[0], {
+          ...(after ? { token: after } : {}),
+          deadlineMs: deadline.left(),
+        })
         .then((r) => (r.value ? { ...r.value, shard_id: r.shardId, served_by: r.servedBy } : undefined));
     // A document lives with its owner; without the owner every shard is asked at once, and only
     // the shard that owns the document's unit answers (see DOCUMENT_ANY_OWNER_SQL).
@@ -426,7 +519,10 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const everyShard = async (primary: boolean): Promise<{ found: Found[]; inTransit: string[] }> => {
       const rows = await Promise.all(
         deps.shardIds.map(async (shardId) => {
-          const r = await deps.reader.query<DocumentRow & { unit_state: string }>(shardId, DOCUMENT_ANY_OWNER_SQL, [id], primary ? { primary: true } : tokenFor(shardId, after));
+          const r = await deps.reader.query<DocumentRow & { unit_state: string }>(shardId, DOCUMENT_ANY_OWNER_SQL, [id], {
+            ...(primary ? { primary: true } : tokenFor(shardId, after)),
+            deadlineAt: deadline.at,
+          });
           return r.rows.map(({ unit_state, ...d }) => ({ item: { ...d, shard_id: shardId, served_by: r.servedBy }, state: unit_state }));
         }),
       );
@@ -498,7 +594,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       if (error instanceof HttpProblem) sendProblem(res, error.problem);
       else {
         onError(error, { method, path });
-        sendProblem(res, unexpected(error));
+        sendProblem(res, unexpected(error, deadlineMs));
       }
     }
     return true;

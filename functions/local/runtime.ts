@@ -81,6 +81,8 @@ export interface LocalModeOptions {
   /** One line of operator output (progress, decisions). */
   readonly onLine: (line: string) => void;
   readonly clock?: Clock;
+  /** The documents API's request deadline, in ms (default its `DEFAULT_REQUEST_DEADLINE_MS`, 5 s). */
+  readonly requestDeadlineMs?: number;
   /** Requests per second of live traffic that keep one simulated task busy (default {@link LIVE_REQUESTS_PER_TASK}). */
   readonly liveRequestsPerTask?: number;
 }
@@ -252,7 +254,11 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     server.serve({
       dispatch: (request) => api.dispatch(request),
       changes: () => api.changes(),
-      extraRoutes: [liveLoad.route(), createDashboardRoute(), createDocumentsRoute({ writer, reader, reads, shardIds: pools.shardIds() })],
+      extraRoutes: [
+        liveLoad.route(),
+        createDashboardRoute(),
+        createDocumentsRoute({ writer, reader, reads, shardIds: pools.shardIds(), ...(options.requestDeadlineMs === undefined ? {} : { deadlineMs: options.requestDeadlineMs }) }),
+      ],
     });
     cleanup.push(() => server.close());
 

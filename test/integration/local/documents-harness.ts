@@ -20,6 +20,7 @@ import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { SilentRelay } from '../sharding/fixtures/silent-relay.js';
 
 const migrations = resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations');
 
@@ -27,14 +28,23 @@ export interface DocumentsApi {
   readonly url: string;
   readonly sharding: ShardingRuntime;
   readonly server: TestPostgres;
-  /** The primary pool of a shard, for checking rows behind the API. */
+  /** With `relays`: each shard's relay, which can go silent (its pools reach the shard only through it). */
+  readonly relays: ReadonlyMap<string, SilentRelay>;
+  /** The primary pool of a shard, for checking rows behind the API (through its relay, if any). */
   primary(shardId: string): pg.Pool;
   /** JSON request helper: parsed body (or null), status and headers. */
   request(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any; headers: Headers }>; // eslint-disable-line @typescript-eslint/no-explicit-any -- tests read arbitrary JSON answers
   stop(): Promise<void>;
 }
 
-export async function startDocumentsApi(onError?: (error: unknown) => void): Promise<DocumentsApi> {
+export interface DocumentsApiOptions {
+  /** Reach every shard through a {@link SilentRelay} of its own. */
+  readonly relays?: boolean;
+  /** The API's request deadline (its default otherwise). */
+  readonly deadlineMs?: number;
+}
+
+export async function startDocumentsApi(onError?: (error: unknown) => void, options: DocumentsApiOptions = {}): Promise<DocumentsApi> {
   const server = await startTestPostgres();
   const admin = new pg.Client({ connectionString: server.url });
   await admin.connect();
@@ -42,15 +52,24 @@ export async function startDocumentsApi(onError?: (error: unknown) => void): Pro
   await admin.end();
   const catalog = new pg.Pool({ connectionString: server.urlFor('catalog'), max: 4 });
   await runMigrations(catalog, 'sharding', resolve(migrations, 'sharding'));
+  const relays = new Map<string, SilentRelay>();
+  if (options.relays === true) for (const id of ['shard_001', 'shard_002']) relays.set(id, await SilentRelay.start(Number(new URL(server.urlFor(id)).port)));
   const config = parseShardingConfig({
-    shards: ['shard_001', 'shard_002'].map((id) => ({ shard_id: id, database_url: server.urlFor(id) })),
+    shards: ['shard_001', 'shard_002'].map((id) => ({ shard_id: id, database_url: relays.get(id)?.url(server.urlFor(id)) ?? server.urlFor(id) })),
     default_shard: 'shard_001',
   });
   const sharding = await createShardingRuntime({ config, catalog, actor: 'test', readReplicas: true });
   await Promise.all([...sharding.primaries.values()].map((p) => runMigrations(p, 'shard', resolve(migrations, 'shard'))));
   const { reader, reads } = sharding;
   if (reader === undefined || reads === undefined) throw new Error('the runtime built no replica reader');
-  const route = createDocumentsRoute({ writer: sharding.writer, reader, reads, shardIds: ['shard_001', 'shard_002'], ...(onError ? { onError } : {}) });
+  const route = createDocumentsRoute({
+    writer: sharding.writer,
+    reader,
+    reads,
+    shardIds: ['shard_001', 'shard_002'],
+    ...(onError ? { onError } : {}),
+    ...(options.deadlineMs === undefined ? {} : { deadlineMs: options.deadlineMs }),
+  });
   const http: Server = createServer((req, res) => {
     void Promise.resolve(route(req, res)).then((handled) => {
       if (!handled) res.writeHead(404).end();
@@ -62,6 +81,7 @@ export async function startDocumentsApi(onError?: (error: unknown) => void): Pro
     url,
     sharding,
     server,
+    relays,
     primary(shardId) {
       const pool = sharding.primaries.get(shardId);
       if (!pool) throw new Error(`no shard ${shardId}`);
@@ -77,6 +97,8 @@ export async function startDocumentsApi(onError?: (error: unknown) => void): Pro
       return { status: res.status, body: text === '' ? null : JSON.parse(text), headers: res.headers };
     },
     async stop() {
+      // Silent connections first: a request or a pool waiting on them would wait for ever.
+      for (const relay of relays.values()) await relay.stop();
       await new Promise<void>((ok) => http.close(() => ok()));
       await sharding.close();
       await catalog.end();

@@ -29,7 +29,7 @@ describe('parseBackendEnv', () => {
   it('takes port 8000, a writable role and the compiled-in RDS CAs when only the shards are set', () => {
     const settings = parseBackendEnv(VALID);
 
-    expect(settings).toMatchObject({ PORT: 8000, DATABASE_READ_ONLY: false, KEEPALIVE_TIMEOUT_SECONDS: 5 });
+    expect(settings).toMatchObject({ PORT: 8000, DATABASE_READ_ONLY: false, KEEPALIVE_TIMEOUT_SECONDS: 5, DATABASE_REQUEST_DEADLINE_MS: 5000 });
     expect(settings.ca).toBeUndefined();
   });
 
@@ -87,7 +87,12 @@ describe('parseBackendEnv', () => {
     );
   });
 
-  it('names a missing sharding configuration', () => {
+  it('takes the documents API request deadline in ms, and names one out of range', () => {
+    expect(parseBackendEnv({ ...VALID, DATABASE_REQUEST_DEADLINE_MS: '2500' }).DATABASE_REQUEST_DEADLINE_MS).toBe(2500);
+    expect(messageOf({ ...VALID, DATABASE_REQUEST_DEADLINE_MS: '0' })).toMatch(/DATABASE_REQUEST_DEADLINE_MS: must be at least 100/);
+  });
+
+    it('names a missing sharding configuration', () => {
     expect(messageOf(CREDENTIALS)).toContain('SHARDING_CONFIG_JSON: is required');
   });
 

@@ -19,8 +19,13 @@ describe('start flags', () => {
       tracePath: DEFAULT_TRACE,
       acceleration: 60,
       seedUsers: 200,
+      requestDeadlineMs: 5000,
       wipe: false,
     });
+  });
+
+  it('takes the documents API request deadline in seconds', () => {
+    expect(parseStartOptions(['--request-deadline', '2.5'], '/srv/app', {})).toMatchObject({ requestDeadlineMs: 2500 });
   });
 
   it('resolves the data directory and the trace against the working directory', () => {
@@ -35,6 +40,7 @@ describe('start flags', () => {
     [['--replicas', 'two'], '--replicas: expected a whole number from 0 to 3, got "two"'],
     [['--acceleration', '0.5'], '--acceleration: expected a number of trace seconds per second from 1 to 3600, got "0.5"'],
     [['--seed-users=-3'], '--seed-users: expected a whole number from 0 to 100000, got "-3"'],
+    [['--request-deadline', '0'], '--request-deadline: expected a number of seconds from 0.1 to 60, got "0"'],
     [['--color'], "Unknown option '--color'"],
   ])('rejects %j naming the flag', (args, message) => {
     expect(() => parseStartOptions(args, '/srv/app', {})).toThrow(UsageError);
