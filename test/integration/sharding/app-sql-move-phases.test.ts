@@ -6,12 +6,17 @@
  * it refused must be nowhere; nothing of the unit may stay on the old owner.
  */
 import { randomUUID } from 'node:crypto';
+import { copyFile, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureApplicationLogin } from '../../../functions/adapters/postgres/app-role.js';
+import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
 import type { MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
@@ -211,6 +216,72 @@ describe('plain SQL of the application login at every step of a move', () => {
       expect({ late, rows }).toEqual({ late: 'ok', rows: [0, 2] });
     } finally {
       long.release();
+    }
+  }, 120_000);
+
+  it('a move in progress across shard migration 019 (source migrated with its capture running, target with the fence held): every acknowledged write ends on the owner', async () => {
+    const shardDir = resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations/shard');
+    const before019 = await mkdtemp(join(tmpdir(), 'shard-before-019-'));
+    for (const f of await readdir(shardDir)) if (Number(f.slice(0, 3)) < 19) await copyFile(join(shardDir, f), join(before019, f));
+    const old = await startMoveEnv({ shardMigrations: before019 });
+    await rm(before019, { recursive: true, force: true });
+    const apps = new Map<string, pg.Pool>();
+    try {
+      for (const [id, pool] of old.shards) {
+        await ensureApplicationLogin(pool, { username: 'plain_sql_app', password: 'plain sql pass' });
+        const url = new URL(old.urls.shards[id] as string);
+        url.username = 'plain_sql_app';
+        url.password = 'plain sql pass';
+        const app = new pg.Pool({ connectionString: url.toString(), max: 2 });
+        app.on('error', () => undefined);
+        apps.set(id, app);
+      }
+      const slot = 1209;
+      const { from, to, source, target } = await sides(old, slot);
+      const [owner] = keysInSlot(slot, 1) as [string];
+      await seedUsers(source, slot, [owner], 4);
+      const seeded = (await source.query<{ id: string; title: string }>('select id::text, title from documents where owner_id = $1 order by id', [owner])).rows;
+      const expected = new Map<string, string | null>(seeded.map((r) => [r.id, r.title]));
+      const log: string[] = [];
+      let n = 0;
+      const writeOwner = async (tag: string): Promise<void> => {
+        const app = apps.get(from) as pg.Pool;
+        const fresh = randomUUID();
+        const ins = await outcome(() => app.query("insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'ins')", [fresh, owner, slot]));
+        if (ins === 'ok') expected.set(fresh, 'ins');
+        const victim = seeded[n++ % seeded.length]?.id as string;
+        const upd = await outcome(() => app.query('update documents set title = $1 where id = $2', [`upd ${tag}`, victim]));
+        if (upd === 'ok') expected.set(victim, `upd ${tag}`);
+        log.push(`${tag}: ins ${ins} upd ${upd}`);
+      };
+      const migrated: string[] = [];
+      const mover = old.mover({
+        readerGraceMs: 0,
+        hook: async (point) => {
+          if (point === 'copied') {
+            await writeOwner('copied, before 019');
+            migrated.push(...(await runMigrations(source, 'shard', shardDir)).applied);
+            await writeOwner('copied, after 019');
+          }
+          if (point === 'catching_up') await writeOwner('catching_up');
+          if (point === 'fenced') {
+            migrated.push(...(await runMigrations(target, 'shard', shardDir)).applied);
+            await writeOwner('fenced');
+          }
+        },
+      });
+      const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+      expect({ state: job.state, migrated, log }).toEqual({
+        state: 'done',
+        migrated: ['019_fence_and_capture_privileges.sql', '019_fence_and_capture_privileges.sql'],
+        log: ['copied, before 019: ins ok upd ok', 'copied, after 019: ins ok upd ok', 'catching_up: ins ok upd ok', 'fenced: ins CAF01 upd CAF01'],
+      });
+      const { rows } = await target.query<{ id: string; title: string }>('select id::text, title from documents where owner_id = $1', [owner]);
+      expect(Object.fromEntries(rows.map((r) => [r.id, r.title]))).toEqual(Object.fromEntries([...expected].filter((e): e is [string, string] => e[1] !== null)));
+      expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
+    } finally {
+      await Promise.all([...apps.values()].map((p) => p.end()));
+      await old.stop();
     }
   }, 120_000);
 });

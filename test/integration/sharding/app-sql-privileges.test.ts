@@ -5,6 +5,8 @@
  * each state a move leaves them in.
  */
 import { randomUUID } from 'node:crypto';
+import { copyFile, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -299,6 +301,78 @@ describe('ca_dms_app writing plain SQL to a shard', () => {
     }
   });
 
+  it("runs every function of the shard migrations with search_path pg_catalog, pg_temp (shard migration 019: one added or replaced later with the schema in its path fails here)", async () => {
+    const { rows } = await admin.query<{ f: string; cfg: string | null }>(
+      `select p.oid::regprocedure::text as f, array_to_string(p.proconfig, ';') as cfg
+         from pg_proc p
+        where p.pronamespace = 'public'::regnamespace
+          and not exists (select 1 from pg_depend d where d.classid = 'pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
+        order by 1`,
+    );
+    expect(rows.filter((r) => r.cfg !== 'search_path=pg_catalog, pg_temp')).toEqual([]);
+    expect(rows.map((r) => r.f)).toEqual([
+      'enforce_write_fence()',
+      'move_permit_claim(bigint,bigint)',
+      'move_permit_hold(bigint,bigint)',
+      'mover_replica_role()',
+      'record_move_change()',
+      'refuse_truncate_during_move()',
+      'wal_receiver_timeline()',
+    ]);
+  });
+
+  it("lets every login of the mover's through the fence by its pass: direct, through another role, INHERIT FALSE after SET ROLE, a pooled session's SET ROLE, the superuser (shard migration 019)", async () => {
+    const pw = 'mover pass';
+    await admin.query(`create role rev019_mover_group nologin; grant ca_dms_mover to rev019_mover_group;
+      create role rev019_mover_direct login password '${pw}'; grant ca_dms_mover to rev019_mover_direct;
+      create role rev019_mover_indirect login password '${pw}'; grant rev019_mover_group to rev019_mover_indirect;
+      create role rev019_mover_noinherit login password '${pw}'; grant ca_dms_mover to rev019_mover_noinherit with inherit false;
+      create role rev019_pooled login password '${pw}'; grant ca_dms_app to rev019_pooled; grant ca_dms_mover to rev019_pooled with inherit false`);
+    try {
+      const seeded = await seed(102);
+      const asLogin = async (user: string, setRole: string | undefined): Promise<string> =>
+        sqlstateOf(async () => {
+          const c = new pg.Client({ connectionString: `postgresql://${user}:${encodeURIComponent(pw)}@127.0.0.1:${server.port}/postgres` });
+          await c.connect();
+          try {
+            if (setRole) await c.query(`set role ${setRole}`);
+            await c.query("begin; set local ca_dms.move_writer = 'on'");
+            // A fenced unit (102): only the mover's pass gets a write through.
+            await c.query("insert into documents (id, owner_id, slot, title) values ($1, $2, 102, 'mover')", [randomUUID(), seeded.user]);
+            await c.query('rollback');
+          } finally {
+            await c.end();
+          }
+        });
+      const superuser = await sqlstateOf(async () => {
+        const c = await admin.connect();
+        try {
+          await c.query("begin; set local ca_dms.move_writer = 'on'");
+          await c.query("insert into documents (id, owner_id, slot, title) values ($1, $2, 102, 'mover')", [randomUUID(), seeded.user]);
+        } finally {
+          await c.query('rollback');
+          c.release();
+        }
+      });
+      expect({
+        direct: await asLogin('rev019_mover_direct', undefined),
+        indirect: await asLogin('rev019_mover_indirect', undefined),
+        noInheritSetRole: await asLogin('rev019_mover_noinherit', 'ca_dms_mover'),
+        pooledSetRole: await asLogin('rev019_pooled', 'ca_dms_mover'),
+        pooledAsApp: await asLogin('rev019_pooled', 'ca_dms_app'),
+        superuser,
+        app: await sqlstateOf(() =>
+          asApp(async (c) => {
+            await c.query("begin; set local ca_dms.move_writer = 'on'");
+            await c.query("insert into documents (id, owner_id, slot, title) values ($1, $2, 102, 'app')", [randomUUID(), seeded.user]);
+          }),
+        ),
+      }).toEqual({ direct: 'ok', indirect: 'ok', noInheritSetRole: 'ok', pooledSetRole: 'ok', pooledAsApp: 'ok', superuser: 'ok', app: 'CAF01' });
+    } finally {
+      await admin.query(`drop role rev019_mover_direct; drop role rev019_mover_indirect; drop role rev019_mover_noinherit; drop role rev019_pooled; drop role rev019_mover_group`);
+    }
+  });
+
   it('a prepared transaction keeps the fence row locked, so a fence waits for it like for any writer', async () => {
     const open = await seed(101);
     await asApp(async (c) => {
@@ -320,6 +394,118 @@ describe('ca_dms_app writing plain SQL to a shard', () => {
       expect(fence).toBe('55P03');
     } finally {
       await admin.query("commit prepared 'app_sql_1'");
+    }
+  });
+});
+
+/** A folder holding the shard migrations before `version` (the shard as an earlier release left it). */
+async function shardMigrationsBefore(version: number): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'shard-before-'));
+  for (const f of await readdir(SHARD_MIGRATIONS)) {
+    if (Number(f.slice(0, 3)) < version) await copyFile(join(SHARD_MIGRATIONS, f), join(dir, f));
+  }
+  return dir;
+}
+
+describe('shard migration 019 on a shard an earlier release migrated', () => {
+  it("pins the functions the triggers run, where the tables are, when the migration login's search_path finds another schema first", async () => {
+    // The tables were created where the path pointed when migration 001 ran. A schema named like
+    // the migration login ("$user", first in the default search_path), created later (by an
+    // operator, a tool), moves current_schema(): 019 must still replace the triggers' functions,
+    // not create copies elsewhere and revoke the application's INSERT on move_changes from under
+    // the capture the triggers still run as the writer.
+    await admin.query('create database shard_user_schema');
+    const pool = new pg.Pool({ connectionString: server.urlFor('shard_user_schema'), max: 2 });
+    try {
+      const before019 = await shardMigrationsBefore(19);
+      await runMigrations(pool, 'shard', before019);
+      await rm(before019, { recursive: true, force: true });
+      await pool.query('create schema postgres');
+      await runMigrations(pool, 'shard', SHARD_MIGRATIONS);
+      const { rows: fns } = await pool.query<{ f: string; cfg: string; definer: boolean }>(
+        `select distinct p.proname::text as f, array_to_string(p.proconfig, ';') as cfg, p.prosecdef as definer
+           from pg_trigger t join pg_proc p on p.oid = t.tgfoid where not t.tgisinternal and t.tgrelid in ('public.users'::regclass, 'public.documents'::regclass) order by 1`,
+      );
+      expect(fns).toEqual([
+        { f: 'enforce_write_fence', cfg: 'search_path=pg_catalog, pg_temp', definer: false },
+        { f: 'record_move_change', cfg: 'search_path=pg_catalog, pg_temp', definer: true },
+        { f: 'refuse_truncate_during_move', cfg: 'search_path=pg_catalog, pg_temp', definer: false },
+      ]);
+      const { rows: copies } = await pool.query<{ n: number }>("select count(*)::int as n from pg_proc where pronamespace = 'postgres'::regnamespace");
+      expect(copies[0]?.n).toBe(0);
+      // The application's write into a captured unit is accepted and captured.
+      await ensureApplicationLogin(pool, { username: 'plain_sql_app', password: 'plain sql pass' });
+      await pool.query("insert into public.move_captures (job_id, kind, unit_id) values (903, 'slot', '107')");
+      const app = new pg.Client({ connectionString: `postgresql://plain_sql_app:${encodeURIComponent('plain sql pass')}@127.0.0.1:${server.port}/shard_user_schema` });
+      await app.connect();
+      try {
+        const user = randomUUID();
+        const write = await sqlstateOf(() => app.query("insert into users (id, slot, email, display_name) values ($1, 107, $2, 'u')", [user, `${user}@x`]));
+        expect(write).toBe('ok');
+      } finally {
+        await app.end();
+      }
+      expect((await pool.query<{ n: number }>('select count(*)::int as n from public.move_changes where job_id = 903')).rows[0]?.n).toBe(1);
+    } finally {
+      await pool.end();
+    }
+  });
+
+  it('applies on a live shard, a capture running and a fence held: every acknowledged write is captured, a statement caught across it fails whole', async () => {
+    await admin.query('create database shard_live_019');
+    const pool = new pg.Pool({ connectionString: server.urlFor('shard_live_019'), max: 3 });
+    const url = `postgresql://plain_sql_app:${encodeURIComponent('plain sql pass')}@127.0.0.1:${server.port}/shard_live_019`;
+    const clients: pg.Client[] = [];
+    const connectApp = async (): Promise<pg.Client> => {
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      clients.push(c);
+      return c;
+    };
+    const newUser = async (c: pg.Client, slot: number, id = randomUUID()): Promise<string> => {
+      await c.query("insert into users (id, slot, email, display_name) values ($1, $2, $3, 'live')", [id, slot, `${id}@x`]);
+      return id;
+    };
+    try {
+      const before019 = await shardMigrationsBefore(19);
+      await runMigrations(pool, 'shard', before019);
+      await rm(before019, { recursive: true, force: true });
+      await ensureApplicationLogin(pool, { username: 'plain_sql_app', password: 'plain sql pass' });
+      await pool.query("insert into move_captures (job_id, kind, unit_id) values (904, 'slot', '108'); insert into write_fences (kind, unit_id, state) values ('slot', '102', 'fenced')");
+      const app = await connectApp();
+      const before = await newUser(app, 108);
+      // A statement whose capture is held up (here by a lock on the move log) across the commit.
+      const locker = await pool.connect();
+      let straddling: Promise<string> | undefined;
+      try {
+        await locker.query('begin; lock table move_changes in access exclusive mode');
+        const straddler = await connectApp();
+        const straddlerId = randomUUID();
+        straddling = sqlstateOf(() => newUser(straddler, 108, straddlerId));
+        for (let i = 0; ; i++) {
+          const { rows } = await pool.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where usename = 'plain_sql_app' and wait_event_type = 'Lock' and query like 'insert into users%'");
+          if (rows[0]?.n === 1) break;
+          if (i > 200) throw new Error('the straddling insert never waited on the move log');
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        // Completes while another session holds ACCESS EXCLUSIVE on the move log (no table lock).
+        const migrated = await runMigrations(pool, 'shard', SHARD_MIGRATIONS, { lockTimeoutMs: 2000, lockAttempts: 1 });
+        expect(migrated.applied).toEqual(['019_fence_and_capture_privileges.sql']);
+      } finally {
+        await locker.query('commit');
+        locker.release();
+      }
+      expect(await straddling).toBe('42501');
+      // The same sessions go on with the new definitions.
+      const after = await newUser(app, 108);
+      expect(await sqlstateOf(() => newUser(app, 102))).toBe('CAF01');
+      const { rows: users } = await pool.query<{ id: string; captured: boolean }>(
+        'select u.id::text as id, exists (select 1 from move_changes m where m.job_id = 904 and m.row_id = u.id) as captured from users u where u.slot = 108 order by u.id',
+      );
+      expect(users).toEqual([before, after].sort().map((id) => ({ id, captured: true })));
+    } finally {
+      await Promise.all(clients.map((c) => c.end().catch(() => undefined)));
+      await pool.end();
     }
   });
 });

@@ -37,22 +37,35 @@
 --    for them too) or, after 1, by the capture as its owner, the same function would run the
 --    login's code with those rights. Every function of the shard migrations that names a
 --    table now runs with search_path = pg_catalog, pg_temp (as 016's and 017's do) and names
---    its tables with the shard's schema, qualified when this migration runs; the bodies are
---    otherwise those of 002, 004, 010 and 018. A function added later must be created the
---    same way. CREATE on the schema is also revoked from PUBLIC where this login may.
+--    its tables with the shard's schema (the one holding move_changes), qualified when this
+--    migration runs; the bodies are otherwise those of 002, 004, 010 and 018. A function added
+--    later must be created the same way (app-sql-privileges checks every function of the
+--    schema). CREATE on the schema is also revoked from PUBLIC where this login may.
 --
 -- Safe on a live shard: no table is locked (CREATE OR REPLACE FUNCTION updates
 -- pg_proc, GRANT/REVOKE pg_class, pg_proc and pg_namespace; none locks users, documents or the
 -- move tables: the migration completes while another session holds ACCESS EXCLUSIVE on all of
 -- them). Each session picks the new definitions up at its next statement. A capture running in
 -- a statement that began before this commits and appends after it is refused (42501): that
--- write fails whole and is retried; nothing is acknowledged without its capture. Every
--- statement can run again with the same result (CREATE OR REPLACE keeps each function's owner
--- and grants).
+-- write fails whole and its caller sees the error (withShardWrite does not retry 42501); nothing
+-- is acknowledged without its capture (app-sql-privileges and app-sql-move-phases run a write
+-- and a move across this migration). Every statement can run again with the same result
+-- (CREATE OR REPLACE keeps each function's owner and grants).
 do $migration$
 declare
-  s constant text := quote_ident(current_schema());
+  -- The schema that holds the shard's tables, where the migrations' unqualified names resolve
+  -- (not current_schema(): a schema named like this login, "$user" in the default search_path,
+  -- created since migration 001, would come first and get copies of the functions while the
+  -- triggers kept running the old ones).
+  nsp constant name := (select n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = 'move_changes'::regclass);
+  s constant text := quote_ident(nsp);
+  fn text;
 begin
+  foreach fn in array array['enforce_write_fence()', 'record_move_change()', 'refuse_truncate_during_move()', 'move_permit_claim(bigint, bigint)', 'move_permit_hold(bigint, bigint)'] loop
+    if to_regprocedure(format('%I.%s', nsp, fn)) is null then
+      raise exception 'shard function %.% not found beside move_changes: not replaced', nsp, fn;
+    end if;
+  end loop;
   execute replace($fn$
 create or replace function @S@.enforce_write_fence() returns trigger language plpgsql
   set search_path = pg_catalog, pg_temp
@@ -192,12 +205,11 @@ begin
 end
 $$
 $fn$, '@S@', s);
+  execute format('revoke all on function %I.record_move_change() from public', nsp);
+  execute format('revoke insert on %I.move_changes from ca_dms_app', nsp);
+  execute format('revoke usage on sequence %I.move_changes_seq_seq from ca_dms_app', nsp);
 end
 $migration$;
-
-revoke all on function record_move_change() from public;
-revoke insert on move_changes from ca_dms_app;
-revoke usage on sequence move_changes_seq_seq from ca_dms_app;
 
 -- Defence in depth, as migration 013's TEMP: nobody but the migration login creates objects in
 -- the shard's schema. PostgreSQL 14 (which the deployment config allows) grants CREATE on the
@@ -206,12 +218,14 @@ revoke usage on sequence move_changes_seq_seq from ca_dms_app;
 -- the pinned search_path above holds either way (and the catalog, beside shard 1, shares this
 -- schema: its own functions do not pin theirs).
 do $$
+declare
+  nsp constant name := (select n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = 'move_changes'::regclass);
 begin
-  execute format('revoke create on schema %I from public', current_schema());
-  if has_schema_privilege('ca_dms_app', current_schema(), 'CREATE') then
-    raise notice 'ca_dms_app may still create in schema % (not revoked from PUBLIC: this login does not own it); revoke it as its owner', current_schema();
+  execute format('revoke create on schema %I from public', nsp);
+  if has_schema_privilege('ca_dms_app', nsp, 'CREATE') then
+    raise notice 'ca_dms_app may still create in schema % (not revoked from PUBLIC: this login does not own it); revoke it as its owner', nsp;
   end if;
 exception when insufficient_privilege then
-  raise notice 'CREATE on schema % not revoked from PUBLIC (this login may not): the functions'' pinned search_path still holds', current_schema();
+  raise notice 'CREATE on schema % not revoked from PUBLIC (this login may not): the functions'' pinned search_path still holds', nsp;
 end
 $$;
