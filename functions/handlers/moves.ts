@@ -53,8 +53,19 @@ export interface MovesResult {
   readonly issues?: ReadonlyArray<{ path: string; message: string }>;
 }
 
-/** Builds the handler around a sharding runtime provider (tests pass their own). */
-export function createMovesHandler(runtime: () => Promise<ShardingRuntime | undefined>) {
+/** How long before the function's timeout a run stops at its next safe point, and when it is abandoned. */
+export interface MovesHandlerMargins {
+  readonly stopBeforeTimeoutMs: number;
+  readonly abandonBeforeTimeoutMs: number;
+}
+
+const LAMBDA_MARGINS: MovesHandlerMargins = { stopBeforeTimeoutMs: STOP_BEFORE_TIMEOUT_MS, abandonBeforeTimeoutMs: ABANDON_BEFORE_TIMEOUT_MS };
+
+/**
+ * Builds the handler around a sharding runtime provider (tests pass their own, and may scale the
+ * margins down to prove their wiring in seconds rather than minutes).
+ */
+export function createMovesHandler(runtime: () => Promise<ShardingRuntime | undefined>, margins: MovesHandlerMargins = LAMBDA_MARGINS) {
   return withPowertools(async (event: unknown, context: Context): Promise<MovesResult> => {
     const parsed = scheduledEventSchema.safeParse(event);
     if (!parsed.success) {
@@ -77,7 +88,7 @@ export function createMovesHandler(runtime: () => Promise<ShardingRuntime | unde
     }
     try {
       const ends = Date.now() + context.getRemainingTimeInMillis();
-      return await runAll(sharding, ends - STOP_BEFORE_TIMEOUT_MS, ends - ABANDON_BEFORE_TIMEOUT_MS);
+      return await runAll(sharding, ends - margins.stopBeforeTimeoutMs, ends - margins.abandonBeforeTimeoutMs);
     } finally {
       await lease.release().catch((err: unknown) => logger.warn('moves-worker lease not released; it lapses by itself', { error: err as Error }));
     }

@@ -51,5 +51,12 @@ const QUERY_READ_TIMEOUT = 'Query read timeout';
  * transaction. node-postgres has no public call for this; `client.end()` waits for the server.
  */
 export function dropConnection(client: pg.ClientBase): void {
-  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+  const c = client as unknown as { _queryable?: boolean; connection?: { stream?: { destroy(): void } } };
+  // At once, not when the socket's close event comes round: a client released before then (the
+  // caller's error path runs first) would go back to its pool as idle and be lent to the next
+  // statement, which fails ("Connection terminated unexpectedly"); in a Lambda's pool of one, the
+  // handler's next statement, its lease release included. A client not queryable is discarded on
+  // release, and refuses a later statement at once.
+  c._queryable = false;
+  c.connection?.stream?.destroy();
 }

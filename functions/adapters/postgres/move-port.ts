@@ -336,6 +336,8 @@ export class PgMovePort implements MovePort<MoveJob> {
   private fenceDeadline: number | null = null;
   /** Set while this run gives a fence up (reopens or releases it): its writes get {@link FENCED_STATEMENT_SLACK_MS}. */
   private releasingFence = false;
+  /** Set once this run has sent a statement that publishes a new owner (see {@link mayHavePublished}). */
+  private publishing = false;
 
   constructor(private readonly options: PgMovePortOptions) {
     this.catalog = options.catalog;
@@ -344,6 +346,14 @@ export class PgMovePort implements MovePort<MoveJob> {
     this.mine = `lease_epoch = ${this.epoch}`;
     this.sleep = options.sleep ?? defaultSleep;
     this.now = options.now ?? (() => performance.now());
+    // While the fence is held, the catalog's statements are bounded as the shards' are (see
+    // droppingPool): a silent catalog connection would hold writes to the unit until the client's
+    // query timeout, statement after statement, and then the fence until the next run.
+    this.catalog.boundBy(() => (this.fenceDeadline === null ? undefined : this.budgetLeft() + FENCED_STATEMENT_SLACK_MS));
+  }
+
+  mayHavePublished(): boolean {
+    return this.publishing;
   }
 
   async reload(job: MoveJob): Promise<MoveJob> {
@@ -1478,8 +1488,8 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
-  private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T>): Promise<T> {
-    return this.catalog.transaction('begin', async () => {
+  private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T>, begin = 'begin'): Promise<T> {
+    return this.catalog.transaction(begin, async () => {
       const { rows } = await this.catalog.query<JobRow>(`select * from catalog.move_jobs where id = $1 and ${this.mine} for update`, [job.id]);
       if (!rows[0]) {
         await this.assertLease(job);
@@ -1509,6 +1519,10 @@ export class PgMovePort implements MovePort<MoveJob> {
     const reason = `move job #${job.id}: ${job.kind} ${job.unitId} from ${job.from} to ${job.to}`;
     for (let attempt = 1; ; attempt++) {
       try {
+        // The server ends a statement of the flip (a lock wait on the map, say) within what is left
+        // of the budget: a catalog that is slow but answers fails it as over budget, its
+        // transaction rolled back, well before the run's bound closes the connection (see the
+        // constructor), after which a flip already sent might have committed.
         return await this.withLockedJob(job, async (row) => {
           if (row.flipStarted) return { kind: 'flipped' };
           if (row.cancelRequested || row.rollbackTo !== null) return { kind: 'cancelled' };
@@ -1517,6 +1531,7 @@ export class PgMovePort implements MovePort<MoveJob> {
           if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
             return { kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` };
           }
+          this.publishing = true;
           const after = await this.catalog.use(async (catalog) =>
             map === null
               ? (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog)).version
@@ -1524,8 +1539,9 @@ export class PgMovePort implements MovePort<MoveJob> {
           );
           await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);
           return { kind: 'flipped' };
-        });
+        }, `begin; set local statement_timeout = '${Math.max(1, Math.ceil(this.budgetLeft()))}ms'`);
       } catch (err) {
+        if ((err as { code?: string }).code === QUERY_CANCELED) return { kind: 'over_budget' };
         // Another publisher (a move from another source) took this map version: read it again.
         if (!(err instanceof SlotMapVersionConflictError) || attempt >= 20) throw err;
       }
@@ -1679,7 +1695,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     // A copy is as large as the unit: a run whose time is up (a Lambda near its timeout) stops
     // between batches rather than be killed mid-statement; the next run takes up the rollback
     // (`rollback_to` is recorded) and deletes on.
-    const between = async (): Promise<void> => {
+    // Each batch deleted is progress, as a clean-up batch is (sharding migration 007's trigger
+    // sees only the source's `rows_deleted`): a rollback of a large copy, paused at invocation
+    // after invocation, must not read as a move without progress (`MoveWithoutProgress`).
+    const between = async (deleted: number): Promise<void> => {
+      if (deleted > 0) await this.updateJob('progressed_at = clock_timestamp()', [], job);
       if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up in the rollback; the next run resumes it`);
     };
     for (const { name } of [...TABLES].reverse()) await this.deleteUnit(job, job.to, name, MOVER_WRITE, '', between);

@@ -24,6 +24,7 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type pg from 'pg';
+import { dropConnection } from './listening-client.js';
 import { inClientTransaction, type RollbackWith } from './transaction.js';
 
 export class MoverCatalog {
@@ -31,6 +32,10 @@ export class MoverCatalog {
   private tail: Promise<void> = Promise.resolve();
   /** Set in the async context of the current holder's body. */
   private readonly holding = new AsyncLocalStorage<MoverCatalog>();
+  /** See {@link boundBy}. */
+  private bound: (() => number | undefined) | undefined;
+  /** Set once a holder outlived its bound and the connection was closed: it must not go back to its pool. */
+  dropped = false;
 
   /**
    * `idleInTransactionMs`: the server ends a transaction of the run left idle longer than this
@@ -56,12 +61,36 @@ export class MoverCatalog {
    */
   use<T>(fn: (client: pg.ClientBase) => Promise<T>): Promise<T> {
     if (this.held()) return fn(this.client);
+    const boundMs = this.bound?.();
     const run = this.tail.then(() => this.holding.run(this, () => fn(this.client)));
     this.tail = run.then(
       () => undefined,
       () => undefined,
     );
-    return run;
+    if (boundMs === undefined) return run;
+    // Counted from the call, the wait for the holders before it included: one of them stuck on a
+    // silent connection is as much a hang as this one.
+    const timer = setTimeout(
+      () => {
+        this.dropped = true;
+        dropConnection(this.client);
+      },
+      Math.max(0, boundMs),
+    );
+    return run.finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Bounds every holder from now on: `ms()`, read when a holder asks for the client, is how long it
+   * may take, its wait in the queue included (undefined: no bound). A holder still unsettled then
+   * has the connection closed under it, which fails it and every holder after it ({@link dropped}).
+   * The server's own timeouts end a slow statement only while it can answer: a connection that
+   * went silent (a black-holed path, a failed-over catalog's old address) would hold its holder
+   * until the client's `query_timeout` (12 s in the Lambda pools, none by default), and the move
+   * would hold its write fence that long (see `PgMovePort`).
+   */
+  boundBy(ms: () => number | undefined): void {
+    this.bound = ms;
   }
 
   /** One statement, in its turn (see {@link use}). */

@@ -389,7 +389,7 @@ export class Mover {
       }
     } finally {
       client.off('error', onError);
-      client.release(broken || undefined);
+      client.release(broken || catalog.dropped || undefined);
     }
   }
 

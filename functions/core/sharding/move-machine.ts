@@ -115,6 +115,12 @@ export interface MovePort<J extends MoveJobView> {
   cleanUp(job: J): Promise<J>;
   /** Undoes a move that has not flipped; refuses (throws) if the map names the target. */
   rollback(job: J, to: 'failed' | 'cancelled', error: string | null): Promise<J>;
+  /**
+   * Whether this run may have published the job's new owner: false only while it has sent no
+   * statement of a flip. Lets a run that can no longer read its job (the catalog went silent under
+   * the fence) still give back a fence no flip can follow. Absent: assumed true.
+   */
+  mayHavePublished?(job: J): boolean;
   /** Records why a run stopped, leaving the job resumable. */
   recordError(job: J, error: string): Promise<void>;
   /** Waits (a timer in production, a no-op in unit tests). */
@@ -219,6 +225,13 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
   const releaseOwnFence = async (): Promise<void> => {
     if (died || (job.state !== 'cutover' && job.state !== 'verifying')) return;
     const now = await port.reload(job).catch(() => undefined);
+    // The catalog cannot be read (gone silent under the fence, say): were no flip ever sent by
+    // this run, none can be published (nor by another run, whose claim the shard's permit makes
+    // refuse this run's writes), so the fence is reopened rather than held until the next run.
+    if (!now && !job.flipStarted && port.mayHavePublished?.(job) === false) {
+      await port.unfence(job).catch(() => undefined);
+      return;
+    }
     if (!now || (now.state !== 'cutover' && now.state !== 'verifying')) return;
     // Past the flip the new owner is published: the fence can only be released forward (source
     // moved, target opened; idempotent), or every write of the unit waits for the next run.

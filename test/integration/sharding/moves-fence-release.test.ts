@@ -73,6 +73,51 @@ describe('a step that fails once under the fence', () => {
   });
 });
 
+describe('the flip waits on a catalog that answers, slowly', () => {
+  it('a lock held on the slot maps: the flip is given up within the fence budget and the fence reopened, not held until the lock goes', async () => {
+    const slot = 1210;
+    const { to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+    const locker = await env.catalog.connect();
+    let fencedAt = 0;
+    let unlock: Promise<void> = Promise.resolve();
+    const mover = env.mover({
+      fenceBudgetMs: 1000,
+      fenceAttempts: 1,
+      async hook(point) {
+        if (point === 'fenced') fencedAt = Date.now();
+        if (point !== 'verifying') return;
+        // An operator's (or a migration's) lock on the maps, held 8 s: the flip's read of the map waits.
+        await locker.query('begin');
+        await locker.query('lock table catalog.slot_maps in access exclusive mode');
+        unlock = new Promise((resolve) => setTimeout(resolve, 8000)).then(async () => {
+          await locker.query('rollback');
+        });
+      },
+    });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const run = mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.name}`,
+    );
+    for (let i = 0; i < 400 && fencedAt === 0; i++) await new Promise((resolve) => setTimeout(resolve, 25));
+    let heldMs = -1;
+    while (fencedAt > 0 && Date.now() - fencedAt < 15_000) {
+      if ((await fenceState(source, slot)) !== 'fenced') {
+        heldMs = Date.now() - fencedAt;
+        break;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    await unlock;
+    locker.release();
+    const outcome = await run;
+
+    expect({ held: heldMs >= 0 && heldMs < 1000 + 1000 ? 'within the budget' : `${heldMs} ms`, outcome }).toEqual({ held: 'within the budget', outcome: 'threw: MoveFenceTimeoutError' });
+    expect((await env.mover().run(planned.id)).state).toBe('done');
+  }, 60_000);
+});
+
 describe('a writer at a fence', () => {
   it('gives up at its own deadline, not at the fence wait limit', async () => {
     const slot = 1400;

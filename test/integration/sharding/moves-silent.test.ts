@@ -7,16 +7,20 @@
  * answered), the run must end within a bound of the budget, the fence given back. Outside the
  * fence, a run waiting on a silent shard during the copy, or leaving a transaction open there,
  * must neither outlive its invocation nor keep the next run from taking the job over. The same
- * holds for the catalog going silent under a run (inside the flip; with the moves function's
- * pool settings).
+ * holds for the catalog going silent under a run (inside the flip; under the fence before the
+ * flip; with the moves function's pool settings), for one idle pooled connection going silent
+ * while new ones work, and for the moves handler itself near its timeout.
  */
+import '../../support/quiet-powertools.js';
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ListeningClient } from '../../../functions/adapters/postgres/listening-client.js';
-import { Mover, MoveBusyError, type MoveJob } from '../../../functions/adapters/postgres/mover.js';
+import { Mover, MoveBusyError, type MoveJob, type MoverOptions } from '../../../functions/adapters/postgres/mover.js';
+import type { MovesResult } from '../../../functions/handlers/moves.js';
 import { createPool } from '../../../functions/handlers/shared/db.js';
 import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.js';
 import { SilentRelay } from './fixtures/silent-relay.js';
 
 let env: MoveEnv;
@@ -370,4 +374,185 @@ describe('the catalog goes silent under a move run (Lambda pool settings)', () =
 
     expect({ first: first.startsWith('threw'), next }).toEqual({ first: true, next: 'done' });
   }, 45_000);
+});
+
+/**
+ * The moves worker's catalog connection goes silent in the cutover, after the source is fenced
+ * and before the flip's statement is sent (the final catch-up, the `drained` transition, the
+ * verification's record). No flip can have been published (it was never sent), so the fence must
+ * be given back within a bound of its budget, as when a shard goes silent: with the Lambda pool's
+ * `query_timeout` (12 s) each catalog statement would hold it that long, and a run that can no
+ * longer read its job back must not leave the fence to the next run.
+ */
+describe('the catalog goes silent under the fence, before the flip (Lambda pool settings)', () => {
+  it.each([
+    { at: 'as the fence is taken', slot: 690, point: 'fenced' as const },
+    { at: 'as the verification starts', slot: 691, point: 'verifying' as const },
+  ])('$at: gives the fence back within a bound of its budget, and the job resumes', async ({ slot, point }) => {
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 5), 2);
+    const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
+    relays.push(relay);
+    // The moves function's catalog pool, as it is (one connection, a 12 s query timeout).
+    const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined);
+    pools.push(catalog);
+    let fencedAt = 0;
+    const silent = new Mover({
+      catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      leaseTtlMs: 1500,
+      readerGraceMs: 100,
+      fenceBudgetMs: 1000,
+      hook: (p) => {
+        if (p === 'fenced') fencedAt = Date.now();
+        if (p === point) relay.blackhole();
+      },
+    });
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const run = settle(silent.run(planned.id));
+    for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
+    expect(fencedAt).toBeGreaterThan(0);
+    let heldMs = -1;
+    while (Date.now() - fencedAt < 30_000) {
+      if ((await fenceState(source, slot)) !== 'fenced') {
+        heldMs = Date.now() - fencedAt;
+        break;
+      }
+      await delay(50);
+    }
+    const outcome = await Promise.race([run, delay(10).then(() => 'still running')]);
+
+    // The budget, the 5 s slack, and the unfence's own bound at most.
+    expect({ held: heldMs >= 0 && heldMs < 1000 + 5000 + 2000 ? 'within its bound' : `${heldMs < 0 ? 'over 30 s' : `${heldMs} ms`}`, outcome }).toEqual({
+      held: 'within its bound',
+      outcome: expect.stringMatching(/^(threw|ended)/) as unknown as string,
+    });
+    await relay.stop();
+    await Promise.race([run, delay(15_000)]);
+    await delay(1600); // its lease has lapsed
+    expect(await takeOver(planned.id, 20_000, 'stuck')).toBe('done');
+    expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 10 });
+  }, 90_000);
+});
+
+/**
+ * The moves function's own wiring: the handler passes its run an `abandonAt` 20 s before the
+ * function's timeout (ABANDON_BEFORE_TIMEOUT_MS), and a run waiting on a silent shard (no safe
+ * point reached, so its `until` never stops it) must be over by then. An invocation with a little
+ * over two minutes left: `until` 5 s away, `abandonAt` 105 s away, the timeout 125 s away.
+ */
+describe('the moves handler near its timeout with a shard gone silent during the copy', () => {
+  it('returns before the function times out, and leaves the job for the next run to finish', async () => {
+    const slot = 692;
+    const { from, to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 40), 5);
+    const { relay, pool: relayed } = await relayedPool(env.urls.shards[to] as string, 2);
+    const options: MoverOptions = {
+      catalog: env.catalog,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      readerGraceMs: 100,
+      shards: new Map([
+        [from, source],
+        [to, relayed],
+      ]),
+      copyBatchRows: 20,
+      leaseTtlMs: 1500,
+      hook: (point) => {
+        if (point === 'copying') relay.blackhole();
+      },
+    };
+    const planned = await env.mover(options).plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // The worker runs every unfinished job; the other tests of this file leave some behind.
+    const mover = new (class extends Mover {
+      override async unfinished(): Promise<MoveJob[]> {
+        return (await super.unfinished()).filter((j) => j.id === planned.id);
+      }
+    })(options);
+    // The handler's margins scaled from minutes to seconds (stop 120 s and abandon 20 s before the
+    // timeout): the wiring from the context's remaining time to the run's abandonAt is the same.
+    const margins = { stopBeforeTimeoutMs: 6000, abandonBeforeTimeoutMs: 2000 };
+    const timeoutMs = 8000;
+    const out: { result: MovesResult | 'timed out'; tookMs: number } = { result: 'timed out', tookMs: 0 };
+    await withMovesHandler(
+      env,
+      async (handler) => {
+        const started = Date.now();
+        const ends = started + timeoutMs;
+        const context = { ...lambdaContext, getRemainingTimeInMillis: () => Math.max(0, ends - Date.now()) };
+        out.result = await Promise.race([handler(tick, context), delay(timeoutMs).then(() => 'timed out' as const)]);
+        out.tookMs = Date.now() - started;
+      },
+      { mover, margins },
+    );
+
+    const { result, tookMs } = out;
+    expect({ result: result === 'timed out' ? result : { ran: result.ran, failed: result.failed.map((f) => f.id) }, beforeTimeout: tookMs < timeoutMs }).toEqual({
+      result: { ran: [], failed: [planned.id] },
+      beforeTimeout: true,
+    });
+    // Abandoned at its abandonAt, not at its until (no safe point came) nor at once.
+    expect(tookMs).toBeGreaterThan(timeoutMs - margins.abandonBeforeTimeoutMs - 1000);
+    await relay.stop();
+    await delay(1600); // its lease has lapsed, if it was not given back
+    expect(await takeOver(planned.id, 20_000, 'stuck')).toBe('done');
+    expect(await countSlot(target, slot)).toEqual({ users: 40, documents: 200 });
+  }, 60_000);
+});
+
+/**
+ * One idle pooled connection's path goes silent (a black-holed path, a failed-over instance's old
+ * address reached through a connection opened before the failover) while new connections work.
+ * The pool cannot tell: it lends that connection to the next run. The run must end by its bound
+ * (a shard: its abandonAt; the catalog: the Lambda pool's query timeout), and the connection must
+ * not be lent again: the next run, on the same pools, finishes the move.
+ */
+describe('one idle pooled connection goes silent, new connections work', () => {
+  it("a shard pool's (the moves function's two connections per shard): the run ends by its abandonAt, and the next run on the same pool finishes", async () => {
+    const slot = 693;
+    const { from, to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 5), 2);
+    const { relay, pool: relayed } = await relayedPool(env.urls.shards[to] as string, 2);
+    await relayed.query('select 1'); // one connection, idle in the pool
+    const shards = new Map([
+      [from, source],
+      [to, relayed],
+    ]);
+    const planned = await env.mover({ shards }).plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    relay.blackholeOpen();
+    const started = Date.now();
+    const first = await Promise.race([settle(env.mover({ shards, leaseTtlMs: 1500 }).run(planned.id, { until: started + 2000, abandonAt: started + 4000 })), delay(10_000).then(() => 'still running')]);
+    const tookMs = Date.now() - started;
+    await delay(1600); // its lease has lapsed, if it was not given back
+
+    const next = await Promise.race([settle(env.mover({ shards }).run(planned.id)), delay(15_000).then(() => 'still running')]);
+
+    expect({ first: first.startsWith('threw'), byAbandonAt: tookMs < 4000 + 1500, next }).toEqual({ first: true, byAbandonAt: true, next: 'ended: done' });
+    expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 10 });
+  }, 45_000);
+
+  it("the catalog's Lambda pool of one: the run fails by the pool's query timeout, and the next run on the same pool finishes", async () => {
+    const slot = 694;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 5), 2);
+    const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
+    relays.push(relay);
+    // The moves function's catalog pool, as it is (one connection, a 12 s query timeout).
+    const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined);
+    pools.push(catalog);
+    await catalog.query('select 1'); // its one connection, idle in the pool (a warm container)
+    const mover = (): Mover => new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100 });
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    relay.blackholeOpen();
+    const started = Date.now();
+    const first = await Promise.race([settle(mover().run(planned.id)), delay(20_000).then(() => 'still running')]);
+    const tookMs = Date.now() - started;
+
+    const next = await Promise.race([settle(mover().run(planned.id)), delay(15_000).then(() => 'still running')]);
+
+    expect({ first: first.startsWith('threw'), byQueryTimeout: tookMs < 12_000 + 2000, next }).toEqual({ first: true, byQueryTimeout: true, next: 'ended: done' });
+    expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 10 });
+  }, 60_000);
 });

@@ -188,6 +188,22 @@ describe('the move protocol', () => {
     };
     await expect(driveMove(at('verifying'), dark.port)).rejects.toThrow(/catalog connection reset/);
     expect(dark.calls).toEqual(['unfence', 'verify', 'flip']);
+
+    // ...unless the run says it never sent a flip: then none can have committed, and the fence is
+    // reopened (a catalog gone silent under the fence, before the flip), as it may have sent one or not.
+    for (const sent of [false, true]) {
+      const silent = recordingPort();
+      silent.port.reload = async () => {
+        throw new Error('catalog unreachable');
+      };
+      silent.port.mayHavePublished = () => sent;
+      silent.port.transition = async (_job, name) => {
+        silent.calls.push(`transition:${name}`);
+        throw new Error('Query read timeout');
+      };
+      await expect(driveMove(at('cutover'), silent.port)).rejects.toThrow(/Query read timeout/);
+      expect(silent.calls, `sent: ${sent}`).toEqual(sent ? ['unfence', 'fence', 'catchUp:all', 'transition:drained'] : ['unfence', 'fence', 'catchUp:all', 'transition:drained', 'unfence']);
+    }
   });
 
   it('starts no rollback once the run is out of time, whether asked for now or decided before', async () => {
