@@ -488,6 +488,6 @@ export const moveJobSchema = z.object({
   fencedAt: isoTime.nullable(),
   unfencedAt: isoTime.nullable(),
   finishedAt: isoTime.nullable(),
-  progressedAt: isoTime.describe('when the job last moved forward: a page copied, a batch of source rows deleted, or a state it does not come back from (the catch-up, fence and verification loop counts only when it ends in the flip)'),
+  progressedAt: isoTime.describe('when the job last moved forward: a page copied, a batch of source rows deleted (or of the copy, in a rollback), or a state it does not come back from (the catch-up, fence and verification loop counts only when it ends in the flip)'),
   fenceMs: z.number().nullable().describe('how long writes to the unit were fenced, once the fence has been released'),
 });

@@ -90,8 +90,13 @@ export const shardingConfigSchema = z.strictObject({
   range_key_type: z.enum(RANGE_KEY_TYPES).default('string'),
   ranges: z.array(rangeSchema).default([]),
   directory: directorySchema.default({ fallback: 'hash', cache_ttl_seconds: 5, override_hash: true }),
-  /** A replica lagging more than this (by replay timestamp, when the primary is busy) gets no reads. */
-  max_replica_lag_seconds: z.number().min(0).default(5),
+  /**
+   * A replica lagging more than this (by replay timestamp, when the primary is busy) gets no reads.
+   * More than 0: a replica is trusted only until the data its last probe saw is this old, which 0
+   * would end at once: every replica would be set aside, by accident, as "last known fresh 0.0 s
+   * ago, over 0 s", while still being probed.
+   */
+  max_replica_lag_seconds: z.number().positive('must be more than 0 seconds (no replica is ever 0 s behind; to read from primaries only, list no read_replicas)').default(5),
   /** A replica more than this many WAL bytes behind gets no reads. */
   max_replica_lag_bytes: z.number().int().min(0).default(16 * 1024 * 1024),
   health_check_interval_seconds: z.number().min(0.1).max(3600).default(10),

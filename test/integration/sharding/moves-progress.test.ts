@@ -149,3 +149,53 @@ describe('progress of a move job', () => {
     expect(await countSlot(target, slot)).toEqual({ users: 4, documents: 12 });
   }, 120_000);
 });
+
+/**
+ * A rollback deletes the target's copy in batches and stops between them when its invocation's
+ * time is up (MovePaused); a copy as large as the unit takes several invocations. Each batch is
+ * work done, as a clean-up batch is: a rollback paused again and again while it deletes must not
+ * read as a move without progress (the worker's `MoveSecondsWithoutProgress`, the
+ * `MoveWithoutProgress` alarm after 30 minutes), nor a paused one with nothing deleted as one
+ * progressing.
+ */
+describe('progress of a rollback paused over several invocations', () => {
+  it('moves with every batch of the copy deleted, and not while nothing is deleted', async () => {
+    const slot = 702;
+    const { source, target, to } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 20), 5);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const dying = env.mover({
+      hook(point) {
+        if (point === 'catching_up') throw new Error('stopped after the copy');
+      },
+    });
+    await expect(dying.run(planned.id)).rejects.toThrow(/stopped after the copy/);
+    await env.mover().requestCancel(planned.id);
+    // The copy was the last progress, 45 minutes ago.
+    await env.catalog.query(`update catalog.move_jobs set progressed_at = now() - interval '45 minutes' where id = $1`, [planned.id]);
+    const pauseAfter = (n: number) => {
+      const until = Date.now() + 60_000;
+      let looks = 0;
+      return env.mover({ batchRows: 7, wallClock: () => (++looks >= n ? until : until - 1) }).run(planned.id, { until });
+    };
+
+    const before = await countSlot(target, slot);
+    const first = await pauseAfter(3);
+    const afterFirst = await countSlot(target, slot);
+    const stalledAfterFirst = Math.round(minutesWithoutProgress(await env.mover().get(first.id), Date.now()));
+    // An invocation whose time is already up deletes nothing: no progress.
+    const sinceFirst = await progressedAt(planned.id);
+    const idle = await pauseAfter(1);
+    const unchanged = (await progressedAt(planned.id)) === sinceFirst;
+    const done = await env.mover().run(planned.id);
+
+    expect({ paused: first.state !== 'cancelled' && idle.state !== 'cancelled', deleted: afterFirst.documents < before.documents, stalledAfterFirst, unchanged, done: done.state }).toEqual({
+      paused: true,
+      deleted: true,
+      stalledAfterFirst: 0,
+      unchanged: true,
+      done: 'cancelled',
+    });
+    expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
+  }, 60_000);
+});

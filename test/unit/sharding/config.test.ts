@@ -39,6 +39,16 @@ describe('sharding configuration', () => {
     expect(config.shards[0]).toMatchObject({ weight: 1, read_replicas: [] });
   });
 
+  it('refuses a max_replica_lag_seconds of 0, which no replica can meet, and says how to read from primaries only', () => {
+    // Accepted, 0 made every replica ineligible by accident (its last probe is always some ms old),
+    // while the reader kept probing them and committing heartbeats on the primaries.
+    expect(problemsOf(() => parseShardingConfig({ ...guideExample, max_replica_lag_seconds: 0 }))).toEqual([
+      'max_replica_lag_seconds: must be more than 0 seconds (no replica is ever 0 s behind; to read from primaries only, list no read_replicas)',
+    ]);
+    expect(problemsOf(() => parseShardingConfig({ ...guideExample, max_replica_lag_seconds: -1 }))).toHaveLength(1);
+    expect(parseShardingConfig({ ...guideExample, max_replica_lag_seconds: 0.5 }).max_replica_lag_seconds).toBe(0.5);
+  });
+
   it('names every problem at once', () => {
     const problems = problemsOf(() =>
       parseShardingConfig({
