@@ -401,24 +401,35 @@ export const healthReportSchema = z.object({
     .describe('present when a cloud inventory is configured: whether its facts could be read'),
 });
 
+const LIVE_BYTES = 'live data: bytes of the live rows (tuple headers and stored values, TOASTed ones at their stored size), what balance is judged by; free space, dead rows and indexes left out';
+const DISK_BYTES = 'on-disk size (pg_total_relation_size: heap, TOAST, indexes, free space): what the storage holds; it does not shrink when rows are deleted or vacuumed';
 export const statisticsReportSchema = z.object({
   shards: z.array(
     z.object({
       shardId: z.string(),
       weight: z.number(),
       slotsOwned: z.number().int(),
-      tables: z.array(z.object({ table: z.string(), rows: z.number(), bytes: z.number(), method: z.enum(['estimate', 'exact']) })),
+      tables: z.array(
+        z.object({
+          table: z.string(),
+          rows: z.number(),
+          bytes: z.number().describe(LIVE_BYTES),
+          diskBytes: z.number().describe(DISK_BYTES),
+          method: z.enum(['estimate', 'exact']),
+        }),
+      ),
       users: z.number(),
       documents: z.number(),
       rows: z.number(),
-      bytes: z.number(),
+      bytes: z.number().describe(LIVE_BYTES),
+      diskBytes: z.number().describe(DISK_BYTES),
       shareOfRows: z.number(),
       shareOfBytes: z.number(),
       targetShare: z.number().describe('the fraction the shard should hold by weight'),
     }),
   ),
-  totals: z.object({ rows: z.number(), bytes: z.number(), users: z.number(), documents: z.number(), slots: z.number().int() }),
-  imbalance: z.object({ rows: z.number(), bytes: z.number() }).describe('largest over mean of the weight-normalised load; 1 is perfect balance'),
+  totals: z.object({ rows: z.number(), bytes: z.number().describe(LIVE_BYTES), diskBytes: z.number().describe(DISK_BYTES), users: z.number(), documents: z.number(), slots: z.number().int() }),
+  imbalance: z.object({ rows: z.number(), bytes: z.number().describe('by live data bytes') }).describe('largest over mean of the weight-normalised load; 1 is perfect balance'),
   complete: z.boolean().describe('false when a shard could not be measured: totals, shares and imbalance leave it out'),
   unreachable: z.array(z.object({ shardId: z.string(), error: z.string() })),
 });
@@ -435,7 +446,7 @@ export const rebalanceCheckSchema = z.object({
       from: z.string(),
       to: z.string(),
       rows: z.number(),
-      bytes: z.number(),
+      bytes: z.number().describe(LIVE_BYTES),
     }),
   ),
   summary: z.object({

@@ -232,6 +232,22 @@ interface Measured {
  */
 const HEALTH_HEARTBEAT_WAIT_MS = 1000;
 
+/** The header of a heap tuple (23 bytes, aligned to 24): counted once per live row in the live bytes. */
+const ROW_HEADER_BYTES = 24;
+
+/** The data a full TOAST chunk holds (TOAST_MAX_CHUNK_SIZE with 8 kB blocks). */
+const TOAST_CHUNK_BYTES = 1996;
+
+/** A column of a sharded table: its name, and its width when it is fixed and never null. */
+interface ColumnWidth {
+  readonly name: string;
+  readonly fixed: number | null;
+}
+
+/** The columns of table `c` (pg_class) as JSON {@link ColumnWidth}s, in order. */
+const COLUMNS_SQL = `(select coalesce(json_agg(json_build_object('name', a.attname, 'fixed', case when a.attlen > 0 and a.attnotnull then a.attlen end) order by a.attnum), '[]')
+   from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped)`;
+
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -414,11 +430,14 @@ export class ShardInspector {
   }
 
   /**
-   * Rows and bytes of the sharded tables on every primary (estimates from `pg_class` unless
-   * `exact`; a table never analysed is counted exactly), users, documents, slots owned, shares
-   * and imbalance. Unreachable shards are listed and left out of the figures. An exact count
-   * leaves out the rows of units the shard holds without owning them (see {@link ownedRowsSql});
-   * an estimate and the bytes are of the whole table.
+   * Rows and live data bytes of the sharded tables on every primary, with their on-disk size
+   * apart (estimates from `pg_class` and `pg_stats` unless `exact`; a table never analysed is
+   * counted exactly), users, documents, slots owned, shares and imbalance. Bytes are live data
+   * ({@link rowBytesSql}): a table's files keep their size after a move's clean-up deletes its
+   * rows, so balance judged by them would keep sending data off a source that holds its share.
+   * Unreachable shards are listed and left out of the figures. An exact count leaves out the rows
+   * of units the shard holds without owning them (see {@link ownedRowsSql}); an estimate and
+   * the on-disk size are of the whole table.
    */
   async statistics(options: StatisticsOptions = {}): Promise<StatisticsReport> {
     const shardIds = this.#pools.shardIds();
@@ -460,9 +479,17 @@ export class ShardInspector {
     // Exact counts of big tables take longer than a health timeout; they get ten of them.
     const budget = exact ? this.#options.timeoutMs * 10 : this.#options.timeoutMs;
     return withNodeDeadline(node.pool, budget, node.nodeId, async (client) => {
-      const { rows } = await client.query<{ table: string; estimate: number; bytes: number }>(
-        `select c.relname as table, c.reltuples::float8 as estimate, pg_total_relation_size(c.oid)::float8 as bytes
-         from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      // row_width: the live bytes of an average row by the last ANALYZE (pg_stats: average width of
+      // the non-null values, TOASTed ones as their pointer, times the share of rows that have one),
+      // null before any ANALYZE. toast_bytes: what the TOAST table holds, by its live chunks once
+      // vacuumed (ANALYZE leaves TOAST tables alone), by its size until then.
+      const { rows } = await client.query<{ table: string; estimate: number; disk_bytes: number; row_width: number | null; toast_bytes: number; columns: ColumnWidth[] }>(
+        `select c.relname as table, c.reltuples::float8 as estimate, pg_total_relation_size(c.oid)::float8 as disk_bytes,
+           (select sum(s.avg_width * (1 - s.null_frac))::float8 from pg_stats s
+             where s.schemaname = n.nspname and s.tablename = c.relname and s.inherited = (c.relkind = 'p')) as row_width,
+           (case when t.oid is null then 0 when t.reltuples >= 0 then t.reltuples * ${TOAST_CHUNK_BYTES} else pg_relation_size(t.oid) end)::float8 as toast_bytes,
+           ${COLUMNS_SQL} as columns
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace left join pg_class t on t.oid = c.reltoastrelid
          where n.nspname = current_schema() and c.relname = any($1) and c.relkind in ('r', 'p')`,
         [wanted],
       );
@@ -470,13 +497,16 @@ export class ShardInspector {
       for (const name of wanted) {
         const found = rows.find((r) => r.table === name);
         if (!found) throw new ShardInspectionError(`${node.nodeId}: sharded table ${name} does not exist (schema not migrated?)`);
-        // reltuples is -1 until the table is first vacuumed or analysed: no estimate exists yet.
-        if (exact || found.estimate < 0) {
+        // reltuples is -1 until the table is first vacuumed or analysed, and pg_stats is empty until
+        // it is analysed: no estimate exists yet.
+        if (exact || found.estimate < 0 || (found.row_width === null && found.estimate > 0)) {
           const owner = name === names.users ? 'id' : 'owner_id';
-          const { rows: counted } = await client.query<{ n: number }>(ownedRowsSql(client.escapeIdentifier(name), owner));
-          out.push({ table: name, rows: counted[0]?.n ?? 0, bytes: found.bytes, method: 'exact' });
+          const { rows: counted } = await client.query<{ n: number; bytes: number }>(ownedRowsSql(client.escapeIdentifier(name), owner, rowBytesSql(client, 'r', found.columns)));
+          out.push({ table: name, rows: counted[0]?.n ?? 0, bytes: Math.round(counted[0]?.bytes ?? 0), diskBytes: found.disk_bytes, method: 'exact' });
         } else {
-          out.push({ table: name, rows: Math.round(found.estimate), bytes: found.bytes, method: 'estimate' });
+          const rowsEstimate = Math.round(found.estimate);
+          const bytes = rowsEstimate * (ROW_HEADER_BYTES + (found.row_width ?? 0)) + found.toast_bytes;
+          out.push({ table: name, rows: rowsEstimate, bytes: Math.round(bytes), diskBytes: found.disk_bytes, method: 'estimate' });
         }
       }
       return out;
@@ -485,7 +515,7 @@ export class ShardInspector {
 
   /**
    * The units the planner may move: every slot with rows on the shard that owns it (exact row
-   * counts per slot; bytes apportioned from each table's total size by rows), and every
+   * counts and live data bytes per slot, {@link rowBytesSql}), and every
    * directory key with its user's rows on its shard. Rows of directory keys are not counted
    * in their hash slot, since moving the slot would not move them.
    */
@@ -501,38 +531,39 @@ export class ShardInspector {
           return await withNodeDeadline(node.pool, this.#options.timeoutMs * 10, node.nodeId, async (client) => {
             const u = client.escapeIdentifier(names.users);
             const d = client.escapeIdentifier(names.documents);
-            const { rows: sizes } = await client.query<{ user_bytes: number; user_rows: number; doc_bytes: number; doc_rows: number }>(
-              `select pg_total_relation_size($1::regclass)::float8 as user_bytes, (select count(*) from ${u})::float8 as user_rows,
-                 pg_total_relation_size($2::regclass)::float8 as doc_bytes, (select count(*) from ${d})::float8 as doc_rows`,
+            const columns = await client.query<{ table: string; columns: ColumnWidth[] }>(
+              `select c.relname as table, ${COLUMNS_SQL} as columns from pg_class c where c.oid in ($1::regclass, $2::regclass)`,
               [u, d],
             );
-            const size = sizes[0];
-            const userBytes = size && size.user_rows > 0 ? size.user_bytes / size.user_rows : 0;
-            const docBytes = size && size.doc_rows > 0 ? size.doc_bytes / size.doc_rows : 0;
-            const { rows: slots } = await client.query<{ slot: number; users: number; documents: number }>(
-              `select slot, sum(users)::float8 as users, sum(documents)::float8 as documents from (
-                 select slot, count(*) as users, 0 as documents from ${u} where slot = any($1) and not (id::text = any($2)) group by slot
+            const columnsOf = (name: string): ColumnWidth[] => columns.rows.find((r) => r.table === name)?.columns ?? [];
+            const userBytes = rowBytesSql(client, 'r', columnsOf(names.users));
+            const docBytes = rowBytesSql(client, 'r', columnsOf(names.documents));
+            const { rows: slots } = await client.query<{ slot: number; users: number; documents: number; bytes: number }>(
+              `select slot, sum(users)::float8 as users, sum(documents)::float8 as documents, sum(bytes)::float8 as bytes from (
+                 select slot, count(*) as users, 0 as documents, sum(${userBytes}) as bytes from ${u} r where slot = any($1) and not (id::text = any($2)) group by slot
                  union all
-                 select slot, 0, count(*) from ${d} where slot = any($1) and not (owner_id::text = any($2)) group by slot
+                 select slot, 0, count(*), sum(${docBytes}) from ${d} r where slot = any($1) and not (owner_id::text = any($2)) group by slot
                ) x group by slot order by slot`,
               [ownedSlots, keys],
             );
-            const { rows: dirs } = await client.query<{ key: string; users: number; documents: number }>(
+            const { rows: dirs } = await client.query<{ key: string; users: number; documents: number; bytes: number }>(
               `select k.key, (select count(*) from ${u} where id::text = k.key)::float8 as users,
-                 (select count(*) from ${d} where owner_id::text = k.key)::float8 as documents
+                 (select count(*) from ${d} where owner_id::text = k.key)::float8 as documents,
+                 (select coalesce(sum(${userBytes}), 0) from ${u} r where r.id::text = k.key)::float8
+                   + (select coalesce(sum(${docBytes}), 0) from ${d} r where r.owner_id::text = k.key)::float8 as bytes
                from unnest($1::text[]) as k(key)`,
               [ownKeys],
             );
-            const unit = (kind: 'slot' | 'directory', id: string, users: number, documents: number): MovableUnit => ({
+            const unit = (kind: 'slot' | 'directory', id: string, users: number, documents: number, bytes: number): MovableUnit => ({
               kind,
               id,
               shardId,
               rows: users + documents,
-              bytes: Math.round(users * userBytes + documents * docBytes),
+              bytes: Math.round(bytes),
             });
             return [
-              ...slots.map((s) => unit('slot', String(s.slot), s.users, s.documents)),
-              ...dirs.filter((k) => k.users + k.documents > 0).map((k) => unit('directory', k.key, k.users, k.documents)),
+              ...slots.map((s) => unit('slot', String(s.slot), s.users, s.documents, s.bytes)),
+              ...dirs.filter((k) => k.users + k.documents > 0).map((k) => unit('directory', k.key, k.users, k.documents, k.bytes)),
             ];
           });
         } catch (error) {
@@ -601,17 +632,34 @@ export function hostPort(endpoint: string): string {
 }
 
 /**
- * The exact count of a sharded table's rows whose unit the shard owns. A unit being moved is
- * held by two shards: the target holds the copy from the start of the copy (`incoming`), the
- * source the original until the clean-up has deleted it (`moved`); counted on both, it skews
- * the shares the rebalance check plans from. The rows of those units, which the fence rows name
- * (a few slots and keys), are found through the indexes (`rowsOfFencedUnitsSql`), judged by the
- * trigger's rule (`rowFenceStateSql`) and taken off the table's count: the statement costs the
- * count it replaces plus index scans of the units in flight, all in one snapshot.
+ * The exact count and live data bytes ({@link rowBytesSql}) of a sharded table's rows whose
+ * unit the shard owns. A unit being moved is held by two shards: the target holds the copy from
+ * the start of the copy (`incoming`), the source the original until the clean-up has deleted it
+ * (`moved`); counted on both, it skews the shares the rebalance check plans from. The rows of
+ * those units, which the fence rows name (a few slots and keys), are found through the indexes
+ * (`rowsOfFencedUnitsSql`), judged by the trigger's rule (`rowFenceStateSql`) and taken off the
+ * table's count and bytes: the statement costs one scan of the table (counting and summing row
+ * sizes) plus index scans of the units in flight, all in one snapshot.
  */
-function ownedRowsSql(table: string, owner: 'id' | 'owner_id'): string {
-  return `select (select count(*) from ${table})::float8 - (
-      select count(*) from (${rowsOfFencedUnitsSql(table, owner, NOT_OWNED_STATES_SQL)}) r
-       where ${rowFenceStateSql(`r.${owner}`, 'r.slot')} in ${NOT_OWNED_STATES_SQL}
-    )::float8 as n`;
+function ownedRowsSql(table: string, owner: 'id' | 'owner_id', rowBytes: string): string {
+  return `select a.n - f.n as n, a.bytes - f.bytes as bytes
+    from (select count(*)::float8 as n, coalesce(sum(${rowBytes}), 0)::float8 as bytes from ${table} r) a,
+      (select count(*)::float8 as n, coalesce(sum(${rowBytes}), 0)::float8 as bytes
+         from (${rowsOfFencedUnitsSql(table, owner, NOT_OWNED_STATES_SQL)}) r
+        where ${rowFenceStateSql(`r.${owner}`, 'r.slot')} in ${NOT_OWNED_STATES_SQL}) f`;
+}
+
+/**
+ * What a heap tuple of a row costs: its header ({@link ROW_HEADER_BYTES}) and each column's
+ * stored size (`pg_column_size` of the value as it lies in the tuple: short values with their
+ * 1-byte header, compressed ones compressed, a TOASTed one at its stored size in the TOAST table,
+ * read from its pointer without fetching it). Column by column rather than `pg_column_size(r.*)`,
+ * which would build each row as a composite and fetch every TOASTed value to do so. Free space,
+ * dead rows and indexes are not counted: these are the bytes a move takes with the rows.
+ */
+function rowBytesSql(client: pg.PoolClient, alias: string, columns: readonly ColumnWidth[]): string {
+  // A NOT NULL fixed-width column always takes its width: a constant, no call per row.
+  const constant = columns.reduce((sum, c) => sum + (c.fixed ?? 0), ROW_HEADER_BYTES);
+  const varying = columns.filter((c) => c.fixed === null).map((c) => `coalesce(pg_catalog.pg_column_size(${alias}.${client.escapeIdentifier(c.name)}), 0)`);
+  return [String(constant), ...varying].join(' + ');
 }

@@ -1,23 +1,35 @@
 /**
- * Shard statistics: per-shard rows and bytes of the sharded tables, users, documents and slots
- * owned, each shard's share of the total and the imbalance (the largest shard over the mean).
+ * Shard statistics: per-shard rows and live data bytes (and on-disk size) of the sharded tables,
+ * users, documents and slots owned, each shard's share of the total and the imbalance (the
+ * largest shard over the mean, by rows and by live data bytes; the on-disk size plays no part).
  * Pure aggregation over what the shard inspector measured.
  *
  * @example
  * ```ts
  * const stats = summarizeShardStatistics([
- *   { shardId: 'shard_001', weight: 1, slotsOwned: 2048, tables: [{ table: 'documents', rows: 900, bytes: 9e6, method: 'estimate' }], users: 10, documents: 900 },
- *   { shardId: 'shard_002', weight: 1, slotsOwned: 2048, tables: [{ table: 'documents', rows: 100, bytes: 1e6, method: 'estimate' }], users: 10, documents: 100 },
+ *   { shardId: 'shard_001', weight: 1, slotsOwned: 2048, tables: [{ table: 'documents', rows: 900, bytes: 9e6, diskBytes: 12e6, method: 'estimate' }], users: 10, documents: 900 },
+ *   { shardId: 'shard_002', weight: 1, slotsOwned: 2048, tables: [{ table: 'documents', rows: 100, bytes: 1e6, diskBytes: 9e6, method: 'estimate' }], users: 10, documents: 100 },
  * ]);
  * stats.imbalance.bytes; // 1.8 (9 MB over a mean of 5 MB)
  * ```
  */
 
-/** One sharded table on one shard. `estimate` comes from pg_class, `exact` from count(*). */
+/**
+ * One sharded table on one shard. `estimate` comes from the planner's statistics (pg_class,
+ * pg_stats), `exact` from counting the rows.
+ */
 export interface TableStatistics {
   readonly table: string;
   readonly rows: number;
+  /**
+   * Live data: the bytes of the table's live rows (tuple headers and stored values, TOASTed ones
+   * at their stored size), what a move takes with them and what balance is judged by. Free space,
+   * dead rows and indexes are left out: a table's files do not shrink when rows are deleted
+   * (a move's clean-up) or vacuumed, so its on-disk size says little about how much it holds.
+   */
   readonly bytes: number;
+  /** On-disk size (`pg_total_relation_size`: heap, TOAST, indexes, free space and all): what the storage holds. */
+  readonly diskBytes: number;
   readonly method: 'estimate' | 'exact';
 }
 
@@ -34,7 +46,10 @@ export interface ShardMeasurement {
 
 export interface ShardStatistics extends ShardMeasurement {
   readonly rows: number;
+  /** Live data bytes of the sharded tables (see {@link TableStatistics.bytes}). */
   readonly bytes: number;
+  /** On-disk size of the sharded tables: for storage headroom, not for balance. */
+  readonly diskBytes: number;
   /** This shard's fraction of all rows / bytes (0 when the total is 0). */
   readonly shareOfRows: number;
   readonly shareOfBytes: number;
@@ -50,7 +65,7 @@ export interface Imbalance {
 
 export interface ShardStatisticsSummary {
   readonly shards: readonly ShardStatistics[];
-  readonly totals: { readonly rows: number; readonly bytes: number; readonly users: number; readonly documents: number; readonly slots: number };
+  readonly totals: { readonly rows: number; readonly bytes: number; readonly diskBytes: number; readonly users: number; readonly documents: number; readonly slots: number };
   readonly imbalance: Imbalance;
 }
 
@@ -72,10 +87,12 @@ export function summarizeShardStatistics(measurements: readonly ShardMeasurement
     ...m,
     rows: m.tables.reduce((a, t) => a + t.rows, 0),
     bytes: m.tables.reduce((a, t) => a + t.bytes, 0),
+    diskBytes: m.tables.reduce((a, t) => a + t.diskBytes, 0),
   }));
   const totals = {
     rows: withTotals.reduce((a, s) => a + s.rows, 0),
     bytes: withTotals.reduce((a, s) => a + s.bytes, 0),
+    diskBytes: withTotals.reduce((a, s) => a + s.diskBytes, 0),
     users: withTotals.reduce((a, s) => a + s.users, 0),
     documents: withTotals.reduce((a, s) => a + s.documents, 0),
     slots: withTotals.reduce((a, s) => a + s.slotsOwned, 0),

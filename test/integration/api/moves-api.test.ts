@@ -48,6 +48,41 @@ describe('shard moves over HTTP', () => {
     return body;
   }
 
+  it('GET /shards/rebalance-check by bytes, its moves followed to done, then needs none: the source keeps its files, not its share', async () => {
+    const map = await h.sharding.slotMaps.current();
+    const slots = map.assignments.flatMap((owner, slot) => (owner === 'shard_001' ? [slot] : [])).slice(500, 510);
+    const shard1 = h.sharding.primaries.get('shard_001');
+    const shard2 = h.sharding.primaries.get('shard_002');
+    if (!shard1 || !shard2) throw new Error('no shard_001 or shard_002');
+    // 5,000 users over ten slots of shard_001, interleaved in its heap as rows arrive in real life.
+    await shard1.query(
+      `insert into users (id, slot, email, display_name)
+       select gen_random_uuid(), ($1::int[])[1 + i % 10], 'settle@example.com', repeat('s', 200) from generate_series(0, 4999) i`,
+      [slots],
+    );
+    await shard1.query('analyze users');
+    type Check = { needed: boolean; imbalance: number; moves: Array<{ unit: { kind: string; id: string }; from: string; to: string }> };
+    try {
+      const first = (await h.fetchJson(`${API}/shards/rebalance-check`)).body as Check;
+      expect(first.needed).toBe(true);
+      expect(first.moves.length).toBeGreaterThan(0);
+      for (const m of first.moves) {
+        const started = await h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: m.unit.kind, unit: m.unit.id, to: m.to }) });
+        expect(started.status, JSON.stringify(started.body)).toBe(202);
+        expect((await waitDone(started.headers.get('location') ?? ''))['state']).toBe('done');
+      }
+      const rows = async (pool: typeof shard1): Promise<number> => Number((await pool.query<{ n: string }>(`select count(*)::text as n from users where email = 'settle@example.com'`)).rows[0]?.n);
+      expect([await rows(shard1), await rows(shard2)]).toEqual([2500, 2500]);
+
+      // The clean-up deleted the moved rows from shard_001; its files kept their size.
+      const after = (await h.fetchJson(`${API}/shards/rebalance-check`)).body as Check;
+      expect({ needed: after.needed, movesOffTheSource: after.moves.filter((m) => m.from === 'shard_001') }).toEqual({ needed: false, movesOffTheSource: [] });
+    } finally {
+      await shard1.query(`delete from users where email = 'settle@example.com'`);
+      await shard2.query(`delete from users where email = 'settle@example.com'`);
+    }
+  }, 60_000);
+
   it('answers GET /shards/moves/{id} and the 202 of POST with exactly the fields the OpenAPI document gives', async () => {
     const key = '7a1e2b3c-4d5e-4f60-8a71-92b3c4d5e6f7';
     const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };

@@ -10,7 +10,7 @@ const measured = (shardId: string, rows: number, bytes: number, weight = 1): Sha
   slotsOwned: 2,
   users: 0,
   documents: rows,
-  tables: [{ table: 'documents', rows, bytes, method: 'exact' }],
+  tables: [{ table: 'documents', rows, bytes, diskBytes: bytes, method: 'exact' }],
 });
 const slot = (id: number, shardId: string, rows: number, bytes: number): MovableUnit => ({ kind: 'slot', id: String(id), shardId, rows, bytes });
 

@@ -8,8 +8,8 @@ const shard = (shardId: string, rows: number, bytes: number, weight = 1): ShardM
   users: rows / 10,
   documents: rows - rows / 10,
   tables: [
-    { table: 'users', rows: rows / 10, bytes: bytes / 10, method: 'estimate' },
-    { table: 'documents', rows: rows - rows / 10, bytes: bytes - bytes / 10, method: 'estimate' },
+    { table: 'users', rows: rows / 10, bytes: bytes / 10, diskBytes: bytes / 5, method: 'estimate' },
+    { table: 'documents', rows: rows - rows / 10, bytes: bytes - bytes / 10, diskBytes: 2 * bytes - bytes / 5, method: 'estimate' },
   ],
 });
 
@@ -21,7 +21,7 @@ describe('shard statistics', () => {
       [900, 9000],
       [100, 1000],
     ]);
-    expect(s.totals).toEqual({ rows: 1000, bytes: 10_000, users: 100, documents: 900, slots: 0 });
+    expect(s.totals).toEqual({ rows: 1000, bytes: 10_000, diskBytes: 20_000, users: 100, documents: 900, slots: 0 });
   });
 
   it('gives each shard its share of the total and its fair share by weight', () => {
