@@ -17,6 +17,15 @@
  *   (locked FOR UPDATE): the flip publishes only while the map still names the source and no
  *   rollback was decided; a rollback is decided only while the map still names the source and
  *   the flip has not happened. So a rollback can never delete the new owner's copy.
+ * - The shard's schema is in this login's search_path, and where the application may create in
+ *   it (PostgreSQL 14's public schema, when migration 019 could not revoke that) a function,
+ *   aggregate or operator of its own that matches a call's argument types exactly is chosen over
+ *   pg_catalog's polymorphic or record-taking one, and runs with the mover's rights (its hashes
+ *   would answer the verification). So those are called as `pg_catalog.` (`to_jsonb`,
+ *   `jsonb_agg`, `array_agg`, `cardinality`, `jsonb_populate_recordset`, `hash_record_extended`,
+ *   `unnest`, `operator(pg_catalog.=)` on arrays), and the shard's own functions with arguments
+ *   of their exact types (`::bigint`), so that no overload is a better match. A new call of that
+ *   kind must be written the same way (test/integration/sharding/mover-sql-shadowing.test.ts).
  *
  * @example
  * ```ts
@@ -149,7 +158,7 @@ export function unitDeleteBatchSql(table: TableName, filter: string, after: bool
   return `with picked as materialized (
             select array(select x.ctid from ${table} x where ${filter}${after ? ' and x.id > $2::uuid' : ' and $2::uuid is null'} order by x.id limit $1) as tids),
           gone as (delete from ${table} where ctid = any((select tids from picked)::tid[]) returning id)
-          select (select cardinality(tids) from picked) as found, count(*)::int as n, (array_agg(id order by id desc))[1]::text as last from gone`;
+          select (select pg_catalog.cardinality(tids) from picked) as found, count(*)::int as n, (pg_catalog.array_agg(id order by id desc))[1]::text as last from gone`;
 }
 
 /** Each unit row's 64-bit `hash_record_extended`, in id order, per table (see `move-hashes.ts`). */
@@ -431,7 +440,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     try {
       const { rows } = await client.query<{ pid: number }>('select pg_backend_pid() as pid');
       await client.query(`begin; set local lock_timeout = '${PERMIT_CLAIM_WAIT_MS}ms'`);
-      const claim = client.query('select move_permit_claim($1, $2)', [job.id, this.epoch]);
+      const claim = client.query('select move_permit_claim($1::bigint, $2::bigint)', [job.id, this.epoch]);
       const settled = claim.then(
         () => true,
         () => true,
@@ -470,7 +479,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     try {
       await other.query(
         `select pg_terminate_backend(a.pid)
-           from unnest(pg_blocking_pids($1)) as b(pid)
+           from pg_catalog.unnest(pg_blocking_pids($1)) as b(pid)
            join pg_stat_activity a on a.pid = b.pid
           where a.usename = (select w.usename from pg_stat_activity w where w.pid = $1)
             and exists (select 1 from pg_locks l where l.pid = $1 and not l.granted and l.locktype = 'transactionid')`,
@@ -513,7 +522,7 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   /** How this run's write transactions on a shard begin: `begin` (the mover's own by default), then holding the job's permit there. */
   private permitted(job: MoveJob, begin: string = MOVER_WRITE): string {
-    return `${withIdleBound(begin, this.settings.idleInTransactionMs)}; select move_permit_hold(${Math.trunc(job.id)}, ${this.epoch})`;
+    return `${withIdleBound(begin, this.settings.idleInTransactionMs)}; select move_permit_hold(${Math.trunc(job.id)}::bigint, ${this.epoch}::bigint)`;
   }
 
   /**
@@ -615,7 +624,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       // With no excluded key (the usual case) the clause folds away when planned, so that the
       // (slot, id) index answers the copy's page bounds alone, without visiting the rows.
       const excluded = `$${first + 1}::text[]`;
-      return { sql: `${alias}slot = $${first} and (cardinality(${excluded}) = 0 or not (${owner}::text = any(${excluded})))`, params: [Number(job.unitId), job.excludedKeys] };
+      return { sql: `${alias}slot = $${first} and (pg_catalog.cardinality(${excluded}) = 0 or not (${owner}::text = any(${excluded})))`, params: [Number(job.unitId), job.excludedKeys] };
     }
     return { sql: `${owner} = $${first}::uuid`, params: [job.unitId] };
   }
@@ -655,7 +664,7 @@ export class PgMovePort implements MovePort<MoveJob> {
           throw new MoveError(`the fence on ${job.from} says ${job.kind} ${job.unitId} is ${row.state}: that shard does not own it, the catalog and the shard disagree`);
         }
         if (row?.state === 'fenced' && Number(row.job_id) !== job.id) throw new MoveError(`${job.kind} ${job.unitId} on ${job.from} is fenced by move job #${row.job_id}`);
-        await c.query('update write_fences set excluded_keys = $3 where kind = $1 and unit_id = $2 and excluded_keys is distinct from $3::text[]', [job.kind, job.unitId, excluded]).catch((err: unknown) => {
+        await c.query('update write_fences set excluded_keys = $3 where kind = $1 and unit_id = $2 and not (excluded_keys operator(pg_catalog.=) $3::text[])', [job.kind, job.unitId, excluded]).catch((err: unknown) => {
           if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw err;
           throw new MoveError(`writers of ${job.kind} ${job.unitId} on ${job.from} held its fence row past the fence budget (${this.settings.fenceBudgetMs} ms) while the move set its excluded keys; nothing changed, the move starts again on its next run`, { cause: err });
         });
@@ -987,7 +996,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       let ownersJson: string | null = null;
       if (checkedKeys && table === 'documents') {
         const owners = await from.query<{ rows: string }>(
-          `select coalesce(jsonb_agg(to_jsonb(u) order by u.id), '[]')::text as rows from users u
+          `select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(u) order by u.id), '[]')::text as rows from users u
             where u.id in (select owner_id from (${rows}) p) and ${this.unitFilterLiteral(job, 'users', from)}`,
         );
         ownersJson = owners.rows[0]?.rows ?? null;
@@ -1133,9 +1142,9 @@ export class PgMovePort implements MovePort<MoveJob> {
       `with d as (select t.* from documents t where t.id = any($1::uuid[]) and ${df.sql}),
             u as (select t.* from users t where t.id = any($2::uuid[]) and ${uf.sql}),
             o as (select t.* from users t where t.id in (select owner_id from d) and not (t.id = any($2::uuid[])) and ${uf.sql})
-       select (select coalesce(jsonb_agg(to_jsonb(d)), '[]')::text from d) as docs, (select array_agg(d.id)::text[] from d) as doc_ids,
-              (select coalesce(jsonb_agg(to_jsonb(u)), '[]')::text from u) as users, (select array_agg(u.id)::text[] from u) as user_ids,
-              (select jsonb_agg(to_jsonb(o))::text from o) as owners`,
+       select (select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(d)), '[]')::text from d) as docs, (select pg_catalog.array_agg(d.id)::text[] from d) as doc_ids,
+              (select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(u)), '[]')::text from u) as users, (select pg_catalog.array_agg(u.id)::text[] from u) as user_ids,
+              (select pg_catalog.jsonb_agg(pg_catalog.to_jsonb(o))::text from o) as owners`,
       [docIds, userIds, ...df.params, ...uf.params],
     );
     const presentDocs = new Set(read[0]?.doc_ids ?? []);
@@ -1167,7 +1176,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         this.write(job, job.to, async (target) => {
           await this.assertIncoming(target, job);
           if (presentUsers.size > 0) await this.upsert(target, job, 'users', read[0]?.users ?? '[]', presentUsers.size);
-          if (owners) await target.query('insert into users select * from jsonb_populate_recordset(null::users, $1::jsonb) on conflict (id) do nothing', [owners]);
+          if (owners) await target.query('insert into users select * from pg_catalog.jsonb_populate_recordset(null::users, $1::jsonb) on conflict (id) do nothing', [owners]);
           if (presentDocs.size > 0) await this.upsert(target, job, 'documents', read[0]?.docs ?? '[]', presentDocs.size);
         });
       // A refused document may be another unfinished move's stale copy (see clearStaleCopies):
@@ -1319,7 +1328,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       for (const { name } of TABLES) {
         const f = this.unitFilter(job, name, 1, 't.');
         const { rows } = await client.query<{ n: string; sum: string }>(
-          `select count(*) as n, coalesce(sum(hash_record_extended(t, 0)), 0)::text as sum from ${name} t where ${f.sql}`,
+          `select count(*) as n, coalesce(sum(pg_catalog.hash_record_extended(t, 0)), 0)::text as sum from ${name} t where ${f.sql}`,
           f.params,
         );
         out[name] = { rows: Number(rows[0]?.n ?? 0), checksum: rows[0]?.sum ?? '0' };
@@ -1426,7 +1435,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       const f = this.unitFilter(job, name, params.length + 2, 'x.');
       parts.push(
         `select '${name}' as t, count(*)::int as n, coalesce(sum(h), 0)::text as sum, ${HASH_RUN_SQL} as run
-           from (select x.id, hash_record_extended(x, 0) as h from ${name} x
+           from (select x.id, pg_catalog.hash_record_extended(x, 0) as h from ${name} x
                   where ($${params.length + 1}::uuid[] is null or x.id = any($${params.length + 1}::uuid[])) and ${f.sql}) r`,
       );
       params.push(ids, ...f.params);
@@ -1772,7 +1781,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     const cols = (await this.tableColumns(table, client)).filter((c) => c !== 'id');
     const unit = this.unitFilter(job, table, 2, `${table}.`);
     const res = await client.query(
-      `insert into ${table} select * from jsonb_populate_recordset(null::${table}, $1::jsonb)
+      `insert into ${table} select * from pg_catalog.jsonb_populate_recordset(null::${table}, $1::jsonb)
        on conflict (id) do update set (${cols.join(', ')}) = row(${cols.map((c) => `excluded.${c}`).join(', ')})
          where ${unit.sql}`,
       [rowsJson, ...unit.params],

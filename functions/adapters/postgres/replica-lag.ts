@@ -159,13 +159,15 @@ export async function withTimelineSql<T>(pool: pg.Pool, run: (timelineSql: strin
 // The insert position, read after the commit on the same connection, is at or past the end of
 // the heartbeat's commit record. The write position (pg_current_wal_lsn) can still be short of
 // it: with fsync off it stays at the start of the WAL page, so a replica that had not replayed
-// the heartbeat was taken for current.
-const HEARTBEAT_POSITION_SQL = `select pg_current_wal_insert_lsn()::text as lsn, (extract(epoch from clock_timestamp()) * 1000)::float8 as now_ms,
+// the heartbeat was taken for current. `1000::numeric`: pg_catalog has no `numeric * integer`,
+// and one the application created in the shard's schema (PostgreSQL 14) would be an exact match
+// run as the monitor (test/integration/sharding/mover-sql-shadowing.test.ts).
+const HEARTBEAT_POSITION_SQL = `select pg_current_wal_insert_lsn()::text as lsn, (extract(epoch from clock_timestamp()) * 1000::numeric)::float8 as now_ms,
   ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint as tli`;
 
 const REPLICA_SQL_WITHOUT_TIMELINE = `select pg_is_in_recovery() as in_recovery,
   pg_last_wal_replay_lsn()::text as replay_lsn,
-  (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::float8 as replay_commit_ms,
+  (extract(epoch from pg_last_xact_replay_timestamp()) * 1000::numeric)::float8 as replay_commit_ms,
   case
     when pg_last_wal_receive_lsn() is not null and pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() then 0
     else extract(epoch from clock_timestamp() - pg_last_xact_replay_timestamp())::float8

@@ -190,7 +190,7 @@ const PROBE_SQL = `select pg_is_in_recovery() as in_recovery,
   current_setting('max_connections')::int as max_connections,
   (select count(*)::int from pg_stat_activity where backend_type = 'client backend') as connections,
   pg_database_size(current_database())::float8 as database_size,
-  (extract(epoch from clock_timestamp()) * 1000)::float8 as sampled_at_ms,
+  (extract(epoch from clock_timestamp()) * 1000::numeric)::float8 as sampled_at_ms,
   d.stats_reset::text as stats_reset,
   d.xact_commit::float8 as xact_commit, d.xact_rollback::float8 as xact_rollback,
   d.blks_read::float8 as blks_read, d.blks_hit::float8 as blks_hit,
@@ -244,8 +244,14 @@ interface ColumnWidth {
   readonly fixed: number | null;
 }
 
-/** The columns of table `c` (pg_class) as JSON {@link ColumnWidth}s, in order. */
-const COLUMNS_SQL = `(select coalesce(json_agg(json_build_object('name', a.attname, 'fixed', case when a.attlen > 0 and a.attnotnull then a.attlen end) order by a.attnum), '[]')
+/**
+ * The columns of table `c` (pg_class) as JSON {@link ColumnWidth}s, in order. Like every call of
+ * this file that a function or operator of the shard's schema with the exact argument types
+ * would take over (polymorphic ones, `oid` for `regclass`, `int * real`), qualified or cast so
+ * that pg_catalog's matches exactly: where the application may create in that schema
+ * (PostgreSQL 14) its own would run as the monitor (test/integration/sharding/mover-sql-shadowing.test.ts).
+ */
+const COLUMNS_SQL = `(select coalesce(pg_catalog.json_agg(pg_catalog.json_build_object('name', a.attname, 'fixed', case when a.attlen > 0 and a.attnotnull then a.attlen end) order by a.attnum), '[]')
    from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped)`;
 
 function messageOf(error: unknown): string {
@@ -484,10 +490,10 @@ export class ShardInspector {
       // null before any ANALYZE. toast_bytes: what the TOAST table holds, by its live chunks once
       // vacuumed (ANALYZE leaves TOAST tables alone), by its size until then.
       const { rows } = await client.query<{ table: string; estimate: number; disk_bytes: number; row_width: number | null; toast_bytes: number; columns: ColumnWidth[] }>(
-        `select c.relname as table, c.reltuples::float8 as estimate, pg_total_relation_size(c.oid)::float8 as disk_bytes,
-           (select sum(s.avg_width * (1 - s.null_frac))::float8 from pg_stats s
+        `select c.relname as table, c.reltuples::float8 as estimate, pg_catalog.pg_total_relation_size(c.oid)::float8 as disk_bytes,
+           (select sum(s.avg_width::float8 * (1::float8 - s.null_frac))::float8 from pg_stats s
              where s.schemaname = n.nspname and s.tablename = c.relname and s.inherited = (c.relkind = 'p')) as row_width,
-           (case when t.oid is null then 0 when t.reltuples >= 0 then t.reltuples * ${TOAST_CHUNK_BYTES} else pg_relation_size(t.oid) end)::float8 as toast_bytes,
+           (case when t.oid is null then 0 when t.reltuples >= 0 then t.reltuples * ${TOAST_CHUNK_BYTES}::float8 else pg_catalog.pg_relation_size(t.oid) end)::float8 as toast_bytes,
            ${COLUMNS_SQL} as columns
          from pg_class c join pg_namespace n on n.oid = c.relnamespace left join pg_class t on t.oid = c.reltoastrelid
          where n.nspname = current_schema() and c.relname = any($1) and c.relkind in ('r', 'p')`,
@@ -551,7 +557,7 @@ export class ShardInspector {
                  (select count(*) from ${d} where owner_id::text = k.key)::float8 as documents,
                  (select coalesce(sum(${userBytes}), 0) from ${u} r where r.id::text = k.key)::float8
                    + (select coalesce(sum(${docBytes}), 0) from ${d} r where r.owner_id::text = k.key)::float8 as bytes
-               from unnest($1::text[]) as k(key)`,
+               from pg_catalog.unnest($1::text[]) as k(key)`,
               [ownKeys],
             );
             const unit = (kind: 'slot' | 'directory', id: string, users: number, documents: number, bytes: number): MovableUnit => ({
