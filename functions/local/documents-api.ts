@@ -126,7 +126,13 @@ export function documentsApiDocument(): JsonSchema {
       ...parametersOf(parts.headers, 'header'),
     ],
     ...(parts.body ? { requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(parts.body) } } } } : {}),
-    responses: { [ok]: { description: ok === 201 ? 'created, with X-Read-Token and Location' : 'found' }, default: problem },
+    responses: {
+      [ok]: { description: ok === 201 ? 'created, with X-Read-Token and Location' : 'found' },
+      503: { ...problem, description: 'not served in time, or the data is being moved; nothing was written: send it again after Retry-After' },
+      // Only a write can leave its outcome unknown (its commit sent, its answer lost).
+      ...(ok === 201 ? { 504: { ...problem, description: "the write's commit was sent but not confirmed before the deadline: it may have been committed; GET the problem's `check` URL before sending it again" } } : {}),
+      default: problem,
+    },
   });
   return {
     openapi: '3.0.3',

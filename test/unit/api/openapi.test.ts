@@ -75,3 +75,15 @@ describe('parameters of the published OpenAPI documents', () => {
     expect((await new Validator().validate(doc as unknown as Record<string, unknown>)).errors ?? []).toEqual([]);
   });
 });
+
+describe('the documents API OpenAPI document', () => {
+  type Doc = { paths: Record<string, Record<string, { responses: Record<string, unknown> }>> };
+  const doc = documentsApiDocument() as unknown as Doc;
+  const statuses = Object.entries(doc.paths).flatMap(([path, ops]) => Object.entries(ops).map(([method, op]) => ({ op: `${method.toUpperCase()} ${path}`, codes: Object.keys(op.responses) })));
+
+  it('lists the retryable 503 on every operation, and the outcome-unknown 504 on the writes alone', () => {
+    expect(statuses.filter((s) => !s.codes.includes('503')).map((s) => s.op)).toEqual([]);
+    expect(statuses.filter((s) => s.codes.includes('504')).map((s) => s.op)).toEqual(statuses.filter((s) => s.op.startsWith('POST')).map((s) => s.op));
+    expect(statuses.filter((s) => s.op.startsWith('POST')).length).toBeGreaterThan(0);
+  });
+});
