@@ -354,6 +354,10 @@ export const nodeFactsSchema = z.object({
   cumulativeCacheHitRatio: z.number().nullable().optional(),
   replication: replicationFactsSchema.optional(),
   rds: rdsFactsSchema.optional().describe('present on AWS when the cloud inventory knows the instance'),
+  schemaCreators: z
+    .array(z.string())
+    .optional()
+    .describe("a primary's: who besides the schema's owner may create objects in the shard's schema (PUBLIC, ca_dms_app); any makes the node degraded (schema_open_to_create)"),
 });
 
 export const statementStatSchema = z.object({

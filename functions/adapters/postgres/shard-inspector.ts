@@ -183,6 +183,7 @@ interface ProbeRow {
   replay_paused: boolean;
   streaming: boolean;
   has_pg_stat_statements: boolean;
+  schema_creators: string[];
 }
 
 // float8 casts: pg returns bigint as text; these counters fit a double for centuries.
@@ -205,7 +206,10 @@ const PROBE_SQL = `select pg_is_in_recovery() as in_recovery,
     else extract(epoch from clock_timestamp() - pg_last_xact_replay_timestamp())::float8 end as lag_seconds,
   case when pg_is_in_recovery() then pg_is_wal_replay_paused() else false end as replay_paused,
   exists (select 1 from pg_stat_wal_receiver where status = 'streaming') as streaming,
-  exists (select 1 from pg_extension where extname = 'pg_stat_statements') as has_pg_stat_statements
+  exists (select 1 from pg_extension where extname = 'pg_stat_statements') as has_pg_stat_statements,
+  array(select r.name from (values (1, 'PUBLIC', 'public'), (2, 'ca_dms_app', 'ca_dms_app')) r(n, name, role)
+         where current_schema() is not null and (r.role = 'public' or pg_catalog.to_regrole(r.role) is not null)
+           and pg_catalog.has_schema_privilege(r.role, current_schema(), 'CREATE') order by r.n) as schema_creators
 from pg_stat_database d where d.datname = current_database()`;
 
 const STATEMENTS_SQL = `select queryid::text as query_id, left(query, 200) as query, calls::float8 as calls,
@@ -416,6 +420,8 @@ export class ShardInspector {
       databaseSizeBytes: row.database_size,
       rates,
       cumulativeCacheHitRatio: blocks > 0 ? row.blks_hit / blocks : null,
+      // A grant to PUBLIC is the application role's too: named once, as PUBLIC.
+      ...(row.in_recovery ? {} : { schemaCreators: row.schema_creators.includes('PUBLIC') ? ['PUBLIC'] : row.schema_creators }),
       ...(row.in_recovery
         ? {
             replication: {

@@ -129,6 +129,13 @@ export interface NodeFacts {
   readonly cumulativeCacheHitRatio?: number | null;
   readonly replication?: ReplicationFacts;
   readonly rds?: RdsFacts;
+  /**
+   * Who, besides the schema's owner, may create objects in the shard's schema (`PUBLIC`, the
+   * application role `ca_dms_app`): a primary's, where set. Such a login's function or operator
+   * that matches a call's argument types exactly is chosen over pg_catalog's, in every session
+   * whose search_path has the schema (see shard migration 019).
+   */
+  readonly schemaCreators?: readonly string[];
 }
 
 const thresholdsSchema = z
@@ -250,6 +257,14 @@ export function classifyNode(facts: NodeFacts, thresholds: HealthThresholds = DE
     if (rep.lagBytes !== null && rep.lagBytes > thresholds.maxReplicaLagBytes) {
       add('replication_lag_bytes', 'degraded', `replay is ${mib(rep.lagBytes)} of WAL behind the primary (limit ${mib(thresholds.maxReplicaLagBytes)})`);
     }
+  }
+
+  if (facts.role === 'primary' && facts.schemaCreators && facts.schemaCreators.length > 0) {
+    add(
+      'schema_open_to_create',
+      'degraded',
+      `${facts.schemaCreators.join(' and ')} may create objects in the shard's schema: an application login's function could shadow one that the mover or the monitor calls, with their rights (PostgreSQL 14's default; shard migration 019 revokes it where its login may). As the schema's owner: REVOKE CREATE ON SCHEMA <schema> FROM ${facts.schemaCreators.join(', ')}`,
+    );
   }
 
   const rds = facts.rds;

@@ -99,6 +99,31 @@ describe('shard health', () => {
     expect(primary.facts.replication).toBeUndefined();
   });
 
+  it('marks a primary degraded while PUBLIC may create in the shard schema (an app login could shadow the functions the mover and monitor call), and healthy once revoked', async () => {
+    expect(shard(await inspector.health(), 'shard_001').primary.facts.schemaCreators).toEqual([]);
+    await onPrimary('shard_001', (c) => c.query('grant create on schema public to public'));
+    try {
+      const open = shard(await inspector.health(), 'shard_001');
+      expect(open.primary.facts.schemaCreators).toEqual(['PUBLIC']);
+      expect(open.primary.reasons.map((r) => [r.code, r.status])).toEqual([['schema_open_to_create', 'degraded']]);
+      expect(open.primary.reasons[0]?.message).toMatch(/REVOKE CREATE ON SCHEMA <schema> FROM PUBLIC/);
+      expect(open.status).toBe('degraded');
+      // A replica replays the same catalog; the primary alone reports it.
+      expect(open.replicas.flatMap((r) => r.reasons.map((x) => x.code))).not.toContain('schema_open_to_create');
+    } finally {
+      await onPrimary('shard_001', (c) => c.query('revoke create on schema public from public'));
+    }
+    const closed = shard(await inspector.health(), 'shard_001');
+    expect(closed.primary.reasons.map((r) => r.code)).not.toContain('schema_open_to_create');
+    // A grant to the application role alone is named as such.
+    await onPrimary('shard_001', (c) => c.query('grant create on schema public to ca_dms_app'));
+    try {
+      expect(shard(await inspector.health(), 'shard_001').primary.facts.schemaCreators).toEqual(['ca_dms_app']);
+    } finally {
+      await onPrimary('shard_001', (c) => c.query('revoke create on schema public from ca_dms_app'));
+    }
+  });
+
   it('reports a caught-up replica of an idle primary as in recovery, streaming, with no lag', async () => {
     await cluster.shards[1]?.replicas[0]?.waitForCatchUp();
     const report = await inspector.health();
