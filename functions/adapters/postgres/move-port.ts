@@ -345,7 +345,10 @@ export class PgMovePort implements MovePort<MoveJob> {
   private fenceDeadline: number | null = null;
   /** Set while this run gives a fence up (reopens or releases it): its writes get {@link FENCED_STATEMENT_SLACK_MS}. */
   private releasingFence = false;
-  /** Set once this run has sent a statement that publishes a new owner (see {@link mayHavePublished}). */
+  /**
+   * Set once this run has sent a statement that publishes a new owner, until that flip's
+   * transaction is known not to have committed (see {@link mayHavePublished}).
+   */
   private publishing = false;
 
   constructor(private readonly options: PgMovePortOptions) {
@@ -1497,8 +1500,8 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
-  private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T>, begin = 'begin'): Promise<T> {
-    return this.catalog.transaction(begin, async () => {
+  private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T | RollbackWith<NoInfer<T>>>, begin = 'begin'): Promise<T> {
+    return this.catalog.transaction<T>(begin, async () => {
       const { rows } = await this.catalog.query<JobRow>(`select * from catalog.move_jobs where id = $1 and ${this.mine} for update`, [job.id]);
       if (!rows[0]) {
         await this.assertLease(job);
@@ -1531,8 +1534,11 @@ export class PgMovePort implements MovePort<MoveJob> {
         // The server ends a statement of the flip (a lock wait on the map, say) within what is left
         // of the budget: a catalog that is slow but answers fails it as over budget, its
         // transaction rolled back, well before the run's bound closes the connection (see the
-        // constructor), after which a flip already sent might have committed.
-        return await this.withLockedJob(job, async (row) => {
+        // constructor), after which a flip already sent might have committed. `statement_timeout`
+        // counts from each statement's own start, though: two waits in a row, each within what was
+        // left when the flip began, would publish past the budget. So the publication gets what is
+        // left when it is sent, and the transaction commits only while the budget lasts.
+        const outcome = await this.withLockedJob<FlipOutcome>(job, async (row) => {
           if (row.flipStarted) return { kind: 'flipped' };
           if (row.cancelRequested || row.rollbackTo !== null) return { kind: 'cancelled' };
           if (this.budgetLeft() <= 0) return { kind: 'over_budget' };
@@ -1540,6 +1546,9 @@ export class PgMovePort implements MovePort<MoveJob> {
           if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
             return { kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` };
           }
+          const left = this.budgetLeft();
+          if (left <= 0) return { kind: 'over_budget' };
+          await this.catalog.query(`set local statement_timeout = '${Math.max(1, Math.ceil(left))}ms'`);
           this.publishing = true;
           const after = await this.catalog.use(async (catalog) =>
             map === null
@@ -1547,12 +1556,25 @@ export class PgMovePort implements MovePort<MoveJob> {
               : (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version,
           );
           await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);
+          // Past the budget the run gives the fence up: nothing may be published then.
+          if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome>({ kind: 'over_budget' });
           return { kind: 'flipped' };
         }, `begin; set local statement_timeout = '${Math.max(1, Math.ceil(this.budgetLeft()))}ms'`);
+        // Anything but a flip was rolled back (or published nothing): no flip of this run can
+        // commit now, and a later fence attempt that loses the catalog may give its fence back.
+        if (outcome.kind !== 'flipped') this.publishing = false;
+        return outcome;
       } catch (err) {
-        if ((err as { code?: string }).code === QUERY_CANCELED) return { kind: 'over_budget' };
+        // Cancelled by the server (a statement, or the commit before it committed: the timeout is
+        // off once the commit's work begins): the transaction is rolled back, nothing published.
+        if ((err as { code?: string }).code === QUERY_CANCELED) {
+          this.publishing = false;
+          return { kind: 'over_budget' };
+        }
         // Another publisher (a move from another source) took this map version: read it again.
         if (!(err instanceof SlotMapVersionConflictError) || attempt >= 20) throw err;
+        // Refused, the publication inserted nothing.
+        this.publishing = false;
       }
     }
   }

@@ -116,9 +116,10 @@ export interface MovePort<J extends MoveJobView> {
   /** Undoes a move that has not flipped; refuses (throws) if the map names the target. */
   rollback(job: J, to: 'failed' | 'cancelled', error: string | null): Promise<J>;
   /**
-   * Whether this run may have published the job's new owner: false only while it has sent no
-   * statement of a flip. Lets a run that can no longer read its job (the catalog went silent under
-   * the fence) still give back a fence no flip can follow. Absent: assumed true.
+   * Whether this run may have published the job's new owner: false only while no flip it sent can
+   * commit (it sent none, or each one it sent is known rolled back: cancelled by the server, or
+   * given up within its transaction). Lets a run that can no longer read its job (the catalog went
+   * silent under the fence) still give back a fence no flip can follow. Absent: assumed true.
    */
   mayHavePublished?(job: J): boolean;
   /** Records why a run stopped, leaving the job resumable. */

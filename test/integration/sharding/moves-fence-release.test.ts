@@ -1,9 +1,12 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
-import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { PgMovePort } from '../../../functions/adapters/postgres/move-port.js';
+import { MoverCatalog } from '../../../functions/adapters/postgres/mover-catalog.js';
+import { Mover, MoveLeaseLostError, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { failingOnce } from './fixtures/flaky-pool.js';
 import { moverKilledAt } from './fixtures/kill.js';
-import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /**
  * The fence is given back whatever fails around it: a step that fails once while the fence is
@@ -116,6 +119,111 @@ describe('the flip waits on a catalog that answers, slowly', () => {
     expect({ held: heldMs >= 0 && heldMs < 1000 + 1000 ? 'within the budget' : `${heldMs} ms`, outcome }).toEqual({ held: 'within the budget', outcome: 'threw: MoveFenceTimeoutError' });
     expect((await env.mover().run(planned.id)).state).toBe('done');
   }, 60_000);
+
+  it('two lock waits in a row, each shorter than the budget: the flip does not publish past the budget (statement_timeout counts per statement)', async () => {
+    const slot = 1220;
+    const { to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+    const [first, second] = [await env.catalog.connect(), await env.catalog.connect()];
+    let fencedAt = 0;
+    let unlocked: Promise<unknown> = Promise.resolve();
+    const mover = env.mover({
+      fenceBudgetMs: 1000,
+      fenceAttempts: 1,
+      async hook(point) {
+        if (point === 'fenced') fencedAt = Date.now();
+        if (point !== 'verifying') return;
+        // The flip's read of the map waits for the first lock (0.6 s); the second, queued behind it,
+        // then holds the map's writes: the flip's insert waits for it (0.6 s more). Each wait is
+        // shorter than the budget left when the flip began; together they are not.
+        await first.query('begin');
+        await first.query('lock table catalog.slot_maps in access exclusive mode');
+        await second.query('begin');
+        const queued = second.query('lock table catalog.slot_maps in share mode');
+        unlocked = Promise.all([
+          delay(600).then(() => first.query('rollback')),
+          queued.then(() => delay(600)).then(() => second.query('rollback')),
+        ]);
+      },
+    });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const outcome = await mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.name}`,
+    );
+    await unlocked;
+    first.release();
+    second.release();
+    const { rows } = await env.catalog.query<{ ms: number | null }>(
+      `select (extract(epoch from flip_started_at - fenced_at) * 1000)::int as ms from catalog.move_jobs where id = $1`,
+      [planned.id],
+    );
+    const publishedMs = rows[0]?.ms ?? null;
+
+    // Published (if at all) within the budget, counted from the fence being recorded (after its
+    // lock wait, so a little inside the budget's own start).
+    expect({ published: publishedMs === null || publishedMs < 1000 ? 'not past the budget' : `${publishedMs} ms after the fence`, fencedAt: fencedAt > 0 }).toEqual({
+      published: 'not past the budget',
+      fencedAt: true,
+    });
+    expect(outcome).toBe(publishedMs === null ? 'threw: MoveFenceTimeoutError' : 'ended: done');
+    if (publishedMs === null) expect((await env.mover().run(planned.id)).state).toBe('done');
+  }, 60_000);
+});
+
+/**
+ * A run that cannot read its job back and never sent a flip reopens its fence (`releaseOwnFence`):
+ * meanwhile another run may have taken the job over and published the new owner. The shard's
+ * permit must refuse the stale run's reopening, whether the new run still holds the fence after
+ * its flip or has released it and finished.
+ */
+describe("a stale run that never sent a flip reopens its fence after another run's flip", () => {
+  it('is refused by the source (the permit), with the fence held after the flip and after the move is done', async () => {
+    const slot = 1230;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 4), 2);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // Each run stops dead at a point with its lease expired, as if it stalled there.
+    const runUntil = (point: MoveHookPoint): Promise<unknown> =>
+      env
+        .mover({
+          readerGraceMs: 0,
+          async hook(reached) {
+            if (reached !== point) return;
+            await env.catalog.query('update catalog.move_jobs set lease_expires_at = clock_timestamp() where id = $1', [planned.id]);
+            throw new Error(`stalled at ${point}`);
+          },
+        })
+        .run(planned.id)
+        .catch((err: unknown) => err);
+    await runUntil('fenced');
+    const { rows: first } = await env.catalog.query<{ epoch: string }>('select lease_epoch as epoch from catalog.move_jobs where id = $1', [planned.id]);
+    const stalled = await env.mover().get(planned.id);
+    // The next run takes the job over, publishes the target and stops before releasing the fence.
+    await runUntil('published');
+    const catalog = await env.catalog.connect();
+    const outcomes: unknown[] = [];
+    try {
+      const stale = new PgMovePort({
+        catalog: new MoverCatalog(catalog),
+        leaseEpoch: Number(first[0]?.epoch),
+        shards: env.shards,
+        slotMaps: env.slotMaps,
+        directory: env.directory,
+        settings: { batchRows: 50, copyBatchRows: 50, copyLanes: 1, catchUpThreshold: 5, fenceBudgetMs: 2000, drainTimeoutMs: 5000, readerGraceMs: 0, actor: 'stale' },
+      });
+      expect(stale.mayHavePublished()).toBe(false);
+      outcomes.push(await stale.unfence(stalled).then(() => 'reopened', (err: unknown) => err), await fenceState(source, slot));
+      expect((await env.mover({ readerGraceMs: 0 }).run(planned.id)).state).toBe('done');
+      outcomes.push(await stale.unfence(stalled).then(() => 'reopened', (err: unknown) => err), await fenceState(source, slot));
+    } finally {
+      catalog.release();
+    }
+
+    expect(outcomes).toEqual([expect.any(MoveLeaseLostError), 'fenced', expect.any(MoveLeaseLostError), 'moved']);
+    expect(await env.ownerOf(slot)).toBe(to);
+    expect(await countSlot(target, slot)).toEqual({ users: 4, documents: 8 });
+  });
 });
 
 describe('a writer at a fence', () => {

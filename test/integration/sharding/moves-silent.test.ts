@@ -556,3 +556,127 @@ describe('one idle pooled connection goes silent, new connections work', () => {
     expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 10 });
   }, 60_000);
 });
+
+/**
+ * The catalog answers, but an operator's lock on the jobs table holds the run's next catalog
+ * statement under the fence (longer than the budget and its slack). The bound closes the run's
+ * catalog connection: the fence must be given back within the bound, the statement the server
+ * still runs once the lock goes (it never saw the client leave) must not confuse the next run, and
+ * that run, on the same pool of one, must get a new connection and finish the move.
+ */
+describe('the catalog is slow under the fence: a lock holds the run (Lambda pool settings)', () => {
+  it('gives the fence back within its bound, and the next run on the same pool finishes', async () => {
+    const slot = 695;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 5), 2);
+    const catalog = await createPool({ url: env.urls.catalog }, undefined);
+    pools.push(catalog);
+    const locker = await env.catalog.connect();
+    let fencedAt = 0;
+    let unlock: Promise<unknown> = Promise.resolve();
+    const mover = (hook?: MoverOptions['hook']): Mover =>
+      new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100, fenceBudgetMs: 1000, ...(hook ? { hook } : {}) });
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const run = settle(
+      mover(async (p) => {
+        if (p !== 'fenced') return;
+        fencedAt = Date.now();
+        await locker.query('begin');
+        await locker.query('lock table catalog.move_jobs in exclusive mode');
+        unlock = delay(9000).then(() => locker.query('rollback'));
+      }).run(planned.id),
+    );
+    for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
+    let heldMs = -1;
+    while (fencedAt > 0 && Date.now() - fencedAt < 20_000) {
+      if ((await fenceState(source, slot)) !== 'fenced') {
+        heldMs = Date.now() - fencedAt;
+        break;
+      }
+      await delay(50);
+    }
+    const first = await Promise.race([run, delay(3000).then(() => 'still running')]);
+    await unlock;
+    locker.release();
+    await delay(1600); // its lease has lapsed
+    const next = await Promise.race([settle(mover().run(planned.id)), delay(20_000).then(() => 'still running')]);
+
+    expect({ held: heldMs >= 0 && heldMs < 1000 + 5000 + 2000 ? 'within its bound' : `${heldMs} ms`, first: first.startsWith('threw'), next, total: catalog.totalCount }).toEqual({
+      held: 'within its bound',
+      first: true,
+      next: 'ended: done',
+      total: 1,
+    });
+    expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 10 });
+  }, 60_000);
+});
+
+/**
+ * The run's first fence attempt gives up in the flip (a lock on the map outlasts the budget: the
+ * flip was sent, and rolled back), its second goes silent under the fence before any flip. That
+ * first flip cannot have committed (the server cancelled it, and its transaction rolled back),
+ * so it must not keep the second attempt from giving its fence back.
+ */
+describe('the catalog goes silent under the fence after an earlier attempt gave its flip up (Lambda pool settings)', () => {
+  it('gives the second fence back within a bound of its budget, and the job resumes', async () => {
+    const slot = 696;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 5), 2);
+    const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
+    relays.push(relay);
+    const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined);
+    pools.push(catalog);
+    const locker = await env.catalog.connect();
+    let fences = 0;
+    let fencedAt = 0;
+    let unlock: Promise<unknown> = Promise.resolve();
+    const silent = new Mover({
+      catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      leaseTtlMs: 1500,
+      readerGraceMs: 100,
+      fenceBudgetMs: 1000,
+      fenceAttempts: 2,
+      fenceRetryPauseMs: 100,
+      hook: async (p) => {
+        if (p === 'verifying' && fences === 1) {
+          // The first attempt's flip reads the map, then its publication waits past the budget:
+          // over budget, rolled back.
+          await locker.query('begin');
+          await locker.query('lock table catalog.slot_maps in share mode');
+          unlock = delay(1500).then(() => locker.query('rollback'));
+        }
+        if (p !== 'fenced') return;
+        fences += 1;
+        if (fences === 2) {
+          fencedAt = Date.now();
+          relay.blackhole();
+        }
+      },
+    });
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const run = settle(silent.run(planned.id));
+    for (let i = 0; i < 800 && fencedAt === 0; i++) await delay(25);
+    expect(fencedAt).toBeGreaterThan(0);
+    let heldMs = -1;
+    while (Date.now() - fencedAt < 30_000) {
+      if ((await fenceState(source, slot)) !== 'fenced') {
+        heldMs = Date.now() - fencedAt;
+        break;
+      }
+      await delay(50);
+    }
+    await unlock;
+    locker.release();
+
+    // The budget, the 5 s slack, and the unfence's own bound at most.
+    expect({ held: heldMs >= 0 && heldMs < 1000 + 5000 + 2000 ? 'within its bound' : `${heldMs < 0 ? 'over 30 s' : `${heldMs} ms`}` }).toEqual({ held: 'within its bound' });
+    await relay.stop();
+    await Promise.race([run, delay(15_000)]);
+    await delay(1600); // its lease has lapsed
+    expect(await takeOver(planned.id, 20_000, 'stuck')).toBe('done');
+    expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 10 });
+  }, 90_000);
+});
