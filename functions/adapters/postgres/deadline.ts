@@ -83,6 +83,13 @@ export async function withNodeDeadline<T>(pool: pg.Pool, timeoutMs: number, node
  */
 export const DEADLINE_GRACE_MS = 250;
 
+/**
+ * How often past the deadline the cancel request is sent again while the request still holds its
+ * connection (see {@link holdToDeadline}): one that found the session between two statements was
+ * ignored.
+ */
+export const CANCEL_REPEAT_MS = 50;
+
 /** The request's deadline passed with the node silent: its connection was dropped. */
 export class DeadlinePassedError extends Error {
   override readonly name = 'DeadlinePassedError';
@@ -131,11 +138,20 @@ export interface ClientDeadline {
   /**
    * Whether the connection may go back to the pool, the request having ended with `failure`
    * (its error; undefined when it succeeded): not once dropped, nor after a cancel request was
-   * sent unless `failure` is the cancellation it caused. A cancel request travels on a
-   * connection of its own and can reach the server after the statement it was sent for has
-   * ended: it would then cancel the statement of the next request lent the connection.
+   * sent unless `failure` is the cancellation it caused (the one request sent, passed on in full:
+   * see {@link ClientDeadline.settled}). A cancel request travels on a connection of its own and
+   * can reach the server after the statement it was sent for has ended: it would then cancel the
+   * statement of the next request lent the connection.
    */
   reusable(failure?: unknown): boolean;
+  /**
+   * Resolves once no cancel request is on its way: the server has closed its connection, having
+   * passed it on (or it failed, timed out). PostgreSQL passes one request on as two signals (to
+   * the backend, then to its process group), and the second can cancel the statement after the
+   * one the first cancelled: a connection whose statement a cancel request failed is lent again
+   * only after this (see {@link ClientDeadline.reusable}).
+   */
+  settled(): Promise<void>;
 }
 
 /**
@@ -144,7 +160,7 @@ export interface ClientDeadline {
  * another language (`lc_messages`) is not recognised: the connection is then discarded, which
  * is safe.
  */
-function cancelledByRequest(error: unknown): boolean {
+export function cancelledByRequest(error: unknown): boolean {
   if (!(error instanceof Error)) return false;
   return (error as { code?: unknown }).code === '57014' && error.message.includes('user request');
 }
@@ -165,8 +181,9 @@ export interface HoldToDeadlineOptions {
  * `statement_timeout` counts from each statement's own start, so a statement begun shortly
  * before the deadline would outrun it: at the deadline the server is asked to cancel the
  * statement running then ({@link cancelStatement}; it fails with 57014 and the connection stays
- * usable). A connection still checked out {@link DEADLINE_GRACE_MS} after the deadline belongs to
- * a server that answered neither (a frozen host, a black-holed path): it is dropped
+ * usable), and asked again every {@link CANCEL_REPEAT_MS} while the connection is held (a cancel
+ * that finds the session between two statements is ignored by the server). A connection still
+ * checked out {@link DEADLINE_GRACE_MS} after the deadline belongs to a server that answered neither (a frozen host, a black-holed path): it is dropped
  * ({@link dropConnection}), every query pending on it fails at once, and the caller (seeing
  * `expired`) releases it as broken, so the pool discards it instead of lending a connection that
  * will never answer to the next request. A connection a cancel request may still reach is not
@@ -181,15 +198,32 @@ export interface HoldToDeadlineOptions {
  */
 export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, options: HoldToDeadlineOptions = {}): ClientDeadline {
   let expired = false;
-  let cancelSent = false;
-  const canceller = setTimeout(
-    () => {
-      if (options.mayCancel?.() === false) return;
-      cancelSent = true;
-      cancelStatement(client);
-    },
-    Math.max(0, deadlineAt - Date.now()),
-  );
+  let cancelsSent = 0;
+  /** A cancel request on its way (its connection open): the server has not taken it yet. */
+  let cancelling = false;
+  let onSettled: Array<() => void> = [];
+  let canceller: NodeJS.Timeout | undefined;
+  // The server ignores a cancel request that finds the session idle (between two statements of
+  // the transaction: the client is busy with one's result, or the next is on its way): the next
+  // statement would then run on past the deadline until the connection is dropped, and on the
+  // server after that. So the request is repeated while the client still holds the connection.
+  const cancel = (): void => {
+    canceller = undefined;
+    if (expired || options.mayCancel?.() === false) return;
+    // Not again while the last one is on its way (a slow path, a silent server: one socket, not one per repeat).
+    if (!cancelling) {
+      cancelsSent += 1;
+      cancelling = true;
+      cancelStatement(client, () => {
+        cancelling = false;
+        const waiting = onSettled;
+        onSettled = [];
+        for (const resolve of waiting) resolve();
+      });
+    }
+    canceller = setTimeout(cancel, CANCEL_REPEAT_MS);
+  };
+  canceller = setTimeout(cancel, Math.max(0, deadlineAt - Date.now()));
   const dropper = setTimeout(
     () => {
       expired = true;
@@ -203,10 +237,16 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
     },
     disarm() {
       clearTimeout(canceller);
+      canceller = undefined;
       clearTimeout(dropper);
     },
     reusable(failure) {
-      return !expired && (!cancelSent || cancelledByRequest(failure));
+      // After two cancel requests, one that failed the statement leaves the other on its way;
+      // one still on its way may yet signal the backend again.
+      return !expired && (cancelsSent === 0 || (cancelsSent === 1 && !cancelling && cancelledByRequest(failure)));
+    },
+    settled() {
+      return cancelling ? new Promise<void>((resolve) => onSettled.push(resolve)) : Promise.resolve();
     },
   };
 }
@@ -217,14 +257,20 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
  * from its own start, so a statement begun shortly before a request's deadline would run past
  * it. Cancelled, it fails with 57014 and the connection stays usable. Fire and forget: a server
  * that is silent never gets it ({@link holdToDeadline} drops the connection then). A cancel that
- * arrives while the session is idle is ignored by the server.
+ * arrives while the session is idle is ignored by the server. `onClosed` hears when the request's
+ * connection is closed: the server has passed the request on, or it failed or timed out.
  */
-export function cancelStatement(client: pg.ClientBase): void {
+export function cancelStatement(client: pg.ClientBase, onClosed?: () => void): void {
   const c = client as unknown as { processID?: unknown; secretKey?: unknown; host?: unknown; port?: unknown };
   const { processID, secretKey, host, port } = c;
-  if (typeof processID !== 'number' || typeof secretKey !== 'number' || typeof port !== 'number') return;
+  if (typeof processID !== 'number' || typeof secretKey !== 'number' || typeof port !== 'number') {
+    onClosed?.();
+    return;
+  }
   const socket = typeof host === 'string' && host.startsWith('/') ? net.connect(`${host}/.s.PGSQL.${port}`) : net.connect(port, typeof host === 'string' ? host : 'localhost');
   socket.on('error', () => undefined);
+  // The server closes the connection once it has passed the request on (or it timed out, failed).
+  if (onClosed) socket.once('close', onClosed);
   socket.setTimeout(DEADLINE_GRACE_MS * 4, () => socket.destroy());
   socket.on('connect', () => {
     const request = Buffer.alloc(16);

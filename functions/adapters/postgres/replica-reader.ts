@@ -32,7 +32,7 @@ import pg from 'pg';
 import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
-import { connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
+import { cancelledByRequest, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { inClientTransaction } from './transaction.js';
@@ -419,6 +419,8 @@ export class ReplicaReader {
           throw passed;
         }
         if (!isNodeFailure(error)) {
+          // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
+          if (guard !== undefined && cancelledByRequest(error)) await guard.settled();
           client?.release(guard?.reusable(error) === false || undefined);
           throw error;
         }

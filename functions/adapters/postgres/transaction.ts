@@ -38,6 +38,19 @@ export class RollbackWith<T> {
 }
 
 /**
+ * The transaction was rolled back, not committed: a statement in it had failed (its error caught
+ * by the body), so PostgreSQL answered the COMMIT with ROLLBACK. SQLSTATE 25P02,
+ * `in_failed_sql_transaction`.
+ */
+export class RolledBackAtCommitError extends Error {
+  override readonly name = 'RolledBackAtCommitError';
+  readonly code = '25P02';
+  constructor() {
+    super('the transaction was rolled back, not committed: a statement in it had failed (its error was handled by the transaction body)');
+  }
+}
+
+/**
  * Runs `fn` in one transaction on `client`, which the caller keeps. `onRollbackFailure` hears
  * of a rollback that failed after an error (the caller should then discard the connection).
  */
@@ -54,7 +67,11 @@ export async function inClientTransaction<T>(
       await client.query('rollback');
       return result.value;
     }
-    await client.query('commit');
+    // A transaction in which a statement failed (the body handled its error, a cancellation at
+    // the request's deadline, say) is aborted: PostgreSQL answers its COMMIT with ROLLBACK, not
+    // an error, and nothing was committed.
+    const committed: { command?: unknown } | undefined = await client.query('commit');
+    if (committed?.command === 'ROLLBACK') throw new RolledBackAtCommitError();
     return result;
   } catch (err) {
     await client.query('rollback').catch((rollbackError: unknown) => {

@@ -24,7 +24,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline } from './deadline.js';
+import { cancelledByRequest, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { UNIQUE_VIOLATION } from './sqlstate.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
@@ -340,6 +340,24 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     return held.rowCount === 0;
   }
 
+  /**
+   * The read token's query, run once the commit is acknowledged. A cancel request sent at the
+   * deadline just before the commit went out (one at a time, none once it has: see
+   * holdToDeadline) can reach this query instead of the body's statement: the write is committed
+   * all the same, so the query is asked again once that request has been passed on in full (no
+   * cancel request can reach it then).
+   */
+  async function writePosition(client: pg.PoolClient, guard: ClientDeadline | undefined): Promise<pg.QueryResult<{ lsn: string; tli: string }>> {
+    try {
+      return await client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
+    } catch (err) {
+      if (guard === undefined || !cancelledByRequest(err)) throw err;
+      // Once the request is passed on in full (its second signal could cancel the next statement too).
+      await guard.settled();
+      return client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
+    }
+  }
+
   async function withShardWrite<T>(rawKey: string, fn: (ctx: ShardWriteContext) => Promise<T>, writeOptions: ShardWriteOptions = {}): Promise<ShardWriteResult<T>> {
     // Fence rows name directory keys in canonical form: looked up as spelled, an upper-case id
     // would miss its key's 'moved' row (docs/sharding-spec.md, sections 1 and 9).
@@ -412,7 +430,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         );
         if (body.verdict === 'write') {
           committed = true;
-          const position = await client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
+          const position = await writePosition(client, guard);
           const lsn = position.rows[0]?.lsn ?? '0/0';
           const readToken = { shardId: route.shardId, lsn, timeline: Number(position.rows[0]?.tli ?? 1), mapVersion: route.version };
           return { value: body.value, shardId: route.shardId, slot: route.slot, token: lsn, readToken, attempts: attempt };
@@ -452,6 +470,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         } else throw err;
       } finally {
         guard?.disarm();
+        // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
+        if (guard !== undefined && cancelledByRequest(failure)) await guard.settled();
         client.off('error', onError);
         client.release(broken || died || guard?.reusable(failure) === false || undefined);
       }

@@ -35,16 +35,22 @@ interface Api {
   readonly relay: SilentRelay;
   readonly writer: ShardWriter;
   readonly reads: ShardReader;
+  readonly reader: ReplicaReader;
 }
 
 /** An API process whose pool to `shardId`'s primary (one connection, as on Lambda... or two) goes through a relay. */
-async function apiThroughRelay(shardId: string, max: number): Promise<Api> {
+async function apiThroughRelay(shardId: string, max: number, sessionOptions?: string): Promise<Api> {
   const upstream = new URL(env.urls.shards[shardId] as string);
   const relay = await SilentRelay.start(Number(upstream.port));
   relays.push(relay);
+  const throughRelay = (url: string): string => {
+    const u = new URL(relay.url(url));
+    if (sessionOptions !== undefined) u.searchParams.set('options', sessionOptions);
+    return u.toString();
+  };
   const config = parseShardingConfig({
     strategy: 'hash_based',
-    shards: Object.entries(env.urls.shards).map(([shard_id, url]) => ({ shard_id, database_url: shard_id === shardId ? relay.url(url) : url, weight: 1, read_replicas: [] })),
+    shards: Object.entries(env.urls.shards).map(([shard_id, url]) => ({ shard_id, database_url: shard_id === shardId ? throughRelay(url) : url, weight: 1, read_replicas: [] })),
     default_shard: 'shard_a',
   });
   const pools = ShardPools.fromConfig(config, { max, connectionTimeoutMillis: 2000 });
@@ -55,7 +61,7 @@ async function apiThroughRelay(shardId: string, max: number): Promise<Api> {
   const primaries = new Map(pools.shardIds().map((id) => [id, pools.primary(id).pool]));
   const reader = new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 1 << 24, maxStateAgeMs: 120_000 }, intervalMs: 60_000, probeTimeoutMs: 1000 });
   closers.push(async () => reader.stop());
-  return { relay, writer: createShardWriter({ router: routing, primaries }), reads: createShardReader({ router: routing, reader }) };
+  return { relay, writer: createShardWriter({ router: routing, primaries }), reads: createShardReader({ router: routing, reader }), reader };
 }
 
 type Outcome = { readonly ok: true } | { readonly error: string; readonly ms: number };
@@ -114,6 +120,51 @@ describe('a silent shard primary under requests with a deadline', () => {
     const { rows } = await shard.query<{ n: number }>('select count(*)::int as n from users where id = $1', [user]);
     // Committed: the caller must be able to tell this from a write that changed nothing (retrying it would write twice).
     expect({ committed: rows[0]?.n, reason }).toEqual({ committed: 1, reason: 'outcome-unknown' });
+  }, 30_000);
+
+  it('reports a write committed when the cancel sent at its deadline reaches the read token query after the commit', async () => {
+    const slot = 911;
+    const shardId = await env.ownerOf(slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    const shard = env.shards.get(shardId);
+    if (!shard) throw new Error(`no pool for ${shardId}`);
+    // The read token's query, slowed (100 ms) for the sessions of this test only (their search_path
+    // finds this pg_walfile_name before pg_catalog's), so a cancel request can be seen to reach it.
+    await shard.query('create schema if not exists slow_token');
+    await shard.query('create or replace function slow_token.pg_walfile_name(pg_lsn) returns text language sql as $$ select pg_catalog.pg_walfile_name($1) from pg_catalog.pg_sleep(0.1) $$');
+    const api = await apiThroughRelay(shardId, 1, '-c search_path=slow_token,pg_catalog,public');
+    const insert = (s: number, deadlineMs: number, beforeInsert: () => Promise<void>) =>
+      api.writer.withShardWrite(
+        user,
+        async ({ client }) => {
+          await beforeInsert();
+          await client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4) on conflict (id) do update set display_name = excluded.display_name', [user, s, `${user}@example.org`, 'x']);
+        },
+        { deadlineMs },
+      );
+    await insert(slot, 3000, async () => undefined); // the pool's one connection, idle and ready
+    // The cancel request sent at the deadline reaches the server 50 ms later.
+    api.relay.slowNewConnections(50);
+    const DEADLINE_MS = 500;
+    const started = Date.now();
+    const reason = await api.writer
+      .withShardWrite(
+        user,
+        async ({ client }) => {
+          await delay(DEADLINE_MS - 100 - (Date.now() - started));
+          // Running at the deadline, done 15 ms past it: the commit is sent, then the token's query.
+          await client.query('select pg_sleep(0.115)');
+          await client.query('update users set display_name = $2 where id = $1', [user, 'after the deadline']);
+        },
+        { deadlineMs: DEADLINE_MS },
+      )
+      .then(
+        () => 'ok',
+        (e: unknown) => (e instanceof ShardWriteError ? `${e.reason}: ${e.message} (${String((e.cause as Error | undefined)?.message)} at ${Date.now() - started} ms)` : String(e)),
+      );
+    const { rows } = await shard.query<{ name: string }>('select display_name as name from users where id = $1', [user]);
+    // Committed, and known to be: a 504 "outcome unknown" would send the client looking for it.
+    expect({ committed: rows[0]?.name === 'after the deadline', reason }).toEqual({ committed: true, reason: 'ok' });
   }, 30_000);
 
   it('ends a primary read by its deadline, and the next reads neither hang nor wait on a stuck connection', async () => {
@@ -201,6 +252,57 @@ describe('a healthy primary under a read that runs past its deadline', () => {
 });
 
 /**
+ * A deadline that passes while the session is idle in its transaction (between two statements:
+ * the client is working on one's result, or the next is on its way): the server ignores a cancel
+ * request that finds no statement running. The next statement must still end at the deadline, not
+ * run on until the client drops the connection (and on the server after that, while its
+ * `statement_timeout`, the whole time left when the transaction began, runs out). The connection,
+ * which a second cancel request reached, is closed (its session ends), not lent again.
+ */
+describe('a deadline that passes between two statements', () => {
+  it.each([
+    { kind: 'read', slot: 909 },
+    { kind: 'write', slot: 910 },
+  ])('ends the $kind with the statement after it, and leaves nothing running on the server', async ({ kind, slot }) => {
+    const shardId = await env.ownerOf(slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    const api = await apiThroughRelay(shardId, 1);
+    type Body = (ctx: { client: pg.PoolClient }) => Promise<number>;
+    const run = (body: Body, deadlineMs: number): Promise<number> => (kind === 'read' ? api.reads.withShardRead(user, body, { deadlineMs }) : api.writer.withShardWrite(user, body, { deadlineMs })).then((r) => r.value);
+    const pid: Body = async ({ client }) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? -1;
+    await run(pid, 3000); // the pool's one connection, idle and ready
+    const DEADLINE_MS = 1000;
+    const started = Date.now();
+    const outcome = await run(async ({ client }) => {
+      await client.query('select 1');
+      // The deadline passes here, with no statement running.
+      await delay(DEADLINE_MS + 30 - (Date.now() - started));
+      await client.query(`select pg_sleep(5) as past_deadline_${kind}_under_test`);
+      return 0;
+    }, DEADLINE_MS).then(
+      () => 'ok',
+      (e: unknown) => (e instanceof ShardWriteError || e instanceof ShardReadError ? `${e.reason}: ${e.message}` : String(e)),
+    );
+    const ms = Date.now() - started;
+    const shard = env.shards.get(shardId);
+    if (!shard) throw new Error(`no pool for ${shardId}`);
+    const { rows } = await shard.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where state = 'active' and query like '%past_deadline_${kind}_under_test%' and pid <> pg_backend_pid()`);
+    const next = await run(pid, 3000).then(
+      () => 'ok',
+      (e: unknown) => String(e),
+    );
+    // Cancelled by PostgreSQL, not given up on as silent (the connection dropped 250 ms past the deadline).
+    expect({ outcome: outcome.split(':')[0], cancelledByPostgres: outcome.includes('PostgreSQL cancelled it'), stillRunningOnServer: rows[0]?.n, next, ms, detail: outcome }).toMatchObject({
+      outcome: 'deadline-exceeded',
+      cancelledByPostgres: true,
+      stillRunningOnServer: 0,
+      next: 'ok',
+    });
+    expect(ms).toBeLessThan(DEADLINE_MS + 200);
+  }, 30_000);
+});
+
+/**
  * A cancel request travels on a connection of its own, so it can reach the server after the
  * statement it was sent for has ended (here: a path that is slow for new connections). The
  * connection must not be lent to the next request meanwhile: the late cancel would cancel that
@@ -234,6 +336,25 @@ describe('a cancel request that arrives after its statement ended', () => {
 
     expect({ next, late }).toMatchObject({ next: 'ok' });
   }, 30_000);
+
+  // PostgreSQL (17 and before) passes one cancel request on as two signals (to the backend, then
+  // to its process group): the second can land after the cancelled statement's error, on the
+  // statement that follows it at once, the next borrower's, waiting for the connection.
+  it('does not cancel the statement of the next request waiting for the connection', async () => {
+    const slot = 912;
+    const shardId = await env.ownerOf(slot);
+    const api = await apiThroughRelay(shardId, 1);
+    const outcome = (e: unknown): string => `${String((e as { code?: unknown }).code)} ${String(e)}`;
+    const next: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const cancelled = api.reader.query(shardId, 'select pg_sleep(1)', [], { primary: true, deadlineAt: Date.now() + 100 }).then(() => 'ok', outcome);
+      const waiting = api.reader.query(shardId, 'select pg_sleep(0.05)', [], { primary: true, deadlineAt: Date.now() + 3000 }).then(() => 'ok', outcome);
+      const [first, second] = await Promise.all([cancelled, waiting]);
+      expect(first).toContain('57014');
+      next.push(second);
+    }
+    expect(next.filter((r) => r !== 'ok')).toEqual([]);
+  }, 60_000);
 });
 
 /**
