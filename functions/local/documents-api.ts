@@ -117,6 +117,20 @@ const jsonSchema = (schema: z.ZodType): JsonSchema => toSchema(schema, 'input');
  */
 export function documentsApiDocument(): JsonSchema {
   const problem = { description: 'an RFC 9457 problem document', content: { 'application/problem+json': { schema: { type: 'object' } } } };
+  // What a request past its deadline answers (see `unexpected`): the client must tell a retry from a look.
+  const unavailable = {
+    description: "the shard did not answer within the request's deadline (or is being moved): nothing was written; retry after Retry-After seconds",
+    headers: { 'Retry-After': { description: 'seconds to wait before retrying', schema: { type: 'integer', minimum: 0 } } },
+    content: problem.content,
+  };
+  const outcomeUnknown = {
+    description: `the write's commit was sent but not confirmed by the request's deadline: it may have been committed. Not to be retried blindly: look for it at \`check\` first (problem type ${OUTCOME_UNKNOWN_TYPE})`,
+    content: {
+      'application/problem+json': {
+        schema: { type: 'object', properties: { type: { type: 'string', enum: [OUTCOME_UNKNOWN_TYPE] }, check: { type: 'string', description: 'where to GET what the write may have created' } }, required: ['type', 'check'] },
+      },
+    },
+  };
   const op = (operationId: string, summary: string, parts: { params?: z.ZodType; query?: z.ZodType; headers?: z.ZodType; body?: z.ZodType }, ok: number): JsonSchema => ({
     operationId,
     summary,
@@ -128,9 +142,8 @@ export function documentsApiDocument(): JsonSchema {
     ...(parts.body ? { requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(parts.body) } } } } : {}),
     responses: {
       [ok]: { description: ok === 201 ? 'created, with X-Read-Token and Location' : 'found' },
-      503: { ...problem, description: 'not served in time, or the data is being moved; nothing was written: send it again after Retry-After' },
-      // Only a write can leave its outcome unknown (its commit sent, its answer lost).
-      ...(ok === 201 ? { 504: { ...problem, description: "the write's commit was sent but not confirmed before the deadline: it may have been committed; GET the problem's `check` URL before sending it again" } } : {}),
+      503: unavailable,
+      ...(parts.body ? { 504: outcomeUnknown } : {}),
       default: problem,
     },
   });

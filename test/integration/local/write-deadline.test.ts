@@ -26,6 +26,33 @@ describe('write deadlines stop the database too', () => {
     expect(rows[0]?.n).toBe(0);
   });
 
+  it('does not report a write committed when its body swallowed the cancellation (PostgreSQL rolled it back)', async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    // A body that handles a failed statement itself: the transaction is aborted, and PostgreSQL
+    // answers its COMMIT with ROLLBACK, not an error.
+    const outcome = await api.sharding.writer
+      .withShardWrite(
+        key,
+        async ({ client, slot }) => {
+          await client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [key, slot, `${key}@example.org`, 'swallowed']);
+          try {
+            await client.query('select pg_sleep(5)');
+          } catch {
+            // e.g. an optional refinement of the write, given up
+          }
+          return 'written';
+        },
+        { deadlineMs: 300 },
+      )
+      .then(
+        (r) => `committed: ${String(r.value)}`,
+        (e: unknown) => `failed: ${e instanceof ShardWriteError ? e.reason : String(e)}`,
+      );
+    const { rows } = await api.primary(shardId).query<{ n: number }>('select count(*)::int as n from users where id = $1', [key]);
+    expect({ outcome: outcome.split(':')[0], rows: rows[0]?.n, detail: outcome }).toMatchObject({ outcome: 'failed', rows: 0 });
+  });
+
   it('cancels a lock wait past its deadline', async () => {
     const key = randomUUID();
     const shardId = (await api.sharding.router.resolve(key)).shardId;
