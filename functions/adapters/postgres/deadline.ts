@@ -203,16 +203,24 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
   let cancelling = false;
   let onSettled: Array<() => void> = [];
   let canceller: NodeJS.Timeout | undefined;
+  /** The statement the last cancel request was sent for (null: none was running). */
+  let sentFor: unknown;
   // The server ignores a cancel request that finds the session idle (between two statements of
   // the transaction: the client is busy with one's result, or the next is on its way): the next
   // statement would then run on past the deadline until the connection is dropped, and on the
-  // server after that. So the request is repeated while the client still holds the connection.
+  // server after that. So the request is repeated while the client still holds the connection,
+  // once it runs another statement than the one the last request was sent for (a request that
+  // did cancel its statement is not repeated while the client has yet to read the error: on a
+  // busy machine that can take longer than the repeat interval, and a second request would cost
+  // a healthy connection).
   const cancel = (): void => {
     canceller = undefined;
     if (expired || options.mayCancel?.() === false) return;
+    const running = runningStatement(client);
     // Not again while the last one is on its way (a slow path, a silent server: one socket, not one per repeat).
-    if (!cancelling) {
+    if (!cancelling && (cancelsSent === 0 || (running !== null && running !== sentFor))) {
       cancelsSent += 1;
+      sentFor = running;
       cancelling = true;
       cancelStatement(client, () => {
         cancelling = false;
@@ -249,6 +257,11 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
       return cancelling ? new Promise<void>((resolve) => onSettled.push(resolve)) : Promise.resolve();
     },
   };
+}
+
+/** The statement `client` is running (pg's own record of it), or null between statements. */
+function runningStatement(client: pg.ClientBase): unknown {
+  return (client as unknown as { _activeQuery?: unknown })._activeQuery ?? null;
 }
 
 /**
