@@ -4,9 +4,18 @@
  * CloudWatch alarm notifications. It is the controller's {@link ControllerCatalog} and the
  * service the scaling API reads and writes.
  *
- * Concurrency: a service is evaluated inside a transaction holding a transaction-level advisory
- * lock keyed by the service name (`pg_try_advisory_xact_lock`), so two evaluations never act on
- * the same service; the one that does not get the lock stands aside at once instead of waiting.
+ * Concurrency: a service is evaluated inside a transaction holding the lock of its row in
+ * `catalog.service_locks` (`for update skip locked`), so two evaluations never act on the same
+ * service; the one that does not get the lock stands aside at once instead of waiting. Not an
+ * advisory lock: any login of the catalog's database (on AWS the first shard's application
+ * login) may take those, and would make every evaluation of the service stand aside (catalog
+ * migration 007).
+ *
+ * Every function and operator a statement here calls matches one of pg_catalog's exactly (casts
+ * such as `1000::double precision`, `$1::integer`) or is named with `pg_catalog.`: where PUBLIC
+ * may create in the public schema (PostgreSQL 14), an application login's overload that matched
+ * better than pg_catalog's polymorphic or implicitly cast one would run as the control login
+ * (test/integration/controller/least-privilege.test.ts).
  *
  * @example
  * ```ts
@@ -100,7 +109,6 @@ export interface CatalogStoreOptions {
   readonly defaults: ScalingConfig;
 }
 
-const LOCK_CLASS = 0x5ca1e;
 const GLOBAL_SCOPE = '*';
 
 interface DecisionRow {
@@ -149,7 +157,7 @@ function toDecision(row: DecisionRow): StoredDecision {
 
 const INSERT_DECISION = `insert into catalog.scaling_decisions
   (decided_at, service, trigger, policy, from_count, to_count, direction, reasons, blocked, metrics, dry_run, outcome, error, actor, degraded, config_version)
-  values (to_timestamp($1::double precision / 1000), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`;
+  values (to_timestamp($1::double precision / 1000::double precision), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`;
 
 function decisionParams(r: DecisionRecord): unknown[] {
   return [
@@ -268,14 +276,15 @@ export class CatalogStore implements ControllerCatalog {
 
   /** Turns the global switch (`scope: '*'`) or a service's switch on or off. */
   /**
-   * Sets a switch and says whether that changed it. Writers of one scope are serialised (an
-   * advisory lock per scope, held to commit), so of several concurrent identical calls exactly
-   * one reports `changed`. An absent scope counts as enabled.
+   * Sets a switch and says whether that changed it. Writers are serialised (the switches' table
+   * locked in SHARE ROW EXCLUSIVE mode to commit, which readers pass and which no login but the
+   * control plane's may take), so of several concurrent identical calls exactly one reports
+   * `changed`. An absent scope counts as enabled.
    */
   async setSwitch(s: { scope: string; enabled: boolean; actor: string; reason?: string }): Promise<Switch & { readonly changed: boolean }> {
     return wrap('setting a switch', async () =>
       inTransaction(await this.db(), 'begin', async (client) => {
-        await client.query("select pg_advisory_xact_lock(hashtext('catalog.scaling_switches'), hashtext($1))", [s.scope]);
+        await client.query('lock table catalog.scaling_switches in share row exclusive mode');
         const before = await client.query<{ enabled: boolean }>('select enabled from catalog.scaling_switches where scope = $1', [s.scope]);
         const { rows } = await client.query<{ changed_at: Date }>(
           `insert into catalog.scaling_switches (scope, enabled, changed_by, reason) values ($1, $2, $3, $4)
@@ -327,9 +336,12 @@ export class CatalogStore implements ControllerCatalog {
   async withServiceLock<T>(service: string, work: (session: ServiceSession) => Promise<T>, options: { readonly wait?: boolean } = {}): Promise<{ acquired: true; value: T } | { acquired: false }> {
     const db = await wrap('connecting', async () => this.db());
     try {
+      // The service's lock row, once: a statement of its own, outside the transaction, so that a
+      // first evaluation does not hold the row's insertion (which another would wait for) to its end.
+      await db.query('insert into catalog.service_locks (service) values ($1::text) on conflict (service) do nothing', [service]);
       return await inTransaction(db, 'begin', async (client) => {
-        const lock = options.wait ? 'select true as locked from (select pg_advisory_xact_lock($1, hashtext($2))) waited' : 'select pg_try_advisory_xact_lock($1, hashtext($2)) as locked';
-        const { rows } = await client.query<{ locked: boolean }>(lock, [LOCK_CLASS, service]);
+        const lock = `select true as locked from catalog.service_locks where service = $1::text for update${options.wait ? '' : ' skip locked'}`;
+        const { rows } = await client.query<{ locked: boolean }>(lock, [service]);
         // Another evaluation holds the service: the empty transaction just ends.
         if (rows[0]?.locked !== true) return { acquired: false } as const;
         const session: ServiceSession = {
@@ -363,7 +375,7 @@ export class CatalogStore implements ControllerCatalog {
         if (backlog.dropped > 0) {
           await client.query(
             `insert into catalog.history_gaps (from_at, to_at, decisions, note)
-             values (to_timestamp($1::double precision / 1000), to_timestamp($2::double precision / 1000), $3, $4)`,
+             values (to_timestamp($1::double precision / 1000::double precision), to_timestamp($2::double precision / 1000::double precision), $3, $4)`,
             [
               backlog.droppedFrom ?? 0,
               backlog.droppedTo ?? backlog.droppedFrom ?? 0,
@@ -384,7 +396,7 @@ export class CatalogStore implements ControllerCatalog {
     if (services.length === 0) return new Map();
     return wrap('reading the last applied decisions', async () => {
       const { rows } = await (await this.db()).query<DecisionRow>(
-        `select d.* from unnest($1::text[]) as s(service)
+        `select d.* from pg_catalog.unnest($1::text[]) as s(service)
          cross join lateral (
            select * from catalog.scaling_decisions
            where service = s.service and outcome = 'applied'

@@ -59,30 +59,33 @@ export class InvalidCursorError extends Error {
   }
 }
 
+// Every call matches one of pg_catalog's exactly (`::text` before `||`, `1000000::numeric`) or is
+// named `pg_catalog.`: an application login's overload in the public schema (PostgreSQL 14) of a
+// polymorphic or variadic function would run as the control login (least-privilege.test.ts).
 const ITEMS = `
-  select 'decision'::text as kind, 'decision'::text as type, 'd' || id as id, decided_at as at, service, trigger, policy,
+  select 'decision'::text as kind, 'decision'::text as type, 'd' || id::text as id, decided_at as at, service, trigger, policy,
          from_count, to_count, direction, outcome, dry_run, reasons, blocked, actor, error,
-         jsonb_build_object('degraded', degraded, 'config_version', config_version, 'metrics', metrics) as detail
+         pg_catalog.jsonb_build_object('degraded', degraded, 'config_version', config_version, 'metrics', metrics) as detail
     from catalog.scaling_decisions
   union all
-  select 'event', 'config_changed', 'c' || version, changed_at, null, 'api', null,
+  select 'event', 'config_changed', 'c' || version::text, changed_at, null, 'api', null,
          null, null, null, null, null, '[]'::jsonb, '[]'::jsonb, changed_by, null,
-         jsonb_build_object('version', version, 'comment', comment)
+         pg_catalog.jsonb_build_object('version', version, 'comment', comment)
     from catalog.scaling_config
   union all
-  select 'event', case when enabled then 'started' else 'stopped' end, 's' || id, at, nullif(scope, '*'), 'api', null,
+  select 'event', case when enabled then 'started' else 'stopped' end, 's' || id::text, at, nullif(scope, '*'), 'api', null,
          null, null, null, null, null, '[]'::jsonb, '[]'::jsonb, actor, null,
-         jsonb_build_object('scope', scope, 'changed', changed, 'reason', reason)
+         pg_catalog.jsonb_build_object('scope', scope, 'changed', changed, 'reason', reason)
     from catalog.switch_events
   union all
   select 'event', 'alarm', 'a' || md5(message_id), received_at, service, 'alarm', null,
          null, null, null, null, null, '[]'::jsonb, '[]'::jsonb, alarm_name, null,
-         jsonb_build_object('alarm_name', alarm_name, 'state', new_state, 'reason', reason, 'state_changed_at', state_changed_at)
+         pg_catalog.jsonb_build_object('alarm_name', alarm_name, 'state', new_state, 'reason', reason, 'state_changed_at', state_changed_at)
     from catalog.scaling_alarms
   union all
-  select 'event', 'gap', 'g' || id, recorded_at, null, null, null,
+  select 'event', 'gap', 'g' || id::text, recorded_at, null, null, null,
          null, null, null, null, null, '[]'::jsonb, '[]'::jsonb, null, note,
-         jsonb_build_object('from', from_at, 'to', to_at, 'decisions', decisions, 'note', note)
+         pg_catalog.jsonb_build_object('from', from_at, 'to', to_at, 'decisions', decisions, 'note', note)
     from catalog.history_gaps`;
 
 interface Row {
@@ -162,7 +165,7 @@ export class HistoryReader {
       where.push(`(at_us, id) < ($${params.length - 1}::bigint, $${params.length})`);
     }
     params.push(limit + 1);
-    const sql = `select * from (select i.*, (extract(epoch from i.at) * 1000000)::bigint as at_us from (${ITEMS}) i) h
+    const sql = `select * from (select i.*, (extract(epoch from i.at) * 1000000::numeric)::bigint as at_us from (${ITEMS}) i) h
       ${where.length > 0 ? `where ${where.join(' and ')}` : ''}
       order by at_us desc, id desc limit $${params.length}`;
     const { rows } = await (await this.db()).query<Row>(sql, params);
@@ -241,7 +244,7 @@ async function seriesOf(pool: Pick<pg.Pool, 'query'>, q: SeriesQuery): Promise<{
       `select service, floor(extract(epoch from decided_at - $1::timestamptz) / $3)::int as bucket,
               avg((metrics->>'requestCount')::float8) as demand, max((metrics->>'requestCount')::float8) as demand_max,
               avg((metrics->>'cpu')::float8) as cpu, max((metrics->>'cpu')::float8) as cpu_max,
-              (array_agg(to_count order by decided_at desc, id desc))[1] as tasks
+              (pg_catalog.array_agg(to_count order by decided_at desc, id desc))[1] as tasks
          from catalog.scaling_decisions
         where decided_at >= $1 and decided_at < $2 and ($4::text is null or service = $4)
         group by service, bucket

@@ -39,9 +39,12 @@ const POLL_MS = 250;
 /** Longer than any Lambda invocation (15 min): a bigger TTL is a caller's mistake. */
 const MAX_TTL_MS = 16 * 60 * 1000;
 
+// `$3::double precision`: pg_catalog has no `integer * interval` (it casts to double precision),
+// so an application login's own operator in the public schema (PostgreSQL 14) would be an exact
+// match and run as the control login (test/integration/controller/least-privilege.test.ts).
 const ACQUIRE = `
   insert into catalog.leases as l (name, holder, acquired_at, expires_at)
-  values ($1, $2, now(), now() + $3::integer * interval '1 millisecond')
+  values ($1, $2, now(), now() + $3::double precision * interval '1 millisecond')
   on conflict (name) do update
     set holder = excluded.holder, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
     where l.expires_at <= now()

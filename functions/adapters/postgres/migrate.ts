@@ -2,8 +2,16 @@
  * A small forward-only migration runner. Each migration set (the control-plane catalog, the
  * CA-DMS shard schema) is a folder of `NNN_description.sql` files applied in order, each in its
  * own transaction, and recorded in `catalog.schema_migrations` with a checksum so an edited,
- * already-applied file is caught rather than silently ignored. A session advisory lock keyed
- * by the set name makes concurrent runners (two deploys, two local starts) wait for each other.
+ * already-applied file is caught rather than silently ignored. Concurrent runners (two deploys,
+ * two local starts) wait for each other migration by migration: each migration's transaction
+ * locks `catalog.schema_migrations` (SHARE ROW EXCLUSIVE, which conflicts with itself) and
+ * applies the migration only if no other runner recorded it meanwhile. Not an advisory lock:
+ * every login of the database (a shard's application login, say) may take those, and one that
+ * held the runner's key kept every deploy waiting; the table is the migrations login's alone
+ * (test/integration/controller/least-privilege.test.ts, "an application login's locks").
+ * Its own statements name pg_catalog's functions with arguments of their exact types, so that an
+ * overload an application login created in the public schema (PostgreSQL 14) never runs as the
+ * migrations login.
  *
  * A migration's statements wait at most `lockTimeoutMs` for each lock (`lock_timeout`). An
  * `alter table` needs an ACCESS EXCLUSIVE lock; waiting for it behind one long or
@@ -112,11 +120,6 @@ export async function loadMigrations(dir: string): Promise<Migration[]> {
   return migrations;
 }
 
-function lockKey(set: string): number {
-  // A stable 32-bit key per migration set for pg_advisory_lock(int, int).
-  return createHash('sha256').update(set).digest().readInt32BE(0);
-}
-
 /**
  * Applies the pending migrations of `set` from `dir`. Returns what was applied.
  * Throws {@link MigrationError} when an applied migration's file changed or disappeared, when a
@@ -131,17 +134,8 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
   if (!Number.isFinite(pauseMs) || pauseMs < 0) throw new MigrationError(`retryPauseMs must be 0 or more (got ${pauseMs})`);
   const migrations = await loadMigrations(dir);
   const client = await pool.connect();
-  const LOCK_CLASS = 0x0ca0d;
   try {
-    await client.query('select pg_advisory_lock($1, $2)', [LOCK_CLASS, lockKey(set)]);
-    await client.query(`create schema if not exists catalog`);
-    await client.query(`create table if not exists catalog.schema_migrations (
-      set_name text not null,
-      version integer not null,
-      name text not null,
-      checksum text not null,
-      applied_at timestamptz not null default now(),
-      primary key (set_name, version))`);
+    await createRecord(client);
     const { rows } = await client.query<{ version: number; name: string; checksum: string }>(
       'select version, name, checksum from catalog.schema_migrations where set_name = $1 order by version',
       [set],
@@ -152,16 +146,25 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
       if (file.checksum !== row.checksum) throw new MigrationError(`${set}: applied migration ${row.name} was edited after it ran; add a new migration instead`);
     }
     const applied: string[] = [];
+    let alreadyApplied = rows.length;
     for (const mig of migrations.slice(rows.length)) {
       for (let attempt = 1; ; attempt++) {
         try {
-          await inClientTransaction(client, 'begin', async () => {
+          const ran = await inClientTransaction(client, 'begin', async () => {
             // A migration may run long (an index on a big table); the role's default statement
             // timeout (catalog migration 005) is for the functions' queries. Its lock waits are
             // bounded, though (see the module comment). Transaction-scoped, so neither outlives
             // the migration nor sets session state.
             await client.query('set local statement_timeout = 0');
-            await client.query("select set_config('lock_timeout', $1, true)", [`${lockTimeoutMs}ms`]);
+            // Waits (unbounded, as for the advisory lock before) for another runner's migration.
+            await client.query('lock table catalog.schema_migrations in share row exclusive mode');
+            const done = await client.query<{ checksum: string }>('select checksum from catalog.schema_migrations where set_name = $1::text and version = $2::integer', [set, mig.version]);
+            const other = done.rows[0];
+            if (other !== undefined) {
+              if (other.checksum !== mig.checksum) throw new MigrationError(`${set}: migration ${mig.name} was applied by another runner with other contents; add a new migration instead`);
+              return false;
+            }
+            await client.query("select pg_catalog.set_config('lock_timeout'::text, $1::text, true)", [`${lockTimeoutMs}ms`]);
             await client.query(mig.sql);
             await client.query('insert into catalog.schema_migrations (set_name, version, name, checksum) values ($1, $2, $3, $4)', [
               set,
@@ -169,13 +172,16 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
               mig.name,
               mig.checksum,
             ]);
+            return true;
           });
-          applied.push(mig.name);
+          if (ran) applied.push(mig.name);
+          else alreadyApplied++;
           break;
         } catch (err) {
           // A deadlock is a lock wait too: the migration lost it (its locks met a writer taking the
           // same tables in the other order) and was rolled back; the writer went on. Tried again
           // like a lock timeout.
+          if (err instanceof MigrationError) throw err;
           const code = (err as { code?: unknown }).code;
           if (code !== LOCK_NOT_AVAILABLE && code !== DEADLOCK_DETECTED) {
             throw new MigrationError(`${set}: migration ${mig.name} failed: ${(err as Error).message}`, { cause: err });
@@ -195,10 +201,35 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
         }
       }
     }
-    return { set, applied, alreadyApplied: rows.length };
+    return { set, applied, alreadyApplied };
   } finally {
-    await client.query('select pg_advisory_unlock($1, $2)', [LOCK_CLASS, lockKey(set)]).catch(() => undefined);
     client.release();
+  }
+}
+
+/** SQLSTATEs of a `create ... if not exists` that lost a race with another runner's (catalog rows). */
+const CREATED_CONCURRENTLY = new Set(['23505', '42P06', '42P07']);
+
+/**
+ * The schema and table recording applied migrations. Two runners on a new database may both
+ * create them at once: the loser's statement fails on the catalog's unique index, and is run
+ * again, when it finds them.
+ */
+async function createRecord(client: pg.PoolClient): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await client.query(`create schema if not exists catalog`);
+      await client.query(`create table if not exists catalog.schema_migrations (
+        set_name text not null,
+        version integer not null,
+        name text not null,
+        checksum text not null,
+        applied_at timestamptz not null default now(),
+        primary key (set_name, version))`);
+      return;
+    } catch (err) {
+      if (attempt >= 3 || !CREATED_CONCURRENTLY.has(String((err as { code?: unknown }).code))) throw err;
+    }
   }
 }
 

@@ -123,11 +123,12 @@ export interface MoverOptions {
   readonly hook?: (point: MoveHookPoint, job: MoveJob) => Promise<void> | void;
 }
 
+// `$3::double precision`: an exact match for pg_catalog's `*` (see lease-store.ts's ACQUIRE).
 const CLAIM = `
-  update catalog.move_jobs set lease_holder = $2, lease_epoch = lease_epoch + 1, lease_expires_at = clock_timestamp() + $3::integer * interval '1 millisecond'
+  update catalog.move_jobs set lease_holder = $2, lease_epoch = lease_epoch + 1, lease_expires_at = clock_timestamp() + $3::double precision * interval '1 millisecond'
    where id = $1 and (lease_expires_at is null or lease_expires_at <= clock_timestamp())
   returning *`;
-const RENEW = `update catalog.move_jobs set lease_expires_at = clock_timestamp() + $3::integer * interval '1 millisecond' where id = $1 and lease_epoch = $2`;
+const RENEW = `update catalog.move_jobs set lease_expires_at = clock_timestamp() + $3::double precision * interval '1 millisecond' where id = $1 and lease_epoch = $2`;
 const RELEASE = 'update catalog.move_jobs set lease_holder = null, lease_expires_at = null where id = $1 and lease_epoch = $2';
 const DEFAULT_ROUTING: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
 

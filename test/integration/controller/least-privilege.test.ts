@@ -7,7 +7,7 @@
  * `ca_dms_control`. Each is then refused what its code path must never do. A grant missing makes
  * a code path fail here; a grant too broad makes a refusal succeed.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { UpdateServiceCommand } from '@aws-sdk/client-ecs';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { mockClient } from 'aws-sdk-client-mock';
@@ -296,6 +296,205 @@ describe('the control plane on the catalog, as ca_dms_control', () => {
     };
 
     expect(refused).toEqual({ publishMap: '42501', pinKey: '42501', readJobs: '42501' });
+  });
+});
+
+describe("an application login on the catalog's database, where PUBLIC may create in public (PostgreSQL 14)", () => {
+  /**
+   * Overloads an application login can create in public that are an exact match for a call of the
+   * control plane's catalog SQL (or the migrations runner's) where pg_catalog has only a
+   * polymorphic, variadic or implicitly cast one. Each records who ran it and passes the call on,
+   * so the code paths still work and every shadow taken shows up: run as ca_dms_control it could
+   * publish a slot map or rewrite the directory (routing), as the migrations login anything.
+   */
+  const SHADOWS = `
+    create table public.shadow_calls (what text, who name default current_user);
+    grant insert, select on public.shadow_calls to public;
+    create function public.shadow_mul(integer, interval) returns interval language sql
+      as $$ insert into public.shadow_calls (what) values ('integer * interval') returning $2 operator(pg_catalog.*) $1::float8 $$;
+    create operator public.* (leftarg = integer, rightarg = interval, function = public.shadow_mul);
+    create function public.shadow_div(double precision, integer) returns double precision language sql
+      as $$ insert into public.shadow_calls (what) values ('float8 / integer') returning $1 operator(pg_catalog./) $2::float8 $$;
+    create operator public./ (leftarg = double precision, rightarg = integer, function = public.shadow_div);
+    create function public.shadow_nmul(numeric, integer) returns numeric language sql
+      as $$ insert into public.shadow_calls (what) values ('numeric * integer') returning $1 operator(pg_catalog.*) $2::numeric $$;
+    create operator public.* (leftarg = numeric, rightarg = integer, function = public.shadow_nmul);
+    create function public.shadow_cat8(text, bigint) returns text language sql
+      as $$ insert into public.shadow_calls (what) values ('text || bigint') returning $1 operator(pg_catalog.||) $2::text $$;
+    create operator public.|| (leftarg = text, rightarg = bigint, function = public.shadow_cat8);
+    create function public.shadow_cat4(text, integer) returns text language sql
+      as $$ insert into public.shadow_calls (what) values ('text || integer') returning $1 operator(pg_catalog.||) $2::text $$;
+    create operator public.|| (leftarg = text, rightarg = integer, function = public.shadow_cat4);
+    create function public.pg_try_advisory_xact_lock(text, integer) returns boolean language sql
+      as $$ insert into public.shadow_calls (what) values ('pg_try_advisory_xact_lock(text, integer)') returning true $$;
+    create function public.pg_advisory_xact_lock(text, integer) returns void language sql
+      as $$ insert into public.shadow_calls (what) values ('pg_advisory_xact_lock(text, integer)') $$;
+    create function public.pg_advisory_lock(text, text) returns void language sql
+      as $$ insert into public.shadow_calls (what) values ('pg_advisory_lock(text, text)') $$;
+    create function public.pg_advisory_unlock(text, text) returns boolean language sql
+      as $$ insert into public.shadow_calls (what) values ('pg_advisory_unlock(text, text)') returning true $$;
+    create function public.unnest(text[]) returns setof text language sql
+      as $$ insert into public.shadow_calls (what) values ('unnest(text[])'); select pg_catalog.unnest($1) $$;
+    create function public.jsonb_build_object(text, boolean, text, integer, text, jsonb) returns jsonb language sql
+      as $$ insert into public.shadow_calls (what) values ('jsonb_build_object(decision detail)') returning pg_catalog.jsonb_build_object($1, $2, $3, $4, $5, $6) $$;
+    create function public.shadow_agg(integer[], integer) returns integer[] language sql
+      as $$ insert into public.shadow_calls (what) values ('array_agg(integer)') returning pg_catalog.array_append($1, $2) $$;
+    create aggregate public.array_agg(integer) (sfunc = public.shadow_agg, stype = integer[], initcond = '{}');
+    -- Same signatures as pg_catalog's (which hide them): a regression guard for the catalog's
+    -- trigger functions and the plain calls of the stores.
+    create function public.clock_timestamp() returns timestamptz language sql
+      as $$ insert into public.shadow_calls (what) values ('clock_timestamp()') returning pg_catalog.clock_timestamp() $$;
+    create function public.shadow_gt8(bigint, bigint) returns boolean language sql
+      as $$ insert into public.shadow_calls (what) values ('bigint > bigint') returning $1 operator(pg_catalog.>) $2 $$;
+    create operator public.> (leftarg = bigint, rightarg = bigint, function = public.shadow_gt8);`;
+  const UNSHADOW = `
+    drop aggregate public.array_agg(integer); drop function public.shadow_agg(integer[], integer);
+    drop operator public.* (integer, interval); drop operator public./ (double precision, integer); drop operator public.* (numeric, integer);
+    drop operator public.|| (text, bigint); drop operator public.|| (text, integer); drop operator public.> (bigint, bigint);
+    drop function public.shadow_mul(integer, interval), public.shadow_div(double precision, integer), public.shadow_nmul(numeric, integer),
+      public.shadow_cat8(text, bigint), public.shadow_cat4(text, integer), public.shadow_gt8(bigint, bigint), public.clock_timestamp(),
+      public.pg_try_advisory_xact_lock(text, integer), public.pg_advisory_xact_lock(text, integer), public.pg_advisory_lock(text, text),
+      public.pg_advisory_unlock(text, text), public.unnest(text[]), public.jsonb_build_object(text, boolean, text, integer, text, jsonb);
+    drop table public.shadow_calls;`;
+
+  it("runs none of its overloads as the control plane (leases, an evaluation, history, a move) or as the migrations' login", async () => {
+    const master = poolAs('postgres', SHARDS[0], 'postgres');
+    const app = poolAs(LOGINS.app, SHARDS[0]);
+    // PostgreSQL 14's default, which shard migration 019 revokes where its login may.
+    await master.query('grant create on schema public to public');
+    await app.query(SHADOWS);
+    const worker = await createShardingRuntime({ config: shardingConfigAs(LOGINS.mover), catalog: poolAs(LOGINS.control, SHARDS[0]), actor: 'scaling-moves', pools: { max: 2 } });
+    try {
+      const control = poolAs(LOGINS.control, SHARDS[0]);
+      const store = new CatalogStore(control, { defaults: parseScalingConfig(CONFIG) });
+      givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+      const clock = new ManualClock(Date.UTC(2026, 0, 6, 12));
+      const history = new HistoryReader(() => Promise.resolve(control));
+
+      const lease = await new LeaseStore(control).acquire(LEASES.evaluation, { owner: 'test', ttlMs: 60_000 });
+      if (lease.acquired) await lease.release();
+      await store.putConfig(CONFIG, { actor: 'test' });
+      // The earlier test stopped svc-0.
+      await store.setSwitch({ scope: 'svc-0', enabled: true, actor: 'test' });
+      await controllerFor({ topology: topologyOf(1), catalog: store, fallback: CONFIG, clock }).evaluate({ trigger: 'schedule' });
+      const waited = await store.withServiceLock('svc-0', () => Promise.resolve('held'), { wait: true });
+      await store.appendBacklog({ records: [], dropped: 1, droppedFrom: clock.now() - 1000, droppedTo: clock.now() });
+      const applied = await store.lastAppliedDecisions(['svc-0']);
+      const page = await history.page({ limit: 50 });
+      const series = await history.series({ since: new Date(clock.now() - 3_600_000), until: new Date(clock.now() + 60_000), stepSeconds: 60 });
+      const slot = 303;
+      const to = (await worker.slotMaps.current()).assignments[slot] === SHARDS[0] ? SHARDS[1] : SHARDS[0];
+      const moved = await worker.mover.run((await worker.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+      await migrateAll({ catalog: master, shards: [master] });
+      const calls = (await master.query<{ what: string; who: string }>('select distinct what, who from public.shadow_calls order by what, who')).rows;
+
+      expect({ lease: lease.acquired, waited: waited.acquired, moved: moved.state }).toEqual({ lease: true, waited: true, moved: 'done' });
+      expect(applied.get('svc-0')?.outcome).toBe('applied');
+      expect(page.items.map((i) => i.type)).toEqual(expect.arrayContaining(['decision', 'gap', 'config_changed', 'started']));
+      expect(series.buckets.length).toBeGreaterThan(0);
+      expect(calls).toEqual([]);
+    } finally {
+      await worker.close();
+      await app.query(UNSHADOW);
+      await master.query('revoke create on schema public from public');
+    }
+  });
+});
+
+describe("an application login's locks on the catalog's database", () => {
+  it('cannot take the lock of an evaluation (which would then stand aside) or of a switch (which would wait out its statement timeout)', async () => {
+    const control = poolAs(LOGINS.control, SHARDS[0]);
+    const store = new CatalogStore(control, { defaults: parseScalingConfig(CONFIG) });
+    const app = await poolAs(LOGINS.app, SHARDS[0]).connect();
+    try {
+      // Every key either lock took in its advisory form (CatalogStore's 0x5ca1e class and the
+      // switches' hashtext pair), held for the session as any login of the database may.
+      await app.query("select pg_advisory_lock(x'5ca1e'::int, hashtext('svc-0')), pg_advisory_lock(hashtext('catalog.scaling_switches'), hashtext('svc-0'))");
+      const evaluation = await store.withServiceLock('svc-0', () => Promise.resolve('evaluated'));
+      const switched = await Promise.race([
+        store.setSwitch({ scope: 'svc-0', enabled: true, actor: 'test' }).then(() => 'set'),
+        new Promise<string>((resolve) => setTimeout(() => resolve('still waiting after 2 s'), 2000)),
+      ]);
+
+      expect({ evaluation, switched }).toEqual({ evaluation: { acquired: true, value: 'evaluated' }, switched: 'set' });
+    } finally {
+      app.release(true);
+    }
+  });
+
+  it('holds a read lock on the slot map and the directory (what SELECT allows) without stalling a move', async () => {
+    const worker = await createShardingRuntime({ config: shardingConfigAs(LOGINS.mover), catalog: poolAs(LOGINS.control, SHARDS[0]), actor: 'scaling-moves', pools: { max: 2 } });
+    const app = await poolAs(LOGINS.app, SHARDS[0]).connect();
+    try {
+      await app.query('begin');
+      await app.query('lock table catalog.slot_maps, catalog.shard_directory in access share mode');
+      const slot = 304;
+      const to = (await worker.slotMaps.current()).assignments[slot] === SHARDS[0] ? SHARDS[1] : SHARDS[0];
+      const moved = await worker.mover.run((await worker.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+      expect(moved.state).toBe('done');
+    } finally {
+      await app.query('rollback').catch(() => undefined);
+      app.release();
+      await worker.close();
+    }
+  });
+
+  it("cannot hold up the migrations (the deploy) by taking their lock", async () => {
+    const master = poolAs('postgres', SHARDS[0], 'postgres');
+    const app = await poolAs(LOGINS.app, SHARDS[0]).connect();
+    try {
+      // The runner's advisory key for each set: (0x0ca0d, the first 4 bytes of sha256(set name)).
+      const key = (set: string): number => createHash('sha256').update(set).digest().readInt32BE(0);
+      for (const set of ['catalog', 'sharding', 'shard']) await app.query('select pg_advisory_lock($1::integer, $2::integer)', [0x0ca0d, key(set)]);
+      const migrated = await Promise.race([
+        migrateAll({ catalog: master, shards: [master] }).then((r) => r.map((s) => s.applied.length)),
+        new Promise<string>((resolve) => setTimeout(() => resolve('still waiting after 3 s'), 3000)),
+      ]);
+
+      expect(migrated).toEqual([0, 0, 0]);
+    } finally {
+      app.release(true);
+    }
+  });
+
+  it('may not lock the rows of the slot map or the directory, nor read or lock the move jobs, leases or history', async () => {
+    const app = poolAs(LOGINS.app, SHARDS[0]);
+    const inTransaction = (sql: string) => async (): Promise<void> => {
+      const c = await app.connect();
+      try {
+        await c.query('begin');
+        await c.query(sql);
+      } finally {
+        await c.query('rollback').catch(() => undefined);
+        c.release();
+      }
+    };
+    const refused = {
+      shareMap: await sqlstateOf(() => app.query('select version from catalog.slot_maps for share')),
+      keyShareDirectory: await sqlstateOf(() => app.query('select key from catalog.shard_directory for key share')),
+      updateDirectory: await sqlstateOf(() => app.query('select key from catalog.shard_directory for update')),
+      lockMap: await sqlstateOf(inTransaction('lock table catalog.slot_maps in share mode')),
+      lockDirectory: await sqlstateOf(inTransaction('lock table catalog.shard_directory in row exclusive mode')),
+      readLeases: await sqlstateOf(() => app.query('select * from catalog.leases')),
+      lockJobs: await sqlstateOf(inTransaction('lock table catalog.move_jobs in access share mode')),
+      readDecisions: await sqlstateOf(() => app.query('select * from catalog.scaling_decisions')),
+      readSwitches: await sqlstateOf(() => app.query('select * from catalog.scaling_switches')),
+      readMigrations: await sqlstateOf(() => app.query('select * from catalog.schema_migrations')),
+    };
+
+    expect(refused).toEqual({
+      shareMap: '42501',
+      keyShareDirectory: '42501',
+      updateDirectory: '42501',
+      lockMap: '42501',
+      lockDirectory: '42501',
+      readLeases: '42501',
+      lockJobs: '42501',
+      readDecisions: '42501',
+      readSwitches: '42501',
+      readMigrations: '42501',
+    });
   });
 });
 
