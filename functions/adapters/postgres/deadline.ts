@@ -102,7 +102,10 @@ export class DeadlinePassedError extends Error {
  * A checkout bounded by an absolute deadline (`Date.now()` ms): the pool's own
  * `connectionTimeoutMillis` may be longer than the time left. A connection that arrives after
  * the caller gave up goes back to the pool (it is new and healthy; a silent server never gets
- * this far).
+ * this far), and so does one lent at or past the deadline (the timer and the checkout can settle
+ * in the same turn, or the timer fire late on a busy process): nothing is sent on it, and the
+ * caller fails {@link DeadlinePassedError} `connect`, its request never begun, rather than start
+ * a transaction with no time left (a write that began then could still commit past its deadline).
  */
 export async function connectBy(pool: pg.Pool, deadlineAt: number, nodeId: string): Promise<pg.PoolClient> {
   const left = deadlineAt - Date.now();
@@ -122,17 +125,28 @@ export async function connectBy(pool: pg.Pool, deadlineAt: number, nodeId: strin
     },
     () => undefined,
   );
+  let client: pg.PoolClient;
   try {
-    return await Promise.race([connecting, expired]);
+    client = await Promise.race([connecting, expired]);
   } finally {
     clearTimeout(timer);
   }
+  if (Date.now() >= deadlineAt) {
+    client.release();
+    throw new DeadlinePassedError(nodeId, 'connect');
+  }
+  return client;
 }
 
 /** A checked-out client held to a deadline by {@link holdToDeadline}. */
 export interface ClientDeadline {
   /** True once the deadline passed and the connection was dropped. */
   readonly expired: boolean;
+  /**
+   * True once a cancel request was sent for the deadline: a statement cancelled "due to user
+   * request" before then was cancelled by someone else (`pg_cancel_backend`, an operator).
+   */
+  readonly cancelSent: boolean;
   /** Stops the timers (call before releasing the client). */
   disarm(): void;
   /**
@@ -242,6 +256,9 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
   return {
     get expired() {
       return expired;
+    },
+    get cancelSent() {
+      return cancelsSent > 0;
     },
     disarm() {
       clearTimeout(canceller);

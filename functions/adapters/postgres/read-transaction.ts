@@ -71,6 +71,12 @@ export interface ShardReadOptions {
    * statement begun shortly before it does not outrun it (replica-reader.ts, deadline.ts).
    */
   readonly deadlineMs?: number;
+  /**
+   * Read on the shard primary only (every attempt, also after a reroute): what is found, or not
+   * found, is what is committed. A primary that cannot be reached fails the read
+   * (`ShardUnavailableError`, `deadline-exceeded`); no replica answers instead.
+   */
+  readonly primary?: boolean;
 }
 
 export interface ShardReadResult<T> {
@@ -261,13 +267,14 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
               return { verdict, value, servedBy };
             }),
           {
-            ...(onPrimary ? { primary: true } : readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader))),
+            ...(onPrimary || readOptions.primary === true ? { primary: true } : readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader))),
             ...(deadlineAt === undefined ? {} : { deadlineAt }),
           },
         );
       } catch (err) {
         if (err instanceof DeadlinePassedError) {
-          throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline: ${err.nodeId} did not answer (its connection was dropped)`, { cause: err });
+          const what = err.phase === 'connect' ? `no connection to ${err.nodeId} was free before it; nothing was sent` : `${err.nodeId} did not answer (its connection was dropped)`;
+          throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline: ${what}`, { cause: err });
         }
         if (deadlineAt !== undefined && (err as { code?: unknown }).code === QUERY_CANCELED) {
           throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline; PostgreSQL cancelled it`, { cause: err });

@@ -32,7 +32,7 @@ import pg from 'pg';
 import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
-import { cancelledByRequest, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
+import { cancelledByRequest, connectBy, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { inClientTransaction } from './transaction.js';
@@ -363,7 +363,7 @@ export class ReplicaReader {
       let abandoned: Error | undefined;
       let guard: ClientDeadline | undefined;
       const attempt = async (): Promise<{ readonly skip: true } | { readonly skip: false; readonly value: T }> => {
-        const lent = options.deadlineAt === undefined ? await node.pool.connect() : await connectBy(node.pool, options.deadlineAt + DEADLINE_GRACE_MS, node.nodeId);
+        const lent = options.deadlineAt === undefined ? await node.pool.connect() : await connectBy(node.pool, options.deadlineAt, node.nodeId);
         if (abandoned !== undefined) {
           lent.release(abandoned);
           throw abandoned;

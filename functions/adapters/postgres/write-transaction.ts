@@ -24,7 +24,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { cancelledByRequest, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
+import { cancelledByRequest, connectBy, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { UNIQUE_VIOLATION } from './sqlstate.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
@@ -156,9 +156,11 @@ export interface ShardWriteResult<T> {
 /**
  * `outcome-unknown`: the deadline passed with the primary silent after the write's commit was
  * sent (its answer lost, or the commit answered and the read token's query not): the write may
- * have been (when the message says so, was) committed. Every other reason: nothing was committed.
+ * have been (when the message says so, was) committed. `cancelled`: a write with a deadline had a
+ * statement cancelled before it by someone else's cancel request (`pg_cancel_backend`, an
+ * operator), not by its own deadline. Every other reason: nothing was committed.
  */
-export type ShardWriteErrorReason = 'unknown-shard' | 'fence-timeout' | 'too-many-reroutes' | 'deadline-exceeded' | 'outcome-unknown';
+export type ShardWriteErrorReason = 'unknown-shard' | 'fence-timeout' | 'too-many-reroutes' | 'deadline-exceeded' | 'outcome-unknown' | 'cancelled';
 
 /** A write could not be placed. Nothing was committed, unless the reason is `outcome-unknown`. */
 export class ShardWriteError extends Error {
@@ -382,7 +384,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       // silent primary is held to it here, on the client (deadline.ts).
       let client: pg.PoolClient;
       try {
-        client = deadlineAt === undefined ? await pool.connect() : await connectBy(pool, deadlineAt + DEADLINE_GRACE_MS, `${route.shardId}/primary`);
+        client = deadlineAt === undefined ? await pool.connect() : await connectBy(pool, deadlineAt, `${route.shardId}/primary`);
       } catch (err) {
         if (err instanceof DeadlinePassedError) throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} got no connection within its ${writeOptions.deadlineMs} ms deadline; nothing was committed`, { cause: err });
         throw err;
@@ -456,6 +458,12 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           );
         }
         const code = (err as { code?: unknown }).code;
+        // A cancel request the deadline did not send ("due to user request" before any was sent):
+        // someone else's (pg_cancel_backend), not the deadline's. A message in another language
+        // is not recognised and counts as the deadline's (nothing was committed either way).
+        if (deadlineAt !== undefined && code === '57014' && cancelledByRequest(err) && guard?.cancelSent !== true) {
+          throw new ShardWriteError('cancelled', `a statement of the write on shard ${route.shardId} was cancelled on the server by another session's request (not its ${writeOptions.deadlineMs} ms deadline); nothing was committed`, { cause: err });
+        }
         if (deadlineAt !== undefined && typeof code === 'string' && DEADLINE_SQLSTATES.has(code)) {
           throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} passed its ${writeOptions.deadlineMs} ms deadline; PostgreSQL cancelled it and nothing was committed`, { cause: err });
         }
