@@ -15,7 +15,9 @@
  * a shard the owner has moved away from), the others through the replica reader. A write
  * answers with `X-Read-Token: <shard_id>@<lsn>;tl=<timeline>;v=<map version>`; a read sent with
  * that value in `X-Read-After` sees the write (read-your-writes), whichever replica serves it,
- * across a move or a failover. Every input is
+ * across a move or a failover. `?consistency=primary` reads on the primaries only (the `check`
+ * of a write whose outcome is unknown asks for it: a lagging replica's 404 would have the client
+ * write twice). Every input is
  * validated with zod; errors are RFC 9457 problem documents naming the field. Bodies are held
  * to the limits of `functions/api/input-limits.ts` (no NUL, well-formed Unicode, 32 levels of
  * nesting) and 256 KiB; no database text ever reaches a client (it is logged instead).
@@ -101,9 +103,21 @@ const newDocumentSchema = z.strictObject({
   content: z.record(z.string(), z.unknown(), { error: 'must be a JSON object, e.g. {"body": "text"}' }).default({}),
 });
 
+/**
+ * Where a read of one user's or one document's rows may be served: `bounded` (the default) by a
+ * replica within max_replica_lag_seconds, or the primary; `primary` by the shard primary only,
+ * so that "not found" is an answer about what is committed (the `check` of a 504 asks for it). A
+ * primary that cannot be reached is then a 503, never an answer from a replica.
+ */
+const CONSISTENCIES = ['bounded', 'primary'] as const;
+const consistency = z
+  .enum(CONSISTENCIES, { error: `must be one of ${CONSISTENCIES.join(', ')}` })
+  .optional()
+  .describe("`primary`: read on the shard primary only (a miss is then authoritative; 503 when the primary cannot be reached). Default `bounded`: a replica within the freshness bound may answer");
 const usersQuery = z.strictObject({ limit: limit.describe('users to list, 1 to 200 (default 20), taken from every shard') });
-const documentsQuery = z.strictObject({ limit: limit.describe('documents to list, newest first, 1 to 200 (default 50)') });
-const documentQuery = z.strictObject({ owner: uuid.optional().describe("the document's owner: only the owner's shard is asked (every shard without it)") });
+const userQuery = z.strictObject({ consistency });
+const documentsQuery = z.strictObject({ limit: limit.describe('documents to list, newest first, 1 to 200 (default 50)'), consistency });
+const documentQuery = z.strictObject({ owner: uuid.optional().describe("the document's owner: only the owner's shard is asked (every shard without it)"), consistency });
 const userIdParams = z.strictObject({ id: uuid.describe('the user id (a UUID, in any of the forms of docs/sharding-spec.md)') });
 const documentIdParams = z.strictObject({ id: uuid.describe('the document id (a UUID)') });
 const readAfterHeaders = z.object({ 'x-read-after': readAfterSchema.describe('a token from X-Read-Token: the read sees that write') });
@@ -118,16 +132,18 @@ const jsonSchema = (schema: z.ZodType): JsonSchema => toSchema(schema, 'input');
 export function documentsApiDocument(): JsonSchema {
   const problem = { description: 'an RFC 9457 problem document', content: { 'application/problem+json': { schema: { type: 'object' } } } };
   // What a request past its deadline answers (see `unexpected`): the client must tell a retry from a look.
-  const unavailable = {
-    description: "the shard did not answer within the request's deadline (or is being moved): nothing was written; retry after Retry-After seconds",
+  const unavailable = (write: boolean) => ({
+    description: write
+      ? "the shard did not answer within the request's deadline (or is being moved): nothing was written; retry after Retry-After seconds"
+      : "the shard did not answer within the request's deadline (or is being moved, or, for a `consistency=primary` read, its primary cannot be reached); retry after Retry-After seconds",
     headers: { 'Retry-After': { description: 'seconds to wait before retrying', schema: { type: 'integer', minimum: 0 } } },
     content: problem.content,
-  };
+  });
   const outcomeUnknown = {
     description: `the write's commit was sent but not confirmed by the request's deadline: it may have been committed. Not to be retried blindly: look for it at \`check\` first (problem type ${OUTCOME_UNKNOWN_TYPE})`,
     content: {
       'application/problem+json': {
-        schema: { type: 'object', properties: { type: { type: 'string', enum: [OUTCOME_UNKNOWN_TYPE] }, check: { type: 'string', description: 'where to GET what the write may have created' } }, required: ['type', 'check'] },
+        schema: { type: 'object', properties: { type: { type: 'string', enum: [OUTCOME_UNKNOWN_TYPE] }, check: { type: 'string', description: 'where to GET what the write may have created: a read on the shard primary (`consistency=primary`), whose 404 means it was not committed' } }, required: ['type', 'check'] },
       },
     },
   };
@@ -142,7 +158,7 @@ export function documentsApiDocument(): JsonSchema {
     ...(parts.body ? { requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(parts.body) } } } } : {}),
     responses: {
       [ok]: { description: ok === 201 ? 'created, with X-Read-Token and Location' : 'found' },
-      503: unavailable,
+      503: unavailable(parts.body !== undefined),
       ...(parts.body ? { 504: outcomeUnknown } : {}),
       default: problem,
     },
@@ -155,7 +171,7 @@ export function documentsApiDocument(): JsonSchema {
         get: op('listUsers', 'A sample of users from every shard', { query: usersQuery }, 200),
         post: op('createUser', 'Create a user (409 when the e-mail is taken)', { body: newUserSchema }, 201),
       },
-      [`${PREFIX}/users/{id}`]: { get: op('getUser', 'One user', { params: userIdParams, headers: readAfterHeaders }, 200) },
+      [`${PREFIX}/users/{id}`]: { get: op('getUser', 'One user', { params: userIdParams, query: userQuery, headers: readAfterHeaders }, 200) },
       [`${PREFIX}/users/{id}/documents`]: { get: op('listUserDocuments', "A user's documents", { params: userIdParams, query: documentsQuery, headers: readAfterHeaders }, 200) },
       [`${PREFIX}/documents`]: { post: op('createDocument', 'Create a document on its owner\'s shard', { body: newDocumentSchema }, 201) },
       [`${PREFIX}/documents/{id}`]: { get: op('getDocument', 'One document', { params: documentIdParams, query: documentQuery, headers: readAfterHeaders }, 200) },
@@ -299,9 +315,10 @@ function passedDeadline(error: unknown): boolean {
 
 /**
  * A problem for an error no handler expected: the client learns what kind of failure it was,
- * never the database's words (those go to `onError`).
+ * never the database's words (those go to `onError`). `kind`: whether the request writes (only a
+ * write's answer says whether something was written).
  */
-function unexpected(error: unknown, deadlineMs: number): Problem {
+function unexpected(error: unknown, deadlineMs: number, kind: 'read' | 'write'): Problem {
   // Not "retry": a second attempt could write twice. 504: the database behind the API did not answer in time.
   if (error instanceof WriteOutcomeUnknownError) {
     return {
@@ -311,7 +328,15 @@ function unexpected(error: unknown, deadlineMs: number): Problem {
       check: error.check,
     };
   }
-  if (passedDeadline(error)) return { status: 503, detail: `the shard did not answer within the request's ${deadlineMs} ms deadline; nothing was written; retry`, headers: { 'retry-after': '1' } };
+  if (passedDeadline(error)) {
+    const detail =
+      kind === 'write'
+        ? `the shard did not answer within the request's ${deadlineMs} ms deadline; nothing was written; retry`
+        : `the shard did not answer the read within the request's ${deadlineMs} ms deadline; retry`;
+    return { status: 503, detail, headers: { 'retry-after': '1' } };
+  }
+  // Cancelled on the server by someone else (an operator's pg_cancel_backend) before the deadline: nothing was committed.
+  if (error instanceof ShardWriteError && error.reason === 'cancelled') return { status: 503, detail: 'the shard cancelled the write before its deadline; nothing was written; retry', headers: { 'retry-after': '1' } };
   if (error instanceof RoutingError) return { status: 400, detail: error.message };
   if (error instanceof URIError) return { status: 400, detail: 'the path has a malformed percent-escape' };
   if (error instanceof ShardWriteError && error.reason === 'fence-timeout') return { status: 503, detail: 'the data is being moved to another shard right now; retry in a few seconds' };
@@ -465,7 +490,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
   async function createUser(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = parse(newUserSchema, await readJson(req), 'body');
     const id = userIdForEmail(body.email);
-    const result = await write(id, `${PREFIX}/users/${id}`, async ({ client, slot }) => {
+    const result = await write(id, `${PREFIX}/users/${id}?consistency=primary`, async ({ client, slot }) => {
       const { rows } = await client.query<UserRow>(
         'insert into users (id, slot, email, display_name) values ($1, $2, $3, $4) on conflict (id) do nothing returning id, email, display_name, created_at',
         [id, slot, body.email, body.display_name],
@@ -479,11 +504,13 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': formatReadToken(result.readToken), location: `${PREFIX}/users/${id}` });
   }
 
-  async function getUser(userId: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async function getUser(userId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const id = parse(uuid, userId, 'path.id');
+    const q = parse(userQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
     const r = await deps.reads.withShardRead(id, async ({ client }) => (await client.query<UserRow>('select id, email, display_name, created_at from users where id = $1', [id])).rows, {
       ...(after ? { token: after } : {}),
+      ...(q.consistency === 'primary' ? { primary: true } : {}),
       deadlineMs: startDeadline().left(),
     });
     if (!r.value[0]) throw new HttpProblem({ status: 404, detail: `no user ${id}` });
@@ -497,7 +524,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const r = await deps.reads.withShardRead(
       id,
       async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where owner_id = $1 order by created_at desc, id limit $2`, [id, q.limit ?? 50])).rows,
-      { ...(after ? { token: after } : {}), deadlineMs: startDeadline().left() },
+      { ...(after ? { token: after } : {}), ...(q.consistency === 'primary' ? { primary: true } : {}), deadlineMs: startDeadline().left() },
     );
     send(res, 200, { owner_id: id, shard_id: r.shardId, served_by: r.servedBy, items: r.value });
   }
@@ -505,7 +532,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
   async function createDocument(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = parse(newDocumentSchema, await readJson(req), 'body');
     const id = randomUUID();
-    const result = await write(body.owner_id, `${PREFIX}/documents/${id}?owner=${body.owner_id}`, async ({ client, slot }) => {
+    const result = await write(body.owner_id, `${PREFIX}/documents/${id}?owner=${body.owner_id}&consistency=primary`, async ({ client, slot }) => {
       const owner = await client.query('select 1 from users where id = $1', [body.owner_id]);
       if (owner.rowCount === 0) return undefined;
       const { rows } = await client.query<DocumentRow>(
@@ -523,10 +550,12 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const q = parse(documentQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
     const deadline = startDeadline();
+    const onPrimary = q.consistency === 'primary';
     const ownerRead = async (owner: string) =>
       deps.reads
         .withShardRead(owner, async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where id = $1`, [id])).rows[0], {
           ...(after ? { token: after } : {}),
+          ...(onPrimary ? { primary: true } : {}),
           deadlineMs: deadline.left(),
         })
         .then((r) => (r.value ? { ...r.value, shard_id: r.shardId, served_by: r.servedBy } : undefined));
@@ -550,7 +579,12 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       const found = await oneCopyEach(owned.map((c) => ({ item: c.item, fenced: c.state === 'fenced' })), (d) => d.id, async (d) => ownerRead(d.owner_id));
       return { found, inTransit };
     };
-    let found: (Found | undefined)[] = owner === undefined ? (await everyShard(false)).found : [await ownerRead(owner)];
+    let first: { found: Found[]; inTransit: string[] } | undefined;
+    let found: (Found | undefined)[];
+    if (owner === undefined) {
+      first = await everyShard(onPrimary);
+      found = first.found;
+    } else found = [await ownerRead(owner)];
     // Replicas of different shards lag independently: one of the source, past a move, leaves the
     // row out while one of the target has not replayed the move in yet. A miss is confirmed on
     // the primaries, where a unit is owned by one shard at all times, but for the release's two
@@ -558,7 +592,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     // through its owner, which waits for the target to open (or answers a retryable 503), rather
     // than answer 404 for a document that exists.
     if (owner === undefined && found.length === 0) {
-      const onPrimaries = await everyShard(true);
+      const onPrimaries = onPrimary && first !== undefined ? first : await everyShard(true);
       found = onPrimaries.found;
       // Copies in transit may name different owners (a former owner's copy waiting for its
       // clean-up, the current owner's in a release): each is asked, and a read that could not be
@@ -598,7 +632,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       let m: RegExpExecArray | null;
       if (path === `${PREFIX}/users` && method === 'GET') await listUsers(url, res);
       else if (path === `${PREFIX}/users` && method === 'POST') await createUser(req, res);
-      else if ((m = /^\/api\/v1\/users\/([^/]+)$/.exec(path)) && method === 'GET') await getUser(decodeURIComponent(m[1] ?? ''), req, res);
+      else if ((m = /^\/api\/v1\/users\/([^/]+)$/.exec(path)) && method === 'GET') await getUser(decodeURIComponent(m[1] ?? ''), url, req, res);
       else if ((m = /^\/api\/v1\/users\/([^/]+)\/documents$/.exec(path)) && method === 'GET') await userDocuments(decodeURIComponent(m[1] ?? ''), url, req, res);
       else if (path === `${PREFIX}/documents` && method === 'POST') await createDocument(req, res);
       else if ((m = /^\/api\/v1\/documents\/([^/]+)$/.exec(path)) && method === 'GET') await getDocument(decodeURIComponent(m[1] ?? ''), url, req, res);
@@ -613,7 +647,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       if (error instanceof HttpProblem) sendProblem(res, error.problem);
       else {
         onError(error, { method, path });
-        sendProblem(res, unexpected(error, deadlineMs));
+        sendProblem(res, unexpected(error, deadlineMs, method === 'POST' ? 'write' : 'read'));
       }
     }
     return true;

@@ -105,6 +105,23 @@ describe('documents API against real PostgreSQL: honest answers to bad and hosti
     expect((good.body.items as { id: string }[]).map((d) => d.id)).toContain(doc.body.id);
   });
 
+  it('reads on the primary with ?consistency=primary, and refuses any other value (400 naming query.consistency)', async () => {
+    const doc = await api.request('POST', '/api/v1/documents', { owner_id: owner.id, title: 'on the primary' });
+    const reads = await Promise.all([
+      `/api/v1/users/${owner.id}?consistency=primary`,
+      `/api/v1/users/${owner.id}/documents?consistency=primary`,
+      `/api/v1/documents/${doc.body.id}?owner=${owner.id}&consistency=primary`,
+      `/api/v1/documents/${doc.body.id}?consistency=primary`,
+    ].map((path) => api.request('GET', path)));
+    const refused = await Promise.all([`/api/v1/users/${owner.id}?consistency=replica`, `/api/v1/documents/${doc.body.id}?consistency=`].map((path) => api.request('GET', path)));
+
+    expect(reads.map((r) => [r.status, r.body.served_by])).toEqual(Array.from({ length: 4 }, () => [200, `${owner.shard_id}/primary`]));
+    expect(refused.map((r) => [r.status, r.body.invalid_params?.[0]?.name])).toEqual([
+      [400, 'query.consistency'],
+      [400, 'query.consistency'],
+    ]);
+  });
+
   it('answers a malformed percent-escape in the path with 400', async () => {
     const res = await api.request('GET', '/api/v1/users/%zz/documents');
     expect(res.status).toBe(400);

@@ -1,9 +1,22 @@
 import { randomUUID } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ShardWriteError } from '../../../functions/adapters/postgres/write-transaction.js';
-import type { SilentRelay } from '../sharding/fixtures/silent-relay.js';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { createShardReader, ShardReadError } from '../../../functions/adapters/postgres/read-transaction.js';
+import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
+import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import { createShardWriter, routerForWrites, ShardWriteError, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
+import { startPgWireRecorder } from '../../support/pg-wire-recorder.js';
+import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
+import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
+import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
+import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { SilentRelay } from '../sharding/fixtures/silent-relay.js';
 import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
 
 describe('write deadlines stop the database too', () => {
@@ -53,6 +66,88 @@ describe('write deadlines stop the database too', () => {
     expect({ outcome: outcome.split(':')[0], rows: rows[0]?.n, detail: outcome }).toMatchObject({ outcome: 'failed', rows: 0 });
   });
 
+  /**
+   * The pool's one connection is held by another request until just past the deadline (within
+   * the client's 250 ms grace): the request that gets it then must not start at all.
+   */
+  it('does not start a write or a read whose connection came only after its deadline: deadline-exceeded, nothing sent', async () => {
+    const key = randomUUID();
+    const { shardId, slot } = await api.sharding.router.resolve(key);
+    const recorder = await startPgWireRecorder(Number(new URL(api.server.urlFor(shardId)).port));
+    const url = `postgresql://postgres:postgres@127.0.0.1:${recorder.port}/${shardId}`;
+    const pools = ShardPools.fromConfig(parseShardingConfig({ shards: [{ shard_id: shardId, database_url: url }], default_shard: shardId }), { max: 1 });
+    const pool = pools.primary(shardId).pool;
+    const router: WriteRouter = { routeForWrite: () => Promise.resolve({ shardId, slot, version: 1, viaDirectory: false }) };
+    const writer = createShardWriter({ router, primaries: new Map([[shardId, pool]]) });
+    const reader = new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 1 << 24, maxStateAgeMs: 120_000 }, intervalMs: 60_000 });
+    const reads = createShardReader({ router, reader });
+    try {
+      const late = async (work: () => Promise<unknown>): Promise<{ outcome: string; sent: string[] }> => {
+        const holder = await pool.connect();
+        await holder.query('select 1');
+        recorder.clear();
+        const outcome = work().then(
+          () => 'done',
+          (e: unknown) => (e instanceof ShardWriteError || e instanceof ShardReadError ? e.reason : String(e)),
+        );
+        await delay(300); // the deadline (200 ms) has passed; the grace (250 ms) has not
+        holder.release();
+        return { outcome: await outcome, sent: recorder.statements().map((s) => s.sql) };
+      };
+      const write = await late(() =>
+        writer.withShardWrite(
+          key,
+          async ({ client, slot: s }) => {
+            await client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [key, s, `${key}@example.org`, 'late']);
+            return 'written';
+          },
+          { deadlineMs: 200 },
+        ),
+      );
+      const { rows } = await api.primary(shardId).query<{ n: number }>('select count(*)::int as n from users where id = $1', [key]);
+      const read = await late(() => reads.withShardRead(key, async ({ client }) => (await client.query('select 1 from users where id = $1', [key])).rowCount, { deadlineMs: 200 }));
+
+      expect({ write, written: rows[0]?.n, read }).toEqual({ write: { outcome: 'deadline-exceeded', sent: [] }, written: 0, read: { outcome: 'deadline-exceeded', sent: [] } });
+    } finally {
+      reader.stop();
+      await pools.end();
+      await recorder.close();
+    }
+  });
+
+  it("reports a write whose statement someone else cancelled before its deadline as cancelled, not as its deadline's (nothing committed)", async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    const started = Date.now();
+    const write = api.sharding.writer
+      .withShardWrite(
+        key,
+        async ({ client, slot }) => {
+          await client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [key, slot, `${key}@example.org`, 'cancelled']);
+          await client.query('select pg_sleep(5) as dba_cancels_this');
+          return 'written';
+        },
+        { deadlineMs: 4000 },
+      )
+      .then(
+        () => ({ reason: 'committed', ms: Date.now() - started }),
+        (e: unknown) => ({ reason: e instanceof ShardWriteError ? e.reason : String(e), ms: Date.now() - started }),
+      );
+    // An operator cancels the statement (pg_cancel_backend), well before the write's deadline.
+    let cancelled = false;
+    for (let i = 0; i < 50 && !cancelled; i++) {
+      await delay(50);
+      const { rows } = await api
+        .primary(shardId)
+        .query<{ ok: boolean }>("select pg_cancel_backend(pid) as ok from pg_stat_activity where query like '%dba_cancels_this%' and state = 'active' and pid <> pg_backend_pid()");
+      cancelled = rows.some((r) => r.ok);
+    }
+    const outcome = await write;
+    const { rows } = await api.primary(shardId).query<{ n: number }>('select count(*)::int as n from users where id = $1', [key]);
+
+    expect({ cancelled, reason: outcome.reason, written: rows[0]?.n, beforeDeadline: outcome.ms < 4000 }).toEqual({ cancelled: true, reason: 'cancelled', written: 0, beforeDeadline: true });
+  });
+
   it('cancels a lock wait past its deadline', async () => {
     const key = randomUUID();
     const shardId = (await api.sharding.router.resolve(key)).shardId;
@@ -99,10 +194,10 @@ describe('the documents API with a silent shard primary', () => {
     expect(r.status).toBe(201);
     return { id: String(r.body.id), shardId: String(r.body.shard_id) };
   };
-  type Answer = { readonly status: number; readonly type: string; readonly retryAfter: string | null; readonly check: unknown; readonly ms: number };
+  type Answer = { readonly status: number; readonly type: string; readonly retryAfter: string | null; readonly check: unknown; readonly detail: string; readonly ms: number };
   const timed = async (method: string, path: string, body?: unknown): Promise<Answer | 'still waiting after 8 s'> => {
     const started = Date.now();
-    const answer = api.request(method, path, body).then((r): Answer => ({ status: r.status, type: String(r.body?.type), retryAfter: r.headers.get('retry-after'), check: r.body?.check, ms: Date.now() - started }));
+    const answer = api.request(method, path, body).then((r): Answer => ({ status: r.status, type: String(r.body?.type), retryAfter: r.headers.get('retry-after'), check: r.body?.check, detail: String(r.body?.detail), ms: Date.now() - started }));
     return Promise.race([answer, delay(8000).then(() => 'still waiting after 8 s' as const)]);
   };
   /** The owner's documents, read on the shard itself (not through the relay). */
@@ -122,8 +217,41 @@ describe('the documents API with a silent shard primary', () => {
     const answer = await timed('POST', '/api/v1/documents', { owner_id: owner.id, title: 'never written' });
     relayOf(owner.shardId).heal();
 
-    expect({ answer, written: await documentsOf(owner) }).toMatchObject({ answer: { status: 503, type: 'about:blank', retryAfter: expect.any(String) as unknown as string }, written: 0 });
+    expect({ answer, written: await documentsOf(owner) }).toMatchObject({
+      answer: { status: 503, type: 'about:blank', retryAfter: expect.any(String) as unknown as string, detail: expect.stringMatching(/nothing was written/) as unknown as string },
+      written: 0,
+    });
     expect(answer !== 'still waiting after 8 s' && answer.ms).toBeLessThan(WITHIN_MS);
+  }, 30_000);
+
+  it('answers a write an operator cancelled before its deadline with a retryable 503 that says so (not a 504, not the deadline)', async () => {
+    const owner = await newUser();
+    const pool = api.primary(owner.shardId);
+    // The shard holds the write's insert on a lock; an operator cancels it (pg_cancel_backend).
+    const holder = await pool.connect();
+    try {
+      await holder.query('begin');
+      await holder.query('lock table documents in access exclusive mode');
+      const answer = timed('POST', '/api/v1/documents', { owner_id: owner.id, title: 'cancelled by an operator' });
+      let cancelled = false;
+      for (let i = 0; i < 40 && !cancelled; i++) {
+        await delay(25);
+        // Not on the holder: its transaction would see one snapshot of pg_stat_activity.
+        const { rows } = await pool.query<{ ok: boolean }>(
+          "select pg_cancel_backend(pid) as ok from pg_stat_activity where wait_event_type = 'Lock' and query like 'insert into documents%' and pid <> pg_backend_pid()",
+        );
+        cancelled = rows.some((r) => r.ok);
+      }
+      const got = await answer;
+      expect({ cancelled, got }).toMatchObject({
+        cancelled: true,
+        got: { status: 503, type: 'about:blank', retryAfter: '1', detail: expect.stringMatching(/^the shard cancelled the write before its deadline; nothing was written; retry$/) as unknown as string },
+      });
+    } finally {
+      await holder.query('rollback');
+      holder.release();
+    }
+    expect(await documentsOf(owner)).toBe(0);
   }, 30_000);
 
   it('answers a write whose commit went unanswered with a 504 saying the outcome is unknown, not a retry', async () => {
@@ -147,12 +275,126 @@ describe('the documents API with a silent shard primary', () => {
     { read: "a user (the owner's shard)", path: (u: { id: string }) => `/api/v1/users/${u.id}` },
     { read: "a user's documents", path: (u: { id: string }) => `/api/v1/users/${u.id}/documents` },
     { read: 'a document by id on every shard', path: () => `/api/v1/documents/${randomUUID()}` },
-  ])('answers a read of $read by its deadline with a retryable 503', async ({ path }) => {
+  ])('answers a read of $read by its deadline with a retryable 503 that says nothing of writing', async ({ path }) => {
     const owner = await newUser();
     relayOf(owner.shardId).blackhole();
     const answer = await timed('GET', path(owner));
 
     expect(answer).toMatchObject({ status: 503, retryAfter: expect.any(String) as unknown as string });
+    expect(answer !== 'still waiting after 8 s' && answer.detail).toMatch(/^the shard did not answer the read within the request's 1000 ms deadline; retry$/);
     expect(answer !== 'still waiting after 8 s' && answer.ms).toBeLessThan(WITHIN_MS);
   }, 30_000);
+});
+
+/**
+ * A write whose commit's answer was lost (504), on a shard whose replica is held behind (its
+ * replay paused, still within max_replica_lag_seconds, so the reader serves reads from it). The
+ * `check` the 504 names must answer from the primary: a 404 from the lagging replica would have
+ * the client write the document a second time. The API's writes reach the primary through one
+ * path (relay `writes`, which loses the commit's answer), its reads through another (`reads`).
+ */
+describe("the 504's check with a replica held behind", () => {
+  const DEADLINE_MS = 1000;
+  let cluster: TestShardCluster;
+  let catalog: pg.Pool;
+  let sharding: ShardingRuntime;
+  let writes: SilentRelay;
+  let readsRelay: SilentRelay;
+  let writePool: pg.Pool;
+  let http: Server;
+  let url: string;
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 1, schema: true });
+    const primary = cluster.shards[0]?.primary;
+    if (primary === undefined) throw new Error('no primary');
+    const admin = new pg.Client({ connectionString: primary.url });
+    await admin.connect();
+    await admin.query('create database catalog');
+    await admin.end();
+    catalog = new pg.Pool({ connectionString: primary.urlFor('catalog'), max: 4 });
+    await runMigrations(catalog, 'sharding', resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations/sharding'));
+    writes = await SilentRelay.start(primary.port);
+    readsRelay = await SilentRelay.start(primary.port);
+    const shards = cluster.config.shards.map((s) => ({ ...s, database_url: readsRelay.url(s.database_url) }));
+    sharding = await createShardingRuntime({
+      config: parseShardingConfig({ ...cluster.config, shards, max_replica_lag_seconds: 60, health_check_interval_seconds: 1 }),
+      catalog,
+      actor: 'test',
+      readReplicas: true,
+    });
+    const { reader, reads } = sharding;
+    if (reader === undefined || reads === undefined) throw new Error('the runtime built no replica reader');
+    writePool = new pg.Pool({ connectionString: writes.url(primary.url), max: 2 });
+    writePool.on('error', () => undefined);
+    const writer = createShardWriter({ router: routerForWrites(sharding.router, sharding.slotMaps, sharding.directory), primaries: new Map([['shard_001', writePool]]) });
+    const route = createDocumentsRoute({ writer, reader, reads, shardIds: ['shard_001'], deadlineMs: DEADLINE_MS, onError: () => undefined });
+    http = createServer((req, res) => void Promise.resolve(route(req, res)).then((handled) => (handled ? undefined : res.writeHead(404).end())));
+    await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
+    url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+  }, 120_000);
+  afterAll(async () => {
+    await writes?.stop();
+    await readsRelay?.stop();
+    await new Promise<void>((ok) => (http ? http.close(() => ok()) : ok()));
+    await sharding?.close();
+    await writePool?.end();
+    await catalog?.end();
+    await cluster?.stop();
+  });
+
+  async function call(method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+    const res = await fetch(`${url}${path}`, { method, headers: body === undefined ? {} : { 'content-type': 'application/json' }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+    return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+  }
+
+  it('looks on the primary, so a committed write is found (200, never a lagging replica\'s 404), and answers 503 when the primary cannot be reached', async () => {
+    const replica = cluster.shards[0]?.replicas[0];
+    const primary = cluster.shards[0]?.primary;
+    if (replica === undefined || primary === undefined) throw new Error('no replica');
+    const user = await call('POST', '/api/v1/users', { email: `${randomUUID()}@example.org`, display_name: 'Lagged' });
+    expect(user.status).toBe(201);
+    const userId = String(user.body['id']);
+    // The reader serves this shard's reads from its replica.
+    let servedBy = '';
+    for (let i = 0; i < 100 && !servedBy.includes('replica'); i++) {
+      servedBy = String((await call('GET', `/api/v1/users/${userId}`)).body['served_by']);
+      if (!servedBy.includes('replica')) await delay(100);
+    }
+    expect(servedBy).toMatch(/replica/);
+    await replica.pauseReplay();
+    try {
+      writes.blackholeAfter('commit\u0000');
+      const answer = await call('POST', '/api/v1/documents', { owner_id: userId, title: 'committed, answer lost' });
+      writes.heal();
+      const direct = new pg.Client({ connectionString: primary.url });
+      await direct.connect();
+      const { rows } = await direct.query<{ n: number }>('select count(*)::int as n from documents where owner_id = $1', [userId]);
+      await direct.end();
+      const check = String(answer.body['check']);
+      // The replica still serves reads, and has not replayed the write.
+      const plain = await call('GET', check.replace(/[?&]consistency=primary/, ''));
+      const checked = await call('GET', check);
+      readsRelay.blackhole();
+      const unreachable = await call('GET', check);
+      readsRelay.heal();
+
+      expect({
+        answer: { status: answer.status, type: answer.body['type'] },
+        written: rows[0]?.n,
+        plain: { status: plain.status, served_by: plain.body['served_by'] },
+        checked: { status: checked.status, served_by: checked.body['served_by'] },
+        unreachable: { status: unreachable.status, retry: /retry/.test(String(unreachable.body['detail'])) },
+      }).toEqual({
+        answer: { status: 504, type: 'https://ca-dms-scaling.dev/problems/outcome-unknown' },
+        written: 1,
+        plain: { status: 404, served_by: undefined },
+        checked: { status: 200, served_by: 'shard_001/primary' },
+        unreachable: { status: 503, retry: true },
+      });
+    } finally {
+      writes.heal();
+      readsRelay.heal();
+      await replica.resumeReplay();
+    }
+  }, 60_000);
 });

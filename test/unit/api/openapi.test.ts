@@ -89,4 +89,9 @@ describe('the documents API OpenAPI document', () => {
     expect({ retryable, unknown }).toEqual({ retryable: ops.map(({ at }) => at), unknown: ops.filter(({ method }) => method === 'post').map(({ at }) => at) });
     expect((await new Validator().validate(doc as unknown as Record<string, unknown>)).errors ?? []).toEqual([]);
   });
+
+  it("says \"nothing was written\" only of writes' 503", () => {
+    const saysWritten = ops.filter(({ op }) => /nothing was written/.test(op.responses['503']?.description ?? '')).map(({ at }) => at);
+    expect(saysWritten).toEqual(ops.filter(({ method }) => method === 'post').map(({ at }) => at));
+  });
 });
