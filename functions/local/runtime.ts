@@ -44,7 +44,7 @@ import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js'
 import { SimulatedFleet } from '../adapters/sim/fleet.js';
 import { LiveLoad } from '../adapters/sim/live-load.js';
 import { readTraceFile } from '../adapters/sim/trace-file.js';
-import { createDocumentsRoute } from './documents-api.js';
+import { createDocumentsRoute, DEFAULT_REQUEST_DEADLINE_MS } from './documents-api.js';
 import { seedDemoData, type SeedOutcome } from './seed.js';
 
 const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../adapters/postgres/migrations');
@@ -54,6 +54,29 @@ const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../adapters
 export const LOCAL_MOVES_RESUME_MS = 15_000;
 /** How long stopping local mode waits for running moves to finish their step. */
 const MOVES_STOP_WAIT_MS = 10_000;
+/** Past a request's deadline, how long stopping local mode still waits for its answer to be written. */
+const DRAIN_MARGIN_MS = 1_000;
+/**
+ * How long stopping local mode waits for an evaluation round, and for a pool to end: a catalog
+ * that stopped answering (a hung or SIGSTOPped server) holds their queries for ever, since the
+ * catalog's pool has no query timeout. Past it the servers are stopped anyway (killed, if they
+ * do not act on signals), which ends those connections.
+ */
+const STOP_STEP_WAIT_MS = 3_000;
+
+/** Settles with `promise`, or after `ms` (never rejects): for the steps of a stop. */
+function within(ms: number, promise: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise.then(
+      () => undefined,
+      () => undefined,
+    ),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
 
 export const LOCAL_CONFIG_DOCUMENT: Readonly<Record<string, unknown>> = {
   // A trace replayed 60x faster changes in seconds, not minutes: evaluate and cool down accordingly.
@@ -166,7 +189,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
 
     const catalogPool = new pg.Pool({ connectionString: cluster.catalogUrl, max: 10, connectionTimeoutMillis: 3000, Client: ListeningClient });
     catalogPool.on('error', () => undefined);
-    cleanup.push(() => catalogPool.end());
+    cleanup.push(() => within(STOP_STEP_WAIT_MS, catalogPool.end()));
     await runMigrations(catalogPool, 'catalog', join(MIGRATIONS, 'catalog'));
     await runMigrations(catalogPool, 'sharding', join(MIGRATIONS, 'sharding'));
 
@@ -182,7 +205,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       ),
     );
     const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' }, readReplicas: true });
-    cleanup.push(() => sharding.close());
+    cleanup.push(() => within(STOP_STEP_WAIT_MS, sharding.close()));
     const { primaries, router, writer, slotMaps, mover, pools } = sharding;
     const { reader, reads } = sharding;
     if (!reader || !reads) throw new Error('unreachable: the runtime was asked for a replica reader');
@@ -260,7 +283,6 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
         createDocumentsRoute({ writer, reader, reads, shardIds: pools.shardIds(), ...(options.requestDeadlineMs === undefined ? {} : { deadlineMs: options.requestDeadlineMs }) }),
       ],
     });
-    cleanup.push(() => server.close());
 
     // The scheduled evaluation, at the interval the catalog's configuration says (re-read each round).
     let timer: NodeJS.Timeout | undefined;
@@ -286,11 +308,16 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       }, seconds * 1000);
     };
     schedule(config.check_interval);
+    const drainMs = (options.requestDeadlineMs ?? DEFAULT_REQUEST_DEADLINE_MS) + DRAIN_MARGIN_MS;
     cleanup.push(async () => {
       running = false;
       if (timer) clearTimeout(timer);
       clearInterval(resumeMoves);
-      await round;
+      // The port first: no new request, and every request under way answered (a write holds its
+      // shard connection until its commit's answer, at most its deadline) before anything below
+      // it is stopped, so a committed write is not cut off unanswered.
+      await server.close({ drainMs });
+      await within(STOP_STEP_WAIT_MS, round);
       // A move stops safely anywhere (its job resumes at the next start): its runs get a few
       // seconds to finish a step, not the whole move.
       await Promise.race([Promise.allSettled([...moves]), new Promise((resolve) => setTimeout(resolve, MOVES_STOP_WAIT_MS).unref())]);

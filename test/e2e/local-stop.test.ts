@@ -6,10 +6,11 @@
  * `npm start`, again and again on the same data directory.
  */
 import { existsSync } from 'node:fs';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { bareCopy, eventually, postgresProcessesUnder, startLocalProcess, tempDataDir, type LocalProcess } from './support/local-process.js';
+import { bareCopy, descendantsOf, eventually, postgresProcessesUnder, startLocalProcess, tempDataDir, type LocalProcess } from './support/local-process.js';
 
 const SMALL = ['--shards', '1', '--replicas', '1', '--seed-users', '0'];
 /** The issue's bound: every server the run started is gone within 10 s of the signal. */
@@ -89,4 +90,126 @@ describe('stopping npm start', () => {
     expect(next.output()).toMatch(/cleared the lock of an earlier run that did not stop cleanly \(pid \d+/);
     expect(await next.stop('SIGTERM')).toBe(0);
   }, 120_000);
+});
+
+/** The catalog server's postmaster and every process under it (its backends). */
+async function catalogProcesses(dataDir: string): Promise<number[]> {
+  const pm = Number((await readFile(join(dataDir, 'pg', 'catalog', 'postmaster.pid'), 'utf8')).split('\n')[0]);
+  return [pm, ...(await descendantsOf(pm)).map((p) => p.pid)];
+}
+
+/** Whatever a test left of a run: stopped servers continued, and every process of its data killed. */
+async function killLeftovers(dataDir: string): Promise<void> {
+  for (const pid of await postgresProcessesUnder(dataDir)) {
+    for (const signal of ['SIGCONT', 'SIGKILL'] as const) {
+      try {
+        process.kill(pid, signal);
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
+
+const DOCUMENTS_API = '/api/v1/documents';
+
+/**
+ * Stops that meet a fault: a catalog server that no longer answers (SIGSTOP), a run killed while
+ * one was stopped, a write in flight at SIGTERM. Each runs the CLI itself (`node bin/cli.ts
+ * start`, no replicas) on its own data directory.
+ */
+describe('stopping local mode under faults', () => {
+  const runs: LocalProcess[] = [];
+  const dirs: string[] = [];
+
+  afterAll(async () => {
+    for (const run of runs) await run.stop('SIGKILL');
+    for (const dir of dirs) {
+      await killLeftovers(dir);
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  const start = async (dataDir: string, args: readonly string[] = [], env: Readonly<Record<string, string>> = {}): Promise<LocalProcess> => {
+    const run = await startLocalProcess({ dataDir, args: ['--replicas', '0', ...args], env });
+    runs.push(run);
+    return run;
+  };
+
+  it('stops within its bound when the catalog server stopped answering (SIGSTOP) after a move was started, leaving no PostgreSQL process', async () => {
+    const dataDir = await tempDataDir();
+    dirs.push(dataDir);
+    // An evaluation round every second, so one is waiting on the catalog when the stop comes.
+    const run = await start(dataDir, ['--shards', '2', '--seed-users', '5'], { SCALING_CHECK_INTERVAL: '1' });
+    const users = (await (await fetch(`${run.url}/api/v1/users?limit=1`)).json()) as { items?: Array<{ id: string }> } | Array<{ id: string }>;
+    const first = Array.isArray(users) ? users[0] : users.items?.[0];
+    const route = (await (await fetch(`${run.url}/api/v1/scaling/shards/route?key=${first?.id ?? '2f3e4d5c-6b7a-4981-a0b1-c2d3e4f5a6b7'}`)).json()) as { shard_id: string; slot: number };
+    const to = route.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
+    const move = await fetch(`${run.url}/api/v1/scaling/shards/moves`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to }) });
+    expect(move.status).toBe(202);
+
+    for (const pid of await catalogProcesses(dataDir)) process.kill(pid, 'SIGSTOP');
+    await new Promise((r) => setTimeout(r, 2000));
+    const stopped = Date.now();
+    const code = await Promise.race([run.stop('SIGTERM'), new Promise<'hung'>((r) => setTimeout(() => r('hung'), 45_000))]);
+    expect({ code, processes: await postgresProcessesUnder(dataDir) }).toEqual({ code: 0, processes: [] });
+    expect(Date.now() - stopped).toBeLessThan(45_000);
+  }, 180_000);
+
+  it('starts on the data of a run killed outright while its catalog server was stopped (SIGSTOP), stopping the leftover server', async () => {
+    const dataDir = await tempDataDir();
+    dirs.push(dataDir);
+    const killed = await start(dataDir, ['--shards', '1', '--seed-users', '0']);
+    for (const pid of await catalogProcesses(dataDir)) process.kill(pid, 'SIGSTOP');
+    await killed.stop('SIGKILL');
+
+    const next = await Promise.race([start(dataDir, ['--shards', '1', '--seed-users', '0']), new Promise<'hung'>((r) => setTimeout(() => r('hung'), 60_000))]);
+    expect(next === 'hung' ? 'hung' : next.output()).toMatch(/stopped catalog \(pid \d+\), left running by a run that did not stop cleanly/);
+    if (next !== 'hung') expect(await next.stop('SIGTERM')).toBe(0);
+    expect(await postgresProcessesUnder(dataDir)).toEqual([]);
+  }, 180_000);
+
+  it('answers a write that is in flight when SIGTERM comes, once it commits, before closing the port', async () => {
+    const dataDir = await tempDataDir();
+    dirs.push(dataDir);
+    const run = await start(dataDir, ['--shards', '1', '--seed-users', '1']);
+    const users = (await (await fetch(`${run.url}/api/v1/users?limit=1`)).json()) as { items?: Array<{ id: string }> } | Array<{ id: string }>;
+    const owner = (Array.isArray(users) ? users[0] : users.items?.[0])?.id;
+    expect(owner).toBeDefined();
+    const port = /shard_001\/primary:(\d+)/.exec(run.output())?.[1];
+    const { password } = JSON.parse(await readFile(join(dataDir, 'pg', 'cluster.json'), 'utf8')) as { password: string };
+    const holder = new pg.Client({ connectionString: `postgresql://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/ca_dms` });
+    holder.on('error', () => undefined);
+    await holder.connect();
+    try {
+      // Inserts into documents wait behind this lock: the write is in flight, not yet committed.
+      await holder.query('begin');
+      await holder.query('lock table documents in share mode');
+      const title = `in flight at SIGTERM ${Date.now()}`;
+      const write = fetch(`${run.url}${DOCUMENTS_API}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ owner_id: owner, title }) }).then(
+        async (res) => ({ status: res.status, body: await res.text() }),
+        (error: unknown) => ({ status: 0, body: String((error as Error).cause ?? error) }),
+      );
+      await eventually(
+        async () => ((await holder.query<{ n: number }>("select count(*)::int as n from pg_locks where relation = 'documents'::regclass and not granted")).rows[0]?.n ? true : undefined),
+        10_000,
+        'the write waiting on the lock',
+      );
+      const exited = run.stop('SIGTERM');
+      await new Promise((r) => setTimeout(r, 500));
+      await holder.query('commit');
+      const answer = await write;
+      // Answered 201 once committed (not a closed connection that leaves the client guessing).
+      expect({ status: answer.status, body: answer.status === 201 ? '' : answer.body }).toEqual({ status: 201, body: '' });
+      expect(await exited).toBe(0);
+      // And it is there, once, after a restart on the same data.
+      const { id } = JSON.parse(answer.body) as { id?: string };
+      const next = await start(dataDir, ['--shards', '1', '--seed-users', '1']);
+      const found = (await (await fetch(`${next.url}/api/v1/users/${owner}/documents?limit=200`)).json()) as { items: Array<{ id: string; title: string }> };
+      expect(found.items.filter((d) => d.title === title).map((d) => d.id)).toEqual([id]);
+      expect(await next.stop('SIGTERM')).toBe(0);
+    } finally {
+      await holder.end().catch(() => undefined);
+    }
+  }, 180_000);
 });

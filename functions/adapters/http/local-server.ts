@@ -68,8 +68,12 @@ export interface LocalServer {
   readonly server: Server;
   /** Starts answering with `routes` (replacing the 503 "starting" of {@link bindLocalServer}). */
   serve(routes: LocalRoutes): void;
-  /** Closes every connection and the port; later calls return the same promise. */
-  close(): Promise<void>;
+  /**
+   * Closes the port and every connection; later calls return the same promise. With `drainMs`,
+   * requests under way first get up to that long to be answered (a write that commits meanwhile
+   * is answered, not cut off); idle connections close at once and no new one is accepted.
+   */
+  close(options?: { readonly drainMs?: number }): Promise<void>;
 }
 
 export class PortInUseError extends Error {
@@ -328,8 +332,16 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
   // The response under way on each connection: a parser error or a timeout may answer only
   // while nothing of a response has been written.
   const responding = new WeakMap<Duplex, ServerResponse>();
+  // Requests under way (received, not yet answered), so a close can let them finish.
+  let underWay = 0;
+  const allAnswered = new Set<() => void>();
   const server = createServer({ requestTimeout: timeoutMs, headersTimeout: timeoutMs, connectionsCheckingInterval: Math.min(1000, timeoutMs / 2) }, (req, res) => {
     responding.set(req.socket, res);
+    underWay++;
+    res.once('close', () => {
+      underWay--;
+      if (underWay === 0) for (const done of allAnswered) done();
+    });
     // A conditional GET (If-None-Match) may get a 304 instead: it always goes to the routes.
     const reusable = serving && dispatch !== undefined && req.method === 'GET' && req.headers['if-none-match'] === undefined && bodiless(req);
     if (reusable) {
@@ -419,12 +431,26 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
       replies.changes = routes.changes ?? (() => 0);
       serving = true;
     },
-    close() {
+    close(closeOptions) {
       // Once: local mode closes it both in order and on a failed start.
-      closing ??= new Promise<void>((resolve) => {
+      closing ??= (async () => {
+        // No new connection from here on; idle ones are closed (Node's close does both).
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        const drainMs = closeOptions?.drainMs ?? 0;
+        if (drainMs > 0 && underWay > 0) {
+          await new Promise<void>((resolve) => {
+            const done = (): void => {
+              clearTimeout(timer);
+              allAnswered.delete(done);
+              resolve();
+            };
+            const timer = setTimeout(done, drainMs);
+            allAnswered.add(done);
+          });
+        }
         server.closeAllConnections();
-        server.close(() => resolve());
-      });
+        await closed;
+      })();
       return closing;
     },
   };

@@ -16,13 +16,15 @@
  *   ("could not bind ... Address already in use"), removing its own `postmaster.pid`, and we
  *   start it again on another port, up to {@link PORT_ATTEMPTS} times.
  * - Stopping is a fast shutdown (SIGINT) of replicas first, then primaries; a server that does
- *   not exit within 4 s gets an immediate shutdown (SIGQUIT), so a stop ends within 10 s. Servers
+ *   not exit within 4 s gets an immediate shutdown (SIGQUIT), and one that has still not exited 3 s
+ *   later (stopped by SIGSTOP, hung) is killed with its processes (SIGKILL; the next start
+ *   recovers it), so a stop ends within 10 s. Servers
  *   run in their own process group, so a terminal's Ctrl-C reaches only our process, which then
  *   stops them in order. Their lifetime is tied to ours: each is started through util-linux's
  *   `setpriv --pdeathsig SIGINT`, so the kernel asks it to shut down when our process dies, however
  *   it dies (SIGKILL, a crash). Should a server still outlive us (no `setpriv` on this system),
- *   the next start finds its `postmaster.pid` and stops it (only a process whose command line
- *   names that data directory), and says so.
+ *   the next start finds its `postmaster.pid` and stops it the same way, a stopped (SIGSTOP) one
+ *   included (only a process whose command line names that data directory), and says so.
  *
  * PostgreSQL refuses to run as root; when we are root the servers run as the `postgres` OS user,
  * which owns the data directories (mode 0700). Every parent of the root must be traversable by it.
@@ -37,7 +39,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { openSync, closeSync, readFileSync, existsSync } from 'node:fs';
+import { openSync, closeSync, readdirSync, readFileSync, existsSync } from 'node:fs';
 import { appendFile, chmod, chown, copyFile, lstat, mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { userInfo } from 'node:os';
@@ -133,6 +135,8 @@ const CATALOG_DATABASE = 'catalog';
 const USER = 'postgres';
 /** Fast shutdown, then immediate: replicas then primaries each get this long, within 10 s in all. */
 const STOP_GRACE_MS = 4_000;
+/** How long after the immediate shutdown a server that has still not exited is killed (SIGKILL). */
+const KILL_GRACE_MS = 3_000;
 const READY_TIMEOUT_MS = 60_000;
 /** Start attempts per server when the chosen port turns out taken by the time PostgreSQL binds it. */
 export const PORT_ATTEMPTS = 5;
@@ -205,6 +209,50 @@ function isAlive(pid: number): boolean {
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/** The pids whose parent is `pid` (a postmaster's backends and auxiliary processes), from /proc. */
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+/** Sends `signal` to a postmaster and every process under it; a process already gone is skipped. */
+function signalServerTree(pid: number, signal: NodeJS.Signals): void {
+  // The children first: once the postmaster is gone they are another parent's and cannot be found.
+  for (const target of [...childrenOf(pid), pid]) {
+    try {
+      process.kill(target, signal);
+    } catch {
+      // gone meanwhile
+    }
+  }
+}
+
+/**
+ * The last resort of a stop that an immediate shutdown did not end (a server stopped by SIGSTOP,
+ * or hung): it and its processes are continued, so the pending SIGQUIT is acted on, and
+ * {@link KILL_GRACE_MS} later killed. A stop thus ends within STOP_GRACE_MS + KILL_GRACE_MS.
+ */
+function escalate(pid: number): NodeJS.Timeout {
+  signalServerTree(pid, 'SIGQUIT');
+  signalServerTree(pid, 'SIGCONT');
+  return setTimeout(() => signalServerTree(pid, 'SIGKILL'), KILL_GRACE_MS);
 }
 
 /**
@@ -346,8 +394,10 @@ class Server {
     process.kill(pid, 'SIGINT');
     const deadline = Date.now() + STOP_GRACE_MS;
     while (isAlive(pid) && Date.now() < deadline) await sleep(50);
-    if (isAlive(pid)) process.kill(pid, 'SIGQUIT');
+    // A server that does not act on signals (stopped by SIGSTOP, hung) is continued, then killed.
+    const kill = isAlive(pid) ? escalate(pid) : undefined;
     while (isAlive(pid)) await sleep(50);
+    clearTimeout(kill);
     return pid;
   }
 
@@ -417,9 +467,15 @@ class Server {
     if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
     const exited = new Promise<void>((r) => proc.once('exit', () => r()));
     proc.kill('SIGINT');
-    const timer = setTimeout(() => proc.kill('SIGQUIT'), STOP_GRACE_MS);
+    let kill: NodeJS.Timeout | undefined;
+    const pid = proc.pid;
+    const timer = setTimeout(() => {
+      if (pid === undefined) proc.kill('SIGQUIT');
+      else kill = escalate(pid);
+    }, STOP_GRACE_MS);
     await exited;
     clearTimeout(timer);
+    clearTimeout(kill);
   }
 }
 
