@@ -71,6 +71,18 @@ async function relayedPool(url: string, max = 4): Promise<{ relay: SilentRelay; 
   return { relay, pool };
 }
 
+/**
+ * The moves function's catalog pool (`createPool`: one connection, a 12 s query timeout,
+ * keepalive; `overrides` replace its settings) reaching the catalog through a relay that can go silent.
+ */
+async function relayedCatalog(overrides?: Parameters<typeof createPool>[2]): Promise<{ relay: SilentRelay; catalog: pg.Pool }> {
+  const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
+  relays.push(relay);
+  const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined, overrides);
+  pools.push(catalog);
+  return { relay, catalog };
+}
+
 describe("the target's connection goes silent while the source is fenced", () => {
   it('gives the fence up within a bound of its budget, so writes to the unit are not held until the function is killed', async () => {
     const slot = 630;
@@ -306,11 +318,8 @@ describe('the catalog goes silent inside the flip', () => {
     const slot = 650;
     const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 5), 2);
-    const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
-    relays.push(relay);
     // The moves function's catalog pool (one connection, its query timeout, keepalive).
-    const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined);
-    pools.push(catalog);
+    const { relay, catalog } = await relayedCatalog();
     const silent = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100 });
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     relay.blackholeAfter('flip_started_at = clock_timestamp()');
@@ -345,11 +354,8 @@ describe('the catalog goes silent under a move run (Lambda pool settings)', () =
     const slot = 680;
     const { to, source } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 5), 2);
-    const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
-    relays.push(relay);
     // The moves function's catalog pool, its query timeout shortened from 12 s.
-    const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined, { query_timeout: 1500 });
-    pools.push(catalog);
+    const { relay, catalog } = await relayedCatalog({ query_timeout: 1500 });
     const mover = (hook?: () => void): Mover =>
       new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100, ...(hook ? { hook: (point) => (point === 'copied' ? hook() : undefined) } : {}) });
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
@@ -391,11 +397,8 @@ describe('the catalog goes silent under the fence, before the flip (Lambda pool 
   ])('$at: gives the fence back within a bound of its budget, and the job resumes', async ({ slot, point }) => {
     const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 5), 2);
-    const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
-    relays.push(relay);
     // The moves function's catalog pool, as it is (one connection, a 12 s query timeout).
-    const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined);
-    pools.push(catalog);
+    const { relay, catalog } = await relayedCatalog();
     let fencedAt = 0;
     const silent = new Mover({
       catalog,
@@ -537,11 +540,8 @@ describe('one idle pooled connection goes silent, new connections work', () => {
     const slot = 694;
     const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 5), 2);
-    const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
-    relays.push(relay);
     // The moves function's catalog pool, as it is (one connection, a 12 s query timeout).
-    const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined);
-    pools.push(catalog);
+    const { relay, catalog } = await relayedCatalog();
     await catalog.query('select 1'); // its one connection, idle in the pool (a warm container)
     const mover = (): Mover => new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100 });
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
@@ -622,10 +622,7 @@ describe('the catalog goes silent under the fence after an earlier attempt gave 
     const slot = 696;
     const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 5), 2);
-    const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
-    relays.push(relay);
-    const catalog = await createPool({ url: relay.url(env.urls.catalog) }, undefined);
-    pools.push(catalog);
+    const { relay, catalog } = await relayedCatalog();
     const locker = await env.catalog.connect();
     let fences = 0;
     let fencedAt = 0;
