@@ -184,18 +184,7 @@ describe("a stale run that never sent a flip reopens its fence after another run
     await seedUsers(source, slot, keysInSlot(slot, 4), 2);
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     // Each run stops dead at a point with its lease expired, as if it stalled there.
-    const runUntil = (point: MoveHookPoint): Promise<unknown> =>
-      env
-        .mover({
-          readerGraceMs: 0,
-          async hook(reached) {
-            if (reached !== point) return;
-            await env.catalog.query('update catalog.move_jobs set lease_expires_at = clock_timestamp() where id = $1', [planned.id]);
-            throw new Error(`stalled at ${point}`);
-          },
-        })
-        .run(planned.id)
-        .catch((err: unknown) => err);
+    const runUntil = (point: MoveHookPoint): Promise<unknown> => moverKilledAt(env, point).run(planned.id).catch((err: unknown) => err);
     await runUntil('fenced');
     const { rows: first } = await env.catalog.query<{ epoch: string }>('select lease_epoch as epoch from catalog.move_jobs where id = $1', [planned.id]);
     const stalled = await env.mover().get(planned.id);

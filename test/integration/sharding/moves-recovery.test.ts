@@ -5,7 +5,7 @@ import { MoverCatalog } from '../../../functions/adapters/postgres/mover-catalog
 import { MoveBusyError, MoveLeaseLostError, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { MOVE_CRASH_POINTS } from '../../../functions/core/sharding/move-machine.js';
 import { countSlot, documentsOf, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
-import { runAndKill, runAndKillKeepingLease, waitForLeaseLapsed } from './fixtures/kill.js';
+import { moverKilledAt, runAndKill, runAndKillKeepingLease, waitForLeaseLapsed } from './fixtures/kill.js';
 import { startWorkload } from './fixtures/workload.js';
 import { inTransaction } from '../../../functions/adapters/postgres/transaction.js';
 
@@ -194,18 +194,7 @@ describe('a move killed at any step', () => {
     await seedUsers(source, slot, keysInSlot(slot, 10), 5);
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     // Each run stops dead at a step with its lease expired, as if it stalled there.
-    const runUntil = (point: MoveHookPoint): Promise<unknown> =>
-      env
-        .mover({
-          readerGraceMs: 0,
-          async hook(reached) {
-            if (reached !== point) return;
-            await env.catalog.query('update catalog.move_jobs set lease_expires_at = clock_timestamp() where id = $1', [planned.id]);
-            throw new Error(`stalled at ${point}`);
-          },
-        })
-        .run(planned.id)
-        .catch((err: unknown) => err);
+    const runUntil = (point: MoveHookPoint): Promise<unknown> => moverKilledAt(env, point).run(planned.id).catch((err: unknown) => err);
     await runUntil('fenced');
     const { rows: first } = await env.catalog.query<{ epoch: string }>('select lease_epoch as epoch from catalog.move_jobs where id = $1', [planned.id]);
     // A second run takes the job over, fences the unit again and catches up, then holds the fence.
