@@ -1,9 +1,10 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MigrationError, runMigrations, type LockRetryEvent } from '../../functions/adapters/postgres/migrate.js';
+import { migrateAll } from '../../functions/handlers/shared/migrations.js';
 import { startTestPostgres, type TestPostgres } from '../support/postgres.js';
 
 describe('migration runner', () => {
@@ -36,6 +37,103 @@ describe('migration runner', () => {
     const dir = await folder({ '001_a.sql': 'create table t_conc (id int);' });
     const results = await Promise.all([1, 2, 3].map(() => runMigrations(pool, 'set-conc', dir)));
     expect(results.flatMap((r) => r.applied)).toEqual(['001_a.sql']);
+  });
+
+  it('lets two runners of each of two sets on a fresh database apply every migration exactly once, and reads of the record go on meanwhile', async () => {
+    await pool.query('create database mig_fresh');
+    const fresh = new pg.Pool({ connectionString: server.urlFor('mig_fresh'), max: 8 });
+    try {
+      const a = await folder({ '001_a.sql': 'create table fa1 (id int);', '002_a.sql': 'select pg_sleep(0.4); create table fa2 (id int);', '003_a.sql': 'create table fa3 (id int);' });
+      const b = await folder({ '001_b.sql': 'create table fb1 (id int);', '002_b.sql': 'select pg_sleep(0.4); create table fb2 (id int);' });
+      const runs = Promise.all([runMigrations(fresh, 'fa', a), runMigrations(fresh, 'fb', b), runMigrations(fresh, 'fa', a), runMigrations(fresh, 'fb', b)]);
+      // A reader of the record (a function's check) is not held up by a running migration.
+      await new Promise((r) => setTimeout(r, 300));
+      const reader = await fresh.connect();
+      let read: string;
+      try {
+        await reader.query("set lock_timeout = '200ms'");
+        read = await reader.query('select count(*) from catalog.schema_migrations').then(() => 'read', (e: { code?: string }) => String(e.code));
+      } finally {
+        reader.release();
+      }
+      const results = await runs;
+      const bySet = (set: string): string[] => results.filter((r) => r.set === set).flatMap((r) => r.applied).sort();
+      expect(read).toBe('read');
+      expect({ fa: bySet('fa'), fb: bySet('fb') }).toEqual({ fa: ['001_a.sql', '002_a.sql', '003_a.sql'], fb: ['001_b.sql', '002_b.sql'] });
+      expect(results.map((r) => r.applied.length + r.alreadyApplied)).toEqual([3, 2, 3, 2]);
+      const { rows } = await fresh.query<{ n: number }>('select count(*)::int as n from catalog.schema_migrations');
+      expect(rows[0]?.n).toBe(5);
+      // Partly migrated: a third migration, two runners again.
+      await writeFile(join(b, '003_b.sql'), 'create table fb3 (id int);');
+      const again = await Promise.all([runMigrations(fresh, 'fb', b), runMigrations(fresh, 'fb', b)]);
+      expect(again.flatMap((r) => r.applied)).toEqual(['003_b.sql']);
+      expect(again.map((r) => r.alreadyApplied).sort()).toEqual([2, 3]);
+    } finally {
+      await fresh.end();
+    }
+  });
+
+  it("waits for another runner's migration longer than the login's statement timeout (catalog migration 005's)", async () => {
+    await pool.query('create database mig_timeout');
+    await pool.query("alter role postgres in database mig_timeout set statement_timeout = '1s'");
+    const db = new pg.Pool({ connectionString: server.urlFor('mig_timeout'), max: 4 });
+    try {
+      const dir = await folder({ '001_a.sql': 'create table tt1 (id int);', '002_slow.sql': 'select pg_sleep(2.5); create table tt2 (id int);' });
+      await runMigrations(db, 'slow', await folder({ '001_a.sql': 'create table tt1 (id int);' }));
+      const first = runMigrations(db, 'slow', dir);
+      await new Promise((r) => setTimeout(r, 500));
+      const second = await runMigrations(db, 'slow', dir).catch((e: unknown) => String(e));
+      expect(await first).toEqual({ set: 'slow', applied: ['002_slow.sql'], alreadyApplied: 1 });
+      expect(second).toEqual({ set: 'slow', applied: [], alreadyApplied: 2 });
+    } finally {
+      await db.end();
+    }
+  });
+
+  it('lets two deploys migrate every set at once (catalog and sharding in the first shard\'s database), each migration applied once', async () => {
+    await pool.query('create database real_1');
+    await pool.query('create database real_2');
+    const first = new pg.Pool({ connectionString: server.urlFor('real_1'), max: 4 });
+    const second = new pg.Pool({ connectionString: server.urlFor('real_2'), max: 4 });
+    try {
+      const runs = await Promise.all([migrateAll({ catalog: first, shards: [first, second] }), migrateAll({ catalog: first, shards: [first, second] })]);
+      const count = async (set: string): Promise<number> => (await readdir(join(import.meta.dirname, '../../functions/adapters/postgres/migrations', set))).filter((f) => f.endsWith('.sql')).length;
+      const applied = new Map<string, string[]>();
+      for (const s of runs.flat()) applied.set(`${s.target} ${s.set}`, [...(applied.get(`${s.target} ${s.set}`) ?? []), ...s.applied]);
+      const recorded = async (db: pg.Pool, set: string): Promise<number> =>
+        (await db.query<{ n: number }>('select count(*)::int as n from catalog.schema_migrations where set_name = $1', [set])).rows[0]?.n ?? 0;
+
+      expect([await recorded(first, 'catalog'), await recorded(first, 'sharding'), await recorded(first, 'shard'), await recorded(second, 'shard')]).toEqual([
+        await count('catalog'),
+        await count('sharding'),
+        await count('shard'),
+        await count('shard'),
+      ]);
+      for (const [key, names] of applied) expect({ key, applied: names.sort() }).toEqual({ key, applied: [...new Set(names)].sort() });
+      for (const s of runs.flat()) expect(s.applied.length + s.alreadyApplied).toBe(await count(s.set));
+      expect(runs.flat().reduce((n, s) => n + s.applied.length, 0)).toBe((await count('catalog')) + (await count('sharding')) + 2 * (await count('shard')));
+    } finally {
+      await first.end();
+      await second.end();
+    }
+  });
+
+  it('fails both of two runners on a broken migration, leaving the record at the one before', async () => {
+    const dir = await folder({ '001_ok.sql': 'select pg_sleep(0.2); create table t_two_ok (id int);', '002_bad.sql': 'select pg_sleep(0.2); create tabel t_two_bad (id int);' });
+    const outcomes = await Promise.allSettled([runMigrations(pool, 'set-two-bad', dir), runMigrations(pool, 'set-two-bad', dir)]);
+    const { rows } = await pool.query<{ name: string }>("select name from catalog.schema_migrations where set_name = 'set-two-bad' order by version");
+
+    expect(outcomes.map((o) => (o.status === 'rejected' ? String(o.reason) : 'applied'))).toEqual([expect.stringMatching(/002_bad.sql failed: syntax error/), expect.stringMatching(/002_bad.sql failed: syntax error/)]);
+    expect(rows.map((r) => r.name)).toEqual(['001_ok.sql']);
+  });
+
+  it('stops a runner that finds a migration another runner applied with other contents', async () => {
+    const mine = await folder({ '001_a.sql': 'select pg_sleep(0.3); create table t_other (id int);' });
+    const theirs = await folder({ '001_a.sql': 'select pg_sleep(0.3); create table t_other (id bigint);' });
+    const outcomes = await Promise.allSettled([runMigrations(pool, 'set-other', mine), runMigrations(pool, 'set-other', theirs)]);
+    expect(outcomes.map((o) => o.status).sort()).toEqual(['fulfilled', 'rejected']);
+    const rejected = outcomes.find((o) => o.status === 'rejected');
+    expect(rejected?.status === 'rejected' ? String(rejected.reason) : '').toMatch(/applied by another runner with other contents/);
   });
 
   it('rolls back a failing migration and keeps earlier ones', async () => {
@@ -158,6 +256,29 @@ describe('migration runner', () => {
       expect(retries[0]?.blockers.map((b) => b.pid)).toContain(blocker.pid);
       const { rows } = await pool.query("select column_name from information_schema.columns where table_name = 't_retry' order by ordinal_position");
       expect(rows.map((r: { column_name: string }) => r.column_name)).toEqual(['id', 'v']);
+    });
+
+    it('skips, on its retry, a migration another runner applied while it paused after a lock wait', async () => {
+      await pool.query('create table t_paused (id int)');
+      const dir = await folder({ '001_alter.sql': 'alter table t_paused add column v text;', '002_more.sql': 'alter table t_paused add column w text;' });
+      const blocker = await session();
+      await blocker.client.query('begin');
+      await blocker.client.query('select * from t_paused');
+      let other: Awaited<ReturnType<typeof runMigrations>> | undefined;
+      const result = await runMigrations(pool, 'set-paused', dir, {
+        lockTimeoutMs: 200,
+        lockAttempts: 3,
+        retryPauseMs: 0,
+        onLockRetry: async () => {
+          if (other) return;
+          await blocker.client.end();
+          other = await runMigrations(pool, 'set-paused', dir, { lockTimeoutMs: 200 });
+        },
+      });
+      expect(other).toEqual({ set: 'set-paused', applied: ['001_alter.sql', '002_more.sql'], alreadyApplied: 0 });
+      expect(result).toEqual({ set: 'set-paused', applied: [], alreadyApplied: 2 });
+      const { rows } = await pool.query<{ n: number }>("select count(*)::int as n from catalog.schema_migrations where set_name = 'set-paused'");
+      expect(rows[0]?.n).toBe(2);
     });
 
     it('tries a migration again when it loses a deadlock with a writer, and applies it', async () => {

@@ -191,6 +191,44 @@ describe('catalog store: alarms and locks', () => {
     expect(after).toEqual({ acquired: true, value: 'ran' });
   });
 
+  it('lets one of several first evaluations of a new service hold it; a waiting one gets it when the holder ends', async () => {
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => (release = r));
+    let ran = 0;
+    const calls = [1, 2, 3].map(() =>
+      store.withServiceLock('brand-new-svc', async () => {
+        ran++;
+        await held;
+        return 'ran';
+      }),
+    );
+    // Two stand aside at once (settle while the holder still holds); then the holder is released.
+    const settled: unknown[] = [];
+    calls.forEach((c) => void c.then((r) => settled.push(r)));
+    for (let i = 0; i < 500 && settled.length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+    const waiting = store.withServiceLock('brand-new-svc', async () => 'waited', { wait: true });
+    await new Promise((r) => setTimeout(r, 100));
+    release();
+    const results = await Promise.all(calls);
+
+    expect(results.filter((r) => r.acquired).length).toBe(1);
+    expect(await waiting).toEqual({ acquired: true, value: 'waited' });
+    expect(ran).toBe(1);
+  });
+
+  it('serialises switch writers of every scope, with configuration writes and evaluations under way, without a deadlock', async () => {
+    const calls: Promise<unknown>[] = [];
+    for (const scope of ['sw-a', 'sw-b', '*']) {
+      for (let i = 0; i < 3; i++) calls.push(store.setSwitch({ scope, enabled: scope === '*', actor: `t${i}` }));
+    }
+    calls.push(store.withServiceLock('sw-a', async (session) => session.recordDecision(decision('sw-a', 7_000_000))));
+    calls.push(store.putConfig({}, { actor: 'test' }));
+    const results = await Promise.all(calls);
+    const changed = results.slice(0, 9).map((r) => (r as { changed: boolean }).changed);
+
+    expect(changed.filter(Boolean).length).toBe(2);
+  });
+
   it('commits state and decision together, and neither when the work fails', async () => {
     const failing = store.withServiceLock('atomic-svc', async (session) => {
       await session.saveState({ service: 'atomic-svc', events: [], metricsHistory: [], recommendations: [], memory: { n: 1 } });
