@@ -1252,10 +1252,15 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   async unfence(job: MoveJob): Promise<void> {
+    await this.givingFenceUp(() => this.reopenFence(job));
+  }
+
+  /** Runs `work`, which gives this run's fence up (reopens or releases it), with the slack of {@link releasingFence}. */
+  private async givingFenceUp(work: () => Promise<void>): Promise<void> {
     this.fenceDeadline = null;
     this.releasingFence = true;
     try {
-      await this.reopenFence(job);
+      await work();
     } finally {
       this.releasingFence = false;
     }
@@ -1589,13 +1594,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    * waits for the target to open.
    */
   async releaseFence(job: MoveJob): Promise<void> {
-    this.fenceDeadline = null;
-    this.releasingFence = true;
-    try {
-      await this.releaseFenceForward(job);
-    } finally {
-      this.releasingFence = false;
-    }
+    await this.givingFenceUp(() => this.releaseFenceForward(job));
   }
 
   private async releaseFenceForward(job: MoveJob): Promise<void> {
