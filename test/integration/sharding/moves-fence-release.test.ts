@@ -6,7 +6,7 @@ import { MoverCatalog } from '../../../functions/adapters/postgres/mover-catalog
 import { Mover, MoveLeaseLostError, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { failingOnce } from './fixtures/flaky-pool.js';
 import { moverKilledAt } from './fixtures/kill.js';
-import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, fenceHeldMs, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /**
  * The fence is given back whatever fails around it: a step that fails once while the fence is
@@ -20,11 +20,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-async function fenceState(pool: pg.Pool, slot: number): Promise<string | undefined> {
-  const { rows } = await pool.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
-  return rows[0]?.state;
-}
 
 describe('a step that fails once under the fence', () => {
   it('after the flip: opening the target fails once, and the run still opens it (the map names the target; its writers are not held)', async () => {
@@ -104,14 +99,7 @@ describe('the flip waits on a catalog that answers, slowly', () => {
       (e: Error) => `threw: ${e.name}`,
     );
     for (let i = 0; i < 400 && fencedAt === 0; i++) await new Promise((resolve) => setTimeout(resolve, 25));
-    let heldMs = -1;
-    while (fencedAt > 0 && Date.now() - fencedAt < 15_000) {
-      if ((await fenceState(source, slot)) !== 'fenced') {
-        heldMs = Date.now() - fencedAt;
-        break;
-      }
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
+    const heldMs = await fenceHeldMs(source, slot, fencedAt, 15_000);
     await unlock;
     locker.release();
     const outcome = await run;

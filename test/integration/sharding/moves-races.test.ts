@@ -12,7 +12,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Mover, MoveConflictError } from '../../../functions/adapters/postgres/mover.js';
 import { moverKilledAt } from './fixtures/kill.js';
-import { countSlot, keysInSlot, otherProcess, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, keysInSlot, otherProcess, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -27,11 +27,6 @@ const titlesOf =
   (user: string) =>
   async ({ client }: { client: pg.PoolClient }): Promise<string[]> =>
     (await client.query<{ title: string }>('select title from documents where owner_id = $1 order by title', [user])).rows.map((r) => r.title);
-
-async function fenceState(pool: pg.Pool, kind: 'slot' | 'directory', unit: string): Promise<string | undefined> {
-  const { rows } = await pool.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2', [kind, unit]);
-  return rows[0]?.state;
-}
 
 async function until(what: string, check: () => Promise<boolean>, ms = 20_000): Promise<void> {
   const end = Date.now() + ms;
@@ -68,7 +63,7 @@ describe('the release of the fence', () => {
     await withFenceTrigger(source, `if new.state = 'moved' and old.state = 'fenced' then perform pg_sleep(1); end if;`, async () => {
       const mover = env.mover({ readerGraceMs: 0 });
       const run = mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
-      await until('the target to open', async () => (await fenceState(target, 'slot', String(slot))) === 'open');
+      await until('the target to open', async () => (await unitFenceState(target, 'slot', String(slot))) === 'open');
       const write = await env.writer.withShardWrite(user, async ({ client, slot: s }) => {
         await client.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'acknowledged')`, [user, s]);
       });
@@ -99,7 +94,7 @@ describe('the release of the fence', () => {
       ),
     );
     expect(failed).toMatch(/target connection lost/);
-    expect(await fenceState(source, 'slot', String(slot))).toBe('moved');
+    expect(await unitFenceState(source, 'slot', String(slot))).toBe('moved');
 
     // Until the job resumes, a writer waits on the target ('incoming'); the old map's reader is
     // sent on, and waits there too, instead of reading the old copy.
@@ -132,7 +127,7 @@ describe('keys a slot move leaves where the directory puts them', () => {
     await mover.run((await mover.plan({ kind: 'directory', key: pinned, to: third, createdBy: 'test' })).id);
     const slotMove = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
     expect({ state: slotMove.state, excluded: slotMove.excludedKeys }).toEqual({ state: 'done', excluded: [pinned] });
-    for (const shard of [from, to]) expect(await fenceState(env.shards.get(shard) as pg.Pool, 'directory', pinned), shard).toBe('moved');
+    for (const shard of [from, to]) expect(await unitFenceState(env.shards.get(shard) as pg.Pool, 'directory', pinned), shard).toBe('moved');
 
     // The process learns the new map through the neighbour, then reads and writes the pinned key.
     expect((await proc.reader.withShardRead(neighbour, titlesOf(neighbour))).shardId).toBe(to);
@@ -244,8 +239,8 @@ describe('a stalled run of a directory-key move', () => {
     if (!outcomes.includes('done')) expect((await env.mover({ readerGraceMs: 0 }).run(id)).state).toBe('done');
 
     expect((await env.directory.entry(key))?.shardId).toBe(to);
-    expect(await fenceState(source, 'directory', key)).toBe('moved');
-    expect(await fenceState(env.shards.get(to) as pg.Pool, 'directory', key)).toBe('open');
+    expect(await unitFenceState(source, 'directory', key)).toBe('moved');
+    expect(await unitFenceState(env.shards.get(to) as pg.Pool, 'directory', key)).toBe('open');
     const read = await (await otherProcess(env, { ttlMs: 0 })).reader.withShardRead(key, titlesOf(key));
     expect({ from, read: `${read.shardId}: ${read.value.length} docs` }).toEqual({ from, read: `${to}: 2 docs` });
   });
@@ -401,7 +396,7 @@ describe('the unit-size limit', () => {
     expect(stopped.flipStarted).toBe(false);
     expect(stopped.error).toMatch(/has grown to 12 rows/);
     // Writes were never held: the unit is open on its owner, and the cancel leaves it whole there.
-    expect(await fenceState(source, 'slot', String(slot))).toBe('open');
+    expect(await unitFenceState(source, 'slot', String(slot))).toBe('open');
     expect((await mover.cancel(id)).state).toBe('cancelled');
     expect(await countSlot(source, slot)).toEqual({ users: 1, documents: 12 });
     expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });

@@ -9,7 +9,7 @@ import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import type { MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
 import { MoveFenceTimeoutError } from '../../../functions/adapters/postgres/mover.js';
 import { STOP_BEFORE_TIMEOUT_MS } from '../../../functions/handlers/moves.js';
-import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.js';
 
 /** A raw SQL write (another language's writer, no withShardWrite): resolves to its SQLSTATE, or 'ok'. */
@@ -18,11 +18,6 @@ async function rawInsert(pool: pg.Pool, owner: string, slot: number): Promise<st
     () => 'ok',
     (err: { code?: string }) => err.code ?? 'error',
   );
-}
-
-async function fenceState(pool: pg.Pool, slot: number): Promise<string | undefined> {
-  const { rows } = await pool.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
-  return rows[0]?.state;
 }
 
 let env: MoveEnv;

@@ -19,7 +19,7 @@ import { ListeningClient } from '../../../functions/adapters/postgres/listening-
 import { Mover, MoveBusyError, type MoveJob, type MoverOptions } from '../../../functions/adapters/postgres/mover.js';
 import type { MovesResult } from '../../../functions/handlers/moves.js';
 import { createPool } from '../../../functions/handlers/shared/db.js';
-import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, fenceHeldMs, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.js';
 import { SilentRelay } from './fixtures/silent-relay.js';
 
@@ -54,11 +54,6 @@ const takeOver = (id: number, withinMs: number, stuck: string): Promise<string> 
       ),
     delay(withinMs).then(() => stuck),
   ]);
-
-async function fenceState(pool: pg.Pool, slot: number): Promise<string | undefined> {
-  const { rows } = await pool.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
-  return rows[0]?.state;
-}
 
 /** A pool of `max` connections to `url`'s server through a relay that can go silent. */
 async function relayedPool(url: string, max = 4): Promise<{ relay: SilentRelay; pool: pg.Pool }> {
@@ -417,14 +412,7 @@ describe('the catalog goes silent under the fence, before the flip (Lambda pool 
     const run = settle(silent.run(planned.id));
     for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
     expect(fencedAt).toBeGreaterThan(0);
-    let heldMs = -1;
-    while (Date.now() - fencedAt < 30_000) {
-      if ((await fenceState(source, slot)) !== 'fenced') {
-        heldMs = Date.now() - fencedAt;
-        break;
-      }
-      await delay(50);
-    }
+    const heldMs = await fenceHeldMs(source, slot, fencedAt, 30_000);
     const outcome = await Promise.race([run, delay(10).then(() => 'still running')]);
 
     // The budget, the 5 s slack, and the unfence's own bound at most.
@@ -587,14 +575,7 @@ describe('the catalog is slow under the fence: a lock holds the run (Lambda pool
       }).run(planned.id),
     );
     for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
-    let heldMs = -1;
-    while (fencedAt > 0 && Date.now() - fencedAt < 20_000) {
-      if ((await fenceState(source, slot)) !== 'fenced') {
-        heldMs = Date.now() - fencedAt;
-        break;
-      }
-      await delay(50);
-    }
+    const heldMs = await fenceHeldMs(source, slot, fencedAt, 20_000);
     const first = await Promise.race([run, delay(3000).then(() => 'still running')]);
     await unlock;
     locker.release();
@@ -657,14 +638,7 @@ describe('the catalog goes silent under the fence after an earlier attempt gave 
     const run = settle(silent.run(planned.id));
     for (let i = 0; i < 800 && fencedAt === 0; i++) await delay(25);
     expect(fencedAt).toBeGreaterThan(0);
-    let heldMs = -1;
-    while (Date.now() - fencedAt < 30_000) {
-      if ((await fenceState(source, slot)) !== 'fenced') {
-        heldMs = Date.now() - fencedAt;
-        break;
-      }
-      await delay(50);
-    }
+    const heldMs = await fenceHeldMs(source, slot, fencedAt, 30_000);
     await unlock;
     locker.release();
 

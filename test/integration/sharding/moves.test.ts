@@ -2,7 +2,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MoveConflictError, MoveNotCancellableError, MoveRequestError, Mover, type MoverSlotMaps } from '../../../functions/adapters/postgres/mover.js';
-import { countSlot, documentsOf, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, documentsOf, keysInSlot, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 import { startWorkload } from './fixtures/workload.js';
 
 /** Every document of `owners` on every shard: id -> shards holding it. */
@@ -12,11 +12,6 @@ async function placements(env: MoveEnv, owners: readonly string[]): Promise<Map<
     for (const [id, rev] of await documentsOf(pool, owners)) out.set(id, [...(out.get(id) ?? []), { shard, rev }]);
   }
   return out;
-}
-
-async function fenceState(pool: pg.Pool, kind: string, unit: string): Promise<string | undefined> {
-  const { rows } = await pool.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2', [kind, unit]);
-  return rows[0]?.state;
 }
 
 describe('moves that lose nothing', () => {
@@ -93,8 +88,8 @@ describe('moves that lose nothing', () => {
     expect(job.mapVersionAfter).toBe(before + 1);
     expect(job.fenceMs).toBeGreaterThanOrEqual(0);
     expect(job.rowsDeleted).toBe(120);
-    expect(await fenceState(source, 'slot', String(slot))).toBe('moved');
-    expect(await fenceState(target, 'slot', String(slot))).toBe('open');
+    expect(await unitFenceState(source, 'slot', String(slot))).toBe('moved');
+    expect(await unitFenceState(target, 'slot', String(slot))).toBe('open');
   });
 
   it('reads the 4096-slot map once per run of a slot move: the flip checks the owner and builds the next version from one read', async () => {
@@ -250,7 +245,7 @@ describe('moves that lose nothing', () => {
     expect(job.error).toMatch(/documents: source 10 rows, target 10 rows \(checksums differ\)/);
     expect(await env.ownerOf(slot)).toBe(from);
     expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
-    expect(await fenceState(source, 'slot', String(slot))).toBe('open');
+    expect(await unitFenceState(source, 'slot', String(slot))).toBe('open');
     expect((await env.writer.withShardWrite(user, async () => undefined)).shardId).toBe(from);
   });
 
