@@ -207,8 +207,12 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
   }
 }
 
-/** SQLSTATEs of a `create ... if not exists` that lost a race with another runner's (catalog rows). */
-const CREATED_CONCURRENTLY = new Set(['23505', '42P06', '42P07']);
+/**
+ * SQLSTATEs of a `create ... if not exists` that lost a race with another runner's (catalog
+ * rows): a unique index of the system catalogs, the schema or the table already there, or the
+ * table's row type (42710, `type "schema_migrations" already exists`, which the full suite met).
+ */
+const CREATED_CONCURRENTLY = new Set(['23505', '42P06', '42P07', '42710']);
 
 /**
  * The schema and table recording applied migrations. Two runners on a new database may both
