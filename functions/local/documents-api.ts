@@ -6,7 +6,7 @@
  * - `POST /api/v1/users`                          `{email, display_name}` -> 201 (409 when the e-mail is taken)
  * - `GET  /api/v1/users/{id}`                     one user
  * - `GET  /api/v1/users/{id}/documents?limit=N`   a user's documents (routed by the user id)
- * - `POST /api/v1/documents`                      `{owner_id, title, content?}` -> 201
+ * - `POST /api/v1/documents`                      `{owner_id, title, content?}` -> 201 (`Idempotency-Key` makes a retry safe)
  * - `GET  /api/v1/documents/{id}[?owner=UUID]`    one document (asks every shard without `owner`)
  * - `GET  /api/v1/openapi.json`                   this API's OpenAPI document, from the same zod schemas
  *
@@ -122,6 +122,62 @@ const userIdParams = z.strictObject({ id: uuid.describe('the user id (a UUID, in
 const documentIdParams = z.strictObject({ id: uuid.describe('the document id (a UUID)') });
 const readAfterHeaders = z.object({ 'x-read-after': readAfterSchema.describe('a token from X-Read-Token: the read sees that write') });
 
+/** The longest `Idempotency-Key` accepted, in characters. */
+export const IDEMPOTENCY_KEY_MAX = 255;
+const IDEMPOTENCY_KEY_FORM = `a quoted string ("...", with \\" and \\\\ escaped) or printable characters without spaces, quotes or commas, 1 to ${IDEMPOTENCY_KEY_MAX} of them, e.g. "8e03978e-40d5-43e8-bc93-6894a57f9324"`;
+
+/**
+ * The key of an `Idempotency-Key` header (draft-ietf-httpapi-idempotency-key-header): a
+ * Structured Field string (RFC 8941: `"..."`, printable ASCII, `\"` and `\\` escaped) or, as many
+ * clients send it, the bare key. A comma or a space outside quotes is refused: it is what two
+ * headers joined into one look like, and one request has one key.
+ */
+export function idempotencyKeyOf(text: string): { readonly key: string } | { readonly reason: string } {
+  const value = text.trim();
+  let key: string;
+  if (value.startsWith('"')) {
+    let out = '';
+    let i = 1;
+    for (; i < value.length; i += 1) {
+      const c = value.charCodeAt(i);
+      if (c === 0x22) break;
+      if (c < 0x20 || c > 0x7e) return { reason: `has a character outside printable ASCII at ${i}; must be ${IDEMPOTENCY_KEY_FORM}` };
+      if (c === 0x5c) {
+        const next = value[i + 1];
+        if (next !== '"' && next !== '\\') return { reason: `has a backslash that escapes neither " nor \\ at ${i}; must be ${IDEMPOTENCY_KEY_FORM}` };
+        out += next;
+        i += 1;
+      } else out += value[i];
+    }
+    if (i >= value.length) return { reason: `has no closing quote; must be ${IDEMPOTENCY_KEY_FORM}` };
+    if (i !== value.length - 1) return { reason: `has more after its closing quote (one request has one key); must be ${IDEMPOTENCY_KEY_FORM}` };
+    key = out;
+  } else {
+    if (!/^[\x21-\x7e]*$/.test(value) || /["\\,]/.test(value)) return { reason: `must be ${IDEMPOTENCY_KEY_FORM}` };
+    key = value;
+  }
+  if (key.length === 0) return { reason: `must not be empty; must be ${IDEMPOTENCY_KEY_FORM}` };
+  if (key.length > IDEMPOTENCY_KEY_MAX) return { reason: `is ${key.length} characters long, more than ${IDEMPOTENCY_KEY_MAX}` };
+  return { key };
+}
+
+const idempotencyKey = z
+  .string()
+  .transform((text, ctx) => {
+    const r = idempotencyKeyOf(text);
+    if ('reason' in r) {
+      ctx.addIssue({ code: 'custom', message: r.reason });
+      return z.NEVER;
+    }
+    return r.key;
+  })
+  .optional();
+const createDocumentHeaders = z.object({
+  'idempotency-key': idempotencyKey.describe(
+    `makes the POST safe to send again: a retry with the same key and the same body answers the document the first attempt created (201, \`Idempotent-Replayed: true\`) instead of creating a second; the same key with another body is a 422. Keys belong to the owner. ${IDEMPOTENCY_KEY_FORM}`,
+  ),
+});
+
 type JsonSchema = Record<string, unknown>;
 const jsonSchema = (schema: z.ZodType): JsonSchema => toSchema(schema, 'input');
 
@@ -173,7 +229,7 @@ export function documentsApiDocument(): JsonSchema {
       },
       [`${PREFIX}/users/{id}`]: { get: op('getUser', 'One user', { params: userIdParams, query: userQuery, headers: readAfterHeaders }, 200) },
       [`${PREFIX}/users/{id}/documents`]: { get: op('listUserDocuments', "A user's documents", { params: userIdParams, query: documentsQuery, headers: readAfterHeaders }, 200) },
-      [`${PREFIX}/documents`]: { post: op('createDocument', 'Create a document on its owner\'s shard', { body: newDocumentSchema }, 201) },
+      [`${PREFIX}/documents`]: { post: op('createDocument', 'Create a document on its owner\'s shard', { headers: createDocumentHeaders, body: newDocumentSchema }, 201) },
       [`${PREFIX}/documents/{id}`]: { get: op('getDocument', 'One document', { params: documentIdParams, query: documentQuery, headers: readAfterHeaders }, 200) },
     },
   };
@@ -185,8 +241,28 @@ export function documentsApiDocument(): JsonSchema {
  * duplicate is refused atomically, with no cross-shard lookup to race.
  */
 export function userIdForEmail(email: string): string {
-  const NAMESPACE = Buffer.from('6ba7b8119dad11d180b400c04fd430c8', 'hex'); // RFC 9562 name-space for URLs and mail
-  const hash = createHash('sha1').update(NAMESPACE).update(email.toLowerCase(), 'utf8').digest();
+  return uuidV5(Buffer.from('6ba7b8119dad11d180b400c04fd430c8', 'hex'), email.toLowerCase()); // RFC 9562 name-space for URLs and mail
+}
+
+/**
+ * The name-space of document ids derived from an `Idempotency-Key` (a fixed UUID of this API's
+ * own): the same owner and key give the same id on every server, before and after a move.
+ */
+const DOCUMENT_KEY_NAMESPACE = Buffer.from('2b8c7e0a5f3d4b6e9a1c0d2e4f6a8b0c', 'hex');
+
+/**
+ * The id of the document an owner's `Idempotency-Key` creates (UUID version 5 of
+ * `<owner>:<key>`; the owner is in its canonical 36-character form, so the name is unambiguous).
+ * Every retry of the request computes the same id and meets the first attempt's row on the
+ * primary key of the owner's shard: a second document is never created.
+ */
+export function documentIdForKey(ownerId: string, key: string): string {
+  return uuidV5(DOCUMENT_KEY_NAMESPACE, `${ownerId}:${key}`);
+}
+
+/** RFC 9562 UUID version 5 (SHA-1) of `name` (UTF-8) in `namespace`. */
+function uuidV5(namespace: Buffer, name: string): string {
+  const hash = createHash('sha1').update(namespace).update(name, 'utf8').digest();
   hash[6] = ((hash[6] as number) & 0x0f) | 0x50;
   hash[8] = ((hash[8] as number) & 0x3f) | 0x80;
   const hex = hash.subarray(0, 16).toString('hex');
@@ -215,6 +291,8 @@ class WriteOutcomeUnknownError extends Error {
   override readonly name = 'WriteOutcomeUnknownError';
   constructor(
     readonly check: string,
+    /** The write carried an `Idempotency-Key`: sending it again with the key is safe. */
+    readonly keyed: boolean,
     cause: ShardWriteError,
   ) {
     super(cause.message, { cause });
@@ -324,7 +402,9 @@ function unexpected(error: unknown, deadlineMs: number, kind: 'read' | 'write'):
     return {
       status: 504,
       type: { uri: OUTCOME_UNKNOWN_TYPE, title: 'Write Outcome Unknown' },
-      detail: `the shard did not confirm the write within the request's ${deadlineMs} ms deadline, after its commit was sent: it may have been committed. Look for it (GET ${error.check}) before sending it again`,
+      detail: error.keyed
+        ? `the shard did not confirm the write within the request's ${deadlineMs} ms deadline, after its commit was sent: it may have been committed. Send it again with the same Idempotency-Key (a retry answers what the first attempt created), or look for it (GET ${error.check})`
+        : `the shard did not confirm the write within the request's ${deadlineMs} ms deadline, after its commit was sent: it may have been committed. Look for it (GET ${error.check}) before sending it again`,
       check: error.check,
     };
   }
@@ -445,11 +525,11 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     return { at, left: () => at - Date.now() };
   };
   /** A write held to the request's deadline; one that may have been committed names where to look for it (`check`). */
-  const write = async <T>(key: string, check: string, fn: (ctx: ShardWriteContext) => Promise<T>): Promise<ShardWriteResult<T>> => {
+  const write = async <T>(key: string, check: string, fn: (ctx: ShardWriteContext) => Promise<T>, keyed = false): Promise<ShardWriteResult<T>> => {
     try {
       return await deps.writer.withShardWrite(key, fn, { deadlineMs: startDeadline().left() });
     } catch (error) {
-      if (error instanceof ShardWriteError && error.reason === 'outcome-unknown') throw new WriteOutcomeUnknownError(check, error);
+      if (error instanceof ShardWriteError && error.reason === 'outcome-unknown') throw new WriteOutcomeUnknownError(check, keyed, error);
       throw error;
     }
   };
@@ -531,18 +611,45 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
 
   async function createDocument(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = parse(newDocumentSchema, await readJson(req), 'body');
-    const id = randomUUID();
-    const result = await write(body.owner_id, `${PREFIX}/documents/${id}?owner=${body.owner_id}&consistency=primary`, async ({ client, slot }) => {
-      const owner = await client.query('select 1 from users where id = $1', [body.owner_id]);
-      if (owner.rowCount === 0) return undefined;
-      const { rows } = await client.query<DocumentRow>(
-        `insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5) returning ${DOC_COLUMNS}`,
-        [id, body.owner_id, slot, body.title, JSON.stringify(body.content)],
-      );
-      return rows[0];
-    });
+    const key = parse(idempotencyKey, req.headers['idempotency-key'], 'header.idempotency-key');
+    // With a key the id is the key's (the same on every retry), and the insert meets an earlier
+    // attempt's row on the primary key instead of creating a second document.
+    const id = key === undefined ? randomUUID() : documentIdForKey(body.owner_id, key);
+    const location = `${PREFIX}/documents/${id}?owner=${body.owner_id}`;
+    const content = JSON.stringify(body.content);
+    const result = await write(
+      body.owner_id,
+      `${location}&consistency=primary`,
+      async ({ client, slot }) => {
+        const owner = await client.query('select 1 from users where id = $1', [body.owner_id]);
+        if (owner.rowCount === 0) return undefined;
+        const { rows } = await client.query<DocumentRow>(
+          `insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5)${key === undefined ? '' : ' on conflict (id) do nothing'} returning ${DOC_COLUMNS}`,
+          [id, body.owner_id, slot, body.title, content],
+        );
+        if (rows[0] || key === undefined) return { row: rows[0], replayed: false };
+        // The key was used before (a committed row; a concurrent attempt's insert is waited for by
+        // the primary key and then seen here). jsonb equality ignores the order of members.
+        const first = await client.query<DocumentRow & { same: boolean }>(
+          `select ${DOC_COLUMNS}, (owner_id = $2 and title = $3 and content = $4::jsonb) as same from documents where id = $1`,
+          [id, body.owner_id, body.title, content],
+        );
+        return { row: first.rows[0], replayed: true };
+      },
+      key !== undefined,
+    );
     if (!result.value) throw new HttpProblem({ status: 422, detail: `body.owner_id: there is no user ${body.owner_id}; create the user first`, invalid: [{ name: 'body.owner_id', reason: 'no such user' }] });
-    send(res, 201, { ...result.value, shard_id: result.shardId }, { 'x-read-token': formatReadToken(result.readToken), location: `${PREFIX}/documents/${id}?owner=${body.owner_id}` });
+    const { row, replayed } = result.value;
+    if (!row) {
+      // Only when the first attempt's document was deleted between this attempt's insert and its look.
+      throw new HttpProblem({ status: 409, detail: `header.idempotency-key: the document this key created (${location}) was deleted; use a new key`, invalid: [{ name: 'header.idempotency-key', reason: 'its document was deleted' }] });
+    }
+    const { same, ...doc } = row as DocumentRow & { same?: boolean };
+    if (replayed && same === false) {
+      const reason = `was used for another document of this owner (${location}), with a different title or content; use a new key for a new document`;
+      throw new HttpProblem({ status: 422, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }] });
+    }
+    send(res, 201, { ...doc, shard_id: result.shardId }, { 'x-read-token': formatReadToken(result.readToken), location, ...(replayed ? { 'idempotent-replayed': 'true' } : {}) });
   }
 
   async function getDocument(docId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {

@@ -1,0 +1,213 @@
+/**
+ * `Idempotency-Key` on `POST /api/v1/documents`: a write whose outcome is unknown (a 504, a
+ * dropped connection, a client timeout) can be sent again without creating a second document.
+ * The key's document id is derived from the owner and the key, so every attempt meets the first
+ * one's row on the primary key of the owner's shard, wherever the owner lives by then.
+ */
+import { randomUUID } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
+import fc from 'fast-check';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { documentIdForKey, IDEMPOTENCY_KEY_MAX, idempotencyKeyOf } from '../../../functions/local/documents-api.js';
+import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
+
+describe('Idempotency-Key header values', () => {
+  const printable = fc.string({ unit: fc.constantFrom(...Array.from({ length: 0x7f - 0x20 }, (_, i) => String.fromCharCode(0x20 + i))), minLength: 1, maxLength: IDEMPOTENCY_KEY_MAX });
+  const quote = (key: string): string => `"${key.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
+
+  it('reads every printable key from its Structured Field string form (RFC 8941), escapes and all', () => {
+    fc.assert(
+      fc.property(printable, (key) => {
+        expect(idempotencyKeyOf(quote(key))).toEqual({ key });
+      }),
+    );
+  });
+
+  it('reads a bare key as the same key as its quoted form', () => {
+    const bare = fc.string({ unit: fc.constantFrom(...'abcXYZ019-_.:/+=@~!#$%&()*;<>?[]^`{|}'.split('')), minLength: 1, maxLength: 64 });
+    fc.assert(
+      fc.property(bare, (key) => {
+        expect(idempotencyKeyOf(key)).toEqual({ key });
+        expect(idempotencyKeyOf(quote(key))).toEqual({ key });
+      }),
+    );
+  });
+
+  it.each([
+    { value: '', reason: /must be a quoted string/ },
+    { value: '""', reason: /must not be empty/ },
+    { value: '"abc', reason: /no closing quote/ },
+    { value: '"a", "b"', reason: /more after its closing quote/ },
+    { value: 'a, a', reason: /must be a quoted string/ }, // two headers joined by the server
+    { value: 'a,b', reason: /must be a quoted string/ },
+    { value: 'a b', reason: /must be a quoted string/ },
+    { value: '"a\\b"', reason: /backslash that escapes neither/ },
+    { value: '"caf\u00e9"', reason: /outside printable ASCII/ },
+    { value: 'caf\u00e9', reason: /must be a quoted string/ },
+    { value: '"tab\there"', reason: /outside printable ASCII/ },
+    { value: 'x'.repeat(IDEMPOTENCY_KEY_MAX + 1), reason: new RegExp(`${IDEMPOTENCY_KEY_MAX + 1} characters long, more than ${IDEMPOTENCY_KEY_MAX}`) },
+  ])('refuses $value, saying why', ({ value, reason }) => {
+    const r = idempotencyKeyOf(value);
+    expect('reason' in r && r.reason).toMatch(reason);
+  });
+
+  it('gives each owner its own ids: the same key of two owners names two documents', () => {
+    const a = '3f2c1d9e-8a7b-4c6d-9e0f-112233445566';
+    const b = '3f2c1d9e-8a7b-4c6d-9e0f-112233445567';
+    expect(documentIdForKey(a, 'k')).not.toBe(documentIdForKey(b, 'k'));
+    expect(documentIdForKey(a, 'k')).toBe(documentIdForKey(a, 'k'));
+    expect(documentIdForKey(a, 'k')).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  });
+});
+
+describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQL', () => {
+  let api: DocumentsApi;
+  beforeAll(async () => {
+    api = await startDocumentsApi(() => undefined, { relays: true, deadlineMs: 1000 });
+  });
+  afterEach(() => {
+    for (const relay of api.relays.values()) relay.heal();
+  });
+  afterAll(async () => {
+    await api?.stop();
+  });
+
+  const newUser = async (): Promise<{ id: string; shardId: string }> => {
+    const r = await api.request('POST', '/api/v1/users', { email: `${randomUUID()}@example.org`, display_name: 'Keyed' });
+    expect(r.status).toBe(201);
+    return { id: String(r.body.id), shardId: String(r.body.shard_id) };
+  };
+  /** The owner's documents on every shard's primary, read directly (not through the relays). */
+  const documentsOf = async (owner: string): Promise<{ id: string; title: string; shard: string }[]> => {
+    const found: { id: string; title: string; shard: string }[] = [];
+    for (const shard of ['shard_001', 'shard_002']) {
+      const direct = new pg.Pool({ connectionString: api.server.urlFor(shard), max: 1 });
+      try {
+        const { rows } = await direct.query<{ id: string; title: string }>('select id, title from documents where owner_id = $1 order by id', [owner]);
+        found.push(...rows.map((r) => ({ ...r, shard })));
+      } finally {
+        await direct.end();
+      }
+    }
+    return found;
+  };
+  const post = (body: unknown, key?: string) => api.request('POST', '/api/v1/documents', body, key === undefined ? {} : { 'idempotency-key': key });
+
+  it('answers a retry with the document the first attempt created (201, Idempotent-Replayed), and stores one', async () => {
+    const owner = await newUser();
+    const body = { owner_id: owner.id, title: 'once', content: { a: 1, b: [true, null] } };
+    const first = await post(body, '"order-7"');
+    // The same key bare, and the content's members in another order: the same request.
+    const again = await post({ ...body, content: { b: [true, null], a: 1 } }, 'order-7');
+
+    expect({ status: first.status, replayed: first.headers.get('idempotent-replayed') }).toEqual({ status: 201, replayed: null });
+    expect({ status: again.status, replayed: again.headers.get('idempotent-replayed'), location: again.headers.get('location') }).toEqual({
+      status: 201,
+      replayed: 'true',
+      location: first.headers.get('location'),
+    });
+    expect(again.body).toEqual(first.body);
+    expect(again.headers.get('x-read-token')).toMatch(/^shard_00[12]@/);
+    expect(await documentsOf(owner.id)).toEqual([{ id: first.body.id, title: 'once', shard: owner.shardId }]);
+  });
+
+  it('refuses the same key with another title or content (422 naming the header) and changes nothing', async () => {
+    const owner = await newUser();
+    const first = await post({ owner_id: owner.id, title: 'first', content: { v: 1 } }, 'k-1');
+    const otherTitle = await post({ owner_id: owner.id, title: 'second', content: { v: 1 } }, 'k-1');
+    const otherContent = await post({ owner_id: owner.id, title: 'first', content: { v: 2 } }, 'k-1');
+
+    expect(first.status).toBe(201);
+    for (const r of [otherTitle, otherContent]) {
+      expect({ status: r.status, invalid: r.body.invalid_params }).toEqual({
+        status: 422,
+        invalid: [{ name: 'header.idempotency-key', reason: expect.stringMatching(/^was used for another document of this owner/) as unknown as string }],
+      });
+    }
+    expect(await documentsOf(owner.id)).toEqual([{ id: first.body.id, title: 'first', shard: owner.shardId }]);
+  });
+
+  it('keeps keys apart per owner, and creates a new document for every POST without a key', async () => {
+    const a = await newUser();
+    const b = await newUser();
+    const ra = await post({ owner_id: a.id, title: 'shared key' }, 'same');
+    const rb = await post({ owner_id: b.id, title: 'shared key' }, 'same');
+    const plain1 = await post({ owner_id: a.id, title: 'no key' });
+    const plain2 = await post({ owner_id: a.id, title: 'no key' });
+
+    expect([ra.status, rb.status, plain1.status, plain2.status]).toEqual([201, 201, 201, 201]);
+    expect(ra.body.id).not.toBe(rb.body.id);
+    expect(rb.headers.get('idempotent-replayed')).toBeNull();
+    expect((await documentsOf(a.id)).length).toBe(3);
+    expect((await documentsOf(b.id)).length).toBe(1);
+  });
+
+  it('creates one document when many attempts with one key race each other', async () => {
+    const owner = await newUser();
+    const answers = await Promise.all(Array.from({ length: 12 }, () => post({ owner_id: owner.id, title: 'raced' }, 'race')));
+
+    expect(answers.map((r) => r.status)).toEqual(Array.from({ length: 12 }, () => 201));
+    expect(new Set(answers.map((r) => r.body.id)).size).toBe(1);
+    expect(answers.filter((r) => r.headers.get('idempotent-replayed') === null)).toHaveLength(1);
+    expect(await documentsOf(owner.id)).toHaveLength(1);
+  });
+
+  it('refuses a malformed key with a 400 naming the header, before writing anything', async () => {
+    const owner = await newUser();
+    for (const key of ['a, b', '"unterminated', 'x'.repeat(IDEMPOTENCY_KEY_MAX + 1)]) {
+      const r = await post({ owner_id: owner.id, title: 'bad key' }, key);
+      expect({ status: r.status, names: r.body.invalid_params?.map((p: { name: string }) => p.name), detail: r.body.detail }).toMatchObject({
+        status: 400,
+        names: ['header.idempotency-key'],
+        detail: expect.not.stringContaining('x'.repeat(40)) as unknown as string, // the value is not echoed
+      });
+    }
+    expect(await documentsOf(owner.id)).toEqual([]);
+  });
+
+  it('lets a write whose commit went unanswered (504) be sent again with its key: one document', async () => {
+    const owner = await newUser();
+    const body = { owner_id: owner.id, title: 'committed, unconfirmed' };
+    const relay = api.relays.get(owner.shardId);
+    if (!relay) throw new Error(`no relay for ${owner.shardId}`);
+    relay.blackholeAfter('commit\u0000');
+    const lost = await Promise.race([post(body, 'retry-me'), delay(8000).then(() => undefined)]);
+    relay.heal();
+    const retried = await post(body, 'retry-me');
+
+    expect({ status: lost?.status, type: lost?.body.type, detail: lost?.body.detail }).toMatchObject({
+      status: 504,
+      type: 'https://ca-dms-scaling.dev/problems/outcome-unknown',
+      detail: expect.stringMatching(/Send it again with the same Idempotency-Key/) as unknown as string,
+    });
+    expect({ status: retried.status, replayed: retried.headers.get('idempotent-replayed') }).toEqual({ status: 201, replayed: 'true' });
+    expect(await documentsOf(owner.id)).toEqual([{ id: retried.body.id, title: body.title, shard: owner.shardId }]);
+  }, 30_000);
+
+  it("finds the first attempt's document on the owner's new shard after a move", async () => {
+    const owner = await newUser();
+    const body = { owner_id: owner.id, title: 'before the move' };
+    const first = await post(body, 'moved-key');
+    const slot = (await api.primary(owner.shardId).query<{ slot: number }>('select slot from users where id = $1', [owner.id])).rows[0]?.slot;
+    if (slot === undefined) throw new Error('the owner has no row');
+    const to = owner.shardId === 'shard_001' ? 'shard_002' : 'shard_001';
+    const mover = api.sharding.mover;
+    expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
+    const retried = await post(body, 'moved-key');
+
+    expect({ status: retried.status, id: retried.body.id, shard: retried.body.shard_id, replayed: retried.headers.get('idempotent-replayed') }).toEqual({
+      status: 201,
+      id: first.body.id,
+      shard: to,
+      replayed: 'true',
+    });
+    expect(await documentsOf(owner.id)).toEqual([{ id: first.body.id, title: body.title, shard: to }]);
+  }, 60_000);
+
+  it('documents the header in the OpenAPI document', async () => {
+    const doc = (await api.request('GET', '/api/v1/openapi.json')).body;
+    const params = doc.paths['/api/v1/documents'].post.parameters as { name: string; in: string; required: boolean }[];
+    expect(params).toContainEqual(expect.objectContaining({ name: 'idempotency-key', in: 'header', required: false }));
+  });
+});
