@@ -98,8 +98,9 @@ describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQ
     const owner = await newUser();
     const body = { owner_id: owner.id, title: 'once', content: { a: 1, b: [true, null] } };
     const first = await post(body, '"order-7"');
-    // The same key bare, and the content's members in another order: the same request.
-    const again = await post({ ...body, content: { b: [true, null], a: 1 } }, 'order-7');
+    // The same key bare, the owner in another spelling and the content's members in another
+    // order: the same request.
+    const again = await post({ ...body, owner_id: `{${owner.id.toUpperCase()}}`, content: { b: [true, null], a: 1 } }, 'order-7');
 
     expect({ status: first.status, replayed: first.headers.get('idempotent-replayed') }).toEqual({ status: 201, replayed: null });
     expect({ status: again.status, replayed: again.headers.get('idempotent-replayed'), location: again.headers.get('location') }).toEqual({
