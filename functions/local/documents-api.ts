@@ -33,7 +33,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import { uuidForm } from '../core/sharding/keys.js';
 import type { ExtraRoute } from '../adapters/http/local-server.js';
-import type { ReadOptions, ReplicaReader } from '../adapters/postgres/replica-reader.js';
+import { ReadCancelledError, type ReadOptions, type ReplicaReader } from '../adapters/postgres/replica-reader.js';
 import { DeadlinePassedError } from '../adapters/postgres/deadline.js';
 import { ShardWriteError, type ShardWriteContext, type ShardWriteResult, type ShardWriter } from '../adapters/postgres/write-transaction.js';
 import { NOT_OWNED_STATES_SQL, readOptionsFor, rowFenceStateSql, ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
@@ -190,13 +190,13 @@ export function documentsApiDocument(): JsonSchema {
   // What a request past its deadline answers (see `unexpected`): the client must tell a retry from a look.
   const unavailable = (write: boolean) => ({
     description: write
-      ? "the shard did not answer within the request's deadline (or is being moved): nothing was written; retry after Retry-After seconds"
-      : "the shard did not answer within the request's deadline (or is being moved, or, for a `consistency=primary` read, its primary cannot be reached); retry after Retry-After seconds",
+      ? "the shard did not answer within the request's deadline (or is being moved, or cancelled the write at another session's request): nothing was written; retry after Retry-After seconds"
+      : "the shard did not answer within the request's deadline (or is being moved, or cancelled the read at another session's request, or, for a `consistency=primary` read, its primary cannot be reached); retry after Retry-After seconds",
     headers: { 'Retry-After': { description: 'seconds to wait before retrying', schema: { type: 'integer', minimum: 0 } } },
     content: problem.content,
   });
   const outcomeUnknown = {
-    description: `the write's commit was sent but not confirmed by the request's deadline: it may have been committed. Not to be retried blindly: look for it at \`check\` first (problem type ${OUTCOME_UNKNOWN_TYPE})`,
+    description: `the write's commit was sent but not confirmed (no answer by the request's deadline, or the connection failed): it may have been committed. Not to be retried blindly: look for it at \`check\` first (problem type ${OUTCOME_UNKNOWN_TYPE})`,
     content: {
       'application/problem+json': {
         schema: { type: 'object', properties: { type: { type: 'string', enum: [OUTCOME_UNKNOWN_TYPE] }, check: { type: 'string', description: 'where to GET what the write may have created: a read on the shard primary (`consistency=primary`), whose 404 means it was not committed' } }, required: ['type', 'check'] },
@@ -284,8 +284,8 @@ interface Problem {
 export const OUTCOME_UNKNOWN_TYPE = 'https://ca-dms-scaling.dev/problems/outcome-unknown';
 
 /**
- * A write whose commit was sent but not confirmed by the deadline ({@link ShardWriteError}
- * `outcome-unknown`): `check` is where the client looks before it sends the write again.
+ * A write whose commit was sent but not confirmed, by the deadline or before its connection
+ * failed ({@link ShardWriteError} `outcome-unknown`): `check` is where the client looks before it sends the write again.
  */
 class WriteOutcomeUnknownError extends Error {
   override readonly name = 'WriteOutcomeUnknownError';
@@ -403,8 +403,8 @@ function unexpected(error: unknown, deadlineMs: number, kind: 'read' | 'write'):
       status: 504,
       type: { uri: OUTCOME_UNKNOWN_TYPE, title: 'Write Outcome Unknown' },
       detail: error.keyed
-        ? `the shard did not confirm the write within the request's ${deadlineMs} ms deadline, after its commit was sent: it may have been committed. Send it again with the same Idempotency-Key (a retry answers what the first attempt created), or look for it (GET ${error.check})`
-        : `the shard did not confirm the write within the request's ${deadlineMs} ms deadline, after its commit was sent: it may have been committed. Look for it (GET ${error.check}) before sending it again`,
+        ? `the shard did not confirm the write after its commit was sent (no answer within the request's ${deadlineMs} ms deadline, or its connection failed): it may have been committed. Send it again with the same Idempotency-Key (a retry answers what the first attempt created), or look for it (GET ${error.check})`
+        : `the shard did not confirm the write after its commit was sent (no answer within the request's ${deadlineMs} ms deadline, or its connection failed): it may have been committed. Look for it (GET ${error.check}) before sending it again`,
       check: error.check,
     };
   }
@@ -415,16 +415,20 @@ function unexpected(error: unknown, deadlineMs: number, kind: 'read' | 'write'):
         : `the shard did not answer the read within the request's ${deadlineMs} ms deadline; retry`;
     return { status: 503, detail, headers: { 'retry-after': '1' } };
   }
-  // Cancelled on the server by someone else (an operator's pg_cancel_backend) before the deadline: nothing was committed.
+  // Cancelled on the server by someone else (an operator's pg_cancel_backend) before the deadline: nothing was committed, or read.
   if (error instanceof ShardWriteError && error.reason === 'cancelled') return { status: 503, detail: 'the shard cancelled the write before its deadline; nothing was written; retry', headers: { 'retry-after': '1' } };
+  if ((error instanceof ShardReadError && error.reason === 'cancelled') || error instanceof ReadCancelledError) {
+    return { status: 503, detail: 'the shard cancelled the read before its deadline; retry', headers: { 'retry-after': '1' } };
+  }
   if (error instanceof RoutingError) return { status: 400, detail: error.message };
   if (error instanceof URIError) return { status: 400, detail: 'the path has a malformed percent-escape' };
-  if (error instanceof ShardWriteError && error.reason === 'fence-timeout') return { status: 503, detail: 'the data is being moved to another shard right now; retry in a few seconds' };
-  if (error instanceof ShardReadError && error.reason !== 'deadline-exceeded') return { status: 503, detail: 'the data is being moved to another shard right now; retry in a few seconds' };
+  // Every 503 says when to retry (the OpenAPI document promises Retry-After on it).
+  if (error instanceof ShardWriteError && error.reason === 'fence-timeout') return { status: 503, detail: 'the data is being moved to another shard right now; retry in a few seconds', headers: { 'retry-after': '2' } };
+  if (error instanceof ShardReadError && error.reason !== 'deadline-exceeded') return { status: 503, detail: 'the data is being moved to another shard right now; retry in a few seconds', headers: { 'retry-after': '2' } };
   const code = (error as { code?: unknown }).code;
   // Class 22 is "data exception": a value the database refused (input checks should have caught it).
   if (typeof code === 'string' && code.startsWith('22')) return { status: 400, detail: 'a value in the request cannot be stored' };
-  return { status: 503, detail: 'the shard could not serve the request right now; retry' };
+  return { status: 503, detail: 'the shard could not serve the request right now; retry', headers: { 'retry-after': '1' } };
 }
 
 interface DocumentRow {

@@ -99,6 +99,32 @@ export class DeadlinePassedError extends Error {
 }
 
 /**
+ * The longest deadline held: Node's timers wait at most 2^31 - 1 ms (about 24.8 days), and run
+ * one asked to wait longer (or NaN) after 1 ms, which would end every request at once.
+ */
+export const MAX_DEADLINE_MS = 2 ** 31 - 1;
+
+/** A deadline that is no number of ms a timer can wait (NaN, infinite, over {@link MAX_DEADLINE_MS}): refused, nothing sent. */
+export class InvalidDeadlineError extends RangeError {
+  override readonly name = 'InvalidDeadlineError';
+  constructor(
+    readonly option: string,
+    readonly value: number,
+  ) {
+    super(`${option} must be a finite number of ms, at most ${MAX_DEADLINE_MS} (about 24.8 days), not ${value}`);
+  }
+}
+
+/**
+ * Throws {@link InvalidDeadlineError} naming `option` unless `ms` (a deadline in ms from now) is
+ * finite and at most {@link MAX_DEADLINE_MS}; undefined (no deadline) passes. Zero or less is a
+ * deadline already passed, not an error.
+ */
+export function checkDeadlineMs(option: string, ms: number | undefined): void {
+  if (ms !== undefined && !(Number.isFinite(ms) && ms <= MAX_DEADLINE_MS)) throw new InvalidDeadlineError(option, ms);
+}
+
+/**
  * A checkout bounded by an absolute deadline (`Date.now()` ms): the pool's own
  * `connectionTimeoutMillis` may be longer than the time left. A connection that arrives after
  * the caller gave up goes back to the pool (it is new and healthy; a silent server never gets
@@ -109,6 +135,7 @@ export class DeadlinePassedError extends Error {
  */
 export async function connectBy(pool: pg.Pool, deadlineAt: number, nodeId: string): Promise<pg.PoolClient> {
   const left = deadlineAt - Date.now();
+  checkDeadlineMs('deadlineAt (from now)', left);
   if (left <= 0) throw new DeadlinePassedError(nodeId, 'connect');
   let timedOut = false;
   const connecting = pool.connect();
@@ -211,6 +238,7 @@ export interface HoldToDeadlineOptions {
  * ```
  */
 export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, options: HoldToDeadlineOptions = {}): ClientDeadline {
+  checkDeadlineMs('deadlineAt (from now)', deadlineAt - Date.now());
   let expired = false;
   let cancelsSent = 0;
   /** A cancel request on its way (its connection open): the server has not taken it yet. */

@@ -35,9 +35,9 @@
 import type pg from 'pg';
 import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
-import type { ReadOptions, ReplicaReader } from './replica-reader.js';
+import { ReadCancelledError, type ReadOptions, type ReplicaReader } from './replica-reader.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
-import { DeadlinePassedError } from './deadline.js';
+import { checkDeadlineMs, DeadlinePassedError } from './deadline.js';
 import { READER_FENCE_ROWS_SQL, type WriteRoute, type WriteRouter } from './write-transaction.js';
 
 export interface ShardReaderOptions {
@@ -68,7 +68,8 @@ export interface ShardReadOptions {
   /**
    * The request's deadline, in ms from the call: the read's `statement_timeout`, and the statement
    * still running at the deadline is cancelled then (the connection stays in the pool), so a
-   * statement begun shortly before it does not outrun it (replica-reader.ts, deadline.ts).
+   * statement begun shortly before it does not outrun it (replica-reader.ts, deadline.ts). NaN,
+   * infinite or over `MAX_DEADLINE_MS` is refused (`InvalidDeadlineError`).
    */
   readonly deadlineMs?: number;
   /**
@@ -87,7 +88,11 @@ export interface ShardReadResult<T> {
   readonly attempts: number;
 }
 
-export type ShardReadErrorReason = 'deadline-exceeded' | 'too-many-reroutes' | 'incoming-timeout';
+/**
+ * `cancelled`: a read with a deadline had a statement cancelled before it by someone else's cancel
+ * request (`pg_cancel_backend`, an operator), not by its own deadline.
+ */
+export type ShardReadErrorReason = 'deadline-exceeded' | 'cancelled' | 'too-many-reroutes' | 'incoming-timeout';
 
 /** A read could not be served. */
 export class ShardReadError extends Error {
@@ -228,6 +233,7 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
   async function withShardRead<T>(rawKey: string, fn: (ctx: ShardReadContext) => Promise<T>, readOptions: ShardReadOptions = {}): Promise<ShardReadResult<T>> {
     // As for writes: the fence rows are found by the canonical key, whatever spelling was given.
     const key = canonicalKey(rawKey);
+    checkDeadlineMs('deadlineMs', readOptions.deadlineMs);
     const deadlineAt = readOptions.deadlineMs === undefined ? undefined : Date.now() + readOptions.deadlineMs;
     const token = readOptions.token;
     // A token written under a newer map than the router holds: route from the catalog's map.
@@ -275,6 +281,9 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
         if (err instanceof DeadlinePassedError) {
           const what = err.phase === 'connect' ? `no connection to ${err.nodeId} was free before it; nothing was sent` : `${err.nodeId} did not answer (its connection was dropped)`;
           throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline: ${what}`, { cause: err });
+        }
+        if (err instanceof ReadCancelledError) {
+          throw new ShardReadError('cancelled', `a statement of the read on shard ${route.shardId} was cancelled on ${err.nodeId} by another session's request (not its ${readOptions.deadlineMs} ms deadline)`, { cause: err });
         }
         if (deadlineAt !== undefined && (err as { code?: unknown }).code === QUERY_CANCELED) {
           throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline; PostgreSQL cancelled it`, { cause: err });

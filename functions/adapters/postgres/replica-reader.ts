@@ -32,7 +32,7 @@ import pg from 'pg';
 import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
-import { cancelledByRequest, connectBy, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
+import { cancelledByRequest, checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { inClientTransaction } from './transaction.js';
@@ -59,6 +59,22 @@ export class ReplicaDownError extends Error {
   constructor(nodeId: string) {
     super(`${nodeId} stopped answering its health probe while a read waited on it; the read's connection was abandoned`);
     this.nodeId = nodeId;
+  }
+}
+
+/**
+ * A statement of a read held to a deadline was cancelled on the server by another session's
+ * request (`pg_cancel_backend`, an operator) before the deadline asked for any: the read failed,
+ * not by its deadline. `cause` is pg's error (57014). Not retried on another node: a cancelled
+ * read was stopped on purpose.
+ */
+export class ReadCancelledError extends Error {
+  override readonly name = 'ReadCancelledError';
+  constructor(
+    readonly nodeId: string,
+    cause: unknown,
+  ) {
+    super(`${nodeId}: a statement of the read was cancelled on the server by another session's request, before the read's deadline`, { cause });
   }
 }
 
@@ -98,7 +114,9 @@ export interface ReadOptions {
    * The request's deadline (`Date.now()` ms). The statement running at the deadline is
    * cancelled (it fails with 57014, its connection goes back to the pool); a node that has not
    * answered shortly after it (a silent primary: no probe watches it) has its connection dropped
-   * and the read fails with a {@link DeadlinePassedError}, not retried elsewhere.
+   * and the read fails with a {@link DeadlinePassedError}, not retried elsewhere. A statement
+   * cancelled before the deadline, by another session, fails the read with a {@link ReadCancelledError}.
+   * One that is NaN, infinite or more than `MAX_DEADLINE_MS` away is refused (`InvalidDeadlineError`).
    */
   readonly deadlineAt?: number;
 }
@@ -353,6 +371,7 @@ export class ReplicaReader {
    * malformed token is rejected with an `LsnError` before any node is tried.
    */
   async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string, node: ReadNode) => Promise<T>, options: ReadOptions = {}): Promise<T> {
+    checkDeadlineMs('deadlineAt (from now)', options.deadlineAt === undefined ? undefined : options.deadlineAt - Date.now());
     const targets = this.plan(shardId, options);
     let lastError: unknown;
     for (const target of targets) {
@@ -422,6 +441,10 @@ export class ReplicaReader {
           // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
           if (guard !== undefined && cancelledByRequest(error)) await guard.settled();
           client?.release(guard?.reusable(error) === false || undefined);
+          // A cancel request the deadline did not send ("due to user request" before any was
+          // sent): someone else's, not the deadline's (a message in another language is not
+          // recognised and counts as the deadline's).
+          if (guard !== undefined && !guard.cancelSent && cancelledByRequest(error)) throw new ReadCancelledError(node.nodeId, error);
           throw error;
         }
         // A broken connection must not go back to the pool; one abandoned on a replica that stopped

@@ -24,10 +24,10 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { cancelledByRequest, connectBy, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
+import { cancelledByRequest, checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { UNIQUE_VIOLATION } from './sqlstate.js';
-import { inClientTransaction, RollbackWith } from './transaction.js';
+import { inClientTransaction, RolledBackAtCommitError, RollbackWith } from './transaction.js';
 
 /** Where a key's writes go, as the router sees it now. */
 export interface WriteRoute {
@@ -178,7 +178,8 @@ export interface ShardWriteOptions {
   /**
    * The request's deadline, in ms from the call. Each attempt's transaction gets `SET LOCAL
    * statement_timeout` and `lock_timeout` of the time left, so PostgreSQL itself stops the
-   * work when the caller stops waiting (no query left running for nobody).
+   * work when the caller stops waiting (no query left running for nobody). NaN, infinite or over
+   * `MAX_DEADLINE_MS` is refused (`InvalidDeadlineError`, deadline.ts).
    */
   readonly deadlineMs?: number;
 }
@@ -270,6 +271,18 @@ function verdict(rows: readonly FenceRow[], viaDirectory: boolean): FenceVerdict
 }
 
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Whether the error a transaction's COMMIT failed with says it was not committed: the server
+ * answered the COMMIT with an ERROR (a deferred constraint, a serialization failure: the
+ * transaction is rolled back), or with ROLLBACK ({@link RolledBackAtCommitError}). Anything
+ * else (the connection reset or closed, a FATAL as the server stops) leaves the commit's
+ * outcome unknown: the server may have committed before it failed. The severity is read as the
+ * server spells it: under another `lc_messages` a refused commit counts as unknown, which is safe.
+ */
+function refusedCommit(error: unknown): boolean {
+  return error instanceof RolledBackAtCommitError || (error as { severity?: unknown } | null)?.severity === 'ERROR';
+}
 
 /** Builds a {@link ShardWriter} over the shard primaries. */
 export function createShardWriter(options: ShardWriterOptions): ShardWriter {
@@ -364,6 +377,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     // Fence rows name directory keys in canonical form: looked up as spelled, an upper-case id
     // would miss its key's 'moved' row (docs/sharding-spec.md, sections 1 and 9).
     const key = canonicalKey(rawKey);
+    checkDeadlineMs('deadlineMs', writeOptions.deadlineMs);
     const deadlineAt = writeOptions.deadlineMs === undefined ? undefined : Date.now() + writeOptions.deadlineMs;
     let fresh = false;
     let reroutes = 0;
@@ -455,6 +469,16 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
                 ? `shard ${route.shardId}'s primary did not answer the write's commit within its ${writeOptions.deadlineMs} ms deadline; the connection was dropped and whether the write was committed is unknown`
                 : `shard ${route.shardId}'s primary did not answer within the write's ${writeOptions.deadlineMs} ms deadline; the connection was dropped and nothing was committed`,
             { cause: new DeadlinePassedError(`${route.shardId}/primary`, 'query') },
+          );
+        }
+        if (committing && !refusedCommit(err)) {
+          // The commit was sent and no answer of the server's refused it: the connection failed
+          // (reset, closed, the server stopping) on the way or after the server committed.
+          broken = true;
+          throw new ShardWriteError(
+            'outcome-unknown',
+            `shard ${route.shardId}'s primary was sent the write's commit, then the connection failed before it answered (${err instanceof Error ? err.message : String(err)}); whether the write was committed is unknown`,
+            { cause: err },
           );
         }
         const code = (err as { code?: unknown }).code;
