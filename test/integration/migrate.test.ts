@@ -150,6 +150,15 @@ describe('migration runner', () => {
     await expect(runMigrations(pool, 'set-edit', dir)).rejects.toBeInstanceOf(MigrationError);
   });
 
+  it('refuses to record a migration whose file ends the transaction it runs in, which would record it apart from its changes', async () => {
+    const dir = await folder({ '001_wrapped.sql': 'begin; create table t_wrapped (id int); commit;' });
+    const err = await runMigrations(pool, 'set-wrapped', dir).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(MigrationError);
+    expect((err as Error).message).toMatch(/^set-wrapped: migration 001_wrapped\.sql ended the runner's transaction \(a COMMIT, ROLLBACK or END in the file\): not recorded/);
+    const { rows } = await pool.query<{ n: number }>("select count(*)::int as n from catalog.schema_migrations where set_name = 'set-wrapped'");
+    expect(rows[0]?.n).toBe(0);
+  });
+
   it('rejects gaps in version numbers', async () => {
     const dir = await folder({ '001_a.sql': 'select 1;', '003_c.sql': 'select 1;' });
     await expect(runMigrations(pool, 'set-gap', dir)).rejects.toThrow(/should be version 2/);

@@ -11,7 +11,8 @@
  * (test/integration/controller/least-privilege.test.ts, "an application login's locks").
  * Its own statements name pg_catalog's functions with arguments of their exact types, so that an
  * overload an application login created in the public schema (PostgreSQL 14) never runs as the
- * migrations login.
+ * migrations login; the migrations' own unqualified calls are guarded by refusing to apply (or
+ * commit) a migration while such overloads exist (see `refuseForeignRoutines`).
  *
  * A migration's statements wait at most `lockTimeoutMs` for each lock (`lock_timeout`). An
  * `alter table` needs an ACCESS EXCLUSIVE lock; waiting for it behind one long or
@@ -164,8 +165,23 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
               if (other.checksum !== mig.checksum) throw new MigrationError(`${set}: migration ${mig.name} was applied by another runner with other contents; add a new migration instead`);
               return false;
             }
+            await refuseForeignRoutines(client, set, mig.name, 'before it ran');
             await client.query("select pg_catalog.set_config('lock_timeout'::text, $1::text, true)", [`${lockTimeoutMs}ms`]);
+            const xact = await client.query<{ id: string }>('select pg_catalog.txid_current()::pg_catalog.text as id');
             await client.query(mig.sql);
+            // A COMMIT or ROLLBACK in the file (a `begin; ... commit;` wrapper, say) ends this
+            // transaction: what came before it is committed without its record, the lock on the
+            // record is released to the next runner, and the rest runs outside any transaction.
+            const still = await client.query<{ id: string | null }>('select pg_catalog.txid_current_if_assigned()::pg_catalog.text as id');
+            if (still.rows[0]?.id !== xact.rows[0]?.id) {
+              throw new MigrationError(
+                `${set}: migration ${mig.name} ended the runner's transaction (a COMMIT, ROLLBACK or END in the file): not recorded, though what it ran before that may be committed. ` +
+                  'Each migration runs in a transaction of its own: remove its transaction statements, check what of it is in the database, then run the migrations again.',
+              );
+            }
+            // One created meanwhile (after the check above) may have run as this login: what it did
+            // in the database is rolled back with the migration.
+            await refuseForeignRoutines(client, set, mig.name, 'while it ran, so it was rolled back');
             await client.query('insert into catalog.schema_migrations (set_name, version, name, checksum) values ($1, $2, $3, $4)', [
               set,
               mig.version,
@@ -205,6 +221,51 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
   } finally {
     client.release();
   }
+}
+
+/**
+ * Refuses (MigrationError) to run a migration, or to commit it, while a schema on this session's
+ * search_path other than pg_catalog holds a function, procedure, aggregate or operator owned by
+ * a login that is neither this one, the database's owner, a member of this one nor a superuser. The migrations name their functions
+ * unqualified (`format(...)` in catalog 005 and shard 013, `to_regprocedure(...)`, ...), and an
+ * overload in `public` whose argument types match such a call exactly is preferred over
+ * pg_catalog's variadic, polymorphic or implicitly cast one (CVE-2018-1058's pattern): where
+ * PUBLIC may create in `public` (PostgreSQL 14, a shard where migration 019 could not revoke it),
+ * the application login's overload would run with the migrations login's rights (on RDS the
+ * master user) on the deploy that applies a migration after it was created. Applied migrations
+ * cannot be edited, and the search_path cannot hide `public`'s functions without hiding the
+ * shard's tables, so the runner checks instead: a deploy stops, naming them, rather than run them.
+ */
+async function refuseForeignRoutines(client: pg.PoolClient, set: string, migration: string, when: string): Promise<void> {
+  const { rows } = await client.query<{ what: string; owner: string }>(
+    `select x.what, r.rolname::pg_catalog.text as owner
+       from (select p.oid::pg_catalog.regprocedure::pg_catalog.text as what, p.pronamespace as nsp, p.proowner as owner
+               from pg_catalog.pg_proc p
+             union all
+             select 'operator ' operator(pg_catalog.||) o.oid::pg_catalog.regoperator::pg_catalog.text, o.oprnamespace, o.oprowner
+               from pg_catalog.pg_operator o) x
+       join pg_catalog.pg_namespace n on n.oid operator(pg_catalog.=) x.nsp
+       join pg_catalog.pg_roles r on r.oid operator(pg_catalog.=) x.owner
+      where n.nspname operator(pg_catalog.=) any (pg_catalog.current_schemas(false))
+        and n.nspname operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.name
+        and not r.rolsuper
+        and r.rolname operator(pg_catalog.<>) current_user
+        -- The database's owner (the master user that created it, which ran the earlier
+        -- migrations: an operator's own admin login may run them now) and a role that already
+        -- holds this login's rights gain nothing by running as it.
+        and r.oid operator(pg_catalog.<>) (select d.datdba from pg_catalog.pg_database d where d.datname operator(pg_catalog.=) pg_catalog.current_database())
+        and not pg_catalog.pg_has_role(r.oid, current_user, 'MEMBER'::pg_catalog.text)
+      order by 1
+      limit 21`,
+  );
+  if (rows.length === 0) return;
+  const shown = rows.slice(0, 20).map((r) => `${r.what} owned by ${r.owner}`);
+  const more = rows.length > 20 ? ', and more' : '';
+  throw new MigrationError(
+    `${set}: migration ${migration} not applied: a schema on the migrations' search_path holds functions or operators of another login, ` +
+      `which an unqualified call of a migration would run with this login's rights (found ${when}): ${shown.join('; ')}${more}. ` +
+      'Drop them (or move them to a schema off the search_path), revoke CREATE on that schema from PUBLIC, then run the migrations again.',
+  );
 }
 
 /**

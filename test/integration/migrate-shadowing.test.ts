@@ -1,0 +1,141 @@
+/**
+ * The migrations runner where another login may create in a schema on its search_path (PUBLIC
+ * may CREATE in `public` on PostgreSQL 14; shard migration 019 revokes it only where its login
+ * may, so here it is granted back). The migrations call functions unqualified (`format(...)` in
+ * catalog 005 and shard 013, with `name` arguments where pg_catalog's takes `VARIADIC "any"`),
+ * and an overload in `public` that matches such a call exactly is preferred over pg_catalog's
+ * (CVE-2018-1058's pattern): it would run as the migrations login (a superuser here, RDS's master
+ * user on AWS) on the deploy that applies those migrations to a database an earlier release
+ * migrated, where the application login already exists.
+ */
+import { cp, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureApplicationLogin } from '../../functions/adapters/postgres/app-role.js';
+import { MigrationError, runMigrations } from '../../functions/adapters/postgres/migrate.js';
+import { DEFAULT_MIGRATIONS_DIR } from '../../functions/handlers/shared/migrations.js';
+import { startTestPostgres, type TestPostgres } from '../support/postgres.js';
+
+const APP = { username: 'shadowing_app', password: 'shadowing pass' };
+
+/** Overloads of format() exactly matching the calls of catalog 005 and shard 013 and 019, each noting who ran it. */
+const SHADOWS = `
+  create table public.shadow_calls (what text, who name default current_user);
+  grant insert on public.shadow_calls to public;
+  create function public.format(f text, a name, b name, c text) returns text language sql
+    as $$ insert into public.shadow_calls (what) values ('format(text, name, name, text)') returning pg_catalog.format(f, a, b, c) $$;
+  create function public.format(f text, a name, b text, c name) returns text language sql
+    as $$ insert into public.shadow_calls (what) values ('format(text, name, text, name)') returning pg_catalog.format(f, a, b, c) $$;
+  create function public.format(f text, a name, b text) returns text language sql
+    as $$ insert into public.shadow_calls (what) values ('format(text, name, text)') returning pg_catalog.format(f, a, b) $$;`;
+
+let server: TestPostgres;
+const pools: pg.Pool[] = [];
+const dirs: string[] = [];
+
+function poolOn(database: string, login?: { username: string; password: string }): pg.Pool {
+  const url = new URL(server.urlFor(database));
+  if (login) {
+    url.username = login.username;
+    url.password = login.password;
+  }
+  const pool = new pg.Pool({ connectionString: url.toString(), max: 2 });
+  pool.on('error', () => undefined);
+  pools.push(pool);
+  return pool;
+}
+
+/** A copy of a migration set's first `count` files: what an earlier release applied. */
+async function firstOf(set: string, count: number): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), `mig-${set}-`));
+  dirs.push(dir);
+  for (const f of (await readdir(join(DEFAULT_MIGRATIONS_DIR, set))).sort().slice(0, count)) await cp(join(DEFAULT_MIGRATIONS_DIR, set, f), join(dir, f));
+  return dir;
+}
+
+/** A database migrated by an earlier release (shard up to 012, catalog up to 004), with the application login. */
+async function earlierRelease(database: string): Promise<pg.Pool> {
+  const admin = poolOn('postgres');
+  await admin.query(`create database ${database}`);
+  const master = poolOn(database);
+  await runMigrations(master, 'shard', await firstOf('shard', 12));
+  await runMigrations(master, 'catalog', await firstOf('catalog', 4));
+  await ensureApplicationLogin(master, APP);
+  // PostgreSQL 14's default, which shard migration 019 revokes where its login may.
+  await master.query('grant create on schema public to public');
+  return master;
+}
+
+async function applied(pool: pg.Pool, set: string): Promise<number> {
+  return (await pool.query<{ n: number }>('select count(*)::int as n from catalog.schema_migrations where set_name = $1', [set])).rows[0]?.n ?? -1;
+}
+
+beforeAll(async () => {
+  server = await startTestPostgres();
+});
+afterAll(async () => {
+  await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
+  await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  await server?.stop();
+});
+
+describe("the migrations runner where the application login may create in public (PostgreSQL 14)", () => {
+  it("refuses a deploy while public holds the application login's overloads, runs none of them, and applies everything once they are dropped", async () => {
+    const master = await earlierRelease('mig_shadowed');
+    const app = poolOn('mig_shadowed', APP);
+    await app.query(SHADOWS);
+
+    const shard = await runMigrations(master, 'shard', join(DEFAULT_MIGRATIONS_DIR, 'shard')).catch((err: unknown) => err);
+    const catalog = await runMigrations(master, 'catalog', join(DEFAULT_MIGRATIONS_DIR, 'catalog')).catch((err: unknown) => err);
+    const calls = (await master.query<{ what: string; who: string }>('select distinct what, who from public.shadow_calls order by 1, 2')).rows;
+
+    expect(calls).toEqual([]);
+    expect(shard).toBeInstanceOf(MigrationError);
+    expect((shard as Error).message).toMatch(/^shard: migration 013_pinned_search_path\.sql not applied: .*format\(text,name,name,text\) owned by shadowing_app/);
+    expect(catalog).toBeInstanceOf(MigrationError);
+    expect((catalog as Error).message).toMatch(/^catalog: migration 005_role_statement_timeout\.sql not applied/);
+    expect({ shard: await applied(master, 'shard'), catalog: await applied(master, 'catalog') }).toEqual({ shard: 12, catalog: 4 });
+
+    await app.query('drop function public.format(text, name, name, text), public.format(text, name, text, name), public.format(text, name, text)');
+    const after = await runMigrations(master, 'shard', join(DEFAULT_MIGRATIONS_DIR, 'shard'));
+    expect(after.applied[0]).toBe('013_pinned_search_path.sql');
+    expect((await runMigrations(master, 'catalog', join(DEFAULT_MIGRATIONS_DIR, 'catalog'))).applied[0]).toBe('005_role_statement_timeout.sql');
+  });
+
+  it('rolls back a migration during which another login came to own a function on its search_path', async () => {
+    const master = await earlierRelease('mig_shadowed_meanwhile');
+    // Stands for an overload created by another session while the migration ran.
+    const dir = await mkdtemp(join(tmpdir(), 'mig-meanwhile-'));
+    dirs.push(dir);
+    await writeFile(
+      join(dir, '001_meanwhile.sql'),
+      `create table public.meanwhile (id int);
+       create function public.meanwhile_fn() returns int language sql as $$ select 1 $$;
+       alter function public.meanwhile_fn() owner to ${APP.username};`,
+    );
+
+    const err = await runMigrations(master, 'meanwhile', dir).catch((e: unknown) => e);
+
+    expect(err).toBeInstanceOf(MigrationError);
+    expect((err as Error).message).toMatch(/001_meanwhile\.sql not applied: .*\(found while it ran, so it was rolled back\): meanwhile_fn\(\) owned by shadowing_app/);
+    const { rows } = await master.query("select to_regclass('public.meanwhile') as t, to_regprocedure('public.meanwhile_fn()') as f");
+    expect(rows[0]).toEqual({ t: null, f: null });
+    expect(await applied(master, 'meanwhile')).toBe(0);
+  });
+
+  it("applies migrations where public holds functions of the database's owner (the master user that ran the earlier ones, when an admin login runs them now)", async () => {
+    const admin = poolOn('postgres');
+    await admin.query("create role mig_db_owner login password 'owner pass'");
+    await admin.query('create database mig_owned owner mig_db_owner');
+    const owner = poolOn('mig_owned', { username: 'mig_db_owner', password: 'owner pass' });
+    await owner.query('create function public.owner_helper() returns int language sql as $$ select 1 $$');
+    const runner = poolOn('mig_owned');
+
+    const r = await runMigrations(runner, 'catalog', join(DEFAULT_MIGRATIONS_DIR, 'catalog'));
+
+    expect(r.applied.length).toBeGreaterThan(4);
+    expect(await applied(runner, 'catalog')).toBe(r.applied.length);
+  });
+});
