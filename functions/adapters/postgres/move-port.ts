@@ -42,7 +42,7 @@ import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
-import { connectBy } from './deadline.js';
+import { connectBy, DEADLINE_GRACE_MS, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
@@ -1505,8 +1505,9 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
-  private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T | RollbackWith<NoInfer<T>>>, begin = 'begin'): Promise<T> {
+  private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T | RollbackWith<NoInfer<T>>>, begin = 'begin', onBegun?: () => void): Promise<T> {
     return this.catalog.transaction<T>(begin, async () => {
+      onBegun?.();
       const { rows } = await this.catalog.query<JobRow>(`select * from catalog.move_jobs where id = $1 and ${this.mine} for update`, [job.id]);
       if (!rows[0]) {
         await this.assertLease(job);
@@ -1535,43 +1536,56 @@ export class PgMovePort implements MovePort<MoveJob> {
   async flip(job: MoveJob): Promise<FlipOutcome> {
     const reason = `move job #${job.id}: ${job.kind} ${job.unitId} from ${job.from} to ${job.to}`;
     for (let attempt = 1; ; attempt++) {
+      // Held to the fence deadline on the client side too (see holdToDeadline): at the deadline
+      // the statement running then is cancelled. `statement_timeout` counts from each statement's
+      // own start: the locked read of the job and the read of the map, each waiting on a lock for
+      // less than what was left when the flip began, held the fence for both waits together (1 s +
+      // the budget left, past a 1.5 s budget). And it does not bound the COMMIT at all: a commit
+      // waiting for a synchronous standby that is away waited until the run's catalog bound closed
+      // the connection (the budget + 5 s), the flip then unresolved, and the fence stayed shut
+      // until the next run could tell. Cancelled, that wait ends with the commit made on the
+      // catalog (PostgreSQL answers COMMIT with a warning: committed locally, maybe not yet on the
+      // standby): the flip is known to have landed and the fence is released forward. A commit
+      // cancelled before its commit record fails (57014) and committed nothing. No cancel is sent
+      // at the rollback of a flip given up: it would leave the connection in the failed transaction.
+      let guard: ClientDeadline | undefined;
+      let cancellable = false;
       try {
-        // The server ends a statement of the flip (a lock wait on the map, say) within what is left
-        // of the budget: a catalog that is slow but answers fails it as over budget, its
-        // transaction rolled back, well before the run's bound closes the connection (see the
-        // constructor), after which a flip already sent might have committed. `statement_timeout`
-        // counts from each statement's own start, though: two waits in a row, each within what was
-        // left when the flip began, would publish past the budget. So the publication gets what is
-        // left when it is sent, and the transaction commits only while the budget lasts.
-        const outcome = await this.withLockedJob<FlipOutcome>(job, async (row) => {
-          if (row.flipStarted) return { kind: 'flipped' };
-          if (row.cancelRequested || row.rollbackTo !== null) return { kind: 'cancelled' };
-          if (this.budgetLeft() <= 0) return { kind: 'over_budget' };
-          const { owner, version, map } = await this.currentOwner(row);
-          if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
-            return { kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` };
-          }
-          const left = this.budgetLeft();
-          if (left <= 0) return { kind: 'over_budget' };
-          await this.catalog.query(`set local statement_timeout = '${Math.max(1, Math.ceil(left))}ms'`);
-          this.publishing = true;
-          const after = await this.catalog.use(async (catalog) =>
-            map === null
-              ? (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog)).version
-              : (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version,
-          );
-          await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);
-          // Past the budget the run gives the fence up: nothing may be published then.
-          if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome>({ kind: 'over_budget' });
-          return { kind: 'flipped' };
-        }, `begin; set local statement_timeout = '${Math.max(1, Math.ceil(this.budgetLeft()))}ms'`);
+        const outcome = await this.withLockedJob<FlipOutcome>(
+          job,
+          async (row) => {
+            try {
+              const result = await this.flipLocked(job, row, reason);
+              cancellable = !(result instanceof RollbackWith) && result.kind === 'flipped';
+              return result;
+            } catch (err) {
+              cancellable = false;
+              throw err;
+            }
+          },
+          `begin; set local statement_timeout = '${Math.max(1, Math.ceil(this.budgetLeft()))}ms'`,
+          () => {
+            cancellable = true;
+            // The connection itself is the run's catalog bound's to close (see the constructor).
+            guard = holdToDeadline(this.catalog.client, Date.now() + this.budgetLeft(), { mayCancel: () => cancellable, graceMs: FENCED_STATEMENT_SLACK_MS + DEADLINE_GRACE_MS });
+          },
+        ).finally(async () => {
+          guard?.disarm();
+          if (!guard?.cancelSent) return;
+          // The server passes a cancel request on as two signals (see ClientDeadline.settled): the
+          // second can fail the transaction's rollback, which would leave it open and failed under
+          // the run's next statements. Once none is on its way, any such transaction is ended (a
+          // rollback outside one only warns).
+          await guard.settled();
+          await this.catalog.query('rollback').catch(() => undefined);
+        });
         // Anything but a flip was rolled back (or published nothing): no flip of this run can
         // commit now, and a later fence attempt that loses the catalog may give its fence back.
         if (outcome.kind !== 'flipped') this.publishing = false;
         return outcome;
       } catch (err) {
-        // Cancelled by the server (a statement, or the commit before it committed: the timeout is
-        // off once the commit's work begins): the transaction is rolled back, nothing published.
+        // Cancelled (by the server's statement timeout or this run's request, in a statement or in
+        // the commit before it committed: see above): rolled back, nothing published.
         if ((err as { code?: string }).code === QUERY_CANCELED) {
           this.publishing = false;
           return { kind: 'over_budget' };
@@ -1582,6 +1596,37 @@ export class PgMovePort implements MovePort<MoveJob> {
         this.publishing = false;
       }
     }
+  }
+
+  /**
+   * The body of one flip attempt, with the job row locked. The server ends a statement of the
+   * flip (a lock wait on the map, say) within what is left of the budget: a catalog that is slow
+   * but answers fails it as over budget, its transaction rolled back. `statement_timeout` counts
+   * from each statement's own start, though: so the publication gets what is left when it is
+   * sent, the transaction commits only while the budget lasts, and the client cancels what runs
+   * at the deadline (see {@link flip}).
+   */
+  private async flipLocked(job: MoveJob, row: MoveJob, reason: string): Promise<FlipOutcome | RollbackWith<FlipOutcome>> {
+    if (row.flipStarted) return { kind: 'flipped' };
+    if (row.cancelRequested || row.rollbackTo !== null) return { kind: 'cancelled' };
+    if (this.budgetLeft() <= 0) return { kind: 'over_budget' };
+    const { owner, version, map } = await this.currentOwner(row);
+    if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
+      return { kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` };
+    }
+    const left = this.budgetLeft();
+    if (left <= 0) return { kind: 'over_budget' };
+    await this.catalog.query(`set local statement_timeout = '${Math.max(1, Math.ceil(left))}ms'`);
+    this.publishing = true;
+    const after = await this.catalog.use(async (catalog) =>
+      map === null
+        ? (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog)).version
+        : (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version,
+    );
+    await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);
+    // Past the budget the run gives the fence up: nothing may be published then.
+    if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome>({ kind: 'over_budget' });
+    return { kind: 'flipped' };
   }
 
   /**

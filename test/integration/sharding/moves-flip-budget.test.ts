@@ -1,0 +1,167 @@
+import { setTimeout as delay } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { createPool } from '../../../functions/handlers/shared/db.js';
+import { countSlot, fenceHeldMs, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+/**
+ * The flip holds writes to the unit (the source's fence) only within the fence budget, plus a
+ * small slack, however the catalog delays it: `statement_timeout` counts from each statement's
+ * own start, and a COMMIT's wait for a synchronous standby is bounded by no server timeout at
+ * all. And a flip whose COMMIT may have landed never reopens the old owner.
+ */
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv();
+});
+afterAll(async () => {
+  await env?.stop();
+});
+
+/** The flip's transaction is the one run transaction opened with a statement timeout (see `PgMovePort.flip`). */
+const FLIP_BEGIN = /^begin; set local statement_timeout = '\d+ms'/;
+
+/**
+ * `pool` as it is, except that on a lent client the flip's BEGIN first awaits `before` and is sent
+ * as `rewrite` makes it.
+ */
+function atFlipBegin(pool: pg.Pool, before: () => Promise<void>, rewrite: (begin: string) => string = (b) => b): pg.Pool {
+  const wrap = (client: pg.PoolClient): pg.PoolClient =>
+    new Proxy(client, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target) as unknown;
+        if (prop !== 'query') return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        return async (...args: unknown[]) => {
+          if (typeof args[0] === 'string' && FLIP_BEGIN.test(args[0])) {
+            await before();
+            return target.query(rewrite(args[0]));
+          }
+          return (target.query as (...a: unknown[]) => unknown)(...args);
+        };
+      },
+    });
+  return new Proxy(pool, {
+    get(target, prop) {
+      if (prop === 'connect') return async () => wrap(await target.connect());
+      const value = Reflect.get(target, prop, target) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
+describe('the flip waits on two catalog locks in a row, each shorter than the budget left', () => {
+  it('gives the fence back within the budget (plus a small slack), not after the sum of both waits', async () => {
+    const slot = 1240;
+    const budgetMs = 1500;
+    const { to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+    const [jobLocker, mapLocker] = [await env.catalog.connect(), await env.catalog.connect()];
+    let jobId = 0;
+    let fencedAt = 0;
+    let released: Promise<unknown> = Promise.resolve();
+    // Another transaction holds the job row 1 s (an operator's cancel request that is slow to
+    // commit, say), and a migration holds the maps: the flip's locked read of the job waits 1 s,
+    // within the budget left; its read of the map then waits for the rest.
+    const catalog = atFlipBegin(env.catalog, async () => {
+      await jobLocker.query('begin');
+      await jobLocker.query('select 1 from catalog.move_jobs where id = $1 for update', [jobId]);
+      await mapLocker.query('begin');
+      await mapLocker.query('lock table catalog.slot_maps in access exclusive mode');
+      released = Promise.all([delay(1000).then(() => jobLocker.query('rollback')), delay(5000).then(() => mapLocker.query('rollback'))]);
+    });
+    const mover = new Mover({
+      catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      readerGraceMs: 100,
+      fenceBudgetMs: budgetMs,
+      fenceAttempts: 1,
+      hook(point) {
+        if (point === 'fenced') fencedAt = Date.now();
+      },
+    });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    jobId = planned.id;
+    const run = mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.name}`,
+    );
+    for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
+    const heldMs = await fenceHeldMs(source, slot, fencedAt, 15_000);
+    const outcome = await run;
+    await released;
+    jobLocker.release();
+    mapLocker.release();
+
+    // The sum of the two waits is about 1000 ms + what was left of the budget (2.3-2.5 s).
+    expect({ held: heldMs >= 0 && heldMs < budgetMs + 500 ? 'within the budget and a small slack' : `${heldMs} ms`, outcome }).toEqual({
+      held: 'within the budget and a small slack',
+      outcome: 'threw: MoveFenceTimeoutError',
+    });
+    expect(await env.ownerOf(slot)).not.toBe(to);
+    expect((await env.mover().run(planned.id)).state).toBe('done');
+    expect(await env.ownerOf(slot)).toBe(to);
+  }, 60_000);
+});
+
+describe("the flip's COMMIT waits for a synchronous standby that is not there", () => {
+  it.each([
+    { pool: 'a pool of several connections', slot: 1250, lambda: false },
+    // The moves function's catalog pool: one connection (the cancel request needs none of its own), a 12 s query timeout.
+    { pool: 'the Lambda pool of one', slot: 1251, lambda: true },
+  ])('$pool: is resolved within the budget, the commit it had sent lands, and the fence is released forward (never reopened on the old owner)', async ({ slot, lambda }) => {
+    const budgetMs = 1000;
+    const { to, source, target } = await sides(env, slot);
+    const users = keysInSlot(slot, 3);
+    await seedUsers(source, slot, users, 2);
+    const lambdaPool = lambda ? await createPool({ url: env.urls.catalog }, undefined) : undefined;
+    let fencedAt = 0;
+    // The catalog's cluster (which also holds shard_a) waits for a standby named `ghost` that never
+    // connects; the test clusters run with synchronous_commit = off, and only the flip's
+    // transaction turns it on: its COMMIT waits, no other.
+    await env.catalog.query("alter system set synchronous_standby_names = 'ghost'");
+    await env.catalog.query('select pg_reload_conf()');
+    try {
+      const catalog = atFlipBegin(lambdaPool ?? env.catalog, async () => undefined, (begin) => `${begin}; set local synchronous_commit = on`);
+      const mover = new Mover({
+        catalog,
+        shards: env.shards,
+        slotMaps: env.slotMaps,
+        directory: env.directory,
+        readerGraceMs: 100,
+        fenceBudgetMs: budgetMs,
+        fenceAttempts: 1,
+        hook(point) {
+          if (point === 'fenced') fencedAt = Date.now();
+        },
+      });
+      const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+      const run = mover.run(planned.id).then(
+        (j) => `ended: ${j.state}`,
+        (e: Error) => `threw: ${e.name}: ${e.message}`,
+      );
+      for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
+      const heldMs = await fenceHeldMs(source, slot, fencedAt, 15_000);
+      const outcome = await run;
+
+      // Without a bound of its own the COMMIT waited until the run's catalog bound closed the
+      // connection (the budget + 5 s), the flip unresolved, and the fence was left to the next run.
+      expect({ held: heldMs >= 0 && heldMs < budgetMs + 1000 ? 'within the budget and a small slack' : `${heldMs} ms`, outcome }).toEqual({
+        held: 'within the budget and a small slack',
+        outcome: 'ended: done',
+      });
+      expect(await env.ownerOf(slot)).toBe(to);
+      expect({ source: await fenceState(source, slot), target: await fenceState(target, slot) }).toEqual({ source: 'moved', target: 'open' });
+      expect(await countSlot(target, slot)).toEqual({ users: 3, documents: 6 });
+      // The run's connection goes back fit for the pool's next user (in the pool of one, this
+      // query's): not inside a transaction left open (or failed) by the cancelled wait.
+      expect((await catalog.query<{ alone: boolean }>('select now() = statement_timestamp() as alone')).rows[0]?.alone).toBe(true);
+    } finally {
+      await env.catalog.query('alter system reset synchronous_standby_names');
+      await env.catalog.query('select pg_reload_conf()');
+      await lambdaPool?.end();
+    }
+  }, 60_000);
+});
