@@ -11,8 +11,11 @@
  * await lock.release();
  * ```
  */
+import { createHash } from 'node:crypto';
 import { readFileSync, rmSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { link, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { resolve } from 'node:path';
 import { z } from 'zod';
 
 /** Another live process holds the lock. */
@@ -60,18 +63,72 @@ function alive(owner: LockContent): boolean {
   return start === undefined || start === owner.procStart;
 }
 
+/** How often, and how long apart, a start tries again while another process is taking over a stale lock. */
+const TAKEOVER_ATTEMPTS = 100;
+const TAKEOVER_PAUSE_MS = 20;
+
+/**
+ * Holds a Linux abstract-namespace socket named after the lock file while a stale lock is taken
+ * over, so two starts that both found it stale do not both take it (each removing the other's new
+ * lock). Resolves to undefined when another process holds it. The kernel releases it when its
+ * process dies, however it dies: it can never be left stale itself.
+ */
+async function takeoverMutex(path: string): Promise<{ close(done: () => void): unknown } | undefined> {
+  // Abstract sockets are Linux's: elsewhere a takeover goes unguarded, as it did before.
+  if (process.platform !== 'linux') return { close: (done: () => void) => done() };
+  const name = `\0ca-dms-scaling-lock-takeover:${createHash('sha256').update(resolve(path)).digest('hex')}`;
+  const server = createServer();
+  server.unref();
+  return new Promise((resolveMutex, reject) => {
+    server.once('error', (error: NodeJS.ErrnoException) => (error.code === 'EADDRINUSE' ? resolveMutex(undefined) : reject(error)));
+    server.listen({ path: name }, () => resolveMutex(server));
+  });
+}
+
+/**
+ * Creates `path` holding `text`, failing with EEXIST when it exists: through a file of our own
+ * linked into place, so a reader never finds the lock empty or half-written (and takes such a
+ * lock for an unreadable one, to be taken over).
+ */
+async function createWhole(path: string, text: string): Promise<void> {
+  const own = `${path}.${process.pid}.tmp`;
+  await writeFile(own, text);
+  try {
+    await link(own, path);
+  } finally {
+    await rm(own, { force: true });
+  }
+}
+
+/** Replaces `path` with `text` at once (a rename), for the same reason as {@link createWhole}. */
+async function replaceWhole(path: string, text: string): Promise<void> {
+  const own = `${path}.${process.pid}.tmp`;
+  await writeFile(own, text);
+  await rename(own, path);
+}
+
 /** Takes the lock at `path` for this process. Throws {@link AlreadyRunningError}. */
 export async function acquireLocalLock(path: string): Promise<LocalLock> {
   const procStart = processStart('self');
   let content: LockContent = { pid: process.pid, ...(procStart === undefined ? {} : { procStart }), startedAt: new Date().toISOString() };
   let replaced: string | undefined;
-  for (let attempt = 0; attempt < 2; attempt++) {
+  for (let attempt = 1; ; attempt++) {
     try {
-      await writeFile(path, JSON.stringify(content), { flag: 'wx' });
+      await createWhole(path, JSON.stringify(content));
       break;
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw error;
-      const text = await readFile(path, 'utf8').catch(() => '');
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= TAKEOVER_ATTEMPTS) throw error;
+    }
+    const mutex = await takeoverMutex(path);
+    if (!mutex) {
+      // Another start is taking the stale lock over: once it has, its lock is live.
+      await new Promise((r) => setTimeout(r, TAKEOVER_PAUSE_MS));
+      continue;
+    }
+    try {
+      // Read under the mutex: a lock another start took over a moment ago is live, not stale.
+      const text = await readFile(path, 'utf8').catch(() => undefined);
+      if (text === undefined) continue;
       let held: LockContent | undefined;
       try {
         held = lockSchema.parse(JSON.parse(text));
@@ -84,6 +141,15 @@ export async function acquireLocalLock(path: string): Promise<LocalLock> {
         ? `cleared the lock of an earlier run that did not stop cleanly (pid ${held.pid}, started ${held.startedAt}; that process is gone): ${path}`
         : `cleared an unreadable lock file: ${path}`;
       await rm(path, { force: true });
+      try {
+        await createWhole(path, JSON.stringify(content));
+        break;
+      } catch (error) {
+        // Another start created it meanwhile (it found no lock at all): asked again, it is live.
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      }
+    } finally {
+      await new Promise<void>((r) => mutex.close(() => r()));
     }
   }
   let released = false;
@@ -91,7 +157,7 @@ export async function acquireLocalLock(path: string): Promise<LocalLock> {
     replaced,
     async update(fields) {
       content = { ...content, ...fields };
-      await writeFile(path, JSON.stringify(content));
+      await replaceWhole(path, JSON.stringify(content));
     },
     async release() {
       if (released) return;

@@ -4,9 +4,25 @@
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AlreadyRunningError, acquireLocalLock } from '../../../functions/local/lock.js';
+
+const CONTENDER = join(dirname(fileURLToPath(import.meta.url)), 'fixtures/lock-contender.ts');
+
+/** Runs `count` processes that try the lock at `path` at the same moment; their answers. */
+async function race(path: string, count: number): Promise<string[]> {
+  const at = Date.now() + 3000;
+  return Promise.all(
+    Array.from({ length: count }, () => {
+      const child = spawn(process.execPath, ['--import', 'tsx', CONTENDER, path, String(at)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+      return new Promise<string>((r) => child.once('close', () => r(out.trim())));
+    }),
+  );
+}
 
 describe('acquireLocalLock', () => {
   let dir: string;
@@ -69,6 +85,18 @@ describe('acquireLocalLock', () => {
       other.kill();
     }
   });
+
+  it('lets exactly one of several starts that find the same stale lock at once take it over', async () => {
+    const gone = spawn('true');
+    await new Promise((r) => gone.once('exit', r));
+    const rounds: string[][] = [];
+    for (let round = 0; round < 2; round++) {
+      await writeFile(path, JSON.stringify({ pid: gone.pid, startedAt: new Date().toISOString() }));
+      rounds.push((await race(path, 4)).sort());
+    }
+
+    expect(rounds).toEqual(Array.from({ length: 2 }, () => ['acquired', 'refused AlreadyRunningError', 'refused AlreadyRunningError', 'refused AlreadyRunningError']));
+  }, 60_000);
 
   it('says nothing was replaced when there was no lock', async () => {
     const lock = await acquireLocalLock(path);
