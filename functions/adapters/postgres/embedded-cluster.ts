@@ -245,6 +245,21 @@ function signalServerTree(pid: number, signal: NodeJS.Signals): void {
 }
 
 /**
+ * True when `argv` (a process's `/proc/PID/cmdline`, split) is a PostgreSQL server started on
+ * `dataDir`, as {@link Server} starts them: the `postgres` binary with `-D <dataDir>`.
+ *
+ * @example
+ * ```ts
+ * isPostmasterOf(['/x/bin/postgres', '-D', '/d/catalog', '-p', '5432'], '/d/catalog'); // true
+ * isPostmasterOf(['less', '/d/catalog/postgresql.conf'], '/d/catalog');                // false
+ * ```
+ */
+export function isPostmasterOf(argv: readonly string[], dataDir: string): boolean {
+  const d = argv.indexOf('-D');
+  return (argv[0] ?? '').split('/').pop() === 'postgres' && d > 0 && argv[d + 1] === dataDir;
+}
+
+/**
  * The last resort of a stop that an immediate shutdown did not end (a server stopped by SIGSTOP,
  * or hung): it and its processes are continued, so the pending SIGQUIT is acted on, and
  * {@link KILL_GRACE_MS} later killed. A stop thus ends within STOP_GRACE_MS + KILL_GRACE_MS.
@@ -383,14 +398,15 @@ class Server {
     if (!existsSync(pidFile)) return undefined;
     const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
     if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid)) return undefined;
-    let cmdline = '';
+    let argv: string[];
     try {
-      cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     } catch {
       return undefined;
     }
-    // Only a postmaster of this very data directory (a recycled pid is someone else's).
-    if (!cmdline.includes(this.node.dataDir)) return undefined;
+    // Only a postmaster of this very data directory: a recycled pid is someone else's, even a
+    // process whose arguments name the directory (an operator's `less` of a file in it).
+    if (!isPostmasterOf(argv, this.node.dataDir)) return undefined;
     process.kill(pid, 'SIGINT');
     const deadline = Date.now() + STOP_GRACE_MS;
     while (isAlive(pid) && Date.now() < deadline) await sleep(50);

@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createServer, type Server as NetServer } from 'node:net';
-import { chmod, mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -185,6 +185,27 @@ describe('startEmbeddedCluster', () => {
     } finally {
       await cluster?.stop();
       for (const pid of pids.filter(alive)) process.kill(pid, 'SIGQUIT');
+    }
+  }, 90_000);
+
+  it('leaves alone a process that reused the pid of a leftover postmaster.pid, even one whose command line names the data directory', async () => {
+    const fresh = join(base, 'reused-pid');
+    const catalogDir = join(fresh, 'catalog');
+    await mkdir(catalogDir, { recursive: true });
+    // Not a server: a shell whose arguments name the data directory (an operator's `less` of a file
+    // in it, a `du` of it), holding the pid a killed run's postmaster.pid names.
+    const bystander = spawn('bash', ['-c', 'sleep 60; true', catalogDir], { stdio: 'ignore' });
+    const pid = bystander.pid as number;
+    await writeFile(join(catalogDir, 'postmaster.pid'), `${pid}\n${catalogDir}\n`);
+    let cluster: EmbeddedCluster | undefined;
+    try {
+      cluster = await startEmbeddedCluster({ root: fresh, shards: 1, replicasPerShard: 0 });
+
+      expect(alive(pid)).toBe(true);
+      expect(await query<{ ok: number }>(cluster.catalogUrl, 'select 1 as ok')).toEqual([{ ok: 1 }]);
+    } finally {
+      await cluster?.stop();
+      bystander.kill('SIGKILL');
     }
   }, 90_000);
 });
