@@ -27,6 +27,7 @@ import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
 import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
 import { ShardInspectionError, type HealthReport, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
+import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
 import { coalesced } from './coalesce.js';
@@ -99,6 +100,25 @@ async function available<T>(what: string, work: () => Promise<T>): Promise<T> {
     return await work();
   } catch (err) {
     if (err instanceof CatalogError) throw new UnavailableError(`${what}: the catalog is unreachable right now`, { cause: err });
+    throw err;
+  }
+}
+
+/** SQLSTATE query_canceled: the server's `statement_timeout` (57014) ended a statement it could not finish in time. */
+const STATEMENT_CANCELED = '57014';
+
+/**
+ * The moves endpoints' database failures (the catalog, or a shard while planning, did not answer:
+ * a refused or dropped connection, the client's query timeout, the server's statement timeout)
+ * as the API's "unavailable": a 503 with a retry hint, not an internal error.
+ */
+async function reachable<T>(what: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if (!(err instanceof MoveError) && (isNodeFailure(err) || (err as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) {
+      throw new UnavailableError(`${what}: the catalog or a shard did not answer (${(err as Error).message}); try again shortly`, { cause: err });
+    }
     throw err;
   }
 }
@@ -495,10 +515,11 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     async startMove(request, actor) {
       const s = sharding();
       try {
-        const job =
+        const job = await reachable('starting the move', () =>
           request.kind === 'slot'
-            ? await s.mover.plan({ kind: 'slot', slot: slotNumber(request.unit), to: request.to, createdBy: actor, reason: 'POST /shards/moves' })
-            : await s.mover.plan({ kind: 'directory', key: request.unit, to: request.to, createdBy: actor, reason: 'POST /shards/moves' });
+            ? s.mover.plan({ kind: 'slot', slot: slotNumber(request.unit), to: request.to, createdBy: actor, reason: 'POST /shards/moves' })
+            : s.mover.plan({ kind: 'directory', key: request.unit, to: request.to, createdBy: actor, reason: 'POST /shards/moves' }),
+        );
         s.runMove(job.id);
         return jobView(job);
       } catch (err) {
@@ -535,7 +556,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const s = sharding();
       if (!/^\d{1,15}$/.test(id)) throw new NotFoundError(`no move ${id}`);
       try {
-        const job = await s.mover.requestCancel(Number(id));
+        const job = await reachable(`cancelling move ${id}`, () => s.mover.requestCancel(Number(id)));
         // Where moves run in this process (local mode), the rollback starts now.
         s.runMove(job.id);
         return jobView(job);
@@ -552,7 +573,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const s = sharding();
       if (!/^\d{1,15}$/.test(id)) throw new NotFoundError(`no move ${id}`);
       try {
-        return jobView(await s.mover.get(Number(id)));
+        return jobView(await reachable(`reading move ${id}`, () => s.mover.get(Number(id))));
       } catch (err) {
         if (err instanceof MoveRequestError) throw new NotFoundError(`no move ${id}`, { cause: err });
         throw err;

@@ -38,6 +38,7 @@ import { CatalogStore } from '../adapters/postgres/catalog-store.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../adapters/postgres/embedded-cluster.js';
 import { HistoryReader } from '../adapters/postgres/history-reader.js';
 import { runMigrations } from '../adapters/postgres/migrate.js';
+import { CATALOG_QUERY_TIMEOUT_MS, CATALOG_STATEMENT_TIMEOUT_MS } from '../adapters/postgres/statement-bounds.js';
 import { ListeningClient } from '../adapters/postgres/listening-client.js';
 import { MoveBusyError } from '../adapters/postgres/mover.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
@@ -58,9 +59,9 @@ const MOVES_STOP_WAIT_MS = 10_000;
 const DRAIN_MARGIN_MS = 1_000;
 /**
  * How long stopping local mode waits for an evaluation round, and for a pool to end: a catalog
- * that stopped answering (a hung or SIGSTOPped server) holds their queries for ever, since the
- * catalog's pool has no query timeout. Past it the servers are stopped anyway (killed, if they
- * do not act on signals), which ends those connections.
+ * that stopped answering (a hung or SIGSTOPped server) holds their queries until the catalog
+ * pool's query timeout (12 s), longer than a stop may take. Past it the servers are stopped
+ * anyway (killed, if they do not act on signals), which ends those connections.
  */
 const STOP_STEP_WAIT_MS = 3_000;
 
@@ -187,11 +188,29 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const cluster = await startEmbeddedCluster({ root: join(options.dataDir, 'pg'), shards: options.shards, replicasPerShard: options.replicasPerShard, onProgress: (m) => say(`  postgres: ${m}`) });
     cleanup.push(() => cluster.stop());
 
-    const catalogPool = new pg.Pool({ connectionString: cluster.catalogUrl, max: 10, connectionTimeoutMillis: 3000, Client: ListeningClient });
+    // Migrations on a pool of their own without a client deadline (one long index build is
+    // legitimate; they lift the server's per transaction), as the migrate function's on AWS.
+    const migrationPool = new pg.Pool({ connectionString: cluster.catalogUrl, max: 1, connectionTimeoutMillis: 3000, Client: ListeningClient });
+    migrationPool.on('error', () => undefined);
+    try {
+      await runMigrations(migrationPool, 'catalog', join(MIGRATIONS, 'catalog'));
+      await runMigrations(migrationPool, 'sharding', join(MIGRATIONS, 'sharding'));
+    } finally {
+      await within(STOP_STEP_WAIT_MS, migrationPool.end());
+    }
+    // Every catalog statement bounded as the AWS functions bound theirs: by the server
+    // (`statement_timeout`, here a startup parameter: no RDS Proxy in between), and by the
+    // client a little later, for a server that cannot answer at all (hung, SIGSTOPped).
+    const catalogPool = new pg.Pool({
+      connectionString: cluster.catalogUrl,
+      max: 10,
+      connectionTimeoutMillis: 3000,
+      statement_timeout: CATALOG_STATEMENT_TIMEOUT_MS,
+      query_timeout: CATALOG_QUERY_TIMEOUT_MS,
+      Client: ListeningClient,
+    });
     catalogPool.on('error', () => undefined);
     cleanup.push(() => within(STOP_STEP_WAIT_MS, catalogPool.end()));
-    await runMigrations(catalogPool, 'catalog', join(MIGRATIONS, 'catalog'));
-    await runMigrations(catalogPool, 'sharding', join(MIGRATIONS, 'sharding'));
 
     const shardingConfig = parseShardingConfig(
       applyShardingEnv(
@@ -249,15 +268,21 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       });
     };
     // What the moves function's schedule does on AWS: a run that stopped (writers older than the
-    // capture, a fence not held in time, a dropped connection) is resumed later, and so is a job
-    // an earlier session in this data directory left unfinished.
-    const resumeMoves = setInterval(() => {
+    // capture, a fence not held in time, a dropped connection) is resumed later.
+    const resumeUnfinished = (): void => {
       void mover.unfinished().then(
         (jobs) => jobs.forEach((job) => runMove(job.id)),
         () => undefined,
       );
-    }, LOCAL_MOVES_RESUME_MS);
+    };
+    const resumeMoves = setInterval(resumeUnfinished, LOCAL_MOVES_RESUME_MS);
     resumeMoves.unref();
+    // A job an earlier session in this data directory left unfinished (killed outright, say in
+    // the cutover, its unit's writes refused until a run releases the fence) is resumed as soon
+    // as the API serves, not after its dead run's lease (30 s) and the next round: that session
+    // is gone (the lock file and the servers started here say so), and with it every run.
+    const orphaned = await mover.endLeasesOfDeadRuns();
+    if (orphaned.length > 0) say(`resuming move${orphaned.length === 1 ? '' : 's'} ${orphaned.join(', ')}, left running by a run that did not stop cleanly`);
     const port = createScalingApiPort({
       catalog,
       history,
@@ -283,6 +308,8 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
         createDocumentsRoute({ writer, reader, reads, shardIds: pools.shardIds(), ...(options.requestDeadlineMs === undefined ? {} : { deadlineMs: options.requestDeadlineMs }) }),
       ],
     });
+
+    resumeUnfinished();
 
     // The scheduled evaluation, at the interval the catalog's configuration says (re-read each round).
     let timer: NodeJS.Timeout | undefined;

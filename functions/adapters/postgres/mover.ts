@@ -257,6 +257,29 @@ export class Mover {
     return toJob(rows[0]);
   }
 
+  /**
+   * Ends now every lease still held on an unfinished job, so the next {@link run} claims it at
+   * once instead of after the lease's expiry; returns the ids of those jobs. Only for a process
+   * that knows every other mover of this catalog is dead: local mode at start, which holds its
+   * data directory's lock and has just started the catalog server itself (the runs holding those
+   * leases died with the process before it). A mover that had only stalled would still be
+   * refused: its lease epoch is behind the next claim's, at the catalog and at the shards
+   * (their move permits).
+   *
+   * @example
+   * ```ts
+   * const ids = await mover.endLeasesOfDeadRuns(); // [3]: job 3 had been run by a killed process
+   * ```
+   */
+  async endLeasesOfDeadRuns(): Promise<number[]> {
+    const { rows } = await this.options.catalog.query<{ id: string }>(
+      `update catalog.move_jobs set lease_holder = null, lease_expires_at = null
+        where lease_expires_at > clock_timestamp() and state <> all($1::text[]) returning id`,
+      [TERMINAL_STATES],
+    );
+    return rows.map((r) => Number(r.id)).sort((a, b) => a - b);
+  }
+
   /** Unfinished jobs, oldest first. */
   async unfinished(): Promise<MoveJob[]> {
     const { rows } = await this.options.catalog.query<JobRow>('select * from catalog.move_jobs where state <> all($1::text[]) order by id', [TERMINAL_STATES]);

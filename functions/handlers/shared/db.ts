@@ -29,17 +29,13 @@ import { DatabaseSecretError, readSecret } from '../../adapters/aws/database-sec
 import { SecretPool } from '../../adapters/postgres/secret-pool.js';
 import { ListeningClient } from '../../adapters/postgres/listening-client.js';
 import { withRdsTls, tlsFor } from '../../adapters/postgres/tls.js';
+import { CATALOG_QUERY_TIMEOUT_MS } from '../../adapters/postgres/statement-bounds.js';
 
 export { isAuthenticationFailure, SecretPool } from '../../adapters/postgres/secret-pool.js';
 export { DatabaseSecretError, databaseSecretSchema, readSecret, type DatabaseSecret } from '../../adapters/aws/database-secret.js';
 import type { DatabaseLocation } from './env.js';
 
-/**
- * The statement timeout the catalog role gets by default (catalog migration 005). The client's
- * own `query_timeout` is a little longer: it only fires when the server cannot answer at all
- * (a dead network), since the server cancels a slow statement first.
- */
-export const CATALOG_STATEMENT_TIMEOUT_MS = 10_000;
+export { CATALOG_STATEMENT_TIMEOUT_MS } from '../../adapters/postgres/statement-bounds.js';
 
 /** Pool options every function starts from; `createPool`'s `overrides` replace any of them. */
 export const POOL_DEFAULTS = {
@@ -47,7 +43,7 @@ export const POOL_DEFAULTS = {
   connectionTimeoutMillis: 3000,
   // Long enough to reuse the connection across warm invocations.
   idleTimeoutMillis: 120_000,
-  query_timeout: CATALOG_STATEMENT_TIMEOUT_MS + 2000,
+  query_timeout: CATALOG_QUERY_TIMEOUT_MS,
   keepAlive: true,
   Client: ListeningClient,
 } as const satisfies pg.PoolConfig;
