@@ -112,6 +112,18 @@ export interface ShardInspectorOptions {
   readonly cloud?: EndpointFactsSource;
   /** The clock for `checkedAt` and check durations. Default `Date.now`. */
   readonly now?: () => number;
+  /**
+   * Budget on one node of the checks that read whole tables (exact statistics, the rebalance
+   * check). Default ten node budgets (`timeoutMs`: exact counts of big tables take longer than a
+   * health check), at most {@link MAX_WHOLE_TABLE_BUDGET_MS}.
+   */
+  readonly wholeTableBudgetMs?: number;
+  /**
+   * How many heap pages of a table an estimate reads to learn its average live row bytes (a
+   * table of fewer pages is read whole). Default 300 (2.4 MB, some 10,000 rows or more: a few
+   * hundred page reads, which must fit in the node budget `timeoutMs` on a cold cache too).
+   */
+  readonly samplePages?: number;
 }
 
 export interface StatisticsOptions {
@@ -239,8 +251,16 @@ const HEALTH_HEARTBEAT_WAIT_MS = 1000;
 /** The header of a heap tuple (23 bytes, aligned to 24): counted once per live row in the live bytes. */
 const ROW_HEADER_BYTES = 24;
 
-/** The data a full TOAST chunk holds (TOAST_MAX_CHUNK_SIZE with 8 kB blocks). */
-const TOAST_CHUNK_BYTES = 1996;
+/**
+ * The most a check reading whole tables waits for a node by default: API Gateway answers 504 at
+ * 29 s, and before that the API must have read the catalog, planned, and answered with the name of
+ * the shard that did not answer (with `health_check_timeout_seconds` at 5, ten node budgets would
+ * be 50 s).
+ */
+export const MAX_WHOLE_TABLE_BUDGET_MS = 20_000;
+
+/** How many heap pages an estimate reads by default (see {@link ShardInspectorOptions.samplePages}). */
+const SAMPLE_PAGES = 300;
 
 /** A column of a sharded table: its name, and its width when it is fixed and never null. */
 interface ColumnWidth {
@@ -443,8 +463,9 @@ export class ShardInspector {
 
   /**
    * Rows and live data bytes of the sharded tables on every primary, with their on-disk size
-   * apart (estimates from `pg_class` and `pg_stats` unless `exact`; a table never analysed is
-   * counted exactly), users, documents, slots owned, shares and imbalance. Bytes are live data
+   * apart (unless `exact`, estimates: rows from `pg_class`, bytes per row from a sample of pages,
+   * see {@link ShardInspectorOptions.samplePages}; a table never analysed is counted exactly),
+   * users, documents, slots owned, shares and imbalance. Bytes are live data
    * ({@link rowBytesSql}): a table's files keep their size after a move's clean-up deletes its
    * rows, so balance judged by them would keep sending data off a source that holds its share.
    * Unreachable shards are listed and left out of the figures. An exact count leaves out the rows
@@ -481,6 +502,11 @@ export class ShardInspector {
     return { ...summarizeShardStatistics(measurements), complete: unreachable.length === 0, unreachable };
   }
 
+  /** What a check reading whole tables waits for a node (see {@link ShardInspectorOptions.wholeTableBudgetMs}). */
+  get wholeTableBudgetMs(): number {
+    return this.#options.wholeTableBudgetMs ?? Math.min(this.#options.timeoutMs * 10, MAX_WHOLE_TABLE_BUDGET_MS);
+  }
+
   #tables(): { users: string; documents: string } {
     return this.#options.tables ?? { users: 'users', documents: 'documents' };
   }
@@ -488,20 +514,15 @@ export class ShardInspector {
   async #tableStatistics(node: ShardNode, exact: boolean): Promise<TableStatistics[]> {
     const names = this.#tables();
     const wanted = [names.users, names.documents];
-    // Exact counts of big tables take longer than a health timeout; they get ten of them.
-    const budget = exact ? this.#options.timeoutMs * 10 : this.#options.timeoutMs;
+    const budget = exact ? this.wholeTableBudgetMs : this.#options.timeoutMs;
     return withNodeDeadline(node.pool, budget, node.nodeId, async (client) => {
-      // row_width: the live bytes of an average row by the last ANALYZE (pg_stats: average width of
-      // the non-null values, TOASTed ones as their pointer, times the share of rows that have one),
-      // null before any ANALYZE. toast_bytes: what the TOAST table holds, by its live chunks once
-      // vacuumed (ANALYZE leaves TOAST tables alone), by its size until then.
-      const { rows } = await client.query<{ table: string; estimate: number; disk_bytes: number; row_width: number | null; toast_bytes: number; columns: ColumnWidth[] }>(
+      // pages: the heap's current size (of every partition), to size the sample below.
+      const { rows } = await client.query<{ table: string; estimate: number; disk_bytes: number; pages: number; columns: ColumnWidth[] }>(
         `select c.relname as table, c.reltuples::float8 as estimate, pg_catalog.pg_total_relation_size(c.oid)::float8 as disk_bytes,
-           (select sum(s.avg_width::float8 * (1::float8 - s.null_frac))::float8 from pg_stats s
-             where s.schemaname = n.nspname and s.tablename = c.relname and s.inherited = (c.relkind = 'p')) as row_width,
-           (case when t.oid is null then 0 when t.reltuples >= 0 then t.reltuples * ${TOAST_CHUNK_BYTES}::float8 else pg_catalog.pg_relation_size(t.oid) end)::float8 as toast_bytes,
+           (select coalesce(sum(pg_catalog.pg_relation_size(p.relid)), 0) from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p)::float8
+             / pg_catalog.current_setting('block_size')::float8 as pages,
            ${COLUMNS_SQL} as columns
-         from pg_class c join pg_namespace n on n.oid = c.relnamespace left join pg_class t on t.oid = c.reltoastrelid
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace
          where n.nspname = current_schema() and c.relname = any($1) and c.relkind in ('r', 'p')`,
         [wanted],
       );
@@ -509,15 +530,28 @@ export class ShardInspector {
       for (const name of wanted) {
         const found = rows.find((r) => r.table === name);
         if (!found) throw new ShardInspectionError(`${node.nodeId}: sharded table ${name} does not exist (schema not migrated?)`);
-        // reltuples is -1 until the table is first vacuumed or analysed, and pg_stats is empty until
-        // it is analysed: no estimate exists yet.
-        if (exact || found.estimate < 0 || (found.row_width === null && found.estimate > 0)) {
+        const table = client.escapeIdentifier(name);
+        // reltuples is -1 until the table is first vacuumed or analysed: no estimate exists yet.
+        if (exact || found.estimate < 0) {
           const owner = name === names.users ? 'id' : 'owner_id';
-          const { rows: counted } = await client.query<{ n: number; bytes: number }>(ownedRowsSql(client.escapeIdentifier(name), owner, rowBytesSql(client, 'r', found.columns)));
+          const { rows: counted } = await client.query<{ n: number; bytes: number }>(ownedRowsSql(table, owner, rowBytesSql(client, 'r', found.columns)));
           out.push({ table: name, rows: counted[0]?.n ?? 0, bytes: Math.round(counted[0]?.bytes ?? 0), diskBytes: found.disk_bytes, method: 'exact' });
         } else {
-          const rowsEstimate = Math.round(found.estimate);
-          const bytes = rowsEstimate * (ROW_HEADER_BYTES + (found.row_width ?? 0)) + found.toast_bytes;
+          // The average live row measured as the exact count measures it ({@link rowBytesSql}), on
+          // a sample of pages: pg_stats cannot say it, since it counts an out-of-line value as its
+          // 18-byte pointer, and the TOAST table's chunk count keeps a deleted value's chunks until
+          // VACUUM and takes a value's last chunk as full (a 2.1 kB value as 4 kB).
+          const percent = Math.min(100, (100 * (this.#options.samplePages ?? SAMPLE_PAGES)) / Math.max(1, found.pages));
+          const { rows: sampled } = await client.query<{ n: number; bytes: number }>(
+            `select count(*)::float8 as n, coalesce(sum(${rowBytesSql(client, 'r', found.columns)}), 0)::float8 as bytes
+               from ${table} r tablesample pg_catalog.system ($1::float4) repeatable (0)`,
+            [percent],
+          );
+          const n = sampled[0]?.n ?? 0;
+          const sampledBytes = sampled[0]?.bytes ?? 0;
+          // A sample of every page is a count of the live rows (of the whole table, owned or not).
+          const rowsEstimate = percent >= 100 ? n : Math.round(found.estimate);
+          const bytes = n > 0 ? (rowsEstimate * sampledBytes) / n : 0;
           out.push({ table: name, rows: rowsEstimate, bytes: Math.round(bytes), diskBytes: found.disk_bytes, method: 'estimate' });
         }
       }
@@ -532,52 +566,10 @@ export class ShardInspector {
    * in their hash slot, since moving the slot would not move them.
    */
   async movableUnits(slotMap: SlotMap, directory: readonly { readonly key: string; readonly shardId: string }[] = []): Promise<MovableUnit[]> {
-    const names = this.#tables();
-    const keys = directory.map((d) => d.key);
     const perShard = await Promise.all(
       this.#pools.shardIds().map(async (shardId) => {
-        const node = this.#pools.primary(shardId);
-        const ownedSlots = slotMap.assignments.flatMap((owner, slot) => (owner === shardId ? [slot] : []));
-        const ownKeys = directory.filter((d) => d.shardId === shardId).map((d) => d.key);
         try {
-          return await withNodeDeadline(node.pool, this.#options.timeoutMs * 10, node.nodeId, async (client) => {
-            const u = client.escapeIdentifier(names.users);
-            const d = client.escapeIdentifier(names.documents);
-            const columns = await client.query<{ table: string; columns: ColumnWidth[] }>(
-              `select c.relname as table, ${COLUMNS_SQL} as columns from pg_class c where c.oid in ($1::regclass, $2::regclass)`,
-              [u, d],
-            );
-            const columnsOf = (name: string): ColumnWidth[] => columns.rows.find((r) => r.table === name)?.columns ?? [];
-            const userBytes = rowBytesSql(client, 'r', columnsOf(names.users));
-            const docBytes = rowBytesSql(client, 'r', columnsOf(names.documents));
-            const { rows: slots } = await client.query<{ slot: number; users: number; documents: number; bytes: number }>(
-              `select slot, sum(users)::float8 as users, sum(documents)::float8 as documents, sum(bytes)::float8 as bytes from (
-                 select slot, count(*) as users, 0 as documents, sum(${userBytes}) as bytes from ${u} r where slot = any($1) and not (id::text = any($2)) group by slot
-                 union all
-                 select slot, 0, count(*), sum(${docBytes}) from ${d} r where slot = any($1) and not (owner_id::text = any($2)) group by slot
-               ) x group by slot order by slot`,
-              [ownedSlots, keys],
-            );
-            const { rows: dirs } = await client.query<{ key: string; users: number; documents: number; bytes: number }>(
-              `select k.key, (select count(*) from ${u} where id::text = k.key)::float8 as users,
-                 (select count(*) from ${d} where owner_id::text = k.key)::float8 as documents,
-                 (select coalesce(sum(${userBytes}), 0) from ${u} r where r.id::text = k.key)::float8
-                   + (select coalesce(sum(${docBytes}), 0) from ${d} r where r.owner_id::text = k.key)::float8 as bytes
-               from pg_catalog.unnest($1::text[]) as k(key)`,
-              [ownKeys],
-            );
-            const unit = (kind: 'slot' | 'directory', id: string, users: number, documents: number, bytes: number): MovableUnit => ({
-              kind,
-              id,
-              shardId,
-              rows: users + documents,
-              bytes: Math.round(bytes),
-            });
-            return [
-              ...slots.map((s) => unit('slot', String(s.slot), s.users, s.documents, s.bytes)),
-              ...dirs.filter((k) => k.users + k.documents > 0).map((k) => unit('directory', k.key, k.users, k.documents, k.bytes)),
-            ];
-          });
+          return (await this.#census(shardId, slotMap, directory)).units;
         } catch (error) {
           throw new ShardInspectionError(`cannot list the movable units of ${shardId}: ${messageOf(error)}`, { cause: error });
         }
@@ -587,25 +579,130 @@ export class ShardInspector {
   }
 
   /**
+   * One shard's exact statistics (as `statistics({ exact: true })` counts them) and its movable
+   * units (as {@link movableUnits} lists them) from one scan of each sharded table, in one
+   * snapshot, under one deadline: the rows grouped by slot and, for a directory key, by key
+   * (found by a hash join with the key list, not by a lookup per key, which cannot use the uuid
+   * index and read the whole table once per key: 500 keys on 100,000 rows took 16 s). The rows
+   * of units the shard holds without owning them are found as {@link ownedRowsSql} finds them.
+   */
+  async #census(
+    shardId: string,
+    slotMap: SlotMap,
+    directory: readonly { readonly key: string; readonly shardId: string }[],
+  ): Promise<{ measurement: ShardMeasurement; units: MovableUnit[]; inRecovery: boolean }> {
+    const names = this.#tables();
+    const node = this.#pools.primary(shardId);
+    return withNodeDeadline(node.pool, this.wholeTableBudgetMs, node.nodeId, async (client) => {
+      const wanted = [names.users, names.documents];
+      const { rows: catalog } = await client.query<{ table: string; disk_bytes: number; columns: ColumnWidth[]; in_recovery: boolean }>(
+        `select c.relname as table, pg_catalog.pg_total_relation_size(c.oid)::float8 as disk_bytes, ${COLUMNS_SQL} as columns,
+           pg_catalog.pg_is_in_recovery() as in_recovery
+         from pg_class c join pg_namespace n on n.oid = c.relnamespace
+         where n.nspname = current_schema() and c.relname = any($1) and c.relkind in ('r', 'p')`,
+        [wanted],
+      );
+      const found = (name: string): { disk_bytes: number; columns: ColumnWidth[] } => {
+        const row = catalog.find((r) => r.table === name);
+        if (!row) throw new ShardInspectionError(`${node.nodeId}: sharded table ${name} does not exist (schema not migrated?)`);
+        return row;
+      };
+      const tables = [
+        { name: names.users, owner: 'id' as const, ...found(names.users) },
+        { name: names.documents, owner: 'owner_id' as const, ...found(names.documents) },
+      ];
+      const parts = tables.flatMap((t, i) => {
+        const table = client.escapeIdentifier(t.name);
+        const bytes = rowBytesSql(client, 'r', t.columns);
+        return [
+          `select ${i} as t, r.slot, k.key, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned
+             from ${table} r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
+          `select ${i}, null, null, n, bytes, true from (${ownedRowsSql(table, t.owner, bytes, true)}) f`,
+        ];
+      });
+      const { rows: groups } = await client.query<{ t: number; slot: number | null; key: string | null; n: number; bytes: number; not_owned: boolean }>(
+        parts.join('\n union all\n'),
+        [directory.map((d) => d.key)],
+      );
+      const home = new Map(directory.map((d) => [d.key, d.shardId]));
+      const slots = new Map<number, { rows: number; bytes: number }>();
+      const keys = new Map<string, { rows: number; bytes: number }>();
+      const totals = tables.map(() => ({ rows: 0, bytes: 0 }));
+      const add = (into: { rows: number; bytes: number } | undefined, n: number, bytes: number): { rows: number; bytes: number } => ({ rows: (into?.rows ?? 0) + n, bytes: (into?.bytes ?? 0) + bytes });
+      for (const g of groups) {
+        const total = totals[g.t] as { rows: number; bytes: number };
+        const sign = g.not_owned ? -1 : 1;
+        total.rows += sign * g.n;
+        total.bytes += sign * g.bytes;
+        if (g.not_owned || g.slot === null) continue;
+        if (g.key !== null) {
+          if (home.get(g.key) === shardId) keys.set(g.key, add(keys.get(g.key), g.n, g.bytes));
+        } else if (slotMap.assignments[g.slot] === shardId) {
+          slots.set(g.slot, add(slots.get(g.slot), g.n, g.bytes));
+        }
+      }
+      const statistics: TableStatistics[] = tables.map((t, i) => ({
+        table: t.name,
+        rows: totals[i]?.rows ?? 0,
+        bytes: Math.round(totals[i]?.bytes ?? 0),
+        diskBytes: t.disk_bytes,
+        method: 'exact',
+      }));
+      const unit = (kind: 'slot' | 'directory', id: string, u: { rows: number; bytes: number }): MovableUnit => ({ kind, id, shardId, rows: u.rows, bytes: Math.round(u.bytes) });
+      return {
+        inRecovery: catalog.some((r) => r.in_recovery),
+        measurement: {
+          shardId,
+          weight: this.#options.weights?.[shardId] ?? 1,
+          slotsOwned: slotsOwnedBy(slotMap.assignments, this.#pools.shardIds()).get(shardId) ?? 0,
+          tables: statistics,
+          users: statistics[0]?.rows ?? 0,
+          documents: statistics[1]?.rows ?? 0,
+        },
+        units: [
+          ...[...slots.entries()].sort(([a], [b]) => a - b).map(([slot, u]) => unit('slot', String(slot), u)),
+          ...directory.flatMap((d) => {
+            const u = keys.get(d.key);
+            return u ? [unit('directory', d.key, u)] : [];
+          }),
+        ],
+      };
+    });
+  }
+
+  /**
    * Statistics, movable units and the planner's moves in one call. Refuses (throws
-   * {@link ShardInspectionError}) when a shard cannot be measured: a plan that ignores a shard
-   * would pile data onto it or away from it blindly.
+   * {@link ShardInspectionError}) when a shard cannot be measured (a plan that ignores a shard
+   * would pile data onto it or away from it blindly) or its primary is in recovery.
    */
   async rebalanceCheck(request: RebalanceCheckRequest): Promise<RebalanceCheckResult> {
-    const statistics = await this.statistics({ slotMap: request.slotMap, exact: true });
-    if (!statistics.complete) {
-      throw new ShardInspectionError(`cannot plan a rebalance while shards are unreachable: ${statistics.unreachable.map((u) => `${u.shardId} (${u.error})`).join('; ')}`);
+    const { slotMap, directory = [], freeBytes: given, routing, busySlots = new Set<number>(), ...options } = request;
+    const census = await Promise.all(
+      this.#pools.shardIds().map((shardId) =>
+        this.#census(shardId, slotMap, directory).then(
+          (c) => ({ shardId, ...c }),
+          (error: unknown) => ({ shardId, error: messageOf(error) }),
+        ),
+      ),
+    );
+    const unreachable = census.flatMap((c) => ('error' in c ? [`${c.shardId} (${c.error})`] : []));
+    if (unreachable.length > 0) throw new ShardInspectionError(`cannot plan a rebalance while shards are unreachable: ${unreachable.join('; ')}`);
+    // Its queries answer, but every move onto or off it would fail (a standby takes no writes).
+    const readOnly = census.flatMap((c) => ('error' in c || !c.inRecovery ? [] : [c.shardId]));
+    if (readOnly.length > 0) {
+      throw new ShardInspectionError(`cannot plan a rebalance while the primary of ${readOnly.join(', ')} is in recovery (read-only): no move can be made onto or off it; GET /shards/health says more`);
     }
-    const { slotMap: _slotMap, directory: _directory, freeBytes: given, routing, busySlots: _busySlots, ...options } = request;
+    const measured = census.flatMap((c) => ('error' in c ? [] : [c]));
+    const statistics = summarizeShardStatistics(measured.map((c) => c.measurement));
     // A plan of moves the mover then refuses (422) would only mislead whoever follows it.
     const refused = routing === undefined ? [] : (['slot', 'directory'] as const).flatMap((kind) => {
       const verdict = moveUnitFor(routing, kind);
       return verdict.ok ? [] : [{ kind, reason: verdict.reason }];
     });
-    const busy = request.busySlots ?? new Set<number>();
-    const units = (await this.movableUnits(request.slotMap, request.directory ?? []))
+    const units = measured
+      .flatMap((c) => c.units)
       .filter((u) => !refused.some((r) => r.kind === u.kind))
-      .filter((u) => !busy.has(u.kind === 'slot' ? Number(u.id) : keySlot(u.id)));
+      .filter((u) => !busySlots.has(u.kind === 'slot' ? Number(u.id) : keySlot(u.id)));
     const freeBytes = given ?? (await this.#freeStorageOfPrimaries(options.headroomBytes ?? 0));
     const result = checkRebalance(statistics, units, { ...options, ...(freeBytes ? { freeBytes } : {}) });
     if (refused.length === 0 || result.summary.balancedAfter) return result;
@@ -653,12 +750,14 @@ export function hostPort(endpoint: string): string {
  * table's count and bytes: the statement costs one scan of the table (counting and summing row
  * sizes) plus index scans of the units in flight, all in one snapshot.
  */
-function ownedRowsSql(table: string, owner: 'id' | 'owner_id', rowBytes: string): string {
+function ownedRowsSql(table: string, owner: 'id' | 'owner_id', rowBytes: string, notOwnedOnly = false): string {
+  const notOwned = `select count(*)::float8 as n, coalesce(sum(${rowBytes}), 0)::float8 as bytes
+         from (${rowsOfFencedUnitsSql(table, owner, NOT_OWNED_STATES_SQL)}) r
+        where ${rowFenceStateSql(`r.${owner}`, 'r.slot')} in ${NOT_OWNED_STATES_SQL}`;
+  if (notOwnedOnly) return notOwned;
   return `select a.n - f.n as n, a.bytes - f.bytes as bytes
     from (select count(*)::float8 as n, coalesce(sum(${rowBytes}), 0)::float8 as bytes from ${table} r) a,
-      (select count(*)::float8 as n, coalesce(sum(${rowBytes}), 0)::float8 as bytes
-         from (${rowsOfFencedUnitsSql(table, owner, NOT_OWNED_STATES_SQL)}) r
-        where ${rowFenceStateSql(`r.${owner}`, 'r.slot')} in ${NOT_OWNED_STATES_SQL}) f`;
+      (${notOwned}) f`;
 }
 
 /**

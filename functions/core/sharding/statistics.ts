@@ -15,8 +15,8 @@
  */
 
 /**
- * One sharded table on one shard. `estimate` comes from the planner's statistics (pg_class,
- * pg_stats), `exact` from counting the rows.
+ * One sharded table on one shard. `estimate` comes from the planner's row count (pg_class) and
+ * the live bytes of a sample of the table's rows, `exact` from counting and measuring every row.
  */
 export interface TableStatistics {
   readonly table: string;

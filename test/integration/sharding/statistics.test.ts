@@ -5,7 +5,7 @@ import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwat
 import { DescribeDBInstancesCommand, RDSClient } from '@aws-sdk/client-rds';
 import { mockClient } from 'aws-sdk-client-mock';
 import { RdsInventory } from '../../../functions/adapters/aws/rds-inventory.js';
-import { ShardInspectionError, ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
+import { MAX_WHOLE_TABLE_BUDGET_MS, ShardInspectionError, ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
 import { buildSlotMap, type SlotMap } from '../../../functions/core/sharding/slot-map.js';
@@ -138,11 +138,13 @@ describe('shard statistics and the rebalance check', () => {
       // And shard_002's directory user has been moved away, its rows not yet deleted.
       await target.query(`insert into write_fences (kind, unit_id, state, moved_to) values ('directory', $1, 'moved', 'shard_001')`, [directoryUser]);
       const copying = await inspector.statistics({ exact: true, slotMap });
+      const copyingChecks = [await inspector.rebalanceCheck({ slotMap, by: 'rows' }), await inspector.rebalanceCheck({ slotMap, by: 'bytes' })];
       // The flip: the target owns the slot, the source keeps its rows until the clean-up, but not
       // the pinned key's, which an 'open' directory row also keeps here (it decides over the slot row).
       await target.query(`update write_fences set state = 'open' where kind = 'slot' and unit_id = $1`, [String(slot)]);
       await source.query(`insert into write_fences (kind, unit_id, state, moved_to, excluded_keys) values ('slot', $1, 'moved', 'shard_002', $2), ('directory', $3, 'open', null, '{}')`, [String(slot), [pinned], pinned]);
       const flipped = await inspector.statistics({ exact: true, slotMap });
+      const flippedChecks = [await inspector.rebalanceCheck({ slotMap, by: 'rows' }), await inspector.rebalanceCheck({ slotMap, by: 'bytes' })];
       await source.query(`delete from write_fences where unit_id in ($1, $2)`, [String(slot), pinned]);
       await target.query(`delete from write_fences where unit_id in ($1, $2)`, [String(slot), directoryUser]);
       await target.query('delete from documents where slot = $1 and owner_id::text = any($2)', [slot, moving]);
@@ -159,6 +161,11 @@ describe('shard statistics and the rebalance check', () => {
         { shardId: 'shard_002', users: 100 + n, documents: 205 - DIRECTORY_USER_DOCS + n * DOCS_PER_USER },
       ]);
       expect(copying.shards.every((s) => s.tables.every((t) => t.method === 'exact'))).toBe(true);
+      // The rebalance check measures the shards in its own single pass: to the same rows and bytes.
+      for (const [stats, [byRows, byBytes]] of [[copying, copyingChecks], [flipped, flippedChecks]] as const) {
+        expect(byRows?.summary.shards.map((s) => s.before)).toEqual(stats.shards.map((s) => s.rows));
+        expect(byBytes?.summary.shards.map((s) => s.before)).toEqual(stats.shards.map((s) => s.bytes));
+      }
       expect(counts(await inspector.statistics({ exact: true, slotMap }))).toEqual(counts(before));
     } finally {
       await source.end();
@@ -316,5 +323,219 @@ describe('bytes of the statistics and the rebalance check after moves: live data
     const [a, b] = exact.shards;
     expect((a?.diskBytes ?? 0) / (b?.diskBytes ?? 1)).toBeGreaterThan(1.3);
     expect(exact.totals.diskBytes).toBe((a?.diskBytes ?? 0) + (b?.diskBytes ?? 0));
+  });
+});
+
+describe('estimated bytes of TOASTed documents: the stored values, not whole TOAST chunks nor dead ones', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+  let inspector: ShardInspector;
+  /** One that estimates from a sample of a few pages, as a table far bigger than the default sample would be. */
+  let sampling: ShardInspector;
+  let shard: pg.Client;
+  let slotMap: SlotMap;
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+    inspector = new ShardInspector(pools, { timeoutMs: 5000 });
+    sampling = new ShardInspector(pools, { timeoutMs: 5000, samplePages: 8 });
+    slotMap = buildSlotMap([
+      { shardId: 'shard_001', weight: 1 },
+      { shardId: 'shard_002', weight: 1 },
+    ]);
+    shard = new pg.Client({ connectionString: cluster.config.shards[0]?.database_url });
+    await shard.connect();
+    const slot = slotMap.assignments.indexOf('shard_001');
+    await shard.query(`insert into users (id, slot, email, display_name) select gen_random_uuid(), $1, 'u' || i || '@example.org', 'user' from generate_series(1, 2000) i`, [slot]);
+    // About 2.3 kB of md5 text per document: too big to stay in the row, too random to compress,
+    // so each value is stored out of line in two TOAST chunks, the second a small one.
+    await shard.query(
+      `insert into documents (id, owner_id, slot, title, content)
+       select gen_random_uuid(), u.id, $1, 'doc', jsonb_build_object('body', (select string_agg(md5(u.id::text || g), '') from generate_series(1, 70) g))
+       from users u`,
+      [slot],
+    );
+    await shard.query('vacuum analyze users, documents');
+  });
+  afterAll(async () => {
+    await shard?.end();
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  const documents = (r: Awaited<ReturnType<ShardInspector['statistics']>>) => r.shards.find((s) => s.shardId === 'shard_001')?.tables.find((t) => t.table === 'documents');
+
+  it('estimates the live bytes of out-of-line values close to the exact measure', async () => {
+    const exact = documents(await inspector.statistics({ slotMap, exact: true }));
+    const whole = documents(await inspector.statistics({ slotMap }));
+    const sampled = documents(await sampling.statistics({ slotMap }));
+
+    expect(exact?.bytes).toBeGreaterThan(2000 * 2000);
+    for (const estimated of [whole, sampled]) {
+      expect(estimated?.method).toBe('estimate');
+      expect((estimated?.bytes ?? 0) / (exact?.bytes ?? 1)).toBeGreaterThan(0.9);
+      expect((estimated?.bytes ?? 0) / (exact?.bytes ?? 1)).toBeLessThan(1.1);
+    }
+  });
+
+  it('leaves out the values of deleted documents once ANALYZE has counted the rows, before any VACUUM', async () => {
+    await shard.query('delete from documents where owner_id in (select id from users order by id limit 1600)');
+    // What autoanalyze does at 10% of the rows changed, before autovacuum's 20% are reached.
+    await shard.query('analyze users, documents');
+
+    const exact = documents(await inspector.statistics({ slotMap, exact: true }));
+    const whole = documents(await inspector.statistics({ slotMap }));
+    const sampled = documents(await sampling.statistics({ slotMap }));
+
+    expect(exact?.rows).toBe(400);
+    for (const estimated of [whole, sampled]) {
+      expect(estimated).toMatchObject({ method: 'estimate', rows: 400 });
+      expect((estimated?.bytes ?? 0) / (exact?.bytes ?? 1)).toBeGreaterThan(0.9);
+      expect((estimated?.bytes ?? 0) / (exact?.bytes ?? 1)).toBeLessThan(1.1);
+    }
+  });
+});
+
+describe('the movable units of directory keys: found in one scan of each table, not one scan per key', () => {
+  const KEYS = 20;
+  let cluster: TestShardCluster;
+  let shard: pg.Client;
+  let slotMap: SlotMap;
+  let directory: { key: string; shardId: string }[];
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    slotMap = buildSlotMap([
+      { shardId: 'shard_001', weight: 1 },
+      { shardId: 'shard_002', weight: 1 },
+    ]);
+    shard = new pg.Client({ connectionString: cluster.config.shards[0]?.database_url });
+    await shard.connect();
+    const slot = slotMap.assignments.indexOf('shard_001');
+    await shard.query(
+      `with u as (insert into users (id, slot, email, display_name) select gen_random_uuid(), $1, 'u' || i || '@example.org', 'user' from generate_series(1, 100) i returning id)
+       insert into documents (id, owner_id, slot, title) select gen_random_uuid(), u.id, $1, 'doc' from u, generate_series(1, 3)`,
+      [slot],
+    );
+    const { rows } = await shard.query<{ id: string }>('select id::text from users order by id limit $1', [KEYS]);
+    directory = rows.map((r) => ({ key: r.id, shardId: 'shard_001' }));
+  });
+  afterAll(async () => {
+    await shard?.end();
+    await cluster?.stop();
+  });
+
+  /** Sequential scans of documents on shard_001 so far, once every backend has reported its counts. */
+  const seqScans = async (): Promise<number> => {
+    const { rows } = await shard.query<{ n: string }>(`select pg_stat_clear_snapshot(), seq_scan::text as n from pg_stat_user_tables where relname = 'documents'`);
+    return Number(rows[0]?.n);
+  };
+
+  it('lists each key as a unit with its rows, reading the documents once for all the keys', async () => {
+    const before = await seqScans();
+    const pools = ShardPools.fromConfig(cluster.config, { max: 1 });
+    let units;
+    try {
+      units = await new ShardInspector(pools, { timeoutMs: 5000 }).movableUnits(slotMap, directory);
+    } finally {
+      // A backend reports its counters at the latest when it exits.
+      await pools.end();
+    }
+    let scans = before;
+    for (let i = 0; i < 100 && scans === before; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      scans = await seqScans();
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    scans = await seqScans();
+
+    expect(units.filter((u) => u.kind === 'directory').map((u) => [u.id, u.rows])).toEqual(directory.map((d) => [d.key, 4]));
+    expect(units.filter((u) => u.kind === 'slot').reduce((n, u) => n + u.rows, 0)).toBe((100 - KEYS) * 4);
+    expect(scans - before).toBeGreaterThan(0);
+    expect(scans - before).toBeLessThanOrEqual(2);
+  });
+});
+
+describe('the rebalance check with a shard whose primary is in recovery (read-only)', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+  let slotMap: SlotMap;
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 2, replicasPerShard: 1, schema: true });
+    slotMap = buildSlotMap([
+      { shardId: 'shard_001', weight: 1 },
+      { shardId: 'shard_002', weight: 1 },
+    ]);
+    const heavy = new pg.Client({ connectionString: cluster.config.shards[0]?.database_url });
+    await heavy.connect();
+    const slots = slotMap.assignments.flatMap((owner, slot) => (owner === 'shard_001' ? [slot] : [])).slice(0, 10);
+    await heavy.query(`insert into users (id, slot, email, display_name) select gen_random_uuid(), ($1::int[])[1 + i % 10], 'u' || i || '@example.org', 'user' from generate_series(0, 199) i`, [slots]);
+    await heavy.end();
+    // shard_002's configured primary answers as a standby does (a failover that left the
+    // endpoint on the old primary, or an instance restored and still replaying): every query
+    // of the check succeeds on it, but no move can write there.
+    const standby = cluster.shards[1]?.replicas[0]?.url as string;
+    pools = ShardPools.fromConfig({ shards: cluster.config.shards.map((s) => (s.shard_id === 'shard_002' ? { ...s, database_url: standby, read_replicas: [] } : s)) }, { max: 2 });
+  });
+  afterAll(async () => {
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  it('refuses to plan, naming the shard and why, instead of proposing moves onto it', async () => {
+    const check = new ShardInspector(pools, { timeoutMs: 5000 }).rebalanceCheck({ slotMap });
+
+    await expect(check).rejects.toBeInstanceOf(ShardInspectionError);
+    await expect(check).rejects.toThrow(/shard_002.*in recovery/);
+  });
+});
+
+describe('a shard whose tables do not answer: the checks that read whole tables give up in time to say which', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+  let locker: pg.Client;
+  const slotMap = buildSlotMap([
+    { shardId: 'shard_001', weight: 1 },
+    { shardId: 'shard_002', weight: 1 },
+  ]);
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+    locker = new pg.Client({ connectionString: cluster.config.shards[1]?.database_url });
+    await locker.connect();
+  });
+  afterAll(async () => {
+    await locker?.end();
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  it('waits ten node budgets, but never so long that API Gateway (29 s) answers first', () => {
+    expect(new ShardInspector(pools, { timeoutMs: 1000 }).wholeTableBudgetMs).toBe(10_000);
+    // health_check_timeout_seconds: 5 would give 50 s.
+    expect(new ShardInspector(pools, { timeoutMs: 5000 }).wholeTableBudgetMs).toBe(MAX_WHOLE_TABLE_BUDGET_MS);
+    expect(MAX_WHOLE_TABLE_BUDGET_MS).toBeLessThan(29_000);
+  });
+
+  it('names the shard that did not answer within the budget, in the exact statistics and in the refusal to plan', async () => {
+    const inspector = new ShardInspector(pools, { timeoutMs: 5000, wholeTableBudgetMs: 1000 });
+    // A shard under a long DDL (or a stalled disk): its queries of the documents wait.
+    await locker.query('begin; lock table documents in access exclusive mode');
+    try {
+      const stats = await inspector.statistics({ slotMap, exact: true });
+      const check = inspector.rebalanceCheck({ slotMap });
+
+      expect(stats.complete).toBe(false);
+      expect(stats.unreachable).toEqual([expect.objectContaining({ shardId: 'shard_002' })]);
+      expect(stats.shards.map((s) => s.shardId)).toEqual(['shard_001']);
+      await expect(check).rejects.toBeInstanceOf(ShardInspectionError);
+      // The client's deadline or the server's statement_timeout (set to the time left), whichever comes first.
+      await expect(check).rejects.toThrow(/shard_002 \(.*(no answer within 1000 ms|statement timeout)/);
+    } finally {
+      await locker.query('rollback');
+    }
   });
 });
