@@ -24,7 +24,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { cancelledByRequest, checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
+import { cancelledByRequest, checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, withNodeDeadline, type ClientDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { UNIQUE_VIOLATION } from './sqlstate.js';
 import { inClientTransaction, RolledBackAtCommitError, RollbackWith } from './transaction.js';
@@ -273,6 +273,12 @@ function verdict(rows: readonly FenceRow[], viaDirectory: boolean): FenceVerdict
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
+ * How long a write without a deadline waits for its read token on another connection when its
+ * own failed after the COMMIT was acknowledged (see `writePosition`).
+ */
+const TOKEN_RETRY_MS = 5000;
+
+/**
  * Whether the error a transaction's COMMIT failed with says it was not committed: the server
  * answered the COMMIT with an ERROR (a deferred constraint, a serialization failure: the
  * transaction is rolled back), or with ROLLBACK ({@link RolledBackAtCommitError}). Anything
@@ -360,16 +366,37 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
    * deadline just before the commit went out (one at a time, none once it has: see
    * holdToDeadline) can reach this query instead of the body's statement: the write is committed
    * all the same, so the query is asked again once that request has been passed on in full (no
-   * cancel request can reach it then).
+   * cancel request can reach it then). A connection that failed after the COMMIT's answer (a
+   * reset, a terminated backend) has the query asked on another connection of the pool: the write
+   * is committed, and reporting it as outcome-unknown for want of its token would send the
+   * client looking (or retrying) for nothing.
    */
-  async function writePosition(client: pg.PoolClient, guard: ClientDeadline | undefined): Promise<pg.QueryResult<{ lsn: string; tli: string }>> {
+  async function writePosition(
+    client: pg.PoolClient,
+    guard: ClientDeadline | undefined,
+    pool: pg.Pool,
+    shardId: string,
+    deadlineAt: number | undefined,
+  ): Promise<pg.QueryResult<{ lsn: string; tli: string }>> {
     try {
       return await client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
     } catch (err) {
-      if (guard === undefined || !cancelledByRequest(err)) throw err;
-      // Once the request is passed on in full (its second signal could cancel the next statement too).
-      await guard.settled();
-      return client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
+      if (guard !== undefined && cancelledByRequest(err)) {
+        // Once the request is passed on in full (its second signal could cancel the next statement too).
+        await guard.settled();
+        return client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
+      }
+      // The connection failed after the COMMIT was acknowledged (a reset, a terminated backend):
+      // the write is committed, and any session's insert position read from now on is at or past
+      // its commit record, so another connection gives a token as good. Not while the deadline
+      // holds the connection dropped for silence (`expired`): that primary is not answering.
+      if (guard?.expired === true) throw err;
+      const timeoutMs = deadlineAt === undefined ? TOKEN_RETRY_MS : Math.max(DEADLINE_GRACE_MS, deadlineAt - Date.now());
+      try {
+        return await withNodeDeadline(pool, timeoutMs, `${shardId}/primary`, (other) => other.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL));
+      } catch {
+        throw err;
+      }
     }
   }
 
@@ -416,7 +443,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       /** What the attempt failed with, if it did (a connection a late cancel may reach is not reused). */
       let failure: unknown;
       let committed = false;
-      // Set once the body is done and the transaction's commit is about to be sent.
+      // Set once the body is done and the transaction's commit is about to be sent on a live connection.
       let committing = false;
       // At the deadline the statement is cancelled (never once the commit is on its way); only a
       // server that does not answer within the grace has its connection dropped.
@@ -436,7 +463,11 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
             const found = verdict(fences.rows, route.viaDirectory);
             if (found !== 'write') return new RollbackWith({ verdict: found });
             const value = await fn({ client, shardId: route.shardId, slot: route.slot, version: route.version });
-            committing = true;
+            // A connection that died before now (its backend terminated while the transaction sat
+            // idle: a fast shutdown, pg_terminate_backend) is not queryable: pg refuses the COMMIT
+            // without sending it, so nothing was committed. Between here and the COMMIT being
+            // written to the socket only microtasks run, so no later death is missed.
+            committing = !died;
             return { verdict: found, value };
           },
           // A connection that could not even roll back must not go back to the pool.
@@ -446,7 +477,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         );
         if (body.verdict === 'write') {
           committed = true;
-          const position = await writePosition(client, guard);
+          const position = await writePosition(client, guard, pool, route.shardId, deadlineAt);
           const lsn = position.rows[0]?.lsn ?? '0/0';
           const readToken = { shardId: route.shardId, lsn, timeline: Number(position.rows[0]?.tli ?? 1), mapVersion: route.version };
           return { value: body.value, shardId: route.shardId, slot: route.slot, token: lsn, readToken, attempts: attempt };

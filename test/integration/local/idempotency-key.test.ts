@@ -9,6 +9,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Mover } from '../../../functions/adapters/postgres/mover.js';
 import { documentIdForKey, IDEMPOTENCY_KEY_MAX, idempotencyKeyOf } from '../../../functions/local/documents-api.js';
 import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
 
@@ -204,6 +205,51 @@ describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQ
       replayed: 'true',
     });
     expect(await documentsOf(owner.id)).toEqual([{ id: first.body.id, title: body.title, shard: to }]);
+  }, 60_000);
+
+  it('never creates a second document nor refuses a retry when keyed attempts come at every step of a move', async () => {
+    const owner = await newUser();
+    const slot = (await api.primary(owner.shardId).query<{ slot: number }>('select slot from users where id = $1', [owner.id])).rows[0]?.slot;
+    if (slot === undefined) throw new Error('the owner has no row');
+    const to = owner.shardId === 'shard_001' ? 'shard_002' : 'shard_001';
+    const body = (key: string) => ({ owner_id: owner.id, title: `made at ${key}`, content: { n: 1.5, key } });
+    const keys = ['before'];
+    const first = await post(body('before'), 'before');
+    expect(first.status).toBe(201);
+    /** Per step: the status of a new key's first attempt, and of a retry of every earlier key. */
+    const seen: Record<string, number[]> = {};
+    const pending: Promise<void>[] = [];
+    const FENCE_HELD = ['fenced', 'verifying', 'published'];
+    const atStep = async (point: string): Promise<void> => {
+      const attempts = async (): Promise<void> => {
+        const earlier = [...keys];
+        const [fresh, ...retries] = await Promise.all([post(body(point), point), ...earlier.map((k) => post(body(k), k))]);
+        if (fresh?.status === 201) keys.push(point);
+        seen[point] = [fresh?.status ?? 0, ...retries.map((r) => r.status)];
+      };
+      // While the fence is held the attempts wait for it (the mover must not wait for them).
+      if (FENCE_HELD.includes(point)) pending.push(attempts());
+      else await attempts();
+    };
+    const catalog = new pg.Pool({ connectionString: api.server.urlFor('catalog'), max: 2 });
+    try {
+      const mover = new Mover({ catalog, shards: api.sharding.primaries, slotMaps: api.sharding.slotMaps, directory: api.sharding.directory, actor: 'test', hook: atStep });
+      expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
+    } finally {
+      await catalog.end();
+    }
+    await Promise.all(pending);
+    const after = await Promise.all(keys.map((k) => post(body(k), k)));
+
+    expect(Object.keys(seen).sort()).toEqual(['catching_up', 'cleaned', 'cleaning_up', 'copied', 'copying', 'cutover', 'fenced', 'published', 'verifying']);
+    // An attempt that meets the fence waits for it, or passes its 1 s deadline: a 503 saying nothing was written (checked below).
+    for (const [point, statuses] of Object.entries(seen)) {
+      expect({ point, statuses }).toEqual({ point, statuses: statuses.map(() => (FENCE_HELD.includes(point) ? expect.toBeOneOf([201, 503]) : 201)) });
+    }
+    expect(after.map((r) => [r.status, r.headers.get('idempotent-replayed'), r.body.shard_id])).toEqual(keys.map(() => [201, 'true', to]));
+    const stored = await documentsOf(owner.id);
+    expect(stored.map((d) => d.id).sort()).toEqual(keys.map((k) => documentIdForKey(owner.id, k)).sort());
+    expect(new Set(stored.map((d) => d.shard))).toEqual(new Set([to]));
   }, 60_000);
 
   it('documents the header in the OpenAPI document', async () => {

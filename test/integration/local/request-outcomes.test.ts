@@ -103,6 +103,26 @@ describe('a write whose connection is reset', () => {
   }, 30_000);
 });
 
+describe('a write whose COMMIT was acknowledged, then its connection reset', () => {
+  it('answers 201 with a read token that finds it, not 504: the write is known to be committed', async () => {
+    const owner = await newUser();
+    // The reset comes as the read token's query is sent, after the COMMIT's answer arrived.
+    relayOf(owner.shardId).resetAt('pg_current_wal_insert_lsn', { delivered: true });
+    const answer = await api.request('POST', '/api/v1/documents', { owner_id: owner.id, title: 'committed, token lost' });
+    relayOf(owner.shardId).heal();
+    const token = answer.headers.get('x-read-token');
+    const read = token === null ? undefined : await api.request('GET', `/api/v1/documents/${String(answer.body?.id)}?owner=${owner.id}`, undefined, { 'x-read-after': token });
+
+    expect({ status: answer.status, type: answer.body?.type, token, written: await documentsOf(owner), read: read?.status }).toEqual({
+      status: 201,
+      type: undefined,
+      token: expect.stringMatching(new RegExp(`^${owner.shardId}@`)) as unknown as string,
+      written: 1,
+      read: 200,
+    });
+  }, 30_000);
+});
+
 describe('a write whose COMMIT the server refuses', () => {
   it('answers 503 with nothing written, not 504: a deferred constraint failing at commit rolls the write back', async () => {
     const owner = await newUser();

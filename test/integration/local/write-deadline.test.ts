@@ -397,4 +397,43 @@ describe("the 504's check with a replica held behind", () => {
       await replica.resumeReplay();
     }
   }, 60_000);
+
+  it("gives a keyed retry's replay a read token that sees the first attempt's document, though the replica has not replayed it", async () => {
+    const replica = cluster.shards[0]?.replicas[0];
+    if (replica === undefined) throw new Error('no replica');
+    const user = await call('POST', '/api/v1/users', { email: `${randomUUID()}@example.org`, display_name: 'Replayed' });
+    expect(user.status).toBe(201);
+    const userId = String(user.body['id']);
+    let servedBy = '';
+    for (let i = 0; i < 100 && !servedBy.includes('replica'); i++) {
+      servedBy = String((await call('GET', `/api/v1/users/${userId}`)).body['served_by']);
+      if (!servedBy.includes('replica')) await delay(100);
+    }
+    expect(servedBy).toMatch(/replica/);
+    await replica.pauseReplay();
+    try {
+      const body = { owner_id: userId, title: 'replayed behind a replica' };
+      const keyed = { 'content-type': 'application/json', 'idempotency-key': '"behind-1"' };
+      writes.blackholeAfter('commit\u0000');
+      const lost = await fetch(`${url}/api/v1/documents`, { method: 'POST', headers: keyed, body: JSON.stringify(body) });
+      writes.heal();
+      const retried = await fetch(`${url}/api/v1/documents`, { method: 'POST', headers: keyed, body: JSON.stringify(body) });
+      const doc = (await retried.json()) as Record<string, unknown>;
+      const token = retried.headers.get('x-read-token') ?? '';
+      const plain = await call('GET', `/api/v1/documents/${String(doc['id'])}?owner=${userId}`);
+      const read = await fetch(`${url}/api/v1/documents/${String(doc['id'])}?owner=${userId}`, { headers: { 'x-read-after': token } });
+      const readOwnerless = await fetch(`${url}/api/v1/documents/${String(doc['id'])}`, { headers: { 'x-read-after': token } });
+
+      expect({
+        lost: lost.status,
+        retried: { status: retried.status, replayed: retried.headers.get('idempotent-replayed') },
+        plain: plain.status,
+        read: read.status,
+        readOwnerless: readOwnerless.status,
+      }).toEqual({ lost: 504, retried: { status: 201, replayed: 'true' }, plain: 404, read: 200, readOwnerless: 200 });
+    } finally {
+      writes.heal();
+      await replica.resumeReplay();
+    }
+  }, 60_000);
 });

@@ -1,0 +1,93 @@
+/**
+ * What `withShardWrite` reports when its connection dies around the COMMIT: a COMMIT that was
+ * sent and not answered leaves the outcome unknown; a connection that died before the COMMIT
+ * could be sent (its backend terminated while the transaction sat idle) committed nothing, and
+ * must say so (a retryable failure), not `outcome-unknown`.
+ */
+import { randomUUID } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ShardWriteError } from '../../../functions/adapters/postgres/write-transaction.js';
+import { keysInSlot, sides, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv();
+}, 120_000);
+afterAll(async () => {
+  await env?.stop();
+});
+
+describe('a write whose backend is terminated before its COMMIT is sent', () => {
+  it.each([{ deadlineMs: undefined }, { deadlineMs: 5000 }])('fails as nothing written (not outcome-unknown), and nothing is (deadline $deadlineMs)', async ({ deadlineMs }) => {
+    const slot = 77;
+    const { source } = await sides(env, slot);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [owner], 0).catch(() => undefined);
+    const id = randomUUID();
+    const failure = await env.writer
+      .withShardWrite(
+        owner,
+        async ({ client, slot: s }) => {
+          await client.query('insert into documents (id, owner_id, slot, title) values ($1, $2, $3, $4)', [id, owner, s, 'terminated before commit']);
+          const pid = (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
+          const gone = new Promise<void>((resolve) => client.once('error', () => resolve()));
+          await source.query('select pg_terminate_backend($1)', [pid]);
+          await Promise.race([gone, delay(5000)]);
+        },
+        deadlineMs === undefined ? {} : { deadlineMs },
+      )
+      .then(
+        () => 'committed',
+        (err: unknown) => (err instanceof ShardWriteError ? err.reason : 'failed'),
+      );
+    const stored = (await source.query('select 1 from documents where id = $1', [id])).rowCount;
+
+    expect({ failure, stored }).toEqual({ failure: 'failed', stored: 0 });
+  }, 30_000);
+});
+
+describe('a write whose backend is terminated while its COMMIT is in flight', () => {
+  it('is outcome-unknown, and the write turns out committed (a COMMIT waiting for a synchronous standby, then SIGTERM as in pg_ctl stop -m fast)', async () => {
+    const slot = 78;
+    const { source } = await sides(env, slot);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [owner], 0);
+    const id = randomUUID();
+    let pid: number | undefined;
+    // Every COMMIT of a transaction that wrote now waits for a standby that never comes.
+    await source.query("alter system set synchronous_standby_names = 'nobody'");
+    await source.query('select pg_reload_conf()');
+    let setting = '';
+    try {
+      const write = env.writer
+        .withShardWrite(owner, async ({ client, slot: s }) => {
+          // The reload reaches each backend in its own time: this one waits until it has.
+          for (let i = 0; i < 100 && setting !== 'nobody'; i++) {
+            if (i > 0) await delay(20);
+            setting = (await client.query<{ s: string }>("select current_setting('synchronous_standby_names') as s")).rows[0]?.s ?? '';
+          }
+          pid = (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
+          await client.query('set local synchronous_commit = on'); // the test servers run with it off
+          await client.query('insert into documents (id, owner_id, slot, title) values ($1, $2, $3, $4)', [id, owner, s, 'in flight']);
+        })
+        .then(
+          () => 'committed',
+          (err: unknown) => (err instanceof ShardWriteError ? err.reason : 'failed'),
+        );
+      let waiting = false;
+      for (let i = 0; i < 200 && !waiting; i++) {
+        await delay(10);
+        waiting = (await source.query("select 1 from pg_stat_activity where pid = $1 and wait_event = 'SyncRep'", [pid ?? -1])).rowCount === 1;
+      }
+      await source.query('select pg_terminate_backend($1)', [pid ?? -1]);
+      const failure = await write;
+      const stored = (await source.query('select 1 from documents where id = $1', [id])).rowCount;
+
+      expect({ setting, waiting, failure, stored }).toEqual({ setting: 'nobody', waiting: true, failure: 'outcome-unknown', stored: 1 });
+    } finally {
+      await source.query('alter system reset synchronous_standby_names');
+      await source.query('select pg_reload_conf()');
+    }
+  }, 30_000);
+});
