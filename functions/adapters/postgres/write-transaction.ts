@@ -455,7 +455,14 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           async () => {
             if (deadlineAt !== undefined) {
               const left = Math.max(1, deadlineAt - Date.now());
-              await client.query(`set local statement_timeout = ${left}; set local lock_timeout = ${left}`);
+              // idle_in_transaction_session_timeout: a transaction whose client is gone without a
+              // word (a black-holed path: its close never arrives) would otherwise stay open on the
+              // server until TCP notices, hours, holding its rows and the unit's fence row FOR
+              // SHARE: a move could not fence, and a keyed retry would wait on its uncommitted row.
+              // Past the deadline and the client's grace the client has given it up anyway.
+              await client.query(
+                `set local statement_timeout = ${left}; set local lock_timeout = ${left}; set local idle_in_transaction_session_timeout = ${left + DEADLINE_GRACE_MS}`,
+              );
             }
             const fences = await client.query<FenceRow>(WRITER_FENCE_ROWS_SQL, [String(route.slot), key]);
             const destination = movingTo(fences.rows, route.viaDirectory);

@@ -224,6 +224,33 @@ describe('the documents API with a silent shard primary', () => {
     expect(answer !== 'still waiting after 8 s' && answer.ms).toBeLessThan(WITHIN_MS);
   }, 30_000);
 
+  it("leaves no transaction open on the shard when the write's path goes silent mid-transaction (its close never arrives)", async () => {
+    const owner = await newUser();
+    // The insert reaches the shard and runs; its answer, and everything after (the close too), is lost.
+    relayOf(owner.shardId).blackholeAfter('insert into documents');
+    const answer = await timed('POST', '/api/v1/documents', { owner_id: owner.id, title: 'stranded' });
+    relayOf(owner.shardId).heal();
+    const direct = new pg.Pool({ connectionString: api.server.urlFor(owner.shardId), max: 1 });
+    const stranded = async (): Promise<number> =>
+      (
+        await direct.query<{ n: number }>(
+          "select count(*)::int as n from pg_stat_activity where state = 'idle in transaction' and query like 'insert into documents%' and pid <> pg_backend_pid()",
+        )
+      ).rows[0]?.n ?? -1;
+    let open = await stranded();
+    try {
+      // The deadline, the client's grace and room for a busy machine.
+      for (let i = 0; i < 40 && open !== 0; i++) {
+        await delay(100);
+        open = await stranded();
+      }
+    } finally {
+      await direct.end();
+    }
+
+    expect({ status: answer !== 'still waiting after 8 s' && answer.status, open, written: await documentsOf(owner) }).toEqual({ status: 503, open: 0, written: 0 });
+  }, 30_000);
+
   it('answers a write an operator cancelled before its deadline with a retryable 503 that says so (not a 504, not the deadline)', async () => {
     const owner = await newUser();
     const pool = api.primary(owner.shardId);
