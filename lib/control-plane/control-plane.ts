@@ -78,7 +78,9 @@ export interface ControlPlaneProps {
   /**
    * Where the catalog lives: its admin secret (the migrations only), the control plane's own
    * login there (`ca_dms_control`: the evaluator, the alarm function, the API and the moves
-   * worker), and the host to use instead of the secrets' (the proxy, which must admit both).
+   * worker), and the host to use instead of the secrets' (the proxy, which must admit both). The
+   * moves worker uses the secret's own host (the primary): it cancels statements, which RDS
+   * Proxy does not pass on.
    */
   readonly catalog: { readonly secret: secretsmanager.ISecret; readonly controlSecret: secretsmanager.ISecret; readonly host: string };
   /** Every shard primary's admin secret, in shard order: the migrations function's alone. */
@@ -252,7 +254,16 @@ export class ControlPlane extends Construct {
       SCALING_CHECK_INTERVAL: String(props.scalingConfig.check_interval),
     };
     const apiEnv = { ...controllerEnv, ...config.environment(apiParameters, { SHARD_MONITOR_SECRET_ARNS: 'SHARD_DB_SECRET_ARNS' }) };
-    const movesEnv = { ...controllerEnv, ...config.environment(movesParameters, { SHARD_MOVER_SECRET_ARNS: 'SHARD_DB_SECRET_ARNS' }) };
+    // The moves worker alone reaches the catalog at the primary's own endpoint (the host its
+    // control-login secret names), not through the proxy: the flip holds the fence to its budget
+    // by cancelling its running catalog statement with a protocol CancelRequest, sent on a new
+    // connection to the same host and port (functions/adapters/postgres/deadline.ts), and "For
+    // PostgreSQL, RDS Proxy doesn't currently support canceling a query from a client by issuing a
+    // CancelRequest" (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy.html#rds-proxy.limits).
+    // The primary admits the functions' security group on 5432; one run holds the moves lease,
+    // so the worker adds a connection or two to the primary, not a container's worth.
+    const { CATALOG_DB_HOST: _viaProxy, ...directControllerEnv } = controllerEnv;
+    const movesEnv = { ...directControllerEnv, ...config.environment(movesParameters, { SHARD_MOVER_SECRET_ARNS: 'SHARD_DB_SECRET_ARNS' }) };
 
     const evaluateFailures = new FailureQueue(this, 'EvaluateFailures');
     const alarmFailures = new FailureQueue(this, 'AlarmFailures');
@@ -320,7 +331,11 @@ export class ControlPlane extends Construct {
         POWERTOOLS_SERVICE_NAME: 'scaling-migrate',
         MIGRATIONS_DIR: '/var/task/migrations',
       },
-      timeout: Duration.minutes(15),
+      // A minute short of the provider framework's own 15 minutes: the framework invokes this
+      // function synchronously and must still be alive to report its timeout to CloudFormation,
+      // which would otherwise wait for the custom resource's one-hour ServiceTimeout
+      // (test/infra/migrations-resource.test.ts).
+      timeout: Duration.minutes(14),
       memorySize: 1024,
       bundledDirectories: { [props.migrationsDirectory]: 'migrations' },
     });
