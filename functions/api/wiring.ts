@@ -108,6 +108,18 @@ async function available<T>(what: string, work: () => Promise<T>): Promise<T> {
 const STATEMENT_CANCELED = '57014';
 
 /**
+ * What kind of failure `err` is, in words fit for a client: the driver's and the server's own
+ * text names addresses and ports (`connect ECONNREFUSED 10.0.3.17:5432`), which stay in `cause`.
+ */
+function failureKind(err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === STATEMENT_CANCELED) return 'a statement ran past its time limit';
+  if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return `connection error ${code}`;
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return `SQLSTATE ${code}`;
+  return /timeout/i.test((err as Error).message) ? 'no answer in time' : 'the connection failed';
+}
+
+/**
  * The moves endpoints' database failures (the catalog, or a shard while planning, did not answer:
  * a refused or dropped connection, the client's query timeout, the server's statement timeout)
  * as the API's "unavailable": a 503 with a retry hint, not an internal error.
@@ -117,7 +129,7 @@ async function reachable<T>(what: string, work: () => Promise<T>): Promise<T> {
     return await work();
   } catch (err) {
     if (!(err instanceof MoveError) && (isNodeFailure(err) || (err as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) {
-      throw new UnavailableError(`${what}: the catalog or a shard did not answer (${(err as Error).message}); try again shortly`, { cause: err });
+      throw new UnavailableError(`${what}: the catalog or a shard did not answer (${failureKind(err)}); try again shortly`, { cause: err });
     }
     throw err;
   }

@@ -53,12 +53,24 @@ function processStart(pid: number | 'self'): string | undefined {
   }
 }
 
+/** Whether `pid` has exited and waits only to be reaped (Linux): kill(pid, 0) still succeeds on it. */
+function zombie(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.charAt(stat.lastIndexOf(')') + 2) === 'Z';
+  } catch {
+    return false;
+  }
+}
+
 function alive(owner: LockContent): boolean {
   try {
     process.kill(owner.pid, 0);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  // An owner that died under a parent that has not reaped it yet (or never will) holds nothing.
+  if (zombie(owner.pid)) return false;
   const start = owner.procStart === undefined ? undefined : processStart(owner.pid);
   return start === undefined || start === owner.procStart;
 }

@@ -41,6 +41,7 @@ import { runMigrations } from '../adapters/postgres/migrate.js';
 import { CATALOG_QUERY_TIMEOUT_MS, CATALOG_STATEMENT_TIMEOUT_MS } from '../adapters/postgres/statement-bounds.js';
 import { ListeningClient } from '../adapters/postgres/listening-client.js';
 import { MoveBusyError } from '../adapters/postgres/mover.js';
+import { isTerminal } from '../core/sharding/move-plan.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { SimulatedFleet } from '../adapters/sim/fleet.js';
 import { LiveLoad } from '../adapters/sim/live-load.js';
@@ -53,7 +54,12 @@ const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../adapters
 /** The configuration local mode writes on its first start (the guide's defaults otherwise). */
 /** How often local mode resumes unfinished moves (the moves function's schedule on AWS is every minute). */
 export const LOCAL_MOVES_RESUME_MS = 15_000;
-/** How long stopping local mode waits for running moves to finish their step. */
+/**
+ * How long stopping local mode waits for running moves to reach their next safe point (asked at
+ * the start of the stop; a copy page, a catch-up pass, a fenced step held to its budget). A run
+ * still going then (a comparison before the fence, a shard gone silent) is cut off when the
+ * servers stop, and its job resumes at the next start all the same.
+ */
 const MOVES_STOP_WAIT_MS = 10_000;
 /** Past a request's deadline, how long stopping local mode still waits for its answer to be written. */
 const DRAIN_MARGIN_MS = 1_000;
@@ -250,15 +256,22 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const history = new HistoryReader(async () => catalogPool);
     const moves = new Set<Promise<unknown>>();
     const runningMoves = new Set<number>();
+    // Aborted when local mode stops: every run stops at its next safe point (never while it holds
+    // a fence) and gives its job back, instead of being cut off by the servers stopping under it.
+    const stopMoves = new AbortController();
     // Local mode has no moves function: a move runs in this process, in the background, one run
     // per job at a time.
     const runMove = (id: number): void => {
-      if (runningMoves.has(id)) return;
+      if (runningMoves.has(id) || stopMoves.signal.aborted) return;
       runningMoves.add(id);
-      const run = mover.run(id).then(
-        (job) => say(`move ${job.id} (${job.kind} ${job.unitId} ${job.from} -> ${job.to}) ${job.state}`),
+      const run = mover.run(id, { stop: stopMoves.signal }).then(
+        (job) => {
+          const what = `move ${job.id} (${job.kind} ${job.unitId} ${job.from} -> ${job.to})`;
+          say(isTerminal(job.state) || !stopMoves.signal.aborted ? `${what} ${job.state}` : `${what} paused in ${job.state} by the stop; the next start resumes it`);
+        },
         (err: unknown) => {
-          if (!(err instanceof MoveBusyError)) say(`move ${id} stopped, to be tried again in ${LOCAL_MOVES_RESUME_MS / 1000} s: ${(err as Error).message}`);
+          if (err instanceof MoveBusyError) return;
+          say(`move ${id} stopped, to be tried again ${stopMoves.signal.aborted ? 'at the next start' : `in ${LOCAL_MOVES_RESUME_MS / 1000} s`}: ${(err as Error).message}`);
         },
       );
       moves.add(run);
@@ -340,14 +353,15 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       running = false;
       if (timer) clearTimeout(timer);
       clearInterval(resumeMoves);
+      // Moves are asked to stop first, so they reach their safe points while requests drain.
+      stopMoves.abort();
+      const movesStopped = within(MOVES_STOP_WAIT_MS, Promise.allSettled([...moves]));
       // The port first: no new request, and every request under way answered (a write holds its
       // shard connection until its commit's answer, at most its deadline) before anything below
       // it is stopped, so a committed write is not cut off unanswered.
       await server.close({ drainMs });
       await within(STOP_STEP_WAIT_MS, round);
-      // A move stops safely anywhere (its job resumes at the next start): its runs get a few
-      // seconds to finish a step, not the whole move.
-      await Promise.race([Promise.allSettled([...moves]), new Promise((resolve) => setTimeout(resolve, MOVES_STOP_WAIT_MS).unref())]);
+      await movesStopped;
     });
 
     return {

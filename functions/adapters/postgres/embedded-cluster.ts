@@ -202,12 +202,23 @@ export async function freeLoopbackPort(): Promise<number> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Whether `pid` still runs. A zombie does not: kill(pid, 0) succeeds on it until its parent reaps
+ * it, which a parent that does not reap (a shell that exec'ed another program, an init that reaps
+ * late) never does, and a wait for it to be gone would never end.
+ */
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+    if ((error as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.charAt(stat.lastIndexOf(')') + 2) !== 'Z';
+  } catch {
+    // Gone between the two looks, or no /proc (not Linux): as kill(pid, 0) said.
+    return !existsSync('/proc/self');
   }
 }
 

@@ -760,6 +760,8 @@ export class PgMovePort implements MovePort<MoveJob> {
       const open = active[0]?.n ?? 0;
       const prepared = active[0]?.prepared ?? 0;
       if (open + prepared === 0) return;
+      // Nothing is copied yet and no fence is held: a run whose time is up stops here, and the next one waits again.
+      if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up while waiting for writers older than the change capture; the next run resumes it`);
       if (this.now() > deadline) {
         const what = [open > 0 ? `${open} writer(s) older than the change capture` : '', prepared > 0 ? `${prepared} prepared transaction(s) that wrote users or documents (pg_prepared_xacts)` : '']
           .filter(Boolean)

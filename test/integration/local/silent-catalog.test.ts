@@ -87,4 +87,26 @@ describe('local mode with a silent catalog', () => {
     const again = await startMove(route.slot, to);
     expect(again.status).toBe(202);
   }, 120_000);
+
+  // Last: the catalog does not come back.
+  it('names what did not answer in the 503 without the driver\'s words (addresses, ports) once the catalog is down', async () => {
+    const node = local.cluster.nodes().find((n) => n.id === 'catalog');
+    process.kill(node?.pid as number, 'SIGINT');
+    const gone = (): boolean => {
+      try {
+        process.kill(node?.pid as number, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    };
+    await expect.poll(gone, { timeout: 20_000 }).toBe(true);
+
+    const job = await request(`${API}/shards/moves/999997`);
+
+    expect(job.status).toBe(503);
+    expect(String(job.body['detail'])).toBe('reading move 999997: the catalog or a shard did not answer (connection error ECONNREFUSED); try again shortly');
+    expect(String(job.body['detail'])).not.toContain(String(node?.port));
+    expect(String(job.body['detail'])).not.toContain('127.0.0.1');
+  }, 60_000);
 });

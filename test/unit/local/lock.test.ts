@@ -2,6 +2,7 @@
  * The local-mode lock: one running instance per data directory, stale locks taken over.
  */
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -83,6 +84,24 @@ describe('acquireLocalLock', () => {
       await lock.release();
     } finally {
       other.kill();
+    }
+  });
+
+  it('takes over a lock whose process has exited but not been reaped yet (a zombie)', async () => {
+    // A parent that never reaps (a shell that exec'ed `sleep`): its exited child stays a zombie, and kill(pid, 0) still succeeds on it.
+    const parent = spawn('bash', ['-c', 'sleep 0.3 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      const pid = Number(await new Promise<string>((r) => parent.stdout.once('data', (c: Buffer) => r(c.toString('utf8')))));
+      const stat = (): string => readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '');
+      await expect.poll(() => stat().charAt(0)).toBe('Z');
+      await writeFile(path, JSON.stringify({ pid, procStart: stat().split(' ')[19], startedAt: new Date().toISOString() }));
+
+      const lock = await acquireLocalLock(path);
+
+      expect(lock.replaced).toContain(`cleared the lock of an earlier run that did not stop cleanly (pid ${pid}`);
+      await lock.release();
+    } finally {
+      parent.kill('SIGKILL');
     }
   });
 
