@@ -125,6 +125,40 @@ describe("the migrations runner where the application login may create in public
     expect(await applied(master, 'meanwhile')).toBe(0);
   });
 
+  it("refuses the overloads of a login that is a member of the runner's role without its rights (PostgreSQL 16: INHERIT FALSE, SET FALSE)", async () => {
+    const master = await earlierRelease('mig_bare_member');
+    const member = { username: 'mig_bare_member', password: 'member pass' };
+    await master.query(`create role ${member.username} login password '${member.password}'`);
+    await master.query(`do $$ begin execute pg_catalog.format('grant %I to ${member.username} with inherit false, set false', current_user); end $$`);
+    // A member in name only: none of the runner's rights, nor a way to take them.
+    const { rows: membership } = await master.query(
+      `select pg_has_role($1, current_user, 'MEMBER') as member, pg_has_role($1, current_user, 'USAGE') as usage, pg_has_role($1, current_user, 'SET') as set`,
+      [member.username],
+    );
+    await poolOn('mig_bare_member', member).query(SHADOWS);
+
+    const err = await runMigrations(master, 'shard', join(DEFAULT_MIGRATIONS_DIR, 'shard')).catch((e: unknown) => e);
+    const calls = (await master.query<{ what: string; who: string }>('select distinct what, who from public.shadow_calls order by 1, 2')).rows;
+
+    expect(membership).toEqual([{ member: true, usage: false, set: false }]);
+    expect(calls).toEqual([]);
+    expect(err).toBeInstanceOf(MigrationError);
+    expect((err as Error).message).toMatch(/^shard: migration 013_pinned_search_path\.sql not applied: .*format\(text,name,name,text\) owned by mig_bare_member/);
+  });
+
+  it("applies migrations where public holds functions of logins that hold the runner's rights: by inheriting them, or by SET ROLE alone", async () => {
+    const master = await earlierRelease('mig_full_members');
+    for (const [name, options] of [['mig_inherits', 'inherit true'], ['mig_sets', 'inherit false, set true']] as const) {
+      await master.query(`create role ${name} login password 'pass'`);
+      await master.query(`do $$ begin execute pg_catalog.format('grant %I to ${name} with ${options}', current_user); end $$`);
+      await poolOn('mig_full_members', { username: name, password: 'pass' }).query(`create function public.${name}_helper() returns int language sql as $$ select 1 $$`);
+    }
+
+    const r = await runMigrations(master, 'shard', join(DEFAULT_MIGRATIONS_DIR, 'shard'));
+
+    expect(r.applied[0]).toBe('013_pinned_search_path.sql');
+  });
+
   it("applies migrations where public holds functions of the database's owner (the master user that ran the earlier ones, when an admin login runs them now)", async () => {
     const admin = poolOn('postgres');
     await admin.query("create role mig_db_owner login password 'owner pass'");
