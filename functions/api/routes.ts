@@ -160,10 +160,20 @@ export interface ReadSnapshotOptions {
   readonly statusMaxAgeMs?: number;
   /** Recommendations, which replay the last decisions (default 10 s); renewed by changes too. */
   readonly recommendationsMaxAgeMs?: number;
+  /**
+   * How many lifetimes the shard snapshots and the recommendations may go on being served while
+   * their refreshes fail (default {@link STALE_LIFETIMES}): past that a read waits for a refresh
+   * and answers its error (a 503 naming the shard that could not be measured), not a plan of
+   * moves taken before the shards changed.
+   */
+  readonly staleLifetimes?: number;
   readonly now?: () => number;
   /** Called whenever answers given before may no longer hold (a change made through the API, a move seen done). */
   readonly onRenew?: () => void;
 }
+
+/** See {@link ReadSnapshotOptions.staleLifetimes}. */
+export const STALE_LIFETIMES = 3;
 
 const NOT_MODIFIED = { description: 'the snapshot named in If-None-Match is still current (no body)' };
 const SNAPSHOT_HEADERS = {
@@ -184,13 +194,16 @@ async function fromSnapshot<T>(snapshot: Snapshot<T> | (() => Promise<SnapshotRe
 export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptions = {}): RouteSpec[] {
   const now = snapshots.now ?? Date.now;
   const live = { maxAgeMs: snapshots.statusMaxAgeMs ?? 1000, now };
-  const shards = { maxAgeMs: snapshots.shardsMaxAgeMs ?? 10_000, now };
+  const stale = snapshots.staleLifetimes ?? STALE_LIFETIMES;
+  const shardsMaxAgeMs = snapshots.shardsMaxAgeMs ?? 10_000;
+  const recommendationsMaxAgeMs = snapshots.recommendationsMaxAgeMs ?? 10_000;
+  const shards = { maxAgeMs: shardsMaxAgeMs, maxStaleMs: stale * shardsMaxAgeMs, now };
   const statusSnapshot = new Snapshot(() => port.status(), live);
   const metricsSnapshot = new Snapshot(() => port.metrics(), live);
   const configSnapshot = new Snapshot(() => port.getConfig(), { ...live, etag: (envelope) => etagOf(envelope.version) });
   const historyPages = new SnapshotMap<HistoryView>(live);
   const timeseriesWindows = new SnapshotMap<TimeseriesView>(live);
-  const recommendationsSnapshot = new Snapshot(() => port.recommendations(), { maxAgeMs: snapshots.recommendationsMaxAgeMs ?? 10_000, now });
+  const recommendationsSnapshot = new Snapshot(() => port.recommendations(), { maxAgeMs: recommendationsMaxAgeMs, maxStaleMs: stale * recommendationsMaxAgeMs, now });
   const healthSnapshot = new Snapshot(() => port.shardHealth(), shards);
   const statisticsSnapshot = new Snapshot(() => port.shardStatistics({ exact: false }), shards);
   const rebalanceChecks = new SnapshotMap<RebalanceCheckView>(shards);

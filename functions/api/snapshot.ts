@@ -4,8 +4,9 @@
  * the last snapshot, with its age, an ETag and a Cache-Control lifetime, instead of being
  * recomputed for every request. A stale snapshot is served while one refresh runs in the
  * background (one at a time); only the very first read waits. A failed refresh keeps the last
- * snapshot (its age keeps growing, so a client sees how old it is); with none, the error is
- * thrown to the caller. Values are deep-frozen: every reader shares them.
+ * snapshot (its age keeps growing, so a client sees how old it is) until it is `maxStaleMs` old:
+ * from then on a read waits for a refresh, so its error reaches the caller; with no snapshot, the
+ * error is thrown to the caller. Values are deep-frozen: every reader shares them.
  *
  * @example
  * ```ts
@@ -18,6 +19,12 @@ import { createHash } from 'node:crypto';
 export interface SnapshotOptions<T = unknown> {
   /** How old a snapshot may get before a read starts a refresh. */
   readonly maxAgeMs: number;
+  /**
+   * How old a snapshot may get and still be served while its refreshes fail. Past it a read
+   * waits for a refresh and gets its error (a plan of moves from hours ago misleads whoever
+   * follows it). Default: no bound.
+   */
+  readonly maxStaleMs?: number;
   /** Milliseconds since the epoch (injected for tests). */
   readonly now?: () => number;
   /** The entity tag of a value (default: a hash of its JSON). A value with a version of its own names it here. */
@@ -76,7 +83,8 @@ export class Snapshot<T> {
   async read(): Promise<SnapshotRead<T>> {
     const now = this.now();
     let taken = this.taken;
-    if (taken === undefined) taken = await this.refresh();
+    const maxStaleMs = this.options.maxStaleMs;
+    if (taken === undefined || (maxStaleMs !== undefined && now - taken.at >= maxStaleMs)) taken = await this.refresh();
     else if (now - taken.at >= this.options.maxAgeMs) void this.refresh().catch(() => undefined);
     const ageMs = Math.max(0, now - taken.at);
     const leftMs = this.options.maxAgeMs - ageMs;

@@ -74,6 +74,38 @@ describe('Snapshot', () => {
 
     expect(read).toMatchObject({ value: { ok: true }, ageSeconds: 3, maxAgeSeconds: 0 });
   });
+
+  it('stops serving a snapshot whose refreshes fail once it is maxStaleMs old: the read answers the refresh error', async () => {
+    let now = 0;
+    let fail = false;
+    const snap = new Snapshot(async () => {
+      if (fail) throw new Error('shard_002 did not answer');
+      return { plan: 'move slot 7' };
+    }, { maxAgeMs: 1000, maxStaleMs: 3000, now: () => now });
+    await snap.read();
+
+    fail = true;
+    now = 2999;
+    const stillServed = await snap.read();
+    await new Promise((r) => setTimeout(r, 0));
+    now = 3000;
+    const tooOld = snap.read();
+
+    expect(stillServed).toMatchObject({ value: { plan: 'move slot 7' }, ageSeconds: 2 });
+    await expect(tooOld).rejects.toThrow('shard_002 did not answer');
+  });
+
+  it('serves a fresh snapshot again once a refresh past maxStaleMs succeeds', async () => {
+    let now = 0;
+    let n = 0;
+    const snap = new Snapshot(async () => ({ n: ++n }), { maxAgeMs: 1000, maxStaleMs: 3000, now: () => now });
+    await snap.read();
+
+    now = 10_000;
+    const read = await snap.read();
+
+    expect(read).toMatchObject({ value: { n: 2 }, ageSeconds: 0 });
+  });
 });
 
 describe('Snapshot.reusableMs', () => {
