@@ -34,7 +34,8 @@ import {
   type NodeRole,
   type RdsFacts,
 } from '../../core/sharding/health.js';
-import { keySlot } from '../../core/sharding/keys.js';
+import { RebalancePlanError } from '../../core/sharding/errors.js';
+import { canonicalKey, keySlot } from '../../core/sharding/keys.js';
 import { lsnBytesBehind, parseLsn } from '../../core/sharding/lsn.js';
 import { moveUnitFor, type MoveRouting } from '../../core/sharding/move-machine.js';
 import { checkRebalance, type RebalanceCheckOptions, type RebalanceCheckResult } from '../../core/sharding/rebalance-check.js';
@@ -278,6 +279,14 @@ interface ColumnWidth {
 const COLUMNS_SQL = `(select coalesce(pg_catalog.json_agg(pg_catalog.json_build_object('name', a.attname, 'fixed', case when a.attlen > 0 and a.attnotnull then a.attlen end) order by a.attnum), '[]')
    from pg_attribute a where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped)`;
 
+/**
+ * The on-disk size of table `c` (pg_class): heap, TOAST and indexes, of every partition of a
+ * partitioned table, whose own relation holds no data (`pg_total_relation_size` of it is 0).
+ */
+const DISK_BYTES_SQL = `(case when c.relkind = 'p'
+     then (select coalesce(sum(pg_catalog.pg_total_relation_size(p.relid)), 0) from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p)
+     else pg_catalog.pg_total_relation_size(c.oid::pg_catalog.regclass) end)::float8`;
+
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -517,9 +526,12 @@ export class ShardInspector {
     const budget = exact ? this.wholeTableBudgetMs : this.#options.timeoutMs;
     return withNodeDeadline(node.pool, budget, node.nodeId, async (client) => {
       // pages: the heap's current size (of every partition), to size the sample below.
+      // pg_partition_tree lists nothing for a table that is not partitioned: its own size then.
       const { rows } = await client.query<{ table: string; estimate: number; disk_bytes: number; pages: number; columns: ColumnWidth[] }>(
-        `select c.relname as table, c.reltuples::float8 as estimate, pg_catalog.pg_total_relation_size(c.oid)::float8 as disk_bytes,
-           (select coalesce(sum(pg_catalog.pg_relation_size(p.relid)), 0) from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p)::float8
+        `select c.relname as table, c.reltuples::float8 as estimate, ${DISK_BYTES_SQL} as disk_bytes,
+           (case when c.relkind = 'p'
+              then (select coalesce(sum(pg_catalog.pg_relation_size(p.relid)), 0) from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p)
+              else pg_catalog.pg_relation_size(c.oid::pg_catalog.regclass) end)::float8
              / pg_catalog.current_setting('block_size')::float8 as pages,
            ${COLUMNS_SQL} as columns
          from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -541,14 +553,23 @@ export class ShardInspector {
           // a sample of pages: pg_stats cannot say it, since it counts an out-of-line value as its
           // 18-byte pointer, and the TOAST table's chunk count keeps a deleted value's chunks until
           // VACUUM and takes a value's last chunk as full (a 2.1 kB value as 4 kB).
-          const percent = Math.min(100, (100 * (this.#options.samplePages ?? SAMPLE_PAGES)) / Math.max(1, found.pages));
-          const { rows: sampled } = await client.query<{ n: number; bytes: number }>(
-            `select count(*)::float8 as n, coalesce(sum(${rowBytesSql(client, 'r', found.columns)}), 0)::float8 as bytes
-               from ${table} r tablesample pg_catalog.system ($1::float4) repeatable (0)`,
-            [percent],
-          );
-          const n = sampled[0]?.n ?? 0;
-          const sampledBytes = sampled[0]?.bytes ?? 0;
+          let percent = Math.min(100, (100 * (this.#options.samplePages ?? SAMPLE_PAGES)) / Math.max(1, found.pages));
+          let n = 0;
+          let sampledBytes = 0;
+          for (;;) {
+            const { rows: sampled } = await client.query<{ n: number; bytes: number }>(
+              `select count(*)::float8 as n, coalesce(sum(${rowBytesSql(client, 'r', found.columns)}), 0)::float8 as bytes
+                 from ${table} r tablesample pg_catalog.system ($1::float4) repeatable (0)`,
+              [percent],
+            );
+            n = sampled[0]?.n ?? 0;
+            sampledBytes = sampled[0]?.bytes ?? 0;
+            // Pages without a live row (deleted, not yet vacuumed, or the rows are few and far
+            // between) say nothing of a row's size: rows the planner counts would weigh 0 bytes.
+            // A sample ten times wider, up to the whole table, until it finds some.
+            if (n > 0 || percent >= 100 || found.estimate <= 0) break;
+            percent = Math.min(100, percent * 10);
+          }
           // A sample of every page is a count of the live rows (of the whole table, owned or not).
           const rowsEstimate = percent >= 100 ? n : Math.round(found.estimate);
           const bytes = n > 0 ? (rowsEstimate * sampledBytes) / n : 0;
@@ -565,7 +586,8 @@ export class ShardInspector {
    * directory key with its user's rows on its shard. Rows of directory keys are not counted
    * in their hash slot, since moving the slot would not move them.
    */
-  async movableUnits(slotMap: SlotMap, directory: readonly { readonly key: string; readonly shardId: string }[] = []): Promise<MovableUnit[]> {
+  async movableUnits(slotMap: SlotMap, given: readonly { readonly key: string; readonly shardId: string }[] = []): Promise<MovableUnit[]> {
+    const directory = canonicalDirectory(given);
     const perShard = await Promise.all(
       this.#pools.shardIds().map(async (shardId) => {
         try {
@@ -596,7 +618,7 @@ export class ShardInspector {
     return withNodeDeadline(node.pool, this.wholeTableBudgetMs, node.nodeId, async (client) => {
       const wanted = [names.users, names.documents];
       const { rows: catalog } = await client.query<{ table: string; disk_bytes: number; columns: ColumnWidth[]; in_recovery: boolean }>(
-        `select c.relname as table, pg_catalog.pg_total_relation_size(c.oid)::float8 as disk_bytes, ${COLUMNS_SQL} as columns,
+        `select c.relname as table, ${DISK_BYTES_SQL} as disk_bytes, ${COLUMNS_SQL} as columns,
            pg_catalog.pg_is_in_recovery() as in_recovery
          from pg_class c join pg_namespace n on n.oid = c.relnamespace
          where n.nspname = current_schema() and c.relname = any($1) and c.relkind in ('r', 'p')`,
@@ -676,7 +698,8 @@ export class ShardInspector {
    * would pile data onto it or away from it blindly) or its primary is in recovery.
    */
   async rebalanceCheck(request: RebalanceCheckRequest): Promise<RebalanceCheckResult> {
-    const { slotMap, directory = [], freeBytes: given, routing, busySlots = new Set<number>(), ...options } = request;
+    const { slotMap, directory: listed = [], freeBytes: given, routing, busySlots = new Set<number>(), ...options } = request;
+    const directory = canonicalDirectory(listed);
     const census = await Promise.all(
       this.#pools.shardIds().map((shardId) =>
         this.#census(shardId, slotMap, directory).then(
@@ -732,6 +755,23 @@ export class ShardInspector {
     }
     return out;
   }
+}
+
+/**
+ * The directory entries in canonical key form ({@link canonicalKey}: the form the rows' uuid
+ * columns print), each key once: the census joins the rows to the keys by their text, so a key in
+ * another spelling would find none of its rows, and a key listed twice would count each row twice.
+ * Throws {@link RebalancePlanError} for a key listed with two shards.
+ */
+function canonicalDirectory(directory: readonly { readonly key: string; readonly shardId: string }[]): { key: string; shardId: string }[] {
+  const homes = new Map<string, string>();
+  for (const d of directory) {
+    const key = canonicalKey(d.key);
+    const home = homes.get(key);
+    if (home !== undefined && home !== d.shardId) throw new RebalancePlanError(`directory key ${key} is listed on two shards (${home} and ${d.shardId})`);
+    homes.set(key, d.shardId);
+  }
+  return [...homes].map(([key, shardId]) => ({ key, shardId }));
 }
 
 /** `host:port` of a `host:port/db` endpoint (how cloud facts are keyed). */

@@ -54,6 +54,8 @@ const SHADOWS: readonly Shadow[] = [
   ]),
   ...['text[]', 'tid[]', 'uuid[]', 'bigint[]'].map((t) => fn(`cardinality(${t})`, `a ${t}`, 'integer', 'return pg_catalog.cardinality(a);')),
   ...['text', 'bigint', 'integer', 'uuid'].map((t) => fn(`unnest(${t}[])`, `a ${t}[]`, `setof ${t}`, 'return query select * from pg_catalog.unnest(a);')),
+  // The partitions of a table by its pg_class oid (pg_catalog's takes a regclass), for the statistics' sizes.
+  fn('pg_partition_tree(oid)', 'r oid', 'table (relid regclass, parentrelid regclass, isleaf boolean, level integer)', 'return query select * from pg_catalog.pg_partition_tree(r::regclass);'),
   fn('move_permit_hold(integer, integer)', 'j integer, e integer', 'void', 'perform public.move_permit_hold(j::bigint, e::bigint);'),
   fn('move_permit_claim(text, text)', 'j text, e text', 'void', 'perform public.move_permit_claim(j::bigint, e::bigint);'),
   ...['uuid', 'text'].map((t) => ({
@@ -147,7 +149,14 @@ describe("the mover's SQL on a shard whose schema the application login may crea
     expect(rows[0]?.n).toBeGreaterThanOrEqual(SHADOWS.length);
     // The shadow is what an unqualified call of the mover's kind resolves to (the app's own session).
     await app.query("select to_jsonb(u) from users u limit 1; select cardinality('{}'::text[]); select '{}'::text[] is distinct from '{a}'::text[]");
-    expect(await shadowCalls()).toEqual(['shard_a: cardinality(text[]) by shadow_app', 'shard_a: text[] = text[] by shadow_app']);
+    await app.query("select pg_relation_size(c.oid), pg_total_relation_size(c.oid), (select count(*) from pg_partition_tree(c.oid)) from pg_class c where c.relname = 'users'");
+    expect(await shadowCalls()).toEqual([
+      'shard_a: cardinality(text[]) by shadow_app',
+      'shard_a: pg_partition_tree(oid) by shadow_app',
+      'shard_a: pg_relation_size(oid) by shadow_app',
+      'shard_a: pg_total_relation_size(oid) by shadow_app',
+      'shard_a: text[] = text[] by shadow_app',
+    ]);
     await app.query('truncate public.shadow_calls');
   });
 

@@ -1,0 +1,237 @@
+/**
+ * The rebalance check's census of a shard (one scan per table) against the exact statistics,
+ * with directory lists as callers may give them, and the estimated bytes of a table whose
+ * sampled pages hold no live row.
+ */
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
+import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import { slotOf } from '../../../functions/core/sharding/hash.js';
+import type { MovableUnit } from '../../../functions/core/sharding/rebalance.js';
+import { buildSlotMap, type SlotMap } from '../../../functions/core/sharding/slot-map.js';
+import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+
+const VIP_DOCS = 5;
+
+describe('the census of the rebalance check against the exact statistics', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+  let inspector: ShardInspector;
+  let slotMap: SlotMap;
+  /** A user whose hash slot is shard_001's, placed on shard_002 by the directory. */
+  let vip: string;
+
+  const clientOf = async (shardId: string): Promise<pg.Client> => {
+    const c = new pg.Client({ connectionString: cluster.config.shards.find((s) => s.shard_id === shardId)?.database_url });
+    await c.connect();
+    return c;
+  };
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    slotMap = buildSlotMap([
+      { shardId: 'shard_001', weight: 1 },
+      { shardId: 'shard_002', weight: 1 },
+    ]);
+    const [one, two] = [await clientOf('shard_001'), await clientOf('shard_002')];
+    try {
+      for (const [client, shardId] of [[one, 'shard_001'], [two, 'shard_002']] as const) {
+        const slot = slotMap.assignments.indexOf(shardId);
+        await client.query(
+          `with u as (insert into users (id, slot, email, display_name) select gen_random_uuid(), $1, 'u' || i || '@example.org', 'user' from generate_series(1, 40) i returning id)
+           insert into documents (id, owner_id, slot, title) select gen_random_uuid(), u.id, $1, 'doc' from u, generate_series(1, 3)`,
+          [slot],
+        );
+      }
+      do vip = randomUUID();
+      while (slotMap.assignments[slotOf(vip)] !== 'shard_001');
+      await two.query(
+        `with u as (insert into users (id, slot, email, display_name) values ($1, $2, 'vip@example.org', 'vip') returning id)
+         insert into documents (id, owner_id, slot, title) select gen_random_uuid(), u.id, $2, 'doc' from u, generate_series(1, $3)`,
+        [vip, slotOf(vip), VIP_DOCS],
+      );
+    } finally {
+      await one.end();
+      await two.end();
+    }
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+    inspector = new ShardInspector(pools, { timeoutMs: 5000 });
+  });
+  afterAll(async () => {
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  const rowsOf = (units: readonly MovableUnit[], shardId: string): number => units.filter((u) => u.shardId === shardId).reduce((n, u) => n + u.rows, 0);
+
+  it('counts a directory key listed twice once: in its unit, in the shard totals, and the units sum to the exact statistics', async () => {
+    const directory = [
+      { key: vip, shardId: 'shard_002' },
+      { key: vip, shardId: 'shard_002' },
+    ];
+
+    const units = await inspector.movableUnits(slotMap, directory);
+    const check = await inspector.rebalanceCheck({ slotMap, directory, by: 'rows' });
+    const exact = await inspector.statistics({ exact: true, slotMap });
+
+    expect(units.filter((u) => u.kind === 'directory')).toEqual([expect.objectContaining({ id: vip, shardId: 'shard_002', rows: 1 + VIP_DOCS })]);
+    expect(check.summary.shards.map((s) => s.before)).toEqual(exact.shards.map((s) => s.rows));
+    expect(['shard_001', 'shard_002'].map((s) => rowsOf(units, s))).toEqual(exact.shards.map((s) => s.rows));
+  });
+
+  it('refuses a directory that places one key (in two spellings) on two shards, naming both', async () => {
+    const directory = [
+      { key: vip, shardId: 'shard_002' },
+      { key: vip.toUpperCase(), shardId: 'shard_001' },
+    ];
+
+    await expect(inspector.rebalanceCheck({ slotMap, directory })).rejects.toThrow(`directory key ${vip} is listed on two shards (shard_002 and shard_001)`);
+  });
+
+  it('finds the rows of a directory key given in another spelling (upper case, braces) under its canonical key', async () => {
+    for (const spelling of [vip.toUpperCase(), `{${vip}}`]) {
+      const units = await inspector.movableUnits(slotMap, [{ key: spelling, shardId: 'shard_002' }]);
+      const exact = await inspector.statistics({ exact: true, slotMap });
+
+      expect(units.filter((u) => u.kind === 'directory')).toEqual([expect.objectContaining({ id: vip, shardId: 'shard_002', rows: 1 + VIP_DOCS })]);
+      expect(rowsOf(units, 'shard_002')).toBe(exact.shards[1]?.rows);
+    }
+  });
+});
+
+describe('estimated bytes of a table whose sampled pages hold no live row', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+  let shard: pg.Client;
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
+    shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
+    await shard.connect();
+    const owner = randomUUID();
+    await shard.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'o@example.org', 'owner')`, [owner, slotOf(owner)]);
+    await shard.query('alter table documents set (autovacuum_enabled = false)');
+    // Some 200 pages of documents, all deleted but the 10 written last (on the last page).
+    await shard.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'gone' from generate_series(1, 20000)`, [owner, slotOf(owner)]);
+    await shard.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'kept' from generate_series(1, 10)`, [owner, slotOf(owner)]);
+    await shard.query(`delete from documents where title = 'gone'`);
+    await shard.query('analyze users, documents');
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+  });
+  afterAll(async () => {
+    await shard?.end();
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  it('widens the sample until it finds live rows instead of reporting 0 bytes for rows the planner counts', async () => {
+    const inspector = new ShardInspector(pools, { timeoutMs: 5000, samplePages: 1 });
+    // What the first sample reads: one page's share of the table, and no live row in it.
+    const { rows } = await shard.query<{ pages: number; sampled: number }>(
+      `select (pg_relation_size('documents') / 8192)::int as pages,
+              (select count(*) from documents tablesample system ((100.0 / (pg_relation_size('documents') / 8192))::float4) repeatable (0))::int as sampled`,
+    );
+
+    const estimated = (await inspector.statistics()).shards[0]?.tables.find((t) => t.table === 'documents');
+    const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables.find((t) => t.table === 'documents');
+
+    expect(rows[0]?.pages).toBeGreaterThan(100);
+    expect(rows[0]?.sampled).toBe(0);
+    expect(estimated).toMatchObject({ method: 'estimate' });
+    expect(estimated?.rows).toBeGreaterThan(0);
+    expect(exact?.rows).toBe(10);
+    expect(estimated?.bytes).toBeGreaterThan(0);
+    expect(Math.abs((estimated?.bytes ?? 0) / (estimated?.rows ?? 1) - (exact?.bytes ?? 0) / 10)).toBeLessThan(1);
+  });
+});
+
+describe('estimates of a big table: the row count of pg_class, and bytes per row from a sample of its pages', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
+    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
+    await shard.connect();
+    try {
+      const owner = randomUUID();
+      await shard.query('alter table documents set (autovacuum_enabled = false)');
+      await shard.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'o@example.org', 'owner')`, [owner, slotOf(owner)]);
+      await shard.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'doc ' || i from generate_series(1, 20000) i`, [owner, slotOf(owner)]);
+      await shard.query('analyze users, documents');
+      // Written since the last ANALYZE: the planner's count does not have them yet.
+      await shard.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'doc ' || i from generate_series(1, 5000) i`, [owner, slotOf(owner)]);
+    } finally {
+      await shard.end();
+    }
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+  });
+  afterAll(async () => {
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  it('reports the rows of pg_class (a sample of 10 pages is not a count), with bytes per row as the exact measure has them', async () => {
+    const inspector = new ShardInspector(pools, { timeoutMs: 5000, samplePages: 10 });
+
+    const estimated = (await inspector.statistics()).shards[0]?.tables.find((t) => t.table === 'documents');
+    const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables.find((t) => t.table === 'documents');
+
+    expect(exact?.rows).toBe(25_000);
+    expect(estimated).toMatchObject({ method: 'estimate', rows: 20_000 });
+    expect((estimated?.bytes ?? 0) / 20_000).toBeCloseTo((exact?.bytes ?? 0) / 25_000, 0);
+  });
+});
+
+describe('statistics of partitioned tables', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
+    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
+    await shard.connect();
+    try {
+      await shard.query(`create table p_users (id uuid not null, slot int not null, email text) partition by range (slot);
+        create table p_users_low partition of p_users for values from (0) to (2048);
+        create table p_users_high partition of p_users for values from (2048) to (4096);
+        create table p_documents (id uuid not null, owner_id uuid not null, slot int not null, title text) partition by range (slot);
+        create table p_documents_all partition of p_documents for values from (0) to (4096);
+        insert into p_users select gen_random_uuid(), i % 4096, 'u' || i from generate_series(1, 4000) i;
+        insert into p_documents select gen_random_uuid(), gen_random_uuid(), i % 4096, 'doc' from generate_series(1, 4000) i;
+        analyze p_users, p_documents`);
+    } finally {
+      await shard.end();
+    }
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+  });
+  afterAll(async () => {
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  it('reports the on-disk size of a partitioned table as that of its partitions, and samples all of them', async () => {
+    const inspector = new ShardInspector(pools, { timeoutMs: 5000, tables: { users: 'p_users', documents: 'p_documents' }, samplePages: 5 });
+    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
+    await shard.connect();
+    const { rows } = await shard.query<{ users: number; documents: number }>(
+      `select (pg_total_relation_size('p_users_low') + pg_total_relation_size('p_users_high'))::float8 as users, pg_total_relation_size('p_documents_all')::float8 as documents`,
+    );
+    await shard.end();
+
+    const estimated = (await inspector.statistics()).shards[0]?.tables;
+    const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables;
+
+    expect(estimated?.map((t) => [t.table, t.method, t.rows, t.diskBytes])).toEqual([
+      ['p_users', 'estimate', 4000, rows[0]?.users],
+      ['p_documents', 'estimate', 4000, rows[0]?.documents],
+    ]);
+    expect(exact?.map((t) => [t.table, t.rows, t.diskBytes])).toEqual([
+      ['p_users', 4000, rows[0]?.users],
+      ['p_documents', 4000, rows[0]?.documents],
+    ]);
+    expect(rows[0]?.users).toBeGreaterThan(0);
+  });
+});
