@@ -381,17 +381,61 @@ export class PgMovePort implements MovePort<MoveJob> {
     const col = ENTERED_AT[to];
     const stamp = col ? `, ${col} = coalesce(${col}, clock_timestamp())` : '';
     const extra = name === 'fence_timed_out' || name === 'verify_timed_out' ? ', fence_timeouts = fence_timeouts + 1, fenced_at = null' : '';
-    const { rows } = await this.catalog.query<JobRow>(
-      // A transition clears the last error, except the clean-up's note on the rows it kept, which
-      // the finished job keeps (see cleanUp).
-      `update catalog.move_jobs set state = $2, error = ${name === 'cleaned' ? 'coalesce($3, error)' : '$3'}, updated_at = now()${stamp}${extra} where id = $1 and state = $4 and ${this.mine} returning *`,
-      [job.id, to, note ?? null, from],
-    );
-    if (!rows[0]) {
-      await this.assertLease(job);
-      throw new MoveError(`move job #${job.id} was changed by someone else while in ${from}`);
+    // Under the fence (`drained`), held to its deadline: see heldToFence.
+    return this.heldToFence(async () => {
+      const { rows } = await this.catalog.query<JobRow>(
+        // A transition clears the last error, except the clean-up's note on the rows it kept, which
+        // the finished job keeps (see cleanUp).
+        `update catalog.move_jobs set state = $2, error = ${name === 'cleaned' ? 'coalesce($3, error)' : '$3'}, updated_at = now()${stamp}${extra} where id = $1 and state = $4 and ${this.mine} returning *`,
+        [job.id, to, note ?? null, from],
+      );
+      if (!rows[0]) {
+        await this.assertLease(job);
+        throw new MoveError(`move job #${job.id} was changed by someone else while in ${from}`);
+      }
+      return toJob(rows[0]);
+    });
+  }
+
+  /**
+   * Runs `fn`, catalog statements of this run under the fence before its flip (the fence's
+   * `fenced_at`, the final catch-up's `changes_applied`, the `drained` transition, the
+   * verification's summary), held to the fence deadline on the client side as the flip is: at the
+   * deadline the statement running on the run's catalog connection is cancelled. The run's catalog
+   * bound (the budget and {@link FENCED_STATEMENT_SLACK_MS}) is for a catalog that does not answer;
+   * one that answers slowly held the fence to it: a lock on the job table (another session's, a
+   * migration's) held the `drained` transition, and a COMMIT waiting for a synchronous standby
+   * that is away (no server timeout bounds it) held it too, 6.0 s for a 1 s budget. Cancelled, a
+   * lock wait fails (57014) and the caller gives the fence up; a standby wait ends with the
+   * statement committed on the catalog (a warning), and the next step finds the budget spent.
+   * Armed before the run's turn on the connection: a lease renewal queued before it and waiting on
+   * the same lock is cancelled too (it fails harmlessly; the lease lasts its TTL). Once a cancel
+   * was sent, the next statement is sent only after it was passed on (see ClientDeadline.settled),
+   * and after a rollback: the cancel's second signal can fail the rollback of a transaction of
+   * `fn` (the rollback's decision), which would leave it open and failed under the run's next
+   * statements (outside a transaction the rollback only warns). `atLeastMs`: the least time `fn`
+   * is given, the budget spent or not. Outside the fence: `fn` as it is.
+   */
+  private async heldToFence<T>(fn: () => Promise<T>, atLeastMs = 0): Promise<T> {
+    if (this.fenceDeadline === null) return fn();
+    // The connection itself is the run's catalog bound's to close (see the constructor).
+    const guard = holdToDeadline(this.catalog.client, Date.now() + Math.max(atLeastMs, this.budgetLeft()), { graceMs: FENCED_STATEMENT_SLACK_MS + DEADLINE_GRACE_MS });
+    try {
+      return await this.catalog.use(async () => {
+        try {
+          return await fn();
+        } finally {
+          guard.disarm();
+          if (guard.cancelSent) {
+            await guard.settled();
+            await this.catalog.query('rollback').catch(() => undefined);
+          }
+        }
+      });
+    } finally {
+      guard.disarm();
+      await guard.settled();
     }
-    return toJob(rows[0]);
   }
 
   async recordError(job: MoveJob, error: string): Promise<void> {
@@ -1095,7 +1139,14 @@ export class PgMovePort implements MovePort<MoveJob> {
     }
     for (let pass = 0; ; pass++) {
       if (until === 'few') await this.checkCancel(job);
-      const applied = await this.catchUpPass(job);
+      let applied: number;
+      try {
+        applied = await this.catchUpPass(job);
+      } catch (err) {
+        // Under the fence, a statement cancelled at the budget's end (see heldToFence): give it up.
+        if (until === 'all' && (err as { code?: string }).code === QUERY_CANCELED) return false;
+        throw err;
+      }
       // Under the fence no writer of the unit can log a change on the source any more (the fence
       // waited for those in flight, whose capture ran inside their transactions), so a pass that
       // found less than a batch found the last of them: no pass to confirm an empty log.
@@ -1194,7 +1245,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       });
     }
     await this.write(job, job.from, (c) => c.query('delete from move_changes where seq = any($1::bigint[])', [entries.map((e) => e.seq)]));
-    await this.updateJob('changes_applied = changes_applied + $2', [entries.length], job);
+    await this.heldToFence(() => this.updateJob('changes_applied = changes_applied + $2', [entries.length], job));
     return entries.length;
   }
 
@@ -1226,6 +1277,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     for (let round = 0; round < RECOMPARE_ROUNDS; round++) {
       if ((await this.whileCatchingUp(job, () => this.recompare(job))) <= this.settings.catchUpThreshold) break;
     }
+    this.checkTimeForFence(job);
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     try {
       // The lock wait is bounded from the transaction's first statement (a whole number of ms
@@ -1249,8 +1301,30 @@ export class PgMovePort implements MovePort<MoveJob> {
       if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
       throw err;
     }
-    await this.updateJob('fenced_at = coalesce(fenced_at, clock_timestamp())', [], job);
+    try {
+      await this.heldToFence(() => this.updateJob('fenced_at = coalesce(fenced_at, clock_timestamp())', [], job));
+    } catch (err) {
+      if ((err as { code?: string }).code !== QUERY_CANCELED) throw err;
+      // The budget ran out on the catalog (see heldToFence): no flip was sent, the fence goes back.
+      await this.unfence(job);
+      return false;
+    }
     return true;
+  }
+
+  /**
+   * Throws {@link MovePaused} (no fence taken) unless the run has the time to hold a fence and give
+   * it back: its time not up (the driver checks that before the step, but the comparisons inside
+   * it, before the fence, can cross it), and its abandon time farther than the fenced part's own
+   * bound (the budget and {@link FENCED_STATEMENT_SLACK_MS}) and the release's (that slack again):
+   * a fence taken 3 s before it held writes past it, with the function's timeout close behind.
+   */
+  private checkTimeForFence(job: MoveJob): void {
+    const abandonIn = this.options.abandonInMs?.();
+    const needed = this.settings.fenceBudgetMs + 2 * FENCED_STATEMENT_SLACK_MS;
+    if (this.options.timeUp?.() || (abandonIn !== undefined && abandonIn < needed)) {
+      throw new MovePaused(`move job #${job.id}: this run has too little time left to fence ${job.kind} ${job.unitId} (it needs ${needed} ms before it is abandoned); the next run resumes it in ${job.state}`);
+    }
   }
 
   async unfence(job: MoveJob): Promise<void> {
@@ -1478,7 +1552,13 @@ export class PgMovePort implements MovePort<MoveJob> {
       throw err;
     }
     if (this.budgetLeft() <= 0) return { kind: 'over_budget' };
-    await this.updateJob('source_summary = $2, target_summary = $3', [JSON.stringify(source), JSON.stringify(target)], job);
+    try {
+      await this.heldToFence(() => this.updateJob('source_summary = $2, target_summary = $3', [JSON.stringify(source), JSON.stringify(target)], job));
+    } catch (err) {
+      // Cancelled at the budget's end (see heldToFence): nothing was decided.
+      if ((err as { code?: string }).code === QUERY_CANCELED) return { kind: 'over_budget' };
+      throw err;
+    }
     const bad = TABLES.filter(({ name }) => source[name]?.rows !== target[name]?.rows || source[name]?.checksum !== target[name]?.checksum).map(
       ({ name }) => `${name}: source ${source[name]?.rows ?? 0} rows, target ${target[name]?.rows ?? 0} rows${source[name]?.rows === target[name]?.rows ? ' (checksums differ)' : ''}`,
     );
@@ -1609,15 +1689,19 @@ export class PgMovePort implements MovePort<MoveJob> {
    * at the deadline (see {@link flip}).
    */
   private async flipLocked(job: MoveJob, row: MoveJob, reason: string): Promise<FlipOutcome | RollbackWith<FlipOutcome>> {
-    if (row.flipStarted) return { kind: 'flipped' };
-    if (row.cancelRequested || row.rollbackTo !== null) return { kind: 'cancelled' };
-    if (this.budgetLeft() <= 0) return { kind: 'over_budget' };
+    // An outcome that publishes nothing rolls back rather than commit: the row lock gave the
+    // transaction an id, so its COMMIT would wait for a synchronous standby of the catalog that is
+    // away, and only a commit that publishes is cancelled at the deadline (see flip). A cancelled
+    // move held its fence 6.0 s (budget 1 s) on that COMMIT, until the run's bound closed the connection.
+    if (row.flipStarted) return new RollbackWith<FlipOutcome>({ kind: 'flipped' });
+    if (row.cancelRequested || row.rollbackTo !== null) return new RollbackWith<FlipOutcome>({ kind: 'cancelled' });
+    if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome>({ kind: 'over_budget' });
     const { owner, version, map } = await this.currentOwner(row);
     if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
-      return { kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` };
+      return new RollbackWith<FlipOutcome>({ kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` });
     }
     const left = this.budgetLeft();
-    if (left <= 0) return { kind: 'over_budget' };
+    if (left <= 0) return new RollbackWith<FlipOutcome>({ kind: 'over_budget' });
     await this.catalog.query(`set local statement_timeout = '${Math.max(1, Math.ceil(left))}ms'`);
     this.publishing = true;
     const after = await this.catalog.use(async (catalog) =>
@@ -1790,14 +1874,33 @@ export class PgMovePort implements MovePort<MoveJob> {
    * by a crash is simply done again on restart.
    */
   async rollback(job: MoveJob, to: 'failed' | 'cancelled', error: string | null): Promise<MoveJob> {
-    const decided = await this.withLockedJob(job, async (row) => {
-      if (row.flipStarted) return { refused: `move job #${job.id} has published its new owner; it can only finish` };
-      const { owner, version } = await this.currentOwner(row);
-      if (owner === job.to) return { refused: `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${version}); deleting its copy would lose data` };
-      const outcome = row.rollbackTo ?? to;
-      await this.updateJob('rollback_to = $2, error = coalesce($3, error)', [outcome, error], job);
-      return { outcome, version };
-    });
+    // Under the fence (a cancellation the flip answered, a verification that failed), the decision
+    // is held to the fence deadline (see heldToFence): its COMMIT waiting for a synchronous standby
+    // of the catalog that is away held the fence until the run's catalog bound (6.0 s, budget 1 s).
+    // Cancelled in a lock wait, it fails and the driver reopens the fence; the next run rolls back.
+    // A verdict found at the budget's very end still gets a moment to be decided on.
+    const decided = await this.heldToFence(
+      () =>
+        this.withLockedJob(job, async (row) => {
+          if (row.flipStarted) return { refused: `move job #${job.id} has published its new owner; it can only finish` };
+          const { owner, version } = await this.currentOwner(row);
+          if (owner === job.to) return { refused: `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${version}); deleting its copy would lose data` };
+          // The source's fence says `moved` for this job only once a flip was released forward: a
+          // catalog that no longer records that flip lost it (committed on the primary alone, its
+          // standby wait cancelled at the budget's end, then a failover to that standby), and the
+          // target has taken writes since. The rollback deleted them with the copy.
+          const { rows: fence } = await this.pool(job.from).query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2 and job_id = $3', [job.kind, job.unitId, job.id]);
+          if (fence[0]?.state === 'moved') {
+            return {
+              refused: `the fence of ${job.kind} ${job.unitId} on the source ${job.from} says it moved to ${job.to} for this job, though the catalog names ${owner ?? 'nobody'} (version ${version}): the flip was lost by the catalog (a failover?); deleting the target's copy would lose the writes made there since. Publish ${job.to} as the owner instead`,
+            };
+          }
+          const outcome = row.rollbackTo ?? to;
+          await this.updateJob('rollback_to = $2, error = coalesce($3, error)', [outcome, error], job);
+          return { outcome, version };
+        }),
+      DEADLINE_GRACE_MS,
+    );
     if ('refused' in decided) throw new MoveError(decided.refused ?? 'rollback refused');
     await this.unfence(job);
     await this.stopTargetCapture(job);

@@ -219,20 +219,23 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
   let fenceTries = 0;
   /**
    * After a step failed in the cutover or the verification, where this run may hold the fence:
-   * reopen the source rather than hold writes until the next run. Only when the catalog says the
-   * new owner was not published: the job is read again first, and a run that cannot read it (the
-   * catalog connection is gone, and a flip may have committed) leaves the fence to the next run.
+   * reopen the source rather than hold writes until the next run. Only when no flip of this run
+   * can commit, or the catalog says the new owner was not published: the job is read again, and a
+   * run that cannot read it (the catalog connection is gone, and a flip may have committed) leaves
+   * the fence to the next run.
    */
   const releaseOwnFence = async (): Promise<void> => {
     if (died || (job.state !== 'cutover' && job.state !== 'verifying')) return;
-    const now = await port.reload(job).catch(() => undefined);
-    // The catalog cannot be read (gone silent under the fence, say): were no flip ever sent by
-    // this run, none can be published (nor by another run, whose claim the shard's permit makes
-    // refuse this run's writes), so the fence is reopened rather than held until the next run.
-    if (!now && !job.flipStarted && port.mayHavePublished?.(job) === false) {
+    // Were no flip ever sent by this run, none can be published (nor by another run, whose claim
+    // the shard's permit makes refuse this run's writes), so the fence is reopened at once, before
+    // the job is read: that read waits on the catalog (gone silent under the fence, or holding
+    // the job table locked: a migration's lock held the fence the read's own bound, 5 s, longer).
+    if (!job.flipStarted && port.mayHavePublished?.(job) === false) {
       await port.unfence(job).catch(() => undefined);
       return;
     }
+    const now = await port.reload(job).catch(() => undefined);
+    // The catalog cannot be read, and a flip of this run may have committed: left to the next run.
     if (!now || (now.state !== 'cutover' && now.state !== 'verifying')) return;
     // Past the flip the new owner is published: the fence can only be released forward (source
     // moved, target opened; idempotent), or every write of the unit waits for the next run.

@@ -1,6 +1,6 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type pg from 'pg';
+import pg from 'pg';
 import { Mover } from '../../../functions/adapters/postgres/mover.js';
 import { createPool } from '../../../functions/handlers/shared/db.js';
 import { countSlot, fenceHeldMs, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
@@ -163,5 +163,164 @@ describe("the flip's COMMIT waits for a synchronous standby that is not there", 
       await env.catalog.query('select pg_reload_conf()');
       await lambdaPool?.end();
     }
+  }, 60_000);
+});
+
+describe('a flip that publishes nothing, with its COMMIT waiting for a synchronous standby that is not there', () => {
+  it('a cancellation the flip answers: the fence is reopened within the budget (plus a small slack) and the move rolled back', async () => {
+    const slot = 1252;
+    const budgetMs = 1000;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+    let fencedAt = 0;
+    let jobId = 0;
+    await env.catalog.query("alter system set synchronous_standby_names = 'ghost'");
+    await env.catalog.query('select pg_reload_conf()');
+    try {
+      // Only the flip's transaction waits for the standby (see the test above).
+      const catalog = atFlipBegin(env.catalog, async () => undefined, (begin) => `${begin}; set local synchronous_commit = on`);
+      const mover = new Mover({
+        catalog,
+        shards: env.shards,
+        slotMaps: env.slotMaps,
+        directory: env.directory,
+        readerGraceMs: 100,
+        fenceBudgetMs: budgetMs,
+        fenceAttempts: 1,
+        async hook(point) {
+          if (point === 'fenced') fencedAt = Date.now();
+          // An operator cancels the move while it verifies: the flip finds the request and publishes nothing.
+          if (point === 'verifying') await env.mover().requestCancel(jobId);
+        },
+      });
+      const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+      jobId = planned.id;
+      const run = mover.run(planned.id).then(
+        (j) => `ended: ${j.state}`,
+        (e: Error) => `threw: ${e.name}: ${e.message}`,
+      );
+      for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
+      const heldMs = await fenceHeldMs(source, slot, fencedAt, 15_000);
+      const outcome = await run;
+
+      // Before: the flip committed its locked read of the job (an xid: the row lock), and that
+      // COMMIT, not cancellable, waited until the run's catalog bound closed the connection (6.0 s).
+      expect({ held: heldMs >= 0 && heldMs < budgetMs + 1000 ? 'within the budget and a small slack' : `${heldMs} ms`, outcome }).toEqual({
+        held: 'within the budget and a small slack',
+        outcome: 'ended: cancelled',
+      });
+      expect(await env.ownerOf(slot)).not.toBe(to);
+      expect({ source: await fenceState(source, slot), rowsOnTarget: await countSlot(target, slot) }).toEqual({ source: 'open', rowsOnTarget: { users: 0, documents: 0 } });
+    } finally {
+      await env.catalog.query('alter system reset synchronous_standby_names');
+      await env.catalog.query('select pg_reload_conf()');
+    }
+  }, 60_000);
+});
+
+describe('a cancellation the flip answers while every catalog COMMIT waits for a synchronous standby that is not there', () => {
+  it('the rollback decided under the fence gives the fence back within the budget (plus a small slack), and the move ends cancelled', async () => {
+    const slot = 1253;
+    const budgetMs = 1000;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+    let fencedAt = 0;
+    let jobId = 0;
+    // The run's commits wait for the standby once it is named; it is named as the flip begins
+    // (the flip itself then publishes nothing, and rolls back: no wait).
+    const runPool = new pg.Pool({ connectionString: env.urls.catalog, max: 1, options: '-c synchronous_commit=on' });
+    const ghost = async (): Promise<void> => {
+      await env.catalog.query("alter system set synchronous_standby_names = 'ghost'");
+      await env.catalog.query('select pg_reload_conf()');
+      await delay(100);
+    };
+    try {
+      const catalog = atFlipBegin(runPool, ghost);
+      const mover = new Mover({
+        catalog,
+        shards: env.shards,
+        slotMaps: env.slotMaps,
+        directory: env.directory,
+        readerGraceMs: 100,
+        fenceBudgetMs: budgetMs,
+        fenceAttempts: 1,
+        async hook(point) {
+          if (point === 'fenced') fencedAt = Date.now();
+          if (point === 'verifying') await env.mover().requestCancel(jobId);
+        },
+      });
+      const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+      jobId = planned.id;
+      const run = mover.run(planned.id).then(
+        (j) => `ended: ${j.state}`,
+        (e: Error) => `threw: ${e.name}: ${e.message}`,
+      );
+      for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
+      const heldMs = await fenceHeldMs(source, slot, fencedAt, 15_000);
+      // The standby is back: the run's last commits (outside the fence) go through.
+      await env.catalog.query('alter system reset synchronous_standby_names');
+      await env.catalog.query('select pg_reload_conf()');
+      const outcome = await run;
+
+      // Before: the decision's COMMIT waited until the run's catalog bound closed the connection (6.0 s).
+      expect({ held: heldMs >= 0 && heldMs < budgetMs + 500 ? 'within the budget and a small slack' : `${heldMs} ms`, outcome }).toEqual({
+        held: 'within the budget and a small slack',
+        outcome: 'ended: cancelled',
+      });
+      expect(await env.ownerOf(slot)).not.toBe(to);
+      expect({ source: await fenceState(source, slot), rowsOnTarget: await countSlot(target, slot) }).toEqual({ source: 'open', rowsOnTarget: { users: 0, documents: 0 } });
+    } finally {
+      await env.catalog.query('alter system reset synchronous_standby_names');
+      await env.catalog.query('select pg_reload_conf()');
+      await runPool.end();
+    }
+  }, 60_000);
+});
+
+/**
+ * A flip committed only on the catalog primary (its wait for the synchronous standby cancelled at
+ * the budget's end) is lost when the catalog fails over to that standby before it replicated;
+ * the run had released the fence forward, and writers wrote on the target. Emulated here by
+ * taking the flip back out of the catalog (the job and the map as the standby had them).
+ */
+describe('a flip lost by a catalog failover after the fence was released forward', () => {
+  it('is not rolled back: a cancellation is refused, and the writes acknowledged on the target stay', async () => {
+    const slot = 1254;
+    const { to, source, target } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 2);
+    const mover = new Mover({
+      catalog: env.catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      readerGraceMs: 100,
+      hook(point) {
+        // The run ends (killed, or its catalog gone) once the fence was released forward.
+        if (point === 'cleaning_up') throw new Error('killed');
+      },
+    });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await mover.run(planned.id).catch(() => undefined);
+    expect({ source: await fenceState(source, slot), target: await fenceState(target, slot) }).toEqual({ source: 'moved', target: 'open' });
+    // A writer following the published map writes on the target, and is acknowledged.
+    await target.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'after the flip', '{}')`, [user, slot]);
+    // The failed-over catalog never saw the flip.
+    await env.catalog.query('delete from catalog.slot_maps where version = (select map_version_after from catalog.move_jobs where id = $1)', [planned.id]);
+    await env.catalog.query(
+      `update catalog.move_jobs set state = 'verifying', flip_started_at = null, map_version_after = null, unfenced_at = null, lease_holder = null, lease_expires_at = null where id = $1`,
+      [planned.id],
+    );
+
+    const cancelled = await env
+      .mover()
+      .cancel(planned.id)
+      .then(
+        (j) => `ended: ${j.state}`,
+        (e: Error) => `threw: ${e.name}`,
+      );
+
+    // Before: the rollback, seeing the map name the source, deleted the target's copy with the write acknowledged there.
+    expect({ cancelled, onTarget: await countSlot(target, slot) }).toEqual({ cancelled: 'threw: MoveError', onTarget: { users: 1, documents: 3 } });
   }, 60_000);
 });

@@ -547,10 +547,10 @@ describe('one idle pooled connection goes silent, new connections work', () => {
 
 /**
  * The catalog answers, but an operator's lock on the jobs table holds the run's next catalog
- * statement under the fence (longer than the budget and its slack). The bound closes the run's
- * catalog connection: the fence must be given back within the bound, the statement the server
- * still runs once the lock goes (it never saw the client leave) must not confuse the next run, and
- * that run, on the same pool of one, must get a new connection and finish the move.
+ * statement under the fence (longer than the budget and its slack). The statement is cancelled at
+ * the budget's end (moves-fence-catalog-budget.test.ts) and the fence given back; the run ends once
+ * the lock goes (its error is recorded then), and the next run, on the same pool of one, finishes
+ * the move.
  */
 describe('the catalog is slow under the fence: a lock holds the run (Lambda pool settings)', () => {
   it('gives the fence back within its bound, and the next run on the same pool finishes', async () => {
@@ -576,9 +576,9 @@ describe('the catalog is slow under the fence: a lock holds the run (Lambda pool
     );
     for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
     const heldMs = await fenceHeldMs(source, slot, fencedAt, 20_000);
-    const first = await Promise.race([run, delay(3000).then(() => 'still running')]);
     await unlock;
     locker.release();
+    const first = await Promise.race([run, delay(3000).then(() => 'still running')]);
     await delay(1600); // its lease has lapsed
     const next = await Promise.race([settle(mover().run(planned.id)), delay(20_000).then(() => 'still running')]);
 
