@@ -128,8 +128,13 @@ async function reachable<T>(what: string, work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (err) {
-    if (!(err instanceof MoveError) && (isNodeFailure(err) || (err as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) {
-      throw new UnavailableError(`${what}: the catalog or a shard did not answer (${failureKind(err)}); try again shortly`, { cause: err });
+    // `Mover.plan` wraps a failure of the transaction that records the job in a plain MoveError
+    // ("could not record the move: ..."), the driver's error as its cause: the catalog not
+    // answering there is as unavailable as anywhere else. Its subclasses (a refused request, a
+    // conflict) are answers, whatever their cause.
+    const failure = err instanceof MoveError && err.name === 'MoveError' ? err.cause : err;
+    if (!(failure instanceof MoveError) && (isNodeFailure(failure) || (failure as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) {
+      throw new UnavailableError(`${what}: the catalog or a shard did not answer (${failureKind(failure)}); try again shortly`, { cause: err });
     }
     throw err;
   }

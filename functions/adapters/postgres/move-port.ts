@@ -100,7 +100,7 @@ export interface PgMovePortOptions {
   readonly sleep?: (ms: number) => Promise<void>;
   /** Injected clock in milliseconds (the fence budget); `performance.now` by default. */
   readonly now?: () => number;
-  /** Whether the run's time is up: the copy and the catch-up stop at their next page or pass ({@link MovePaused}). */
+  /** Whether the run's time is up: the copy and the catch-up stop at their next page or pass, the cutover before it takes the fence ({@link MovePaused}). */
   readonly timeUp?: () => boolean;
   /**
    * How long until the run must be over (ms from now, read at each checkout): a shard connection
@@ -1277,6 +1277,9 @@ export class PgMovePort implements MovePort<MoveJob> {
     for (let round = 0; round < RECOMPARE_ROUNDS; round++) {
       if ((await this.whileCatchingUp(job, () => this.recompare(job))) <= this.settings.catchUpThreshold) break;
     }
+    // The comparisons above last as long as the unit is large: a run whose time ran out, or that
+    // was asked to stop (a process shutting down, which waits for its runs a bounded time and then
+    // stops its servers), meanwhile stops here rather than hold writes after it should have ended.
     this.checkTimeForFence(job);
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     try {

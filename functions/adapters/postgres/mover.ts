@@ -201,6 +201,14 @@ export class Mover {
     // is read again once the job row is in, in the same transaction: any move of the slot that
     // could still change it now conflicts with this row.
     const client = await this.options.catalog.connect();
+    // A connection ended under the transaction (a failover, a proxy, a terminated backend) fails
+    // its statement; the client's error event that follows must not crash the process, and the
+    // connection must not go back to the pool.
+    let broken = false;
+    const onError = (): void => {
+      broken = true;
+    };
+    client.on('error', onError);
     let recorded: JobRow;
     try {
       await client.query('begin');
@@ -240,7 +248,8 @@ export class Mover {
       }
       throw new MoveError(`could not record the move: ${message(err)}`, { cause: err });
     } finally {
-      client.release();
+      client.off('error', onError);
+      client.release(broken || undefined);
     }
     return toJob(recorded);
   }

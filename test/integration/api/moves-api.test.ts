@@ -98,6 +98,41 @@ describe('shard moves over HTTP', () => {
     for (const field of ['progressedAt', 'fenceMs', 'fenceTimeouts', 'rollbackTo', 'error']) expect(done).toHaveProperty(field);
   });
 
+  it('answers POST /shards/moves with a 503 without the server\'s words when recording the move fails for want of the catalog (a statement cancelled, a connection dropped), and records nothing', async () => {
+    const key = '7d6c5b4a-3928-4716-a5b4-c3d2e1f0a9b8';
+    const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
+    const to = route.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
+    const post = () => h.fetchJson(`${API}/shards/moves`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to }) });
+    const waiting = `select pid from pg_stat_activity where pid <> pg_backend_pid() and wait_event_type = 'Lock' and query like '%insert into catalog.move_jobs%'`;
+    const answers: Array<{ status: number; detail: unknown }> = [];
+    // The insert waits behind this lock until its statement is cancelled (as the catalog role's
+    // statement_timeout does, SQLSTATE 57014) or its connection is ended (a failover, a proxy).
+    const locker = await h.catalogPool.connect();
+    try {
+      await locker.query('begin');
+      await locker.query('lock table catalog.move_jobs in access exclusive mode');
+      for (const end of ['pg_cancel_backend', 'pg_terminate_backend']) {
+        const answer = post();
+        await expect.poll(async () => (await h.catalogPool.query(waiting)).rowCount, { timeout: 10_000 }).toBe(1);
+        await h.catalogPool.query(`select ${end}(pid) from (${waiting}) w`);
+        const res = await answer;
+        answers.push({ status: res.status, detail: (res.body as { detail?: unknown }).detail });
+      }
+    } finally {
+      await locker.query('rollback').catch(() => undefined);
+      locker.release();
+    }
+
+    expect(answers).toEqual([
+      { status: 503, detail: 'starting the move: the catalog or a shard did not answer (a statement ran past its time limit); try again shortly' },
+      { status: 503, detail: 'starting the move: the catalog or a shard did not answer (SQLSTATE 57P01); try again shortly' },
+    ]);
+    // Nothing was recorded: the same request is served once the catalog answers.
+    const again = await post();
+    expect(again.status).toBe(202);
+    expect((await waitDone(again.headers.get('location') ?? ''))['state']).toBe('done');
+  });
+
   it('cancels a planned move: 202 with the cancellation recorded, then the worker rolls it back; 404 and 409 where it cannot', async () => {
     const key = '1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f';
     const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
