@@ -3,7 +3,9 @@
  * deadline. `fn` runs in a transaction whose `statement_timeout` (SET LOCAL: it ends with the
  * transaction, sets no session state and so pins no RDS Proxy connection beyond it) is the time
  * left, so the server itself cancels a statement still running at the deadline instead of
- * working on for a caller that gave up. When the deadline passes on the client (a node that
+ * working on for a caller that gave up, and whose `idle_in_transaction_session_timeout` is the
+ * time left and {@link DEADLINE_GRACE_MS}, so the server ends a transaction whose client is gone
+ * without a word. When the deadline passes on the client (a node that
  * does not answer at all), the connection is destroyed (never returned to the pool), so a hung
  * node costs one timeout and leaves no stuck connection behind.
  *
@@ -47,7 +49,11 @@ export async function withNodeDeadline<T>(pool: pg.Pool, timeoutMs: number, node
     }
     try {
       const left = Math.max(1, Math.ceil(timeoutMs - (Date.now() - started)));
-      await c.query(`begin; set local statement_timeout = ${left}`);
+      // idle_in_transaction_session_timeout: a transaction whose path goes silent (a black hole:
+      // its commit and close never arrive) would otherwise stay open on the server until TCP
+      // notices, hours, with its locks and, once it has written (a probe's heartbeat), its xid:
+      // every move's drain waits for that, and vacuum's horizon with it.
+      await c.query(`begin; set local statement_timeout = ${left}; set local idle_in_transaction_session_timeout = ${left + DEADLINE_GRACE_MS}`);
       const result = await fn(c);
       await c.query('commit');
       release();

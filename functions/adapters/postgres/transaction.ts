@@ -53,15 +53,19 @@ export class RolledBackAtCommitError extends Error {
 /**
  * Runs `fn` in one transaction on `client`, which the caller keeps. `onRollbackFailure` hears
  * of a rollback that failed after an error (the caller should then discard the connection).
+ * `onBegun` is given what `begin` answered (an array of results when it holds several
+ * statements: a caller may read something in the same round trip as its BEGIN).
  */
 export async function inClientTransaction<T>(
   client: Pick<pg.ClientBase, 'query'>,
   begin: string,
   fn: () => Promise<T | RollbackWith<NoInfer<T>>>,
   onRollbackFailure?: (error: Error) => void,
+  onBegun?: (answer: unknown) => void,
 ): Promise<T> {
   try {
-    await client.query(begin);
+    const begun: unknown = await client.query(begin);
+    onBegun?.(begun);
     const result = await fn();
     if (result instanceof RollbackWith) {
       await client.query('rollback');

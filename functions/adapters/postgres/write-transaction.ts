@@ -209,6 +209,28 @@ type FenceVerdict = 'write' | 'wait' | 'reroute';
 const WRITE_BEGIN = 'begin isolation level read committed';
 
 /**
+ * {@link WRITE_BEGIN} with, in the same round trip, the timeline of the server the write runs on
+ * (null on a server in recovery, where the write fails anyway): a read token taken on another
+ * connection is good only on that timeline (see `writePosition`).
+ */
+const WRITE_BEGIN_READING_TIMELINE = `${WRITE_BEGIN}; select case when pg_is_in_recovery() then null else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint end as tli`;
+
+/** The timeline {@link WRITE_BEGIN_READING_TIMELINE} answered, if it did. */
+function timelineOfBegin(answer: unknown): number | undefined {
+  const tli = Array.isArray(answer) ? (answer[1] as { rows?: { tli?: unknown }[] } | undefined)?.rows?.[0]?.tli : undefined;
+  return typeof tli === 'string' || typeof tli === 'number' ? Number(tli) : undefined;
+}
+
+/**
+ * The write's connection failed after its COMMIT was acknowledged, and the shard's address now
+ * reaches a server on another timeline (a failover since the write began): whether that server's
+ * history holds the commit is unknown.
+ */
+class TimelineChangedError extends Error {
+  override readonly name = 'TimelineChangedError';
+}
+
+/**
  * The fence rows of a key's slot (`$1`) and directory key (`$2`), as readers read them: in their
  * snapshot, unlocked (docs/sharding-spec.md). Writers lock them, see {@link WRITER_FENCE_ROWS_SQL}.
  */
@@ -369,7 +391,11 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
    * cancel request can reach it then). A connection that failed after the COMMIT's answer (a
    * reset, a terminated backend) has the query asked on another connection of the pool: the write
    * is committed, and reporting it as outcome-unknown for want of its token would send the
-   * client looking (or retrying) for nothing.
+   * client looking (or retrying) for nothing. The dead connection is given back (`discard`) before
+   * another is asked for: it still counts in the pool, and in a pool of one (a Lambda's, the demo
+   * backend's at `DATABASE_POOL_SIZE=1`) the new connection would wait for it until the timeout.
+   * The other connection's token counts only on the timeline the write began on: on another, the
+   * address names another server now, which may not hold the commit (outcome-unknown).
    */
   async function writePosition(
     client: pg.PoolClient,
@@ -377,6 +403,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     pool: pg.Pool,
     shardId: string,
     deadlineAt: number | undefined,
+    discard: (error: Error) => void,
+    timeline: number | undefined,
   ): Promise<pg.QueryResult<{ lsn: string; tli: string }>> {
     try {
       return await client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
@@ -387,16 +415,28 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         return client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
       }
       // The connection failed after the COMMIT was acknowledged (a reset, a terminated backend):
-      // the write is committed, and any session's insert position read from now on is at or past
-      // its commit record, so another connection gives a token as good. Not while the deadline
+      // the write is committed, and any session's insert position read from now on on that server
+      // is at or past its commit record, so another connection gives a token as good. Not while the deadline
       // holds the connection dropped for silence (`expired`): that primary is not answering.
       if (guard?.expired === true) throw err;
+      discard(err instanceof Error ? err : new Error(String(err)));
       const timeoutMs = deadlineAt === undefined ? TOKEN_RETRY_MS : Math.max(DEADLINE_GRACE_MS, deadlineAt - Date.now());
+      let position: pg.QueryResult<{ lsn: string; tli: string }>;
       try {
-        return await withNodeDeadline(pool, timeoutMs, `${shardId}/primary`, (other) => other.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL));
+        position = await withNodeDeadline(pool, timeoutMs, `${shardId}/primary`, (other) => other.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL));
       } catch {
         throw err;
       }
+      // Only the timeline the write ran on vouches for its commit: the address may name another
+      // server now (a promoted replica, which an asynchronous commit may never have reached).
+      const tli = position.rows[0]?.tli;
+      if (timeline === undefined || tli === undefined || Number(tli) !== timeline) {
+        throw new TimelineChangedError(
+          `shard ${shardId}'s address now reaches a primary on timeline ${tli ?? 'unknown'}, the write ran on ${timeline ?? 'an unknown timeline'}: a failover since, whose new primary may not hold the commit`,
+          { cause: err },
+        );
+      }
+      return position;
     }
   }
 
@@ -448,10 +488,20 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       // At the deadline the statement is cancelled (never once the commit is on its way); only a
       // server that does not answer within the grace has its connection dropped.
       const guard = deadlineAt === undefined ? undefined : holdToDeadline(client, deadlineAt, { mayCancel: () => !committing });
+      /** The timeline of the server the transaction runs on, read with its BEGIN. */
+      let timeline: number | undefined;
+      /** Set once the connection went back to its pool as broken before the attempt's end (see `writePosition`). */
+      let released = false;
+      const discard = (error: Error): void => {
+        if (released) return;
+        released = true;
+        guard?.disarm();
+        client.release(error);
+      };
       try {
         const body = await inClientTransaction<{ verdict: 'write'; value: T } | { verdict: Exclude<FenceVerdict, 'write'> }>(
           client,
-          WRITE_BEGIN,
+          WRITE_BEGIN_READING_TIMELINE,
           async () => {
             if (deadlineAt !== undefined) {
               const left = Math.max(1, deadlineAt - Date.now());
@@ -481,10 +531,13 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           () => {
             broken = true;
           },
+          (answer) => {
+            timeline = timelineOfBegin(answer);
+          },
         );
         if (body.verdict === 'write') {
           committed = true;
-          const position = await writePosition(client, guard, pool, route.shardId, deadlineAt);
+          const position = await writePosition(client, guard, pool, route.shardId, deadlineAt, discard, timeline);
           const lsn = position.rows[0]?.lsn ?? '0/0';
           const readToken = { shardId: route.shardId, lsn, timeline: Number(position.rows[0]?.tli ?? 1), mapVersion: route.version };
           return { value: body.value, shardId: route.shardId, slot: route.slot, token: lsn, readToken, attempts: attempt };
@@ -495,7 +548,13 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         if (committed) {
           // The commit was acknowledged; only the read token's query failed.
           broken = true;
-          throw new ShardWriteError('outcome-unknown', `shard ${route.shardId}'s primary committed the write, then failed to give its read token; the write was committed`, { cause: err });
+          throw new ShardWriteError(
+            'outcome-unknown',
+            err instanceof TimelineChangedError
+              ? `shard ${route.shardId}'s primary acknowledged the write's commit, then its connection failed, and ${err.message}`
+              : `shard ${route.shardId}'s primary committed the write, then failed to give its read token; the write was committed`,
+            { cause: err },
+          );
         }
         if (guard?.expired === true) {
           broken = true;
@@ -543,7 +602,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
         if (guard !== undefined && cancelledByRequest(failure)) await guard.settled();
         client.off('error', onError);
-        client.release(broken || died || guard?.reusable(failure) === false || undefined);
+        if (!released) client.release(broken || died || guard?.reusable(failure) === false || undefined);
       }
       if (outcome === 'reroute') {
         reroutes += 1;

@@ -9,10 +9,13 @@ import { mockClient } from 'aws-sdk-client-mock';
 import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { withNodeDeadline } from '../../../functions/adapters/postgres/deadline.js';
+import { commitHeartbeat } from '../../../functions/adapters/postgres/replica-lag.js';
+import type { ShardNode } from '../../../functions/adapters/postgres/shard-pools.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { RDS_CA_BUNDLE } from '../../../functions/adapters/postgres/tls.js';
 import { createPool, DatabaseSecretError, isAuthenticationFailure, readSecret, SecretPool } from '../../../functions/handlers/shared/db.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { SilentRelay } from '../sharding/fixtures/silent-relay.js';
 
 const SECRET_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:catalog-AbCdEf';
 const sm = mockClient(SecretsManagerClient);
@@ -219,5 +222,31 @@ describe('node deadlines', () => {
 
     expect(err).toBeInstanceOf(Error);
     expect(running).toBe(0);
+  });
+
+  it("leaves no transaction open on the server when the path goes silent mid-transaction (a probe's heartbeat: its xid would hold every move's drain)", async () => {
+    const relay = await SilentRelay.start(server.port);
+    const pool = new pg.Pool({ connectionString: relay.url(server.url), max: 1, application_name: 'silent-heartbeat-test' });
+    pools.push(pool);
+    pool.on('error', () => undefined);
+    try {
+      // The heartbeat's statement reaches the server and gives the transaction an xid; its answer,
+      // the commit and the close are lost (a black-holed path: the server never learns).
+      relay.blackholeAfter('txid_current');
+      const node: ShardNode = { nodeId: 'shard_001/primary', shardId: 'shard_001', role: 'primary', endpoint: `127.0.0.1:${relay.port}/postgres`, pool };
+      const beat = await commitHeartbeat(node, { timeoutMs: 300 });
+      const stranded = async (): Promise<number> =>
+        (await admin.query("select 1 from pg_stat_activity where application_name = 'silent-heartbeat-test' and state = 'idle in transaction' and backend_xid is not null")).rowCount ?? -1;
+      let open = await stranded();
+      // The budget, the grace and room for a busy machine.
+      for (let i = 0; i < 40 && open !== 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        open = await stranded();
+      }
+
+      expect({ beat, open }).toEqual({ beat: null, open: 0 });
+    } finally {
+      await relay.stop();
+    }
   });
 });

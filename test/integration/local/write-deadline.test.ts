@@ -251,6 +251,54 @@ describe('the documents API with a silent shard primary', () => {
     expect({ status: answer !== 'still waiting after 8 s' && answer.status, open, written: await documentsOf(owner) }).toEqual({ status: 503, open: 0, written: 0 });
   }, 30_000);
 
+  it("lets a keyed retry of a write whose path went silent mid-transaction create its one document (the stranded attempt's row does not hold it)", async () => {
+    const owner = await newUser();
+    const body = { owner_id: owner.id, title: 'retried after silence' };
+    const keyed = { 'content-type': 'application/json', 'idempotency-key': `"silent-${randomUUID()}"` };
+    relayOf(owner.shardId).blackholeAfter('insert into documents');
+    const lost = await fetch(`${api.url}/api/v1/documents`, { method: 'POST', headers: keyed, body: JSON.stringify(body) });
+    relayOf(owner.shardId).heal();
+    // At once, as a client told "nothing was written; retry" may: the first attempt's uncommitted
+    // row (same id) is still on the shard until the server ends its session.
+    const retried = await fetch(`${api.url}/api/v1/documents`, { method: 'POST', headers: keyed, body: JSON.stringify(body) });
+    const again = await fetch(`${api.url}/api/v1/documents`, { method: 'POST', headers: keyed, body: JSON.stringify(body) });
+
+    expect({
+      lost: lost.status,
+      retried: { status: retried.status, replayed: retried.headers.get('idempotent-replayed') },
+      again: { status: again.status, replayed: again.headers.get('idempotent-replayed') },
+      written: await documentsOf(owner),
+    }).toEqual({ lost: 503, retried: { status: 201, replayed: null }, again: { status: 201, replayed: 'true' }, written: 1 });
+  }, 30_000);
+
+  it("leaves no transaction open on the shard when a read's path goes silent mid-transaction (its snapshot and locks are not held for ever)", async () => {
+    const owner = await newUser();
+    // The read's query reaches the shard and runs in the read's repeatable-read transaction; its
+    // answer, and everything after (the rollback, the close), is lost.
+    relayOf(owner.shardId).blackholeAfter('from documents where owner_id = $1 order by');
+    const answer = await timed('GET', `/api/v1/users/${owner.id}/documents`);
+    relayOf(owner.shardId).heal();
+    const direct = new pg.Pool({ connectionString: api.server.urlFor(owner.shardId), max: 1 });
+    const stranded = async (): Promise<number> =>
+      (
+        await direct.query<{ n: number }>(
+          "select count(*)::int as n from pg_stat_activity where state = 'idle in transaction' and query like '%from documents where owner_id = $1 order by%' and pid <> pg_backend_pid()",
+        )
+      ).rows[0]?.n ?? -1;
+    let open = await stranded();
+    try {
+      // The deadline, the client's grace and room for a busy machine.
+      for (let i = 0; i < 40 && open !== 0; i++) {
+        await delay(100);
+        open = await stranded();
+      }
+    } finally {
+      await direct.end();
+    }
+
+    expect({ status: answer !== 'still waiting after 8 s' && answer.status, open }).toEqual({ status: 503, open: 0 });
+  }, 30_000);
+
   it('answers a write an operator cancelled before its deadline with a retryable 503 that says so (not a 504, not the deadline)', async () => {
     const owner = await newUser();
     const pool = api.primary(owner.shardId);

@@ -4,11 +4,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
 import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
-import { createShardWriter, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
+import { createShardWriter, ShardWriteError, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import type { FreshnessBounds } from '../../../functions/core/sharding/replica-choice.js';
 import type { ReadToken } from '../../../functions/core/sharding/read-token.js';
-import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { SilentRelay } from './fixtures/silent-relay.js';
 
 const SHARD = 'shard_001';
 const generous: FreshnessBounds = { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 };
@@ -166,5 +167,69 @@ describe('a replica that follows the old timeline after a promotion', () => {
       ineligible: 'on timeline 1, its primary on 2',
     });
     expect(state?.state.replayLsn).toBeGreaterThan(state?.state.primaryLsn ?? 0n);
+  }, 120_000);
+});
+
+/**
+ * A write's connection fails after its COMMIT was acknowledged, and the pool's next connection
+ * (the read token's, see write-transaction.ts) reaches another server: the shard's address now
+ * names a promoted replica that never received the commit (asynchronous replication). A token
+ * read there vouches for nothing about the write: the answer must be outcome-unknown (a 504
+ * whose `check` looks on the new primary), not a success whose document is gone.
+ */
+describe('a write whose token is read after a failover to a replica that missed its commit', () => {
+  let cluster: TestShardCluster;
+  const closers: (() => Promise<void>)[] = [];
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 1, schema: true });
+  });
+  afterAll(async () => {
+    for (const close of closers.splice(0)) await close().catch(() => undefined);
+    await cluster?.stop();
+  });
+
+  it('is outcome-unknown, not a success with a token of the new timeline', async () => {
+    const shard = cluster.shards[0];
+    const replica = shard?.replicas[0];
+    if (!shard || !replica) throw new Error('the cluster has no replica');
+    await replica.waitForCatchUp();
+    const relay = await SilentRelay.start(shard.primary.port);
+    closers.push(() => relay.stop());
+    // The shard's address: the old primary (through the relay) until the failover, then the promoted replica.
+    let port = relay.port;
+    const primaryUrl = new URL(shard.primary.url);
+    class FollowingTheAddress extends pg.Client {
+      constructor() {
+        super({ host: '127.0.0.1', port, user: decodeURIComponent(primaryUrl.username), password: decodeURIComponent(primaryUrl.password), database: primaryUrl.pathname.slice(1) });
+      }
+    }
+    const pool = new pg.Pool({ max: 2, Client: FollowingTheAddress });
+    pool.on('error', () => undefined);
+    closers.push(() => pool.end());
+    const writer = createShardWriter({ router, primaries: new Map([[SHARD, pool]]) });
+    const before = await writer.withShardWrite(randomUUID(), ({ client, slot }) =>
+      client.query("insert into users (id, slot, email, display_name) values (gen_random_uuid(), $1, 'before@example.org', 'before')", [slot]),
+    );
+    await replica.waitForCatchUp();
+    const restoreReceiver = await cutWalReceiver(replica.url);
+    closers.push(restoreReceiver);
+    const id = randomUUID();
+    const outcome = await writer
+      .withShardWrite(id, async ({ client, slot }) => {
+        await client.query("insert into users (id, slot, email, display_name) values ($1, $2, 'lost@example.org', 'lost in the failover')", [id, slot]);
+        // The failover happens while the write is open: the replica (cut off, so it never gets the
+        // commit) is promoted and the shard's address names it from now on.
+        await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
+        port = replica.port;
+        // The old primary acknowledges the COMMIT; the connection fails as the token is asked for.
+        relay.resetAt('pg_current_wal_insert_lsn', { delivered: true });
+      })
+      .then(
+        (r) => `committed (token timeline ${r.readToken.timeline})`,
+        (err: unknown) => (err instanceof ShardWriteError ? err.reason : String(err)),
+      );
+    const onNewPrimary = await withClient(replica.url, async (c) => (await c.query('select 1 from users where id = $1', [id])).rowCount);
+
+    expect({ before: before.readToken.timeline, outcome, onNewPrimary }).toEqual({ before: 1, outcome: 'outcome-unknown', onNewPrimary: 0 });
   }, 120_000);
 });

@@ -6,9 +6,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ShardWriteError } from '../../../functions/adapters/postgres/write-transaction.js';
-import { keysInSlot, sides, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { keysInSlot, otherProcess, sides, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { SilentRelay } from './fixtures/silent-relay.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -76,7 +78,7 @@ describe('a write whose backend is terminated while its COMMIT is in flight', ()
           (err: unknown) => (err instanceof ShardWriteError ? err.reason : 'failed'),
         );
       let waiting = false;
-      for (let i = 0; i < 200 && !waiting; i++) {
+      for (let i = 0; i < 1000 && !waiting; i++) {
         await delay(10);
         waiting = (await source.query("select 1 from pg_stat_activity where pid = $1 and wait_event = 'SyncRep'", [pid ?? -1])).rowCount === 1;
       }
@@ -90,4 +92,45 @@ describe('a write whose backend is terminated while its COMMIT is in flight', ()
       await source.query('select pg_reload_conf()');
     }
   }, 30_000);
+});
+
+describe('a write whose COMMIT was acknowledged, then its connection reset, in a pool of one connection', () => {
+  it.each([{ deadlineMs: undefined }, { deadlineMs: 3000 }])(
+    'reads its token on a new connection in place of the dead one and succeeds (deadline $deadlineMs), not outcome-unknown',
+    async ({ deadlineMs }) => {
+      const slot = 79;
+      const { from, source } = await sides(env, slot);
+      const [owner] = keysInSlot(slot, 1) as [string];
+      await seedUsers(source, slot, [owner], 0);
+      const relay = await SilentRelay.start(Number(new URL(env.urls.shards[from] as string).port));
+      // A Lambda's pool, or the demo backend's with DATABASE_POOL_SIZE=1: the write's own connection is the only one.
+      const single = new pg.Pool({ connectionString: relay.url(env.urls.shards[from] as string), max: 1 });
+      single.on('error', () => undefined);
+      try {
+        const { writer } = await otherProcess(env, { primaries: new Map([...env.shards, [from, single]]) });
+        const id = randomUUID();
+        // The reset comes as the read token's query is sent, after the COMMIT's answer arrived.
+        relay.resetAt('pg_current_wal_insert_lsn', { delivered: true });
+        const outcome = await writer
+          .withShardWrite(
+            owner,
+            async ({ client, slot: s }) => {
+              await client.query('insert into documents (id, owner_id, slot, title) values ($1, $2, $3, $4)', [id, owner, s, 'token lost, pool of one']);
+            },
+            deadlineMs === undefined ? {} : { deadlineMs },
+          )
+          .then(
+            (r) => ({ result: 'committed', tokenShard: r.readToken.shardId, lsn: /^[0-9A-F]+\/[0-9A-F]+$/.test(r.token) }),
+            (err: unknown) => ({ result: err instanceof ShardWriteError ? err.reason : String(err), tokenShard: undefined, lsn: false }),
+          );
+        const stored = (await source.query('select 1 from documents where id = $1', [id])).rowCount;
+
+        expect({ ...outcome, stored, pooled: single.totalCount <= 1 }).toEqual({ result: 'committed', tokenShard: from, lsn: true, stored: 1, pooled: true });
+      } finally {
+        await single.end();
+        await relay.stop();
+      }
+    },
+    30_000,
+  );
 });
