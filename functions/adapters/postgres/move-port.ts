@@ -37,7 +37,7 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { MoveCancelled, MoveError, MoveLeaseLostError, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
+import { MoveCancelled, MoveError, MoveFenceBudgetSpent, MoveLeaseLostError, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
@@ -381,7 +381,10 @@ export class PgMovePort implements MovePort<MoveJob> {
     const col = ENTERED_AT[to];
     const stamp = col ? `, ${col} = coalesce(${col}, clock_timestamp())` : '';
     const extra = name === 'fence_timed_out' || name === 'verify_timed_out' ? ', fence_timeouts = fence_timeouts + 1, fenced_at = null' : '';
-    // Under the fence (`drained`), held to its deadline: see heldToFence.
+    // Under the fence (`drained`), held to its deadline: see heldToFence. Cancelled there, it
+    // recorded nothing (a COMMIT cancelled past its commit record only warns), and the driver
+    // gives the fence up.
+    const fenced = this.fenceDeadline !== null;
     return this.heldToFence(async () => {
       const { rows } = await this.catalog.query<JobRow>(
         // A transition clears the last error, except the clean-up's note on the rows it kept, which
@@ -394,6 +397,12 @@ export class PgMovePort implements MovePort<MoveJob> {
         throw new MoveError(`move job #${job.id} was changed by someone else while in ${from}`);
       }
       return toJob(rows[0]);
+    }).catch((err: unknown) => {
+      if (!fenced || (err as { code?: string }).code !== QUERY_CANCELED) throw err;
+      throw new MoveFenceBudgetSpent(
+        `move job #${job.id}: the catalog did not record the transition ${name} (${from} to ${to}) within the fence budget (${this.settings.fenceBudgetMs} ms); it was cancelled and recorded nothing`,
+        { cause: err },
+      );
     });
   }
 
@@ -1882,18 +1891,14 @@ export class PgMovePort implements MovePort<MoveJob> {
     // of the catalog that is away held the fence until the run's catalog bound (6.0 s, budget 1 s).
     // Cancelled in a lock wait, it fails and the driver reopens the fence; the next run rolls back.
     // A verdict found at the budget's very end still gets a moment to be decided on.
+    const movedAtSource = await this.sourceSaysMoved(job);
     const decided = await this.heldToFence(
       () =>
         this.withLockedJob(job, async (row) => {
           if (row.flipStarted) return { refused: `move job #${job.id} has published its new owner; it can only finish` };
           const { owner, version } = await this.currentOwner(row);
           if (owner === job.to) return { refused: `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${version}); deleting its copy would lose data` };
-          // The source's fence says `moved` for this job only once a flip was released forward: a
-          // catalog that no longer records that flip lost it (committed on the primary alone, its
-          // standby wait cancelled at the budget's end, then a failover to that standby), and the
-          // target has taken writes since. The rollback deleted them with the copy.
-          const { rows: fence } = await this.pool(job.from).query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2 and job_id = $3', [job.kind, job.unitId, job.id]);
-          if (fence[0]?.state === 'moved') {
+          if (movedAtSource) {
             return {
               refused: `the fence of ${job.kind} ${job.unitId} on the source ${job.from} says it moved to ${job.to} for this job, though the catalog names ${owner ?? 'nobody'} (version ${version}): the flip was lost by the catalog (a failover?); deleting the target's copy would lose the writes made there since. Publish ${job.to} as the owner instead`,
             };
@@ -1929,6 +1934,30 @@ export class PgMovePort implements MovePort<MoveJob> {
       [],
       job,
     );
+  }
+
+  /**
+   * Whether the source's fence row says the unit moved for this job: it does only once a flip was
+   * released forward, so a catalog that no longer records that flip lost it (committed on the
+   * primary alone, its standby wait cancelled at the budget's end, then a failover to that
+   * standby), and the target has taken writes since; a rollback would delete them with the copy.
+   * Asked before the rollback's decision, not inside its transaction: a silent source held the job
+   * row locked there (an operator's cancellation request, another run's claim waited on it) until
+   * the run's abandon time. The answer cannot change in between: the row turns `moved` only after
+   * a flip the catalog recorded, and no flip but one of this run's lease can be recorded while it
+   * holds the lease, which the decision requires. Outside the fence the question is bounded as
+   * giving the fence up is (the rollback gives it up next, with the same bound); under it, as the
+   * fenced part is.
+   */
+  private async sourceSaysMoved(job: MoveJob): Promise<boolean> {
+    const releasing = this.releasingFence;
+    this.releasingFence = true;
+    try {
+      const { rows } = await this.pool(job.from).query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2 and job_id = $3', [job.kind, job.unitId, job.id]);
+      return rows[0]?.state === 'moved';
+    } finally {
+      this.releasingFence = releasing;
+    }
   }
 
   private async tableColumns(table: TableName, client: pg.PoolClient): Promise<readonly string[]> {

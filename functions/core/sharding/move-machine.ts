@@ -86,7 +86,10 @@ export type FlipOutcome =
 export interface MovePort<J extends MoveJobView> {
   /** The job as recorded now. */
   reload(job: J): Promise<J>;
-  /** Applies a named transition as a compare-and-set on the job's state; throws if the job changed. */
+  /**
+   * Applies a named transition as a compare-and-set on the job's state; throws if the job changed,
+   * and {@link MoveFenceBudgetSpent} when one made under the fence (`drained`) ran out of its budget.
+   */
   transition(job: J, name: MoveTransitionName, note?: string): Promise<J>;
   /** Creates the source's fence row (and the target's `incoming` row), starts change capture, waits for older writers. */
   prepareSource(job: J): Promise<void>;
@@ -153,6 +156,15 @@ const MAY_STOP_AT: ReadonlySet<MoveState> = new Set(['planned', 'copying', 'catc
 /** The fence could not be taken within its budget in any attempt; writes were never held past it and the job resumes later. */
 export class MoveFenceTimeoutError extends MoveError {
   override readonly name = 'MoveFenceTimeoutError';
+}
+
+/**
+ * A record the run makes under the fence (the `drained` transition) was cancelled at the end of the
+ * fence budget, the catalog slow to answer: nothing was recorded, and the fence is given up as when
+ * any other part of the fenced window runs out of time (reopened, the attempt counted, tried again).
+ */
+export class MoveFenceBudgetSpent extends MoveError {
+  override readonly name = 'MoveFenceBudgetSpent';
 }
 
 /** Another runner claimed the job after this run's lease expired: this run stops and writes nothing more. */
@@ -279,17 +291,22 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
           await hook('cutover', job);
           break;
         case 'cutover': {
-          let held = await port.fence(job);
-          if (held) {
+          let drained: J | null = null;
+          if (await port.fence(job)) {
             await hook('fenced', job);
-            held = await port.catchUp(job, 'all');
-            if (!held) await port.unfence(job);
+            if (await port.catchUp(job, 'all')) {
+              drained = await port.transition(job, 'drained').catch((err: unknown) => {
+                if (err instanceof MoveFenceBudgetSpent) return null;
+                throw err;
+              });
+            }
+            if (!drained) await port.unfence(job);
           }
-          if (!held) {
+          if (!drained) {
             job = await giveUp('fence_timed_out', 'was not held within its budget');
             break;
           }
-          job = await port.transition(job, 'drained');
+          job = drained;
           await hook('verifying', job);
           break;
         }

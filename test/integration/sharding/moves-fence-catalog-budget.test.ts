@@ -123,3 +123,56 @@ describe('the catalog waits for a synchronous standby that is away while the uni
     expect(await countSlot(target, slot)).toEqual({ users: 3, documents: 6 });
   }, 60_000);
 });
+
+/**
+ * The `drained` transition cancelled at the budget's end (a lock on the job table) is a fence given
+ * up like any other part of the fenced window that ran out of time: the fence is reopened, the
+ * attempt counted, and the run tries again after its pause, rather than ending on PostgreSQL's
+ * "canceling statement due to user request" with the job's `fenced_at` left from that attempt (the
+ * next fence's reported duration then spanned both attempts and the wait in between).
+ */
+describe('the drained transition is cancelled at the end of the fence budget', () => {
+  it('gives that fence attempt up and counts it; the next attempt of the same run finishes the move', async () => {
+    const budgetMs = 1000;
+    const slot = 1274;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+    const locker = await env.catalog.connect();
+    let fences = 0;
+    let unlock: Promise<unknown> = Promise.resolve();
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    try {
+      const run = new Mover({
+        catalog: env.catalog,
+        shards: env.shards,
+        slotMaps: env.slotMaps,
+        directory: env.directory,
+        readerGraceMs: 100,
+        fenceBudgetMs: budgetMs,
+        fenceAttempts: 2,
+        fenceRetryPauseMs: 100,
+        hook: async (point) => {
+          if (point !== 'fenced' || ++fences > 1) return;
+          await locker.query('begin');
+          await locker.query('lock table catalog.move_jobs in exclusive mode');
+          unlock = delay(2500).then(() => locker.query('rollback'));
+        },
+      }).run(planned.id);
+      const outcome = await settle(run);
+      const job = await env.mover().get(planned.id);
+
+      // Before: the run threw (MoveError: "cutover: canceling statement due to user request"), the
+      // attempt uncounted, and the next run's fence was reported as held from the first attempt on.
+      expect({ outcome, fences, fenceTimeouts: job.fenceTimeouts, fenceMs: (job.fenceMs ?? Infinity) < budgetMs + 500 ? 'within the budget and a small slack' : job.fenceMs }).toEqual({
+        outcome: 'ended: done',
+        fences: 2,
+        fenceTimeouts: 1,
+        fenceMs: 'within the budget and a small slack',
+      });
+      expect(await countSlot(target, slot)).toEqual({ users: 3, documents: 6 });
+    } finally {
+      await unlock;
+      locker.release();
+    }
+  }, 60_000);
+});

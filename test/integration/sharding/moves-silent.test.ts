@@ -651,3 +651,58 @@ describe('the catalog goes silent under the fence after an earlier attempt gave 
     expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 10 });
   }, 90_000);
 });
+
+/**
+ * A cancelled move is rolled back while its source goes silent. The rollback asks the source's
+ * fence row whether a flip the catalog lost was released forward there; that question is put
+ * before the decision's catalog transaction, bounded as giving the fence up is (the 5 s slack):
+ * asked inside it, a silent source held the job row locked (and the run) until the run's abandon
+ * time, and an operator's cancellation request or another run's claim waited on it.
+ */
+describe('the source goes silent as a cancelled move is rolled back', () => {
+  it('keeps the job row unlocked meanwhile, and ends the run within the bound of giving the fence up', async () => {
+    const slot = 697;
+    const { from, to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 4), 3);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const until = Date.now() + 60_000;
+    let looks = 0;
+    const paused = await env.mover({ wallClock: () => (++looks >= 5 ? until : until - 1) }).run(planned.id, { until });
+    expect(paused.state).toBe('copying');
+    await env.mover().requestCancel(planned.id);
+    const { relay, pool: relayed } = await relayedPool(env.urls.shards[from] as string, 1);
+    // The run's first checkout of the source is its permit claim; from its second on (the rollback's) the path is silent.
+    let checkouts = 0;
+    let silentAt = 0;
+    const silentAfterClaim = new Proxy(relayed, {
+      get(t, prop, receiver): unknown {
+        if (prop === 'connect') {
+          return (...args: unknown[]): unknown => {
+            if (++checkouts === 2) {
+              relay.blackhole();
+              silentAt = Date.now();
+            }
+            return (t.connect as (...a: unknown[]) => unknown).apply(t, args);
+          };
+        }
+        return Reflect.get(t, prop, receiver) as unknown;
+      },
+    });
+    const abandonAt = Date.now() + 25_000;
+    const run = settle(env.mover({ shards: new Map([[from, silentAfterClaim], [to, target]]) }).run(planned.id, { abandonAt }));
+    for (let i = 0; i < 400 && silentAt === 0; i++) await delay(25);
+    expect(silentAt).toBeGreaterThan(0);
+    await delay(500);
+    // An operator asks again (the scaling API's DELETE): answered, not held behind the silent source.
+    const asked = await Promise.race([env.mover().requestCancel(planned.id).then(() => 'answered', (e: Error) => `threw: ${e.message}`), delay(3000).then(() => 'waits on the job row')]);
+    const outcome = await Promise.race([run, delay(9000).then(() => 'still running')]);
+
+    // Before: the check waited inside the decision's transaction until the abandon time (25 s),
+    // the job row locked all along.
+    expect({ asked, outcome }).toEqual({ asked: 'answered', outcome: expect.stringMatching(/^threw/) as unknown as string });
+    await Promise.race([run, delay(25_000)]);
+    expect((await env.mover().run(planned.id)).state).toBe('cancelled');
+    expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await countSlot(source, slot)).toEqual({ users: 4, documents: 12 });
+  }, 90_000);
+});

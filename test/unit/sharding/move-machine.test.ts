@@ -3,6 +3,8 @@ import {
   driveMove,
   MOVE_CRASH_POINTS,
   MOVE_TRANSITIONS,
+  MoveError,
+  MoveFenceBudgetSpent,
   MoveFenceTimeoutError,
   MovePaused,
   moveUnitFor,
@@ -216,6 +218,34 @@ describe('the move protocol', () => {
     // With time left, both roll back.
     expect((await driveMove(cancelled, requested.port)).state).toBe('cancelled');
     expect((await driveMove({ ...cancelled, rollbackTo: 'cancelled' }, decided.port)).state).toBe('cancelled');
+  });
+
+  it('gives the fence up and tries again when the drained transition was cancelled at the end of the fence budget; any other failure of it stops the run', async () => {
+    const cutover: Job = { id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'cutover', cancelRequested: false, flipStarted: false };
+    const failingDrained = (error: Error) => {
+      const recorded = recordingPort();
+      let failed = false;
+      const transition = recorded.port.transition.bind(recorded.port);
+      recorded.port.transition = async (job, name) => {
+        if (name === 'drained' && !failed) {
+          failed = true;
+          recorded.calls.push('transition:drained (fails)');
+          throw error;
+        }
+        return transition(job, name);
+      };
+      return recorded;
+    };
+    const spent = failingDrained(new MoveFenceBudgetSpent('cancelled at the budget end'));
+    const broken = failingDrained(new MoveError('the catalog connection was closed'));
+
+    const done = await driveMove(cutover, spent.port, { fenceAttempts: 2 });
+    const stopped = driveMove(cutover, broken.port, { fenceAttempts: 2 });
+
+    expect(done.state).toBe('done');
+    expect(spent.calls.slice(0, 10)).toEqual(['unfence', 'fence', 'catchUp:all', 'transition:drained (fails)', 'unfence', 'transition:fence_timed_out', 'pause', 'catchUp:few', 'transition:caught_up', 'fence']);
+    await expect(stopped).rejects.toThrow('the catalog connection was closed');
+    expect(broken.calls).not.toContain('transition:fence_timed_out');
   });
 
   it('releases the fence and goes back to catching up when the verification or the flip runs out of fence budget, then finishes', async () => {
