@@ -200,6 +200,30 @@ describe('the documents API with a silent shard primary', () => {
     const answer = api.request(method, path, body).then((r): Answer => ({ status: r.status, type: String(r.body?.type), retryAfter: r.headers.get('retry-after'), check: r.body?.check, detail: String(r.body?.detail), ms: Date.now() - started }));
     return Promise.race([answer, delay(8000).then(() => 'still waiting after 8 s' as const)]);
   };
+  /**
+   * Transactions left idle on the shard whose last statement is like `queryLike`, read on the shard
+   * itself, once none are left or after 4 s (the deadline, the client's grace and room for a busy machine).
+   */
+  const strandedAfterWait = async (shardId: string, queryLike: string): Promise<number> => {
+    const direct = new pg.Pool({ connectionString: api.server.urlFor(shardId), max: 1 });
+    const stranded = async (): Promise<number> =>
+      (
+        await direct.query<{ n: number }>(
+          "select count(*)::int as n from pg_stat_activity where state = 'idle in transaction' and query like $1 and pid <> pg_backend_pid()",
+          [queryLike],
+        )
+      ).rows[0]?.n ?? -1;
+    try {
+      let open = await stranded();
+      for (let i = 0; i < 40 && open !== 0; i++) {
+        await delay(100);
+        open = await stranded();
+      }
+      return open;
+    } finally {
+      await direct.end();
+    }
+  };
   /** The owner's documents, read on the shard itself (not through the relay). */
   const documentsOf = async (owner: { id: string; shardId: string }): Promise<number> => {
     const direct = new pg.Pool({ connectionString: api.server.urlFor(owner.shardId), max: 1 });
@@ -230,23 +254,7 @@ describe('the documents API with a silent shard primary', () => {
     relayOf(owner.shardId).blackholeAfter('insert into documents');
     const answer = await timed('POST', '/api/v1/documents', { owner_id: owner.id, title: 'stranded' });
     relayOf(owner.shardId).heal();
-    const direct = new pg.Pool({ connectionString: api.server.urlFor(owner.shardId), max: 1 });
-    const stranded = async (): Promise<number> =>
-      (
-        await direct.query<{ n: number }>(
-          "select count(*)::int as n from pg_stat_activity where state = 'idle in transaction' and query like 'insert into documents%' and pid <> pg_backend_pid()",
-        )
-      ).rows[0]?.n ?? -1;
-    let open = await stranded();
-    try {
-      // The deadline, the client's grace and room for a busy machine.
-      for (let i = 0; i < 40 && open !== 0; i++) {
-        await delay(100);
-        open = await stranded();
-      }
-    } finally {
-      await direct.end();
-    }
+    const open = await strandedAfterWait(owner.shardId, 'insert into documents%');
 
     expect({ status: answer !== 'still waiting after 8 s' && answer.status, open, written: await documentsOf(owner) }).toEqual({ status: 503, open: 0, written: 0 });
   }, 30_000);
@@ -278,23 +286,7 @@ describe('the documents API with a silent shard primary', () => {
     relayOf(owner.shardId).blackholeAfter('from documents where owner_id = $1 order by');
     const answer = await timed('GET', `/api/v1/users/${owner.id}/documents`);
     relayOf(owner.shardId).heal();
-    const direct = new pg.Pool({ connectionString: api.server.urlFor(owner.shardId), max: 1 });
-    const stranded = async (): Promise<number> =>
-      (
-        await direct.query<{ n: number }>(
-          "select count(*)::int as n from pg_stat_activity where state = 'idle in transaction' and query like '%from documents where owner_id = $1 order by%' and pid <> pg_backend_pid()",
-        )
-      ).rows[0]?.n ?? -1;
-    let open = await stranded();
-    try {
-      // The deadline, the client's grace and room for a busy machine.
-      for (let i = 0; i < 40 && open !== 0; i++) {
-        await delay(100);
-        open = await stranded();
-      }
-    } finally {
-      await direct.end();
-    }
+    const open = await strandedAfterWait(owner.shardId, '%from documents where owner_id = $1 order by%');
 
     expect({ status: answer !== 'still waiting after 8 s' && answer.status, open }).toEqual({ status: 503, open: 0 });
   }, 30_000);
