@@ -10,6 +10,7 @@
  * await docs.stop();
  * ```
  */
+import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, resolve } from 'node:path';
@@ -32,6 +33,12 @@ export interface DocumentsApi {
   readonly relays: ReadonlyMap<string, SilentRelay>;
   /** The primary pool of a shard, for checking rows behind the API (through its relay, if any). */
   primary(shardId: string): pg.Pool;
+  /** The relay in front of a shard (with `relays`); throws when it has none. */
+  relayOf(shardId: string): SilentRelay;
+  /** A new user through the API (201 expected), with the shard it lives on. */
+  newUser(displayName: string): Promise<{ id: string; shardId: string }>;
+  /** How many documents an owner has, counted on its shard itself (not through its relay). */
+  documentsOf(owner: { id: string; shardId: string }): Promise<number>;
   /** JSON request helper: parsed body (or null), status and headers. */
   request(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any; headers: Headers }>; // eslint-disable-line @typescript-eslint/no-explicit-any -- tests read arbitrary JSON answers
   stop(): Promise<void>;
@@ -77,7 +84,7 @@ export async function startDocumentsApi(onError?: (error: unknown) => void, opti
   });
   await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
   const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
-  return {
+  const api: DocumentsApi = {
     url,
     sharding,
     server,
@@ -86,6 +93,25 @@ export async function startDocumentsApi(onError?: (error: unknown) => void, opti
       const pool = sharding.primaries.get(shardId);
       if (!pool) throw new Error(`no shard ${shardId}`);
       return pool;
+    },
+    relayOf(shardId) {
+      const relay = relays.get(shardId);
+      if (!relay) throw new Error(`no relay for ${shardId}`);
+      return relay;
+    },
+    async newUser(displayName) {
+      const r = await api.request('POST', '/api/v1/users', { email: `${randomUUID()}@example.org`, display_name: displayName });
+      if (r.status !== 201) throw new Error(`creating a user answered ${r.status}: ${JSON.stringify(r.body)}`);
+      return { id: String(r.body.id), shardId: String(r.body.shard_id) };
+    },
+    async documentsOf(owner) {
+      const direct = new pg.Pool({ connectionString: server.urlFor(owner.shardId), max: 1 });
+      try {
+        const { rows } = await direct.query<{ n: number }>('select count(*)::int as n from documents where owner_id = $1', [owner.id]);
+        return rows[0]?.n ?? -1;
+      } finally {
+        await direct.end();
+      }
     },
     async request(method, path, body, headers = {}) {
       const res = await fetch(`${url}${path}`, {
@@ -105,4 +131,5 @@ export async function startDocumentsApi(onError?: (error: unknown) => void, opti
       await server.stop();
     },
   };
+  return api;
 }

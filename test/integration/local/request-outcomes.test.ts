@@ -24,26 +24,9 @@ afterAll(async () => {
   await api?.stop();
 });
 
-const relayOf = (shardId: string): SilentRelay => {
-  const relay = api.relays.get(shardId);
-  if (!relay) throw new Error(`no relay for ${shardId}`);
-  return relay;
-};
-const newUser = async (): Promise<{ id: string; shardId: string }> => {
-  const r = await api.request('POST', '/api/v1/users', { email: `${randomUUID()}@example.org`, display_name: 'Outcome' });
-  expect(r.status).toBe(201);
-  return { id: String(r.body.id), shardId: String(r.body.shard_id) };
-};
-/** The owner's documents, read on the shard itself (not through the relay). */
-const documentsOf = async (owner: { id: string; shardId: string }): Promise<number> => {
-  const direct = new pg.Pool({ connectionString: api.server.urlFor(owner.shardId), max: 1 });
-  try {
-    const { rows } = await direct.query<{ n: number }>('select count(*)::int as n from documents where owner_id = $1', [owner.id]);
-    return rows[0]?.n ?? -1;
-  } finally {
-    await direct.end();
-  }
-};
+const relayOf = (shardId: string): SilentRelay => api.relayOf(shardId);
+const newUser = (): Promise<{ id: string; shardId: string }> => api.newUser('Outcome');
+const documentsOf = (owner: { id: string; shardId: string }): Promise<number> => api.documentsOf(owner);
 /**
  * Waits until the shard has ended the reset connection's session (it runs what it was sent,
  * then sees the connection closed): no other session in a transaction or running a statement.

@@ -184,16 +184,8 @@ describe('the documents API with a silent shard primary', () => {
     await api?.stop();
   });
 
-  const relayOf = (shardId: string): SilentRelay => {
-    const relay = api.relays.get(shardId);
-    if (!relay) throw new Error(`no relay for ${shardId}`);
-    return relay;
-  };
-  const newUser = async (): Promise<{ id: string; shardId: string }> => {
-    const r = await api.request('POST', '/api/v1/users', { email: `${randomUUID()}@example.org`, display_name: 'Silent' });
-    expect(r.status).toBe(201);
-    return { id: String(r.body.id), shardId: String(r.body.shard_id) };
-  };
+  const relayOf = (shardId: string): SilentRelay => api.relayOf(shardId);
+  const newUser = (): Promise<{ id: string; shardId: string }> => api.newUser('Silent');
   type Answer = { readonly status: number; readonly type: string; readonly retryAfter: string | null; readonly check: unknown; readonly detail: string; readonly ms: number };
   const timed = async (method: string, path: string, body?: unknown): Promise<Answer | 'still waiting after 8 s'> => {
     const started = Date.now();
@@ -224,16 +216,7 @@ describe('the documents API with a silent shard primary', () => {
       await direct.end();
     }
   };
-  /** The owner's documents, read on the shard itself (not through the relay). */
-  const documentsOf = async (owner: { id: string; shardId: string }): Promise<number> => {
-    const direct = new pg.Pool({ connectionString: api.server.urlFor(owner.shardId), max: 1 });
-    try {
-      const { rows } = await direct.query<{ n: number }>('select count(*)::int as n from documents where owner_id = $1', [owner.id]);
-      return rows[0]?.n ?? -1;
-    } finally {
-      await direct.end();
-    }
-  };
+  const documentsOf = (owner: { id: string; shardId: string }): Promise<number> => api.documentsOf(owner);
 
   it('answers a write that reached no answer by its deadline with a retryable 503, and nothing is written', async () => {
     const owner = await newUser();
@@ -414,20 +397,25 @@ describe("the 504's check with a replica held behind", () => {
     return { status: res.status, body: (await res.json()) as Record<string, unknown> };
   }
 
-  it('looks on the primary, so a committed write is found (200, never a lagging replica\'s 404), and answers 503 when the primary cannot be reached', async () => {
-    const replica = cluster.shards[0]?.replicas[0];
-    const primary = cluster.shards[0]?.primary;
-    if (replica === undefined || primary === undefined) throw new Error('no replica');
-    const user = await call('POST', '/api/v1/users', { email: `${randomUUID()}@example.org`, display_name: 'Lagged' });
+  /** A new user, once the reader serves its shard's reads from the replica. */
+  async function userServedByReplica(displayName: string): Promise<string> {
+    const user = await call('POST', '/api/v1/users', { email: `${randomUUID()}@example.org`, display_name: displayName });
     expect(user.status).toBe(201);
     const userId = String(user.body['id']);
-    // The reader serves this shard's reads from its replica.
     let servedBy = '';
     for (let i = 0; i < 100 && !servedBy.includes('replica'); i++) {
       servedBy = String((await call('GET', `/api/v1/users/${userId}`)).body['served_by']);
       if (!servedBy.includes('replica')) await delay(100);
     }
     expect(servedBy).toMatch(/replica/);
+    return userId;
+  }
+
+  it('looks on the primary, so a committed write is found (200, never a lagging replica\'s 404), and answers 503 when the primary cannot be reached', async () => {
+    const replica = cluster.shards[0]?.replicas[0];
+    const primary = cluster.shards[0]?.primary;
+    if (replica === undefined || primary === undefined) throw new Error('no replica');
+    const userId = await userServedByReplica('Lagged');
     await replica.pauseReplay();
     try {
       writes.blackholeAfter('commit\u0000');
@@ -468,15 +456,7 @@ describe("the 504's check with a replica held behind", () => {
   it("gives a keyed retry's replay a read token that sees the first attempt's document, though the replica has not replayed it", async () => {
     const replica = cluster.shards[0]?.replicas[0];
     if (replica === undefined) throw new Error('no replica');
-    const user = await call('POST', '/api/v1/users', { email: `${randomUUID()}@example.org`, display_name: 'Replayed' });
-    expect(user.status).toBe(201);
-    const userId = String(user.body['id']);
-    let servedBy = '';
-    for (let i = 0; i < 100 && !servedBy.includes('replica'); i++) {
-      servedBy = String((await call('GET', `/api/v1/users/${userId}`)).body['served_by']);
-      if (!servedBy.includes('replica')) await delay(100);
-    }
-    expect(servedBy).toMatch(/replica/);
+    const userId = await userServedByReplica('Replayed');
     await replica.pauseReplay();
     try {
       const body = { owner_id: userId, title: 'replayed behind a replica' };
