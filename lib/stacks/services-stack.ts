@@ -113,7 +113,7 @@ export class ServicesStack extends Stack {
       throw new DeploymentConfigError([
         {
           path: 'database.instanceClass',
-          message: `${budget.peakTasks} tasks at the services' max_instances during a deployment (${connected.join(', ')}) cannot hold even one connection each within the ${budget.maxConnections} connections ${config.database.instanceClass} allows by default: choose a larger instance class or lower scaling max_instances`,
+          message: `${budget.peakTasks} tasks at the services' max_instances during a deployment (${connected.join(', ')}) cannot hold even one connection each within the ${budget.maxConnections} connections ${config.database.instanceClass} allows by default (estimated from below): choose a larger instance class or lower scaling max_instances`,
         },
       ]);
     }

@@ -3,21 +3,31 @@ import { describe, expect, it } from 'vitest';
 import { CATALOG_CONNECTIONS_PER_TASK, connectionBudget, defaultMaxConnections, DEFAULT_POOL_SIZE, RESERVED_CONNECTIONS } from '../../../lib/services/connection-budget.js';
 
 describe('the tasks\' connection budget', () => {
-  it("gives RDS's default max_connections, LEAST(memory / 9531392, 5000), by instance class", () => {
-    expect(defaultMaxConnections('t4g.medium')).toBe(450);
-    expect(defaultMaxConnections('t4g.micro')).toBe(112);
-    expect(defaultMaxConnections('r7g.large')).toBe(1802);
-    expect(defaultMaxConnections('m6i.xlarge')).toBe(1802);
+  it("estimates RDS's default max_connections, LEAST(DBInstanceClassMemory / 9531392, 5000), by instance class", () => {
+    expect(defaultMaxConnections('t4g.medium')).toBe(394);
+    expect(defaultMaxConnections('t4g.micro')).toBe(98);
+    expect(defaultMaxConnections('r7g.large')).toBe(1577);
+    expect(defaultMaxConnections('m6i.xlarge')).toBe(1577);
     expect(defaultMaxConnections('r6g.16xlarge')).toBe(5000);
     expect(defaultMaxConnections('z1d.large')).toBeUndefined();
     expect(defaultMaxConnections('t4g.huge')).toBeUndefined();
   });
 
+  it('never estimates more than the defaults measured on RDS (DBInstanceClassMemory is less than the class memory)', () => {
+    // `SHOW max_connections` on instances of 2, 4 and 8 GiB (t2.small, t2.medium, t2.large / m4.large).
+    // The whole memory would give 225, 450 and 901: the budget counted 37 slots on t4g.medium that do not exist.
+    expect(defaultMaxConnections('t4g.small')).toBeLessThanOrEqual(198);
+    expect(defaultMaxConnections('t4g.medium')).toBeLessThanOrEqual(413);
+    expect(defaultMaxConnections('t4g.large')).toBeLessThanOrEqual(856);
+    expect(defaultMaxConnections('m7g.large')).toBeLessThanOrEqual(856);
+  });
+
   it('sizes the pools of the dev and prod configurations for every service at its maximum during a deployment', () => {
-    // dev: 30 tasks with database access at their maximum, 60 during a deployment, on t4g.medium.
-    expect(connectionBudget({ instanceClasses: ['t4g.medium', 't4g.medium'], maxTasks: 30, surgePercent: 200 })).toEqual({ poolSize: 4, maxConnections: 450, peakTasks: 60, peak: 360 });
+    // dev: 30 tasks with database access at their maximum, 60 during a deployment, on t4g.medium
+    // (413 measured): 300 for the tasks leaves 113, more than the 50 kept, whatever RDS keeps itself.
+    expect(connectionBudget({ instanceClasses: ['t4g.medium', 't4g.medium'], maxTasks: 30, surgePercent: 200 })).toEqual({ poolSize: 3, maxConnections: 394, peakTasks: 60, peak: 300 });
     // prod: 52 tasks, 104, on r7g.large: the default pool fits.
-    expect(connectionBudget({ instanceClasses: ['r7g.large'], maxTasks: 52, surgePercent: 200 })).toEqual({ poolSize: 10, maxConnections: 1802, peakTasks: 104, peak: 1248 });
+    expect(connectionBudget({ instanceClasses: ['r7g.large'], maxTasks: 52, surgePercent: 200 })).toEqual({ poolSize: 10, maxConnections: 1577, peakTasks: 104, peak: 1248 });
   });
 
   it('says when not even one connection a task fits, and keeps the default for a class it does not know', () => {
