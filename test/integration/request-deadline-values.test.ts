@@ -64,4 +64,15 @@ describe('a request deadline no timer can hold', () => {
     ];
     expect(results).toEqual(['ok', 'ok', 'ok']);
   });
+
+  it('holds the longest one it accepts, MAX_DEADLINE_MS itself (its grace and the server-side timeouts past it included)', async () => {
+    const writer = createShardWriter({ router, primaries: new Map([['s1', pools.primary('s1').pool]]) });
+    const reads = createShardReader({ router, reader });
+    const results = [
+      await outcome(writer.withShardWrite('k', ({ client }) => client.query('select pg_sleep(0.05)'), { deadlineMs: MAX_DEADLINE_MS })),
+      await outcome(reads.withShardRead('k', ({ client }) => client.query('select pg_sleep(0.05)'), { deadlineMs: MAX_DEADLINE_MS })),
+      await outcome(reader.query('s1', 'select pg_sleep(0.05)', [], { deadlineAt: Date.now() + MAX_DEADLINE_MS })),
+    ];
+    expect(results).toEqual(['ok', 'ok', 'ok']);
+  });
 });

@@ -48,12 +48,12 @@ export async function withNodeDeadline<T>(pool: pg.Pool, timeoutMs: number, node
       throw new NodeTimeoutError(nodeId, timeoutMs);
     }
     try {
-      const left = Math.max(1, Math.ceil(timeoutMs - (Date.now() - started)));
+      const left = serverTimeoutMs(timeoutMs - (Date.now() - started));
       // idle_in_transaction_session_timeout: a transaction whose path goes silent (a black hole:
       // its commit and close never arrive) would otherwise stay open on the server until TCP
       // notices, hours, with its locks and, once it has written (a probe's heartbeat), its xid:
       // every move's drain waits for that, and vacuum's horizon with it.
-      await c.query(`begin; set local statement_timeout = ${left}; set local idle_in_transaction_session_timeout = ${left + DEADLINE_GRACE_MS}`);
+      await c.query(`begin; set local statement_timeout = ${left}; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(left + DEADLINE_GRACE_MS)}`);
       const result = await fn(c);
       await c.query('commit');
       release();
@@ -109,6 +109,20 @@ export class DeadlinePassedError extends Error {
  * one asked to wait longer (or NaN) after 1 ms, which would end every request at once.
  */
 export const MAX_DEADLINE_MS = 2 ** 31 - 1;
+
+/** INT_MAX: the largest value of PostgreSQL's millisecond timeouts. */
+const PG_MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/**
+ * `ms` as the value of one of PostgreSQL's millisecond timeouts (`statement_timeout`,
+ * `lock_timeout`, `idle_in_transaction_session_timeout`): whole ms, at least 1 (0 turns the
+ * timeout off), at most INT_MAX, the largest the server takes (a longer one fails the statement
+ * setting it: "invalid value for parameter"), which a deadline of up to {@link MAX_DEADLINE_MS}
+ * and its {@link DEADLINE_GRACE_MS} would pass.
+ */
+export function serverTimeoutMs(ms: number): number {
+  return Math.min(PG_MAX_TIMEOUT_MS, Math.max(1, Math.ceil(ms)));
+}
 
 /** A deadline that is no number of ms a timer can wait (NaN, infinite, over {@link MAX_DEADLINE_MS}): refused, nothing sent. */
 export class InvalidDeadlineError extends RangeError {
@@ -280,12 +294,14 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
     canceller = setTimeout(cancel, CANCEL_REPEAT_MS);
   };
   canceller = setTimeout(cancel, Math.max(0, deadlineAt - Date.now()));
+  // Held to what a timer can wait: past it, Node runs the timer after 1 ms, which would drop the
+  // connection of a request whose deadline is within the grace of MAX_DEADLINE_MS at once.
   const dropper = setTimeout(
     () => {
       expired = true;
       dropConnection(client);
     },
-    Math.max(0, deadlineAt + (options.graceMs ?? DEADLINE_GRACE_MS) - Date.now()),
+    Math.min(MAX_DEADLINE_MS, Math.max(0, deadlineAt + (options.graceMs ?? DEADLINE_GRACE_MS) - Date.now())),
   );
   return {
     get expired() {

@@ -37,7 +37,7 @@ import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
 import { ReadCancelledError, type ReadOptions, type ReplicaReader } from './replica-reader.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
-import { checkDeadlineMs, DEADLINE_GRACE_MS, DeadlinePassedError } from './deadline.js';
+import { checkDeadlineMs, DEADLINE_GRACE_MS, DeadlinePassedError, serverTimeoutMs } from './deadline.js';
 import { READER_FENCE_ROWS_SQL, type WriteRoute, type WriteRouter } from './write-transaction.js';
 
 export interface ShardReaderOptions {
@@ -272,8 +272,8 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
               // queue any DDL, and every statement behind that. Past the deadline and the client's
               // grace the client has given the read up anyway.
               if (left !== undefined) {
-                const ms = Math.max(1, Math.ceil(left));
-                await client.query(`select set_config('statement_timeout', $1, true), set_config('idle_in_transaction_session_timeout', $2, true)`, [`${ms}ms`, `${ms + DEADLINE_GRACE_MS}ms`]);
+                const ms = serverTimeoutMs(left);
+                await client.query(`select set_config('statement_timeout', $1, true), set_config('idle_in_transaction_session_timeout', $2, true)`, [`${ms}ms`, `${serverTimeoutMs(ms + DEADLINE_GRACE_MS)}ms`]);
               }
               const fences = await client.query<ReaderFenceRow>(READER_FENCE_ROWS_SQL, [String(route.slot), key]);
               const verdict = readVerdict(fences.rows, route, node.replica);

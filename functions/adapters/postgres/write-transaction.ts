@@ -24,7 +24,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { cancelledByRequest, checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, withNodeDeadline, type ClientDeadline } from './deadline.js';
+import { cancelledByRequest, checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, serverTimeoutMs, withNodeDeadline, type ClientDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { UNIQUE_VIOLATION } from './sqlstate.js';
 import { inClientTransaction, RolledBackAtCommitError, RollbackWith } from './transaction.js';
@@ -504,14 +504,14 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           WRITE_BEGIN_READING_TIMELINE,
           async () => {
             if (deadlineAt !== undefined) {
-              const left = Math.max(1, deadlineAt - Date.now());
+              const left = serverTimeoutMs(deadlineAt - Date.now());
               // idle_in_transaction_session_timeout: a transaction whose client is gone without a
               // word (a black-holed path: its close never arrives) would otherwise stay open on the
               // server until TCP notices, hours, holding its rows and the unit's fence row FOR
               // SHARE: a move could not fence, and a keyed retry would wait on its uncommitted row.
               // Past the deadline and the client's grace the client has given it up anyway.
               await client.query(
-                `set local statement_timeout = ${left}; set local lock_timeout = ${left}; set local idle_in_transaction_session_timeout = ${left + DEADLINE_GRACE_MS}`,
+                `set local statement_timeout = ${left}; set local lock_timeout = ${left}; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(left + DEADLINE_GRACE_MS)}`,
               );
             }
             const fences = await client.query<FenceRow>(WRITER_FENCE_ROWS_SQL, [String(route.slot), key]);

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MAX_DEADLINE_MS } from '../../../functions/adapters/postgres/deadline.js';
 import { ShardWriteError } from '../../../functions/adapters/postgres/write-transaction.js';
 import { keysInSlot, otherProcess, sides, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { SilentRelay } from './fixtures/silent-relay.js';
@@ -95,7 +96,9 @@ describe('a write whose backend is terminated while its COMMIT is in flight', ()
 });
 
 describe('a write whose COMMIT was acknowledged, then its connection reset, in a pool of one connection', () => {
-  it.each([{ deadlineMs: undefined }, { deadlineMs: 3000 }])(
+  // The longest deadline accepted too: the other connection's transaction is held to it, and its
+  // idle timeout (the time left and the grace) must stay within what PostgreSQL takes.
+  it.each([{ deadlineMs: undefined }, { deadlineMs: 3000 }, { deadlineMs: MAX_DEADLINE_MS }])(
     'reads its token on a new connection in place of the dead one and succeeds (deadline $deadlineMs), not outcome-unknown',
     async ({ deadlineMs }) => {
       const slot = 79;
