@@ -38,14 +38,16 @@ function childPath(top: Frame | undefined): string {
   return top.kind === 'object' ? member(top.path, top.key) : `${top.path}[${top.index}]`;
 }
 
+/** What {@link scan} reports: a member name (with whether its object named it before), or a number literal. */
+type Visit = (path: string, token: { readonly name: string; readonly repeated: boolean } | { readonly number: string }) => void;
+
 /**
- * The paths of members named a second time in their object, in text order (at most ten).
- * `text` must be valid JSON (parse it first); the scan is iterative, so any depth is fine.
+ * Walks valid JSON text (parse it first) token by token, calling `visit` with the path of each
+ * member name and number until `done()`; iterative, so any depth is fine.
  */
-export function duplicateMembers(text: string): string[] {
-  const found: string[] = [];
+function scan(text: string, visit: Visit, done: () => boolean): void {
   const stack: Frame[] = [];
-  for (let i = 0; i < text.length && found.length < MAX_REPORTED; i++) {
+  for (let i = 0; i < text.length && !done(); i++) {
     const c = text.charCodeAt(i);
     const top = stack[stack.length - 1];
     if (c === 0x22 /* " */) {
@@ -60,12 +62,18 @@ export function duplicateMembers(text: string): string[] {
       if (top?.kind === 'object' && top.expectingKey) {
         // Names are compared as decoded: "a" and "\u0061" are one member.
         const key = escaped ? (JSON.parse(text.slice(i, end + 1)) as string) : text.slice(i + 1, end);
-        if (top.keys.has(key)) found.push(member(top.path, key));
-        else top.keys.add(key);
+        const repeated = top.keys.has(key);
+        top.keys.add(key);
+        visit(top.path, { name: key, repeated });
         top.key = key;
         top.expectingKey = false;
       }
       i = end;
+    } else if (c === 0x2d /* - */ || (c >= 0x30 && c <= 0x39) /* 0-9 */) {
+      let end = i + 1;
+      while (end < text.length && /[0-9eE+.-]/.test(text.charAt(end))) end += 1;
+      visit(childPath(top), { number: text.slice(i, end) });
+      i = end - 1;
     } else if (c === 0x7b /* { */) {
       stack.push({ kind: 'object', path: childPath(top), keys: new Set(), key: '', expectingKey: true });
     } else if (c === 0x5b /* [ */) {
@@ -77,6 +85,60 @@ export function duplicateMembers(text: string): string[] {
       else top.index += 1;
     }
   }
+}
+
+/**
+ * The paths of members named a second time in their object, in text order (at most ten).
+ * `text` must be valid JSON (parse it first); the scan is iterative, so any depth is fine.
+ */
+export function duplicateMembers(text: string): string[] {
+  const found: string[] = [];
+  scan(
+    text,
+    (path, token) => {
+      if ('name' in token && token.repeated) found.push(member(path, token.name));
+    },
+    () => found.length >= MAX_REPORTED,
+  );
+  return found;
+}
+
+/** A number literal's decimal value as significant digits and exponent (`1.50e1` and `15` give the same), or the text itself when it is not a finite number. */
+function decimalValue(literal: string): string {
+  const m = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(literal);
+  if (m === null) return literal;
+  const digits = `${m[2] ?? ''}${m[3] ?? ''}`;
+  const lead = digits.length - digits.replace(/^0+/, '').length;
+  const significant = digits.slice(lead).replace(/0+$/, '');
+  if (significant === '') return '0'; // -0 is 0
+  // BigInt: an exponent of 30 digits is still compared exactly.
+  return `${m[1] ?? ''}${significant}e${BigInt(m[4] ?? '0') + BigInt((m[2] ?? '').length - lead)}`;
+}
+
+/**
+ * The numbers of the text that `JSON.parse` does not read as the value written, with what they
+ * would become (at most ten, in text order): beyond a double's range (`1e400` becomes
+ * `Infinity`, then `null` in `JSON.stringify`), below it (`1e-400` becomes `0`), or with more
+ * digits than it holds (`12345678901234567890123`, `0.1000000000000000000001`). A number the
+ * shortest form of its double spells with the same value (`1.0`, `1e2`, `-0`, `5e-324`) is exact.
+ * `text` must be valid JSON.
+ *
+ * @example
+ * ```ts
+ * inexactNumbers('{"a": [1.0, 1e400]}'); // [{ path: 'a[1]', becomes: 'Infinity' }]
+ * ```
+ */
+export function inexactNumbers(text: string): { readonly path: string; readonly becomes: string }[] {
+  const found: { path: string; becomes: string }[] = [];
+  scan(
+    text,
+    (path, token) => {
+      if (!('number' in token)) return;
+      const becomes = String(Number(token.number));
+      if (decimalValue(becomes) !== decimalValue(token.number)) found.push({ path, becomes });
+    },
+    () => found.length >= MAX_REPORTED,
+  );
   return found;
 }
 

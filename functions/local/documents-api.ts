@@ -20,7 +20,8 @@
  * write twice). Every input is
  * validated with zod; errors are RFC 9457 problem documents naming the field. Bodies are held
  * to the limits of `functions/api/input-limits.ts` (no NUL, well-formed Unicode, 32 levels of
- * nesting) and 256 KiB; no database text ever reaches a client (it is logged instead).
+ * nesting), to UTF-8, to numbers a double holds exactly, and to 256 KiB; no database text ever
+ * reaches a client (it is logged instead).
  *
  * @example
  * ```ts
@@ -39,7 +40,7 @@ import { ShardWriteError, type ShardWriteContext, type ShardWriteResult, type Sh
 import { NOT_OWNED_STATES_SQL, readOptionsFor, rowFenceStateSql, ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
 import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
 import { duplicateProblems, jsonProblems, listedProblems, MAX_JSON_DEPTH, zodProblems } from '../api/input-limits.js';
-import { DuplicateMemberError, parseJsonText } from '../core/json-text.js';
+import { DuplicateMemberError, inexactNumbers, parseJsonText } from '../core/json-text.js';
 import { parametersOf, toSchema } from '../api/openapi.js';
 import { RoutingError } from '../core/sharding/errors.js';
 
@@ -100,7 +101,12 @@ const newDocumentSchema = z.strictObject({
   owner_id: uuid,
   title: z.string().min(1).max(500),
   // A document's content is an object of fields; other JSON values are refused rather than wrapped.
-  content: z.record(z.string(), z.unknown(), { error: 'must be a JSON object, e.g. {"body": "text"}' }).default({}),
+  // The object is kept as parsed: a schema that rebuilt it (z.record, z.looseObject) would assign
+  // a member named __proto__, which sets the copy's prototype and drops the member unseen.
+  content: z
+    .custom<Record<string, unknown>>((value) => typeof value === 'object' && value !== null && !Array.isArray(value), { error: 'must be a JSON object, e.g. {"body": "text"}' })
+    .meta({ type: 'object', additionalProperties: {} })
+    .default({}),
 });
 
 /**
@@ -174,7 +180,7 @@ const idempotencyKey = z
   .optional();
 const createDocumentHeaders = z.object({
   'idempotency-key': idempotencyKey.describe(
-    `makes the POST safe to send again: a retry with the same key and the same body answers the document the first attempt created (201, \`Idempotent-Replayed: true\`) instead of creating a second; the same key with another body is a 422. Keys belong to the owner. ${IDEMPOTENCY_KEY_FORM}`,
+    `makes the POST safe to send again: a retry with the same key and the same body answers the document the first attempt created (201, \`Idempotent-Replayed: true\`) instead of creating a second; the same key with another body is a 422 (compared with the document as it is now), and a 409 once the document belongs to another owner. Keys belong to the owner and are remembered by their document alone: once it is deleted, the key creates it again. ${IDEMPOTENCY_KEY_FORM}`,
   ),
 });
 
@@ -364,9 +370,16 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
     if (size > MAX_BODY) throw new HttpProblem({ status: 413, detail: `the body is larger than ${MAX_BODY} bytes` });
     chunks.push(chunk as Buffer);
   }
+  let text: string;
+  try {
+    // Fatal: a byte that is not UTF-8 (a Latin-1 body) would otherwise become U+FFFD and be stored so.
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(Buffer.concat(chunks));
+  } catch {
+    throw new HttpProblem({ status: 400, detail: 'the body is not valid UTF-8; send JSON text encoded as UTF-8 (RFC 8259)' });
+  }
   let parsed: unknown;
   try {
-    parsed = parseJsonText(Buffer.concat(chunks).toString('utf8'));
+    parsed = parseJsonText(text);
   } catch (error) {
     if (error instanceof DuplicateMemberError) {
       throw problemList(duplicateProblems(error, 'body'));
@@ -375,6 +388,12 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   }
   const hostile = jsonProblems(parsed, 'body', MAX_JSON_DEPTH);
   if (hostile.length > 0) throw problemList(hostile);
+  // A number JSON.parse rounds would be stored as another number than the one sent.
+  const inexact = inexactNumbers(text).map(({ path, becomes }) => ({
+    name: path === '' ? 'body' : path.startsWith('[') ? `body${path}` : `body.${path}`,
+    reason: `is a number that cannot be stored exactly (it would become ${becomes === 'Infinity' || becomes === '-Infinity' ? 'null' : becomes}); send it as a string to keep it as written`,
+  }));
+  if (inexact.length > 0) throw problemList(inexact);
   return parsed;
 }
 
@@ -649,6 +668,11 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       throw new HttpProblem({ status: 409, detail: `header.idempotency-key: the document this key created (${location}) was deleted; use a new key`, invalid: [{ name: 'header.idempotency-key', reason: 'its document was deleted' }] });
     }
     const { same, ...doc } = row as DocumentRow & { same?: boolean };
+    if (replayed && doc.owner_id !== body.owner_id) {
+      // Handed to another user since (docs/sharding-spec.md): not this owner's to answer with, nor a key misused.
+      const reason = 'its document now belongs to another owner; use a new key for a new document';
+      throw new HttpProblem({ status: 409, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }] });
+    }
     if (replayed && same === false) {
       const reason = `was used for another document of this owner (${location}), with a different title or content; use a new key for a new document`;
       throw new HttpProblem({ status: 422, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }] });

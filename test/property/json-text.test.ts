@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { duplicateMembers, DuplicateMemberError, parseJsonText } from '../../functions/core/json-text.js';
+import { duplicateMembers, DuplicateMemberError, inexactNumbers, parseJsonText } from '../../functions/core/json-text.js';
 
 /** JSON text of a value with an object somewhere inside, where `member` is written a second time. */
 interface Repeated {
@@ -65,5 +65,49 @@ describe('JSON text with each member once (functions/core/json-text.ts)', () => 
   it('is still a SyntaxError for text that is not JSON', () => {
     expect(() => parseJsonText('{"a": 1,}')).toThrow(SyntaxError);
     expect(new DuplicateMemberError(['a'])).toBeInstanceOf(SyntaxError);
+  });
+});
+
+describe('numbers JSON.parse does not read as written (inexactNumbers)', () => {
+  it('finds none in the text JSON.stringify writes for any finite double, at any place', () => {
+    fc.assert(
+      fc.property(fc.jsonValue(), fc.double({ noNaN: true, noDefaultInfinity: true }), (value, n) => {
+        expect(inexactNumbers(JSON.stringify({ value, n: [n] }))).toEqual([]);
+      }),
+    );
+  });
+
+  /** The integer JavaScript writes for a double holding an integer ("1.2345678901234568e+22" too). */
+  const writtenInteger = (n: number): bigint => {
+    const [mantissa = '', exponent = '0'] = String(n).split('e');
+    const [whole = '', fraction = ''] = mantissa.split('.');
+    return BigInt(`${whole}${fraction}`) * 10n ** BigInt(Number(exponent) - fraction.length);
+  };
+
+  it('finds an integer exactly when the double it is read as is written as another integer, and says which', () => {
+    fc.assert(
+      fc.property(fc.bigInt({ min: -(2n ** 80n), max: 2n ** 80n }), (b) => {
+        const exact = writtenInteger(Number(b)) === b;
+        expect(inexactNumbers(`{"a": {"b": [0, ${b}]}}`)).toEqual(exact ? [] : [{ path: 'a.b[1]', becomes: String(Number(b)) }]);
+      }),
+    );
+  });
+
+  it.each([
+    ['1e400', 'Infinity'],
+    ['-1e400', '-Infinity'],
+    ['1e-400', '0'],
+    ['0.1000000000000000000001', '0.1'],
+    ['1e99999999999999999999999999', 'Infinity'],
+  ])('finds %s (it becomes %s)', (literal, becomes) => {
+    expect(inexactNumbers(`[${literal}]`)).toEqual([{ path: '[0]', becomes }]);
+  });
+
+  it.each(['1.0', '1e2', '-0', '0e5', '5e-324', '1.5E+3', '100e-2', '0.000001', '9007199254740992'])('finds %s exact', (literal) => {
+    expect(inexactNumbers(`{"x": ${literal}}`)).toEqual([]);
+  });
+
+  it('does not read digits inside strings or member names as numbers', () => {
+    expect(inexactNumbers('{"12345678901234567890123": "1e400", "x": "-0.1000000000000000000001"}')).toEqual([]);
   });
 });

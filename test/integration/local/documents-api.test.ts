@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
-import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
+import { createDocumentsRoute, userIdForEmail } from '../../../functions/local/documents-api.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
 import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
@@ -62,6 +62,49 @@ describe('documents API against real PostgreSQL: honest answers to bad and hosti
     expect(problem.invalid_params[0]).toEqual({ name: expect.stringMatching(field), reason: expect.stringMatching(reason) });
     expect(answer.length, answer.slice(0, 300)).toBeLessThan(4096);
     expect(await documentCount()).toBe(before);
+  });
+
+  it.each([
+    ['/api/v1/documents', (tail: Buffer) => Buffer.concat([Buffer.from(`{"owner_id": "${owner.id}", "title": "caf`), tail, Buffer.from('"}')]), 'body'],
+    ['/api/v1/users', (tail: Buffer) => Buffer.concat([Buffer.from('{"email": "latin1@example.org", "display_name": "J'), tail, Buffer.from('rg"}')]), 'body'],
+  ])('refuses a body to %s that is not UTF-8 (400), rather than store U+FFFD in place of its bytes', async (path, body) => {
+    const before = await documentCount();
+    const res = await fetch(`${api.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body(Buffer.from([0xe9])) });
+    const problem = (await res.json()) as { detail: string };
+    const user = await api.request('GET', `/api/v1/users/${userIdForEmail('latin1@example.org')}`);
+
+    expect({ status: res.status, detail: problem.detail }).toEqual({ status: 400, detail: expect.stringMatching(/^the body is not valid UTF-8/) as unknown as string });
+    expect(user.status).toBe(404);
+    expect(await documentCount()).toBe(before);
+  });
+
+  it('stores a content member named __proto__ as sent, like any other member', async () => {
+    const res = await api.request('POST', '/api/v1/documents', `{"owner_id": "${owner.id}", "title": "proto", "content": {"__proto__": {"x": 1}, "y": 2}}`);
+    const stored = (await api.primary(owner.shard_id).query<{ content: string }>('select content::text as content from documents where id = $1', [res.body.id])).rows[0]?.content;
+
+    expect(res.status).toBe(201);
+    expect(stored).toBe('{"y": 2, "__proto__": {"x": 1}}');
+  });
+
+  it.each([
+    ['beyond the range of a double', '1e400', 'body.content.big'],
+    ['below the smallest double', '1e-400', 'body.content.big'],
+    ['with more digits than a double holds', '12345678901234567890123', 'body.content.big'],
+    ['with a fraction a double rounds', '0.1000000000000000000001', 'body.content.list[1]'],
+  ])('refuses a number %s (400 naming it), rather than store another number', async (_what, n, field) => {
+    const before = await documentCount();
+    const content = field.endsWith('[1]') ? `{"list": [1, ${n}]}` : `{"big": ${n}}`;
+    const res = await api.request('POST', '/api/v1/documents', `{"owner_id": "${owner.id}", "title": "numbers", "content": ${content}}`);
+
+    expect({ status: res.status, invalid: res.body.invalid_params }).toEqual({ status: 400, invalid: [{ name: field, reason: expect.stringMatching(/cannot be stored exactly.*as a string/) as unknown as string }] });
+    expect(await documentCount()).toBe(before);
+  });
+
+  it('stores numbers a double holds exactly as sent, whatever their spelling (1.0, 1e2, -0, 5e-324, 2^53)', async () => {
+    const res = await api.request('POST', '/api/v1/documents', `{"owner_id": "${owner.id}", "title": "exact", "content": {"a": 1.0, "b": 1e2, "c": -0, "d": 5e-324, "e": 9007199254740992, "f": 0.1, "g": 1.5E+3}}`);
+
+    expect(res.status).toBe(201);
+    expect(res.body.content).toEqual({ a: 1, b: 100, c: 0, d: 5e-324, e: 9007199254740992, f: 0.1, g: 1500 });
   });
 
   it('refuses a second user with the same e-mail address, in any letter case (409)', async () => {
