@@ -146,7 +146,26 @@ describe("the migrations runner where the application login may create in public
     expect((err as Error).message).toMatch(/^shard: migration 013_pinned_search_path\.sql not applied: .*format\(text,name,name,text\) owned by mig_bare_member/);
   });
 
-  it("applies migrations where public holds functions of logins that hold the runner's rights: by inheriting them, or by SET ROLE alone", async () => {
+  it("refuses the overloads of a login that inherits the runner's privileges but may not SET ROLE to it (PostgreSQL 16: INHERIT TRUE, SET FALSE), which would gain its attributes (superuser here)", async () => {
+    const master = await earlierRelease('mig_inherit_only');
+    const heir = { username: 'mig_inherit_only', password: 'heir pass' };
+    await master.query(`create role ${heir.username} login password '${heir.password}'`);
+    await master.query(`do $$ begin execute pg_catalog.format('grant %I to ${heir.username} with inherit true, set false', current_user); end $$`);
+    const heirPool = poolOn('mig_inherit_only', heir);
+    // Inheriting a role's privileges is not having its attributes: the heir cannot act as a superuser.
+    const createRole = await heirPool.query('create role mig_inherit_only_probe').catch((e: unknown) => e);
+    await heirPool.query(SHADOWS);
+
+    const err = await runMigrations(master, 'shard', join(DEFAULT_MIGRATIONS_DIR, 'shard')).catch((e: unknown) => e);
+    const calls = (await master.query<{ what: string; who: string }>('select distinct what, who from public.shadow_calls order by 1, 2')).rows;
+
+    expect((createRole as Error).message).toMatch(/permission denied to create role/);
+    expect(calls).toEqual([]);
+    expect(err).toBeInstanceOf(MigrationError);
+    expect((err as Error).message).toMatch(/^shard: migration 013_pinned_search_path\.sql not applied: .*format\(text,name,name,text\) owned by mig_inherit_only/);
+  });
+
+  it("applies migrations where public holds functions of logins that hold the runner's rights: by inheriting them with SET ROLE, or by SET ROLE alone", async () => {
     const master = await earlierRelease('mig_full_members');
     for (const [name, options] of [['mig_inherits', 'inherit true'], ['mig_sets', 'inherit false, set true']] as const) {
       await master.query(`create role ${name} login password 'pass'`);

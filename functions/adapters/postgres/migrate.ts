@@ -226,7 +226,7 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
 /**
  * Refuses (MigrationError) to run a migration, or to commit it, while a schema on this session's
  * search_path other than pg_catalog holds a function, procedure, aggregate or operator owned by
- * a login that is neither this one, the database's owner, one holding this one's rights nor a superuser. The migrations name their functions
+ * a login that is neither this one, the database's owner, one that may SET ROLE to this one nor a superuser. The migrations name their functions
  * unqualified (`format(...)` in catalog 005 and shard 013, `to_regprocedure(...)`, ...), and an
  * overload in `public` whose argument types match such a call exactly is preferred over
  * pg_catalog's variadic, polymorphic or implicitly cast one (CVE-2018-1058's pattern): where
@@ -252,12 +252,13 @@ async function refuseForeignRoutines(client: pg.PoolClient, set: string, migrati
         and r.rolname operator(pg_catalog.<>) current_user
         -- The database's owner (the master user that created it, which ran the earlier
         -- migrations: an operator's own admin login may run them now) and a role that already
-        -- holds this login's rights gain nothing by running as it. Holds them: inherits them
-        -- (USAGE) or may SET ROLE to this login. Membership alone is not that from PostgreSQL
-        -- 16 on, where a grant may be WITH INHERIT FALSE, SET FALSE (as a CREATEROLE login's
+        -- holds this login's rights gain nothing by running as it. Holds them: may SET ROLE to
+        -- this login. Inheriting its privileges (USAGE) is not that: attributes (SUPERUSER,
+        -- CREATEROLE, CREATEDB, BYPASSRLS, REPLICATION) are never inherited, and a grant WITH
+        -- INHERIT TRUE, SET FALSE (PostgreSQL 16) gives the privileges without them. Nor is
+        -- membership alone from 16 on (WITH INHERIT FALSE, SET FALSE, as a CREATEROLE login's
         -- grants to itself are); before 16 a member may always SET ROLE.
         and r.oid operator(pg_catalog.<>) (select d.datdba from pg_catalog.pg_database d where d.datname operator(pg_catalog.=) pg_catalog.current_database())
-        and not pg_catalog.pg_has_role(r.oid, current_user, 'USAGE'::pg_catalog.text)
         and not pg_catalog.pg_has_role(r.oid, current_user,
           case when pg_catalog.current_setting('server_version_num'::pg_catalog.text)::pg_catalog.int4 operator(pg_catalog.>=) 160000
             then 'SET' else 'MEMBER' end::pg_catalog.text)
