@@ -11,11 +11,12 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { applyScalingEnv, ScalingConfigError } from '../../functions/core/scaling/config.js';
 import { ShardingConfigError } from '../../functions/core/sharding/errors.js';
-import { PortInUseError } from '../../functions/adapters/http/local-server.js';
+import { PortInUseError, PortNotPermittedError } from '../../functions/adapters/http/local-server.js';
 import { ClusterLayoutError, EmbeddedClusterError } from '../../functions/adapters/postgres/embedded-cluster.js';
 import { MigrationError } from '../../functions/adapters/postgres/migrate.js';
 import { SHIPPED_TRACE, TraceFileError } from '../../functions/adapters/sim/trace-file.js';
 import { AlreadyRunningError, acquireLocalLock } from '../../functions/local/lock.js';
+import { checkLocalShardingEnv } from '../../functions/local/sharding-config.js';
 import { DEFAULT_REQUEST_DEADLINE_MS } from '../../functions/local/documents-api.js';
 import type { LocalMode } from '../../functions/local/runtime.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
@@ -102,10 +103,19 @@ export function parseStartOptions(args: readonly string[], cwd: string, env: Rec
     if (error instanceof ScalingConfigError) throw new UsageError(error.issues.map((i) => `${i.path.replace(/^env\./, '')}: ${i.message}`).join('\n'), { cause: error });
     throw error;
   }
+  const shards = f.shards ?? 2;
+  // The sharding variables too, before anything is bound or created: local mode applies them
+  // only once its PostgreSQL servers run, and a mistake found there would leave them initialised.
+  try {
+    checkLocalShardingEnv(shards, env);
+  } catch (error) {
+    if (error instanceof ShardingConfigError) throw new UsageError(error.problems.map((p) => (p.startsWith('ranges:') ? `SHARDING_STRATEGY=range_based: local mode configures no key ranges; use hash_based or directory_based (${p})` : p)).join('\n'), { cause: error });
+    throw error;
+  }
   return {
     port: f.port ?? 3000,
     dataDir: resolve(cwd, f['data-dir'] ?? '.local'),
-    shards: f.shards ?? 2,
+    shards,
     replicasPerShard: f.replicas ?? 1,
     tracePath: f.trace === undefined ? DEFAULT_TRACE : resolve(cwd, f.trace),
     acceleration: f.acceleration ?? 60,
@@ -186,7 +196,14 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
   } catch (error) {
     throw new UsageError(`--trace: ${options.tracePath}: no such file, or not readable`, { cause: error });
   }
-  await mkdir(options.dataDir, { recursive: true });
+  try {
+    await mkdir(options.dataDir, { recursive: true });
+  } catch (error) {
+    // A file where the directory should be (or above it): the flag is wrong, nothing is created.
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST' || code === 'ENOTDIR') throw new UsageError(`--data-dir: ${options.dataDir} is not a directory (a file is in the way)`, { cause: error });
+    throw error;
+  }
   let lock;
   try {
     lock = await acquireLocalLock(join(options.dataDir, 'local.lock'));
@@ -250,6 +267,10 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
     io.stdout(`stopped; data kept in ${options.dataDir}\n`);
     return 0;
   } catch (error) {
+    if (error instanceof PortNotPermittedError) {
+      io.stderr(`ca-dms-scaling start: ${error.message}\n`);
+      return 1;
+    }
     if (error instanceof PortInUseError || error instanceof ClusterLayoutError || error instanceof TraceFileError || error instanceof ShardingConfigError) {
       const hint = error instanceof TraceFileError ? '\n(choose a timestamp,value CSV, plain or gzip, with --trace FILE, or leave --trace out for the NASA trace shipped in data/traces/)' : '';
       io.stderr(`ca-dms-scaling start: ${error.message}${hint}\n`);

@@ -29,7 +29,7 @@ import { applyScalingEnv, defaultScalingConfig, type ScalingConfig } from '../co
 import { ScalingController } from '../core/scaling/controller.js';
 import { getPolicy } from '../core/scaling/policies/index.js';
 import type { Clock, DecisionLog, DecisionRecord } from '../core/scaling/ports.js';
-import { applyShardingEnv, parseShardingConfig, type ShardingConfig } from '../core/sharding/config.js';
+import type { ShardingConfig } from '../core/sharding/config.js';
 import { createScalingApiPort, shardingDepsOf } from '../api/wiring.js';
 import { createScalingRouter } from '../api/routes.js';
 import { bindLocalServer } from '../adapters/http/local-server.js';
@@ -48,6 +48,7 @@ import { LiveLoad } from '../adapters/sim/live-load.js';
 import { readTraceFile } from '../adapters/sim/trace-file.js';
 import { createDocumentsRoute, DEFAULT_REQUEST_DEADLINE_MS } from './documents-api.js';
 import { seedDemoData, type SeedOutcome } from './seed.js';
+import { localShardingConfig } from './sharding-config.js';
 
 const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../adapters/postgres/migrations');
 
@@ -218,17 +219,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     catalogPool.on('error', () => undefined);
     cleanup.push(() => within(STOP_STEP_WAIT_MS, catalogPool.end()));
 
-    const shardingConfig = parseShardingConfig(
-      applyShardingEnv(
-        {
-          strategy: 'hash_based',
-          shards: cluster.shards.map((s) => ({ shard_id: s.shardId, database_url: s.primaryUrl, weight: 1, read_replicas: [...s.replicaUrls] })),
-          default_shard: cluster.shards[0]?.shardId,
-          health_check_interval_seconds: 1,
-        },
-        options.env,
-      ),
-    );
+    const shardingConfig = localShardingConfig(cluster.shards, options.env);
     const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' }, readReplicas: true });
     cleanup.push(() => within(STOP_STEP_WAIT_MS, sharding.close()));
     const { primaries, router, writer, slotMaps, mover, pools } = sharding;
@@ -236,7 +227,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     if (!reader || !reads) throw new Error('unreachable: the runtime was asked for a replica reader');
     await Promise.all([...primaries.values()].map((p) => runMigrations(p, 'shard', join(MIGRATIONS, 'shard'))));
 
-    const seed = await seedDemoData({ writer, primaries, users: options.seedUsers, documentsPerUser: options.documentsPerUser });
+    const seed = await seedDemoData({ writer, primaries, users: options.seedUsers, documentsPerUser: options.documentsPerUser, pendingMarker: join(options.dataDir, 'pg', 'seeding') });
 
     // Scaling: the local configuration on first start, then the guide's variables on top.
     const catalog = new CatalogStore(catalogPool, { defaults: defaultScalingConfig() });

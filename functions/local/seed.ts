@@ -2,7 +2,10 @@
  * Demo CA-DMS data for local mode: users and their documents, each user placed by the router and
  * written through `withShardWrite` like any application write, so the shards hold what the
  * routing rules say they should. Seeding is skipped when any shard already has users (a second
- * start keeps what the first one wrote, and whatever was written since).
+ * start keeps what the first one wrote, and whatever was written since), unless the seeding that
+ * wrote them was cut off: the `pendingMarker` file, written before its first user and removed
+ * after its last, says so, and the next seeding completes it (the users' ids follow from their
+ * addresses, so a user already written, in one transaction with its documents, is skipped).
  *
  * @example
  * ```ts
@@ -11,6 +14,8 @@
  * ```
  */
 import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { rm, writeFile } from 'node:fs/promises';
 import { userIdForEmail } from './documents-api.js';
 import type pg from 'pg';
 import type { ShardWriter } from '../adapters/postgres/write-transaction.js';
@@ -23,6 +28,12 @@ export interface SeedOptions {
   readonly documentsPerUser: number;
   /** Writes in flight at once. Default 8. */
   readonly concurrency?: number;
+  /**
+   * A file that exists while a seeding is under way (local mode: in its data directory), so that
+   * one cut off (the process killed) is completed by the next instead of kept as it was.
+   * Default none: a seeding cut off is then kept.
+   */
+  readonly pendingMarker?: string;
 }
 
 export interface SeedOutcome {
@@ -47,7 +58,10 @@ async function counts(primaries: ReadonlyMap<string, pg.Pool>): Promise<{ usersB
 /** Seeds `users` users with `documentsPerUser` documents each, unless the shards already have users. */
 export async function seedDemoData(options: SeedOptions): Promise<SeedOutcome> {
   const before = await counts(options.primaries);
-  if (Object.values(before.usersByShard).some((n) => n > 0)) return { seeded: false, ...before };
+  const marker = options.pendingMarker;
+  const cutOff = marker !== undefined && existsSync(marker);
+  if (!cutOff && Object.values(before.usersByShard).some((n) => n > 0)) return { seeded: false, ...before };
+  if (marker !== undefined) await writeFile(marker, `seeding ${options.users} users, ${options.documentsPerUser} documents each\n`);
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < options.users) {
@@ -56,7 +70,9 @@ export async function seedDemoData(options: SeedOptions): Promise<SeedOutcome> {
       // The id the documents API gives this address, so signing up with it again is a 409.
       const id = userIdForEmail(email);
       await options.writer.withShardWrite(id, async ({ client, slot }) => {
-        await client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [id, slot, email, `Demo user ${i + 1}`]);
+        const user = await client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4) on conflict do nothing', [id, slot, email, `Demo user ${i + 1}`]);
+        // Written, with its documents, by a seeding that was cut off afterwards.
+        if (user.rowCount === 0) return;
         for (let d = 0; d < options.documentsPerUser; d++) {
           const title = `${TITLES[(i + d) % TITLES.length] ?? 'Document'} #${d + 1}`;
           await client.query('insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5)', [randomUUID(), id, slot, title, JSON.stringify({ body: `${title} of demo user ${i + 1}`, tags: ['demo'] })]);
@@ -65,5 +81,6 @@ export async function seedDemoData(options: SeedOptions): Promise<SeedOutcome> {
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, options.concurrency ?? 8) }, worker));
+  if (marker !== undefined) await rm(marker, { force: true });
   return { seeded: true, ...(await counts(options.primaries)) };
 }

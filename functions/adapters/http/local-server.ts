@@ -26,6 +26,7 @@
  * ```
  */
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -83,6 +84,27 @@ export class PortInUseError extends Error {
     options?: { cause?: unknown },
   ) {
     super(`port ${port} on 127.0.0.1 is already in use; choose another with --port or stop whatever is listening there`, options);
+  }
+}
+
+/** The first port an ordinary user may listen on (Linux's sysctl; 1024 elsewhere). */
+function unprivilegedPortStart(): number {
+  try {
+    const value = Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8').trim());
+    return Number.isInteger(value) ? value : 1024;
+  } catch {
+    return 1024;
+  }
+}
+
+/** The port is a privileged one and this process may not listen on it (EACCES). */
+export class PortNotPermittedError extends Error {
+  override readonly name = 'PortNotPermittedError';
+  constructor(
+    readonly port: number,
+    options?: { cause?: unknown },
+  ) {
+    super(`port ${port} on 127.0.0.1 needs privileges this user lacks (ports below ${unprivilegedPortStart()} do); choose another with --port`, options);
   }
 }
 
@@ -413,7 +435,9 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
   });
   const host = options.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) => reject(err.code === 'EADDRINUSE' ? new PortInUseError(options.port ?? 0, { cause: err }) : err));
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(err.code === 'EADDRINUSE' ? new PortInUseError(options.port ?? 0, { cause: err }) : err.code === 'EACCES' ? new PortNotPermittedError(options.port ?? 0, { cause: err }) : err),
+    );
     server.listen(options.port ?? 0, host, () => resolve());
   });
   const port = (server.address() as AddressInfo).port;

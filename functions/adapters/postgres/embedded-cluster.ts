@@ -541,8 +541,17 @@ async function readManifest(path: string): Promise<Manifest | undefined> {
   } catch {
     return undefined;
   }
-  const parsed = manifestSchema.safeParse(JSON.parse(text) as unknown);
-  if (!parsed.success) throw new EmbeddedClusterError(`${path} is not a cluster manifest this version understands; start with --wipe to rebuild the local data`);
+  const refused = (cause: unknown): EmbeddedClusterError =>
+    new EmbeddedClusterError(`${path} is not a cluster manifest this version understands; start with --wipe to rebuild the local data`, { cause });
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    // Empty or cut short (a write the process did not live to finish): the same answer as a foreign one.
+    throw refused(error);
+  }
+  const parsed = manifestSchema.safeParse(json);
+  if (!parsed.success) throw refused(parsed.error);
   return parsed.data;
 }
 
@@ -574,6 +583,15 @@ export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Pro
   for (const server of servers.values()) {
     const leftover = await server.stopLeftover();
     if (leftover !== undefined) progress(`stopped ${server.node.id} (pid ${leftover}), left running by a run that did not stop cleanly`);
+  }
+  if (!fresh) {
+    // Kept data with a server's directory gone or emptied: PostgreSQL would only say to run
+    // initdb, which would not rebuild what local mode needs (its password, its replicas).
+    for (const node of nodes.filter((n) => n.kind !== 'replica')) {
+      if (!existsSync(join(node.dataDir, 'global', 'pg_control'))) {
+        throw new ClusterLayoutError(`${node.dataDir} is missing or is not a PostgreSQL data directory (no global/pg_control); start with --wipe to rebuild the local data`);
+      }
+    }
   }
   if (fresh) {
     // An interrupted first start leaves directories without a manifest: they are rebuilt.

@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import { createServer, type Server as NetServer } from 'node:net';
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -154,6 +154,34 @@ describe('startEmbeddedCluster', () => {
     await expect(attempt).rejects.toBeInstanceOf(ClusterLayoutError);
     await expect(startEmbeddedCluster({ root, shards: 1, replicasPerShard: 2 })).rejects.toThrow(/built with 1 shard\(s\) and 1 replica\(s\) per shard.*--wipe/);
   });
+
+  it.each([
+    ['cut short (a write interrupted mid-way)', '{"format":1,"sha'],
+    ['empty', ''],
+  ])('refuses a manifest that is %s, naming the file and --wipe, and starts nothing', async (_what, text) => {
+    const other = join(base, `torn-${text.length}`);
+    await mkdir(other, { recursive: true });
+    await writeFile(join(other, 'cluster.json'), text);
+
+    const err = await startEmbeddedCluster({ root: other, shards: 1, replicasPerShard: 0 }).catch((e: unknown) => e);
+
+    expect(err).toBeInstanceOf(EmbeddedClusterError);
+    expect((err as Error).message).toBe(`${join(other, 'cluster.json')} is not a cluster manifest this version understands; start with --wipe to rebuild the local data`);
+    expect(existsSync(join(other, 'catalog'))).toBe(false);
+  });
+
+  it('refuses kept data whose primary data directory is missing, naming it and --wipe, and starts no server', async () => {
+    const other = join(base, 'missing-primary');
+    const built = await startEmbeddedCluster({ root: other, shards: 1, replicasPerShard: 0 });
+    await built.stop();
+    await rm(join(other, 'shard_001', 'primary'), { recursive: true, force: true });
+
+    const err = await startEmbeddedCluster({ root: other, shards: 1, replicasPerShard: 0 }).catch((e: unknown) => e);
+
+    expect(err).toBeInstanceOf(ClusterLayoutError);
+    expect((err as Error).message).toBe(`${join(other, 'shard_001', 'primary')} is missing or is not a PostgreSQL data directory (no global/pg_control); start with --wipe to rebuild the local data`);
+    expect(existsSync(join(other, 'catalog', 'postmaster.pid'))).toBe(false);
+  }, 60_000);
 
   it('starts on the data of a killed process, stopping any server it left behind', async () => {
     const holder = spawn(process.execPath, ['--import', 'tsx', FIXTURE, root], { stdio: ['ignore', 'pipe', 'inherit'] });

@@ -1,11 +1,15 @@
 /**
  * Flags of `start` and `load`: every bad value is named with what is accepted, and exits 2.
  */
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { chmod, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadCommand } from '../../../bin/commands/load.js';
 import { DEFAULT_TRACE, parseStartOptions } from '../../../bin/commands/start.js';
 import { UsageError, type CliIo } from '../../../bin/commands/kit.js';
-import { CLI_RUN_TIMEOUT_MS, runCli } from '../../e2e/support/local-process.js';
+import { CLI, CLI_RUN_TIMEOUT_MS, REPO_ROOT, runCli, tempDataDir } from '../../e2e/support/local-process.js';
 
 const io: CliIo = { stdout: () => undefined, stderr: () => undefined, cwd: '/srv/app' };
 
@@ -50,6 +54,70 @@ describe('start flags', () => {
   it('rejects a malformed SCALING_CHECK_INTERVAL naming the variable', () => {
     expect(() => parseStartOptions([], '/srv/app', { SCALING_CHECK_INTERVAL: 'soon' })).toThrow('SCALING_CHECK_INTERVAL: must be a whole number');
   });
+
+  it.each([
+    [{ SHARDING_STRATEGY: 'consistent' }, 'SHARDING_STRATEGY: must be one of hash_based, range_based, directory_based, got "consistent"'],
+    [{ SHARDING_ENABLED: 'maybe' }, 'SHARDING_ENABLED: must be true or false, got "maybe"'],
+    [{ SHARDING_STRATEGY: 'range_based' }, 'SHARDING_STRATEGY=range_based: local mode configures no key ranges'],
+  ])('rejects the sharding variables %j before anything starts, naming the variable', (env, message) => {
+    expect(() => parseStartOptions([], '/srv/app', env)).toThrow(UsageError);
+    expect(() => parseStartOptions([], '/srv/app', env)).toThrow(message);
+  });
+
+  it('accepts the sharding strategies local mode can run', () => {
+    expect(parseStartOptions([], '/srv/app', { SHARDING_STRATEGY: 'directory_based', SHARDING_ENABLED: 'true' })).toMatchObject({ shards: 2 });
+  });
+
+  it('exits 2 on a bad SHARDING_STRATEGY leaving the data directory uncreated (no PostgreSQL initialised)', async () => {
+    const parent = await tempDataDir();
+    try {
+      const dataDir = join(parent, 'data');
+      const run = await runCli(['start', '--port', '0', '--data-dir', dataDir, '--shards', '1', '--replicas', '0'], { SHARDING_STRATEGY: 'consistent' });
+
+      expect(run.code).toBe(2);
+      expect(run.stderr).toContain('ca-dms-scaling start: SHARDING_STRATEGY: must be one of hash_based, range_based, directory_based, got "consistent"');
+      expect(existsSync(dataDir)).toBe(false);
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
+  }, CLI_RUN_TIMEOUT_MS);
+
+  it('exits 2 on a --data-dir that is a file, naming the flag', async () => {
+    const parent = await tempDataDir();
+    try {
+      const file = join(parent, 'not-a-dir');
+      await writeFile(file, 'x');
+      const run = await runCli(['start', '--port', '0', '--data-dir', file]);
+
+      expect(run.code).toBe(2);
+      expect(run.stderr).toContain(`ca-dms-scaling start: --data-dir: ${file} is not a directory`);
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
+  }, CLI_RUN_TIMEOUT_MS);
+
+  it('refuses a --port it may not listen on (privileged, as an ordinary user) with a message naming the port and the flag', async () => {
+    // The lowest port an ordinary user may bind; the one below it needs privileges.
+    const unprivileged = Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8').trim());
+    const port = String(unprivileged - 1);
+    const dataDir = await tempDataDir();
+    try {
+      await chmod(dataDir, 0o777);
+      // As an ordinary user: root may listen anywhere (it runs as nobody then).
+      const cli = ['--import', 'tsx', CLI, 'start', '--port', port, '--data-dir', join(dataDir, 'd')];
+      const [command, args] = process.getuid?.() === 0 ? ['setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, ...cli]] : [process.execPath, cli];
+      const child = spawn(command, args, { cwd: REPO_ROOT, env: { ...process.env, HOME: dataDir }, stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+      const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+
+      expect(unprivileged).toBeGreaterThan(1);
+      expect(code).toBe(1);
+      expect(stderr).toContain(`ca-dms-scaling start: port ${port} on 127.0.0.1 needs privileges this user lacks (ports below ${unprivileged} do); choose another with --port`);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  }, CLI_RUN_TIMEOUT_MS);
 
   it('exits 2 from the command line, with the flag in the message and nothing started', async () => {
     const run = await runCli(['start', '--shards', '9']);
