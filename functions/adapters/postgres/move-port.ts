@@ -1642,36 +1642,43 @@ export class PgMovePort implements MovePort<MoveJob> {
       // standby): the flip is known to have landed and the fence is released forward. A commit
       // cancelled before its commit record fails (57014) and committed nothing. No cancel is sent
       // at the rollback of a flip given up: it would leave the connection in the failed transaction.
-      let guard: ClientDeadline | undefined;
-      let cancellable = false;
+      // Armed before the flip's turn on the connection, as heldToFence is: a lease renewal queued
+      // ahead of it and waiting on a lock of the job table held the flip's BEGIN, unguarded, until
+      // the run's catalog bound closed the connection (6.0 s for a 1 s budget). Cancelled, that
+      // renewal fails harmlessly (the lease lasts its TTL), and so may the flip's BEGIN then (over budget).
+      let cancellable = true;
+      // The connection itself is the run's catalog bound's to close (see the constructor).
+      const guard: ClientDeadline = holdToDeadline(this.catalog.client, Date.now() + this.budgetLeft(), { mayCancel: () => cancellable, graceMs: FENCED_STATEMENT_SLACK_MS + DEADLINE_GRACE_MS });
       try {
-        const outcome = await this.withLockedJob<FlipOutcome>(
-          job,
-          async (row) => {
-            try {
-              const result = await this.flipLocked(job, row, reason);
-              cancellable = !(result instanceof RollbackWith) && result.kind === 'flipped';
-              return result;
-            } catch (err) {
-              cancellable = false;
-              throw err;
+        // The rollback after a cancel is made in the flip's own turn: queued after it, it waited
+        // behind a lease renewal sent meanwhile (and waiting on the same lock), unguarded.
+        const outcome = await this.catalog.use(async () => {
+          try {
+            return await this.withLockedJob<FlipOutcome>(
+              job,
+              async (row) => {
+                try {
+                  const result = await this.flipLocked(job, row, reason);
+                  cancellable = !(result instanceof RollbackWith) && result.kind === 'flipped';
+                  return result;
+                } catch (err) {
+                  cancellable = false;
+                  throw err;
+                }
+              },
+              `begin; set local statement_timeout = '${Math.max(1, Math.ceil(this.budgetLeft()))}ms'`,
+            );
+          } finally {
+            guard.disarm();
+            if (guard.cancelSent) {
+              // The server passes a cancel request on as two signals (see ClientDeadline.settled):
+              // the second can fail the transaction's rollback, which would leave it open and failed
+              // under the run's next statements. Once none is on its way, any such transaction is
+              // ended (a rollback outside one only warns).
+              await guard.settled();
+              await this.catalog.query('rollback').catch(() => undefined);
             }
-          },
-          `begin; set local statement_timeout = '${Math.max(1, Math.ceil(this.budgetLeft()))}ms'`,
-          () => {
-            cancellable = true;
-            // The connection itself is the run's catalog bound's to close (see the constructor).
-            guard = holdToDeadline(this.catalog.client, Date.now() + this.budgetLeft(), { mayCancel: () => cancellable, graceMs: FENCED_STATEMENT_SLACK_MS + DEADLINE_GRACE_MS });
-          },
-        ).finally(async () => {
-          guard?.disarm();
-          if (!guard?.cancelSent) return;
-          // The server passes a cancel request on as two signals (see ClientDeadline.settled): the
-          // second can fail the transaction's rollback, which would leave it open and failed under
-          // the run's next statements. Once none is on its way, any such transaction is ended (a
-          // rollback outside one only warns).
-          await guard.settled();
-          await this.catalog.query('rollback').catch(() => undefined);
+          }
         });
         // Anything but a flip was rolled back (or published nothing): no flip of this run can
         // commit now, and a later fence attempt that loses the catalog may give its fence back.
@@ -1688,6 +1695,10 @@ export class PgMovePort implements MovePort<MoveJob> {
         if (!(err instanceof SlotMapVersionConflictError) || attempt >= 20) throw err;
         // Refused, the publication inserted nothing.
         this.publishing = false;
+      } finally {
+        // Also when the flip never had its turn (the connection closed under the holder before it).
+        guard.disarm();
+        await guard.settled();
       }
     }
   }
@@ -1937,6 +1948,48 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
+   * See {@link MovePort.recoverLostFlip}. The source's fence row is the flip's record: it says
+   * `moved` (to this job's target, for this job) only once a flip the catalog had recorded was
+   * released forward. Published again as the flip is, with the job row locked on this run's lease,
+   * while the catalog names the source (or already the target: then only recorded).
+   */
+  async recoverLostFlip(job: MoveJob): Promise<MoveJob | null> {
+    if (!(await this.sourceSaysMoved(job))) return null;
+    const reason = `move job #${job.id}: ${job.kind} ${job.unitId} from ${job.from} to ${job.to}, published again: ${job.from}'s fence says the unit moved there for this job, a flip the catalog lost`;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.withLockedJob(job, async (row) => {
+          if (row.flipStarted) return row;
+          const { owner, version, map } = await this.currentOwner(row);
+          let after = version;
+          if (owner !== job.to) {
+            if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
+              throw new MoveError(
+                `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, but the catalog names ${owner ?? 'nobody'} as its owner (version ${version}), neither side of the move: the unit's owner must be decided by hand`,
+              );
+            }
+            after = await this.catalog.use(async (catalog) =>
+              map === null
+                ? (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog)).version
+                : (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version,
+            );
+          }
+          // Straight to the verification's end: what comes after the flip (the fence released
+          // forward again, the clean-up) is what is left to do.
+          return this.updateJob(
+            `state = 'verifying', flip_started_at = clock_timestamp(), map_version_after = $2, error = $3, verifying_at = coalesce(verifying_at, clock_timestamp())`,
+            [after, `the flip was lost by the catalog and published again (version ${after})`],
+            job,
+          );
+        });
+      } catch (err) {
+        // Another publisher (a move from another source) took this map version: read it again.
+        if (!(err instanceof SlotMapVersionConflictError) || attempt >= 20) throw err;
+      }
+    }
+  }
+
+  /**
    * Whether the source's fence row says the unit moved for this job: it does only once a flip was
    * released forward, so a catalog that no longer records that flip lost it (committed on the
    * primary alone, its standby wait cancelled at the budget's end, then a failover to that
@@ -1953,7 +2006,12 @@ export class PgMovePort implements MovePort<MoveJob> {
     const releasing = this.releasingFence;
     this.releasingFence = true;
     try {
-      const { rows } = await this.pool(job.from).query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2 and job_id = $3', [job.kind, job.unitId, job.id]);
+      const { rows } = await this.pool(job.from).query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2 and job_id = $3 and moved_to = $4', [
+        job.kind,
+        job.unitId,
+        job.id,
+        job.to,
+      ]);
       return rows[0]?.state === 'moved';
     } finally {
       this.releasingFence = releasing;

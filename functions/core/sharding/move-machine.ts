@@ -125,6 +125,15 @@ export interface MovePort<J extends MoveJobView> {
    * silent under the fence) still give back a fence no flip can follow. Absent: assumed true.
    */
   mayHavePublished?(job: J): boolean;
+  /**
+   * Finds a flip the catalog lost after the fence was released forward (the flip committed on a
+   * catalog primary alone, then a failover to a standby that never saw it): the source's fence
+   * says the unit moved to the target for this job, writers have written there since, and the job
+   * records no flip. Publishes the target as the owner again and records the flip (the job in
+   * `verifying`, past its point of no return), so that the run finishes the move; null when the
+   * source says no such thing. Absent: not looked for (such a job can then neither go on nor roll back).
+   */
+  recoverLostFlip?(job: J): Promise<J | null>;
   /** Records why a run stopped, leaving the job resumable. */
   recordError(job: J, error: string): Promise<void>;
   /** Waits (a timer in production, a no-op in unit tests). */
@@ -218,6 +227,17 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
   if ((job.state === 'cutover' || job.state === 'verifying') && !job.flipStarted && !job.rollbackTo) await port.unfence(job);
   // A run whose time is already up changes nothing, a rollback included (it deletes the whole copy).
   if (options.timeUp?.() && !isTerminal(job.state)) return job;
+  // Before anything else: every step before the flip (and a rollback) refuses a unit whose source
+  // says it moved, so a job whose flip the catalog lost would fail at every run, for good.
+  if (!isTerminal(job.state) && !job.flipStarted && !job.rollbackTo && port.recoverLostFlip) {
+    try {
+      job = (await port.recoverLostFlip(job)) ?? job;
+    } catch (err) {
+      await port.recordError(job, `${job.state}: ${message(err)}`).catch(() => undefined);
+      if (err instanceof MoveError) throw err;
+      throw new MoveError(`move job #${job.id} could not check for a flip its catalog lost: ${message(err)}`, { cause: err });
+    }
+  }
   // A rollback stops between its batches once the time is up (MovePaused); the next run resumes it.
   const rollback = (to: 'failed' | 'cancelled', error: string | null): Promise<J> =>
     port.rollback(job, to, error).catch((err: unknown) => {

@@ -286,6 +286,17 @@ describe('the move protocol', () => {
     expect(afterFlip.calls.filter((c) => c.startsWith('rollback') || c === 'verify' || c === 'flip')).toEqual([]);
   });
 
+  it('finishes a move whose flip the catalog lost (the port finds it on the source) instead of rolling it back, a cancellation requested since included', async () => {
+    const { port, calls } = recordingPort();
+    const lost: Job = { id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'verifying', cancelRequested: true, flipStarted: false };
+    port.recoverLostFlip = async (job) => (calls.push('recoverLostFlip'), { ...job, flipStarted: true });
+
+    const done = await driveMove(lost, port);
+
+    expect(done.state).toBe('done');
+    expect(calls).toEqual(['unfence', 'recoverLostFlip', 'releaseFence', 'transition:flipped', 'cleanUp', 'transition:cleaned']);
+  });
+
   it('finishes a decided rollback with its recorded outcome', async () => {
     const { port, calls } = recordingPort();
 
