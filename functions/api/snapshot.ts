@@ -81,11 +81,15 @@ export class Snapshot<T> {
 
   /** The current snapshot; refreshes in the background when it is older than `maxAgeMs`. */
   async read(): Promise<SnapshotRead<T>> {
-    const now = this.now();
+    let now = this.now();
     let taken = this.taken;
     const maxStaleMs = this.options.maxStaleMs;
-    if (taken === undefined || (maxStaleMs !== undefined && now - taken.at >= maxStaleMs)) taken = await this.refresh();
-    else if (now - taken.at >= this.options.maxAgeMs) void this.refresh().catch(() => undefined);
+    if (taken === undefined || (maxStaleMs !== undefined && now - taken.at >= maxStaleMs)) {
+      taken = await this.refresh();
+      // Aged while it loaded (from the start of the load, which may have begun before this read):
+      // its Age and max-age are those it has when it is answered.
+      now = this.now();
+    } else if (now - taken.at >= this.options.maxAgeMs) void this.refresh().catch(() => undefined);
     const ageMs = Math.max(0, now - taken.at);
     const leftMs = this.options.maxAgeMs - ageMs;
     return {

@@ -106,6 +106,44 @@ describe('Snapshot', () => {
 
     expect(read).toMatchObject({ value: { n: 2 }, ageSeconds: 0 });
   });
+
+  it('gives a read that waited for its load the age the snapshot has when it is answered: the load time counts', async () => {
+    let now = 0;
+    let n = 0;
+    // A census of big tables: 12 s from the start of the load to its answer.
+    const snap = new Snapshot(async () => {
+      now += 12_000;
+      return { n: ++n };
+    }, { maxAgeMs: 10_000, maxStaleMs: 30_000, now: () => now });
+
+    const first = await snap.read();
+    now = 50_000;
+    const afterStale = await snap.read();
+
+    expect(first).toMatchObject({ value: { n: 1 }, ageSeconds: 12, maxAgeSeconds: 0, reusableMs: 0 });
+    expect(afterStale).toMatchObject({ value: { n: 2 }, ageSeconds: 12, maxAgeSeconds: 0, reusableMs: 0 });
+  });
+
+  it('gives a read that joined a load begun before it the age counted from that load\'s start', async () => {
+    let now = 0;
+    let release: (() => void) | undefined;
+    const snap = new Snapshot(
+      () =>
+        new Promise<{ ok: boolean }>((resolve) => {
+          release = () => resolve({ ok: true });
+        }),
+      { maxAgeMs: 10_000, now: () => now },
+    );
+
+    const first = snap.read();
+    now = 4000;
+    const joined = snap.read();
+    now = 6000;
+    release?.();
+
+    expect(await first).toMatchObject({ ageSeconds: 6, maxAgeSeconds: 4 });
+    expect(await joined).toMatchObject({ ageSeconds: 6, maxAgeSeconds: 4 });
+  });
 });
 
 describe('Snapshot.reusableMs', () => {
