@@ -26,7 +26,7 @@ import { CatalogError, ConfigVersionConflictError, type CatalogStore, type Store
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
 import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
-import { ShardInspectionError, type HealthReport, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
+import { ShardInspectionError, type HealthReport, type RebalanceCensus, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
@@ -239,6 +239,31 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     if (newer) s.router.setSlotMap(newer);
   });
 
+  /**
+   * The shards measured for a rebalance check (a scan of every shard's tables), shared by the
+   * checks of every threshold and metric and by the recommendations asked while it runs: each
+   * would otherwise scan every shard again, in parallel. A caller joins a measurement under way
+   * only when it measures what the caller has just read (the same slot map, directory and
+   * unfinished moves), and never waits for one begun after it: no check waits longer than one
+   * measurement (each shard's within the inspector's whole-table budget).
+   */
+  const censuses = new Map<string, Promise<RebalanceCensus>>();
+  async function rebalanceCensus(): Promise<{ census: RebalanceCensus; inFlight: number }> {
+    const s = sharding();
+    const [slotMap, directory, unfinished] = await Promise.all([s.slotMaps.current(), s.directory.all(), s.mover.unfinished()]);
+    // A unit with an unfinished move cannot be started again (409).
+    const busySlots = [...new Set(unfinished.map((j) => j.slot))].sort((a, b) => a - b);
+    const key = JSON.stringify([slotMap.version, slotMap.assignments, directory.map((d) => [d.key, d.shardId]), busySlots]);
+    let running = censuses.get(key);
+    if (running === undefined) {
+      running = s.inspector.rebalanceCensus({ slotMap, directory, routing: moveRoutingOf(s.router.config), busySlots: new Set(busySlots) }).finally(() => {
+        if (censuses.get(key) === running) censuses.delete(key);
+      });
+      censuses.set(key, running);
+    }
+    return { census: await running, inFlight: unfinished.length };
+  }
+
   async function latestDecisions(service: string, limit: number): Promise<StoredDecision[]> {
     return catalog.listDecisions({ service, limit });
   }
@@ -436,10 +461,9 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         const [health, check] = await Promise.all([
           s.inspector.health().catch(() => undefined),
           (async () => {
-            const [slotMap, directory, unfinished] = await Promise.all([s.slotMaps.current(), s.directory.all(), s.mover.unfinished()]);
-            // As GET /shards/rebalance-check does: a unit with an unfinished move cannot be started again (409).
-            const result = await s.inspector.rebalanceCheck({ slotMap, directory, routing: moveRoutingOf(s.router.config), busySlots: new Set(unfinished.map((j) => j.slot)) });
-            return { result, inFlight: unfinished.length };
+            // As GET /shards/rebalance-check plans, from the same measurement.
+            const { census, inFlight } = await rebalanceCensus();
+            return { result: await s.inspector.planRebalance(census), inFlight };
           })().catch(() => undefined),
         ]);
         shards = {
@@ -495,9 +519,8 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
 
     async rebalanceCheck(options) {
       const s = sharding();
-      const [slotMap, directory, unfinished] = await Promise.all([s.slotMaps.current(), s.directory.all(), s.mover.unfinished()]);
       try {
-        return await s.inspector.rebalanceCheck({ slotMap, directory, routing: moveRoutingOf(s.router.config), busySlots: new Set(unfinished.map((j) => j.slot)), ...options });
+        return await s.inspector.planRebalance((await rebalanceCensus()).census, options);
       } catch (err) {
         // A plan over an unreachable shard would be blind; shards of unequal weights cannot be
         // balanced towards equal loads. Both are states of the system, not server faults.

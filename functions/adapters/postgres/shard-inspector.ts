@@ -165,6 +165,17 @@ export interface RebalanceCheckRequest extends RebalanceCheckOptions {
   readonly busySlots?: ReadonlySet<number>;
 }
 
+/** What {@link ShardInspector.rebalanceCensus} measures from. */
+export type RebalanceCensusRequest = Pick<RebalanceCheckRequest, 'slotMap' | 'directory' | 'routing' | 'busySlots'>;
+
+/** Every shard's exact statistics and the units the planner may offer, for any threshold and metric. */
+export interface RebalanceCensus {
+  readonly statistics: ShardStatisticsSummary;
+  readonly units: readonly MovableUnit[];
+  /** Unit kinds the configured routing does not let the mover move, with why. */
+  readonly refused: readonly { readonly kind: 'slot' | 'directory'; readonly reason: string }[];
+}
+
 /** A shard could not be measured, so a statistic or plan would be wrong. */
 export class ShardInspectionError extends Error {
   override readonly name = 'ShardInspectionError';
@@ -473,7 +484,8 @@ export class ShardInspector {
   /**
    * Rows and live data bytes of the sharded tables on every primary, with their on-disk size
    * apart (unless `exact`, estimates: rows from `pg_class`, bytes per row from a sample of pages,
-   * see {@link ShardInspectorOptions.samplePages}; a table never analysed is counted exactly),
+   * see {@link ShardInspectorOptions.samplePages}; a table never analysed is counted exactly, and
+   * the rows of one filled since `pg_class` counted it empty are scaled up from the sample),
    * users, documents, slots owned, shares and imbalance. Bytes are live data
    * ({@link rowBytesSql}): a table's files keep their size after a move's clean-up deletes its
    * rows, so balance judged by them would keep sending data off a source that holds its share.
@@ -527,8 +539,11 @@ export class ShardInspector {
     return withNodeDeadline(node.pool, budget, node.nodeId, async (client) => {
       // pages: the heap's current size (of every partition), to size the sample below.
       // pg_partition_tree lists nothing for a table that is not partitioned: its own size then.
-      const { rows } = await client.query<{ table: string; estimate: number; disk_bytes: number; pages: number; columns: ColumnWidth[] }>(
-        `select c.relname as table, c.reltuples::float8 as estimate, ${DISK_BYTES_SQL} as disk_bytes,
+      const { rows } = await client.query<{ table: string; estimate: number; counted_pages: number; disk_bytes: number; pages: number; columns: ColumnWidth[] }>(
+        `select c.relname as table, c.reltuples::float8 as estimate, (case when c.relkind = 'p'
+              then (select coalesce(pg_catalog.sum(pc.relpages), 0) from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p join pg_catalog.pg_class pc on pc.oid = p.relid)
+              else c.relpages end)::float8 as counted_pages,
+           ${DISK_BYTES_SQL} as disk_bytes,
            (case when c.relkind = 'p'
               then (select coalesce(sum(pg_catalog.pg_relation_size(p.relid)), 0) from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p)
               else pg_catalog.pg_relation_size(c.oid::pg_catalog.regclass) end)::float8
@@ -549,6 +564,11 @@ export class ShardInspector {
           const { rows: counted } = await client.query<{ n: number; bytes: number }>(ownedRowsSql(table, owner, rowBytesSql(client, 'r', found.columns)));
           out.push({ table: name, rows: counted[0]?.n ?? 0, bytes: Math.round(counted[0]?.bytes ?? 0), diskBytes: found.disk_bytes, method: 'exact' });
         } else {
+          // pg_class counted no page of the heap there is now (it was analysed or vacuumed while
+          // empty, as after every slot of a shard moved off, and filled since): its 0 rows say
+          // nothing of these pages. The sample's rows, scaled up by the share of the pages it
+          // read, stand in, as the planner's own estimate scales its density up to the pages.
+          const uncounted = found.counted_pages <= 0 && found.pages > 0;
           // The average live row measured as the exact count measures it ({@link rowBytesSql}), on
           // a sample of pages: pg_stats cannot say it, since it counts an out-of-line value as its
           // 18-byte pointer, and the TOAST table's chunk count keeps a deleted value's chunks until
@@ -567,11 +587,11 @@ export class ShardInspector {
             // Pages without a live row (deleted, not yet vacuumed, or the rows are few and far
             // between) say nothing of a row's size: rows the planner counts would weigh 0 bytes.
             // A sample ten times wider, up to the whole table, until it finds some.
-            if (n > 0 || percent >= 100 || found.estimate <= 0) break;
+            if (n > 0 || percent >= 100 || (found.estimate <= 0 && !uncounted)) break;
             percent = Math.min(100, percent * 10);
           }
           // A sample of every page is a count of the live rows (of the whole table, owned or not).
-          const rowsEstimate = percent >= 100 ? n : Math.round(found.estimate);
+          const rowsEstimate = percent >= 100 ? n : uncounted ? Math.round((n * 100) / percent) : Math.round(found.estimate);
           const bytes = n > 0 ? (rowsEstimate * sampledBytes) / n : 0;
           out.push({ table: name, rows: rowsEstimate, bytes: Math.round(bytes), diskBytes: found.disk_bytes, method: 'estimate' });
         }
@@ -693,13 +713,34 @@ export class ShardInspector {
   }
 
   /**
-   * Statistics, movable units and the planner's moves in one call. Refuses (throws
-   * {@link ShardInspectionError}) when a shard cannot be measured (a plan that ignores a shard
-   * would pile data onto it or away from it blindly) or its primary is in recovery.
+   * Statistics, movable units and the planner's moves in one call: {@link rebalanceCensus}, then
+   * {@link planRebalance}. Refuses (throws {@link ShardInspectionError}) when a shard cannot be
+   * measured (a plan that ignores a shard would pile data onto it or away from it blindly) or its
+   * primary is in recovery.
    */
   async rebalanceCheck(request: RebalanceCheckRequest): Promise<RebalanceCheckResult> {
-    const { slotMap, directory: listed = [], freeBytes: given, routing, busySlots = new Set<number>(), ...options } = request;
-    const directory = canonicalDirectory(listed);
+    const { slotMap, directory, freeBytes, routing, busySlots, ...options } = request;
+    const census = await this.rebalanceCensus({
+      slotMap,
+      ...(directory ? { directory } : {}),
+      ...(routing ? { routing } : {}),
+      ...(busySlots ? { busySlots } : {}),
+    });
+    return this.planRebalance(census, { ...options, ...(freeBytes ? { freeBytes } : {}) });
+  }
+
+  /**
+   * What the rebalance check plans from, whatever its threshold and metric: every shard's exact
+   * statistics and the units that may be offered, from one scan of each shard's tables (so
+   * checks of several thresholds can share one). Refuses as {@link rebalanceCheck} does.
+   */
+  async rebalanceCensus(request: RebalanceCensusRequest): Promise<RebalanceCensus> {
+    const { slotMap, directory: listed = [], routing, busySlots = new Set<number>() } = request;
+    // Where the directory decides nothing (hash_based, override_hash false), entries left from
+    // another configuration place no key: a slot move takes every row of the slot along, those of
+    // listed keys too, so their rows are counted in their slot, not left out of every unit.
+    const slotVerdict = routing === undefined ? undefined : moveUnitFor(routing, 'slot');
+    const directory = slotVerdict?.ok === true && !slotVerdict.excludeDirectoryKeys ? [] : canonicalDirectory(listed);
     const census = await Promise.all(
       this.#pools.shardIds().map((shardId) =>
         this.#census(shardId, slotMap, directory).then(
@@ -726,10 +767,16 @@ export class ShardInspector {
       .flatMap((c) => c.units)
       .filter((u) => !refused.some((r) => r.kind === u.kind))
       .filter((u) => !busySlots.has(u.kind === 'slot' ? Number(u.id) : keySlot(u.id)));
-    const freeBytes = given ?? (await this.#freeStorageOfPrimaries(options.headroomBytes ?? 0));
-    const result = checkRebalance(statistics, units, { ...options, ...(freeBytes ? { freeBytes } : {}) });
-    if (refused.length === 0 || result.summary.balancedAfter) return result;
-    const why = refused.map((r) => `no ${r.kind} moves are offered: ${r.reason}`);
+    return { statistics, units, refused };
+  }
+
+  /** The moves that bring the shards of a {@link rebalanceCensus} within `options.threshold`. */
+  async planRebalance(census: RebalanceCensus, options: RebalanceCheckOptions & { readonly freeBytes?: Readonly<Record<string, number>> } = {}): Promise<RebalanceCheckResult> {
+    const { freeBytes: given, ...planning } = options;
+    const freeBytes = given ?? (await this.#freeStorageOfPrimaries(planning.headroomBytes ?? 0));
+    const result = checkRebalance(census.statistics, census.units, { ...planning, ...(freeBytes ? { freeBytes } : {}) });
+    if (census.refused.length === 0 || result.summary.balancedAfter) return result;
+    const why = census.refused.map((r) => `no ${r.kind} moves are offered: ${r.reason}`);
     return { ...result, summary: { ...result.summary, unresolved: [...result.summary.unresolved, ...why] } };
   }
 

@@ -6,7 +6,8 @@
 import '../../support/quiet-powertools.js';
 import { Validator } from '@seriousme/openapi-schema-validator';
 import { UpdateServiceCommand } from '@aws-sdk/client-ecs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
 import { GUIDE_FLAT_CONFIG } from '../../support/guide-config.js';
 import { SERVICES, startApiHarness, type ApiHarness } from './harness.js';
@@ -417,6 +418,39 @@ describe('scaling API over HTTP', () => {
       expect((stats.body as { shards: unknown[] }).shards).toHaveLength(2);
       expect(check.status).toBe(200);
       expect(check.body).toMatchObject({ by: 'rows', threshold: 0.2 });
+    });
+
+    it('measures the shards once for parallel rebalance checks of different thresholds and metrics, not once each', async () => {
+      const asks = [0.1, 0.15, 0.2, 0.25, 0.3, 0.35].flatMap((threshold) => (['bytes', 'rows'] as const).map((by) => ({ threshold, by })));
+      // What every check reads before it measures: counted once settled.
+      const reads = [vi.spyOn(h.sharding.slotMaps, 'current'), vi.spyOn(h.sharding.directory, 'all'), vi.spyOn(h.sharding.mover, 'unfinished')];
+      // Each measurement of the shards (one scan of their tables) takes a connection of every shard's primary once.
+      const connects = vi.spyOn(pg.Pool.prototype, 'connect');
+      // The measurement of shard_001 waits on this lock: every check is asked while it runs.
+      const blocker = new pg.Client({ connectionString: h.cluster.config.shards[0]?.database_url });
+      await blocker.connect();
+      let checks;
+      let shardConnects;
+      try {
+        await blocker.query('begin');
+        await blocker.query('lock table documents in access exclusive mode');
+        const asked = Promise.all(asks.map((ask) => h.port.rebalanceCheck(ask)));
+        const settled = async (spy: (typeof reads)[number]): Promise<number> => (await Promise.allSettled(spy.mock.results.map((r) => r.value))).length;
+        await vi.waitFor(async () => {
+          for (const spy of reads) expect(await settled(spy)).toBe(asks.length);
+        });
+        await new Promise((r) => setImmediate(r));
+        await blocker.query('commit');
+        checks = await asked;
+        shardConnects = connects.mock.contexts.filter((pool) => pool !== h.catalogPool).length;
+      } finally {
+        await blocker.end();
+        connects.mockRestore();
+        for (const spy of reads) spy.mockRestore();
+      }
+
+      expect(checks.map((c) => [c.threshold, c.by])).toEqual(asks.map((a) => [a.threshold, a.by]));
+      expect(shardConnects).toBe(2);
     });
 
     it('rejects a rebalance threshold of 1 or more with 400 naming the parameter', async () => {

@@ -235,3 +235,111 @@ describe('statistics of partitioned tables', () => {
     expect(rows[0]?.users).toBeGreaterThan(0);
   });
 });
+
+describe('estimates of a table filled after pg_class counted it empty (ANALYZE or VACUUM of an empty table, then rows)', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
+    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
+    await shard.connect();
+    try {
+      const owner = randomUUID();
+      await shard.query('alter table documents set (autovacuum_enabled = false)');
+      await shard.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'o@example.org', 'owner')`, [owner, slotOf(owner)]);
+      // As a shard whose every slot was moved off and cleaned up, then vacuumed: 0 pages, 0 rows.
+      await shard.query('vacuum analyze documents');
+      // Then slots moved back in, before autovacuum analyses the table again.
+      await shard.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'doc ' || i from generate_series(1, 5000) i`, [owner, slotOf(owner)]);
+    } finally {
+      await shard.end();
+    }
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+  });
+  afterAll(async () => {
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  it('estimates the rows of the pages pg_class has not counted from the sample, instead of reporting 0 rows and 0 bytes', async () => {
+    const inspector = new ShardInspector(pools, { timeoutMs: 5000, samplePages: 10 });
+    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
+    await shard.connect();
+    const { rows } = await shard.query<{ relpages: number; reltuples: number; pages: number }>(
+      `select relpages, reltuples::float8 as reltuples, (pg_relation_size('documents') / 8192)::int as pages from pg_class where relname = 'documents'`,
+    );
+    await shard.end();
+
+    const estimated = (await inspector.statistics()).shards[0]?.tables.find((t) => t.table === 'documents');
+    const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables.find((t) => t.table === 'documents');
+
+    expect(rows[0]).toMatchObject({ relpages: 0, reltuples: 0 });
+    expect(rows[0]?.pages).toBeGreaterThan(30);
+    expect(exact?.rows).toBe(5000);
+    expect(estimated?.method).toBe('estimate');
+    // A sample of some 10 of about 60 pages, scaled up by the share it read: an estimate, not 0.
+    expect(estimated?.rows).toBeGreaterThan(3500);
+    expect(estimated?.rows).toBeLessThan(6500);
+    expect((estimated?.bytes ?? 0) / (estimated?.rows ?? 1)).toBeCloseTo((exact?.bytes ?? 0) / 5000, 0);
+  });
+});
+
+describe('the rebalance check under hash_based routing with directory entries left over (override_hash false)', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+  let slotMap: SlotMap;
+  /** A user with 15 rows in a slot of its own on shard_001, and a directory entry the router ignores. */
+  let owner: string;
+  const hashOnly = { strategy: 'hash_based', overrideHash: false, fallback: 'hash' } as const;
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    slotMap = buildSlotMap([
+      { shardId: 'shard_001', weight: 1 },
+      { shardId: 'shard_002', weight: 1 },
+    ]);
+    const clients = await Promise.all(cluster.config.shards.map(async (s) => {
+      const c = new pg.Client({ connectionString: s.database_url });
+      await c.connect();
+      return c;
+    }));
+    const [one, two] = clients as [pg.Client, pg.Client];
+    try {
+      // 60 rows in one slot of shard_001, 45 in one of shard_002.
+      for (const [client, shardId, users] of [[one, 'shard_001', 20], [two, 'shard_002', 15]] as const) {
+        await client.query(
+          `with u as (insert into users (id, slot, email, display_name) select gen_random_uuid(), $1, 'u' || i || '@example.org', 'user' from generate_series(1, $2::int) i returning id)
+           insert into documents (id, owner_id, slot, title) select gen_random_uuid(), u.id, $1, 'doc' from u, generate_series(1, 2)`,
+          [slotMap.assignments.indexOf(shardId), users],
+        );
+      }
+      do owner = randomUUID();
+      while (slotMap.assignments[slotOf(owner)] !== 'shard_001' || slotOf(owner) === slotMap.assignments.indexOf('shard_001'));
+      await one.query(
+        `with u as (insert into users (id, slot, email, display_name) values ($1, $2, 'owner@example.org', 'owner') returning id)
+         insert into documents (id, owner_id, slot, title) select gen_random_uuid(), u.id, $2, 'doc' from u, generate_series(1, 14)`,
+        [owner, slotOf(owner)],
+      );
+    } finally {
+      await Promise.all(clients.map((c) => c.end()));
+    }
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+  });
+  afterAll(async () => {
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  it("counts a listed key's rows in its hash slot, which a slot move takes along, and proposes that slot", async () => {
+    const inspector = new ShardInspector(pools, { timeoutMs: 5000 });
+    const unlisted = await inspector.rebalanceCheck({ slotMap, routing: hashOnly, by: 'rows' });
+
+    for (const home of ['shard_001', 'shard_002']) {
+      const listed = await inspector.rebalanceCheck({ slotMap, directory: [{ key: owner, shardId: home }], routing: hashOnly, by: 'rows' });
+      expect(listed.moves).toEqual(unlisted.moves);
+      expect(listed.summary.balancedAfter).toBe(true);
+    }
+    expect(unlisted.moves).toEqual([{ unit: { kind: 'slot', id: String(slotOf(owner)) }, from: 'shard_001', to: 'shard_002', rows: 15, bytes: expect.any(Number) }]);
+  });
+});
