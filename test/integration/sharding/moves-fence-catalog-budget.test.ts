@@ -47,6 +47,10 @@ describe('another session holds a lock on the job table while the unit is fenced
     const locker = await env.catalog.connect();
     let fencedAt = 0;
     let unlock: Promise<unknown> = Promise.resolve();
+    // The lock is held until the fence is seen given back (or the wait for it gives up): a run
+    // whose fence waited on the lock stays fenced for as long as the lock lasts.
+    let fenceSeenBack = (): void => undefined;
+    const fenceBack = new Promise<void>((resolve) => (fenceSeenBack = resolve));
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     const run = settle(
       mover(env.catalog, budgetMs, async (point) => {
@@ -54,13 +58,14 @@ describe('another session holds a lock on the job table while the unit is fenced
         fencedAt = Date.now();
         await locker.query('begin');
         await locker.query(`lock table catalog.move_jobs in ${mode} mode`);
-        unlock = delay(8000).then(() => locker.query('rollback'));
+        unlock = fenceBack.then(() => locker.query('rollback'));
         // A renewal (every 100 ms) is sent meanwhile, and waits on the lock ahead of the run's next statement.
         if (leaseTtlMs) await delay(150);
       }, leaseTtlMs).run(planned.id),
     );
     for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
     const heldMs = await fenceHeldMs(source, slot, fencedAt, 15_000);
+    fenceSeenBack();
     await unlock;
     locker.release();
     const outcome = await run;

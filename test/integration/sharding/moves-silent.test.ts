@@ -22,6 +22,7 @@ import { createPool } from '../../../functions/handlers/shared/db.js';
 import { countSlot, fenceHeldMs, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.js';
 import { SilentRelay } from './fixtures/silent-relay.js';
+import { waitForLeaseLapsed } from './fixtures/kill.js';
 
 let env: MoveEnv;
 const pools: pg.Pool[] = [];
@@ -103,10 +104,14 @@ describe("the target's connection goes silent while the source is fenced", () =>
     }
     expect(fencedAt).toBeGreaterThan(0);
 
-    // Ten budgets later.
-    await delay(10_000);
-    const state = await fenceState(source, slot);
-    const outcome = await Promise.race([run, delay(10).then(() => 'still running')]);
+    // Within ten budgets: polled, the checks below made as soon as both hold (or at the ten budgets' end).
+    let state = await fenceState(source, slot);
+    let outcome = await Promise.race([run, delay(10).then(() => 'still running')]);
+    while ((state !== 'open' || outcome === 'still running') && Date.now() - fencedAt < 10_000) {
+      await delay(50);
+      state = await fenceState(source, slot);
+      outcome = await Promise.race([run, delay(10).then(() => 'still running')]);
+    }
 
     expect({ state, outcome }).toEqual({ state: 'open', outcome: expect.stringMatching(/^(threw|ended)/) as unknown as string });
     await relay.stop();
@@ -291,7 +296,7 @@ describe("a shard goes silent inside one of the mover's transactions", () => {
     }
     expect(seen).toBe(true);
     await Promise.race([run, delay(5000)]);
-    await delay(1000); // its lease has lapsed
+    await waitForLeaseLapsed(env.catalog, planned.id);
 
     const takeover = await takeOver(planned.id, 15_000, 'still waiting');
     const rows = { source: await countSlot(source, slot), target: await countSlot(target, slot) };
@@ -325,7 +330,7 @@ describe('the catalog goes silent inside the flip', () => {
       if ((rows[0]?.n ?? 0) > 0) break;
       await delay(50);
     }
-    await delay(2000);
+    await waitForLeaseLapsed(env.catalog, planned.id); // its renewals went to the silent path, none can land late
 
     const takeover = await takeOver(planned.id, 12_000, 'still waiting for the job row');
     const rows = { source: await countSlot(source, slot), target: await countSlot(target, slot) };
@@ -364,7 +369,7 @@ describe('the catalog goes silent under a move run (Lambda pool settings)', () =
       delay(15_000).then(() => 'still running'),
     ]);
     relay.heal(); // the catalog answers new connections again (a failover finished)
-    await delay(1600); // the first run's lease has lapsed
+    await waitForLeaseLapsed(env.catalog, planned.id); // its renewals went to the silent path, none can land late
 
     const next = await mover()
       .run(planned.id)
@@ -422,7 +427,7 @@ describe('the catalog goes silent under the fence, before the flip (Lambda pool 
     });
     await relay.stop();
     await Promise.race([run, delay(15_000)]);
-    await delay(1600); // its lease has lapsed
+    await waitForLeaseLapsed(env.catalog, planned.id); // its renewals went to the silent path, none can land late
     expect(await takeOver(planned.id, 20_000, 'stuck')).toBe('done');
     expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 10 });
   }, 90_000);
@@ -487,7 +492,7 @@ describe('the moves handler near its timeout with a shard gone silent during the
     // Abandoned at its abandonAt, not at its until (no safe point came) nor at once.
     expect(tookMs).toBeGreaterThan(timeoutMs - margins.abandonBeforeTimeoutMs - 1000);
     await relay.stop();
-    await delay(1600); // its lease has lapsed, if it was not given back
+    await waitForLeaseLapsed(env.catalog, planned.id); // if it was not given back
     expect(await takeOver(planned.id, 20_000, 'stuck')).toBe('done');
     expect(await countSlot(target, slot)).toEqual({ users: 40, documents: 200 });
   }, 60_000);
@@ -516,7 +521,7 @@ describe('one idle pooled connection goes silent, new connections work', () => {
     const started = Date.now();
     const first = await Promise.race([settle(env.mover({ shards, leaseTtlMs: 1500 }).run(planned.id, { until: started + 2000, abandonAt: started + 4000 })), delay(10_000).then(() => 'still running')]);
     const tookMs = Date.now() - started;
-    await delay(1600); // its lease has lapsed, if it was not given back
+    await waitForLeaseLapsed(env.catalog, planned.id); // if it was not given back
 
     const next = await Promise.race([settle(env.mover({ shards }).run(planned.id)), delay(15_000).then(() => 'still running')]);
 
@@ -528,8 +533,9 @@ describe('one idle pooled connection goes silent, new connections work', () => {
     const slot = 694;
     const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 5), 2);
-    // The moves function's catalog pool, as it is (one connection, a 12 s query timeout).
-    const { relay, catalog } = await relayedCatalog();
+    // The moves function's catalog pool (one connection), its query timeout shortened from 12 s.
+    const queryTimeoutMs = 3000;
+    const { relay, catalog } = await relayedCatalog({ query_timeout: queryTimeoutMs });
     await catalog.query('select 1'); // its one connection, idle in the pool (a warm container)
     const mover = (): Mover => new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100 });
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
@@ -540,7 +546,7 @@ describe('one idle pooled connection goes silent, new connections work', () => {
 
     const next = await Promise.race([settle(mover().run(planned.id)), delay(15_000).then(() => 'still running')]);
 
-    expect({ first: first.startsWith('threw'), byQueryTimeout: tookMs < 12_000 + 2000, next }).toEqual({ first: true, byQueryTimeout: true, next: 'ended: done' });
+    expect({ first: first.startsWith('threw'), byQueryTimeout: tookMs < queryTimeoutMs + 2000, next }).toEqual({ first: true, byQueryTimeout: true, next: 'ended: done' });
     expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 10 });
   }, 60_000);
 });
@@ -579,7 +585,7 @@ describe('the catalog is slow under the fence: a lock holds the run (Lambda pool
     await unlock;
     locker.release();
     const first = await Promise.race([run, delay(3000).then(() => 'still running')]);
-    await delay(1600); // its lease has lapsed
+    await delay(1600); // its lease has lapsed (a renewal that waited on the lock may land after the run ended: a fixed TTL)
     const next = await Promise.race([settle(mover().run(planned.id)), delay(20_000).then(() => 'still running')]);
 
     expect({ held: heldMs >= 0 && heldMs < 1000 + 5000 + 2000 ? 'within its bound' : `${heldMs} ms`, first: first.startsWith('threw'), next, total: catalog.totalCount }).toEqual({
@@ -646,7 +652,7 @@ describe('the catalog goes silent under the fence after an earlier attempt gave 
     expect({ held: heldMs >= 0 && heldMs < 1000 + 5000 + 2000 ? 'within its bound' : `${heldMs < 0 ? 'over 30 s' : `${heldMs} ms`}` }).toEqual({ held: 'within its bound' });
     await relay.stop();
     await Promise.race([run, delay(15_000)]);
-    await delay(1600); // its lease has lapsed
+    await waitForLeaseLapsed(env.catalog, planned.id); // its renewals went to the silent path, none can land late
     expect(await takeOver(planned.id, 20_000, 'stuck')).toBe('done');
     expect(await countSlot(target, slot)).toEqual({ users: 5, documents: 10 });
   }, 90_000);

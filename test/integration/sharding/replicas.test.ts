@@ -26,6 +26,11 @@ const PRIMARY = `${SHARD}/primary`;
 const generous: FreshnessBounds = { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 };
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Waits until `holds()` (polled every 25 ms) or until `ms` have passed, whichever comes first. */
+const within = async (ms: number, holds: () => boolean): Promise<void> => {
+  const deadline = Date.now() + ms;
+  while (!holds() && Date.now() < deadline) await sleep(25);
+};
 const migrations = resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations');
 
 describe('reads from streaming replicas', () => {
@@ -194,7 +199,8 @@ describe('reads from streaming replicas', () => {
     const reader = newReader(generous, intervalMs);
     await reader.start();
     await replica(0).stopReplica();
-    await sleep(intervalMs + 1000 + 100); // one interval plus one probe timeout
+    // Within one interval plus one probe timeout: polled, checked as soon as the reader says so.
+    await within(intervalMs + 1000 + 100, () => reader.replicaStates(SHARD).find((s) => s.state.nodeId === REPLICA_1)?.ineligible === 'down');
 
     const states = reader.replicaStates(SHARD);
     const served = await Promise.all(Array.from({ length: 10 }, () => reader.query(SHARD, 'select 1')));
@@ -210,7 +216,8 @@ describe('reads from streaming replicas', () => {
     await replica(0).pauseReplay();
     await insertUser();
     await replica(1).waitForCatchUp();
-    await sleep(intervalMs + 1000 + 100); // one interval plus one probe timeout
+    // Within one interval plus one probe timeout: polled, checked as soon as the reader says so.
+    await within(intervalMs + 1000 + 100, () => /^lag (\d+ bytes|unknown)/.test(reader.replicaStates(SHARD).find((s) => s.state.nodeId === REPLICA_1)?.ineligible ?? ''));
 
     const served = await Promise.all(Array.from({ length: 10 }, () => reader.query(SHARD, 'select 1')));
 
