@@ -116,6 +116,10 @@ export interface LocalModeOptions {
   readonly requestDeadlineMs?: number;
   /** Requests per second of live traffic that keep one simulated task busy (default {@link LIVE_REQUESTS_PER_TASK}). */
   readonly liveRequestsPerTask?: number;
+  /** How often unfinished moves are resumed, in ms (default {@link LOCAL_MOVES_RESUME_MS}). */
+  readonly movesResumeMs?: number;
+  /** How long a move waits for writers older than its change capture before it stops, resumable (default the mover's, 30 s). */
+  readonly moveDrainTimeoutMs?: number;
 }
 
 /**
@@ -220,7 +224,10 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     cleanup.push(() => within(STOP_STEP_WAIT_MS, catalogPool.end()));
 
     const shardingConfig = localShardingConfig(cluster.shards, options.env);
-    const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' }, readReplicas: true });
+    const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' },
+      readReplicas: true,
+      ...(options.moveDrainTimeoutMs !== undefined ? { moveDrainTimeoutMs: options.moveDrainTimeoutMs } : {}),
+    });
     cleanup.push(() => within(STOP_STEP_WAIT_MS, sharding.close()));
     const { primaries, router, writer, slotMaps, mover, pools } = sharding;
     const { reader, reads } = sharding;
@@ -252,6 +259,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const stopMoves = new AbortController();
     // Local mode has no moves function: a move runs in this process, in the background, one run
     // per job at a time.
+    const resumeEveryMs = options.movesResumeMs ?? LOCAL_MOVES_RESUME_MS;
     const runMove = (id: number): void => {
       if (runningMoves.has(id) || stopMoves.signal.aborted) return;
       runningMoves.add(id);
@@ -262,7 +270,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
         },
         (err: unknown) => {
           if (err instanceof MoveBusyError) return;
-          say(`move ${id} stopped, to be tried again ${stopMoves.signal.aborted ? 'at the next start' : `in ${LOCAL_MOVES_RESUME_MS / 1000} s`}: ${(err as Error).message}`);
+          say(`move ${id} stopped, to be tried again ${stopMoves.signal.aborted ? 'at the next start' : `in ${resumeEveryMs / 1000} s`}: ${(err as Error).message}`);
         },
       );
       moves.add(run);
@@ -279,7 +287,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
         () => undefined,
       );
     };
-    const resumeMoves = setInterval(resumeUnfinished, LOCAL_MOVES_RESUME_MS);
+    const resumeMoves = setInterval(resumeUnfinished, resumeEveryMs);
     resumeMoves.unref();
     // A job an earlier session in this data directory left unfinished (killed outright, say in
     // the cutover, its unit's writes refused until a run releases the fence) is resumed as soon

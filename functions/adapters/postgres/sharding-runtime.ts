@@ -38,6 +38,8 @@ export interface ShardingRuntimeOptions {
   readonly readReplicas?: boolean;
   /** RDS/CloudWatch facts merged into health reports (AWS). */
   readonly cloud?: EndpointFactsSource;
+  /** How long a move waits for writers older than its change capture before it stops, resumable (the mover's default, 30 s, when absent). */
+  readonly moveDrainTimeoutMs?: number;
 }
 
 export interface ShardingRuntime {
@@ -113,6 +115,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       directory,
       actor: options.actor,
       routing: moveRoutingOf(config),
+      ...(options.moveDrainTimeoutMs !== undefined ? { drainTimeoutMs: options.moveDrainTimeoutMs } : {}),
     });
     return {
       config,

@@ -2,8 +2,10 @@
  * How local mode runs shard moves. It has no moves worker: POST /shards/moves runs the job in the
  * background, and unfinished jobs are resumed every LOCAL_MOVES_RESUME_MS, as the moves
  * function's schedule does on AWS. A run that stops with a resumable error (here a writer older
- * than the change capture outlives the 30 s drain) is run again once the writer is gone, instead
- * of leaving the slot blocked. About 45 s: the drain's 30 s, then up to one resume interval.
+ * than the change capture outlives the drain's wait) is run again once the writer is gone, instead
+ * of leaving the slot blocked. The drain's wait (30 s by default) and the resume interval (15 s)
+ * are shortened to 3 s and 2 s here: what is proven is that the run stops resumable and is
+ * resumed, not how long the defaults are.
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -30,6 +32,8 @@ describe('local mode moves', () => {
       seedUsers: 5,
       documentsPerUser: 1,
       env: { SCALING_CHECK_INTERVAL: '86400' },
+      moveDrainTimeoutMs: 3000,
+      movesResumeMs: 2000,
       onLine: (line) => lines.push(line),
     });
   }, 180_000);
