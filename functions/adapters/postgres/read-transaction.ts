@@ -37,8 +37,8 @@ import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
 import { ReadCancelledError, type ReadOptions, type ReplicaReader } from './replica-reader.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
-import { checkDeadlineMs, DEADLINE_GRACE_MS, DeadlinePassedError, serverTimeoutMs } from './deadline.js';
-import { READER_FENCE_ROWS_SQL, type WriteRoute, type WriteRouter } from './write-transaction.js';
+import { checkDeadlineMs, DeadlinePassedError } from './deadline.js';
+import { deadlineSettingsSql, READER_FENCE_ROWS_SQL, readerFenceRowsSql, sqlLiteral, type WriteRoute, type WriteRouter } from './write-transaction.js';
 
 export interface ShardReaderOptions {
   /** The routing; `fresh: true` must bypass every cache (asked for after finding a unit moved away). */
@@ -224,6 +224,32 @@ export function readOptionsFor(shardId: string, token: ReadToken | undefined, ti
   return { token: token.lsn, tokenTimeline: token.timeline };
 }
 
+/** A read's snapshot: repeatable read, read only (the fence rows and `fn` see one state of the shard). */
+const READ_BEGIN = 'begin isolation level repeatable read read only';
+
+/**
+ * A read's first round trip, one simple query: {@link READ_BEGIN}, with a deadline its SET LOCALs
+ * (`statement_timeout` of the time left, `idle_in_transaction_session_timeout` of that and the
+ * client's grace: {@link deadlineSettingsSql}) right after it, so that no read transaction is
+ * open on the server without them, and the key's fence rows ({@link readerFenceRowsSql}, the
+ * slot and key as quoted literals) last. The SET LOCALs take no snapshot: the fence rows' statement
+ * takes the transaction's, as before. `fences` is false when the key cannot be a literal
+ * ({@link sqlLiteral}): its fence rows are then read apart.
+ */
+function readBeginSql(slot: number, key: string, leftMs: number | undefined): { readonly sql: string; readonly fences: boolean } {
+  const begin = leftMs === undefined ? READ_BEGIN : `${READ_BEGIN}; ${deadlineSettingsSql(leftMs, { lockTimeout: false })}`;
+  const keyLiteral = sqlLiteral(key);
+  if (keyLiteral === undefined || !Number.isSafeInteger(slot)) return { sql: begin, fences: false };
+  return { sql: `${begin}; ${readerFenceRowsSql(`'${slot}'`, keyLiteral)}`, fences: true };
+}
+
+/** The rows of the last statement of a simple query's answer. */
+function lastRows(answer: unknown): unknown[] | undefined {
+  const results = Array.isArray(answer) ? (answer as unknown[]) : [answer];
+  const rows = (results.at(-1) as { rows?: unknown } | undefined)?.rows;
+  return Array.isArray(rows) ? rows : undefined;
+}
+
 /** Builds a {@link ShardReader} over the replica reader. */
 export function createShardReader(options: ShardReaderOptions): ShardReader {
   const maxReroutes = options.maxReroutes ?? 5;
@@ -263,24 +289,26 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
       try {
         outcome = await options.reader.withReadClient(
           route.shardId,
-          (client, servedBy, node) =>
-            inClientTransaction<Outcome>(client, 'begin isolation level repeatable read read only', async () => {
-              // idle_in_transaction_session_timeout: a read whose client is gone without a word (a
-              // black-holed path: its rollback and close never arrive) would otherwise keep its
-              // transaction open until TCP notices, hours: its snapshot holds back vacuum (on a
-              // replica, replay, or with hot_standby_feedback the primary's vacuum) and its locks
-              // queue any DDL, and every statement behind that. Past the deadline and the client's
-              // grace the client has given the read up anyway.
-              if (left !== undefined) {
-                const ms = serverTimeoutMs(left);
-                await client.query(`select set_config('statement_timeout', $1, true), set_config('idle_in_transaction_session_timeout', $2, true)`, [`${ms}ms`, `${serverTimeoutMs(ms + DEADLINE_GRACE_MS)}ms`]);
-              }
-              const fences = await client.query<ReaderFenceRow>(READER_FENCE_ROWS_SQL, [String(route.slot), key]);
-              const verdict = readVerdict(fences.rows, route, node.replica);
-              if (verdict !== 'read') return new RollbackWith({ verdict });
-              const value = await fn({ client, shardId: route.shardId, slot: route.slot, servedBy });
-              return { verdict, value, servedBy };
-            }),
+          (client, servedBy, node) => {
+            const begin = readBeginSql(route.slot, key, left);
+            let fenceRows: ReaderFenceRow[] | undefined;
+            return inClientTransaction<Outcome>(
+              client,
+              begin.sql,
+              async () => {
+                // Read with the BEGIN, unless the key could not go into its simple query.
+                const fences = { rows: fenceRows ?? (await client.query<ReaderFenceRow>(READER_FENCE_ROWS_SQL, [String(route.slot), key])).rows };
+                const verdict = readVerdict(fences.rows, route, node.replica);
+                if (verdict !== 'read') return new RollbackWith({ verdict });
+                const value = await fn({ client, shardId: route.shardId, slot: route.slot, servedBy });
+                return { verdict, value, servedBy };
+              },
+              undefined,
+              (answer) => {
+                if (begin.fences) fenceRows = lastRows(answer) as ReaderFenceRow[] | undefined;
+              },
+            );
+          },
           {
             ...(onPrimary || readOptions.primary === true ? { primary: true } : readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader))),
             ...(deadlineAt === undefined ? {} : { deadlineAt }),

@@ -18,6 +18,7 @@
  * ```
  */
 import type pg from 'pg';
+import { escapeLiteral } from 'pg';
 import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { ShardRouter } from '../../core/sharding/router.js';
@@ -209,15 +210,41 @@ type FenceVerdict = 'write' | 'wait' | 'reroute';
 const WRITE_BEGIN = 'begin isolation level read committed';
 
 /**
- * {@link WRITE_BEGIN} with, in the same round trip, the timeline of the server the write runs on
- * (null on a server in recovery, where the write fails anyway): a read token taken on another
- * connection is good only on that timeline (see `writePosition`).
+ * The timeline of the server the write runs on (null on a server in recovery, where the write
+ * fails anyway), read in the same round trip as {@link WRITE_BEGIN}: a read token taken on
+ * another connection is good only on that timeline (see `writePosition`).
  */
-const WRITE_BEGIN_READING_TIMELINE = `${WRITE_BEGIN}; select case when pg_is_in_recovery() then null else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint end as tli`;
+const WRITE_TIMELINE_SQL = `select case when pg_is_in_recovery() then null else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint end as tli`;
 
-/** The timeline {@link WRITE_BEGIN_READING_TIMELINE} answered, if it did. */
-function timelineOfBegin(answer: unknown): number | undefined {
-  const tli = Array.isArray(answer) ? (answer[1] as { rows?: { tli?: unknown }[] } | undefined)?.rows?.[0]?.tli : undefined;
+/**
+ * A write's first round trip, one simple query: {@link WRITE_BEGIN}, with a deadline its SET
+ * LOCALs ({@link deadlineSettingsSql}) right after the BEGIN, then the timeline
+ * ({@link WRITE_TIMELINE_SQL}) and last the key's fence rows ({@link writerFenceRowsSql}, the
+ * slot and key as quoted literals). Each statement runs once the one before it succeeded, under
+ * the timeouts set before it, as when each had a round trip of its own: the first that fails (a
+ * lock wait on the fence rows cut short by `lock_timeout`, say) fails the query with its own
+ * error, and the transaction is rolled back as before. `fences` is false when the key cannot be
+ * a literal ({@link sqlLiteral}): its fence rows are then read apart, with parameters.
+ */
+function writeBeginSql(slot: number, key: string, leftMs: number | undefined): { readonly sql: string; readonly fences: boolean } {
+  const settings = leftMs === undefined ? '' : `; ${deadlineSettingsSql(leftMs, { lockTimeout: true })}`;
+  const begin = `${WRITE_BEGIN}${settings}; ${WRITE_TIMELINE_SQL}`;
+  const keyLiteral = sqlLiteral(key);
+  if (keyLiteral === undefined || !Number.isSafeInteger(slot)) return { sql: begin, fences: false };
+  // A safe integer's decimal text needs no escaping (the column is text, as the parameter was).
+  return { sql: `${begin}; ${writerFenceRowsSql(`'${slot}'`, keyLiteral)}`, fences: true };
+}
+
+/** The rows of a statement of a simple query's answer, `at` from its end (-1: the last). */
+function rowsOfAnswer(answer: unknown, at: number): unknown[] | undefined {
+  const results = Array.isArray(answer) ? (answer as unknown[]) : [answer];
+  const rows = (results.at(at) as { rows?: unknown } | undefined)?.rows;
+  return Array.isArray(rows) ? rows : undefined;
+}
+
+/** The timeline {@link writeBeginSql} answered, if it did (its last statement, or the one before the fence rows). */
+function timelineOfBegin(answer: unknown, fences: boolean): number | undefined {
+  const tli = (rowsOfAnswer(answer, fences ? -2 : -1)?.[0] as { tli?: unknown } | undefined)?.tli;
   return typeof tli === 'string' || typeof tli === 'number' ? Number(tli) : undefined;
 }
 
@@ -231,25 +258,68 @@ class TimelineChangedError extends Error {
 }
 
 /**
- * The fence rows of a key's slot (`$1`) and directory key (`$2`), as readers read them: in their
- * snapshot, unlocked (docs/sharding-spec.md). Writers lock them, see {@link WRITER_FENCE_ROWS_SQL}.
+ * The fence rows of a key's slot and directory key, as readers read them: in their snapshot,
+ * unlocked (docs/sharding-spec.md). `slot` and `key` are SQL expressions: `$1` and `$2`, or
+ * quoted literals ({@link sqlLiteral}) where the statement goes in a simple query of several.
+ * Writers lock the rows, see {@link writerFenceRowsSql}.
  */
-export const READER_FENCE_ROWS_SQL = `select kind, state, map_version::text as map_version from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)`;
+export function readerFenceRowsSql(slot: string, key: string): string {
+  return `select kind, state, map_version::text as map_version from write_fences where (kind = 'slot' and unit_id = ${slot}) or (kind = 'directory' and unit_id = ${key})`;
+}
+
+/** {@link readerFenceRowsSql} over the parameters `$1` (the slot) and `$2` (the key). */
+export const READER_FENCE_ROWS_SQL = readerFenceRowsSql('$1', '$2');
 
 /**
- * The fence rows of a key's slot (`$1`) and directory key (`$2`) for writers, locked FOR SHARE
- * (the mover's fence waits for them), with each row's `moving_to`: the destination of a
+ * The fence rows of a key's slot and directory key for writers, locked FOR SHARE (the mover's
+ * fence waits for them), with each row's `moving_to`: the destination of a
  * move taking the unit away from this shard, named once its bulk copy is done (the source's
  * capture row, shard migration 011), unless the key is one the move leaves behind. The column is read through `to_jsonb` so that a
  * shard without migration 011 answers null rather than failing every write: an upgrade deploys
- * the services before the control plane, whose custom resource runs the migrations.
+ * the services before the control plane, whose custom resource runs the migrations. `slot` and
+ * `key` are SQL expressions, as for {@link readerFenceRowsSql}.
  */
-export const WRITER_FENCE_ROWS_SQL = `select w.kind, w.state,
+export function writerFenceRowsSql(slot: string, key: string): string {
+  return `select w.kind, w.state,
          (select to_jsonb(c) ->> 'moving_to' from move_captures c
-           where c.kind = w.kind and c.unit_id = w.unit_id and to_jsonb(c) ->> 'moving_to' is not null and not ($2 = any (c.excluded_keys)) limit 1) as moving_to
+           where c.kind = w.kind and c.unit_id = w.unit_id and to_jsonb(c) ->> 'moving_to' is not null and not (${key} = any (c.excluded_keys)) limit 1) as moving_to
     from write_fences w
-   where (w.kind = 'slot' and w.unit_id = $1) or (w.kind = 'directory' and w.unit_id = $2)
+   where (w.kind = 'slot' and w.unit_id = ${slot}) or (w.kind = 'directory' and w.unit_id = ${key})
      for share of w`;
+}
+
+/** {@link writerFenceRowsSql} over the parameters `$1` (the slot) and `$2` (the key). */
+export const WRITER_FENCE_ROWS_SQL = writerFenceRowsSql('$1', '$2');
+
+/**
+ * `text` as a quoted SQL literal for a simple query, which takes no bind parameters: pg's
+ * `escapeLiteral` (quotes doubled; with a backslash, every backslash doubled in an `E'...'`
+ * literal, read alike whatever `standard_conforming_strings` says). Undefined for a text holding
+ * a NUL: a simple query's text ends at its first NUL, so the statement is sent with its
+ * parameters instead (it fails as it always did, 22021).
+ */
+export function sqlLiteral(text: string): string | undefined {
+  return text.includes('\u0000') ? undefined : escapeLiteral(text);
+}
+
+/**
+ * The SET LOCALs of a transaction held to a deadline `leftMs` away: `statement_timeout` (and,
+ * for a write, `lock_timeout`) of the time left, so PostgreSQL stops the work when the caller
+ * stops waiting, and `idle_in_transaction_session_timeout` of the time left and the client's
+ * grace: a transaction whose client is gone without a word (a black-holed path: its close never
+ * arrives) would otherwise stay open on the server until TCP notices, hours, holding its rows and
+ * the unit's fence row FOR SHARE (a move could not fence, a keyed retry would wait on its
+ * uncommitted row) or, for a read, its snapshot (vacuum, a replica's replay) and its locks (DDL
+ * queues behind them). Past the deadline and the client's grace the client has given it up
+ * anyway. Sent in the BEGIN's own simple query, so that no transaction is ever open on the
+ * server without them (one stranded between a BEGIN and a later SET would be).
+ * Only whole numbers of ms are written into the SQL ({@link serverTimeoutMs}).
+ */
+export function deadlineSettingsSql(leftMs: number, options: { readonly lockTimeout: boolean }): string {
+  const left = serverTimeoutMs(leftMs);
+  const idle = serverTimeoutMs(left + DEADLINE_GRACE_MS);
+  return `set local statement_timeout = ${left}; ${options.lockTimeout ? `set local lock_timeout = ${left}; ` : ''}set local idle_in_transaction_session_timeout = ${idle}`;
+}
 
 const NIL_UUID = '00000000-0000-0000-0000-000000000000';
 
@@ -498,23 +568,16 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         guard?.disarm();
         client.release(error);
       };
+      /** The fence rows read in the BEGIN's round trip (see `writeBeginSql`). */
+      let fenceRows: FenceRow[] | undefined;
       try {
+        const begin = writeBeginSql(route.slot, key, deadlineAt === undefined ? undefined : deadlineAt - Date.now());
         const body = await inClientTransaction<{ verdict: 'write'; value: T } | { verdict: Exclude<FenceVerdict, 'write'> }>(
           client,
-          WRITE_BEGIN_READING_TIMELINE,
+          begin.sql,
           async () => {
-            if (deadlineAt !== undefined) {
-              const left = serverTimeoutMs(deadlineAt - Date.now());
-              // idle_in_transaction_session_timeout: a transaction whose client is gone without a
-              // word (a black-holed path: its close never arrives) would otherwise stay open on the
-              // server until TCP notices, hours, holding its rows and the unit's fence row FOR
-              // SHARE: a move could not fence, and a keyed retry would wait on its uncommitted row.
-              // Past the deadline and the client's grace the client has given it up anyway.
-              await client.query(
-                `set local statement_timeout = ${left}; set local lock_timeout = ${left}; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(left + DEADLINE_GRACE_MS)}`,
-              );
-            }
-            const fences = await client.query<FenceRow>(WRITER_FENCE_ROWS_SQL, [String(route.slot), key]);
+            // Read with the BEGIN, unless the key could not go into its simple query.
+            const fences = { rows: fenceRows ?? (await client.query<FenceRow>(WRITER_FENCE_ROWS_SQL, [String(route.slot), key])).rows };
             const destination = movingTo(fences.rows, route.viaDirectory);
             if (destination !== null && destination !== route.shardId) prepareDestination(destination, pool);
             const found = verdict(fences.rows, route.viaDirectory);
@@ -532,7 +595,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
             broken = true;
           },
           (answer) => {
-            timeline = timelineOfBegin(answer);
+            timeline = timelineOfBegin(answer, begin.fences);
+            if (begin.fences) fenceRows = rowsOfAnswer(answer, -1) as FenceRow[] | undefined;
           },
         );
         if (body.verdict === 'write') {

@@ -274,6 +274,20 @@ describe('the documents API with a silent shard primary', () => {
     expect({ status: answer !== 'still waiting after 8 s' && answer.status, open }).toEqual({ status: 503, open: 0 });
   }, 30_000);
 
+  it.each([
+    { request: 'write', method: 'POST', begin: 'begin isolation level read committed' },
+    { request: 'read', method: 'GET', begin: 'begin isolation level repeatable read read only' },
+  ])("leaves no transaction open on the shard when the path of a $request goes silent right after its BEGIN (the timeouts are not left for a later round trip)", async ({ method, begin }) => {
+    const owner = await newUser();
+    // The BEGIN reaches the shard and runs; its answer, and everything after (the close too), is lost.
+    relayOf(owner.shardId).blackholeAfter(begin);
+    const answer = method === 'POST' ? await timed('POST', '/api/v1/documents', { owner_id: owner.id, title: 'stranded at begin' }) : await timed('GET', `/api/v1/users/${owner.id}/documents`);
+    relayOf(owner.shardId).heal();
+    const open = await strandedAfterWait(owner.shardId, `${begin}%`);
+
+    expect({ status: answer !== 'still waiting after 8 s' && answer.status, open, written: await documentsOf(owner) }).toEqual({ status: 503, open: 0, written: 0 });
+  }, 30_000);
+
   it('answers a write an operator cancelled before its deadline with a retryable 503 that says so (not a 504, not the deadline)', async () => {
     const owner = await newUser();
     const pool = api.primary(owner.shardId);

@@ -120,12 +120,10 @@ describe('reads during and after a move', () => {
           if (shardId !== to || options?.primary === true) return primaries.withReadClient(shardId, fn, options);
           const client = await target.connect();
           try {
-            // The read's own BEGIN, then the old snapshot, as its first statement.
-            const query = async (text: unknown, values?: unknown): Promise<unknown> => {
-              const result: unknown = await client.query(text as string, values as unknown[]);
-              if (typeof text === 'string' && text.startsWith('begin')) await client.query(`set transaction snapshot '${snapshot}'`);
-              return result;
-            };
+            // The read's own BEGIN, then the old snapshot, as its first statement: in the BEGIN's
+            // simple query, right after the BEGIN (the fence rows come in that query too).
+            const query = async (text: unknown, values?: unknown): Promise<unknown> =>
+              client.query(typeof text === 'string' && text.startsWith('begin') ? text.replace(/^begin[^;]*/, (begin) => `${begin}; set transaction snapshot '${snapshot}'`) : (text as string), values as unknown[]);
             const inSnapshot = new Proxy(client, { get: (t, p) => (p === 'query' ? query : (Reflect.get(t, p) as unknown)) });
             return await fn(inSnapshot, `${to}/replica-1`, { replica: true });
           } finally {
