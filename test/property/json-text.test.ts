@@ -107,6 +107,13 @@ describe('numbers JSON.parse does not read as written (inexactNumbers)', () => {
     expect(inexactNumbers(`{"x": ${literal}}`)).toEqual([]);
   });
 
+  it('reads a 256 KiB number whose zeros a non-zero digit ends in one pass (a body of the largest size the API takes)', () => {
+    const zeros = '0'.repeat(256 * 1024 - 10);
+    expect(inexactNumbers(`{"n": 1${zeros}1}`)).toEqual([{ path: 'n', becomes: 'Infinity' }]);
+    expect(inexactNumbers(`{"n": 0.${zeros}1}`)).toEqual([{ path: 'n', becomes: '0' }]);
+    expect(inexactNumbers(`{"n": 1${zeros}1e-${zeros.length + 1}}`)).toEqual([{ path: 'n', becomes: '1' }]);
+  });
+
   it('does not read digits inside strings or member names as numbers', () => {
     expect(inexactNumbers('{"12345678901234567890123": "1e400", "x": "-0.1000000000000000000001"}')).toEqual([]);
   });
