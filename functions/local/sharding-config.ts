@@ -42,7 +42,9 @@ export function localShardingConfig(shards: readonly LocalShard[], env: Sharding
 export function checkLocalShardingEnv(shardCount: number, env: ShardingEnv): void {
   const shards = Array.from({ length: shardCount }, (_, i) => ({
     shardId: `shard_${String(i + 1).padStart(3, '0')}`,
-    primaryUrl: `postgresql://127.0.0.1:${5432 + i}/ca_dms`,
+    // On a reserved name (RFC 2606) no replica URL can share: the primaries take free ports once
+    // they start, so a placeholder such as 127.0.0.1:5432 refused a replica there as "the same database".
+    primaryUrl: `postgresql://shard-${String(i + 1).padStart(3, '0')}.local-mode.invalid/ca_dms`,
     replicaUrls: [],
   }));
   localShardingConfig(shards, env);

@@ -64,6 +64,18 @@ describe('start flags', () => {
     expect(() => parseStartOptions([], '/srv/app', env)).toThrow(message);
   });
 
+  it.each([
+    [['--shards', '1'], 'postgresql://app@127.0.0.1:5432/ca_dms'],
+    [['--shards', '2'], 'shard_001=postgresql://app@127.0.0.1:5433/ca_dms'],
+  ])('accepts DATABASE_REPLICA_URLS on a port the check used to stand in for a primary (%j, %s): the embedded primaries take free ports', (args, urls) => {
+    expect(parseStartOptions(args, '/srv/app', { DATABASE_REPLICA_URLS: urls })).toMatchObject({ shards: Number(args[1]) });
+  });
+
+  it('still refuses DATABASE_REPLICA_URLS that names an unknown shard or one endpoint twice, before anything starts', () => {
+    expect(() => parseStartOptions(['--shards', '2'], '/srv/app', { DATABASE_REPLICA_URLS: 'shard_003=postgresql://127.0.0.1:5433/ca_dms' })).toThrow('DATABASE_REPLICA_URLS: entry 1 names shard "shard_003", which is not configured');
+    expect(() => parseStartOptions(['--shards', '2'], '/srv/app', { DATABASE_REPLICA_URLS: 'shard_001=postgresql://r:5432/ca_dms,shard_002=postgresql://r:5432/ca_dms' })).toThrow(/shards\[1\]\.read_replicas\[0\]: same database as shards\[0\]\.read_replicas\[0\]/);
+  });
+
   it('accepts the sharding strategies local mode can run', () => {
     expect(parseStartOptions([], '/srv/app', { SHARDING_STRATEGY: 'directory_based', SHARDING_ENABLED: 'true' })).toMatchObject({ shards: 2 });
   });
