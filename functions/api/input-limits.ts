@@ -18,7 +18,7 @@
  * ```
  */
 import type { z } from 'zod';
-import type { DuplicateMemberError } from '../core/json-text.js';
+import { inexactNumbers, type DuplicateMemberError } from '../core/json-text.js';
 import type { InvalidParam } from './http.js';
 
 /** Deepest nesting accepted in a JSON body: the body itself is level 1. */
@@ -78,6 +78,18 @@ export function jsonProblems(value: unknown, root: string, maxDepth = MAX_JSON_D
 /** One problem per member a body gave twice (see `parseJsonText`), named by its path under `part`. */
 export function duplicateProblems(error: DuplicateMemberError, part: string): InvalidParam[] {
   return error.paths.map((path) => ({ name: path.startsWith('[') ? `${part}${path}` : `${part}.${path}`, reason: 'is given more than once in its object; give each member once' }));
+}
+
+/**
+ * One problem per number of the JSON `text` that `JSON.parse` reads as another value (see
+ * `inexactNumbers`): `1e400` would be stored as null, `1e-400` as 0, `0.1000000000000000000001`
+ * as 0.1. Named by its path under `part`; the text must be valid JSON.
+ */
+export function inexactProblems(text: string, part: string): InvalidParam[] {
+  return inexactNumbers(text).map(({ path, becomes }) => ({
+    name: shortName(path === '' ? part : path.startsWith('[') ? `${part}${path}` : `${part}.${path}`),
+    reason: `is a number that cannot be stored exactly (it would become ${becomes === 'Infinity' || becomes === '-Infinity' ? 'null' : becomes}); send it as a string to keep it as written`,
+  }));
 }
 
 /** Longest member name a problem repeats: its start is enough to recognise it. */

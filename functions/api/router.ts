@@ -22,7 +22,7 @@
 import { z } from 'zod';
 import { ProblemError, jsonResponse, problemResponse, type ApiRequest, type ApiResponse, type CallerIdentity, type InvalidParam } from './http.js';
 import { DuplicateMemberError, parseJsonText } from '../core/json-text.js';
-import { duplicateProblems, jsonProblems, listedProblems, textProblem, zodProblems } from './input-limits.js';
+import { duplicateProblems, inexactProblems, jsonProblems, listedProblems, textProblem, zodProblems } from './input-limits.js';
 
 export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -218,6 +218,8 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
         if (spec.contentTypes === undefined && !isJsonContentType(got)) {
           throw new ProblemError(415, `send the body as application/json (got ${got ?? 'no content-type'})`);
         }
+        // JSON.parse would blame an invisible "unexpected token" for it.
+        if (rawBody.charCodeAt(0) === 0xfeff) throw new ProblemError(400, 'the request body starts with a byte order mark (U+FEFF); send the JSON text without one (RFC 8259, section 8.1)');
         let parsed: unknown;
         let duplicated = false;
         try {
@@ -228,7 +230,8 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
           duplicated = true;
         }
         if (!duplicated) {
-          const hostile = jsonProblems(parsed, 'body');
+          // A number JSON.parse rounds (1e-400 read as 0) would be taken as another setting than the one sent.
+          const hostile = [...jsonProblems(parsed, 'body'), ...inexactProblems(rawBody, 'body')];
           if (hostile.length > 0) invalid.push(...hostile);
           else body = parsePart('body', spec.body, parsed);
         }

@@ -178,8 +178,14 @@ export const ifMatchHeadersSchema = z.object({
     .describe('the ETag of GET /config ("v3"), a comma-separated list of them, or *: a stale or weak one gets 412. Required by PUT (428 without), optional for PATCH'),
 });
 
-/** PUT /config accepts any JSON object; the scaling configuration schema validates it in the handler. */
-export const configBodySchema = z.record(z.string(), z.unknown());
+/**
+ * PUT /config accepts any JSON object; the scaling configuration schema validates it in the handler.
+ * Kept as parsed: z.record would rebuild it by assignment, and a member named __proto__ would set
+ * the copy's prototype and vanish instead of being named as an unknown setting.
+ */
+export const configBodySchema = z
+  .custom<Record<string, unknown>>((value) => typeof value === 'object' && value !== null && !Array.isArray(value), { error: 'must be a JSON object' })
+  .meta({ type: 'object', additionalProperties: {} });
 
 export const startStopBodySchema = z.strictObject({
   service: serviceName.optional().describe('one service; omit for the whole controller'),

@@ -39,8 +39,8 @@ import { DeadlinePassedError } from '../adapters/postgres/deadline.js';
 import { ShardWriteError, type ShardWriteContext, type ShardWriteResult, type ShardWriter } from '../adapters/postgres/write-transaction.js';
 import { NOT_OWNED_STATES_SQL, readOptionsFor, rowFenceStateSql, ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
 import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
-import { duplicateProblems, jsonProblems, listedProblems, MAX_JSON_DEPTH, zodProblems } from '../api/input-limits.js';
-import { DuplicateMemberError, inexactNumbers, parseJsonText } from '../core/json-text.js';
+import { duplicateProblems, inexactProblems, jsonProblems, listedProblems, MAX_JSON_DEPTH, zodProblems } from '../api/input-limits.js';
+import { DuplicateMemberError, parseJsonText } from '../core/json-text.js';
 import { parametersOf, toSchema } from '../api/openapi.js';
 import { RoutingError } from '../core/sharding/errors.js';
 
@@ -377,6 +377,8 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   } catch {
     throw new HttpProblem({ status: 400, detail: 'the body is not valid UTF-8; send JSON text encoded as UTF-8 (RFC 8259)' });
   }
+  // Kept (ignoreBOM) and refused by name: JSON.parse would blame an invisible "unexpected token".
+  if (text.charCodeAt(0) === 0xfeff) throw new HttpProblem({ status: 400, detail: 'the body starts with a byte order mark (U+FEFF); send the JSON text without one (RFC 8259, section 8.1)' });
   let parsed: unknown;
   try {
     parsed = parseJsonText(text);
@@ -389,10 +391,7 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   const hostile = jsonProblems(parsed, 'body', MAX_JSON_DEPTH);
   if (hostile.length > 0) throw problemList(hostile);
   // A number JSON.parse rounds would be stored as another number than the one sent.
-  const inexact = inexactNumbers(text).map(({ path, becomes }) => ({
-    name: path === '' ? 'body' : path.startsWith('[') ? `body${path}` : `body.${path}`,
-    reason: `is a number that cannot be stored exactly (it would become ${becomes === 'Infinity' || becomes === '-Infinity' ? 'null' : becomes}); send it as a string to keep it as written`,
-  }));
+  const inexact = inexactProblems(text, 'body');
   if (inexact.length > 0) throw problemList(inexact);
   return parsed;
 }

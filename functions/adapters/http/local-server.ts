@@ -131,7 +131,7 @@ function bodiless(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] === undefined && (length === undefined || length === '0');
 }
 
-async function readBody(req: IncomingMessage, limit: number): Promise<string | 'too-large'> {
+async function readBody(req: IncomingMessage, limit: number): Promise<string | 'too-large' | 'not-utf8'> {
   // Most requests (every GET) have none: no stream iteration for them.
   if (bodiless(req)) return '';
   const declared = Number(req.headers['content-length']);
@@ -144,7 +144,12 @@ async function readBody(req: IncomingMessage, limit: number): Promise<string | '
     if (size > limit) return 'too-large';
     chunks.push(buf);
   }
-  return Buffer.concat(chunks).toString('utf8');
+  try {
+    // Fatal: a byte that is not UTF-8 (a Latin-1 body) would otherwise become U+FFFD and be recorded so.
+    return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(Buffer.concat(chunks));
+  } catch {
+    return 'not-utf8';
+  }
 }
 
 /** A map from untrusted keys: no inherited property can be mistaken for one of them. */
@@ -395,6 +400,10 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
       const body = await readBody(req, limit);
       if (body === 'too-large') {
         sendProblem(res, new ProblemError(413, `the request body is larger than ${limit} bytes`), true);
+        return;
+      }
+      if (body === 'not-utf8') {
+        sendProblem(res, new ProblemError(400, 'the request body is not valid UTF-8; send JSON text encoded as UTF-8 (RFC 8259)'), false);
         return;
       }
       if (dispatch) {

@@ -15,6 +15,7 @@ import { DEFAULT_SERVICES } from './types.js';
 export const POLICY_NAMES = ['ca-dms', 'threshold', 'target-tracking', 'step', 'hpa'] as const;
 export type PolicyName = (typeof POLICY_NAMES)[number];
 
+const SERVICE_NAME_RULE = 'service names are lower-case letters, digits and dashes';
 const percent = z.number().min(0).max(100);
 const nonNegative = z.number().min(0);
 const seconds = z.number().int().min(0);
@@ -217,7 +218,16 @@ const scalingConfigObject = z.strictObject({
   hpa: hpaSettings.default(hpaSettings.parse({})),
   ca_dms: z.strictObject(caDmsFields).partial().transform((o) => ({ ...CA_DMS_DEFAULTS, ...o })).default(CA_DMS_DEFAULTS),
   services: z
-    .record(z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, 'service names are lower-case letters, digits and dashes'), serviceOverrideSchema)
+    .preprocess(
+      (value, ctx) => {
+        // z.record skips a key named __proto__ without checking it or its value: named here, as the key check would.
+        if (typeof value === 'object' && value !== null && Object.hasOwn(value, '__proto__')) {
+          ctx.issues.push({ code: 'custom', path: ['__proto__'], message: SERVICE_NAME_RULE, input: value });
+        }
+        return value;
+      },
+      z.record(z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, SERVICE_NAME_RULE), serviceOverrideSchema),
+    )
     .default(Object.fromEntries(DEFAULT_SERVICES.map((s) => [s, {}]))),
 });
 

@@ -570,6 +570,51 @@ describe('scaling API over HTTP', () => {
     });
   });
 
+  describe('bodies taken as sent or refused, never changed silently', () => {
+    const MERGE = { 'content-type': 'application/merge-patch+json' };
+    const version = async (): Promise<number> => ((await h.fetchJson(`${API}/config`)).body as { version: number }).version;
+
+    it('refuses a body that is not UTF-8 (400) rather than record U+FFFD in place of its bytes', async () => {
+      const before = await h.fetchJson(`${API}/history?kind=event&limit=1`);
+      const latin1 = Buffer.concat([Buffer.from('{"service": "worker", "reason": "caf'), Buffer.from([0xe9]), Buffer.from('"}')]);
+      const res = await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: latin1 });
+      const after = await h.fetchJson(`${API}/history?kind=event&limit=1`);
+      const status = await h.fetchJson(`${API}/status`);
+
+      expect({ status: res.status, detail: (res.body as Problem).detail }).toEqual({ status: 400, detail: expect.stringMatching(/^the request body is not valid UTF-8/) as unknown as string });
+      expect(after.body).toEqual(before.body);
+      expect((status.body as { services: Array<{ service: string; enabled: boolean }> }).services.find((s) => s.service === 'worker')?.enabled).toBe(true);
+    });
+
+    it('refuses a body that starts with a byte order mark with a 400 that says so, not an invisible unexpected token', async () => {
+      const res = await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: '\ufeff{"service": "worker"}' });
+
+      expect({ status: res.status, detail: (res.body as Problem).detail }).toEqual({ status: 400, detail: expect.stringMatching(/^the request body starts with a byte order mark \(U\+FEFF\)/) as unknown as string });
+    });
+
+    it.each([
+      ['1e-400', 'it would become 0'],
+      ['300.0000000000000000001', 'it would become 300'],
+    ])('refuses a setting %s that JSON.parse reads as another number (400 naming it), changing nothing', async (n, becomes) => {
+      const before = await version();
+      const res = await h.fetchJson(`${API}/config`, { method: 'PATCH', headers: MERGE, body: `{"scale_cooldown": ${n}}` });
+
+      expect({ status: res.status, invalid: (res.body as Problem).invalid_params }).toEqual({ status: 400, invalid: [{ name: 'body.scale_cooldown', reason: expect.stringContaining(becomes) as unknown as string }] });
+      expect(await version()).toBe(before);
+    });
+
+    it.each([
+      ['{"__proto__": {"scale_cooldown": 5}, "scale_cooldown": 301}', 'body.__proto__'],
+      ['{"services": {"__proto__": {"min_instances": 5}}}', /^body\.services\.__proto__/],
+    ])('names a member __proto__ (%s) as any unknown setting (400), rather than drop it unseen', async (patch, field) => {
+      const before = await version();
+      const res = await h.fetchJson(`${API}/config`, { method: 'PATCH', headers: MERGE, body: patch });
+
+      expect({ status: res.status, name: (res.body as Problem).invalid_params?.[0]?.name }).toEqual({ status: 400, name: expect.stringMatching(field) as unknown as string });
+      expect(await version()).toBe(before);
+    });
+  });
+
   it('serves a valid OpenAPI 3 document', async () => {
     const res = await h.fetchJson(`${API}/openapi.json`);
     const result = await new Validator().validate(res.body as Parameters<Validator['validate']>[0]);

@@ -100,6 +100,23 @@ describe('documents API against real PostgreSQL: honest answers to bad and hosti
     expect(await documentCount()).toBe(before);
   });
 
+  it('refuses a body that starts with a byte order mark with a 400 that says so, not an invisible unexpected token', async () => {
+    const before = await documentCount();
+    const res = await api.request('POST', '/api/v1/documents', `\ufeff{"owner_id": "${owner.id}", "title": "bom"}`);
+
+    expect({ status: res.status, detail: res.body.detail }).toEqual({ status: 400, detail: expect.stringMatching(/^the body starts with a byte order mark \(U\+FEFF\)/) as unknown as string });
+    expect(await documentCount()).toBe(before);
+  });
+
+  it('refuses a number of 256 KiB of zeros ended by a 1 (400 naming it) in one pass, not after a minute of a blocked server', async () => {
+    const before = await documentCount();
+    const head = `{"owner_id": "${owner.id}", "title": "numbers", "content": {"big": 1`;
+    const res = await api.request('POST', '/api/v1/documents', `${head}${'0'.repeat(256 * 1024 - head.length - 4)}1}}`);
+
+    expect({ status: res.status, invalid: res.body.invalid_params }).toEqual({ status: 400, invalid: [{ name: 'body.content.big', reason: expect.stringMatching(/cannot be stored exactly \(it would become null\)/) as unknown as string }] });
+    expect(await documentCount()).toBe(before);
+  });
+
   it('stores numbers a double holds exactly as sent, whatever their spelling (1.0, 1e2, -0, 5e-324, 2^53)', async () => {
     const res = await api.request('POST', '/api/v1/documents', `{"owner_id": "${owner.id}", "title": "exact", "content": {"a": 1.0, "b": 1e2, "c": -0, "d": 5e-324, "e": 9007199254740992, "f": 0.1, "g": 1.5E+3}}`);
 
