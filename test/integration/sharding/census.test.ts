@@ -15,6 +15,39 @@ import { startShardCluster, type TestShardCluster } from '../../support/replica.
 
 const VIP_DOCS = 5;
 
+/**
+ * One shard without replicas, for the describe block that calls it, holding one owner whose
+ * documents `fill` writes; autovacuum is off on documents, so pg_class says what the test's own
+ * ANALYZE or VACUUM made it say. `pools()` and `url()` once the block's beforeAll has run.
+ */
+function oneShardOfOwner(fill: (shard: pg.Client, owner: string, slot: number) => Promise<void>): { readonly pools: () => ShardPools; readonly url: () => string } {
+  let cluster: TestShardCluster | undefined;
+  let pools: ShardPools | undefined;
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
+    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
+    await shard.connect();
+    try {
+      const owner = randomUUID();
+      await shard.query('alter table documents set (autovacuum_enabled = false)');
+      await shard.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'o@example.org', 'owner')`, [owner, slotOf(owner)]);
+      await fill(shard, owner, slotOf(owner));
+    } finally {
+      await shard.end();
+    }
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+  });
+  afterAll(async () => {
+    await pools?.end();
+    await cluster?.stop();
+  });
+  const ready = <T>(value: T | undefined): T => {
+    if (value === undefined) throw new Error('the shard of this describe block is not started (beforeAll)');
+    return value;
+  };
+  return { pools: () => ready(pools), url: () => ready(cluster?.shards[0]?.primary.url) };
+}
+
 describe('the census of the rebalance check against the exact statistics', () => {
   let cluster: TestShardCluster;
   let pools: ShardPools;
@@ -102,37 +135,24 @@ describe('the census of the rebalance check against the exact statistics', () =>
 });
 
 describe('estimated bytes of a table whose sampled pages hold no live row', () => {
-  let cluster: TestShardCluster;
-  let pools: ShardPools;
-  let shard: pg.Client;
-
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
-    shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
-    await shard.connect();
-    const owner = randomUUID();
-    await shard.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'o@example.org', 'owner')`, [owner, slotOf(owner)]);
-    await shard.query('alter table documents set (autovacuum_enabled = false)');
+  const shard = oneShardOfOwner(async (client, owner, slot) => {
     // Some 200 pages of documents, all deleted but the 10 written last (on the last page).
-    await shard.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'gone' from generate_series(1, 20000)`, [owner, slotOf(owner)]);
-    await shard.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'kept' from generate_series(1, 10)`, [owner, slotOf(owner)]);
-    await shard.query(`delete from documents where title = 'gone'`);
-    await shard.query('analyze users, documents');
-    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
-  });
-  afterAll(async () => {
-    await shard?.end();
-    await pools?.end();
-    await cluster?.stop();
+    await client.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'gone' from generate_series(1, 20000)`, [owner, slot]);
+    await client.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'kept' from generate_series(1, 10)`, [owner, slot]);
+    await client.query(`delete from documents where title = 'gone'`);
+    await client.query('analyze users, documents');
   });
 
   it('widens the sample until it finds live rows instead of reporting 0 bytes for rows the planner counts', async () => {
-    const inspector = new ShardInspector(pools, { timeoutMs: 5000, samplePages: 1 });
+    const inspector = new ShardInspector(shard.pools(), { timeoutMs: 5000, samplePages: 1 });
     // What the first sample reads: one page's share of the table, and no live row in it.
-    const { rows } = await shard.query<{ pages: number; sampled: number }>(
+    const client = new pg.Client({ connectionString: shard.url() });
+    await client.connect();
+    const { rows } = await client.query<{ pages: number; sampled: number }>(
       `select (pg_relation_size('documents') / 8192)::int as pages,
               (select count(*) from documents tablesample system ((100.0 / (pg_relation_size('documents') / 8192))::float4) repeatable (0))::int as sampled`,
     );
+    await client.end();
 
     const estimated = (await inspector.statistics()).shards[0]?.tables.find((t) => t.table === 'documents');
     const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables.find((t) => t.table === 'documents');
@@ -148,33 +168,15 @@ describe('estimated bytes of a table whose sampled pages hold no live row', () =
 });
 
 describe('estimates of a big table: the row count of pg_class, and bytes per row from a sample of its pages', () => {
-  let cluster: TestShardCluster;
-  let pools: ShardPools;
-
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
-    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
-    await shard.connect();
-    try {
-      const owner = randomUUID();
-      await shard.query('alter table documents set (autovacuum_enabled = false)');
-      await shard.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'o@example.org', 'owner')`, [owner, slotOf(owner)]);
-      await shard.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'doc ' || i from generate_series(1, 20000) i`, [owner, slotOf(owner)]);
-      await shard.query('analyze users, documents');
-      // Written since the last ANALYZE: the planner's count does not have them yet.
-      await shard.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'doc ' || i from generate_series(1, 5000) i`, [owner, slotOf(owner)]);
-    } finally {
-      await shard.end();
-    }
-    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
-  });
-  afterAll(async () => {
-    await pools?.end();
-    await cluster?.stop();
+  const shard = oneShardOfOwner(async (client, owner, slot) => {
+    await client.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'doc ' || i from generate_series(1, 20000) i`, [owner, slot]);
+    await client.query('analyze users, documents');
+    // Written since the last ANALYZE: the planner's count does not have them yet.
+    await client.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'doc ' || i from generate_series(1, 5000) i`, [owner, slot]);
   });
 
   it('reports the rows of pg_class (a sample of 10 pages is not a count), with bytes per row as the exact measure has them', async () => {
-    const inspector = new ShardInspector(pools, { timeoutMs: 5000, samplePages: 10 });
+    const inspector = new ShardInspector(shard.pools(), { timeoutMs: 5000, samplePages: 10 });
 
     const estimated = (await inspector.statistics()).shards[0]?.tables.find((t) => t.table === 'documents');
     const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables.find((t) => t.table === 'documents');
@@ -237,39 +239,21 @@ describe('statistics of partitioned tables', () => {
 });
 
 describe('estimates of a table filled after pg_class counted it empty (ANALYZE or VACUUM of an empty table, then rows)', () => {
-  let cluster: TestShardCluster;
-  let pools: ShardPools;
-
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
-    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
-    await shard.connect();
-    try {
-      const owner = randomUUID();
-      await shard.query('alter table documents set (autovacuum_enabled = false)');
-      await shard.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'o@example.org', 'owner')`, [owner, slotOf(owner)]);
-      // As a shard whose every slot was moved off and cleaned up, then vacuumed: 0 pages, 0 rows.
-      await shard.query('vacuum analyze documents');
-      // Then slots moved back in, before autovacuum analyses the table again.
-      await shard.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'doc ' || i from generate_series(1, 5000) i`, [owner, slotOf(owner)]);
-    } finally {
-      await shard.end();
-    }
-    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
-  });
-  afterAll(async () => {
-    await pools?.end();
-    await cluster?.stop();
+  const shard = oneShardOfOwner(async (client, owner, slot) => {
+    // As a shard whose every slot was moved off and cleaned up, then vacuumed: 0 pages, 0 rows.
+    await client.query('vacuum analyze documents');
+    // Then slots moved back in, before autovacuum analyses the table again.
+    await client.query(`insert into documents (id, owner_id, slot, title) select gen_random_uuid(), $1, $2, 'doc ' || i from generate_series(1, 5000) i`, [owner, slot]);
   });
 
   it('estimates the rows of the pages pg_class has not counted from the sample, instead of reporting 0 rows and 0 bytes', async () => {
-    const inspector = new ShardInspector(pools, { timeoutMs: 5000, samplePages: 10 });
-    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
-    await shard.connect();
-    const { rows } = await shard.query<{ relpages: number; reltuples: number; pages: number }>(
+    const inspector = new ShardInspector(shard.pools(), { timeoutMs: 5000, samplePages: 10 });
+    const client = new pg.Client({ connectionString: shard.url() });
+    await client.connect();
+    const { rows } = await client.query<{ relpages: number; reltuples: number; pages: number }>(
       `select relpages, reltuples::float8 as reltuples, (pg_relation_size('documents') / 8192)::int as pages from pg_class where relname = 'documents'`,
     );
-    await shard.end();
+    await client.end();
 
     const estimated = (await inspector.statistics()).shards[0]?.tables.find((t) => t.table === 'documents');
     const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables.find((t) => t.table === 'documents');

@@ -22,23 +22,16 @@ afterAll(async () => {
 /** The flip's transaction is the one run transaction opened with a statement timeout (see `PgMovePort.flip`). */
 const FLIP_BEGIN = /^begin; set local statement_timeout = '\d+ms'/;
 
-/**
- * `pool` as it is, except that on a lent client the flip's BEGIN first awaits `before` and is sent
- * as `rewrite` makes it.
- */
-function atFlipBegin(pool: pg.Pool, before: () => Promise<void>, rewrite: (begin: string) => string = (b) => b): pg.Pool {
+type Query = (...args: unknown[]) => Promise<unknown>;
+
+/** `pool` as it is, except that every lent client's `query` goes through `query(original, ...args)`. */
+function withQueryHook(pool: pg.Pool, query: (original: Query, ...args: unknown[]) => Promise<unknown>): pg.Pool {
   const wrap = (client: pg.PoolClient): pg.PoolClient =>
     new Proxy(client, {
       get(target, prop) {
         const value = Reflect.get(target, prop, target) as unknown;
         if (prop !== 'query') return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-        return async (...args: unknown[]) => {
-          if (typeof args[0] === 'string' && FLIP_BEGIN.test(args[0])) {
-            await before();
-            return target.query(rewrite(args[0]));
-          }
-          return (target.query as (...a: unknown[]) => unknown)(...args);
-        };
+        return (...args: unknown[]) => query((target.query as Query).bind(target), ...args);
       },
     });
   return new Proxy(pool, {
@@ -50,26 +43,26 @@ function atFlipBegin(pool: pg.Pool, before: () => Promise<void>, rewrite: (begin
   });
 }
 
+/**
+ * `pool` as it is, except that on a lent client the flip's BEGIN first awaits `before` and is sent
+ * as `rewrite` makes it.
+ */
+function atFlipBegin(pool: pg.Pool, before: () => Promise<void>, rewrite: (begin: string) => string = (b) => b): pg.Pool {
+  return withQueryHook(pool, async (query, ...args) => {
+    if (typeof args[0] === 'string' && FLIP_BEGIN.test(args[0])) {
+      await before();
+      return query(rewrite(args[0]));
+    }
+    return query(...args);
+  });
+}
+
 /** `pool` as it is, except that on a lent client a statement matching `pattern` is followed by `after` before its answer is given. */
 function afterStatement(pool: pg.Pool, pattern: RegExp, after: () => Promise<void>): pg.Pool {
-  const wrap = (client: pg.PoolClient): pg.PoolClient =>
-    new Proxy(client, {
-      get(target, prop) {
-        const value = Reflect.get(target, prop, target) as unknown;
-        if (prop !== 'query') return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-        return async (...args: unknown[]) => {
-          const result = await (target.query as (...a: unknown[]) => Promise<unknown>)(...args);
-          if (typeof args[0] === 'string' && pattern.test(args[0])) await after();
-          return result;
-        };
-      },
-    });
-  return new Proxy(pool, {
-    get(target, prop) {
-      if (prop === 'connect') return async () => wrap(await target.connect());
-      const value = Reflect.get(target, prop, target) as unknown;
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-    },
+  return withQueryHook(pool, async (query, ...args) => {
+    const result = await query(...args);
+    if (typeof args[0] === 'string' && pattern.test(args[0])) await after();
+    return result;
   });
 }
 
