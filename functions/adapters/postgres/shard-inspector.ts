@@ -484,8 +484,9 @@ export class ShardInspector {
   /**
    * Rows and live data bytes of the sharded tables on every primary, with their on-disk size
    * apart (unless `exact`, estimates: rows from `pg_class`, bytes per row from a sample of pages,
-   * see {@link ShardInspectorOptions.samplePages}; a table never analysed is counted exactly, and
-   * the rows of one filled since `pg_class` counted it empty are scaled up from the sample),
+   * see {@link ShardInspectorOptions.samplePages}; a table never analysed is counted exactly, the
+   * rows of one filled since `pg_class` counted it empty are scaled up from the sample, and a
+   * partitioned table's are its partitions'),
    * users, documents, slots owned, shares and imbalance. Bytes are live data
    * ({@link rowBytesSql}): a table's files keep their size after a move's clean-up deletes its
    * rows, so balance judged by them would keep sending data off a source that holds its share.
@@ -539,10 +540,22 @@ export class ShardInspector {
     return withNodeDeadline(node.pool, budget, node.nodeId, async (client) => {
       // pages: the heap's current size (of every partition), to size the sample below.
       // pg_partition_tree lists nothing for a table that is not partitioned: its own size then.
-      const { rows } = await client.query<{ table: string; estimate: number; counted_pages: number; disk_bytes: number; pages: number; columns: ColumnWidth[] }>(
-        `select c.relname as table, c.reltuples::float8 as estimate, (case when c.relkind = 'p'
-              then (select coalesce(pg_catalog.sum(pc.relpages), 0) from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p join pg_catalog.pg_class pc on pc.oid = p.relid)
-              else c.relpages end)::float8 as counted_pages,
+      // counted: the rows pg_class has counted; uncounted_pages: the heap pages it has not (a
+      // table analysed or vacuumed while empty and filled since, or never analysed). A
+      // partitioned table's own reltuples is set only by an ANALYZE of it, which autovacuum never
+      // runs (it analyses the partitions): an ANALYZE of it while empty would say 0 rows for
+      // ever. Its partitions' counts are kept up to date, so they are summed instead.
+      const { rows } = await client.query<{ table: string; estimate: number; counted: number; uncounted_pages: number; disk_bytes: number; pages: number; columns: ColumnWidth[] }>(
+        `select c.relname as table, c.reltuples::float8 as estimate,
+           (case when c.relkind = 'p'
+              then (select coalesce(pg_catalog.sum(pc.reltuples) filter (where pc.relpages > 0 and pc.reltuples >= 0), 0)
+                      from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p join pg_catalog.pg_class pc on pc.oid = p.relid where p.isleaf)
+              when c.relpages > 0 then c.reltuples else 0 end)::float8 as counted,
+           (case when c.relkind = 'p'
+              then (select coalesce(pg_catalog.sum(pg_catalog.pg_relation_size(p.relid)) filter (where pc.relpages <= 0 or pc.reltuples < 0), 0)
+                      from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p join pg_catalog.pg_class pc on pc.oid = p.relid where p.isleaf)
+              when c.relpages <= 0 then pg_catalog.pg_relation_size(c.oid::pg_catalog.regclass)
+              else 0 end)::float8 / pg_catalog.current_setting('block_size')::float8 as uncounted_pages,
            ${DISK_BYTES_SQL} as disk_bytes,
            (case when c.relkind = 'p'
               then (select coalesce(sum(pg_catalog.pg_relation_size(p.relid)), 0) from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p)
@@ -564,11 +577,12 @@ export class ShardInspector {
           const { rows: counted } = await client.query<{ n: number; bytes: number }>(ownedRowsSql(table, owner, rowBytesSql(client, 'r', found.columns)));
           out.push({ table: name, rows: counted[0]?.n ?? 0, bytes: Math.round(counted[0]?.bytes ?? 0), diskBytes: found.disk_bytes, method: 'exact' });
         } else {
-          // pg_class counted no page of the heap there is now (it was analysed or vacuumed while
-          // empty, as after every slot of a shard moved off, and filled since): its 0 rows say
-          // nothing of these pages. The sample's rows, scaled up by the share of the pages it
-          // read, stand in, as the planner's own estimate scales its density up to the pages.
-          const uncounted = found.counted_pages <= 0 && found.pages > 0;
+          // pg_class counted no page of (part of) the heap there is now (it was analysed or
+          // vacuumed while empty, as after every slot of a shard moved off, and filled since): its
+          // 0 rows say nothing of these pages. The sample's rows, scaled up by the share of the
+          // pages it read, stand in for theirs, as the planner's own estimate scales its density
+          // up to the pages.
+          const uncounted = found.uncounted_pages > 0 && found.pages > 0;
           // The average live row measured as the exact count measures it ({@link rowBytesSql}), on
           // a sample of pages: pg_stats cannot say it, since it counts an out-of-line value as its
           // 18-byte pointer, and the TOAST table's chunk count keeps a deleted value's chunks until
@@ -587,11 +601,13 @@ export class ShardInspector {
             // Pages without a live row (deleted, not yet vacuumed, or the rows are few and far
             // between) say nothing of a row's size: rows the planner counts would weigh 0 bytes.
             // A sample ten times wider, up to the whole table, until it finds some.
-            if (n > 0 || percent >= 100 || (found.estimate <= 0 && !uncounted)) break;
+            if (n > 0 || percent >= 100 || (found.counted <= 0 && !uncounted)) break;
             percent = Math.min(100, percent * 10);
           }
           // A sample of every page is a count of the live rows (of the whole table, owned or not).
-          const rowsEstimate = percent >= 100 ? n : uncounted ? Math.round((n * 100) / percent) : Math.round(found.estimate);
+          const sampledRows = (n * 100) / percent;
+          const rowsEstimate =
+            percent >= 100 ? n : Math.round(found.counted + (uncounted ? (sampledRows * Math.min(found.uncounted_pages, found.pages)) / found.pages : 0));
           const bytes = n > 0 ? (rowsEstimate * sampledBytes) / n : 0;
           out.push({ table: name, rows: rowsEstimate, bytes: Math.round(bytes), diskBytes: found.disk_bytes, method: 'estimate' });
         }

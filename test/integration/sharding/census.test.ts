@@ -327,3 +327,72 @@ describe('the rebalance check under hash_based routing with directory entries le
     expect(unlisted.moves).toEqual([{ unit: { kind: 'slot', id: String(slotOf(owner)) }, from: 'shard_001', to: 'shard_002', rows: 15, bytes: expect.any(Number) }]);
   });
 });
+
+describe('estimates of a partitioned table ANALYZEd while empty, its partitions filled and analysed since (as autovacuum does)', () => {
+  let cluster: TestShardCluster;
+  let pools: ShardPools;
+  let shard: pg.Client;
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
+    shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
+    await shard.connect();
+    // An ANALYZE of the whole database (as after a restore or an upgrade) while they were empty:
+    // the partitioned tables' own reltuples say 0, and only another ANALYZE of them changes it.
+    await shard.query(`create table p_users (id uuid not null, slot int not null, email text) partition by range (slot);
+      create table p_users_low partition of p_users for values from (0) to (2048) with (autovacuum_enabled = false);
+      create table p_users_high partition of p_users for values from (2048) to (4096) with (autovacuum_enabled = false);
+      create table p_documents (id uuid not null, owner_id uuid not null, slot int not null, title text) partition by range (slot);
+      create table p_documents_low partition of p_documents for values from (0) to (2048) with (autovacuum_enabled = false);
+      create table p_documents_high partition of p_documents for values from (2048) to (4096) with (autovacuum_enabled = false);
+      analyze p_users, p_documents;
+      insert into p_users select gen_random_uuid(), i % 4096, 'u' || i from generate_series(1, 4000) i;
+      insert into p_documents select gen_random_uuid(), gen_random_uuid(), i % 4096, 'doc' from generate_series(1, 4000) i`);
+    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
+  });
+  afterAll(async () => {
+    await shard?.end();
+    await pools?.end();
+    await cluster?.stop();
+  });
+
+  const tables = { users: 'p_users', documents: 'p_documents' };
+
+  it("counts the rows of the partitions one of them has analysed, and scales the sample's for the one not analysed since it was empty", async () => {
+    // Autovacuum analyses partitions, never the partitioned table: here one of them so far.
+    await shard.query('analyze p_users_low, p_documents_low');
+    const inspector = new ShardInspector(pools, { timeoutMs: 5000, tables, samplePages: 20 });
+    const { rows } = await shard.query<{ reltuples: number; low: number }>(
+      `select (select reltuples::float8 from pg_class where relname = 'p_documents') as reltuples, (select reltuples::float8 from pg_class where relname = 'p_documents_low') as low`,
+    );
+
+    const estimated = (await inspector.statistics()).shards[0]?.tables;
+    const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables;
+
+    expect(rows[0]).toEqual({ reltuples: 0, low: 2047 });
+    expect(exact?.map((t) => t.rows)).toEqual([4000, 4000]);
+    for (const table of estimated ?? []) {
+      expect(table.method).toBe('estimate');
+      // 2,047 counted by pg_class and the sample's share for the other partition's pages.
+      expect(table.rows).toBeGreaterThan(3000);
+      expect(table.rows).toBeLessThan(5000);
+      expect(table.bytes).toBeGreaterThan(0);
+    }
+  });
+
+  it('counts the rows of every partition analysed since, not the 0 of the partitioned table', async () => {
+    await shard.query('analyze p_users_low, p_users_high, p_documents_low, p_documents_high');
+    const inspector = new ShardInspector(pools, { timeoutMs: 5000, tables, samplePages: 5 });
+
+    const estimated = (await inspector.statistics()).shards[0]?.tables;
+    const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables;
+
+    expect(estimated?.map((t) => [t.table, t.method, t.rows])).toEqual([
+      ['p_users', 'estimate', 4000],
+      ['p_documents', 'estimate', 4000],
+    ]);
+    for (const [i, table] of (estimated ?? []).entries()) {
+      expect(table.bytes / 4000).toBeCloseTo((exact?.[i]?.bytes ?? 0) / 4000, -1);
+    }
+  });
+});
