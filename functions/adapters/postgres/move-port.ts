@@ -45,6 +45,7 @@ import type { DirectoryStore } from './directory-store.js';
 import { connectBy, DEADLINE_GRACE_MS, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
+import { isNodeFailure } from './replica-reader.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { SlotMapStore } from './slot-map-store.js';
 import { withIdleBound, type MoverCatalog } from './mover-catalog.js';
@@ -571,7 +572,14 @@ export class PgMovePort implements MovePort<MoveJob> {
             { cause: err },
           );
         }
-        throw this.permitLost(err, job, shard);
+        const lost = this.permitLost(err, job, shard);
+        if (lost !== err || !isNodeFailure(err)) throw lost;
+        // The first a run asks of the shards: a refused or dropped connection said only "connect
+        // ECONNREFUSED 127.0.0.1:5432", on the job too, whatever the run was to do (a rollback too).
+        throw new MoveError(
+          `move job #${job.id}: ${shard}, the move's ${shard === job.from ? 'source' : 'target'}, could not be reached to claim this run's permit (${(err as Error).message}); this run changed nothing, and the job (a rollback too: it writes on both shards) waits until ${shard} answers again`,
+          { cause: err },
+        );
       }
     }
   }
@@ -1627,7 +1635,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     });
   }
 
-  async flip(job: MoveJob): Promise<FlipOutcome> {
+  async flip(job: MoveJob): Promise<FlipOutcome<MoveJob>> {
     const reason = `move job #${job.id}: ${job.kind} ${job.unitId} from ${job.from} to ${job.to}`;
     for (let attempt = 1; ; attempt++) {
       // Held to the fence deadline on the client side too (see holdToDeadline): at the deadline
@@ -1654,7 +1662,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         // behind a lease renewal sent meanwhile (and waiting on the same lock), unguarded.
         const outcome = await this.catalog.use(async () => {
           try {
-            return await this.withLockedJob<FlipOutcome>(
+            return await this.withLockedJob<FlipOutcome<MoveJob>>(
               job,
               async (row) => {
                 try {
@@ -1711,20 +1719,20 @@ export class PgMovePort implements MovePort<MoveJob> {
    * sent, the transaction commits only while the budget lasts, and the client cancels what runs
    * at the deadline (see {@link flip}).
    */
-  private async flipLocked(job: MoveJob, row: MoveJob, reason: string): Promise<FlipOutcome | RollbackWith<FlipOutcome>> {
+  private async flipLocked(job: MoveJob, row: MoveJob, reason: string): Promise<FlipOutcome<MoveJob> | RollbackWith<FlipOutcome<MoveJob>>> {
     // An outcome that publishes nothing rolls back rather than commit: the row lock gave the
     // transaction an id, so its COMMIT would wait for a synchronous standby of the catalog that is
     // away, and only a commit that publishes is cancelled at the deadline (see flip). A cancelled
     // move held its fence 6.0 s (budget 1 s) on that COMMIT, until the run's bound closed the connection.
-    if (row.flipStarted) return new RollbackWith<FlipOutcome>({ kind: 'flipped' });
-    if (row.cancelRequested || row.rollbackTo !== null) return new RollbackWith<FlipOutcome>({ kind: 'cancelled' });
-    if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome>({ kind: 'over_budget' });
+    if (row.flipStarted) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'flipped', job: row });
+    if (row.cancelRequested || row.rollbackTo !== null) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'cancelled', job: row });
+    if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
     const { owner, version, map } = await this.currentOwner(row);
     if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
-      return new RollbackWith<FlipOutcome>({ kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` });
+      return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` });
     }
     const left = this.budgetLeft();
-    if (left <= 0) return new RollbackWith<FlipOutcome>({ kind: 'over_budget' });
+    if (left <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
     await this.catalog.query(`set local statement_timeout = '${Math.max(1, Math.ceil(left))}ms'`);
     this.publishing = true;
     const after = await this.catalog.use(async (catalog) =>
@@ -1732,10 +1740,10 @@ export class PgMovePort implements MovePort<MoveJob> {
         ? (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog)).version
         : (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version,
     );
-    await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);
+    const flipped = await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);
     // Past the budget the run gives the fence up: nothing may be published then.
-    if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome>({ kind: 'over_budget' });
-    return { kind: 'flipped' };
+    if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
+    return { kind: 'flipped', job: flipped };
   }
 
   /**
@@ -1955,6 +1963,17 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   async recoverLostFlip(job: MoveJob): Promise<MoveJob | null> {
     if (!(await this.sourceSaysMoved(job))) return null;
+    // The source's row says where the unit went for this job, not that it is still there: a later
+    // move of the unit from the target, lost by the catalog too (a standby further behind promoted),
+    // took it on, and the target's row names that move. Published again, the target's fence would
+    // be opened on an empty unit, the rows and the writes acknowledged where they went out of sight.
+    const target = await this.fenceRowOn(job.to, job);
+    if (Number(target?.job_id) !== job.id || (target?.state !== 'open' && target?.state !== 'incoming')) {
+      const says = target ? `${target.state}${target.moved_to === null ? '' : ` to ${target.moved_to}`}${target.job_id === null ? '' : ` for move job #${target.job_id}`}` : 'nothing (no fence row)';
+      throw new MoveError(
+        `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, a flip the catalog lost, but ${job.to}'s fence says ${says}: the unit has left ${job.to} since (a later move the catalog lost too?), so it is not published there again; the unit's owner must be decided by hand`,
+      );
+    }
     const reason = `move job #${job.id}: ${job.kind} ${job.unitId} from ${job.from} to ${job.to}, published again: ${job.from}'s fence says the unit moved there for this job, a flip the catalog lost`;
     for (let attempt = 1; ; attempt++) {
       try {
@@ -2013,6 +2032,21 @@ export class PgMovePort implements MovePort<MoveJob> {
         job.to,
       ]);
       return rows[0]?.state === 'moved';
+    } finally {
+      this.releasingFence = releasing;
+    }
+  }
+
+  /** The unit's fence row on `shard`, read with the bound {@link sourceSaysMoved} has. */
+  private async fenceRowOn(shard: string, job: MoveJob): Promise<{ state: string; job_id: string | null; moved_to: string | null } | undefined> {
+    const releasing = this.releasingFence;
+    this.releasingFence = true;
+    try {
+      const { rows } = await this.pool(shard).query<{ state: string; job_id: string | null; moved_to: string | null }>(
+        'select state, job_id::text, moved_to from write_fences where kind = $1 and unit_id = $2',
+        [job.kind, job.unitId],
+      );
+      return rows[0];
     } finally {
       this.releasingFence = releasing;
     }

@@ -72,13 +72,18 @@ export interface MoveJobView {
  */
 export type VerifyOutcome = { readonly kind: 'equal' } | { readonly kind: 'differ'; readonly detail: string } | { readonly kind: 'over_budget' };
 
-/** The outcome of trying to publish the new owner, decided in one catalog transaction with the job. */
-export type FlipOutcome =
-  | { readonly kind: 'flipped' }
+/**
+ * The outcome of trying to publish the new owner, decided in one catalog transaction with the job.
+ * `flipped` and `cancelled` carry the job as that transaction read (and recorded) it: the driver
+ * goes on from it without reading the job back, which, still under the fence, would wait on the
+ * catalog (a lock on the job table taken just after the flip's transaction ended) past the budget.
+ */
+export type FlipOutcome<J = MoveJobView> =
+  | { readonly kind: 'flipped'; readonly job: J }
   /** The fence budget ran out first: nothing was published. */
   | { readonly kind: 'over_budget' }
   /** A cancellation was recorded first; the move must roll back. */
-  | { readonly kind: 'cancelled' }
+  | { readonly kind: 'cancelled'; readonly job: J }
   /** The map (or directory) no longer names the source as the owner: someone else changed it. */
   | { readonly kind: 'conflict'; readonly detail: string };
 
@@ -111,7 +116,7 @@ export interface MovePort<J extends MoveJobView> {
   /** Compares the two sides within what is left of the fence budget. */
   verify(job: J): Promise<VerifyOutcome>;
   /** Publishes the target as owner, compare-and-set on the map version and on the job not being cancelled; refused past the fence budget. */
-  flip(job: J): Promise<FlipOutcome>;
+  flip(job: J): Promise<FlipOutcome<J>>;
   /** Opens the target's fence and marks the source's `moved`. */
   releaseFence(job: J): Promise<void>;
   /** Stops capture and deletes the source rows the move verified. */
@@ -131,7 +136,9 @@ export interface MovePort<J extends MoveJobView> {
    * says the unit moved to the target for this job, writers have written there since, and the job
    * records no flip. Publishes the target as the owner again and records the flip (the job in
    * `verifying`, past its point of no return), so that the run finishes the move; null when the
-   * source says no such thing. Absent: not looked for (such a job can then neither go on nor roll back).
+   * source says no such thing. Throws {@link MoveError} when the unit has left the target since (its
+   * fence names a later move, lost by the catalog too): the owner is then decided by hand. Absent:
+   * not looked for (such a job can then neither go on nor roll back).
    */
   recoverLostFlip?(job: J): Promise<J | null>;
   /** Records why a run stopped, leaving the job resumable. */
@@ -342,12 +349,17 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
               job = await giveUp('verify_timed_out', `could not be verified and published within its budget (${verdict.kind === 'equal' ? 'the flip' : 'the verification'} ran out of time)`);
               break;
             }
+            // As the flip read (and recorded) it, not read back: that read, under the fence and
+            // bounded only by the run's catalog bound (the budget + 5 s), waited on a lock of the job
+            // table taken once the flip's transaction ended, writes to the unit held all along; after
+            // a flip, the connection closed, the run could not tell the flip had landed and left the
+            // fence shut until the next run.
             if (flip.kind === 'cancelled') {
-              job = await port.reload(job);
+              job = flip.job;
               break;
             }
             if (flip.kind === 'conflict') throw new MoveError(`move job #${job.id} cannot publish its new owner: ${flip.detail}`);
-            job = await port.reload(job);
+            job = flip.job;
             await hook('published', job);
           }
           await port.releaseFence(job);

@@ -1,4 +1,4 @@
-import type pg from 'pg';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { countSlot, documentsOf, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
@@ -151,3 +151,40 @@ describe('a cancelled move back to a shard the unit left', () => {
   });
 });
 
+
+describe('a cancelled move whose source is unreachable', () => {
+  it("fails its run naming the shard that could not be reached (its role in the move included), changing nothing, and rolls back once it is back", async () => {
+    const slot = 1204;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const [source, target] = [env.shards.get(from), env.shards.get(to)] as [pg.Pool, pg.Pool];
+    await seedUsers(source, slot, keysInSlot(slot, 2), 2);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await env.mover().requestCancel(planned.id);
+    // A port nothing listens on: the source's primary is down.
+    const down = new pg.Pool({ connectionString: 'postgres://mover@127.0.0.1:1/shard', max: 1 });
+    down.on('error', () => undefined);
+    try {
+      const outcome = await env
+        .mover({ shards: new Map([[from, down], [to, target]]) })
+        .run(planned.id)
+        .then(
+          (j) => `ended: ${j.state}`,
+          (e: Error) => `threw: ${e.message}`,
+        );
+      const { rows } = await env.catalog.query<{ state: string; error: string | null }>('select state, error from catalog.move_jobs where id = $1', [planned.id]);
+
+      // Before: "connect ECONNREFUSED 127.0.0.1:1", on the job too: which database, and what for, unsaid.
+      const names = new RegExp(`${from}, the move's source, could not be reached`);
+      expect({ outcome, state: rows[0]?.state, error: rows[0]?.error }).toEqual({
+        outcome: expect.stringMatching(names) as unknown as string,
+        state: 'planned',
+        error: expect.stringMatching(names) as unknown as string,
+      });
+    } finally {
+      await down.end();
+    }
+    expect((await env.mover().run(planned.id)).state).toBe('cancelled');
+    expect({ onSource: await countSlot(source, slot), onTarget: await countSlot(target, slot) }).toEqual({ onSource: { users: 2, documents: 4 }, onTarget: { users: 0, documents: 0 } });
+  }, 60_000);
+});

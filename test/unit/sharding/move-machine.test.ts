@@ -47,6 +47,7 @@ function recordingPort(options: { fenceHeld?: boolean[]; flip?: FlipOutcome['kin
       calls.push('flip');
       const kind = flips.shift() ?? 'flipped';
       if (kind === 'flipped') stored = { ...stored, flipStarted: true };
+      if (kind === 'flipped' || kind === 'cancelled') return { kind, job: stored };
       return kind === 'conflict' ? { kind, detail: 'someone else' } : { kind };
     },
     releaseFence: async () => void calls.push('releaseFence'),
@@ -295,6 +296,28 @@ describe('the move protocol', () => {
 
     expect(done.state).toBe('done');
     expect(calls).toEqual(['unfence', 'recoverLostFlip', 'releaseFence', 'transition:flipped', 'cleanUp', 'transition:cleaned']);
+  });
+
+  it('goes on under the fence from the job the flip hands back, reading nothing back before it gives the fence up', async () => {
+    for (const [flip, end, after] of [
+      ['flipped', 'done', 'releaseFence'],
+      ['cancelled', 'cancelled', 'rollback:cancelled'],
+    ] as const) {
+      const { port, calls } = recordingPort({ flip });
+      const reload = port.reload;
+      port.reload = async (job) => (calls.push('reload'), reload(job));
+      // A cancellation the flip found is on the job it hands back.
+      const flipped = port.flip;
+      port.flip = async (job) => {
+        const outcome = await flipped(job);
+        return outcome.kind === 'cancelled' ? { ...outcome, job: { ...outcome.job, cancelRequested: true } } : outcome;
+      };
+
+      const done = await driveMove(await reload({} as Job), port);
+
+      expect(done.state, flip).toBe(end);
+      expect(calls.slice(calls.indexOf('flip'), calls.indexOf(after) + 1), flip).toEqual(['flip', after]);
+    }
   });
 
   it('finishes a decided rollback with its recorded outcome', async () => {

@@ -1,0 +1,62 @@
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { countSlot, fenceState, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+/**
+ * A catalog that fails over to a standby further behind than one flip (an asynchronous replica
+ * promoted): it has lost a move's flip and everything after it, a later move of the same unit
+ * included. The source's fence still says the unit moved to the first move's target for that job;
+ * that target, though, no longer holds the unit: the later move took it on to a third shard.
+ */
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv({ shards: 3 });
+});
+afterAll(async () => {
+  await env?.stop();
+});
+
+describe('a lost flip whose unit was moved on again by a later move the catalog lost too', () => {
+  it("is not published again on the first move's target (which no longer holds the unit): the run refuses, naming the later move", async () => {
+    const slot = 1301;
+    const a = await env.ownerOf(slot);
+    const [b, c] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== a) as [string, string];
+    const [source, first, last] = [a, b, c].map((s) => env.shards.get(s)) as [pg.Pool, pg.Pool, pg.Pool];
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 2);
+    const mover = env.mover({ readerGraceMs: 100 });
+    // The unit moves a to b, then b to c; a writer writes on c since.
+    const moved = await mover.plan({ kind: 'slot', slot, to: b, createdBy: 'test' });
+    expect((await mover.run(moved.id)).state).toBe('done');
+    const movedOn = await mover.plan({ kind: 'slot', slot, to: c, createdBy: 'test' });
+    expect((await mover.run(movedOn.id)).state).toBe('done');
+    await last.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'after the second move', '{}')`, [user, slot]);
+    // The failed-over catalog has the first move as it was just before its flip, and not the second.
+    await env.catalog.query('delete from catalog.move_jobs where id = $1', [movedOn.id]);
+    await env.catalog.query('delete from catalog.slot_maps where version > (select map_version_before from catalog.move_jobs where id = $1)', [moved.id]);
+    await env.catalog.query(
+      `update catalog.move_jobs set state = 'verifying', flip_started_at = null, map_version_after = null, unfenced_at = null, cleaning_up_at = null,
+              finished_at = null, rows_deleted = 0, lease_holder = null, lease_expires_at = null where id = $1`,
+      [moved.id],
+    );
+    expect({ owner: await env.ownerOf(slot), a: await fenceState(source, slot), b: await fenceState(first, slot), c: await fenceState(last, slot) }).toEqual({ owner: a, a: 'moved', b: 'moved', c: 'open' });
+
+    const resumed = await env
+      .mover()
+      .run(moved.id)
+      .then(
+        (j) => `ended: ${j.state}`,
+        (e: Error) => `threw: ${e.name}: ${e.message}`,
+      );
+
+    // Before: b was published again and its fence opened, empty: the unit's rows (and the write
+    // acknowledged on c) no longer found, and new writes made on b.
+    expect({ resumed, owner: await env.ownerOf(slot), b: await fenceState(first, slot), onB: await countSlot(first, slot), onC: await countSlot(last, slot) }).toEqual({
+      resumed: expect.stringMatching(new RegExp(`^threw: MoveError: .*move job #${movedOn.id}`)) as unknown as string,
+      owner: a,
+      b: 'moved',
+      onB: { users: 0, documents: 0 },
+      onC: { users: 1, documents: 3 },
+    });
+  }, 60_000);
+});
