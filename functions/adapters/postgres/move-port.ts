@@ -1967,11 +1967,15 @@ export class PgMovePort implements MovePort<MoveJob> {
     // move of the unit from the target, lost by the catalog too (a standby further behind promoted),
     // took it on, and the target's row names that move. Published again, the target's fence would
     // be opened on an empty unit, the rows and the writes acknowledged where they went out of sight.
+    // An `open` row says the target holds the unit, whatever job it names: this one's release, a
+    // later move from the target that fenced it and gave the fence back (no job: rolled back, or
+    // its fence timed out), or one that took the unit away and brought it back. Only this job's
+    // `incoming` row (a release cut off between its two writes) says so too.
     const target = await this.fenceRowOn(job.to, job);
-    if (Number(target?.job_id) !== job.id || (target?.state !== 'open' && target?.state !== 'incoming')) {
+    if (target?.state !== 'open' && !(target?.state === 'incoming' && Number(target.job_id) === job.id)) {
       const says = target ? `${target.state}${target.moved_to === null ? '' : ` to ${target.moved_to}`}${target.job_id === null ? '' : ` for move job #${target.job_id}`}` : 'nothing (no fence row)';
       throw new MoveError(
-        `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, a flip the catalog lost, but ${job.to}'s fence says ${says}: the unit has left ${job.to} since (a later move the catalog lost too?), so it is not published there again; the unit's owner must be decided by hand`,
+        `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, a flip the catalog lost, but ${job.to}'s fence says ${says}, not open: the unit has left ${job.to} since, or a later move holds it there (a move the catalog lost too?), so it is not published there again; the unit's owner must be decided by hand`,
       );
     }
     const reason = `move job #${job.id}: ${job.kind} ${job.unitId} from ${job.from} to ${job.to}, published again: ${job.from}'s fence says the unit moved there for this job, a flip the catalog lost`;

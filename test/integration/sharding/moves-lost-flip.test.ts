@@ -59,4 +59,53 @@ describe('a lost flip whose unit was moved on again by a later move the catalog 
       onC: { users: 1, documents: 3 },
     });
   }, 60_000);
+
+  it("is published again when a later move from the target was fenced there and rolled back (the unit never left it; its fence says open, for no job)", async () => {
+    const slot = 1302;
+    const a = await env.ownerOf(slot);
+    const [b, c] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== a) as [string, string];
+    const [source, first, last] = [a, b, c].map((s) => env.shards.get(s)) as [pg.Pool, pg.Pool, pg.Pool];
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 2);
+    const mover = env.mover({ readerGraceMs: 100 });
+    const moved = await mover.plan({ kind: 'slot', slot, to: b, createdBy: 'test' });
+    expect((await mover.run(moved.id)).state).toBe('done');
+    // A later move b to c takes b's fence, and is cancelled under it: the flip finds the request,
+    // the rollback reopens b's fence (open, for no job). The unit stays on b, written there since.
+    const later = await mover.plan({ kind: 'slot', slot, to: c, createdBy: 'test' });
+    const cancelling = env.mover({
+      readerGraceMs: 100,
+      hook: async (point) => {
+        if (point === 'verifying') await env.catalog.query('update catalog.move_jobs set cancel_requested = true where id = $1', [later.id]);
+      },
+    });
+    expect((await cancelling.run(later.id)).state).toBe('cancelled');
+    await first.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'after the cancelled move', '{}')`, [user, slot]);
+    // The failed-over catalog has the first move as it was just before its flip, and not the later one.
+    await env.catalog.query('delete from catalog.move_jobs where id = $1', [later.id]);
+    await env.catalog.query('delete from catalog.slot_maps where version > (select map_version_before from catalog.move_jobs where id = $1)', [moved.id]);
+    await env.catalog.query(
+      `update catalog.move_jobs set state = 'verifying', flip_started_at = null, map_version_after = null, unfenced_at = null, cleaning_up_at = null,
+              finished_at = null, rows_deleted = 0, lease_holder = null, lease_expires_at = null where id = $1`,
+      [moved.id],
+    );
+    expect({ owner: await env.ownerOf(slot), a: await fenceState(source, slot), b: await fenceState(first, slot), c: await fenceState(last, slot) }).toEqual({ owner: a, a: 'moved', b: 'open', c: 'moved' });
+
+    const resumed = await env
+      .mover()
+      .run(moved.id)
+      .then(
+        (j) => `ended: ${j.state}`,
+        (e: Error) => `threw: ${e.name}: ${e.message}`,
+      );
+
+    // Before: refused ("b's fence says open: the unit has left b since"), the catalog naming a,
+    // whose fence says moved: the unit could be neither read nor written until decided by hand.
+    expect({ resumed, owner: await env.ownerOf(slot), b: await fenceState(first, slot), onB: await countSlot(first, slot) }).toEqual({
+      resumed: 'ended: done',
+      owner: b,
+      b: 'open',
+      onB: { users: 1, documents: 3 },
+    });
+  }, 60_000);
 });
