@@ -15,23 +15,30 @@ import { startShardCluster, type TestShardCluster } from '../../support/replica.
 
 const VIP_DOCS = 5;
 
+/** A started one-shard cluster of a describe block: its pools, and one-off queries on its primary. */
+interface OneShard {
+  readonly pools: () => ShardPools;
+  readonly query: <R extends pg.QueryResultRow>(text: string, values?: unknown[]) => Promise<pg.QueryResult<R>>;
+}
+
 /**
- * One shard without replicas, for the describe block that calls it, holding one owner whose
- * documents `fill` writes; autovacuum is off on documents, so pg_class says what the test's own
- * ANALYZE or VACUUM made it say. `pools()` and `url()` once the block's beforeAll has run.
+ * One shard without replicas, for the describe block that calls it, filled by `fill` on a client of
+ * its primary. `pools()` and `query()` once the block's beforeAll has run.
  */
-function oneShardOfOwner(fill: (shard: pg.Client, owner: string, slot: number) => Promise<void>): { readonly pools: () => ShardPools; readonly url: () => string } {
+function oneShard(fill: (shard: pg.Client) => Promise<void>): OneShard {
   let cluster: TestShardCluster | undefined;
   let pools: ShardPools | undefined;
+  const connected = async (): Promise<pg.Client> => {
+    if (cluster === undefined) throw new Error('the shard of this describe block is not started (beforeAll)');
+    const client = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
+    await client.connect();
+    return client;
+  };
   beforeAll(async () => {
     cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
-    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
-    await shard.connect();
+    const shard = await connected();
     try {
-      const owner = randomUUID();
-      await shard.query('alter table documents set (autovacuum_enabled = false)');
-      await shard.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'o@example.org', 'owner')`, [owner, slotOf(owner)]);
-      await fill(shard, owner, slotOf(owner));
+      await fill(shard);
     } finally {
       await shard.end();
     }
@@ -41,11 +48,33 @@ function oneShardOfOwner(fill: (shard: pg.Client, owner: string, slot: number) =
     await pools?.end();
     await cluster?.stop();
   });
-  const ready = <T>(value: T | undefined): T => {
-    if (value === undefined) throw new Error('the shard of this describe block is not started (beforeAll)');
-    return value;
+  return {
+    pools: () => {
+      if (pools === undefined) throw new Error('the shard of this describe block is not started (beforeAll)');
+      return pools;
+    },
+    query: async (text, values) => {
+      const client = await connected();
+      try {
+        return await client.query(text, values);
+      } finally {
+        await client.end();
+      }
+    },
   };
-  return { pools: () => ready(pools), url: () => ready(cluster?.shards[0]?.primary.url) };
+}
+
+/**
+ * {@link oneShard} holding one owner whose documents `fill` writes; autovacuum is off on
+ * documents, so pg_class says what the test's own ANALYZE or VACUUM made it say.
+ */
+function oneShardOfOwner(fill: (shard: pg.Client, owner: string, slot: number) => Promise<void>): OneShard {
+  return oneShard(async (shard) => {
+    const owner = randomUUID();
+    await shard.query('alter table documents set (autovacuum_enabled = false)');
+    await shard.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'o@example.org', 'owner')`, [owner, slotOf(owner)]);
+    await fill(shard, owner, slotOf(owner));
+  });
 }
 
 describe('the census of the rebalance check against the exact statistics', () => {
@@ -146,13 +175,10 @@ describe('estimated bytes of a table whose sampled pages hold no live row', () =
   it('widens the sample until it finds live rows instead of reporting 0 bytes for rows the planner counts', async () => {
     const inspector = new ShardInspector(shard.pools(), { timeoutMs: 5000, samplePages: 1 });
     // What the first sample reads: one page's share of the table, and no live row in it.
-    const client = new pg.Client({ connectionString: shard.url() });
-    await client.connect();
-    const { rows } = await client.query<{ pages: number; sampled: number }>(
+    const { rows } = await shard.query<{ pages: number; sampled: number }>(
       `select (pg_relation_size('documents') / 8192)::int as pages,
               (select count(*) from documents tablesample system ((100.0 / (pg_relation_size('documents') / 8192))::float4) repeatable (0))::int as sampled`,
     );
-    await client.end();
 
     const estimated = (await inspector.statistics()).shards[0]?.tables.find((t) => t.table === 'documents');
     const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables.find((t) => t.table === 'documents');
@@ -188,40 +214,22 @@ describe('estimates of a big table: the row count of pg_class, and bytes per row
 });
 
 describe('statistics of partitioned tables', () => {
-  let cluster: TestShardCluster;
-  let pools: ShardPools;
-
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
-    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
-    await shard.connect();
-    try {
-      await shard.query(`create table p_users (id uuid not null, slot int not null, email text) partition by range (slot);
-        create table p_users_low partition of p_users for values from (0) to (2048);
-        create table p_users_high partition of p_users for values from (2048) to (4096);
-        create table p_documents (id uuid not null, owner_id uuid not null, slot int not null, title text) partition by range (slot);
-        create table p_documents_all partition of p_documents for values from (0) to (4096);
-        insert into p_users select gen_random_uuid(), i % 4096, 'u' || i from generate_series(1, 4000) i;
-        insert into p_documents select gen_random_uuid(), gen_random_uuid(), i % 4096, 'doc' from generate_series(1, 4000) i;
-        analyze p_users, p_documents`);
-    } finally {
-      await shard.end();
-    }
-    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
-  });
-  afterAll(async () => {
-    await pools?.end();
-    await cluster?.stop();
+  const shard = oneShard(async (client) => {
+    await client.query(`create table p_users (id uuid not null, slot int not null, email text) partition by range (slot);
+      create table p_users_low partition of p_users for values from (0) to (2048);
+      create table p_users_high partition of p_users for values from (2048) to (4096);
+      create table p_documents (id uuid not null, owner_id uuid not null, slot int not null, title text) partition by range (slot);
+      create table p_documents_all partition of p_documents for values from (0) to (4096);
+      insert into p_users select gen_random_uuid(), i % 4096, 'u' || i from generate_series(1, 4000) i;
+      insert into p_documents select gen_random_uuid(), gen_random_uuid(), i % 4096, 'doc' from generate_series(1, 4000) i;
+      analyze p_users, p_documents`);
   });
 
   it('reports the on-disk size of a partitioned table as that of its partitions, and samples all of them', async () => {
-    const inspector = new ShardInspector(pools, { timeoutMs: 5000, tables: { users: 'p_users', documents: 'p_documents' }, samplePages: 5 });
-    const shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
-    await shard.connect();
+    const inspector = new ShardInspector(shard.pools(), { timeoutMs: 5000, tables: { users: 'p_users', documents: 'p_documents' }, samplePages: 5 });
     const { rows } = await shard.query<{ users: number; documents: number }>(
       `select (pg_total_relation_size('p_users_low') + pg_total_relation_size('p_users_high'))::float8 as users, pg_total_relation_size('p_documents_all')::float8 as documents`,
     );
-    await shard.end();
 
     const estimated = (await inspector.statistics()).shards[0]?.tables;
     const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables;
@@ -248,12 +256,9 @@ describe('estimates of a table filled after pg_class counted it empty (ANALYZE o
 
   it('estimates the rows of the pages pg_class has not counted from the sample, instead of reporting 0 rows and 0 bytes', async () => {
     const inspector = new ShardInspector(shard.pools(), { timeoutMs: 5000, samplePages: 10 });
-    const client = new pg.Client({ connectionString: shard.url() });
-    await client.connect();
-    const { rows } = await client.query<{ relpages: number; reltuples: number; pages: number }>(
+    const { rows } = await shard.query<{ relpages: number; reltuples: number; pages: number }>(
       `select relpages, reltuples::float8 as reltuples, (pg_relation_size('documents') / 8192)::int as pages from pg_class where relname = 'documents'`,
     );
-    await client.end();
 
     const estimated = (await inspector.statistics()).shards[0]?.tables.find((t) => t.table === 'documents');
     const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables.find((t) => t.table === 'documents');
@@ -329,17 +334,10 @@ describe('the rebalance check under hash_based routing with directory entries le
 });
 
 describe('estimates of a partitioned table ANALYZEd while empty, its partitions filled and analysed since (as autovacuum does)', () => {
-  let cluster: TestShardCluster;
-  let pools: ShardPools;
-  let shard: pg.Client;
-
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
-    shard = new pg.Client({ connectionString: cluster.shards[0]?.primary.url });
-    await shard.connect();
+  const shard = oneShard(async (client) => {
     // An ANALYZE of the whole database (as after a restore or an upgrade) while they were empty:
     // the partitioned tables' own reltuples say 0, and only another ANALYZE of them changes it.
-    await shard.query(`create table p_users (id uuid not null, slot int not null, email text) partition by range (slot);
+    await client.query(`create table p_users (id uuid not null, slot int not null, email text) partition by range (slot);
       create table p_users_low partition of p_users for values from (0) to (2048) with (autovacuum_enabled = false);
       create table p_users_high partition of p_users for values from (2048) to (4096) with (autovacuum_enabled = false);
       create table p_documents (id uuid not null, owner_id uuid not null, slot int not null, title text) partition by range (slot);
@@ -348,12 +346,6 @@ describe('estimates of a partitioned table ANALYZEd while empty, its partitions 
       analyze p_users, p_documents;
       insert into p_users select gen_random_uuid(), i % 4096, 'u' || i from generate_series(1, 4000) i;
       insert into p_documents select gen_random_uuid(), gen_random_uuid(), i % 4096, 'doc' from generate_series(1, 4000) i`);
-    pools = ShardPools.fromConfig(cluster.config, { max: 2 });
-  });
-  afterAll(async () => {
-    await shard?.end();
-    await pools?.end();
-    await cluster?.stop();
   });
 
   const tables = { users: 'p_users', documents: 'p_documents' };
@@ -361,7 +353,7 @@ describe('estimates of a partitioned table ANALYZEd while empty, its partitions 
   it("counts the rows of the partitions one of them has analysed, and scales the sample's for the one not analysed since it was empty", async () => {
     // Autovacuum analyses partitions, never the partitioned table: here one of them so far.
     await shard.query('analyze p_users_low, p_documents_low');
-    const inspector = new ShardInspector(pools, { timeoutMs: 5000, tables, samplePages: 20 });
+    const inspector = new ShardInspector(shard.pools(), { timeoutMs: 5000, tables, samplePages: 20 });
     const { rows } = await shard.query<{ reltuples: number; low: number }>(
       `select (select reltuples::float8 from pg_class where relname = 'p_documents') as reltuples, (select reltuples::float8 from pg_class where relname = 'p_documents_low') as low`,
     );
@@ -382,7 +374,7 @@ describe('estimates of a partitioned table ANALYZEd while empty, its partitions 
 
   it('counts the rows of every partition analysed since, not the 0 of the partitioned table', async () => {
     await shard.query('analyze p_users_low, p_users_high, p_documents_low, p_documents_high');
-    const inspector = new ShardInspector(pools, { timeoutMs: 5000, tables, samplePages: 5 });
+    const inspector = new ShardInspector(shard.pools(), { timeoutMs: 5000, tables, samplePages: 5 });
 
     const estimated = (await inspector.statistics()).shards[0]?.tables;
     const exact = (await inspector.statistics({ exact: true })).shards[0]?.tables;

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Mover, MoveJob } from '../../../functions/adapters/postgres/mover.js';
 import { countSlot, fenceState, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /**
@@ -16,38 +17,53 @@ afterAll(async () => {
   await env?.stop();
 });
 
+/** Slot `slot`'s three shards (its owner a, then b and c) with their pools, a user seeded on a with 2 documents, and a move a to b run to done. */
+async function movedToB(slot: number): Promise<{ a: string; b: string; c: string; source: pg.Pool; first: pg.Pool; last: pg.Pool; user: string; moved: MoveJob; mover: Mover }> {
+  const a = await env.ownerOf(slot);
+  const [b, c] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== a) as [string, string];
+  const [source, first, last] = [a, b, c].map((s) => env.shards.get(s)) as [pg.Pool, pg.Pool, pg.Pool];
+  const [user] = keysInSlot(slot, 1) as [string];
+  await seedUsers(source, slot, [user], 2);
+  const mover = env.mover({ readerGraceMs: 100 });
+  const moved = await mover.plan({ kind: 'slot', slot, to: b, createdBy: 'test' });
+  expect((await mover.run(moved.id)).state).toBe('done');
+  return { a, b, c, source, first, last, user, moved, mover };
+}
+
+/** The catalog as a failover to a standby further behind left it: `moved` just before its flip, the later job `lost` and every map after `moved`'s first gone. */
+async function loseFlips(moved: MoveJob, lost: MoveJob): Promise<void> {
+  await env.catalog.query('delete from catalog.move_jobs where id = $1', [lost.id]);
+  await env.catalog.query('delete from catalog.slot_maps where version > (select map_version_before from catalog.move_jobs where id = $1)', [moved.id]);
+  await env.catalog.query(
+    `update catalog.move_jobs set state = 'verifying', flip_started_at = null, map_version_after = null, unfenced_at = null, cleaning_up_at = null,
+            finished_at = null, rows_deleted = 0, lease_holder = null, lease_expires_at = null where id = $1`,
+    [moved.id],
+  );
+}
+
+/** How a fresh mover's run of `id` ends: `ended: <state>` or `threw: <name>: <message>`. */
+const resume = (id: number): Promise<string> =>
+  env
+    .mover()
+    .run(id)
+    .then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.name}: ${e.message}`,
+    );
+
 describe('a lost flip whose unit was moved on again by a later move the catalog lost too', () => {
   it("is not published again on the first move's target (which no longer holds the unit): the run refuses, naming the later move", async () => {
     const slot = 1301;
-    const a = await env.ownerOf(slot);
-    const [b, c] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== a) as [string, string];
-    const [source, first, last] = [a, b, c].map((s) => env.shards.get(s)) as [pg.Pool, pg.Pool, pg.Pool];
-    const [user] = keysInSlot(slot, 1) as [string];
-    await seedUsers(source, slot, [user], 2);
-    const mover = env.mover({ readerGraceMs: 100 });
     // The unit moves a to b, then b to c; a writer writes on c since.
-    const moved = await mover.plan({ kind: 'slot', slot, to: b, createdBy: 'test' });
-    expect((await mover.run(moved.id)).state).toBe('done');
+    const { a, c, source, first, last, user, moved, mover } = await movedToB(slot);
     const movedOn = await mover.plan({ kind: 'slot', slot, to: c, createdBy: 'test' });
     expect((await mover.run(movedOn.id)).state).toBe('done');
     await last.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'after the second move', '{}')`, [user, slot]);
     // The failed-over catalog has the first move as it was just before its flip, and not the second.
-    await env.catalog.query('delete from catalog.move_jobs where id = $1', [movedOn.id]);
-    await env.catalog.query('delete from catalog.slot_maps where version > (select map_version_before from catalog.move_jobs where id = $1)', [moved.id]);
-    await env.catalog.query(
-      `update catalog.move_jobs set state = 'verifying', flip_started_at = null, map_version_after = null, unfenced_at = null, cleaning_up_at = null,
-              finished_at = null, rows_deleted = 0, lease_holder = null, lease_expires_at = null where id = $1`,
-      [moved.id],
-    );
+    await loseFlips(moved, movedOn);
     expect({ owner: await env.ownerOf(slot), a: await fenceState(source, slot), b: await fenceState(first, slot), c: await fenceState(last, slot) }).toEqual({ owner: a, a: 'moved', b: 'moved', c: 'open' });
 
-    const resumed = await env
-      .mover()
-      .run(moved.id)
-      .then(
-        (j) => `ended: ${j.state}`,
-        (e: Error) => `threw: ${e.name}: ${e.message}`,
-      );
+    const resumed = await resume(moved.id);
 
     // Before: b was published again and its fence opened, empty: the unit's rows (and the write
     // acknowledged on c) no longer found, and new writes made on b.
@@ -62,14 +78,7 @@ describe('a lost flip whose unit was moved on again by a later move the catalog 
 
   it("is published again when a later move from the target was fenced there and rolled back (the unit never left it; its fence says open, for no job)", async () => {
     const slot = 1302;
-    const a = await env.ownerOf(slot);
-    const [b, c] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== a) as [string, string];
-    const [source, first, last] = [a, b, c].map((s) => env.shards.get(s)) as [pg.Pool, pg.Pool, pg.Pool];
-    const [user] = keysInSlot(slot, 1) as [string];
-    await seedUsers(source, slot, [user], 2);
-    const mover = env.mover({ readerGraceMs: 100 });
-    const moved = await mover.plan({ kind: 'slot', slot, to: b, createdBy: 'test' });
-    expect((await mover.run(moved.id)).state).toBe('done');
+    const { a, b, c, source, first, last, user, moved, mover } = await movedToB(slot);
     // A later move b to c takes b's fence, and is cancelled under it: the flip finds the request,
     // the rollback reopens b's fence (open, for no job). The unit stays on b, written there since.
     const later = await mover.plan({ kind: 'slot', slot, to: c, createdBy: 'test' });
@@ -82,22 +91,10 @@ describe('a lost flip whose unit was moved on again by a later move the catalog 
     expect((await cancelling.run(later.id)).state).toBe('cancelled');
     await first.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'after the cancelled move', '{}')`, [user, slot]);
     // The failed-over catalog has the first move as it was just before its flip, and not the later one.
-    await env.catalog.query('delete from catalog.move_jobs where id = $1', [later.id]);
-    await env.catalog.query('delete from catalog.slot_maps where version > (select map_version_before from catalog.move_jobs where id = $1)', [moved.id]);
-    await env.catalog.query(
-      `update catalog.move_jobs set state = 'verifying', flip_started_at = null, map_version_after = null, unfenced_at = null, cleaning_up_at = null,
-              finished_at = null, rows_deleted = 0, lease_holder = null, lease_expires_at = null where id = $1`,
-      [moved.id],
-    );
+    await loseFlips(moved, later);
     expect({ owner: await env.ownerOf(slot), a: await fenceState(source, slot), b: await fenceState(first, slot), c: await fenceState(last, slot) }).toEqual({ owner: a, a: 'moved', b: 'open', c: 'moved' });
 
-    const resumed = await env
-      .mover()
-      .run(moved.id)
-      .then(
-        (j) => `ended: ${j.state}`,
-        (e: Error) => `threw: ${e.name}: ${e.message}`,
-      );
+    const resumed = await resume(moved.id);
 
     // Before: refused ("b's fence says open: the unit has left b since"), the catalog naming a,
     // whose fence says moved: the unit could be neither read nor written until decided by hand.
