@@ -6,7 +6,7 @@
 import '../../support/quiet-powertools.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keySlot } from '../../../functions/core/sharding/keys.js';
-import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { cancelledInCopy, countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.js';
 
 let env: MoveEnv;
@@ -38,17 +38,12 @@ describe('the moves handler with the Lambda pool settings', () => {
     const slot = 611;
     const { to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 4), 3);
-    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
-    const until = Date.now() + 60_000;
-    let looks = 0;
-    const paused = await env.mover({ wallClock: () => (++looks >= 5 ? until : until - 1) }).run(planned.id, { until });
-    expect(paused.state).toBe('copying');
-    await env.mover().requestCancel(planned.id);
+    const jobId = await cancelledInCopy(env, slot, to);
     await withMovesHandler(env, async (handler) => {
       const result = await handler(tick, lambdaContext);
 
       expect(result.failed).toEqual([]);
-      expect(result.ran).toContainEqual({ id: planned.id, state: 'cancelled' });
+      expect(result.ran).toContainEqual({ id: jobId, state: 'cancelled' });
     });
     expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
     expect(await countSlot(source, slot)).toEqual({ users: 4, documents: 12 });

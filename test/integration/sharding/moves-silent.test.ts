@@ -19,7 +19,7 @@ import { ListeningClient } from '../../../functions/adapters/postgres/listening-
 import { Mover, MoveBusyError, type MoveJob, type MoverOptions } from '../../../functions/adapters/postgres/mover.js';
 import type { MovesResult } from '../../../functions/handlers/moves.js';
 import { createPool } from '../../../functions/handlers/shared/db.js';
-import { countSlot, fenceHeldMs, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { cancelledInCopy, countSlot, fenceHeldMs, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.js';
 import { SilentRelay } from './fixtures/silent-relay.js';
 import { waitForLeaseLapsed } from './fixtures/kill.js';
@@ -670,12 +670,7 @@ describe('the source goes silent as a cancelled move is rolled back', () => {
     const slot = 697;
     const { from, to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 4), 3);
-    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
-    const until = Date.now() + 60_000;
-    let looks = 0;
-    const paused = await env.mover({ wallClock: () => (++looks >= 5 ? until : until - 1) }).run(planned.id, { until });
-    expect(paused.state).toBe('copying');
-    await env.mover().requestCancel(planned.id);
+    const jobId = await cancelledInCopy(env, slot, to);
     const { relay, pool: relayed } = await relayedPool(env.urls.shards[from] as string, 1);
     // The run's first checkout of the source is its permit claim; from its second on (the rollback's) the path is silent.
     let checkouts = 0;
@@ -695,19 +690,19 @@ describe('the source goes silent as a cancelled move is rolled back', () => {
       },
     });
     const abandonAt = Date.now() + 25_000;
-    const run = settle(env.mover({ shards: new Map([[from, silentAfterClaim], [to, target]]) }).run(planned.id, { abandonAt }));
+    const run = settle(env.mover({ shards: new Map([[from, silentAfterClaim], [to, target]]) }).run(jobId, { abandonAt }));
     for (let i = 0; i < 400 && silentAt === 0; i++) await delay(25);
     expect(silentAt).toBeGreaterThan(0);
     await delay(500);
     // An operator asks again (the scaling API's DELETE): answered, not held behind the silent source.
-    const asked = await Promise.race([env.mover().requestCancel(planned.id).then(() => 'answered', (e: Error) => `threw: ${e.message}`), delay(3000).then(() => 'waits on the job row')]);
+    const asked = await Promise.race([env.mover().requestCancel(jobId).then(() => 'answered', (e: Error) => `threw: ${e.message}`), delay(3000).then(() => 'waits on the job row')]);
     const outcome = await Promise.race([run, delay(9000).then(() => 'still running')]);
 
     // Before: the check waited inside the decision's transaction until the abandon time (25 s),
     // the job row locked all along.
     expect({ asked, outcome }).toEqual({ asked: 'answered', outcome: expect.stringMatching(/^threw/) as unknown as string });
     await Promise.race([run, delay(25_000)]);
-    expect((await env.mover().run(planned.id)).state).toBe('cancelled');
+    expect((await env.mover().run(jobId)).state).toBe('cancelled');
     expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
     expect(await countSlot(source, slot)).toEqual({ users: 4, documents: 12 });
   }, 90_000);
