@@ -19,6 +19,17 @@ afterAll(async () => {
   await env?.stop();
 });
 
+/** How the tests name a fence given back within its budget and the slack they allow. */
+const WITHIN = 'within the budget and a small slack';
+/** {@link WITHIN} when the fence was held `heldMs` (>= 0: it was seen given back) under `budgetMs + slackMs`; else the figure, for the failure message. */
+const heldWithin = (heldMs: number, budgetMs: number, slackMs: number): string => (heldMs >= 0 && heldMs < budgetMs + slackMs ? WITHIN : `${heldMs} ms`);
+
+/** The source's fence and the target's rows of `slot`: {@link ROLLED_BACK} once a move was rolled back. */
+async function unitOnSourceAlone(slot: number, source: pg.Pool, target: pg.Pool): Promise<{ source: string | undefined; rowsOnTarget: { users: number; documents: number } }> {
+  return { source: await fenceState(source, slot), rowsOnTarget: await countSlot(target, slot) };
+}
+const ROLLED_BACK = { source: 'open', rowsOnTarget: { users: 0, documents: 0 } };
+
 /** The flip's transaction is the one run transaction opened with a statement timeout (see `PgMovePort.flip`). */
 const FLIP_BEGIN = /^begin; set local statement_timeout = '\d+ms'/;
 
@@ -136,8 +147,8 @@ describe('the flip waits on two catalog locks in a row, each shorter than the bu
     mapLocker.release();
 
     // The sum of the two waits is about 1000 ms + what was left of the budget (2.3-2.5 s).
-    expect({ held: heldMs >= 0 && heldMs < budgetMs + 500 ? 'within the budget and a small slack' : `${heldMs} ms`, outcome }).toEqual({
-      held: 'within the budget and a small slack',
+    expect({ held: heldWithin(heldMs, budgetMs, 500), outcome }).toEqual({
+      held: WITHIN,
       outcome: expect.stringMatching(/^threw: MoveFenceTimeoutError: /) as unknown as string,
     });
     expect(await env.ownerOf(slot)).not.toBe(to);
@@ -171,8 +182,8 @@ describe('a lease renewal queued ahead of the flip waits on a lock of the job ta
 
     // Before: the flip waited for its turn behind the renewal, unguarded, until the run's catalog
     // bound (the budget left when the renewal was sent + 5 s) closed the connection: 5.8-6.0 s.
-    expect({ held: heldMs >= 0 && heldMs < budgetMs + 500 ? 'within the budget and a small slack' : `${heldMs} ms`, outcome }).toEqual({
-      held: 'within the budget and a small slack',
+    expect({ held: heldWithin(heldMs, budgetMs, 500), outcome }).toEqual({
+      held: WITHIN,
       outcome: expect.stringMatching(/^threw: MoveFenceTimeoutError: /) as unknown as string,
     });
     expect(await env.ownerOf(slot)).not.toBe(to);
@@ -207,8 +218,8 @@ describe("the flip's COMMIT waits for a synchronous standby that is not there", 
 
       // Without a bound of its own the COMMIT waited until the run's catalog bound closed the
       // connection (the budget + 5 s), the flip unresolved, and the fence was left to the next run.
-      expect({ held: heldMs >= 0 && heldMs < budgetMs + 1000 ? 'within the budget and a small slack' : `${heldMs} ms`, outcome }).toEqual({
-        held: 'within the budget and a small slack',
+      expect({ held: heldWithin(heldMs, budgetMs, 1000), outcome }).toEqual({
+        held: WITHIN,
         outcome: 'ended: done',
       });
       expect(await env.ownerOf(slot)).toBe(to);
@@ -245,12 +256,12 @@ describe('a flip that publishes nothing, with its COMMIT waiting for a synchrono
 
       // Before: the flip committed its locked read of the job (an xid: the row lock), and that
       // COMMIT, not cancellable, waited until the run's catalog bound closed the connection (6.0 s).
-      expect({ held: heldMs >= 0 && heldMs < budgetMs + 1000 ? 'within the budget and a small slack' : `${heldMs} ms`, outcome }).toEqual({
-        held: 'within the budget and a small slack',
+      expect({ held: heldWithin(heldMs, budgetMs, 1000), outcome }).toEqual({
+        held: WITHIN,
         outcome: 'ended: cancelled',
       });
       expect(await env.ownerOf(slot)).not.toBe(to);
-      expect({ source: await fenceState(source, slot), rowsOnTarget: await countSlot(target, slot) }).toEqual({ source: 'open', rowsOnTarget: { users: 0, documents: 0 } });
+      expect(await unitOnSourceAlone(slot, source, target)).toEqual(ROLLED_BACK);
     } finally {
       await env.catalog.query('alter system reset synchronous_standby_names');
       await env.catalog.query('select pg_reload_conf()');
@@ -284,12 +295,12 @@ describe('a cancellation the flip answers while every catalog COMMIT waits for a
       const outcome = await started.outcome;
 
       // Before: the decision's COMMIT waited until the run's catalog bound closed the connection (6.0 s).
-      expect({ held: heldMs >= 0 && heldMs < budgetMs + 500 ? 'within the budget and a small slack' : `${heldMs} ms`, outcome }).toEqual({
-        held: 'within the budget and a small slack',
+      expect({ held: heldWithin(heldMs, budgetMs, 500), outcome }).toEqual({
+        held: WITHIN,
         outcome: 'ended: cancelled',
       });
       expect(await env.ownerOf(slot)).not.toBe(to);
-      expect({ source: await fenceState(source, slot), rowsOnTarget: await countSlot(target, slot) }).toEqual({ source: 'open', rowsOnTarget: { users: 0, documents: 0 } });
+      expect(await unitOnSourceAlone(slot, source, target)).toEqual(ROLLED_BACK);
     } finally {
       await env.catalog.query('alter system reset synchronous_standby_names');
       await env.catalog.query('select pg_reload_conf()');
@@ -408,8 +419,8 @@ describe('another session locks the job table just after the flip commits', () =
     // Before: the job read back after the flip waited on the lock until the run's catalog bound
     // (the budget left + 5 s) closed the connection; the run could then not tell the flip had
     // committed and left the fence shut, writes to the unit held until the next run.
-    expect({ held: heldMs >= 0 && heldMs < budgetMs + 500 ? 'within the budget and a small slack' : `${heldMs} ms`, stateAtBudgetEnd }).toEqual({
-      held: 'within the budget and a small slack',
+    expect({ held: heldWithin(heldMs, budgetMs, 500), stateAtBudgetEnd }).toEqual({
+      held: WITHIN,
       stateAtBudgetEnd: { source: 'moved', target: 'open' },
     });
     // The run goes on once the lock is gone, and finishes the move.
@@ -452,9 +463,9 @@ describe('another session locks the job table just after the flip found a cancel
 
     // Before: the job read back after the flip waited on the lock until the run's catalog bound
     // (the budget left + 5 s) closed the connection, writes to the unit held all along.
-    expect(heldMs >= 0 && heldMs < budgetMs + 500 ? 'within the budget and a small slack' : `${heldMs} ms`).toBe('within the budget and a small slack');
+    expect(heldWithin(heldMs, budgetMs, 500)).toBe(WITHIN);
     expect(await env.ownerOf(slot)).not.toBe(to);
     expect((await env.mover().run(started.jobId)).state).toBe('cancelled');
-    expect({ source: await fenceState(source, slot), rowsOnTarget: await countSlot(target, slot) }).toEqual({ source: 'open', rowsOnTarget: { users: 0, documents: 0 } });
+    expect(await unitOnSourceAlone(slot, source, target)).toEqual(ROLLED_BACK);
   }, 60_000);
 });
