@@ -30,6 +30,12 @@ async function unitOnSourceAlone(slot: number, source: pg.Pool, target: pg.Pool)
 }
 const ROLLED_BACK = { source: 'open', rowsOnTarget: { users: 0, documents: 0 } };
 
+/** A cancelled move's end as the tests check it: `held` (see {@link heldWithin}), the run's outcome, whether the catalog names the target, and the unit's state. */
+async function cancelledState(slot: number, held: string, outcome: string, to: string, source: pg.Pool, target: pg.Pool): Promise<Record<string, unknown>> {
+  return { held, outcome, targetNamed: (await env.ownerOf(slot)) === to, unit: await unitOnSourceAlone(slot, source, target) };
+}
+const CANCELLED_IN_TIME = { held: WITHIN, outcome: 'ended: cancelled', targetNamed: false, unit: ROLLED_BACK };
+
 /** The flip's transaction is the one run transaction opened with a statement timeout (see `PgMovePort.flip`). */
 const FLIP_BEGIN = /^begin; set local statement_timeout = '\d+ms'/;
 
@@ -83,6 +89,9 @@ function afterStatement(pool: pg.Pool, pattern: RegExp, after: () => Promise<voi
  * the move starts verifying (given the job's id). The run's end is returned unawaited, as
  * `ended: <state>` or `threw: <name>: <message>`.
  */
+/** An operator's cancellation of the move, requested while it verifies (the flip then finds it and publishes nothing). */
+const cancelIt = (jobId: number): Promise<void> => env.mover().requestCancel(jobId).then(() => undefined);
+
 async function fencedRun(
   catalog: pg.Pool,
   slot: number,
@@ -248,20 +257,13 @@ describe('a flip that publishes nothing, with its COMMIT waiting for a synchrono
       // Only the flip's transaction waits for the standby (see the test above).
       const catalog = atFlipBegin(env.catalog, async () => undefined, (begin) => `${begin}; set local synchronous_commit = on`);
       // An operator cancels the move while it verifies: the flip finds the request and publishes nothing.
-      const started = await fencedRun(catalog, slot, budgetMs, async (jobId) => {
-        await env.mover().requestCancel(jobId);
-      });
+      const started = await fencedRun(catalog, slot, budgetMs, cancelIt);
       const { heldMs } = started;
       const outcome = await started.outcome;
 
       // Before: the flip committed its locked read of the job (an xid: the row lock), and that
       // COMMIT, not cancellable, waited until the run's catalog bound closed the connection (6.0 s).
-      expect({ held: heldWithin(heldMs, budgetMs, 1000), outcome }).toEqual({
-        held: WITHIN,
-        outcome: 'ended: cancelled',
-      });
-      expect(await env.ownerOf(slot)).not.toBe(to);
-      expect(await unitOnSourceAlone(slot, source, target)).toEqual(ROLLED_BACK);
+      expect(await cancelledState(slot, heldWithin(heldMs, budgetMs, 1000), outcome, to, source, target)).toEqual(CANCELLED_IN_TIME);
     } finally {
       await env.catalog.query('alter system reset synchronous_standby_names');
       await env.catalog.query('select pg_reload_conf()');
@@ -285,9 +287,7 @@ describe('a cancellation the flip answers while every catalog COMMIT waits for a
     };
     try {
       const catalog = atFlipBegin(runPool, ghost);
-      const started = await fencedRun(catalog, slot, budgetMs, async (jobId) => {
-        await env.mover().requestCancel(jobId);
-      });
+      const started = await fencedRun(catalog, slot, budgetMs, cancelIt);
       const { heldMs } = started;
       // The standby is back: the run's last commits (outside the fence) go through.
       await env.catalog.query('alter system reset synchronous_standby_names');
@@ -295,12 +295,7 @@ describe('a cancellation the flip answers while every catalog COMMIT waits for a
       const outcome = await started.outcome;
 
       // Before: the decision's COMMIT waited until the run's catalog bound closed the connection (6.0 s).
-      expect({ held: heldWithin(heldMs, budgetMs, 500), outcome }).toEqual({
-        held: WITHIN,
-        outcome: 'ended: cancelled',
-      });
-      expect(await env.ownerOf(slot)).not.toBe(to);
-      expect(await unitOnSourceAlone(slot, source, target)).toEqual(ROLLED_BACK);
+      expect(await cancelledState(slot, heldWithin(heldMs, budgetMs, 500), outcome, to, source, target)).toEqual(CANCELLED_IN_TIME);
     } finally {
       await env.catalog.query('alter system reset synchronous_standby_names');
       await env.catalog.query('select pg_reload_conf()');
@@ -453,9 +448,7 @@ describe('another session locks the job table just after the flip found a cancel
       },
     );
     // An operator cancels the move while it verifies: the flip finds the request and publishes nothing.
-    const started = await fencedRun(catalog, slot, budgetMs, async (jobId) => {
-      await env.mover().requestCancel(jobId);
-    });
+    const started = await fencedRun(catalog, slot, budgetMs, cancelIt);
     const { heldMs } = started;
     await unlock;
     locker.release();
