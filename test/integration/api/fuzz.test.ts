@@ -12,10 +12,10 @@
 import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SHIPPED_TRACE } from '../../../functions/adapters/sim/trace-file.js';
 import { scalingApiDocument } from '../../../functions/api/routes.js';
 import { documentsApiDocument } from '../../../functions/local/documents-api.js';
 import { startLocalMode, type LocalMode } from '../../../functions/local/runtime.js';
+import { quietLocalMode } from '../local/local-options.js';
 import { tempDataDir } from '../../e2e/support/local-process.js';
 import { KnownValues, operationsOf, requestArb, type FuzzRequest } from '../../support/openapi-fuzz.js';
 
@@ -40,19 +40,8 @@ describe('fuzzing live local mode from its OpenAPI documents', () => {
 
   beforeAll(async () => {
     dataDir = await tempDataDir();
-    local = await startLocalMode({
-      dataDir,
-      port: 0,
-      shards: 2,
-      replicasPerShard: 1,
-      tracePath: SHIPPED_TRACE,
-      acceleration: 60,
-      seedUsers: 10,
-      documentsPerUser: 2,
-      // No scheduled evaluation during the run: its decisions would look like changes made by a refused request.
-      env: { SCALING_CHECK_INTERVAL: '86400' },
-      onLine: () => undefined,
-    });
+    // No scheduled evaluation during the run (quietLocalMode): its decisions would look like changes made by a refused request.
+    local = await startLocalMode(quietLocalMode(dataDir, { replicasPerShard: 1, seedUsers: 10, documentsPerUser: 2 }));
     catalog = new pg.Client({ connectionString: local.cluster.catalogUrl });
     shards = local.cluster.shards.map((s) => new pg.Client({ connectionString: s.primaryUrl }));
     await Promise.all([catalog, ...shards].map((c) => c.connect()));

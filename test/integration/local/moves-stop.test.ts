@@ -7,8 +7,8 @@
 import { rm } from 'node:fs/promises';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { SHIPPED_TRACE } from '../../../functions/adapters/sim/trace-file.js';
 import { startLocalMode, type LocalMode } from '../../../functions/local/runtime.js';
+import { quietLocalMode } from './local-options.js';
 import { tempDataDir } from '../../e2e/support/local-process.js';
 
 const API = '/api/v1/scaling';
@@ -23,18 +23,7 @@ describe('stopping local mode during a move', () => {
   }, 60_000);
 
   const start = async (lines: string[]): Promise<LocalMode> => {
-    const local = await startLocalMode({
-      dataDir,
-      port: 0,
-      shards: 2,
-      replicasPerShard: 0,
-      tracePath: SHIPPED_TRACE,
-      acceleration: 60,
-      seedUsers: 0,
-      documentsPerUser: 0,
-      env: { SCALING_CHECK_INTERVAL: '86400' },
-      onLine: (line) => lines.push(line),
-    });
+    const local = await startLocalMode(quietLocalMode(dataDir, { onLine: (line) => lines.push(line) }));
     running.push(local);
     return local;
   };

@@ -9,8 +9,8 @@
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SHIPPED_TRACE } from '../../../functions/adapters/sim/trace-file.js';
 import { startLocalMode, type LocalMode } from '../../../functions/local/runtime.js';
+import { quietLocalMode } from './local-options.js';
 import { tempDataDir } from '../../e2e/support/local-process.js';
 
 const API = '/api/v1/scaling';
@@ -22,20 +22,9 @@ describe('local mode moves', () => {
 
   beforeAll(async () => {
     dataDir = await tempDataDir();
-    local = await startLocalMode({
-      dataDir,
-      port: 0,
-      shards: 2,
-      replicasPerShard: 1,
-      tracePath: SHIPPED_TRACE,
-      acceleration: 60,
-      seedUsers: 5,
-      documentsPerUser: 1,
-      env: { SCALING_CHECK_INTERVAL: '86400' },
-      moveDrainTimeoutMs: 3000,
-      movesResumeMs: 2000,
-      onLine: (line) => lines.push(line),
-    });
+    local = await startLocalMode(
+      quietLocalMode(dataDir, { replicasPerShard: 1, seedUsers: 5, documentsPerUser: 1, moveDrainTimeoutMs: 3000, movesResumeMs: 2000, onLine: (line) => lines.push(line) }),
+    );
   }, 180_000);
 
   afterAll(async () => {

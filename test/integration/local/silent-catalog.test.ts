@@ -7,8 +7,8 @@
  */
 import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SHIPPED_TRACE } from '../../../functions/adapters/sim/trace-file.js';
 import { startLocalMode, type LocalMode } from '../../../functions/local/runtime.js';
+import { quietLocalMode } from './local-options.js';
 import { descendantsOf, tempDataDir } from '../../e2e/support/local-process.js';
 
 const API = '/api/v1/scaling';
@@ -32,18 +32,7 @@ describe('local mode with a silent catalog', () => {
 
   beforeAll(async () => {
     dataDir = await tempDataDir();
-    local = await startLocalMode({
-      dataDir,
-      port: 0,
-      shards: 2,
-      replicasPerShard: 0,
-      tracePath: SHIPPED_TRACE,
-      acceleration: 60,
-      seedUsers: 0,
-      documentsPerUser: 0,
-      env: { SCALING_CHECK_INTERVAL: '86400' },
-      onLine: () => undefined,
-    });
+    local = await startLocalMode(quietLocalMode(dataDir));
   }, 180_000);
 
   afterAll(async () => {
