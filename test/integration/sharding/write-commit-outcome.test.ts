@@ -50,6 +50,39 @@ describe('a write whose backend is terminated before its COMMIT is sent', () => 
   }, 30_000);
 });
 
+/**
+ * Waits until a COMMIT on `pool`'s server waits for a synchronous standby. A backend's own
+ * `synchronous_standby_names` is not enough: commits wait only once the checkpointer has applied
+ * the reload and told every backend that a standby is named, and until then they commit at once
+ * (on a loaded CI machine, after the write below had seen the setting: it committed without
+ * waiting, twice in three runs). A probe commit is seen waiting (`SyncRep`), then cancelled.
+ */
+async function untilCommitsWaitForAStandby(pool: pg.Pool): Promise<void> {
+  const probe = await pool.connect();
+  let waited = false;
+  try {
+    const pid = (await probe.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? -1;
+    await probe.query('set synchronous_commit = on');
+    for (let i = 0; i < 50 && !waited; i++) {
+      // A commit waits only if its transaction wrote WAL: a temporary table's catalog rows do.
+      await probe.query('begin');
+      await probe.query('create temporary table sync_probe (n int) on commit drop');
+      const committing = probe.query('commit');
+      for (let j = 0; j < 20 && !waited; j++) {
+        await delay(10);
+        waited = (await pool.query("select 1 from pg_stat_activity where pid = $1 and wait_event = 'SyncRep'", [pid])).rowCount === 1;
+      }
+      // Cancelled, the wait ends with a warning and the probe's (empty) commit stands.
+      if (waited) await pool.query('select pg_cancel_backend($1)', [pid]);
+      await committing;
+    }
+  } finally {
+    // Its session settings must not reach the pool's next borrower.
+    probe.release(true);
+  }
+  expect(waited, 'a COMMIT waits for the synchronous standby named').toBe(true);
+}
+
 describe('a write whose backend is terminated while its COMMIT is in flight', () => {
   it('is outcome-unknown, and the write turns out committed (a COMMIT waiting for a synchronous standby, then SIGTERM as in pg_ctl stop -m fast)', async () => {
     const slot = 78;
@@ -61,6 +94,7 @@ describe('a write whose backend is terminated while its COMMIT is in flight', ()
     // Every COMMIT of a transaction that wrote now waits for a standby that never comes.
     await source.query("alter system set synchronous_standby_names = 'nobody'");
     await source.query('select pg_reload_conf()');
+    await untilCommitsWaitForAStandby(source);
     let setting = '';
     try {
       const write = env.writer
