@@ -178,17 +178,87 @@ describe("the migrations runner where the application login may create in public
     expect(r.applied[0]).toBe('013_pinned_search_path.sql');
   });
 
-  it("applies migrations where public holds functions of the database's owner (the master user that ran the earlier ones, when an admin login runs them now)", async () => {
+  it("refuses the overloads of the database's owner when the owner is an ordinary login and the runner a superuser, and runs none of them", async () => {
     const admin = poolOn('postgres');
-    await admin.query("create role mig_db_owner login password 'owner pass'");
+    await admin.query("create role mig_plain_owner login password 'owner pass'");
+    await admin.query('create database mig_plain_owned owner mig_plain_owner');
+    const runner = poolOn('mig_plain_owned');
+    await runMigrations(runner, 'shard', await firstOf('shard', 12));
+    // From PostgreSQL 15 on the owner of the database owns public (pg_database_owner): no grant needed.
+    await poolOn('mig_plain_owned', { username: 'mig_plain_owner', password: 'owner pass' }).query(SHADOWS);
+
+    const err = await runMigrations(runner, 'shard', join(DEFAULT_MIGRATIONS_DIR, 'shard')).catch((e: unknown) => e);
+    const calls = (await runner.query<{ what: string; who: string }>('select distinct what, who from public.shadow_calls order by 1, 2')).rows;
+
+    expect(calls).toEqual([]);
+    expect(err).toBeInstanceOf(MigrationError);
+    expect((err as Error).message).toMatch(/^shard: migration 013_pinned_search_path\.sql not applied: .*format\(text,name,name,text\) owned by mig_plain_owner/);
+    expect((err as Error).message).toContain("The database's owner mig_plain_owner is among them");
+    expect(await applied(runner, 'shard')).toBe(12);
+  });
+
+  it("applies migrations where public holds functions of the database's owner (the master user that ran the earlier ones) when the runner is an admin login with no attribute or membership the owner lacks", async () => {
+    const admin = poolOn('postgres');
+    await admin.query("create role mig_db_owner login createrole createdb password 'owner pass'");
+    await admin.query("create role mig_admin login createrole password 'admin pass'");
     await admin.query('create database mig_owned owner mig_db_owner');
+    await admin.query('grant create on database mig_owned to mig_admin');
     const owner = poolOn('mig_owned', { username: 'mig_db_owner', password: 'owner pass' });
     await owner.query('create function public.owner_helper() returns int language sql as $$ select 1 $$');
-    const runner = poolOn('mig_owned');
+    const runner = poolOn('mig_owned', { username: 'mig_admin', password: 'admin pass' });
 
     const r = await runMigrations(runner, 'catalog', join(DEFAULT_MIGRATIONS_DIR, 'catalog'));
 
     expect(r.applied.length).toBeGreaterThan(4);
     expect(await applied(runner, 'catalog')).toBe(r.applied.length);
+  });
+
+  it("refuses the functions of the database's owner when the runner holds what the owner does not: an attribute (CREATEROLE) or a role (pg_write_server_files)", async () => {
+    const admin = poolOn('postgres');
+    await admin.query("create role mig_weak_owner login password 'owner pass'");
+    await admin.query("create role mig_attr_admin login createrole password 'admin pass'");
+    await admin.query("create role mig_role_admin login password 'admin pass'");
+    await admin.query('grant pg_write_server_files to mig_role_admin');
+    const outcomes: Record<string, string> = {};
+    for (const runnerName of ['mig_attr_admin', 'mig_role_admin']) {
+      const database = `${runnerName}_db`;
+      await admin.query(`create database ${database} owner mig_weak_owner`);
+      await admin.query(`grant create on database ${database} to ${runnerName}`);
+      const owner = poolOn(database, { username: 'mig_weak_owner', password: 'owner pass' });
+      await owner.query(`grant create on schema public to ${runnerName}`);
+      await owner.query('create function public.owner_helper() returns int language sql as $$ select 1 $$');
+      const runner = poolOn(database, { username: runnerName, password: 'admin pass' });
+      const dir = await mkdtemp(join(tmpdir(), 'mig-owner-'));
+      dirs.push(dir);
+      await writeFile(join(dir, '001_table.sql'), 'create table public.owner_probe (id int);');
+      const err = await runMigrations(runner, 'owner', dir).catch((e: unknown) => e);
+      outcomes[runnerName] = err instanceof MigrationError ? (/\(found before it ran\): (.*?)\. Drop them/.exec(err.message)?.[1] ?? err.message) : String(err);
+    }
+
+    expect(outcomes).toEqual({ mig_attr_admin: 'owner_helper() owned by mig_weak_owner', mig_role_admin: 'owner_helper() owned by mig_weak_owner' });
+  });
+
+  it("refuses a migration that sets its own search_path to a schema holding another login's functions, before any of it runs", async () => {
+    const master = await earlierRelease('mig_own_path');
+    await master.query('create schema planted');
+    await master.query(`grant usage, create on schema planted to ${APP.username}`);
+    // An overload preferred over pg_catalog's format(text, variadic "any"), leaving a trace that
+    // no rollback undoes: a file the server writes with the caller's rights (a superuser's here).
+    await poolOn('mig_own_path', APP).query(`
+      create function planted.format(f text, a text) returns text language plpgsql as $$
+      begin
+        execute 'copy (select current_user) to ' || pg_catalog.quote_literal(pg_catalog.current_setting('data_directory') || '/planted_evidence');
+        return pg_catalog.format(f, a);
+      end $$`);
+    const dir = await mkdtemp(join(tmpdir(), 'mig-own-path-'));
+    dirs.push(dir);
+    await writeFile(join(dir, '001_own_path.sql'), "set local search_path = planted, public;\nselect format('%s', 'x'::text);");
+
+    const err = await runMigrations(master, 'own-path', dir).catch((e: unknown) => e);
+    const evidence = await master.query("select (pg_catalog.pg_stat_file('planted_evidence', true)).size is not null as written");
+
+    expect(evidence.rows[0]).toEqual({ written: false });
+    expect(err).toBeInstanceOf(MigrationError);
+    expect((err as Error).message).toMatch(/001_own_path\.sql not applied: .*\(found before it ran\): planted\.format\(text,text\) owned by shadowing_app/);
   });
 });

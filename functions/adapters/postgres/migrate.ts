@@ -165,7 +165,11 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
               if (other.checksum !== mig.checksum) throw new MigrationError(`${set}: migration ${mig.name} was applied by another runner with other contents; add a new migration instead`);
               return false;
             }
-            await refuseForeignRoutines(client, set, mig.name, 'before it ran');
+            // The schemas its own `set local search_path` (or set_config) may put on the path: its
+            // statements after that resolve there, and a rollback does not undo all an overload may
+            // do as this login (write a server file, run a program, talk to another database).
+            const named = await schemasNamedIn(client, mig.sql);
+            await refuseForeignRoutines(client, set, mig.name, 'before it ran', named);
             await client.query("select pg_catalog.set_config('lock_timeout'::text, $1::text, true)", [`${lockTimeoutMs}ms`]);
             const xact = await client.query<{ id: string }>('select pg_catalog.txid_current()::pg_catalog.text as id');
             await client.query(mig.sql);
@@ -181,7 +185,7 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
             }
             // One created meanwhile (after the check above) may have run as this login: what it did
             // in the database is rolled back with the migration.
-            await refuseForeignRoutines(client, set, mig.name, 'while it ran, so it was rolled back');
+            await refuseForeignRoutines(client, set, mig.name, 'while it ran, so it was rolled back', named);
             await client.query('insert into catalog.schema_migrations (set_name, version, name, checksum) values ($1, $2, $3, $4)', [
               set,
               mig.version,
@@ -225,8 +229,10 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
 
 /**
  * Refuses (MigrationError) to run a migration, or to commit it, while a schema on this session's
- * search_path other than pg_catalog holds a function, procedure, aggregate or operator owned by
- * a login that is neither this one, the database's owner, one that may SET ROLE to this one nor a superuser. The migrations name their functions
+ * search_path other than pg_catalog (or one of `alsoSchemas`, those the migration names) holds a
+ * function, procedure, aggregate or operator owned by a login that is neither this one, one that
+ * may SET ROLE to this one, a superuser, nor the database's owner holding at least this login's
+ * attributes and roles. The migrations name their functions
  * unqualified (`format(...)` in catalog 005 and shard 013, `to_regprocedure(...)`, ...), and an
  * overload in `public` whose argument types match such a call exactly is preferred over
  * pg_catalog's variadic, polymorphic or implicitly cast one (CVE-2018-1058's pattern): where
@@ -236,9 +242,14 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
  * cannot be edited, and the search_path cannot hide `public`'s functions without hiding the
  * shard's tables, so the runner checks instead: a deploy stops, naming them, rather than run them.
  */
-async function refuseForeignRoutines(client: pg.PoolClient, set: string, migration: string, when: string): Promise<void> {
-  const { rows } = await client.query<{ what: string; owner: string }>(
-    `select x.what, r.rolname::pg_catalog.text as owner
+async function refuseForeignRoutines(client: pg.PoolClient, set: string, migration: string, when: string, alsoSchemas: readonly string[]): Promise<void> {
+  const { rows } = await client.query<{ what: string; owner: string; owns_database: boolean }>(
+    `with become as (
+       -- The mode of pg_has_role that means "may SET ROLE to": SET from PostgreSQL 16 on.
+       select case when pg_catalog.current_setting('server_version_num'::pg_catalog.text)::pg_catalog.int4 operator(pg_catalog.>=) 160000
+         then 'SET' else 'MEMBER' end::pg_catalog.text as become)
+     select x.what, r.rolname::pg_catalog.text as owner,
+            r.oid operator(pg_catalog.=) (select d.datdba from pg_catalog.pg_database d where d.datname operator(pg_catalog.=) pg_catalog.current_database()) as owns_database
        from (select p.oid::pg_catalog.regprocedure::pg_catalog.text as what, p.pronamespace as nsp, p.proowner as owner
                from pg_catalog.pg_proc p
              union all
@@ -246,33 +257,83 @@ async function refuseForeignRoutines(client: pg.PoolClient, set: string, migrati
                from pg_catalog.pg_operator o) x
        join pg_catalog.pg_namespace n on n.oid operator(pg_catalog.=) x.nsp
        join pg_catalog.pg_roles r on r.oid operator(pg_catalog.=) x.owner
-      where n.nspname operator(pg_catalog.=) any (pg_catalog.current_schemas(false))
+      where (n.nspname operator(pg_catalog.=) any (pg_catalog.current_schemas(false)) or n.nspname operator(pg_catalog.=) any ($1::pg_catalog.name[]))
         and n.nspname operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.name
         and not r.rolsuper
         and r.rolname operator(pg_catalog.<>) current_user
-        -- The database's owner (the master user that created it, which ran the earlier
-        -- migrations: an operator's own admin login may run them now) and a role that already
-        -- holds this login's rights gain nothing by running as it. Holds them: may SET ROLE to
-        -- this login. Inheriting its privileges (USAGE) is not that: attributes (SUPERUSER,
-        -- CREATEROLE, CREATEDB, BYPASSRLS, REPLICATION) are never inherited, and a grant WITH
-        -- INHERIT TRUE, SET FALSE (PostgreSQL 16) gives the privileges without them. Nor is
-        -- membership alone from 16 on (WITH INHERIT FALSE, SET FALSE, as a CREATEROLE login's
-        -- grants to itself are); before 16 a member may always SET ROLE.
-        and r.oid operator(pg_catalog.<>) (select d.datdba from pg_catalog.pg_database d where d.datname operator(pg_catalog.=) pg_catalog.current_database())
-        and not pg_catalog.pg_has_role(r.oid, current_user,
-          case when pg_catalog.current_setting('server_version_num'::pg_catalog.text)::pg_catalog.int4 operator(pg_catalog.>=) 160000
-            then 'SET' else 'MEMBER' end::pg_catalog.text)
+        -- A role that already holds this login's rights gains nothing by running as it. Holds
+        -- them: may SET ROLE to this login. Inheriting its privileges (USAGE) is not that:
+        -- attributes (SUPERUSER, CREATEROLE, CREATEDB, BYPASSRLS, REPLICATION) are never
+        -- inherited, and a grant WITH INHERIT TRUE, SET FALSE (PostgreSQL 16) gives the
+        -- privileges without them. Nor is membership alone from 16 on (WITH INHERIT FALSE, SET
+        -- FALSE, as a CREATEROLE login's grants to itself are); before 16 a member may always
+        -- SET ROLE.
+        and not pg_catalog.pg_has_role(r.oid, current_user, (select m.become from become m))
+        -- Nor does the database's owner (the master user that created it, which ran the earlier
+        -- migrations: an operator's own admin login may run them now), but only when it already
+        -- has what this login has beyond its own objects: never when this login is a superuser
+        -- (the owner is not: superusers were let through above), else each attribute this login
+        -- has, and each role this login may use (USAGE), become (SET) or grant (ADMIN) the same
+        -- way. An ordinary owner of a database a superuser migrates would otherwise run its
+        -- overloads as a superuser.
+        and not (
+          r.oid operator(pg_catalog.=) (select d.datdba from pg_catalog.pg_database d where d.datname operator(pg_catalog.=) pg_catalog.current_database())
+          and (select not me.rolsuper
+                  and (r.rolcreaterole or not me.rolcreaterole)
+                  and (r.rolcreatedb or not me.rolcreatedb)
+                  and (r.rolbypassrls or not me.rolbypassrls)
+                  and (r.rolreplication or not me.rolreplication)
+                 from pg_catalog.pg_roles me where me.rolname operator(pg_catalog.=) current_user)
+          and not exists (
+            select from pg_catalog.pg_roles g
+             where g.rolname operator(pg_catalog.<>) current_user
+               and g.oid operator(pg_catalog.<>) r.oid
+               and pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER'::pg_catalog.text)
+               and ((pg_catalog.pg_has_role(current_user, g.oid, (select m.become from become m)) and not pg_catalog.pg_has_role(r.oid, g.oid, (select m.become from become m)))
+                 or (pg_catalog.pg_has_role(current_user, g.oid, 'USAGE'::pg_catalog.text)
+                     and not pg_catalog.pg_has_role(r.oid, g.oid, 'USAGE'::pg_catalog.text) and not pg_catalog.pg_has_role(r.oid, g.oid, (select m.become from become m)))
+                 or (pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER WITH ADMIN OPTION'::pg_catalog.text)
+                     and not pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER WITH ADMIN OPTION'::pg_catalog.text)))))
       order by 1
       limit 21`,
+    [alsoSchemas],
   );
   if (rows.length === 0) return;
   const shown = rows.slice(0, 20).map((r) => `${r.what} owned by ${r.owner}`);
   const more = rows.length > 20 ? ', and more' : '';
+  const owner = rows.find((r) => r.owns_database)?.owner;
+  const ownerHint =
+    owner === undefined
+      ? ''
+      : ` The database's owner ${owner} is among them: an owner is trusted only when it has every attribute and role this login has, and it lacks some ` +
+        `(its functions would run with more rights than its own). Run the migrations as ${owner} (or a login with no more rights than it), or drop its functions.`;
   throw new MigrationError(
-    `${set}: migration ${migration} not applied: a schema on the migrations' search_path holds functions or operators of another login, ` +
+    `${set}: migration ${migration} not applied: a schema on the migrations' search_path (or one the migration names, which its own search_path may put there) holds functions or operators of another login, ` +
       `which an unqualified call of a migration would run with this login's rights (found ${when}): ${shown.join('; ')}${more}. ` +
-      'Drop them (or move them to a schema off the search_path), revoke CREATE on that schema from PUBLIC, then run the migrations again.',
+      'Drop them (or move them to a schema neither on the search_path nor named by a migration), revoke CREATE on that schema from PUBLIC, then run the migrations again.' +
+      ownerHint,
   );
+}
+
+/**
+ * The schemas of this database (other than the system's) whose name `sql` holds as a whole word,
+ * case-insensitively: where a migration's own `set local search_path = ...` may send its later
+ * statements, which {@link refuseForeignRoutines} must check before any of them runs. A name the
+ * file builds at run time is not found here; the check after the migration (which sees the
+ * search_path it left) still rolls such a migration back. `$user` in the file counts as this
+ * login's own schema.
+ */
+async function schemasNamedIn(client: pg.PoolClient, sql: string): Promise<string[]> {
+  const { rows } = await client.query<{ nspname: string; me: string }>(
+    `select n.nspname::pg_catalog.text as nspname, current_user::pg_catalog.text as me
+       from pg_catalog.pg_namespace n
+      where n.nspname operator(pg_catalog.!~) '^pg_'::pg_catalog.text
+        and n.nspname operator(pg_catalog.<>) 'information_schema'::pg_catalog.name`,
+  );
+  const text = sql.toLowerCase();
+  return rows
+    .filter((r) => namesWord(text, r.nspname) || (text.includes('$user') && r.nspname === r.me))
+    .map((r) => r.nspname);
 }
 
 /**
@@ -325,9 +386,8 @@ async function lockHolders(client: pg.PoolClient, sql: string): Promise<LockHold
         limit 500`,
     );
     const text = sql.toLowerCase();
-    const named = (relname: string): boolean => new RegExp(`(^|[^a-z0-9_$])${relname.toLowerCase().replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}($|[^a-z0-9_$])`).test(text);
     const byPid = new Map<number, { state: string | null; transactionSeconds: number | null; locks: string[] }>();
-    for (const row of rows.filter((r) => named(r.relname))) {
+    for (const row of rows.filter((r) => namesWord(text, r.relname))) {
       const holder = byPid.get(row.pid) ?? { state: row.state, transactionSeconds: row.xact_seconds === null ? null : Math.round(row.xact_seconds), locks: [] };
       holder.locks.push(`${row.nspname}.${row.relname} ${row.mode}`);
       byPid.set(row.pid, holder);
@@ -336,6 +396,11 @@ async function lockHolders(client: pg.PoolClient, sql: string): Promise<LockHold
   } catch {
     return [];
   }
+}
+
+/** Whether lower-cased `text` holds `name` as a whole word (an identifier, quoted or not). */
+function namesWord(text: string, name: string): boolean {
+  return new RegExp(`(^|[^a-z0-9_$])${name.toLowerCase().replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}($|[^a-z0-9_$])`).test(text);
 }
 
 function describeHolders(holders: readonly LockHolder[]): string {
