@@ -7,8 +7,8 @@
  *   application database, then build every replica by a non-exclusive base backup (a physical
  *   replication slot, `pg_backup_start()`, copy the data directory, `pg_backup_stop()` in the
  *   same session, its label written as `backup_label`, `standby.signal`). The manifest
- *   (`cluster.json`: layout and the generated password) is written last, so an interrupted first
- *   start is recognised and redone.
+ *   (`cluster.json`: layout and the generated password) is written last, and atomically (a
+ *   temporary file renamed over it), so an interrupted first start is recognised and redone.
  * - Later starts reuse the directories: ports are chosen afresh, and a replica learns its
  *   primary's port from `primary_conninfo`, rewritten in its `postgresql.auto.conf` each start.
  * - A port is free when we choose it, but PostgreSQL binds it a moment later and another process
@@ -24,7 +24,10 @@
  *   `setpriv --pdeathsig SIGINT`, so the kernel asks it to shut down when our process dies, however
  *   it dies (SIGKILL, a crash). Should a server still outlive us (no `setpriv` on this system),
  *   the next start finds its `postmaster.pid` and stops it the same way, a stopped (SIGSTOP) one
- *   included (only a process whose command line names that data directory), and says so.
+ *   included (only a process whose command line names that data directory), and says so. The
+ *   helpers of a first start (initdb with the PostgreSQL processes it runs, `cp`) run in process
+ *   groups of their own too, killed with their group when our process exits (the CLI exits past its
+ *   start-up grace after Ctrl-C) and, through setpriv, when it dies.
  *
  * PostgreSQL refuses to run as root; when we are root the servers run as the `postgres` OS user,
  * which owns the data directories (mode 0700). Every parent of the root must be traversable by it.
@@ -40,7 +43,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { openSync, closeSync, readdirSync, readFileSync, existsSync } from 'node:fs';
-import { appendFile, chmod, chown, copyFile, lstat, mkdir, readdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, chown, copyFile, lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -524,15 +527,65 @@ const SETPRIV: string | undefined = (() => {
  * shutdown) when our process dies: setpriv sets the parent-death signal, then execs the server,
  * which keeps our process as its parent and the setting across the exec.
  */
-function tiedToUs(bin: string, args: readonly string[]): [string, string[]] {
-  return SETPRIV === undefined ? [bin, [...args]] : [SETPRIV, ['--pdeathsig', 'SIGINT', '--', bin, ...args]];
+function tiedToUs(bin: string, args: readonly string[], signal: NodeJS.Signals = 'SIGINT'): [string, string[]] {
+  return SETPRIV === undefined ? [bin, [...args]] : [SETPRIV, ['--pdeathsig', signal, '--', bin, ...args]];
 }
 
 /** Every server this process started, so none outlives it even on an unexpected exit. */
 const live = new Set<ChildProcess>();
+/**
+ * Every helper process (initdb, cp) running, each the leader of a process group of its own:
+ * initdb runs PostgreSQL processes of its own (bootstrap, single-user), which a kill of initdb
+ * alone would leave behind.
+ */
+const helpers = new Set<ChildProcess>();
 process.once('exit', () => {
   for (const child of live) child.kill('SIGQUIT');
+  // The CLI exits past its start-up grace (start.ts) with initdb or a copy perhaps under way: a
+  // run that is over must not go on writing into its data directory. The next start redoes an
+  // interrupted first start from scratch, so nothing of theirs is worth a gentler signal.
+  for (const child of helpers) {
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // The group is gone already.
+    }
+  }
 });
+
+/**
+ * Spawns a helper that must not outlive this process: in a process group of its own (so the group
+ * can be killed, and a terminal's Ctrl-C reaches only us, which stops in order), killed with it on
+ * our exit (above), and, where setpriv is there, by the kernel should we die without an exit
+ * (SIGKILL). Its stderr is piped for the caller's error message.
+ */
+function spawnHelper(bin: string, args: readonly string[], owner: OsUser): ChildProcess {
+  const [command, commandArgs] = tiedToUs(bin, args, 'SIGKILL');
+  const proc = spawn(command, commandArgs, { ...owner, detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+  helpers.add(proc);
+  proc.once('exit', () => helpers.delete(proc));
+  proc.once('error', () => helpers.delete(proc));
+  return proc;
+}
+
+/**
+ * Writes the manifest so that a crash at any moment leaves either none (the first start is
+ * redone) or a whole one, never one cut short: it holds the only copy of the servers' password,
+ * so a torn one would leave the data unusable. Written to a temporary file beside it and flushed
+ * to disk, renamed over it, then the directory flushed so the rename itself survives a power cut.
+ * A temporary file a crash leaves is removed by the redone first start with the rest.
+ */
+async function writeManifest(path: string, manifest: Manifest): Promise<void> {
+  const temporary = `${path}.${process.pid}.tmp`;
+  await writeFile(temporary, `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600, flush: true });
+  await rename(temporary, path);
+  const dir = await open(dirname(path), 'r');
+  try {
+    await dir.sync();
+  } finally {
+    await dir.close();
+  }
+}
 
 async function readManifest(path: string): Promise<Manifest | undefined> {
   let text: string;
@@ -670,7 +723,7 @@ export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Pro
         }
       }),
     );
-    if (fresh) await writeFile(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
+    if (fresh) await writeManifest(manifestPath, manifest as Manifest);
   } catch (error) {
     await stopAll();
     if (error instanceof EmbeddedClusterError) throw error;
@@ -702,7 +755,7 @@ export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Pro
 /** `cp -a`: a byte-identical copy keeping owners and modes (we may be root copying the server user's files). */
 async function copyTree(src: string, dst: string): Promise<void> {
   await new Promise<void>((resolve, reject) => {
-    const proc = spawn('cp', ['-a', src, dst], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const proc = spawnHelper('cp', ['-a', src, dst], {});
     let err = '';
     proc.stderr?.on('data', (c: Buffer) => {
       err += c.toString('utf8');
@@ -715,7 +768,7 @@ async function copyTree(src: string, dst: string): Promise<void> {
 async function runInitdb(dataDir: string, pwFile: string, owner: OsUser): Promise<void> {
   const args = ['-D', dataDir, '-U', USER, `--pwfile=${pwFile}`, '--auth=scram-sha-256', '--encoding=UTF8', '--locale=C', '--no-sync'];
   await new Promise<void>((resolve, reject) => {
-    const proc = spawn(initdbBin, args, { ...owner, stdio: ['ignore', 'ignore', 'pipe'] });
+    const proc = spawnHelper(initdbBin, args, owner);
     let err = '';
     proc.stderr?.on('data', (c: Buffer) => {
       err = (err + c.toString('utf8')).slice(-4000);
