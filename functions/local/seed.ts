@@ -6,6 +6,9 @@
  * wrote them was cut off: the `pendingMarker` file, written before its first user and removed
  * after its last, says so, and the next seeding completes it (the users' ids follow from their
  * addresses, so a user already written, in one transaction with its documents, is skipped).
+ * It completes what was asked of the seeding cut off, which the marker records: a restart's
+ * `--seed-users` (its default 200 when left out) is for a fresh start, and would otherwise leave
+ * a first start's 1000 users at 200, or at however many were written before it was cut off.
  *
  * @example
  * ```ts
@@ -15,7 +18,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { rm, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { userIdForEmail } from './documents-api.js';
 import type pg from 'pg';
 import type { ShardWriter } from '../adapters/postgres/write-transaction.js';
@@ -55,16 +58,30 @@ async function counts(primaries: ReadonlyMap<string, pg.Pool>): Promise<{ usersB
   return { usersByShard: Object.fromEntries(entries.map(([s, u]) => [s, u])), documents: entries.reduce((n, [, , d]) => n + d, 0) };
 }
 
+const MARKER = /^seeding (\d+) users, (\d+) documents each\n?$/;
+
+/**
+ * What a seeding cut off was asked to write, from its marker; undefined when the marker does not
+ * say (empty: the process died as it wrote it, before any user), and the start's own request applies.
+ */
+function recordedRequest(text: string): { users: number; documentsPerUser: number } | undefined {
+  const m = MARKER.exec(text);
+  return m ? { users: Number(m[1]), documentsPerUser: Number(m[2]) } : undefined;
+}
+
 /** Seeds `users` users with `documentsPerUser` documents each, unless the shards already have users. */
 export async function seedDemoData(options: SeedOptions): Promise<SeedOutcome> {
   const before = await counts(options.primaries);
   const marker = options.pendingMarker;
   const cutOff = marker !== undefined && existsSync(marker);
   if (!cutOff && Object.values(before.usersByShard).some((n) => n > 0)) return { seeded: false, ...before };
-  if (marker !== undefined) await writeFile(marker, `seeding ${options.users} users, ${options.documentsPerUser} documents each\n`);
+  const recorded = cutOff ? recordedRequest(await readFile(marker, 'utf8').catch(() => '')) : undefined;
+  const asked = recorded ?? { users: options.users, documentsPerUser: options.documentsPerUser };
+  // Flushed before the first user is written: a seeding cut off by a power loss is still known.
+  if (marker !== undefined && recorded === undefined) await writeFile(marker, `seeding ${asked.users} users, ${asked.documentsPerUser} documents each\n`, { flush: true });
   let next = 0;
   const worker = async (): Promise<void> => {
-    while (next < options.users) {
+    while (next < asked.users) {
       const i = next++;
       const email = `user${i + 1}@ca-dms.example`;
       // The id the documents API gives this address, so signing up with it again is a 409.
@@ -73,7 +90,7 @@ export async function seedDemoData(options: SeedOptions): Promise<SeedOutcome> {
         const user = await client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4) on conflict do nothing', [id, slot, email, `Demo user ${i + 1}`]);
         // Written, with its documents, by a seeding that was cut off afterwards.
         if (user.rowCount === 0) return;
-        for (let d = 0; d < options.documentsPerUser; d++) {
+        for (let d = 0; d < asked.documentsPerUser; d++) {
           const title = `${TITLES[(i + d) % TITLES.length] ?? 'Document'} #${d + 1}`;
           await client.query('insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5)', [randomUUID(), id, slot, title, JSON.stringify({ body: `${title} of demo user ${i + 1}`, tags: ['demo'] })]);
         }
