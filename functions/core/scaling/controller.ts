@@ -550,9 +550,12 @@ export class ScalingController {
   }
 
   /**
-   * Runs the policy. For an alarm during a scale-out cooldown it applies AWS's rule: the policy
-   * is asked again as if the in-progress scale-out had not happened, and only the difference
-   * between that answer and the capacity already set is added.
+   * Runs the policy. For an alarm during a scale-out cooldown that held the policy back it
+   * applies AWS's rule: the policy is asked again as if the in-progress scale-out had not
+   * happened, and only the difference between that answer and the capacity already set is added.
+   * A policy that no cooldown held (ca-dms, which has none and counts pending tasks itself) is
+   * asked once, as the schedule and the simulator ask it: asked again from the capacity before
+   * its last scale-out, it would size for a climb from there and add a task it does not need.
    */
   private runPolicy(
     policy: ScalingPolicy<ServiceScalingConfig>,
@@ -565,7 +568,8 @@ export class ScalingController {
     const plain = policy.evaluate({ config: cfg, state, metrics, tasks, now: ctx.now });
     const plainResult = { to: plain.decision.to, reasons: plain.decision.reasons, blocked: plain.decision.blocked, state: plain.state };
     const cooldown = scaleOutCooldown(state, ctx.now, cfg.cooldown_out * 1000);
-    if (ctx.request.trigger !== 'alarm' || cooldown === undefined || plain.decision.to > tasks.desired) return plainResult;
+    const heldByCooldown = plain.decision.blocked.some((b) => b.kind === 'cooldown');
+    if (ctx.request.trigger !== 'alarm' || cooldown === undefined || !heldByCooldown || plain.decision.to > tasks.desired) return plainResult;
     // The chain of scale-outs in cooldown starts with the newest scale-out that left `base`.
     const chainStart = [...state.events].reverse().find((e) => e.to > e.from && e.from === cooldown.base);
     const before = { ...state, events: state.events.filter((e) => chainStart === undefined || e.at < chainStart.at) };

@@ -297,4 +297,45 @@ describe('controller with its catalog', () => {
     expect(alarm.decisions[0]?.reasons.map((r) => r.rule)).toContain('alarm_scale_out_during_cooldown');
     expect(updates()).toEqual([3, 5]);
   });
+
+  it('asks ca-dms, which has no scale-out cooldown, once on an alarm: the alarm decides what the schedule (and the simulator) decides', async () => {
+    // Two catalogs with the same history; at the last minute one is evaluated by the schedule, the other by an alarm.
+    const config = { ...CONFIG, policy: 'ca-dms' };
+    const [a, b] = [await freshCatalog(), await freshCatalog()];
+    for (const { store } of [a, b]) await store.putConfig(config, { actor: 'alice' });
+    const clock = new ManualClock(T0);
+    const onSchedule = controllerFor({ topology, catalog: a.store, fallback: config, clock });
+    const onAlarm = controllerFor({ topology, catalog: b.store, fallback: config, clock });
+    // A slow climb (2 busy tasks, +0.05 a minute) measured as the simulator measures it: tasks
+    // started serve two minutes later, the minute just ended was served by the tasks running then.
+    let desired = 2;
+    let running = 2;
+    let served = 2;
+    const starting: Array<{ at: number; count: number }> = [];
+    const given = (minute: number): void => {
+      while (starting[0] !== undefined && starting[0].at <= clock.now()) running += (starting.shift() as { count: number }).count;
+      const u = (2 + 0.05 * minute) / served;
+      cw.on(GetMetricDataCommand).callsFake(metricsFrom(['svc-0'], { 'svc-0': { cpu: 100 * Math.min(1, u), mem: 30 + 50 * Math.min(1, u), conn: 100 * u * running } }));
+      ecs.on(DescribeServicesCommand).resolves({ services: [ecsService('ca-dms-svc-0', { running, pending: desired - running, desired })] });
+    };
+    for (let minute = 0; minute < 3; minute++) {
+      given(minute);
+      const [first] = (await onSchedule.evaluate({ trigger: 'schedule' })).decisions;
+      const [second] = (await onAlarm.evaluate({ trigger: 'schedule' })).decisions;
+      expect(second?.to).toBe(first?.to);
+      if (first !== undefined && first.to > desired) starting.push({ at: clock.now() + 120_000, count: first.to - desired });
+      desired = first?.to ?? desired;
+      served = running;
+      clock.advance(60_000);
+    }
+    // ca-dms scaled out within the last 300 s, the guide's scale_cooldown, which it does not have.
+    expect((await a.store.getServiceState('svc-0'))?.events.length).toBeGreaterThan(0);
+    given(3);
+
+    const [scheduled] = (await onSchedule.evaluate({ trigger: 'schedule' })).decisions;
+    const [alarm] = (await onAlarm.evaluate({ trigger: 'alarm', services: ['svc-0'], actor: 'alarm:cpu-high' })).decisions;
+
+    expect(alarm).toMatchObject({ trigger: 'alarm', from: desired, to: scheduled?.to });
+    expect(alarm?.reasons.map((r) => r.rule)).not.toContain('alarm_scale_out_during_cooldown');
+  });
 });
