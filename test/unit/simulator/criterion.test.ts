@@ -9,11 +9,15 @@ import {
   envelopeCost,
   judgeFrontier,
 } from '../../../functions/core/scaling/simulator/criterion.js';
-import { contestantsFor } from '../../../functions/core/scaling/simulator/anchors.js';
+import { thresholdPolicy } from '../../../functions/core/scaling/policies/threshold.js';
+import { contestantsFor, simulationConfig } from '../../../functions/core/scaling/simulator/anchors.js';
+import { metricsFor } from '../../../functions/core/scaling/simulator/fleet.js';
 import { DEFAULT_MODEL } from '../../../functions/core/scaling/simulator/model.js';
 import { prepareTrace, simulate } from '../../../functions/core/scaling/simulator/simulate.js';
 import { ANCHOR_SWEEPS, runAnchors } from '../../../functions/core/scaling/simulator/sweep.js';
 import { syntheticTrace } from '../../../functions/core/scaling/simulator/synthetic.js';
+import { applyVariant, parseVariant } from '../../../functions/core/scaling/simulator/variant.js';
+import { initialState } from '../../../functions/core/scaling/types.js';
 
 const p = (knob: number, sloViolationMinutes: number, taskMinutes: number) => ({ knob, sloViolationMinutes, taskMinutes });
 const pt = (sloViolationMinutes: number, taskMinutes: number) => ({ sloViolationMinutes, taskMinutes });
@@ -182,7 +186,31 @@ describe('the anchor sweeps', () => {
     expect(byAnchor['step']).toHaveLength(12);
     expect(byAnchor['step']?.at(-1)).toBe('step:step.scale_out_threshold=85,step.scale_in_threshold=55');
     expect(byAnchor['threshold']).toHaveLength(9);
-    expect(byAnchor['threshold']?.[0]).toBe('threshold:cpu_scale_up=50,cpu_scale_down=0');
+    expect(byAnchor['threshold']?.[0]).toBe(
+      'threshold:cpu_scale_up=50,cpu_scale_down=0,memory_scale_up=55,memory_scale_down=30,connections_scale_up=50,connections_scale_down=0',
+    );
+  });
+
+  it('names each setting by a variant spec that configures exactly what the sweep replays', () => {
+    for (const sweep of ANCHOR_SWEEPS) {
+      const base = simulationConfig(sweep.anchor, DEFAULT_MODEL);
+      for (const v of sweep.values) expect(applyVariant(base, parseVariant(sweep.spec(v)))).toEqual(sweep.configure(base, v));
+    }
+  });
+
+  it('moves the threshold anchor where its CPU thresholds say, not where the memory and connection defaults hold it', () => {
+    const sweep = ANCHOR_SWEEPS.find((s) => s.anchor === 'threshold');
+    const at = (knob: number) => (sweep as (typeof ANCHOR_SWEEPS)[number]).configure(simulationConfig('threshold', DEFAULT_MODEL), knob);
+    const T = Date.UTC(2026, 0, 5);
+    const decide = (knob: number, busy: number) =>
+      thresholdPolicy.evaluate({ config: at(knob), state: initialState('simulated'), metrics: metricsFor(busy * 4, 4, T, DEFAULT_MODEL), tasks: { running: 4, pending: 0, desired: 4 }, now: T }).decision.to;
+
+    // cpu_scale_up 90: 85 % busy is below it (connections 85 would pass the guide's 80)
+    expect(decide(90, 0.85)).toBe(4);
+    expect(decide(90, 0.95)).toBe(5);
+    // cpu_scale_down 30: 25 % busy is below it (memory 42.5 and connections 25 would not pass the guide's 40 and 20)
+    expect(decide(80, 0.25)).toBe(3);
+    expect(decide(80, 0.35)).toBe(4);
   });
 });
 

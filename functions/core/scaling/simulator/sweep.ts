@@ -33,9 +33,28 @@ function range(from: number, to: number, step: number): number[] {
 }
 
 /**
+ * The guide's memory and connection thresholds that say what the CPU thresholds `up` / `down`
+ * say, in the simulator's metrics (`metricsFor`: connections per task = CPU % while CPU is not
+ * saturated, memory % = 30 + CPU / 2). Left at the guide's defaults, they overrule the CPU
+ * setting being swept: connections above 80 scale out at 80 % CPU whatever `cpu_scale_up`
+ * says, and memory below 40 and connections below 20 hold every scale-in to CPU below 20, so
+ * the settings from 80 up would all be one and the same.
+ */
+function thresholdsFollowingCpu(up: number, down: number) {
+  return {
+    cpu_scale_up: up,
+    cpu_scale_down: down,
+    memory_scale_up: 30 + up / 2,
+    memory_scale_down: 30 + down / 2,
+    connections_scale_up: up,
+    connections_scale_down: down,
+  };
+}
+
+/**
  * hpa and target-tracking: `targets.cpu` 30..90 step 5; step: `scale_out_threshold` 30..85
  * with `scale_in_threshold` 30 below; threshold: `cpu_scale_up` 50..90 with `cpu_scale_down`
- * 50 below.
+ * 50 below, the memory and connection thresholds moved with them ({@link thresholdsFollowingCpu}).
  */
 export const ANCHOR_SWEEPS: readonly AnchorSweep[] = [
   ...(['hpa', 'target-tracking'] as const).map((anchor) => ({
@@ -53,8 +72,11 @@ export const ANCHOR_SWEEPS: readonly AnchorSweep[] = [
   {
     anchor: 'threshold',
     values: range(50, 90, 5),
-    spec: (v) => `threshold:cpu_scale_up=${v},cpu_scale_down=${v - 50}`,
-    configure: (base, v) => ({ ...base, cpu_scale_up: v, cpu_scale_down: v - 50 }),
+    spec: (v) =>
+      `threshold:${Object.entries(thresholdsFollowingCpu(v, v - 50))
+        .map(([path, value]) => `${path}=${value}`)
+        .join(',')}`,
+    configure: (base, v) => ({ ...base, ...thresholdsFollowingCpu(v, v - 50) }),
   },
 ];
 
