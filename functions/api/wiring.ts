@@ -463,7 +463,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           (async () => {
             // As GET /shards/rebalance-check plans, from the same measurement.
             const { census, inFlight } = await rebalanceCensus();
-            return { result: await s.inspector.planRebalance(census), inFlight };
+            return { result: await s.inspector.planRebalance(census, { maxUnitRows: s.mover.maxUnitRows }), inFlight };
           })().catch(() => undefined),
         ]);
         shards = {
@@ -520,7 +520,8 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     async rebalanceCheck(options) {
       const s = sharding();
       try {
-        return await s.inspector.planRebalance((await rebalanceCensus()).census, options);
+        // Within the mover's limit: a proposed move it would refuse (422 'too-large') misleads.
+        return await s.inspector.planRebalance((await rebalanceCensus()).census, { ...options, maxUnitRows: s.mover.maxUnitRows });
       } catch (err) {
         // A plan over an unreachable shard would be blind; shards of unequal weights cannot be
         // balanced towards equal loads. Both are states of the system, not server faults.

@@ -33,7 +33,7 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { canonicalKey, keySlot } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting } from '../../core/sharding/move-machine.js';
-import { canCancel, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
+import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
 import {
   MoveBusyError,
   MoveConflictError,
@@ -141,7 +141,14 @@ function message(err: unknown): string {
  * is run by one of them at a time, under a lease on its row).
  */
 /** The default {@link MoverOptions.maxUnitRows}: within V8's string limit, and the moves function's memory. */
-export const DEFAULT_MAX_UNIT_ROWS = 10_000_000;
+export { DEFAULT_MAX_UNIT_ROWS };
+
+/**
+ * The default {@link MoverOptions.shardWaitMs}, 5 minutes: far longer than any one step of a unit
+ * within {@link DEFAULT_MAX_UNIT_ROWS} holds a connection (the longest, the comparison's hashes of
+ * the whole unit), short enough that a run on a silent shard gives its job back.
+ */
+export const DEFAULT_SHARD_WAIT_MS = 300_000;
 
 export class Mover {
   private readonly routing: MoveRouting;
@@ -295,9 +302,17 @@ export class Mover {
     return rows.map(toJob);
   }
 
+  /**
+   * The most rows in one table of a unit this mover takes ({@link MoverOptions.maxUnitRows}): what
+   * the rebalance check must plan within, so that it proposes no move this mover refuses.
+   */
+  get maxUnitRows(): number {
+    return this.options.maxUnitRows ?? DEFAULT_MAX_UNIT_ROWS;
+  }
+
   /** Refuses a unit with more rows in one table than {@link MoverOptions.maxUnitRows}. */
   private async checkUnitSize(kind: 'slot' | 'directory', unitId: string, from: string): Promise<void> {
-    const limit = this.options.maxUnitRows ?? DEFAULT_MAX_UNIT_ROWS;
+    const limit = this.maxUnitRows;
     if (!Number.isSafeInteger(limit) || limit < 1) throw new MoveError(`maxUnitRows must be a whole number of rows, at least 1 (got ${limit})`);
     const source = this.options.shards.get(from) as pg.Pool;
     // Both counts read the (slot, id) or primary-key and owner indexes; keys the directory keeps
@@ -396,7 +411,7 @@ export class Mover {
             drainTimeoutMs: this.options.drainTimeoutMs ?? 30_000,
             readerGraceMs: this.options.readerGraceMs ?? 0,
             actor: this.options.actor ?? 'mover',
-            maxUnitRows: this.options.maxUnitRows ?? DEFAULT_MAX_UNIT_ROWS,
+            maxUnitRows: this.maxUnitRows,
             idleInTransactionMs: ttlMs,
           },
         });

@@ -686,6 +686,16 @@ export class ShardInspector {
       const slots = new Map<number, { rows: number; bytes: number }>();
       const keys = new Map<string, { rows: number; bytes: number }>();
       const totals = tables.map(() => ({ rows: 0, bytes: 0 }));
+      // Rows per table as the mover counts a unit before moving it (checkUnitSize: a slot's rows
+      // in each table, those of directory keys included; a key's rows in each table), for the
+      // planner's maxUnitRows rule.
+      const slotTableRows = new Map<number, number[]>();
+      const keyTableRows = new Map<string, number[]>();
+      const addRows = <K>(into: Map<K, number[]>, k: K, t: number, n: number): void => {
+        const per = into.get(k) ?? tables.map(() => 0);
+        per[t] = (per[t] ?? 0) + n;
+        into.set(k, per);
+      };
       const add = (into: { rows: number; bytes: number } | undefined, n: number, bytes: number): { rows: number; bytes: number } => ({ rows: (into?.rows ?? 0) + n, bytes: (into?.bytes ?? 0) + bytes });
       for (const g of groups) {
         const total = totals[g.t] as { rows: number; bytes: number };
@@ -693,6 +703,8 @@ export class ShardInspector {
         total.rows += sign * g.n;
         total.bytes += sign * g.bytes;
         if (g.not_owned || g.slot === null) continue;
+        addRows(slotTableRows, g.slot, g.t, g.n);
+        if (g.key !== null) addRows(keyTableRows, g.key, g.t, g.n);
         if (g.key !== null) {
           if (home.get(g.key) === shardId) keys.set(g.key, add(keys.get(g.key), g.n, g.bytes));
         } else if (slotMap.assignments[g.slot] === shardId) {
@@ -706,7 +718,14 @@ export class ShardInspector {
         diskBytes: t.disk_bytes,
         method: 'exact',
       }));
-      const unit = (kind: 'slot' | 'directory', id: string, u: { rows: number; bytes: number }): MovableUnit => ({ kind, id, shardId, rows: u.rows, bytes: Math.round(u.bytes) });
+      const unit = (kind: 'slot' | 'directory', id: string, u: { rows: number; bytes: number }, perTable: readonly number[] | undefined): MovableUnit => ({
+        kind,
+        id,
+        shardId,
+        rows: u.rows,
+        bytes: Math.round(u.bytes),
+        maxTableRows: Math.max(0, ...(perTable ?? [])),
+      });
       return {
         inRecovery: catalog.some((r) => r.in_recovery),
         measurement: {
@@ -718,10 +737,10 @@ export class ShardInspector {
           documents: statistics[1]?.rows ?? 0,
         },
         units: [
-          ...[...slots.entries()].sort(([a], [b]) => a - b).map(([slot, u]) => unit('slot', String(slot), u)),
+          ...[...slots.entries()].sort(([a], [b]) => a - b).map(([slot, u]) => unit('slot', String(slot), u, slotTableRows.get(slot))),
           ...directory.flatMap((d) => {
             const u = keys.get(d.key);
-            return u ? [unit('directory', d.key, u)] : [];
+            return u ? [unit('directory', d.key, u, keyTableRows.get(d.key))] : [];
           }),
         ],
       };

@@ -37,6 +37,14 @@ export const TERMINAL_STATES: readonly MoveState[] = ['done', 'failed', 'cancell
 /** What moves: a hash slot (all rows whose `slot` column is that slot) or one directory key. */
 export type MoveUnitKind = 'slot' | 'directory';
 
+/**
+ * The most rows, in any one sharded table, of a unit one move takes by default (the mover's
+ * `maxUnitRows`): within V8's longest string (one table's row hashes of one side arrive as one
+ * string, 10.3 million rows) and the moves function's memory. The rebalance planner proposes no
+ * larger unit, since the mover would refuse it.
+ */
+export const DEFAULT_MAX_UNIT_ROWS = 10_000_000;
+
 /** The order of the forward path. */
 const FORWARD: readonly MoveState[] = ['planned', 'copying', 'catching_up', 'cutover', 'verifying', 'cleaning_up', 'done'];
 

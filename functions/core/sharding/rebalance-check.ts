@@ -23,6 +23,8 @@ export interface RebalanceCheckOptions {
   readonly headroomBytes?: number;
   /** Upper bound on the moves proposed. */
   readonly maxMoves?: number;
+  /** The most rows in any one table of a unit a move takes (the mover's `maxUnitRows`); larger units are not proposed. Default `DEFAULT_MAX_UNIT_ROWS`. */
+  readonly maxUnitRows?: number;
 }
 
 export interface RebalanceCheckResult {
@@ -60,6 +62,7 @@ export function checkRebalance(
     ...(options.by === undefined ? {} : { by: options.by }),
     ...(options.headroomBytes === undefined ? {} : { headroomBytes: options.headroomBytes }),
     ...(options.maxMoves === undefined ? {} : { maxMoves: options.maxMoves }),
+    ...(options.maxUnitRows === undefined ? {} : { maxUnitRows: options.maxUnitRows }),
   });
   return {
     by: plan.summary.by,

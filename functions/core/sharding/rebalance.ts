@@ -18,13 +18,15 @@
  *    the weighted variance `sum(load^2 / weight)` (for equal weights: `size < load(from) -
  *    load(to)`; so no move ever makes balance worse and the plan cannot cycle), leaves the
  *    receiving shard at least `headroomBytes` of free storage when its free storage is known,
- *    and moves a unit not moved before.
+ *    moves a unit not moved before, and moves a unit the mover takes: no more than `maxUnitRows`
+ *    rows in any one table (`maxTableRows`; `rows` when that is not given).
  * 4. Among admissible candidates, if some resolve the shard completely, take the one moving the
  *    least data (best fit); otherwise the one that lowers the excess most (ties: less data, the
  *    lighter target, then ids). Apply it and repeat.
  * 5. A shard with no admissible candidate is set aside (until the next move changes the loads);
  *    planning stops when every shard is within bounds or none can be helped, and the shards
- *    left outside are reported in `unresolved` with the reason.
+ *    left outside are reported in `unresolved` with the reason (naming the units that would have
+ *    helped but are larger than the mover takes, when that is why).
  *
  * @example
  * ```ts
@@ -38,6 +40,7 @@
  */
 import { z } from 'zod';
 import { RebalancePlanError } from './errors.js';
+import { DEFAULT_MAX_UNIT_ROWS } from './move-plan.js';
 
 const size = z.number().finite().min(0);
 
@@ -45,12 +48,27 @@ export const rebalanceInputSchema = z.strictObject({
   shards: z
     .array(z.strictObject({ shardId: z.string().min(1), bytes: size, rows: size, freeBytes: size.optional(), weight: z.number().finite().positive().default(1) }))
     .min(1, 'at least one shard is required'),
-  units: z.array(z.strictObject({ kind: z.enum(['slot', 'directory']), id: z.string().min(1), shardId: z.string().min(1), rows: size, bytes: size })),
+  units: z.array(
+    z.strictObject({
+      kind: z.enum(['slot', 'directory']),
+      id: z.string().min(1),
+      shardId: z.string().min(1),
+      rows: size,
+      bytes: size,
+      /** The most rows the unit has in any one sharded table, as the mover counts them before a move. Default: `rows`, never less. */
+      maxTableRows: size.optional(),
+    }),
+  ),
   /** Allowed deviation from each shard's target, as a fraction. Default 0.10 (10%). */
   threshold: z.number().gt(0).lt(1).default(0.1),
   by: z.enum(['bytes', 'rows']).default('bytes'),
   /** Free storage a target must keep after a move (applies where `freeBytes` is known). Default 0. */
   headroomBytes: size.default(0),
+  /**
+   * The most rows in any one table of a unit a move takes (the mover's `maxUnitRows`): a larger
+   * unit is never proposed, since the mover would refuse it. Default {@link DEFAULT_MAX_UNIT_ROWS}.
+   */
+  maxUnitRows: z.number().int().min(1).default(DEFAULT_MAX_UNIT_ROWS),
   /** Safety bound on the number of moves proposed. Default 10000. */
   maxMoves: z.number().int().min(1).default(10_000),
 });
@@ -98,6 +116,9 @@ export interface RebalancePlan {
   readonly summary: RebalanceSummary;
 }
 
+/** How many of the units too large to move an unresolved shard's reason names. */
+const TOO_LARGE_NAMED = 5;
+
 interface Candidate {
   unit: MovableUnit;
   from: string;
@@ -115,7 +136,7 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
   if (!parsed.success) {
     throw new RebalancePlanError(`invalid rebalance input: ${parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`, { cause: parsed.error });
   }
-  const { shards, units, threshold, by, headroomBytes, maxMoves } = parsed.data;
+  const { shards, units, threshold, by, headroomBytes, maxUnitRows, maxMoves } = parsed.data;
   const ids = new Set<string>();
   for (const s of shards) {
     if (ids.has(s.shardId)) throw new RebalancePlanError(`shard ${s.shardId} is listed twice`);
@@ -147,11 +168,20 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
   /** Load over target; 1 when the shard holds exactly its share. */
   const relative = (id: string, v: number = loadOf(id)): number => (targetOf(id) === 0 ? (v === 0 ? 1 : Infinity) : v / targetOf(id));
   const order = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+  const tableRowsOf = (u: MovableUnit): number => u.maxTableRows ?? u.rows;
 
   const home = new Map(units.map((u) => [`${u.kind}:${u.id}`, u.shardId]));
   const moved = new Set<string>();
   const moves: PlannedMove[] = [];
   const unresolved = new Map<string, string>();
+  /** Units that would have helped at some step but are larger than a move takes, by key. */
+  const withheld = new Map<string, MovableUnit>();
+  const sizeOf = (list: readonly MovableUnit[]): string => {
+    const named = list.slice(0, TOO_LARGE_NAMED).map((u) => `${u.kind} ${u.id} on ${u.shardId} (${tableRowsOf(u).toLocaleString('en')} rows in one table)`);
+    return `${named.join(', ')}${list.length > TOO_LARGE_NAMED ? ` and ${list.length - TOO_LARGE_NAMED} more` : ''}`;
+  };
+  const tooLargeWhy = (list: readonly MovableUnit[]): string =>
+    `larger than one move takes (at most ${maxUnitRows.toLocaleString('en')} rows in any one table, the mover's maxUnitRows): ${sizeOf(list)}`;
 
   const admissible = (u: MovableUnit, from: string, to: string, problem: string): Candidate | undefined => {
     const sz = metric(u);
@@ -193,6 +223,8 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
     const over = loadOf(problem) > targetOf(problem);
     let best: Candidate | undefined;
     let blockedByHeadroom = false;
+    // Units that would help but that the mover refuses (more rows in one table than it takes).
+    const tooLarge: MovableUnit[] = [];
     for (const u of units) {
       const key = `${u.kind}:${u.id}`;
       if (moved.has(key)) continue;
@@ -202,6 +234,11 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
       for (const t of targets) {
         if (t === at) continue;
         const c = admissible(u, at, t, problem);
+        if (c !== undefined && tableRowsOf(u) > maxUnitRows) {
+          if (!tooLarge.includes(u)) tooLarge.push(u);
+          withheld.set(key, u);
+          continue;
+        }
         if (c !== undefined) {
           if (better(c, best)) best = c;
           continue;
@@ -215,7 +252,9 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
       const where = over ? `${pct}% above` : `${(-Number(pct)).toFixed(1)}% below`;
       const why = blockedByHeadroom
         ? `every move that would help leaves its target with less than ${headroomBytes} free bytes`
-        : over
+        : tooLarge.length > 0
+          ? `the units that would help are ${tooLargeWhy(tooLarge)}`
+          : over
           ? 'none of its movable units fits on a lighter shard without overshooting'
           : 'no heavier shard has a movable unit that fits here without overshooting';
       unresolved.set(problem, `${problem} stays ${where} its target: ${why}`);
@@ -235,6 +274,12 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
     unresolved.clear();
   }
 
+  // A unit left out at an earlier step may be why the plan took a path that ends outside the
+  // threshold, though no shard's last step could use it: said once, for whoever reads the plan.
+  const unbalanced = shards.some((s) => excess(s.shardId, loadOf(s.shardId)) > 0);
+  if (unbalanced && withheld.size > 0 && ![...unresolved.values()].some((r) => r.includes("the mover's maxUnitRows"))) {
+    unresolved.set('(too large)', `not proposed, being ${tooLargeWhy([...withheld.values()])}`);
+  }
   if (moves.length >= maxMoves && shards.some((s) => excess(s.shardId, loadOf(s.shardId)) > 0)) unresolved.set('(limit)', `planning stopped at maxMoves (${maxMoves}) before every shard was within the threshold`);
   const imbalance = (values: number[]): number => (total === 0 ? 1 : Math.max(...values.map((v, i) => relative((shards[i] as ShardLoadParsed).shardId, v))));
   const beforeValues = shards.map((s) => metric(s));

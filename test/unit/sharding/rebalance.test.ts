@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { RebalancePlanError } from '../../../functions/core/sharding/errors.js';
+import { DEFAULT_MAX_UNIT_ROWS } from '../../../functions/core/sharding/move-plan.js';
 import { planRebalance, type MovableUnit, type ShardLoad } from '../../../functions/core/sharding/rebalance.js';
 
 const slot = (id: number, shardId: string, bytes: number, rows = bytes / 100): MovableUnit => ({ kind: 'slot', id: String(id), shardId, rows, bytes });
@@ -61,6 +62,44 @@ describe('rebalance planner', () => {
     expect(plan.moves.map((m) => m.to)).not.toContain('b');
     expect(plan.moves).toEqual([]);
     expect(plan.summary.unresolved).toContain('a stays 80.0% above its target: every move that would help leaves its target with less than 200 free bytes');
+  });
+
+  it('never proposes a unit with more rows in one table than maxUnitRows, moving the ones that fit instead', () => {
+    // Slot 1 would resolve a alone (the best fit), but has 6 rows in one table against a limit of 5.
+    const units: MovableUnit[] = [
+      { kind: 'slot', id: '1', shardId: 'a', rows: 8, bytes: 450, maxTableRows: 6 },
+      { kind: 'slot', id: '2', shardId: 'a', rows: 4, bytes: 250, maxTableRows: 4 },
+      { kind: 'slot', id: '3', shardId: 'a', rows: 4, bytes: 200, maxTableRows: 3 },
+      { kind: 'slot', id: '4', shardId: 'a', rows: 2, bytes: 100, maxTableRows: 1 },
+    ];
+    const atItsLimit = planRebalance({ shards: totals(units, ['a', 'b']), units, maxUnitRows: 6 });
+    expect(atItsLimit.moves.map((m) => m.unit.id)).toEqual(['1']);
+
+    const plan = planRebalance({ shards: totals(units, ['a', 'b']), units, maxUnitRows: 5 });
+    expect(plan.moves.map((m) => m.unit.id)).toEqual(['2', '3']);
+    expect(plan.summary.balancedAfter).toBe(true);
+  });
+
+  it('says which units that would help are larger than one move takes when nothing else can', () => {
+    const units: MovableUnit[] = [
+      { kind: 'slot', id: '1', shardId: 'a', rows: 30, bytes: 500, maxTableRows: 20 },
+      { kind: 'directory', id: 'k', shardId: 'a', rows: 25, bytes: 400 },
+    ];
+    const plan = planRebalance({ shards: totals(units, ['a', 'b']), units, maxUnitRows: 10 });
+    expect(plan.moves).toEqual([]);
+    expect(plan.summary.unresolved).toContain(
+      "a stays 100.0% above its target: the units that would help are larger than one move takes (at most 10 rows in any one table, the mover's maxUnitRows): slot 1 on a (20 rows in one table), directory k on a (25 rows in one table)",
+    );
+  });
+
+  it('applies the mover\'s default limit (DEFAULT_MAX_UNIT_ROWS) when none is given', () => {
+    const units: MovableUnit[] = [
+      { kind: 'slot', id: '1', shardId: 'a', rows: DEFAULT_MAX_UNIT_ROWS + 2, bytes: 900, maxTableRows: DEFAULT_MAX_UNIT_ROWS + 1 },
+      { kind: 'slot', id: '2', shardId: 'a', rows: 20, bytes: 300, maxTableRows: 10 },
+    ];
+    const plan = planRebalance({ shards: totals(units, ['a', 'b']), units });
+    expect(plan.moves.map((m) => m.unit.id)).toEqual(['2']);
+    expect(() => planRebalance({ shards: totals(units, ['a', 'b']), units, maxUnitRows: 0 })).toThrow(/maxUnitRows/);
   });
 
   it('balances by rows when asked, even when the bytes are balanced', () => {
