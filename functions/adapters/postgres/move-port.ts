@@ -108,6 +108,12 @@ export interface PgMovePortOptions {
    * still checked out then has its socket closed ({@link PgMovePort.pool}). Absent: no bound.
    */
   readonly abandonInMs?: () => number;
+  /**
+   * The longest a shard connection is checked out outside the fence, whatever `abandonInMs` says
+   * (see `MoverOptions.shardWaitMs`): a run with no abandon time must not wait on a silent shard
+   * for ever. Absent: no bound but `abandonInMs`.
+   */
+  readonly checkoutBoundMs?: number;
 }
 
 /** Rows of a unit that met rows of the target with the same ids in another unit (see `upsert`); nothing was overwritten. */
@@ -616,11 +622,14 @@ export class PgMovePort implements MovePort<MoveJob> {
     // Giving the fence up writes to the source too: a silent source must not hold that for ever.
     if (this.releasingFence) return this.droppingPool(pool, shard, FENCED_STATEMENT_SLACK_MS);
     // Outside the fence the server answers for nothing either: a shard that went silent during the
-    // copy or the catch-up (no fence held, the lease renewed by a healthy catalog connection)
-    // would hold the job until the function's timeout. Past the run's abandon time its
-    // connections are closed, the run ends, and its lease goes back.
+    // permit claim, the copy or the catch-up (no fence held, the lease renewed by a healthy
+    // catalog connection) would hold the job until the function's timeout, or for ever in a run
+    // with no abandon time. Past the run's abandon time, or once a checkout has lasted its bound,
+    // its connection is closed, the step fails, and the run ends and gives its lease back.
     const abandonIn = this.options.abandonInMs?.();
-    return abandonIn === undefined ? pool : this.droppingPool(pool, shard, abandonIn);
+    const bound = this.options.checkoutBoundMs;
+    const afterMs = abandonIn === undefined ? bound : bound === undefined ? abandonIn : Math.min(abandonIn, bound);
+    return afterMs === undefined ? pool : this.droppingPool(pool, shard, afterMs);
   }
 
   /**

@@ -109,6 +109,16 @@ export interface MoverOptions {
    * snapshot and never need it, so it defaults to 0; it is there for readers that do not.
    */
   readonly readerGraceMs?: number;
+  /**
+   * How long a run keeps one shard connection checked out outside the fence (a statement, a copy
+   * page, a catch-up pass, the permit claim, the comparison before the fence; a new connection's
+   * start-up too) before it closes it. The server answers for none of them when it has stopped
+   * answering (a frozen host, a black-holed path: no reset), and a run with no `abandonAt` (local
+   * mode's background mover) would wait for ever, its lease renewed; closed, the step
+   * fails and the job stays resumable. With `abandonAt`, the earlier of the two bounds applies.
+   * Default {@link DEFAULT_SHARD_WAIT_MS}; at least 1000.
+   */
+  readonly shardWaitMs?: number;
   /** Name recorded as the publisher of the new map. Default `mover`. */
   readonly actor?: string;
   /**
@@ -355,6 +365,8 @@ export class Mover {
     const timeUp = until === undefined && stop === undefined ? undefined : (): boolean => stop?.aborted === true || (until !== undefined && wallClock() >= until);
     const ttlMs = this.options.leaseTtlMs ?? 30_000;
     if (!Number.isInteger(ttlMs) || ttlMs < 100) throw new MoveError(`leaseTtlMs must be a whole number of ms, at least 100 (got ${ttlMs})`);
+    const shardWaitMs = this.options.shardWaitMs ?? DEFAULT_SHARD_WAIT_MS;
+    if (!Number.isInteger(shardWaitMs) || shardWaitMs < 1000) throw new MoveError(`shardWaitMs must be a whole number of ms, at least 1000 (got ${shardWaitMs})`);
     const copyLanes = this.options.copyLanes ?? 1;
     if (!Number.isInteger(copyLanes) || copyLanes < 1 || copyLanes > 16) throw new MoveError(`copyLanes must be a whole number from 1 to 16 (got ${copyLanes})`);
     const client = await this.options.catalog.connect();
@@ -402,6 +414,7 @@ export class Mover {
           ...(this.options.clock ? { now: this.options.clock } : {}),
           ...(timeUp ? { timeUp } : {}),
           ...(abandonAt === undefined ? {} : { abandonInMs: () => abandonAt - wallClock() }),
+          checkoutBoundMs: shardWaitMs,
           settings: {
             batchRows: this.options.batchRows ?? 5000,
             copyBatchRows: this.options.copyBatchRows ?? 20_000,
