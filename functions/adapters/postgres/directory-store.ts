@@ -21,7 +21,29 @@ import { TtlCache } from '../../core/sharding/ttl-cache.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
-  override readonly name = 'DirectoryError';
+  override readonly name: string = 'DirectoryError';
+}
+
+/**
+ * What a compare-and-set write of an entry ({@link DirectoryStore.set}) expects to find: the key
+ * pinned to `shardId` at `version`, or (`null`) no entry for the key. Both the shard and the
+ * version are compared: a key deleted and pinned again starts again at version 1.
+ */
+export type ExpectedDirectoryEntry = Pick<DirectoryEntry, 'shardId' | 'version'> | null;
+
+/** A compare-and-set write found another entry than it expected (someone changed it since it was read); nothing was written. */
+export class DirectoryVersionConflictError extends DirectoryError {
+  override readonly name = 'DirectoryVersionConflictError';
+  constructor(
+    readonly key: string,
+    readonly expected: ExpectedDirectoryEntry,
+    /** The entry found instead (read after the refused write), or null when there is none. */
+    readonly actual: DirectoryEntry | null,
+  ) {
+    const expectedText = expected === null ? 'no entry' : `${expected.shardId} (version ${expected.version})`;
+    const actualText = actual === null ? 'no entry' : `${actual.shardId} (version ${actual.version}, by ${actual.updatedBy})`;
+    super(`the directory entry of ${key} changed: expected ${expectedText}, found ${actualText}; nothing was written`);
+  }
 }
 
 export interface DirectoryEntry {
@@ -105,22 +127,47 @@ export class DirectoryStore implements DirectoryLookup {
     return rows[0] ? toEntry(rows[0]) : null;
   }
 
-  /** Pins `key` to `shardId` (insert or update, bumping the entry's version). */
-  async set(rawKey: string, shardId: string, by: string, client: Queryable = this.pool): Promise<DirectoryEntry> {
+  /**
+   * Pins `key` to `shardId` (insert or update, bumping the entry's version). With `expected`, a
+   * compare-and-set: written only over that entry (or, `null`, only where the key has none), else
+   * {@link DirectoryVersionConflictError} naming what was found, and nothing written. Without it,
+   * the last writer wins (an operator's decision).
+   *
+   * @example
+   * ```ts
+   * const read = await directory.entry('3f2c1d9e-8a7b-4c6d-9e0f-112233445566');
+   * await directory.set(read!.key, 'shard_002', 'ops@example.com', undefined, read); // refused if changed since
+   * ```
+   */
+  async set(rawKey: string, shardId: string, by: string, client: Queryable = this.pool, expected?: ExpectedDirectoryEntry): Promise<DirectoryEntry> {
     // Stored in canonical form, the form the router looks up (a pin under an upper-case UUID would never match).
     const key = canonicalKey(rawKey);
     if (key === '') throw new DirectoryError('directory keys must not be empty');
     if (by.trim() === '') throw new DirectoryError('every directory change records who made it; "by" must not be empty');
     if (this.shards && !this.shards.has(shardId)) throw new DirectoryError(`shard ${shardId} is not configured (known: ${[...this.shards].join(', ')})`);
-    const { rows } = await client.query<Row>(
-      `insert into catalog.shard_directory (key, shard_id, updated_by) values ($1, $2, $3)
-       on conflict (key) do update set shard_id = excluded.shard_id, updated_by = excluded.updated_by,
-         updated_at = now(), version = catalog.shard_directory.version + 1
-       returning key, shard_id, version, updated_at, updated_by`,
-      [key, shardId, by],
-    );
+    const returning = 'returning key, shard_id, version, updated_at, updated_by';
+    // Under READ COMMITTED an update that meets a row changed since its snapshot (committed, or
+    // committing while it waits for the row) re-checks its condition on the row as it is now:
+    // a change made between the caller's read and this write is never overwritten.
+    const { rows } =
+      expected === undefined
+        ? await client.query<Row>(
+            `insert into catalog.shard_directory (key, shard_id, updated_by) values ($1, $2, $3)
+             on conflict (key) do update set shard_id = excluded.shard_id, updated_by = excluded.updated_by,
+               updated_at = now(), version = catalog.shard_directory.version + 1
+             ${returning}`,
+            [key, shardId, by],
+          )
+        : expected === null
+          ? await client.query<Row>(`insert into catalog.shard_directory (key, shard_id, updated_by) values ($1, $2, $3) on conflict (key) do nothing ${returning}`, [key, shardId, by])
+          : await client.query<Row>(
+              `update catalog.shard_directory set shard_id = $2, updated_by = $3, updated_at = now(), version = version + 1
+                where key = $1 and shard_id = $4 and version = $5 ${returning}`,
+              [key, shardId, by, expected.shardId, expected.version],
+            );
     this.cache.invalidate(key);
-    return toEntry(rows[0] as Row);
+    if (!rows[0]) throw new DirectoryVersionConflictError(key, expected ?? null, await this.entry(key, client));
+    return toEntry(rows[0]);
   }
 
   /** Removes the pin; returns whether there was one. The key then follows the fallback. */

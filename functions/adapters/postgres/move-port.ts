@@ -3,8 +3,8 @@
  * (`core/sharding/move-machine.ts`) asks for. One port serves one run of one job and uses one
  * catalog connection (the run's) and the shards' pools one connection at a time, so a Lambda
  * whose pools hold a single connection can run a move. Every write of the job row is a
- * compare-and-set on the run's lease epoch (sharding migration 006): a run whose lease expired
- * and was claimed by another runner changes nothing more ({@link MoveLeaseLostError}).
+ * compare-and-set on the run's lease epoch and holder (sharding migration 006): a run whose lease
+ * expired and was claimed by another runner changes nothing more ({@link MoveLeaseLostError}).
  *
  * - Change capture by trigger (`record_move_change`, shard migration 002) rather than by
  *   `updated_at` or `xmin`: those cannot see deletes, and `updated_at` trusts every writer. The
@@ -29,19 +29,19 @@
  *
  * @example
  * ```ts
- * const port = new PgMovePort({ catalog: new MoverCatalog(client), leaseEpoch, shards, slotMaps, directory, settings });
+ * const port = new PgMovePort({ catalog: new MoverCatalog(client), leaseEpoch, leaseHolder, shards, slotMaps, directory, settings });
  * const done = await driveMove(job, port);
  * ```
  */
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as delay } from 'node:timers/promises';
-import type pg from 'pg';
+import pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { MoveCancelled, MoveError, MoveFenceBudgetSpent, MoveLeaseLostError, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
-import type { DirectoryStore } from './directory-store.js';
+import { DirectoryVersionConflictError, type DirectoryStore, type ExpectedDirectoryEntry } from './directory-store.js';
 import { connectBy, DEADLINE_GRACE_MS, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
@@ -93,6 +93,12 @@ export interface PgMovePortOptions {
   readonly catalog: MoverCatalog;
   /** The epoch of the run's lease on the job (see `Mover.run`): every write of the job row requires it. */
   readonly leaseEpoch: number;
+  /**
+   * The holder the run's claim recorded (unique per claim): every write of the job row requires it
+   * too. An epoch alone is not unique: a claim lost by a catalog failover (committed on the old
+   * primary only) is handed out again, with the same epoch, to the next run on the new primary.
+   */
+  readonly leaseHolder: string;
   readonly shards: ReadonlyMap<string, pg.Pool>;
   readonly slotMaps: MoverSlotMaps;
   readonly directory: MoverDirectory;
@@ -344,7 +350,7 @@ export class PgMovePort implements MovePort<MoveJob> {
   private pre: PreVerified | null = null;
   /** The job whose destination this run has named on the source's capture row (see {@link nameDestination}). */
   private hinted: number | null = null;
-  /** The condition every write of the job row carries: the run's lease is still the job's. */
+  /** The condition every write of the job row carries: the run's lease (its epoch and its holder) is still the job's. */
   private readonly mine: string;
   /** The run's lease epoch, which its writes on the shards carry too (see {@link write}). */
   private readonly epoch: number;
@@ -362,7 +368,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     this.catalog = options.catalog;
     this.settings = options.settings;
     this.epoch = Math.trunc(options.leaseEpoch);
-    this.mine = `lease_epoch = ${this.epoch}`;
+    this.mine = `(lease_epoch = ${this.epoch} and lease_holder = ${pg.escapeLiteral(options.leaseHolder)})`;
     this.sleep = options.sleep ?? defaultSleep;
     this.now = options.now ?? (() => performance.now());
     // While the fence is held, the catalog's statements are bounded as the shards' are (see
@@ -710,9 +716,18 @@ export class PgMovePort implements MovePort<MoveJob> {
       // the move meanwhile) must not pin the key back to its old shard.
       await this.withLockedJob(job, async () => {
         await this.catalog.use(async (catalog) => {
-          const pinned = (await this.options.directory.entry(job.unitId, catalog))?.shardId ?? null;
-          if (pinned === null) await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog);
-          else if (pinned !== job.from) throw new MoveError(`key ${job.unitId} is now pinned to ${pinned}, not ${job.from}; cancel this move`);
+          let pinned = (await this.options.directory.entry(job.unitId, catalog))?.shardId ?? null;
+          // Only where there is still no pin: an operator's pin made since the read is theirs to keep.
+          if (pinned === null) {
+            pinned = await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null).then(
+              () => job.from,
+              (err: unknown) => {
+                if (!(err instanceof DirectoryVersionConflictError)) throw err;
+                return err.actual?.shardId ?? null;
+              },
+            );
+          }
+          if (pinned !== job.from) throw new MoveError(`key ${job.unitId} is now pinned to ${pinned ?? 'nothing'}, not ${job.from}; cancel this move`);
         });
       });
     }
@@ -1644,6 +1659,22 @@ export class PgMovePort implements MovePort<MoveJob> {
     });
   }
 
+  /**
+   * Publishes `job.to` as the unit's owner, compare-and-set against the owner read (`read`, from
+   * {@link currentOwner}): the next slot map version built from the map read, or the directory
+   * entry written only over the entry read. A change made since the read (another publisher's map,
+   * an operator's directory change: nothing locks the entry between the read and the write) fails
+   * it ({@link SlotMapVersionConflictError}, {@link DirectoryVersionConflictError}) and nothing is
+   * published; the caller reads the owner again. Answers the version published.
+   */
+  private async publishOwner(job: MoveJob, read: { owner: string | null; version: number; map: SlotMap | null }, reason: string): Promise<number> {
+    return this.catalog.use(async (catalog) => {
+      if (read.map !== null) return (await this.options.slotMaps.publish(moveSlots(read.map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version;
+      const expected: ExpectedDirectoryEntry = read.owner === null ? null : { shardId: read.owner, version: read.version };
+      return (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog, expected)).version;
+    });
+  }
+
   async flip(job: MoveJob): Promise<FlipOutcome<MoveJob>> {
     const reason = `move job #${job.id}: ${job.kind} ${job.unitId} from ${job.from} to ${job.to}`;
     for (let attempt = 1; ; attempt++) {
@@ -1708,8 +1739,9 @@ export class PgMovePort implements MovePort<MoveJob> {
           this.publishing = false;
           return { kind: 'over_budget' };
         }
-        // Another publisher (a move from another source) took this map version: read it again.
-        if (!(err instanceof SlotMapVersionConflictError) || attempt >= 20) throw err;
+        // Another publisher (a move from another source) took this map version, or someone changed
+        // the directory entry since the flip read it: read it again (the change decides the outcome).
+        if (!(err instanceof SlotMapVersionConflictError || err instanceof DirectoryVersionConflictError) || attempt >= 20) throw err;
         // Refused, the publication inserted nothing.
         this.publishing = false;
       } finally {
@@ -1736,7 +1768,8 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (row.flipStarted) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'flipped', job: row });
     if (row.cancelRequested || row.rollbackTo !== null) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'cancelled', job: row });
     if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
-    const { owner, version, map } = await this.currentOwner(row);
+    const read = await this.currentOwner(row);
+    const { owner, version } = read;
     if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
       return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` });
     }
@@ -1744,11 +1777,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (left <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
     await this.catalog.query(`set local statement_timeout = '${Math.max(1, Math.ceil(left))}ms'`);
     this.publishing = true;
-    const after = await this.catalog.use(async (catalog) =>
-      map === null
-        ? (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog)).version
-        : (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version,
-    );
+    const after = await this.publishOwner(job, read, reason);
     const flipped = await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);
     // Past the budget the run gives the fence up: nothing may be published then.
     if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
@@ -1992,7 +2021,8 @@ export class PgMovePort implements MovePort<MoveJob> {
       try {
         return await this.withLockedJob(job, async (row) => {
           if (row.flipStarted) return row;
-          const { owner, version, map } = await this.currentOwner(row);
+          const read = await this.currentOwner(row);
+          const { owner, version } = read;
           let after = version;
           if (owner !== job.to) {
             if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
@@ -2000,11 +2030,7 @@ export class PgMovePort implements MovePort<MoveJob> {
                 `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, but the catalog names ${owner ?? 'nobody'} as its owner (version ${version}), neither side of the move: the unit's owner must be decided by hand`,
               );
             }
-            after = await this.catalog.use(async (catalog) =>
-              map === null
-                ? (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog)).version
-                : (await this.options.slotMaps.publish(moveSlots(map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version,
-            );
+            after = await this.publishOwner(job, read, reason);
           }
           // Straight to the verification's end: what comes after the flip (the fence released
           // forward again, the clean-up) is what is left to do.
@@ -2015,8 +2041,9 @@ export class PgMovePort implements MovePort<MoveJob> {
           );
         });
       } catch (err) {
-        // Another publisher (a move from another source) took this map version: read it again.
-        if (!(err instanceof SlotMapVersionConflictError) || attempt >= 20) throw err;
+        // Another publisher (a move from another source) took this map version, or someone changed
+        // the directory entry since it was read: read it again.
+        if (!(err instanceof SlotMapVersionConflictError || err instanceof DirectoryVersionConflictError) || attempt >= 20) throw err;
       }
     }
   }

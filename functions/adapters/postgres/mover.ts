@@ -13,12 +13,18 @@
  * the job by compare-and-set (no holder, or the holder's lease expired by the database clock),
  * which gives it the next lease epoch; it renews the lease every third of `leaseTtlMs` (on the
  * run's catalog connection, in its turn between transactions: {@link MoverCatalog}), and every
- * write it makes to the job row requires that epoch. A mover killed outright lets its claim lapse
- * after at most `leaseTtlMs`; the next run claims the job and resumes it, and the old mover, were
- * it only stalled, finds its epoch gone at its next write and stops ({@link MoveLeaseLostError}).
- * The shards enforce the same epoch (shard migration 010): a run claims the job's permit on both
- * shards before its first step, and every write it makes there holds that permit, so a stalled
- * run is refused by the shards too, even between a check of its lease and its write.
+ * write it makes to the job row requires that epoch and its holder (unique per claim). A mover
+ * killed outright lets its claim lapse after at most `leaseTtlMs`; the next run claims the job and
+ * resumes it, and the old mover, were it only stalled, finds its epoch gone at its next write and
+ * stops ({@link MoveLeaseLostError}). The shards enforce the same epoch (shard migration 010): a
+ * run claims the job's permit on both shards before its first step, and every write it makes
+ * there holds that permit, so a stalled run is refused by the shards too, even between a check of
+ * its lease and its write. An epoch is not unique once a catalog failover has lost a claim (it
+ * committed on the old primary only: the next claim on the new one hands out the same epoch,
+ * while the run that had it may still be alive), hence the holder in every catalog check; and a
+ * shard gives a permit only to an epoch higher than the last that claimed it (shard migration
+ * 020), so of two runs of one epoch only the first to claim writes there, and the job's next run,
+ * one epoch higher, takes it over from both.
  * Nothing is held on a connection between statements, so no RDS Proxy connection is pinned.
  *
  * @example
@@ -138,8 +144,10 @@ const CLAIM = `
   update catalog.move_jobs set lease_holder = $2, lease_epoch = lease_epoch + 1, lease_expires_at = clock_timestamp() + $3::double precision * interval '1 millisecond'
    where id = $1 and (lease_expires_at is null or lease_expires_at <= clock_timestamp())
   returning *`;
-const RENEW = `update catalog.move_jobs set lease_expires_at = clock_timestamp() + $3::double precision * interval '1 millisecond' where id = $1 and lease_epoch = $2`;
-const RELEASE = 'update catalog.move_jobs set lease_holder = null, lease_expires_at = null where id = $1 and lease_epoch = $2';
+// Renewed and released by epoch and holder: the holder is unique per claim, the epoch is not once
+// a catalog failover has lost a claim (see PgMovePortOptions.leaseHolder).
+const RENEW = `update catalog.move_jobs set lease_expires_at = clock_timestamp() + $3::double precision * interval '1 millisecond' where id = $1 and lease_epoch = $2 and lease_holder = $4`;
+const RELEASE = 'update catalog.move_jobs set lease_holder = null, lease_expires_at = null where id = $1 and lease_epoch = $2 and lease_holder = $3';
 const DEFAULT_ROUTING: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
 
 function message(err: unknown): string {
@@ -398,7 +406,7 @@ export class Mover {
         if (renewing) return;
         renewing = true;
         catalog
-          .query(RENEW, [id, epoch, ttlMs])
+          .query(RENEW, [id, epoch, ttlMs, holder])
           .catch(() => undefined)
           .finally(() => {
             renewing = false;
@@ -408,6 +416,7 @@ export class Mover {
         const port = new PgMovePort({
           catalog,
           leaseEpoch: epoch,
+          leaseHolder: holder,
           shards: this.options.shards,
           slotMaps: this.options.slotMaps,
           directory: this.options.directory,
@@ -447,7 +456,7 @@ export class Mover {
       } finally {
         clearInterval(renewal);
         // A release that fails leaves the claim to lapse at its expiry.
-        await catalog.query(RELEASE, [id, epoch]).catch(() => undefined);
+        await catalog.query(RELEASE, [id, epoch, holder]).catch(() => undefined);
       }
     } finally {
       client.off('error', onError);

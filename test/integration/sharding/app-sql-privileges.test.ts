@@ -490,7 +490,7 @@ describe('shard migration 019 on a shard an earlier release migrated', () => {
         }
         // Completes while another session holds ACCESS EXCLUSIVE on the move log (no table lock).
         const migrated = await runMigrations(pool, 'shard', SHARD_MIGRATIONS, { lockTimeoutMs: 2000, lockAttempts: 1 });
-        expect(migrated.applied).toEqual(['019_fence_and_capture_privileges.sql']);
+        expect(migrated.applied).toEqual(['019_fence_and_capture_privileges.sql', '020_move_permit_strictly_later.sql']);
       } finally {
         await locker.query('commit');
         locker.release();

@@ -234,6 +234,8 @@ describe("the mover's SQL on a shard whose schema the application login may crea
       const unprivileged = env.mover({ readerGraceMs: 0, shards: moverPools, hook: writesOn(to, 2) });
       const planned = await unprivileged.plan({ kind: 'slot', slot, to: from, createdBy: 'test' });
       await stale.connect();
+      // A stale run of epoch 1 (its lease lapsed: the next run claims epoch 2).
+      await env.catalog.query('update catalog.move_jobs set lease_epoch = 1 where id = $1', [planned.id]);
       await stale.query('select move_permit_claim($1::bigint, 1::bigint)', [planned.id]);
       await stale.query('begin');
       await stale.query('select move_permit_hold($1::bigint, 1::bigint)', [planned.id]);

@@ -47,7 +47,7 @@ describe('a step that fails once under the fence', () => {
     const [user] = keysInSlot(slot, 1) as [string];
     await seedUsers(source, slot, [user], 2);
     // The second locked read of the job (the flip's is the first) is the rollback's.
-    const catalog = failingOnce(env.catalog, /from catalog\.move_jobs where id = \$1 and lease_epoch = \d+ for update/, 2);
+    const catalog = failingOnce(env.catalog, /from catalog\.move_jobs where id = \$1 and \(lease_epoch = \d+ and lease_holder = '[^']*'\) for update/, 2);
     const mover = new Mover({
       catalog: catalog.pool,
       shards: env.shards,
@@ -174,7 +174,7 @@ describe("a stale run that never sent a flip reopens its fence after another run
     // Each run stops dead at a point with its lease expired, as if it stalled there.
     const runUntil = (point: MoveHookPoint): Promise<unknown> => moverKilledAt(env, point).run(planned.id).catch((err: unknown) => err);
     await runUntil('fenced');
-    const { rows: first } = await env.catalog.query<{ epoch: string }>('select lease_epoch as epoch from catalog.move_jobs where id = $1', [planned.id]);
+    const { rows: first } = await env.catalog.query<{ epoch: string; holder: string }>('select lease_epoch as epoch, lease_holder as holder from catalog.move_jobs where id = $1', [planned.id]);
     const stalled = await env.mover().get(planned.id);
     // The next run takes the job over, publishes the target and stops before releasing the fence.
     await runUntil('published');
@@ -184,6 +184,7 @@ describe("a stale run that never sent a flip reopens its fence after another run
       const stale = new PgMovePort({
         catalog: new MoverCatalog(catalog),
         leaseEpoch: Number(first[0]?.epoch),
+        leaseHolder: String(first[0]?.holder),
         shards: env.shards,
         slotMaps: env.slotMaps,
         directory: env.directory,

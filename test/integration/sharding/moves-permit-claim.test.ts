@@ -63,7 +63,9 @@ describe('a permit claim that waits', () => {
     await seedUsers(source, slot, keysInSlot(slot, 2), 1);
     const mover = env.mover({ leaseTtlMs: 3000 });
     const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
-    // An earlier run (epoch 1) has two write transactions open on the target, both stuck.
+    // An earlier run (epoch 1) has two write transactions open on the target, both stuck; its
+    // lease has lapsed, so the next run claims epoch 2.
+    await env.catalog.query('update catalog.move_jobs set lease_epoch = 1 where id = $1', [planned.id]);
     await target.query('select move_permit_claim($1, 1)', [planned.id]);
     const lanes = [await session(env.urls.shards[to] as string), await session(env.urls.shards[to] as string)];
     for (const lane of lanes) {

@@ -196,7 +196,7 @@ describe('a move killed at any step', () => {
     // Each run stops dead at a step with its lease expired, as if it stalled there.
     const runUntil = (point: MoveHookPoint): Promise<unknown> => moverKilledAt(env, point).run(planned.id).catch((err: unknown) => err);
     await runUntil('fenced');
-    const { rows: first } = await env.catalog.query<{ epoch: string }>('select lease_epoch as epoch from catalog.move_jobs where id = $1', [planned.id]);
+    const { rows: first } = await env.catalog.query<{ epoch: string; holder: string }>('select lease_epoch as epoch, lease_holder as holder from catalog.move_jobs where id = $1', [planned.id]);
     // A second run takes the job over, fences the unit again and catches up, then holds the fence.
     await runUntil('verifying');
     const job = await env.mover().get(planned.id);
@@ -210,6 +210,7 @@ describe('a move killed at any step', () => {
       const stale = new PgMovePort({
         catalog: new MoverCatalog(catalog),
         leaseEpoch: Number(first[0]?.epoch),
+        leaseHolder: String(first[0]?.holder),
         shards: env.shards,
         slotMaps: env.slotMaps,
         directory: env.directory,
