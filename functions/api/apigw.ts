@@ -24,11 +24,17 @@ export function fromApiGatewayEvent(event: APIGatewayProxyEvent): ApiRequest {
   for (const [k, v] of Object.entries(event.headers ?? {})) if (typeof v === 'string') headers[k.toLowerCase()] = v;
   const query = Object.create(null) as Record<string, string>;
   for (const [k, v] of Object.entries(event.queryStringParameters ?? {})) if (typeof v === 'string') query[k] = v;
+  // API Gateway keeps the last of repeated values in queryStringParameters and all of them here.
+  const repeatedQuery = Object.entries(event.multiValueQueryStringParameters ?? {})
+    .filter(([, values]) => Array.isArray(values) && values.length > 1)
+    .map(([name]) => name)
+    .sort();
   const body = event.body == null ? null : event.isBase64Encoded ? Buffer.from(event.body, 'base64').toString('utf8') : event.body;
   return {
     method: event.httpMethod,
     path: event.path,
     query,
+    ...(repeatedQuery.length > 0 ? { repeatedQuery } : {}),
     headers,
     body,
     identity: identityOf(event),

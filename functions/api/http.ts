@@ -15,6 +15,12 @@ export interface ApiRequest {
   readonly method: string;
   readonly path: string;
   readonly query: Readonly<Record<string, string | undefined>>;
+  /**
+   * Query parameter names the client gave more than once (`?service=a&service=b`). `query` holds
+   * only the last value, as API Gateway's `queryStringParameters` does; the router refuses them.
+   * Sorted, so that local mode and API Gateway build the same request.
+   */
+  readonly repeatedQuery?: readonly string[];
   readonly headers: Readonly<Record<string, string | undefined>>;
   /** The raw body text, or null when there is none. */
   readonly body: string | null;

@@ -189,6 +189,10 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
       if (nameWhy) invalid.push({ name: 'query', reason: `a parameter name ${nameWhy}` });
       else if (why) invalid.push({ name: `query.${name}`, reason: why });
     }
+    // Only the last value would be used: `?service=a&service=b` would answer for b alone.
+    for (const name of request.repeatedQuery ?? []) {
+      if (textProblem(name) === undefined) invalid.push({ name: `query.${name}`, reason: 'is given more than once; give each query parameter once' });
+    }
     const parsePart = (prefix: string, schema: Schema | undefined, value: unknown): unknown => {
       if (!schema) return undefined;
       const r = schema.safeParse(value);
@@ -264,7 +268,11 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
       if (result.json !== undefined && typeof result.body === 'object' && result.body !== null && Object.isFrozen(result.body)) checkedSnapshots.add(result.body);
     }
     if (result.body === undefined) return { status: result.status, headers: { 'cache-control': 'no-store', ...result.headers }, body: '' };
-    if (method === 'HEAD') return { ...jsonResponse(result.status, null, { ...result.headers }), body: '' };
+    if (method === 'HEAD') {
+      // RFC 9110 section 8.6: a Content-Length on HEAD must be the one GET would send.
+      const length = Buffer.byteLength(result.json ?? JSON.stringify(result.body), 'utf8');
+      return { ...jsonResponse(result.status, null, { ...result.headers, 'content-length': String(length) }), body: '' };
+    }
     if (result.json === undefined) return jsonResponse(result.status, result.body, { ...result.headers });
     return { ...jsonResponse(result.status, null, { ...result.headers }), body: result.json, ...(result.reuseForMs ? { reuseForMs: result.reuseForMs } : {}) };
   }

@@ -107,10 +107,15 @@ function parseIfMatch(value: string): Precondition {
  */
 async function currentMatching(precondition: Precondition | undefined, port: ScalingApiPort): Promise<ConfigEnvelope> {
   const current = await guard(() => port.getConfig());
-  if (precondition !== undefined && !precondition.any && !precondition.versions.includes(current.version)) {
-    throw new ProblemError(412, `the configuration is at version ${current.version}, not ${precondition.versions.map((v) => `"v${v}"`).join(' or ')}; GET it again and retry with the new ETag`);
-  }
+  requireMatch(precondition, current.version);
   return current;
+}
+
+/** 412 unless `If-Match` holds for `version`. */
+function requireMatch(precondition: Precondition | undefined, version: number): void {
+  if (precondition !== undefined && !precondition.any && !precondition.versions.includes(version)) {
+    throw new ProblemError(412, `the configuration is at version ${version}, not ${precondition.versions.map((v) => `"v${v}"`).join(' or ')}; GET it again and retry with the new ETag`);
+  }
 }
 
 /** Validates a whole configuration document; a 400 naming every invalid path (`body.` + path) otherwise. */
@@ -357,7 +362,7 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       path: `${API_PREFIX}/config`,
       operationId: 'patchConfig',
       summary: 'Change some scaling settings',
-      description: `A JSON Merge Patch (RFC 7396, ${MERGE_PATCH}) of the configuration as GET /config returns it: the settings it names change, every other stays as it is; null resets a setting to its default. If-Match (the ETag from GET, or *) is optional: without it the patch applies to whatever version is current.`,
+      description: `A JSON Merge Patch (RFC 7396, ${MERGE_PATCH}) of the configuration as GET /config returns it: the settings it names change, every other stays as it is; null resets a setting to its default. If-Match (the ETag from GET, or *) is optional: without it the patch applies to whatever version is current. A service the deployment does not scale (a misspelt name under services) is refused with 422 naming it, as by PUT.`,
       tags: ['scaling'],
       query: noQuery,
       headers: ifMatchHeadersSchema,
@@ -367,19 +372,21 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       handle: async ({ headers, body, identity }) => {
         const ifMatch = headers['if-match'];
         const precondition = ifMatch === undefined ? undefined : parseIfMatch(ifMatch);
-        const pinned = precondition !== undefined && !precondition.any && precondition.versions.length === 1;
-        // Without a pinned version a concurrent writer only means the patch applies to the newer version.
-        for (let attempt = 1; ; attempt += 1) {
-          const current = await currentMatching(precondition, port);
-          const merged = applyMergePatch(current.config, body) as Record<string, unknown>;
-          validateConfig(merged);
-          try {
-            const stored = await guard(() => port.putConfig(merged, current.version, identity.actor, 'PATCH /config'));
-            return { status: 200, body: stored, headers: { etag: etagOf(stored.version) } };
-          } catch (err) {
-            if (pinned || attempt >= 5 || !(err instanceof ProblemError) || err.status !== 412) throw err;
-          }
-        }
+        // Read, checked and written with writers serialised: without If-Match a concurrent writer
+        // only means the patch applies to the newer version, never a 412 the client did not ask for.
+        const stored = await guard(() =>
+          port.updateConfig(
+            (current) => {
+              requireMatch(precondition, current.version);
+              const merged = applyMergePatch(current.config, body) as Record<string, unknown>;
+              validateConfig(merged);
+              return merged;
+            },
+            identity.actor,
+            'PATCH /config',
+          ),
+        );
+        return { status: 200, body: stored, headers: { etag: etagOf(stored.version) } };
       },
     }),
     ...(['start', 'stop'] as const).map((verb) =>

@@ -8,6 +8,20 @@ import { uuidForm } from '../core/sharding/keys.js';
 import { MOVE_STATES } from '../core/sharding/move-plan.js';
 
 const isoTime = z.string().datetime({ offset: true }).describe('an ISO 8601 timestamp');
+/**
+ * A timestamp in a query string. There a `+` means a space, so an offset sent as is
+ * (`since=2026-11-27T10:00:00+01:00`) arrives as `...10:00:00 01:00`: the reason says so.
+ */
+const queryTime = z
+  .string()
+  .datetime({
+    offset: true,
+    error: (issue) =>
+      typeof issue.input === 'string' && /^\d{4}-\d\d-\d\dT[\d:.]+ \d\d(?::?\d\d)?$/.test(issue.input)
+        ? 'has a space where its time zone offset\'s + should be: a + in a query string is read as a space, so send it as %2B (2026-11-27T10:00:00%2B01:00) or give the time in UTC (2026-11-27T09:00:00Z)'
+        : 'must be an ISO 8601 timestamp with a time zone, e.g. 2026-11-27T09:00:00Z or 2026-11-27T10:00:00%2B01:00',
+  })
+  .describe('an ISO 8601 timestamp with a time zone (Z, or an offset with its + sent as %2B)');
 const serviceName = z.string().regex(/^[a-z][a-z0-9-]{0,62}$/, 'service names are lower-case letters, digits and dashes');
 
 export const reasonSchema = z.object({
@@ -79,8 +93,8 @@ export const TIMESERIES_MAX_POINTS = 2000;
 
 export const timeseriesQuerySchema = z.strictObject({
   service: serviceName.optional().describe('one service; every configured service when absent'),
-  since: isoTime.optional().describe('start of the window (default: one hour before until)'),
-  until: isoTime.optional().describe('end of the window (default: now)'),
+  since: queryTime.optional().describe('start of the window (default: one hour before until)'),
+  until: queryTime.optional().describe('end of the window (default: now)'),
   step: z
     .string()
     .regex(/^\d+$/, 'must be a whole number of seconds')
@@ -128,8 +142,8 @@ export const historyQuerySchema = z.strictObject({
   outcome: z.enum(['applied', 'unchanged', 'blocked', 'failed', 'skipped']).optional().describe('only decisions with this outcome'),
   trigger: z.enum(['schedule', 'alarm', 'api']).optional().describe('only decisions of evaluations started by the schedule, an alarm, or the API'),
   kind: z.enum(['decision', 'event']).optional().describe('only decisions, or only events (configuration changes, starts and stops, alarms, gaps in the record)'),
-  since: isoTime.optional(),
-  until: isoTime.optional(),
+  since: queryTime.optional(),
+  until: queryTime.optional(),
   limit: z
     .string()
     .regex(/^\d+$/, 'must be a whole number')

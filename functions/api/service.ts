@@ -101,6 +101,12 @@ export interface ScalingApiPort {
    * {@link StaleVersionError} otherwise.
    */
   putConfig(document: Record<string, unknown>, expectedVersion: number, actor: string, comment?: string): Promise<ConfigEnvelope>;
+  /**
+   * Stores `change(current)` as the next version, writers serialised from the read to the write,
+   * so that concurrent changes all apply, in turn (PATCH). `current` is the configuration as GET
+   * /config returns it; what `change` throws is thrown unchanged and nothing is stored.
+   */
+  updateConfig(change: (current: { readonly version: number; readonly config: Record<string, unknown> }) => Record<string, unknown>, actor: string, comment: string): Promise<ConfigEnvelope>;
   setEnabled(enabled: boolean, scope: { service?: string; reason?: string }, actor: string): Promise<StartStopResult>;
   recommendations(): Promise<RecommendationsView>;
   evaluate(scope: { service?: string }, actor: string): Promise<EvaluationView>;

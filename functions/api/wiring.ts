@@ -264,6 +264,24 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     return { census: await running, inFlight: unfinished.length };
   }
 
+  /**
+   * A service the orchestrator does not know would be stored, listed by /status with an error,
+   * and evaluated as skipped forever; a misspelt override (`workr`) would leave `worker`
+   * unchanged. 422 naming each one the document adds; those already configured stay allowed.
+   */
+  function refuseUnscaledServices(document: Record<string, unknown>, configured: Readonly<Record<string, unknown>>): void {
+    const known = target.services?.();
+    const named = document['services'];
+    if (known === undefined || typeof named !== 'object' || named === null) return;
+    const unknown = Object.keys(named).filter((s) => !known.includes(s) && !Object.hasOwn(configured, s));
+    if (unknown.length === 0) return;
+    const reason = `is not a service this deployment scales (it scales ${known.join(', ')})`;
+    throw new ProblemError(422, `the configuration names ${unknown.length === 1 ? 'a service' : 'services'} this deployment does not scale: ${unknown.join(', ')}; it scales ${known.join(', ')}`, {
+      title: 'Unknown service',
+      invalidParams: unknown.map((s) => ({ name: `body.services.${s}`, reason })),
+    });
+  }
+
   async function latestDecisions(service: string, limit: number): Promise<StoredDecision[]> {
     return catalog.listDecisions({ service, limit });
   }
@@ -427,7 +445,23 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       };
     },
 
+    async updateConfig(change, actor, comment): Promise<ConfigEnvelope> {
+      const stored = await available('writing the configuration', () =>
+        catalog.updateConfig(
+          (current) => {
+            const document = change({ version: current.version, config: current.config as unknown as Record<string, unknown> });
+            refuseUnscaledServices(document, current.config.services);
+            return document;
+          },
+          { actor, comment },
+        ),
+      );
+      return { version: stored.version, updated_at: iso(stored.changedAt), updated_by: stored.changedBy, config: stored.config as unknown as Record<string, unknown> };
+    },
+
     async putConfig(document, expectedVersion, actor, comment = 'PUT /config'): Promise<ConfigEnvelope> {
+      const control = await available('reading the configuration', () => catalog.loadControl());
+      refuseUnscaledServices(document, control.config.services);
       try {
         const stored = await available('writing the configuration', () => catalog.putConfig(document, { actor, ifVersion: expectedVersion, comment }));
         return { version: stored.version, updated_at: iso(stored.changedAt), updated_by: stored.changedBy, config: stored.config as unknown as Record<string, unknown> };

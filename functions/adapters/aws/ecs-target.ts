@@ -47,6 +47,10 @@ function describeError(err: unknown): string {
 export class EcsScalingTarget implements ScalingTarget {
   constructor(private readonly options: EcsScalingTargetOptions) {}
 
+  services(): readonly string[] {
+    return Object.keys(this.options.topology.services).sort();
+  }
+
   async describe(services: readonly string[], signal?: AbortSignal): Promise<ReadonlyMap<string, TasksReading>> {
     const readings = new Map<string, TasksReading>();
     const byCluster = new Map<string, Array<{ service: string; ecsService: string }>>();

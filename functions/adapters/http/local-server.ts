@@ -183,12 +183,17 @@ export function toApiRequest(req: IncomingMessage, body: string, requestId: stri
     if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
   }
   const query = untrustedKeys<string>();
-  for (const [k, v] of target.searchParams) query[k] = v;
+  const repeated = new Set<string>();
+  for (const [k, v] of target.searchParams) {
+    if (Object.hasOwn(query, k)) repeated.add(k);
+    query[k] = v;
+  }
   const sourceIp = req.socket.remoteAddress ?? '127.0.0.1';
   return {
     method: req.method ?? 'GET',
     path: target.pathname,
     query,
+    ...(repeated.size > 0 ? { repeatedQuery: [...repeated].sort() } : {}),
     headers,
     body: body.length > 0 ? body : null,
     identity: { actor: `local:${sourceIp}`, sourceIp },
@@ -413,7 +418,11 @@ export async function bindLocalServer(options: CommonServerOptions): Promise<Loc
         // Any other method may change what the reads answer: nothing sent before it is resent.
         else if (req.method !== 'GET' && req.method !== 'HEAD') replies.clear();
         // A length rather than chunked framing: one less piece per response to write and parse.
-        const length = response.status === 204 || response.status === 304 ? {} : { 'content-length': String(Buffer.byteLength(response.body)) };
+        // A HEAD answer carries the length its GET would have (the routes set it), not its empty body's.
+        const length =
+          response.status === 204 || response.status === 304 || (req.method === 'HEAD' && response.headers['content-length'] !== undefined)
+            ? {}
+            : { 'content-length': String(Buffer.byteLength(response.body)) };
         res.writeHead(response.status, { ...response.headers, ...length, 'x-request-id': requestId });
         res.end(response.body);
         return;

@@ -26,7 +26,7 @@
  * ```
  */
 import type pg from 'pg';
-import { parseScalingConfig, type ScalingConfig } from '../../core/scaling/config.js';
+import { parseScalingConfig, resolveServiceConfig, type ScalingConfig } from '../../core/scaling/config.js';
 import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, LeaseOutcome, LeaseRequest, Outcome, ServiceSession, StoredServiceState, Trigger } from '../../core/scaling/ports.js';
 import type { Block, Direction, MetricsSnapshot, Reason, ServiceState } from '../../core/scaling/types.js';
 import { LeaseError, LeaseStore } from './lease-store.js';
@@ -263,6 +263,45 @@ export class CatalogStore implements ControllerCatalog {
     );
   }
 
+  /**
+   * Stores `change(current)` as the next version, with writers serialised from the read of the
+   * current configuration to the insert, so concurrent changes each apply to the one before and
+   * none is refused or lost (a merge patch sent without If-Match). `current` is the configuration
+   * in force (the defaults while none was stored, version 0). What `change` throws (a refused
+   * patch) is thrown as it is, and nothing is written.
+   */
+  async updateConfig(
+    change: (current: { readonly version: number; readonly config: ScalingConfig }) => Record<string, unknown> | Promise<Record<string, unknown>>,
+    opts: { actor: string; comment?: string },
+  ): Promise<StoredConfig> {
+    let refusal: { readonly error: unknown } | undefined;
+    try {
+      return await wrap('writing the configuration', async () =>
+        inTransaction(await this.db(), 'begin', async (client) => {
+          await client.query('lock table catalog.scaling_config in share row exclusive mode');
+          const stored = await this.readConfig(client);
+          const version = stored?.version ?? 0;
+          let document: Record<string, unknown>;
+          try {
+            document = await change({ version, config: stored?.config ?? this.options.defaults });
+          } catch (err) {
+            refusal = { error: err };
+            throw err;
+          }
+          const config = parseScalingConfig(document);
+          const inserted = await client.query<{ changed_at: Date }>(
+            'insert into catalog.scaling_config (version, document, changed_by, comment) values ($1, $2, $3, $4) returning changed_at',
+            [version + 1, JSON.stringify(document), opts.actor, opts.comment ?? ''],
+          );
+          return { version: version + 1, document, config, changedBy: opts.actor, changedAt: inserted.rows[0]?.changed_at ?? new Date(), comment: opts.comment ?? '' };
+        }),
+      );
+    } catch (err) {
+      if (refusal !== undefined) throw refusal.error;
+      throw err;
+    }
+  }
+
   /** Lists configuration versions, newest first. */
   async listConfigVersions(limit = 20): Promise<StoredConfig[]> {
     return wrap('listing configuration versions', async () => {
@@ -346,6 +385,17 @@ export class CatalogStore implements ControllerCatalog {
         if (rows[0]?.locked !== true) return { acquired: false } as const;
         const session: ServiceSession = {
           loadState: async () => (await client.query<{ state: StoredServiceState }>('select state from catalog.service_state where service = $1', [service])).rows[0]?.state,
+          stoppedBy: async () => {
+            const { rows } = await client.query<{ scope: string; changed_by: string }>(
+              `select scope, changed_by from catalog.scaling_switches where scope in ($1::text, $2::text) and not enabled order by scope = $1::text desc limit 1`,
+              [GLOBAL_SCOPE, service],
+            );
+            const off = rows[0];
+            if (off !== undefined) return { kind: 'switch', scope: off.scope, changedBy: off.changed_by };
+            const stored = await this.readConfig(client);
+            const disabled = stored !== undefined && (!stored.config.enabled || (Object.hasOwn(stored.config.services, service) && !resolveServiceConfig(stored.config, service).enabled));
+            return disabled ? { kind: 'config', version: stored.version, changedBy: stored.changedBy } : undefined;
+          },
           saveState: async (state) => {
             await client.query(
               `insert into catalog.service_state (service, state) values ($1, $2)

@@ -123,6 +123,10 @@ export class SimulatedFleet implements ScalingTarget, MetricsSource, ScalableTar
     }
   }
 
+  services(): readonly string[] {
+    return [...this.sims.keys()].sort();
+  }
+
   /** Trace time (epoch ms) replayed at wall-clock time `now`. */
   traceTimeAt(now: number): number {
     return this.traceStart + (now - this.startedAt) * this.options.acceleration;

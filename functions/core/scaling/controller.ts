@@ -37,6 +37,7 @@ import type {
   RawMetrics,
   ScalableTargetRegistry,
   ScalingTarget,
+  Stopper,
   StoredServiceState,
   Suspension,
   TasksReading,
@@ -124,6 +125,19 @@ export function toSnapshot(raw: RawMetrics, running: number, at: number): Metric
     ['queueDepthPerTask', perTask(raw.queueDepth)],
   ];
   return { at, ...Object.fromEntries(entries.filter(([, v]) => v !== undefined && Number.isFinite(v))) } as MetricsSnapshot;
+}
+
+/** A plan to change the count, held back because scaling was stopped after the evaluation began. */
+function stoppedMeanwhile(plan: Plan, stop: Stopper): Plan {
+  const { change: _change, ...held } = plan;
+  const by =
+    stop.kind === 'config'
+      ? `scaling was disabled by ${stop.changedBy} (configuration version ${stop.version})`
+      : stop.scope === '*'
+        ? `scaling was stopped by ${stop.changedBy}`
+        : `scaling of ${plan.record.service} was stopped by ${stop.changedBy}`;
+  const block: Block = { kind: 'disabled', message: `${by} while this evaluation ran: nothing is changed` };
+  return { ...held, record: { ...plan.record, outcome: 'blocked', blocked: [...plan.record.blocked, block] } };
 }
 
 /**
@@ -357,7 +371,11 @@ export class ScalingController {
       const planned = await this.deps.catalog.withServiceLock(service, async (session) => {
         const { state, settled, unsettled } = this.settle(await session.loadState(), inputs, ctx);
         if (settled !== undefined) await session.recordDecision(settled);
-        const plan = this.decide(inputs, state, ctx);
+        const decided = this.decide(inputs, state, ctx);
+        // The switches were read when the evaluation began, seconds of metric reads ago: a stop
+        // answered since then holds the change back (the stop's transaction has committed).
+        const stop = decided.change ? await session.stoppedBy() : undefined;
+        const plan = stop === undefined ? decided : stoppedMeanwhile(decided, stop);
         const pending = plan.change ? plan.record : unsettled;
         await session.saveState(pending === undefined ? plan.state : { ...plan.state, pending });
         if (!plan.change) await session.recordDecision(plan.record);

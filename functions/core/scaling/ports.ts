@@ -72,6 +72,11 @@ export interface ScalingTarget {
   describe(services: readonly string[], signal?: AbortSignal): Promise<ReadonlyMap<string, TasksReading>>;
   /** Sets a service's desired count. Throws when the orchestrator refuses. */
   setDesired(service: string, desired: number, signal?: AbortSignal): Promise<void>;
+  /**
+   * The services this orchestrator can scale (the deployment's topology), so that a
+   * configuration naming another one (`workr` for `worker`) is refused rather than stored.
+   */
+  services?(): readonly string[];
 }
 
 /** Which kinds of dynamic scaling an operator suspended for a service. */
@@ -150,9 +155,19 @@ export interface StoredServiceState extends ServiceState {
   readonly pending?: DecisionRecord;
 }
 
+/** What stops a service: a switch (scope `*` or the service), or a configuration version. */
+export type Stopper = { readonly kind: 'switch'; readonly scope: string; readonly changedBy: string } | { readonly kind: 'config'; readonly version: number; readonly changedBy: string };
+
 /** What the controller may do with one service while it holds that service's lock. */
 export interface ServiceSession {
   loadState(): Promise<StoredServiceState | undefined>;
+  /**
+   * What stops the service now, read under the lock: a switch (the global one or the service's
+   * own, POST /stop) or the stored configuration (`enabled: false`, globally or for the service);
+   * `undefined` while it may be scaled. A stop answered after the evaluation loaded its control
+   * state must still hold its change back.
+   */
+  stoppedBy(): Promise<Stopper | undefined>;
   saveState(state: StoredServiceState): Promise<void>;
   recordDecision(record: DecisionRecord): Promise<void>;
 }

@@ -8,6 +8,8 @@ import { Validator } from '@seriousme/openapi-schema-validator';
 import { UpdateServiceCommand } from '@aws-sdk/client-ecs';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { startLocalServer } from '../../../functions/adapters/http/local-server.js';
+import { createScalingRouter } from '../../../functions/api/routes.js';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
 import { GUIDE_FLAT_CONFIG } from '../../support/guide-config.js';
 import { SERVICES, startApiHarness, type ApiHarness } from './harness.js';
@@ -111,6 +113,23 @@ describe('scaling API over HTTP', () => {
       const inverted = await h.fetchJson(`${API}/history?since=2026-11-28T00:00:00Z&until=2026-11-27T00:00:00Z`);
       expect([forged.status, inverted.status]).toEqual([400, 400]);
       expect((forged.body as Problem).invalid_params?.[0]?.name).toBe('query.cursor');
+    });
+
+    it('reads a time zone offset sent as %2B, and says to send it so when its + arrived as a space', async () => {
+      const newest = ((await h.fetchJson(`${API}/history?kind=decision&limit=1`)).body as { items: Array<{ id: string; at: string }> }).items[0];
+      const at = Date.parse(newest?.at ?? '');
+      // The same instants written at +01:00: one second before the newest decision, and one after.
+      const plusOne = (ms: number): string => `${new Date(ms + 3_600_000).toISOString().slice(0, 19)}%2B01:00`;
+      const before = await h.fetchJson(`${API}/history?kind=decision&limit=1&since=${plusOne(at - 1000)}`);
+      const after = await h.fetchJson(`${API}/history?kind=decision&limit=1&since=${plusOne(at + 1000)}`);
+      const unencoded = await h.fetchJson(`${API}/history?since=2026-11-27T11:00:00+01:00`);
+      const series = await h.fetchJson(`${API}/timeseries?until=2026-11-27T11:00:00+01:00`);
+      expect((before.body as { items: Array<{ id: string }> }).items.map((i) => i.id)).toEqual([newest?.id]);
+      expect((after.body as { items: unknown[] }).items).toEqual([]);
+      for (const [res, name] of [[unencoded, 'query.since'], [series, 'query.until']] as const) {
+        expect(res.status).toBe(400);
+        expect((res.body as Problem).invalid_params).toEqual([{ name, reason: expect.stringContaining('send it as %2B') }]);
+      }
     });
   });
 
@@ -269,6 +288,29 @@ describe('scaling API over HTTP', () => {
       expect(await etag()).toBe(tag);
     });
 
+    it('refuses a service the deployment does not scale (a misspelt name) with 422 naming it, and changes nothing', async () => {
+      const tag = await etag();
+      const patch = await h.fetchJson(`${API}/config`, {
+        method: 'PATCH',
+        headers: { 'content-type': 'application/merge-patch+json' },
+        body: JSON.stringify({ services: { workr: { max_instances: 20 } } }),
+      });
+      const current = ((await h.fetchJson(`${API}/config`)).body as { config: { services: Record<string, unknown> } }).config;
+      const put = await h.fetchJson(`${API}/config`, {
+        method: 'PUT',
+        headers: { ...JSON_HEADERS, 'if-match': tag },
+        body: JSON.stringify({ ...current, services: { ...current.services, 'frontend-2': {} } }),
+      });
+      const status = (await h.fetchJson(`${API}/status`)).body as { services: Array<{ service: string }> };
+      expect([patch.status, put.status]).toEqual([422, 422]);
+      expect((patch.body as Problem).invalid_params).toEqual([
+        { name: 'body.services.workr', reason: `is not a service this deployment scales (it scales ${[...SERVICES].join(', ')})` },
+      ]);
+      expect((put.body as Problem).invalid_params?.map((p) => p.name)).toEqual(['body.services.frontend-2']);
+      expect(await etag()).toBe(tag);
+      expect(status.services.map((s) => s.service)).toEqual([...SERVICES]);
+    });
+
     it('lets exactly one of several concurrent writers with the same If-Match win', async () => {
       const tag = await etag();
       const results = await Promise.all(
@@ -295,6 +337,28 @@ describe('scaling API over HTTP', () => {
       const config = ((await h.fetchJson(`${API}/config`)).body as { config: Record<string, number> }).config;
       expect(results.map((r) => r.status)).toEqual([200, 200, 200]);
       expect([config['cpu_scale_up'], config['memory_scale_up'], config['connections_scale_up']]).toEqual([81, 82, 83]);
+    });
+  });
+
+  describe('concurrent configuration changes', () => {
+    it('applies each of 12 concurrent patches without If-Match (200, none lost), never a 412 the client did not ask for', async () => {
+      const before = ((await h.fetchJson(`${API}/config`)).body as { version: number }).version;
+      const changes = SERVICES.flatMap((service, i) => [
+        [service, 'max_instances', 11 + i],
+        [service, 'cpu_scale_up', 81 + i],
+        [service, 'memory_scale_up', 86 + i],
+      ] as const);
+      const results = await Promise.all(
+        changes.map(([service, key, value]) =>
+          h.fetchJson(`${API}/config`, { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json' }, body: JSON.stringify({ services: { [service]: { [key]: value } } }) }),
+        ),
+      );
+      const after = (await h.fetchJson(`${API}/config`)).body as { version: number; config: { services: Record<string, Record<string, number>> } };
+      expect(results.map((r) => r.status)).toEqual(changes.map(() => 200));
+      expect(changes.map(([service, key]) => after.config.services[service]?.[key])).toEqual(changes.map(([, , value]) => value));
+      expect(after.version).toBe(before + changes.length);
+      const reset = Object.fromEntries(SERVICES.map((service) => [service, { max_instances: null, cpu_scale_up: null, memory_scale_up: null }]));
+      await h.fetchJson(`${API}/config`, { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json' }, body: JSON.stringify({ services: reset }) });
     });
   });
 
@@ -560,6 +624,51 @@ describe('scaling API over HTTP', () => {
       const broken = await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: '{"service":' });
       const huge = await h.fetchJson(`${API}/stop`, { method: 'POST', headers: JSON_HEADERS, body: JSON.stringify({ reason: 'x'.repeat(100_000) }) });
       expect([text.status, broken.status, huge.status]).toEqual([415, 400, 413]);
+    });
+
+    /** Local mode's way of serving the API: the route table straight from the adapter, no Lambda handler. */
+    async function withLocalMode(work: (url: string) => Promise<void>): Promise<void> {
+      const router = createScalingRouter(h.port);
+      const local = await startLocalServer({ dispatch: (request) => router.dispatch(request), changes: router.changes, port: 0 });
+      try {
+        await work(local.url);
+      } finally {
+        await local.close();
+      }
+    }
+
+    it('answers HEAD with the Content-Length GET would send, and no body, in local mode as through the Lambda handler', async () => {
+      await withLocalMode(async (localUrl) => {
+        for (const [url, path] of [h.url, localUrl].flatMap((base) => ['status', 'config', 'shards/health'].map((p) => [base, p] as const))) {
+          const get = await fetch(`${url}${API}/${path}`);
+          const body = Buffer.from(await get.arrayBuffer());
+          const head = await fetch(`${url}${API}/${path}`, { method: 'HEAD' });
+          expect([path, head.status, head.headers.get('content-length'), head.headers.get('etag'), (await head.arrayBuffer()).byteLength]).toEqual([
+            path,
+            200,
+            String(body.length),
+            get.headers.get('etag'),
+            0,
+          ]);
+        }
+      });
+    });
+
+    it('refuses a query parameter given more than once with 400 naming it, in local mode as through the Lambda handler, whichever value comes last', async () => {
+      await withLocalMode(async (localUrl) => {
+        for (const base of [h.url, localUrl]) {
+          for (const query of ['service=worker&service=frontend', 'limit=500&limit=5', 'limit=5&kind=event&limit=5']) {
+            const res = await fetch(`${base}${API}/history?${query}`);
+            const problem = (await res.json()) as Problem;
+            expect([base === h.url ? 'lambda' : 'local', query, res.status, problem.invalid_params]).toEqual([
+              base === h.url ? 'lambda' : 'local',
+              query,
+              400,
+              [{ name: `query.${query.split('=')[0] ?? ''}`, reason: 'is given more than once; give each query parameter once' }],
+            ]);
+          }
+        }
+      });
     });
 
     it('never shows a stack trace or a connection string', async () => {

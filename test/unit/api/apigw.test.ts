@@ -26,4 +26,20 @@ describe('fromApiGatewayEvent', () => {
       ['constructor', 'c'],
     ]);
   });
+
+  it('names the query parameters API Gateway received more than once, of which queryStringParameters keeps only the last value', () => {
+    const event = {
+      httpMethod: 'GET',
+      path: '/api/v1/scaling/history',
+      headers: {},
+      queryStringParameters: { service: 'frontend', limit: '5' },
+      multiValueQueryStringParameters: { service: ['worker', 'frontend'], limit: ['5'] },
+      body: null,
+    } as unknown as APIGatewayProxyEvent;
+
+    const request = fromApiGatewayEvent(event);
+
+    expect(request.query['service']).toBe('frontend');
+    expect(request.repeatedQuery).toEqual(['service']);
+  });
 });

@@ -73,6 +73,13 @@ describe('API router', () => {
     expect(res.headers['allow']).toBe('GET, PUT');
   });
 
+  it('refuses a query parameter given more than once with a 400 naming it, rather than use its last value', async () => {
+    const res = await router.dispatch(req('GET', '/api/items/abc', { query: { verbose: 'true' }, repeatedQuery: ['verbose'] }));
+
+    expect(res.status).toBe(400);
+    expect(JSON.parse(res.body)).toMatchObject({ invalid_params: [{ name: 'query.verbose', reason: 'is given more than once; give each query parameter once' }] });
+  });
+
   it('names every invalid field in a 400 problem', async () => {
     const res = await router.dispatch(req('PUT', '/api/items/ABC', { headers: json, body: '{"size":-1,"extra":true}' }));
     const doc = JSON.parse(res.body) as { invalid_params: Array<{ name: string }> };
