@@ -1,11 +1,11 @@
-import { Annotations, ArnFormat, Duration, Stack } from 'aws-cdk-lib';
+import { Annotations, ArnFormat, Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import type * as ec2 from 'aws-cdk-lib/aws-ec2';
 import type * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
-import type * as logs from 'aws-cdk-lib/aws-logs';
+import * as logs from 'aws-cdk-lib/aws-logs';
 import * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import type * as sns from 'aws-cdk-lib/aws-sns';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
@@ -13,7 +13,9 @@ import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import { Construct } from 'constructs';
 import type { QueueMetric } from '../../functions/adapters/aws/topology.js';
 import { parseScalingConfig, ScalingConfigError, type ScalingConfig } from '../../functions/core/scaling/config.js';
+import { functionLogGroup } from '../function-log-group.js';
 import { acknowledge, nagArn } from '../nag.js';
+import { sameTemplateValue } from '../transform-input.js';
 import { validateProps } from '../validate.js';
 import { ConfigParameters } from './config-parameters.js';
 import { ControlPlaneFunction } from './control-plane-function.js';
@@ -500,16 +502,37 @@ export class ControlPlane extends Construct {
       // The functions' group: the shard instances admit it, and it reaches Secrets Manager.
       securityGroups: [props.securityGroup],
     };
+    // The AWS::SecretsManager transform reads HostedRotationLambda before any intrinsic function
+    // is evaluated, so it gets no reference to another stack (lib/transform-input.ts): the
+    // subnets, the group and each shard's admin secret come through parameters of this template.
+    const transformInputs = {
+      VpcSubnetIds: sameTemplateValue(this, 'RotationSubnetIds', props.vpc.selectSubnets(props.subnets).subnetIds.join(',')),
+      VpcSecurityGroupIds: sameTemplateValue(this, 'RotationSecurityGroupId', props.securityGroup.securityGroupId),
+    };
+    const masterArns = new Map(props.shardSecrets.map((s, i) => [s, sameTemplateValue(this, `RotationMasterSecretArn${i + 1}`, s.secretArn)] as const));
     this.loginRotations = logins.map(({ id, secret, master }) => {
+      // Named, so that its log group can be made first with a retention (lib/function-log-group.ts).
+      const functionName = `${props.namePrefix}-${id}`;
       const rotation = new secretsmanager.RotationSchedule(this, id, {
         secret,
         hostedRotation:
           master === undefined
-            ? secretsmanager.HostedRotation.postgreSqlSingleUser(rotationNetwork)
-            : secretsmanager.HostedRotation.postgreSqlMultiUser({ masterSecret: master, ...rotationNetwork }),
+            ? secretsmanager.HostedRotation.postgreSqlSingleUser({ ...rotationNetwork, functionName })
+            : secretsmanager.HostedRotation.postgreSqlMultiUser({ masterSecret: master, ...rotationNetwork, functionName }),
         automaticallyAfter: props.loginRotation ?? Duration.days(30),
       });
+      const cfn = rotation.node.defaultChild as secretsmanager.CfnRotationSchedule;
+      for (const [property, value] of Object.entries(transformInputs)) cfn.addPropertyOverride(`HostedRotationLambda.${property}`, value);
+      if (master !== undefined) cfn.addPropertyOverride('HostedRotationLambda.MasterSecretArn', masterArns.get(master));
       rotation.node.addDependency(this.migrations.resource);
+      // The schedule's creation runs the first rotation; the function's log group exists by then.
+      // Removed with the stack: its name is fixed, and this stack must be replaceable.
+      functionLogGroup(this, `${id}Logs`, {
+        functionName,
+        retention: props.logRetention ?? logs.RetentionDays.THREE_MONTHS,
+        removalPolicy: RemovalPolicy.DESTROY,
+        invokedAfter: [rotation],
+      });
       return rotation;
     });
   }

@@ -3,14 +3,22 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import type * as kms from 'aws-cdk-lib/aws-kms';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as rds from 'aws-cdk-lib/aws-rds';
+import type * as sam from 'aws-cdk-lib/aws-sam';
 import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
+import { functionLogGroup } from '../function-log-group.js';
 import { acknowledge } from '../nag.js';
 import { keepStackRootedLogicalId } from '../stack-rooted-id.js';
+import { sameTemplateValue } from '../transform-input.js';
 import { validateProps } from '../validate.js';
 
 const DEFAULT_PORT_REASON =
   "PostgreSQL keeps its default port 5432: a non-standard port is obscurity, not control; the instances' security group admits only the services, the control-plane functions, the proxy and the secret-rotation functions.";
+
+/** The name of the function that rotates a shard's admin secret. */
+function adminRotationFunctionName(namePrefix: string, shardId: string): string {
+  return `${namePrefix}-${shardId}-admin-rotation`;
+}
 
 /** Props of {@link ShardDatabase}. */
 export interface ShardDatabaseProps {
@@ -182,6 +190,10 @@ export class ShardDatabase extends Construct {
         `maxAllocatedStorageGiB (${maxAllocated}) must be at least ${minimumMaxAllocatedStorageGiB(allocated)}, 10% above allocatedStorageGiB (${allocated}): RDS refuses a lower storage-autoscaling ceiling`,
       ],
       [props.clientSecurityGroups.length > 0, 'clientSecurityGroups must name at least one client'],
+      [
+        adminRotationFunctionName(props.namePrefix, props.shardId).length <= 64,
+        `namePrefix and shardId make the admin rotation function's name "${adminRotationFunctionName(props.namePrefix, props.shardId)}", longer than Lambda's 64 characters`,
+      ],
     ]);
     this.shardId = props.shardId;
     this.databaseName = props.databaseName ?? 'ca_dms';
@@ -291,9 +303,27 @@ export class ShardDatabase extends Construct {
     this.moverSecret = login('MoverSecret', MOVER_LOGIN);
     if (props.hostsCatalog === true) this.controlSecret = login('ControlSecret', CONTROL_LOGIN, true);
 
-    this.primary.addRotationSingleUser({
+    const adminRotation = this.primary.addRotationSingleUser({
       automaticallyAfter: props.secretRotation ?? Duration.days(30),
       vpcSubnets: props.rotationSubnets,
+    });
+    // The rotation function comes from the Serverless Application Repository, through the
+    // AWS::Serverless transform, which reads the application's parameters before any intrinsic
+    // function is evaluated: the subnets (another stack's) come through a parameter of this
+    // template (lib/transform-input.ts). The function is named with the prefix, so that its log
+    // group can be made first with a retention, kept or removed like the RDS log groups above.
+    const application = adminRotation.node.defaultChild as sam.CfnApplication;
+    const rotationFunctionName = adminRotationFunctionName(props.namePrefix, props.shardId);
+    application.addPropertyOverride('Parameters.functionName', rotationFunctionName);
+    application.addPropertyOverride(
+      'Parameters.vpcSubnetIds',
+      sameTemplateValue(this, 'RotationSubnetIds', props.vpc.selectSubnets(props.rotationSubnets).subnetIds.join(',')),
+    );
+    functionLogGroup(this, 'AdminRotationLogs', {
+      functionName: rotationFunctionName,
+      retention: props.logRetention ?? logs.RetentionDays.THREE_MONTHS,
+      removalPolicy: props.logRemovalPolicy ?? RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
+      invokedAfter: [application],
     });
 
     this.replicas = Array.from({ length: replicas }, (_, i) => {

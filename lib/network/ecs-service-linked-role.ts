@@ -1,7 +1,10 @@
-import { RemovalPolicy, Resource, Stack } from 'aws-cdk-lib';
+import { RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
 import * as cr from 'aws-cdk-lib/custom-resources';
 import { Construct } from 'constructs';
+import { functionLogGroup } from '../function-log-group.js';
 import { acknowledge } from '../nag.js';
 
 /** The ECS service-linked role's name (fixed by AWS). */
@@ -25,10 +28,16 @@ export const ECS_SERVICE_LINKED_ROLE = 'AWSServiceRoleForECS';
  * new EcsServiceLinkedRole(networkStack, 'EcsServiceLinkedRole');
  * ```
  */
+/** Props of {@link EcsServiceLinkedRole}. */
+export interface EcsServiceLinkedRoleProps {
+  /** Retention of the logs of the handler that creates the role. @default logs.RetentionDays.THREE_MONTHS */
+  readonly logRetention?: logs.RetentionDays;
+}
+
 export class EcsServiceLinkedRole extends Construct {
   readonly resource: cr.AwsCustomResource;
 
-  constructor(scope: Construct, id: string) {
+  constructor(scope: Construct, id: string, props: EcsServiceLinkedRoleProps = {}) {
     super(scope, id);
     const stack = Stack.of(this);
     this.resource = new cr.AwsCustomResource(this, 'Resource', {
@@ -54,8 +63,25 @@ export class EcsServiceLinkedRole extends Construct {
     const handler = stack.node.findChild(`AWS${cr.AwsCustomResource.PROVIDER_FUNCTION_UUID.replace(/-/g, '')}`);
     // CDK gives the handler a log group kept forever; kept except after a failed create like the
     // stacks' other log groups (its name follows the generated function name, so never collides).
-    const logGroup = handler.node.tryFindChild('LogGroup');
-    if (logGroup instanceof Resource) logGroup.applyRemovalPolicy(RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE);
+    // Its retention is the configured one (CDK's default is two years), and the custom resource,
+    // the handler's first invocation, waits for it: invoked first, the handler would create the
+    // group itself and the group's own creation would then fail ("already exists"). CDK makes the
+    // group under @aws-cdk/aws-lambda:useCdkManagedLogGroup (cdk.json); without it, this does.
+    const retention = props.logRetention ?? logs.RetentionDays.THREE_MONTHS;
+    const cdkGroup = handler.node.tryFindChild('LogGroup');
+    if (cdkGroup instanceof logs.LogGroup) {
+      cdkGroup.applyRemovalPolicy(RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE);
+      (cdkGroup.node.defaultChild as logs.CfnLogGroup).retentionInDays = retention;
+      this.resource.node.addDependency(cdkGroup);
+    } else {
+      if (!(handler instanceof lambda.Function)) throw new Error(`EcsServiceLinkedRole: ${handler.node.path} is not the AwsCustomResource handler function`);
+      functionLogGroup(this, 'HandlerLogs', {
+        functionName: handler.functionName,
+        retention,
+        removalPolicy: RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
+        invokedAfter: [this.resource],
+      });
+    }
     acknowledge(
       handler,
       'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',

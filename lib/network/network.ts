@@ -1,7 +1,8 @@
-import { RemovalPolicy } from 'aws-cdk-lib';
+import { type CfnResource, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
+import { functionLogGroup } from '../function-log-group.js';
 import { acknowledge } from '../nag.js';
 import { validateProps } from '../validate.js';
 
@@ -17,6 +18,8 @@ export interface NetworkProps {
   readonly interfaceEndpoints?: boolean;
   /** Retention of the VPC flow logs. @default logs.RetentionDays.THREE_MONTHS */
   readonly flowLogRetention?: logs.RetentionDays;
+  /** Retention of the logs of CDK's handler that strips the default security group. @default logs.RetentionDays.THREE_MONTHS */
+  readonly handlerLogRetention?: logs.RetentionDays;
 }
 
 /** Subnet group names, used by the other stacks to place their resources. */
@@ -71,6 +74,18 @@ export class Network extends Construct {
         { name: SUBNETS.compute, subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS, cidrMask: 20 },
         { name: SUBNETS.data, subnetType: ec2.SubnetType.PRIVATE_ISOLATED, cidrMask: 24 },
       ],
+    });
+
+    // CDK strips the default security group's rules with a custom resource whose provider is a
+    // stack-wide Lambda function CDK gives no log group: CloudWatch would create one at its first
+    // invocation, kept forever. Its name follows the generated function name, so it never
+    // collides; kept after a failed create like the stack's other log groups.
+    const restrictHandler = Stack.of(this).node.findChild('Custom::VpcRestrictDefaultSGCustomResourceProvider').node.findChild('Handler') as CfnResource;
+    functionLogGroup(this, 'RestrictDefaultSgHandlerLogs', {
+      functionName: restrictHandler.ref,
+      retention: props.handlerLogRetention ?? logs.RetentionDays.THREE_MONTHS,
+      removalPolicy: RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
+      invokedAfter: [this.vpc.node.findChild('RestrictDefaultSecurityGroupCustomResource')],
     });
 
     const flowLogGroup = new logs.LogGroup(this, 'FlowLogs', {

@@ -27,7 +27,8 @@ export class NetworkStack extends Stack {
       natGateways: n.natGateways,
       interfaceEndpoints: n.interfaceEndpoints,
       flowLogRetention: n.flowLogRetentionDays as logs.RetentionDays,
+      handlerLogRetention: props.config.logRetentionDays as logs.RetentionDays,
     });
-    this.ecsServiceLinkedRole = new EcsServiceLinkedRole(this, 'EcsServiceLinkedRole');
+    this.ecsServiceLinkedRole = new EcsServiceLinkedRole(this, 'EcsServiceLinkedRole', { logRetention: props.config.logRetentionDays as logs.RetentionDays });
   }
 }

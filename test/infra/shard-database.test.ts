@@ -11,7 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { CLASSES_WITHOUT_PERFORMANCE_INSIGHTS, ShardDatabase, supportsPerformanceInsights } from '../../lib/data/shard-database.js';
 import { SYNTH_HOOK_TIMEOUT_MS } from './support/synth.js';
 
-function shardStack(props: { instanceClass: string; replicaClass?: string; version: string; autoMinorVersionUpgrade?: boolean }): Stack {
+function shardStack(props: { instanceClass: string; replicaClass?: string; version: string; autoMinorVersionUpgrade?: boolean; shardId?: string; namePrefix?: string }): Stack {
   const stack = new Stack();
   const vpc = new ec2.Vpc(stack, 'Vpc', { maxAzs: 2, natGateways: 0, subnetConfiguration: [{ name: 'data', subnetType: ec2.SubnetType.PRIVATE_ISOLATED }] });
   const clients = new ec2.SecurityGroup(stack, 'Clients', { vpc });
@@ -20,8 +20,8 @@ function shardStack(props: { instanceClass: string; replicaClass?: string; versi
     vpc,
     subnets: { subnetGroupName: 'data' },
     rotationSubnets: { subnetGroupName: 'data' },
-    shardId: 'shard-001',
-    namePrefix: 'ca-dms-test',
+    shardId: props.shardId ?? 'shard-001',
+    namePrefix: props.namePrefix ?? 'ca-dms-test',
     engine,
     parameterGroup: new rds.ParameterGroup(stack, 'Parameters', { engine }),
     encryptionKey: new kms.Key(stack, 'Key'),
@@ -63,6 +63,15 @@ describe('ShardDatabase', () => {
     const zone = (i: number) => JSON.stringify({ 'Fn::Select': [i, { 'Fn::GetAZs': '' }] });
     expect(azs).toEqual([zone(0), zone(1), zone(0)]);
   }, SYNTH_HOOK_TIMEOUT_MS);
+
+  it("names the admin rotation function after the shard, and refuses a prefix and shard id that make it longer than Lambda's 64 characters", () => {
+    // The longest a deployment configuration makes (name 21 + '-' + environment 10): 32 + 1 + 9 + 15 = 57.
+    const prefix = `${'n'.repeat(21)}-${'e'.repeat(10)}`;
+    const t = Template.fromStack(shardStack({ instanceClass: 't4g.medium', version: '17', namePrefix: prefix }));
+    t.hasResourceProperties('AWS::Serverless::Application', { Parameters: Match.objectLike({ functionName: `${prefix}-shard-001-admin-rotation` }) });
+    // 32 + 1 + 17 + 15 = 65.
+    expect(() => shardStack({ instanceClass: 't4g.medium', version: '17', namePrefix: prefix, shardId: 'shard-00000000001' })).toThrow(/longer than Lambda's 64 characters/);
+  });
 
   it('gives the proxy egress to the primary on its port, and no other egress', () => {
     const t = Template.fromStack(shardStack({ instanceClass: 'r7g.large', version: '17' }));

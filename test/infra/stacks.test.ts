@@ -725,7 +725,12 @@ describe('least-privilege logins', () => {
       rotated.add(login);
       if (login.endsWith(' Control')) continue;
       expect(hosted['RotationType'], id).toBe('PostgreSQLMultiUser');
-      expect(loginOf(hosted['MasterSecretArn']), id).toBe(`${login.split(' ')[0]} Primary`);
+      // The transform gets the admin secret's ARN through a parameter of its own template (lib/transform-input.ts).
+      const relay = (hosted['MasterSecretArn'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'];
+      expect(relay[1], id).toBe('Value');
+      const relayed = (t.toJSON() as { Resources: Record<string, { Type: string; Properties: Json }> }).Resources[relay[0]];
+      expect(relayed?.Type, id).toBe('AWS::SSM::Parameter');
+      expect(loginOf(relayed?.Properties['Value']), id).toBe(`${login.split(' ')[0]} Primary`);
     }
     expect(rotated.size).toBe(rotations.length);
   });
@@ -1122,13 +1127,15 @@ describe('first deploy, rollback and redeploy', () => {
     expect(s.stacks.services.dependencies).toContain(s.stacks.network);
   });
 
-  it('names no log group but those RDS names itself', () => {
+  it('names no log group but those RDS names itself and those of the rotation functions, named with the prefix', () => {
     for (const stack of Object.values(s.stacks)) {
       for (const [id, group] of resourcesOf(s.template(stack), 'AWS::Logs::LogGroup')) {
         const name = group.Properties?.['LogGroupName'];
         if (name === undefined) continue;
         // A name made of a generated function name (CDK's custom-resource handlers) cannot collide.
         if (typeof name !== 'string') expect(name, `${stack.stackName}/${id}`).toEqual({ 'Fn::Join': ['', ['/aws/lambda/', { Ref: expect.stringMatching(/^[A-Za-z0-9]+$/) }]] });
+        // The rotation functions the transforms create (test/infra/generated-functions.test.ts).
+        else if (name.startsWith('/aws/lambda/')) expect(name, `${stack.stackName}/${id}`).toMatch(/^\/aws\/lambda\/ca-dms-dev-[A-Za-z0-9-]+$/);
         else expect(name, `${stack.stackName}/${id}`).toMatch(/^\/aws\/rds\/instance\//);
       }
     }
