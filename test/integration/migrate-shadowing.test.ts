@@ -17,6 +17,7 @@ import { ensureApplicationLogin } from '../../functions/adapters/postgres/app-ro
 import { MigrationError, runMigrations } from '../../functions/adapters/postgres/migrate.js';
 import { DEFAULT_MIGRATIONS_DIR } from '../../functions/handlers/shared/migrations.js';
 import { startTestPostgres, type TestPostgres } from '../support/postgres.js';
+import { emulateRdsMaster } from '../support/rds-master.js';
 
 const APP = { username: 'shadowing_app', password: 'shadowing pass' };
 
@@ -260,5 +261,89 @@ describe("the migrations runner where the application login may create in public
     expect(evidence.rows[0]).toEqual({ written: false });
     expect(err).toBeInstanceOf(MigrationError);
     expect((err as Error).message).toMatch(/001_own_path\.sql not applied: .*\(found before it ran\): planted\.format\(text,text\) owned by shadowing_app/);
+  });
+
+  it("applies migrations whose text merely mentions a schema off the search_path holding another login's functions (a monitoring agent's schema named in a comment)", async () => {
+    const master = await earlierRelease('mig_word_schema');
+    await master.query("create role mig_agent login password 'agent pass'");
+    await master.query('create schema monitoring authorization mig_agent');
+    await poolOn('mig_word_schema', { username: 'mig_agent', password: 'agent pass' }).query('create function monitoring.activity() returns bigint language sql as $$ select 1::bigint $$');
+
+    const r = await runMigrations(master, 'shard', join(DEFAULT_MIGRATIONS_DIR, 'shard')).catch((e: unknown) => e);
+
+    expect(r).not.toBeInstanceOf(Error);
+    expect(await applied(master, 'shard')).toBe((await readdir(join(DEFAULT_MIGRATIONS_DIR, 'shard'))).length);
+  });
+
+  it("refuses a migration that puts a schema with an upper-case quoted name on its search_path by set_config, before any of it runs", async () => {
+    const master = await earlierRelease('mig_quoted_path');
+    await master.query('create schema "Planted"');
+    await master.query(`grant usage, create on schema "Planted" to ${APP.username}`);
+    await poolOn('mig_quoted_path', APP).query(`create function "Planted".format(f text, a text) returns text language sql as $$ select pg_catalog.format(f, a) $$`);
+    const dir = await mkdtemp(join(tmpdir(), 'mig-quoted-path-'));
+    dirs.push(dir);
+    await writeFile(join(dir, '001_quoted_path.sql'), `create table public.quoted_probe (id int);\nselect pg_catalog.set_config('search_path', '"Planted", public', true);\nselect format('%s', 'x'::text);`);
+
+    const err = await runMigrations(master, 'quoted-path', dir).catch((e: unknown) => e);
+
+    expect(err).toBeInstanceOf(MigrationError);
+    expect((err as Error).message).toMatch(/001_quoted_path\.sql not applied: .*\(found before it ran\): "Planted"\.format\(text,text\) owned by shadowing_app/);
+  });
+
+});
+
+describe("the migrations runner on RDS, where the master user owns the database and a login it created runs the migrations", () => {
+  const MASTER = { username: 'mig_rds_master', password: 'master pass' };
+
+  beforeAll(async () => {
+    await emulateRdsMaster(server.url, { master: MASTER.username, password: MASTER.password, databases: ['mig_rds_group', 'mig_rds_granted'] });
+  });
+
+  /** The master's own function in public, a login it creates (PostgreSQL 16 on: the master gets ADMIN OPTION on it) and a migration for it to run. */
+  async function masterAndRunner(database: string, runnerOptions: string): Promise<{ master: pg.Pool; runner: pg.Pool; dir: string }> {
+    const master = poolOn(database, MASTER);
+    const runnerName = `${database}_runner`;
+    await master.query(`create role ${runnerName} login password 'runner pass' ${runnerOptions}`);
+    await master.query('create function public.master_helper() returns int language sql as $$ select 1 $$');
+    const dir = await mkdtemp(join(tmpdir(), 'mig-rds-runner-'));
+    dirs.push(dir);
+    await writeFile(join(dir, '001_table.sql'), 'create table public.rds_runner_probe (id int);');
+    return { master, runner: poolOn(database, { username: runnerName, password: 'runner pass' }), dir };
+  }
+
+  it('applies migrations when the runner holds a group role the master created (ADMIN OPTION only, which lets the master grant it to itself)', async () => {
+    const admin = poolOn('mig_rds_group', MASTER);
+    await admin.query('create role mig_rds_deployers nologin');
+    await admin.query('grant create on database mig_rds_group to mig_rds_deployers');
+    await admin.query('grant usage, create on schema public to mig_rds_deployers');
+    const { master, runner, dir } = await masterAndRunner('mig_rds_group', 'in role mig_rds_deployers');
+    const standing = (await master.query("select pg_has_role('mig_rds_deployers', 'USAGE') as usage, pg_has_role('mig_rds_deployers', 'MEMBER WITH ADMIN OPTION') as admin")).rows;
+
+    const r = await runMigrations(runner, 'rds-runner', dir).catch((e: unknown) => e);
+
+    expect(standing).toEqual([{ usage: false, admin: true }]);
+    expect(r).not.toBeInstanceOf(Error);
+    expect(await applied(runner, 'rds-runner')).toBe(1);
+    // What trusting it relies on: the master takes the group's rights whenever it likes.
+    await master.query('grant mig_rds_deployers to mig_rds_master');
+    expect((await master.query("select pg_has_role('mig_rds_deployers', 'USAGE') as usage")).rows).toEqual([{ usage: true }]);
+  });
+
+  it('applies migrations when the runner holds a role the master lacks (pg_read_all_data, granted by rdsadmin) but the master created the runner, so may grant itself the runner', async () => {
+    const { master, runner, dir } = await masterAndRunner('mig_rds_granted', '');
+    const rdsadmin = poolOn('mig_rds_granted');
+    await rdsadmin.query('grant pg_read_all_data to mig_rds_granted_runner');
+    await rdsadmin.query('grant create on database mig_rds_granted to mig_rds_granted_runner');
+    await rdsadmin.query('grant create on schema public to mig_rds_granted_runner');
+    const standing = (await master.query("select pg_has_role('pg_read_all_data', 'USAGE') as usage, pg_has_role('mig_rds_granted_runner', 'MEMBER WITH ADMIN OPTION') as admin_of_runner")).rows;
+
+    const r = await runMigrations(runner, 'rds-runner', dir).catch((e: unknown) => e);
+
+    expect(standing).toEqual([{ usage: false, admin_of_runner: true }]);
+    expect(r).not.toBeInstanceOf(Error);
+    expect(await applied(runner, 'rds-runner')).toBe(1);
+    await master.query('grant mig_rds_granted_runner to mig_rds_master');
+    await master.query('set role mig_rds_granted_runner');
+    expect((await master.query("select pg_has_role('pg_read_all_data', 'USAGE') as usage")).rows).toEqual([{ usage: true }]);
   });
 });

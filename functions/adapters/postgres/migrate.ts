@@ -247,53 +247,71 @@ async function refuseForeignRoutines(client: pg.PoolClient, set: string, migrati
     `with become as (
        -- The mode of pg_has_role that means "may SET ROLE to": SET from PostgreSQL 16 on.
        select case when pg_catalog.current_setting('server_version_num'::pg_catalog.text)::pg_catalog.int4 operator(pg_catalog.>=) 160000
-         then 'SET' else 'MEMBER' end::pg_catalog.text as become)
-     select x.what, r.rolname::pg_catalog.text as owner,
-            r.oid operator(pg_catalog.=) (select d.datdba from pg_catalog.pg_database d where d.datname operator(pg_catalog.=) pg_catalog.current_database()) as owns_database
-       from (select p.oid::pg_catalog.regprocedure::pg_catalog.text as what, p.pronamespace as nsp, p.proowner as owner
-               from pg_catalog.pg_proc p
-             union all
-             select 'operator ' operator(pg_catalog.||) o.oid::pg_catalog.regoperator::pg_catalog.text, o.oprnamespace, o.oprowner
-               from pg_catalog.pg_operator o) x
-       join pg_catalog.pg_namespace n on n.oid operator(pg_catalog.=) x.nsp
-       join pg_catalog.pg_roles r on r.oid operator(pg_catalog.=) x.owner
-      where (n.nspname operator(pg_catalog.=) any (pg_catalog.current_schemas(false)) or n.nspname operator(pg_catalog.=) any ($1::pg_catalog.name[]))
-        and n.nspname operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.name
-        and not r.rolsuper
-        and r.rolname operator(pg_catalog.<>) current_user
-        -- A role that already holds this login's rights gains nothing by running as it. Holds
-        -- them: may SET ROLE to this login. Inheriting its privileges (USAGE) is not that:
-        -- attributes (SUPERUSER, CREATEROLE, CREATEDB, BYPASSRLS, REPLICATION) are never
-        -- inherited, and a grant WITH INHERIT TRUE, SET FALSE (PostgreSQL 16) gives the
-        -- privileges without them. Nor is membership alone from 16 on (WITH INHERIT FALSE, SET
-        -- FALSE, as a CREATEROLE login's grants to itself are); before 16 a member may always
-        -- SET ROLE.
-        and not pg_catalog.pg_has_role(r.oid, current_user, (select m.become from become m))
-        -- Nor does the database's owner (the master user that created it, which ran the earlier
-        -- migrations: an operator's own admin login may run them now), but only when it already
-        -- has what this login has beyond its own objects: never when this login is a superuser
-        -- (the owner is not: superusers were let through above), else each attribute this login
-        -- has, and each role this login may use (USAGE), become (SET) or grant (ADMIN) the same
-        -- way. An ordinary owner of a database a superuser migrates would otherwise run its
-        -- overloads as a superuser.
-        and not (
-          r.oid operator(pg_catalog.=) (select d.datdba from pg_catalog.pg_database d where d.datname operator(pg_catalog.=) pg_catalog.current_database())
-          and (select not me.rolsuper
-                  and (r.rolcreaterole or not me.rolcreaterole)
-                  and (r.rolcreatedb or not me.rolcreatedb)
-                  and (r.rolbypassrls or not me.rolbypassrls)
-                  and (r.rolreplication or not me.rolreplication)
-                 from pg_catalog.pg_roles me where me.rolname operator(pg_catalog.=) current_user)
-          and not exists (
-            select from pg_catalog.pg_roles g
-             where g.rolname operator(pg_catalog.<>) current_user
-               and g.oid operator(pg_catalog.<>) r.oid
-               and pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER'::pg_catalog.text)
-               and ((pg_catalog.pg_has_role(current_user, g.oid, (select m.become from become m)) and not pg_catalog.pg_has_role(r.oid, g.oid, (select m.become from become m)))
-                 or (pg_catalog.pg_has_role(current_user, g.oid, 'USAGE'::pg_catalog.text)
-                     and not pg_catalog.pg_has_role(r.oid, g.oid, 'USAGE'::pg_catalog.text) and not pg_catalog.pg_has_role(r.oid, g.oid, (select m.become from become m)))
-                 or (pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER WITH ADMIN OPTION'::pg_catalog.text)
-                     and not pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER WITH ADMIN OPTION'::pg_catalog.text)))))
+         then 'SET' else 'MEMBER' end::pg_catalog.text as become),
+     found as materialized (
+       select x.what, x.owner
+         from (select p.oid::pg_catalog.regprocedure::pg_catalog.text as what, p.pronamespace as nsp, p.proowner as owner
+                 from pg_catalog.pg_proc p
+               union all
+               select 'operator ' operator(pg_catalog.||) o.oid::pg_catalog.regoperator::pg_catalog.text, o.oprnamespace, o.oprowner
+                 from pg_catalog.pg_operator o) x
+         join pg_catalog.pg_namespace n on n.oid operator(pg_catalog.=) x.nsp
+        where (n.nspname operator(pg_catalog.=) any (pg_catalog.current_schemas(false)) or n.nspname operator(pg_catalog.=) any ($1::pg_catalog.name[]))
+          and n.nspname operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.name),
+     -- The roles this login is a member of, once: what the database's owner must hold too.
+     mine as materialized (
+       select g.oid from pg_catalog.pg_roles g
+        where g.rolname operator(pg_catalog.<>) current_user
+          and pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER'::pg_catalog.text)),
+     -- Whether an owner is trusted is decided once per owner (in the select list, which is not
+     -- pushed down to every role), not once per function: with some thousand roles and an
+     -- extension's functions in public it took minutes per migration.
+     owners as materialized (
+       select r.oid, r.rolname::pg_catalog.text as owner,
+              r.oid operator(pg_catalog.=) (select d.datdba from pg_catalog.pg_database d where d.datname operator(pg_catalog.=) pg_catalog.current_database()) as owns_database,
+            r.rolsuper
+            or r.rolname operator(pg_catalog.=) current_user
+            -- A role that already holds this login's rights gains nothing by running as it. Holds
+            -- them: may SET ROLE to this login. Inheriting its privileges (USAGE) is not that:
+            -- attributes (SUPERUSER, CREATEROLE, CREATEDB, BYPASSRLS, REPLICATION) are never
+            -- inherited, and a grant WITH INHERIT TRUE, SET FALSE (PostgreSQL 16) gives the
+            -- privileges without them. Nor is membership alone from 16 on (WITH INHERIT FALSE, SET
+            -- FALSE, as a CREATEROLE login's grants to itself are); before 16 a member may always
+            -- SET ROLE. Nor does one holding ADMIN OPTION on this login (RDS's master user on a login
+            -- it created, PostgreSQL 16 on): it may grant this login to itself, then SET ROLE to it.
+            or pg_catalog.pg_has_role(r.oid, current_user, b.become)
+            or pg_catalog.pg_has_role(r.oid, current_user, 'MEMBER WITH ADMIN OPTION'::pg_catalog.text)
+            -- Nor does the database's owner (the master user that created it, which ran the earlier
+            -- migrations: an operator's own admin login may run them now), but only when it already
+            -- has what this login has beyond its own objects: never when this login is a superuser
+            -- (the owner is not: superusers were let through above), else each attribute this login
+            -- has, and each role this login may use (USAGE), become (SET) or grant (ADMIN) the same
+            -- way, or may grant itself (ADMIN OPTION: a role the master user created, PostgreSQL 16
+            -- on). An ordinary owner of a database a superuser migrates would otherwise run its
+            -- overloads as a superuser.
+            or (
+              r.oid operator(pg_catalog.=) (select d.datdba from pg_catalog.pg_database d where d.datname operator(pg_catalog.=) pg_catalog.current_database())
+              and (select not me.rolsuper
+                      and (r.rolcreaterole or not me.rolcreaterole)
+                      and (r.rolcreatedb or not me.rolcreatedb)
+                      and (r.rolbypassrls or not me.rolbypassrls)
+                      and (r.rolreplication or not me.rolreplication)
+                     from pg_catalog.pg_roles me where me.rolname operator(pg_catalog.=) current_user)
+              and not exists (
+                select from mine g
+                 where g.oid operator(pg_catalog.<>) r.oid
+                   and not pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER WITH ADMIN OPTION'::pg_catalog.text)
+                   and ((pg_catalog.pg_has_role(current_user, g.oid, b.become) and not pg_catalog.pg_has_role(r.oid, g.oid, b.become))
+                     or (pg_catalog.pg_has_role(current_user, g.oid, 'USAGE'::pg_catalog.text)
+                         and not pg_catalog.pg_has_role(r.oid, g.oid, 'USAGE'::pg_catalog.text) and not pg_catalog.pg_has_role(r.oid, g.oid, b.become))
+                     or pg_catalog.pg_has_role(current_user, g.oid, 'MEMBER WITH ADMIN OPTION'::pg_catalog.text)))) as trusted
+         from (select distinct f.owner from found f) o
+         join pg_catalog.pg_roles r on r.oid operator(pg_catalog.=) o.owner
+         cross join become b)
+     select f.what, w.owner, w.owns_database
+       from found f
+       join owners w on w.oid operator(pg_catalog.=) f.owner
+      where not w.trusted
       order by 1
       limit 21`,
     [alsoSchemas],
@@ -316,24 +334,43 @@ async function refuseForeignRoutines(client: pg.PoolClient, set: string, migrati
 }
 
 /**
- * The schemas of this database (other than the system's) whose name `sql` holds as a whole word,
- * case-insensitively: where a migration's own `set local search_path = ...` may send its later
- * statements, which {@link refuseForeignRoutines} must check before any of them runs. A name the
- * file builds at run time is not found here; the check after the migration (which sees the
- * search_path it left) still rolls such a migration back. `$user` in the file counts as this
- * login's own schema.
+ * The schemas of this database (other than the system's) that `sql` may put on its search_path:
+ * those whose name (case-insensitively, quoted or not) a setting of it holds, from each mention of
+ * `search_path` (`set local search_path = ...`, `set_config('search_path', ...)`, a function's
+ * `set search_path = ...`) or each `set [local] schema` to the end of that statement. That is where
+ * a migration's later statements may resolve, which {@link refuseForeignRoutines} must check before
+ * any of them runs. A name mentioned anywhere else (a table, a role, a word of a comment: `api`,
+ * `monitoring`, `extensions` are common schema names) changes no search_path, and another login's
+ * functions there must not stop a deploy. A name the file builds at run time is not found here;
+ * the check after the migration (which sees the search_path it left) still rolls such a migration
+ * back. `$user` in a setting counts as this login's own schema.
  */
 async function schemasNamedIn(client: pg.PoolClient, sql: string): Promise<string[]> {
+  const settings = searchPathSettings(sql.toLowerCase());
+  if (settings.length === 0) return [];
   const { rows } = await client.query<{ nspname: string; me: string }>(
     `select n.nspname::pg_catalog.text as nspname, current_user::pg_catalog.text as me
        from pg_catalog.pg_namespace n
       where n.nspname operator(pg_catalog.!~) '^pg_'::pg_catalog.text
         and n.nspname operator(pg_catalog.<>) 'information_schema'::pg_catalog.name`,
   );
-  const text = sql.toLowerCase();
   return rows
-    .filter((r) => namesWord(text, r.nspname) || (text.includes('$user') && r.nspname === r.me))
+    .filter((r) => settings.some((setting) => namesWord(setting, r.nspname) || (setting.includes('$user') && r.nspname === r.me)))
     .map((r) => r.nspname);
+}
+
+/**
+ * The parts of lower-cased `text` that may set a search_path: from each `search_path`, or each
+ * `set [local | session] schema` (an alias of it), to the next `;` (the end of its statement, or
+ * of a function body's statement) or the end of the text.
+ */
+function searchPathSettings(text: string): string[] {
+  const parts: string[] = [];
+  for (const m of text.matchAll(/search_path|\bset\s+(?:(?:local|session)\s+)?schema\b/g)) {
+    const end = text.indexOf(';', m.index);
+    parts.push(text.slice(m.index, end === -1 ? undefined : end));
+  }
+  return parts;
 }
 
 /**
