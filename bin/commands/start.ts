@@ -18,6 +18,7 @@ import { SHIPPED_TRACE, TraceFileError } from '../../functions/adapters/sim/trac
 import { AlreadyRunningError, acquireLocalLock } from '../../functions/local/lock.js';
 import { checkLocalShardingEnv } from '../../functions/local/sharding-config.js';
 import { DEFAULT_REQUEST_DEADLINE_MS } from '../../functions/local/documents-api.js';
+import { MAX_SEED_USERS, SeedMarkerError } from '../../functions/local/seed.js';
 import type { LocalMode } from '../../functions/local/runtime.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
 import { numberFlag, parseFlags, UsageError } from './kit.js';
@@ -74,7 +75,7 @@ const flagsSchema = z.object({
   replicas: numberFlag({ min: 0, max: 3, int: true }).optional(),
   trace: z.string().min(1, 'expected a file').optional(),
   acceleration: numberFlag({ min: 1, max: 3600, unit: 'trace seconds per second' }).optional(),
-  'seed-users': numberFlag({ min: 0, max: 100_000, int: true }).optional(),
+  'seed-users': numberFlag({ min: 0, max: MAX_SEED_USERS, int: true }).optional(),
   'request-deadline': numberFlag({ min: 0.1, max: 60, unit: 'seconds' }).optional(),
   wipe: z.boolean().optional(),
 });
@@ -271,7 +272,7 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       io.stderr(`ca-dms-scaling start: ${error.message}\n`);
       return 1;
     }
-    if (error instanceof PortInUseError || error instanceof ClusterLayoutError || error instanceof TraceFileError || error instanceof ShardingConfigError) {
+    if (error instanceof PortInUseError || error instanceof ClusterLayoutError || error instanceof TraceFileError || error instanceof ShardingConfigError || error instanceof SeedMarkerError) {
       const hint = error instanceof TraceFileError ? '\n(choose a timestamp,value CSV, plain or gzip, with --trace FILE, or leave --trace out for the NASA trace shipped in data/traces/)' : '';
       io.stderr(`ca-dms-scaling start: ${error.message}${hint}\n`);
       return error instanceof PortInUseError ? 1 : 2;

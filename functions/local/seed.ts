@@ -60,13 +60,37 @@ async function counts(primaries: ReadonlyMap<string, pg.Pool>): Promise<{ usersB
 
 const MARKER = /^seeding (\d+) users, (\d+) documents each\n?$/;
 
+/** The most users a seeding writes: `--seed-users`' maximum, and the most a marker may ask for. */
+export const MAX_SEED_USERS = 100_000;
+/** The most documents per user a marker may ask for (local mode seeds 5). */
+export const MAX_SEED_DOCUMENTS_PER_USER = 1_000;
+
+/** A seeding's marker asks for what no seeding would write (edited by hand, or corrupted). */
+export class SeedMarkerError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SeedMarkerError';
+  }
+}
+
 /**
  * What a seeding cut off was asked to write, from its marker; undefined when the marker does not
  * say (empty: the process died as it wrote it, before any user), and the start's own request applies.
+ * Numbers beyond what a start may ask for are refused (SeedMarkerError), not seeded for hours or
+ * for ever (`Number` of a long run of digits is Infinity).
  */
-function recordedRequest(text: string): { users: number; documentsPerUser: number } | undefined {
+function recordedRequest(path: string, text: string): { users: number; documentsPerUser: number } | undefined {
   const m = MARKER.exec(text);
-  return m ? { users: Number(m[1]), documentsPerUser: Number(m[2]) } : undefined;
+  if (!m) return undefined;
+  const request = { users: Number(m[1]), documentsPerUser: Number(m[2]) };
+  if (request.users > MAX_SEED_USERS || request.documentsPerUser > MAX_SEED_DOCUMENTS_PER_USER) {
+    throw new SeedMarkerError(
+      `the marker of a seeding that was cut off, ${path}, asks for ${m[1]} users with ${m[2]} documents each, beyond what a start may ask for ` +
+        `(at most ${MAX_SEED_USERS} users, ${MAX_SEED_DOCUMENTS_PER_USER} documents each); nothing was seeded. ` +
+        'Remove the file to seed what this start asks for instead (users already written are kept).',
+    );
+  }
+  return request;
 }
 
 /** Seeds `users` users with `documentsPerUser` documents each, unless the shards already have users. */
@@ -75,7 +99,7 @@ export async function seedDemoData(options: SeedOptions): Promise<SeedOutcome> {
   const marker = options.pendingMarker;
   const cutOff = marker !== undefined && existsSync(marker);
   if (!cutOff && Object.values(before.usersByShard).some((n) => n > 0)) return { seeded: false, ...before };
-  const recorded = cutOff ? recordedRequest(await readFile(marker, 'utf8').catch(() => '')) : undefined;
+  const recorded = cutOff ? recordedRequest(marker, await readFile(marker, 'utf8').catch(() => '')) : undefined;
   const asked = recorded ?? { users: options.users, documentsPerUser: options.documentsPerUser };
   // Flushed before the first user is written: a seeding cut off by a power loss is still known.
   if (marker !== undefined && recorded === undefined) await writeFile(marker, `seeding ${asked.users} users, ${asked.documentsPerUser} documents each\n`, { flush: true });

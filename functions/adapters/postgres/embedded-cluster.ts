@@ -582,6 +582,11 @@ async function writeManifest(path: string, manifest: Manifest): Promise<void> {
   const dir = await open(dirname(path), 'r');
   try {
     await dir.sync();
+  } catch (error) {
+    // Some filesystems (network, FUSE) refuse to flush a directory: the manifest is whole and in
+    // place all the same, as PostgreSQL's own fsync of a directory (fsync_fname) accepts.
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== 'EINVAL' && code !== 'EBADF') throw error;
   } finally {
     await dir.close();
   }

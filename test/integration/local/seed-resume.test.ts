@@ -4,12 +4,12 @@
  * (that flag is for a fresh start; left out, it is 200).
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
-import { seedDemoData } from '../../../functions/local/seed.js';
+import { SeedMarkerError, seedDemoData } from '../../../functions/local/seed.js';
 import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
 
 /** A writer that dies (throws) at its `after + 1`-th write, as a process killed part-way through a seeding. */
@@ -50,5 +50,24 @@ describe('completing a seeding that was cut off', () => {
     expect(Object.values(restart.usersByShard).reduce((a, b) => a + b, 0)).toBe(12);
     expect(restart.documents).toBe(24);
     expect(existsSync(pendingMarker)).toBe(false);
+  });
+
+  it('refuses a marker asking for more users or documents than a start may (edited by hand), naming the file, and writes nothing', async () => {
+    const { writer, primaries } = docs.sharding;
+    const outcomes: unknown[] = [];
+    for (const text of ['seeding 1000000000000000000000000 users, 5 documents each\n', 'seeding 3 users, 50000000 documents each\n']) {
+      const pendingMarker = join(dir, 'absurd');
+      await writeFile(pendingMarker, text);
+      // Stands for a seeding that would run for hours (or for ever: Infinity users): its first write fails at once.
+      outcomes.push(await seedDemoData({ writer: dyingAfter(writer, 0), primaries, users: 3, documentsPerUser: 5, pendingMarker }).catch((e: unknown) => e));
+      outcomes.push(await readFile(pendingMarker, 'utf8'));
+    }
+
+    expect(outcomes[0]).toBeInstanceOf(SeedMarkerError);
+    expect((outcomes[0] as Error).message).toMatch(/absurd, asks for 1000000000000000000000000 users with 5 documents each, beyond what a start may ask for \(at most 100000 users, 1000 documents each\)/);
+    expect(outcomes[1]).toBe('seeding 1000000000000000000000000 users, 5 documents each\n');
+    expect(outcomes[2]).toBeInstanceOf(SeedMarkerError);
+    expect((outcomes[2] as Error).message).toContain('asks for 3 users with 50000000 documents each');
+    expect(outcomes[3]).toBe('seeding 3 users, 50000000 documents each\n');
   });
 });
