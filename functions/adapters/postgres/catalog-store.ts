@@ -268,7 +268,8 @@ export class CatalogStore implements ControllerCatalog {
    * current configuration to the insert, so concurrent changes each apply to the one before and
    * none is refused or lost (a merge patch sent without If-Match). `current` is the configuration
    * in force (the defaults while none was stored, version 0). What `change` throws (a refused
-   * patch) is thrown as it is, and nothing is written.
+   * patch) is thrown as it is, and nothing is written; so is the `ScalingConfigError` of a
+   * document it returns that is not a valid configuration.
    */
   async updateConfig(
     change: (current: { readonly version: number; readonly config: ScalingConfig }) => Record<string, unknown> | Promise<Record<string, unknown>>,
@@ -282,13 +283,16 @@ export class CatalogStore implements ControllerCatalog {
           const stored = await this.readConfig(client);
           const version = stored?.version ?? 0;
           let document: Record<string, unknown>;
+          let config: ScalingConfig;
           try {
             document = await change({ version, config: stored?.config ?? this.options.defaults });
+            // An invalid document is refused as putConfig refuses it (ScalingConfigError), not
+            // reported as a catalog failure (which the API answers 503, "unreachable").
+            config = parseScalingConfig(document);
           } catch (err) {
             refusal = { error: err };
             throw err;
           }
-          const config = parseScalingConfig(document);
           const inserted = await client.query<{ changed_at: Date }>(
             'insert into catalog.scaling_config (version, document, changed_by, comment) values ($1, $2, $3, $4) returning changed_at',
             [version + 1, JSON.stringify(document), opts.actor, opts.comment ?? ''],
@@ -393,7 +397,11 @@ export class CatalogStore implements ControllerCatalog {
             const off = rows[0];
             if (off !== undefined) return { kind: 'switch', scope: off.scope, changedBy: off.changed_by };
             const stored = await this.readConfig(client);
-            const disabled = stored !== undefined && (!stored.config.enabled || (Object.hasOwn(stored.config.services, service) && !resolveServiceConfig(stored.config, service).enabled));
+            if (stored === undefined) return undefined;
+            // A configuration that no longer names the service stops it as `enabled: false` does:
+            // the controller scales only the services the configuration names.
+            if (!Object.hasOwn(stored.config.services, service)) return { kind: 'config', version: stored.version, changedBy: stored.changedBy, removed: true };
+            const disabled = !stored.config.enabled || !resolveServiceConfig(stored.config, service).enabled;
             return disabled ? { kind: 'config', version: stored.version, changedBy: stored.changedBy } : undefined;
           },
           saveState: async (state) => {

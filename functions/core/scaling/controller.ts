@@ -132,7 +132,9 @@ function stoppedMeanwhile(plan: Plan, stop: Stopper): Plan {
   const { change: _change, ...held } = plan;
   const by =
     stop.kind === 'config'
-      ? `scaling was disabled by ${stop.changedBy} (configuration version ${stop.version})`
+      ? stop.removed === true
+        ? `${plan.record.service} was removed from the configuration by ${stop.changedBy} (configuration version ${stop.version})`
+        : `scaling was disabled by ${stop.changedBy} (configuration version ${stop.version})`
       : stop.scope === '*'
         ? `scaling was stopped by ${stop.changedBy}`
         : `scaling of ${plan.record.service} was stopped by ${stop.changedBy}`;

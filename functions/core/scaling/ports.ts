@@ -155,15 +155,21 @@ export interface StoredServiceState extends ServiceState {
   readonly pending?: DecisionRecord;
 }
 
-/** What stops a service: a switch (scope `*` or the service), or a configuration version. */
-export type Stopper = { readonly kind: 'switch'; readonly scope: string; readonly changedBy: string } | { readonly kind: 'config'; readonly version: number; readonly changedBy: string };
+/**
+ * What stops a service: a switch (scope `*` or the service), or a configuration version that
+ * disables it or no longer names it (`removed`).
+ */
+export type Stopper =
+  | { readonly kind: 'switch'; readonly scope: string; readonly changedBy: string }
+  | { readonly kind: 'config'; readonly version: number; readonly changedBy: string; readonly removed?: boolean };
 
 /** What the controller may do with one service while it holds that service's lock. */
 export interface ServiceSession {
   loadState(): Promise<StoredServiceState | undefined>;
   /**
    * What stops the service now, read under the lock: a switch (the global one or the service's
-   * own, POST /stop) or the stored configuration (`enabled: false`, globally or for the service);
+   * own, POST /stop) or the stored configuration (`enabled: false`, globally or for the service,
+   * or the service removed from it);
    * `undefined` while it may be scaled. A stop answered after the evaluation loaded its control
    * state must still hold its change back.
    */

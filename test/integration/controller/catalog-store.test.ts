@@ -73,6 +73,16 @@ describe('catalog store: configuration', () => {
     expect((await store.getConfig())?.version).toBe(before);
   });
 
+  it('rejects an invalid configuration from updateConfig as putConfig does (ScalingConfigError, not an unreachable catalog), without writing anything', async () => {
+    const before = (await store.getConfig())?.version;
+
+    const error = await store.updateConfig(() => ({ cpu_scale_up: 20, cpu_scale_down: 30 }), { actor: 'dave' }).catch((e: unknown) => e);
+
+    expect(error).toBeInstanceOf(ScalingConfigError);
+    expect((error as ScalingConfigError).issues.map((i) => i.path)).toEqual(['cpu_scale_down']);
+    expect((await store.getConfig())?.version).toBe(before);
+  });
+
   it('loads the configuration in force with the switches', async () => {
     await store.setSwitch({ scope: 'worker', enabled: false, actor: 'alice', reason: 'incident 42' });
 

@@ -68,6 +68,11 @@ describe('stopping scaling while an evaluation runs', () => {
       (store: CatalogStore) => store.putConfig({ ...CONFIG, services: { 'svc-0': { enabled: false } } }, { actor: 'alice' }),
       'scaling was disabled by alice (configuration version 1)',
     ],
+    [
+      'a configuration that no longer names the service (PUT /config without it, or PATCH null on it)',
+      (store: CatalogStore) => store.putConfig({ ...CONFIG, services: {} }, { actor: 'alice' }),
+      'svc-0 was removed from the configuration by alice (configuration version 1)',
+    ],
   ] as const;
   for (const [what, stopIt, message] of stops) {
     it(`changes no desired count once ${what} has been answered, and records the decision as blocked`, async () => {
