@@ -130,6 +130,17 @@ const readAfterHeaders = z.object({ 'x-read-after': readAfterSchema.describe('a 
 
 /** The longest `Idempotency-Key` accepted, in characters. */
 export const IDEMPOTENCY_KEY_MAX = 255;
+
+/**
+ * How long an `Idempotency-Key` is remembered, from its first use (its row's `created_at`, on
+ * the owner's shard's clock): 24 hours, past any client's retries. An expired key is a new key
+ * (its record is replaced); expired records are pruned by their owner's next keyed writes
+ * ({@link IDEMPOTENCY_KEY_PRUNE_BATCH} at a time) and go with the owner.
+ */
+export const IDEMPOTENCY_KEY_RETENTION_MS = 24 * 60 * 60 * 1000;
+
+/** At most this many of an owner's expired key records are deleted by each of the owner's keyed writes. */
+export const IDEMPOTENCY_KEY_PRUNE_BATCH = 16;
 const IDEMPOTENCY_KEY_FORM = `a quoted string ("...", with \\" and \\\\ escaped) or printable characters without spaces, quotes or commas, 1 to ${IDEMPOTENCY_KEY_MAX} of them, e.g. "8e03978e-40d5-43e8-bc93-6894a57f9324"`;
 
 /**
@@ -180,7 +191,7 @@ const idempotencyKey = z
   .optional();
 const createDocumentHeaders = z.object({
   'idempotency-key': idempotencyKey.describe(
-    `makes the POST safe to send again: a retry with the same key and the same body answers the document the first attempt created (201, \`Idempotent-Replayed: true\`) instead of creating a second; the same key with another body is a 422 (compared with the document as it is now), and a 409 once the document belongs to another owner. Keys belong to the owner and are remembered by their document alone: once it is deleted, the key creates it again. ${IDEMPOTENCY_KEY_FORM}`,
+    `makes the POST safe to send again: a retry with the same key and the same body answers the document the first attempt created, as it is now (201, \`Idempotent-Replayed: true\`) instead of creating a second; the same key with another body (title and content, compared with the first request's, not with the document) is a 422; a 409 once the document was deleted or belongs to another owner. Keys belong to the owner and are remembered for ${IDEMPOTENCY_KEY_RETENTION_MS / 3_600_000} hours from their first use, whatever becomes of the document; an expired key is a new key. ${IDEMPOTENCY_KEY_FORM}`,
   ),
 });
 
@@ -251,20 +262,60 @@ export function userIdForEmail(email: string): string {
 }
 
 /**
- * The name-space of document ids derived from an `Idempotency-Key` (a fixed UUID of this API's
- * own): the same owner and key give the same id on every server, before and after a move.
+ * The name-space of the ids of `Idempotency-Key` records (a fixed UUID of this API's own): the
+ * same owner and key give the same id on every server, before and after a move.
  */
 const DOCUMENT_KEY_NAMESPACE = Buffer.from('2b8c7e0a5f3d4b6e9a1c0d2e4f6a8b0c', 'hex');
 
 /**
- * The id of the document an owner's `Idempotency-Key` creates (UUID version 5 of
- * `<owner>:<key>`; the owner is in its canonical 36-character form, so the name is unambiguous).
- * Every retry of the request computes the same id and meets the first attempt's row on the
- * primary key of the owner's shard: a second document is never created.
+ * The id of an owner's `Idempotency-Key` record in `document_keys` (shard migration 021): UUID
+ * version 5 of `<owner>:<key>` (the owner in its canonical 36-character form, so the name is
+ * unambiguous; docs/sharding-spec.md section 10). Every attempt with the key computes the same
+ * id and meets the first attempt's record on the primary key of the owner's shard, so two
+ * attempts never both create a document. The document itself gets a random id: the key's record,
+ * not the document, remembers the key (a deleted document is not created again, and a key used
+ * again after it expired creates a new document without meeting the old one's id).
+ *
+ * @example
+ * ```ts
+ * idempotencyKeyId('3f2c1d9e-8a7b-4c6d-9e0f-112233445566', 'order-7'); // the same on every server
+ * ```
  */
-export function documentIdForKey(ownerId: string, key: string): string {
+export function idempotencyKeyId(ownerId: string, key: string): string {
   return uuidV5(DOCUMENT_KEY_NAMESPACE, `${ownerId}:${key}`);
 }
+
+/**
+ * The request digest a key record keeps (SQL, parameters `$title` and `$content`): sha-256 of
+ * the UTF-8 jsonb text of `{"title": title, "content": content}`. Computed by PostgreSQL, so
+ * every writer (in any language) canonicalises alike: jsonb orders members and keeps one of each.
+ */
+const requestDigestSql = (title: string, content: string): string =>
+  `pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_object('title', ${title}::text, 'content', ${content}::jsonb)::text, 'UTF8'))`;
+
+/**
+ * Claims an owner's key for this request: a new record, or an expired one renewed in place (an
+ * expired key is a new key). Answers the record's row when this attempt claimed it, none when a
+ * live record holds the key (another attempt's, committed; one in flight is waited for by the
+ * primary key). `$1` key id, `$2` owner, `$3` slot, `$4` the new document's id, `$5` title,
+ * `$6` content, `$7` the retention in seconds.
+ */
+const CLAIM_KEY_SQL = `insert into document_keys as k (id, owner_id, slot, document_id, request_digest)
+  values ($1, $2, $3, $4, ${requestDigestSql('$5', '$6')})
+  on conflict (id) do update set document_id = excluded.document_id, request_digest = excluded.request_digest, created_at = excluded.created_at
+    where k.created_at <= pg_catalog.now() - pg_catalog.make_interval(secs => $7::double precision)
+  returning k.document_id`;
+
+/** A live record of the key, and whether its request was this one (`$1` key id, `$2` title, `$3` content). */
+const KEY_RECORD_SQL = `select k.document_id, k.request_digest = ${requestDigestSql('$2', '$3')} as same from document_keys k where k.id = $1`;
+
+/**
+ * Deletes a few of an owner's expired key records (`$1` owner, `$2` retention in seconds, `$3`
+ * how many): only the owner's, whose unit this write holds, so the fence never refuses it.
+ */
+const PRUNE_KEYS_SQL = `delete from document_keys where id = any(array(
+  select k.id from document_keys k where k.owner_id = $1 and k.created_at <= pg_catalog.now() - pg_catalog.make_interval(secs => $2::double precision)
+   order by k.created_at limit $3))`;
 
 /** RFC 9562 UUID version 5 (SHA-1) of `name` (UTF-8) in `namespace`. */
 function uuidV5(namespace: Buffer, name: string): string {
@@ -634,49 +685,73 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
   async function createDocument(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = parse(newDocumentSchema, await readJson(req), 'body');
     const key = parse(idempotencyKey, req.headers['idempotency-key'], 'header.idempotency-key');
-    // With a key the id is the key's (the same on every retry), and the insert meets an earlier
-    // attempt's row on the primary key instead of creating a second document.
-    const id = key === undefined ? randomUUID() : documentIdForKey(body.owner_id, key);
+    const id = randomUUID();
     const location = `${PREFIX}/documents/${id}?owner=${body.owner_id}`;
     const content = JSON.stringify(body.content);
+    const retentionSeconds = IDEMPOTENCY_KEY_RETENTION_MS / 1000;
+    type Outcome =
+      | { readonly kind: 'created'; readonly row: DocumentRow }
+      | { readonly kind: 'replayed'; readonly row: DocumentRow | undefined; readonly documentId: string }
+      | { readonly kind: 'misused'; readonly documentId: string }
+      | { readonly kind: 'released' };
     const result = await write(
       body.owner_id,
       `${location}&consistency=primary`,
-      async ({ client, slot }) => {
+      async ({ client, slot }): Promise<Outcome | undefined> => {
         const owner = await client.query('select 1 from users where id = $1', [body.owner_id]);
         if (owner.rowCount === 0) return undefined;
-        const { rows } = await client.query<DocumentRow>(
-          `insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5)${key === undefined ? '' : ' on conflict (id) do nothing'} returning ${DOC_COLUMNS}`,
-          [id, body.owner_id, slot, body.title, content],
-        );
-        if (rows[0] || key === undefined) return { row: rows[0], replayed: false };
-        // The key was used before (a committed row; a concurrent attempt's insert is waited for by
-        // the primary key and then seen here). jsonb equality ignores the order of members.
-        const first = await client.query<DocumentRow & { same: boolean }>(
-          `select ${DOC_COLUMNS}, (owner_id = $2 and title = $3 and content = $4::jsonb) as same from documents where id = $1`,
-          [id, body.owner_id, body.title, content],
-        );
-        return { row: first.rows[0], replayed: true };
+        const insertDocument = async (): Promise<Outcome> => {
+          const { rows } = await client.query<DocumentRow>(`insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5) returning ${DOC_COLUMNS}`, [
+            id,
+            body.owner_id,
+            slot,
+            body.title,
+            content,
+          ]);
+          return { kind: 'created', row: rows[0] as DocumentRow };
+        };
+        if (key === undefined) return insertDocument();
+        await client.query(PRUNE_KEYS_SQL, [body.owner_id, retentionSeconds, IDEMPOTENCY_KEY_PRUNE_BATCH]);
+        const keyId = idempotencyKeyId(body.owner_id, key);
+        // In the same transaction as the document: the record exists exactly when the document was created.
+        const claimed = await client.query(CLAIM_KEY_SQL, [keyId, body.owner_id, slot, id, body.title, content, retentionSeconds]);
+        if (claimed.rowCount === 1) return insertDocument();
+        const record = (await client.query<{ document_id: string; same: boolean }>(KEY_RECORD_SQL, [keyId, body.title, content])).rows[0];
+        // Claimed by nobody and held by nobody: the record expired and was pruned (or its owner
+        // deleted) between the two statements. Nothing was created: the retry claims it afresh.
+        if (!record) return { kind: 'released' };
+        if (!record.same) return { kind: 'misused', documentId: record.document_id };
+        const { rows } = await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where id = $1`, [record.document_id]);
+        return { kind: 'replayed', row: rows[0], documentId: record.document_id };
       },
       key !== undefined,
     );
     if (!result.value) throw new HttpProblem({ status: 422, detail: `body.owner_id: there is no user ${body.owner_id}; create the user first`, invalid: [{ name: 'body.owner_id', reason: 'no such user' }] });
-    const { row, replayed } = result.value;
-    if (!row) {
-      // Only when the first attempt's document was deleted between this attempt's insert and its look.
-      throw new HttpProblem({ status: 409, detail: `header.idempotency-key: the document this key created (${location}) was deleted; use a new key`, invalid: [{ name: 'header.idempotency-key', reason: 'its document was deleted' }] });
+    const outcome = result.value;
+    const headers = { 'x-read-token': formatReadToken(result.readToken) };
+    if (outcome.kind === 'created') {
+      send(res, 201, { ...outcome.row, shard_id: result.shardId }, { ...headers, location });
+      return;
     }
-    const { same, ...doc } = row as DocumentRow & { same?: boolean };
-    if (replayed && doc.owner_id !== body.owner_id) {
+    if (outcome.kind === 'released') {
+      throw new HttpProblem({ status: 503, detail: 'the key expired while this request used it; nothing was written; send it again', headers: { 'retry-after': '0' } });
+    }
+    const firstLocation = `${PREFIX}/documents/${outcome.documentId}?owner=${body.owner_id}`;
+    if (outcome.kind === 'misused') {
+      const reason = `was used for another document of this owner (${firstLocation}), with a different title or content; use a new key for a new document`;
+      throw new HttpProblem({ status: 422, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }] });
+    }
+    if (!outcome.row) {
+      // The key outlives its document: a late retry must not undo the application's delete.
+      const reason = `its document was deleted (or handed to an owner on another shard); use a new key for a new document`;
+      throw new HttpProblem({ status: 409, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }] });
+    }
+    if (outcome.row.owner_id !== body.owner_id) {
       // Handed to another user since (docs/sharding-spec.md): not this owner's to answer with, nor a key misused.
       const reason = 'its document now belongs to another owner; use a new key for a new document';
       throw new HttpProblem({ status: 409, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }] });
     }
-    if (replayed && same === false) {
-      const reason = `was used for another document of this owner (${location}), with a different title or content; use a new key for a new document`;
-      throw new HttpProblem({ status: 422, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }] });
-    }
-    send(res, 201, { ...doc, shard_id: result.shardId }, { 'x-read-token': formatReadToken(result.readToken), location, ...(replayed ? { 'idempotent-replayed': 'true' } : {}) });
+    send(res, 201, { ...outcome.row, shard_id: result.shardId }, { ...headers, location: firstLocation, 'idempotent-replayed': 'true' });
   }
 
   async function getDocument(docId: string, url: URL, req: IncomingMessage, res: ServerResponse): Promise<void> {

@@ -136,12 +136,28 @@ class UnitCollision extends MoveError {
 /** Which unit a move moves: the job's own, or another's as a target's fence row names it. */
 type UnitRef = Pick<MoveJob, 'kind' | 'unitId' | 'excludedKeys'>;
 
-/** The sharded tables, parents first; `owner` is the column holding the user id (the directory key). */
+/**
+ * The sharded tables, parents first; `owner` is the column holding the user id (the directory
+ * key). Every one has a uuid `id` primary key (what the change capture logs and the catch-up,
+ * the comparison and the deletions go by) and a `slot` tied to its owner's. `document_keys`
+ * (shard migration 021) are an owner's `Idempotency-Key` records: they never change owner, so
+ * never change units (unlike documents, which an owner may hand over).
+ */
 const TABLES = [
   { name: 'users', owner: 'id' },
   { name: 'documents', owner: 'owner_id' },
+  { name: 'document_keys', owner: 'owner_id' },
 ] as const;
 type TableName = (typeof TABLES)[number]['name'];
+
+/** The tables whose rows belong to a user (every one but `users`), children of `users`. */
+const CHILD_TABLES = TABLES.filter((t) => t.name !== 'users').map((t) => t.name);
+
+/** The sharded tables' names ({@link TABLES}), for messages. */
+const TABLE_LIST = TABLES.map((t) => t.name).join(', ').replace(/, ([^,]+)$/, ' or $1');
+
+/** `regclass` literals of the sharded tables, for the drain's look at `pg_locks`. */
+const TABLE_REGCLASSES = TABLES.map((t) => `'${t.name}'::regclass`).join(', ');
 
 /**
  * One batch of a unit's deletion (the clean-up on the source, a rollback's on the target): the
@@ -184,8 +200,16 @@ type HashTotals = Record<TableName, { rows: number; sum: bigint }>;
 type RowIds = Record<TableName, Set<string>>;
 
 function rowIds(...from: readonly Readonly<Record<TableName, ReadonlySet<string>>>[]): RowIds {
-  return { users: new Set(from.flatMap((f) => [...f.users])), documents: new Set(from.flatMap((f) => [...f.documents])) };
+  return perTable((name) => new Set(from.flatMap((f) => [...f[name]])));
 }
+
+/** A record of every sharded table's value. */
+function perTable<T>(value: (name: TableName) => T): Record<TableName, T> {
+  return Object.fromEntries(TABLES.map(({ name }) => [name, value(name)])) as Record<TableName, T>;
+}
+
+/** No row id of any table. */
+const noRowIds = (): RowIds => rowIds();
 
 /**
  * One side's row hashes as last compared: those of the full comparison, with the rows compared
@@ -195,7 +219,7 @@ function rowIds(...from: readonly Readonly<Record<TableName, ReadonlySet<string>
  */
 class SideHashes {
   /** Rows compared again since the full comparison: their hash now (null: the row is gone). */
-  private readonly replaced: Record<TableName, Map<string, string | null>> = { users: new Map(), documents: new Map() };
+  private readonly replaced: Record<TableName, Map<string, string | null>> = perTable(() => new Map());
 
   /** @param totals the count and sum of `base`, as the database computed them with the hashes. */
   constructor(
@@ -831,7 +855,7 @@ export class PgMovePort implements MovePort<MoveJob> {
                   where a.datname = current_database() and a.pid <> pg_backend_pid() and a.backend_type = 'client backend' and a.xact_start < $1
                     and (a.backend_xid is not null
                          or exists (select 1 from pg_locks l where l.pid = a.pid and l.mode = 'RowExclusiveLock'
-                                     and l.relation in ('users'::regclass, 'documents'::regclass)))) as n,
+                                     and l.relation in (${TABLE_REGCLASSES})))) as n,
                 (select count(*)::int from pg_prepared_xacts p
                   where p.database = current_database()
                     and age(p.transaction) > age(($2::bigint % 4294967296)::text::xid)
@@ -839,7 +863,7 @@ export class PgMovePort implements MovePort<MoveJob> {
                                  where x.locktype = 'transactionid' and x.transactionid = p.transaction and x.pid is null
                                    and l.locktype = 'relation' and l.mode = 'RowExclusiveLock'
                                    and l.database = (select oid from pg_database where datname = current_database())
-                                   and l.relation in ('users'::regclass, 'documents'::regclass))) as prepared`,
+                                   and l.relation in (${TABLE_REGCLASSES}))) as prepared`,
         [since, xmax],
       );
       const open = active[0]?.n ?? 0;
@@ -848,7 +872,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       // Nothing is copied yet and no fence is held: a run whose time is up stops here, and the next one waits again.
       if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up while waiting for writers older than the change capture; the next run resumes it`);
       if (this.now() > deadline) {
-        const what = [open > 0 ? `${open} writer(s) older than the change capture` : '', prepared > 0 ? `${prepared} prepared transaction(s) that wrote users or documents (pg_prepared_xacts)` : '']
+        const what = [open > 0 ? `${open} writer(s) older than the change capture` : '', prepared > 0 ? `${prepared} prepared transaction(s) that wrote ${TABLE_LIST} (pg_prepared_xacts)` : '']
           .filter(Boolean)
           .join(' and ');
         throw new MoveError(`${what} on ${job.from} still open after ${this.settings.drainTimeoutMs} ms; the copy starts once they have ended (commit or roll back a forgotten prepared transaction)`);
@@ -1084,7 +1108,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       const where = this.pageWhere(job, table, page, from);
       const rows = `select * from ${table} where ${where} order by id limit ${Math.max(1, Math.floor(this.settings.copyBatchRows))}`;
       let ownersJson: string | null = null;
-      if (checkedKeys && table === 'documents') {
+      if (checkedKeys && table !== 'users') {
         const owners = await from.query<{ rows: string }>(
           `select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(u) order by u.id), '[]')::text as rows from users u
             where u.id in (select owner_id from (${rows}) p) and ${this.unitFilterLiteral(job, 'users', from)}`,
@@ -1227,39 +1251,57 @@ export class PgMovePort implements MovePort<MoveJob> {
     for (const e of entries) ids.get(e.table_name)?.add(e.row_id);
     const docIds = [...(ids.get('documents') ?? [])];
     const userIds = [...(ids.get('users') ?? [])];
+    const keyIds = [...(ids.get('document_keys') ?? [])];
 
-    const df = this.unitFilter(job, 'documents', 3, 't.');
-    const uf = this.unitFilter(job, 'users', 3 + df.params.length, 't.');
+    const df = this.unitFilter(job, 'documents', 4, 't.');
+    const uf = this.unitFilter(job, 'users', 4 + df.params.length, 't.');
+    const kf = this.unitFilter(job, 'document_keys', 4 + df.params.length + uf.params.length, 't.');
     // The changed documents' owners that did not change themselves are only there so that a
-    // new document's owner exists on the target (its foreign key): they are inserted when
+    // new document's (or key record's) owner exists on the target (its foreign key): they are inserted when
     // missing, not rewritten. Rewriting them (about one owner per changed document under 8
     // writers) doubled the rows each pass wrote, each a new version with its index entries and
     // a change logged on the target, to be compared again before the fence.
-    const { rows: read } = await source.query<{ docs: string; doc_ids: string[] | null; users: string; user_ids: string[] | null; owners: string | null }>(
+    const { rows: read } = await source.query<{
+      docs: string;
+      doc_ids: string[] | null;
+      users: string;
+      user_ids: string[] | null;
+      keys: string;
+      key_ids: string[] | null;
+      owners: string | null;
+    }>(
       `with d as (select t.* from documents t where t.id = any($1::uuid[]) and ${df.sql}),
             u as (select t.* from users t where t.id = any($2::uuid[]) and ${uf.sql}),
-            o as (select t.* from users t where t.id in (select owner_id from d) and not (t.id = any($2::uuid[])) and ${uf.sql})
+            k as (select t.* from document_keys t where t.id = any($3::uuid[]) and ${kf.sql}),
+            o as (select t.* from users t where t.id in (select owner_id from d union select owner_id from k) and not (t.id = any($2::uuid[])) and ${uf.sql})
        select (select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(d)), '[]')::text from d) as docs, (select pg_catalog.array_agg(d.id)::text[] from d) as doc_ids,
               (select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(u)), '[]')::text from u) as users, (select pg_catalog.array_agg(u.id)::text[] from u) as user_ids,
+              (select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(k)), '[]')::text from k) as keys, (select pg_catalog.array_agg(k.id)::text[] from k) as key_ids,
               (select pg_catalog.jsonb_agg(pg_catalog.to_jsonb(o))::text from o) as owners`,
-      [docIds, userIds, ...df.params, ...uf.params],
+      [docIds, userIds, keyIds, ...df.params, ...uf.params, ...kf.params],
     );
     const presentDocs = new Set(read[0]?.doc_ids ?? []);
     const presentUsers = new Set(read[0]?.user_ids ?? []);
+    const presentKeys = new Set(read[0]?.key_ids ?? []);
     const goneDocs = docIds.filter((id) => !presentDocs.has(id));
     const goneUsers = userIds.filter((id) => !presentUsers.has(id));
+    const goneKeys = keyIds.filter((id) => !presentKeys.has(id));
     // The rows that left the unit go first, in a transaction of their own. Two units moving from
     // one source to one target at once can trade rows (a document handed to an owner of the other
     // slot): each move's upsert then meets the other's stale copy of the row and refuses it (see
     // upsert), and with the deletes in the same transaction neither move could ever remove its
     // own stale copy; both stalled for good. Committed first, each pass removes its stale copies
     // whatever its upserts meet, and the refused upsert goes through at a later pass.
-    if (goneDocs.length > 0 || goneUsers.length > 0) {
+    if (goneDocs.length > 0 || goneUsers.length > 0 || goneKeys.length > 0) {
       await this.write(job, job.to, async (target) => {
         await this.assertIncoming(target, job);
         if (goneDocs.length > 0) {
           const f = this.unitFilter(job, 'documents', 2);
           await target.query(`delete from documents where id = any($1::uuid[]) and ${f.sql}`, [goneDocs, ...f.params]);
+        }
+        if (goneKeys.length > 0) {
+          const f = this.unitFilter(job, 'document_keys', 2);
+          await target.query(`delete from document_keys where id = any($1::uuid[]) and ${f.sql}`, [goneKeys, ...f.params]);
         }
         if (goneUsers.length > 0) {
           const f = this.unitFilter(job, 'users', 2);
@@ -1268,13 +1310,14 @@ export class PgMovePort implements MovePort<MoveJob> {
       });
     }
     const owners = read[0]?.owners;
-    if (presentUsers.size > 0 || owners || presentDocs.size > 0) {
+    if (presentUsers.size > 0 || owners || presentDocs.size > 0 || presentKeys.size > 0) {
       const upsertAll = (): Promise<void> =>
         this.write(job, job.to, async (target) => {
           await this.assertIncoming(target, job);
           if (presentUsers.size > 0) await this.upsert(target, job, 'users', read[0]?.users ?? '[]', presentUsers.size);
           if (owners) await target.query('insert into users select * from pg_catalog.jsonb_populate_recordset(null::users, $1::jsonb) on conflict (id) do nothing', [owners]);
           if (presentDocs.size > 0) await this.upsert(target, job, 'documents', read[0]?.docs ?? '[]', presentDocs.size);
+          if (presentKeys.size > 0) await this.upsert(target, job, 'document_keys', read[0]?.keys ?? '[]', presentKeys.size);
         });
       // A refused document may be another unfinished move's stale copy (see clearStaleCopies):
       // cleared, the pass is written again. Without it, with more changes logged than one pass
@@ -1434,12 +1477,12 @@ export class PgMovePort implements MovePort<MoveJob> {
     ]);
     pre.source.replace(ids, source.hashes);
     pre.target.replace(ids, now);
-    const recheck = rowIds({ users: new Set(), documents: new Set() });
+    const recheck = noRowIds();
     for (const { t, id } of source.pending) recheck[t]?.add(id);
     for (const { name } of TABLES) for (const id of ids[name]) if (source.hashes[name].get(id) !== now[name].get(id)) recheck[name].add(id);
     pre.recheck = recheck;
     await this.write(job, job.to, (c) => c.query('delete from move_changes where seq = any($1::bigint[])', [logged.map((l) => l.seq)]));
-    return recheck.users.size + recheck.documents.size + (await this.targetChanges(job));
+    return TABLES.reduce((n, { name }) => n + recheck[name].size, 0) + (await this.targetChanges(job));
   }
 
   /**
@@ -1517,7 +1560,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       }),
       inTransaction(targetPool, SNAPSHOT, (client) => this.rowHashes(client, job, null)),
     ]);
-    const recheck = rowIds({ users: new Set(), documents: new Set() });
+    const recheck = noRowIds();
     for (const { t, id } of source.pending) recheck[t]?.add(id);
     for (const { name } of TABLES) for (const id of differingIds(source.hashes[name], target.hashes[name])) recheck[name].add(id);
     this.pre = { jobId: job.id, source: new SideHashes(source.hashes, source.totals), target: new SideHashes(target.hashes, target.totals), recheck };
@@ -1532,12 +1575,13 @@ export class PgMovePort implements MovePort<MoveJob> {
   private async checkUnitSize(job: MoveJob): Promise<void> {
     const limit = this.settings.maxUnitRows;
     if (limit === undefined) return;
-    const users = this.unitFilter(job, 'users', 1);
-    const docs = this.unitFilter(job, 'documents', 1 + users.params.length);
-    const { rows } = await this.pool(job.from).query<{ users: string; documents: string }>(
-      `select (select count(*) from users where ${users.sql}) as users, (select count(*) from documents where ${docs.sql}) as documents`,
-      [...users.params, ...docs.params],
-    );
+    const params: unknown[] = [];
+    const counts = TABLES.map(({ name }) => {
+      const f = this.unitFilter(job, name, 1 + params.length);
+      params.push(...f.params);
+      return `(select count(*) from ${name} where ${f.sql}) as ${name}`;
+    });
+    const { rows } = await this.pool(job.from).query<Record<TableName, string>>(`select ${counts.join(', ')}`, params);
     for (const [table, n] of Object.entries(rows[0] ?? {})) {
       if (Number(n) > limit) {
         throw new MoveError(
@@ -1553,8 +1597,8 @@ export class PgMovePort implements MovePort<MoveJob> {
    * hashes one text value in id order (see `move-hashes.ts` for why not a row each).
    */
   private async rowHashes(client: pg.PoolClient, job: MoveJob, only: RowIds | null): Promise<{ hashes: RowHashes; totals: HashTotals }> {
-    const hashes: RowHashes = { users: new HashRun(''), documents: new HashRun('') };
-    const totals: HashTotals = { users: { rows: 0, sum: 0n }, documents: { rows: 0, sum: 0n } };
+    const hashes: RowHashes = perTable(() => new HashRun(''));
+    const totals: HashTotals = perTable(() => ({ rows: 0, sum: 0n }));
     const params: unknown[] = [];
     const parts: string[] = [];
     for (const { name } of TABLES) {
@@ -1906,15 +1950,16 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   /**
    * Deletes the unit's rows from the source in batches, children first, and only the rows the
-   * verification covered: the unit's documents, then its users that no longer own any document
-   * here. A user deleted by cascade could take with it a document that was never part of the
+   * verification covered: the unit's documents and key records (`CHILD_TABLES`), then its users
+   * that no longer own any row of them here. A user deleted by cascade could take with it a document that was never part of the
    * unit (stored under another slot), which no verification saw; such users are kept, and their
    * number is the answer. `afterBatch` is called after each batch commits, with its count.
    */
   private async deleteVerified(pool: pg.Pool, job: MoveJob, afterBatch: (deleted: number) => Promise<void>): Promise<number> {
     const begin = await this.bulkBegin(job.from, pool);
-    await this.deleteUnit(job, job.from, 'documents', begin, '', afterBatch);
-    await this.deleteUnit(job, job.from, 'users', begin, ' and not exists (select 1 from documents d where d.owner_id = x.id)', afterBatch);
+    for (const table of CHILD_TABLES) await this.deleteUnit(job, job.from, table, begin, '', afterBatch);
+    const ownsNothing = CHILD_TABLES.map((table) => ` and not exists (select 1 from ${table} c where c.owner_id = x.id)`).join('');
+    await this.deleteUnit(job, job.from, 'users', begin, ownsNothing, afterBatch);
     const left = this.unitFilter(job, 'users', 1, 'u.');
     const { rows } = await pool.query<{ n: number }>(`select count(*)::int as n from users u where ${left.sql}`, left.params);
     return rows[0]?.n ?? 0;

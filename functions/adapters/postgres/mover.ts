@@ -335,10 +335,10 @@ export class Mover {
     const source = this.options.shards.get(from) as pg.Pool;
     // Both counts read the (slot, id) or primary-key and owner indexes; keys the directory keeps
     // elsewhere are counted too, which only errs on the safe side.
-    const { rows } = await source.query<{ users: string; documents: string }>(
+    const { rows } = await source.query<{ users: string; documents: string; document_keys: string }>(
       kind === 'slot'
-        ? 'select (select count(*) from users where slot = $1::int) as users, (select count(*) from documents where slot = $1::int) as documents'
-        : 'select (select count(*) from users where id = $1::uuid) as users, (select count(*) from documents where owner_id = $1::uuid) as documents',
+        ? 'select (select count(*) from users where slot = $1::int) as users, (select count(*) from documents where slot = $1::int) as documents, (select count(*) from document_keys where slot = $1::int) as document_keys'
+        : 'select (select count(*) from users where id = $1::uuid) as users, (select count(*) from documents where owner_id = $1::uuid) as documents, (select count(*) from document_keys where owner_id = $1::uuid) as document_keys',
       [unitId],
     );
     const counts = rows[0];

@@ -1,8 +1,10 @@
 /**
  * `Idempotency-Key` on `POST /api/v1/documents`: a write whose outcome is unknown (a 504, a
  * dropped connection, a client timeout) can be sent again without creating a second document.
- * The key's document id is derived from the owner and the key, so every attempt meets the first
- * one's row on the primary key of the owner's shard, wherever the owner lives by then.
+ * The key is a record of its own on the owner's shard (`document_keys`, shard migration 021),
+ * whose id is derived from the owner and the key, so every attempt meets the first one's record on
+ * the primary key of the owner's shard, wherever the owner lives by then, whatever became of the
+ * document since.
  */
 import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -10,7 +12,7 @@ import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Mover } from '../../../functions/adapters/postgres/mover.js';
-import { documentIdForKey, IDEMPOTENCY_KEY_MAX, idempotencyKeyOf } from '../../../functions/local/documents-api.js';
+import { IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_RETENTION_MS, idempotencyKeyId, idempotencyKeyOf } from '../../../functions/local/documents-api.js';
 import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
 
 describe('Idempotency-Key header values', () => {
@@ -53,12 +55,12 @@ describe('Idempotency-Key header values', () => {
     expect('reason' in r && r.reason).toMatch(reason);
   });
 
-  it('gives each owner its own ids: the same key of two owners names two documents', () => {
+  it('gives each owner its own key ids: the same key of two owners names two records', () => {
     const a = '3f2c1d9e-8a7b-4c6d-9e0f-112233445566';
     const b = '3f2c1d9e-8a7b-4c6d-9e0f-112233445567';
-    expect(documentIdForKey(a, 'k')).not.toBe(documentIdForKey(b, 'k'));
-    expect(documentIdForKey(a, 'k')).toBe(documentIdForKey(a, 'k'));
-    expect(documentIdForKey(a, 'k')).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(idempotencyKeyId(a, 'k')).not.toBe(idempotencyKeyId(b, 'k'));
+    expect(idempotencyKeyId(a, 'k')).toBe(idempotencyKeyId(a, 'k'));
+    expect(idempotencyKeyId(a, 'k')).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   });
 });
 
@@ -86,6 +88,20 @@ describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQ
       const direct = new pg.Pool({ connectionString: api.server.urlFor(shard), max: 1 });
       try {
         const { rows } = await direct.query<{ id: string; title: string }>('select id, title from documents where owner_id = $1 order by id', [owner]);
+        found.push(...rows.map((r) => ({ ...r, shard })));
+      } finally {
+        await direct.end();
+      }
+    }
+    return found;
+  };
+  /** The owner's key records on every shard's primary, read directly. */
+  const keysOf = async (owner: string): Promise<{ id: string; document_id: string; shard: string }[]> => {
+    const found: { id: string; document_id: string; shard: string }[] = [];
+    for (const shard of ['shard_001', 'shard_002']) {
+      const direct = new pg.Pool({ connectionString: api.server.urlFor(shard), max: 1 });
+      try {
+        const { rows } = await direct.query<{ id: string; document_id: string }>('select id, document_id from document_keys where owner_id = $1 order by id', [owner]);
         found.push(...rows.map((r) => ({ ...r, shard })));
       } finally {
         await direct.end();
@@ -164,6 +180,56 @@ describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQ
     expect(await documentsOf(heir.id)).toEqual([{ id: first.body.id, title: 'handed over', shard: owner.shardId }]);
   });
 
+  it('does not create the document again when a late retry comes after the application deleted it (409 naming the header)', async () => {
+    const owner = await newUser();
+    const body = { owner_id: owner.id, title: 'deleted later', content: { v: 1 } };
+    const first = await post(body, 'deleted-key');
+    await api.primary(owner.shardId).query('delete from documents where id = $1', [first.body.id]);
+    const late = await post(body, 'deleted-key');
+
+    expect(first.status).toBe(201);
+    expect({ status: late.status, invalid: late.body.invalid_params }).toEqual({
+      status: 409,
+      invalid: [{ name: 'header.idempotency-key', reason: expect.stringMatching(/^its document was deleted\b.*use a new key/) as unknown as string }],
+    });
+    expect(await documentsOf(owner.id)).toEqual([]);
+  });
+
+  it('replays a retry after the application edited the document: the retry is compared with the request, not with the document as it is now', async () => {
+    const owner = await newUser();
+    const body = { owner_id: owner.id, title: 'as sent', content: { v: 1 } };
+    const first = await post(body, 'edited-key');
+    await api.primary(owner.shardId).query(`update documents set title = 'edited', content = '{"v": 2}' where id = $1`, [first.body.id]);
+    const retried = await post(body, 'edited-key');
+    const misused = await post({ ...body, title: 'another' }, 'edited-key');
+
+    expect({ status: retried.status, replayed: retried.headers.get('idempotent-replayed'), id: retried.body.id, title: retried.body.title }).toEqual({
+      status: 201,
+      replayed: 'true',
+      id: first.body.id,
+      title: 'edited',
+    });
+    expect({ status: misused.status, names: misused.body.invalid_params?.map((p: { name: string }) => p.name) }).toEqual({ status: 422, names: ['header.idempotency-key'] });
+    expect(await documentsOf(owner.id)).toEqual([{ id: first.body.id, title: 'edited', shard: owner.shardId }]);
+  });
+
+  it(`treats a key past its retention (${IDEMPOTENCY_KEY_RETENTION_MS / 3_600_000} h) as new, and prunes the owner's expired keys on its writes`, async () => {
+    const owner = await newUser();
+    const old = await post({ owner_id: owner.id, title: 'a day ago' }, 'reused');
+    const stale = await post({ owner_id: owner.id, title: 'stale' }, 'never-retried');
+    const backdate = `update document_keys set created_at = now() - make_interval(secs => $2::double precision + 60) where id = $1`;
+    for (const k of ['reused', 'never-retried']) await api.primary(owner.shardId).query(backdate, [idempotencyKeyId(owner.id, k), IDEMPOTENCY_KEY_RETENTION_MS / 1000]);
+    const reused = await post({ owner_id: owner.id, title: 'today' }, 'reused');
+    const retried = await post({ owner_id: owner.id, title: 'today' }, 'reused');
+
+    expect([old.status, stale.status]).toEqual([201, 201]);
+    expect({ status: reused.status, replayed: reused.headers.get('idempotent-replayed') }).toEqual({ status: 201, replayed: null });
+    expect(reused.body.id).not.toBe(old.body.id);
+    expect({ status: retried.status, replayed: retried.headers.get('idempotent-replayed'), id: retried.body.id }).toEqual({ status: 201, replayed: 'true', id: reused.body.id });
+    expect((await documentsOf(owner.id)).map((d) => d.title).sort()).toEqual(['a day ago', 'stale', 'today']);
+    expect(await keysOf(owner.id)).toEqual([{ id: idempotencyKeyId(owner.id, 'reused'), document_id: reused.body.id, shard: owner.shardId }]);
+  });
+
   it('creates one document when many attempts with one key race each other', async () => {
     const owner = await newUser();
     const answers = await Promise.all(Array.from({ length: 12 }, () => post({ owner_id: owner.id, title: 'raced' }, 'race')));
@@ -210,12 +276,15 @@ describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQ
     const owner = await newUser();
     const body = { owner_id: owner.id, title: 'before the move' };
     const first = await post(body, 'moved-key');
+    const gone = await post({ owner_id: owner.id, title: 'deleted before the move' }, 'deleted-key');
+    await api.primary(owner.shardId).query('delete from documents where id = $1', [gone.body.id]);
     const slot = (await api.primary(owner.shardId).query<{ slot: number }>('select slot from users where id = $1', [owner.id])).rows[0]?.slot;
     if (slot === undefined) throw new Error('the owner has no row');
     const to = owner.shardId === 'shard_001' ? 'shard_002' : 'shard_001';
     const mover = api.sharding.mover;
     expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
     const retried = await post(body, 'moved-key');
+    const lateRetry = await post({ owner_id: owner.id, title: 'deleted before the move' }, 'deleted-key');
 
     expect({ status: retried.status, id: retried.body.id, shard: retried.body.shard_id, replayed: retried.headers.get('idempotent-replayed') }).toEqual({
       status: 201,
@@ -223,7 +292,15 @@ describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQ
       shard: to,
       replayed: 'true',
     });
+    // The key records moved with their owner: the deleted document's key still refuses to create it again.
+    expect(lateRetry.status).toBe(409);
     expect(await documentsOf(owner.id)).toEqual([{ id: first.body.id, title: body.title, shard: to }]);
+    expect((await keysOf(owner.id)).map((r) => [r.id, r.shard]).sort()).toEqual(
+      [
+        [idempotencyKeyId(owner.id, 'deleted-key'), to],
+        [idempotencyKeyId(owner.id, 'moved-key'), to],
+      ].sort(),
+    );
   }, 60_000);
 
   it('never creates a second document nor refuses a retry when keyed attempts come at every step of a move', async () => {
@@ -275,8 +352,11 @@ describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQ
     expect(after.map((r) => [r.status, r.headers.get('idempotent-replayed'), r.body.shard_id])).toEqual(keys.map(() => [201, 'true', to]));
     expect(settled.map((r) => [r.status, r.body.shard_id])).toEqual(unconfirmed.map(() => [201, to]));
     const stored = await documentsOf(owner.id);
-    expect(stored.map((d) => d.id).sort()).toEqual([...keys, ...unconfirmed].map((k) => documentIdForKey(owner.id, k)).sort());
+    const records = await keysOf(owner.id);
+    expect(records.map((r) => r.id).sort()).toEqual([...keys, ...unconfirmed].map((k) => idempotencyKeyId(owner.id, k)).sort());
+    expect(stored.map((d) => d.id).sort()).toEqual(records.map((r) => r.document_id).sort());
     expect(new Set(stored.map((d) => d.shard))).toEqual(new Set([to]));
+    expect(new Set(records.map((r) => r.shard))).toEqual(new Set([to]));
   }, 60_000);
 
   it('documents the header in the OpenAPI document', async () => {

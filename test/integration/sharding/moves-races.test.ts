@@ -323,7 +323,7 @@ describe('the drain before the copy', () => {
     }
     const mover = env.mover({ readerGraceMs: 0, drainTimeoutMs: 300 });
     const id = (await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id;
-    await expect(mover.run(id)).rejects.toThrow(/1 prepared transaction\(s\) that wrote users or documents/);
+    await expect(mover.run(id)).rejects.toThrow(/1 prepared transaction\(s\) that wrote users, documents or document_keys/);
     expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
     await source.query(`rollback prepared 'test_2pc_${slot}'`);
     expect((await mover.run(id)).state).toBe('done');

@@ -1,0 +1,132 @@
+/**
+ * Shard migration 020: `document_keys` (the documents API's Idempotency-Key records) is a sharded
+ * table with everything `documents` has: the same grants to the application, mover and monitor
+ * roles, the same fence, capture and TRUNCATE triggers, and its slot tied to its owner's.
+ */
+import { randomUUID } from 'node:crypto';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureApplicationLogin } from '../../../functions/adapters/postgres/app-role.js';
+import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
+import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+
+const SHARD_MIGRATIONS = join(resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations'), 'shard');
+
+let server: TestPostgres;
+let admin: pg.Pool;
+let appUrl: string;
+
+beforeAll(async () => {
+  server = await startTestPostgres();
+  admin = new pg.Pool({ connectionString: server.url, max: 3 });
+  await runMigrations(admin, 'shard', SHARD_MIGRATIONS);
+  await ensureApplicationLogin(admin, { username: 'keys_app', password: 'keys app pass' });
+  appUrl = `postgresql://keys_app:${encodeURIComponent('keys app pass')}@127.0.0.1:${server.port}/postgres`;
+  // Slots 201 open, 202 fenced, 203 moved, 204 incoming.
+  await admin.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version) values
+    ('slot', '201', 'open', null, 0), ('slot', '202', 'fenced', null, 0), ('slot', '203', 'moved', 'shard_x', 5), ('slot', '204', 'incoming', null, 0)`);
+}, 120_000);
+afterAll(async () => {
+  await admin?.end();
+  await server?.stop();
+});
+
+async function asApp<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: appUrl });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+/** A user of `slot`, written with the mover's pass. */
+async function userOf(slot: number): Promise<string> {
+  const user = randomUUID();
+  const c = await admin.connect();
+  try {
+    await c.query("begin; set local ca_dms.move_writer = 'on'");
+    await c.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [user, slot, `${user}@x`, 'u']);
+    await c.query('commit');
+  } finally {
+    c.release();
+  }
+  return user;
+}
+
+const insertKey = (c: pg.ClientBase, owner: string, slot: number, id: string = randomUUID()) =>
+  c.query("insert into document_keys (id, owner_id, slot, document_id, request_digest) values ($1, $2, $3, $4, sha256('r'::bytea))", [id, owner, slot, randomUUID()]);
+
+describe('document_keys (shard migration 021)', () => {
+  it('grants the application, mover and monitor roles on document_keys exactly what they hold on documents', async () => {
+    const { rows } = await admin.query<{ role: string; privilege: string; documents: boolean; keys: boolean }>(
+      `select r as role, p as privilege, has_table_privilege(r, 'documents', p) as documents, has_table_privilege(r, 'document_keys', p) as keys
+         from unnest(array['ca_dms_app', 'ca_dms_mover', 'ca_dms_monitor']) r, unnest(array['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p`,
+    );
+
+    expect(rows.filter((r) => r.documents !== r.keys)).toEqual([]);
+    expect(rows.filter((r) => r.keys).map((r) => `${r.role} ${r.privilege}`)).toEqual(expect.arrayContaining(['ca_dms_app INSERT', 'ca_dms_mover DELETE', 'ca_dms_monitor SELECT']));
+  });
+
+  it('has the fence, change-capture and TRUNCATE triggers of documents, with the same functions, timing and arguments', async () => {
+    const triggers = async (table: string) =>
+      (
+        await admin.query<{ name: string; fn: string; type: number; args: string }>(
+          `select substr(tgname, length($1) + 2) as name, tgfoid::regproc::text as fn, tgtype::int as type, encode(tgargs, 'escape') as args
+             from pg_trigger where tgrelid = $1::regclass and not tgisinternal order by 1`,
+          [table],
+        )
+      ).rows;
+
+    expect(await triggers('document_keys')).toEqual(await triggers('documents'));
+    expect((await triggers('document_keys')).map((t) => t.name)).toEqual(['move_capture', 'truncate_guard', 'write_fence']);
+  });
+
+  it("refuses the application's key records in fenced, incoming and moved units, as for documents, and passes them in an open unit", async () => {
+    const owners = { open: await userOf(201), fenced: await userOf(202), moved: await userOf(203), incoming: await userOf(204) };
+    const outcome = async (owner: string, slot: number) => sqlstateOf(() => asApp((c) => insertKey(c, owner, slot)));
+
+    expect({
+      open: await outcome(owners.open, 201),
+      fenced: await outcome(owners.fenced, 202),
+      moved: await outcome(owners.moved, 203),
+      incoming: await outcome(owners.incoming, 204),
+      otherSlot: await outcome(owners.open, 202),
+    }).toEqual({ open: 'ok', fenced: 'CAF01', moved: 'CAF02', incoming: 'CAF01', otherSlot: 'CAF01' });
+  });
+
+  it("ties a key record's slot to its owner's and goes with the owner", async () => {
+    const owner = await userOf(205);
+    const wrongSlot = await sqlstateOf(() => asApp((c) => insertKey(c, owner, 206)));
+    await asApp((c) => insertKey(c, owner, 205));
+    await admin.query('delete from users where id = $1', [owner]);
+
+    expect(wrongSlot).toBe('23503');
+    expect((await admin.query<{ n: number }>('select count(*)::int as n from document_keys where owner_id = $1', [owner])).rows[0]?.n).toBe(0);
+  });
+
+  it("logs the application's key writes for a move capturing their unit, and refuses TRUNCATE meanwhile", async () => {
+    const owner = await userOf(207);
+    const id = randomUUID();
+    await admin.query("insert into move_captures (job_id, kind, unit_id) values (9207, 'slot', '207')");
+    try {
+      await asApp(async (c) => {
+        await insertKey(c, owner, 207, id);
+        await c.query('delete from document_keys where id = $1', [id]);
+      });
+      const truncate = await sqlstateOf(() => admin.query('truncate document_keys'));
+      const logged = await admin.query<{ t: string; id: string }>('select table_name as t, row_id::text as id from move_changes where job_id = 9207 order by seq');
+
+      expect(truncate).toBe('CAF03');
+      expect(logged.rows).toEqual([
+        { t: 'document_keys', id },
+        { t: 'document_keys', id },
+      ]);
+    } finally {
+      await admin.query('delete from move_captures where job_id = 9207; delete from move_changes where job_id = 9207');
+    }
+  });
+});
