@@ -2,7 +2,6 @@ import { type CfnResource, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
-import { functionLogGroup } from '../function-log-group.js';
 import { acknowledge } from '../nag.js';
 import { validateProps } from '../validate.js';
 
@@ -77,16 +76,21 @@ export class Network extends Construct {
     });
 
     // CDK strips the default security group's rules with a custom resource whose provider is a
-    // stack-wide Lambda function CDK gives no log group: CloudWatch would create one at its first
-    // invocation, kept forever. Its name follows the generated function name, so it never
-    // collides; kept after a failed create like the stack's other log groups.
+    // stack-wide Lambda function CDK gives no log group: Lambda would create
+    // /aws/lambda/<function name> at its first invocation, kept forever. Not a group of that name:
+    // every environment deployed before this group existed has run the handler (at the VPC's
+    // creation), so Lambda made that group there, the function keeps its name on update, and the
+    // template's group would fail to create ("already exists"). The handler logs instead to a
+    // group CloudFormation names (LoggingConfig; its role's AWSLambdaBasicExecutionRole writes to
+    // any group), made before it (Ref) and so before the custom resource invokes it; kept after a
+    // failed create like the stack's other log groups.
     const restrictHandler = Stack.of(this).node.findChild('Custom::VpcRestrictDefaultSGCustomResourceProvider').node.findChild('Handler') as CfnResource;
-    functionLogGroup(this, 'RestrictDefaultSgHandlerLogs', {
-      functionName: restrictHandler.ref,
+    const restrictHandlerLogs = new logs.LogGroup(this, 'RestrictDefaultSgHandlerLogs', {
       retention: props.handlerLogRetention ?? logs.RetentionDays.THREE_MONTHS,
       removalPolicy: RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
-      invokedAfter: [this.vpc.node.findChild('RestrictDefaultSecurityGroupCustomResource')],
     });
+    restrictHandler.addPropertyOverride('LoggingConfig.LogGroup', restrictHandlerLogs.logGroupName);
+    this.vpc.node.findChild('RestrictDefaultSecurityGroupCustomResource').node.addDependency(restrictHandlerLogs);
 
     const flowLogGroup = new logs.LogGroup(this, 'FlowLogs', {
       retention: props.flowLogRetention ?? logs.RetentionDays.THREE_MONTHS,

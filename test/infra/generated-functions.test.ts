@@ -69,10 +69,31 @@ describe('log groups of the functions the templates do not define themselves', (
     expect(customs.map(([, r]) => r.Type).sort()).toEqual(['Custom::EcsServiceLinkedRole', 'Custom::VpcRestrictDefaultSG']);
     for (const [id, custom] of customs) {
       const handler = (custom.Properties?.['ServiceToken'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
-      const group = logGroupNamed(network, { 'Fn::Join': ['', ['/aws/lambda/', { Ref: handler }]] });
+      const configured = (all[handler]?.Properties?.['LoggingConfig'] as Json | undefined)?.['LogGroup'] as { Ref: string } | undefined;
+      const group = configured ? configured.Ref : logGroupNamed(network, { 'Fn::Join': ['', ['/aws/lambda/', { Ref: handler }]] })?.[0];
       expect(group, `${id}: no log group for ${handler}`).toBeDefined();
-      expect(custom.DependsOn ?? [], id).toContain(group?.[0]);
+      expect(custom.DependsOn ?? [], id).toContain(group);
     }
+  });
+
+  // Every environment deployed before these log groups existed has run this handler (the custom
+  // resource invokes it when the VPC is created), so /aws/lambda/<its name> already exists there,
+  // made by Lambda; the function keeps its name on update, and a template group of that name
+  // would fail to create ("already exists") and roll the network stack back.
+  it('sends the default security group handler, which deployed environments have already run, to a group CloudFormation names', () => {
+    const network = s.stacks.network;
+    const all = resources(network);
+    const [handler, ...others] = Object.entries(all).filter(([id, r]) => r.Type === 'AWS::Lambda::Function' && id.startsWith('CustomVpcRestrictDefaultSGCustomResourceProviderHandler'));
+    expect(others).toEqual([]);
+    expect(handler, 'the default security group handler').toBeDefined();
+    const [handlerId, fn] = handler ?? ['', {}];
+    expect(logGroupNamed(network, { 'Fn::Join': ['', ['/aws/lambda/', { Ref: handlerId }]] }), 'a group named after the handler').toBeUndefined();
+    const configured = (fn.Properties?.['LoggingConfig'] as Json | undefined)?.['LogGroup'] as { Ref: string } | undefined;
+    expect(configured, 'LoggingConfig.LogGroup').toEqual({ Ref: expect.any(String) });
+    const group = all[configured?.Ref ?? ''];
+    expect(group?.Type).toBe('AWS::Logs::LogGroup');
+    expect(group?.Properties?.['LogGroupName']).toBeUndefined();
+    expect(group?.Properties?.['RetentionInDays']).toBe(s.config.logRetentionDays);
   });
 
   it('names every hosted rotation function and makes its log group, with the retention, before its schedule', () => {
