@@ -392,7 +392,9 @@ export class PgMovePort implements MovePort<MoveJob> {
     this.catalog = options.catalog;
     this.settings = options.settings;
     this.epoch = Math.trunc(options.leaseEpoch);
-    this.mine = `(lease_epoch = ${this.epoch} and lease_holder = ${pg.escapeLiteral(options.leaseHolder)})`;
+    // Never null: a holder cleared (a release, endLeasesOfDeadRuns) made `lease_holder = ...` null,
+    // which the checks between steps (`mine === false`) took for a lease still held.
+    this.mine = `coalesce(lease_epoch = ${this.epoch} and lease_holder = ${pg.escapeLiteral(options.leaseHolder)}, false)`;
     this.sleep = options.sleep ?? defaultSleep;
     this.now = options.now ?? (() => performance.now());
     // While the fence is held, the catalog's statements are bounded as the shards' are (see
@@ -526,7 +528,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    * terminated from a second connection, which rolls their work back as a crash of that run
    * would. Without a second connection (a pool of one) the claim waits its bound as before.
    */
-  private async claimPermit(job: MoveJob, shard: string): Promise<void> {
+  private async claimPermit(job: MoveJob, shard: string): Promise<string> {
     const pool = this.pool(shard);
     const client = await pool.connect();
     let broken: Error | undefined;
@@ -548,7 +550,11 @@ export class PgMovePort implements MovePort<MoveJob> {
       }
       try {
         await claim;
+        // The claim's own stamp (clock_timestamp(), to the microsecond): what tells this database's
+        // permit row from another's (see claimPermits).
+        const { rows: stamped } = await client.query<{ at: string }>('select updated_at::text as at from move_permits where job_id = $1', [job.id]);
         await client.query('commit');
+        return stamped[0]?.at ?? '';
       } catch (err) {
         await client.query('rollback').catch((rollbackError: unknown) => {
           broken = rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
@@ -595,13 +601,24 @@ export class PgMovePort implements MovePort<MoveJob> {
    * any step.
    */
   async claimPermits(job: MoveJob): Promise<void> {
+    const claimed = new Map<string, string>();
     for (const shard of new Set([job.from, job.to])) {
       try {
         // The claim waits for the write transactions of the run it replaces; one left open by a
         // run that hung would make it wait for ever, past this run's deadline, renewing a lease
         // that shows the job busy. So the wait is bounded and the run fails, naming the shard.
-        await this.claimPermit(job, shard);
+        claimed.set(shard, await this.claimPermit(job, shard));
       } catch (err) {
+        // Refused the epoch this run has just claimed on the other shard, with that claim's own
+        // stamp: both shard ids reach one database (two spellings of one endpoint, say), where
+        // every run of the job would be refused so, blamed on a catalog failover, for ever.
+        const same = (err as { code?: string }).code === PERMIT_REFUSED ? await this.sameDatabaseAs(job, shard, claimed) : undefined;
+        if (same !== undefined) {
+          throw new MoveError(
+            `move job #${job.id}: ${same} and ${shard}, the move's source and target, reach one database (the permit claimed on ${same} is found on ${shard}); a move between them would copy the unit onto itself. Give each shard its own database in the sharding configuration, then cancel this move`,
+            { cause: err },
+          );
+        }
         if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) {
           throw new MoveError(
             `move job #${job.id}: an earlier run's write transaction on ${shard} is still open after ${PERMIT_CLAIM_WAIT_MS} ms (see pg_stat_activity for the mover's sessions there); this run changed nothing and the job is tried again at its next run`,
@@ -618,6 +635,16 @@ export class PgMovePort implements MovePort<MoveJob> {
         );
       }
     }
+  }
+
+  /** The shard of `claimed` whose claim stamp `shard`'s permit row of the job carries too, if any. */
+  private async sameDatabaseAs(job: MoveJob, shard: string, claimed: ReadonlyMap<string, string>): Promise<string | undefined> {
+    if (claimed.size === 0) return undefined;
+    const { rows } = await this.pool(shard)
+      .query<{ at: string }>('select updated_at::text as at from move_permits where job_id = $1', [job.id])
+      .catch(() => ({ rows: [] as Array<{ at: string }> }));
+    const at = rows[0]?.at;
+    return at === undefined ? undefined : [...claimed].find(([, stamp]) => stamp === at)?.[0];
   }
 
   /** How this run's write transactions on a shard begin: `begin` (the mover's own by default), then holding the job's permit there. */
@@ -740,18 +767,22 @@ export class PgMovePort implements MovePort<MoveJob> {
       // the move meanwhile) must not pin the key back to its old shard.
       await this.withLockedJob(job, async () => {
         await this.catalog.use(async (catalog) => {
-          let pinned = (await this.options.directory.entry(job.unitId, catalog))?.shardId ?? null;
+          let pinned = await this.options.directory.entry(job.unitId, catalog);
           // Only where there is still no pin: an operator's pin made since the read is theirs to keep.
           if (pinned === null) {
-            pinned = await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null).then(
-              () => job.from,
-              (err: unknown) => {
-                if (!(err instanceof DirectoryVersionConflictError)) throw err;
-                return err.actual?.shardId ?? null;
-              },
+            pinned = await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null).catch((err: unknown) => {
+              if (!(err instanceof DirectoryVersionConflictError)) throw err;
+              return err.actual;
+            });
+          }
+          if (pinned?.shardId === job.to) {
+            // A cancel would be refused (a rollback never deletes rows where the catalog sends the
+            // unit), so the message must not send the operator there.
+            throw new MoveError(
+              `key ${job.unitId} is now pinned to ${job.to}, this move's own target, by ${pinned.updatedBy} (version ${pinned.version}), before the move could publish it: writes of the key go to ${job.to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand`,
             );
           }
-          if (pinned !== job.from) throw new MoveError(`key ${job.unitId} is now pinned to ${pinned ?? 'nothing'}, not ${job.from}; cancel this move`);
+          if (pinned?.shardId !== job.from) throw new MoveError(`key ${job.unitId} is now pinned to ${pinned?.shardId ?? 'nothing'}, not ${job.from}; cancel this move`);
         });
       });
     }
@@ -1814,14 +1845,22 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
     const read = await this.currentOwner(row);
     const { owner, version } = read;
-    if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
+    // Someone else already names the target (an operator pinned the key there, another publisher
+    // gave it the slot) while this run verified the sides equal under its fence: no write of the
+    // unit was taken on the target meanwhile (its fence says incoming), so that change is this
+    // move's publication, and the flip is recorded over it. Refused as a conflict, the job could
+    // neither flip nor be cancelled (a rollback is refused while the catalog names the target),
+    // and every write of the unit, routed to the target, was refused for good.
+    const publishedAlready = owner === job.to;
+    if (!publishedAlready && owner !== job.from && !(job.kind === 'directory' && owner === null)) {
       return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` });
     }
     const left = this.budgetLeft();
     if (left <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
     await this.catalog.query(`set local statement_timeout = '${Math.max(1, Math.ceil(left))}ms'`);
+    // Set even when nothing is published: the flip's record commits with this transaction.
     this.publishing = true;
-    const after = await this.publishOwner(job, read, reason);
+    const after = publishedAlready ? version : await this.publishOwner(job, read, reason);
     const flipped = await this.updateJob('flip_started_at = clock_timestamp(), map_version_after = $2', [after], job);
     // Past the budget the run gives the fence up: nothing may be published then.
     if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });

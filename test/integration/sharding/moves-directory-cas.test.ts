@@ -189,3 +189,87 @@ describe('DirectoryStore.set with an expected entry', () => {
     expect(await store.entry(key)).toMatchObject({ shardId: 'shard_c', version: 1, updatedBy: 'ops@example.com' });
   });
 });
+
+describe("an operator's pin of the key to the move's own target, made while the move verifies under its fence", () => {
+  it('completes the move: the flip records the operator\'s entry as the publication, the fence is released forward and the source cleaned up', async () => {
+    const slot = 1405;
+    const { from, to, source, target } = await shardsOf(slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [key], 3);
+    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    let verifying = false;
+    const directory = directoryWithOperator(
+      key,
+      () => verifying,
+      () => operator.set(key, to, 'ops@example.com'),
+    );
+    const mover = new Mover({
+      catalog: env.catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory,
+      readerGraceMs: 0,
+      hook: (point) => {
+        if (point === 'verifying') verifying = true;
+      },
+    });
+    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+
+    const outcome = await mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+
+    // Before: the flip refused ("the catalog names <target> as the owner ..., not the source"), and
+    // so did every cancel ("deleting its copy would lose data"): the job was stuck for good, and
+    // every write of the key, routed to the target, was refused by its 'incoming' fence.
+    expect(directory.changed).toBe(true);
+    expect(outcome).toBe('ended: done');
+    const entry = await env.directory.entry(key);
+    expect(entry).toMatchObject({ shardId: to, updatedBy: 'ops@example.com' });
+    expect((await mover.get(planned.id)).mapVersionAfter).toBe(entry?.version);
+    expect({ sourceFence: await unitFenceState(source, 'directory', key), targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ sourceFence: 'moved', targetFence: 'open' });
+    expect({ onSource: (await documentsOf(source, [key])).size, onTarget: (await documentsOf(target, [key])).size }).toEqual({ onSource: 0, onTarget: 3 });
+    expect(from).not.toBe(to);
+  }, 60_000);
+});
+
+describe("an operator's pin of an unpinned key to the move's own target, made before the move pins it", () => {
+  it('stops the move with a message that does not send the operator to a cancel the move refuses', async () => {
+    const slot = 1406;
+    const { from, to, other } = await shardsOf(slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [key], 2);
+    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    let running = false;
+    const directory = directoryWithOperator(
+      key,
+      () => running,
+      () => operator.set(key, to, 'ops@example.com'),
+    );
+    const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory, readerGraceMs: 0 });
+    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    running = true;
+
+    const outcome = await mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+    const cancel = await env
+      .mover({ readerGraceMs: 0 })
+      .cancel(planned.id)
+      .then(
+        (j) => `ended: ${j.state}`,
+        (e: Error) => `threw: ${e.message}`,
+      );
+
+    // Before: "key ... is now pinned to <target>, not <source>; cancel this move", and the cancel refused.
+    expect(directory.changed).toBe(true);
+    expect(cancel).toMatch(new RegExp(`^threw: the catalog names the target ${to} as the owner of directory ${key} .*deleting its copy would lose data`));
+    expect(outcome).toBe(
+      `threw: key ${key} is now pinned to ${to}, this move's own target, by ops@example.com (version 1), before the move could publish it: writes of the key go to ${to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand`,
+    );
+    expect(await env.directory.entry(key)).toMatchObject({ shardId: to, updatedBy: 'ops@example.com' });
+    expect(other).not.toBe(to);
+  }, 60_000);
+});

@@ -47,7 +47,7 @@ describe('a step that fails once under the fence', () => {
     const [user] = keysInSlot(slot, 1) as [string];
     await seedUsers(source, slot, [user], 2);
     // The second locked read of the job (the flip's is the first) is the rollback's.
-    const catalog = failingOnce(env.catalog, /from catalog\.move_jobs where id = \$1 and \(lease_epoch = \d+ and lease_holder = '[^']*'\) for update/, 2);
+    const catalog = failingOnce(env.catalog, /from catalog\.move_jobs where id = \$1 and coalesce\(lease_epoch = \d+ and lease_holder = '[^']*', false\) for update/, 2);
     const mover = new Mover({
       catalog: catalog.pool,
       shards: env.shards,

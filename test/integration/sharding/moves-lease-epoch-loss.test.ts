@@ -9,7 +9,9 @@
  * claims of one epoch only the first holds the shards, and the other run stops before it writes.
  * The job's next run claims a higher epoch and takes the job over from both.
  */
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Mover } from '../../../functions/adapters/postgres/mover.js';
 import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
@@ -132,5 +134,58 @@ describe('a claim of a move job lost by a catalog failover', () => {
     expect(await env.ownerOf(slot)).toBe(to);
     expect({ source: await countSlot(source, slot), target: await countSlot(target, slot) }).toEqual({ source: { users: 0, documents: 0 }, target: { users: 3, documents: 12 } });
     await expect(env.shards.get(to)?.query('select lease_epoch::int as epoch from move_permits where job_id = $1', [planned.id])).resolves.toMatchObject({ rows: [{ epoch: 2 }] });
+  }, 60_000);
+});
+
+/**
+ * The env's catalog pool, except that once the first statement matching `pattern` has been
+ * answered, `then` runs (from another session) before the caller gets the answer.
+ */
+function afterFirst(pool: pg.Pool, pattern: RegExp, then: () => Promise<unknown>): pg.Pool {
+  let done = false;
+  const wrap = (client: pg.PoolClient): pg.PoolClient =>
+    new Proxy(client, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target) as unknown;
+        if (prop !== 'query') return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        return async (...args: unknown[]) => {
+          const answer = await (target.query as (...a: unknown[]) => Promise<unknown>)(...args);
+          if (!done && typeof args[0] === 'string' && pattern.test(args[0])) {
+            done = true;
+            await then();
+          }
+          return answer;
+        };
+      },
+    });
+  return new Proxy(pool, {
+    get(target, prop) {
+      if (prop === 'connect') return async () => wrap(await target.connect());
+      const value = Reflect.get(target, prop, target) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
+describe("a run whose lease was ended under it (its holder cleared: the release of a second run given its epoch, or endLeasesOfDeadRuns)", () => {
+  it('stops at its next check between copy pages, before it copies another page', async () => {
+    const slot = 1502;
+    const { to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 6), 0);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const catalog = afterFirst(env.catalog, /copy_cursor = \$2/, () =>
+      env.catalog.query('update catalog.move_jobs set lease_holder = null, lease_expires_at = null where id = $1', [planned.id]),
+    );
+    const mover = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, copyBatchRows: 1 });
+
+    const outcome = await mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.name}: ${e.message}`,
+    );
+
+    // Before: the check between pages read the lease as null (epoch equal, holder null), not as
+    // lost, and the run copied one more page onto the target before its cursor's write was refused.
+    expect(outcome).toMatch(/^threw: MoveLeaseLostError: move job #\d+: this run's lease was taken over/);
+    expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 0 });
   }, 60_000);
 });

@@ -6,7 +6,8 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { countSlot, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 const clients: pg.Client[] = [];
@@ -75,5 +76,32 @@ describe('a permit claim that waits', () => {
     const started = Date.now();
     const state = await outcome(mover.run(planned.id));
     expect({ state, withinMs: Date.now() - started < 8000 }).toEqual({ state: 'done', withinMs: true });
+  }, 30_000);
+});
+
+describe('a move whose source and target reach one database (two spellings of one endpoint)', () => {
+  it('is refused at its permit claim, naming the two shards and the configuration, not a catalog failover, and nothing is touched', async () => {
+    const slot = 1800;
+    const { from, to, source } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 2), 2);
+    // The source's database under another host name: the configuration's check of distinct endpoints compares the spellings.
+    const alias = new pg.Pool({ connectionString: (env.urls.shards[from] as string).replace('127.0.0.1', 'localhost'), max: 2 });
+    try {
+      const mover = new Mover({ catalog: env.catalog, shards: new Map([[from, source], [to, alias]]), slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0 });
+      const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+
+      const first = await outcome(mover.run(planned.id));
+      const second = await outcome(mover.run(planned.id));
+
+      // Before: "another run of the job claimed it with this same epoch (the catalog lost that
+      // claim: a failover to a standby behind it?); the job's next run claims a higher epoch", at
+      // every run: the next run claims the epoch twice on the one database again.
+      const refusal = `threw: move job #${planned.id}: ${from} and ${to}, the move's source and target, reach one database (the permit claimed on ${from} is found on ${to}); a move between them would copy the unit onto itself. Give each shard its own database in the sharding configuration, then cancel this move`;
+      expect({ first, second }).toEqual({ first: refusal, second: refusal });
+      expect((await mover.get(planned.id)).error).toBe(`planned: ${refusal.slice('threw: '.length)}`);
+      expect(await countSlot(source, slot)).toEqual({ users: 2, documents: 4 });
+    } finally {
+      await alias.end();
+    }
   }, 30_000);
 });
