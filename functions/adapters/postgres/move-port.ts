@@ -675,9 +675,9 @@ export class PgMovePort implements MovePort<MoveJob> {
   private pool(shard: string): pg.Pool {
     const pool = this.options.shards.get(shard);
     if (!pool) throw new MoveError(`shard ${shard} has no primary pool in this mover`);
-    if (this.fenceDeadline !== null) return this.droppingPool(pool, shard, this.budgetLeft() + FENCED_STATEMENT_SLACK_MS);
+    if (this.fenceDeadline !== null) return this.droppingPool(pool, shard, this.budgetLeft() + FENCED_STATEMENT_SLACK_MS, `the fence budget, ${this.settings.fenceBudgetMs} ms, and ${FENCED_STATEMENT_SLACK_MS} ms more`);
     // Giving the fence up writes to the source too: a silent source must not hold that for ever.
-    if (this.releasingFence) return this.droppingPool(pool, shard, FENCED_STATEMENT_SLACK_MS);
+    if (this.releasingFence) return this.droppingPool(pool, shard, FENCED_STATEMENT_SLACK_MS, `${FENCED_STATEMENT_SLACK_MS} ms, the bound of giving the fence up`);
     // Outside the fence the server answers for nothing either: a shard that went silent during the
     // permit claim, the copy or the catch-up (no fence held, the lease renewed by a healthy
     // catalog connection) would hold the job until the function's timeout, or for ever in a run
@@ -685,27 +685,37 @@ export class PgMovePort implements MovePort<MoveJob> {
     // its connection is closed, the step fails, and the run ends and gives its lease back.
     const abandonIn = this.options.abandonInMs?.();
     const bound = this.options.checkoutBoundMs;
-    const afterMs = abandonIn === undefined ? bound : bound === undefined ? abandonIn : Math.min(abandonIn, bound);
-    return afterMs === undefined ? pool : this.droppingPool(pool, shard, afterMs);
+    if (bound !== undefined && (abandonIn === undefined || bound <= abandonIn)) return this.droppingPool(pool, shard, bound, `the mover's shardWaitMs, ${bound} ms`);
+    return abandonIn === undefined ? pool : this.droppingPool(pool, shard, abandonIn, "the run's abandon time");
   }
 
   /**
    * `pool` whose clients (and their checkouts) are bounded to `afterMs` from now: a client still
    * out then has its socket closed. While this run holds the fence the bound is the fence budget
    * and {@link FENCED_STATEMENT_SLACK_MS} more; while it gives the fence up, that slack; otherwise
-   * the run's abandon time (when given). The server bounds the fenced statements (`lock_timeout`, `statement_timeout`
+   * the earlier of the run's abandon time (when given) and `shardWaitMs` from the checkout; `bound`
+   * names which, in the error of the statements it fails. The server bounds the fenced statements (`lock_timeout`, `statement_timeout`
    * within the budget) only while it can answer: on a connection that went silent (a network
    * path that drops packets without a reset, the old address of a failed-over instance) a
    * statement would wait for ever, and writes to the unit with it, until the function's timeout.
    * Closed, the statement fails, and the run reopens the fence and stays resumable.
    */
-  private droppingPool(pool: pg.Pool, shard: string, afterMs: number): pg.Pool {
+  private droppingPool(pool: pg.Pool, shard: string, afterMs: number, bound: string): pg.Pool {
     const connect = async (): Promise<pg.PoolClient> => {
       // The connection itself is bounded too: a new connection to an address that answers nothing
       // (a failed-over instance's old one) never completes its start-up.
       const deadline = Date.now() + afterMs;
       const client = await connectBy(pool, deadline, `${shard}/primary`);
+      const checkedOut = Date.now();
       const timer = setTimeout(() => {
+        // node-postgres fails every query of the client, COPY streams included, with the one error
+        // it emits here first (their handlers run on the next tick): named, the job's error says
+        // the mover closed it, after how long and by which bound, instead of "Connection terminated
+        // unexpectedly", which reads as a shard or network fault and hides a step (the comparison
+        // of a large unit, say) that outlasts the bound on every run.
+        client.once('error', (err: Error) => {
+          err.message = `${shard}/primary: the mover closed this connection, checked out for ${Date.now() - checkedOut} ms, at ${bound} (${err.message})`;
+        });
         dropConnection(client);
       }, Math.max(0, deadline - Date.now()));
       const release = client.release.bind(client);

@@ -129,6 +129,38 @@ describe('a run with no abandonAt against a shard that stopped answering', () =>
     expect(await countSlot(env.shards.get(to) as pg.Pool, slot)).toEqual({ users: 3, documents: 6 });
   }, 60_000);
 
+  it('names shardWaitMs and the shard when it closes a copy page held past it, the page not written on the target, and the next run finishes the move', async () => {
+    const slot = 1702;
+    const { from, to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 3), 2);
+    // An uncommitted row with the id of the page's first document holds the page's COPY on the
+    // target (its unique index) past the bound: the shard answers, the step outlasts shardWaitMs.
+    const { rows } = await source.query<{ id: string; owner: string }>('select id::text, owner_id::text as owner from documents where slot = $1 order by id limit 1', [slot]);
+    const first = rows[0] as { id: string; owner: string };
+    const blocker = new pg.Client({ connectionString: env.urls.shards[to] });
+    blocker.on('error', () => undefined);
+    await blocker.connect();
+    try {
+      await blocker.query('begin; set local session_replication_role = replica');
+      await blocker.query(`insert into documents (id, owner_id, slot, title) values ($1, $2, $3, 'blocker')`, [first.id, first.owner, slot]);
+      const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+
+      const outcome = await settle(env.mover({ shards, shardWaitMs: WAIT_MS, leaseTtlMs: 1500 }).run(planned.id), HANG_MS);
+      const job = await env.mover().get(planned.id);
+      await blocker.query('rollback');
+
+      // Both of the page's connections are out past the bound; the first closed fails the page.
+      const named = `(?:${from}|${to})/primary: the mover closed this connection, checked out for`;
+      expect(outcome).toMatch(new RegExp(`^threw: move job #${planned.id} stopped in copying: .*${named} \\d+ ms, at the mover's shardWaitMs, ${WAIT_MS} ms`));
+      expect({ state: job.state, error: job.error }).toEqual({ state: 'copying', error: expect.stringContaining(`at the mover's shardWaitMs, ${WAIT_MS} ms`) as unknown as string });
+      expect((await countSlot(target, slot)).documents).toBe(0);
+      expect((await env.mover().run(planned.id)).state).toBe('done');
+      expect(await countSlot(target, slot)).toEqual({ users: 3, documents: 6 });
+    } finally {
+      await blocker.end();
+    }
+  }, 60_000);
+
   it('refuses a shardWaitMs that is not a whole number of ms of at least 1000, naming it', async () => {
     await expect(env.mover({ shardWaitMs: 0 }).run(999_999)).rejects.toThrow(/shardWaitMs must be a whole number of ms, at least 1000 \(got 0\)/);
     await expect(env.mover({ shardWaitMs: 1.5e3 + 0.5 }).run(999_999)).rejects.toThrow(/shardWaitMs must be/);
