@@ -1026,8 +1026,11 @@ export class PgMovePort implements MovePort<MoveJob> {
    * Deletes from the target the stale copies, among the rows named by `ids`, that stand in the
    * way of rows this move's unit holds on the source now (a document handed from an owner of
    * another unit to one of this unit since the copy in the way was made), and answers how many it
-   * deleted and which of `ids` are still in the way after it (none: the page or pass can be
-   * written again; another move may have removed its copy meanwhile). Two kinds of copies:
+   * deleted, which of `ids` are still in the way after it (held on the target outside the unit
+   * and by the source in the unit; none: the page or pass can be written again; another move may
+   * have removed its copy meanwhile) and which are held on the target outside the unit but have
+   * left the unit on the source since the caller read them (`leftUnit`: in nobody's way, to be
+   * left out of the caller's rows, the copy on the target kept). Two kinds of copies:
    * another unfinished move's from this source into this target (it would delete the row itself
    * at its next catch-up pass: the source logged its leaving that unit), and the rows a finished
    * move left on this target, its old owner, for its clean-up (a unit `moved` here: a move the
@@ -1052,26 +1055,53 @@ export class PgMovePort implements MovePort<MoveJob> {
    * comparing its unit there (its capture on the target, see {@link preVerify}) compares the rows
    * again. Documents only: a user's slot is its id's, so no user changes units.
    */
-  private async clearStaleCopies(job: MoveJob, table: TableName, ids: readonly string[]): Promise<{ readonly cleared: number; readonly inTheWay: readonly string[] }> {
+  private async clearStaleCopies(
+    job: MoveJob,
+    table: TableName,
+    ids: readonly string[],
+  ): Promise<{ readonly cleared: number; readonly inTheWay: readonly string[]; readonly leftUnit: readonly string[] }> {
     const outsideHere = this.unitFilter(job, table, 2, 't.');
-    const inTheWay = async (): Promise<string[]> =>
-      (await this.pool(job.to).query<{ id: string }>(`select t.id::text as id from ${table} t where t.id = any($1::uuid[]) and not (${outsideHere.sql}) order by t.id`, [ids, ...outsideHere.params])).rows.map((r) => r.id);
     const cleared = await this.deleteStaleCopies(job, table, ids);
-    return { cleared, inTheWay: await inTheWay() };
+    const met = (await this.pool(job.to).query<{ id: string }>(`select t.id::text as id from ${table} t where t.id = any($1::uuid[]) and not (${outsideHere.sql}) order by t.id`, [ids, ...outsideHere.params])).rows.map((r) => r.id);
+    // A row met that the source no longer holds in this unit (the document changed hands again
+    // since the page or pass read it, so the other move's copy is no longer stale and was kept)
+    // stands in the way of nothing: read again, the page or pass leaves it out. Counted as in the
+    // way, it failed the run (1 of 6 runs of two such moves under a trader).
+    const held = met.length === 0 ? new Set<string>() : await this.inUnitOnSource(job, table, met);
+    return { cleared, inTheWay: met.filter((id) => held.has(id)), leftUnit: met.filter((id) => !held.has(id)) };
+  }
+
+  /** Which of `ids` the source holds in this move's unit now. */
+  private async inUnitOnSource(job: MoveJob, table: TableName, ids: readonly string[]): Promise<Set<string>> {
+    const mine = this.unitFilter(job, table, 2, 't.');
+    const { rows } = await this.pool(job.from).query<{ id: string }>(`select t.id::text as id from ${table} t where t.id = any($1::uuid[]) and ${mine.sql}`, [ids, ...mine.params]);
+    return new Set(rows.map((r) => r.id));
   }
 
   /** The deletes of {@link clearStaleCopies}; answers how many rows it deleted. */
   private async deleteStaleCopies(job: MoveJob, table: TableName, ids: readonly string[]): Promise<number> {
     if (table !== 'documents' || ids.length === 0) return 0;
     const source = this.pool(job.from);
-    const mine = this.unitFilter(job, table, 2, 't.');
-    const inUnit = async (of: readonly string[]): Promise<Set<string>> =>
-      new Set((await source.query<{ id: string }>(`select t.id::text as id from ${table} t where t.id = any($1::uuid[]) and ${mine.sql}`, [of, ...mine.params])).rows.map((r) => r.id));
     const capturing = async (jobs: readonly string[]): Promise<Set<string>> =>
       new Set((await source.query<{ job_id: string }>('select job_id::text from move_captures where job_id = any($1::bigint[])', [jobs])).rows.map((r) => r.job_id));
-    const candidates = [...(await inUnit(ids))];
+    // A row that changed hands again before the delete committed rolls the whole delete back,
+    // and the others are still stale copies in the way: the delete is tried again (three times in
+    // all) with the rows the source holds in this unit then. Not tried again, those others were
+    // taken as in the way and failed the run (1 of 3 runs of two such moves under a trader).
+    for (let attempt = 1; ; attempt++) {
+      const cleared = await this.deleteStaleCopiesOnce(job, table, [...(await this.inUnitOnSource(job, table, ids))], capturing);
+      if (cleared !== null || attempt >= 3) return cleared ?? 0;
+    }
+  }
+
+  /**
+   * One transaction of {@link deleteStaleCopies}, deleting among `candidates` (rows the source
+   * held in this unit); answers how many rows it deleted, or null when it rolled back because the
+   * source no longer holds one of them in this unit (or the other move stopped capturing).
+   */
+  private async deleteStaleCopiesOnce(job: MoveJob, table: TableName, candidates: readonly string[], capturing: (jobs: readonly string[]) => Promise<Set<string>>): Promise<number | null> {
     if (candidates.length === 0) return 0;
-    return this.write<number>(job, job.to, async (target) => {
+    return this.write<number | null>(job, job.to, async (target) => {
       await this.assertIncoming(target, job);
       const outside = this.unitFilter(job, table, 3, 'c.');
       const { rows: fences } = await target.query<{ kind: 'slot' | 'directory'; unit_id: string; state: string; job_id: string | null; excluded_keys: string[] }>(
@@ -1100,8 +1130,8 @@ export class PgMovePort implements MovePort<MoveJob> {
       }
       if (deleted.length === 0) return 0;
       // Read again now that the rows are deleted here (and locked until this commits).
-      const [still, stillCapturing] = [await inUnit(deleted), await capturing(from)];
-      if (!deleted.every((id) => still.has(id)) || !from.every((j) => stillCapturing.has(j))) return new RollbackWith(0);
+      const [still, stillCapturing] = [await this.inUnitOnSource(job, table, deleted), await capturing(from)];
+      if (!deleted.every((id) => still.has(id)) || !from.every((j) => stillCapturing.has(j))) return new RollbackWith(null);
       return deleted.length;
     });
   }
@@ -1352,22 +1382,33 @@ export class PgMovePort implements MovePort<MoveJob> {
     }
     const owners = read[0]?.owners;
     if (presentUsers.size > 0 || owners || presentDocs.size > 0 || presentKeys.size > 0) {
-      const upsertAll = (): Promise<void> =>
+      const upsertAll = (skip: ReadonlySet<string>): Promise<void> =>
         this.write(job, job.to, async (target) => {
           await this.assertIncoming(target, job);
           if (presentUsers.size > 0) await this.upsert(target, job, 'users', read[0]?.users ?? '[]', presentUsers.size);
           if (owners) await target.query('insert into users select * from pg_catalog.jsonb_populate_recordset(null::users, $1::jsonb) on conflict (id) do nothing', [owners]);
-          if (presentDocs.size > 0) await this.upsert(target, job, 'documents', read[0]?.docs ?? '[]', presentDocs.size);
+          if (presentDocs.size > skip.size) await this.upsert(target, job, 'documents', read[0]?.docs ?? '[]', presentDocs.size - skip.size, [...skip]);
           if (presentKeys.size > 0) await this.upsert(target, job, 'document_keys', read[0]?.keys ?? '[]', presentKeys.size);
         });
       // A refused document may be another unfinished move's stale copy (see clearStaleCopies):
       // cleared, the pass is written again. Without it, with more changes logged than one pass
       // takes, each of two such moves could be refused for good on the other's stale copies, their
-      // own stale copies logged past the pass that kept failing.
-      await upsertAll().catch(async (err: unknown) => {
-        if (!(err instanceof UnitCollision) || err.table !== 'documents' || (await this.clearStaleCopies(job, 'documents', err.ids)).inTheWay.length > 0) throw err;
-        await upsertAll();
-      });
+      // own stale copies logged past the pass that kept failing. A refused document the source no
+      // longer holds in the unit left it after this pass read it (its copy in the way kept, and
+      // right): it is left out, its leaving logged after the entries this pass removes. Written
+      // again as read, it was refused again and failed the run.
+      const skip = new Set<string>();
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await upsertAll(skip);
+          break;
+        } catch (err) {
+          if (!(err instanceof UnitCollision) || err.table !== 'documents' || attempt > 3) throw err;
+          const { inTheWay, leftUnit } = await this.clearStaleCopies(job, 'documents', err.ids);
+          if (inTheWay.length > 0) throw err;
+          for (const id of leftUnit) skip.add(id);
+        }
+      }
     }
     await this.write(job, job.from, (c) => c.query('delete from move_changes where seq = any($1::bigint[])', [entries.map((e) => e.seq)]));
     await this.heldToFence(() => this.updateJob('changes_applied = changes_applied + $2', [entries.length], job));
@@ -2200,28 +2241,29 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
-   * Upserts a JSON array of `count` rows of the unit (as produced by `jsonb_agg(t)`) into `table`.
-   * A row of the target with the same id overwrites only when it is itself a row of the unit (a
-   * copy made earlier): a row the target owns under another slot or key is another record with
+   * Upserts a JSON array of rows of the unit (as produced by `jsonb_agg(t)`) into `table`, but
+   * those whose ids are in `skip`: `count` rows, without them. A row of the target with the same
+   * id overwrites only when it is itself a row of the unit (a copy made earlier): a row the target owns under another slot or key is another record with
    * the same id, and overwriting it would take it from its owner (and a rollback would then
    * delete it). Such a collision stops the move, naming the ids.
    */
-  private async upsert(client: pg.PoolClient, job: MoveJob, table: TableName, rowsJson: string, count: number): Promise<void> {
+  private async upsert(client: pg.PoolClient, job: MoveJob, table: TableName, rowsJson: string, count: number, skip: readonly string[] = []): Promise<void> {
     const cols = (await this.tableColumns(table, client)).filter((c) => c !== 'id');
     const unit = this.unitFilter(job, table, 2, `${table}.`);
+    const skipped = skip.length === 0 ? '' : ` where r.id <> all($${2 + unit.params.length}::uuid[])`;
     const res = await client.query(
-      `insert into ${table} select * from pg_catalog.jsonb_populate_recordset(null::${table}, $1::jsonb)
+      `insert into ${table} select * from pg_catalog.jsonb_populate_recordset(null::${table}, $1::jsonb) r${skipped}
        on conflict (id) do update set (${cols.join(', ')}) = row(${cols.map((c) => `excluded.${c}`).join(', ')})
          where ${unit.sql}`,
-      [rowsJson, ...unit.params],
+      [rowsJson, ...unit.params, ...(skip.length === 0 ? [] : [skip])],
     );
     if (res.rowCount === count) return;
     const outside = this.unitFilter(job, table, 2, 't.');
     const { rows } = await client.query<{ id: string }>(
       `select t.id::text as id from ${table} t
-        where t.id in (select (r ->> 'id')::uuid from jsonb_array_elements($1::jsonb) r) and not (${outside.sql})
+        where t.id in (select (r ->> 'id')::uuid from jsonb_array_elements($1::jsonb) r) and t.id <> all($${2 + outside.params.length}::uuid[]) and not (${outside.sql})
         order by t.id`,
-      [rowsJson, ...outside.params],
+      [rowsJson, ...outside.params, skip],
     );
     throw new UnitCollision(
       table,

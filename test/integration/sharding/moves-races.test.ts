@@ -559,6 +559,98 @@ describe("the bulk copy beside another move's stale copies", () => {
     expect((await source.query('select title from documents where id = $1', [shared])).rows).toEqual([{ title: 'source copy' }]);
   });
 
+  /**
+   * Holds the mover's delete of document `id` on `target` (a trigger waiting on an advisory lock
+   * this session holds) while `meanwhile` runs, once the delete is seen waiting; answers what
+   * `run` settled with (its state, or its error's message).
+   */
+  async function whileClearingHeld(target: pg.Pool, id: string, run: () => Promise<{ state: string }>, meanwhile: () => Promise<void>): Promise<string> {
+    const key = 0x5e7a1e;
+    const holder = await target.connect();
+    try {
+      await holder.query('select pg_advisory_lock($1)', [key]);
+      await target.query(`
+        create function test_hold_delete() returns trigger language plpgsql as $$ begin perform pg_advisory_xact_lock(${key}); return old; end $$;
+        create trigger test_hold_delete before delete on documents for each row when (old.id = '${id}'::uuid) execute function test_hold_delete();
+        alter table documents enable always trigger test_hold_delete;`);
+      const settled = run().then(
+        (j) => j.state,
+        (e: unknown) => (e as Error).message,
+      );
+      await until('the delete to wait', async () => (await target.query(`select 1 from pg_locks where locktype = 'advisory' and not granted`)).rows.length > 0);
+      await meanwhile();
+      await holder.query('select pg_advisory_unlock($1)', [key]);
+      return await settled;
+    } finally {
+      await holder.query('select pg_advisory_unlock_all()');
+      holder.release();
+      await target.query('drop trigger if exists test_hold_delete on documents; drop function if exists test_hold_delete()');
+    }
+  }
+
+  const handTo = (owner: string, id: string) =>
+    env.writer.withShardWrite(owner, ({ client, slot }) => client.query('update documents set owner_id = $1, slot = $2 where id = $3', [owner, slot, id]));
+
+  it("copies on when a document whose stale copy it clears goes back to that copy's unit meanwhile", async () => {
+    const { source, target, to, s, t, us, ws } = await twoSlots(1100, 1200, 1, 3);
+    const [u, w] = [us[0] as string, ws[0] as string];
+    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
+    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
+    await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
+    // d goes from u (slot s) to w (slot t): A's copy of it on the target is stale.
+    const d = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 1', [u])).rows[0]?.id as string;
+    await handTo(w, d);
+
+    // B's first page meets A's copy of d; while B deletes it, d goes back to u: A's copy is right again, B's page stale.
+    const copied = await whileClearingHeld(target, d, () => stopAfterCopy().run(jobB), () => handTo(u, d).then(() => undefined));
+
+    expect(copied).toMatch(/stopped after the copy/);
+    const mover = env.mover({ readerGraceMs: 0 });
+    for (let round = 0; round < 2; round++) for (const id of [jobA, jobB]) await mover.run(id).catch(() => undefined);
+    expect([(await mover.get(jobA)).state, (await mover.get(jobB)).state]).toEqual(['done', 'done']);
+    expect((await target.query<{ owner: string; slot: number }>('select owner_id::text as owner, slot from documents where id = $1', [d])).rows).toEqual([{ owner: u, slot: s }]);
+    expect([await countSlot(target, s), await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)]).toEqual([
+      { users: 1, documents: 3 },
+      { users: 1, documents: 3 },
+      { users: 0, documents: 0 },
+      { users: 0, documents: 0 },
+    ]);
+  });
+
+  it("catches up when a document whose stale copy it clears goes back to that copy's unit meanwhile", async () => {
+    const { source, target, to, s, t, us, ws } = await twoSlots(1200, 1300, 1, 3);
+    const [u, w] = [us[0] as string, ws[0] as string];
+    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
+    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
+    await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
+    await expect(stopAfterCopy().run(jobB)).rejects.toThrow(/stopped after the copy/);
+    // d and e go from u (slot s) to w (slot t): A's copies of them are stale, and B's catch-up upserts them.
+    const [d, e] = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 2', [u])).rows.map((r) => r.id) as [string, string];
+    await handTo(w, d);
+    await handTo(w, e);
+
+    // B's upsert meets A's copies of d and e; while B deletes them, d goes back to u: A's copy of
+    // d is right again (B's pass stale for d), A's copy of e still stale and in B's way.
+    const mover = env.mover({ readerGraceMs: 0 });
+    const finished = await whileClearingHeld(target, d, () => mover.run(jobB), () => handTo(u, d).then(() => undefined));
+
+    expect(finished).toBe('done');
+    expect((await mover.run(jobA)).state).toBe('done');
+    const onTarget = await target.query<{ id: string; owner: string; slot: number }>('select id::text, owner_id::text as owner, slot from documents where id = any($1::uuid[]) order by id', [[d, e]]);
+    expect(onTarget.rows).toEqual(
+      [
+        { id: d, owner: u, slot: s },
+        { id: e, owner: w, slot: t },
+      ].sort((x, y) => (x.id < y.id ? -1 : 1)),
+    );
+    expect([await countSlot(target, s), await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)]).toEqual([
+      { users: 1, documents: 2 },
+      { users: 1, documents: 4 },
+      { users: 0, documents: 0 },
+      { users: 0, documents: 0 },
+    ]);
+  });
+
   it('converges without failed copies while documents keep changing hands between the two units', async () => {
     const { source, target, to, s, t, us, ws } = await twoSlots(1600, 1800, 8, 50);
     const planner = env.mover({ readerGraceMs: 0 });
