@@ -286,22 +286,34 @@ export function idempotencyKeyId(ownerId: string, key: string): string {
 }
 
 /**
- * The request digest a key record keeps (SQL, parameters `$title` and `$content`): sha-256 of
- * the UTF-8 jsonb text of `{"title": title, "content": content}`. Computed by PostgreSQL, so
- * every writer (in any language) canonicalises alike: jsonb orders members and keeps one of each.
+ * The request digest a key record keeps (SQL, of the SQL expressions `title` and `content`):
+ * the shard's `idempotency_request_digest(title, content)` (shard migration 022), sha-256 of the
+ * UTF-8 jsonb text of `{"title": title, "content": content}` with numbers by value (1.50 as 1.5).
+ * Computed by PostgreSQL, so every writer (in any language) canonicalises alike: jsonb orders
+ * members and keeps one of each, the function trims each number's scale.
  */
-const requestDigestSql = (title: string, content: string): string =>
-  `pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_object('title', ${title}::text, 'content', ${content}::jsonb)::text, 'UTF8'))`;
+const requestDigestSql = (title: string, content: string): string => `idempotency_request_digest(${title}::text, ${content}::jsonb)`;
 
 /**
  * Claims an owner's key for this request: a new record, or an expired one renewed in place (an
- * expired key is a new key). Answers the record's row when this attempt claimed it, none when a
- * live record holds the key (another attempt's, committed; one in flight is waited for by the
- * primary key). `$1` key id, `$2` owner, `$3` slot, `$4` the new document's id, `$5` title,
- * `$6` content, `$7` the retention in seconds.
+ * expired key is a new key). Answers the record's `document_id` when this attempt claimed it,
+ * none when a live record holds the key (another attempt's, committed; one in flight is waited
+ * for by the primary key). `$1` key id, `$2` owner, `$3` slot, `$4` the new document's id, `$5`
+ * title, `$6` content, `$7` the retention in seconds.
+ *
+ * A keyed document written before key records existed (before shard migration 021) has the
+ * key's id as its own, and no record: one look at that id on the primary key (`legacy`) adopts
+ * it, within the retention from its `created_at`, as the key's document, with the digest of what
+ * it holds (the comparison of that release, with the document as it is now). The record then
+ * answers `document_id` = the key id, not `$4`: the caller creates nothing and answers as for a
+ * live record. Whatever its owner now: one handed over is answered 409, as before.
  */
-const CLAIM_KEY_SQL = `insert into document_keys as k (id, owner_id, slot, document_id, request_digest)
-  values ($1, $2, $3, $4, ${requestDigestSql('$5', '$6')})
+const CLAIM_KEY_SQL = `with legacy as (
+    select d.id, d.created_at, ${requestDigestSql('d.title', 'd.content')} as request_digest from documents d
+     where d.id = $1::uuid and d.created_at > pg_catalog.now() - pg_catalog.make_interval(secs => $7::double precision))
+  insert into document_keys as k (id, owner_id, slot, document_id, request_digest, created_at)
+  select $1::uuid, $2::uuid, $3::integer, coalesce(l.id, $4::uuid), coalesce(l.request_digest, ${requestDigestSql('$5', '$6')}), coalesce(l.created_at, pg_catalog.now())
+    from (values (1)) as one (n) left join legacy l on true
   on conflict (id) do update set document_id = excluded.document_id, request_digest = excluded.request_digest, created_at = excluded.created_at
     where k.created_at <= pg_catalog.now() - pg_catalog.make_interval(secs => $7::double precision)
   returning k.document_id`;
@@ -713,9 +725,11 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
         if (key === undefined) return insertDocument();
         await client.query(PRUNE_KEYS_SQL, [body.owner_id, retentionSeconds, IDEMPOTENCY_KEY_PRUNE_BATCH]);
         const keyId = idempotencyKeyId(body.owner_id, key);
-        // In the same transaction as the document: the record exists exactly when the document was created.
-        const claimed = await client.query(CLAIM_KEY_SQL, [keyId, body.owner_id, slot, id, body.title, content, retentionSeconds]);
-        if (claimed.rowCount === 1) return insertDocument();
+        // In the same transaction as the document: the record exists exactly when the document was
+        // created (or, for a document of the key written before key records, adopted: see CLAIM_KEY_SQL).
+        const claimed = await client.query<{ document_id: string }>(CLAIM_KEY_SQL, [keyId, body.owner_id, slot, id, body.title, content, retentionSeconds]);
+        // Another document id: a document of the key written before key records, adopted.
+        if (claimed.rows[0]?.document_id === id) return insertDocument();
         const record = (await client.query<{ document_id: string; same: boolean }>(KEY_RECORD_SQL, [keyId, body.title, content])).rows[0];
         // Claimed by nobody and held by nobody: the record expired and was pruned (or its owner
         // deleted) between the two statements. Nothing was created: the retry claims it afresh.

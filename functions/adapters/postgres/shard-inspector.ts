@@ -105,8 +105,13 @@ export interface ShardInspectorOptions {
   readonly thresholds?: HealthThresholds;
   /** Shard weights (fair shares for statistics); 1 for shards not listed. */
   readonly weights?: Readonly<Record<string, number>>;
-  /** The sharded tables: rows with a `slot` column. Default users and documents. */
-  readonly tables?: { readonly users: string; readonly documents: string };
+  /**
+   * The sharded tables: rows with a `slot` column. Default users, documents and document_keys.
+   * `keys`, the owners' `Idempotency-Key` records (shard migration 021), are not load (small, and
+   * gone 24 h after their key's first use): they count only towards a unit's `maxTableRows`, as
+   * the mover counts them before a move; none when not given with the others, or not there.
+   */
+  readonly tables?: { readonly users: string; readonly documents: string; readonly keys?: string };
   /** How many statements to report from pg_stat_statements. Default 5. */
   readonly topStatements?: number;
   /** RDS/CloudWatch facts merged into health (on AWS). */
@@ -529,8 +534,8 @@ export class ShardInspector {
     return this.#options.wholeTableBudgetMs ?? Math.min(this.#options.timeoutMs * 10, MAX_WHOLE_TABLE_BUDGET_MS);
   }
 
-  #tables(): { users: string; documents: string } {
-    return this.#options.tables ?? { users: 'users', documents: 'documents' };
+  #tables(): { users: string; documents: string; keys?: string } {
+    return this.#options.tables ?? { users: 'users', documents: 'documents', keys: 'document_keys' };
   }
 
   async #tableStatistics(node: ShardNode, exact: boolean): Promise<TableStatistics[]> {
@@ -652,7 +657,7 @@ export class ShardInspector {
     const names = this.#tables();
     const node = this.#pools.primary(shardId);
     return withNodeDeadline(node.pool, this.wholeTableBudgetMs, node.nodeId, async (client) => {
-      const wanted = [names.users, names.documents];
+      const wanted = [names.users, names.documents, ...(names.keys === undefined ? [] : [names.keys])];
       const { rows: catalog } = await client.query<{ table: string; disk_bytes: number; columns: ColumnWidth[]; in_recovery: boolean }>(
         `select c.relname as table, ${DISK_BYTES_SQL} as disk_bytes, ${COLUMNS_SQL} as columns,
            pg_catalog.pg_is_in_recovery() as in_recovery
@@ -669,15 +674,24 @@ export class ShardInspector {
         { name: names.users, owner: 'id' as const, ...found(names.users) },
         { name: names.documents, owner: 'owner_id' as const, ...found(names.documents) },
       ];
-      const parts = tables.flatMap((t, i) => {
-        const table = client.escapeIdentifier(t.name);
-        const bytes = rowBytesSql(client, 'r', t.columns);
-        return [
-          `select ${i} as t, r.slot, k.key, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned
-             from ${table} r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
-          `select ${i}, null, null, n, bytes, true from (${ownedRowsSql(table, t.owner, bytes, true)}) f`,
-        ];
-      });
+      // Counted for the mover's rule alone (see ShardInspectorOptions.tables): after the others, by slot and key, not load.
+      const keyTable = names.keys !== undefined && catalog.some((r) => r.table === names.keys) ? names.keys : undefined;
+      const countedOnly = keyTable === undefined ? [] : [{ name: keyTable, owner: 'owner_id' as const }];
+      const parts = [
+        ...tables.flatMap((t, i) => {
+          const table = client.escapeIdentifier(t.name);
+          const bytes = rowBytesSql(client, 'r', t.columns);
+          return [
+            `select ${i} as t, r.slot, k.key, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned
+               from ${table} r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
+            `select ${i}, null, null, n, bytes, true from (${ownedRowsSql(table, t.owner, bytes, true)}) f`,
+          ];
+        }),
+        ...countedOnly.map(
+          (t, i) => `select ${tables.length + i}, r.slot, k.key, count(*)::float8, 0::float8, false
+             from ${client.escapeIdentifier(t.name)} r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
+        ),
+      ];
       const { rows: groups } = await client.query<{ t: number; slot: number | null; key: string | null; n: number; bytes: number; not_owned: boolean }>(
         parts.join('\n union all\n'),
         [directory.map((d) => d.key)],
@@ -692,12 +706,17 @@ export class ShardInspector {
       const slotTableRows = new Map<number, number[]>();
       const keyTableRows = new Map<string, number[]>();
       const addRows = <K>(into: Map<K, number[]>, k: K, t: number, n: number): void => {
-        const per = into.get(k) ?? tables.map(() => 0);
+        const per = into.get(k) ?? [...tables, ...countedOnly].map(() => 0);
         per[t] = (per[t] ?? 0) + n;
         into.set(k, per);
       };
       const add = (into: { rows: number; bytes: number } | undefined, n: number, bytes: number): { rows: number; bytes: number } => ({ rows: (into?.rows ?? 0) + n, bytes: (into?.bytes ?? 0) + bytes });
       for (const g of groups) {
+        if (g.t >= tables.length) {
+          if (g.slot !== null) addRows(slotTableRows, g.slot, g.t, g.n);
+          if (g.slot !== null && g.key !== null) addRows(keyTableRows, g.key, g.t, g.n);
+          continue;
+        }
         const total = totals[g.t] as { rows: number; bytes: number };
         const sign = g.not_owned ? -1 : 1;
         total.rows += sign * g.n;

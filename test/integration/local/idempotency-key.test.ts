@@ -230,6 +230,82 @@ describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQ
     expect(await keysOf(owner.id)).toEqual([{ id: idempotencyKeyId(owner.id, 'reused'), document_id: reused.body.id, shard: owner.shardId }]);
   });
 
+  /**
+   * A keyed document written before key records existed (before shard migration 021): its id is
+   * the key's id, and no record of the key exists. Inserted as that release's API did.
+   */
+  const legacyDocument = async (owner: { id: string; shardId: string }, key: string, title: string, content: string, ageSeconds = 60): Promise<string> => {
+    const id = idempotencyKeyId(owner.id, key);
+    await api
+      .primary(owner.shardId)
+      .query(
+        `insert into documents (id, owner_id, slot, title, content, created_at, updated_at)
+         select $1, u.id, u.slot, $3, $4::jsonb, now() - make_interval(secs => $5), now() - make_interval(secs => $5) from users u where u.id = $2`,
+        [id, owner.id, title, content, ageSeconds],
+      );
+    return id;
+  };
+
+  it('answers a retry of a keyed document written before key records existed with that document, and remembers the key from then on', async () => {
+    const owner = await newUser();
+    const id = await legacyDocument(owner, 'legacy-key', 'from the last release', '{"v": 1, "w": [1.5]}');
+    const retried = await post({ owner_id: owner.id, title: 'from the last release', content: { w: [1.5], v: 1 } }, 'legacy-key');
+    await api.primary(owner.shardId).query('delete from documents where id = $1', [id]);
+    const afterDelete = await post({ owner_id: owner.id, title: 'from the last release', content: { w: [1.5], v: 1 } }, 'legacy-key');
+
+    expect({ status: retried.status, replayed: retried.headers.get('idempotent-replayed'), id: retried.body.id }).toEqual({ status: 201, replayed: 'true', id });
+    // Adopted: the key now has its record, so a retry after the document is deleted does not create it again.
+    expect(afterDelete.status).toBe(409);
+    expect(await documentsOf(owner.id)).toEqual([]);
+    expect(await keysOf(owner.id)).toEqual([{ id, document_id: id, shard: owner.shardId }]);
+  });
+
+  it('refuses a retry with another body of a keyed document written before key records existed (422), and creates nothing', async () => {
+    const owner = await newUser();
+    const id = await legacyDocument(owner, 'legacy-other', 'legacy', '{"v": 1}');
+    const other = await post({ owner_id: owner.id, title: 'legacy', content: { v: 2 } }, 'legacy-other');
+    const same = await post({ owner_id: owner.id, title: 'legacy', content: { v: 1 } }, 'legacy-other');
+
+    expect({ status: other.status, names: other.body.invalid_params?.map((p: { name: string }) => p.name) }).toEqual({ status: 422, names: ['header.idempotency-key'] });
+    expect({ status: same.status, replayed: same.headers.get('idempotent-replayed'), id: same.body.id }).toEqual({ status: 201, replayed: 'true', id });
+    expect(await documentsOf(owner.id)).toEqual([{ id, title: 'legacy', shard: owner.shardId }]);
+  });
+
+  it('treats the key of a keyed document written before key records existed, past the retention, as a new key', async () => {
+    const owner = await newUser();
+    const id = await legacyDocument(owner, 'legacy-old', 'two days ago', '{}', (2 * IDEMPOTENCY_KEY_RETENTION_MS) / 1000);
+    const reused = await post({ owner_id: owner.id, title: 'today' }, 'legacy-old');
+
+    expect({ status: reused.status, replayed: reused.headers.get('idempotent-replayed') }).toEqual({ status: 201, replayed: null });
+    expect(reused.body.id).not.toBe(id);
+    expect((await documentsOf(owner.id)).map((d) => d.title).sort()).toEqual(['today', 'two days ago']);
+  });
+
+  it('compares numbers by value (RFC 8259): 1.50 and 1.5, 1e2 and 100 are the same request, whoever wrote the first', async () => {
+    const owner = await newUser();
+    // The first request as the Python backend writes it (docs/sharding-spec.md section 10): the
+    // content's text as received, so jsonb keeps each number's scale (1.50, 0.10).
+    const keyId = idempotencyKeyId(owner.id, 'numbers');
+    const documentId = randomUUID();
+    const shard = api.primary(owner.shardId);
+    await shard.query(
+      `with u as (select id, slot from users where id = $2),
+            d as (insert into documents (id, owner_id, slot, title, content) select $3, u.id, u.slot, 't', $4::jsonb from u)
+       insert into document_keys (id, owner_id, slot, document_id, request_digest)
+       select $1, u.id, u.slot, $3, idempotency_request_digest($5, $4::jsonb) from u`,
+      [keyId, owner.id, documentId, '{"n": 1.50, "m": [100, 0.10]}', 't'],
+    );
+    const legacy = await legacyDocument(owner, 'legacy-numbers', 't', '{"n": 2.0}');
+    const retried = await post(`{"owner_id": "${owner.id}", "title": "t", "content": {"m": [1e2, 0.1], "n": 1.5}}`, 'numbers');
+    const legacyRetried = await post(`{"owner_id": "${owner.id}", "title": "t", "content": {"n": 2}}`, 'legacy-numbers');
+    const other = await post(`{"owner_id": "${owner.id}", "title": "t", "content": {"m": [100, 0.1], "n": 1.51}}`, 'numbers');
+
+    expect({ status: retried.status, replayed: retried.headers.get('idempotent-replayed'), id: retried.body.id }).toEqual({ status: 201, replayed: 'true', id: documentId });
+    expect({ status: legacyRetried.status, replayed: legacyRetried.headers.get('idempotent-replayed'), id: legacyRetried.body.id }).toEqual({ status: 201, replayed: 'true', id: legacy });
+    expect(other.status).toBe(422);
+    expect((await documentsOf(owner.id)).length).toBe(2);
+  });
+
   it('creates one document when many attempts with one key race each other', async () => {
     const owner = await newUser();
     const answers = await Promise.all(Array.from({ length: 12 }, () => post({ owner_id: owner.id, title: 'raced' }, 'race')));

@@ -312,6 +312,8 @@ describe('ca_dms_app writing plain SQL to a shard', () => {
     expect(rows.filter((r) => r.cfg !== 'search_path=pg_catalog, pg_temp')).toEqual([]);
     expect(rows.map((r) => r.f)).toEqual([
       'enforce_write_fence()',
+      'idempotency_request_digest(text,jsonb)',
+      'jsonb_canonical_numbers(jsonb)',
       'move_permit_claim(bigint,bigint)',
       'move_permit_hold(bigint,bigint)',
       'mover_replica_role()',
@@ -433,6 +435,11 @@ describe('shard migration 019 on a shard an earlier release migrated', () => {
       ]);
       const { rows: copies } = await pool.query<{ n: number }>("select count(*)::int as n from pg_proc where pronamespace = 'postgres'::regnamespace");
       expect(copies[0]?.n).toBe(0);
+      // Tables created by later migrations (021's document_keys) are beside the others, where the
+      // application's search_path and the triggers' pinned functions find them.
+      const { rows: tables } = await pool.query<{ t: string }>("select c.oid::regclass::text as t from pg_class c where c.relkind = 'r' and c.relnamespace = 'postgres'::regnamespace order by 1");
+      expect(tables).toEqual([]);
+      expect((await pool.query<{ t: string | null }>("select to_regclass('public.document_keys')::text as t")).rows[0]?.t).toBe('document_keys');
       // The application's write into a captured unit is accepted and captured.
       await ensureApplicationLogin(pool, { username: 'plain_sql_app', password: 'plain sql pass' });
       await pool.query("insert into public.move_captures (job_id, kind, unit_id) values (903, 'slot', '107')");

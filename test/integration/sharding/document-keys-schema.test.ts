@@ -1,9 +1,9 @@
 /**
- * Shard migration 020: `document_keys` (the documents API's Idempotency-Key records) is a sharded
+ * Shard migration 021: `document_keys` (the documents API's Idempotency-Key records) is a sharded
  * table with everything `documents` has: the same grants to the application, mover and monitor
  * roles, the same fence, capture and TRUNCATE triggers, and its slot tied to its owner's.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -128,5 +128,32 @@ describe('document_keys (shard migration 021)', () => {
     } finally {
       await admin.query('delete from move_captures where job_id = 9207; delete from move_changes where job_id = 9207');
     }
+  });
+});
+
+describe('shard migration 022: idempotency_request_digest', () => {
+  const digest = (title: string, content: string) =>
+    asApp(async (c) => (await c.query<{ d: string }>('select encode(idempotency_request_digest($1, $2::jsonb), $3) as d', [title, content, 'hex'])).rows[0]?.d);
+
+  it('gives one digest to contents that are equal as JSON values (numbers by value, members in any order), as the application login calls it', async () => {
+    const a = await digest('t', '{"a": [1.0, {"b": 2.50, "c": -0.0}], "n": 100, "s": "1.50"}');
+    const b = await digest('t', '{"s": "1.50", "n": 1e2, "a": [1, {"c": 0, "b": 2.5}]}');
+
+    expect(a).toMatch(/^[0-9a-f]{64}$/);
+    expect(b).toBe(a);
+    // What jsonb itself prints, when no number has a trailing zero: the digest of migration 021.
+    expect(await digest('t', '{"n": 1.5}')).toBe(createHash('sha256').update('{"title": "t", "content": {"n": 1.5}}').digest('hex'));
+  });
+
+  it('tells apart what differs as a JSON value: a string, a number, an element order, the title', async () => {
+    const base = await digest('t', '{"s": "1.50", "n": 1.5, "a": [1, 2]}');
+    const others = await Promise.all([
+      digest('t', '{"s": "1.5", "n": 1.5, "a": [1, 2]}'),
+      digest('t', '{"s": "1.50", "n": 1.05, "a": [1, 2]}'),
+      digest('t', '{"s": "1.50", "n": 1.5, "a": [2, 1]}'),
+      digest('u', '{"s": "1.50", "n": 1.5, "a": [1, 2]}'),
+    ]);
+
+    expect(new Set([base, ...others]).size).toBe(5);
   });
 });

@@ -3,10 +3,12 @@
  * users and documents do: copied, caught up, compared under the fence, cleaned up from the source
  * after the flip, and deleted from the target by a rollback.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureLogin } from '../../../functions/adapters/postgres/app-role.js';
+import { MOVE_CRASH_POINTS } from '../../../functions/core/sharding/move-machine.js';
+import { moverKilledAt } from './fixtures/kill.js';
 import { keyRecords, keysInSlot, seedKeys, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
@@ -68,6 +70,62 @@ describe('a move of owners with Idempotency-Key records', () => {
     expect(done.sourceSummary?.['document_keys']?.rows).toBe(20);
   });
 
+  it('takes the key records of an owner deleted during the copy or the catch-up away from the target too (their cascade captured)', async () => {
+    const slot = 1705;
+    const { to, source, target } = await sidesOf(slot);
+    const owners = keysInSlot(slot, 4);
+    await seedUsers(source, slot, owners, 2);
+    await seedKeys(source, slot, owners, 3);
+    const [copyDeleted, catchUpDeleted] = owners as [string, string];
+    const deleteOwner = (owner: string) => env.writer.withShardWrite(owner, ({ client }) => client.query('delete from users where id = $1', [owner]));
+    let expected: string[] = [];
+    const mover = env.mover({
+      readerGraceMs: 0,
+      copyBatchRows: 2,
+      async hook(point) {
+        if (point === 'copying') await deleteOwner(copyDeleted);
+        if (point === 'catching_up') {
+          await deleteOwner(catchUpDeleted);
+          expected = await keyRecords(source, slot);
+        }
+      },
+    });
+    const done = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+    const rowsOf = async (pool: pg.Pool, table: string) =>
+      (await pool.query<{ n: number }>(`select count(*)::int as n from ${table} where owner_id = any($1::uuid[])`, [[copyDeleted, catchUpDeleted]])).rows[0]?.n;
+
+    expect({ state: done.state, error: done.error }).toEqual({ state: 'done', error: null });
+    expect(expected).toHaveLength(6);
+    expect(await keyRecords(target, slot)).toEqual(expected);
+    expect({ keys: await rowsOf(target, 'document_keys'), documents: await rowsOf(target, 'documents') }).toEqual({ keys: 0, documents: 0 });
+    expect(await keyRecords(source, slot)).toEqual([]);
+  });
+
+  it.each(MOVE_CRASH_POINTS.map((point, i) => ({ point, slot: 1710 + i })))(
+    'brings every key record over once when the mover dies at $point and another run resumes it, key records written in between',
+    async ({ point, slot }) => {
+      const { from, to, source, target } = await sidesOf(slot);
+      const owners = keysInSlot(slot, 3);
+      await seedUsers(source, slot, owners, 2);
+      await seedKeys(source, slot, owners, 3);
+      const job = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+      await expect(moverKilledAt(env, point).run(job.id)).rejects.toThrow(`killed at ${point}`);
+      // Between the runs the application writes where the unit is open: not while a dead run's
+      // fence holds it (from the cutover until the next run opens the unit on the target).
+      const owning = (await env.ownerOf(slot)) === from ? source : target;
+      const fenceHeld = ['cutover', 'fenced', 'verifying', 'published'].includes(point);
+      if (!fenceHeld) await keyWrites(owners[0] as string, slot, await firstKeyOf(owning, owners[1] as string));
+      const expected = await keyRecords(owning, slot);
+      const done = await env.mover({ readerGraceMs: 0 }).run(job.id);
+
+      expect({ state: done.state, error: done.error, owner: await env.ownerOf(slot) }).toEqual({ state: 'done', error: null, owner: to });
+      // One record written and one deleted, or none.
+      expect({ records: expected.length, written: expected.filter((r) => r.includes(`\\x${createHash('sha256').update('late').digest('hex')}`)).length }).toEqual({ records: 9, written: fenceHeld ? 0 : 1 });
+      expect(await keyRecords(target, slot)).toEqual(expected);
+      expect(await keyRecords(source, slot)).toEqual([]);
+    },
+  );
+
   it('moves a directory key with its key records', async () => {
     const slot = 1702;
     const { to, source, target } = await sidesOf(slot);
@@ -81,6 +139,27 @@ describe('a move of owners with Idempotency-Key records', () => {
     expect(done.state).toBe('done');
     expect(await ownersOf(target)).toEqual([{ owner, n: 3 }]);
     expect(await ownersOf(source)).toEqual([{ owner: neighbour, n: 3 }]);
+  });
+
+  it("leaves a directory-pinned owner's key records where the directory puts it when its slot moves, written during the move or not", async () => {
+    const slot = 1706;
+    const { from, to, source, target } = await sidesOf(slot);
+    const [pinned, plain] = keysInSlot(slot, 2) as [string, string];
+    await seedUsers(source, slot, [pinned, plain], 2);
+    await seedKeys(source, slot, [pinned, plain], 3);
+    await env.directory.set(pinned, from, 'test');
+    const ownersOf = async (pool: pg.Pool) => (await pool.query<{ owner: string; n: number }>('select owner_id::text as owner, count(*)::int as n from document_keys where slot = $1 group by 1 order by 1', [slot])).rows;
+    const mover = env.mover({
+      readerGraceMs: 0,
+      async hook(point) {
+        if (point === 'catching_up') await keyWrites(pinned, slot, await firstKeyOf(source, pinned));
+      },
+    });
+    const done = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+    expect({ state: done.state, excluded: done.excludedKeys }).toEqual({ state: 'done', excluded: [pinned] });
+    expect(await ownersOf(target)).toEqual([{ owner: plain, n: 3 }]);
+    expect(await ownersOf(source)).toEqual([{ owner: pinned, n: 3 }]);
   });
 
   it('leaves the key records on the source alone when the move is cancelled, its copy deleted from the target', async () => {

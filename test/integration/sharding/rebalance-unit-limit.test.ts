@@ -12,7 +12,7 @@ import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js'
 import { createScalingApiPort, type ScalingApiDeps } from '../../../functions/api/wiring.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
-import { keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { keysInSlot, seedKeys, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let pools: ShardPools;
@@ -20,6 +20,8 @@ let inspector: ShardInspector;
 /** Slots of shard_a: one with 4 users and 40 documents, four with 1 user and 2 documents each. */
 let big: number;
 let small: number[];
+/** Another slot of shard_a, left empty until the last test. */
+let spare: number;
 const LIMIT = 20;
 
 beforeAll(async () => {
@@ -27,7 +29,8 @@ beforeAll(async () => {
   pools = ShardPools.fromConfig({ shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, read_replicas: [] })) }, { max: 2 });
   inspector = new ShardInspector(pools, { timeoutMs: 5000 });
   const map = await env.slotMaps.current();
-  const owned = map.assignments.flatMap((shard, slot) => (shard === 'shard_a' ? [slot] : [])).slice(0, 5);
+  const owned = map.assignments.flatMap((shard, slot) => (shard === 'shard_a' ? [slot] : [])).slice(0, 6);
+  spare = owned.pop() as number;
   [big, ...small] = owned as [number, ...number[]];
   const source = env.shards.get('shard_a');
   if (!source) throw new Error('no shard_a in the move env');
@@ -88,5 +91,22 @@ describe("the rebalance check within the mover's maxUnitRows", () => {
     const slotMap = await env.slotMaps.current();
     const check = await inspector.rebalanceCheck({ slotMap, by: 'rows', maxUnitRows: 40 });
     expect(check.moves.map((m) => m.unit.id)).toContain(String(big));
+  });
+
+  it("counts a unit's Idempotency-Key records as the mover does: a slot of 3 users and documents but 30 key records is not proposed under a limit of 20", async () => {
+    const source = env.shards.get('shard_a');
+    if (!source) throw new Error('no shard_a in the move env');
+    // Records outlive their documents (24 h): an owner who created and deleted many keyed documents.
+    const owner = keysInSlot(spare, 1);
+    await seedUsers(source, spare, owner, 2);
+    await seedKeys(source, spare, owner, 30);
+    const slotMap = await env.slotMaps.current();
+    const census = await inspector.rebalanceCensus({ slotMap });
+    const check = await inspector.rebalanceCheck({ slotMap, by: 'rows', maxUnitRows: LIMIT });
+    const mover = env.mover({ maxUnitRows: LIMIT });
+    await expect(mover.plan({ kind: 'slot', slot: spare, to: 'shard_b', createdBy: 'test' })).rejects.toMatchObject({ problem: 'too-large' } satisfies Partial<MoveRequestError>);
+
+    expect(census.units.find((u) => u.kind === 'slot' && u.id === String(spare))).toMatchObject({ maxTableRows: 30 });
+    expect(check.moves.map((m) => m.unit.id)).not.toContain(String(spare));
   });
 });
