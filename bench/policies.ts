@@ -29,7 +29,7 @@ import type { CaDmsSettings } from '../functions/core/scaling/policies/ca-dms.js
 import type { FrontierVerdict, Outcome, TraceJudgement } from '../functions/core/scaling/simulator/criterion.js';
 import { describeModel } from '../functions/core/scaling/simulator/format.js';
 import { DEFAULT_MODEL } from '../functions/core/scaling/simulator/model.js';
-import { judgeTrace, MISSING_FRACTION } from '../functions/core/scaling/simulator/sweep.js';
+import { ANCHOR_SETTINGS, judgeTrace, MISSING_FRACTION } from '../functions/core/scaling/simulator/sweep.js';
 import type { PolicyJob, PolicyJobResult } from './support/policies-job.js';
 import { DEFAULT_TRACES_DIR, traceFiles } from './support/traces.js';
 import { SYNTHETIC_WEEKS } from './support/weeks.js';
@@ -138,7 +138,7 @@ const longestS = Math.max(...results.map((r) => r.cpuMs)) / 1000;
 // benchmark; the CPU time the jobs used, spread over two cores, is what an idle 2-core machine needs.
 const idleTwoCoreS = Math.max(cpuS / 2, longestS);
 console.log(
-  `\n${jobs.length} jobs (${names.length} traces x 2 models, ${CANDIDATES.length} ca-dms candidates and 47 anchor settings each): ${(wallMs / 1000).toFixed(1)} s wall on ${workers} worker${workers === 1 ? '' : 's'} ` +
+  `\n${jobs.length} jobs (${names.length} traces x 2 models, ${CANDIDATES.length} ca-dms candidates and ${ANCHOR_SETTINGS} anchor settings each): ${(wallMs / 1000).toFixed(1)} s wall on ${workers} worker${workers === 1 ? '' : 's'} ` +
     `(load average ${loadavg()[0]?.toFixed(1)}), ${cpuS.toFixed(1)} s of CPU in the jobs (longest ${longestS.toFixed(1)} s): about ${idleTwoCoreS.toFixed(0)} s on an idle 2-core machine; goal < 120 s: ${idleTwoCoreS < 120 ? 'PASS' : 'FAIL'}`,
 );
 const lost = count(defaults, 'lose') + count(looJ, 'lose');

@@ -9,12 +9,13 @@ import {
   envelopeCost,
   judgeFrontier,
 } from '../../../functions/core/scaling/simulator/criterion.js';
+import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
 import { thresholdPolicy } from '../../../functions/core/scaling/policies/threshold.js';
 import { contestantsFor, simulationConfig } from '../../../functions/core/scaling/simulator/anchors.js';
 import { metricsFor } from '../../../functions/core/scaling/simulator/fleet.js';
 import { DEFAULT_MODEL } from '../../../functions/core/scaling/simulator/model.js';
 import { prepareTrace, simulate } from '../../../functions/core/scaling/simulator/simulate.js';
-import { ANCHOR_SWEEPS, runAnchors } from '../../../functions/core/scaling/simulator/sweep.js';
+import { ANCHOR_SETTINGS, ANCHOR_SWEEPS, runAnchors } from '../../../functions/core/scaling/simulator/sweep.js';
 import { syntheticTrace } from '../../../functions/core/scaling/simulator/synthetic.js';
 import { applyVariant, parseVariant } from '../../../functions/core/scaling/simulator/variant.js';
 import { initialState } from '../../../functions/core/scaling/types.js';
@@ -179,7 +180,7 @@ describe('combineJudgement', () => {
 
 describe('the anchor sweeps', () => {
   it('are the settings of issue #13', () => {
-    const byAnchor = Object.fromEntries(ANCHOR_SWEEPS.map((s) => [s.anchor, s.values.map((v) => s.spec(v))]));
+    const byAnchor = Object.fromEntries(ANCHOR_SWEEPS.map((s) => [s.curve, s.values.map((v) => s.spec(v))]));
     expect(byAnchor['hpa']).toHaveLength(13);
     expect(byAnchor['hpa']?.[0]).toBe('hpa:targets.cpu=30');
     expect(byAnchor['target-tracking']?.at(-1)).toBe('target-tracking:targets.cpu=90');
@@ -189,6 +190,30 @@ describe('the anchor sweeps', () => {
     expect(byAnchor['threshold']?.[0]).toBe(
       'threshold:cpu_scale_up=50,cpu_scale_down=0,memory_scale_up=55,memory_scale_down=30,connections_scale_up=50,connections_scale_down=0',
     );
+    expect(byAnchor['hpa connections']).toHaveLength(13);
+    expect(byAnchor['hpa connections']?.[0]).toBe('hpa:targets.cpu=null,targets.connections=30');
+    expect(byAnchor['target-tracking connections']?.at(-1)).toBe('target-tracking:targets.cpu=null,targets.connections=90');
+    expect(ANCHOR_SETTINGS).toBe(73);
+  });
+
+  it('sweeps hpa and target-tracking on connections per task, which see past a saturated CPU', () => {
+    const T = Date.UTC(2026, 0, 5);
+    for (const anchor of ['hpa', 'target-tracking'] as const) {
+      const sweep = ANCHOR_SWEEPS.find((s) => s.curve === `${anchor} connections`) as (typeof ANCHOR_SWEEPS)[number];
+      const config = sweep.configure(simulationConfig(anchor, DEFAULT_MODEL), 50);
+      expect(config.targets).toMatchObject({ cpu: null, connections: 50 });
+      // 8 busy tasks on 4: CPU reads 100 % (saturated), connections per task 200, which at a
+      // target of 50 asks for 16 tasks (hpa: at most 8 in one 15 s period, twice 4); CPU at
+      // 70 % would ask for no more than ceil(4 x 100 / 70) = 6.
+      let state = initialState('simulated');
+      let to = 4;
+      for (let m = 0; m < 4; m++) {
+        const out = getPolicy(anchor).evaluate({ config, state, metrics: metricsFor(8, 4, T + m * 60_000, DEFAULT_MODEL), tasks: { running: 4, pending: 0, desired: 4 }, now: T + m * 60_000 });
+        state = out.state;
+        to = out.decision.to;
+      }
+      expect(to).toBe(anchor === 'hpa' ? 8 : 10);
+    }
   });
 
   it('names each setting by a variant spec that configures exactly what the sweep replays', () => {
@@ -219,7 +244,14 @@ describe('runAnchors', () => {
     const model = DEFAULT_MODEL;
     const trace = prepareTrace('spikes', syntheticTrace({ kind: 'spikes', base: 2, height: 5, every: 60, width: 10 }, 600), model);
     const run = runAnchors(trace, model);
-    expect(run.curves.map((c) => [c.anchor, c.points.length])).toEqual([['hpa', 13], ['target-tracking', 13], ['step', 12], ['threshold', 9]]);
+    expect(run.curves.map((c) => [c.anchor, c.points.length])).toEqual([
+      ['hpa', 13],
+      ['target-tracking', 13],
+      ['step', 12],
+      ['threshold', 9],
+      ['hpa connections', 13],
+      ['target-tracking connections', 13],
+    ]);
     const hpa = simulate(trace, contestantsFor(['hpa'], model), model).result.results[0];
     expect(run.hpaActions).toBe(hpa?.actions);
     const hpa70 = run.curves[0]?.points.find((q) => q.knob === 70);

@@ -57,7 +57,7 @@ describe('the report series', () => {
 });
 
 describe('the trade-off data', () => {
-  it('draws ca-dms as a line over its target violation rate, beside the four anchors', () => {
+  it('draws ca-dms as a line over its target violation rate, beside the six anchor sweeps', () => {
     const points = Array.from({ length: 1440 }, (_, i) => ({ at: Date.UTC(2026, 0, 5) + i * 60_000, value: 20 + 10 * Math.sin(i / 90) }));
     const trace = prepareTrace('one day', points, DEFAULT_MODEL);
     const run = simulate(trace, [contestant('ca-dms', getPolicy('ca-dms'), simulationConfig('ca-dms', DEFAULT_MODEL))], DEFAULT_MODEL);
@@ -65,7 +65,7 @@ describe('the trade-off data', () => {
     const tradeoff = tradeoffOf(run.result, trace, DEFAULT_MODEL);
     const line = tradeoff.curves.find((c) => c.name === 'ca-dms');
 
-    expect(tradeoff.curves.map((c) => c.name)).toEqual(['hpa', 'target-tracking', 'step', 'threshold', 'ca-dms']);
+    expect(tradeoff.curves.map((c) => c.name)).toEqual(['hpa', 'target-tracking', 'step', 'threshold', 'hpa connections', 'target-tracking connections', 'ca-dms']);
     expect(line?.points.map((p) => p.label)).toEqual(CA_DMS_RATES.map((r) => `ca-dms:ca_dms.target_violation_rate=${r}`));
     // The default rate is on the line: the point the run itself scored.
     const atDefault = line?.points.find((p) => p.label.endsWith('=0.1'));

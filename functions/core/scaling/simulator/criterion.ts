@@ -10,6 +10,7 @@ import type { FrontierPoint } from './frontier.js';
 
 /** One anchor's swept points (piecewise linear between adjacent knob values). */
 export interface AnchorCurve {
+  /** The sweep's name: the anchor policy's (`hpa`), or with the metric it follows (`hpa connections`). */
   readonly anchor: string;
   readonly points: readonly FrontierPoint[];
 }

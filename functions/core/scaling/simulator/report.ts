@@ -197,7 +197,7 @@ export function tradeoffOf(result: SimulationResult, trace: PreparedTrace, model
   return {
     trace: result.trace,
     curves: anchors.curves.map((c) => {
-      const sweep = ANCHOR_SWEEPS.find((s) => s.anchor === c.anchor);
+      const sweep = ANCHOR_SWEEPS.find((s) => s.curve === c.anchor);
       return { name: c.anchor, points: [...c.points].sort((a, b) => a.knob - b.knob).map((p) => point(sweep ? sweep.spec(p.knob) : `${c.anchor} ${p.knob}`, p)) };
     }).concat({ name: 'ca-dms', points: caDmsCurve(trace, model).map((r) => point(r.policy, r)) }),
     oracle: point('oracle', result.oracle),

@@ -13,13 +13,19 @@ import type { SimulationModel } from './model.js';
 import type { Contestant, PolicyResult, PreparedTrace } from './simulate.js';
 import { contestant, simulate } from './simulate.js';
 
-/** The anchors swept, in table order. */
+/** The anchor policies swept. */
 export const SWEPT_ANCHORS = ['hpa', 'target-tracking', 'step', 'threshold'] as const;
 export type SweptAnchor = (typeof SWEPT_ANCHORS)[number];
 
-/** One anchor's sweep: the values of its knob and how a value sets the configuration. */
+/**
+ * One sweep: an anchor policy, the values of its knob and how a value sets the configuration.
+ * Each sweep draws one curve of the frontier; an anchor may have several (`hpa` on CPU and
+ * `hpa` on connections per task), each named by `curve`.
+ */
 export interface AnchorSweep {
   readonly anchor: SweptAnchor;
+  /** The curve's name: the anchor's name for its main sweep, `<anchor> connections` for the sweep on connections per task. */
+  readonly curve: string;
   readonly values: readonly number[];
   /** The variant spec of one value (`simulate --variant` syntax), naming the row. */
   spec(value: number): string;
@@ -54,23 +60,30 @@ function thresholdsFollowingCpu(up: number, down: number) {
 /**
  * hpa and target-tracking: `targets.cpu` 30..90 step 5; step: `scale_out_threshold` 30..85
  * with `scale_in_threshold` 30 below; threshold: `cpu_scale_up` 50..90 with `cpu_scale_down`
- * 50 below, the memory and connection thresholds moved with them ({@link thresholdsFollowingCpu}).
+ * 50 below, the memory and connection thresholds moved with them ({@link thresholdsFollowingCpu});
+ * then hpa and target-tracking again on connections per task alone (`targets.cpu` null,
+ * `targets.connections` 30..90 step 5). A user's HPA or target tracking can follow any metric
+ * the service reports, and ca-dms reads connections per task, which keep measuring the load
+ * while CPU is saturated at 100 %: the anchors may read it too.
  */
 export const ANCHOR_SWEEPS: readonly AnchorSweep[] = [
   ...(['hpa', 'target-tracking'] as const).map((anchor) => ({
     anchor,
+    curve: anchor,
     values: range(30, 90, 5),
     spec: (v: number) => `${anchor}:targets.cpu=${v}`,
     configure: (base: ServiceScalingConfig, v: number) => ({ ...base, targets: { ...base.targets, cpu: v } }),
   })),
   {
     anchor: 'step',
+    curve: 'step',
     values: range(30, 85, 5),
     spec: (v) => `step:step.scale_out_threshold=${v},step.scale_in_threshold=${v - 30}`,
     configure: (base, v) => ({ ...base, step: { ...base.step, scale_out_threshold: v, scale_in_threshold: v - 30 } }),
   },
   {
     anchor: 'threshold',
+    curve: 'threshold',
     values: range(50, 90, 5),
     spec: (v) =>
       `threshold:${Object.entries(thresholdsFollowingCpu(v, v - 50))
@@ -78,7 +91,17 @@ export const ANCHOR_SWEEPS: readonly AnchorSweep[] = [
         .join(',')}`,
     configure: (base, v) => ({ ...base, ...thresholdsFollowingCpu(v, v - 50) }),
   },
+  ...(['hpa', 'target-tracking'] as const).map((anchor) => ({
+    anchor,
+    curve: `${anchor} connections`,
+    values: range(30, 90, 5),
+    spec: (v: number) => `${anchor}:targets.cpu=null,targets.connections=${v}`,
+    configure: (base: ServiceScalingConfig, v: number) => ({ ...base, targets: { ...base.targets, cpu: null, connections: v } }),
+  })),
 ];
+
+/** How many anchor settings {@link runAnchors} replays on a trace. */
+export const ANCHOR_SETTINGS = ANCHOR_SWEEPS.reduce((n, s) => n + s.values.length, 0);
 
 /**
  * ca-dms's own trade-off line: its one user-facing setting, `ca_dms.target_violation_rate`,
@@ -108,7 +131,7 @@ export function caDmsCurve(trace: PreparedTrace, model: SimulationModel): Policy
 export const HPA_DEFAULT_SPEC = 'hpa:targets.cpu=70';
 
 interface SweptContestant {
-  readonly anchor: SweptAnchor;
+  readonly curve: string;
   readonly knob: number;
   readonly contestant: Contestant;
 }
@@ -118,7 +141,7 @@ export function sweepContestants(model: SimulationModel): SweptContestant[] {
   return ANCHOR_SWEEPS.flatMap((sweep) => {
     const base = simulationConfig(sweep.anchor, model);
     const policy = getPolicy(sweep.anchor);
-    return sweep.values.map((knob) => ({ anchor: sweep.anchor, knob, contestant: contestant(sweep.spec(knob), policy, sweep.configure(base, knob)) }));
+    return sweep.values.map((knob) => ({ curve: sweep.curve, knob, contestant: contestant(sweep.spec(knob), policy, sweep.configure(base, knob)) }));
   });
 }
 
@@ -147,10 +170,10 @@ export function runAnchors(trace: PreparedTrace, model: SimulationModel): Anchor
   const swept = sweepContestants(model);
   const { result } = simulate(trace, swept.map((s) => s.contestant), model);
   const rows = new Map(result.results.map((r) => [r.policy, r]));
-  const curves: AnchorCurve[] = SWEPT_ANCHORS.map((anchor) => ({
-    anchor,
+  const curves: AnchorCurve[] = ANCHOR_SWEEPS.map(({ curve }) => ({
+    anchor: curve,
     points: swept
-      .filter((s) => s.anchor === anchor)
+      .filter((s) => s.curve === curve)
       .map((s): FrontierPoint => {
         const r = rows.get(s.contestant.name) as PolicyResult;
         return { knob: s.knob, sloViolationMinutes: r.sloViolationMinutes, taskMinutes: r.taskMinutes };
