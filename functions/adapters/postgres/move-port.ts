@@ -1012,7 +1012,11 @@ export class PgMovePort implements MovePort<MoveJob> {
           throw err;
         }
         const { inTheWay } = await this.clearStaleCopies(job, table, met.map((r) => r.id));
-        if (attempt <= 3 && inTheWay.length === 0) continue;
+        // Still in the way is not yet proof of another record: a document that left the unit
+        // while its stale copy was being deleted (the delete rolled back, then tried again without
+        // it) and came back before it was read again is in the way, and stale again. The page is
+        // tried again, and so cleared, while attempts remain; what stays in the way stops the copy.
+        if (attempt <= 3) continue;
         throw new MoveError(
           `${table} id(s) ${(inTheWay.length > 0 ? inTheWay : met.map((r) => r.id)).slice(0, 5).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}, and are not another move's stale copies; nothing on ${job.to} was overwritten and the copy stops here. ` +
             `Ids must be unique across shards (docs/sharding-spec.md, section 9)`,
@@ -1405,7 +1409,11 @@ export class PgMovePort implements MovePort<MoveJob> {
         } catch (err) {
           if (!(err instanceof UnitCollision) || err.table !== 'documents' || attempt > 3) throw err;
           const { inTheWay, leftUnit } = await this.clearStaleCopies(job, 'documents', err.ids);
-          if (inTheWay.length > 0) throw err;
+          // A document still in the way may have left the unit while its stale copy was being
+          // deleted (that delete rolled back, then tried again without it) and come back before it
+          // was read again: stale again, it is cleared when the pass is written again. Taken for
+          // another record at once, it failed the run. What stays in the way to the last attempt does.
+          if (inTheWay.length > 0 && attempt >= 3) throw err;
           for (const id of leftUnit) skip.add(id);
         }
       }

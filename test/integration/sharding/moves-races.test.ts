@@ -651,6 +651,100 @@ describe("the bulk copy beside another move's stale copies", () => {
     ]);
   });
 
+  /**
+   * Holds the mover's deletes of document `id` on `target` one by one (a trigger: the n-th delete
+   * waits on advisory lock `key + n`, which this session holds) while `run` goes on: once the n-th
+   * is seen waiting, `steps[n - 1]` runs and that delete is let go. Answers what `run` settled
+   * with (its state, or its error's message).
+   */
+  async function whileDeletesHeld(target: pg.Pool, id: string, run: () => Promise<{ state: string }>, steps: readonly (() => Promise<void>)[]): Promise<string> {
+    const key = 0x5e7b00;
+    const holder = await target.connect();
+    try {
+      for (let n = 1; n <= steps.length; n++) await holder.query('select pg_advisory_lock($1::bigint)', [key + n]);
+      await target.query(`
+        create sequence test_hold_deletes_n;
+        create function test_hold_deletes() returns trigger language plpgsql as $$ begin perform pg_advisory_xact_lock(${key} + nextval('test_hold_deletes_n')); return old; end $$;
+        create trigger test_hold_deletes before delete on documents for each row when (old.id = '${id}'::uuid) execute function test_hold_deletes();
+        alter table documents enable always trigger test_hold_deletes;`);
+      const settled = run().then(
+        (j) => j.state,
+        (e: unknown) => (e as Error).message,
+      );
+      for (const [i, step] of steps.entries()) {
+        const n = key + i + 1;
+        await until(`delete #${i + 1} to wait`, async () => (await target.query(`select 1 from pg_locks where locktype = 'advisory' and objid = $1 and not granted`, [n])).rows.length > 0);
+        await step();
+        await holder.query('select pg_advisory_unlock($1::bigint)', [n]);
+      }
+      return await settled;
+    } finally {
+      await holder.query('select pg_advisory_unlock_all()');
+      holder.release();
+      await target.query('drop trigger if exists test_hold_deletes on documents; drop function if exists test_hold_deletes(); drop sequence if exists test_hold_deletes_n');
+    }
+  }
+
+  it("catches up when a document whose stale copy it clears leaves its unit and comes back while the clearing is retried", async () => {
+    const { source, target, to, s, t, us, ws } = await twoSlots(2400, 2600, 1, 3);
+    const [u, w] = [us[0] as string, ws[0] as string];
+    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
+    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
+    await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
+    await expect(stopAfterCopy().run(jobB)).rejects.toThrow(/stopped after the copy/);
+    // d and e go from u (slot s) to w (slot t): A's copies of them are stale, and B's catch-up upserts them.
+    const [d, e] = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 2', [u])).rows.map((r) => r.id) as [string, string];
+    await handTo(w, d);
+    await handTo(w, e);
+
+    // B's upsert meets A's copies of d and e. While B deletes them, d goes back to u (the delete
+    // rolls back); while B deletes again, e alone, d comes back to w: A's copy of d is stale
+    // again, and in B's way, though B's delete no longer names it.
+    const mover = env.mover({ readerGraceMs: 0 });
+    const finished = await whileDeletesHeld(target, e, () => mover.run(jobB), [() => handTo(u, d).then(() => undefined), () => handTo(w, d).then(() => undefined)]);
+
+    expect(finished).toBe('done');
+    expect((await mover.run(jobA)).state).toBe('done');
+    const onTarget = await target.query<{ id: string; owner: string; slot: number }>('select id::text, owner_id::text as owner, slot from documents where id = any($1::uuid[]) order by id', [[d, e]]);
+    expect(onTarget.rows).toEqual([d, e].sort().map((id) => ({ id, owner: w, slot: t })));
+    expect([await countSlot(target, s), await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)]).toEqual([
+      { users: 1, documents: 1 },
+      { users: 1, documents: 5 },
+      { users: 0, documents: 0 },
+      { users: 0, documents: 0 },
+    ]);
+  });
+
+  it("copies on when a document whose stale copy it clears leaves its unit and comes back while the clearing is retried", async () => {
+    const { source, target, to, s, t, us, ws } = await twoSlots(2600, 2800, 1, 3);
+    const [u, w] = [us[0] as string, ws[0] as string];
+    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
+    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
+    await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
+    // d and e go from u (slot s) to w (slot t): A's copies of them are stale, in the way of B's copy.
+    const [d, e] = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 2', [u])).rows.map((r) => r.id) as [string, string];
+    await handTo(w, d);
+    await handTo(w, e);
+
+    // B's first page meets A's copies of d and e. While B deletes them, d goes back to u (the
+    // delete rolls back); while B deletes again, e alone, d comes back to w: A's copy of d is stale
+    // again, and in B's way, though B's delete no longer names it.
+    const copied = await whileDeletesHeld(target, e, () => stopAfterCopy().run(jobB), [() => handTo(u, d).then(() => undefined), () => handTo(w, d).then(() => undefined)]);
+
+    expect(copied).toMatch(/stopped after the copy/);
+    const mover = env.mover({ readerGraceMs: 0 });
+    for (let round = 0; round < 2; round++) for (const id of [jobA, jobB]) await mover.run(id).catch(() => undefined);
+    expect([(await mover.get(jobA)).state, (await mover.get(jobB)).state]).toEqual(['done', 'done']);
+    const onTarget = await target.query<{ id: string; owner: string; slot: number }>('select id::text, owner_id::text as owner, slot from documents where id = any($1::uuid[]) order by id', [[d, e]]);
+    expect(onTarget.rows).toEqual([d, e].sort().map((id) => ({ id, owner: w, slot: t })));
+    expect([await countSlot(target, s), await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)]).toEqual([
+      { users: 1, documents: 1 },
+      { users: 1, documents: 5 },
+      { users: 0, documents: 0 },
+      { users: 0, documents: 0 },
+    ]);
+  });
+
   it('converges without failed copies while documents keep changing hands between the two units', async () => {
     const { source, target, to, s, t, us, ws } = await twoSlots(1600, 1800, 8, 50);
     const planner = env.mover({ readerGraceMs: 0 });
