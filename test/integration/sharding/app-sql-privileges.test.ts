@@ -7,48 +7,29 @@
 import { randomUUID } from 'node:crypto';
 import { copyFile, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureApplicationLogin } from '../../../functions/adapters/postgres/app-role.js';
+import { SHARD_MIGRATIONS, startAppShard, type AppShard } from './fixtures/app-shard.js';
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
-import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { sqlstateOf, type TestPostgres } from '../../support/postgres.js';
 
-const SHARD_MIGRATIONS = join(resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations'), 'shard');
-
+let shard: AppShard;
 let server: TestPostgres;
 let admin: pg.Pool;
-let appUrl: string;
 
 beforeAll(async () => {
-  server = await startTestPostgres({ settings: { max_prepared_transactions: 4 } });
-  admin = new pg.Pool({ connectionString: server.url, max: 3 });
-  await runMigrations(admin, 'shard', SHARD_MIGRATIONS);
-  await ensureApplicationLogin(admin, { username: 'plain_sql_app', password: 'plain sql pass' });
-  appUrl = `postgresql://plain_sql_app:${encodeURIComponent('plain sql pass')}@127.0.0.1:${server.port}/postgres`;
   // Slots 101 open, 102 fenced, 103 moved, 104 incoming; 105 has no row.
-  await admin.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version) values
-    ('slot', '101', 'open', null, 0), ('slot', '102', 'fenced', null, 0), ('slot', '103', 'moved', 'shard_x', 5), ('slot', '104', 'incoming', null, 0)`);
+  shard = await startAppShard({ login: 'plain_sql_app', password: 'plain sql pass', settings: { max_prepared_transactions: 4 }, fences: "('slot', '101', 'open', null, 0), ('slot', '102', 'fenced', null, 0), ('slot', '103', 'moved', 'shard_x', 5), ('slot', '104', 'incoming', null, 0)" });
+  ({ server, admin } = shard);
 }, 120_000);
-afterAll(async () => {
-  await admin?.end();
-  await server?.stop();
-});
+afterAll(() => shard?.stop());
 
-/** Runs `fn` on a fresh session of the application login (session settings never leak between probes). */
-async function asApp<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: appUrl });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
+const asApp = <T>(fn: (c: pg.Client) => Promise<T>): Promise<T> => shard.asApp(fn);
 
 /** A user of `slot` with one document, written as the superuser (no fence applies to it: its pass is set). */
 async function seed(slot: number): Promise<{ user: string; doc: string }> {

@@ -4,44 +4,22 @@
  * roles, the same fence, capture and TRUNCATE triggers, and its slot tied to its owner's.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureApplicationLogin } from '../../../functions/adapters/postgres/app-role.js';
-import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
-import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { startAppShard, type AppShard } from './fixtures/app-shard.js';
+import { sqlstateOf } from '../../support/postgres.js';
 
-const SHARD_MIGRATIONS = join(resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations'), 'shard');
-
-let server: TestPostgres;
+let shard: AppShard;
 let admin: pg.Pool;
-let appUrl: string;
 
 beforeAll(async () => {
-  server = await startTestPostgres();
-  admin = new pg.Pool({ connectionString: server.url, max: 3 });
-  await runMigrations(admin, 'shard', SHARD_MIGRATIONS);
-  await ensureApplicationLogin(admin, { username: 'keys_app', password: 'keys app pass' });
-  appUrl = `postgresql://keys_app:${encodeURIComponent('keys app pass')}@127.0.0.1:${server.port}/postgres`;
   // Slots 201 open, 202 fenced, 203 moved, 204 incoming.
-  await admin.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version) values
-    ('slot', '201', 'open', null, 0), ('slot', '202', 'fenced', null, 0), ('slot', '203', 'moved', 'shard_x', 5), ('slot', '204', 'incoming', null, 0)`);
+  shard = await startAppShard({ login: 'keys_app', password: 'keys app pass', fences: "('slot', '201', 'open', null, 0), ('slot', '202', 'fenced', null, 0), ('slot', '203', 'moved', 'shard_x', 5), ('slot', '204', 'incoming', null, 0)" });
+  ({ admin } = shard);
 }, 120_000);
-afterAll(async () => {
-  await admin?.end();
-  await server?.stop();
-});
+afterAll(() => shard?.stop());
 
-async function asApp<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: appUrl });
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
+const asApp = <T>(fn: (c: pg.Client) => Promise<T>): Promise<T> => shard.asApp(fn);
 
 /** A user of `slot`, written with the mover's pass. */
 async function userOf(slot: number): Promise<string> {

@@ -9,34 +9,20 @@
  * for a hand-over.)
  */
 import { randomUUID } from 'node:crypto';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureApplicationLogin } from '../../../functions/adapters/postgres/app-role.js';
-import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
-import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { startAppShard, type AppShard } from './fixtures/app-shard.js';
 
-const SHARD_MIGRATIONS = join(resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations'), 'shard');
-
-let server: TestPostgres;
+let shard: AppShard;
 let admin: pg.Pool;
 let appUrl: string;
 
 beforeAll(async () => {
-  server = await startTestPostgres();
-  admin = new pg.Pool({ connectionString: server.url, max: 4 });
-  await runMigrations(admin, 'shard', SHARD_MIGRATIONS);
-  await ensureApplicationLogin(admin, { username: 'race_app', password: 'race pass' });
-  appUrl = `postgresql://race_app:${encodeURIComponent('race pass')}@127.0.0.1:${server.port}/postgres`;
   // Slot 201 is owned here (open); slot 204 is being copied here (incoming).
-  await admin.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version) values
-    ('slot', '201', 'open', null, 0), ('slot', '204', 'incoming', null, 0)`);
+  shard = await startAppShard({ login: 'race_app', password: 'race pass', adminPoolMax: 4, fences: "('slot', '201', 'open', null, 0), ('slot', '204', 'incoming', null, 0)" });
+  ({ admin, appUrl } = shard);
 }, 120_000);
-afterAll(async () => {
-  await admin?.end();
-  await server?.stop();
-});
+afterAll(() => shard?.stop());
 
 async function seedUser(slot: number): Promise<string> {
   const id = randomUUID();
