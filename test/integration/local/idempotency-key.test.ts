@@ -281,6 +281,18 @@ describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQ
     expect((await documentsOf(owner.id)).map((d) => d.title).sort()).toEqual(['today', 'two days ago']);
   });
 
+  it('answers a retry whose key names a keyed document written before key records, nested 1,000 levels deep with 1.0 in it (another writer stored it), instead of a 503 that no retry cures', async () => {
+    const owner = await newUser();
+    // Deeper than this API accepts (32 levels), as a writer without that limit stored it; its
+    // digest is computed on every claim of the key (shard migration 023: no stack depth error).
+    const id = await legacyDocument(owner, 'legacy-deep', 'deep', `{"a": ${'['.repeat(1000)}1.0${']'.repeat(1000)}}`);
+    const retried = await post({ owner_id: owner.id, title: 'deep', content: { a: [1] } }, 'legacy-deep');
+
+    expect({ status: retried.status, names: retried.body.invalid_params?.map((p: { name: string }) => p.name) }).toEqual({ status: 422, names: ['header.idempotency-key'] });
+    expect(await documentsOf(owner.id)).toEqual([{ id, title: 'deep', shard: owner.shardId }]);
+    expect(await keysOf(owner.id)).toEqual([{ id, document_id: id, shard: owner.shardId }]);
+  });
+
   it('compares numbers by value (RFC 8259): 1.50 and 1.5, 1e2 and 100 are the same request, whoever wrote the first', async () => {
     const owner = await newUser();
     // The first request as the Python backend writes it (docs/sharding-spec.md section 10): the

@@ -135,3 +135,27 @@ describe('shard migration 022: idempotency_request_digest', () => {
     expect(new Set([base, ...others]).size).toBe(5);
   });
 });
+
+describe('shard migration 023: jsonb_canonical_numbers without recursion', () => {
+  const digest = (title: string, content: string) =>
+    asApp(async (c) => (await c.query<{ d: string }>('select encode(idempotency_request_digest($1, $2::jsonb), $3) as d', [title, content, 'hex'])).rows[0]?.d);
+  const nested = (depth: number, leaf: string): string => `{"a": ${'['.repeat(depth)}${leaf}${']'.repeat(depth)}}`;
+
+  it('digests a content nested 10,000 levels deep with a trailing zero (jsonb stores it) instead of failing with 54001', async () => {
+    // Migration 022's PL/pgSQL recursion exceeded max_stack_depth (2 MB) from about 600 levels.
+    const deep = await digest('t', nested(10_000, '1.0'));
+
+    expect(deep).toMatch(/^[0-9a-f]{64}$/);
+    expect(await digest('t', nested(10_000, '1'))).toBe(deep);
+    expect(await digest('t', nested(10_000, '1.01'))).not.toBe(deep);
+  });
+
+  it('trims numbers outside strings only, and keeps every other value as jsonb prints it', async () => {
+    const canonical = async (content: string) => asApp(async (c) => (await c.query<{ t: string }>('select jsonb_canonical_numbers($1::jsonb)::text as t', [content])).rows[0]?.t);
+
+    expect(await canonical('{"a": [1.0, -12.3400, 10.050, 0.000, 1.05, 1.50e1, 100], "s": "q\\"1.50\\\\", "1.0": [true, null, "é\\n0.10"]}')).toBe(
+      '{"a": [1, -12.34, 10.05, 0, 1.05, 15, 100], "s": "q\\"1.50\\\\", "1.0": [true, null, "é\\n0.10"]}',
+    );
+    expect(await Promise.all(['{}', '[]', '"1.0"', '2.50', 'null'].map(canonical))).toEqual(['{}', '[]', '"1.0"', '2.5', 'null']);
+  });
+});
