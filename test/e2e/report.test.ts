@@ -94,12 +94,12 @@ describe('the simulation report in a browser', () => {
     expect(back).toEqual(whole);
   });
 
-  it('draws the trade-off chart with labelled axes, a curve per anchor, the oracle and ca-dms', async () => {
+  it('draws the trade-off chart with labelled axes, a curve per anchor sweep (hpa and target tracking on CPU and on connections), the oracle and ca-dms', async () => {
     const svg = page.locator('#tradeoff svg');
 
     expect(await svg.locator('.axis-label.x').textContent()).toMatch(/^task-minutes/);
     expect(await svg.locator('.axis-label.y').textContent()).toBe('SLO-violation minutes');
-    expect(await svg.locator('g.curve').evaluateAll((gs) => gs.map((g) => g.getAttribute('data-name')))).toEqual(['hpa', 'target-tracking', 'step', 'threshold', 'ca-dms']);
+    expect(await svg.locator('g.curve').evaluateAll((gs) => gs.map((g) => g.getAttribute('data-name')))).toEqual(['hpa', 'target-tracking', 'step', 'threshold', 'hpa connections', 'target-tracking connections', 'ca-dms']);
     expect(await svg.locator('g.oracle').count()).toBe(1);
     expect(await svg.locator('g.point[data-name="ca-dms"]').count()).toBe(1);
     expect(await svg.locator('.tick.x').count()).toBeGreaterThan(2);
