@@ -49,35 +49,47 @@ function directoryWithOperator(key: string, armed: () => boolean, change: () => 
   return wrapped;
 }
 
+/** How a run or a cancel ended, as text: `ended: <state>` or `threw: <message>`. */
+function outcomeOf(job: Promise<{ state: string }>): Promise<string> {
+  return job.then(
+    (j) => `ended: ${j.state}`,
+    (e: Error) => `threw: ${e.message}`,
+  );
+}
+
+/**
+ * A directory move of a key of `slot` (`documents` documents, on the slot's owner) whose directory
+ * lets an operator pin the key to `pinTo(sides)` ({@link directoryWithOperator}) once armed: at the
+ * move's `verifying` hook, or (`start`) from the run's start. `run()` runs it once and says how it ended.
+ */
+async function directoryMoveWithOperator(slot: number, documents: number, pinTo: (sides: Awaited<ReturnType<typeof shardsOf>>) => string, armAt: 'verifying' | 'start') {
+  const sides = await shardsOf(slot);
+  const [key] = keysInSlot(slot, 1) as [string];
+  await seedUsers(sides.source, slot, [key], documents);
+  const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+  let armed = false;
+  const directory = directoryWithOperator(
+    key,
+    () => armed,
+    () => operator.set(key, pinTo(sides), 'ops@example.com'),
+  );
+  const hook = (point: string): void => {
+    if (point === 'verifying') armed = true;
+  };
+  const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory, readerGraceMs: 0, ...(armAt === 'verifying' ? { hook } : {}) });
+  const planned = await mover.plan({ kind: 'directory', key, to: sides.to, createdBy: 'test' });
+  const run = (): Promise<string> => {
+    if (armAt === 'start') armed = true;
+    return outcomeOf(mover.run(planned.id));
+  };
+  return { ...sides, key, directory, mover, planned, run };
+}
+
 describe("an operator's directory change between a directory move's read of the entry and its flip", () => {
   it('is kept: the flip publishes nothing and names the change, and a cancel leaves the unit whole on its source', async () => {
-    const slot = 1401;
-    const { from, to, other, source, target } = await shardsOf(slot);
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(source, slot, [key], 4);
-    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
-    let verifying = false;
-    const directory = directoryWithOperator(
-      key,
-      () => verifying,
-      () => operator.set(key, other, 'ops@example.com'),
-    );
-    const mover = new Mover({
-      catalog: env.catalog,
-      shards: env.shards,
-      slotMaps: env.slotMaps,
-      directory,
-      readerGraceMs: 0,
-      hook: (point) => {
-        if (point === 'verifying') verifying = true;
-      },
-    });
-    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    const { from, other, source, target, key, directory, mover, planned, run } = await directoryMoveWithOperator(1401, 4, (s) => s.other, 'verifying');
 
-    const outcome = await mover.run(planned.id).then(
-      (j) => `ended: ${j.state}`,
-      (e: Error) => `threw: ${e.message}`,
-    );
+    const outcome = await run();
 
     // Before: the flip overwrote the operator's pin with the target and the move ended done.
     expect(directory.changed).toBe(true);
@@ -136,26 +148,10 @@ describe("an operator's directory change between a directory move's read of the 
 
 describe("an operator's pin made between a directory move's read of its unpinned key and the move's own pin", () => {
   it('is kept: the move stops before it fences anything, naming the shard the key is pinned to', async () => {
-    const slot = 1404;
-    const { to, other, source, target } = await shardsOf(slot);
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(source, slot, [key], 2);
-    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
-    let running = false;
-    const directory = directoryWithOperator(
-      key,
-      () => running,
-      () => operator.set(key, other, 'ops@example.com'),
-    );
-    const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory, readerGraceMs: 0 });
-    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    const { other, source, target, key, directory, mover, planned, run } = await directoryMoveWithOperator(1404, 2, (s) => s.other, 'start');
     expect(await env.directory.entry(key)).toBeNull();
-    running = true;
 
-    const outcome = await mover.run(planned.id).then(
-      (j) => `ended: ${j.state}`,
-      (e: Error) => `threw: ${e.message}`,
-    );
+    const outcome = await run();
 
     // Before: the move pinned the key back to its source over the operator's pin, then moved it.
     expect(directory.changed).toBe(true);
@@ -192,33 +188,9 @@ describe('DirectoryStore.set with an expected entry', () => {
 
 describe("an operator's pin of the key to the move's own target, made while the move verifies under its fence", () => {
   it('completes the move: the flip records the operator\'s entry as the publication, the fence is released forward and the source cleaned up', async () => {
-    const slot = 1405;
-    const { from, to, source, target } = await shardsOf(slot);
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(source, slot, [key], 3);
-    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
-    let verifying = false;
-    const directory = directoryWithOperator(
-      key,
-      () => verifying,
-      () => operator.set(key, to, 'ops@example.com'),
-    );
-    const mover = new Mover({
-      catalog: env.catalog,
-      shards: env.shards,
-      slotMaps: env.slotMaps,
-      directory,
-      readerGraceMs: 0,
-      hook: (point) => {
-        if (point === 'verifying') verifying = true;
-      },
-    });
-    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    const { from, to, source, target, key, directory, mover, planned, run } = await directoryMoveWithOperator(1405, 3, (s) => s.to, 'verifying');
 
-    const outcome = await mover.run(planned.id).then(
-      (j) => `ended: ${j.state}`,
-      (e: Error) => `threw: ${e.message}`,
-    );
+    const outcome = await run();
 
     // Before: the flip refused ("the catalog names <target> as the owner ..., not the source"), and
     // so did every cancel ("deleting its copy would lose data"): the job was stuck for good, and
@@ -236,32 +208,10 @@ describe("an operator's pin of the key to the move's own target, made while the 
 
 describe("an operator's pin of an unpinned key to the move's own target, made before the move pins it", () => {
   it('stops the move with a message that does not send the operator to a cancel the move refuses', async () => {
-    const slot = 1406;
-    const { from, to, other } = await shardsOf(slot);
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [key], 2);
-    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
-    let running = false;
-    const directory = directoryWithOperator(
-      key,
-      () => running,
-      () => operator.set(key, to, 'ops@example.com'),
-    );
-    const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory, readerGraceMs: 0 });
-    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
-    running = true;
+    const { to, other, key, directory, planned, run } = await directoryMoveWithOperator(1406, 2, (s) => s.to, 'start');
 
-    const outcome = await mover.run(planned.id).then(
-      (j) => `ended: ${j.state}`,
-      (e: Error) => `threw: ${e.message}`,
-    );
-    const cancel = await env
-      .mover({ readerGraceMs: 0 })
-      .cancel(planned.id)
-      .then(
-        (j) => `ended: ${j.state}`,
-        (e: Error) => `threw: ${e.message}`,
-      );
+    const outcome = await run();
+    const cancel = await outcomeOf(env.mover({ readerGraceMs: 0 }).cancel(planned.id));
 
     // Before: "key ... is now pinned to <target>, not <source>; cancel this move", and the cancel refused.
     expect(directory.changed).toBe(true);

@@ -559,57 +559,50 @@ describe("the bulk copy beside another move's stale copies", () => {
     expect((await source.query('select title from documents where id = $1', [shared])).rows).toEqual([{ title: 'source copy' }]);
   });
 
-  /**
-   * Holds the mover's delete of document `id` on `target` (a trigger waiting on an advisory lock
-   * this session holds) while `meanwhile` runs, once the delete is seen waiting; answers what
-   * `run` settled with (its state, or its error's message).
-   */
-  async function whileClearingHeld(target: pg.Pool, id: string, run: () => Promise<{ state: string }>, meanwhile: () => Promise<void>): Promise<string> {
-    const key = 0x5e7a1e;
-    const holder = await target.connect();
-    try {
-      await holder.query('select pg_advisory_lock($1)', [key]);
-      await target.query(`
-        create function test_hold_delete() returns trigger language plpgsql as $$ begin perform pg_advisory_xact_lock(${key}); return old; end $$;
-        create trigger test_hold_delete before delete on documents for each row when (old.id = '${id}'::uuid) execute function test_hold_delete();
-        alter table documents enable always trigger test_hold_delete;`);
-      const settled = run().then(
-        (j) => j.state,
-        (e: unknown) => (e as Error).message,
-      );
-      await until('the delete to wait', async () => (await target.query(`select 1 from pg_locks where locktype = 'advisory' and not granted`)).rows.length > 0);
-      await meanwhile();
-      await holder.query('select pg_advisory_unlock($1)', [key]);
-      return await settled;
-    } finally {
-      await holder.query('select pg_advisory_unlock_all()');
-      holder.release();
-      await target.query('drop trigger if exists test_hold_delete on documents; drop function if exists test_hold_delete()');
-    }
-  }
-
   const handTo = (owner: string, id: string) =>
     env.writer.withShardWrite(owner, ({ client, slot }) => client.query('update documents set owner_id = $1, slot = $2 where id = $3', [owner, slot, id]));
 
-  it("copies on when a document whose stale copy it clears goes back to that copy's unit meanwhile", async () => {
-    const { source, target, to, s, t, us, ws } = await twoSlots(1100, 1200, 1, 3);
-    const [u, w] = [us[0] as string, ws[0] as string];
-    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
-    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
+  /**
+   * Slots `s` (owner u) and `t` (owner w) of 3 documents each, both planned to move to one target;
+   * A (slot s) copied, B too when `bothCopied`, then `handed` of u's documents handed to w, so
+   * that A's copies of them on the target are stale.
+   */
+  async function tradedAfterCopy(slotA: number, slotB: number, handed: number, bothCopied: boolean) {
+    const sides = await twoSlots(slotA, slotB, 1, 3);
+    const [u, w] = [sides.us[0] as string, sides.ws[0] as string];
+    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: sides.s, to: sides.to, createdBy: 'test' })).id;
+    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: sides.t, to: sides.to, createdBy: 'test' })).id;
     await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
+    if (bothCopied) await expect(stopAfterCopy().run(jobB)).rejects.toThrow(/stopped after the copy/);
+    const ids = (await sides.source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit $2', [u, handed])).rows.map((r) => r.id);
+    for (const id of ids) await handTo(w, id);
+    return { ...sides, u, w, jobA, jobB, ids };
+  }
+
+  /** The rows of slots s and t on the target, then on the source. */
+  async function slotCounts(target: pg.Pool, source: pg.Pool, s: number, t: number) {
+    return [await countSlot(target, s), await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)];
+  }
+
+  /** Where documents `ids` are on `target` (owner and slot), by id. */
+  async function placements(target: pg.Pool, ids: readonly string[]) {
+    return (await target.query<{ id: string; owner: string; slot: number }>('select id::text, owner_id::text as owner, slot from documents where id = any($1::uuid[]) order by id', [ids])).rows;
+  }
+
+  it("copies on when a document whose stale copy it clears goes back to that copy's unit meanwhile", async () => {
     // d goes from u (slot s) to w (slot t): A's copy of it on the target is stale.
-    const d = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 1', [u])).rows[0]?.id as string;
-    await handTo(w, d);
+    const { source, target, s, t, u, jobA, jobB, ids } = await tradedAfterCopy(1100, 1200, 1, false);
+    const d = ids[0] as string;
 
     // B's first page meets A's copy of d; while B deletes it, d goes back to u: A's copy is right again, B's page stale.
-    const copied = await whileClearingHeld(target, d, () => stopAfterCopy().run(jobB), () => handTo(u, d).then(() => undefined));
+    const copied = await whileDeletesHeld(target, d, () => stopAfterCopy().run(jobB), [() => handTo(u, d).then(() => undefined)]);
 
     expect(copied).toMatch(/stopped after the copy/);
     const mover = env.mover({ readerGraceMs: 0 });
     for (let round = 0; round < 2; round++) for (const id of [jobA, jobB]) await mover.run(id).catch(() => undefined);
     expect([(await mover.get(jobA)).state, (await mover.get(jobB)).state]).toEqual(['done', 'done']);
-    expect((await target.query<{ owner: string; slot: number }>('select owner_id::text as owner, slot from documents where id = $1', [d])).rows).toEqual([{ owner: u, slot: s }]);
-    expect([await countSlot(target, s), await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)]).toEqual([
+    expect(await placements(target, [d])).toEqual([{ id: d, owner: u, slot: s }]);
+    expect(await slotCounts(target, source, s, t)).toEqual([
       { users: 1, documents: 3 },
       { users: 1, documents: 3 },
       { users: 0, documents: 0 },
@@ -618,32 +611,24 @@ describe("the bulk copy beside another move's stale copies", () => {
   });
 
   it("catches up when a document whose stale copy it clears goes back to that copy's unit meanwhile", async () => {
-    const { source, target, to, s, t, us, ws } = await twoSlots(1200, 1300, 1, 3);
-    const [u, w] = [us[0] as string, ws[0] as string];
-    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
-    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
-    await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
-    await expect(stopAfterCopy().run(jobB)).rejects.toThrow(/stopped after the copy/);
     // d and e go from u (slot s) to w (slot t): A's copies of them are stale, and B's catch-up upserts them.
-    const [d, e] = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 2', [u])).rows.map((r) => r.id) as [string, string];
-    await handTo(w, d);
-    await handTo(w, e);
+    const { source, target, s, t, u, w, jobA, jobB, ids } = await tradedAfterCopy(1200, 1300, 2, true);
+    const [d, e] = ids as [string, string];
 
     // B's upsert meets A's copies of d and e; while B deletes them, d goes back to u: A's copy of
     // d is right again (B's pass stale for d), A's copy of e still stale and in B's way.
     const mover = env.mover({ readerGraceMs: 0 });
-    const finished = await whileClearingHeld(target, d, () => mover.run(jobB), () => handTo(u, d).then(() => undefined));
+    const finished = await whileDeletesHeld(target, d, () => mover.run(jobB), [() => handTo(u, d).then(() => undefined)]);
 
     expect(finished).toBe('done');
     expect((await mover.run(jobA)).state).toBe('done');
-    const onTarget = await target.query<{ id: string; owner: string; slot: number }>('select id::text, owner_id::text as owner, slot from documents where id = any($1::uuid[]) order by id', [[d, e]]);
-    expect(onTarget.rows).toEqual(
+    expect(await placements(target, [d, e])).toEqual(
       [
         { id: d, owner: u, slot: s },
         { id: e, owner: w, slot: t },
       ].sort((x, y) => (x.id < y.id ? -1 : 1)),
     );
-    expect([await countSlot(target, s), await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)]).toEqual([
+    expect(await slotCounts(target, source, s, t)).toEqual([
       { users: 1, documents: 2 },
       { users: 1, documents: 4 },
       { users: 0, documents: 0 },
@@ -686,16 +671,9 @@ describe("the bulk copy beside another move's stale copies", () => {
   }
 
   it("catches up when a document whose stale copy it clears leaves its unit and comes back while the clearing is retried", async () => {
-    const { source, target, to, s, t, us, ws } = await twoSlots(2400, 2600, 1, 3);
-    const [u, w] = [us[0] as string, ws[0] as string];
-    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
-    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
-    await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
-    await expect(stopAfterCopy().run(jobB)).rejects.toThrow(/stopped after the copy/);
     // d and e go from u (slot s) to w (slot t): A's copies of them are stale, and B's catch-up upserts them.
-    const [d, e] = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 2', [u])).rows.map((r) => r.id) as [string, string];
-    await handTo(w, d);
-    await handTo(w, e);
+    const { source, target, s, t, u, w, jobA, jobB, ids } = await tradedAfterCopy(2400, 2600, 2, true);
+    const [d, e] = ids as [string, string];
 
     // B's upsert meets A's copies of d and e. While B deletes them, d goes back to u (the delete
     // rolls back); while B deletes again, e alone, d comes back to w: A's copy of d is stale
@@ -705,9 +683,8 @@ describe("the bulk copy beside another move's stale copies", () => {
 
     expect(finished).toBe('done');
     expect((await mover.run(jobA)).state).toBe('done');
-    const onTarget = await target.query<{ id: string; owner: string; slot: number }>('select id::text, owner_id::text as owner, slot from documents where id = any($1::uuid[]) order by id', [[d, e]]);
-    expect(onTarget.rows).toEqual([d, e].sort().map((id) => ({ id, owner: w, slot: t })));
-    expect([await countSlot(target, s), await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)]).toEqual([
+    expect(await placements(target, [d, e])).toEqual([d, e].sort().map((id) => ({ id, owner: w, slot: t })));
+    expect(await slotCounts(target, source, s, t)).toEqual([
       { users: 1, documents: 1 },
       { users: 1, documents: 5 },
       { users: 0, documents: 0 },
@@ -716,15 +693,9 @@ describe("the bulk copy beside another move's stale copies", () => {
   });
 
   it("copies on when a document whose stale copy it clears leaves its unit and comes back while the clearing is retried", async () => {
-    const { source, target, to, s, t, us, ws } = await twoSlots(2600, 2800, 1, 3);
-    const [u, w] = [us[0] as string, ws[0] as string];
-    const jobA = (await stopAfterCopy().plan({ kind: 'slot', slot: s, to, createdBy: 'test' })).id;
-    const jobB = (await stopAfterCopy().plan({ kind: 'slot', slot: t, to, createdBy: 'test' })).id;
-    await expect(stopAfterCopy().run(jobA)).rejects.toThrow(/stopped after the copy/);
     // d and e go from u (slot s) to w (slot t): A's copies of them are stale, in the way of B's copy.
-    const [d, e] = (await source.query<{ id: string }>('select id::text from documents where owner_id = $1 order by id limit 2', [u])).rows.map((r) => r.id) as [string, string];
-    await handTo(w, d);
-    await handTo(w, e);
+    const { source, target, s, t, u, w, jobA, jobB, ids } = await tradedAfterCopy(2600, 2800, 2, false);
+    const [d, e] = ids as [string, string];
 
     // B's first page meets A's copies of d and e. While B deletes them, d goes back to u (the
     // delete rolls back); while B deletes again, e alone, d comes back to w: A's copy of d is stale
@@ -735,9 +706,8 @@ describe("the bulk copy beside another move's stale copies", () => {
     const mover = env.mover({ readerGraceMs: 0 });
     for (let round = 0; round < 2; round++) for (const id of [jobA, jobB]) await mover.run(id).catch(() => undefined);
     expect([(await mover.get(jobA)).state, (await mover.get(jobB)).state]).toEqual(['done', 'done']);
-    const onTarget = await target.query<{ id: string; owner: string; slot: number }>('select id::text, owner_id::text as owner, slot from documents where id = any($1::uuid[]) order by id', [[d, e]]);
-    expect(onTarget.rows).toEqual([d, e].sort().map((id) => ({ id, owner: w, slot: t })));
-    expect([await countSlot(target, s), await countSlot(target, t), await countSlot(source, s), await countSlot(source, t)]).toEqual([
+    expect(await placements(target, [d, e])).toEqual([d, e].sort().map((id) => ({ id, owner: w, slot: t })));
+    expect(await slotCounts(target, source, s, t)).toEqual([
       { users: 1, documents: 1 },
       { users: 1, documents: 5 },
       { users: 0, documents: 0 },
