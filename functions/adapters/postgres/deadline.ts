@@ -361,3 +361,59 @@ export function cancelStatement(client: pg.ClientBase, onClosed?: () => void): v
     socket.end(request);
   });
 }
+
+/**
+ * How long the backend of a connection given up by {@link abandonConnection} has to end after its
+ * statement was cancelled before it is terminated.
+ */
+export const ABANDONED_BACKEND_GRACE_MS = 1000;
+
+/**
+ * Gives up `client`, checked out of `pool` at `checkedOutAt` (`Date.now()` ms) and held past its
+ * bound, on both sides. Closing the socket ({@link dropConnection}) ends the client's wait at once,
+ * but not the backend's work: PostgreSQL notices a closed socket only when it next reads from or
+ * writes to it, and a backend waiting on a lock, or scanning, does neither, so it would go on
+ * holding its locks, its transaction and a connection slot until whatever it waits for ends
+ * (another session's transaction: for ever, for all the server knows). So its statement is
+ * cancelled too ({@link cancelStatement}: the protocol's CancelRequest, with the connection's
+ * secret key, so it cannot reach another session), after which the backend finds its client gone
+ * and exits; one still there `graceMs` later (a statement that does not heed a cancel) is
+ * terminated from another connection of `pool`: only the same backend (its pid, of this login,
+ * started before the checkout: not a later session that was given the pid again), within a bound
+ * of its own (a server that stopped answering gets neither request, and the attempt ends).
+ *
+ * Resolves once done; never rejects (the caller has already failed the work it gave up).
+ *
+ * @example
+ * ```ts
+ * setTimeout(() => void abandonConnection(pool, client, checkedOutAt, 'shard_a/primary'), boundMs);
+ * ```
+ */
+export async function abandonConnection(pool: pg.Pool, client: pg.ClientBase, checkedOutAt: number, nodeId: string, graceMs: number = ABANDONED_BACKEND_GRACE_MS): Promise<void> {
+  const pid = (client as unknown as { processID?: unknown }).processID;
+  cancelStatement(client);
+  dropConnection(client);
+  if (typeof pid !== 'number') return;
+  await new Promise((resolve) => setTimeout(resolve, graceMs));
+  let other: pg.PoolClient;
+  try {
+    other = await connectBy(pool, Date.now() + graceMs, nodeId);
+  } catch {
+    return;
+  }
+  const bound = setTimeout(() => dropConnection(other), graceMs);
+  let broken: Error | undefined;
+  try {
+    // Elapsed on the client, compared on the server's clock: no clock of two hosts is compared.
+    await other.query(
+      `select pg_terminate_backend(a.pid) from pg_stat_activity a
+        where a.pid = $1 and a.usename = current_user and a.backend_start < clock_timestamp() - $2::double precision * interval '1 millisecond'`,
+      [pid, Date.now() - checkedOutAt],
+    );
+  } catch (error) {
+    broken = error instanceof Error ? error : new Error(String(error));
+  } finally {
+    clearTimeout(bound);
+    other.release(broken);
+  }
+}

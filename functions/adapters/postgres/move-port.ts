@@ -42,7 +42,7 @@ import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
 import { DirectoryVersionConflictError, type DirectoryStore, type ExpectedDirectoryEntry } from './directory-store.js';
-import { connectBy, DEADLINE_GRACE_MS, holdToDeadline, type ClientDeadline } from './deadline.js';
+import { abandonConnection, connectBy, DEADLINE_GRACE_MS, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { isNodeFailure } from './replica-reader.js';
@@ -698,7 +698,9 @@ export class PgMovePort implements MovePort<MoveJob> {
    * within the budget) only while it can answer: on a connection that went silent (a network
    * path that drops packets without a reset, the old address of a failed-over instance) a
    * statement would wait for ever, and writes to the unit with it, until the function's timeout.
-   * Closed, the statement fails, and the run reopens the fence and stays resumable.
+   * Closed, the statement fails, and the run reopens the fence and stays resumable; on the server
+   * the statement is cancelled, and its backend terminated if it does not end by then
+   * ({@link abandonConnection}), so that it does not go on holding its locks and the job's permit.
    */
   private droppingPool(pool: pg.Pool, shard: string, afterMs: number, bound: string): pg.Pool {
     const connect = async (): Promise<pg.PoolClient> => {
@@ -716,7 +718,9 @@ export class PgMovePort implements MovePort<MoveJob> {
         client.once('error', (err: Error) => {
           err.message = `${shard}/primary: the mover closed this connection, checked out for ${Date.now() - checkedOut} ms, at ${bound} (${err.message})`;
         });
-        dropConnection(client);
+        // Closed, the socket no longer holds the run, but the backend would go on with the
+        // statement (a lock wait, a scan), its locks and the job's permit held: it is stopped too.
+        void abandonConnection(pool, client, checkedOut, `${shard}/primary`);
       }, Math.max(0, deadline - Date.now()));
       const release = client.release.bind(client);
       client.release = (err?: Error | boolean): void => {

@@ -121,7 +121,9 @@ export interface MoverOptions {
    * start-up too) before it closes it. The server answers for none of them when it has stopped
    * answering (a frozen host, a black-holed path: no reset), and a run with no `abandonAt` (local
    * mode's background mover) would wait for ever, its lease renewed; closed, the step
-   * fails and the job stays resumable. With `abandonAt`, the earlier of the two bounds applies.
+   * fails and the job stays resumable, and its statement is cancelled on the server (its backend
+   * terminated if that does not end it: `abandonConnection`, deadline.ts), so that it does not go
+   * on holding locks and the job's permit. With `abandonAt`, the earlier of the two bounds applies.
    * Default {@link DEFAULT_SHARD_WAIT_MS}; at least 1000.
    */
   readonly shardWaitMs?: number;
