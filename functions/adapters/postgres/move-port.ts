@@ -78,6 +78,8 @@ export interface MoveSettings {
   readonly catchUpThreshold: number;
   /** How long writes to the unit may be held by the fence: lock wait plus the final catch-up. */
   readonly fenceBudgetMs: number;
+  /** How long past the fence budget a fenced statement may stay unanswered, and the bound of giving the fence up. Default {@link FENCED_STATEMENT_SLACK_MS}. */
+  readonly fenceSlackMs?: number;
   /** How long to wait for writers older than the change capture. */
   readonly drainTimeoutMs: number;
   /** Time between the flip and deleting the source rows, for readers holding the old map. */
@@ -303,7 +305,8 @@ const RECOMPARE_ROUNDS = 3;
 /**
  * How long past the fence budget a shard statement of the fenced part may stay unanswered before
  * its connection is closed (see {@link PgMovePort.droppingPool}): well past what the server's own
- * bounds within the budget leave, so only a connection that went silent is closed.
+ * bounds within the budget leave, so only a connection that went silent is closed. The default of
+ * {@link MoveSettings.fenceSlackMs}.
  */
 export const FENCED_STATEMENT_SLACK_MS = 5000;
 
@@ -380,7 +383,7 @@ export class PgMovePort implements MovePort<MoveJob> {
   private readonly epoch: number;
   /** When the fence this run holds (or is taking) must be given up: the fence budget, from the attempt's start. */
   private fenceDeadline: number | null = null;
-  /** Set while this run gives a fence up (reopens or releases it): its writes get {@link FENCED_STATEMENT_SLACK_MS}. */
+  /** Set while this run gives a fence up (reopens or releases it): its writes get the fence's slack ({@link MoveSettings.fenceSlackMs}). */
   private releasingFence = false;
   /**
    * Set once this run has sent a statement that publishes a new owner, until that flip's
@@ -400,7 +403,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     // While the fence is held, the catalog's statements are bounded as the shards' are (see
     // droppingPool): a silent catalog connection would hold writes to the unit until the client's
     // query timeout, statement after statement, and then the fence until the next run.
-    this.catalog.boundBy(() => (this.fenceDeadline === null ? undefined : this.budgetLeft() + FENCED_STATEMENT_SLACK_MS));
+    this.catalog.boundBy(() => (this.fenceDeadline === null ? undefined : this.budgetLeft() + this.slackMs));
   }
 
   mayHavePublished(): boolean {
@@ -467,7 +470,7 @@ export class PgMovePort implements MovePort<MoveJob> {
   private async heldToFence<T>(fn: () => Promise<T>, atLeastMs = 0): Promise<T> {
     if (this.fenceDeadline === null) return fn();
     // The connection itself is the run's catalog bound's to close (see the constructor).
-    const guard = holdToDeadline(this.catalog.client, Date.now() + Math.max(atLeastMs, this.budgetLeft()), { graceMs: FENCED_STATEMENT_SLACK_MS + DEADLINE_GRACE_MS });
+    const guard = holdToDeadline(this.catalog.client, Date.now() + Math.max(atLeastMs, this.budgetLeft()), { graceMs: this.slackMs + DEADLINE_GRACE_MS });
     try {
       return await this.catalog.use(async () => {
         try {
@@ -675,9 +678,9 @@ export class PgMovePort implements MovePort<MoveJob> {
   private pool(shard: string): pg.Pool {
     const pool = this.options.shards.get(shard);
     if (!pool) throw new MoveError(`shard ${shard} has no primary pool in this mover`);
-    if (this.fenceDeadline !== null) return this.droppingPool(pool, shard, this.budgetLeft() + FENCED_STATEMENT_SLACK_MS, `the fence budget, ${this.settings.fenceBudgetMs} ms, and ${FENCED_STATEMENT_SLACK_MS} ms more`);
+    if (this.fenceDeadline !== null) return this.droppingPool(pool, shard, this.budgetLeft() + this.slackMs, `the fence budget, ${this.settings.fenceBudgetMs} ms, and ${this.slackMs} ms more`);
     // Giving the fence up writes to the source too: a silent source must not hold that for ever.
-    if (this.releasingFence) return this.droppingPool(pool, shard, FENCED_STATEMENT_SLACK_MS, `${FENCED_STATEMENT_SLACK_MS} ms, the bound of giving the fence up`);
+    if (this.releasingFence) return this.droppingPool(pool, shard, this.slackMs, `${this.slackMs} ms, the bound of giving the fence up`);
     // Outside the fence the server answers for nothing either: a shard that went silent during the
     // permit claim, the copy or the catch-up (no fence held, the lease renewed by a healthy
     // catalog connection) would hold the job until the function's timeout, or for ever in a run
@@ -1427,6 +1430,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     return entries.length;
   }
 
+  /** The fence's slack: {@link MoveSettings.fenceSlackMs}, else {@link FENCED_STATEMENT_SLACK_MS}. */
+  private get slackMs(): number {
+    return this.settings.fenceSlackMs ?? FENCED_STATEMENT_SLACK_MS;
+  }
+
   /** Milliseconds left of the fence budget; 0 when this run holds no fence. */
   private budgetLeft(): number {
     return this.fenceDeadline === null ? 0 : Math.max(0, this.fenceDeadline - this.now());
@@ -1502,7 +1510,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   private checkTimeForFence(job: MoveJob): void {
     const abandonIn = this.options.abandonInMs?.();
-    const needed = this.settings.fenceBudgetMs + 2 * FENCED_STATEMENT_SLACK_MS;
+    const needed = this.settings.fenceBudgetMs + 2 * this.slackMs;
     if (this.options.timeUp?.() || (abandonIn !== undefined && abandonIn < needed)) {
       throw new MovePaused(`move job #${job.id}: this run has too little time left to fence ${job.kind} ${job.unitId} (it needs ${needed} ms before it is abandoned); the next run resumes it in ${job.state}`);
     }
@@ -1834,7 +1842,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       // renewal fails harmlessly (the lease lasts its TTL), and so may the flip's BEGIN then (over budget).
       let cancellable = true;
       // The connection itself is the run's catalog bound's to close (see the constructor).
-      const guard: ClientDeadline = holdToDeadline(this.catalog.client, Date.now() + this.budgetLeft(), { mayCancel: () => cancellable, graceMs: FENCED_STATEMENT_SLACK_MS + DEADLINE_GRACE_MS });
+      const guard: ClientDeadline = holdToDeadline(this.catalog.client, Date.now() + this.budgetLeft(), { mayCancel: () => cancellable, graceMs: this.slackMs + DEADLINE_GRACE_MS });
       try {
         // The rollback after a cancel is made in the flip's own turn: queued after it, it waited
         // behind a lease renewal sent meanwhile (and waiting on the same lock), unguarded.

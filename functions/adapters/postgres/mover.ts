@@ -91,6 +91,13 @@ export interface MoverOptions {
    * it the fence is released and the cutover retried. Default 2000 ms.
    */
   readonly fenceBudgetMs?: number;
+  /**
+   * How long past the fence budget a shard or catalog statement of the fenced part may stay
+   * unanswered before its connection is given up, and how long giving the fence up may take.
+   * Default move-port.ts's `FENCED_STATEMENT_SLACK_MS`, 5000 ms; at least 500. Tests of a silent server
+   * shorten it rather than wait out the production bound.
+   */
+  readonly fenceSlackMs?: number;
   /** The clock the fence budget is measured on, in ms; `performance.now` by default (tests move it). */
   readonly clock?: () => number;
   /** The wall clock a run's `until` is read on, epoch ms; `Date.now` by default (tests move it). */
@@ -378,6 +385,8 @@ export class Mover {
     const timeUp = until === undefined && stop === undefined ? undefined : (): boolean => stop?.aborted === true || (until !== undefined && wallClock() >= until);
     const ttlMs = this.options.leaseTtlMs ?? 30_000;
     if (!Number.isInteger(ttlMs) || ttlMs < 100) throw new MoveError(`leaseTtlMs must be a whole number of ms, at least 100 (got ${ttlMs})`);
+    const fenceSlackMs = this.options.fenceSlackMs;
+    if (fenceSlackMs !== undefined && (!Number.isInteger(fenceSlackMs) || fenceSlackMs < 500)) throw new MoveError(`fenceSlackMs must be a whole number of ms, at least 500 (got ${fenceSlackMs})`);
     const shardWaitMs = this.options.shardWaitMs ?? DEFAULT_SHARD_WAIT_MS;
     if (!Number.isInteger(shardWaitMs) || shardWaitMs < 1000) throw new MoveError(`shardWaitMs must be a whole number of ms, at least 1000 (got ${shardWaitMs})`);
     const copyLanes = this.options.copyLanes ?? 1;
@@ -435,6 +444,7 @@ export class Mover {
             copyLanes,
             catchUpThreshold: this.options.catchUpThreshold ?? 50,
             fenceBudgetMs: this.options.fenceBudgetMs ?? 2000,
+            ...(fenceSlackMs === undefined ? {} : { fenceSlackMs }),
             drainTimeoutMs: this.options.drainTimeoutMs ?? 30_000,
             readerGraceMs: this.options.readerGraceMs ?? 0,
             actor: this.options.actor ?? 'mover',

@@ -79,16 +79,20 @@ describe('the flip waits on a catalog that answers, slowly', () => {
     const locker = await env.catalog.connect();
     let fencedAt = 0;
     let unlock: Promise<void> = Promise.resolve();
+    // The fence's slack shortened from its 5 s: the run's catalog bound under the fence is the budget and this slack.
+    const fenceSlackMs = 2000;
     const mover = env.mover({
       fenceBudgetMs: 1000,
+      fenceSlackMs,
       fenceAttempts: 1,
       async hook(point) {
         if (point === 'fenced') fencedAt = Date.now();
         if (point !== 'verifying') return;
-        // An operator's (or a migration's) lock on the maps, held 8 s: the flip's read of the map waits.
+        // An operator's (or a migration's) lock on the maps, held past the run's catalog bound
+        // under the fence (the budget and the slack): the flip's read of the map waits.
         await locker.query('begin');
         await locker.query('lock table catalog.slot_maps in access exclusive mode');
-        unlock = new Promise((resolve) => setTimeout(resolve, 8000)).then(async () => {
+        unlock = new Promise((resolve) => setTimeout(resolve, 1000 + fenceSlackMs + 1500)).then(async () => {
           await locker.query('rollback');
         });
       },

@@ -11,6 +11,14 @@ import { countSlot, fenceHeldMs, fenceState, keysInSlot, seedUsers, sides, start
  * own start, and a COMMIT's wait for a synchronous standby is bounded by no server timeout at
  * all. And a flip whose COMMIT may have landed never reopens the old owner.
  */
+/**
+ * The runs' fence slack (`fenceSlackMs`), shortened from its 5 s: the run's catalog bound under
+ * the fence is the budget left and this slack. The locks below outlast that bound (by
+ * {@link LOCK_MARGIN_MS}), so a fence held until the bound closed the connection still shows.
+ */
+const FENCE_SLACK_MS = 2000;
+const LOCK_MARGIN_MS = 1500;
+
 let env: MoveEnv;
 beforeAll(async () => {
   env = await startMoveEnv();
@@ -110,6 +118,7 @@ async function fencedRun(
     directory: env.directory,
     readerGraceMs: 100,
     fenceBudgetMs: budgetMs,
+    fenceSlackMs: FENCE_SLACK_MS,
     fenceAttempts: 1,
     ...(leaseTtlMs === undefined ? {} : { leaseTtlMs }),
     async hook(point) {
@@ -144,7 +153,7 @@ describe('the flip waits on two catalog locks in a row, each shorter than the bu
       await jobLocker.query('select 1 from catalog.move_jobs where id = $1 for update', [jobId]);
       await mapLocker.query('begin');
       await mapLocker.query('lock table catalog.slot_maps in access exclusive mode');
-      released = Promise.all([delay(1000).then(() => jobLocker.query('rollback')), delay(5000).then(() => mapLocker.query('rollback'))]);
+      released = Promise.all([delay(1000).then(() => jobLocker.query('rollback')), delay(budgetMs + FENCE_SLACK_MS + LOCK_MARGIN_MS).then(() => mapLocker.query('rollback'))]);
     });
     const started = await fencedRun(catalog, slot, budgetMs, undefined, (id) => {
       jobId = id;
@@ -180,7 +189,7 @@ describe('a lease renewal queued ahead of the flip waits on a lock of the job ta
     const catalog = afterStatement(env.catalog, /set source_summary = /, async () => {
       await locker.query('begin');
       await locker.query('lock table catalog.move_jobs in exclusive mode');
-      unlock = delay(8000).then(() => locker.query('rollback'));
+      unlock = delay(budgetMs + FENCE_SLACK_MS + LOCK_MARGIN_MS).then(() => locker.query('rollback'));
       await delay(150);
     });
     const started = await fencedRun(catalog, slot, budgetMs, undefined, undefined, 300);
@@ -401,7 +410,7 @@ describe('another session locks the job table just after the flip commits', () =
     // gets the table once the flip commits, ahead of the run's next statement (the job read back).
     const catalog = afterStatement(env.catalog, /set flip_started_at = clock_timestamp\(\), map_version_after = /, async () => {
       locked = locker.query('begin').then(() => locker.query('lock table catalog.move_jobs in access exclusive mode'));
-      unlock = locked.then(() => delay(7000)).then(() => locker.query('rollback'));
+      unlock = locked.then(() => delay(budgetMs + FENCE_SLACK_MS + LOCK_MARGIN_MS)).then(() => locker.query('rollback'));
       await delay(50);
     });
     const started = await fencedRun(catalog, slot, budgetMs);
@@ -443,7 +452,7 @@ describe('another session locks the job table just after the flip found a cancel
         if (!flipping) return;
         flipping = false;
         const locked = locker.query('begin').then(() => locker.query('lock table catalog.move_jobs in access exclusive mode'));
-        unlock = locked.then(() => delay(7000)).then(() => locker.query('rollback'));
+        unlock = locked.then(() => delay(budgetMs + FENCE_SLACK_MS + LOCK_MARGIN_MS)).then(() => locker.query('rollback'));
         await delay(50);
       },
     );

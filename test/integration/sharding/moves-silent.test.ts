@@ -24,6 +24,13 @@ import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.
 import { SilentRelay } from './fixtures/silent-relay.js';
 import { waitForLeaseLapsed } from './fixtures/kill.js';
 
+/**
+ * The fence's slack (`fenceSlackMs`: how long past the budget a fenced statement may stay
+ * unanswered, and the bound of giving the fence up), shortened from its 5 s: every run below that
+ * holds a fence on a silent path waits it out, once or twice, and the bounds asserted scale with it.
+ */
+const FENCE_SLACK_MS = 2000;
+
 let env: MoveEnv;
 const pools: pg.Pool[] = [];
 const relays: SilentRelay[] = [];
@@ -91,6 +98,7 @@ describe("the target's connection goes silent while the source is fenced", () =>
         [to, relayed],
       ]),
       fenceBudgetMs: 1000,
+      fenceSlackMs: FENCE_SLACK_MS,
       hook: (point) => {
         if (point === 'fenced') relay.blackhole();
       },
@@ -131,6 +139,7 @@ async function runUntilSilent(slot: number, side: 'source' | 'target', how: 'bla
       [to, side === 'target' ? relayed.pool : target],
     ]),
     fenceBudgetMs: 1000,
+    fenceSlackMs: FENCE_SLACK_MS,
     hook: (point) => {
       if (point === 'fenced') relayed.relay[how]();
     },
@@ -143,7 +152,7 @@ async function runUntilSilent(slot: number, side: 'source' | 'target', how: 'bla
     else await delay(25);
   }
   expect(fenced).toBe(true);
-  // Fifteen budgets later (the budget, its 5 s slack, and the unfence's own bound).
+  // Fifteen budgets later (the budget, its slack, and the unfence's own bound).
   const ran = await Promise.race([run, delay(15_000).then(() => 'still running 15 s after the fence')]);
   const outcome = `${ran} (source fence ${(await fenceState(source, slot)) ?? '-'})`;
   await relayed.relay.stop();
@@ -183,6 +192,7 @@ describe("the source goes silent inside the mover's fence transaction", () => {
         [to, target],
       ]),
       fenceBudgetMs: 1000,
+      fenceSlackMs: FENCE_SLACK_MS,
       leaseTtlMs: 1500,
     });
     const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
@@ -408,6 +418,7 @@ describe('the catalog goes silent under the fence, before the flip (Lambda pool 
       leaseTtlMs: 1500,
       readerGraceMs: 100,
       fenceBudgetMs: 1000,
+      fenceSlackMs: FENCE_SLACK_MS,
       hook: (p) => {
         if (p === 'fenced') fencedAt = Date.now();
         if (p === point) relay.blackhole();
@@ -420,8 +431,8 @@ describe('the catalog goes silent under the fence, before the flip (Lambda pool 
     const heldMs = await fenceHeldMs(source, slot, fencedAt, 30_000);
     const outcome = await Promise.race([run, delay(10).then(() => 'still running')]);
 
-    // The budget, the 5 s slack, and the unfence's own bound at most.
-    expect({ held: heldMs >= 0 && heldMs < 1000 + 5000 + 2000 ? 'within its bound' : `${heldMs < 0 ? 'over 30 s' : `${heldMs} ms`}`, outcome }).toEqual({
+    // The budget, the slack, and the unfence's own bound at most.
+    expect({ held: heldMs >= 0 && heldMs < 1000 + FENCE_SLACK_MS + 2000 ? 'within its bound' : `${heldMs < 0 ? 'over 30 s' : `${heldMs} ms`}`, outcome }).toEqual({
       held: 'within its bound',
       outcome: expect.stringMatching(/^(threw|ended)/) as unknown as string,
     });
@@ -469,8 +480,9 @@ describe('the moves handler near its timeout with a shard gone silent during the
     })(options);
     // The handler's margins scaled from minutes to seconds (stop 120 s and abandon 20 s before the
     // timeout): the wiring from the context's remaining time to the run's abandonAt is the same.
-    const margins = { stopBeforeTimeoutMs: 6000, abandonBeforeTimeoutMs: 2000 };
-    const timeoutMs = 8000;
+    // `until` 2 s away, `abandonAt` 4 s away: the run must end at the latter.
+    const margins = { stopBeforeTimeoutMs: 4000, abandonBeforeTimeoutMs: 2000 };
+    const timeoutMs = 6000;
     const out: { result: MovesResult | 'timed out'; tookMs: number } = { result: 'timed out', tookMs: 0 };
     await withMovesHandler(
       env,
@@ -569,7 +581,7 @@ describe('the catalog is slow under the fence: a lock holds the run (Lambda pool
     let fencedAt = 0;
     let unlock: Promise<unknown> = Promise.resolve();
     const mover = (hook?: MoverOptions['hook']): Mover =>
-      new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100, fenceBudgetMs: 1000, ...(hook ? { hook } : {}) });
+      new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, leaseTtlMs: 1500, readerGraceMs: 100, fenceBudgetMs: 1000, fenceSlackMs: FENCE_SLACK_MS, ...(hook ? { hook } : {}) });
     const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
     const run = settle(
       mover(async (p) => {
@@ -577,7 +589,8 @@ describe('the catalog is slow under the fence: a lock holds the run (Lambda pool
         fencedAt = Date.now();
         await locker.query('begin');
         await locker.query('lock table catalog.move_jobs in exclusive mode');
-        unlock = delay(9000).then(() => locker.query('rollback'));
+        // Past the fence's bound below (the budget, the slack, 2 s): the fence is given back while the lock holds.
+        unlock = delay(1000 + FENCE_SLACK_MS + 3000).then(() => locker.query('rollback'));
       }).run(planned.id),
     );
     for (let i = 0; i < 400 && fencedAt === 0; i++) await delay(25);
@@ -588,7 +601,7 @@ describe('the catalog is slow under the fence: a lock holds the run (Lambda pool
     await delay(1600); // its lease has lapsed (a renewal that waited on the lock may land after the run ended: a fixed TTL)
     const next = await Promise.race([settle(mover().run(planned.id)), delay(20_000).then(() => 'still running')]);
 
-    expect({ held: heldMs >= 0 && heldMs < 1000 + 5000 + 2000 ? 'within its bound' : `${heldMs} ms`, first: first.startsWith('threw'), next, total: catalog.totalCount }).toEqual({
+    expect({ held: heldMs >= 0 && heldMs < 1000 + FENCE_SLACK_MS + 2000 ? 'within its bound' : `${heldMs} ms`, first: first.startsWith('threw'), next, total: catalog.totalCount }).toEqual({
       held: 'within its bound',
       first: true,
       next: 'ended: done',
@@ -622,6 +635,7 @@ describe('the catalog goes silent under the fence after an earlier attempt gave 
       leaseTtlMs: 1500,
       readerGraceMs: 100,
       fenceBudgetMs: 1000,
+      fenceSlackMs: FENCE_SLACK_MS,
       fenceAttempts: 2,
       fenceRetryPauseMs: 100,
       hook: async (p) => {
@@ -648,8 +662,8 @@ describe('the catalog goes silent under the fence after an earlier attempt gave 
     await unlock;
     locker.release();
 
-    // The budget, the 5 s slack, and the unfence's own bound at most.
-    expect({ held: heldMs >= 0 && heldMs < 1000 + 5000 + 2000 ? 'within its bound' : `${heldMs < 0 ? 'over 30 s' : `${heldMs} ms`}` }).toEqual({ held: 'within its bound' });
+    // The budget, the slack, and the unfence's own bound at most.
+    expect({ held: heldMs >= 0 && heldMs < 1000 + FENCE_SLACK_MS + 2000 ? 'within its bound' : `${heldMs < 0 ? 'over 30 s' : `${heldMs} ms`}` }).toEqual({ held: 'within its bound' });
     await relay.stop();
     await Promise.race([run, delay(15_000)]);
     await waitForLeaseLapsed(env.catalog, planned.id); // its renewals went to the silent path, none can land late
@@ -690,7 +704,7 @@ describe('the source goes silent as a cancelled move is rolled back', () => {
       },
     });
     const abandonAt = Date.now() + 25_000;
-    const run = settle(env.mover({ shards: new Map([[from, silentAfterClaim], [to, target]]) }).run(jobId, { abandonAt }));
+    const run = settle(env.mover({ shards: new Map([[from, silentAfterClaim], [to, target]]), fenceSlackMs: FENCE_SLACK_MS }).run(jobId, { abandonAt }));
     for (let i = 0; i < 400 && silentAt === 0; i++) await delay(25);
     expect(silentAt).toBeGreaterThan(0);
     await delay(500);
@@ -706,4 +720,11 @@ describe('the source goes silent as a cancelled move is rolled back', () => {
     expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
     expect(await countSlot(source, slot)).toEqual({ users: 4, documents: 12 });
   }, 90_000);
+});
+
+describe('the fence slack a run is given', () => {
+  it('refuses a fenceSlackMs that is not a whole number of ms of at least 500, naming it', async () => {
+    await expect(env.mover({ fenceSlackMs: 0 }).run(999_999)).rejects.toThrow(/fenceSlackMs must be a whole number of ms, at least 500 \(got 0\)/);
+    await expect(env.mover({ fenceSlackMs: 1500.5 }).run(999_999)).rejects.toThrow(/fenceSlackMs must be/);
+  });
 });
