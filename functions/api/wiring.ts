@@ -253,10 +253,13 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     const [slotMap, directory, unfinished] = await Promise.all([s.slotMaps.current(), s.directory.all(), s.mover.unfinished()]);
     // A unit with an unfinished move cannot be started again (409).
     const busySlots = [...new Set(unfinished.map((j) => j.slot))].sort((a, b) => a - b);
-    const key = JSON.stringify([slotMap.version, slotMap.assignments, directory.map((d) => [d.key, d.shardId]), busySlots]);
+    // Those that will end on their target are planned as if done: whoever started the moves a
+    // check proposed must not be told to move the same load again while they run.
+    const pending = unfinished.filter((j) => !j.cancelRequested && (j.rollbackTo ?? null) === null).map((j) => ({ kind: j.kind, unitId: j.unitId, to: j.to }));
+    const key = JSON.stringify([slotMap.version, slotMap.assignments, directory.map((d) => [d.key, d.shardId]), busySlots, pending]);
     let running = censuses.get(key);
     if (running === undefined) {
-      running = s.inspector.rebalanceCensus({ slotMap, directory, routing: moveRoutingOf(s.router.config), busySlots: new Set(busySlots) }).finally(() => {
+      running = s.inspector.rebalanceCensus({ slotMap, directory, routing: moveRoutingOf(s.router.config), busySlots: new Set(busySlots), pending }).finally(() => {
         if (censuses.get(key) === running) censuses.delete(key);
       });
       censuses.set(key, running);

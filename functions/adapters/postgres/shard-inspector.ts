@@ -41,7 +41,7 @@ import { moveUnitFor, type MoveRouting } from '../../core/sharding/move-machine.
 import { checkRebalance, type RebalanceCheckOptions, type RebalanceCheckResult } from '../../core/sharding/rebalance-check.js';
 import type { MovableUnit } from '../../core/sharding/rebalance.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
-import { slotsOwnedBy, summarizeShardStatistics, type ShardMeasurement, type ShardStatisticsSummary, type TableStatistics } from '../../core/sharding/statistics.js';
+import { slotsOwnedBy, summarizeShardStatistics, withUnitsMoved, type ShardMeasurement, type ShardStatisticsSummary, type TableStatistics } from '../../core/sharding/statistics.js';
 import { withNodeDeadline } from './deadline.js';
 import { NOT_OWNED_STATES_SQL, rowFenceStateSql, rowsOfFencedUnitsSql } from './read-transaction.js';
 import { commitHeartbeat, probeReplicaLag, type ReplicaLag } from './replica-lag.js';
@@ -107,9 +107,11 @@ export interface ShardInspectorOptions {
   readonly weights?: Readonly<Record<string, number>>;
   /**
    * The sharded tables: rows with a `slot` column. Default users, documents and document_keys.
-   * `keys`, the owners' `Idempotency-Key` records (shard migration 021), are not load (small, and
-   * gone 24 h after their key's first use): they count only towards a unit's `maxTableRows`, as
-   * the mover counts them before a move; none when not given with the others, or not there.
+   * `keys`, the owners' `Idempotency-Key` records (shard migration 021), are rows of their owner's
+   * unit that a move copies with it: counted like the others, in the statistics (a table of its
+   * own), a shard's and a unit's rows and live bytes, and a unit's `maxTableRows` (as the mover
+   * counts them before a move). None when not given with the others, or not there (a shard not
+   * yet migrated to 021).
    */
   readonly tables?: { readonly users: string; readonly documents: string; readonly keys?: string };
   /** How many statements to report from pg_stat_statements. Default 5. */
@@ -168,17 +170,33 @@ export interface RebalanceCheckRequest extends RebalanceCheckOptions {
    * are not offered, since a move of them is refused (409) until that one ends.
    */
   readonly busySlots?: ReadonlySet<number>;
+  /**
+   * Moves under way that will end on their target (not being cancelled or rolled back): the plan
+   * counts each unit's rows and bytes on its target already, so that whoever started the moves
+   * a check proposed is not told to move the same load again while they run. Default none.
+   */
+  readonly pending?: readonly PendingMove[];
+}
+
+/** A move under way that will end on its target: a unit (`unitId`, the slot or the directory key) and where it goes. */
+export interface PendingMove {
+  readonly kind: 'slot' | 'directory';
+  readonly unitId: string;
+  readonly to: string;
 }
 
 /** What {@link ShardInspector.rebalanceCensus} measures from. */
-export type RebalanceCensusRequest = Pick<RebalanceCheckRequest, 'slotMap' | 'directory' | 'routing' | 'busySlots'>;
+export type RebalanceCensusRequest = Pick<RebalanceCheckRequest, 'slotMap' | 'directory' | 'routing' | 'busySlots' | 'pending'>;
 
 /** Every shard's exact statistics and the units the planner may offer, for any threshold and metric. */
 export interface RebalanceCensus {
+  /** As measured: each row where it is now. */
   readonly statistics: ShardStatisticsSummary;
   readonly units: readonly MovableUnit[];
   /** Unit kinds the configured routing does not let the mover move, with why. */
   readonly refused: readonly { readonly kind: 'slot' | 'directory'; readonly reason: string }[];
+  /** The units of {@link RebalanceCensusRequest.pending} moves still counted on another shard than their target. */
+  readonly pending: readonly { readonly unit: MovableUnit; readonly to: string }[];
 }
 
 /** A shard could not be measured, so a statistic or plan would be wrong. */
@@ -540,7 +558,7 @@ export class ShardInspector {
 
   async #tableStatistics(node: ShardNode, exact: boolean): Promise<TableStatistics[]> {
     const names = this.#tables();
-    const wanted = [names.users, names.documents];
+    const wanted = [names.users, names.documents, ...(names.keys === undefined ? [] : [names.keys])];
     const budget = exact ? this.wholeTableBudgetMs : this.#options.timeoutMs;
     return withNodeDeadline(node.pool, budget, node.nodeId, async (client) => {
       // pages: the heap's current size (of every partition), to size the sample below.
@@ -574,6 +592,8 @@ export class ShardInspector {
       const out: TableStatistics[] = [];
       for (const name of wanted) {
         const found = rows.find((r) => r.table === name);
+        // A shard not yet migrated to 021 has no key records to count.
+        if (!found && name === names.keys) continue;
         if (!found) throw new ShardInspectionError(`${node.nodeId}: sharded table ${name} does not exist (schema not migrated?)`);
         const table = client.escapeIdentifier(name);
         // reltuples is -1 until the table is first vacuumed or analysed: no estimate exists yet.
@@ -670,28 +690,22 @@ export class ShardInspector {
         if (!row) throw new ShardInspectionError(`${node.nodeId}: sharded table ${name} does not exist (schema not migrated?)`);
         return row;
       };
+      // Key records where the shard has their table (see ShardInspectorOptions.tables), as #tableStatistics counts them.
+      const keyTable = names.keys !== undefined && catalog.some((r) => r.table === names.keys) ? names.keys : undefined;
       const tables = [
         { name: names.users, owner: 'id' as const, ...found(names.users) },
         { name: names.documents, owner: 'owner_id' as const, ...found(names.documents) },
+        ...(keyTable === undefined ? [] : [{ name: keyTable, owner: 'owner_id' as const, ...found(keyTable) }]),
       ];
-      // Counted for the mover's rule alone (see ShardInspectorOptions.tables): after the others, by slot and key, not load.
-      const keyTable = names.keys !== undefined && catalog.some((r) => r.table === names.keys) ? names.keys : undefined;
-      const countedOnly = keyTable === undefined ? [] : [{ name: keyTable, owner: 'owner_id' as const }];
-      const parts = [
-        ...tables.flatMap((t, i) => {
-          const table = client.escapeIdentifier(t.name);
-          const bytes = rowBytesSql(client, 'r', t.columns);
-          return [
-            `select ${i} as t, r.slot, k.key, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned
-               from ${table} r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
-            `select ${i}, null, null, n, bytes, true from (${ownedRowsSql(table, t.owner, bytes, true)}) f`,
-          ];
-        }),
-        ...countedOnly.map(
-          (t, i) => `select ${tables.length + i}, r.slot, k.key, count(*)::float8, 0::float8, false
-             from ${client.escapeIdentifier(t.name)} r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
-        ),
-      ];
+      const parts = tables.flatMap((t, i) => {
+        const table = client.escapeIdentifier(t.name);
+        const bytes = rowBytesSql(client, 'r', t.columns);
+        return [
+          `select ${i} as t, r.slot, k.key, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned
+             from ${table} r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
+          `select ${i}, null, null, n, bytes, true from (${ownedRowsSql(table, t.owner, bytes, true)}) f`,
+        ];
+      });
       const { rows: groups } = await client.query<{ t: number; slot: number | null; key: string | null; n: number; bytes: number; not_owned: boolean }>(
         parts.join('\n union all\n'),
         [directory.map((d) => d.key)],
@@ -706,17 +720,12 @@ export class ShardInspector {
       const slotTableRows = new Map<number, number[]>();
       const keyTableRows = new Map<string, number[]>();
       const addRows = <K>(into: Map<K, number[]>, k: K, t: number, n: number): void => {
-        const per = into.get(k) ?? [...tables, ...countedOnly].map(() => 0);
+        const per = into.get(k) ?? tables.map(() => 0);
         per[t] = (per[t] ?? 0) + n;
         into.set(k, per);
       };
       const add = (into: { rows: number; bytes: number } | undefined, n: number, bytes: number): { rows: number; bytes: number } => ({ rows: (into?.rows ?? 0) + n, bytes: (into?.bytes ?? 0) + bytes });
       for (const g of groups) {
-        if (g.t >= tables.length) {
-          if (g.slot !== null) addRows(slotTableRows, g.slot, g.t, g.n);
-          if (g.slot !== null && g.key !== null) addRows(keyTableRows, g.key, g.t, g.n);
-          continue;
-        }
         const total = totals[g.t] as { rows: number; bytes: number };
         const sign = g.not_owned ? -1 : 1;
         total.rows += sign * g.n;
@@ -773,12 +782,13 @@ export class ShardInspector {
    * primary is in recovery.
    */
   async rebalanceCheck(request: RebalanceCheckRequest): Promise<RebalanceCheckResult> {
-    const { slotMap, directory, freeBytes, routing, busySlots, ...options } = request;
+    const { slotMap, directory, freeBytes, routing, busySlots, pending, ...options } = request;
     const census = await this.rebalanceCensus({
       slotMap,
       ...(directory ? { directory } : {}),
       ...(routing ? { routing } : {}),
       ...(busySlots ? { busySlots } : {}),
+      ...(pending ? { pending } : {}),
     });
     return this.planRebalance(census, { ...options, ...(freeBytes ? { freeBytes } : {}) });
   }
@@ -789,7 +799,7 @@ export class ShardInspector {
    * checks of several thresholds can share one). Refuses as {@link rebalanceCheck} does.
    */
   async rebalanceCensus(request: RebalanceCensusRequest): Promise<RebalanceCensus> {
-    const { slotMap, directory: listed = [], routing, busySlots = new Set<number>() } = request;
+    const { slotMap, directory: listed = [], routing, busySlots = new Set<number>(), pending = [] } = request;
     // Where the directory decides nothing (hash_based, override_hash false), entries left from
     // another configuration place no key: a slot move takes every row of the slot along, those of
     // listed keys too, so their rows are counted in their slot, not left out of every unit.
@@ -817,18 +827,32 @@ export class ShardInspector {
       const verdict = moveUnitFor(routing, kind);
       return verdict.ok ? [] : [{ kind, reason: verdict.reason }];
     });
-    const units = measured
-      .flatMap((c) => c.units)
-      .filter((u) => !refused.some((r) => r.kind === u.kind))
-      .filter((u) => !busySlots.has(u.kind === 'slot' ? Number(u.id) : keySlot(u.id)));
-    return { statistics, units, refused };
+    const all = measured.flatMap((c) => c.units);
+    const units = all.filter((u) => !refused.some((r) => r.kind === u.kind)).filter((u) => !busySlots.has(u.kind === 'slot' ? Number(u.id) : keySlot(u.id)));
+    const shardIds = new Set(measured.map((c) => c.shardId));
+    const moving = pending.flatMap((p) => {
+      const id = p.kind === 'directory' ? canonicalKey(p.unitId) : p.unitId;
+      // Not found: no rows, or its rows already counted where the map or directory now names its target.
+      const unit = all.find((u) => u.kind === p.kind && u.id === id);
+      return unit !== undefined && unit.shardId !== p.to && shardIds.has(p.to) ? [{ unit, to: p.to }] : [];
+    });
+    return { statistics, units, refused, pending: moving };
   }
 
-  /** The moves that bring the shards of a {@link rebalanceCensus} within `options.threshold`. */
+  /**
+   * The moves that bring the shards of a {@link rebalanceCensus} within `options.threshold`. They
+   * and the `summary` are planned from the loads as they will be once the census's pending moves
+   * end (each unit on its target): `summary.shards[].before` counts those units there already.
+   * `imbalance` and `needed` are the shards as measured now, as the statistics report them.
+   */
   async planRebalance(census: RebalanceCensus, options: RebalanceCheckOptions & { readonly freeBytes?: Readonly<Record<string, number>> } = {}): Promise<RebalanceCheckResult> {
     const { freeBytes: given, ...planning } = options;
     const freeBytes = given ?? (await this.#freeStorageOfPrimaries(planning.headroomBytes ?? 0));
-    const result = checkRebalance(census.statistics, census.units, { ...planning, ...(freeBytes ? { freeBytes } : {}) });
+    const loads = withUnitsMoved(census.statistics, census.pending.map(({ unit, to }) => ({ from: unit.shardId, to, rows: unit.rows, bytes: unit.bytes })));
+    const planned = checkRebalance(loads, census.units, { ...planning, ...(freeBytes ? { freeBytes } : {}) });
+    // Measured now: no units, so no moves, only the imbalance and whether it is within the threshold.
+    const now = loads === census.statistics ? planned : checkRebalance(census.statistics, [], planning);
+    const result = { ...planned, imbalance: now.imbalance, needed: now.needed };
     if (census.refused.length === 0 || result.summary.balancedAfter) return result;
     const why = census.refused.map((r) => `no ${r.kind} moves are offered: ${r.reason}`);
     return { ...result, summary: { ...result.summary, unresolved: [...result.summary.unresolved, ...why] } };

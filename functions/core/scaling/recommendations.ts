@@ -220,7 +220,7 @@ function serviceAdvice(input: RecommendationInput, service: string): Recommendat
 
 /** What to do about an imbalance: start the moves that can be started, and wait for those under way. */
 function shardMovesAdvice(toStart: number, inFlight: number): string {
-  const waiting = inFlight > 0 ? `${inFlight} move(s) are under way (the balance is measured as it is now, before they finish)` : '';
+  const waiting = inFlight > 0 ? `${inFlight} move(s) are under way (the balance is measured as it is now; the check plans only what is left once they end)` : '';
   if (toStart === 0) return inFlight > 0 ? `${waiting}; check again once they are done.` : 'GET /shards/rebalance-check says why no move fixes it.';
   const start = `GET /shards/rebalance-check lists the ${toStart} move(s) that fix it; start them with POST /shards/moves.`;
   return inFlight > 0 ? `${waiting}. ${start}` : start;

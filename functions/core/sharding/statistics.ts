@@ -114,6 +114,49 @@ export function summarizeShardStatistics(measurements: readonly ShardMeasurement
   };
 }
 
+/** A unit's rows and bytes going from one shard to another (a move under way, say). */
+export interface LoadShift {
+  readonly from: string;
+  readonly to: string;
+  readonly rows: number;
+  readonly bytes: number;
+}
+
+/**
+ * `summary` as it will be once `shifts` are done: each one's rows and bytes taken off `from` and
+ * added to `to` (shards not in the summary are left alone), shares and imbalance worked out again.
+ * Totals, users, documents and on-disk sizes stay as measured.
+ */
+export function withUnitsMoved(summary: ShardStatisticsSummary, shifts: readonly LoadShift[]): ShardStatisticsSummary {
+  if (shifts.length === 0) return summary;
+  const delta = new Map<string, { rows: number; bytes: number }>();
+  const add = (shardId: string, rows: number, bytes: number): void => {
+    const d = delta.get(shardId) ?? { rows: 0, bytes: 0 };
+    delta.set(shardId, { rows: d.rows + rows, bytes: d.bytes + bytes });
+  };
+  const known = new Set(summary.shards.map((s) => s.shardId));
+  for (const m of shifts) {
+    if (!known.has(m.from) || !known.has(m.to)) continue;
+    add(m.from, -m.rows, -m.bytes);
+    add(m.to, m.rows, m.bytes);
+  }
+  const shards = summary.shards.map((s) => {
+    const d = delta.get(s.shardId);
+    if (d === undefined) return s;
+    const rows = s.rows + d.rows;
+    const bytes = s.bytes + d.bytes;
+    return { ...s, rows, bytes, shareOfRows: summary.totals.rows > 0 ? rows / summary.totals.rows : 0, shareOfBytes: summary.totals.bytes > 0 ? bytes / summary.totals.bytes : 0 };
+  });
+  return {
+    ...summary,
+    shards,
+    imbalance: {
+      rows: imbalanceOf(shards.map((s) => ({ load: s.rows, weight: s.weight }))),
+      bytes: imbalanceOf(shards.map((s) => ({ load: s.bytes, weight: s.weight }))),
+    },
+  };
+}
+
 /** Slots owned per shard, from a slot map's assignments (shards owning none get 0). */
 export function slotsOwnedBy(assignments: readonly string[], shardIds: readonly string[]): Map<string, number> {
   const counts = new Map<string, number>(shardIds.map((id) => [id, 0]));

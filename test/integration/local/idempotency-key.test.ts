@@ -391,6 +391,29 @@ describe('POST /api/v1/documents with an Idempotency-Key, against real PostgreSQ
     );
   }, 60_000);
 
+  it('adopts on the owner\'s new shard a keyed document written before key records existed, after a move of the owner: the move took it along, no second document', async () => {
+    const owner = await newUser();
+    const body = { owner_id: owner.id, title: 'from the last release, then moved', content: { v: 1 } };
+    const id = await legacyDocument(owner, 'legacy-moved', body.title, '{"v": 1}');
+    const slot = (await api.primary(owner.shardId).query<{ slot: number }>('select slot from users where id = $1', [owner.id])).rows[0]?.slot;
+    if (slot === undefined) throw new Error('the owner has no row');
+    const to = owner.shardId === 'shard_001' ? 'shard_002' : 'shard_001';
+    const mover = api.sharding.mover;
+    expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
+    const retried = await post(body, 'legacy-moved');
+    const other = await post({ ...body, content: { v: 2 } }, 'legacy-moved');
+
+    expect({ status: retried.status, id: retried.body.id, shard: retried.body.shard_id, replayed: retried.headers.get('idempotent-replayed') }).toEqual({
+      status: 201,
+      id,
+      shard: to,
+      replayed: 'true',
+    });
+    expect(other.status).toBe(422);
+    expect(await documentsOf(owner.id)).toEqual([{ id, title: body.title, shard: to }]);
+    expect(await keysOf(owner.id)).toEqual([{ id, document_id: id, shard: to }]);
+  }, 60_000);
+
   it('never creates a second document nor refuses a retry when keyed attempts come at every step of a move', async () => {
     const owner = await newUser();
     const slot = (await api.primary(owner.shardId).query<{ slot: number }>('select slot from users where id = $1', [owner.id])).rows[0]?.slot;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { imbalanceOf, slotsOwnedBy, summarizeShardStatistics, type ShardMeasurement } from '../../../functions/core/sharding/statistics.js';
+import { imbalanceOf, slotsOwnedBy, summarizeShardStatistics, withUnitsMoved, type ShardMeasurement } from '../../../functions/core/sharding/statistics.js';
 
 const shard = (shardId: string, rows: number, bytes: number, weight = 1): ShardMeasurement => ({
   shardId,
@@ -44,6 +44,24 @@ describe('shard statistics', () => {
   it('calls an empty or absent data set balanced rather than dividing by zero', () => {
     expect(summarizeShardStatistics([shard('a', 0, 0), shard('b', 0, 0)]).imbalance).toEqual({ rows: 1, bytes: 1 });
     expect(summarizeShardStatistics([]).imbalance).toEqual({ rows: 1, bytes: 1 });
+  });
+
+  it('counts a unit on its target once moved: loads, shares and imbalance, the totals as measured', () => {
+    const measured = summarizeShardStatistics([shard('a', 900, 9000), shard('b', 100, 1000)]);
+    const moved = withUnitsMoved(measured, [{ from: 'a', to: 'b', rows: 400, bytes: 4000 }]);
+
+    expect(moved.shards.map((x) => [x.shardId, x.rows, x.bytes, x.shareOfRows])).toEqual([
+      ['a', 500, 5000, 0.5],
+      ['b', 500, 5000, 0.5],
+    ]);
+    expect(moved.imbalance).toEqual({ rows: 1, bytes: 1 });
+    expect(moved.totals).toEqual(measured.totals);
+  });
+
+  it('leaves the loads alone for a move to or from a shard it does not list', () => {
+    const measured = summarizeShardStatistics([shard('a', 900, 9000), shard('b', 100, 1000)]);
+
+    expect(withUnitsMoved(measured, [{ from: 'a', to: 'gone', rows: 400, bytes: 4000 }]).shards).toEqual(measured.shards);
   });
 
   it('counts the slots each shard owns, including shards owning none', () => {
