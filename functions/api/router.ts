@@ -163,7 +163,10 @@ export function createRouter(routes: readonly RouteSpec[], options: RouterOption
     const method = request.method.toUpperCase();
     const hit = matches.find((x) => x.route.spec.method === method) ?? (method === 'HEAD' ? matches.find((x) => x.route.spec.method === 'GET') : undefined);
     if (!hit) {
-      const allow = [...new Set(matches.map((x) => x.route.spec.method))].sort().join(', ');
+      // HEAD is served wherever GET is (RFC 9110 section 9.3.2), so it is allowed there too.
+      const methods = new Set<string>(matches.map((x) => x.route.spec.method));
+      if (methods.has('GET')) methods.add('HEAD');
+      const allow = [...methods].sort().join(', ');
       throw new ProblemError(405, `${method} is not allowed on ${request.path}; allowed: ${allow}`, { headers: { allow } });
     }
     const { spec, paramNames } = hit.route;

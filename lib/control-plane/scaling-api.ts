@@ -44,6 +44,7 @@ const GATEWAY_RESPONSES: ReadonlyArray<readonly [apigw.ResponseType, number | un
   [apigw.ResponseType.DEFAULT_4XX, undefined],
   [apigw.ResponseType.DEFAULT_5XX, undefined],
   [apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, 403],
+  [apigw.ResponseType.RESOURCE_NOT_FOUND, 404],
   [apigw.ResponseType.ACCESS_DENIED, 403],
   [apigw.ResponseType.INVALID_SIGNATURE, 403],
   [apigw.ResponseType.EXPIRED_TOKEN, 403],
@@ -65,6 +66,24 @@ const GATEWAY_RESPONSES: ReadonlyArray<readonly [apigw.ResponseType, number | un
  */
 export function gatewayProblemTemplate(status: number | undefined): string {
   return `{"type":"about:blank","title":$context.error.messageString,${status === undefined ? '' : `"status":${status},`}"detail":$context.error.messageString,"instance":"$context.path","requestId":"$context.requestId"}`;
+}
+
+/** Every resource path the routes need, the root (`''`) and intermediate ones included. */
+export function resourcePaths(routes: readonly ApiRoute[]): string[] {
+  const paths = new Set<string>(['']);
+  for (const route of routes) {
+    const parts = route.path.split('/');
+    for (let i = 1; i <= parts.length; i += 1) paths.add(parts.slice(0, i).join('/'));
+  }
+  return [...paths];
+}
+
+function parentPath(path: string): string {
+  return path.includes('/') ? path.slice(0, path.lastIndexOf('/')) : '';
+}
+
+function lastPart(path: string): string {
+  return path.slice(path.lastIndexOf('/') + 1);
 }
 
 /** Props of {@link ScalingApi}. */
@@ -89,7 +108,8 @@ export interface ScalingApiProps {
  * The scaling REST API in API Gateway: every method requires IAM authorization (SigV4), every
  * request is validated (parameters, and a JSON object body where one is expected) before it
  * reaches the function, the stage is throttled, traced with X-Ray and writes JSON access logs.
- * Unknown paths never reach the function.
+ * Unknown paths and other methods reach the function only from IAM-authorized callers, whose
+ * router answers them 404 or 405 with `Allow`, as in local mode.
  *
  * @example
  * ```ts
@@ -181,6 +201,26 @@ export class ScalingApi extends Construct {
           ...Object.fromEntries(Object.entries(route.query ?? {}).map(([q, required]) => [`method.request.querystring.${q}`, required])),
         },
       });
+    }
+
+    // A request no method matches gets API Gateway's 403 "Missing Authentication Token", the very
+    // answer an unsigned request gets, where local mode answers 404 (unknown path) or 405 with
+    // Allow (known path, other method; HEAD where GET is served). A gateway response cannot tell
+    // those apart (it has no Allow to give, and remapping MISSING_AUTHENTICATION_TOKEN would
+    // answer 404 to unsigned calls of real routes), so the function's router answers them: every
+    // resource gets an ANY method (explicit methods take precedence over it) and, unless it has a
+    // path-variable child already (API Gateway allows one variable child per resource), a
+    // {proxy+} child with ANY for deeper unknown paths. All are IAM-authorized like the routes:
+    // an unsigned caller still gets 403 for every path and learns nothing about which exist.
+    // One API-scoped invoke permission serves them (one per method would outgrow the
+    // function's 20 KB resource policy).
+    const fallback = new apigw.LambdaIntegration(props.handler, { proxy: true, scopePermissionToMethod: false });
+    const fallbackOptions: apigw.MethodOptions = { authorizationType: apigw.AuthorizationType.IAM };
+    for (const path of resourcePaths(routes)) {
+      const resource = path === '' ? this.api.root : this.api.root.resourceForPath(path);
+      resource.addMethod('ANY', fallback, fallbackOptions);
+      const variableChild = resourcePaths(routes).some((child) => parentPath(child) === path && child !== path && lastPart(child).startsWith('{'));
+      if (!variableChild) resource.addProxy({ defaultIntegration: fallback, defaultMethodOptions: fallbackOptions, anyMethod: true });
     }
 
     for (const [type, status] of GATEWAY_RESPONSES) {

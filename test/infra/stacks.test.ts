@@ -579,12 +579,84 @@ describe('control plane stack', () => {
     });
   });
 
-  it('requires IAM authorization and a request validator on every API method', () => {
+  it("requires IAM authorization on every API method, the fallbacks included, and a request validator on every route's", () => {
     const methods = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::ApiGateway::Method');
-    expect(methods).toHaveLength(SCALING_API_ROUTES.length);
-    for (const [, m] of methods) {
-      expect(m.Properties).toMatchObject({ AuthorizationType: 'AWS_IAM', RequestValidatorId: expect.anything() });
+    const routes = methods.filter(([, m]) => m.Properties?.['HttpMethod'] !== 'ANY');
+    expect(routes).toHaveLength(SCALING_API_ROUTES.length);
+    expect(methods.length).toBeGreaterThan(routes.length);
+    for (const [, m] of methods) expect(m.Properties).toMatchObject({ AuthorizationType: 'AWS_IAM' });
+    for (const [, m] of routes) expect(m.Properties).toMatchObject({ RequestValidatorId: expect.anything() });
+  });
+
+  /**
+   * Which method of the template API Gateway would run for a request, or `undefined` for its 403
+   * "Missing Authentication Token": the path is matched segment by segment from the root, a
+   * static child before a path variable before a greedy `{x+}` (which takes the rest), without
+   * backtracking; at the resource reached, the request's own method, else ANY.
+   */
+  function gatewayMethod(method: string, path: string): string | undefined {
+    const t = s.template(s.stacks.controlPlane);
+    const resources = t.findResources('AWS::ApiGateway::Resource') as Record<string, { Properties: { ParentId: unknown; PathPart: string } }>;
+    const idOf = (ref: unknown): string => (ref as { Ref?: string }).Ref ?? 'root';
+    const children = (parent: string) => Object.entries(resources).filter(([, r]) => idOf(r.Properties.ParentId) === parent);
+    let at = 'root';
+    let shown = '';
+    const segments = path.split('/').filter((p) => p.length > 0);
+    for (const [i, segment] of segments.entries()) {
+      const options = children(at);
+      const hit =
+        options.find(([, r]) => r.Properties.PathPart === segment) ??
+        options.find(([, r]) => /^\{[^+]+\}$/.test(r.Properties.PathPart)) ??
+        options.find(([, r]) => r.Properties.PathPart.endsWith('+}'));
+      if (hit === undefined) return undefined;
+      at = hit[0];
+      shown = `${shown}/${hit[1].Properties.PathPart}`;
+      if (hit[1].Properties.PathPart.endsWith('+}') && i < segments.length) break;
     }
+    const methods = resourcesOf(t, 'AWS::ApiGateway::Method').map(([, m]) => m.Properties as { HttpMethod: string; ResourceId: unknown; AuthorizationType: string; Integration: { Type: string } });
+    const here = methods.filter((m) => idOf(m.ResourceId) === at || (at === 'root' && (m.ResourceId as { 'Fn::GetAtt'?: unknown })['Fn::GetAtt'] !== undefined));
+    const chosen = here.find((m) => m.HttpMethod === method) ?? here.find((m) => m.HttpMethod === 'ANY');
+    if (chosen === undefined) return undefined;
+    expect([chosen.AuthorizationType, chosen.Integration.Type]).toEqual(['AWS_IAM', 'AWS_PROXY']);
+    return `${chosen.HttpMethod} ${shown || '/'}`;
+  }
+
+  it("sends unknown paths, other methods and HEAD to the function, whose router answers 404 or 405 with Allow, instead of API Gateway's 403 Missing Authentication Token", () => {
+    const requests = [
+      ['GET', '/api/v1/scaling/status'],
+      ['DELETE', '/api/v1/scaling/status'],
+      ['HEAD', '/api/v1/scaling/config'],
+      ['OPTIONS', '/api/v1/scaling/stop'],
+      ['GET', '/'],
+      ['GET', '/nothing-here'],
+      ['GET', '/api'],
+      ['POST', '/api/v1/scaling'],
+      ['GET', '/api/v1/scaling/nothing-here/deeper'],
+      ['GET', '/api/v1/scaling/status/extra'],
+      ['GET', '/api/v1/scaling/shards/moves/42'],
+      ['PUT', '/api/v1/scaling/shards/moves/42'],
+      ['GET', '/api/v1/scaling/shards/moves/42/extra/parts'],
+    ] as const;
+    expect(requests.map(([method, path]) => `${method} ${path} -> ${gatewayMethod(method, path)}`)).toEqual([
+      'GET /api/v1/scaling/status -> GET /api/v1/scaling/status',
+      'DELETE /api/v1/scaling/status -> ANY /api/v1/scaling/status',
+      'HEAD /api/v1/scaling/config -> ANY /api/v1/scaling/config',
+      'OPTIONS /api/v1/scaling/stop -> ANY /api/v1/scaling/stop',
+      'GET / -> ANY /',
+      'GET /nothing-here -> ANY /{proxy+}',
+      'GET /api -> ANY /api',
+      'POST /api/v1/scaling -> ANY /api/v1/scaling',
+      'GET /api/v1/scaling/nothing-here/deeper -> ANY /api/v1/scaling/{proxy+}',
+      'GET /api/v1/scaling/status/extra -> ANY /api/v1/scaling/status/{proxy+}',
+      'GET /api/v1/scaling/shards/moves/42 -> GET /api/v1/scaling/shards/moves/{id}',
+      'PUT /api/v1/scaling/shards/moves/42 -> ANY /api/v1/scaling/shards/moves/{id}',
+      'GET /api/v1/scaling/shards/moves/42/extra/parts -> ANY /api/v1/scaling/shards/moves/{id}/{proxy+}',
+    ]);
+  });
+
+  it('lets API Gateway invoke the API function through one API-scoped permission for the fallbacks, not one per method', () => {
+    const permissions = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::Lambda::Permission').filter(([, p]) => p.Properties?.['Principal'] === 'apigateway.amazonaws.com');
+    expect(permissions).toHaveLength(SCALING_API_ROUTES.length + 1);
   });
 
   it("has exactly the router's routes, path and query parameters included (read off the template's resource tree)", () => {
@@ -595,7 +667,7 @@ describe('control plane stack', () => {
       const r = id === undefined ? undefined : resources[id];
       return r ? `${pathOf(r.Properties.ParentId)}/${r.Properties.PathPart}` : '';
     };
-    const deployed = resourcesOf(t, 'AWS::ApiGateway::Method').map(([, m]) => {
+    const deployed = resourcesOf(t, 'AWS::ApiGateway::Method').filter(([, m]) => m.Properties?.['HttpMethod'] !== 'ANY').map(([, m]) => {
       const props = m.Properties as { HttpMethod: string; ResourceId: unknown; RequestParameters?: Record<string, boolean> };
       return `${props.HttpMethod} ${pathOf(props.ResourceId)} ${Object.keys(props.RequestParameters ?? {}).sort().join(',')}`;
     });
@@ -616,7 +688,7 @@ describe('control plane stack', () => {
   it("answers API Gateway's own errors (auth, throttling, timeouts, defaults) as application/problem+json", () => {
     const responses = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::ApiGateway::GatewayResponse').map(([, r]) => r.Properties as Json);
     const types = responses.map((r) => r['ResponseType']);
-    expect(types).toEqual(expect.arrayContaining(['DEFAULT_4XX', 'DEFAULT_5XX', 'MISSING_AUTHENTICATION_TOKEN', 'ACCESS_DENIED', 'THROTTLED', 'INTEGRATION_TIMEOUT']));
+    expect(types).toEqual(expect.arrayContaining(['DEFAULT_4XX', 'DEFAULT_5XX', 'MISSING_AUTHENTICATION_TOKEN', 'RESOURCE_NOT_FOUND', 'ACCESS_DENIED', 'THROTTLED', 'INTEGRATION_TIMEOUT']));
     for (const r of responses) {
       expect(r['ResponseParameters']).toMatchObject({ 'gatewayresponse.header.Content-Type': "'application/problem+json'" });
       const template = (r['ResponseTemplates'] as Record<string, string>)['application/json'] ?? '';

@@ -242,11 +242,12 @@ export class CatalogStore implements ControllerCatalog {
    * Stores a new configuration version. The document is validated first (throws
    * `ScalingConfigError` naming every problem; nothing is written). With `ifVersion`, the write
    * succeeds only if that version is still current (`0` = no version yet); otherwise throws
-   * {@link ConfigVersionConflictError}.
+   * {@link ConfigVersionConflictError}. Answered once no evaluation is still asking the
+   * orchestrator for a change decided under the version before (see {@link awaitChangesInFlight}).
    */
   async putConfig(document: Record<string, unknown>, opts: { actor: string; comment?: string; ifVersion?: number }): Promise<StoredConfig> {
     const config = parseScalingConfig(document);
-    return wrap('writing the configuration', async () =>
+    const stored = await wrap('writing the configuration', async () =>
       inTransaction(await this.db(), 'begin', async (client) => {
         // Serialises writers so "current version" cannot change between the check and the insert.
         await client.query('lock table catalog.scaling_config in share row exclusive mode');
@@ -261,6 +262,8 @@ export class CatalogStore implements ControllerCatalog {
         return { version: current + 1, document, config, changedBy: opts.actor, changedAt, comment: opts.comment ?? '' };
       }),
     );
+    await this.awaitChangesInFlight(undefined, `configuration version ${stored.version}`);
+    return stored;
   }
 
   /**
@@ -276,8 +279,9 @@ export class CatalogStore implements ControllerCatalog {
     opts: { actor: string; comment?: string },
   ): Promise<StoredConfig> {
     let refusal: { readonly error: unknown } | undefined;
+    let written: StoredConfig;
     try {
-      return await wrap('writing the configuration', async () =>
+      written = await wrap('writing the configuration', async () =>
         inTransaction(await this.db(), 'begin', async (client) => {
           await client.query('lock table catalog.scaling_config in share row exclusive mode');
           const stored = await this.readConfig(client);
@@ -304,6 +308,8 @@ export class CatalogStore implements ControllerCatalog {
       if (refusal !== undefined) throw refusal.error;
       throw err;
     }
+    await this.awaitChangesInFlight(undefined, `configuration version ${written.version}`);
+    return written;
   }
 
   /** Lists configuration versions, newest first. */
@@ -322,10 +328,12 @@ export class CatalogStore implements ControllerCatalog {
    * Sets a switch and says whether that changed it. Writers are serialised (the switches' table
    * locked in SHARE ROW EXCLUSIVE mode to commit, which readers pass and which no login but the
    * control plane's may take), so of several concurrent identical calls exactly one reports
-   * `changed`. An absent scope counts as enabled.
+   * `changed`. An absent scope counts as enabled. A stop is answered only once no evaluation of
+   * the services it stops is still asking the orchestrator for a change it decided before the
+   * stop (see {@link awaitChangesInFlight}).
    */
   async setSwitch(s: { scope: string; enabled: boolean; actor: string; reason?: string }): Promise<Switch & { readonly changed: boolean }> {
-    return wrap('setting a switch', async () =>
+    const set = await wrap('setting a switch', async () =>
       inTransaction(await this.db(), 'begin', async (client) => {
         await client.query('lock table catalog.scaling_switches in share row exclusive mode');
         const before = await client.query<{ enabled: boolean }>('select enabled from catalog.scaling_switches where scope = $1', [s.scope]);
@@ -339,6 +347,25 @@ export class CatalogStore implements ControllerCatalog {
         return { scope: s.scope, enabled: s.enabled, changedBy: s.actor, changedAt: rows[0]?.changed_at ?? new Date(), reason: s.reason ?? '', changed };
       }),
     );
+    if (!s.enabled) await this.awaitChangesInFlight(s.scope === GLOBAL_SCOPE ? undefined : s.scope, 'the stop');
+    return set;
+  }
+
+  /**
+   * Waits until no evaluation is asking the orchestrator for a change of `service` (of any
+   * service when omitted). An evaluation holds its service's lock from its last look at the
+   * switches and the configuration until the orchestrator has answered, so once this returns,
+   * every change still to be asked for will see what the caller has just committed: a stop or a
+   * configuration change answered after this never precedes a scale action that ignores it.
+   * The share lock is held for this statement only (an evaluation starting in that instant
+   * stands aside and the next one evaluates the service).
+   */
+  private async awaitChangesInFlight(service: string | undefined, what: string): Promise<void> {
+    await wrap(`waiting for the evaluations applying a change before answering ${what} (it is stored)`, async () => {
+      const db = await this.db();
+      if (service === undefined) await db.query('select service from catalog.service_locks for share');
+      else await db.query('select service from catalog.service_locks where service = $1::text for share', [service]);
+    });
   }
 
   /** Every switch ever set; absent scopes are enabled. */
@@ -403,6 +430,10 @@ export class CatalogStore implements ControllerCatalog {
             if (!Object.hasOwn(stored.config.services, service)) return { kind: 'config', version: stored.version, changedBy: stored.changedBy, removed: true };
             const disabled = !stored.config.enabled || !resolveServiceConfig(stored.config, service).enabled;
             return disabled ? { kind: 'config', version: stored.version, changedBy: stored.changedBy } : undefined;
+          },
+          configuration: async () => {
+            const stored = await this.readConfig(client);
+            return stored === undefined ? undefined : { version: stored.version, config: stored.config, changedBy: stored.changedBy };
           },
           saveState: async (state) => {
             await client.query(

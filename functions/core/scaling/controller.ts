@@ -37,6 +37,7 @@ import type {
   RawMetrics,
   ScalableTargetRegistry,
   ScalingTarget,
+  ServiceSession,
   Stopper,
   StoredServiceState,
   Suspension,
@@ -358,17 +359,20 @@ export class ScalingController {
   }
 
   /**
-   * Evaluates one service in two transactions under its lock, with the orchestrator asked in
-   * between. The first settles what a stopped evaluation left (see {@link settle}) and decides;
-   * a decision that changes nothing is recorded there, one that changes the desired count is
-   * stored as the service's `pending` change, committed before the orchestrator is asked. The
-   * second records the outcome and clears `pending`, with the change counted in the state (the
+   * Evaluates one service in two transactions under its lock. The first settles what a stopped
+   * evaluation left (see {@link settle}) and decides; a decision that changes nothing is
+   * recorded there, one that changes the desired count is stored as the service's `pending`
+   * change, committed before the orchestrator is asked. The second looks at the switches and the
+   * configuration again (see {@link heldMeanwhile}), asks the orchestrator while holding the
+   * lock, records the outcome and clears `pending`, with the change counted in the state (the
    * cooldown starts). A process killed in between leaves `pending` for the next evaluation,
    * which records the change and starts its cooldown if the service shows it.
    */
   private async evaluateWithCatalog(inputs: ServiceInputs, ctx: EvalContext, warnings: string[]): Promise<DecisionRecord> {
     const service = inputs.cfg.service;
     let done: Outcomes | undefined;
+    let pendingStored: number | undefined;
+    let heldBack: Outcomes | undefined;
     try {
       const planned = await this.deps.catalog.withServiceLock(service, async (session) => {
         const { state, settled, unsettled } = this.settle(await session.loadState(), inputs, ctx);
@@ -378,6 +382,7 @@ export class ScalingController {
         // answered since then holds the change back (the stop's transaction has committed).
         const stop = decided.change ? await session.stoppedBy() : undefined;
         const plan = stop === undefined ? decided : stoppedMeanwhile(decided, stop);
+        if (stop !== undefined) heldBack = plan;
         const pending = plan.change ? plan.record : unsettled;
         await session.saveState(pending === undefined ? plan.state : { ...plan.state, pending });
         if (!plan.change) await session.recordDecision(plan.record);
@@ -393,19 +398,28 @@ export class ScalingController {
         this.lastStates.set(service, plan.state);
         return plan.record;
       }
-      const outcome = await this.apply(plan, ctx);
-      done = outcome;
-      await this.deps.catalog.withServiceLock(
+      pendingStored = plan.record.at;
+      const finished = await this.deps.catalog.withServiceLock(
         service,
         async (session) => {
           // Only an evaluation without the evaluation lease (the catalog failed it) can have
-          // settled this change meanwhile; its record then stands.
-          if ((await session.loadState())?.pending?.at !== plan.record.at) return;
+          // settled this change meanwhile; its record then stands and nothing more is changed.
+          if ((await session.loadState())?.pending?.at !== plan.record.at) return undefined;
+          // Looked at again under the lock that is held until the orchestrator has answered: a
+          // stop or a configuration change is answered only once that lock is free (the
+          // catalog's awaitChangesInFlight), so none answered before the call is missed.
+          const held = await this.heldMeanwhile(plan, inputs.cfg, session);
+          if (held !== undefined) heldBack = held;
+          const outcome = held ?? (await this.apply(plan, ctx));
+          if (held === undefined) done = outcome;
           await session.saveState(outcome.state);
           await session.recordDecision(outcome.record);
+          return outcome;
         },
         { wait: true },
       );
+      const outcome = finished.acquired ? finished.value : undefined;
+      if (outcome === undefined) return { ...plan.record, outcome: 'skipped', error: 'another evaluation settled this change before it was asked for: nothing is changed' };
       this.lastStates.set(service, outcome.state);
       return outcome.record;
     } catch (err) {
@@ -420,8 +434,45 @@ export class ScalingController {
         this.hold(late);
         return late;
       }
+      // A stop or a configuration change seen under the lock holds, even if its record could not
+      // be committed: deciding again from the configuration loaded before it would not see it.
+      if (heldBack !== undefined) {
+        const late: DecisionRecord = { ...heldBack.record, degraded: true };
+        this.lastStates.set(service, heldBack.state);
+        if (pendingStored !== undefined) this.heldPending.set(service, pendingStored);
+        this.hold(late);
+        return late;
+      }
+      // A `pending` stored by the first transaction is this evaluation's own: what follows decides
+      // again without the catalog and holds its record, so settling must not record that too.
+      if (pendingStored !== undefined) this.heldPending.set(service, pendingStored);
       return this.evaluateWithoutCatalog(inputs, { ...ctx, degraded: true });
     }
+  }
+
+  /**
+   * What holds back a change decided (and re-checked) in the evaluation's first transaction,
+   * looked at again just before the orchestrator is asked: a stop, `dry_run` switched on, or
+   * bounds that no longer contain the new count. Another configuration change (thresholds) lets
+   * the change go ahead: the next evaluation decides under it.
+   */
+  private async heldMeanwhile(plan: Plan, decidedUnder: ServiceScalingConfig, session: ServiceSession): Promise<Outcomes | undefined> {
+    const stop = await session.stoppedBy();
+    if (stop !== undefined) return stoppedMeanwhile(plan, stop);
+    const stored = await session.configuration();
+    if (stored === undefined) return undefined;
+    const now = resolveServiceConfig(stored.config, decidedUnder.service);
+    const by = `${stored.changedBy} (configuration version ${stored.version})`;
+    const { change: _change, ...rest } = plan;
+    const hold = (block: Block, dryRun: boolean): Outcomes => ({ state: rest.state, record: { ...rest.record, dryRun, outcome: 'blocked', blocked: [...rest.record.blocked, block] } });
+    if (now.dry_run && !decidedUnder.dry_run) {
+      return hold({ kind: 'dry_run', message: `dry run was switched on by ${by} while this evaluation ran: the decision is recorded and nothing is changed` }, true);
+    }
+    const to = plan.record.to;
+    if (to > now.max_instances || to < now.min_instances) {
+      return hold({ kind: 'bounds', message: `the instance bounds became ${now.min_instances}..${now.max_instances} (${stored.changedBy}, configuration version ${stored.version}) while this evaluation ran: ${to} is outside them, nothing is changed` }, plan.record.dryRun);
+    }
+    return undefined;
   }
 
   /**

@@ -163,6 +163,13 @@ export type Stopper =
   | { readonly kind: 'switch'; readonly scope: string; readonly changedBy: string }
   | { readonly kind: 'config'; readonly version: number; readonly changedBy: string; readonly removed?: boolean };
 
+/** A stored configuration version and who wrote it. */
+export interface StoredControlConfig {
+  readonly version: number;
+  readonly config: ScalingConfig;
+  readonly changedBy: string;
+}
+
 /** What the controller may do with one service while it holds that service's lock. */
 export interface ServiceSession {
   loadState(): Promise<StoredServiceState | undefined>;
@@ -174,6 +181,12 @@ export interface ServiceSession {
    * state must still hold its change back.
    */
   stoppedBy(): Promise<Stopper | undefined>;
+  /**
+   * The stored configuration now, read under the lock (`undefined` while none was ever stored):
+   * a `dry_run` or bounds change answered after the evaluation loaded its control state must
+   * still hold its change back.
+   */
+  configuration(): Promise<StoredControlConfig | undefined>;
   saveState(state: StoredServiceState): Promise<void>;
   recordDecision(record: DecisionRecord): Promise<void>;
 }

@@ -615,8 +615,16 @@ describe('scaling API over HTTP', () => {
       const wrong = await h.fetchJson(`${API}/status`, { method: 'DELETE' });
       expect(unknown.status).toBe(404);
       expect(wrong.status).toBe(405);
-      expect(wrong.headers.get('allow')).toBe('GET');
+      expect(wrong.headers.get('allow')).toBe('GET, HEAD');
       expect(wrong.headers.get('content-type')).toBe('application/problem+json');
+    });
+
+    it('lists HEAD in the Allow of a 405 wherever GET is allowed, since HEAD is served there', async () => {
+      const wrong = await h.fetchJson(`${API}/config`, { method: 'DELETE' });
+      const head = await fetch(`${h.url}${API}/config`, { method: 'HEAD' });
+      expect(wrong.status).toBe(405);
+      expect(wrong.headers.get('allow')).toBe('GET, HEAD, PATCH, PUT');
+      expect(head.status).toBe(200);
     });
 
     it('answers non-JSON 415, malformed JSON 400 and oversized bodies 413', async () => {

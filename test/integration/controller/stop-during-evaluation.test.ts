@@ -8,6 +8,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
+import type { ControllerCatalog } from '../../../functions/core/scaling/ports.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, givenOneService, ManualClock, metricsFrom, mockControllerAws, serviceNames, topologyOf } from '../../support/scaling-fixtures.js';
@@ -22,6 +23,8 @@ const CONFIG = { policy: 'threshold', min_instances: 2, max_instances: 10, scale
 let server: TestPostgres;
 const pools: pg.Pool[] = [];
 let dbCount = 0;
+/** The database of the newest fresh catalog. */
+let currentDatabase = '';
 
 beforeAll(async () => {
   server = await startTestPostgres();
@@ -33,6 +36,7 @@ afterAll(async () => {
 
 async function freshCatalog(): Promise<CatalogStore> {
   const name = `stop_race_${++dbCount}`;
+  currentDatabase = name;
   const admin = new pg.Client({ connectionString: server.url });
   await admin.connect();
   await admin.query(`create database ${name}`);
@@ -93,4 +97,184 @@ describe('stopping scaling while an evaluation runs', () => {
       expect((await store.getServiceState('svc-0'))?.events ?? []).toEqual([]);
     });
   }
+});
+
+/**
+ * The evaluation's catalog, paused once the first transaction of `svc-0` has committed (its
+ * change re-checked and stored as `pending`) until `release`: the moment before the orchestrator
+ * is asked.
+ */
+function pausedAfterDeciding(store: CatalogStore): { catalog: ControllerCatalog; decided: Promise<void>; release: () => void } {
+  let reached!: () => void;
+  let release!: () => void;
+  const decided = new Promise<void>((resolve) => (reached = resolve));
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  let first = true;
+  const catalog: ControllerCatalog = {
+    acquireLease: (name, request) => store.acquireLease(name, request),
+    loadControl: () => store.loadControl(),
+    withServiceLock: async (service, work, options) => {
+      const result = await store.withServiceLock(service, work, options);
+      if (first) {
+        first = false;
+        reached();
+        await gate;
+      }
+      return result;
+    },
+    recordDecision: (record) => store.recordDecision(record),
+    getServiceState: (service) => store.getServiceState(service),
+    appendBacklog: (backlog) => store.appendBacklog(backlog),
+  };
+  return { catalog, decided, release };
+}
+
+/** Holds UpdateService (sent: the controller has started the scale action) until `release`. */
+function holdUpdate(events: string[]): { sent: Promise<void>; release: () => void } {
+  let reached!: () => void;
+  let release!: () => void;
+  const sent = new Promise<void>((resolve) => (reached = resolve));
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  ecs.on(UpdateServiceCommand).callsFake(async () => {
+    events.push('update sent');
+    reached();
+    await gate;
+    events.push('update answered');
+    return {};
+  });
+  return { sent, release };
+}
+
+/** Resolves once a session of the catalog's database waits for a lock. */
+async function someoneWaitsForALock(database: string): Promise<void> {
+  const admin = new pg.Client({ connectionString: server.url });
+  await admin.connect();
+  try {
+    for (;;) {
+      const { rows } = await admin.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'`, [database]);
+      if ((rows[0]?.n ?? 0) > 0) return;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  } finally {
+    await admin.end();
+  }
+}
+
+describe('stopping or reconfiguring scaling between the re-check and the orchestrator call', () => {
+  it('changes no desired count when POST /stop is answered after the change was decided and before UpdateService is sent', async () => {
+    const store = await freshCatalog();
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    const paused = pausedAfterDeciding(store);
+    const evaluation = controllerFor({ topology, catalog: paused.catalog, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    await paused.decided;
+
+    await store.setSwitch({ scope: 'svc-0', enabled: false, actor: 'alice' });
+    paused.release();
+    const result = await evaluation;
+
+    expect(ecs.commandCalls(UpdateServiceCommand)).toHaveLength(0);
+    expect(result.decisions.map((d) => [d.outcome, d.to, d.blocked.map((b) => b.kind)])).toEqual([['blocked', 4, ['disabled']]]);
+    expect((await store.listDecisions()).map((d) => d.outcome)).toEqual(['blocked']);
+    expect((await store.getServiceState('svc-0'))?.events ?? []).toEqual([]);
+  });
+
+  it('answers POST /stop only once an UpdateService already sent has been answered, so no scale action follows the answer', async () => {
+    const store = await freshCatalog();
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    const events: string[] = [];
+    const update = holdUpdate(events);
+    const evaluation = controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    await update.sent;
+
+    const stopping = store.setSwitch({ scope: '*', enabled: false, actor: 'alice' }).then(() => events.push('stop answered'));
+    await Promise.race([someoneWaitsForALock(currentDatabase), stopping]);
+    update.release();
+    await Promise.all([evaluation, stopping]);
+
+    expect(events).toEqual(['update sent', 'update answered', 'stop answered']);
+  });
+
+  it('records the change as a dry run when dry_run was switched on (PATCH /config) after the change was decided', async () => {
+    const store = await freshCatalog();
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    const paused = pausedAfterDeciding(store);
+    const evaluation = controllerFor({ topology, catalog: paused.catalog, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    await paused.decided;
+
+    await store.putConfig({ ...CONFIG, dry_run: true }, { actor: 'alice' });
+    paused.release();
+    const result = await evaluation;
+
+    expect(ecs.commandCalls(UpdateServiceCommand)).toHaveLength(0);
+    expect(result.decisions.map((d) => [d.outcome, d.to, d.dryRun, d.blocked.map((b) => b.kind)])).toEqual([['blocked', 4, true, ['dry_run']]]);
+    expect(result.decisions[0]?.blocked[0]?.message).toBe('dry run was switched on by alice (configuration version 1) while this evaluation ran: the decision is recorded and nothing is changed');
+    expect((await store.listDecisions()).map((d) => d.outcome)).toEqual(['blocked']);
+  });
+
+  it('does not scale past a max_instances lowered (PATCH /config) after the change was decided', async () => {
+    const store = await freshCatalog();
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    const paused = pausedAfterDeciding(store);
+    const evaluation = controllerFor({ topology, catalog: paused.catalog, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    await paused.decided;
+
+    await store.putConfig({ ...CONFIG, max_instances: 3 }, { actor: 'alice' });
+    paused.release();
+    const result = await evaluation;
+
+    expect(ecs.commandCalls(UpdateServiceCommand)).toHaveLength(0);
+    expect(result.decisions.map((d) => [d.outcome, d.to, d.blocked.map((b) => b.kind)])).toEqual([['blocked', 4, ['bounds']]]);
+    expect(result.decisions[0]?.blocked[0]?.message).toBe('the instance bounds became 2..3 (alice, configuration version 1) while this evaluation ran: 4 is outside them, nothing is changed');
+  });
+
+  it('still applies the change when a configuration change answered meanwhile leaves it allowed', async () => {
+    const store = await freshCatalog();
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    const paused = pausedAfterDeciding(store);
+    const evaluation = controllerFor({ topology, catalog: paused.catalog, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    await paused.decided;
+
+    await store.putConfig({ ...CONFIG, max_instances: 12 }, { actor: 'alice' });
+    paused.release();
+    const result = await evaluation;
+
+    expect(ecs.commandCalls(UpdateServiceCommand).map((c) => c.args[0].input.desiredCount)).toEqual([4]);
+    expect(result.decisions.map((d) => [d.outcome, d.to])).toEqual([['applied', 4]]);
+  });
+});
+
+describe('a stop seen under the lock when the catalog then fails', () => {
+  it('changes no desired count when the transaction that saw the stop could not commit, and keeps the blocked decision for the catalog', async () => {
+    const store = await freshCatalog();
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    // The first transaction of svc-0 runs its work, then fails as a lost connection would: rolled back.
+    const failing: ControllerCatalog = {
+      acquireLease: (name, request) => store.acquireLease(name, request),
+      loadControl: () => store.loadControl(),
+      withServiceLock: (service, work, options) =>
+        store.withServiceLock(
+          service,
+          async (session) => {
+            await work(session);
+            throw new Error('connection terminated unexpectedly');
+          },
+          options,
+        ),
+      recordDecision: (record) => store.recordDecision(record),
+      getServiceState: (service) => store.getServiceState(service),
+      appendBacklog: (backlog) => store.appendBacklog(backlog),
+    };
+    const held = holdMetrics();
+    const controller = controllerFor({ topology, catalog: failing, fallback: CONFIG, clock: new ManualClock(T0) });
+    const evaluation = controller.evaluate({ trigger: 'schedule' });
+    await held.reading;
+
+    await store.setSwitch({ scope: 'svc-0', enabled: false, actor: 'alice' });
+    held.release();
+    const result = await evaluation;
+
+    expect(ecs.commandCalls(UpdateServiceCommand)).toHaveLength(0);
+    expect(result.decisions.map((d) => [d.outcome, d.degraded, d.blocked.map((b) => b.kind)])).toEqual([['blocked', true, ['disabled']]]);
+    expect(controller.pendingBacklog()).toEqual({ held: 1, dropped: 0 });
+  });
 });

@@ -70,7 +70,7 @@ describe('API router', () => {
   it('answers 405 with Allow for a known path and the wrong method', async () => {
     const res = await router.dispatch(req('DELETE', '/api/items/abc'));
     expect(res.status).toBe(405);
-    expect(res.headers['allow']).toBe('GET, PUT');
+    expect(res.headers['allow']).toBe('GET, HEAD, PUT');
   });
 
   it('refuses a query parameter given more than once with a 400 naming it, rather than use its last value', async () => {
