@@ -65,7 +65,7 @@ describe('the concurrent move torture test', () => {
         async (shape, moves, directory, writerSeed, staleWriters, fenceBudgetMs) => {
           firstSlot += 37;
           const report = await concurrentTortureRun(env, { firstSlot, shape, moves: moves.slice(0, shape === 'three' ? 3 : 2), directory, ...size, seed: writerSeed, strict, staleWriters, fenceBudgetMs, sabotage: process.env['TORTURE_SABOTAGE'] === '1' });
-          const summary = `[run ${++run}] ${shape}${directory ? ' +directory' : ''}${staleWriters ? ' +stale writers' : ''}${fenceBudgetMs === undefined ? '' : ` +fence budget ${fenceBudgetMs} ms`}: jobs ${report.jobs.map((j) => `#${j.id} ${j.kind} ${j.unitId.slice(0, 8)} ${j.from}->${j.to} ${j.state}`).join(', ')}; ${report.crashesDone} crashes, ${report.cancelsAccepted} cancels, ${report.acknowledged} acks, handovers ${report.handovers.inPlace} in place / ${report.handovers.crossShard} across, ${report.tokenReads} token reads`;
+          const summary = `[run ${++run}] ${shape}${directory ? ' +directory' : ''}${staleWriters ? ' +stale writers' : ''}${fenceBudgetMs === undefined ? '' : ` +fence budget ${fenceBudgetMs} ms`}: jobs ${report.jobs.map((j) => `#${j.id} ${j.kind} ${j.unitId.slice(0, 8)} ${j.from}->${j.to} ${j.state}`).join(', ')}; ${report.crashesDone} crashes, ${report.cancelsAccepted} cancels, ${report.acknowledged} acks, handovers ${report.handovers.inPlace} in place / ${report.handovers.crossShard} across, ${report.tokenReads} token reads, keyed ${JSON.stringify(report.keyed)}`;
           console.log(summary);
           for (const [f, n] of report.writeFailures) console.log(`  write failure x${n}: ${f}`);
           for (const e of new Set(report.moverErrors.map((m) => m.slice(0, 240)))) console.log(`  mover error: ${e}`);
@@ -73,6 +73,7 @@ describe('the concurrent move torture test', () => {
           for (const v of report.violations.slice(0, 30)) console.log(`  VIOLATION: ${v}`);
           expect(report.violations).toEqual([]);
           expect(report.acknowledged).toBeGreaterThan(0);
+          expect(report.keyed.created).toBeGreaterThan(0);
         },
       ),
       { numRuns, seed },
