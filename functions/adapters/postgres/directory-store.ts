@@ -3,8 +3,9 @@
  * shard pins, per user or tenant. It is the whole routing table under `directory_based` and an
  * override of `hash_based` (how a hot tenant gets its own shard). Reads go through a short TTL
  * cache with an injected clock; misses are cached too, so unknown keys do not hammer the
- * catalog. Writes through this store invalidate its own cache at once; other processes see a
- * change within one TTL.
+ * catalog. Writes through this store invalidate its own cache at once (a write made in a
+ * caller's transaction, once the caller calls {@link DirectoryStore.invalidate} after its commit);
+ * other processes see a change within one TTL.
  *
  * @example
  * ```ts
@@ -100,6 +101,12 @@ const toEntry = (r: Row): DirectoryEntry => ({ key: r.key, shardId: r.shard_id, 
 export class DirectoryStore implements DirectoryLookup {
   private readonly cache: TtlCache<string | null>;
   private readonly shards: ReadonlySet<string> | undefined;
+  /**
+   * Bumped by every invalidation. A lookup caches what it read only if none happened while it
+   * read: one that read before a write committed and answers after the write was forgotten would
+   * otherwise cache the old owner for a whole TTL.
+   */
+  private generation = 0;
 
   constructor(
     private readonly pool: Queryable,
@@ -114,9 +121,10 @@ export class DirectoryStore implements DirectoryLookup {
     const key = canonicalKey(rawKey);
     const cached = this.cache.get(key);
     if (cached !== undefined) return cached.value;
+    const generation = this.generation;
     const { rows } = await this.pool.query<{ shard_id: string }>('select shard_id from catalog.shard_directory where key = $1', [key]);
     const shardId = rows[0]?.shard_id ?? null;
-    this.cache.set(key, shardId);
+    if (generation === this.generation) this.cache.set(key, shardId);
     return shardId;
   }
 
@@ -132,6 +140,11 @@ export class DirectoryStore implements DirectoryLookup {
    * compare-and-set: written only over that entry (or, `null`, only where the key has none), else
    * {@link DirectoryVersionConflictError} naming what was found, and nothing written. Without it,
    * the last writer wins (an operator's decision).
+   *
+   * The key's cached lookup is forgotten once the write is made. Made with a `client` in a
+   * transaction, the write is not yet visible then, and a lookup of this process may cache the
+   * old owner again until the commit: call {@link invalidate} for the key once the transaction
+   * has ended (the mover does after each of its writes).
    *
    * @example
    * ```ts
@@ -165,16 +178,16 @@ export class DirectoryStore implements DirectoryLookup {
                 where key = $1 and shard_id = $4 and version = $5 ${returning}`,
               [key, shardId, by, expected.shardId, expected.version],
             );
-    this.cache.invalidate(key);
+    this.forget(key);
     if (!rows[0]) throw new DirectoryVersionConflictError(key, expected ?? null, await this.entry(key, client));
     return toEntry(rows[0]);
   }
 
-  /** Removes the pin; returns whether there was one. The key then follows the fallback. */
+  /** Removes the pin; returns whether there was one. The key then follows the fallback. With a `client` in a transaction, see {@link set} on the cache. */
   async delete(rawKey: string, client: Queryable = this.pool): Promise<boolean> {
     const key = canonicalKey(rawKey);
     const { rowCount } = await client.query('delete from catalog.shard_directory where key = $1', [key]);
-    this.cache.invalidate(key);
+    this.forget(key);
     return (rowCount ?? 0) > 0;
   }
 
@@ -221,6 +234,12 @@ export class DirectoryStore implements DirectoryLookup {
   /** Forgets cached lookups (one key, in any spelling, or all), e.g. after another process moved a key. */
   invalidate(rawKey?: string): void {
     // The cache holds canonical keys: forgetting `rawKey` as spelled would forget nothing.
-    this.cache.invalidate(rawKey === undefined ? undefined : canonicalKey(rawKey));
+    this.forget(rawKey === undefined ? undefined : canonicalKey(rawKey));
+  }
+
+  /** Forgets a canonical key (or all), and what lookups still reading would cache (see {@link generation}). */
+  private forget(key?: string): void {
+    this.generation += 1;
+    this.cache.invalidate(key);
   }
 }

@@ -37,7 +37,7 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { MoveCancelled, MoveError, MoveFenceBudgetSpent, MoveLeaseLostError, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
+import { MoveCancelled, MoveError, MoveFenceBudgetSpent, MoveLeaseLostError, MoveOwnerConflict, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
@@ -53,10 +53,14 @@ import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION, UNIQUE_VIOLATI
 import { inTransaction, RollbackWith } from './transaction.js';
 
 /** The slot-map side of the catalog the mover needs. */
-export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish'>;
+export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish' | 'ownerOf'>;
 
-/** The directory side of the catalog the mover needs (`entry` reads are never cached). */
-export type MoverDirectory = Pick<DirectoryStore, 'entry' | 'set' | 'all'>;
+/**
+ * The directory side of the catalog the mover needs (`entry` reads are never cached). `invalidate`
+ * is called once each transaction of the mover that wrote the entry has ended: the process's
+ * lookups (the same store routes its requests) must not keep an owner read before that commit.
+ */
+export type MoverDirectory = Pick<DirectoryStore, 'entry' | 'set' | 'all' | 'invalidate'>;
 
 export interface MoveSettings {
   /**
@@ -348,6 +352,24 @@ const ENTERED_AT: Partial<Record<string, string>> = {
 interface LaneBounds {
   readonly from: string | null;
   readonly to: string | null;
+}
+
+/**
+ * Whether the catalog's owner of a move's unit is neither of its sides: a third shard (an
+ * operator's pin, a map someone else published). A directory key with no entry is the source's
+ * (the move pins it there, and publishes its target over no entry just as well).
+ */
+function isForeignOwner(job: MoveJob, owner: string | null): boolean {
+  return owner !== job.from && owner !== job.to && !(job.kind === 'directory' && owner === null);
+}
+
+/** The error of a move that stops because the catalog names a third shard as its unit's owner (see {@link isForeignOwner}). */
+function foreignOwnerMessage(job: MoveJob, read: { owner: string | null; version: number; by: string | null }): string {
+  const change =
+    job.kind === 'directory'
+      ? `key ${job.unitId} was pinned to ${read.owner ?? 'nobody'} (version ${read.version}${read.by === null ? '' : `, by ${read.by}`})`
+      : `slot ${job.unitId} was given to ${read.owner ?? 'nobody'} (slot map version ${read.version})`;
+  return `${change} while this move ran: that shard is neither the move's source ${job.from} nor its target ${job.to}, so the move cannot publish its target without overwriting the ${job.kind === 'directory' ? 'pin' : 'map'}; it stopped and rolled back its copy on ${job.to}; the unit's rows are on ${job.from}`;
 }
 
 /**
@@ -782,26 +804,29 @@ export class PgMovePort implements MovePort<MoveJob> {
       // cannot override; writers routed by hash land on the same shard meanwhile. Read and set
       // with the job row locked on this run's lease: a run whose lease lapsed (another finished
       // the move meanwhile) must not pin the key back to its old shard.
-      await this.withLockedJob(job, async () => {
-        await this.catalog.use(async (catalog) => {
-          let pinned = await this.options.directory.entry(job.unitId, catalog);
-          // Only where there is still no pin: an operator's pin made since the read is theirs to keep.
-          if (pinned === null) {
-            pinned = await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null).catch((err: unknown) => {
-              if (!(err instanceof DirectoryVersionConflictError)) throw err;
-              return err.actual;
-            });
-          }
-          if (pinned?.shardId === job.to) {
-            // A cancel would be refused (a rollback never deletes rows where the catalog sends the
-            // unit), so the message must not send the operator there.
-            throw new MoveError(
-              `key ${job.unitId} is now pinned to ${job.to}, this move's own target, by ${pinned.updatedBy} (version ${pinned.version}), before the move could publish it: writes of the key go to ${job.to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand`,
-            );
-          }
-          if (pinned?.shardId !== job.from) throw new MoveError(`key ${job.unitId} is now pinned to ${pinned?.shardId ?? 'nothing'}, not ${job.from}; cancel this move`);
-        });
-      });
+      await this.forgettingCachedOwner(job, () =>
+        this.withLockedJob(job, async () => {
+          await this.catalog.use(async (catalog) => {
+            let pinned = await this.options.directory.entry(job.unitId, catalog);
+            // Only where there is still no pin: an operator's pin made since the read is theirs to keep.
+            if (pinned === null) {
+              pinned = await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null).catch((err: unknown) => {
+                if (!(err instanceof DirectoryVersionConflictError)) throw err;
+                return err.actual;
+              });
+            }
+            if (pinned?.shardId === job.to) {
+              // A cancel would be refused (a rollback never deletes rows where the catalog sends the
+              // unit), so the message must not send the operator there.
+              throw new MoveError(
+                `key ${job.unitId} is now pinned to ${job.to}, this move's own target, by ${pinned.updatedBy} (version ${pinned.version}), before the move could publish it: writes of the key go to ${job.to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand`,
+              );
+            }
+            if (pinned !== null && pinned.shardId !== job.from) throw new MoveOwnerConflict(foreignOwnerMessage(job, { owner: pinned.shardId, version: pinned.version, by: pinned.updatedBy }));
+            if (pinned === null) throw new MoveError(`key ${job.unitId} is pinned to nothing, not ${job.from}: its pin was deleted as the move made it; the move starts again on its next run`);
+          });
+        }),
+      );
     }
     const source = this.pool(job.from);
     const excluded = job.kind === 'slot' ? job.excludedKeys : [];
@@ -1467,6 +1492,10 @@ export class PgMovePort implements MovePort<MoveJob> {
     // was asked to stop (a process shutting down, which waits for its runs a bounded time and then
     // stops its servers), meanwhile stops here rather than hold writes after it should have ended.
     this.checkTimeForFence(job);
+    // A unit the catalog gave a third shard meanwhile could never be published: the fence would
+    // hold its writes for nothing (the flip refuses), at every run.
+    const read = await this.ownerBeforeFence(job);
+    if (isForeignOwner(job, read.owner)) throw new MoveOwnerConflict(foreignOwnerMessage(job, read));
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     try {
       // The lock wait is bounded from the transaction's first statement (a whole number of ms
@@ -1776,6 +1805,19 @@ export class PgMovePort implements MovePort<MoveJob> {
     return { source: pre.source.totalsWith(ids, source), target: pre.target.totalsWith(ids, target), differing };
   }
 
+  /**
+   * Runs `transaction`, a catalog transaction that may write a directory move's entry, and then,
+   * the transaction ended (committed or rolled back) whatever its outcome, forgets the key's cached
+   * lookup in this process: one made while the transaction was open read the entry it replaced.
+   */
+  private async forgettingCachedOwner<T>(job: MoveJob, transaction: () => Promise<T>): Promise<T> {
+    try {
+      return await transaction();
+    } finally {
+      if (job.kind === 'directory') this.options.directory.invalidate(job.unitId);
+    }
+  }
+
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
   private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T | RollbackWith<NoInfer<T>>>, begin = 'begin', onBegun?: () => void): Promise<T> {
     return this.catalog.transaction<T>(begin, async () => {
@@ -1794,14 +1836,23 @@ export class PgMovePort implements MovePort<MoveJob> {
    * the map read (the flip builds the next version from it: one read of the 4096-slot map per
    * flip, not one to check and one to build).
    */
-  private currentOwner(job: MoveJob): Promise<{ owner: string | null; version: number; map: SlotMap | null }> {
+  private currentOwner(job: MoveJob): Promise<{ owner: string | null; version: number; by: string | null; map: SlotMap | null }> {
     return this.catalog.use(async (catalog) => {
       if (job.kind === 'directory') {
         const entry = await this.options.directory.entry(job.unitId, catalog);
-        return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, map: null };
+        return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, by: entry?.updatedBy ?? null, map: null };
       }
       const map = await this.options.slotMaps.current(catalog);
-      return { owner: map.assignments[Number(job.unitId)] ?? null, version: map.version, map };
+      return { owner: map.assignments[Number(job.unitId)] ?? null, version: map.version, by: null, map };
+    });
+  }
+
+  /** As {@link currentOwner}, without the slot map: a slot's owner alone (a slot move reads the whole map once per run, at its flip). */
+  private ownerBeforeFence(job: MoveJob): Promise<{ owner: string | null; version: number; by: string | null }> {
+    if (job.kind === 'directory') return this.currentOwner(job);
+    return this.catalog.use(async (catalog) => {
+      const read = await this.options.slotMaps.ownerOf(Number(job.unitId), catalog);
+      return { owner: read?.shardId ?? null, version: read?.version ?? 0, by: null };
     });
   }
 
@@ -1848,19 +1899,21 @@ export class PgMovePort implements MovePort<MoveJob> {
         // behind a lease renewal sent meanwhile (and waiting on the same lock), unguarded.
         const outcome = await this.catalog.use(async () => {
           try {
-            return await this.withLockedJob<FlipOutcome<MoveJob>>(
-              job,
-              async (row) => {
-                try {
-                  const result = await this.flipLocked(job, row, reason);
-                  cancellable = !(result instanceof RollbackWith) && result.kind === 'flipped';
-                  return result;
-                } catch (err) {
-                  cancellable = false;
-                  throw err;
-                }
-              },
-              `begin; set local statement_timeout = '${Math.max(1, Math.ceil(this.budgetLeft()))}ms'`,
+            return await this.forgettingCachedOwner(job, () =>
+              this.withLockedJob<FlipOutcome<MoveJob>>(
+                job,
+                async (row) => {
+                  try {
+                    const result = await this.flipLocked(job, row, reason);
+                    cancellable = !(result instanceof RollbackWith) && result.kind === 'flipped';
+                    return result;
+                  } catch (err) {
+                    cancellable = false;
+                    throw err;
+                  }
+                },
+                `begin; set local statement_timeout = '${Math.max(1, Math.ceil(this.budgetLeft()))}ms'`,
+              ),
             );
           } finally {
             guard.disarm();
@@ -1923,9 +1976,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     // neither flip nor be cancelled (a rollback is refused while the catalog names the target),
     // and every write of the unit, routed to the target, was refused for good.
     const publishedAlready = owner === job.to;
-    if (!publishedAlready && owner !== job.from && !(job.kind === 'directory' && owner === null)) {
-      return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'conflict', detail: `the catalog names ${owner ?? 'nobody'} as the owner of ${job.kind} ${job.unitId} (version ${version}), not the source ${job.from}` });
-    }
+    if (isForeignOwner(job, owner)) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'conflict', detail: foreignOwnerMessage(job, read) });
     const left = this.budgetLeft();
     if (left <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
     await this.catalog.query(`set local statement_timeout = '${Math.max(1, Math.ceil(left))}ms'`);
@@ -2174,27 +2225,29 @@ export class PgMovePort implements MovePort<MoveJob> {
     const reason = `move job #${job.id}: ${job.kind} ${job.unitId} from ${job.from} to ${job.to}, published again: ${job.from}'s fence says the unit moved there for this job, a flip the catalog lost`;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.withLockedJob(job, async (row) => {
-          if (row.flipStarted) return row;
-          const read = await this.currentOwner(row);
-          const { owner, version } = read;
-          let after = version;
-          if (owner !== job.to) {
-            if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
-              throw new MoveError(
-                `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, but the catalog names ${owner ?? 'nobody'} as its owner (version ${version}), neither side of the move: the unit's owner must be decided by hand`,
-              );
+        return await this.forgettingCachedOwner(job, () =>
+          this.withLockedJob(job, async (row) => {
+            if (row.flipStarted) return row;
+            const read = await this.currentOwner(row);
+            const { owner, version } = read;
+            let after = version;
+            if (owner !== job.to) {
+              if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
+                throw new MoveError(
+                  `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, but the catalog names ${owner ?? 'nobody'} as its owner (version ${version}), neither side of the move: the unit's owner must be decided by hand`,
+                );
+              }
+              after = await this.publishOwner(job, read, reason);
             }
-            after = await this.publishOwner(job, read, reason);
-          }
-          // Straight to the verification's end: what comes after the flip (the fence released
-          // forward again, the clean-up) is what is left to do.
-          return this.updateJob(
-            `state = 'verifying', flip_started_at = clock_timestamp(), map_version_after = $2, error = $3, verifying_at = coalesce(verifying_at, clock_timestamp())`,
-            [after, `the flip was lost by the catalog and published again (version ${after})`],
-            job,
-          );
-        });
+            // Straight to the verification's end: what comes after the flip (the fence released
+            // forward again, the clean-up) is what is left to do.
+            return this.updateJob(
+              `state = 'verifying', flip_started_at = clock_timestamp(), map_version_after = $2, error = $3, verifying_at = coalesce(verifying_at, clock_timestamp())`,
+              [after, `the flip was lost by the catalog and published again (version ${after})`],
+              job,
+            );
+          }),
+        );
       } catch (err) {
         // Another publisher (a move from another source) took this map version, or someone changed
         // the directory entry since it was read: read it again.

@@ -90,6 +90,20 @@ export class SlotMapStore {
     return rows[0] ? toRecord(rows[0]).map : null;
   }
 
+  /**
+   * Who owns `slot` in the latest map, with that map's version, without reading its other
+   * assignments; `null` before the first map.
+   *
+   * @example
+   * ```ts
+   * await store.ownerOf(42); // { shardId: 'shard_002', version: 7 }
+   * ```
+   */
+  async ownerOf(slot: number, client: Queryable = this.pool): Promise<{ shardId: string | null; version: number } | null> {
+    const { rows } = await client.query<{ version: number; owner: string | null }>('select version, assignments[$1::int + 1] as owner from catalog.slot_maps order by version desc limit 1', [slot]);
+    return rows[0] ? { shardId: rows[0].owner, version: Number(rows[0].version) } : null;
+  }
+
   /** One version of the map, or `null` if it does not exist. */
   async get(version: number, client: Queryable = this.pool): Promise<SlotMapRecord | null> {
     const { rows } = await client.query<Row>(`select ${COLUMNS} from catalog.slot_maps where version = $1`, [version]);

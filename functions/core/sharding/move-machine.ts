@@ -20,6 +20,14 @@
  * | `cleaned` | cleaning_up | done | capture stopped, the verified source rows deleted |
  * | `rolled_back` | any before the flip | failed / cancelled | target copy deleted, source reopened (CAS: only while the map still names the source) |
  *
+ * Who the catalog names as the unit's owner while the move runs decides what becomes of it: the
+ * source (whoever wrote that, an operator's pin of a directory key to it included), the move goes
+ * on; the target (an operator pinned the key there), the flip records that as its publication; any
+ * other shard (an operator's pin, a map someone else published), the move can only publish by
+ * overwriting that change, so it stops itself: failed (`rolled_back`), the change named in its
+ * error, its copy deleted, and it never fences again. That is checked at the copy's start and just
+ * before each fence attempt ({@link MoveOwnerConflict}), and by the flip (`conflict`).
+ *
  * @example
  * ```ts
  * const done = await driveMove(job, port, { fenceAttempts: 3, fenceRetryPauseMs: 1000, hook: (p) => log(p) });
@@ -84,7 +92,10 @@ export type FlipOutcome<J = MoveJobView> =
   | { readonly kind: 'over_budget' }
   /** A cancellation was recorded first; the move must roll back. */
   | { readonly kind: 'cancelled'; readonly job: J }
-  /** The map (or directory) no longer names the source as the owner: someone else changed it. */
+  /**
+   * The map (or directory) names neither side as the owner: someone else changed it. Nothing was
+   * published; the move fails, rolled back (`detail`, naming the change, is its error).
+   */
   | { readonly kind: 'conflict'; readonly detail: string };
 
 /** The I/O of a move. Every method is idempotent: a step killed half-way is run again from its start. */
@@ -96,7 +107,10 @@ export interface MovePort<J extends MoveJobView> {
    * and {@link MoveFenceBudgetSpent} when one made under the fence (`drained`) ran out of its budget.
    */
   transition(job: J, name: MoveTransitionName, note?: string): Promise<J>;
-  /** Creates the source's fence row (and the target's `incoming` row), starts change capture, waits for older writers. */
+  /**
+   * Creates the source's fence row (and the target's `incoming` row), starts change capture, waits
+   * for older writers. Throws {@link MoveOwnerConflict} when the catalog names neither side as the owner.
+   */
   prepareSource(job: J): Promise<void>;
   /** Copies the unit's rows in resumable batches; throws {@link MoveCancelled} when asked to stop. */
   copy(job: J): Promise<J>;
@@ -107,7 +121,8 @@ export interface MovePort<J extends MoveJobView> {
   catchUp(job: J, until: 'few' | 'all'): Promise<boolean>;
   /**
    * Fences the unit on the source; `false` when the lock could not be had in time (nothing
-   * changed). The fence budget starts with the attempt: the lock wait, the final catch-up, the
+   * changed); throws {@link MoveOwnerConflict}, before taking the lock, when the catalog names
+   * neither side of the move as the owner. The fence budget starts with the attempt: the lock wait, the final catch-up, the
    * verification and the flip all fit in it, or the fence is given up.
    */
   fence(job: J): Promise<boolean>;
@@ -150,6 +165,17 @@ export interface MovePort<J extends MoveJobView> {
 /** A move failed or cannot be done; the job (if any) is left resumable. */
 export class MoveError extends Error {
   override readonly name: string = 'MoveError';
+}
+
+/**
+ * Thrown by a port step (before it fences anything) that found the catalog naming neither the
+ * move's source nor its target as the unit's owner: an operator pinned the key to a third shard,
+ * or someone published a map giving the slot to one. The move could only publish by overwriting
+ * that, so the driver rolls it back as failed, this message its error, instead of leaving it to
+ * fence the unit's writes again at every run until someone cancels it.
+ */
+export class MoveOwnerConflict extends MoveError {
+  override readonly name = 'MoveOwnerConflict';
 }
 
 /** Thrown by a port step that saw a cancellation request; the driver rolls back. */
@@ -358,7 +384,9 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
               job = flip.job;
               break;
             }
-            if (flip.kind === 'conflict') throw new MoveError(`move job #${job.id} cannot publish its new owner: ${flip.detail}`);
+            // Nothing was published, and no later run could publish either: failed, rolled back
+            // under the fence as a failed verification is (the rollback reopens the source).
+            if (flip.kind === 'conflict') return await port.rollback(job, 'failed', flip.detail);
             job = flip.job;
             await hook('published', job);
           }
@@ -375,11 +403,21 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
         default:
           return job;
       }
-    } catch (err) {
+    } catch (caught) {
+      let err = caught;
       if (err instanceof MovePaused) return port.reload(job);
       if (err instanceof MoveCancelled) {
         job = await port.reload(job);
         continue;
+      }
+      // Thrown before any fence of this run was taken. A rollback refused (the catalog has named
+      // the target since, say) leaves the job resumable, that refusal its error.
+      if (err instanceof MoveOwnerConflict) {
+        try {
+          return await rollback('failed', err.message);
+        } catch (refused) {
+          err = refused;
+        }
       }
       await releaseOwnFence();
       await port.recordError(job, `${job.state}: ${message(err)}`).catch(() => undefined);

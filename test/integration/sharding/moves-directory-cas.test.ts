@@ -3,14 +3,18 @@
  * operator's change of the entry (DirectoryStore.set, or SQL, from another session) that commits
  * between the move's read and its write is never overwritten. The flip (and the republication of a
  * lost flip) reads the entry again and answers as it does to a change it saw: it names the change
- * and publishes nothing; the fence is given back and the unit stays whole on its source.
+ * and publishes nothing. An owner changed to a third shard while the move runs (a pin of its key,
+ * a map someone else published) fails the move, rolled back (the unit whole on its source) and
+ * never fenced again; a pin to its target is its publication; a pin to its source changes nothing.
+ * The directory cache of the mover's process does not keep an owner read before the flip committed.
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DirectoryStore, DirectoryVersionConflictError } from '../../../functions/adapters/postgres/directory-store.js';
+import { DirectoryStore, DirectoryVersionConflictError, type DirectoryEntry } from '../../../functions/adapters/postgres/directory-store.js';
 import type { MoverDirectory } from '../../../functions/adapters/postgres/move-port.js';
-import { Mover } from '../../../functions/adapters/postgres/mover.js';
-import { documentsOf, keysInSlot, seedUsers, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { Mover, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
+import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -36,6 +40,7 @@ function directoryWithOperator(key: string, armed: () => boolean, change: () => 
   const wrapped = {
     changed: false,
     all: (...args: Parameters<MoverDirectory['all']>) => env.directory.all(...args),
+    invalidate: (...args: Parameters<MoverDirectory['invalidate']>) => env.directory.invalidate(...args),
     set: (...args: Parameters<MoverDirectory['set']>) => env.directory.set(...args),
     async entry(...args: Parameters<MoverDirectory['entry']>) {
       const read = await env.directory.entry(...args);
@@ -86,23 +91,22 @@ async function directoryMoveWithOperator(slot: number, documents: number, pinTo:
 }
 
 describe("an operator's directory change between a directory move's read of the entry and its flip", () => {
-  it('is kept: the flip publishes nothing and names the change, and a cancel leaves the unit whole on its source', async () => {
+  it('is kept: the flip publishes nothing, and the move fails naming the change, the unit whole on its source', async () => {
     const { from, other, source, target, key, directory, mover, planned, run } = await directoryMoveWithOperator(1401, 4, (s) => s.other, 'verifying');
 
     const outcome = await run();
 
     // Before: the flip overwrote the operator's pin with the target and the move ended done.
     expect(directory.changed).toBe(true);
-    expect(outcome).toMatch(new RegExp(`^threw: move job #${planned.id} cannot publish its new owner: the catalog names ${other} as the owner of directory ${key}`));
+    expect(outcome).toBe('ended: failed');
     expect(await env.directory.entry(key)).toMatchObject({ shardId: other, updatedBy: 'ops@example.com' });
     const stopped = await mover.get(planned.id);
+    expect(stopped.error).toMatch(new RegExp(`^key ${key} was pinned to ${other} \\(version \\d+, by ops@example.com\\) while this move ran`));
     expect({ flipped: stopped.flipStarted, sourceFence: await unitFenceState(source, 'directory', key), targetFence: await unitFenceState(target, 'directory', key) }).toEqual({
       flipped: false,
       sourceFence: 'open',
-      targetFence: 'incoming',
+      targetFence: 'moved',
     });
-
-    expect((await env.mover({ readerGraceMs: 0 }).cancel(planned.id)).state).toBe('cancelled');
     expect({ onSource: (await documentsOf(source, [key])).size, onTarget: (await documentsOf(target, [key])).size }).toEqual({ onSource: 4, onTarget: 0 });
     expect((await env.directory.entry(key))?.shardId).toBe(other);
     expect(from).not.toBe(other);
@@ -147,7 +151,7 @@ describe("an operator's directory change between a directory move's read of the 
 });
 
 describe("an operator's pin made between a directory move's read of its unpinned key and the move's own pin", () => {
-  it('is kept: the move stops before it fences anything, naming the shard the key is pinned to', async () => {
+  it('is kept: the move fails before it fences anything, naming the shard the key is pinned to', async () => {
     const { other, source, target, key, directory, mover, planned, run } = await directoryMoveWithOperator(1404, 2, (s) => s.other, 'start');
     expect(await env.directory.entry(key)).toBeNull();
 
@@ -155,7 +159,12 @@ describe("an operator's pin made between a directory move's read of its unpinned
 
     // Before: the move pinned the key back to its source over the operator's pin, then moved it.
     expect(directory.changed).toBe(true);
-    expect(outcome).toBe(`threw: key ${key} is now pinned to ${other}, not ${(await mover.get(planned.id)).from}; cancel this move`);
+    const job = await mover.get(planned.id);
+    expect({ outcome, error: job.error, fencedAt: job.fencedAt }).toEqual({
+      outcome: 'ended: failed',
+      error: `key ${key} was pinned to ${other} (version 1, by ops@example.com) while this move ran: that shard is neither the move's source ${job.from} nor its target ${job.to}, so the move cannot publish its target without overwriting the pin; it stopped and rolled back its copy on ${job.to}; the unit's rows are on ${job.from}`,
+      fencedAt: null,
+    });
     expect(await env.directory.entry(key)).toMatchObject({ shardId: other, updatedBy: 'ops@example.com' });
     expect({ source: await unitFenceState(source, 'directory', key), target: await unitFenceState(target, 'directory', key) }).toEqual({ source: undefined, target: undefined });
   }, 60_000);
@@ -221,5 +230,142 @@ describe("an operator's pin of an unpinned key to the move's own target, made be
     );
     expect(await env.directory.entry(key)).toMatchObject({ shardId: to, updatedBy: 'ops@example.com' });
     expect(other).not.toBe(to);
+  }, 60_000);
+});
+
+/**
+ * A directory move of a key of `slot` whose key an operator pins to `pinTo(sides)` from another
+ * session at the move's `at` hook point (committed before the run goes on). `runs` counts, per
+ * hook point, how often each was reached across every run of the returned mover.
+ */
+async function directoryMovePinnedAt(slot: number, documents: number, pinTo: (sides: Awaited<ReturnType<typeof shardsOf>>) => string, at: MoveHookPoint) {
+  const sides = await shardsOf(slot);
+  const [key] = keysInSlot(slot, 1) as [string];
+  await seedUsers(sides.source, slot, [key], documents);
+  const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+  const reached = new Map<string, number>();
+  let pinned: DirectoryEntry | null = null;
+  const hook = async (point: MoveHookPoint): Promise<void> => {
+    reached.set(point, (reached.get(point) ?? 0) + 1);
+    if (point === at && pinned === null) pinned = await operator.set(key, pinTo(sides), 'ops@example.com');
+  };
+  const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+  const planned = await mover.plan({ kind: 'directory', key, to: sides.to, createdBy: 'test' });
+  return { ...sides, key, mover, planned, reached, pin: (): DirectoryEntry | null => pinned, run: () => outcomeOf(mover.run(planned.id)) };
+}
+
+describe("an operator's pin of the moving key to a third shard (neither the move's source nor its target)", () => {
+  it('made under the fence: the move stops itself at its flip, failed, naming the pin, its copy on the target rolled back, and no later run fences again', async () => {
+    const { other, source, target, key, mover, planned, reached, pin, run } = await directoryMovePinnedAt(1407, 3, (s) => s.other, 'verifying');
+
+    const first = await run();
+    const second = await run();
+
+    // Before: every run threw "cannot publish its new owner" after fencing, the job stayed in
+    // verifying, and the next run fenced the key's writes again (fenced twice over two runs).
+    const job = await mover.get(planned.id);
+    expect({ first, second, fenced: reached.get('fenced') }).toEqual({ first: 'ended: failed', second: 'ended: failed', fenced: 1 });
+    expect(job.error).toBe(
+      `key ${key} was pinned to ${other} (version ${pin()?.version}, by ops@example.com) while this move ran: that shard is neither the move's source ${job.from} nor its target ${job.to}, so the move cannot publish its target without overwriting the pin; it stopped and rolled back its copy on ${job.to}; the unit's rows are on ${job.from}`,
+    );
+    expect({ flipped: job.flipStarted, sourceFence: await unitFenceState(source, 'directory', key), targetFence: await unitFenceState(target, 'directory', key) }).toEqual({
+      flipped: false,
+      sourceFence: 'open',
+      targetFence: 'moved',
+    });
+    expect({ onSource: (await documentsOf(source, [key])).size, onTarget: (await documentsOf(target, [key])).size }).toEqual({ onSource: 3, onTarget: 0 });
+    expect(await env.directory.entry(key)).toMatchObject({ shardId: other, updatedBy: 'ops@example.com' });
+  }, 60_000);
+
+  it('made while the move catches up, before its fence: the move stops itself without fencing, failed, naming the pin', async () => {
+    const { other, source, target, key, mover, planned, reached, pin, run } = await directoryMovePinnedAt(1408, 2, (s) => s.other, 'catching_up');
+
+    const outcome = await run();
+
+    const job = await mover.get(planned.id);
+    expect({ outcome, fenced: reached.get('fenced') ?? 0, fencedAt: job.fencedAt }).toEqual({ outcome: 'ended: failed', fenced: 0, fencedAt: null });
+    expect(job.error).toContain(`key ${key} was pinned to ${other} (version ${pin()?.version}, by ops@example.com) while this move ran`);
+    expect({ sourceFence: await unitFenceState(source, 'directory', key), targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ sourceFence: 'open', targetFence: 'moved' });
+    expect({ onSource: (await documentsOf(source, [key])).size, onTarget: (await documentsOf(target, [key])).size }).toEqual({ onSource: 2, onTarget: 0 });
+  }, 60_000);
+});
+
+describe("an operator's pin of the moving key to the move's own source, made while the move runs", () => {
+  it('changes nothing of the move: the key is where the move started from, and the flip publishes the target over the pin', async () => {
+    const { to, source, target, key, mover, planned, pin, run } = await directoryMovePinnedAt(1409, 2, (s) => s.from, 'verifying');
+
+    const outcome = await run();
+
+    const entry = await env.directory.entry(key);
+    expect(outcome).toBe('ended: done');
+    expect(entry).toMatchObject({ shardId: to, version: (pin()?.version ?? 0) + 1 });
+    expect((await mover.get(planned.id)).mapVersionAfter).toBe(entry?.version);
+    expect({ onSource: (await documentsOf(source, [key])).size, onTarget: (await documentsOf(target, [key])).size }).toEqual({ onSource: 0, onTarget: 2 });
+  }, 60_000);
+});
+
+describe("the directory cache of the mover's own process across a directory move's flip", () => {
+  it("does not keep the old owner that a lookup read while the flip's transaction was still open", async () => {
+    const slot = 1410;
+    const { from, to, source } = await shardsOf(slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [key], 1);
+    // The process's one directory, routing and moving alike; its clock stands still, so nothing it caches expires.
+    const shared = new DirectoryStore(env.catalog, { ttlMs: 5_000, now: () => 0, shards: [...env.shards.keys()] });
+    let duringFlip: string | null | undefined;
+    const directory: MoverDirectory = {
+      entry: (...args) => shared.entry(...args),
+      all: (...args) => shared.all(...args),
+      invalidate: (...args) => shared.invalidate(...args),
+      async set(...args) {
+        const written = await shared.set(...args);
+        // The flip's write is made, its transaction not yet committed: a request of this process routes the key now.
+        if (args[1] === to) duringFlip = await shared.get(key);
+        return written;
+      },
+    };
+    const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory, readerGraceMs: 0 });
+    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+
+    const outcome = await outcomeOf(mover.run(planned.id));
+
+    // Before: the lookup made inside the flip cached the source and the process routed the key
+    // there for the cache's whole TTL after the flip, where the fence says moved.
+    expect({ outcome, duringFlip }).toEqual({ outcome: 'ended: done', duringFlip: from });
+    expect(await shared.get(key)).toBe(to);
+  }, 60_000);
+});
+
+describe('a slot map published by someone else that gives a moving slot to a third shard', () => {
+  it.each([
+    ['while the move catches up, before its fence', 'catching_up', 0],
+    ['under the fence, before the flip', 'verifying', 1],
+  ] as const)('%s: the move fails naming the map, its copy rolled back, the slot whole on its source', async (_when, at, fences) => {
+    const slot = at === 'verifying' ? 1411 : 1412;
+    const { from, to, other, source, target } = await shardsOf(slot);
+    await seedUsers(source, slot, keysInSlot(slot, 2), 2);
+    let published = 0;
+    const reached: string[] = [];
+    const hook = async (point: MoveHookPoint): Promise<void> => {
+      reached.push(point);
+      if (point === at && published === 0) published = (await env.slotMaps.publish(moveSlots(await env.slotMaps.current(), [slot], other), 'ops@example.com', 'by hand')).map.version;
+    };
+    const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+
+    const outcome = await outcomeOf(mover.run(planned.id));
+
+    // Before: the run threw "cannot publish its new owner" with the job left to fence again at its next run.
+    const job = await mover.get(planned.id);
+    expect({ outcome, fences: reached.filter((p) => p === 'fenced').length }).toEqual({ outcome: 'ended: failed', fences });
+    expect(job.error).toBe(
+      `slot ${slot} was given to ${other} (slot map version ${published}) while this move ran: that shard is neither the move's source ${from} nor its target ${to}, so the move cannot publish its target without overwriting the map; it stopped and rolled back its copy on ${to}; the unit's rows are on ${from}`,
+    );
+    expect({ onSource: await countSlot(source, slot), onTarget: await countSlot(target, slot), targetFence: await unitFenceState(target, 'slot', String(slot)) }).toEqual({
+      onSource: { users: 2, documents: 4 },
+      onTarget: { users: 0, documents: 0 },
+      targetFence: 'moved',
+    });
+    expect((await env.slotMaps.current()).assignments[slot]).toBe(other);
   }, 60_000);
 });

@@ -56,6 +56,7 @@ describe("a move run's lease renewal", () => {
     let flipReads = 0;
     const slotMaps: MoverSlotMaps = {
       publish: (...args) => env.slotMaps.publish(...args),
+      ownerOf: (...args) => env.slotMaps.ownerOf(...args),
       current: async (client) => {
         if (client === undefined) return env.slotMaps.current();
         flipReads += 1;

@@ -104,6 +104,7 @@ describe('planning a slot move while a key of the slot gets pinned', () => {
       directory: {
         entry: env.directory.entry.bind(env.directory),
         set: env.directory.set.bind(env.directory),
+        invalidate: env.directory.invalidate.bind(env.directory),
         async all() {
           const entries = await env.directory.all();
           if (!interleaved) {

@@ -166,6 +166,7 @@ describe('planning a move', () => {
             return map;
           },
           publish: env.slotMaps.publish.bind(env.slotMaps),
+          ownerOf: env.slotMaps.ownerOf.bind(env.slotMaps),
         },
       });
     };
@@ -206,6 +207,7 @@ describe('a stalled run of a directory-key move', () => {
     const stallingDirectory = {
       entry: env.directory.entry.bind(env.directory),
       all: env.directory.all.bind(env.directory),
+      invalidate: env.directory.invalidate.bind(env.directory),
       async set(...args: Parameters<typeof env.directory.set>) {
         if (!stalled) {
           stalled = true;

@@ -100,6 +100,7 @@ describe('moves that lose nothing', () => {
     const slotMaps: MoverSlotMaps = {
       current: (client) => ((reads += 1), env.slotMaps.current(client)),
       publish: (next, by, reason, client) => env.slotMaps.publish(next, by, reason, client),
+      ownerOf: (slot, client) => env.slotMaps.ownerOf(slot, client),
     };
     const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps, directory: env.directory, readerGraceMs: 0 });
     const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });

@@ -155,6 +155,49 @@ describe('catalog stores for routing (real PostgreSQL)', () => {
       expect(await directory.get('tenant-3')).toBeNull();
     });
 
+    it('does not cache what a lookup read before a write committed when the lookup ends after the write was forgotten', async () => {
+      // Lookups go through a pool whose answers the test can hold back once they arrived: read
+      // before the write commits, handed over after.
+      let held: { answered: () => void; until: Promise<void> } | null = null;
+      const slowReads = {
+        query: (async (...args: unknown[]) => {
+          const result: unknown = await (pool.query as (...a: unknown[]) => Promise<unknown>)(...args);
+          const hold = held;
+          if (hold) {
+            hold.answered();
+            await hold.until;
+          }
+          return result;
+        }) as unknown as pg.Pool['query'],
+      };
+      const directory = new DirectoryStore(slowReads, { ttlMs: 60_000, now: () => 0, shards: SHARDS });
+      await directory.set('tenant-6', 'shard_001', 'ops');
+      const client = await pool.connect();
+      let during: string | null;
+      try {
+        await client.query('begin');
+        await directory.set('tenant-6', 'shard_002', 'ops', client);
+        let release!: () => void;
+        let answered!: () => void;
+        const read = new Promise<void>((r) => (answered = r));
+        held = { answered, until: new Promise<void>((r) => (release = r)) };
+        const lookup = directory.get('tenant-6');
+        await read;
+        held = null;
+        await client.query('commit');
+        // What the writer of a transaction does once it committed (the mover does so after its flip).
+        directory.invalidate('tenant-6');
+        release();
+        during = await lookup;
+      } finally {
+        client.release();
+      }
+
+      // Before: the lookup, read before the commit, cached shard_001 after the invalidation, served for its whole TTL.
+      expect(during).toBe('shard_001');
+      expect(await directory.get('tenant-6')).toBe('shard_002');
+    });
+
     it('keeps a UUID key in its canonical form, so every spelling finds the same pin', async () => {
       const directory = new DirectoryStore(pool, { shards: SHARDS });
       const id = '9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d';

@@ -6,6 +6,7 @@ import {
   MoveError,
   MoveFenceBudgetSpent,
   MoveFenceTimeoutError,
+  MoveOwnerConflict,
   MovePaused,
   moveUnitFor,
   type FlipOutcome,
@@ -274,17 +275,59 @@ describe('the move protocol', () => {
     expect(calls).not.toContain('flip');
   });
 
-  it('never publishes when the flip finds the map changed, and never rolls back after a flip', async () => {
+  it('never publishes when the flip finds a third owner: it fails, rolled back under the fence; and never rolls back after a flip', async () => {
     const conflict = recordingPort({ flip: 'conflict' });
     const afterFlip = recordingPort();
+    const errors: (string | null)[] = [];
+    const rollback = conflict.port.rollback.bind(conflict.port);
+    conflict.port.rollback = (job, to, error) => (errors.push(error), rollback(job, to, error));
 
-    const refused = driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'verifying', cancelRequested: false, flipStarted: false }, conflict.port);
+    const refused = await driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'verifying', cancelRequested: false, flipStarted: false }, conflict.port);
     const resumed = await driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'verifying', cancelRequested: true, flipStarted: true }, afterFlip.port);
 
-    await expect(refused).rejects.toThrow(/cannot publish its new owner: someone else/);
+    // Before: the run threw, the job stayed in verifying, and every later run fenced again.
+    expect(refused.state).toBe('failed');
+    expect(conflict.calls.slice(-3)).toEqual(['verify', 'flip', 'rollback:failed']);
+    expect(errors).toEqual(['someone else']);
     expect(conflict.calls).not.toContain('releaseFence');
     expect(resumed.state).toBe('done');
     expect(afterFlip.calls.filter((c) => c.startsWith('rollback') || c === 'verify' || c === 'flip')).toEqual([]);
+  });
+
+  it('fails a move, rolled back without a fence taken, when the fence step finds a third owner before its lock', async () => {
+    const { port, calls } = recordingPort();
+    const errors: (string | null)[] = [];
+    const rollback = port.rollback.bind(port);
+    port.rollback = (job, to, error) => (errors.push(error), rollback(job, to, error));
+    port.fence = async () => {
+      calls.push('fence');
+      throw new MoveOwnerConflict('key k was pinned to c');
+    };
+
+    const ended = await driveMove({ id: 1, kind: 'directory', unitId: 'k', from: 'a', to: 'b', state: 'cutover', cancelRequested: false, flipStarted: false }, port);
+
+    expect(ended.state).toBe('failed');
+    // The unfence is a resumed run's, for a fence its predecessor may have left.
+    expect(calls).toEqual(['unfence', 'fence', 'rollback:failed']);
+    expect(errors).toEqual(['key k was pinned to c']);
+  });
+
+  it('leaves the job resumable, the refusal its error, when the rollback after a third owner is refused', async () => {
+    const { port, calls } = recordingPort();
+    const recorded: string[] = [];
+    port.fence = async () => {
+      throw new MoveOwnerConflict('slot 7 was given to c');
+    };
+    port.rollback = async () => {
+      calls.push('rollback');
+      throw new MoveError('the catalog names the target b as the owner');
+    };
+    port.recordError = async (_job, error) => void recorded.push(error);
+
+    const run = driveMove({ id: 1, kind: 'slot', unitId: '7', from: 'a', to: 'b', state: 'cutover', cancelRequested: false, flipStarted: false }, port);
+
+    await expect(run).rejects.toThrow('the catalog names the target b as the owner');
+    expect(recorded).toEqual(['cutover: the catalog names the target b as the owner']);
   });
 
   it('finishes a move whose flip the catalog lost (the port finds it on the source) instead of rolling it back, a cancellation requested since included', async () => {
