@@ -747,7 +747,8 @@ describe("the bulk copy beside another move's stale copies", () => {
     })();
     // A's copy goes stale for a while before B's copy starts.
     await until('trades', async () => trades >= 30);
-    // The worker: small copy pages, B first, each job run in turn for a short slice of time.
+    // The worker: small copy pages, B first, each job run in turn for a short slice of time. The
+    // slice doubles every 10 rounds: on a loaded machine 150 ms may never reach the fence.
     const started = Date.now();
     const failures: string[] = [];
     let runs = 0;
@@ -757,7 +758,7 @@ describe("the bulk copy beside another move's stale copies", () => {
       for (const id of [jobB, jobA]) {
         if ((await mover.get(id)).state === 'done') continue;
         runs += 1;
-        await mover.run(id, { until: Date.now() + 150 }).catch((e: unknown) => failures.push((e as Error).message));
+        await mover.run(id, { until: Date.now() + 150 * 2 ** Math.floor(round / 10) }).catch((e: unknown) => failures.push((e as Error).message));
       }
       if ((await states()).some((x) => x === 'done')) trading = false;
     }
