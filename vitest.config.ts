@@ -1,10 +1,16 @@
 import { defineConfig } from 'vitest/config';
 
+const NOT_RUN = ['**/node_modules/**', 'test/images/**'];
+/**
+ * Unit and property tests that share nothing through modules: run without isolation, each
+ * worker imports the code once instead of once per file (about a second a file). test/unit/aws
+ * stubs the SDK clients' prototypes (aws-sdk-client-mock), so it runs isolated.
+ */
+const SHARED_MODULES = ['test/unit/!(aws)/**/*.test.ts', 'test/property/**/*.test.ts'];
+
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
-    // The built images' tests need root and podman: `npm run test:images` (vitest.images.config.ts).
-    exclude: ['**/node_modules/**', 'test/images/**'],
+    exclude: NOT_RUN,
     // As root: the postgres OS user the test servers run as, created once before the workers start.
     globalSetup: ['test/support/global-setup.ts'],
     // Integration tests start real PostgreSQL and nginx processes; on a 2-core machine
@@ -14,5 +20,10 @@ export default defineConfig({
     hookTimeout: 120_000,
     teardownTimeout: 60_000,
     reporters: ['default'],
+    projects: [
+      { extends: true, test: { name: 'unit', include: SHARED_MODULES, isolate: false } },
+      // The built images' tests need root and podman: `npm run test:images` (vitest.images.config.ts).
+      { extends: true, test: { name: 'isolated', include: ['test/**/*.test.ts'], exclude: [...NOT_RUN, ...SHARED_MODULES] } },
+    ],
   },
 });
