@@ -378,7 +378,8 @@ export const ABANDONED_BACKEND_GRACE_MS = 1000;
  * cancelled too ({@link cancelStatement}: the protocol's CancelRequest, with the connection's
  * secret key, so it cannot reach another session), after which the backend finds its client gone
  * and exits; one still there `graceMs` later (a statement that does not heed a cancel) is
- * terminated from another connection of `pool`: only the same backend (its pid, of this login,
+ * terminated from another connection of `pool`: only the same backend (its pid, of the login it was
+ * opened with, which after a rotation of the secret is not that of the pool's new connections,
  * started before the checkout: not a later session that was given the pid again), within a bound
  * of its own (a server that stopped answering gets neither request, and the attempt ends).
  *
@@ -390,10 +391,10 @@ export const ABANDONED_BACKEND_GRACE_MS = 1000;
  * ```
  */
 export async function abandonConnection(pool: pg.Pool, client: pg.ClientBase, checkedOutAt: number, nodeId: string, graceMs: number = ABANDONED_BACKEND_GRACE_MS): Promise<void> {
-  const pid = (client as unknown as { processID?: unknown }).processID;
+  const { processID: pid, user: login } = client as unknown as { processID?: unknown; user?: unknown };
   cancelStatement(client);
   dropConnection(client);
-  if (typeof pid !== 'number') return;
+  if (typeof pid !== 'number' || typeof login !== 'string') return;
   await new Promise((resolve) => setTimeout(resolve, graceMs));
   let other: pg.PoolClient;
   try {
@@ -405,10 +406,12 @@ export async function abandonConnection(pool: pg.Pool, client: pg.ClientBase, ch
   let broken: Error | undefined;
   try {
     // Elapsed on the client, compared on the server's clock: no clock of two hosts is compared.
+    // The login is the given-up connection's own, not this one's: after a rotation of the
+    // secret (alternating users) the pool opens its new connections as the other user.
     await other.query(
       `select pg_terminate_backend(a.pid) from pg_stat_activity a
-        where a.pid = $1 and a.usename = current_user and a.backend_start < clock_timestamp() - $2::double precision * interval '1 millisecond'`,
-      [pid, Date.now() - checkedOutAt],
+        where a.pid = $1 and a.usename = $3 and a.backend_start < clock_timestamp() - $2::double precision * interval '1 millisecond'`,
+      [pid, Date.now() - checkedOutAt, login],
     );
   } catch (error) {
     broken = error instanceof Error ? error : new Error(String(error));

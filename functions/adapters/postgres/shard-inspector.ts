@@ -843,12 +843,14 @@ export class ShardInspector {
    * The moves that bring the shards of a {@link rebalanceCensus} within `options.threshold`. They
    * and the `summary` are planned from the loads as they will be once the census's pending moves
    * end (each unit on its target): `summary.shards[].before` counts those units there already.
-   * `imbalance` and `needed` are the shards as measured now, as the statistics report them.
+   * `imbalance` and `needed` are the shards as measured now, as the statistics report them. The
+   * storage headroom is applied to the free storage left once the pending units have landed.
    */
   async planRebalance(census: RebalanceCensus, options: RebalanceCheckOptions & { readonly freeBytes?: Readonly<Record<string, number>> } = {}): Promise<RebalanceCheckResult> {
     const { freeBytes: given, ...planning } = options;
-    const freeBytes = given ?? (await this.#freeStorageOfPrimaries(planning.headroomBytes ?? 0));
+    const measuredFree = given ?? (await this.#freeStorageOfPrimaries(planning.headroomBytes ?? 0));
     const loads = withUnitsMoved(census.statistics, census.pending.map(({ unit, to }) => ({ from: unit.shardId, to, rows: unit.rows, bytes: unit.bytes })));
+    const freeBytes = measuredFree && freeOnceLanded(measuredFree, census.pending);
     const planned = checkRebalance(loads, census.units, { ...planning, ...(freeBytes ? { freeBytes } : {}) });
     // Measured now: no units, so no moves, only the imbalance and whether it is within the threshold.
     const now = loads === census.statistics ? planned : checkRebalance(census.statistics, [], planning);
@@ -880,6 +882,23 @@ export class ShardInspector {
     }
     return out;
   }
+}
+
+/**
+ * `free` (bytes per shard) as it will be once the `pending` moves' units have landed on their
+ * targets: planned from loads that count them there already, the headroom rule must count their
+ * bytes there too, or it would offer the target the same free storage twice. Their whole bytes
+ * are taken off, even of a copy under way whose pages already take some of what was measured:
+ * over-counted, never under. The sources get nothing back (their rows are deleted only after the
+ * flip, and deleted rows return no storage until vacuumed). Shards of unknown free storage stay so.
+ */
+function freeOnceLanded(free: Readonly<Record<string, number>>, pending: RebalanceCensus['pending']): Record<string, number> {
+  const out: Record<string, number> = { ...free };
+  for (const { unit, to } of pending) {
+    const f = out[to];
+    if (f !== undefined) out[to] = Math.max(0, f - unit.bytes);
+  }
+  return out;
 }
 
 /**

@@ -75,6 +75,7 @@ describe("RDS's master user (rds_superuser, not a superuser)", () => {
     expect(rows).toEqual([
       { member: 'ca_dms_monitor', role: 'pg_monitor' },
       { member: 'ca_dms_mover', role: 'pg_read_all_stats' },
+      { member: 'ca_dms_mover', role: 'pg_signal_backend' },
     ]);
     const users = await catalog.query<{ rolname: string }>("select rolname from pg_roles where rolname like 'ca\\_dms\\_%\\_user%' order by 1");
     expect(users.rows.map((r) => r.rolname)).toEqual(

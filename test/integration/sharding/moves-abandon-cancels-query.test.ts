@@ -12,6 +12,8 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { abandonConnection } from '../../../functions/adapters/postgres/deadline.js';
 import { ListeningClient } from '../../../functions/adapters/postgres/listening-client.js';
+import { alternateUser, ensureLogin, MOVER_ROLE } from '../../../functions/adapters/postgres/app-role.js';
+import { createNodePool } from '../../../functions/adapters/postgres/shard-pools.js';
 import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
@@ -178,6 +180,47 @@ describe('abandonConnection', () => {
       expect(await stillThereAfter(admin, pid, 1000)).toBe(true);
     } finally {
       await admin.query('select pg_terminate_backend($1)', [pid]);
+    }
+  });
+});
+
+describe('abandonConnection across a rotation of the login (alternating users)', () => {
+  it("terminates the backend of a connection opened as the previous user, from a connection of the pool opened as the current one", async () => {
+    const admin = env.shards.get('shard_a') as pg.Pool;
+    const user = 'abandon_mover';
+    const clone = alternateUser(user);
+    await ensureLogin(admin, { username: user, password: 'before' }, { role: MOVER_ROLE });
+    await admin.query(`alter role ${clone} password 'after'`);
+    // What the secret says: the previous user until the rotation below.
+    let login = { username: user, password: 'before' };
+    const url = new URL(env.urls.shards.shard_a as string);
+    url.username = login.username;
+    url.password = login.password;
+    const pool = createNodePool(url.toString(), { max: 2 }, () => Promise.resolve(login));
+    pool.on('error', () => undefined);
+    let pid: number | undefined;
+    try {
+      const client = await pool.connect();
+      const checkedOutAt = Date.now();
+      const opened = await client.query<{ pid: number; login: string }>('select pg_backend_pid() as pid, session_user as login');
+      expect(opened.rows[0]?.login).toBe(user);
+      pid = opened.rows[0]?.pid as number;
+      client.query(IGNORES_CANCEL).catch(() => undefined);
+      // Watched from the admin's pool: an idle connection of the previous user left in `pool` would do the terminate as that user.
+      while ((await admin.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where pid = $1 and state = 'active'", [pid])).rows[0]?.n !== 1) await delay(20);
+      // Rotated twice while the connection is out: the secret names the clone, and the user it no longer names got a new password.
+      login = { username: clone, password: 'after' };
+      await admin.query(`alter role ${user} password 'rotated away'`);
+
+      await abandonConnection(pool, client, checkedOutAt, 'shard_a/primary', 300);
+      client.release(true);
+
+      const { rows } = await admin.query<{ n: number }>('select count(*)::int as n from pg_stat_activity where usename = $1', [clone]);
+      expect(rows[0]?.n).toBeGreaterThan(0);
+      expect(await stillThereAfter(admin, pid, GONE_WITHIN_MS)).toBe(false);
+    } finally {
+      if (pid !== undefined) await admin.query('select pg_terminate_backend($1)', [pid]);
+      await Promise.race([pool.end().catch(() => undefined), delay(5000)]);
     }
   });
 });

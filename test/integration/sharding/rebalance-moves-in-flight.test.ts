@@ -87,3 +87,33 @@ describe('the rebalance check with moves under way', () => {
     expect(check.summary.balancedAfter).toBe(true);
   });
 });
+
+describe("the storage headroom with moves under way", () => {
+  it("counts the bytes of the moves under way against their target's free storage: no plan leaves it under the headroom", async () => {
+    const inspector = new ShardInspector(pools, { timeoutMs: 5000 });
+    const slotMap = await env.slotMaps.current();
+    const onA = (await inspector.rebalanceCensus({ slotMap })).units.filter((u) => u.kind === 'slot' && u.shardId === 'shard_a');
+    // Two of the moves a first check proposed were started (nothing copied yet); asked again:
+    const started = onA.slice(0, 2);
+    const census = await inspector.rebalanceCensus({
+      slotMap,
+      busySlots: new Set(started.map((u) => Number(u.id))),
+      pending: started.map((u) => ({ kind: 'slot' as const, unitId: u.id, to: 'shard_b' })),
+    });
+    const pendingBytes = started.reduce((n, u) => n + u.bytes, 0);
+    const smallest = Math.min(...onA.map((u) => u.bytes));
+    const largest = Math.max(...onA.map((u) => u.bytes));
+    const headroomBytes = 1_000_000;
+    // shard_b takes the two moves under way and one more unit before it is down to the headroom.
+    const free = headroomBytes + pendingBytes + largest + Math.floor(smallest / 2);
+
+    const check = await inspector.planRebalance(census, { by: 'rows', headroomBytes, freeBytes: { shard_a: 1e12, shard_b: free } });
+
+    const proposedToB = check.moves.filter((m) => m.to === 'shard_b');
+    expect(census.pending).toHaveLength(2);
+    expect(proposedToB).toHaveLength(1);
+    expect(free - pendingBytes - proposedToB.reduce((n, m) => n + m.bytes, 0)).toBeGreaterThanOrEqual(headroomBytes);
+    expect(check.summary.balancedAfter).toBe(false);
+    expect(check.summary.unresolved.join('; ')).toMatch(/less than 1000000 free bytes/);
+  });
+});
