@@ -76,7 +76,7 @@ export const CA_DMS_DEFAULTS = {
   noise_exponent: 0,
   /** Step of the online headroom tracker, in units of the typical forecast error: higher adapts faster and wanders more. */
   learning_rate: 0.02,
-  /** Scale in only to a count that would still serve the forecast with this fraction of a task more (hysteresis). */
+  /** Scale in only to a count that would still serve the forecast's peak with this fraction of a task more (hysteresis; the CPU target rule keeps a 10 % tolerance instead, except while the seasonal forecast is used). */
   scale_in_slack: 1,
 } as const;
 

@@ -180,13 +180,13 @@ describe('ca-dms', () => {
   });
 
   it('scales in only as far as the forecast still fits with the slack to spare, and says why it holds', () => {
-    // a steady 2.7 busy task-units: 2.7 / 0.7 (the CPU target) = 3.86 tasks; with 0.2 of a task
-    // to spare that is 4.06, so the policy stops at 5 rather than 4
+    // a steady 2.7 busy task-units: the peak (no headroom on steady load) fits 2.7 / 0.9 = 3
+    // tasks; with 2.5 of a task to spare that is 5.5, so the policy stops at 6 rather than 5
     const settle = (scaleInSlack: number): PolicyOutput[] => {
       const policy = caDmsPolicy;
       const cfg = config({ stabilization_window: 0, ca_dms: { scale_in_slack: scaleInSlack } });
       let state: ServiceState = initialState('x');
-      let desired = 6;
+      let desired = 7;
       return Array.from({ length: 6 }, (_, i) => {
         const now = T0 + i * MIN;
         const out = policy.evaluate({ config: cfg, state, metrics: load(2.7 / desired, desired, now), tasks: tasks(desired), now });
@@ -197,12 +197,34 @@ describe('ca-dms', () => {
       });
     };
     // the first evaluation has no earlier need to compare with, so it waits one period for the need to hold
-    const withSlack = settle(0.2);
-    expect(withSlack.map((o) => o.decision.to)).toEqual([6, 5, 5, 5, 5, 5]);
-    expect(withSlack[0]?.decision.blocked).toEqual([expect.objectContaining({ kind: 'stabilization', message: expect.stringMatching(/needs 5 tasks with 0.2 of a task to spare, measured for the first time/) })]);
-    expect(withSlack[1]?.decision.reasons.find((r) => r.rule === 'scale_in_all_agree')?.message).toMatch(/5 still serve the forecast with 0.2 of a task to spare/);
-    expect(withSlack[2]?.decision.blocked).toEqual([expect.objectContaining({ kind: 'stabilization', message: expect.stringMatching(/forecast needs 5: holding 5 rather than flapping/) })]);
-    expect(settle(0).map((o) => o.decision.to)).toEqual([6, 4, 4, 4, 4, 4]);
+    const withSlack = settle(2.5);
+    expect(withSlack.map((o) => o.decision.to)).toEqual([7, 6, 6, 6, 6, 6]);
+    expect(withSlack[0]?.decision.blocked).toEqual([
+      expect.objectContaining({ kind: 'stabilization', message: expect.stringMatching(/needs 6 tasks with 2.5 of a task to spare for its peak and its expected load at or below 63% CPU, measured for the first time/) }),
+    ]);
+    expect(withSlack[1]?.decision.reasons.find((r) => r.rule === 'scale_in_all_agree')?.message).toMatch(/6 still serve the forecast with 2.5 of a task to spare for its peak/);
+    expect(withSlack[2]?.decision.blocked).toEqual([expect.objectContaining({ kind: 'stabilization', message: expect.stringMatching(/forecast needs 6: holding 6 rather than flapping/) })]);
+    // without slack the CPU target's tolerance decides: 2.7 / (0.9 x 0.7) = 4.3, so 5 tasks
+    expect(settle(0).map((o) => o.decision.to)).toEqual([7, 5, 5, 5, 5, 5]);
+  });
+
+  it('comes back from a scale-out in one step to the count the CPU target needs within its tolerance, not a task above it', () => {
+    // 8 tasks (scaled out for a climb that turned) and a steady 3.15 busy tasks: 5 tasks hold it
+    // at 63 % CPU, 10 % below the 70 % target, and its peak fits on 3.5 tasks, 4.5 with the slack.
+    // A whole task of slack on the target (3.15 / 0.7 + 1 = 5.5) would stop at 6 and take a
+    // second scale-in later, once the load fell below 2.8 (56 % on 5 tasks).
+    const outs = replay(config({ stabilization_window: 0 }), served(() => 3.15, 10, 8), 8);
+    const ins = outs.filter((o) => o.decision.to < o.decision.from);
+    expect(ins.map((o) => [o.decision.from, o.decision.to])).toEqual([[8, 5]]);
+    expect(ins[0]?.decision.reasons.find((r) => r.rule === 'scale_in_all_agree')?.message).toMatch(/its expected load at or below 63% CPU/);
+  });
+
+  it('holds a count whose expected load sits within the tolerance below the CPU target, rather than going to the one at the target', () => {
+    // a steady 3.3 busy tasks on 6: 5 tasks would run them at 66 %, under the 70 % target but
+    // within its 10 % tolerance, where load that wanders would start a task again
+    const outs = replay(config({ stabilization_window: 0 }), served(() => 3.3, 10, 6), 6);
+    expect(outs.map((o) => o.decision.to)).toEqual(Array(10).fill(6));
+    expect(outs.at(-1)?.decision.blocked).toEqual([expect.objectContaining({ kind: 'stabilization', message: expect.stringMatching(/the forecast needs 6: holding 6 rather than flapping/) })]);
   });
 
   it('acts no more than hpa on a noisy plateau, thanks to the slack', () => {

@@ -46,9 +46,11 @@
  *    so that load climbing in a straight line costs one scale-out rather than one per period.
  * 4. **Scales in late, in one step, and only when every metric agrees.** Scale-in needs every
  *    metric it relies on present (the shared finishing step blocks it otherwise) and none
- *    saturated; it goes only as far as the forecast still fits with `scale_in_slack` of a task
- *    to spare (without that slack, load that hovers at a boundary between two counts makes the
- *    policy start a task, stop it and start it again, paying a start-up each time), and only
+ *    saturated; it goes only as far as the forecast's peak still fits with `scale_in_slack` of a
+ *    task to spare (without that slack, load that hovers at a boundary between two counts makes
+ *    the policy start a task, stop it and start it again, paying a start-up each time) and the
+ *    expected load sits 10 % below the CPU target (the HPA's tolerance; a whole task while the
+ *    seasonal forecast, a single past sample, is used), and only
  *    once that count has held for two evaluations and the highest recommendation of the
  *    stabilisation window (`stabilization_window`, as the HPA has it) has come down to it, so
  *    that the fleet comes down from a burst in one action rather than a staircase.
@@ -80,6 +82,12 @@ const ERROR_WEIGHT = 0.02;
  * every period, each paying a start-up and counting as an action.
  */
 const SCALE_OUT_REACH = 2;
+/**
+ * Scale-in's margin below the CPU target, as a share of it: a count is low enough for the target
+ * rule when the expected load sits at or below (1 - this) x the target on it. The Kubernetes
+ * HPA's default tolerance; a band this wide keeps the smoothed load from flapping at a boundary.
+ */
+const TARGET_TOLERANCE = 0.1;
 /** Weight of the newest period in the slow quantile loss that admits the seasonal forecast (about 12 hours of minutes). */
 const SLOW_WEIGHT = 1 / 720;
 /** Weight of the newest change in the quick forecast's slope. */
@@ -349,8 +357,10 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
   let seasonal = previous.seasonal;
   let season = previous.season;
   let needed = est.floorTasks;
-  /** The tasks the forecast needs, unrounded. */
-  let exact: number | undefined;
+  /** The tasks scale-in must keep for the forecast, with its margins, unrounded. */
+  let scaleInExact: number | undefined;
+  /** Whether scale-in holds the target rule to its tolerance rather than to the slack (not while the seasonal forecast is used). */
+  let tolerant = false;
   if (est.demand !== undefined) {
     const d = est.demand;
     const scale = noiseScale(level ?? d, tuning.noise_exponent);
@@ -399,13 +409,25 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
     const targetLoad = useSeason ? expected : Math.min(smoothExpected, quickExpected);
     const forTarget = Math.ceil(targetLoad / target - 1e-9);
     const want = Math.max(forPeak, forTarget);
-    exact = Math.max(peak / ceiling, targetLoad / target);
+    /** The tasks the forecast needs, unrounded. */
+    const exact = Math.max(peak / ceiling, targetLoad / target);
+    // Scale-in keeps a margin on each rule. The peak rule's is `scale_in_slack` of a task: its
+    // forecast follows every wiggle of the load. The target rule's load is the lower of the level
+    // forecasts, which is steadier: a whole task on it (a fifth of a fleet of 5) held the fleet a
+    // task above the target's count until the load fell to 56 % CPU, and a fleet scaled out for a
+    // climb came down in two actions, a second one when the slack freed; the HPA's tolerance band
+    // below the target keeps it from flapping at a boundary instead. The seasonal forecast is one
+    // sample of the load a period ago, as noisy as the load itself, so while it is used the
+    // target keeps the whole slack.
+    scaleInExact = useSeason
+      ? exact + tuning.scale_in_slack
+      : Math.max(peak / ceiling + tuning.scale_in_slack, targetLoad / (target * (1 - TARGET_TOLERANCE)));
+    tolerant = !useSeason;
     needed = Math.max(needed, want);
     if (want > from) {
       const rising = Math.max(0, useQuick ? fast : slope);
       const further = expected + rising * lead * SCALE_OUT_REACH;
       const reach = Math.max((further + headroom) / ceiling, further / target);
-      exact = Math.max(exact, reach);
       if (Math.ceil(reach - 1e-9) > needed) {
         needed = Math.ceil(reach - 1e-9);
         reasons.push({
@@ -431,8 +453,14 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
   const kept = state.recommendations.filter((r) => now - r.at < windowMs);
   const recommendations = measured ? [...kept, { at: now, replicas: recommendation }] : kept;
 
-  /** The fewest tasks that serve the forecast with `scale_in_slack` of a task to spare: as low as scale-in goes. */
-  const withSlack = exact === undefined ? recommendation : Math.max(recommendation, Math.ceil(exact + tuning.scale_in_slack - 1e-9));
+  /**
+   * The fewest tasks that serve the forecast's peak with `scale_in_slack` of a task to spare and
+   * hold its expected load within the tolerance below the CPU target: as low as scale-in goes.
+   */
+  const withSlack = scaleInExact === undefined ? recommendation : Math.max(recommendation, Math.ceil(scaleInExact - 1e-9));
+  // Built only when a message needs it: most evaluations scale neither way.
+  const margins = (): string =>
+    `${tuning.scale_in_slack} of a task to spare${tolerant ? ` for its peak and its expected load at or below ${round1(target * (1 - TARGET_TOLERANCE) * 100)}% CPU` : ''}`;
   let proposed = from;
   const blocked: Block[] = [];
   if (!measured) {
@@ -449,7 +477,6 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
   } else if (!est.saturated && recommendation < from) {
     let stable = recommendation;
     for (const r of recommendations) if (r.replicas > stable) stable = r.replicas;
-    const slack = tuning.scale_in_slack;
     if (now - since < windowMs) {
       blocked.push({
         kind: 'stabilization',
@@ -467,21 +494,21 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
     } else if (withSlack >= from) {
       blocked.push({
         kind: 'stabilization',
-        message: `metrics ask for ${recommendation} tasks, but with ${slack} of a task to spare the forecast needs ${withSlack}: holding ${from} rather than flapping`,
+        message: `metrics ask for ${recommendation} tasks, but with ${margins()} the forecast needs ${withSlack}: holding ${from} rather than flapping`,
       });
     } else if (stable > withSlack) {
       // Scaling in to the window's highest recommendation while it is still coming down would
       // go down a staircase, one action per step; waiting for it takes the fleet down in one.
       blocked.push({
         kind: 'stabilization',
-        message: `the forecast needs ${withSlack} tasks with ${slack} of a task to spare, but the last ${config.stabilization_window} s asked for up to ${stable}: scaling in once in one step when the window has come down to it`,
+        message: `the forecast needs ${withSlack} tasks with ${margins()}, but the last ${config.stabilization_window} s asked for up to ${stable}: scaling in once in one step when the window has come down to it`,
       });
     } else if (previous.need !== withSlack) {
       // A need still moving from one evaluation to the next (a ramp, noise at a boundary)
       // would be followed down and back up; one unchanged evaluation is the sign it has settled.
       blocked.push({
         kind: 'stabilization',
-        message: `the forecast needs ${withSlack} tasks with ${slack} of a task to spare, ${previous.need === undefined ? 'measured for the first time' : `${previous.need} at the previous evaluation`}: scaling in once it holds for one more evaluation`,
+        message: `the forecast needs ${withSlack} tasks with ${margins()}, ${previous.need === undefined ? 'measured for the first time' : `${previous.need} at the previous evaluation`}: scaling in once it holds for one more evaluation`,
       });
     } else {
       proposed = withSlack;
@@ -490,7 +517,7 @@ function evaluate(input: ServicePolicyInput): PolicyOutput {
         value: proposed,
         threshold: from,
         rule: 'scale_in_all_agree',
-        message: `every metric has asked for at most ${stable} tasks over the last ${config.stabilization_window} s and ${proposed} still serve the forecast with ${slack} of a task to spare, as at the previous evaluation: scaling in from ${from} in one step`,
+        message: `every metric has asked for at most ${stable} tasks over the last ${config.stabilization_window} s and ${proposed} still serve the forecast with ${margins()}, as at the previous evaluation: scaling in from ${from} in one step`,
       });
     }
   }
