@@ -355,21 +355,37 @@ interface LaneBounds {
 }
 
 /**
- * Whether the catalog's owner of a move's unit is neither of its sides: a third shard (an
- * operator's pin, a map someone else published). A directory key with no entry is the source's
- * (the move pins it there, and publishes its target over no entry just as well).
+ * What the catalog says of a move's unit: `owner` and `version` are the slot map's, or the key's
+ * directory entry (`null`, version 0, without one); `routesTo` is the shard writers are sent to,
+ * which for a key without an entry is its slot's owner in the map (hash routing).
  */
-function isForeignOwner(job: MoveJob, owner: string | null): boolean {
-  return owner !== job.from && owner !== job.to && !(job.kind === 'directory' && owner === null);
+interface OwnerRead {
+  readonly owner: string | null;
+  readonly version: number;
+  readonly by: string | null;
+  readonly routesTo: string | null;
+}
+
+/**
+ * Whether the shard the catalog sends a move's unit to is neither of its sides: a third shard (an
+ * operator's pin, a map someone else published, or a directory key unpinned whose slot hashes to
+ * another shard). A key with no entry whose slot the source owns is the source's (the move
+ * publishes its target over no entry just as well); one whose slot another shard owns took its
+ * writes there since the pin was deleted, and publishing the target would hide them.
+ */
+function isForeignOwner(job: MoveJob, read: Pick<OwnerRead, 'routesTo'>): boolean {
+  return read.routesTo !== job.from && read.routesTo !== job.to;
 }
 
 /** The error of a move that stops because the catalog names a third shard as its unit's owner (see {@link isForeignOwner}). */
-function foreignOwnerMessage(job: MoveJob, read: { owner: string | null; version: number; by: string | null }): string {
+function foreignOwnerMessage(job: MoveJob, read: OwnerRead): string {
   const change =
     job.kind === 'directory'
-      ? `key ${job.unitId} was pinned to ${read.owner ?? 'nobody'} (version ${read.version}${read.by === null ? '' : `, by ${read.by}`})`
+      ? read.owner === null
+        ? `key ${job.unitId} was unpinned (it routes by hash to ${read.routesTo ?? 'no shard'}, its slot ${job.slot}'s owner)`
+        : `key ${job.unitId} was pinned to ${read.owner} (version ${read.version}${read.by === null ? '' : `, by ${read.by}`})`
       : `slot ${job.unitId} was given to ${read.owner ?? 'nobody'} (slot map version ${read.version})`;
-  return `${change} while this move ran: that shard is neither the move's source ${job.from} nor its target ${job.to}, so the move cannot publish its target without overwriting the ${job.kind === 'directory' ? 'pin' : 'map'}; it stopped and rolled back its copy on ${job.to}; the unit's rows are on ${job.from}`;
+  return `${change} while this move ran: that shard is neither the move's source ${job.from} nor its target ${job.to}, so the move cannot publish its target without overwriting the ${job.kind === 'slot' ? 'map' : read.owner === null ? 'hash route' : 'pin'}; it stopped and rolled back its copy on ${job.to}; the unit's rows are on ${job.from}`;
 }
 
 /**
@@ -822,7 +838,7 @@ export class PgMovePort implements MovePort<MoveJob> {
                 `key ${job.unitId} is now pinned to ${job.to}, this move's own target, by ${pinned.updatedBy} (version ${pinned.version}), before the move could publish it: writes of the key go to ${job.to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand`,
               );
             }
-            if (pinned !== null && pinned.shardId !== job.from) throw new MoveOwnerConflict(foreignOwnerMessage(job, { owner: pinned.shardId, version: pinned.version, by: pinned.updatedBy }));
+            if (pinned !== null && pinned.shardId !== job.from) throw new MoveOwnerConflict(foreignOwnerMessage(job, { owner: pinned.shardId, version: pinned.version, by: pinned.updatedBy, routesTo: pinned.shardId }));
             if (pinned === null) throw new MoveError(`key ${job.unitId} is pinned to nothing, not ${job.from}: its pin was deleted as the move made it; the move starts again on its next run`);
           });
         }),
@@ -1495,7 +1511,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     // A unit the catalog gave a third shard meanwhile could never be published: the fence would
     // hold its writes for nothing (the flip refuses), at every run.
     const read = await this.ownerBeforeFence(job);
-    if (isForeignOwner(job, read.owner)) throw new MoveOwnerConflict(foreignOwnerMessage(job, read));
+    if (isForeignOwner(job, read)) throw new MoveOwnerConflict(foreignOwnerMessage(job, read));
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     try {
       // The lock wait is bounded from the transaction's first statement (a whole number of ms
@@ -1834,25 +1850,30 @@ export class PgMovePort implements MovePort<MoveJob> {
   /**
    * Who the catalog names as the unit's owner now, with the version that says so, and for a slot
    * the map read (the flip builds the next version from it: one read of the 4096-slot map per
-   * flip, not one to check and one to build).
+   * flip, not one to check and one to build). A directory key without an entry routes by hash:
+   * `routesTo` is then its slot's owner (an operator who deleted the move's pin sent the key's
+   * writes there, a shard that may be neither side of the move).
    */
-  private currentOwner(job: MoveJob): Promise<{ owner: string | null; version: number; by: string | null; map: SlotMap | null }> {
+  private currentOwner(job: MoveJob): Promise<OwnerRead & { map: SlotMap | null }> {
     return this.catalog.use(async (catalog) => {
       if (job.kind === 'directory') {
         const entry = await this.options.directory.entry(job.unitId, catalog);
-        return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, by: entry?.updatedBy ?? null, map: null };
+        const routesTo = entry?.shardId ?? (await this.options.slotMaps.ownerOf(job.slot, catalog))?.shardId ?? null;
+        return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, by: entry?.updatedBy ?? null, routesTo, map: null };
       }
       const map = await this.options.slotMaps.current(catalog);
-      return { owner: map.assignments[Number(job.unitId)] ?? null, version: map.version, by: null, map };
+      const owner = map.assignments[Number(job.unitId)] ?? null;
+      return { owner, version: map.version, by: null, routesTo: owner, map };
     });
   }
 
   /** As {@link currentOwner}, without the slot map: a slot's owner alone (a slot move reads the whole map once per run, at its flip). */
-  private ownerBeforeFence(job: MoveJob): Promise<{ owner: string | null; version: number; by: string | null }> {
+  private ownerBeforeFence(job: MoveJob): Promise<OwnerRead> {
     if (job.kind === 'directory') return this.currentOwner(job);
     return this.catalog.use(async (catalog) => {
       const read = await this.options.slotMaps.ownerOf(Number(job.unitId), catalog);
-      return { owner: read?.shardId ?? null, version: read?.version ?? 0, by: null };
+      const owner = read?.shardId ?? null;
+      return { owner, version: read?.version ?? 0, by: null, routesTo: owner };
     });
   }
 
@@ -1976,7 +1997,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     // neither flip nor be cancelled (a rollback is refused while the catalog names the target),
     // and every write of the unit, routed to the target, was refused for good.
     const publishedAlready = owner === job.to;
-    if (isForeignOwner(job, owner)) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'conflict', detail: foreignOwnerMessage(job, read) });
+    if (isForeignOwner(job, read)) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'conflict', detail: foreignOwnerMessage(job, read) });
     const left = this.budgetLeft();
     if (left <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
     await this.catalog.query(`set local statement_timeout = '${Math.max(1, Math.ceil(left))}ms'`);
@@ -2159,8 +2180,10 @@ export class PgMovePort implements MovePort<MoveJob> {
       () =>
         this.withLockedJob(job, async (row) => {
           if (row.flipStarted) return { refused: `move job #${job.id} has published its new owner; it can only finish` };
-          const { owner, version } = await this.currentOwner(row);
+          const { owner, version, routesTo } = await this.currentOwner(row);
           if (owner === job.to) return { refused: `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${version}); deleting its copy would lose data` };
+          // An unpinned key routes by hash: to the target, its copy is all its readers would find.
+          if (routesTo === job.to) return { refused: `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, its slot ${job.slot}'s owner; deleting its copy would hide its rows` };
           if (movedAtSource) {
             return {
               refused: `the fence of ${job.kind} ${job.unitId} on the source ${job.from} says it moved to ${job.to} for this job, though the catalog names ${owner ?? 'nobody'} (version ${version}): the flip was lost by the catalog (a failover?); deleting the target's copy would lose the writes made there since. Publish ${job.to} as the owner instead`,
@@ -2232,9 +2255,9 @@ export class PgMovePort implements MovePort<MoveJob> {
             const { owner, version } = read;
             let after = version;
             if (owner !== job.to) {
-              if (owner !== job.from && !(job.kind === 'directory' && owner === null)) {
+              if (isForeignOwner(job, read)) {
                 throw new MoveError(
-                  `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, but the catalog names ${owner ?? 'nobody'} as its owner (version ${version}), neither side of the move: the unit's owner must be decided by hand`,
+                  `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, but the catalog names ${owner ?? `nobody (the key routes by hash to ${read.routesTo ?? 'no shard'})`} as its owner (version ${version}), neither side of the move: the unit's owner must be decided by hand`,
                 );
               }
               after = await this.publishOwner(job, read, reason);

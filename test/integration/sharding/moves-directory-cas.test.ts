@@ -369,3 +369,73 @@ describe('a slot map published by someone else that gives a moving slot to a thi
     expect((await env.slotMaps.current()).assignments[slot]).toBe(other);
   }, 60_000);
 });
+
+describe("an operator's deletion of the pin of a moving key whose slot's owner is neither side of the move", () => {
+  it('stops the move without publishing its target over the hash route: the writes the key took by hash meanwhile stay where it routes', async () => {
+    // The key was pinned to `other` before the move (its rows there), and its slot hashes to `from`:
+    // the move runs from `other` to `to`, and a deleted pin sends the key's writes to `from`, a third shard.
+    const slot = 1413;
+    const { from: hashOwner, to, other } = await shardsOf(slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const source = env.shards.get(other) as pg.Pool;
+    const target = env.shards.get(to) as pg.Pool;
+    const byHash = env.shards.get(hashOwner) as pg.Pool;
+    await seedUsers(source, slot, [key], 2);
+    await env.directory.set(key, other, 'ops@example.com');
+    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    let deleted = false;
+    const hook = async (point: MoveHookPoint): Promise<void> => {
+      if (point !== 'catching_up' || deleted) return;
+      deleted = await operator.delete(key);
+      // A writer routing the unpinned key by hash: its shard owns the slot and takes the write.
+      await seedUsers(byHash, slot, [key], 1);
+    };
+    const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    expect(planned.from).toBe(other);
+
+    const outcome = await outcomeOf(mover.run(planned.id));
+
+    // Before: the move took the missing entry for its source's, published `to` over it and ended
+    // done: the key routed to `to`, and the document acknowledged on `from` was out of sight.
+    const job = await mover.get(planned.id);
+    expect({ deleted, outcome, flipped: job.flipStarted }).toEqual({ deleted: true, outcome: 'ended: failed', flipped: false });
+    expect(job.error).toBe(
+      `key ${key} was unpinned (it routes by hash to ${hashOwner}, its slot ${slot}'s owner) while this move ran: that shard is neither the move's source ${other} nor its target ${to}, so the move cannot publish its target without overwriting the hash route; it stopped and rolled back its copy on ${to}; the unit's rows are on ${other}`,
+    );
+    expect(await env.directory.entry(key)).toBeNull();
+    expect({ byHash: (await documentsOf(byHash, [key])).size, onTarget: (await documentsOf(target, [key])).size }).toEqual({ byHash: 1, onTarget: 0 });
+    expect(await unitFenceState(target, 'directory', key)).toBe('moved');
+  }, 60_000);
+});
+
+describe("an operator's deletion of the pin of a moving key whose slot hashes to the move's target", () => {
+  it('makes a rollback refuse to delete the target copy the key now routes to', async () => {
+    // Pinned to `other` before the move (its rows there); its slot hashes to `from`, the move's target.
+    const slot = 1414;
+    const { from: hashOwner, other } = await shardsOf(slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const source = env.shards.get(other) as pg.Pool;
+    const target = env.shards.get(hashOwner) as pg.Pool;
+    await seedUsers(source, slot, [key], 3);
+    await env.directory.set(key, other, 'ops@example.com');
+    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    const hook = async (point: MoveHookPoint): Promise<void> => {
+      if (point !== 'catching_up') return;
+      await operator.delete(key);
+      throw new Error('the mover process died here');
+    };
+    const crashing = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+    const planned = await crashing.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    const crashed = await outcomeOf(crashing.run(planned.id));
+
+    const cancel = await outcomeOf(env.mover({ readerGraceMs: 0 }).cancel(planned.id));
+
+    // Before: the cancel deleted the copy and said `moved` to the source on the target, where the
+    // unpinned key routes: its documents were out of sight, and its writes refused there for good.
+    expect(crashed).toMatch(/^threw: move job #\d+ stopped in catching_up: the mover process died here$/);
+    expect(await env.directory.entry(key)).toBeNull();
+    expect(cancel).toBe(`threw: key ${key} has no directory entry and routes by hash to the target ${hashOwner}, its slot ${slot}'s owner; deleting its copy would hide its rows`);
+    expect({ onTarget: (await documentsOf(target, [key])).size, targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ onTarget: 3, targetFence: 'incoming' });
+  }, 60_000);
+});
