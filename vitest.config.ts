@@ -11,8 +11,6 @@ const SHARED_MODULES = ['test/unit/!(aws)/**/*.test.ts', 'test/property/**/*.tes
 export default defineConfig({
   test: {
     exclude: NOT_RUN,
-    // As root: the postgres OS user the test servers run as, created once before the workers start.
-    globalSetup: ['test/support/global-setup.ts'],
     // Integration tests start real PostgreSQL and nginx processes; on a 2-core machine
     // running more than two files at once only adds contention.
     maxWorkers: 2,
@@ -22,8 +20,19 @@ export default defineConfig({
     reporters: ['default'],
     projects: [
       { extends: true, test: { name: 'unit', include: SHARED_MODULES, isolate: false } },
-      // The built images' tests need root and podman: `npm run test:images` (vitest.images.config.ts).
-      { extends: true, test: { name: 'isolated', include: ['test/**/*.test.ts'], exclude: [...NOT_RUN, ...SHARED_MODULES] } },
+      {
+        extends: true,
+        test: {
+          name: 'isolated',
+          // The built images' tests need root and podman: `npm run test:images` (vitest.images.config.ts).
+          include: ['test/**/*.test.ts'],
+          exclude: [...NOT_RUN, ...SHARED_MODULES],
+          // Once per run, in this project only (a root-level one runs again for every project):
+          // as root, the postgres OS user the test servers run as, and the data directory they
+          // are copied from; then the directory the infrastructure tests share their syntheses in.
+          globalSetup: ['test/support/global-setup.ts', 'test/infra/support/synth-cache-setup.ts'],
+        },
+      },
     ],
   },
 });

@@ -9,27 +9,21 @@
  * environments became Stages (test/infra/fixtures/stateful-logical-ids.json): a changed ID is a
  * new database, secret, key or log group beside (or instead of) the old one.
  */
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { ADVANCED_PARAMETER_MAX, estimatedEnvironmentSize, estimatedSize, STANDARD_PARAMETER_MAX } from '../../lib/control-plane/config-parameters.js';
-import { resourcesOf, ROOT, synthesize, type Synthesized } from './support/synth.js';
+import { resourcesOf, ROOT, synthesize } from './support/synth.js';
 
 const LIMIT = 3 * 1024;
 const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
 const configs = readdirSync(join(ROOT, 'config')).filter((f) => f.endsWith('.json'));
-const synthesized: Synthesized[] = [];
 const statefulIds = JSON.parse(readFileSync(join(ROOT, 'test', 'infra', 'fixtures', 'stateful-logical-ids.json'), 'utf8')) as Record<string, Record<string, Record<string, string>>>;
-
-afterAll(() => {
-  for (const s of synthesized) rmSync(s.outdir, { recursive: true, force: true });
-});
 
 describe.each(configs)('config/%s', (file) => {
   const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { production?: boolean };
   const s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw);
-  synthesized.push(s);
   const functions = Object.values(s.stacks).flatMap((stack) =>
     resourcesOf(s.template(stack), 'AWS::Lambda::Function').map(([id, fn]) => ({
       id: `${stack.stackName}/${id}`,

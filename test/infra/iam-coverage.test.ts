@@ -10,13 +10,13 @@
  * which resources; {@link NOT_CALLED} names the reachable ones it never makes, with the reason.
  * The two must cover the scan exactly, so a new call, or a call that disappears, fails here
  * until the table (and the role) follow. Each shipped configuration (config/*.json) is
- * synthesized (without cdk-nag and cfn-guard: guard.test.ts runs them) and every role read
+ * synthesized (once per test run, shared with the other infra tests) and every role read
  * from the templates, cross-stack references resolved to the resources they name.
  */
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CfnElement } from 'aws-cdk-lib';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { APP_CONTAINER } from '../../lib/services/sidecar-service.js';
 import { sdkCallsFrom, UnscannableSdkCallError } from './support/sdk-calls.js';
@@ -321,16 +321,12 @@ describe.each(configFiles)('config/%s: what the runtime code calls is allowed an
 
   beforeAll(() => {
     const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { production?: boolean; region?: string };
-    s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw, { validate: false });
+    s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw);
     expect(s.error).toBeUndefined();
     asm = new Assembly(s);
     cp = s.stacks.controlPlane.stackName;
     region = s.stacks.controlPlane.region;
   }, SYNTH_HOOK_TIMEOUT_MS);
-
-  afterAll(() => {
-    if (s) rmSync(s.outdir, { recursive: true, force: true });
-  });
 
   /** The function of `handler`, its role and its resolved environment. */
   function functionOf(handler: Handler): { id: string; roleId: string; env: Record<string, Json>; props: Record<string, Json> } {

@@ -68,11 +68,10 @@ describe('image build contexts', () => {
 describe('the services stack, the frontend naming its own image', () => {
   const FRONTEND_IMAGE = 'public.ecr.aws/example/frontend:1.2.3';
   let s: Synthesized;
-  // One synthesis for the file (each takes tens of seconds on a shared machine).
+  // Synthesized once per test run (test/infra/support/synth.ts), read by every test below.
   beforeAll(() => {
     s = synthesize({ services: { frontend: { image: { kind: 'registry', uri: FRONTEND_IMAGE } } } });
   }, SYNTH_HOOK_TIMEOUT_MS);
-  afterAll(() => rmSync(s.outdir, { recursive: true, force: true }));
 
   const tasks = (): Array<{ app: Json; nginx: Json }> =>
     resourcesOf(s.template(s.stacks.services), 'AWS::ECS::TaskDefinition').map(([, task]) => {
@@ -86,7 +85,7 @@ describe('the services stack, the frontend naming its own image', () => {
     (container['Environment'] as Array<{ Name: string; Value: unknown }>).find((e) => e.Name === name)?.Value;
 
   it('builds exactly two images, the nginx sidecar and the demo backend, as assets', () => {
-    const manifest = JSON.parse(readFileSync(join(s.stage.outdir, `${s.stacks.services.artifactId}.assets.json`), 'utf8')) as { dockerImages?: Record<string, unknown> };
+    const manifest = JSON.parse(readFileSync(join(s.stageOutdir, `${s.stacks.services.artifactId}.assets.json`), 'utf8')) as { dockerImages?: Record<string, unknown> };
 
     expect(Object.keys(manifest.dockerImages ?? {})).toHaveLength(2);
   });

@@ -9,9 +9,9 @@
  * is named. Every `…Name`/`…Identifier` property found must be classified below, so a new
  * resource type cannot slip through unjudged.
  */
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { ROOT, synthesize, type Synthesized } from './support/synth.js';
 
@@ -82,11 +82,6 @@ interface NameUse {
 }
 
 const configs = readdirSync(join(ROOT, 'config')).filter((f) => f.endsWith('.json'));
-const synthesized: Synthesized[] = [];
-
-afterAll(() => {
-  for (const s of synthesized) rmSync(s.outdir, { recursive: true, force: true });
-});
 
 /** Every `…Name`/`…Identifier` property of every resource of the environment's stacks. */
 function nameUses(s: Synthesized): NameUse[] {
@@ -108,8 +103,7 @@ function derived(value: unknown): boolean {
 
 const environments = configs.map((file) => {
   const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { production?: boolean };
-  const s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw, { validate: false });
-  synthesized.push(s);
+  const s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw);
   const prefix = `${s.config.name}-${s.config.environment}`;
   const uses = nameUses(s);
   const physical = uses.filter((u) => PHYSICAL_NAMES[u.type]?.includes(u.property));

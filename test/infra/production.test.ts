@@ -4,12 +4,12 @@
  * databases kept on stack deletion, HTTPS with a modern TLS policy, and a sub-minute check
  * interval rounded up to EventBridge's one minute with a warning.
  */
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CfnResource } from 'aws-cdk-lib';
 import { Match } from 'aws-cdk-lib/assertions';
 import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { scheduleMinutes } from '../../lib/control-plane/control-plane.js';
 import { resourcesOf, ROOT, synthesize, SYNTH_HOOK_TIMEOUT_MS, type Synthesized } from './support/synth.js';
@@ -21,10 +21,6 @@ beforeAll(() => {
   const prod = JSON.parse(readFileSync(join(ROOT, 'config', 'prod.json'), 'utf8')) as unknown;
   s = synthesize(mergeConfig(prod, { domain: DOMAIN }));
 }, SYNTH_HOOK_TIMEOUT_MS);
-
-afterAll(() => {
-  rmSync(s.outdir, { recursive: true, force: true });
-});
 
 describe('production synthesis', () => {
   it('succeeds with no unacknowledged cdk-nag finding and no CloudFormation validation error', () => {

@@ -4,13 +4,13 @@
  * unacknowledged.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CfnResource, Stack } from 'aws-cdk-lib';
 import { Match } from 'aws-cdk-lib/assertions';
 import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
 import { mockClient } from 'aws-sdk-client-mock';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { CloudWatchMetricsSource } from '../../functions/adapters/aws/cloudwatch-metrics.js';
 import { parseTopology, RESPONSE_TIME_STATISTIC } from '../../functions/adapters/aws/topology.js';
 import { parseScalingConfig } from '../../functions/core/scaling/config.js';
@@ -32,10 +32,6 @@ const devConfig = JSON.parse(readFileSync(join(ROOT, 'config', 'dev.json'), 'utf
 beforeAll(() => {
   s = synthesize(devConfig);
 }, SYNTH_HOOK_TIMEOUT_MS);
-
-afterAll(() => {
-  rmSync(s.outdir, { recursive: true, force: true });
-});
 
 function logicalId(stack: Stack, construct: { node: { defaultChild?: unknown } }): string {
   return stack.getLogicalId(construct.node.defaultChild as CfnResource);

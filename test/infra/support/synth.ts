@@ -2,11 +2,13 @@
  * Synthesizes the CA-DMS app the way `bin/app.ts` does, with the fixture handlers, fixture
  * migrations and a fixture nginx build context, and cdk-nag's AwsSolutions pack and cfn-guard
  * (lib/guard.ts) registered.
- * Each test file calls it once (in `beforeAll`) and shares the result.
+ * Each configuration is synthesized once per test run and shared between the files that read it
+ * (see {@link synthesize}).
  */
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { App, Validations, type Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
@@ -39,6 +41,9 @@ export const FIXTURE_SOURCES = {
   demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
 } as const;
 
+/** What the synthesized stages are built from: the fixtures, bundling anchored at the repository's lock file. */
+const STAGE_SOURCES = { ...FIXTURE_SOURCES, depsLockFilePath: join(ROOT, 'package-lock.json') };
+
 /**
  * The stage `Dev` for `configInput`, built without synthesis and without bundling the functions
  * (fast): for tests that read one stack's constructs or template.
@@ -65,13 +70,18 @@ export interface Synthesized {
   readonly config: DeploymentConfig;
   readonly stage: CaDmsStage;
   readonly stacks: CaDmsStacks;
-  /** The app's cloud assembly (its validation report); the stage's templates are in `assembly-<Stage>/`. */
+  /**
+   * The app's cloud assembly (its validation report); the stage's templates are in `assembly-<Stage>/`.
+   * Shared by every file of the run that synthesizes the same configuration: read it, never change or remove it.
+   */
   readonly outdir: string;
   /** The synthesis error, if validation failed (the report still lists the violations). */
   readonly error: unknown;
   /** Violations of failing plugins (cdk-nag, cfn-guard, CloudFormation validation). */
   readonly violations: readonly Violation[];
   template(stack: Stack): Template;
+  /** The stage's nested assembly in {@link outdir} (`stage.outdir` is the caller's tree's own, unbundled). */
+  readonly stageOutdir: string;
   /** Where the synthesized template of `stack` is (in its stage's nested assembly). */
   templatePath(stack: Stack): string;
 }
@@ -84,26 +94,69 @@ interface Report {
   }>;
 }
 
+/** The environment variable naming the directory the syntheses of one test run are shared in. */
+export const SYNTH_CACHE_ENV = 'CA_DMS_TEST_SYNTH_CACHE';
+
+/** How a shared synthesis ended, as its synthesizing process records it beside the assembly. */
+interface Outcome {
+  /** The message of the synthesis error (failed validation), if any. */
+  readonly error?: string;
+  readonly violations: readonly Violation[];
+  /** Set when the synthesizing process failed before `app.synth()` could report anything. */
+  readonly crashed?: string;
+}
+
+let processCacheRoot: string | undefined;
+
 /**
- * Synthesizes the app for `configInput` (a deployment configuration document). `validate: false`
- * leaves cdk-nag and cfn-guard out, for tests that only read the templates (the guard tests
- * check the same configurations with them on).
+ * Where this run's syntheses are shared: the directory test/infra/support/synth-cache-setup.ts
+ * made for the whole run (one per run, so no synthesis can outlive the sources it was made
+ * from), or, when a file runs without that setup, one of this process's own.
  */
-export function synthesize(configInput: unknown, options: { readonly validate?: boolean } = {}): Synthesized {
-  const config = parseDeploymentConfig(configInput);
-  const outdir = mkdtempSync(join(tmpdir(), 'ca-dms-cdk-'));
+function cacheRoot(): string {
+  const shared = process.env[SYNTH_CACHE_ENV];
+  if (shared) return shared;
+  if (!processCacheRoot) {
+    const root = mkdtempSync(join(tmpdir(), 'ca-dms-synth-'));
+    process.once('exit', () => rmSync(root, { recursive: true, force: true }));
+    processCacheRoot = root;
+  }
+  return processCacheRoot;
+}
+
+const pause = new Int32Array(new SharedArrayBuffer(4));
+/** Blocks this thread for `ms` (synthesize is synchronous: test files call it while collecting). */
+const sleepSync = (ms: number): void => void Atomics.wait(pause, 0, 0, ms);
+
+function readOutcome(dir: string): Outcome | undefined {
+  try {
+    return JSON.parse(readFileSync(join(dir, 'outcome.json'), 'utf8')) as Outcome;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+}
+
+/** Whether process `pid` still runs (EPERM: it runs as another user). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Synthesizes `config` with cdk-nag and cfn-guard into `outdir`, bundling every function. */
+function synthesizeInto(config: DeploymentConfig, outdir: string): Outcome {
   const app = new App({ context: cdkJsonContext(), outdir });
-  const stage = new CaDmsStage(app, stageId(config.environment), {
-    config,
-    sources: { ...FIXTURE_SOURCES, depsLockFilePath: join(ROOT, 'package-lock.json') },
-  });
-  const stacks = stage.stacks;
-  if (options.validate ?? true) Validations.of(app).addPlugins(new AwsSolutionsChecks(app), guardValidator());
-  let error: unknown;
+  new CaDmsStage(app, stageId(config.environment), { config, sources: STAGE_SOURCES });
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app), guardValidator());
+  let error: string | undefined;
   try {
     app.synth();
   } catch (e) {
-    error = e;
+    error = e instanceof Error ? e.message : String(e);
   }
   const reportPath = join(outdir, 'validation-report.json');
   const report: Report = existsSync(reportPath) ? (JSON.parse(readFileSync(reportPath, 'utf8')) as Report) : { pluginReports: [] };
@@ -116,6 +169,91 @@ export function synthesize(configInput: unknown, options: { readonly validate?: 
         paths: (v.violatingResources ?? []).map((r) => r.constructPath ?? r.resourceLogicalId ?? '?'),
       })),
     );
+  return { ...(error === undefined ? {} : { error }), violations };
+}
+
+/**
+ * The outcome of the synthesis of `config` in `dir`: synthesized here when no other test process
+ * of this run has claimed it, else waited for. The claim is a directory renamed into place
+ * (atomic: exactly one process wins it, as nothing else creates `dir`) holding the winner's pid;
+ * the outcome is written last,
+ * through a rename, so a reader never sees half of it.
+ */
+function sharedOutcome(config: DeploymentConfig, dir: string): Outcome {
+  const started = Date.now();
+  for (;;) {
+    const done = readOutcome(dir);
+    if (done) {
+      if (done.crashed !== undefined) throw new Error(`the shared synthesis in ${dir} failed in the process that ran it: ${done.crashed}`);
+      return done;
+    }
+    const claim = mkdtempSync(`${dir}.claim-`);
+    writeFileSync(join(claim, 'owner'), String(process.pid));
+    let won = false;
+    try {
+      renameSync(claim, dir);
+      won = true;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      rmSync(claim, { recursive: true, force: true });
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw error;
+    }
+    if (won) {
+      let outcome: Outcome;
+      let thrown: unknown;
+      try {
+        outcome = synthesizeInto(config, join(dir, 'cdk.out'));
+      } catch (error) {
+        // Rethrown here as it is (a DeploymentConfigError stays one); the others get its text.
+        thrown = error;
+        outcome = { violations: [], crashed: error instanceof Error ? (error.stack ?? error.message) : String(error) };
+      }
+      writeFileSync(join(dir, 'outcome.json.tmp'), JSON.stringify(outcome));
+      renameSync(join(dir, 'outcome.json.tmp'), join(dir, 'outcome.json'));
+      if (thrown !== undefined) throw thrown;
+      return outcome;
+    }
+    const owner = Number(readFileSync(join(dir, 'owner'), 'utf8'));
+    if (readOutcome(dir) === undefined && !running(owner)) {
+      throw new Error(`the shared synthesis in ${dir} has no outcome and its process (pid ${owner}) is gone: it was killed while synthesizing`);
+    }
+    if (Date.now() - started > SYNTH_HOOK_TIMEOUT_MS) throw new Error(`the shared synthesis in ${dir} (pid ${owner}) took longer than ${SYNTH_HOOK_TIMEOUT_MS} ms`);
+    sleepSync(100);
+  }
+}
+
+/**
+ * The app for `configInput` (a deployment configuration document), synthesized with cdk-nag and
+ * cfn-guard registered.
+ *
+ * Each distinct configuration is synthesized (every function bundled) once per test run, by
+ * whichever test process asks first, into a directory of the run (see {@link SYNTH_CACHE_ENV});
+ * every file that asks for it reads that cloud assembly. The construct tree returned (`app`,
+ * `stage`, `stacks`) is the caller's own, built and synthesized the same way but without
+ * bundling or validation (fast): construction is deterministic, so its logical IDs, names,
+ * metadata and dependencies are those of the shared synthesis, while templates, assets and the
+ * validation report are read from the shared assembly (`outdir`, `stageOutdir`).
+ */
+export function synthesize(configInput: unknown): Synthesized {
+  const config = parseDeploymentConfig(configInput);
+  const key = createHash('sha256').update(JSON.stringify(config)).digest('hex').slice(0, 16);
+  const dir = join(cacheRoot(), key);
+  // First: an App creates its output directory when constructed, and the claim needs `dir` absent.
+  const outcome = sharedOutcome(config, dir);
+  const outdir = join(dir, 'cdk.out');
+  // The caller's tree is synthesized too (what synthesis adds to it, such as the dependencies
+  // between stacks, is part of what the tests read), but cheaply: no bundling, no CloudFormation
+  // schema validation, no cdk-nag, into a directory of its own that nothing reads.
+  const app = new App({
+    context: { ...cdkJsonContext(), 'aws:cdk:bundling-stacks': [] },
+    outdir: mkdtempSync(join(cacheRoot(), 'tree-')),
+    autoSynth: false,
+    builtinCloudFormationValidation: false,
+  });
+  const stage = new CaDmsStage(app, stageId(config.environment), { config, sources: STAGE_SOURCES });
+  const stacks = stage.stacks;
+  app.synth();
+  const stageOutdir = join(outdir, relative(app.outdir, stage.outdir));
   const templates = new Map<Stack, Template>();
   return {
     app,
@@ -123,19 +261,19 @@ export function synthesize(configInput: unknown, options: { readonly validate?: 
     stage,
     stacks,
     outdir,
-    error,
-    violations,
+    error: outcome.error === undefined ? undefined : new Error(outcome.error),
+    violations: outcome.violations,
     template(stack) {
       let t = templates.get(stack);
       if (!t) {
-        // The assembly is already written: read it instead of synthesizing again.
         t = Template.fromJSON(JSON.parse(readFileSync(this.templatePath(stack), 'utf8')) as Record<string, unknown>);
         templates.set(stack, t);
       }
       return t;
     },
+    stageOutdir,
     templatePath(stack) {
-      return join(stage.outdir, stack.templateFile);
+      return join(stageOutdir, stack.templateFile);
     },
   };
 }

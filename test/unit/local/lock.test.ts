@@ -6,23 +6,36 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AlreadyRunningError, acquireLocalLock } from '../../../functions/local/lock.js';
 
 const CONTENDER = join(dirname(fileURLToPath(import.meta.url)), 'fixtures/lock-contender.ts');
 
-/** Runs `count` processes that try the lock at `path` at the same moment; their answers. */
+/**
+ * Runs `count` processes that try the lock at `path` at the same moment; their answers. Each is
+ * told to go once all are loaded, and to release what it took once all have answered.
+ */
 async function race(path: string, count: number): Promise<string[]> {
-  const at = Date.now() + 3000;
-  return Promise.all(
-    Array.from({ length: count }, () => {
-      const child = spawn(process.execPath, ['--import', 'tsx', CONTENDER, path, String(at)], { stdio: ['ignore', 'pipe', 'inherit'] });
-      let out = '';
-      child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
-      return new Promise<string>((r) => child.once('close', () => r(out.trim())));
-    }),
-  );
+  const children = Array.from({ length: count }, () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', CONTENDER, path], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+    const nextLine = async (): Promise<string> => {
+      const next = await lines.next();
+      return next.done ? '(exited without answering)' : next.value;
+    };
+    const closed = new Promise<void>((r) => child.once('close', () => r()));
+    return { child, nextLine, closed };
+  });
+  try {
+    expect(await Promise.all(children.map((c) => c.nextLine()))).toEqual(children.map(() => 'ready'));
+    for (const { child } of children) child.stdin.write('go\n');
+    return await Promise.all(children.map((c) => c.nextLine()));
+  } finally {
+    for (const { child } of children) child.stdin.end('release\n');
+    await Promise.all(children.map((c) => c.closed));
+  }
 }
 
 describe('acquireLocalLock', () => {
