@@ -22,7 +22,7 @@ import { RebalancePlanError, RoutingError } from '../core/sharding/errors.js';
 import { canonicalKey } from '../core/sharding/keys.js';
 import type { ShardRouter } from '../core/sharding/router.js';
 import { moveRoutingOf } from '../core/sharding/move-machine.js';
-import { CatalogError, ConfigVersionConflictError, type CatalogStore, type StoredDecision } from '../adapters/postgres/catalog-store.js';
+import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
 import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
@@ -99,6 +99,14 @@ async function available<T>(what: string, work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (err) {
+    // Committed, only the wait for an evaluation already asking ECS failed: "unreachable" would
+    // tell the caller that nothing was stored.
+    if (err instanceof ChangeStoredUnsettledError) {
+      throw new UnavailableError(
+        `${err.what} is stored and in force for every evaluation from now on, but an evaluation that decided a change before it was still asking ECS for it when waiting for that evaluation failed (the catalog's time limit ran out, or the catalog stopped answering): that change may still be applied (GET /history shows its outcome)`,
+        { cause: err },
+      );
+    }
     if (err instanceof CatalogError) throw new UnavailableError(`${what}: the catalog is unreachable right now`, { cause: err });
     throw err;
   }

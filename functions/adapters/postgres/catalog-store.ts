@@ -37,6 +37,24 @@ export class CatalogError extends Error {
   override readonly name = 'CatalogError';
 }
 
+/**
+ * A stop or a configuration change was committed, but waiting for the evaluations still asking
+ * the orchestrator for a change decided before it failed (the catalog login's
+ * `statement_timeout` ran out while ECS was slow, or the connection was lost): the change is
+ * stored and in force for every evaluation from now on, yet one change decided before it may
+ * still be applied. Not a {@link CatalogError}: callers must not answer "nothing was stored".
+ */
+export class ChangeStoredUnsettledError extends Error {
+  override readonly name = 'ChangeStoredUnsettledError';
+  constructor(
+    /** What was stored: `the stop`, `configuration version 4`. */
+    readonly what: string,
+    options: { readonly cause: unknown },
+  ) {
+    super(`catalog: ${what} is stored, but waiting for the evaluations applying a change decided before it failed: ${(options.cause as Error).message}`, options);
+  }
+}
+
 /** A configuration write named a version that is no longer current (the API's 412). */
 export class ConfigVersionConflictError extends Error {
   override readonly name = 'ConfigVersionConflictError';
@@ -361,11 +379,15 @@ export class CatalogStore implements ControllerCatalog {
    * stands aside and the next one evaluates the service).
    */
   private async awaitChangesInFlight(service: string | undefined, what: string): Promise<void> {
-    await wrap(`waiting for the evaluations applying a change before answering ${what} (it is stored)`, async () => {
+    try {
       const db = await this.db();
       if (service === undefined) await db.query('select service from catalog.service_locks for share');
       else await db.query('select service from catalog.service_locks where service = $1::text for share', [service]);
-    });
+    } catch (err) {
+      // Bounded by the login's statement_timeout (10 s), which an orchestrator call retried by
+      // the SDK can outlast: what the caller asked for has committed all the same.
+      throw new ChangeStoredUnsettledError(what, { cause: err });
+    }
   }
 
   /** Every switch ever set; absent scopes are enabled. */
