@@ -559,7 +559,7 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       operationId: 'cancelMove',
       summary: 'Cancel a move',
       description:
-        'Records the cancellation; the moves worker rolls the move back (the copy on the target is deleted, the source stays the owner), so the answer comes at once and GET shows the move reach cancelled. Refused (409) once the new owner is published: the move can then only finish.',
+        'Records the cancellation; the moves worker rolls the move back (the copy on the target is deleted, the source stays the owner), so the answer comes at once and GET shows the move reach cancelled. Refused (409) once the new owner is published: the move can then only finish; refused too (409, saying why) while the catalog already routes the unit to the move\'s target (an operator\'s pin, a map published by hand): a rollback would hide the rows found there, so the move finishes on the target.',
       tags: ['shards'],
       params: moveIdParamsSchema,
       query: noQuery,

@@ -37,7 +37,7 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { MoveCancelled, MoveError, MoveFenceBudgetSpent, MoveLeaseLostError, MoveOwnerConflict, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
+import { cancelRefusal, MoveCancelled, MoveCancelRefused, MoveError, MoveFenceBudgetSpent, MoveLeaseLostError, MoveOwnerConflict, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
@@ -47,7 +47,7 @@ import { dropConnection } from './listening-client.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { isNodeFailure } from './replica-reader.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
-import type { SlotMapStore } from './slot-map-store.js';
+import type { Queryable, SlotMapStore } from './slot-map-store.js';
 import { withIdleBound, type MoverCatalog } from './mover-catalog.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION, UNIQUE_VIOLATION } from './sqlstate.js';
 import { inTransaction, RollbackWith } from './transaction.js';
@@ -364,6 +364,34 @@ interface OwnerRead {
   readonly version: number;
   readonly by: string | null;
   readonly routesTo: string | null;
+}
+
+/**
+ * Who the catalog names as a move's unit's owner now (see {@link PgMovePort} `currentOwner`): a
+ * directory key's entry, else its slot's owner (`routesTo`); a slot's owner in the current map.
+ */
+export async function ownerRead(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, directory: MoverDirectory, slotMaps: MoverSlotMaps, client: Queryable): Promise<OwnerRead> {
+  if (job.kind === 'directory') {
+    const entry = await directory.entry(job.unitId, client);
+    const routesTo = entry?.shardId ?? (await slotMaps.ownerOf(job.slot, client))?.shardId ?? null;
+    return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, by: entry?.updatedBy ?? null, routesTo };
+  }
+  const read = await slotMaps.ownerOf(Number(job.unitId), client);
+  const owner = read?.shardId ?? null;
+  return { owner, version: read?.version ?? 0, by: null, routesTo: owner };
+}
+
+/**
+ * Why a move that has not flipped cannot be rolled back without hiding rows: the catalog already
+ * routes its unit to the target (an operator pinned the key there, or unpinned it and its slot
+ * hashes there; a map someone else published gave the slot there), where the readers find the
+ * target's copy. Null when the unit routes elsewhere.
+ */
+export function targetRouteRefusal(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot' | 'to'>, read: OwnerRead): string | null {
+  if (read.owner === job.to) return `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${read.version}); deleting its copy would lose data`;
+  // An unpinned key routes by hash: to the target, its copy is all its readers would find.
+  if (read.routesTo === job.to) return `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, its slot ${job.slot}'s owner; deleting its copy would hide its rows`;
+  return null;
 }
 
 /**
@@ -1856,11 +1884,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   private currentOwner(job: MoveJob): Promise<OwnerRead & { map: SlotMap | null }> {
     return this.catalog.use(async (catalog) => {
-      if (job.kind === 'directory') {
-        const entry = await this.options.directory.entry(job.unitId, catalog);
-        const routesTo = entry?.shardId ?? (await this.options.slotMaps.ownerOf(job.slot, catalog))?.shardId ?? null;
-        return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, by: entry?.updatedBy ?? null, routesTo, map: null };
-      }
+      if (job.kind === 'directory') return { ...(await ownerRead(job, this.options.directory, this.options.slotMaps, catalog)), map: null };
       const map = await this.options.slotMaps.current(catalog);
       const owner = map.assignments[Number(job.unitId)] ?? null;
       return { owner, version: map.version, by: null, routesTo: owner, map };
@@ -1869,12 +1893,7 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   /** As {@link currentOwner}, without the slot map: a slot's owner alone (a slot move reads the whole map once per run, at its flip). */
   private ownerBeforeFence(job: MoveJob): Promise<OwnerRead> {
-    if (job.kind === 'directory') return this.currentOwner(job);
-    return this.catalog.use(async (catalog) => {
-      const read = await this.options.slotMaps.ownerOf(Number(job.unitId), catalog);
-      const owner = read?.shardId ?? null;
-      return { owner, version: read?.version ?? 0, by: null, routesTo: owner };
-    });
+    return this.catalog.use((catalog) => ownerRead(job, this.options.directory, this.options.slotMaps, catalog));
   }
 
   /**
@@ -2180,10 +2199,19 @@ export class PgMovePort implements MovePort<MoveJob> {
       () =>
         this.withLockedJob(job, async (row) => {
           if (row.flipStarted) return { refused: `move job #${job.id} has published its new owner; it can only finish` };
-          const { owner, version, routesTo } = await this.currentOwner(row);
-          if (owner === job.to) return { refused: `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${version}); deleting its copy would lose data` };
-          // An unpinned key routes by hash: to the target, its copy is all its readers would find.
-          if (routesTo === job.to) return { refused: `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, its slot ${job.slot}'s owner; deleting its copy would hide its rows` };
+          const read = await this.currentOwner(row);
+          const { owner, version } = read;
+          const toTarget = targetRouteRefusal(job, read);
+          if (toTarget !== null) {
+            // A cancellation (not one decided already) is answered as refused, and its request
+            // cleared: the move finishes on the target, where the catalog routes the unit. Left
+            // set, every later run tried this rollback again, was refused again, and the target's
+            // `incoming` fence refused the unit's writes for good.
+            if (to !== 'cancelled' || row.rollbackTo !== null) return { refused: toTarget };
+            const why = cancelRefusal(toTarget, job.to);
+            await this.updateJob('cancel_requested = false, error = $2', [why], job);
+            return { refused: why, cancelRefused: true };
+          }
           if (movedAtSource) {
             return {
               refused: `the fence of ${job.kind} ${job.unitId} on the source ${job.from} says it moved to ${job.to} for this job, though the catalog names ${owner ?? 'nobody'} (version ${version}): the flip was lost by the catalog (a failover?); deleting the target's copy would lose the writes made there since. Publish ${job.to} as the owner instead`,
@@ -2195,7 +2223,10 @@ export class PgMovePort implements MovePort<MoveJob> {
         }),
       DEADLINE_GRACE_MS,
     );
-    if ('refused' in decided) throw new MoveError(decided.refused ?? 'rollback refused');
+    if ('refused' in decided) {
+      if ('cancelRefused' in decided) throw new MoveCancelRefused(decided.refused);
+      throw new MoveError(decided.refused ?? 'rollback refused');
+    }
     await this.unfence(job);
     await this.stopTargetCapture(job);
     await this.deleteCopy(job);

@@ -53,7 +53,7 @@ import {
   type MoveRequest,
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
-import { PgMovePort, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
+import { ownerRead, PgMovePort, targetRouteRefusal, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 
 export * from './move-jobs.js';
 export type { MoverDirectory, MoverSlotMaps } from './move-port.js';
@@ -490,7 +490,9 @@ export class Mover {
    * Asks for a job to be cancelled. If no other process runs it, the rollback happens now and the
    * returned job is `cancelled`; otherwise the running mover rolls back at its next batch and the
    * returned job has `cancelRequested`. Throws {@link MoveNotCancellableError} once the new owner
-   * is being published.
+   * is being published, or while the catalog routes the unit to the move's target (see
+   * {@link requestCancel}); a cancel the rollback refused returns the job the run went on to (its
+   * error says `cancel refused: ...`).
    */
   async cancel(id: number): Promise<MoveJob> {
     await this.requestCancel(id);
@@ -506,9 +508,17 @@ export class Mover {
    * Records a cancellation request and returns the job as it is then: the run that holds the job,
    * or the next one, rolls it back (the scaling API answers at once rather than delete a copy
    * within one request). Throws {@link MoveNotCancellableError} once the new owner is published or
-   * the job is finished, and {@link MoveRequestError} (`not-found`) for an unknown job.
+   * the job is finished, or while the catalog routes the unit to the move's target (a rollback
+   * would hide the rows found there: the move finishes on the target), and
+   * {@link MoveRequestError} (`not-found`) for an unknown job. A request recorded just before the
+   * catalog turned to the target is refused by the rollback itself: the job's error says so.
    */
   async requestCancel(id: number): Promise<MoveJob> {
+    const asked = await this.get(id);
+    if (canCancel({ state: asked.state, flipStarted: asked.flipStarted })) {
+      const refusal = targetRouteRefusal(asked, await ownerRead(asked, this.options.directory, this.options.slotMaps, this.options.catalog));
+      if (refusal !== null) throw new MoveNotCancellableError(`move job #${id} cannot be cancelled: ${refusal}; the move finishes on ${asked.to}, where the catalog routes the unit`);
+    }
     const { rows } = await this.options.catalog.query<JobRow>(
       `update catalog.move_jobs set cancel_requested = true, updated_at = now()
         where id = $1 and flip_started_at is null and state <> all($2::text[]) returning *`,

@@ -136,7 +136,10 @@ export interface MovePort<J extends MoveJobView> {
   releaseFence(job: J): Promise<void>;
   /** Stops capture and deletes the source rows the move verified. */
   cleanUp(job: J): Promise<J>;
-  /** Undoes a move that has not flipped; refuses (throws) if the map names the target. */
+  /**
+   * Undoes a move that has not flipped; refuses (throws) if the map names the target. A refused
+   * cancellation (`to` is `cancelled`) throws {@link MoveCancelRefused}, its request cleared.
+   */
   rollback(job: J, to: 'failed' | 'cancelled', error: string | null): Promise<J>;
   /**
    * Whether this run may have published the job's new owner: false only while no flip it sent can
@@ -176,6 +179,25 @@ export class MoveError extends Error {
  */
 export class MoveOwnerConflict extends MoveError {
   override readonly name = 'MoveOwnerConflict';
+}
+
+/**
+ * Thrown by {@link MovePort.rollback} of a cancellation that it refused because the catalog already
+ * routes the unit to the move's target (an operator pinned the key there, or the key was unpinned
+ * and its slot hashes there): deleting the target's copy would hide the rows its readers find there.
+ * Before throwing, the port cleared the job's cancellation request and recorded this message (see
+ * {@link cancelRefusal}) as its error, so the driver goes on to finish the move on the target, which
+ * is what the catalog already says, and the target's fence opens to the unit's writes. Left set,
+ * the request made every later run try the rollback again and be refused again: the job never
+ * ended, and the target's `incoming` fence refused the unit's writes for good.
+ */
+export class MoveCancelRefused extends MoveError {
+  override readonly name = 'MoveCancelRefused';
+}
+
+/** The job error of a cancellation refused for `reason` (see {@link MoveCancelRefused}). */
+export function cancelRefusal(reason: string, to: string): string {
+  return `cancel refused: ${reason}. The move goes on to finish on ${to}, where the catalog routes the unit`;
 }
 
 /** Thrown by a port step that saw a cancellation request; the driver rolls back. */
@@ -280,7 +302,25 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
   if (!isTerminal(job.state) && job.rollbackTo) return rollback(job.rollbackTo, null);
   const action = restartAction({ state: job.state, cancelRequested: job.cancelRequested, flipStarted: job.flipStarted });
   if (action.kind === 'none') return job;
-  if (action.kind === 'rollback') return rollback(action.to, null);
+  // Set once this run's cancellation was refused (MoveCancelRefused): the note every forward
+  // transition of the run records, so the finished job still says why it was not cancelled.
+  let refusal: string | undefined;
+  /** A cancellation's rollback, or `null` when it was refused and the move goes on (the job read again). */
+  const cancel = async (run: () => Promise<J>): Promise<J | null> => {
+    try {
+      return await run();
+    } catch (err) {
+      if (!(err instanceof MoveCancelRefused)) throw err;
+      refusal = err.message;
+      job = await port.reload(job);
+      return null;
+    }
+  };
+  if (action.kind === 'rollback') {
+    const cancelled = await cancel(() => rollback(action.to, null));
+    if (cancelled) return cancelled;
+  }
+  const transition = (j: J, name: MoveTransitionName): Promise<J> => port.transition(j, name, refusal);
   let fenceTries = 0;
   /**
    * After a step failed in the cutover or the verification, where this run may hold the fence:
@@ -325,22 +365,28 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
     try {
       // Inside the try: a cancellation seen under the fence (the flip's answer) rolls back while
       // the fence is held, and a rollback that fails before reopening it must not leave it held.
-      if (job.cancelRequested && !job.flipStarted) return await port.rollback(job, 'cancelled', null);
+      // Refused (the catalog routes the unit to the target), the request is cleared and the move
+      // goes on from where it is: under the fence (the flip answered the cancellation), to its flip.
+      if (job.cancelRequested && !job.flipStarted) {
+        const cancelled = await cancel(() => port.rollback(job, 'cancelled', null));
+        if (cancelled) return cancelled;
+        continue;
+      }
       switch (job.state) {
         case 'planned':
-          job = await port.transition(job, 'start');
+          job = await transition(job, 'start');
           await hook('copying', job);
           break;
         case 'copying':
           await port.prepareSource(job);
           job = await port.copy(job);
           await hook('copied', job);
-          job = await port.transition(job, 'copied');
+          job = await transition(job, 'copied');
           await hook('catching_up', job);
           break;
         case 'catching_up':
           await port.catchUp(job, 'few');
-          job = await port.transition(job, 'caught_up');
+          job = await transition(job, 'caught_up');
           await hook('cutover', job);
           break;
         case 'cutover': {
@@ -348,7 +394,7 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
           if (await port.fence(job)) {
             await hook('fenced', job);
             if (await port.catchUp(job, 'all')) {
-              drained = await port.transition(job, 'drained').catch((err: unknown) => {
+              drained = await transition(job, 'drained').catch((err: unknown) => {
                 if (err instanceof MoveFenceBudgetSpent) return null;
                 throw err;
               });
@@ -391,14 +437,14 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
             await hook('published', job);
           }
           await port.releaseFence(job);
-          job = await port.transition(job, 'flipped');
+          job = await transition(job, 'flipped');
           await hook('cleaning_up', job);
           break;
         }
         case 'cleaning_up':
           job = await port.cleanUp(job);
           await hook('cleaned', job);
-          job = await port.transition(job, 'cleaned');
+          job = await transition(job, 'cleaned');
           break;
         default:
           return job;

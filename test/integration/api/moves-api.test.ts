@@ -6,6 +6,7 @@
 // Powertools reads its settings when the handler modules load: this import must stay first.
 import '../../support/quiet-powertools.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { createMovesHandler } from '../../../functions/handlers/moves.js';
 import { lambdaContext, tick } from '../sharding/fixtures/moves-handler.js';
 import { startApiHarness, type ApiHarness } from './harness.js';
@@ -162,6 +163,27 @@ describe('shard moves over HTTP', () => {
     expect((late.body as { detail: string }).detail).toMatch(/already cancelled/);
     expect((await h.fetchJson(`${API}/shards/moves/999999`, { method: 'DELETE' })).status).toBe(404);
     expect((await h.fetchJson(`${API}/shards/moves/not-a-number`, { method: 'DELETE' })).status).toBe(404);
+  });
+
+  it('refuses (409, saying why) to cancel a move whose unit the catalog already routes to its target, records nothing, and the worker finishes it there', async () => {
+    const key = '2d3e4f5a-6b7c-4d8e-9fa0-1b2c3d4e5f60';
+    const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
+    const to = route.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
+    const job = await h.sharding.mover.plan({ kind: 'slot', slot: route.slot, to, createdBy: 'test', reason: 'test' });
+    // Someone else publishes a map that gives the slot to the move's target.
+    await h.sharding.slotMaps.publish(moveSlots(await h.sharding.slotMaps.current(), [route.slot], to), 'ops@example.com', 'by hand');
+
+    const cancel = await h.fetchJson(`${API}/shards/moves/${job.id}`, { method: 'DELETE' });
+
+    // Before: 202, then every run of the worker was refused the rollback and the job never ended.
+    expect(cancel.status).toBe(409);
+    expect((cancel.body as { detail: string }).detail).toBe(
+      `move job #${job.id} cannot be cancelled: the catalog names the target ${to} as the owner of slot ${route.slot} (version ${(await h.sharding.slotMaps.current()).version}); deleting its copy would lose data; the move finishes on ${to}, where the catalog routes the unit`,
+    );
+    expect(((await h.fetchJson(`${API}/shards/moves/${job.id}`)).body as { cancelRequested: boolean }).cancelRequested).toBe(false);
+    // Nothing was recorded for the worker to act on: its next tick runs the move on.
+    await createMovesHandler(async () => h.sharding)(tick, lambdaContext);
+    expect(((await h.fetchJson(`${API}/shards/moves/${job.id}`)).body as { state: string }).state).toBe('done');
   });
 
   it('GET /shards/rebalance-check does not propose a unit that already has an unfinished move (its POST can only be a 409)', async () => {

@@ -223,11 +223,13 @@ describe("an operator's pin of an unpinned key to the move's own target, made be
     const cancel = await outcomeOf(env.mover({ readerGraceMs: 0 }).cancel(planned.id));
 
     // Before: "key ... is now pinned to <target>, not <source>; cancel this move", and the cancel refused.
+    // The cancel is refused at once (the catalog names the target), nothing recorded.
     expect(directory.changed).toBe(true);
-    expect(cancel).toMatch(new RegExp(`^threw: the catalog names the target ${to} as the owner of directory ${key} .*deleting its copy would lose data`));
+    expect(cancel).toMatch(new RegExp(`^threw: move job #${planned.id} cannot be cancelled: the catalog names the target ${to} as the owner of directory ${key} .*deleting its copy would lose data`));
     expect(outcome).toBe(
       `threw: key ${key} is now pinned to ${to}, this move's own target, by ops@example.com (version 1), before the move could publish it: writes of the key go to ${to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand`,
     );
+    expect((await env.mover().get(planned.id)).cancelRequested).toBe(false);
     expect(await env.directory.entry(key)).toMatchObject({ shardId: to, updatedBy: 'ops@example.com' });
     expect(other).not.toBe(to);
   }, 60_000);
@@ -433,9 +435,99 @@ describe("an operator's deletion of the pin of a moving key whose slot hashes to
 
     // Before: the cancel deleted the copy and said `moved` to the source on the target, where the
     // unpinned key routes: its documents were out of sight, and its writes refused there for good.
+    // The cancel is refused at once, nothing recorded, and the next run finishes the move on the target.
     expect(crashed).toMatch(/^threw: move job #\d+ stopped in catching_up: the mover process died here$/);
     expect(await env.directory.entry(key)).toBeNull();
-    expect(cancel).toBe(`threw: key ${key} has no directory entry and routes by hash to the target ${hashOwner}, its slot ${slot}'s owner; deleting its copy would hide its rows`);
+    expect(cancel).toBe(
+      `threw: move job #${planned.id} cannot be cancelled: key ${key} has no directory entry and routes by hash to the target ${hashOwner}, its slot ${slot}'s owner; deleting its copy would hide its rows; the move finishes on ${hashOwner}, where the catalog routes the unit`,
+    );
     expect({ onTarget: (await documentsOf(target, [key])).size, targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ onTarget: 3, targetFence: 'incoming' });
+    expect(await outcomeOf(env.mover({ readerGraceMs: 0 }).run(planned.id))).toBe('ended: done');
+    expect({ onTarget: (await documentsOf(target, [key])).size, targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ onTarget: 3, targetFence: 'open' });
+  }, 60_000);
+});
+
+/** A write of one document of `key` straight into a shard, as any writer routed there makes it: `accepted`, or the SQLSTATE that refused it. */
+async function writeOf(pool: pg.Pool, slot: number, key: string): Promise<string> {
+  return pool
+    .query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'written after the cancel', '{"rev": 0}')`, [key, slot])
+    .then(
+      () => 'accepted',
+      (e: { code?: string }) => `refused ${e.code ?? '?'}`,
+    );
+}
+
+describe('a cancel whose rollback is refused because the catalog already routes the unit to the move\'s target', () => {
+  it('is answered as refused on the job, cleared, and the move finishes on the target: writes of the key are accepted again', async () => {
+    // Pinned to `other` before the move (its rows there); its slot hashes to the move's target.
+    const slot = 1415;
+    const { from: hashOwner, other } = await shardsOf(slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const source = env.shards.get(other) as pg.Pool;
+    const target = env.shards.get(hashOwner) as pg.Pool;
+    await seedUsers(source, slot, [key], 3);
+    await env.directory.set(key, other, 'ops@example.com');
+    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    let id = 0;
+    const hook = async (point: MoveHookPoint): Promise<void> => {
+      if (point !== 'catching_up') return;
+      // The scaling API's cancel, recorded for the moves worker while the key still routes to the
+      // move's source; then the operator deletes the pin, and the mover dies.
+      await env.mover().requestCancel(id);
+      await operator.delete(key);
+      throw new Error('the mover process died here');
+    };
+    const crashing = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+    const planned = await crashing.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    id = planned.id;
+    await outcomeOf(crashing.run(planned.id));
+
+    const runs: string[] = [];
+    for (let i = 0; i < 3; i++) runs.push(await outcomeOf(env.mover({ readerGraceMs: 0 }).run(planned.id)));
+    const job = await env.mover().get(planned.id);
+    const write = await writeOf(target, slot, key);
+
+    // Before: every run threw the rollback's refusal, the job stayed in catching_up with its cancel
+    // request set, and the target's `incoming` fence refused every write of the key (CAF01) for good.
+    expect(runs).toEqual(['ended: done', 'ended: done', 'ended: done']);
+    expect({ state: job.state, cancelRequested: job.cancelRequested, write }).toEqual({ state: 'done', cancelRequested: false, write: 'accepted' });
+    expect(job.error).toBe(
+      `cancel refused: key ${key} has no directory entry and routes by hash to the target ${hashOwner}, its slot ${slot}'s owner; deleting its copy would hide its rows. The move goes on to finish on ${hashOwner}, where the catalog routes the unit`,
+    );
+    expect({ onSource: (await documentsOf(source, [key])).size, onTarget: (await documentsOf(target, [key])).size }).toEqual({ onSource: 0, onTarget: 4 });
+    expect({ sourceFence: await unitFenceState(source, 'directory', key), targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ sourceFence: 'moved', targetFence: 'open' });
+  }, 60_000);
+
+  it('made under the fence, with an operator\'s pin of the key to the target: the flip answers the cancel, the rollback refuses it, and the same run publishes', async () => {
+    const slot = 1416;
+    const { to, source, target } = await shardsOf(slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [key], 2);
+    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    let id = 0;
+    const hook = async (point: MoveHookPoint): Promise<void> => {
+      if (point !== 'verifying') return;
+      // Asked while the key still routes to the source (recorded), then the operator's pin.
+      await env.mover().requestCancel(id);
+      await operator.set(key, to, 'ops@example.com');
+    };
+    const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+    id = (await mover.plan({ kind: 'directory', key, to, createdBy: 'test' })).id;
+
+    const outcome = await outcomeOf(mover.run(id));
+    const again = await outcomeOf(mover.run(id));
+
+    // Before: the run threw the refusal ("deleting its copy would lose data") and so did every
+    // later one, the job stuck in verifying and the key's writes refused by the target's fence.
+    const job = await mover.get(id);
+    expect({ outcome, again, cancelRequested: job.cancelRequested, write: await writeOf(target, slot, key) }).toEqual({
+      outcome: 'ended: done',
+      again: 'ended: done',
+      cancelRequested: false,
+      write: 'accepted',
+    });
+    expect(job.error).toMatch(new RegExp(`^cancel refused: the catalog names the target ${to} as the owner of directory ${key} \\(version \\d+\\); deleting its copy would lose data\\. The move goes on to finish on ${to}`));
+    expect({ onSource: (await documentsOf(source, [key])).size, onTarget: (await documentsOf(target, [key])).size }).toEqual({ onSource: 0, onTarget: 3 });
+    expect(await env.directory.entry(key)).toMatchObject({ shardId: to, updatedBy: 'ops@example.com' });
   }, 60_000);
 });

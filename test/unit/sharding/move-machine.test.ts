@@ -3,6 +3,7 @@ import {
   driveMove,
   MOVE_CRASH_POINTS,
   MOVE_TRANSITIONS,
+  MoveCancelRefused,
   MoveError,
   MoveFenceBudgetSpent,
   MoveFenceTimeoutError,
@@ -360,6 +361,40 @@ describe('the move protocol', () => {
 
       expect(done.state, flip).toBe(end);
       expect(calls.slice(calls.indexOf('flip'), calls.indexOf(after) + 1), flip).toEqual(['flip', after]);
+    }
+  });
+
+  it('finishes the move when a cancellation is refused (the catalog routes the unit to the target), at a run\'s start or under the fence, every later transition noting why', async () => {
+    for (const [start, flip] of [
+      ['catching_up', 'flipped'],
+      ['verifying', 'cancelled'],
+    ] as const) {
+      const { port, calls, job } = recordingPort({ flip });
+      const notes: (string | undefined)[] = [];
+      const transition = port.transition;
+      port.transition = async (j, name, note) => (notes.push(note), transition(j, name, note));
+      // The port's refusal clears the request, as the PostgreSQL adapter does in the catalog.
+      port.rollback = async (j, to) => {
+        calls.push(`rollback:${to}`);
+        await port.reload(j).then((now) => Object.assign(now, { cancelRequested: false }));
+        throw new MoveCancelRefused('cancel refused: the catalog names the target b');
+      };
+      // Under the fence, the cancellation is requested while the run verifies: the flip answers it.
+      const flipped = port.flip;
+      port.flip = async (j) => {
+        const outcome = await flipped(j);
+        return outcome.kind === 'cancelled' ? { ...outcome, job: Object.assign(outcome.job, { cancelRequested: true }) } : outcome;
+      };
+      Object.assign(job(), { state: start, cancelRequested: start === 'catching_up' });
+
+      const done = await driveMove({ ...job() }, port);
+
+      // Before: every run threw the refusal and the job never ended, its cancellation still requested.
+      expect(done.state, start).toBe('done');
+      expect(calls.filter((c) => c.startsWith('rollback')), start).toEqual(['rollback:cancelled']);
+      expect(calls.filter((c) => c === 'flip').length, start).toBe(start === 'verifying' ? 2 : 1);
+      expect(calls.slice(-3), start).toEqual(['transition:flipped', 'cleanUp', 'transition:cleaned']);
+      expect(notes.length > 0 && notes.every((n) => n === 'cancel refused: the catalog names the target b'), start).toBe(true);
     }
   });
 
