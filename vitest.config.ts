@@ -11,9 +11,11 @@ const SHARED_MODULES = ['test/unit/!(aws)/**/*.test.ts', 'test/property/**/*.tes
 export default defineConfig({
   test: {
     exclude: NOT_RUN,
-    // Integration tests start real PostgreSQL and nginx processes; on a 2-core machine
-    // running more than two files at once only adds contention.
-    maxWorkers: 2,
+    // Integration tests start real PostgreSQL and nginx processes, and spend much of their time
+    // waiting on them (timeouts, bounds, restarts): on a 2-core machine a third file at once
+    // fills that time. The same 2237 tests on an idle 2-core machine (.ci/run from a fresh clone):
+    // 733 s of vitest with two (one file alone or none running for 476 s of it), 561 s with three.
+    maxWorkers: 3,
     testTimeout: 30_000,
     hookTimeout: 120_000,
     teardownTimeout: 60_000,

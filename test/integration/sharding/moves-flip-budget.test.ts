@@ -2,6 +2,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { FENCED_STATEMENT_SLACK_MS } from '../../../functions/adapters/postgres/move-port.js';
 import { createPool } from '../../../functions/handlers/shared/db.js';
 import { countSlot, fenceHeldMs, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
@@ -107,6 +108,7 @@ async function fencedRun(
   atVerifying?: (jobId: number) => Promise<void>,
   plannedId?: (jobId: number) => void,
   leaseTtlMs?: number,
+  fenceSlackMs: number = FENCE_SLACK_MS,
 ): Promise<{ jobId: number; heldMs: number; outcome: Promise<string> }> {
   const { to, source } = await sides(env, slot);
   let fencedAt = 0;
@@ -118,7 +120,7 @@ async function fencedRun(
     directory: env.directory,
     readerGraceMs: 100,
     fenceBudgetMs: budgetMs,
-    fenceSlackMs: FENCE_SLACK_MS,
+    fenceSlackMs,
     fenceAttempts: 1,
     ...(leaseTtlMs === undefined ? {} : { leaseTtlMs }),
     async hook(point) {
@@ -179,6 +181,10 @@ describe('a lease renewal queued ahead of the flip waits on a lock of the job ta
   it('gives the fence back within the budget (plus a small slack), not after the run’s catalog bound', async () => {
     const slot = 1256;
     const budgetMs = 1000;
+    // The production slack: the flip given up at the budget must end the run with the fence's
+    // timeout before the run's catalog bound closes the connection (budget + slack), and with
+    // the 2 s slack a loaded machine (three test files at once) closed it first.
+    const slackMs = FENCED_STATEMENT_SLACK_MS;
     const { to, source } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 3), 2);
     const locker = await env.catalog.connect();
@@ -189,10 +195,10 @@ describe('a lease renewal queued ahead of the flip waits on a lock of the job ta
     const catalog = afterStatement(env.catalog, /set source_summary = /, async () => {
       await locker.query('begin');
       await locker.query('lock table catalog.move_jobs in exclusive mode');
-      unlock = delay(budgetMs + FENCE_SLACK_MS + LOCK_MARGIN_MS).then(() => locker.query('rollback'));
+      unlock = delay(budgetMs + slackMs + LOCK_MARGIN_MS).then(() => locker.query('rollback'));
       await delay(150);
     });
-    const started = await fencedRun(catalog, slot, budgetMs, undefined, undefined, 300);
+    const started = await fencedRun(catalog, slot, budgetMs, undefined, undefined, 300, slackMs);
     const { heldMs } = started;
     await unlock;
     locker.release();
