@@ -35,6 +35,15 @@ afterAll(async () => {
   await env?.stop();
 });
 
+/** Moves `slot` to `to`, collecting the {@link disagreements} before, at every step and after; with the job's end state. */
+async function slotMoveDisagreements(slot: number, to: string): Promise<{ state: string; found: string[] }> {
+  const found: string[] = [...(await disagreements('before', true))];
+  const mover = env.mover({ readerGraceMs: 0, hook: async (point: MoveHookPoint) => void found.push(...(await disagreements(point))) });
+  const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+  found.push(...(await disagreements('after', true)));
+  return { state: job.state, found };
+}
+
 /** What the census and the statistics say at a step, as one line per disagreement (none expected). */
 async function disagreements(point: string, idle = false): Promise<string[]> {
   const slotMap = await env.slotMaps.current();
@@ -62,14 +71,7 @@ describe('the census at every step of a move', () => {
     await seedUsers(source, slot, owners, 3);
     seeded += 4 * 4;
     await env.directory.set(owners[3] as string, from, 'test');
-    const found: string[] = [...(await disagreements('before', true))];
-
-    const mover = env.mover({ readerGraceMs: 0, hook: async (point: MoveHookPoint) => void found.push(...(await disagreements(point))) });
-    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
-    found.push(...(await disagreements('after', true)));
-
-    expect(job.state).toBe('done');
-    expect(found).toEqual([]);
+    expect(await slotMoveDisagreements(slot, to)).toEqual({ state: 'done', found: [] });
   }, 60_000);
 
   it("agrees with the exact statistics through a slot move of owners with Idempotency-Key records, one of them with records and no document", async () => {
@@ -82,14 +84,7 @@ describe('the census at every step of a move', () => {
     await seedUsers(source, slot, keysOnly, 0);
     await seedKeys(source, slot, keysOnly, 5);
     seeded += 2 * (1 + 2 + 3) + (1 + 5);
-    const found: string[] = [...(await disagreements('before', true))];
-
-    const mover = env.mover({ readerGraceMs: 0, hook: async (point: MoveHookPoint) => void found.push(...(await disagreements(point))) });
-    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
-    found.push(...(await disagreements('after', true)));
-
-    expect(job.state).toBe('done');
-    expect(found).toEqual([]);
+    expect(await slotMoveDisagreements(slot, to)).toEqual({ state: 'done', found: [] });
   }, 60_000);
 
   it('agrees with the exact statistics through a directory-key move', async () => {

@@ -415,13 +415,7 @@ describe("an operator's deletion of the pin of a moving key whose slot hashes to
   it('makes a rollback refuse to delete the target copy the key now routes to', async () => {
     // Pinned to `other` before the move (its rows there); its slot hashes to `from`, the move's target.
     const slot = 1414;
-    const { from: hashOwner, other } = await shardsOf(slot);
-    const [key] = keysInSlot(slot, 1) as [string];
-    const source = env.shards.get(other) as pg.Pool;
-    const target = env.shards.get(hashOwner) as pg.Pool;
-    await seedUsers(source, slot, [key], 3);
-    await env.directory.set(key, other, 'ops@example.com');
-    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    const { hashOwner, key, target, operator } = await pinnedAwayFromHashOwner(slot);
     const hook = async (point: MoveHookPoint): Promise<void> => {
       if (point !== 'catching_up') return;
       await operator.delete(key);
@@ -447,6 +441,21 @@ describe("an operator's deletion of the pin of a moving key whose slot hashes to
   }, 60_000);
 });
 
+/**
+ * One key of `slot` with 3 documents, pinned by an operator to `other` (its rows there) though its
+ * slot hashes to `hashOwner`: a directory move of it to `hashOwner` goes from `other` (`source`)
+ * to `target`. `operator` is a directory store of the operator's own, without a cache.
+ */
+async function pinnedAwayFromHashOwner(slot: number): Promise<{ hashOwner: string; other: string; key: string; source: pg.Pool; target: pg.Pool; operator: DirectoryStore }> {
+  const { from: hashOwner, other } = await shardsOf(slot);
+  const [key] = keysInSlot(slot, 1) as [string];
+  const source = env.shards.get(other) as pg.Pool;
+  const target = env.shards.get(hashOwner) as pg.Pool;
+  await seedUsers(source, slot, [key], 3);
+  await env.directory.set(key, other, 'ops@example.com');
+  return { hashOwner, other, key, source, target, operator: new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] }) };
+}
+
 /** A write of one document of `key` straight into a shard, as any writer routed there makes it: `accepted`, or the SQLSTATE that refused it. */
 async function writeOf(pool: pg.Pool, slot: number, key: string): Promise<string> {
   return pool
@@ -461,13 +470,7 @@ describe('a cancel whose rollback is refused because the catalog already routes 
   it('is answered as refused on the job, cleared, and the move finishes on the target: writes of the key are accepted again', async () => {
     // Pinned to `other` before the move (its rows there); its slot hashes to the move's target.
     const slot = 1415;
-    const { from: hashOwner, other } = await shardsOf(slot);
-    const [key] = keysInSlot(slot, 1) as [string];
-    const source = env.shards.get(other) as pg.Pool;
-    const target = env.shards.get(hashOwner) as pg.Pool;
-    await seedUsers(source, slot, [key], 3);
-    await env.directory.set(key, other, 'ops@example.com');
-    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    const { hashOwner, key, source, target, operator } = await pinnedAwayFromHashOwner(slot);
     let id = 0;
     const hook = async (point: MoveHookPoint): Promise<void> => {
       if (point !== 'catching_up') return;
