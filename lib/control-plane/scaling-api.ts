@@ -216,10 +216,11 @@ export class ScalingApi extends Construct {
     // function's 20 KB resource policy).
     const fallback = new apigw.LambdaIntegration(props.handler, { proxy: true, scopePermissionToMethod: false });
     const fallbackOptions: apigw.MethodOptions = { authorizationType: apigw.AuthorizationType.IAM };
-    for (const path of resourcePaths(routes)) {
+    const paths = resourcePaths(routes);
+    for (const path of paths) {
       const resource = path === '' ? this.api.root : this.api.root.resourceForPath(path);
       resource.addMethod('ANY', fallback, fallbackOptions);
-      const variableChild = resourcePaths(routes).some((child) => parentPath(child) === path && child !== path && lastPart(child).startsWith('{'));
+      const variableChild = paths.some((child) => parentPath(child) === path && child !== path && lastPart(child).startsWith('{'));
       if (!variableChild) resource.addProxy({ defaultIntegration: fallback, defaultMethodOptions: fallbackOptions, anyMethod: true });
     }
 
