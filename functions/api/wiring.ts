@@ -627,7 +627,11 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       let after: string | undefined;
       if (query.cursor !== undefined) {
         const decoded = Buffer.from(query.cursor, 'base64url').toString('utf8');
-        if (!query.cursor.match(/^[A-Za-z0-9_-]+$/) || !decoded.startsWith('k:')) throw invalid('query.cursor', 'is not a cursor this API returned');
+        // Only what next_cursor hands out: a key encodes back to the same text (bytes that are not
+        // UTF-8 would be read as U+FFFD, another key), and holds no NUL, which PostgreSQL's text
+        // refuses (a 500 for a forged cursor, not the 400 it is).
+        const ours = /^[A-Za-z0-9_-]+$/.test(query.cursor) && Buffer.from(decoded, 'utf8').toString('base64url') === query.cursor && !decoded.includes('\u0000');
+        if (!ours || !decoded.startsWith('k:')) throw invalid('query.cursor', 'is not a cursor this API returned');
         after = decoded.slice(2);
       }
       const page = await s.directory.page({ ...(query.shard ? { shardId: query.shard } : {}), ...(after === undefined ? {} : { after }), limit: query.limit ?? 100 });

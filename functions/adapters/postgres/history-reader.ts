@@ -113,10 +113,21 @@ function encodeCursor(atUs: string, id: string): string {
   return Buffer.from(JSON.stringify([atUs, id]), 'utf8').toString('base64url');
 }
 
+/** The largest PostgreSQL bigint: a cursor's instant is compared as one (beyond it, 22003 and a 500). */
+const MAX_BIGINT = 9_223_372_036_854_775_807n;
+
 function decodeCursor(cursor: string): [string, string] {
   try {
     const value: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-    if (Array.isArray(value) && value.length === 2 && typeof value[0] === 'string' && /^\d{1,20}$/.test(value[0]) && typeof value[1] === 'string' && /^[a-z][0-9a-f]{1,40}$/.test(value[1])) {
+    if (
+      Array.isArray(value) &&
+      value.length === 2 &&
+      typeof value[0] === 'string' &&
+      /^\d{1,19}$/.test(value[0]) &&
+      BigInt(value[0]) <= MAX_BIGINT &&
+      typeof value[1] === 'string' &&
+      /^[a-z][0-9a-f]{1,40}$/.test(value[1])
+    ) {
       return [value[0], value[1]];
     }
   } catch (err) {

@@ -115,6 +115,13 @@ describe('scaling API over HTTP', () => {
       expect((forged.body as Problem).invalid_params?.[0]?.name).toBe('query.cursor');
     });
 
+    it('rejects a forged cursor of the right shape whose instant is past a bigint with 400 naming it, not 500', async () => {
+      const forged = Buffer.from(JSON.stringify(['99999999999999999999', 'd1']), 'utf8').toString('base64url');
+      const res = await h.fetchJson(`${API}/history?cursor=${forged}`);
+      expect(res.status).toBe(400);
+      expect((res.body as Problem).invalid_params?.[0]?.name).toBe('query.cursor');
+    });
+
     it('reads a time zone offset sent as %2B, and says to send it so when its + arrived as a space', async () => {
       const newest = ((await h.fetchJson(`${API}/history?kind=decision&limit=1`)).body as { items: Array<{ id: string; at: string }> }).items[0];
       const at = Date.parse(newest?.at ?? '');
@@ -601,6 +608,13 @@ describe('scaling API over HTTP', () => {
       expect([cursor.status, limit.status]).toEqual([400, 400]);
       expect((cursor.body as Problem).invalid_params?.[0]?.name).toBe('query.cursor');
       expect((limit.body as Problem).invalid_params?.[0]?.name).toBe('query.limit');
+    });
+
+    it('refuses a forged cursor whose key PostgreSQL cannot compare (a NUL, bytes that are not UTF-8) with 400 naming it, not 500', async () => {
+      const forged = [Buffer.from('k:\u0000', 'utf8'), Buffer.concat([Buffer.from('k:', 'utf8'), Buffer.from([0xff, 0xfe])])].map((b) => b.toString('base64url'));
+      const answers = await Promise.all(forged.map((c) => h.fetchJson(`${API}/shards/directory?cursor=${c}`)));
+      expect(answers.map((a) => a.status)).toEqual([400, 400]);
+      expect(answers.map((a) => (a.body as Problem).invalid_params?.[0]?.name)).toEqual(['query.cursor', 'query.cursor']);
     });
 
     it('answers 404 for a move that does not exist', async () => {
