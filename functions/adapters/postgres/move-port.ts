@@ -367,12 +367,28 @@ interface OwnerRead {
 }
 
 /**
+ * Taken by a transaction that publishes a directory key's owner on the strength of where the key
+ * routes by hash (no entry: its slot's owner), before it reads that owner. SHARE conflicts with
+ * the ROW EXCLUSIVE lock of every insert into `catalog.slot_maps` (a publication, by
+ * `SlotMapStore.publish` or by hand): one in flight commits before the read, which then sees it
+ * (at READ COMMITTED each statement reads anew), and a later one waits for the transaction's end.
+ * Routers' reads (ACCESS SHARE) do not wait, nor do other such transactions (SHARE is
+ * self-compatible). Never taken by a transaction that publishes a map itself: two of them would
+ * each wait on the other's SHARE lock to insert (a deadlock).
+ */
+export const LOCK_SLOT_MAPS_FOR_HASH_ROUTE = 'lock table catalog.slot_maps in share mode';
+
+/**
  * Who the catalog names as a move's unit's owner now (see {@link PgMovePort} `currentOwner`): a
  * directory key's entry, else its slot's owner (`routesTo`); a slot's owner in the current map.
+ * With `lockHashRoute` (in a transaction, at READ COMMITTED), a key without an entry has its
+ * slot's owner read under {@link LOCK_SLOT_MAPS_FOR_HASH_ROUTE}: no map can be published between
+ * that read and the transaction's end.
  */
-export async function ownerRead(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, directory: MoverDirectory, slotMaps: MoverSlotMaps, client: Queryable): Promise<OwnerRead> {
+export async function ownerRead(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, directory: MoverDirectory, slotMaps: MoverSlotMaps, client: Queryable, lockHashRoute = false): Promise<OwnerRead> {
   if (job.kind === 'directory') {
     const entry = await directory.entry(job.unitId, client);
+    if (entry === null && lockHashRoute) await client.query(LOCK_SLOT_MAPS_FOR_HASH_ROUTE);
     const routesTo = entry?.shardId ?? (await slotMaps.ownerOf(job.slot, client))?.shardId ?? null;
     return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, by: entry?.updatedBy ?? null, routesTo };
   }
@@ -1880,11 +1896,15 @@ export class PgMovePort implements MovePort<MoveJob> {
    * the map read (the flip builds the next version from it: one read of the 4096-slot map per
    * flip, not one to check and one to build). A directory key without an entry routes by hash:
    * `routesTo` is then its slot's owner (an operator who deleted the move's pin sent the key's
-   * writes there, a shard that may be neither side of the move).
+   * writes there, a shard that may be neither side of the move). `publishing`: the caller's
+   * transaction publishes the key's entry on the strength of that answer, so the slot's owner is
+   * read under a lock no map publication passes until it ends (see {@link ownerRead}): a map
+   * published between the read and the commit sent the key's writes by hash to a third shard
+   * while the flip pinned it to the target, out of sight of its readers.
    */
-  private currentOwner(job: MoveJob): Promise<OwnerRead & { map: SlotMap | null }> {
+  private currentOwner(job: MoveJob, publishing = false): Promise<OwnerRead & { map: SlotMap | null }> {
     return this.catalog.use(async (catalog) => {
-      if (job.kind === 'directory') return { ...(await ownerRead(job, this.options.directory, this.options.slotMaps, catalog)), map: null };
+      if (job.kind === 'directory') return { ...(await ownerRead(job, this.options.directory, this.options.slotMaps, catalog, publishing)), map: null };
       const map = await this.options.slotMaps.current(catalog);
       const owner = map.assignments[Number(job.unitId)] ?? null;
       return { owner, version: map.version, by: null, routesTo: owner, map };
@@ -2007,7 +2027,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (row.flipStarted) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'flipped', job: row });
     if (row.cancelRequested || row.rollbackTo !== null) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'cancelled', job: row });
     if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
-    const read = await this.currentOwner(row);
+    const read = await this.currentOwner(row, true);
     const { owner, version } = read;
     // Someone else already names the target (an operator pinned the key there, another publisher
     // gave it the slot) while this run verified the sides equal under its fence: no write of the
@@ -2282,7 +2302,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         return await this.forgettingCachedOwner(job, () =>
           this.withLockedJob(job, async (row) => {
             if (row.flipStarted) return row;
-            const read = await this.currentOwner(row);
+            const read = await this.currentOwner(row, true);
             const { owner, version } = read;
             let after = version;
             if (owner !== job.to) {
