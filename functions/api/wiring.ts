@@ -489,6 +489,23 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       // Whether it changed is decided by the catalog under its lock: a value read here first
       // could be stale by the time the write lands (8 concurrent starts all saw "stopped").
       const { changed } = await available('recording the switch', () => catalog.setSwitch({ scope: key, enabled, actor, ...(scope.reason ? { reason: scope.reason } : {}) }));
+      // An evaluation without the catalog cannot read the switch: the stop is also marked on the
+      // services (ECS tags), and a start clears that mark. Both after the catalog's write, so a
+      // failure leaves the safer state (marked but started) or is reported, and a retry repairs
+      // it (the call is idempotent). Marked again even when `changed` is false, for that retry.
+      if (target.markStop !== undefined) {
+        try {
+          await target.markStop(key, enabled ? undefined : `${actor} at ${iso(clock.now())}`);
+        } catch (err) {
+          const why = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+          throw new UnavailableError(
+            enabled
+              ? `the start is stored and in force for every evaluation that reaches the catalog, but the stop's mark could not be cleared from the services (${why}): an evaluation without the catalog leaves them unscaled; POST /start again to retry`
+              : `the stop is stored and in force for every evaluation that reaches the catalog, but it could not be marked on the services, where an evaluation without the catalog looks for it (${why}): such an evaluation would not see it; POST /stop again to retry the mark`,
+            { cause: err },
+          );
+        }
+      }
       return { scope: scope.service ?? 'global', enabled, changed };
     },
 

@@ -11,7 +11,7 @@ import type * as sns from 'aws-cdk-lib/aws-sns';
 import type * as sqs from 'aws-cdk-lib/aws-sqs';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import { Construct } from 'constructs';
-import type { QueueMetric } from '../../functions/adapters/aws/topology.js';
+import { STOPPED_ALL_TAG, STOPPED_TAG, type QueueMetric } from '../../functions/adapters/aws/topology.js';
 import { parseScalingConfig, ScalingConfigError, type ScalingConfig } from '../../functions/core/scaling/config.js';
 import { functionLogGroup } from '../function-log-group.js';
 import { acknowledge, nagArn } from '../nag.js';
@@ -390,6 +390,19 @@ export class ControlPlane extends Construct {
     // The API only previews evaluations (controller.preview): it reads metrics and task counts,
     // and never sets a desired count nor touches the scalable targets (test/infra/iam-coverage).
     for (const statement of [readMetrics, describeServices]) this.api.role.addToPolicy(statement);
+    // POST /stop and /start mark the stop on the scaled services (where an evaluation without the
+    // catalog reads it, through DescribeServices' tags): these two tag keys only.
+    this.api.role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'MarkStopsOnScaledServices',
+        actions: ['ecs:TagResource', 'ecs:UntagResource'],
+        resources: serviceArns,
+        conditions: {
+          'ForAllValues:StringEquals': { 'aws:TagKeys': [STOPPED_TAG, STOPPED_ALL_TAG] },
+          Null: { 'aws:TagKeys': 'false' },
+        },
+      }),
+    );
     // Shard health on AWS merges what RDS says (status, storage, replica topology) by endpoint.
     this.api.role.addToPolicy(
       new iam.PolicyStatement({

@@ -17,6 +17,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CfnElement } from 'aws-cdk-lib';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { STOPPED_ALL_TAG, STOPPED_TAG } from '../../functions/adapters/aws/topology.js';
 import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { APP_CONTAINER } from '../../lib/services/sidecar-service.js';
 import { sdkCallsFrom, UnscannableSdkCallError } from './support/sdk-calls.js';
@@ -33,12 +34,14 @@ type Target =
   | { readonly kind: 'secrets'; readonly variables: readonly string[] }
   /** The SSM parameters the function's CONFIG_PARAMETERS names. */
   | { readonly kind: 'config-parameters' }
-  /** Every ECS service of the scaling topology (SCALING_TARGETS_JSON). */
-  | { readonly kind: 'scaled-services' }
+  /** Every ECS service of the scaling topology (SCALING_TARGETS_JSON); with `condition`, only a statement with exactly that condition grants it. */
+  | { readonly kind: 'scaled-services'; readonly condition?: Json }
   /** The code cannot know the ARN (AWS generates it, or the call lists): the resource, rendered, must match. */
   | { readonly kind: 'pattern'; readonly pattern: RegExp };
 
 const ACCOUNT = '123456789012';
+/** The condition that bounds tagging to the two tags a stop leaves (functions/adapters/aws/topology.ts). */
+const STOP_TAGS_ONLY = { 'ForAllValues:StringEquals': { 'aws:TagKeys': [STOPPED_TAG, STOPPED_ALL_TAG] }, Null: { 'aws:TagKeys': 'false' } };
 const controller = {
   'ssm:GetParameters': { kind: 'config-parameters' },
   'secretsmanager:GetSecretValue': { kind: 'secrets', variables: ['CATALOG_DB_SECRET_ARN'] },
@@ -61,6 +64,9 @@ const CALLS: Readonly<Record<Handler, Readonly<Record<string, Target>>>> = {
     // Service metrics, and the shards' FreeStorageSpace / ReplicaLag (RdsInventory).
     'cloudwatch:GetMetricData': { kind: 'any' },
     'ecs:DescribeServices': { kind: 'scaled-services' },
+    // POST /stop and /start mark a stop on the services (for evaluations without the catalog): those tags only.
+    'ecs:TagResource': { kind: 'scaled-services', condition: STOP_TAGS_ONLY },
+    'ecs:UntagResource': { kind: 'scaled-services', condition: STOP_TAGS_ONLY },
     // RdsInventory lists the account's PostgreSQL instances and matches them by endpoint.
     'rds:DescribeDBInstances': { kind: 'pattern', pattern: new RegExp(`^arn:aws:rds:[a-z0-9-]+:${ACCOUNT}:db:\\*$`) },
   },
@@ -79,12 +85,13 @@ const CALLS: Readonly<Record<Handler, Readonly<Record<string, Target>>>> = {
 };
 
 const PREVIEW_ONLY = 'the API builds the controller runtime, but POST /evaluate is controller.preview: it sets no desired count and never touches the scalable-target registry';
+const MARKS_READ_ONLY = 'the controller reads the marks of a stop (DescribeServices with its tags); only POST /stop and /start set them, through the API';
 const CATALOG_POOL_ONLY = 'the moves worker takes only the catalog pool of the controller runtime; its metrics, ECS and registry adapters are built but never called';
 
 /** Calls reachable from a handler's entry that it never makes, with the reason. */
 const NOT_CALLED: Readonly<Record<Handler, Readonly<Record<string, string>>>> = {
-  evaluate: {},
-  alarm: {},
+  evaluate: { 'ecs:TagResource': MARKS_READ_ONLY, 'ecs:UntagResource': MARKS_READ_ONLY },
+  alarm: { 'ecs:TagResource': MARKS_READ_ONLY, 'ecs:UntagResource': MARKS_READ_ONLY },
   api: {
     'ecs:UpdateService': PREVIEW_ONLY,
     'application-autoscaling:DescribeScalableTargets': PREVIEW_ONLY,
@@ -94,6 +101,8 @@ const NOT_CALLED: Readonly<Record<Handler, Readonly<Record<string, string>>>> = 
     'cloudwatch:GetMetricData': CATALOG_POOL_ONLY,
     'ecs:DescribeServices': CATALOG_POOL_ONLY,
     'ecs:UpdateService': CATALOG_POOL_ONLY,
+    'ecs:TagResource': CATALOG_POOL_ONLY,
+    'ecs:UntagResource': CATALOG_POOL_ONLY,
     'application-autoscaling:DescribeScalableTargets': CATALOG_POOL_ONLY,
     'application-autoscaling:RegisterScalableTarget': CATALOG_POOL_ONLY,
   },
@@ -264,8 +273,9 @@ function names(resource: Json, target: Json): boolean {
 }
 
 /** Whether the statements allow `action` on `resource` (a resolved reference, or a rendered pattern check). */
-function allows(statements: readonly Statement[], action: string, match: (resource: Json) => boolean): boolean {
-  return statements.some((st) => st.Condition === undefined && actionsOf(st).some((a) => globMatches(a, action)) && resourcesOf(st).some(match));
+function allows(statements: readonly Statement[], action: string, match: (resource: Json) => boolean, condition?: Json): boolean {
+  const conditioned = (st: Statement): boolean => (condition === undefined ? st.Condition === undefined : JSON.stringify(st.Condition) === JSON.stringify(condition));
+  return statements.some((st) => conditioned(st) && actionsOf(st).some((a) => globMatches(a, action)) && resourcesOf(st).some(match));
 }
 
 /** The references a value holds: the intrinsic objects of a Join (or the value itself). */
@@ -390,7 +400,8 @@ describe.each(configFiles)('config/%s: what the runtime code calls is allowed an
     const statements = asm.statementsOf(cp, roleId);
     const missing: string[] = [];
     for (const [action, target] of Object.entries(CALLS[handler])) {
-      for (const t of targetsOf(handler, target)) if (!allows(statements, action, t.match)) missing.push(`${action} on ${t.label}`);
+      const condition = target.kind === 'scaled-services' ? target.condition : undefined;
+      for (const t of targetsOf(handler, target)) if (!allows(statements, action, t.match, condition)) missing.push(`${action} on ${t.label}`);
     }
     expect(missing).toEqual([]);
   });

@@ -1,7 +1,9 @@
 /**
  * ECS as the scaling target: `DescribeServices` (at most 10 services per call, ECS's limit,
- * grouped by cluster) for running, pending and desired counts and whether a deployment is
- * rolling out; `UpdateService` to set a new desired count.
+ * grouped by cluster, with the services' tags) for running, pending and desired counts, whether
+ * a deployment is rolling out and the stops marked on the service; `UpdateService` to set a new
+ * desired count; `TagResource` / `UntagResource` to mark a stop where an evaluation without the
+ * catalog reads it ({@link STOPPED_TAG}, {@link STOPPED_ALL_TAG}).
  *
  * @example
  * ```ts
@@ -10,13 +12,33 @@
  * await target.setDesired('backend-read', 4);
  * ```
  */
-import { DescribeServicesCommand, UpdateServiceCommand, type ECSClient, type Service } from '@aws-sdk/client-ecs';
-import type { ScalingTarget, TasksReading } from '../../core/scaling/ports.js';
+import { DescribeServicesCommand, TagResourceCommand, UntagResourceCommand, UpdateServiceCommand, type ECSClient, type Service } from '@aws-sdk/client-ecs';
+import type { ScalingTarget, StopMark, TasksReading } from '../../core/scaling/ports.js';
 import type { TaskCounts } from '../../core/scaling/types.js';
-import type { Topology } from './topology.js';
+import { STOPPED_ALL_TAG, STOPPED_TAG, type Topology } from './topology.js';
 
 /** ECS's limit of services per DescribeServices call. */
 export const DESCRIBE_BATCH = 10;
+
+/** ECS refused to mark or clear a stop on one or more services; the message names each. */
+export class EcsTagError extends Error {
+  override readonly name = 'EcsTagError';
+}
+
+/** ECS tag values: at most 256 characters of letters, digits, spaces and `+ - = . _ : / @`. */
+function tagValue(text: string): string {
+  return text.replace(/[^\p{L}\p{N} +\-=._:/@]/gu, '_').slice(0, 256);
+}
+
+/** The stops marked on the ECS service of the scaled service `name`. */
+function stopsOf(name: string, service: Service): StopMark[] {
+  const stops: StopMark[] = [];
+  for (const tag of service.tags ?? []) {
+    if (tag.key === STOPPED_ALL_TAG) stops.push({ scope: '*', by: tag.value ?? '' });
+    else if (tag.key === STOPPED_TAG) stops.push({ scope: name, by: tag.value ?? '' });
+  }
+  return stops;
+}
 
 /** ECS refused a desired-count change; `cause` holds the SDK error. */
 export class EcsUpdateError extends Error {
@@ -72,13 +94,16 @@ export class EcsScalingTarget implements ScalingTarget {
       batches.map(async ({ cluster, members }) => {
         try {
           const out = await this.options.client.send(
-            new DescribeServicesCommand({ cluster, services: members.map((m) => m.ecsService) }),
+            new DescribeServicesCommand({ cluster, services: members.map((m) => m.ecsService), include: ['TAGS'] }),
             signal === undefined ? {} : { abortSignal: signal },
           );
           for (const m of members) {
             const found = (out.services ?? []).find((s) => s.serviceName === m.ecsService || s.serviceArn?.endsWith(`/${m.ecsService}`) === true);
             const failure = (out.failures ?? []).find((f) => f.arn?.endsWith(`/${m.ecsService}`) === true || f.arn === m.ecsService);
-            if (found && found.status !== 'INACTIVE') readings.set(m.service, { ok: true, tasks: countsOf(found) });
+            if (found && found.status !== 'INACTIVE') {
+              const stops = stopsOf(m.service, found);
+              readings.set(m.service, { ok: true, tasks: countsOf(found), ...(stops.length === 0 ? {} : { stops }) });
+            }
             else readings.set(m.service, { ok: false, error: `ECS does not report ${cluster}/${m.ecsService}: ${failure?.reason ?? found?.status ?? 'not returned'}` });
           }
         } catch (err) {
@@ -87,6 +112,39 @@ export class EcsScalingTarget implements ScalingTarget {
       }),
     );
     return readings;
+  }
+
+  /**
+   * Tags (or untags) the services a stop covers: {@link STOPPED_ALL_TAG} on every scaled service
+   * for `*`, {@link STOPPED_TAG} on the one service otherwise. The service ARNs come from
+   * DescribeServices. Every service is tried; a refusal of any throws an {@link EcsTagError}
+   * naming each service that was not marked.
+   */
+  async markStop(scope: string, by: string | undefined, signal?: AbortSignal): Promise<void> {
+    const services = scope === '*' ? this.services() : [scope];
+    const key = scope === '*' ? STOPPED_ALL_TAG : STOPPED_TAG;
+    const options = signal === undefined ? {} : { abortSignal: signal };
+    const failures: string[] = [];
+    await Promise.all(
+      services.map(async (service) => {
+        const t = this.options.topology.services[service];
+        if (!t) {
+          failures.push(`service ${service} is missing from the scaling topology`);
+          return;
+        }
+        const verb = by === undefined ? 'UntagResource' : 'TagResource';
+        try {
+          const out = await this.options.client.send(new DescribeServicesCommand({ cluster: t.cluster, services: [t.ecsService] }), options);
+          const arn = out.services?.find((s) => s.status !== 'INACTIVE')?.serviceArn;
+          if (arn === undefined) throw new Error(`ECS does not report the service: ${out.failures?.[0]?.reason ?? 'not returned'}`);
+          if (by === undefined) await this.options.client.send(new UntagResourceCommand({ resourceArn: arn, tagKeys: [key] }), options);
+          else await this.options.client.send(new TagResourceCommand({ resourceArn: arn, tags: [{ key, value: tagValue(by) }] }), options);
+        } catch (err) {
+          failures.push(`ECS ${verb} ${t.cluster}/${t.ecsService} failed: ${describeError(err)}`);
+        }
+      }),
+    );
+    if (failures.length > 0) throw new EcsTagError(failures.sort().join('; '));
   }
 
   async setDesired(service: string, desired: number, signal?: AbortSignal): Promise<void> {

@@ -20,6 +20,14 @@ import { z } from 'zod';
 import { issuesOf } from '../../core/scaling/config.js';
 
 /**
+ * The tag a per-service stop (POST /stop {"service"}) leaves on that ECS service, and the one the
+ * global stop leaves on every scaled service (value: who and when). An evaluation without the
+ * catalog reads them from DescribeServices; the API's role may set only these (the CDK app).
+ */
+export const STOPPED_TAG = 'ca-dms-scaling:stopped';
+export const STOPPED_ALL_TAG = 'ca-dms-scaling:stopped-all';
+
+/**
  * The statistic of `TargetResponseTime` for the controller AND the response-time alarms (the
  * CDK app imports this): the 95th percentile. The guide's 1000 ms threshold is about what users
  * wait, and an average hides a slow tail behind many fast requests. Above all both sides must

@@ -103,6 +103,8 @@ export class SimulatedFleet implements ScalingTarget, MetricsSource, ScalableTar
   private readonly startedAt: number;
   private readonly traceStart: number;
   private readonly tickMs: number;
+  /** Stops marked on the fleet (as ECS tags carry them), by scope: `*` or a service. */
+  private readonly stopMarks = new Map<string, string>();
 
   constructor(private readonly options: SimulatedFleetOptions) {
     if (!(options.acceleration > 0) || !Number.isFinite(options.acceleration)) throw new RangeError(`acceleration must be a positive number, got ${options.acceleration}`);
@@ -180,10 +182,24 @@ export class SimulatedFleet implements ScalingTarget, MetricsSource, ScalableTar
   }
 
   async describe(services: readonly string[]): Promise<ReadonlyMap<string, TasksReading>> {
-    return this.readEach<TasksReading>(services, this.options.clock.now(), (sim) => ({
-      ok: true,
-      tasks: { running: sim.running, pending: this.pendingOf(sim), desired: sim.desired, deploymentInProgress: false },
-    }));
+    return this.readEach<TasksReading>(services, this.options.clock.now(), (sim) => {
+      const stops = ['*', sim.spec.service].flatMap((scope) => {
+        const by = this.stopMarks.get(scope);
+        return by === undefined ? [] : [{ scope, by }];
+      });
+      return {
+        ok: true,
+        tasks: { running: sim.running, pending: this.pendingOf(sim), desired: sim.desired, deploymentInProgress: false },
+        ...(stops.length === 0 ? {} : { stops }),
+      };
+    });
+  }
+
+  /** Marks a stop (or clears it) as the ECS tags do: {@link describe} reports it. */
+  async markStop(scope: string, by: string | undefined): Promise<void> {
+    if (scope !== '*') this.sim(scope);
+    if (by === undefined) this.stopMarks.delete(scope);
+    else this.stopMarks.set(scope, by);
   }
 
   async setDesired(service: string, desired: number): Promise<void> {

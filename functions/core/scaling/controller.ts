@@ -12,7 +12,8 @@
  *   function), may scale out but never scales in, and keeps its decisions in memory until the
  *   catalog is back (beyond `backlogLimit`, a gap row records how many were logged elsewhere);
  * - a stop (global or per service) means no action at all, and dry run means decisions are
- *   recorded while nothing changes.
+ *   recorded while nothing changes; without the catalog, a stop the orchestrator reports (the
+ *   mark the API leaves beside the catalog's switch) holds every change back, recorded `blocked`.
  *
  * @example
  * ```ts
@@ -39,6 +40,7 @@ import type {
   ScalingTarget,
   ServiceSession,
   Stopper,
+  StopMark,
   StoredServiceState,
   Suspension,
   TasksReading,
@@ -144,6 +146,19 @@ function stoppedMeanwhile(plan: Plan, stop: Stopper): Plan {
 }
 
 /**
+ * A decision taken without the catalog for a service the orchestrator reports stopped (the mark
+ * a stop leaves beside the catalog's switch): nothing is changed and the record says who stopped
+ * it. The state stays as it was, as it does for a stopped service evaluated with the catalog.
+ */
+function markedStopped(plan: Plan, state: ServiceState, stop: StopMark): Plan {
+  if (plan.record.outcome === 'skipped') return plan;
+  const { change: _change, ...held } = plan;
+  const by = stop.scope === '*' ? `scaling was stopped by ${stop.by}` : `scaling of ${plan.record.service} was stopped by ${stop.by}`;
+  const block: Block = { kind: 'disabled', message: `${by}: the catalog is unreachable, nothing is changed` };
+  return { ...held, state, record: { ...plan.record, outcome: 'blocked', blocked: [...plan.record.blocked, block] } };
+}
+
+/**
  * Blocks that forbid applying a change the decision still carries (a dry run keeps the computed
  * count so the history shows what would have happened). Other kinds (bounds, cooldown) are
  * already reflected in the decision's `to`.
@@ -165,6 +180,8 @@ interface ServiceInputs {
   readonly metrics: MetricsReading | undefined;
   readonly tasks: TasksReading | undefined;
   readonly suspension: Suspension | undefined;
+  /** A stop the orchestrator reports for the service (its own, or the global one on any service): heeded without the catalog. */
+  readonly stop?: StopMark | undefined;
 }
 
 interface Outcomes {
@@ -294,6 +311,10 @@ export class ScalingController {
       ),
     ]);
 
+    // The catalog's switches are what count; these marks stand in for them when it is away. The
+    // global stop marks every service, so finding it on any one stops them all.
+    const marks = [...taskReadings.values()].flatMap((r) => (r.ok ? (r.stops ?? []) : []));
+    const globalStop = marks.find((m) => m.scope === '*');
     const decisions: DecisionRecord[] = [];
     for (const cfg of services) {
       const inputs: ServiceInputs = {
@@ -301,6 +322,7 @@ export class ScalingController {
         metrics: metricReadings.get(cfg.service),
         tasks: taskReadings.get(cfg.service),
         suspension: suspensions.get(cfg.service),
+        stop: marks.find((m) => m.scope === cfg.service) ?? globalStop,
       };
       const ctx: EvalContext = { now, request, degraded, configVersion };
       const record = degraded ? await this.evaluateWithoutCatalog(inputs, ctx) : await this.evaluateWithCatalog(inputs, ctx, warnings);
@@ -503,7 +525,11 @@ export class ScalingController {
   private async evaluateWithoutCatalog(inputs: ServiceInputs, ctx: EvalContext): Promise<DecisionRecord> {
     const service = inputs.cfg.service;
     const state = this.lastStates.get(service) ?? initialState(service);
-    const { record, state: next } = await this.decideAndApply(inputs, state, { ...ctx, degraded: true });
+    const degraded = { ...ctx, degraded: true };
+    // A stop answered after this container last read the catalog (or before a cold start) is
+    // only known from its mark on the orchestrator.
+    const plan = this.decide(inputs, state, degraded);
+    const { record, state: next } = await this.apply(inputs.stop === undefined ? plan : markedStopped(plan, state, inputs.stop), degraded);
     this.lastStates.set(service, next);
     this.hold(record);
     return record;
@@ -556,7 +582,7 @@ export class ScalingController {
     };
   }
 
-  /** Decides and, unless held back, changes the desired count (previews, evaluations without the catalog). */
+  /** Decides and, unless held back, changes the desired count (previews). */
   private async decideAndApply(inputs: ServiceInputs, state: ServiceState, ctx: EvalContext): Promise<Outcomes> {
     return this.apply(this.decide(inputs, state, ctx), ctx);
   }

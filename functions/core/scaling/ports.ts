@@ -63,8 +63,23 @@ export interface MetricsSource {
   read(services: readonly string[], now: number, signal?: AbortSignal): Promise<ReadonlyMap<string, MetricsReading>>;
 }
 
-/** One service's task counts, or why they could not be read. */
-export type TasksReading = { readonly ok: true; readonly tasks: TaskCounts } | { readonly ok: false; readonly error: string };
+/**
+ * A stop (POST /stop) as the orchestrator carries it, beside the catalog's switch: an evaluation
+ * without the catalog cannot read the switch, so it reads this instead. `scope` is `*` for the
+ * global switch, otherwise the service; `by` says who stopped it and when, as stored.
+ */
+export interface StopMark {
+  readonly scope: string;
+  readonly by: string;
+}
+
+/**
+ * One service's task counts (with the stops marked on it, when the orchestrator keeps them), or
+ * why they could not be read.
+ */
+export type TasksReading =
+  | { readonly ok: true; readonly tasks: TaskCounts; readonly stops?: readonly StopMark[] }
+  | { readonly ok: false; readonly error: string };
 
 /** The orchestrator whose desired counts the controller changes (ECS, the simulated fleet). */
 export interface ScalingTarget {
@@ -72,6 +87,12 @@ export interface ScalingTarget {
   describe(services: readonly string[], signal?: AbortSignal): Promise<ReadonlyMap<string, TasksReading>>;
   /** Sets a service's desired count. Throws when the orchestrator refuses. */
   setDesired(service: string, desired: number, signal?: AbortSignal): Promise<void>;
+  /**
+   * Marks a stop on the orchestrator (`by` set) or clears it (`by` undefined), where
+   * {@link describe} reports it in `stops`: scope `*` (the global switch) marks every service.
+   * Throws when the orchestrator refuses; an orchestrator without it cannot carry stops.
+   */
+  markStop?(scope: string, by: string | undefined, signal?: AbortSignal): Promise<void>;
   /**
    * The services this orchestrator can scale (the deployment's topology), so that a
    * configuration naming another one (`workr` for `worker`) is refused rather than stored.

@@ -1,7 +1,7 @@
-import { DescribeServicesCommand, ECSClient, UpdateServiceCommand, type DescribeServicesCommandInput } from '@aws-sdk/client-ecs';
+import { DescribeServicesCommand, ECSClient, TagResourceCommand, UntagResourceCommand, UpdateServiceCommand, type DescribeServicesCommandInput } from '@aws-sdk/client-ecs';
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterEach, describe, expect, it } from 'vitest';
-import { EcsScalingTarget, EcsUpdateError } from '../../../functions/adapters/aws/ecs-target.js';
+import { EcsScalingTarget, EcsTagError, EcsUpdateError } from '../../../functions/adapters/aws/ecs-target.js';
 import { parseTopology } from '../../../functions/adapters/aws/topology.js';
 import { ecsService, serviceNames, topologyOf } from '../../support/scaling-fixtures.js';
 
@@ -27,7 +27,7 @@ describe('ECS scaling target', () => {
 
     const calls = ecs.commandCalls(DescribeServicesCommand).map((c) => c.args[0].input);
     expect(calls.map((c) => c.services?.length)).toEqual([10, 10, 3]);
-    expect(calls[0]).toEqual({ cluster: 'ca-dms', services: serviceNames(10).map((s) => `ca-dms-${s}`) });
+    expect(calls[0]).toEqual({ cluster: 'ca-dms', services: serviceNames(10).map((s) => `ca-dms-${s}`), include: ['TAGS'] });
     expect(readings.size).toBe(23);
   });
 
@@ -41,8 +41,8 @@ describe('ECS scaling target', () => {
 
     const calls = ecs.commandCalls(DescribeServicesCommand).map((c) => c.args[0].input);
     expect(calls).toEqual([
-      { cluster: 'one', services: ['a', 'c'] },
-      { cluster: 'two', services: ['b'] },
+      { cluster: 'one', services: ['a', 'c'], include: ['TAGS'] },
+      { cluster: 'two', services: ['b'], include: ['TAGS'] },
     ]);
   });
 
@@ -93,5 +93,58 @@ describe('ECS scaling target', () => {
     expect(error).toBeInstanceOf(EcsUpdateError);
     expect((error as EcsUpdateError).message).toBe('ECS UpdateService ca-dms/ca-dms-svc-0 desiredCount=5 failed: InvalidParameterException: service is draining');
     expect((error as EcsUpdateError).cause).toBe(refusal);
+  });
+
+  it('reports the stops tagged on a service, its own and the global one, and ignores other tags', async () => {
+    ecs.on(DescribeServicesCommand).resolves({
+      services: [
+        {
+          ...ecsService('ca-dms-svc-0', { running: 3, desired: 3 }),
+          tags: [
+            { key: 'ca-dms-scaling:stopped', value: 'alice at 2026-01-05T12:00:00.000Z' },
+            { key: 'ca-dms-scaling:stopped-all', value: 'bob at 2026-01-05T12:01:00.000Z' },
+            { key: 'team', value: 'docs' },
+          ],
+        },
+        ecsService('ca-dms-svc-1', { running: 3, desired: 3 }),
+      ],
+    });
+
+    const readings = await target(topologyOf(2)).describe(['svc-0', 'svc-1']);
+
+    expect(readings.get('svc-0')).toMatchObject({
+      ok: true,
+      stops: [
+        { scope: 'svc-0', by: 'alice at 2026-01-05T12:00:00.000Z' },
+        { scope: '*', by: 'bob at 2026-01-05T12:01:00.000Z' },
+      ],
+    });
+    expect(readings.get('svc-1')).not.toHaveProperty('stops');
+  });
+
+  it('marks a global stop on every service and a service stop on that service, with a value ECS accepts', async () => {
+    answerAll();
+
+    await target(topologyOf(2)).markStop('*', 'arn:aws:iam::123456789012:user/alice (cli), at 2026-01-05T12:00:00.000Z');
+    await target(topologyOf(2)).markStop('svc-1', undefined);
+
+    expect(ecs.commandCalls(TagResourceCommand).map((c) => c.args[0].input)).toEqual([
+      { resourceArn: 'arn:aws:ecs:eu-west-1:123456789012:service/ca-dms/ca-dms-svc-0', tags: [{ key: 'ca-dms-scaling:stopped-all', value: 'arn:aws:iam::123456789012:user/alice _cli__ at 2026-01-05T12:00:00.000Z' }] },
+      { resourceArn: 'arn:aws:ecs:eu-west-1:123456789012:service/ca-dms/ca-dms-svc-1', tags: [{ key: 'ca-dms-scaling:stopped-all', value: 'arn:aws:iam::123456789012:user/alice _cli__ at 2026-01-05T12:00:00.000Z' }] },
+    ]);
+    expect(ecs.commandCalls(UntagResourceCommand).map((c) => c.args[0].input)).toEqual([
+      { resourceArn: 'arn:aws:ecs:eu-west-1:123456789012:service/ca-dms/ca-dms-svc-1', tagKeys: ['ca-dms-scaling:stopped'] },
+    ]);
+  });
+
+  it('tries every service and names each one ECS refused to tag', async () => {
+    answerAll();
+    ecs.on(TagResourceCommand, { resourceArn: 'arn:aws:ecs:eu-west-1:123456789012:service/ca-dms/ca-dms-svc-1' }).rejects(Object.assign(new Error('denied'), { name: 'AccessDeniedException' }));
+
+    const error = await target(topologyOf(3)).markStop('*', 'alice').catch((e: unknown) => e);
+
+    expect(error).toBeInstanceOf(EcsTagError);
+    expect((error as EcsTagError).message).toBe('ECS TagResource ca-dms/ca-dms-svc-1 failed: AccessDeniedException: denied');
+    expect(ecs.commandCalls(TagResourceCommand)).toHaveLength(3);
   });
 });

@@ -2,8 +2,15 @@
  * The simulated fleet of local mode: the simulator's fleet model behind the controller's ports,
  * on an injected clock.
  */
+import pg from 'pg';
 import { describe, expect, it } from 'vitest';
+import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { SimulatedFleet } from '../../../functions/adapters/sim/fleet.js';
+import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
+import { ScalingController } from '../../../functions/core/scaling/controller.js';
+import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
+import { freePort } from '../../support/postgres.js';
+import { RecordingLog } from '../../support/scaling-fixtures.js';
 import { DEFAULT_MODEL } from '../../../functions/core/scaling/simulator/model.js';
 import type { TracePoint } from '../../../functions/core/scaling/simulator/trace.js';
 
@@ -94,6 +101,38 @@ describe('SimulatedFleet', () => {
 
     expect(metrics.get('nope')).toEqual({ ok: false, error: 'the simulated fleet has no service nope' });
     expect(counts.get('nope')).toEqual({ ok: false, error: 'the simulated fleet has no service nope' });
+  });
+
+  it('carries the marks of a stop, as ECS tags do, and a controller without its catalog heeds them', async () => {
+    const { fleet, advance, now } = fleetAt();
+    advance(60_000); // the top of the ramp: CPU at 100 on 2 tasks
+    const pool = new pg.Pool({ connectionString: `postgresql://postgres:postgres@127.0.0.1:${await freePort()}/postgres`, max: 1, connectionTimeoutMillis: 500 });
+    pool.on('error', () => undefined);
+    const config = parseScalingConfig({ policy: 'threshold', min_instances: 1, max_instances: 10, services: { api: {} } });
+    const controller = new ScalingController({
+      metrics: fleet,
+      target: fleet,
+      registry: fleet,
+      catalog: new CatalogStore(pool, { defaults: config }),
+      clock: { now },
+      log: new RecordingLog(),
+      policies: getPolicy,
+      fallbackConfig: config,
+    });
+    try {
+      await fleet.markStop('api', 'alice at 2026-01-05T12:00:00.000Z');
+      const marked = (await fleet.describe(['api'])).get('api');
+      const stopped = await controller.evaluate({ trigger: 'schedule' });
+      await fleet.markStop('api', undefined);
+      const started = await controller.evaluate({ trigger: 'schedule' });
+
+      expect(marked).toMatchObject({ ok: true, stops: [{ scope: 'api', by: 'alice at 2026-01-05T12:00:00.000Z' }] });
+      expect(stopped.decisions.map((d) => [d.outcome, d.degraded, d.blocked.map((b) => b.kind)])).toEqual([['blocked', true, ['disabled']]]);
+      expect(started.decisions.map((d) => [d.outcome, d.from])).toEqual([['applied', 2]]);
+      expect((await tasks(fleet)).desired).toBeGreaterThan(2);
+    } finally {
+      await pool.end();
+    }
   });
 
   it('refuses a desired count that is not a whole number >= 0', async () => {

@@ -1,0 +1,231 @@
+/**
+ * A stop answered by the API while the catalog was reachable, then the catalog gone: the
+ * evaluation without the catalog (degraded: scale-out only) must not scale a stopped service
+ * out. The stop lives in the catalog; the API also marks the ECS services with a tag
+ * (`ca-dms-scaling:stopped`, or `ca-dms-scaling:stopped-all` for the global switch) that
+ * DescribeServices returns, so a degraded evaluation sees it. Real PostgreSQL catalog behind a
+ * proxy the test cuts, the real API port and controller, ECS and CloudWatch through
+ * aws-sdk-client-mock (ECS keeps the tags it is given, as ECS does).
+ */
+import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import {
+  DescribeServicesCommand,
+  ECSClient,
+  TagResourceCommand,
+  UntagResourceCommand,
+  UpdateServiceCommand,
+  type DescribeServicesCommandInput,
+  type TagResourceCommandInput,
+  type UntagResourceCommandInput,
+} from '@aws-sdk/client-ecs';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { CloudWatchMetricsSource } from '../../../functions/adapters/aws/cloudwatch-metrics.js';
+import { EcsScalingTarget } from '../../../functions/adapters/aws/ecs-target.js';
+import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
+import { HistoryReader } from '../../../functions/adapters/postgres/history-reader.js';
+import type { ScalingApiPort } from '../../../functions/api/service.js';
+import { UnavailableError } from '../../../functions/api/service.js';
+import { createScalingApiPort } from '../../../functions/api/wiring.js';
+import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
+import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { controllerFor, ecsService, ManualClock, metricsFrom, mockControllerAws, serviceNames, topologyOf } from '../../support/scaling-fixtures.js';
+import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.js';
+
+const aws = mockControllerAws();
+const { cw, ecs } = aws;
+
+/** The tags a stop leaves on the services (written out: the README documents them for operators). */
+const STOPPED_TAG = 'ca-dms-scaling:stopped';
+const STOPPED_ALL_TAG = 'ca-dms-scaling:stopped-all';
+
+const T0 = Date.UTC(2026, 0, 5, 12, 0, 0);
+const topology = topologyOf(2);
+const NAMES = serviceNames(2);
+const CONFIG = { policy: 'threshold', min_instances: 2, max_instances: 10, scale_cooldown: 300, services: { 'svc-0': {}, 'svc-1': {} } };
+
+let server: TestPostgres;
+let proxy: TcpProxy;
+const pools: pg.Pool[] = [];
+let dbCount = 0;
+
+beforeAll(async () => {
+  server = await startTestPostgres();
+  proxy = await startTcpProxy(server.port);
+});
+afterAll(async () => {
+  await Promise.all(pools.map((p) => p.end().catch(() => undefined)));
+  await proxy.close();
+  await server.stop();
+});
+afterEach(async () => {
+  await proxy.restore().catch(() => undefined);
+});
+
+/** ECS's tags, per service ARN, as TagResource and UntagResource leave them. */
+let tags: Map<string, Map<string, string>>;
+
+/** ECS answering DescribeServices (with the tags when asked for them) and keeping tags. */
+function givenEcs(counts: { running: number; desired: number }): void {
+  tags = new Map();
+  ecs.on(DescribeServicesCommand).callsFake((input: DescribeServicesCommandInput) => ({
+    services: (input.services ?? []).map((name) => {
+      const service = ecsService(name, counts);
+      const own = tags.get(service.serviceArn ?? '');
+      return input.include?.includes('TAGS') === true && own !== undefined ? { ...service, tags: [...own].map(([key, value]) => ({ key, value })) } : service;
+    }),
+  }));
+  ecs.on(TagResourceCommand).callsFake((input: TagResourceCommandInput) => {
+    const own = tags.get(input.resourceArn ?? '') ?? new Map<string, string>();
+    for (const t of input.tags ?? []) own.set(t.key ?? '', t.value ?? '');
+    tags.set(input.resourceArn ?? '', own);
+    return {};
+  });
+  ecs.on(UntagResourceCommand).callsFake((input: UntagResourceCommandInput) => {
+    for (const key of input.tagKeys ?? []) tags.get(input.resourceArn ?? '')?.delete(key);
+    return {};
+  });
+}
+
+function givenCpu(cpu: number): void {
+  cw.on(GetMetricDataCommand).callsFake(metricsFrom(NAMES, { 'svc-0': { cpu, mem: 50 }, 'svc-1': { cpu, mem: 50 } }));
+}
+
+/** A fresh, migrated catalog reached through the proxy, and the API port over it. */
+async function setup(): Promise<{ store: CatalogStore; api: ScalingApiPort }> {
+  const name = `degraded_stop_${++dbCount}`;
+  const admin = new pg.Client({ connectionString: server.url });
+  await admin.connect();
+  await admin.query(`create database ${name}`);
+  await admin.end();
+  const direct = new pg.Pool({ connectionString: server.urlFor(name), max: 1 });
+  await migrateAll({ catalog: direct, shards: [] });
+  await direct.end();
+  const pool = new pg.Pool({ connectionString: `postgresql://postgres:postgres@127.0.0.1:${proxy.port}/${name}`, max: 2, connectionTimeoutMillis: 1000 });
+  pool.on('error', () => undefined);
+  pools.push(pool);
+  const store = new CatalogStore(pool, { defaults: parseScalingConfig(CONFIG) });
+  const clock = new ManualClock(T0);
+  const api = createScalingApiPort({
+    catalog: store,
+    history: new HistoryReader(async () => pool),
+    controller: controllerFor({ topology, catalog: store, fallback: CONFIG, clock }),
+    target: new EcsScalingTarget({ client: new ECSClient({ region: 'eu-west-1' }), topology }),
+    metrics: new CloudWatchMetricsSource({ client: new CloudWatchClient({ region: 'eu-west-1' }), topology }),
+    clock,
+  });
+  return { store, api };
+}
+
+function updates(): Array<[string | undefined, number | undefined]> {
+  return ecs.commandCalls(UpdateServiceCommand).map((c) => [c.args[0].input.service, c.args[0].input.desiredCount]);
+}
+
+describe('an evaluation without the catalog after a stop answered by the API', () => {
+  it('does not scale out a service stopped just before the catalog went down (warm container)', async () => {
+    const { store, api } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    givenCpu(50);
+    const clock = new ManualClock(T0);
+    const controller = controllerFor({ topology, catalog: store, fallback: CONFIG, clock });
+    await controller.evaluate({ trigger: 'schedule' });
+
+    await api.setEnabled(false, { service: 'svc-0', reason: 'incident 42' }, 'alice');
+    await proxy.cut();
+    clock.advance(60_000);
+    givenCpu(95);
+    const result = await controller.evaluate({ trigger: 'schedule' });
+
+    expect(result.degraded).toBe(true);
+    expect(updates()).toEqual([['ca-dms-svc-1', 4]]);
+    const svc0 = result.decisions.find((d) => d.service === 'svc-0');
+    expect(svc0).toMatchObject({ outcome: 'blocked', from: 3, degraded: true });
+    expect(svc0?.blocked.find((b) => b.kind === 'disabled')?.message).toMatch(/^scaling of svc-0 was stopped by alice at 20\d\d-.*: the catalog is unreachable, nothing is changed$/);
+  });
+
+  it('does not scale out any service after a global stop, even in a container that never read the catalog', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    await api.setEnabled(false, {}, 'bob');
+    await proxy.cut();
+    givenCpu(95);
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    expect(result.degraded).toBe(true);
+    expect(updates()).toEqual([]);
+    expect(result.decisions.map((d) => [d.service, d.outcome])).toEqual([
+      ['svc-0', 'blocked'],
+      ['svc-1', 'blocked'],
+    ]);
+    expect(result.decisions[0]?.blocked.find((b) => b.kind === 'disabled')?.message).toMatch(/^scaling was stopped by bob at /);
+  });
+
+  it('scales out again after a start, which clears the mark', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    await api.setEnabled(false, {}, 'bob');
+    await api.setEnabled(false, { service: 'svc-1' }, 'bob');
+    const marked = [...tags].sort(([a], [b]) => a.localeCompare(b)).map(([, t]) => [...t.keys()].sort());
+    await api.setEnabled(true, {}, 'carol');
+    await api.setEnabled(true, { service: 'svc-1' }, 'carol');
+    await proxy.cut();
+    givenCpu(95);
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    expect(marked).toEqual([[STOPPED_ALL_TAG], [STOPPED_TAG, STOPPED_ALL_TAG]]);
+    expect(result.degraded).toBe(true);
+    expect(updates()).toEqual([
+      ['ca-dms-svc-0', 4],
+      ['ca-dms-svc-1', 4],
+    ]);
+    expect([...tags.values()].every((t) => !t.has(STOPPED_TAG) && !t.has(STOPPED_ALL_TAG))).toBe(true);
+  });
+
+  it('leaves the mark alone while the catalog is reachable: the catalog decides', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    await api.setEnabled(false, { service: 'svc-0' }, 'alice');
+    await store.setSwitch({ scope: 'svc-0', enabled: true, actor: 'dba' });
+    givenCpu(95);
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    expect(result.degraded).toBe(false);
+    expect(updates()).toEqual([
+      ['ca-dms-svc-0', 4],
+      ['ca-dms-svc-1', 4],
+    ]);
+  });
+
+  it('answers a stop ECS refused to mark with a 503 saying the stop is stored but not seen without the catalog', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    ecs.on(TagResourceCommand).rejects(Object.assign(new Error('User is not authorized to perform: ecs:TagResource'), { name: 'AccessDeniedException' }));
+
+    const answer = await api.setEnabled(false, { service: 'svc-0' }, 'alice').catch((err: unknown) => err);
+
+    expect(answer).toBeInstanceOf(UnavailableError);
+    expect((answer as UnavailableError).message).toBe(
+      'the stop is stored and in force for every evaluation that reaches the catalog, but it could not be marked on the services, where an evaluation without the catalog looks for it (EcsTagError: ECS TagResource ca-dms/ca-dms-svc-0 failed: AccessDeniedException: User is not authorized to perform: ecs:TagResource): such an evaluation would not see it; POST /stop again to retry the mark',
+    );
+    expect((await store.loadControl()).serviceEnabled['svc-0']).toBe(false);
+  });
+
+  it('answers a start ECS refused to unmark with a 503 saying the start is stored and the service is held while the catalog is away', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    await api.setEnabled(false, { service: 'svc-0' }, 'alice');
+    ecs.on(UntagResourceCommand).rejects(Object.assign(new Error('The tag key is reserved'), { name: 'InvalidParameterException' }));
+
+    const answer = await api.setEnabled(true, { service: 'svc-0' }, 'alice').catch((err: unknown) => err);
+
+    expect(answer).toBeInstanceOf(UnavailableError);
+    expect((answer as UnavailableError).message).toBe(
+      "the start is stored and in force for every evaluation that reaches the catalog, but the stop's mark could not be cleared from the services (EcsTagError: ECS UntagResource ca-dms/ca-dms-svc-0 failed: InvalidParameterException: The tag key is reserved): an evaluation without the catalog leaves them unscaled; POST /start again to retry",
+    );
+    expect((await store.loadControl()).serviceEnabled['svc-0']).toBe(true);
+  });
+});
