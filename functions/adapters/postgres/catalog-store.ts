@@ -30,6 +30,8 @@ import { parseScalingConfig, resolveServiceConfig, type ScalingConfig } from '..
 import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, LeaseOutcome, LeaseRequest, Outcome, ServiceSession, StoredServiceState, Trigger } from '../../core/scaling/ports.js';
 import type { Block, Direction, MetricsSnapshot, Reason, ServiceState } from '../../core/scaling/types.js';
 import { LeaseError, LeaseStore } from './lease-store.js';
+import { serverTimeoutMs } from './deadline.js';
+import { SERVICE_LOCK_IDLE_MS } from './statement-bounds.js';
 import { inTransaction } from './transaction.js';
 
 /** A catalog operation failed (connection, query); `cause` holds the driver's error. */
@@ -125,6 +127,11 @@ export interface DecisionQuery {
 export interface CatalogStoreOptions {
   /** The configuration in force while the catalog holds no version yet. */
   readonly defaults: ScalingConfig;
+  /**
+   * How long a transaction holding a service's lock may sit idle (the orchestrator being asked)
+   * before the server ends it and frees the lock. Default {@link SERVICE_LOCK_IDLE_MS}.
+   */
+  readonly serviceLockIdleMs?: number;
 }
 
 const GLOBAL_SCOPE = '*';
@@ -431,7 +438,22 @@ export class CatalogStore implements ControllerCatalog {
       // The service's lock row, once: a statement of its own, outside the transaction, so that a
       // first evaluation does not hold the row's insertion (which another would wait for) to its end.
       await db.query('insert into catalog.service_locks (service) values ($1::text) on conflict (service) do nothing', [service]);
-      return await inTransaction(db, 'begin', async (client) => {
+      // The lock is held while the orchestrator is asked: the session is idle in transaction for
+      // the whole call, which no statement_timeout bounds. A client that never comes back (a
+      // Lambda timed out or frozen mid-call, its connection kept open by RDS Proxy) would hold the
+      // lock, and every stop would wait for it, until the server noticed; the server ends the
+      // transaction instead once it has sat idle longer than any ECS call may last
+      // (SERVICE_LOCK_IDLE_MS). SET LOCAL, not a role default: a role default would end an idle
+      // transaction of every session of the control login (the API, an operator's psql), and
+      // ALTER ROLE reaches the migrating login too. RDS Proxy: AWS's pinning page lists "SET
+      // commands" for PostgreSQL without telling SET LOCAL apart; AWS's own pinning reference
+      // (agent-toolkit-for-aws, proxy-pinning-postgresql.md) says SET LOCAL pins for the
+      // transaction only, during which the client connection is bound to one database connection
+      // anyway. Were the proxy to pin the rest of the session all the same, that is the evaluate
+      // function's one pooled connection (one evaluation at a time, under the lease) until the pool
+      // closes it idle: one database connection, bounded, against a lock held without bound.
+      const idleMs = serverTimeoutMs(this.options.serviceLockIdleMs ?? SERVICE_LOCK_IDLE_MS);
+      return await inTransaction(db, `begin; set local idle_in_transaction_session_timeout = ${idleMs}`, async (client) => {
         const lock = `select true as locked from catalog.service_locks where service = $1::text for update${options.wait ? '' : ' skip locked'}`;
         const { rows } = await client.query<{ locked: boolean }>(lock, [service]);
         // Another evaluation holds the service: the empty transaction just ends.

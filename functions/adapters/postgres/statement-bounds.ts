@@ -19,3 +19,16 @@ export const CATALOG_STATEMENT_TIMEOUT_MS = 10_000;
 
 /** The client's bound on a catalog statement: the server's, plus time for its cancellation to arrive. */
 export const CATALOG_QUERY_TIMEOUT_MS = CATALOG_STATEMENT_TIMEOUT_MS + 2000;
+
+/**
+ * How long the controller's transaction holding a service's lock (`catalog.service_locks`) may
+ * sit idle before the server ends it (`idle_in_transaction_session_timeout`, SET LOCAL in that
+ * transaction only). The transaction asks ECS for the change while it holds the lock, so the
+ * session is "idle in transaction" for the whole call, which no `statement_timeout` bounds: an
+ * evaluation whose Lambda timed out or was frozen mid-call, its connection left open (RDS Proxy
+ * keeps a client connection for its idle client timeout, 30 min by default), would hold the lock
+ * until the server noticed, and every stop and configuration write would answer 503 until then.
+ * Longer than the longest ECS call the SDK's retry settings allow (`sdkCallBoundMs`, 50 s;
+ * test/integration/controller/service-lock-idle-bound.test.ts holds the two apart), so a healthy slow call is never cut.
+ */
+export const SERVICE_LOCK_IDLE_MS = 55_000;
