@@ -13,6 +13,7 @@
 import type { Context } from 'aws-lambda';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { LEASES } from '../adapters/postgres/lease-store.js';
+import { ABANDONMENTS_SETTLE_MS, settleAbandonments } from '../adapters/postgres/deadline.js';
 import { MoveBusyError, type MoveJob } from '../adapters/postgres/mover.js';
 import { isTerminal } from '../core/sharding/move-plan.js';
 import { createShardingRuntime, type ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
@@ -41,6 +42,9 @@ export const STOP_BEFORE_TIMEOUT_MS = 120_000;
  * room to record the error and give back the job's and the worker's leases.
  */
 export const ABANDON_BEFORE_TIMEOUT_MS = 20_000;
+
+/** What the wait for the given-up connections' abandonments leaves of the invocation: the lease's release and the response. */
+const ABANDONMENTS_SETTLE_MARGIN_MS = 1000;
 
 export interface MovesResult {
   readonly accepted: boolean;
@@ -90,6 +94,11 @@ export function createMovesHandler(runtime: () => Promise<ShardingRuntime | unde
       const ends = Date.now() + context.getRemainingTimeInMillis();
       return await runAll(sharding, ends - margins.stopBeforeTimeoutMs, ends - margins.abandonBeforeTimeoutMs);
     } finally {
+      // A connection the run gave up is cancelled and, if need be, terminated from a timer of its
+      // own: the sandbox freezes once this returns, which would hold that back until the next
+      // invocation, the given-up backend keeping its locks and the job's permit meanwhile.
+      const left = await settleAbandonments(Math.min(ABANDONMENTS_SETTLE_MS, Math.max(0, context.getRemainingTimeInMillis() - ABANDONMENTS_SETTLE_MARGIN_MS)));
+      if (left > 0) logger.warn('a given-up shard connection is still being stopped on its server as this invocation ends', { abandonments: left });
       await lease.release().catch((err: unknown) => logger.warn('moves-worker lease not released; it lapses by itself', { error: err as Error }));
     }
   });

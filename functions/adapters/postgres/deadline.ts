@@ -368,9 +368,52 @@ export function cancelStatement(client: pg.ClientBase, onClosed?: () => void): v
  */
 export const ABANDONED_BACKEND_GRACE_MS = 1000;
 
+/** Abandonments under way in this process (see {@link settleAbandonments}). */
+const abandoning = new Set<Promise<void>>();
+
 /**
- * Gives up `client`, checked out of `pool` at `checkedOutAt` (`Date.now()` ms) and held past its
- * bound, on both sides. Closing the socket ({@link dropConnection}) ends the client's wait at once,
+ * Resolves once every abandonment begun in this process ({@link abandonConnection}, most of them
+ * fire-and-forget from a timer) has ended, or `withinMs` later, whichever comes first; answers how
+ * many were still under way then. A Lambda handler awaits this before it returns: the sandbox is
+ * frozen once the handler has answered, and an abandonment frozen before its cancel request or its
+ * terminate went out would leave the given-up backend holding its locks, its transaction and a
+ * connection slot until the next invocation thawed it, if one ever comes.
+ *
+ * @example
+ * ```ts
+ * try { return await run(); } finally { await settleAbandonments(ABANDONMENTS_SETTLE_MS); }
+ * ```
+ */
+export async function settleAbandonments(withinMs: number): Promise<number> {
+  checkDeadlineMs('withinMs', withinMs);
+  let timer: NodeJS.Timeout | undefined;
+  let late = false;
+  const bound = new Promise<void>((resolve) => {
+    timer = setTimeout(() => {
+      late = true;
+      resolve();
+    }, Math.max(0, withinMs));
+  });
+  try {
+    // One begun while the others were awaited (a timer that fired meanwhile) is awaited too.
+    while (abandoning.size > 0 && !late) await Promise.race([Promise.all([...abandoning]), bound]);
+  } finally {
+    clearTimeout(timer);
+  }
+  return abandoning.size;
+}
+
+/**
+ * The longest {@link abandonConnection} takes with its default grace: the cancel request's own
+ * bound, the grace, the other connection's checkout and its terminate (a grace each); what a
+ * handler gives {@link settleAbandonments}.
+ */
+export const ABANDONMENTS_SETTLE_MS = DEADLINE_GRACE_MS * 4 + ABANDONED_BACKEND_GRACE_MS * 3;
+
+/**
+ * Gives up `client`, checked out of `pool` at `checkedOutAt` (`performance.now()` ms: a monotonic
+ * clock, so that a step of the wall clock, an NTP correction, neither skips the terminate below nor
+ * lets it reach a younger backend) and held past its bound, on both sides. Closing the socket ({@link dropConnection}) ends the client's wait at once,
  * but not the backend's work: PostgreSQL notices a closed socket only when it next reads from or
  * writes to it, and a backend waiting on a lock, or scanning, does neither, so it would go on
  * holding its locks, its transaction and a connection slot until whatever it waits for ends
@@ -383,17 +426,28 @@ export const ABANDONED_BACKEND_GRACE_MS = 1000;
  * started before the checkout: not a later session that was given the pid again), within a bound
  * of its own (a server that stopped answering gets neither request, and the attempt ends).
  *
- * Resolves once done; never rejects (the caller has already failed the work it gave up).
+ * Resolves once done; never rejects (the caller has already failed the work it gave up). Callers
+ * that do not await it are awaited by {@link settleAbandonments}.
  *
  * @example
  * ```ts
  * setTimeout(() => void abandonConnection(pool, client, checkedOutAt, 'shard_a/primary'), boundMs);
  * ```
  */
-export async function abandonConnection(pool: pg.Pool, client: pg.ClientBase, checkedOutAt: number, nodeId: string, graceMs: number = ABANDONED_BACKEND_GRACE_MS): Promise<void> {
+export function abandonConnection(pool: pg.Pool, client: pg.ClientBase, checkedOutAt: number, nodeId: string, graceMs: number = ABANDONED_BACKEND_GRACE_MS): Promise<void> {
+  const done = abandon(pool, client, checkedOutAt, nodeId, graceMs).catch(() => undefined);
+  abandoning.add(done);
+  void done.then(() => abandoning.delete(done));
+  return done;
+}
+
+async function abandon(pool: pg.Pool, client: pg.ClientBase, checkedOutAt: number, nodeId: string, graceMs: number): Promise<void> {
   const { processID: pid, user: login } = client as unknown as { processID?: unknown; user?: unknown };
-  cancelStatement(client);
+  // Awaited (the server closes the request's connection once it has passed it on, or its own
+  // bound ends it): a sandbox frozen before it went out would leave the statement running.
+  const cancelled = new Promise<void>((resolve) => cancelStatement(client, resolve));
   dropConnection(client);
+  await cancelled;
   if (typeof pid !== 'number' || typeof login !== 'string') return;
   await new Promise((resolve) => setTimeout(resolve, graceMs));
   let other: pg.PoolClient;
@@ -405,13 +459,14 @@ export async function abandonConnection(pool: pg.Pool, client: pg.ClientBase, ch
   const bound = setTimeout(() => dropConnection(other), graceMs);
   let broken: Error | undefined;
   try {
-    // Elapsed on the client, compared on the server's clock: no clock of two hosts is compared.
-    // The login is the given-up connection's own, not this one's: after a rotation of the
-    // secret (alternating users) the pool opens its new connections as the other user.
+    // Elapsed on the client, by its monotonic clock, compared on the server's clock: no clock of
+    // two hosts is compared, and no step of the wall clock counts. The login is the given-up
+    // connection's own, not this one's: after a rotation of the secret (alternating users) the
+    // pool opens its new connections as the other user.
     await other.query(
       `select pg_terminate_backend(a.pid) from pg_stat_activity a
         where a.pid = $1 and a.usename = $3 and a.backend_start < clock_timestamp() - $2::double precision * interval '1 millisecond'`,
-      [pid, Date.now() - checkedOutAt, login],
+      [pid, performance.now() - checkedOutAt, login],
     );
   } catch (error) {
     broken = error instanceof Error ? error : new Error(String(error));

@@ -793,7 +793,8 @@ export class PgMovePort implements MovePort<MoveJob> {
       // (a failed-over instance's old one) never completes its start-up.
       const deadline = Date.now() + afterMs;
       const client = await connectBy(pool, deadline, `${shard}/primary`);
-      const checkedOut = Date.now();
+      // Monotonic: abandonConnection measures the checkout's age with it (a wall-clock step must not count).
+      const checkedOut = performance.now();
       const timer = setTimeout(() => {
         // node-postgres fails every query of the client, COPY streams included, with the one error
         // it emits here first (their handlers run on the next tick): named, the job's error says
@@ -801,7 +802,7 @@ export class PgMovePort implements MovePort<MoveJob> {
         // unexpectedly", which reads as a shard or network fault and hides a step (the comparison
         // of a large unit, say) that outlasts the bound on every run.
         client.once('error', (err: Error) => {
-          err.message = `${shard}/primary: the mover closed this connection, checked out for ${Date.now() - checkedOut} ms, at ${bound} (${err.message})`;
+          err.message = `${shard}/primary: the mover closed this connection, checked out for ${Math.round(performance.now() - checkedOut)} ms, at ${bound} (${err.message})`;
         });
         // Closed, the socket no longer holds the run, but the backend would go on with the
         // statement (a lock wait, a scan), its locks and the job's permit held: it is stopped too.

@@ -9,12 +9,14 @@
 import '../../support/quiet-powertools.js';
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { abandonConnection } from '../../../functions/adapters/postgres/deadline.js';
+import { Mover, type MoveJob } from '../../../functions/adapters/postgres/mover.js';
 import { ListeningClient } from '../../../functions/adapters/postgres/listening-client.js';
 import { alternateUser, ensureLogin, MOVER_ROLE } from '../../../functions/adapters/postgres/app-role.js';
 import { createNodePool } from '../../../functions/adapters/postgres/shard-pools.js';
 import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.js';
 
 let env: MoveEnv;
 /** The runs' shard pools, built as the product builds them (a connection closed under a run must not crash the process). */
@@ -148,7 +150,7 @@ async function stillThereAfter(pool: pg.Pool, pid: number, withinMs: number): Pr
 /** A client of `pool` running {@link IGNORES_CANCEL}, once its backend is running it; with its pid. */
 async function runningIgnoringCancel(pool: pg.Pool): Promise<{ client: pg.PoolClient; pid: number; checkedOutAt: number }> {
   const client = await pool.connect();
-  const checkedOutAt = Date.now();
+  const checkedOutAt = performance.now();
   const { rows } = await client.query<{ pid: number }>('select pg_backend_pid() as pid');
   const pid = rows[0]?.pid as number;
   client.query(IGNORES_CANCEL).catch(() => undefined);
@@ -173,13 +175,71 @@ describe('abandonConnection', () => {
     const { client, pid } = await runningIgnoringCancel(pool);
     try {
       // As if the connection given up had been checked out an hour ago: this backend is younger.
-      await abandonConnection(pool, client, Date.now() - 3_600_000, 'shard_b/primary', 300);
+      await abandonConnection(pool, client, performance.now() - 3_600_000, 'shard_b/primary', 300);
       client.release(true);
 
       // The cancel was swallowed and the closed socket went unnoticed; the terminate was refused.
       expect(await stillThereAfter(admin, pid, 1000)).toBe(true);
     } finally {
       await admin.query('select pg_terminate_backend($1)', [pid]);
+    }
+  });
+});
+
+describe('abandonConnection and the clocks', () => {
+  it('terminates the backend when the wall clock steps an hour forward between the checkout and the abandonment', async () => {
+    const pool = shards.get('shard_a') as pg.Pool;
+    const { client, pid, checkedOutAt } = await runningIgnoringCancel(pool);
+    const wall = Date.now.bind(Date);
+    // An NTP step: the checkout now looks an hour old on the wall clock, older than the backend's start.
+    const stepped = vi.spyOn(Date, 'now').mockImplementation(() => wall() + 3_600_000);
+    try {
+      await abandonConnection(pool, client, checkedOutAt, 'shard_a/primary', 300);
+    } finally {
+      stepped.mockRestore();
+    }
+    client.release(true);
+
+    expect(await stillThereAfter(env.shards.get('shard_a') as pg.Pool, pid, GONE_WITHIN_MS)).toBe(false);
+  });
+});
+
+describe('the moves handler and the connections its run gave up', () => {
+  it('returns only once the backend of a connection its run gave up has been terminated (the sandbox freezes after it returns)', async () => {
+    const pool = shards.get('shard_b') as pg.Pool;
+    const admin = env.shards.get('shard_b') as pg.Pool;
+    let pid: number | undefined;
+    // The run as the mover's dropping pool ends it: the connection given up from a timer, fire
+    // and forget, and the step failed at once.
+    const job = { id: 990_001, state: 'copying', progressedAt: new Date() } as unknown as MoveJob; // only the fields the handler reads of a job
+    const mover = new (class extends Mover {
+      override async unfinished(): Promise<MoveJob[]> {
+        return [job];
+      }
+      override async get(): Promise<MoveJob> {
+        return job;
+      }
+      override async run(): Promise<MoveJob> {
+        const running = await runningIgnoringCancel(pool);
+        pid = running.pid;
+        void abandonConnection(pool, running.client, running.checkedOutAt, 'shard_b/primary', 300).then(() => running.client.release(true));
+        throw new Error('shard_b/primary: the mover closed this connection');
+      }
+    })({ catalog: env.catalog, slotMaps: env.slotMaps, directory: env.directory, shards });
+    try {
+      let failed: readonly number[] = [];
+      await withMovesHandler(
+        env,
+        async (handler) => {
+          failed = (await handler(tick, lambdaContext)).failed.map((f) => f.id);
+        },
+        { mover },
+      );
+
+      const { rows } = await admin.query<{ n: number }>('select count(*)::int as n from pg_stat_activity where pid = $1', [pid]);
+      expect({ failed, backendsLeft: rows[0]?.n }).toEqual({ failed: [job.id], backendsLeft: 0 });
+    } finally {
+      if (pid !== undefined) await admin.query('select pg_terminate_backend($1)', [pid]);
     }
   });
 });
@@ -201,7 +261,7 @@ describe('abandonConnection across a rotation of the login (alternating users)',
     let pid: number | undefined;
     try {
       const client = await pool.connect();
-      const checkedOutAt = Date.now();
+      const checkedOutAt = performance.now();
       const opened = await client.query<{ pid: number; login: string }>('select pg_backend_pid() as pid, session_user as login');
       expect(opened.rows[0]?.login).toBe(user);
       pid = opened.rows[0]?.pid as number;
