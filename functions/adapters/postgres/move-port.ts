@@ -374,9 +374,11 @@ interface OwnerRead {
  * (at READ COMMITTED each statement reads anew), and a later one waits for the transaction's end.
  * Routers' reads (ACCESS SHARE) do not wait, nor do other such transactions (SHARE is
  * self-compatible). Never taken by a transaction that publishes a map itself: two of them would
- * each wait on the other's SHARE lock to insert (a deadlock).
+ * each wait on the other's SHARE lock to insert (a deadlock). Taken through a function of the
+ * table's owner (sharding migration 008): SHARE mode needs UPDATE, DELETE or TRUNCATE on the
+ * table, which the control plane's login (`ca_dms_control`, SELECT and INSERT) must not have.
  */
-export const LOCK_SLOT_MAPS_FOR_HASH_ROUTE = 'lock table catalog.slot_maps in share mode';
+export const LOCK_SLOT_MAPS_FOR_HASH_ROUTE = 'select catalog.lock_slot_maps_for_hash_route()';
 
 /**
  * Who the catalog names as a move's unit's owner now (see {@link PgMovePort} `currentOwner`): a

@@ -293,9 +293,11 @@ describe('the control plane on the catalog, as ca_dms_control', () => {
       publishMap: await sqlstateOf(() => app.query("insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (99, 1, '{x}', 'a', 'a')")),
       pinKey: await sqlstateOf(() => app.query("insert into catalog.shard_directory (key, shard_id, updated_by) values ('k', 'shard_b', 'a')")),
       readJobs: await sqlstateOf(() => app.query('select * from catalog.move_jobs')),
+      // Held, it would keep every map publication waiting (sharding migration 008).
+      lockMap: await sqlstateOf(() => app.query('select catalog.lock_slot_maps_for_hash_route()')),
     };
 
-    expect(refused).toEqual({ publishMap: '42501', pinKey: '42501', readJobs: '42501' });
+    expect(refused).toEqual({ publishMap: '42501', pinKey: '42501', readJobs: '42501', lockMap: '42501' });
   });
 });
 

@@ -10,7 +10,8 @@ import '../../support/quiet-powertools.js';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { APPLICATION_ROLE, CONTROL_ROLE, ensureLogin, MONITOR_ROLE, MOVER_ROLE } from '../../../functions/adapters/postgres/app-role.js';
-import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import { Mover, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { keySlot } from '../../../functions/core/sharding/keys.js';
@@ -163,5 +164,32 @@ describe('the moves worker on AWS-like logins and Lambda pools', () => {
     await api.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     await expect(api.mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).rejects.toMatchObject({ name: 'MoveConflictError' });
     await handler(tick, lambdaContext);
+  });
+});
+
+describe('a directory move whose pin an operator deleted, flipped as ca_dms_control on the catalog', () => {
+  it('takes the SHARE lock on catalog.slot_maps that its decision needs and carries the key to done', async () => {
+    const [key] = keysInSlot(505, 1) as [string];
+    const slot = keySlot(key);
+    const { from, to } = await sidesOf(slot);
+    await seedUsers(poolAs(MASTER, from), slot, [key], 2);
+    const operator = new DirectoryStore(poolAs(MASTER, SHARDS[0], 1), { ttlMs: 0, shards: [...SHARDS] });
+    let unpinned = false;
+    // The operator deletes the move's pin under its fence: the key then routes by hash, and the
+    // flip reads its slot's owner under `lock table catalog.slot_maps in share mode`.
+    const hook = async (point: MoveHookPoint): Promise<void> => {
+      if (point === 'verifying' && !unpinned) unpinned = await operator.delete(key);
+    };
+    const mover = new Mover({ catalog: poolAs(LOGINS.control, SHARDS[0], 1), shards: worker.primaries, slotMaps: worker.slotMaps, directory: worker.directory, readerGraceMs: 0, hook });
+    const planned = await api.mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+
+    const ended = await mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+
+    expect({ unpinned, ended }).toEqual({ unpinned: true, ended: 'ended: done' });
+    expect((await operator.entry(key))?.shardId).toBe(to);
+    expect(await count(to, slot)).toEqual({ users: 1, documents: 2 });
   });
 });
