@@ -406,6 +406,12 @@ export const nodeReportSchema = z.object({
   statements: statementsReportSchema.optional(),
 });
 
+const unconfiguredOwnerSchema = z.object({
+  shardId: z.string(),
+  slotsOwned: z.number().int(),
+  slotRanges: z.array(z.tuple([z.number().int(), z.number().int()])).describe('the slots it is given, as inclusive [first, last] runs'),
+});
+
 export const healthReportSchema = z.object({
   status: healthStatus,
   checkedAt: isoTime,
@@ -423,6 +429,10 @@ export const healthReportSchema = z.object({
     .object({ available: z.boolean(), error: z.string().optional() })
     .optional()
     .describe('present when a cloud inventory is configured: whether its facts could be read'),
+  slotMap: z
+    .object({ version: z.number().int(), unconfigured: z.array(unconfiguredOwnerSchema), reasons: z.array(healthReasonSchema) })
+    .optional()
+    .describe('the current slot map: shards it gives slots to that are not configured make the report down (the routers refuse the map); absent when the catalog could not be read'),
 });
 
 const LIVE_BYTES = 'live data: bytes of the live rows (tuple headers and stored values, TOASTed ones at their stored size), what balance is judged by; free space, dead rows and indexes left out';
@@ -454,8 +464,11 @@ export const statisticsReportSchema = z.object({
   ),
   totals: z.object({ rows: z.number(), bytes: z.number().describe(LIVE_BYTES), diskBytes: z.number().describe(DISK_BYTES), users: z.number(), documents: z.number(), slots: z.number().int() }),
   imbalance: z.object({ rows: z.number(), bytes: z.number().describe('by live data bytes') }).describe('largest over mean of the weight-normalised load; 1 is perfect balance'),
-  complete: z.boolean().describe('false when a shard could not be measured: totals, shares and imbalance leave it out'),
+  complete: z.boolean().describe('false when a shard could not be measured (unreachable, or given slots by the slot map but not configured): totals, shares and imbalance leave it out'),
   unreachable: z.array(z.object({ shardId: z.string(), error: z.string() })),
+  unconfigured: z
+    .array(unconfiguredOwnerSchema)
+    .describe('shards the current slot map gives slots to that are not in the configured shard list: none of their rows is measured, and totals.slots leaves their slots out'),
 });
 
 const balanceMetric = z.enum(['bytes', 'rows']);
@@ -519,6 +532,10 @@ export const moveJobSchema = z.object({
   createdBy: z.string(),
   reason: z.string(),
   error: z.string().nullable(),
+  cancelRefused: z
+    .string()
+    .nullable()
+    .describe('why a cancellation of the move was refused (the catalog already routes its unit to the target, where the move then finished); kept for the life of the job, whereas `error` is cleared by the next step'),
   createdAt: isoTime,
   fencedAt: isoTime.nullable(),
   unfencedAt: isoTime.nullable(),

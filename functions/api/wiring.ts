@@ -576,7 +576,10 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     },
 
     async shardHealth() {
-      return sharding().inspector.health();
+      const s = sharding();
+      // The nodes' health does not wait on the catalog: without it, the report leaves the map out.
+      const slotMap = await s.slotMaps.current().catch(() => undefined);
+      return s.inspector.health(slotMap ? { slotMap } : {});
     },
 
     async rebalanceCheck(options) {

@@ -47,6 +47,12 @@ export interface MoveJob extends MoveJobView {
   readonly createdBy: string;
   readonly reason: string;
   readonly error: string | null;
+  /**
+   * Why a cancellation of the move was refused (the catalog already routed its unit to the target,
+   * see `MoveCancelRefused`), kept for the life of the job (sharding migration 008): `error` says
+   * it too, until a later transition clears it. Null when no cancel was refused.
+   */
+  readonly cancelRefused: string | null;
   readonly createdAt: Date;
   readonly fencedAt: Date | null;
   readonly unfencedAt: Date | null;
@@ -149,6 +155,7 @@ export interface JobRow {
   created_by: string;
   reason: string;
   error: string | null;
+  cancel_refused: string | null;
   created_at: Date;
   fenced_at: Date | null;
   unfenced_at: Date | null;
@@ -182,6 +189,7 @@ export function toJob(r: JobRow): MoveJob {
     createdBy: r.created_by,
     reason: r.reason,
     error: r.error,
+    cancelRefused: r.cancel_refused,
     createdAt: r.created_at,
     fencedAt: r.fenced_at,
     unfencedAt: r.unfenced_at,

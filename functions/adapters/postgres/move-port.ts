@@ -2232,7 +2232,7 @@ export class PgMovePort implements MovePort<MoveJob> {
             // `incoming` fence refused the unit's writes for good.
             if (to !== 'cancelled' || row.rollbackTo !== null) return { refused: toTarget };
             const why = cancelRefusal(toTarget, job.to);
-            await this.updateJob('cancel_requested = false, error = $2', [why], job);
+            await this.updateJob('cancel_requested = false, error = $2, cancel_refused = $2', [why], job);
             return { refused: why, cancelRefused: true };
           }
           if (movedAtSource) {

@@ -41,7 +41,17 @@ import { moveUnitFor, type MoveRouting } from '../../core/sharding/move-machine.
 import { checkRebalance, type RebalanceCheckOptions, type RebalanceCheckResult } from '../../core/sharding/rebalance-check.js';
 import type { MovableUnit } from '../../core/sharding/rebalance.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
-import { slotsOwnedBy, summarizeShardStatistics, withUnitsMoved, type ShardMeasurement, type ShardStatisticsSummary, type TableStatistics } from '../../core/sharding/statistics.js';
+import {
+  describeUnconfigured,
+  slotsOwnedBy,
+  summarizeShardStatistics,
+  unconfiguredOwners,
+  withUnitsMoved,
+  type ShardMeasurement,
+  type ShardStatisticsSummary,
+  type TableStatistics,
+  type UnconfiguredOwner,
+} from '../../core/sharding/statistics.js';
 import { withNodeDeadline } from './deadline.js';
 import { NOT_OWNED_STATES_SQL, rowFenceStateSql, rowsOfFencedUnitsSql } from './read-transaction.js';
 import { commitHeartbeat, probeReplicaLag, type ReplicaLag } from './replica-lag.js';
@@ -92,6 +102,18 @@ export interface HealthReport {
   readonly shards: readonly ShardHealthReport[];
   /** Present when a cloud inventory is configured: whether its facts could be read. */
   readonly cloud?: { readonly available: boolean; readonly error?: string };
+  /**
+   * Present when the check was given the slot map: its version, and the shards it gives slots to
+   * that are not configured (no shard report can say anything of them). Any such shard makes the
+   * report `down`: the routers refuse the map, and no key of those slots can be served.
+   */
+  readonly slotMap?: { readonly version: number; readonly unconfigured: readonly UnconfiguredOwner[]; readonly reasons: readonly HealthReason[] };
+}
+
+/** What {@link ShardInspector.health} checks besides the nodes. */
+export interface HealthOptions {
+  /** The current slot map: every shard it gives slots to must be configured. */
+  readonly slotMap?: SlotMap;
 }
 
 /** What a cloud inventory (RDS + CloudWatch) knows about an endpoint, keyed by `host:port`. */
@@ -148,9 +170,17 @@ export interface ShardStatisticsEntry {
 }
 
 export interface StatisticsReport extends ShardStatisticsSummary {
-  /** False when a shard could not be measured: totals, shares and imbalance leave it out. */
+  /**
+   * False when a shard could not be measured: unreachable, or given slots by the slot map but not
+   * configured. Totals, shares and imbalance leave it out.
+   */
   readonly complete: boolean;
   readonly unreachable: readonly { readonly shardId: string; readonly error: string }[];
+  /**
+   * Shards the slot map (when given) gives slots to that are not configured, with their slots:
+   * none of their rows is measured, and `totals.slots` leaves their slots out.
+   */
+  readonly unconfigured: readonly UnconfiguredOwner[];
 }
 
 export interface RebalanceCheckRequest extends RebalanceCheckOptions {
@@ -340,8 +370,11 @@ export class ShardInspector {
     this.#now = options.now ?? Date.now;
   }
 
-  /** Checks every primary and replica in parallel and classifies them. Never throws for a dead node. */
-  async health(): Promise<HealthReport> {
+  /**
+   * Checks every primary and replica in parallel and classifies them, and the slot map (when
+   * given) for shards it gives slots to that are not configured. Never throws for a dead node.
+   */
+  async health(options: HealthOptions = {}): Promise<HealthReport> {
     const started = this.#now();
     let cloudError: string | undefined;
     const cloudFacts = this.#options.cloud
@@ -380,12 +413,14 @@ export class ShardInspector {
       return { shardId, status: shard.status, reasons: shard.reasons, primary, replicas };
     });
     const finished = this.#now();
+    const slotMap = options.slotMap && slotMapHealth(options.slotMap, this.#pools.shardIds());
     return {
-      status: worstStatus(shards.map((s) => s.status)),
+      status: worstStatus([...shards.map((s) => s.status), ...(slotMap?.reasons ?? []).map((r) => r.status)]),
       checkedAt: new Date(finished).toISOString(),
       durationMs: finished - started,
       shards,
       ...(this.#options.cloud ? { cloud: cloudError === undefined ? { available: true } : { available: false, error: cloudError } } : {}),
+      ...(slotMap ? { slotMap } : {}),
     };
   }
 
@@ -544,7 +579,8 @@ export class ShardInspector {
     );
     const measurements = results.flatMap((r) => (r.measurement ? [r.measurement] : []));
     const unreachable = results.flatMap((r) => (r.error !== undefined ? [{ shardId: r.shardId, error: r.error }] : []));
-    return { ...summarizeShardStatistics(measurements), complete: unreachable.length === 0, unreachable };
+    const unconfigured = options.slotMap ? unconfiguredOwners(options.slotMap.assignments, shardIds) : [];
+    return { ...summarizeShardStatistics(measurements), complete: unreachable.length === 0 && unconfigured.length === 0, unreachable, unconfigured };
   }
 
   /** What a check reading whole tables waits for a node (see {@link ShardInspectorOptions.wholeTableBudgetMs}). */
@@ -800,6 +836,14 @@ export class ShardInspector {
    */
   async rebalanceCensus(request: RebalanceCensusRequest): Promise<RebalanceCensus> {
     const { slotMap, directory: listed = [], routing, busySlots = new Set<number>(), pending = [] } = request;
+    // Their rows cannot be measured or moved: a plan over the configured shards alone would take
+    // their slots for empty, and balance the rest as if those rows did not exist.
+    const unconfigured = unconfiguredOwners(slotMap.assignments, this.#pools.shardIds());
+    if (unconfigured.length > 0) {
+      throw new RebalancePlanError(
+        `cannot plan a rebalance: slot map version ${slotMap.version} gives slots to ${unconfigured.length === 1 ? 'a shard' : 'shards'} not in the configured shard list (${this.#pools.shardIds().join(', ')}): ${describeUnconfigured(unconfigured)}; configure ${unconfigured.length === 1 ? 'it' : 'them'}, or publish a map that gives those slots to configured shards`,
+      );
+    }
     // Where the directory decides nothing (hash_based, override_hash false), entries left from
     // another configuration place no key: a slot move takes every row of the slot along, those of
     // listed keys too, so their rows are counted in their slot, not left out of every unit.
@@ -884,13 +928,28 @@ export class ShardInspector {
   }
 }
 
+/** The slot map's part of a health report: a `down` reason per shard it gives slots to that is not configured. */
+function slotMapHealth(map: SlotMap, shardIds: readonly string[]): NonNullable<HealthReport['slotMap']> {
+  const unconfigured = unconfiguredOwners(map.assignments, shardIds);
+  return {
+    version: map.version,
+    unconfigured,
+    reasons: unconfigured.map((o) => ({
+      code: 'slot_map_unconfigured_shard',
+      status: 'down' as const,
+      message: `slot map version ${map.version} gives ${describeUnconfigured([o])} to a shard that is not configured: the routers refuse this map, and the rows of those slots can be neither reached nor measured`,
+    })),
+  };
+}
+
 /**
  * `free` (bytes per shard) as it will be once the `pending` moves' units have landed on their
  * targets: planned from loads that count them there already, the headroom rule must count their
  * bytes there too, or it would offer the target the same free storage twice. Their whole bytes
  * are taken off, even of a copy under way whose pages already take some of what was measured:
- * over-counted, never under. The sources get nothing back (their rows are deleted only after the
- * flip, and deleted rows return no storage until vacuumed). Shards of unknown free storage stay so.
+ * over-counted, never under. The sources get nothing back, as in the planner (`rebalance.ts`): their
+ * rows are deleted only after the flip, and a deleted row's space is reused by the same table once
+ * vacuumed, never returned to the free storage RDS reports. Shards of unknown free storage stay so.
  */
 function freeOnceLanded(free: Readonly<Record<string, number>>, pending: RebalanceCensus['pending']): Record<string, number> {
   const out: Record<string, number> = { ...free };

@@ -17,7 +17,10 @@
  * 3. A candidate is admissible only if it strictly lowers the total excess, strictly lowers
  *    the weighted variance `sum(load^2 / weight)` (for equal weights: `size < load(from) -
  *    load(to)`; so no move ever makes balance worse and the plan cannot cycle), leaves the
- *    receiving shard at least `headroomBytes` of free storage when its free storage is known,
+ *    receiving shard at least `headroomBytes` of free storage when its free storage is known
+ *    (less what the plan's earlier moves send it; one they take units off gets none back: the
+ *    clean-up's DELETE frees space for the same tables to reuse once vacuumed, not the free
+ *    storage RDS reports),
  *    moves a unit not moved before, and moves a unit the mover takes: no more than `maxUnitRows`
  *    rows in any one table (`maxTableRows`; `rows` when that is not given).
  * 4. Among admissible candidates, if some resolve the shard completely, take the one moving the
@@ -265,9 +268,11 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
     home.set(key, best.to);
     load.set(best.from, loadOf(best.from) - best.size);
     load.set(best.to, loadOf(best.to) + best.size);
-    const ff = free.get(best.from);
+    // The source gets no free storage back: its rows are deleted only after the flip, and a
+    // deleted row's space is reused by the same table once vacuumed, never returned to the
+    // storage RDS reports free (FreeStorageSpace) short of a VACUUM FULL. A later move onto it is
+    // held to what was measured.
     const ft = free.get(best.to);
-    if (ff !== undefined) free.set(best.from, ff + best.unit.bytes);
     if (ft !== undefined) free.set(best.to, ft - best.unit.bytes);
     moves.push({ unit: { kind: best.unit.kind, id: best.unit.id }, from: best.from, to: best.to, rows: best.unit.rows, bytes: best.unit.bytes });
     // A move changes the loads, so a shard given up on may now have a way out.

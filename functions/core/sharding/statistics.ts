@@ -163,3 +163,45 @@ export function slotsOwnedBy(assignments: readonly string[], shardIds: readonly 
   for (const owner of assignments) counts.set(owner, (counts.get(owner) ?? 0) + 1);
   return counts;
 }
+
+/** A shard the slot map gives slots to that is not in the configured shard list. */
+export interface UnconfiguredOwner {
+  readonly shardId: string;
+  /** How many slots the map gives it. */
+  readonly slotsOwned: number;
+  /** Those slots as inclusive `[first, last]` runs, in slot order. */
+  readonly slotRanges: readonly (readonly [number, number])[];
+}
+
+/**
+ * The owners in a slot map's `assignments` that are not among `shardIds` (a map published for
+ * another configuration, or a shard removed from the configuration before its slots were moved
+ * off), each with the slots it owns. Nothing can measure, route to or move from such a shard:
+ * every figure computed over the configured shards alone leaves its slots out.
+ */
+export function unconfiguredOwners(assignments: readonly string[], shardIds: readonly string[]): UnconfiguredOwner[] {
+  const known = new Set(shardIds);
+  const byOwner = new Map<string, [number, number][]>();
+  assignments.forEach((owner, slot) => {
+    if (known.has(owner)) return;
+    const runs = byOwner.get(owner) ?? [];
+    const last = runs[runs.length - 1];
+    if (last !== undefined && last[1] === slot - 1) last[1] = slot;
+    else runs.push([slot, slot]);
+    byOwner.set(owner, runs);
+  });
+  return [...byOwner.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([shardId, runs]) => ({ shardId, slotsOwned: runs.reduce((n, [a, b]) => n + b - a + 1, 0), slotRanges: runs }));
+}
+
+/** `shard_x (12 slots: 0-5, 9, 11-15)`, at most `limit` runs named, for messages. */
+export function describeUnconfigured(owners: readonly UnconfiguredOwner[], limit = 10): string {
+  return owners
+    .map((o) => {
+      const runs = o.slotRanges.slice(0, limit).map(([a, b]) => (a === b ? String(a) : `${a}-${b}`));
+      const more = o.slotRanges.length > limit ? ` and ${o.slotRanges.length - limit} more runs` : '';
+      return `${o.shardId} (${o.slotsOwned} slot${o.slotsOwned === 1 ? '' : 's'}: ${runs.join(', ')}${more})`;
+    })
+    .join('; ');
+}

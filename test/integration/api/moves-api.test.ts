@@ -186,6 +186,24 @@ describe('shard moves over HTTP', () => {
     expect(((await h.fetchJson(`${API}/shards/moves/${job.id}`)).body as { state: string }).state).toBe('done');
   });
 
+  it('shows on GET /shards/moves/{id} that a cancel recorded was refused by the rollback, once the move is done on its target', async () => {
+    const key = '3e4f5a6b-7c8d-4e9f-a0b1-2c3d4e5f6a71';
+    const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
+    const to = route.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
+    const job = await h.sharding.mover.plan({ kind: 'slot', slot: route.slot, to, createdBy: 'test', reason: 'test' });
+    // The cancel DELETE records for the worker (without running the rollback in this process),
+    // then someone else publishes a map that gives the slot to the move's target.
+    await h.sharding.mover.requestCancel(job.id);
+    await h.sharding.slotMaps.publish(moveSlots(await h.sharding.slotMaps.current(), [route.slot], to), 'ops@example.com', 'by hand');
+
+    await createMovesHandler(async () => h.sharding)(tick, lambdaContext);
+    const done = (await h.fetchJson(`${API}/shards/moves/${job.id}`)).body as { state: string; cancelRequested: boolean; cancelRefused: string | null };
+
+    expect({ state: done.state, cancelRequested: done.cancelRequested }).toEqual({ state: 'done', cancelRequested: false });
+    // Before: no such field; only `error` said it, until a later step of the move cleared it.
+    expect(done.cancelRefused).toMatch(new RegExp(`^cancel refused: the catalog names the target ${to} as the owner of slot ${route.slot} \\(version \\d+\\); deleting its copy would lose data\\. The move goes on to finish on ${to}`));
+  });
+
   it('GET /shards/rebalance-check does not propose a unit that already has an unfinished move (its POST can only be a 409)', async () => {
     const map = await h.sharding.slotMaps.current();
     const { rows: busy } = await h.catalogPool.query<{ slot: number }>(`select slot from catalog.move_jobs where state not in ('done', 'failed', 'cancelled')`);

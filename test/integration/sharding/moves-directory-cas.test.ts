@@ -501,6 +501,43 @@ describe('a cancel whose rollback is refused because the catalog already routes 
     expect({ sourceFence: await unitFenceState(source, 'directory', key), targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ sourceFence: 'moved', targetFence: 'open' });
   }, 60_000);
 
+  it('keeps the refusal on the finished job when a later run, not the refusing one, finishes the move', async () => {
+    const slot = 1417;
+    const { hashOwner, key } = await pinnedAwayFromHashOwner(slot);
+    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    let id = 0;
+    const crashAt = (at: MoveHookPoint, before?: () => Promise<unknown>) => async (point: MoveHookPoint): Promise<void> => {
+      if (point !== at) return;
+      await before?.();
+      throw new Error(`the mover process died at ${at}`);
+    };
+    const withHook = (hook: (point: MoveHookPoint) => Promise<void>): Mover =>
+      new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+    // The cancel is recorded while the key still routes to the source; the pin is deleted; the mover dies.
+    const first = withHook(crashAt('catching_up', async () => {
+      await env.mover().requestCancel(id);
+      await operator.delete(key);
+    }));
+    id = (await first.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' })).id;
+    await outcomeOf(first.run(id));
+
+    // The next run refuses the cancel and goes on, but dies before the move ends; a third finishes it.
+    const refusing = await outcomeOf(withHook(crashAt('cutover')).run(id));
+    const finishing = await outcomeOf(env.mover({ readerGraceMs: 0 }).run(id));
+    const job = await env.mover().get(id);
+
+    expect({ refusing, finishing, state: job.state, cancelRequested: job.cancelRequested }).toEqual({
+      refusing: `threw: move job #${id} stopped in cutover: the mover process died at cutover`,
+      finishing: 'ended: done',
+      state: 'done',
+      cancelRequested: false,
+    });
+    // Before: the third run's transitions cleared the error, and the done job said nothing of the cancel.
+    expect(job.cancelRefused).toBe(
+      `cancel refused: key ${key} has no directory entry and routes by hash to the target ${hashOwner}, its slot ${slot}'s owner; deleting its copy would hide its rows. The move goes on to finish on ${hashOwner}, where the catalog routes the unit`,
+    );
+  }, 60_000);
+
   it('made under the fence, with an operator\'s pin of the key to the target: the flip answers the cancel, the rollback refuses it, and the same run publishes', async () => {
     const slot = 1416;
     const { to, source, target } = await shardsOf(slot);

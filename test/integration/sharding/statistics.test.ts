@@ -223,6 +223,32 @@ describe('shard statistics and the rebalance check', () => {
     }
   });
 
+  it('names a shard the slot map gives slots to but the configuration does not list, with its slots, in the statistics, the health and the refusal to plan', async () => {
+    // A map published for three shards (or shard_003 removed from the configuration before its
+    // slots were moved off): shard_003 owns 1365 slots, some with rows still on shard_001/002.
+    const threeShards = { ...buildSlotMap(['shard_001', 'shard_002', 'shard_003'].map((shardId) => ({ shardId, weight: 1 }))), version: 7 };
+    const owned = threeShards.assignments.flatMap((o, slot) => (o === 'shard_003' ? [slot] : []));
+
+    const stats = await inspector.statistics({ exact: true, slotMap: threeShards });
+    const health = await inspector.health({ slotMap: threeShards });
+
+    // Before: complete, no word of shard_003, and totals.slots 2731 of 4096 without saying why.
+    expect(stats.totals.slots).toBe(4096 - owned.length);
+    expect(stats.complete).toBe(false);
+    expect(stats.unconfigured).toHaveLength(1);
+    expect(stats.unconfigured[0]).toMatchObject({ shardId: 'shard_003', slotsOwned: owned.length });
+    expect(stats.unconfigured[0]?.slotRanges.flatMap(([a, b]) => Array.from({ length: b - a + 1 }, (_, i) => a + i))).toEqual(owned);
+    expect(health.status).toBe('down');
+    expect(health.slotMap?.unconfigured.map((o) => [o.shardId, o.slotsOwned])).toEqual([['shard_003', owned.length]]);
+    expect(health.slotMap?.reasons.map((r) => r.code)).toEqual(['slot_map_unconfigured_shard']);
+    // Before: a plan over shard_001 and shard_002 alone, taking shard_003's slots for empty.
+    await expect(inspector.rebalanceCheck({ slotMap: threeShards, by: 'rows' })).rejects.toThrow(
+      new RegExp(`^cannot plan a rebalance: slot map version 7 gives slots to a shard not in the configured shard list \\(shard_001, shard_002\\): shard_003 \\(${owned.length} slots: \\d`),
+    );
+    expect((await inspector.statistics({ slotMap })).unconfigured).toEqual([]);
+    expect((await inspector.health({ slotMap })).slotMap?.reasons).toEqual([]);
+  });
+
   it('lists an unreachable shard instead of hiding it, and refuses to plan without it', async () => {
     const port = await freePort();
     const partial = ShardPools.fromConfig({

@@ -64,6 +64,20 @@ describe('rebalance planner', () => {
     expect(plan.summary.unresolved).toContain('a stays 80.0% above its target: every move that would help leaves its target with less than 200 free bytes');
   });
 
+  it("gives a move's source no free storage back: a later move onto it is held to its free storage as measured, and goes elsewhere", () => {
+    // a gives its 200-byte slot to b, ending under its target; c's 50-byte slot would then help it.
+    // a's free storage was measured with headroom + 30 bytes to spare: the 200 bytes leaving it are
+    // freed only by the clean-up's DELETE, for reuse by the same tables once vacuumed; RDS's
+    // FreeStorageSpace does not grow, so 50 bytes more would leave it under the headroom.
+    const units = [slot(1, 'a', 50), slot(2, 'a', 200), slot(3, 'c', 50), slot(4, 'c', 300)];
+    const shards: ShardLoad[] = totals(units, ['a', 'b', 'c']).map((s) => ({ ...s, freeBytes: s.shardId === 'a' ? 1_030 : 1e9 }));
+    const roomy = planRebalance({ shards: totals(units, ['a', 'b', 'c']), units, headroomBytes: 1_000 });
+    const plan = planRebalance({ shards, units, headroomBytes: 1_000 });
+    expect(roomy.moves.map((m) => [m.unit.id, m.from, m.to])).toEqual([['2', 'a', 'b'], ['3', 'c', 'a']]);
+    // Before: ['3', 'c', 'a'] too, planned against 1,230 free bytes on a (its 1,030 and the 200 leaving it).
+    expect(plan.moves.map((m) => [m.unit.id, m.from, m.to])).toEqual([['2', 'a', 'b'], ['3', 'c', 'b']]);
+  });
+
   it('never proposes a unit with more rows in one table than maxUnitRows, moving the ones that fit instead', () => {
     // Slot 1 would resolve a alone (the best fit), but has 6 rows in one table against a limit of 5.
     const units: MovableUnit[] = [

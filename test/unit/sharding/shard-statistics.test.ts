@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { imbalanceOf, slotsOwnedBy, summarizeShardStatistics, withUnitsMoved, type ShardMeasurement } from '../../../functions/core/sharding/statistics.js';
+import { describeUnconfigured, imbalanceOf, slotsOwnedBy, summarizeShardStatistics, unconfiguredOwners, withUnitsMoved, type ShardMeasurement } from '../../../functions/core/sharding/statistics.js';
 
 const shard = (shardId: string, rows: number, bytes: number, weight = 1): ShardMeasurement => ({
   shardId,
@@ -72,5 +72,20 @@ describe('shard statistics', () => {
         ['c', 0],
       ]),
     );
+  });
+});
+
+describe('unconfiguredOwners', () => {
+  it('names each owner of the map that is not configured, with its slots as runs, and nothing for a map of configured shards', () => {
+    const assignments = ['a', 'x', 'x', 'b', 'x', 'w', 'a', 'x'];
+
+    const owners = unconfiguredOwners(assignments, ['a', 'b']);
+
+    expect(owners).toEqual([
+      { shardId: 'w', slotsOwned: 1, slotRanges: [[5, 5]] },
+      { shardId: 'x', slotsOwned: 4, slotRanges: [[1, 2], [4, 4], [7, 7]] },
+    ]);
+    expect(describeUnconfigured(owners)).toBe('w (1 slot: 5); x (4 slots: 1-2, 4, 7)');
+    expect(unconfiguredOwners(assignments, ['a', 'b', 'w', 'x'])).toEqual([]);
   });
 });
