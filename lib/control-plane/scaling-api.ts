@@ -1,5 +1,6 @@
 import { RemovalPolicy } from 'aws-cdk-lib';
 import * as apigw from 'aws-cdk-lib/aws-apigateway';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
@@ -212,9 +213,23 @@ export class ScalingApi extends Construct {
     // path-variable child already (API Gateway allows one variable child per resource), a
     // {proxy+} child with ANY for deeper unknown paths. All are IAM-authorized like the routes:
     // an unsigned caller still gets 403 for every path and learns nothing about which exist.
-    // One API-scoped invoke permission serves them (one per method would outgrow the
-    // function's 20 KB resource policy).
-    const fallback = new apigw.LambdaIntegration(props.handler, { proxy: true, scopePermissionToMethod: false });
+    // One invoke permission serves them all (one per method would outgrow the function's 20 KB
+    // resource policy), scoped to the deployed stage: LambdaIntegration's API-scoped permission
+    // (`scopePermissionToMethod: false`) names every stage, `test-invoke-stage` included, so the
+    // console's and CLI's TestInvokeMethod could run the function outside the deployed stage, its
+    // throttling and its access logs (the routes' own permissions already leave it out). The integration is
+    // LambdaIntegration's own (AWS_PROXY, POST to the function's invocations path), without
+    // the permission it would add.
+    const fallback = new apigw.AwsIntegration({
+      proxy: true,
+      service: 'lambda',
+      path: `2015-03-31/functions/${props.handler.functionArn}/invocations`,
+    });
+    props.handler.addPermission('FallbackInvoke', {
+      scope: this,
+      principal: new iam.ServicePrincipal('apigateway.amazonaws.com'),
+      sourceArn: this.api.arnForExecuteApi('*', '/*', this.api.deploymentStage.stageName),
+    });
     const fallbackOptions: apigw.MethodOptions = { authorizationType: apigw.AuthorizationType.IAM };
     const paths = resourcePaths(routes);
     for (const path of paths) {

@@ -11,8 +11,9 @@ export interface NetworkStackProps extends StackProps {
 }
 
 /**
- * The VPC, its endpoints and flow logs, the workload security groups, and ECS's service-linked
- * role (this stack deploys first: see {@link EcsServiceLinkedRole}).
+ * The VPC, its endpoints and flow logs, the workload security groups, and the service-linked
+ * roles of ECS and of Application Auto Scaling for ECS (this stack deploys first: see
+ * {@link EcsServiceLinkedRole}).
  */
 export class NetworkStack extends Stack {
   readonly network: Network;

@@ -61,8 +61,9 @@ describe('log groups of the functions the templates do not define themselves', (
   it("makes each CDK handler's log group before the custom resource that first invokes the handler", () => {
     const network = s.stacks.network;
     const all = resources(network);
-    const customs = Object.entries(all).filter(([, r]) => r.Type === 'Custom::VpcRestrictDefaultSG' || r.Type === 'Custom::EcsServiceLinkedRole');
-    expect(customs.map(([, r]) => r.Type).sort()).toEqual(['Custom::EcsServiceLinkedRole', 'Custom::VpcRestrictDefaultSG']);
+    const types = ['Custom::EcsAutoScalingServiceLinkedRole', 'Custom::EcsServiceLinkedRole', 'Custom::VpcRestrictDefaultSG'];
+    const customs = Object.entries(all).filter(([, r]) => types.includes(r.Type));
+    expect(customs.map(([, r]) => r.Type).sort()).toEqual(types);
     for (const [id, custom] of customs) {
       const handler = (custom.Properties?.['ServiceToken'] as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
       const configured = (all[handler]?.Properties?.['LoggingConfig'] as Json | undefined)?.['LogGroup'] as { Ref: string } | undefined;

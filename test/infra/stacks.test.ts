@@ -650,9 +650,39 @@ describe('control plane stack', () => {
     ]);
   });
 
-  it('lets API Gateway invoke the API function through one API-scoped permission for the fallbacks, not one per method', () => {
+  it('lets API Gateway invoke the API function through one permission for all the fallbacks, not one per method', () => {
     const permissions = resourcesOf(s.template(s.stacks.controlPlane), 'AWS::Lambda::Permission').filter(([, p]) => p.Properties?.['Principal'] === 'apigateway.amazonaws.com');
     expect(permissions).toHaveLength(SCALING_API_ROUTES.length + 1);
+  });
+
+  it("lets API Gateway invoke the API function from the deployed stage only, for every method the fallbacks serve, and not from the console's test-invoke-stage", () => {
+    const t = s.template(s.stacks.controlPlane);
+    const [stageId] = Object.keys(t.findResources('AWS::ApiGateway::Stage'));
+    const [apiId] = Object.keys(t.findResources('AWS::ApiGateway::RestApi'));
+    /** The SourceArn as text: `${Ref}` for each reference. */
+    const render = (v: unknown): string => {
+      if (typeof v === 'string') return v;
+      const o = v as { Ref?: string; 'Fn::Join'?: [string, unknown[]] };
+      if (o.Ref !== undefined) return `\${${o.Ref}}`;
+      if (o['Fn::Join']) return o['Fn::Join'][1].map(render).join(o['Fn::Join'][0]);
+      throw new Error(`unexpected SourceArn part ${JSON.stringify(v)}`);
+    };
+    /** Lambda matches a permission's SourceArn with ArnLike: `*` is any run of characters, `/` included. */
+    const admits = (pattern: string, arn: string): boolean =>
+      new RegExp(`^${pattern.split('*').map((p) => p.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`).test(arn);
+    const sourceArns = resourcesOf(t, 'AWS::Lambda::Permission')
+      .filter(([, p]) => p.Properties?.['Principal'] === 'apigateway.amazonaws.com')
+      .map(([, p]) => render(p.Properties?.['SourceArn']));
+    const api = `arn:aws:execute-api:eu-west-1:\${AWS::AccountId}:\${${apiId}}`;
+    const deployed = (method: string, path: string) => `${api}/\${${stageId}}/${method}${path}`;
+    for (const arn of sourceArns) expect(arn.startsWith(`${api}/\${${stageId}}/`), arn).toBe(true);
+    // What the fallbacks answer (root, unknown paths, other methods) is invoked through the deployed stage.
+    for (const [method, path] of [['GET', '/'], ['DELETE', '/api/v1/scaling/status'], ['GET', '/nothing-here/deeper'], ['PUT', '/api/v1/scaling/shards/moves/42']]) {
+      expect(sourceArns.some((p) => admits(p, deployed(method as string, path as string))), `${method} ${path}`).toBe(true);
+    }
+    for (const [method, path] of [['GET', '/'], ['GET', '/api/v1/scaling/status'], ['DELETE', '/api/v1/scaling/status']]) {
+      expect(sourceArns.filter((p) => admits(p, `${api}/test-invoke-stage/${method}${path}`)), `test-invoke ${method} ${path}`).toEqual([]);
+    }
   });
 
   it("has exactly the router's routes, path and query parameters included (read off the template's resource tree)", () => {
@@ -1169,6 +1199,42 @@ describe('first deploy, rollback and redeploy', () => {
         .map((r) => r.Type),
     );
     expect(new Set(exceptOnCreate)).toEqual(new Set(['AWS::KMS::Key', 'AWS::Logs::LogGroup', 'AWS::RDS::DBParameterGroup']));
+  });
+
+  it("creates Application Auto Scaling's service-linked role for ECS, which every scalable target names, in the first stack, accepting one that exists and never deleting it", () => {
+    const t = s.template(s.stacks.network);
+    const [created, ...others] = resourcesOf(t, 'Custom::EcsAutoScalingServiceLinkedRole');
+    expect(created, 'no Custom::EcsAutoScalingServiceLinkedRole in the network stack').toBeDefined();
+    expect(others).toEqual([]);
+    const call = JSON.parse(created?.[1].Properties?.['Create'] as string) as Json;
+    expect(call).toMatchObject({
+      service: 'IAM',
+      action: 'createServiceLinkedRole',
+      parameters: { AWSServiceName: 'ecs.application-autoscaling.amazonaws.com' },
+      ignoreErrorCodesMatching: 'InvalidInput',
+    });
+    expect(created?.[1].Properties?.['Delete']).toBeUndefined();
+    t.hasResourceProperties('AWS::IAM::Policy', {
+      PolicyDocument: {
+        Statement: [
+          {
+            Action: 'iam:CreateServiceLinkedRole',
+            Effect: 'Allow',
+            Condition: { StringEquals: { 'iam:AWSServiceName': 'ecs.application-autoscaling.amazonaws.com' } },
+            Resource: Match.objectLike({
+              'Fn::Join': ['', Match.arrayWith([':role/aws-service-role/ecs.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_ECSService'])],
+            }),
+          },
+        ],
+      },
+    });
+    // The role the services stack's scalable targets are registered with (deployed after this stack).
+    const targets = resourcesOf(s.template(s.stacks.services), 'AWS::ApplicationAutoScaling::ScalableTarget');
+    expect(targets.length).toBeGreaterThan(0);
+    for (const [id, target] of targets) {
+      expect(JSON.stringify(target.Properties?.['RoleARN']), id).toContain(':role/aws-service-role/ecs.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_ECSService');
+    }
+    expect(s.stacks.services.dependencies).toContain(s.stacks.network);
   });
 
   it("creates ECS's service-linked role in the first stack, accepting one that exists and never deleting it, before any cluster", () => {
