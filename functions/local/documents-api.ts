@@ -2,7 +2,7 @@
  * A small CA-DMS-like documents API served by local mode beside the scaling API, so the sharding
  * layer carries real traffic (and the load test has something to load):
  *
- * - `GET  /api/v1/users?limit=N`                  a sample of users from every shard
+ * - `GET  /api/v1/users?limit=N[&cursor=C]`       a page of users of every shard, oldest first; `next_cursor` leads on
  * - `POST /api/v1/users`                          `{email, display_name}` -> 201 (409 when the e-mail is taken)
  * - `GET  /api/v1/users/{id}`                     one user
  * - `GET  /api/v1/users/{id}/documents?limit=N`   a user's documents (routed by the user id)
@@ -120,7 +120,28 @@ const consistency = z
   .enum(CONSISTENCIES, { error: `must be one of ${CONSISTENCIES.join(', ')}` })
   .optional()
   .describe("`primary`: read on the shard primary only (a miss is then authoritative; 503 when the primary cannot be reached). Default `bounded`: a replica within the freshness bound may answer");
-const usersQuery = z.strictObject({ limit: limit.describe('users to list, 1 to 200 (default 20), taken from every shard') });
+/** Where a page of the users listing ends: the last user's `created_at` (to the microsecond) and id. */
+interface UsersPosition {
+  readonly createdAt: string;
+  readonly id: string;
+}
+const USERS_CURSOR = /^u1:(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z),([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/;
+const usersCursorOf = (p: UsersPosition): string => Buffer.from(`u1:${p.createdAt},${p.id}`, 'utf8').toString('base64url');
+const usersCursor = z
+  .string()
+  .max(200)
+  .transform((text, ctx): UsersPosition => {
+    const m = /^[A-Za-z0-9_-]+$/.test(text) ? USERS_CURSOR.exec(Buffer.from(text, 'base64url').toString('utf8')) : null;
+    if (m === null) {
+      ctx.addIssue({ code: 'custom', message: "must be a next_cursor of an earlier page of this listing, as it was handed out" });
+      return z.NEVER;
+    }
+    return { createdAt: m[1] as string, id: m[2] as string };
+  });
+const usersQuery = z.strictObject({
+  limit: limit.describe('users to list, 1 to 200 (default 20): a page holds that many when that many are left'),
+  cursor: usersCursor.optional().describe("the previous page's next_cursor: the page after it"),
+});
 const userQuery = z.strictObject({ consistency });
 const documentsQuery = z.strictObject({ limit: limit.describe('documents to list, newest first, 1 to 200 (default 50)'), consistency });
 const documentQuery = z.strictObject({ owner: uuid.optional().describe("the document's owner: only the owner's shard is asked (every shard without it)"), consistency });
@@ -241,7 +262,7 @@ export function documentsApiDocument(): JsonSchema {
     info: { title: 'CA-DMS documents API (local mode)', version: '1.0.0' },
     paths: {
       [`${PREFIX}/users`]: {
-        get: op('listUsers', 'A sample of users from every shard', { query: usersQuery }, 200),
+        get: op('listUsers', 'A page of the users of every shard, oldest first (by created_at, then id); next_cursor (null on the last page) leads to the next', { query: usersQuery }, 200),
         post: op('createUser', 'Create a user (409 when the e-mail is taken)', { body: newUserSchema }, 201),
       },
       [`${PREFIX}/users/{id}`]: { get: op('getUser', 'One user', { params: userIdParams, query: userQuery, headers: readAfterHeaders }, 200) },
@@ -404,23 +425,27 @@ function parse<T extends z.ZodType>(schema: T, value: unknown, part: string): z.
   return r.data;
 }
 
+/**
+ * Writes a JSON answer with its length: a HEAD is answered by its GET's handler, and Node leaves
+ * the body out of a HEAD's answer, so the length said is the one the GET would send (RFC 9110, 8.6).
+ */
 function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers });
-  res.end(JSON.stringify(body));
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers, 'content-length': String(Buffer.byteLength(text)) });
+  res.end(text);
 }
 
 function sendProblem(res: ServerResponse, p: Problem): void {
-  res.writeHead(p.status, { 'content-type': 'application/problem+json', 'cache-control': 'no-store', ...p.headers });
-  res.end(
-    JSON.stringify({
-      type: p.type?.uri ?? 'about:blank',
-      title: p.type?.title ?? TITLES[p.status] ?? 'Error',
-      status: p.status,
-      detail: p.detail,
-      ...(p.invalid ? { invalid_params: p.invalid } : {}),
-      ...(p.check === undefined ? {} : { check: p.check }),
-    }),
-  );
+  const text = JSON.stringify({
+    type: p.type?.uri ?? 'about:blank',
+    title: p.type?.title ?? TITLES[p.status] ?? 'Error',
+    status: p.status,
+    detail: p.detail,
+    ...(p.invalid ? { invalid_params: p.invalid } : {}),
+    ...(p.check === undefined ? {} : { check: p.check }),
+  });
+  res.writeHead(p.status, { 'content-type': 'application/problem+json', 'cache-control': 'no-store', ...p.headers, 'content-length': String(Buffer.byteLength(text)) });
+  res.end(text);
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
@@ -538,8 +563,24 @@ const DOC_COLUMNS = 'id, owner_id, title, content, created_at, updated_at';
  * `oneCopyEach`.
  */
 const USER_STATE = rowFenceStateSql('u.id', 'u.slot');
-const LIST_USERS_SQL = `select id, email, display_name, created_at, ${USER_STATE} as unit_state
-  from users u where ${USER_STATE} not in ${NOT_OWNED_STATES_SQL} order by created_at, id limit $1`;
+/**
+ * A shard's owned users after a position, oldest first (`$1` how many, `$2` created_at, `$3` id),
+ * each with its position (`created_at` to the microsecond, UTC: the cursor's, and the order of the
+ * merge) and its unit's state. `extra` narrows the rows further (`and ...`).
+ */
+const usersPageSql = (extra: string): string => `select u.id, u.email, u.display_name,
+    to_char(u.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as position, ${USER_STATE} as unit_state
+  from users u where (u.created_at, u.id) > ($2::timestamptz, $3::uuid) and ${USER_STATE} not in ${NOT_OWNED_STATES_SQL}${extra}
+  order by u.created_at, u.id limit $1`;
+/**
+ * A replica's page and every fence row it holds, in one statement (one snapshot, one node): which
+ * units this node says are in transit (`moved`, `incoming`), and which it owns (`open`, `fenced`).
+ */
+const LIST_USERS_SQL = `select (select coalesce(json_agg(p), '[]') from (${usersPageSql('')}) p) as users,
+  (select coalesce(json_agg(json_build_array(f.kind, f.unit_id, f.state)), '[]') from write_fences f) as fences`;
+/** A primary's page of the users of units in transit (`$4` slots, `$5` directory-placed keys). */
+const LIST_USERS_IN_TRANSIT_SQL = usersPageSql(' and (u.slot = any ($4::int[]) or u.id = any ($5::uuid[]))');
+const CANONICAL_UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const DOC_STATE = rowFenceStateSql('d.owner_id', 'd.slot');
 // Every copy of the id (one row per shard at most), with its unit's state: a copy of a unit in
 // transit (`moved`, `incoming`) is not an answer, but says the document exists.
@@ -581,10 +622,10 @@ async function oneCopyEach<T>(copies: readonly Copy<T>[], idOf: (item: T) => str
   return picked.filter((item): item is T => item !== undefined);
 }
 
-/** The methods a known path answers, or undefined for an unknown path. */
+/** The methods a known path answers (HEAD wherever GET, as the scaling API), or undefined for an unknown path. */
 function allowedMethods(path: string): string | undefined {
-  if (path === `${PREFIX}/users` || path === `${PREFIX}/documents`) return path.endsWith('users') ? 'GET, POST' : 'POST';
-  if (/^\/api\/v1\/users\/[^/]+(\/documents)?$/.test(path) || /^\/api\/v1\/documents\/[^/]+$/.test(path)) return 'GET';
+  if (path === `${PREFIX}/users` || path === `${PREFIX}/documents`) return path.endsWith('users') ? 'GET, HEAD, POST' : 'POST';
+  if (/^\/api\/v1\/users\/[^/]+(\/documents)?$/.test(path) || /^\/api\/v1\/documents\/[^/]+$/.test(path)) return 'GET, HEAD';
   return undefined;
 }
 
@@ -628,28 +669,74 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     return header;
   };
 
+  /**
+   * A page of users, oldest first (created_at, then id), after `cursor`: the first `n` of every
+   * shard's owned users, merged. Each shard is asked for `n + 1` (the page cannot be filled by
+   * fewer, whatever the spread across shards; one more says whether there is a next page).
+   *
+   * Replicas of different shards lag independently: past a move, the source's may say `moved`
+   * while the target's has not replayed the copy, or its opening (`incoming`), and neither lists
+   * the unit's users. So each replica also says which units it holds in transit and which it owns
+   * (its fence rows, in the page's snapshot): the users of a unit some replica holds in transit
+   * and none owns are read on the primaries, where one shard owns it (but for the milliseconds
+   * between a release's two commits), and those copies replace any a replica gave.
+   */
   async function listUsers(url: URL, res: ServerResponse): Promise<void> {
     const q = parse(usersQuery, Object.fromEntries(url.searchParams), 'query');
     const deadline = startDeadline();
     const n = q.limit ?? 20;
-    const per = Math.max(1, Math.ceil(n / deps.shardIds.length));
+    const after = q.cursor ?? { createdAt: '-infinity', id: '00000000-0000-0000-0000-000000000000' };
+    type PageRow = Omit<UserRow, 'created_at'> & { position: string; unit_state: string };
+    type Listed = Omit<UserRow, 'created_at'> & { position: string; shard_id: string };
+    const listed = ({ unit_state: _state, ...u }: PageRow, shardId: string): Listed => ({ ...u, shard_id: shardId });
     const parts = await Promise.all(
       deps.shardIds.map(async (shardId) => {
-        const r = await deps.reader.query<UserRow & { unit_state: string }>(shardId, LIST_USERS_SQL, [per], { deadlineAt: deadline.at });
-        return r.rows.map(({ unit_state, ...u }) => ({ item: { ...u, shard_id: shardId }, fenced: unit_state === 'fenced' }));
+        const r = await deps.reader.query<{ users: PageRow[]; fences: [string, string, string][] }>(shardId, LIST_USERS_SQL, [n + 1, after.createdAt, after.id], { deadlineAt: deadline.at });
+        const page = r.rows[0] ?? { users: [], fences: [] };
+        return { copies: page.users.map((u) => ({ item: listed(u, shardId), fenced: u.unit_state === 'fenced' })), fences: page.fences };
       }),
     );
-    const items = await oneCopyEach(
-      parts.flat(),
+    const owned = new Set<string>();
+    const inTransit = new Map<string, { kind: string; unit: string }>();
+    for (const { fences } of parts) {
+      for (const [kind, unit, state] of fences) {
+        if (NOT_OWNED_STATES.has(state)) inTransit.set(`${kind}:${unit}`, { kind, unit });
+        else owned.add(`${kind}:${unit}`);
+      }
+    }
+    const unresolved = [...inTransit.entries()].filter(([key]) => !owned.has(key)).map(([, u]) => u);
+    const fromReplicas = await oneCopyEach(
+      parts.flatMap((p) => p.copies),
       (u) => u.id,
       async (u) => {
-        const r = await deps.reads.withShardRead(u.id, async ({ client }) => (await client.query<UserRow>('select id, email, display_name, created_at from users where id = $1', [u.id])).rows[0], {
-          deadlineMs: deadline.left(),
-        });
+        const r = await deps.reads.withShardRead(
+          u.id,
+          async ({ client }) => (await client.query<Omit<UserRow, 'created_at'> & { position: string }>(`select id, email, display_name, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as position from users where id = $1`, [u.id])).rows[0],
+          { deadlineMs: deadline.left() },
+        );
         return r.value ? { ...r.value, shard_id: r.shardId } : undefined;
       },
     );
-    send(res, 200, { items: items.slice(0, n) });
+    let fromPrimaries: Listed[] = [];
+    if (unresolved.length > 0) {
+      const slots = unresolved.filter((u) => u.kind === 'slot').map((u) => Number(u.unit));
+      const keys = unresolved.filter((u) => u.kind === 'directory' && CANONICAL_UUID.test(u.unit)).map((u) => u.unit);
+      const pages = await Promise.all(
+        deps.shardIds.map(async (shardId) => {
+          const r = await deps.reader.query<PageRow>(shardId, LIST_USERS_IN_TRANSIT_SQL, [n + 1, after.createdAt, after.id, slots, keys], { primary: true, deadlineAt: deadline.at });
+          return r.rows.map((u) => listed(u, shardId));
+        }),
+      );
+      fromPrimaries = pages.flat();
+    }
+    const onPrimaries = new Set(fromPrimaries.map((u) => u.id));
+    const merged = [...fromReplicas.filter((u) => !onPrimaries.has(u.id)), ...fromPrimaries].sort((a, b) =>
+      a.position === b.position ? (a.id < b.id ? -1 : a.id > b.id ? 1 : 0) : a.position < b.position ? -1 : 1,
+    );
+    const items = merged.slice(0, n);
+    const last = items.at(-1);
+    const next = merged.length > n && last !== undefined ? usersCursorOf({ createdAt: last.position, id: last.id }) : null;
+    send(res, 200, { items: items.map(({ position, ...u }) => ({ ...u, created_at: new Date(position) })), next_cursor: next });
   }
 
   async function createUser(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -851,14 +938,17 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       return true;
     }
     if (!path.startsWith(`${PREFIX}/users`) && !path.startsWith(`${PREFIX}/documents`)) return false;
+    // HEAD is served wherever GET is (RFC 9110, 9.3.2), as the scaling API's router does: the GET's
+    // handler answers it, and Node sends its status and headers without the body.
+    const as = method === 'HEAD' ? 'GET' : method;
     try {
       let m: RegExpExecArray | null;
-      if (path === `${PREFIX}/users` && method === 'GET') await listUsers(url, res);
+      if (path === `${PREFIX}/users` && as === 'GET') await listUsers(url, res);
       else if (path === `${PREFIX}/users` && method === 'POST') await createUser(req, res);
-      else if ((m = /^\/api\/v1\/users\/([^/]+)$/.exec(path)) && method === 'GET') await getUser(decodeURIComponent(m[1] ?? ''), url, req, res);
-      else if ((m = /^\/api\/v1\/users\/([^/]+)\/documents$/.exec(path)) && method === 'GET') await userDocuments(decodeURIComponent(m[1] ?? ''), url, req, res);
+      else if ((m = /^\/api\/v1\/users\/([^/]+)$/.exec(path)) && as === 'GET') await getUser(decodeURIComponent(m[1] ?? ''), url, req, res);
+      else if ((m = /^\/api\/v1\/users\/([^/]+)\/documents$/.exec(path)) && as === 'GET') await userDocuments(decodeURIComponent(m[1] ?? ''), url, req, res);
       else if (path === `${PREFIX}/documents` && method === 'POST') await createDocument(req, res);
-      else if ((m = /^\/api\/v1\/documents\/([^/]+)$/.exec(path)) && method === 'GET') await getDocument(decodeURIComponent(m[1] ?? ''), url, req, res);
+      else if ((m = /^\/api\/v1\/documents\/([^/]+)$/.exec(path)) && as === 'GET') await getDocument(decodeURIComponent(m[1] ?? ''), url, req, res);
       else {
         const allowed = allowedMethods(path);
         if (allowed) {
