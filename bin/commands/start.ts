@@ -13,13 +13,14 @@ import { applyScalingEnv, ScalingConfigError } from '../../functions/core/scalin
 import { ShardingConfigError } from '../../functions/core/sharding/errors.js';
 import { PortInUseError, PortNotPermittedError } from '../../functions/adapters/http/local-server.js';
 import { ClusterLayoutError, EmbeddedClusterError } from '../../functions/adapters/postgres/embedded-cluster.js';
-import { MigrationError } from '../../functions/adapters/postgres/migrate.js';
+import { MigrationError, MigrationNewerError } from '../../functions/adapters/postgres/migrate.js';
 import { SHIPPED_TRACE, TraceFileError } from '../../functions/adapters/sim/trace-file.js';
 import { AlreadyRunningError, acquireLocalLock } from '../../functions/local/lock.js';
 import { checkLocalShardingEnv } from '../../functions/local/sharding-config.js';
 import { DEFAULT_REQUEST_DEADLINE_MS } from '../../functions/local/documents-api.js';
 import { MAX_SEED_USERS, SeedMarkerError } from '../../functions/local/seed.js';
 import type { LocalMode } from '../../functions/local/runtime.js';
+import { LocalEnvironmentError } from '../../functions/local/environment-error.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
 import { numberFlag, parseFlags, UsageError } from './kit.js';
 
@@ -99,7 +100,13 @@ export function parseStartOptions(args: readonly string[], cwd: string, env: Rec
   const f = parseFlags(args, table, flagsSchema);
   if (f.help === true) return 'help';
   try {
-    applyScalingEnv({}, env);
+    // Each variable on its own, and MIN_INSTANCES against MAX_INSTANCES when both are set: the
+    // other bound of one set alone is the stored configuration's (an operator may have raised
+    // max_instances past the guide's 10), which the start checks once it has read it.
+    const bounds: Record<string, unknown> = {};
+    if (env.MIN_INSTANCES !== undefined && env.MAX_INSTANCES === undefined) bounds.max_instances = Number.MAX_SAFE_INTEGER;
+    if (env.MAX_INSTANCES !== undefined && env.MIN_INSTANCES === undefined) bounds.min_instances = 0;
+    applyScalingEnv(bounds, env);
   } catch (error) {
     if (error instanceof ScalingConfigError) throw new UsageError(error.issues.map((i) => `${i.path.replace(/^env\./, '')}: ${i.message}`).join('\n'), { cause: error });
     throw error;
@@ -272,13 +279,22 @@ async function run(args: readonly string[], io: CliIo): Promise<number> {
       io.stderr(`ca-dms-scaling start: ${error.message}\n`);
       return 1;
     }
+    if (error instanceof LocalEnvironmentError) {
+      io.stderr(`ca-dms-scaling start: ${error.message}\n`);
+      return 2;
+    }
     if (error instanceof PortInUseError || error instanceof ClusterLayoutError || error instanceof TraceFileError || error instanceof ShardingConfigError || error instanceof SeedMarkerError) {
       const hint = error instanceof TraceFileError ? '\n(choose a timestamp,value CSV, plain or gzip, with --trace FILE, or leave --trace out for the NASA trace shipped in data/traces/)' : '';
       io.stderr(`ca-dms-scaling start: ${error.message}${hint}\n`);
       return error instanceof PortInUseError ? 1 : 2;
     }
     if (error instanceof MigrationError || error instanceof EmbeddedClusterError) {
-      const hint = error instanceof MigrationError ? `\n(the data in ${options.dataDir} was migrated by another version; add --wipe to rebuild it)` : '';
+      const hint =
+        error instanceof MigrationNewerError
+          ? `\n(the data in ${options.dataDir} was migrated by a newer version of ca-dms-scaling: start it with that version, or add --wipe to delete the data and start from fresh data)`
+          : error instanceof MigrationError
+            ? `\n(the data in ${options.dataDir} was migrated by another version; add --wipe to rebuild it)`
+            : '';
       io.stderr(`ca-dms-scaling start: ${error.message}${hint}\n`);
       return 1;
     }

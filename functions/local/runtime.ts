@@ -25,7 +25,7 @@
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { applyScalingEnv, defaultScalingConfig, type ScalingConfig } from '../core/scaling/config.js';
+import { applyScalingEnv, defaultScalingConfig, ScalingConfigError, type ScalingConfig } from '../core/scaling/config.js';
 import { ScalingController } from '../core/scaling/controller.js';
 import { getPolicy } from '../core/scaling/policies/index.js';
 import type { Clock, DecisionLog, DecisionRecord } from '../core/scaling/ports.js';
@@ -37,7 +37,7 @@ import { createDashboardRoute } from '../adapters/http/dashboard.js';
 import { CatalogStore } from '../adapters/postgres/catalog-store.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../adapters/postgres/embedded-cluster.js';
 import { HistoryReader } from '../adapters/postgres/history-reader.js';
-import { runMigrations } from '../adapters/postgres/migrate.js';
+import { runMigrations, type MigrationResult } from '../adapters/postgres/migrate.js';
 import { CATALOG_QUERY_TIMEOUT_MS, CATALOG_STATEMENT_TIMEOUT_MS } from '../adapters/postgres/statement-bounds.js';
 import { ListeningClient } from '../adapters/postgres/listening-client.js';
 import { MoveBusyError } from '../adapters/postgres/mover.js';
@@ -48,6 +48,7 @@ import { LiveLoad } from '../adapters/sim/live-load.js';
 import { readTraceFile } from '../adapters/sim/trace-file.js';
 import { createDocumentsRoute, DEFAULT_REQUEST_DEADLINE_MS } from './documents-api.js';
 import { seedDemoData, type SeedOutcome } from './seed.js';
+import { LocalEnvironmentError } from './environment-error.js';
 import { localShardingConfig } from './sharding-config.js';
 
 const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../adapters/postgres/migrations');
@@ -203,9 +204,14 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     // legitimate; they lift the server's per transaction), as the migrate function's on AWS.
     const migrationPool = new pg.Pool({ connectionString: cluster.catalogUrl, max: 1, connectionTimeoutMillis: 3000, Client: ListeningClient });
     migrationPool.on('error', () => undefined);
+    // Data kept from an older version is brought up to date here: each migration that runs is
+    // said, so that an upgrade shows what it changed where (a fresh start's are its creation).
+    const sayApplied = (server: string, result: MigrationResult): void => {
+      if (!cluster.fresh) for (const name of result.applied) say(`  postgres: ${server}: applied ${result.set} migration ${name}`);
+    };
     try {
-      await runMigrations(migrationPool, 'catalog', join(MIGRATIONS, 'catalog'));
-      await runMigrations(migrationPool, 'sharding', join(MIGRATIONS, 'sharding'));
+      sayApplied('catalog', await runMigrations(migrationPool, 'catalog', join(MIGRATIONS, 'catalog')));
+      sayApplied('catalog', await runMigrations(migrationPool, 'sharding', join(MIGRATIONS, 'sharding')));
     } finally {
       await within(STOP_STEP_WAIT_MS, migrationPool.end());
     }
@@ -232,7 +238,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const { primaries, router, writer, slotMaps, mover, pools } = sharding;
     const { reader, reads } = sharding;
     if (!reader || !reads) throw new Error('unreachable: the runtime was asked for a replica reader');
-    await Promise.all([...primaries.values()].map((p) => runMigrations(p, 'shard', join(MIGRATIONS, 'shard'))));
+    await Promise.all([...primaries].map(async ([shardId, p]) => sayApplied(`${shardId}/primary`, await runMigrations(p, 'shard', join(MIGRATIONS, 'shard')))));
 
     const seed = await seedDemoData({ writer, primaries, users: options.seedUsers, documentsPerUser: options.documentsPerUser, pendingMarker: join(options.dataDir, 'pg', 'seeding') });
 
@@ -240,7 +246,19 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const catalog = new CatalogStore(catalogPool, { defaults: defaultScalingConfig() });
     const stored = await catalog.getConfig();
     const baseDocument = stored?.document ?? { ...LOCAL_CONFIG_DOCUMENT };
-    const config = applyScalingEnv(baseDocument, options.env);
+    let config: ScalingConfig;
+    try {
+      config = applyScalingEnv(baseDocument, options.env);
+    } catch (error) {
+      // The flags' check took each variable alone; here one meets the stored configuration.
+      if (!(error instanceof ScalingConfigError) || !stored) throw error;
+      const names = ['AUTO_SCALING_ENABLED', 'SCALING_CHECK_INTERVAL', 'MIN_INSTANCES', 'MAX_INSTANCES'].filter((n) => options.env[n] !== undefined);
+      throw new LocalEnvironmentError(
+        `${names.map((n) => `${n}=${options.env[n] ?? ''}`).join(' ')} does not fit the stored scaling configuration (version ${stored.version}): ` +
+          `${error.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}; change the variable, or the configuration (PATCH /api/v1/scaling/config)`,
+        { cause: error },
+      );
+    }
     const envDocument = { ...baseDocument, ...Object.fromEntries(Object.entries(envKeys(config, options.env))) };
     if (!stored || JSON.stringify(envDocument) !== JSON.stringify(stored.document)) {
       await catalog.putConfig(envDocument, { actor: 'local-mode', comment: stored ? 'environment variables at start' : 'local mode defaults', ifVersion: stored?.version ?? 0 });

@@ -56,6 +56,19 @@ describe('start flags', () => {
   });
 
   it.each([
+    [{ MIN_INSTANCES: '15' }],
+    [{ MAX_INSTANCES: '1' }],
+  ])('leaves %j alone against the guide\'s default for the other bound: the stored configuration\'s applies, checked at start', (env) => {
+    expect(parseStartOptions([], '/srv/app', env)).toMatchObject({ shards: 2 });
+  });
+
+  it('still rejects MIN_INSTANCES above MAX_INSTANCES, and malformed ones, before anything starts', () => {
+    expect(() => parseStartOptions([], '/srv/app', { MIN_INSTANCES: '15', MAX_INSTANCES: '12' })).toThrow('min_instances (15) must not exceed max_instances (12)');
+    expect(() => parseStartOptions([], '/srv/app', { MIN_INSTANCES: 'lots' })).toThrow('MIN_INSTANCES: must be a whole number');
+    expect(() => parseStartOptions([], '/srv/app', { MAX_INSTANCES: '0' })).toThrow(UsageError);
+  });
+
+  it.each([
     [{ SHARDING_STRATEGY: 'consistent' }, 'SHARDING_STRATEGY: must be one of hash_based, range_based, directory_based, got "consistent"'],
     [{ SHARDING_ENABLED: 'maybe' }, 'SHARDING_ENABLED: must be true or false, got "maybe"'],
     [{ SHARDING_STRATEGY: 'range_based' }, 'SHARDING_STRATEGY=range_based: local mode configures no key ranges'],
