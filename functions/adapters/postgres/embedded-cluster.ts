@@ -387,6 +387,12 @@ function plan(root: string, shards: number, replicasPerShard: number): NodePlan[
 class Server {
   child: ChildProcess | undefined;
   port = 0;
+  /**
+   * Set by {@link stop}: a start still under way (another server's failure stops them all while
+   * this one waits to be ready) gives up instead of probing a stopped server until its ready
+   * timeout, which kept a failed start's process alive for a minute, or spawning it again.
+   */
+  private stopped = false;
   private logTail = '';
   private drained: Promise<void> = Promise.resolve();
   /** Settles when the current process exits. */
@@ -440,6 +446,7 @@ class Server {
   async start(settings: Record<string, string | number>, choosePort: () => Promise<number>, url: () => string, standby: boolean, progress: (message: string) => void): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       this.port = await choosePort();
+      this.throwIfStopped();
       this.spawn(settings);
       try {
         await waitReady(this, url(), standby);
@@ -483,15 +490,31 @@ class Server {
    * PostgreSQL could not bind its port, otherwise an error quoting the end of its log.
    */
   async exitedEarly(): Promise<EmbeddedClusterError | undefined> {
+    this.throwIfStopped();
     const proc = this.child;
     if (!proc || (proc.exitCode === null && proc.signalCode === null)) return undefined;
     await Promise.race([this.drained, sleep(STDERR_DRAIN_MS)]);
     const tail = this.logTail.trim();
     if (portTakenIn(tail)) return new PortTakenError(`${this.node.id}: port ${this.port} is taken`);
+    const held = /lock file "postmaster\.pid" already exists[\s\S]*?another postmaster \(PID (\d+)\)/.exec(tail);
+    if (held) {
+      // Not a server of ours (stopLeftover stops those): most often a pid reused since the server
+      // that wrote the file died (a crash, a reboot); PostgreSQL cannot tell, and refuses.
+      const file = join(this.node.dataDir, 'postmaster.pid');
+      return new EmbeddedClusterError(
+        `${this.node.id} could not start: its lock file ${file} names pid ${held[1]}, a running process that is not a PostgreSQL server this tool started on that data directory ` +
+          `(most likely its pid was reused after the server that wrote the file died). Check that no PostgreSQL server uses ${this.node.dataDir} (ps -p ${held[1]} -o args), then delete ${file} and start again`,
+      );
+    }
     return new EmbeddedClusterError(`${this.node.id} exited while starting: ${tail || '(no output)'}`);
   }
 
+  private throwIfStopped(): void {
+    if (this.stopped) throw new EmbeddedClusterError(`${this.node.id}: its start was given up, the servers being stopped`);
+  }
+
   async stop(): Promise<void> {
+    this.stopped = true;
     const proc = this.child;
     this.child = undefined;
     if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;

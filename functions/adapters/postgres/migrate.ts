@@ -33,7 +33,15 @@ import type pg from 'pg';
 import { inClientTransaction } from './transaction.js';
 
 export class MigrationError extends Error {
-  override readonly name = 'MigrationError';
+  override readonly name: string = 'MigrationError';
+}
+
+/**
+ * The database records a migration of the set past the last one this version has: a newer
+ * version migrated it. Nothing is applied; run that version (or start from fresh data).
+ */
+export class MigrationNewerError extends MigrationError {
+  override readonly name = 'MigrationNewerError';
 }
 
 export interface Migration {
@@ -141,6 +149,12 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
       'select version, name, checksum from catalog.schema_migrations where set_name = $1 order by version',
       [set],
     );
+    const newest = rows.at(-1);
+    if (newest !== undefined && newest.version > migrations.length) {
+      throw new MigrationNewerError(
+        `${set}: the database was migrated by a newer version: it records migration ${newest.name}, and this version's ${set} migrations end at ${migrations.at(-1)?.name ?? 'none'}`,
+      );
+    }
     for (const row of rows) {
       const file = migrations[row.version - 1];
       if (!file) throw new MigrationError(`${set}: applied migration ${row.name} is missing from ${dir}`);

@@ -4,14 +4,14 @@
  */
 import { spawn } from 'node:child_process';
 import { createServer, type Server as NetServer } from 'node:net';
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ClusterLayoutError, EmbeddedClusterError, PORT_ATTEMPTS, freeLoopbackPort, startEmbeddedCluster, type EmbeddedCluster, type EmbeddedNode } from '../../../functions/adapters/postgres/embedded-cluster.js';
+import { ClusterLayoutError, EmbeddedClusterError, PORT_ATTEMPTS, freeLoopbackPort, serverUser, startEmbeddedCluster, type EmbeddedCluster, type EmbeddedNode } from '../../../functions/adapters/postgres/embedded-cluster.js';
 
 const FIXTURE = resolve(dirname(fileURLToPath(import.meta.url)), 'fixtures/hold-cluster.ts');
 
@@ -233,6 +233,68 @@ describe('startEmbeddedCluster', () => {
       expect(await query<{ ok: number }>(cluster.catalogUrl, 'select 1 as ok')).toEqual([{ ok: 1 }]);
     } finally {
       await cluster?.stop();
+      bystander.kill('SIGKILL');
+    }
+  }, 90_000);
+});
+
+describe('startEmbeddedCluster on data whose postmaster.pid names a live process of the server user', () => {
+  let base = '';
+
+  afterAll(async () => {
+    if (base) await rm(base, { recursive: true, force: true });
+  });
+
+  it('fails naming the lock file, the pid and what to do, and gives up the other servers\' starts at once', async () => {
+    base = await mkdtemp(join(tmpdir(), 'ca-dms-embedded-held-'));
+    await chmod(base, 0o755);
+    const root = join(base, 'pg');
+    await (await startEmbeddedCluster({ root, shards: 2, replicasPerShard: 0 })).stop();
+    // A process of the servers' own OS user holding the pid a dead server's postmaster.pid names
+    // (a pid reused after a crash or a reboot): PostgreSQL cannot tell it from a live server.
+    const owner = serverUser();
+    const bystander = spawn('sleep', ['60'], { stdio: 'ignore', ...owner });
+    const pid = bystander.pid as number;
+    const lockFile = join(root, 'catalog', 'postmaster.pid');
+    await writeFile(lockFile, `${pid}\n${join(root, 'catalog')}\n`);
+    if (owner.uid !== undefined) await chown(lockFile, owner.uid, owner.gid ?? owner.uid);
+    const ports: number[] = [];
+    try {
+      const error = await startEmbeddedCluster({
+        root,
+        shards: 2,
+        replicasPerShard: 0,
+        choosePort: async () => {
+          const port = await freeLoopbackPort();
+          ports.push(port);
+          return port;
+        },
+      }).catch((e: unknown) => e);
+
+      // The primaries still starting when the catalog failed were stopped: nothing probes their
+      // ports any more (before, their readiness checks went on for a minute, the process with them).
+      const probes = await Promise.all(
+        ports.map(async (port) => {
+          const socket = createServer();
+          let connections = 0;
+          socket.on('connection', (c) => {
+            connections++;
+            c.destroy();
+          });
+          await new Promise<void>((r) => socket.listen(port, '127.0.0.1', r));
+          await new Promise((r) => setTimeout(r, 1000));
+          await new Promise((r) => socket.close(r));
+          return connections;
+        }),
+      );
+
+      expect(error).toBeInstanceOf(EmbeddedClusterError);
+      expect((error as Error).message).toContain(`catalog could not start: its lock file ${lockFile} names pid ${pid}`);
+      expect((error as Error).message).toContain(`delete ${lockFile} and start again`);
+      expect(ports.length).toBe(3);
+      expect(probes).toEqual([0, 0, 0]);
+      expect(alive(pid)).toBe(true);
+    } finally {
       bystander.kill('SIGKILL');
     }
   }, 90_000);
