@@ -220,6 +220,7 @@ export const recommendationSchema = z.object({
     'thresholds_close',
     'better_policy',
     'shard_imbalance',
+    'shard_rebalance_unavailable',
     'replica_lag',
     'connection_saturation',
   ]),

@@ -521,15 +521,21 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       if (deps.sharding) {
         const s = deps.sharding;
         const [health, check] = await Promise.all([
-          s.inspector.health().catch(() => undefined),
+          (async () => {
+            // As GET /shards/health reports, the slot map included when the catalog answers.
+            const slotMap = await s.slotMaps.current().catch(() => undefined);
+            return s.inspector.health(slotMap ? { slotMap } : {});
+          })().catch(() => undefined),
           (async () => {
             // As GET /shards/rebalance-check plans, from the same measurement.
             const { census, inFlight } = await rebalanceCensus();
             return { result: await s.inspector.planRebalance(census, { maxUnitRows: s.mover.maxUnitRows }), inFlight };
-          })().catch(() => undefined),
+          })().catch((err: unknown) => ({ failed: rebalanceFailure(err) })),
         ]);
         shards = {
-          ...(check
+          ...('failed' in check ? { rebalanceUnavailable: check.failed } : {}),
+          ...(health?.slotMap && health.slotMap.unconfigured.length > 0 ? { unconfigured: health.slotMap.unconfigured } : {}),
+          ...(!('failed' in check)
             ? {
                 imbalance: check.result.imbalance,
                 rebalanceNeeded: check.result.needed,
@@ -713,6 +719,17 @@ function slotNumber(unit: string): number {
     });
   }
   return Number(unit);
+}
+
+/**
+ * What GET /shards/rebalance-check answers for a check that failed, for GET /recommendations to say
+ * why its shard figures are missing: 409 for a state that refuses to plan, 503 for an unreachable shard.
+ */
+function rebalanceFailure(err: unknown): { status: number; reason: string } {
+  const reason = err instanceof Error ? err.message : String(err);
+  if (err instanceof RebalancePlanError) return { status: 409, reason };
+  if (err instanceof ShardInspectionError) return { status: 503, reason };
+  return { status: 500, reason };
 }
 
 function nodesOf(health: HealthReport): ShardFacts['nodes'] {

@@ -849,6 +849,18 @@ export class ShardInspector {
     // listed keys too, so their rows are counted in their slot, not left out of every unit.
     const slotVerdict = routing === undefined ? undefined : moveUnitFor(routing, 'slot');
     const directory = slotVerdict?.ok === true && !slotVerdict.excludeDirectoryKeys ? [] : canonicalDirectory(listed);
+    // Where the directory places keys, one pinned to a shard not configured cannot be routed (the
+    // router refuses it), and its rows, wherever they lie, belong to no unit: counted in their
+    // shard's load, moved by nothing.
+    const configured = new Set(this.#pools.shardIds());
+    const strays = directory.filter((d) => !configured.has(d.shardId));
+    if (strays.length > 0) {
+      const named = strays.slice(0, 10).map((d) => `${d.key} -> ${d.shardId}`).join(', ');
+      const more = strays.length > 10 ? ` and ${strays.length - 10} more` : '';
+      throw new RebalancePlanError(
+        `cannot plan a rebalance: the directory pins ${strays.length} key${strays.length === 1 ? '' : 's'} to ${new Set(strays.map((d) => d.shardId)).size === 1 ? 'a shard' : 'shards'} not in the configured shard list (${this.#pools.shardIds().join(', ')}): ${named}${more}; configure the shard, or pin the keys to configured shards in catalog.shard_directory (GET /shards/directory?shard=... lists them)`,
+      );
+    }
     const census = await Promise.all(
       this.#pools.shardIds().map((shardId) =>
         this.#census(shardId, slotMap, directory).then(

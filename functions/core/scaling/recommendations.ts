@@ -53,6 +53,13 @@ export interface ShardFacts {
   readonly nodes?: readonly ShardNodeFacts[];
   readonly maxLagSeconds?: number;
   readonly maxLagBytes?: number;
+  /**
+   * Why the rebalance check could not be made (so `imbalance` and the moves are missing): the
+   * status `GET /shards/rebalance-check` answers (409 refused, 503 unavailable) and its message.
+   */
+  readonly rebalanceUnavailable?: { readonly status: number; readonly reason: string };
+  /** Shards the current slot map gives slots to that are not configured (their rows can be neither reached nor measured). */
+  readonly unconfigured?: readonly { readonly shardId: string; readonly slotsOwned: number }[];
 }
 
 export interface RecommendationInput {
@@ -71,6 +78,7 @@ export type RecommendationCategory =
   | 'thresholds_close'
   | 'better_policy'
   | 'shard_imbalance'
+  | 'shard_rebalance_unavailable'
   | 'replica_lag'
   | 'connection_saturation';
 
@@ -244,6 +252,21 @@ function shardAdvice(facts: ShardFacts): Recommendation[] {
         moves: facts.rebalanceMoves ?? 0,
         ...(facts.movesInFlight === undefined ? {} : { movesInFlight: facts.movesInFlight }),
       },
+    });
+  }
+  if (facts.rebalanceUnavailable !== undefined) {
+    const { status, reason } = facts.rebalanceUnavailable;
+    const unconfigured = facts.unconfigured ?? [];
+    out.push({
+      id: 'shard_rebalance_unavailable',
+      category: 'shard_rebalance_unavailable',
+      // Slots owned by a shard nobody configured: their rows are out of every router's reach.
+      severity: unconfigured.length > 0 ? 'critical' : 'warning',
+      service: null,
+      shard: unconfigured.length === 1 ? (unconfigured[0]?.shardId ?? null) : null,
+      title: 'the shard balance cannot be checked',
+      advice: `GET /shards/rebalance-check answers ${status}, so no imbalance or moves can be recommended: ${reason}`,
+      evidence: { status, reason, ...(unconfigured.length > 0 ? { unconfigured: unconfigured.map((o) => ({ shardId: o.shardId, slotsOwned: o.slotsOwned })) } : {}) },
     });
   }
   for (const node of facts.nodes ?? []) {

@@ -249,6 +249,17 @@ describe('shard statistics and the rebalance check', () => {
     expect((await inspector.health({ slotMap })).slotMap?.reasons).toEqual([]);
   });
 
+  it('refuses to plan while a directory entry pins a key to a shard the configuration does not list, naming the key and the shard', async () => {
+    // shard_003 was removed from the configuration with a key still pinned to it: the router
+    // refuses to route that key, and the key's rows on shard_002 belong to no unit a move can take.
+    const plan = inspector.rebalanceCheck({ slotMap, directory: [{ key: directoryUser, shardId: 'shard_003' }], by: 'rows' });
+
+    // Before: a plan, the key's rows silently counted in shard_002's load but in none of its units.
+    await expect(plan).rejects.toThrow(
+      new RegExp(`^cannot plan a rebalance: the directory pins 1 key to a shard not in the configured shard list \\(shard_001, shard_002\\): ${directoryUser} -> shard_003;`),
+    );
+  });
+
   it('lists an unreachable shard instead of hiding it, and refuses to plan without it', async () => {
     const port = await freePort();
     const partial = ShardPools.fromConfig({
