@@ -360,8 +360,21 @@ export class ControlPlane extends Construct {
       actions: ['application-autoscaling:RegisterScalableTarget'],
       resources: [stack.formatArn({ service: 'application-autoscaling', resource: 'scalable-target', resourceName: '*' })],
     });
+    // POST /stop and /start mark the stop on the scaled services (where an evaluation without the
+    // catalog reads it, through DescribeServices' tags), and an evaluation with the catalog brings
+    // those marks in line with the switches (one the API could not set or clear): these two tag
+    // keys only. No more than the evaluators already hold: they set the desired counts themselves.
+    const markStops = new iam.PolicyStatement({
+      sid: 'MarkStopsOnScaledServices',
+      actions: ['ecs:TagResource', 'ecs:UntagResource'],
+      resources: serviceArns,
+      conditions: {
+        'ForAllValues:StringEquals': { 'aws:TagKeys': [STOPPED_TAG, STOPPED_ALL_TAG] },
+        Null: { 'aws:TagKeys': 'false' },
+      },
+    });
     for (const fn of [this.evaluate, this.alarm]) {
-      for (const statement of [readMetrics, describeServices, updateServices, describeTargets, registerTargets]) fn.role.addToPolicy(statement);
+      for (const statement of [readMetrics, describeServices, updateServices, describeTargets, registerTargets, markStops]) fn.role.addToPolicy(statement);
       acknowledge(
         fn.role,
         `AwsSolutions-IAM5[Resource::${nagArn(this, 'application-autoscaling', 'scalable-target/*')}]`,
@@ -390,19 +403,7 @@ export class ControlPlane extends Construct {
     // The API only previews evaluations (controller.preview): it reads metrics and task counts,
     // and never sets a desired count nor touches the scalable targets (test/infra/iam-coverage).
     for (const statement of [readMetrics, describeServices]) this.api.role.addToPolicy(statement);
-    // POST /stop and /start mark the stop on the scaled services (where an evaluation without the
-    // catalog reads it, through DescribeServices' tags): these two tag keys only.
-    this.api.role.addToPolicy(
-      new iam.PolicyStatement({
-        sid: 'MarkStopsOnScaledServices',
-        actions: ['ecs:TagResource', 'ecs:UntagResource'],
-        resources: serviceArns,
-        conditions: {
-          'ForAllValues:StringEquals': { 'aws:TagKeys': [STOPPED_TAG, STOPPED_ALL_TAG] },
-          Null: { 'aws:TagKeys': 'false' },
-        },
-      }),
-    );
+    this.api.role.addToPolicy(markStops);
     // Shard health on AWS merges what RDS says (status, storage, replica topology) by endpoint.
     this.api.role.addToPolicy(
       new iam.PolicyStatement({

@@ -51,6 +51,9 @@ const controller = {
   'application-autoscaling:DescribeScalableTargets': { kind: 'any' },
   // Scalable-target ARNs end in an id AWS generates at registration.
   'application-autoscaling:RegisterScalableTarget': { kind: 'pattern', pattern: new RegExp(`^arn:aws:application-autoscaling:[a-z0-9-]+:${ACCOUNT}:scalable-target/\\*$`) },
+  // An evaluation with the catalog brings the marks of a stop in line with the switches: those tags only.
+  'ecs:TagResource': { kind: 'scaled-services', condition: STOP_TAGS_ONLY },
+  'ecs:UntagResource': { kind: 'scaled-services', condition: STOP_TAGS_ONLY },
 } as const satisfies Record<string, Target>;
 
 /** The calls each handler makes, and on what. */
@@ -85,13 +88,12 @@ const CALLS: Readonly<Record<Handler, Readonly<Record<string, Target>>>> = {
 };
 
 const PREVIEW_ONLY = 'the API builds the controller runtime, but POST /evaluate is controller.preview: it sets no desired count and never touches the scalable-target registry';
-const MARKS_READ_ONLY = 'the controller reads the marks of a stop (DescribeServices with its tags); only POST /stop and /start set them, through the API';
 const CATALOG_POOL_ONLY = 'the moves worker takes only the catalog pool of the controller runtime; its metrics, ECS and registry adapters are built but never called';
 
 /** Calls reachable from a handler's entry that it never makes, with the reason. */
 const NOT_CALLED: Readonly<Record<Handler, Readonly<Record<string, string>>>> = {
-  evaluate: { 'ecs:TagResource': MARKS_READ_ONLY, 'ecs:UntagResource': MARKS_READ_ONLY },
-  alarm: { 'ecs:TagResource': MARKS_READ_ONLY, 'ecs:UntagResource': MARKS_READ_ONLY },
+  evaluate: {},
+  alarm: {},
   api: {
     'ecs:UpdateService': PREVIEW_ONLY,
     'application-autoscaling:DescribeScalableTargets': PREVIEW_ONLY,

@@ -27,7 +27,7 @@
  */
 import type pg from 'pg';
 import { parseScalingConfig, resolveServiceConfig, type ScalingConfig } from '../../core/scaling/config.js';
-import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, LeaseOutcome, LeaseRequest, Outcome, ServiceSession, StoredServiceState, Trigger } from '../../core/scaling/ports.js';
+import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, LeaseOutcome, LeaseRequest, Outcome, ServiceSession, StoredServiceState, SwitchOff, Trigger } from '../../core/scaling/ports.js';
 import type { Block, Direction, MetricsSnapshot, Reason, ServiceState } from '../../core/scaling/types.js';
 import { LeaseError, LeaseStore } from './lease-store.js';
 import { serverTimeoutMs } from './deadline.js';
@@ -474,6 +474,17 @@ export class CatalogStore implements ControllerCatalog {
             if (!Object.hasOwn(stored.config.services, service)) return { kind: 'config', version: stored.version, changedBy: stored.changedBy, removed: true };
             const disabled = !stored.config.enabled || !resolveServiceConfig(stored.config, service).enabled;
             return disabled ? { kind: 'config', version: stored.version, changedBy: stored.changedBy } : undefined;
+          },
+          switchesOff: async () => {
+            const { rows } = await client.query<{ scope: string; changed_by: string; changed_at: Date }>(
+              'select scope, changed_by, changed_at from catalog.scaling_switches where scope in ($1::text, $2::text) and not enabled',
+              [GLOBAL_SCOPE, service],
+            );
+            const off = (scope: string): SwitchOff | undefined => {
+              const row = rows.find((r) => r.scope === scope);
+              return row === undefined ? undefined : { changedBy: row.changed_by, changedAt: row.changed_at };
+            };
+            return { global: off(GLOBAL_SCOPE), own: off(service) };
           },
           configuration: async () => {
             const stored = await this.readConfig(client);

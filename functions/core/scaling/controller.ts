@@ -43,6 +43,7 @@ import type {
   StopMark,
   StoredServiceState,
   Suspension,
+  SwitchOff,
   TasksReading,
   Trigger,
 } from './ports.js';
@@ -284,21 +285,33 @@ export class ScalingController {
     }
     const configVersion = control.version > 0 ? control.version : undefined;
     const base = { at: now, degraded, configVersion, warnings };
-    if (!control.globalEnabled || !control.config.enabled) return { ...base, stopped: true, decisions: [] };
+    if (!control.globalEnabled || !control.config.enabled) {
+      if (!degraded) await this.reconcileMarks(control, undefined, request.signal, warnings);
+      return { ...base, stopped: true, decisions: [] };
+    }
 
     const wanted = request.services ? new Set(request.services) : undefined;
     const services = Object.keys(control.config.services)
       .filter((s) => wanted === undefined || wanted.has(s))
       .map((s) => resolveServiceConfig(control.config, s))
       .filter((cfg) => cfg.enabled && control.serviceEnabled[cfg.service] !== false);
-    if (services.length === 0) return { ...base, stopped: false, decisions: [] };
+    if (services.length === 0) {
+      if (!degraded) await this.reconcileMarks(control, undefined, request.signal, warnings);
+      return { ...base, stopped: false, decisions: [] };
+    }
 
     const names = services.map((c) => c.service);
+    // Where the orchestrator carries the marks of a stop, every configured service is described:
+    // without the catalog, a global stop marked on only some of them (ECS refused the others)
+    // must still be seen by an evaluation of one service (an alarm's); with it, the marks of the
+    // stopped services are brought in line with the switches too. Same DescribeServices calls
+    // (10 services each) unless an evaluation is restricted to some services.
+    const described = target.markStop === undefined ? names : Object.keys(control.config.services);
     const bounds = new Map(services.map((c) => [c.service, { min: c.min_instances, max: c.max_instances }]));
-    const failAll = (what: string) => (err: unknown) => new Map<string, { ok: false; error: string }>(names.map((n) => [n, { ok: false, error: `${what}: ${messageOf(err)}` }]));
+    const failAll = (what: string, of: readonly string[] = names) => (err: unknown) => new Map<string, { ok: false; error: string }>(of.map((n) => [n, { ok: false, error: `${what}: ${messageOf(err)}` }]));
     const [metricReadings, taskReadings, suspensions] = await Promise.all([
       metrics.read(names, now, request.signal).catch(failAll('metrics unavailable')),
-      target.describe(names, request.signal).catch(failAll('task counts unavailable')),
+      target.describe(described, request.signal).catch(failAll('task counts unavailable', described)),
       registry.sync(bounds, request.signal).then(
         (synced) => {
           warnings.push(...synced.warnings);
@@ -330,7 +343,52 @@ export class ScalingController {
       this.deps.log.write(record);
       decisions.push(record);
     }
+    if (!degraded) await this.reconcileMarks(control, taskReadings, request.signal, warnings);
     return { ...base, degraded, stopped: false, decisions };
+  }
+
+  /**
+   * Brings the marks of a stop on the orchestrator in line with the catalog's switches, as read
+   * by an evaluation with the catalog: a stop or a start answered while the orchestrator refused
+   * its mark (a 503 nobody retried), or two answered at once whose marks landed in the other
+   * order, would otherwise decide the next evaluation without the catalog. Costs nothing while
+   * they agree (the tags come with DescribeServices); each difference is checked again under the
+   * service's lock, so a stop answered meanwhile (which waits for that lock) keeps its mark.
+   * A failure is a warning: the next evaluation tries again.
+   */
+  private async reconcileMarks(control: ControlState, readings: ReadonlyMap<string, TasksReading> | undefined, signal: AbortSignal | undefined, warnings: string[]): Promise<void> {
+    const { target, catalog } = this.deps;
+    const markStop = target.markStop?.bind(target);
+    if (markStop === undefined) return;
+    const all = Object.keys(control.config.services);
+    try {
+      const read = readings ?? (await target.describe(all, signal));
+      const marked = (s: string): { readonly global: boolean; readonly own: boolean } | undefined => {
+        const r = read.get(s);
+        if (r?.ok !== true) return undefined;
+        return { global: (r.stops ?? []).some((m) => m.scope === '*'), own: (r.stops ?? []).some((m) => m.scope === s) };
+      };
+      const drifted = all.filter((s) => {
+        const m = marked(s);
+        return m !== undefined && (m.global !== !control.globalEnabled || m.own !== (control.serviceEnabled[s] === false));
+      });
+      let globalDone = false;
+      for (const service of drifted) {
+        const m = marked(service);
+        if (m === undefined) continue;
+        await catalog.withServiceLock(service, async (session) => {
+          const off = await session.switchesOff();
+          const by = (sw: SwitchOff | undefined): string | undefined => (sw === undefined ? undefined : `${sw.changedBy} at ${sw.changedAt.toISOString()}`);
+          if ((off.own !== undefined) !== m.own) await markStop(service, by(off.own), signal);
+          if (!globalDone && (off.global !== undefined) !== m.global) {
+            await markStop('*', by(off.global), signal);
+            globalDone = true;
+          }
+        });
+      }
+    } catch (err) {
+      warnings.push(`the marks of the stops on the orchestrator could not be brought in line with the catalog (the next evaluation tries again): ${messageOf(err)}`);
+    }
   }
 
   /**

@@ -184,6 +184,18 @@ export type Stopper =
   | { readonly kind: 'switch'; readonly scope: string; readonly changedBy: string }
   | { readonly kind: 'config'; readonly version: number; readonly changedBy: string; readonly removed?: boolean };
 
+/** A switch that is off: who turned it off and when. */
+export interface SwitchOff {
+  readonly changedBy: string;
+  readonly changedAt: Date;
+}
+
+/** The switches that stop a service now: the global one, the service's own. */
+export interface SwitchesOff {
+  readonly global?: SwitchOff | undefined;
+  readonly own?: SwitchOff | undefined;
+}
+
 /** A stored configuration version and who wrote it. */
 export interface StoredControlConfig {
   readonly version: number;
@@ -202,6 +214,13 @@ export interface ServiceSession {
    * state must still hold its change back.
    */
   stoppedBy(): Promise<Stopper | undefined>;
+  /**
+   * The switches (POST /stop) that are off now, read under the lock: the global one and the
+   * service's own, each with who turned it off and when. The controller brings the marks of a
+   * stop on the orchestrator in line with these; read under the lock, a stop answered meanwhile
+   * waits for the lock (the catalog's awaitChangesInFlight), so its mark is never cleared.
+   */
+  switchesOff(): Promise<SwitchesOff>;
   /**
    * The stored configuration now, read under the lock (`undefined` while none was ever stored):
    * a `dry_run` or bounds change answered after the evaluation loaded its control state must

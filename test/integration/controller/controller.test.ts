@@ -4,7 +4,7 @@
  * the catalog going away and coming back, and alarms in a scale-out cooldown.
  */
 import { GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
-import { DescribeServicesCommand, UpdateServiceCommand } from '@aws-sdk/client-ecs';
+import { DescribeServicesCommand, TagResourceCommand, UpdateServiceCommand } from '@aws-sdk/client-ecs';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
@@ -95,7 +95,7 @@ describe('controller with its catalog', () => {
     expect((await store.listDecisions())[0]).toMatchObject({ trigger: 'api', actor: 'alice', outcome: 'unchanged' });
   });
 
-  it('does nothing at all while the global switch is off', async () => {
+  it('changes nothing while the global switch is off, only reading (and marking) the stop on the ECS services', async () => {
     const { store } = await freshCatalog();
     await store.setSwitch({ scope: '*', enabled: false, actor: 'alice', reason: 'maintenance' });
     givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
@@ -103,7 +103,8 @@ describe('controller with its catalog', () => {
     const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
 
     expect(result.stopped).toBe(true);
-    expect([cw.calls().length, ecs.calls().length, aas.calls().length]).toEqual([0, 0, 0]);
+    expect([cw.calls().length, aas.calls().length, ecs.commandCalls(UpdateServiceCommand).length]).toEqual([0, 0, 0]);
+    expect(ecs.commandCalls(TagResourceCommand).map((c) => c.args[0].input.tags?.map((t) => t.key))).toEqual([['ca-dms-scaling:stopped-all']]);
     expect(await store.listDecisions()).toEqual([]);
   });
 
@@ -115,7 +116,8 @@ describe('controller with its catalog', () => {
     const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
 
     expect(result.decisions).toEqual([]);
-    expect(ecs.calls()).toHaveLength(0);
+    expect(ecs.commandCalls(UpdateServiceCommand)).toHaveLength(0);
+    expect(ecs.commandCalls(TagResourceCommand).map((c) => c.args[0].input.tags?.map((t) => t.key))).toEqual([['ca-dms-scaling:stopped']]);
   });
 
   it('does not scale in while a deployment is in progress', async () => {

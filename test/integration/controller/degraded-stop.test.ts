@@ -18,6 +18,7 @@ import {
   type TagResourceCommandInput,
   type UntagResourceCommandInput,
 } from '@aws-sdk/client-ecs';
+import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CloudWatchMetricsSource } from '../../../functions/adapters/aws/cloudwatch-metrics.js';
@@ -184,7 +185,7 @@ describe('an evaluation without the catalog after a stop answered by the API', (
     expect([...tags.values()].every((t) => !t.has(STOPPED_TAG) && !t.has(STOPPED_ALL_TAG))).toBe(true);
   });
 
-  it('leaves the mark alone while the catalog is reachable: the catalog decides', async () => {
+  it('follows the catalog while it is reachable, and clears a mark the catalog no longer holds', async () => {
     const { api, store } = await setup();
     givenEcs({ running: 3, desired: 3 });
     await api.setEnabled(false, { service: 'svc-0' }, 'alice');
@@ -198,6 +199,7 @@ describe('an evaluation without the catalog after a stop answered by the API', (
       ['ca-dms-svc-0', 4],
       ['ca-dms-svc-1', 4],
     ]);
+    expect([...tags.values()].some((t) => t.has(STOPPED_TAG))).toBe(false);
   });
 
   it('answers a stop ECS refused to mark with a 503 saying the stop is stored but not seen without the catalog', async () => {
@@ -227,5 +229,194 @@ describe('an evaluation without the catalog after a stop answered by the API', (
       "the start is stored and in force for every evaluation that reaches the catalog, but the stop's mark could not be cleared from the services (EcsTagError: ECS UntagResource ca-dms/ca-dms-svc-0 failed: InvalidParameterException: The tag key is reserved): an evaluation without the catalog leaves them unscaled; POST /start again to retry",
     );
     expect((await store.loadControl()).serviceEnabled['svc-0']).toBe(true);
+  });
+});
+
+describe('the marks of a stop kept in line with the catalog', () => {
+  it('clears a mark a start could not clear on the next evaluation with the catalog, so the next outage scales the service', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    givenCpu(50);
+    await api.setEnabled(false, { service: 'svc-0' }, 'alice');
+    ecs.on(UntagResourceCommand).rejects(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' }));
+    const refused = await api.setEnabled(true, { service: 'svc-0' }, 'alice').catch((err: unknown) => err);
+    ecs.on(UntagResourceCommand).callsFake((input: UntagResourceCommandInput) => {
+      for (const key of input.tagKeys ?? []) tags.get(input.resourceArn ?? '')?.delete(key);
+      return {};
+    });
+    const clock = new ManualClock(T0);
+    const controller = controllerFor({ topology, catalog: store, fallback: CONFIG, clock });
+
+    const healthy = await controller.evaluate({ trigger: 'schedule' });
+    await proxy.cut();
+    clock.advance(60_000);
+    givenCpu(95);
+    const degraded = await controller.evaluate({ trigger: 'schedule' });
+
+    expect(refused).toBeInstanceOf(UnavailableError);
+    expect(healthy.degraded).toBe(false);
+    expect([...tags.values()].some((t) => t.has(STOPPED_TAG))).toBe(false);
+    expect(degraded.degraded).toBe(true);
+    expect(updates()).toEqual([
+      ['ca-dms-svc-0', 4],
+      ['ca-dms-svc-1', 4],
+    ]);
+  });
+
+  it('marks a stop ECS refused to mark on the next evaluation with the catalog, so the next outage leaves it stopped', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    givenCpu(50);
+    ecs.on(TagResourceCommand).rejects(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' }));
+    const refused = await api.setEnabled(false, { service: 'svc-0' }, 'alice').catch((err: unknown) => err);
+    ecs.on(TagResourceCommand).callsFake((input: TagResourceCommandInput) => {
+      const own = tags.get(input.resourceArn ?? '') ?? new Map<string, string>();
+      for (const t of input.tags ?? []) own.set(t.key ?? '', t.value ?? '');
+      tags.set(input.resourceArn ?? '', own);
+      return {};
+    });
+    const clock = new ManualClock(T0);
+    const controller = controllerFor({ topology, catalog: store, fallback: CONFIG, clock });
+
+    await controller.evaluate({ trigger: 'schedule' });
+    await proxy.cut();
+    givenCpu(95);
+    const degraded = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock }).evaluate({ trigger: 'schedule' });
+
+    expect(refused).toBeInstanceOf(UnavailableError);
+    expect(degraded.degraded).toBe(true);
+    expect(updates()).toEqual([['ca-dms-svc-1', 4]]);
+    expect(degraded.decisions.find((d) => d.service === 'svc-0')?.blocked.find((b) => b.kind === 'disabled')?.message).toMatch(/^scaling of svc-0 was stopped by alice at /);
+  });
+
+  it('does not clear the mark of a stop answered while the evaluation was under way', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    givenCpu(50);
+    let answered = false;
+    ecs.on(DescribeServicesCommand).callsFake(async (input: DescribeServicesCommandInput) => {
+      // The stop is answered (stored, then marked) after the evaluation read the switches.
+      if (!answered && input.include?.includes('TAGS') === true) {
+        answered = true;
+        await api.setEnabled(false, { service: 'svc-0' }, 'alice');
+      }
+      return {
+        services: (input.services ?? []).map((name) => {
+          const service = ecsService(name, { running: 3, desired: 3 });
+          const own = tags.get(service.serviceArn ?? '');
+          return input.include?.includes('TAGS') === true && own !== undefined ? { ...service, tags: [...own].map(([key, value]) => ({ key, value })) } : service;
+        }),
+      };
+    });
+
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    expect(answered).toBe(true);
+    expect((await store.loadControl()).serviceEnabled['svc-0']).toBe(false);
+    expect([...tags.values()].filter((t) => t.has(STOPPED_TAG))).toHaveLength(1);
+  });
+});
+
+describe('an alarm evaluation of one service without the catalog', () => {
+  it('heeds a global stop that ECS marked on another service only', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    ecs.on(TagResourceCommand, { resourceArn: 'arn:aws:ecs:eu-west-1:123456789012:service/ca-dms/ca-dms-svc-1' }).rejects(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' }));
+    const refused = await api.setEnabled(false, {}, 'bob').catch((err: unknown) => err);
+    await proxy.cut();
+    givenCpu(95);
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'alarm', services: ['svc-1'] });
+
+    expect(refused).toBeInstanceOf(UnavailableError);
+    expect([...tags.values()].filter((t) => t.has(STOPPED_ALL_TAG))).toHaveLength(1);
+    expect(result.degraded).toBe(true);
+    expect(updates()).toEqual([]);
+    expect(result.decisions.map((d) => [d.service, d.outcome])).toEqual([['svc-1', 'blocked']]);
+  });
+});
+
+describe('what an evaluation without the catalog heeds, against what the catalog says', () => {
+  type Op = { readonly scope: '*' | 'svc-0' | 'svc-1'; readonly enabled: boolean };
+  const ops = fc.array(fc.record({ scope: fc.constantFrom<Op['scope']>('*', 'svc-0', 'svc-1'), enabled: fc.boolean() }), { minLength: 1, maxLength: 8 });
+
+  /** Runs the stops and starts (each ECS tag call refused when its flag says so), then compares. */
+  async function stoppedBothWays(
+    ctx: { api: ScalingApiPort; store: CatalogStore; db: pg.Pool },
+    sequence: readonly Op[],
+    refusals: readonly boolean[],
+    healthyFirst: boolean,
+  ): Promise<{ catalog: string[]; marks: string[] }> {
+    await ctx.db.query('delete from catalog.scaling_switches');
+    givenEcs({ running: 3, desired: 3 });
+    ecs.resetHistory();
+    let call = 0;
+    const refused = (): boolean => refusals.length > 0 && refusals[call++ % refusals.length] === true;
+    const throttled = Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' });
+    ecs.on(TagResourceCommand).callsFake((input: TagResourceCommandInput) => {
+      if (refused()) throw throttled;
+      const own = tags.get(input.resourceArn ?? '') ?? new Map<string, string>();
+      for (const t of input.tags ?? []) own.set(t.key ?? '', t.value ?? '');
+      tags.set(input.resourceArn ?? '', own);
+      return {};
+    });
+    ecs.on(UntagResourceCommand).callsFake((input: UntagResourceCommandInput) => {
+      if (refused()) throw throttled;
+      for (const key of input.tagKeys ?? []) tags.get(input.resourceArn ?? '')?.delete(key);
+      return {};
+    });
+    for (const op of sequence) {
+      await ctx.api.setEnabled(op.enabled, op.scope === '*' ? {} : { service: op.scope }, 'alice').catch((err: unknown) => {
+        if (!(err instanceof UnavailableError)) throw err;
+      });
+    }
+    call = 0;
+    if (healthyFirst) {
+      // ECS answers again: the next evaluation with the catalog.
+      refusals = [];
+      givenCpu(50);
+      await controllerFor({ topology, catalog: ctx.store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    }
+    const control = await ctx.store.loadControl();
+    const catalog = NAMES.filter((s) => !control.globalEnabled || control.serviceEnabled[s] === false);
+    await proxy.cut();
+    try {
+      givenCpu(95);
+      const result = await controllerFor({ topology, catalog: ctx.store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+      expect(result.degraded).toBe(true);
+      const marks = result.decisions.filter((d) => d.blocked.some((b) => b.kind === 'disabled')).map((d) => d.service);
+      return { catalog, marks };
+    } finally {
+      await proxy.restore();
+    }
+  }
+
+  async function context(): Promise<{ api: ScalingApiPort; store: CatalogStore; db: pg.Pool }> {
+    const { api, store } = await setup();
+    const db = new pg.Pool({ connectionString: server.urlFor(`degraded_stop_${dbCount}`), max: 1 });
+    pools.push(db);
+    return { api, store, db };
+  }
+
+  it('stops exactly the services the catalog stops after any stops and starts ECS marked', async () => {
+    const ctx = await context();
+    await fc.assert(
+      fc.asyncProperty(ops, async (sequence) => {
+        const { catalog, marks } = await stoppedBothWays(ctx, sequence, [], false);
+        expect(marks).toEqual(catalog);
+      }),
+      { numRuns: 12 },
+    );
+  });
+
+  it('stops exactly the services the catalog stops once an evaluation with the catalog followed stops and starts ECS partly refused to mark', async () => {
+    const ctx = await context();
+    await fc.assert(
+      fc.asyncProperty(ops, fc.array(fc.boolean(), { minLength: 1, maxLength: 6 }), async (sequence, refusals) => {
+        const { catalog, marks } = await stoppedBothWays(ctx, sequence, refusals, true);
+        expect(marks).toEqual(catalog);
+      }),
+      { numRuns: 12 },
+    );
   });
 });
