@@ -15,7 +15,7 @@ import { parseTopology, type Topology } from '../../functions/adapters/aws/topol
 import { parseScalingConfig } from '../../functions/core/scaling/config.js';
 import { ScalingController } from '../../functions/core/scaling/controller.js';
 import { getPolicy } from '../../functions/core/scaling/policies/index.js';
-import type { Clock, ControllerCatalog, DecisionLog, DecisionRecord, PolicyLookup } from '../../functions/core/scaling/ports.js';
+import type { Clock, ControllerCatalog, DecisionLog, DecisionRecord, PolicyLookup, ScalingTarget } from '../../functions/core/scaling/ports.js';
 
 /** Service names `svc-0` .. `svc-(n-1)`. */
 export function serviceNames(n: number): string[] {
@@ -107,10 +107,12 @@ export function controllerFor(opts: {
   log?: DecisionLog;
   backlogLimit?: number;
   policies?: PolicyLookup;
+  /** The orchestrator; default ECS through the (mocked) SDK client. */
+  target?: ScalingTarget;
 }): ScalingController {
   return new ScalingController({
     metrics: new CloudWatchMetricsSource({ client: new CloudWatchClient({ region: 'eu-west-1' }), topology: opts.topology }),
-    target: new EcsScalingTarget({ client: new ECSClient({ region: 'eu-west-1' }), topology: opts.topology }),
+    target: opts.target ?? new EcsScalingTarget({ client: new ECSClient({ region: 'eu-west-1' }), topology: opts.topology }),
     registry: new AppAutoScalingRegistry({ client: new ApplicationAutoScalingClient({ region: 'eu-west-1' }), topology: opts.topology }),
     catalog: opts.catalog,
     clock: opts.clock,

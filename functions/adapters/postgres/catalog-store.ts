@@ -31,7 +31,7 @@ import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, LeaseOut
 import type { Block, Direction, MetricsSnapshot, Reason, ServiceState } from '../../core/scaling/types.js';
 import { LeaseError, LeaseStore } from './lease-store.js';
 import { serverTimeoutMs } from './deadline.js';
-import { SERVICE_LOCK_IDLE_MS } from './statement-bounds.js';
+import { SERVICE_LOCK_IDLE_MS, serviceLockCallBoundMs } from './statement-bounds.js';
 import { inTransaction } from './transaction.js';
 
 /** A catalog operation failed (connection, query); `cause` holds the driver's error. */
@@ -458,7 +458,11 @@ export class CatalogStore implements ControllerCatalog {
         const { rows } = await client.query<{ locked: boolean }>(lock, [service]);
         // Another evaluation holds the service: the empty transaction just ends.
         if (rows[0]?.locked !== true) return { acquired: false } as const;
+        // Counted from the lock's taking, before any statement that restarts the server's idle
+        // clock: the call it cuts ends ahead of the server's bound by the margin at least.
+        const expiring = AbortSignal.timeout(serviceLockCallBoundMs(idleMs));
         const session: ServiceSession = {
+          expiring,
           loadState: async () => (await client.query<{ state: StoredServiceState }>('select state from catalog.service_state where service = $1', [service])).rows[0]?.state,
           stoppedBy: async () => {
             const { rows } = await client.query<{ scope: string; changed_by: string }>(

@@ -32,3 +32,18 @@ export const CATALOG_QUERY_TIMEOUT_MS = CATALOG_STATEMENT_TIMEOUT_MS + 2000;
  * test/integration/controller/service-lock-idle-bound.test.ts holds the two apart), so a healthy slow call is never cut.
  */
 export const SERVICE_LOCK_IDLE_MS = 55_000;
+
+/**
+ * What a transaction holding a service's lock keeps of its idle bound after the call made under
+ * it has been cut (`ServiceSession.expiring`): the client-side gaps before its last statements and
+ * its commit, on a live connection (the server counts only idle time, not a running statement).
+ * At most a third of the bound (a short one, in tests). With {@link SERVICE_LOCK_IDLE_MS}, the
+ * call is cut 51 s after the lock was taken: later than the slowest call the SDK's retry settings
+ * allow (`sdkCallBoundMs`, 50 s).
+ */
+export const SERVICE_LOCK_COMMIT_MARGIN_MS = 4_000;
+
+/** When, after its lock was taken, a call made under a service's lock held `idleMs` at most is cut. */
+export function serviceLockCallBoundMs(idleMs: number): number {
+  return idleMs - Math.min(SERVICE_LOCK_COMMIT_MARGIN_MS, Math.floor(idleMs / 3));
+}

@@ -490,7 +490,18 @@ export class ScalingController {
           // catalog's awaitChangesInFlight), so none answered before the call is missed.
           const held = await this.heldMeanwhile(plan, inputs.cfg, session);
           if (held !== undefined) heldBack = held;
-          const outcome = held ?? (await this.apply(plan, ctx));
+          // Cut before the catalog ends this transaction by itself: the lock freed meanwhile, a
+          // stop would be answered while the call (an SDK retry) could still change the count.
+          const signal = ctx.request.signal === undefined ? session.expiring : AbortSignal.any([ctx.request.signal, session.expiring]);
+          const outcome = held ?? (await this.apply(plan, { ...ctx, request: { ...ctx.request, signal } }));
+          if (held === undefined && outcome.record.outcome === 'failed' && signal.aborted) {
+            // Cut (by this bound or by the invocation's budget), the request may have reached ECS
+            // already: whether the change took effect is unknown. `pending` stays stored, as after a
+            // crash, and the next evaluation records it as applied or failed from the desired count
+            // the service reports.
+            const by = session.expiring.aborted ? "before the catalog would end the transaction holding the service's lock" : "at the evaluation's deadline";
+            return { state: plan.state, record: { ...outcome.record, error: `${outcome.record.error ?? 'the call was cut'}: cut ${by}; whether the change took effect is unknown, it stays pending and the next evaluation records it from the desired count the service reports` } };
+          }
           if (held === undefined) done = outcome;
           await session.saveState(outcome.state);
           await session.recordDecision(outcome.record);

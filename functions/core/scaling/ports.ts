@@ -229,6 +229,13 @@ export interface ServiceSession {
   configuration(): Promise<StoredControlConfig | undefined>;
   saveState(state: StoredServiceState): Promise<void>;
   recordDecision(record: DecisionRecord): Promise<void>;
+  /**
+   * Aborts shortly before the catalog would end this session's transaction on its own (the
+   * lock's idle bound), with time left to record and commit: a call made under the lock (the
+   * orchestrator asked for a change) must end by then, or the lock is freed, and a stop
+   * answered, while it is still under way.
+   */
+  readonly expiring: AbortSignal;
 }
 
 /** The decisions taken while the catalog was away, delivered once it is back. */

@@ -4,16 +4,23 @@
  * frozen mid-call, its connection left open) must not hold it, and every stop waiting for it,
  * beyond a bound the server itself enforces.
  */
+import { setTimeout as delay } from 'node:timers/promises';
+import { ECSClient } from '@aws-sdk/client-ecs';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sdkCallBoundMs, SDK_CLIENT_OPTIONS } from '../../../functions/adapters/aws/client-options.js';
+import { EcsScalingTarget, EcsUpdateError } from '../../../functions/adapters/aws/ecs-target.js';
 import { CatalogError, CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
-import { SERVICE_LOCK_IDLE_MS } from '../../../functions/adapters/postgres/statement-bounds.js';
+import { SERVICE_LOCK_IDLE_MS, serviceLockCallBoundMs } from '../../../functions/adapters/postgres/statement-bounds.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { controllerFor, givenOneService, ManualClock, mockControllerAws, topologyOf } from '../../support/scaling-fixtures.js';
 
 const CONFIG = { policy: 'threshold', services: { 'svc-0': {} } };
+const aws = mockControllerAws();
+const T0 = Date.UTC(2026, 0, 5, 12, 0, 0);
+const topology = topologyOf(1);
 
 let server: TestPostgres;
 const pools: pg.Pool[] = [];
@@ -27,7 +34,8 @@ afterAll(async () => {
   await server.stop();
 });
 
-async function freshCatalog(serviceLockIdleMs?: number): Promise<{ store: CatalogStore; database: string }> {
+/** A fresh catalog: the evaluating controller's store (`serviceLockIdleMs`) and the API's, each on its own pool. */
+async function freshCatalog(serviceLockIdleMs?: number): Promise<{ store: CatalogStore; api: CatalogStore; database: string }> {
   const database = `lock_idle_${++dbCount}`;
   const admin = new pg.Client({ connectionString: server.url });
   await admin.connect();
@@ -36,8 +44,11 @@ async function freshCatalog(serviceLockIdleMs?: number): Promise<{ store: Catalo
   const pool = new pg.Pool({ connectionString: server.urlFor(database), max: 4 });
   pool.on('error', () => undefined);
   pools.push(pool);
+  const apiPool = new pg.Pool({ connectionString: server.urlFor(database), max: 2 });
+  pools.push(apiPool);
   await migrateAll({ catalog: pool, shards: [] });
-  return { store: new CatalogStore(pool, { defaults: parseScalingConfig(CONFIG), ...(serviceLockIdleMs === undefined ? {} : { serviceLockIdleMs }) }), database };
+  const defaults = parseScalingConfig(CONFIG);
+  return { store: new CatalogStore(pool, { defaults, ...(serviceLockIdleMs === undefined ? {} : { serviceLockIdleMs }) }), api: new CatalogStore(apiPool, { defaults }), database };
 }
 
 /** A session holding `svc-0`'s lock whose client then goes quiet until `release` (the ECS call of a frozen Lambda). */
@@ -61,6 +72,18 @@ function holdLockSilently(store: CatalogStore): { held: Promise<void>; release: 
       (error: unknown) => error,
     );
   return { held, release, done };
+}
+
+/** The desired count of the change stored as `svc-0`'s `pending` (undefined when none). */
+async function pendingTo(database: string): Promise<number | undefined> {
+  const admin = new pg.Client({ connectionString: server.urlFor(database) });
+  await admin.connect();
+  try {
+    const { rows } = await admin.query<{ to: number | null }>(`select (state->'pending'->>'to')::int as to from catalog.service_state where service = 'svc-0'`);
+    return rows[0]?.to ?? undefined;
+  } finally {
+    await admin.end();
+  }
 }
 
 /** What `promise` settled with, or 'still waiting' once `ms` passed (a liveness bound, not a timing assertion). */
@@ -114,5 +137,78 @@ describe("the service lock's life on the server", () => {
   it('holds the lock by default longer than the longest ECS call the SDK settings allow', () => {
     expect(sdkCallBoundMs(SDK_CLIENT_OPTIONS)).toBe(4 * (2_000 + 5_000) + (1_000 + 5_000) + (2_000 + 5_000) + (4_000 + 5_000));
     expect(SERVICE_LOCK_IDLE_MS).toBeGreaterThan(sdkCallBoundMs(SDK_CLIENT_OPTIONS));
+    expect(serviceLockCallBoundMs(SERVICE_LOCK_IDLE_MS)).toBeGreaterThan(sdkCallBoundMs(SDK_CLIENT_OPTIONS));
+  });
+});
+
+/**
+ * ECS answering UpdateService slowly (a response trickling in: the SDK's requestTimeout only
+ * counts socket silence), for `slowMs`, unless the caller's signal cuts the call first, as the
+ * SDK's request handler does; what happened, in order, in `events`.
+ */
+class SlowEcs extends EcsScalingTarget {
+  readonly events: string[] = [];
+  constructor(private readonly slowMs: number) {
+    super({ client: new ECSClient({ region: 'eu-west-1' }), topology });
+  }
+  override async setDesired(service: string, desired: number, signal?: AbortSignal): Promise<void> {
+    this.events.push(`UpdateService ${desired} sent`);
+    try {
+      await delay(this.slowMs, undefined, signal === undefined ? {} : { signal });
+    } catch (err) {
+      this.events.push(`UpdateService ${desired} cut`);
+      throw new EcsUpdateError(`ECS UpdateService desiredCount=${desired} failed: AbortError: Request aborted`, { cause: err });
+    }
+    await super.setDesired(service, desired);
+    this.events.push(`UpdateService ${desired} answered`);
+  }
+}
+
+describe('an evaluation whose ECS call outlasts the bound on the idle service lock', () => {
+  it('cuts the call before the server ends the transaction, so a stop waiting for the lock is answered only after it', async () => {
+    const { store, api } = await freshCatalog(300);
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    const ecs = new SlowEcs(1_500);
+    const evaluation = controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0), target: ecs }).evaluate({ trigger: 'schedule' });
+    while (ecs.events.length === 0) await delay(10);
+
+    await api.setSwitch({ scope: 'svc-0', enabled: false, actor: 'alice' });
+    ecs.events.push('stop answered');
+    const result = await evaluation;
+
+    expect(ecs.events).toEqual(['UpdateService 4 sent', 'UpdateService 4 cut', 'stop answered']);
+    expect(result.warnings).toEqual([]);
+    expect(result.decisions[0]?.error).toMatch(/whether the change took effect is unknown, it stays pending/);
+  });
+
+  it('leaves a change whose call was cut pending, and the next evaluation records it from the count the service reports', async () => {
+    const { store, database } = await freshCatalog(300);
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0), target: new SlowEcs(1_500) }).evaluate({ trigger: 'schedule' });
+    const afterCut = { pending: await pendingTo(database), recorded: (await store.listDecisions({ service: 'svc-0' })).length };
+
+    // The request had reached ECS: the service reports the new count.
+    givenOneService(aws, { 'svc-0': { cpu: 60, mem: 50 } }, { running: 4, desired: 4 });
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0 + 60_000), target: new SlowEcs(0) }).evaluate({ trigger: 'schedule' });
+    const history = await store.listDecisions({ service: 'svc-0' });
+
+    expect(afterCut).toEqual({ pending: 4, recorded: 0 });
+    expect(history.map((d) => [d.from, d.to, d.outcome, d.reasons.at(-1)?.rule])).toContainEqual([3, 4, 'applied', 'recorded_after_stop']);
+    expect(history.filter((d) => d.to === 4 && d.from === 3)).toHaveLength(1);
+    expect(await pendingTo(database)).toBeUndefined();
+  });
+
+  it("leaves a change whose call was cut at the evaluation's deadline pending, not recorded as failed, for the next evaluation to record", async () => {
+    const { store, database } = await freshCatalog();
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0), target: new SlowEcs(1_500) }).evaluate({ trigger: 'schedule', signal: AbortSignal.timeout(300) });
+    const afterCut = { pending: await pendingTo(database), recorded: (await store.listDecisions({ service: 'svc-0' })).map((d) => d.outcome) };
+
+    givenOneService(aws, { 'svc-0': { cpu: 60, mem: 50 } }, { running: 4, desired: 4 });
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0 + 60_000), target: new SlowEcs(0) }).evaluate({ trigger: 'schedule' });
+    const history = await store.listDecisions({ service: 'svc-0' });
+
+    expect(afterCut).toEqual({ pending: 4, recorded: [] });
+    expect(history.filter((d) => d.from === 3 && d.to === 4).map((d) => [d.outcome, d.reasons.at(-1)?.rule])).toEqual([['applied', 'recorded_after_stop']]);
   });
 });
