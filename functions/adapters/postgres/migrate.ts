@@ -65,7 +65,11 @@ export interface RunMigrationsOptions {
    * @default 5000
    */
   readonly lockTimeoutMs?: number;
-  /** Attempts at a migration whose statement gave up waiting for a lock (SQLSTATE 55P03). @default 5 */
+  /**
+   * Attempts at a migration whose statement gave up waiting for a lock (SQLSTATE 55P03); also
+   * bounds the immediate retries of one that missed a role another database's migration created
+   * meanwhile. @default 5
+   */
   readonly lockAttempts?: number;
   /**
    * Pause between those attempts (the defaults: 5 waits of 5 s and 4 pauses of 10 s, about a
@@ -217,6 +221,7 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
           // like a lock timeout.
           if (err instanceof MigrationError) throw err;
           const code = (err as { code?: unknown }).code;
+          if (attempt < attempts && (await createdMeanwhile(client, err))) continue;
           if (code !== LOCK_NOT_AVAILABLE && code !== DEADLOCK_DETECTED) {
             throw new MigrationError(`${set}: migration ${mig.name} failed: ${(err as Error).message}`, { cause: err });
           }
@@ -239,6 +244,28 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
   } finally {
     client.release();
   }
+}
+
+/** How PostgreSQL names a role it did not find (SQLSTATE 42704, undefined_object). */
+const ROLE_NOT_FOUND = /^role "(.+)" does not exist$/;
+
+/**
+ * True when the migration failed on a role that exists now: another database's migration on the
+ * same server created it while this one ran. Roles belong to the server, and the migrations create
+ * theirs tolerantly (`create role` catching duplicate_object and unique_violation), but the
+ * tolerance is not enough: when the other session commits the role between this `create role`'s
+ * lookup (none) and its insert (unique_violation, caught), this session's catalog cache still
+ * holds the role as absent, so the migration's next grant to it fails with "role ... does not
+ * exist" (sharding migration 004 when two catalogs of one server were migrated at once: 2 runs in
+ * 40). Not an advisory lock around role creation: those belong to one database, not to the
+ * server. The migration was rolled back; its next attempt, in a new transaction, sees the role.
+ */
+async function createdMeanwhile(client: pg.PoolClient, err: unknown): Promise<boolean> {
+  if ((err as { code?: unknown }).code !== '42704') return false;
+  const role = ROLE_NOT_FOUND.exec((err as Error).message)?.[1];
+  if (role === undefined) return false;
+  const { rows } = await client.query('select 1 from pg_catalog.pg_roles where rolname operator(pg_catalog.=) $1::pg_catalog.text', [role]);
+  return rows.length > 0;
 }
 
 /**
