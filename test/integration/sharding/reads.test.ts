@@ -9,6 +9,7 @@ import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { createShardReader, ShardReadError, type ShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
 import { routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
 import { countSlot, keysInSlot, primaryReads, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { laggingReplicaReader } from './fixtures/lagging-replica.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -244,25 +245,7 @@ describe('documents API reads that ask every shard', () => {
       const snapshot = (await holder.query<{ s: string }>('select pg_export_snapshot() as s')).rows[0]?.s as string;
       const mover = env.mover({ readerGraceMs: 0 });
       expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
-      const lagging: Pick<ReplicaReader, 'query'> = {
-        async query<R extends pg.QueryResultRow>(shardId: string, text: string, values: unknown[] = [], options?: { readonly primary?: boolean }) {
-          const pool = env.shards.get(shardId) as pg.Pool;
-          if (shardId !== to || options?.primary === true) {
-            const r = await pool.query<R>(text, values);
-            return { rows: r.rows, rowCount: r.rowCount, servedBy: `${shardId}/${options?.primary === true ? 'primary' : 'replica-1'}` };
-          }
-          const client = await pool.connect();
-          try {
-            await client.query('begin isolation level repeatable read read only');
-            await client.query(`set transaction snapshot '${snapshot}'`);
-            const r = await client.query<R>(text, values);
-            await client.query('commit');
-            return { rows: r.rows, rowCount: r.rowCount, servedBy: `${shardId}/replica-1` };
-          } finally {
-            client.release();
-          }
-        },
-      };
+      const lagging = laggingReplicaReader(env.shards, to, () => snapshot);
       const api = await documentsApi(lagging);
       try {
         const found = await api.get<FoundDocument>(`/api/v1/documents/${doc}`);

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
 import type { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { laggingReplicaReader } from './fixtures/lagging-replica.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -128,25 +129,7 @@ describe('GET /users while replicas lag a move', () => {
         },
       });
       expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
-      const lagging: Pick<ReplicaReader, 'query'> = {
-        async query<R extends pg.QueryResultRow>(shardId: string, text: string, values: unknown[] = [], options?: { readonly primary?: boolean }) {
-          const pool = env.shards.get(shardId) as pg.Pool;
-          if (shardId !== to || options?.primary === true) {
-            const r = await pool.query<R>(text, values);
-            return { rows: r.rows, rowCount: r.rowCount, servedBy: `${shardId}/${options?.primary === true ? 'primary' : 'replica-1'}` };
-          }
-          const client = await pool.connect();
-          try {
-            await client.query('begin isolation level repeatable read read only');
-            await client.query(`set transaction snapshot '${snapshot as string}'`);
-            const r = await client.query<R>(text, values);
-            await client.query('commit');
-            return { rows: r.rows, rowCount: r.rowCount, servedBy: `${shardId}/replica-1` };
-          } finally {
-            client.release();
-          }
-        },
-      };
+      const lagging = laggingReplicaReader(env.shards, to, () => snapshot as string);
       const api = await documentsApi(lagging);
       try {
         const users = await api.request<UsersPage>('GET', '/api/v1/users?limit=200');
