@@ -12,6 +12,7 @@
 import type { MetricsSource, Clock, ScalingTarget, TasksReading } from '../core/scaling/ports.js';
 import { resolveServiceConfig, POLICY_NAMES, type ScalingConfig } from '../core/scaling/config.js';
 import { toSnapshot, type ScalingController } from '../core/scaling/controller.js';
+import { configMarkValue, disabledByConfig } from '../core/scaling/stop-marks.js';
 import { lastEventIn } from '../core/scaling/policies/common.js';
 import { recommend, type HistoryDecision, type PolicyReplay, type ShardFacts } from '../core/scaling/recommendations.js';
 import { contestantsFor } from '../core/scaling/simulator/anchors.js';
@@ -22,7 +23,7 @@ import { RebalancePlanError, RoutingError } from '../core/sharding/errors.js';
 import { canonicalKey } from '../core/sharding/keys.js';
 import type { ShardRouter } from '../core/sharding/router.js';
 import { moveRoutingOf } from '../core/sharding/move-machine.js';
-import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredDecision } from '../adapters/postgres/catalog-store.js';
+import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredConfig, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
 import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
@@ -234,6 +235,46 @@ function jobView(job: MoveJob): MoveJobView {
 /** Builds the port. */
 export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
   const { catalog, controller, target, metrics, clock } = deps;
+
+  /**
+   * Marks on the services (ECS tags) the `enabled: false` a configuration version stores, as a
+   * stop is marked, so an evaluation without the catalog heeds it too: every scope the version
+   * disables is marked (again: a retried change retries the marks), and a scope the version before
+   * disabled and this one enables is cleared unless its switch still stops it. After the catalog's
+   * write and its wait for the evaluations in flight, like a stop's mark; a refusal answers 503
+   * saying the version is stored (the next evaluation with the catalog also repairs the marks).
+   */
+  const markConfigStops = async (before: ScalingConfig | undefined, stored: StoredConfig): Promise<void> => {
+    const markStop = target.markStop?.bind(target);
+    if (markStop === undefined) return;
+    const scopes = ['*', ...Object.keys(stored.config.services)];
+    const marked = scopes.filter((s) => disabledByConfig(stored.config, s));
+    const lifted = scopes.filter((s) => !disabledByConfig(stored.config, s) && before !== undefined && disabledByConfig(before, s));
+    const failed = { mark: [] as string[], clear: [] as string[] };
+    const why = (err: unknown): string => (err instanceof Error ? `${err.name}: ${err.message}` : String(err));
+    for (const scope of marked) {
+      await markStop(scope, configMarkValue(stored.changedBy, stored.version, stored.changedAt)).catch((err: unknown) => failed.mark.push(why(err)));
+    }
+    if (lifted.length > 0) {
+      try {
+        const off = new Set((await catalog.getSwitches()).filter((sw) => !sw.enabled).map((sw) => sw.scope));
+        for (const scope of lifted.filter((s) => !off.has(s))) await markStop(scope, undefined).catch((err: unknown) => failed.clear.push(why(err)));
+      } catch (err) {
+        failed.clear.push(why(err));
+      }
+    }
+    const stated = `configuration version ${stored.version} is stored and in force for every evaluation that reaches the catalog`;
+    if (failed.mark.length > 0) {
+      throw new UnavailableError(
+        `${stated}, but its enabled: false could not be marked on the services, where an evaluation without the catalog looks for it (${failed.mark.join('; ')}): such an evaluation would not see it; send the change again to retry the mark (the next evaluation with the catalog also marks it)`,
+      );
+    }
+    if (failed.clear.length > 0) {
+      throw new UnavailableError(
+        `${stated}, but the mark of the enabled: false it lifts could not be cleared from the services (${failed.clear.join('; ')}): an evaluation without the catalog leaves them unscaled until the next evaluation with the catalog clears it`,
+      );
+    }
+  };
 
   const sharding = (): ShardingDeps => {
     if (!deps.sharding) throw new ProblemError(404, 'sharding is not enabled (SHARDING_ENABLED=false): there are no shards to report on');
@@ -457,9 +498,11 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     },
 
     async updateConfig(change, actor, comment): Promise<ConfigEnvelope> {
+      let before: ScalingConfig | undefined;
       const stored = await available('writing the configuration', () =>
         catalog.updateConfig(
           (current) => {
+            before = current.version > 0 ? current.config : undefined;
             const document = change({ version: current.version, config: current.config as unknown as Record<string, unknown> });
             refuseUnscaledServices(document, current.config.services);
             return document;
@@ -467,6 +510,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           { actor, comment },
         ),
       );
+      await markConfigStops(before, stored);
       return { version: stored.version, updated_at: iso(stored.changedAt), updated_by: stored.changedBy, config: stored.config as unknown as Record<string, unknown> };
     },
 
@@ -475,6 +519,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       refuseUnscaledServices(document, control.config.services);
       try {
         const stored = await available('writing the configuration', () => catalog.putConfig(document, { actor, ifVersion: expectedVersion, comment }));
+        await markConfigStops(control.version > 0 ? control.config : undefined, stored);
         return { version: stored.version, updated_at: iso(stored.changedAt), updated_by: stored.changedBy, config: stored.config as unknown as Record<string, unknown> };
       } catch (err) {
         if (err instanceof ConfigVersionConflictError) throw new StaleVersionError(err.expected, err.current);
@@ -495,7 +540,14 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       // it (the call is idempotent). Marked again even when `changed` is false, for that retry.
       if (target.markStop !== undefined) {
         try {
-          await target.markStop(key, enabled ? undefined : `${actor} at ${iso(clock.now())}`);
+          // After a start, `enabled: false` in the configuration still stops the scope: its mark stays.
+          const config = enabled ? await catalog.getConfig() : undefined;
+          const by = !enabled
+            ? `${actor} at ${iso(clock.now())}`
+            : config !== undefined && disabledByConfig(config.config, key)
+              ? configMarkValue(config.changedBy, config.version, config.changedAt)
+              : undefined;
+          await target.markStop(key, by);
         } catch (err) {
           const why = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
           throw new UnavailableError(

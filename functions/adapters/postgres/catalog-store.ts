@@ -456,7 +456,11 @@ export class CatalogStore implements ControllerCatalog {
       return await inTransaction(db, `begin; set local idle_in_transaction_session_timeout = ${idleMs}`, async (client) => {
         const lock = `select true as locked from catalog.service_locks where service = $1::text for update${options.wait ? '' : ' skip locked'}`;
         const { rows } = await client.query<{ locked: boolean }>(lock, [service]);
-        // Another evaluation holds the service: the empty transaction just ends.
+        // Another evaluation holds the service, or a stop or configuration change its share lock
+        // (awaitChangesInFlight): the empty transaction just ends, the decision recorded skipped.
+        // Not waited for, even briefly: that share lock lasts one statement, an instant unless it
+        // waits for an evaluation's lock (only the same evaluation's, under the lease), and telling
+        // a share holder from an evaluation would take another statement on every skip.
         if (rows[0]?.locked !== true) return { acquired: false } as const;
         // Counted from the lock's taking, before any statement that restarts the server's idle
         // clock: the call it cuts ends ahead of the server's bound by the margin at least.

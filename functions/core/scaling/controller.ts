@@ -13,7 +13,8 @@
  *   catalog is back (beyond `backlogLimit`, a gap row records how many were logged elsewhere);
  * - a stop (global or per service) means no action at all, and dry run means decisions are
  *   recorded while nothing changes; without the catalog, a stop the orchestrator reports (the
- *   mark the API leaves beside the catalog's switch) holds every change back, recorded `blocked`.
+ *   mark the API leaves beside the catalog's switch or `enabled: false`) holds every change back,
+ *   recorded `blocked`.
  *
  * @example
  * ```ts
@@ -48,6 +49,7 @@ import type {
   Trigger,
 } from './ports.js';
 import { EVALUATION_LEASE } from './ports.js';
+import { configMarkValue, disabledByConfig } from './stop-marks.js';
 import { initialState, recordApplied, type Block, type Direction, type MetricsSnapshot, type Reason, type ScalingPolicy, type ServiceState, type TaskCounts } from './types.js';
 
 export interface ControllerDeps {
@@ -348,13 +350,16 @@ export class ScalingController {
   }
 
   /**
-   * Brings the marks of a stop on the orchestrator in line with the catalog's switches, as read
-   * by an evaluation with the catalog: a stop or a start answered while the orchestrator refused
-   * its mark (a 503 nobody retried), or two answered at once whose marks landed in the other
-   * order, would otherwise decide the next evaluation without the catalog. Costs nothing while
-   * they agree (the tags come with DescribeServices); each difference is checked again under the
-   * service's lock, so a stop answered meanwhile (which waits for that lock) keeps its mark.
-   * A failure is a warning: the next evaluation tries again.
+   * Brings the marks of a stop on the orchestrator in line with the catalog's stops, as read by
+   * an evaluation with the catalog: the switches and `enabled: false` in the stored configuration
+   * (see stop-marks.ts). A stop, a start or a configuration change answered while the
+   * orchestrator refused its mark (a 503 nobody retried), a configuration written without the
+   * API, or two answered at once whose marks landed in the other order, would otherwise decide the
+   * next evaluation without the catalog. Costs nothing while they agree (the tags come with
+   * DescribeServices); each difference is checked again under the service's lock, so a stop
+   * answered meanwhile (which waits for that lock) keeps its mark. The marking calls are bounded
+   * by the lock's `expiring` as UpdateService is. A failure is a warning: the next evaluation
+   * tries again.
    */
   private async reconcileMarks(control: ControlState, readings: ReadonlyMap<string, TasksReading> | undefined, signal: AbortSignal | undefined, warnings: string[]): Promise<void> {
     const { target, catalog } = this.deps;
@@ -368,9 +373,13 @@ export class ScalingController {
         if (r?.ok !== true) return undefined;
         return { global: (r.stops ?? []).some((m) => m.scope === '*'), own: (r.stops ?? []).some((m) => m.scope === s) };
       };
+      // `enabled: false` stored in the configuration stops a scope as its switch does (version 0:
+      // no configuration stored, the function's own is the one an evaluation without the catalog uses).
+      const byConfig = (scope: string): boolean => control.version > 0 && disabledByConfig(control.config, scope);
+      const wantGlobal = !control.globalEnabled || byConfig('*');
       const drifted = all.filter((s) => {
         const m = marked(s);
-        return m !== undefined && (m.global !== !control.globalEnabled || m.own !== (control.serviceEnabled[s] === false));
+        return m !== undefined && (m.global !== wantGlobal || m.own !== (control.serviceEnabled[s] === false || byConfig(s)));
       });
       let globalDone = false;
       for (const service of drifted) {
@@ -378,10 +387,19 @@ export class ScalingController {
         if (m === undefined) continue;
         await catalog.withServiceLock(service, async (session) => {
           const off = await session.switchesOff();
+          const stored = await session.configuration();
           const by = (sw: SwitchOff | undefined): string | undefined => (sw === undefined ? undefined : `${sw.changedBy} at ${sw.changedAt.toISOString()}`);
-          if ((off.own !== undefined) !== m.own) await markStop(service, by(off.own), signal);
-          if (!globalDone && (off.global !== undefined) !== m.global) {
-            await markStop('*', by(off.global), signal);
+          const fromConfig = (scope: string): string | undefined =>
+            stored !== undefined && disabledByConfig(stored.config, scope) ? configMarkValue(stored.changedBy, stored.version) : undefined;
+          const own = by(off.own) ?? fromConfig(service);
+          const global = by(off.global) ?? fromConfig('*');
+          // Made under the lock like UpdateService, and cut the same way before the catalog ends
+          // the transaction by itself: a stop answered once the lock is freed would otherwise
+          // have its mark overwritten by a call still under way (an SDK retry).
+          const bounded = signal === undefined ? session.expiring : AbortSignal.any([signal, session.expiring]);
+          if ((own !== undefined) !== m.own) await markStop(service, own, bounded);
+          if (!globalDone && (global !== undefined) !== m.global) {
+            await markStop('*', global, bounded);
             globalDone = true;
           }
         });
@@ -469,7 +487,13 @@ export class ScalingController {
         return plan;
       });
       if (!planned.acquired) {
-        const aside = this.skipped(inputs, ctx, 'another evaluation holds this service; stood aside');
+        // Not always another evaluation: a stop or a configuration change holds the lock shared
+        // for the instant of its wait for the evaluations in flight (longer while it waits for one).
+        const aside = this.skipped(
+          inputs,
+          ctx,
+          "the service's lock is held (by another evaluation, or by a stop or a configuration change waiting for one to finish): this evaluation stood aside and changed nothing; the next one decides",
+        );
         await this.deps.catalog.recordDecision(aside);
         return aside;
       }

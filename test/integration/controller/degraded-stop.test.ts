@@ -420,3 +420,95 @@ describe('what an evaluation without the catalog heeds, against what the catalog
     );
   });
 });
+
+describe('enabled: false written by a configuration change, then the catalog gone', () => {
+  /** The configuration in force with `patch` merged in (the services' overrides replaced as given). */
+  const patched =
+    (patch: Record<string, unknown>) =>
+    (current: { readonly config: Record<string, unknown> }): Record<string, unknown> => ({ ...current.config, ...patch });
+
+  it('does not scale out a service the configuration disabled, in a container that never read the catalog', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    await api.updateConfig(patched({ services: { 'svc-0': { enabled: false }, 'svc-1': {} } }), 'alice', 'PATCH /config');
+    await proxy.cut();
+    givenCpu(95);
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    expect(result.degraded).toBe(true);
+    expect(updates()).toEqual([['ca-dms-svc-1', 4]]);
+    const svc0 = result.decisions.find((d) => d.service === 'svc-0');
+    expect(svc0).toMatchObject({ outcome: 'blocked', from: 3, degraded: true });
+    expect(svc0?.blocked.find((b) => b.kind === 'disabled')?.message).toMatch(
+      /^scaling of svc-0 was stopped by alice at 20\d\d-.* with enabled=false in configuration version 1: the catalog is unreachable, nothing is changed$/,
+    );
+  });
+
+  it('does not scale out any service after enabled: false for the whole controller (PUT /config)', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    await api.putConfig({ ...(await api.getConfig()).config, enabled: false }, 0, 'bob');
+    await proxy.cut();
+    givenCpu(95);
+
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+
+    expect(result.degraded).toBe(true);
+    expect(updates()).toEqual([]);
+    expect(result.decisions.map((d) => [d.service, d.outcome])).toEqual([
+      ['svc-0', 'blocked'],
+      ['svc-1', 'blocked'],
+    ]);
+    expect([...tags.values()].filter((t) => t.has(STOPPED_ALL_TAG))).toHaveLength(2);
+  });
+
+  it('keeps the mark while either the switch or the configuration stops the service, and clears it once neither does', async () => {
+    const { api } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    const marked = (): boolean => [...tags.values()].some((t) => t.has(STOPPED_TAG));
+    await api.updateConfig(patched({ services: { 'svc-0': { enabled: false }, 'svc-1': {} } }), 'alice', 'PATCH /config');
+    await api.setEnabled(false, { service: 'svc-0' }, 'bob');
+    await api.setEnabled(true, { service: 'svc-0' }, 'bob');
+    const afterStart = marked();
+    await api.setEnabled(false, { service: 'svc-0' }, 'bob');
+    await api.updateConfig(patched({ services: { 'svc-0': {}, 'svc-1': {} } }), 'alice', 'PATCH /config');
+    const afterEnable = marked();
+    await api.setEnabled(true, { service: 'svc-0' }, 'bob');
+
+    expect(afterStart).toBe(true);
+    expect(afterEnable).toBe(true);
+    expect(marked()).toBe(false);
+  });
+
+  it('answers a configuration change ECS refused to mark with a 503 saying the version is stored but not seen without the catalog', async () => {
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    ecs.on(TagResourceCommand).rejects(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' }));
+
+    const answer = await api.updateConfig(patched({ services: { 'svc-0': { enabled: false }, 'svc-1': {} } }), 'alice', 'PATCH /config').catch((err: unknown) => err);
+
+    expect(answer).toBeInstanceOf(UnavailableError);
+    expect((answer as UnavailableError).message).toBe(
+      'configuration version 1 is stored and in force for every evaluation that reaches the catalog, but its enabled: false could not be marked on the services, where an evaluation without the catalog looks for it (EcsTagError: ECS TagResource ca-dms/ca-dms-svc-0 failed: ThrottlingException: Rate exceeded): such an evaluation would not see it; send the change again to retry the mark (the next evaluation with the catalog also marks it)',
+    );
+    expect((await store.loadControl()).config.services['svc-0']?.enabled).toBe(false);
+  });
+
+  it('marks enabled: false written to the catalog without the API on the next evaluation with the catalog', async () => {
+    const { store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    givenCpu(50);
+    await store.putConfig({ ...CONFIG, services: { 'svc-0': {}, 'svc-1': { enabled: false } } }, { actor: 'dba' });
+    const clock = new ManualClock(T0);
+
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock }).evaluate({ trigger: 'schedule' });
+    await proxy.cut();
+    givenCpu(95);
+    const degraded = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock }).evaluate({ trigger: 'schedule' });
+
+    expect(degraded.degraded).toBe(true);
+    expect(updates()).toEqual([['ca-dms-svc-0', 4]]);
+    expect(degraded.decisions.find((d) => d.service === 'svc-1')?.blocked.find((b) => b.kind === 'disabled')?.message).toMatch(/^scaling of svc-1 was stopped by dba with enabled=false in configuration version 1: /);
+  });
+});

@@ -13,6 +13,7 @@ import { EcsScalingTarget, EcsUpdateError } from '../../../functions/adapters/aw
 import { CatalogError, CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { SERVICE_LOCK_IDLE_MS, serviceLockCallBoundMs } from '../../../functions/adapters/postgres/statement-bounds.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
+import type { TasksReading } from '../../../functions/core/scaling/ports.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, givenOneService, ManualClock, mockControllerAws, topologyOf } from '../../support/scaling-fixtures.js';
@@ -210,5 +211,49 @@ describe('an evaluation whose ECS call outlasts the bound on the idle service lo
 
     expect(afterCut).toEqual({ pending: 4, recorded: [] });
     expect(history.filter((d) => d.from === 3 && d.to === 4).map((d) => [d.outcome, d.reasons.at(-1)?.rule])).toEqual([['applied', 'recorded_after_stop']]);
+  });
+});
+
+/**
+ * ECS reporting a stop marked on svc-0 that the catalog no longer holds (a start whose
+ * UntagResource was refused), and answering the evaluation's clearing of that mark slowly (a
+ * response trickling in), unless the caller's signal cuts the call first.
+ */
+class SlowUntagEcs extends EcsScalingTarget {
+  readonly events: string[] = [];
+  constructor(private readonly slowMs: number) {
+    super({ client: new ECSClient({ region: 'eu-west-1' }), topology });
+  }
+  override async describe(services: readonly string[], signal?: AbortSignal): Promise<ReadonlyMap<string, TasksReading>> {
+    const read = await super.describe(services, signal);
+    return new Map([...read].map(([name, r]) => [name, r.ok && name === 'svc-0' ? { ...r, stops: [{ scope: 'svc-0', by: 'alice at 2026-01-05T11:00:00.000Z' }] } : r]));
+  }
+  override async markStop(scope: string, by: string | undefined, signal?: AbortSignal): Promise<void> {
+    const verb = by === undefined ? 'UntagResource' : 'TagResource';
+    this.events.push(`${verb} ${scope} sent`);
+    try {
+      await delay(this.slowMs, undefined, signal === undefined ? {} : { signal });
+    } catch (err) {
+      this.events.push(`${verb} ${scope} cut`);
+      throw err;
+    }
+    this.events.push(`${verb} ${scope} answered`);
+  }
+}
+
+describe('an evaluation bringing the marks of a stop in line, whose ECS call outlasts the bound on the idle service lock', () => {
+  it('cuts the call before the server ends the transaction, so a stop waiting for the lock is answered only after it, its mark never overwritten by the call', async () => {
+    const { store, api } = await freshCatalog(300);
+    givenOneService(aws, { 'svc-0': { cpu: 50, mem: 50 } }, { running: 3, desired: 3 });
+    const ecs = new SlowUntagEcs(1_500);
+    const evaluation = controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0), target: ecs }).evaluate({ trigger: 'schedule' });
+    while (ecs.events.length === 0) await delay(10);
+
+    await api.setSwitch({ scope: 'svc-0', enabled: false, actor: 'bob' });
+    ecs.events.push('stop answered');
+    const result = await evaluation;
+
+    expect(ecs.events).toEqual(['UntagResource svc-0 sent', 'UntagResource svc-0 cut', 'stop answered']);
+    expect(result.warnings).toEqual([expect.stringMatching(/^the marks of the stops on the orchestrator could not be brought in line with the catalog \(the next evaluation tries again\): /)]);
   });
 });

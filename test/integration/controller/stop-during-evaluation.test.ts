@@ -278,3 +278,33 @@ describe('a stop seen under the lock when the catalog then fails', () => {
     expect(controller.pendingBacklog()).toEqual({ held: 1, dropped: 0 });
   });
 });
+
+describe('an evaluation starting while a stop or a configuration change waits for the evaluations in flight', () => {
+  it("records the service skipped for that run, naming the lock's holders it may be, and the next evaluation decides", async () => {
+    const store = await freshCatalog();
+    givenOneService(aws, { 'svc-0': { cpu: 93, mem: 50 } }, { running: 3, desired: 3 });
+    ecs.resetHistory();
+    // What a configuration write's wait (the catalog's awaitChangesInFlight) holds while its statement runs.
+    const writer = new pg.Client({ connectionString: server.urlFor(currentDatabase) });
+    await writer.connect();
+    await writer.query(`insert into catalog.service_locks (service) values ('svc-0') on conflict do nothing`);
+    await writer.query('begin');
+    await writer.query('select service from catalog.service_locks for share');
+    let during;
+    try {
+      during = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    } finally {
+      await writer.query('commit');
+      await writer.end();
+    }
+    const after = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0 + 60_000) }).evaluate({ trigger: 'schedule' });
+    const history = await store.listDecisions({ service: 'svc-0' });
+
+    expect(during.decisions.map((d) => [d.outcome, d.error])).toEqual([
+      ['skipped', "the service's lock is held (by another evaluation, or by a stop or a configuration change waiting for one to finish): this evaluation stood aside and changed nothing; the next one decides"],
+    ]);
+    expect(after.decisions.map((d) => [d.from, d.to, d.outcome])).toEqual([[3, 4, 'applied']]);
+    expect(history.map((d) => d.outcome)).toEqual(['applied', 'skipped']);
+    expect(ecs.commandCalls(UpdateServiceCommand).map((c) => c.args[0].input.desiredCount)).toEqual([4]);
+  });
+});
