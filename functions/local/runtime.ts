@@ -250,11 +250,13 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     try {
       config = applyScalingEnv(baseDocument, options.env);
     } catch (error) {
-      // The flags' check took each variable alone; here one meets the stored configuration.
-      if (!(error instanceof ScalingConfigError) || !stored) throw error;
+      // The flags' check took each variable alone; here one meets the stored configuration, or
+      // on fresh data the local defaults (MIN_INSTANCES=15 alone passes the flags' check).
+      if (!(error instanceof ScalingConfigError)) throw error;
       const names = ['AUTO_SCALING_ENABLED', 'SCALING_CHECK_INTERVAL', 'MIN_INSTANCES', 'MAX_INSTANCES'].filter((n) => options.env[n] !== undefined);
+      const against = stored ? `the stored scaling configuration (version ${stored.version})` : 'the default scaling configuration of fresh data';
       throw new LocalEnvironmentError(
-        `${names.map((n) => `${n}=${options.env[n] ?? ''}`).join(' ')} does not fit the stored scaling configuration (version ${stored.version}): ` +
+        `${names.map((n) => `${n}=${options.env[n] ?? ''}`).join(' ')} does not fit ${against}: ` +
           `${error.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}; change the variable, or the configuration (PATCH /api/v1/scaling/config)`,
         { cause: error },
       );

@@ -68,6 +68,26 @@ describe('scaling variables against the stored configuration', () => {
     expect(after.config).toMatchObject({ min_instances: 2, max_instances: 5 });
   }, 120_000);
 
+  it('refuses MIN_INSTANCES above the default max_instances on fresh data through the CLI, naming the variable, exit 2', async () => {
+    await stopAll();
+    const fresh = await tempDataDir();
+    process.env.MIN_INSTANCES = '15';
+    process.env.SCALING_CHECK_INTERVAL = '86400';
+    const err: string[] = [];
+    try {
+      const code = await startCommand.run(['--port', '0', '--data-dir', fresh, '--shards', '1', '--replicas', '0', '--seed-users', '0'], {
+        stdout: () => undefined,
+        stderr: (t) => err.push(t),
+        cwd: fresh,
+      });
+
+      expect(code).toBe(2);
+      expect(err.join('')).toContain('MIN_INSTANCES=15 does not fit the default scaling configuration of fresh data: min_instances: min_instances (15) must not exceed max_instances (10)');
+    } finally {
+      await rm(fresh, { recursive: true, force: true });
+    }
+  }, 120_000);
+
   it('takes MIN_INSTANCES above the guide\'s max_instances when the stored max_instances allows it', async () => {
     await stopAll();
     const first = await start({});
