@@ -41,7 +41,7 @@ async function waitingInDatabase(database: string): Promise<void> {
   try {
     for (let i = 0; i < 1000; i++) {
       const { rows } = await admin.query("select 1 from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'", [database]);
-      if (rows.length > 0) { console.log('WAIT', JSON.stringify((await admin.query("select query, wait_event, version() from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'", [database])).rows)); return; }
+      if (rows.length > 0) return;
       await new Promise((r) => setTimeout(r, 10));
     }
     throw new Error(`no session of ${database} started waiting for a lock within 10 s`);
