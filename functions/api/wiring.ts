@@ -102,15 +102,51 @@ async function available<T>(what: string, work: () => Promise<T>): Promise<T> {
   } catch (err) {
     // Committed, only the wait for an evaluation already asking ECS failed: "unreachable" would
     // tell the caller that nothing was stored.
-    if (err instanceof ChangeStoredUnsettledError) {
-      throw new UnavailableError(
-        `${err.what} is stored and in force for every evaluation from now on, but an evaluation that decided a change before it was still asking ECS for it when waiting for that evaluation failed (the catalog's time limit ran out, or the catalog stopped answering): that change may still be applied (GET /history shows its outcome)`,
-        { cause: err },
-      );
-    }
+    if (err instanceof ChangeStoredUnsettledError) throw unsettledProblem(err);
     if (err instanceof CatalogError) throw new UnavailableError(`${what}: the catalog is unreachable right now`, { cause: err });
     throw err;
   }
+}
+
+/**
+ * The 503 of a change the catalog committed whose wait for the evaluations in flight failed;
+ * `markFailure`, when its marks on the services failed too, is added to it.
+ */
+function unsettledProblem(err: ChangeStoredUnsettledError, markFailure?: unknown): UnavailableError {
+  const marks = markFailure === undefined ? '' : `; besides, ${markFailure instanceof Error ? markFailure.message : String(markFailure)}`;
+  return new UnavailableError(
+    `${err.what} is stored and in force for every evaluation from now on, but an evaluation that decided a change before it was still asking ECS for it when waiting for that evaluation failed (the catalog's time limit ran out, or the catalog stopped answering): that change may still be applied (GET /history shows its outcome)${marks}`,
+    { cause: err },
+  );
+}
+
+/**
+ * Runs a catalog write whose wait for the evaluations in flight may fail after it committed
+ * (ChangeStoredUnsettledError): the change is in force all the same, so its caller must still
+ * mark it on the services. Answers the stored value, or `unsettled` and no value.
+ */
+async function committing<T>(what: string, work: () => Promise<T>): Promise<{ value: T; unsettled?: undefined } | { value?: undefined; unsettled: ChangeStoredUnsettledError }> {
+  return available(what, async () => {
+    try {
+      return { value: await work() };
+    } catch (err) {
+      if (err instanceof ChangeStoredUnsettledError) return { unsettled: err };
+      throw err;
+    }
+  });
+}
+
+/**
+ * After a committed change whose wait failed: its marks are still made (an evaluation without
+ * the catalog would otherwise ignore a stop the answer calls in force), then the 503 saying so.
+ */
+async function markThenRefuse(unsettled: ChangeStoredUnsettledError, mark: () => Promise<void>): Promise<never> {
+  try {
+    await mark();
+  } catch (err) {
+    throw unsettledProblem(unsettled, err);
+  }
+  throw unsettledProblem(unsettled);
 }
 
 /** SQLSTATE query_canceled: the server's `statement_timeout` (57014) ended a statement it could not finish in time. */
@@ -240,7 +276,8 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
    * Marks on the services (ECS tags) the `enabled: false` a configuration version stores, as a
    * stop is marked, so an evaluation without the catalog heeds it too: every scope the version
    * disables is marked (again: a retried change retries the marks), and a scope the version before
-   * disabled and this one enables is cleared unless its switch still stops it. After the catalog's
+   * disabled (or, for a service, did not name) and this one enables is cleared unless its switch
+   * still stops it. After the catalog's
    * write and its wait for the evaluations in flight, like a stop's mark; a refusal answers 503
    * saying the version is stored (the next evaluation with the catalog also repairs the marks).
    */
@@ -249,7 +286,11 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     if (markStop === undefined) return;
     const scopes = ['*', ...Object.keys(stored.config.services)];
     const marked = scopes.filter((s) => disabledByConfig(stored.config, s));
-    const lifted = scopes.filter((s) => !disabledByConfig(stored.config, s) && before !== undefined && disabledByConfig(before, s));
+    // A service the version before did not name at all (taken out, now put back) may still carry
+    // the mark of an enabled: false from before it was taken out: cleared as a lifted one.
+    const lifted = scopes.filter(
+      (s) => !disabledByConfig(stored.config, s) && before !== undefined && (disabledByConfig(before, s) || (s !== '*' && !Object.hasOwn(before.services, s))),
+    );
     const failed = { mark: [] as string[], clear: [] as string[] };
     const why = (err: unknown): string => (err instanceof Error ? `${err.name}: ${err.message}` : String(err));
     for (const scope of marked) {
@@ -274,6 +315,13 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         `${stated}, but the mark of the enabled: false it lifts could not be cleared from the services (${failed.clear.join('; ')}): an evaluation without the catalog leaves them unscaled until the next evaluation with the catalog clears it`,
       );
     }
+  };
+
+  /** {@link markConfigStops} for the version the catalog holds now (one whose write's wait failed). */
+  const markCurrentConfigStops = async (before: ScalingConfig | undefined): Promise<void> => {
+    if (target.markStop === undefined) return;
+    const current = await available('reading the configuration', () => catalog.getConfig());
+    if (current !== undefined) await markConfigStops(before, current);
   };
 
   const sharding = (): ShardingDeps => {
@@ -499,7 +547,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
 
     async updateConfig(change, actor, comment): Promise<ConfigEnvelope> {
       let before: ScalingConfig | undefined;
-      const stored = await available('writing the configuration', () =>
+      const written = await committing('writing the configuration', () =>
         catalog.updateConfig(
           (current) => {
             before = current.version > 0 ? current.config : undefined;
@@ -510,6 +558,9 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           { actor, comment },
         ),
       );
+      // Its wait failed, the version is in force: marked from the configuration stored now.
+      if (written.unsettled !== undefined) return markThenRefuse(written.unsettled, () => markCurrentConfigStops(before));
+      const stored = written.value;
       await markConfigStops(before, stored);
       return { version: stored.version, updated_at: iso(stored.changedAt), updated_by: stored.changedBy, config: stored.config as unknown as Record<string, unknown> };
     },
@@ -518,8 +569,11 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const control = await available('reading the configuration', () => catalog.loadControl());
       refuseUnscaledServices(document, control.config.services);
       try {
-        const stored = await available('writing the configuration', () => catalog.putConfig(document, { actor, ifVersion: expectedVersion, comment }));
-        await markConfigStops(control.version > 0 ? control.config : undefined, stored);
+        const before = control.version > 0 ? control.config : undefined;
+        const written = await committing('writing the configuration', () => catalog.putConfig(document, { actor, ifVersion: expectedVersion, comment }));
+        if (written.unsettled !== undefined) return await markThenRefuse(written.unsettled, () => markCurrentConfigStops(before));
+        const stored = written.value;
+        await markConfigStops(before, stored);
         return { version: stored.version, updated_at: iso(stored.changedAt), updated_by: stored.changedBy, config: stored.config as unknown as Record<string, unknown> };
       } catch (err) {
         if (err instanceof ConfigVersionConflictError) throw new StaleVersionError(err.expected, err.current);
@@ -533,12 +587,14 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const key = scope.service ?? '*';
       // Whether it changed is decided by the catalog under its lock: a value read here first
       // could be stale by the time the write lands (8 concurrent starts all saw "stopped").
-      const { changed } = await available('recording the switch', () => catalog.setSwitch({ scope: key, enabled, actor, ...(scope.reason ? { reason: scope.reason } : {}) }));
+      const written = await committing('recording the switch', () => catalog.setSwitch({ scope: key, enabled, actor, ...(scope.reason ? { reason: scope.reason } : {}) }));
       // An evaluation without the catalog cannot read the switch: the stop is also marked on the
       // services (ECS tags), and a start clears that mark. Both after the catalog's write, so a
       // failure leaves the safer state (marked but started) or is reported, and a retry repairs
       // it (the call is idempotent). Marked again even when `changed` is false, for that retry.
-      if (target.markStop !== undefined) {
+      // A stop whose wait for the evaluations in flight failed is in force all the same: marked too.
+      const mark = async (): Promise<void> => {
+        if (target.markStop === undefined) return;
         try {
           // After a start, `enabled: false` in the configuration still stops the scope: its mark stays.
           const config = enabled ? await catalog.getConfig() : undefined;
@@ -557,8 +613,10 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
             { cause: err },
           );
         }
-      }
-      return { scope: scope.service ?? 'global', enabled, changed };
+      };
+      if (written.unsettled !== undefined) return markThenRefuse(written.unsettled, mark);
+      await mark();
+      return { scope: scope.service ?? 'global', enabled, changed: written.value.changed };
     },
 
     async recommendations(): Promise<RecommendationsView> {

@@ -28,7 +28,9 @@ import { HistoryReader } from '../../../functions/adapters/postgres/history-read
 import type { ScalingApiPort } from '../../../functions/api/service.js';
 import { UnavailableError } from '../../../functions/api/service.js';
 import { createScalingApiPort } from '../../../functions/api/wiring.js';
+import { SimulatedFleet } from '../../../functions/adapters/sim/fleet.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
+import type { ScalingTarget } from '../../../functions/core/scaling/ports.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, ecsService, ManualClock, metricsFrom, mockControllerAws, serviceNames, topologyOf } from '../../support/scaling-fixtures.js';
@@ -94,7 +96,7 @@ function givenCpu(cpu: number): void {
 }
 
 /** A fresh, migrated catalog reached through the proxy, and the API port over it. */
-async function setup(): Promise<{ store: CatalogStore; api: ScalingApiPort }> {
+async function setup(options: { readonly statementTimeoutMs?: number; readonly target?: ScalingTarget } = {}): Promise<{ store: CatalogStore; api: ScalingApiPort }> {
   const name = `degraded_stop_${++dbCount}`;
   const admin = new pg.Client({ connectionString: server.url });
   await admin.connect();
@@ -103,7 +105,13 @@ async function setup(): Promise<{ store: CatalogStore; api: ScalingApiPort }> {
   const direct = new pg.Pool({ connectionString: server.urlFor(name), max: 1 });
   await migrateAll({ catalog: direct, shards: [] });
   await direct.end();
-  const pool = new pg.Pool({ connectionString: `postgresql://postgres:postgres@127.0.0.1:${proxy.port}/${name}`, max: 2, connectionTimeoutMillis: 1000 });
+  const pool = new pg.Pool({
+    connectionString: `postgresql://postgres:postgres@127.0.0.1:${proxy.port}/${name}`,
+    max: 2,
+    connectionTimeoutMillis: 1000,
+    // The catalog login's statement_timeout (10 s), scaled down where a test makes the wait for an evaluation run out.
+    ...(options.statementTimeoutMs === undefined ? {} : { statement_timeout: options.statementTimeoutMs }),
+  });
   pool.on('error', () => undefined);
   pools.push(pool);
   const store = new CatalogStore(pool, { defaults: parseScalingConfig(CONFIG) });
@@ -112,7 +120,7 @@ async function setup(): Promise<{ store: CatalogStore; api: ScalingApiPort }> {
     catalog: store,
     history: new HistoryReader(async () => pool),
     controller: controllerFor({ topology, catalog: store, fallback: CONFIG, clock }),
-    target: new EcsScalingTarget({ client: new ECSClient({ region: 'eu-west-1' }), topology }),
+    target: options.target ?? new EcsScalingTarget({ client: new ECSClient({ region: 'eu-west-1' }), topology }),
     metrics: new CloudWatchMetricsSource({ client: new CloudWatchClient({ region: 'eu-west-1' }), topology }),
     clock,
   });
@@ -510,5 +518,179 @@ describe('enabled: false written by a configuration change, then the catalog gon
     expect(degraded.degraded).toBe(true);
     expect(updates()).toEqual([['ca-dms-svc-0', 4]]);
     expect(degraded.decisions.find((d) => d.service === 'svc-1')?.blocked.find((b) => b.kind === 'disabled')?.message).toMatch(/^scaling of svc-1 was stopped by dba with enabled=false in configuration version 1: /);
+  });
+});
+
+describe('the marks on the services against the stops the catalog holds, switch or configuration', () => {
+  type Scope = '*' | 'svc-0' | 'svc-1';
+  type Step = { readonly kind: 'switch' | 'config'; readonly scope: Scope; readonly enabled: boolean };
+  const steps = fc.array(
+    fc.record({ kind: fc.constantFrom<Step['kind']>('switch', 'config'), scope: fc.constantFrom<Scope>('*', 'svc-0', 'svc-1'), enabled: fc.boolean() }),
+    { minLength: 1, maxLength: 10 },
+  );
+  const arnOf = (service: string): string => ecsService(`ca-dms-${service}`, { running: 3, desired: 3 }).serviceArn ?? '';
+
+  /** Per service, [own mark, global mark] as the catalog wants them (switch or configuration) and as the target holds them. */
+  async function compare(store: CatalogStore, marksOf: (service: string) => Promise<{ own: boolean; all: boolean }>): Promise<{ catalog: string[]; marks: string[] }> {
+    const control = await store.loadControl();
+    const catalog = NAMES.map((s) => {
+      const own = control.serviceEnabled[s] === false || control.config.services[s]?.enabled === false;
+      const all = !control.globalEnabled || !control.config.enabled;
+      return `${s}: own=${own} all=${all}`;
+    });
+    const marks = await Promise.all(
+      NAMES.map(async (s) => {
+        const m = await marksOf(s);
+        return `${s}: own=${m.own} all=${m.all}`;
+      }),
+    );
+    return { catalog, marks };
+  }
+
+  /** ECS's tags (aws-sdk-client-mock keeping them), or local mode's simulated fleet. */
+  const targets: ReadonlyArray<[string, () => { target?: ScalingTarget; marksOf: (service: string) => Promise<{ own: boolean; all: boolean }> }]> = [
+    [
+      'ECS',
+      () => ({
+        marksOf: async (s) => {
+          const t = tags.get(arnOf(s));
+          return { own: t?.has(STOPPED_TAG) === true, all: t?.has(STOPPED_ALL_TAG) === true };
+        },
+      }),
+    ],
+    [
+      "local mode's simulated fleet",
+      () => {
+        const fleet = new SimulatedFleet({
+          trace: [{ at: 0, value: 10 }],
+          acceleration: 60,
+          clock: { now: () => T0 },
+          services: NAMES.map((service) => ({ service, p99TaskUnits: 8, phaseMinutes: 0 })),
+        });
+        return {
+          target: fleet,
+          marksOf: async (s) => {
+            const r = (await fleet.describe([s])).get(s);
+            const stops = r?.ok === true ? (r.stops ?? []) : [];
+            return { own: stops.some((m) => m.scope === s), all: stops.some((m) => m.scope === '*') };
+          },
+        };
+      },
+    ],
+  ];
+
+  /** A merge patch of `enabled` on the whole controller or on one service, as PATCH /config applies it. */
+  const patchEnabled =
+    (scope: Scope, enabled: boolean) =>
+    (current: { readonly config: Record<string, unknown> }): Record<string, unknown> => {
+      if (scope === '*') return { ...current.config, enabled };
+      const services = current.config['services'] as Record<string, Record<string, unknown>>;
+      return { ...current.config, services: { ...services, [scope]: { ...services[scope], enabled } } };
+    };
+
+  it.each(targets)('agree right after every answered stop, start and configuration change (%s)', async (_, made) => {
+    const { target, marksOf } = made();
+    const { api, store } = await setup(target === undefined ? {} : { target });
+    const db = new pg.Pool({ connectionString: server.urlFor(`degraded_stop_${dbCount}`), max: 1 });
+    pools.push(db);
+    await fc.assert(
+      fc.asyncProperty(steps, async (sequence) => {
+        await db.query('delete from catalog.scaling_switches');
+        await store.putConfig(CONFIG, { actor: 'reset' });
+        givenEcs({ running: 3, desired: 3 });
+        for (const scope of ['*', ...NAMES]) await target?.markStop?.(scope, undefined);
+        for (const [i, step] of sequence.entries()) {
+          if (step.kind === 'switch') await api.setEnabled(step.enabled, step.scope === '*' ? {} : { service: step.scope }, 'alice');
+          else await api.updateConfig(patchEnabled(step.scope, step.enabled), 'bob', 'PATCH /config');
+          const { catalog, marks } = await compare(store, marksOf);
+          expect({ after: sequence.slice(0, i + 1), stops: marks }).toEqual({ after: sequence.slice(0, i + 1), stops: catalog });
+        }
+      }),
+      { numRuns: 25 },
+    );
+  });
+});
+
+describe('a stop or enabled: false whose wait for an evaluation in flight ran out (503: stored and in force)', () => {
+  /** An evaluation holding svc-0's lock (its UpdateService under way), from its own connection, until released. */
+  async function holdLock(): Promise<{ release: () => Promise<void> }> {
+    const holder = new pg.Client({ connectionString: server.urlFor(`degraded_stop_${dbCount}`) });
+    await holder.connect();
+    await holder.query("insert into catalog.service_locks (service) values ('svc-0') on conflict (service) do nothing");
+    await holder.query("begin; select service from catalog.service_locks where service = 'svc-0' for update");
+    return {
+      release: async () => {
+        await holder.query('rollback');
+        await holder.end();
+      },
+    };
+  }
+
+  const cases: ReadonlyArray<[string, (api: ScalingApiPort) => Promise<unknown>, RegExp]> = [
+    ['POST /stop', (api) => api.setEnabled(false, { service: 'svc-0' }, 'alice'), /^the stop is stored and in force/],
+    [
+      'PATCH /config',
+      (api) => api.updateConfig((c) => ({ ...c.config, services: { 'svc-0': { enabled: false }, 'svc-1': {} } }), 'alice', 'PATCH /config'),
+      /^configuration version 1 is stored and in force/,
+    ],
+    ['PUT /config', async (api) => api.putConfig({ ...(await api.getConfig()).config, services: { 'svc-0': { enabled: false }, 'svc-1': {} } }, 0, 'alice'), /^configuration version 1 is stored and in force/],
+  ];
+
+  it.each(cases)('%s still marks the service, so an evaluation without the catalog leaves it unscaled', async (_, write, answered) => {
+    const { api, store } = await setup({ statementTimeoutMs: 300 });
+    givenEcs({ running: 3, desired: 3 });
+    const held = await holdLock();
+    let answer: unknown;
+    try {
+      answer = await write(api).catch((err: unknown) => err);
+    } finally {
+      await held.release();
+    }
+    expect(answer).toBeInstanceOf(UnavailableError);
+    expect((answer as UnavailableError).message).toMatch(answered);
+    expect(tags.get(ecsService('ca-dms-svc-0', { running: 3, desired: 3 }).serviceArn ?? '')?.has(STOPPED_TAG)).toBe(true);
+
+    await proxy.cut();
+    givenCpu(95);
+    const result = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock: new ManualClock(T0) }).evaluate({ trigger: 'schedule' });
+    expect(result.degraded).toBe(true);
+    expect(updates()).toEqual([['ca-dms-svc-1', 4]]);
+  });
+
+  it('says both when ECS also refused the mark', async () => {
+    const { api } = await setup({ statementTimeoutMs: 300 });
+    givenEcs({ running: 3, desired: 3 });
+    ecs.on(TagResourceCommand).rejects(Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' }));
+    const held = await holdLock();
+    let answer: unknown;
+    try {
+      answer = await api.setEnabled(false, { service: 'svc-0' }, 'alice').catch((err: unknown) => err);
+    } finally {
+      await held.release();
+    }
+    expect(answer).toBeInstanceOf(UnavailableError);
+    expect((answer as UnavailableError).message).toMatch(
+      /^the stop is stored and in force for every evaluation from now on, but an evaluation that decided a change before it .* may still be applied \(GET \/history shows its outcome\); besides, the stop is stored and in force for every evaluation that reaches the catalog, but it could not be marked on the services, .*ThrottlingException: Rate exceeded.*POST \/stop again to retry the mark$/,
+    );
+  });
+});
+
+describe('a service taken out of the configuration and put back (PUT /config)', () => {
+  it('loses the mark of its old enabled: false once the configuration puts it back enabled', async () => {
+    const { api } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    const svc0 = (): boolean => tags.get(ecsService('ca-dms-svc-0', { running: 3, desired: 3 }).serviceArn ?? '')?.has(STOPPED_TAG) === true;
+    const current = async (): Promise<{ version: number; config: Record<string, unknown> }> => api.getConfig();
+    let c = await current();
+    await api.putConfig({ ...c.config, services: { 'svc-0': { enabled: false }, 'svc-1': {} } }, c.version, 'alice');
+    const disabled = svc0();
+    c = await current();
+    await api.putConfig({ ...c.config, services: { 'svc-1': {} } }, c.version, 'alice');
+    c = await current();
+    await api.putConfig({ ...c.config, services: { 'svc-0': {}, 'svc-1': {} } }, c.version, 'alice');
+
+    expect(disabled).toBe(true);
+    expect((await current()).config['services']).toHaveProperty('svc-0');
+    expect(svc0()).toBe(false);
   });
 });
