@@ -871,6 +871,14 @@ export class PgMovePort implements MovePort<MoveJob> {
         this.withLockedJob(job, async () => {
           await this.catalog.use(async (catalog) => {
             let pinned = await this.options.directory.entry(job.unitId, catalog);
+            if (pinned === null) {
+              // No pin (none yet, or an operator deleted it): the key routes by hash, read under
+              // the lock no map publication passes until this transaction ends (see ownerRead).
+              // Routed to a third shard (neither side), it has taken its writes there since the
+              // pin was deleted, and a pin to the source would hide them: the move cannot go on.
+              const read = await ownerRead(job, this.options.directory, this.options.slotMaps, catalog, true);
+              if (read.owner === null && isForeignOwner(job, read)) throw new MoveOwnerConflict(foreignOwnerMessage(job, read));
+            }
             // Only where there is still no pin: an operator's pin made since the read is theirs to keep.
             if (pinned === null) {
               pinned = await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null).catch((err: unknown) => {

@@ -202,3 +202,37 @@ describe("a directory move's flip of an unpinned key while a slot map publicatio
     expect((await documentsOf(env.shards.get(to) as pg.Pool, [key])).size).toBe(2);
   }, 60_000);
 });
+
+describe("a directory move's key whose pin an operator deleted before the move pinned it, routing by hash to a third shard", () => {
+  it('is not pinned back to the source: the move fails, and what was written on the third shard stays where the key routes', async () => {
+    const slot = 1504;
+    const hashOwner = await env.ownerOf(slot);
+    const [from, to] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== hashOwner) as [string, string];
+    const [key] = keysInSlot(slot, 1) as [string];
+    // The key lives pinned away from its slot's owner; a move of it to a second shard is planned.
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [key], 3);
+    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    await operator.set(key, from, 'ops@example.com');
+    const mover = env.mover({ readerGraceMs: 0 });
+    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    // The operator deletes the pin before any run: the key routes by hash to its slot's owner, and
+    // a writer routed so writes a document there (its user row too).
+    await operator.delete(key);
+    await (env.shards.get(hashOwner) as pg.Pool).query(
+      `with u as (insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'writer') on conflict (id) do nothing)
+       insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1::uuid, $2, 'written by hash', '{"rev": 0}')`,
+      [key, slot],
+    );
+
+    const ended = await mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+    const routed = (await operator.entry(key))?.shardId ?? ((await env.slotMaps.ownerOf(slot))?.shardId as string);
+
+    // Before: the run pinned the key back to the source, the move went on to the target, and the
+    // document written on the slot's owner was out of sight of every reader of the key.
+    expect({ ended, routed }).toEqual({ ended: 'ended: failed', routed: hashOwner });
+    expect((await mover.get(planned.id)).error).toContain(`key ${key} was unpinned (it routes by hash to ${hashOwner}, its slot ${slot}'s owner)`);
+  }, 60_000);
+});
