@@ -6,6 +6,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rowFenceStateSql } from '../../../functions/adapters/postgres/read-transaction.js';
 import { startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { insertFenceRows } from './fixtures/fence-rows.js';
 
 /**
  * docs/fence-test-vectors.json is the contract another language's writer is built against. The
@@ -77,16 +78,7 @@ async function outcomeOf(table: Table, op: Op, c: FenceVectors['cases'][number])
       await client.query(`insert into documents (id, owner_id, slot, title) values ('${DOC_ID}', $1, $2, 'vector')`, [vectors.key, vectors.slot]);
       await client.query(`insert into document_keys (id, owner_id, slot, document_id, request_digest) values ('${KEY_ID}', $1, $2, '${DOC_ID}', sha256('vector'))`, [vectors.key, vectors.slot]);
     }
-    for (const f of c.fences) {
-      await client.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version, excluded_keys) values ($1, $2, $3, $4, $5, $6)`, [
-        f.kind,
-        f.unit_id,
-        f.state,
-        f.moved_to ?? null,
-        f.map_version ?? 0,
-        f.excluded_keys ?? [],
-      ]);
-    }
+    await insertFenceRows(client, c.fences);
     await client.query("set local ca_dms.move_writer = 'off'");
     await client.query('savepoint w');
     return await client.query(WRITES[table][op], [vectors.key, vectors.slot]).then(
@@ -117,16 +109,7 @@ describe("the readers' per-row rule (rowFenceStateSql) agrees with the vectors",
     const client = await (env.shards.get('shard_a') as pg.Pool).connect();
     try {
       await client.query('begin');
-      for (const f of fences) {
-        await client.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version, excluded_keys) values ($1, $2, $3, $4, $5, $6)`, [
-          f.kind,
-          f.unit_id,
-          f.state,
-          f.moved_to ?? null,
-          f.map_version ?? 0,
-          f.excluded_keys ?? [],
-        ]);
-      }
+      await insertFenceRows(client, fences);
       const { rows } = await client.query<{ state: string }>(`select ${rowFenceStateSql('$1::uuid', '$2::int')} as state`, [vectors.key, vectors.slot]);
       expect(STATES_OF[outcome]).toContain(rows[0]?.state);
     } finally {

@@ -11,6 +11,7 @@ import { MoveFenceTimeoutError } from '../../../functions/adapters/postgres/move
 import { STOP_BEFORE_TIMEOUT_MS } from '../../../functions/handlers/moves.js';
 import { countSlot, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.js';
+import { insertFenceRows } from './fixtures/fence-rows.js';
 
 /** A raw SQL write (another language's writer, no withShardWrite): resolves to its SQLSTATE, or 'ok'. */
 async function rawInsert(pool: pg.Pool, owner: string, slot: number): Promise<string> {
@@ -401,16 +402,7 @@ describe('the write-fence contract (docs/fence-test-vectors.json)', () => {
       // The setup writes as the mover (the test login is a superuser), the case's write as anyone else.
       await client.query("set local ca_dms.move_writer = 'on'");
       await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'v@example.com', 'vector')`, [vectors.key, vectors.slot]);
-      for (const f of fences) {
-        await client.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version, excluded_keys) values ($1, $2, $3, $4, $5, $6)`, [
-          f.kind,
-          f.unit_id,
-          f.state,
-          f.moved_to ?? null,
-          f.map_version ?? 0,
-          f.excluded_keys ?? [],
-        ]);
-      }
+      await insertFenceRows(client, fences);
       await client.query("set local ca_dms.move_writer = 'off'");
       const got = await client.query('savepoint w').then(() =>
         client.query(`insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), $1, $2, 'vector')`, [vectors.key, vectors.slot]).then(
