@@ -1,12 +1,9 @@
-import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { rowFenceStateSql } from '../../../functions/adapters/postgres/read-transaction.js';
 import { startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
-import { insertFenceRows } from './fixtures/fence-rows.js';
+import { insertFenceRows, readFenceVectors, type FenceVectors } from './fixtures/fence-rows.js';
 
 /**
  * docs/fence-test-vectors.json is the contract another language's writer is built against. The
@@ -16,18 +13,7 @@ import { insertFenceRows } from './fixtures/fence-rows.js';
  * and the readers that scan many owners (`rowFenceStateSql`) apply the same rule per row. This
  * runs every vector against each of those.
  */
-interface FenceVectors {
-  readonly key: string;
-  readonly slot: number;
-  readonly cases: ReadonlyArray<{
-    readonly name: string;
-    readonly fences: ReadonlyArray<{ kind: string; unit_id: string; state: string; moved_to?: string; map_version?: number; excluded_keys?: string[] }>;
-    readonly outcome: string;
-    readonly isolation?: 'repeatable read' | 'serializable';
-  }>;
-}
-
-const vectors = JSON.parse(readFileSync(resolve(dirname(fileURLToPath(import.meta.url)), '../../../docs/fence-test-vectors.json'), 'utf8')) as FenceVectors;
+const vectors = readFenceVectors();
 
 const DOC_ID = '0b6c4a52-3c1e-4f7a-9d2b-5e8f1a2b3c4d';
 const KEY_ID = '5d0f6c1e-2a3b-4c5d-8e9f-0a1b2c3d4e5f';

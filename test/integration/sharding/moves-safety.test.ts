@@ -1,7 +1,4 @@
 import '../../support/quiet-powertools.js';
-import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
@@ -11,7 +8,7 @@ import { MoveFenceTimeoutError } from '../../../functions/adapters/postgres/move
 import { STOP_BEFORE_TIMEOUT_MS } from '../../../functions/handlers/moves.js';
 import { countSlot, fenceState, keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { lambdaContext, tick, withMovesHandler } from './fixtures/moves-handler.js';
-import { insertFenceRows } from './fixtures/fence-rows.js';
+import { insertFenceRows, readFenceVectors } from './fixtures/fence-rows.js';
 
 /** A raw SQL write (another language's writer, no withShardWrite): resolves to its SQLSTATE, or 'ok'. */
 async function rawInsert(pool: pg.Pool, owner: string, slot: number): Promise<string> {
@@ -375,20 +372,8 @@ describe('moves that hold under hostile conditions', () => {
   });
 });
 
-interface FenceVector {
-  readonly key: string;
-  readonly slot: number;
-  readonly cases: ReadonlyArray<{
-    readonly name: string;
-    readonly fences: ReadonlyArray<{ kind: string; unit_id: string; state: string; moved_to?: string; map_version?: number; excluded_keys?: string[] }>;
-    readonly outcome: string;
-    /** The writing transaction's level when it is not READ COMMITTED. */
-    readonly isolation?: 'repeatable read' | 'serializable';
-  }>;
-}
-
 describe('the write-fence contract (docs/fence-test-vectors.json)', () => {
-  const vectors = JSON.parse(readFileSync(resolve(dirname(fileURLToPath(import.meta.url)), '../../../docs/fence-test-vectors.json'), 'utf8')) as FenceVector;
+  const vectors = readFenceVectors();
   it('has the key in the slot it names', () => {
     expect(slotOf(vectors.key)).toBe(vectors.slot);
   });
