@@ -12,7 +12,7 @@
 import type { MetricsSource, Clock, ScalingTarget, TasksReading } from '../core/scaling/ports.js';
 import { resolveServiceConfig, POLICY_NAMES, type ScalingConfig } from '../core/scaling/config.js';
 import { toSnapshot, type ScalingController } from '../core/scaling/controller.js';
-import { configMarkValue, disabledByConfig } from '../core/scaling/stop-marks.js';
+import { configMarkValue, disabledByConfig, switchMarkValue } from '../core/scaling/stop-marks.js';
 import { lastEventIn } from '../core/scaling/policies/common.js';
 import { recommend, type HistoryDecision, type PolicyReplay, type ShardFacts } from '../core/scaling/recommendations.js';
 import { contestantsFor } from '../core/scaling/simulator/anchors.js';
@@ -599,7 +599,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           // After a start, `enabled: false` in the configuration still stops the scope: its mark stays.
           const config = enabled ? await catalog.getConfig() : undefined;
           const by = !enabled
-            ? `${actor} at ${iso(clock.now())}`
+            ? switchMarkValue(actor, clock.now())
             : config !== undefined && disabledByConfig(config.config, key)
               ? configMarkValue(config.changedBy, config.version, config.changedAt)
               : undefined;

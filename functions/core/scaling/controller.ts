@@ -49,7 +49,7 @@ import type {
   Trigger,
 } from './ports.js';
 import { EVALUATION_LEASE } from './ports.js';
-import { configMarkValue, disabledByConfig } from './stop-marks.js';
+import { configMarkValue, disabledByConfig, switchMarkValue } from './stop-marks.js';
 import { initialState, recordApplied, type Block, type Direction, type MetricsSnapshot, type Reason, type ScalingPolicy, type ServiceState, type TaskCounts } from './types.js';
 
 export interface ControllerDeps {
@@ -146,6 +146,14 @@ function stoppedMeanwhile(plan: Plan, stop: Stopper): Plan {
         : `scaling of ${plan.record.service} was stopped by ${stop.changedBy}`;
   const block: Block = { kind: 'disabled', message: `${by} while this evaluation ran: nothing is changed` };
   return { ...held, record: { ...plan.record, outcome: 'blocked', blocked: [...plan.record.blocked, block] } };
+}
+
+/**
+ * The signal of a call made under a service's lock: the evaluation's own, and the lock's
+ * `expiring`, which fires before the catalog would end the transaction holding the lock.
+ */
+function underLock(signal: AbortSignal | undefined, session: ServiceSession): AbortSignal {
+  return signal === undefined ? session.expiring : AbortSignal.any([signal, session.expiring]);
 }
 
 /**
@@ -388,7 +396,7 @@ export class ScalingController {
         await catalog.withServiceLock(service, async (session) => {
           const off = await session.switchesOff();
           const stored = await session.configuration();
-          const by = (sw: SwitchOff | undefined): string | undefined => (sw === undefined ? undefined : `${sw.changedBy} at ${sw.changedAt.toISOString()}`);
+          const by = (sw: SwitchOff | undefined): string | undefined => (sw === undefined ? undefined : switchMarkValue(sw.changedBy, sw.changedAt));
           const fromConfig = (scope: string): string | undefined =>
             stored !== undefined && disabledByConfig(stored.config, scope) ? configMarkValue(stored.changedBy, stored.version) : undefined;
           const own = by(off.own) ?? fromConfig(service);
@@ -396,7 +404,7 @@ export class ScalingController {
           // Made under the lock like UpdateService, and cut the same way before the catalog ends
           // the transaction by itself: a stop answered once the lock is freed would otherwise
           // have its mark overwritten by a call still under way (an SDK retry).
-          const bounded = signal === undefined ? session.expiring : AbortSignal.any([signal, session.expiring]);
+          const bounded = underLock(signal, session);
           if ((own !== undefined) !== m.own) await markStop(service, own, bounded);
           if (!globalDone && (global !== undefined) !== m.global) {
             await markStop('*', global, bounded);
@@ -516,7 +524,7 @@ export class ScalingController {
           if (held !== undefined) heldBack = held;
           // Cut before the catalog ends this transaction by itself: the lock freed meanwhile, a
           // stop would be answered while the call (an SDK retry) could still change the count.
-          const signal = ctx.request.signal === undefined ? session.expiring : AbortSignal.any([ctx.request.signal, session.expiring]);
+          const signal = underLock(ctx.request.signal, session);
           const outcome = held ?? (await this.apply(plan, { ...ctx, request: { ...ctx.request, signal } }));
           if (held === undefined && outcome.record.outcome === 'failed' && signal.aborted) {
             // Cut (by this bound or by the invocation's budget), the request may have reached ECS

@@ -24,3 +24,8 @@ export function disabledByConfig(config: ScalingConfig, scope: string): boolean 
 export function configMarkValue(changedBy: string, version: number, changedAt?: Date): string {
   return `${changedBy}${changedAt === undefined ? '' : ` at ${changedAt.toISOString()}`} with enabled=false in configuration version ${version}`;
 }
+
+/** The mark's value for a stop a switch makes (POST /stop): who turned it off, and when. */
+export function switchMarkValue(changedBy: string, changedAt: Date | number): string {
+  return `${changedBy} at ${new Date(changedAt).toISOString()}`;
+}
