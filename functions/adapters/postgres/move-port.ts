@@ -2230,6 +2230,11 @@ export class PgMovePort implements MovePort<MoveJob> {
       () =>
         this.withLockedJob(job, async (row) => {
           if (row.flipStarted) return { refused: `move job #${job.id} has published its new owner; it can only finish` };
+          // Read without the flip's lock on the map (see ownerRead), and needing none: this
+          // transaction writes the job row alone, nothing a router reads, and what follows touches
+          // only the target, so a map or pin committed between this read and the commit ends as
+          // one committed just after it. Should the decision ever write a route (a pin), read
+          // with `publishing` as the flip does (docs/sharding-spec.md section 9).
           const read = await this.currentOwner(row);
           const { owner, version } = read;
           const toTarget = targetRouteRefusal(job, read);

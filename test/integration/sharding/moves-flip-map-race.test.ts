@@ -236,3 +236,96 @@ describe("a directory move's key whose pin an operator deleted before the move p
     expect((await mover.get(planned.id)).error).toContain(`key ${key} was unpinned (it routes by hash to ${hashOwner}, its slot ${slot}'s owner)`);
   }, 60_000);
 });
+
+describe("a slot map published between a cancelled directory move's rollback reading where its unpinned key routes and the rollback's commit", () => {
+  it('is as if published after it: the rollback writes no route and deletes only on the target, so what was written where the map sends the key stays in sight', async () => {
+    // The rollback decides without the flip's lock (docs/sharding-spec.md section 9, "The flip's
+    // decision and its commit see the same catalog"): its transaction writes nothing a router
+    // reads (only the job row), and what it does next (the target's copy deleted, the target's
+    // incoming row turned `moved`) touches only the target, whose fence took no write of the unit.
+    // So a publication that commits between its read and its commit ends where one committed just
+    // after it does, which no lock held to that commit could prevent. Should the rollback ever
+    // write a route itself (say, pin the unpinned key back to the source), that argument falls
+    // and it must read under catalog.lock_slot_maps_for_hash_route() as the flip does: unlocked,
+    // the pin hid the document written on the third shard in the window.
+    const slot = 1505;
+    const from = await env.ownerOf(slot);
+    const [to, other] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== from) as [string, string];
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [key], 4);
+    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    const route = async (): Promise<string> => (await operator.entry(key))?.shardId ?? ((await env.slotMaps.ownerOf(slot))?.shardId as string);
+    const accepted: string[] = [];
+    const write = async (): Promise<void> => {
+      const shard = await route();
+      const wrote = await (env.shards.get(shard) as pg.Pool)
+        .query(
+          `with u as (insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'writer') on conflict (id) do nothing)
+           insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1::uuid, $2, 'written by hash', '{"rev": 0}')`,
+          [key, slot],
+        )
+        .then(
+          () => true,
+          (err: { code?: string }) => {
+            if (err.code === 'CAF01' || err.code === 'CAF02') return false;
+            throw err;
+          },
+        );
+      if (wrote) accepted.push(shard);
+    };
+    // Under the fence the operator deletes the move's pin (the key routes by hash to the source)
+    // and cancels the move: the flip answers the cancel, and the rollback decides.
+    let cancelled = false;
+    let publication: Promise<unknown> | null = null;
+    let inWindow: 'published' | 'waits' | null = null;
+    const hook = async (point: MoveHookPoint, job?: { id: number }): Promise<void> => {
+      if (point !== 'verifying' || cancelled || job === undefined) return;
+      expect(await operator.delete(key)).toBe(true);
+      await mover.requestCancel(job.id);
+      cancelled = true;
+    };
+    // The rollback's read of the slot's owner (a client given, once cancelled): the operator
+    // publishes a map giving the slot to a third shard from another session, and a writer routed
+    // by it writes there, before the read returns to the rollback.
+    const slotMaps: MoverSlotMaps = {
+      current: (...args) => env.slotMaps.current(...args),
+      publish: (...args) => env.slotMaps.publish(...args),
+      async ownerOf(...args) {
+        const read = await env.slotMaps.ownerOf(...args);
+        if (args[0] === slot && args[1] !== undefined && cancelled && publication === null) {
+          publication = env.slotMaps.current().then((map) => env.slotMaps.publish(moveSlots(map, [slot], other), 'ops@example.com', 'by hand'));
+          inWindow = await publishedOrWaiting(publication);
+          if (inWindow === 'published') await write();
+        }
+        return read;
+      },
+    };
+    const mover: Mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+
+    const ended = await mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+    await publication;
+    await write();
+
+    const held = Object.fromEntries(await Promise.all([...env.shards].map(async ([id, pool]) => [id, (await documentsOf(pool, [key])).size] as const)));
+    const routed = await route();
+    // Whatever the rollback does with the route: cancelled, every document acknowledged by hash
+    // is on the shard the catalog routes the key to, none was deleted, and the target's copy is gone.
+    expect({ ended, everyAcceptedRouted: accepted.every((s) => s === routed), kept: (held[from] ?? 0) + (held[other] ?? 0), copy: held[to] }).toEqual({
+      ended: 'ended: cancelled',
+      everyAcceptedRouted: true,
+      kept: 4 + accepted.length,
+      copy: 0,
+    });
+    // As it is: the rollback takes no lock, so the publication lands in the window and a writer
+    // with it (one reading under the lock would make it wait for the commit: no write in the
+    // window, one after), and it writes no route: the key follows the published map, and the
+    // source's rows are untouched (out of the key's readers' sight now, by the map published by
+    // hand, not by the move: change owners through moves).
+    expect({ inWindow, routed, held }).toEqual({ inWindow: 'published', routed: other, held: { [from]: 4, [to]: 0, [other]: 2 } });
+    expect(await unitFenceState(env.shards.get(to) as pg.Pool, 'directory', key)).toBe('moved');
+  }, 60_000);
+});
