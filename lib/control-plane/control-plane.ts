@@ -345,7 +345,15 @@ export class ControlPlane extends Construct {
     // Reading metrics: GetMetricData has no resource-level permissions in IAM.
     const readMetrics = new iam.PolicyStatement({ sid: 'ReadMetrics', actions: ['cloudwatch:GetMetricData'], resources: ['*'] });
     const serviceArns = Object.values(props.services).map((s) => s.service.serviceArn);
-    const describeServices = new iam.PolicyStatement({ sid: 'DescribeScaledServices', actions: ['ecs:DescribeServices'], resources: serviceArns });
+    // DescribeServices with include: ['TAGS'] reads the stop marks (ECS adapter). AWS names no
+    // second action for the tags (neither API_DescribeServices nor the operations table of the
+    // Service Authorization Reference) but does not rule one out either, so the read of the same
+    // services' tags is granted too: read-only, on the scaled services only.
+    const describeServices = new iam.PolicyStatement({
+      sid: 'DescribeScaledServices',
+      actions: ['ecs:DescribeServices', 'ecs:ListTagsForResource'],
+      resources: serviceArns,
+    });
     const updateServices = new iam.PolicyStatement({ sid: 'SetDesiredCount', actions: ['ecs:UpdateService'], resources: serviceArns });
     // DescribeScalableTargets has no resource-level permissions in IAM.
     const describeTargets = new iam.PolicyStatement({
@@ -364,6 +372,9 @@ export class ControlPlane extends Construct {
     // catalog reads it, through DescribeServices' tags), and an evaluation with the catalog brings
     // those marks in line with the switches (one the API could not set or clear): these two tag
     // keys only. No more than the evaluators already hold: they set the desired counts themselves.
+    // ecs:TagResource and ecs:UntagResource both take aws:TagKeys (the keys of the request; Service
+    // Authorization Reference for ECS). The Null test keeps the statement closed should a request
+    // ever carry no aws:TagKeys: ForAllValues alone would then be true, and grant any key.
     const markStops = new iam.PolicyStatement({
       sid: 'MarkStopsOnScaledServices',
       actions: ['ecs:TagResource', 'ecs:UntagResource'],

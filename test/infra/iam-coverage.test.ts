@@ -128,6 +128,15 @@ const COMPANIONS: Readonly<Record<string, readonly string[]>> = {
   'ssm:GetParameters': ['ssm:GetParameter', 'ssm:GetParameterHistory', 'ssm:DescribeParameters'],
 };
 
+/**
+ * Actions granted with a call, on the same resources, in case AWS authorizes part of the call
+ * with them: DescribeServices with `include: ['TAGS']` returns the stop marks, and AWS documents
+ * no second action for the tags but does not rule out ecs:ListTagsForResource either.
+ */
+const AUTHORIZED_WITH: Readonly<Record<string, readonly string[]>> = {
+  'ecs:DescribeServices': ['ecs:ListTagsForResource'],
+};
+
 /** What Lambda itself does with the execution role of a function in a VPC with tracing on. */
 const LAMBDA_SERVICE_ACTIONS = {
   /** Lambda manages the function's network interfaces; EC2 offers no resource-level permission for these. */
@@ -403,7 +412,10 @@ describe.each(configFiles)('config/%s: what the runtime code calls is allowed an
     const missing: string[] = [];
     for (const [action, target] of Object.entries(CALLS[handler])) {
       const condition = target.kind === 'scaled-services' ? target.condition : undefined;
-      for (const t of targetsOf(handler, target)) if (!allows(statements, action, t.match, condition)) missing.push(`${action} on ${t.label}`);
+      for (const t of targetsOf(handler, target)) {
+        if (!allows(statements, action, t.match, condition)) missing.push(`${action} on ${t.label}`);
+        for (const other of AUTHORIZED_WITH[action] ?? []) if (!allows(statements, other, t.match)) missing.push(`${other} (with ${action}) on ${t.label}`);
+      }
     }
     expect(missing).toEqual([]);
   });
@@ -423,7 +435,7 @@ describe.each(configFiles)('config/%s: what the runtime code calls is allowed an
       for (const action of actionsOf(st)) {
         expect(action, 'no wildcard actions').not.toContain('*');
         const resources = resourcesOf(st);
-        if (calls.includes(action) || calls.some((c) => COMPANIONS[c]?.includes(action))) {
+        if (calls.includes(action) || calls.some((c) => COMPANIONS[c]?.includes(action) || AUTHORIZED_WITH[c]?.includes(action))) {
           if (resources.includes('*')) expect(anyResource.has(action) || COMPANIONS['ssm:GetParameters']?.includes(action), `${action} on *`).toBe(true);
           continue;
         }

@@ -297,6 +297,32 @@ describe('the marks of a stop kept in line with the catalog', () => {
     expect(degraded.decisions.find((d) => d.service === 'svc-0')?.blocked.find((b) => b.kind === 'disabled')?.message).toMatch(/^scaling of svc-0 was stopped by alice at /);
   });
 
+  it('marks again the stops whose tags a stack update removed, on the next evaluation with the catalog', async () => {
+    // CloudFormation's update of an AWS::ECS::Service lists the service's tags and may untag the
+    // keys its template does not set (docs/infrastructure.md): the marks go, the switches stay.
+    const { api, store } = await setup();
+    givenEcs({ running: 3, desired: 3 });
+    givenCpu(50);
+    await api.setEnabled(false, { service: 'svc-0' }, 'alice');
+    await api.setEnabled(false, {}, 'bob');
+    const marked = [...tags].sort(([a], [b]) => a.localeCompare(b)).map(([, t]) => [...t.keys()].sort());
+    for (const own of tags.values()) own.clear();
+    await api.setEnabled(true, {}, 'carol');
+    const clock = new ManualClock(T0);
+
+    await controllerFor({ topology, catalog: store, fallback: CONFIG, clock }).evaluate({ trigger: 'schedule' });
+    const remarked = [...tags].sort(([a], [b]) => a.localeCompare(b)).map(([, t]) => [...t.keys()].sort());
+    await proxy.cut();
+    givenCpu(95);
+    const degraded = await controllerFor({ topology, catalog: store, fallback: CONFIG, clock }).evaluate({ trigger: 'schedule' });
+
+    expect(marked).toEqual([[STOPPED_TAG, STOPPED_ALL_TAG], [STOPPED_ALL_TAG]]);
+    expect(remarked).toEqual([[STOPPED_TAG], []]);
+    expect(degraded.degraded).toBe(true);
+    expect(updates()).toEqual([['ca-dms-svc-1', 4]]);
+    expect(degraded.decisions.find((d) => d.service === 'svc-0')?.blocked.find((b) => b.kind === 'disabled')?.message).toMatch(/^scaling of svc-0 was stopped by alice at /);
+  });
+
   it('does not clear the mark of a stop answered while the evaluation was under way', async () => {
     const { api, store } = await setup();
     givenEcs({ running: 3, desired: 3 });
