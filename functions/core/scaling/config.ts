@@ -190,11 +190,13 @@ export const serviceOverrideSchema = z.strictObject({
 });
 export type ServiceOverride = z.infer<typeof serviceOverrideSchema>;
 
+const checkIntervalSchema = z.number().int().min(1).max(86_400);
+
 const scalingConfigObject = z.strictObject({
   enabled: serviceSettingsShape.enabled.default(serviceDefaults.enabled),
   dry_run: z.boolean().default(false),
   /** Seconds between scheduled evaluations (SCALING_CHECK_INTERVAL). */
-  check_interval: z.number().int().min(1).max(86_400).default(30),
+  check_interval: checkIntervalSchema.default(30),
   policy: serviceSettingsShape.policy.default(serviceDefaults.policy),
   min_instances: serviceSettingsShape.min_instances.default(serviceDefaults.min_instances),
   max_instances: serviceSettingsShape.max_instances.default(serviceDefaults.max_instances),
@@ -469,14 +471,27 @@ const boolEnv = z
   .transform((v) => v.trim().toLowerCase())
   .pipe(z.enum(['true', 'false', '1', '0', 'yes', 'no'], { error: 'must be true or false (also 1/0, yes/no)' }))
   .transform((v) => v === 'true' || v === '1' || v === 'yes');
-const intEnv = z.string().regex(/^\d+$/, 'must be a whole number').transform(Number);
+/**
+ * A whole-number variable within the range of the document field it sets. The range is checked on
+ * the text as given, before it becomes a number: past 2^53 `Number()` rounds
+ * (`99999999999999999999` -> 1e20), and the message would name a value nobody typed.
+ */
+function intEnv(field: z.ZodNumber): z.ZodType<number, string> {
+  const min = field.minValue ?? 0;
+  const max = field.maxValue ?? Number.MAX_SAFE_INTEGER;
+  const expected = `must be a whole number from ${min} to ${max}`;
+  return z.string().superRefine((v, ctx) => {
+    const inRange = /^\d+$/.test(v) && BigInt(v) >= BigInt(min) && BigInt(v) <= BigInt(max);
+    if (!inRange) ctx.addIssue({ code: 'custom', message: `${expected}, got "${v}"` });
+  }).transform(Number);
+}
 
 /** The guide's environment variables that override the runtime scaling configuration. */
 export const scalingEnvSchema = z.object({
   AUTO_SCALING_ENABLED: boolEnv.optional(),
-  SCALING_CHECK_INTERVAL: intEnv.optional(),
-  MIN_INSTANCES: intEnv.optional(),
-  MAX_INSTANCES: intEnv.optional(),
+  SCALING_CHECK_INTERVAL: intEnv(checkIntervalSchema).optional(),
+  MIN_INSTANCES: intEnv(serviceSettingsShape.min_instances).optional(),
+  MAX_INSTANCES: intEnv(serviceSettingsShape.max_instances).optional(),
 });
 
 /**

@@ -69,6 +69,24 @@ describe('start flags', () => {
   });
 
   it.each([
+    [{ MIN_INSTANCES: '99999999999999999999' }, 'MIN_INSTANCES: must be a whole number from 0 to 9007199254740991, got "99999999999999999999"'],
+    [{ MAX_INSTANCES: '99999999999999999999' }, 'MAX_INSTANCES: must be a whole number from 1 to 9007199254740991, got "99999999999999999999"'],
+    [{ MIN_INSTANCES: '9007199254740993', MAX_INSTANCES: '12' }, 'MIN_INSTANCES: must be a whole number from 0 to 9007199254740991, got "9007199254740993"'],
+    [{ MAX_INSTANCES: '0' }, 'MAX_INSTANCES: must be a whole number from 1 to 9007199254740991, got "0"'],
+    [{ SCALING_CHECK_INTERVAL: '86401' }, 'SCALING_CHECK_INTERVAL: must be a whole number from 1 to 86400, got "86401"'],
+  ])('rejects %j naming the variable, the value as given and the allowed range, and nothing else', (env, message) => {
+    let thrown: unknown;
+    try {
+      parseStartOptions([], '/srv/app', env);
+    } catch (error) {
+      thrown = error;
+    }
+    expect(thrown).toBeInstanceOf(UsageError);
+    // Only the variable's own line: no stand-in for the bound not given, no rounded value.
+    expect((thrown as UsageError).message).toBe(message);
+  });
+
+  it.each([
     [{ SHARDING_STRATEGY: 'consistent' }, 'SHARDING_STRATEGY: must be one of hash_based, range_based, directory_based, got "consistent"'],
     [{ SHARDING_ENABLED: 'maybe' }, 'SHARDING_ENABLED: must be true or false, got "maybe"'],
     [{ SHARDING_STRATEGY: 'range_based' }, 'SHARDING_STRATEGY=range_based: local mode configures no key ranges'],
