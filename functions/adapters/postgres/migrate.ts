@@ -167,7 +167,10 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
     const applied: string[] = [];
     let alreadyApplied = rows.length;
     for (const mig of migrations.slice(rows.length)) {
+      const roleNames = roleNamesIn(mig.sql);
       for (let attempt = 1; ; attempt++) {
+        // The roles the migration names that did not exist when this attempt began (see createdMeanwhile).
+        let absentRoles: readonly string[] = [];
         try {
           const ran = await inClientTransaction(client, 'begin', async () => {
             // A migration may run long (an index on a big table); the role's default statement
@@ -190,6 +193,7 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
             await refuseForeignRoutines(client, set, mig.name, 'before it ran', named);
             await client.query("select pg_catalog.set_config('lock_timeout'::text, $1::text, true)", [`${lockTimeoutMs}ms`]);
             const xact = await client.query<{ id: string }>('select pg_catalog.txid_current()::pg_catalog.text as id');
+            absentRoles = await rolesAbsent(client, roleNames);
             await client.query(mig.sql);
             // A COMMIT or ROLLBACK in the file (a `begin; ... commit;` wrapper, say) ends this
             // transaction: what came before it is committed without its record, the lock on the
@@ -221,7 +225,7 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
           // like a lock timeout.
           if (err instanceof MigrationError) throw err;
           const code = (err as { code?: unknown }).code;
-          if (attempt < attempts && (await createdMeanwhile(client, err))) continue;
+          if (attempt < attempts && (await createdMeanwhile(client, err, absentRoles))) continue;
           if (code !== LOCK_NOT_AVAILABLE && code !== DEADLOCK_DETECTED) {
             throw new MigrationError(`${set}: migration ${mig.name} failed: ${(err as Error).message}`, { cause: err });
           }
@@ -246,8 +250,8 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
   }
 }
 
-/** How PostgreSQL names a role it did not find (SQLSTATE 42704, undefined_object). */
-const ROLE_NOT_FOUND = /^role "(.+)" does not exist$/;
+/** SQLSTATE undefined_object: what a statement naming a role that does not exist fails with (among other objects). */
+const UNDEFINED_OBJECT = '42704';
 
 /**
  * True when the migration failed on a role that exists now: another database's migration on the
@@ -255,17 +259,47 @@ const ROLE_NOT_FOUND = /^role "(.+)" does not exist$/;
  * theirs tolerantly (`create role` catching duplicate_object and unique_violation), but the
  * tolerance is not enough: when the other session commits the role between this `create role`'s
  * lookup (none) and its insert (unique_violation, caught), this session's catalog cache still
- * holds the role as absent, so the migration's next grant to it fails with "role ... does not
- * exist" (sharding migration 004 when two catalogs of one server were migrated at once: 2 runs in
- * 40). Not an advisory lock around role creation: those belong to one database, not to the
- * server. The migration was rolled back; its next attempt, in a new transaction, sees the role.
+ * holds the role as absent, so the migration's next grant to it fails with undefined_object
+ * (sharding migration 004 when two catalogs of one server were migrated at once: 2 runs in 40).
+ * Not an advisory lock around role creation: those belong to one database, not to the server. The
+ * migration was rolled back; its next attempt, in a new transaction, sees the role.
+ *
+ * Recognised by the SQLSTATE and pg_roles, not by the message, which the server writes in its
+ * `lc_messages` language: the error names the role only in that text, so the candidates are the
+ * roles the migration's own text names ({@link roleNamesIn}) that were absent when the attempt
+ * began (`absentBefore`) and exist now. A migration that failed on another missing object while a
+ * role it names appeared is tried once more, and then fails with that object's error.
  */
-async function createdMeanwhile(client: pg.PoolClient, err: unknown): Promise<boolean> {
-  if ((err as { code?: unknown }).code !== '42704') return false;
-  const role = ROLE_NOT_FOUND.exec((err as Error).message)?.[1];
-  if (role === undefined) return false;
-  const { rows } = await client.query('select 1 from pg_catalog.pg_roles where rolname operator(pg_catalog.=) $1::pg_catalog.text', [role]);
-  return rows.length > 0;
+async function createdMeanwhile(client: pg.PoolClient, err: unknown, absentBefore: readonly string[]): Promise<boolean> {
+  if ((err as { code?: unknown }).code !== UNDEFINED_OBJECT || absentBefore.length === 0) return false;
+  return (await rolesAbsent(client, absentBefore)).length < absentBefore.length;
+}
+
+/**
+ * The names a migration's text may give a role: each word, folded to lower case as PostgreSQL
+ * folds an unquoted identifier (also inside strings and function bodies: `create role x` in a DO
+ * block), and each double-quoted identifier as written. Keywords and table names among them are
+ * harmless: only those pg_roles holds (or comes to hold) count.
+ */
+function roleNamesIn(sql: string): string[] {
+  const names = new Set<string>();
+  for (const m of sql.matchAll(/"((?:[^"]|"")+)"|[\p{L}_][\p{L}\p{N}_$]*/gu)) {
+    const name = m[1] === undefined ? m[0].toLowerCase() : m[1].replaceAll('""', '"');
+    // NAMEDATALEN: a longer name is no role's.
+    if (Buffer.byteLength(name) <= 63) names.add(name);
+  }
+  return [...names];
+}
+
+/** Those of `names` that no role of the server has (pg_roles read now, not this session's cache). */
+async function rolesAbsent(client: pg.PoolClient, names: readonly string[]): Promise<string[]> {
+  if (names.length === 0) return [];
+  const { rows } = await client.query<{ name: string }>(
+    `select u.name from pg_catalog.unnest($1::pg_catalog.text[]) as u(name)
+      where not exists (select from pg_catalog.pg_roles r where r.rolname operator(pg_catalog.=) u.name)`,
+    [names],
+  );
+  return rows.map((r) => r.name);
 }
 
 /**
