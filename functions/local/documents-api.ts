@@ -47,7 +47,7 @@ import { RoutingError } from '../core/sharding/errors.js';
 export interface DocumentsApiDeps {
   readonly writer: ShardWriter;
   /** `primaryTimeline` (when given) sends token reads to the primary after a failover, as `withShardRead` does. */
-  readonly reader: Pick<ReplicaReader, 'query'> & Partial<Pick<ReplicaReader, 'primaryTimeline'>>;
+  readonly reader: Pick<ReplicaReader, 'query'> & Partial<Pick<ReplicaReader, 'primaryTimeline' | 'maxLagSeconds'>>;
   /** Reads of one owner's rows (fence-checked, read-your-writes). */
   readonly reads: ShardReader;
   readonly shardIds: readonly string[];
@@ -573,11 +573,33 @@ const usersPageSql = (extra: string): string => `select u.id, u.email, u.display
   from users u where (u.created_at, u.id) > ($2::timestamptz, $3::uuid) and ${USER_STATE} not in ${NOT_OWNED_STATES_SQL}${extra}
   order by u.created_at, u.id limit $1`;
 /**
- * A replica's page and every fence row it holds, in one statement (one snapshot, one node): which
- * units this node says are in transit (`moved`, `incoming`), and which it owns (`open`, `fenced`).
+ * A replica's page and its fence rows, in one statement (one snapshot, one node): which units this
+ * node says are in transit (`moved`, `incoming`), and which it owns (`open`, `fenced`). With `$4`
+ * (seconds; null: every row) only the rows that can still matter: every `incoming` and `fenced`
+ * one (a move under way, or one a dead mover left: few), and the others changed within `$4`.
+ * `moved` and `open` rows accumulate, one per unit ever moved (a listing used to read them all);
+ * see {@link settledAfterSeconds} for why older ones can be left out. Indexes: shard migration 025.
  */
 const LIST_USERS_SQL = `select (select coalesce(json_agg(p), '[]') from (${usersPageSql('')}) p) as users,
-  (select coalesce(json_agg(json_build_array(f.kind, f.unit_id, f.state)), '[]') from write_fences f) as fences`;
+  (select coalesce(json_agg(json_build_array(f.kind, f.unit_id, f.state)), '[]') from write_fences f
+    where $4::float8 is null or f.state in ('incoming', 'fenced') or f.updated_at >= now() - pg_catalog.make_interval(secs => $4::float8)) as fences`;
+/** Margin on the replicas' lag bound for the clocks of the nodes (each row's time is its primary's) and commits that follow their statement. */
+const SETTLE_MARGIN_SECONDS = 60;
+/**
+ * How long after its last change a `moved` or `open` fence row stops mattering to a listing, for
+ * a reader whose replicas serve data at most `maxLagSeconds` old; undefined (read every row) when
+ * the reader does not say its bound. The listing needs a `moved` row only while the unit's new
+ * owner may not list it yet, i.e. while some replica may not have replayed the opening there. A
+ * move inserts the target's `incoming` row before it marks the source `moved`, so once that mark
+ * is older than the bound, every replica serving reads shows the target `incoming` (still read,
+ * whatever its age: the unit's users are then read on the primaries, as before) or later: `open`
+ * (its replica lists them), or gone on to another move (whose rows are newer). A settled unit's
+ * primaries agree with its replicas. Leaving an `open` row out can only send its unit to the
+ * primaries, which answer exactly.
+ */
+function settledAfterSeconds(maxLagSeconds: number | undefined): number | null {
+  return maxLagSeconds === undefined ? null : maxLagSeconds + SETTLE_MARGIN_SECONDS;
+}
 /** A primary's page of the users of units in transit (`$4` slots, `$5` directory-placed keys). */
 const LIST_USERS_IN_TRANSIT_SQL = usersPageSql(' and (u.slot = any ($4::int[]) or u.id = any ($5::uuid[]))');
 const CANONICAL_UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -677,7 +699,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
    * Replicas of different shards lag independently: past a move, the source's may say `moved`
    * while the target's has not replayed the copy, or its opening (`incoming`), and neither lists
    * the unit's users. So each replica also says which units it holds in transit and which it owns
-   * (its fence rows, in the page's snapshot): the users of a unit some replica holds in transit
+   * (its fence rows that can still matter, in the page's snapshot: LIST_USERS_SQL): the users of a unit some replica holds in transit
    * and none owns are read on the primaries, where one shard owns it (but for the milliseconds
    * between a release's two commits), and those copies replace any a replica gave.
    */
@@ -691,7 +713,9 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const listed = ({ unit_state: _state, ...u }: PageRow, shardId: string): Listed => ({ ...u, shard_id: shardId });
     const parts = await Promise.all(
       deps.shardIds.map(async (shardId) => {
-        const r = await deps.reader.query<{ users: PageRow[]; fences: [string, string, string][] }>(shardId, LIST_USERS_SQL, [n + 1, after.createdAt, after.id], { deadlineAt: deadline.at });
+        const r = await deps.reader.query<{ users: PageRow[]; fences: [string, string, string][] }>(shardId, LIST_USERS_SQL, [n + 1, after.createdAt, after.id, settledAfterSeconds(deps.reader.maxLagSeconds)], {
+          deadlineAt: deadline.at,
+        });
         const page = r.rows[0] ?? { users: [], fences: [] };
         return { copies: page.users.map((u) => ({ item: listed(u, shardId), fenced: u.unit_state === 'fenced' })), fences: page.fences };
       }),

@@ -224,6 +224,14 @@ export class ReplicaReader {
     this.#onFailover = options.onFailover;
   }
 
+  /**
+   * The replay lag bound (max_replica_lag_seconds): a read this reader serves from a replica sees
+   * data at most this old (see ReplicaState.freshAsOfMs); a read from a primary, none.
+   */
+  get maxLagSeconds(): number {
+    return this.#bounds.maxLagSeconds;
+  }
+
   /** Probes once, then keeps probing every interval until {@link stop}. */
   async start(): Promise<void> {
     this.#running = true;
