@@ -2265,7 +2265,23 @@ export class PgMovePort implements MovePort<MoveJob> {
     }
     await this.unfence(job);
     await this.stopTargetCapture(job);
-    await this.deleteCopy(job);
+    // The target's rows of the unit are this move's copy only while its fence row is this job's
+    // `incoming` row: from its insert (prepareSource, before the copy) every other writer of the
+    // unit there is refused, so nothing else can have been acknowledged there since. Without it
+    // (cancelled before the source was prepared, a prepare that failed before that insert, a row
+    // another move or an operator's route left) the target copied nothing of this move, and its
+    // rows of the unit are someone else's: written where a map or pin published by hand sent the
+    // unit (even one published after this decision), or left by an earlier move. Those rows and
+    // that row stay as they are: deleting would lose acknowledged writes, and turning the row
+    // `moved` would refuse the writes of an owner. A row this job's rollback turned `moved`
+    // already (a run that stopped before the job's last update) comes after the copy was deleted:
+    // nothing is left to delete, and the job only ends. Read once per run: this run claimed the
+    // job's permit on both shards at its start (claimPermits), so an older run of this job still
+    // preparing the source can no longer insert the row, and no other job writes it while this
+    // one is unfinished (one unfinished move per slot).
+    const targetRow = await this.fenceRowOn(job.to, job);
+    const ownCopy = targetRow?.state === 'incoming' && Number(targetRow.job_id) === job.id;
+    if (ownCopy) await this.deleteCopy(job);
     // The source's capture ends only once the copy is gone: while it runs, another move from this
     // source whose rows meet this copy's stale rows on the target (documents handed between the
     // units) may clear them (see clearStaleCopies); stopped first, it would be stopped on them
@@ -2274,14 +2290,16 @@ export class PgMovePort implements MovePort<MoveJob> {
     // The target does not own the unit, and a missing row would say it does: a shard the unit
     // once left (its row said 'moved' until this move made it 'incoming') would take the writes
     // and reads of every process still holding the map of that time. So the row says 'moved', to
-    // the owner, whatever it said before the move.
-    await this.write(job, job.to, (c) =>
-      c.query(
-        `update write_fences set state = 'moved', moved_to = $4, map_version = $5, updated_at = clock_timestamp()
-          where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3`,
-        [job.kind, job.unitId, job.id, job.from, decided.version],
-      ),
-    );
+    // the owner, whatever it said before the move. Only this job's `incoming` row (see above).
+    if (ownCopy) {
+      await this.write(job, job.to, (c) =>
+        c.query(
+          `update write_fences set state = 'moved', moved_to = $4, map_version = $5, updated_at = clock_timestamp()
+            where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3`,
+          [job.kind, job.unitId, job.id, job.from, decided.version],
+        ),
+      );
+    }
     return this.updateJob(
       'state = rollback_to, unfenced_at = case when fenced_at is null then null else coalesce(unfenced_at, clock_timestamp()) end, finished_at = clock_timestamp()',
       [],
