@@ -878,6 +878,14 @@ export class PgMovePort implements MovePort<MoveJob> {
               // pin was deleted, and a pin to the source would hide them: the move cannot go on.
               const read = await ownerRead(job, this.options.directory, this.options.slotMaps, catalog, true);
               if (read.owner === null && isForeignOwner(job, read)) throw new MoveOwnerConflict(foreignOwnerMessage(job, read));
+              // Routed to the target (an operator deleted the pin, and the key's slot hashes there):
+              // the move publishes the target, and a cancel is refused meanwhile (see
+              // targetRouteRefusal). A pin to the source would undo that: a cancel refused before
+              // would be accepted after it. So the key stays unpinned; the target's fence
+              // (`incoming`, below) refuses the writes sent there by hash until the flip, which
+              // still fences the source, catches up what writers holding the old pin wrote there,
+              // and publishes the target over no entry.
+              if (read.owner === null && read.routesTo === job.to) return;
             }
             // Only where there is still no pin: an operator's pin made since the read is theirs to keep.
             if (pinned === null) {

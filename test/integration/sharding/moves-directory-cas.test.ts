@@ -571,3 +571,79 @@ describe('a cancel whose rollback is refused because the catalog already routes 
     expect(await env.directory.entry(key)).toMatchObject({ shardId: to, updatedBy: 'ops@example.com' });
   }, 60_000);
 });
+
+describe("a run that resumes, in its copy, the move of a key whose pin was deleted and whose slot hashes to the move's target", () => {
+  it('does not pin the key back to its source: a cancel stays refused, and the move fences the source, catches up a stale writer\'s writes and publishes the target', async () => {
+    // Pinned to `other` before the move (its rows there); its slot hashes to the move's target.
+    const slot = 1418;
+    const { hashOwner, key, source, target, operator } = await pinnedAwayFromHashOwner(slot);
+    let id = 0;
+    // The first run: a cancel recorded while the key still routes to the source, the pin deleted,
+    // then the mover dies after its copy, the job still in `copying`.
+    const dying = new Mover({
+      catalog: env.catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      readerGraceMs: 0,
+      async hook(point) {
+        if (point !== 'copied') return;
+        await env.mover().requestCancel(id);
+        await operator.delete(key);
+        throw new Error('the mover process died here');
+      },
+    });
+    id = (await dying.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' })).id;
+    const died = await outcomeOf(dying.run(id));
+    const [updated] = [...(await documentsOf(source, [key])).keys()] as [string];
+    // The next run refuses the cancel and resumes the copy. At its cutover the operator asks for a
+    // cancel again; then, once the catch-up before the fence is over (at the owner's read that
+    // precedes the fence), a writer that still holds the old pin writes on the source, captured
+    // there: a new document and an update. Only the catch-up under the fence can carry them over.
+    let armed = false;
+    let written = '';
+    let cancelAgain = '';
+    let entryAtCutover: DirectoryEntry | null | undefined;
+    const directory = directoryWithOperator(
+      key,
+      () => armed,
+      async () => {
+        written = (await source.query<{ id: string }>(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'stale pin', '{"rev": 0}') returning id::text`, [key, slot])).rows[0]?.id ?? '';
+        await source.query(`update documents set content = '{"rev": 7}' where id = $1`, [updated]);
+      },
+    );
+    const resuming = new Mover({
+      catalog: env.catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory,
+      readerGraceMs: 0,
+      async hook(point) {
+        if (point !== 'cutover' || armed) return;
+        entryAtCutover = await env.directory.entry(key);
+        cancelAgain = await outcomeOf(env.mover().requestCancel(id));
+        armed = true;
+      },
+    });
+    const resumed = await outcomeOf(resuming.run(id));
+    const job = await env.mover().get(id);
+    const onTarget = await documentsOf(target, [key]);
+
+    // Before: the resumed copy pinned the key back to the source, so the second cancel was
+    // accepted and the move ended cancelled, its copy deleted, though a cancel had been refused.
+    expect(died).toBe(`threw: move job #${id} stopped in copying: the mover process died here`);
+    expect({ resumed, state: job.state, cancelRequested: job.cancelRequested, entryAtCutover }).toEqual({ resumed: 'ended: done', state: 'done', cancelRequested: false, entryAtCutover: null });
+    expect({ written: directory.changed, fenced: job.fencedAt !== null }).toEqual({ written: true, fenced: true });
+    expect(cancelAgain).toMatch(new RegExp(`^threw: move job #${id} cannot be cancelled: key ${key} has no directory entry and routes by hash to the target ${hashOwner}`));
+    expect(job.cancelRefused).toMatch(/^cancel refused: key .* routes by hash to the target/);
+    expect(await env.directory.entry(key)).toMatchObject({ shardId: hashOwner, version: job.mapVersionAfter });
+    const { rows: copies } = await target.query<{ n: number }>('select count(*)::int as n from documents where id = $1', [written]);
+    expect({ copiesOfTheWrite: copies[0]?.n, updatedRev: onTarget.get(updated), onTarget: onTarget.size, onSource: (await documentsOf(source, [key])).size }).toEqual({
+      copiesOfTheWrite: 1,
+      updatedRev: 7,
+      onTarget: 4,
+      onSource: 0,
+    });
+    expect({ sourceFence: await unitFenceState(source, 'directory', key), targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ sourceFence: 'moved', targetFence: 'open' });
+  }, 60_000);
+});
