@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort } from '../support/postgres.js';
+import { refusedLoopbackPort } from '../support/refused-port.js';
 import { CLI_RUN_TIMEOUT_MS, eventually, getJson, runCli, startLocalProcess, type LocalProcess } from './support/local-process.js';
 
 interface Report {
@@ -169,7 +169,7 @@ describe('the documents API and npm run load', () => {
   }, CLI_RUN_TIMEOUT_MS);
 
   it('exits 1 naming a target it cannot reach, before loading anything', async () => {
-    const run = await runCli(['load', '--url', `http://127.0.0.1:${await freePort()}`, '--duration', '1']);
+    const run = await runCli(['load', '--url', `http://127.0.0.1:${await refusedLoopbackPort()}`, '--duration', '1']);
 
     expect(run.code).toBe(1);
     expect(run.stderr).toMatch(/discovering users: http:\/\/127\.0\.0\.1:\d+\/api\/v1\/users\?limit=100 is unreachable/);

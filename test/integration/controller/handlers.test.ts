@@ -25,7 +25,8 @@ import { createMigrateHandler, CustomResourceEventError, PHYSICAL_ID } from '../
 import { EnvironmentError, parseControllerEnv, parseMigrationEnv } from '../../../functions/handlers/shared/env.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { createControllerRuntime, type ControllerRuntime } from '../../../functions/handlers/shared/runtime.js';
-import { freePort, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { refusedLoopbackPort } from '../../support/refused-port.js';
 import { ecsService, metricsFrom, mockControllerAws } from '../../support/scaling-fixtures.js';
 
 const { cw, ecs } = mockControllerAws();
@@ -290,7 +291,7 @@ describe('alarm handler', () => {
   });
 
   it('still evaluates, and de-duplicates within the container, while the catalog is unreachable', async () => {
-    const rt = container({ CATALOG_DATABASE_URL: `postgresql://postgres:postgres@127.0.0.1:${await freePort()}/postgres` });
+    const rt = container({ CATALOG_DATABASE_URL: `postgresql://postgres:postgres@127.0.0.1:${await refusedLoopbackPort()}/postgres` });
     const handler = createAlarmHandler(() => rt);
 
     const first = await handler(snsEvent('m-down', cpuAlarm()), context);

@@ -5,7 +5,8 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, send, startAppBehindNginx, startBackend, startNginx, stopAll, type Backend, type RunningNginx } from './harness.js';
+import { ephemeralRangeStart } from '../../support/refused-port.js';
+import { deadAddress, freePort, send, startAppBehindNginx, startBackend, startNginx, stopAll, type Backend, type RunningNginx } from './harness.js';
 
 describe('nginx harness ports', () => {
   let app: Backend;
@@ -49,6 +50,22 @@ describe('nginx harness ports', () => {
       expect(JSON.parse(res.text)).toMatchObject({ backend: 'app' });
     } finally {
       await stopAll(direct.nginx, direct.app);
+    }
+  });
+
+  it('names a dead upstream by a port below the kernel\'s ephemeral range, which no other test process can be handed and bind', async () => {
+    // Another worker's free-port choice (its PostgreSQL, its nginx) comes from the ephemeral
+    // range: a port this process chose there and left unbound can be given to it, and the "down"
+    // primary then answers.
+    const port = Number((await deadAddress()).split(':')[1]);
+
+    expect(port).toBeGreaterThan(0);
+    expect(port).toBeLessThan(ephemeralRangeStart());
+    const down = await startNginx({ NGINX_READ_UPSTREAMS: await deadAddress(), NGINX_WRITE_UPSTREAMS: await deadAddress() });
+    try {
+      expect((await send(down.port, '/api/v1/documents/nobody-home')).status).toBe(502);
+    } finally {
+      await down.stop();
     }
   });
 });

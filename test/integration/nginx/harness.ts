@@ -25,6 +25,7 @@ import { freeLoopbackPort } from '../../../functions/adapters/net/free-port.js';
 import { parseNginxEnv, renderNginxConfig, type NginxRuntime } from '../../../containers/nginx/render.js';
 import { NGINX_WRITABLE_PATHS } from '../../../lib/services/sidecar-service.js';
 import { startImage, type ExportedImage } from '../../images/rootfs.js';
+import { refusedLoopbackPort } from '../../support/refused-port.js';
 
 export const TEMPLATE_PATH = fileURLToPath(new URL('../../../containers/nginx/nginx.conf.template', import.meta.url));
 const MODULES_DIR = process.env.CA_DMS_NGINX_MODULES_DIR ?? '/usr/lib/nginx/modules';
@@ -327,9 +328,12 @@ export function send(
   });
 }
 
-/** A port on which nothing listens (a primary that is down). */
+/**
+ * A port on which nothing listens (a primary that is down): a privileged one, which no other
+ * test process can be handed and bind meanwhile, as it could a free port (refused-port.ts).
+ */
 export async function deadAddress(): Promise<string> {
-  return `127.0.0.1:${await freePort()}`;
+  return `127.0.0.1:${await refusedLoopbackPort()}`;
 }
 
 /** One application backend with nginx in front of it. */

@@ -9,7 +9,7 @@ import { MAX_WHOLE_TABLE_BUDGET_MS, ShardInspectionError, ShardInspector } from 
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
 import { buildSlotMap, type SlotMap } from '../../../functions/core/sharding/slot-map.js';
-import { freePort } from '../../support/postgres.js';
+import { refusedLoopbackPort } from '../../support/refused-port.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
 
 const DOCS_PER_USER = 2;
@@ -261,7 +261,7 @@ describe('shard statistics and the rebalance check', () => {
   });
 
   it('lists an unreachable shard instead of hiding it, and refuses to plan without it', async () => {
-    const port = await freePort();
+    const port = await refusedLoopbackPort();
     const partial = ShardPools.fromConfig({
       shards: [...cluster.config.shards, { shard_id: 'shard_gone', database_url: `postgresql://postgres:postgres@127.0.0.1:${port}/postgres`, read_replicas: [] }],
     });

@@ -5,10 +5,10 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { refusedLoopbackPort } from '../../support/refused-port.js';
 
 const REPO = resolve(import.meta.dirname, '../../..');
 
@@ -28,15 +28,6 @@ async function bin(cwd: string, ...args: string[]): Promise<Run> {
       done({ code, stdout, stderr });
     });
   });
-}
-
-/** A loopback port nobody listens on (taken, then released). */
-async function closedPort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
 }
 
 let dir: string;
@@ -68,7 +59,8 @@ describe('ca-dms-scaling failures', { timeout: 90_000 }, () => {
   });
 
   it('says the database is not reachable when migrate cannot connect, exit 1', async () => {
-    const port = await closedPort();
+    // A privileged port: one taken and released here could be bound by another test process before the CLI connects.
+    const port = await refusedLoopbackPort();
 
     const run = await bin(dir, 'migrate', '--catalog-url', `postgresql://u:p@127.0.0.1:${port}/catalog`);
 

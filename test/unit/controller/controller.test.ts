@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
-import { freePort } from '../../support/postgres.js';
+import { refusedLoopbackPort } from '../../support/refused-port.js';
 import { controllerFor, ecsService, givenOneService, ManualClock, metricsFrom, mockControllerAws, RecordingLog, topologyOf } from '../../support/scaling-fixtures.js';
 
 const aws = mockControllerAws();
@@ -25,7 +25,7 @@ let pool: pg.Pool;
 let unreachable: CatalogStore;
 
 beforeAll(async () => {
-  pool = new pg.Pool({ connectionString: `postgresql://postgres:postgres@127.0.0.1:${await freePort()}/postgres`, max: 1, connectionTimeoutMillis: 500 });
+  pool = new pg.Pool({ connectionString: `postgresql://postgres:postgres@127.0.0.1:${await refusedLoopbackPort()}/postgres`, max: 1, connectionTimeoutMillis: 500 });
   pool.on('error', () => undefined);
   unreachable = new CatalogStore(pool, { defaults: parseScalingConfig({}) });
 });

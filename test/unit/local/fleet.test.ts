@@ -9,7 +9,7 @@ import { SimulatedFleet } from '../../../functions/adapters/sim/fleet.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import { ScalingController } from '../../../functions/core/scaling/controller.js';
 import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
-import { freePort } from '../../support/postgres.js';
+import { refusedLoopbackPort } from '../../support/refused-port.js';
 import { RecordingLog } from '../../support/scaling-fixtures.js';
 import { DEFAULT_MODEL } from '../../../functions/core/scaling/simulator/model.js';
 import type { TracePoint } from '../../../functions/core/scaling/simulator/trace.js';
@@ -106,7 +106,7 @@ describe('SimulatedFleet', () => {
   it('carries the marks of a stop, as ECS tags do, and a controller without its catalog heeds them', async () => {
     const { fleet, advance, now } = fleetAt();
     advance(60_000); // the top of the ramp: CPU at 100 on 2 tasks
-    const pool = new pg.Pool({ connectionString: `postgresql://postgres:postgres@127.0.0.1:${await freePort()}/postgres`, max: 1, connectionTimeoutMillis: 500 });
+    const pool = new pg.Pool({ connectionString: `postgresql://postgres:postgres@127.0.0.1:${await refusedLoopbackPort()}/postgres`, max: 1, connectionTimeoutMillis: 500 });
     pool.on('error', () => undefined);
     const config = parseScalingConfig({ policy: 'threshold', min_instances: 1, max_instances: 10, services: { api: {} } });
     const controller = new ScalingController({

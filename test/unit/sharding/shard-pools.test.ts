@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { isNodeFailure, ReplicaReader, ShardUnavailableError } from '../../../functions/adapters/postgres/replica-reader.js';
 import { endpointOf, ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { RoutingError } from '../../../functions/core/sharding/errors.js';
-import { freePort } from '../../support/postgres.js';
+import { refusedLoopbackPort } from '../../support/refused-port.js';
 
 const config = {
   shards: [
@@ -60,7 +60,8 @@ describe('which failures move a read to another node', () => {
   });
 
   it('raises ShardUnavailableError, with the last failure as cause, when no node answers', async () => {
-    const [p, r] = [await freePort(), await freePort()];
+    // One refused port for both: the primary and its replica are down.
+    const [p, r] = Array<number>(2).fill(await refusedLoopbackPort());
     pools = ShardPools.fromConfig({
       shards: [{ shard_id: 's', database_url: `postgresql://u:p@127.0.0.1:${p}/d`, read_replicas: [`postgresql://u:p@127.0.0.1:${r}/d`] }],
     }, { connectionTimeoutMillis: 500 });
