@@ -576,13 +576,23 @@ const usersPageSql = (extra: string): string => `select u.id, u.email, u.display
  * A replica's page and its fence rows, in one statement (one snapshot, one node): which units this
  * node says are in transit (`moved`, `incoming`), and which it owns (`open`, `fenced`). With `$4`
  * (seconds; null: every row) only the rows that can still matter: every `incoming` and `fenced`
- * one (a move under way, or one a dead mover left: few), and the others changed within `$4`.
- * `moved` and `open` rows accumulate, one per unit ever moved (a listing used to read them all);
- * see {@link settledAfterSeconds} for why older ones can be left out. Indexes: shard migration 025.
+ * one (a move under way, or one a dead mover left: few), the others changed within `$4`, and the
+ * `open` row of each unit this node captures the changes of (`move_captures`: the source of a move
+ * under way, a handful). `moved` and `open` rows accumulate, one per unit ever moved (a listing
+ * used to read them all); see {@link settledAfterSeconds} for why older ones can be left out.
+ * Not the source's: while a move copies, its target says `incoming` (read however old), and the
+ * source's `open` row, unchanged since before the move or since its start, is the only one saying
+ * who owns the unit. Left out once older than `$4`, the unit went unresolved, and every page read
+ * every shard's primary for as long as the move lasted. Indexes: shard migration 025; the
+ * captures join by write_fences' primary key.
  */
 const LIST_USERS_SQL = `select (select coalesce(json_agg(p), '[]') from (${usersPageSql('')}) p) as users,
-  (select coalesce(json_agg(json_build_array(f.kind, f.unit_id, f.state)), '[]') from write_fences f
-    where $4::float8 is null or f.state in ('incoming', 'fenced') or f.updated_at >= now() - pg_catalog.make_interval(secs => $4::float8)) as fences`;
+  (select coalesce(json_agg(json_build_array(f.kind, f.unit_id, f.state)), '[]') from (
+    select f.kind, f.unit_id, f.state from write_fences f
+     where $4::float8 is null or f.state in ('incoming', 'fenced') or f.updated_at >= now() - pg_catalog.make_interval(secs => $4::float8)
+    union
+    select f.kind, f.unit_id, f.state from move_captures c join write_fences f on f.kind = c.kind and f.unit_id = c.unit_id
+     where $4::float8 is not null and f.state = 'open') f) as fences`;
 /** Margin on the replicas' lag bound for the clocks of the nodes (each row's time is its primary's) and commits that follow their statement. */
 const SETTLE_MARGIN_SECONDS = 60;
 /**

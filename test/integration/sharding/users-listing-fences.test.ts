@@ -50,6 +50,21 @@ function counting(reader: Reader): { reader: Reader; fences: Map<string, unknown
   };
 }
 
+/** `reader`, recording the slots whose users it was asked to read on the primaries (units in transit that no replica said it owns). */
+function recordingPrimarySlots(reader: Reader): { reader: Reader; slots: Set<number> } {
+  const slots = new Set<number>();
+  return {
+    slots,
+    reader: {
+      ...(reader.maxLagSeconds === undefined ? {} : { maxLagSeconds: reader.maxLagSeconds }),
+      async query<R extends pg.QueryResultRow>(shardId: string, text: string, values: unknown[] = [], options?: { readonly primary?: boolean; readonly deadlineAt?: number }) {
+        if (options?.primary === true) for (const slot of values[3] as number[]) slots.add(slot);
+        return reader.query<R>(shardId, text, values, options);
+      },
+    },
+  };
+}
+
 async function listedShards(reader: Reader, user: string): Promise<string[]> {
   const route = createDocumentsRoute({ writer: env.writer, reader, reads: env.reader, shardIds: [...env.shards.keys()] });
   const http = createServer((req, res) => void Promise.resolve(route(req, res)).then((handled) => (handled ? undefined : res.writeHead(404).end())));
@@ -93,6 +108,38 @@ describe('GET /users reads the fence rows a page can need', () => {
     const unbounded = counting(primariesAsReplicas(undefined));
     expect(await listedShards(unbounded.reader, user)).toEqual([to]);
     expect([...unbounded.fences.values()].reduce((n, f) => n + f.length, 0)).toBe(10_000 + 2000 + 3);
+  });
+
+  it("reads the source's open row of a move under way however old: the unit is listed from the replicas, not every primary", async () => {
+    // A move under way for longer than the bound (a large copy, a run paused in its catch-up, a
+    // mover that died): the target's row says `incoming` (read whatever its age), the source's
+    // `open` row was last changed before the bound. Left out, no replica said who owns the unit,
+    // and every page read every shard's primary for as long as the move lasted (a primary down
+    // or failing over then failed the page); the source, which captures the unit's changes for
+    // the move, says it owns it.
+    const slot = 724;
+    const { from, to, source } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 1);
+    const stop = new Error('the run stops in its catch-up');
+    const paused = env.mover({
+      readerGraceMs: 0,
+      hook: (point) => {
+        if (point === 'catching_up') throw stop;
+      },
+    });
+    const job = await paused.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await expect(paused.run(job.id)).rejects.toThrow('the run stops in its catch-up');
+    await source.query(`update write_fences set updated_at = now() - interval '1 day' where kind = 'slot' and unit_id = $1`, [String(slot)]);
+    expect((await source.query<{ n: number }>('select count(*)::int as n from move_captures where job_id = $1', [job.id])).rows[0]?.n).toBe(1);
+
+    const recorded = recordingPrimarySlots(primariesAsReplicas(5));
+    expect(await listedShards(recorded.reader, user)).toEqual([from]);
+    expect([...recorded.slots]).not.toContain(slot);
+
+    // The move finishes; the source's row says `moved` (newly), the target's `open`.
+    expect((await env.mover({ readerGraceMs: 0 }).run(job.id)).state).toBe('done');
+    expect(await listedShards(primariesAsReplicas(5), user)).toEqual([to]);
   });
 
   it("reads a target's incoming row however old: a replica that has not replayed a late opening lists the unit only through it", async () => {
