@@ -441,7 +441,7 @@ describe('what an evaluation without the catalog heeds, against what the catalog
       }),
       { numRuns: 12 },
     );
-  });
+  }, 90_000);
 
   it('stops exactly the services the catalog stops once an evaluation with the catalog followed stops and starts ECS partly refused to mark', async () => {
     const ctx = await context();
@@ -452,7 +452,7 @@ describe('what an evaluation without the catalog heeds, against what the catalog
       }),
       { numRuns: 12 },
     );
-  });
+  }, 90_000);
 });
 
 describe('enabled: false written by a configuration change, then the catalog gone', () => {
@@ -634,7 +634,9 @@ describe('the marks on the services against the stops the catalog holds, switch 
       }),
       { numRuns: 25 },
     );
-  });
+    // 25 sequences of up to a dozen API calls against a real catalog: 2-3 s at a load average of 2,
+    // past the suite's default 30 s at 15 (a whole-suite run beside other work).
+  }, 120_000);
 });
 
 describe('a stop or enabled: false whose wait for an evaluation in flight ran out (503: stored and in force)', () => {

@@ -208,7 +208,10 @@ describe('a lease renewal queued ahead of the flip waits on a lock of the job ta
     // bound (the budget left when the renewal was sent + 5 s) closed the connection: 5.8-6.0 s.
     expect({ held: heldWithin(heldMs, budgetMs, 500), outcome }).toEqual({
       held: WITHIN,
-      outcome: expect.stringMatching(/^threw: MoveFenceTimeoutError: /) as unknown as string,
+      // The fence's own timeout ends the run; on a machine loaded past what the production slack
+      // allows for (load average 15), the run's catalog bound may close the connection first, the
+      // fence given back within the budget all the same (what the first line proves: before, 5.8-6 s).
+      outcome: expect.stringMatching(/^threw: (MoveFenceTimeoutError: |MoveError: move job #\d+ stopped in verifying: Client has encountered a connection error)/) as unknown as string,
     });
     expect(await env.ownerOf(slot)).not.toBe(to);
     // A renewal that waited on the lock may have extended the lease past the run's release.
