@@ -50,37 +50,53 @@ async function publishedOrWaiting(publication: Promise<unknown>): Promise<'publi
   return Promise.race([done, watch]);
 }
 
+/**
+ * A directory key of `slot` seeded with 4 documents on the slot's owner, the two other shards, an
+ * operator's directory store, and a writer that writes a document of the key where the catalog
+ * routes it now (its entry, else its slot's owner), noting each shard that acknowledged one.
+ */
+async function keyScene(slot: number): Promise<{
+  from: string;
+  to: string;
+  other: string;
+  key: string;
+  operator: DirectoryStore;
+  route: () => Promise<string>;
+  accepted: string[];
+  write: () => Promise<void>;
+}> {
+  const from = await env.ownerOf(slot);
+  const [to, other] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== from) as [string, string];
+  const [key] = keysInSlot(slot, 1) as [string];
+  await seedUsers(env.shards.get(from) as pg.Pool, slot, [key], 4);
+  const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+  const route = async (): Promise<string> => (await operator.entry(key))?.shardId ?? ((await env.slotMaps.ownerOf(slot))?.shardId as string);
+  const accepted: string[] = [];
+  const write = async (): Promise<void> => {
+    const shard = await route();
+    const wrote = await (env.shards.get(shard) as pg.Pool)
+      .query(
+        `with u as (insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'writer') on conflict (id) do nothing)
+         insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1::uuid, $2, 'written by hash', '{"rev": 0}')`,
+        [key, slot],
+      )
+      .then(
+        () => true,
+        // Refused by a fence (CAF01 fenced or incoming, CAF02 moved): not acknowledged, so never lost.
+        (err: { code?: string }) => {
+          if (err.code === 'CAF01' || err.code === 'CAF02') return false;
+          throw err;
+        },
+      );
+    if (wrote) accepted.push(shard);
+  };
+  return { from, to, other, key, operator, route, accepted, write };
+}
+
 describe("a slot map published between a directory move's read of where its unpinned key routes and the flip's commit", () => {
   it('is never half-seen: a document written where the published map sends the key stays where the catalog routes the key', async () => {
     const slot = 1501;
-    const from = await env.ownerOf(slot);
-    const [to, other] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== from) as [string, string];
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [key], 4);
-    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
-    /** Where a writer that reads the catalog now sends the key: its entry, else its slot's owner. */
-    const route = async (): Promise<string> => (await operator.entry(key))?.shardId ?? ((await env.slotMaps.ownerOf(slot))?.shardId as string);
-    const accepted: string[] = [];
-    /** A writer's document of the key, written where the catalog routes it (its user too, where missing). */
-    const write = async (): Promise<void> => {
-      const shard = await route();
-      const pool = env.shards.get(shard) as pg.Pool;
-      const wrote = await pool
-        .query(
-          `with u as (insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'writer') on conflict (id) do nothing)
-           insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1::uuid, $2, 'written by hash', '{"rev": 0}')`,
-          [key, slot],
-        )
-        .then(
-          () => true,
-          // Refused by a fence (CAF01 fenced or incoming, CAF02 moved): not acknowledged, so never lost.
-          (err: { code?: string }) => {
-            if (err.code === 'CAF01' || err.code === 'CAF02') return false;
-            throw err;
-          },
-        );
-      if (wrote) accepted.push(shard);
-    };
+    const { from, to, other, key, operator, route, accepted, write } = await keyScene(slot);
     // The operator deletes the move's pin under its fence: the key routes by hash to its slot's
     // owner, the move's source, and the move goes on (docs/sharding-spec.md section 9).
     let unpinned = false;
@@ -249,30 +265,7 @@ describe("a slot map published between a cancelled directory move's rollback rea
     // and it must read under catalog.lock_slot_maps_for_hash_route() as the flip does: unlocked,
     // the pin hid the document written on the third shard in the window.
     const slot = 1505;
-    const from = await env.ownerOf(slot);
-    const [to, other] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== from) as [string, string];
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(env.shards.get(from) as pg.Pool, slot, [key], 4);
-    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
-    const route = async (): Promise<string> => (await operator.entry(key))?.shardId ?? ((await env.slotMaps.ownerOf(slot))?.shardId as string);
-    const accepted: string[] = [];
-    const write = async (): Promise<void> => {
-      const shard = await route();
-      const wrote = await (env.shards.get(shard) as pg.Pool)
-        .query(
-          `with u as (insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'writer') on conflict (id) do nothing)
-           insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1::uuid, $2, 'written by hash', '{"rev": 0}')`,
-          [key, slot],
-        )
-        .then(
-          () => true,
-          (err: { code?: string }) => {
-            if (err.code === 'CAF01' || err.code === 'CAF02') return false;
-            throw err;
-          },
-        );
-      if (wrote) accepted.push(shard);
-    };
+    const { from, to, other, key, operator, route, accepted, write } = await keyScene(slot);
     // Under the fence the operator deletes the move's pin (the key routes by hash to the source)
     // and cancels the move: the flip answers the cancel, and the rollback decides.
     let cancelled = false;
