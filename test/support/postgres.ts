@@ -88,6 +88,37 @@ export async function initTemplateDataDir(dir: string): Promise<void> {
   }).initialise();
 }
 
+/**
+ * Starts `first` (a server whose data directory is initialised, on a port free when chosen). Another
+ * process may bind that port before PostgreSQL does, which then exits (and start() rejects): the
+ * same data directory then starts on another port, up to PORT_ATTEMPTS times. Any other failure,
+ * or the last, removes `dir` and throws naming the port and the server's log.
+ */
+export async function startWhereFree(
+  first: { server: EmbeddedPostgres; port: number },
+  serverOn: (port: number) => EmbeddedPostgres,
+  choosePort: () => Promise<number>,
+  log: { clear: () => void; text: () => string },
+  dir: string,
+  what: string,
+): Promise<{ server: EmbeddedPostgres; port: number }> {
+  let { server, port } = first;
+  for (let attempt = 1; ; attempt++) {
+    log.clear();
+    try {
+      await server.start();
+      return { server, port };
+    } catch (error) {
+      if (!portTakenIn(log.text()) || attempt >= PORT_ATTEMPTS) {
+        await rm(dir, { recursive: true, force: true });
+        throw new Error(`${what} did not start on port ${port}: ${log.text().trim() || String(error)}`, { cause: error });
+      }
+      port = await choosePort();
+      server = serverOn(port);
+    }
+  }
+}
+
 /** Starts a fresh PostgreSQL cluster listening on 127.0.0.1 only. */
 export async function startTestPostgres(options: StartTestPostgresOptions = {}): Promise<TestPostgres> {
   const dataDir = await mkdtemp(join(tmpdir(), 'ca-dms-pg-'));
@@ -115,22 +146,7 @@ export async function startTestPostgres(options: StartTestPostgresOptions = {}):
   let server = serverOn(port);
   if (options.initdbFlags === undefined) await initialiseDataDir(server, join(dataDir, 'data'));
   else await server.initialise();
-  // The port was free when chosen; another process may bind it before PostgreSQL does, which then
-  // exits (and start() rejects). The initialised data directory serves a start on another port.
-  for (let attempt = 1; ; attempt++) {
-    log = '';
-    try {
-      await server.start();
-      break;
-    } catch (error) {
-      if (!portTakenIn(log) || attempt >= PORT_ATTEMPTS) {
-        await rm(dataDir, { recursive: true, force: true });
-        throw new Error(`test PostgreSQL did not start on port ${port}: ${log.trim() || String(error)}`, { cause: error });
-      }
-      port = await choosePort();
-      server = serverOn(port);
-    }
-  }
+  ({ server, port } = await startWhereFree({ server, port }, serverOn, choosePort, { clear: () => (log = ''), text: () => log }, dataDir, 'test PostgreSQL'));
   let stopped = false;
   const urlFor = (database: string): string => `postgresql://postgres:postgres@127.0.0.1:${port}/${database}`;
   return {
