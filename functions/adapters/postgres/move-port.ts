@@ -862,6 +862,8 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   async prepareSource(job: MoveJob): Promise<void> {
+    // Set where the key has no entry and routes by hash to the target (see below).
+    let unpinnedToTarget = false;
     if (job.kind === 'directory') {
       // Pin the key where it is, so that the flip is a directory change that hash routing
       // cannot override; writers routed by hash land on the same shard meanwhile. Read and set
@@ -884,8 +886,13 @@ export class PgMovePort implements MovePort<MoveJob> {
               // would be accepted after it. So the key stays unpinned; the target's fence
               // (`incoming`, below) refuses the writes sent there by hash until the flip, which
               // still fences the source, catches up what writers holding the old pin wrote there,
-              // and publishes the target over no entry.
-              if (read.owner === null && read.routesTo === job.to) return;
+              // and publishes the target over no entry. Until that fence exists, though, the target
+              // took the key's writes sent there by hash: its insert checks that it holds none
+              // (checkedIncoming, below).
+              if (read.owner === null && read.routesTo === job.to) {
+                unpinnedToTarget = true;
+                return;
+              }
             }
             // Only where there is still no pin: an operator's pin made since the read is theirs to keep.
             if (pinned === null) {
@@ -936,14 +943,20 @@ export class PgMovePort implements MovePort<MoveJob> {
       bounded,
     );
     // The target does not own the unit until the flip: writes that reach it early are refused.
-    const target = await this.write(job, job.to, (c) =>
-      c.query<{ state: string; job_id: string | null }>(
-        `insert into write_fences (kind, unit_id, state, job_id, excluded_keys) values ($1, $2, 'incoming', $3, $4)
-         on conflict (kind, unit_id) do update set state = 'incoming', moved_to = null, job_id = $3, excluded_keys = $4, updated_at = clock_timestamp()
-           where write_fences.state in ('moved', 'incoming', 'open')
-         returning state`,
-        [job.kind, job.unitId, job.id, excluded],
-      ),
+    const target = await this.write(
+      job,
+      job.to,
+      async (c) => {
+        if (unpinnedToTarget) await this.checkedIncoming(job, c);
+        return c.query<{ state: string; job_id: string | null }>(
+          `insert into write_fences (kind, unit_id, state, job_id, excluded_keys) values ($1, $2, 'incoming', $3, $4)
+           on conflict (kind, unit_id) do update set state = 'incoming', moved_to = null, job_id = $3, excluded_keys = $4, updated_at = clock_timestamp()
+             where write_fences.state in ('moved', 'incoming', 'open')
+           returning state`,
+          [job.kind, job.unitId, job.id, excluded],
+        );
+      },
+      unpinnedToTarget ? bounded : MOVER_WRITE,
     );
     if (target.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
     await this.markExcludedKeys(job);
@@ -951,6 +964,42 @@ export class PgMovePort implements MovePort<MoveJob> {
       c.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [job.id, job.kind, job.unitId, job.excludedKeys]),
     );
     await this.drain(source, job);
+  }
+
+  /**
+   * Before a directory move fences its target `incoming` for a key with no entry that routes by
+   * hash to that target (its pin deleted, its slot the target's): in the transaction that inserts
+   * the fence, the target must hold no row of the key that a writer sent there by hash. Until
+   * that fence exists, nothing refused those writes (no row, or `open`, lets them through), and
+   * the copy deletes the target's rows of the unit page by page before writing the source's: the
+   * move ended done with the acknowledged writes gone, and a pin back to the source (the rule
+   * before) hid them the same way. The unit's tables are locked in SHARE mode first (within the
+   * fence budget: `lock_timeout`), so that a writer in flight, which saw no fence row, commits
+   * before the rows are counted, and the next one waits for the fence and is refused by it. Once
+   * the row is `incoming` (a run that fenced it already) or `moved` (the key left this shard and
+   * its writes were refused since), what the target holds of the unit is a move's copy or stale,
+   * and nothing is checked. Rows found stop the move before it fences anything: it can neither
+   * copy over them nor publish the target without the source's rows, and a cancel is refused
+   * while the key routes there; the key's owner must be decided by hand.
+   */
+  private async checkedIncoming(job: MoveJob, c: pg.PoolClient): Promise<void> {
+    await c.query(`lock table ${TABLES.map((t) => t.name).join(', ')} in share mode`).catch((err: unknown) => {
+      if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw err;
+      throw new MoveError(`writers on ${job.to} held its tables past the fence budget (${this.settings.fenceBudgetMs} ms) while the move checked that the target holds no rows of key ${job.unitId} written there by hash; nothing changed, the move starts again on its next run`, { cause: err });
+    });
+    const { rows: fence } = await c.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
+    const state = fence[0]?.state;
+    if (state === 'incoming' || state === 'moved') return;
+    const counts: string[] = [];
+    for (const { name: table } of TABLES) {
+      const unit = this.unitFilter(job, table, 1);
+      const { rows } = await c.query<{ n: number }>(`select count(*)::int as n from ${table} where ${unit.sql}`, unit.params);
+      if ((rows[0]?.n ?? 0) > 0) counts.push(`${rows[0]?.n} in ${table}`);
+    }
+    if (counts.length === 0) return;
+    throw new MoveError(
+      `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash before this move fenced it: the copy would delete them, and a pin to the source ${job.from} would hide them; nothing was fenced, and this move can neither go on nor be cancelled while the key routes there: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})`,
+    );
   }
 
   /**

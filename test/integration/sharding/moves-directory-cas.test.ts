@@ -647,3 +647,172 @@ describe("a run that resumes, in its copy, the move of a key whose pin was delet
     expect({ sourceFence: await unitFenceState(source, 'directory', key), targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ sourceFence: 'moved', targetFence: 'open' });
   }, 60_000);
 });
+
+describe("the first run of the move of a key whose pin was deleted before its copy began and whose slot hashes to the move's target", () => {
+  /** A writer routed by hash to `pool` (no pin): the key's user row and a document, as the API writes them there. */
+  async function writeByHash(pool: pg.Pool, slot: number, key: string): Promise<{ outcome: string; id: string }> {
+    const client = await pool.connect();
+    try {
+      await client.query('begin');
+      await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'written by hash') on conflict (id) do nothing`, [key, slot, `${key}@example.com`]);
+      const { rows } = await client.query<{ id: string }>(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'written by hash', '{"rev": 1}') returning id::text`, [key, slot]);
+      await client.query('commit');
+      return { outcome: 'accepted', id: rows[0]?.id ?? '' };
+    } catch (e) {
+      await client.query('rollback');
+      return { outcome: `refused ${(e as { code?: string }).code ?? '?'}`, id: '' };
+    } finally {
+      client.release();
+    }
+  }
+
+  it("does not copy over the writes the target took by hash before its fence: the move stops, naming them, and they stay", async () => {
+    const slot = 1419;
+    const { hashOwner, key, source, target, operator } = await pinnedAwayFromHashOwner(slot);
+    let written: { outcome: string; id: string } = { outcome: 'none', id: '' };
+    // Between the job's start and its first prepareSource, the operator deletes the pin: the key
+    // routes by hash to the target, which has no fence row for it yet and takes a writer's write.
+    const mover = new Mover({
+      catalog: env.catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      readerGraceMs: 0,
+      async hook(point) {
+        if (point !== 'copying' || written.outcome !== 'none') return;
+        await operator.delete(key);
+        written = await writeByHash(target, slot, key);
+      },
+    });
+    const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    const outcome = await outcomeOf(mover.run(planned.id));
+    const again = await outcomeOf(env.mover({ readerGraceMs: 0 }).run(planned.id));
+    const job = await env.mover().get(planned.id);
+    const { rows } = await target.query<{ n: number }>('select count(*)::int as n from documents where id = $1', [written.id]);
+
+    // Before: the run left the key unpinned, fenced the target `incoming` over the write and its
+    // copy deleted the target's rows of the key: the move ended done, the acknowledged write gone.
+    expect(written.outcome).toBe('accepted');
+    expect({ writeOnTarget: rows[0]?.n, state: job.state, flipped: job.flipStarted }).toEqual({ writeOnTarget: 1, state: 'copying', flipped: false });
+    for (const run of [outcome, again]) expect(run).toMatch(new RegExp(`^threw: key ${key} has no directory entry and routes by hash to the target ${hashOwner}, which already holds rows of it`));
+    // Nothing fenced on the target: the key's writes there go on being accepted.
+    expect(await unitFenceState(target, 'directory', key)).toBeUndefined();
+    expect(await env.directory.entry(key)).toBeNull();
+    expect({ onSource: (await documentsOf(source, [key])).size, onTarget: (await documentsOf(target, [key])).size }).toEqual({ onSource: 3, onTarget: 1 });
+  }, 60_000);
+
+  it("waits for a writer in flight on the target, which saw no fence, before it counts: the writer's rows stop the move and stay", async () => {
+    const slot = 1422;
+    const { hashOwner, key, target, operator } = await pinnedAwayFromHashOwner(slot);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    // The pin deleted after the plan; a writer routed by hash, its transaction still open (it saw
+    // no fence row on the target) when the run prepares the source.
+    await operator.delete(key);
+    const writer = await target.connect();
+    let run: Promise<string> | undefined;
+    let docId = '';
+    try {
+      await writer.query('begin');
+      await writer.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'written by hash') on conflict (id) do nothing`, [key, slot, `${key}@example.com`]);
+      docId = (await writer.query<{ id: string }>(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'in flight', '{"rev": 1}') returning id::text`, [key, slot])).rows[0]?.id ?? '';
+      run = outcomeOf(mover.run(planned.id));
+      // The run waits on the writer's transaction (a lock, on a table or on its rows): then it commits.
+      for (;;) {
+        const { rows } = await target.query<{ n: number }>('select count(*)::int as n from pg_locks where not granted');
+        if ((rows[0]?.n ?? 0) > 0) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await writer.query('commit');
+    } finally {
+      writer.release();
+    }
+    const first = await run;
+    const again = await outcomeOf(env.mover({ readerGraceMs: 0 }).run(planned.id));
+    const { rows } = await target.query<{ n: number }>('select count(*)::int as n from documents where id = $1', [docId]);
+
+    // Without the lock: the count missed the uncommitted rows, the copy met the writer's user row
+    // and failed, and the next run, the target `incoming` already, copied over them: gone.
+    expect({ writeOnTarget: rows[0]?.n, onTargetFence: await unitFenceState(target, 'directory', key) }).toEqual({ writeOnTarget: 1, onTargetFence: undefined });
+    // The first run counts once the writer committed (or, on a machine slow to commit it, gives
+    // its lock wait up at the fence budget and changes nothing); either way nothing is fenced.
+    const holds = `key ${key} has no directory entry and routes by hash to the target ${hashOwner}, which already holds rows of it`;
+    expect(first.startsWith(`threw: ${holds}`) || first.startsWith(`threw: writers on ${hashOwner} held its tables past the fence budget`)).toBe(true);
+    expect(again).toMatch(new RegExp(`^threw: ${holds}`));
+  }, 60_000);
+
+  it('goes on unpinned where the target holds nothing of the key, and publishes the target', async () => {
+    const slot = 1420;
+    const { hashOwner, key, source, target, operator } = await pinnedAwayFromHashOwner(slot);
+    let deleted = false;
+    const mover = new Mover({
+      catalog: env.catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      readerGraceMs: 0,
+      async hook(point) {
+        if (point !== 'copying' || deleted) return;
+        deleted = true;
+        await operator.delete(key);
+      },
+    });
+    const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    const outcome = await outcomeOf(mover.run(planned.id));
+    const job = await env.mover().get(planned.id);
+
+    expect(outcome).toBe('ended: done');
+    expect(await env.directory.entry(key)).toMatchObject({ shardId: hashOwner, version: job.mapVersionAfter });
+    expect({ onSource: (await documentsOf(source, [key])).size, onTarget: (await documentsOf(target, [key])).size }).toEqual({ onSource: 0, onTarget: 3 });
+  }, 60_000);
+});
+
+describe("a map published by hand giving away the slot of a moving key left unpinned, routed by hash to the move's target", () => {
+  it('fails the move before its flip: the writes the key took by hash on the third shard stay in sight, and the copy on the target is rolled back', async () => {
+    const slot = 1421;
+    const { hashOwner, other, key, target, operator } = await pinnedAwayFromHashOwner(slot);
+    const third = ['shard_a', 'shard_b', 'shard_c'].find((s) => s !== hashOwner && s !== other) as string;
+    const byHash = env.shards.get(third) as pg.Pool;
+    // The first run dies after its copy, its pin deleted; the next leaves the key unpinned.
+    const dying = new Mover({
+      catalog: env.catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      readerGraceMs: 0,
+      async hook(point) {
+        if (point !== 'copied') return;
+        await operator.delete(key);
+        throw new Error('the mover process died here');
+      },
+    });
+    const planned = await dying.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    await outcomeOf(dying.run(planned.id));
+    let write = '';
+    const resuming = new Mover({
+      catalog: env.catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      readerGraceMs: 0,
+      async hook(point) {
+        if (point !== 'catching_up' || write !== '') return;
+        // An operator gives the slot to a third shard; a writer routed by hash writes there.
+        await env.slotMaps.publish(moveSlots(await env.slotMaps.current(), [slot], third), 'ops@example.com', 'by hand');
+        await seedUsers(byHash, slot, [key], 1);
+        write = 'accepted';
+      },
+    });
+    const outcome = await outcomeOf(resuming.run(planned.id));
+    const job = await env.mover().get(planned.id);
+
+    expect({ write, outcome, flipped: job.flipStarted }).toEqual({ write: 'accepted', outcome: 'ended: failed', flipped: false });
+    expect(job.error).toMatch(new RegExp(`^key ${key} was unpinned \\(it routes by hash to ${third}, its slot ${slot}'s owner\\) while this move ran`));
+    expect(await env.directory.entry(key)).toBeNull();
+    expect({ byHash: (await documentsOf(byHash, [key])).size, onTarget: (await documentsOf(target, [key])).size, targetFence: await unitFenceState(target, 'directory', key) }).toEqual({
+      byHash: 1,
+      onTarget: 0,
+      targetFence: 'moved',
+    });
+  }, 60_000);
+});
