@@ -9,7 +9,7 @@ export default defineConfig({
   test: {
     include: [
       'test/images/**/*.test.ts',
-      'test/integration/nginx/{routing,cache,limits,edge}.test.ts',
+      'test/integration/nginx/{routing,cache,limits,edge,harness}.test.ts',
     ],
     globalSetup: ['test/images/setup.ts'],
     maxWorkers: 2,

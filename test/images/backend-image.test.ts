@@ -8,6 +8,8 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { rdsCaBundlePem } from '../../containers/backend/context.js';
@@ -16,7 +18,7 @@ import { freePort, send } from '../integration/nginx/harness.js';
 import { DEMO_SHARD_IDS, startDemoShards, type DemoShards } from '../support/demo-backend.js';
 import { startSecretsManagerEndpoint, type SecretsManagerEndpoint } from '../support/secrets-manager-endpoint.js';
 import { makeServerCertificate, type ServerCertificate } from '../support/tls.js';
-import { startImage, uidsOf, waitUntil, type ExportedImage, type RunningImage } from './rootfs.js';
+import { holdsListener, startImage, startImageOnPorts, uidsOf, waitUntil, type ExportedImage, type RunningImage } from './rootfs.js';
 
 const imageOf = (key: 'backendImage' | 'nginxImage'): ExportedImage => {
   const image = inject(key);
@@ -26,12 +28,6 @@ const imageOf = (key: 'backendImage' | 'nginxImage'): ExportedImage => {
 
 /** The application container's writable path in the task definition (lib/services/sidecar-service.ts). */
 const APP_WRITABLE = ['/tmp'];
-
-const listening = (port: number, path = '/health') => () =>
-  send(port, path).then(
-    () => true,
-    () => false,
-  );
 
 const health = async (port: number, path = '/health'): Promise<{ database?: string }> => JSON.parse((await send(port, path)).text) as { database?: string };
 
@@ -87,31 +83,25 @@ describe('a task of the demo backend behind the nginx sidecar, both from their i
 
   beforeAll(async () => {
     shards = await startDemoShards();
-    writerPort = await freePort();
-    readerPort = await freePort();
-    nginxPort = await freePort();
     // The environment the services stack gives the two pools' app containers.
-    writer = startImage(imageOf('backendImage'), {
-      env: { ...shards.backendEnv(), PORT: String(writerPort), CA_DMS_SERVICE: 'backend-write', DATABASE_READ_ONLY: 'false' },
+    ({ run: writer, ports: { port: writerPort } } = await startImageOnPorts(imageOf('backendImage'), ['port'], ({ port }) => ({
+      env: { ...shards.backendEnv(), PORT: String(port), CA_DMS_SERVICE: 'backend-write', DATABASE_READ_ONLY: 'false' },
       writablePaths: APP_WRITABLE,
-    });
-    reader = startImage(imageOf('backendImage'), {
-      env: { ...shards.backendEnv(), PORT: String(readerPort), CA_DMS_SERVICE: 'backend-read', DATABASE_READ_ONLY: 'true' },
+    })));
+    ({ run: reader, ports: { port: readerPort } } = await startImageOnPorts(imageOf('backendImage'), ['port'], ({ port }) => ({
+      env: { ...shards.backendEnv(), PORT: String(port), CA_DMS_SERVICE: 'backend-read', DATABASE_READ_ONLY: 'true' },
       writablePaths: APP_WRITABLE,
-    });
-    await waitUntil(writer, listening(writerPort));
-    await waitUntil(reader, listening(readerPort));
-    nginx = startImage(imageOf('nginxImage'), {
+    })));
+    ({ run: nginx, ports: { listen: nginxPort } } = await startImageOnPorts(imageOf('nginxImage'), ['listen', 'status'], ({ listen, status }) => ({
       env: {
-        NGINX_LISTEN_PORT: String(nginxPort),
-        NGINX_STATUS_PORT: String(await freePort()),
+        NGINX_LISTEN_PORT: String(listen),
+        NGINX_STATUS_PORT: String(status),
         NGINX_READ_UPSTREAMS: `127.0.0.1:${readerPort}`,
         NGINX_WRITE_UPSTREAMS: `127.0.0.1:${writerPort}`,
         NGINX_WORKER_PROCESSES: '1',
       },
       writablePaths: Object.values(NGINX_WRITABLE_PATHS),
-    });
-    await waitUntil(nginx, listening(nginxPort));
+    })));
   }, 120_000);
   afterAll(async () => {
     await nginx?.stop();
@@ -160,6 +150,38 @@ describe('a task of the demo backend behind the nginx sidecar, both from their i
     await Promise.all([healthy.stop(), missing.stop()]);
   });
 
+  it('starts a backend again on a fresh port when the one chosen was taken before it bound it, and answers from it', async () => {
+    // Another process on the port chosen first, answering the health check as a backend would.
+    const impostor = createServer((_req, res) => res.end('{"status":"ok","service":"impostor","database":"ready"}'));
+    await new Promise<void>((r) => impostor.listen(0, '127.0.0.1', () => r()));
+    const taken = (impostor.address() as AddressInfo).port;
+    const given: number[] = [];
+    const choosePort = async (): Promise<number> => {
+      const port = given.length === 0 ? taken : await freePort();
+      given.push(port);
+      return port;
+    };
+    try {
+      const { run, ports } = await startImageOnPorts(
+        imageOf('backendImage'),
+        ['port'],
+        ({ port }) => ({ env: { ...shards.backendEnv(), PORT: String(port), CA_DMS_SERVICE: 'worker' }, writablePaths: APP_WRITABLE }),
+        { choosePort },
+      );
+      try {
+        expect(given).toHaveLength(2);
+        expect(ports.port).toBe(given[1]);
+        expect(holdsListener(run.child.pid ?? -1, ports.port)).toBe(true);
+        expect(await health(ports.port)).toMatchObject({ status: 'ok', service: 'worker' });
+      } finally {
+        await run.stop();
+      }
+    } finally {
+      impostor.closeAllConnections();
+      await new Promise<void>((r) => impostor.close(() => r()));
+    }
+  });
+
   it('runs the server as the image\'s user, not root', () => {
     expect(uidsOf(writer.child.pid ?? -1)).toEqual([imageOf('backendImage').uid, imageOf('backendImage').uid]);
   });
@@ -186,15 +208,13 @@ describe('the demo backend image over verified TLS', () => {
   });
 
   const start = async (options: { env?: Record<string, string>; files?: Record<string, string> }): Promise<{ run: RunningImage; port: number }> => {
-    const port = await freePort();
-    const run = startImage(imageOf('backendImage'), {
+    const { run, ports } = await startImageOnPorts(imageOf('backendImage'), ['port'], ({ port }) => ({
       env: { ...shards.backendEnv({ host: '127.0.0.2', verifyFull: true }), PORT: String(port), CA_DMS_SERVICE: 'backend-write', ...options.env },
       writablePaths: APP_WRITABLE,
       ...(options.files ? { files: options.files } : {}),
-    });
+    }));
     runs.push(run);
-    await waitUntil(run, listening(port));
-    return { run, port };
+    return { run, port: ports.port };
   };
 
   it('verifies the shard\'s certificate against the image\'s RDS bundle: a certificate RDS did not issue is refused', async () => {
@@ -225,12 +245,10 @@ describe('the demo backend image with its shards\' logins in Secrets Manager (as
     await shards.publishSlotMap();
     login = shards.login;
     endpoint = await startSecretsManagerEndpoint(() => JSON.stringify({ ...login, host: '127.0.0.1', port: shards.server.port, dbname: 'postgres' }));
-    port = await freePort();
-    run = startImage(imageOf('backendImage'), {
+    ({ run, ports: { port } } = await startImageOnPorts(imageOf('backendImage'), ['port'], ({ port }) => ({
       env: { ...shards.backendEnv({ secretArns: new Map(DEMO_SHARD_IDS.map((id) => [id, arnOf(id)])) }), ...endpoint.env, PORT: String(port), CA_DMS_SERVICE: 'backend-write' },
       writablePaths: APP_WRITABLE,
-    });
-    await waitUntil(run, listening(port));
+    })));
   }, 120_000);
   afterAll(async () => {
     await run?.stop();

@@ -4,11 +4,13 @@
  * behaviour tests (test/integration/nginx), which `npm run test:images` runs against it too.
  */
 import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { DEFAULT_NGINX_PORT } from '../../lib/config/deployment-config.js';
 import { NGINX_CONTAINER_USER, NGINX_WRITABLE_PATHS } from '../../lib/services/sidecar-service.js';
 import { freePort, send, startBackend, type Backend } from '../integration/nginx/harness.js';
-import { startImage, uidsOf, waitUntil, type ExportedImage, type RunningImage } from './rootfs.js';
+import { holdsListener, startImage, startImageOnPorts, uidsOf, type ExportedImage, type RunningImage } from './rootfs.js';
 
 const nginxImage = (): ExportedImage => {
   const image = inject('nginxImage');
@@ -57,23 +59,16 @@ describe('the nginx sidecar image, started', () => {
 
   beforeAll(async () => {
     app = await startBackend('app');
-    port = await freePort();
-    run = startImage(nginxImage(), {
+    ({ run, ports: { listen: port } } = await startImageOnPorts(nginxImage(), ['listen', 'status'], ({ listen, status }) => ({
       env: {
-        NGINX_LISTEN_PORT: String(port),
-        NGINX_STATUS_PORT: String(await freePort()),
+        NGINX_LISTEN_PORT: String(listen),
+        NGINX_STATUS_PORT: String(status),
         NGINX_READ_UPSTREAMS: app.address,
         NGINX_WRITE_UPSTREAMS: app.address,
         NGINX_WORKER_PROCESSES: '1',
       },
       writablePaths,
-    });
-    await waitUntil(run, () =>
-      send(port, '/health').then(
-        () => true,
-        () => false,
-      ),
-    );
+    })));
   });
   afterAll(async () => {
     await run?.stop();
@@ -105,5 +100,52 @@ describe('the nginx sidecar image, started', () => {
     const code = await run.stop('SIGQUIT');
 
     expect(code).toBe(0);
+  });
+});
+
+describe('the nginx sidecar image, when a port chosen for it was taken before it bound it', () => {
+  let app: Backend;
+  let impostor: Server;
+  let run: RunningImage | undefined;
+
+  beforeAll(async () => {
+    app = await startBackend('app');
+    // Another process on the port chosen first (another worker's server, handed the same free
+    // port): it answers HTTP at once, while the image's nginx takes seconds to bind.
+    impostor = createServer((_req, res) => res.end('{"backend":"impostor"}'));
+    await new Promise<void>((r) => impostor.listen(0, '127.0.0.1', () => r()));
+  });
+  afterAll(async () => {
+    await run?.stop();
+    await app?.close();
+    impostor?.closeAllConnections();
+    await new Promise<void>((r) => impostor?.close(() => r()));
+  });
+
+  it('starts again on fresh ports, and the port handed back is its own nginx\'s', async () => {
+    const taken = (impostor.address() as AddressInfo).port;
+    const given: number[] = [];
+    const choosePort = async (): Promise<number> => {
+      const port = given.length === 0 ? taken : await freePort();
+      given.push(port);
+      return port;
+    };
+
+    const started = await startImageOnPorts(
+      nginxImage(),
+      ['listen', 'status'],
+      ({ listen, status }) => ({
+        env: { NGINX_LISTEN_PORT: String(listen), NGINX_STATUS_PORT: String(status), NGINX_READ_UPSTREAMS: app.address, NGINX_WRITE_UPSTREAMS: app.address, NGINX_WORKER_PROCESSES: '1' },
+        writablePaths,
+      }),
+      { choosePort },
+    );
+    run = started.run;
+    const res = await send(started.ports.listen, '/health/readonly');
+
+    expect(given).toHaveLength(4);
+    expect(started.ports).toEqual({ listen: given[2], status: given[3] });
+    expect(holdsListener(run.child.pid ?? -1, started.ports.listen)).toBe(true);
+    expect(JSON.parse(res.text)).toMatchObject({ backend: 'app', url: '/health/readonly' });
   });
 });

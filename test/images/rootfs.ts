@@ -18,9 +18,10 @@
  * ```
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { freeLoopbackPort } from '../../functions/adapters/net/free-port.js';
 
 /** What the tests need to know of an exported image. */
 export interface ExportedImage {
@@ -236,5 +237,100 @@ export async function waitUntil(run: RunningImage, probe: () => Promise<boolean>
       throw new Error(`the image did not come up: ${readFileSync(run.stderrPath, 'utf8')}`);
     }
     await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The inodes of the TCP sockets listening on `port` at any local address (host network). */
+function listeningInodes(port: number): Set<string> {
+  const inodes = new Set<string>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    if (!existsSync(table)) continue;
+    // Columns: sl local_address rem_address st ... inode; addresses are HEX_IP:HEX_PORT, 0A is LISTEN.
+    for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      const local = fields[1] ?? '';
+      if (fields[3] === '0A' && Number.parseInt(local.slice(local.lastIndexOf(':') + 1), 16) === port && fields[9] !== undefined) inodes.add(fields[9]);
+    }
+  }
+  return inodes;
+}
+
+/**
+ * Whether process `pid` itself holds a socket listening on `port`: a connection to the port only
+ * proves that some process listens there, possibly another one that was handed the same port.
+ */
+export function holdsListener(pid: number, port: number): boolean {
+  const inodes = listeningInodes(port);
+  if (inodes.size === 0) return false;
+  let fds: string[];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return false; // the process has exited
+  }
+  return fds.some((fd) => {
+    try {
+      const target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      return target.startsWith('socket:[') && inodes.has(target.slice('socket:['.length, -1));
+    } catch {
+      return false; // closed meanwhile
+    }
+  });
+}
+
+/** What a server in an image says when its port is taken: nginx's failed bind(), Node.js's EADDRINUSE. */
+const PORT_TAKEN = /address already in use|EADDRINUSE/i;
+
+/** An image started by {@link startImageOnPorts}, and the ports it listens on, by name. */
+export interface ImageOnPorts<K extends string> {
+  readonly run: RunningImage;
+  readonly ports: Readonly<Record<K, number>>;
+}
+
+/** How many times an image is started on fresh ports when a chosen one was taken meanwhile. */
+const PORT_ATTEMPTS = 5;
+
+/**
+ * Starts `image` with `options(ports)` on free loopback ports, one for each of `names`, and waits
+ * until its own process listens on every one of them. A free port is only free when chosen: an
+ * image takes seconds to bind, meanwhile another test process (the other vitest worker, its
+ * PostgreSQL or nginx) may be handed the same port and bind it, and a request to the port would
+ * reach that process instead. So the listening socket must be the image's own (from /proc), and
+ * when the image reports its port in use, it is stopped and started again on fresh ports.
+ * `choosePort` replaces the chooser (for the test of that).
+ *
+ * @example
+ * ```ts
+ * const { run, ports } = await startImageOnPorts(image, ['port'], ({ port }) => ({ env: { PORT: String(port) }, writablePaths: ['/tmp'] }));
+ * ```
+ */
+export async function startImageOnPorts<K extends string>(
+  image: ExportedImage,
+  names: readonly K[],
+  options: (ports: Readonly<Record<K, number>>) => StartImageOptions,
+  { choosePort = freeLoopbackPort }: { choosePort?: () => Promise<number> } = {},
+): Promise<ImageOnPorts<K>> {
+  for (let attempt = 1; ; attempt += 1) {
+    const ports = {} as Record<K, number>;
+    for (const name of names) ports[name] = await choosePort();
+    const run = startImage(image, options(ports));
+    const pid = run.child.pid ?? -1;
+    const taken = (): boolean => PORT_TAKEN.test(readFileSync(run.stderrPath, 'utf8'));
+    let up: boolean;
+    try {
+      await waitUntil(run, async () => taken() || names.every((name) => holdsListener(pid, ports[name])));
+      up = !taken();
+    } catch (error) {
+      // It exited or never bound; exiting because a port was taken is the case retried.
+      if (!taken()) {
+        await run.stop('SIGKILL');
+        throw error;
+      }
+      up = false;
+    }
+    if (up) return { run, ports };
+    const stderr = readFileSync(run.stderrPath, 'utf8');
+    await run.stop('SIGKILL');
+    if (attempt >= PORT_ATTEMPTS) throw new Error(`${image.name} found a chosen port taken on each of ${PORT_ATTEMPTS} starts: ${stderr}`);
   }
 }

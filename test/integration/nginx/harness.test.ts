@@ -1,6 +1,7 @@
 /**
  * The nginx harness itself: the ports it chooses are only free when chosen, and a test must never
- * end up talking to whatever process took one before nginx bound it.
+ * end up talking to whatever process took one before nginx bound it. `npm run test:images` runs
+ * these against the built sidecar image too (its nginx binds seconds after the start).
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -40,7 +41,8 @@ describe('nginx harness ports', () => {
     expect(given).toHaveLength(4);
     expect(nginx.port).toBe(given[2]);
     expect(JSON.parse(res.text)).toMatchObject({ backend: 'app', url: '/api/v1/documents/through-nginx' });
-  });
+    // Two starts of the image (each renders its configuration first) on a loaded machine.
+  }, 120_000);
 
   it('still starts nginx directly when every port is free', async () => {
     const direct = await startAppBehindNginx();

@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inject } from 'vitest';
 import { freeLoopbackPort } from '../../../functions/adapters/net/free-port.js';
-import { parseNginxEnv, renderNginxConfig, type NginxRuntime } from '../../../containers/nginx/render.js';
+import { parseNginxEnv, PRODUCTION_RUNTIME, renderNginxConfig, type NginxRuntime } from '../../../containers/nginx/render.js';
 import { NGINX_WRITABLE_PATHS } from '../../../lib/services/sidecar-service.js';
 import { startImage, type ExportedImage } from '../../images/rootfs.js';
 import { refusedLoopbackPort } from '../../support/refused-port.js';
@@ -172,12 +172,25 @@ export async function startNginx(env: Readonly<Record<string, string>>, options:
  */
 async function startImageNginx(image: ExportedImage, env: Readonly<Record<string, string>>, port: number, statusPort: number): Promise<RunningNginx> {
   const run = startImage(image, { env, writablePaths: Object.values(NGINX_WRITABLE_PATHS) });
-  const etc = run.volumes['/etc/nginx'];
-  if (etc === undefined) throw new Error('the task definition has no writable /etc/nginx for the rendered configuration');
+  let etc: string;
   try {
+    const volumeOf = (file: string): string | undefined => {
+      const mount = Object.keys(run.volumes).find((path) => file === path || file.startsWith(`${path}/`));
+      return mount === undefined ? undefined : join(run.volumes[mount] ?? '', file.slice(mount.length));
+    };
+    const conf = volumeOf('/etc/nginx');
+    if (conf === undefined) throw new Error('the task definition has no writable /etc/nginx for the rendered configuration');
+    etc = conf;
+    // The image's nginx writes its pid file into a writable volume once every listening socket
+    // is bound. A connection alone proves nothing: the renderer runs for seconds before nginx
+    // binds, and another process handed the same port meanwhile answers at once.
+    const pidFile = volumeOf(PRODUCTION_RUNTIME.pidFile);
+    if (pidFile === undefined) throw new Error(`the task definition has no writable directory for nginx's pid file ${PRODUCTION_RUNTIME.pidFile}`);
+    // The entry point execs nginx (through chroot and its shell): the master has the child's pid.
+    const bound = (): boolean => logOf(pidFile).trim() === String(run.child.pid);
     // The image's start runs its renderer under Debian's node first; on a CI machine shared
     // with other suites that alone has taken more than 10 s.
-    await waitForPort(port, run.child, () => logOf(run.stderrPath), 60);
+    await waitForPort(port, run.child, () => logOf(run.stderrPath), 60, bound);
   } catch (error) {
     await run.stop('SIGKILL');
     throw error;
