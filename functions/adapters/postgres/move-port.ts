@@ -862,8 +862,11 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   async prepareSource(job: MoveJob): Promise<void> {
-    // Set where the key has no entry and routes by hash to the target (see below).
-    let unpinnedToTarget = false;
+    // How the target's `incoming` fence is checked (checkedIncoming): `unpinned` where the key has
+    // no entry and routes by hash to the target (see below); `pinned` where it was pinned when read
+    // but its slot hashes to the target, so that a deletion of the pin after this read (before the
+    // fence is in) sends its writes there by hash just the same; null where neither (a slot move).
+    let checkTarget: 'unpinned' | 'pinned' | null = null;
     if (job.kind === 'directory') {
       // Pin the key where it is, so that the flip is a directory change that hash routing
       // cannot override; writers routed by hash land on the same shard meanwhile. Read and set
@@ -890,9 +893,14 @@ export class PgMovePort implements MovePort<MoveJob> {
               // took the key's writes sent there by hash: its insert checks that it holds none
               // (checkedIncoming, below).
               if (read.owner === null && read.routesTo === job.to) {
-                unpinnedToTarget = true;
+                checkTarget = 'unpinned';
                 return;
               }
+            } else if (pinned.shardId === job.from && (await this.options.slotMaps.ownerOf(job.slot, catalog))?.shardId === job.to) {
+              // Pinned to the source, its slot the target's: an operator may delete the pin once
+              // this transaction ends, before the target's fence is in, and the target takes the
+              // key's writes by hash meanwhile: the fence's insert checks for them too.
+              checkTarget = 'pinned';
             }
             // Only where there is still no pin: an operator's pin made since the read is theirs to keep.
             if (pinned === null) {
@@ -947,7 +955,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       job,
       job.to,
       async (c) => {
-        if (unpinnedToTarget) await this.checkedIncoming(job, c);
+        if (checkTarget !== null) await this.checkedIncoming(job, c, checkTarget);
         return c.query<{ state: string; job_id: string | null }>(
           `insert into write_fences (kind, unit_id, state, job_id, excluded_keys) values ($1, $2, 'incoming', $3, $4)
            on conflict (kind, unit_id) do update set state = 'incoming', moved_to = null, job_id = $3, excluded_keys = $4, updated_at = clock_timestamp()
@@ -956,7 +964,7 @@ export class PgMovePort implements MovePort<MoveJob> {
           [job.kind, job.unitId, job.id, excluded],
         );
       },
-      unpinnedToTarget ? bounded : MOVER_WRITE,
+      checkTarget !== null ? bounded : MOVER_WRITE,
     );
     if (target.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
     await this.markExcludedKeys(job);
@@ -982,11 +990,32 @@ export class PgMovePort implements MovePort<MoveJob> {
    * copy over them nor publish the target without the source's rows, and a cancel is refused
    * while the key routes there; the key's owner must be decided by hand.
    */
-  private async checkedIncoming(job: MoveJob, c: pg.PoolClient): Promise<void> {
+  private async checkedIncoming(job: MoveJob, c: pg.PoolClient, why: 'unpinned' | 'pinned'): Promise<void> {
+    // Only movers write the row: a run that finds it `incoming` or `moved` already takes no lock.
+    const prior = (await c.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId])).rows[0]?.state;
+    if (prior === 'incoming' || prior === 'moved') return;
+    // The statement is bounded as a whole, and below deadlock_timeout. lock_timeout bounds each
+    // table's wait on its own: locking three tables would wait up to three budgets, the tables
+    // already locked blocking their writers all along. And a writer that locks them in another
+    // order (an Idempotency-Key's record in document_keys, then its document) waits on a table
+    // this statement holds while it waits on that writer: PostgreSQL's deadlock check cancels
+    // whichever checks first, the writer when the budget is past deadlock_timeout (reproduced).
+    // A writer starts waiting on this statement after it began, so a statement that gives up
+    // before deadlock_timeout breaks every such cycle itself. The session's bound comes back after it.
+    const { rows: settings } = await c.query<{ statement: number; deadlock: number }>(
+      `select pg_catalog.int4(max(setting) filter (where name = 'statement_timeout')) as statement, pg_catalog.int4(max(setting) filter (where name = 'deadlock_timeout')) as deadlock
+         from pg_catalog.pg_settings where name in ('statement_timeout', 'deadlock_timeout')`,
+    );
+    const previous = settings[0]?.statement ?? 0;
+    const bounds = [this.settings.fenceBudgetMs, Math.floor((settings[0]?.deadlock ?? 1000) * 0.8), ...(previous > 0 ? [previous] : [])];
+    const bound = Math.max(1, Math.round(Math.min(...bounds)));
+    await c.query(`select pg_catalog.set_config('statement_timeout', $1, true)`, [`${bound}ms`]);
     await c.query(`lock table ${TABLES.map((t) => t.name).join(', ')} in share mode`).catch((err: unknown) => {
-      if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw err;
-      throw new MoveError(`writers on ${job.to} held its tables past the fence budget (${this.settings.fenceBudgetMs} ms) while the move checked that the target holds no rows of key ${job.unitId} written there by hash; nothing changed, the move starts again on its next run`, { cause: err });
+      const code = (err as { code?: string }).code;
+      if (code !== LOCK_NOT_AVAILABLE && !(code === QUERY_CANCELED && !(err as Error).message.includes('user request'))) throw err;
+      throw new MoveError(`writers on ${job.to} held its tables past the fence budget (${this.settings.fenceBudgetMs} ms; ${bound} ms for this lock, which gives up before deadlock_timeout) while the move checked that the target holds no rows of key ${job.unitId} written there by hash; nothing changed, the move starts again on its next run`, { cause: err });
     });
+    await c.query(`select pg_catalog.set_config('statement_timeout', $1, true)`, [`${previous}ms`]);
     const { rows: fence } = await c.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
     const state = fence[0]?.state;
     if (state === 'incoming' || state === 'moved') return;
@@ -997,6 +1026,11 @@ export class PgMovePort implements MovePort<MoveJob> {
       if ((rows[0]?.n ?? 0) > 0) counts.push(`${rows[0]?.n} in ${table}`);
     }
     if (counts.length === 0) return;
+    if (why === 'pinned') {
+      throw new MoveError(
+        `key ${job.unitId} was pinned to the source ${job.from} when this move read it, but its slot ${job.slot} hashes to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash (its pin deleted since, or a process that had not seen the pin) before this move fenced it: the copy would delete them; nothing was fenced, and while the key routes to ${job.to} this move can neither go on nor be cancelled: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})`,
+      );
+    }
     throw new MoveError(
       `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash before this move fenced it: the copy would delete them, and a pin to the source ${job.from} would hide them; nothing was fenced, and this move can neither go on nor be cancelled while the key routes there: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})`,
     );

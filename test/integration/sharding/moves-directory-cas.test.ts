@@ -741,6 +741,156 @@ describe("the first run of the move of a key whose pin was deleted before its co
     expect(again).toMatch(new RegExp(`^threw: ${holds}`));
   }, 60_000);
 
+  it("does not copy over the writes the target took by hash when the pin is deleted just after the move read it, before the target's fence", async () => {
+    const slot = 1423;
+    const { hashOwner, other, key, source, target, operator } = await pinnedAwayFromHashOwner(slot);
+    let written: { outcome: string; id: string } = { outcome: 'none', id: '' };
+    // The move reads the key pinned to its source (nothing to decide); once that catalog
+    // transaction has ended (the mover's cache forgets the key: `invalidate`), and before the
+    // target's fence is in, the operator deletes the pin and a writer routed by hash writes there.
+    let pending: Promise<void> = Promise.resolve();
+    const directory: MoverDirectory = {
+      all: (...args) => env.directory.all(...args),
+      set: (...args) => env.directory.set(...args),
+      entry: (...args) => env.directory.entry(...args),
+      invalidate(...args) {
+        env.directory.invalidate(...args);
+        if (args[0] !== key || written.outcome !== 'none') return;
+        written = { outcome: 'pending', id: '' };
+        pending = (async () => {
+          await operator.delete(key);
+          written = await writeByHash(target, slot, key);
+        })();
+      },
+    };
+    // A budget long enough for the deletion and the write, however slow the machine.
+    const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps: env.slotMaps, directory, readerGraceMs: 0, fenceBudgetMs: 30_000 });
+    const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    // Hold the source's write_fences until the deletion and the write are in: the run's fence of
+    // the source, which comes after its catalog transaction and before the target's, waits.
+    const holder = await source.connect();
+    let outcome: Promise<string>;
+    try {
+      await holder.query('begin');
+      await holder.query('lock table write_fences in share row exclusive mode');
+      outcome = outcomeOf(mover.run(planned.id));
+      for (;;) {
+        if (written.outcome !== 'none' && written.outcome !== 'pending') break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await pending;
+    } finally {
+      await holder.query('commit');
+      holder.release();
+    }
+    const first = await outcome;
+    const job = await env.mover().get(planned.id);
+    const { rows } = await target.query<{ n: number }>('select count(*)::int as n from documents where id = $1', [written.id]);
+
+    // Before: the run fenced the target `incoming` unchecked (it had read a pin), its copy deleted
+    // the write, and its flip published the target over no entry: done, the acknowledged write gone.
+    expect(written.outcome).toBe('accepted');
+    expect({ writeOnTarget: rows[0]?.n, flipped: job.flipStarted, targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ writeOnTarget: 1, flipped: false, targetFence: undefined });
+    expect(first).toMatch(new RegExp(`^threw: key ${key} was pinned to the source ${other} when this move read it, but its slot ${slot} hashes to the target ${hashOwner}, which already holds rows of it \\(1 in users, 1 in documents\\)`));
+  }, 60_000);
+
+  it("gives its lock of the target's tables up once it has waited the fence budget in all, not the budget on each table", async () => {
+    const slot = 1424;
+    const { hashOwner, key, target, operator } = await pinnedAwayFromHashOwner(slot);
+    // Below deadlock_timeout (1 s by default), which bounds the lock too.
+    const budgetMs = 600;
+    const mover = env.mover({ readerGraceMs: 0, fenceBudgetMs: budgetMs });
+    const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    await operator.delete(key);
+    // Two writers on the target, one on documents, one on document_keys: each commits once the
+    // run has waited for it 60% of the budget, 120% in all, the run's SHARE lock of users (and
+    // then documents) held meanwhile, blocking every writer of those tables there.
+    const writers = [await target.connect(), await target.connect()];
+    let settled = false;
+    const waitsOn = async (table: string): Promise<void> => {
+      while (!settled) {
+        const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from pg_locks where not granted and locktype = 'relation' and relation = $1::regclass`, [table]);
+        if ((rows[0]?.n ?? 0) > 0) return;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    let run: Promise<string> | undefined;
+    try {
+      for (const [writer, table] of [[writers[0], 'documents'], [writers[1], 'document_keys']] as const) {
+        await writer?.query('begin');
+        await writer?.query(`lock table ${table} in row exclusive mode`);
+      }
+      run = outcomeOf(mover.run(planned.id)).finally(() => {
+        settled = true;
+      });
+      for (const [writer, table] of [[writers[0], 'documents'], [writers[1], 'document_keys']] as const) {
+        await waitsOn(table);
+        await new Promise((r) => setTimeout(r, budgetMs * 0.6));
+        await writer?.query('commit');
+      }
+    } finally {
+      for (const writer of writers) writer?.release();
+    }
+    const outcome = await run;
+
+    // Before: lock_timeout bounds each table's wait alone, so the run waited 120% of the budget
+    // (up to three times it) and went on.
+    expect(outcome).toMatch(new RegExp(`^threw: writers on ${hashOwner} held its tables past the fence budget \\(${budgetMs} ms; ${budgetMs} ms for this lock`));
+    expect(await unitFenceState(target, 'directory', key)).toBeUndefined();
+  }, 60_000);
+
+  it("never makes a writer of the target the victim of a deadlock: one that claims an Idempotency-Key, then inserts its document, is accepted", async () => {
+    const slot = 1425;
+    const { hashOwner, key, target, operator } = await pinnedAwayFromHashOwner(slot);
+    // Another user on the target, writing a keyed document as the API does: its key record first
+    // (document_keys), then the document (documents). A fence budget longer than deadlock_timeout.
+    const [writerKey] = keysInSlot(slot + 1, 1) as [string];
+    await seedUsers(target, slot + 1, [writerKey], 0);
+    const mover = env.mover({ readerGraceMs: 0, fenceBudgetMs: 10_000 });
+    const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    await operator.delete(key);
+    const deadlockMs = Number.parseInt((await target.query<{ ms: string }>(`select setting as ms from pg_settings where name = 'deadlock_timeout'`)).rows[0]?.ms ?? '1000', 10);
+    const writer = await target.connect();
+    let settled = false;
+    let run: Promise<string> | undefined;
+    let written = 'none';
+    try {
+      await writer.query('begin');
+      await writer.query(`insert into document_keys (id, owner_id, slot, document_id, request_digest) values (gen_random_uuid(), $1, $2, gen_random_uuid(), pg_catalog.sha256('r'::bytea))`, [writerKey, slot + 1]);
+      run = outcomeOf(mover.run(planned.id)).finally(() => {
+        settled = true;
+      });
+      // The run holds users and documents in SHARE mode and waits for document_keys; once its own
+      // deadlock check has passed (nothing waited on it then), the writer inserts its document.
+      while (!settled) {
+        const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from pg_locks where not granted and locktype = 'relation' and relation = 'document_keys'::regclass`);
+        if ((rows[0]?.n ?? 0) > 0) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await new Promise((r) => setTimeout(r, deadlockMs * 1.3));
+      written = await writer.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'keyed', '{}')`, [writerKey, slot + 1]).then(
+        async () => {
+          await writer.query('commit');
+          return 'accepted';
+        },
+        async (e: { code?: string }) => {
+          await writer.query('rollback');
+          return `refused ${e.code ?? '?'}`;
+        },
+      );
+    } finally {
+      writer.release();
+    }
+    const outcome = await run;
+
+    // Before: the run waited up to its budget; the writer, waiting on the run's SHARE lock of
+    // documents while the run waited on its document_keys, closed the cycle and was the one
+    // PostgreSQL's deadlock check cancelled (40P01).
+    expect(written).toBe('accepted');
+    expect(outcome).toMatch(new RegExp(`^threw: writers on ${hashOwner} held its tables past`));
+    expect(await unitFenceState(target, 'directory', key)).toBeUndefined();
+  }, 60_000);
+
   it('goes on unpinned where the target holds nothing of the key, and publishes the target', async () => {
     const slot = 1420;
     const { hashOwner, key, source, target, operator } = await pinnedAwayFromHashOwner(slot);
