@@ -347,6 +347,9 @@ describe('a cancel request that arrives after its statement ended', () => {
     const outcome = (e: unknown): string => `${String((e as { code?: unknown }).code)} ${String(e)}`;
     const next: string[] = [];
     for (let i = 0; i < 20; i++) {
+      // The pool's one connection, idle and ready: the deadline below bounds the checkout too, and
+      // a new connection (the first, or one discarded) can take longer than it on a loaded machine.
+      await api.reader.query(shardId, 'select 1', [], { primary: true });
       const cancelled = api.reader.query(shardId, 'select pg_sleep(1)', [], { primary: true, deadlineAt: Date.now() + 100 }).then(() => 'ok', outcome);
       const waiting = api.reader.query(shardId, 'select pg_sleep(0.05)', [], { primary: true, deadlineAt: Date.now() + 3000 }).then(() => 'ok', outcome);
       const [first, second] = await Promise.all([cancelled, waiting]);
