@@ -243,8 +243,9 @@ export interface HoldToDeadlineOptions {
  * before the deadline would outrun it: at the deadline the server is asked to cancel the
  * statement running then ({@link cancelStatement}; it fails with 57014 and the connection stays
  * usable), and asked again every {@link CANCEL_REPEAT_MS} while the connection is held (a cancel
- * that finds the session between two statements is ignored by the server). A connection still
- * checked out {@link DEADLINE_GRACE_MS} after the deadline belongs to a server that answered neither (a frozen host, a black-holed path): it is dropped
+ * that finds the session between two statements is ignored by the server), but not while the
+ * session's transaction has failed (the rollback of the statement cancelled then is running).
+ * A connection still checked out {@link DEADLINE_GRACE_MS} after the deadline belongs to a server that answered neither (a frozen host, a black-holed path): it is dropped
  * ({@link dropConnection}), every query pending on it fails at once, and the caller (seeing
  * `expired`) releases it as broken, so the pool discards it instead of lending a connection that
  * will never answer to the next request. A connection a cancel request may still reach is not
@@ -274,13 +275,17 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
   // once it runs another statement than the one the last request was sent for (a request that
   // did cancel its statement is not repeated while the client has yet to read the error: on a
   // busy machine that can take longer than the repeat interval, and a second request would cost
-  // a healthy connection).
+  // a healthy connection). Nor is one sent while the session's transaction has failed (the last
+  // statement's answer said so: the one cancelled at the deadline, say): the statement running
+  // then is its rollback (any other fails at once), which nothing is gained by cancelling, and a
+  // request sent for it would cost the healthy connection (see reusable) when the rollback's round
+  // trip outlasts the repeat interval (a loaded machine, a slow path).
   const cancel = (): void => {
     canceller = undefined;
     if (expired || options.mayCancel?.() === false) return;
     const running = runningStatement(client);
     // Not again while the last one is on its way (a slow path, a silent server: one socket, not one per repeat).
-    if (!cancelling && (cancelsSent === 0 || (running !== null && running !== sentFor))) {
+    if (!cancelling && !inFailedTransaction(client) && (cancelsSent === 0 || (running !== null && running !== sentFor))) {
       cancelsSent += 1;
       sentFor = running;
       cancelling = true;
@@ -324,6 +329,16 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
       return cancelling ? new Promise<void>((resolve) => onSettled.push(resolve)) : Promise.resolve();
     },
   };
+}
+
+/**
+ * Whether the session's transaction has failed, as the server's last ReadyForQuery said ('E'):
+ * until a rollback ends it, every statement but that fails at once (25P02), so none can run past
+ * a deadline.
+ */
+function inFailedTransaction(client: pg.ClientBase): boolean {
+  const status = (client as unknown as { getTransactionStatus?: () => unknown }).getTransactionStatus?.();
+  return status === 'E';
 }
 
 /** The statement `client` is running (pg's own record of it), or null between statements. */

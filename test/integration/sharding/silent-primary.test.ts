@@ -252,6 +252,46 @@ describe('a healthy primary under a read that runs past its deadline', () => {
 });
 
 /**
+ * The statement running at the deadline is cancelled (the deadline's cancel request), and its
+ * transaction is then rolled back while the request still holds the connection. A rollback whose
+ * round trip takes longer than the cancel's repeat interval (a loaded machine, a slow path) must
+ * not be sent a second cancel request: that would cost the healthy connection (one a cancel
+ * request may still reach is not lent again).
+ */
+describe('a healthy primary whose rollback after the deadline is slow', () => {
+  it.each([
+    { kind: 'read', slot: 913 },
+    { kind: 'write', slot: 914 },
+  ])('keeps the connection of a $kind cancelled at its deadline', async ({ kind, slot }) => {
+    const shardId = await env.ownerOf(slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    const api = await apiThroughRelay(shardId, 1);
+    type Body = (ctx: { client: pg.PoolClient }) => Promise<number>;
+    const run = (body: Body, deadlineMs: number): Promise<number> => (kind === 'read' ? api.reads.withShardRead(user, body, { deadlineMs }) : api.writer.withShardWrite(user, body, { deadlineMs })).then((r) => r.value);
+    const pid: Body = async ({ client }) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? -1;
+    const before = await run(pid, 3000);
+    // The rollback reaches the server 100 ms late: past the cancel's first repeat (50 ms), well
+    // within the grace (250 ms) after which a silent connection is dropped.
+    api.relay.slowMessages('rollback', 100);
+    const slow = await run(async ({ client }) => {
+      await client.query('select pg_sleep(0.7)');
+      await client.query('select pg_sleep(0.7)');
+      return 0;
+    }, 1000).then(
+      () => 'ok',
+      (e: unknown) => (e instanceof ShardWriteError || e instanceof ShardReadError ? `${e.reason}: ${e.message}` : String(e)),
+    );
+    api.relay.slowMessages(undefined);
+    const after = await run(pid, 3000);
+    expect({ slow: slow.split(':')[0], cancelledByPostgres: slow.includes('PostgreSQL cancelled it'), droppedHealthyConnection: after !== before, detail: slow }).toMatchObject({
+      slow: 'deadline-exceeded',
+      cancelledByPostgres: true,
+      droppedHealthyConnection: false,
+    });
+  }, 30_000);
+});
+
+/**
  * A deadline that passes while the session is idle in its transaction (between two statements:
  * the client is working on one's result, or the next is on its way): the server ignores a cancel
  * request that finds no statement running. The next statement must still end at the deadline, not
