@@ -580,11 +580,7 @@ describe("a run that resumes, in its copy, the move of a key whose pin was delet
     let id = 0;
     // The first run: a cancel recorded while the key still routes to the source, the pin deleted,
     // then the mover dies after its copy, the job still in `copying`.
-    const dying = new Mover({
-      catalog: env.catalog,
-      shards: env.shards,
-      slotMaps: env.slotMaps,
-      directory: env.directory,
+    const dying = env.mover({
       readerGraceMs: 0,
       async hook(point) {
         if (point !== 'copied') return;
@@ -672,11 +668,7 @@ describe("the first run of the move of a key whose pin was deleted before its co
     let written: { outcome: string; id: string } = { outcome: 'none', id: '' };
     // Between the job's start and its first prepareSource, the operator deletes the pin: the key
     // routes by hash to the target, which has no fence row for it yet and takes a writer's write.
-    const mover = new Mover({
-      catalog: env.catalog,
-      shards: env.shards,
-      slotMaps: env.slotMaps,
-      directory: env.directory,
+    const mover = env.mover({
       readerGraceMs: 0,
       async hook(point) {
         if (point !== 'copying' || written.outcome !== 'none') return;
@@ -895,11 +887,7 @@ describe("the first run of the move of a key whose pin was deleted before its co
     const slot = 1420;
     const { hashOwner, key, source, target, operator } = await pinnedAwayFromHashOwner(slot);
     let deleted = false;
-    const mover = new Mover({
-      catalog: env.catalog,
-      shards: env.shards,
-      slotMaps: env.slotMaps,
-      directory: env.directory,
+    const mover = env.mover({
       readerGraceMs: 0,
       async hook(point) {
         if (point !== 'copying' || deleted) return;
@@ -924,11 +912,7 @@ describe("a map published by hand giving away the slot of a moving key left unpi
     const third = ['shard_a', 'shard_b', 'shard_c'].find((s) => s !== hashOwner && s !== other) as string;
     const byHash = env.shards.get(third) as pg.Pool;
     // The first run dies after its copy, its pin deleted; the next leaves the key unpinned.
-    const dying = new Mover({
-      catalog: env.catalog,
-      shards: env.shards,
-      slotMaps: env.slotMaps,
-      directory: env.directory,
+    const dying = env.mover({
       readerGraceMs: 0,
       async hook(point) {
         if (point !== 'copied') return;
@@ -939,11 +923,7 @@ describe("a map published by hand giving away the slot of a moving key left unpi
     const planned = await dying.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
     await outcomeOf(dying.run(planned.id));
     let write = '';
-    const resuming = new Mover({
-      catalog: env.catalog,
-      shards: env.shards,
-      slotMaps: env.slotMaps,
-      directory: env.directory,
+    const resuming = env.mover({
       readerGraceMs: 0,
       async hook(point) {
         if (point !== 'catching_up' || write !== '') return;
