@@ -43,7 +43,9 @@ const faults = (maxCrashes: number): fc.Arbitrary<MoveFaults> =>
  * on average with it against 31.2 s without (5 seeds each, 2-core machine, 2026-12-06). It once
  * failed at the big size (a refused cancel ended cancelled: a run resumed in 'copying' pinned the
  * unpinned key back to its source); that run now leaves the key routed by hash to the target
- * (`moves-directory-cas.test.ts`), and the replay passes.
+ * (`moves-directory-cas.test.ts`), and the replay passes. The operator of this variant deletes
+ * the pin only once the target fences the key `incoming` (see `DirectoryFaults.pinnedAway`), so
+ * "unpinned at N ms" means at N ms or later. Each run's time ends its line.
  */
 const pinnedAway = process.env['TORTURE_PINNED_AWAY'] === '1';
 // The directory-key move: half the time its key is pinned to the source first and the pin deleted
@@ -81,8 +83,9 @@ describe('the concurrent move torture test', () => {
         fc.oneof({ weight: 3, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: fc.integer({ min: 5, max: 200 }) }),
         async (shape, moves, directory, writerSeed, staleWriters, fenceBudgetMs) => {
           firstSlot += 37;
+          const startedAt = Date.now();
           const report = await concurrentTortureRun(env, { firstSlot, shape, moves: moves.slice(0, shape === 'three' ? 3 : 2), directory, ...size, seed: writerSeed, strict, staleWriters, fenceBudgetMs, sabotage: process.env['TORTURE_SABOTAGE'] === '1' });
-          const summary = `[run ${++run}] ${shape}${directory ? ` +directory${directory.unpinAfterMs === undefined ? '' : ` ${directory.pinnedAway === true ? 'pinned away, cancelled and ' : ''}unpinned at ${directory.unpinAfterMs} ms${report.unpinned ? '' : ' (too late)'}`}` : ''}${staleWriters ? ' +stale writers' : ''}${fenceBudgetMs === undefined ? '' : ` +fence budget ${fenceBudgetMs} ms`}: jobs ${report.jobs.map((j) => `#${j.id} ${j.kind} ${j.unitId.slice(0, 8)} ${j.from}->${j.to} ${j.state}`).join(', ')}; ${report.crashesDone} crashes, ${report.cancelsAccepted} cancels (${report.cancelsRefused} refused), ${report.acknowledged} acks, handovers ${report.handovers.inPlace} in place / ${report.handovers.crossShard} across, ${report.tokenReads} token reads, keyed ${JSON.stringify(report.keyed)}`;
+          const summary = `[run ${++run}] ${shape}${directory ? ` +directory${directory.unpinAfterMs === undefined ? '' : ` ${directory.pinnedAway === true ? 'pinned away, cancelled and ' : ''}unpinned at ${directory.unpinAfterMs} ms${report.unpinned ? '' : ' (too late)'}`}` : ''}${staleWriters ? ' +stale writers' : ''}${fenceBudgetMs === undefined ? '' : ` +fence budget ${fenceBudgetMs} ms`}: jobs ${report.jobs.map((j) => `#${j.id} ${j.kind} ${j.unitId.slice(0, 8)} ${j.from}->${j.to} ${j.state}`).join(', ')}; ${report.crashesDone} crashes, ${report.cancelsAccepted} cancels (${report.cancelsRefused} refused), ${report.acknowledged} acks, handovers ${report.handovers.inPlace} in place / ${report.handovers.crossShard} across, ${report.tokenReads} token reads, keyed ${JSON.stringify(report.keyed)}; ${((Date.now() - startedAt) / 1000).toFixed(1)} s`;
           console.log(summary);
           for (const [f, n] of report.writeFailures) console.log(`  write failure x${n}: ${f}`);
           for (const e of new Set(report.moverErrors.map((m) => m.slice(0, 240)))) console.log(`  mover error: ${e}`);
