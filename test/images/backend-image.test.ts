@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { rdsCaBundlePem } from '../../containers/backend/context.js';
 import { DEMO_BACKEND_USER, NGINX_WRITABLE_PATHS } from '../../lib/services/sidecar-service.js';
-import { freePort, send } from '../integration/nginx/harness.js';
+import { send, takenFirst } from '../integration/nginx/harness.js';
 import { DEMO_SHARD_IDS, startDemoShards, type DemoShards } from '../support/demo-backend.js';
 import { startSecretsManagerEndpoint, type SecretsManagerEndpoint } from '../support/secrets-manager-endpoint.js';
 import { makeServerCertificate, type ServerCertificate } from '../support/tls.js';
@@ -155,12 +155,7 @@ describe('a task of the demo backend behind the nginx sidecar, both from their i
     const impostor = createServer((_req, res) => res.end('{"status":"ok","service":"impostor","database":"ready"}'));
     await new Promise<void>((r) => impostor.listen(0, '127.0.0.1', () => r()));
     const taken = (impostor.address() as AddressInfo).port;
-    const given: number[] = [];
-    const choosePort = async (): Promise<number> => {
-      const port = given.length === 0 ? taken : await freePort();
-      given.push(port);
-      return port;
-    };
+    const { choosePort, given } = takenFirst(taken);
     try {
       const { run, ports } = await startImageOnPorts(
         imageOf('backendImage'),

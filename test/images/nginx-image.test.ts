@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { DEFAULT_NGINX_PORT } from '../../lib/config/deployment-config.js';
 import { NGINX_CONTAINER_USER, NGINX_WRITABLE_PATHS } from '../../lib/services/sidecar-service.js';
-import { freePort, send, startBackend, type Backend } from '../integration/nginx/harness.js';
+import { send, startBackend, type Backend, takenFirst } from '../integration/nginx/harness.js';
 import { holdsListener, startImage, startImageOnPorts, uidsOf, type ExportedImage, type RunningImage } from './rootfs.js';
 
 const nginxImage = (): ExportedImage => {
@@ -124,12 +124,7 @@ describe('the nginx sidecar image, when a port chosen for it was taken before it
 
   it('starts again on fresh ports, and the port handed back is its own nginx\'s', async () => {
     const taken = (impostor.address() as AddressInfo).port;
-    const given: number[] = [];
-    const choosePort = async (): Promise<number> => {
-      const port = given.length === 0 ? taken : await freePort();
-      given.push(port);
-      return port;
-    };
+    const { choosePort, given } = takenFirst(taken);
 
     const started = await startImageOnPorts(
       nginxImage(),

@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ephemeralRangeStart } from '../../support/refused-port.js';
-import { deadAddress, freePort, send, startAppBehindNginx, startBackend, startNginx, stopAll, type Backend, type RunningNginx } from './harness.js';
+import { deadAddress, send, startAppBehindNginx, startBackend, startNginx, stopAll, type Backend, type RunningNginx, takenFirst } from './harness.js';
 
 describe('nginx harness ports', () => {
   let app: Backend;
@@ -28,12 +28,7 @@ describe('nginx harness ports', () => {
 
   it('starts nginx on new ports when a chosen one was taken before nginx bound it, and serves through nginx', async () => {
     const taken = (impostor.address() as AddressInfo).port;
-    const given: number[] = [];
-    const choosePort = async (): Promise<number> => {
-      const port = given.length === 0 ? taken : await freePort();
-      given.push(port);
-      return port;
-    };
+    const { choosePort, given } = takenFirst(taken);
 
     nginx = await startNginx({ NGINX_READ_UPSTREAMS: app.address, NGINX_WRITE_UPSTREAMS: app.address }, { choosePort });
     const res = await send(nginx.port, '/api/v1/documents/through-nginx');

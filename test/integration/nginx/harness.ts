@@ -34,6 +34,20 @@ const MODULES_DIR = process.env.CA_DMS_NGINX_MODULES_DIR ?? '/usr/lib/nginx/modu
 export const freePort: () => Promise<number> = freeLoopbackPort;
 
 /**
+ * A port chooser for the tests of a start whose first port is taken: it hands out `taken` first,
+ * then free ports, and notes every port it gave (`given`).
+ */
+export function takenFirst(taken: number): { choosePort: () => Promise<number>; given: number[] } {
+  const given: number[] = [];
+  const choosePort = async (): Promise<number> => {
+    const port = given.length === 0 ? taken : await freePort();
+    given.push(port);
+    return port;
+  };
+  return { choosePort, given };
+}
+
+/**
  * The nginx binary, or a loud failure: these tests must never pass by skipping.
  */
 export function nginxBinary(

@@ -64,6 +64,25 @@ async function apiThroughRelay(shardId: string, max: number, sessionOptions?: st
   return { relay, writer: createShardWriter({ router: routing, primaries }), reads: createShardReader({ router: routing, reader }), reader };
 }
 
+/** What a request runs on its shard's one pooled connection. */
+type Body = (ctx: { client: pg.PoolClient }) => Promise<number>;
+
+/**
+ * The API through a relay to the primary of `slot`'s shard with a pool of one connection, a runner
+ * of a read or a write (`kind`) of a key of that slot with a deadline, and a body that answers the
+ * connection's backend pid.
+ */
+async function oneConnectionRunner(kind: string, slot: number): Promise<{ api: Api; shardId: string; run: (body: Body, deadlineMs: number) => Promise<number>; pid: Body }> {
+  const shardId = await env.ownerOf(slot);
+  const [user] = keysInSlot(slot, 1) as [string];
+  const api = await apiThroughRelay(shardId, 1);
+  const run = (body: Body, deadlineMs: number): Promise<number> =>
+    (kind === 'read' ? api.reads.withShardRead(user, body, { deadlineMs }) : api.writer.withShardWrite(user, body, { deadlineMs })).then((r) => r.value);
+  const pid: Body = async ({ client }) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? -1;
+  return { api, shardId, run, pid };
+}
+
+
 type Outcome = { readonly ok: true } | { readonly error: string; readonly ms: number };
 
 async function timed(work: () => Promise<unknown>, waitMs = 8000): Promise<Outcome | 'still waiting'> {
@@ -263,12 +282,7 @@ describe('a healthy primary whose rollback after the deadline is slow', () => {
     { kind: 'read', slot: 913 },
     { kind: 'write', slot: 914 },
   ])('keeps the connection of a $kind cancelled at its deadline', async ({ kind, slot }) => {
-    const shardId = await env.ownerOf(slot);
-    const [user] = keysInSlot(slot, 1) as [string];
-    const api = await apiThroughRelay(shardId, 1);
-    type Body = (ctx: { client: pg.PoolClient }) => Promise<number>;
-    const run = (body: Body, deadlineMs: number): Promise<number> => (kind === 'read' ? api.reads.withShardRead(user, body, { deadlineMs }) : api.writer.withShardWrite(user, body, { deadlineMs })).then((r) => r.value);
-    const pid: Body = async ({ client }) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? -1;
+    const { api, run, pid } = await oneConnectionRunner(kind, slot);
     const before = await run(pid, 3000);
     // The rollback reaches the server 100 ms late: past the cancel's first repeat (50 ms), well
     // within the grace (250 ms) after which a silent connection is dropped.
@@ -304,12 +318,7 @@ describe('a deadline that passes between two statements', () => {
     { kind: 'read', slot: 909 },
     { kind: 'write', slot: 910 },
   ])('ends the $kind with the statement after it, and leaves nothing running on the server', async ({ kind, slot }) => {
-    const shardId = await env.ownerOf(slot);
-    const [user] = keysInSlot(slot, 1) as [string];
-    const api = await apiThroughRelay(shardId, 1);
-    type Body = (ctx: { client: pg.PoolClient }) => Promise<number>;
-    const run = (body: Body, deadlineMs: number): Promise<number> => (kind === 'read' ? api.reads.withShardRead(user, body, { deadlineMs }) : api.writer.withShardWrite(user, body, { deadlineMs })).then((r) => r.value);
-    const pid: Body = async ({ client }) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? -1;
+    const { run, pid, shardId } = await oneConnectionRunner(kind, slot);
     await run(pid, 3000); // the pool's one connection, idle and ready
     const DEADLINE_MS = 1000;
     const started = Date.now();
