@@ -193,3 +193,73 @@ describe('a directory move whose pin an operator deleted, flipped as ca_dms_cont
     expect(await count(to, slot)).toEqual({ users: 1, documents: 2 });
   });
 });
+
+describe("a directory move of a key pinned away from the shard its slot hashes to, checked on the target as ca_dms_mover", () => {
+  /**
+   * A key of `slot` pinned (by an operator) to the shard that does not own its slot, with its user
+   * row and `documents` documents there; the move sends it to the slot's owner (its hash route),
+   * so that fencing the target `incoming` first checks what the target holds of the key
+   * (checkedIncoming: each of users, documents and document_keys locked in SHARE mode, then counts).
+   */
+  async function pinnedAway(slot: number, documents: number) {
+    const [key] = keysInSlot(slot, 1) as [string];
+    const { from: hashOwner, to: pinnedTo } = await sidesOf(slot);
+    await seedUsers(poolAs(MASTER, pinnedTo), slot, [key], documents);
+    await new DirectoryStore(poolAs(MASTER, SHARDS[0], 1), { ttlMs: 0, shards: [...SHARDS] }).set(key, pinnedTo, 'ops@example.com');
+    const mover = new Mover({ catalog: poolAs(LOGINS.control, SHARDS[0], 1), shards: worker.primaries, slotMaps: worker.slotMaps, directory: worker.directory, readerGraceMs: 0 });
+    const planned = await api.mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    const run = (): Promise<string> =>
+      mover.run(planned.id).then(
+        (j) => `ended: ${j.state}`,
+        (e: Error) => `threw: ${e.message}`,
+      );
+    return { key, source: pinnedTo, target: hashOwner, planned, run };
+  }
+  /** How often the mover's login locked the target's users table in SHARE mode there (pg_stat_statements, read as the superuser). */
+  async function shareLocksBy(login: string, database: string): Promise<number> {
+    const admin = new pg.Client({ connectionString: server.urlFor(database) });
+    await admin.connect();
+    try {
+      // The library is preloaded (it counts every statement); the view needs the extension, which
+      // the emulated master may not create (shard migration 008 then leaves it out).
+      await admin.query('create extension if not exists pg_stat_statements with schema public');
+      const { rows } = await admin.query<{ n: number }>(
+        `select coalesce(sum(s.calls), 0)::int as n from public.pg_stat_statements s join pg_roles r on r.oid = s.userid join pg_database d on d.oid = s.dbid
+          where r.rolname = $1 and d.datname = $2 and s.query ~* '^lock table .*users.* in share mode'`,
+        [login, database],
+      );
+      return rows[0]?.n ?? -1;
+    } finally {
+      await admin.end();
+    }
+  }
+
+  it('locks the target\'s tables, finds nothing of the key there, and carries the key to done', async () => {
+    const slot = 506;
+    const { key, target, run } = await pinnedAway(slot, 2);
+    const locksBefore = await shareLocksBy(LOGINS.mover, target);
+
+    const outcome = await run();
+
+    expect(outcome).toBe('ended: done');
+    expect(await shareLocksBy(LOGINS.mover, target)).toBeGreaterThan(locksBefore);
+    expect((await worker.directory.entry(key))?.shardId).toBe(target);
+    expect(await count(target, slot)).toEqual({ users: 1, documents: 2 });
+  });
+
+  it('stops the move before it fences anything when the target holds rows of the key written there by hash', async () => {
+    const slot = 507;
+    const { key, source, target, run } = await pinnedAway(slot, 2);
+    // A writer that routed the key by hash (a process that had not seen the pin) wrote its user row there.
+    await seedUsers(poolAs(MASTER, target), slot, [key], 0);
+
+    const outcome = await run();
+
+    expect(outcome).toMatch(
+      new RegExp(`^threw: key ${key} was pinned to the source ${source} when this move read it, but its slot ${slot} hashes to the target ${target}, which already holds rows of it \\(1 in users\\)`),
+    );
+    const { rows } = await poolAs(MASTER, target).query<{ state: string }>(`select state from write_fences where kind = 'directory' and unit_id = $1`, [key]);
+    expect(rows).toEqual([]);
+    expect({ onSource: await count(source, slot), onTarget: await count(target, slot) }).toEqual({ onSource: { users: 1, documents: 2 }, onTarget: { users: 1, documents: 0 } });
+  });
+});
