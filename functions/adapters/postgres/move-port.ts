@@ -2336,6 +2336,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     // Cancelled in a lock wait, it fails and the driver reopens the fence; the next run rolls back.
     // A verdict found at the budget's very end still gets a moment to be decided on.
     const movedAtSource = await this.sourceSaysMoved(job);
+    // A directory move leaves `directory` fence rows for its key (the source's from prepareSource,
+    // the target's turned `moved` below), and they take precedence over the slot's rows on both
+    // shards. A key that keeps them must stay placed by the directory (the decision's pin, below).
+    const keyFenced = job.kind === 'directory' && ((await this.fenceRowOn(job.from, job)) !== undefined || (await this.fenceRowOn(job.to, job)) !== undefined);
+    // The decision may pin the key (below): this process's directory cache forgets it afterwards.
     const decided = await this.heldToFence(
       () =>
         this.withLockedJob(job, async (row) => {
@@ -2343,10 +2348,12 @@ export class PgMovePort implements MovePort<MoveJob> {
           // Read without the flip's lock on the map (see ownerRead), and needing none: this
           // transaction writes the job row alone, nothing a router reads, and what follows touches
           // only the target, so a map or pin committed between this read and the commit ends as
-          // one committed just after it. Should the decision ever write a route (a pin), read
-          // with `publishing` as the flip does (docs/sharding-spec.md section 9).
-          const read = await this.currentOwner(row);
-          const { owner, version } = read;
+          // one committed just after it. Except where it may pin the key back to its source
+          // (below): then it writes a route, and reads with `publishing` as the flip does
+          // (docs/sharding-spec.md section 9).
+          const read = await this.currentOwner(row, keyFenced && row.rollbackTo === null);
+          const { owner } = read;
+          let { version } = read;
           const toTarget = targetRouteRefusal(job, read);
           if (toTarget !== null) {
             // A cancellation (not one decided already) is answered as refused, and its request
@@ -2363,12 +2370,35 @@ export class PgMovePort implements MovePort<MoveJob> {
               refused: `the fence of ${job.kind} ${job.unitId} on the source ${job.from} says it moved to ${job.to} for this job, though the catalog names ${owner ?? 'nobody'} (version ${version}): the flip was lost by the catalog (a failover?); deleting the target's copy would lose the writes made there since. Publish ${job.to} as the owner instead`,
             };
           }
+          // The key has no entry and routes by hash to the source (an operator deleted the pin
+          // while the move ran): the move's `directory` fence rows outlive the rollback, on the
+          // source (`open`) and the target (`moved` to the source), and decide for the key over
+          // its slot's rows. Left unpinned, the key would move with its slot's next move (which
+          // excludes only keys the directory places), while those rows kept the source taking
+          // its writes after that move (`open`: accepted there, or refused 23503 once the clean-up
+          // deleted its user) and the target refusing them (`moved`: every write and read
+          // bounced between the shards until it gave up). So the rollback pins the key back to
+          // its source, where it routes already (nothing is sent elsewhere), as the move's own
+          // pin had it: a key with directory rows stays placed by the directory, and slot moves
+          // leave it where it is. Over no entry only: an operator's pin made since is theirs.
+          if (keyFenced && row.rollbackTo === null && owner === null && read.routesTo === job.from) {
+            const pinned = await this.catalog.use((catalog) => this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null)).catch((err: unknown) => {
+              if (!(err instanceof DirectoryVersionConflictError)) throw err;
+              throw new MoveError(
+                `key ${job.unitId} was pinned to ${err.actual?.shardId ?? 'nothing'} while move job #${job.id}'s rollback pinned it back to its source ${job.from}; nothing was decided, the next run decides again`,
+                { cause: err },
+              );
+            });
+            version = pinned.version;
+          }
           const outcome = row.rollbackTo ?? to;
           await this.updateJob('rollback_to = $2, error = coalesce($3, error)', [outcome, error], job);
           return { outcome, version };
         }),
       DEADLINE_GRACE_MS,
-    );
+    ).finally(() => {
+      if (job.kind === 'directory') this.options.directory.invalidate(job.unitId);
+    });
     if ('refused' in decided) {
       if ('cancelRefused' in decided) throw new MoveCancelRefused(decided.refused);
       throw new MoveError(decided.refused ?? 'rollback refused');

@@ -254,16 +254,16 @@ describe("a directory move's key whose pin an operator deleted before the move p
 });
 
 describe("a slot map published between a cancelled directory move's rollback reading where its unpinned key routes and the rollback's commit", () => {
-  it('is as if published after it: the rollback writes no route and deletes only on the target, so what was written where the map sends the key stays in sight', async () => {
-    // The rollback decides without the flip's lock (docs/sharding-spec.md section 9, "The flip's
-    // decision and its commit see the same catalog"): its transaction writes nothing a router
-    // reads (only the job row), and what it does next (the target's copy deleted, the target's
-    // incoming row turned `moved`) touches only the target, whose fence took no write of the unit.
-    // So a publication that commits between its read and its commit ends where one committed just
-    // after it does, which no lock held to that commit could prevent. Should the rollback ever
-    // write a route itself (say, pin the unpinned key back to the source), that argument falls
-    // and it must read under catalog.lock_slot_maps_for_hash_route() as the flip does: unlocked,
-    // the pin hid the document written on the third shard in the window.
+  it('waits for the rollback, which pins the key back to its source under the lock: nothing is written in the window, and every document stays where the catalog routes the key', async () => {
+    // The rollback pins the unpinned key back to its source (docs/sharding-spec.md section 9, "A
+    // rollback pins an unpinned key back to its source": the move's `directory` fence rows outlive
+    // it), so it writes a route, and reads the slot's owner under
+    // catalog.lock_slot_maps_for_hash_route() as the flip does: a publication waits for its commit.
+    // Unlocked, the pin hid the document written on the third shard in the window. (Before the
+    // pin, the rollback wrote no route and decided without the lock: the publication landed in
+    // the window, the key followed the map to the third shard, and the source's rows were left
+    // out of sight there; and a key left unpinned so moved with its slot's next move while the
+    // move's `directory` rows refused it there: issue #15, moves-directory-rollback-unpinned.test.ts.)
     const slot = 1505;
     const { from, to, other, key, operator, route, accepted, write } = await keyScene(slot);
     // Under the fence the operator deletes the move's pin (the key routes by hash to the source)
@@ -313,12 +313,11 @@ describe("a slot map published between a cancelled directory move's rollback rea
       kept: 4 + accepted.length,
       copy: 0,
     });
-    // As it is: the rollback takes no lock, so the publication lands in the window and a writer
-    // with it (one reading under the lock would make it wait for the commit: no write in the
-    // window, one after), and it writes no route: the key follows the published map, and the
-    // source's rows are untouched (out of the key's readers' sight now, by the map published by
-    // hand, not by the move: change owners through moves).
-    expect({ inWindow, routed, held }).toEqual({ inWindow: 'published', routed: other, held: { [from]: 4, [to]: 0, [other]: 2 } });
+    // As it is: the rollback reads under the lock, so the publication waits for its commit (no
+    // write in the window, one after), and the key, pinned to the source, stays there with its
+    // rows whatever the map published by hand says of its slot.
+    expect({ inWindow, routed, held }).toEqual({ inWindow: 'waits', routed: from, held: { [from]: 5, [to]: 0, [other]: 0 } });
+    expect((await env.directory.entry(key))?.shardId).toBe(from);
     expect(await unitFenceState(env.shards.get(to) as pg.Pool, 'directory', key)).toBe('moved');
   }, 60_000);
 });
