@@ -1019,18 +1019,21 @@ export class PgMovePort implements MovePort<MoveJob> {
     const previous = settings[0]?.statement ?? 0;
     const bounds = [this.settings.fenceBudgetMs, Math.floor((settings[0]?.deadlock ?? 1000) * 0.8), ...(previous > 0 ? [previous] : [])];
     const bound = Math.max(1, Math.round(Math.min(...bounds)));
-    const budgetSpent = (cause?: unknown): MoveError =>
+    const budgetSpent = (cause: unknown): MoveError =>
       new MoveError(
         `writers on ${job.to} held its tables past the fence budget (${this.settings.fenceBudgetMs} ms; ${bound} ms for this lock, which gives up before deadlock_timeout) while the move checked that the target holds no rows of key ${job.unitId} written there by hash; nothing changed, the move starts again on its next run`,
-        cause === undefined ? undefined : { cause },
+        { cause },
       );
     await c.query(`select pg_catalog.set_config('statement_timeout', '0', true)`);
     const started = performance.now();
     for (const { name } of TABLES) {
-      // A whole number of ms written into the text: one round trip per table. Never 0 (no bound).
+      // A whole number of ms written into the text: one round trip per table. Never 0 (no bound):
+      // with less than 1 ms left the table is taken only if free (NOWAIT, refused as 55P03 too).
+      // Giving up there instead gave up with no writer in sight wherever the round trips alone
+      // spent a small bound (1 ms: before the first statement was even sent).
       const left = Math.floor(bound - (performance.now() - started));
-      if (left < 1) throw budgetSpent();
-      await c.query(`set local lock_timeout = '${left}ms'; lock table ${name} in share mode`).catch((err: unknown) => {
+      const lock = left < 1 ? `lock table ${name} in share mode nowait` : `set local lock_timeout = '${left}ms'; lock table ${name} in share mode`;
+      await c.query(lock).catch((err: unknown) => {
         throw (err as { code?: string }).code === LOCK_NOT_AVAILABLE ? budgetSpent(err) : err;
       });
     }
@@ -2440,10 +2443,28 @@ export class PgMovePort implements MovePort<MoveJob> {
         ),
       );
     }
-    return this.updateJob(
-      'state = rollback_to, unfenced_at = case when fenced_at is null then null else coalesce(unfenced_at, clock_timestamp()) end, finished_at = clock_timestamp()',
-      [],
-      job,
+    const finish = (): Promise<MoveJob> =>
+      this.updateJob(
+        'state = rollback_to, unfenced_at = case when fenced_at is null then null else coalesce(unfenced_at, clock_timestamp()) end, finished_at = clock_timestamp()',
+        [],
+        job,
+      );
+    if (!keyFenced) return finish();
+    // The pin may have been deleted since the decision (an operator, while the copy was deleted,
+    // a run paused between its batches or killed): the job ends only with the key placed by the
+    // directory, pinned back to its source as the decision does, in the transaction that ends it
+    // and under the same lock. Over no entry only (an operator's pin made since is theirs, and
+    // kept); a key routed by hash to any other shard is left as the decision left it.
+    return this.forgettingCachedOwner(job, () =>
+      this.withLockedJob(job, async (row) => {
+        const read = await this.currentOwner(row, true);
+        if (read.owner === null && read.routesTo === job.from) {
+          await this.catalog.use((catalog) => this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null)).catch((err: unknown) => {
+            if (!(err instanceof DirectoryVersionConflictError)) throw err;
+          });
+        }
+        return finish();
+      }),
     );
   }
 
