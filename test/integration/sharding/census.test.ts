@@ -11,22 +11,26 @@ import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js'
 import { slotOf } from '../../../functions/core/sharding/hash.js';
 import type { MovableUnit } from '../../../functions/core/sharding/rebalance.js';
 import { buildSlotMap, type SlotMap } from '../../../functions/core/sharding/slot-map.js';
-import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { shardServers, type ShardDatabase } from './fixtures/shard-databases.js';
 
 const VIP_DOCS = 5;
 
-/** A started one-shard cluster of a describe block: its pools, and one-off queries on its primary. */
+/** Two servers for the whole file; each describe block below fills a database of its own on them. */
+const servers = shardServers(2);
+
+/** The one shard of a describe block (a database of its own on the first server): its pools, and one-off queries on it. */
 interface OneShard {
   readonly pools: () => ShardPools;
   readonly query: <R extends pg.QueryResultRow>(text: string, values?: unknown[]) => Promise<pg.QueryResult<R>>;
 }
 
 /**
- * One shard without replicas, for the describe block that calls it, filled by `fill` on a client of
- * its primary. `pools()` and `query()` once the block's beforeAll has run.
+ * One shard without replicas, for the describe block that calls it (a fresh database with the shard
+ * schema on the file's first server), filled by `fill` on a client of it. `pools()` and `query()`
+ * once the block's beforeAll has run.
  */
 function oneShard(fill: (shard: pg.Client) => Promise<void>): OneShard {
-  let cluster: TestShardCluster | undefined;
+  let cluster: ShardDatabase | undefined;
   let pools: ShardPools | undefined;
   const connected = async (): Promise<pg.Client> => {
     if (cluster === undefined) throw new Error('the shard of this describe block is not started (beforeAll)');
@@ -35,7 +39,7 @@ function oneShard(fill: (shard: pg.Client) => Promise<void>): OneShard {
     return client;
   };
   beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 0, schema: true });
+    cluster = await servers.database(1);
     const shard = await connected();
     try {
       await fill(shard);
@@ -46,7 +50,6 @@ function oneShard(fill: (shard: pg.Client) => Promise<void>): OneShard {
   });
   afterAll(async () => {
     await pools?.end();
-    await cluster?.stop();
   });
   return {
     pools: () => {
@@ -78,7 +81,7 @@ function oneShardOfOwner(fill: (shard: pg.Client, owner: string, slot: number) =
 }
 
 describe('the census of the rebalance check against the exact statistics', () => {
-  let cluster: TestShardCluster;
+  let cluster: ShardDatabase;
   let pools: ShardPools;
   let inspector: ShardInspector;
   let slotMap: SlotMap;
@@ -92,7 +95,7 @@ describe('the census of the rebalance check against the exact statistics', () =>
   };
 
   beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    cluster = await servers.database();
     slotMap = buildSlotMap([
       { shardId: 'shard_001', weight: 1 },
       { shardId: 'shard_002', weight: 1 },
@@ -123,7 +126,6 @@ describe('the census of the rebalance check against the exact statistics', () =>
   });
   afterAll(async () => {
     await pools?.end();
-    await cluster?.stop();
   });
 
   const rowsOf = (units: readonly MovableUnit[], shardId: string): number => units.filter((u) => u.shardId === shardId).reduce((n, u) => n + u.rows, 0);
@@ -275,7 +277,7 @@ describe('estimates of a table filled after pg_class counted it empty (ANALYZE o
 });
 
 describe('the rebalance check under hash_based routing with directory entries left over (override_hash false)', () => {
-  let cluster: TestShardCluster;
+  let cluster: ShardDatabase;
   let pools: ShardPools;
   let slotMap: SlotMap;
   /** A user with 15 rows in a slot of its own on shard_001, and a directory entry the router ignores. */
@@ -283,7 +285,7 @@ describe('the rebalance check under hash_based routing with directory entries le
   const hashOnly = { strategy: 'hash_based', overrideHash: false, fallback: 'hash' } as const;
 
   beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    cluster = await servers.database();
     slotMap = buildSlotMap([
       { shardId: 'shard_001', weight: 1 },
       { shardId: 'shard_002', weight: 1 },
@@ -317,7 +319,6 @@ describe('the rebalance check under hash_based routing with directory entries le
   });
   afterAll(async () => {
     await pools?.end();
-    await cluster?.stop();
   });
 
   it("counts a listed key's rows in its hash slot, which a slot move takes along, and proposes that slot", async () => {

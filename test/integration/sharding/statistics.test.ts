@@ -10,14 +10,21 @@ import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js'
 import { slotOf } from '../../../functions/core/sharding/hash.js';
 import { buildSlotMap, type SlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { refusedLoopbackPort } from '../../support/refused-port.js';
-import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import type { TestReplica } from '../../support/replica.js';
+import { shardServers, type ShardDatabase } from './fixtures/shard-databases.js';
 
 const DOCS_PER_USER = 2;
 /** A user placed on shard_002 by a directory entry although its hash slot belongs to shard_001. */
 const DIRECTORY_USER_DOCS = 5;
 
+/**
+ * Two servers for the whole file; each describe block below fills a database of its own on them
+ * (and the one that needs a standby starts one of the second server).
+ */
+const servers = shardServers(2);
+
 describe('shard statistics and the rebalance check', () => {
-  let cluster: TestShardCluster;
+  let cluster: ShardDatabase;
   let pools: ShardPools;
   let inspector: ShardInspector;
   let slotMap: SlotMap;
@@ -50,7 +57,7 @@ describe('shard statistics and the rebalance check', () => {
   };
 
   beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    cluster = await servers.database();
     slotMap = buildSlotMap([
       { shardId: 'shard_001', weight: 1 },
       { shardId: 'shard_002', weight: 1 },
@@ -71,7 +78,6 @@ describe('shard statistics and the rebalance check', () => {
   });
   afterAll(async () => {
     await pools?.end();
-    await cluster?.stop();
   });
 
   it('counts tables that were never analysed exactly, since no estimate exists yet', async () => {
@@ -280,7 +286,7 @@ describe('shard statistics and the rebalance check', () => {
 });
 
 describe('bytes of the statistics and the rebalance check after moves: live data, not the files a clean-up leaves behind', () => {
-  let cluster: TestShardCluster;
+  let cluster: ShardDatabase;
   let pools: ShardPools;
   let inspector: ShardInspector;
   let source: pg.Client;
@@ -296,7 +302,7 @@ describe('bytes of the statistics and the rebalance check after moves: live data
   const diskBytes = async (c: pg.Client): Promise<number> => Number((await c.query<{ b: string }>(`select pg_total_relation_size('users')::text as b`)).rows[0]?.b);
 
   beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    cluster = await servers.database();
     pools = ShardPools.fromConfig(cluster.config, { max: 2 });
     inspector = new ShardInspector(pools, { timeoutMs: 5000 });
     [source, target] = [await clientOf('shard_001'), await clientOf('shard_002')];
@@ -332,7 +338,6 @@ describe('bytes of the statistics and the rebalance check after moves: live data
     await source?.end();
     await target?.end();
     await pools?.end();
-    await cluster?.stop();
   });
 
   it('says no rebalance is needed once the moves it proposed by bytes are done, though the source keeps its on-disk size', async () => {
@@ -365,7 +370,7 @@ describe('bytes of the statistics and the rebalance check after moves: live data
 });
 
 describe('estimated bytes of TOASTed documents: the stored values, not whole TOAST chunks nor dead ones', () => {
-  let cluster: TestShardCluster;
+  let cluster: ShardDatabase;
   let pools: ShardPools;
   let inspector: ShardInspector;
   /** One that estimates from a sample of a few pages, as a table far bigger than the default sample would be. */
@@ -374,7 +379,7 @@ describe('estimated bytes of TOASTed documents: the stored values, not whole TOA
   let slotMap: SlotMap;
 
   beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    cluster = await servers.database();
     pools = ShardPools.fromConfig(cluster.config, { max: 2 });
     inspector = new ShardInspector(pools, { timeoutMs: 5000 });
     sampling = new ShardInspector(pools, { timeoutMs: 5000, samplePages: 8 });
@@ -399,7 +404,6 @@ describe('estimated bytes of TOASTed documents: the stored values, not whole TOA
   afterAll(async () => {
     await shard?.end();
     await pools?.end();
-    await cluster?.stop();
   });
 
   const documents = (r: Awaited<ReturnType<ShardInspector['statistics']>>) => r.shards.find((s) => s.shardId === 'shard_001')?.tables.find((t) => t.table === 'documents');
@@ -437,13 +441,13 @@ describe('estimated bytes of TOASTed documents: the stored values, not whole TOA
 
 describe('the movable units of directory keys: found in one scan of each table, not one scan per key', () => {
   const KEYS = 20;
-  let cluster: TestShardCluster;
+  let cluster: ShardDatabase;
   let shard: pg.Client;
   let slotMap: SlotMap;
   let directory: { key: string; shardId: string }[];
 
   beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    cluster = await servers.database();
     slotMap = buildSlotMap([
       { shardId: 'shard_001', weight: 1 },
       { shardId: 'shard_002', weight: 1 },
@@ -461,7 +465,6 @@ describe('the movable units of directory keys: found in one scan of each table, 
   });
   afterAll(async () => {
     await shard?.end();
-    await cluster?.stop();
   });
 
   /** Sequential scans of documents on shard_001 so far, once every backend has reported its counts. */
@@ -496,12 +499,14 @@ describe('the movable units of directory keys: found in one scan of each table, 
 });
 
 describe('the rebalance check with a shard whose primary is in recovery (read-only)', () => {
-  let cluster: TestShardCluster;
+  let cluster: ShardDatabase;
+  let replica: TestReplica | undefined;
   let pools: ShardPools;
   let slotMap: SlotMap;
 
   beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 2, replicasPerShard: 1, schema: true });
+    cluster = await servers.database();
+    replica = await servers.standby(1);
     slotMap = buildSlotMap([
       { shardId: 'shard_001', weight: 1 },
       { shardId: 'shard_002', weight: 1 },
@@ -514,12 +519,12 @@ describe('the rebalance check with a shard whose primary is in recovery (read-on
     // shard_002's configured primary answers as a standby does (a failover that left the
     // endpoint on the old primary, or an instance restored and still replaying): every query
     // of the check succeeds on it, but no move can write there.
-    const standby = cluster.shards[1]?.replicas[0]?.url as string;
+    const standby = replica.urlFor(cluster.database);
     pools = ShardPools.fromConfig({ shards: cluster.config.shards.map((s) => (s.shard_id === 'shard_002' ? { ...s, database_url: standby, read_replicas: [] } : s)) }, { max: 2 });
   });
   afterAll(async () => {
     await pools?.end();
-    await cluster?.stop();
+    await replica?.stop();
   });
 
   it('refuses to plan, naming the shard and why, instead of proposing moves onto it', async () => {
@@ -531,7 +536,7 @@ describe('the rebalance check with a shard whose primary is in recovery (read-on
 });
 
 describe('a shard whose tables do not answer: the checks that read whole tables give up in time to say which', () => {
-  let cluster: TestShardCluster;
+  let cluster: ShardDatabase;
   let pools: ShardPools;
   let locker: pg.Client;
   const slotMap = buildSlotMap([
@@ -540,7 +545,7 @@ describe('a shard whose tables do not answer: the checks that read whole tables 
   ]);
 
   beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 2, replicasPerShard: 0, schema: true });
+    cluster = await servers.database();
     pools = ShardPools.fromConfig(cluster.config, { max: 2 });
     locker = new pg.Client({ connectionString: cluster.config.shards[1]?.database_url });
     await locker.connect();
@@ -548,7 +553,6 @@ describe('a shard whose tables do not answer: the checks that read whole tables 
   afterAll(async () => {
     await locker?.end();
     await pools?.end();
-    await cluster?.stop();
   });
 
   it('waits ten node budgets, but never so long that API Gateway (29 s) answers first', () => {
