@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DeploymentConfigError, mergeConfig, parseDeploymentConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
 import { loadDeploymentConfig } from '../../lib/config/load-config.js';
-import { ROOT } from './support/synth.js';
+import { ROOT } from './support/paths.js';
 import { problemsOf } from './support/config-issues.js';
 
 function issuesOf(input: unknown): string[] {

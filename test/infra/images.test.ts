@@ -12,7 +12,7 @@ import { stageNginxContext } from '../../containers/nginx/context.js';
 import { DeploymentConfigError, parseDeploymentConfig } from '../../lib/config/deployment-config.js';
 import { APP_CONTAINER, DEMO_BACKEND_USER, NGINX_CONTAINER, NGINX_CONTAINER_USER } from '../../lib/services/sidecar-service.js';
 import { parseBackendEnv } from '../../containers/backend/settings.js';
-import { resourcesOf, ROOT, synthesize, SYNTH_HOOK_TIMEOUT_MS, type Synthesized } from './support/synth.js';
+import { resourcesOf, ROOT, unvalidatedSynthesis, type UnvalidatedSynthesis } from './support/synth.js';
 
 type Json = Record<string, unknown>;
 
@@ -67,11 +67,14 @@ describe('image build contexts', () => {
 
 describe('the services stack, the frontend naming its own image', () => {
   const FRONTEND_IMAGE = 'public.ecr.aws/example/frontend:1.2.3';
-  let s: Synthesized;
-  // Synthesized once per test run (test/infra/support/synth.ts), read by every test below.
+  let s: UnvalidatedSynthesis;
+  // What these tests read (the services' task definitions, the image assets) does not need the
+  // functions bundled nor the validation a full synthesis adds (nothing here asserts it), so this
+  // configuration, which no other file synthesizes, is synthesized the cheap way (a second, not a
+  // full synthesis of its own: bundling, schema check, cdk-nag and cfn-guard).
   beforeAll(() => {
-    s = synthesize({ services: { frontend: { image: { kind: 'registry', uri: FRONTEND_IMAGE } } } });
-  }, SYNTH_HOOK_TIMEOUT_MS);
+    s = unvalidatedSynthesis({ services: { frontend: { image: { kind: 'registry', uri: FRONTEND_IMAGE } } } });
+  });
 
   const tasks = (): Array<{ app: Json; nginx: Json }> =>
     resourcesOf(s.template(s.stacks.services), 'AWS::ECS::TaskDefinition').map(([, task]) => {

@@ -19,7 +19,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
-import { ROOT } from './synth.js';
+import { ROOT } from './paths.js';
 
 /** The IAM service prefix of each AWS SDK v3 client package the code may use. */
 export const IAM_PREFIX_OF_PACKAGE: Readonly<Record<string, string>> = {

@@ -8,17 +8,16 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, relative } from 'node:path';
 import { App, Validations, type Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { CaDmsStage, stageId, type CaDmsStacks } from '../../../lib/ca-dms-stage.js';
 import { guardValidator } from '../../../lib/guard.js';
 import { parseDeploymentConfig, type DeploymentConfig } from '../../../lib/config/deployment-config.js';
+import { FIXTURES, ROOT } from './paths.js';
 
-export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-export const FIXTURES = join(ROOT, 'test', 'infra', 'fixtures');
+export { FIXTURES, ROOT };
 
 /**
  * How long a `beforeAll` that synthesizes may take: the app with cdk-nag and cfn-guard costs
@@ -241,9 +240,39 @@ export function synthesize(configInput: unknown): Synthesized {
   // First: an App creates its output directory when constructed, and the claim needs `dir` absent.
   const outcome = sharedOutcome(config, dir);
   const outdir = join(dir, 'cdk.out');
-  // The caller's tree is synthesized too (what synthesis adds to it, such as the dependencies
-  // between stacks, is part of what the tests read), but cheaply: no bundling, no CloudFormation
-  // schema validation, no cdk-nag, into a directory of its own that nothing reads.
+  const tree = buildTree(config);
+  const stageOutdir = join(outdir, relative(tree.app.outdir, tree.stage.outdir));
+  return {
+    ...tree,
+    outdir,
+    error: outcome.error === undefined ? undefined : new Error(outcome.error),
+    violations: outcome.violations,
+    ...templatesIn(stageOutdir),
+  };
+}
+
+/** What {@link unvalidatedSynthesis} gives: a synthesis without its validation report. */
+export type UnvalidatedSynthesis = Pick<Synthesized, 'app' | 'config' | 'stage' | 'stacks' | 'template' | 'stageOutdir' | 'templatePath'>;
+
+/**
+ * The app for `configInput` synthesized the cheap way only (no bundling, no CloudFormation
+ * schema validation, no cdk-nag or cfn-guard: about a second where {@link synthesize} costs a
+ * shared full synthesis), for a test that reads templates and asset manifests and asserts
+ * nothing about validation. Its templates and manifests are the tree's own (`stageOutdir`);
+ * the image assets are staged as in the full synthesis (bundling is skipped for the
+ * functions' code only).
+ */
+export function unvalidatedSynthesis(configInput: unknown): UnvalidatedSynthesis {
+  const tree = buildTree(parseDeploymentConfig(configInput));
+  return { ...tree, ...templatesIn(tree.stage.outdir) };
+}
+
+/**
+ * The caller's construct tree for `config`, synthesized too (what synthesis adds to it, such as
+ * the dependencies between stacks, is part of what the tests read), but cheaply: no bundling, no
+ * CloudFormation schema validation, no cdk-nag, into a directory of its own.
+ */
+function buildTree(config: DeploymentConfig): Pick<Synthesized, 'app' | 'config' | 'stage' | 'stacks'> {
   const app = new App({
     context: { ...cdkJsonContext(), 'aws:cdk:bundling-stacks': [] },
     outdir: mkdtempSync(join(cacheRoot(), 'tree-')),
@@ -251,29 +280,24 @@ export function synthesize(configInput: unknown): Synthesized {
     builtinCloudFormationValidation: false,
   });
   const stage = new CaDmsStage(app, stageId(config.environment), { config, sources: STAGE_SOURCES });
-  const stacks = stage.stacks;
   app.synth();
-  const stageOutdir = join(outdir, relative(app.outdir, stage.outdir));
+  return { app, config, stage, stacks: stage.stacks };
+}
+
+/** Reading the templates of the stage's nested assembly in `stageOutdir` (each parsed once). */
+function templatesIn(stageOutdir: string): Pick<Synthesized, 'template' | 'stageOutdir' | 'templatePath'> {
   const templates = new Map<Stack, Template>();
+  const templatePath = (stack: Stack): string => join(stageOutdir, stack.templateFile);
   return {
-    app,
-    config,
-    stage,
-    stacks,
-    outdir,
-    error: outcome.error === undefined ? undefined : new Error(outcome.error),
-    violations: outcome.violations,
+    stageOutdir,
+    templatePath,
     template(stack) {
       let t = templates.get(stack);
       if (!t) {
-        t = Template.fromJSON(JSON.parse(readFileSync(this.templatePath(stack), 'utf8')) as Record<string, unknown>);
+        t = Template.fromJSON(JSON.parse(readFileSync(templatePath(stack), 'utf8')) as Record<string, unknown>);
         templates.set(stack, t);
       }
       return t;
-    },
-    stageOutdir,
-    templatePath(stack) {
-      return join(stageOutdir, stack.templateFile);
     },
   };
 }

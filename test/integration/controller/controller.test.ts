@@ -9,7 +9,7 @@ import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
-import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { freshMigratedCatalog } from '../../support/migrated-catalog.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, ecsService, givenOneService, ManualClock, metricsFrom, mockControllerAws, RecordingLog, topologyOf } from '../../support/scaling-fixtures.js';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.js';
@@ -38,14 +38,8 @@ afterAll(async () => {
 
 /** A fresh, migrated catalog database reached through the proxy. */
 async function freshCatalog(): Promise<{ store: CatalogStore; pool: pg.Pool }> {
-  const name = `catalog_${++dbCount}`;
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query(`create database ${name}`);
-  await admin.end();
-  const direct = new pg.Pool({ connectionString: server.urlFor(name), max: 1 });
-  await migrateAll({ catalog: direct, shards: [] });
-  await direct.end();
+  // A copy of a catalog migrated once for the file (test/support/migrated-catalog.ts).
+  const name = await freshMigratedCatalog(server, `catalog_${++dbCount}`);
   const pool = new pg.Pool({ connectionString: `postgresql://postgres:postgres@127.0.0.1:${proxy.port}/${name}`, max: 2, connectionTimeoutMillis: 1000 });
   pool.on('error', () => undefined);
   pools.push(pool);

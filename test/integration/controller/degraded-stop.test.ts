@@ -31,7 +31,7 @@ import { createScalingApiPort } from '../../../functions/api/wiring.js';
 import { SimulatedFleet } from '../../../functions/adapters/sim/fleet.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import type { ScalingTarget } from '../../../functions/core/scaling/ports.js';
-import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { freshMigratedCatalog } from '../../support/migrated-catalog.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, ecsService, ManualClock, metricsFrom, mockControllerAws, serviceNames, topologyOf } from '../../support/scaling-fixtures.js';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.js';
@@ -97,14 +97,8 @@ function givenCpu(cpu: number): void {
 
 /** A fresh, migrated catalog reached through the proxy, and the API port over it. */
 async function setup(options: { readonly statementTimeoutMs?: number; readonly target?: ScalingTarget } = {}): Promise<{ store: CatalogStore; api: ScalingApiPort }> {
-  const name = `degraded_stop_${++dbCount}`;
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query(`create database ${name}`);
-  await admin.end();
-  const direct = new pg.Pool({ connectionString: server.urlFor(name), max: 1 });
-  await migrateAll({ catalog: direct, shards: [] });
-  await direct.end();
+  // A copy of a catalog migrated once for the file (test/support/migrated-catalog.ts).
+  const name = await freshMigratedCatalog(server, `degraded_stop_${++dbCount}`);
   const pool = new pg.Pool({
     connectionString: `postgresql://postgres:postgres@127.0.0.1:${proxy.port}/${name}`,
     max: 2,

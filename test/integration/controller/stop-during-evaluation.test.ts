@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import type { ControllerCatalog } from '../../../functions/core/scaling/ports.js';
-import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { freshMigratedCatalog } from '../../support/migrated-catalog.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, givenOneService, ManualClock, metricsFrom, mockControllerAws, serviceNames, topologyOf } from '../../support/scaling-fixtures.js';
 
@@ -35,15 +35,11 @@ afterAll(async () => {
 });
 
 async function freshCatalog(): Promise<CatalogStore> {
-  const name = `stop_race_${++dbCount}`;
+  // A copy of a catalog migrated once for the file (test/support/migrated-catalog.ts).
+  const name = await freshMigratedCatalog(server, `stop_race_${++dbCount}`);
   currentDatabase = name;
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query(`create database ${name}`);
-  await admin.end();
   const pool = new pg.Pool({ connectionString: server.urlFor(name), max: 4 });
   pools.push(pool);
-  await migrateAll({ catalog: pool, shards: [] });
   return new CatalogStore(pool, { defaults: parseScalingConfig(CONFIG) });
 }
 

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { estimate, priceFileSchema, type Line, type Templates } from '../../../scripts/cost-estimate.js';
-import { ROOT } from '../../infra/support/synth.js';
+import { ROOT } from '../../infra/support/paths.js';
 
 const prices = priceFileSchema.parse(JSON.parse(readFileSync(join(ROOT, 'scripts', 'prices-us-east-1.json'), 'utf8')));
 const H = prices.hoursPerMonth;
