@@ -41,7 +41,7 @@ import { cancelRefusal, MoveCancelled, MoveCancelRefused, MoveError, MoveFenceBu
 import { assertTransition } from '../../core/sharding/move-plan.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
-import { DirectoryVersionConflictError, type DirectoryStore, type ExpectedDirectoryEntry } from './directory-store.js';
+import { DirectoryVersionConflictError, type DirectoryEntry, type DirectoryStore, type ExpectedDirectoryEntry } from './directory-store.js';
 import { abandonConnection, connectBy, DEADLINE_GRACE_MS, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
@@ -904,10 +904,8 @@ export class PgMovePort implements MovePort<MoveJob> {
             }
             // Only where there is still no pin: an operator's pin made since the read is theirs to keep.
             if (pinned === null) {
-              pinned = await this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null).catch((err: unknown) => {
-                if (!(err instanceof DirectoryVersionConflictError)) throw err;
-                return err.actual;
-              });
+              const pin = await this.pinToSourceOverNoEntry(job, catalog);
+              pinned = 'pinned' in pin ? pin.pinned : pin.kept;
             }
             if (pinned?.shardId === job.to) {
               // A cancel would be refused (a rollback never deletes rows where the catalog sends the
@@ -2002,6 +2000,21 @@ export class PgMovePort implements MovePort<MoveJob> {
     }
   }
 
+  /**
+   * Pins a directory move's key to its source where it has no entry, in the caller's catalog
+   * transaction: `{ pinned }` the new entry, or `{ kept }` the entry an operator wrote since the
+   * caller read none (theirs to keep; null if it was deleted again meanwhile).
+   */
+  private async pinToSourceOverNoEntry(job: MoveJob, catalog: pg.ClientBase): Promise<{ readonly pinned: DirectoryEntry } | { readonly kept: DirectoryEntry | null }> {
+    return this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null).then(
+      (pinned) => ({ pinned }),
+      (err: unknown) => {
+        if (!(err instanceof DirectoryVersionConflictError)) throw err;
+        return { kept: err.actual };
+      },
+    );
+  }
+
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
   private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T | RollbackWith<NoInfer<T>>>, begin = 'begin', onBegun?: () => void): Promise<T> {
     return this.catalog.transaction<T>(begin, async () => {
@@ -2344,64 +2357,61 @@ export class PgMovePort implements MovePort<MoveJob> {
     // shards. A key that keeps them must stay placed by the directory (the decision's pin, below).
     const keyFenced = job.kind === 'directory' && ((await this.fenceRowOn(job.from, job)) !== undefined || (await this.fenceRowOn(job.to, job)) !== undefined);
     // The decision may pin the key (below): this process's directory cache forgets it afterwards.
-    const decided = await this.heldToFence(
-      () =>
-        this.withLockedJob(job, async (row) => {
-          if (row.flipStarted) return { refused: `move job #${job.id} has published its new owner; it can only finish` };
-          // Read without the flip's lock on the map (see ownerRead), and needing none: this
-          // transaction writes the job row alone, nothing a router reads, and what follows touches
-          // only the target, so a map or pin committed between this read and the commit ends as
-          // one committed just after it. Except where it may pin the key back to its source
-          // (below): then it writes a route, and reads with `publishing` as the flip does
-          // (docs/sharding-spec.md section 9).
-          const read = await this.currentOwner(row, keyFenced && row.rollbackTo === null);
-          const { owner } = read;
-          let { version } = read;
-          const toTarget = targetRouteRefusal(job, read);
-          if (toTarget !== null) {
-            // A cancellation (not one decided already) is answered as refused, and its request
-            // cleared: the move finishes on the target, where the catalog routes the unit. Left
-            // set, every later run tried this rollback again, was refused again, and the target's
-            // `incoming` fence refused the unit's writes for good.
-            if (to !== 'cancelled' || row.rollbackTo !== null) return { refused: toTarget };
-            const why = cancelRefusal(toTarget, job.to);
-            await this.updateJob('cancel_requested = false, error = $2, cancel_refused = $2', [why], job);
-            return { refused: why, cancelRefused: true };
-          }
-          if (movedAtSource) {
-            return {
-              refused: `the fence of ${job.kind} ${job.unitId} on the source ${job.from} says it moved to ${job.to} for this job, though the catalog names ${owner ?? 'nobody'} (version ${version}): the flip was lost by the catalog (a failover?); deleting the target's copy would lose the writes made there since. Publish ${job.to} as the owner instead`,
-            };
-          }
-          // The key has no entry and routes by hash to the source (an operator deleted the pin
-          // while the move ran): the move's `directory` fence rows outlive the rollback, on the
-          // source (`open`) and the target (`moved` to the source), and decide for the key over
-          // its slot's rows. Left unpinned, the key would move with its slot's next move (which
-          // excludes only keys the directory places), while those rows kept the source taking
-          // its writes after that move (`open`: accepted there, or refused 23503 once the clean-up
-          // deleted its user) and the target refusing them (`moved`: every write and read
-          // bounced between the shards until it gave up). So the rollback pins the key back to
-          // its source, where it routes already (nothing is sent elsewhere), as the move's own
-          // pin had it: a key with directory rows stays placed by the directory, and slot moves
-          // leave it where it is. Over no entry only: an operator's pin made since is theirs.
-          if (keyFenced && row.rollbackTo === null && owner === null && read.routesTo === job.from) {
-            const pinned = await this.catalog.use((catalog) => this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null)).catch((err: unknown) => {
-              if (!(err instanceof DirectoryVersionConflictError)) throw err;
-              throw new MoveError(
-                `key ${job.unitId} was pinned to ${err.actual?.shardId ?? 'nothing'} while move job #${job.id}'s rollback pinned it back to its source ${job.from}; nothing was decided, the next run decides again`,
-                { cause: err },
-              );
-            });
-            version = pinned.version;
-          }
-          const outcome = row.rollbackTo ?? to;
-          await this.updateJob('rollback_to = $2, error = coalesce($3, error)', [outcome, error], job);
-          return { outcome, version };
-        }),
-      DEADLINE_GRACE_MS,
-    ).finally(() => {
-      if (job.kind === 'directory') this.options.directory.invalidate(job.unitId);
-    });
+    const decided = await this.forgettingCachedOwner(job, () =>
+      this.heldToFence(
+        () =>
+          this.withLockedJob(job, async (row) => {
+            if (row.flipStarted) return { refused: `move job #${job.id} has published its new owner; it can only finish` };
+            // Read without the flip's lock on the map (see ownerRead), and needing none: this
+            // transaction writes the job row alone, nothing a router reads, and what follows touches
+            // only the target, so a map or pin committed between this read and the commit ends as
+            // one committed just after it. Except where it may pin the key back to its source
+            // (below): then it writes a route, and reads with `publishing` as the flip does
+            // (docs/sharding-spec.md section 9).
+            const read = await this.currentOwner(row, keyFenced && row.rollbackTo === null);
+            const { owner } = read;
+            let { version } = read;
+            const toTarget = targetRouteRefusal(job, read);
+            if (toTarget !== null) {
+              // A cancellation (not one decided already) is answered as refused, and its request
+              // cleared: the move finishes on the target, where the catalog routes the unit. Left
+              // set, every later run tried this rollback again, was refused again, and the target's
+              // `incoming` fence refused the unit's writes for good.
+              if (to !== 'cancelled' || row.rollbackTo !== null) return { refused: toTarget };
+              const why = cancelRefusal(toTarget, job.to);
+              await this.updateJob('cancel_requested = false, error = $2, cancel_refused = $2', [why], job);
+              return { refused: why, cancelRefused: true };
+            }
+            if (movedAtSource) {
+              return {
+                refused: `the fence of ${job.kind} ${job.unitId} on the source ${job.from} says it moved to ${job.to} for this job, though the catalog names ${owner ?? 'nobody'} (version ${version}): the flip was lost by the catalog (a failover?); deleting the target's copy would lose the writes made there since. Publish ${job.to} as the owner instead`,
+              };
+            }
+            // The key has no entry and routes by hash to the source (an operator deleted the pin
+            // while the move ran): the move's `directory` fence rows outlive the rollback, on the
+            // source (`open`) and the target (`moved` to the source), and decide for the key over
+            // its slot's rows. Left unpinned, the key would move with its slot's next move (which
+            // excludes only keys the directory places), while those rows kept the source taking
+            // its writes after that move (`open`: accepted there, or refused 23503 once the clean-up
+            // deleted its user) and the target refusing them (`moved`: every write and read
+            // bounced between the shards until it gave up). So the rollback pins the key back to
+            // its source, where it routes already (nothing is sent elsewhere), as the move's own
+            // pin had it: a key with directory rows stays placed by the directory, and slot moves
+            // leave it where it is. Over no entry only: an operator's pin made since is theirs.
+            if (keyFenced && row.rollbackTo === null && owner === null && read.routesTo === job.from) {
+              const pin = await this.catalog.use((catalog) => this.pinToSourceOverNoEntry(job, catalog));
+              if (!('pinned' in pin)) {
+                throw new MoveError(`key ${job.unitId} was pinned to ${pin.kept?.shardId ?? 'nothing'} while move job #${job.id}'s rollback pinned it back to its source ${job.from}; nothing was decided, the next run decides again`);
+              }
+              version = pin.pinned.version;
+            }
+            const outcome = row.rollbackTo ?? to;
+            await this.updateJob('rollback_to = $2, error = coalesce($3, error)', [outcome, error], job);
+            return { outcome, version };
+          }),
+        DEADLINE_GRACE_MS,
+      ),
+    );
     if ('refused' in decided) {
       if ('cancelRefused' in decided) throw new MoveCancelRefused(decided.refused);
       throw new MoveError(decided.refused ?? 'rollback refused');
@@ -2459,9 +2469,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       this.withLockedJob(job, async (row) => {
         const read = await this.currentOwner(row, true);
         if (read.owner === null && read.routesTo === job.from) {
-          await this.catalog.use((catalog) => this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null)).catch((err: unknown) => {
-            if (!(err instanceof DirectoryVersionConflictError)) throw err;
-          });
+          await this.catalog.use((catalog) => this.pinToSourceOverNoEntry(job, catalog));
         }
         return finish();
       }),
