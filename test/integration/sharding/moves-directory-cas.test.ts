@@ -14,7 +14,7 @@ import { DirectoryStore, DirectoryVersionConflictError, type DirectoryEntry } fr
 import type { MoverDirectory } from '../../../functions/adapters/postgres/move-port.js';
 import { Mover, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countSlot, documentsOf, keysInSlot, seedUsers, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, documentsOf, keysInSlot, outcomeOf, seedUsers, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -52,14 +52,6 @@ function directoryWithOperator(key: string, armed: () => boolean, change: () => 
     },
   };
   return wrapped;
-}
-
-/** How a run or a cancel ended, as text: `ended: <state>` or `threw: <message>`. */
-function outcomeOf(job: Promise<{ state: string }>): Promise<string> {
-  return job.then(
-    (j) => `ended: ${j.state}`,
-    (e: Error) => `threw: ${e.message}`,
-  );
 }
 
 /**

@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import type { MoverDirectory } from '../../../functions/adapters/postgres/move-port.js';
 import { Mover } from '../../../functions/adapters/postgres/mover.js';
-import { documentsOf, keysInSlot, seedUsers, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { documentsOf, keysInSlot, outcomeOf, pinnedAway, seedUsers, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -27,13 +27,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-function outcomeOf(job: Promise<{ state: string }>): Promise<string> {
-  return job.then(
-    (j) => `ended: ${j.state}`,
-    (e: Error) => `threw: ${e.message}`,
-  );
-}
 
 /** `pool`, except that the first statement that locks `users` in SHARE mode runs `instead` (once `armed()`). */
 function replacingShareLock(pool: pg.Pool, armed: () => boolean, instead: string): { pool: pg.Pool; replaced: () => boolean } {
@@ -60,13 +53,8 @@ function replacingShareLock(pool: pg.Pool, armed: () => boolean, instead: string
 
 describe("a cancel request that ends the lock of a directory move's check of its target, worded in another language", () => {
   it('ends the run with the server\'s error, not as the fence budget\'s end, and fences nothing', async () => {
-    const slot = 1601;
-    const hashOwner = await env.ownerOf(slot);
-    const source = [...env.shards.keys()].find((s) => s !== hashOwner) as string;
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(env.shards.get(source) as pg.Pool, slot, [key], 2);
     // Pinned away from its slot's owner and moved there: the target's fence is checked first.
-    await env.directory.set(key, source, 'ops@example.com');
+    const { key, target: hashOwner } = await pinnedAway(env, 1601, 2);
     // "canceling statement due to user request", as a server with lc_messages=fr_FR words it.
     const french = "annulation de la requête à la demande de l'utilisateur";
     const target = replacingShareLock(env.shards.get(hashOwner) as pg.Pool, () => true, `do $$ begin raise exception using errcode = 'query_canceled', message = '${french.replace(/'/g, "''")}'; end $$`);
