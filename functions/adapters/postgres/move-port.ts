@@ -128,15 +128,40 @@ export interface PgMovePortOptions {
   readonly checkoutBoundMs?: number;
 }
 
-/** Rows of a unit that met rows of the target with the same ids in another unit (see `upsert`); nothing was overwritten. */
+/** Rows of a unit that met rows of the target with the same ids in another unit (see `upsert` and `copyPage`); nothing was overwritten. */
 class UnitCollision extends MoveError {
   constructor(
     readonly table: TableName,
     readonly ids: readonly string[],
     message: string,
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
   }
+}
+
+/**
+ * The error a move records when rows of its unit have the ids of rows another unit holds on its
+ * target (docs/sharding-spec.md section 9, "Ids are unique across shards"): the table, the ids
+ * (the first five, and how many), that nothing was overwritten and the unit's writes go on on its
+ * source, and what an operator does. It stays the job's error: every run stops there until one of
+ * the two rows of each id is given a new id, or the move is cancelled.
+ */
+function collisionMessage(job: Pick<MoveJob, 'id' | 'kind' | 'unitId' | 'from' | 'to'>, table: TableName, ids: readonly string[]): string {
+  const shown = ids.slice(0, 5).join(', ') || '(unknown)';
+  const more = ids.length > 5 ? ` (${ids.length} in all)` : '';
+  return (
+    `${table} id(s) ${shown}${more} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}; nothing on ${job.to} was overwritten and the move stops here, ` +
+    `at this and every later run, holding no fence: the unit's reads and writes go on on ${job.from}. Ids must be unique across shards (docs/sharding-spec.md, section 9, ` +
+    `"Ids are unique across shards", has the query that lists them): ` +
+    (table === 'users'
+      ? `a user's id is its routing key, so the users row ${job.to} holds under another slot than its id's is the stray: delete or correct it there, and the next run goes on`
+      : `give one of the two rows of each id a new random id (UUID v4), the unit's on ${job.from} or the other unit's on ${job.to}, and the next run goes on`) +
+    `; or cancel the move (DELETE /shards/moves/${job.id}), which deletes only its own copy from ${job.to}` +
+    // A document handed between owners of two units moving into one target from two sources: the
+    // other move's copy is stale until its next catch-up pass, which this move cannot clear.
+    (table === 'documents' ? `. A document another move into ${job.to} copied before it was handed to an owner of this unit is not another record: that move's next catch-up removes its copy, and this move goes on by itself` : '')
+  );
 }
 
 /** Which unit a move moves: the job's own, or another's as a target's fence row names it. */
@@ -1212,7 +1237,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       try {
         return await this.copyBatch(source, target, job, table, page);
       } catch (err) {
-        if (!hasSqlState(err, UNIQUE_VIOLATION) || table !== 'documents') throw err;
+        if (!hasSqlState(err, UNIQUE_VIOLATION)) throw err;
         const ids = await inTransaction(source, PAGE_SNAPSHOT, async (from) => {
           const { rows } = await from.query<{ id: string }>(`select id::text as id from ${table} where ${this.pageWhere(job, table, page, from)} order by id limit ${Math.max(1, Math.floor(this.settings.copyBatchRows))}`);
           return rows.map((r) => r.id);
@@ -1225,17 +1250,25 @@ export class PgMovePort implements MovePort<MoveJob> {
           if (attempt <= 3) continue;
           throw err;
         }
+        // Users and key records never change units (a user's slot is its id's, a key record never
+        // changes owner), so no other move's copy of them can be stale: another record has the id.
+        // Thrown as it was, the COPY's bare "duplicate key" named neither the ids nor what to do.
+        if (table !== 'documents') {
+          throw new UnitCollision(
+            table,
+            met.map((r) => r.id),
+            collisionMessage(job, table, met.map((r) => r.id)),
+            { cause: err },
+          );
+        }
         const { inTheWay } = await this.clearStaleCopies(job, table, met.map((r) => r.id));
         // Still in the way is not yet proof of another record: a document that left the unit
         // while its stale copy was being deleted (the delete rolled back, then tried again without
         // it) and came back before it was read again is in the way, and stale again. The page is
         // tried again, and so cleared, while attempts remain; what stays in the way stops the copy.
         if (attempt <= 3) continue;
-        throw new MoveError(
-          `${table} id(s) ${(inTheWay.length > 0 ? inTheWay : met.map((r) => r.id)).slice(0, 5).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}, and are not another move's stale copies; nothing on ${job.to} was overwritten and the copy stops here. ` +
-            `Ids must be unique across shards (docs/sharding-spec.md, section 9)`,
-          { cause: err },
-        );
+        const stuck = inTheWay.length > 0 ? inTheWay : met.map((r) => r.id);
+        throw new UnitCollision(table, stuck, collisionMessage(job, table, stuck), { cause: err });
       }
     }
   }
@@ -2615,12 +2648,10 @@ export class PgMovePort implements MovePort<MoveJob> {
         order by t.id`,
       [rowsJson, ...outside.params, skip],
     );
-    throw new UnitCollision(
-      table,
-      rows.map((r) => r.id),
-      `${table} id(s) ${rows.slice(0, 5).map((r) => r.id).join(', ') || '(unknown)'} of ${job.kind} ${job.unitId} already belong to another unit on ${job.to}; nothing on ${job.to} was overwritten and the move stops here. ` +
-        `If another move to ${job.to} is copying that unit and the rows changed units since, its next catch-up removes its copy and this move goes on at its next run; otherwise the ids are another record's, and ids must be unique across shards (docs/sharding-spec.md, section 9)`,
-    );
+    // Another unfinished move's stale copies of documents were cleared before this is thrown for
+    // good (see catchUpPass and copyPage): what is left is another record with the same id.
+    const ids = rows.map((r) => r.id);
+    throw new UnitCollision(table, ids, collisionMessage(job, table, ids));
   }
 }
 
