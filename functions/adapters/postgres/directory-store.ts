@@ -19,6 +19,7 @@ import type pg from 'pg';
 import { canonicalKey } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
+import { hasSqlState, PIN_KEPT } from './sqlstate.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
@@ -44,6 +45,24 @@ export class DirectoryVersionConflictError extends DirectoryError {
     const expectedText = expected === null ? 'no entry' : `${expected.shardId} (version ${expected.version})`;
     const actualText = actual === null ? 'no entry' : `${actual.shardId} (version ${actual.version}, by ${actual.updatedBy})`;
     super(`the directory entry of ${key} changed: expected ${expectedText}, found ${actualText}; nothing was written`);
+  }
+}
+
+/**
+ * The catalog refused to remove a pin (SQLSTATE `CAF06`, sharding migration 010): a directory
+ * move wrote fence rows for the key on its shards, and those rows decide for the key over its
+ * slot's for good, so the key must stay placed by the directory. Nothing was changed. To give the
+ * key another owner, move it (a directory move). The message is the catalog's, naming the key and
+ * the move jobs.
+ */
+export class DirectoryPinKeptError extends DirectoryError {
+  override readonly name = 'DirectoryPinKeptError';
+  constructor(
+    readonly key: string,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
   }
 }
 
@@ -183,10 +202,20 @@ export class DirectoryStore implements DirectoryLookup {
     return toEntry(rows[0]);
   }
 
-  /** Removes the pin; returns whether there was one. The key then follows the fallback. With a `client` in a transaction, see {@link set} on the cache. */
+  /**
+   * Removes the pin; returns whether there was one. The key then follows the fallback. With a
+   * `client` in a transaction, see {@link set} on the cache.
+   *
+   * Refused with {@link DirectoryPinKeptError}, nothing changed, for a key a directory move wrote
+   * fence rows for (the catalog's trigger, sharding migration 010): such a key stays pinned, and
+   * changes owner through moves. Inside a caller's transaction the refusal aborts it, as any error.
+   */
   async delete(rawKey: string, client: Queryable = this.pool): Promise<boolean> {
     const key = canonicalKey(rawKey);
-    const { rowCount } = await client.query('delete from catalog.shard_directory where key = $1', [key]);
+    const { rowCount } = await client.query('delete from catalog.shard_directory where key = $1', [key]).catch((err: unknown) => {
+      if (hasSqlState(err, PIN_KEPT)) throw new DirectoryPinKeptError(key, (err as Error).message, { cause: err });
+      throw err;
+    });
     this.forget(key);
     return (rowCount ?? 0) > 0;
   }

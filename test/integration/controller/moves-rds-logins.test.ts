@@ -18,9 +18,9 @@ import { keySlot } from '../../../functions/core/sharding/keys.js';
 import { createMovesHandler } from '../../../functions/handlers/moves.js';
 import { CATALOG_STATEMENT_TIMEOUT_MS, createPool } from '../../../functions/handlers/shared/db.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
-import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { emulateRdsMaster } from '../../support/rds-master.js';
-import { keysInSlot, seedUsers } from '../sharding/fixtures/move-env.js';
+import { deletePinPastGuard, keysInSlot, seedUsers } from '../sharding/fixtures/move-env.js';
 import { lambdaContext, tick } from '../sharding/fixtures/moves-handler.js';
 
 const MASTER = 'ca_dms_admin';
@@ -176,9 +176,13 @@ describe('a directory move whose pin an operator deleted, flipped as ca_dms_cont
     const operator = new DirectoryStore(poolAs(MASTER, SHARDS[0], 1), { ttlMs: 0, shards: [...SHARDS] });
     let unpinned = false;
     // The operator deletes the move's pin under its fence: the key then routes by hash, and the
-    // flip reads its slot's owner under `lock table catalog.slot_maps in share mode`.
+    // flip reads its slot's owner under `lock table catalog.slot_maps in share mode`. As the test
+    // cluster's superuser, past sharding migration 010's guard (which refuses the master and
+    // ca_dms_control that deletion, below): this test is of the flip of a pin deleted all the same.
+    const superuser = new pg.Pool({ connectionString: server.urlFor(SHARDS[0]), max: 1 });
+    pools.push(superuser);
     const hook = async (point: MoveHookPoint): Promise<void> => {
-      if (point === 'verifying' && !unpinned) unpinned = await operator.delete(key);
+      if (point === 'verifying' && !unpinned) unpinned = await deletePinPastGuard(superuser, key);
     };
     const mover = new Mover({ catalog: poolAs(LOGINS.control, SHARDS[0], 1), shards: worker.primaries, slotMaps: worker.slotMaps, directory: worker.directory, readerGraceMs: 0, hook });
     const planned = await api.mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
@@ -191,6 +195,15 @@ describe('a directory move whose pin an operator deleted, flipped as ca_dms_cont
     expect({ unpinned, ended }).toEqual({ unpinned: true, ended: 'ended: done' });
     expect((await operator.entry(key))?.shardId).toBe(to);
     expect(await count(to, slot)).toEqual({ users: 1, documents: 2 });
+    // The key's pin may not be deleted now (sharding migration 010, SQLSTATE CAF06), by the
+    // catalog's owner (RDS's master, not a superuser) or the control plane's login alike: the
+    // guard reads move_jobs as its owner, whatever the deleting login may read.
+    const unpin = 'delete from catalog.shard_directory where key = $1';
+    expect({
+      master: await sqlstateOf(() => poolAs(MASTER, SHARDS[0], 1).query(unpin, [key])),
+      control: await sqlstateOf(() => poolAs(LOGINS.control, SHARDS[0], 1).query(unpin, [key])),
+    }).toEqual({ master: 'CAF06', control: 'CAF06' });
+    expect((await operator.entry(key))?.shardId).toBe(to);
   });
 });
 

@@ -16,7 +16,7 @@ import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { withAdmin } from '../../support/postgres.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
-import { keysInSlot, seedUsers } from './fixtures/move-env.js';
+import { deletePinPastGuard, keysInSlot, seedUsers } from './fixtures/move-env.js';
 
 const migrations = resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations');
 const bounds: FreshnessBounds = { maxLagSeconds: 5, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 25_000 };
@@ -215,7 +215,9 @@ describe('replica reads of directory-placed keys', () => {
     await seedUsers(pools.primary(away).pool, slot, [key], 3);
     await pauseReplicasOf(home);
     expect((await moveToEnd({ kind: 'directory', key, to: home, createdBy: 'test' })).state).toBe('done');
-    await directory.delete(key);
+    // Past sharding migration 010's guard (CAF06: the pin of a key a directory move wrote fence
+    // rows for may not be removed), as a superuser may: the entry starts again at version 1.
+    await deletePinPastGuard(catalog, key);
     await directory.set(key, home, 'test');
 
     expect(await readPastPausedReplica(key, home)).toEqual({ n: 3, shardId: home, servedBy: `${home}/primary` });
