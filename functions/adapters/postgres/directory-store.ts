@@ -49,8 +49,9 @@ export class DirectoryVersionConflictError extends DirectoryError {
 }
 
 /**
- * The catalog refused to remove a pin (SQLSTATE `CAF06`, sharding migration 010): a directory
- * move wrote fence rows for the key on its shards, and those rows decide for the key over its
+ * The catalog refused to remove a pin (SQLSTATE `CAF06`, sharding migration 010): a
+ * directory move of the key, or a slot move that kept the key out of its slot, wrote fence rows
+ * for the key on its shards, and those rows decide for the key over its
  * slot's for good, so the key must stay placed by the directory. Nothing was changed. To give the
  * key another owner, move it (a directory move). The message is the catalog's, naming the key and
  * the move jobs.
@@ -207,7 +208,8 @@ export class DirectoryStore implements DirectoryLookup {
    * `client` in a transaction, see {@link set} on the cache.
    *
    * Refused with {@link DirectoryPinKeptError}, nothing changed, for a key a directory move wrote
-   * fence rows for (the catalog's trigger, sharding migration 010): such a key stays pinned, and
+   * (or a slot move that kept it out) fence rows for (the catalog's trigger, sharding migration
+   * 010): such a key stays pinned, and
    * changes owner through moves. Inside a caller's transaction the refusal aborts it, as any error.
    */
   async delete(rawKey: string, client: Queryable = this.pool): Promise<boolean> {

@@ -144,8 +144,9 @@ class UnitCollision extends MoveError {
  * The error a move records when rows of its unit have the ids of rows another unit holds on its
  * target (docs/sharding-spec.md section 9, "Ids are unique across shards"): the table, the ids
  * (the first five, and how many), that nothing was overwritten and the unit's writes go on on its
- * source, and what an operator does. It stays the job's error: every run stops there until one of
- * the two rows of each id is given a new id, or the move is cancelled.
+ * source, and what an operator does. It stays the job's error: every run stops there until the
+ * collision is resolved (a document given a new id, a stray users or key record deleted), or the
+ * move is cancelled.
  */
 function collisionMessage(job: Pick<MoveJob, 'id' | 'kind' | 'unitId' | 'from' | 'to'>, table: TableName, ids: readonly string[]): string {
   const shown = ids.slice(0, 5).join(', ') || '(unknown)';
@@ -156,7 +157,11 @@ function collisionMessage(job: Pick<MoveJob, 'id' | 'kind' | 'unitId' | 'from' |
     `"Ids are unique across shards", has the query that lists them): ` +
     (table === 'users'
       ? `a user's id is its routing key, so the users row ${job.to} holds under another slot than its id's is the stray: delete or correct it there, and the next run goes on`
-      : `give one of the two rows of each id a new random id (UUID v4), the unit's on ${job.from} or the other unit's on ${job.to}, and the next run goes on`) +
+      : table === 'document_keys'
+        ? // A key record's id is UUID v5 of its owner and its Idempotency-Key (section 10): given a
+          // new id, the record is never found again, and a retry of its key creates a second document.
+          `a key record's id is derived from its owner and its Idempotency-Key (UUID v5, section 10), so two owners' records cannot share one: one of the two was written by hand, a restore or an import, and is the stray: delete it (the unit's on ${job.from} or the other unit's on ${job.to}), never give a key record a new id (its key would be forgotten: a retry of it would create a second document), and the next run goes on`
+        : `give one of the two rows of each id a new random id (UUID v4), the unit's on ${job.from} or the other unit's on ${job.to}, and the next run goes on`) +
     `; or cancel the move (DELETE /shards/moves/${job.id}), which deletes only its own copy from ${job.to}` +
     // A document handed between owners of two units moving into one target from two sources: the
     // other move's copy is stale until its next catch-up pass, which this move cannot clear.

@@ -10,7 +10,8 @@ export const UNIQUE_VIOLATION = '23505';
 /** 42883: no such function (a migration that adds it not applied yet, or not on the search_path). */
 export const UNDEFINED_FUNCTION = '42883';
 /**
- * CAF06 (sharding migration 010): the pin of a key a directory move wrote fence rows for may not
+ * CAF06 (sharding migration 010): the pin of a key a directory move (or a slot move that
+ * kept the key out) wrote fence rows for may not
  * be removed (docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned").
  */
 export const PIN_KEPT = 'CAF06';

@@ -17,7 +17,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryPinKeptError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { sqlstateOf } from '../../support/postgres.js';
-import { documentsOf, keysInSlot, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { documentsOf, keysInSlot, pinnedAway, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let control: pg.Pool;
@@ -58,7 +58,7 @@ describe('the pin of a key moved by a directory move', () => {
     // Before: the pin was deleted (true), and the key routed by hash to `from`, whose `moved` row refused it.
     expect(refusal).toBeInstanceOf(DirectoryPinKeptError);
     expect((refusal as DirectoryPinKeptError).key).toBe(key);
-    expect((refusal as Error).message).toContain(`the pin of key ${key} (to ${to}) may not be removed: directory move job(s) #${moved.id} (${from} to ${to}, done) wrote fence rows for it`);
+    expect((refusal as Error).message).toContain(`the pin of key ${key} (to ${to}) may not be removed: move job(s) #${moved.id} (${from} to ${to}, done) wrote fence rows for it`);
     expect((refusal as Error).message).toContain('To give the key another owner, move it');
     await expect(new DirectoryStore(control, { ttlMs: 0 }).delete(key.toUpperCase())).rejects.toBeInstanceOf(DirectoryPinKeptError);
     expect({
@@ -108,6 +108,58 @@ describe('the pin of a key moved by a directory move', () => {
     expect({ source: await unitFenceState(source, 'directory', key), target: await unitFenceState(target, 'directory', key) }).toEqual({ source: 'open', target: 'moved' });
     expect(await sqlstateOf(() => control.query('delete from catalog.shard_directory where key = $1', [key]))).toBe('CAF06');
     expect(await entryOf(key)).toMatchObject([{ shard_id: from }]);
+  }, 120_000);
+
+  it('may not be deleted once a slot move kept the key out of its slot (sharding migration 010): the slot move\'s `moved` row on the slot\'s old owner outlives it, and the slot\'s move back would take the unpinned key there, its writes refused', async () => {
+    const slot = 1723;
+    // The key lives on `pinnedTo`, pinned there by an operator; its slot is `slotOwner`'s.
+    const { key, source: pinnedTo, target: slotOwner } = await pinnedAway(env, slot, 3);
+    const ownerPool = env.shards.get(slotOwner) as pg.Pool;
+    const pinnedPool = env.shards.get(pinnedTo) as pg.Pool;
+    const operator = new DirectoryStore(control, { ttlMs: 0 });
+    // A slot move that kept the key out but never ran wrote nothing: the key may be unpinned.
+    const neverRun = await env.mover({ readerGraceMs: 0 }).plan({ kind: 'slot', slot, to: pinnedTo, createdBy: 'test' });
+    expect(neverRun.excludedKeys).toEqual([key]);
+    await env.mover().requestCancel(neverRun.id);
+    expect((await env.mover({ readerGraceMs: 0 }).run(neverRun.id)).state).toBe('cancelled');
+    expect(await operator.delete(key)).toBe(true);
+    await env.directory.set(key, pinnedTo, 'ops@example.com');
+
+    // The slot follows its key to `pinnedTo`; the key is kept out (it is there already), and the
+    // move writes the key's `directory` row `moved` (to `pinnedTo`) on the slot's old owner.
+    const there = await env.mover({ readerGraceMs: 0 }).plan({ kind: 'slot', slot, to: pinnedTo, createdBy: 'test' });
+    expect(there.excludedKeys).toEqual([key]);
+    expect((await env.mover({ readerGraceMs: 0 }).run(there.id)).state).toBe('done');
+    expect({ slotOwner: await unitFenceState(ownerPool, 'directory', key), pinnedTo: await unitFenceState(pinnedPool, 'directory', key) }).toEqual({ slotOwner: 'moved', pinnedTo: undefined });
+    const pinned = await entryOf(key);
+
+    // Without the guard: deleted (true), the key routed by hash to `pinnedTo` where its rows are, and the
+    // slot's move back to `slotOwner` took it along: every write then met the `moved` row there
+    // (CAF02) and failed, "routing is not converging" (the documents API's 503).
+    const refusal = await operator.delete(key).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(refusal).toBeInstanceOf(DirectoryPinKeptError);
+    expect((refusal as Error).message).toContain(`the pin of key ${key} (to ${pinnedTo}) may not be removed: move job(s) #${there.id} (slot ${slot}, ${slotOwner} to ${pinnedTo}, done, the key kept out) wrote fence rows for it`);
+    expect(await sqlstateOf(() => env.catalog.query('delete from catalog.shard_directory where key = $1', [key]))).toBe('CAF06');
+    expect(await entryOf(key)).toEqual(pinned);
+
+    // Kept pinned, the slot's move back leaves the key where its pin and rows are.
+    const back = await env.mover({ readerGraceMs: 0 }).plan({ kind: 'slot', slot, to: slotOwner, createdBy: 'test' });
+    expect(back.excludedKeys).toEqual([key]);
+    expect((await env.mover({ readerGraceMs: 0 }).run(back.id)).state).toBe('done');
+    env.directory.invalidate(key);
+    const written = await env.writer
+      .withShardWrite(key, async ({ client, slot: s }) => {
+        await client.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'after', '{"rev": 0}')`, [key, s]);
+      })
+      .then(
+        (r) => `written on ${r.shardId}`,
+        (e: Error) => `failed: ${e.message.slice(0, 200)}`,
+      );
+    expect(written).toBe(`written on ${pinnedTo}`);
+    expect({ slotOwner: (await documentsOf(ownerPool, [key])).size, pinnedTo: (await documentsOf(pinnedPool, [key])).size }).toEqual({ slotOwner: 0, pinnedTo: 4 });
   }, 120_000);
 
   it('leaves a key pinned by hand, with no directory move or one that never began its copy, free to be unpinned', async () => {
