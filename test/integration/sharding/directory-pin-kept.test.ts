@@ -17,7 +17,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryPinKeptError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { sqlstateOf } from '../../support/postgres.js';
-import { documentsOf, keysInSlot, pinnedAway, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { documentsOf, keysInSlot, pinnedAway, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv, documentWrittenFor } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let control: pg.Pool;
@@ -75,14 +75,7 @@ describe('the pin of a key moved by a directory move', () => {
     expect(slotMove.excludedKeys).toEqual([key]);
     expect((await env.mover({ readerGraceMs: 0 }).run(slotMove.id)).state).toBe('done');
     env.directory.invalidate(key);
-    const written = await env.writer
-      .withShardWrite(key, async ({ client, slot: s }) => {
-        await client.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'after', '{"rev": 0}')`, [key, s]);
-      })
-      .then(
-        (r) => `written on ${r.shardId}`,
-        (e: Error) => `failed: ${e.message.slice(0, 200)}`,
-      );
+    const written = await documentWrittenFor(env, key);
     expect(written).toBe(`written on ${to}`);
     expect({ from: (await documentsOf(source, [key])).size, to: (await documentsOf(target, [key])).size }).toEqual({ from: 0, to: 4 });
   }, 120_000);
@@ -150,14 +143,7 @@ describe('the pin of a key moved by a directory move', () => {
     expect(back.excludedKeys).toEqual([key]);
     expect((await env.mover({ readerGraceMs: 0 }).run(back.id)).state).toBe('done');
     env.directory.invalidate(key);
-    const written = await env.writer
-      .withShardWrite(key, async ({ client, slot: s }) => {
-        await client.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'after', '{"rev": 0}')`, [key, s]);
-      })
-      .then(
-        (r) => `written on ${r.shardId}`,
-        (e: Error) => `failed: ${e.message.slice(0, 200)}`,
-      );
+    const written = await documentWrittenFor(env, key);
     expect(written).toBe(`written on ${pinnedTo}`);
     expect({ slotOwner: (await documentsOf(ownerPool, [key])).size, pinnedTo: (await documentsOf(pinnedPool, [key])).size }).toEqual({ slotOwner: 0, pinnedTo: 4 });
   }, 120_000);

@@ -11,7 +11,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Mover, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
-import { documentsOf, keysInSlot, type MoveEnv, seedUsers, sides, startMoveEnv, UnguardedOperatorDirectory, unitFenceState } from './fixtures/move-env.js';
+import { documentsOf, keysInSlot, type MoveEnv, seedUsers, sides, startMoveEnv, UnguardedOperatorDirectory, unitFenceState, documentWrittenFor } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -82,14 +82,7 @@ describe("a directory move's key whose pin an operator deletes after the rollbac
     expect(next.excludedKeys).toEqual([key]);
     expect((await slotMove.run(next.id)).state).toBe('done');
     env.directory.invalidate(key);
-    const written = await env.writer
-      .withShardWrite(key, async ({ client, slot: s }) => {
-        await client.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'after', '{"rev": 0}')`, [key, s]);
-      })
-      .then(
-        (r) => `written on ${r.shardId}`,
-        (e: Error) => `failed: ${e.message.slice(0, 200)}`,
-      );
+    const written = await documentWrittenFor(env, key);
     expect(written).toBe(`written on ${from}`);
     expect({ home: (await documentsOf(source, [key])).size, away: (await documentsOf(target, [key])).size }).toEqual({ home: 4, away: 0 });
   }, 60_000);

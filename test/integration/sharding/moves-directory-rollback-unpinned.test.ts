@@ -12,7 +12,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Mover, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { startKeyedApi, type KeyedApi } from './fixtures/keyed-writes.js';
-import { documentsOf, keysInSlot, type MoveEnv, seedUsers, sides, startMoveEnv, UnguardedOperatorDirectory, unitFenceState } from './fixtures/move-env.js';
+import { documentsOf, keysInSlot, type MoveEnv, seedUsers, sides, startMoveEnv, UnguardedOperatorDirectory, unitFenceState, documentWrittenFor } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -87,14 +87,7 @@ describe("a directory move cancelled after an operator deleted its key's pin, th
       // write and read there refused, CAF02, re-routed by hash to the target again, until the writer
       // gave up: "routing is not converging", the API's 503), the source's `open` (a writer holding
       // the old map wrote there, out of sight, or was refused 23503 once the user was cleaned up).
-      const written = await env.writer
-        .withShardWrite(key, async ({ client, slot: s }) => {
-          await client.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'after', '{"rev": 0}')`, [key, s]);
-        })
-        .then(
-          (r) => `written on ${r.shardId}`,
-          (e: Error) => `failed: ${e.message.slice(0, 300)}`,
-        );
+      const written = await documentWrittenFor(env, key);
       expect(written).toBe(`written on ${home}`);
       const again = await api.post({ owner_id: key, title: 'keyed', content: { rev: 0 } }, sent.key);
       expect({ status: again.status, replayed: again.replayed, id: again.body['id'], shard: again.body['shard_id'] }).toEqual({ status: 201, replayed: true, id: sent.id, shard: home });
