@@ -7,6 +7,18 @@ const NOT_RUN = ['**/node_modules/**', 'test/images/**'];
  * stubs the SDK clients' prototypes (aws-sdk-client-mock), so it runs isolated.
  */
 const SHARED_MODULES = ['test/unit/!(aws)/**/*.test.ts', 'test/property/**/*.test.ts'];
+/**
+ * The infrastructure tests, also without isolation: a fresh worker spends about 3 s of CPU
+ * importing aws-cdk-lib, cdk-nag and the stacks, and about 9 s more loading the CloudFormation
+ * schemas at its first validated synthesis; shared, that is once a worker, not once a file.
+ * (vitest queues projects by name: in a full run these files start first.) They share nothing through
+ * modules: no file sets an environment variable (config.test.ts gives its child process an
+ * environment of its own), none calls vi.mock or vi.stubEnv, the stacks and test/infra/support
+ * keep no state between calls but the synthesis cache (test/infra/support/synth.ts, meant to be
+ * shared), each file builds its own App, and the one SDK stub (stacks.test.ts, aws-sdk-client-mock
+ * on CloudWatchClient) is restored in a `finally` by the test that makes it.
+ */
+const INFRA = ['test/infra/**/*.test.ts'];
 
 export default defineConfig({
   test: {
@@ -25,14 +37,25 @@ export default defineConfig({
       {
         extends: true,
         test: {
+          name: 'infra',
+          include: INFRA,
+          isolate: false,
+          // Once per run, in this project only (a root-level one runs again for every project): the
+          // directory the infrastructure tests share their syntheses in. Nothing else reads it, and
+          // these tests start no PostgreSQL server (no test/support/global-setup.ts).
+          globalSetup: ['test/infra/support/synth-cache-setup.ts'],
+        },
+      },
+      {
+        extends: true,
+        test: {
           name: 'isolated',
           // The built images' tests need root and podman: `npm run test:images` (vitest.images.config.ts).
           include: ['test/**/*.test.ts'],
-          exclude: [...NOT_RUN, ...SHARED_MODULES],
-          // Once per run, in this project only (a root-level one runs again for every project):
-          // as root, the postgres OS user the test servers run as, and the data directory they
-          // are copied from; then the directory the infrastructure tests share their syntheses in.
-          globalSetup: ['test/support/global-setup.ts', 'test/infra/support/synth-cache-setup.ts'],
+          exclude: [...NOT_RUN, ...SHARED_MODULES, ...INFRA],
+          // Once per run, in this project only: as root, the postgres OS user the test servers run
+          // as, and the data directory they are copied from.
+          globalSetup: ['test/support/global-setup.ts'],
         },
       },
     ],

@@ -196,5 +196,6 @@ describe('bin/app.ts', () => {
     expect(result.status).toBe(1);
     expect(result.stderr).toContain('database.shards');
     expect(result.stderr).toContain('network.maxAzs');
-  });
+    // A child that loads tsx, aws-cdk-lib and the stacks: 7-12 s of its own, over 30 s at load 10.
+  }, 90_000);
 });
