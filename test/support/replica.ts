@@ -37,6 +37,7 @@ import pg from 'pg';
 import { formatLsn, normalizeWalPosition, parseLsn } from '../../functions/core/sharding/lsn.js';
 import { buildStandby, PORT_ATTEMPTS, pointAtPrimary, portTakenIn, serverUser, withClient } from '../../functions/adapters/postgres/embedded-cluster.js';
 import { runMigrations } from '../../functions/adapters/postgres/migrate.js';
+import { migratedDataDir } from './migrated-data-dir.js';
 import { freePort, startTestPostgres, type StartTestPostgresOptions, type TestPostgres } from './postgres.js';
 
 export interface TestReplica {
@@ -278,6 +279,17 @@ export interface StartShardClusterOptions {
 
 const shardMigrationsDir = resolve(dirname(fileURLToPath(import.meta.url)), '../../functions/adapters/postgres/migrations/shard');
 
+/** Runs the shard migrations in the database at `url`. */
+async function migrateShardSchema(url: string): Promise<void> {
+  const pool = new pg.Pool({ connectionString: url, max: 1 });
+  pool.on('error', () => undefined);
+  try {
+    await runMigrations(pool, 'shard', shardMigrationsDir);
+  } finally {
+    await pool.end();
+  }
+}
+
 /**
  * Starts `shards` primaries in parallel (ids `shard_001`, `shard_002`, ...), optionally applies
  * the reference schema, then gives each its streaming replicas.
@@ -292,19 +304,16 @@ export async function startShardCluster(options: StartShardClusterOptions = {}):
     await Promise.all(started.map((s) => s.primary.stop()));
   };
   try {
-    const primaries = await Promise.all(ids.map(() => startTestPostgres(options.primary)));
+    // With the schema, each primary starts from a copy of a data directory it was migrated in
+    // (migrated-data-dir.ts: once per run) when there is one; else it is migrated here.
+    const template =
+      options.schema && options.primary?.initdbFlags === undefined && options.primary?.dataDirTemplate === undefined
+        ? await migratedDataDir('shard-schema', options.primary?.settings ?? {}, (urlFor) => migrateShardSchema(urlFor('postgres')))
+        : undefined;
+    const primaries = await Promise.all(ids.map(() => startTestPostgres(template === undefined ? options.primary : { ...options.primary, dataDirTemplate: template })));
     primaries.forEach((primary, i) => started.push({ shardId: ids[i] ?? '', primary, replicas: [] }));
-    if (options.schema) {
-      await Promise.all(
-        primaries.map(async (primary) => {
-          const pool = new pg.Pool({ connectionString: primary.url, max: 1 });
-          try {
-            await runMigrations(pool, 'shard', shardMigrationsDir);
-          } finally {
-            await pool.end();
-          }
-        }),
-      );
+    if (options.schema && template === undefined) {
+      await Promise.all(primaries.map((primary) => migrateShardSchema(primary.url)));
     }
     // Shards in parallel; one shard's replicas one after another, since concurrent base
     // backups of one primary wait for each other's checkpoints.
