@@ -16,9 +16,11 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { PORT_ATTEMPTS, freeLoopbackPort, portTakenIn } from '../../functions/adapters/postgres/embedded-cluster.js';
+import { runMigrations } from '../../functions/adapters/postgres/migrate.js';
 import { TEMPLATE_DATA_DIR_ENV } from './template-env.js';
 
 export interface TestPostgres {
@@ -215,5 +217,22 @@ export async function withAdmin<T>(url: string | undefined, fn: (c: pg.Client) =
     return await fn(client);
   } finally {
     await client.end();
+  }
+}
+
+/** This release's migrations of each set: `shard` (every shard database), `sharding` (the catalog). */
+export const MIGRATIONS = {
+  shard: resolve(dirname(fileURLToPath(import.meta.url)), '../../functions/adapters/postgres/migrations/shard'),
+  sharding: resolve(dirname(fileURLToPath(import.meta.url)), '../../functions/adapters/postgres/migrations/sharding'),
+} as const;
+
+/** Runs the migrations of `set` (from `folder`: this release's by default) in the database at `url`, on a connection of its own. */
+export async function migrateDatabase(url: string, set: keyof typeof MIGRATIONS, folder: string = MIGRATIONS[set]): Promise<void> {
+  const pool = new pg.Pool({ connectionString: url, max: 1 });
+  pool.on('error', () => undefined);
+  try {
+    await runMigrations(pool, set, folder);
+  } finally {
+    await pool.end();
   }
 }

