@@ -36,6 +36,18 @@ afterAll(async () => {
   await env?.stop();
 });
 
+/**
+ * Moves `slot` to `to`, expecting the move to keep `key` out (its only excluded key) and to end
+ * `done`, then writes a document of `key` and says where it landed ({@link documentWrittenFor}).
+ */
+async function slotMovedWithout(slot: number, to: string, key: string): Promise<string> {
+  const slotMove = await env.mover({ readerGraceMs: 0 }).plan({ kind: 'slot', slot, to, createdBy: 'test' });
+  expect(slotMove.excludedKeys).toEqual([key]);
+  expect((await env.mover({ readerGraceMs: 0 }).run(slotMove.id)).state).toBe('done');
+  env.directory.invalidate(key);
+  return documentWrittenFor(env, key);
+}
+
 const entryOf = (key: string) => env.catalog.query('select key, shard_id, version::int, updated_by from catalog.shard_directory where key = $1', [key]).then((r) => r.rows);
 
 describe('the pin of a key moved by a directory move', () => {
@@ -71,12 +83,7 @@ describe('the pin of a key moved by a directory move', () => {
     expect(await entryOf(key)).toEqual(pinned);
 
     // The slot's next move leaves the key where its pin and rows are, and its writes are answered there.
-    const slotMove = await env.mover({ readerGraceMs: 0 }).plan({ kind: 'slot', slot, to, createdBy: 'test' });
-    expect(slotMove.excludedKeys).toEqual([key]);
-    expect((await env.mover({ readerGraceMs: 0 }).run(slotMove.id)).state).toBe('done');
-    env.directory.invalidate(key);
-    const written = await documentWrittenFor(env, key);
-    expect(written).toBe(`written on ${to}`);
+    expect(await slotMovedWithout(slot, to, key)).toBe(`written on ${to}`);
     expect({ from: (await documentsOf(source, [key])).size, to: (await documentsOf(target, [key])).size }).toEqual({ from: 0, to: 4 });
   }, 120_000);
 
@@ -139,12 +146,7 @@ describe('the pin of a key moved by a directory move', () => {
     expect(await entryOf(key)).toEqual(pinned);
 
     // Kept pinned, the slot's move back leaves the key where its pin and rows are.
-    const back = await env.mover({ readerGraceMs: 0 }).plan({ kind: 'slot', slot, to: slotOwner, createdBy: 'test' });
-    expect(back.excludedKeys).toEqual([key]);
-    expect((await env.mover({ readerGraceMs: 0 }).run(back.id)).state).toBe('done');
-    env.directory.invalidate(key);
-    const written = await documentWrittenFor(env, key);
-    expect(written).toBe(`written on ${pinnedTo}`);
+    expect(await slotMovedWithout(slot, slotOwner, key)).toBe(`written on ${pinnedTo}`);
     expect({ slotOwner: (await documentsOf(ownerPool, [key])).size, pinnedTo: (await documentsOf(pinnedPool, [key])).size }).toEqual({ slotOwner: 0, pinnedTo: 4 });
   }, 120_000);
 
