@@ -48,6 +48,29 @@ export class ShardUnavailableError extends Error {
 }
 
 /**
+ * The server a shard's primary address reached is in recovery: a standby, not the primary (after
+ * a failover, a cached DNS answer naming the old writer, now a reader, or a configuration not yet
+ * updated). What it answers may lag what is committed, so a read that went to the primary (to see
+ * what is committed, or a write no replica has replayed) is not served there.
+ */
+export class PrimaryInRecoveryError extends Error {
+  override readonly name = 'PrimaryInRecoveryError';
+  /** A node failure for {@link isNodeFailure}: its connection is discarded, the read goes on to the next node, if any. */
+  readonly code = 'ENOTPRIMARY';
+  readonly nodeId: string;
+  constructor(nodeId: string) {
+    super(`${nodeId} is in recovery (a standby, not the shard's primary: its address may still name the old primary after a failover); a read of what is committed is not served there`);
+    this.nodeId = nodeId;
+  }
+}
+
+/**
+ * Connections a read found on a server out of recovery. A server never goes back into recovery
+ * without a restart, which ends its connections: one check per connection is enough.
+ */
+const onPrimary = new WeakSet<pg.ClientBase>();
+
+/**
  * A read was waiting on a replica that a probe has since found down (no answer within the probe
  * timeout, or no longer in recovery): its connection is dropped and the read moves on.
  */
@@ -207,6 +230,13 @@ export class ReplicaReader {
   readonly #onFailover: ((event: FailoverEvent) => void) | undefined;
   readonly #states = new Map<string, ReplicaState>();
   readonly #timelines = new Map<string, number>();
+  /**
+   * Per replica, its last measure against a heartbeat: the heartbeat's position and how fresh
+   * the replica then was. Without a heartbeat (the primary does not answer) a replica measures
+   * itself current once it has replayed all it received, which says nothing when its WAL receiver
+   * is gone: one still short of that heartbeat is no fresher than it was then.
+   */
+  readonly #lastMeasured = new Map<string, { readonly heartbeatLsn: bigint; readonly freshAsOfMs: number | undefined }>();
   /** Reads waiting on each replica, told when a probe finds it down. */
   readonly #downWatchers = new Map<string, Set<(error: ReplicaDownError) => void>>();
   #timer: NodeJS.Timeout | undefined;
@@ -307,24 +337,34 @@ export class ReplicaReader {
         this.#states.set(node.nodeId, { nodeId: node.nodeId, up: false, lagSeconds: null, lagBytes: null, replayLsn: null, checkedAtMs });
         continue;
       }
+      let lagSeconds = probe.lagSeconds;
+      let freshAsOfMs =
+        lagSeconds === null
+          ? undefined
+          : heartbeat !== null && (lagSeconds === 0 || (startLsn !== null && probe.replayLsn !== null && probe.replayLsn >= startLsn))
+            ? heartbeatStartMs
+            : Math.min(checkedAtMs, measured[i]?.atMs ?? checkedAtMs) - lagSeconds * 1000;
+      const last = this.#lastMeasured.get(node.nodeId);
+      if (heartbeat !== null) {
+        this.#lastMeasured.set(node.nodeId, { heartbeatLsn: heartbeat.lsn, freshAsOfMs });
+      } else if (last !== undefined && (probe.replayLsn === null || probe.replayLsn < last.heartbeatLsn)) {
+        // Its own measure ("replayed all it received") cannot vouch for it: it has not even
+        // replayed the last heartbeat it was measured against. Only as fresh as it was then.
+        freshAsOfMs = last.freshAsOfMs === undefined || freshAsOfMs === undefined ? last.freshAsOfMs : Math.min(freshAsOfMs, last.freshAsOfMs);
+        if (freshAsOfMs === undefined) lagSeconds = null;
+        else if (lagSeconds !== null) lagSeconds = Math.max(lagSeconds, (checkedAtMs - freshAsOfMs) / 1000);
+      }
       this.#states.set(node.nodeId, {
         nodeId: node.nodeId,
         up: probe.inRecovery,
-        lagSeconds: probe.lagSeconds,
+        lagSeconds,
         lagBytes: probe.lagBytes,
         replayLsn: probe.replayLsn,
         checkedAtMs,
         timeline: probe.timeline,
         primaryTimeline: heartbeat?.timeline ?? null,
         primaryLsn,
-        ...(probe.lagSeconds === null
-          ? {}
-          : {
-              freshAsOfMs:
-                heartbeat !== null && (probe.lagSeconds === 0 || (startLsn !== null && probe.replayLsn !== null && probe.replayLsn >= startLsn))
-                  ? heartbeatStartMs
-                  : Math.min(checkedAtMs, measured[i]?.atMs ?? checkedAtMs) - probe.lagSeconds * 1000,
-            }),
+        ...(freshAsOfMs === undefined ? {} : { freshAsOfMs }),
       });
     }
   }
@@ -376,7 +416,8 @@ export class ReplicaReader {
    * Lends a client of the best node of `shardId` to `fn`, for several statements on one
    * connection (`fn` opens a `repeatable read` transaction when they must share one snapshot).
    * `fn` may run again on another node when the first one fails, so it must only read. A
-   * malformed token is rejected with an `LsnError` before any node is tried.
+   * malformed token is rejected with an `LsnError` before any node is tried. A primary address
+   * that reaches a server in recovery fails the attempt there ({@link PrimaryInRecoveryError}).
    */
   async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string, node: ReadNode) => Promise<T>, options: ReadOptions = {}): Promise<T> {
     checkDeadlineMs('deadlineAt (from now)', options.deadlineAt === undefined ? undefined : options.deadlineAt - Date.now());
@@ -398,6 +439,11 @@ export class ReplicaReader {
         client = lent;
         // A read may be cancelled at any point: it changes nothing.
         if (options.deadlineAt !== undefined) guard = holdToDeadline(lent, options.deadlineAt);
+        if (target.kind === 'primary' && !onPrimary.has(lent)) {
+          const { rows } = await lent.query<{ in_recovery: boolean }>('select pg_is_in_recovery() as in_recovery');
+          if (rows[0]?.in_recovery === true) throw new PrimaryInRecoveryError(node.nodeId);
+          onPrimary.add(lent);
+        }
         if (target.kind === 'replica') {
           // The replica was chosen before the wait for its connection (a busy pool can hold a read
           // for seconds): it must still be fresh enough now, when the read runs.

@@ -51,9 +51,13 @@ describe('round trips of a write and a read on a shard', () => {
       reads: createShardReader({ router, reader }),
     };
   };
-  /** What the client sent for `work`, once its pooled connection is open (the connection's own set-up is no part of it). */
+  /**
+   * What the client sent for `work`, once its pooled connection is open (the connection's own
+   * set-up is no part of it, nor is the reader's check, once per connection, that the primary's
+   * address reached a server out of recovery).
+   */
   const sentFor = async (work: () => Promise<unknown>): Promise<{ outcome: string; sent: string[] }> => {
-    await pools.primary(shardId).pool.query('select 1');
+    await reader.query(shardId, 'select 1', [], { primary: true });
     recorder.clear();
     const outcome = await work().then(
       () => 'done',
