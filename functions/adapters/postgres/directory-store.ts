@@ -19,7 +19,7 @@ import type pg from 'pg';
 import { canonicalKey } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
-import { hasSqlState, PIN_KEPT } from './sqlstate.js';
+import { hasSqlState, PIN_KEPT, PIN_OWNER_KEPT } from './sqlstate.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
@@ -58,6 +58,26 @@ export class DirectoryVersionConflictError extends DirectoryError {
  */
 export class DirectoryPinKeptError extends DirectoryError {
   override readonly name = 'DirectoryPinKeptError';
+  constructor(
+    readonly key: string,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+/**
+ * The catalog refused to change the shard of a pin (SQLSTATE `CAF07`, sharding migration 011):
+ * a directory move of the key, or a slot move that kept the key out of its slot, wrote fence
+ * rows for the key on its shards, and those rows decide for the key whatever its pin says (a
+ * shard that does not own it refuses it, `CAF02`; one that never held it takes its writes while
+ * its rows are elsewhere). Nothing was changed. To give the key another owner, move it (a
+ * directory move); where its owner must be decided by hand, {@link DirectoryStore.repinByHand}.
+ * The message is the catalog's, naming the key, both shards and the move jobs.
+ */
+export class DirectoryOwnerKeptError extends DirectoryError {
+  override readonly name = 'DirectoryOwnerKeptError';
   constructor(
     readonly key: string,
     message: string,
@@ -161,6 +181,11 @@ export class DirectoryStore implements DirectoryLookup {
    * {@link DirectoryVersionConflictError} naming what was found, and nothing written. Without it,
    * the last writer wins (an operator's decision).
    *
+   * Refused with {@link DirectoryOwnerKeptError}, nothing written, when the write changes the
+   * shard of a key a directory move wrote (or a slot move that kept it out) fence rows for
+   * (sharding migration 011), unless the transaction names the writer (the mover's publication
+   * does): such a key changes owner through moves, or by {@link repinByHand}.
+   *
    * The key's cached lookup is forgotten once the write is made. Made with a `client` in a
    * transaction, the write is not yet visible then, and a lookup of this process may cache the
    * old owner again until the commit: call {@link invalidate} for the key once the transaction
@@ -179,12 +204,16 @@ export class DirectoryStore implements DirectoryLookup {
     if (by.trim() === '') throw new DirectoryError('every directory change records who made it; "by" must not be empty');
     if (this.shards && !this.shards.has(shardId)) throw new DirectoryError(`shard ${shardId} is not configured (known: ${[...this.shards].join(', ')})`);
     const returning = 'returning key, shard_id, version, updated_at, updated_by';
+    const refusedOwnerChange = (err: unknown): never => {
+      if (hasSqlState(err, PIN_OWNER_KEPT)) throw new DirectoryOwnerKeptError(key, (err as Error).message, { cause: err });
+      throw err;
+    };
     // Under READ COMMITTED an update that meets a row changed since its snapshot (committed, or
     // committing while it waits for the row) re-checks its condition on the row as it is now:
     // a change made between the caller's read and this write is never overwritten.
-    const { rows } =
+    const { rows } = await (
       expected === undefined
-        ? await client.query<Row>(
+        ? client.query<Row>(
             `insert into catalog.shard_directory (key, shard_id, updated_by) values ($1, $2, $3)
              on conflict (key) do update set shard_id = excluded.shard_id, updated_by = excluded.updated_by,
                updated_at = now(), version = catalog.shard_directory.version + 1
@@ -192,15 +221,42 @@ export class DirectoryStore implements DirectoryLookup {
             [key, shardId, by],
           )
         : expected === null
-          ? await client.query<Row>(`insert into catalog.shard_directory (key, shard_id, updated_by) values ($1, $2, $3) on conflict (key) do nothing ${returning}`, [key, shardId, by])
-          : await client.query<Row>(
+          ? client.query<Row>(`insert into catalog.shard_directory (key, shard_id, updated_by) values ($1, $2, $3) on conflict (key) do nothing ${returning}`, [key, shardId, by])
+          : client.query<Row>(
               `update catalog.shard_directory set shard_id = $2, updated_by = $3, updated_at = now(), version = version + 1
                 where key = $1 and shard_id = $4 and version = $5 ${returning}`,
               [key, shardId, by, expected.shardId, expected.version],
-            );
+            )
+    ).catch(refusedOwnerChange);
     this.forget(key);
     if (!rows[0]) throw new DirectoryVersionConflictError(key, expected ?? null, await this.entry(key, client));
     return toEntry(rows[0]);
+  }
+
+  /**
+   * A deliberate decision of a key's owner by hand (`catalog.repin_by_hand`, sharding migration
+   * 011): pins `key` to `shardId` whatever it was pinned to, past the guard on the shards of moved
+   * keys, recording in the entry's `updated_by` the catalog login and `reason`. For the cases the
+   * spec (section 9) and the mover's errors say "the key's owner must be decided by hand". The
+   * catalog cannot see the shards: check first that `shardId` holds the key's rows and that its
+   * `write_fences` row of the key (kind `directory`), if any, is `open`.
+   *
+   * @example
+   * ```ts
+   * await directory.repinByHand('3f2c1d9e-8a7b-4c6d-9e0f-112233445566', 'shard_002', 'move job #41 failed: rows are on shard_002 (ticket OPS-7)');
+   * ```
+   */
+  async repinByHand(rawKey: string, shardId: string, reason: string, client: Queryable = this.pool): Promise<DirectoryEntry> {
+    const key = canonicalKey(rawKey);
+    const wrong = [
+      key === '' ? 'the key must not be empty' : null,
+      shardId.trim() === '' ? 'the shard must not be empty' : this.shards && !this.shards.has(shardId) ? `shard ${shardId} is not configured (known: ${[...this.shards].join(', ')})` : null,
+      reason.trim() === '' ? 'a pin changed by hand records why; "reason" must not be empty' : null,
+    ].filter((w): w is string => w !== null);
+    if (wrong.length > 0) throw new DirectoryError(`cannot repin ${key || 'the key'} by hand: ${wrong.join('; ')}`);
+    const { rows } = await client.query<Row>('select key, shard_id, version, updated_at, updated_by from catalog.repin_by_hand($1, $2, $3)', [key, shardId, reason]);
+    this.forget(key);
+    return toEntry(rows[0] as Row);
   }
 
   /**

@@ -364,6 +364,15 @@ const PAGE_SNAPSHOT = `${SNAPSHOT}; set local enable_sort = off`;
 /** Writes by the mover itself, which the write-fence trigger lets through. */
 const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
 
+/**
+ * What the mover's publication of a directory key sets `ca_dms.pin_writer` to (sharding migration
+ * 011): `move job #<id>`, checked by the catalog against an unfinished directory move of the key
+ * to the shard written.
+ */
+function pinWriter(job: Pick<MoveJob, 'id'>): string {
+  return `move job #${job.id}`;
+}
+
 const LOCK_NOT_AVAILABLE = '55P03';
 
 /**
@@ -2165,6 +2174,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     return this.catalog.use(async (catalog) => {
       if (read.map !== null) return (await this.options.slotMaps.publish(moveSlots(read.map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version;
       const expected: ExpectedDirectoryEntry = read.owner === null ? null : { shardId: read.owner, version: read.version };
+      // Names this job as the pin's writer, for this transaction alone (every caller publishes in
+      // one, the job row locked): sharding migration 011 refuses a change of a moved key's shard
+      // by anyone else (CAF07), and lets this one through while the job is unfinished and
+      // publishes its own target.
+      await catalog.query(`select set_config('ca_dms.pin_writer', $1, true)`, [pinWriter(job)]);
       return (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog, expected)).version;
     });
   }

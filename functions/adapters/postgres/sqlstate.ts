@@ -15,6 +15,11 @@ export const UNDEFINED_FUNCTION = '42883';
  * be removed (docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned").
  */
 export const PIN_KEPT = 'CAF06';
+/**
+ * CAF07 (sharding migration 011): the shard of such a key's pin may not be changed but by a
+ * mover's publication or `catalog.repin_by_hand` (docs/sharding-spec.md section 9, same section).
+ */
+export const PIN_OWNER_KEPT = 'CAF07';
 
 /** Whether `error` is a PostgreSQL error with one of `codes`. */
 export function hasSqlState(error: unknown, ...codes: readonly string[]): boolean {
