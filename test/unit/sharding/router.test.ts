@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { parseShardingConfig, type ShardingConfigInput } from '../../../functions/core/sharding/config.js';
 import { RoutingError, SlotMapError } from '../../../functions/core/sharding/errors.js';
@@ -134,6 +135,28 @@ describe('range_based routing', () => {
   it('refuses keys outside bounded ranges', () => {
     const closed = config({ strategy: 'range_based', range_key_type: 'string', ranges: [{ shard_id: 'shard_001', from: 'a', to: 'n' }] });
     expect(() => new ShardRouter(closed, fourEqual).route('zebra')).toThrow(expect.objectContaining({ reason: 'out-of-range' }) as Error);
+  });
+
+  // Keys are compared in their canonical form (lower-case UUIDs); a bound written as a UUID in
+  // another spelling (upper case, braces, urn:uuid:) must be compared in that form too, or
+  // 'b1...' sorts above 'C0...' and lands on the range after the bound (#15).
+  it('compares a UUID bound written in any spelling as its canonical form', () => {
+    const hex = (n: number) => fc.string({ unit: fc.constantFrom(...'0123456789abcdef'.split('')), minLength: n, maxLength: n });
+    const uuid = fc.tuple(hex(8), hex(4), hex(4), hex(4), hex(12)).map((p) => p.join('-'));
+    const spell = (u: string, form: number): string =>
+      [u.toUpperCase(), `{${u.toUpperCase()}}`, `URN:UUID:${u}`, u.replace(/-/g, '').toUpperCase(), u][form] as string;
+    fc.assert(
+      fc.property(uuid, uuid, fc.integer({ min: 0, max: 4 }), fc.integer({ min: 0, max: 4 }), (bound, key, boundForm, keyForm) => {
+        const ranges = (b: string) => [
+          { shard_id: 'shard_001', to: b },
+          { shard_id: 'shard_002', from: b },
+        ];
+        const written = new ShardRouter(config({ strategy: 'range_based', range_key_type: 'string', ranges: ranges(spell(bound, boundForm)) }), fourEqual);
+        const expected = key < bound ? 'shard_001' : 'shard_002';
+        expect(written.route(spell(key, keyForm)).shardId).toBe(expected);
+      }),
+      { numRuns: 300 },
+    );
   });
 });
 

@@ -11,6 +11,7 @@
  * findRange(ranges, 1000)?.shardId; // 'b'
  * ```
  */
+import { uuidForm } from '../keys.js';
 import { compareCodePoints } from '../slot-map.js';
 
 export const RANGE_KEY_TYPES = ['number', 'timestamp', 'string'] as const;
@@ -36,7 +37,8 @@ export type RangeKey = number | string | Date;
 
 /**
  * Normalises one bound or key for `keyType`, or returns a description of why it cannot be.
- * Timestamps become epoch milliseconds; numbers must be finite; strings are kept as they are.
+ * Timestamps become epoch milliseconds; numbers must be finite; strings are kept as they are,
+ * but for a UUID in any accepted spelling, which becomes its canonical form (`canonicalKey`).
  */
 export function normaliseRangeValue(keyType: RangeKeyType, value: unknown): { ok: true; value: number | string } | { ok: false; why: string } {
   switch (keyType) {
@@ -44,7 +46,9 @@ export function normaliseRangeValue(keyType: RangeKeyType, value: unknown): { ok
       if (typeof value === 'number' && Number.isFinite(value)) return { ok: true, value };
       return { ok: false, why: 'must be a finite number' };
     case 'string':
-      if (typeof value === 'string') return { ok: true, value };
+      // A bound is compared as keys are, in canonical form (section 1): a UUID in any spelling is
+      // its lower-case 8-4-4-4-12 text, or `{C0...}` would sort above every canonical key.
+      if (typeof value === 'string') return { ok: true, value: uuidForm(value) ?? value };
       return { ok: false, why: 'must be a string' };
     case 'timestamp': {
       const ms = value instanceof Date ? value.getTime() : typeof value === 'number' ? value : typeof value === 'string' && ISO_8601.test(value) ? Date.parse(value) : Number.NaN;
