@@ -40,6 +40,7 @@ import { z } from 'zod';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { cancelRefusal, MoveCancelled, MoveCancelRefused, MoveError, MoveFenceBudgetSpent, MoveLeaseLostError, MoveOwnerConflict, MovePaused, type FlipOutcome, type MovePort, type MoveTransitionName, type VerifyOutcome, MOVE_TRANSITIONS } from '../../core/sharding/move-machine.js';
 import { assertTransition } from '../../core/sharding/move-plan.js';
+import { keySlot } from '../../core/sharding/keys.js';
 import { SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
 import { DirectoryVersionConflictError, type DirectoryEntry, type DirectoryStore, type ExpectedDirectoryEntry } from './directory-store.js';
@@ -936,7 +937,11 @@ export class PgMovePort implements MovePort<MoveJob> {
       const excluded = `$${first + 1}::text[]`;
       return { sql: `${alias}slot = $${first} and (pg_catalog.cardinality(${excluded}) = 0 or not (${owner}::text = any(${excluded})))`, params: [Number(job.unitId), job.excludedKeys] };
     }
-    return { sql: `${owner} = $${first}::uuid`, params: [job.unitId] };
+    // A key's rows are those under the key's own slot (a user's slot is its id's, a document's and
+    // a key record's their owner's): a users row with the key's id under another slot, and the rows
+    // under it, are another unit's (a stray: a restore, a hand-made row), which the move must meet
+    // as a collision, never overwrite, and its rollback never delete (section 9).
+    return { sql: `${owner} = $${first}::uuid and ${alias}slot = $${first + 1}::integer`, params: [job.unitId, keySlot(job.unitId)] };
   }
 
   async prepareSource(job: MoveJob): Promise<void> {
@@ -1592,7 +1597,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       const excluded = job.excludedKeys.map((k) => client.escapeLiteral(k)).join(', ');
       return `slot = ${slot} and not (${owner}::text = any(array[${excluded}]::text[]))`;
     }
-    return `${owner} = ${client.escapeLiteral(job.unitId)}::uuid`;
+    return `${owner} = ${client.escapeLiteral(job.unitId)}::uuid and slot = ${keySlot(job.unitId)}`;
   }
 
   async catchUp(job: MoveJob, until: 'few' | 'all'): Promise<boolean> {

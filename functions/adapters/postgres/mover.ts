@@ -231,6 +231,7 @@ export class Mover {
     if (!this.options.shards.has(from)) throw new MoveRequestError(`the unit's owner ${from} has no primary pool in this mover`, 'unknown-shard');
     if (from === req.to) throw new MoveRequestError(`${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`} is already on ${req.to}`, 'same-shard');
     await this.checkUnitSize(req.kind, unitId, from);
+    if (req.kind === 'directory') await this.checkKeySlot(unitId, slot, from);
     // The owner was read before the job is recorded: another move of the slot may have finished
     // in between (the unique index only stops one that is still unfinished). A job recorded from
     // an owner that is no longer the owner could neither run (its fence says moved) nor be
@@ -338,6 +339,29 @@ export class Mover {
    */
   get maxUnitRows(): number {
     return this.options.maxUnitRows ?? DEFAULT_MAX_UNIT_ROWS;
+  }
+
+  /**
+   * A directory move carries the key's rows under the key's own slot only (a users row with the
+   * key's id under another slot, and the rows under it, are another unit's: docs/sharding-spec.md
+   * section 9). Rows of the key on the source under another slot (a restore, a hand-made row, a
+   * document written with a wrong slot before shard migration 015) would be left there, fenced,
+   * while the key moved, so the move is refused, naming them. Nothing is recorded.
+   */
+  private async checkKeySlot(key: string, slot: number, from: string): Promise<void> {
+    const source = this.options.shards.get(from) as pg.Pool;
+    const { rows } = await source.query<{ t: string; n: number; slots: number[] }>(
+      `select t, count(*)::int as n, array_agg(distinct s order by s) as slots from (
+         select 'users' as t, slot as s from users where id = $1::uuid and slot <> $2::integer
+         union all select 'documents', slot from documents where owner_id = $1::uuid and slot <> $2::integer
+         union all select 'document_keys', slot from document_keys where owner_id = $1::uuid and slot <> $2::integer) r
+       group by t order by t desc`,
+      [key, slot],
+    );
+    if (rows.length === 0) return;
+    const found = rows.map((r) => `${r.n} in ${r.t} (slot ${r.slots.slice(0, 5).join(', ')})`).join(', ');
+    const reason = `key ${key} has rows on ${from} under another slot than its id's slot ${slot}: ${found}; a restore, a hand-made row or a document written with a wrong slot before shard migration 015, which a move of the key would leave behind: correct their slot there first (docs/sharding-spec.md, section 9). Nothing was planned`;
+    throw new MoveRequestError(`cannot move key ${key}: ${reason}`, 'invalid', { issues: [{ field: 'key', reason }] });
   }
 
   /** Refuses a unit with more rows in one table than {@link MoverOptions.maxUnitRows}. */

@@ -130,6 +130,26 @@ describe('documents API against real PostgreSQL: honest answers to bad and hosti
     expect(again.body.invalid_params).toEqual([{ name: 'body.email', reason: expect.stringContaining(`/api/v1/users/${owner.id}`) }]);
   });
 
+  // Another spelling of the same address either is the same user (letter case) or is refused
+  // (400 naming body.email): never a second user (docs/sharding-spec.md section 9, the e-mail rule).
+  it.each([
+    ['a leading space', ' owner@example.org'],
+    ['a trailing space', 'owner@example.org '],
+    ['a trailing line break', 'owner@example.org\n'],
+    ['a full-width at sign', 'owner\uff20example.org'],
+    ['a decomposed accent (NFD)', 'owne\u0301r@example.org'],
+    ['a composed accent (NFC)', 'own\u00e9r@example.org'],
+    ['a trailing dot in the domain', 'owner@example.org.'],
+  ])('refuses an e-mail address with %s (400 naming body.email), creating no second user', async (_what, email) => {
+    const res = await api.request('POST', '/api/v1/users', { email, display_name: 'Another form' });
+    expect({ status: res.status, invalid: res.body.invalid_params }).toEqual({ status: 400, invalid: [{ name: 'body.email', reason: 'must be an e-mail address' }] });
+  });
+
+  it('derives a user id from the lower-cased address, as the spec vector says (UUID v5, URL name-space)', () => {
+    expect(userIdForEmail('Alice@Example.COM')).toBe('aa006163-b22e-5d26-8740-b3bfb50ec29c');
+    expect(userIdForEmail('alice@example.com')).toBe('aa006163-b22e-5d26-8740-b3bfb50ec29c');
+  });
+
   it('answers 422 for a document whose owner does not exist, and 409 when the owner given does not own it', async () => {
     const orphan = await api.request('POST', '/api/v1/documents', { owner_id: randomUUID(), title: 't' });
     const doc = await api.request('POST', '/api/v1/documents', { owner_id: owner.id, title: 'mine' });
