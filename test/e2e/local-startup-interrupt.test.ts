@@ -4,19 +4,20 @@
  * directory of a run that is over. Held with SIGSTOP to stand for an initdb slower than the grace
  * (a loaded machine, a slow disk).
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readdirSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { descendantsOf, eventually, startLocalProcess, type LocalProcess } from './support/local-process.js';
+import { descendantsOf, eventually, procFile, startLocalProcess, type LocalProcess } from './support/local-process.js';
 
 /** Processes (not zombies) whose command line names a path under `dir`. */
-async function processesNaming(dir: string): Promise<number[]> {
+function processesNaming(dir: string): number[] {
   const pids: number[] = [];
-  for (const entry of await readdir('/proc')) {
+  for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    const argv = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    const argv = procFile(`/proc/${entry}/cmdline`).split('\0');
+    if (!argv.some((a) => a.startsWith(dir) || a.startsWith(`--pgdata=${dir}`))) continue;
+    const stat = procFile(`/proc/${entry}/stat`);
     const state = stat.slice(stat.lastIndexOf(')') + 2).charAt(0);
-    if (state !== '' && state !== 'Z' && argv.some((a) => a.startsWith(dir) || a.startsWith(`--pgdata=${dir}`))) pids.push(Number(entry));
+    if (state !== '' && state !== 'Z') pids.push(Number(entry));
   }
   return pids;
 }
@@ -52,7 +53,7 @@ describe('a stop signal during the initdb of a first start', () => {
     run.child.kill('SIGINT');
     const code = await run.exited;
     const left = await eventually(async () => {
-      const pids = await processesNaming(run.dataDir);
+      const pids = processesNaming(run.dataDir);
       return pids.length === 0 ? pids : undefined;
     }, 5_000, 'no process naming the data directory').catch((e: unknown) => e);
 
