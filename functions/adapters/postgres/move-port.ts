@@ -176,6 +176,12 @@ interface DrainOf {
   readonly shard: string;
   readonly since: string;
   readonly then: string;
+  /**
+   * What is drained is read by a BEFORE trigger (the target's fence), not an AFTER one (the
+   * source's capture): a writer reads it before its row takes a transaction id, so a prepared
+   * transaction's id tells nothing of when it read it (see {@link PgMovePort.drain}).
+   */
+  readonly readBeforeWrite?: boolean;
 }
 
 /** Which unit a move moves: the job's own, or another's as a target's fence row names it. */
@@ -1109,7 +1115,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (fenced.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
     if (fenced.checked) return;
     const target = this.pool(job.to);
-    await this.drain(target, job, { shard: job.to, since: `the target's incoming fence of key ${job.unitId}`, then: 'the target is checked for rows of the key' });
+    await this.drain(target, job, { shard: job.to, since: `the target's incoming fence of key ${job.unitId}`, then: 'the target is checked for rows of the key', readBeforeWrite: true });
     const counts: string[] = [];
     for (const { name: table } of TABLES) {
       const unit = this.unitFilter(job, table, 1);
@@ -1201,7 +1207,14 @@ export class PgMovePort implements MovePort<MoveJob> {
    * the sharded tables (kept in `pg_locks` with no backend, beside their transaction id's lock).
    * A newer one wrote with the capture in place, and was logged. The check of a directory move's
    * target waits the same way (`waited`: the target, for writers older than its `incoming` row;
-   * see checkedIncoming).
+   * see checkedIncoming), with one more rule (`readBeforeWrite`): the fence is a BEFORE trigger,
+   * read before the row takes its transaction id, so a writer that read no fence before the row's
+   * commit and then waited (an `on conflict` insert waiting for another insert of its id) can take
+   * an id newer than the snapshot, and prepare. While it runs it is counted as an older writer
+   * (its row-exclusive lock); once no such writer is left (at `ended`, read after that count),
+   * every prepared transaction that holds row-exclusive locks on the sharded tables and was
+   * prepared before `ended` is waited for too, whatever its id (a finite set: one prepared later
+   * began after the fence, or was counted as an older writer at `ended`).
    */
   private async drain(source: pg.Pool, job: MoveJob, waited: DrainOf = { shard: job.from, since: 'the change capture', then: 'the copy starts' }): Promise<void> {
     const { rows } = await source.query<{ t: Date; xmax: string }>('select now() as t, pg_snapshot_xmax(pg_current_snapshot())::text as xmax');
@@ -1209,6 +1222,8 @@ export class PgMovePort implements MovePort<MoveJob> {
     // Transactions given an id before this snapshot's xmax may have written before the capture.
     const xmax = rows[0]?.xmax ?? '0';
     const deadline = this.now() + this.settings.drainTimeoutMs;
+    // readBeforeWrite: the server's time once no older writer was left in pg_stat_activity.
+    let ended: Date | null = null;
     for (;;) {
       const { rows: active } = await source.query<{ n: number; prepared: number }>(
         `select (select count(*)::int from pg_stat_activity a
@@ -1218,16 +1233,22 @@ export class PgMovePort implements MovePort<MoveJob> {
                                      and l.relation in (${TABLE_REGCLASSES})))) as n,
                 (select count(*)::int from pg_prepared_xacts p
                   where p.database = current_database()
-                    and age(p.transaction) > age(($2::bigint % 4294967296)::text::xid)
+                    and (age(p.transaction) > age(($2::bigint % 4294967296)::text::xid) or p.prepared <= $3::timestamptz)
                     and exists (select 1 from pg_locks x join pg_locks l on l.virtualtransaction = x.virtualtransaction
                                  where x.locktype = 'transactionid' and x.transactionid = p.transaction and x.pid is null
                                    and l.locktype = 'relation' and l.mode = 'RowExclusiveLock'
                                    and l.database = (select oid from pg_database where datname = current_database())
                                    and l.relation in (${TABLE_REGCLASSES}))) as prepared`,
-        [since, xmax],
+        [since, xmax, ended],
       );
       const open = active[0]?.n ?? 0;
       const prepared = active[0]?.prepared ?? 0;
+      if (waited.readBeforeWrite && open === 0 && ended === null) {
+        // Read after that count: an older writer it no longer saw had prepared (or ended) before.
+        const { rows: now } = await source.query<{ t: Date }>('select clock_timestamp() as t');
+        ended = now[0]?.t ?? null;
+        continue;
+      }
       if (open + prepared === 0) return;
       // Nothing is copied yet: a run whose time is up stops here, and the next one waits again.
       if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up while waiting for writers older than ${waited.since}; the next run resumes it`);
