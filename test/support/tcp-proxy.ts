@@ -23,6 +23,11 @@ export interface TcpProxy {
   cut(): Promise<void>;
   /** Forwards new connections again. */
   restore(): Promise<void>;
+  /**
+   * New connections go to `port` from now on; open ones stay where they are (as a DNS answer
+   * that changes after a failover: a connection already open keeps its server).
+   */
+  retarget(port: number): void;
   /** Destroys every connection and closes the listener. */
   close(): Promise<void>;
 }
@@ -30,13 +35,14 @@ export interface TcpProxy {
 export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
   let forwarding = true;
+  let upstreamPort = targetPort;
   const server = createServer((client) => {
     client.on('error', () => undefined);
     if (!forwarding) {
       client.resetAndDestroy();
       return;
     }
-    const upstream = createConnection({ host: '127.0.0.1', port: targetPort });
+    const upstream = createConnection({ host: '127.0.0.1', port: upstreamPort });
     upstream.on('error', () => undefined);
     for (const s of [client, upstream]) {
       sockets.add(s);
@@ -60,6 +66,9 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
     cut,
     async restore() {
       forwarding = true;
+    },
+    retarget(port) {
+      upstreamPort = port;
     },
     async close() {
       await cut();

@@ -231,12 +231,18 @@ export class ReplicaReader {
   readonly #states = new Map<string, ReplicaState>();
   readonly #timelines = new Map<string, number>();
   /**
-   * Per replica, its last measure against a heartbeat: the heartbeat's position and how fresh
-   * the replica then was. Without a heartbeat (the primary does not answer) a replica measures
-   * itself current once it has replayed all it received, which says nothing when its WAL receiver
-   * is gone: one still short of that heartbeat is no fresher than it was then.
+   * Per replica, how fresh its last measure against a heartbeat found it (undefined: unknown).
+   * Without a heartbeat (the primary does not answer) a replica measures itself current once it
+   * has replayed all it received, which says nothing when its WAL receiver is gone: one short of
+   * the shard's last heartbeat ({@link #lastHeartbeatLsn}) is no fresher than it was then.
    */
-  readonly #lastMeasured = new Map<string, { readonly heartbeatLsn: bigint; readonly freshAsOfMs: number | undefined }>();
+  readonly #lastMeasured = new Map<string, { readonly freshAsOfMs: number | undefined }>();
+  /**
+   * Per shard, the position of the last heartbeat its primary committed, whether or not each
+   * replica could be measured against it: a replica the reader could not reach then (a host cut
+   * off from the reader and from its primary alike) was not measured, and did not get it either.
+   */
+  readonly #lastHeartbeatLsn = new Map<string, bigint>();
   /** Reads waiting on each replica, told when a probe finds it down. */
   readonly #downWatchers = new Map<string, Set<(error: ReplicaDownError) => void>>();
   #timer: NodeJS.Timeout | undefined;
@@ -311,7 +317,11 @@ export class ReplicaReader {
     // then it says the pool is busy, not that the server stopped answering.
     const saturated = replicas.map((node) => node.pool.idleCount === 0 && node.pool.totalCount >= (node.pool.options.max ?? 10));
     const heartbeat = await commitHeartbeat(this.#pools.primary(shardId), options);
-    if (heartbeat) this.#timelines.set(shardId, heartbeat.timeline);
+    if (heartbeat) {
+      this.#timelines.set(shardId, heartbeat.timeline);
+      this.#lastHeartbeatLsn.set(shardId, heartbeat.lsn);
+    }
+    const lastHeartbeatLsn = this.#lastHeartbeatLsn.get(shardId);
     // Each replica's lag is dated when its own probe answered, not when the slowest replica of
     // the shard did (one frozen sibling would date every lag a probe timeout too late).
     const measured = await Promise.all(
@@ -344,13 +354,14 @@ export class ReplicaReader {
           : heartbeat !== null && (lagSeconds === 0 || (startLsn !== null && probe.replayLsn !== null && probe.replayLsn >= startLsn))
             ? heartbeatStartMs
             : Math.min(checkedAtMs, measured[i]?.atMs ?? checkedAtMs) - lagSeconds * 1000;
-      const last = this.#lastMeasured.get(node.nodeId);
       if (heartbeat !== null) {
-        this.#lastMeasured.set(node.nodeId, { heartbeatLsn: heartbeat.lsn, freshAsOfMs });
-      } else if (last !== undefined && (probe.replayLsn === null || probe.replayLsn < last.heartbeatLsn)) {
+        this.#lastMeasured.set(node.nodeId, { freshAsOfMs });
+      } else if (lastHeartbeatLsn !== undefined && (probe.replayLsn === null || probe.replayLsn < lastHeartbeatLsn)) {
         // Its own measure ("replayed all it received") cannot vouch for it: it has not even
-        // replayed the last heartbeat it was measured against. Only as fresh as it was then.
-        freshAsOfMs = last.freshAsOfMs === undefined || freshAsOfMs === undefined ? last.freshAsOfMs : Math.min(freshAsOfMs, last.freshAsOfMs);
+        // replayed the shard's last heartbeat (one it was measured against, or one committed while
+        // it could not be reached). Only as fresh as its last measure found it (never measured: unknown).
+        const lastFresh = this.#lastMeasured.get(node.nodeId)?.freshAsOfMs;
+        freshAsOfMs = lastFresh === undefined || freshAsOfMs === undefined ? lastFresh : Math.min(freshAsOfMs, lastFresh);
         if (freshAsOfMs === undefined) lagSeconds = null;
         else if (lagSeconds !== null) lagSeconds = Math.max(lagSeconds, (checkedAtMs - freshAsOfMs) / 1000);
       }

@@ -7,6 +7,8 @@
 export const INSUFFICIENT_PRIVILEGE = '42501';
 /** 23505: a unique index refused a row. */
 export const UNIQUE_VIOLATION = '23505';
+/** 25006: a write refused by a read-only transaction (every transaction of a server in recovery). */
+export const READ_ONLY_SQL_TRANSACTION = '25006';
 /** 42883: no such function (a migration that adds it not applied yet, or not on the search_path). */
 export const UNDEFINED_FUNCTION = '42883';
 /**

@@ -27,7 +27,7 @@ import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
 import { cancelledByRequest, checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, serverTimeoutMs, withNodeDeadline, type ClientDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
-import { UNIQUE_VIOLATION } from './sqlstate.js';
+import { READ_ONLY_SQL_TRANSACTION, UNIQUE_VIOLATION } from './sqlstate.js';
 import { inClientTransaction, RolledBackAtCommitError, RollbackWith } from './transaction.js';
 
 /** Where a key's writes go, as the router sees it now. */
@@ -655,6 +655,11 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         // The database enforces the fence too (shard migration 004): a row of this transaction
         // (perhaps of another owner's unit) was fenced or is owned elsewhere now. Nothing was
         // committed, so the write is retried like one that saw the fence up front.
+        // A server in recovery refused the write (25006, read-only): the primary's address reached
+        // a standby (after a failover, a cached DNS answer naming the old writer). The connection
+        // stays on that standby for good: pooled again, it would fail every write lent it after the
+        // address names the primary again, for as long as traffic keeps it from idling out.
+        if (code === READ_ONLY_SQL_TRANSACTION) broken = true;
         if (code === 'CAF01') outcome = 'wait';
         else if (code === 'CAF02') outcome = 'reroute';
         else if (!broken && (await conflictsWithCopy(client, route.shardId, err).catch(() => false))) {
