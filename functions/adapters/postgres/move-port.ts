@@ -373,10 +373,10 @@ const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
 
 /**
  * What the mover's publication of a directory key sets `ca_dms.pin_writer` to (sharding migration
- * 011): `move job #<id>`, checked by the catalog against an unfinished directory move of the key
- * to the shard written.
+ * 011), and of a slot `ca_dms.map_writer` (sharding migration 012): `move job #<id>`, checked by
+ * the catalog against an unfinished move of the unit to the shard written.
  */
-function pinWriter(job: Pick<MoveJob, 'id'>): string {
+function publisherOf(job: Pick<MoveJob, 'id'>): string {
   return `move job #${job.id}`;
 }
 
@@ -2198,13 +2198,20 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   private async publishOwner(job: MoveJob, read: { owner: string | null; version: number; map: SlotMap | null }, reason: string): Promise<number> {
     return this.catalog.use(async (catalog) => {
-      if (read.map !== null) return (await this.options.slotMaps.publish(moveSlots(read.map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version;
+      if (read.map !== null) {
+        // Names this job as the map's writer, for this transaction alone (every caller publishes in
+        // one, the job row locked): sharding migration 012 refuses a change of the owner of a slot
+        // a finished move wrote lasting fence rows for by anyone else (CAF08), and lets this one
+        // through while the job is unfinished and publishes its own target for its own slot.
+        await catalog.query(`select set_config('ca_dms.map_writer', $1, true)`, [publisherOf(job)]);
+        return (await this.options.slotMaps.publish(moveSlots(read.map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version;
+      }
       const expected: ExpectedDirectoryEntry = read.owner === null ? null : { shardId: read.owner, version: read.version };
       // Names this job as the pin's writer, for this transaction alone (every caller publishes in
       // one, the job row locked): sharding migration 011 refuses a change of a moved key's shard
       // by anyone else (CAF07), and lets this one through while the job is unfinished and
       // publishes its own target.
-      await catalog.query(`select set_config('ca_dms.pin_writer', $1, true)`, [pinWriter(job)]);
+      await catalog.query(`select set_config('ca_dms.pin_writer', $1, true)`, [publisherOf(job)]);
       return (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog, expected)).version;
     });
   }

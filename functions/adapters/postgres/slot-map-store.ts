@@ -15,6 +15,7 @@
 import type pg from 'pg';
 import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
+import { hasSqlState, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
 
 /** A pool, or a client inside a caller's transaction (to publish atomically with other catalog writes). */
 export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -53,6 +54,19 @@ function toRecord(row: Row): SlotMapRecord {
     createdBy: row.created_by,
     reason: row.reason,
   };
+}
+
+/**
+ * The catalog refused a map that changes the owner of a slot a finished slot move wrote lasting
+ * fence rows for (SQLSTATE `CAF08`, sharding migration 012): those rows decide for the slot on
+ * their shards whatever the map says (the old owner's `moved` row refuses it, `CAF02`; a shard
+ * that never held it takes its writes while its rows are elsewhere). Nothing was published. To
+ * give the slot another owner, move it; where its owner must be decided by hand,
+ * {@link SlotMapStore.publishByHand}. The message is the catalog's, naming the slot, both shards
+ * and the move jobs.
+ */
+export class SlotMapOwnerKeptError extends SlotMapError {
+  override readonly name = 'SlotMapOwnerKeptError';
 }
 
 function requireText(what: string, value: string): void {
@@ -119,29 +133,64 @@ export class SlotMapStore {
   /**
    * Publishes `next`, which must be exactly one version after the latest and keep its slot
    * count. Throws {@link SlotMapVersionConflictError} otherwise (someone else published
-   * first: reload, re-plan, retry) and {@link SlotMapError} for a malformed map.
+   * first: reload, re-plan, retry) and {@link SlotMapError} for a malformed map. Throws
+   * {@link SlotMapOwnerKeptError} when `next` changes the owner of a slot a finished slot move
+   * wrote lasting fence rows for (sharding migration 012), unless the caller's transaction names
+   * its writer (a mover's flip does; a recovery by hand is {@link publishByHand}).
    */
   async publish(next: SlotMap, by: string, reason: string, client: Queryable = this.pool): Promise<SlotMapRecord> {
     const map = parseSlotMap(next);
     requireText('by', by);
     requireText('reason', reason);
-    let rows: Omit<Row, 'assignments'>[];
-    try {
-      // The assignments come back from `map`, not from the database: a mover publishes while it
-      // holds writes fenced, and the 4096-entry array would cross the wire a second time.
-      ({ rows } = await client.query<Omit<Row, 'assignments'>>(
+    // The assignments come back from `map`, not from the database: a mover publishes while it
+    // holds writes fenced, and the 4096-entry array would cross the wire a second time.
+    const rows = await this.inserted(map, client, () =>
+      client.query<Omit<Row, 'assignments'>>(
         `insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason)
          select $1, $2, $3, $4, $5
          where $1 = coalesce((select max(version) from catalog.slot_maps), 0) + 1
            and $2 = coalesce((select slot_count from catalog.slot_maps order by version desc limit 1), $2)
          returning version, slot_count, created_at, created_by, reason`,
         [map.version, map.slotCount, map.assignments, by, reason],
-      ));
+      ),
+    );
+    return this.published(map, rows, client);
+  }
+
+  /**
+   * Publishes `next` as a deliberate decision of slots' owners by hand, through
+   * `catalog.publish_slot_map_by_hand` (sharding migration 012; granted to `ca_dms_control`): the
+   * catalog does not refuse a change of the owner of a moved slot, and records `<login> by hand`
+   * as the publisher with `reason`. The same compare-and-set as {@link publish}. The catalog cannot
+   * see the shards: check first that each changed slot's new owner holds its rows and that its
+   * `write_fences` row of the slot, if any, is `open` (docs/sharding-spec.md section 9).
+   *
+   * @example
+   * ```ts
+   * await store.publishByHand(moveSlots(await store.current(), [42], 'shard_002'), 'restored from backup (OPS-7)');
+   * ```
+   */
+  async publishByHand(next: SlotMap, reason: string, client: Queryable = this.pool): Promise<SlotMapRecord> {
+    const map = parseSlotMap(next);
+    if (reason.trim() === '') throw new SlotMapError('a slot map published by hand records why; "reason" must not be empty');
+    const rows = await this.inserted(map, client, () =>
+      client.query<Omit<Row, 'assignments'>>('select version, slot_count, created_at, created_by, reason from catalog.publish_slot_map_by_hand($1, $2, $3)', [map.version, map.assignments, reason]),
+    );
+    return this.published(map, rows, client);
+  }
+
+  private async inserted(map: SlotMap, client: Queryable, insert: () => Promise<{ rows: Omit<Row, 'assignments'>[] }>): Promise<Omit<Row, 'assignments'>[]> {
+    try {
+      return (await insert()).rows;
     } catch (err) {
       // 23505: a concurrent publisher inserted the same version between our check and insert.
-      if ((err as { code?: string }).code === '23505') throw new SlotMapVersionConflictError(map.version + 1, map.version, { cause: err });
+      if (hasSqlState(err, UNIQUE_VIOLATION)) throw new SlotMapVersionConflictError(map.version + 1, map.version, { cause: err });
+      if (hasSqlState(err, SLOT_OWNER_KEPT)) throw new SlotMapOwnerKeptError((err as Error).message, { cause: err });
       throw err;
     }
+  }
+
+  private async published(map: SlotMap, rows: readonly Omit<Row, 'assignments'>[], client: Queryable): Promise<SlotMapRecord> {
     if (rows[0]) return toRecord({ ...rows[0], assignments: [...map.assignments] });
     const latest = await this.latest(client);
     const expected = (latest?.map.version ?? 0) + 1;

@@ -22,6 +22,12 @@ export const PIN_KEPT = 'CAF06';
  * mover's publication or `catalog.repin_by_hand` (docs/sharding-spec.md section 9, same section).
  */
 export const PIN_OWNER_KEPT = 'CAF07';
+/**
+ * CAF08 (sharding migration 012): a slot map may not change the owner of a slot a finished slot
+ * move wrote lasting fence rows for, but by that slot's unfinished move publishing its target or
+ * `catalog.publish_slot_map_by_hand` (docs/sharding-spec.md section 9, "A moved slot keeps its owner").
+ */
+export const SLOT_OWNER_KEPT = 'CAF08';
 
 /** Whether `error` is a PostgreSQL error with one of `codes`. */
 export function hasSqlState(error: unknown, ...codes: readonly string[]): boolean {

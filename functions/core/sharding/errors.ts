@@ -22,7 +22,7 @@ export class ShardingConfigError extends Error {
 
 /** A slot map is malformed, or an operation on it (add a shard, move slots) is impossible. */
 export class SlotMapError extends Error {
-  override readonly name = 'SlotMapError';
+  override readonly name: string = 'SlotMapError';
 }
 
 /**
