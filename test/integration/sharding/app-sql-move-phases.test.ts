@@ -229,14 +229,16 @@ describe('plain SQL of the application login at every step of a move', () => {
     const old = await startMoveEnv({ shardMigrations: before019 });
     await rm(before019, { recursive: true, force: true });
     // This release's mover also moves 021's document_keys and reads it from the plan on, before
-    // any hook could migrate: the shards, at 018, get that table's columns here (empty, the one
-    // part of 021 the move reads), and the hooks apply 019 alone, the migration under test.
+    // any hook could migrate, and writes 026's write_fences.check_undo with every target fence
+    // row: the shards, at 018, get those columns here (empty, the parts of 021 and 026 the move
+    // reads and writes), and the hooks apply 019 alone, the migration under test.
     const upTo019 = await mkdtemp(join(tmpdir(), 'shard-up-to-019-'));
     for (const f of await readdir(shardDir)) if (Number(f.slice(0, 3)) <= 19) await copyFile(join(shardDir, f), join(upTo019, f));
     const apps = new Map<string, pg.Pool>();
     try {
       for (const [id, pool] of old.shards) {
         await pool.query('create table document_keys (id uuid primary key, owner_id uuid not null, slot integer not null, document_id uuid not null, request_digest bytea not null, created_at timestamptz not null default now())');
+        await pool.query('alter table write_fences add column check_undo jsonb');
         await ensureApplicationLogin(pool, { username: 'plain_sql_app', password: 'plain sql pass' });
         const url = new URL(old.urls.shards[id] as string);
         url.username = 'plain_sql_app';
