@@ -57,7 +57,7 @@ function toRecord(row: Row): SlotMapRecord {
 }
 
 /**
- * The catalog refused a map that changes the owner of a slot a finished slot move wrote lasting
+ * The catalog refused a map that changes the owner of a slot a slot move (finished, or past its flip) wrote lasting
  * fence rows for (SQLSTATE `CAF08`, sharding migration 012): those rows decide for the slot on
  * their shards whatever the map says (the old owner's `moved` row refuses it, `CAF02`; a shard
  * that never held it takes its writes while its rows are elsewhere). Nothing was published. To
@@ -134,7 +134,7 @@ export class SlotMapStore {
    * Publishes `next`, which must be exactly one version after the latest and keep its slot
    * count. Throws {@link SlotMapVersionConflictError} otherwise (someone else published
    * first: reload, re-plan, retry) and {@link SlotMapError} for a malformed map. Throws
-   * {@link SlotMapOwnerKeptError} when `next` changes the owner of a slot a finished slot move
+   * {@link SlotMapOwnerKeptError} when `next` changes the owner of a slot a slot move (finished, or past its flip)
    * wrote lasting fence rows for (sharding migration 012), unless the caller's transaction names
    * its writer (a mover's flip does; a recovery by hand is {@link publishByHand}).
    */

@@ -23,8 +23,8 @@ export const PIN_KEPT = 'CAF06';
  */
 export const PIN_OWNER_KEPT = 'CAF07';
 /**
- * CAF08 (sharding migration 012): a slot map may not change the owner of a slot a finished slot
- * move wrote lasting fence rows for, but by that slot's unfinished move publishing its target or
+ * CAF08 (sharding migration 012): a slot map may not change the owner of a slot a slot move (finished,
+ * or past its flip) wrote lasting fence rows for, but by that slot's unfinished move (not past its flip) publishing its target or
  * `catalog.publish_slot_map_by_hand` (docs/sharding-spec.md section 9, "A moved slot keeps its owner").
  */
 export const SLOT_OWNER_KEPT = 'CAF08';

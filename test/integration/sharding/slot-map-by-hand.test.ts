@@ -19,6 +19,7 @@
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { SlotMapOwnerKeptError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { sqlstateOf } from '../../support/postgres.js';
@@ -182,5 +183,31 @@ describe('a slot map published by hand that changes the owner of a moved slot', 
       client.release();
     }
     expect(await env.ownerOf(slot)).toBe(from);
+  }, 120_000);
+
+  it('is refused from the flip of a slot\'s move on, while that move cleans up (its source\'s row is `moved` already): the move no longer judges the owner then, and ends `done`', async () => {
+    // Counting only finished jobs (012's first version), a map published by hand while the
+    // move was in `cleaning_up` (after its flip and its release) went through, nothing refused it
+    // afterwards, the move ended `done`, and the slot was the CAF08 case again (back to the source:
+    // every read failed "routing is not converging"; to a third shard: reads empty there).
+    const slot = 1756;
+    const { from, to, third } = await shardsOf(slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(pool(from), slot, [key], 3);
+    const planned = await env.mover({ readerGraceMs: 0 }).plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const attempts: Record<string, string | undefined> = {};
+    const byHand = async (shard: string) => {
+      const refused = await refusalOf(env.slotMaps.publish(moveSlots(await env.slotMaps.current(), [slot], shard), 'ops@example.com', 'by hand'));
+      return refused === null ? 'published' : `${(refused as Error).name}: ${(refused as Error).message.includes(`#${planned.id} (${from} to ${to}, cleaning_up)`)}`;
+    };
+    const hook = async (point: MoveHookPoint) => {
+      if (point !== 'cleaning_up') return;
+      attempts.source = await unitFenceState(pool(from), 'slot', String(slot));
+      attempts.back = await byHand(from);
+      attempts.third = await byHand(third);
+    };
+    expect((await env.mover({ readerGraceMs: 0, hook }).run(planned.id)).state).toBe('done');
+    expect(attempts).toEqual({ source: 'moved', back: 'SlotMapOwnerKeptError: true', third: 'SlotMapOwnerKeptError: true' });
+    expect({ owner: await env.ownerOf(slot), read: await readDocs(key), write: await written(key) }).toEqual({ owner: to, read: `read 3 on ${to}`, write: `written on ${to}` });
   }, 120_000);
 });
