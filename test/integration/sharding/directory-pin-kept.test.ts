@@ -13,23 +13,17 @@
  * pins, and leaves keys no move wrote rows for free to be unpinned ("A key moved by a directory
  * move stays pinned").
  */
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryPinKeptError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { sqlstateOf } from '../../support/postgres.js';
-import { documentsOf, keysInSlot, pinnedAway, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv, documentWrittenFor } from './fixtures/move-env.js';
+import { documentsOf, keysInSlot, pinnedAway, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv, documentWrittenFor, controlLogin } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let control: pg.Pool;
 beforeAll(async () => {
   env = await startMoveEnv();
-  // A control-plane login as on AWS (sharding migration 005's grants through ca_dms_control):
-  // neither a superuser nor the tables' owner.
-  await env.catalog.query(`create role pin_operator login password 'pin operator' in role ca_dms_control`);
-  const url = new URL(env.urls.catalog);
-  url.username = 'pin_operator';
-  url.password = 'pin operator';
-  control = new pg.Pool({ connectionString: url.toString(), max: 1 });
+  control = await controlLogin(env, 'pin_operator');
 }, 120_000);
 afterAll(async () => {
   await control?.end();

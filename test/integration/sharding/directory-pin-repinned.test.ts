@@ -16,22 +16,17 @@
  * `catalog.repin_by_hand` (docs/sharding-spec.md section 9, "A key moved by a directory move
  * stays pinned").
  */
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryOwnerKeptError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { sqlstateOf } from '../../support/postgres.js';
-import { documentsOf, documentWrittenFor, keysInSlot, seedUsers, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { documentsOf, documentWrittenFor, keysInSlot, seedUsers, startMoveEnv, unitFenceState, type MoveEnv, controlLogin } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let control: pg.Pool;
 beforeAll(async () => {
   env = await startMoveEnv({ shards: 3 });
-  // A control-plane login as on AWS (sharding migration 005's grants through ca_dms_control).
-  await env.catalog.query(`create role repin_operator login password 'repin operator' in role ca_dms_control`);
-  const url = new URL(env.urls.catalog);
-  url.username = 'repin_operator';
-  url.password = 'repin operator';
-  control = new pg.Pool({ connectionString: url.toString(), max: 1 });
+  control = await controlLogin(env, 'repin_operator');
 }, 120_000);
 afterAll(async () => {
   await control?.end();

@@ -17,24 +17,19 @@
  * unless the transaction names its writer: a mover's flip publishing its own target, or
  * `catalog.publish_slot_map_by_hand` (docs/sharding-spec.md section 9, "A moved slot keeps its owner").
  */
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { SlotMapOwnerKeptError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { sqlstateOf } from '../../support/postgres.js';
-import { cancelledInCopy, countSlot, keysInSlot, otherProcess, seedUsers, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { cancelledInCopy, countSlot, keysInSlot, otherProcess, seedUsers, startMoveEnv, unitFenceState, type MoveEnv, controlLogin } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let control: pg.Pool;
 beforeAll(async () => {
   env = await startMoveEnv({ shards: 3 });
-  // A control-plane login as on AWS (sharding migration 005's grants through ca_dms_control).
-  await env.catalog.query(`create role map_operator login password 'map operator' in role ca_dms_control`);
-  const url = new URL(env.urls.catalog);
-  url.username = 'map_operator';
-  url.password = 'map operator';
-  control = new pg.Pool({ connectionString: url.toString(), max: 1 });
+  control = await controlLogin(env, 'map_operator');
 }, 120_000);
 afterAll(async () => {
   await control?.end();
