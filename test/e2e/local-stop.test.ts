@@ -56,6 +56,9 @@ async function stopsEverything(run: LocalProcess, dataDir: string, target: Targe
     `no PostgreSQL process and no lock after ${signal} to ${target}`,
   );
   const code = await run.exited;
+  // That is npm's exit. The node process it started writes to the same pipe and may print its
+  // last line after npm has gone (a SIGHUP to the group ends npm at once; seen once in CI).
+  await eventually(async () => (run.output().includes('stopped; data kept in') ? true : undefined), STOP_BOUND_MS, `"stopped; data kept in" after ${signal} to ${target}`).catch(() => undefined);
   expect(run.output()).toContain('stopped; data kept in');
   return code;
 }
