@@ -202,7 +202,8 @@ export class DirectoryStore implements DirectoryLookup {
     const key = canonicalKey(rawKey);
     if (key === '') throw new DirectoryError('directory keys must not be empty');
     if (by.trim() === '') throw new DirectoryError('every directory change records who made it; "by" must not be empty');
-    if (this.shards && !this.shards.has(shardId)) throw new DirectoryError(`shard ${shardId} is not configured (known: ${[...this.shards].join(', ')})`);
+    const unknown = this.unconfigured(shardId);
+    if (unknown !== null) throw new DirectoryError(unknown);
     const returning = 'returning key, shard_id, version, updated_at, updated_by';
     const refusedOwnerChange = (err: unknown): never => {
       if (hasSqlState(err, PIN_OWNER_KEPT)) throw new DirectoryOwnerKeptError(key, (err as Error).message, { cause: err });
@@ -233,6 +234,11 @@ export class DirectoryStore implements DirectoryLookup {
     return toEntry(rows[0]);
   }
 
+  /** Why `shardId` may not be written, when this store knows the configured shards and it is not one; else null. */
+  private unconfigured(shardId: string): string | null {
+    return this.shards && !this.shards.has(shardId) ? `shard ${shardId} is not configured (known: ${[...this.shards].join(', ')})` : null;
+  }
+
   /**
    * A deliberate decision of a key's owner by hand (`catalog.repin_by_hand`, sharding migration
    * 011): pins `key` to `shardId` whatever it was pinned to, past the guard on the shards of moved
@@ -250,7 +256,7 @@ export class DirectoryStore implements DirectoryLookup {
     const key = canonicalKey(rawKey);
     const wrong = [
       key === '' ? 'the key must not be empty' : null,
-      shardId.trim() === '' ? 'the shard must not be empty' : this.shards && !this.shards.has(shardId) ? `shard ${shardId} is not configured (known: ${[...this.shards].join(', ')})` : null,
+      shardId.trim() === '' ? 'the shard must not be empty' : this.unconfigured(shardId),
       reason.trim() === '' ? 'a pin changed by hand records why; "reason" must not be empty' : null,
     ].filter((w): w is string => w !== null);
     if (wrong.length > 0) throw new DirectoryError(`cannot repin ${key || 'the key'} by hand: ${wrong.join('; ')}`);

@@ -2198,20 +2198,13 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   private async publishOwner(job: MoveJob, read: { owner: string | null; version: number; map: SlotMap | null }, reason: string): Promise<number> {
     return this.catalog.use(async (catalog) => {
-      if (read.map !== null) {
-        // Names this job as the map's writer, for this transaction alone (every caller publishes in
-        // one, the job row locked): sharding migration 012 refuses a change of the owner of a slot
-        // a finished move wrote lasting fence rows for by anyone else (CAF08), and lets this one
-        // through while the job is unfinished and publishes its own target for its own slot.
-        await catalog.query(`select set_config('ca_dms.map_writer', $1, true)`, [publisherOf(job)]);
-        return (await this.options.slotMaps.publish(moveSlots(read.map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version;
-      }
+      // Names this job as the writer of the map or the pin, for this transaction alone (every
+      // caller publishes in one, the job row locked): sharding migrations 011 (a moved key's pin,
+      // CAF07) and 012 (a moved slot's owner, CAF08) refuse the change by anyone else, and let this
+      // one through while the job is unfinished and publishes its own target for its own unit.
+      await catalog.query(`select set_config('ca_dms.map_writer', $1, true), set_config('ca_dms.pin_writer', $1, true)`, [publisherOf(job)]);
+      if (read.map !== null) return (await this.options.slotMaps.publish(moveSlots(read.map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version;
       const expected: ExpectedDirectoryEntry = read.owner === null ? null : { shardId: read.owner, version: read.version };
-      // Names this job as the pin's writer, for this transaction alone (every caller publishes in
-      // one, the job row locked): sharding migration 011 refuses a change of a moved key's shard
-      // by anyone else (CAF07), and lets this one through while the job is unfinished and
-      // publishes its own target.
-      await catalog.query(`select set_config('ca_dms.pin_writer', $1, true)`, [publisherOf(job)]);
       return (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog, expected)).version;
     });
   }
