@@ -1,6 +1,6 @@
 /**
  * Lambda refuses a function whose environment is over 4 KB. Every shipped configuration
- * (config/*.json, prod with a certificate as it must have one) is synthesized and every
+ * (config/*.json, prod with the domain it must have) is synthesized and every
  * function's environment estimated (references counted at 128 characters): each must stay under
  * 3 KB, leaving room for users' additions. What grows with the deployment lives in SSM
  * Parameter Store instead, one parameter per variable, within the parameter limits.
@@ -12,18 +12,16 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { ADVANCED_PARAMETER_MAX, estimatedEnvironmentSize, estimatedSize, STANDARD_PARAMETER_MAX } from '../../lib/control-plane/config-parameters.js';
-import { resourcesOf, ROOT, synthesize } from './support/synth.js';
+import { deployable, resourcesOf, ROOT, synthesize } from './support/synth.js';
 
 const LIMIT = 3 * 1024;
-const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
 const configs = readdirSync(join(ROOT, 'config')).filter((f) => f.endsWith('.json'));
 const statefulIds = JSON.parse(readFileSync(join(ROOT, 'test', 'infra', 'fixtures', 'stateful-logical-ids.json'), 'utf8')) as Record<string, Record<string, Record<string, string>>>;
 
 describe.each(configs)('config/%s', (file) => {
   const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { production?: boolean };
-  const s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw);
+  const s = synthesize(deployable(raw));
   const functions = Object.values(s.stacks).flatMap((stack) =>
     resourcesOf(s.template(stack), 'AWS::Lambda::Function').map(([id, fn]) => ({
       id: `${stack.stackName}/${id}`,

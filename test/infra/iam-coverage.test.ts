@@ -18,10 +18,9 @@ import { join } from 'node:path';
 import type { CfnElement } from 'aws-cdk-lib';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { STOPPED_ALL_TAG, STOPPED_TAG } from '../../functions/adapters/aws/topology.js';
-import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { APP_CONTAINER } from '../../lib/services/sidecar-service.js';
 import { sdkCallsFrom, UnscannableSdkCallError } from './support/sdk-calls.js';
-import { ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, type Synthesized } from './support/synth.js';
+import { deployable, ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, type Synthesized } from './support/synth.js';
 
 type Handler = 'evaluate' | 'alarm' | 'api' | 'moves' | 'migrate';
 const HANDLERS: readonly Handler[] = ['evaluate', 'alarm', 'api', 'moves', 'migrate'];
@@ -309,7 +308,6 @@ function referencesAfterKey(value: Json, key: string): Json[] {
 }
 
 const configFiles = readdirSync(join(ROOT, 'config')).filter((f) => f.endsWith('.json'));
-const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
 
 describe('the calls the code makes (static scan of the handlers)', () => {
   it.each(HANDLERS)('%s: every reachable SDK call is either made (CALLS) or explained (NOT_CALLED), and nothing else', (handler) => {
@@ -342,7 +340,7 @@ describe.each(configFiles)('config/%s: what the runtime code calls is allowed an
 
   beforeAll(() => {
     const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { production?: boolean; region?: string };
-    s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw);
+    s = synthesize(deployable(raw));
     expect(s.error).toBeUndefined();
     asm = new Assembly(s);
     cp = s.stacks.controlPlane.stackName;

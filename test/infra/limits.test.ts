@@ -12,11 +12,11 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as rds from 'aws-cdk-lib/aws-rds';
 import { describe, expect, it } from 'vitest';
-import { mergeConfig, type ConfigIssue } from '../../lib/config/deployment-config.js';
+import type { ConfigIssue } from '../../lib/config/deployment-config.js';
 import { minimumMaxAllocatedStorageGiB, ShardDatabase } from '../../lib/data/shard-database.js';
 import { DEFAULT_DB_INSTANCE_QUOTA, MAX_STACK_RESOURCES, type DataStack } from '../../lib/stacks/data-stack.js';
 import { ALB_IDLE_TIMEOUT_SECONDS } from '../../containers/nginx/render.js';
-import { ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, unbundledStage } from './support/synth.js';
+import { deployable, ROOT, SYNTH_HOOK_TIMEOUT_MS, synthesize, unbundledStage } from './support/synth.js';
 import { configIssuesOf, problemsOf } from './support/config-issues.js';
 
 
@@ -147,12 +147,11 @@ describe('shards of one data stack (cloudformation-limits: 500 resources a stack
 });
 
 /**
- * The shipped environments (config/*.json; prod with a certificate, as it must have one),
+ * The shipped environments (config/*.json; prod with the domain it must have),
  * synthesized once each per test run (shared with the other infra tests), against the quotas a first deploy in a new account meets. Each limit is the
  * documented one; references are counted at {@link TOKEN_SIZE}, above any ARN or name they
  * resolve to here.
  */
-const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
 const TOKEN_SIZE = 256;
 const configs = readdirSync(join(ROOT, 'config')).filter((f) => f.endsWith('.json'));
 
@@ -183,7 +182,7 @@ function resolvedJsonLength(value: unknown): number {
 
 describe.each(configs)('config/%s within the quotas of a first deploy', (file) => {
   const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { production?: boolean };
-  const s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw);
+  const s = synthesize(deployable(raw));
   const templates = Object.values(s.stacks).map((stack) => ({ name: stack.stackName, path: s.templatePath(stack), t: s.template(stack).toJSON() as CfnTemplate }));
   const resources = (type: string) => templates.flatMap(({ name, t }) => Object.entries(t.Resources).filter(([, r]) => r.Type === type).map(([id, r]) => ({ id: `${name}/${id}`, p: r.Properties ?? {} })));
 

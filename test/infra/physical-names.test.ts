@@ -1,6 +1,6 @@
 /**
  * Physical names: every name property of every resource in every stack of every shipped
- * configuration (config/*.json, prod with the certificate it must have). A fixed name collides
+ * configuration (config/*.json, prod with the domain it must have). A fixed name collides
  * when two environments share an account and region (Dev and Prod side by side), or when a
  * resource a failed deploy leaves behind keeps its name for the retry. So each physical name is
  * either absent (CloudFormation names the resource), derived from another resource's generated
@@ -12,10 +12,8 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { mergeConfig } from '../../lib/config/deployment-config.js';
-import { ROOT, synthesize, type Synthesized } from './support/synth.js';
+import { deployable, ROOT, synthesize, type Synthesized } from './support/synth.js';
 
-const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
 
 /** Properties that name the resource itself, unique in an account and region (or account-wide). */
 const PHYSICAL_NAMES: Readonly<Record<string, readonly string[]>> = {
@@ -56,6 +54,8 @@ const NOT_PHYSICAL: Readonly<Record<string, readonly string[]>> = {
   'AWS::ApiGateway::Deployment': ['StageName'],
   'AWS::ApiGateway::GatewayResponse': ['RestApiId'],
   'AWS::ApplicationAutoScaling::ScalingPolicy': ['PolicyName'],
+  // What the certificate is for, not its name: ACM issues any number of certificates for one domain.
+  'AWS::CertificateManager::Certificate': ['DomainName'],
   'AWS::CloudWatch::Alarm': ['MetricName'],
   'AWS::EC2::FlowLog': ['LogGroupName'],
   'AWS::EC2::VPCEndpoint': ['ServiceName'],
@@ -103,7 +103,7 @@ function derived(value: unknown): boolean {
 
 const environments = configs.map((file) => {
   const raw = JSON.parse(readFileSync(join(ROOT, 'config', file), 'utf8')) as { production?: boolean };
-  const s = synthesize(raw.production === true ? mergeConfig(raw, { domain: { certificateArn: CERTIFICATE } }) : raw);
+  const s = synthesize(deployable(raw));
   const prefix = `${s.config.name}-${s.config.environment}`;
   const uses = nameUses(s);
   const physical = uses.filter((u) => PHYSICAL_NAMES[u.type]?.includes(u.property));

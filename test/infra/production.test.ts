@@ -12,14 +12,15 @@ import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { mergeConfig } from '../../lib/config/deployment-config.js';
 import { scheduleMinutes } from '../../lib/control-plane/control-plane.js';
-import { resourcesOf, ROOT, synthesize, SYNTH_HOOK_TIMEOUT_MS, type Synthesized } from './support/synth.js';
+import { deployable, PRODUCTION_DOMAIN as DOMAIN, resourcesOf, ROOT, synthesize, SYNTH_HOOK_TIMEOUT_MS, type Synthesized, unvalidatedSynthesis } from './support/synth.js';
 
-const DOMAIN = { domainName: 'dms.example.com', hostedZone: { id: 'Z0123456789ABCDEFGHIJ', name: 'example.com' } };
+const CERTIFICATE = 'arn:aws:acm:eu-west-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+let prod: unknown;
 let s: Synthesized;
 
 beforeAll(() => {
-  const prod = JSON.parse(readFileSync(join(ROOT, 'config', 'prod.json'), 'utf8')) as unknown;
-  s = synthesize(mergeConfig(prod, { domain: DOMAIN }));
+  prod = JSON.parse(readFileSync(join(ROOT, 'config', 'prod.json'), 'utf8')) as unknown;
+  s = synthesize(deployable(prod));
 }, SYNTH_HOOK_TIMEOUT_MS);
 
 describe('production synthesis', () => {
@@ -78,6 +79,21 @@ describe('production synthesis', () => {
       Port: 443,
       Protocol: 'HTTPS',
       Certificates: [{ CertificateArn: { Ref: certificate } }],
+      SslPolicy: elbv2.SslPolicy.RECOMMENDED_TLS,
+    });
+  });
+
+  it('serves HTTPS with a certificate given by its ARN instead, requesting none and adding no record', () => {
+    // The other form of domain, on a cheap synthesis: the full one (validated) is the hosted zone's,
+    // which adds two resources to this one's.
+    const given = unvalidatedSynthesis(mergeConfig(prod, { domain: { certificateArn: CERTIFICATE } }));
+    const t = given.template(given.stacks.services);
+    t.resourceCountIs('AWS::CertificateManager::Certificate', 0);
+    t.resourceCountIs('AWS::Route53::RecordSet', 0);
+    t.hasResourceProperties('AWS::ElasticLoadBalancingV2::Listener', {
+      Port: 443,
+      Protocol: 'HTTPS',
+      Certificates: [{ CertificateArn: CERTIFICATE }],
       SslPolicy: elbv2.SslPolicy.RECOMMENDED_TLS,
     });
   });

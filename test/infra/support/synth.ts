@@ -14,7 +14,7 @@ import { Template } from 'aws-cdk-lib/assertions';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { CaDmsStage, stageId, type CaDmsStacks } from '../../../lib/ca-dms-stage.js';
 import { guardValidator } from '../../../lib/guard.js';
-import { parseDeploymentConfig, type DeploymentConfig } from '../../../lib/config/deployment-config.js';
+import { mergeConfig, parseDeploymentConfig, type DeploymentConfig } from '../../../lib/config/deployment-config.js';
 import { FIXTURES, ROOT } from './paths.js';
 
 export { FIXTURES, ROOT };
@@ -39,6 +39,22 @@ export const FIXTURE_SOURCES = {
   nginxImage: { directory: join(FIXTURES, 'nginx'), file: 'Dockerfile' },
   demoBackendImage: { directory: join(FIXTURES, 'backend'), file: 'Dockerfile' },
 } as const;
+
+/**
+ * The domain every production synthesis of the tests is given (config/prod.json leaves it to the
+ * deployer, and production refuses to synthesize without one): a Route 53 hosted zone, so the app
+ * requests a DNS-validated certificate and adds an alias record. The larger of the two domain forms
+ * (a `certificateArn` adds neither resource), and one form for every file: the production app is
+ * synthesized and validated once per run, not once per form (a full synthesis costs about a minute
+ * of CPU). production.test.ts checks the `certificateArn` form's listener on a cheap synthesis.
+ */
+export const PRODUCTION_DOMAIN = { domainName: 'dms.example.com', hostedZone: { id: 'Z0123456789ABCDEFGHIJ', name: 'example.com' } } as const;
+
+/** A `config/*.json` document ready to synthesize: a production one gets {@link PRODUCTION_DOMAIN}. */
+export function deployable(raw: unknown): unknown {
+  const production = typeof raw === 'object' && raw !== null && (raw as { production?: unknown }).production === true;
+  return production ? mergeConfig(raw, { domain: PRODUCTION_DOMAIN }) : raw;
+}
 
 /** What the synthesized stages are built from: the fixtures, bundling anchored at the repository's lock file. */
 const STAGE_SOURCES = { ...FIXTURE_SOURCES, depsLockFilePath: join(ROOT, 'package-lock.json') };
