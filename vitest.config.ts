@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import { ISOLATED_FILES } from './test/support/isolation.js';
 
 const NOT_RUN = ['**/node_modules/**', 'test/images/**'];
 /**
@@ -19,6 +20,14 @@ const SHARED_MODULES = ['test/unit/!(aws)/**/*.test.ts', 'test/property/**/*.tes
  * on CloudWatchClient) is restored in a `finally` by the test that makes it.
  */
 const INFRA = ['test/infra/**/*.test.ts'];
+/**
+ * The integration and end-to-end tests, also without isolation, but for the files that change
+ * process-wide state (test/support/isolation.ts says which and why, and a unit test keeps the list
+ * true): worker start-ups and the code's import were about 1.4 s of CPU a file, on a suite that
+ * keeps both cores busy.
+ */
+const INTEGRATION = ['test/integration/**/*.test.ts', 'test/e2e/**/*.test.ts'];
+const ISOLATED = [...Object.keys(ISOLATED_FILES), 'test/unit/aws/**/*.test.ts'];
 
 export default defineConfig({
   test: {
@@ -49,12 +58,22 @@ export default defineConfig({
       {
         extends: true,
         test: {
+          name: 'integration',
+          include: INTEGRATION,
+          exclude: [...NOT_RUN, ...ISOLATED],
+          isolate: false,
+          // As root, the postgres OS user the test servers run as, and the data directory they are
+          // copied from: made once per run for both projects that start servers (see the module).
+          globalSetup: ['test/support/global-setup.ts'],
+        },
+      },
+      {
+        extends: true,
+        test: {
           name: 'isolated',
           // The built images' tests need root and podman: `npm run test:images` (vitest.images.config.ts).
-          include: ['test/**/*.test.ts'],
-          exclude: [...NOT_RUN, ...SHARED_MODULES, ...INFRA],
-          // Once per run, in this project only: as root, the postgres OS user the test servers run
-          // as, and the data directory they are copied from.
+          include: ISOLATED,
+          exclude: NOT_RUN,
           globalSetup: ['test/support/global-setup.ts'],
         },
       },
