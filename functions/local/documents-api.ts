@@ -15,7 +15,9 @@
  * a shard the owner has moved away from), the others through the replica reader. A write
  * answers with `X-Read-Token: <shard_id>@<lsn>;tl=<timeline>;v=<map version>`; a read sent with
  * that value in `X-Read-After` sees the write (read-your-writes), whichever replica serves it,
- * across a move or a failover. `?consistency=primary` reads on the primaries only (the `check`
+ * across a move or a failover; a write a failover lost (acknowledged by the old primary, never
+ * received by the replica promoted since) answers 410 `write-lost` rather than 404 or a list
+ * without it. `?consistency=primary` reads on the primaries only (the `check`
  * of a write whose outcome is unknown asks for it: a lagging replica's 404 would have the client
  * write twice). Every input is
  * validated with zod; errors are RFC 9457 problem documents naming the field. Bodies are held
@@ -39,6 +41,7 @@ import { DeadlinePassedError } from '../adapters/postgres/deadline.js';
 import { ShardWriteError, type ShardWriteContext, type ShardWriteResult, type ShardWriter } from '../adapters/postgres/write-transaction.js';
 import { NOT_OWNED_STATES_SQL, readOptionsFor, rowFenceStateSql, ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
 import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
+import { lostWriteMessage, type LostWrite } from '../core/sharding/timeline-history.js';
 import { duplicateProblems, inexactProblems, jsonProblems, listedProblems, MAX_JSON_DEPTH, zodProblems } from '../api/input-limits.js';
 import { DuplicateMemberError, parseJsonText } from '../core/json-text.js';
 import { parametersOf, toSchema } from '../api/openapi.js';
@@ -241,6 +244,25 @@ export function documentsApiDocument(): JsonSchema {
       },
     },
   };
+  const writeLostResponse = {
+    description: `the X-Read-After token names a write the shard acknowledged and then lost in a failover (the replica promoted since had not received it): not a 404, the write existed (problem type ${WRITE_LOST_TYPE}; members shard_id, lsn, timeline, fork_lsn, current_timeline). Send the write again if it is still wanted`,
+    content: {
+      'application/problem+json': {
+        schema: {
+          type: 'object',
+          properties: {
+            type: { type: 'string', enum: [WRITE_LOST_TYPE] },
+            shard_id: { type: 'string' },
+            lsn: { type: 'string', description: "the token's WAL position" },
+            timeline: { type: 'integer', description: "the token's timeline" },
+            fork_lsn: { type: 'string', description: "where the token's timeline ends in the primary's timeline's past" },
+            current_timeline: { type: 'integer' },
+          },
+          required: ['type', 'shard_id', 'lsn', 'timeline', 'fork_lsn', 'current_timeline'],
+        },
+      },
+    },
+  };
   const op = (operationId: string, summary: string, parts: { params?: z.ZodType; query?: z.ZodType; headers?: z.ZodType; body?: z.ZodType }, ok: number): JsonSchema => ({
     operationId,
     summary,
@@ -252,6 +274,7 @@ export function documentsApiDocument(): JsonSchema {
     ...(parts.body ? { requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(parts.body) } } } } : {}),
     responses: {
       [ok]: { description: ok === 201 ? 'created, with X-Read-Token and Location' : 'found' },
+      ...(parts.headers === readAfterHeaders ? { 410: writeLostResponse } : {}),
       503: unavailable(parts.body !== undefined),
       ...(parts.body ? { 504: outcomeUnknown } : {}),
       default: problem,
@@ -367,11 +390,16 @@ interface Problem {
   readonly type?: { readonly uri: string; readonly title: string };
   /** Where the client can look for what the request may have created (extension member `check`). */
   readonly check?: string;
+  /** Further extension members (RFC 9457, 3.2), after the standard ones. */
+  readonly extensions?: Readonly<Record<string, string | number>>;
   readonly headers?: Readonly<Record<string, string>>;
 }
 
 /** The problem type of a write that may or may not have been committed. */
 export const OUTCOME_UNKNOWN_TYPE = 'https://ca-dms-scaling.dev/problems/outcome-unknown';
+
+/** The problem type of a read whose `X-Read-After` token names a write a failover lost (410). */
+export const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
 
 /**
  * A write whose commit was sent but not confirmed, by the deadline or before its connection
@@ -399,6 +427,7 @@ class HttpProblem extends Error {
 const TITLES: Readonly<Record<number, string>> = {
   400: 'Bad Request',
   404: 'Not Found',
+  410: 'Gone',
   405: 'Method Not Allowed',
   409: 'Conflict',
   413: 'Content Too Large',
@@ -408,6 +437,21 @@ const TITLES: Readonly<Record<number, string>> = {
   503: 'Service Unavailable',
   504: 'Gateway Timeout',
 };
+
+/**
+ * A read whose token names a write the shard's primary does not hold, its timeline having taken
+ * over from the token's before the token's position (docs/sharding-spec.md, read-your-writes
+ * tokens): the write was acknowledged, then lost in a failover. Answered instead of a 404 or a
+ * list without it; the members name the shard, the token and the fork point.
+ */
+function writeLost(lost: LostWrite): HttpProblem {
+  return new HttpProblem({
+    status: 410,
+    type: { uri: WRITE_LOST_TYPE, title: 'Write Lost' },
+    detail: lostWriteMessage(lost),
+    extensions: { shard_id: lost.shardId, lsn: lost.lsn, timeline: lost.timeline, fork_lsn: lost.forkLsn, current_timeline: lost.currentTimeline },
+  });
+}
 
 function invalid(part: string, error: z.ZodError): HttpProblem {
   return problemList(zodProblems(part, error));
@@ -443,6 +487,7 @@ function sendProblem(res: ServerResponse, p: Problem): void {
     detail: p.detail,
     ...(p.invalid ? { invalid_params: p.invalid } : {}),
     ...(p.check === undefined ? {} : { check: p.check }),
+    ...p.extensions,
   });
   res.writeHead(p.status, { 'content-type': 'application/problem+json', 'cache-control': 'no-store', ...p.headers, 'content-length': String(Buffer.byteLength(text)) });
   res.end(text);
@@ -673,7 +718,8 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
    * (`readOptionsFor`): on the shard and timeline the token names, a replica must have replayed
    * its position (and be on that timeline); on another shard (the write was made before a move)
    * or another timeline (a failover since, which this reader may not have probed yet) the
-   * position means nothing there, so the read goes to the primary.
+   * position means nothing there, so the read goes to the primary (with the token, on its own
+   * shard: the primary tells a write a failover lost from one that never existed).
    */
   const tokenFor = (shardId: string, token: ReadToken | undefined): ReadOptions => readOptionsFor(shardId, token, deps.reader.primaryTimeline?.bind(deps.reader));
   const deadlineMs = deps.deadlineMs ?? DEFAULT_REQUEST_DEADLINE_MS;
@@ -799,7 +845,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       ...(q.consistency === 'primary' ? { primary: true } : {}),
       deadlineMs: startDeadline().left(),
     });
-    if (!r.value[0]) throw new HttpProblem({ status: 404, detail: `no user ${id}` });
+    if (!r.value[0]) throw r.lostWrite ? writeLost(r.lostWrite) : new HttpProblem({ status: 404, detail: `no user ${id}` });
     send(res, 200, { ...r.value[0], shard_id: r.shardId, served_by: r.servedBy });
   }
 
@@ -812,6 +858,8 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where owner_id = $1 order by created_at desc, id limit $2`, [id, q.limit ?? 50])).rows,
       { ...(after ? { token: after } : {}), ...(q.consistency === 'primary' ? { primary: true } : {}), deadlineMs: startDeadline().left() },
     );
+    // Which document the token wrote is not known: the list may lack it, whatever else it holds.
+    if (r.lostWrite) throw writeLost(r.lostWrite);
     send(res, 200, { owner_id: id, shard_id: r.shardId, served_by: r.servedBy, items: r.value });
   }
 
@@ -895,6 +943,8 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const after = readAfter(req);
     const deadline = startDeadline();
     const onPrimary = q.consistency === 'primary';
+    /** Set by any read that found the token's write lost in a failover: a miss then answers 410. */
+    let lost: LostWrite | undefined;
     const ownerRead = async (owner: string) =>
       deps.reads
         .withShardRead(owner, async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where id = $1`, [id])).rows[0], {
@@ -902,7 +952,10 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
           ...(onPrimary ? { primary: true } : {}),
           deadlineMs: deadline.left(),
         })
-        .then((r) => (r.value ? { ...r.value, shard_id: r.shardId, served_by: r.servedBy } : undefined));
+        .then((r) => {
+          lost ??= r.lostWrite;
+          return r.value ? { ...r.value, shard_id: r.shardId, served_by: r.servedBy } : undefined;
+        });
     // A document lives with its owner; without the owner every shard is asked at once, and only
     // the shard that owns the document's unit answers (see DOCUMENT_ANY_OWNER_SQL).
     const owner = q.owner;
@@ -912,9 +965,11 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       const rows = await Promise.all(
         deps.shardIds.map(async (shardId) => {
           const r = await deps.reader.query<DocumentRow & { unit_state: string }>(shardId, DOCUMENT_ANY_OWNER_SQL, [id], {
-            ...(primary ? { primary: true } : tokenFor(shardId, after)),
+            ...tokenFor(shardId, after),
+            ...(primary ? { primary: true } : {}),
             deadlineAt: deadline.at,
           });
+          lost ??= r.lostWrite;
           return r.rows.map(({ unit_state, ...d }) => ({ item: { ...d, shard_id: shardId, served_by: r.servedBy }, state: unit_state }));
         }),
       );
@@ -953,7 +1008,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       if (!found.some((d) => d !== undefined) && unavailable !== undefined) throw unavailable.error;
     }
     const doc = found.find((d) => d !== undefined);
-    if (!doc) throw new HttpProblem({ status: 404, detail: `no document ${id}` });
+    if (!doc) throw lost ? writeLost(lost) : new HttpProblem({ status: 404, detail: `no document ${id}` });
     if (q.owner !== undefined && doc.owner_id !== q.owner) {
       const reason = `document ${id} belongs to another owner than ${q.owner}`;
       throw new HttpProblem({ status: 409, detail: `query.owner: ${reason}`, invalid: [{ name: 'query.owner', reason }] });

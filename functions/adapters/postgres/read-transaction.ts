@@ -35,6 +35,7 @@
 import type pg from 'pg';
 import { canonicalKey } from '../../core/sharding/keys.js';
 import type { ReadToken } from '../../core/sharding/read-token.js';
+import type { LostWrite } from '../../core/sharding/timeline-history.js';
 import { ReadCancelledError, type ReadOptions, type ReplicaReader } from './replica-reader.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
 import { checkDeadlineMs, DeadlinePassedError } from './deadline.js';
@@ -86,6 +87,12 @@ export interface ShardReadResult<T> {
   readonly servedBy: string;
   /** 1 when the first route was right; more when the unit had moved or was being copied in. */
   readonly attempts: number;
+  /**
+   * The token's write is not on the shard primary's timeline: a failover since lost it (see
+   * `ReadNode.lostWrite`). `value` is what the primary holds; a caller that found nothing answers
+   * that the write was lost, not that it never existed (docs/sharding-spec.md).
+   */
+  readonly lostWrite?: LostWrite;
 }
 
 /**
@@ -214,13 +221,16 @@ const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => set
 /**
  * Where a token sends a read on `shardId`: a replica past its position on the shard and
  * timeline that made it; otherwise the primary, which holds everything a move copied and
- * everything a failover kept.
+ * everything a failover kept. A token of this shard goes along to the primary too, which checks
+ * it against its timeline's history: a write a failover lost is told apart from one that never
+ * existed (`ReadNode.lostWrite`). A token of another shard (the write was made before a move)
+ * says nothing about this shard's timelines.
  */
 export function readOptionsFor(shardId: string, token: ReadToken | undefined, timelineOf?: (shardId: string) => number | undefined): ReadOptions {
   if (token === undefined) return {};
   if (token.shardId !== shardId) return { primary: true };
   const timeline = timelineOf?.(shardId);
-  if (timeline !== undefined && timeline !== token.timeline) return { primary: true };
+  if (timeline !== undefined && timeline !== token.timeline) return { primary: true, token: token.lsn, tokenTimeline: token.timeline };
   return { token: token.lsn, tokenTimeline: token.timeline };
 }
 
@@ -284,7 +294,7 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
         left = deadlineAt - Date.now();
         if (left <= 0) throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline before it could start`);
       }
-      type Outcome = { verdict: 'read'; value: T; servedBy: string } | { verdict: 'reroute' | 'wait' | 'primary' };
+      type Outcome = { verdict: 'read'; value: T; servedBy: string; lostWrite: LostWrite | undefined } | { verdict: 'reroute' | 'wait' | 'primary' };
       let outcome: Outcome;
       try {
         outcome = await options.reader.withReadClient(
@@ -301,7 +311,7 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
                 const verdict = readVerdict(fences.rows, route, node.replica);
                 if (verdict !== 'read') return new RollbackWith({ verdict });
                 const value = await fn({ client, shardId: route.shardId, slot: route.slot, servedBy });
-                return { verdict, value, servedBy };
+                return { verdict, value, servedBy, lostWrite: node.lostWrite };
               },
               undefined,
               (answer) => {
@@ -310,7 +320,9 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
             );
           },
           {
-            ...(onPrimary || readOptions.primary === true ? { primary: true } : readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader))),
+            // On the primary too the token goes along: the primary checks it against its timeline's history.
+            ...readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader)),
+            ...(onPrimary || readOptions.primary === true ? { primary: true } : {}),
             ...(deadlineAt === undefined ? {} : { deadlineAt }),
           },
         );
@@ -327,7 +339,9 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
         }
         throw err;
       }
-      if (outcome.verdict === 'read') return { value: outcome.value, shardId: route.shardId, servedBy: outcome.servedBy, attempts: attempt };
+      if (outcome.verdict === 'read') {
+        return { value: outcome.value, shardId: route.shardId, servedBy: outcome.servedBy, attempts: attempt, ...(outcome.lostWrite === undefined ? {} : { lostWrite: outcome.lostWrite }) };
+      }
       if (outcome.verdict === 'primary') {
         primaryRoute = route;
         continue;

@@ -31,10 +31,12 @@
 import pg from 'pg';
 import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
+import { lostInFailover, parseTimelineHistory, TimelineHistoryError, type LostWrite, type TimelineSwitch } from '../../core/sharding/timeline-history.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
 import { cancelledByRequest, checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
+import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
 import { inClientTransaction } from './transaction.js';
 
 /** No node of the shard could serve the read (every replica and the primary failed). */
@@ -65,10 +67,42 @@ export class PrimaryInRecoveryError extends Error {
 }
 
 /**
- * Connections a read found on a server out of recovery. A server never goes back into recovery
- * without a restart, which ends its connections: one check per connection is enough.
+ * Connections a read found on a server out of recovery, with that server's timeline (null when it
+ * could not be told). A server never goes back into recovery without a restart, which ends its
+ * connections, and a primary's timeline changes only by a promotion, which only a server in
+ * recovery undergoes: one check per connection is enough, for both.
  */
-const onPrimary = new WeakSet<pg.ClientBase>();
+const primaryTimelineOf = new WeakMap<pg.ClientBase, number | null>();
+
+/** The per-connection check: in recovery, or the primary's timeline (the first 8 hex digits of its current WAL file's name). */
+const PRIMARY_CHECK_SQL = `select pg_is_in_recovery() as in_recovery,
+  case when pg_is_in_recovery() then null else ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint end as tli`;
+
+/** Shard migration 027: the primary's timeline and its history file's text (NULL when its owner may not read it). */
+const TIMELINE_HISTORY_SQL = 'select timeline::text as timeline, history from timeline_history()';
+
+/**
+ * How long "no history" (migration 027 not applied, its owner without the right to read the file,
+ * a file PostgreSQL would not write) is believed before the shard is asked again: a history, once
+ * read, is kept for good (a timeline's never changes), a miss is not (the migration may come later).
+ */
+export const TIMELINE_HISTORY_RETRY_MS = 60_000;
+
+/**
+ * The history of the timeline `client`'s primary is on, parsed; null when it cannot be had
+ * (see {@link TIMELINE_HISTORY_RETRY_MS}). Other errors (the connection failed) are thrown.
+ */
+async function readTimelineHistory(client: pg.ClientBase, timeline: number): Promise<readonly TimelineSwitch[] | null> {
+  try {
+    const { rows } = await client.query<{ timeline: string; history: string | null }>(TIMELINE_HISTORY_SQL);
+    const row = rows[0];
+    if (row === undefined || row.history === null || Number(row.timeline) !== timeline) return null;
+    return parseTimelineHistory(row.history, timeline);
+  } catch (error) {
+    if (error instanceof TimelineHistoryError || hasSqlState(error, UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE)) return null;
+    throw error;
+  }
+}
 
 /**
  * A read was waiting on a replica that a probe has since found down (no answer within the probe
@@ -121,7 +155,11 @@ export interface FailoverEvent {
 }
 
 export interface ReadOptions {
-  /** A read-your-writes token from {@link captureWriteToken}: the read sees that write. */
+  /**
+   * A read-your-writes token from {@link captureWriteToken}: the read sees that write. With
+   * `tokenTimeline`, a primary on a later timeline also checks it against its timeline history
+   * ({@link ReadNode.lostWrite}), `primary` or not.
+   */
   readonly token?: string;
   /**
    * The primary's timeline when the token was taken: a replica serves the token only on that
@@ -149,12 +187,21 @@ export interface ReadResult<R> {
   readonly rowCount: number | null;
   /** The node that answered (`shard_001/replica-1`, `shard_001/primary`). */
   readonly servedBy: string;
+  /** The token's write is not on the primary's timeline (see {@link ReadNode.lostWrite}). */
+  readonly lostWrite?: LostWrite;
 }
 
 /** What the node lent to a read is. */
 export interface ReadNode {
   /** A replica: its snapshot may trail the primary's by up to the freshness bound. */
   readonly replica: boolean;
+  /**
+   * Set on the primary when the read's token names a write of an earlier timeline past where that
+   * timeline ends in the primary's (a failover lost it: {@link lostInFailover}). The read still
+   * runs; what the caller answers is its own to decide (the documents API: a row found is
+   * answered, a miss is a 410 instead of a 404).
+   */
+  readonly lostWrite?: LostWrite;
 }
 
 /** Anything with pg's `query` (a pool or a client). */
@@ -245,6 +292,12 @@ export class ReplicaReader {
   readonly #lastHeartbeatLsn = new Map<string, bigint>();
   /** Reads waiting on each replica, told when a probe finds it down. */
   readonly #downWatchers = new Map<string, Set<(error: ReplicaDownError) => void>>();
+  /**
+   * Per shard and primary timeline (`shard_001/2`), its history ({@link readTimelineHistory}):
+   * one query per shard per timeline, shared by the reads that ask at once. A miss (null) is
+   * asked again after {@link TIMELINE_HISTORY_RETRY_MS}.
+   */
+  readonly #histories = new Map<string, { readonly history: Promise<readonly TimelineSwitch[] | null>; retryAtMs?: number }>();
   #timer: NodeJS.Timeout | undefined;
   #running = false;
 
@@ -417,9 +470,9 @@ export class ReplicaReader {
    * them; node failures move the read to the next node.
    */
   async query<R extends pg.QueryResultRow = pg.QueryResultRow>(shardId: string, text: string, values: unknown[] = [], options: ReadOptions = {}): Promise<ReadResult<R>> {
-    return this.withReadClient(shardId, async (client, servedBy) => {
+    return this.withReadClient(shardId, async (client, servedBy, node) => {
       const result = await client.query<R>(text, values);
-      return { rows: result.rows, rowCount: result.rowCount, servedBy };
+      return { rows: result.rows, rowCount: result.rowCount, servedBy, ...(node.lostWrite === undefined ? {} : { lostWrite: node.lostWrite }) };
     }, options);
   }
 
@@ -450,10 +503,14 @@ export class ReplicaReader {
         client = lent;
         // A read may be cancelled at any point: it changes nothing.
         if (options.deadlineAt !== undefined) guard = holdToDeadline(lent, options.deadlineAt);
-        if (target.kind === 'primary' && !onPrimary.has(lent)) {
-          const { rows } = await lent.query<{ in_recovery: boolean }>('select pg_is_in_recovery() as in_recovery');
-          if (rows[0]?.in_recovery === true) throw new PrimaryInRecoveryError(node.nodeId);
-          onPrimary.add(lent);
+        let lostWrite: LostWrite | undefined;
+        if (target.kind === 'primary') {
+          if (!primaryTimelineOf.has(lent)) {
+            const { rows } = await lent.query<{ in_recovery: boolean; tli: string | null }>(PRIMARY_CHECK_SQL);
+            if (rows[0]?.in_recovery === true) throw new PrimaryInRecoveryError(node.nodeId);
+            primaryTimelineOf.set(lent, rows[0]?.tli == null ? null : Number(rows[0].tli));
+          }
+          lostWrite = await this.#lostWrite(shardId, lent, primaryTimelineOf.get(lent) ?? null, options);
         }
         if (target.kind === 'replica') {
           // The replica was chosen before the wait for its connection (a busy pool can hold a read
@@ -477,7 +534,7 @@ export class ReplicaReader {
           );
           if (rows[0]?.ok !== true) return { skip: true };
         }
-        return { skip: false, value: await fn(lent, node.nodeId, { replica: target.kind === 'replica' }) };
+        return { skip: false, value: await fn(lent, node.nodeId, { replica: target.kind === 'replica', ...(lostWrite === undefined ? {} : { lostWrite }) }) };
       };
       try {
         // A replica that stops answering (a frozen host, a black-holed path) never fails a query
@@ -521,6 +578,38 @@ export class ReplicaReader {
       }
     }
     throw new ShardUnavailableError(shardId, `no node of shard ${shardId} could serve the read: ${lastError instanceof Error ? lastError.message : String(lastError)}`, { cause: lastError });
+  }
+
+  /**
+   * The write `options`' token names, when the primary `client` is on (on `timeline`) no longer
+   * holds it: the token is of an earlier timeline, listed in this one's history, and past where
+   * that timeline ends in it. Undefined otherwise, and whenever the history cannot be had: the read
+   * then answers as it did before shard migration 027.
+   */
+  async #lostWrite(shardId: string, client: pg.ClientBase, timeline: number | null, options: ReadOptions): Promise<LostWrite | undefined> {
+    if (options.token === undefined || options.tokenTimeline === undefined || timeline === null || timeline <= options.tokenTimeline) return undefined;
+    const history = await this.#history(shardId, timeline, client);
+    if (history === null) return undefined;
+    const lost = lostInFailover(history, timeline, { lsn: parseLsn(options.token), timeline: options.tokenTimeline });
+    return lost === undefined ? undefined : { shardId, lsn: options.token, timeline: options.tokenTimeline, forkLsn: formatLsn(lost.forkLsn), currentTimeline: timeline };
+  }
+
+  /** `shardId`'s history on `timeline`, from the cache or asked on `client` (see {@link #histories}). */
+  async #history(shardId: string, timeline: number, client: pg.ClientBase): Promise<readonly TimelineSwitch[] | null> {
+    const key = `${shardId}/${timeline}`;
+    const cached = this.#histories.get(key);
+    if (cached !== undefined && (cached.retryAtMs === undefined || this.#now() < cached.retryAtMs)) return cached.history;
+    const entry: { readonly history: Promise<readonly TimelineSwitch[] | null>; retryAtMs?: number } = { history: readTimelineHistory(client, timeline) };
+    this.#histories.set(key, entry);
+    try {
+      const history = await entry.history;
+      if (history === null) entry.retryAtMs = this.#now() + TIMELINE_HISTORY_RETRY_MS;
+      return history;
+    } catch (error) {
+      // A query that failed (the connection, the deadline) says nothing: the next read asks again.
+      if (this.#histories.get(key) === entry) this.#histories.delete(key);
+      throw error;
+    }
   }
 
   /** Whether `node`'s server answers `select 1` within the probe timeout on a new, unpooled connection. */

@@ -83,13 +83,13 @@ describe('ca_dms_app writing plain SQL to a shard', () => {
       deleteCapture: '42501',
       truncate: '42501',
     });
-    // No SECURITY DEFINER function but the replica timeline is the application's to call.
+    // No SECURITY DEFINER function but the replica timeline and the primary's timeline history (027) are the application's to call.
     const definers = await asApp((c) =>
       c.query<{ f: string }>(
         "select p.oid::regprocedure::text as f from pg_proc p join pg_namespace n on n.oid = p.pronamespace where p.prosecdef and n.nspname not in ('pg_catalog', 'information_schema') and has_function_privilege(p.oid, 'execute') order by 1",
       ),
     );
-    expect(definers.rows.map((r) => r.f)).toEqual(['wal_receiver_timeline()']);
+    expect(definers.rows.map((r) => r.f)).toEqual(['timeline_history()', 'wal_receiver_timeline()']);
   });
 
   it('is refused on fenced, incoming and moved units by every row-writing statement form', async () => {
@@ -300,6 +300,7 @@ describe('ca_dms_app writing plain SQL to a shard', () => {
       'mover_replica_role()',
       'record_move_change()',
       'refuse_truncate_during_move()',
+      'timeline_history()',
       'wal_receiver_timeline()',
     ]);
   });
