@@ -19,7 +19,7 @@ import type pg from 'pg';
 import { canonicalKey } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
-import { hasSqlState, PIN_KEPT, PIN_OWNER_KEPT } from './sqlstate.js';
+import { hasSqlState, INVALID_PARAMETER_VALUE, PIN_KEPT, PIN_OWNER_KEPT } from './sqlstate.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
@@ -245,7 +245,10 @@ export class DirectoryStore implements DirectoryLookup {
    * keys, recording in the entry's `updated_by` the catalog login and `reason`. For the cases the
    * spec (section 9) and the mover's errors say "the key's owner must be decided by hand". The
    * catalog cannot see the shards: check first that `shardId` holds the key's rows and that its
-   * `write_fences` row of the key (kind `directory`), if any, is `open`.
+   * `write_fences` row of the key (kind `directory`), if any, is `open`. Refused with a
+   * {@link DirectoryError}, nothing written, for an empty key or reason and a blank shard, and by
+   * the catalog (sharding migration 013, the catalog's message) for a shard that is not of a shard
+   * id's form or that no slot map, directory entry or move job names (a typo).
    *
    * @example
    * ```ts
@@ -260,7 +263,13 @@ export class DirectoryStore implements DirectoryLookup {
       reason.trim() === '' ? 'a pin changed by hand records why; "reason" must not be empty' : null,
     ].filter((w): w is string => w !== null);
     if (wrong.length > 0) throw new DirectoryError(`cannot repin ${key || 'the key'} by hand: ${wrong.join('; ')}`);
-    const { rows } = await client.query<Row>('select key, shard_id, version, updated_at, updated_by from catalog.repin_by_hand($1, $2, $3)', [key, shardId, reason]);
+    const { rows } = await client
+      .query<Row>('select key, shard_id, version, updated_at, updated_by from catalog.repin_by_hand($1, $2, $3)', [key, shardId, reason])
+      .catch((err: unknown) => {
+        // The catalog's own checks (sharding migration 013): a shard it does not know, say.
+        if (hasSqlState(err, INVALID_PARAMETER_VALUE)) throw new DirectoryError((err as Error).message, { cause: err });
+        throw err;
+      });
     this.forget(key);
     return toEntry(rows[0] as Row);
   }

@@ -509,6 +509,18 @@ function isForeignOwner(job: MoveJob, read: Pick<OwnerRead, 'routesTo'>): boolea
 }
 
 /** The error of a move that stops because the catalog names a third shard as its unit's owner (see {@link isForeignOwner}). */
+/**
+ * Where a message says a unit's owner "must be decided by hand" (or names the owner to publish):
+ * the recovery that decides it, with the unit (and `shard`, when the message knows it) filled in,
+ * and the spec's paragraph on it (docs/sharding-spec.md section 9). A pin or a map written any
+ * other way is refused for a moved unit (CAF07, CAF08).
+ */
+function decideByHand(job: Pick<MoveJob, 'kind' | 'unitId'>, shard?: string): string {
+  return job.kind === 'directory'
+    ? `: pin it with select * from catalog.repin_by_hand('${job.unitId}', ${shard === undefined ? '<the shard holding its rows>' : `'${shard}'`}, <reason>) (DirectoryStore.repinByHand; docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned")`
+    : `: publish a map giving slot ${job.unitId} to ${shard ?? 'the shard holding its rows'} with select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, <reason>) (SlotMapStore.publishByHand; docs/sharding-spec.md section 9, "A moved slot keeps its owner")`;
+}
+
 function foreignOwnerMessage(job: MoveJob, read: OwnerRead): string {
   const change =
     job.kind === 'directory'
@@ -1000,7 +1012,7 @@ export class PgMovePort implements MovePort<MoveJob> {
               // A cancel would be refused (a rollback never deletes rows where the catalog sends the
               // unit), so the message must not send the operator there.
               throw new MoveError(
-                `key ${job.unitId} is now pinned to ${job.to}, this move's own target, by ${pinned.updatedBy} (version ${pinned.version}), before the move could publish it: writes of the key go to ${job.to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand`,
+                `key ${job.unitId} is now pinned to ${job.to}, this move's own target, by ${pinned.updatedBy} (version ${pinned.version}), before the move could publish it: writes of the key go to ${job.to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand${decideByHand(job)}`,
               );
             }
             if (pinned !== null && pinned.shardId !== job.from) throw new MoveOwnerConflict(foreignOwnerMessage(job, { owner: pinned.shardId, version: pinned.version, by: pinned.updatedBy, routesTo: pinned.shardId }));
@@ -1132,11 +1144,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     await this.undoUncheckedFence(job);
     if (why === 'pinned') {
       throw new MoveError(
-        `key ${job.unitId} was pinned to the source ${job.from} when this move read it, but its slot ${job.slot} hashes to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash (its pin deleted since, or a process that had not seen the pin) before this move fenced it: the copy would delete them; nothing stays fenced (its fence there was put back), and while the key routes to ${job.to} this move can neither go on nor be cancelled: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})`,
+        `key ${job.unitId} was pinned to the source ${job.from} when this move read it, but its slot ${job.slot} hashes to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash (its pin deleted since, or a process that had not seen the pin) before this move fenced it: the copy would delete them; nothing stays fenced (its fence there was put back), and while the key routes to ${job.to} this move can neither go on nor be cancelled: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})${decideByHand(job)}`,
       );
     }
     throw new MoveError(
-      `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash before this move fenced it: the copy would delete them, and a pin to the source ${job.from} would hide them; nothing stays fenced (its fence there was put back), and this move can neither go on nor be cancelled while the key routes there: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})`,
+      `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash before this move fenced it: the copy would delete them, and a pin to the source ${job.from} would hide them; nothing stays fenced (its fence there was put back), and this move can neither go on nor be cancelled while the key routes there: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})${decideByHand(job)}`,
     );
   }
 
@@ -2524,7 +2536,7 @@ export class PgMovePort implements MovePort<MoveJob> {
             }
             if (movedAtSource) {
               return {
-                refused: `the fence of ${job.kind} ${job.unitId} on the source ${job.from} says it moved to ${job.to} for this job, though the catalog names ${owner ?? 'nobody'} (version ${version}): the flip was lost by the catalog (a failover?); deleting the target's copy would lose the writes made there since. Publish ${job.to} as the owner instead`,
+                refused: `the fence of ${job.kind} ${job.unitId} on the source ${job.from} says it moved to ${job.to} for this job, though the catalog names ${owner ?? 'nobody'} (version ${version}): the flip was lost by the catalog (a failover?); deleting the target's copy would lose the writes made there since. Publish ${job.to} as the owner instead${decideByHand(job, job.to)}`,
               };
             }
             // The key has no entry and routes by hash to the source (an operator deleted the pin
@@ -2644,7 +2656,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (target?.state !== 'open' && !(target?.state === 'incoming' && Number(target.job_id) === job.id)) {
       const says = target ? `${target.state}${target.moved_to === null ? '' : ` to ${target.moved_to}`}${target.job_id === null ? '' : ` for move job #${target.job_id}`}` : 'nothing (no fence row)';
       throw new MoveError(
-        `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, a flip the catalog lost, but ${job.to}'s fence says ${says}, not open: the unit has left ${job.to} since, or a later move holds it there (a move the catalog lost too?), so it is not published there again; the unit's owner must be decided by hand`,
+        `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, a flip the catalog lost, but ${job.to}'s fence says ${says}, not open: the unit has left ${job.to} since, or a later move holds it there (a move the catalog lost too?), so it is not published there again; the unit's owner must be decided by hand${decideByHand(job)}`,
       );
     }
     const reason = `move job #${job.id}: ${job.kind} ${job.unitId} from ${job.from} to ${job.to}, published again: ${job.from}'s fence says the unit moved there for this job, a flip the catalog lost`;
@@ -2659,7 +2671,7 @@ export class PgMovePort implements MovePort<MoveJob> {
             if (owner !== job.to) {
               if (isForeignOwner(job, read)) {
                 throw new MoveError(
-                  `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, but the catalog names ${owner ?? `nobody (the key routes by hash to ${read.routesTo ?? 'no shard'})`} as its owner (version ${version}), neither side of the move: the unit's owner must be decided by hand`,
+                  `${job.from}'s fence says ${job.kind} ${job.unitId} moved to ${job.to} for move job #${job.id}, but the catalog names ${owner ?? `nobody (the key routes by hash to ${read.routesTo ?? 'no shard'})`} as its owner (version ${version}), neither side of the move: the unit's owner must be decided by hand${decideByHand(job)}`,
                 );
               }
               after = await this.publishOwner(job, read, reason);

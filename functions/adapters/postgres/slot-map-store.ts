@@ -15,7 +15,7 @@
 import type pg from 'pg';
 import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
-import { hasSqlState, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
+import { hasSqlState, INVALID_PARAMETER_VALUE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
 
 /** A pool, or a client inside a caller's transaction (to publish atomically with other catalog writes). */
 export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -163,7 +163,10 @@ export class SlotMapStore {
    * catalog does not refuse a change of the owner of a moved slot, and records `<login> by hand`
    * as the publisher with `reason`. The same compare-and-set as {@link publish}. The catalog cannot
    * see the shards: check first that each changed slot's new owner holds its rows and that its
-   * `write_fences` row of the slot, if any, is `open` (docs/sharding-spec.md section 9).
+   * `write_fences` row of the slot, if any, is `open` (docs/sharding-spec.md section 9). An owner
+   * that is not of a shard id's form, or that no slot map, directory entry or move job names (a
+   * typo), is refused by the catalog (sharding migration 013) with a {@link SlotMapError} carrying
+   * its message; nothing is published.
    *
    * @example
    * ```ts
@@ -186,6 +189,8 @@ export class SlotMapStore {
       // 23505: a concurrent publisher inserted the same version between our check and insert.
       if (hasSqlState(err, UNIQUE_VIOLATION)) throw new SlotMapVersionConflictError(map.version + 1, map.version, { cause: err });
       if (hasSqlState(err, SLOT_OWNER_KEPT)) throw new SlotMapOwnerKeptError((err as Error).message, { cause: err });
+      // publish_slot_map_by_hand refused its arguments (sharding migration 013: an owner the catalog does not know, say).
+      if (hasSqlState(err, INVALID_PARAMETER_VALUE)) throw new SlotMapError((err as Error).message, { cause: err });
       throw err;
     }
   }

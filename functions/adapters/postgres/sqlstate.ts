@@ -12,6 +12,12 @@ export const READ_ONLY_SQL_TRANSACTION = '25006';
 /** 42883: no such function (a migration that adds it not applied yet, or not on the search_path). */
 export const UNDEFINED_FUNCTION = '42883';
 /**
+ * 22023 (invalid_parameter_value): a catalog function refused its arguments, e.g. a recovery by
+ * hand (`catalog.repin_by_hand`, `catalog.publish_slot_map_by_hand`, sharding migration 013) given
+ * a blank reason or a shard the catalog does not know. Nothing was written.
+ */
+export const INVALID_PARAMETER_VALUE = '22023';
+/**
  * CAF06 (sharding migration 010): the pin of a key a directory move (or a slot move that
  * kept the key out) wrote fence rows for may not
  * be removed (docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned").

@@ -142,6 +142,10 @@ describe("an operator's directory change between a directory move's read of the 
     // Before: the republication overwrote the operator's pin with the target and the move ended done.
     expect(directory.changed).toBe(true);
     expect(outcome).toMatch(new RegExp(`^threw: .*the catalog names ${other} as its owner .*neither side of the move`));
+    // The recovery it asks for is named, with the key filled in.
+    expect(outcome).toContain(
+      `neither side of the move: the unit's owner must be decided by hand: pin it with select * from catalog.repin_by_hand('${key}', <the shard holding its rows>, <reason>) (DirectoryStore.repinByHand; docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned")`,
+    );
     expect(await env.directory.entry(key)).toMatchObject({ shardId: other, updatedBy: 'ops@example.com' });
     expect((await mover.get(moved.id)).flipStarted).toBe(false);
   }, 60_000);
@@ -224,7 +228,7 @@ describe("an operator's pin of an unpinned key to the move's own target, made be
     expect(directory.changed).toBe(true);
     expect(cancel).toMatch(new RegExp(`^threw: move job #${planned.id} cannot be cancelled: the catalog names the target ${to} as the owner of directory ${key} .*deleting its copy would lose data`));
     expect(outcome).toBe(
-      `threw: key ${key} is now pinned to ${to}, this move's own target, by ops@example.com (version 1), before the move could publish it: writes of the key go to ${to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand`,
+      `threw: key ${key} is now pinned to ${to}, this move's own target, by ops@example.com (version 1), before the move could publish it: writes of the key go to ${to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand: pin it with select * from catalog.repin_by_hand('${key}', <the shard holding its rows>, <reason>) (DirectoryStore.repinByHand; docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned")`,
     );
     expect((await env.mover().get(planned.id)).cancelRequested).toBe(false);
     expect(await env.directory.entry(key)).toMatchObject({ shardId: to, updatedBy: 'ops@example.com' });
@@ -741,6 +745,7 @@ describe("the first run of the move of a key whose pin was deleted before its co
     expect(written.outcome).toBe('accepted');
     expect({ writeOnTarget: rows[0]?.n, state: job.state, flipped: job.flipStarted }).toEqual({ writeOnTarget: 1, state: 'copying', flipped: false });
     for (const run of [outcome, again]) expect(run).toMatch(new RegExp(`^threw: key ${key} has no directory entry and routes by hash to the target ${hashOwner}, which already holds rows of it`));
+    expect(outcome).toContain(`the key's owner must be decided by hand (its rows are on ${planned.from} and ${hashOwner}): pin it with select * from catalog.repin_by_hand('${key}', <the shard holding its rows>, <reason>)`);
     // Nothing fenced on the target: the key's writes there go on being accepted.
     expect(await unitFenceState(target, 'directory', key)).toBeUndefined();
     expect(await env.directory.entry(key)).toBeNull();
@@ -834,6 +839,7 @@ describe("the first run of the move of a key whose pin was deleted before its co
     expect(written.outcome).toBe('accepted');
     expect({ writeOnTarget: rows[0]?.n, flipped: job.flipStarted, targetFence: await unitFenceState(target, 'directory', key) }).toEqual({ writeOnTarget: 1, flipped: false, targetFence: undefined });
     expect(first).toMatch(new RegExp(`^threw: key ${key} was pinned to the source ${other} when this move read it, but its slot ${slot} hashes to the target ${hashOwner}, which already holds rows of it \\(1 in users, 1 in documents\\)`));
+    expect(first).toContain(`the key's owner must be decided by hand (its rows are on ${other} and ${hashOwner}): pin it with select * from catalog.repin_by_hand('${key}', <the shard holding its rows>, <reason>) (DirectoryStore.repinByHand; docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned")`);
   }, 60_000);
 
   it("holds no writer of another key on the target while it waits for the writers older than its fence", async () => {

@@ -74,6 +74,10 @@ describe('a lost flip whose unit was moved on again by a later move the catalog 
       onB: { users: 0, documents: 0 },
       onC: { users: 1, documents: 3 },
     });
+    // The refusal names the recovery by hand, the slot filled in, and the spec's paragraph.
+    expect(resumed).toContain(
+      `the unit's owner must be decided by hand: publish a map giving slot ${slot} to the shard holding its rows with select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, <reason>) (SlotMapStore.publishByHand; docs/sharding-spec.md section 9, "A moved slot keeps its owner")`,
+    );
   }, 60_000);
 
   it("is published again when a later move from the target was fenced there and rolled back (the unit never left it; its fence says open, for no job)", async () => {
@@ -104,5 +108,31 @@ describe('a lost flip whose unit was moved on again by a later move the catalog 
       b: 'open',
       onB: { users: 1, documents: 3 },
     });
+  }, 60_000);
+
+  it('is not rolled back over when the catalog recorded a rollback: the refusal names the target to publish and the recovery by hand', async () => {
+    const slot = 1303;
+    const { a, b, source, first, moved } = await movedToB(slot);
+    // The failed-over catalog has the move just before its flip with its rollback decided (the
+    // lost flip is not published again once a rollback is recorded).
+    await env.catalog.query('delete from catalog.slot_maps where version > (select map_version_before from catalog.move_jobs where id = $1)', [moved.id]);
+    await env.catalog.query(
+      `update catalog.move_jobs set state = 'verifying', flip_started_at = null, map_version_after = null, unfenced_at = null, cleaning_up_at = null,
+              finished_at = null, rows_deleted = 0, lease_holder = null, lease_expires_at = null, rollback_to = 'failed' where id = $1`,
+      [moved.id],
+    );
+
+    const resumed = await resume(moved.id);
+
+    expect({ owner: await env.ownerOf(slot), a: await fenceState(source, slot), b: await fenceState(first, slot), onB: await countSlot(first, slot) }).toEqual({
+      owner: a,
+      a: 'moved',
+      b: 'open',
+      onB: { users: 1, documents: 2 },
+    });
+    expect(resumed).toMatch(new RegExp(`^threw: MoveError: the fence of slot ${slot} on the source ${a} says it moved to ${b} for this job, though the catalog names ${a} `));
+    expect(resumed).toContain(
+      `Publish ${b} as the owner instead: publish a map giving slot ${slot} to ${b} with select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, <reason>) (SlotMapStore.publishByHand; docs/sharding-spec.md section 9, "A moved slot keeps its owner")`,
+    );
   }, 60_000);
 });
