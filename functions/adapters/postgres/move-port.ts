@@ -209,6 +209,16 @@ const TABLE_LIST = TABLES.map((t) => t.name).join(', ').replace(/, ([^,]+)$/, ' 
 
 /** `regclass` literals of the sharded tables, for the drain's look at `pg_locks`. */
 const TABLE_REGCLASSES = TABLES.map((t) => `'${t.name}'::regclass`).join(', ');
+/**
+ * Whether the prepared transaction `p` (a pg_prepared_xacts row) holds ROW EXCLUSIVE on a sharded
+ * table of this database: it wrote, or may still write, the unit's rows. A prepared transaction's
+ * locks belong to no backend (pid null); its own transaction id lock names its virtual transaction.
+ */
+const PREPARED_WROTE_TABLES = `exists (select 1 from pg_locks x join pg_locks l on l.virtualtransaction = x.virtualtransaction
+  where x.locktype = 'transactionid' and x.transactionid = p.transaction and x.pid is null
+    and l.locktype = 'relation' and l.mode = 'RowExclusiveLock'
+    and l.database = (select oid from pg_database where datname = current_database())
+    and l.relation in (${TABLE_REGCLASSES}))`;
 
 /**
  * One batch of a unit's deletion (the clean-up on the source, a rollback's on the target): the
@@ -412,6 +422,10 @@ function parseCheckUndo(value: unknown, job: Pick<MoveJob, 'kind' | 'unitId' | '
   const what = parsed.error.issues.map((i) => `${i.path.join('.') || '(record)'}: ${i.message}`).join('; ');
   throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.to} records what it replaced (write_fences.check_undo) in a form this mover cannot read (${what}): it is left as it is, the unit's writes there refused; correct or clear it by hand`);
 }
+/** An error's message, for a message that names it. */
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
 /** A shard refused a write of this run: a later run of the job holds its permit there (shard migration 010). */
 const PERMIT_REFUSED = 'CAF04';
 const QUERY_CANCELED = '57014';
@@ -488,13 +502,43 @@ export async function ownerRead(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, 
  * Why a move that has not flipped cannot be rolled back without hiding rows: the catalog already
  * routes its unit to the target (an operator pinned the key there, or unpinned it and its slot
  * hashes there; a map someone else published gave the slot there), where the readers find the
- * target's copy. Null when the unit routes elsewhere.
+ * target's copy. Null when the unit routes elsewhere. `copied` says which step the move is in:
+ * true once the target's fence row is the job's own `incoming` row, checked (see
+ * {@link targetHoldsCopy}): the rollback would delete the copy there; false before (nothing
+ * copied, a directory move's check of its target pending): the rollback would delete nothing
+ * there, and the move is still the only way the unit's rows, all on the source, reach the shard
+ * its readers are sent to.
  */
-export function targetRouteRefusal(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot' | 'to'>, read: OwnerRead): string | null {
-  if (read.owner === job.to) return `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${read.version}); deleting its copy would lose data`;
+export function targetRouteRefusal(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot' | 'from' | 'to'>, read: OwnerRead, copied = true): string | null {
+  const nothingCopied = `the move has copied nothing there yet, and a cancel would leave the ${job.kind === 'directory' ? "key's" : "unit's"} rows, all on ${job.from}, out of its readers' sight`;
+  if (read.owner === job.to) return `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${read.version}); ${copied ? 'deleting its copy would lose data' : nothingCopied}`;
   // An unpinned key routes by hash: to the target, its copy is all its readers would find.
-  if (read.routesTo === job.to) return `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, its slot ${job.slot}'s owner; deleting its copy would hide its rows`;
+  if (read.routesTo === job.to) return `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, its slot ${job.slot}'s owner; ${copied ? 'deleting its copy would hide its rows' : nothingCopied}`;
   return null;
+}
+
+/** A unit's fence row on a move's target, as {@link targetHoldsCopy} reads it. */
+export interface TargetFenceRow {
+  readonly state: string;
+  readonly job_id: string | null;
+  readonly unchecked: boolean;
+}
+
+/**
+ * Whether the target may hold a copy of this move's, by its fence row there (see "What a rollback
+ * deletes on the target", docs/sharding-spec.md section 9): the job's own row, but for an
+ * `incoming` row whose check is pending (a directory move's, see `PgMovePort.checkedIncoming`),
+ * under which nothing was copied. No row, or another job's or none's: nothing of this move.
+ */
+export function targetHoldsCopy(row: TargetFenceRow | undefined, job: Pick<MoveJob, 'id'>): boolean {
+  if (row === undefined || row.job_id === null || Number(row.job_id) !== job.id) return false;
+  return !(row.state === 'incoming' && row.unchecked);
+}
+
+/** The unit's fence row on the move's target, read for {@link targetHoldsCopy}. */
+export async function targetFenceRow(pool: Queryable, job: Pick<MoveJob, 'kind' | 'unitId'>): Promise<TargetFenceRow | undefined> {
+  const { rows } = await pool.query<TargetFenceRow>('select state, job_id::text, check_undo is not null as unchecked from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
+  return rows[0];
 }
 
 /**
@@ -1089,14 +1133,36 @@ export class PgMovePort implements MovePort<MoveJob> {
    *    neither copy over them nor publish the target without the source's rows, and a cancel is
    *    refused while the key routes there; the key's owner must be decided by hand.
    *
-   * A run that stops between 1 and 3 (a crash, the drain's timeout, its time up) leaves the row
-   * `incoming` with `check_undo` set: the key's writes on the target are refused, as they are once
-   * the check passed, and the next run does 2 and 3 again; it never takes the row for checked.
+   * Before 1, where the row will need the check, the transactions prepared on the target that
+   * wrote its sharded tables are waited for without a fence ({@link preparedOnTarget}): 2 would
+   * wait for each of them with the key's writes refused.
+   *
+   * A run that cannot finish 2 and 3 (the drain's timeout, its time up, a failed count) puts the
+   * row back as it was before it stops ({@link uncheckedStop}), as a count that found rows does:
+   * left `incoming` and not checked, it refused every write of the key on the target until a later
+   * run finished the check, and a key routed there by hash (all its writes go there) was
+   * unwritable meanwhile, for good where a forgotten prepared transaction on the target made every
+   * run's drain time out. The next run fences and checks anew. Only a run that dies there (killed,
+   * or one that cannot reach the target to put it back) leaves the row `incoming` with
+   * `check_undo` set: the key's writes on the target are refused until the job's next run (once
+   * its lease has lapsed) does 1 to 3 again, keeping the record of what the row replaced and never
+   * taking the row for checked; or until a rollback, or a cancel refused while the key routes to
+   * the target, puts it back (see {@link rollback}).
    * A row found `incoming` and checked (a run that fenced it already) or `moved` (the key left this
    * shard and its writes were refused since): what the target holds of the unit is a move's copy
    * or stale, and nothing is checked.
    */
   private async checkedIncoming(job: MoveJob, excluded: readonly string[], why: 'unpinned' | 'pinned', bounded: string): Promise<void> {
+    // A fence that will need the check waits, before it is in, for the transactions prepared on
+    // the target that wrote its sharded tables: the drain would wait for every one of them with
+    // the key's writes there refused, and a forgotten one (its manager gone) made every run hold
+    // the key unwritable for the drain's whole timeout. Stopped here, nothing is fenced (a row
+    // left by a run that died before its count is put back).
+    try {
+      await this.preparedOnTarget(job);
+    } catch (err) {
+      throw await this.uncheckedStop(job, err);
+    }
     const fenced = await this.write(
       job,
       job.to,
@@ -1127,19 +1193,23 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (fenced.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
     if (fenced.checked) return;
     const target = this.pool(job.to);
-    await this.drain(target, job, { shard: job.to, since: `the target's incoming fence of key ${job.unitId}`, then: 'the target is checked for rows of the key', readBeforeWrite: true });
     const counts: string[] = [];
-    for (const { name: table } of TABLES) {
-      const unit = this.unitFilter(job, table, 1);
-      const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from ${table} where ${unit.sql}`, unit.params);
-      if ((rows[0]?.n ?? 0) > 0) counts.push(`${rows[0]?.n} in ${table}`);
-    }
-    if (counts.length === 0) {
-      const done = await this.write(job, job.to, (c) =>
-        c.query(`update write_fences set check_undo = null where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3 and check_undo is not null`, [job.kind, job.unitId, job.id]),
-      );
-      if (done.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is no longer moving in unchecked for move job #${job.id}; this run stops`);
-      return;
+    try {
+      await this.drain(target, job, { shard: job.to, since: `the target's incoming fence of key ${job.unitId}`, then: 'the target is checked for rows of the key', readBeforeWrite: true });
+      for (const { name: table } of TABLES) {
+        const unit = this.unitFilter(job, table, 1);
+        const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from ${table} where ${unit.sql}`, unit.params);
+        if ((rows[0]?.n ?? 0) > 0) counts.push(`${rows[0]?.n} in ${table}`);
+      }
+      if (counts.length === 0) {
+        const done = await this.write(job, job.to, (c) =>
+          c.query(`update write_fences set check_undo = null where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3 and check_undo is not null`, [job.kind, job.unitId, job.id]),
+        );
+        if (done.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is no longer moving in unchecked for move job #${job.id}; this run stops`);
+        return;
+      }
+    } catch (err) {
+      throw await this.uncheckedStop(job, err);
     }
     await this.undoUncheckedFence(job);
     if (why === 'pinned') {
@@ -1150,6 +1220,69 @@ export class PgMovePort implements MovePort<MoveJob> {
     throw new MoveError(
       `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, which already holds rows of it (${counts.join(', ')}) that writers sent there by hash before this move fenced it: the copy would delete them, and a pin to the source ${job.from} would hide them; nothing stays fenced (its fence there was put back), and this move can neither go on nor be cancelled while the key routes there: the key's owner must be decided by hand (its rows are on ${job.from} and ${job.to})${decideByHand(job)}`,
     );
+  }
+
+  /**
+   * Waits, within the drain's timeout, until the target holds no prepared transaction that wrote
+   * its sharded tables, where the row checkedIncoming is about to commit will need the check (not
+   * `moved`, nor `incoming` and checked): every such transaction is older than that fence, and the
+   * drain after it would wait for it, the key's writes on the target refused all along. Read
+   * without a lock: one prepared after this read, before the fence, is waited for by the drain.
+   */
+  private async preparedOnTarget(job: MoveJob): Promise<void> {
+    const target = this.pool(job.to);
+    const { rows: fence } = await target.query<{ state: string; unchecked: boolean }>('select state, check_undo is not null as unchecked from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
+    const row = fence[0];
+    if (row?.state === 'moved' || (row?.state === 'incoming' && !row.unchecked)) return;
+    const deadline = this.now() + this.settings.drainTimeoutMs;
+    for (;;) {
+      const { rows } = await target.query<{ n: number }>(
+        `select count(*)::int as n from pg_prepared_xacts p
+          where p.database = current_database()
+            and ${PREPARED_WROTE_TABLES}`,
+      );
+      const prepared = rows[0]?.n ?? 0;
+      if (prepared === 0) return;
+      if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up while waiting for the transactions prepared on the target ${job.to} before its fence of key ${job.unitId}; the next run resumes it`);
+      if (this.now() > deadline) {
+        throw new MoveError(
+          `${prepared} prepared transaction(s) that wrote ${TABLE_LIST} (pg_prepared_xacts) on ${job.to} still open after ${this.settings.drainTimeoutMs} ms; the move fences the target for key ${job.unitId} and checks it for the key's rows once they have ended (commit or roll back a forgotten prepared transaction)`,
+        );
+      }
+      await this.sleep(10);
+    }
+  }
+
+  /**
+   * What a run that cannot finish the check of its target (checkedIncoming: the drain's timeout,
+   * its time up, a failed count) throws, once it has put the target's fence row back as it was
+   * (undoUncheckedFence): left `incoming` and not checked, it refused every write of the key on
+   * the target until a later run of the job checked, and for a key routed there by hash (its
+   * writes all go there) that was the key unwritable for as long as no run could finish the check
+   * (a forgotten prepared transaction on the target: every run's drain timed out, for good). The
+   * next run fences and checks anew: the fence records what it replaces again, and the writers it
+   * waits for are those older than that new fence. A move error says what was put back; a pause
+   * ({@link MovePaused}) and any other error are rethrown as they are. Where the row cannot be put
+   * back (the target gone, this run's permit taken by another run), the error says so: the key's
+   * writes there stay refused until a run of the job checks again.
+   */
+  private async uncheckedStop(job: MoveJob, err: unknown): Promise<Error> {
+    const as = err instanceof Error ? err : new MoveError(String(err));
+    let putBack: boolean;
+    try {
+      putBack = await this.undoUncheckedFence(job);
+    } catch (undoErr) {
+      // Another run holds the job now (its permit refused this one's write): the row is its own.
+      if (undoErr instanceof MoveLeaseLostError) return as;
+      return new MoveError(
+        `${errorText(err)}; the target's fence of key ${job.unitId} on ${job.to}, not checked, could not be put back (${errorText(undoErr)}): the key's writes there are refused until a run of move job #${job.id} checks it again`,
+        { cause: err },
+      );
+    }
+    if (putBack && err instanceof MoveError && err.constructor === MoveError) {
+      return new MoveError(`${err.message}; its fence of key ${job.unitId} on ${job.to} was put back meanwhile: the key's writes there are accepted until the next run fences and checks it again`, { cause: err });
+    }
+    return as;
   }
 
   /**
@@ -1186,23 +1319,24 @@ export class PgMovePort implements MovePort<MoveJob> {
    * row replaced it (its `check_undo`): deleted where there was none, its columns again otherwise.
    * Only this job's `incoming` row with the record; anything else is left as it is.
    */
-  private async undoUncheckedFence(job: MoveJob): Promise<void> {
-    await this.write(job, job.to, async (c) => {
+  private async undoUncheckedFence(job: MoveJob): Promise<boolean> {
+    return this.write(job, job.to, async (c) => {
       const { rows } = await c.query<{ check_undo: unknown }>(
         `select check_undo from write_fences where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3 and check_undo is not null for update`,
         [job.kind, job.unitId, job.id],
       );
-      if (rows.length === 0) return;
+      if (rows.length === 0) return false;
       const { prior } = parseCheckUndo(rows[0]?.check_undo, job);
       if (prior === null) {
         await c.query('delete from write_fences where kind = $1 and unit_id = $2 and job_id = $3', [job.kind, job.unitId, job.id]);
-        return;
+        return true;
       }
       await c.query(
         `update write_fences set state = $4, moved_to = $5, map_version = $6::bigint, job_id = $7::bigint, excluded_keys = $8, check_undo = null, updated_at = clock_timestamp()
           where kind = $1 and unit_id = $2 and job_id = $3`,
         [job.kind, job.unitId, job.id, prior.state, prior.moved_to, prior.map_version, prior.job_id, prior.excluded_keys],
       );
+      return true;
     });
   }
 
@@ -1246,11 +1380,7 @@ export class PgMovePort implements MovePort<MoveJob> {
                 (select count(*)::int from pg_prepared_xacts p
                   where p.database = current_database()
                     and (age(p.transaction) > age(($2::bigint % 4294967296)::text::xid) or p.prepared <= $3::timestamptz)
-                    and exists (select 1 from pg_locks x join pg_locks l on l.virtualtransaction = x.virtualtransaction
-                                 where x.locktype = 'transactionid' and x.transactionid = p.transaction and x.pid is null
-                                   and l.locktype = 'relation' and l.mode = 'RowExclusiveLock'
-                                   and l.database = (select oid from pg_database where datname = current_database())
-                                   and l.relation in (${TABLE_REGCLASSES}))) as prepared`,
+                    and ${PREPARED_WROTE_TABLES}) as prepared`,
         [since, xmax, ended],
       );
       const open = active[0]?.n ?? 0;
@@ -2507,7 +2637,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     // A directory move leaves `directory` fence rows for its key (the source's from prepareSource,
     // the target's turned `moved` below), and they take precedence over the slot's rows on both
     // shards. A key that keeps them must stay placed by the directory (the decision's pin, below).
-    const keyFenced = job.kind === 'directory' && ((await this.fenceRowOn(job.from, job)) !== undefined || (await this.fenceRowOn(job.to, job)) !== undefined);
+    // The target's row says which step the move is in, for a refusal's words (targetRouteRefusal):
+    // its copy there, or nothing copied yet. Read once, after this run claimed the job's permit on
+    // both shards (no other run writes it meanwhile).
+    const targetBefore = await this.fenceRowOn(job.to, job);
+    const keyFenced = job.kind === 'directory' && ((await this.fenceRowOn(job.from, job)) !== undefined || targetBefore !== undefined);
     // The decision may pin the key (below): this process's directory cache forgets it afterwards.
     const decided = await this.forgettingCachedOwner(job, () =>
       this.heldToFence(
@@ -2523,7 +2657,7 @@ export class PgMovePort implements MovePort<MoveJob> {
             const read = await this.currentOwner(row, keyFenced && row.rollbackTo === null);
             const { owner } = read;
             let { version } = read;
-            const toTarget = targetRouteRefusal(job, read);
+            const toTarget = targetRouteRefusal(job, read, targetHoldsCopy(targetBefore, job));
             if (toTarget !== null) {
               // A cancellation (not one decided already) is answered as refused, and its request
               // cleared: the move finishes on the target, where the catalog routes the unit. Left
@@ -2565,6 +2699,11 @@ export class PgMovePort implements MovePort<MoveJob> {
       ),
     );
     if ('refused' in decided) {
+      // Refused, the move goes on (a cancel) or stays stopped (a failure): either way a fence of
+      // the target whose check is pending (a run killed between that fence and its count) must
+      // not keep refusing the key's writes there meanwhile. Nothing was copied under it; it is
+      // put back as the check records it, and the move's next check fences the target anew.
+      if (targetBefore?.state === 'incoming' && targetBefore.unchecked && Number(targetBefore.job_id) === job.id) await this.undoUncheckedFence(job);
       if ('cancelRefused' in decided) throw new MoveCancelRefused(decided.refused);
       throw new MoveError(decided.refused ?? 'rollback refused');
     }
@@ -2585,11 +2724,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     // preparing the source can no longer insert the row, and no other job writes it while this
     // one is unfinished (one unfinished move per slot).
     //
-    // Except an `incoming` row not checked yet (a run that stopped between its insert and the
+    // Except an `incoming` row not checked yet (a run that died between its insert and the
     // count, see checkedIncoming): nothing was copied under it, and the target's rows of the unit
     // are writes sent there by hash before it, acknowledged. They stay; the row is put back as it
     // was before this job (no row, or `open`), as a count that found them does, so that no fence
-    // of a finished job refuses the key's writes there.
+    // of a finished job refuses the key's writes there. (A refusal above puts it back too.)
     const targetRow = await this.fenceRowOn(job.to, job);
     const ours = targetRow?.state === 'incoming' && Number(targetRow.job_id) === job.id;
     if (ours && targetRow.unchecked) await this.undoUncheckedFence(job);

@@ -40,6 +40,7 @@ import type pg from 'pg';
 import { canonicalKey, keySlot } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
+import { withNodeDeadline } from './deadline.js';
 import {
   MoveBusyError,
   MoveConflictError,
@@ -53,7 +54,7 @@ import {
   type MoveRequest,
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
-import { ownerRead, PgMovePort, targetRouteRefusal, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
+import { ownerRead, PgMovePort, targetFenceRow, targetHoldsCopy, targetRouteRefusal, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 
 export * from './move-jobs.js';
 export type { MoverDirectory, MoverSlotMaps } from './move-port.js';
@@ -158,6 +159,8 @@ const CLAIM = `
 const RENEW = `update catalog.move_jobs set lease_expires_at = clock_timestamp() + $3::double precision * interval '1 millisecond' where id = $1 and lease_epoch = $2 and lease_holder = $4`;
 const RELEASE = 'update catalog.move_jobs set lease_holder = null, lease_expires_at = null where id = $1 and lease_epoch = $2 and lease_holder = $3';
 const DEFAULT_ROUTING: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
+/** How long a refused cancel waits for the target's fence row, which only chooses its words (see {@link Mover.requestCancel}). */
+const TARGET_ROW_READ_MS = 2000;
 
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
@@ -540,8 +543,21 @@ export class Mover {
   async requestCancel(id: number): Promise<MoveJob> {
     const asked = await this.get(id);
     if (canCancel({ state: asked.state, flipStarted: asked.flipStarted })) {
-      const refusal = targetRouteRefusal(asked, await ownerRead(asked, this.options.directory, this.options.slotMaps, this.options.catalog));
-      if (refusal !== null) throw new MoveNotCancellableError(`move job #${id} cannot be cancelled: ${refusal}; the move finishes on ${asked.to}, where the catalog routes the unit`);
+      const read = await ownerRead(asked, this.options.directory, this.options.slotMaps, this.options.catalog);
+      if (targetRouteRefusal(asked, read) !== null) {
+        // Its words say which step the move is in: its copy on the target, or nothing copied yet
+        // (the target's fence row, read within TARGET_ROW_READ_MS; unread, a silent target, say,
+        // the copy's words, as before).
+        const target = this.options.shards.get(asked.to);
+        const copied =
+          target === undefined
+            ? true
+            : await withNodeDeadline(target, TARGET_ROW_READ_MS, asked.to, (c) => targetFenceRow(c, asked)).then(
+                (row) => targetHoldsCopy(row, asked),
+                () => true,
+              );
+        throw new MoveNotCancellableError(`move job #${id} cannot be cancelled: ${targetRouteRefusal(asked, read, copied) ?? ''}; the move finishes on ${asked.to}, where the catalog routes the unit`);
+      }
     }
     const { rows } = await this.options.catalog.query<JobRow>(
       `update catalog.move_jobs set cancel_requested = true, updated_at = now()

