@@ -10,7 +10,7 @@
  * tests exited 0 and CI passed it). The template's initdb runs in a child process.
  */
 import { spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import { mkdtemp, rm, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -58,16 +58,49 @@ export default async function setup(): Promise<() => Promise<void>> {
   };
 }
 
+/** Linux's magic number for tmpfs (statfs f_type). */
+const TMPFS_MAGIC = 0x01021994;
+/** The memory a run's temporary files may take in /dev/shm at most at once (its servers' data directories). */
+const SCRATCH_NEEDS_BYTES = 4 * 1024 ** 3;
+
+/**
+ * A temporary directory in memory for the run (tmpfs at /dev/shm), or undefined to keep the usual
+ * one: when TMPDIR is set (the user's choice stands), off Linux, or when /dev/shm is not tmpfs or
+ * has less than {@link SCRATCH_NEEDS_BYTES} free. The test servers' data directories go there
+ * (each a copy of the template, about 1,000 files): on ext4 the copies and removals were about
+ * half the system CPU of an integration run (17 files: 62-66 s of system CPU, 34-36 s on tmpfs,
+ * user CPU unchanged), on a suite that keeps both cores busy. Their servers run with fsync off,
+ * so nothing is lost by memory that a disk would have kept.
+ */
+function memoryScratch(): string | undefined {
+  if (process.env['TMPDIR'] !== undefined || process.platform !== 'linux') return undefined;
+  try {
+    const fs = statfsSync('/dev/shm');
+    if (fs.type !== TMPFS_MAGIC || fs.bavail * fs.bsize < SCRATCH_NEEDS_BYTES) return undefined;
+    const dir = mkdtempSync('/dev/shm/ca-dms-tests-');
+    // Entered by the `postgres` user when the tests run as root, like /tmp.
+    chmodSync(dir, 0o1777);
+    return dir;
+  } catch {
+    return undefined;
+  }
+}
+
 function makeTemplate(): SharedTemplate {
   let root: string | undefined;
+  let scratch: string | undefined;
   // An interrupted run (Ctrl-C, SIGTERM) skips the teardown: vitest answers those signals with
   // process.exit(), so the directory (some 40 MB) is removed on the way out instead of being left
-  // in the temporary directory by every interrupted run.
+  // in the temporary directory by every interrupted run; so is the run's scratch directory in
+  // memory, with whatever a killed test left in it.
   const removeOnExit = (): void => {
-    if (root !== undefined) rmSync(root, { recursive: true, force: true });
+    for (const dir of [root, scratch]) if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
   };
   const made = (async () => {
     serverUser();
+    scratch = memoryScratch();
+    // The workers start after this and inherit it: os.tmpdir() reads TMPDIR.
+    if (scratch !== undefined) process.env['TMPDIR'] = scratch;
     root = await mkdtemp(join(tmpdir(), 'ca-dms-pg-template-'));
     process.once('exit', removeOnExit);
     // Entered by the `postgres` user when the tests run as root (initdb runs as that user).
@@ -83,7 +116,8 @@ function makeTemplate(): SharedTemplate {
     teardown: async () => {
       process.off('exit', removeOnExit);
       delete process.env[TEMPLATE_DATA_DIR_ENV];
-      if (root !== undefined) await rm(root, { recursive: true, force: true });
+      if (scratch !== undefined) delete process.env['TMPDIR'];
+      for (const dir of [root, scratch]) if (dir !== undefined) await rm(dir, { recursive: true, force: true });
     },
   };
 }
