@@ -68,15 +68,24 @@ export class PrimaryInRecoveryError extends Error {
 
 /**
  * Connections a read found on a server out of recovery, with that server's timeline (null when it
- * could not be told). A server never goes back into recovery without a restart, which ends its
- * connections, and a primary's timeline changes only by a promotion, which only a server in
- * recovery undergoes: one check per connection is enough, for both.
+ * could not be told) and the server's start (`pg_postmaster_start_time()`). A server never goes
+ * back into recovery without a restart, which ends its connections, and a primary's timeline
+ * changes only by a promotion, which only a server in recovery undergoes: one check per
+ * connection is enough, for both.
  */
-const primaryTimelineOf = new WeakMap<pg.ClientBase, number | null>();
+const primaryTimelineOf = new WeakMap<pg.ClientBase, { readonly timeline: number; readonly server: string } | null>();
 
-/** The per-connection check: in recovery, or the primary's timeline (the first 8 hex digits of its current WAL file's name). */
+/**
+ * The per-connection check: in recovery, or the primary's timeline (the first 8 hex digits of its
+ * current WAL file's name) and when the server started. The start tells servers apart that reached
+ * the same timeline number by different pasts: without a shared WAL archive, two replicas of one
+ * primary promoted one after the other (the first failed too, or was given up) both take timeline
+ * N + 1, each with its own switchpoint, and a history kept for the first would be wrong for the
+ * second.
+ */
 const PRIMARY_CHECK_SQL = `select pg_is_in_recovery() as in_recovery,
-  case when pg_is_in_recovery() then null else ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint end as tli`;
+  case when pg_is_in_recovery() then null else ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint end as tli,
+  (extract(epoch from pg_postmaster_start_time()) * 1000000)::bigint::text as started`;
 
 /** Shard migration 027: the primary's timeline and its history file's text (NULL when its owner may not read it). */
 const TIMELINE_HISTORY_SQL = 'select timeline::text as timeline, history from timeline_history()';
@@ -293,9 +302,10 @@ export class ReplicaReader {
   /** Reads waiting on each replica, told when a probe finds it down. */
   readonly #downWatchers = new Map<string, Set<(error: ReplicaDownError) => void>>();
   /**
-   * Per shard and primary timeline (`shard_001/2`), its history ({@link readTimelineHistory}):
-   * one query per shard per timeline, shared by the reads that ask at once. A miss (null) is
-   * asked again after {@link TIMELINE_HISTORY_RETRY_MS}.
+   * Per shard, primary timeline and server start (`shard_001/2/<µs since 1970>`, see
+   * {@link PRIMARY_CHECK_SQL}), its history ({@link readTimelineHistory}): one query per shard per
+   * timeline and server, shared by the reads that ask at once. A miss (null) is asked again after
+   * {@link TIMELINE_HISTORY_RETRY_MS}.
    */
   readonly #histories = new Map<string, { readonly history: Promise<readonly TimelineSwitch[] | null>; retryAtMs?: number }>();
   #timer: NodeJS.Timeout | undefined;
@@ -506,9 +516,9 @@ export class ReplicaReader {
         let lostWrite: LostWrite | undefined;
         if (target.kind === 'primary') {
           if (!primaryTimelineOf.has(lent)) {
-            const { rows } = await lent.query<{ in_recovery: boolean; tli: string | null }>(PRIMARY_CHECK_SQL);
+            const { rows } = await lent.query<{ in_recovery: boolean; tli: string | null; started: string }>(PRIMARY_CHECK_SQL);
             if (rows[0]?.in_recovery === true) throw new PrimaryInRecoveryError(node.nodeId);
-            primaryTimelineOf.set(lent, rows[0]?.tli == null ? null : Number(rows[0].tli));
+            primaryTimelineOf.set(lent, rows[0]?.tli == null ? null : { timeline: Number(rows[0].tli), server: rows[0].started });
           }
           lostWrite = await this.#lostWrite(shardId, lent, primaryTimelineOf.get(lent) ?? null, options);
         }
@@ -586,19 +596,31 @@ export class ReplicaReader {
    * that timeline ends in it. Undefined otherwise, and whenever the history cannot be had: the read
    * then answers as it did before shard migration 027.
    */
-  async #lostWrite(shardId: string, client: pg.ClientBase, timeline: number | null, options: ReadOptions): Promise<LostWrite | undefined> {
-    if (options.token === undefined || options.tokenTimeline === undefined || timeline === null || timeline <= options.tokenTimeline) return undefined;
-    const history = await this.#history(shardId, timeline, client);
+  async #lostWrite(shardId: string, client: pg.ClientBase, primary: { readonly timeline: number; readonly server: string } | null, options: ReadOptions): Promise<LostWrite | undefined> {
+    if (options.token === undefined || options.tokenTimeline === undefined || primary === null || primary.timeline <= options.tokenTimeline) return undefined;
+    const { timeline } = primary;
+    const history = await this.#history(shardId, primary, client);
     if (history === null) return undefined;
     const lost = lostInFailover(history, timeline, { lsn: parseLsn(options.token), timeline: options.tokenTimeline });
     return lost === undefined ? undefined : { shardId, lsn: options.token, timeline: options.tokenTimeline, forkLsn: formatLsn(lost.forkLsn), currentTimeline: timeline };
   }
 
-  /** `shardId`'s history on `timeline`, from the cache or asked on `client` (see {@link #histories}). */
-  async #history(shardId: string, timeline: number, client: pg.ClientBase): Promise<readonly TimelineSwitch[] | null> {
-    const key = `${shardId}/${timeline}`;
+  /**
+   * `shardId`'s history on `timeline`, from the cache or asked on `client` (see {@link #histories}).
+   * A read that found another read's query under way waits for it, but that query's failure is
+   * that read's own (its connection broke, its deadline cancelled it): the waiter then asks on its
+   * own connection rather than fail with an error that is not its own.
+   */
+  async #history(shardId: string, { timeline, server }: { readonly timeline: number; readonly server: string }, client: pg.ClientBase): Promise<readonly TimelineSwitch[] | null> {
+    const key = `${shardId}/${timeline}/${server}`;
     const cached = this.#histories.get(key);
-    if (cached !== undefined && (cached.retryAtMs === undefined || this.#now() < cached.retryAtMs)) return cached.history;
+    if (cached !== undefined && (cached.retryAtMs === undefined || this.#now() < cached.retryAtMs)) {
+      try {
+        return await cached.history;
+      } catch {
+        // Another read's connection or deadline: asked again below, on this read's connection.
+      }
+    }
     const entry: { readonly history: Promise<readonly TimelineSwitch[] | null>; retryAtMs?: number } = { history: readTimelineHistory(client, timeline) };
     this.#histories.set(key, entry);
     try {

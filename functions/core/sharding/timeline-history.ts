@@ -26,6 +26,8 @@
  * ```
  */
 
+import { normalizeWalPosition } from './lsn.js';
+
 /** A history file that is not one PostgreSQL writes. */
 export class TimelineHistoryError extends Error {
   override readonly name = 'TimelineHistoryError';
@@ -88,11 +90,17 @@ export function parseTimelineHistory(text: string, currentTimeline?: number): Ti
  * before the switchpoint (the write is in the current timeline's past), of the current timeline,
  * or of a timeline the history does not list (a later one, another server's): then nothing is
  * known, and the read answers as it would without this check.
+ *
+ * The token's LSN is compared as {@link normalizeWalPosition} leaves it: a token read right after
+ * a commit record that ended exactly at a WAL page boundary points past the next page's header,
+ * while the switchpoint of a timeline that ends with that record is the boundary itself (the
+ * end of the last record the promoted replica replayed); no record ends between the two, so the
+ * write is kept.
  */
 export function lostInFailover(history: readonly TimelineSwitch[], currentTimeline: number, token: { readonly lsn: bigint; readonly timeline: number }): { readonly forkLsn: bigint } | undefined {
   if (token.timeline >= currentTimeline) return undefined;
   const ancestor = history.find((s) => s.timeline === token.timeline);
-  if (ancestor === undefined || token.lsn <= ancestor.switchpoint) return undefined;
+  if (ancestor === undefined || normalizeWalPosition(token.lsn) <= ancestor.switchpoint) return undefined;
   return { forkLsn: ancestor.switchpoint };
 }
 

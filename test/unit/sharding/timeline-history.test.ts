@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { readOptionsFor } from '../../../functions/adapters/postgres/read-transaction.js';
-import { formatLsn } from '../../../functions/core/sharding/lsn.js';
+import { formatLsn, normalizeWalPosition } from '../../../functions/core/sharding/lsn.js';
 import { historyFileName, lostInFailover, lostWriteMessage, parseTimelineHistory, TimelineHistoryError, type TimelineSwitch } from '../../../functions/core/sharding/timeline-history.js';
 
 /** Increasing ancestor timelines below `current`, each with a switchpoint and a reason (no newline). */
@@ -41,7 +41,7 @@ describe('timeline history files', () => {
     fc.assert(
       fc.property(history, fc.integer({ min: 1, max: 6000 }), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }), ({ entries, current }, timeline, lsn) => {
         const ancestor = entries.find((e) => e.timeline === timeline);
-        const expected = timeline < current && ancestor !== undefined && lsn > ancestor.switchpoint ? { forkLsn: ancestor.switchpoint } : undefined;
+        const expected = timeline < current && ancestor !== undefined && normalizeWalPosition(lsn) > ancestor.switchpoint ? { forkLsn: ancestor.switchpoint } : undefined;
         expect(lostInFailover(entries, current, { lsn, timeline })).toEqual(expected);
       }),
       { verbose: true },
@@ -55,6 +55,16 @@ describe('timeline history files', () => {
     expect(lostInFailover(h, 4, { lsn: 0x4000000n, timeline: 2 })).toBeUndefined();
     expect(lostInFailover(h, 4, { lsn: 0x6000000n, timeline: 4 })).toBeUndefined();
     expect(lostInFailover(h, 4, { lsn: 0x6000000n, timeline: 5 })).toBeUndefined();
+  });
+
+  it('keeps a token that points past the page header after a switchpoint at a WAL page boundary (the insert position after a commit that ended there)', () => {
+    const h = parseTimelineHistory('1\t0/3002000\tno recovery target specified\n2\t0/4000000\tno recovery target specified\n', 3);
+    // A short page header (24 bytes) after 0/3002000, a long one (40 bytes) at a segment's start.
+    expect(lostInFailover(h, 3, { lsn: 0x3002018n, timeline: 1 })).toBeUndefined();
+    expect(lostInFailover(h, 3, { lsn: 0x4000028n, timeline: 2 })).toBeUndefined();
+    // Past the header, a record did end after the boundary: lost.
+    expect(lostInFailover(h, 3, { lsn: 0x3002020n, timeline: 1 })).toEqual({ forkLsn: 0x3002000n });
+    expect(lostInFailover(h, 3, { lsn: 0x4000030n, timeline: 2 })).toEqual({ forkLsn: 0x4000000n });
   });
 
   it.each([

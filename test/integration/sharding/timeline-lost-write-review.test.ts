@@ -1,0 +1,344 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
+import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
+import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
+import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import { createShardWriter, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
+import { formatLsn, parseLsn } from '../../../functions/core/sharding/lsn.js';
+import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
+import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
+import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { startTcpProxy } from '../../support/tcp-proxy.js';
+
+const SHARD = 'shard_001';
+const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
+const router: WriteRouter = { routeForWrite: () => Promise.resolve({ shardId: SHARD, slot: 7, version: 1, viaDirectory: false }) };
+/** The reader's per-connection primary check (replica-reader.ts, PRIMARY_CHECK_SQL), as pg_stat_activity shows it (a LIKE pattern). */
+const PRIMARY_CHECK_LIKE = 'select pg_is_in_recovery() as in_recovery,%case when pg_is_in_recovery() then null else%pg_walfile_name(pg_current_wal_insert_lsn())%';
+const PAGE = 8192n;
+
+interface Answer {
+  readonly status: number;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read arbitrary JSON answers
+  readonly body: any;
+  readonly headers: Headers;
+}
+type Api = (method: string, path: string, body?: unknown, headers?: Record<string, string>) => Promise<Answer>;
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Review of issue #15's "a write lost in a failover answers 410" (timeline-lost-write.test.ts has
+ * the change's own cases): a kept write whose commit ends exactly at a WAL page boundary, and the
+ * history query one read shares with the reads that ask at the same time.
+ */
+describe('a read token after a failover, at the edges', () => {
+  let cluster: TestShardCluster;
+  const closers: (() => Promise<void>)[] = [];
+
+  /** A documents API over `reader` (a new one on `primaryUrl` when not given), on a loopback port. */
+  const apiOn = async (primaryUrl: string, given?: { pools: ShardPools; reader: ReplicaReader }): Promise<{ api: Api; pools: ShardPools; reader: ReplicaReader }> => {
+    const pools = given?.pools ?? ShardPools.fromConfig({ shards: [{ shard_id: SHARD, database_url: primaryUrl, read_replicas: [] }] }, { max: 4, connectionTimeoutMillis: 2000 });
+    const reader = given?.reader ?? new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 }, intervalMs: 60_000, probeTimeoutMs: 2000 });
+    const writer = createShardWriter({ router, primaries: new Map([[SHARD, pools.primary(SHARD).pool]]) });
+    const route = createDocumentsRoute({ writer, reader, reads: createShardReader({ router, reader }), shardIds: [SHARD], onError: () => undefined });
+    const http: Server = createServer((req, res) => {
+      void Promise.resolve(route(req, res)).then((handled) => {
+        if (!handled) res.writeHead(404).end();
+      });
+    });
+    await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
+    closers.push(async () => {
+      await new Promise<void>((ok) => http.close(() => ok()));
+      if (given === undefined) {
+        reader.stop();
+        await pools.end();
+      }
+    });
+    const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+    const api: Api = async (method, path, body, headers = {}) => {
+      const res = await fetch(`${url}${path}`, {
+        method,
+        headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      });
+      const text = await res.text();
+      return { status: res.status, body: text === '' ? null : JSON.parse(text), headers: res.headers };
+    };
+    return { api, pools, reader };
+  };
+  const tokenOf = (answer: Answer): string => {
+    const token = answer.headers.get('x-read-token');
+    if (answer.status !== 201 || token === null) throw new Error(`the write answered ${answer.status} without a token: ${JSON.stringify(answer.body)}`);
+    return token;
+  };
+
+  let promotedUrl = '';
+  let keptUser = '';
+  let keptDoc = '';
+  let keptDocToken = '';
+  let lostUser = '';
+  let lostUserToken = '';
+  let fork = '';
+
+  beforeAll(async () => {
+    // No autovacuum: its WAL between a write and the receiver's cut would move the fork point.
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 1, schema: true, primary: { settings: { autovacuum: 'off' } } });
+    const shard = cluster.shards[0];
+    const replica = shard?.replicas[0];
+    if (!shard || !replica) throw new Error('the cluster has no replica');
+    const { api: before } = await apiOn(shard.primary.url);
+    const kept = await before('POST', '/api/v1/users', { email: 'kept@example.org', display_name: 'kept' });
+    tokenOf(kept);
+    keptUser = String(kept.body.id);
+    const primary = new pg.Client({ connectionString: shard.primary.url });
+    await primary.connect();
+    closers.push(() => primary.end());
+    const insertLsn = async (): Promise<bigint> => parseLsn((await primary.query<{ l: string }>('select pg_current_wal_insert_lsn()::text as l')).rows[0]?.l ?? '0/0');
+    /** Emits a WAL record of `bytes` bytes (a multiple of 8) from the insert position, by a logical message sized to it. */
+    let messageOverhead: bigint | undefined;
+    const emit = async (payload: bigint): Promise<void> => {
+      await primary.query("select pg_logical_emit_message(false, 'pad', repeat('x', $1::int))", [Number(payload)]);
+    };
+    const measureOverhead = async (): Promise<bigint> => {
+      for (;;) {
+        const a = await insertLsn();
+        await emit(200n);
+        const b = await insertLsn();
+        if (a / PAGE === b / PAGE) return b - a - 200n;
+      }
+    };
+
+    // A document of the kept user whose write (through the API's writer, its commit last) ends
+    // exactly at a WAL page boundary, and the replica holds exactly that much when it stops
+    // receiving: the fork point is that boundary, and the write is kept.
+    let writeBytes = 512n;
+    for (let round = 0; ; round += 1) {
+      if (round === 60) throw new Error('could not place a write at a WAL page boundary in 60 rounds');
+      messageOverhead ??= await measureOverhead();
+      const start = await insertLsn();
+      const offset = start % PAGE;
+      if (writeBytes >= PAGE - 200n) throw new Error(`the write takes ${writeBytes} bytes of WAL`);
+      // The write should start at PAGE - writeBytes in some page; the padding record before it.
+      let pad = (PAGE - writeBytes - offset + PAGE) % PAGE;
+      if (pad < messageOverhead + 300n) {
+        pad += PAGE - 24n;
+      }
+      // Crossing into the next page, the record is 24 bytes (a page header) shorter than the distance.
+      await emit(pad - messageOverhead);
+      const writeStart = await insertLsn();
+      const missedBy = writeStart % PAGE - (PAGE - writeBytes);
+      if (missedBy !== 0n) {
+        // The padding record came out another size (its header's form depends on its length):
+        // learn by how much, and pad again from where it ended.
+        if (missedBy > -64n && missedBy < 64n) messageOverhead += missedBy;
+        continue;
+      }
+      const written = await before('POST', '/api/v1/documents', { owner_id: keptUser, title: `at the boundary ${round}` });
+      const token = parseReadToken(tokenOf(written));
+      const end = parseLsn(token.lsn);
+      const endOffset = end % PAGE;
+      if (endOffset === 24n || endOffset === 40n) {
+        const boundary = end - endOffset;
+        await replica.waitForCatchUp();
+        const restore = await cutWalReceiver(replica.url);
+        const received = await withClient(replica.url, async (c) => (await c.query<{ l: string }>('select pg_last_wal_receive_lsn()::text as l')).rows[0]?.l ?? '0/0');
+        if (parseLsn(received) === boundary) {
+          closers.push(restore);
+          keptDoc = String(written.body.id);
+          keptDocToken = tokenOf(written);
+          break;
+        }
+        // Other WAL reached the replica after the write: try again.
+        await restore();
+        await sleep(500);
+        continue;
+      }
+      // Learn the write's size from this one (one page header more when it crossed a boundary).
+      const used = end - writeStart;
+      writeBytes = end / PAGE === writeStart / PAGE ? used : used - 24n;
+    }
+    // Past the fork: a write the promoted replica never receives.
+    const lost = await before('POST', '/api/v1/users', { email: 'lost@example.org', display_name: 'lost' });
+    lostUserToken = tokenOf(lost);
+    lostUser = String(lost.body.id);
+    await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
+    promotedUrl = replica.url;
+    fork = await withClient(promotedUrl, async (c) => {
+      const { rows } = await c.query<{ text: string }>("select pg_read_file('pg_wal/00000002.history') as text");
+      const m = /^1\t([0-9A-F]+\/[0-9A-F]+)\t/m.exec(rows[0]?.text ?? '');
+      if (!m?.[1]) throw new Error(`no line for timeline 1 in the history: ${JSON.stringify(rows[0]?.text)}`);
+      return m[1];
+    });
+  }, 180_000);
+  afterAll(async () => {
+    for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
+    await cluster?.stop();
+  });
+
+  it('reads a kept write whose commit ends at a WAL page boundary, the fork point, as kept: the list holds it (200), not 410', async () => {
+    const { api } = await apiOn(promotedUrl);
+    const token = parseReadToken(keptDocToken);
+    const list = await api('GET', `/api/v1/users/${keptUser}/documents`, undefined, { 'x-read-after': keptDocToken });
+    const lostList = await api('GET', `/api/v1/users/${keptUser}/documents`, undefined, { 'x-read-after': lostUserToken });
+
+    // The premise: the token points past the page header that follows the boundary where the
+    // commit ended; the fork point is that boundary; the write is on the promoted server.
+    const raw = parseLsn(token.lsn);
+    expect({ offset: Number(raw % PAGE) === 24 || Number(raw % PAGE) === 40, fork: formatLsn(raw - (raw % PAGE)), timeline: token.timeline }).toEqual({ offset: true, fork, timeline: 1 });
+    expect({ status: list.status, ids: (list.body.items as { id: string }[] | undefined)?.map((d) => d.id).includes(keptDoc) }).toEqual({ status: 200, ids: true });
+    // A token past the fork still answers 410 on the list.
+    expect({ status: lostList.status, type: lostList.body.type as unknown }).toEqual({ status: 410, type: WRITE_LOST_TYPE });
+  }, 60_000);
+
+  /**
+   * The history query of the first read on a new timeline is shared with the reads that ask while
+   * it runs. Here it takes a while (a wrapper that sleeps first); a second read joins it; then the
+   * first read's query fails for a reason of its own: cancelled (its deadline) or its connection
+   * ended. The second read's own connection is fine.
+   */
+  it.each([
+    ['was cancelled', 'pg_cancel_backend'],
+    ['lost its connection', 'pg_terminate_backend'],
+  ])('answers 410 on a read that joined another read\'s history query, which then %s', async (_what, how) => {
+    await withClient(promotedUrl, async (c) => {
+      await c.query('alter function timeline_history() rename to timeline_history_slow_inner');
+      await c.query('create sequence review_first_asker');
+      await c.query(`create function timeline_history() returns table (timeline bigint, history text) language plpgsql as $$
+        begin
+          -- Only the first asker waits (a sequence is not rolled back): the others answer at once.
+          if nextval('review_first_asker') = 1 then perform pg_sleep(30); end if;
+          return query select * from timeline_history_slow_inner();
+        end $$`);
+    });
+    try {
+      const first = await apiOn(promotedUrl);
+      const second = await apiOn(promotedUrl, { pools: first.pools, reader: first.reader });
+      const read = (api: Api): Promise<Answer> => api('GET', `/api/v1/users/${lostUser}`, undefined, { 'x-read-after': lostUserToken });
+      const activity = async <T extends pg.QueryResultRow>(sql: string): Promise<T[]> => withClient(promotedUrl, async (c) => (await c.query<T>(sql)).rows);
+      const waitFor = async (what: string, sql: string): Promise<number> => {
+        for (let i = 0; i < 400; i += 1) {
+          const [row] = await activity<{ pid: number }>(sql);
+          if (row !== undefined) return row.pid;
+          await sleep(25);
+        }
+        throw new Error(`no ${what} within 10 s`);
+      };
+      const firstAnswer = read(first.api);
+      const sleeping = await waitFor('history query', "select pid from pg_stat_activity where query like '%timeline_history()%' and state = 'active' and pid <> pg_backend_pid()");
+      const secondAnswer = read(second.api);
+      // The second read's connection made its primary check and now waits on the first's query.
+      await waitFor('second connection', `select pid from pg_stat_activity where query like '${PRIMARY_CHECK_LIKE}' and state = 'idle' and pid <> ${sleeping}`);
+      await sleep(200);
+      await activity(`select ${how}(${sleeping})`);
+      const [a, b] = await Promise.all([firstAnswer, secondAnswer]);
+
+      expect({ first: a.status === 410 }).toEqual({ first: false });
+      expect({ status: b.status, type: b.body?.type as unknown, detail: b.body?.detail as unknown }).toEqual({ status: 410, type: WRITE_LOST_TYPE, detail: expect.stringContaining('this write was lost in a failover') as unknown });
+    } finally {
+      await withClient(promotedUrl, async (c) => {
+        // The wrapper's sleeping query may still hold it: end what is left of it first.
+        await c.query("select pg_terminate_backend(pid) from pg_stat_activity where query like '%timeline_history()%' and pid <> pg_backend_pid()");
+        await c.query('drop function timeline_history()');
+        await c.query('drop sequence review_first_asker');
+        await c.query('alter function timeline_history_slow_inner() rename to timeline_history');
+      });
+    }
+  }, 120_000);
+});
+
+/**
+ * Without a shared WAL archive, two replicas of one primary promoted one after the other (the
+ * first failed too, or was given up) both take timeline 2, each with its own switchpoint. A reader
+ * process that read the first one's history must not apply it to the second: a write the first
+ * had received and the second had not is lost on the second.
+ */
+describe('a read token after two replicas were promoted to the same timeline number', () => {
+  let cluster: TestShardCluster;
+  const closers: (() => Promise<void>)[] = [];
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 2, schema: true });
+  }, 180_000);
+  afterAll(async () => {
+    for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
+    await cluster?.stop();
+  });
+
+  it('answers 410 on the second for a write the first had received, after the address moved from the first to the second', async () => {
+    const shard = cluster.shards[0];
+    const [first, second] = shard?.replicas ?? [];
+    if (!shard || !first || !second) throw new Error('the cluster has no two replicas');
+    const serve = async (databaseUrl: string): Promise<Api> => {
+      const pools = ShardPools.fromConfig({ shards: [{ shard_id: SHARD, database_url: databaseUrl, read_replicas: [] }] }, { max: 2, connectionTimeoutMillis: 2000 });
+      const reader = new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 }, intervalMs: 60_000, probeTimeoutMs: 2000 });
+      const writer = createShardWriter({ router, primaries: new Map([[SHARD, pools.primary(SHARD).pool]]) });
+      const route = createDocumentsRoute({ writer, reader, reads: createShardReader({ router, reader }), shardIds: [SHARD], onError: () => undefined });
+      const http: Server = createServer((req, res) => {
+        void Promise.resolve(route(req, res)).then((handled) => {
+          if (!handled) res.writeHead(404).end();
+        });
+      });
+      await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
+      closers.push(async () => {
+        await new Promise<void>((ok) => http.close(() => ok()));
+        reader.stop();
+        await pools.end();
+      });
+      const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+      return async (method, path, body, headers = {}) => {
+        const res = await fetch(`${url}${path}`, { method, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+        const text = await res.text();
+        return { status: res.status, body: text === '' ? null : JSON.parse(text), headers: res.headers };
+      };
+    };
+    const before = await serve(shard.primary.url);
+    const kept = await before('POST', '/api/v1/users', { email: 'both@example.org', display_name: 'both' });
+    if (kept.status !== 201) throw new Error(`the first write answered ${kept.status}`);
+    await first.waitForCatchUp();
+    await second.waitForCatchUp();
+    // The second replica stops receiving first; the write then reaches the first replica only.
+    closers.push(await cutWalReceiver(second.url));
+    const written = await before('POST', '/api/v1/users', { email: 'first-only@example.org', display_name: 'first only' });
+    const token = written.headers.get('x-read-token') ?? '';
+    const userId = String(written.body?.id);
+    await first.waitForCatchUp();
+    closers.push(await cutWalReceiver(first.url));
+
+    // The primary fails; the first replica is promoted (timeline 2) and the address names it.
+    await withClient(first.url, (c) => c.query('select pg_promote(true, 60)'));
+    const proxy = await startTcpProxy(new URL(first.url).port === '' ? 5432 : Number(new URL(first.url).port));
+    closers.push(() => proxy.close());
+    const viaProxy = new URL(first.url);
+    viaProxy.port = String(proxy.port);
+    const after = await serve(viaProxy.toString());
+    const onFirst = await after('GET', `/api/v1/users/${userId}`, undefined, { 'x-read-after': token });
+
+    // The first fails as well; the second is promoted (timeline 2 too) and the address names it.
+    await withClient(second.url, (c) => c.query('select pg_promote(true, 60)'));
+    proxy.retarget(Number(new URL(second.url).port));
+    await proxy.cut();
+    await proxy.restore();
+    // The connections the pool held to the first are gone: the first read after may meet one (503).
+    let onSecond = await after('GET', `/api/v1/users/${userId}`, undefined, { 'x-read-after': token });
+    for (let i = 0; i < 3 && onSecond.status === 503; i += 1) onSecond = await after('GET', `/api/v1/users/${userId}`, undefined, { 'x-read-after': token });
+
+    // The premise: both on timeline 2, the token at or before the first's fork, past the second's.
+    const forkOf = async (url: string): Promise<{ timeline: number; fork: bigint }> =>
+      withClient(url, async (c) => {
+        const { rows } = await c.query<{ text: string; tli: string }>(
+          "select pg_read_file('pg_wal/00000002.history') as text, ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint::text as tli",
+        );
+        const m = /^1\t([0-9A-F]+\/[0-9A-F]+)\t/m.exec(rows[0]?.text ?? '');
+        return { timeline: Number(rows[0]?.tli), fork: parseLsn(m?.[1] ?? '0/0') };
+      });
+    const [a, b] = [await forkOf(first.url), await forkOf(second.url)];
+    const lsn = parseLsn(parseReadToken(token).lsn);
+    expect({ timelines: [a.timeline, b.timeline], keptOnFirst: lsn <= a.fork, lostOnSecond: lsn > b.fork }).toEqual({ timelines: [2, 2], keptOnFirst: true, lostOnSecond: true });
+
+    expect({ status: onFirst.status, id: onFirst.body?.id as unknown }).toEqual({ status: 200, id: userId });
+    expect({ status: onSecond.status, type: onSecond.body?.type as unknown, fork: onSecond.body?.fork_lsn as unknown }).toEqual({ status: 410, type: WRITE_LOST_TYPE, fork: formatLsn(b.fork) });
+  }, 180_000);
+});
