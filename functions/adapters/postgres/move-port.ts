@@ -507,14 +507,68 @@ export async function ownerRead(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, 
  * {@link targetHoldsCopy}): the rollback would delete the copy there; false before (nothing
  * copied, a directory move's check of its target pending): the rollback would delete nothing
  * there, and the move is still the only way the unit's rows, all on the source, reach the shard
- * its readers are sent to.
+ * its readers are sent to. Unless `held` (see {@link heldOnTarget}) names rows of the key the
+ * target took by hash: then they are on both shards and the words say so. Where the move cannot
+ * go on to finish on the target either ({@link targetRouteStops}), the words end by sending the
+ * operator to decide the key's owner by hand.
  */
-export function targetRouteRefusal(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot' | 'from' | 'to'>, read: OwnerRead, copied = true): string | null {
-  const nothingCopied = `the move has copied nothing there yet, and a cancel would leave the ${job.kind === 'directory' ? "key's" : "unit's"} rows, all on ${job.from}, out of its readers' sight`;
-  if (read.owner === job.to) return `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${read.version}); ${copied ? 'deleting its copy would lose data' : nothingCopied}`;
+export function targetRouteRefusal(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot' | 'from' | 'to' | 'state'>, read: OwnerRead, copied = true, held: readonly string[] = []): string | null {
+  const nothingCopied =
+    held.length === 0
+      ? `the move has copied nothing there yet, and a cancel would leave the ${job.kind === 'directory' ? "key's" : "unit's"} rows, all on ${job.from}, out of its readers' sight`
+      : `the move has copied nothing there yet, but ${job.to} already holds rows of it (${held.join(', ')}) that writers sent there, besides its rows on ${job.from}: a cancel would leave those on ${job.from} out of its readers' sight, and the move cannot copy over these`;
+  const byHand = targetRouteStops(job, read, copied, held) ? `; the key's owner must be decided by hand${held.length > 0 ? ` (its rows are on ${job.from} and ${job.to})` : ''}${decideByHand(job)}` : '';
+  if (read.owner === job.to) return `the catalog names the target ${job.to} as the owner of ${job.kind} ${job.unitId} (version ${read.version}); ${copied ? 'deleting its copy would lose data' : nothingCopied}${byHand}`;
   // An unpinned key routes by hash: to the target, its copy is all its readers would find.
-  if (read.routesTo === job.to) return `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, its slot ${job.slot}'s owner; ${copied ? 'deleting its copy would hide its rows' : nothingCopied}`;
+  if (read.routesTo === job.to) return `key ${job.unitId} has no directory entry and routes by hash to the target ${job.to}, its slot ${job.slot}'s owner; ${copied ? 'deleting its copy would hide its rows' : nothingCopied}${byHand}`;
   return null;
+}
+
+/**
+ * Whether a directory move whose cancel {@link targetRouteRefusal} refuses cannot go on to finish
+ * on its target either, so that no refusal may say it does: its target holds rows of the key
+ * that writers sent there by hash and nothing is copied (`held`: the move's check of its target,
+ * `PgMovePort.checkedIncoming`, stops every run rather than copy over them), or the key is pinned
+ * to the target while the move still has to prepare its source (`planned`, `copying`: that step
+ * stops every run on a pin to its own target). Either way the key's owner is decided by hand.
+ */
+export function targetRouteStops(job: Pick<MoveJob, 'kind' | 'to' | 'state'>, read: OwnerRead, copied: boolean, held: readonly string[]): boolean {
+  if (job.kind !== 'directory') return false;
+  if (!copied && held.length > 0) return true;
+  return read.owner === job.to && (job.state === 'planned' || job.state === 'copying');
+}
+
+/** `where` clause selecting the unit's rows of a table, with its parameters from `$first`. */
+function unitFilterOf(job: UnitRef, table: TableName, first: number, alias = ''): { sql: string; params: unknown[] } {
+  const owner = `${alias}${TABLES.find((t) => t.name === table)?.owner ?? 'id'}`;
+  if (job.kind === 'slot') {
+    // With no excluded key (the usual case) the clause folds away when planned, so that the
+    // (slot, id) index answers the copy's page bounds alone, without visiting the rows.
+    const excluded = `$${first + 1}::text[]`;
+    return { sql: `${alias}slot = $${first} and (pg_catalog.cardinality(${excluded}) = 0 or not (${owner}::text = any(${excluded})))`, params: [Number(job.unitId), job.excludedKeys] };
+  }
+  // A key's rows are those under the key's own slot (a user's slot is its id's, a document's and
+  // a key record's their owner's): a users row with the key's id under another slot, and the rows
+  // under it, are another unit's (a stray: a restore, a hand-made row), which the move must meet
+  // as a collision, never overwrite, and its rollback never delete (section 9).
+  return { sql: `${owner} = $${first}::uuid and ${alias}slot = $${first + 1}::integer`, params: [job.unitId, keySlot(job.unitId)] };
+}
+
+/**
+ * A directory key's rows on a move's target where the move copied nothing there (see
+ * {@link targetHoldsCopy}), as `<n> in <table>` for each sharded table holding some: writes sent
+ * there by hash, which the move's check of its target (`PgMovePort.checkedIncoming`) stops at
+ * for as long as they are there. Empty for a slot move (its target is not checked).
+ */
+export async function heldOnTarget(pool: Queryable, job: UnitRef): Promise<string[]> {
+  if (job.kind !== 'directory') return [];
+  const held: string[] = [];
+  for (const { name: table } of TABLES) {
+    const unit = unitFilterOf(job, table, 1);
+    const { rows } = await pool.query<{ n: number }>(`select count(*)::int as n from ${table} where ${unit.sql}`, unit.params);
+    if ((rows[0]?.n ?? 0) > 0) held.push(`${rows[0]?.n} in ${table}`);
+  }
+  return held;
 }
 
 /** A unit's fence row on a move's target, as {@link targetHoldsCopy} reads it. */
@@ -990,20 +1044,9 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (rows[0]?.c) throw new MoveCancelled();
   }
 
-  /** `where` clause selecting the unit's rows of a table, with its parameters from `$first`. */
+  /** `where` clause selecting the unit's rows of a table, with its parameters from `$first` (see {@link unitFilterOf}). */
   private unitFilter(job: UnitRef, table: TableName, first: number, alias = ''): { sql: string; params: unknown[] } {
-    const owner = `${alias}${TABLES.find((t) => t.name === table)?.owner ?? 'id'}`;
-    if (job.kind === 'slot') {
-      // With no excluded key (the usual case) the clause folds away when planned, so that the
-      // (slot, id) index answers the copy's page bounds alone, without visiting the rows.
-      const excluded = `$${first + 1}::text[]`;
-      return { sql: `${alias}slot = $${first} and (pg_catalog.cardinality(${excluded}) = 0 or not (${owner}::text = any(${excluded})))`, params: [Number(job.unitId), job.excludedKeys] };
-    }
-    // A key's rows are those under the key's own slot (a user's slot is its id's, a document's and
-    // a key record's their owner's): a users row with the key's id under another slot, and the rows
-    // under it, are another unit's (a stray: a restore, a hand-made row), which the move must meet
-    // as a collision, never overwrite, and its rollback never delete (section 9).
-    return { sql: `${owner} = $${first}::uuid and ${alias}slot = $${first + 1}::integer`, params: [job.unitId, keySlot(job.unitId)] };
+    return unitFilterOf(job, table, first, alias);
   }
 
   async prepareSource(job: MoveJob): Promise<void> {
@@ -1196,11 +1239,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     const counts: string[] = [];
     try {
       await this.drain(target, job, { shard: job.to, since: `the target's incoming fence of key ${job.unitId}`, then: 'the target is checked for rows of the key', readBeforeWrite: true });
-      for (const { name: table } of TABLES) {
-        const unit = this.unitFilter(job, table, 1);
-        const { rows } = await target.query<{ n: number }>(`select count(*)::int as n from ${table} where ${unit.sql}`, unit.params);
-        if ((rows[0]?.n ?? 0) > 0) counts.push(`${rows[0]?.n} in ${table}`);
-      }
+      counts.push(...(await heldOnTarget(target, job)));
       if (counts.length === 0) {
         const done = await this.write(job, job.to, (c) =>
           c.query(`update write_fences set check_undo = null where kind = $1 and unit_id = $2 and state = 'incoming' and job_id = $3 and check_undo is not null`, [job.kind, job.unitId, job.id]),
@@ -2641,6 +2680,9 @@ export class PgMovePort implements MovePort<MoveJob> {
     // its copy there, or nothing copied yet. Read once, after this run claimed the job's permit on
     // both shards (no other run writes it meanwhile).
     const targetBefore = await this.fenceRowOn(job.to, job);
+    const copied = targetHoldsCopy(targetBefore, job);
+    // Nothing copied: the key's rows the target took by hash (they stop the move at its check).
+    const held = copied ? [] : await heldOnTarget(this.pool(job.to), job);
     const keyFenced = job.kind === 'directory' && ((await this.fenceRowOn(job.from, job)) !== undefined || targetBefore !== undefined);
     // The decision may pin the key (below): this process's directory cache forgets it afterwards.
     const decided = await this.forgettingCachedOwner(job, () =>
@@ -2657,14 +2699,14 @@ export class PgMovePort implements MovePort<MoveJob> {
             const read = await this.currentOwner(row, keyFenced && row.rollbackTo === null);
             const { owner } = read;
             let { version } = read;
-            const toTarget = targetRouteRefusal(job, read, targetHoldsCopy(targetBefore, job));
+            const toTarget = targetRouteRefusal(job, read, copied, held);
             if (toTarget !== null) {
               // A cancellation (not one decided already) is answered as refused, and its request
               // cleared: the move finishes on the target, where the catalog routes the unit. Left
               // set, every later run tried this rollback again, was refused again, and the target's
               // `incoming` fence refused the unit's writes for good.
               if (to !== 'cancelled' || row.rollbackTo !== null) return { refused: toTarget };
-              const why = cancelRefusal(toTarget, job.to);
+              const why = cancelRefusal(toTarget, job.to, targetRouteStops(job, read, copied, held) ? 'The move stays stopped until then' : undefined);
               await this.updateJob('cancel_requested = false, error = $2, cancel_refused = $2', [why], job);
               return { refused: why, cancelRefused: true };
             }

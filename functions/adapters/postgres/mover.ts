@@ -54,7 +54,7 @@ import {
   type MoveRequest,
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
-import { ownerRead, PgMovePort, targetFenceRow, targetHoldsCopy, targetRouteRefusal, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
+import { heldOnTarget, ownerRead, PgMovePort, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 
 export * from './move-jobs.js';
 export type { MoverDirectory, MoverSlotMaps } from './move-port.js';
@@ -547,16 +547,21 @@ export class Mover {
       if (targetRouteRefusal(asked, read) !== null) {
         // Its words say which step the move is in: its copy on the target, or nothing copied yet
         // (the target's fence row, read within TARGET_ROW_READ_MS; unread, a silent target, say,
-        // the copy's words, as before).
+        // the copy's words, as before), and then the key's rows the target took by hash, counted
+        // within the same bound (they stop the move at its check of the target).
         const target = this.options.shards.get(asked.to);
-        const copied =
+        const step: { copied: boolean; held: string[] } =
           target === undefined
-            ? true
-            : await withNodeDeadline(target, TARGET_ROW_READ_MS, asked.to, (c) => targetFenceRow(c, asked)).then(
-                (row) => targetHoldsCopy(row, asked),
-                () => true,
-              );
-        throw new MoveNotCancellableError(`move job #${id} cannot be cancelled: ${targetRouteRefusal(asked, read, copied) ?? ''}; the move finishes on ${asked.to}, where the catalog routes the unit`);
+            ? { copied: true, held: [] }
+            : await withNodeDeadline(target, TARGET_ROW_READ_MS, asked.to, async (c) => {
+                const copied = targetHoldsCopy(await targetFenceRow(c, asked), asked);
+                return { copied, held: copied ? [] : await heldOnTarget(c, asked) };
+              }).catch(() => ({ copied: true, held: [] }));
+        const refusal = targetRouteRefusal(asked, read, step.copied, step.held) ?? '';
+        // A move that cannot finish on the target either (see targetRouteStops): its words end by
+        // sending the operator to decide the key's owner by hand.
+        const finishes = targetRouteStops(asked, read, step.copied, step.held) ? '' : `; the move finishes on ${asked.to}, where the catalog routes the unit`;
+        throw new MoveNotCancellableError(`move job #${id} cannot be cancelled: ${refusal}${finishes}`);
       }
     }
     const { rows } = await this.options.catalog.query<JobRow>(

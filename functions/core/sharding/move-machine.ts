@@ -195,9 +195,13 @@ export class MoveCancelRefused extends MoveError {
   override readonly name = 'MoveCancelRefused';
 }
 
-/** The job error of a cancellation refused for `reason` (see {@link MoveCancelRefused}). */
-export function cancelRefusal(reason: string, to: string): string {
-  return `cancel refused: ${reason}. The move goes on to finish on ${to}, where the catalog routes the unit`;
+/**
+ * The job error of a cancellation refused for `reason` (see {@link MoveCancelRefused}); `next`
+ * says what the move does instead where it cannot simply go on to finish on `to` (a directory
+ * move stopped by rows its target took by hash: its owner is decided by hand).
+ */
+export function cancelRefusal(reason: string, to: string, next = `The move goes on to finish on ${to}, where the catalog routes the unit`): string {
+  return `cancel refused: ${reason}. ${next}`;
 }
 
 /** Thrown by a port step that saw a cancellation request; the driver rolls back. */

@@ -17,6 +17,10 @@
  *   a cancel is refused while the key routes to the target, in words that fit the step (nothing is
  *   copied yet: no "copy" to delete), and the refusal puts the row back even when the run then
  *   stops before it checks the target again (its time up, here).
+ * - A run whose check found rows of the key the target took by hash stops, and so does every run
+ *   after it: a cancel is refused (the key routes there), in words that name the rows on both
+ *   shards and send the operator to decide the key's owner by hand, not "all on the source" nor
+ *   "the move finishes on the target".
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -204,5 +208,37 @@ describe('a directory move of a key routed by hash to its target, whose check of
     expect(finished).toBe('ended: done');
     expect(await unitFenceState(targetPool, 'directory', key)).toBe('open');
     expect((await env.directory.entry(key))?.shardId).toBe(target);
+  }, 60_000);
+
+  it('stopped by its check, which found rows of the key the target took by hash: a cancel is refused in words that name both shards and say what to do, not "all on the source" nor "the move finishes"', async () => {
+    const slot = 1655;
+    const { key, source, target, id } = await unpinnedRoutedToTarget(slot);
+    const targetPool = env.shards.get(target) as pg.Pool;
+    // A writer routed by hash (no entry, the slot's owner) wrote the key's user on the target, acknowledged.
+    await targetPool.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'by hash')`, [key, slot, `${key}@example.com`]);
+    const stopped = await outcomeOf(env.mover({ readerGraceMs: 0 }).run(id));
+    // The scaling API's cancel, refused at once (the key routes to the target).
+    const asked = await outcomeOf(env.mover().cancel(id));
+    // A cancel recorded before the key routed to the target: the run's rollback refuses it.
+    await env.catalog.query('update catalog.move_jobs set cancel_requested = true where id = $1', [id]);
+    const refused = await outcomeOf(env.mover({ readerGraceMs: 0 }).run(id));
+    const job = await env.mover().get(id);
+
+    expect(stopped).toMatch(new RegExp(`^threw: key ${key} has no directory entry and routes by hash to the target ${target}, which already holds rows of it \\(1 in users\\)`));
+    // Before: "...; the move has copied nothing there yet, and a cancel would leave the key's rows,
+    // all on <source>, out of its readers' sight; the move finishes on <target>": the target holds
+    // the key's user, and the move cannot finish (each run stops at its check) until decided by hand.
+    const why =
+      `key ${key} has no directory entry and routes by hash to the target ${target}, its slot ${slot}'s owner; the move has copied nothing there yet, but ${target} already holds rows of it (1 in users) that writers sent there, besides its rows on ${source}: ` +
+      `a cancel would leave those on ${source} out of its readers' sight, and the move cannot copy over these; the key's owner must be decided by hand (its rows are on ${source} and ${target}): pin it with select * from catalog.repin_by_hand('${key}', <the shard holding its rows>, <reason>) (DirectoryStore.repinByHand; docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned")`;
+    expect(asked).toBe(`threw: move job #${id} cannot be cancelled: ${why}`);
+    expect(refused).toMatch(new RegExp(`^threw: key ${key} has no directory entry and routes by hash to the target ${target}, which already holds rows of it \\(1 in users\\)`));
+    expect({ state: job.state, cancelRequested: job.cancelRequested, cancelRefused: job.cancelRefused }).toEqual({
+      state: 'copying',
+      cancelRequested: false,
+      cancelRefused: `cancel refused: ${why}. The move stays stopped until then`,
+    });
+    expect(await fenceOf(targetPool, key)).toBeUndefined();
+    expect({ onSource: (await documentsOf(env.shards.get(source) as pg.Pool, [key])).size }).toEqual({ onSource: 3 });
   }, 60_000);
 });
