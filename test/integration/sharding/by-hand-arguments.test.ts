@@ -74,7 +74,7 @@ describe('catalog.repin_by_hand, called in SQL', () => {
       `22023: catalog.repin_by_hand(key, shard, reason): the shard 'shard 002' is not a shard id (1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit); nothing was changed`,
     );
     expect(await repin('shard_009')).toBe(
-      "22023: catalog.repin_by_hand(key, shard, reason): the shard 'shard_009' is named by no slot map, directory entry or move job of this catalog (known: shard_001, shard_002, shard_003): a typo? A shard new to the catalog is known once a move to it is planned or a key is pinned to it; nothing was changed",
+      "22023: catalog.repin_by_hand(key, shard, reason): the shard 'shard_009' is named by no slot map, directory entry or move job of this catalog (known: shard_001, shard_002, shard_003): a typo? A shard new to the catalog is known once a move to it is planned or a key is pinned to it; a configured shard the catalog lost the record of (restored from before it was added) is accepted when the transaction names it first: set local ca_dms.new_shards = 'shard_009'; nothing was changed",
     );
     expect(await entries()).toEqual([]);
   });
@@ -90,6 +90,48 @@ describe('catalog.repin_by_hand, called in SQL', () => {
     expect(await repin('shard_004')).toBe(`ok [{"key":"${KEY}","shard_id":"shard_004"}]`);
     await admin.query(`insert into catalog.move_jobs (kind, slot, unit_id, from_shard, to_shard, created_by) values ('slot', 3, '3', 'shard_002', 'shard_005', 'test')`);
     expect(await repin('shard_005')).toBe(`ok [{"key":"${KEY}","shard_id":"shard_005"}]`);
+  });
+
+  it('writes to a configured shard the catalog has no record of when the transaction names it in ca_dms.new_shards (a catalog restored from before the shard was added)', async () => {
+    // Review of 013: refused, the only ways through were to pin some other key there or to plan a
+    // move to it. Named, it is still checked for a shard id's form.
+    const client = await control.connect();
+    try {
+      const inTransaction = async (named: string, shard: string) => {
+        await client.query('begin');
+        try {
+          await client.query(`select pg_catalog.set_config('ca_dms.new_shards', $1, true)`, [named]);
+          return await outcome(client.query('select key, shard_id from catalog.repin_by_hand($1, $2, $3)', [KEY, shard, 'restored catalog (OPS-9)']));
+        } finally {
+          await client.query('commit');
+        }
+      };
+      expect(await inTransaction('shard_004', 'shard_005')).toMatch(/^22023: .*'shard_005' is named by no slot map.*set local ca_dms.new_shards = 'shard_005'; nothing was changed$/);
+      expect(await inTransaction('shard_004 , shard_005', 'shard_005')).toBe(`ok [{"key":"${KEY}","shard_id":"shard_005"}]`);
+      expect(await inTransaction('shard 006', 'shard 006')).toMatch(/^22023: .*the shard 'shard 006' is not a shard id/);
+      // set local: the next transaction names nothing.
+      expect(await outcome(client.query(`select key, shard_id from catalog.repin_by_hand($1, 'shard_006', 'OPS-9')`, [KEY]))).toMatch(/^22023: .*'shard_006' is named by no slot map/);
+      expect(await entries()).toEqual([{ key: KEY, shard_id: 'shard_005' }]);
+      // The same for a map published by hand.
+      await client.query('begin');
+      await client.query(`set local ca_dms.new_shards = 'shard_007'`);
+      const published = await outcome(
+        client.query('select version, assignments from catalog.publish_slot_map_by_hand(2, $1::text[], $2)', [MAP.map((o, i) => (i === 3 ? 'shard_007' : o)), 'restored catalog (OPS-9)']),
+      );
+      await client.query('commit');
+      expect(published).toBe(`ok [{"version":2,"assignments":${JSON.stringify(MAP.map((o, i) => (i === 3 ? 'shard_007' : o)))}}]`);
+    } finally {
+      client.release();
+    }
+  });
+
+  it('quotes at most 64 characters of a refused argument, and its length', async () => {
+    // Review of 013: the message quoted it whole (a megabyte of error for a megabyte of argument).
+    const long = `${'x'.repeat(100_000)} `;
+    const refused = await repin(long);
+    expect(refused).toBe(
+      `22023: catalog.repin_by_hand(key, shard, reason): the shard '${'x'.repeat(64)}'... (100001 characters) is not a shard id (1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit); nothing was changed`,
+    );
   });
 
   it('is refused through DirectoryStore.repinByHand as a DirectoryError with the catalog message (a store without a list of shards)', async () => {
@@ -115,7 +157,7 @@ describe('catalog.publish_slot_map_by_hand, called in SQL', () => {
     expect(await publish(withOwner(2, ''))).toBe(`${head}every owner must be a shard the catalog knows (the first slot of each owner refused): slot 2: the shard must not be empty; nothing was published`);
     expect(await publish(withOwner(2, ' '))).toBe(`${head}every owner must be a shard the catalog knows (the first slot of each owner refused): slot 2: the shard must not be empty; nothing was published`);
     expect(await publish(withOwner(6, 'shard_03'))).toBe(
-      `${head}every owner must be a shard the catalog knows (the first slot of each owner refused): slot 6: the shard 'shard_03' is named by no slot map, directory entry or move job of this catalog (known: shard_001, shard_002, shard_003): a typo? A shard new to the catalog is known once a move to it is planned or a key is pinned to it; nothing was published`,
+      `${head}every owner must be a shard the catalog knows (the first slot of each owner refused): slot 6: the shard 'shard_03' is named by no slot map, directory entry or move job of this catalog (known: shard_001, shard_002, shard_003): a typo? A shard new to the catalog is known once a move to it is planned or a key is pinned to it; a configured shard the catalog lost the record of (restored from before it was added) is accepted when the transaction names it first: set local ca_dms.new_shards = 'shard_03'; nothing was published`,
     );
     expect(await publish(withOwner(0, 'shard 001'))).toMatch(/^22023: .*slot 0: the shard 'shard 001' is not a shard id/);
     expect(await versions()).toEqual([1]);

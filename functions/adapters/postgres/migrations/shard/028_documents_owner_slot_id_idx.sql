@@ -11,9 +11,15 @@
 -- stopped at the page's end. Migration 029 adds the same for document_keys.
 --
 -- It also answers everything `documents (owner_id)` did (an owner's documents, the foreign keys'
--- cascades from users by id and by (id, slot)), which is dropped: kept, it would be one more index
--- to maintain on every write of documents and every row a move copies in (migration 009 measured a
--- quarter of the index work per document for one such index).
+-- cascades from users by id and by (id, slot)), which migration 030 drops: kept, it would be one
+-- more index to maintain on every write of documents and every row a move copies in (migration 009
+-- measured a quarter of the index work per document for one such index). Not here: this
+-- migration holds SHARE on documents until its commit, and a DROP INDEX after the build would ask
+-- for ACCESS EXCLUSIVE while holding it. A writer that read documents during the build (a keyed
+-- POST's claim reads documents, then inserts one) holds ACCESS SHARE and waits for ROW EXCLUSIVE
+-- behind the SHARE: a deadlock, which the migration lost after the whole build, rolled back and
+-- built again on each retry, writes waiting out every build (review of this migration,
+-- owner-index-migration-locks.test.ts).
 --
 -- Migrations run in a transaction (migrate.ts), so not CONCURRENTLY: CREATE INDEX holds SHARE on
 -- documents until the commit, so reads of documents go on and writes of documents (the API's, a
@@ -23,11 +29,10 @@
 -- work, and the build waits for every transaction older than it):
 --   create index concurrently if not exists documents_owner_slot_id_idx on documents (owner_id, slot, id);
 -- this migration then finds it and builds nothing. A CONCURRENTLY build that failed leaves an
--- INVALID index under the name, which IF NOT EXISTS would take for the index and the DROP below
+-- INVALID index under the name, which IF NOT EXISTS would take for the index and migration 030's DROP
 -- would leave the table without any index on the owner: refused instead (drop it, build again).
--- The DROP comes last: it takes ACCESS EXCLUSIVE (reads wait too), held only from then to the
--- commit right after, each lock bounded by the runner's lock_timeout (a wait given up rolls the
--- whole migration back, the build included, and it is tried again).
+-- The SHARE lock's wait is bounded by the runner's lock_timeout (a wait given up rolls the
+-- migration back, and it is tried again); the build itself is not.
 do $$
 begin
   if exists (select 1 from pg_catalog.pg_index i where i.indexrelid = pg_catalog.to_regclass('documents_owner_slot_id_idx') and not i.indisvalid) then
@@ -36,4 +41,3 @@ begin
 end
 $$;
 create index if not exists documents_owner_slot_id_idx on documents (owner_id, slot, id);
-drop index if exists documents_owner_idx;

@@ -22,6 +22,12 @@
 -- to it is planned (hash routing gives it slots by moves, section 4) or a key is pinned to it
 -- (DirectoryStore.set). A shard id must also be the configuration's form: 1 to 63 letters, digits,
 -- '_', '.' or '-', starting with a letter or digit (core/sharding/config.ts).
+-- A configured shard the catalog lost the record of (a catalog restored from a backup taken
+-- before the shard was added, while the shards' fences say units moved there) would otherwise be
+-- refused with no way through but a side effect: the operator names such shards first in the
+-- transaction's setting `ca_dms.new_shards` (comma-separated, `set local` before the call); the
+-- refusal says how. A refused argument is quoted up to 64 characters, with its length (a shard
+-- argument of a megabyte made a megabyte of error for the client and the server log).
 --
 -- Refusals are SQLSTATE 22023 (invalid_parameter_value), as 011's and 012's, nothing written, the
 -- message naming every argument that is wrong.
@@ -35,7 +41,9 @@ create function catalog.canonical_key(p_key text) returns text
 language plpgsql
 immutable
 strict
-parallel safe
+-- Its EXCEPTION block starts a subtransaction, which PostgreSQL requires parallel-unsafe functions
+-- for (docs: Parallel Labeling for Functions and Aggregates).
+parallel unsafe
 set search_path = pg_catalog, pg_temp
 as $$
 begin
@@ -93,9 +101,12 @@ as $$
   select case
     when coalesce(btrim(p_shard), '') = '' then 'the shard must not be empty'
     when p_shard !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$' then
-      format('the shard %s is not a shard id (1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit)', quote_literal(p_shard))
-    when not catalog.shard_known(p_shard) then
-      format('the shard %s is named by no slot map, directory entry or move job of this catalog (known: %s): a typo? A shard new to the catalog is known once a move to it is planned or a key is pinned to it', quote_literal(p_shard), catalog.known_shards())
+      format('the shard %s%s is not a shard id (1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit)', quote_literal(left(p_shard, 64)),
+        case when length(p_shard) > 64 then format('... (%s characters)', length(p_shard)) else '' end)
+    when catalog.shard_known(p_shard)
+      or p_shard = any (string_to_array(replace(coalesce(current_setting('ca_dms.new_shards', true), ''), ' ', ''), ',')) then null
+    else
+      format('the shard %s is named by no slot map, directory entry or move job of this catalog (known: %s): a typo? A shard new to the catalog is known once a move to it is planned or a key is pinned to it; a configured shard the catalog lost the record of (restored from before it was added) is accepted when the transaction names it first: set local ca_dms.new_shards = %s', quote_literal(p_shard), catalog.known_shards(), quote_literal(p_shard))
   end
 $$;
 

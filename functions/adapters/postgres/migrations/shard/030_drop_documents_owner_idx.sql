@@ -1,0 +1,13 @@
+-- Drops `documents (owner_id)` (migration 001), which migration 028's `(owner_id, slot, id)` now
+-- covers: an owner's documents, and the foreign keys' cascades from users by id and by (id, slot).
+--
+-- In a migration (and so a transaction) of its own, after 028's build has committed: DROP INDEX
+-- takes ACCESS EXCLUSIVE on documents (reads wait too) for a moment. Asked for while 028's SHARE
+-- was still held, it deadlocked with any writer that had read documents during the build and was
+-- waiting to write them (a keyed POST: its claim reads documents, then it inserts one), and the
+-- migration, losing, rolled the build back and built it again on each retry
+-- (owner-index-migration-locks.test.ts). Here it holds no lock on documents before this one: its
+-- wait is bounded by the runner's lock_timeout, and a wait given up costs a retry of the drop only.
+-- Migration 028 built its index, or refused to run while an invalid one of its name stood, so
+-- this never leaves the owner unindexed.
+drop index if exists documents_owner_idx;
