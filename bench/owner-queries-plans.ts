@@ -17,6 +17,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { z } from 'zod';
 import { migrateDatabase, startTestPostgres } from '../test/support/postgres.js';
+import { explainPlan, formatPlan } from './support/explain.js';
 
 const { values } = parseArgs({ options: { users: { type: 'string' }, docs: { type: 'string' }, slots: { type: 'string' }, heavy: { type: 'string' } } });
 const count = (name: string, fallback: number) => z.coerce.number({ message: `--${name} must be a number` }).int(`--${name} must be a whole number`).min(1, `--${name} must be at least 1`).default(fallback);
@@ -89,15 +90,7 @@ try {
           },
         };
         for (const [name, q] of Object.entries(queries)) {
-          await db.query('savepoint q');
-          if (q.replica) await db.query('set local session_replication_role = replica');
-          const { rows } = await db.query<{ 'QUERY PLAN': string }>(`explain (analyze, buffers, costs off, timing off) ${q.sql}`, q.params);
-          await db.query('rollback to savepoint q');
-          const lines = rows.map((r) => r['QUERY PLAN']);
-          const nodes = lines.filter((l) => /->|^\S/.test(l) && !/^(Planning|Execution)/.test(l)).map((l) => l.trim().replace(/\s+\(actual.*$/, ''));
-          const buffers = lines.find((l) => l.trim().startsWith('Buffers'))?.trim() ?? '';
-          const time = lines.find((l) => l.startsWith('Execution Time'));
-          console.log(`${who}, ${name}: ${time}; ${buffers}\n    ${nodes.join('\n    ')}`);
+          console.log(formatPlan(`${who}, ${name}`, await explainPlan(db, q.sql, q.params, q.replica ? 'set local session_replication_role = replica' : undefined)));
         }
       }
     } finally {

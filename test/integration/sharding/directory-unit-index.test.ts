@@ -16,7 +16,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { unitDeleteBatchSql, DELETE_BATCH_SETTINGS } from '../../../functions/adapters/postgres/move-port.js';
-import { migrateDatabase, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { migrateDatabase, startTestPostgres, type TestPostgres, withAdmin } from '../../support/postgres.js';
 
 const SLOT = 321;
 const KEY = randomUUID();
@@ -24,10 +24,7 @@ let server: TestPostgres;
 let db: pg.Client;
 beforeAll(async () => {
   server = await startTestPostgres();
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query('create database shard');
-  await admin.end();
+  await withAdmin(server.url, (c) => c.query('create database shard'));
   await migrateDatabase(server.urlFor('shard'), 'shard');
   db = new pg.Client({ connectionString: server.urlFor('shard') });
   await db.connect();

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { MIGRATIONS, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { MIGRATIONS, startTestPostgres, type TestPostgres, withAdmin } from '../../support/postgres.js';
 import { runMigrations, type LockRetryEvent } from '../../../functions/adapters/postgres/migrate.js';
 
 const BEFORE = '027_timeline_history.sql';
@@ -30,10 +30,7 @@ let earlier: string;
 
 beforeAll(async () => {
   server = await startTestPostgres();
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query('create database shard');
-  await admin.end();
+  await withAdmin(server.url, (c) => c.query('create database shard'));
   url = server.urlFor('shard');
   // The shard as the version before 028 left it.
   earlier = await mkdtemp(join(tmpdir(), 'shard-027-'));

@@ -1,32 +1,19 @@
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
-import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
-import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
-import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
-import { createShardWriter, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
+import type { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
+import type { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { formatLsn, parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
-import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
 import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
 import { startTcpProxy } from '../../support/tcp-proxy.js';
+import { oneShardApi, type Answer, type Api } from './fixtures/one-shard-api.js';
 
-const SHARD = 'shard_001';
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
-const router: WriteRouter = { routeForWrite: () => Promise.resolve({ shardId: SHARD, slot: 7, version: 1, viaDirectory: false }) };
 /** The reader's per-connection primary check (replica-reader.ts, PRIMARY_CHECK_SQL), as pg_stat_activity shows it (a LIKE pattern). */
 const PRIMARY_CHECK_LIKE = 'select pg_is_in_recovery() as in_recovery,%case when pg_is_in_recovery() then null else%pg_walfile_name(pg_current_wal_insert_lsn())%';
 const PAGE = 8192n;
 
-interface Answer {
-  readonly status: number;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read arbitrary JSON answers
-  readonly body: any;
-  readonly headers: Headers;
-}
-type Api = (method: string, path: string, body?: unknown, headers?: Record<string, string>) => Promise<Answer>;
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -39,37 +26,9 @@ describe('a read token after a failover, at the edges', () => {
   let cluster: TestShardCluster;
   const closers: (() => Promise<void>)[] = [];
 
-  /** A documents API over `reader` (a new one on `primaryUrl` when not given), on a loopback port. */
-  const apiOn = async (primaryUrl: string, given?: { pools: ShardPools; reader: ReplicaReader }): Promise<{ api: Api; pools: ShardPools; reader: ReplicaReader }> => {
-    const pools = given?.pools ?? ShardPools.fromConfig({ shards: [{ shard_id: SHARD, database_url: primaryUrl, read_replicas: [] }] }, { max: 4, connectionTimeoutMillis: 2000 });
-    const reader = given?.reader ?? new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 }, intervalMs: 60_000, probeTimeoutMs: 2000 });
-    const writer = createShardWriter({ router, primaries: new Map([[SHARD, pools.primary(SHARD).pool]]) });
-    const route = createDocumentsRoute({ writer, reader, reads: createShardReader({ router, reader }), shardIds: [SHARD], onError: () => undefined });
-    const http: Server = createServer((req, res) => {
-      void Promise.resolve(route(req, res)).then((handled) => {
-        if (!handled) res.writeHead(404).end();
-      });
-    });
-    await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
-    closers.push(async () => {
-      await new Promise<void>((ok) => http.close(() => ok()));
-      if (given === undefined) {
-        reader.stop();
-        await pools.end();
-      }
-    });
-    const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
-    const api: Api = async (method, path, body, headers = {}) => {
-      const res = await fetch(`${url}${path}`, {
-        method,
-        headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text === '' ? null : JSON.parse(text), headers: res.headers };
-    };
-    return { api, pools, reader };
-  };
+  /** A documents API over `given` (a new pool set and reader on `primaryUrl` when not given), on a loopback port. */
+  const apiOn = (primaryUrl: string, given?: { pools: ShardPools; reader: ReplicaReader }): Promise<{ api: Api; pools: ShardPools; reader: ReplicaReader }> =>
+    oneShardApi(primaryUrl, closers, { max: 4, ...(given === undefined ? {} : { given }) });
   const tokenOf = (answer: Answer): string => {
     const token = answer.headers.get('x-read-token');
     if (answer.status !== 201 || token === null) throw new Error(`the write answered ${answer.status} without a token: ${JSON.stringify(answer.body)}`);
@@ -271,29 +230,7 @@ describe('a read token after two replicas were promoted to the same timeline num
     const shard = cluster.shards[0];
     const [first, second] = shard?.replicas ?? [];
     if (!shard || !first || !second) throw new Error('the cluster has no two replicas');
-    const serve = async (databaseUrl: string): Promise<Api> => {
-      const pools = ShardPools.fromConfig({ shards: [{ shard_id: SHARD, database_url: databaseUrl, read_replicas: [] }] }, { max: 2, connectionTimeoutMillis: 2000 });
-      const reader = new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 }, intervalMs: 60_000, probeTimeoutMs: 2000 });
-      const writer = createShardWriter({ router, primaries: new Map([[SHARD, pools.primary(SHARD).pool]]) });
-      const route = createDocumentsRoute({ writer, reader, reads: createShardReader({ router, reader }), shardIds: [SHARD], onError: () => undefined });
-      const http: Server = createServer((req, res) => {
-        void Promise.resolve(route(req, res)).then((handled) => {
-          if (!handled) res.writeHead(404).end();
-        });
-      });
-      await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
-      closers.push(async () => {
-        await new Promise<void>((ok) => http.close(() => ok()));
-        reader.stop();
-        await pools.end();
-      });
-      const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
-      return async (method, path, body, headers = {}) => {
-        const res = await fetch(`${url}${path}`, { method, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
-        const text = await res.text();
-        return { status: res.status, body: text === '' ? null : JSON.parse(text), headers: res.headers };
-      };
-    };
+    const serve = async (databaseUrl: string): Promise<Api> => (await oneShardApi(databaseUrl, closers)).api;
     const before = await serve(shard.primary.url);
     const kept = await before('POST', '/api/v1/users', { email: 'both@example.org', display_name: 'both' });
     if (kept.status !== 201) throw new Error(`the first write answered ${kept.status}`);

@@ -1,28 +1,15 @@
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
-import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
-import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
-import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
-import { createShardWriter, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { parseReadToken, type ReadToken } from '../../../functions/core/sharding/read-token.js';
-import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
 import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { ONE_SHARD, oneShardApi, type Answer, type Api } from './fixtures/one-shard-api.js';
 
-const SHARD = 'shard_001';
+/** One shard, every key in slot 7: the unit under test is the token's timeline, not routing. */
+const SHARD = ONE_SHARD;
 /** The problem type of a 410 (functions/local/documents-api.ts, WRITE_LOST_TYPE), spelled out: the test runs against code without it too. */
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
-/** One shard, every key in slot 7: the unit under test is the token's timeline, not routing. */
-const router: WriteRouter = { routeForWrite: () => Promise.resolve({ shardId: SHARD, slot: 7, version: 1, viaDirectory: false }) };
 
-interface Answer {
-  readonly status: number;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read arbitrary JSON answers
-  readonly body: any;
-  readonly headers: Headers;
-}
 
 /**
  * Issue #15: with asynchronous replication, a write the old primary acknowledged after the replica
@@ -40,34 +27,7 @@ describe('a read token of a write lost in a failover', () => {
   let lostUserToken = '';
 
   /** The documents API of one shard whose primary is `primaryUrl` (no replicas), on a loopback port. */
-  const apiOn = async (primaryUrl: string): Promise<(method: string, path: string, body?: unknown, headers?: Record<string, string>) => Promise<Answer>> => {
-    const pools = ShardPools.fromConfig({ shards: [{ shard_id: SHARD, database_url: primaryUrl, read_replicas: [] }] }, { max: 2, connectionTimeoutMillis: 2000 });
-    const reader = new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 }, intervalMs: 60_000, probeTimeoutMs: 2000 });
-    const primary = pools.primary(SHARD).pool;
-    const writer = createShardWriter({ router, primaries: new Map([[SHARD, primary]]) });
-    const route = createDocumentsRoute({ writer, reader, reads: createShardReader({ router, reader }), shardIds: [SHARD], onError: () => undefined });
-    const http: Server = createServer((req, res) => {
-      void Promise.resolve(route(req, res)).then((handled) => {
-        if (!handled) res.writeHead(404).end();
-      });
-    });
-    await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
-    closers.push(async () => {
-      await new Promise<void>((ok) => http.close(() => ok()));
-      reader.stop();
-      await pools.end();
-    });
-    const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
-    return async (method, path, body, headers = {}) => {
-      const res = await fetch(`${url}${path}`, {
-        method,
-        headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text === '' ? null : JSON.parse(text), headers: res.headers };
-    };
-  };
+  const apiOn = async (primaryUrl: string): Promise<Api> => (await oneShardApi(primaryUrl, closers)).api;
   const tokenOf = (answer: Answer): string => {
     const token = answer.headers.get('x-read-token');
     if (answer.status !== 201 || token === null) throw new Error(`the write answered ${answer.status} without a token: ${JSON.stringify(answer.body)}`);
