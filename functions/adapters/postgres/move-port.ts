@@ -613,10 +613,12 @@ function isForeignOwner(job: MoveJob, read: Pick<OwnerRead, 'routesTo'>): boolea
  * and the spec's paragraph on it (docs/sharding-spec.md section 9). A pin or a map written any
  * other way is refused for a moved unit (CAF07, CAF08).
  */
-function decideByHand(job: Pick<MoveJob, 'kind' | 'unitId'>, shard?: string): string {
+function decideByHand(job: Pick<MoveJob, 'kind' | 'unitId'> & Partial<Pick<MoveJob, 'id'>>, shard?: string): string {
+  // A slot's job is unfinished and has not flipped where this is said: the catalog refuses a map by
+  // hand for its slot unless the transaction names it (CAF08, sharding migration 013).
   return job.kind === 'directory'
     ? `: pin it with select * from catalog.repin_by_hand('${job.unitId}', ${shard === undefined ? '<the shard holding its rows>' : `'${shard}'`}, <reason>) (DirectoryStore.repinByHand; docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned")`
-    : `: publish a map giving slot ${job.unitId} to ${shard ?? 'the shard holding its rows'} with select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, <reason>) (SlotMapStore.publishByHand; docs/sharding-spec.md section 9, "A moved slot keeps its owner")`;
+    : `: publish a map giving slot ${job.unitId} to ${shard ?? 'the shard holding its rows'} in a transaction that names this unfinished move first: begin; set local ca_dms.override_moves = '${job.id ?? '<the move job id>'}'; select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, <reason>); commit (SlotMapStore.publishByHand with that transaction's client; docs/sharding-spec.md section 9, "A moved slot keeps its owner")`;
 }
 
 function foreignOwnerMessage(job: MoveJob, read: OwnerRead): string {

@@ -54,7 +54,7 @@ import {
   type MoveRequest,
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
-import { heldOnTarget, ownerRead, PgMovePort, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
+import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 
 export * from './move-jobs.js';
 export type { MoverDirectory, MoverSlotMaps } from './move-port.js';
@@ -259,6 +259,13 @@ export class Mover {
         [req.kind, unitId, slot, from, req.to, excluded, versionBefore, req.createdBy, req.reason],
       );
       recorded = rows[0] as JobRow;
+      // A slot's owner is read under the SHARE lock a directory move's flip takes (sharding
+      // migration 008): a map inserted and not yet committed is waited for and read, and one
+      // inserted after it waits for this commit, when the catalog's trigger sees this job and
+      // refuses it (CAF08, sharding migration 013: a slot with an unfinished move keeps its owner).
+      // Without it a map giving the slot to the target could commit unseen on both sides, and
+      // the move's copy then deleted what the target took by it (slot-map-moving-slot.test.ts).
+      if (req.kind === 'slot') await client.query(LOCK_SLOT_MAPS_FOR_HASH_ROUTE);
       const entry = req.kind === 'directory' ? await this.options.directory.entry(unitId, client) : null;
       const owner = entry?.shardId ?? (await this.options.slotMaps.current(client)).assignments[slot];
       const what = req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`;

@@ -62,8 +62,10 @@ function toRecord(row: Row): SlotMapRecord {
  * their shards whatever the map says (the old owner's `moved` row refuses it, `CAF02`; a shard
  * that never held it takes its writes while its rows are elsewhere). Nothing was published. To
  * give the slot another owner, move it; where its owner must be decided by hand,
- * {@link SlotMapStore.publishByHand}. The message is the catalog's, naming the slot, both shards
- * and the move jobs.
+ * {@link SlotMapStore.publishByHand}. Since sharding migration 013 also a map that changes the owner
+ * of a slot whose slot move is unfinished and has not flipped (a map giving it to the move's target
+ * sent writes there that the move's copy then deleted): cancel the move or let it finish first. The
+ * message is the catalog's, naming the slot, both shards and the move jobs.
  */
 export class SlotMapOwnerKeptError extends SlotMapError {
   override readonly name = 'SlotMapOwnerKeptError';
@@ -135,7 +137,7 @@ export class SlotMapStore {
    * count. Throws {@link SlotMapVersionConflictError} otherwise (someone else published
    * first: reload, re-plan, retry) and {@link SlotMapError} for a malformed map. Throws
    * {@link SlotMapOwnerKeptError} when `next` changes the owner of a slot a slot move (finished, or past its flip)
-   * wrote lasting fence rows for (sharding migration 012), unless the caller's transaction names
+   * wrote lasting fence rows for (sharding migration 012), or whose slot move is unfinished (013), unless the caller's transaction names
    * its writer (a mover's flip does; a recovery by hand is {@link publishByHand}).
    */
   async publish(next: SlotMap, by: string, reason: string, client: Queryable = this.pool): Promise<SlotMapRecord> {
@@ -160,7 +162,9 @@ export class SlotMapStore {
   /**
    * Publishes `next` as a deliberate decision of slots' owners by hand, through
    * `catalog.publish_slot_map_by_hand` (sharding migration 012; granted to `ca_dms_control`): the
-   * catalog does not refuse a change of the owner of a moved slot, and records `<login> by hand`
+   * catalog does not refuse a change of the owner of a moved slot (but of a slot whose slot move is
+   * unfinished and has not flipped, unless `client`'s transaction names the move first:
+   * `set local ca_dms.override_moves = '<job id>'`, sharding migration 013), and records `<login> by hand`
    * as the publisher with `reason`. The same compare-and-set as {@link publish}. The catalog cannot
    * see the shards: check first that each changed slot's new owner holds its rows and that its
    * `write_fences` row of the slot, if any, is `open` (docs/sharding-spec.md section 9). An owner

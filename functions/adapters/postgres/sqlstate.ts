@@ -32,6 +32,9 @@ export const PIN_OWNER_KEPT = 'CAF07';
  * CAF08 (sharding migration 012): a slot map may not change the owner of a slot a slot move (finished,
  * or past its flip) wrote lasting fence rows for, but by that slot's unfinished move (not past its flip) publishing its target or
  * `catalog.publish_slot_map_by_hand` (docs/sharding-spec.md section 9, "A moved slot keeps its owner").
+ * Since sharding migration 013 also the owner of a slot whose slot move is unfinished and has not
+ * flipped, but by that move's flip to its target, or by hand in a transaction naming the move in
+ * `ca_dms.override_moves` (same section, "While a slot's move is unfinished").
  */
 export const SLOT_OWNER_KEPT = 'CAF08';
 

@@ -8,6 +8,7 @@ import '../../support/quiet-powertools.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { createMovesHandler } from '../../../functions/handlers/moves.js';
+import { publishPastOwnerGuard } from '../sharding/fixtures/move-env.js';
 import { lambdaContext, tick } from '../sharding/fixtures/moves-handler.js';
 import { startApiHarness, type ApiHarness } from './harness.js';
 
@@ -170,8 +171,10 @@ describe('shard moves over HTTP', () => {
     const route = (await h.fetchJson(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };
     const to = route.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
     const job = await h.sharding.mover.plan({ kind: 'slot', slot: route.slot, to, createdBy: 'test', reason: 'test' });
-    // Someone else publishes a map that gives the slot to the move's target.
-    await h.sharding.slotMaps.publish(moveSlots(await h.sharding.slotMaps.current(), [route.slot], to), 'ops@example.com', 'by hand');
+    // Someone else publishes a map that gives the slot to the move's target: past the catalog's
+    // guard (CAF08, sharding migration 013: refused while the move is unfinished), as a superuser
+    // may. This is the cancel's own defence against such a map.
+    await publishPastOwnerGuard(h.catalogPool, h.sharding.slotMaps, moveSlots(await h.sharding.slotMaps.current(), [route.slot], to), 'ops@example.com', 'by hand');
 
     const cancel = await h.fetchJson(`${API}/shards/moves/${job.id}`, { method: 'DELETE' });
 
@@ -192,9 +195,10 @@ describe('shard moves over HTTP', () => {
     const to = route.shard_id === 'shard_001' ? 'shard_002' : 'shard_001';
     const job = await h.sharding.mover.plan({ kind: 'slot', slot: route.slot, to, createdBy: 'test', reason: 'test' });
     // The cancel DELETE records for the worker (without running the rollback in this process),
-    // then someone else publishes a map that gives the slot to the move's target.
+    // then someone else publishes a map that gives the slot to the move's target (past the
+    // catalog's guard, as above).
     await h.sharding.mover.requestCancel(job.id);
-    await h.sharding.slotMaps.publish(moveSlots(await h.sharding.slotMaps.current(), [route.slot], to), 'ops@example.com', 'by hand');
+    await publishPastOwnerGuard(h.catalogPool, h.sharding.slotMaps, moveSlots(await h.sharding.slotMaps.current(), [route.slot], to), 'ops@example.com', 'by hand');
 
     await createMovesHandler(async () => h.sharding)(tick, lambdaContext);
     const done = (await h.fetchJson(`${API}/shards/moves/${job.id}`)).body as { state: string; cancelRequested: boolean; cancelRefused: string | null };

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Mover, MoveJob } from '../../../functions/adapters/postgres/mover.js';
+import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { countSlot, fenceState, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /**
@@ -76,7 +77,7 @@ describe('a lost flip whose unit was moved on again by a later move the catalog 
     });
     // The refusal names the recovery by hand, the slot filled in, and the spec's paragraph.
     expect(resumed).toContain(
-      `the unit's owner must be decided by hand: publish a map giving slot ${slot} to the shard holding its rows with select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, <reason>) (SlotMapStore.publishByHand; docs/sharding-spec.md section 9, "A moved slot keeps its owner")`,
+      `the unit's owner must be decided by hand: publish a map giving slot ${slot} to the shard holding its rows in a transaction that names this unfinished move first: begin; set local ca_dms.override_moves = '${moved.id}'; select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, <reason>); commit (SlotMapStore.publishByHand with that transaction's client; docs/sharding-spec.md section 9, "A moved slot keeps its owner")`,
     );
   }, 60_000);
 
@@ -132,7 +133,25 @@ describe('a lost flip whose unit was moved on again by a later move the catalog 
     });
     expect(resumed).toMatch(new RegExp(`^threw: MoveError: the fence of slot ${slot} on the source ${a} says it moved to ${b} for this job, though the catalog names ${a} `));
     expect(resumed).toContain(
-      `Publish ${b} as the owner instead: publish a map giving slot ${slot} to ${b} with select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, <reason>) (SlotMapStore.publishByHand; docs/sharding-spec.md section 9, "A moved slot keeps its owner")`,
+      `Publish ${b} as the owner instead: publish a map giving slot ${slot} to ${b} in a transaction that names this unfinished move first: begin; set local ca_dms.override_moves = '${moved.id}'; select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, <reason>); commit (SlotMapStore.publishByHand with that transaction's client; docs/sharding-spec.md section 9, "A moved slot keeps its owner")`,
     );
+    // The recovery it names: by hand alone is refused while the move is unfinished (CAF08,
+    // sharding migration 013), the refusal naming the setting; with the move named, published.
+    const next = moveSlots(await env.slotMaps.current(), [slot], b);
+    const unnamed = await env.slotMaps.publishByHand(next, 'the lost flip of the move, published by hand').catch((e: unknown) => e);
+    expect(unnamed).toMatchObject({ name: 'SlotMapOwnerKeptError' });
+    expect((unnamed as Error).message).toContain(`move job #${moved.id} (${a} to ${b}, verifying) has not finished`);
+    expect((unnamed as Error).message).toContain(`set local ca_dms.override_moves = '${moved.id}'`);
+    const client = await env.catalog.connect();
+    try {
+      await client.query('begin');
+      await client.query(`select set_config('ca_dms.override_moves', $1, true)`, [String(moved.id)]);
+      await env.slotMaps.publishByHand(next, 'the lost flip of the move, published by hand', client);
+      await client.query('commit');
+    } finally {
+      await client.query('rollback').catch(() => undefined);
+      client.release();
+    }
+    expect(await env.ownerOf(slot)).toBe(b);
   }, 60_000);
 });

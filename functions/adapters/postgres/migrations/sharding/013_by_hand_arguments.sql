@@ -31,6 +31,10 @@
 --
 -- Refusals are SQLSTATE 22023 (invalid_parameter_value), as 011's and 012's, nothing written, the
 -- message naming every argument that is wrong.
+--
+-- And (at the end of this file) migration 012's trigger refuses a map that changes the owner of a
+-- slot whose slot move is unfinished and has not flipped, by hand too unless the move is named in
+-- `ca_dms.override_moves` (CAF08, slot-map-moving-slot.test.ts).
 
 -- The canonical text of a routing key, as core/sharding/keys.ts canonicalKey writes it
 -- (docs/sharding-spec.md section 1): a UUID in any form PostgreSQL's uuid type reads, or
@@ -199,5 +203,105 @@ begin
        and cardinality(p_assignments) = coalesce((select m.slot_count from catalog.slot_maps m order by m.version desc limit 1), cardinality(p_assignments))
     returning *;
   perform set_config('ca_dms.map_writer', '', true);
+end
+$$;
+
+-- A slot's owner while a slot move of it is unfinished (issue #15, slot-map-moving-slot.test.ts).
+-- Migration 012 left a slot whose move had not flipped to the move ("the move's to judge"): a map
+-- published meanwhile (SlotMapStore.publish, an INSERT, or publish_slot_map_by_hand) was let
+-- through. Given to the move's target B before the move fenced B (`planned`, or `copying` before
+-- its source was prepared), writers sent the slot's writes to B, which had no fence row for it and
+-- took them, acknowledged; the move then fenced B `incoming`, its copy deleted B's rows of the slot
+-- before copying A's, and the move ended `done`: the writes B took were on no shard. Given to a
+-- third shard C, C took the slot's writes and the move failed at its flip, the slot's rows split
+-- between A and C; given to B under the move's fence, the move took it as its publication.
+--
+-- So a map that changes, against the map before it, the owner of a slot with an unfinished slot
+-- move whose flip has not begun (state not done, failed or cancelled, `flip_started_at` null; one
+-- at most per slot, move_jobs_one_active_per_slot) is refused, CAF08, nothing published, the
+-- message naming the move job and saying to cancel it or let it finish first, unless:
+--   * `ca_dms.map_writer` is that move's own flip, `move job #<id>`, to its target (as 012);
+--   * the map is published by hand (publish_slot_map_by_hand) in a transaction that names the move
+--     in the setting `ca_dms.override_moves` (job ids separated by commas, `set local` before the
+--     call). By hand alone is refused: the by-hand recovery is for a slot whose owner the movers
+--     cannot decide, and while the move is unfinished they still can: a cancel rolls the move back
+--     (the slot stays on its source, the copy deleted), a run finishes it, and only then does a
+--     map by hand decide without the move overwriting it at its flip or deleting what its new
+--     owner took. The override is for the move that can do neither, its error saying the slot's
+--     owner "must be decided by hand": a flip the catalog lost whose target's fence is no longer
+--     open, or whose catalog names a third shard (move-port.ts recoverLostFlip, which every run
+--     meets before a cancel is acted on, so that job never ends): without it only a superuser
+--     past the trigger could recover such a slot. The operator names the move: an accidental
+--     override of a move that would finish or cancel is what this guard is for.
+-- Slot moves only: a directory move's key is placed by its pin, whatever the map says of its slot.
+-- A move planned concurrently with such a map: Mover.plan reads the slot's owner again once its
+-- job row is in, under catalog.lock_slot_maps_for_hash_route() (008), so a map inserted but not
+-- committed is waited for and seen (the plan is then refused), and a map inserted after the lock
+-- waits for the plan's commit, its trigger then seeing the job (each statement of the trigger
+-- reads with a snapshot taken after the insert's lock was granted).
+--
+-- 012's checks are kept, and the by-hand path is otherwise unchanged (it skips them). The jobs of
+-- each changed slot are read in one pass over move_jobs_slot_history_idx (both rules), the maps
+-- still zipped (bench/slot-map-owner-kept.ts: a flip changes one slot).
+create or replace function catalog.slot_maps_owner_kept() returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  writer text := coalesce(current_setting('ca_dms.map_writer', true), '');
+  by_hand boolean := writer like 'by hand: %';
+  overrides text[];
+  job bigint;
+  previous text[];
+  refused record;
+begin
+  select m.assignments into previous from catalog.slot_maps m where m.version < new.version order by m.version desc limit 1;
+  if previous is null then
+    return new; -- the first map
+  end if;
+  if writer ~ '^move job #[0-9]{1,18}$' then
+    job := substring(writer from '[0-9]+')::bigint;
+  end if;
+  if by_hand then
+    overrides := string_to_array(replace(coalesce(current_setting('ca_dms.override_moves', true), ''), ' ', ''), ',');
+  end if;
+  select c.slot, c.old_owner, c.new_owner, h.moving, h.moving_what, h.jobs,
+         h.moving is not null and not coalesce(by_hand and h.moving::text = any (overrides), false) as unfinished into refused
+    from (select (u.i - 1)::integer as slot, u.old_owner, u.new_owner
+            from unnest(new.assignments, previous) with ordinality as u(new_owner, old_owner, i)
+           where u.new_owner is distinct from u.old_owner) c
+    cross join lateral (
+      select max(j.id) filter (where j.state not in ('done', 'failed', 'cancelled') and j.flip_started_at is null) as moving,
+             max(j.to_shard) filter (where j.state not in ('done', 'failed', 'cancelled') and j.flip_started_at is null) as moving_to,
+             max(format('#%s (%s to %s, %s)', j.id, j.from_shard, j.to_shard, j.state)) filter (where j.state not in ('done', 'failed', 'cancelled') and j.flip_started_at is null) as moving_what,
+             string_agg(format('#%s (%s to %s, %s)', j.id, j.from_shard, j.to_shard, j.state), ', ' order by j.id)
+               filter (where j.state = 'done' or j.flip_started_at is not null or (j.state in ('failed', 'cancelled') and j.copying_at is not null)) as jobs
+        from catalog.move_jobs j
+       where j.kind = 'slot' and j.slot = c.slot) h
+   where not coalesce(h.moving = job and h.moving_to = c.new_owner, false)
+     and ((h.moving is not null and not coalesce(by_hand and h.moving::text = any (overrides), false))
+          or (h.jobs is not null and not by_hand))
+   order by c.slot
+   limit 1;
+  if not found then
+    return new;
+  end if;
+  if refused.unfinished then
+    raise exception 'slot map version % may not change the owner of slot % from % to %: move job % has not finished, and a map published before its flip sends the slot''s writes where the move does not expect them (its copy deletes what its target took meanwhile; a third shard''s are left out of its rows). Nothing was published. Cancel the move (DELETE /shards/moves/%) or let it finish first, then publish the map%',
+      new.version, refused.slot, refused.old_owner, refused.new_owner, refused.moving_what, refused.moving,
+      case
+        when by_hand then format('; a move that can neither finish nor be cancelled (its error says the slot''s owner must be decided by hand) is overridden by naming it in the same transaction first: set local ca_dms.override_moves = ''%s''', refused.moving)
+        when writer = '' then ''
+        else format(' (ca_dms.map_writer "%s" is not the flip of move job #%s to its target)', writer, refused.moving)
+      end
+      using errcode = 'CAF08', detail = format('slot %s; from %s to %s; unfinished move job %s', refused.slot, refused.old_owner, refused.new_owner, refused.moving_what),
+            hint = 'cancel the move (DELETE /shards/moves/{id}) or let it finish, then publish';
+  end if;
+  raise exception 'slot map version % may not change the owner of slot % from % to % by hand: move job(s) % wrote fence rows for it on their shards, which decide for the slot whatever the map says (a shard that is not its owner refuses it, CAF02, or takes its writes while its rows are elsewhere). Nothing was published. To give the slot another owner, move it (a slot move, POST /shards/moves); where its owner must be decided by hand, call catalog.publish_slot_map_by_hand(version, assignments, reason)%',
+    new.version, refused.slot, refused.old_owner, refused.new_owner, refused.jobs,
+    case when writer = '' then '' else format(' (ca_dms.map_writer "%s" names no unfinished move of slot %s to %s)', writer, refused.slot, refused.new_owner) end
+    using errcode = 'CAF08', detail = format('slot %s; from %s to %s; move jobs %s', refused.slot, refused.old_owner, refused.new_owner, refused.jobs),
+          hint = 'change owners through moves; a recovery by hand: select * from catalog.publish_slot_map_by_hand(version, assignments, reason)';
 end
 $$;
