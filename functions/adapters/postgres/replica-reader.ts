@@ -114,6 +114,24 @@ async function readTimelineHistory(client: pg.ClientBase, timeline: number): Pro
 }
 
 /**
+ * `work`, or a {@link DeadlinePassedError} (`query`, on `nodeId`) once `deadlineAt` (`Date.now()`
+ * ms) has passed, whichever comes first; `work` itself goes on (it is someone else's to end). No
+ * deadline: `work` alone.
+ */
+async function byDeadline<T>(work: Promise<T>, deadlineAt: number | undefined, nodeId: string): Promise<T> {
+  if (deadlineAt === undefined) return work;
+  let timer: NodeJS.Timeout | undefined;
+  const passed = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new DeadlinePassedError(nodeId, 'query')), Math.max(0, deadlineAt - Date.now()));
+  });
+  try {
+    return await Promise.race([work, passed]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
  * A read was waiting on a replica that a probe has since found down (no answer within the probe
  * timeout, or no longer in recovery): its connection is dropped and the read moves on.
  */
@@ -520,7 +538,7 @@ export class ReplicaReader {
             if (rows[0]?.in_recovery === true) throw new PrimaryInRecoveryError(node.nodeId);
             primaryTimelineOf.set(lent, rows[0]?.tli == null ? null : { timeline: Number(rows[0].tli), server: rows[0].started });
           }
-          lostWrite = await this.#lostWrite(shardId, lent, primaryTimelineOf.get(lent) ?? null, options);
+          lostWrite = await this.#lostWrite(shardId, node.nodeId, lent, primaryTimelineOf.get(lent) ?? null, options);
         }
         if (target.kind === 'replica') {
           // The replica was chosen before the wait for its connection (a busy pool can hold a read
@@ -596,10 +614,10 @@ export class ReplicaReader {
    * that timeline ends in it. Undefined otherwise, and whenever the history cannot be had: the read
    * then answers as it did before shard migration 027.
    */
-  async #lostWrite(shardId: string, client: pg.ClientBase, primary: { readonly timeline: number; readonly server: string } | null, options: ReadOptions): Promise<LostWrite | undefined> {
+  async #lostWrite(shardId: string, nodeId: string, client: pg.ClientBase, primary: { readonly timeline: number; readonly server: string } | null, options: ReadOptions): Promise<LostWrite | undefined> {
     if (options.token === undefined || options.tokenTimeline === undefined || primary === null || primary.timeline <= options.tokenTimeline) return undefined;
     const { timeline } = primary;
-    const history = await this.#history(shardId, primary, client);
+    const history = await this.#history(shardId, primary, client, options.deadlineAt, nodeId);
     if (history === null) return undefined;
     const lost = lostInFailover(history, timeline, { lsn: parseLsn(options.token), timeline: options.tokenTimeline });
     return lost === undefined ? undefined : { shardId, lsn: options.token, timeline: options.tokenTimeline, forkLsn: formatLsn(lost.forkLsn), currentTimeline: timeline };
@@ -609,15 +627,26 @@ export class ReplicaReader {
    * `shardId`'s history on `timeline`, from the cache or asked on `client` (see {@link #histories}).
    * A read that found another read's query under way waits for it, but that query's failure is
    * that read's own (its connection broke, its deadline cancelled it): the waiter then asks on its
-   * own connection rather than fail with an error that is not its own.
+   * own connection rather than fail with an error that is not its own. The wait is held to the
+   * waiter's own deadline (`deadlineAt`): a query that outlasts it (a stuck server, a lock) fails
+   * the waiter then, with {@link DeadlinePassedError} on `nodeId`, as its own query would have
+   * failed at its deadline; the query itself is left to the read that sent it (and its deadline).
    */
-  async #history(shardId: string, { timeline, server }: { readonly timeline: number; readonly server: string }, client: pg.ClientBase): Promise<readonly TimelineSwitch[] | null> {
+  async #history(
+    shardId: string,
+    { timeline, server }: { readonly timeline: number; readonly server: string },
+    client: pg.ClientBase,
+    deadlineAt: number | undefined,
+    nodeId: string,
+  ): Promise<readonly TimelineSwitch[] | null> {
     const key = `${shardId}/${timeline}/${server}`;
     const cached = this.#histories.get(key);
     if (cached !== undefined && (cached.retryAtMs === undefined || this.#now() < cached.retryAtMs)) {
       try {
-        return await cached.history;
-      } catch {
+        return await byDeadline(cached.history, deadlineAt, nodeId);
+      } catch (error) {
+        // This read's own deadline (the query never throws one): it stops waiting, the query goes on.
+        if (error instanceof DeadlinePassedError) throw error;
         // Another read's connection or deadline: asked again below, on this read's connection.
       }
     }
