@@ -28,8 +28,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { z } from 'zod';
 import { unitDeleteBatchSql, DELETE_BATCH_SETTINGS } from '../functions/adapters/postgres/move-port.js';
-import { migrateDatabase, startTestPostgres } from '../test/support/postgres.js';
 import { explainPlan, formatPlan } from './support/explain.js';
+import { startMigratedDatabase } from './support/migrated-database.js';
 
 const { values } = parseArgs({ options: { others: { type: 'string' }, 'other-docs': { type: 'string' }, 'key-docs': { type: 'string' }, page: { type: 'string' } } });
 const count = (name: string, fallback: number) => z.coerce.number({ message: `--${name} must be a number` }).int(`--${name} must be a whole number`).min(1, `--${name} must be at least 1`).default(fallback);
@@ -40,14 +40,9 @@ const options = z
 const SLOT = 1234;
 const KEY = randomUUID();
 
-const server = await startTestPostgres();
+const { server, url } = await startMigratedDatabase('shard', 'shard');
 try {
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query('create database shard');
-  await admin.end();
-  await migrateDatabase(server.urlFor('shard'), 'shard');
-  const db = new pg.Client({ connectionString: server.urlFor('shard') });
+  const db = new pg.Client({ connectionString: url });
   await db.connect();
   // Seeded past the triggers (fences, change capture): no move runs here.
   await db.query('set session_replication_role = replica');

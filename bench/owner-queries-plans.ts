@@ -16,8 +16,8 @@ import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { z } from 'zod';
-import { migrateDatabase, startTestPostgres } from '../test/support/postgres.js';
 import { explainPlan, formatPlan } from './support/explain.js';
+import { startMigratedDatabase } from './support/migrated-database.js';
 
 const { values } = parseArgs({ options: { users: { type: 'string' }, docs: { type: 'string' }, slots: { type: 'string' }, heavy: { type: 'string' } } });
 const count = (name: string, fallback: number) => z.coerce.number({ message: `--${name} must be a number` }).int(`--${name} must be a whole number`).min(1, `--${name} must be at least 1`).default(fallback);
@@ -26,14 +26,9 @@ const options = z.object({ users: count('users', 10_000), docs: count('docs', 20
 const HEAVY = randomUUID();
 const HEAVY_SLOT = 7;
 
-const server = await startTestPostgres();
+const { server, url } = await startMigratedDatabase('shard', 'shard');
 try {
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query('create database shard');
-  await admin.end();
-  await migrateDatabase(server.urlFor('shard'), 'shard');
-  const db = new pg.Client({ connectionString: server.urlFor('shard') });
+  const db = new pg.Client({ connectionString: url });
   await db.connect();
   await db.query('set session_replication_role = replica');
   await db.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'heavy@example.com', 'heavy')`, [HEAVY, HEAVY_SLOT]);

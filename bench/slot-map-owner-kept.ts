@@ -15,7 +15,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { z } from 'zod';
 import { buildSlotMap, moveSlots } from '../functions/core/sharding/slot-map.js';
-import { migrateDatabase, startTestPostgres } from '../test/support/postgres.js';
+import { startMigratedDatabase } from './support/migrated-database.js';
 
 const { values } = parseArgs({ options: { jobs: { type: 'string' }, rounds: { type: 'string' } } });
 const options = z
@@ -27,14 +27,9 @@ const options = z
 
 const FENCE_BUDGET_MS = 2000;
 
-const server = await startTestPostgres();
+const { server, url } = await startMigratedDatabase('catalog', 'sharding');
 try {
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query('create database catalog');
-  await admin.end();
-  await migrateDatabase(server.urlFor('catalog'), 'sharding');
-  const db = new pg.Client({ connectionString: server.urlFor('catalog') });
+  const db = new pg.Client({ connectionString: url });
   await db.connect();
   const map = buildSlotMap(['s1', 's2', 's3'].map((shardId) => ({ shardId, weight: 1 })));
   await db.query(`insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (1, $1, $2, 'bench', 'bench')`, [map.slotCount, map.assignments]);

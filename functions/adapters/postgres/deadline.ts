@@ -190,19 +190,33 @@ export interface ClientDeadline {
   /** True once the deadline passed and the connection was dropped. */
   readonly expired: boolean;
   /**
-   * True once a cancel request was sent for the deadline: a statement cancelled "due to user
-   * request" before then was cancelled by someone else (`pg_cancel_backend`, an operator).
+   * True once a cancel request was sent for the deadline: a statement cancelled before then was
+   * cancelled by someone else (`pg_cancel_backend`, an operator; see
+   * {@link ClientDeadline.cancelledByOther}).
    */
   readonly cancelSent: boolean;
+  /**
+   * Whether `error`, caught just now (ask before awaiting anything else), is a statement
+   * cancelled by another session's request (`pg_cancel_backend`, an operator), not by the
+   * deadline: see {@link cancelledByOtherSession}.
+   */
+  cancelledByOther(error: unknown): boolean;
   /** Stops the timers (call before releasing the client). */
   disarm(): void;
   /**
    * Whether the connection may go back to the pool, the request having ended with `failure`
    * (its error; undefined when it succeeded): not once dropped, nor after a cancel request was
-   * sent unless `failure` is the cancellation it caused (the one request sent, passed on in full:
-   * see {@link ClientDeadline.settled}). A cancel request travels on a connection of its own and
-   * can reach the server after the statement it was sent for has ended: it would then cancel the
-   * statement of the next request lent the connection.
+   * sent unless `failure` is a cancelled statement (57014, {@link queryCanceled}) and that one
+   * request has been passed on in full (see {@link ClientDeadline.settled}; not one whose
+   * connection failed or timed out: the server may yet take it). A cancel request
+   * travels on a connection of its own and can reach the server after the statement it was sent
+   * for has ended: it would then cancel the statement of the next request lent the connection.
+   * Any 57014 will do, not only the one the request caused ("due to user request"): the message
+   * is worded in the server's `lc_messages` language, and the same statement's `statement_timeout`
+   * (set to the time left: it fires at the deadline too) can win the race. Either way the server
+   * has sent the request's signals once it closed the request's connection, and a signal that
+   * finds the session with no statement running (its error's recovery, idle) is dropped, so it
+   * can reach no statement sent after that.
    */
   reusable(failure?: unknown): boolean;
   /**
@@ -215,15 +229,37 @@ export interface ClientDeadline {
   settled(): Promise<void>;
 }
 
+/** SQLSTATE query_canceled: a statement ended by `statement_timeout` or by a cancel request. */
+const QUERY_CANCELED = '57014';
+
 /**
- * The error of a statement cancelled by a cancel request (57014 "canceling statement due to user
- * request"), not by `statement_timeout` (57014 "... due to statement timeout"). A message in
- * another language (`lc_messages`) is not recognised: the connection is then discarded, which
- * is safe.
+ * Whether `error` is a statement PostgreSQL cancelled (57014): by `statement_timeout` or by a
+ * cancel request (the deadline's or another session's), which only its message tells apart, in
+ * the server's `lc_messages` language.
  */
-export function cancelledByRequest(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
-  return (error as { code?: unknown }).code === '57014' && error.message.includes('user request');
+export function queryCanceled(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === QUERY_CANCELED;
+}
+
+/**
+ * Whether `error`, caught at `now` (`Date.now()` ms) on a connection held to `deadlineAt` whose
+ * deadline had sent no cancel request by then (`cancelSent`), is a statement cancelled by another
+ * session's request (`pg_cancel_backend`, an operator), not by the deadline. Told by the
+ * deadline's own record, not by the message's words, which are in the server's `lc_messages`
+ * language ("storniere Anfrage wegen Benutzeraufforderung" in German): 57014 caught before the
+ * deadline with none sent. No `statement_timeout` of the request's transaction can have fired by
+ * then: it is set to the time left when the transaction began (`deadlineSettingsSql`) and counts
+ * from each statement's own start. English words refine it where they can: "due to statement
+ * timeout" is a timeout (a session's or role's own, shorter than the deadline, on a path that sets
+ * none), and "due to user request" is another session's past the deadline too, when the deadline
+ * sent none (a write's commit was on its way, the transaction had failed); in another language a
+ * statement cancelled then counts as the deadline's (nothing was committed either way).
+ */
+export function cancelledByOtherSession(error: unknown, deadlineAt: number, cancelSent: boolean, now: number = Date.now()): boolean {
+  if (cancelSent || !queryCanceled(error)) return false;
+  const message = error instanceof Error ? error.message : '';
+  if (message.includes('statement timeout')) return false;
+  return now < deadlineAt || message.includes('user request');
 }
 
 export interface HoldToDeadlineOptions {
@@ -264,6 +300,8 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
   let cancelsSent = 0;
   /** A cancel request on its way (its connection open): the server has not taken it yet. */
   let cancelling = false;
+  /** A cancel request whose connection failed or timed out: the server may take it yet, or never. */
+  let unanswered = false;
   let onSettled: Array<() => void> = [];
   let canceller: NodeJS.Timeout | undefined;
   /** The statement the last cancel request was sent for (null: none was running). */
@@ -289,8 +327,9 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
       cancelsSent += 1;
       sentFor = running;
       cancelling = true;
-      cancelStatement(client, () => {
+      cancelStatement(client, (passedOn) => {
         cancelling = false;
+        if (!passedOn) unanswered = true;
         const waiting = onSettled;
         onSettled = [];
         for (const resolve of waiting) resolve();
@@ -315,6 +354,9 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
     get cancelSent() {
       return cancelsSent > 0;
     },
+    cancelledByOther(error) {
+      return cancelledByOtherSession(error, deadlineAt, cancelsSent > 0);
+    },
     disarm() {
       clearTimeout(canceller);
       canceller = undefined;
@@ -323,7 +365,7 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
     reusable(failure) {
       // After two cancel requests, one that failed the statement leaves the other on its way;
       // one still on its way may yet signal the backend again.
-      return !expired && (cancelsSent === 0 || (cancelsSent === 1 && !cancelling && cancelledByRequest(failure)));
+      return !expired && (cancelsSent === 0 || (cancelsSent === 1 && !cancelling && !unanswered && queryCanceled(failure)));
     },
     settled() {
       return cancelling ? new Promise<void>((resolve) => onSettled.push(resolve)) : Promise.resolve();
@@ -353,19 +395,26 @@ function runningStatement(client: pg.ClientBase): unknown {
  * it. Cancelled, it fails with 57014 and the connection stays usable. Fire and forget: a server
  * that is silent never gets it ({@link holdToDeadline} drops the connection then). A cancel that
  * arrives while the session is idle is ignored by the server. `onClosed` hears when the request's
- * connection is closed: the server has passed the request on, or it failed or timed out.
+ * connection is closed: `passedOn` true when the server closed it (it has passed the request on),
+ * false when it failed or timed out, or nothing was sent (no key to send).
  */
-export function cancelStatement(client: pg.ClientBase, onClosed?: () => void): void {
+export function cancelStatement(client: pg.ClientBase, onClosed?: (passedOn: boolean) => void): void {
   const c = client as unknown as { processID?: unknown; secretKey?: unknown; host?: unknown; port?: unknown };
   const { processID, secretKey, host, port } = c;
   if (typeof processID !== 'number' || typeof secretKey !== 'number' || typeof port !== 'number') {
-    onClosed?.();
+    onClosed?.(false);
     return;
   }
   const socket = typeof host === 'string' && host.startsWith('/') ? net.connect(`${host}/.s.PGSQL.${port}`) : net.connect(port, typeof host === 'string' ? host : 'localhost');
   socket.on('error', () => undefined);
   // The server closes the connection once it has passed the request on (or it timed out, failed).
-  if (onClosed) socket.once('close', onClosed);
+  // The server answers a cancel request with nothing but its close: read on, to hear it ('end').
+  let passedOn = false;
+  socket.once('end', () => {
+    passedOn = true;
+  });
+  socket.resume();
+  if (onClosed) socket.once('close', () => onClosed(passedOn));
   socket.setTimeout(DEADLINE_GRACE_MS * 4, () => socket.destroy());
   socket.on('connect', () => {
     const request = Buffer.alloc(16);
@@ -460,7 +509,7 @@ async function abandon(pool: pg.Pool, client: pg.ClientBase, checkedOutAt: numbe
   const { processID: pid, user: login } = client as unknown as { processID?: unknown; user?: unknown };
   // Awaited (the server closes the request's connection once it has passed it on, or its own
   // bound ends it): a sandbox frozen before it went out would leave the statement running.
-  const cancelled = new Promise<void>((resolve) => cancelStatement(client, resolve));
+  const cancelled = new Promise<void>((resolve) => cancelStatement(client, () => resolve()));
   dropConnection(client);
   await cancelled;
   if (typeof pid !== 'number' || typeof login !== 'string') return;

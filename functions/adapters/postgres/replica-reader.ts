@@ -33,7 +33,7 @@ import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../.
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { lostInFailover, parseTimelineHistory, TimelineHistoryError, type LostWrite, type TimelineSwitch } from '../../core/sharding/timeline-history.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
-import { cancelledByRequest, checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, type ClientDeadline } from './deadline.js';
+import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, queryCanceled, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
@@ -588,13 +588,14 @@ export class ReplicaReader {
           throw passed;
         }
         if (!isNodeFailure(error)) {
+          // A cancel request the deadline did not send (57014 before the deadline, none sent: told
+          // in any lc_messages language, see cancelledByOtherSession): someone else's, not the
+          // deadline's. Asked first, before the wait below.
+          const byOther = guard?.cancelledByOther(error) === true;
           // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
-          if (guard !== undefined && cancelledByRequest(error)) await guard.settled();
+          if (guard !== undefined && queryCanceled(error)) await guard.settled();
           client?.release(guard?.reusable(error) === false || undefined);
-          // A cancel request the deadline did not send ("due to user request" before any was
-          // sent): someone else's, not the deadline's (a message in another language is not
-          // recognised and counts as the deadline's).
-          if (guard !== undefined && !guard.cancelSent && cancelledByRequest(error)) throw new ReadCancelledError(node.nodeId, error);
+          if (byOther) throw new ReadCancelledError(node.nodeId, error);
           throw error;
         }
         // A broken connection must not go back to the pool; one abandoned on a replica that stopped

