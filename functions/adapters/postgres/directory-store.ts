@@ -16,10 +16,12 @@
  * ```
  */
 import type pg from 'pg';
-import { canonicalKey } from '../../core/sharding/keys.js';
+import { slotOf } from '../../core/sharding/hash.js';
+import { canonicalKey, uuidForm } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, PIN_KEPT, PIN_OWNER_KEPT } from './sqlstate.js';
+import { describeRows, keyRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
@@ -87,6 +89,30 @@ export class DirectoryOwnerKeptError extends DirectoryError {
   }
 }
 
+/**
+ * A pin (or an unpin) would send a key's reads and writes away from the shard that holds its rows
+ * (issue #15): the key has no move history, so the catalog's guards let it through, but its rows
+ * would stay on `from`, out of its readers' sight on `to`, its new writes landing on `to` (the key
+ * split over two shards; a later move of the key or its slot could delete one side). Counted on
+ * `from` by a store given the shards' pools ({@link DirectoryStoreOptions.shardPools}). Nothing was
+ * written. Move the key instead (`POST /shards/moves`), or pass `{ rowsLeftOn: 'checked' }` once
+ * its rows are accounted for.
+ */
+export class DirectoryRowsLeftError extends DirectoryError {
+  override readonly name = 'DirectoryRowsLeftError';
+  constructor(
+    readonly key: string,
+    /** The shard the catalog routes the key to now, which holds its rows. */
+    readonly from: string,
+    /** The shard the change would route it to (for an unpin, its slot's owner). */
+    readonly to: string,
+    readonly rows: readonly TableRows[],
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 export interface DirectoryEntry {
   readonly key: string;
   readonly shardId: string;
@@ -105,6 +131,13 @@ export interface DirectoryStoreOptions {
   readonly shards?: readonly string[];
   /** Bound on cached keys. Default 100000. */
   readonly maxCachedKeys?: number;
+  /**
+   * The shards' primary pools, by shard id. When given, a change of the shard a key routes to
+   * (`set`, `repinByHand`, `delete`) first counts the key's rows on the shard it routes to now and
+   * is refused with {@link DirectoryRowsLeftError} where there are any, unless the caller passes
+   * `rowsLeftOn` (issue #15; the sharding runtime gives them). Without them nothing is counted.
+   */
+  readonly shardPools?: ShardPoolsById;
 }
 
 export interface DirectoryListOptions {
@@ -141,6 +174,7 @@ const toEntry = (r: Row): DirectoryEntry => ({ key: r.key, shardId: r.shard_id, 
 export class DirectoryStore implements DirectoryLookup {
   private readonly cache: TtlCache<string | null>;
   private readonly shards: ReadonlySet<string> | undefined;
+  private readonly shardPools: ShardPoolsById | undefined;
   /**
    * Bumped by every invalidation. A lookup caches what it read only if none happened while it
    * read: one that read before a write committed and answers after the write was forgotten would
@@ -154,6 +188,7 @@ export class DirectoryStore implements DirectoryLookup {
   ) {
     this.cache = new TtlCache(options.ttlMs ?? 5_000, options.now ?? Date.now, options.maxCachedKeys);
     this.shards = options.shards ? new Set(options.shards) : undefined;
+    this.shardPools = options.shardPools;
   }
 
   /** The shard `key` is pinned to, or `null`; served from the TTL cache when fresh. */
@@ -186,6 +221,12 @@ export class DirectoryStore implements DirectoryLookup {
    * (sharding migration 011), unless the transaction names the writer (the mover's publication
    * does): such a key changes owner through moves, or by {@link repinByHand}.
    *
+   * Refused with {@link DirectoryRowsLeftError}, nothing written, by a store given the shards' pools
+   * ({@link DirectoryStoreOptions.shardPools}), when the pin routes the key away from the shard it
+   * routes to now (its pin, else its slot's owner) while that shard holds rows of the key (issue
+   * #15: the catalog cannot see them, and a key with no move history passes its guards), unless
+   * `options.rowsLeftOn` says why they may stay (`'checked'`; the mover names its job).
+   *
    * The key's cached lookup is forgotten once the write is made. Made with a `client` in a
    * transaction, the write is not yet visible then, and a lookup of this process may cache the
    * old owner again until the commit: call {@link invalidate} for the key once the transaction
@@ -197,13 +238,14 @@ export class DirectoryStore implements DirectoryLookup {
    * await directory.set(read!.key, 'shard_002', 'ops@example.com', undefined, read); // refused if changed since
    * ```
    */
-  async set(rawKey: string, shardId: string, by: string, client: Queryable = this.pool, expected?: ExpectedDirectoryEntry): Promise<DirectoryEntry> {
+  async set(rawKey: string, shardId: string, by: string, client: Queryable = this.pool, expected?: ExpectedDirectoryEntry, options: OwnerChangeOptions = {}): Promise<DirectoryEntry> {
     // Stored in canonical form, the form the router looks up (a pin under an upper-case UUID would never match).
     const key = canonicalKey(rawKey);
     if (key === '') throw new DirectoryError('directory keys must not be empty');
     if (by.trim() === '') throw new DirectoryError('every directory change records who made it; "by" must not be empty');
     const unknown = this.unconfigured(shardId);
     if (unknown !== null) throw new DirectoryError(unknown);
+    await this.refuseRowsLeft('pin', key, client, options, shardId);
     const returning = 'returning key, shard_id, version, updated_at, updated_by';
     const refusedOwnerChange = (err: unknown): never => {
       if (hasSqlState(err, PIN_OWNER_KEPT)) throw new DirectoryOwnerKeptError(key, (err as Error).message, { cause: err });
@@ -234,6 +276,39 @@ export class DirectoryStore implements DirectoryLookup {
     return toEntry(rows[0]);
   }
 
+  /**
+   * Refuses ({@link DirectoryRowsLeftError}) a change that would route `key` away from the shard
+   * it routes to now (its entry's shard, else its slot's owner in the latest map, read with
+   * `client`) while that shard holds rows of the key (issue #15). For a pin, `to` is the shard
+   * pinned; for an unpin (`to` undefined), the slot's owner. Nothing is counted without
+   * {@link DirectoryStoreOptions.shardPools}, with `rowsLeftOn`, for a key that is no user id (no
+   * row is owned by it), or where the shard routed to now has no pool here (not configured).
+   */
+  private async refuseRowsLeft(change: 'pin' | 'repin' | 'unpin', key: string, client: Queryable, options: OwnerChangeOptions, to?: string): Promise<void> {
+    if (this.shardPools === undefined || options.rowsLeftOn !== undefined || uuidForm(key) !== key) return;
+    const entry = await this.entry(key, client);
+    if (change === 'unpin' && entry === null) return;
+    const { rows: mapped } = await client.query<{ owner: string | null }>('select assignments[$1::int + 1] as owner from catalog.slot_maps order by version desc limit 1', [slotOf(key)]);
+    const slotOwner = mapped[0]?.owner ?? null;
+    const from = entry?.shardId ?? slotOwner;
+    const next = change === 'unpin' ? slotOwner : (to ?? null);
+    if (from === null || next === null || from === next) return;
+    const pool = this.shardPools.get(from);
+    if (pool === undefined) return;
+    const rows = await keyRowsOn(pool, key);
+    if (rows.length === 0) return;
+    const held = `its rows are on ${from} (${describeRows(rows)}), where the catalog routes it now (${entry === null ? `by hash: slot ${slotOf(key)}` : `its pin, version ${entry.version}`})`;
+    const harm = `would send its reads and writes to ${next} and leave those rows out of their sight: the key split over two shards, and a later move of the key or its slot could delete one side (issue #15; docs/sharding-spec.md section 9, "An owner changed outside a move")`;
+    const move = `POST /shards/moves {"kind":"directory","unit":"${key}","to":"${next}"}`;
+    const message =
+      change === 'pin'
+        ? `cannot pin key ${key} to ${next}: ${held}; the pin ${harm}. Move it instead (${move}), which takes its rows along; or, where they are accounted for (checked by hand), pass { rowsLeftOn: 'checked' }. Nothing was written`
+        : change === 'repin'
+          ? `cannot repin key ${key} to ${next} by hand: ${held}; the pin ${harm}. Where a move can, move it (${move}); deciding its owner by hand, check first that ${next} holds its rows and that its write_fences row of the key, if any, is open, then pass { rowsLeftOn: 'checked' }. Nothing was written`
+          : `cannot unpin key ${key}: ${held}; unpinned, it routes by hash to ${next} (slot ${slotOf(key)}), which ${harm.replace(/^would /, '')}. Keep the pin (a directory move changes its owner: POST /shards/moves), or, where its rows are accounted for (checked by hand), pass { rowsLeftOn: 'checked' }. Nothing was changed`;
+    throw new DirectoryRowsLeftError(key, from, next, rows, message);
+  }
+
   /** Why `shardId` may not be written, when this store knows the configured shards and it is not one; else null. */
   private unconfigured(shardId: string): string | null {
     return this.shards && !this.shards.has(shardId) ? `shard ${shardId} is not configured (known: ${[...this.shards].join(', ')})` : null;
@@ -248,14 +323,16 @@ export class DirectoryStore implements DirectoryLookup {
    * `write_fences` row of the key (kind `directory`), if any, is `open`. Refused with a
    * {@link DirectoryError}, nothing written, for an empty key or reason and a blank shard, and by
    * the catalog (sharding migration 013, the catalog's message) for a shard that is not of a shard
-   * id's form or that no slot map, directory entry or move job names (a typo).
+   * id's form or that no slot map, directory entry or move job names (a typo). Refused with a
+   * {@link DirectoryRowsLeftError} as {@link set} is, by a store given the shards' pools, where the
+   * shard the key routes to now holds rows of it, unless `options.rowsLeftOn` is `'checked'`.
    *
    * @example
    * ```ts
    * await directory.repinByHand('3f2c1d9e-8a7b-4c6d-9e0f-112233445566', 'shard_002', 'move job #41 failed: rows are on shard_002 (ticket OPS-7)');
    * ```
    */
-  async repinByHand(rawKey: string, shardId: string, reason: string, client: Queryable = this.pool): Promise<DirectoryEntry> {
+  async repinByHand(rawKey: string, shardId: string, reason: string, client: Queryable = this.pool, options: OwnerChangeOptions = {}): Promise<DirectoryEntry> {
     const key = canonicalKey(rawKey);
     const wrong = [
       key === '' ? 'the key must not be empty' : null,
@@ -263,6 +340,7 @@ export class DirectoryStore implements DirectoryLookup {
       reason.trim() === '' ? 'a pin changed by hand records why; "reason" must not be empty' : null,
     ].filter((w): w is string => w !== null);
     if (wrong.length > 0) throw new DirectoryError(`cannot repin ${key || 'the key'} by hand: ${wrong.join('; ')}`);
+    await this.refuseRowsLeft('repin', key, client, options, shardId);
     const { rows } = await client
       .query<Row>('select key, shard_id, version, updated_at, updated_by from catalog.repin_by_hand($1, $2, $3)', [key, shardId, reason])
       .catch((err: unknown) => {
@@ -282,9 +360,13 @@ export class DirectoryStore implements DirectoryLookup {
    * (or a slot move that kept it out) fence rows for (the catalog's trigger, sharding migration
    * 010): such a key stays pinned, and
    * changes owner through moves. Inside a caller's transaction the refusal aborts it, as any error.
+   * Refused with {@link DirectoryRowsLeftError}, nothing changed, by a store given the shards' pools,
+   * when the pin names another shard than the key's slot's owner and that shard holds rows of the
+   * key (unpinned, the key would route by hash away from them), unless `options.rowsLeftOn` is given.
    */
-  async delete(rawKey: string, client: Queryable = this.pool): Promise<boolean> {
+  async delete(rawKey: string, client: Queryable = this.pool, options: OwnerChangeOptions = {}): Promise<boolean> {
     const key = canonicalKey(rawKey);
+    await this.refuseRowsLeft('unpin', key, client, options);
     const { rowCount } = await client.query('delete from catalog.shard_directory where key = $1', [key]).catch((err: unknown) => {
       if (hasSqlState(err, PIN_KEPT)) throw new DirectoryPinKeptError(key, (err as Error).message, { cause: err });
       throw err;

@@ -386,7 +386,7 @@ const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
  * 011), and of a slot `ca_dms.map_writer` (sharding migration 012): `move job #<id>`, checked by
  * the catalog against an unfinished move of the unit to the shard written.
  */
-function publisherOf(job: Pick<MoveJob, 'id'>): string {
+function publisherOf(job: Pick<MoveJob, 'id'>): `move job #${number}` {
   return `move job #${job.id}`;
 }
 
@@ -2324,7 +2324,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    * caller read none (theirs to keep; null if it was deleted again meanwhile).
    */
   private async pinToSourceOverNoEntry(job: MoveJob, catalog: pg.ClientBase): Promise<{ readonly pinned: DirectoryEntry } | { readonly kept: DirectoryEntry | null }> {
-    return this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null).then(
+    return this.options.directory.set(job.unitId, job.from, this.settings.actor, catalog, null, { rowsLeftOn: publisherOf(job) }).then(
       (pinned) => ({ pinned }),
       (err: unknown) => {
         if (!(err instanceof DirectoryVersionConflictError)) throw err;
@@ -2386,9 +2386,12 @@ export class PgMovePort implements MovePort<MoveJob> {
       // CAF07) and 012 (a moved slot's owner, CAF08) refuse the change by anyone else, and let this
       // one through while the job is unfinished and publishes its own target for its own unit.
       await catalog.query(`select set_config('ca_dms.map_writer', $1, true), set_config('ca_dms.pin_writer', $1, true)`, [publisherOf(job)]);
-      if (read.map !== null) return (await this.options.slotMaps.publish(moveSlots(read.map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog)).map.version;
+      // The move carries the unit's rows: the stores' count of the rows left on the old owner
+      // (issue #15, for owner changes outside a move) does not apply.
+      const moving = { rowsLeftOn: publisherOf(job) };
+      if (read.map !== null) return (await this.options.slotMaps.publish(moveSlots(read.map, [Number(job.unitId)], job.to), this.settings.actor, reason, catalog, moving)).map.version;
       const expected: ExpectedDirectoryEntry = read.owner === null ? null : { shardId: read.owner, version: read.version };
-      return (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog, expected)).version;
+      return (await this.options.directory.set(job.unitId, job.to, this.settings.actor, catalog, expected, moving)).version;
     });
   }
 

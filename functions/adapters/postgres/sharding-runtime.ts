@@ -73,7 +73,10 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
   };
   try {
     const primaries = new Map(pools.shardIds().map((id) => [id, pools.primary(id).pool]));
-    const slotMaps = new SlotMapStore(catalog);
+    // Both stores count a unit's rows on its owner before a change of its owner made outside a
+    // move, and refuse it where the rows would be left behind (issue #15; the mover's publications
+    // say they carry the rows).
+    const slotMaps = new SlotMapStore(catalog, { shardPools: primaries });
     if ((await slotMaps.latest()) === null) {
       await slotMaps.initialise(
         buildSlotMap(config.shards.map((s) => ({ shardId: s.shard_id, weight: s.weight }))),
@@ -81,7 +84,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
         `initial map for ${config.shards.length} shard(s)`,
       );
     }
-    const directory = new DirectoryStore(catalog, { ttlMs: config.directory.cache_ttl_seconds * 1000, shards: pools.shardIds() });
+    const directory = new DirectoryStore(catalog, { ttlMs: config.directory.cache_ttl_seconds * 1000, shards: pools.shardIds(), shardPools: primaries });
     const router = ShardRouter.fromConfig(config, { slotMap: await slotMaps.current(), directory });
     const keyRouter = routerForWrites(router, slotMaps, directory);
     const writer = createShardWriter({ router: keyRouter, primaries });

@@ -16,6 +16,7 @@ import type pg from 'pg';
 import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
+import { describeRows, pinnedKeysOf, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A pool, or a client inside a caller's transaction (to publish atomically with other catalog writes). */
 export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -71,12 +72,61 @@ export class SlotMapOwnerKeptError extends SlotMapError {
   override readonly name = 'SlotMapOwnerKeptError';
 }
 
+/** A slot whose owner a map changes while its old owner holds rows of it (see {@link SlotMapRowsLeftError}). */
+export interface SlotRowsLeft {
+  readonly slot: number;
+  readonly from: string;
+  readonly to: string;
+  readonly rows: readonly TableRows[];
+}
+
+/**
+ * A map would change the owner of slots whose old owner holds rows of them (issue #15): slots
+ * with no move history, so the catalog's guard lets the map through, but their rows would stay on
+ * the old owner, out of their readers' sight on the new one, their new writes landing there (each
+ * slot split over two shards; a later move of the slot could delete one side). Counted by a store
+ * given the shards' pools ({@link SlotMapStoreOptions.shardPools}), leaving out the rows of keys
+ * the directory pins. Nothing was published. Move the slots instead (`POST /shards/moves`), or pass
+ * `{ rowsLeftOn: 'checked' }` once their rows are accounted for.
+ */
+export class SlotMapRowsLeftError extends SlotMapError {
+  override readonly name = 'SlotMapRowsLeftError';
+  constructor(
+    readonly version: number,
+    readonly slots: readonly SlotRowsLeft[],
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface SlotMapStoreOptions {
+  /**
+   * The shards' primary pools, by shard id. When given, `publish` and `publishByHand` first count,
+   * on each old owner, the rows of every slot the map gives to another shard (less the rows of keys
+   * the directory pins) and refuse the map with {@link SlotMapRowsLeftError} where there are any,
+   * unless the caller passes `rowsLeftOn` (issue #15; the sharding runtime gives them). Without them
+   * nothing is counted.
+   */
+  readonly shardPools?: ShardPoolsById;
+}
+
+/** The most slots a refusal names one by one. */
+const SLOTS_NAMED = 10;
+
 function requireText(what: string, value: string): void {
   if (value.trim() === '') throw new SlotMapError(`${what} must not be empty: every slot map records who published it and why`);
 }
 
 export class SlotMapStore {
-  constructor(private readonly pool: Queryable) {}
+  private readonly shardPools: ShardPoolsById | undefined;
+
+  constructor(
+    private readonly pool: Queryable,
+    options: SlotMapStoreOptions = {},
+  ) {
+    this.shardPools = options.shardPools;
+  }
 
   /** The latest map. Throws {@link SlotMapError} when none was ever published (call {@link initialise}). */
   async current(client: Queryable = this.pool): Promise<SlotMap> {
@@ -138,12 +188,18 @@ export class SlotMapStore {
    * first: reload, re-plan, retry) and {@link SlotMapError} for a malformed map. Throws
    * {@link SlotMapOwnerKeptError} when `next` changes the owner of a slot a slot move (finished, or past its flip)
    * wrote lasting fence rows for (sharding migration 012), or whose slot move is unfinished (013), unless the caller's transaction names
-   * its writer (a mover's flip does; a recovery by hand is {@link publishByHand}).
+   * its writer (a mover's flip does; a recovery by hand is {@link publishByHand}). Throws
+   * {@link SlotMapRowsLeftError}, nothing published, by a store given the shards' pools
+   * ({@link SlotMapStoreOptions.shardPools}), when `next` gives a slot to another shard while its
+   * old owner holds rows of it (less those of keys the directory pins; issue #15: the catalog cannot
+   * see them, and a slot with no move history passes its guard), unless `options.rowsLeftOn` says
+   * why they may stay (`'checked'`; the mover's flip names its job).
    */
-  async publish(next: SlotMap, by: string, reason: string, client: Queryable = this.pool): Promise<SlotMapRecord> {
+  async publish(next: SlotMap, by: string, reason: string, client: Queryable = this.pool, options: OwnerChangeOptions = {}): Promise<SlotMapRecord> {
     const map = parseSlotMap(next);
     requireText('by', by);
     requireText('reason', reason);
+    await this.refuseRowsLeft(map, client, options, false);
     // The assignments come back from `map`, not from the database: a mover publishes while it
     // holds writes fenced, and the 4096-entry array would cross the wire a second time.
     const rows = await this.inserted(map, client, () =>
@@ -170,20 +226,64 @@ export class SlotMapStore {
    * `write_fences` row of the slot, if any, is `open` (docs/sharding-spec.md section 9). An owner
    * that is not of a shard id's form, or that no slot map, directory entry or move job names (a
    * typo), is refused by the catalog (sharding migration 013) with a {@link SlotMapError} carrying
-   * its message; nothing is published.
+   * its message; nothing is published. Refused with a {@link SlotMapRowsLeftError} as {@link publish}
+   * is, by a store given the shards' pools, unless `options.rowsLeftOn` is `'checked'`.
    *
    * @example
    * ```ts
    * await store.publishByHand(moveSlots(await store.current(), [42], 'shard_002'), 'restored from backup (OPS-7)');
    * ```
    */
-  async publishByHand(next: SlotMap, reason: string, client: Queryable = this.pool): Promise<SlotMapRecord> {
+  async publishByHand(next: SlotMap, reason: string, client: Queryable = this.pool, options: OwnerChangeOptions = {}): Promise<SlotMapRecord> {
     const map = parseSlotMap(next);
     if (reason.trim() === '') throw new SlotMapError('a slot map published by hand records why; "reason" must not be empty');
+    await this.refuseRowsLeft(map, client, options, true);
     const rows = await this.inserted(map, client, () =>
       client.query<Omit<Row, 'assignments'>>('select version, slot_count, created_at, created_by, reason from catalog.publish_slot_map_by_hand($1, $2, $3)', [map.version, map.assignments, reason]),
     );
     return this.published(map, rows, client);
+  }
+
+  /**
+   * Refuses ({@link SlotMapRowsLeftError}) `map` where it changes, against the latest map read with
+   * `client`, the owner of slots whose old owner holds rows of them, less the rows of keys the
+   * directory pins (issue #15). Nothing is counted without {@link SlotMapStoreOptions.shardPools},
+   * with `rowsLeftOn`, for a map that is not the next version (the insert refuses it), or on an old
+   * owner that has no pool here (not configured: nothing reaches its rows anyway).
+   */
+  private async refuseRowsLeft(map: SlotMap, client: Queryable, options: OwnerChangeOptions, byHand: boolean): Promise<void> {
+    if (this.shardPools === undefined || options.rowsLeftOn !== undefined) return;
+    const latest = await this.latest(client);
+    if (latest === null || latest.map.version + 1 !== map.version || latest.map.slotCount !== map.slotCount) return;
+    const changed = new Map<string, number[]>();
+    map.assignments.forEach((owner, slot) => {
+      const from = latest.map.assignments[slot];
+      if (from === undefined || from === owner || this.shardPools?.get(from) === undefined) return;
+      changed.set(from, [...(changed.get(from) ?? []), slot]);
+    });
+    if (changed.size === 0) return;
+    const pinned = await pinnedKeysOf(client, new Set([...changed.values()].flat()));
+    const left: SlotRowsLeft[] = [];
+    for (const [from, slots] of changed) {
+      const counts = await slotRowsOn(this.shardPools.get(from) as Queryable, slots, pinned);
+      for (const [slot, rows] of counts) left.push({ slot, from, to: map.assignments[slot] as string, rows });
+    }
+    if (left.length === 0) return;
+    left.sort((a, b) => a.slot - b.slot);
+    const named = left
+      .slice(0, SLOTS_NAMED)
+      .map((l) => `slot ${l.slot} from ${l.from} to ${l.to} (${describeRows(l.rows)} on ${l.from})`)
+      .join('; ');
+    const more = left.length > SLOTS_NAMED ? `; and ${left.length - SLOTS_NAMED} more slot(s)` : '';
+    const [first] = left as [SlotRowsLeft];
+    const way = byHand
+      ? `Deciding their owners by hand, check first that each new owner holds the slot's rows and that its write_fences row of the slot, if any, is open, then pass { rowsLeftOn: 'checked' }; where a move can, move them (POST /shards/moves {"kind":"slot","unit":"${first.slot}","to":"${first.to}"})`
+      : `Move the slots instead (POST /shards/moves {"kind":"slot","unit":"${first.slot}","to":"${first.to}"}, one per slot), which takes their rows along; or, where they are accounted for (checked by hand), pass { rowsLeftOn: 'checked' }`;
+    throw new SlotMapRowsLeftError(
+      map.version,
+      left,
+      `slot map version ${map.version} would change the owner of ${left.length} slot(s) whose rows are on the old owner: ${named}${more}; the map would send their reads and writes to the new owners and leave those rows out of their sight: each slot split over two shards, and a later move of the slot could delete one side (issue #15; docs/sharding-spec.md section 9, "An owner changed outside a move"). ${way}. Nothing was published`,
+    );
   }
 
   private async inserted(map: SlotMap, client: Queryable, insert: () => Promise<{ rows: Omit<Row, 'assignments'>[] }>): Promise<Omit<Row, 'assignments'>[]> {
