@@ -200,7 +200,7 @@ export interface ClientDeadline {
    * cancelled by another session's request (`pg_cancel_backend`, an operator), not by the
    * deadline: see {@link cancelledByOtherSession}.
    */
-  cancelledByOther(error: unknown): boolean;
+  cancelledByOther(error: unknown, options?: CancelledByOtherOptions): boolean;
   /** Stops the timers (call before releasing the client). */
   disarm(): void;
   /**
@@ -229,6 +229,18 @@ export interface ClientDeadline {
   settled(): Promise<void>;
 }
 
+/** What {@link ClientDeadline.cancelledByOther} is told of the statement that failed. */
+export interface CancelledByOtherOptions {
+  /**
+   * Whether a `statement_timeout` of the request's own (the time left, set with its transaction:
+   * `deadlineSettingsSql`) was in force for the statement. Default true. False on a path that sets
+   * none (one statement outside a transaction, `ReplicaReader.query`): the session's own (a role's
+   * or database's default, `ALTER ROLE ... SET statement_timeout`) may be shorter than the deadline
+   * and fire before it, so a 57014 then is another session's only by its English words.
+   */
+  readonly statementTimeout?: boolean;
+}
+
 /** SQLSTATE query_canceled: a statement ended by `statement_timeout` or by a cancel request. */
 const QUERY_CANCELED = '57014';
 
@@ -242,7 +254,9 @@ export function queryCanceled(error: unknown): boolean {
 }
 
 /**
- * Whether `error`, caught at `now` (`Date.now()` ms) on a connection held to `deadlineAt` whose
+ * Whether `error`, caught at `now` on a connection held to `deadlineAt` (ms on one clock: `Date.now()`
+ * by default; {@link holdToDeadline}'s guard asks on the monotonic clock, `performance.now()`, which
+ * a step of the wall clock does not move) whose
  * deadline had sent no cancel request by then (`cancelSent`), is a statement cancelled by another
  * session's request (`pg_cancel_backend`, an operator), not by the deadline. Told by the
  * deadline's own record, not by the message's words, which are in the server's `lc_messages`
@@ -255,10 +269,13 @@ export function queryCanceled(error: unknown): boolean {
  * sent none (a write's commit was on its way, the transaction had failed); in another language a
  * statement cancelled then counts as the deadline's (nothing was committed either way).
  */
-export function cancelledByOtherSession(error: unknown, deadlineAt: number, cancelSent: boolean, now: number = Date.now()): boolean {
+export function cancelledByOtherSession(error: unknown, deadlineAt: number, cancelSent: boolean, now: number = Date.now(), options: CancelledByOtherOptions = {}): boolean {
   if (cancelSent || !queryCanceled(error)) return false;
   const message = error instanceof Error ? error.message : '';
   if (message.includes('statement timeout')) return false;
+  // With no statement_timeout of the request's own, the session's may have fired before the
+  // deadline: only the words tell (in another language, not another session's: the 57014 as is).
+  if (options.statementTimeout === false) return message.includes('user request');
   return now < deadlineAt || message.includes('user request');
 }
 
@@ -296,6 +313,9 @@ export interface HoldToDeadlineOptions {
  */
 export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, options: HoldToDeadlineOptions = {}): ClientDeadline {
   checkDeadlineMs('deadlineAt (from now)', deadlineAt - Date.now());
+  // The deadline on the monotonic clock, as the timers below count it: whether a 57014 came
+  // before it is asked on that clock, not the wall clock, which a step (an NTP correction) moves.
+  const deadlineAtMonotonic = performance.now() + (deadlineAt - Date.now());
   let expired = false;
   let cancelsSent = 0;
   /** A cancel request on its way (its connection open): the server has not taken it yet. */
@@ -354,8 +374,8 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
     get cancelSent() {
       return cancelsSent > 0;
     },
-    cancelledByOther(error) {
-      return cancelledByOtherSession(error, deadlineAt, cancelsSent > 0);
+    cancelledByOther(error, byOtherOptions) {
+      return cancelledByOtherSession(error, deadlineAtMonotonic, cancelsSent > 0, performance.now(), byOtherOptions);
     },
     disarm() {
       clearTimeout(canceller);

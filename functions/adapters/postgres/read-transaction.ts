@@ -325,6 +325,8 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
             ...(onPrimary || readOptions.primary === true ? { primary: true } : {}),
             ...(deadlineAt === undefined ? {} : { deadlineAt }),
           },
+          // Its BEGIN sets statement_timeout to the time left (readBeginSql): none fires before the deadline.
+          { statementTimeout: true },
         );
       } catch (err) {
         if (err instanceof DeadlinePassedError) {

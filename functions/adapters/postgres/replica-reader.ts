@@ -33,7 +33,7 @@ import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../.
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { lostInFailover, parseTimelineHistory, TimelineHistoryError, type LostWrite, type TimelineSwitch } from '../../core/sharding/timeline-history.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
-import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, queryCanceled, type ClientDeadline } from './deadline.js';
+import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, queryCanceled, type CancelledByOtherOptions, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
@@ -510,8 +510,13 @@ export class ReplicaReader {
    * `fn` may run again on another node when the first one fails, so it must only read. A
    * malformed token is rejected with an `LsnError` before any node is tried. A primary address
    * that reaches a server in recovery fails the attempt there ({@link PrimaryInRecoveryError}).
+   * `held.statementTimeout`: whether `fn` runs its statements under a `statement_timeout` of the
+   * time left (a transaction begun with `deadlineSettingsSql`, as `createShardReader`'s). Default
+   * false: the session's own (a role's default) may then fire before the deadline, and its 57014,
+   * in a language other than English, is not told from another session's cancel
+   * ({@link ReadCancelledError}): it is thrown as pg raised it.
    */
-  async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string, node: ReadNode) => Promise<T>, options: ReadOptions = {}): Promise<T> {
+  async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string, node: ReadNode) => Promise<T>, options: ReadOptions = {}, held: CancelledByOtherOptions = { statementTimeout: false }): Promise<T> {
     checkDeadlineMs('deadlineAt (from now)', options.deadlineAt === undefined ? undefined : options.deadlineAt - Date.now());
     const targets = this.plan(shardId, options);
     let lastError: unknown;
@@ -591,7 +596,7 @@ export class ReplicaReader {
           // A cancel request the deadline did not send (57014 before the deadline, none sent: told
           // in any lc_messages language, see cancelledByOtherSession): someone else's, not the
           // deadline's. Asked first, before the wait below.
-          const byOther = guard?.cancelledByOther(error) === true;
+          const byOther = guard?.cancelledByOther(error, held) === true;
           // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
           if (guard !== undefined && queryCanceled(error)) await guard.settled();
           client?.release(guard?.reusable(error) === false || undefined);

@@ -17,9 +17,10 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { holdToDeadline, queryCanceled } from '../../../functions/adapters/postgres/deadline.js';
 import { ShardReadError } from '../../../functions/adapters/postgres/read-transaction.js';
+import { ReadCancelledError } from '../../../functions/adapters/postgres/replica-reader.js';
 import { ShardWriteError } from '../../../functions/adapters/postgres/write-transaction.js';
 import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
 
@@ -135,6 +136,67 @@ describe("a statement the deadline's own cancel request ends, on a server speaki
         sameConnection: true,
       });
     } finally {
+      await pool.end();
+    }
+  });
+});
+
+describe("a session's own statement_timeout, shorter than the deadline, on a server speaking German", () => {
+  // reader.query runs its one statement with no transaction, so no statement_timeout of the
+  // request's own is in force: the session's is (a role's or database's default, ALTER ROLE ...
+  // SET statement_timeout; here SET on the session, to the same effect), and it can fire before
+  // the deadline. Its 57014 is no other session's cancel.
+  it('fails a read with no statement_timeout of its own with the 57014, not as cancelled by another session', async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    const started = Date.now();
+    const reader = api.sharding.reader;
+    if (reader === undefined) throw new Error('the runtime built no replica reader');
+    const outcome = await reader
+      .withReadClient(
+        shardId,
+        async (client) => {
+          await client.query('set statement_timeout = 200');
+          try {
+            return (await inGerman(client.query('select pg_sleep(3)'))).rowCount;
+          } finally {
+            await client.query('reset statement_timeout');
+          }
+        },
+        { primary: true, deadlineAt: Date.now() + 4000 },
+      )
+      .then(
+        () => ({ byOther: false, code: undefined as unknown, ms: Date.now() - started }),
+        (e: unknown) => ({ byOther: e instanceof ReadCancelledError, code: (e as { code?: unknown }).code, ms: Date.now() - started }),
+      );
+    // Before: ReadCancelledError ("cancelled on the server by another session's request"), code undefined.
+    expect({ byOther: outcome.byOther, code: outcome.code, beforeDeadline: outcome.ms < 4000 }).toEqual({ byOther: false, code: '57014', beforeDeadline: true });
+  });
+});
+
+describe("the wall clock steps while a statement runs (an NTP correction), on a server speaking German", () => {
+  it("tells an operator's cancel before the deadline by the monotonic clock the deadline's timers count on", async () => {
+    const pool = new pg.Pool({ connectionString: api.server.urlFor('shard_001'), max: 1 });
+    pool.on('error', () => undefined);
+    const client = await pool.connect();
+    const guard = holdToDeadline(client, Date.now() + 4000);
+    // Stepped forward 10 s once the guard is armed: its deadline (4 s away on the timers) has
+    // not passed, whatever the wall clock says.
+    const realNow = Date.now.bind(Date);
+    const stepped = vi.spyOn(Date, 'now').mockImplementation(() => realNow() + 10_000);
+    let failure: unknown;
+    try {
+      const sleeping = inGerman(client.query('select pg_sleep(3) as h48_clock_step')).catch((error: unknown) => {
+        failure = error;
+      });
+      const cancelled = await operatorCancels('shard_001', 'h48_clock_step');
+      await sleeping;
+      // Before: false (the stepped wall clock was past the deadline: counted as the deadline's).
+      expect({ cancelled, cancelSent: guard.cancelSent, byOther: guard.cancelledByOther(failure) }).toEqual({ cancelled: true, cancelSent: false, byOther: true });
+    } finally {
+      stepped.mockRestore();
+      guard.disarm();
+      client.release(!guard.reusable(failure) || undefined);
       await pool.end();
     }
   });
