@@ -34,6 +34,7 @@ export const ISOLATED_FILES: Readonly<Record<string, string>> = {
   'test/integration/controller/handlers.test.ts': 'sets Powertools environment variables, stubs SDK clients and spies on module exports',
   'test/integration/controller/least-privilege.test.ts': 'stubs SDK clients (aws-sdk-client-mock)',
   'test/integration/controller/session-state.test.ts': 'sets Powertools environment variables and spies on module exports',
+  'test/integration/local/cancel-other-language.test.ts': 'steps the wall clock (spies on Date.now)',
   'test/integration/local/cluster-manifest-write.test.ts': 'mocks a module',
   'test/integration/local/environment.test.ts': 'sets the scaling environment variables',
   'test/integration/sharding/health.test.ts': 'stubs SDK clients (aws-sdk-client-mock)',
