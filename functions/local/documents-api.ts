@@ -41,6 +41,7 @@ import { DeadlinePassedError } from '../adapters/postgres/deadline.js';
 import { ShardWriteError, type ShardWriteContext, type ShardWriteResult, type ShardWriter } from '../adapters/postgres/write-transaction.js';
 import { NOT_OWNED_STATES_SQL, readOptionsFor, rowFenceStateSql, ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
 import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
+import { lostBeforeMove, type MovesLookup } from '../core/sharding/lost-before-move.js';
 import { lostWriteMessage, type LostWrite } from '../core/sharding/timeline-history.js';
 import { duplicateProblems, inexactProblems, jsonProblems, listedProblems, MAX_JSON_DEPTH, zodProblems } from '../api/input-limits.js';
 import { DuplicateMemberError, parseJsonText } from '../core/json-text.js';
@@ -54,6 +55,13 @@ export interface DocumentsApiDeps {
   /** Reads of one owner's rows (fence-checked, read-your-writes). */
   readonly reads: ShardReader;
   readonly shardIds: readonly string[];
+  /**
+   * The last move of a key's unit off a shard (adapters/postgres/move-lookup.ts): a read with a
+   * token of another shard than the one read, that finds nothing or lists, asks it whether a
+   * failover of the token's shard lost the write before the unit moved (410). Absent: such a
+   * token is not checked (the read answers 404 or the list).
+   */
+  readonly moves?: MovesLookup;
   /** Where unexpected errors go, with their database text (clients never see it). Default: one JSON line on stderr. */
   readonly onError?: (error: unknown, request: { method: string; path: string }) => void;
   /**
@@ -738,6 +746,15 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     }
   };
   /** The token header, refused (400) when it names no configured shard. */
+  /**
+   * The write of `after`, a token of another shard than `readOn` (the key's unit moved since),
+   * lost in a failover of the token's shard before the unit moved off it ({@link lostBeforeMove}).
+   * Asked only when a read found nothing or lists: a read that finds its row pays nothing.
+   */
+  const lostBeforeMoveOf = async (after: ReadToken | undefined, readOn: string, key: string): Promise<LostWrite | undefined> => {
+    if (after === undefined || after.shardId === readOn || deps.moves === undefined) return undefined;
+    return lostBeforeMove(after, await deps.moves.lastMoveOff(after.shardId, key));
+  };
   const readAfter = (req: IncomingMessage): ReadToken | undefined => {
     const header = parse(readAfterSchema, req.headers['x-read-after'], 'header.x-read-after');
     if (header !== undefined && !deps.shardIds.includes(header.shardId)) {
@@ -845,7 +862,10 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       ...(q.consistency === 'primary' ? { primary: true } : {}),
       deadlineMs: startDeadline().left(),
     });
-    if (!r.value[0]) throw r.lostWrite ? writeLost(r.lostWrite) : new HttpProblem({ status: 404, detail: `no user ${id}` });
+    if (!r.value[0]) {
+      const lost = r.lostWrite ?? (await lostBeforeMoveOf(after, r.shardId, id));
+      throw lost ? writeLost(lost) : new HttpProblem({ status: 404, detail: `no user ${id}` });
+    }
     send(res, 200, { ...r.value[0], shard_id: r.shardId, served_by: r.servedBy });
   }
 
@@ -859,7 +879,8 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       { ...(after ? { token: after } : {}), ...(q.consistency === 'primary' ? { primary: true } : {}), deadlineMs: startDeadline().left() },
     );
     // Which document the token wrote is not known: the list may lack it, whatever else it holds.
-    if (r.lostWrite) throw writeLost(r.lostWrite);
+    const lost = r.lostWrite ?? (await lostBeforeMoveOf(after, r.shardId, id));
+    if (lost) throw writeLost(lost);
     send(res, 200, { owner_id: id, shard_id: r.shardId, served_by: r.servedBy, items: r.value });
   }
 
@@ -952,8 +973,8 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
           ...(onPrimary ? { primary: true } : {}),
           deadlineMs: deadline.left(),
         })
-        .then((r) => {
-          lost ??= r.lostWrite;
+        .then(async (r) => {
+          lost ??= r.lostWrite ?? (r.value ? undefined : await lostBeforeMoveOf(after, r.shardId, owner));
           return r.value ? { ...r.value, shard_id: r.shardId, served_by: r.servedBy } : undefined;
         });
     // A document lives with its owner; without the owner every shard is asked at once, and only

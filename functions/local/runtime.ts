@@ -236,7 +236,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     });
     cleanup.push(() => within(STOP_STEP_WAIT_MS, sharding.close()));
     const { primaries, router, writer, slotMaps, mover, pools } = sharding;
-    const { reader, reads } = sharding;
+    const { reader, reads, moves: movesLookup } = sharding;
     if (!reader || !reads) throw new Error('unreachable: the runtime was asked for a replica reader');
     await Promise.all([...primaries].map(async ([shardId, p]) => sayApplied(`${shardId}/primary`, await runMigrations(p, 'shard', join(MIGRATIONS, 'shard')))));
 
@@ -337,7 +337,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
       extraRoutes: [
         liveLoad.route(),
         createDashboardRoute(),
-        createDocumentsRoute({ writer, reader, reads, shardIds: pools.shardIds(), ...(options.requestDeadlineMs === undefined ? {} : { deadlineMs: options.requestDeadlineMs }) }),
+        createDocumentsRoute({ writer, reader, reads, moves: movesLookup, shardIds: pools.shardIds(), ...(options.requestDeadlineMs === undefined ? {} : { deadlineMs: options.requestDeadlineMs }) }),
       ],
     });
 

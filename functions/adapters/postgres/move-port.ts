@@ -380,6 +380,8 @@ const SNAPSHOT = 'begin isolation level repeatable read read only';
 const PAGE_SNAPSHOT = `${SNAPSHOT}; set local enable_sort = off`;
 /** Writes by the mover itself, which the write-fence trigger lets through. */
 const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
+/** The primary's timeline (from its current WAL file's name), as replica-reader.ts reads it: recorded with a move's fence. */
+const CURRENT_TIMELINE_SQL = "('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint::text";
 
 /**
  * What the mover's publication of a directory key sets `ca_dms.pin_writer` to (sharding migration
@@ -1996,21 +1998,30 @@ export class PgMovePort implements MovePort<MoveJob> {
     // hold its writes for nothing (the flip refuses), at every run.
     const read = await this.ownerBeforeFence(job);
     if (isForeignOwner(job, read)) throw new MoveOwnerConflict(foreignOwnerMessage(job, read));
+    // The source's timeline and its history, read before the fence (outside its budget) and
+    // recorded with the fence: a read with a token of the source whose write a failover of the
+    // source lost before this move tells so on the unit's new shard (sharding migration 014).
+    let source = await this.sourceTimeline(job.from);
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
+    let fencedOn: number | null;
     try {
       // The lock wait is bounded from the transaction's first statement (a whole number of ms
       // written into the text), the permit's too.
       const bounded = `${MOVER_WRITE}; set local lock_timeout = '${Math.max(1, Math.round(this.settings.fenceBudgetMs))}ms'`;
-      await this.write(
+      fencedOn = await this.write(
         job,
         job.from,
         async (client) => {
-          const res = await client.query(
+          // The timeline in the same round trip: the one the fence was taken on.
+          const res = await client.query<{ tli: string | null }>(
             `update write_fences set state = 'fenced', job_id = $3, updated_at = clock_timestamp()
-              where kind = $1 and unit_id = $2 and (state = 'open' or (state = 'fenced' and job_id = $3))`,
+              where kind = $1 and unit_id = $2 and (state = 'open' or (state = 'fenced' and job_id = $3))
+              returning ${CURRENT_TIMELINE_SQL} as tli`,
             [job.kind, job.unitId, job.id],
           );
           if (res.rowCount !== 1) throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.from} is missing or held by another move`);
+          const tli = res.rows[0]?.tli;
+          return tli === null || tli === undefined ? null : Number(tli);
         },
         bounded,
       );
@@ -2019,8 +2030,23 @@ export class PgMovePort implements MovePort<MoveJob> {
       if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
       throw err;
     }
+    // The source failed over between the read and the fence (rare): the history is read again,
+    // waited for at most what is left of the budget (the fence is held meanwhile); not had by then
+    // (an error, the budget spent) or of another timeline again, the timeline is recorded without
+    // it (nothing known).
+    if (fencedOn !== source.timeline && fencedOn !== null) {
+      const unknown = { timeline: null, history: null };
+      source = await this.withinBudget(
+        this.sourceTimeline(job.from).catch(() => unknown),
+        unknown,
+      );
+    }
+    if (source.timeline !== fencedOn) source = { timeline: fencedOn, history: null };
     try {
-      await this.heldToFence(() => this.updateJob('fenced_at = coalesce(fenced_at, clock_timestamp())', [], job));
+      // A fence taken again (a resumed run) overwrites what the last one recorded.
+      await this.heldToFence(() =>
+        this.updateJob('fenced_at = coalesce(fenced_at, clock_timestamp()), source_timeline = $2, source_history = $3', [source.timeline, source.history], job),
+      );
     } catch (err) {
       if ((err as { code?: string }).code !== QUERY_CANCELED) throw err;
       // The budget ran out on the catalog (see heldToFence): no flip was sent, the fence goes back.
@@ -2028,6 +2054,37 @@ export class PgMovePort implements MovePort<MoveJob> {
       return false;
     }
     return true;
+  }
+
+  /** `work`, or `otherwise` once the fence budget is spent (`work` goes on, its result unused). */
+  private async withinBudget<T>(work: Promise<T>, otherwise: T): Promise<T> {
+    work.catch(() => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    const spent = new Promise<T>((resolve) => {
+      timer = setTimeout(() => resolve(otherwise), this.budgetLeft());
+    });
+    try {
+      return await Promise.race([work, spent]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * `shard`'s primary timeline and its history file's text (shard migration 027's
+   * timeline_history(), which the mover may execute from shard migration 031 on). Nulls when it
+   * cannot be had: the function absent (42883) or refused (42501), a NULL history (its owner may
+   * not read the file); other errors (the connection) are thrown, as any of the move's queries.
+   */
+  private async sourceTimeline(shard: string): Promise<{ timeline: number | null; history: string | null }> {
+    try {
+      const { rows } = await this.pool(shard).query<{ timeline: string | null; history: string | null }>('select timeline::text as timeline, history from timeline_history()');
+      const row = rows[0];
+      return row === undefined || row.timeline === null ? { timeline: null, history: null } : { timeline: Number(row.timeline), history: row.history };
+    } catch (err) {
+      if (hasSqlState(err, UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE)) return { timeline: null, history: null };
+      throw err;
+    }
   }
 
   /**

@@ -19,6 +19,8 @@ import { ShardRouter } from '../../core/sharding/router.js';
 import { buildSlotMap } from '../../core/sharding/slot-map.js';
 import { DirectoryStore } from './directory-store.js';
 import { LeaseStore } from './lease-store.js';
+import { createMovesLookup } from './move-lookup.js';
+import type { MovesLookup } from '../../core/sharding/lost-before-move.js';
 import { Mover } from './mover.js';
 import { createShardReader, type ShardReader } from './read-transaction.js';
 import { ReplicaReader } from './replica-reader.js';
@@ -57,6 +59,8 @@ export interface ShardingRuntime {
   readonly reads?: ShardReader;
   readonly inspector: ShardInspector;
   readonly mover: Mover;
+  /** The last move of a key's unit off a shard, from the catalog (the documents API's check of a token of another shard). */
+  readonly moves: MovesLookup;
   /** Named leases in the catalog (one moves worker at a time). */
   readonly leases: LeaseStore;
   /** Stops the replica reader and ends every shard pool (not the catalog's). */
@@ -131,6 +135,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       ...(reader ? { reader, reads: createShardReader({ router: keyRouter, reader }) } : {}),
       inspector,
       mover,
+      moves: createMovesLookup(catalog),
       leases: new LeaseStore(catalog),
       async close() {
         reader?.stop();

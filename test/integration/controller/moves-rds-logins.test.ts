@@ -122,6 +122,10 @@ describe('the moves worker on AWS-like logins and Lambda pools', () => {
     // move log: shard migration 019), refused only by the fence.
     expect(written).toBeGreaterThan(0);
     expect([...refused].filter((code) => code !== 'CAF01' && code !== 'CAF02')).toEqual([]);
+    // The mover's login read the source's timeline and its history at the fence (shard migration
+    // 031 grants it timeline_history(); without it the history is NULL: sharding migration 014).
+    const recorded = await poolAs(MASTER, SHARDS[0]).query<{ tl: number; history: string | null }>('select source_timeline::int as tl, source_history as history from catalog.move_jobs where id = $1', [planned.id]);
+    expect(recorded.rows).toEqual([{ tl: 1, history: '' }]);
   });
 
   it('carries a directory-key move planned by the API to done', async () => {
@@ -136,6 +140,10 @@ describe('the moves worker on AWS-like logins and Lambda pools', () => {
     expect(result.failed).toEqual([]);
     expect(result.ran).toContainEqual({ id: planned.id, state: 'done' });
     expect(await count(to, slot)).toEqual({ users: 1, documents: 2 });
+    // The application's login finds the move off `from` of the key's unit, and none off `to` (sharding migration 014).
+    const lastMoveOff = async (shard: string) =>
+      (await poolAs(LOGINS.app, SHARDS[0]).query<{ id: number; tl: number }>('select job_id::int as id, source_timeline::int as tl from catalog.last_move_off($1, $2, $3)', [shard, slot, key])).rows;
+    expect({ from: await lastMoveOff(from), to: await lastMoveOff(to) }).toEqual({ from: [{ id: planned.id, tl: 1 }], to: [] });
   });
 
   it('rolls back a move the API cancelled after part of its copy', async () => {

@@ -1,0 +1,35 @@
+/**
+ * The last finished move of a key's unit off a shard, with the timeline the shard was on when the
+ * move fenced it and that timeline's history (sharding migration 014's catalog.last_move_off): what
+ * a read with a token of that shard needs on the unit's new shard to tell a write a failover of
+ * the old shard lost before the move (410) from one that never existed (docs/sharding-spec.md, "A
+ * write lost in a failover"; core/sharding/lost-before-move.ts).
+ */
+
+import type pg from 'pg';
+import { slotOf } from '../../core/sharding/hash.js';
+import type { MoveOff, MovesLookup } from '../../core/sharding/lost-before-move.js';
+import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
+
+const LAST_MOVE_OFF_SQL = 'select source_timeline::text as timeline, source_history as history from catalog.last_move_off($1, $2, $3)';
+
+/**
+ * A {@link MovesLookup} over the catalog `pool` (the application's login: it needs EXECUTE on
+ * catalog.last_move_off only). The function absent (42883: the code deployed before the
+ * migration) or refused (42501) is "no move known": the read answers as before.
+ */
+export function createMovesLookup(pool: Pick<pg.Pool, 'query'>): MovesLookup {
+  return {
+    async lastMoveOff(shardId: string, key: string): Promise<MoveOff | undefined> {
+      try {
+        const { rows } = await pool.query<{ timeline: string | null; history: string | null }>(LAST_MOVE_OFF_SQL, [shardId, slotOf(key), key]);
+        const row = rows[0];
+        if (row === undefined) return undefined;
+        return { timeline: row.timeline === null ? null : Number(row.timeline), history: row.history };
+      } catch (error) {
+        if (hasSqlState(error, UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE)) return undefined;
+        throw error;
+      }
+    },
+  };
+}

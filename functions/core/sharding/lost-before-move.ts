@@ -1,0 +1,42 @@
+/**
+ * A read-your-writes token of shard A read on shard B, the shard the key's unit moved to (issue
+ * #15, docs/sharding-spec.md "A write lost in a failover"). B's own history says nothing of A's
+ * timelines; the move off A recorded the timeline F A was on when it fenced the unit, and F's
+ * history. Then, for a token (A, lsn, T):
+ *
+ *   - no move off A known, or none recorded F (a move before sharding migration 014, a mover
+ *     without EXECUTE on timeline_history()): nothing is known;
+ *   - F <= T: the move copied T (or a timeline the token's write could not be missing from as far
+ *     as this record tells): nothing is known (the read answers as usual);
+ *   - F > T: A failed over before the move; when F's history lists T ending before the token's
+ *     LSN, the write was lost before the move copied the unit (410).
+ */
+
+import { formatLsn, parseLsn } from './lsn.js';
+import type { ReadToken } from './read-token.js';
+import { lostInFailover, parseTimelineHistory, TimelineHistoryError, type LostWrite } from './timeline-history.js';
+
+/** What a move off a shard recorded of the shard at its fence (nulls: not recorded). */
+export interface MoveOff {
+  readonly timeline: number | null;
+  readonly history: string | null;
+}
+
+/** The last finished move of `key`'s unit off `shardId` (undefined: none known). */
+export interface MovesLookup {
+  lastMoveOff(shardId: string, key: string): Promise<MoveOff | undefined>;
+}
+
+/** The write `token` names, lost in a failover of its shard before the unit moved off it (see the module's rule); undefined when not known to be lost. */
+export function lostBeforeMove(token: ReadToken, move: MoveOff | undefined): LostWrite | undefined {
+  if (move === undefined || move.timeline === null || move.history === null || move.timeline <= token.timeline) return undefined;
+  let history;
+  try {
+    history = parseTimelineHistory(move.history, move.timeline);
+  } catch (error) {
+    if (error instanceof TimelineHistoryError) return undefined;
+    throw error;
+  }
+  const lost = lostInFailover(history, move.timeline, { lsn: parseLsn(token.lsn), timeline: token.timeline });
+  return lost === undefined ? undefined : { shardId: token.shardId, lsn: token.lsn, timeline: token.timeline, forkLsn: formatLsn(lost.forkLsn), currentTimeline: move.timeline };
+}

@@ -1,0 +1,68 @@
+import { describe, expect, it } from 'vitest';
+import { createMovesLookup } from '../../../functions/adapters/postgres/move-lookup.js';
+import { slotOf } from '../../../functions/core/sharding/hash.js';
+import { lostBeforeMove } from '../../../functions/core/sharding/lost-before-move.js';
+import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
+
+/** Shard A's timeline 2 took over from timeline 1 at 0/3000158. */
+const HISTORY_2 = '1\t0/3000158\tno recovery target specified\n';
+const past = parseReadToken('shard_a@0/3000200;tl=1;v=1');
+const before = parseReadToken('shard_a@0/3000100;tl=1;v=1');
+
+describe('lostBeforeMove (a token of the shard a unit moved off, issue #15)', () => {
+  it('is lost when the move fenced a later timeline whose history ends the token\'s before its LSN', () => {
+    expect(lostBeforeMove(past, { timeline: 2, history: HISTORY_2 })).toEqual({ shardId: 'shard_a', lsn: '0/3000200', timeline: 1, forkLsn: '0/3000158', currentTimeline: 2 });
+  });
+
+  it('knows nothing without a move, a recorded timeline or history, on the token\'s own or an earlier timeline, before the fork, or of a history PostgreSQL would not write', () => {
+    expect({
+      noMove: lostBeforeMove(past, undefined),
+      noTimeline: lostBeforeMove(past, { timeline: null, history: null }),
+      noHistory: lostBeforeMove(past, { timeline: 2, history: null }),
+      sameTimeline: lostBeforeMove(past, { timeline: 1, history: '' }),
+      earlierTimeline: lostBeforeMove(parseReadToken('shard_a@0/3000200;tl=3;v=1'), { timeline: 2, history: HISTORY_2 }),
+      beforeFork: lostBeforeMove(before, { timeline: 2, history: HISTORY_2 }),
+      notListed: lostBeforeMove(past, { timeline: 3, history: '2\t0/4000000\tx\n' }),
+      garbage: lostBeforeMove(past, { timeline: 2, history: 'not a history' }),
+    }).toEqual({
+      noMove: undefined,
+      noTimeline: undefined,
+      noHistory: undefined,
+      sameTimeline: undefined,
+      earlierTimeline: undefined,
+      beforeFork: undefined,
+      notListed: undefined,
+      garbage: undefined,
+    });
+  });
+});
+
+describe('createMovesLookup', () => {
+  const failing = (code: string) => ({
+    query: () => Promise.reject(Object.assign(new Error(`failed ${code}`), { code })),
+  });
+
+  it('asks catalog.last_move_off with the shard, the key\'s slot and the key, and reads its record', async () => {
+    const asked: unknown[] = [];
+    const pool = {
+      query: (text: string, values: unknown[]) => {
+        asked.push({ text, values });
+        return Promise.resolve({ rows: [{ timeline: '2', history: HISTORY_2 }] });
+      },
+    };
+    const key = '0b6f1a2e-3c4d-4e5f-8a9b-0c1d2e3f4a5b';
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a fake pool
+    const found = await createMovesLookup(pool as any).lastMoveOff('shard_a', key);
+    expect({ found, asked }).toEqual({
+      found: { timeline: 2, history: HISTORY_2 },
+      asked: [{ text: expect.stringContaining('catalog.last_move_off($1, $2, $3)'), values: ['shard_a', slotOf(key), key] }],
+    });
+  });
+
+  it('knows no move when the function is absent (42883) or refused (42501), and throws other errors', async () => {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a fake pool
+    const lookup = (code: string) => createMovesLookup(failing(code) as any).lastMoveOff('shard_a', 'k');
+    expect({ absent: await lookup('42883'), refused: await lookup('42501') }).toEqual({ absent: undefined, refused: undefined });
+    await expect(lookup('08006')).rejects.toThrow('failed 08006');
+  });
+});
