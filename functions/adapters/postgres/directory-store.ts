@@ -305,7 +305,7 @@ export class DirectoryStore implements DirectoryLookup {
         ? `cannot pin key ${key} to ${next}: ${held}; the pin ${harm}. Move it instead (${move}), which takes its rows along; or, where they are accounted for (checked by hand), pass { rowsLeftOn: 'checked' }. Nothing was written`
         : change === 'repin'
           ? `cannot repin key ${key} to ${next} by hand: ${held}; the pin ${harm}. Where a move can, move it (${move}); deciding its owner by hand, check first that ${next} holds its rows and that its write_fences row of the key, if any, is open, then pass { rowsLeftOn: 'checked' }. Nothing was written`
-          : `cannot unpin key ${key}: ${held}; unpinned, it routes by hash to ${next} (slot ${slotOf(key)}), which ${harm.replace(/^would /, '')}. Keep the pin (a directory move changes its owner: POST /shards/moves), or, where its rows are accounted for (checked by hand), pass { rowsLeftOn: 'checked' }. Nothing was changed`;
+          : `cannot unpin key ${key}: ${held}; unpinned, it routes by hash to ${next} (slot ${slotOf(key)}), which ${harm}. Keep the pin (a directory move changes its owner: POST /shards/moves), or, where its rows are accounted for (checked by hand), pass { rowsLeftOn: 'checked' }. Nothing was changed`;
     throw new DirectoryRowsLeftError(key, from, next, rows, message);
   }
 

@@ -79,8 +79,10 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
     const primaries = new Map(pools.shardIds().map((id) => [id, pools.primary(id).pool]));
     // Both stores count a unit's rows on its owner before a change of its owner made outside a
     // move, and refuse it where the rows would be left behind (issue #15; the mover's publications
-    // say they carry the rows).
-    const slotMaps = new SlotMapStore(catalog, { shardPools: primaries });
+    // say they carry the rows). A pinned key's rows are left out of a slot's count only where pins
+    // route (as the router decides): with override_hash off they go with the slot.
+    const pinsOverrideHash = config.strategy === 'directory_based' || (config.strategy === 'hash_based' && config.directory.override_hash);
+    const slotMaps = new SlotMapStore(catalog, { shardPools: primaries, pinsOverrideHash });
     if ((await slotMaps.latest()) === null) {
       await slotMaps.initialise(
         buildSlotMap(config.shards.map((s) => ({ shardId: s.shard_id, weight: s.weight }))),

@@ -86,8 +86,9 @@ export interface SlotRowsLeft {
  * the old owner, out of their readers' sight on the new one, their new writes landing there (each
  * slot split over two shards; a later move of the slot could delete one side). Counted by a store
  * given the shards' pools ({@link SlotMapStoreOptions.shardPools}), leaving out the rows of keys
- * the directory pins. Nothing was published. Move the slots instead (`POST /shards/moves`), or pass
- * `{ rowsLeftOn: 'checked' }` once their rows are accounted for.
+ * the directory pins where pins route ({@link SlotMapStoreOptions.pinsOverrideHash}). Nothing was
+ * published. Move the slots instead (`POST /shards/moves`), or pass `{ rowsLeftOn: 'checked' }`
+ * once their rows are accounted for.
  */
 export class SlotMapRowsLeftError extends SlotMapError {
   override readonly name = 'SlotMapRowsLeftError';
@@ -104,11 +105,19 @@ export interface SlotMapStoreOptions {
   /**
    * The shards' primary pools, by shard id. When given, `publish` and `publishByHand` first count,
    * on each old owner, the rows of every slot the map gives to another shard (less the rows of keys
-   * the directory pins) and refuse the map with {@link SlotMapRowsLeftError} where there are any,
-   * unless the caller passes `rowsLeftOn` (issue #15; the sharding runtime gives them). Without them
-   * nothing is counted.
+   * the directory pins, where {@link pinsOverrideHash}) and refuse the map with
+   * {@link SlotMapRowsLeftError} where there are any, unless the caller passes `rowsLeftOn` (issue
+   * #15; the sharding runtime gives them). Without them nothing is counted.
    */
   readonly shardPools?: ShardPoolsById;
+  /**
+   * Whether the directory's pins override hash routing under the configuration (strategy
+   * `directory_based`, or `hash_based` with `directory.override_hash`); default `true`. Only then
+   * does the count leave out the rows of keys the directory pins: with `override_hash` off a pinned
+   * key routes by its slot like any other, and its rows go with the slot's owner (the sharding
+   * runtime says which).
+   */
+  readonly pinsOverrideHash?: boolean;
 }
 
 /** The most slots a refusal names one by one. */
@@ -120,12 +129,14 @@ function requireText(what: string, value: string): void {
 
 export class SlotMapStore {
   private readonly shardPools: ShardPoolsById | undefined;
+  private readonly pinsOverrideHash: boolean;
 
   constructor(
     private readonly pool: Queryable,
     options: SlotMapStoreOptions = {},
   ) {
     this.shardPools = options.shardPools;
+    this.pinsOverrideHash = options.pinsOverrideHash ?? true;
   }
 
   /** The latest map. Throws {@link SlotMapError} when none was ever published (call {@link initialise}). */
@@ -247,7 +258,8 @@ export class SlotMapStore {
   /**
    * Refuses ({@link SlotMapRowsLeftError}) `map` where it changes, against the latest map read with
    * `client`, the owner of slots whose old owner holds rows of them, less the rows of keys the
-   * directory pins (issue #15). Nothing is counted without {@link SlotMapStoreOptions.shardPools},
+   * directory pins where its pins override hash routing ({@link SlotMapStoreOptions.pinsOverrideHash};
+   * issue #15). Nothing is counted without {@link SlotMapStoreOptions.shardPools},
    * with `rowsLeftOn`, for a map that is not the next version (the insert refuses it), or on an old
    * owner that has no pool here (not configured: nothing reaches its rows anyway).
    */
@@ -259,13 +271,24 @@ export class SlotMapStore {
     map.assignments.forEach((owner, slot) => {
       const from = latest.map.assignments[slot];
       if (from === undefined || from === owner || this.shardPools?.get(from) === undefined) return;
-      changed.set(from, [...(changed.get(from) ?? []), slot]);
+      const slots = changed.get(from);
+      if (slots === undefined) changed.set(from, [slot]);
+      else slots.push(slot);
     });
     if (changed.size === 0) return;
-    const pinned = await pinnedKeysOf(client, new Set([...changed.values()].flat()));
-    const left: SlotRowsLeft[] = [];
+    // Counted first with no key left out: the directory (which grows by one pin per directory
+    // move, and is read whole: the catalog cannot hash a key) is read only where a slot has rows,
+    // and only when its pins route (with override_hash off a pinned key's rows go with its slot).
+    const held = new Map<string, Map<number, TableRows[]>>();
     for (const [from, slots] of changed) {
-      const counts = await slotRowsOn(this.shardPools.get(from) as Queryable, slots, pinned);
+      const counts = await slotRowsOn(this.shardPools.get(from) as Queryable, slots, []);
+      if (counts.size > 0) held.set(from, counts);
+    }
+    if (held.size === 0) return;
+    const pinned = this.pinsOverrideHash ? await pinnedKeysOf(client, new Set([...held.values()].flatMap((c) => [...c.keys()]))) : [];
+    const left: SlotRowsLeft[] = [];
+    for (const [from, all] of held) {
+      const counts = pinned.length === 0 ? all : await slotRowsOn(this.shardPools.get(from) as Queryable, [...all.keys()], pinned);
       for (const [slot, rows] of counts) left.push({ slot, from, to: map.assignments[slot] as string, rows });
     }
     if (left.length === 0) return;

@@ -96,6 +96,8 @@ export async function slotRowsOn(pool: Queryable, slots: readonly number[], pinn
 
 /** The user-id keys of the directory whose slot is one of `slots` (read in the caller's transaction when `client` is one). */
 export async function pinnedKeysOf(client: Queryable, slots: ReadonlySet<number>): Promise<string[]> {
-  const { rows } = await client.query<{ key: string }>('select key from catalog.shard_directory');
+  // Only keys in the canonical UUID form own rows (the catalog cannot hash a key: the slot is
+  // filtered here); tenant names and other keys are left in the catalog.
+  const { rows } = await client.query<{ key: string }>(`select key from catalog.shard_directory where key ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'`);
   return rows.map((r) => r.key).filter((k) => uuidForm(k) === k && slots.has(slotOf(k)));
 }

@@ -1,0 +1,122 @@
+/**
+ * Review of issue #15's count of a unit's rows before an owner change outside a move
+ * (owner-change-rows-left.test.ts has the original cases):
+ * - with `directory.override_hash` off, a pinned key routes by its hash slot like any other, but
+ *   the slot map store left its rows out of the slot's count: a slot whose only rows were a pinned
+ *   key's was given to another shard, and the key's reads went there and read 0 documents;
+ * - a map that gives away slots without rows read the whole catalog.shard_directory all the same
+ *   (it grows by one pin per directory move): it is read now only where a changed slot has rows;
+ * - the refusal of an unpin read "..., which send its reads and writes to ...";
+ * - (coverage) a slot with rows of both a pinned and an unpinned key is refused for the unpinned
+ *   key's rows alone.
+ */
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import { createShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
+import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv({ shards: 3 });
+}, 120_000);
+afterAll(async () => {
+  await env?.stop();
+});
+
+const pool = (shard: string) => env.shards.get(shard) as pg.Pool;
+const refusalOf = (p: Promise<unknown>) =>
+  p.then(
+    () => null,
+    (e: unknown) => e,
+  );
+async function shardsOf(slot: number): Promise<{ from: string; to: string; third: string }> {
+  const from = await env.ownerOf(slot);
+  const [to, third] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== from) as [string, string];
+  return { from, to, third };
+}
+
+describe('a slot map under hash_based routing with directory.override_hash off', () => {
+  it("counts a pinned key's rows with its slot (the pin does not route it): the map giving the slot away is refused", async () => {
+    const config = parseShardingConfig({
+      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
+      default_shard: 'shard_a',
+      strategy: 'hash_based',
+      directory: { override_hash: false },
+    });
+    const runtime = await createShardingRuntime({ config, catalog: env.catalog, actor: 'test' });
+    try {
+      const slot = 2401;
+      const { from, to } = await shardsOf(slot);
+      const [key] = keysInSlot(slot, 1) as [string];
+      // Pinned where its rows are (a pin to the shard it routes to: nothing counted, written).
+      await runtime.directory.set(key, from, 'ops@example.com');
+      await seedUsers(pool(from), slot, [key], 3);
+      const route = await runtime.router.resolve(key);
+      expect({ shardId: route.shardId, source: route.source }).toEqual({ shardId: from, source: 'hash' });
+
+      const before = (await runtime.slotMaps.current()).version;
+      const refused = await refusalOf(runtime.slotMaps.publish(moveSlots(await runtime.slotMaps.current(), [slot], to), 'ops@example.com', 'by hand'));
+      // Before the fix: published, and the key's reads (by hash) went to `to`, where it has no rows.
+      expect(refused).toBeInstanceOf(SlotMapRowsLeftError);
+      expect((refused as SlotMapRowsLeftError).slots).toEqual([{ slot, from, to, rows: [{ table: 'users', rows: 1 }, { table: 'documents', rows: 3 }] }]);
+      expect((await runtime.slotMaps.current()).version).toBe(before);
+    } finally {
+      await runtime.close();
+    }
+  }, 120_000);
+});
+
+describe('a slot map giving away slots without rows', () => {
+  it('is published without reading catalog.shard_directory', async () => {
+    const statements: string[] = [];
+    const catalog = {
+      query: (text: string, values?: unknown[]) => {
+        statements.push(text);
+        return env.catalog.query(text, values);
+      },
+    } as unknown as pg.Pool;
+    const slotMaps = new SlotMapStore(catalog, { shardPools: env.shards });
+    const slot = 2411;
+    const { to } = await shardsOf(slot);
+    await slotMaps.publish(moveSlots(await slotMaps.current(), [slot], to), 'ops@example.com', 'an empty slot');
+    expect(await env.ownerOf(slot)).toBe(to);
+    expect(statements.filter((s) => s.includes('shard_directory'))).toEqual([]);
+  }, 120_000);
+});
+
+describe('a slot map giving away a slot with rows of pinned and unpinned keys', () => {
+  it("is refused naming the unpinned key's rows alone (the pinned key's are left out)", async () => {
+    const directory = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: env.shards });
+    const slotMaps = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    const slot = 2431;
+    const { from, to } = await shardsOf(slot);
+    const [pinned, loose] = keysInSlot(slot, 2) as [string, string];
+    await directory.set(pinned, from, 'ops@example.com');
+    await seedUsers(pool(from), slot, [pinned], 2);
+    await seedUsers(pool(from), slot, [loose], 3);
+    const refused = await refusalOf(slotMaps.publish(moveSlots(await slotMaps.current(), [slot], to), 'ops@example.com', 'by hand'));
+    expect(refused).toBeInstanceOf(SlotMapRowsLeftError);
+    expect((refused as SlotMapRowsLeftError).slots).toEqual([{ slot, from, to, rows: [{ table: 'users', rows: 1 }, { table: 'documents', rows: 3 }] }]);
+  }, 120_000);
+});
+
+describe('the refusal of an unpin', () => {
+  it('reads "which would send its reads and writes to <slot owner>", the key in its canonical form whatever spelling it was given in', async () => {
+    const directory = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: env.shards });
+    const slot = 2421;
+    const { from: slotOwner, to: pinnedTo } = await shardsOf(slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await directory.set(`URN:UUID:${key.toUpperCase()}`, pinnedTo, 'ops@example.com');
+    await seedUsers(pool(pinnedTo), slot, [key], 1);
+    const unpin = await refusalOf(directory.delete(key.toUpperCase()));
+    expect(unpin).toBeInstanceOf(DirectoryRowsLeftError);
+    expect((unpin as Error).message).toContain(
+      `cannot unpin key ${key}: its rows are on ${pinnedTo} (1 in users, 1 in documents), where the catalog routes it now (its pin, version 1); unpinned, it routes by hash to ${slotOwner} (slot ${slot}), which would send its reads and writes to ${slotOwner} and leave those rows out of their sight`,
+    );
+    expect(await directory.entry(key)).toMatchObject({ shardId: pinnedTo });
+  }, 120_000);
+});
