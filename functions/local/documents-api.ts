@@ -751,9 +751,11 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
    * lost in a failover of the token's shard before the unit moved off it ({@link lostBeforeMove}).
    * Asked only when a read found nothing or lists: a read that finds its row pays nothing.
    */
-  const lostBeforeMoveOf = async (after: ReadToken | undefined, readOn: string, key: string): Promise<LostWrite | undefined> => {
+  const lostBeforeMoveOf = async (after: ReadToken | undefined, readOn: string, key: string, deadline: Deadline): Promise<LostWrite | undefined> => {
     if (after === undefined || after.shardId === readOn || deps.moves === undefined) return undefined;
-    return lostBeforeMove(after, await deps.moves.lastMoveOff(after.shardId, key));
+    // Held to what is left of the request's deadline, as the read before it: a catalog that does
+    // not answer (a lock on move_jobs, a silent node) is a retryable 503, not a request hung past it.
+    return lostBeforeMove(after, await deps.moves.lastMoveOff(after.shardId, key, { deadlineMs: deadline.left() }));
   };
   const readAfter = (req: IncomingMessage): ReadToken | undefined => {
     const header = parse(readAfterSchema, req.headers['x-read-after'], 'header.x-read-after');
@@ -857,13 +859,14 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const id = parse(uuid, userId, 'path.id');
     const q = parse(userQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
+    const deadline = startDeadline();
     const r = await deps.reads.withShardRead(id, async ({ client }) => (await client.query<UserRow>('select id, email, display_name, created_at from users where id = $1', [id])).rows, {
       ...(after ? { token: after } : {}),
       ...(q.consistency === 'primary' ? { primary: true } : {}),
-      deadlineMs: startDeadline().left(),
+      deadlineMs: deadline.left(),
     });
     if (!r.value[0]) {
-      const lost = r.lostWrite ?? (await lostBeforeMoveOf(after, r.shardId, id));
+      const lost = r.lostWrite ?? (await lostBeforeMoveOf(after, r.shardId, id, deadline));
       throw lost ? writeLost(lost) : new HttpProblem({ status: 404, detail: `no user ${id}` });
     }
     send(res, 200, { ...r.value[0], shard_id: r.shardId, served_by: r.servedBy });
@@ -873,13 +876,14 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     const id = parse(uuid, userId, 'path.id');
     const q = parse(documentsQuery, Object.fromEntries(url.searchParams), 'query');
     const after = readAfter(req);
+    const deadline = startDeadline();
     const r = await deps.reads.withShardRead(
       id,
       async ({ client }) => (await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where owner_id = $1 order by created_at desc, id limit $2`, [id, q.limit ?? 50])).rows,
-      { ...(after ? { token: after } : {}), ...(q.consistency === 'primary' ? { primary: true } : {}), deadlineMs: startDeadline().left() },
+      { ...(after ? { token: after } : {}), ...(q.consistency === 'primary' ? { primary: true } : {}), deadlineMs: deadline.left() },
     );
     // Which document the token wrote is not known: the list may lack it, whatever else it holds.
-    const lost = r.lostWrite ?? (await lostBeforeMoveOf(after, r.shardId, id));
+    const lost = r.lostWrite ?? (await lostBeforeMoveOf(after, r.shardId, id, deadline));
     if (lost) throw writeLost(lost);
     send(res, 200, { owner_id: id, shard_id: r.shardId, served_by: r.servedBy, items: r.value });
   }
@@ -974,7 +978,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
           deadlineMs: deadline.left(),
         })
         .then(async (r) => {
-          lost ??= r.lostWrite ?? (r.value ? undefined : await lostBeforeMoveOf(after, r.shardId, owner));
+          lost ??= r.lostWrite ?? (r.value ? undefined : await lostBeforeMoveOf(after, r.shardId, owner, deadline));
           return r.value ? { ...r.value, shard_id: r.shardId, served_by: r.servedBy } : undefined;
         });
     // A document lives with its owner; without the owner every shard is asked at once, and only

@@ -9,6 +9,7 @@
 import type pg from 'pg';
 import { slotOf } from '../../core/sharding/hash.js';
 import type { MoveOff, MovesLookup } from '../../core/sharding/lost-before-move.js';
+import { withNodeDeadline } from './deadline.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
 
 const LAST_MOVE_OFF_SQL = 'select source_timeline::text as timeline, source_history as history from catalog.last_move_off($1, $2, $3)';
@@ -18,11 +19,18 @@ const LAST_MOVE_OFF_SQL = 'select source_timeline::text as timeline, source_hist
  * catalog.last_move_off only). The function absent (42883: the code deployed before the
  * migration) or refused (42501) is "no move known": the read answers as before.
  */
-export function createMovesLookup(pool: Pick<pg.Pool, 'query'>): MovesLookup {
+export function createMovesLookup(pool: pg.Pool): MovesLookup {
   return {
-    async lastMoveOff(shardId: string, key: string): Promise<MoveOff | undefined> {
+    async lastMoveOff(shardId: string, key: string, options: { readonly deadlineMs?: number } = {}): Promise<MoveOff | undefined> {
+      const values = [shardId, slotOf(key), key];
+      type Row = { timeline: string | null; history: string | null };
       try {
-        const { rows } = await pool.query<{ timeline: string | null; history: string | null }>(LAST_MOVE_OFF_SQL, [shardId, slotOf(key), key]);
+        // With a deadline, the server cancels the lookup at it (statement_timeout) and a silent
+        // catalog costs no more than it (the connection is dropped): deadline.ts.
+        const { rows } =
+          options.deadlineMs === undefined
+            ? await pool.query<Row>(LAST_MOVE_OFF_SQL, values)
+            : await withNodeDeadline(pool, Math.max(1, options.deadlineMs), 'catalog', (client) => client.query<Row>(LAST_MOVE_OFF_SQL, values));
         const row = rows[0];
         if (row === undefined) return undefined;
         return { timeline: row.timeline === null ? null : Number(row.timeline), history: row.history };

@@ -2033,8 +2033,10 @@ export class PgMovePort implements MovePort<MoveJob> {
     // The source failed over between the read and the fence (rare): the history is read again,
     // waited for at most what is left of the budget (the fence is held meanwhile); not had by then
     // (an error, the budget spent) or of another timeline again, the timeline is recorded without
-    // it (nothing known).
-    if (fencedOn !== source.timeline && fencedOn !== null) {
+    // it (nothing known). A source that answered no timeline before the fence (the function absent
+    // or refused, the mover without shard migration 031) would answer none again: it is not asked
+    // while the fence holds the unit's writes.
+    if (fencedOn !== source.timeline && fencedOn !== null && source.timeline !== null) {
       const unknown = { timeline: null, history: null };
       source = await this.withinBudget(
         this.sourceTimeline(job.from).catch(() => unknown),

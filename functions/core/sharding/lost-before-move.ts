@@ -24,7 +24,8 @@ export interface MoveOff {
 
 /** The last finished move of `key`'s unit off `shardId` (undefined: none known). */
 export interface MovesLookup {
-  lastMoveOff(shardId: string, key: string): Promise<MoveOff | undefined>;
+  /** `deadlineMs`: the time the caller has left (the request's deadline); the lookup fails once it has passed. */
+  lastMoveOff(shardId: string, key: string, options?: { readonly deadlineMs?: number }): Promise<MoveOff | undefined>;
 }
 
 /** The write `token` names, lost in a failover of its shard before the unit moved off it (see the module's rule); undefined when not known to be lost. */
