@@ -1,17 +1,8 @@
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createMovesLookup } from '../../../functions/adapters/postgres/move-lookup.js';
-import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
-import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
-import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
-import { createShardWriter, routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { slotOf } from '../../../functions/core/sharding/hash.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
-import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
 import { keysInSlot, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { documentsApiOver } from './fixtures/move-env-api.js';
 
 /**
  * Review of issue #15's "a write lost in a failover and then moved off its shard" (sharding
@@ -74,32 +65,7 @@ describe('a move off a shard recorded for read tokens of that shard (review)', (
 
   it("holds the catalog lookup of a list read with another shard's token to the request's deadline: a blocked catalog answers 503, not a hung request", async () => {
     const deadlineMs = 1000;
-    const config = parseShardingConfig({
-      strategy: 'hash_based',
-      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
-      default_shard: 'shard_a',
-    });
-    const pools = ShardPools.fromConfig(config, { max: 4, connectionTimeoutMillis: 2000 });
-    const reader = new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 }, intervalMs: 60_000, probeTimeoutMs: 2000 });
-    const router = routerForWrites(ShardRouter.fromConfig(config, { slotMap: await env.slotMaps.current(), directory: env.directory }), env.slotMaps, env.directory);
-    const primaries = new Map(Object.keys(env.urls.shards).map((id) => [id, pools.primary(id).pool]));
-    const route = createDocumentsRoute({
-      writer: createShardWriter({ router, primaries }),
-      reader,
-      reads: createShardReader({ router, reader }),
-      moves: createMovesLookup(env.catalog),
-      shardIds: Object.keys(env.urls.shards),
-      deadlineMs,
-      onError: () => undefined,
-    });
-    const http = createServer((req, res) => void Promise.resolve(route(req, res)).then((handled) => (handled ? undefined : res.writeHead(404).end())));
-    await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
-    closers.push(async () => {
-      await new Promise<void>((ok) => http.close(() => ok()));
-      reader.stop();
-      await pools.end();
-    });
-    const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+    const url = await documentsApiOver(env, closers, { defaultShard: 'shard_a', deadlineMs });
     const [owner] = keysInSlot(300, 1) as [string];
     const ownerShard = await env.ownerOf(slotOf(owner));
     const otherShard = ownerShard === 'shard_a' ? 'shard_b' : 'shard_a';

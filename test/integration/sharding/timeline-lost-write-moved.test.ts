@@ -1,22 +1,14 @@
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { createMovesLookup } from '../../../functions/adapters/postgres/move-lookup.js';
-import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
-import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
-import { createShardWriter, routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
-import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { cutWalReceiver, startTestReplica, type TestReplica } from '../../support/replica.js';
 import { connectMoveEnv, keysInSlot, migratedServerDir, seedUsers, type MoveEnv, type MoveEnvUrls } from './fixtures/move-env.js';
+import { documentsApiOver } from './fixtures/move-env-api.js';
 
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
 const SOURCE = 'shard_b';
@@ -61,31 +53,7 @@ describe('a read token of a write lost in a failover, read on the shard its unit
 
   /** The documents API over `env`'s shards (primaries only), on a loopback port. */
   const apiOver = async (env: MoveEnv): Promise<(path: string, headers?: Record<string, string>, body?: unknown) => Promise<Answer>> => {
-    const config = parseShardingConfig({
-      strategy: 'hash_based',
-      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
-      default_shard: TARGET,
-    });
-    const pools = ShardPools.fromConfig(config, { max: 4, connectionTimeoutMillis: 2000 });
-    const reader = new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 16 * 1024 * 1024, maxStateAgeMs: 60_000 }, intervalMs: 60_000, probeTimeoutMs: 2000 });
-    const router = routerForWrites(ShardRouter.fromConfig(config, { slotMap: await env.slotMaps.current(), directory: env.directory }), env.slotMaps, env.directory);
-    const primaries = new Map(Object.keys(env.urls.shards).map((id) => [id, pools.primary(id).pool]));
-    const route = createDocumentsRoute({
-      writer: createShardWriter({ router, primaries }),
-      reader,
-      reads: createShardReader({ router, reader }),
-      moves: createMovesLookup(env.catalog),
-      shardIds: Object.keys(env.urls.shards),
-      onError: () => undefined,
-    });
-    const http = createServer((req, res) => void Promise.resolve(route(req, res)).then((handled) => (handled ? undefined : res.writeHead(404).end())));
-    await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
-    closers.push(async () => {
-      await new Promise<void>((ok) => http.close(() => ok()));
-      reader.stop();
-      await pools.end();
-    });
-    const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+    const url = await documentsApiOver(env, closers, { defaultShard: TARGET });
     return async (path, headers = {}, body) => {
       const res = await fetch(`${url}${path}`, {
         method: body === undefined ? 'GET' : 'POST',
