@@ -28,7 +28,7 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { z } from 'zod';
 import { unitDeleteBatchSql, DELETE_BATCH_SETTINGS } from '../functions/adapters/postgres/move-port.js';
-import { explainPlan, formatPlan } from './support/explain.js';
+import { explainPlan, forEachIndexSet, formatPlan } from './support/explain.js';
 import { startMigratedDatabase } from './support/migrated-database.js';
 
 const { values } = parseArgs({ options: { others: { type: 'string' }, 'other-docs': { type: 'string' }, 'key-docs': { type: 'string' }, page: { type: 'string' } } });
@@ -95,32 +95,24 @@ try {
       'drop index if exists documents_owner_idx',
     ],
   };
-  for (const [variant, ddl] of Object.entries(variants)) {
-    console.log(`\n== ${variant}`);
-    await db.query('begin');
-    try {
-      for (const statement of ddl) await db.query(statement);
-      await db.query('analyze documents, document_keys');
-      for (const table of ['documents', 'document_keys']) {
-        const after = await afterId(table);
-        const queries: Record<string, { sql: string; params?: unknown[]; settings?: string }> = {
-          count: { sql: `select count(*)::int as n from ${table} where owner_id = $1::uuid and slot = $2::integer`, params: [KEY, SLOT] },
-          'copy page, first': { sql: `select * from ${table} where ${unit} order by id limit ${options.page}` },
-          'copy page, after half': { sql: `select * from ${table} where ${unit} and id > '${after}'::uuid order by id limit ${options.page}` },
-          'clean-up batch, after half': {
-            sql: unitDeleteBatchSql(table as 'documents', 'x.owner_id = $3::uuid and x.slot = $4::integer', true),
-            params: [options.page, after, KEY, SLOT],
-            settings: `${DELETE_BATCH_SETTINGS}; set local session_replication_role = replica`,
-          },
-        };
-        for (const [name, q] of Object.entries(queries)) {
-          console.log(formatPlan(`${table}, ${name}`, await explainPlan(db, q.sql, q.params ?? [], q.settings)));
-        }
+  await forEachIndexSet(db, variants, 'analyze documents, document_keys', async () => {
+    for (const table of ['documents', 'document_keys']) {
+      const after = await afterId(table);
+      const queries: Record<string, { sql: string; params?: unknown[]; settings?: string }> = {
+        count: { sql: `select count(*)::int as n from ${table} where owner_id = $1::uuid and slot = $2::integer`, params: [KEY, SLOT] },
+        'copy page, first': { sql: `select * from ${table} where ${unit} order by id limit ${options.page}` },
+        'copy page, after half': { sql: `select * from ${table} where ${unit} and id > '${after}'::uuid order by id limit ${options.page}` },
+        'clean-up batch, after half': {
+          sql: unitDeleteBatchSql(table as 'documents', 'x.owner_id = $3::uuid and x.slot = $4::integer', true),
+          params: [options.page, after, KEY, SLOT],
+          settings: `${DELETE_BATCH_SETTINGS}; set local session_replication_role = replica`,
+        },
+      };
+      for (const [name, q] of Object.entries(queries)) {
+        console.log(formatPlan(`${table}, ${name}`, await explainPlan(db, q.sql, q.params ?? [], q.settings)));
       }
-    } finally {
-      await db.query('rollback');
     }
-  }
+  });
   await db.end();
 } finally {
   await server.stop();

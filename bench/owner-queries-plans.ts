@@ -16,7 +16,7 @@ import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { z } from 'zod';
-import { explainPlan, formatPlan } from './support/explain.js';
+import { explainPlan, forEachIndexSet, formatPlan } from './support/explain.js';
 import { startMigratedDatabase } from './support/migrated-database.js';
 
 const { values } = parseArgs({ options: { users: { type: 'string' }, docs: { type: 'string' }, slots: { type: 'string' }, heavy: { type: 'string' } } });
@@ -54,44 +54,36 @@ try {
       'drop index if exists documents_owner_idx',
     ],
   };
-  for (const [variant, ddl] of Object.entries(variants)) {
-    console.log(`\n== ${variant}`);
-    await db.query('begin');
-    try {
-      for (const statement of ddl) await db.query(statement);
-      await db.query('analyze documents');
-      const sizes = await db.query<{ name: string; mb: string }>(
-        `select indexrelid::regclass::text as name, round(pg_relation_size(indexrelid) / 1048576.0, 1)::text as mb from pg_index where indrelid = 'documents'::regclass order by 1`,
-      );
-      console.log(`indexes: ${sizes.rows.map((r) => `${r.name} ${r.mb} MB`).join(', ')}`);
-      for (const [who, owner, slot] of [
-        ['typical', typical.id, typical.slot],
-        ['heavy', HEAVY, HEAVY_SLOT],
-      ] as const) {
-        const queries: Record<string, { sql: string; params: unknown[]; replica?: boolean }> = {
-          'GET /users/{id}/documents': { sql: 'select id, owner_id, title, content, created_at, updated_at from documents where owner_id = $1 order by created_at desc, id limit 50', params: [owner] },
-          'checkUnitSize (count by owner)': { sql: 'select count(*) from documents where owner_id = $1::uuid', params: [owner] },
-          checkKeySlot: { sql: 'select slot from documents where owner_id = $1::uuid and slot <> $2::integer', params: [owner, slot] },
-          'FK 001 restrict check (key share)': { sql: 'select 1 from only documents x where $1::uuid operator(pg_catalog.=) owner_id for key share of x', params: [owner] },
-          'FK 001 cascade delete': { sql: 'delete from only documents where $1::uuid operator(pg_catalog.=) owner_id', params: [owner], replica: true },
-          'FK 015 cascade delete': { sql: 'delete from only documents where $1::uuid operator(pg_catalog.=) owner_id and $2::integer operator(pg_catalog.=) slot', params: [owner, slot], replica: true },
-          "deleteVerified users owning nothing (the owner's slot)": {
-            sql: 'select count(*) from users x where x.slot = $1::integer and not exists (select 1 from documents c where c.owner_id = x.id)',
-            params: [slot],
-          },
-          'census rows of a fenced directory unit': {
-            sql: 'select count(*) from documents r where r.slot = any (array[]::integer[]) or r.owner_id = any (array[$1::uuid])',
-            params: [owner],
-          },
-        };
-        for (const [name, q] of Object.entries(queries)) {
-          console.log(formatPlan(`${who}, ${name}`, await explainPlan(db, q.sql, q.params, q.replica ? 'set local session_replication_role = replica' : undefined)));
-        }
+  await forEachIndexSet(db, variants, 'analyze documents', async () => {
+    const sizes = await db.query<{ name: string; mb: string }>(
+      `select indexrelid::regclass::text as name, round(pg_relation_size(indexrelid) / 1048576.0, 1)::text as mb from pg_index where indrelid = 'documents'::regclass order by 1`,
+    );
+    console.log(`indexes: ${sizes.rows.map((r) => `${r.name} ${r.mb} MB`).join(', ')}`);
+    for (const [who, owner, slot] of [
+      ['typical', typical.id, typical.slot],
+      ['heavy', HEAVY, HEAVY_SLOT],
+    ] as const) {
+      const queries: Record<string, { sql: string; params: unknown[]; replica?: boolean }> = {
+        'GET /users/{id}/documents': { sql: 'select id, owner_id, title, content, created_at, updated_at from documents where owner_id = $1 order by created_at desc, id limit 50', params: [owner] },
+        'checkUnitSize (count by owner)': { sql: 'select count(*) from documents where owner_id = $1::uuid', params: [owner] },
+        checkKeySlot: { sql: 'select slot from documents where owner_id = $1::uuid and slot <> $2::integer', params: [owner, slot] },
+        'FK 001 restrict check (key share)': { sql: 'select 1 from only documents x where $1::uuid operator(pg_catalog.=) owner_id for key share of x', params: [owner] },
+        'FK 001 cascade delete': { sql: 'delete from only documents where $1::uuid operator(pg_catalog.=) owner_id', params: [owner], replica: true },
+        'FK 015 cascade delete': { sql: 'delete from only documents where $1::uuid operator(pg_catalog.=) owner_id and $2::integer operator(pg_catalog.=) slot', params: [owner, slot], replica: true },
+        "deleteVerified users owning nothing (the owner's slot)": {
+          sql: 'select count(*) from users x where x.slot = $1::integer and not exists (select 1 from documents c where c.owner_id = x.id)',
+          params: [slot],
+        },
+        'census rows of a fenced directory unit': {
+          sql: 'select count(*) from documents r where r.slot = any (array[]::integer[]) or r.owner_id = any (array[$1::uuid])',
+          params: [owner],
+        },
+      };
+      for (const [name, q] of Object.entries(queries)) {
+        console.log(formatPlan(`${who}, ${name}`, await explainPlan(db, q.sql, q.params, q.replica ? 'set local session_replication_role = replica' : undefined)));
       }
-    } finally {
-      await db.query('rollback');
     }
-  }
+  });
   await db.end();
 } finally {
   await server.stop();

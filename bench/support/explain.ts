@@ -35,3 +35,22 @@ export async function explainPlan(db: pg.ClientBase, sql: string, params: readon
 export function formatPlan(label: string, plan: ExplainedPlan): string {
   return `${label}: ${plan.time}; ${plan.buffers}\n    ${plan.nodes.join('\n    ')}`;
 }
+
+/**
+ * `body` once for each index set of `variants` (name: its DDL), printed with its name first: the
+ * DDL and `analyze` (e.g. `analyze documents`) run in a transaction on `db` that is rolled back
+ * after `body`, so each set starts from the shard as migrated.
+ */
+export async function forEachIndexSet(db: pg.ClientBase, variants: Readonly<Record<string, readonly string[]>>, analyze: string, body: () => Promise<void>): Promise<void> {
+  for (const [variant, ddl] of Object.entries(variants)) {
+    console.log(`\n== ${variant}`);
+    await db.query('begin');
+    try {
+      for (const statement of ddl) await db.query(statement);
+      await db.query(analyze);
+      await body();
+    } finally {
+      await db.query('rollback');
+    }
+  }
+}
