@@ -20,7 +20,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryOwnerKeptError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { sqlstateOf } from '../../support/postgres.js';
-import { documentsOf, documentWrittenFor, keysInSlot, seedUsers, startMoveEnv, unitFenceState, type MoveEnv, controlLogin } from './fixtures/move-env.js';
+import { controlLogin, documentsOf, documentWrittenFor, keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let control: pg.Pool;
@@ -40,11 +40,6 @@ const readDocs = (key: string) =>
     (r) => `read ${r.value} on ${r.shardId}`,
     (e: Error) => `failed: ${e.message.slice(0, 200)}`,
   );
-const refusalOf = (p: Promise<unknown>) =>
-  p.then(
-    () => null,
-    (e: unknown) => e,
-  );
 
 /** A key of `slot` with 3 documents, moved by a directory move from the slot's owner to `to`. Returns the key and the job's id. */
 async function movedKey(slot: number, from: string, to: string): Promise<{ key: string; job: number }> {
@@ -55,16 +50,10 @@ async function movedKey(slot: number, from: string, to: string): Promise<{ key: 
   return { key, job: moved.id };
 }
 
-async function shardsOf(slot: number): Promise<{ from: string; to: string; third: string }> {
-  const from = await env.ownerOf(slot);
-  const [to, third] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== from) as [string, string];
-  return { from, to, third };
-}
-
 describe('the pin of a key moved by a directory move, changed by hand to another shard', () => {
   it('is refused with CAF07 (back to the source, or to a third shard; DirectoryStore.set, compare-and-set or not, or SQL, superuser or control login), nothing changed: reads and writes still answered where the rows are', async () => {
     const slot = 1740;
-    const { from, to, third } = await shardsOf(slot);
+    const { from, to, third } = await threeShardsOf(env, slot);
     const { key, job } = await movedKey(slot, from, to);
     expect({ source: await unitFenceState(pool(from), 'directory', key), target: await unitFenceState(pool(to), 'directory', key) }).toEqual({ source: 'moved', target: 'open' });
     const pinned = await entryOf(key);
@@ -98,7 +87,7 @@ describe('the pin of a key moved by a directory move, changed by hand to another
 
   it('is refused when the transaction names a move job that may not publish it (finished, another key\'s, or to another shard), and a moved key still moves on: its next directory move publishes its target', async () => {
     const slot = 1741;
-    const { from, to, third } = await shardsOf(slot);
+    const { from, to, third } = await threeShardsOf(env, slot);
     const { key, job } = await movedKey(slot, from, to);
     const [other] = keysInSlot(slot, 1) as [string];
     await env.directory.set(other, from, 'ops@example.com');
@@ -136,7 +125,7 @@ describe('the pin of a key moved by a directory move, changed by hand to another
 
   it('is changed by catalog.repin_by_hand (DirectoryStore.repinByHand) for a ca_dms_control login, recording who and why; an empty reason is refused', async () => {
     const slot = 1742;
-    const { from, to } = await shardsOf(slot);
+    const { from, to } = await threeShardsOf(env, slot);
     const { key } = await movedKey(slot, from, to);
     const operator = new DirectoryStore(control, { ttlMs: 0, shards: [...env.shards.keys()] });
     await expect(operator.repinByHand(key, from, ' ')).rejects.toThrow(`cannot repin ${key} by hand: a pin changed by hand records why; "reason" must not be empty`);
@@ -164,7 +153,7 @@ describe('the pin of a key moved by a directory move, changed by hand to another
 
   it('leaves a key pinned by hand that no move wrote rows for free to be pinned elsewhere', async () => {
     const slot = 1743;
-    const { from, to } = await shardsOf(slot);
+    const { from, to } = await threeShardsOf(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
     await env.directory.set(key, to, 'ops@example.com');
     await new DirectoryStore(control, { ttlMs: 0 }).set(key, from, 'ops@example.com');

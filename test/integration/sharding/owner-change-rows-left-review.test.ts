@@ -17,7 +17,7 @@ import { createShardingRuntime } from '../../../functions/adapters/postgres/shar
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -28,16 +28,6 @@ afterAll(async () => {
 });
 
 const pool = (shard: string) => env.shards.get(shard) as pg.Pool;
-const refusalOf = (p: Promise<unknown>) =>
-  p.then(
-    () => null,
-    (e: unknown) => e,
-  );
-async function shardsOf(slot: number): Promise<{ from: string; to: string; third: string }> {
-  const from = await env.ownerOf(slot);
-  const [to, third] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== from) as [string, string];
-  return { from, to, third };
-}
 
 describe('a slot map under hash_based routing with directory.override_hash off', () => {
   it("counts a pinned key's rows with its slot (the pin does not route it): the map giving the slot away is refused", async () => {
@@ -50,7 +40,7 @@ describe('a slot map under hash_based routing with directory.override_hash off',
     const runtime = await createShardingRuntime({ config, catalog: env.catalog, actor: 'test' });
     try {
       const slot = 2401;
-      const { from, to } = await shardsOf(slot);
+      const { from, to } = await threeShardsOf(env, slot);
       const [key] = keysInSlot(slot, 1) as [string];
       // Pinned where its rows are (a pin to the shard it routes to: nothing counted, written).
       await runtime.directory.set(key, from, 'ops@example.com');
@@ -81,7 +71,7 @@ describe('a slot map giving away slots without rows', () => {
     } as unknown as pg.Pool;
     const slotMaps = new SlotMapStore(catalog, { shardPools: env.shards });
     const slot = 2411;
-    const { to } = await shardsOf(slot);
+    const { to } = await threeShardsOf(env, slot);
     await slotMaps.publish(moveSlots(await slotMaps.current(), [slot], to), 'ops@example.com', 'an empty slot');
     expect(await env.ownerOf(slot)).toBe(to);
     expect(statements.filter((s) => s.includes('shard_directory'))).toEqual([]);
@@ -93,7 +83,7 @@ describe('a slot map giving away a slot with rows of pinned and unpinned keys', 
     const directory = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: env.shards });
     const slotMaps = new SlotMapStore(env.catalog, { shardPools: env.shards });
     const slot = 2431;
-    const { from, to } = await shardsOf(slot);
+    const { from, to } = await threeShardsOf(env, slot);
     const [pinned, loose] = keysInSlot(slot, 2) as [string, string];
     await directory.set(pinned, from, 'ops@example.com');
     await seedUsers(pool(from), slot, [pinned], 2);
@@ -108,7 +98,7 @@ describe('the refusal of an unpin', () => {
   it('reads "which would send its reads and writes to <slot owner>", the key in its canonical form whatever spelling it was given in', async () => {
     const directory = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: env.shards });
     const slot = 2421;
-    const { from: slotOwner, to: pinnedTo } = await shardsOf(slot);
+    const { from: slotOwner, to: pinnedTo } = await threeShardsOf(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
     await directory.set(`URN:UUID:${key.toUpperCase()}`, pinnedTo, 'ops@example.com');
     await seedUsers(pool(pinnedTo), slot, [key], 1);

@@ -22,7 +22,7 @@ import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapt
 import { Mover } from '../../../functions/adapters/postgres/mover.js';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countSlot, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, keysInSlot, otherProcess, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let directory: DirectoryStore;
@@ -38,11 +38,6 @@ afterAll(async () => {
 });
 
 const pool = (shard: string) => env.shards.get(shard) as pg.Pool;
-const refusalOf = (p: Promise<unknown>) =>
-  p.then(
-    () => null,
-    (e: unknown) => e,
-  );
 /** The key's documents, as a process started now reads them. */
 const readDocs = async (key: string) =>
   (await otherProcess(env)).reader.withShardRead(key, async ({ client }) => (await client.query('select id from documents where owner_id = $1', [key])).rowCount).then(
@@ -59,16 +54,10 @@ const signedUp = async (key: string) =>
   );
 const usersOf = async (key: string) => Object.fromEntries(await Promise.all([...env.shards.keys()].map(async (s) => [s, Number((await pool(s).query<{ n: string }>('select count(*) as n from users where id = $1', [key])).rows[0]?.n)])));
 
-async function shardsOf(slot: number): Promise<{ from: string; to: string; third: string }> {
-  const from = await env.ownerOf(slot);
-  const [to, third] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== from) as [string, string];
-  return { from, to, third };
-}
-
 describe('a directory pin that routes a key with rows away from them, outside a move', () => {
   it('is refused by DirectoryStore.set naming the key, both shards and the counts (nothing written); with rowsLeftOn it goes through and the key splits', async () => {
     const slot = 2101;
-    const { from, to, third } = await shardsOf(slot);
+    const { from, to, third } = await threeShardsOf(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
     await seedUsers(pool(from), slot, [key], 3);
 
@@ -98,7 +87,7 @@ describe('a directory pin that routes a key with rows away from them, outside a 
 
   it('is refused by DirectoryStore.delete (unpinned, the key routes by hash to its slot\'s owner) and by repinByHand without rowsLeftOn', async () => {
     const slot = 2103;
-    const { from: slotOwner, to: pinnedTo, third } = await shardsOf(slot);
+    const { from: slotOwner, to: pinnedTo, third } = await threeShardsOf(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
     await directory.set(key, pinnedTo, 'ops@example.com');
     await seedUsers(pool(pinnedTo), slot, [key], 2);
@@ -121,7 +110,7 @@ describe('a directory pin that routes a key with rows away from them, outside a 
 describe('a slot map that gives a slot with rows to another shard, outside a move', () => {
   it('is refused by SlotMapStore.publish and publishByHand naming the slot, both shards and the counts (nothing published); slots without rows, or with only pinned keys\' rows, are published; with rowsLeftOn the slot splits and its next move deletes its rows', async () => {
     const slot = 2201;
-    const { from, to } = await shardsOf(slot);
+    const { from, to } = await threeShardsOf(env, slot);
     const keys = keysInSlot(slot, 3);
     await seedUsers(pool(from), slot, keys.slice(0, 2), 3);
     const before = (await slotMaps.current()).version;
@@ -143,7 +132,7 @@ describe('a slot map that gives a slot with rows to another shard, outside a mov
     const pinnedOwner = await env.ownerOf(pinnedOnly);
     await directory.set(pinned, pinnedOwner, 'ops@example.com');
     await seedUsers(pool(pinnedOwner), pinnedOnly, [pinned], 1);
-    await slotMaps.publish(moveSlots(await slotMaps.current(), [empty, pinnedOnly], (await shardsOf(pinnedOnly)).to), 'ops@example.com', 'by hand');
+    await slotMaps.publish(moveSlots(await slotMaps.current(), [empty, pinnedOnly], (await threeShardsOf(env, pinnedOnly)).to), 'ops@example.com', 'by hand');
     expect((await slotMaps.current()).version).toBe(before + 1);
     expect(await readDocs(pinned)).toBe(`read 1 on ${pinnedOwner}`);
 
@@ -163,7 +152,7 @@ describe('a slot map that gives a slot with rows to another shard, outside a mov
 describe("the mover's publications, through stores that count rows", () => {
   it('are not refused: a slot move and a directory move of units with rows end done, their rows on the target', async () => {
     const slot = 2301;
-    const { from, to } = await shardsOf(slot);
+    const { from, to } = await threeShardsOf(env, slot);
     const keys = keysInSlot(slot, 2);
     await seedUsers(pool(from), slot, keys, 2);
     const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps, directory, readerGraceMs: 0 });
@@ -172,7 +161,7 @@ describe("the mover's publications, through stores that count rows", () => {
     expect(await countSlot(pool(to), slot)).toEqual({ users: 2, documents: 4 });
 
     const [key] = keys as [string];
-    const { third } = await shardsOf(slot);
+    const { third } = await threeShardsOf(env, slot);
     const keyMove = await mover.plan({ kind: 'directory', key, to: third, createdBy: 'test' });
     expect((await mover.run(keyMove.id)).state).toBe('done');
     expect({ pin: (await directory.entry(key))?.shardId, read: await readDocs(key) }).toEqual({ pin: third, read: `read 2 on ${third}` });

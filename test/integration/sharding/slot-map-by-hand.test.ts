@@ -23,7 +23,7 @@ import type { MoveHookPoint } from '../../../functions/adapters/postgres/mover.j
 import { SlotMapOwnerKeptError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { sqlstateOf } from '../../support/postgres.js';
-import { cancelledInCopy, countSlot, keysInSlot, otherProcess, seedUsers, startMoveEnv, unitFenceState, type MoveEnv, controlLogin } from './fixtures/move-env.js';
+import { cancelledInCopy, controlLogin, countSlot, keysInSlot, otherProcess, refusalOf, seedUsers, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let control: pg.Pool;
@@ -53,22 +53,11 @@ const written = async (key: string) =>
       (r) => `written on ${r.shardId}`,
       (e: Error) => `failed: ${e.message.slice(0, 300)}`,
     );
-const refusalOf = (p: Promise<unknown>) =>
-  p.then(
-    () => null,
-    (e: unknown) => e,
-  );
 /** A map giving `slot` to `shard`, as SQL by hand: an insert of the next version. */
 const insertGiving = async (db: pg.Pool | pg.PoolClient, slot: number, shard: string) => {
   const next = moveSlots(await env.slotMaps.current(), [slot], shard);
   return db.query(`insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values ($1, $2, $3, 'ops', 'by hand')`, [next.version, next.slotCount, next.assignments]);
 };
-
-async function shardsOf(slot: number): Promise<{ from: string; to: string; third: string }> {
-  const from = await env.ownerOf(slot);
-  const [to, third] = ['shard_a', 'shard_b', 'shard_c'].filter((s) => s !== from) as [string, string];
-  return { from, to, third };
-}
 
 /** A slot with one user and 3 documents, moved by a slot move from its owner to `to`. Returns the user and the job's id. */
 async function movedSlot(slot: number, from: string, to: string): Promise<{ key: string; job: number }> {
@@ -82,7 +71,7 @@ async function movedSlot(slot: number, from: string, to: string): Promise<{ key:
 describe('a slot map published by hand that changes the owner of a moved slot', () => {
   it('is refused with CAF08 (back to the old owner, or to a third shard; SlotMapStore.publish or SQL, superuser or control login), nothing published: reads and writes still answered where the rows are, and the slot moves on', async () => {
     const slot = 1750;
-    const { from, to, third } = await shardsOf(slot);
+    const { from, to, third } = await threeShardsOf(env, slot);
     const { key, job } = await movedSlot(slot, from, to);
     expect({ source: await unitFenceState(pool(from), 'slot', String(slot)), target: await unitFenceState(pool(to), 'slot', String(slot)) }).toEqual({ source: 'moved', target: 'open' });
     const before = await version();
@@ -102,7 +91,7 @@ describe('a slot map published by hand that changes the owner of a moved slot', 
 
     // A map that leaves the moved slot where it is and changes another (never moved) slot is published.
     const other = slot + 1;
-    await env.slotMaps.publish(moveSlots(await env.slotMaps.current(), [other], (await shardsOf(other)).to), 'ops@example.com', 'by hand');
+    await env.slotMaps.publish(moveSlots(await env.slotMaps.current(), [other], (await threeShardsOf(env, other)).to), 'ops@example.com', 'by hand');
     expect(await version()).toBe(before + 1);
 
     expect({ read: await readDocs(key), write: await written(key) }).toEqual({ read: `read 3 on ${to}`, write: `written on ${to}` });
@@ -115,7 +104,7 @@ describe('a slot map published by hand that changes the owner of a moved slot', 
 
   it("is refused for the target of a slot move rolled back after its copy began (its row turned `moved`, to the source)", async () => {
     const slot = 1752;
-    const { from, to } = await shardsOf(slot);
+    const { from, to } = await threeShardsOf(env, slot);
     await seedUsers(pool(from), slot, keysInSlot(slot, 2), 2);
     const job = await cancelledInCopy(env, slot, to);
     expect((await env.mover({ readerGraceMs: 0 }).run(job)).state).toBe('cancelled');
@@ -127,7 +116,7 @@ describe('a slot map published by hand that changes the owner of a moved slot', 
 
   it('is refused when the transaction names a move job that may not publish it (finished, or another slot\'s), and published by catalog.publish_slot_map_by_hand (SlotMapStore.publishByHand) for a ca_dms_control login, recording who and why', async () => {
     const slot = 1754;
-    const { from, to, third } = await shardsOf(slot);
+    const { from, to, third } = await threeShardsOf(env, slot);
     const { job } = await movedSlot(slot, from, to);
     const otherSlot = 1755;
     const otherMove = await env.mover({ readerGraceMs: 0 }).plan({ kind: 'slot', slot: otherSlot, to: third === (await env.ownerOf(otherSlot)) ? from : third, createdBy: 'test' });
@@ -186,7 +175,7 @@ describe('a slot map published by hand that changes the owner of a moved slot', 
     // afterwards, the move ended `done`, and the slot was the CAF08 case again (back to the source:
     // every read failed "routing is not converging"; to a third shard: reads empty there).
     const slot = 1756;
-    const { from, to, third } = await shardsOf(slot);
+    const { from, to, third } = await threeShardsOf(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
     await seedUsers(pool(from), slot, [key], 3);
     const planned = await env.mover({ readerGraceMs: 0 }).plan({ kind: 'slot', slot, to, createdBy: 'test' });
