@@ -196,9 +196,11 @@ export interface ClientDeadline {
    */
   readonly cancelSent: boolean;
   /**
-   * Whether `error`, caught just now (ask before awaiting anything else), is a statement
-   * cancelled by another session's request (`pg_cancel_backend`, an operator), not by the
-   * deadline: see {@link cancelledByOtherSession}.
+   * Whether `error` is a statement cancelled by another session's request (`pg_cancel_backend`,
+   * an operator), not by the deadline: see {@link cancelledByOtherSession}. Told as of the moment
+   * the server's error arrived (recorded then, while the guard is armed; asked after `disarm` too), not
+   * of the moment asked: a transaction's rollback makes its round trip first, and the deadline may
+   * pass meanwhile. An error the guard saw no arrival of is told as of now.
    */
   cancelledByOther(error: unknown, options?: CancelledByOtherOptions): boolean;
   /** Stops the timers (call before releasing the client). */
@@ -326,6 +328,18 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
   let canceller: NodeJS.Timeout | undefined;
   /** The statement the last cancel request was sent for (null: none was running). */
   let sentFor: unknown;
+  // Each error the server sends, with when it arrived (the monotonic clock) and whether a cancel
+  // request of the deadline's had been sent by then: asked by cancelledByOther, which is often
+  // asked later (a write's, a read's rollback first makes its round trip), maybe past the deadline.
+  const arrivals = new WeakMap<object, { readonly at: number; readonly cancelSent: boolean }>();
+  const connection = (client as unknown as { connection?: { on?: unknown; off?: unknown } }).connection;
+  const onErrorMessage = (error: unknown): void => {
+    if (typeof error === 'object' && error !== null) arrivals.set(error, { at: performance.now(), cancelSent: cancelsSent > 0 });
+  };
+  // pg's own listener (registered when the client connected) hands the error to its query before
+  // this one runs, but the query's caller resumes only on a later microtask: the record is there first.
+  const listening = typeof connection?.on === 'function' && typeof connection.off === 'function';
+  if (listening) (connection as unknown as NodeJS.EventEmitter).on('errorMessage', onErrorMessage);
   // The server ignores a cancel request that finds the session idle (between two statements of
   // the transaction: the client is busy with one's result, or the next is on its way): the next
   // statement would then run on past the deadline until the connection is dropped, and on the
@@ -375,12 +389,16 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
       return cancelsSent > 0;
     },
     cancelledByOther(error, byOtherOptions) {
-      return cancelledByOtherSession(error, deadlineAtMonotonic, cancelsSent > 0, performance.now(), byOtherOptions);
+      // As of the error's arrival when it came from the server while held: not after the
+      // rollback's round trip (or anything else awaited since), by when the deadline may have passed.
+      const arrived = typeof error === 'object' && error !== null ? arrivals.get(error) : undefined;
+      return cancelledByOtherSession(error, deadlineAtMonotonic, arrived?.cancelSent ?? cancelsSent > 0, arrived?.at ?? performance.now(), byOtherOptions);
     },
     disarm() {
       clearTimeout(canceller);
       canceller = undefined;
       clearTimeout(dropper);
+      if (listening) (connection as unknown as NodeJS.EventEmitter).off('errorMessage', onErrorMessage);
     },
     reusable(failure) {
       // After two cancel requests, one that failed the statement leaves the other on its way;

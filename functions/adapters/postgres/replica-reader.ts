@@ -289,6 +289,18 @@ export function isNodeFailure(error: unknown): boolean {
   return /connection|terminated|timeout/i.test(error.message);
 }
 
+/**
+ * Whether `client`'s session is still in a transaction, open ('T') or failed ('E'), as the
+ * server's last ReadyForQuery said: a read whose rollback failed (a cancel request's second
+ * signal cancelled it; `inClientTransaction` swallows that failure and rethrows the first), or
+ * whose `fn` never ended its own. Lent again, it would fail the next read's statements (25P02)
+ * or give it a stale snapshot; it is closed instead.
+ */
+function leftInTransaction(client: pg.ClientBase): boolean {
+  const status = (client as unknown as { getTransactionStatus?: () => unknown }).getTransactionStatus?.();
+  return status === 'T' || status === 'E';
+}
+
 /** The shortest time between two probes, however tight the lag bound. */
 const MIN_PROBE_INTERVAL_MS = 100;
 
@@ -581,7 +593,7 @@ export class ReplicaReader {
         guard?.disarm();
         const done: pg.PoolClient | undefined = client;
         client = undefined;
-        done?.release(guard?.reusable() === false || undefined);
+        done?.release(guard?.reusable() === false || (done !== undefined && leftInTransaction(done)) || undefined);
         if (outcome.skip) continue;
         return outcome.value;
       } catch (error) {
@@ -599,7 +611,9 @@ export class ReplicaReader {
           const byOther = guard?.cancelledByOther(error, held) === true;
           // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
           if (guard !== undefined && queryCanceled(error)) await guard.settled();
-          client?.release(guard?.reusable(error) === false || undefined);
+          // A connection left in a transaction (its rollback failed: a cancel's second signal
+          // cancelled it, say) must not be lent again: the next read's statements would fail in it.
+          client?.release(guard?.reusable(error) === false || (client !== undefined && leftInTransaction(client)) || undefined);
           if (byOther) throw new ReadCancelledError(node.nodeId, error);
           throw error;
         }

