@@ -755,7 +755,11 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     if (after === undefined || after.shardId === readOn || deps.moves === undefined) return undefined;
     // Held to what is left of the request's deadline, as the read before it: a catalog that does
     // not answer (a lock on move_jobs, a silent node) is a retryable 503, not a request hung past it.
-    return lostBeforeMove(after, await deps.moves.lastMoveOff(after.shardId, key, { deadlineMs: deadline.left() }));
+    const lost = lostBeforeMove(after, await deps.moves.lastMoveOff(after.shardId, key, { deadlineMs: deadline.left() }));
+    // Copied off the token's shard by an earlier move, before the failover the newest move tells
+    // of (sharding migration 015): not lost. Asked only on the way to a 410.
+    if (lost === undefined || deps.moves.writeCopiedOff === undefined) return lost;
+    return (await deps.moves.writeCopiedOff(after, key, { deadlineMs: deadline.left() })) ? undefined : lost;
   };
   const readAfter = (req: IncomingMessage): ReadToken | undefined => {
     const header = parse(readAfterSchema, req.headers['x-read-after'], 'header.x-read-after');

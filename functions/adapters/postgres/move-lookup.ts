@@ -9,9 +9,12 @@
 import type pg from 'pg';
 import { slotOf } from '../../core/sharding/hash.js';
 import type { MoveOff, MovesLookup } from '../../core/sharding/lost-before-move.js';
+import { formatLsn, normalizeWalPosition, parseLsn } from '../../core/sharding/lsn.js';
+import type { ReadToken } from '../../core/sharding/read-token.js';
 import { withNodeDeadline } from './deadline.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
 
+const WRITE_COPIED_OFF_SQL = 'select catalog.write_copied_off($1, $2, $3, $4, $5::pg_lsn) as copied';
 const LAST_MOVE_OFF_SQL = 'select source_timeline::text as timeline, source_history as history from catalog.last_move_off($1, $2, $3)';
 
 /**
@@ -19,7 +22,7 @@ const LAST_MOVE_OFF_SQL = 'select source_timeline::text as timeline, source_hist
  * catalog.last_move_off only). The function absent (42883: the code deployed before the
  * migration) or refused (42501) is "no move known": the read answers as before.
  */
-export function createMovesLookup(pool: pg.Pool): MovesLookup {
+export function createMovesLookup(pool: pg.Pool): Required<MovesLookup> {
   return {
     async lastMoveOff(shardId: string, key: string, options: { readonly deadlineMs?: number } = {}): Promise<MoveOff | undefined> {
       const values = [shardId, slotOf(key), key];
@@ -36,6 +39,24 @@ export function createMovesLookup(pool: pg.Pool): MovesLookup {
         return { timeline: row.timeline === null ? null : Number(row.timeline), history: row.history };
       } catch (error) {
         if (hasSqlState(error, UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE)) return undefined;
+        throw error;
+      }
+    },
+    // sharding migration 015's catalog.write_copied_off; absent (42883: code deployed before the
+    // migration) or refused (42501): not known to be copied, the read answers as before (410).
+    async writeCopiedOff(token: ReadToken, key: string, options: { readonly deadlineMs?: number } = {}): Promise<boolean> {
+      // The token moved back to a page boundary it points past (lsn.ts): no record ends in between,
+      // and the fence position compared with it is a raw insert position (move-port.ts's fence).
+      const values = [token.shardId, slotOf(key), key, token.timeline, formatLsn(normalizeWalPosition(parseLsn(token.lsn)))];
+      type Row = { copied: boolean | null };
+      try {
+        const { rows } =
+          options.deadlineMs === undefined
+            ? await pool.query<Row>(WRITE_COPIED_OFF_SQL, values)
+            : await withNodeDeadline(pool, Math.max(1, options.deadlineMs), 'catalog', (client) => client.query<Row>(WRITE_COPIED_OFF_SQL, values));
+        return rows[0]?.copied === true;
+      } catch (error) {
+        if (hasSqlState(error, UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE)) return false;
         throw error;
       }
     },

@@ -1464,6 +1464,13 @@ export class PgMovePort implements MovePort<MoveJob> {
     let cursor: CopyCursor = job.copyCursor ?? this.freshCursor('users');
     const source = this.pool(job.from);
     const target = this.pool(job.to);
+    // The target's timeline before anything is copied into it (sharding migration 015; a resumed
+    // run keeps the first: rows copied then may lie on it). Timelines only grow, so every row of
+    // the unit this move writes on the target lies on that timeline or a later one: a token of
+    // the target whose write was copied off it and lost there in a failover is not told copied
+    // once the unit came back on the timeline the failover cut short (catalog.write_copied_off).
+    const { rows: tli } = await target.query<{ tli: string | null }>(`select ${CURRENT_TIMELINE_SQL} as tli`);
+    job = await this.updateJob('target_timeline = coalesce(target_timeline, $2)', [tli[0]?.tli ?? null], job);
     for (const { name: table } of TABLES) {
       if (TABLES.findIndex((t) => t.name === table) < TABLES.findIndex((t) => t.name === cursor.table)) continue;
       if (cursor.table !== table) cursor = this.freshCursor(table);
@@ -2004,6 +2011,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     let source = await this.sourceTimeline(job.from);
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     let fencedOn: number | null;
+    let fencedAt: string | null = null;
     try {
       // The lock wait is bounded from the transaction's first statement (a whole number of ms
       // written into the text), the permit's too.
@@ -2012,15 +2020,29 @@ export class PgMovePort implements MovePort<MoveJob> {
         job,
         job.from,
         async (client) => {
-          // The timeline in the same round trip: the one the fence was taken on.
-          const res = await client.query<{ tli: string | null }>(
+          // The timeline in the same round trip: the one the fence was taken on. And the WAL
+          // insert position then (sharding migration 015): RETURNING is evaluated once the UPDATE
+          // holds the fence row, so after every writer of the unit that took the row before it
+          // committed (a later one waits for the fence and is refused): every commit record of a
+          // write of the unit acknowledged before the fence was inserted before this position.
+          // A token is the insert position read after its commit (lsn.ts), and the insert position
+          // never goes back on a timeline, so a token read before the fence is at or before it.
+          // pg_current_wal_lsn() (the write position) may trail records already inserted (and
+          // commits acknowledged with synchronous_commit off), so a token read just before the
+          // fence could lie past it. Both are the raw insert position (past a page header when
+          // the last record ended at a page boundary): compared with a token moved back to that
+          // boundary (normalizeWalPosition), the fence position is at or past it all the same.
+          // A token past this position names no write this stay of the unit took on this
+          // timeline (a write of the unit after the fence is refused), so at or past it copied it.
+          const res = await client.query<{ tli: string | null; lsn: string | null }>(
             `update write_fences set state = 'fenced', job_id = $3, updated_at = clock_timestamp()
               where kind = $1 and unit_id = $2 and (state = 'open' or (state = 'fenced' and job_id = $3))
-              returning ${CURRENT_TIMELINE_SQL} as tli`,
+              returning ${CURRENT_TIMELINE_SQL} as tli, pg_current_wal_insert_lsn()::text as lsn`,
             [job.kind, job.unitId, job.id],
           );
           if (res.rowCount !== 1) throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.from} is missing or held by another move`);
           const tli = res.rows[0]?.tli;
+          fencedAt = res.rows[0]?.lsn ?? null;
           return tli === null || tli === undefined ? null : Number(tli);
         },
         bounded,
@@ -2047,7 +2069,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     try {
       // A fence taken again (a resumed run) overwrites what the last one recorded.
       await this.heldToFence(() =>
-        this.updateJob('fenced_at = coalesce(fenced_at, clock_timestamp()), source_timeline = $2, source_history = $3', [source.timeline, source.history], job),
+        this.updateJob('fenced_at = coalesce(fenced_at, clock_timestamp()), source_timeline = $2, source_history = $3, source_fence_lsn = $4::pg_lsn', [source.timeline, source.history, fencedAt], job),
       );
     } catch (err) {
       if ((err as { code?: string }).code !== QUERY_CANCELED) throw err;

@@ -9,7 +9,9 @@
  *   - F <= T: the move copied T (or a timeline the token's write could not be missing from as far
  *     as this record tells): nothing is known (the read answers as usual);
  *   - F > T: A failed over before the move; when F's history lists T ending before the token's
- *     LSN, the write was lost before the move copied the unit (410).
+ *     LSN, the write was lost before the move copied the unit (410), unless an earlier move off A
+ *     fenced on T at or past the token's LSN had copied it off and the unit did not come back onto
+ *     A on T since ({@link MovesLookup.writeCopiedOff}, asked by the caller only then).
  */
 
 import { formatLsn, parseLsn } from './lsn.js';
@@ -26,6 +28,14 @@ export interface MoveOff {
 export interface MovesLookup {
   /** `deadlineMs`: the time the caller has left (the request's deadline); the lookup fails once it has passed. */
   lastMoveOff(shardId: string, key: string, options?: { readonly deadlineMs?: number }): Promise<MoveOff | undefined>;
+  /**
+   * Whether the write `token` names was copied off its shard by a finished move of `key`'s unit
+   * fenced on the token's timeline at or past its LSN, the unit not brought back onto that shard
+   * on that timeline since (sharding migration 015): then a failover of the shard afterwards lost
+   * nothing of it, whatever the newest move off the shard recorded. False when not known (nothing
+   * recorded, the catalog function absent or refused); absent: never known.
+   */
+  writeCopiedOff?(token: ReadToken, key: string, options?: { readonly deadlineMs?: number }): Promise<boolean>;
 }
 
 /** The write `token` names, lost in a failover of its shard before the unit moved off it (see the module's rule); undefined when not known to be lost. */

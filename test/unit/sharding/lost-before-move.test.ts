@@ -65,4 +65,29 @@ describe('createMovesLookup', () => {
     expect({ absent: await lookup('42883'), refused: await lookup('42501') }).toEqual({ absent: undefined, refused: undefined });
     await expect(lookup('08006')).rejects.toThrow('failed 08006');
   });
+
+  it('asks catalog.write_copied_off with the token\'s timeline and its LSN moved back to the page boundary it points past (sharding migration 015)', async () => {
+    const asked: unknown[] = [];
+    const pool = {
+      query: (text: string, values: unknown[]) => {
+        asked.push({ text, values });
+        return Promise.resolve({ rows: [{ copied: true }] });
+      },
+    };
+    const key = '0b6f1a2e-3c4d-4e5f-8a9b-0c1d2e3f4a5b';
+    // 0/3002018: 24 bytes (a page header) past the page boundary 0/3002000.
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a fake pool
+    const copied = await createMovesLookup(pool as any).writeCopiedOff(parseReadToken('shard_a@0/3002018;tl=3;v=1'), key);
+    expect({ copied, asked }).toEqual({
+      copied: true,
+      asked: [{ text: expect.stringContaining('catalog.write_copied_off($1, $2, $3, $4, $5::pg_lsn)'), values: ['shard_a', slotOf(key), key, 3, '0/3002000'] }],
+    });
+  });
+
+  it('does not know a write copied when catalog.write_copied_off is absent (42883) or refused (42501), and throws other errors', async () => {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a fake pool
+    const lookup = (code: string) => createMovesLookup(failing(code) as any).writeCopiedOff(past, 'k');
+    expect({ absent: await lookup('42883'), refused: await lookup('42501') }).toEqual({ absent: false, refused: false });
+    await expect(lookup('08006')).rejects.toThrow('failed 08006');
+  });
 });

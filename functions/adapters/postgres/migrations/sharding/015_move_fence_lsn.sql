@@ -1,0 +1,63 @@
+-- Where a move's source was in its WAL when the move fenced it, and what timeline its target was on
+-- when the copy into it began (issue #15, docs/sharding-spec.md "A write lost in a failover").
+-- Migration 014's last_move_off judges a token `A@<lsn>;tl=T` by the newest move off A alone: a
+-- write copied off A on T (A to B), lost on A afterwards by a failover of A (switchpoint before the
+-- token's LSN) while the unit was away, then back on A on the later timeline and off again (to C),
+-- reads as lost on C although C holds it. With the fence's position the catalog tells the two
+-- apart: a move off A fenced on T at or past the token's LSN copied the write (the mover's fence
+-- UPDATE answers pg_current_wal_insert_lsn() in its RETURNING, after every write of the unit that
+-- committed: functions/adapters/postgres/move-port.ts). The copy off stays the write's only if the
+-- unit, each time it came back onto A, came on a later timeline than T and left again on that one:
+-- a copy back while A was still on T lies past the fence, so past the token's LSN, and the
+-- failover that lost the token's write lost it too (A's later timeline has the unit as it was
+-- before the write; so has C); a stay during which A failed over again may have lost it too.
+-- Hence the target's timeline when the copy into it began. NULL where not recorded (a move before
+-- this migration): such a move never tells a write copied, nor a stay on A safe.
+alter table catalog.move_jobs
+  add column source_fence_lsn pg_lsn,
+  add column target_timeline bigint check (target_timeline between 1 and 4294967295);
+
+-- Whether the write a token of `p_shard` names (timeline `p_timeline`, WAL position `p_lsn`) was
+-- copied off that shard by a finished move of the unit of routing key `p_key` (of slot `p_slot`)
+-- and has not been at risk on that shard since. Of the `done` moves of the unit off or onto
+-- `p_shard` (matched as in last_move_off; one unit's moves run one at a time, so off and onto
+-- alternate), the newest move off fenced on `p_timeline` at or past `p_lsn` copied the write off.
+-- Each move that brought the unit back onto `p_shard` after it must have written its copy on a
+-- later timeline than `p_timeline` (the target's timeline when its copy began) and the unit must
+-- have left again fenced on that same timeline: a copy back on `p_timeline` lies past that fence,
+-- so past the token, and went with the failover that cut `p_timeline` short of the token; one on
+-- a later timeline the unit left on a later one still may have been cut short by a second
+-- failover (not known: not told copied). False when nothing says so, or not recorded (a move
+-- before this migration). For the application login, as last_move_off: it answers this one
+-- question, nothing else of the move history.
+create function catalog.write_copied_off(p_shard text, p_slot integer, p_key text, p_timeline bigint, p_lsn pg_lsn)
+returns boolean
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+  with moves as (
+    select j.from_shard = p_shard as off, j.source_timeline, j.source_fence_lsn, j.target_timeline,
+           row_number() over w as n,
+           lead(j.from_shard = p_shard) over w as next_off,
+           lead(j.source_timeline) over w as next_timeline
+      from catalog.move_jobs j
+     where j.state = 'done' and j.slot = p_slot and (j.from_shard = p_shard or j.to_shard = p_shard)
+       and ((j.kind = 'slot' and not (p_key = any (j.excluded_keys))) or (j.kind = 'directory' and j.unit_id = p_key))
+    window w as (order by j.finished_at nulls last, j.id)
+  )
+  select coalesce((
+    select not exists (
+             select 1 from moves back
+              where not back.off and back.n > copied.n
+                and (back.target_timeline is null or back.target_timeline <= p_timeline
+                     or back.next_off is not true or back.next_timeline is distinct from back.target_timeline))
+      from moves copied
+     where copied.off and copied.source_timeline = p_timeline and copied.source_fence_lsn >= p_lsn
+     order by copied.n desc
+     limit 1), false)
+$$;
+
+revoke all on function catalog.write_copied_off(text, integer, text, bigint, pg_lsn) from public;
+grant execute on function catalog.write_copied_off(text, integer, text, bigint, pg_lsn) to ca_dms_app, ca_dms_control;
