@@ -21,7 +21,7 @@ import { canonicalKey, uuidForm } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, PIN_KEPT, PIN_OWNER_KEPT } from './sqlstate.js';
-import { describeRows, keyRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { countedOwnerChange, describeRows, keyRowsOn, refusedRowsLeftOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
@@ -138,6 +138,13 @@ export interface DirectoryStoreOptions {
    * `rowsLeftOn` (issue #15; the sharding runtime gives them). Without them nothing is counted.
    */
   readonly shardPools?: ShardPoolsById;
+  /**
+   * Whether the directory's pins route keys under the configuration (strategy `directory_based`,
+   * or `hash_based` with `directory.override_hash`); default `true`, as for the slot map store
+   * (the sharding runtime says which). With `override_hash` off (or `range_based`) no pin routes a
+   * key: a change of a pin sends no read or write elsewhere, and nothing is counted (issue #15).
+   */
+  readonly pinsOverrideHash?: boolean;
 }
 
 export interface DirectoryListOptions {
@@ -175,6 +182,7 @@ export class DirectoryStore implements DirectoryLookup {
   private readonly cache: TtlCache<string | null>;
   private readonly shards: ReadonlySet<string> | undefined;
   private readonly shardPools: ShardPoolsById | undefined;
+  private readonly pinsOverrideHash: boolean;
   /**
    * Bumped by every invalidation. A lookup caches what it read only if none happened while it
    * read: one that read before a write committed and answers after the write was forgotten would
@@ -189,6 +197,7 @@ export class DirectoryStore implements DirectoryLookup {
     this.cache = new TtlCache(options.ttlMs ?? 5_000, options.now ?? Date.now, options.maxCachedKeys);
     this.shards = options.shards ? new Set(options.shards) : undefined;
     this.shardPools = options.shardPools;
+    this.pinsOverrideHash = options.pinsOverrideHash ?? true;
   }
 
   /** The shard `key` is pinned to, or `null`; served from the TTL cache when fresh. */
@@ -245,7 +254,11 @@ export class DirectoryStore implements DirectoryLookup {
     if (by.trim() === '') throw new DirectoryError('every directory change records who made it; "by" must not be empty');
     const unknown = this.unconfigured(shardId);
     if (unknown !== null) throw new DirectoryError(unknown);
-    await this.refuseRowsLeft('pin', key, client, options, shardId);
+    return this.changeOwner('pin', key, client, options, shardId, (c) => this.write(key, shardId, by, c, expected));
+  }
+
+  /** {@link set}'s write, with the catalog's checks (compare-and-set, `CAF07`). */
+  private async write(key: string, shardId: string, by: string, client: Queryable, expected: ExpectedDirectoryEntry | undefined): Promise<DirectoryEntry> {
     const returning = 'returning key, shard_id, version, updated_at, updated_by';
     const refusedOwnerChange = (err: unknown): never => {
       if (hasSqlState(err, PIN_OWNER_KEPT)) throw new DirectoryOwnerKeptError(key, (err as Error).message, { cause: err });
@@ -277,23 +290,51 @@ export class DirectoryStore implements DirectoryLookup {
   }
 
   /**
-   * Refuses ({@link DirectoryRowsLeftError}) a change that would route `key` away from the shard
-   * it routes to now (its entry's shard, else its slot's owner in the latest map, read with
-   * `client`) while that shard holds rows of the key (issue #15). For a pin, `to` is the shard
-   * pinned; for an unpin (`to` undefined), the slot's owner. Nothing is counted without
-   * {@link DirectoryStoreOptions.shardPools}, with `rowsLeftOn`, for a key that is no user id (no
-   * row is owned by it), or where the shard routed to now has no pool here (not configured).
+   * Makes the change `write` makes (with `client`, or a transaction of its own: see
+   * {@link countedOwnerChange}), refused ({@link DirectoryRowsLeftError}, the write rolled back) where
+   * it would route `key` away from the shard it routes to now (its entry's shard, else its slot's
+   * owner in the latest map, read before the write) while that shard holds rows of the key (issue
+   * #15). The catalog's own checks come first: a write it refuses answers its error, and nothing is
+   * counted. For a pin, `to` is the shard pinned; for an unpin (`to` undefined), the slot's owner.
+   * Nothing is counted without {@link DirectoryStoreOptions.shardPools}, where pins do not route
+   * ({@link DirectoryStoreOptions.pinsOverrideHash}), with `rowsLeftOn` (a move job named there is
+   * checked against the catalog first), for a key that is no user id (no row is owned by it), or
+   * where the shard routed to now has no pool here (not configured).
    */
-  private async refuseRowsLeft(change: 'pin' | 'repin' | 'unpin', key: string, client: Queryable, options: OwnerChangeOptions, to?: string): Promise<void> {
-    if (this.shardPools === undefined || options.rowsLeftOn !== undefined || uuidForm(key) !== key) return;
+  private async changeOwner<T>(change: 'pin' | 'repin' | 'unpin', key: string, client: Queryable, options: OwnerChangeOptions, to: string | undefined, write: (c: Queryable) => Promise<T>): Promise<T> {
+    // Where pins do not route (override_hash off), a pin decides no key's shard: nothing to count.
+    if (this.shardPools === undefined || !this.pinsOverrideHash) return write(client);
+    if (options.rowsLeftOn !== undefined) {
+      // The caller's word, or a move job the catalog must confirm carries the key to `to`.
+      const refused = await refusedRowsLeftOn(client, options, { kind: 'directory', key, to: to ?? '', change });
+      if (refused !== null) throw new DirectoryError(`cannot ${change} key ${key}${to === undefined ? '' : ` to ${to}`}: ${refused}. Nothing was written`);
+      return write(client);
+    }
+    if (uuidForm(key) !== key) return write(client);
+    return countedOwnerChange(client, {
+      route: (c) => this.routeOf(change, key, c, to),
+      write,
+      refuse: (route) => this.refuseRowsLeft(change, key, route),
+    });
+  }
+
+  /** Where `key` routes now and where the change would route it (null where it does not move it). */
+  private async routeOf(change: 'pin' | 'repin' | 'unpin', key: string, client: Queryable, to: string | undefined): Promise<{ from: string; next: string; entry: DirectoryEntry | null } | null> {
     const entry = await this.entry(key, client);
-    if (change === 'unpin' && entry === null) return;
+    if (change === 'unpin' && entry === null) return null;
     const { rows: mapped } = await client.query<{ owner: string | null }>('select assignments[$1::int + 1] as owner from catalog.slot_maps order by version desc limit 1', [slotOf(key)]);
     const slotOwner = mapped[0]?.owner ?? null;
     const from = entry?.shardId ?? slotOwner;
     const next = change === 'unpin' ? slotOwner : (to ?? null);
-    if (from === null || next === null || from === next) return;
-    const pool = this.shardPools.get(from);
+    if (from === null || next === null || from === next) return null;
+    return { from, next, entry };
+  }
+
+  /** Counts `key`'s rows where it routes now ({@link routeOf}) and refuses the change where there are any. */
+  private async refuseRowsLeft(change: 'pin' | 'repin' | 'unpin', key: string, route: { from: string; next: string; entry: DirectoryEntry | null } | null): Promise<void> {
+    if (route === null) return;
+    const { from, next, entry } = route;
+    const pool = this.shardPools?.get(from);
     if (pool === undefined) return;
     const rows = await keyRowsOn(pool, key);
     if (rows.length === 0) return;
@@ -340,16 +381,17 @@ export class DirectoryStore implements DirectoryLookup {
       reason.trim() === '' ? 'a pin changed by hand records why; "reason" must not be empty' : null,
     ].filter((w): w is string => w !== null);
     if (wrong.length > 0) throw new DirectoryError(`cannot repin ${key || 'the key'} by hand: ${wrong.join('; ')}`);
-    await this.refuseRowsLeft('repin', key, client, options, shardId);
-    const { rows } = await client
-      .query<Row>('select key, shard_id, version, updated_at, updated_by from catalog.repin_by_hand($1, $2, $3)', [key, shardId, reason])
-      .catch((err: unknown) => {
-        // The catalog's own checks (sharding migration 013): a shard it does not know, say.
-        if (hasSqlState(err, INVALID_PARAMETER_VALUE)) throw new DirectoryError((err as Error).message, { cause: err });
-        throw err;
-      });
-    this.forget(key);
-    return toEntry(rows[0] as Row);
+    return this.changeOwner('repin', key, client, options, shardId, async (c) => {
+      const { rows } = await c
+        .query<Row>('select key, shard_id, version, updated_at, updated_by from catalog.repin_by_hand($1, $2, $3)', [key, shardId, reason])
+        .catch((err: unknown) => {
+          // The catalog's own checks (sharding migration 013): a shard it does not know, say.
+          if (hasSqlState(err, INVALID_PARAMETER_VALUE)) throw new DirectoryError((err as Error).message, { cause: err });
+          throw err;
+        });
+      this.forget(key);
+      return toEntry(rows[0] as Row);
+    });
   }
 
   /**
@@ -366,13 +408,14 @@ export class DirectoryStore implements DirectoryLookup {
    */
   async delete(rawKey: string, client: Queryable = this.pool, options: OwnerChangeOptions = {}): Promise<boolean> {
     const key = canonicalKey(rawKey);
-    await this.refuseRowsLeft('unpin', key, client, options);
-    const { rowCount } = await client.query('delete from catalog.shard_directory where key = $1', [key]).catch((err: unknown) => {
-      if (hasSqlState(err, PIN_KEPT)) throw new DirectoryPinKeptError(key, (err as Error).message, { cause: err });
-      throw err;
+    return this.changeOwner('unpin', key, client, options, undefined, async (c) => {
+      const { rowCount } = await c.query('delete from catalog.shard_directory where key = $1', [key]).catch((err: unknown) => {
+        if (hasSqlState(err, PIN_KEPT)) throw new DirectoryPinKeptError(key, (err as Error).message, { cause: err });
+        throw err;
+      });
+      this.forget(key);
+      return (rowCount ?? 0) > 0;
     });
-    this.forget(key);
-    return (rowCount ?? 0) > 0;
   }
 
   /**

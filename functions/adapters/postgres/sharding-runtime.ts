@@ -80,7 +80,8 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
     // Both stores count a unit's rows on its owner before a change of its owner made outside a
     // move, and refuse it where the rows would be left behind (issue #15; the mover's publications
     // say they carry the rows). A pinned key's rows are left out of a slot's count only where pins
-    // route (as the router decides): with override_hash off they go with the slot.
+    // route (as the router decides): with override_hash off they go with the slot, and the
+    // directory store counts nothing for a pin (it routes no key).
     const pinsOverrideHash = config.strategy === 'directory_based' || (config.strategy === 'hash_based' && config.directory.override_hash);
     const slotMaps = new SlotMapStore(catalog, { shardPools: primaries, pinsOverrideHash });
     if ((await slotMaps.latest()) === null) {
@@ -90,7 +91,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
         `initial map for ${config.shards.length} shard(s)`,
       );
     }
-    const directory = new DirectoryStore(catalog, { ttlMs: config.directory.cache_ttl_seconds * 1000, shards: pools.shardIds(), shardPools: primaries });
+    const directory = new DirectoryStore(catalog, { ttlMs: config.directory.cache_ttl_seconds * 1000, shards: pools.shardIds(), shardPools: primaries, pinsOverrideHash });
     const router = ShardRouter.fromConfig(config, { slotMap: await slotMaps.current(), directory });
     const keyRouter = routerForWrites(router, slotMaps, directory);
     const writer = createShardWriter({ router: keyRouter, primaries });

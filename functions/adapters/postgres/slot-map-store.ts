@@ -16,7 +16,7 @@ import type pg from 'pg';
 import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
-import { describeRows, pinnedKeysOf, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { countedOwnerChange, describeRows, pinnedKeysOf, refusedRowsLeftOn, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A pool, or a client inside a caller's transaction (to publish atomically with other catalog writes). */
 export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -210,20 +210,21 @@ export class SlotMapStore {
     const map = parseSlotMap(next);
     requireText('by', by);
     requireText('reason', reason);
-    await this.refuseRowsLeft(map, client, options, false);
-    // The assignments come back from `map`, not from the database: a mover publishes while it
-    // holds writes fenced, and the 4096-entry array would cross the wire a second time.
-    const rows = await this.inserted(map, client, () =>
-      client.query<Omit<Row, 'assignments'>>(
-        `insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason)
-         select $1, $2, $3, $4, $5
-         where $1 = coalesce((select max(version) from catalog.slot_maps), 0) + 1
-           and $2 = coalesce((select slot_count from catalog.slot_maps order by version desc limit 1), $2)
-         returning version, slot_count, created_at, created_by, reason`,
-        [map.version, map.slotCount, map.assignments, by, reason],
-      ),
-    );
-    return this.published(map, rows, client);
+    return this.changeOwners(map, client, options, false, async (c) => {
+      // The assignments come back from `map`, not from the database: a mover publishes while it
+      // holds writes fenced, and the 4096-entry array would cross the wire a second time.
+      const rows = await this.inserted(map, c, () =>
+        c.query<Omit<Row, 'assignments'>>(
+          `insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason)
+           select $1, $2, $3, $4, $5
+           where $1 = coalesce((select max(version) from catalog.slot_maps), 0) + 1
+             and $2 = coalesce((select slot_count from catalog.slot_maps order by version desc limit 1), $2)
+           returning version, slot_count, created_at, created_by, reason`,
+          [map.version, map.slotCount, map.assignments, by, reason],
+        ),
+      );
+      return this.published(map, rows, c);
+    });
   }
 
   /**
@@ -248,26 +249,55 @@ export class SlotMapStore {
   async publishByHand(next: SlotMap, reason: string, client: Queryable = this.pool, options: OwnerChangeOptions = {}): Promise<SlotMapRecord> {
     const map = parseSlotMap(next);
     if (reason.trim() === '') throw new SlotMapError('a slot map published by hand records why; "reason" must not be empty');
-    await this.refuseRowsLeft(map, client, options, true);
-    const rows = await this.inserted(map, client, () =>
-      client.query<Omit<Row, 'assignments'>>('select version, slot_count, created_at, created_by, reason from catalog.publish_slot_map_by_hand($1, $2, $3)', [map.version, map.assignments, reason]),
-    );
-    return this.published(map, rows, client);
+    return this.changeOwners(map, client, options, true, async (c) => {
+      const rows = await this.inserted(map, c, () =>
+        c.query<Omit<Row, 'assignments'>>('select version, slot_count, created_at, created_by, reason from catalog.publish_slot_map_by_hand($1, $2, $3)', [map.version, map.assignments, reason]),
+      );
+      return this.published(map, rows, c);
+    });
   }
 
   /**
-   * Refuses ({@link SlotMapRowsLeftError}) `map` where it changes, against the latest map read with
-   * `client`, the owner of slots whose old owner holds rows of them, less the rows of keys the
-   * directory pins where its pins override hash routing ({@link SlotMapStoreOptions.pinsOverrideHash};
-   * issue #15). Nothing is counted without {@link SlotMapStoreOptions.shardPools},
-   * with `rowsLeftOn`, for a map that is not the next version (the insert refuses it), or on an old
-   * owner that has no pool here (not configured: nothing reaches its rows anyway).
+   * Publishes `map` through `write` (with `client`, or a transaction of its own: see
+   * {@link countedOwnerChange}), refused ({@link SlotMapRowsLeftError}, the insert rolled back)
+   * where it changes, against the latest map read before the insert, the owner of slots whose old
+   * owner holds rows of them, less the rows of keys the directory pins where its pins override hash
+   * routing ({@link SlotMapStoreOptions.pinsOverrideHash}; issue #15). The catalog's own checks come
+   * first: a map it refuses (a stale version, `CAF08`) answers its error, and nothing is counted.
+   * Nothing is counted without {@link SlotMapStoreOptions.shardPools}, with `rowsLeftOn` (a move job
+   * named there is checked against the catalog first), for a map that is not the next version, or
+   * on an old owner that has no pool here (not configured: nothing reaches its rows anyway).
    */
-  private async refuseRowsLeft(map: SlotMap, client: Queryable, options: OwnerChangeOptions, byHand: boolean): Promise<void> {
-    if (this.shardPools === undefined || options.rowsLeftOn !== undefined) return;
-    const latest = await this.latest(client);
-    if (latest === null || latest.map.version + 1 !== map.version || latest.map.slotCount !== map.slotCount) return;
+  private async changeOwners(map: SlotMap, client: Queryable, options: OwnerChangeOptions, byHand: boolean, write: (c: Queryable) => Promise<SlotMapRecord>): Promise<SlotMapRecord> {
+    if (this.shardPools === undefined) return write(client);
+    if (options.rowsLeftOn !== undefined) {
+      // The caller's word, or a move job the catalog must confirm carries each changed slot to its
+      // new owner. The slots changed are found by the catalog (the mover's flip publishes while it
+      // holds writes fenced: the 4096-entry map is not read back for this), against the latest map
+      // where `map` is the next version (otherwise the insert refuses it, and nothing is checked).
+      const { rows } = await client.query<{ slot: number; owner: string }>(
+        `select i - 1 as slot, ($1::text[])[i] as owner
+           from catalog.slot_maps m, generate_subscripts($1::text[], 1) i
+          where m.version = (select max(version) from catalog.slot_maps) and m.version = $2::bigint - 1 and m.slot_count = $3
+            and m.assignments[i] is distinct from ($1::text[])[i]`,
+        [map.assignments, map.version, map.slotCount],
+      );
+      const refused = await refusedRowsLeftOn(client, options, { kind: 'slot', slots: new Map(rows.map((r) => [Number(r.slot), r.owner])) });
+      if (refused !== null) throw new SlotMapError(`cannot publish slot map version ${map.version}: ${refused}. Nothing was published`);
+      return write(client);
+    }
+    return countedOwnerChange(client, {
+      route: async (c) => ({ c, changed: await this.changedSlots(map, c) }),
+      write,
+      refuse: ({ c, changed }) => this.refuseRowsLeft(map, changed, c, byHand),
+    });
+  }
+
+  /** The slots `map` gives away against the latest map read with `client`, by old owner (those with a pool here); empty where `map` is not its next version. */
+  private async changedSlots(map: SlotMap, client: Queryable): Promise<Map<string, number[]>> {
     const changed = new Map<string, number[]>();
+    const latest = await this.latest(client);
+    if (latest === null || latest.map.version + 1 !== map.version || latest.map.slotCount !== map.slotCount) return changed;
     map.assignments.forEach((owner, slot) => {
       const from = latest.map.assignments[slot];
       if (from === undefined || from === owner || this.shardPools?.get(from) === undefined) return;
@@ -275,7 +305,16 @@ export class SlotMapStore {
       if (slots === undefined) changed.set(from, [slot]);
       else slots.push(slot);
     });
-    if (changed.size === 0) return;
+    return changed;
+  }
+
+  /**
+   * Refuses ({@link SlotMapRowsLeftError}) `map` where the slots it gives away (`changed`, from
+   * {@link changedSlots}) hold rows on their old owner, less the rows of keys the directory pins
+   * (read with `client`) where its pins override hash routing.
+   */
+  private async refuseRowsLeft(map: SlotMap, changed: ReadonlyMap<string, number[]>, client: Queryable, byHand: boolean): Promise<void> {
+    if (this.shardPools === undefined || changed.size === 0) return;
     // Counted first with no key left out: the directory (which grows by one pin per directory
     // move, and is read whole: the catalog cannot hash a key) is read only where a slot has rows,
     // and only when its pins route (with override_hash off a pinned key's rows go with its slot).

@@ -19,6 +19,7 @@
  * ```
  */
 import type pg from 'pg';
+import { z } from 'zod';
 import { slotOf } from '../../core/sharding/hash.js';
 import { uuidForm } from '../../core/sharding/keys.js';
 
@@ -28,7 +29,8 @@ type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
  * Why an owner change may leave the unit's rows where they are, past the count:
  * - `'checked'`: the caller has checked the unit's rows itself (they are already on the new
  *   owner, or meant to stay: a recovery by hand, docs/sharding-spec.md section 9);
- * - `'move job #<id>'`: the mover's publication, whose move carries the rows.
+ * - `'move job #<id>'`: the mover's publication, whose move carries the rows; checked against the
+ *   catalog ({@link refusedRowsLeftOn}): any other caller naming a job is refused.
  */
 export type RowsLeftOn = 'checked' | `move job #${number}`;
 
@@ -100,4 +102,137 @@ export async function pinnedKeysOf(client: Queryable, slots: ReadonlySet<number>
   // filtered here); tenant names and other keys are left in the catalog.
   const { rows } = await client.query<{ key: string }>(`select key from catalog.shard_directory where key ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'`);
   return rows.map((r) => r.key).filter((k) => uuidForm(k) === k && slots.has(slotOf(k)));
+}
+
+/** `rowsLeftOn` as a caller may pass it: `'checked'`, or `'move job #<id>'` with a positive id. */
+const rowsLeftOnSchema = z.union([
+  z.literal('checked'),
+  z.string().regex(/^move job #[1-9][0-9]{0,18}$/, { message: "must be 'checked' or 'move job #<id>' (a positive job id)" }),
+]);
+
+/** What an owner change claims a move job for: the unit (a directory key, or each slot the map changes) and its new owner. */
+export type MoveJobClaim =
+  | { readonly kind: 'directory'; readonly key: string; readonly to: string; readonly change: 'pin' | 'repin' | 'unpin' }
+  | { readonly kind: 'slot'; readonly slots: ReadonlyMap<number, string> };
+
+interface ClaimedJob {
+  id: string;
+  kind: string;
+  unit_id: string;
+  from_shard: string;
+  to_shard: string;
+  state: string;
+  flip_started_at: Date | null;
+}
+
+/**
+ * Why `options.rowsLeftOn` may not skip the count of `claim`'s rows, or null where it may. `'checked'`
+ * is the caller's word. `'move job #<id>'` is checked against the catalog, read with `client` (the
+ * caller's transaction: the mover's holds the job row locked): the job exists, is a move of that unit
+ * (a directory move of that key; a slot move of the one slot the map changes), is unfinished and has
+ * not flipped (the mover publishes before it records its flip), and the new owner is its target (or,
+ * for a directory key, its source: the mover pins the key there while it prepares or rolls back).
+ * Anything else is refused: a move that carries no rows of the unit to the new owner does not
+ * account for them (issue #15). A directory move never unpins its key.
+ */
+export async function refusedRowsLeftOn(client: Queryable, options: OwnerChangeOptions, claim: MoveJobClaim): Promise<string | null> {
+  if (options.rowsLeftOn === undefined) return null;
+  const parsed = rowsLeftOnSchema.safeParse(options.rowsLeftOn);
+  if (!parsed.success) return `rowsLeftOn ${JSON.stringify(options.rowsLeftOn)} ${parsed.error.issues[0]?.message ?? "must be 'checked' or 'move job #<id>'"}`;
+  // A map that changes no slot against the latest (or is not its next version: the insert refuses it) has no rows to account for.
+  if (parsed.data === 'checked' || (claim.kind === 'slot' && claim.slots.size === 0)) return null;
+  const id = parsed.data.slice('move job #'.length);
+  const unit = claim.kind === 'directory' ? `key ${claim.key}` : `slot(s) ${[...claim.slots.keys()].join(', ') || '(none)'}`;
+  const said = `rowsLeftOn '${parsed.data}' does not account for the rows of ${unit}`;
+  const { rows } = await client.query<ClaimedJob>('select id::text, kind, unit_id, from_shard, to_shard, state, flip_started_at from catalog.move_jobs where id = $1::bigint', [id]);
+  const job = rows[0];
+  if (job === undefined) return `${said}: the catalog has no move job #${id}`;
+  const what = `move job #${id} is a ${job.kind} move of ${job.kind === 'slot' ? 'slot' : 'key'} ${job.unit_id} from ${job.from_shard} to ${job.to_shard} (${job.state}${job.flip_started_at === null ? '' : ', past its flip'})`;
+  if (['done', 'failed', 'cancelled'].includes(job.state) || job.flip_started_at !== null) return `${said}: ${what}, no longer moving the unit's rows`;
+  if (claim.kind === 'directory') {
+    if (job.kind !== 'directory' || job.unit_id !== claim.key) return `${said}: ${what}, not of this key`;
+    if (claim.change === 'unpin') return `${said}: a move never unpins the key it moves (${what})`;
+    if (claim.to !== job.to_shard && claim.to !== job.from_shard) return `${said}: ${what}, which does not take the key to ${claim.to}`;
+    return null;
+  }
+  if (job.kind !== 'slot') return `${said}: ${what}, not a slot move`;
+  const wrong = [...claim.slots].filter(([slot, to]) => String(slot) !== job.unit_id || to !== job.to_shard).map(([slot, to]) => `slot ${slot} to ${to}`);
+  if (wrong.length > 0) return `${said}: ${what}, and the map gives ${wrong.slice(0, 10).join(', ')}${wrong.length > 10 ? ` and ${wrong.length - 10} more` : ''}, which it does not carry`;
+  return null;
+}
+
+const NO_ACTIVE_TRANSACTION = '25P01';
+
+/** The steps of an owner change the count applies to (see {@link countedOwnerChange}). */
+export interface CountedChange<R, T> {
+  /** Reads, with the connection given, what the unit routes to now (before the write changes it). */
+  readonly route: (c: Queryable) => Promise<R>;
+  /** The catalog's write, which its own checks may refuse (a stale version, `CAF06` to `CAF08`). */
+  readonly write: (c: Queryable) => Promise<T>;
+  /** Counts the unit's rows on its old owner and throws where the change would leave them there. */
+  readonly refuse: (route: R) => Promise<void>;
+}
+
+/**
+ * Runs an owner change whose rows are counted as one atomic step, the catalog's own checks first:
+ * the route read, the write made, then the count, and a refusal rolls the write back (nothing
+ * published). A change the catalog refuses anyway (a version conflict, `CAF06`, `CAF07`, `CAF08`)
+ * answers the catalog's error and pays no count on the shards. The count runs while the write is
+ * held uncommitted (a concurrent publisher of the same map version or pin waits for it).
+ * - a pool (`pg.Pool`): one of its connections, in a transaction of its own;
+ * - a client: under a savepoint of the caller's transaction (rolled back to it on any error: the
+ *   caller's transaction goes on with nothing of the change), or, outside one, a transaction of
+ *   its own on that client;
+ * - anything else that only answers `query` (no transaction can be held on it): the count first,
+ *   then the write, as before.
+ */
+export async function countedOwnerChange<R, T>(client: Queryable, change: CountedChange<R, T>): Promise<T> {
+  const c = client as Partial<pg.Pool & pg.ClientBase>;
+  if (typeof c.connect === 'function' && 'totalCount' in c) {
+    const conn = await (client as pg.Pool).connect();
+    // A connection whose rollback failed is still in the transaction: closed, not lent again.
+    let broken = false;
+    try {
+      return await ownTransaction(conn, change, () => {
+        broken = true;
+      });
+    } finally {
+      conn.release(broken || undefined);
+    }
+  }
+  if (typeof c.connect !== 'function') {
+    const route = await change.route(client);
+    await change.refuse(route);
+    return change.write(client);
+  }
+  try {
+    await client.query('savepoint ca_dms_owner_change');
+  } catch (err) {
+    if ((err as { code?: string }).code !== NO_ACTIVE_TRANSACTION) throw err;
+    return ownTransaction(client, change);
+  }
+  try {
+    const route = await change.route(client);
+    const done = await change.write(client);
+    await change.refuse(route);
+    await client.query('release savepoint ca_dms_owner_change');
+    return done;
+  } catch (err) {
+    await client.query('rollback to savepoint ca_dms_owner_change; release savepoint ca_dms_owner_change').catch(() => undefined);
+    throw err;
+  }
+}
+
+async function ownTransaction<R, T>(client: Queryable, change: CountedChange<R, T>, rollbackFailed: () => void = () => undefined): Promise<T> {
+  await client.query('begin');
+  try {
+    const route = await change.route(client);
+    const done = await change.write(client);
+    await change.refuse(route);
+    await client.query('commit');
+    return done;
+  } catch (err) {
+    await client.query('rollback').catch(rollbackFailed);
+    throw err;
+  }
 }
