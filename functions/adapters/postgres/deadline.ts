@@ -203,7 +203,11 @@ export interface ClientDeadline {
    * pass meanwhile. An error the guard saw no arrival of is told as of now.
    */
   cancelledByOther(error: unknown, options?: CancelledByOtherOptions): boolean;
-  /** Stops the timers (call before releasing the client). */
+  /**
+   * Stops the timers and the listening to the connection's errors (call before releasing the
+   * client, on every path: a guard never disarmed leaves its listener on a pooled connection,
+   * which keeps it and its request's closure for as long as the connection lives). Idempotent.
+   */
   disarm(): void;
   /**
    * Whether the connection may go back to the pool, the request having ended with `failure`

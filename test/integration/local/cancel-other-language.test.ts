@@ -294,3 +294,169 @@ describe("the wall clock steps while a statement runs (an NTP correction), on a 
     }
   });
 });
+
+/** How many listeners `client`'s connection has for the server's errors (pg's own, and one per armed deadline). */
+function errorListeners(client: pg.ClientBase): number {
+  return (client as unknown as { connection: { listenerCount(event: string): number } }).connection.listenerCount('errorMessage');
+}
+
+describe('a connection lent again and again, each request held to its deadline', () => {
+  // Each deadline listens to its connection's errors while it holds it (the arrival record):
+  // pg's own listener and one deadline's, whatever the last request on the connection ended with.
+  // One left behind per request would pile up on a pooled connection lent thousands of times
+  // (Node warns past 10: MaxListenersExceededWarning), each keeping its request's closure alive.
+  it("carries one deadline's listener at a time, after reads and writes that succeeded, failed or were cancelled at their deadline", async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    const reads = api.sharding.reads;
+    const reader = api.sharding.reader;
+    if (reads === undefined || reader === undefined) throw new Error('the runtime built no replica reader');
+    /** The listeners counted on each lending, by what the request then did. */
+    const counts: Record<string, number[]> = {};
+    const count = (what: string, client: pg.ClientBase): number => (counts[what] ??= []).push(errorListeners(client));
+    const warnings: string[] = [];
+    const onWarning = (warning: Error): void => {
+      warnings.push(warning.name);
+    };
+    process.on('warning', onWarning);
+    try {
+      for (let i = 0; i < 12; i++) {
+        await reads.withShardRead(key, async ({ client }) => count('read', client), { deadlineMs: 4000 });
+        await reads.withShardRead(key, async ({ client }) => count('read failing', client) + ((await client.query('select 1/0')).rowCount ?? 0), { deadlineMs: 4000 }).catch(() => undefined);
+        await api.sharding.writer.withShardWrite(key, async ({ client }) => count('write', client), { deadlineMs: 4000 });
+        await api.sharding.writer
+          .withShardWrite(key, async ({ client }) => count('write failing', client) + ((await client.query('select 1/0')).rowCount ?? 0), { deadlineMs: 4000 })
+          .catch(() => undefined);
+        await reader.withReadClient(shardId, async (client) => count('reader', client), { primary: true, deadlineAt: Date.now() + 4000 });
+      }
+      for (let i = 0; i < 2; i++) {
+        await reads.withShardRead(key, async ({ client }) => count('read past its deadline', client) + ((await client.query('select pg_sleep(5)')).rowCount ?? 0), { deadlineMs: 150 }).catch(() => undefined);
+        await api.sharding.writer
+          .withShardWrite(key, async ({ client }) => count('write past its deadline', client) + ((await client.query('select pg_sleep(5)')).rowCount ?? 0), { deadlineMs: 150 })
+          .catch(() => undefined);
+      }
+      await delay(0);
+      // With disarm's listener removal undone: 2, 3, 4, ... on the pooled connection, and a MaxListenersExceededWarning.
+      const twice = (n: number): number[] => Array.from({ length: n }, () => 2);
+      expect({ counts, maxListenerWarnings: warnings.filter((w) => w === 'MaxListenersExceededWarning').length }).toEqual({
+        counts: {
+          read: twice(12),
+          'read failing': twice(12),
+          write: twice(12),
+          'write failing': twice(12),
+          reader: twice(12),
+          'read past its deadline': twice(2),
+          'write past its deadline': twice(2),
+        },
+        maxListenerWarnings: 0,
+      });
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+});
+
+describe('a healthy connection after a read, its transaction ended or none begun', () => {
+  // A connection is closed when left in a transaction ('T', 'E'), not when idle ('I'): one statement
+  // outside a transaction (reader.query), and a read's transaction that committed, lend it again.
+  it('is lent to the next read', async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    const reader = api.sharding.reader;
+    const reads = api.sharding.reads;
+    if (reader === undefined || reads === undefined) throw new Error('the runtime built no replica reader');
+    const pidByQuery = async (): Promise<number | undefined> =>
+      (await reader.query<{ pid: number }>(shardId, 'select pg_backend_pid() as pid', [], { primary: true, deadlineAt: Date.now() + 4000 })).rows[0]?.pid;
+    const pidInRead = async (): Promise<number | undefined> =>
+      (await reads.withShardRead(key, async ({ client }) => (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid, { deadlineMs: 4000 })).value;
+    const first = await pidByQuery();
+    const pids = [await pidByQuery(), await pidInRead(), await pidInRead(), await pidByQuery()];
+    expect(pids).toEqual([first, first, first, first]);
+  });
+});
+
+describe('a read whose own code left its transaction open', () => {
+  it('does not lend its connection again', async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    const reader = api.sharding.reader;
+    if (reader === undefined) throw new Error('the runtime built no replica reader');
+    const left = await reader.withReadClient(
+      shardId,
+      // Three statements in one simple query: pg answers with one result each.
+      async (client) => ((await client.query("begin; set local application_name = 'h54_left_open'; select pg_backend_pid() as pid")) as unknown as pg.QueryResult<{ pid: number }>[])[2]?.rows[0]?.pid,
+      { primary: true, deadlineAt: Date.now() + 4000 },
+    );
+    const next = await reader.query<{ pid: number; name: string }>(shardId, "select pg_backend_pid() as pid, current_setting('application_name') as name", [], { primary: true, deadlineAt: Date.now() + 4000 });
+    // Before: the same connection, its transaction still open (the setting of the last read in force).
+    expect({ leftPid: typeof left, samePid: next.rows[0]?.pid === left, name: next.rows[0]?.name }).toEqual({ leftPid: 'number', samePid: false, name: expect.not.stringMatching('h54_left_open') });
+  });
+});
+
+describe('a write whose rollback failed', () => {
+  // As the read's above: the session is left in its failed transaction ('E'). The write marks the
+  // connection broken when its rollback fails (inClientTransaction's onRollbackFailure), so it
+  // needs no check of the transaction status of its own.
+  it('does not lend its connection again', async () => {
+    const key = randomUUID();
+    const outcome = await api.sharding.writer
+      .withShardWrite(
+        key,
+        async ({ client }) => {
+          const original = client.query.bind(client) as (...args: unknown[]) => Promise<unknown>;
+          (client as unknown as { query: (...args: unknown[]) => Promise<unknown> }).query = (...args: unknown[]) => {
+            if (args[0] !== 'rollback') return original(...args);
+            delete (client as unknown as { query?: unknown }).query;
+            return original('select 1 as h54_write_rollback_fails');
+          };
+          return (await client.query('select 1/0')).rowCount;
+        },
+        { deadlineMs: 4000 },
+      )
+      .then(() => 'committed', (e: unknown) => String((e as { code?: unknown }).code));
+    const next = await api.sharding.writer
+      .withShardWrite(key, async ({ client }) => (await client.query('select 1')).rowCount, { deadlineMs: 4000 })
+      .then(() => 'committed', (e: unknown) => String((e as { code?: unknown }).code ?? reasonOf(e)));
+    // Without the write's broken mark: next '25P02' (lent in its failed transaction).
+    expect({ outcome, next }).toEqual({ outcome: '22012', next: 'committed' });
+  });
+});
+
+describe("an operator's cancel of an extended-protocol statement, asked about past the deadline, on a server speaking German", () => {
+  // pg hands a parameterised or a named prepared statement's ErrorResponse to its caller as the
+  // very object its connection's 'errorMessage' event carried, as it does a simple query's: the
+  // deadline's record of its arrival is found for it. Asked past the deadline (after the deadline
+  // sent a cancel request of its own, which found the session idle), it is still another session's.
+  it.each([
+    ['parameterised', { text: 'select pg_sleep($1) as h54_extended', values: [5] }],
+    ['named, prepared', { name: 'h54_named', text: 'select pg_sleep($1) as h54_named', values: [5] }],
+  ])('tells a %s statement as of when its 57014 arrived', async (_kind, statement) => {
+    const pool = new pg.Pool({ connectionString: api.server.urlFor('shard_001'), max: 1 });
+    pool.on('error', () => undefined);
+    const client = await pool.connect();
+    const deadlineAt = Date.now() + 1000;
+    const guard = holdToDeadline(client, deadlineAt);
+    let failure: unknown;
+    try {
+      const running = inGerman(client.query(statement)).catch((error: unknown) => {
+        failure = error;
+      });
+      const cancelled = await operatorCancels('shard_001', String(statement.text.split(' as ')[1]));
+      await running;
+      // Asked later, as a transaction's rollback would make it: past the deadline, its cancel request sent.
+      await delay(Math.max(0, deadlineAt + 100 - Date.now()));
+      // Before (told as of when asked): false, the deadline having passed and sent a cancel request.
+      expect({ cancelled, code: (failure as { code?: unknown }).code, cancelSentSince: guard.cancelSent, byOther: guard.cancelledByOther(failure) }).toEqual({
+        cancelled: true,
+        code: '57014',
+        cancelSentSince: true,
+        byOther: true,
+      });
+    } finally {
+      guard.disarm();
+      await guard.settled();
+      client.release(!guard.reusable(failure) || undefined);
+      await pool.end();
+    }
+  });
+});
