@@ -222,6 +222,72 @@ async function steps(env: MoveEnv, job: MoveJob): Promise<Record<string, Date | 
   return rows[0] ?? {};
 }
 
+/** The phases of a move, in order, each from its step timestamp to the next one's (see {@link writesByPhase}). */
+const PHASES = [
+  ['before copying', null],
+  ['copying', 'copying_at'],
+  ['catching_up', 'catching_up_at'],
+  ['cutover, before the fence', 'cutover_at'],
+  ['fenced: final catch-up', 'fenced_at'],
+  ['verifying', 'verifying_at'],
+  ['flip..unfenced', 'flip_started_at'],
+  ['unfenced..cleaning_up', 'unfenced_at'],
+  ['cleaning_up', 'cleaning_up_at'],
+  ['after finished', 'finished_at'],
+] as const;
+type Phase = (typeof PHASES)[number][0];
+
+/** One phase's writes: how many started in it, and their latency. */
+interface PhaseWrites {
+  readonly phase: Phase;
+  readonly count: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly max: number;
+}
+
+/**
+ * The writers' acknowledged writes by the phase of the job in which each started (its wall-clock
+ * start against the job's step timestamps, both epoch ms on this machine's clock). A phase whose
+ * step was not recorded, or whose step timestamp falls before the previous one's (after a fence
+ * given up, `fenced_at` is the last attempt's while the others keep the first entry), is merged
+ * into the phase before it; `ordered` says whether that happened.
+ */
+function writesByPhase(t: Record<string, Date | null>, startedAtMs: readonly number[], latenciesMs: readonly number[]): { phases: PhaseWrites[]; ordered: boolean; slowest: string[] } {
+  const bounds: { phase: Phase; at: number }[] = [];
+  let ordered = true;
+  for (const [phase, column] of PHASES) {
+    const at = column === null ? Number.NEGATIVE_INFINITY : (t[column]?.getTime() ?? Number.NaN);
+    if (Number.isNaN(at) || (bounds.length > 0 && at < (bounds.at(-1)?.at as number))) {
+      ordered = false;
+      continue;
+    }
+    bounds.push({ phase, at });
+  }
+  const latencies = new Map<Phase, number[]>(bounds.map((b) => [b.phase, []]));
+  const phaseOf = (start: number): { phase: Phase; at: number } => {
+    let i = bounds.length - 1;
+    while (i > 0 && start < (bounds[i]?.at as number)) i -= 1;
+    return bounds[i] as { phase: Phase; at: number };
+  };
+  startedAtMs.forEach((start, i) => latencies.get(phaseOf(start).phase)?.push(latenciesMs[i] as number));
+  const phases = bounds.map(({ phase }) => {
+    const l = latencies.get(phase) ?? [];
+    return { phase, count: l.length, p50: quantile(l, 0.5), p99: quantile(l, 0.99), max: l.length === 0 ? Number.NaN : Math.max(...l) };
+  });
+  // The five slowest writes: where each started, and how far into that phase.
+  const slowest = latenciesMs
+    .map((ms, i) => ({ ms, start: startedAtMs[i] as number }))
+    .sort((a, b) => b.ms - a.ms)
+    .slice(0, 5)
+    .map(({ ms, start }) => {
+      const { phase, at } = phaseOf(start);
+      const copying = t['copying_at']?.getTime();
+      return `${ms.toFixed(0)} ms (${phase} ${Number.isFinite(at) ? `+${(start - at).toFixed(0)} ms` : copying === undefined ? '' : `-${(copying - start).toFixed(0)} ms`})`;
+    });
+  return { phases, ordered, slowest };
+}
+
 function printOutcome(report: TortureReport): void {
   const { load } = report;
   console.log(`  writers told                ${load.acknowledged} writes acknowledged, ${load.retried} waited or re-routed, ${load.errors.length} failed`);
@@ -238,6 +304,10 @@ interface BigMove {
   readonly metMax: number;
   readonly maxLag: number;
   readonly lost: number;
+  /** The writers' p99 over the writes that started while the job moved (copying to finished). */
+  readonly duringP99: number;
+  /** The writers' latency by the phase of the job each write started in. */
+  readonly byPhase: readonly PhaseWrites[];
   /** 1-minute load average when the move's seeding began, and when it was done. */
   readonly loadBefore: number;
   readonly loadAfter: number;
@@ -312,6 +382,22 @@ async function oneBigMove(env: MoveEnv, used: Set<number>, run: number, moverSha
   }
   console.log(`  writes fenced (mover)       ${fenceMs.toFixed(0)} ms   goal < ${GOAL.fenceMs} ms: ${verdict(fenceMs < GOAL.fenceMs)}`);
   console.log(`  write latency (writers)     p50 ${quantile(report.load.latenciesMs, 0.5).toFixed(0)} ms, p99 ${p99.toFixed(0)} ms, max ${report.load.maxLatencyMs.toFixed(0)} ms   goal p99 < ${GOAL.fenceMs} ms: ${verdict(p99 < GOAL.fenceMs)}`);
+  // The writes that started while the job moved (copying to finished): the writers' warm-up and
+  // the time before the plan and after the clean-up are not the move's.
+  const [moveFrom, moveTo] = [t.copying_at?.getTime() ?? Number.NaN, t.finished_at?.getTime() ?? Number.NaN];
+  const during = report.load.latenciesMs.filter((_, i) => (report.load.startedAtMs[i] as number) >= moveFrom && (report.load.startedAtMs[i] as number) < moveTo);
+  const duringP99 = quantile(during, 0.99);
+  console.log(
+    `  write latency (in the move) ${during.length} writes started copying..finished: p50 ${quantile(during, 0.5).toFixed(0)} ms, p99 ${duringP99.toFixed(0)} ms, max ${Math.max(...during).toFixed(0)} ms   goal p99 < ${GOAL.fenceMs} ms: ${verdict(duringP99 < GOAL.fenceMs)}`,
+  );
+  // Where in the move the slow writes were: each write by the phase it started in.
+  const byPhase = writesByPhase(t, report.load.startedAtMs, report.load.latenciesMs);
+  console.log(`    by phase started in       count, p50 / p99 / max ms${byPhase.ordered ? '' : ' (some step timestamps missing or out of order: merged into the phase before)'}`);
+  for (const p of byPhase.phases) {
+    const fig = (v: number): string => (Number.isNaN(v) ? '-' : v.toFixed(0));
+    console.log(`      ${p.phase.padEnd(26)}${String(p.count).padStart(6)}  ${fig(p.p50)} / ${fig(p.p99)} / ${fig(p.max)}`);
+  }
+  console.log(`    slowest writes            ${byPhase.slowest.join(', ')}`);
   // The fence as the writes that met it saw it: waiting, re-routing and the first write on the
   // new owner. There are about as many as writers, so their p99 is their max.
   const met = report.load.retriedLatenciesMs;
@@ -325,7 +411,7 @@ async function oneBigMove(env: MoveEnv, used: Set<number>, run: number, moverSha
   console.log(`  end to end                  ${elapsedMs.toFixed(0)} ms incl. seeding; move ${ms(t.copying_at, t.finished_at).toFixed(0)} ms -> ${rate(rows, ms(t.copying_at, t.finished_at))}`);
   printOutcome(report);
   console.log(`  load average after the move ${os.loadavg().map((l) => l.toFixed(1)).join(' ')} (1, 5, 15 min)`);
-  return { copyRate, fenceMs, p99, metMax, maxLag, lost: report.violations.length, loadBefore, loadAfter: os.loadavg()[0] ?? Number.NaN };
+  return { copyRate, fenceMs, p99, metMax, maxLag, lost: report.violations.length, duringP99, byPhase: byPhase.phases, loadBefore, loadAfter: os.loadavg()[0] ?? Number.NaN };
 }
 
 /** Median and range of each headline figure over the repeated part 1, with the load of each run. */
@@ -344,6 +430,12 @@ function printSummary(moves: readonly BigMove[]): void {
   const fenceMet = moves.filter((m) => !Number.isNaN(m.metMax));
   if (fenceMet.length > 0) figure('writes that met the fence', fenceMet.map((m) => m.metMax), 'ms (max)', `< ${GOAL.fenceMs}`, (v) => v < GOAL.fenceMs);
   figure('catch-up lag max', moves.map((m) => m.maxLag), 'ms', `< ${GOAL.lagMs}`, (v) => v < GOAL.lagMs);
+  figure('write p99 in the move', moves.map((m) => m.duringP99), 'ms', `< ${GOAL.fenceMs}`, (v) => v < GOAL.fenceMs);
+  // The writers' p99 by phase, over the runs that had writes in it.
+  for (const [phase] of PHASES) {
+    const p99s = moves.flatMap((m) => m.byPhase.filter((p) => p.phase === phase && p.count > 0).map((p) => p.p99));
+    if (p99s.length > 0) figure(`  p99 ${phase}`, p99s, 'ms', `< ${GOAL.fenceMs}`, (v) => v < GOAL.fenceMs);
+  }
   figure('lost / duplicated / left', moves.map((m) => m.lost), 'violations', '0', (v) => v === 0);
 }
 
