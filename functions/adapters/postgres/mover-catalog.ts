@@ -34,7 +34,10 @@ export class MoverCatalog {
   private readonly holding = new AsyncLocalStorage<MoverCatalog>();
   /** See {@link boundBy}. */
   private bound: (() => number | undefined) | undefined;
-  /** Set once a holder outlived its bound and the connection was closed: it must not go back to its pool. */
+  /**
+   * Set once a holder outlived its bound and the connection was closed, or a transaction's
+   * rollback failed (the session left in it): it must not go back to its pool.
+   */
   dropped = false;
 
   /**
@@ -100,7 +103,19 @@ export class MoverCatalog {
 
   /** One transaction holding the client from its `begin` to its end (see `transaction.ts`). */
   transaction<T>(begin: string, fn: (client: pg.ClientBase) => Promise<T | RollbackWith<NoInfer<T>>>): Promise<T> {
-    return this.use((client) => inClientTransaction(client, withIdleBound(begin, this.options.idleInTransactionMs), () => fn(client)));
+    // A rollback that failed (a cancel request's second signal, sent by the fence budget on this
+    // client, can cancel the ROLLBACK itself) leaves the session in its failed transaction: every
+    // later statement of the run fails on it (25P02), and it must not go back to its pool.
+    return this.use((client) =>
+      inClientTransaction(
+        client,
+        withIdleBound(begin, this.options.idleInTransactionMs),
+        () => fn(client),
+        () => {
+          this.dropped = true;
+        },
+      ),
+    );
   }
 }
 
