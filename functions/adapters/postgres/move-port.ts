@@ -2608,10 +2608,16 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   private async releaseFenceForward(job: MoveJob): Promise<void> {
     const version = job.mapVersionAfter ?? 0;
-    await this.write(job, job.from, (c) =>
-      c.query(
+    // The source's timeline now, in the same round trip: a source that failed over since the
+    // fence (its address reaching a promoted replica) ran the final catch-up, the verification
+    // and the flip on a timeline that may lack writes acknowledged before the fence, so the
+    // fence's position no longer vouches for the copy (sharding migration 015's
+    // write_copied_off would tell such a write copied). Recorded below.
+    const { rows: released } = await this.write(job, job.from, (c) =>
+      c.query<{ tli: string | null }>(
         `update write_fences set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
-          where kind = $1 and unit_id = $2`,
+          where kind = $1 and unit_id = $2
+          returning ${CURRENT_TIMELINE_SQL} as tli`,
         [job.kind, job.unitId, job.to, version, job.id],
       ),
     );
@@ -2625,7 +2631,18 @@ export class PgMovePort implements MovePort<MoveJob> {
         [job.kind, job.unitId, version, job.id],
       ),
     );
-    await this.updateJob('unfenced_at = coalesce(unfenced_at, clock_timestamp())', [], job);
+    // Released on another timeline than the fence's (or not known): the fence position is
+    // dropped (not told copied) and the history with it (nothing known by migration 014's rule,
+    // as a move before it); the timeline is the release's, so a stay the unit began on the source
+    // is not taken for one it left on the same timeline (write_copied_off). In the same UPDATE.
+    await this.updateJob(
+      `unfenced_at = coalesce(unfenced_at, clock_timestamp()),
+       source_fence_lsn = case when source_timeline = $2::bigint then source_fence_lsn end,
+       source_history = case when $2::bigint is null or source_timeline = $2::bigint then source_history end,
+       source_timeline = coalesce($2::bigint, source_timeline)`,
+      [released[0]?.tli ?? null],
+      job,
+    );
   }
 
   /** Ends the capture {@link preVerify} started on the target (before writers may write there). */

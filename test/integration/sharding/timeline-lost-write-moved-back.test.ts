@@ -192,9 +192,18 @@ describe('a write copied off its shard before a failover, the unit back on the s
          from pg_proc p where p.oid = 'catalog.write_copied_off(text, integer, text, bigint, pg_lsn)'::regprocedure`,
     );
     expect(fn.rows).toEqual([{ definer: true, config: ['search_path=pg_catalog, pg_temp'], app: true, control: true, others: false, anyone: false }]);
+    // A done move without finished_at (set by hand) has no place in the order: backOnT's first
+    // move off A, so ordered after the copy back on timeline 1, would vouch for a lost write.
+    const firstOffBackOnT = await after.catalog.query<{ id: string; at: Date }>(
+      "select id::text as id, finished_at as at from catalog.move_jobs where state = 'done' and slot = $1 and from_shard = $2 order by finished_at limit 1",
+      [units.backOnT.slot, A],
+    );
+    await after.catalog.query('update catalog.move_jobs set finished_at = null where id = $1', [firstOffBackOnT.rows[0]?.id]);
+    seen.backOnTUnordered = (await list(after, 'backOnT')).status;
+    await after.catalog.query('update catalog.move_jobs set finished_at = $2 where id = $1', [firstOffBackOnT.rows[0]?.id, firstOffBackOnT.rows[0]?.at]);
     // Code deployed before migration 015 (the function absent): as before, 410.
     await after.catalog.query('drop function catalog.write_copied_off(text, integer, text, bigint, pg_lsn)');
     seen.noFunction = (await list(after, 'away')).status;
-    expect(seen).toEqual({ equal: 200, justBefore: 410, fenceNotRecorded: 410, backOnNotRecorded: 410, restored: 200, failedOverAgainWhileBack: 410, restoredAgain: 200, noFunction: 410 });
+    expect(seen).toEqual({ equal: 200, justBefore: 410, fenceNotRecorded: 410, backOnNotRecorded: 410, restored: 200, failedOverAgainWhileBack: 410, restoredAgain: 200, backOnTUnordered: 410, noFunction: 410 });
   }, 120_000);
 });

@@ -12,7 +12,10 @@
 -- failover that lost the token's write lost it too (A's later timeline has the unit as it was
 -- before the write; so has C); a stay during which A failed over again may have lost it too.
 -- Hence the target's timeline when the copy into it began. NULL where not recorded (a move before
--- this migration): such a move never tells a write copied, nor a stay on A safe.
+-- this migration): such a move never tells a write copied, nor a stay on A safe. The fence
+-- position is set NULL again (and the timeline set to the release's) when the fence was released
+-- on another timeline than its own: the source failed over under the fence, and the final
+-- catch-up, the verification and the flip ran on a timeline that may lack writes before it.
 alter table catalog.move_jobs
   add column source_fence_lsn pg_lsn,
   add column target_timeline bigint check (target_timeline between 1 and 4294967295);
@@ -38,7 +41,7 @@ security definer
 set search_path = pg_catalog, pg_temp
 as $$
   with moves as (
-    select j.from_shard = p_shard as off, j.source_timeline, j.source_fence_lsn, j.target_timeline,
+    select j.from_shard = p_shard as off, j.source_timeline, j.source_fence_lsn, j.target_timeline, j.finished_at,
            row_number() over w as n,
            lead(j.from_shard = p_shard) over w as next_off,
            lead(j.source_timeline) over w as next_timeline
@@ -55,6 +58,8 @@ as $$
                      or back.next_off is not true or back.next_timeline is distinct from back.target_timeline))
       from moves copied
      where copied.off and copied.source_timeline = p_timeline and copied.source_fence_lsn >= p_lsn
+       -- A done move without its finished_at (set by hand) has no place in the order: not known.
+       and not exists (select 1 from moves unordered where unordered.finished_at is null)
      order by copied.n desc
      limit 1), false)
 $$;
