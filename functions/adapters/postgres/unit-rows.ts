@@ -174,11 +174,17 @@ export interface CountedChange<R, T> {
 }
 
 /**
- * Runs an owner change whose rows are counted as one atomic step, the catalog's own checks first:
- * the route read, the write made, then the count, and a refusal rolls the write back (nothing
- * published). A change the catalog refuses anyway (a version conflict, `CAF06`, `CAF07`, `CAF08`)
- * answers the catalog's error and pays no count on the shards. The count runs while the write is
- * held uncommitted (a concurrent publisher of the same map version or pin waits for it).
+ * Runs an owner change whose rows are counted as one step, the catalog's own checks first: the
+ * route read, the write tried under a savepoint and undone (its error, if the catalog refuses it:
+ * a version conflict, `CAF06`, `CAF07`, `CAF08`, answered with no count paid on the shards), then
+ * the count, then the write made (a change since the route was read refuses it as any write's:
+ * the map's version, a pin's compare-and-set), and a refusal rolls everything back (nothing
+ * published). The count runs with none of the write's locks held: held, a count waiting on a shard
+ * (a table locked there, a shard slow or unreachable: the count has no deadline of its own) kept
+ * the slot map's insert uncommitted, and every mover's flip waiting for the map (a slot's insert,
+ * a directory flip's SHARE lock of `catalog.slot_maps`) waited with its writes fenced
+ * (`owner-change-count-unlocked.test.ts`). The write is made twice: only owner changes by hand
+ * are counted (the mover's publications name their job).
  * - a pool (`pg.Pool`): one of its connections, in a transaction of its own;
  * - a client: under a savepoint of the caller's transaction (rolled back to it on any error: the
  *   caller's transaction goes on with nothing of the change), or, outside one, a transaction of
@@ -212,9 +218,7 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
     return ownTransaction(client, change);
   }
   try {
-    const route = await change.route(client);
-    const done = await change.write(client);
-    await change.refuse(route);
+    const done = await catalogFirst(client, change);
     await client.query('release savepoint ca_dms_owner_change');
     return done;
   } catch (err) {
@@ -226,13 +230,25 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
 async function ownTransaction<R, T>(client: Queryable, change: CountedChange<R, T>, rollbackFailed: () => void = () => undefined): Promise<T> {
   await client.query('begin');
   try {
-    const route = await change.route(client);
-    const done = await change.write(client);
-    await change.refuse(route);
+    const done = await catalogFirst(client, change);
     await client.query('commit');
     return done;
   } catch (err) {
     await client.query('rollback').catch(rollbackFailed);
     throw err;
   }
+}
+
+/**
+ * {@link countedOwnerChange}'s steps, in a transaction: the route read, the write tried and undone
+ * (the catalog's checks first; `ROLLBACK TO SAVEPOINT` releases the locks it took), the count with
+ * no lock of the write held, then the write.
+ */
+async function catalogFirst<R, T>(client: Queryable, change: CountedChange<R, T>): Promise<T> {
+  const route = await change.route(client);
+  await client.query('savepoint ca_dms_owner_change_tried');
+  await change.write(client);
+  await client.query('rollback to savepoint ca_dms_owner_change_tried; release savepoint ca_dms_owner_change_tried');
+  await change.refuse(route);
+  return change.write(client);
 }
