@@ -64,6 +64,13 @@ export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish' | 'ownerOf'
  */
 export type MoverDirectory = Pick<DirectoryStore, 'entry' | 'set' | 'all' | 'invalidate'>;
 
+/** What a move recorded of its source (sharding migrations 014, 015), as the catalog returns it (bigint as text). */
+interface RecordedSource {
+  readonly source_timeline: string | null;
+  readonly source_history: string | null;
+  readonly source_fence_lsn: string | null;
+}
+
 export interface MoveSettings {
   /**
    * How long a transaction of the run may sit idle on a shard before the server ends it
@@ -795,12 +802,17 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   /** One write of the job row, compare-and-set on the run's lease (`where id = $1` and the lease are added). */
   private async updateJob(set: string, params: readonly unknown[], job: MoveJob): Promise<MoveJob> {
-    const { rows } = await this.catalog.query<JobRow>(`update catalog.move_jobs set ${set}, updated_at = now() where id = $1 and ${this.mine} returning *`, [job.id, ...params]);
+    return toJob(await this.updateJobRow(set, params, job));
+  }
+
+  /** {@link updateJob}'s row as the catalog returned it (with the columns {@link toJob} leaves out). */
+  private async updateJobRow(set: string, params: readonly unknown[], job: MoveJob): Promise<JobRow & RecordedSource> {
+    const { rows } = await this.catalog.query<JobRow & RecordedSource>(`update catalog.move_jobs set ${set}, updated_at = now() where id = $1 and ${this.mine} returning *`, [job.id, ...params]);
     if (!rows[0]) {
       await this.assertLease(job);
       throw new MoveError(`move job #${job.id} has disappeared from the catalog`);
     }
-    return toJob(rows[0]);
+    return rows[0];
   }
 
   /**
@@ -2613,14 +2625,25 @@ export class PgMovePort implements MovePort<MoveJob> {
     // and the flip on a timeline that may lack writes acknowledged before the fence, so the
     // fence's position no longer vouches for the copy (sharding migration 015's
     // write_copied_off would tell such a write copied). Recorded below.
+    // And whether the fence row was still this job's (`fenced`, or `moved` by a run of this job
+    // that released already): the statement's snapshot, taken before the UPDATE waited for the
+    // writers holding the row. A replica promoted in the source's place that never received the
+    // fence's commit has the row `open`: it took writes of the unit after the final catch-up.
     const { rows: released } = await this.write(job, job.from, (c) =>
-      c.query<{ tli: string | null }>(
-        `update write_fences set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
-          where kind = $1 and unit_id = $2
-          returning ${CURRENT_TIMELINE_SQL} as tli`,
+      c.query<{ tli: string | null; held: boolean | null }>(
+        `update write_fences w set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
+           from (select state as was, job_id as was_job from write_fences where kind = $1 and unit_id = $2) o
+          where w.kind = $1 and w.unit_id = $2
+          returning ${CURRENT_TIMELINE_SQL} as tli, o.was in ('fenced', 'moved') and o.was_job is not distinct from $5::bigint as held`,
         [job.kind, job.unitId, job.to, version, job.id],
       ),
     );
+    // Those writes committed before the UPDATE above took the row (every writer of the unit holds
+    // it while it writes), logged by the source's capture (still on): applied to the target
+    // before it opens, writes still held there (only on this path: a fence that held costs nothing).
+    if (released[0]?.held === false) {
+      while ((await this.catchUpPass(job)) > 0);
+    }
     // The target's capture stops in the statement that opens its fence (one round trip while
     // writes are held): no writer's change there is logged for a move that is over.
     await this.write(job, job.to, (c) =>
@@ -2635,14 +2658,33 @@ export class PgMovePort implements MovePort<MoveJob> {
     // dropped (not told copied) and the history with it (nothing known by migration 014's rule,
     // as a move before it); the timeline is the release's, so a stay the unit began on the source
     // is not taken for one it left on the same timeline (write_copied_off). In the same UPDATE.
-    await this.updateJob(
+    const releasedOn = released[0]?.tli ?? null;
+    const recorded = await this.updateJobRow(
       `unfenced_at = coalesce(unfenced_at, clock_timestamp()),
        source_fence_lsn = case when source_timeline = $2::bigint then source_fence_lsn end,
        source_history = case when $2::bigint is null or source_timeline = $2::bigint then source_history end,
        source_timeline = coalesce($2::bigint, source_timeline)`,
-      [released[0]?.tli ?? null],
+      [releasedOn],
       job,
     );
+    // Released on another timeline F' than the fence's F, the move copied F' (the final catch-up
+    // ran there): the history of F', read now that writes are let through (outside the fence; a
+    // resumed run repeating the release reads it again while it is missing), lets migration
+    // 014's rule tell a token of F whose write F' lacks (F' > F, F ends before its LSN: 410)
+    // on the unit's new shard straight after this move. Recorded only with that timeline: the
+    // read failing (the function absent or refused, the source unreachable) or answering
+    // another timeline (a second failover) leaves it NULL (nothing known, as before). No fence
+    // position is recorded with it: never told copied (write_copied_off).
+    if (releasedOn !== null && recorded.source_timeline !== null && String(recorded.source_timeline) === releasedOn && recorded.source_history === null && recorded.source_fence_lsn === null) {
+      const now = await this.sourceTimeline(job.from).catch(() => ({ timeline: null, history: null }));
+      if (now.timeline !== null && String(now.timeline) === releasedOn && now.history !== null) {
+        await this.updateJob(
+          `source_history = case when source_timeline = $2::bigint and source_fence_lsn is null then coalesce(source_history, $3) else source_history end`,
+          [releasedOn, now.history],
+          job,
+        );
+      }
+    }
   }
 
   /** Ends the capture {@link preVerify} started on the target (before writers may write there). */

@@ -35,6 +35,9 @@ describe('a failover of the source between the fence and the flip', () => {
   let slot = 0;
   let owner = '';
   let docW = '';
+  /** X, written on A's timeline 2 while the move believed A's writes held, and its token. */
+  let docX = '';
+  let tokenX = '';
   /** The fence's WAL position (source_fence_lsn) as the fence recorded it, on timeline 1. */
   let fenceLsn = '';
 
@@ -98,6 +101,17 @@ describe('a failover of the source between the fence and the flip', () => {
           await writer.end();
         })();
       }
+      if (point === 'published') {
+        // X: a write of the unit A's promoted replica took after the flip, before the release
+        // (the replica never received the fence's commit: its fence row is open).
+        const { rows } = await withClient(aUrl, (c) =>
+          c.query<{ id: string; lsn: string }>(
+            "insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'X', '{}'::jsonb) returning id::text as id, pg_current_wal_insert_lsn()::text as lsn",
+            [owner, slot],
+          ),
+        );
+        [docX, tokenX] = [rows[0]?.id ?? '', `${A}@${rows[0]?.lsn ?? ''};tl=2`];
+      }
       if (point === 'fenced') {
         await committed;
         const recorded = await env.catalog.query<{ lsn: string | null }>('select source_fence_lsn::text as lsn from catalog.move_jobs where id = $1', [jobId]);
@@ -118,6 +132,29 @@ describe('a failover of the source between the fence and the flip', () => {
     await replica?.stop();
     await Promise.all(servers.map((s) => s.stop()));
   });
+
+  it('tells the write lost on the new owner straight after the move, by the timeline the fence was released on', async () => {
+    // Before any move back: the move off A recorded the release's timeline (2) and its history
+    // (1 ends at the fork, before W's token), no fence position. Without the history (cleared with
+    // the fence's timeline) a list with W's token answered 200 without W.
+    const version = (await env.slotMaps.current()).version;
+    expect(await list(`${A}@${fenceLsn};tl=1;v=${version}`)).toEqual({ status: 410, type: WRITE_LOST_TYPE, items: undefined });
+    const { rows } = await env.catalog.query<{ timeline: string | null; history: boolean; lsn: string | null }>(
+      "select source_timeline::text as timeline, source_history is not null as history, source_fence_lsn::text as lsn from catalog.move_jobs where state = 'done' and from_shard = $1 and slot = $2",
+      [A, slot],
+    );
+    expect(rows).toEqual([{ timeline: '2', history: true, lsn: null }]);
+  }, 120_000);
+
+  it('copies a write the promoted replica took while its fence row was open, before the target opens', async () => {
+    // Without the catch-up at the release X was on neither shard once the move was done, and a
+    // list on B with X's token (timeline 2, the move's own) answered 200 without it.
+    const held = async (pool: pg.Pool) => (await pool.query('select 1 from documents where id = $1', [docX])).rowCount;
+    expect({ onB: await held(env.shards.get(B) as pg.Pool), onA: await held(env.shards.get(A) as pg.Pool) }).toEqual({ onB: 1, onA: 0 });
+    const version = (await env.slotMaps.current()).version;
+    const listed = await list(`${tokenX};v=${version}`);
+    expect({ status: listed.status, hasX: Array.isArray(listed.items) && (listed.items as string[]).includes(docX) }).toEqual({ status: 200, hasX: true });
+  }, 120_000);
 
   it('does not tell the write copied by a fence whose timeline the source left before the flip', async () => {
     // W's token: the insert position read after its commit, at or before the fence's (here the fence's own).

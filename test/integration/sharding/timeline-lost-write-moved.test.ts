@@ -50,6 +50,8 @@ describe('a read token of a write lost in a failover, read on the shard its unit
   let keptSlot = 0;
   let lostSlot = 0;
   let catalogUrl = '';
+  /** A list on shard_a with the lost write's token, read once the move was flipped and released, before it was `done`. */
+  let listedBeforeDone: { status: number; type: unknown } | undefined;
 
   /** The documents API over `env`'s shards (primaries only), on a loopback port. */
   const apiOver = async (env: MoveEnv): Promise<(path: string, headers?: Record<string, string>, body?: unknown) => Promise<Answer>> => {
@@ -67,8 +69,8 @@ describe('a read token of a write lost in a failover, read on the shard its unit
   const slotOwnedBy = async (env: MoveEnv, shard: string, from: number): Promise<number> => {
     for (let slot = from; ; slot += 1) if ((await env.ownerOf(slot)) === shard) return slot;
   };
-  const moveSlot = async (env: MoveEnv, slot: number): Promise<string> => {
-    const mover = env.mover({ readerGraceMs: 0 });
+  const moveSlot = async (env: MoveEnv, slot: number, hook?: (point: string) => Promise<void>): Promise<string> => {
+    const mover = env.mover({ readerGraceMs: 0, ...(hook ? { hook: (point) => hook(point) } : {}) });
     return (await mover.run((await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' })).id)).state;
   };
 
@@ -107,7 +109,15 @@ describe('a read token of a write lost in a failover, read on the shard its unit
     await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
     after = connectMoveEnv({ ...urls, shards: { ...urls.shards, [SOURCE]: replica.urlFor(SOURCE) } });
     // The lost owner's slot moves to shard_a on timeline 2: the copy cannot hold the lost write.
-    expect(await moveSlot(after, lostSlot)).toBe('done');
+    // Once flipped and released, before `done` (the readers' grace, the source's rows deleted), a
+    // list on shard_a with the lost write's token is read too.
+    expect(
+      await moveSlot(after, lostSlot, async (point) => {
+        if (point !== 'cleaning_up') return;
+        const res = await (await apiOver(after))(`/api/v1/users/${lostOwner}/documents`, { 'x-read-after': lostToken });
+        listedBeforeDone = { status: res.status, type: res.body?.type as unknown };
+      }),
+    ).toBe('done');
   }, 240_000);
   afterAll(async () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
@@ -147,6 +157,12 @@ describe('a read token of a write lost in a failover, read on the shard its unit
     // The owner's shard is shard_a: the token of shard_b is checked there too.
     expect({ byOwner: seen(lostByOwner), list: seen(lostList) }).toEqual({ byOwner: gone, list: gone });
   }, 120_000);
+
+  it('answers 410 for the lost write on shard_a once the move is published and released, before it is done', () => {
+    // last_move_off counted `done` moves only: between the release and `done` (the readers'
+    // grace, the source's rows deleted) the list answered 200 without the write.
+    expect(listedBeforeDone).toEqual({ status: 410, type: WRITE_LOST_TYPE });
+  });
 
   it('records the source timeline at each fence, answers the application login through catalog.last_move_off, and without a record answers as before (404, the list)', async () => {
     const recorded = await after.catalog.query<{ slot: number; tl: string | null; history: string | null }>(

@@ -15,7 +15,9 @@
 -- this migration): such a move never tells a write copied, nor a stay on A safe. The fence
 -- position is set NULL again (and the timeline set to the release's) when the fence was released
 -- on another timeline than its own: the source failed over under the fence, and the final
--- catch-up, the verification and the flip ran on a timeline that may lack writes before it.
+-- catch-up, the verification and the flip ran on a timeline that may lack writes before it; the
+-- history is then that timeline's, read once writes are let through (NULL when it cannot be had),
+-- so that migration 014's rule tells a write of the fence's timeline that the copy lacks.
 alter table catalog.move_jobs
   add column source_fence_lsn pg_lsn,
   add column target_timeline bigint check (target_timeline between 1 and 4294967295);
@@ -66,3 +68,38 @@ $$;
 
 revoke all on function catalog.write_copied_off(text, integer, text, bigint, pg_lsn) from public;
 grant execute on function catalog.write_copied_off(text, integer, text, bigint, pg_lsn) to ca_dms_app, ca_dms_control;
+
+-- Migration 014's last_move_off counted `done` moves only, but a move's new owner serves the unit
+-- from its release on (the target's fence opened), and `done` comes only after the readers' grace
+-- and the source's rows deleted: meanwhile a read on the new owner with a token whose write the
+-- source's failover lost before this move found an older move off the shard, or none, and answered
+-- as usual (a list 200 without the write). The slot's one active move (move_jobs_one_active_per_slot)
+-- counts too once its flip was published (flip_started_at is set in the flip's own transaction, and
+-- a move past it can only finish), newer than every done one. What it recorded at its fence is
+-- what the read is judged by; the release rewrites it only when the source failed over under
+-- the fence (docs/sharding-spec.md, "A write lost in a failover"). Same signature and grants.
+create or replace function catalog.last_move_off(p_shard text, p_slot integer, p_key text)
+returns table (job_id bigint, source_timeline bigint, source_history text)
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+  select m.id, m.source_timeline, m.source_history
+    from (
+      select j.id, j.source_timeline, j.source_history, 0 as rank, null::timestamptz as finished_at
+        from catalog.move_jobs j
+       where j.state not in ('done', 'failed', 'cancelled') and j.flip_started_at is not null and j.slot = p_slot and j.from_shard = p_shard
+         and ((j.kind = 'slot' and not (p_key = any (j.excluded_keys))) or (j.kind = 'directory' and j.unit_id = p_key))
+      union all
+      select j.id, j.source_timeline, j.source_history, 1, j.finished_at
+        from catalog.move_jobs j
+       where j.state = 'done' and j.from_shard = p_shard and j.slot = p_slot
+         and ((j.kind = 'slot' and not (p_key = any (j.excluded_keys))) or (j.kind = 'directory' and j.unit_id = p_key))
+    ) m
+   order by m.rank, m.finished_at desc nulls last, m.id desc
+   limit 1
+$$;
+
+revoke all on function catalog.last_move_off(text, integer, text) from public;
+grant execute on function catalog.last_move_off(text, integer, text) to ca_dms_app, ca_dms_control;
