@@ -39,6 +39,8 @@ export class MoverCatalog {
    * rollback failed (the session left in it): it must not go back to its pool.
    */
   dropped = false;
+  /** Why a transaction's rollback failed, once one did: every later holder is refused with it. */
+  private rollbackFailure: Error | undefined;
 
   /**
    * `idleInTransactionMs`: the server ends a transaction of the run left idle longer than this
@@ -65,7 +67,20 @@ export class MoverCatalog {
   use<T>(fn: (client: pg.ClientBase) => Promise<T>): Promise<T> {
     if (this.held()) return fn(this.client);
     const boundMs = this.bound?.();
-    const run = this.tail.then(() => this.holding.run(this, () => fn(this.client)));
+    // A session left in its failed transaction answers every later statement with 25P02 ("current
+    // transaction is aborted"), which names neither the rollback that failed nor the error before
+    // it: where that answer became the run's error (a rollback or reload after a cancellation or an
+    // owner conflict), the run said nothing of why. Refused here, naming the cause.
+    // A session a later rollback ended (the fence's paths roll back once their cancel request has
+    // settled, inside their holder) is idle again, and goes on.
+    const run = this.tail.then(() => {
+      const failure = this.rollbackFailure;
+      if (failure !== undefined && (this.client as { getTransactionStatus?: () => unknown }).getTransactionStatus?.() === 'I') this.rollbackFailure = undefined;
+      else if (failure !== undefined) {
+        throw new Error(`the move run's catalog connection is unusable: the rollback of one of its transactions failed (${failure.message}), leaving the session in that transaction; the connection is closed at the end of the run, and the job resumes at its next run`, { cause: failure });
+      }
+      return this.holding.run(this, () => fn(this.client));
+    });
     this.tail = run.then(
       () => undefined,
       () => undefined,
@@ -111,8 +126,9 @@ export class MoverCatalog {
         client,
         withIdleBound(begin, this.options.idleInTransactionMs),
         () => fn(client),
-        () => {
+        (rollbackError) => {
           this.dropped = true;
+          this.rollbackFailure ??= rollbackError;
         },
       ),
     );
