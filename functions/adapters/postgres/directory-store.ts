@@ -315,6 +315,12 @@ export class DirectoryStore implements DirectoryLookup {
       route: (c) => this.routeOf(change, key, c, to),
       write,
       refuse: (route) => this.refuseRowsLeft(change, key, route),
+      // A pin's write has no check of its own but a set's compare-and-set: a change committed by
+      // another session while the rows were counted has them counted again (see countedOwnerChange).
+      sameRoute: (before, now) =>
+        before === null || now === null
+          ? before === now
+          : before.from === now.from && before.next === now.next && before.entry?.version === now.entry?.version && before.entry?.shardId === now.entry?.shardId,
     });
   }
 

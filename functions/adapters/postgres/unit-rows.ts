@@ -171,14 +171,26 @@ export interface CountedChange<R, T> {
   readonly write: (c: Queryable) => Promise<T>;
   /** Counts the unit's rows on its old owner and throws where the change would leave them there. */
   readonly refuse: (route: R) => Promise<void>;
+  /**
+   * Whether two routes read by {@link route} are the same. Given, the route is read again after the
+   * count and, changed (another session's change committed while the rows were counted), the rows
+   * are counted again where it routes now: for a write no check of its own refuses over a change
+   * made since the route was read (a pin's unconditional set, its delete, `repinByHand`). Left out
+   * where the write refuses it anyway (a map's version).
+   */
+  readonly sameRoute?: (before: R, now: R) => boolean;
 }
+
+/** How many times the rows are counted before a route that keeps changing refuses the change. */
+const MAX_COUNTS = 3;
 
 /**
  * Runs an owner change whose rows are counted as one step, the catalog's own checks first: the
  * route read, the write tried under a savepoint and undone (its error, if the catalog refuses it:
  * a version conflict, `CAF06`, `CAF07`, `CAF08`, answered with no count paid on the shards), then
  * the count, then the write made (a change since the route was read refuses it as any write's:
- * the map's version, a pin's compare-and-set), and a refusal rolls everything back (nothing
+ * the map's version, a pin's compare-and-set; where the write has no such check,
+ * {@link CountedChange.sameRoute} has the route read again and the rows recounted), and a refusal rolls everything back (nothing
  * published). The count runs with none of the write's locks held: held, a count waiting on a shard
  * (a table locked there, a shard slow or unreachable: the count has no deadline of its own) kept
  * the slot map's insert uncommitted, and every mover's flip waiting for the map (a slot's insert,
@@ -245,10 +257,20 @@ async function ownTransaction<R, T>(client: Queryable, change: CountedChange<R, 
  * no lock of the write held, then the write.
  */
 async function catalogFirst<R, T>(client: Queryable, change: CountedChange<R, T>): Promise<T> {
-  const route = await change.route(client);
+  let route = await change.route(client);
   await client.query('savepoint ca_dms_owner_change_tried');
   await change.write(client);
   await client.query('rollback to savepoint ca_dms_owner_change_tried; release savepoint ca_dms_owner_change_tried');
-  await change.refuse(route);
+  for (let counts = 1; ; counts += 1) {
+    await change.refuse(route);
+    if (change.sameRoute === undefined) break;
+    // No lock was held during the count: another session's change may have committed meanwhile.
+    // A write with no check of its own would overwrite it with the count of a shard the unit no
+    // longer routes to (owner-change-count-stale.test.ts).
+    const now = await change.route(client);
+    if (change.sameRoute(route, now)) break;
+    if (counts >= MAX_COUNTS) throw new Error(`the unit's route changed ${counts} times while its rows were counted (another session changing it meanwhile); nothing was changed: try again`);
+    route = now;
+  }
   return change.write(client);
 }
