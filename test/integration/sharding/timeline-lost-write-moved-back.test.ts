@@ -6,8 +6,8 @@ import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { cutWalReceiver, startTestReplica, type TestReplica } from '../../support/replica.js';
-import { connectMoveEnv, keysInSlot, migratedServerDir, seedUsers, type MoveEnv, type MoveEnvUrls } from './fixtures/move-env.js';
-import { documentsApiOver } from './fixtures/move-env-api.js';
+import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, migratedServerDir, seedUsers, type MoveEnv, type MoveEnvUrls } from './fixtures/move-env.js';
+import { documentsApiClientOver, type ApiCall } from './fixtures/move-env-api.js';
 
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
 /** The token's shard, which fails over (its replica stops receiving first). */
@@ -40,22 +40,7 @@ describe('a write copied off its shard before a failover, the unit back on the s
   let firstMoveOff = '';
 
   type Answer = { status: number; type: unknown; items: unknown };
-  const apiOver = async (env: MoveEnv) => {
-    const url = await documentsApiOver(env, closers, { defaultShard: B });
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read arbitrary JSON answers
-    return async (path: string, headers: Record<string, string> = {}, body?: unknown): Promise<{ status: number; body: any; headers: Headers }> => {
-      const res = await fetch(`${url}${path}`, {
-        method: body === undefined ? 'GET' : 'POST',
-        headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text === '' ? null : JSON.parse(text), headers: res.headers };
-    };
-  };
-  const slotOwnedBy = async (env: MoveEnv, shard: string, from: number): Promise<number> => {
-    for (let slot = from; ; slot += 1) if ((await env.ownerOf(slot)) === shard) return slot;
-  };
+  const apiOver = (env: MoveEnv): Promise<ApiCall> => documentsApiClientOver(env, closers, { defaultShard: B });
   const move = async (env: MoveEnv, slot: number, to: string): Promise<string> => {
     const mover = env.mover({ readerGraceMs: 0 });
     const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
@@ -84,7 +69,7 @@ describe('a write copied off its shard before a failover, the unit back on the s
     const api = await apiOver(before);
     let from = 100;
     for (const unit of ['away', 'backOnT', 'noFailover', 'lost'] as const) {
-      const slot = await slotOwnedBy(before, A, from);
+      const slot = await firstSlotOwnedBy(before, A, from);
       from = slot + 1;
       const [owner] = keysInSlot(slot, 1) as [string];
       await seedUsers(before.shards.get(A) as pg.Pool, slot, [owner], 0);

@@ -7,19 +7,12 @@ import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { cutWalReceiver, startTestReplica, type TestReplica } from '../../support/replica.js';
-import { connectMoveEnv, keysInSlot, migratedServerDir, seedUsers, type MoveEnv, type MoveEnvUrls } from './fixtures/move-env.js';
-import { documentsApiOver } from './fixtures/move-env-api.js';
+import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, migratedServerDir, seedUsers, type MoveEnv, type MoveEnvUrls } from './fixtures/move-env.js';
+import { documentsApiClientOver, type ApiAnswer, type ApiCall } from './fixtures/move-env-api.js';
 
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
 const SOURCE = 'shard_b';
 const TARGET = 'shard_a';
-
-interface Answer {
-  readonly status: number;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests read arbitrary JSON answers
-  readonly body: any;
-  readonly headers: Headers;
-}
 
 /**
  * Issue #15, a token of another shard than the one read: a write on shard_b (token `shard_b@…;tl=1`)
@@ -54,21 +47,7 @@ describe('a read token of a write lost in a failover, read on the shard its unit
   let listedBeforeDone: { status: number; type: unknown } | undefined;
 
   /** The documents API over `env`'s shards (primaries only), on a loopback port. */
-  const apiOver = async (env: MoveEnv): Promise<(path: string, headers?: Record<string, string>, body?: unknown) => Promise<Answer>> => {
-    const url = await documentsApiOver(env, closers, { defaultShard: TARGET });
-    return async (path, headers = {}, body) => {
-      const res = await fetch(`${url}${path}`, {
-        method: body === undefined ? 'GET' : 'POST',
-        headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text === '' ? null : JSON.parse(text), headers: res.headers };
-    };
-  };
-  const slotOwnedBy = async (env: MoveEnv, shard: string, from: number): Promise<number> => {
-    for (let slot = from; ; slot += 1) if ((await env.ownerOf(slot)) === shard) return slot;
-  };
+  const apiOver = (env: MoveEnv): Promise<ApiCall> => documentsApiClientOver(env, closers, { defaultShard: TARGET });
   const moveSlot = async (env: MoveEnv, slot: number, hook?: (point: string) => Promise<void>): Promise<string> => {
     const mover = env.mover({ readerGraceMs: 0, ...(hook ? { hook: (point) => hook(point) } : {}) });
     return (await mover.run((await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' })).id)).state;
@@ -84,8 +63,8 @@ describe('a read token of a write lost in a failover, read on the shard its unit
     catalogUrl = urls.catalog;
     before = connectMoveEnv(urls);
     await before.slotMaps.initialise(buildSlotMap([TARGET, SOURCE].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
-    keptSlot = await slotOwnedBy(before, SOURCE, 100);
-    lostSlot = await slotOwnedBy(before, SOURCE, keptSlot + 1);
+    keptSlot = await firstSlotOwnedBy(before, SOURCE, 100);
+    lostSlot = await firstSlotOwnedBy(before, SOURCE, keptSlot + 1);
     [keptOwner] = keysInSlot(keptSlot, 1) as [string];
     [lostOwner] = keysInSlot(lostSlot, 1) as [string];
     const sourcePool = before.shards.get(SOURCE) as pg.Pool;
@@ -150,7 +129,7 @@ describe('a read token of a write lost in a failover, read on the shard its unit
     expect({ kept: await after.ownerOf(keptSlot), lost: await after.ownerOf(lostSlot) }).toEqual({ kept: TARGET, lost: TARGET });
 
     const gone = { status: 410, type: WRITE_LOST_TYPE };
-    const seen = (a: Answer) => ({ status: a.status, type: a.body?.type as unknown });
+    const seen = (a: ApiAnswer) => ({ status: a.status, type: a.body?.type as unknown });
     // The read of every shard reads shard_b too, whose own history tells (as before).
     expect(seen(lostAnyOwner)).toEqual(gone);
     expect({ status: kept.status, id: kept.body?.id as unknown, shard: kept.body?.shard_id as unknown }).toEqual({ status: 200, id: keptDoc, shard: TARGET });
