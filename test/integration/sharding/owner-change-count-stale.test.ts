@@ -10,7 +10,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
-import { keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
+import { keysInSlot, lockWaitOn, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let directory: DirectoryStore;
@@ -21,15 +21,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-/** Resolves once a backend of `database` on `pool`'s server waits on a lock (polled, no deadline but the test's). */
-async function lockWaitOn(pool: pg.Pool, database: string): Promise<void> {
-  for (;;) {
-    const { rows } = await pool.query(`select 1 from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'`, [database]);
-    if (rows.length > 0) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /**
  * Runs `change` while `counted`'s documents table is locked (its count waits there); once it

@@ -6,11 +6,10 @@
  * of `catalog.slot_maps` a directory move's flip takes (with the key's writes fenced) waited for
  * it. The catalog's checks still come first: the write is tried and undone before the count.
  */
-import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { keysInSlot, refusalOf, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { keysInSlot, lockWaitOn, refusalOf, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let slotMaps: SlotMapStore;
@@ -21,15 +20,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-/** Resolves once a backend of `database` on `pool`'s server waits on a lock (polled, no deadline but the test's). */
-async function lockWaitOn(pool: pg.Pool, database: string): Promise<void> {
-  for (;;) {
-    const { rows } = await pool.query(`select 1 from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'`, [database]);
-    if (rows.length > 0) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe('SlotMapStore.publishByHand counting the rows of a slot on a shard that makes it wait', () => {
   it("holds no lock of its insert meanwhile: a directory flip's SHARE lock of catalog.slot_maps is granted", async () => {
