@@ -10,13 +10,11 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryError, DirectoryRowsLeftError, DirectoryStore, DirectoryVersionConflictError } from '../../../functions/adapters/postgres/directory-store.js';
-import { createShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { SlotMapOwnerKeptError, SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import type { RowsLeftOn } from '../../../functions/adapters/postgres/unit-rows.js';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { SlotMapError } from '../../../functions/core/sharding/errors.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
+import { keysInSlot, overrideHashOffRuntime, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let directory: DirectoryStore;
@@ -135,13 +133,7 @@ describe("DirectoryStore with rowsLeftOn 'move job #<id>'", () => {
 
 describe('a pin under hash_based routing with directory.override_hash off', () => {
   it("is written though the key has rows where it routes (the pin routes no key, the key stays on its slot's owner)", async () => {
-    const config = parseShardingConfig({
-      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
-      default_shard: 'shard_a',
-      strategy: 'hash_based',
-      directory: { override_hash: false },
-    });
-    const runtime = await createShardingRuntime({ config, catalog: env.catalog, actor: 'test' });
+    const runtime = await overrideHashOffRuntime(env);
     try {
       const slot = 2531;
       const { from, to } = await threeShardsOf(env, slot);

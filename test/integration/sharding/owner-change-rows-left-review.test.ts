@@ -13,11 +13,9 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
-import { createShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
+import { keysInSlot, overrideHashOffRuntime, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -31,13 +29,7 @@ const pool = (shard: string) => env.shards.get(shard) as pg.Pool;
 
 describe('a slot map under hash_based routing with directory.override_hash off', () => {
   it("counts a pinned key's rows with its slot (the pin does not route it): the map giving the slot away is refused", async () => {
-    const config = parseShardingConfig({
-      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
-      default_shard: 'shard_a',
-      strategy: 'hash_based',
-      directory: { override_hash: false },
-    });
-    const runtime = await createShardingRuntime({ config, catalog: env.catalog, actor: 'test' });
+    const runtime = await overrideHashOffRuntime(env);
     try {
       const slot = 2401;
       const { from, to } = await threeShardsOf(env, slot);
