@@ -2629,19 +2629,27 @@ export class PgMovePort implements MovePort<MoveJob> {
     // that released already): the statement's snapshot, taken before the UPDATE waited for the
     // writers holding the row. A replica promoted in the source's place that never received the
     // fence's commit has the row `open`: it took writes of the unit after the final catch-up.
+    // And whether the source's change log of the job held anything then (`logged`, same
+    // snapshot): a release repeated after its drain below failed (this run's release forward
+    // after the error, or a resumed run) finds the row `moved` by this job (`held`) while the
+    // writes the first one found are still logged; it drained nothing and opened the target
+    // without them, on neither shard once the source was cleaned up. The row `moved` before
+    // that snapshot, no writer of the unit logs anything later. Empty after a fence that held
+    // (the final catch-up emptied it under the fence): nothing of it then.
     const { rows: released } = await this.write(job, job.from, (c) =>
-      c.query<{ tli: string | null; held: boolean | null }>(
+      c.query<{ tli: string | null; held: boolean | null; logged: boolean }>(
         `update write_fences w set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
            from (select state as was, job_id as was_job from write_fences where kind = $1 and unit_id = $2) o
           where w.kind = $1 and w.unit_id = $2
-          returning ${CURRENT_TIMELINE_SQL} as tli, o.was in ('fenced', 'moved') and o.was_job is not distinct from $5::bigint as held`,
+          returning ${CURRENT_TIMELINE_SQL} as tli, o.was in ('fenced', 'moved') and o.was_job is not distinct from $5::bigint as held,
+                    exists (select 1 from move_changes where job_id = $5) as logged`,
         [job.kind, job.unitId, job.to, version, job.id],
       ),
     );
     // Those writes committed before the UPDATE above took the row (every writer of the unit holds
     // it while it writes), logged by the source's capture (still on): applied to the target
     // before it opens, writes still held there (only on this path: a fence that held costs nothing).
-    if (released[0]?.held === false) {
+    if (released[0]?.held === false || released[0]?.logged === true) {
       while ((await this.catchUpPass(job)) > 0);
     }
     // The target's capture stops in the statement that opens its fence (one round trip while
