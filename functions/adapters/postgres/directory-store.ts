@@ -21,7 +21,7 @@ import { canonicalKey, uuidForm } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, PIN_KEPT, PIN_OWNER_KEPT } from './sqlstate.js';
-import { countedOwnerChange, describeRows, keyRowsOn, refusedRowsLeftOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, keyRowsOn, refusedRowsLeftOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
@@ -145,6 +145,15 @@ export interface DirectoryStoreOptions {
    * key: a change of a pin sends no read or write elsewhere, and nothing is counted (issue #15).
    */
   readonly pinsOverrideHash?: boolean;
+  /**
+   * How long the count of a key's rows on one shard may take (with {@link shardPools}), in ms;
+   * default {@link DEFAULT_COUNT_TIMEOUT_MS} (10 s). Past it the change is refused with
+   * {@link RowsCountTimeoutError} naming the shard, nothing written: a count waiting on a locked
+   * table or a silent shard held the caller's catalog transaction (its snapshot, its read locks of
+   * the directory and the slot maps) open with no limit. Whole ms from 1; anything else is refused
+   * by the constructor.
+   */
+  readonly countTimeoutMs?: number;
 }
 
 export interface DirectoryListOptions {
@@ -183,6 +192,7 @@ export class DirectoryStore implements DirectoryLookup {
   private readonly shards: ReadonlySet<string> | undefined;
   private readonly shardPools: ShardPoolsById | undefined;
   private readonly pinsOverrideHash: boolean;
+  private readonly countTimeoutMs: number;
   /**
    * Bumped by every invalidation. A lookup caches what it read only if none happened while it
    * read: one that read before a write committed and answers after the write was forgotten would
@@ -198,6 +208,7 @@ export class DirectoryStore implements DirectoryLookup {
     this.shards = options.shards ? new Set(options.shards) : undefined;
     this.shardPools = options.shardPools;
     this.pinsOverrideHash = options.pinsOverrideHash ?? true;
+    this.countTimeoutMs = countTimeoutOf('DirectoryStoreOptions.countTimeoutMs', options.countTimeoutMs);
   }
 
   /** The shard `key` is pinned to, or `null`; served from the TTL cache when fresh. */
@@ -342,7 +353,8 @@ export class DirectoryStore implements DirectoryLookup {
     const { from, next, entry } = route;
     const pool = this.shardPools?.get(from);
     if (pool === undefined) return;
-    const rows = await keyRowsOn(pool, key);
+    const refused = change === 'pin' ? `cannot pin key ${key} to ${next}` : change === 'repin' ? `cannot repin key ${key} to ${next} by hand` : `cannot unpin key ${key}`;
+    const rows = await boundedCount(pool, from, this.countTimeoutMs, refused, (c) => keyRowsOn(c, key));
     if (rows.length === 0) return;
     const held = `its rows are on ${from} (${describeRows(rows)}), where the catalog routes it now (${entry === null ? `by hash: slot ${slotOf(key)}` : `its pin, version ${entry.version}`})`;
     const harm = `would send its reads and writes to ${next} and leave those rows out of their sight: the key split over two shards, and a later move of the key or its slot could delete one side (issue #15; docs/sharding-spec.md section 9, "An owner changed outside a move")`;

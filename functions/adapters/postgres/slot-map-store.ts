@@ -16,7 +16,7 @@ import type pg from 'pg';
 import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
-import { countedOwnerChange, describeRows, pinnedKeysOf, refusedRowsLeftOn, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, pinnedKeysOf, refusedRowsLeftOn, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A pool, or a client inside a caller's transaction (to publish atomically with other catalog writes). */
 export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -118,6 +118,15 @@ export interface SlotMapStoreOptions {
    * runtime says which).
    */
   readonly pinsOverrideHash?: boolean;
+  /**
+   * How long each count of the changed slots' rows on one old owner may take (with
+   * {@link shardPools}), in ms; default {@link DEFAULT_COUNT_TIMEOUT_MS} (10 s). Past it the map is
+   * refused with {@link RowsCountTimeoutError} naming the shard, nothing published: a count waiting
+   * on a locked table or a silent shard held the caller's catalog transaction (its snapshot, its
+   * read locks of the slot maps and the directory) open with no limit. Whole ms from 1; anything
+   * else is refused by the constructor.
+   */
+  readonly countTimeoutMs?: number;
 }
 
 /** The most slots a refusal names one by one. */
@@ -130,6 +139,7 @@ function requireText(what: string, value: string): void {
 export class SlotMapStore {
   private readonly shardPools: ShardPoolsById | undefined;
   private readonly pinsOverrideHash: boolean;
+  private readonly countTimeoutMs: number;
 
   constructor(
     private readonly pool: Queryable,
@@ -137,6 +147,7 @@ export class SlotMapStore {
   ) {
     this.shardPools = options.shardPools;
     this.pinsOverrideHash = options.pinsOverrideHash ?? true;
+    this.countTimeoutMs = countTimeoutOf('SlotMapStoreOptions.countTimeoutMs', options.countTimeoutMs);
   }
 
   /** The latest map. Throws {@link SlotMapError} when none was ever published (call {@link initialise}). */
@@ -326,15 +337,18 @@ export class SlotMapStore {
     // move, and is read whole: the catalog cannot hash a key) is read only where a slot has rows,
     // and only when its pins route (with override_hash off a pinned key's rows go with its slot).
     const held = new Map<string, Map<number, TableRows[]>>();
+    const refused = `cannot publish slot map version ${map.version}${byHand ? ' by hand' : ''}`;
+    const countOn = (from: string, slots: readonly number[], pinned: readonly string[]): Promise<Map<number, TableRows[]>> =>
+      boundedCount(this.shardPools?.get(from) as Queryable, from, this.countTimeoutMs, refused, (c) => slotRowsOn(c, slots, pinned));
     for (const [from, slots] of changed) {
-      const counts = await slotRowsOn(this.shardPools.get(from) as Queryable, slots, []);
+      const counts = await countOn(from, slots, []);
       if (counts.size > 0) held.set(from, counts);
     }
     if (held.size === 0) return;
     const pinned = this.pinsOverrideHash ? await pinnedKeysOf(client, new Set([...held.values()].flatMap((c) => [...c.keys()]))) : [];
     const left: SlotRowsLeft[] = [];
     for (const [from, all] of held) {
-      const counts = pinned.length === 0 ? all : await slotRowsOn(this.shardPools.get(from) as Queryable, [...all.keys()], pinned);
+      const counts = pinned.length === 0 ? all : await countOn(from, [...all.keys()], pinned);
       for (const [slot, rows] of counts) left.push({ slot, from, to: map.assignments[slot] as string, rows });
     }
     if (left.length === 0) return;

@@ -22,6 +22,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import { slotOf } from '../../core/sharding/hash.js';
 import { uuidForm } from '../../core/sharding/keys.js';
+import { DEADLINE_GRACE_MS, MAX_DEADLINE_MS, NodeTimeoutError, serverTimeoutMs, withNodeDeadline } from './deadline.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 
@@ -47,6 +48,90 @@ export type ShardPoolsById = ReadonlyMap<string, Queryable>;
 export interface TableRows {
   readonly table: 'users' | 'documents' | 'document_keys';
   readonly rows: number;
+}
+
+/** How long the rows of a unit may take to count on one shard before the owner change is refused ({@link boundedCount}). */
+export const DEFAULT_COUNT_TIMEOUT_MS = 10_000;
+
+/** `countTimeoutMs` as the stores take it: whole ms, positive, at most what a timer can wait. */
+const countTimeoutSchema = z.number().int().positive().max(MAX_DEADLINE_MS);
+
+/** {@link DEFAULT_COUNT_TIMEOUT_MS} where `ms` is undefined; throws a RangeError naming `option` for any other value than a whole positive number of ms. */
+export function countTimeoutOf(option: string, ms: number | undefined): number {
+  if (ms === undefined) return DEFAULT_COUNT_TIMEOUT_MS;
+  const parsed = countTimeoutSchema.safeParse(ms);
+  if (!parsed.success) throw new RangeError(`${option} must be a whole number of ms from 1 to ${MAX_DEADLINE_MS}, not ${String(ms)}`);
+  return parsed.data;
+}
+
+/**
+ * The rows of a unit could not be counted on `shardId` within `timeoutMs` (a table locked there,
+ * the shard slow, silent or unreachable), so the owner change was refused: nothing was written.
+ * Counting with no bound held the caller's catalog transaction open meanwhile (its snapshot, its
+ * read locks of `catalog.shard_directory` and `catalog.slot_maps`: a catalog migration needing
+ * an exclusive lock queued behind it, and every router read behind the migration).
+ */
+export class RowsCountTimeoutError extends Error {
+  override readonly name = 'RowsCountTimeoutError';
+  constructor(
+    /** The shard whose count did not end in time. */
+    readonly shardId: string,
+    readonly timeoutMs: number,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+/** SQLSTATE query_canceled: here, the count's own `statement_timeout`. */
+const QUERY_CANCELED = '57014';
+
+/**
+ * Runs `count` on `pool` (a shard's primary pool) within `timeoutMs`, else throws
+ * {@link RowsCountTimeoutError} naming `shardId`, its message `refused` (what was refused, and why
+ * nothing was written) followed by the shard and the bound. A `pg.Pool`'s count runs on one of its
+ * connections in a read transaction whose `statement_timeout` is the time left (the server cancels
+ * a count waiting on a lock or still scanning, and the connection goes back to the pool), held
+ * {@link DEADLINE_GRACE_MS} longer on the client ({@link withNodeDeadline}: a node that does not
+ * answer at all, or not even to connect, has its connection dropped). Anything else that only
+ * answers `query` is raced against the bound (its statement cannot be cancelled from here).
+ */
+export async function boundedCount<T>(pool: Queryable, shardId: string, timeoutMs: number, refused: string, count: (c: Queryable) => Promise<T>): Promise<T> {
+  const timedOut = (cause?: unknown): RowsCountTimeoutError =>
+    new RowsCountTimeoutError(
+      shardId,
+      timeoutMs,
+      `${refused}: the unit's rows on ${shardId} could not be counted within ${timeoutMs} ms (a table locked there, or the shard slow or not answering); nothing was written. Try again once ${shardId} answers`,
+      cause === undefined ? undefined : { cause },
+    );
+  const p = pool as Partial<pg.Pool>;
+  if (typeof p.connect === 'function' && 'totalCount' in p) {
+    const started = performance.now();
+    try {
+      return await withNodeDeadline(pool as pg.Pool, timeoutMs + DEADLINE_GRACE_MS, `${shardId}/primary`, async (c) => {
+        // The server's bound: the count's own time left (withNodeDeadline's includes the grace).
+        await c.query(`set local statement_timeout = ${serverTimeoutMs(timeoutMs - (performance.now() - started))}`);
+        return count(c);
+      });
+    } catch (err) {
+      if (err instanceof NodeTimeoutError || (err as { code?: unknown } | null)?.code === QUERY_CANCELED) throw timedOut(err);
+      throw err;
+    }
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const counting = count(pool);
+  counting.catch(() => undefined);
+  try {
+    return await Promise.race([
+      counting,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(timedOut()), timeoutMs);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** `3 in users, 12 in documents`. */
@@ -192,7 +277,7 @@ const MAX_COUNTS = 3;
  * the map's version, a pin's compare-and-set; where the write has no such check,
  * {@link CountedChange.sameRoute} has the route read again and the rows recounted), and a refusal rolls everything back (nothing
  * published). The count runs with none of the write's locks held: held, a count waiting on a shard
- * (a table locked there, a shard slow or unreachable: the count has no deadline of its own) kept
+ * (a table locked there, a shard slow or unreachable; each count is bounded since, {@link boundedCount}) kept
  * the slot map's insert uncommitted, and every mover's flip waiting for the map (a slot's insert,
  * a directory flip's SHARE lock of `catalog.slot_maps`) waited with its writes fenced
  * (`owner-change-count-unlocked.test.ts`). The write is made twice: only owner changes by hand
