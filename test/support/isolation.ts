@@ -43,4 +43,5 @@ export const ISOLATED_FILES: Readonly<Record<string, string>> = {
   'test/integration/sharding/moves-lease.test.ts': 'adds a process listener',
   'test/integration/sharding/moves-progress.test.ts': 'sets Powertools environment variables and spies on module exports',
   'test/integration/sharding/statistics.test.ts': 'stubs SDK clients (aws-sdk-client-mock)',
+  'test/integration/sharding/workload-bounds.test.ts': 'adds a process listener',
 };
