@@ -41,9 +41,14 @@ describe('startWorkload', () => {
   it('leaves no rejection unhandled when a writer throws outside its try: warm and stop() fail with it', async () => {
     process.on('unhandledRejection', onUnhandled);
     const broken = new Error('ownerOf broke');
+    // Answers the up-front split of the documents among the writers, then breaks inside the
+    // writer's own loop (outside its writes' try).
+    let calls = 0;
     const ownerOf = new (class extends Map<string, string> {
       override get(): string | undefined {
-        throw broken;
+        calls += 1;
+        if (calls > 1) throw broken;
+        return OWNER_A;
       }
     })();
     const load = startWorkload(neverWrites, { owners: [OWNER_A], documents: new Map([['d1', 0]]), ownerOf, writers: 1 });
