@@ -2,10 +2,10 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
-import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
-import { cutWalReceiver, startTestReplica, type TestReplica } from '../../support/replica.js';
+import { cutWalReceiver, type TestReplica } from '../../support/replica.js';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.js';
-import { connectMoveEnv, keysInSlot, migratedServerDir, seedUsers, type MoveEnv } from './fixtures/move-env.js';
+import { connectMoveEnv, keysInSlot, seedUsers, type MoveEnv } from './fixtures/move-env.js';
+import { startFailoverPair, type FailoverPair } from './fixtures/failover-pair.js';
 import { documentsApiOver } from './fixtures/move-env-api.js';
 
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
@@ -27,7 +27,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
  * no shard), as migration 014's rule alone did; write_copied_off answered "copied" (200 without W).
  */
 describe('a failover of the source between the fence and the flip', () => {
-  let servers: TestPostgres[] = [];
+  let pair: FailoverPair | undefined;
   let replica: TestReplica | undefined;
   let proxy: TcpProxy | undefined;
   const closers: (() => Promise<void>)[] = [];
@@ -56,11 +56,9 @@ describe('a failover of the source between the fence and the flip', () => {
   };
 
   beforeAll(async () => {
-    const [bDir, aDir] = await Promise.all([migratedServerDir({ catalog: true, shardId: B }), migratedServerDir({ catalog: false, shardId: A })]);
-    if (bDir === undefined || aDir === undefined) throw new Error('no migrated data directory (run under vitest)');
-    servers = await Promise.all([startTestPostgres({ dataDirTemplate: bDir }), startTestPostgres({ dataDirTemplate: aDir })]);
-    const [bServer, aServer] = servers as [TestPostgres, TestPostgres];
-    replica = await startTestReplica(aServer);
+    pair = await startFailoverPair({ catalogShard: B, failingShard: A });
+    const { catalogServer: bServer, failingServer: aServer } = pair;
+    replica = pair.replica;
     proxy = await startTcpProxy(aServer.port);
     const aUrl = aServer.urlFor(A).replace(`:${aServer.port}/`, `:${proxy.port}/`);
     env = connectMoveEnv({ catalog: bServer.urlFor('catalog'), shards: { [B]: bServer.urlFor(B), [A]: aUrl } });
@@ -129,8 +127,7 @@ describe('a failover of the source between the fence and the flip', () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
     await env?.stop().catch(() => undefined);
     await proxy?.close();
-    await replica?.stop();
-    await Promise.all(servers.map((s) => s.stop()));
+    await pair?.stop();
   });
 
   it('tells the write lost on the new owner straight after the move, by the timeline the fence was released on', async () => {

@@ -4,9 +4,9 @@ import { withClient } from '../../../functions/adapters/postgres/embedded-cluste
 import { formatLsn, normalizeWalPosition, parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
-import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
-import { cutWalReceiver, startTestReplica, type TestReplica } from '../../support/replica.js';
-import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, migratedServerDir, seedUsers, type MoveEnv, type MoveEnvUrls } from './fixtures/move-env.js';
+import { cutWalReceiver, type TestReplica } from '../../support/replica.js';
+import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, seedUsers, type MoveEnv, type MoveEnvUrls } from './fixtures/move-env.js';
+import { startFailoverPair, type FailoverPair } from './fixtures/failover-pair.js';
 import { documentsApiClientOver, type ApiCall } from './fixtures/move-env-api.js';
 
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
@@ -31,7 +31,7 @@ const B = 'shard_a';
  * chain must stay 410, and is one of the cases below.)
  */
 describe('a write copied off its shard before a failover, the unit back on the shard and off again', () => {
-  let servers: TestPostgres[] = [];
+  let pair: FailoverPair | undefined;
   let replica: TestReplica | undefined;
   const closers: (() => Promise<void>)[] = [];
   let before: MoveEnv;
@@ -55,11 +55,9 @@ describe('a write copied off its shard before a failover, the unit back on the s
   };
 
   beforeAll(async () => {
-    const [bDir, aDir] = await Promise.all([migratedServerDir({ catalog: true, shardId: B }), migratedServerDir({ catalog: false, shardId: A })]);
-    if (bDir === undefined || aDir === undefined) throw new Error('no migrated data directory (run under vitest)');
-    servers = await Promise.all([startTestPostgres({ dataDirTemplate: bDir }), startTestPostgres({ dataDirTemplate: aDir })]);
-    const [bServer, aServer] = servers as [TestPostgres, TestPostgres];
-    replica = await startTestReplica(aServer);
+    pair = await startFailoverPair({ catalogShard: B, failingShard: A });
+    const { catalogServer: bServer, failingServer: aServer } = pair;
+    replica = pair.replica;
     const urls: MoveEnvUrls = { catalog: bServer.urlFor('catalog'), shards: { [B]: bServer.urlFor(B), [A]: aServer.urlFor(A) } };
     before = connectMoveEnv(urls);
     await before.slotMaps.initialise(buildSlotMap([B, A].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
@@ -99,8 +97,7 @@ describe('a write copied off its shard before a failover, the unit back on the s
     for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
     await before?.stop().catch(() => undefined);
     await after?.stop().catch(() => undefined);
-    await replica?.stop();
-    await Promise.all(servers.map((s) => s.stop()));
+    await pair?.stop();
   });
 
   it('answers the list of a unit copied off before the failover and back on A after it (200 with the row), and 410 where the write is gone', async () => {

@@ -5,9 +5,9 @@ import { createMovesLookup } from '../../../functions/adapters/postgres/move-loo
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
-import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
-import { cutWalReceiver, startTestReplica, type TestReplica } from '../../support/replica.js';
-import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, migratedServerDir, seedUsers, type MoveEnv, type MoveEnvUrls } from './fixtures/move-env.js';
+import { cutWalReceiver, type TestReplica } from '../../support/replica.js';
+import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, seedUsers, type MoveEnv, type MoveEnvUrls } from './fixtures/move-env.js';
+import { startFailoverPair, type FailoverPair } from './fixtures/failover-pair.js';
 import { documentsApiClientOver, type ApiAnswer, type ApiCall } from './fixtures/move-env-api.js';
 
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
@@ -29,7 +29,7 @@ const TARGET = 'shard_a';
  * lost in a failover").
  */
 describe('a read token of a write lost in a failover, read on the shard its unit moved to', () => {
-  let servers: TestPostgres[] = [];
+  let pair: FailoverPair | undefined;
   let replica: TestReplica | undefined;
   const closers: (() => Promise<void>)[] = [];
   let before: MoveEnv;
@@ -54,11 +54,9 @@ describe('a read token of a write lost in a failover, read on the shard its unit
   };
 
   beforeAll(async () => {
-    const [targetDir, sourceDir] = await Promise.all([migratedServerDir({ catalog: true, shardId: TARGET }), migratedServerDir({ catalog: false, shardId: SOURCE })]);
-    if (targetDir === undefined || sourceDir === undefined) throw new Error('no migrated data directory (run under vitest)');
-    servers = await Promise.all([startTestPostgres({ dataDirTemplate: targetDir }), startTestPostgres({ dataDirTemplate: sourceDir })]);
-    const [targetServer, sourceServer] = servers as [TestPostgres, TestPostgres];
-    replica = await startTestReplica(sourceServer);
+    pair = await startFailoverPair({ catalogShard: TARGET, failingShard: SOURCE });
+    const { catalogServer: targetServer, failingServer: sourceServer } = pair;
+    replica = pair.replica;
     const urls: MoveEnvUrls = { catalog: targetServer.urlFor('catalog'), shards: { [TARGET]: targetServer.urlFor(TARGET), [SOURCE]: sourceServer.urlFor(SOURCE) } };
     catalogUrl = urls.catalog;
     before = connectMoveEnv(urls);
@@ -102,8 +100,7 @@ describe('a read token of a write lost in a failover, read on the shard its unit
     for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
     await before?.stop().catch(() => undefined);
     await after?.stop().catch(() => undefined);
-    await replica?.stop();
-    await Promise.all(servers.map((s) => s.stop()));
+    await pair?.stop();
   });
 
   it('answers 410 for a write lost on shard_b before its unit moved to shard_a, and the document of a write moved before the failover (200)', async () => {
