@@ -7,10 +7,10 @@
  * rollback's pin of an unpinned key back to its source (after an operator deleted the move's pin).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import type { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { Mover, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
-import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
-import { documentsOf, keysInSlot, type MoveEnv, seedUsers, sides, startMoveEnv, UnguardedOperatorDirectory } from './fixtures/move-env.js';
+import type { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import { countingStores, documentsOf, keysInSlot, type MoveEnv, seedUsers, sides, startMoveEnv, UnguardedOperatorDirectory } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let slotMaps: SlotMapStore;
@@ -18,8 +18,7 @@ let directory: DirectoryStore;
 beforeAll(async () => {
   env = await startMoveEnv();
   // As the sharding runtime builds them: the claim is checked, the rows counted.
-  slotMaps = new SlotMapStore(env.catalog, { shardPools: env.shards });
-  directory = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: env.shards });
+  ({ directory, slotMaps } = countingStores(env));
 }, 120_000);
 afterAll(async () => {
   await env?.stop();

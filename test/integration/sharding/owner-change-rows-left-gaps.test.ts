@@ -9,20 +9,21 @@
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DirectoryError, DirectoryRowsLeftError, DirectoryStore, DirectoryVersionConflictError } from '../../../functions/adapters/postgres/directory-store.js';
-import { SlotMapOwnerKeptError, SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import type { DirectoryStore} from '../../../functions/adapters/postgres/directory-store.js';
+import { DirectoryError, DirectoryRowsLeftError, DirectoryVersionConflictError } from '../../../functions/adapters/postgres/directory-store.js';
+import type { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import { SlotMapOwnerKeptError, SlotMapRowsLeftError } from '../../../functions/adapters/postgres/slot-map-store.js';
 import type { RowsLeftOn } from '../../../functions/adapters/postgres/unit-rows.js';
 import { SlotMapError } from '../../../functions/core/sharding/errors.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { keysInSlot, overrideHashOffRuntime, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
+import { countingStores, keysInSlot, overrideHashOffRuntime, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let directory: DirectoryStore;
 let slotMaps: SlotMapStore;
 beforeAll(async () => {
   env = await startMoveEnv({ shards: 3 });
-  directory = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: env.shards });
-  slotMaps = new SlotMapStore(env.catalog, { shardPools: env.shards });
+  ({ directory, slotMaps } = countingStores(env));
 }, 120_000);
 afterAll(async () => {
   await env?.stop();

@@ -12,10 +12,10 @@
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import { DirectoryRowsLeftError } from '../../../functions/adapters/postgres/directory-store.js';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { keysInSlot, overrideHashOffRuntime, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
+import { countingStores, keysInSlot, overrideHashOffRuntime, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -72,8 +72,7 @@ describe('a slot map giving away slots without rows', () => {
 
 describe('a slot map giving away a slot with rows of pinned and unpinned keys', () => {
   it("is refused naming the unpinned key's rows alone (the pinned key's are left out)", async () => {
-    const directory = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: env.shards });
-    const slotMaps = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    const { directory, slotMaps } = countingStores(env);
     const slot = 2431;
     const { from, to } = await threeShardsOf(env, slot);
     const [pinned, loose] = keysInSlot(slot, 2) as [string, string];
@@ -88,7 +87,7 @@ describe('a slot map giving away a slot with rows of pinned and unpinned keys', 
 
 describe('the refusal of an unpin', () => {
   it('reads "which would send its reads and writes to <slot owner>", the key in its canonical form whatever spelling it was given in', async () => {
-    const directory = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: env.shards });
+    const { directory } = countingStores(env);
     const slot = 2421;
     const { from: slotOwner, to: pinnedTo } = await threeShardsOf(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];

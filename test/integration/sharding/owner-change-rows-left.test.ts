@@ -18,11 +18,13 @@
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import type { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import { DirectoryRowsLeftError } from '../../../functions/adapters/postgres/directory-store.js';
 import { Mover } from '../../../functions/adapters/postgres/mover.js';
-import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import type { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import { SlotMapRowsLeftError } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countSlot, keysInSlot, otherProcess, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
+import { countingStores, countSlot, keysInSlot, otherProcess, refusalOf, seedUsers, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let directory: DirectoryStore;
@@ -30,8 +32,7 @@ let slotMaps: SlotMapStore;
 beforeAll(async () => {
   env = await startMoveEnv({ shards: 3 });
   // As the sharding runtime builds them: with the shards' primary pools.
-  directory = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: env.shards });
-  slotMaps = new SlotMapStore(env.catalog, { shardPools: env.shards });
+  ({ directory, slotMaps } = countingStores(env));
 }, 120_000);
 afterAll(async () => {
   await env?.stop();
