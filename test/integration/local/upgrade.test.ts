@@ -51,14 +51,14 @@ describe('a data directory of another version', () => {
   };
 
   it('from an older version is migrated at the next start, which says what it applied on which server', async () => {
-    expect(latestShard).toBe('031_mover_reads_timeline_history.sql');
+    expect(latestShard).toBe('032_fence_lookups_by_index.sql');
     expect(latestCatalog).toBe('007_service_locks.sql');
     const fresh: string[] = [];
     const first = await start(fresh);
     const shardUrl = first.cluster.shards[0]?.primaryUrl ?? '';
-    // The data as the version before shard migration 031 and catalog migration 007 left it.
+    // The data as the version before shard migration 032 and catalog migration 007 left it.
     await withClient(shardUrl, async (c) => {
-      await c.query('revoke execute on function timeline_history() from ca_dms_mover');
+      await c.query('alter function enforce_write_fence() reset enable_seqscan');
       await c.query(`delete from catalog.schema_migrations where set_name = 'shard' and name = $1`, [latestShard]);
     });
     await withClient(first.cluster.catalogUrl, async (c) => {
@@ -69,13 +69,13 @@ describe('a data directory of another version', () => {
 
     const lines: string[] = [];
     const second = await start(lines);
-    const moverMayRead = await withClient(second.cluster.shards[0]?.primaryUrl ?? '', async (c) =>
-      (await c.query<{ may: boolean }>(`select has_function_privilege('ca_dms_mover', 'timeline_history()', 'execute') as may`)).rows[0]?.may,
+    const fenceConfig = await withClient(second.cluster.shards[0]?.primaryUrl ?? '', async (c) =>
+      (await c.query<{ config: string[] }>(`select proconfig as config from pg_proc where oid = 'enforce_write_fence()'::regprocedure`)).rows[0]?.config,
     );
     const locks = await withClient(second.cluster.catalogUrl, async (c) => (await c.query<{ t: string | null }>(`select to_regclass('catalog.service_locks')::text as t`)).rows[0]?.t);
 
     expect(fresh.filter((l) => l.includes('migration'))).toEqual([]);
-    expect(moverMayRead).toBe(true);
+    expect(fenceConfig).toEqual(['search_path=pg_catalog, pg_temp', 'enable_seqscan=off']);
     expect(locks).toBe('catalog.service_locks');
     expect(lines).toContain(`  postgres: catalog: applied catalog migration ${latestCatalog}`);
     expect(lines).toContain(`  postgres: shard_001/primary: applied shard migration ${latestShard}`);
@@ -92,9 +92,9 @@ describe('a data directory of another version', () => {
   it('from a newer version is refused by the CLI, naming the migration this version lacks and what to do', async () => {
     for (const local of running.splice(0)) await local.stop();
     const local = await start([]);
-    const newer = '032_from_a_newer_version.sql';
+    const newer = '999_from_a_newer_version.sql';
     const shardUrl = local.cluster.shards[0]?.primaryUrl ?? '';
-    await withClient(shardUrl, (c) => c.query(`insert into catalog.schema_migrations (set_name, version, name, checksum) values ('shard', 32, $1, 'x')`, [newer]));
+    await withClient(shardUrl, (c) => c.query(`insert into catalog.schema_migrations (set_name, version, name, checksum) values ('shard', 999, $1, 'x')`, [newer]));
     await local.stop();
     running.splice(0);
 
