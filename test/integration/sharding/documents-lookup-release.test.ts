@@ -9,7 +9,7 @@ import { createShardReader } from '../../../functions/adapters/postgres/read-tra
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
-import { keysInSlot, primaryReads, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { firstSlotOwnedBy, keysInSlot, primaryReads, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -91,10 +91,6 @@ describe("a document looked up without its owner while a move's release is half 
   });
 });
 
-async function slotOwnedBy(shard: string, from: number): Promise<number> {
-  for (let slot = from; ; slot += 1) if ((await env.ownerOf(slot)) === shard) return slot;
-}
-
 describe('a document looked up without its owner, copies in transit naming different owners', () => {
   /**
    * The document was owner A's (slot s1) on shard_a; s1 moved to shard_d and its clean-up on
@@ -103,8 +99,8 @@ describe('a document looked up without its owner, copies in transit naming diffe
    * `incoming`). The document exists: the answer is the document or a retryable 503, not 404.
    */
   it('answers 503 or the document, never 404, when the first copy in transit names a former owner', async () => {
-    const s1 = await slotOwnedBy('shard_d', 100);
-    const s2 = await slotOwnedBy('shard_b', 300);
+    const s1 = await firstSlotOwnedBy(env, 'shard_d', 100);
+    const s2 = await firstSlotOwnedBy(env, 'shard_b', 300);
     const shard = (id: string): pg.Pool => env.shards.get(id) as pg.Pool;
     const [ownerA] = keysInSlot(s1, 1) as [string];
     const [ownerB] = keysInSlot(s2, 1) as [string];

@@ -4,7 +4,7 @@ import { withClient } from '../../../functions/adapters/postgres/embedded-cluste
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { cutWalReceiver, type TestReplica } from '../../support/replica.js';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.js';
-import { connectMoveEnv, keysInSlot, seedUsers, type MoveEnv } from './fixtures/move-env.js';
+import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, seedUsers, type MoveEnv } from './fixtures/move-env.js';
 import { startFailoverPair, type FailoverPair } from './fixtures/failover-pair.js';
 import { documentsApiOver } from './fixtures/move-env-api.js';
 
@@ -63,7 +63,7 @@ describe('a failover of the source between the fence and the flip', () => {
     const aUrl = aServer.urlFor(A).replace(`:${aServer.port}/`, `:${proxy.port}/`);
     env = connectMoveEnv({ catalog: bServer.urlFor('catalog'), shards: { [B]: bServer.urlFor(B), [A]: aUrl } });
     await env.slotMaps.initialise(buildSlotMap([B, A].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
-    for (slot = 100; (await env.ownerOf(slot)) !== A; slot += 1);
+    slot = await firstSlotOwnedBy(env, A, 100);
     [owner] = keysInSlot(slot, 1) as [string];
     await seedUsers(env.shards.get(A) as pg.Pool, slot, [owner], 1);
     const r = replica;
