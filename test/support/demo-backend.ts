@@ -21,6 +21,7 @@ import { ensureApplicationLogin } from '../../functions/adapters/postgres/app-ro
 import { runMigrations } from '../../functions/adapters/postgres/migrate.js';
 import { SlotMapStore } from '../../functions/adapters/postgres/slot-map-store.js';
 import { buildSlotMap } from '../../functions/core/sharding/slot-map.js';
+import { migratedDataDir } from './migrated-data-dir.js';
 import { startTestPostgres, type StartTestPostgresOptions, type TestPostgres } from './postgres.js';
 
 const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../../functions/adapters/postgres/migrations');
@@ -46,24 +47,60 @@ export interface DemoShards {
   stop(): Promise<void>;
 }
 
+/**
+ * Migrates the shard databases (`pools`: shard id -> pool), the catalog's migrations in the first,
+ * and makes the application login: on a copy of a server this already ran on, every migration is
+ * found applied and the login's password set again.
+ */
+async function migrateDemoShards(pools: ReadonlyMap<string, pg.Pool>): Promise<void> {
+  for (const pool of pools.values()) await runMigrations(pool, 'shard', resolve(MIGRATIONS, 'shard'));
+  const catalog = pools.get(DEMO_SHARD_IDS[0])!;
+  await runMigrations(catalog, 'catalog', resolve(MIGRATIONS, 'catalog'));
+  await runMigrations(catalog, 'sharding', resolve(MIGRATIONS, 'sharding'));
+  await ensureApplicationLogin(catalog, APP_LOGIN);
+}
+
+/** Creates the shard databases on the server of `adminUrl`. */
+async function createDemoDatabases(adminUrl: string): Promise<void> {
+  const setup = new pg.Client({ connectionString: adminUrl });
+  await setup.connect();
+  try {
+    for (const id of DEMO_SHARD_IDS) await setup.query(`create database ${id}`);
+  } finally {
+    await setup.end();
+  }
+}
+
+/**
+ * The data directory of a server {@link startDemoShards} set up with default options, made once
+ * per run (test/support/migrated-data-dir.ts); undefined outside a vitest run.
+ */
+function migratedDemoShards(): Promise<string | undefined> {
+  return migratedDataDir('demo-shards', {}, async (urlFor) => {
+    await createDemoDatabases(urlFor('postgres'));
+    const pools = new Map(DEMO_SHARD_IDS.map((id) => [id as string, new pg.Pool({ connectionString: urlFor(id), max: 1 })]));
+    try {
+      await migrateDemoShards(pools);
+    } finally {
+      await Promise.all([...pools.values()].map((p) => p.end()));
+    }
+  });
+}
+
 export async function startDemoShards(options: StartTestPostgresOptions = {}): Promise<DemoShards> {
-  const server = await startTestPostgres(options);
+  // With the default options, a copy of a server set up once per run (a server with settings of
+  // its own, TLS say, is set up here).
+  const migrated = Object.keys(options).length === 0 ? await migratedDemoShards() : undefined;
+  const server = await startTestPostgres(migrated === undefined ? options : { dataDirTemplate: migrated });
   const pools = new Map<string, pg.Pool>();
   try {
-    const setup = new pg.Client({ connectionString: server.url });
-    await setup.connect();
-    for (const id of DEMO_SHARD_IDS) await setup.query(`create database ${id}`);
-    await setup.end();
+    if (migrated === undefined) await createDemoDatabases(server.url);
     for (const id of DEMO_SHARD_IDS) {
       const pool = new pg.Pool({ connectionString: server.urlFor(id), max: 2 });
       pool.on('error', () => undefined);
       pools.set(id, pool);
-      await runMigrations(pool, 'shard', resolve(MIGRATIONS, 'shard'));
     }
-    const catalog = pools.get(DEMO_SHARD_IDS[0])!;
-    await runMigrations(catalog, 'catalog', resolve(MIGRATIONS, 'catalog'));
-    await runMigrations(catalog, 'sharding', resolve(MIGRATIONS, 'sharding'));
-    await ensureApplicationLogin(catalog, APP_LOGIN);
+    await migrateDemoShards(pools);
   } catch (error) {
     await Promise.all([...pools.values()].map((p) => p.end()));
     await server.stop();

@@ -27,6 +27,7 @@ import { ScalingController } from '../../../functions/core/scaling/controller.js
 import { getPolicy } from '../../../functions/core/scaling/policies/index.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { createApiHandler } from '../../../functions/handlers/api.js';
+import { migratedDataDir } from '../../support/migrated-data-dir.js';
 import { startTestPostgres } from '../../support/postgres.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
 import { ecsService, ManualClock, metricsFrom, RecordingLog, type MetricValues } from '../../support/scaling-fixtures.js';
@@ -52,13 +53,32 @@ export interface ApiHarness {
   stop(): Promise<void>;
 }
 
+/** The catalog's migrations (`catalog`, then `sharding`), in the database `pool` reaches. */
+async function migrateCatalog(pool: pg.Pool): Promise<void> {
+  await runMigrations(pool, 'catalog', join(MIGRATIONS, 'catalog'));
+  await runMigrations(pool, 'sharding', join(MIGRATIONS, 'sharding'));
+}
+
 /** Starts everything; call `stop()` in afterAll. */
 export async function startApiHarness(): Promise<ApiHarness> {
-  const [catalogServer, cluster] = await Promise.all([startTestPostgres(), startShardCluster({ shards: 2, replicasPerShard: 1, schema: true })]);
+  // The catalog server: a copy of a data directory the catalog's migrations ran in (made once per
+  // run, test/support/migrated-data-dir.ts) when there is one; else they run in full below.
+  const migrated = await migratedDataDir('api-catalog', {}, async (urlFor) => {
+    const pool = new pg.Pool({ connectionString: urlFor('postgres'), max: 1 });
+    try {
+      await migrateCatalog(pool);
+    } finally {
+      await pool.end();
+    }
+  });
+  const [catalogServer, cluster] = await Promise.all([
+    startTestPostgres(migrated === undefined ? {} : { dataDirTemplate: migrated }),
+    startShardCluster({ shards: 2, replicasPerShard: 1, schema: true }),
+  ]);
   const catalogPool = new pg.Pool({ connectionString: catalogServer.url, max: 8 });
   catalogPool.on('error', () => undefined);
-  await runMigrations(catalogPool, 'catalog', join(MIGRATIONS, 'catalog'));
-  await runMigrations(catalogPool, 'sharding', join(MIGRATIONS, 'sharding'));
+  // Up to date already in a migrated copy: the runner finds every migration applied, checksums unchanged.
+  await migrateCatalog(catalogPool);
 
   const topology = parseTopology({
     services: Object.fromEntries(

@@ -12,7 +12,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
-import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { freshMigratedCatalog } from '../../support/migrated-catalog.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, givenOneService, ManualClock, mockControllerAws, topologyOf } from '../../support/scaling-fixtures.js';
 
@@ -47,14 +47,10 @@ afterAll(async () => {
 });
 
 async function freshCatalog(): Promise<{ url: string; store: CatalogStore }> {
-  const name = `crash_${++databases}`;
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query(`create database ${name}`);
-  await admin.end();
+  // A copy of the catalog the migrations ran in once on this server (as migrateAll leaves one).
+  const name = await freshMigratedCatalog(server, `crash_${++databases}`);
   const pool = new pg.Pool({ connectionString: server.urlFor(name), max: 1 });
   pools.push(pool);
-  await migrateAll({ catalog: pool, shards: [] });
   return { url: server.urlFor(name), store: new CatalogStore(pool, { defaults: parseScalingConfig(CONFIG) }) };
 }
 

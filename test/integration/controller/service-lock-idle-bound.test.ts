@@ -14,7 +14,7 @@ import { CatalogError, CatalogStore } from '../../../functions/adapters/postgres
 import { SERVICE_LOCK_IDLE_MS, serviceLockCallBoundMs } from '../../../functions/adapters/postgres/statement-bounds.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import type { TasksReading } from '../../../functions/core/scaling/ports.js';
-import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { freshMigratedCatalog } from '../../support/migrated-catalog.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, givenOneService, ManualClock, mockControllerAws, topologyOf } from '../../support/scaling-fixtures.js';
 
@@ -37,17 +37,13 @@ afterAll(async () => {
 
 /** A fresh catalog: the evaluating controller's store (`serviceLockIdleMs`) and the API's, each on its own pool. */
 async function freshCatalog(serviceLockIdleMs?: number): Promise<{ store: CatalogStore; api: CatalogStore; database: string }> {
-  const database = `lock_idle_${++dbCount}`;
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query(`create database ${database}`);
-  await admin.end();
+  // A copy of the catalog the migrations ran in once on this server (as migrateAll leaves one).
+  const database = await freshMigratedCatalog(server, `lock_idle_${++dbCount}`);
   const pool = new pg.Pool({ connectionString: server.urlFor(database), max: 4 });
   pool.on('error', () => undefined);
   pools.push(pool);
   const apiPool = new pg.Pool({ connectionString: server.urlFor(database), max: 2 });
   pools.push(apiPool);
-  await migrateAll({ catalog: pool, shards: [] });
   const defaults = parseScalingConfig(CONFIG);
   return { store: new CatalogStore(pool, { defaults, ...(serviceLockIdleMs === undefined ? {} : { serviceLockIdleMs }) }), api: new CatalogStore(apiPool, { defaults }), database };
 }

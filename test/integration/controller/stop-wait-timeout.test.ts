@@ -18,7 +18,7 @@ import { HistoryReader } from '../../../functions/adapters/postgres/history-read
 import { createScalingApiPort } from '../../../functions/api/wiring.js';
 import { parseScalingConfig } from '../../../functions/core/scaling/config.js';
 import { createApiHandler } from '../../../functions/handlers/api.js';
-import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
+import { freshMigratedCatalog } from '../../support/migrated-catalog.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { controllerFor, givenOneService, ManualClock, mockControllerAws, topologyOf } from '../../support/scaling-fixtures.js';
 
@@ -44,18 +44,12 @@ afterAll(async () => {
 });
 
 async function freshCatalog(): Promise<{ evaluator: CatalogStore; api: CatalogStore; bounded: pg.Pool }> {
-  const name = `stop_wait_${++dbCount}`;
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query(`create database ${name}`);
-  await admin.end();
-  const pool = new pg.Pool({ connectionString: server.urlFor(name), max: 4 });
+  // A copy of the catalog the migrations ran in once on this server (as migrateAll leaves one).
+  const name = await freshMigratedCatalog(server, `stop_wait_${++dbCount}`);
   // The controller's login and the API's: the same role, the same statement_timeout.
   const evaluating = new pg.Pool({ connectionString: server.urlFor(name), max: 4, statement_timeout: STATEMENT_TIMEOUT_MS });
   const bounded = new pg.Pool({ connectionString: server.urlFor(name), max: 4, statement_timeout: STATEMENT_TIMEOUT_MS });
   pools.push(evaluating, bounded);
-  await migrateAll({ catalog: pool, shards: [] });
-  await pool.end();
   const defaults = parseScalingConfig(CONFIG);
   return { evaluator: new CatalogStore(evaluating, { defaults }), api: new CatalogStore(bounded, { defaults }), bounded };
 }

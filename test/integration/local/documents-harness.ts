@@ -20,7 +20,8 @@ import { parseShardingConfig } from '../../../functions/core/sharding/config.js'
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
-import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { migratedDataDir } from '../../support/migrated-data-dir.js';
+import { migrateDatabase, startTestPostgres, withAdmin, type TestPostgres } from '../../support/postgres.js';
 import { SilentRelay } from '../sharding/fixtures/silent-relay.js';
 
 const migrations = resolve(dirname(fileURLToPath(import.meta.url)), '../../../functions/adapters/postgres/migrations');
@@ -51,13 +52,34 @@ export interface DocumentsApiOptions {
   readonly deadlineMs?: number;
 }
 
+const DATABASES = ['catalog', 'shard_001', 'shard_002'] as const;
+
+/** Creates the catalog and the two shard databases on the server of `adminUrl`. */
+async function createDatabases(adminUrl: string): Promise<void> {
+  await withAdmin(adminUrl, async (admin) => {
+    for (const db of DATABASES) await admin.query(`create database ${db}`);
+  });
+}
+
+/**
+ * What {@link startDocumentsApi} makes on its server, for the run-wide migrated data directory
+ * (test/support/migrated-data-dir.ts): the three databases, the catalog's `sharding` migrations
+ * first (roles belong to the server), then each shard's `shard` migrations.
+ */
+async function makeDatabases(adminUrl: string, urlFor: (database: string) => string): Promise<void> {
+  await createDatabases(adminUrl);
+  await migrateDatabase(urlFor('catalog'), 'sharding');
+  for (const shard of ['shard_001', 'shard_002']) await migrateDatabase(urlFor(shard), 'shard');
+}
+
 export async function startDocumentsApi(onError?: (error: unknown) => void, options: DocumentsApiOptions = {}): Promise<DocumentsApi> {
-  const server = await startTestPostgres();
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  for (const db of ['catalog', 'shard_001', 'shard_002']) await admin.query(`create database ${db}`);
-  await admin.end();
+  // A copy of a data directory these databases were made and migrated in (once per run) when
+  // there is one; else they are made here, and the migrations below run in full.
+  const migrated = await migratedDataDir('documents-api', {}, (urlFor) => makeDatabases(urlFor('postgres'), urlFor));
+  const server = await startTestPostgres(migrated === undefined ? {} : { dataDirTemplate: migrated });
+  if (migrated === undefined) await createDatabases(server.url);
   const catalog = new pg.Pool({ connectionString: server.urlFor('catalog'), max: 4 });
+  // Up to date already in a migrated copy: the runner finds every migration applied, checksums unchanged.
   await runMigrations(catalog, 'sharding', resolve(migrations, 'sharding'));
   const relays = new Map<string, SilentRelay>();
   if (options.relays === true) for (const id of ['shard_001', 'shard_002']) relays.set(id, await SilentRelay.start(Number(new URL(server.urlFor(id)).port)));
