@@ -16,7 +16,8 @@ import type pg from 'pg';
 import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
-import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, pinnedKeysOf, refusedRowsLeftOn, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { slotOf } from '../../core/sharding/hash.js';
+import { boundedCount, countedOwnerChange, OwnerChangeFences, countTimeoutOf, describeRows, pinnedKeysOf, refusedRowsLeftOn, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A pool, or a client inside a caller's transaction (to publish atomically with other catalog writes). */
 export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -215,7 +216,11 @@ export class SlotMapStore {
    * ({@link SlotMapStoreOptions.shardPools}), when `next` gives a slot to another shard while its
    * old owner holds rows of it (less those of keys the directory pins; issue #15: the catalog cannot
    * see them, and a slot with no move history passes its guard), unless `options.rowsLeftOn` says
-   * why they may stay (`'checked'`; the mover's flip names its job).
+   * why they may stay (`'checked'`; the mover's flip names its job). Without `rowsLeftOn`, each
+   * changed slot is fenced on its old owner before the count and its fence turned `moved` to the
+   * new owner once the map is committed ({@link OwnerChangeFences}): a write sent there by an older
+   * map is refused, never acknowledged where no reader looks; `shardPools` must then be of a login
+   * that may write `write_fences` (the mover's, or the shards' owner).
    */
   async publish(next: SlotMap, by: string, reason: string, client: Queryable = this.pool, options: OwnerChangeOptions = {}): Promise<SlotMapRecord> {
     const map = parseSlotMap(next);
@@ -304,10 +309,27 @@ export class SlotMapStore {
       if (refused !== null) throw new SlotMapError(`cannot publish slot map version ${map.version}: ${refused}. Nothing was published`);
       return write(client);
     }
+    const shardPools = this.shardPools;
     return countedOwnerChange(client, {
-      route: async (c) => ({ c, changed: await this.changedSlots(map, c) }),
+      route: async (c) => {
+        const changed = await this.changedSlots(map, c);
+        // The keys the directory places where its pins route: the map does not route them, and the
+        // old owner's fence leaves them out (`excluded_keys`), as a slot move's does.
+        const slots = new Set([...changed.values()].flat());
+        const pinned = new Map<number, string[]>();
+        for (const key of this.pinsOverrideHash && slots.size > 0 ? await pinnedKeysOf(c, slots) : []) pinned.set(slotOf(key), [...(pinned.get(slotOf(key)) ?? []), key]);
+        return { c, changed, pinned };
+      },
       write,
       refuse: ({ c, changed }) => this.refuseRowsLeft(map, changed, c, byHand),
+      fences: {
+        fence: new OwnerChangeFences(shardPools, this.countTimeoutMs, `cannot publish slot map version ${map.version}${byHand ? ' by hand' : ''}`),
+        of: ({ changed, pinned }) =>
+          [...changed].flatMap(([from, slots]) =>
+            slots.map((slot) => ({ kind: 'slot' as const, unitId: String(slot), from, to: map.assignments[slot] as string, excludedKeys: pinned.get(slot) ?? [] })),
+          ),
+        version: (done) => done.map.version,
+      },
     });
   }
 

@@ -264,6 +264,17 @@ export interface CountedChange<R, T> {
    * where the write refuses it anyway (a map's version).
    */
   readonly sameRoute?: (before: R, now: R) => boolean;
+  /**
+   * The units the change takes from their old owners, fenced there before the count and turned
+   * `moved` to their new owner once the write is made ({@link OwnerChangeFences}); left out, nothing
+   * is fenced.
+   */
+  readonly fences?: {
+    readonly of: (route: R) => readonly FencedUnit[];
+    readonly fence: OwnerChangeFences;
+    /** The catalog version the write published (the map's version, the entry's), recorded as the `moved` rows' `map_version`. */
+    readonly version: (done: T) => number;
+  };
 }
 
 /** How many times the rows are counted before a route that keeps changing refuses the change. */
@@ -305,8 +316,17 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
   }
   if (typeof c.connect !== 'function') {
     const route = await change.route(client);
-    await change.refuse(route);
-    return change.write(client);
+    let done: T;
+    try {
+      await change.fences?.fence.fence(change.fences.of(route));
+      await change.refuse(route);
+      done = await change.write(client);
+    } catch (err) {
+      await change.fences?.fence.putBack();
+      throw err;
+    }
+    await change.fences?.fence.settle(change.fences.version(done));
+    return done;
   }
   try {
     await client.query('savepoint ca_dms_owner_change');
@@ -314,26 +334,39 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
     if ((err as { code?: string }).code !== NO_ACTIVE_TRANSACTION) throw err;
     return ownTransaction(client, change);
   }
+  let done: T;
   try {
-    const done = await catalogFirst(client, change);
+    done = await catalogFirst(client, change);
     await client.query('release savepoint ca_dms_owner_change');
-    return done;
   } catch (err) {
     await client.query('rollback to savepoint ca_dms_owner_change; release savepoint ca_dms_owner_change').catch(() => undefined);
+    await change.fences?.fence.putBack();
     throw err;
   }
+  // The caller's transaction commits (or not) later: the old owners' fences turn `moved` now, a
+  // refusal of their writes either way (a caller that rolls back afterwards leaves them so).
+  await change.fences?.fence.settle(change.fences.version(done));
+  return done;
 }
 
 async function ownTransaction<R, T>(client: Queryable, change: CountedChange<R, T>, rollbackFailed: () => void = () => undefined): Promise<T> {
   await client.query('begin');
+  let done: T;
   try {
-    const done = await catalogFirst(client, change);
-    await client.query('commit');
-    return done;
+    done = await catalogFirst(client, change);
   } catch (err) {
     await client.query('rollback').catch(rollbackFailed);
+    await change.fences?.fence.putBack();
     throw err;
   }
+  try {
+    await client.query('commit');
+  } catch (err) {
+    // Committed or not, unknown: the fences stay `fenced` (writes refused there, none lost).
+    throw change.fences === undefined ? err : change.fences.fence.leftFenced(err, 'its commit failed, committed or not');
+  }
+  await change.fences?.fence.settle(change.fences.version(done));
+  return done;
 }
 
 /**
@@ -347,6 +380,9 @@ async function catalogFirst<R, T>(client: Queryable, change: CountedChange<R, T>
   await change.write(client);
   await client.query('rollback to savepoint ca_dms_owner_change_tried; release savepoint ca_dms_owner_change_tried');
   for (let counts = 1; ; counts += 1) {
+    // The old owner is fenced (its writers older than the fence waited for) before the count: no
+    // row of the unit is written there between the count and the commit (issue #15).
+    await change.fences?.fence.fence(change.fences.of(route));
     await change.refuse(route);
     if (change.sameRoute === undefined) break;
     // No lock was held during the count: another session's change may have committed meanwhile.
@@ -355,7 +391,243 @@ async function catalogFirst<R, T>(client: Queryable, change: CountedChange<R, T>
     const now = await change.route(client);
     if (change.sameRoute(route, now)) break;
     if (counts >= MAX_COUNTS) throw new Error(`the unit's route changed ${counts} times while its rows were counted (another session changing it meanwhile); nothing was changed: try again`);
+    await change.fences?.fence.putBack();
     route = now;
   }
   return change.write(client);
+}
+
+/** A unit an owner change takes from `from` to `to`, fenced on `from` meanwhile ({@link OwnerChangeFences}). */
+export interface FencedUnit {
+  readonly kind: 'slot' | 'directory';
+  /** The slot number as text, or the canonical key. */
+  readonly unitId: string;
+  readonly from: string;
+  readonly to: string;
+  /** Keys the directory places (a slot's pinned keys where pins route): left out of a slot's fence, as a slot move leaves them. */
+  readonly excludedKeys: readonly string[];
+}
+
+/** A fence row as it was before {@link OwnerChangeFences.fence} turned it `fenced`: none, or `open` with these columns. */
+interface FencedRow {
+  readonly kind: string;
+  readonly unitId: string;
+  readonly to: string;
+  readonly prior: null | { readonly movedTo: string | null; readonly mapVersion: string; readonly jobId: string | null; readonly excludedKeys: string[] };
+}
+
+/** SQLSTATE lock_not_available: the fence's `lock_timeout`. */
+const LOCK_NOT_AVAILABLE = '55P03';
+
+/** How long the fence of an owner change waits for an `open` row its writers hold (a move's fence budget, 2 s by default). */
+const FENCE_LOCK_TIMEOUT_MS = 2_000;
+
+/** SQLSTATE insufficient_privilege. */
+const INSUFFICIENT_PRIVILEGE = '42501';
+
+/** The sharded tables, as `regclass` literals (the drain's look at `pg_locks`). */
+const SHARDED_TABLES = `'users'::regclass, 'documents'::regclass, 'document_keys'::regclass`;
+
+/**
+ * The old owners' side of an owner change made outside a move (issue #15): the count alone was not
+ * atomic with the unit's writers. A writer that routed with the old map or pin could add a row on
+ * the old owner between the count and the catalog's commit (its insert uncommitted while counted),
+ * and a router whose cache still named the old owner wrote there after the commit; both were
+ * acknowledged where no reader looks. So, as a move's fence does:
+ * 1. {@link fence}: on each old owner, the unit's `write_fences` row is made `fenced` (inserted, or
+ *    an `open` one updated; `job_id` null: a hand change's row), which refuses every later
+ *    statement of its writers (`CAF01`, the writers retry), and the writers older than the fence
+ *    (a transaction begun before it holding ROW EXCLUSIVE on a sharded table; any prepared
+ *    transaction that wrote them) are waited for, within the count's bound; only then are the rows
+ *    counted. A row that is `fenced`, `incoming` or `moved` already refuses the
+ *    unit's writes there, and is left as it is.
+ * 2. {@link putBack}, where the change is refused or fails before its write: each row as it was
+ *    (deleted, or `open` again).
+ * 3. {@link settle}, once the write is committed: each row turns `moved` to the new owner, as of
+ *    the version published (writers get `CAF02` and re-route, as after a move), and a hand change's
+ *    `moved` row of the unit on the new owner (`job_id` null: the unit given away by hand earlier)
+ *    is deleted, so the shard takes the unit's writes again.
+ * The shards' pools must be of a login that may write `write_fences` (the mover's: `ca_dms_mover`,
+ * or the shards' owner); the application's is refused, and the change with it, nothing written.
+ */
+export class OwnerChangeFences {
+  private fenced: FencedRow[] = [];
+  private shardsOf = new Map<string, FencedRow[]>();
+  private newOwners = new Map<string, { kind: string; unitId: string }[]>();
+
+  constructor(
+    private readonly pools: ShardPoolsById,
+    /** How long fencing and the wait for older writers may take on one shard ({@link boundedCount}). */
+    private readonly timeoutMs: number,
+    /** What is refused where it fails: `cannot publish slot map version 7`. */
+    private readonly refused: string,
+  ) {}
+
+  /** Fences `units` on their old owners (those with a pool here) and waits for their older writers; see the class. */
+  async fence(units: readonly FencedUnit[]): Promise<void> {
+    const byShard = new Map<string, FencedUnit[]>();
+    for (const u of units) {
+      if (this.pools.get(u.from) === undefined || u.from === u.to) continue;
+      byShard.set(u.from, [...(byShard.get(u.from) ?? []), u]);
+      if (this.pools.get(u.to) !== undefined) this.newOwners.set(u.to, [...(this.newOwners.get(u.to) ?? []), { kind: u.kind, unitId: u.unitId }]);
+    }
+    for (const [shard, list] of byShard) {
+      const pool = this.pools.get(shard) as Queryable;
+      const to = new Map(list.map((u) => [`${u.kind}:${u.unitId}`, u.to]));
+      const rows = await boundedCount(pool, shard, this.timeoutMs, this.refused, async (c) => {
+        try {
+          // An `open` row is held FOR SHARE by its writers in flight: its update waits for them and
+          // queues new ones behind it, a fence already, bounded like a move's (the fence budget).
+          await c.query(`set local lock_timeout = ${Math.min(FENCE_LOCK_TIMEOUT_MS, this.timeoutMs)}`);
+          const { rows: fencedRows } = await c.query<{ kind: string; unit_id: string; was_open: boolean; moved_to: string | null; map_version: string; job_id: string | null; excluded_keys: string[] | null }>(
+            `with u as (select * from jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text, excluded_keys text[])),
+                  prior as (select w.kind, w.unit_id, w.moved_to, w.map_version, w.job_id, w.excluded_keys from write_fences w join u using (kind, unit_id) where w.state = 'open'),
+                  f as (insert into write_fences as w (kind, unit_id, state, excluded_keys, job_id)
+                        select kind, unit_id, 'fenced', coalesce(excluded_keys, '{}'), null from u
+                        on conflict (kind, unit_id) do update set state = 'fenced', excluded_keys = excluded.excluded_keys, job_id = null, updated_at = now()
+                          where w.state = 'open'
+                        returning w.kind, w.unit_id)
+             select f.kind, f.unit_id, p.unit_id is not null as was_open, p.moved_to, p.map_version::text, p.job_id::text, p.excluded_keys
+               from f left join prior p using (kind, unit_id)`,
+            [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId, excluded_keys: u.excludedKeys })))],
+          );
+          return fencedRows;
+        } catch (err) {
+          if ((err as { code?: unknown }).code === LOCK_NOT_AVAILABLE) {
+            throw new RowsCountTimeoutError(
+              shard,
+              this.timeoutMs,
+              `${this.refused}: the unit's write_fences row on ${shard} stayed held by its writers for ${Math.min(FENCE_LOCK_TIMEOUT_MS, this.timeoutMs)} ms (long write transactions of the unit there); nothing was written. Try again`,
+              { cause: err },
+            );
+          }
+          if ((err as { code?: unknown }).code === INSUFFICIENT_PRIVILEGE) {
+            throw new Error(
+              `${this.refused}: the change fences the unit on ${shard} before counting its rows there (issue #15), and this login may not write write_fences on ${shard}: give the store the pools of the mover's login (ca_dms_mover) or the shards' owner. Nothing was written`,
+              { cause: err },
+            );
+          }
+          throw err;
+        }
+      });
+      const recorded = rows.map((r) => ({
+        kind: r.kind,
+        unitId: r.unit_id,
+        to: to.get(`${r.kind}:${r.unit_id}`) as string,
+        prior: r.was_open ? { movedTo: r.moved_to, mapVersion: r.map_version, jobId: r.job_id, excludedKeys: r.excluded_keys ?? [] } : null,
+      }));
+      this.fenced.push(...recorded);
+      this.shardsOf.set(shard, [...(this.shardsOf.get(shard) ?? []), ...recorded]);
+      if (recorded.length === 0) continue;
+      const started = performance.now();
+      const left = await boundedCount(pool, shard, this.timeoutMs, `${this.refused} (waiting for the writers older than its fence on ${shard})`, (c) =>
+        drainOlderWriters(c, started + this.timeoutMs),
+      );
+      if (left !== null) {
+        throw new RowsCountTimeoutError(
+          shard,
+          this.timeoutMs,
+          `${this.refused}: ${left} on ${shard} still open after ${this.timeoutMs} ms, begun before the change fenced the unit there (they may be writing its rows unseen by the count); nothing was written. Try again once they have ended (commit or roll back a forgotten prepared transaction)`,
+        );
+      }
+    }
+  }
+
+  /** Puts every row {@link fence} changed back as it was; a shard that cannot be reached keeps its row `fenced` (its writes refused, none lost). */
+  async putBack(): Promise<void> {
+    const shards = [...this.shardsOf];
+    this.fenced = [];
+    this.shardsOf = new Map();
+    this.newOwners = new Map();
+    for (const [shard, rows] of shards) {
+      const pool = this.pools.get(shard) as Queryable;
+      await pool
+        .query(
+          `with u as (select * from jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text, prior jsonb)),
+                gone as (delete from write_fences w using u where w.kind = u.kind and w.unit_id = u.unit_id and u.prior is null and w.state = 'fenced' and w.job_id is null)
+           update write_fences w set state = 'open', moved_to = u.prior ->> 'movedTo', map_version = (u.prior ->> 'mapVersion')::bigint, job_id = (u.prior ->> 'jobId')::bigint,
+                  excluded_keys = array(select jsonb_array_elements_text(u.prior -> 'excludedKeys')), updated_at = now()
+             from u where w.kind = u.kind and w.unit_id = u.unit_id and u.prior is not null and w.state = 'fenced' and w.job_id is null`,
+          [JSON.stringify(rows.map((r) => ({ kind: r.kind, unit_id: r.unitId, prior: r.prior })))],
+        )
+        .catch(() => undefined);
+    }
+  }
+
+  /** Turns every row {@link fence} fenced `moved` to its new owner as of `version`, and deletes a hand change's `moved` row of the unit on its new owner; throws, naming the rows left `fenced`, where a shard fails. */
+  async settle(version: number): Promise<void> {
+    const failed: string[] = [];
+    for (const [shard, rows] of this.shardsOf) {
+      const pool = this.pools.get(shard) as Queryable;
+      await pool
+        .query(
+          `update write_fences w set state = 'moved', moved_to = u."to", map_version = $2::bigint, updated_at = now()
+             from jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text, "to" text)
+            where w.kind = u.kind and w.unit_id = u.unit_id and w.state = 'fenced' and w.job_id is null`,
+          [JSON.stringify(rows.map((r) => ({ kind: r.kind, unit_id: r.unitId, to: r.to }))), version],
+        )
+        .catch((err: unknown) => failed.push(`${shard} (${err instanceof Error ? err.message : String(err)})`));
+    }
+    for (const [shard, units] of this.newOwners) {
+      const pool = this.pools.get(shard) as Queryable;
+      await pool
+        .query(
+          `delete from write_fences w using jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text)
+            where w.kind = u.kind and w.unit_id = u.unit_id and w.state = 'moved' and w.job_id is null`,
+          [JSON.stringify(units.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
+        )
+        .catch((err: unknown) => failed.push(`${shard}, the new owner (${err instanceof Error ? err.message : String(err)})`));
+    }
+    if (failed.length > 0) throw this.leftFenced(new Error(failed.join('; ')), `its fences could not all be settled: ${failed.join('; ')}`);
+  }
+
+  /** The error of a change whose outcome leaves fences `fenced` (`why`): their units' writes are refused there until an operator settles them. */
+  leftFenced(cause: unknown, why: string): Error {
+    const rows = this.fenced.map((r) => `${r.kind} ${r.unitId}`).join(', ');
+    return new Error(
+      `the owner change was written, but ${why}: the write_fences rows of ${rows} on the old owner(s) stay 'fenced' (writes refused there, none lost) until set 'moved' to the new owner (or put back where the catalog still names the old owner) by hand (docs/sharding-spec.md section 9, "An owner changed outside a move")`,
+      { cause },
+    );
+  }
+}
+
+/**
+ * Waits, on `c` (an old owner), for the writers that may have read no fence: transactions begun
+ * before this call that hold ROW EXCLUSIVE on a sharded table (taken by a statement writing it,
+ * held to the transaction's end: one that has written the table, or is writing it), and any
+ * prepared transaction that wrote a sharded table (conservatively, whatever its age). A
+ * transaction that only locked a table (or wrote other tables) is not waited for: it cannot have
+ * written the unit's rows, and a count waiting on its lock is bounded as any count.
+ * Within `deadline` (a `performance.now()` time, less 200 ms: the caller's own bound is a little
+ * later), else returns what is still open (null once none is).
+ */
+async function drainOlderWriters(c: Queryable, deadline: number): Promise<string | null> {
+  const { rows } = await c.query<{ t: Date }>('select clock_timestamp() as t');
+  const since = rows[0]?.t;
+  for (;;) {
+    // pg_stat_activity is read once per transaction (this runs in one: boundedCount's), then kept.
+    await c.query('select pg_stat_clear_snapshot()');
+    const { rows: left } = await c.query<{ pids: string[]; prepared: number }>(
+      `select array(select a.pid || ' (' || coalesce(nullif(a.application_name, ''), a.usename::text, '?') || ', ' || coalesce(a.state, '?') || ')' from pg_stat_activity a
+                where a.datname = current_database() and a.pid <> pg_backend_pid() and a.backend_type = 'client backend' and a.xact_start < $1
+                  and exists (select 1 from pg_locks l where l.pid = a.pid and l.granted and l.mode = 'RowExclusiveLock' and l.relation in (${SHARDED_TABLES}))) as pids,
+             (select count(*)::int from pg_prepared_xacts p
+                where p.database = current_database()
+                  and exists (select 1 from pg_locks x join pg_locks l on l.virtualtransaction = x.virtualtransaction
+                               where x.locktype = 'transactionid' and x.transactionid = p.transaction and x.pid is null
+                                 and l.locktype = 'relation' and l.mode = 'RowExclusiveLock'
+                                 and l.database = (select oid from pg_database where datname = current_database())
+                                 and l.relation in (${SHARDED_TABLES}))) as prepared`,
+      [since],
+    );
+    const pids = left[0]?.pids ?? [];
+    const prepared = left[0]?.prepared ?? 0;
+    if (pids.length === 0 && prepared === 0) return null;
+    if (performance.now() > deadline - 200) {
+      return [pids.length > 0 ? `${pids.length} writer(s) (pid ${pids.slice(0, 5).join(', ')})` : '', prepared > 0 ? `${prepared} prepared transaction(s) that wrote users, documents or document_keys` : '']
+        .filter(Boolean)
+        .join(' and ');
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
