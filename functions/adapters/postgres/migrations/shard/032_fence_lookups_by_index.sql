@@ -23,88 +23,16 @@
 -- 40,000 rows 4.14 s, against 5.04 s and 87.3 s). Forcing a plan at every run instead
 -- (`plan_cache_mode = force_custom_plan`, or the look-up as dynamic SQL) is linear too but costs
 -- 1.3-1.9x per insert (`npm run bench:fence-trigger`, README's benchmarks table). The body is
--- 021's, unchanged but for a comment; created the same way (search_path pinned, tables
--- qualified). CREATE OR REPLACE keeps the function's owner and grants, and resets its SET clauses
--- to the ones given: a later replacement of this function must give both.
+-- 021's, untouched: ALTER FUNCTION adds the setting beside the pinned search_path and keeps the
+-- owner and grants. A later CREATE OR REPLACE of this function resets its SET clauses to the ones
+-- it gives: it must give both.
 do $migration$
 declare
   nsp constant name := (select n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = 'move_changes'::regclass);
-  s constant text := quote_ident(nsp);
 begin
   if to_regprocedure(format('%I.enforce_write_fence()', nsp)) is null then
-    raise exception 'shard function %.enforce_write_fence() not found beside move_changes: not replaced', nsp;
+    raise exception 'shard function %.enforce_write_fence() not found beside move_changes: not altered', nsp;
   end if;
-  execute replace($fn$
-create or replace function @S@.enforce_write_fence() returns trigger language plpgsql
-  set search_path = pg_catalog, pg_temp
-  set enable_seqscan = off
-as $$
-declare
-  owner_col constant text := tg_argv[0];
-  rec jsonb;
-  f record;
-  held jsonb;
-begin
-  if current_setting('ca_dms.move_writer', true) = 'on' and pg_has_role(session_user, 'ca_dms_mover', 'member') then
-    return case when tg_op = 'DELETE' then old else new end;
-  end if;
-  if current_setting('transaction_isolation') <> 'read committed' then
-    raise exception 'write to % refused: writes to sharded tables must run at READ COMMITTED, not %', tg_table_name, upper(current_setting('transaction_isolation'))
-      using errcode = 'CAF05',
-            hint = 'A snapshot taken before a move began cannot see its fence or its change capture; see docs/sharding-spec.md section 9.';
-  end if;
-  if not exists (select 1 from @S@.write_fences) then
-    return case when tg_op = 'DELETE' then old else new end;
-  end if;
-  foreach rec in array array[
-    case when tg_op <> 'INSERT' then to_jsonb(old) end,
-    case when tg_op <> 'DELETE' then to_jsonb(new) end
-  ] loop
-    continue when rec is null;
-    select w.kind, w.unit_id, w.state, w.moved_to, w.map_version into f
-      from @S@.write_fences w
-     where (w.kind = 'directory' and w.unit_id = rec ->> owner_col)
-        or (w.kind = 'slot' and w.unit_id = rec ->> 'slot' and not ((rec ->> owner_col) = any (w.excluded_keys)))
-     order by w.kind = 'directory' desc
-     limit 1
-       for share;
-    continue when not found or f.state = 'open';
-    if f.state in ('fenced', 'incoming') then
-      raise exception 'write to % % refused: a move is cutting it over; retry shortly', f.kind, f.unit_id
-        using errcode = 'CAF01', detail = format('fence state %s, map version %s', f.state, f.map_version);
-    end if;
-    raise exception 'write to % % refused: this shard does not own it (%)', f.kind, f.unit_id,
-        format('moved to %s in map version %s', f.moved_to, f.map_version)
-      using errcode = 'CAF02', detail = format('fence state %s, moved_to %s, map version %s', f.state, coalesce(f.moved_to, '-'), f.map_version);
-  end loop;
-  if tg_op = 'INSERT' then
-    -- Static statements (plans kept per session, by index: the function's enable_seqscan = off,
-    -- shard migration 032), one per sharded table.
-    if tg_table_name = 'documents' then
-      select to_jsonb(t) into held from @S@.documents t where t.id = new.id;
-    elsif tg_table_name = 'users' then
-      select to_jsonb(t) into held from @S@.users t where t.id = new.id;
-    elsif tg_table_name = 'document_keys' then
-      select to_jsonb(t) into held from @S@.document_keys t where t.id = new.id;
-    end if;
-    if held is not null then
-      select w.state into f
-        from @S@.write_fences w
-       where (w.kind = 'directory' and w.unit_id = held ->> owner_col)
-          or (w.kind = 'slot' and w.unit_id = held ->> 'slot' and not ((held ->> owner_col) = any (w.excluded_keys)))
-       order by w.kind = 'directory' desc
-       limit 1;
-      if found and f.state in ('incoming', 'moved') then
-        raise exception 'duplicate key value violates unique constraint "%"', tg_table_name || '_pkey'
-          using errcode = 'unique_violation', schema = tg_table_schema, table = tg_table_name, constraint = tg_table_name || '_pkey',
-                detail = format('Key (id)=(%s) already exists.', new.id),
-                hint = format('The row holding this id is of a unit that is %s on this shard (a move''s copy or a moved unit''s rows before its clean-up): while the shard that owns that unit no longer holds the id, retry shortly (docs/sharding-spec.md section 9).', f.state);
-      end if;
-    end if;
-  end if;
-  return case when tg_op = 'DELETE' then old else new end;
-end
-$$
-$fn$, '@S@', s);
+  execute format('alter function %I.enforce_write_fence() set enable_seqscan = off', nsp);
 end
 $migration$;
