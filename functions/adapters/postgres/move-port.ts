@@ -1144,6 +1144,12 @@ export class PgMovePort implements MovePort<MoveJob> {
         if (row?.state === 'moved' || row?.state === 'incoming') {
           throw new MoveError(`the fence on ${job.from} says ${job.kind} ${job.unitId} is ${row.state}: that shard does not own it, the catalog and the shard disagree`);
         }
+        if (row?.state === 'fenced' && row.job_id === null) {
+          // A slot map published by hand fences the old owner with no job (OwnerChangeFences).
+          throw new MoveError(
+            `${job.kind} ${job.unitId} on ${job.from} is fenced by a hand change of its owner (job_id null): a slot map being published by hand, or one that stopped before putting its fence back; this move does not take it over. Where no change is running and the catalog still names ${job.from}, open it by hand: delete from write_fences where kind = '${job.kind}' and unit_id = '${job.unitId}' and state = 'fenced' and job_id is null (docs/sharding-spec.md section 9, "A map published by hand fences the old owner")`,
+          );
+        }
         if (row?.state === 'fenced' && Number(row.job_id) !== job.id) throw new MoveError(`${job.kind} ${job.unitId} on ${job.from} is fenced by move job #${row.job_id}`);
         await c.query('update write_fences set excluded_keys = $3 where kind = $1 and unit_id = $2 and not (excluded_keys operator(pg_catalog.=) $3::text[])', [job.kind, job.unitId, excluded]).catch((err: unknown) => {
           if ((err as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw err;

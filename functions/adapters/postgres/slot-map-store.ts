@@ -220,7 +220,9 @@ export class SlotMapStore {
    * changed slot is fenced on its old owner before the count and its fence turned `moved` to the
    * new owner once the map is committed ({@link OwnerChangeFences}): a write sent there by an older
    * map is refused, never acknowledged where no reader looks; `shardPools` must then be of a login
-   * that may write `write_fences` (the mover's, or the shards' owner).
+   * that may write `write_fences` and holds `pg_read_all_stats` (the mover's, or the shards' owner);
+   * a slot whose row is `fenced` already (another owner change in flight) on its old owner, or
+   * whose row on its new owner would refuse its writes (a move's `moved` row, say), refuses the change.
    */
   async publish(next: SlotMap, by: string, reason: string, client: Queryable = this.pool, options: OwnerChangeOptions = {}): Promise<SlotMapRecord> {
     const map = parseSlotMap(next);
@@ -251,7 +253,9 @@ export class SlotMapStore {
    * `set local ca_dms.override_moves = '<job id>'`, sharding migration 013), and records `<login> by hand`
    * as the publisher with `reason`. The same compare-and-set as {@link publish}. The catalog cannot
    * see the shards: check first that each changed slot's new owner holds its rows and that its
-   * `write_fences` row of the slot, if any, is `open` (docs/sharding-spec.md section 9). An owner
+   * `write_fences` row of the slot, if any, is `open`, or `moved` by a hand change or a finished
+   * move, which a store given the shards' pools deletes itself once the map is committed
+   * (docs/sharding-spec.md section 9). An owner
    * that is not of a shard id's form, or that no slot map, directory entry or move job names (a
    * typo), is refused by the catalog (sharding migration 013) with a {@link SlotMapError} carrying
    * its message; nothing is published. Refused with a {@link SlotMapRowsLeftError} as {@link publish}
@@ -323,7 +327,7 @@ export class SlotMapStore {
       write,
       refuse: ({ c, changed }) => this.refuseRowsLeft(map, changed, c, byHand),
       fences: {
-        fence: new OwnerChangeFences(shardPools, this.countTimeoutMs, `cannot publish slot map version ${map.version}${byHand ? ' by hand' : ''}`),
+        fence: new OwnerChangeFences(shardPools, this.countTimeoutMs, `cannot publish slot map version ${map.version}${byHand ? ' by hand' : ''}`, this.pool),
         of: ({ changed, pinned }) =>
           [...changed].flatMap(([from, slots]) =>
             slots.map((slot) => ({ kind: 'slot' as const, unitId: String(slot), from, to: map.assignments[slot] as string, excludedKeys: pinned.get(slot) ?? [] })),

@@ -416,6 +416,25 @@ interface FencedRow {
   readonly prior: null | { readonly movedTo: string | null; readonly mapVersion: string; readonly jobId: string | null; readonly excludedKeys: string[] };
 }
 
+/**
+ * An owner change found a unit's `write_fences` row on its old owner `fenced` already, by another
+ * owner change in flight (a hand change's, `job_id` null, or a move's) or by one that died before
+ * putting it back: refused, its own fences on that shard rolled back, nothing written.
+ */
+export class OwnerChangeFencedError extends Error {
+  override readonly name = 'OwnerChangeFencedError';
+  constructor(
+    /** The old owner holding the row. */
+    readonly shardId: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The states of a move job that has ended (catalog.move_jobs), as an SQL list. */
+const FINISHED_JOB_STATES = `('done', 'failed', 'cancelled')`;
+
 /** SQLSTATE lock_not_available: the fence's `lock_timeout`. */
 const LOCK_NOT_AVAILABLE = '55P03';
 
@@ -439,16 +458,20 @@ const SHARDED_TABLES = `'users'::regclass, 'documents'::regclass, 'document_keys
  *    statement of its writers (`CAF01`, the writers retry), and the writers older than the fence
  *    (a transaction begun before it holding ROW EXCLUSIVE on a sharded table; any prepared
  *    transaction that wrote them) are waited for, within the count's bound; only then are the rows
- *    counted. A row that is `fenced`, `incoming` or `moved` already refuses the
- *    unit's writes there, and is left as it is.
+ *    counted. A row that is `incoming` or `moved` already refuses the unit's writes there, and is
+ *    left as it is; one `fenced` already (another owner change in flight, or one killed before
+ *    its put-back) refuses the change ({@link OwnerChangeFencedError}): going on, this change
+ *    skipped the wait, and the other's put-back reopened the unit where the map no longer looks.
  * 2. {@link putBack}, where the change is refused or fails before its write: each row as it was
  *    (deleted, or `open` again).
  * 3. {@link settle}, once the write is committed: each row turns `moved` to the new owner, as of
- *    the version published (writers get `CAF02` and re-route, as after a move), and a hand change's
- *    `moved` row of the unit on the new owner (`job_id` null: the unit given away by hand earlier)
- *    is deleted, so the shard takes the unit's writes again.
+ *    the version published (writers get `CAF02` and re-route, as after a move), and a `moved` row
+ *    of the unit on the new owner is deleted, so the shard takes the unit's writes again: a hand
+ *    change's (`job_id` null: the unit given away by hand earlier), and, given the catalog, a
+ *    move's whose job has finished.
  * The shards' pools must be of a login that may write `write_fences` (the mover's: `ca_dms_mover`,
- * or the shards' owner); the application's is refused, and the change with it, nothing written.
+ * or the shards' owner) holding `pg_read_all_stats` (the wait reads other logins' `xact_start`);
+ * others (the application's) are refused, and the change with it, nothing written.
  */
 export class OwnerChangeFences {
   private fenced: FencedRow[] = [];
@@ -461,16 +484,29 @@ export class OwnerChangeFences {
     private readonly timeoutMs: number,
     /** What is refused where it fails: `cannot publish slot map version 7`. */
     private readonly refused: string,
+    /**
+     * The catalog, read by {@link settle} for the state of the move jobs whose `moved` rows the new
+     * owners hold: a finished move's row there is deleted too. Without it only a hand change's is.
+     */
+    private readonly catalog?: Queryable,
   ) {}
 
   /** Fences `units` on their old owners (those with a pool here) and waits for their older writers; see the class. */
-  async fence(units: readonly FencedUnit[]): Promise<void> {
+  async fence(all: readonly FencedUnit[]): Promise<void> {
+    const moving = await this.unflippedMoves(all);
+    // A unit whose move has not flipped is its move's to fence and release (a map given the move's
+    // target past the catalog's CAF08, by a superuser): fenced here too, the move found its source
+    // `moved` and stopped for good, with the target `incoming` refusing the unit's writes
+    // (moves-api.test.ts). Its writes are the move's: captured, and refused once it fences. A
+    // flipped move's unit is the map's already: fenced on its new owner as any.
+    const units = all.filter((u) => !moving.has(`${u.kind}:${u.unitId}`));
     const byShard = new Map<string, FencedUnit[]>();
     for (const u of units) {
       if (this.pools.get(u.from) === undefined || u.from === u.to) continue;
       byShard.set(u.from, [...(byShard.get(u.from) ?? []), u]);
       if (this.pools.get(u.to) !== undefined) this.newOwners.set(u.to, [...(this.newOwners.get(u.to) ?? []), { kind: u.kind, unitId: u.unitId }]);
     }
+    await this.refuseRefusingNewOwners(units);
     for (const [shard, list] of byShard) {
       const pool = this.pools.get(shard) as Queryable;
       const to = new Map(list.map((u) => [`${u.kind}:${u.unitId}`, u.to]));
@@ -491,6 +527,40 @@ export class OwnerChangeFences {
                from f left join prior p using (kind, unit_id)`,
             [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId, excluded_keys: u.excludedKeys })))],
           );
+          // The wait for older writers reads other sessions' xact_start in pg_stat_activity, NULL to
+          // a login without pg_read_all_stats: it would wait for none of another login's writers
+          // and count past a row being written (owner-change-fenced-race.test.ts). Refused, its
+          // fence (uncommitted) rolled back with it.
+          const { rows: seen } = await c.query<{ login: string; sees: boolean }>(`select current_user::text as login, pg_has_role(current_user, 'pg_read_all_stats', 'usage') as sees`);
+          if (seen[0]?.sees !== true) {
+            throw new Error(
+              `${this.refused}: the change waits for the writers on ${shard} older than its fence by reading their pg_stat_activity rows, and this login (${seen[0]?.login ?? '?'}) lacks the privileges of pg_read_all_stats on ${shard}: it would see none of another login's writers (their xact_start hidden) and could count past a row being written. Give the store the pools of the mover's login (ca_dms_mover, which holds it) or grant pg_read_all_stats. Nothing was written`,
+            );
+          }
+          // A row `fenced` already is another owner change's, in flight (its fence, its wait for
+          // older writers, its count not done) or dead before putting it back: going on over it,
+          // this change would count without its wait, and the other's put-back would reopen the
+          // unit on a shard the map no longer names (owner-change-fenced-race.test.ts). Read in a
+          // statement of its own: a fence committed while the one above waited is seen.
+          const mine = new Set(fencedRows.map((r) => `${r.kind}:${r.unit_id}`));
+          const { rows: others } = await c.query<{ kind: string; unit_id: string; job_id: string | null }>(
+            `select w.kind, w.unit_id, w.job_id::text from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
+              where w.state = 'fenced' order by w.kind, w.unit_id`,
+            [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
+          );
+          const held = others.filter((r) => !mine.has(`${r.kind}:${r.unit_id}`));
+          const [h] = held;
+          if (h !== undefined) {
+            const by = h.job_id === null ? "a hand change's: job_id null" : `move job #${h.job_id}'s`;
+            const more = held.length > 1 ? ` (and ${held.length - 1} more unit(s) fenced there)` : '';
+            throw new OwnerChangeFencedError(
+              shard,
+              `${this.refused}: ${h.kind} ${h.unit_id}'s write_fences row on ${shard} is fenced already by another owner change (${by})${more}; nothing was written. Try again once it has ended; ` +
+                (h.job_id === null
+                  ? `where none is running (a change killed between its fence and its put-back) and the catalog still names ${shard} as the owner, open it again by hand: delete from write_fences where kind = '${h.kind}' and unit_id = '${h.unit_id}' and state = 'fenced' and job_id is null (docs/sharding-spec.md section 9, "A map published by hand fences the old owner")`
+                  : `let the move finish or roll back first`),
+            );
+          }
           return fencedRows;
         } catch (err) {
           if ((err as { code?: unknown }).code === LOCK_NOT_AVAILABLE) {
@@ -533,6 +603,66 @@ export class OwnerChangeFences {
     }
   }
 
+  /**
+   * Refuses the change where a new owner's `write_fences` row of a unit would refuse the unit's
+   * writes once the map names it: `fenced` or `incoming` (another owner change in flight there), or
+   * `moved` by a move (`job_id` set: a slot given back by hand to the shard a move took it from).
+   * {@link settle} deletes only a hand change's `moved` row (`job_id` null); the others stayed, and
+   * the shard answered every write of the unit `CAF02` (or `CAF01`) while the map sent them there,
+   * for good (owner-change-fenced-race.test.ts). Read before anything is fenced: nothing to put back.
+   */
+  /** The units of `units` (`kind:unit_id`) with a move job the catalog shows unfinished and not flipped; none without the catalog. */
+  private async unflippedMoves(units: readonly FencedUnit[]): Promise<Set<string>> {
+    if (this.catalog === undefined || units.length === 0) return new Set();
+    const { rows } = await this.catalog.query<{ unit: string }>(
+      `select j.kind || ':' || j.unit_id as unit from catalog.move_jobs j join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
+        where j.state not in ${FINISHED_JOB_STATES} and j.flip_started_at is null`,
+      [JSON.stringify(units.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
+    );
+    return new Set(rows.map((r) => r.unit));
+  }
+
+  /** Of the move jobs `ids`, those the catalog shows finished; none without the catalog, or where its login may not read them (the application's). */
+  private async finishedJobs(ids: readonly string[]): Promise<string[]> {
+    if (this.catalog === undefined || ids.length === 0) return [];
+    const { rows } = await this.catalog
+      .query<{ id: string }>(`select id::text from catalog.move_jobs where id = any($1::bigint[]) and state in ${FINISHED_JOB_STATES}`, [ids])
+      .catch(() => ({ rows: [] as { id: string }[] }));
+    return rows.map((r) => r.id);
+  }
+
+  private async refuseRefusingNewOwners(units: readonly FencedUnit[]): Promise<void> {
+    const byShard = new Map<string, FencedUnit[]>();
+    for (const u of units) {
+      if (this.pools.get(u.from) === undefined || this.pools.get(u.to) === undefined || u.from === u.to) continue;
+      byShard.set(u.to, [...(byShard.get(u.to) ?? []), u]);
+    }
+    for (const [shard, list] of byShard) {
+      const rows = await boundedCount(this.pools.get(shard) as Queryable, shard, this.timeoutMs, this.refused, async (c) =>
+        (
+          await c.query<{ kind: string; unit_id: string; state: string; job_id: string | null; moved_to: string | null }>(
+            `select w.kind, w.unit_id, w.state, w.job_id::text, w.moved_to from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
+              where w.state <> 'open' and not (w.state = 'moved' and w.job_id is null) order by w.kind, w.unit_id`,
+            [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
+          )
+        ).rows,
+      );
+      // A finished move's `moved` row is deleted by {@link settle}: no refusal.
+      const finished = new Set(await this.finishedJobs(rows.flatMap((r) => (r.state === 'moved' && r.job_id !== null ? [r.job_id] : []))));
+      const [r] = rows.filter((row) => !(row.state === 'moved' && row.job_id !== null && finished.has(row.job_id)));
+      if (r === undefined) continue;
+      const by = r.job_id === null ? "a hand change's, job_id null" : `move job #${r.job_id}`;
+      const more = rows.length > 1 ? ` (and ${rows.length - 1} more unit(s) there)` : '';
+      throw new Error(
+        `${this.refused}: ${r.kind} ${r.unit_id}'s write_fences row on ${shard}, its new owner, is '${r.state}' (${by}${r.moved_to === null ? '' : `, moved to ${r.moved_to}`})${more}: ${shard} would refuse the unit's writes (${r.state === 'moved' ? 'CAF02' : 'CAF01'}) while the map sends them there. ` +
+          (r.state === 'moved'
+            ? `Move the unit instead (a move's preparation takes that row over), or check by hand that ${shard} holds the unit's rows, open the row (update write_fences set state = 'open', moved_to = null where kind = '${r.kind}' and unit_id = '${r.unit_id}') and publish again`
+            : `Try again once the change in flight there has ended`) +
+          ' (docs/sharding-spec.md section 9, "A map published by hand fences the old owner"). Nothing was written',
+      );
+    }
+  }
+
   /** Puts every row {@link fence} changed back as it was; a shard that cannot be reached keeps its row `fenced` (its writes refused, none lost). */
   async putBack(): Promise<void> {
     const shards = [...this.shardsOf];
@@ -554,7 +684,7 @@ export class OwnerChangeFences {
     }
   }
 
-  /** Turns every row {@link fence} fenced `moved` to its new owner as of `version`, and deletes a hand change's `moved` row of the unit on its new owner; throws, naming the rows left `fenced`, where a shard fails. */
+  /** Turns every row {@link fence} fenced `moved` to its new owner as of `version`, and deletes a hand change's or a finished move's `moved` row of the unit on its new owner; throws, naming the rows left `fenced`, where a shard fails. */
   async settle(version: number): Promise<void> {
     const failed: string[] = [];
     for (const [shard, rows] of this.shardsOf) {
@@ -570,13 +700,28 @@ export class OwnerChangeFences {
     }
     for (const [shard, units] of this.newOwners) {
       const pool = this.pools.get(shard) as Queryable;
-      await pool
-        .query(
+      const list = JSON.stringify(units.map((u) => ({ kind: u.kind, unit_id: u.unitId })));
+      await (async () => {
+        // A move's `moved` row of the unit there (the unit moved away from this shard earlier, or a
+        // move to it rolled back): deleted as a hand change's is once its job has finished (its
+        // clean-up or rollback left the shard no row of the unit). Left, the new owner refused every
+        // write of the unit (`CAF02`, re-routed back to it until "routing is not converging"), and
+        // the operator's way out, deleting it before the publication, let writers whose maps still
+        // named this shard be acknowledged here meanwhile, out of sight for good if the
+        // publication was then refused (owner-change-torture.test.ts). An unfinished move's (past
+        // its flip, cleaning up) is left.
+        const { rows: moveRows } = await pool.query<{ job_id: string }>(
+          `select w.job_id::text from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
+            where w.state = 'moved' and w.job_id is not null`,
+          [list],
+        );
+        const finished = await this.finishedJobs(moveRows.map((r) => r.job_id));
+        await pool.query(
           `delete from write_fences w using jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text)
-            where w.kind = u.kind and w.unit_id = u.unit_id and w.state = 'moved' and w.job_id is null`,
-          [JSON.stringify(units.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
-        )
-        .catch((err: unknown) => failed.push(`${shard}, the new owner (${err instanceof Error ? err.message : String(err)})`));
+            where w.kind = u.kind and w.unit_id = u.unit_id and w.state = 'moved' and (w.job_id is null or w.job_id = any($2::bigint[]))`,
+          [list, finished],
+        );
+      })().catch((err: unknown) => failed.push(`${shard}, the new owner (${err instanceof Error ? err.message : String(err)})`));
     }
     if (failed.length > 0) throw this.leftFenced(new Error(failed.join('; ')), `its fences could not all be settled: ${failed.join('; ')}`);
   }

@@ -93,6 +93,24 @@ describe('SlotMapStore.publish giving a slot away by hand, with writers of the s
     expect(await writeUser(target, slot, keysInSlot(slot, 4)[3] as string)).toBe('refused CAF02');
   }, 60_000);
 
+  it("(c) giving back by hand a slot a finished move took away opens the move's moved row there too: the old source takes the slot's writes, without an operator opening it first", async () => {
+    const slot = 1806;
+    const { from, to, source, target } = await sides(env, slot);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(job.id)).state).toBe('done');
+    const { rows: left } = await source.query<{ state: string; job_id: string }>(`select state, job_id::text from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+    expect(left).toEqual([{ state: 'moved', job_id: String(job.id) }]);
+    await slotMaps.publishByHand(moveSlots(await slotMaps.current(), [slot], from), 'the slot back to its first shard');
+    // Before: the move's row stayed `moved` on the new owner, which refused every write of the slot
+    // (CAF02, re-routed back to it until "routing is not converging"); the spec had the operator
+    // delete it before publishing, when writers whose maps still named that shard were acknowledged
+    // there, out of sight if the publication was then refused (owner-change-torture.test.ts).
+    expect(await fenceState(source, slot)).toBeUndefined();
+    expect(await writeUser(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('acknowledged');
+    expect(await writeUser(target, slot, keysInSlot(slot, 2)[1] as string)).toBe('refused CAF02');
+  }, 60_000);
+
   it("with rowsLeftOn 'checked' fences nothing: the operator vouches for the slot's rows (a recovery by hand)", async () => {
     const slot = 1803;
     const { to, source } = await sides(env, slot);
