@@ -16,7 +16,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countSlot, fenceState, keysInSlot, refusalOf, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, fenceState, keysInSlot, refusalOf, sides, startMoveEnv, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -25,13 +25,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-function writeUser(pool: pg.Pool, slot: number, user: string): Promise<string> {
-  return seedUsers(pool, slot, [user], 1).then(
-    () => 'acknowledged',
-    (e: { code?: string }) => `refused ${e.code ?? '?'}`,
-  );
-}
 
 async function untilFenced(pool: pg.Pool, slot: number): Promise<void> {
   for (let i = 0; i < 500; i++) {
@@ -84,7 +77,7 @@ describe('two hand changes of the same slot at once', () => {
     expect(String(refused)).toMatch(new RegExp(`fenced already by another owner change .*delete from write_fences where kind = 'slot' and unit_id = '${slot}' and state = 'fenced' and job_id is null`));
     expect((await store.current()).version).toBe(before.version);
     expect(await fenceState(source, slot)).toBe('fenced');
-    expect(await writeUser(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF01');
+    expect(await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF01');
     expect(from).not.toBe(to);
   }, 60_000);
 
@@ -152,7 +145,7 @@ describe('two hand changes of the same slot at once', () => {
     const before = await store.current();
     const outcome = await refusalOf(store.publishByHand(moveSlots(before, [slot], from), 'given back by hand'));
     // Before: published; `from` then refused every write of the slot (CAF02, moved to `to`) while the map named it: a write loop.
-    expect({ owner: (await store.current()).assignments[slot], write: await writeUser(source, slot, keysInSlot(slot, 1)[0] as string) }).toEqual({ owner: to, write: 'refused CAF02' });
+    expect({ owner: (await store.current()).assignments[slot], write: await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string) }).toEqual({ owner: to, write: 'refused CAF02' });
     expect(String(outcome)).toMatch(new RegExp(`cannot publish slot map version ${before.version + 1} by hand: slot ${slot}'s write_fences row on ${from}, its new owner, is 'moved' \\(move job #${planned.id}, moved to ${to}\\).*Nothing was written`));
   }, 60_000);
 });

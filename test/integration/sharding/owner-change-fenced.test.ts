@@ -11,7 +11,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countSlot, fenceState, keysInSlot, refusalOf, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, fenceState, keysInSlot, refusalOf, seedUsers, sides, startMoveEnv, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let slotMaps: SlotMapStore;
@@ -22,14 +22,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-/** A write of a new user of `slot` as a router holding an older map makes it: straight to `pool`, read committed. */
-function writeUser(pool: pg.Pool, slot: number, user: string): Promise<string> {
-  return seedUsers(pool, slot, [user], 1).then(
-    () => 'acknowledged',
-    (e: { code?: string }) => `refused ${e.code ?? '?'}`,
-  );
-}
 
 /** Resolves with `'settled'` once `p` settles, or `'fenced'` once `slot`'s fence row on `pool` says `fenced`, whichever comes first. */
 async function fencedOrSettled(p: Promise<unknown>, pool: pg.Pool, slot: number): Promise<'fenced' | 'settled'> {
@@ -65,7 +57,7 @@ describe('SlotMapStore.publish giving a slot away by hand, with writers of the s
       expect((await slotMaps.current()).version).toBe(before);
       // The fence was put back: the slot's owner takes its writes again.
       expect(await fenceState(source, slot)).toBeUndefined();
-      expect(await writeUser(source, slot, keysInSlot(slot, 2)[1] as string)).toBe('acknowledged');
+      expect(await userWriteOutcome(source, slot, keysInSlot(slot, 2)[1] as string)).toBe('acknowledged');
     } finally {
       await writer.query('rollback').catch(() => undefined);
       writer.release();
@@ -78,19 +70,19 @@ describe('SlotMapStore.publish giving a slot away by hand, with writers of the s
     const published = await slotMaps.publish(moveSlots(await slotMaps.current(), [slot], to), 'ops', 'hand change of an empty slot');
     expect(published.map.assignments[slot]).toBe(to);
     // Before: acknowledged on the old owner, where no reader of the slot looks any more.
-    expect(await writeUser(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
+    expect(await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
     expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
     const { rows } = await source.query<{ moved_to: string; map_version: string }>(`select moved_to, map_version::text from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
     expect(rows).toEqual([{ moved_to: to, map_version: String(published.map.version) }]);
     // The new owner takes them.
-    expect(await writeUser(target, slot, keysInSlot(slot, 2)[1] as string)).toBe('acknowledged');
+    expect(await userWriteOutcome(target, slot, keysInSlot(slot, 2)[1] as string)).toBe('acknowledged');
     await target.query('delete from documents where slot = $1', [slot]);
     await target.query('delete from users where slot = $1', [slot]);
     // Given back by hand (its new owner empty again): the old owner's row is no longer a refusal, the other shard's is.
     await slotMaps.publish(moveSlots(await slotMaps.current(), [slot], from), 'ops', 'hand change back');
     expect(await fenceState(source, slot)).toBeUndefined();
-    expect(await writeUser(source, slot, keysInSlot(slot, 3)[2] as string)).toBe('acknowledged');
-    expect(await writeUser(target, slot, keysInSlot(slot, 4)[3] as string)).toBe('refused CAF02');
+    expect(await userWriteOutcome(source, slot, keysInSlot(slot, 3)[2] as string)).toBe('acknowledged');
+    expect(await userWriteOutcome(target, slot, keysInSlot(slot, 4)[3] as string)).toBe('refused CAF02');
   }, 60_000);
 
   it("(c) giving back by hand a slot a finished move took away opens the move's moved row there too: the old source takes the slot's writes, without an operator opening it first", async () => {
@@ -107,8 +99,8 @@ describe('SlotMapStore.publish giving a slot away by hand, with writers of the s
     // delete it before publishing, when writers whose maps still named that shard were acknowledged
     // there, out of sight if the publication was then refused (owner-change-torture.test.ts).
     expect(await fenceState(source, slot)).toBeUndefined();
-    expect(await writeUser(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('acknowledged');
-    expect(await writeUser(target, slot, keysInSlot(slot, 2)[1] as string)).toBe('refused CAF02');
+    expect(await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('acknowledged');
+    expect(await userWriteOutcome(target, slot, keysInSlot(slot, 2)[1] as string)).toBe('refused CAF02');
   }, 60_000);
 
   it("with rowsLeftOn 'checked' fences nothing: the operator vouches for the slot's rows (a recovery by hand)", async () => {
