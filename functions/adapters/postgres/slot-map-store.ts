@@ -254,8 +254,9 @@ export class SlotMapStore {
    * as the publisher with `reason`. The same compare-and-set as {@link publish}. The catalog cannot
    * see the shards: check first that each changed slot's new owner holds its rows and that its
    * `write_fences` row of the slot, if any, is `open`, or `moved` by a hand change or a finished
-   * move, which a store given the shards' pools deletes itself once the map is committed
-   * (docs/sharding-spec.md section 9). An owner
+   * move, which a store given the shards' pools deletes itself once the map is committed (not
+   * given a client in a transaction of the caller's: delete it once that has committed;
+   * docs/sharding-spec.md section 9). An owner
    * that is not of a shard id's form, or that no slot map, directory entry or move job names (a
    * typo), is refused by the catalog (sharding migration 013) with a {@link SlotMapError} carrying
    * its message; nothing is published. Refused with a {@link SlotMapRowsLeftError} as {@link publish}

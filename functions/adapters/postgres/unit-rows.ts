@@ -320,6 +320,9 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
     try {
       await change.fences?.fence.fence(change.fences.of(route));
       await change.refuse(route);
+      // No transaction to confirm it in after the write: confirmed before it (a move ending in
+      // between is not seen here).
+      await change.fences?.fence.confirmSkipped(client);
       done = await change.write(client);
     } catch (err) {
       await change.fences?.fence.putBack();
@@ -344,8 +347,12 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
     throw err;
   }
   // The caller's transaction commits (or not) later: the old owners' fences turn `moved` now, a
-  // refusal of their writes either way (a caller that rolls back afterwards leaves them so).
-  await change.fences?.fence.settle(change.fences.version(done));
+  // refusal of their writes either way (a caller that rolls back afterwards leaves them so). The
+  // new owners' `moved` rows are left: deleted now, a caller that then rolled back left the new
+  // owner taking the unit's writes (of routers whose maps predate its leaving) while the catalog
+  // names the old one, acknowledged out of every reader's sight (owner-change-skip-race.test.ts).
+  // Left, they refuse those writes (CAF02, none lost) until deleted by hand after the commit.
+  await change.fences?.fence.settle(change.fences.version(done), false);
   return done;
 }
 
@@ -394,7 +401,11 @@ async function catalogFirst<R, T>(client: Queryable, change: CountedChange<R, T>
     await change.fences?.fence.putBack();
     route = now;
   }
-  return change.write(client);
+  const done = await change.write(client);
+  // A unit left to its move (not fenced) whose move ended since the skip was read is refused
+  // here, in the write's transaction, which rolls it back (owner-change-skip-race.test.ts).
+  await change.fences?.fence.confirmSkipped(client);
+  return done;
 }
 
 /** A unit an owner change takes from `from` to `to`, fenced on `from` meanwhile ({@link OwnerChangeFences}). */
@@ -477,6 +488,8 @@ export class OwnerChangeFences {
   private fenced: FencedRow[] = [];
   private shardsOf = new Map<string, FencedRow[]>();
   private newOwners = new Map<string, { kind: string; unitId: string }[]>();
+  /** The units {@link fence} left to their unflipped move, by their move job: confirmed by {@link confirmSkipped} once the write is made. */
+  private skipped = new Map<string, { unit: FencedUnit; job: string }>();
 
   constructor(
     private readonly pools: ShardPoolsById,
@@ -494,6 +507,12 @@ export class OwnerChangeFences {
   /** Fences `units` on their old owners (those with a pool here) and waits for their older writers; see the class. */
   async fence(all: readonly FencedUnit[]): Promise<void> {
     const moving = await this.unflippedMoves(all);
+    this.skipped = new Map(
+      all.flatMap((u) => {
+        const job = moving.get(`${u.kind}:${u.unitId}`);
+        return job === undefined || this.pools.get(u.from) === undefined || u.from === u.to ? [] : [[`${u.kind}:${u.unitId}`, { unit: u, job }] as const];
+      }),
+    );
     // A unit whose move has not flipped is its move's to fence and release (a map given the move's
     // target past the catalog's CAF08, by a superuser): fenced here too, the move found its source
     // `moved` and stopped for good, with the target `incoming` refusing the unit's writes
@@ -603,23 +622,54 @@ export class OwnerChangeFences {
     }
   }
 
-  /**
-   * Refuses the change where a new owner's `write_fences` row of a unit would refuse the unit's
-   * writes once the map names it: `fenced` or `incoming` (another owner change in flight there), or
-   * `moved` by a move (`job_id` set: a slot given back by hand to the shard a move took it from).
-   * {@link settle} deletes only a hand change's `moved` row (`job_id` null); the others stayed, and
-   * the shard answered every write of the unit `CAF02` (or `CAF01`) while the map sent them there,
-   * for good (owner-change-fenced-race.test.ts). Read before anything is fenced: nothing to put back.
-   */
-  /** The units of `units` (`kind:unit_id`) with a move job the catalog shows unfinished and not flipped; none without the catalog. */
-  private async unflippedMoves(units: readonly FencedUnit[]): Promise<Set<string>> {
-    if (this.catalog === undefined || units.length === 0) return new Set();
-    const { rows } = await this.catalog.query<{ unit: string }>(
-      `select j.kind || ':' || j.unit_id as unit from catalog.move_jobs j join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
+  /** The units of `units` (`kind:unit_id`) with a move job the catalog (or `client`) shows unfinished and not flipped, with that job's id; none without the catalog. */
+  private async unflippedMoves(units: readonly FencedUnit[], client: Queryable | undefined = this.catalog): Promise<Map<string, string>> {
+    if (client === undefined || units.length === 0) return new Map();
+    const { rows } = await client.query<{ unit: string; job: string }>(
+      `select j.kind || ':' || j.unit_id as unit, j.id::text as job from catalog.move_jobs j join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
         where j.state not in ${FINISHED_JOB_STATES} and j.flip_started_at is null`,
       [JSON.stringify(units.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
     );
-    return new Set(rows.map((r) => r.unit));
+    return new Map(rows.map((r) => [r.unit, r.job]));
+  }
+
+  /**
+   * Refuses the change where a unit {@link fence} left to its move (unfinished, not flipped when
+   * read) has no such move any more, read with `c`, the write's transaction, after the write: the
+   * skip was decided on a read made before the fence, outside that transaction, and a move that
+   * ended since (cancelled or failed: rolled back, its source's row `open` again) no longer stops
+   * the catalog's insert (its CAF08 guard refuses only while the move is unfinished). Published,
+   * the unit's old owner was neither fenced nor `moved`: its writers sent there by the old map
+   * were acknowledged where the map no longer looks (owner-change-skip-race.test.ts). Refused, the
+   * next try fences it as any. A move still unfinished here let the write through only where the
+   * caller named it (`ca_dms.override_moves`) or bypassed the guard: its premise, a move that can
+   * neither finish nor be cancelled, is the caller's.
+   */
+  async confirmSkipped(c: Queryable): Promise<void> {
+    if (this.skipped.size === 0) return;
+    const still = await this.unflippedMoves([...this.skipped.values()].map((s) => s.unit), c);
+    const ended = [...this.skipped].filter(([unit, s]) => still.get(unit) !== s.job);
+    const [first] = ended;
+    if (first === undefined) return;
+    const [, { unit, job }] = first;
+    const more = ended.length > 1 ? ` (and ${ended.length - 1} more unit(s))` : '';
+    throw new Error(
+      `${this.refused}: ${unit.kind} ${unit.unitId} was left to its move job #${job} (unfinished, not flipped when the change began: the move fences and releases it on ${unit.from}), which has ended or flipped since${more}; published, ${unit.from} would take the unit's writes unfenced where the map no longer looks. Nothing was published: try again (the unit is then fenced as any)`,
+    );
+  }
+
+  /** The move jobs of `units` the catalog shows past their flip and unfinished whose source is the unit's new owner; none without the catalog. */
+  private async flippedMovesFrom(units: readonly FencedUnit[]): Promise<Array<{ kind: string; unit_id: string; id: string; from_shard: string; to_shard: string; state: string }>> {
+    const list = units.filter((u) => u.from !== u.to);
+    if (this.catalog === undefined || list.length === 0) return [];
+    const { rows } = await this.catalog.query<{ kind: string; unit_id: string; id: string; from_shard: string; to_shard: string; state: string }>(
+      `select j.kind, j.unit_id, j.id::text as id, j.from_shard, j.to_shard, j.state
+         from catalog.move_jobs j join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text, new_owner text) on j.kind = u.kind and j.unit_id = u.unit_id and j.from_shard = u.new_owner
+        where j.state not in ${FINISHED_JOB_STATES} and j.flip_started_at is not null
+        order by j.id`,
+      [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId, new_owner: u.to })))],
+    );
+    return rows;
   }
 
   /** Of the move jobs `ids`, those the catalog shows finished; none without the catalog, or where its login may not read them (the application's). */
@@ -631,6 +681,15 @@ export class OwnerChangeFences {
     return rows.map((r) => r.id);
   }
 
+  /**
+   * Refuses the change where a new owner's `write_fences` row of a unit would refuse the unit's
+   * writes once the map names it: `fenced` or `incoming` (another owner change in flight there), or
+   * `moved` by a move the catalog shows unfinished (`job_id` set: a slot given back by hand to the
+   * shard a move took it from, that move still cleaning up). {@link settle} deletes a hand change's
+   * `moved` row and a finished move's; the others stayed, and the shard answered every write of the
+   * unit `CAF02` (or `CAF01`) while the map sent them there, for good
+   * (owner-change-fenced-race.test.ts). Read before anything is fenced: nothing to put back.
+   */
   private async refuseRefusingNewOwners(units: readonly FencedUnit[]): Promise<void> {
     const byShard = new Map<string, FencedUnit[]>();
     for (const u of units) {
@@ -656,9 +715,18 @@ export class OwnerChangeFences {
       throw new Error(
         `${this.refused}: ${r.kind} ${r.unit_id}'s write_fences row on ${shard}, its new owner, is '${r.state}' (${by}${r.moved_to === null ? '' : `, moved to ${r.moved_to}`})${more}: ${shard} would refuse the unit's writes (${r.state === 'moved' ? 'CAF02' : 'CAF01'}) while the map sends them there. ` +
           (r.state === 'moved'
-            ? `Move the unit instead (a move's preparation takes that row over), or check by hand that ${shard} holds the unit's rows, open the row (update write_fences set state = 'open', moved_to = null where kind = '${r.kind}' and unit_id = '${r.unit_id}') and publish again`
+            ? `Let the move finish (its 'moved' row there is then deleted by the change), then publish again; or move the unit instead (a move's preparation takes that row over). Do not open the row by hand first: the move's clean-up or rollback may still delete the unit's rows there`
             : `Try again once the change in flight there has ended`) +
           ' (docs/sharding-spec.md section 9, "A map published by hand fences the old owner"). Nothing was written',
+      );
+    }
+    // A move of the unit past its flip, unfinished, from its new owner: its clean-up deletes the
+    // unit's rows there, whatever that shard's row says (its `moved` row, refused above, opened by
+    // hand), and so every write the map sends there meanwhile (owner-change-skip-race.test.ts).
+    const [cleaning] = await this.flippedMovesFrom(units);
+    if (cleaning !== undefined) {
+      throw new Error(
+        `${this.refused}: ${cleaning.kind} ${cleaning.unit_id}'s move job #${cleaning.id} (${cleaning.from_shard} to ${cleaning.to_shard}, ${cleaning.state}) is past its flip and unfinished: its clean-up deletes the unit's rows on ${cleaning.from_shard}, the new owner, and would delete the writes the map sends there. Let the move finish (its 'moved' row there is then deleted by the change), then publish again; or move the unit instead (docs/sharding-spec.md section 9, "A map published by hand fences the old owner"). Nothing was written`,
       );
     }
   }
@@ -669,6 +737,7 @@ export class OwnerChangeFences {
     this.fenced = [];
     this.shardsOf = new Map();
     this.newOwners = new Map();
+    this.skipped = new Map();
     for (const [shard, rows] of shards) {
       const pool = this.pools.get(shard) as Queryable;
       await pool
@@ -684,8 +753,13 @@ export class OwnerChangeFences {
     }
   }
 
-  /** Turns every row {@link fence} fenced `moved` to its new owner as of `version`, and deletes a hand change's or a finished move's `moved` row of the unit on its new owner; throws, naming the rows left `fenced`, where a shard fails. */
-  async settle(version: number): Promise<void> {
+  /**
+   * Turns every row {@link fence} fenced `moved` to its new owner as of `version`, and, unless
+   * `newOwners` is false (the write not committed yet: a caller's transaction), deletes a hand
+   * change's or a finished move's `moved` row of the unit on its new owner; throws, naming the rows
+   * left `fenced`, where a shard fails.
+   */
+  async settle(version: number, newOwners = true): Promise<void> {
     const failed: string[] = [];
     for (const [shard, rows] of this.shardsOf) {
       const pool = this.pools.get(shard) as Queryable;
@@ -698,7 +772,7 @@ export class OwnerChangeFences {
         )
         .catch((err: unknown) => failed.push(`${shard} (${err instanceof Error ? err.message : String(err)})`));
     }
-    for (const [shard, units] of this.newOwners) {
+    for (const [shard, units] of newOwners ? this.newOwners : []) {
       const pool = this.pools.get(shard) as Queryable;
       const list = JSON.stringify(units.map((u) => ({ kind: u.kind, unit_id: u.unitId })));
       await (async () => {

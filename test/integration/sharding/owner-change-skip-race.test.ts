@@ -1,0 +1,175 @@
+/**
+ * Issue #15, review h68 of a1754ab: a slot map published by hand leaves a slot whose move has not
+ * flipped to that move (not fenced on its old owner: the move fences and releases it). The skip
+ * was decided on a catalog read made before the fence, outside the map's transaction: a move that
+ * ended (cancelled, or failed, rolled back) after that read and before the map's insert no longer
+ * stopped the insert (the catalog's CAF08 guard refuses a map only while the move is unfinished),
+ * and the slot was published with its old owner neither fenced nor `moved`: a writer sent there by
+ * the old map was acknowledged where the map no longer looks. The skip is now confirmed in the
+ * map's transaction, after its insert: a move that ended meanwhile refuses the change, nothing
+ * published, and the next try fences the slot.
+ *
+ * Also: inside a caller's transaction, the store deleted the new owner's `moved` row (a hand
+ * change's, or since a1754ab a finished move's) before the caller's commit: a caller that then
+ * rolled back left that shard taking the slot's writes while the catalog named the other one. It
+ * is left now, for the operator to delete once committed. And: a slot given back by hand to the
+ * source of its move past the flip, still cleaning up, was refused for the move's `moved` row there
+ * with a message saying to open that row by hand and publish again; done, the publication went
+ * through, a write was acknowledged there, and the move's clean-up (resumed) deleted it. Refused
+ * now whatever the row says, and the message says to let the move finish.
+ */
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { fenceState, keysInSlot, refusalOf, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv();
+}, 120_000);
+afterAll(async () => {
+  await env?.stop();
+});
+
+function writeUser(pool: pg.Pool, slot: number, user: string): Promise<string> {
+  return seedUsers(pool, slot, [user], 1).then(
+    () => 'acknowledged',
+    (e: { code?: string }) => `refused ${e.code ?? '?'}`,
+  );
+}
+
+/** `pool`, whose `query` runs `before` and `after` around the first statement matching `when`, once. */
+function catalogCalling(pool: pg.Pool, when: RegExp, before: () => Promise<unknown>, after: () => Promise<unknown>): pg.Pool {
+  let done = false;
+  return new Proxy(pool, {
+    get(target, prop) {
+      if (prop === 'query') {
+        return async (text: string, values?: unknown[]) => {
+          const hooked = !done && when.test(text);
+          done ||= hooked;
+          if (hooked) await before();
+          const answer = await target.query(text, values);
+          if (hooked) await after();
+          return answer;
+        };
+      }
+      const v: unknown = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+}
+
+describe('a slot left to its unflipped move by a hand change', () => {
+  it('whose move is cancelled before the map is written is refused, not published unfenced: no write acknowledged on the old owner after', async () => {
+    const slot = 1821;
+    const { from, to, source } = await sides(env, slot);
+    const mover = env.mover({ readerGraceMs: 0 });
+    // A move of the slot is planned once the change has tried its write (the catalog's checks,
+    // undone), just before it reads the unflipped moves, and cancelled (rolled back) right after.
+    let planned: { id: number } | undefined;
+    const catalog = catalogCalling(
+      env.catalog,
+      /flip_started_at is null/,
+      async () => {
+        planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+      },
+      () => mover.cancel((planned as { id: number }).id),
+    );
+    const store = new SlotMapStore(catalog, { shardPools: env.shards });
+    const before = await store.current();
+    const outcome = await refusalOf(store.publishByHand(moveSlots(before, [slot], to), 'given to the move target by hand'));
+    if (planned === undefined) throw new Error('the move was never planned');
+    expect((await mover.get(planned.id)).state).toBe('cancelled');
+    // Before: published, the slot's row on `from` never fenced (no row at all).
+    expect({ owner: (await store.current()).assignments[slot], fence: await fenceState(source, slot) }).toEqual({ owner: from, fence: undefined });
+    expect(String(outcome)).toMatch(
+      new RegExp(`cannot publish slot map version ${before.version + 1} by hand: slot ${slot} was left to its move job #${planned.id} .*which has ended or flipped since.*Nothing was published`),
+    );
+    // Published again, the slot is fenced as any: a writer sent to `from` by the old map is refused.
+    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'given to the move target by hand, again');
+    expect({ owner: (await store.current()).assignments[slot], write: await writeUser(source, slot, keysInSlot(slot, 1)[0] as string) }).toEqual({ owner: to, write: 'refused CAF02' });
+  }, 60_000);
+});
+
+describe("a slot given back by hand inside a caller's transaction", () => {
+  it("that then rolls back leaves the new owner's moved row: the shard the slot moved off takes no write while the catalog names the other", async () => {
+    const slot = 1822;
+    const { from, to, source } = await sides(env, slot);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(job.id)).state).toBe('done');
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    const client = await env.catalog.connect();
+    try {
+      await client.query('begin');
+      await store.publishByHand(moveSlots(await store.current(), [slot], from), 'the slot back to its first shard', client);
+      // The caller's transaction fails after the store returned.
+      await client.query('rollback');
+    } finally {
+      client.release();
+    }
+    expect((await store.current()).assignments[slot]).toBe(to);
+    // A router whose map predates the move (naming `from`). Before: `from`'s moved row was deleted
+    // before the caller's commit, and the write acknowledged there while the catalog names `to`.
+    expect(await writeUser(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
+  }, 60_000);
+
+  it("that commits keeps the new owner's moved row, refusing the slot's writes (none lost) until deleted by hand", async () => {
+    const slot = 1823;
+    const { from, to, source } = await sides(env, slot);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(job.id)).state).toBe('done');
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    const client = await env.catalog.connect();
+    try {
+      await client.query('begin');
+      await store.publishByHand(moveSlots(await store.current(), [slot], from), 'the slot back to its first shard', client);
+      await client.query('commit');
+    } finally {
+      client.release();
+    }
+    expect((await store.current()).assignments[slot]).toBe(from);
+    expect(await writeUser(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
+    // The way out the spec names, once the caller's transaction has committed.
+    await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1 and state = 'moved'`, [String(slot)]);
+    expect(await writeUser(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('acknowledged');
+  }, 60_000);
+});
+
+describe('a slot given back by hand to the source of its move past the flip, still cleaning up', () => {
+  it("is refused even with that shard's moved row opened by hand: the move's clean-up would delete the writes taken there", async () => {
+    const slot = 1824;
+    const { from, to, source } = await sides(env, slot);
+    const stopping = env.mover({
+      readerGraceMs: 0,
+      hook(point) {
+        if (point === 'cleaning_up') throw new Error('test: the mover stops after the release');
+      },
+    });
+    const job = await stopping.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await expect(stopping.run(job.id)).rejects.toThrow(/after the release/);
+    expect((await stopping.get(job.id)).state).toBe('cleaning_up');
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    // Refused for the move's moved row on `from` (a1754ab); its message no longer says to open it by hand.
+    const first = await refusalOf(store.publishByHand(moveSlots(await store.current(), [slot], from), 'given back by hand'));
+    expect(String(first)).toMatch(/is 'moved' \(move job #\d+, moved to \w+\).*Let the move finish/);
+    expect(String(first)).not.toMatch(/update write_fences set state = 'open'/);
+    // What its message said before: open the row by hand and publish again.
+    await source.query(`update write_fences set state = 'open', moved_to = null where kind = 'slot' and unit_id = $1`, [String(slot)]);
+    const before = await store.current();
+    const second = await refusalOf(store.publishByHand(moveSlots(before, [slot], from), 'given back by hand, the row opened'));
+    // Before: published; a write on `from` was acknowledged, then the move's clean-up (resumed below) deleted it.
+    expect((await store.current()).version).toBe(before.version);
+    expect(String(second)).toMatch(
+      new RegExp(`cannot publish slot map version ${before.version + 1} by hand: slot ${slot}'s move job #${job.id} \\(${from} to ${to}, cleaning_up\\) is past its flip and unfinished.*Nothing was written`),
+    );
+    // The way out: the move finishes, then the slot is given back, and its writes there are kept.
+    expect((await env.mover({ readerGraceMs: 0 }).run(job.id)).state).toBe('done');
+    await store.publishByHand(moveSlots(await store.current(), [slot], from), 'given back by hand, the move done');
+    const [user] = keysInSlot(slot, 1) as [string];
+    expect(await writeUser(source, slot, user)).toBe('acknowledged');
+    expect((await source.query<{ n: number }>('select count(*)::int as n from users where id = $1', [user])).rows[0]?.n).toBe(1);
+  }, 60_000);
+});
