@@ -424,7 +424,7 @@ interface FencedRow {
   readonly kind: string;
   readonly unitId: string;
   readonly to: string;
-  readonly prior: null | { readonly movedTo: string | null; readonly mapVersion: string; readonly jobId: string | null; readonly excludedKeys: string[] };
+  readonly prior: null | { readonly state: string; readonly movedTo: string | null; readonly mapVersion: string; readonly jobId: string | null; readonly excludedKeys: string[] };
 }
 
 /**
@@ -469,8 +469,10 @@ const SHARDED_TABLES = `'users'::regclass, 'documents'::regclass, 'document_keys
  *    statement of its writers (`CAF01`, the writers retry), and the writers older than the fence
  *    (a transaction begun before it holding ROW EXCLUSIVE on a sharded table; any prepared
  *    transaction that wrote them) are waited for, within the count's bound; only then are the rows
- *    counted. A row that is `incoming` or `moved` already refuses the unit's writes there, and is
- *    left as it is; one `fenced` already (another owner change in flight, or one killed before
+ *    counted. A row that is `incoming` already refuses the unit's writes there, and is left as it
+ *    is, as is a `moved` one of an unfinished move; a `moved` one of a hand change or a finished
+ *    move (another change's, whose settle deletes it) is taken over as an `open` one, and put back
+ *    `moved`; one `fenced` already (another owner change in flight, or one killed before
  *    its put-back) refuses the change ({@link OwnerChangeFencedError}): going on, this change
  *    skipped the wait, and the other's put-back reopened the unit where the map no longer looks.
  * 2. {@link putBack}, where the change is refused or fails before its write: each row as it was
@@ -534,17 +536,28 @@ export class OwnerChangeFences {
           // An `open` row is held FOR SHARE by its writers in flight: its update waits for them and
           // queues new ones behind it, a fence already, bounded like a move's (the fence budget).
           await c.query(`set local lock_timeout = ${Math.min(FENCE_LOCK_TIMEOUT_MS, this.timeoutMs)}`);
-          const { rows: fencedRows } = await c.query<{ kind: string; unit_id: string; was_open: boolean; moved_to: string | null; map_version: string; job_id: string | null; excluded_keys: string[] | null }>(
+          // A `moved` row on the old owner (the map names it, yet it refuses the unit) is another
+          // hand change's new-owner row its settle deletes (a hand change's, or a finished move's):
+          // taken over (fenced, then `moved` to this change's new owner), not left as it is. Left,
+          // that settle, running after this change had published, deleted it, and the old owner took
+          // the unit's writes where the map no longer looks (owner-change-settle-race.test.ts).
+          const { rows: movedRows } = await c.query<{ job_id: string }>(
+            `select w.job_id::text from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id) where w.state = 'moved' and w.job_id is not null`,
+            [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
+          );
+          const finished = await this.finishedJobs(movedRows.map((r) => r.job_id));
+          const { rows: fencedRows } = await c.query<{ kind: string; unit_id: string; was_open: boolean; prior_state: string | null; moved_to: string | null; map_version: string; job_id: string | null; excluded_keys: string[] | null }>(
             `with u as (select * from jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text, excluded_keys text[])),
-                  prior as (select w.kind, w.unit_id, w.moved_to, w.map_version, w.job_id, w.excluded_keys from write_fences w join u using (kind, unit_id) where w.state = 'open'),
+                  prior as (select w.kind, w.unit_id, w.state, w.moved_to, w.map_version, w.job_id, w.excluded_keys from write_fences w join u using (kind, unit_id)
+                             where w.state = 'open' or (w.state = 'moved' and (w.job_id is null or w.job_id = any($2::bigint[])))),
                   f as (insert into write_fences as w (kind, unit_id, state, excluded_keys, job_id)
                         select kind, unit_id, 'fenced', coalesce(excluded_keys, '{}'), null from u
                         on conflict (kind, unit_id) do update set state = 'fenced', excluded_keys = excluded.excluded_keys, job_id = null, updated_at = now()
-                          where w.state = 'open'
+                          where w.state = 'open' or (w.state = 'moved' and (w.job_id is null or w.job_id = any($2::bigint[])))
                         returning w.kind, w.unit_id)
-             select f.kind, f.unit_id, p.unit_id is not null as was_open, p.moved_to, p.map_version::text, p.job_id::text, p.excluded_keys
+             select f.kind, f.unit_id, p.unit_id is not null as was_open, p.state as prior_state, p.moved_to, p.map_version::text, p.job_id::text, p.excluded_keys
                from f left join prior p using (kind, unit_id)`,
-            [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId, excluded_keys: u.excludedKeys })))],
+            [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId, excluded_keys: u.excludedKeys }))), finished],
           );
           // The wait for older writers reads other sessions' xact_start in pg_stat_activity, NULL to
           // a login without pg_read_all_stats: it would wait for none of another login's writers
@@ -603,7 +616,7 @@ export class OwnerChangeFences {
         kind: r.kind,
         unitId: r.unit_id,
         to: to.get(`${r.kind}:${r.unit_id}`) as string,
-        prior: r.was_open ? { movedTo: r.moved_to, mapVersion: r.map_version, jobId: r.job_id, excludedKeys: r.excluded_keys ?? [] } : null,
+        prior: r.was_open ? { state: r.prior_state ?? 'open', movedTo: r.moved_to, mapVersion: r.map_version, jobId: r.job_id, excludedKeys: r.excluded_keys ?? [] } : null,
       }));
       this.fenced.push(...recorded);
       this.shardsOf.set(shard, [...(this.shardsOf.get(shard) ?? []), ...recorded]);
@@ -744,7 +757,7 @@ export class OwnerChangeFences {
         .query(
           `with u as (select * from jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text, prior jsonb)),
                 gone as (delete from write_fences w using u where w.kind = u.kind and w.unit_id = u.unit_id and u.prior is null and w.state = 'fenced' and w.job_id is null)
-           update write_fences w set state = 'open', moved_to = u.prior ->> 'movedTo', map_version = (u.prior ->> 'mapVersion')::bigint, job_id = (u.prior ->> 'jobId')::bigint,
+           update write_fences w set state = coalesce(u.prior ->> 'state', 'open'), moved_to = u.prior ->> 'movedTo', map_version = (u.prior ->> 'mapVersion')::bigint, job_id = (u.prior ->> 'jobId')::bigint,
                   excluded_keys = array(select jsonb_array_elements_text(u.prior -> 'excludedKeys')), updated_at = now()
              from u where w.kind = u.kind and w.unit_id = u.unit_id and u.prior is not null and w.state = 'fenced' and w.job_id is null`,
           [JSON.stringify(rows.map((r) => ({ kind: r.kind, unit_id: r.unitId, prior: r.prior })))],
@@ -784,6 +797,9 @@ export class OwnerChangeFences {
         // named this shard be acknowledged here meanwhile, out of sight for good if the
         // publication was then refused (owner-change-torture.test.ts). An unfinished move's (past
         // its flip, cleaning up) is left.
+        // Only a row older than this change's version: a later change's (which took the slot from
+        // this shard after this change published: its `moved` row, as of its later version) is kept
+        // (owner-change-settle-race.test.ts).
         const { rows: moveRows } = await pool.query<{ job_id: string }>(
           `select w.job_id::text from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
             where w.state = 'moved' and w.job_id is not null`,
@@ -792,8 +808,9 @@ export class OwnerChangeFences {
         const finished = await this.finishedJobs(moveRows.map((r) => r.job_id));
         await pool.query(
           `delete from write_fences w using jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text)
-            where w.kind = u.kind and w.unit_id = u.unit_id and w.state = 'moved' and (w.job_id is null or w.job_id = any($2::bigint[]))`,
-          [list, finished],
+            where w.kind = u.kind and w.unit_id = u.unit_id and w.state = 'moved' and (w.job_id is null or w.job_id = any($2::bigint[]))
+              and (w.map_version is null or w.map_version < $3::bigint)`,
+          [list, finished, version],
         );
       })().catch((err: unknown) => failed.push(`${shard}, the new owner (${err instanceof Error ? err.message : String(err)})`));
     }
