@@ -320,9 +320,10 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
     try {
       await change.fences?.fence.fence(change.fences.of(route));
       await change.refuse(route);
-      // No transaction to confirm it in after the write: confirmed before it (a move ending in
-      // between is not seen here).
-      await change.fences?.fence.confirmSkipped(client);
+      // No transaction to confirm a unit left to its move in after the write: a move cancelled
+      // between a confirmation and the insert let the map publish with the old owner neither
+      // fenced nor `moved` (owner-change-skip-race.test.ts). Refused instead.
+      change.fences?.fence.refuseSkippedOutsideTransaction();
       done = await change.write(client);
     } catch (err) {
       await change.fences?.fence.putBack();
@@ -668,6 +669,19 @@ export class OwnerChangeFences {
     const more = ended.length > 1 ? ` (and ${ended.length - 1} more unit(s))` : '';
     throw new Error(
       `${this.refused}: ${unit.kind} ${unit.unitId} was left to its move job #${job} (unfinished, not flipped when the change began: the move fences and releases it on ${unit.from}), which has ended or flipped since${more}; published, ${unit.from} would take the unit's writes unfenced where the map no longer looks. Nothing was published: try again (the unit is then fenced as any)`,
+    );
+  }
+
+  /**
+   * Refuses a change made through something that only answers `query` (no transaction in which
+   * {@link confirmSkipped} could follow the write) where {@link fence} left a unit to its unflipped
+   * move: the move could end between any check and the insert.
+   */
+  refuseSkippedOutsideTransaction(): void {
+    const [first] = this.skipped.values();
+    if (first === undefined) return;
+    throw new Error(
+      `${this.refused}: ${first.unit.kind} ${first.unit.unitId} has an unfinished move (job #${first.job}) that has not flipped, and this change was given a client that holds no transaction, in which the change could confirm after its write that the move still runs (ended meanwhile, ${first.unit.from} would take the unit's writes unfenced where the map no longer looks). Nothing was published: publish through a pool or a client, or once the move has ended`,
     );
   }
 

@@ -22,7 +22,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { fenceState, keysInSlot, refusalOf, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { fenceState, keysInSlot, refusalOf, sides, startMoveEnv, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -31,13 +31,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-function writeUser(pool: pg.Pool, slot: number, user: string): Promise<string> {
-  return seedUsers(pool, slot, [user], 1).then(
-    () => 'acknowledged',
-    (e: { code?: string }) => `refused ${e.code ?? '?'}`,
-  );
-}
 
 /** `pool`, whose `query` runs `before` and `after` around the first statement matching `when`, once. */
 function catalogCalling(pool: pg.Pool, when: RegExp, before: () => Promise<unknown>, after: () => Promise<unknown>): pg.Pool {
@@ -88,7 +81,29 @@ describe('a slot left to its unflipped move by a hand change', () => {
     );
     // Published again, the slot is fenced as any: a writer sent to `from` by the old map is refused.
     await store.publishByHand(moveSlots(await store.current(), [slot], to), 'given to the move target by hand, again');
-    expect({ owner: (await store.current()).assignments[slot], write: await writeUser(source, slot, keysInSlot(slot, 1)[0] as string) }).toEqual({ owner: to, write: 'refused CAF02' });
+    expect({ owner: (await store.current()).assignments[slot], write: await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string) }).toEqual({ owner: to, write: 'refused CAF02' });
+  }, 60_000);
+});
+
+describe('a slot left to its unflipped move by a hand change through a client that holds no transaction', () => {
+  it('is refused before the write: a move cancelled between any check and the insert would leave the map published unfenced', async () => {
+    const slot = 1825;
+    const { from, to, source } = await sides(env, slot);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    // Something that only answers `query` (no transaction can be held on it); the move is
+    // cancelled just before the map's insert reaches the catalog.
+    const hooked = catalogCalling(env.catalog, /publish_slot_map_by_hand/, () => mover.cancel(planned.id), () => Promise.resolve());
+    const queryOnly = { query: (text: string, values?: unknown[]) => hooked.query(text, values) } as unknown as pg.Pool;
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    const before = await store.current();
+    const outcome = await refusalOf(store.publishByHand(moveSlots(before, [slot], to), 'given to the move target by hand', queryOnly));
+    // Before: the check passed with the move planned, the move was cancelled, the insert went
+    // through (CAF08 refuses only while a move is unfinished): owner `to`, `from` never fenced, and
+    // a writer sent there by the old map acknowledged where the map no longer looks.
+    expect({ owner: (await store.current()).assignments[slot], write: await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string) }).toEqual({ owner: from, write: 'acknowledged' });
+    expect(String(outcome)).toMatch(new RegExp(`cannot publish slot map version ${before.version + 1} by hand: slot ${slot} has an unfinished move \\(job #${planned.id}\\).*holds no transaction.*Nothing was published`));
+    await mover.cancel(planned.id).catch(() => undefined);
   }, 60_000);
 });
 
@@ -112,7 +127,7 @@ describe("a slot given back by hand inside a caller's transaction", () => {
     expect((await store.current()).assignments[slot]).toBe(to);
     // A router whose map predates the move (naming `from`). Before: `from`'s moved row was deleted
     // before the caller's commit, and the write acknowledged there while the catalog names `to`.
-    expect(await writeUser(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
+    expect(await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
   }, 60_000);
 
   it("that commits keeps the new owner's moved row, refusing the slot's writes (none lost) until deleted by hand", async () => {
@@ -131,10 +146,10 @@ describe("a slot given back by hand inside a caller's transaction", () => {
       client.release();
     }
     expect((await store.current()).assignments[slot]).toBe(from);
-    expect(await writeUser(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
+    expect(await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
     // The way out the spec names, once the caller's transaction has committed.
     await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1 and state = 'moved'`, [String(slot)]);
-    expect(await writeUser(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('acknowledged');
+    expect(await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('acknowledged');
   }, 60_000);
 });
 
@@ -169,7 +184,7 @@ describe('a slot given back by hand to the source of its move past the flip, sti
     expect((await env.mover({ readerGraceMs: 0 }).run(job.id)).state).toBe('done');
     await store.publishByHand(moveSlots(await store.current(), [slot], from), 'given back by hand, the move done');
     const [user] = keysInSlot(slot, 1) as [string];
-    expect(await writeUser(source, slot, user)).toBe('acknowledged');
+    expect(await userWriteOutcome(source, slot, user)).toBe('acknowledged');
     expect((await source.query<{ n: number }>('select count(*)::int as n from users where id = $1', [user])).rows[0]?.n).toBe(1);
   }, 60_000);
 });
