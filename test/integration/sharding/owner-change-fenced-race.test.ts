@@ -16,7 +16,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countSlot, fenceState, keysInSlot, refusalOf, sides, startMoveEnv, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, fenceState, keysInSlot, refusalOf, moveStoppedAfterRelease, sides, startMoveEnv, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -133,15 +133,7 @@ describe('two hand changes of the same slot at once', () => {
     const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
     // An empty slot moved from -> to, the mover stopped after the flip and the release: the job
     // 'cleaning_up' (unfinished), its 'moved' row (job_id set) on `from`.
-    const mover = env.mover({
-      readerGraceMs: 0,
-      hook(point) {
-        if (point === 'cleaning_up') throw new Error('test: the mover stops after the release');
-      },
-    });
-    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
-    await expect(mover.run(planned.id)).rejects.toThrow(/after the release/);
-    expect((await mover.get(planned.id)).state).toBe('cleaning_up');
+    const planned = { id: await moveStoppedAfterRelease(env, slot, to) };
     const before = await store.current();
     const outcome = await refusalOf(store.publishByHand(moveSlots(before, [slot], from), 'given back by hand'));
     // Before: published; `from` then refused every write of the slot (CAF02, moved to `to`) while the map named it: a write loop.
