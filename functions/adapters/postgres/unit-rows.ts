@@ -315,6 +315,7 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
     }
   }
   if (typeof c.connect !== 'function') {
+    change.fences?.fence.readCatalogThrough(client);
     const route = await change.route(client);
     let done: T;
     try {
@@ -334,6 +335,7 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
   }
   try {
     await client.query('savepoint ca_dms_owner_change');
+    change.fences?.fence.readCatalogThrough(client);
   } catch (err) {
     if ((err as { code?: string }).code !== NO_ACTIVE_TRANSACTION) throw err;
     return ownTransaction(client, change);
@@ -358,6 +360,7 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
 }
 
 async function ownTransaction<R, T>(client: Queryable, change: CountedChange<R, T>, rollbackFailed: () => void = () => undefined): Promise<T> {
+  change.fences?.fence.readCatalogThrough(client);
   await client.query('begin');
   let done: T;
   try {
@@ -507,6 +510,22 @@ export class OwnerChangeFences {
     private readonly catalog?: Queryable,
   ) {}
 
+  /** The change's own catalog connection, once {@link readCatalogThrough} named it; else the store's pool. */
+  private through?: Queryable;
+
+  private get catalogReader(): Queryable | undefined {
+    return this.through ?? this.catalog;
+  }
+
+  /**
+   * Reads the catalog (the move jobs) through `c`, the connection the change holds, not a second
+   * one from the store's pool: a Lambda's pool of one connection waited on itself until its
+   * connection timeout, and the change failed.
+   */
+  readCatalogThrough(c: Queryable): void {
+    this.through = c;
+  }
+
   /** Fences `units` on their old owners (those with a pool here) and waits for their older writers; see the class. */
   async fence(all: readonly FencedUnit[]): Promise<void> {
     const moving = await this.unflippedMoves(all);
@@ -637,7 +656,7 @@ export class OwnerChangeFences {
   }
 
   /** The units of `units` (`kind:unit_id`) with a move job the catalog (or `client`) shows unfinished and not flipped, with that job's id; none without the catalog. */
-  private async unflippedMoves(units: readonly FencedUnit[], client: Queryable | undefined = this.catalog): Promise<Map<string, string>> {
+  private async unflippedMoves(units: readonly FencedUnit[], client: Queryable | undefined = this.catalogReader): Promise<Map<string, string>> {
     if (client === undefined || units.length === 0) return new Map();
     const { rows } = await client.query<{ unit: string; job: string }>(
       `select j.kind || ':' || j.unit_id as unit, j.id::text as job from catalog.move_jobs j join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
@@ -688,8 +707,9 @@ export class OwnerChangeFences {
   /** The move jobs of `units` the catalog shows past their flip and unfinished whose source is the unit's new owner; none without the catalog. */
   private async flippedMovesFrom(units: readonly FencedUnit[]): Promise<Array<{ kind: string; unit_id: string; id: string; from_shard: string; to_shard: string; state: string }>> {
     const list = units.filter((u) => u.from !== u.to);
-    if (this.catalog === undefined || list.length === 0) return [];
-    const { rows } = await this.catalog.query<{ kind: string; unit_id: string; id: string; from_shard: string; to_shard: string; state: string }>(
+    const catalog = this.catalogReader;
+    if (catalog === undefined || list.length === 0) return [];
+    const { rows } = await catalog.query<{ kind: string; unit_id: string; id: string; from_shard: string; to_shard: string; state: string }>(
       `select j.kind, j.unit_id, j.id::text as id, j.from_shard, j.to_shard, j.state
          from catalog.move_jobs j join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text, new_owner text) on j.kind = u.kind and j.unit_id = u.unit_id and j.from_shard = u.new_owner
         where j.state not in ${FINISHED_JOB_STATES} and j.flip_started_at is not null
@@ -701,8 +721,9 @@ export class OwnerChangeFences {
 
   /** Of the move jobs `ids`, those the catalog shows finished; none without the catalog, or where its login may not read them (the application's). */
   private async finishedJobs(ids: readonly string[]): Promise<string[]> {
-    if (this.catalog === undefined || ids.length === 0) return [];
-    const { rows } = await this.catalog
+    const catalog = this.catalogReader;
+    if (catalog === undefined || ids.length === 0) return [];
+    const { rows } = await catalog
       .query<{ id: string }>(`select id::text from catalog.move_jobs where id = any($1::bigint[]) and state in ${FINISHED_JOB_STATES}`, [ids])
       .catch(() => ({ rows: [] as { id: string }[] }));
     return rows.map((r) => r.id);

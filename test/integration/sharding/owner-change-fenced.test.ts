@@ -144,3 +144,18 @@ describe('SlotMapStore.publish giving a slot away by hand, with writers of the s
     expect(rows).toEqual([{ state: 'open', job_id: '77', map_version: '3', excluded_keys: [kept] }]);
   }, 60_000);
 });
+
+describe('a slot map published by hand through a catalog pool of one connection (the Lambdas\' pool settings)', () => {
+  it('reads the move jobs through the connection it holds: published and fenced, not timed out waiting on itself', async () => {
+    const slot = 1808;
+    const { to, source } = await sides(env, slot);
+    const one = new pg.Pool({ connectionString: env.urls.catalog, max: 1, connectionTimeoutMillis: 5000 });
+    try {
+      const store = new SlotMapStore(one, { shardPools: env.shards });
+      const done = await store.publishByHand(moveSlots(await store.current(), [slot], to), 'through a pool of one');
+      expect({ owner: done.map.assignments[slot], fence: await fenceState(source, slot) }).toEqual({ owner: to, fence: 'moved' });
+    } finally {
+      await one.end();
+    }
+  }, 60_000);
+});

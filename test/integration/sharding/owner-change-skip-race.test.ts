@@ -32,25 +32,31 @@ afterAll(async () => {
   await env?.stop();
 });
 
-/** `pool`, whose `query` runs `before` and `after` around the first statement matching `when`, once. */
+/**
+ * `pool`, whose `query`, and that of every client it lends, runs `before` and `after` around the
+ * first statement matching `when`, once.
+ */
 function catalogCalling(pool: pg.Pool, when: RegExp, before: () => Promise<unknown>, after: () => Promise<unknown>): pg.Pool {
   let done = false;
-  return new Proxy(pool, {
-    get(target, prop) {
-      if (prop === 'query') {
-        return async (text: string, values?: unknown[]) => {
-          const hooked = !done && when.test(text);
-          done ||= hooked;
-          if (hooked) await before();
-          const answer = await target.query(text, values);
-          if (hooked) await after();
-          return answer;
-        };
-      }
-      const v: unknown = Reflect.get(target, prop, target);
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
+  const hooking = <Q extends object>(target: Q): Q =>
+    new Proxy(target, {
+      get(t, prop) {
+        if (prop === 'query') {
+          return async (text: string, values?: unknown[]) => {
+            const hooked = !done && typeof text === 'string' && when.test(text);
+            done ||= hooked;
+            if (hooked) await before();
+            const answer: unknown = await (t as unknown as pg.ClientBase).query(text, values);
+            if (hooked) await after();
+            return answer;
+          };
+        }
+        if (prop === 'connect' && t === (pool as object)) return async () => hooking(await pool.connect());
+        const v: unknown = Reflect.get(t, prop, t);
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+      },
+    });
+  return hooking(pool);
 }
 
 describe('a slot left to its unflipped move by a hand change', () => {
