@@ -3,6 +3,7 @@
  * reused across starts, and no server left behind.
  */
 import { spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createServer, type Server as NetServer } from 'node:net';
 import { chmod, chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
@@ -31,6 +32,17 @@ async function occupyPort(): Promise<{ port: number; socket: NetServer }> {
   const addr = socket.address();
   if (addr === null || typeof addr === 'string') throw new Error('no port');
   return { port: addr.port, socket };
+}
+
+/** Whether nothing listens on the loopback port (we can bind it ourselves). */
+async function listenable(port: number): Promise<boolean> {
+  const socket = createServer();
+  const bound = await new Promise<boolean>((r) => {
+    socket.once('error', () => r(false));
+    socket.listen(port, '127.0.0.1', () => r(true));
+  });
+  if (bound) await new Promise((r) => socket.close(r));
+  return bound;
 }
 
 async function query<T extends pg.QueryResultRow>(url: string, sql: string, values: unknown[] = []): Promise<T[]> {
@@ -123,20 +135,41 @@ describe('startEmbeddedCluster', () => {
   it('gives up with a message naming the server when every port chosen for it is taken, leaving no server running', async () => {
     const { port: taken, socket } = await occupyPort();
     const started: EmbeddedNode[] = [];
+    const retries: string[] = [];
     let calls = 0;
-    // Every port is the taken one: each server fails to bind on each attempt.
+    // Every port is the taken one: each server fails to bind on each attempt. The two servers
+    // start side by side; the first port asked for is handed out only once the start has failed,
+    // so one server uses up its attempts while the other still waits for its first (which of the
+    // two is up to the scheduler, as it is in a real start).
+    let failed: () => void = () => undefined;
+    const startFailed = new Promise<void>((resolve) => (failed = resolve));
+    let late = 0;
     const choosePort = async (): Promise<number> => {
       calls++;
-      return taken;
+      if (calls > 1) return taken;
+      await Promise.race([startFailed, sleep(60_000)]);
+      // A free port this time: a server spawned on it now would run on, owned by nobody.
+      late = await freeLoopbackPort();
+      return late;
     };
     try {
-      const attempt = startEmbeddedCluster({ root, shards: 1, replicasPerShard: 1, choosePort });
+      const error = await startEmbeddedCluster({ root, shards: 1, replicasPerShard: 1, choosePort, onProgress: (m) => retries.push(m) }).catch((e: unknown) => e);
+      failed();
+      // Give the server whose port came late the time it would take to spawn and bind: it must not.
+      await sleep(1_000);
 
-      await expect(attempt).rejects.toBeInstanceOf(EmbeddedClusterError);
-      await expect(attempt).rejects.toThrow(new RegExp(`could not start: each of the ${PORT_ATTEMPTS} free ports .* \\(last ${taken}\\)`));
-      expect(calls).toBe(2 * PORT_ATTEMPTS);
-      // The primary that did start was stopped, and the data is intact and unlocked: the next
-      // start succeeds and finds no server left running.
+      expect(error).toBeInstanceOf(EmbeddedClusterError);
+      const message = (error as Error).message;
+      expect(message).toMatch(new RegExp(`could not start: each of the ${PORT_ATTEMPTS} free ports .* \\(last ${taken}\\)`));
+      const gaveUp = /^(\S+) could not start/.exec(message)?.[1] ?? '';
+      expect(['catalog', 'shard_001/primary']).toContain(gaveUp);
+      // It tried PORT_ATTEMPTS ports, saying so before each retry; the other server, stopped
+      // while it waited for its port, started nothing once the port came.
+      expect(retries.filter((m) => m.startsWith(`${gaveUp}: port ${taken} was taken`))).toHaveLength(PORT_ATTEMPTS - 1);
+      expect(retries.filter((m) => m.includes('was taken') && !m.startsWith(`${gaveUp}:`))).toEqual([]);
+      expect(calls).toBe(PORT_ATTEMPTS + 1);
+      expect(await listenable(late)).toBe(true);
+      // The data is intact and unlocked: the next start succeeds and finds no server left running.
       const progress: string[] = [];
       const cluster = await startEmbeddedCluster({ root, shards: 1, replicasPerShard: 1, onProgress: (m) => progress.push(m) });
       started.push(...cluster.nodes());
@@ -144,6 +177,7 @@ describe('startEmbeddedCluster', () => {
       expect(started.map((n) => n.id)).toEqual(['catalog', 'shard_001/primary', 'shard_001/replica-1']);
       expect(progress.filter((m) => m.includes('left running'))).toEqual([]);
     } finally {
+      failed();
       socket.close();
     }
   }, 90_000);
