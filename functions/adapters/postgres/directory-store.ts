@@ -21,7 +21,7 @@ import { canonicalKey, uuidForm } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, PIN_KEPT, PIN_OWNER_KEPT } from './sqlstate.js';
-import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, keyRowsOn, refusedRowsLeftOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, keyRowsOn, OwnerChangeFences, refusedRowsLeftOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
@@ -113,6 +113,23 @@ export class DirectoryRowsLeftError extends DirectoryError {
   }
 }
 
+/**
+ * An unpin was refused because nothing can make it sound (issue #15): it would change the key's
+ * route (the pin names another shard than the key's slot's owner), which a fence cannot cover
+ * without leaving a row that decides for the key once unpinned; or a shard holds such a row of the
+ * key already (left by an earlier change of its pin), which must keep the key pinned. Nothing was
+ * changed. Pin the key to its slot's owner instead (routes it the same, fenced), or move it.
+ */
+export class DirectoryUnpinRefusedError extends DirectoryError {
+  override readonly name = 'DirectoryUnpinRefusedError';
+  constructor(
+    readonly key: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 export interface DirectoryEntry {
   readonly key: string;
   readonly shardId: string;
@@ -135,7 +152,10 @@ export interface DirectoryStoreOptions {
    * The shards' primary pools, by shard id. When given, a change of the shard a key routes to
    * (`set`, `repinByHand`, `delete`) first counts the key's rows on the shard it routes to now and
    * is refused with {@link DirectoryRowsLeftError} where there are any, unless the caller passes
-   * `rowsLeftOn` (issue #15; the sharding runtime gives them). Without them nothing is counted.
+   * `rowsLeftOn` (issue #15; the sharding runtime gives them); a pin's change fences the key on that
+   * shard first ({@link OwnerChangeFences}: the pools must be of a login that may write
+   * `write_fences` and holds `pg_read_all_stats`), and an unpin that changes the route, or of a key
+   * with a fence row on any shard, is refused. Without them nothing is counted or fenced.
    */
   readonly shardPools?: ShardPoolsById;
   /**
@@ -245,7 +265,10 @@ export class DirectoryStore implements DirectoryLookup {
    * ({@link DirectoryStoreOptions.shardPools}), when the pin routes the key away from the shard it
    * routes to now (its pin, else its slot's owner) while that shard holds rows of the key (issue
    * #15: the catalog cannot see them, and a key with no move history passes its guards), unless
-   * `options.rowsLeftOn` says why they may stay (`'checked'`; the mover names its job).
+   * `options.rowsLeftOn` says why they may stay (`'checked'`; the mover names its job). Such a
+   * store also fences the key on that shard before the count and turns the fence `moved` to
+   * `shardId` once the pin is committed (see {@link changeOwner}): the key then stays pinned
+   * ({@link delete}).
    *
    * The key's cached lookup is forgotten once the write is made. Made with a `client` in a
    * transaction, the write is not yet visible then, and a lookup of this process may cache the
@@ -322,16 +345,43 @@ export class DirectoryStore implements DirectoryLookup {
       return write(client);
     }
     if (uuidForm(key) !== key) return write(client);
+    const shardPools = this.shardPools;
+    // The connection the change reads its route with (its transaction's, where it holds one).
+    let routeReader: Queryable = client;
+    const sameRoute = (before: Awaited<ReturnType<DirectoryStore['routeOf']>>, now: Awaited<ReturnType<DirectoryStore['routeOf']>>): boolean =>
+      before === null || now === null
+        ? before === now
+        : before.from === now.from && before.next === now.next && before.entry?.version === now.entry?.version && before.entry?.shardId === now.entry?.shardId;
     return countedOwnerChange(client, {
-      route: (c) => this.routeOf(change, key, c, to),
+      route: (c) => {
+        routeReader = c;
+        return this.routeOf(change, key, c, to);
+      },
       write,
-      refuse: (route) => this.refuseRowsLeft(change, key, route),
+      refuse: async (route) => {
+        await this.refuseRowsLeft(change, key, route);
+        // Judged on the route as it is once counted: a pin changed by another session during the
+        // count is counted again where it routes now (countedOwnerChange), which answers first.
+        if (change === 'unpin' && sameRoute(route, await this.routeOf(change, key, routeReader, to))) await this.refuseUnfenceableUnpin(key, route);
+      },
+      // A pin's change of route fences the key on the shard it routes to now, as a slot's does
+      // (issue #15): a writer of the key there that routed with the old pin (or by hash), in flight
+      // during the count or sent later by a stale directory cache, is refused (CAF01, then CAF02
+      // and re-routed) instead of acknowledged where no reader looks. The `moved` row it leaves
+      // decides for the key there over its slot's rows, so the key stays pinned (see
+      // refuseUnfenceableUnpin). An unpin is not fenced: it is refused where it changes the route.
+      ...(change === 'unpin'
+        ? {}
+        : {
+            fences: {
+              fence: new OwnerChangeFences(shardPools, this.countTimeoutMs, change === 'pin' ? `cannot pin key ${key} to ${to ?? '?'}` : `cannot repin key ${key} to ${to ?? '?'} by hand`, this.pool),
+              of: (route: { from: string; next: string } | null) => (route === null ? [] : [{ kind: 'directory' as const, unitId: key, from: route.from, to: route.next, excludedKeys: [] }]),
+              version: (done: T) => (done as DirectoryEntry).version,
+            },
+          }),
       // A pin's write has no check of its own but a set's compare-and-set: a change committed by
       // another session while the rows were counted has them counted again (see countedOwnerChange).
-      sameRoute: (before, now) =>
-        before === null || now === null
-          ? before === now
-          : before.from === now.from && before.next === now.next && before.entry?.version === now.entry?.version && before.entry?.shardId === now.entry?.shardId,
+      sameRoute,
     });
   }
 
@@ -366,6 +416,47 @@ export class DirectoryStore implements DirectoryLookup {
           ? `cannot repin key ${key} to ${next} by hand: ${held}; the pin ${harm}. Where a move can, move it (${move}); deciding its owner by hand, check first that ${next} holds its rows and that its write_fences row of the key, if any, is open, then pass { rowsLeftOn: 'checked' }. Nothing was written`
           : `cannot unpin key ${key}: ${held}; unpinned, it routes by hash to ${next} (slot ${slotOf(key)}), which ${harm}. Keep the pin (a directory move changes its owner: POST /shards/moves), or, where its rows are accounted for (checked by hand), pass { rowsLeftOn: 'checked' }. Nothing was changed`;
     throw new DirectoryRowsLeftError(key, from, next, rows, message);
+  }
+
+  /**
+   * Refuses an unpin a fence cannot make sound (issue #15), where the key's rows were not found on
+   * the pin's shard ({@link refuseRowsLeft} counts those first):
+   * - where it changes the key's route (`route` not null: its pin names another shard than its
+   *   slot's owner, and that shard has a pool here): a writer of the key that routed with the pin
+   *   (in flight during the count, or sent later by a stale directory cache) was acknowledged on the
+   *   pin's shard, out of every reader's sight. Fenced, that shard's `moved` row of the key would
+   *   outlive the pin and decide for the key there over its slot's rows: once the slot moved to
+   *   that shard, every write of the key routed there by hash was refused for good (`CAF02`,
+   *   "routing is not converging"), as for a directory move's key unpinned (`CAF06`). A pin to the
+   *   slot's owner routes the key there as the unpin would, fenced, and keeps it pinned;
+   * - where a shard holds a `directory` row of the key (a hand change's `moved` row, left by a pin
+   *   changed earlier): unpinned, that row would decide for the key there as above, and an `open`
+   *   one would let its writes through while its slot is fenced by a move there.
+   * Every shard with a pool is read, each within the count's bound.
+   */
+  private async refuseUnfenceableUnpin(key: string, route: { from: string; next: string; entry: DirectoryEntry | null } | null): Promise<void> {
+    const pools = this.shardPools;
+    if (pools === undefined) return;
+    const refused = `cannot unpin key ${key}`;
+    if (route !== null && pools.get(route.from) !== undefined) {
+      const { from, next } = route;
+      throw new DirectoryUnpinRefusedError(
+        key,
+        `${refused}: unpinned, it would route by hash to ${next} (slot ${slotOf(key)}) instead of ${from}, its pin, version ${route.entry?.version ?? '?'}, and nothing can fence the change: a writer of the key that still routes with the pin (in flight now, or with a directory cache up to directory.cache_ttl_seconds old, or another language's router) would be acknowledged on ${from}, out of every reader's sight, and a fence row left on ${from} would decide for the key there for good once unpinned (issue #15; docs/sharding-spec.md section 9, "An owner changed outside a move"). Pin it to its slot's owner instead, which routes it the same and is fenced: set('${key}', '${next}', ...); or move it there (POST /shards/moves {"kind":"directory","unit":"${key}","to":"${next}"}); the key then stays pinned. Nothing was changed`,
+      );
+    }
+    const held: string[] = [];
+    for (const [shard, pool] of pools) {
+      const rows = await boundedCount(pool, shard, this.countTimeoutMs, refused, async (c) =>
+        (await c.query<{ state: string; moved_to: string | null; job_id: string | null }>(`select state, moved_to, job_id::text from write_fences where kind = 'directory' and unit_id = $1`, [key])).rows,
+      );
+      for (const r of rows) held.push(`${shard} ('${r.state}'${r.moved_to === null ? '' : ` to ${r.moved_to}`}, ${r.job_id === null ? 'a hand change' : `move job #${r.job_id}`})`);
+    }
+    if (held.length === 0) return;
+    throw new DirectoryUnpinRefusedError(
+      key,
+      `${refused}: a write_fences row of the key is on ${held.join(', ')}, left by an earlier change of its pin: it decides for the key on that shard over its slot's rows, so the key must stay pinned (unpinned, it would be refused there for good once its slot went to that shard, or let through while its slot is fenced there; issue #15; docs/sharding-spec.md section 9, "An owner changed outside a move"). Keep the pin (pin it to its slot's owner to route it as by hash). Nothing was changed`,
+    );
   }
 
   /** Why `shardId` may not be written, when this store knows the configured shards and it is not one; else null. */
@@ -423,6 +514,10 @@ export class DirectoryStore implements DirectoryLookup {
    * Refused with {@link DirectoryRowsLeftError}, nothing changed, by a store given the shards' pools,
    * when the pin names another shard than the key's slot's owner and that shard holds rows of the
    * key (unpinned, the key would route by hash away from them), unless `options.rowsLeftOn` is given.
+   * Refused with {@link DirectoryUnpinRefusedError}, nothing changed, by such a store, where the
+   * unpin would change the key's route at all (nothing can fence it soundly: pin the key to its
+   * slot's owner instead, or move it), or where any shard holds a `directory` fence row of the key
+   * (left by an earlier change of its pin: the key must stay pinned; issue #15).
    */
   async delete(rawKey: string, client: Queryable = this.pool, options: OwnerChangeOptions = {}): Promise<boolean> {
     const key = canonicalKey(rawKey);
