@@ -288,7 +288,9 @@ export class DirectoryStore implements DirectoryLookup {
     if (by.trim() === '') throw new DirectoryError('every directory change records who made it; "by" must not be empty');
     const unknown = this.unconfigured(shardId);
     if (unknown !== null) throw new DirectoryError(unknown);
-    return this.changeOwner('pin', key, client, options, shardId, (c) => this.write(key, shardId, by, c, expected));
+    // Where the store read the route (it counts and fences), the pin is written only over the entry
+    // it read last, unless the caller gave its own: see changeOwner.
+    return this.changeOwner('pin', key, client, options, shardId, (c, read) => this.write(key, shardId, by, c, expected === undefined ? read : expected));
   }
 
   /** {@link set}'s write, with the catalog's checks (compare-and-set, `CAF07`). */
@@ -335,7 +337,14 @@ export class DirectoryStore implements DirectoryLookup {
    * checked against the catalog first), for a key that is no user id (no row is owned by it), or
    * where the shard routed to now has no pool here (not configured).
    */
-  private async changeOwner<T>(change: 'pin' | 'repin' | 'unpin', key: string, client: Queryable, options: OwnerChangeOptions, to: string | undefined, write: (c: Queryable) => Promise<T>): Promise<T> {
+  private async changeOwner<T>(
+    change: 'pin' | 'repin' | 'unpin',
+    key: string,
+    client: Queryable,
+    options: OwnerChangeOptions,
+    to: string | undefined,
+    write: (c: Queryable, read?: ExpectedDirectoryEntry) => Promise<T>,
+  ): Promise<T> {
     // Where pins do not route (override_hash off), a pin decides no key's shard: nothing to count.
     if (this.shardPools === undefined || !this.pinsOverrideHash) return write(client);
     if (options.rowsLeftOn !== undefined) {
@@ -348,16 +357,24 @@ export class DirectoryStore implements DirectoryLookup {
     const shardPools = this.shardPools;
     // The connection the change reads its route with (its transaction's, where it holds one).
     let routeReader: Queryable = client;
+    // The entry as the route was last read, before the write: the write is made only over it.
+    // Counted and fenced on the shard that read named, a change committed by another session
+    // since (one that fences nothing: an unpin, a pin that keeps the route) would otherwise be
+    // overwritten, the key then routing where a fence row of that change refuses its writes, and
+    // the writes acknowledged under that change out of every reader's sight.
+    let read: ExpectedDirectoryEntry | undefined;
     const sameRoute = (before: Awaited<ReturnType<DirectoryStore['routeOf']>>, now: Awaited<ReturnType<DirectoryStore['routeOf']>>): boolean =>
       before === null || now === null
         ? before === now
         : before.from === now.from && before.next === now.next && before.entry?.version === now.entry?.version && before.entry?.shardId === now.entry?.shardId;
     return countedOwnerChange(client, {
-      route: (c) => {
+      route: async (c) => {
         routeReader = c;
-        return this.routeOf(change, key, c, to);
+        const entry = await this.entry(key, c);
+        read = entry === null ? null : { shardId: entry.shardId, version: entry.version };
+        return this.routeOf(change, key, c, to, entry);
       },
-      write,
+      write: (c) => write(c, read),
       refuse: async (route) => {
         await this.refuseRowsLeft(change, key, route);
         // Judged on the route as it is once counted: a pin changed by another session during the
@@ -386,8 +403,14 @@ export class DirectoryStore implements DirectoryLookup {
   }
 
   /** Where `key` routes now and where the change would route it (null where it does not move it). */
-  private async routeOf(change: 'pin' | 'repin' | 'unpin', key: string, client: Queryable, to: string | undefined): Promise<{ from: string; next: string; entry: DirectoryEntry | null } | null> {
-    const entry = await this.entry(key, client);
+  private async routeOf(
+    change: 'pin' | 'repin' | 'unpin',
+    key: string,
+    client: Queryable,
+    to: string | undefined,
+    read?: DirectoryEntry | null,
+  ): Promise<{ from: string; next: string; entry: DirectoryEntry | null } | null> {
+    const entry = read === undefined ? await this.entry(key, client) : read;
     if (change === 'unpin' && entry === null) return null;
     const { rows: mapped } = await client.query<{ owner: string | null }>('select assignments[$1::int + 1] as owner from catalog.slot_maps order by version desc limit 1', [slotOf(key)]);
     const slotOwner = mapped[0]?.owner ?? null;
@@ -490,7 +513,18 @@ export class DirectoryStore implements DirectoryLookup {
       reason.trim() === '' ? 'a pin changed by hand records why; "reason" must not be empty' : null,
     ].filter((w): w is string => w !== null);
     if (wrong.length > 0) throw new DirectoryError(`cannot repin ${key || 'the key'} by hand: ${wrong.join('; ')}`);
-    return this.changeOwner('repin', key, client, options, shardId, async (c) => {
+    return this.changeOwner('repin', key, client, options, shardId, async (c, read) => {
+      if (read !== undefined) {
+        // Made only over the entry the route was read with (see changeOwner), locked until the
+        // transaction ends, so no change of it commits between this check and the repin. Left
+        // open: where there was none, a pin committed by another session between this read and
+        // the catalog function's insert (no row to lock) is overwritten by it.
+        const { rows: held } = await c.query<Row>('select key, shard_id, version, updated_at, updated_by from catalog.shard_directory where key = $1 for update', [key]);
+        const now = held[0] ? toEntry(held[0]) : null;
+        if ((now === null) !== (read === null) || (now !== null && read !== null && (now.shardId !== read.shardId || now.version !== read.version))) {
+          throw new DirectoryVersionConflictError(key, read, now);
+        }
+      }
       const { rows } = await c
         .query<Row>('select key, shard_id, version, updated_at, updated_by from catalog.repin_by_hand($1, $2, $3)', [key, shardId, reason])
         .catch((err: unknown) => {
@@ -521,12 +555,20 @@ export class DirectoryStore implements DirectoryLookup {
    */
   async delete(rawKey: string, client: Queryable = this.pool, options: OwnerChangeOptions = {}): Promise<boolean> {
     const key = canonicalKey(rawKey);
-    return this.changeOwner('unpin', key, client, options, undefined, async (c) => {
-      const { rowCount } = await c.query('delete from catalog.shard_directory where key = $1', [key]).catch((err: unknown) => {
+    return this.changeOwner('unpin', key, client, options, undefined, async (c, read) => {
+      // Where the route was read (see changeOwner): no pin then, none removed (a pin made since is
+      // another change, after this one); else only the pin as read, a pin changed since refused.
+      if (read === null) return false;
+      const { rowCount } = await (
+        read === undefined
+          ? c.query('delete from catalog.shard_directory where key = $1', [key])
+          : c.query('delete from catalog.shard_directory where key = $1 and shard_id = $2 and version = $3', [key, read.shardId, read.version])
+      ).catch((err: unknown) => {
         if (hasSqlState(err, PIN_KEPT)) throw new DirectoryPinKeptError(key, (err as Error).message, { cause: err });
         throw err;
       });
       this.forget(key);
+      if (read !== undefined && (rowCount ?? 0) === 0) throw new DirectoryVersionConflictError(key, read, await this.entry(key, c));
       return (rowCount ?? 0) > 0;
     });
   }

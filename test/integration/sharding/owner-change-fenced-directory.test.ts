@@ -15,8 +15,8 @@
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
-import { keysInSlot, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { DirectoryRowsLeftError, DirectoryStore, DirectoryVersionConflictError } from '../../../functions/adapters/postgres/directory-store.js';
+import { keysInSlot, lockWaitOn, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let directory: DirectoryStore;
@@ -158,7 +158,7 @@ describe('a directory pin removed by hand', () => {
     const outcome = await refusalOf(directory.delete(key));
     // A router whose cache still names the pin writes there.
     const late = await keyWriteOutcome(target, slot, key);
-    // Before: unpinned, and the late write acknowledged on `to`, where no reader of the key looked any more.
+    // The pin stays: the write on its shard is where the catalog routes the key.
     expect({ pin: await directory.get(key), late }).toEqual({ pin: to, late: 'acknowledged' });
     expect(String(outcome)).toMatch(new RegExp(`cannot unpin key ${key}: unpinned, it would route by hash to ${from}.*set\\(.*${from}.*POST /shards/moves`));
   }, 60_000);
@@ -183,6 +183,62 @@ describe('a directory pin removed by hand', () => {
     await directory.set(key, from, 'ops@example.com');
     expect(await directory.delete(key)).toBe(true);
     expect(await directory.get(key)).toBeNull();
+  }, 60_000);
+});
+
+/**
+ * Another session's change of the key's pin, uncommitted while `change` reads the key's route,
+ * committed once `change` waits on its row: `change`'s outcome and the pin left.
+ */
+async function changedMeanwhile(sql: string, values: unknown[], change: () => Promise<unknown>): Promise<unknown> {
+  const other = await env.catalog.connect();
+  try {
+    await other.query('begin');
+    await other.query(sql, values);
+    const outcome = refusalOf(change());
+    await lockWaitOn(env.catalog, 'catalog');
+    await other.query('commit');
+    return await outcome;
+  } finally {
+    other.release();
+  }
+}
+
+describe('a pin change that fences nothing, while another session changes the pin', () => {
+  // Counted and checked against the route it read, such a change wrote over whatever was committed
+  // meanwhile: a pin made since sent the key's writes to its shard, the change then routed the key
+  // back where that pin's fence row refuses them, and the writes acknowledged under it were out of
+  // every reader's sight. It is now made only over the entry it read.
+  it('an unpin removes only the pin it read: a pin changed since is kept, and the unpin refused', async () => {
+    const slot = 2109;
+    const { from, to } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const read = await directory.set(key, from, 'ops@example.com');
+    const outcome = await changedMeanwhile('update catalog.shard_directory set shard_id = $2, version = version + 1 where key = $1', [key, to], () => directory.delete(key));
+    expect(outcome).toBeInstanceOf(DirectoryVersionConflictError);
+    expect(String(outcome)).toContain(`expected ${from} (version ${read.version}), found ${to} (version ${read.version + 1}`);
+    expect(await directory.get(key)).toBe(to);
+  }, 60_000);
+
+  it('a pin that keeps the key where it routes is written only over the entry it read: a pin made since is kept', async () => {
+    const slot = 2110;
+    const { from, to } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const outcome = await changedMeanwhile(`insert into catalog.shard_directory (key, shard_id, updated_by) values ($1, $2, 'other')`, [key, to], () => directory.set(key, from, 'ops@example.com'));
+    expect(outcome).toBeInstanceOf(DirectoryVersionConflictError);
+    expect(await directory.get(key)).toBe(to);
+  }, 60_000);
+
+  it('a repin by hand is made only over the entry it read', async () => {
+    const slot = 2111;
+    const { from, to } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await directory.set(key, from, 'ops@example.com');
+    const outcome = await changedMeanwhile('update catalog.shard_directory set shard_id = $2, version = version + 1 where key = $1', [key, to], () =>
+      directory.repinByHand(key, from, 'rows checked on the slot owner (test)'),
+    );
+    expect(outcome).toBeInstanceOf(DirectoryVersionConflictError);
+    expect(await directory.get(key)).toBe(to);
   }, 60_000);
 });
 
