@@ -13,6 +13,15 @@
  * - `no-fence-trigger`: without the BEFORE ROW trigger `documents_write_fence`, which (enabled or
  *   not) makes COPY insert row by row (PostgreSQL's CopyFrom takes its multi-insert path only
  *   when a table has no BEFORE or INSTEAD OF row trigger);
+ * - `after-fence`: the fence trigger recreated AFTER ROW (same function): COPY keeps its
+ *   multi-insert path. Unsound for writers (docs/sharding-spec.md section 9, "The fence is a
+ *   BEFORE ROW trigger"; test/integration/sharding/fence-before-the-write.test.ts): measured only;
+ * - `check-fence`: the insert's fence check as a CHECK constraint instead (a constraint is checked
+ *   per row before the insertion and its conflict check in every form, and keeps COPY's
+ *   multi-insert path), passed by the mover as the trigger passes it (`ca_dms.move_writer` and
+ *   `pg_has_role`), the BEFORE trigger kept for UPDATE and DELETE; `check-fence-guc`: the same
+ *   passed on the setting alone (any login may set it: unsound, the floor of what such a
+ *   constraint costs the copy);
  * - `triggers`: as migrated, without `session_replication_role` (a mover login that may not skip
  *   triggers: `bench:moves --mover-login unprivileged-triggers`), the slot `incoming` on the
  *   target, so the fence, capture and foreign-key triggers fire for each row;
@@ -31,6 +40,14 @@
  * (WAL 479 against 527 bytes/row), triggers 25.6; 5 rounds at load 2.5-2.8: mover 8.0,
  * no-owner-index 4.6, no-fence-trigger 7.4; 3 rounds at load 3.8-4.0: mover 7.1, triggers 24.2,
  * triggers-fk-only 14.9. The owner index is about 40% of the target's copy.
+ * The fence trigger's own share (2026-12-07, 198,000 documents, `--users 2000`), median CPU us per
+ * copied row, and the median of the rounds' paired differences against `mover`: 7 rounds at load
+ * 0.8-3.0: mover 6.9, after-fence 6.4 (-0.5), check-fence 6.9 (0.0), no-fence-trigger 6.3 (WAL
+ * 525 against 479 bytes/row); 7 rounds at load 4.9-6.2: mover 7.3, after-fence 6.8 (-0.3),
+ * check-fence 7.3, check-fence-guc 6.7, no-fence-trigger 6.4; 9 rounds at load 3.1-4.1: mover 7.2,
+ * after-fence 6.8 (-0.5), check-fence 7.4 (+0.2), no-fence-trigger 6.7. The BEFORE trigger costs
+ * the copy 4-7% of the target's CPU; a CHECK constraint costs the copy what the multi-insert path
+ * saves.
  *
  * Run: `npm run bench:copy-target-cpu` (options: `--users N`, default 1000; `--docs N`, default 99;
  * `--page N`, default 20000; `--rounds N`, default 3; `--variants a,b`, default all).
@@ -44,7 +61,7 @@ import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import { z } from 'zod';
 import { migrateDatabase, startTestPostgres } from '../test/support/postgres.js';
 
-const VARIANTS = ['mover', 'no-owner-index', 'no-slot-index', 'no-fence-trigger', 'triggers', 'triggers-fk-only'] as const;
+const VARIANTS = ['mover', 'no-owner-index', 'no-slot-index', 'no-fence-trigger', 'after-fence', 'check-fence', 'check-fence-guc', 'triggers', 'triggers-fk-only'] as const;
 type Variant = (typeof VARIANTS)[number];
 
 const { values } = parseArgs({ options: { users: { type: 'string' }, docs: { type: 'string' }, page: { type: 'string' }, rounds: { type: 'string' }, variants: { type: 'string' } } });
@@ -124,6 +141,19 @@ try {
     if (v === 'no-owner-index') await pool(db(v)).query('drop index documents_owner_slot_id_idx');
     if (v === 'no-slot-index') await pool(db(v)).query('drop index documents_slot_id_idx');
     if (v === 'no-fence-trigger') await pool(db(v)).query('drop trigger documents_write_fence on documents');
+    if (v === 'after-fence') await pool(db(v)).query(`drop trigger documents_write_fence on documents; create trigger documents_write_fence after insert or update or delete on documents for each row execute function enforce_write_fence('owner_id')`);
+    if (v === 'check-fence' || v === 'check-fence-guc')
+      // The insert's fence check as a CHECK constraint (evaluated before the insertion and its
+      // conflict check in every form, and per row in COPY's multi-insert path too), the BEFORE
+      // row trigger kept for UPDATE and DELETE only. The mover's copy passes on the left of the OR;
+      // the right side (any function) is never called here, so a stand-in is enough to measure.
+      await pool(db(v)).query(`drop trigger documents_write_fence on documents;
+        create trigger documents_write_fence before update or delete on documents for each row execute function enforce_write_fence('owner_id');
+        create function fence_insert_ok(uuid, uuid, integer) returns boolean language plpgsql as $$ begin return true; end $$;
+        alter table documents add constraint documents_insert_fence check (${
+          // check-fence-guc: the setting alone (which any login may set: unsound, the floor of what a CHECK costs).
+          v === 'check-fence' ? "(current_setting('ca_dms.move_writer', true) = 'on' and pg_has_role(session_user, 'ca_dms_mover', 'member'))" : "current_setting('ca_dms.move_writer', true) = 'on'"
+        } or fence_insert_ok(id, owner_id, slot)) not valid`);
     if (v === 'triggers' || v === 'triggers-fk-only') await pool(db(v)).query(`insert into write_fences (kind, unit_id, state, job_id) values ('slot', $1, 'incoming', 1)`, [String(SLOT)]);
     if (v === 'triggers-fk-only') await pool(db(v)).query('drop trigger documents_write_fence on documents; drop trigger documents_move_capture on documents');
   }
