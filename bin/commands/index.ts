@@ -30,6 +30,10 @@ export const COMMANDS: Readonly<Record<string, CommandEntry>> = {
     summary: 'apply pending database migrations to the catalog and every shard',
     load: async () => (await import('./migrate.js')).migrateCommand,
   },
+  shards: {
+    summary: "list (and with --settle, fix) the shards' write_fences rows that no live move explains",
+    load: async () => (await import('./shards.js')).shardsCommand,
+  },
   simulate: {
     summary: 'replay a workload trace through scaling policies and score them',
     load: async () => (await import('./simulate.js')).simulateCommand,

@@ -9,7 +9,7 @@ import { MigrationError } from '../../functions/adapters/postgres/migrate.js';
 import { createPool } from '../../functions/handlers/shared/db.js';
 import { migrateAll } from '../../functions/handlers/shared/migrations.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
-import { parseFlags, UsageError } from './kit.js';
+import { databaseUrl, parseFlags, UsageError } from './kit.js';
 
 const usage = `Usage: ca-dms-scaling migrate [--catalog-url URL] [--shard-url URL ...]
 
@@ -30,27 +30,6 @@ const table: FlagTable = {
   'shard-url': { type: 'string', multiple: true },
   help: { type: 'boolean', short: 'h' },
 };
-
-const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1', '[::1]']);
-
-const databaseUrl = z.string().transform((raw, ctx) => {
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    ctx.addIssue({ code: 'custom', message: `expected a postgresql:// URL, got "${raw}"` });
-    return z.NEVER;
-  }
-  if (url.protocol !== 'postgresql:' && url.protocol !== 'postgres:') {
-    ctx.addIssue({ code: 'custom', message: `expected a postgresql:// URL, got "${url.protocol}//..."` });
-    return z.NEVER;
-  }
-  if (!LOOPBACK.has(url.hostname) && url.searchParams.get('sslmode') !== 'verify-full') {
-    ctx.addIssue({ code: 'custom', message: `${url.hostname} is not loopback: add sslmode=verify-full (TLS is always verified)` });
-    return z.NEVER;
-  }
-  return raw;
-});
 
 const flagsSchema = z.object({
   'catalog-url': databaseUrl.optional(),

@@ -391,6 +391,10 @@ async function catalogFirst<R, T>(client: Queryable, change: CountedChange<R, T>
   await change.write(client);
   await client.query('rollback to savepoint ca_dms_owner_change_tried; release savepoint ca_dms_owner_change_tried');
   for (let counts = 1; ; counts += 1) {
+    // Held to the end of this transaction (the caller's, in one): a review settling the fence rows
+    // a hand change left (`ca-dms-scaling shards fences --settle`) reopens none while a change is
+    // between its fence and its commit (fence-review.ts).
+    if (change.fences !== undefined) await change.fences.fence.holdAgainstReview(client, change.fences.of(route));
     // The old owner is fenced (its writers older than the fence waited for) before the count: no
     // row of the unit is written there between the count and the commit (issue #15).
     await change.fences?.fence.fence(change.fences.of(route));
@@ -455,6 +459,9 @@ const LOCK_NOT_AVAILABLE = '55P03';
 
 /** How long the fence of an owner change waits for an `open` row its writers hold (a move's fence budget, 2 s by default). */
 const FENCE_LOCK_TIMEOUT_MS = 2_000;
+
+/** SQLSTATE undefined_table. */
+const UNDEFINED_TABLE = '42P01';
 
 /** SQLSTATE insufficient_privilege. */
 const INSUFFICIENT_PRIVILEGE = '42501';
@@ -524,6 +531,30 @@ export class OwnerChangeFences {
    */
   readCatalogThrough(c: Queryable): void {
     this.through = c;
+  }
+
+  /**
+   * Locks the catalog's `owner_change_review` row FOR SHARE with `c`, the change's catalog
+   * transaction, where any of `units` would be fenced (its old owner has a pool here and is not its
+   * new owner): held until that transaction ends, it tells a review of the fence rows
+   * ({@link reviewFences}) that this change may still publish, so that none of its `fenced` rows is
+   * reopened under it. Refused, nothing fenced, where the catalog lacks the row (sharding migration
+   * 016 not applied) or the login may not lock it.
+   */
+  async holdAgainstReview(c: Queryable, units: readonly FencedUnit[]): Promise<void> {
+    if (!units.some((u) => this.pools.get(u.from) !== undefined && u.from !== u.to)) return;
+    try {
+      await c.query('select 1 from catalog.owner_change_review where id = 1 for share');
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (code === UNDEFINED_TABLE || code === INSUFFICIENT_PRIVILEGE) {
+        throw new Error(
+          `${this.refused}: the change holds catalog.owner_change_review while it fences the old owners (so that a review of the fence rows, ca-dms-scaling shards fences --settle, never reopens a row of a change still publishing), and ${code === UNDEFINED_TABLE ? 'the catalog has no such table: apply the sharding migrations (ca-dms-scaling migrate, 016_owner_change_review.sql)' : 'this login may not lock it: publish through the control login (ca_dms_control), which may'}. Nothing was written`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
   }
 
   /** Fences `units` on their old owners (those with a pool here) and waits for their older writers; see the class. */
@@ -609,7 +640,7 @@ export class OwnerChangeFences {
               shard,
               `${this.refused}: ${h.kind} ${h.unit_id}'s write_fences row on ${shard} is fenced already by another owner change (${by})${more}; nothing was written. Try again once it has ended; ` +
                 (h.job_id === null
-                  ? `where none is running (a change killed between its fence and its put-back) and the catalog still names ${shard} as the owner, open it again by hand: delete from write_fences where kind = '${h.kind}' and unit_id = '${h.unit_id}' and state = 'fenced' and job_id is null (docs/sharding-spec.md section 9, "A map published by hand fences the old owner")`
+                  ? `where none is running (a change killed between its fence and its put-back) and the catalog still names ${shard} as the owner, open it again: ca-dms-scaling shards fences --settle checks both and does it, or by hand: delete from write_fences where kind = '${h.kind}' and unit_id = '${h.unit_id}' and state = 'fenced' and job_id is null (docs/sharding-spec.md section 9, "A map published by hand fences the old owner")`
                   : `let the move finish or roll back first`),
             );
           }
@@ -856,7 +887,7 @@ export class OwnerChangeFences {
   leftFenced(cause: unknown, why: string): Error {
     const rows = this.fenced.map((r) => `${r.kind} ${r.unitId}`).join(', ');
     return new Error(
-      `the owner change was written, but ${why}: the write_fences rows of ${rows} on the old owner(s) stay 'fenced' (writes refused there, none lost) until set 'moved' to the new owner (or put back where the catalog still names the old owner) by hand (docs/sharding-spec.md section 9, "An owner changed outside a move")`,
+      `the owner change was written, but ${why}: the write_fences rows of ${rows} on the old owner(s) stay 'fenced' (writes refused there, none lost) until set 'moved' to the new owner (or put back where the catalog still names the old owner): ca-dms-scaling shards fences --settle does either, checking the catalog (docs/sharding-spec.md section 9, "Settling the rows a hand change left")`,
       { cause },
     );
   }

@@ -1,0 +1,303 @@
+/**
+ * The operator's review of the shards' `write_fences` rows that no live move explains (issue #15,
+ * docs/sharding-spec.md section 9, "Settling the rows a hand change left"): each listed with what
+ * it does to the unit's writes, and, asked to settle, the rows whose fix is provably safe fixed.
+ *
+ * A map published by hand (`SlotMapStore.publish` / `publishByHand` with `shardPools`) fences each
+ * slot it gives away on the old owner, publishes, then turns those rows `moved` and deletes the new
+ * owner's older `moved` row ({@link OwnerChangeFences}). Two outcomes leave rows only SQL fixed:
+ * - a change killed between its fence and its settle leaves the old owner's row `fenced` (job_id
+ *   null): the map names that shard still (died before its commit) or the new owner (after it);
+ * - a change inside a caller's transaction leaves its `moved` rows as they are when the caller
+ *   commits (the new owner's older `moved` row) or rolls back (the old owner's fresh `moved` row):
+ *   either way a `moved` row on the shard the map names, refusing the slot's writes (`CAF02`).
+ * What is settled, and under what:
+ * - a `fenced` hand row where the map names another shard: set `moved` to that shard as of the
+ *   latest map (what the change's own settle would have written; it only refuses more);
+ * - a `fenced` hand row where the map names its shard, and a `moved` row there (a hand change's,
+ *   or a move's whose job has ended): deleted (the shard takes the slot's writes again), only while
+ *   the review holds `catalog.owner_change_review` FOR UPDATE (no hand change through the stores is
+ *   between its fence and its commit: each holds that row FOR SHARE meanwhile), the slot has no
+ *   unfinished move job, and the row was last written at least `olderThanMs` ago (a change of an
+ *   older version, or through a client that holds no transaction, takes no lock);
+ * - every statement is a compare-and-set on the row as read: a row a move or a change took over
+ *   since is left, and reported so.
+ * Rows of a live move (its job unfinished), `open` rows and a `moved` row on a shard the map does
+ * not name (its writers re-route by the map) are explained and not listed (unless `all`); directory rows and a finished
+ * move's `fenced` or `incoming` rows are listed and left to the operator.
+ *
+ * @example
+ * ```ts
+ * const review = await reviewFences({ catalog, shards, settle: true, olderThanMs: 15 * 60_000 });
+ * for (const r of review.rows) console.log(r.shard, r.unitId, r.diagnosis, r.outcome);
+ * ```
+ */
+import type pg from 'pg';
+import { slotOf } from '../../core/sharding/hash.js';
+
+type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
+
+/** What settling a row does. */
+export type FenceAction = 'reopen' | 'set moved' | 'none';
+
+/** One `write_fences` row of a shard, as the review read and judged it. */
+export interface ReviewedFence {
+  readonly shard: string;
+  readonly kind: 'slot' | 'directory';
+  readonly unitId: string;
+  readonly state: string;
+  readonly jobId: string | null;
+  readonly movedTo: string | null;
+  readonly mapVersion: string;
+  /** Milliseconds since the row was last written, by the shard's clock. */
+  readonly ageMs: number;
+  /** The shard the latest map names for the slot (a directory row: its key's slot). */
+  readonly owner: string | undefined;
+  /** What the row does to the unit's writes, and why it is there. */
+  readonly diagnosis: string;
+  /** What `settle` does with it: `none` for a row left to a move or the operator. */
+  readonly action: FenceAction;
+  /** Why an action was not taken this time (a change in flight, too young, a move unfinished); absent where it was or would be. */
+  readonly withheld?: string;
+  /** With `settle`: `settled`, or why the row was left. */
+  readonly outcome?: string;
+}
+
+export interface FenceReview {
+  /** The latest slot map's version, read under the review's lock. */
+  readonly mapVersion: number;
+  /** Rows that need the operator (or were settled), and, with `all`, every other row. */
+  readonly rows: readonly ReviewedFence[];
+  /** Rows not listed: `open`, a live move's, a `moved` row on a shard the map does not name. */
+  readonly explained: number;
+  /** Set where a hand change held `catalog.owner_change_review` (no row was reopened). */
+  readonly changeInFlight?: string;
+  /** Shards whose rows could not be read. */
+  readonly unreachable: readonly string[];
+}
+
+export interface FenceReviewOptions {
+  /** The catalog: a login that may lock `catalog.owner_change_review` FOR UPDATE (the control login, or the owner). */
+  readonly catalog: pg.Pool;
+  /** The shards' primaries, by shard id: a login that may write `write_fences` (the mover's, or the owner). */
+  readonly shards: ReadonlyMap<string, Queryable>;
+  /** Fix the rows whose fix is provably safe; without it, only list. */
+  readonly settle?: boolean;
+  /** A row is reopened only once last written this long ago (default 15 min). */
+  readonly olderThanMs?: number;
+  /** List the explained rows too. */
+  readonly all?: boolean;
+}
+
+/** {@link FenceReviewOptions.olderThanMs}'s default: far past any hand change's fence-to-commit time (its counts are bounded by 10 s a shard). */
+export const DEFAULT_REVIEW_MIN_AGE_MS = 15 * 60_000;
+
+const FINISHED = new Set(['done', 'failed', 'cancelled']);
+
+/** SQLSTATE lock_not_available (`for update nowait`). */
+const LOCK_NOT_AVAILABLE = '55P03';
+
+interface FenceRowRead {
+  kind: 'slot' | 'directory';
+  unit_id: string;
+  state: string;
+  job_id: string | null;
+  moved_to: string | null;
+  map_version: string;
+  age_ms: number;
+}
+
+/** Lists the fence rows no live move explains, on every shard given, and settles the safe ones with `settle`; see the module. */
+export async function reviewFences(options: FenceReviewOptions): Promise<FenceReview> {
+  const minAge = options.olderThanMs ?? DEFAULT_REVIEW_MIN_AGE_MS;
+  const catalog = await options.catalog.connect();
+  let broken = false;
+  try {
+    await catalog.query('begin');
+    let changeInFlight: string | undefined;
+    try {
+      await catalog.query('savepoint review_lock');
+      await catalog.query('select 1 from catalog.owner_change_review where id = 1 for update nowait');
+      await catalog.query('release savepoint review_lock');
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (code !== LOCK_NOT_AVAILABLE) throw reviewLockError(err);
+      await catalog.query('rollback to savepoint review_lock; release savepoint review_lock');
+      changeInFlight = 'a hand change of the slot map holds catalog.owner_change_review (it is between its fence and its commit): no row was reopened; try again once it has ended';
+    }
+    const { rows: maps } = await catalog.query<{ version: number; assignments: string[] }>('select version, assignments from catalog.slot_maps order by version desc limit 1');
+    const map = maps[0];
+    if (map === undefined) throw new Error('the catalog has no slot map yet: nothing routes to the shards, and no fence row can be judged');
+
+    const unreachable: string[] = [];
+    const read = new Map<string, FenceRowRead[]>();
+    for (const [shard, pool] of options.shards) {
+      try {
+        const { rows } = await pool.query<FenceRowRead>(
+          `select kind, unit_id, state, job_id::text, moved_to, map_version::text, (extract(epoch from (now() - updated_at)) * 1000)::float8 as age_ms
+             from write_fences ${options.all === true ? '' : `where state <> 'open'`} order by kind, unit_id`,
+        );
+        read.set(shard, rows);
+      } catch (err) {
+        unreachable.push(`${shard} (${err instanceof Error ? err.message : String(err)})`);
+      }
+    }
+    const all = [...read.values()].flat();
+    const slotsOf = (r: FenceRowRead): number => (r.kind === 'slot' ? Number(r.unit_id) : slotOf(r.unit_id));
+    const { rows: jobs } = await catalog.query<{ id: string; slot: number; state: string; kind: string; unit_id: string }>(
+      `select id::text, slot, state, kind, unit_id from catalog.move_jobs where id = any($1::bigint[]) or (slot = any($2::int[]) and state not in ('done', 'failed', 'cancelled'))`,
+      [[...new Set(all.flatMap((r) => (r.job_id === null ? [] : [r.job_id])))], [...new Set(all.map(slotsOf))]],
+    );
+    const jobById = new Map(jobs.map((j) => [j.id, j]));
+    const unfinishedBySlot = new Map(jobs.filter((j) => !FINISHED.has(j.state)).map((j) => [j.slot, j]));
+
+    const reviewed: ReviewedFence[] = [];
+    let explained = 0;
+    for (const [shard, rows] of read) {
+      for (const r of rows) {
+        const slot = slotsOf(r);
+        const owner = map.assignments[slot];
+        const judged = judge(r, shard, owner, map.version, jobById, unfinishedBySlot.get(slot));
+        if (judged === null) {
+          explained += 1;
+          if (options.all !== true) continue;
+        }
+        const base: ReviewedFence = {
+          shard,
+          kind: r.kind,
+          unitId: r.unit_id,
+          state: r.state,
+          jobId: r.job_id,
+          movedTo: r.moved_to,
+          mapVersion: r.map_version,
+          ageMs: Math.max(0, Math.round(r.age_ms)),
+          owner,
+          diagnosis: judged?.diagnosis ?? 'explained: nothing to settle',
+          action: judged?.action ?? 'none',
+          ...(judged?.withheld === undefined ? {} : { withheld: judged.withheld }),
+        };
+        const withheld = base.withheld ?? (base.action === 'reopen' ? reopenWithheld(base, minAge, changeInFlight) : undefined);
+        const row: ReviewedFence = withheld === undefined ? base : { ...base, withheld };
+        if (options.settle !== true || row.action === 'none' || withheld !== undefined) {
+          reviewed.push(options.settle === true && row.action !== 'none' ? { ...row, outcome: `left: ${withheld ?? 'nothing to do'}` } : row);
+          continue;
+        }
+        reviewed.push({ ...row, outcome: await settleRow(options.shards.get(shard) as Queryable, r, row, map.version) });
+      }
+    }
+    await catalog.query('commit');
+    return { mapVersion: map.version, rows: reviewed, explained, unreachable, ...(changeInFlight === undefined ? {} : { changeInFlight }) };
+  } catch (err) {
+    await catalog.query('rollback').catch(() => {
+      broken = true;
+    });
+    throw err;
+  } finally {
+    catalog.release(broken || undefined);
+  }
+}
+
+function reviewLockError(err: unknown): Error {
+  const code = (err as { code?: unknown }).code;
+  if (code === '42P01') return new Error('the catalog has no catalog.owner_change_review: apply the sharding migrations first (ca-dms-scaling migrate, 016_owner_change_review.sql)', { cause: err });
+  if (code === '42501') return new Error("this catalog login may not lock catalog.owner_change_review: use the control login (ca_dms_control) or the catalog's owner", { cause: err });
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/** Why a reopen is not done now, or undefined where it may be. */
+function reopenWithheld(row: ReviewedFence, minAge: number, changeInFlight: string | undefined): string | undefined {
+  if (changeInFlight !== undefined) return 'a hand change is in flight (catalog.owner_change_review held): try again once it has ended';
+  if (row.ageMs < minAge) {
+    return `last written ${Math.round(row.ageMs / 1000)} s ago, under --older-than ${Math.round(minAge / 1000)} s: a change through a client holding no transaction, or of an older version, takes no lock and may still be publishing`;
+  }
+  return undefined;
+}
+
+/** A row's diagnosis and action, or null where a live move or the map explains it. */
+function judge(
+  r: FenceRowRead,
+  shard: string,
+  owner: string | undefined,
+  version: number,
+  jobs: ReadonlyMap<string, { id: string; state: string }>,
+  unfinished: { id: string; state: string; kind: string; unit_id: string } | undefined,
+): { diagnosis: string; action: FenceAction; withheld?: string } | null {
+  if (r.state === 'open') return null;
+  const job = r.job_id === null ? undefined : jobs.get(r.job_id);
+  // A live move's row: the move's to fence, release and clean up.
+  if (job !== undefined && !FINISHED.has(job.state)) return null;
+  // A `moved` row on a shard the map does not name sends the unit's writers to the map, whatever
+  // its `moved_to` says (an older owner's): nothing refuses a write where the map sends it.
+  if (r.state === 'moved' && owner !== undefined && shard !== owner) return null;
+  const byWhom = r.job_id === null ? 'a hand change (job_id null)' : job === undefined ? `move job #${r.job_id}, which the catalog does not have` : `move job #${r.job_id} (${job.state})`;
+  const refusing = r.state === 'moved' ? `CAF02, moved to ${r.moved_to ?? '?'}` : 'CAF01';
+  if (r.kind === 'directory') {
+    return { diagnosis: `directory key's row ${r.state} by ${byWhom}, no move of it running: refuses the key's writes here (${refusing}); a key's owner is decided by hand (docs/sharding-spec.md section 9)`, action: 'none' };
+  }
+  if (owner === undefined) return { diagnosis: `slot ${r.unit_id} is not in slot map version ${version}: decide by hand`, action: 'none' };
+  const moving = unfinished === undefined ? undefined : `move job #${unfinished.id} of slot ${r.unit_id} is unfinished (${unfinished.state}): settle once it has ended`;
+  if (r.state === 'fenced' && r.job_id === null) {
+    if (shard === owner) {
+      return {
+        diagnosis: `left fenced by a hand change that did not finish (killed between its fence and its put-back, or its commit failed uncommitted): the map (version ${version}) still names ${shard}, which refuses the slot's writes (CAF01, none lost)`,
+        action: 'reopen',
+        ...(moving === undefined ? {} : { withheld: moving }),
+      };
+    }
+    return {
+      diagnosis: `left fenced by a hand change whose map was published (version ${version} names ${owner}) but whose fences were not settled: ${shard} refuses the slot's writes (CAF01) instead of sending them to ${owner} (CAF02)`,
+      action: 'set moved',
+      ...(moving === undefined ? {} : { withheld: moving }),
+    };
+  }
+  if (r.state === 'moved' && (r.job_id === null || job !== undefined)) {
+    return {
+      diagnosis: `moved row on the shard the map names (version ${version}): refuses its writes (${refusing}) while the map sends them here; left by ${byWhom}${r.job_id === null ? ", a change in a caller's transaction (committed: the new owner's older row; rolled back: the old owner's)" : ''}`,
+      action: 'reopen',
+      ...(moving === undefined ? {} : { withheld: moving }),
+    };
+  }
+  return { diagnosis: `${r.state} by ${byWhom}, no move of the slot running: refuses the slot's writes (${refusing}); decide by hand`, action: 'none' };
+}
+
+/** How long a settling statement waits for a row lock on a shard (a move's or a change's statement on the row). */
+const SETTLE_LOCK_TIMEOUT_MS = 2_000;
+
+/** Settles one row as read (compare-and-set): `settled`, or why it was left. */
+async function settleRow(pool: Queryable, r: FenceRowRead, row: ReviewedFence, version: number): Promise<string> {
+  const same = `kind = $1 and unit_id = $2 and state = $3 and job_id is not distinct from $4::bigint and moved_to is not distinct from $5 and map_version = $6::bigint`;
+  const args = [r.kind, r.unit_id, r.state, r.job_id, r.moved_to, r.map_version];
+  try {
+    const count = await withLockTimeout(pool, async (c) =>
+      row.action === 'reopen'
+        ? (await c.query(`delete from write_fences where ${same}`, args)).rowCount
+        : (await c.query(`update write_fences set state = 'moved', moved_to = $7, map_version = $8::bigint, updated_at = now() where ${same}`, [...args, row.owner, version])).rowCount,
+    );
+    if (count !== 1) return 'left: the row changed since it was read (a move or a change took it over)';
+    return row.action === 'reopen' ? `settled: reopened (deleted), ${row.shard} takes the slot's writes` : `settled: moved to ${row.owner ?? '?'} as of version ${version}`;
+  } catch (err) {
+    return `left: ${err instanceof Error ? err.message : String(err)}`;
+  }
+}
+
+/** Runs `fn` in a transaction of its own on one of `pool`'s connections with a bounded lock wait (a plain query where `pool` cannot lend one). */
+async function withLockTimeout<T>(pool: Queryable, fn: (c: Queryable) => Promise<T>): Promise<T> {
+  const p = pool as Partial<pg.Pool>;
+  if (typeof p.connect !== 'function' || !('totalCount' in p)) return fn(pool);
+  const c = await (pool as pg.Pool).connect();
+  let broken = false;
+  try {
+    await c.query('begin');
+    await c.query(`set local lock_timeout = ${SETTLE_LOCK_TIMEOUT_MS}`);
+    const out = await fn(c);
+    await c.query('commit');
+    return out;
+  } catch (err) {
+    await c.query('rollback').catch(() => {
+      broken = true;
+    });
+    throw err;
+  } finally {
+    c.release(broken || undefined);
+  }
+}

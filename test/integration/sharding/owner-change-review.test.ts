@@ -1,0 +1,266 @@
+/**
+ * Issue #15: the write_fences rows a slot map published by hand leaves behind, and the operator's
+ * review that lists and settles them (`ca-dms-scaling shards fences [--settle]`,
+ * functions/adapters/postgres/fence-review.ts). Each row is produced through the stores: (a) a
+ * change whose process died between its fence and its put-back or settle (its old owner's pool
+ * answering nothing more after the fence), before its commit (the map names the old owner) or
+ * after it (the map names the new one); (b) a slot given back by hand inside a caller's
+ * transaction that commits (the new owner's older `moved` row) or rolls back (the old owner's
+ * fresh one). Then the review lists them, settles them, and a write through the router lands on
+ * the shard the map names, none lost. Refused: reopening a row while a hand change is in flight,
+ * a row younger than the bound, a row of a slot whose move is unfinished; a live move's rows are
+ * never touched; bad flags.
+ */
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { UsageError, type CliIo } from '../../../bin/commands/kit.js';
+import { createShardsCommand } from '../../../bin/commands/shards.js';
+import { reviewFences, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
+import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { controlLogin, countSlot, fenceState, keysInSlot, moveStoppedAfterRelease, refusalOf, seedUsers, sides, startMoveEnv, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
+
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv();
+}, 120_000);
+afterAll(async () => {
+  await env?.stop();
+});
+
+/** A pool of `shard` that dies with its process after the fence: its connections (the fence, the wait, the count) work, its own `query` (the put-back, the settle) no longer answers. */
+function dyingAfterFence(shard: string): { pools: Map<string, pg.Pool>; dying: pg.Pool } {
+  const dying = new pg.Pool({ connectionString: env.urls.shards[shard], max: 4 });
+  dying.query = (() => Promise.reject(new Error('test: the process died'))) as unknown as typeof dying.query;
+  return { pools: new Map([...env.shards, [shard, dying]]), dying };
+}
+
+/** A new user of `slot` written through the env's router (its fences, CAF02 re-routes): where it landed. */
+async function writtenThroughRouter(slot: number, user: string): Promise<string> {
+  return env.writer
+    .withShardWrite(user, async ({ client, slot: s }) => {
+      await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'after')`, [user, s, `${user}@example.com`]);
+    })
+    .then(
+      (r) => `written on ${r.shardId} (slot ${r.slot === slot ? 'as expected' : r.slot})`,
+      (e: Error) => `failed: ${e.message.slice(0, 300)}`,
+    );
+}
+
+async function usersOn(pool: pg.Pool, users: readonly string[]): Promise<number> {
+  return (await pool.query<{ n: number }>('select count(*)::int as n from users where id = any($1::uuid[])', [users])).rows[0]?.n ?? 0;
+}
+
+function rowOf(rows: readonly ReviewedFence[], shard: string, slot: number): ReviewedFence | undefined {
+  return rows.find((r) => r.shard === shard && r.kind === 'slot' && r.unitId === String(slot));
+}
+
+function capture(): { io: CliIo; out: string[]; err: string[] } {
+  const out: string[] = [];
+  const err: string[] = [];
+  return { io: { stdout: (t) => out.push(t), stderr: (t) => err.push(t), cwd: process.cwd() }, out, err };
+}
+
+function cliEnv(): Record<string, string> {
+  return { CATALOG_DATABASE_URL: env.urls.catalog, SHARD_DATABASE_URLS: Object.entries(env.urls.shards).map(([id, url]) => `${id}=${url}`).join(',') };
+}
+
+/** Moves `slot` off its owner (a move, done), then gives it back by hand inside a caller's transaction that ends with `end`. */
+async function movedThenGivenBackInTransaction(slot: number, end: 'commit' | 'rollback') {
+  const sided = await sides(env, slot);
+  const mover = env.mover({ readerGraceMs: 0 });
+  const job = await mover.plan({ kind: 'slot', slot, to: sided.to, createdBy: 'test' });
+  expect((await mover.run(job.id)).state).toBe('done');
+  const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+  const client = await env.catalog.connect();
+  try {
+    await client.query('begin');
+    await store.publishByHand(moveSlots(await store.current(), [slot], sided.from), 'the slot back to its first shard', client);
+    await client.query(end);
+  } finally {
+    client.release();
+  }
+  return { ...sided, store, job: String(job.id) };
+}
+
+describe('(a) a hand change whose process died between its fence and its put-back or settle', () => {
+  it('before its commit: the old owner left fenced while the map names it; the review lists it, reopens it through the CLI, and the writes land there again, none lost', async () => {
+    const slot = 1901;
+    const { from, to, source } = await sides(env, slot);
+    const [kept, after] = keysInSlot(slot, 2) as [string, string];
+    await seedUsers(source, slot, [kept], 1);
+    const { pools, dying } = dyingAfterFence(from);
+    try {
+      const store = new SlotMapStore(env.catalog, { shardPools: pools });
+      const before = await store.current();
+      // Refused for the row left (after the fence), its put-back lost with the process.
+      expect(await refusalOf(store.publish(moveSlots(before, [slot], to), 'ops', 'hand change'))).toBeInstanceOf(SlotMapRowsLeftError);
+      expect({ version: (await store.current()).version, fence: await fenceState(source, slot), write: await userWriteOutcome(source, slot, keysInSlot(slot, 3)[2] as string) }).toEqual({
+        version: before.version,
+        fence: 'fenced',
+        write: 'refused CAF01',
+      });
+    } finally {
+      await dying.end();
+    }
+    const listed = capture();
+    expect(await createShardsCommand(cliEnv()).run(['fences'], listed.io)).toBe(1);
+    expect(listed.out.join('')).toMatch(new RegExp(`${from}  slot ${slot}  fenced  job -  moved_to -  .*owner ${from}.*\\n +left fenced by a hand change that did not finish.*still names ${from}.*CAF01.*\\n +action: reopen \\(withheld: last written \\d+ s ago, under --older-than 900 s`));
+    expect(await fenceState(source, slot)).toBe('fenced');
+
+    const settled = capture();
+    await createShardsCommand(cliEnv()).run(['fences', '--settle', '--older-than', '0'], settled.io);
+    expect(settled.out.join('')).toMatch(new RegExp(`${from}  slot ${slot}  fenced[^\\n]*\\n[^\\n]*\\n +action: reopen\\n +settled: reopened \\(deleted\\), ${from} takes the slot's writes`));
+    expect(await fenceState(source, slot)).toBeUndefined();
+    expect(await writtenThroughRouter(slot, after)).toBe(`written on ${from} (slot as expected)`);
+    expect(await usersOn(source, [kept, after])).toBe(2);
+  }, 120_000);
+
+  it('after its commit: the old owner left fenced while the map names the new one; settled, it sends the writes on (CAF02) and they land on the new owner', async () => {
+    const slot = 1902;
+    const { from, to, source, target } = await sides(env, slot);
+    const { pools, dying } = dyingAfterFence(from);
+    try {
+      const store = new SlotMapStore(env.catalog, { shardPools: pools });
+      const outcome = await refusalOf(store.publish(moveSlots(await store.current(), [slot], to), 'ops', 'hand change of an empty slot'));
+      expect(String(outcome)).toMatch(/the owner change was written, but its fences could not all be settled/);
+      expect({ owner: await env.ownerOf(slot), fence: await fenceState(source, slot) }).toEqual({ owner: to, fence: 'fenced' });
+    } finally {
+      await dying.end();
+    }
+    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true });
+    const row = rowOf(review.rows, from, slot);
+    expect(row).toMatchObject({ state: 'fenced', jobId: null, owner: to, action: 'set moved', outcome: `settled: moved to ${to} as of version ${review.mapVersion}` });
+    expect(row?.diagnosis).toMatch(/left fenced by a hand change whose map was published/);
+    const moved = (await source.query<{ state: string; moved_to: string; map_version: string }>(`select state, moved_to, map_version::text from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)])).rows[0];
+    expect(moved).toEqual({ state: 'moved', moved_to: to, map_version: String(review.mapVersion) });
+    expect(await userWriteOutcome(source, slot, keysInSlot(slot, 2)[1] as string)).toBe('refused CAF02');
+    const [user] = keysInSlot(slot, 1) as [string];
+    expect(await writtenThroughRouter(slot, user)).toBe(`written on ${to} (slot as expected)`);
+    expect({ onNew: await usersOn(target, [user]), onOld: (await countSlot(source, slot)).users }).toEqual({ onNew: 1, onOld: 0 });
+  }, 120_000);
+});
+
+describe("(b) a slot given back by hand inside a caller's transaction", () => {
+  it("that commits: the new owner's older moved row (the finished move's) refuses its writes; the review reopens it and the writes land there", async () => {
+    const slot = 1903;
+    const { from, to, source, job } = await movedThenGivenBackInTransaction(slot, 'commit');
+    expect(await env.ownerOf(slot)).toBe(from);
+    expect(await userWriteOutcome(source, slot, keysInSlot(slot, 3)[2] as string)).toBe('refused CAF02');
+    const listed = await reviewFences({ catalog: env.catalog, shards: env.shards });
+    expect(rowOf(listed.rows, from, slot)).toMatchObject({ state: 'moved', jobId: job, movedTo: to, owner: from, action: 'reopen' });
+    expect(rowOf(listed.rows, from, slot)?.diagnosis).toMatch(new RegExp(`moved row on the shard the map names .*CAF02, moved to ${to}.*move job #${job} \\(done\\)`));
+    // The old owner's row (moved to the map's owner) is explained: not listed.
+    expect(rowOf(listed.rows, to, slot)).toBeUndefined();
+    const settled = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0 });
+    expect(rowOf(settled.rows, from, slot)?.outcome).toBe(`settled: reopened (deleted), ${from} takes the slot's writes`);
+    const [user] = keysInSlot(slot, 1) as [string];
+    expect(await writtenThroughRouter(slot, user)).toBe(`written on ${from} (slot as expected)`);
+    expect(await usersOn(source, [user])).toBe(1);
+  }, 120_000);
+
+  it("that rolls back: the old owner's fresh moved row (job_id null) refuses its writes while the map names it; the review reopens it", async () => {
+    const slot = 1904;
+    const { to, target } = await movedThenGivenBackInTransaction(slot, 'rollback');
+    expect(await env.ownerOf(slot)).toBe(to);
+    const settled = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0 });
+    expect(rowOf(settled.rows, to, slot)).toMatchObject({ state: 'moved', jobId: null, owner: to, action: 'reopen', outcome: `settled: reopened (deleted), ${to} takes the slot's writes` });
+    const [user] = keysInSlot(slot, 1) as [string];
+    expect(await writtenThroughRouter(slot, user)).toBe(`written on ${to} (slot as expected)`);
+    expect(await usersOn(target, [user])).toBe(1);
+  }, 120_000);
+});
+
+describe('what the review refuses to settle', () => {
+  it("reopens nothing while a hand change holds the slot fenced between its fence and its commit (it holds catalog.owner_change_review)", async () => {
+    const slot = 1905;
+    const { to, source } = await sides(env, slot);
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    const writer = await source.connect();
+    try {
+      // A writer that routed with the current map: its row uncommitted, the change waits for it after its fence.
+      await writer.query('begin');
+      await writer.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'w@example.com', 'w')`, [keysInSlot(slot, 1)[0], slot]);
+      const change = refusalOf(store.publish(moveSlots(await store.current(), [slot], to), 'ops', 'hand change'));
+      for (let i = 0; i < 500 && (await fenceState(source, slot)) !== 'fenced'; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await fenceState(source, slot)).toBe('fenced');
+      const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0 });
+      // Without the change holding the row, the review reopened (deleted) the fence under it: the
+      // change could then publish with its old owner open, taking writes where the map no longer looks.
+      expect(await fenceState(source, slot)).toBe('fenced');
+      expect(review.changeInFlight).toMatch(/a hand change of the slot map holds catalog.owner_change_review/);
+      expect(rowOf(review.rows, await env.ownerOf(slot), slot)).toMatchObject({ action: 'reopen', outcome: 'left: a hand change is in flight (catalog.owner_change_review held): try again once it has ended' });
+      await writer.query('commit');
+      expect(await change).toBeInstanceOf(SlotMapRowsLeftError);
+    } finally {
+      await writer.query('rollback').catch(() => undefined);
+      writer.release();
+    }
+  }, 60_000);
+
+  it("never touches a live move's rows, and leaves a hand row of a slot whose move is unfinished", async () => {
+    const slot = 1906;
+    const { from, to, source, target } = await sides(env, slot);
+    const job = await moveStoppedAfterRelease(env, slot, to);
+    // What a hand change killed after its fence leaves on the shard the map names now.
+    await target.query(
+      `insert into write_fences (kind, unit_id, state, job_id) values ('slot', $1, 'fenced', null)
+       on conflict (kind, unit_id) do update set state = 'fenced', job_id = null, moved_to = null, updated_at = now()`,
+      [String(slot)],
+    );
+    const rowsBefore = (await source.query(`select state, job_id::text, moved_to from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)])).rows;
+    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0, all: true });
+    expect(rowOf(review.rows, from, slot)).toMatchObject({ state: 'moved', jobId: String(job), action: 'none', diagnosis: 'explained: nothing to settle' });
+    expect(rowOf(review.rows, to, slot)).toMatchObject({ state: 'fenced', action: 'reopen', outcome: `left: move job #${job} of slot ${slot} is unfinished (cleaning_up): settle once it has ended` });
+    expect((await source.query(`select state, job_id::text, moved_to from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)])).rows).toEqual(rowsBefore);
+    expect(await fenceState(target, slot)).toBe('fenced');
+  }, 120_000);
+
+  it('reopens no row last written under --older-than (a change through a client holding no transaction takes no lock)', async () => {
+    const slot = 1907;
+    const { from, source } = await sides(env, slot);
+    await source.query(`insert into write_fences (kind, unit_id, state, job_id) values ('slot', $1, 'fenced', null)`, [String(slot)]);
+    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true });
+    expect(rowOf(review.rows, from, slot)?.outcome).toMatch(/^left: last written \d+ s ago, under --older-than 900 s/);
+    expect(await fenceState(source, slot)).toBe('fenced');
+    await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+  }, 60_000);
+
+  it("works through the control login as on AWS (a hand change takes the review row, the review locks it); the application's login may not review", async () => {
+    const slot = 1908;
+    const { from, to, source } = await sides(env, slot);
+    const control = await controlLogin(env, 'h71_fence_operator');
+    await env.catalog.query(`do $$ begin if not exists (select 1 from pg_roles where rolname = 'h71_app') then create role h71_app login password 'h71' in role ca_dms_app; end if; end $$`);
+    const appUrl = new URL(env.urls.catalog);
+    appUrl.username = 'h71_app';
+    appUrl.password = 'h71';
+    const app = new pg.Pool({ connectionString: appUrl.toString(), max: 1 });
+    try {
+      const store = new SlotMapStore(control, { shardPools: env.shards });
+      await store.publish(moveSlots(await store.current(), [slot], to), 'ops', 'hand change through the control login');
+      expect({ owner: await env.ownerOf(slot), old: await fenceState(source, slot) }).toEqual({ owner: to, old: 'moved' });
+      // What a change killed after its fence leaves: reopened by the control login's review.
+      await source.query(`update write_fences set state = 'fenced', moved_to = null where kind = 'slot' and unit_id = $1`, [String(slot)]);
+      const review = await reviewFences({ catalog: control, shards: env.shards, settle: true });
+      expect(rowOf(review.rows, from, slot)).toMatchObject({ action: 'set moved', outcome: `settled: moved to ${to} as of version ${review.mapVersion}` });
+      await expect(reviewFences({ catalog: app, shards: env.shards })).rejects.toThrow(
+        "this catalog login may not lock catalog.owner_change_review: use the control login (ca_dms_control) or the catalog's owner",
+      );
+    } finally {
+      await control.end();
+      await app.end();
+    }
+  }, 60_000);
+
+  it('refuses bad flags, naming them', async () => {
+    const command = createShardsCommand(cliEnv());
+    await expect(command.run([], capture().io)).rejects.toThrow(new UsageError('a subcommand is required: fences'));
+    await expect(command.run(['fence'], capture().io)).rejects.toThrow(new UsageError('unknown subcommand "fence"; valid subcommands: fences'));
+    await expect(command.run(['fences', '--older-than', '-1'], capture().io)).rejects.toThrow('--older-than: expected a whole number of seconds from 0 to 31536000, got "-1"');
+    await expect(command.run(['fences', '--settel'], capture().io)).rejects.toThrow(/Unknown option '--settel'.*accepted flags: --settle/);
+    await expect(command.run(['fences', '--shard', env.urls.catalog], capture().io)).rejects.toThrow(/--shard: expected ID=URL/);
+    await expect(command.run(['fences', '--shard', 'shard_a=postgresql://u:p@db.example.com/x'], capture().io)).rejects.toThrow('--shard: shard shard_a: db.example.com is not loopback: add sslmode=verify-full');
+    await expect(createShardsCommand({}).run(['fences'], capture().io)).rejects.toThrow(new UsageError('--catalog-url: is required (or set CATALOG_DATABASE_URL)'));
+    await expect(createShardsCommand({ CATALOG_DATABASE_URL: env.urls.catalog }).run(['fences'], capture().io)).rejects.toThrow('SHARD_DATABASE_URLS: no shard given');
+  }, 30_000);
+});
