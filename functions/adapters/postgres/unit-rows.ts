@@ -427,6 +427,11 @@ export interface FencedUnit {
   readonly excludedKeys: readonly string[];
 }
 
+/** Units as the JSON list the fence queries read with `jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text)`. */
+function unitList(units: readonly { readonly kind: string; readonly unitId: string }[]): string {
+  return JSON.stringify(units.map((u) => ({ kind: u.kind, unit_id: u.unitId })));
+}
+
 /** A fence row as it was before {@link OwnerChangeFences.fence} turned it `fenced`: none, or `open` with these columns. */
 interface FencedRow {
   readonly kind: string;
@@ -592,11 +597,7 @@ export class OwnerChangeFences {
           // taken over (fenced, then `moved` to this change's new owner), not left as it is. Left,
           // that settle, running after this change had published, deleted it, and the old owner took
           // the unit's writes where the map no longer looks (owner-change-settle-race.test.ts).
-          const { rows: movedRows } = await c.query<{ job_id: string }>(
-            `select w.job_id::text from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id) where w.state = 'moved' and w.job_id is not null`,
-            [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
-          );
-          const finished = await this.finishedJobs(movedRows.map((r) => r.job_id));
+          const finished = await this.finishedMovedJobs(c, unitList(list));
           const { rows: fencedRows } = await c.query<{ kind: string; unit_id: string; was_open: boolean; prior_state: string | null; moved_to: string | null; map_version: string; job_id: string | null; excluded_keys: string[] | null }>(
             `with u as (select * from jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text, excluded_keys text[])),
                   prior as (select w.kind, w.unit_id, w.state, w.moved_to, w.map_version, w.job_id, w.excluded_keys from write_fences w join u using (kind, unit_id)
@@ -629,7 +630,7 @@ export class OwnerChangeFences {
           const { rows: others } = await c.query<{ kind: string; unit_id: string; job_id: string | null }>(
             `select w.kind, w.unit_id, w.job_id::text from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
               where w.state = 'fenced' order by w.kind, w.unit_id`,
-            [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
+            [unitList(list)],
           );
           const held = others.filter((r) => !mine.has(`${r.kind}:${r.unit_id}`));
           const [h] = held;
@@ -692,7 +693,7 @@ export class OwnerChangeFences {
     const { rows } = await client.query<{ unit: string; job: string }>(
       `select j.kind || ':' || j.unit_id as unit, j.id::text as job from catalog.move_jobs j join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
         where j.state not in ${FINISHED_JOB_STATES} and j.flip_started_at is null`,
-      [JSON.stringify(units.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
+      [unitList(units)],
     );
     return new Map(rows.map((r) => [r.unit, r.job]));
   }
@@ -750,6 +751,19 @@ export class OwnerChangeFences {
     return rows;
   }
 
+  /**
+   * The jobs of the units' `moved` rows on a shard (read through `shard`, a list from
+   * {@link unitList}) that the catalog shows finished: rows a change may take over or delete.
+   */
+  private async finishedMovedJobs(shard: Queryable, list: string): Promise<string[]> {
+    const { rows } = await shard.query<{ job_id: string }>(
+      `select w.job_id::text from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
+        where w.state = 'moved' and w.job_id is not null`,
+      [list],
+    );
+    return this.finishedJobs(rows.map((r) => r.job_id));
+  }
+
   /** Of the move jobs `ids`, those the catalog shows finished; none without the catalog, or where its login may not read them (the application's). */
   private async finishedJobs(ids: readonly string[]): Promise<string[]> {
     const catalog = this.catalogReader;
@@ -781,7 +795,7 @@ export class OwnerChangeFences {
           await c.query<{ kind: string; unit_id: string; state: string; job_id: string | null; moved_to: string | null }>(
             `select w.kind, w.unit_id, w.state, w.job_id::text, w.moved_to from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
               where w.state <> 'open' and not (w.state = 'moved' and w.job_id is null) order by w.kind, w.unit_id`,
-            [JSON.stringify(list.map((u) => ({ kind: u.kind, unit_id: u.unitId })))],
+            [unitList(list)],
           )
         ).rows,
       );
@@ -853,7 +867,7 @@ export class OwnerChangeFences {
     }
     for (const [shard, units] of newOwners ? this.newOwners : []) {
       const pool = this.pools.get(shard) as Queryable;
-      const list = JSON.stringify(units.map((u) => ({ kind: u.kind, unit_id: u.unitId })));
+      const list = unitList(units);
       await (async () => {
         // A move's `moved` row of the unit there (the unit moved away from this shard earlier, or a
         // move to it rolled back): deleted as a hand change's is once its job has finished (its
@@ -866,12 +880,7 @@ export class OwnerChangeFences {
         // Only a row older than this change's version: a later change's (which took the slot from
         // this shard after this change published: its `moved` row, as of its later version) is kept
         // (owner-change-settle-race.test.ts).
-        const { rows: moveRows } = await pool.query<{ job_id: string }>(
-          `select w.job_id::text from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
-            where w.state = 'moved' and w.job_id is not null`,
-          [list],
-        );
-        const finished = await this.finishedJobs(moveRows.map((r) => r.job_id));
+        const finished = await this.finishedMovedJobs(pool, list);
         await pool.query(
           `delete from write_fences w using jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text)
             where w.kind = u.kind and w.unit_id = u.unit_id and w.state = 'moved' and (w.job_id is null or w.job_id = any($2::bigint[]))
