@@ -211,6 +211,9 @@ type TableName = (typeof TABLES)[number]['name'];
 /** The tables whose rows belong to a user (every one but `users`), children of `users`. */
 const CHILD_TABLES = TABLES.filter((t) => t.name !== 'users').map((t) => t.name);
 
+/** A deletion's extra filter (alias `x`) on `users`: the user owns no row of a child table here (see `deleteVerified`). */
+const OWNS_NOTHING = CHILD_TABLES.map((table) => ` and not exists (select 1 from ${table} c where c.owner_id = x.id)`).join('');
+
 /** The sharded tables' names ({@link TABLES}), for messages. */
 const TABLE_LIST = TABLES.map((t) => t.name).join(', ').replace(/, ([^,]+)$/, ' or $1');
 
@@ -1752,10 +1755,16 @@ export class PgMovePort implements MovePort<MoveJob> {
       const cols = (await this.tableColumns(table, from)).join(', ');
       return inTransaction(target, this.permitted(job, begin), async (to) => {
         if (ownersJson) await this.upsert(to, job, 'users', ownersJson, (JSON.parse(ownersJson) as unknown[]).length);
-        await to.query(`delete from ${table} where ${where}`);
+        const kept = table === 'users' ? await this.keptOwners(from, to, where, rows) : [];
+        const keptIds = `array[${kept.map((id) => to.escapeLiteral(id)).join(', ')}]::uuid[]`;
+        await to.query(`delete from ${table} where ${where}${kept.length === 0 ? '' : ` and id <> all(${keptIds})`}`);
+        if (kept.length > 0) {
+          const { rows: json } = await from.query<{ rows: string }>(`select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p) order by p.id), '[]')::text as rows from (${rows}) p where p.id = any($1::uuid[])`, [kept]);
+          await this.upsert(to, job, 'users', json[0]?.rows ?? '[]', kept.length);
+        }
         const sink = to.query(copyFrom(`copy ${table} (${cols}) from stdin with (format binary)`));
         try {
-          await pipeline(from.query(copyTo(`copy (select ${cols} from (${rows}) p) to stdout with (format binary)`)), sink);
+          await pipeline(from.query(copyTo(`copy (select ${cols} from (${rows}) p${kept.length === 0 ? '' : ` where p.id <> all(${keptIds})`}) to stdout with (format binary)`)), sink);
         } catch (err) {
           // The COPY TO stream reads the source's socket only as fast as the sink takes its rows;
           // destroyed part-way (the target's session went), it reads it no more, and the source
@@ -1765,11 +1774,34 @@ export class PgMovePort implements MovePort<MoveJob> {
           dropConnection(from);
           throw err;
         }
-        if (sink.rowCount === 0) return { n: 0, last: null };
+        const n = sink.rowCount + kept.length;
+        if (n === 0) return { n: 0, last: null };
         const { rows: last } = await to.query<{ last: string }>(`select id::text as last from ${table} where ${where} order by id desc limit 1`);
-        return { n: sink.rowCount, last: last[0]?.last ?? null };
+        return { n, last: last[0]?.last ?? null };
       });
     });
+  }
+
+  /**
+   * The users of the copy's page (`rows`, read on the source through `from`) that the target (`to`)
+   * holds already in the unit's lane (`where`) and that own a document or key record there under
+   * another slot than theirs: a user an earlier move's clean-up kept on this shard when the unit
+   * left it, for such a row written before shard migration 015 (see {@link deleteVerified}). The
+   * page's deletion before its COPY spares them and the page upserts them instead: deleted with
+   * foreign keys checked (a mover login that may not skip row triggers), the cascade took that
+   * document, a record of a unit this shard owns, which no verification covers; with the triggers
+   * skipped it was left without its owner until the COPY put the user back
+   * (moves-cleanup-left-rows.test.ts). Such a user the source no longer holds is deleted as any.
+   * Almost always none: the target's lane of the unit is empty, or holds only this move's own copy.
+   */
+  private async keptOwners(from: pg.PoolClient, to: pg.PoolClient, where: string, rows: string): Promise<string[]> {
+    const { rows: held } = await to.query<{ id: string }>(
+      `select id::text as id from users where ${where}
+          and (exists (select 1 from documents c where c.owner_id = users.id and c.slot <> users.slot) or exists (select 1 from document_keys c where c.owner_id = users.id and c.slot <> users.slot))`,
+    );
+    if (held.length === 0) return [];
+    const { rows: onSource } = await from.query<{ id: string }>(`select p.id::text as id from (${rows}) p where p.id = any($1::uuid[])`, [held.map((r) => r.id)]);
+    return onSource.map((r) => r.id);
   }
 
   /**
@@ -2796,8 +2828,7 @@ export class PgMovePort implements MovePort<MoveJob> {
   private async deleteVerified(pool: pg.Pool, job: MoveJob, afterBatch: (deleted: number) => Promise<void>): Promise<number> {
     const begin = await this.bulkBegin(job.from, pool);
     for (const table of CHILD_TABLES) await this.deleteUnit(job, job.from, table, begin, '', afterBatch);
-    const ownsNothing = CHILD_TABLES.map((table) => ` and not exists (select 1 from ${table} c where c.owner_id = x.id)`).join('');
-    await this.deleteUnit(job, job.from, 'users', begin, ownsNothing, afterBatch);
+    await this.deleteUnit(job, job.from, 'users', begin, OWNS_NOTHING, afterBatch);
     const left = this.unitFilter(job, 'users', 1, 'u.');
     const { rows } = await pool.query<{ n: number }>(`select count(*)::int as n from users u where ${left.sql}`, left.params);
     return rows[0]?.n ?? 0;
@@ -2815,7 +2846,11 @@ export class PgMovePort implements MovePort<MoveJob> {
       if (deleted > 0) await this.updateJob('progressed_at = clock_timestamp()', [], job);
       if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up in the rollback; the next run resumes it`);
     };
-    for (const { name } of [...TABLES].reverse()) await this.deleteUnit(job, job.to, name, MOVER_WRITE, '', between);
+    // Children first; then the unit's users that own nothing left here: one that still owns a
+    // document or key record under another slot (a user an earlier move's clean-up kept here, which
+    // this copy replaced, see keptOwners) is left, as the clean-up leaves it: deleted with foreign
+    // keys checked, the cascade took that record, which the unit's copy never held.
+    for (const { name } of [...TABLES].reverse()) await this.deleteUnit(job, job.to, name, MOVER_WRITE, name === 'users' ? OWNS_NOTHING : '', between);
   }
 
   /**

@@ -782,6 +782,14 @@ export class OwnerChangeFences {
    * `moved` row and a finished move's; the others stayed, and the shard answered every write of the
    * unit `CAF02` (or `CAF01`) while the map sent them there, for good
    * (owner-change-fenced-race.test.ts). Read before anything is fenced: nothing to put back.
+   *
+   * Where {@link settle} would delete such a row, the unit's rows the new owner still holds behind
+   * it are counted too (a slot's less the keys the directory places, `excludedKeys`; a key's), and
+   * any refuse the change: rows the unit left there when it went away, which no reader has seen
+   * since (a finished slot move's clean-up keeps a user that still owns a document stored under
+   * another slot, written before shard migration 015; a change made with `rowsLeftOn: 'checked'`).
+   * Deleted, the row let readers find them again as the unit's: a user deleted on the old owner
+   * since, read again with its old e-mail (moves-cleanup-left-rows.test.ts).
    */
   private async refuseRefusingNewOwners(units: readonly FencedUnit[]): Promise<void> {
     const byShard = new Map<string, FencedUnit[]>();
@@ -790,28 +798,33 @@ export class OwnerChangeFences {
       byShard.set(u.to, [...(byShard.get(u.to) ?? []), u]);
     }
     for (const [shard, list] of byShard) {
-      const rows = await boundedCount(this.pools.get(shard) as Queryable, shard, this.timeoutMs, this.refused, async (c) =>
+      const pool = this.pools.get(shard) as Queryable;
+      const all = await boundedCount(pool, shard, this.timeoutMs, this.refused, async (c) =>
         (
           await c.query<{ kind: string; unit_id: string; state: string; job_id: string | null; moved_to: string | null }>(
             `select w.kind, w.unit_id, w.state, w.job_id::text, w.moved_to from write_fences w join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
-              where w.state <> 'open' and not (w.state = 'moved' and w.job_id is null) order by w.kind, w.unit_id`,
+              where w.state <> 'open' order by w.kind, w.unit_id`,
             [unitList(list)],
           )
         ).rows,
       );
-      // A finished move's `moved` row is deleted by {@link settle}: no refusal.
-      const finished = new Set(await this.finishedJobs(rows.flatMap((r) => (r.state === 'moved' && r.job_id !== null ? [r.job_id] : []))));
-      const [r] = rows.filter((row) => !(row.state === 'moved' && row.job_id !== null && finished.has(row.job_id)));
-      if (r === undefined) continue;
-      const by = r.job_id === null ? "a hand change's, job_id null" : `move job #${r.job_id}`;
-      const more = rows.length > 1 ? ` (and ${rows.length - 1} more unit(s) there)` : '';
-      throw new Error(
-        `${this.refused}: ${r.kind} ${r.unit_id}'s write_fences row on ${shard}, its new owner, is '${r.state}' (${by}${r.moved_to === null ? '' : `, moved to ${r.moved_to}`})${more}: ${shard} would refuse the unit's writes (${r.state === 'moved' ? 'CAF02' : 'CAF01'}) while the map sends them there. ` +
-          (r.state === 'moved'
-            ? `Let the move finish (its 'moved' row there is then deleted by the change), then publish again; or move the unit instead (a move's preparation takes that row over). Do not open the row by hand first: the move's clean-up or rollback may still delete the unit's rows there`
-            : `Try again once the change in flight there has ended`) +
-          ' (docs/sharding-spec.md section 9, "A map published by hand fences the old owner"). Nothing was written',
-      );
+      // A hand change's `moved` row, and a finished move's, are deleted by {@link settle}: no refusal.
+      const finished = new Set(await this.finishedJobs(all.flatMap((r) => (r.state === 'moved' && r.job_id !== null ? [r.job_id] : []))));
+      const settled = (row: (typeof all)[number]): boolean => row.state === 'moved' && (row.job_id === null || finished.has(row.job_id));
+      const rows = all.filter((row) => !settled(row));
+      const [r] = rows;
+      if (r !== undefined) {
+        const by = r.job_id === null ? "a hand change's, job_id null" : `move job #${r.job_id}`;
+        const more = rows.length > 1 ? ` (and ${rows.length - 1} more unit(s) there)` : '';
+        throw new Error(
+          `${this.refused}: ${r.kind} ${r.unit_id}'s write_fences row on ${shard}, its new owner, is '${r.state}' (${by}${r.moved_to === null ? '' : `, moved to ${r.moved_to}`})${more}: ${shard} would refuse the unit's writes (${r.state === 'moved' ? 'CAF02' : 'CAF01'}) while the map sends them there. ` +
+            (r.state === 'moved'
+              ? `Let the move finish (its 'moved' row there is then deleted by the change), then publish again; or move the unit instead (a move's preparation takes that row over). Do not open the row by hand first: the move's clean-up or rollback may still delete the unit's rows there`
+              : `Try again once the change in flight there has ended`) +
+            ' (docs/sharding-spec.md section 9, "A map published by hand fences the old owner"). Nothing was written',
+        );
+      }
+      await this.refuseRowsBehindMoved(shard, pool, list, all.filter(settled));
     }
     // A move of the unit past its flip, unfinished, from its new owner: its clean-up deletes the
     // unit's rows there, whatever that shard's row says (its `moved` row, refused above, opened by
@@ -822,6 +835,48 @@ export class OwnerChangeFences {
         `${this.refused}: ${cleaning.kind} ${cleaning.unit_id}'s move job #${cleaning.id} (${cleaning.from_shard} to ${cleaning.to_shard}, ${cleaning.state}) is past its flip and unfinished: its clean-up deletes the unit's rows on ${cleaning.from_shard}, the new owner, and would delete the writes the map sends there. Let the move finish (its 'moved' row there is then deleted by the change), then publish again; or move the unit instead (docs/sharding-spec.md section 9, "A map published by hand fences the old owner"). Nothing was written`,
       );
     }
+  }
+
+  /**
+   * Refuses the change where `shard`, a new owner, holds rows of a unit of `list` behind its `moved`
+   * row of it (`behind`: the rows {@link settle} deletes), naming the first unit, its rows and the
+   * row; see {@link refuseRefusingNewOwners}.
+   */
+  private async refuseRowsBehindMoved(shard: string, pool: Queryable, list: readonly FencedUnit[], behind: ReadonlyArray<{ kind: string; unit_id: string; job_id: string | null }>): Promise<void> {
+    if (behind.length === 0) return;
+    const units = behind.flatMap((row) => list.filter((u) => u.kind === row.kind && u.unitId === row.unit_id).map((u) => ({ unit: u, row })));
+    const held = await boundedCount(pool, shard, this.timeoutMs, this.refused, async (c) => {
+      const out: Array<{ unit: FencedUnit; jobId: string | null; rows: TableRows[] }> = [];
+      const slots = units.filter((x) => x.unit.kind === 'slot');
+      const bySlot = await slotRowsOn(
+        c,
+        slots.map((x) => Number(x.unit.unitId)),
+        slots.flatMap((x) => x.unit.excludedKeys),
+      );
+      for (const x of slots) {
+        const rows = bySlot.get(Number(x.unit.unitId));
+        if (rows !== undefined) out.push({ unit: x.unit, jobId: x.row.job_id, rows });
+      }
+      for (const x of units.filter((y) => y.unit.kind === 'directory')) {
+        const rows = await keyRowsOn(c, x.unit.unitId);
+        if (rows.length > 0) out.push({ unit: x.unit, jobId: x.row.job_id, rows });
+      }
+      return out;
+    });
+    const [h] = held;
+    if (h === undefined) return;
+    const what = h.unit.kind === 'slot' ? `slot ${h.unit.unitId}` : `key ${h.unit.unitId}`;
+    const by = h.jobId === null ? "a hand change's, job_id null" : `move job #${h.jobId}, finished`;
+    const more = held.length > 1 ? ` (and ${held.length - 1} more unit(s) there)` : '';
+    const find =
+      h.unit.kind === 'slot'
+        ? `select id, email from users where slot = ${h.unit.unitId}; select id, owner_id, slot from documents where owner_id in (select id from users where slot = ${h.unit.unitId})`
+        : `select id, email from users where id = '${h.unit.unitId}'; select id, slot from documents where owner_id = '${h.unit.unitId}'`;
+    throw new Error(
+      `${this.refused}: ${what}'s new owner ${shard} holds rows of it (${describeRows(h.rows)}) behind its 'moved' row (${by})${more}: rows the unit left there when it went away (a move's clean-up keeps a user that still owns documents stored under another slot, written before shard migration 015), read by no one since. ` +
+        `Published, that row would be deleted and ${shard} would serve them again as the unit's, as they were then (a user deleted or changed on ${h.unit.from} since, back with its old data). ` +
+        `Find them on ${shard} (${find}), give each document under another slot its owner's slot or delete it (docs/sharding-spec.md section 9, "A document's slot is its owner's"), delete the rows, then publish again; or, having checked them, pass { rowsLeftOn: 'checked' } and delete the 'moved' row on ${shard} yourself after the commit. Nothing was written`,
+    );
   }
 
   /** Puts every row {@link fence} changed back as it was; a shard that cannot be reached keeps its row `fenced` (its writes refused, none lost). */
