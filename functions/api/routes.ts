@@ -20,6 +20,8 @@ import {
   configEnvelopeSchema,
   evaluateBodySchema,
   evaluationSchema,
+  fenceListingSchema,
+  fencesQuerySchema,
   healthReportSchema,
   historyQuerySchema,
   historySchema,
@@ -52,6 +54,7 @@ import {
   UnknownServiceError,
   type ConfigEnvelope,
   type DirectoryPageView,
+  type FenceListingView,
   type HistoryView,
   type RebalanceCheckView,
   type RouteView,
@@ -215,10 +218,13 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
   // One per key looked up (hostile clients included): more of them, so as not to evict the usual ones.
   const routeAnswers = new SnapshotMap<RouteView>({ ...live, maxKeys: 256 });
   const directoryPages = new SnapshotMap<DirectoryPageView>(live);
+  const fenceListings = new SnapshotMap<FenceListingView>(live);
   /** Where keys live changes when a move is done: whoever saw it done reads the new place next. */
   const renewPlacement = (): void => {
     routeAnswers.invalidate();
     directoryPages.invalidate();
+    // A move done has released or cleaned its fence rows.
+    fenceListings.invalidate();
     snapshots.onRenew?.();
   };
   /**
@@ -511,6 +517,21 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
         304: NOT_MODIFIED,
       },
       handle: async ({ query, request }) => fromSnapshot(() => directoryPages.read(JSON.stringify(query), () => port.directory(query)), request),
+    }),
+    defineRoute({
+      method: 'GET',
+      path: `${API_PREFIX}/shards/fences`,
+      operationId: 'listFences',
+      summary: 'List the write fence rows no live move explains',
+      description:
+        "Per shard, the write_fences rows no live move explains (a hand change of the slot map or of a pin that did not finish, a moved row on the shard the map names, rows left to the operator), each with what it does to the unit's writes and what `ca-dms-scaling shards fences --settle` would do with it or why it would not; all=true lists the explained rows too. The same listing as the CLI without --settle, read without its lock: it never holds up a hand change, and so cannot tell whether one is in flight (--settle checks that before it reopens a row). Each shard is read within health_check_timeout_seconds; one that does not answer is listed under unreachable. Changes nothing: settling stays with the CLI (docs/sharding-spec.md section 9).",
+      tags: ['shards'],
+      query: fencesQuerySchema,
+      responses: {
+        200: { description: 'the listing (a snapshot at most 1 s old, renewed once a move is seen done)', schema: fenceListingSchema, headers: SNAPSHOT_HEADERS },
+        304: NOT_MODIFIED,
+      },
+      handle: async ({ query, request }) => fromSnapshot(() => fenceListings.read(JSON.stringify({ all: query.all === 'true' }), () => port.shardFences({ all: query.all === 'true' })), request),
     }),
     defineRoute({
       method: 'POST',

@@ -502,6 +502,31 @@ export const rebalanceCheckSchema = z.object({
   }),
 });
 
+export const fencesQuerySchema = z.strictObject({
+  all: z.enum(['true', 'false']).optional().describe('true lists the explained rows too: open rows, a live move\'s, a moved row on a shard the map does not name (default false)'),
+});
+export const fenceListingSchema = z.object({
+  mapVersion: z.number().int().describe('the latest slot map\'s version, which the rows were judged against'),
+  rows: z.array(
+    z.object({
+      shard: z.string().describe('the shard whose write_fences holds the row'),
+      kind: z.enum(['slot', 'directory']),
+      unitId: z.string().describe('the slot (as text) or the directory key'),
+      state: z.string().describe('fenced, moved, incoming or open'),
+      jobId: z.string().nullable().describe('the move job that wrote the row; null for a hand change of the slot map or of a pin'),
+      movedTo: z.string().nullable(),
+      mapVersion: z.string().describe('the slot map version the row was written for'),
+      ageMs: z.number().describe('milliseconds since the row was last written, by the shard\'s clock'),
+      owner: z.string().optional().describe('the shard the latest slot map names for the slot (a directory row: its key\'s slot); absent for a slot the map does not have'),
+      diagnosis: z.string().describe('what the row does to the unit\'s writes, and why it is there'),
+      action: z.enum(['reopen', 'set moved', 'none']).describe('what ca-dms-scaling shards fences --settle would do with it: none for a row left to a move or the operator'),
+      withheld: z.string().optional().describe('why --settle would not take the action now (a move of the slot unfinished, the row younger than --settle\'s default 900 s)'),
+    }),
+  ),
+  explained: z.number().int().describe('rows not listed (without all=true): open rows, a live move\'s, a moved row on a shard the map does not name'),
+  unreachable: z.array(z.string()).describe('shards whose rows could not be read in time, each as "shard (reason)": their rows are not listed'),
+});
+
 const tableSummaries = z.record(z.string(), z.object({ rows: z.number(), checksum: z.string() }));
 export const moveJobSchema = z.object({
   id: z.string(),

@@ -9,6 +9,7 @@ import type {
   directoryPageSchema,
   DirectoryQuery,
   evaluationSchema,
+  fenceListingSchema,
   healthReportSchema,
   historySchema,
   HistoryQuery,
@@ -44,6 +45,7 @@ export type MoveRequest = z.output<typeof moveRequestSchema>;
 export type ShardHealthView = DeepReadonly<z.input<typeof healthReportSchema>>;
 export type ShardStatisticsView = DeepReadonly<z.input<typeof statisticsReportSchema>>;
 export type RebalanceCheckView = DeepReadonly<z.input<typeof rebalanceCheckSchema>>;
+export type FenceListingView = DeepReadonly<z.input<typeof fenceListingSchema>>;
 /** A move job; `id` is text and times are ISO 8601 strings, as in the JSON. */
 export type MoveJobView = DeepReadonly<z.input<typeof moveJobSchema>>;
 
@@ -116,6 +118,11 @@ export interface ScalingApiPort {
   route(key: string): Promise<RouteView>;
   /** One page of the shard directory in key order; a malformed cursor is a 400 naming `query.cursor`. */
   directory(query: DirectoryQuery): Promise<DirectoryPageView>;
+  /**
+   * The shards' write_fences rows no live move explains (with `all`, every row), as
+   * `ca-dms-scaling shards fences` lists them without --settle; read without locking anything.
+   */
+  shardFences(options: { all: boolean }): Promise<FenceListingView>;
   startMove(request: MoveRequest, actor: string): Promise<MoveJobView>;
   getMove(id: string): Promise<MoveJobView>;
   /** Asks for a move to be cancelled: 404 unknown, 409 past the flip or finished. */

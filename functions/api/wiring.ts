@@ -57,6 +57,8 @@ export interface ShardingDeps {
   readonly slotMaps: Pick<SlotMapStore, 'current' | 'currentIfNewer'>;
   readonly directory: Pick<DirectoryStore, 'all' | 'page'>;
   readonly inspector: ShardInspector;
+  /** The fence rows' listing (GET /shards/fences): read-only, each shard within its deadline. */
+  readonly fences: ShardingRuntime['fences'];
   readonly mover: Mover;
   /** Replica lag bounds, for the recommendations. */
   readonly maxLagSeconds?: number;
@@ -72,6 +74,7 @@ export function shardingDepsOf(runtime: ShardingRuntime, runMove: (id: number) =
     slotMaps: runtime.slotMaps,
     directory: runtime.directory,
     inspector: runtime.inspector,
+    fences: runtime.fences,
     mover: runtime.mover,
     maxLagSeconds: runtime.config.max_replica_lag_seconds,
     maxLagBytes: runtime.config.max_replica_lag_bytes,
@@ -776,6 +779,12 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         // Opaque, so that clients do not build cursors of their own: the key, prefixed and base64url-encoded.
         next_cursor: page.next === null ? null : Buffer.from(`k:${page.next}`, 'utf8').toString('base64url'),
       };
+    },
+
+    async shardFences({ all }) {
+      const s = sharding();
+      // A shard that does not answer in time is listed unreachable; the catalog not answering is a 503.
+      return reachable('listing the fence rows', () => s.fences.list({ all }));
     },
 
     async cancelMove(id) {

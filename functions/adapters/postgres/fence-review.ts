@@ -34,6 +34,7 @@
  */
 import type pg from 'pg';
 import { slotOf } from '../../core/sharding/hash.js';
+import { NodeTimeoutError, withNodeDeadline } from './deadline.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 
@@ -300,4 +301,117 @@ async function withLockTimeout<T>(pool: Queryable, fn: (c: Queryable) => Promise
   } finally {
     c.release(broken || undefined);
   }
+}
+
+/** What {@link listFences} reads with: nothing is locked, nothing written, every shard's read bounded. */
+export interface FenceListingOptions {
+  /**
+   * The catalog: a login that may read `catalog.slot_maps` and `catalog.move_jobs` (the API's
+   * control login). It need not, and is not asked to, lock `catalog.owner_change_review`.
+   */
+  readonly catalog: Queryable;
+  /** The shards' primaries, by shard id: a login that may read `write_fences` (the monitor's, shard migration 013). */
+  readonly shards: ReadonlyMap<string, pg.Pool>;
+  /** Each shard's read, connect included, ends within this; a shard that does not answer in time is listed unreachable. */
+  readonly timeoutMs: number;
+  /** List the explained rows too. */
+  readonly all?: boolean;
+  /** The age `--settle` would ask of a row it reopens, for `withheld` (default {@link DEFAULT_REVIEW_MIN_AGE_MS}, `--settle`'s default). */
+  readonly olderThanMs?: number;
+}
+
+/**
+ * The listing {@link reviewFences} makes without `settle`, read without its lock: for a reader
+ * that must never hold up a hand change of the slot map (`GET /shards/fences`), whose catalog
+ * login may lack UPDATE on `catalog.owner_change_review`. It cannot tell whether a hand change is
+ * between its fence and its commit (only that lock tells): a reopen is judged by the row's age
+ * alone (`changeInFlight` is never set); `--settle` takes the lock and judges again. The shards
+ * are read in parallel, each within `timeoutMs`; the catalog's reads are bounded by its login's
+ * statement timeout.
+ *
+ * @example
+ * ```ts
+ * const listing = await listFences({ catalog, shards: primaries, timeoutMs: 2_000 });
+ * for (const r of listing.rows) console.log(r.shard, r.unitId, r.diagnosis, r.action);
+ * ```
+ */
+export async function listFences(options: FenceListingOptions): Promise<FenceReview> {
+  const minAge = options.olderThanMs ?? DEFAULT_REVIEW_MIN_AGE_MS;
+  const { rows: maps } = await options.catalog.query<{ version: number; assignments: string[] }>('select version, assignments from catalog.slot_maps order by version desc limit 1');
+  const map = maps[0];
+  if (map === undefined) throw new Error('the catalog has no slot map yet: nothing routes to the shards, and no fence row can be judged');
+
+  const reads = await Promise.all(
+    [...options.shards].map(async ([shard, pool]): Promise<{ shard: string; rows?: FenceRowRead[]; error?: string }> => {
+      try {
+        const rows = await withNodeDeadline(pool, options.timeoutMs, shard, async (c) => (await c.query<FenceRowRead>(fenceRowsSql(options.all === true))).rows);
+        return { shard, rows };
+      } catch (err) {
+        return { shard, error: shardFailure(err) };
+      }
+    }),
+  );
+  const unreachable = reads.flatMap((r) => (r.error === undefined ? [] : [`${r.shard} (${r.error})`]));
+  const read = new Map(reads.flatMap((r) => (r.rows === undefined ? [] : [[r.shard, r.rows] as const])));
+  const all = [...read.values()].flat();
+  const slotsOf = (r: FenceRowRead): number => (r.kind === 'slot' ? Number(r.unit_id) : slotOf(r.unit_id));
+  const { rows: jobs } = await options.catalog.query<{ id: string; slot: number; state: string; kind: string; unit_id: string }>(
+    `select id::text, slot, state, kind, unit_id from catalog.move_jobs where id = any($1::bigint[]) or (slot = any($2::int[]) and state not in ('done', 'failed', 'cancelled'))`,
+    [[...new Set(all.flatMap((r) => (r.job_id === null ? [] : [r.job_id])))], [...new Set(all.map(slotsOf))]],
+  );
+  const jobById = new Map(jobs.map((j) => [j.id, j]));
+  const unfinishedBySlot = new Map(jobs.filter((j) => !FINISHED.has(j.state)).map((j) => [j.slot, j]));
+
+  const listed: ReviewedFence[] = [];
+  let explained = 0;
+  for (const [shard, rows] of read) {
+    for (const r of rows) {
+      const slot = slotsOf(r);
+      const owner = map.assignments[slot];
+      const judged = judge(r, shard, owner, map.version, jobById, unfinishedBySlot.get(slot));
+      if (judged === null) {
+        explained += 1;
+        if (options.all !== true) continue;
+      }
+      const base: ReviewedFence = {
+        shard,
+        kind: r.kind,
+        unitId: r.unit_id,
+        state: r.state,
+        jobId: r.job_id,
+        movedTo: r.moved_to,
+        mapVersion: r.map_version,
+        ageMs: Math.max(0, Math.round(r.age_ms)),
+        owner,
+        diagnosis: judged?.diagnosis ?? 'explained: nothing to settle',
+        action: judged?.action ?? 'none',
+        ...(judged?.withheld === undefined ? {} : { withheld: judged.withheld }),
+      };
+      const withheld = base.withheld ?? (base.action === 'reopen' ? reopenWithheld(base, minAge, undefined) : undefined);
+      listed.push(withheld === undefined ? base : { ...base, withheld });
+    }
+  }
+  return { mapVersion: map.version, rows: listed, explained, unreachable };
+}
+
+/**
+ * Why a shard's rows could not be read, in words fit for an API client: the driver's and the
+ * server's own text names addresses, ports and database objects, so only its kind is told, with
+ * what to do where the fix is known.
+ */
+function shardFailure(err: unknown): string {
+  if (err instanceof NodeTimeoutError) return `no answer within ${err.timeoutMs} ms`;
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === '57014') return 'the read ran past its time limit (statement_timeout)';
+  if (code === '42501') return 'this login may not read write_fences: grant it SELECT (shard migration 013 grants it to ca_dms_monitor)';
+  if (code === '42P01') return 'the shard has no write_fences table: apply the shard migrations (ca-dms-scaling migrate)';
+  if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return `connection error ${code}`;
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return `SQLSTATE ${code}`;
+  return 'the connection failed';
+}
+
+/** A shard's `write_fences` rows as {@link listFences} reads them (every row with `all`, else those not `open`). */
+function fenceRowsSql(all: boolean): string {
+  return `select kind, unit_id, state, job_id::text, moved_to, map_version::text, (extract(epoch from (now() - updated_at)) * 1000)::float8 as age_ms
+            from write_fences ${all ? '' : `where state <> 'open'`} order by kind, unit_id`;
 }

@@ -18,6 +18,7 @@ import { freshnessBoundsFromConfig } from '../../core/sharding/replica-choice.js
 import { ShardRouter } from '../../core/sharding/router.js';
 import { buildSlotMap } from '../../core/sharding/slot-map.js';
 import { DirectoryStore } from './directory-store.js';
+import { listFences, type FenceReview } from './fence-review.js';
 import { LeaseStore } from './lease-store.js';
 import { createMovesLookup } from './move-lookup.js';
 import type { MovesLookup } from '../../core/sharding/lost-before-move.js';
@@ -58,6 +59,12 @@ export interface ShardingRuntime {
   /** Keyed reads that check the unit's fence in their snapshot (see `read-transaction.ts`); present with `reader`. */
   readonly reads?: ShardReader;
   readonly inspector: ShardInspector;
+  /**
+   * The shards' `write_fences` rows no live move explains, listed as `ca-dms-scaling shards fences`
+   * lists them without `--settle`, read without its lock (fence-review.ts `listFences`): on the
+   * inspector's pools (the API's monitor login), each shard within `health_check_timeout_seconds`.
+   */
+  readonly fences: { list(options?: { readonly all?: boolean }): Promise<FenceReview> };
   readonly mover: Mover;
   /** The last move of a key's unit off a shard, from the catalog (the documents API's check of a token of another shard). */
   readonly moves: MovesLookup;
@@ -118,6 +125,10 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       weights: Object.fromEntries(config.shards.map((s) => [s.shard_id, s.weight])),
       ...(options.cloud ? { cloud: options.cloud } : {}),
     });
+    const inspectionPrimaries = new Map(inspectionPools.shardIds().map((id) => [id, inspectionPools.primary(id).pool]));
+    const fences: ShardingRuntime['fences'] = {
+      list: (listing = {}) => listFences({ catalog, shards: inspectionPrimaries, timeoutMs: config.health_check_timeout_seconds * 1000, all: listing.all === true }),
+    };
     const mover = new Mover({
       catalog,
       shards: primaries,
@@ -137,6 +148,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       writer,
       ...(reader ? { reader, reads: createShardReader({ router: keyRouter, reader }) } : {}),
       inspector,
+      fences,
       mover,
       moves: createMovesLookup(catalog),
       leases: new LeaseStore(catalog),

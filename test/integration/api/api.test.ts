@@ -380,6 +380,7 @@ describe('scaling API over HTTP', () => {
       '/shards/health',
       '/shards/statistics',
       '/shards/rebalance-check',
+      '/shards/fences',
       '/openapi.json',
     ])('serves GET %s from a snapshot with its ETag, Age and lifetime, and 304 to a client that has it', async (path) => {
       const first = await h.fetchJson(`${API}${path}`);

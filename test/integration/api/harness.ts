@@ -38,6 +38,8 @@ const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../../../fu
 export interface ApiHarness {
   readonly url: string;
   readonly catalogPool: pg.Pool;
+  /** The catalog server's URL (a superuser login), for a test's own logins. */
+  readonly catalogUrl: string;
   readonly clock: ManualClock;
   readonly controller: ScalingController;
   readonly port: ScalingApiPort;
@@ -147,6 +149,7 @@ export async function startApiHarness(): Promise<ApiHarness> {
   return {
     url: server.url,
     catalogPool,
+    catalogUrl: catalogServer.url,
     clock,
     controller,
     port,

@@ -6,6 +6,7 @@
  * be once the moves under way end; a move being cancelled or rolled back ends where it began.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import type { ScalingApiPort } from '../../../functions/api/service.js';
@@ -41,6 +42,7 @@ beforeAll(async () => {
       slotMaps: env.slotMaps,
       directory: env.directory,
       inspector: new ShardInspector(pools, { timeoutMs: 5000 }),
+      fences: { list: (o = {}) => listFences({ catalog: env.catalog, shards: env.shards, timeoutMs: 5000, all: o.all === true }) },
       mover: env.mover(),
       runMove: () => undefined,
     },

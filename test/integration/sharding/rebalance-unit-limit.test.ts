@@ -6,6 +6,7 @@
  * say which units it left out and why.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
 import type { MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
@@ -57,6 +58,7 @@ describe("the rebalance check within the mover's maxUnitRows", () => {
         slotMaps: env.slotMaps,
         directory: env.directory,
         inspector,
+        fences: { list: (o = {}) => listFences({ catalog: env.catalog, shards: env.shards, timeoutMs: 5000, all: o.all === true }) },
         mover: env.mover({ maxUnitRows: LIMIT }),
         runMove: () => undefined,
       },

@@ -30,6 +30,7 @@ describe('the scaling API OpenAPI document', () => {
         'GET /shards/statistics',
         'GET /shards/health',
         'GET /shards/rebalance-check',
+        'GET /shards/fences',
         'GET /recommendations',
         'POST /start',
         'POST /stop',
@@ -53,6 +54,10 @@ describe('the scaling API OpenAPI document', () => {
     expect(Object.keys(primary?.properties?.['facts']?.properties ?? {})).toEqual(expect.arrayContaining(['reachable', 'connections', 'rates', 'replication', 'rds']));
     expect(Object.keys(body('/shards/statistics', 'get', '200').properties ?? {})).toEqual(expect.arrayContaining(['shards', 'totals', 'imbalance', 'complete', 'unreachable']));
     expect(Object.keys(body('/shards/rebalance-check', 'get', '200').properties ?? {})).toEqual(expect.arrayContaining(['needed', 'moves', 'summary']));
+    expect(Object.keys(body('/shards/fences', 'get', '200').properties ?? {})).toEqual(['mapVersion', 'rows', 'explained', 'unreachable']);
+    expect(Object.keys(body('/shards/fences', 'get', '200').properties?.['rows']?.items?.properties ?? {})).toEqual(
+      expect.arrayContaining(['shard', 'kind', 'unitId', 'state', 'jobId', 'movedTo', 'mapVersion', 'ageMs', 'owner', 'diagnosis', 'action', 'withheld']),
+    );
     expect(job.properties?.['createdAt']?.format).toBe('date-time');
     expect(body('/shards/moves/{id}', 'get', '200')).toEqual(job);
   });
