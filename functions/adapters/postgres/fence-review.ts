@@ -65,7 +65,7 @@ export interface ReviewedFence {
 }
 
 export interface FenceReview {
-  /** The latest slot map's version, read under the review's lock. */
+  /** The latest slot map's version, read after the shards' rows (the map they are judged by). */
   readonly mapVersion: number;
   /** Rows that need the operator (or were settled), and, with `all`, every other row. */
   readonly rows: readonly ReviewedFence[];
@@ -119,17 +119,16 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
     try {
       await catalog.query('savepoint review_lock');
       await catalog.query('select 1 from catalog.owner_change_review where id = 1 for update nowait');
-      await catalog.query('release savepoint review_lock');
+      // Only a settle needs the lock held (it deletes rows); a listing only asks whether a change
+      // is in flight, and lets the row go at once (a rolled-back savepoint releases its row lock):
+      // held, every listing (an operator's, an API's poll) made each hand change meanwhile wait.
+      await catalog.query(options.settle === true ? 'release savepoint review_lock' : 'rollback to savepoint review_lock; release savepoint review_lock');
     } catch (err) {
       const code = (err as { code?: unknown }).code;
       if (code !== LOCK_NOT_AVAILABLE) throw reviewLockError(err);
       await catalog.query('rollback to savepoint review_lock; release savepoint review_lock');
-      changeInFlight = 'a hand change of the slot map holds catalog.owner_change_review (it is between its fence and its commit): no row was reopened; try again once it has ended';
+      changeInFlight = 'a hand change of the slot map holds catalog.owner_change_review (it is between its fence and its commit), or another review settling the rows does: no row was reopened; try again once it has ended';
     }
-    const { rows: maps } = await catalog.query<{ version: number; assignments: string[] }>('select version, assignments from catalog.slot_maps order by version desc limit 1');
-    const map = maps[0];
-    if (map === undefined) throw new Error('the catalog has no slot map yet: nothing routes to the shards, and no fence row can be judged');
-
     const unreachable: string[] = [];
     const read = new Map<string, FenceRowRead[]>();
     for (const [shard, pool] of options.shards) {
@@ -143,6 +142,30 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
         unreachable.push(`${shard} (${err instanceof Error ? err.message : String(err)})`);
       }
     }
+    // No owner change or move writes a row `moved` to the shard that holds it: such a row was read
+    // through the URL of another shard (the ID=URL pairs swapped, or one URL given twice), whose
+    // `moved` rows, sending writes to the map's owner, looked like rows on that owner and were
+    // deleted, that other shard then taking writes where the map does not look
+    // (owner-change-review.test.ts). Refused before anything is judged.
+    for (const [shard, rows] of read) {
+      const self = rows.filter((r) => r.state === 'moved' && r.moved_to === shard);
+      const [first] = self;
+      if (first === undefined) continue;
+      throw new Error(
+        `the write_fences rows read as ${shard}'s name ${shard} as the shard they moved to (${first.kind} ${first.unit_id}${self.length > 1 ? ` and ${self.length - 1} more` : ''}), which no move or owner change writes: the URL given for ${shard} is another shard's. Check the ID=URL pairs (--shard, SHARD_DATABASE_URLS); nothing was settled`,
+      );
+    }
+    // The map is read after the rows, not before: a move (or a change through a client holding no
+    // transaction, which takes no lock) that flipped the slot between an earlier read of the map and
+    // the read of the rows left the source's row `moved`, which that older map made look like a row
+    // on the shard the map names, and the review reopened the source under the new map
+    // (owner-change-review.test.ts). Read after, a map that a move or a fencing change publishes
+    // since the rows were read follows a write of the row judged (a move starts only from an `open`
+    // row, a change's fence takes a `moved` one over and is refused by a `fenced` one), which the
+    // compare-and-set below refuses.
+    const { rows: maps } = await catalog.query<{ version: number; assignments: string[] }>('select version, assignments from catalog.slot_maps order by version desc limit 1');
+    const map = maps[0];
+    if (map === undefined) throw new Error('the catalog has no slot map yet: nothing routes to the shards, and no fence row can be judged');
     const all = [...read.values()].flat();
     const slotsOf = (r: FenceRowRead): number => (r.kind === 'slot' ? Number(r.unit_id) : slotOf(r.unit_id));
     const { rows: jobs } = await catalog.query<{ id: string; slot: number; state: string; kind: string; unit_id: string }>(

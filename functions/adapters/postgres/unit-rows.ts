@@ -465,6 +465,9 @@ const LOCK_NOT_AVAILABLE = '55P03';
 /** How long the fence of an owner change waits for an `open` row its writers hold (a move's fence budget, 2 s by default). */
 const FENCE_LOCK_TIMEOUT_MS = 2_000;
 
+/** How long a change waits for a review of the fence rows holding `catalog.owner_change_review` before it is refused (at most its count bound). */
+const REVIEW_WAIT_MS = 5_000;
+
 /** SQLSTATE undefined_table. */
 const UNDEFINED_TABLE = '42P01';
 
@@ -544,14 +547,29 @@ export class OwnerChangeFences {
    * new owner): held until that transaction ends, it tells a review of the fence rows
    * ({@link reviewFences}) that this change may still publish, so that none of its `fenced` rows is
    * reopened under it. Refused, nothing fenced, where the catalog lacks the row (sharding migration
-   * 016 not applied) or the login may not lock it.
+   * 016 not applied) or the login may not lock it, and where a review settling the rows holds it
+   * past {@link REVIEW_WAIT_MS} (or the count bound, if shorter).
    */
   async holdAgainstReview(c: Queryable, units: readonly FencedUnit[]): Promise<void> {
     if (!units.some((u) => this.pools.get(u.from) !== undefined && u.from !== u.to)) return;
+    // Only a review holds the row FOR UPDATE (changes share it): waited for within a bound, with
+    // the transaction's own lock_timeout put back after. Unbounded, a change waited as long as a
+    // review stuck on a slow shard, or died on the catalog login's statement_timeout with an error
+    // that named neither the review nor what to do.
+    const waitMs = Math.min(REVIEW_WAIT_MS, this.timeoutMs);
     try {
+      const { rows } = await c.query<{ prior: string }>(`select current_setting('lock_timeout') as prior`);
+      await c.query(`select set_config('lock_timeout', $1, true)`, [`${waitMs}ms`]);
       await c.query('select 1 from catalog.owner_change_review where id = 1 for share');
+      await c.query(`select set_config('lock_timeout', $1, true)`, [rows[0]?.prior ?? '0']);
     } catch (err) {
       const code = (err as { code?: unknown }).code;
+      if (code === LOCK_NOT_AVAILABLE) {
+        throw new Error(
+          `${this.refused}: a review of the fence rows (ca-dms-scaling shards fences --settle) held catalog.owner_change_review for more than ${waitMs} ms, and a change may not fence while it settles. Nothing was written: try again once the review has ended`,
+          { cause: err },
+        );
+      }
       if (code === UNDEFINED_TABLE || code === INSUFFICIENT_PRIVILEGE) {
         throw new Error(
           `${this.refused}: the change holds catalog.owner_change_review while it fences the old owners (so that a review of the fence rows, ca-dms-scaling shards fences --settle, never reopens a row of a change still publishing), and ${code === UNDEFINED_TABLE ? 'the catalog has no such table: apply the sharding migrations (ca-dms-scaling migrate, 016_owner_change_review.sql)' : 'this login may not lock it: publish through the control login (ca_dms_control), which may'}. Nothing was written`,

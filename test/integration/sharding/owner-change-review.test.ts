@@ -252,6 +252,105 @@ describe('what the review refuses to settle', () => {
     }
   }, 60_000);
 
+  it('reopens no row of a slot a move took off its shard while the review read the shards (the map it judges by is read after the rows)', async () => {
+    const slot = 1911;
+    const { from, to, source } = await sides(env, slot);
+    // The move runs between the review's first statements and its read of the shards: done, the
+    // source's row is the move's `moved` row (job finished) and the map names the target.
+    let job = '';
+    const racing = new Proxy(source, {
+      get(t, p) {
+        if (p === 'query') {
+          return async (...args: Parameters<pg.Pool['query']>) => {
+            if (job === '' && typeof args[0] === 'string' && /from write_fences/.test(args[0])) {
+              const mover = env.mover({ readerGraceMs: 0 });
+              const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+              job = String(planned.id);
+              expect((await mover.run(planned.id)).state).toBe('done');
+            }
+            return (t.query as (...a: unknown[]) => unknown)(...args);
+          };
+        }
+        const v = Reflect.get(t, p, t) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+      },
+    });
+    const review = await reviewFences({ catalog: env.catalog, shards: new Map([...env.shards, [from, racing as pg.Pool]]), settle: true, olderThanMs: 0 });
+    expect(job).not.toBe('');
+    expect(await env.ownerOf(slot)).toBe(to);
+    // Judged by the map read before the move flipped, the source's `moved` row looked like one on
+    // the shard the map names, and was deleted: the source took the writes of routers whose maps
+    // still named it, out of every reader's sight.
+    expect({ fence: await fenceState(source, slot), staleWrite: await userWriteOutcome(source, slot, keysInSlot(slot, 2)[1] as string) }).toEqual({ fence: 'moved', staleWrite: 'refused CAF02' });
+    expect(rowOf(review.rows, from, slot)?.outcome ?? 'not settled').not.toMatch(/^settled/);
+  }, 120_000);
+
+  it('a hand change waits for a review in progress only within a bound, then is refused naming it, nothing fenced or published', async () => {
+    const slot = 1912;
+    const { from, to, source } = await sides(env, slot);
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    const before = (await store.current()).version;
+    const review = await env.catalog.connect();
+    try {
+      // What a review holds for its whole run (a slow one: many rows, a shard slow to answer).
+      await review.query('begin');
+      await review.query('select 1 from catalog.owner_change_review where id = 1 for update nowait');
+      const refused = await refusalOf(store.publish(moveSlots(await store.current(), [slot], to), 'ops', 'hand change during a review'));
+      expect(String(refused)).toMatch(/a review of the fence rows \(ca-dms-scaling shards fences --settle\) held catalog.owner_change_review for more than 5000 ms.*Nothing was written: try again once the review has ended/);
+    } finally {
+      await review.query('rollback').catch(() => undefined);
+      review.release();
+    }
+    expect({ owner: await env.ownerOf(slot), version: (await store.current()).version, fence: await fenceState(source, slot) }).toEqual({ owner: from, version: before, fence: undefined });
+    // The review over, the same change goes through.
+    await store.publish(moveSlots(await store.current(), [slot], to), 'ops', 'hand change after the review');
+    expect({ owner: await env.ownerOf(slot), fence: await fenceState(source, slot) }).toEqual({ owner: to, fence: 'moved' });
+  }, 90_000);
+
+  it('a listing (no --settle) holds nothing a hand change waits for: a change made while it reads the shards is published', async () => {
+    const slot = 1913;
+    const { from, to, source } = await sides(env, slot);
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    // The change runs while the listing reads its first shard (a slow shard, or many rows).
+    let change: Promise<unknown> | undefined;
+    const slow = new Proxy(source, {
+      get(t, p) {
+        if (p === 'query') {
+          return async (...args: Parameters<pg.Pool['query']>) => {
+            if (change === undefined && typeof args[0] === 'string' && /from write_fences/.test(args[0])) {
+              change = refusalOf(store.publish(moveSlots(await store.current(), [slot], to), 'ops', 'hand change during a listing'));
+              await change;
+            }
+            return (t.query as (...a: unknown[]) => unknown)(...args);
+          };
+        }
+        const v = Reflect.get(t, p, t) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+      },
+    });
+    const listing = await reviewFences({ catalog: env.catalog, shards: new Map([...env.shards, [from, slow as pg.Pool]]) });
+    expect(await change).toBeNull();
+    expect(listing.changeInFlight).toBeUndefined();
+    expect({ owner: await env.ownerOf(slot), fence: await fenceState(source, slot) }).toEqual({ owner: to, fence: 'moved' });
+  }, 90_000);
+
+  it('refuses to judge a shard given by the URL of another (the ID=URL pairs swapped): no moved row is reopened where the map does not send the writes', async () => {
+    const slot = 1914;
+    const { from, to, source } = await sides(env, slot);
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    await store.publish(moveSlots(await store.current(), [slot], to), 'ops', 'hand change');
+    expect({ owner: await env.ownerOf(slot), old: await fenceState(source, slot) }).toEqual({ owner: to, old: 'moved' });
+    // The operator swapped the pairs: the old owner's moved row (moved to the map's owner) looks
+    // like one on the shard the map names.
+    const swapped = new Map([
+      [from, env.shards.get(to) as pg.Pool],
+      [to, source],
+    ]);
+    const refused = await refusalOf(reviewFences({ catalog: env.catalog, shards: swapped, settle: true, olderThanMs: 0 }));
+    expect({ fence: await fenceState(source, slot), staleWrite: await userWriteOutcome(source, slot, keysInSlot(slot, 2)[1] as string) }).toEqual({ fence: 'moved', staleWrite: 'refused CAF02' });
+    expect(String(refused)).toMatch(/the write_fences rows read as (shard_[ab])'s name \1 as the shard they moved to \(slot \d+.*\), which no move or owner change writes: the URL given for \1 is another shard's\. Check the ID=URL pairs .*nothing was settled/);
+  }, 90_000);
+
   it('refuses bad flags, naming them', async () => {
     const command = createShardsCommand(cliEnv());
     await expect(command.run([], capture().io)).rejects.toThrow(new UsageError('a subcommand is required: fences'));
