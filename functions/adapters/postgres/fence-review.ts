@@ -133,11 +133,7 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
     const read = new Map<string, FenceRowRead[]>();
     for (const [shard, pool] of options.shards) {
       try {
-        const { rows } = await pool.query<FenceRowRead>(
-          `select kind, unit_id, state, job_id::text, moved_to, map_version::text, (extract(epoch from (now() - updated_at)) * 1000)::float8 as age_ms
-             from write_fences ${options.all === true ? '' : `where state <> 'open'`} order by kind, unit_id`,
-        );
-        read.set(shard, rows);
+        read.set(shard, (await pool.query<FenceRowRead>(fenceRowsSql(options.all === true))).rows);
       } catch (err) {
         unreachable.push(`${shard} (${err instanceof Error ? err.message : String(err)})`);
       }
@@ -155,59 +151,14 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
         `the write_fences rows read as ${shard}'s name ${shard} as the shard they moved to (${first.kind} ${first.unit_id}${self.length > 1 ? ` and ${self.length - 1} more` : ''}), which no move or owner change writes: the URL given for ${shard} is another shard's. Check the ID=URL pairs (--shard, SHARD_DATABASE_URLS); nothing was settled`,
       );
     }
-    // The map is read after the rows, not before: a move (or a change through a client holding no
-    // transaction, which takes no lock) that flipped the slot between an earlier read of the map and
-    // the read of the rows left the source's row `moved`, which that older map made look like a row
-    // on the shard the map names, and the review reopened the source under the new map
-    // (owner-change-review.test.ts). Read after, a map that a move or a fencing change publishes
-    // since the rows were read follows a write of the row judged (a move starts only from an `open`
-    // row, a change's fence takes a `moved` one over and is refused by a `fenced` one), which the
-    // compare-and-set below refuses.
-    const { rows: maps } = await catalog.query<{ version: number; assignments: string[] }>('select version, assignments from catalog.slot_maps order by version desc limit 1');
-    const map = maps[0];
-    if (map === undefined) throw new Error('the catalog has no slot map yet: nothing routes to the shards, and no fence row can be judged');
-    const all = [...read.values()].flat();
-    const slotsOf = (r: FenceRowRead): number => (r.kind === 'slot' ? Number(r.unit_id) : slotOf(r.unit_id));
-    const { rows: jobs } = await catalog.query<{ id: string; slot: number; state: string; kind: string; unit_id: string }>(
-      `select id::text, slot, state, kind, unit_id from catalog.move_jobs where id = any($1::bigint[]) or (slot = any($2::int[]) and state not in ('done', 'failed', 'cancelled'))`,
-      [[...new Set(all.flatMap((r) => (r.job_id === null ? [] : [r.job_id])))], [...new Set(all.map(slotsOf))]],
-    );
-    const jobById = new Map(jobs.map((j) => [j.id, j]));
-    const unfinishedBySlot = new Map(jobs.filter((j) => !FINISHED.has(j.state)).map((j) => [j.slot, j]));
-
+    const { map, judged, explained } = await judgeRows(catalog, read, options.all === true, minAge, changeInFlight);
     const reviewed: ReviewedFence[] = [];
-    let explained = 0;
-    for (const [shard, rows] of read) {
-      for (const r of rows) {
-        const slot = slotsOf(r);
-        const owner = map.assignments[slot];
-        const judged = judge(r, shard, owner, map.version, jobById, unfinishedBySlot.get(slot));
-        if (judged === null) {
-          explained += 1;
-          if (options.all !== true) continue;
-        }
-        const base: ReviewedFence = {
-          shard,
-          kind: r.kind,
-          unitId: r.unit_id,
-          state: r.state,
-          jobId: r.job_id,
-          movedTo: r.moved_to,
-          mapVersion: r.map_version,
-          ageMs: Math.max(0, Math.round(r.age_ms)),
-          owner,
-          diagnosis: judged?.diagnosis ?? 'explained: nothing to settle',
-          action: judged?.action ?? 'none',
-          ...(judged?.withheld === undefined ? {} : { withheld: judged.withheld }),
-        };
-        const withheld = base.withheld ?? (base.action === 'reopen' ? reopenWithheld(base, minAge, changeInFlight) : undefined);
-        const row: ReviewedFence = withheld === undefined ? base : { ...base, withheld };
-        if (options.settle !== true || row.action === 'none' || withheld !== undefined) {
-          reviewed.push(options.settle === true && row.action !== 'none' ? { ...row, outcome: `left: ${withheld ?? 'nothing to do'}` } : row);
-          continue;
-        }
-        reviewed.push({ ...row, outcome: await settleRow(options.shards.get(shard) as Queryable, r, row, map.version) });
+    for (const { shard, read: r, row } of judged) {
+      if (options.settle !== true || row.action === 'none' || row.withheld !== undefined) {
+        reviewed.push(options.settle === true && row.action !== 'none' ? { ...row, outcome: `left: ${row.withheld ?? 'nothing to do'}` } : row);
+        continue;
       }
+      reviewed.push({ ...row, outcome: await settleRow(options.shards.get(shard) as Queryable, r, row, map.version) });
     }
     await catalog.query('commit');
     return { mapVersion: map.version, rows: reviewed, explained, unreachable, ...(changeInFlight === undefined ? {} : { changeInFlight }) };
@@ -359,11 +310,6 @@ export interface FenceListingOptions {
  * ```
  */
 export async function listFences(options: FenceListingOptions): Promise<FenceReview> {
-  const minAge = options.olderThanMs ?? DEFAULT_REVIEW_MIN_AGE_MS;
-  const { rows: maps } = await options.catalog.query<{ version: number; assignments: string[] }>('select version, assignments from catalog.slot_maps order by version desc limit 1');
-  const map = maps[0];
-  if (map === undefined) throw new Error('the catalog has no slot map yet: nothing routes to the shards, and no fence row can be judged');
-
   const reads = await Promise.all(
     [...options.shards].map(async ([shard, pool]): Promise<{ shard: string; rows?: FenceRowRead[]; error?: string }> => {
       try {
@@ -376,25 +322,52 @@ export async function listFences(options: FenceListingOptions): Promise<FenceRev
   );
   const unreachable = reads.flatMap((r) => (r.error === undefined ? [] : [`${r.shard} (${r.error})`]));
   const read = new Map(reads.flatMap((r) => (r.rows === undefined ? [] : [[r.shard, r.rows] as const])));
-  const all = [...read.values()].flat();
+  const { map, judged, explained } = await judgeRows(options.catalog, read, options.all === true, options.olderThanMs ?? DEFAULT_REVIEW_MIN_AGE_MS, undefined);
+  return { mapVersion: map.version, rows: judged.map((j) => j.row), explained, unreachable };
+}
+
+/**
+ * Judges the rows `read` from each shard against the latest map and the move jobs, read through
+ * `catalog` after the rows (see below): the rows to list (every one with `all`, else those no live
+ * move explains), each with its diagnosis, action and why a reopen is withheld, and how many were
+ * explained.
+ */
+async function judgeRows(
+  catalog: Queryable,
+  read: ReadonlyMap<string, readonly FenceRowRead[]>,
+  all: boolean,
+  minAge: number,
+  changeInFlight: string | undefined,
+): Promise<{ map: { version: number; assignments: string[] }; judged: { shard: string; read: FenceRowRead; row: ReviewedFence }[]; explained: number }> {
+  // The map is read after the rows, not before: a move (or a change through a client holding no
+  // transaction, which takes no lock) that flipped the slot between an earlier read of the map and
+  // the read of the rows left the source's row `moved`, which that older map made look like a row
+  // on the shard the map names, and the review reopened the source under the new map
+  // (owner-change-review.test.ts). Read after, a map that a move or a fencing change publishes
+  // since the rows were read follows a write of the row judged (a move starts only from an `open`
+  // row, a change's fence takes a `moved` one over and is refused by a `fenced` one), which the
+  // compare-and-set below refuses.
+  const { rows: maps } = await catalog.query<{ version: number; assignments: string[] }>('select version, assignments from catalog.slot_maps order by version desc limit 1');
+  const map = maps[0];
+  if (map === undefined) throw new Error('the catalog has no slot map yet: nothing routes to the shards, and no fence row can be judged');
+  const rows = [...read.values()].flat();
   const slotsOf = (r: FenceRowRead): number => (r.kind === 'slot' ? Number(r.unit_id) : slotOf(r.unit_id));
-  const { rows: jobs } = await options.catalog.query<{ id: string; slot: number; state: string; kind: string; unit_id: string }>(
+  const { rows: jobs } = await catalog.query<{ id: string; slot: number; state: string; kind: string; unit_id: string }>(
     `select id::text, slot, state, kind, unit_id from catalog.move_jobs where id = any($1::bigint[]) or (slot = any($2::int[]) and state not in ('done', 'failed', 'cancelled'))`,
-    [[...new Set(all.flatMap((r) => (r.job_id === null ? [] : [r.job_id])))], [...new Set(all.map(slotsOf))]],
+    [[...new Set(rows.flatMap((r) => (r.job_id === null ? [] : [r.job_id])))], [...new Set(rows.map(slotsOf))]],
   );
   const jobById = new Map(jobs.map((j) => [j.id, j]));
   const unfinishedBySlot = new Map(jobs.filter((j) => !FINISHED.has(j.state)).map((j) => [j.slot, j]));
-
-  const listed: ReviewedFence[] = [];
+  const judged: { shard: string; read: FenceRowRead; row: ReviewedFence }[] = [];
   let explained = 0;
-  for (const [shard, rows] of read) {
-    for (const r of rows) {
+  for (const [shard, shardRows] of read) {
+    for (const r of shardRows) {
       const slot = slotsOf(r);
       const owner = map.assignments[slot];
-      const judged = judge(r, shard, owner, map.version, jobById, unfinishedBySlot.get(slot));
-      if (judged === null) {
+      const verdict = judge(r, shard, owner, map.version, jobById, unfinishedBySlot.get(slot));
+      if (verdict === null) {
         explained += 1;
-        if (options.all !== true) continue;
+        if (!all) continue;
       }
       const base: ReviewedFence = {
         shard,
@@ -406,15 +379,15 @@ export async function listFences(options: FenceListingOptions): Promise<FenceRev
         mapVersion: r.map_version,
         ageMs: Math.max(0, Math.round(r.age_ms)),
         owner,
-        diagnosis: judged?.diagnosis ?? 'explained: nothing to settle',
-        action: judged?.action ?? 'none',
-        ...(judged?.withheld === undefined ? {} : { withheld: judged.withheld }),
+        diagnosis: verdict?.diagnosis ?? 'explained: nothing to settle',
+        action: verdict?.action ?? 'none',
+        ...(verdict?.withheld === undefined ? {} : { withheld: verdict.withheld }),
       };
-      const withheld = base.withheld ?? (base.action === 'reopen' ? reopenWithheld(base, minAge, undefined) : undefined);
-      listed.push(withheld === undefined ? base : { ...base, withheld });
+      const withheld = base.withheld ?? (base.action === 'reopen' ? reopenWithheld(base, minAge, changeInFlight) : undefined);
+      judged.push({ shard, read: r, row: withheld === undefined ? base : { ...base, withheld } });
     }
   }
-  return { mapVersion: map.version, rows: listed, explained, unreachable };
+  return { map, judged, explained };
 }
 
 /**
