@@ -17,7 +17,8 @@
  *   cascade took the document under another slot, an acknowledged row of a slot that shard owns,
  *   and the move ended `done`; a rollback of the move back did the same whatever the login (its
  *   deletion always fires the triggers). The copy now upserts such a user, and a rollback leaves a
- *   user that still owns rows there, as the clean-up does;
+ *   user that still owns rows there, as the clean-up does. A page deletes the whole lane after its
+ *   cursor: it spares such users past the page too, for the later page that upserts them (h77);
  * - given back by hand (`SlotMapStore.publishByHand`, given the shards' pools), once the new owner
  *   holds none of the slot's rows (the user deleted there: an account deleted), the store deleted
  *   the old owner's `moved` row of the finished move after the commit, and the kept user was read
@@ -233,6 +234,71 @@ describe('the kept user when its slot comes back, moved by a mover login that ma
     expect({ state: back.state, error: back.error }).toEqual({ state: 'done', error: null });
     expect(await rowsOf(source, user)).toEqual({ user: `${user}@example.com / renamed / ${slot}`, documents: 2, keys: 1 });
     expect((await source.query(`select owner_id::text as o from documents where id = $1`, [elsewhere])).rows).toEqual([{ o: user }]);
+    expect(await rowsOf(target, user)).toEqual({ user: null, documents: 0, keys: 0 });
+    expect(await readerSees(user)).toBe(`${user}@example.com / renamed`);
+  }, 60_000);
+
+  it('a move back copied in pages keeps the document under another slot of a kept user past the first page (before, the first page\'s deletion of the lane took that user, and the cascade its document)', async () => {
+    const slot = 2109;
+    const { from, to, source, target } = await sides(env, slot);
+    // Three users of the slot; the one with the document under another slot sorts last, so the
+    // first page of a one-row copy is another user and the kept one lies past it in the lane.
+    const users = keysInSlot(slot, 3).sort();
+    const user = users[2] as string;
+    await seedUsers(source, slot, users.slice(0, 2), 1);
+    const elsewhere = await seedWithDocumentElsewhere(source, slot, user, slot + 100);
+    const away = await env.mover({ readerGraceMs: 0, shards: moverPools }).run((await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+    expect({ state: away.state, error: away.error }).toEqual({ state: 'done', error: expect.stringMatching(/clean-up kept 1 user row/) as unknown });
+    await target.query(`update users set display_name = 'renamed' where id = $1`, [user]);
+    const mover = env.mover({ readerGraceMs: 0, shards: moverPools, copyBatchRows: 1 });
+    const back = await mover.run((await mover.plan({ kind: 'slot', slot, to: from, createdBy: 'test' })).id);
+    expect({ state: back.state, error: back.error }).toEqual({ state: 'done', error: null });
+    expect((await source.query(`select owner_id::text as o from documents where id = $1`, [elsewhere])).rows).toEqual([{ o: user }]);
+    expect(await rowsOf(source, user)).toEqual({ user: `${user}@example.com / renamed / ${slot}`, documents: 2, keys: 1 });
+    expect(await countSlot(source, slot)).toEqual({ users: 3, documents: 3 });
+    expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await readerSees(user)).toBe(`${user}@example.com / renamed`);
+  }, 60_000);
+
+  it('a move back whose copy is taken up again from its start (its cursor not saved), the target holding the copies and the kept user: copied once, the document under another slot kept', async () => {
+    const slot = 2110;
+    const { from, to, source, target } = await sides(env, slot);
+    const users = keysInSlot(slot, 3).sort();
+    const user = users[1] as string;
+    await seedUsers(source, slot, [users[0] as string, users[2] as string], 1);
+    const elsewhere = await seedWithDocumentElsewhere(source, slot, user, slot + 100);
+    const away = await env.mover({ readerGraceMs: 0, shards: moverPools }).run((await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+    expect(away.state).toBe('done');
+    await target.query(`update users set display_name = 'renamed' where id = $1`, [user]);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to: from, createdBy: 'test' });
+    const stopped = env.mover({
+      readerGraceMs: 0,
+      shards: moverPools,
+      copyBatchRows: 1,
+      hook(point) {
+        if (point === 'copied') throw new Error('test: the mover stops after the copy');
+      },
+    });
+    await expect(stopped.run(planned.id)).rejects.toThrow(/stops after the copy/);
+    // Every page committed on the target, none of its cursors saved (a crash after each commit).
+    await target.query(`update users set display_name = 'renamed again' where id = $1`, [user]);
+    await env.catalog.query(`update catalog.move_jobs set copy_cursor = $2 where id = $1`, [planned.id, JSON.stringify({ table: 'users', after: null })]);
+    const back = await env.mover({ readerGraceMs: 0, shards: moverPools, copyBatchRows: 1 }).run(planned.id);
+    expect({ state: back.state, error: back.error }).toEqual({ state: 'done', error: null });
+    expect((await source.query(`select owner_id::text as o from documents where id = $1`, [elsewhere])).rows).toEqual([{ o: user }]);
+    expect(await rowsOf(source, user)).toEqual({ user: `${user}@example.com / renamed again / ${slot}`, documents: 2, keys: 1 });
+    expect(await countSlot(source, slot)).toEqual({ users: 3, documents: 3 });
+    expect(await readerSees(user)).toBe(`${user}@example.com / renamed again`);
+  }, 60_000);
+
+  it('the kept user\'s key moved back alone (a directory move): its row replaced, the document under another slot kept', async () => {
+    const slot = 2111;
+    const { user, elsewhere, from, source, target } = await movedAway(slot);
+    const mover = env.mover({ readerGraceMs: 0, shards: moverPools });
+    const back = await mover.run((await mover.plan({ kind: 'directory', key: user, to: from, createdBy: 'test' })).id);
+    expect({ state: back.state, error: back.error }).toEqual({ state: 'done', error: null });
+    expect((await source.query(`select owner_id::text as o from documents where id = $1`, [elsewhere])).rows).toEqual([{ o: user }]);
+    expect(await rowsOf(source, user)).toEqual({ user: `${user}@example.com / renamed / ${slot}`, documents: 2, keys: 1 });
     expect(await rowsOf(target, user)).toEqual({ user: null, documents: 0, keys: 0 });
     expect(await readerSees(user)).toBe(`${user}@example.com / renamed`);
   }, 60_000);
