@@ -374,7 +374,12 @@ export class DirectoryStore implements DirectoryLookup {
         read = entry === null ? null : { shardId: entry.shardId, version: entry.version };
         return this.routeOf(change, key, c, to, entry);
       },
-      write: (c) => write(c, read),
+      write: async (c) => {
+        const done = await write(c, read);
+        // Read in the write's transaction, after it: a move planned and committed before this statement is seen.
+        await this.refuseSlotMoveMembership(change, key, c);
+        return done;
+      },
       refuse: async (route) => {
         await this.refuseRowsLeft(change, key, route);
         // Judged on the route as it is once counted: a pin changed by another session during the
@@ -400,6 +405,35 @@ export class DirectoryStore implements DirectoryLookup {
       // another session while the rows were counted has them counted again (see countedOwnerChange).
       sameRoute,
     });
+  }
+
+  /**
+   * Refuses a pin or repin of a user key whose slot has an unfinished slot move that does not keep
+   * the key out (`excluded_keys`, read when the move was planned), and an unpin of one it keeps
+   * out: such a move copies and cleans up the slot by those keys, so it would take the newly pinned
+   * key's rows away from the shard its pin names (copied to the target, deleted on the source), or
+   * leave the newly unpinned key's rows on the source once its slot routes it to the target: the
+   * key's acknowledged rows out of every reader's sight, whether or not the change moves its route
+   * (owner-change-fenced-directory.test.ts, "a key pinned or unpinned by hand while its slot has a
+   * move planned"). Read with `c`, the change's transaction, after its write. Left open: a move
+   * planned after this read, before the change commits (its plan reads the directory as committed).
+   */
+  private async refuseSlotMoveMembership(change: 'pin' | 'repin' | 'unpin', key: string, c: Queryable): Promise<void> {
+    const { rows } = await c.query<{ id: string; from_shard: string; to_shard: string; state: string; kept_out: boolean }>(
+      `select id::text, from_shard, to_shard, state, $2 = any(excluded_keys) as kept_out from catalog.move_jobs
+        where kind = 'slot' and unit_id = $1 and state not in ('done', 'failed', 'cancelled') order by id limit 1`,
+      [String(slotOf(key)), key],
+    );
+    const job = rows[0];
+    if (job === undefined || job.kept_out === (change !== 'unpin')) return;
+    const what = change === 'pin' ? 'pin' : change === 'repin' ? 'repin by hand' : 'unpin';
+    const harm =
+      change === 'unpin'
+        ? `the move keeps the key out of its copy and clean-up (it was pinned when the move was planned): unpinned, the key would route with its slot to ${job.to_shard} once the move flips while its rows stay on ${job.from_shard}`
+        : `the move copies and cleans up the key's rows with the slot (it was not pinned when the move was planned): pinned, its rows would be copied to ${job.to_shard} and deleted on ${job.from_shard} whatever its pin names`;
+    throw new DirectoryError(
+      `cannot ${what} key ${key}: its slot ${slotOf(key)} is being moved by move job #${job.id} (${job.from_shard} to ${job.to_shard}, ${job.state}), and ${harm}, out of every reader's sight (issue #15; docs/sharding-spec.md section 9, "A pin changed by hand fences the old owner"). Try again once the move has ended (or cancel it). Nothing was written`,
+    );
   }
 
   /** Where `key` routes now and where the change would route it (null where it does not move it). */

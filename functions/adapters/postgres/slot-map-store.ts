@@ -323,15 +323,21 @@ export class SlotMapStore {
         const slots = new Set([...changed.values()].flat());
         const pinned = new Map<number, string[]>();
         for (const key of this.pinsOverrideHash && slots.size > 0 ? await pinnedKeysOf(c, slots) : []) pinned.set(slotOf(key), [...(pinned.get(slotOf(key)) ?? []), key]);
-        return { c, changed, pinned };
+        // Their pins: the fence marks them on the slot's two shards (OwnerChangeFences.markPinnedKeys).
+        const keys = [...pinned.values()].flat();
+        const { rows: entries } =
+          keys.length === 0 ? { rows: [] } : await c.query<{ key: string; shard_id: string; version: string }>('select key, shard_id, version::text from catalog.shard_directory where key = any($1::text[])', [keys]);
+        const pins = new Map<number, Array<{ key: string; shard: string; version: number }>>();
+        for (const e of entries) pins.set(slotOf(e.key), [...(pins.get(slotOf(e.key)) ?? []), { key: e.key, shard: e.shard_id, version: Number(e.version) }]);
+        return { c, changed, pinned, pins };
       },
       write,
       refuse: ({ c, changed }) => this.refuseRowsLeft(map, changed, c, byHand),
       fences: {
         fence: new OwnerChangeFences(shardPools, this.countTimeoutMs, `cannot publish slot map version ${map.version}${byHand ? ' by hand' : ''}`, this.pool),
-        of: ({ changed, pinned }) =>
+        of: ({ changed, pinned, pins }) =>
           [...changed].flatMap(([from, slots]) =>
-            slots.map((slot) => ({ kind: 'slot' as const, unitId: String(slot), from, to: map.assignments[slot] as string, excludedKeys: pinned.get(slot) ?? [] })),
+            slots.map((slot) => ({ kind: 'slot' as const, unitId: String(slot), from, to: map.assignments[slot] as string, excludedKeys: pinned.get(slot) ?? [], pins: pins.get(slot) ?? [] })),
           ),
         version: (done) => done.map.version,
       },

@@ -425,6 +425,12 @@ export interface FencedUnit {
   readonly to: string;
   /** Keys the directory places (a slot's pinned keys where pins route): left out of a slot's fence, as a slot move leaves them. */
   readonly excludedKeys: readonly string[];
+  /**
+   * Of {@link excludedKeys}, their pins (shard, entry version): each of the unit's two shards that
+   * is not a key's pin gets a `directory` row of the key `moved` to it, as a slot move's
+   * (`markExcludedKeys`) does, before the change is written.
+   */
+  readonly pins?: ReadonlyArray<{ readonly key: string; readonly shard: string; readonly version: number }>;
 }
 
 /** Units as the JSON list the fence queries read with `jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text)`. */
@@ -602,6 +608,7 @@ export class OwnerChangeFences {
       if (this.pools.get(u.to) !== undefined) this.newOwners.set(u.to, [...(this.newOwners.get(u.to) ?? []), { kind: u.kind, unitId: u.unitId }]);
     }
     await this.refuseRefusingNewOwners(units);
+    await this.markPinnedKeys(units);
     for (const [shard, list] of byShard) {
       const pool = this.pools.get(shard) as Queryable;
       const to = new Map(list.map((u) => [`${u.kind}:${u.unitId}`, u.to]));
@@ -700,6 +707,37 @@ export class OwnerChangeFences {
           shard,
           this.timeoutMs,
           `${this.refused}: ${left} on ${shard} still open after ${this.timeoutMs} ms, begun before the change fenced the unit there (they may be writing its rows unseen by the count); nothing was written. Try again once they have ended (commit or roll back a forgotten prepared transaction)`,
+        );
+      }
+    }
+  }
+
+  /**
+   * The keys a slot's change leaves where the directory puts them are not the slot's owner's on
+   * either side: its fence excludes them, and without a row of their own a process whose directory
+   * cache had not seen the key's pin (a miss cached before it) routed it by hash to the slot's new
+   * owner, which took its writes, acknowledged where the catalog does not route the key
+   * (owner-change-fenced-pinned-slot.test.ts). So each of the two shards gets a `directory` row of
+   * the key `moved` to its pin's shard, unless it has a row for the key already or is that shard,
+   * as a slot move does (`markExcludedKeys`). Written before the change: harmless if it is
+   * refused (the key is pinned elsewhere; its row there refuses only writes the catalog does not
+   * send there) and left then, as a move's; such a key stays pinned (an unpin through the store is
+   * refused while any shard holds such a row).
+   */
+  private async markPinnedKeys(units: readonly FencedUnit[]): Promise<void> {
+    for (const u of units) {
+      if (u.from === u.to || u.pins === undefined || u.pins.length === 0) continue;
+      for (const shard of [u.from, u.to]) {
+        const pool = this.pools.get(shard);
+        const rows = u.pins.filter((p) => p.shard !== shard);
+        if (pool === undefined || rows.length === 0) continue;
+        await boundedCount(pool, shard, this.timeoutMs, this.refused, (c) =>
+          c.query(
+            `insert into write_fences (kind, unit_id, state, moved_to, map_version)
+             select 'directory', k, 'moved', s, v from unnest($1::text[], $2::text[], $3::bigint[]) as e(k, s, v)
+             on conflict (kind, unit_id) do nothing`,
+            [rows.map((r) => r.key), rows.map((r) => r.shard), rows.map((r) => r.version)],
+          ),
         );
       }
     }
@@ -843,6 +881,35 @@ export class OwnerChangeFences {
         );
       }
       await this.refuseRowsBehindMoved(shard, pool, list, all.filter(settled));
+    }
+    // A directory key taken to a shard its slot left (the slot's row there `moved`, by a move or a
+    // hand change, or `fenced` by one in flight), the key not in that row's excluded keys (not
+    // pinned when the slot left): with no `open` row of the key there (none, or a `moved` one that
+    // {@link settle} deletes), the slot's row decides for the key, and the shard refused every write
+    // of it (`CAF02`) while the pin sent them there, for good ("routing is not converging";
+    // owner-change-fenced-directory.test.ts, "a key pinned to a shard its slot left").
+    for (const [shard, list] of byShard) {
+      const keys = list.filter((u) => u.kind === 'directory');
+      if (keys.length === 0) continue;
+      const rows = await boundedCount(this.pools.get(shard) as Queryable, shard, this.timeoutMs, this.refused, async (c) =>
+        (
+          await c.query<{ key: string; slot: string; state: string; job_id: string | null; moved_to: string | null }>(
+            `select u.key, s.unit_id as slot, s.state, s.job_id::text, s.moved_to
+               from jsonb_to_recordset($1::jsonb) as u(key text, slot text)
+               join write_fences s on s.kind = 'slot' and s.unit_id = u.slot
+              where s.state in ('moved', 'fenced') and not (u.key = any(s.excluded_keys))
+                and not exists (select 1 from write_fences d where d.kind = 'directory' and d.unit_id = u.key and d.state = 'open')
+              order by u.key`,
+            [JSON.stringify(keys.map((u) => ({ key: u.unitId, slot: String(slotOf(u.unitId)) })))],
+          )
+        ).rows,
+      );
+      const [r] = rows;
+      if (r === undefined) continue;
+      const by = r.job_id === null ? 'a hand change' : `move job #${r.job_id}`;
+      throw new Error(
+        `${this.refused}: key ${r.key}'s slot ${r.slot} left ${shard} (its write_fences row there is '${r.state}'${r.moved_to === null ? '' : ` to ${r.moved_to}`}, by ${by}, and the key is not in its excluded keys), and no 'open' row of the key there decides for it: ${shard} would refuse every write of the key (CAF02) while the pin sends them there, for good. Move the key there instead (POST /shards/moves {"kind":"directory","unit":"${r.key}","to":"${shard}"}), which writes its own row there, or move its slot there first (docs/sharding-spec.md section 9, "A pin changed by hand fences the old owner"). Nothing was written`,
+      );
     }
     // A move of the unit past its flip, unfinished, from its new owner: its clean-up deletes the
     // unit's rows there, whatever that shard's row says (its `moved` row, refused above, opened by

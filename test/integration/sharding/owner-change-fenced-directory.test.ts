@@ -16,7 +16,8 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryRowsLeftError, DirectoryStore, DirectoryVersionConflictError } from '../../../functions/adapters/postgres/directory-store.js';
-import { keysInSlot, lockWaitOn, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { countingStores, keysInSlot, lockWaitOn, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let directory: DirectoryStore;
@@ -255,5 +256,75 @@ describe("a pin changed by hand through a catalog pool of one connection (the La
     } finally {
       await one.end();
     }
+  }, 60_000);
+});
+
+describe('a key pinned to a shard its slot left (the slot row there says moved)', () => {
+  /** The key's user written by a fresh writer: where it landed, or why it was refused. */
+  async function freshWrite(key: string, slot: number): Promise<string> {
+    env.directory.invalidate(key);
+    return env.writer
+      .withShardWrite(key, ({ client }) => client.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'f@example.com', 'f')`, [key, slot]))
+      .then(
+        (r) => `acknowledged on ${r.shardId}`,
+        (e: Error) => `refused: ${e.message}`,
+      );
+  }
+
+  for (const how of ['a slot map published by hand', 'a slot move'] as const) {
+    it(`set after ${how}: refused, nothing changed, or the key takes its writes where it is pinned; never refused for good`, async () => {
+      const slot = how === 'a slot move' ? 2106 : 2105;
+      const { from, to } = await sides(env, slot);
+      const [key] = keysInSlot(slot, 1) as [string];
+      const stores = countingStores(env);
+      if (how === 'a slot move') {
+        const mover = env.mover({ readerGraceMs: 0 });
+        expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
+      } else {
+        const current = await stores.slotMaps.current();
+        await stores.slotMaps.publishByHand(moveSlots(current, [slot], to), 'test: the slot given away by hand');
+      }
+      // The slot's row on `from` is `moved` to `to`; the key (not pinned then) is not in its excluded keys.
+      expect(await unitFenceState(env.shards.get(from) as pg.Pool, 'slot', String(slot))).toBe('moved');
+      const refused = await refusalOf(stores.directory.set(key, from, 'ops@example.com'));
+      const route = (await directory.get(key)) ?? to;
+      // Before: pinned (no rows of the key anywhere), and every write of the key refused for good
+      // on `from` (CAF02: its slot's `moved` row there decides for it), "routing is not converging".
+      expect({ route, write: await freshWrite(key, slot) }).toEqual({ route: refused === null ? from : to, write: `acknowledged on ${route}` });
+    }, 60_000);
+  }
+});
+
+describe('a key pinned or unpinned by hand while its slot has a move planned', () => {
+  it('set to the shard it routes to now (nothing to fence): refused, or the key and its rows stay where the catalog routes it', async () => {
+    const slot = 2107;
+    const { from, to } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [key], 1);
+    const mover = env.mover({ readerGraceMs: 0 });
+    // Planned before the pin: its excluded keys (the slot's pinned keys) do not name the key.
+    const job = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const refused = await refusalOf(directory.set(key, from, 'ops@example.com'));
+    expect((await mover.run(job.id)).state).toBe('done');
+    const route = (await directory.get(key)) ?? (await env.ownerOf(slot));
+    // Before: pinned to `from` (the route unchanged: not counted, not fenced), the move copied the
+    // key's rows to `to` and deleted them on `from`: the user acknowledged, on no shard its readers look at.
+    expect({ refused: refused instanceof Error, route, rowsWhereRouted: await keyRows(env.shards.get(route) as pg.Pool, key) }).toEqual({ refused: true, route: to, rowsWhereRouted: 1 });
+  }, 60_000);
+
+  it('unpin of a key pinned to its slot owner and kept out of the planned move: refused, or its rows stay where the catalog routes it', async () => {
+    const slot = 2108;
+    const { from, to } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, [key], 1);
+    await directory.set(key, from, 'ops@example.com');
+    const mover = env.mover({ readerGraceMs: 0 });
+    // Planned while pinned: the key is kept out of the slot's copy and clean-up.
+    const job = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const refused = await refusalOf(directory.delete(key));
+    expect((await mover.run(job.id)).state).toBe('done');
+    const route = (await directory.get(key)) ?? (await env.ownerOf(slot));
+    // Before: unpinned (the route unchanged then), the move left the key's rows on `from` and the key then routed by hash to `to`.
+    expect({ refused: refused instanceof Error, route, rowsWhereRouted: await keyRows(env.shards.get(route) as pg.Pool, key) }).toEqual({ refused: true, route: from, rowsWhereRouted: 1 });
   }, 60_000);
 });
