@@ -354,6 +354,10 @@ export const replicationFactsSchema = z.object({
   streaming: z.boolean(),
 });
 
+/** How a response names a failed database call (sqlstate.ts `failureKind`; README: no response carries a database's error text). */
+const FAILURE_KIND =
+  "the kind of failure and what to do where it is known ('connection error ECONNREFUSED', 'no answer within 2000 ms', 'the login was refused (SQLSTATE 28P01: ...)'), never the driver's or the server's own text (addresses, logins, relations), which is logged";
+
 export const rdsFactsSchema = z.object({
   status: z.string(),
   freeStorageBytes: z.number().nullable(),
@@ -366,7 +370,7 @@ export const nodeFactsSchema = z.object({
   shardId: z.string(),
   role: nodeRole.describe('the role the configuration gives the node'),
   reachable: z.boolean(),
-  error: z.string().optional().describe('why the node could not be measured'),
+  error: z.string().optional().describe(`why the node could not be measured: ${FAILURE_KIND}`),
   inRecovery: z.boolean().optional(),
   connections: z.number().int().optional(),
   maxConnections: z.number().int().optional(),
@@ -392,7 +396,7 @@ export const statementStatSchema = z.object({
 
 export const statementsReportSchema = z.discriminatedUnion('available', [
   z.object({ available: z.literal(true), top: z.array(statementStatSchema) }),
-  z.object({ available: z.literal(false), reason: z.string() }),
+  z.object({ available: z.literal(false), reason: z.string().describe('not installed, not loaded, or not readable by this login; the server\'s own text is logged') }),
 ]);
 
 export const nodeReportSchema = z.object({
@@ -427,7 +431,7 @@ export const healthReportSchema = z.object({
     }),
   ),
   cloud: z
-    .object({ available: z.boolean(), error: z.string().optional() })
+    .object({ available: z.boolean(), error: z.string().optional().describe("the call that failed and the SDK's error name; the SDK's message is logged") })
     .optional()
     .describe('present when a cloud inventory is configured: whether its facts could be read'),
   slotMap: z
@@ -466,7 +470,7 @@ export const statisticsReportSchema = z.object({
   totals: z.object({ rows: z.number(), bytes: z.number().describe(LIVE_BYTES), diskBytes: z.number().describe(DISK_BYTES), users: z.number(), documents: z.number(), slots: z.number().int() }),
   imbalance: z.object({ rows: z.number(), bytes: z.number().describe('by live data bytes') }).describe('largest over mean of the weight-normalised load; 1 is perfect balance'),
   complete: z.boolean().describe('false when a shard could not be measured (unreachable, or given slots by the slot map but not configured): totals, shares and imbalance leave it out'),
-  unreachable: z.array(z.object({ shardId: z.string(), error: z.string() })),
+  unreachable: z.array(z.object({ shardId: z.string(), error: z.string().describe(`why the shard could not be measured: ${FAILURE_KIND}`) })),
   unconfigured: z
     .array(unconfiguredOwnerSchema)
     .describe('shards the current slot map gives slots to that are not in the configured shard list: none of their rows is measured, and totals.slots leaves their slots out'),
@@ -524,7 +528,7 @@ export const fenceListingSchema = z.object({
     }),
   ),
   explained: z.number().int().describe('rows not listed (without all=true): open rows, a live move\'s, a moved row on a shard the map does not name'),
-  unreachable: z.array(z.string()).describe('shards whose rows could not be read in time, each as "shard (reason)": their rows are not listed'),
+  unreachable: z.array(z.string()).describe(`shards whose rows could not be read in time, each as "shard (reason)", the reason ${FAILURE_KIND}: their rows are not listed`),
 });
 
 const tableSummaries = z.record(z.string(), z.object({ rows: z.number(), checksum: z.string() }));

@@ -31,6 +31,7 @@ import { ShardInspectionError, type HealthReport, type RebalanceCensus, type Sha
 import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
+import { failureKind } from '../adapters/postgres/sqlstate.js';
 import { coalesced } from './coalesce.js';
 import { ProblemError } from './http.js';
 import { TIMESERIES_MAX_POINTS, TIMESERIES_MAX_WINDOW_SECONDS } from './schemas.js';
@@ -156,21 +157,11 @@ async function markThenRefuse(unsettled: ChangeStoredUnsettledError, mark: () =>
 const STATEMENT_CANCELED = '57014';
 
 /**
- * What kind of failure `err` is, in words fit for a client: the driver's and the server's own
- * text names addresses and ports (`connect ECONNREFUSED 10.0.3.17:5432`), which stay in `cause`.
- */
-function failureKind(err: unknown): string {
-  const code = (err as { code?: unknown } | null)?.code;
-  if (code === STATEMENT_CANCELED) return 'a statement ran past its time limit';
-  if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return `connection error ${code}`;
-  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return `SQLSTATE ${code}`;
-  return /timeout/i.test((err as Error).message) ? 'no answer in time' : 'the connection failed';
-}
-
-/**
  * The moves endpoints' database failures (the catalog, or a shard while planning, did not answer:
  * a refused or dropped connection, the client's query timeout, the server's statement timeout)
  * as the API's "unavailable": a 503 with a retry hint, not an internal error.
+ * The failure is named by its kind (sqlstate.ts `failureKind`): the driver's and the server's own
+ * text names addresses and ports (`connect ECONNREFUSED 10.0.3.17:5432`), which stay in `cause`.
  */
 async function reachable<T>(what: string, work: () => Promise<T>): Promise<T> {
   try {
@@ -845,10 +836,11 @@ function slotNumber(unit: string): number {
  * why its shard figures are missing: 409 for a state that refuses to plan, 503 for an unreachable shard.
  */
 function rebalanceFailure(err: unknown): { status: number; reason: string } {
-  const reason = err instanceof Error ? err.message : String(err);
-  if (err instanceof RebalancePlanError) return { status: 409, reason };
-  if (err instanceof ShardInspectionError) return { status: 503, reason };
-  return { status: 500, reason };
+  // Both name no address, login or relation of a server's (the inspector states failures by kind).
+  if (err instanceof RebalancePlanError) return { status: 409, reason: err.message };
+  if (err instanceof ShardInspectionError) return { status: 503, reason: err.message };
+  // The catalog's or the driver's own text is not for a response (README): its kind only.
+  return { status: 500, reason: `the check failed: ${failureKind(err)}` };
 }
 
 function nodesOf(health: HealthReport): ShardFacts['nodes'] {

@@ -79,6 +79,8 @@ async function buildAwsPort(): Promise<ScalingApiPort> {
         pools: { max: 2, ...(credentials ? { credentials } : {}) },
         // Health and the rebalance headroom rule add what RDS and its CloudWatch metrics say.
         cloud: new RdsInventory({ rds: rdsClient(), cloudwatch: awsClients().cloudwatch }),
+        // The responses name a failed shard's failure by its kind only; the driver's text is logged here.
+        onInspectionFailure: ({ error, ...about }) => logger.warn('shard inspection failed', { ...about, error: error instanceof Error ? error : String(error) }),
       })
     : undefined;
   return createScalingApiPort({

@@ -34,7 +34,8 @@
  */
 import type pg from 'pg';
 import { slotOf } from '../../core/sharding/hash.js';
-import { NodeTimeoutError, withNodeDeadline } from './deadline.js';
+import { withNodeDeadline } from './deadline.js';
+import { failureKind } from './sqlstate.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 
@@ -292,6 +293,8 @@ export interface FenceListingOptions {
   readonly all?: boolean;
   /** The age `--settle` would ask of a row it reopens, for `withheld` (default {@link DEFAULT_REVIEW_MIN_AGE_MS}, `--settle`'s default). */
   readonly olderThanMs?: number;
+  /** Told the driver's own error of a shard listed unreachable (its text, which the listing leaves out, is for the log). */
+  readonly onFailure?: (failure: { readonly what: string; readonly shardId: string; readonly error: unknown }) => void;
 }
 
 /**
@@ -316,6 +319,7 @@ export async function listFences(options: FenceListingOptions): Promise<FenceRev
         const rows = await withNodeDeadline(pool, options.timeoutMs, shard, async (c) => (await c.query<FenceRowRead>(fenceRowsSql(options.all === true))).rows);
         return { shard, rows };
       } catch (err) {
+        options.onFailure?.({ what: 'reading write_fences', shardId: shard, error: err });
         return { shard, error: shardFailure(err) };
       }
     }),
@@ -396,14 +400,11 @@ async function judgeRows(
  * what to do where the fix is known.
  */
 function shardFailure(err: unknown): string {
-  if (err instanceof NodeTimeoutError) return `no answer within ${err.timeoutMs} ms`;
-  const code = (err as { code?: unknown } | null)?.code;
-  if (code === '57014') return 'the read ran past its time limit (statement_timeout)';
-  if (code === '42501') return 'this login may not read write_fences: grant it SELECT (shard migration 013 grants it to ca_dms_monitor)';
-  if (code === '42P01') return 'the shard has no write_fences table: apply the shard migrations (ca-dms-scaling migrate)';
-  if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return `connection error ${code}`;
-  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return `SQLSTATE ${code}`;
-  return 'the connection failed';
+  return failureKind(err, {
+    '57014': 'the read ran past its time limit (statement_timeout)',
+    '42501': 'this login may not read write_fences: grant it SELECT (shard migration 013 grants it to ca_dms_monitor)',
+    '42P01': 'the shard has no write_fences table: apply the shard migrations (ca-dms-scaling migrate)',
+  });
 }
 
 /** A shard's `write_fences` rows as {@link listFences} reads them (every row with `all`, else those not `open`). */

@@ -56,6 +56,7 @@ import { withNodeDeadline } from './deadline.js';
 import { NOT_OWNED_STATES_SQL, rowFenceStateSql, rowsOfFencedUnitsSql } from './read-transaction.js';
 import { commitHeartbeat, probeReplicaLag, type ReplicaLag } from './replica-lag.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
+import { failureKind, INSUFFICIENT_PRIVILEGE } from './sqlstate.js';
 
 /** The slowest statements of a node, from `pg_stat_statements`. */
 export type StatementsReport =
@@ -154,6 +155,22 @@ export interface ShardInspectorOptions {
    * hundred page reads, which must fit in the node budget `timeoutMs` on a cold cache too).
    */
   readonly samplePages?: number;
+  /**
+   * Told every failure a report or an error of the inspector states by its kind only
+   * ({@link failureKind}): the driver's, the server's or the cloud's own text, which names
+   * addresses, logins and relations, is for the log, never for the API's answers (README).
+   */
+  readonly onFailure?: (failure: InspectionFailure) => void;
+}
+
+/** A failure the inspector reports by its kind (see {@link ShardInspectorOptions.onFailure}), with the error itself. */
+export interface InspectionFailure {
+  /** What failed: 'health', 'pg_stat_statements', 'statistics', 'movable units', 'rebalance census', 'cloud inventory'. */
+  readonly what: string;
+  /** The node (health, pg_stat_statements; its shard too) or the shard (statistics, census) it is about; absent for the cloud inventory. */
+  readonly nodeId?: string;
+  readonly shardId?: string;
+  readonly error: unknown;
 }
 
 export interface StatisticsOptions {
@@ -351,8 +368,32 @@ const DISK_BYTES_SQL = `(case when c.relkind = 'p'
      then (select coalesce(sum(pg_catalog.pg_total_relation_size(p.relid)), 0) from pg_catalog.pg_partition_tree(c.oid::pg_catalog.regclass) p)
      else pg_catalog.pg_total_relation_size(c.oid::pg_catalog.regclass) end)::float8`;
 
-function messageOf(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+/**
+ * What a report or an error says of `error`: the inspector's own words (a {@link ShardInspectionError}'s
+ * message names no address, login or relation of the server's), else the kind of failure only.
+ */
+function kindOf(error: unknown): string {
+  return error instanceof ShardInspectionError ? error.message : failureKind(error);
+}
+
+/** What a node's `statements.reason` says of a pg_stat_statements that is installed and does not answer. */
+const STATEMENTS_ADVICE: Readonly<Record<string, string>> = {
+  // object_not_in_prerequisite_state: "pg_stat_statements must be loaded via shared_preload_libraries".
+  '55000': 'the extension is installed but not loaded: add pg_stat_statements to shared_preload_libraries and restart the server',
+  [INSUFFICIENT_PRIVILEGE]: 'this login may not read it: grant it pg_read_all_stats',
+};
+
+/**
+ * What a report says of an unreadable cloud inventory: the call that failed (the inventory's own
+ * words, `DescribeDBInstances failed`) and the SDK's error name (`AccessDeniedException`), not the
+ * SDK's message, which names accounts and roles.
+ */
+function cloudFailure(error: unknown): string {
+  const call = error instanceof Error ? /^(\w+) failed:/.exec(error.message)?.[1] : undefined;
+  const cause: unknown = error instanceof Error && error.cause !== undefined ? error.cause : error;
+  const name = cause instanceof Error && /^[A-Za-z][A-Za-z0-9]*$/.test(cause.name) && cause.name !== 'Error' ? cause.name : undefined;
+  const what = [call === undefined ? undefined : `${call} failed`, name].filter((w) => w !== undefined).join(': ');
+  return `the cloud inventory could not be read${what === '' ? '' : ` (${what})`}; the log has the SDK's message (throttling, or the function's RDS and CloudWatch permissions)`;
 }
 
 export class ShardInspector {
@@ -380,7 +421,8 @@ export class ShardInspector {
     const cloudFacts = this.#options.cloud
       ? this.#options.cloud.facts().catch((error: unknown) => {
           // RDS being unreadable must not hide what the databases themselves say.
-          cloudError = messageOf(error);
+          this.#failed({ what: 'cloud inventory', error });
+          cloudError = cloudFailure(error);
           return new Map<string, RdsFacts>();
         })
       : Promise.resolve(new Map<string, RdsFacts>());
@@ -446,6 +488,15 @@ export class ShardInspector {
     return lags;
   }
 
+  /** Hands a failure to {@link ShardInspectorOptions.onFailure}; a throwing logger must not fail the report. */
+  #failed(failure: InspectionFailure): void {
+    try {
+      this.#options.onFailure?.(failure);
+    } catch {
+      // The report states the failure's kind either way.
+    }
+  }
+
   async #measure(node: ShardNode, lag: Promise<ReplicaLag | undefined> | undefined): Promise<Measured> {
     const started = this.#now();
     try {
@@ -453,7 +504,7 @@ export class ShardInspector {
         const { rows } = await client.query<ProbeRow>(PROBE_SQL);
         const first = rows[0];
         if (!first) throw new ShardInspectionError(`${node.nodeId}: pg_stat_database has no row for the current database`);
-        return { row: first, statements: first.has_pg_stat_statements ? await this.#statements(client) : undefined };
+        return { row: first, statements: first.has_pg_stat_statements ? await this.#statements(client, node) : undefined };
       });
       const measuredLag = await lag;
       return {
@@ -464,11 +515,12 @@ export class ShardInspector {
         ...(statements ? { statements } : { statements: { available: false, reason: 'the pg_stat_statements extension is not installed in this database' } }),
       };
     } catch (error) {
-      return { node, checkMs: this.#now() - started, error: messageOf(error) };
+      this.#failed({ what: 'health', nodeId: node.nodeId, shardId: node.shardId, error });
+      return { node, checkMs: this.#now() - started, error: kindOf(error) };
     }
   }
 
-  async #statements(client: pg.PoolClient): Promise<StatementsReport> {
+  async #statements(client: pg.PoolClient, node: ShardNode): Promise<StatementsReport> {
     // A savepoint would need a transaction; a failed query on its own leaves the session usable.
     try {
       const { rows } = await client.query<{ query_id: string; query: string; calls: number; total_exec_ms: number; mean_exec_ms: number; rows: number }>(STATEMENTS_SQL, [
@@ -480,7 +532,8 @@ export class ShardInspector {
       };
     } catch (error) {
       // Installed but not in shared_preload_libraries: the view exists and refuses to answer.
-      return { available: false, reason: messageOf(error) };
+      this.#failed({ what: 'pg_stat_statements', nodeId: node.nodeId, shardId: node.shardId, error });
+      return { available: false, reason: `cannot read pg_stat_statements: ${failureKind(error, STATEMENTS_ADVICE)}` };
     }
   }
 
@@ -573,7 +626,8 @@ export class ShardInspector {
             },
           };
         } catch (error) {
-          return { shardId, error: messageOf(error) };
+          this.#failed({ what: 'statistics', shardId, error });
+          return { shardId, error: kindOf(error) };
         }
       }),
     );
@@ -690,7 +744,8 @@ export class ShardInspector {
         try {
           return (await this.#census(shardId, slotMap, directory)).units;
         } catch (error) {
-          throw new ShardInspectionError(`cannot list the movable units of ${shardId}: ${messageOf(error)}`, { cause: error });
+          this.#failed({ what: 'movable units', shardId, error });
+          throw new ShardInspectionError(`cannot list the movable units of ${shardId}: ${kindOf(error)}`, { cause: error });
         }
       }),
     );
@@ -870,7 +925,10 @@ export class ShardInspector {
       this.#pools.shardIds().map((shardId) =>
         this.#census(shardId, slotMap, directory).then(
           (c) => ({ shardId, ...c }),
-          (error: unknown) => ({ shardId, error: messageOf(error) }),
+          (error: unknown) => {
+            this.#failed({ what: 'rebalance census', shardId, error });
+            return { shardId, error: kindOf(error) };
+          },
         ),
       ),
     );
@@ -933,7 +991,10 @@ export class ShardInspector {
     try {
       facts = await cloud.facts();
     } catch (error) {
-      if (headroomBytes > 0) throw new ShardInspectionError(`cannot apply the storage headroom: free storage is unknown (${messageOf(error)})`, { cause: error });
+      if (headroomBytes > 0) {
+        this.#failed({ what: 'cloud inventory', error });
+        throw new ShardInspectionError(`cannot apply the storage headroom: free storage is unknown (${cloudFailure(error)})`, { cause: error });
+      }
       return undefined;
     }
     const out: Record<string, number> = {};

@@ -25,7 +25,7 @@ import type { MovesLookup } from '../../core/sharding/lost-before-move.js';
 import { Mover } from './mover.js';
 import { createShardReader, type ShardReader } from './read-transaction.js';
 import { ReplicaReader } from './replica-reader.js';
-import { ShardInspector, type EndpointFactsSource } from './shard-inspector.js';
+import { ShardInspector, type EndpointFactsSource, type InspectionFailure } from './shard-inspector.js';
 import { ShardPools, type ShardPoolOptions } from './shard-pools.js';
 import { SlotMapStore } from './slot-map-store.js';
 import { createShardWriter, routerForWrites, type ShardWriter } from './write-transaction.js';
@@ -43,6 +43,12 @@ export interface ShardingRuntimeOptions {
   readonly cloud?: EndpointFactsSource;
   /** How long a move waits for writers older than its change capture before it stops, resumable (the mover's default, 30 s, when absent). */
   readonly moveDrainTimeoutMs?: number;
+  /**
+   * Told each failure the inspector and the fence listing report by its kind only, with the
+   * driver's error: its text (addresses, logins, relations) is for the log, never for the API's
+   * answers (README, "No response carries ... a database's error text").
+   */
+  readonly onInspectionFailure?: (failure: InspectionFailure) => void;
 }
 
 export interface ShardingRuntime {
@@ -124,10 +130,13 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       timeoutMs: config.health_check_timeout_seconds * 1000,
       weights: Object.fromEntries(config.shards.map((s) => [s.shard_id, s.weight])),
       ...(options.cloud ? { cloud: options.cloud } : {}),
+      ...(options.onInspectionFailure ? { onFailure: options.onInspectionFailure } : {}),
     });
     const inspectionPrimaries = new Map(inspectionPools.shardIds().map((id) => [id, inspectionPools.primary(id).pool]));
     const fences: ShardingRuntime['fences'] = {
-      list: (listing = {}) => listFences({ catalog, shards: inspectionPrimaries, timeoutMs: config.health_check_timeout_seconds * 1000, all: listing.all === true }),
+      list: (listing = {}) => listFences({ catalog, shards: inspectionPrimaries, timeoutMs: config.health_check_timeout_seconds * 1000, all: listing.all === true,
+        ...(options.onInspectionFailure ? { onFailure: options.onInspectionFailure } : {}),
+      }),
     };
     const mover = new Mover({
       catalog,

@@ -1,7 +1,10 @@
 /**
  * The PostgreSQL error codes (SQLSTATE) the adapters act on rather than pass up
- * (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+ * (https://www.postgresql.org/docs/current/errcodes-appendix.html), and {@link failureKind}, what
+ * the API says of a failed database call instead of the driver's or the server's own text.
  */
+import { NodeTimeoutError } from './deadline.js';
+
 
 /** 42501: the login may not (a privilege, a parameter, a function it may not execute). */
 export const INSUFFICIENT_PRIVILEGE = '42501';
@@ -43,3 +46,50 @@ export function hasSqlState(error: unknown, ...codes: readonly string[]): boolea
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === 'string' && codes.includes(code);
 }
+
+/**
+ * What a failed call to a database (a shard's node, the catalog) is, in words fit for an API
+ * response: the kind of failure and, where one is known, what to do. The driver's and the
+ * server's own text names addresses and ports (`connect ECONNREFUSED 10.0.3.7:5432`), logins
+ * (`password authentication failed for user "ca_dms_monitor"`) and relations, which README
+ * promises no response carries: it stays with the error, for the caller to log. `advice`
+ * replaces the default words for a SQLSTATE (a caller that knows which table or privilege).
+ *
+ * @example
+ * ```ts
+ * failureKind(err); // 'connection error ECONNREFUSED', 'no answer within 2000 ms', 'the login was refused (SQLSTATE 28P01: ...)'
+ * ```
+ */
+export function failureKind(err: unknown, advice: Readonly<Record<string, string>> = {}): string {
+  if (err instanceof NodeTimeoutError) return `no answer within ${err.timeoutMs} ms`;
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string') {
+    const words = advice[code] ?? KNOWN_FAILURES[code];
+    if (words !== undefined) return words;
+    // Node's own codes (ECONNREFUSED, ENOTFOUND, ETIMEDOUT, ECONNRESET, EPIPE) before SQLSTATEs:
+    // no SQLSTATE class begins with E.
+    if (/^E[A-Z]+$/.test(code)) return `connection error ${code}`;
+    if (/^[0-9A-Z]{5}$/.test(code)) return `SQLSTATE ${code}`;
+    // TLS: DEPTH_ZERO_SELF_SIGNED_CERT, ERR_TLS_CERT_ALTNAME_INVALID, ...
+    if (/^[A-Z][A-Z0-9_]+$/.test(code)) return `connection error ${code}: check the server's certificate and the configured CA`;
+  }
+  // node-postgres's own errors carry no code: "Connection terminated due to connection timeout",
+  // "timeout exceeded when trying to connect", "Connection terminated unexpectedly".
+  const message = err instanceof Error ? err.message : '';
+  if (/timeout/i.test(message)) return 'no answer in time';
+  if (/terminated|closed/i.test(message)) return 'the connection was closed';
+  return 'the connection failed';
+}
+
+/** The words of {@link failureKind} for the SQLSTATEs an operator can act on. */
+const KNOWN_FAILURES: Readonly<Record<string, string>> = {
+  '57014': 'a statement ran past its time limit',
+  '28P01': "the login was refused (SQLSTATE 28P01: wrong password): check the credentials the configuration or the login's secret gives",
+  '28000': "the login was refused (SQLSTATE 28000: no such role, or pg_hba.conf refuses it): check the user name and the server's pg_hba.conf",
+  '3D000': 'the database does not exist (SQLSTATE 3D000): check the database name the configuration gives',
+  '53300': 'the server has no free connection slot (SQLSTATE 53300): raise max_connections or lower the pools',
+  '57P03': 'the server is not accepting connections yet (SQLSTATE 57P03: starting up or in recovery)',
+  [INSUFFICIENT_PRIVILEGE]: 'this login lacks a privilege the call needs (SQLSTATE 42501): apply the migrations that grant it (ca-dms-scaling migrate)',
+  '42P01': 'a table is missing (SQLSTATE 42P01): apply the migrations (ca-dms-scaling migrate)',
+  [UNDEFINED_FUNCTION]: 'a function is missing (SQLSTATE 42883): apply the migrations (ca-dms-scaling migrate)',
+};

@@ -19,6 +19,7 @@ import { startLocalServer, type LocalServer } from '../../../functions/adapters/
 import { CatalogStore } from '../../../functions/adapters/postgres/catalog-store.js';
 import { HistoryReader } from '../../../functions/adapters/postgres/history-reader.js';
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
+import type { InspectionFailure } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import type { ScalingApiPort } from '../../../functions/api/service.js';
 import { createScalingApiPort, shardingDepsOf } from '../../../functions/api/wiring.js';
@@ -49,6 +50,8 @@ export interface ApiHarness {
   readonly mocks: { cloudwatch: AwsClientStub<CloudWatchClient>; ecs: AwsClientStub<ECSClient>; autoscaling: AwsClientStub<ApplicationAutoScalingClient> };
   /** Per-service metric values CloudWatch answers with (mutable). */
   readonly metricValues: MetricValues;
+  /** What the inspector and the fence listing handed to the log, in order (the driver's errors the responses name by kind only). */
+  readonly inspectionFailures: InspectionFailure[];
   /** Per-service ECS counts DescribeServices answers with (mutable). */
   readonly counts: Record<string, { running: number; desired: number; pending?: number }>;
   fetchJson(path: string, init?: RequestInit): Promise<{ status: number; headers: Headers; body: unknown }>;
@@ -61,8 +64,16 @@ async function migrateCatalog(pool: pg.Pool): Promise<void> {
   await runMigrations(pool, 'sharding', join(MIGRATIONS, 'sharding'));
 }
 
+export interface ApiHarnessOptions {
+  /**
+   * The sharding configuration the API is given, from the one pointing at the running servers: a
+   * test may point a shard's login or a replica elsewhere (the servers themselves stay as started).
+   */
+  readonly shardingConfig?: (config: TestShardCluster['config']) => TestShardCluster['config'];
+}
+
 /** Starts everything; call `stop()` in afterAll. */
-export async function startApiHarness(): Promise<ApiHarness> {
+export async function startApiHarness(options: ApiHarnessOptions = {}): Promise<ApiHarness> {
   // The catalog server: a copy of a data directory the catalog's migrations ran in (made once per
   // run, test/support/migrated-data-dir.ts) when there is one; else they run in full below.
   const migrated = await migratedDataDir('api-catalog', {}, async (urlFor) => {
@@ -127,8 +138,9 @@ export async function startApiHarness(): Promise<ApiHarness> {
     policies: getPolicy,
     fallbackConfig: defaults,
   });
-  const shardingConfig = parseShardingConfig({ ...cluster.config, health_check_timeout_seconds: 2 });
-  const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'api-test' });
+  const shardingConfig = parseShardingConfig({ ...(options.shardingConfig?.(cluster.config) ?? cluster.config), health_check_timeout_seconds: 2 });
+  const inspectionFailures: InspectionFailure[] = [];
+  const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'api-test', onInspectionFailure: (f) => inspectionFailures.push(f) });
   const moves = new Set<Promise<unknown>>();
   const port = createScalingApiPort({
     catalog,
@@ -158,6 +170,7 @@ export async function startApiHarness(): Promise<ApiHarness> {
     cluster,
     mocks: { cloudwatch, ecs, autoscaling },
     metricValues,
+    inspectionFailures,
     counts,
     async fetchJson(path, init) {
       const res = await fetch(`${server.url}${path}`, init);
