@@ -29,9 +29,7 @@
  */
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { SlotMapVersionConflictError } from '../../../functions/core/sharding/errors.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { moveSlots, type SlotMap } from '../../../functions/core/sharding/slot-map.js';
 import {
   DirectoryOwnerKeptError,
@@ -43,19 +41,13 @@ import {
 } from '../../../functions/adapters/postgres/directory-store.js';
 import { SlotMapOwnerKeptError, SlotMapRowsLeftError, type SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { OwnerChangeFencedError, RowsCountTimeoutError } from '../../../functions/adapters/postgres/unit-rows.js';
-import { createShardWriter, routerForWrites, ShardWriteError, type ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
+import type { ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
 import { countingStores, keysInSlot, shardIds, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { runModelWrites, staleWriter, writeArb, type ModelWrites, type UserModel, type Write } from './fixtures/torture-writes.js';
 
 const SHARDS = shardIds(3);
 const USERS = 3;
 
-type WriteOp = 'insert' | 'update' | 'delete' | 'doc';
-interface Write {
-  readonly writer: number;
-  readonly slot: number;
-  readonly user: number;
-  readonly op: WriteOp;
-}
 type Action =
   | { readonly kind: 'publish'; readonly slot: number; readonly to: number; readonly byHand: boolean; readonly empty: boolean }
   | { readonly kind: 'move'; readonly slot: number; readonly to: number }
@@ -71,12 +63,7 @@ interface Step {
   readonly writes: readonly Write[];
 }
 
-const writeArb: fc.Arbitrary<Write> = fc.record({
-  writer: fc.nat(2),
-  slot: fc.nat(1),
-  user: fc.nat(USERS - 1),
-  op: fc.constantFrom<WriteOp>('insert', 'insert', 'update', 'delete', 'doc', 'doc'),
-});
+const writes = writeArb(USERS);
 /**
  * Whether `a` changes the pin of a key of the slot `b` gives away (a hand publication or a slot
  * move) at the same time: left open (docs/sharding-spec.md section 9, "What still holds only by the
@@ -118,25 +105,7 @@ const actionArb: fc.Arbitrary<Action> = fc.oneof(
       .filter((b) => process.env['TORTURE_SLOT_PIN_RACES'] === '1' || !(slotChange(b.first, b.second) || slotChange(b.second, b.first))),
   },
 );
-const stepArb: fc.Arbitrary<Step> = fc.record({ action: actionArb, writes: fc.array(writeArb, { minLength: 0, maxLength: 5 }) });
-
-/** A writer whose router holds `map` and a directory cache of a minute, re-reading both only when a write is refused. */
-function staleWriter(env: MoveEnv, map: SlotMap, ttlMs = 60_000): ShardWriter {
-  const config = parseShardingConfig({
-    strategy: 'hash_based',
-    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
-    default_shard: 'shard_a',
-  });
-  const directory = new DirectoryStore(env.catalog, { ttlMs, shards: [...env.shards.keys()] });
-  const router = ShardRouter.fromConfig(config, { slotMap: map, directory });
-  return createShardWriter({ router: routerForWrites(router, env.slotMaps, directory), primaries: env.shards });
-}
-
-interface UserModel {
-  exists: boolean;
-  name: string;
-  docs: Set<string>;
-}
+const stepArb: fc.Arbitrary<Step> = fc.record({ action: actionArb, writes: fc.array(writes, { minLength: 0, maxLength: 5 }) });
 
 /** The key's entry and every shard's directory fence row of it, as text. */
 async function keyState(env: MoveEnv, key: string): Promise<string[]> {
@@ -173,43 +142,7 @@ async function runSchedule(slots: readonly [number, number], steps: readonly Ste
   const model = keys.map((ks) => ks.map<UserModel>(() => ({ exists: false, name: '', docs: new Set() })));
   const versions: SlotMap[] = [await env.slotMaps.current()];
   const writers: ShardWriter[] = [0, 1, 2].map(() => staleWriter(env, versions[0] as SlotMap));
-  let seq = 0;
-
-  async function runWrite(w: Write): Promise<void> {
-    const user = model[w.slot]?.[w.user] as UserModel;
-    const key = keys[w.slot]?.[w.user] as string;
-    const slot = slots[w.slot] as number;
-    const op: WriteOp = !user.exists && w.op !== 'insert' ? 'insert' : user.exists && w.op === 'insert' ? 'update' : w.op;
-    const name = `n${++seq}`;
-    const docId = crypto.randomUUID();
-    try {
-      const result = await (writers[w.writer] as ShardWriter).withShardWrite(key, async ({ client }) => {
-        if (op === 'insert') return (await client.query(`insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', $3)`, [key, slot, name])).rowCount;
-        if (op === 'update') return (await client.query('update users set display_name = $2 where id = $1', [key, name])).rowCount;
-        if (op === 'delete') return (await client.query('delete from users where id = $1', [key])).rowCount;
-        return (await client.query(`insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, 't', '{}'::jsonb)`, [docId, key, slot])).rowCount;
-      });
-      log.push(`write ${op} s${w.slot}u${w.user} by w${w.writer}: acknowledged on ${result.shardId} (attempts ${result.attempts}, rows ${String(result.value)})`);
-      if (result.value !== 1) violations.push(`${op} of user s${w.slot}u${w.user} acknowledged on ${result.shardId} touching ${String(result.value)} rows (the model expects 1)`);
-      if (op === 'insert') Object.assign(user, { exists: true, name });
-      else if (op === 'update') user.name = name;
-      else if (op === 'delete') Object.assign(user, { exists: false, docs: new Set() });
-      else user.docs.add(docId);
-    } catch (err) {
-      log.push(`write ${op} s${w.slot}u${w.user} by w${w.writer}: refused ${err instanceof ShardWriteError ? err.reason : ''}: ${String(err)}`);
-      violations.push(`write ${op} of user s${w.slot}u${w.user} failed: ${String(err)}`);
-    }
-  }
-
-  async function runWrites(writes: readonly Write[]): Promise<void> {
-    const chains = new Map<string, Write[]>();
-    for (const w of writes) chains.set(`${w.slot}/${w.user}`, [...(chains.get(`${w.slot}/${w.user}`) ?? []), w]);
-    await Promise.all(
-      [...chains.values()].map(async (chain) => {
-        for (const w of chain) await runWrite(w);
-      }),
-    );
-  }
+  const ctx: ModelWrites = { writers, model, keys, slots, log, violations };
 
   /** Where the catalog routes `key` now. */
   async function routeOf(key: string, slot: number): Promise<string> {
@@ -218,7 +151,7 @@ async function runSchedule(slots: readonly [number, number], steps: readonly Ste
   }
 
   async function emptyUser(s: number, u: number): Promise<void> {
-    if (model[s]?.[u]?.exists) await runWrites([{ writer: u % 3, slot: s, user: u, op: 'delete' }]);
+    if (model[s]?.[u]?.exists) await runModelWrites(ctx, [{ writer: u % 3, slot: s, user: u, op: 'delete' }]);
   }
 
   let done = false;
@@ -315,7 +248,7 @@ async function runSchedule(slots: readonly [number, number], steps: readonly Ste
     const a = step.action;
     log.push(`-- step: ${JSON.stringify(a)}`);
     await emptyFor(a);
-    await Promise.all([runAction(a), runWrites(step.writes)]);
+    await Promise.all([runAction(a), runModelWrites(ctx, step.writes)]);
     if ('empty' in a && a.empty && !done) {
       await emptyFor(a);
       await runAction(a);

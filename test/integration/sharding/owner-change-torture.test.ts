@@ -31,24 +31,15 @@
  */
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { moveSlots, type SlotMap } from '../../../functions/core/sharding/slot-map.js';
-import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { SlotMapOwnerKeptError, SlotMapRowsLeftError, type SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
-import { createShardWriter, routerForWrites, ShardWriteError, type ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
+import type { ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
 import { countingStores, keysInSlot, shardIds, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { runModelWrites, staleWriter, writeArb, type ModelWrites, type UserModel, type Write } from './fixtures/torture-writes.js';
 
 const SHARDS = shardIds(3);
 const USERS = 4;
 
-type WriteOp = 'insert' | 'update' | 'delete' | 'doc';
-interface Write {
-  readonly writer: number;
-  readonly slot: number;
-  readonly user: number;
-  readonly op: WriteOp;
-}
 type Action =
   /** `empty`: the slot's users deleted first (through the writers), so that the publication can go through. */
   | { readonly kind: 'publish'; readonly slot: number; readonly to: number; readonly byHand: boolean; readonly empty: boolean }
@@ -60,37 +51,14 @@ interface Step {
   readonly writes: readonly Write[];
 }
 
-const writeArb: fc.Arbitrary<Write> = fc.record({
-  writer: fc.nat(2),
-  slot: fc.nat(1),
-  user: fc.nat(USERS - 1),
-  op: fc.constantFrom<WriteOp>('insert', 'insert', 'update', 'delete', 'doc', 'doc'),
-});
+const writes = writeArb(USERS);
 const actionArb: fc.Arbitrary<Action> = fc.oneof(
   { weight: 4, arbitrary: fc.record({ kind: fc.constant('publish' as const), slot: fc.nat(1), to: fc.integer({ min: 1, max: 2 }), byHand: fc.boolean(), empty: fc.constantFrom(true, true, true, false) }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('move' as const), slot: fc.nat(1), to: fc.integer({ min: 1, max: 2 }) }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('stale' as const), writer: fc.nat(2), back: fc.integer({ min: 1, max: 4 }) }) },
   { weight: 1, arbitrary: fc.constant({ kind: 'none' as const }) },
 );
-const stepArb: fc.Arbitrary<Step> = fc.record({ action: actionArb, writes: fc.array(writeArb, { minLength: 0, maxLength: 5 }) });
-
-/** A writer whose router holds `map` and adopts a newer one only when a write is refused (re-reading the catalog). */
-function staleWriter(env: MoveEnv, map: SlotMap): ShardWriter {
-  const config = parseShardingConfig({
-    strategy: 'hash_based',
-    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
-    default_shard: 'shard_a',
-  });
-  const directory = new DirectoryStore(env.catalog, { ttlMs: 60_000, shards: [...env.shards.keys()] });
-  const router = ShardRouter.fromConfig(config, { slotMap: map, directory });
-  return createShardWriter({ router: routerForWrites(router, env.slotMaps, directory), primaries: env.shards });
-}
-
-interface UserModel {
-  exists: boolean;
-  name: string;
-  docs: Set<string>;
-}
+const stepArb: fc.Arbitrary<Step> = fc.record({ action: actionArb, writes: fc.array(writes, { minLength: 0, maxLength: 5 }) });
 
 /** Every write fence row of `slot` on every shard, as text. */
 async function fenceRows(env: MoveEnv, slot: number): Promise<string[]> {
@@ -120,48 +88,7 @@ async function runSchedule(slots: readonly [number, number], steps: readonly Ste
   const model = keys.map((ks) => ks.map<UserModel>(() => ({ exists: false, name: '', docs: new Set() })));
   const versions: SlotMap[] = [(await env.slotMaps.current())];
   const writers: ShardWriter[] = [0, 1, 2].map(() => staleWriter(env, versions[0] as SlotMap));
-  let seq = 0;
-
-  async function runWrite(w: Write): Promise<void> {
-    const user = model[w.slot]?.[w.user] as UserModel;
-    const key = keys[w.slot]?.[w.user] as string;
-    const slot = slots[w.slot] as number;
-    const op: WriteOp = !user.exists && w.op !== 'insert' ? 'insert' : user.exists && w.op === 'insert' ? 'update' : w.op;
-    const name = `n${++seq}`;
-    const docId = crypto.randomUUID();
-    try {
-      const result = await (writers[w.writer] as ShardWriter).withShardWrite(key, async ({ client }) => {
-        if (op === 'insert') return (await client.query(`insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', $3)`, [key, slot, name])).rowCount;
-        if (op === 'update') return (await client.query('update users set display_name = $2 where id = $1', [key, name])).rowCount;
-        if (op === 'delete') return (await client.query('delete from users where id = $1', [key])).rowCount;
-        return (await client.query(`insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, 't', '{}'::jsonb)`, [docId, key, slot])).rowCount;
-      });
-      log.push(`write ${op} s${w.slot}u${w.user} by w${w.writer}: acknowledged on ${result.shardId} (attempts ${result.attempts}, rows ${String(result.value)})`);
-      if (result.value !== 1) violations.push(`${op} of user ${w.user} of slot ${slot} acknowledged on ${result.shardId} touching ${String(result.value)} rows (the model expects 1): the row is not where the write routed`);
-      if (op === 'insert') Object.assign(user, { exists: true, name });
-      else if (op === 'update') user.name = name;
-      else if (op === 'delete') Object.assign(user, { exists: false, docs: new Set() });
-      else user.docs.add(docId);
-    } catch (err) {
-      if (err instanceof ShardWriteError) {
-        log.push(`write ${op} s${w.slot}u${w.user} by w${w.writer}: refused ${err.reason}: ${err.message}`);
-        if (err.reason === 'outcome-unknown') violations.push(`write ${op} of slot ${slot}: outcome unknown: ${err.message}`);
-        else violations.push(`write ${op} of user ${w.user} of slot ${slot} refused for good (${err.reason}): ${err.message}`);
-      } else {
-        log.push(`write ${op} s${w.slot}u${w.user} by w${w.writer}: failed: ${String(err)}`);
-        violations.push(`write ${op} of user ${w.user} of slot ${slot} failed: ${String(err)}`);
-      }
-    }
-  }
-
-  /** The writes of a step: each user's in order, users at once. */
-  async function runWrites(writes: readonly Write[]): Promise<void> {
-    const chains = new Map<string, Write[]>();
-    for (const w of writes) chains.set(`${w.slot}/${w.user}`, [...(chains.get(`${w.slot}/${w.user}`) ?? []), w]);
-    await Promise.all([...chains.values()].map(async (chain) => {
-      for (const w of chain) await runWrite(w);
-    }));
-  }
+  const ctx: ModelWrites = { writers, model, keys, slots, log, violations };
 
   /** Whether the last publication went through. */
   let published = false;
@@ -213,14 +140,14 @@ async function runSchedule(slots: readonly [number, number], steps: readonly Ste
     const a = step.action;
     if (a.kind === 'publish' && a.empty) {
       log.push(`slot ${slots[a.slot] as number} emptied by the writers`);
-      await runWrites((model[a.slot] as UserModel[]).flatMap((m, user) => (m.exists ? [{ writer: user % 3, slot: a.slot, user, op: 'delete' as const }] : [])));
+      await runModelWrites(ctx, (model[a.slot] as UserModel[]).flatMap((m, user) => (m.exists ? [{ writer: user % 3, slot: a.slot, user, op: 'delete' as const }] : [])));
     }
     // The owner change and the step's writes at once: the writers' routers may name either owner.
-    await Promise.all([runAction(step.action), runWrites(step.writes)]);
+    await Promise.all([runAction(step.action), runModelWrites(ctx, step.writes)]);
     if (a.kind === 'publish' && a.empty && !published) {
       // Refused (the step's writers wrote the slot meanwhile): emptied again and tried once more, alone.
       log.push(`slot ${slots[a.slot] as number} emptied by the writers`);
-      await runWrites((model[a.slot] as UserModel[]).flatMap((m, user) => (m.exists ? [{ writer: user % 3, slot: a.slot, user, op: 'delete' as const }] : [])));
+      await runModelWrites(ctx, (model[a.slot] as UserModel[]).flatMap((m, user) => (m.exists ? [{ writer: user % 3, slot: a.slot, user, op: 'delete' as const }] : [])));
       await runAction(a);
     }
   }
