@@ -21,7 +21,7 @@ import { canonicalKey, uuidForm } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, PIN_KEPT, PIN_OWNER_KEPT } from './sqlstate.js';
-import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, keyRowsOn, OwnerChangeFences, refusedRowsLeftOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, keyRowsOn, lockSlotsForPins, OwnerChangeFences, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
@@ -367,15 +367,24 @@ export class DirectoryStore implements DirectoryLookup {
       before === null || now === null
         ? before === now
         : before.from === now.from && before.next === now.next && before.entry?.version === now.entry?.version && before.entry?.shardId === now.entry?.shardId;
+    // The key's slot's owner in the latest map, read before the route: a map published after it
+    // (its slot given away) is found by the read under the slot's lock after the write.
+    let ownerRead: string | null = null;
     return countedOwnerChange(client, {
       route: async (c) => {
         routeReader = c;
+        ownerRead = await this.slotOwnerOf(key, c);
         const entry = await this.entry(key, c);
         read = entry === null ? null : { shardId: entry.shardId, version: entry.version };
         return this.routeOf(change, key, c, to, entry);
       },
       write: async (c) => {
         const done = await write(c, read);
+        // The slot's lock, then the slot's owner and move jobs read again: a publication by hand
+        // or a slot move's plan that read the slot's pinned keys before this write commits either
+        // holds the lock (waited for, then its change read here) or waits for this pin's commit
+        // and reads it (sharding migration 017).
+        await this.refuseSlotChangedMeanwhile(change, key, c, ownerRead);
         // Read in the write's transaction, after it: a move planned and committed before this statement is seen.
         await this.refuseSlotMoveMembership(change, key, c);
         return done;
@@ -407,6 +416,39 @@ export class DirectoryStore implements DirectoryLookup {
     });
   }
 
+  /** The owner of `key`'s slot in the latest map read with `c` (null without a map). */
+  private async slotOwnerOf(key: string, c: Queryable): Promise<string | null> {
+    const { rows } = await c.query<{ owner: string | null }>('select assignments[$1::int + 1] as owner from catalog.slot_maps order by version desc limit 1', [slotOf(key)]);
+    return rows[0]?.owner ?? null;
+  }
+
+  /**
+   * Locks `key`'s slot's row of `catalog.slot_pin_locks` FOR SHARE with `c`, the pin's (or unpin's)
+   * transaction, after its write (held to its end; sharding migration 017), then refuses it where the
+   * slot's owner is no longer `ownerRead`, the one its route was read with: a map published by hand
+   * (or a move's flip) that gave the slot away meanwhile read the slot's pinned keys without this
+   * one, so its `moved` row on the old owner does not keep the key out, and the key pinned there
+   * would have every write refused for good (CAF02, "routing is not converging"), an unpinned one
+   * route by hash to a shard marked `moved` for it; and its count was made against the old map. A
+   * publication by hand (or a slot move's plan) holding the lock is waited for, at
+   * most {@link SLOT_PIN_LOCK_WAIT_MS} (or the count bound, if shorter), then refused.
+   */
+  private async refuseSlotChangedMeanwhile(change: 'pin' | 'repin' | 'unpin', key: string, c: Queryable, ownerRead: string | null): Promise<void> {
+    const what = change === 'pin' ? 'pin' : change === 'repin' ? 'repin by hand' : 'unpin';
+    const slot = slotOf(key);
+    const waitMs = Math.min(SLOT_PIN_LOCK_WAIT_MS, this.countTimeoutMs);
+    if (!(await lockSlotsForPins(c, [slot], 'share', waitMs, `cannot ${what} key ${key}`))) {
+      throw new DirectoryError(
+        `cannot ${what} key ${key}: another change of its slot ${slot} (a slot map published by hand, or a slot move being planned) held catalog.slot_pin_locks for more than ${waitMs} ms, and a pin or unpin may not commit unseen by a change of its slot's pinned keys (issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot"). Nothing was written: try again once that change has ended`,
+      );
+    }
+    const owner = await this.slotOwnerOf(key, c);
+    if (owner === ownerRead) return;
+    throw new DirectoryError(
+      `cannot ${what} key ${key}: its slot ${slot} changed owner from ${ownerRead ?? '(no map)'} to ${owner ?? '(no map)'} while the ${what} was made (a slot map published meanwhile, which read the slot's pinned keys as they were before this change: ${change === 'unpin' ? "the key unpinned now would route with its slot to a shard that map's change marked 'moved' for it" : "the key pinned now would be refused for good where that map's change left a 'moved' row of the slot"}, or its rows counted against the old map; issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot"). Nothing was written: read the key's route again and try again`,
+    );
+  }
+
   /**
    * Refuses a pin or repin of a user key whose slot has an unfinished slot move that does not keep
    * the key out (`excluded_keys`, read when the move was planned), and an unpin of one it keeps
@@ -415,8 +457,10 @@ export class DirectoryStore implements DirectoryLookup {
    * leave the newly unpinned key's rows on the source once its slot routes it to the target: the
    * key's acknowledged rows out of every reader's sight, whether or not the change moves its route
    * (owner-change-fenced-directory.test.ts, "a key pinned or unpinned by hand while its slot has a
-   * move planned"). Read with `c`, the change's transaction, after its write. Left open: a move
-   * planned after this read, before the change commits (its plan reads the directory as committed).
+   * move planned"). Read with `c`, the change's transaction, after its write and the slot's lock
+   * ({@link refuseSlotChangedMeanwhile}): a plan holding the lock has committed (or given up) by
+   * now, and one that locks it after waits for this change's commit and reads its pin
+   * (owner-change-pin-slot-race.test.ts).
    */
   private async refuseSlotMoveMembership(change: 'pin' | 'repin' | 'unpin', key: string, c: Queryable): Promise<void> {
     const { rows } = await c.query<{ id: string; from_shard: string; to_shard: string; state: string; kept_out: boolean }>(

@@ -55,6 +55,7 @@ import {
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
+import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS } from './unit-rows.js';
 
 export * from './move-jobs.js';
 export type { MoverDirectory, MoverSlotMaps } from './move-port.js';
@@ -265,6 +266,19 @@ export class Mover {
       // refuses it (CAF08, sharding migration 013: a slot with an unfinished move keeps its owner).
       // Without it a map giving the slot to the target could commit unseen on both sides, and
       // the move's copy then deleted what the target took by it (slot-map-moving-slot.test.ts).
+      // The slot's lock before that (a publication by hand takes it before its insert into
+      // catalog.slot_maps, which waits for the SHARE lock below: taken after, the two would deadlock),
+      // held to the commit (sharding migration 017): a pin of a key of the slot written and not yet
+      // committed is waited for, and the directory's re-read below sees it (the plan is refused);
+      // one written after waits for this commit and then sees this job (the pin is refused).
+      // Before, both committed unseen by each other, and the move copied and deleted the newly
+      // pinned key's rows whatever its pin named.
+      if (req.kind === 'slot' && unit.excludeDirectoryKeys && !(await lockSlotsForPins(client, [slot], 'update', SLOT_PIN_LOCK_WAIT_MS, `cannot plan the move of slot ${slot}`))) {
+        await client.query('rollback');
+        throw new MoveConflictError(
+          `a pin of a key of slot ${slot} (or a slot map published by hand giving it away) held catalog.slot_pin_locks for more than ${SLOT_PIN_LOCK_WAIT_MS} ms while this move was planned, and a move may not read its slot's pinned keys while one is being changed (issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot"); nothing was recorded: plan it again`,
+        );
+      }
       if (req.kind === 'slot') await client.query(LOCK_SLOT_MAPS_FOR_HASH_ROUTE);
       const entry = req.kind === 'directory' ? await this.options.directory.entry(unitId, client) : null;
       const owner = entry?.shardId ?? (await this.options.slotMaps.current(client)).assignments[slot];

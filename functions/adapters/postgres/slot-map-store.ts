@@ -17,7 +17,7 @@ import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/e
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
 import { slotOf } from '../../core/sharding/hash.js';
-import { boundedCount, countedOwnerChange, OwnerChangeFences, countTimeoutOf, describeRows, pinnedKeysOf, refusedRowsLeftOn, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { boundedCount, countedOwnerChange, OwnerChangeFences, countTimeoutOf, describeRows, lockSlotsForPins, pinnedKeysOf, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A pool, or a client inside a caller's transaction (to publish atomically with other catalog writes). */
 export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -321,6 +321,12 @@ export class SlotMapStore {
         // The keys the directory places where its pins route: the map does not route them, and the
         // old owner's fence leaves them out (`excluded_keys`), as a slot move's does.
         const slots = new Set([...changed.values()].flat());
+        // Their locks first (sharding migration 017), held to the end of the transaction: a pin of
+        // a key of these slots written and not yet committed is waited for and read below, and one
+        // written later waits for this commit and then finds its slot's owner changed (refused).
+        // Read before, such a pin committed unseen, not kept out of the old owner's `moved` row,
+        // which then refused the key's every write for good.
+        if (this.pinsOverrideHash && slots.size > 0) await this.lockSlots(map, c, slots, byHand);
         const pinned = new Map<number, string[]>();
         for (const key of this.pinsOverrideHash && slots.size > 0 ? await pinnedKeysOf(c, slots) : []) pinned.set(slotOf(key), [...(pinned.get(slotOf(key)) ?? []), key]);
         // Their pins: the fence marks them on the slot's two shards (OwnerChangeFences.markPinnedKeys).
@@ -342,6 +348,15 @@ export class SlotMapStore {
         version: (done) => done.map.version,
       },
     });
+  }
+
+  /** Locks `slots`' rows of `catalog.slot_pin_locks` FOR UPDATE with `c` ({@link lockSlotsForPins}), or refuses the publication. */
+  private async lockSlots(map: SlotMap, c: Queryable, slots: ReadonlySet<number>, byHand: boolean): Promise<void> {
+    const waitMs = Math.min(SLOT_PIN_LOCK_WAIT_MS, this.countTimeoutMs);
+    if (await lockSlotsForPins(c, slots, 'update', waitMs, `cannot publish slot map version ${map.version}${byHand ? ' by hand' : ''}`)) return;
+    throw new SlotMapError(
+      `cannot publish slot map version ${map.version}${byHand ? ' by hand' : ''}: another change of a slot it gives away (a pin or unpin of one of its keys, a slot move being planned, another map published by hand) held catalog.slot_pin_locks for more than ${waitMs} ms, and the map may not read its slots' pinned keys (their excluded keys) while one is being changed (issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot"). Nothing was published: try again once that change has ended`,
+    );
   }
 
   /** The slots `map` gives away against the latest map read with `client`, by old owner (those with a pool here); empty where `map` is not its next version. */

@@ -189,6 +189,48 @@ export async function pinnedKeysOf(client: Queryable, slots: ReadonlySet<number>
   return rows.map((r) => r.key).filter((k) => uuidForm(k) === k && slots.has(slotOf(k)));
 }
 
+/** How long a pin, a publication by hand or a slot move's plan waits for another's lock of a slot ({@link lockSlotsForPins}). */
+export const SLOT_PIN_LOCK_WAIT_MS = 5_000;
+
+/** SQLSTATE deadlock_detected. */
+const DEADLOCK_DETECTED = '40P01';
+
+/**
+ * Locks the `catalog.slot_pin_locks` rows of `slots` (sharding migration 017) with `c`, in the
+ * caller's catalog transaction and held to its end: `share` by a pin changed by hand (after its
+ * write), `update` by a change of the slots' pinned keys (a map published by hand, before it reads
+ * them; a slot move's plan, before its re-read of the directory), so that neither commits unseen by
+ * the other (issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot").
+ * Rows are locked in slot order (no deadlock between two changes of several slots); a missing row
+ * is inserted first (`on conflict do nothing`: it does not wait for a lock on an existing row).
+ * Waits at most `waitMs` (the transaction's `lock_timeout`, put back after); returns false where
+ * another change held a slot past it (or a deadlock ended the wait: the transaction is then
+ * aborted, as after any error), true once locked. Refused (`refused: ...`) where the table is
+ * missing (migration 017 not applied) or the login may not lock it; other errors are thrown.
+ */
+export async function lockSlotsForPins(c: Queryable, slots: Iterable<number>, mode: 'share' | 'update', waitMs: number, refused: string): Promise<boolean> {
+  const list = [...new Set(slots)].sort((a, b) => a - b);
+  if (list.length === 0) return true;
+  const { rows } = await c.query<{ prior: string }>(`select current_setting('lock_timeout') as prior`);
+  await c.query(`select set_config('lock_timeout', $1, true)`, [`${Math.max(1, Math.round(waitMs))}ms`]);
+  try {
+    await c.query('insert into catalog.slot_pin_locks (slot) select unnest($1::int[]) on conflict do nothing', [list]);
+    await c.query(`select slot from catalog.slot_pin_locks where slot = any($1::int[]) order by slot for ${mode === 'share' ? 'share' : 'update'}`, [list]);
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (code === LOCK_NOT_AVAILABLE || code === DEADLOCK_DETECTED) return false;
+    if (code === UNDEFINED_TABLE || code === INSUFFICIENT_PRIVILEGE) {
+      throw new Error(
+        `${refused}: a pin and a change of its slot's pinned keys lock the slot's row of catalog.slot_pin_locks to their commit, so that neither commits unseen by the other (issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot"), and ${code === UNDEFINED_TABLE ? 'the catalog has no such table: apply the sharding migrations (ca-dms-scaling migrate, 017_slot_pin_locks.sql)' : 'this login may not lock it: make the change through the control login (ca_dms_control), which may'}. Nothing was written`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
+  await c.query(`select set_config('lock_timeout', $1, true)`, [rows[0]?.prior ?? '0']);
+  return true;
+}
+
 /** `rowsLeftOn` as a caller may pass it: `'checked'`, or `'move job #<id>'` with a positive id. */
 const rowsLeftOnSchema = z.union([
   z.literal('checked'),

@@ -460,7 +460,7 @@ describe("an application login's locks on the catalog's database", () => {
     }
   });
 
-  it('may not lock the rows of the slot map or the directory, nor read or lock the move jobs, leases or history', async () => {
+  it('may not lock the rows of the slot map, the directory or the slots\' pin locks, nor read or lock the move jobs, leases or history', async () => {
     const app = poolAs(LOGINS.app, SHARDS[0]);
     const inTransaction = (sql: string) => async (): Promise<void> => {
       const c = await app.connect();
@@ -476,6 +476,8 @@ describe("an application login's locks on the catalog's database", () => {
       shareMap: await sqlstateOf(() => app.query('select version from catalog.slot_maps for share')),
       keyShareDirectory: await sqlstateOf(() => app.query('select key from catalog.shard_directory for key share')),
       updateDirectory: await sqlstateOf(() => app.query('select key from catalog.shard_directory for update')),
+      // A pin's and a slot change's lock (sharding migration 017): held, it would stall both.
+      shareSlotPinLocks: await sqlstateOf(() => app.query('select slot from catalog.slot_pin_locks for share')),
       lockMap: await sqlstateOf(inTransaction('lock table catalog.slot_maps in share mode')),
       lockDirectory: await sqlstateOf(inTransaction('lock table catalog.shard_directory in row exclusive mode')),
       readLeases: await sqlstateOf(() => app.query('select * from catalog.leases')),
@@ -489,6 +491,7 @@ describe("an application login's locks on the catalog's database", () => {
       shareMap: '42501',
       keyShareDirectory: '42501',
       updateDirectory: '42501',
+      shareSlotPinLocks: '42501',
       lockMap: '42501',
       lockDirectory: '42501',
       readLeases: '42501',

@@ -64,14 +64,22 @@ describe('a slot left to its unflipped move by a hand change', () => {
     const slot = 1821;
     const { from, to, source } = await sides(env, slot);
     const mover = env.mover({ readerGraceMs: 0 });
-    // A move of the slot is planned once the change has tried its write (the catalog's checks,
+    // A move of the slot is recorded once the change has tried its write (the catalog's checks,
     // undone), just before it reads the unflipped moves, and cancelled (rolled back) right after.
+    // Recorded as Mover.plan records it, past its lock of the slot (sharding migration 017): a plan
+    // through the Mover now waits for the publication's commit, which holds that lock, so only a
+    // job inserted by SQL can come in between.
     let planned: { id: number } | undefined;
     const catalog = catalogCalling(
       env.catalog,
       /flip_started_at is null/,
       async () => {
-        planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+        const { rows } = await env.catalog.query<{ id: string }>(
+          `insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, excluded_keys, map_version_before, created_by)
+           select 'slot', $1::text, $2::int, $3, $4, '{}', max(version), 'test' from catalog.slot_maps returning id::text`,
+          [String(slot), slot, from, to],
+        );
+        planned = { id: Number(rows[0]?.id) };
       },
       () => mover.cancel((planned as { id: number }).id),
     );

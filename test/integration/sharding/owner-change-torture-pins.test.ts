@@ -25,7 +25,11 @@
  *   unpinned by hand while its slot has a move planned");
  * - seed 424242 (`TORTURE_RUNS=150`): a slot published by hand wrote no `directory` row of its
  *   pinned keys on its new owner, which took the writes of a router whose directory cache had not
- *   seen the pin (an update touching no row, acknowledged; owner-change-fenced-pinned-slot.test.ts).
+ *   seen the pin (an update touching no row, acknowledged; owner-change-fenced-pinned-slot.test.ts);
+ * - with `TORTURE_SLOT_PIN_RACES=1`, seeds -205944813 (`TORTURE_RUNS=60`), -209043959 (80) and 99
+ *   (80; fails at run 50): a first pin of a key to its slot's owner committed while a hand
+ *   publication (or a slot move's plan) of the slot that had read its pinned keys ran, the key then
+ *   refused for good on its pin's shard (owner-change-pin-slot-race.test.ts, h79).
  */
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -66,11 +70,13 @@ interface Step {
 const writes = writeArb(USERS);
 /**
  * Whether `a` changes the pin of a key of the slot `b` gives away (a hand publication or a slot
- * move) at the same time: left open (docs/sharding-spec.md section 9, "What still holds only by the
- * operator's care"): the slot's change reads the directory's keys of the slot once (its
- * `excluded_keys`), and a pin committed after that read is not among them (seeds -205944813,
+ * move) at the same time. The slot's change read the directory's keys of the slot once (its
+ * `excluded_keys`), and a pin committed after that read was not among them (seeds -205944813,
  * -209043959 with TORTURE_RUNS=60/80: a key pinned to its slot's owner while the slot was given
- * away, then refused there for good). Generated only with TORTURE_SLOT_PIN_RACES=1.
+ * away, then refused there for good); both now lock the slot's row of catalog.slot_pin_locks
+ * (docs/sharding-spec.md section 9, "A pin racing a change of its slot";
+ * owner-change-pin-slot-race.test.ts, part of `npm test`). Generated only with
+ * TORTURE_SLOT_PIN_RACES=1, as before.
  */
 function slotChange(a: Action, b: Action): boolean {
   return (a.kind === 'pin' || a.kind === 'unpin') && (b.kind === 'publish' || b.kind === 'move') && a.slot === b.slot;
