@@ -39,7 +39,7 @@ import {
   DirectoryOwnerKeptError,
   DirectoryPinKeptError,
   DirectoryRowsLeftError,
-  DirectoryStore,
+  type DirectoryStore,
   DirectoryUnpinRefusedError,
   DirectoryVersionConflictError,
 } from '../../../functions/adapters/postgres/directory-store.js';
