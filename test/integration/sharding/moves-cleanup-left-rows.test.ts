@@ -77,6 +77,14 @@ async function seedWithDocumentElsewhere(pool: pg.Pool, slot: number, user: stri
   return (found[0] as { id: string }).id;
 }
 
+/** `slot`'s sides and a user of it seeded on its owner, with a document under another slot (`slot + 100`). */
+async function userWithDocumentElsewhere(slot: number): Promise<Awaited<ReturnType<typeof sides>> & { user: string; elsewhere: string }> {
+  const sided = await sides(env, slot);
+  const [user] = keysInSlot(slot, 1) as [string];
+  return { ...sided, user, elsewhere: await seedWithDocumentElsewhere(sided.source, slot, user, slot + 100) };
+}
+
+
 describe('what a done move leaves on its source', () => {
   it('a slot move: none of its rows (users, documents, key records), and its fence row moved to the target', async () => {
     const slot = 2101;
@@ -106,9 +114,7 @@ describe('what a done move leaves on its source', () => {
 
   it('only a user that still owns a document stored under another slot (written before shard migration 015): kept as it was, noted on the job, read by no one', async () => {
     const slot = 2103;
-    const { to, source, target } = await sides(env, slot);
-    const [user] = keysInSlot(slot, 1) as [string];
-    const elsewhere = await seedWithDocumentElsewhere(source, slot, user, slot + 100);
+    const { to, source, target, user, elsewhere } = await userWithDocumentElsewhere(slot);
     const mover = env.mover({ readerGraceMs: 0 });
     const done = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
     expect(done.state).toBe('done');
@@ -127,9 +133,7 @@ describe('what a done move leaves on its source', () => {
 describe('the kept user when its slot comes back', () => {
   it('moved back: the kept row is replaced by the new owner\'s, once, and the document under another slot keeps its owner', async () => {
     const slot = 2104;
-    const { from, to, source, target } = await sides(env, slot);
-    const [user] = keysInSlot(slot, 1) as [string];
-    const elsewhere = await seedWithDocumentElsewhere(source, slot, user, slot + 100);
+    const { from, to, source, target, user, elsewhere } = await userWithDocumentElsewhere(slot);
     const mover = env.mover({ readerGraceMs: 0 });
     expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
     await target.query(`update users set display_name = 'renamed' where id = $1`, [user]);
@@ -143,9 +147,7 @@ describe('the kept user when its slot comes back', () => {
 
   it('given back by hand once its new owner holds none of the slot\'s rows (the user deleted there): refused, naming the kept rows, nothing published; before, the deleted user was read again on its old owner', async () => {
     const slot = 2105;
-    const { from, to, source, target } = await sides(env, slot);
-    const [user] = keysInSlot(slot, 1) as [string];
-    await seedWithDocumentElsewhere(source, slot, user, slot + 100);
+    const { from, to, source, target, user } = await userWithDocumentElsewhere(slot);
     const mover = env.mover({ readerGraceMs: 0 });
     const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
     expect(job.state).toBe('done');
@@ -172,9 +174,7 @@ describe('the kept user when its slot comes back', () => {
 describe('the kept user when a move back is rolled back', () => {
   it('by a mover that skips row triggers in its copy: the rollback (whose deletion fires them) leaves the user that still owns the document under another slot, and the document', async () => {
     const slot = 2108;
-    const { from, to, source, target } = await sides(env, slot);
-    const [user] = keysInSlot(slot, 1) as [string];
-    const elsewhere = await seedWithDocumentElsewhere(source, slot, user, slot + 100);
+    const { from, to, source, target, user, elsewhere } = await userWithDocumentElsewhere(slot);
     const mover = env.mover({ readerGraceMs: 0 });
     expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
     await target.query(`update users set display_name = 'renamed' where id = $1`, [user]);
@@ -216,9 +216,7 @@ describe('the kept user when its slot comes back, moved by a mover login that ma
 
   /** A user of `slot` moved away with a document under another slot: kept on the source, renamed on the target. */
   async function movedAway(slot: number): Promise<{ user: string; elsewhere: string; from: string; source: pg.Pool; target: pg.Pool }> {
-    const { from, to, source, target } = await sides(env, slot);
-    const [user] = keysInSlot(slot, 1) as [string];
-    const elsewhere = await seedWithDocumentElsewhere(source, slot, user, slot + 100);
+    const { from, to, source, target, user, elsewhere } = await userWithDocumentElsewhere(slot);
     const mover = env.mover({ readerGraceMs: 0, shards: moverPools });
     const away = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
     expect({ state: away.state, error: away.error }).toEqual({ state: 'done', error: expect.stringMatching(/clean-up kept 1 user row/) as unknown });

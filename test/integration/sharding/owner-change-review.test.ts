@@ -18,7 +18,7 @@ import { createShardsCommand } from '../../../bin/commands/shards.js';
 import { reviewFences, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { controlLogin, countSlot, fenceState, keysInSlot, moveStoppedAfterRelease, refusalOf, seedUsers, sides, startMoveEnv, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
+import { controlLogin, countSlot, fenceState, keysInSlot, moveStoppedAfterRelease, refusalOf, seedUsers, sides, startMoveEnv, userWriteOutcome, movedThenGivenBackInTransaction, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -63,24 +63,6 @@ function capture(): { io: CliIo; out: string[]; err: string[] } {
 
 function cliEnv(): Record<string, string> {
   return { CATALOG_DATABASE_URL: env.urls.catalog, SHARD_DATABASE_URLS: Object.entries(env.urls.shards).map(([id, url]) => `${id}=${url}`).join(',') };
-}
-
-/** Moves `slot` off its owner (a move, done), then gives it back by hand inside a caller's transaction that ends with `end`. */
-async function movedThenGivenBackInTransaction(slot: number, end: 'commit' | 'rollback') {
-  const sided = await sides(env, slot);
-  const mover = env.mover({ readerGraceMs: 0 });
-  const job = await mover.plan({ kind: 'slot', slot, to: sided.to, createdBy: 'test' });
-  expect((await mover.run(job.id)).state).toBe('done');
-  const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
-  const client = await env.catalog.connect();
-  try {
-    await client.query('begin');
-    await store.publishByHand(moveSlots(await store.current(), [slot], sided.from), 'the slot back to its first shard', client);
-    await client.query(end);
-  } finally {
-    client.release();
-  }
-  return { ...sided, store, job: String(job.id) };
 }
 
 describe('(a) a hand change whose process died between its fence and its put-back or settle', () => {
@@ -144,7 +126,7 @@ describe('(a) a hand change whose process died between its fence and its put-bac
 describe("(b) a slot given back by hand inside a caller's transaction", () => {
   it("that commits: the new owner's older moved row (the finished move's) refuses its writes; the review reopens it and the writes land there", async () => {
     const slot = 1903;
-    const { from, to, source, job } = await movedThenGivenBackInTransaction(slot, 'commit');
+    const { from, to, source, job } = await movedThenGivenBackInTransaction(env, slot, 'commit');
     expect(await env.ownerOf(slot)).toBe(from);
     expect(await userWriteOutcome(source, slot, keysInSlot(slot, 3)[2] as string)).toBe('refused CAF02');
     const listed = await reviewFences({ catalog: env.catalog, shards: env.shards });
@@ -161,7 +143,7 @@ describe("(b) a slot given back by hand inside a caller's transaction", () => {
 
   it("that rolls back: the old owner's fresh moved row (job_id null) refuses its writes while the map names it; the review reopens it", async () => {
     const slot = 1904;
-    const { to, target } = await movedThenGivenBackInTransaction(slot, 'rollback');
+    const { to, target } = await movedThenGivenBackInTransaction(env, slot, 'rollback');
     expect(await env.ownerOf(slot)).toBe(to);
     const settled = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0 });
     expect(rowOf(settled.rows, to, slot)).toMatchObject({ state: 'moved', jobId: null, owner: to, action: 'reopen', outcome: `settled: reopened (deleted), ${to} takes the slot's writes` });

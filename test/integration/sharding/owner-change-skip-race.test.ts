@@ -22,7 +22,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { fenceState, keysInSlot, refusalOf, moveStoppedAfterRelease, sides, startMoveEnv, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
+import { fenceState, keysInSlot, refusalOf, moveStoppedAfterRelease, sides, startMoveEnv, userWriteOutcome, movedThenGivenBackInTransaction, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -121,32 +121,11 @@ describe('a slot left to its unflipped move by a hand change through a client th
   }, 60_000);
 });
 
-/**
- * Moves `slot` off its owner (a move, done), then gives it back by hand inside a caller's
- * transaction that ends with `end`.
- */
-async function movedThenGivenBackInTransaction(slot: number, end: 'commit' | 'rollback') {
-  const sided = await sides(env, slot);
-  const mover = env.mover({ readerGraceMs: 0 });
-  const job = await mover.plan({ kind: 'slot', slot, to: sided.to, createdBy: 'test' });
-  expect((await mover.run(job.id)).state).toBe('done');
-  const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
-  const client = await env.catalog.connect();
-  try {
-    await client.query('begin');
-    await store.publishByHand(moveSlots(await store.current(), [slot], sided.from), 'the slot back to its first shard', client);
-    await client.query(end);
-  } finally {
-    client.release();
-  }
-  return { ...sided, store };
-}
-
 describe("a slot given back by hand inside a caller's transaction", () => {
   it("that then rolls back leaves the new owner's moved row: the shard the slot moved off takes no write while the catalog names the other", async () => {
     const slot = 1822;
     // The caller's transaction fails after the store returned.
-    const { to, source, store } = await movedThenGivenBackInTransaction(slot, 'rollback');
+    const { to, source, store } = await movedThenGivenBackInTransaction(env, slot, 'rollback');
     expect((await store.current()).assignments[slot]).toBe(to);
     // A router whose map predates the move (naming `from`). Before: `from`'s moved row was deleted
     // before the caller's commit, and the write acknowledged there while the catalog names `to`.
@@ -155,7 +134,7 @@ describe("a slot given back by hand inside a caller's transaction", () => {
 
   it("that commits keeps the new owner's moved row, refusing the slot's writes (none lost) until deleted by hand", async () => {
     const slot = 1823;
-    const { from, source, store } = await movedThenGivenBackInTransaction(slot, 'commit');
+    const { from, source, store } = await movedThenGivenBackInTransaction(env, slot, 'commit');
     expect((await store.current()).assignments[slot]).toBe(from);
     expect(await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
     // The way out the spec names, once the caller's transaction has committed.
