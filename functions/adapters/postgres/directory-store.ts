@@ -376,7 +376,7 @@ export class DirectoryStore implements DirectoryLookup {
         ownerRead = await this.slotOwnerOf(key, c);
         const entry = await this.entry(key, c);
         read = entry === null ? null : { shardId: entry.shardId, version: entry.version };
-        return this.routeOf(change, key, c, to, entry);
+        return this.routeOf(change, key, c, to, { entry, slotOwner: ownerRead });
       },
       write: async (c) => {
         const done = await write(c, read);
@@ -486,17 +486,17 @@ export class DirectoryStore implements DirectoryLookup {
     key: string,
     client: Queryable,
     to: string | undefined,
-    read?: DirectoryEntry | null,
+    known?: { readonly entry: DirectoryEntry | null; readonly slotOwner: string | null },
   ): Promise<{ from: string; next: string; entry: DirectoryEntry | null } | null> {
-    const entry = read === undefined ? await this.entry(key, client) : read;
+    const entry = known === undefined ? await this.entry(key, client) : known.entry;
     if (change === 'unpin' && entry === null) return null;
-    const { rows: mapped } = await client.query<{ owner: string | null }>('select assignments[$1::int + 1] as owner from catalog.slot_maps order by version desc limit 1', [slotOf(key)]);
-    const slotOwner = mapped[0]?.owner ?? null;
+    const slotOwner = known === undefined ? await this.slotOwnerOf(key, client) : known.slotOwner;
     const from = entry?.shardId ?? slotOwner;
     const next = change === 'unpin' ? slotOwner : (to ?? null);
     if (from === null || next === null || from === next) return null;
     return { from, next, entry };
   }
+
 
   /** Counts `key`'s rows where it routes now ({@link routeOf}) and refuses the change where there are any. */
   private async refuseRowsLeft(change: 'pin' | 'repin' | 'unpin', key: string, route: { from: string; next: string; entry: DirectoryEntry | null } | null): Promise<void> {
