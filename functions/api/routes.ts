@@ -12,6 +12,7 @@ import { z } from 'zod';
 import { ScalingConfigError, parseScalingConfig } from '../core/scaling/config.js';
 import { applyMergePatch, missingSettings } from '../core/scaling/config-document.js';
 import { ProblemError, type ApiRequest } from './http.js';
+import { fenceCursorAfter, fencePage } from './fence-pages.js';
 import { buildOpenApi } from './openapi.js';
 import { createRouter, defineRoute, type RouteResult, type RouteSpec, type Router, type RouterOptions } from './router.js';
 import { noneMatch, Snapshot, SnapshotMap, type SnapshotRead } from './snapshot.js';
@@ -20,7 +21,8 @@ import {
   configEnvelopeSchema,
   evaluateBodySchema,
   evaluationSchema,
-  fenceListingSchema,
+  FENCE_PAGE_MAX_ROWS,
+  fencePageSchema,
   fencesQuerySchema,
   healthReportSchema,
   historyQuerySchema,
@@ -55,6 +57,7 @@ import {
   type ConfigEnvelope,
   type DirectoryPageView,
   type FenceListingView,
+  type FencePageView,
   type HistoryView,
   type RebalanceCheckView,
   type RouteView,
@@ -219,12 +222,16 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
   const routeAnswers = new SnapshotMap<RouteView>({ ...live, maxKeys: 256 });
   const directoryPages = new SnapshotMap<DirectoryPageView>(live);
   const fenceListings = new SnapshotMap<FenceListingView>(live);
+  // A page of a listing (GET /shards/fences): its own snapshot (its own ETag), cut from the
+  // listing's, so that reading every page reads the shards once a second, not once a page.
+  const fencePages = new SnapshotMap<FencePageView>(live);
   /** Where keys live changes when a move is done: whoever saw it done reads the new place next. */
   const renewPlacement = (): void => {
     routeAnswers.invalidate();
     directoryPages.invalidate();
     // A move done has released or cleaned its fence rows.
     fenceListings.invalidate();
+    fencePages.invalidate();
     snapshots.onRenew?.();
   };
   /**
@@ -524,14 +531,23 @@ export function scalingRoutes(port: ScalingApiPort, snapshots: ReadSnapshotOptio
       operationId: 'listFences',
       summary: 'List the write fence rows no live move explains',
       description:
-        "Per shard, the write_fences rows no live move explains (a hand change of the slot map or of a pin that did not finish, a moved row on the shard the map names, rows left to the operator), each with what it does to the unit's writes and what `ca-dms-scaling shards fences --settle` would do with it or why it would not; all=true lists the explained rows too. The same listing as the CLI without --settle, read without its lock: it never holds up a hand change, and so cannot tell whether one is in flight (--settle checks that before it reopens a row). Each shard is read within health_check_timeout_seconds; one that does not answer is listed under unreachable. Changes nothing: settling stays with the CLI (docs/sharding-spec.md section 9).",
+        "Per shard, the write_fences rows no live move explains (a hand change of the slot map or of a pin that did not finish, a moved row on the shard the map names, rows left to the operator), each with what it does to the unit's writes and what `ca-dms-scaling shards fences --settle` would do with it or why it would not; all=true lists the explained rows too. The same listing as the CLI without --settle, read without its lock: it never holds up a hand change, and so cannot tell whether one is in flight (--settle checks that before it reopens a row). Each shard is read within health_check_timeout_seconds; one that does not answer is listed under unreachable. A page at a time (limit, default and at most 1000 rows; next_cursor leads to the next page), in order of shard, kind and unit: a listing grows with the moves made (every key a directory move took off its slot's owner leaves a listed row there), and whole it outgrew the 6 MB a Lambda function may answer. Changes nothing: settling stays with the CLI (docs/sharding-spec.md section 9).",
       tags: ['shards'],
       query: fencesQuerySchema,
       responses: {
-        200: { description: 'the listing (a snapshot at most 1 s old, renewed once a move is seen done)', schema: fenceListingSchema, headers: SNAPSHOT_HEADERS },
+        200: { description: 'a page of the listing (a snapshot at most 1 s old, renewed once a move is seen done)', schema: fencePageSchema, headers: SNAPSHOT_HEADERS },
         304: NOT_MODIFIED,
       },
-      handle: async ({ query, request }) => fromSnapshot(() => fenceListings.read(JSON.stringify({ all: query.all === 'true' }), () => port.shardFences({ all: query.all === 'true' })), request),
+      handle: async ({ query, request }) => {
+        const after = query.cursor === undefined ? undefined : fenceCursorAfter(query.cursor);
+        if (query.cursor !== undefined && after === undefined) {
+          throw new ProblemError(400, 'query.cursor: is not a cursor this API returned', { title: 'Invalid request', invalidParams: [{ name: 'query.cursor', reason: 'is not a cursor this API returned' }] });
+        }
+        const all = query.all === 'true';
+        const limit = query.limit ?? FENCE_PAGE_MAX_ROWS;
+        const listing = async (): Promise<FenceListingView> => (await fenceListings.read(JSON.stringify({ all }), () => port.shardFences({ all }))).value;
+        return fromSnapshot(() => fencePages.read(JSON.stringify({ all, limit, cursor: query.cursor ?? null }), async () => fencePage(await listing(), { limit, after })), request);
+      },
     }),
     defineRoute({
       method: 'POST',

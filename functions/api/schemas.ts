@@ -506,8 +506,23 @@ export const rebalanceCheckSchema = z.object({
   }),
 });
 
+/** The most rows one page of GET /shards/fences holds, and its default (see {@link fencesQuerySchema}). */
+export const FENCE_PAGE_MAX_ROWS = 1000;
+
 export const fencesQuerySchema = z.strictObject({
   all: z.enum(['true', 'false']).optional().describe('true lists the explained rows too: open rows, a live move\'s, a moved row on a shard the map does not name (default false)'),
+  // Paged, as the directory is: every key a directory move took off its slot's owner leaves a
+  // listed row there, and all=true lists every row of every shard, so a listing grows with the
+  // moves made; whole, past about 14,000 rows it was more than the 6 MB a Lambda function may
+  // answer, and API Gateway answered 502 (hand-changes-rds-logins.test.ts).
+  limit: z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(1).max(FENCE_PAGE_MAX_ROWS))
+    .optional()
+    .describe(`rows per page, 1 to ${FENCE_PAGE_MAX_ROWS} (default ${FENCE_PAGE_MAX_ROWS})`),
+  cursor: z.string().max(1024).optional().describe("the previous page's next_cursor (with the same all)"),
 });
 export const fenceListingSchema = z.object({
   mapVersion: z.number().int().describe('the latest slot map\'s version, which the rows were judged against'),
@@ -529,6 +544,11 @@ export const fenceListingSchema = z.object({
   ),
   explained: z.number().int().describe('rows not listed (without all=true): open rows, a live move\'s, a moved row on a shard the map does not name'),
   unreachable: z.array(z.string()).describe(`shards whose rows could not be read in time, each as "shard (reason)", the reason ${FAILURE_KIND}: their rows are not listed`),
+});
+/** One page of the listing: its rows in (shard, kind, unit) order, code point by code point, and where the next page starts. */
+export const fencePageSchema = fenceListingSchema.extend({
+  rows: fenceListingSchema.shape.rows.describe(`the page's rows, in order of shard, kind and unit (code point by code point); at most limit (default ${FENCE_PAGE_MAX_ROWS})`),
+  next_cursor: z.string().nullable().describe('pass as cursor (with the same all) for the next page; null on the last page. mapVersion, explained and unreachable are those of the listing each page was cut from'),
 });
 
 const tableSummaries = z.record(z.string(), z.object({ rows: z.number(), checksum: z.string() }));

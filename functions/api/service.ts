@@ -10,6 +10,7 @@ import type {
   DirectoryQuery,
   evaluationSchema,
   fenceListingSchema,
+  fencePageSchema,
   healthReportSchema,
   historySchema,
   HistoryQuery,
@@ -46,6 +47,8 @@ export type ShardHealthView = DeepReadonly<z.input<typeof healthReportSchema>>;
 export type ShardStatisticsView = DeepReadonly<z.input<typeof statisticsReportSchema>>;
 export type RebalanceCheckView = DeepReadonly<z.input<typeof rebalanceCheckSchema>>;
 export type FenceListingView = DeepReadonly<z.input<typeof fenceListingSchema>>;
+/** One page of a {@link FenceListingView}, as GET /shards/fences answers it. */
+export type FencePageView = DeepReadonly<z.input<typeof fencePageSchema>>;
 /** A move job; `id` is text and times are ISO 8601 strings, as in the JSON. */
 export type MoveJobView = DeepReadonly<z.input<typeof moveJobSchema>>;
 

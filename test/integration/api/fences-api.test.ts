@@ -176,13 +176,17 @@ describe('GET /shards/fences', () => {
     }
   }, 60_000);
 
-  it('refuses a bad or unknown query parameter with 400 naming it (settling is not offered)', async () => {
+  it('refuses a bad or unknown query parameter with 400 naming it (settling is not offered; a page holds at most 1000 rows; a cursor is one the API returned)', async () => {
     const bad = await h.fetchJson(`${API}/shards/fences?all=yes`);
     const settle = await h.fetchJson(`${API}/shards/fences?settle=true`);
+    const limit = await h.fetchJson(`${API}/shards/fences?limit=1001`);
+    const cursor = await h.fetchJson(`${API}/shards/fences?cursor=${Buffer.from('k:tenant-42').toString('base64url')}`);
 
-    expect([bad.status, settle.status]).toEqual([400, 400]);
+    expect([bad.status, settle.status, limit.status, cursor.status]).toEqual([400, 400, 400, 400]);
     expect((bad.body as Problem).invalid_params?.map((p) => p.name)).toEqual(['query.all']);
     expect((settle.body as Problem).invalid_params?.map((p) => p.name)).toEqual(['query.settle']);
+    expect((limit.body as Problem).invalid_params?.map((p) => p.name)).toEqual(['query.limit']);
+    expect((cursor.body as Problem).invalid_params).toEqual([{ name: 'query.cursor', reason: 'is not a cursor this API returned' }]);
   });
 
   it('lists a shard that does not answer within health_check_timeout_seconds as unreachable, and the other shards\' rows still', async () => {
