@@ -4,6 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
+import { databaseUrlProblem } from '../../functions/handlers/shared/shard-urls.js';
 
 /** Where a command writes; injected so tests and the dispatcher share one path. */
 export interface CliIo {
@@ -178,27 +179,14 @@ export function choiceFlag<T extends string>(values: readonly [T, ...T[]]): z.Zo
   });
 }
 
-const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1', '[::1]']);
-
 /**
  * A database URL flag: postgresql:// (or postgres://), and `sslmode=verify-full` for any host but
- * loopback (TLS is always verified).
+ * loopback (TLS is always verified); the rule every shard URL is read by (shard-urls.ts), and
+ * never repeated with its password.
  */
 export const databaseUrl = z.string().transform((raw, ctx) => {
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    ctx.addIssue({ code: 'custom', message: `expected a postgresql:// URL, got "${raw}"` });
-    return z.NEVER;
-  }
-  if (url.protocol !== 'postgresql:' && url.protocol !== 'postgres:') {
-    ctx.addIssue({ code: 'custom', message: `expected a postgresql:// URL, got "${url.protocol}//..."` });
-    return z.NEVER;
-  }
-  if (!LOOPBACK.has(url.hostname) && url.searchParams.get('sslmode') !== 'verify-full') {
-    ctx.addIssue({ code: 'custom', message: `${url.hostname} is not loopback: add sslmode=verify-full (TLS is always verified)` });
-    return z.NEVER;
-  }
-  return raw;
+  const problem = databaseUrlProblem(raw);
+  if (problem === undefined) return raw;
+  ctx.addIssue({ code: 'custom', message: problem });
+  return z.NEVER;
 });

@@ -9,6 +9,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import { reviewFences, type FenceReview } from '../../functions/adapters/postgres/fence-review.js';
 import { createPool } from '../../functions/handlers/shared/db.js';
+import { parseShardUrls, shardUrlsById, ShardUrlsError } from '../../functions/handlers/shared/shard-urls.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
 import { databaseUrl, EXIT_FAILURE, numberFlag, parseFlags, UsageError } from './kit.js';
 
@@ -35,8 +36,10 @@ unit, job, moved_to, map version and what it does to the unit's writes.
                       lock catalog.owner_change_review (the control login, or the owner)
   --shard SHARD       a shard as ID=URL (its id, as the sharding configuration names it, and its
                       primary's URL); repeat or comma-separate
-                      (default: $SHARD_DATABASE_URLS as ID=URL,...); a login that may write
-                      write_fences (the mover's, or the owner) for --settle
+                      (default: $SHARD_DATABASE_URLS, a JSON array or comma-separated list of
+                      ID=URL pairs; URLs without ids are the shards of $SHARDING_CONFIG_JSON in its
+                      order, and refused without it); a login that may write write_fences (the
+                      mover's, or the owner) for --settle
 
 Exit code 0 when nothing is left for the operator, 1 when some row still needs them (or a shard
 could not be read), 2 for bad flags.
@@ -62,22 +65,18 @@ const flagsSchema = z.object({
   help: z.boolean().optional(),
 });
 
-const SHARD_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
-
-/** `ID=URL` pairs, from the flag or the variable named `source`. */
-function parseShards(raw: readonly string[], source: string): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const entry of raw.flatMap((s) => s.split(',')).map((s) => s.trim()).filter((s) => s.length > 0)) {
-    const at = entry.indexOf('=');
-    const id = at < 0 ? '' : entry.slice(0, at);
-    if (!SHARD_ID.test(id)) throw new UsageError(`${source}: expected ID=URL (a shard id as the sharding configuration names it, then its primary's URL), got "${entry.slice(0, 60)}"`);
-    const url = databaseUrl.safeParse(entry.slice(at + 1));
-    if (!url.success) throw new UsageError(`${source}: shard ${id}: ${url.error.issues[0]?.message ?? 'invalid URL'}`);
-    if (out.has(id)) throw new UsageError(`${source}: shard ${id} is given twice`);
-    out.set(id, url.data);
+/**
+ * Every shard's URL by its id, from the flag or the variable, read as every reader reads
+ * SHARD_DATABASE_URLS (shard-urls.ts): ID=URL pairs, or URLs numbered by SHARDING_CONFIG_JSON's
+ * shards; the rows of a URL read under another shard's id would be judged by the map of the other.
+ */
+function parseShards(raw: string | readonly string[], source: string, env: Record<string, string | undefined>): Map<string, string> {
+  try {
+    return shardUrlsById(parseShardUrls(raw, source), source, env);
+  } catch (error) {
+    if (error instanceof ShardUrlsError) throw new UsageError(error.message, { cause: error });
+    throw error;
   }
-  if (out.size === 0) throw new UsageError(`${source}: no shard given: name every shard primary as ID=URL`);
-  return out;
 }
 
 /** The review as lines an operator reads. */
@@ -115,7 +114,7 @@ export function createShardsCommand(env: Record<string, string | undefined> = pr
     if (catalogRaw === undefined) throw new UsageError('--catalog-url: is required (or set CATALOG_DATABASE_URL)');
     const catalogUrl = databaseUrl.safeParse(catalogRaw);
     if (!catalogUrl.success) throw new UsageError(`CATALOG_DATABASE_URL: ${catalogUrl.error.issues[0]?.message ?? 'invalid'}`);
-    const shardUrls = flags.shard !== undefined ? parseShards(flags.shard, '--shard') : parseShards([env['SHARD_DATABASE_URLS'] ?? ''], 'SHARD_DATABASE_URLS');
+    const shardUrls = flags.shard !== undefined ? parseShards(flags.shard, '--shard', env) : parseShards(env['SHARD_DATABASE_URLS'] ?? '', 'SHARD_DATABASE_URLS', env);
     const pools: pg.Pool[] = [];
     try {
       const overrides = { max: 2, connectionTimeoutMillis: 10_000 };

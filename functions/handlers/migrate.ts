@@ -15,7 +15,7 @@ import { awsClients, type AwsClients } from './shared/aws.js';
 import { CATALOG_STATEMENT_TIMEOUT_MS, createPool, readSecret } from './shared/db.js';
 import { parseMigrationEnv, type MigrationEnv } from './shared/env.js';
 import { withPowertools } from './shared/middleware.js';
-import { migrateAll, type MigrationSummary } from './shared/migrations.js';
+import { migrateAll, shardLabel, type MigrationSummary } from './shared/migrations.js';
 import { logger, metrics } from './shared/powertools.js';
 import { loadParameterEnv } from './shared/parameter-env.js';
 
@@ -69,7 +69,8 @@ export function createMigrateHandler(deps: () => { env: MigrationEnv; clients: P
         pools.push(pool);
         shards.push(pool);
       }
-      const results: MigrationSummary[] = await migrateAll({ catalog, shards, ...(env.migrationsDir === undefined ? {} : { dir: env.migrationsDir }) });
+      const shardIds = env.shards.map((s) => s.id);
+      const results: MigrationSummary[] = await migrateAll({ catalog, shards, shardIds, ...(env.migrationsDir === undefined ? {} : { dir: env.migrationsDir }) });
       const applied = results.flatMap((r) => r.applied.map((name) => `${r.target}: ${r.set}/${name}`));
       logger.info('migrations applied', { requestType: e.RequestType, applied });
       // Every other function's least-privilege login, each from its own secret: only this
@@ -90,7 +91,7 @@ export function createMigrateHandler(deps: () => { env: MigrationEnv; clients: P
           [env.moverSecrets, MOVER_ROLE],
         ] as const) {
           const arn = arns[i];
-          if (arn !== undefined) await ensure(shard, arn, { role }, `shard ${i + 1}`);
+          if (arn !== undefined) await ensure(shard, arn, { role }, shardLabel(i, shardIds[i]));
         }
       }
       metrics.addMetric('MigrationsApplied', MetricUnit.Count, applied.length);

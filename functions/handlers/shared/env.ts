@@ -14,6 +14,7 @@ import { secretArnSchema as secretArn } from '../../adapters/aws/database-secret
 import { applyScalingEnv, issuesOf, ScalingConfigError, type ScalingConfig } from '../../core/scaling/config.js';
 import { parseJsonText } from '../../core/json-text.js';
 import { parseTopology, TopologyError, type Topology } from '../../adapters/aws/topology.js';
+import { shardUrlsSchema } from './shard-urls.js';
 
 /** An environment variable is missing or malformed; `issues` names each one. */
 export class EnvironmentError extends Error {
@@ -68,8 +69,11 @@ const migrationSchema = z
     ...databaseShape,
     /** Shard primaries' secrets (JSON array of ARNs). */
     SHARD_DB_SECRET_ARNS: jsonText(z.array(secretArn)).default([]),
-    /** Shard primaries' URLs instead of secrets (local mode and tests; JSON array). */
-    SHARD_DATABASE_URLS: jsonText(z.array(databaseUrl)).default([]),
+    /**
+     * Shard primaries' URLs instead of secrets (local mode and tests): a JSON array, or
+     * comma-separated, of URLs or ID=URL pairs, read as every other reader reads it (shard-urls.ts).
+     */
+    SHARD_DATABASE_URLS: shardUrlsSchema.default([]),
     /**
      * The CA-DMS application's login per shard (JSON array of secret ARNs, in the order of
      * SHARD_DB_SECRET_ARNS): the migrations create each user as a member of `ca_dms_app`.
@@ -135,7 +139,8 @@ function catalogLocation(e: { CATALOG_DB_SECRET_ARN?: string | undefined; CATALO
 
 export interface MigrationEnv {
   readonly catalog: DatabaseLocation;
-  readonly shards: readonly DatabaseLocation[];
+  /** `SHARD_DB_SECRET_ARNS`, then `SHARD_DATABASE_URLS` (with the id its entry gives, if any), in order. */
+  readonly shards: ReadonlyArray<DatabaseLocation & { readonly id?: string }>;
   /** Per shard (same order as `shards`, or empty): the application login's secret. */
   readonly appSecrets: readonly string[];
   /** Per shard (same order as `shards`, or empty): the scaling API's monitor login's secret. */
@@ -154,7 +159,7 @@ export function parseMigrationEnv(env: Record<string, string | undefined>): Migr
   const e = parsed.data;
   return {
     catalog: catalogLocation(e),
-    shards: [...e.SHARD_DB_SECRET_ARNS.map((secretArn) => ({ secretArn })), ...e.SHARD_DATABASE_URLS.map((url) => ({ url }))],
+    shards: [...e.SHARD_DB_SECRET_ARNS.map((secretArn) => ({ secretArn })), ...e.SHARD_DATABASE_URLS.map((s) => (s.id === undefined ? { url: s.url } : { url: s.url, id: s.id }))],
     appSecrets: e.SHARD_APP_SECRET_ARNS,
     monitorSecrets: e.SHARD_MONITOR_SECRET_ARNS,
     moverSecrets: e.SHARD_MOVER_SECRET_ARNS,

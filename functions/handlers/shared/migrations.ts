@@ -21,15 +21,23 @@ export const CATALOG_SETS = ['catalog', 'sharding'] as const;
 export const SHARD_SET = 'shard';
 
 export interface MigrationSummary {
-  /** `catalog` or `shard N` (1-based, in the order given). */
+  /** `catalog`, the shard's id where the caller gave one (`SHARD_DATABASE_URLS` as ID=URL), else `shard N` (1-based, in the order given). */
   readonly target: string;
   readonly set: string;
   readonly applied: readonly string[];
   readonly alreadyApplied: number;
 }
 
-/** Applies the pending migrations of every set; stops at the first failure (MigrationError). */
-export async function migrateAll(opts: { catalog: pg.Pool; shards: readonly pg.Pool[]; dir?: string }): Promise<MigrationSummary[]> {
+/** How a shard is named in the summary and the logs: its id where one was given, else its position (`shard N`, 1-based). */
+export function shardLabel(i: number, id: string | undefined): string {
+  return id ?? `shard ${i + 1}`;
+}
+
+/**
+ * Applies the pending migrations of every set; stops at the first failure (MigrationError).
+ * `shardIds`, in the order of `shards`, names each shard given an id.
+ */
+export async function migrateAll(opts: { catalog: pg.Pool; shards: readonly pg.Pool[]; shardIds?: readonly (string | undefined)[]; dir?: string }): Promise<MigrationSummary[]> {
   const dir = opts.dir ?? DEFAULT_MIGRATIONS_DIR;
   const out: MigrationSummary[] = [];
   for (const set of CATALOG_SETS) {
@@ -38,7 +46,7 @@ export async function migrateAll(opts: { catalog: pg.Pool; shards: readonly pg.P
   }
   for (const [i, shard] of opts.shards.entries()) {
     const r = await runMigrations(shard, SHARD_SET, join(dir, SHARD_SET));
-    out.push({ target: `shard ${i + 1}`, set: SHARD_SET, applied: r.applied, alreadyApplied: r.alreadyApplied });
+    out.push({ target: shardLabel(i, opts.shardIds?.[i]), set: SHARD_SET, applied: r.applied, alreadyApplied: r.alreadyApplied });
   }
   return out;
 }

@@ -66,6 +66,6 @@ describe('ca-dms-scaling migrate', () => {
   it('names a bad shard URL from the environment', async () => {
     const run = createMigrateCommand({ CATALOG_DATABASE_URL: server.urlFor('cli_catalog'), SHARD_DATABASE_URLS: 'mysql://x' }).run([], capture().io);
 
-    await expect(run).rejects.toThrow('SHARD_DATABASE_URLS: expected a postgresql:// URL, got "mysql:');
+    await expect(run).rejects.toThrow('SHARD_DATABASE_URLS: entry 1: expected a postgresql:// URL, got "mysql://..."');
   });
 });
