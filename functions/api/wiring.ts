@@ -27,7 +27,7 @@ import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, t
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
 import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
-import { ShardInspectionError, type HealthReport, type RebalanceCensus, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
+import { ShardInspectionError, type HealthReport, type InspectionFailure, type RebalanceCensus, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
@@ -66,6 +66,14 @@ export interface ShardingDeps {
   readonly maxLagBytes?: number;
   /** Runs a planned move to completion in the background (local mode: in-process; AWS: a worker). */
   readonly runMove: (id: number) => void;
+  /**
+   * Told the driver's or the server's own error of each failure an answer names by its kind only
+   * (a 503 when the catalog or a shard does not answer a move's request or the fence listing, a
+   * recommendation whose rebalance check failed): its text (addresses, logins, relations) is for
+   * the log, never for a response (README). The runtime's sink, the inspector's
+   * (`ShardingRuntime.reportFailure`), where built by {@link shardingDepsOf}.
+   */
+  readonly onFailure?: (failure: InspectionFailure) => void;
 }
 
 /** The API's view of an assembled sharding layer; `runMove` decides where moves run. */
@@ -80,6 +88,7 @@ export function shardingDepsOf(runtime: ShardingRuntime, runMove: (id: number) =
     maxLagSeconds: runtime.config.max_replica_lag_seconds,
     maxLagBytes: runtime.config.max_replica_lag_bytes,
     runMove,
+    onFailure: (failure) => runtime.reportFailure(failure),
   };
 }
 
@@ -161,9 +170,10 @@ const STATEMENT_CANCELED = '57014';
  * a refused or dropped connection, the client's query timeout, the server's statement timeout)
  * as the API's "unavailable": a 503 with a retry hint, not an internal error.
  * The failure is named by its kind (sqlstate.ts `failureKind`): the driver's and the server's own
- * text names addresses and ports (`connect ECONNREFUSED 10.0.3.17:5432`), which stay in `cause`.
+ * text names addresses and ports (`connect ECONNREFUSED 10.0.3.17:5432`), which goes to `report`
+ * (the log: nothing logs a problem's `cause`, and an operator must find why the 503s came).
  */
-async function reachable<T>(what: string, work: () => Promise<T>): Promise<T> {
+async function reachable<T>(what: string, work: () => Promise<T>, report: ((failure: InspectionFailure) => void) | undefined): Promise<T> {
   try {
     return await work();
   } catch (err) {
@@ -173,9 +183,19 @@ async function reachable<T>(what: string, work: () => Promise<T>): Promise<T> {
     // conflict) are answers, whatever their cause.
     const failure = err instanceof MoveError && err.name === 'MoveError' ? err.cause : err;
     if (!(failure instanceof MoveError) && (isNodeFailure(failure) || (failure as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) {
+      reportSafely(report, { what, error: failure });
       throw new UnavailableError(`${what}: the catalog or a shard did not answer (${failureKind(failure)}); try again shortly`, { cause: err });
     }
     throw err;
+  }
+}
+
+/** Hands `failure` to `report`; a throwing logger must not change the answer. */
+function reportSafely(report: ((failure: InspectionFailure) => void) | undefined, failure: InspectionFailure): void {
+  try {
+    report?.(failure);
+  } catch {
+    // The answer states the failure's kind either way.
   }
 }
 
@@ -634,7 +654,13 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
             // As GET /shards/rebalance-check plans, from the same measurement.
             const { census, inFlight } = await rebalanceCensus();
             return { result: await s.inspector.planRebalance(census, { maxUnitRows: s.mover.maxUnitRows }), inFlight };
-          })().catch((err: unknown) => ({ failed: rebalanceFailure(err) })),
+          })().catch((err: unknown) => {
+            const failed = rebalanceFailure(err);
+            // A 503 names its shard (the inspector logged the driver's text); a 409 is a state of
+            // the shards. A 500 is the catalog's or the driver's failure, told by its kind only.
+            if (failed.status === 500) reportSafely(s.onFailure, { what: 'rebalance check (GET /recommendations)', error: err });
+            return { failed };
+          }),
         ]);
         shards = {
           ...('failed' in check ? { rebalanceUnavailable: check.failed } : {}),
@@ -735,6 +761,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           request.kind === 'slot'
             ? s.mover.plan({ kind: 'slot', slot: slotNumber(request.unit), to: request.to, createdBy: actor, reason: 'POST /shards/moves' })
             : s.mover.plan({ kind: 'directory', key: request.unit, to: request.to, createdBy: actor, reason: 'POST /shards/moves' }),
+          s.onFailure,
         );
         s.runMove(job.id);
         return jobView(job);
@@ -775,14 +802,14 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     async shardFences({ all }) {
       const s = sharding();
       // A shard that does not answer in time is listed unreachable; the catalog not answering is a 503.
-      return reachable('listing the fence rows', () => s.fences.list({ all }));
+      return reachable('listing the fence rows', () => s.fences.list({ all }), s.onFailure);
     },
 
     async cancelMove(id) {
       const s = sharding();
       if (!/^\d{1,15}$/.test(id)) throw new NotFoundError(`no move ${id}`);
       try {
-        const job = await reachable(`cancelling move ${id}`, () => s.mover.requestCancel(Number(id)));
+        const job = await reachable(`cancelling move ${id}`, () => s.mover.requestCancel(Number(id)), s.onFailure);
         // Where moves run in this process (local mode), the rollback starts now.
         s.runMove(job.id);
         return jobView(job);
@@ -799,7 +826,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const s = sharding();
       if (!/^\d{1,15}$/.test(id)) throw new NotFoundError(`no move ${id}`);
       try {
-        return jobView(await reachable(`reading move ${id}`, () => s.mover.get(Number(id))));
+        return jobView(await reachable(`reading move ${id}`, () => s.mover.get(Number(id)), s.onFailure));
       } catch (err) {
         if (err instanceof MoveRequestError) throw new NotFoundError(`no move ${id}`, { cause: err });
         throw err;

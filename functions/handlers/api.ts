@@ -79,8 +79,10 @@ async function buildAwsPort(): Promise<ScalingApiPort> {
         pools: { max: 2, ...(credentials ? { credentials } : {}) },
         // Health and the rebalance headroom rule add what RDS and its CloudWatch metrics say.
         cloud: new RdsInventory({ rds: rdsClient(), cloudwatch: awsClients().cloudwatch }),
-        // The responses name a failed shard's failure by its kind only; the driver's text is logged here.
-        onInspectionFailure: ({ error, ...about }) => logger.warn('shard inspection failed', { ...about, error: error instanceof Error ? error : String(error) }),
+        // The responses name a failure by its kind only (a shard's in health, statistics and the
+        // fence listing; the catalog's or a shard's in a 503 of the moves endpoints and in the
+        // recommendations): the driver's text is logged here, `what` saying which.
+        onInspectionFailure: ({ error, ...about }) => logger.warn('shard or catalog failure (the response names its kind only)', { ...about, error: error instanceof Error ? error : String(error) }),
       })
     : undefined;
   return createScalingApiPort({

@@ -232,8 +232,12 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     const shardingConfig = localShardingConfig(cluster.shards, options.env);
     const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' },
       readReplicas: true,
-      // The API's answers name a failed shard's failure by its kind only; the driver's text is printed here.
-      onInspectionFailure: ({ what, nodeId, shardId, error }) => say(`inspection: ${what} of ${nodeId ?? shardId ?? 'the cloud inventory'} failed: ${error instanceof Error ? error.message : String(error)}`),
+      // The API's answers name a failure by its kind only (a shard's, or the catalog's behind a
+      // 503 of the moves endpoints); the driver's text is printed here.
+      onInspectionFailure: ({ what, nodeId, shardId, error }) => {
+        const where = nodeId ?? shardId;
+        say(`failed: ${what}${where === undefined ? '' : ` of ${where}`}: ${error instanceof Error ? error.message : String(error)}`);
+      },
       ...(options.moveDrainTimeoutMs !== undefined ? { moveDrainTimeoutMs: options.moveDrainTimeoutMs } : {}),
     });
     cleanup.push(() => within(STOP_STEP_WAIT_MS, sharding.close()));

@@ -34,7 +34,7 @@
  */
 import type pg from 'pg';
 import { slotOf } from '../../core/sharding/hash.js';
-import { withNodeDeadline } from './deadline.js';
+import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline } from './deadline.js';
 import { failureKind } from './sqlstate.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -89,10 +89,47 @@ export interface FenceReviewOptions {
   readonly olderThanMs?: number;
   /** List the explained rows too. */
   readonly all?: boolean;
+  /**
+   * The whole review ends within this many ms (default {@link DEFAULT_REVIEW_TIMEOUT_MS}),
+   * whatever bounds the pools have (none, for a plain `new pg.Pool()`): the catalog's checkout
+   * and statements, every shard's read (in parallel, within half the time left, so that a silent
+   * shard leaves time to settle the others' rows) and every settle share it. A shard that does
+   * not answer in time is listed unreachable, a row whose settle does not is left and said so, and
+   * none is begun after it; a catalog that does not answer ends the review with
+   * {@link FenceReviewTimeoutError}. Each step had a bound of its own before (a pool's, the settle's
+   * lock timeout), but not the whole: a caller waited on every silent shard in turn, and on a pool
+   * without timeouts for ever, holding `catalog.owner_change_review` (every hand change meanwhile
+   * refused) all the while.
+   */
+  readonly timeoutMs?: number;
 }
 
 /** {@link FenceReviewOptions.olderThanMs}'s default: far past any hand change's fence-to-commit time (its counts are bounded by 10 s a shard). */
 export const DEFAULT_REVIEW_MIN_AGE_MS = 15 * 60_000;
+
+/** {@link FenceReviewOptions.timeoutMs}'s default: a review reads each shard once and settles a row in a few ms; two minutes is far past a sound one. */
+export const DEFAULT_REVIEW_TIMEOUT_MS = 120_000;
+
+/**
+ * How much of the review's time is kept for the catalog at the end (the judging reads before
+ * the settles, the commit that lets the review's lock go): the shards' reads and the settles end
+ * this much before the deadline, at most a quarter of it.
+ */
+const CATALOG_RESERVE_MS = 1_000;
+
+/** The review did not end within its deadline because the catalog did not answer in time; see {@link FenceReviewOptions.timeoutMs}. */
+export class FenceReviewTimeoutError extends Error {
+  override readonly name = 'FenceReviewTimeoutError';
+  constructor(
+    readonly timeoutMs: number,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `the fence review did not end within ${timeoutMs} ms: the catalog did not answer in time, and the review's transaction was given up (catalog.owner_change_review is let go once the server ends it); a row settled before then stays settled, each by its own compare-and-set: run the review again once the catalog answers`,
+      options,
+    );
+  }
+}
 
 const FINISHED = new Set(['done', 'failed', 'cancelled']);
 
@@ -112,10 +149,27 @@ interface FenceRowRead {
 /** Lists the fence rows no live move explains, on every shard given, and settles the safe ones with `settle`; see the module. */
 export async function reviewFences(options: FenceReviewOptions): Promise<FenceReview> {
   const minAge = options.olderThanMs ?? DEFAULT_REVIEW_MIN_AGE_MS;
-  const catalog = await options.catalog.connect();
+  const timeoutMs = options.timeoutMs ?? DEFAULT_REVIEW_TIMEOUT_MS;
+  checkDeadlineMs('timeoutMs', timeoutMs);
+  const deadlineAt = Date.now() + timeoutMs;
+  // The shards' reads and the settles end early enough for the catalog's last statements.
+  const shardsBy = deadlineAt - Math.min(CATALOG_RESERVE_MS, timeoutMs / 4);
+  let catalog: pg.PoolClient;
+  try {
+    catalog = await connectBy(options.catalog, deadlineAt, 'catalog');
+  } catch (err) {
+    throw err instanceof DeadlinePassedError ? new FenceReviewTimeoutError(timeoutMs, { cause: err }) : err;
+  }
+  // At the deadline the catalog's statement is cancelled, and a catalog that answers not even that
+  // is dropped: the review never waits on it past the deadline and its grace.
+  const guard = holdToDeadline(catalog, deadlineAt);
+  const quiet = quietWhileHeld(catalog);
+  let failure: unknown;
   let broken = false;
   try {
-    await catalog.query('begin');
+    // A catalog whose path goes silent never hears the review's end: the server ends the
+    // transaction itself (and lets catalog.owner_change_review go) soon after the deadline.
+    await catalog.query(`begin; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(timeoutMs + DEADLINE_GRACE_MS)}`);
     let changeInFlight: string | undefined;
     try {
       await catalog.query('savepoint review_lock');
@@ -130,15 +184,24 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
       await catalog.query('rollback to savepoint review_lock; release savepoint review_lock');
       changeInFlight = 'a hand change of the slot map holds catalog.owner_change_review (it is between its fence and its commit), or another review settling the rows does: no row was reopened; try again once it has ended';
     }
-    const unreachable: string[] = [];
-    const read = new Map<string, FenceRowRead[]>();
-    for (const [shard, pool] of options.shards) {
-      try {
-        read.set(shard, (await pool.query<FenceRowRead>(fenceRowsSql(options.all === true))).rows);
-      } catch (err) {
-        unreachable.push(`${shard} (${err instanceof Error ? err.message : String(err)})`);
-      }
-    }
+    // In parallel, each within half the time left: one after another, every silent shard cost the
+    // next its time, and a silent shard given all of it left none to settle the others' rows. The
+    // map is read after all of them (judgeRows), whatever order they answered in.
+    const readMs = Math.max(0, Math.floor((shardsBy - Date.now()) / 2));
+    const readsBy = Date.now() + readMs;
+    const reads = await Promise.all(
+      [...options.shards].map(async ([shard, pool]): Promise<{ shard: string; rows?: FenceRowRead[]; error?: string }> => {
+        try {
+          const late = (): Error => new Error(`no answer within ${readMs} ms, half the time the review had left of its ${timeoutMs} ms`);
+          const rows = await byDeadline(pool.query<FenceRowRead>(fenceRowsSql(options.all === true)), readsBy, late);
+          return { shard, rows: rows.rows };
+        } catch (err) {
+          return { shard, error: err instanceof Error ? err.message : String(err) };
+        }
+      }),
+    );
+    const unreachable = reads.flatMap((r) => (r.error === undefined ? [] : [`${r.shard} (${r.error})`]));
+    const read = new Map(reads.flatMap((r) => (r.rows === undefined ? [] : [[r.shard, r.rows] as const])));
     // No owner change or move writes a row `moved` to the shard that holds it: such a row was read
     // through the URL of another shard (the ID=URL pairs swapped, or one URL given twice), whose
     // `moved` rows, sending writes to the map's owner, looked like rows on that owner and were
@@ -159,17 +222,41 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
         reviewed.push(options.settle === true && row.action !== 'none' ? { ...row, outcome: `left: ${row.withheld ?? 'nothing to do'}` } : row);
         continue;
       }
-      reviewed.push({ ...row, outcome: await settleRow(options.shards.get(shard) as Queryable, r, row, map.version) });
+      // None begun once the time is up: the catalog's lock, which a reopen needs held, goes with it.
+      const outcome = Date.now() < shardsBy ? await settleRow(options.shards.get(shard) as Queryable, r, row, map.version, shardsBy, timeoutMs) : `left: not tried: the review's ${timeoutMs} ms ran out (run it again)`;
+      reviewed.push({ ...row, outcome });
     }
     await catalog.query('commit');
     return { mapVersion: map.version, rows: reviewed, explained, unreachable, ...(changeInFlight === undefined ? {} : { changeInFlight }) };
   } catch (err) {
-    await catalog.query('rollback').catch(() => {
-      broken = true;
-    });
+    failure = err;
+    if (!guard.expired) {
+      await catalog.query('rollback').catch(() => {
+        broken = true;
+      });
+    }
+    // The catalog's statement ended by the deadline (cancelled, or its connection dropped).
+    if (guard.expired || (guard.cancelSent && queryCanceled(err))) throw new FenceReviewTimeoutError(timeoutMs, { cause: err });
     throw err;
   } finally {
-    catalog.release(broken || undefined);
+    guard.disarm();
+    const drop = broken || !guard.reusable(failure);
+    quiet.release(drop);
+    catalog.release(drop || undefined);
+  }
+}
+
+/** `work`, or a rejection with `late()` once `deadlineAt` (`Date.now()` ms) passes first; `work` is not waited on after. */
+async function byDeadline<T>(work: Promise<T>, deadlineAt: number, late: () => Error): Promise<T> {
+  work.catch(() => undefined);
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(late()), Math.max(0, deadlineAt - Date.now()));
+  });
+  try {
+    return await Promise.race([work, expired]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -239,42 +326,108 @@ function judge(
 /** How long a settling statement waits for a row lock on a shard (a move's or a change's statement on the row). */
 const SETTLE_LOCK_TIMEOUT_MS = 2_000;
 
-/** Settles one row as read (compare-and-set): `settled`, or why it was left. */
-async function settleRow(pool: Queryable, r: FenceRowRead, row: ReviewedFence, version: number): Promise<string> {
+/** Settles one row as read (compare-and-set), by `deadlineAt` (`Date.now()` ms): `settled`, or why it was left. */
+async function settleRow(pool: Queryable, r: FenceRowRead, row: ReviewedFence, version: number, deadlineAt: number, timeoutMs: number): Promise<string> {
   const same = `kind = $1 and unit_id = $2 and state = $3 and job_id is not distinct from $4::bigint and moved_to is not distinct from $5 and map_version = $6::bigint`;
   const args = [r.kind, r.unit_id, r.state, r.job_id, r.moved_to, r.map_version];
+  let committing = false;
   try {
-    const count = await withLockTimeout(pool, async (c) =>
-      row.action === 'reopen'
-        ? (await c.query(`delete from write_fences where ${same}`, args)).rowCount
-        : (await c.query(`update write_fences set state = 'moved', moved_to = $7, map_version = $8::bigint, updated_at = now() where ${same}`, [...args, row.owner, version])).rowCount,
+    const count = await withLockTimeout(
+      pool,
+      row.shard,
+      deadlineAt,
+      async (c) =>
+        row.action === 'reopen'
+          ? (await c.query(`delete from write_fences where ${same}`, args)).rowCount
+          : (await c.query(`update write_fences set state = 'moved', moved_to = $7, map_version = $8::bigint, updated_at = now() where ${same}`, [...args, row.owner, version])).rowCount,
+      () => {
+        committing = true;
+      },
     );
     if (count !== 1) return 'left: the row changed since it was read (a move or a change took it over)';
     return row.action === 'reopen' ? `settled: reopened (deleted), ${row.shard} takes the slot's writes` : `settled: moved to ${row.owner ?? '?'} as of version ${version}`;
   } catch (err) {
+    if (err instanceof SettleDeadlineError) {
+      return committing
+        ? `left: no answer by the review's deadline (${timeoutMs} ms) to the settle's commit, which may have been applied all the same: run the review again to see`
+        : `left: no answer by the review's deadline (${timeoutMs} ms), nothing changed (its transaction was not committed): run the review again`;
+    }
     return `left: ${err instanceof Error ? err.message : String(err)}`;
   }
 }
 
-/** Runs `fn` in a transaction of its own on one of `pool`'s connections with a bounded lock wait (a plain query where `pool` cannot lend one). */
-async function withLockTimeout<T>(pool: Queryable, fn: (c: Queryable) => Promise<T>): Promise<T> {
+/** A settle's shard did not answer by the review's deadline. */
+class SettleDeadlineError extends Error {
+  override readonly name = 'SettleDeadlineError';
+}
+
+/**
+ * Runs `fn` in a transaction of its own on one of `pool`'s connections with a bounded lock wait,
+ * all of it by `deadlineAt` (`Date.now()` ms): the checkout, the statements (the server's
+ * `statement_timeout` is the time left; at the deadline the statement is cancelled, and a shard
+ * that answers not even that has its connection dropped: never lent again). `onCommit` hears
+ * when the commit is sent: from then on the statement is not cancelled (a cancelled commit may
+ * still have committed), and a deadline passing means the outcome is not known. A plain query
+ * where `pool` cannot lend a connection, given up at the deadline.
+ */
+/**
+ * Keeps a checked-out connection's death from crashing the process: a connection dropped at the
+ * deadline (holdToDeadline), or by the server or the network, emits 'error' on its client, and
+ * the pool listens only to idle ones (fence-review-deadline.test.ts: "Connection terminated
+ * unexpectedly" uncaught). Its failure reaches the review through the statement it ends. A client
+ * given back to be reused stops listening; one dropped keeps the listener, as late events of its
+ * dead socket may still come.
+ */
+function quietWhileHeld(c: pg.PoolClient): { release(drop: boolean): void } {
+  const ignore = (): void => undefined;
+  c.on('error', ignore);
+  return {
+    release: (drop) => {
+      if (!drop) c.off('error', ignore);
+    },
+  };
+}
+
+async function withLockTimeout<T>(pool: Queryable, shard: string, deadlineAt: number, fn: (c: Queryable) => Promise<T>, onCommit: () => void): Promise<T> {
+  const late = (): Error => new SettleDeadlineError(`${shard}: no answer by the review's deadline`);
   const p = pool as Partial<pg.Pool>;
-  if (typeof p.connect !== 'function' || !('totalCount' in p)) return fn(pool);
-  const c = await (pool as pg.Pool).connect();
+  if (typeof p.connect !== 'function' || !('totalCount' in p)) return byDeadline(fn(pool), deadlineAt, late);
+  let c: pg.PoolClient;
+  try {
+    c = await connectBy(pool as pg.Pool, deadlineAt, shard);
+  } catch (err) {
+    throw err instanceof DeadlinePassedError ? late() : err;
+  }
+  let committing = false;
+  const guard = holdToDeadline(c, deadlineAt, { mayCancel: () => !committing });
+  const quiet = quietWhileHeld(c);
+  let failure: unknown;
   let broken = false;
   try {
-    await c.query('begin');
-    await c.query(`set local lock_timeout = ${SETTLE_LOCK_TIMEOUT_MS}`);
+    const left = deadlineAt - Date.now();
+    await c.query(
+      `begin; set local lock_timeout = ${serverTimeoutMs(Math.min(SETTLE_LOCK_TIMEOUT_MS, left))}; set local statement_timeout = ${serverTimeoutMs(left)}; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(left + DEADLINE_GRACE_MS)}`,
+    );
     const out = await fn(c);
+    committing = true;
+    onCommit();
     await c.query('commit');
     return out;
   } catch (err) {
-    await c.query('rollback').catch(() => {
-      broken = true;
-    });
+    failure = err;
+    if (!guard.expired && !committing) {
+      await c.query('rollback').catch(() => {
+        broken = true;
+      });
+    }
+    // Cancelled at the deadline, or dropped past its grace.
+    if (guard.expired || (guard.cancelSent && queryCanceled(err))) throw late();
     throw err;
   } finally {
-    c.release(broken || undefined);
+    guard.disarm();
+    const drop = broken || !guard.reusable(failure);
+    quiet.release(drop);
+    c.release(drop || undefined);
   }
 }
 

@@ -76,6 +76,13 @@ export interface ShardingRuntime {
   readonly moves: MovesLookup;
   /** Named leases in the catalog (one moves worker at a time). */
   readonly leases: LeaseStore;
+  /**
+   * Hands a failure that an answer names by its kind only (the API's 503 when the catalog or a
+   * shard does not answer a move's request, a recommendation whose rebalance check failed) to
+   * {@link ShardingRuntimeOptions.onInspectionFailure}, the inspector's and the fence listing's
+   * sink, so that its driver's text reaches the same log; a throwing logger changes no answer.
+   */
+  reportFailure(failure: InspectionFailure): void;
   /** Stops the replica reader and ends every shard pool (not the catalog's). */
   close(): Promise<void>;
 }
@@ -161,6 +168,13 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       mover,
       moves: createMovesLookup(catalog),
       leases: new LeaseStore(catalog),
+      reportFailure(failure) {
+        try {
+          options.onInspectionFailure?.(failure);
+        } catch {
+          // The answer states the failure's kind either way.
+        }
+      },
       async close() {
         reader?.stop();
         await closeAll();

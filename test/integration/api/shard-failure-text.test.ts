@@ -87,6 +87,49 @@ describe('shard failures in API responses', () => {
     expect(item?.evidence).toMatchObject({ status: 503, reason: expect.stringMatching(/shard_002 \(.*SQLSTATE 28P01/) as unknown });
   }, 60_000);
 
+  /**
+   * Runs `request` while catalog.move_jobs is locked, and cancels its statement once it waits on
+   * the lock (as the catalog role's statement_timeout would, SQLSTATE 57014): what it answers.
+   */
+  async function withMoveJobsCancelled<T>(request: () => Promise<T>): Promise<T> {
+    const waiting = `select pid from pg_stat_activity where pid <> pg_backend_pid() and wait_event_type = 'Lock' and query like '%catalog.move_jobs%'`;
+    const locker = await h.catalogPool.connect();
+    try {
+      await locker.query('begin');
+      await locker.query('lock table catalog.move_jobs in access exclusive mode');
+      const answer = request();
+      await expect.poll(async () => (await h.catalogPool.query(waiting)).rowCount, { timeout: 10_000 }).toBeGreaterThan(0);
+      await h.catalogPool.query(`select pg_cancel_backend(pid) from (${waiting}) w`);
+      return await answer;
+    } finally {
+      await locker.query('rollback').catch(() => undefined);
+      locker.release();
+    }
+  }
+
+  it("GET /shards/moves/{id} answers the catalog's cancelled statement with a 503 by kind, the server's text logged", async () => {
+    const before = h.inspectionFailures.length;
+
+    const res = await withMoveJobsCancelled(() => h.fetchJson(`${API}/shards/moves/424242`));
+
+    expect(res.status).toBe(503);
+    expect((res.body as { detail: string }).detail).toBe('reading move 424242: the catalog or a shard did not answer (a statement ran past its time limit); try again shortly');
+    expect(JSON.stringify(res.body)).not.toMatch(/canceling statement/);
+    expect(h.inspectionFailures.slice(before).map((f) => [f.what, (f.error as Error).message])).toEqual([['reading move 424242', 'canceling statement due to user request']]);
+  }, 60_000);
+
+  it("GET /recommendations says the rebalance check failed by kind when the catalog's statement is cancelled, the server's text logged", async () => {
+    const before = h.inspectionFailures.length;
+
+    // The port itself: GET /recommendations serves a snapshot up to 10 s old (the test before took one).
+    const body = await withMoveJobsCancelled(() => h.port.recommendations());
+
+    expect(JSON.stringify(body)).not.toMatch(/canceling statement/);
+    const items = body.items as unknown as { category: string; evidence: Record<string, unknown> }[];
+    expect(items.find((i) => i.category === 'shard_rebalance_unavailable')?.evidence).toMatchObject({ status: 500, reason: 'the check failed: a statement ran past its time limit' });
+    expect(h.inspectionFailures.slice(before).filter((f) => f.what === 'rebalance check (GET /recommendations)').map((f) => (f.error as Error).message)).toEqual(['canceling statement due to user request']);
+  }, 60_000);
+
   it('GET /shards/fences names the shard whose login is refused by kind', async () => {
     const res = await h.fetchJson(`${API}/shards/fences`);
     expectNoDriverText(res.body);
