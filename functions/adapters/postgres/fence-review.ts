@@ -5,7 +5,8 @@
  *
  * A map published by hand (`SlotMapStore.publish` / `publishByHand` with `shardPools`) fences each
  * slot it gives away on the old owner, publishes, then turns those rows `moved` and deletes the new
- * owner's older `moved` row ({@link OwnerChangeFences}). Two outcomes leave rows only SQL fixed:
+ * owner's older `moved` row ({@link OwnerChangeFences}); a pin changed by hand (`DirectoryStore.set`
+ * / `repinByHand`) does the same with the key's `directory` row. Two outcomes leave rows only SQL fixed:
  * - a change killed between its fence and its settle leaves the old owner's row `fenced` (job_id
  *   null): the map names that shard still (died before its commit) or the new owner (after it);
  * - a change inside a caller's transaction leaves its `moved` rows as they are when the caller
@@ -20,22 +21,38 @@
  *   between its fence and its commit: each holds that row FOR SHARE meanwhile), the slot has no
  *   unfinished move job, and the row was last written at least `olderThanMs` ago (a change of an
  *   older version, or through a client that holds no transaction, takes no lock);
+ * - a `moved` row is deleted only where no rows of the unit sit behind it on its shard (rows the
+ *   unit left there when it went away, read by no one since: deleted, the row let readers find them
+ *   again as the unit's, as they were then);
+ * - a key's `directory` rows by the same rules, judged by the shard the key routes to (its pin, or
+ *   its slot's owner by hash), which only the sharding configuration tells ({@link FenceReviewOptions.routing}:
+ *   whether pins override the hash); without it, or where pins route no key, they are left to the
+ *   operator, saying why. A key's `directory` row decides for the key over its slot's row on its
+ *   shard, so reopening one hands the key to that slot row: deleted where the slot row lets the key
+ *   through (none, `open`, the key in its `excluded_keys`) or the key follows its slot (routed by
+ *   hash); set `open` where the key is pinned there and the slot row is `moved` (deleted, the slot
+ *   row refused every write the pin sends there, for good); left while the slot row is `fenced` or
+ *   `incoming`. A `moved` row of a key is not reopened either where the shard it sends the writes
+ *   to holds the key's rows under no row of its own (the key's route changed past the stores:
+ *   reopened, its writes were taken where its rows are not);
  * - every statement is a compare-and-set on the row as read: a row a move or a change took over
  *   since is left, and reported so.
- * Rows of a live move (its job unfinished), `open` rows and a `moved` row on a shard the map does
- * not name (its writers re-route by the map) are explained and not listed (unless `all`); directory rows and a finished
+ * Rows of a live move (its job unfinished), `open` rows and a `moved` row on a shard the unit does
+ * not route to (its writers re-route) are explained and not listed (unless `all`); a finished
  * move's `fenced` or `incoming` rows are listed and left to the operator.
  *
  * @example
  * ```ts
- * const review = await reviewFences({ catalog, shards, settle: true, olderThanMs: 15 * 60_000 });
+ * const review = await reviewFences({ catalog, shards, settle: true, olderThanMs: 15 * 60_000, routing: moveRoutingOf(config) });
  * for (const r of review.rows) console.log(r.shard, r.unitId, r.diagnosis, r.outcome);
  * ```
  */
 import type pg from 'pg';
 import { slotOf } from '../../core/sharding/hash.js';
+import type { MoveRouting } from '../../core/sharding/move-machine.js';
 import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline } from './deadline.js';
 import { failureKind } from './sqlstate.js';
+import { describeRows, keyRowsOn, type TableRows } from './unit-rows.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 
@@ -55,6 +72,8 @@ export interface ReviewedFence {
   readonly ageMs: number;
   /** The shard the latest map names for the slot (a directory row: its key's slot). */
   readonly owner: string | undefined;
+  /** A directory row: the shard its key routes to (its pin, or its slot's owner by hash), where the review knows the routing. */
+  readonly route?: string;
   /** What the row does to the unit's writes, and why it is there. */
   readonly diagnosis: string;
   /** What `settle` does with it: `none` for a row left to a move or the operator. */
@@ -102,6 +121,12 @@ export interface FenceReviewOptions {
    * refused) all the while.
    */
   readonly timeoutMs?: number;
+  /**
+   * How the sharding configuration routes (`moveRoutingOf(config)`): whether a key's pin overrides
+   * its hash slot decides which shard a `directory` row is judged against. Absent, directory rows
+   * are listed and left to the operator.
+   */
+  readonly routing?: MoveRouting;
 }
 
 /** {@link FenceReviewOptions.olderThanMs}'s default: far past any hand change's fence-to-commit time (its counts are bounded by 10 s a shard). */
@@ -143,7 +168,32 @@ interface FenceRowRead {
   job_id: string | null;
   moved_to: string | null;
   map_version: string;
+  excluded_keys: string[] | null;
   age_ms: number;
+}
+
+/** How a row is settled, beyond its {@link FenceAction}. */
+interface SettlePlan {
+  /** `reopen`: delete the row, or (a key pinned to a shard whose slot row is `moved`) set it `open`. */
+  readonly reopenAs?: 'delete' | 'open';
+  /** `reopen` of a key's row by deletion: only while its slot's row there still lets the key through (the key's slot). */
+  readonly slotGuard?: number;
+  /** `set moved`: the shard, and the version recorded (the map's; a key's: its entry's, 0 routed by hash). */
+  readonly movedTo?: string;
+  readonly movedVersion?: number;
+  /** What the settled row does now, for the outcome. */
+  readonly takes?: string;
+}
+
+/** Counts a unit's rows on a shard for the review ({@link judgeRows}); throws where the shard does not answer. */
+type RowCounter = (shard: string, unit: { readonly kind: 'slot'; readonly slot: number; readonly excluded: readonly string[] } | { readonly kind: 'directory'; readonly key: string }) => Promise<TableRows[]>;
+
+/** A judged row with how it would be settled. */
+interface Judged {
+  readonly shard: string;
+  readonly read: FenceRowRead;
+  readonly row: ReviewedFence;
+  readonly plan: SettlePlan;
 }
 
 /** Lists the fence rows no live move explains, on every shard given, and settles the safe ones with `settle`; see the module. */
@@ -215,15 +265,18 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
         `the write_fences rows read as ${shard}'s name ${shard} as the shard they moved to (${first.kind} ${first.unit_id}${self.length > 1 ? ` and ${self.length - 1} more` : ''}), which no move or owner change writes: the URL given for ${shard} is another shard's. Check the ID=URL pairs (--shard, SHARD_DATABASE_URLS); nothing was settled`,
       );
     }
-    const { map, judged, explained } = await judgeRows(catalog, read, options.all === true, minAge, changeInFlight);
+    // Counted within the time the settles have: a silent shard leaves its rows withheld, not the review hung.
+    const count: RowCounter = (shard, unit) =>
+      byDeadline(countUnitRows(options.shards.get(shard) as Queryable, unit), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
+    const { map, judged, explained } = await judgeRows(catalog, read, { all: options.all === true, minAge, changeInFlight, routing: options.routing, count, read: new Set(read.keys()) });
     const reviewed: ReviewedFence[] = [];
-    for (const { shard, read: r, row } of judged) {
+    for (const { shard, read: r, row, plan } of judged) {
       if (options.settle !== true || row.action === 'none' || row.withheld !== undefined) {
         reviewed.push(options.settle === true && row.action !== 'none' ? { ...row, outcome: `left: ${row.withheld ?? 'nothing to do'}` } : row);
         continue;
       }
       // None begun once the time is up: the catalog's lock, which a reopen needs held, goes with it.
-      const outcome = Date.now() < shardsBy ? await settleRow(options.shards.get(shard) as Queryable, r, row, map.version, shardsBy, timeoutMs) : `left: not tried: the review's ${timeoutMs} ms ran out (run it again)`;
+      const outcome = Date.now() < shardsBy ? await settleRow(options.shards.get(shard) as Queryable, r, row, plan, shardsBy, timeoutMs) : `left: not tried: the review's ${timeoutMs} ms ran out (run it again)`;
       reviewed.push({ ...row, outcome });
     }
     await catalog.query('commit');
@@ -276,58 +329,157 @@ function reopenWithheld(row: ReviewedFence, minAge: number, changeInFlight: stri
   return undefined;
 }
 
-/** A row's diagnosis and action, or null where a live move or the map explains it. */
-function judge(
-  r: FenceRowRead,
-  shard: string,
-  owner: string | undefined,
-  version: number,
-  jobs: ReadonlyMap<string, { id: string; state: string }>,
-  unfinished: { id: string; state: string; kind: string; unit_id: string } | undefined,
-): { diagnosis: string; action: FenceAction; withheld?: string } | null {
+/** What the review knows of a row's unit beyond the row: the map's owner of its slot, the key's pin, the unit's unfinished move, the shard's slot row of a key's slot. */
+interface UnitFacts {
+  readonly owner: string | undefined;
+  readonly version: number;
+  readonly jobs: ReadonlyMap<string, { id: string; state: string }>;
+  readonly unfinished: { id: string; state: string; kind: string; unit_id: string } | undefined;
+  /** A directory row: its key's pin, if any. */
+  readonly pin?: { readonly shard: string; readonly version: number };
+  /** A directory row: the shard's `slot` row of the key's slot, if read (not `open`). */
+  readonly slotRow?: FenceRowRead;
+  readonly routing: MoveRouting | undefined;
+}
+
+/** A key's route under `routing`: the shard, how it was decided and the version its `moved` rows record; or why the review cannot tell. */
+function keyRoute(key: string, f: UnitFacts): { shard: string; how: string; version: number; byPin: boolean } | { unknown: string } {
+  const r = f.routing;
+  if (r === undefined) {
+    return {
+      unknown:
+        "the review was not given the sharding configuration, and where the key routes depends on it (whether pins override the hash: strategy and directory.override_hash): run it with SHARDING_CONFIG_JSON set (as the scaling API's function has it) or --local, or decide by hand",
+    };
+  }
+  if (r.enabled === false) return { unknown: 'sharding is disabled (SHARDING_ENABLED=false): every key routes to default_shard, whatever its pin or slot; decide by hand' };
+  if (r.strategy === 'range_based') return { unknown: 'strategy range_based routes keys by the configured ranges, not by pin or slot; decide by hand' };
+  if (r.strategy === 'hash_based' && !r.overrideHash) {
+    return {
+      unknown:
+        'with strategy hash_based and directory.override_hash off no pin routes the key (it routes by its slot), and this row was written while pins routed or past the stores: turned on again, the pin routes it again; decide by hand',
+    };
+  }
+  if (f.pin !== undefined) return { shard: f.pin.shard, how: `its pin, directory version ${f.pin.version}`, version: f.pin.version, byPin: true };
+  if (r.strategy === 'directory_based' && r.fallback === 'reject') return { unknown: "the key has no pin and strategy directory_based's fallback is reject: no shard takes its writes; decide by hand" };
+  if (f.owner === undefined) return { unknown: `its slot ${slotOf(key)} is not in slot map version ${f.version}: decide by hand` };
+  // A key routed by hash has no directory version: its `moved` rows record 0, below any pin's, so
+  // that a later pin back to the shard deletes them as a pin's settle deletes older rows.
+  return { shard: f.owner, how: `by hash: slot ${slotOf(key)}, slot map version ${f.version}`, version: 0, byPin: false };
+}
+
+type Verdict = { diagnosis: string; action: FenceAction; withheld?: string; route?: string; plan: SettlePlan };
+
+/** A row's diagnosis and action, or null where a live move, the map or the key's route explains it. */
+function judge(r: FenceRowRead, shard: string, f: UnitFacts): Verdict | null {
   if (r.state === 'open') return null;
-  const job = r.job_id === null ? undefined : jobs.get(r.job_id);
+  const job = r.job_id === null ? undefined : f.jobs.get(r.job_id);
   // A live move's row: the move's to fence, release and clean up.
   if (job !== undefined && !FINISHED.has(job.state)) return null;
+  if (r.kind === 'directory') return judgeKey(r, shard, f, job);
+  const { owner, version } = f;
   // A `moved` row on a shard the map does not name sends the unit's writers to the map, whatever
   // its `moved_to` says (an older owner's): nothing refuses a write where the map sends it.
   if (r.state === 'moved' && owner !== undefined && shard !== owner) return null;
   const byWhom = r.job_id === null ? 'a hand change (job_id null)' : job === undefined ? `move job #${r.job_id}, which the catalog does not have` : `move job #${r.job_id} (${job.state})`;
   const refusing = r.state === 'moved' ? `CAF02, moved to ${r.moved_to ?? '?'}` : 'CAF01';
-  if (r.kind === 'directory') {
-    return { diagnosis: `directory key's row ${r.state} by ${byWhom}, no move of it running: refuses the key's writes here (${refusing}); a key's owner is decided by hand (docs/sharding-spec.md section 9)`, action: 'none' };
-  }
-  if (owner === undefined) return { diagnosis: `slot ${r.unit_id} is not in slot map version ${version}: decide by hand`, action: 'none' };
-  const moving = unfinished === undefined ? undefined : `move job #${unfinished.id} of slot ${r.unit_id} is unfinished (${unfinished.state}): settle once it has ended`;
+  if (owner === undefined) return { diagnosis: `slot ${r.unit_id} is not in slot map version ${version}: decide by hand`, action: 'none', plan: {} };
+  const moving = f.unfinished === undefined ? undefined : `move job #${f.unfinished.id} of slot ${r.unit_id} is unfinished (${f.unfinished.state}): settle once it has ended`;
+  const withMoving = moving === undefined ? {} : { withheld: moving };
+  const reopen: SettlePlan = { reopenAs: 'delete', takes: `${shard} takes the slot's writes` };
   if (r.state === 'fenced' && r.job_id === null) {
     if (shard === owner) {
       return {
         diagnosis: `left fenced by a hand change that did not finish (killed between its fence and its put-back, or its commit failed uncommitted): the map (version ${version}) still names ${shard}, which refuses the slot's writes (CAF01, none lost)`,
         action: 'reopen',
-        ...(moving === undefined ? {} : { withheld: moving }),
+        plan: reopen,
+        ...withMoving,
       };
     }
     return {
       diagnosis: `left fenced by a hand change whose map was published (version ${version} names ${owner}) but whose fences were not settled: ${shard} refuses the slot's writes (CAF01) instead of sending them to ${owner} (CAF02)`,
       action: 'set moved',
-      ...(moving === undefined ? {} : { withheld: moving }),
+      plan: { movedTo: owner, movedVersion: version, takes: `as of version ${version}` },
+      ...withMoving,
     };
   }
   if (r.state === 'moved' && (r.job_id === null || job !== undefined)) {
     return {
       diagnosis: `moved row on the shard the map names (version ${version}): refuses its writes (${refusing}) while the map sends them here; left by ${byWhom}${r.job_id === null ? ", a change in a caller's transaction (committed: the new owner's older row; rolled back: the old owner's)" : ''}`,
       action: 'reopen',
+      plan: reopen,
+      ...withMoving,
+    };
+  }
+  return { diagnosis: `${r.state} by ${byWhom}, no move of the slot running: refuses the slot's writes (${refusing}); decide by hand`, action: 'none', plan: {} };
+}
+
+/**
+ * A key's `directory` row, judged by the shard the key routes to ({@link keyRoute}), as a slot's
+ * row is by the map: docs/sharding-spec.md section 9, "Settling the rows a hand change left".
+ */
+function judgeKey(r: FenceRowRead, shard: string, f: UnitFacts, job: { id: string; state: string } | undefined): Verdict | null {
+  const key = r.unit_id;
+  const route = keyRoute(key, f);
+  const byWhom = r.job_id === null ? 'a hand change of its pin (job_id null)' : job === undefined ? `move job #${r.job_id}, which the catalog does not have` : `move job #${r.job_id} (${job.state})`;
+  const refusing = r.state === 'moved' ? `CAF02, moved to ${r.moved_to ?? '?'}` : 'CAF01';
+  if ('unknown' in route) {
+    // A `moved` row on a shard that is neither the key's pin nor its slot's owner refuses only
+    // writes no route sends there, whichever the configuration picks.
+    if (r.state === 'moved' && shard !== f.pin?.shard && shard !== f.owner) return null;
+    return { diagnosis: `directory key's row ${r.state} by ${byWhom}, no move of it running: refuses the key's writes here (${refusing}); not settled: ${route.unknown}`, action: 'none', plan: {} };
+  }
+  const R = route.shard;
+  // A `moved` row on a shard the key does not route to sends its writers on; nothing refuses a
+  // write where the key's route sends it (a pinned key's marks on its slot's shards, a pin's old owner).
+  if (r.state === 'moved' && shard !== R) return null;
+  const base = { route: R };
+  const slot = slotOf(key);
+  const moving = f.unfinished === undefined ? undefined : `move job #${f.unfinished.id} of ${f.unfinished.kind === 'slot' ? `the key's slot ${slot}` : `the key (its slot ${slot})`} is unfinished (${f.unfinished.state}): settle once it has ended`;
+  if (r.state === 'fenced' && r.job_id === null && shard !== R) {
+    return {
+      ...base,
+      diagnosis: `left fenced by a hand change of the key's pin that was written (the key routes to ${R}: ${route.how}) but whose fences were not settled: ${shard} refuses the key's writes (CAF01) instead of sending them to ${R} (CAF02)`,
+      action: 'set moved',
+      plan: { movedTo: R, movedVersion: route.version, takes: route.byPin ? `as of directory version ${route.version}` : 'routed by hash (directory version 0)' },
       ...(moving === undefined ? {} : { withheld: moving }),
     };
   }
-  return { diagnosis: `${r.state} by ${byWhom}, no move of the slot running: refuses the slot's writes (${refusing}); decide by hand`, action: 'none' };
+  let diagnosis: string;
+  if (r.state === 'fenced' && r.job_id === null) {
+    diagnosis = `left fenced by a hand change of the key's pin that did not finish (killed between its fence and its put-back, or its commit failed uncommitted): the key still routes to ${shard} (${route.how}), which refuses its writes (CAF01, none lost)`;
+  } else if (r.state === 'moved' && (r.job_id === null || job !== undefined)) {
+    diagnosis = `moved row on the shard the key routes to (${route.how}): refuses its writes (${refusing}) while its route sends them here; left by ${byWhom}${r.job_id === null ? ", a pin changed in a caller's transaction (committed: the new owner's older row; rolled back: the old owner's), or a pinned key's mark on its slot's shard since unpinned or pinned there past the stores" : ''}`;
+  } else {
+    return { ...base, diagnosis: `directory key's row ${r.state} by ${byWhom}, no move of it running: refuses the key's writes here (${refusing}); decide by hand`, action: 'none', plan: {} };
+  }
+  // The key's row decides for it here over its slot's row ("Which row applies"): reopened, the
+  // slot's row decides, unless it keeps the key out.
+  const s = f.slotRow;
+  const lets = s === undefined || s.state === 'open' || (s.excluded_keys ?? []).includes(key);
+  let plan: SettlePlan;
+  let slotWithheld: string | undefined;
+  if (lets) {
+    plan = { reopenAs: 'delete', ...(route.byPin ? { slotGuard: slot } : {}), takes: `${shard} takes the key's writes` };
+  } else if (!route.byPin) {
+    // Routed by hash, the key follows its slot: the slot's own row there is listed (and settled) on its own.
+    plan = { reopenAs: 'delete', takes: `the key follows its slot's row on ${shard} (${s.state}${s.moved_to === null ? '' : ` to ${s.moved_to}`}), listed on its own` };
+  } else if (s.state === 'moved') {
+    // Deleted, the slot's `moved` row there decided for the key and refused every write its pin
+    // sends there (CAF02, "routing is not converging"), for good: an `open` row of the key decides instead.
+    plan = { reopenAs: 'open', takes: `${shard} takes the key's writes (deleted, its slot ${slot}'s row there, moved to ${s.moved_to ?? '?'}, would refuse them: it does not keep the key out)` };
+  } else {
+    plan = { reopenAs: 'delete' };
+    slotWithheld = `${shard}'s row of the key's slot ${slot} is ${s.state} (${s.job_id === null ? 'a hand change' : `move job #${s.job_id}`}) and does not keep the key out: deleted, it would refuse the key's writes here; opened, the key would pass a fence of its slot: settle that row first`;
+  }
+  const withheld = moving ?? slotWithheld;
+  return { ...base, diagnosis, action: 'reopen', plan, ...(withheld === undefined ? {} : { withheld }) };
 }
 
 /** How long a settling statement waits for a row lock on a shard (a move's or a change's statement on the row). */
 const SETTLE_LOCK_TIMEOUT_MS = 2_000;
 
 /** Settles one row as read (compare-and-set), by `deadlineAt` (`Date.now()` ms): `settled`, or why it was left. */
-async function settleRow(pool: Queryable, r: FenceRowRead, row: ReviewedFence, version: number, deadlineAt: number, timeoutMs: number): Promise<string> {
+async function settleRow(pool: Queryable, r: FenceRowRead, row: ReviewedFence, plan: SettlePlan, deadlineAt: number, timeoutMs: number): Promise<string> {
   const same = `kind = $1 and unit_id = $2 and state = $3 and job_id is not distinct from $4::bigint and moved_to is not distinct from $5 and map_version = $6::bigint`;
   const args = [r.kind, r.unit_id, r.state, r.job_id, r.moved_to, r.map_version];
   let committing = false;
@@ -336,16 +488,30 @@ async function settleRow(pool: Queryable, r: FenceRowRead, row: ReviewedFence, v
       pool,
       row.shard,
       deadlineAt,
-      async (c) =>
-        row.action === 'reopen'
-          ? (await c.query(`delete from write_fences where ${same}`, args)).rowCount
-          : (await c.query(`update write_fences set state = 'moved', moved_to = $7, map_version = $8::bigint, updated_at = now() where ${same}`, [...args, row.owner, version])).rowCount,
+      async (c) => {
+      if (row.action === 'set moved') {
+        return (await c.query(`update write_fences set state = 'moved', moved_to = $7, map_version = $8::bigint, updated_at = now() where ${same}`, [...args, plan.movedTo, plan.movedVersion])).rowCount;
+      }
+      if (plan.reopenAs === 'open') return (await c.query(`update write_fences set state = 'open', moved_to = null, job_id = null, updated_at = now() where ${same}`, args)).rowCount;
+      if (plan.slotGuard !== undefined) {
+        // Only while the slot's row there still lets the key through: else, deleted, it refused the key where its pin sends it.
+        return (
+          await c.query(
+            `delete from write_fences where ${same}
+                and not exists (select 1 from write_fences s where s.kind = 'slot' and s.unit_id = $7 and s.state <> 'open' and not ($2 = any(s.excluded_keys)))`,
+            [...args, String(plan.slotGuard)],
+          )
+        ).rowCount;
+      }
+      return (await c.query(`delete from write_fences where ${same}`, args)).rowCount;
+      },
       () => {
         committing = true;
       },
     );
     if (count !== 1) return 'left: the row changed since it was read (a move or a change took it over)';
-    return row.action === 'reopen' ? `settled: reopened (deleted), ${row.shard} takes the slot's writes` : `settled: moved to ${row.owner ?? '?'} as of version ${version}`;
+    if (row.action === 'set moved') return `settled: moved to ${plan.movedTo ?? '?'} ${plan.takes ?? ''}`.trimEnd();
+    return `settled: reopened (${plan.reopenAs === 'open' ? 'set open' : 'deleted'}), ${plan.takes ?? `${row.shard} takes the unit's writes`}`;
   } catch (err) {
     if (err instanceof SettleDeadlineError) {
       return committing
@@ -434,11 +600,12 @@ async function withLockTimeout<T>(pool: Queryable, shard: string, deadlineAt: nu
 /** What {@link listFences} reads with: nothing is locked, nothing written, every shard's read bounded. */
 export interface FenceListingOptions {
   /**
-   * The catalog: a login that may read `catalog.slot_maps` and `catalog.move_jobs` (the API's
-   * control login). It need not, and is not asked to, lock `catalog.owner_change_review`.
+   * The catalog: a login that may read `catalog.slot_maps`, `catalog.move_jobs` and
+   * `catalog.shard_directory` (the API's control login). It need not, and is not asked to, lock
+   * `catalog.owner_change_review`.
    */
   readonly catalog: Queryable;
-  /** The shards' primaries, by shard id: a login that may read `write_fences` (the monitor's, shard migration 013). */
+  /** The shards' primaries, by shard id: a login that may read `write_fences` and the sharded tables (the monitor's, shard migrations 006, 013, 021). */
   readonly shards: ReadonlyMap<string, pg.Pool>;
   /** Each shard's read, connect included, ends within this; a shard that does not answer in time is listed unreachable. */
   readonly timeoutMs: number;
@@ -446,6 +613,8 @@ export interface FenceListingOptions {
   readonly all?: boolean;
   /** The age `--settle` would ask of a row it reopens, for `withheld` (default {@link DEFAULT_REVIEW_MIN_AGE_MS}, `--settle`'s default). */
   readonly olderThanMs?: number;
+  /** As {@link FenceReviewOptions.routing}. */
+  readonly routing?: MoveRouting;
   /** Told the driver's own error of a shard listed unreachable (its text, which the listing leaves out, is for the log). */
   readonly onFailure?: (failure: { readonly what: string; readonly shardId: string; readonly error: unknown }) => void;
 }
@@ -479,23 +648,46 @@ export async function listFences(options: FenceListingOptions): Promise<FenceRev
   );
   const unreachable = reads.flatMap((r) => (r.error === undefined ? [] : [`${r.shard} (${r.error})`]));
   const read = new Map(reads.flatMap((r) => (r.rows === undefined ? [] : [[r.shard, r.rows] as const])));
-  const { map, judged, explained } = await judgeRows(options.catalog, read, options.all === true, options.olderThanMs ?? DEFAULT_REVIEW_MIN_AGE_MS, undefined);
+  // The rows a reopen would leave behind are counted as --settle counts them, each shard within the same bound.
+  const count: RowCounter = async (shard, unit) => {
+    const pool = options.shards.get(shard) as pg.Pool;
+    try {
+      return await withNodeDeadline(pool, options.timeoutMs, shard, (c) => countUnitRows(c, unit));
+    } catch (err) {
+      options.onFailure?.({ what: 'counting a unit\'s rows', shardId: shard, error: err });
+      throw new Error(shardFailure(err), { cause: err });
+    }
+  };
+  const { map, judged, explained } = await judgeRows(options.catalog, read, {
+    all: options.all === true,
+    minAge: options.olderThanMs ?? DEFAULT_REVIEW_MIN_AGE_MS,
+    changeInFlight: undefined,
+    routing: options.routing,
+    count,
+    read: new Set(read.keys()),
+  });
   return { mapVersion: map.version, rows: judged.map((j) => j.row), explained, unreachable };
 }
 
+/** How {@link judgeRows} judges. */
+interface JudgeOptions {
+  readonly all: boolean;
+  readonly minAge: number;
+  readonly changeInFlight: string | undefined;
+  readonly routing: MoveRouting | undefined;
+  /** Counts the rows a reopen of a `moved` row would bring back into sight ({@link countUnitRows}, bounded by the caller). */
+  readonly count: RowCounter;
+  /** The shards whose rows were read (given, and answering): a unit's rows are counted only on those. */
+  readonly read: ReadonlySet<string>;
+}
+
 /**
- * Judges the rows `read` from each shard against the latest map and the move jobs, read through
- * `catalog` after the rows (see below): the rows to list (every one with `all`, else those no live
- * move explains), each with its diagnosis, action and why a reopen is withheld, and how many were
- * explained.
+ * Judges the rows `read` from each shard against the latest map, the directory and the move
+ * jobs, read through `catalog` after the rows (see below): the rows to list (every one with
+ * `all`, else those no live move explains), each with its diagnosis, action and why a reopen is
+ * withheld, and how many were explained.
  */
-async function judgeRows(
-  catalog: Queryable,
-  read: ReadonlyMap<string, readonly FenceRowRead[]>,
-  all: boolean,
-  minAge: number,
-  changeInFlight: string | undefined,
-): Promise<{ map: { version: number; assignments: string[] }; judged: { shard: string; read: FenceRowRead; row: ReviewedFence }[]; explained: number }> {
+async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly FenceRowRead[]>, o: JudgeOptions): Promise<{ map: { version: number; assignments: string[] }; judged: Judged[]; explained: number }> {
   // The map is read after the rows, not before: a move (or a change through a client holding no
   // transaction, which takes no lock) that flipped the slot between an earlier read of the map and
   // the read of the rows left the source's row `moved`, which that older map made look like a row
@@ -503,7 +695,8 @@ async function judgeRows(
   // (owner-change-review.test.ts). Read after, a map that a move or a fencing change publishes
   // since the rows were read follows a write of the row judged (a move starts only from an `open`
   // row, a change's fence takes a `moved` one over and is refused by a `fenced` one), which the
-  // compare-and-set below refuses.
+  // compare-and-set below refuses. The directory's pins likewise: a pin changed by hand since the
+  // rows were read fenced (wrote) the key's row on its old owner first.
   const { rows: maps } = await catalog.query<{ version: number; assignments: string[] }>('select version, assignments from catalog.slot_maps order by version desc limit 1');
   const map = maps[0];
   if (map === undefined) throw new Error('the catalog has no slot map yet: nothing routes to the shards, and no fence row can be judged');
@@ -513,19 +706,41 @@ async function judgeRows(
     `select id::text, slot, state, kind, unit_id from catalog.move_jobs where id = any($1::bigint[]) or (slot = any($2::int[]) and state not in ('done', 'failed', 'cancelled'))`,
     [[...new Set(rows.flatMap((r) => (r.job_id === null ? [] : [r.job_id])))], [...new Set(rows.map(slotsOf))]],
   );
+  const keys = [...new Set(rows.flatMap((r) => (r.kind === 'directory' && r.state !== 'open' ? [r.unit_id] : [])))];
+  const pins = new Map<string, { shard: string; version: number }>();
+  if (keys.length > 0) {
+    const { rows: entries } = await catalog.query<{ key: string; shard_id: string; version: string }>('select key, shard_id, version::text from catalog.shard_directory where key = any($1::text[])', [keys]);
+    for (const e of entries) pins.set(e.key, { shard: e.shard_id, version: Number(e.version) });
+  }
   const jobById = new Map(jobs.map((j) => [j.id, j]));
+  // One unfinished move a slot (move_jobs_one_active_per_slot): a slot's, or a key's of that slot.
   const unfinishedBySlot = new Map(jobs.filter((j) => !FINISHED.has(j.state)).map((j) => [j.slot, j]));
-  const judged: { shard: string; read: FenceRowRead; row: ReviewedFence }[] = [];
+  const rowOn = new Map([...read].map(([shard, list]) => [shard, new Map(list.map((r) => [`${r.kind}:${r.unit_id}`, r]))]));
+  const judged: Judged[] = [];
   let explained = 0;
   for (const [shard, shardRows] of read) {
     for (const r of shardRows) {
       const slot = slotsOf(r);
       const owner = map.assignments[slot];
-      const verdict = judge(r, shard, owner, map.version, jobById, unfinishedBySlot.get(slot));
+      const pin = r.kind === 'directory' ? pins.get(r.unit_id) : undefined;
+      const slotRow = r.kind === 'directory' ? rowOn.get(shard)?.get(`slot:${slot}`) : undefined;
+      const facts: UnitFacts = {
+        owner,
+        version: map.version,
+        jobs: jobById,
+        unfinished: unfinishedBySlot.get(slot),
+        routing: o.routing,
+        ...(pin === undefined ? {} : { pin }),
+        ...(slotRow === undefined ? {} : { slotRow }),
+      };
+      const verdict = judge(r, shard, facts);
       if (verdict === null) {
         explained += 1;
-        if (!all) continue;
+        if (!o.all) continue;
       }
+      // A key's route is shown for its explained rows too (`all`).
+      const known = verdict === null && r.kind === 'directory' ? keyRoute(r.unit_id, facts) : undefined;
+      const routeShard = verdict?.route ?? (known !== undefined && 'shard' in known ? known.shard : undefined);
       const base: ReviewedFence = {
         shard,
         kind: r.kind,
@@ -536,15 +751,87 @@ async function judgeRows(
         mapVersion: r.map_version,
         ageMs: Math.max(0, Math.round(r.age_ms)),
         owner,
+        ...(routeShard === undefined ? {} : { route: routeShard }),
         diagnosis: verdict?.diagnosis ?? 'explained: nothing to settle',
         action: verdict?.action ?? 'none',
         ...(verdict?.withheld === undefined ? {} : { withheld: verdict.withheld }),
       };
-      const withheld = base.withheld ?? (base.action === 'reopen' ? reopenWithheld(base, minAge, changeInFlight) : undefined);
-      judged.push({ shard, read: r, row: withheld === undefined ? base : { ...base, withheld } });
+      let withheld = base.withheld ?? (base.action === 'reopen' ? reopenWithheld(base, o.minAge, o.changeInFlight) : undefined);
+      if (withheld === undefined && base.action === 'reopen' && r.state === 'moved') withheld = await rowsBehind(r, shard, rowOn, o);
+      judged.push({ shard, read: r, row: withheld === undefined ? base : { ...base, withheld }, plan: verdict?.plan ?? {} });
     }
   }
   return { map, judged, explained };
+}
+
+/**
+ * Why a `moved` row on the shard its unit routes to may not be reopened for the rows it would
+ * bring back, or undefined where none would come back:
+ * - the unit's rows on that shard behind the row: rows the unit left there when it went away (a
+ *   finished move's clean-up keeps a user that still owns documents stored under another slot,
+ *   written before shard migration 015; a change made with `rowsLeftOn: 'checked'`), read by no
+ *   one since. Reopened, readers found them again as the unit's, as they were then (a user
+ *   deleted or changed on the other shard since, back with its old data), as a hand change that
+ *   would delete such a row refuses (unit-rows.ts, `refuseRowsBehindMoved`). A slot's rows are
+ *   those its row decides for: not of its `excluded_keys`, nor of a key with a `directory` row there;
+ * - a key's: its rows on the shard the row sends its writes to (`moved_to`), where that shard has
+ *   no row of the key refusing them: the key's route was changed to this shard past the stores
+ *   (an unpin or a pin by SQL, which nothing counted), its rows staying there. Reopened, this
+ *   shard took the key's writes while its rows, unseen by its readers here, stayed there.
+ */
+async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<string, ReadonlyMap<string, FenceRowRead>>, o: JudgeOptions): Promise<string | undefined> {
+  const unit = r.kind === 'slot' ? ({ kind: 'slot', slot: Number(r.unit_id), excluded: r.excluded_keys ?? [] } as const) : ({ kind: 'directory', key: r.unit_id } as const);
+  const what = r.kind === 'slot' ? `slot ${r.unit_id}` : `key ${r.unit_id}`;
+  const counted = async (on: string): Promise<TableRows[] | string> => {
+    try {
+      return await o.count(on, unit);
+    } catch (err) {
+      return `${what}'s rows on ${on} could not be counted (${err instanceof Error ? err.message : String(err)}): settle again once ${on} answers`;
+    }
+  };
+  const here = await counted(shard);
+  if (typeof here === 'string') return here;
+  if (here.length > 0) {
+    const find =
+      unit.kind === 'slot'
+        ? `select id, email from users where slot = ${unit.slot}; select id, owner_id, slot from documents where owner_id in (select id from users where slot = ${unit.slot})`
+        : `select id, email from users where id = '${unit.key}'; select id, slot from documents where owner_id = '${unit.key}'`;
+    return (
+      `${shard} holds rows of ${what} (${describeRows(here)}) behind this row: rows the unit left there when it went away (a finished move's clean-up keeps a user that still owns documents stored under another slot, written before shard migration 015), read by no one since; reopened, ${shard} would serve them again as the unit's, as they were then. ` +
+      `Find them on ${shard} (${find}), give each document under another slot its owner's slot or delete it, delete the rows, then settle again (docs/sharding-spec.md section 9, "What a finished move leaves on its source, and the unit coming back")`
+    );
+  }
+  const to = r.moved_to;
+  if (unit.kind !== 'directory' || to === null || to === shard) return undefined;
+  if (!o.read.has(to)) {
+    return `${to}, where this row sends the key's writes, was not read (not given, or it did not answer): the key's rows there could not be counted (its route may have changed past the stores, its rows staying there); settle again with ${to}`;
+  }
+  // Rows of the key behind a row of its own there are that shard's leftovers, not the key's live rows.
+  const theirs = rowOn.get(to)?.get(`directory:${unit.key}`);
+  if (theirs !== undefined && theirs.state !== 'open') return undefined;
+  const there = await counted(to);
+  if (typeof there === 'string') return there;
+  if (there.length === 0) return undefined;
+  return (
+    `the key's rows are on ${to} (${describeRows(there)}), where this row sends its writes, and ${to} has no row of the key refusing them: its route was changed to ${shard} past the stores (an unpin or a pin made by SQL, which nothing counts); reopened, ${shard} would take the key's writes while its rows stay on ${to}, out of its readers' sight. ` +
+    `Pin it back to ${to}, or move it: pinned to ${to}, POST /shards/moves {"kind":"directory","unit":"${unit.key}","to":"${shard}"} (docs/sharding-spec.md section 9, "An owner changed outside a move")`
+  );
+}
+
+/** A unit's rows on a shard ({@link RowCounter}): a key's (as a pin's count), or those a slot's row decides for. */
+async function countUnitRows(c: Queryable, unit: Parameters<RowCounter>[1]): Promise<TableRows[]> {
+  if (unit.kind === 'directory') return keyRowsOn(c, unit.key);
+  const { rows } = await c.query<{ users: number; documents: number; document_keys: number }>(
+    `select (select count(*)::int from users u where u.slot = $1 and not (u.id::text = any($2::text[]))
+               and not exists (select 1 from write_fences d where d.kind = 'directory' and d.unit_id = u.id::text)) as users,
+            (select count(*)::int from documents t where t.slot = $1 and not (t.owner_id::text = any($2::text[]))
+               and not exists (select 1 from write_fences d where d.kind = 'directory' and d.unit_id = t.owner_id::text)) as documents,
+            (select count(*)::int from document_keys t where t.slot = $1 and not (t.owner_id::text = any($2::text[]))
+               and not exists (select 1 from write_fences d where d.kind = 'directory' and d.unit_id = t.owner_id::text)) as document_keys`,
+    [unit.slot, unit.excluded],
+  );
+  const r = rows[0] ?? { users: 0, documents: 0, document_keys: 0 };
+  return (['users', 'documents', 'document_keys'] as const).filter((t) => Number(r[t]) > 0).map((table) => ({ table, rows: Number(r[table]) }));
 }
 
 /**
@@ -562,6 +849,6 @@ function shardFailure(err: unknown): string {
 
 /** A shard's `write_fences` rows as {@link listFences} reads them (every row with `all`, else those not `open`). */
 function fenceRowsSql(all: boolean): string {
-  return `select kind, unit_id, state, job_id::text, moved_to, map_version::text, (extract(epoch from (now() - updated_at)) * 1000)::float8 as age_ms
+  return `select kind, unit_id, state, job_id::text, moved_to, map_version::text, excluded_keys, (extract(epoch from (now() - updated_at)) * 1000)::float8 as age_ms
             from write_fences ${all ? '' : `where state <> 'open'`} order by kind, unit_id`;
 }

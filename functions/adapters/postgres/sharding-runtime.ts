@@ -141,7 +141,8 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
     });
     const inspectionPrimaries = new Map(inspectionPools.shardIds().map((id) => [id, inspectionPools.primary(id).pool]));
     const fences: ShardingRuntime['fences'] = {
-      list: (listing = {}) => listFences({ catalog, shards: inspectionPrimaries, timeoutMs: config.health_check_timeout_seconds * 1000, all: listing.all === true,
+      // The configuration's routing tells which shard a key's directory rows are judged against.
+      list: (listing = {}) => listFences({ catalog, shards: inspectionPrimaries, timeoutMs: config.health_check_timeout_seconds * 1000, all: listing.all === true, routing: moveRoutingOf(config),
         ...(options.onInspectionFailure ? { onFailure: options.onInspectionFailure } : {}),
       }),
     };

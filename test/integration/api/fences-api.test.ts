@@ -123,6 +123,22 @@ describe('GET /shards/fences', () => {
     ]);
   }, 120_000);
 
+  it("judges a key's directory row by the shard the key routes to, under the configuration's routing (pins route: hash_based, override_hash on)", async () => {
+    const slot = 1904;
+    const owner = (await h.sharding.slotMaps.current()).assignments[slot] as string;
+    const [key] = keysInSlot(slot, 1) as [string];
+    // What a pin change killed between its fence and its put-back leaves where the key still routes (by hash).
+    await primary(owner).query(`insert into write_fences (kind, unit_id, state) values ('directory', $1, 'fenced')`, [key]);
+    try {
+      const res = await listingUntil('', (l) => l.rows.some((r) => r.kind === 'directory' && r.unitId === key));
+      const row = res.body.rows.find((r) => r.kind === 'directory' && r.unitId === key);
+      expect(row).toMatchObject({ shard: owner, state: 'fenced', owner, route: owner, action: 'reopen' });
+      expect(row?.diagnosis).toMatch(new RegExp(`left fenced by a hand change of the key's pin that did not finish.*the key still routes to ${owner} \\(by hash: slot ${slot}`));
+    } finally {
+      await primary(owner).query(`delete from write_fences where kind = 'directory' and unit_id = $1`, [key]);
+    }
+  }, 60_000);
+
   it('with all=true lists the explained rows too', async () => {
     const c = side(1903);
     const res = await listingUntil('?all=true', (l) => rowOf(l.rows, c.from, 1903) !== undefined);

@@ -18,7 +18,7 @@ import { createShardsCommand } from '../../../bin/commands/shards.js';
 import { reviewFences, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { controlLogin, countSlot, fenceState, keysInSlot, moveStoppedAfterRelease, refusalOf, seedUsers, sides, startMoveEnv, userWriteOutcome, movedThenGivenBackInTransaction, type MoveEnv } from './fixtures/move-env.js';
+import { controlLogin, countSlot, fenceState, keysInSlot, moveStoppedAfterRelease, otherProcess, refusalOf, seedUsers, sides, startMoveEnv, userWriteOutcome, movedThenGivenBackInTransaction, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -333,6 +333,34 @@ describe('what the review refuses to settle', () => {
     expect(String(refused)).toMatch(/the write_fences rows read as (shard_[ab])'s name \1 as the shard they moved to \(slot \d+.*\), which no move or owner change writes: the URL given for \1 is another shard's\. Check the ID=URL pairs .*nothing was settled/);
   }, 90_000);
 
+  it("reopens no moved row with rows of the slot behind it (a finished move's kept user, the slot given back past the stores): reopened, a user deleted since was read again", async () => {
+    const slot = 1915;
+    const { from, to, source, target } = await sides(env, slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [user], 1);
+    // A document of the user under another slot, written before shard migration 015 (its foreign
+    // keys skipped): the move's clean-up keeps the user on its source, as it was.
+    await source.query(`begin; set local session_replication_role = replica; insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), '${user}', ${slot + 100}, 'before 015'); commit`);
+    const mover = env.mover({ readerGraceMs: 0 });
+    expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
+    expect((await source.query('select 1 from users where id = $1', [user])).rows).toHaveLength(1);
+    // The account deleted where it lives, then the slot given back by hand past the stores (a
+    // store without the shards' pools counts and fences nothing, and leaves the source's row).
+    await target.query('delete from users where id = $1', [user]);
+    await env.slotMaps.publishByHand(moveSlots(await env.slotMaps.current(), [slot], from), 'back to its first shard (ticket OPS-14)');
+    expect({ owner: await env.ownerOf(slot), fence: await fenceState(source, slot) }).toEqual({ owner: from, fence: 'moved' });
+    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0 });
+    // Reopened, a reader routed by the map read the deleted user again, with its e-mail as of the move.
+    const read = await (await otherProcess(env, { ttlMs: 0 })).reader.withShardRead(user, async ({ client }) => (await client.query<{ email: string }>('select email from users where id = $1', [user])).rows.map((r) => r.email)).then(
+      ({ value }) => value,
+      () => 'refused',
+    );
+    expect(read).toBe('refused');
+    expect(await fenceState(source, slot)).toBe('moved');
+    expect(rowOf(review.rows, from, slot)).toMatchObject({ state: 'moved', action: 'reopen' });
+    expect(rowOf(review.rows, from, slot)?.outcome).toMatch(new RegExp(`^left: ${from} holds rows of slot ${slot} \\(1 in users\\) behind this row: rows the unit left there when it went away.*select id, email from users where slot = ${slot}`));
+  }, 120_000);
+
   it('refuses bad flags, naming them', async () => {
     const command = createShardsCommand(cliEnv());
     await expect(command.run([], capture().io)).rejects.toThrow(new UsageError('a subcommand is required: fences'));
@@ -341,7 +369,7 @@ describe('what the review refuses to settle', () => {
     await expect(command.run(['fences', '--settel'], capture().io)).rejects.toThrow(/Unknown option '--settel'.*accepted flags: --settle/);
     await expect(command.run(['fences', '--shard', env.urls.catalog], capture().io)).rejects.toThrow(/--shard: expected ID=URL/);
     await expect(command.run(['fences', '--shard', 'shard_a=postgresql://u:p@db.example.com/x'], capture().io)).rejects.toThrow('--shard: shard shard_a: db.example.com is not loopback: add sslmode=verify-full');
-    await expect(createShardsCommand({}).run(['fences'], capture().io)).rejects.toThrow(new UsageError('--catalog-url: is required (or set CATALOG_DATABASE_URL)'));
+    await expect(createShardsCommand({}).run(['fences'], capture().io)).rejects.toThrow(new UsageError('--catalog-url: is required (or set CATALOG_DATABASE_URL, or use --local for local mode)'));
     await expect(createShardsCommand({ CATALOG_DATABASE_URL: env.urls.catalog }).run(['fences'], capture().io)).rejects.toThrow('SHARD_DATABASE_URLS: no shard given');
   }, 30_000);
 });
