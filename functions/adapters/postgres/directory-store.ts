@@ -21,7 +21,7 @@ import { canonicalKey, uuidForm } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, PIN_KEPT, PIN_OWNER_KEPT } from './sqlstate.js';
-import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, keyRowsOn, lockSlotsForPins, OwnerChangeFences, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, keyRowsOn, lockSlotsForPins, OwnerChangeFences, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
@@ -437,9 +437,16 @@ export class DirectoryStore implements DirectoryLookup {
     const what = change === 'pin' ? 'pin' : change === 'repin' ? 'repin by hand' : 'unpin';
     const slot = slotOf(key);
     const waitMs = Math.min(SLOT_PIN_LOCK_WAIT_MS, this.countTimeoutMs);
-    if (!(await lockSlotsForPins(c, [slot], 'share', waitMs, `cannot ${what} key ${key}`))) {
+    const refusal = await lockSlotsForPins(c, [slot], 'share', waitMs, `cannot ${what} key ${key}`);
+    if (refusal !== null) {
       throw new DirectoryError(
-        `cannot ${what} key ${key}: another change of its slot ${slot} (a slot map published by hand, or a slot move being planned) held catalog.slot_pin_locks for more than ${waitMs} ms, and a pin or unpin may not commit unseen by a change of its slot's pinned keys (issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot"). Nothing was written: try again once that change has ended`,
+        `cannot ${what} key ${key}: ${slotLockRefused(refusal, {
+          other: `another change of its slot ${slot} (a slot map published by hand, or a slot move being planned)`,
+          waitMs,
+          rule: "a pin or unpin may not commit unseen by a change of its slot's pinned keys",
+          nothing: 'written',
+          again: 'try again once that change has ended',
+        })}`,
       );
     }
     const owner = await this.slotOwnerOf(key, c);

@@ -217,9 +217,14 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
   let failure: unknown;
   let broken = false;
   try {
+    // READ COMMITTED whatever the login's or the database's default: the map the rows are judged by
+    // is read after the rows (judgeRows), in a statement of its own. Begun REPEATABLE READ (a
+    // default_transaction_isolation so set), that read saw the snapshot of the lock below, taken
+    // before the shards were read, and a move that flipped meanwhile had its source's `moved` row
+    // reopened (owner-change-review.test.ts, "reopens no row of a slot a move took off its shard").
     // A catalog whose path goes silent never hears the review's end: the server ends the
     // transaction itself (and lets catalog.owner_change_review go) soon after the deadline.
-    await catalog.query(`begin; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(timeoutMs + DEADLINE_GRACE_MS)}`);
+    await catalog.query(`begin isolation level read committed; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(timeoutMs + DEADLINE_GRACE_MS)}`);
     let changeInFlight: string | undefined;
     try {
       await catalog.query('savepoint review_lock');

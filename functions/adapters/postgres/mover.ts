@@ -55,7 +55,7 @@ import {
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
-import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS } from './unit-rows.js';
+import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused } from './unit-rows.js';
 
 export * from './move-jobs.js';
 export type { MoverDirectory, MoverSlotMaps } from './move-port.js';
@@ -159,6 +159,11 @@ const CLAIM = `
 // a catalog failover has lost a claim (see PgMovePortOptions.leaseHolder).
 const RENEW = `update catalog.move_jobs set lease_expires_at = clock_timestamp() + $3::double precision * interval '1 millisecond' where id = $1 and lease_epoch = $2 and lease_holder = $4`;
 const RELEASE = 'update catalog.move_jobs set lease_holder = null, lease_expires_at = null where id = $1 and lease_epoch = $2 and lease_holder = $3';
+/** SQLSTATE lock_not_available: a wait past its `lock_timeout`. */
+const LOCK_NOT_AVAILABLE = '55P03';
+/** SQLSTATE deadlock_detected: PostgreSQL ended the wait to break a deadlock. */
+const DEADLOCK_DETECTED = '40P01';
+
 const DEFAULT_ROUTING: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
 /** How long a refused cancel waits for the target's fence row, which only chooses its words (see {@link Mover.requestCancel}). */
 const TARGET_ROW_READ_MS = 2000;
@@ -253,7 +258,11 @@ export class Mover {
     client.on('error', onError);
     let recorded: JobRow;
     try {
-      await client.query('begin');
+      // READ COMMITTED whatever the login's or the database's default: the reads after the slot's
+      // lock below must see a pin committed while the plan waited for it (a REPEATABLE READ
+      // default read the snapshot of the insert, and the job kept out no key pinned meanwhile:
+      // owner-change-pin-lock-order.test.ts).
+      await client.query('begin isolation level read committed');
       const { rows } = await client.query<JobRow>(
         `insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, excluded_keys, map_version_before, created_by, reason)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning *`,
@@ -273,13 +282,22 @@ export class Mover {
       // one written after waits for this commit and then sees this job (the pin is refused).
       // Before, both committed unseen by each other, and the move copied and deleted the newly
       // pinned key's rows whatever its pin named.
-      if (req.kind === 'slot' && unit.excludeDirectoryKeys && !(await lockSlotsForPins(client, [slot], 'update', SLOT_PIN_LOCK_WAIT_MS, `cannot plan the move of slot ${slot}`))) {
-        await client.query('rollback');
-        throw new MoveConflictError(
-          `a pin of a key of slot ${slot} (or a slot map published by hand giving it away) held catalog.slot_pin_locks for more than ${SLOT_PIN_LOCK_WAIT_MS} ms while this move was planned, and a move may not read its slot's pinned keys while one is being changed (issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot"); nothing was recorded: plan it again`,
-        );
+      if (req.kind === 'slot' && unit.excludeDirectoryKeys) {
+        const refusal = await lockSlotsForPins(client, [slot], 'update', SLOT_PIN_LOCK_WAIT_MS, `cannot plan the move of slot ${slot}`);
+        if (refusal !== null) {
+          await client.query('rollback');
+          throw new MoveConflictError(
+            `cannot plan the move of slot ${slot}: ${slotLockRefused(refusal, {
+              other: `a pin of a key of slot ${slot} (or a slot map published by hand giving it away)`,
+              waitMs: SLOT_PIN_LOCK_WAIT_MS,
+              rule: "a move may not read its slot's pinned keys while one is being changed",
+              nothing: 'recorded',
+              again: 'plan it again',
+            })}`,
+          );
+        }
       }
-      if (req.kind === 'slot') await client.query(LOCK_SLOT_MAPS_FOR_HASH_ROUTE);
+      if (req.kind === 'slot') await this.lockSlotMapsForPlan(client, slot);
       const entry = req.kind === 'directory' ? await this.options.directory.entry(unitId, client) : null;
       const owner = entry?.shardId ?? (await this.options.slotMaps.current(client)).assignments[slot];
       const what = req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`;
@@ -314,6 +332,38 @@ export class Mover {
       client.release(broken || undefined);
     }
     return toJob(recorded);
+  }
+
+  /**
+   * Takes the SHARE lock on `catalog.slot_maps` a slot move's plan reads its slot's owner under
+   * (sharding migration 008), with `client`, the plan's transaction, waiting at most
+   * {@link SLOT_PIN_LOCK_WAIT_MS}; refused ({@link MoveConflictError}, the transaction rolled back,
+   * nothing recorded) past it or where PostgreSQL ends the wait to break a deadlock. The plan holds
+   * its slot's row of `catalog.slot_pin_locks` by then: unbounded, a map inserted in a caller's
+   * transaction and left uncommitted held the plan, and every pin of the slot behind it, for as
+   * long as that transaction; and a caller's transaction that published a map and then pinned a key
+   * of the slot waited for the plan while the plan waited for it (a deadlock: the plan was ended
+   * with PostgreSQL's bare "deadlock detected"; owner-change-pin-lock-order.test.ts).
+   */
+  private async lockSlotMapsForPlan(client: pg.PoolClient, slot: number): Promise<void> {
+    const { rows } = await client.query<{ prior: string }>(`select current_setting('lock_timeout') as prior`);
+    await client.query(`select set_config('lock_timeout', $1, true)`, [`${SLOT_PIN_LOCK_WAIT_MS}ms`]);
+    try {
+      await client.query(LOCK_SLOT_MAPS_FOR_HASH_ROUTE);
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (code !== LOCK_NOT_AVAILABLE && code !== DEADLOCK_DETECTED) throw err;
+      await client.query('rollback');
+      const what =
+        code === LOCK_NOT_AVAILABLE
+          ? `a slot map inserted into catalog.slot_maps and not yet committed (a map being published, in a caller's transaction, say) held the table for more than ${SLOT_PIN_LOCK_WAIT_MS} ms`
+          : `this plan and a transaction holding a slot map inserted into catalog.slot_maps and not yet committed each waited for a lock the other held (the plan held its slot's row of catalog.slot_pin_locks: a caller's transaction that published a map and then changed a pin of slot ${slot}, say), a deadlock, which PostgreSQL ended by refusing this plan (SQLSTATE 40P01)`;
+      throw new MoveConflictError(
+        `cannot plan the move of slot ${slot}: ${what}, and a move reads its slot's owner under a SHARE lock of the table, so that no map giving the slot away commits unseen by the move (sharding migration 008; docs/sharding-spec.md section 9, "A pin racing a change of its slot"). Nothing was recorded: plan it again once that map is committed or rolled back`,
+        { cause: err },
+      );
+    }
+    await client.query(`select set_config('lock_timeout', $1, true)`, [rows[0]?.prior ?? '0']);
   }
 
   /** Every directory key whose hash slot is `slot`. */

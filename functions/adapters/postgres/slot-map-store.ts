@@ -17,7 +17,7 @@ import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/e
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
 import { slotOf } from '../../core/sharding/hash.js';
-import { boundedCount, countedOwnerChange, OwnerChangeFences, countTimeoutOf, describeRows, lockSlotsForPins, pinnedKeysOf, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { boundedCount, countedOwnerChange, OwnerChangeFences, countTimeoutOf, describeRows, lockSlotsForPins, pinnedKeysOf, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A pool, or a client inside a caller's transaction (to publish atomically with other catalog writes). */
 export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -353,9 +353,17 @@ export class SlotMapStore {
   /** Locks `slots`' rows of `catalog.slot_pin_locks` FOR UPDATE with `c` ({@link lockSlotsForPins}), or refuses the publication. */
   private async lockSlots(map: SlotMap, c: Queryable, slots: ReadonlySet<number>, byHand: boolean): Promise<void> {
     const waitMs = Math.min(SLOT_PIN_LOCK_WAIT_MS, this.countTimeoutMs);
-    if (await lockSlotsForPins(c, slots, 'update', waitMs, `cannot publish slot map version ${map.version}${byHand ? ' by hand' : ''}`)) return;
+    const refused = `cannot publish slot map version ${map.version}${byHand ? ' by hand' : ''}`;
+    const refusal = await lockSlotsForPins(c, slots, 'update', waitMs, refused);
+    if (refusal === null) return;
     throw new SlotMapError(
-      `cannot publish slot map version ${map.version}${byHand ? ' by hand' : ''}: another change of a slot it gives away (a pin or unpin of one of its keys, a slot move being planned, another map published by hand) held catalog.slot_pin_locks for more than ${waitMs} ms, and the map may not read its slots' pinned keys (their excluded keys) while one is being changed (issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot"). Nothing was published: try again once that change has ended`,
+      `${refused}: ${slotLockRefused(refusal, {
+        other: 'another change of a slot it gives away (a pin or unpin of one of its keys, a slot move being planned, another map published by hand)',
+        waitMs,
+        rule: "the map may not read its slots' pinned keys (their excluded keys) while one is being changed",
+        nothing: 'published',
+        again: 'try again once that change has ended',
+      })}`,
     );
   }
 

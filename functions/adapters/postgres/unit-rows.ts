@@ -196,6 +196,49 @@ export const SLOT_PIN_LOCK_WAIT_MS = 5_000;
 const DEADLOCK_DETECTED = '40P01';
 
 /**
+ * Why {@link lockSlotsForPins} did not lock its slots: another change held one past the wait; a
+ * deadlock PostgreSQL ended by refusing this wait (the transaction, or the caller's savepoint, is
+ * aborted, as after any error); or the transaction is not READ COMMITTED (nothing was locked).
+ */
+export type SlotLockRefusal = { readonly kind: 'timeout' } | { readonly kind: 'deadlock' } | { readonly kind: 'isolation'; readonly level: string };
+
+/** What a change refused by {@link lockSlotsForPins} says, besides its own `cannot ...:` ({@link slotLockRefused}). */
+export interface SlotLockRefusalText {
+  /** The other changes that lock the slots: `another change of its slot 7 (a slot map published by hand, or a slot move being planned)`. */
+  readonly other: string;
+  /** How long the change waited. */
+  readonly waitMs: number;
+  /** Why the change locks the slots: `a pin or unpin may not commit unseen by a change of its slot's pinned keys`. */
+  readonly rule: string;
+  /** `written`, `published`, `recorded`. */
+  readonly nothing: string;
+  /** What to do after a wait past its bound: `try again once that change has ended`. */
+  readonly again: string;
+}
+
+const PIN_RACE_SECTION = '(issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot")';
+
+/**
+ * The refusal's message after `cannot ...: `, naming what happened: a wait past its bound, a
+ * deadlock (which the user could not tell from a wait: PostgreSQL ends it after its
+ * deadlock_timeout, a second, well within the bound), or an isolation level under which the lock
+ * closes no race.
+ */
+export function slotLockRefused(refusal: SlotLockRefusal, t: SlotLockRefusalText): string {
+  if (refusal.kind === 'timeout') return `${t.other} held catalog.slot_pin_locks for more than ${t.waitMs} ms, and ${t.rule} ${PIN_RACE_SECTION}. Nothing was ${t.nothing}: ${t.again}`;
+  if (refusal.kind === 'deadlock') {
+    return (
+      `${t.other} and this change each waited for a lock the other held, a deadlock, which PostgreSQL ended by refusing this change (SQLSTATE 40P01): a transaction holds the catalog.slot_pin_locks rows of every slot whose pins it changed, or whose map it published, until it ends, and ${t.rule} ${PIN_RACE_SECTION}. ` +
+      `Nothing was ${t.nothing} (a caller's transaction is back where it was before this change, its earlier changes and locks kept): try again; in one transaction, change pins in slot order and before publishing a map, as a map locks its slots in slot order`
+    );
+  }
+  return (
+    `its catalog transaction is ${refusal.level.toUpperCase()}, and ${t.rule} ${PIN_RACE_SECTION}: once it holds the slots' rows of catalog.slot_pin_locks, the change reads what the other side committed while it waited, which a snapshot taken before the lock (${refusal.level.toUpperCase()} keeps the transaction's first) does not show, and both would commit unseen by each other. ` +
+    `Nothing was ${t.nothing}: make the change in a READ COMMITTED transaction (begin isolation level read committed), or without a client (the store's own transaction is)`
+  );
+}
+
+/**
  * Locks the `catalog.slot_pin_locks` rows of `slots` (sharding migration 017) with `c`, in the
  * caller's catalog transaction and held to its end: `share` by a pin changed by hand (after its
  * write), `update` by a change of the slots' pinned keys (a map published by hand, before it reads
@@ -203,22 +246,37 @@ const DEADLOCK_DETECTED = '40P01';
  * the other (issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot").
  * Rows are locked in slot order (no deadlock between two changes of several slots); a missing row
  * is inserted first (`on conflict do nothing`: it does not wait for a lock on an existing row).
- * Waits at most `waitMs` (the transaction's `lock_timeout`, put back after); returns false where
- * another change held a slot past it (or a deadlock ended the wait: the transaction is then
- * aborted, as after any error), true once locked. Refused (`refused: ...`) where the table is
- * missing (migration 017 not applied) or the login may not lock it; other errors are thrown.
+ * Waits at most `waitMs` (the transaction's `lock_timeout`, put back after). Returns null once
+ * locked, else why not ({@link SlotLockRefusal}; {@link slotLockRefused} words it): another change
+ * held a slot past the wait, or a deadlock ended it (the transaction is then aborted, as after any
+ * error), or the transaction is not READ COMMITTED. The reads each side makes after its lock must
+ * see what the other committed while it waited: at REPEATABLE READ or SERIALIZABLE they read the
+ * transaction's first snapshot, older than the lock, and the race the lock closes was back (a pin
+ * in a caller's REPEATABLE READ transaction committed to the old owner of a slot given away
+ * meanwhile, refused there for good: owner-change-pin-lock-order.test.ts). Checked before anything
+ * is locked. Refused (`refused: ...`) where the table is missing (migration 017 not applied) or the
+ * login may not lock it; other errors are thrown.
  */
-export async function lockSlotsForPins(c: Queryable, slots: Iterable<number>, mode: 'share' | 'update', waitMs: number, refused: string): Promise<boolean> {
+export async function lockSlotsForPins(c: Queryable, slots: Iterable<number>, mode: 'share' | 'update', waitMs: number, refused: string): Promise<SlotLockRefusal | null> {
   const list = [...new Set(slots)].sort((a, b) => a - b);
-  if (list.length === 0) return true;
-  const { rows } = await c.query<{ prior: string }>(`select current_setting('lock_timeout') as prior`);
+  if (list.length === 0) return null;
+  const { rows } = await c.query<{ prior: string; level: string; alone: boolean }>(
+    `select current_setting('lock_timeout') as prior, current_setting('transaction_isolation') as level, transaction_timestamp() = statement_timestamp() as alone`,
+  );
+  const level = rows[0]?.level ?? 'read committed';
+  // READ UNCOMMITTED is READ COMMITTED in PostgreSQL: each statement takes a snapshot of its own.
+  // So does a statement that is its own transaction (a client holding none, `alone`: its
+  // transaction began with it), whatever the default level says; it holds no lock past itself
+  // either, which the spec leaves to such callers ("A pin racing a change of its slot").
+  if (level !== 'read committed' && level !== 'read uncommitted' && rows[0]?.alone !== true) return { kind: 'isolation', level };
   await c.query(`select set_config('lock_timeout', $1, true)`, [`${Math.max(1, Math.round(waitMs))}ms`]);
   try {
     await c.query('insert into catalog.slot_pin_locks (slot) select unnest($1::int[]) on conflict do nothing', [list]);
     await c.query(`select slot from catalog.slot_pin_locks where slot = any($1::int[]) order by slot for ${mode === 'share' ? 'share' : 'update'}`, [list]);
   } catch (err) {
     const code = (err as { code?: unknown }).code;
-    if (code === LOCK_NOT_AVAILABLE || code === DEADLOCK_DETECTED) return false;
+    if (code === LOCK_NOT_AVAILABLE) return { kind: 'timeout' };
+    if (code === DEADLOCK_DETECTED) return { kind: 'deadlock' };
     if (code === UNDEFINED_TABLE || code === INSUFFICIENT_PRIVILEGE) {
       throw new Error(
         `${refused}: a pin and a change of its slot's pinned keys lock the slot's row of catalog.slot_pin_locks to their commit, so that neither commits unseen by the other (issue #15; docs/sharding-spec.md section 9, "A pin racing a change of its slot"), and ${code === UNDEFINED_TABLE ? 'the catalog has no such table: apply the sharding migrations (ca-dms-scaling migrate, 017_slot_pin_locks.sql)' : 'this login may not lock it: make the change through the control login (ca_dms_control), which may'}. Nothing was written`,
@@ -228,7 +286,7 @@ export async function lockSlotsForPins(c: Queryable, slots: Iterable<number>, mo
     throw err;
   }
   await c.query(`select set_config('lock_timeout', $1, true)`, [rows[0]?.prior ?? '0']);
-  return true;
+  return null;
 }
 
 /** `rowsLeftOn` as a caller may pass it: `'checked'`, or `'move job #<id>'` with a positive id. */
@@ -403,7 +461,13 @@ export async function countedOwnerChange<R, T>(client: Queryable, change: Counte
 
 async function ownTransaction<R, T>(client: Queryable, change: CountedChange<R, T>, rollbackFailed: () => void = () => undefined): Promise<T> {
   change.fences?.fence.readCatalogThrough(client);
-  await client.query('begin');
+  // READ COMMITTED whatever the login's or the database's default_transaction_isolation: the
+  // change's reads after its lock of catalog.slot_pin_locks must see what the other side committed
+  // while it waited (lockSlotsForPins), and the write's compare-and-set re-checks a row changed
+  // meanwhile instead of failing on it. Begun with the default, a catalog whose default is
+  // REPEATABLE READ read the transaction's first snapshot there, and a pin committed unseen by a
+  // map published meanwhile (owner-change-pin-lock-order.test.ts).
+  await client.query('begin isolation level read committed');
   let done: T;
   try {
     done = await catalogFirst(client, change);

@@ -23,7 +23,7 @@ import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { DirectoryError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { MoveConflictError } from '../../../functions/adapters/postgres/move-jobs.js';
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
-import { countingStores, keysInSlot, refusalOf, sides, startMoveEnv, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
+import { countingStores, keysInSlot, refusalOf, settledOrWaiting, sides, startMoveEnv, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -32,20 +32,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-/** Resolves once `p` has settled or a backend of the catalog waits on a lock (the other side blocked on the open transaction). */
-async function settledOrWaiting(p: Promise<unknown>): Promise<'settled' | 'waiting'> {
-  let settled = false;
-  void p.finally(() => {
-    settled = true;
-  });
-  for (;;) {
-    if (settled) return 'settled';
-    const { rows } = await env.catalog.query(`select 1 from pg_stat_activity where datname = 'catalog' and wait_event_type = 'Lock'`);
-    if (rows.length > 0) return 'waiting';
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** A connection of the catalog in a transaction of its own, for one side of a race. */
 async function openTransaction(): Promise<pg.PoolClient> {
@@ -71,7 +57,7 @@ describe('a first pin of a key to its slot owner racing a change of its slot', (
       await directory.set(key, from, 'ops@example.com', pin);
       const published = refusalOf(slotMaps.publishByHand(moveSlots(await slotMaps.current(), [slot], to), 'test: the slot given away by hand'));
       // Now it waits for the pin (before: it read the slot's pinned keys without the key and committed).
-      await settledOrWaiting(published);
+      await settledOrWaiting(env, published);
       await pin.query('commit');
       expect(await published).toBeNull();
     } finally {
@@ -96,7 +82,7 @@ describe('a first pin of a key to its slot owner racing a change of its slot', (
       expect(await directory.delete(key, unpin)).toBe(true);
       const published = refusalOf(slotMaps.publishByHand(moveSlots(await slotMaps.current(), [slot], to), 'test: the slot given away by hand'));
       // Now it waits for the unpin (before: it read the key still pinned and kept it out).
-      await settledOrWaiting(published);
+      await settledOrWaiting(env, published);
       await unpin.query('commit');
       expect(await published).toBeNull();
     } finally {
@@ -120,7 +106,7 @@ describe('a first pin of a key to its slot owner racing a change of its slot', (
       await slotMaps.publishByHand(moveSlots(await slotMaps.current(), [slot], to), 'test: the slot given away by hand', map);
       pinned = refusalOf(directory.set(key, from, 'ops@example.com'));
       // Now it waits for the map (before: it committed with the slot's owner read before the map).
-      await settledOrWaiting(pinned);
+      await settledOrWaiting(env, pinned);
       await map.query('commit');
     } finally {
       await map.query('rollback').catch(() => undefined);
@@ -149,7 +135,7 @@ describe('a first pin of a key to its slot owner racing a change of its slot', (
       planned = refusalOf(mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }));
       // Now it waits for the pin (before: it read the directory without the key and recorded a job
       // that would copy the key's rows to `to` and delete them on `from`, where its pin names).
-      await settledOrWaiting(planned);
+      await settledOrWaiting(env, planned);
       await pin.query('commit');
     } finally {
       await pin.query('rollback').catch(() => undefined);

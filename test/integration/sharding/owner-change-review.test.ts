@@ -267,6 +267,42 @@ describe('what the review refuses to settle', () => {
     expect(rowOf(review.rows, from, slot)?.outcome ?? 'not settled').not.toMatch(/^settled/);
   }, 120_000);
 
+  it('reopens no row of a slot a hand change through a bare client took off its shard while the review read the shards, its catalog sessions defaulting to REPEATABLE READ', async () => {
+    const slot = 1921;
+    const { from, to, source } = await sides(env, slot);
+    // A catalog (or login) whose default_transaction_isolation is REPEATABLE READ: a review begun
+    // with the default read the map in the snapshot of its lock, taken before the shards were read.
+    const repeatableRead = new pg.Pool({ connectionString: env.urls.catalog, max: 2, options: '-c default_transaction_isolation=repeatable\\ read' });
+    // The change runs between the review's lock and its read of the shards, through something that
+    // only answers `query` (no transaction, so no lock a review would see): the source's row is
+    // then `moved` (job_id null) and the map names the target.
+    let changed = false;
+    const racing = new Proxy(source, {
+      get(t, p) {
+        if (p === 'query') {
+          return async (...args: Parameters<pg.Pool['query']>) => {
+            if (!changed && typeof args[0] === 'string' && /from write_fences/.test(args[0])) {
+              changed = true;
+              const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+              await store.publishByHand(moveSlots(await store.current(), [slot], to), 'test: given away through a bare client', { query: env.catalog.query.bind(env.catalog) });
+            }
+            return (t.query as (...a: unknown[]) => unknown)(...args);
+          };
+        }
+        const v = Reflect.get(t, p, t) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+      },
+    });
+    const review = await reviewFences({ catalog: repeatableRead, shards: new Map([...env.shards, [from, racing as pg.Pool]]), settle: true, olderThanMs: 0 }).finally(() => repeatableRead.end());
+    expect(changed).toBe(true);
+    expect(await env.ownerOf(slot)).toBe(to);
+    // Judged by the map of the review's first snapshot, the source's `moved` row looked like one on
+    // the shard the map names, and was deleted: the source took the writes of routers whose maps
+    // still named it, out of every reader's sight.
+    expect({ fence: await fenceState(source, slot), staleWrite: await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string) }).toEqual({ fence: 'moved', staleWrite: 'refused CAF02' });
+    expect(rowOf(review.rows, from, slot)?.outcome ?? 'not settled').not.toMatch(/^settled/);
+  }, 120_000);
+
   it('a hand change waits for a review in progress only within a bound, then is refused naming it, nothing fenced or published', async () => {
     const slot = 1912;
     const { from, to, source } = await sides(env, slot);
