@@ -19,7 +19,8 @@
  *   or a move's whose job has ended): deleted (the shard takes the slot's writes again), only while
  *   the review holds `catalog.owner_change_review` FOR UPDATE (no hand change through the stores is
  *   between its fence and its commit: each holds that row FOR SHARE meanwhile), the slot has no
- *   unfinished move job, and the row was last written at least `olderThanMs` ago (a change of an
+ *   unfinished move job (a hand row on a move that has not flipped excepted: {@link movingWithheld}),
+ *   and the row was last written at least `olderThanMs` ago (a change of an
  *   older version, or through a client that holds no transaction, takes no lock);
  * - a `moved` row is deleted only where no rows of the unit sit behind it on its shard (rows the
  *   unit left there when it went away, read by no one since: deleted, the row let readers find them
@@ -33,8 +34,8 @@
  *   hash); set `open` where the key is pinned there and the slot row is `moved` (deleted, the slot
  *   row refused every write the pin sends there, for good); left while the slot row is `fenced` or
  *   `incoming`. A `moved` row of a key is not reopened either where the shard it sends the writes
- *   to holds the key's rows under no row of its own (the key's route changed past the stores:
- *   reopened, its writes were taken where its rows are not);
+ *   to holds the key's rows other than a finished move's leftovers (the key's route changed past
+ *   the stores: reopened, its writes were taken where its rows are not);
  * - every statement is a compare-and-set on the row as read: a row a move or a change took over
  *   since is left, and reported so.
  * Rows of a live move (its job unfinished), `open` rows and a `moved` row on a shard the unit does
@@ -339,7 +340,7 @@ interface UnitFacts {
   readonly owner: string | undefined;
   readonly version: number;
   readonly jobs: ReadonlyMap<string, { id: string; state: string }>;
-  readonly unfinished: { id: string; state: string; kind: string; unit_id: string } | undefined;
+  readonly unfinished: { id: string; state: string; kind: string; unit_id: string; flipped: boolean } | undefined;
   /** A directory row: its key's pin, if any. */
   readonly pin?: { readonly shard: string; readonly version: number };
   /** A directory row: the shard's `slot` row of the key's slot, if read (not `open`). */
@@ -372,6 +373,28 @@ function keyRoute(key: string, f: UnitFacts): { shard: string; how: string; vers
   return { shard: f.owner, how: `by hash: slot ${slotOf(key)}, slot map version ${f.version}`, version: 0, byPin: false };
 }
 
+/**
+ * Why the unit's unfinished move (a slot's, or a key's of that slot) holds `r` back, or undefined:
+ * its rows are the move's to fence, release and clean up (past its flip, its clean-up deletes the
+ * unit's rows on its source), whatever they say. Not a hand change's row (`job_id` null) while the
+ * move has not begun its flip: no run of the move takes such a row over (its preparation, the
+ * first thing it writes in write_fences, refuses one on its source, `fenced` or `moved`: "this move
+ * does not take it over"; its target's `incoming` row replaces only an `open`, `moved` or
+ * `incoming` one), and a hand change writes none over a prepared move's rows (a move's `fenced` row
+ * refuses the change, its `incoming` or `moved` row is left as it is, and the catalog refuses most
+ * such changes first: CAF07, CAF08). So the row is a change's that died (or rolled back) before
+ * the move's preparation, which it stops: left to the move, which waited for it in turn, the unit's
+ * writes stayed refused until someone cancelled the move (owner-change-torture-review.test.ts;
+ * owner-change-review.test.ts, owner-change-review-directory.test.ts, "... on the source of a move
+ * planned since ..."). Judged as without the move instead (the lock, the age, the rows behind it):
+ * its settle is what the move's own error asks of the operator by hand.
+ */
+function movingWithheld(r: FenceRowRead, f: UnitFacts, what: string): string | undefined {
+  const job = f.unfinished;
+  if (job === undefined || (r.job_id === null && !job.flipped)) return undefined;
+  return `move job #${job.id} of ${what} is unfinished (${job.state}): settle once it has ended`;
+}
+
 type Verdict = { diagnosis: string; action: FenceAction; withheld?: string; route?: string; plan: SettlePlan };
 
 /** A row's diagnosis and action, or null where a live move, the map or the key's route explains it. */
@@ -388,7 +411,7 @@ function judge(r: FenceRowRead, shard: string, f: UnitFacts): Verdict | null {
   const byWhom = r.job_id === null ? 'a hand change (job_id null)' : job === undefined ? `move job #${r.job_id}, which the catalog does not have` : `move job #${r.job_id} (${job.state})`;
   const refusing = r.state === 'moved' ? `CAF02, moved to ${r.moved_to ?? '?'}` : 'CAF01';
   if (owner === undefined) return { diagnosis: `slot ${r.unit_id} is not in slot map version ${version}: decide by hand`, action: 'none', plan: {} };
-  const moving = f.unfinished === undefined ? undefined : `move job #${f.unfinished.id} of slot ${r.unit_id} is unfinished (${f.unfinished.state}): settle once it has ended`;
+  const moving = movingWithheld(r, f, `slot ${r.unit_id}`);
   const withMoving = moving === undefined ? {} : { withheld: moving };
   const reopen: SettlePlan = { reopenAs: 'delete', takes: `${shard} takes the slot's writes` };
   if (r.state === 'fenced' && r.job_id === null) {
@@ -439,7 +462,7 @@ function judgeKey(r: FenceRowRead, shard: string, f: UnitFacts, job: { id: strin
   if (r.state === 'moved' && shard !== R) return null;
   const base = { route: R };
   const slot = slotOf(key);
-  const moving = f.unfinished === undefined ? undefined : `move job #${f.unfinished.id} of ${f.unfinished.kind === 'slot' ? `the key's slot ${slot}` : `the key (its slot ${slot})`} is unfinished (${f.unfinished.state}): settle once it has ended`;
+  const moving = movingWithheld(r, f, f.unfinished?.kind === 'slot' ? `the key's slot ${slot}` : `the key (its slot ${slot})`);
   if (r.state === 'fenced' && r.job_id === null && shard !== R) {
     return {
       ...base,
@@ -499,14 +522,21 @@ async function settleRow(pool: Queryable, r: FenceRowRead, row: ReviewedFence, p
       }
       if (plan.reopenAs === 'open') return (await c.query(`update write_fences set state = 'open', moved_to = null, job_id = null, updated_at = now() where ${same}`, args)).rowCount;
       if (plan.slotGuard !== undefined) {
-        // Only while the slot's row there still lets the key through: else, deleted, it refused the key where its pin sends it.
-        return (
+        // Only while the slot's row there still lets the key through: else, deleted, it refused the
+        // key where its pin sends it. The key's row is locked first, in a statement of its own: its
+        // writers hold it FOR SHARE, and a deletion that waited for them had read the slot's row
+        // with the snapshot it began with, before the wait, and deleted over a slot row committed
+        // meanwhile (owner-change-review-directory.test.ts, "... while the deletion waits for the
+        // key's writers ..."). Read after the lock, the guard sees what committed before it.
+        if ((await c.query(`select 1 from write_fences where ${same} for update`, args)).rowCount !== 1) return 0;
+        const deleted = (
           await c.query(
             `delete from write_fences where ${same}
                 and not exists (select 1 from write_fences s where s.kind = 'slot' and s.unit_id = $7 and s.state <> 'open' and not ($2 = any(s.excluded_keys)))`,
             [...args, String(plan.slotGuard)],
           )
         ).rowCount;
+        return deleted === 1 ? 1 : 'slot row';
       }
       return (await c.query(`delete from write_fences where ${same}`, args)).rowCount;
       },
@@ -514,6 +544,9 @@ async function settleRow(pool: Queryable, r: FenceRowRead, row: ReviewedFence, p
         committing = true;
       },
     );
+    if (count === 'slot row') {
+      return `left: ${row.shard}'s row of the key's slot ${plan.slotGuard ?? '?'} changed since it was read and no longer lets the key through: deleted, the key's row would hand the key to it, which refuses its writes where its pin sends them; nothing changed: run the review again`;
+    }
     if (count !== 1) return 'left: the row changed since it was read (a move or a change took it over)';
     if (row.action === 'set moved') return `settled: moved to ${plan.movedTo ?? '?'} ${plan.takes ?? ''}`.trimEnd();
     return `settled: reopened (${plan.reopenAs === 'open' ? 'set open' : 'deleted'}), ${plan.takes ?? `${row.shard} takes the unit's writes`}`;
@@ -707,8 +740,8 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
   if (map === undefined) throw new Error('the catalog has no slot map yet: nothing routes to the shards, and no fence row can be judged');
   const rows = [...read.values()].flat();
   const slotsOf = (r: FenceRowRead): number => (r.kind === 'slot' ? Number(r.unit_id) : slotOf(r.unit_id));
-  const { rows: jobs } = await catalog.query<{ id: string; slot: number; state: string; kind: string; unit_id: string }>(
-    `select id::text, slot, state, kind, unit_id from catalog.move_jobs where id = any($1::bigint[]) or (slot = any($2::int[]) and state not in ('done', 'failed', 'cancelled'))`,
+  const { rows: jobs } = await catalog.query<{ id: string; slot: number; state: string; kind: string; unit_id: string; flipped: boolean }>(
+    `select id::text, slot, state, kind, unit_id, flip_started_at is not null as flipped from catalog.move_jobs where id = any($1::bigint[]) or (slot = any($2::int[]) and state not in ('done', 'failed', 'cancelled'))`,
     [[...new Set(rows.flatMap((r) => (r.job_id === null ? [] : [r.job_id])))], [...new Set(rows.map(slotsOf))]],
   );
   const keys = [...new Set(rows.flatMap((r) => (r.kind === 'directory' && r.state !== 'open' ? [r.unit_id] : [])))];
@@ -779,8 +812,9 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
  *   deleted or changed on the other shard since, back with its old data), as a hand change that
  *   would delete such a row refuses (unit-rows.ts, `refuseRowsBehindMoved`). A slot's rows are
  *   those its row decides for: not of its `excluded_keys`, nor of a key with a `directory` row there;
- * - a key's: its rows on the shard the row sends its writes to (`moved_to`), where that shard has
- *   no row of the key refusing them: the key's route was changed to this shard past the stores
+ * - a key's: its rows on the shard the row sends its writes to (`moved_to`), unless they are a
+ *   finished move's leftovers there (behind its `moved` row; a hand change's row stands over live
+ *   rows, as it counts them before it fences): the key's route was changed to this shard past the stores
  *   (an unpin or a pin by SQL, which nothing counted), its rows staying there. Reopened, this
  *   shard took the key's writes while its rows, unseen by its readers here, stayed there.
  */
@@ -811,14 +845,21 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
   if (!o.read.has(to)) {
     return `${to}, where this row sends the key's writes, was not read (not given, or it did not answer): the key's rows there could not be counted (its route may have changed past the stores, its rows staying there); settle again with ${to}`;
   }
-  // Rows of the key behind a row of its own there are that shard's leftovers, not the key's live rows.
+  // Rows of the key behind a move's `moved` row of it there are that move's leftovers (its clean-up
+  // keeps a user that still owns documents stored under another slot), not the key's live rows.
+  // Behind any other row they are the key's own: a hand change counts the key's rows before it
+  // fences and refuses the change where there are any, so its `fenced` row (the change died before
+  // its put-back, or its commit) or its `moved` row (such a row set `moved` since, by this review)
+  // stands over rows that were live when it was written. Taken for leftovers, a key unpinned past
+  // the stores over a dead change's fence had its writes taken here, its rows out of sight there
+  // (owner-change-review-directory.test.ts, "... under a pin change's dead fence ...").
   const theirs = rowOn.get(to)?.get(`directory:${unit.key}`);
-  if (theirs !== undefined && theirs.state !== 'open') return undefined;
+  if (theirs !== undefined && theirs.state === 'moved' && theirs.job_id !== null) return undefined;
   const there = await counted(to);
   if (typeof there === 'string') return there;
   if (there.length === 0) return undefined;
   return (
-    `the key's rows are on ${to} (${describeRows(there)}), where this row sends its writes, and ${to} has no row of the key refusing them: its route was changed to ${shard} past the stores (an unpin or a pin made by SQL, which nothing counts); reopened, ${shard} would take the key's writes while its rows stay on ${to}, out of its readers' sight. ` +
+    `the key's rows are on ${to} (${describeRows(there)}), where this row sends its writes, and ${to} has ${theirs === undefined || theirs.state === 'open' ? 'no row of the key refusing them' : `only a hand change's '${theirs.state}' row of the key over them (not a move's leftovers: a hand change counts the key's rows before it fences)`}: its route was changed to ${shard} past the stores (an unpin or a pin made by SQL, which nothing counts); reopened, ${shard} would take the key's writes while its rows stay on ${to}, out of its readers' sight. ` +
     `Pin it back to ${to}, or move it: pinned to ${to}, POST /shards/moves {"kind":"directory","unit":"${unit.key}","to":"${shard}"} (docs/sharding-spec.md section 9, "An owner changed outside a move")`
   );
 }

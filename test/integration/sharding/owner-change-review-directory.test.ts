@@ -23,7 +23,7 @@ import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapt
 import { reviewFences, type FenceReviewOptions, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countingStores, deletePinPastGuard, documentWrittenFor, keysInSlot, otherProcess, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { countingStores, deletePinPastGuard, documentWrittenFor, keysInSlot, lockWaitOn, moveStoppedAfterRelease, otherProcess, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let directory: DirectoryStore;
@@ -243,19 +243,45 @@ describe('what the review refuses to settle of a key', () => {
     expect({ pin: await env.directory.get(key), fence: await unitFenceState(source, 'directory', key) }).toEqual({ pin: to, fence: 'moved' });
   }, 60_000);
 
-  it('leaves a hand row of a key whose move is unfinished', async () => {
+  it("leaves a hand row of a key whose slot's move is past its flip and unfinished (its clean-up deletes the slot's rows on its source)", async () => {
     const slot = 2306;
-    const { from, to, source } = await sides(env, slot);
+    const { to, target } = await sides(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
-    const job = await env.mover().plan({ kind: 'directory', key, to, createdBy: 'test' });
-    // What a pin change killed after its fence leaves on the shard the key routes to.
-    await source.query(`insert into write_fences (kind, unit_id, state, job_id) values ('directory', $1, 'fenced', null)`, [key]);
-    const settled = await review({ settle: true, olderThanMs: 0 });
-    expect(await unitFenceState(source, 'directory', key)).toBe('fenced');
-    expect(keyRow(settled.rows, from, key)).toMatchObject({ route: from, action: 'reopen', outcome: `left: move job #${job.id} of the key (its slot ${slot}) is unfinished (planned): settle once it has ended` });
-    await env.mover().requestCancel(job.id);
-    await source.query(`delete from write_fences where kind = 'directory' and unit_id = $1`, [key]);
+    const job = await moveStoppedAfterRelease(env, slot, to);
+    // What a pin change killed after its fence leaves on the shard the key routes to (by hash, its slot's new owner).
+    await target.query(`insert into write_fences (kind, unit_id, state, job_id) values ('directory', $1, 'fenced', null)`, [key]);
+    try {
+      const settled = await review({ settle: true, olderThanMs: 0 });
+      expect(await unitFenceState(target, 'directory', key)).toBe('fenced');
+      expect(keyRow(settled.rows, to, key)).toMatchObject({ route: to, action: 'reopen', outcome: `left: move job #${job} of the key's slot ${slot} is unfinished (cleaning_up): settle once it has ended` });
+    } finally {
+      expect((await env.mover({ readerGraceMs: 0 }).run(job)).state).toBe('done');
+      await target.query(`delete from write_fences where kind = 'directory' and unit_id = $1`, [key]);
+    }
   }, 60_000);
+
+  it("reopens a pin change's dead fence on the source of a directory move planned since, which the move's runs refuse to take over (left for the move, the key's writes were refused until someone cancelled it)", async () => {
+    const slot = 2315;
+    const { from, to, source, target } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [key], 1);
+    const { pools, dying } = dyingAfterFence(from);
+    try {
+      const store = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: pools });
+      expect(await refusalOf(store.set(key, to, 'ops@example.com'))).toBeInstanceOf(DirectoryRowsLeftError);
+    } finally {
+      await dying.end();
+    }
+    expect(await unitFenceState(source, 'directory', key)).toBe('fenced');
+    const mover = env.mover({ readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    expect(String(await refusalOf(mover.run(job.id)))).toMatch(/is fenced by a hand change of its owner \(job_id null\).*this move does not take it over/);
+    const settled = await review({ settle: true, olderThanMs: 0 });
+    expect(keyRow(settled.rows, from, key)?.outcome).toBe(`settled: reopened (deleted), ${from} takes the key's writes`);
+    expect((await mover.run(job.id)).state).toBe('done');
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${to}`);
+    expect((await target.query<{ n: number }>('select count(*)::int as n from documents where owner_id = $1', [key])).rows[0]?.n).toBe(2);
+  }, 120_000);
 
   it("leaves a key's row where its slot's row there is fenced and does not keep the key out (deleted, that row refused the key where its pin sends it)", async () => {
     const slot = 2310;
@@ -317,6 +343,124 @@ describe('what the review refuses to settle of a key', () => {
     expect(keyRow(settled.rows, from, key)).toMatchObject({ route: from, action: 'reopen' });
     expect(keyRow(settled.rows, from, key)?.outcome).toMatch(new RegExp(`^left: the key's rows are on ${to} \\(1 in users, 2 in documents\\), where this row sends its writes, and ${to} has no row of the key refusing them`));
   }, 120_000);
+
+  it("reopens no moved row of a key whose rows are on the shard it sends them to under a pin change's dead fence (unpinned past the stores): reopened, the key's writes were taken where its rows are not, and a second review did it too", async () => {
+    const slot = 2312;
+    const { from, to, source, target } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    // Pinned to `to` (its route changed: `from`'s row of it `moved` to `to`), then written there.
+    await directory.set(key, to, 'ops@example.com');
+    await seedUsers(target, slot, [key], 2);
+    // A pin back whose process died after its fence on `to`: refused for the key's rows there, its put-back lost.
+    const { pools, dying } = dyingAfterFence(to);
+    try {
+      const store = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: pools });
+      expect(await refusalOf(store.set(key, from, 'ops@example.com'))).toBeInstanceOf(DirectoryRowsLeftError);
+    } finally {
+      await dying.end();
+    }
+    expect({ here: (await directoryRow(source, key))?.state, there: (await directoryRow(target, key))?.state }).toEqual({ here: 'moved', there: 'fenced' });
+    // The pin deleted past the stores: the key routes by hash to `from` again, its rows on `to`, under the dead change's fence.
+    expect(await deletePinPastGuard(env.catalog, key)).toBe(true);
+    expect(await userWrittenThroughRouter(key)).toMatch(/^failed: /);
+    const settled = await review({ settle: true, olderThanMs: 0 });
+    const again = await review({ settle: true, olderThanMs: 0 });
+    // Reopened, `from` took the key's user while its 2 documents stayed on `to`, out of its readers' sight.
+    expect(await userWrittenThroughRouter(key)).toMatch(/^failed: /);
+    expect((await source.query('select 1 from users where id = $1', [key])).rows).toHaveLength(0);
+    expect(await unitFenceState(source, 'directory', key)).toBe('moved');
+    for (const r of [settled, again]) {
+      expect(keyRow(r.rows, from, key)).toMatchObject({ route: from, action: 'reopen' });
+      expect(keyRow(r.rows, from, key)?.outcome).toMatch(new RegExp(`^left: the key's rows are on ${to} \\(1 in users, 2 in documents\\), where this row sends its writes`));
+    }
+  }, 120_000);
+
+  /**
+   * `pool` as the review is given it, running `after` once it has read the shard's rows (before
+   * anything is judged or settled there): an owner change of the slot made at that moment.
+   */
+  function interleaved(pool: pg.Pool, after: () => Promise<void>): pg.Pool {
+    let done = false;
+    return new Proxy(pool, {
+      get(target, prop) {
+        if (prop !== 'query') {
+          const value = Reflect.get(target, prop, target) as unknown;
+          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        }
+        return async (...args: unknown[]) => {
+          const result = await (target.query as (...a: unknown[]) => Promise<unknown>)(...args);
+          if (!done && typeof args[0] === 'string' && args[0].includes('from write_fences') && args[0].includes('order by kind, unit_id')) {
+            done = true;
+            await after();
+          }
+          return result;
+        };
+      },
+    });
+  }
+
+  /** A key pinned to `to` whose row there a pin change left `fenced` (it died before its commit): the review deletes it, guarded by `to`'s row of the key's slot. */
+  async function pinnedKeyLeftFenced(slot: number): Promise<{ key: string; from: string; to: string; target: pg.Pool }> {
+    const { from, to, target } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await env.directory.set(key, to, 'ops@example.com');
+    await target.query(`insert into write_fences (kind, unit_id, state) values ('directory', $1, 'fenced')`, [key]);
+    return { key, from, to, target };
+  }
+
+  /** `to`'s row of `slot` made `moved` to `from`, keeping no key out (past the stores): it decides for every key of the slot there without a row of its own. */
+  async function slotLeft(target: pg.Pool, slot: number, from: string): Promise<void> {
+    await target.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version) values ('slot', $1, 'moved', $2, 1)`, [String(slot), from]);
+  }
+
+  it("deletes a pinned key's row only while its slot's row there still lets the key through: a slot row that keeps no key out, written after the rows were read, leaves it (deleted, the key's writes were refused there for good)", async () => {
+    const slot = 2313;
+    const { key, from, to, target } = await pinnedKeyLeftFenced(slot);
+    try {
+      const first = await review({ settle: true, olderThanMs: 0, shards: new Map([...env.shards, [to, interleaved(target, () => slotLeft(target, slot, from))]]) });
+      expect(keyRow(first.rows, to, key)).toMatchObject({ route: to, action: 'reopen' });
+      expect(keyRow(first.rows, to, key)?.outcome).toMatch(new RegExp(`^left: ${to}'s row of the key's slot ${slot} changed since it was read and no longer lets the key through`));
+      expect(await unitFenceState(target, 'directory', key)).toBe('fenced');
+      // Judged again with the slot's row as it is: set open, which decides for the key over it.
+      const second = await review({ settle: true, olderThanMs: 0 });
+      expect(keyRow(second.rows, to, key)?.outcome).toMatch(/^settled: reopened \(set open\)/);
+      expect(await userWrittenThroughRouter(key)).toBe(`written on ${to}`);
+    } finally {
+      await target.query(`delete from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)`, [String(slot), key]);
+    }
+  }, 60_000);
+
+  it("deletes a pinned key's row only while its slot's row there still lets the key through: a slot row written while the deletion waits for the key's writers leaves it too", async () => {
+    const slot = 2314;
+    const { key, from, to, target } = await pinnedKeyLeftFenced(slot);
+    const database = new URL(env.urls.shards[to] as string).pathname.slice(1);
+    const writer = await target.connect();
+    let meanwhile: Promise<void> | undefined;
+    try {
+      const holdKeyRow = async (): Promise<void> => {
+        // A writer of the key holding its row FOR SHARE (as every writer does) while the review
+        // deletes it; the slot's row written once the deletion waits, then the writer ends.
+        await writer.query('begin');
+        await writer.query(`select 1 from write_fences where kind = 'directory' and unit_id = $1 for share`, [key]);
+        meanwhile = (async () => {
+          await lockWaitOn(target, database);
+          await slotLeft(target, slot, from);
+          await writer.query('commit');
+        })();
+      };
+      const first = await review({ settle: true, olderThanMs: 0, shards: new Map([...env.shards, [to, interleaved(target, holdKeyRow)]]) });
+      await meanwhile;
+      expect(keyRow(first.rows, to, key)?.outcome).toMatch(new RegExp(`^left: ${to}'s row of the key's slot ${slot} changed since it was read and no longer lets the key through`));
+      expect(await unitFenceState(target, 'directory', key)).toBe('fenced');
+      await review({ settle: true, olderThanMs: 0 });
+      expect(await userWrittenThroughRouter(key)).toBe(`written on ${to}`);
+    } finally {
+      await meanwhile?.catch(() => undefined);
+      await writer.query('rollback').catch(() => undefined);
+      writer.release();
+      await target.query(`delete from write_fences where (kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2)`, [String(slot), key]);
+    }
+  }, 60_000);
 
   it("leaves unlisted a pinned key's marks on its slot's shards (a moved row where the key does not route), which without the configuration are listed", async () => {
     const slot = 2309;

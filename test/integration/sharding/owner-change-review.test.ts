@@ -198,6 +198,29 @@ describe('what the review refuses to settle', () => {
     expect(await fenceState(target, slot)).toBe('fenced');
   }, 120_000);
 
+  it("reopens a hand change's dead fence on the source of a move planned since, which the move's runs refuse to take over (left for the move, the slot's writes were refused until someone cancelled it)", async () => {
+    const slot = 1916;
+    const { from, to, source, target } = await sides(env, slot);
+    const [kept, after] = keysInSlot(slot, 2) as [string, string];
+    await seedUsers(source, slot, [kept], 1);
+    const { pools, dying } = dyingAfterFence(from);
+    try {
+      const store = new SlotMapStore(env.catalog, { shardPools: pools });
+      expect(await refusalOf(store.publishByHand(moveSlots(await store.current(), [slot], to), 'hand change'))).toBeInstanceOf(SlotMapRowsLeftError);
+    } finally {
+      await dying.end();
+    }
+    expect(await fenceState(source, slot)).toBe('fenced');
+    const mover = env.mover({ readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect(String(await refusalOf(mover.run(job.id)))).toMatch(/is fenced by a hand change of its owner \(job_id null\).*this move does not take it over/);
+    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0 });
+    expect(rowOf(review.rows, from, slot)?.outcome).toBe(`settled: reopened (deleted), ${from} takes the slot's writes`);
+    expect((await mover.run(job.id)).state).toBe('done');
+    expect(await writtenThroughRouter(slot, after)).toBe(`written on ${to} (slot as expected)`);
+    expect(await usersOn(target, [kept, after])).toBe(2);
+  }, 120_000);
+
   it('reopens no row last written under --older-than (a change through a client holding no transaction takes no lock)', async () => {
     const slot = 1907;
     const { from, source } = await sides(env, slot);
