@@ -3,7 +3,7 @@
  * The Lambda handler and the local HTTP adapter both go through here, so local mode serves
  * exactly what API Gateway would.
  */
-import type { APIGatewayProxyEvent, APIGatewayProxyResult } from 'aws-lambda';
+import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
 import type { ApiRequest, ApiResponse, CallerIdentity } from './http.js';
 
 /** The actor recorded for a request: the SigV4-authenticated IAM principal when there is one. */
@@ -45,4 +45,38 @@ export function fromApiGatewayEvent(event: APIGatewayProxyEvent): ApiRequest {
 /** Shapes the proxy integration result. */
 export function toApiGatewayResult(response: ApiResponse): APIGatewayProxyResult {
   return { statusCode: response.status, headers: { ...response.headers }, body: response.body };
+}
+
+/**
+ * API Gateway's timeout of a REST API's integration: it answers 504 to a request the function has
+ * not answered within this, whatever the function is still doing (the API function's own timeout,
+ * lib/control-plane/control-plane.ts, is the same 29 s).
+ */
+export const API_GATEWAY_TIMEOUT_MS = 29_000;
+
+/**
+ * What a request keeps of its time past its waits on the shards: the route's answer is built,
+ * logged and carried back through API Gateway within it (a rebalance check plans its moves once
+ * the shards have answered: 0.5 to 0.9 s for 900 moves, README).
+ */
+export const API_ANSWER_MARGIN_MS = 2_000;
+
+/**
+ * The deadline of the request `event` (`Date.now()` ms), by which its route must have answered:
+ * API Gateway's {@link API_GATEWAY_TIMEOUT_MS} from when it received the request
+ * (`requestContext.requestTimeEpoch`: a cold start's initialisation and the first request's
+ * sharding runtime count too), or the function's own end (`getRemainingTimeInMillis`), whichever
+ * comes first (29 s from now without either), less {@link API_ANSWER_MARGIN_MS}. The shard
+ * reports wait on a silent shard until then at most (adapters/postgres/request-deadline.ts), whatever
+ * `health_check_timeout_seconds` says (up to 60 s), and answer naming it.
+ */
+export function requestDeadlineOf(event: { readonly requestContext?: unknown }, context: Partial<Pick<Context, 'getRemainingTimeInMillis'>>, now: number = Date.now()): number {
+  const received = (event.requestContext as { requestTimeEpoch?: unknown } | undefined)?.requestTimeEpoch;
+  // A time API Gateway has already passed is no live request's (a test event from the console,
+  // replayed): the function's own end bounds it then.
+  const gatewayEnds = typeof received === 'number' && Number.isFinite(received) && received + API_GATEWAY_TIMEOUT_MS > now ? received + API_GATEWAY_TIMEOUT_MS : Number.POSITIVE_INFINITY;
+  const remaining = typeof context.getRemainingTimeInMillis === 'function' ? context.getRemainingTimeInMillis() : Number.NaN;
+  const functionEnds = Number.isFinite(remaining) ? now + remaining : Number.POSITIVE_INFINITY;
+  const ends = Math.min(gatewayEnds, functionEnds, now + API_GATEWAY_TIMEOUT_MS);
+  return ends - API_ANSWER_MARGIN_MS;
 }

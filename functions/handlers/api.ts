@@ -7,7 +7,7 @@
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { z } from 'zod';
-import { fromApiGatewayEvent, toApiGatewayResult } from '../api/apigw.js';
+import { fromApiGatewayEvent, requestDeadlineOf, toApiGatewayResult } from '../api/apigw.js';
 import { ProblemError, problemResponse } from '../api/http.js';
 import { createScalingRouter, type ReadSnapshotOptions } from '../api/routes.js';
 import type { Router } from '../api/router.js';
@@ -15,6 +15,7 @@ import type { ScalingApiPort } from '../api/service.js';
 import { createScalingApiPort, shardingDepsOf } from '../api/wiring.js';
 import { RdsInventory } from '../adapters/aws/rds-inventory.js';
 import { HistoryReader } from '../adapters/postgres/history-reader.js';
+import { withRequestDeadline } from '../adapters/postgres/request-deadline.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { awsClients, rdsClient } from './shared/aws.js';
 import { withPowertools } from './shared/middleware.js';
@@ -43,19 +44,22 @@ export const proxyEventSchema = z.object({
  */
 export function createApiHandler(port: () => ScalingApiPort | Promise<ScalingApiPort>, options: { snapshots?: ReadSnapshotOptions } = {}) {
   let router: Router | undefined;
-  return withPowertools(async (event: unknown, _context: Context): Promise<APIGatewayProxyResult> => {
+  return withPowertools(async (event: unknown, context: Context): Promise<APIGatewayProxyResult> => {
     const parsed = proxyEventSchema.safeParse(event);
     if (!parsed.success) {
       logger.error('rejected event: not an API Gateway REST proxy event', { issues: parsed.error.issues.map((i) => i.path.join('.')) });
       return toApiGatewayResult(problemResponse(new ProblemError(400, 'the event is not an API Gateway REST proxy event')));
     }
+    // Taken before the port is built: a first request's time goes into that too.
+    const deadline = requestDeadlineOf(parsed.data, context);
     router ??= createScalingRouter(await port(), {
       ...(options.snapshots ? { snapshots: options.snapshots } : {}),
       onError: (err, request) => logger.error('unexpected error serving a request', { error: err as Error, requestId: request.requestId, path: request.path }),
     });
     const request = fromApiGatewayEvent(event as APIGatewayProxyEvent);
     const started = performance.now();
-    const response = await router.dispatch(request);
+    const routed = router;
+    const response = await withRequestDeadline(deadline, () => routed.dispatch(request));
     const ms = performance.now() - started;
     metrics.addMetric(response.status >= 500 ? 'ServerErrors' : response.status >= 400 ? 'ClientErrors' : 'Requests', MetricUnit.Count, 1);
     logger.info('request', { method: request.method, path: request.path, status: response.status, actor: request.identity.actor, ms: Math.round(ms) });

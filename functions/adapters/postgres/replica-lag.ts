@@ -46,9 +46,19 @@ export interface Heartbeat {
 export interface LagMeasureOptions {
   /** Budget of each query (connect included). */
   readonly timeoutMs: number;
+  /**
+   * Each query's budget, read as its wait begins. Default `timeoutMs`. The shard inspector's
+   * health check gives `timeoutMs` or the time its request has left, whichever is less
+   * (request-deadline.ts): a heartbeat is two queries in a row, a probe polls, and a budget read
+   * once would let the last of them run past the request's deadline.
+   */
+  readonly budgetMs?: () => number;
   /** The local clock. Default `Date.now`. */
   readonly now?: () => number;
 }
+
+/** The budget of the query about to begin (see {@link LagMeasureOptions.budgetMs}). */
+const budgetOf = (options: LagMeasureOptions): number => options.budgetMs?.() ?? options.timeoutMs;
 
 export interface ReplicaLagOptions extends LagMeasureOptions {
   /** How long the replica may take to replay the heartbeat and still count as current. */
@@ -183,11 +193,11 @@ export async function commitHeartbeat(primary: ShardNode, options: LagMeasureOpt
     // txid_current() gives the transaction an xid, so its commit is a WAL record with the
     // primary's commit time, which a replica reports once replayed. Synchronous commit makes
     // it visible to the WAL senders now rather than at the WAL writer's next round.
-    await withNodeDeadline(primary.pool, options.timeoutMs, primary.nodeId, async (c) => {
+    await withNodeDeadline(primary.pool, budgetOf(options), primary.nodeId, async (c) => {
       await c.query('set local synchronous_commit = on');
       await c.query('select txid_current()');
     });
-    const { rows } = await withNodeDeadline(primary.pool, options.timeoutMs, primary.nodeId, (c) =>
+    const { rows } = await withNodeDeadline(primary.pool, budgetOf(options), primary.nodeId, (c) =>
       c.query<{ lsn: string; now_ms: number; tli: string }>(HEARTBEAT_POSITION_SQL),
     );
     const row = rows[0];
@@ -204,7 +214,7 @@ export async function commitHeartbeat(primary: ShardNode, options: LagMeasureOpt
  */
 export async function readPrimaryPosition(primary: ShardNode, options: LagMeasureOptions): Promise<bigint | null> {
   try {
-    const { rows } = await withNodeDeadline(primary.pool, options.timeoutMs, primary.nodeId, (c) => c.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn'));
+    const { rows } = await withNodeDeadline(primary.pool, budgetOf(options), primary.nodeId, (c) => c.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn'));
     return rows[0] ? parseLsn(rows[0].lsn) : null;
   } catch {
     return null;
@@ -222,7 +232,7 @@ export async function probeReplicaLag(replica: ShardNode, heartbeat: Heartbeat |
     // Counted in polls, not read from the injected clock (a test's clock need not move).
     for (let poll = 1; ; poll += 1) {
       type Row = { in_recovery: boolean; replay_lsn: string | null; replay_commit_ms: number | null; lag_seconds: number | null; timeline: number | null };
-      const measure = (sql: string) => withNodeDeadline(replica.pool, options.timeoutMs, replica.nodeId, (c) => c.query<Row>(sql));
+      const measure = (sql: string) => withNodeDeadline(replica.pool, budgetOf(options), replica.nodeId, (c) => c.query<Row>(sql));
       // Without the right to read the timeline, the rest of the measure still stands.
       const { rows } = await withTimelineSql(replica.pool, (timelineSql) => measure(replicaSql(timelineSql)), { recheck: poll === 1 });
       const row = rows[0];

@@ -53,6 +53,7 @@ import {
   type UnconfiguredOwner,
 } from '../../core/sharding/statistics.js';
 import { withNodeDeadline } from './deadline.js';
+import { requestTimeLeftMs } from './request-deadline.js';
 import { NOT_OWNED_STATES_SQL, rowFenceStateSql, rowsOfFencedUnitsSql } from './read-transaction.js';
 import { commitHeartbeat, probeReplicaLag, type ReplicaLag } from './replica-lag.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
@@ -125,6 +126,15 @@ export interface EndpointFactsSource {
 export interface ShardInspectorOptions {
   /** Budget of one node's check (connect and all queries). */
   readonly timeoutMs: number;
+  /**
+   * How long the caller has left, read as each wait on a node (and on the cloud inventory)
+   * begins: the wait is its budget ({@link timeoutMs}, {@link wholeTableBudgetMs}) or that,
+   * whichever is less, and a node still silent then is reported as one that did not answer in
+   * time. Default: what the request being served has left (request-deadline.ts; the scaling
+   * API's handler sets it: API Gateway answers 504 at 29 s, and a silent shard must be named in
+   * the route's own answer before that), nothing outside a request.
+   */
+  readonly timeLeftMs?: () => number | undefined;
   readonly thresholds?: HealthThresholds;
   /** Shard weights (fair shares for statistics); 1 for shards not listed. */
   readonly weights?: Readonly<Record<string, number>>;
@@ -383,6 +393,14 @@ const STATEMENTS_ADVICE: Readonly<Record<string, string>> = {
   [INSUFFICIENT_PRIVILEGE]: 'this login may not read it: grant it pg_read_all_stats',
 };
 
+/** The cloud inventory (RDS, CloudWatch) had not answered when the request's time ran out: the report goes without its facts. */
+class CloudInventoryLateError extends Error {
+  override readonly name = 'CloudInventoryLateError';
+  constructor(readonly waitedMs: number) {
+    super(`the cloud inventory did not answer within the ${waitedMs} ms the request had left (RDS or CloudWatch slow, or throttling the function's calls); the report goes without its facts`);
+  }
+}
+
 /**
  * What a report says of an unreadable cloud inventory: the call that failed (the inventory's own
  * words, `DescribeDBInstances failed`) and the SDK's error name (`AccessDeniedException`), not the
@@ -419,10 +437,11 @@ export class ShardInspector {
     const started = this.#now();
     let cloudError: string | undefined;
     const cloudFacts = this.#options.cloud
-      ? this.#options.cloud.facts().catch((error: unknown) => {
-          // RDS being unreadable must not hide what the databases themselves say.
+      ? this.#withinTimeLeft(this.#options.cloud.facts(), (ms) => new CloudInventoryLateError(ms)).catch((error: unknown) => {
+          // RDS being unreadable (or slow: the SDK retries a throttled call for many seconds)
+          // must not hide what the databases themselves say.
           this.#failed({ what: 'cloud inventory', error });
-          cloudError = cloudFailure(error);
+          cloudError = error instanceof CloudInventoryLateError ? error.message : cloudFailure(error);
           return new Map<string, RdsFacts>();
         })
       : Promise.resolve(new Map<string, RdsFacts>());
@@ -473,7 +492,8 @@ export class ShardInspector {
    */
   #replicaLags(): Map<string, Promise<ReplicaLag | undefined>> {
     const lags = new Map<string, Promise<ReplicaLag | undefined>>();
-    const options = { timeoutMs: this.#options.timeoutMs, now: this.#now };
+    // Each query of a heartbeat or a probe within what the caller has left as it begins.
+    const options = { timeoutMs: this.#options.timeoutMs, budgetMs: () => this.#budget(this.#options.timeoutMs), now: this.#now };
     for (const shardId of this.#pools.shardIds()) {
       const replicas = this.#pools.replicas(shardId);
       if (replicas.length === 0) continue;
@@ -488,6 +508,25 @@ export class ShardInspector {
     return lags;
   }
 
+  /** `budgetMs`, or what the caller has left where that is less ({@link ShardInspectorOptions.timeLeftMs}): a wait's budget, read as it begins. */
+  #budget(budgetMs: number): number {
+    const left = (this.#options.timeLeftMs ?? requestTimeLeftMs)();
+    return left === undefined ? budgetMs : Math.min(budgetMs, left);
+  }
+
+  /** `work`, or `late(ms)` thrown once what the caller has left (`ms`, as it begins) has passed; `work` itself as is where there is no bound. */
+  #withinTimeLeft<T>(work: Promise<T>, late: (ms: number) => Error): Promise<T> {
+    const left = (this.#options.timeLeftMs ?? requestTimeLeftMs)();
+    if (left === undefined) return work;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(late(left)), left);
+    });
+    // The loser of the race must not become an unhandled rejection.
+    work.catch(() => undefined);
+    return Promise.race([work, expired]).finally(() => clearTimeout(timer));
+  }
+
   /** Hands a failure to {@link ShardInspectorOptions.onFailure}; a throwing logger must not fail the report. */
   #failed(failure: InspectionFailure): void {
     try {
@@ -500,7 +539,7 @@ export class ShardInspector {
   async #measure(node: ShardNode, lag: Promise<ReplicaLag | undefined> | undefined): Promise<Measured> {
     const started = this.#now();
     try {
-      const { row, statements } = await withNodeDeadline(node.pool, this.#options.timeoutMs, node.nodeId, async (client) => {
+      const { row, statements } = await withNodeDeadline(node.pool, this.#budget(this.#options.timeoutMs), node.nodeId, async (client) => {
         const { rows } = await client.query<ProbeRow>(PROBE_SQL);
         const first = rows[0];
         if (!first) throw new ShardInspectionError(`${node.nodeId}: pg_stat_database has no row for the current database`);
@@ -649,7 +688,7 @@ export class ShardInspector {
   async #tableStatistics(node: ShardNode, exact: boolean): Promise<TableStatistics[]> {
     const names = this.#tables();
     const wanted = [names.users, names.documents, ...(names.keys === undefined ? [] : [names.keys])];
-    const budget = exact ? this.wholeTableBudgetMs : this.#options.timeoutMs;
+    const budget = this.#budget(exact ? this.wholeTableBudgetMs : this.#options.timeoutMs);
     return withNodeDeadline(node.pool, budget, node.nodeId, async (client) => {
       // pages: the heap's current size (of every partition), to size the sample below.
       // pg_partition_tree lists nothing for a table that is not partitioned: its own size then.
@@ -767,7 +806,7 @@ export class ShardInspector {
   ): Promise<{ measurement: ShardMeasurement; units: MovableUnit[]; inRecovery: boolean }> {
     const names = this.#tables();
     const node = this.#pools.primary(shardId);
-    return withNodeDeadline(node.pool, this.wholeTableBudgetMs, node.nodeId, async (client) => {
+    return withNodeDeadline(node.pool, this.#budget(this.wholeTableBudgetMs), node.nodeId, async (client) => {
       const wanted = [names.users, names.documents, ...(names.keys === undefined ? [] : [names.keys])];
       const { rows: catalog } = await client.query<{ table: string; disk_bytes: number; columns: ColumnWidth[]; in_recovery: boolean }>(
         `select c.relname as table, ${DISK_BYTES_SQL} as disk_bytes, ${COLUMNS_SQL} as columns,

@@ -25,6 +25,7 @@ import type { MovesLookup } from '../../core/sharding/lost-before-move.js';
 import { Mover } from './mover.js';
 import { createShardReader, type ShardReader } from './read-transaction.js';
 import { ReplicaReader } from './replica-reader.js';
+import { withinRequestDeadline } from './request-deadline.js';
 import { ShardInspector, type EndpointFactsSource, type InspectionFailure } from './shard-inspector.js';
 import { ShardPools, type ShardPoolOptions } from './shard-pools.js';
 import { SlotMapStore } from './slot-map-store.js';
@@ -68,7 +69,8 @@ export interface ShardingRuntime {
   /**
    * The shards' `write_fences` rows no live move explains, listed as `ca-dms-scaling shards fences`
    * lists them without `--settle`, read without its lock (fence-review.ts `listFences`): on the
-   * inspector's pools (the API's monitor login), each shard within `health_check_timeout_seconds`.
+   * inspector's pools (the API's monitor login), each shard within `health_check_timeout_seconds`
+   * or what the request being served has left, whichever is less (request-deadline.ts).
    */
   readonly fences: { list(options?: { readonly all?: boolean }): Promise<FenceReview> };
   readonly mover: Mover;
@@ -142,9 +144,22 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
     const inspectionPrimaries = new Map(inspectionPools.shardIds().map((id) => [id, inspectionPools.primary(id).pool]));
     const fences: ShardingRuntime['fences'] = {
       // The configuration's routing tells which shard a key's directory rows are judged against.
-      list: (listing = {}) => listFences({ catalog, shards: inspectionPrimaries, timeoutMs: config.health_check_timeout_seconds * 1000, all: listing.all === true, routing: moveRoutingOf(config),
-        ...(options.onInspectionFailure ? { onFailure: options.onInspectionFailure } : {}),
-      }),
+      list: (listing = {}) =>
+        listFences({
+          catalog,
+          shards: inspectionPrimaries,
+          // Read by listFences as each of its waits on a shard begins (the shard's fence rows,
+          // then, one after another, the rows behind each `moved` row it judges): each within the
+          // timeout or what the request being served has left, whichever is less
+          // (request-deadline.ts: the API names a silent shard before API Gateway's 504). Read
+          // once, the bound would let the counts after the first read run past the deadline.
+          get timeoutMs() {
+            return withinRequestDeadline(config.health_check_timeout_seconds * 1000);
+          },
+          all: listing.all === true,
+          routing: moveRoutingOf(config),
+          ...(options.onInspectionFailure ? { onFailure: options.onInspectionFailure } : {}),
+        }),
     };
     const mover = new Mover({
       catalog,

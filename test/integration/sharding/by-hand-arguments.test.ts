@@ -164,6 +164,22 @@ describe('catalog.publish_slot_map_by_hand, called in SQL', () => {
     expect((await new SlotMapStore(admin).current()).assignments).toEqual(MAP);
   });
 
+  it('names each refused owner once, at its first slot, in slot order, after the NULLs; the first map needs shard ids only', async () => {
+    // Pins the message that sharding migration 018 builds owner by owner (013 built it per slot).
+    const unknown = (shard: string) =>
+      `the shard '${shard}' is named by no slot map, directory entry or move job of this catalog (known: shard_001, shard_002, shard_003): a typo? A shard new to the catalog is known once a move to it is planned or a key is pinned to it; a configured shard the catalog lost the record of (restored from before it was added) is accepted when the transaction names it first: set local ca_dms.new_shards = '${shard}'`;
+    const notAnId = `the shard 'shard 001' is not a shard id (1 to 63 letters, digits, "_", "." or "-", starting with a letter or digit)`;
+    expect(await publish(['shard_001', 'shard_009', 'shard 001', null, 'shard_009', 'shard_004', 'shard 001', 'shard_003'])).toBe(
+      `${head}every slot needs an owner: 1 of the 8 assignments are NULL (the first is slot 3); every owner must be a shard the catalog knows (the first slot of each owner refused): slot 1: ${unknown('shard_009')}; slot 2: ${notAnId}; slot 5: ${unknown('shard_004')}; nothing was published`,
+    );
+    await admin.query('truncate catalog.slot_maps');
+    expect(await publish(['shard_100', 'shard 001', 'shard_100', ' ', 'shard_101', 'shard_101', 'shard_101', 'shard_100'], 'first map', 1)).toBe(
+      `${head}every owner must be a shard the catalog knows (the first slot of each owner refused): slot 1: ${notAnId}; slot 3: the shard must not be empty; nothing was published`,
+    );
+    expect(await versions()).toEqual([]);
+    expect(await publish(['shard_100', 'shard_100', 'shard_101', 'shard_101', 'shard_102', 'shard_102', 'shard_102', 'shard_100'], 'first map', 1)).toBe('ok [{"version":1,"slot_count":8}]');
+  });
+
   it('refuses assignments that are not one owner per slot from subscript 1 (none, two-dimensional, subscripted from 0), a version below 1 and a blank reason, naming each', async () => {
     // Before 013: a two-dimensional array or one subscripted from 0 was published (read back as
     // a nested array, or with every slot's owner shifted by one in SQL's assignments[s + 1]).
