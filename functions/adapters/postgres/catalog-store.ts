@@ -453,7 +453,15 @@ export class CatalogStore implements ControllerCatalog {
       // function's one pooled connection (one evaluation at a time, under the lease) until the pool
       // closes it idle: one database connection, bounded, against a lock held without bound.
       const idleMs = serverTimeoutMs(this.options.serviceLockIdleMs ?? SERVICE_LOCK_IDLE_MS);
-      return await inTransaction(db, `begin; set local idle_in_transaction_session_timeout = ${idleMs}`, async (client) => {
+      // READ COMMITTED whatever the login's or the database's default_transaction_isolation (an
+      // RDS parameter group, an ALTER ROLE ... SET): the reads under the lock (the service's state,
+      // the switches, the configuration) must see what the previous holder, or a stop, committed
+      // while this transaction waited for the lock. At REPEATABLE READ they used the snapshot of
+      // the locking statement, taken before that commit: a waiting evaluation read the state the
+      // holder had replaced (its `pending` change settled, say) and its save then failed on the row
+      // the holder updated (40001), after the orchestrator may have been asked
+      // (catalog-store.test.ts; issue #15).
+      return await inTransaction(db, `begin isolation level read committed; set local idle_in_transaction_session_timeout = ${idleMs}`, async (client) => {
         const lock = `select true as locked from catalog.service_locks where service = $1::text for update${options.wait ? '' : ' skip locked'}`;
         const { rows } = await client.query<{ locked: boolean }>(lock, [service]);
         // Another evaluation holds the service, or a stop or configuration change its share lock

@@ -53,7 +53,15 @@ export async function withNodeDeadline<T>(pool: pg.Pool, timeoutMs: number, node
       // its commit and close never arrive) would otherwise stay open on the server until TCP
       // notices, hours, with its locks and, once it has written (a probe's heartbeat), its xid:
       // every move's drain waits for that, and vacuum's horizon with it.
-      await c.query(`begin; set local statement_timeout = ${left}; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(left + DEADLINE_GRACE_MS)}`);
+      // READ COMMITTED whatever the login's or the database's default_transaction_isolation (an
+      // RDS parameter group shared by a primary and its replicas, an ALTER ROLE ... SET): the
+      // callers reason so (an owner change's fence reads, in a statement of its own, a fence
+      // committed while its own waited), and a hot standby refuses every SERIALIZABLE
+      // transaction ("cannot use serializable mode in a hot standby"): begun with that default,
+      // the replica lag probe failed at every poll and the replica served no read
+      // (replica-lag-isolation.test.ts; issue #15). No caller needs one snapshot for several
+      // statements here: each was written for PostgreSQL's default, READ COMMITTED.
+      await c.query(`begin isolation level read committed; set local statement_timeout = ${left}; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(left + DEADLINE_GRACE_MS)}`);
       const result = await fn(c);
       await c.query('commit');
       release();

@@ -609,8 +609,10 @@ async function withLockTimeout<T>(pool: Queryable, shard: string, deadlineAt: nu
   let broken = false;
   try {
     const left = deadlineAt - Date.now();
+    // READ COMMITTED whatever the default: at REPEATABLE READ the compare-and-set, waiting on a
+    // writer of the row, failed with 40001 instead of finding the row changed and leaving it.
     await c.query(
-      `begin; set local lock_timeout = ${serverTimeoutMs(Math.min(SETTLE_LOCK_TIMEOUT_MS, left))}; set local statement_timeout = ${serverTimeoutMs(left)}; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(left + DEADLINE_GRACE_MS)}`,
+      `begin isolation level read committed; set local lock_timeout = ${serverTimeoutMs(Math.min(SETTLE_LOCK_TIMEOUT_MS, left))}; set local statement_timeout = ${serverTimeoutMs(left)}; set local idle_in_transaction_session_timeout = ${serverTimeoutMs(left + DEADLINE_GRACE_MS)}`,
     );
     const out = await fn(c);
     committing = true;

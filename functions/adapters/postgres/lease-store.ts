@@ -21,6 +21,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { EVALUATION_LEASE, type LeaseOutcome, type LeaseRequest } from '../../core/scaling/ports.js';
+import { hasSqlState, SERIALIZATION_FAILURE } from './sqlstate.js';
 
 /** The lease names in use, so no two kinds of work share one by accident. */
 export const LEASES = {
@@ -80,7 +81,18 @@ export class LeaseStore {
     const deadline = Date.now() + (request.waitMs ?? 0);
     for (;;) {
       const db = await this.db();
-      const taken = await db.query(ACQUIRE, [name, token, request.ttlMs]);
+      // One statement outside a transaction runs at the login's or the database's
+      // default_transaction_isolation. At REPEATABLE READ (an RDS parameter group, an ALTER ROLE
+      // ... SET) one that waited for another acquire of the lease in flight failed once that one
+      // committed (40001, its snapshot older than the row), where READ COMMITTED judges the row
+      // committed (held: not taken); the controller then took the catalog for unreachable and
+      // evaluated without the lease, beside its holder (catalog-store.test.ts; issue #15). Nothing
+      // was written: run again, the statement takes a new snapshot and judges that row.
+      const taken = await db.query(ACQUIRE, [name, token, request.ttlMs]).catch((err: unknown) => {
+        if (hasSqlState(err, SERIALIZATION_FAILURE)) return null;
+        throw err;
+      });
+      if (taken === null) continue;
       if (taken.rowCount === 1) {
         let released = false;
         return {

@@ -390,6 +390,18 @@ const SNAPSHOT = 'begin isolation level repeatable read read only';
 const PAGE_SNAPSHOT = `${SNAPSHOT}; set local enable_sort = off`;
 /** Writes by the mover itself, which the write-fence trigger lets through. */
 const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
+/**
+ * How a run's catalog transactions with its job row locked begin ({@link PgMovePort} `withLockedJob`):
+ * READ COMMITTED whatever the login's or the database's `default_transaction_isolation` (an RDS
+ * parameter group, an `ALTER ROLE ... SET`). Each reads where the unit routes after it has locked
+ * the job row and, for a key without a directory entry, `catalog.slot_maps` ({@link ownerRead}),
+ * and must see what committed while it waited for those locks. Begun REPEATABLE READ, those reads
+ * used the snapshot of the job row's locking, older than the lock of the map: a map published
+ * between the two (by hand, giving the key's slot to a third shard) went unseen, the flip pinned
+ * the key to its target over it, and a document written where that map sent the key was out of
+ * every reader's sight (moves-catalog-isolation.test.ts; issue #15).
+ */
+const LOCKED_JOB_BEGIN = 'begin isolation level read committed';
 /** The primary's timeline (from its current WAL file's name), as replica-reader.ts reads it: recorded with a move's fence. */
 const CURRENT_TIMELINE_SQL = "('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint::text";
 
@@ -2482,7 +2494,7 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
-  private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T | RollbackWith<NoInfer<T>>>, begin = 'begin', onBegun?: () => void): Promise<T> {
+  private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T | RollbackWith<NoInfer<T>>>, begin = LOCKED_JOB_BEGIN, onBegun?: () => void): Promise<T> {
     return this.catalog.transaction<T>(begin, async () => {
       onBegun?.();
       const { rows } = await this.catalog.query<JobRow>(`select * from catalog.move_jobs where id = $1 and ${this.mine} for update`, [job.id]);
@@ -2583,7 +2595,7 @@ export class PgMovePort implements MovePort<MoveJob> {
                     throw err;
                   }
                 },
-                `begin; set local statement_timeout = '${Math.max(1, Math.ceil(this.budgetLeft()))}ms'`,
+                `${LOCKED_JOB_BEGIN}; set local statement_timeout = '${Math.max(1, Math.ceil(this.budgetLeft()))}ms'`,
               ),
             );
           } finally {

@@ -55,6 +55,7 @@ import {
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
+import { inTransaction } from './transaction.js';
 import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused } from './unit-rows.js';
 
 export * from './move-jobs.js';
@@ -635,11 +636,21 @@ export class Mover {
         throw new MoveNotCancellableError(`move job #${id} cannot be cancelled: ${refusal}${finishes}`);
       }
     }
-    const { rows } = await this.options.catalog.query<JobRow>(
-      `update catalog.move_jobs set cancel_requested = true, updated_at = now()
-        where id = $1 and flip_started_at is null and state <> all($2::text[]) returning *`,
-      [id, TERMINAL_STATES],
-    );
+    // In a READ COMMITTED transaction of its own, whatever the login's or the database's
+    // default_transaction_isolation: the UPDATE waits for a run holding the job row (a flip, up to
+    // its fence budget) and must then judge the row that run committed, as READ COMMITTED does
+    // (the flip published: nothing to cancel). A statement outside a transaction runs at the
+    // default level, and at REPEATABLE READ its snapshot, older than that commit, failed it with
+    // "could not serialize access due to concurrent update" (40001), which the API answered 503
+    // as if the catalog had not answered (moves-catalog-isolation.test.ts; issue #15).
+    const rows = await inTransaction(this.options.catalog, 'begin isolation level read committed', async (client) => {
+      const updated = await client.query<JobRow>(
+        `update catalog.move_jobs set cancel_requested = true, updated_at = now()
+          where id = $1 and flip_started_at is null and state <> all($2::text[]) returning *`,
+        [id, TERMINAL_STATES],
+      );
+      return updated.rows;
+    });
     if (!rows[0]) {
       const job = await this.get(id);
       if (canCancel({ state: job.state, flipStarted: job.flipStarted })) throw new MoveError(`move job #${id} changed while cancelling; try again`);

@@ -256,13 +256,16 @@ export async function captureWriteToken(db: Queryable): Promise<string> {
 
 /**
  * Runs `fn` in a transaction on a primary pool and returns its result with the
- * read-your-writes token of the commit.
+ * read-your-writes token of the commit. The transaction is READ COMMITTED whatever the login's or
+ * the database's `default_transaction_isolation`: a write to the sharded tables at any other level
+ * is refused (CAF05, shard migration 012; docs/sharding-spec.md section 9, "Isolation"), and begun
+ * with a REPEATABLE READ default every write through here was (moves-isolation.test.ts).
  */
 export async function writeWithToken<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<{ result: T; token: string }> {
   const client = await pool.connect();
   let broken = false;
   try {
-    const result = await inClientTransaction(client, 'begin', () => fn(client), () => {
+    const result = await inClientTransaction(client, 'begin isolation level read committed', () => fn(client), () => {
       broken = true;
     });
     return { result, token: await captureWriteToken(client) };

@@ -8,6 +8,13 @@ import { NodeTimeoutError } from './deadline.js';
 
 /** 42501: the login may not (a privilege, a parameter, a function it may not execute). */
 export const INSUFFICIENT_PRIVILEGE = '42501';
+/**
+ * 40001 (serialization_failure): at REPEATABLE READ or SERIALIZABLE (a login's or a database's
+ * `default_transaction_isolation`), a row changed by a transaction that committed after the
+ * statement's snapshot (or, SERIALIZABLE, a read/write dependency). Nothing was written. On a
+ * replica, also a query cancelled for a conflict with recovery.
+ */
+export const SERIALIZATION_FAILURE = '40001';
 /** 23505: a unique index refused a row. */
 export const UNIQUE_VIOLATION = '23505';
 /** 25006: a write refused by a read-only transaction (every transaction of a server in recovery). */

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CatalogStore, ConfigVersionConflictError } from '../../../functions/adapters/postgres/catalog-store.js';
+import { LeaseStore } from '../../../functions/adapters/postgres/lease-store.js';
 import { parseScalingConfig, ScalingConfigError } from '../../../functions/core/scaling/config.js';
 import type { DecisionRecord } from '../../../functions/core/scaling/ports.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
@@ -237,6 +238,80 @@ describe('catalog store: alarms and locks', () => {
     const changed = results.slice(0, 9).map((r) => (r as { changed: boolean }).changed);
 
     expect(changed.filter(Boolean).length).toBe(2);
+  });
+
+  it('hands a waiting evaluation whose login defaults to REPEATABLE READ the state the holder committed, and saves its own over it', async () => {
+    // An RDS parameter group or an ALTER ROLE ... SET can make the control login's default
+    // REPEATABLE READ. The wait for the lock is the transaction's first statement: its snapshot
+    // was taken before the holder committed.
+    const repeatable = new pg.Pool({ connectionString: server.url, max: 2, options: '-c default_transaction_isolation=repeatable\\ read' });
+    try {
+      const waiter = new CatalogStore(repeatable, { defaults: parseScalingConfig({}) });
+      const state = (n: number) => ({ service: 'rr-svc', events: [], metricsHistory: [], recommendations: [], memory: { n } });
+      await store.withServiceLock('rr-svc', (session) => session.saveState(state(1)));
+      let release: () => void = () => undefined;
+      const held = new Promise<void>((r) => (release = r));
+      let entered: () => void = () => undefined;
+      const inside = new Promise<void>((r) => (entered = r));
+      const holder = store.withServiceLock('rr-svc', async (session) => {
+        entered();
+        await held;
+        await session.saveState(state(2));
+      });
+      await inside;
+      const waiting = waiter
+        .withServiceLock(
+          'rr-svc',
+          async (session) => {
+            const seen = (await session.loadState())?.memory;
+            await session.saveState(state(3));
+            return seen;
+          },
+          { wait: true },
+        )
+        .catch((e: unknown) => e);
+      for (let i = 0; i < 500; i++) {
+        const { rows } = await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%service_locks%'`);
+        if (rows.length > 0) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      release();
+      await holder;
+
+      // Before: the waiter read the state of its snapshot ({ n: 1 }), older than the holder's
+      // commit, and its save then failed on the row the holder had updated (40001).
+      expect(await waiting).toEqual({ acquired: true, value: { n: 2 } });
+      expect((await store.getServiceState('rr-svc'))?.memory).toEqual({ n: 3 });
+    } finally {
+      await repeatable.end();
+    }
+  });
+
+  it('tells an evaluation whose login defaults to REPEATABLE READ that the lease another took while it asked is held, rather than fail it', async () => {
+    // The other acquire's statement, in flight: its row inserted and not yet committed.
+    const repeatable = new pg.Pool({ connectionString: server.url, max: 2, options: '-c default_transaction_isolation=repeatable\\ read' });
+    const other = await pool.connect();
+    try {
+      const waiter = new CatalogStore(repeatable, { defaults: parseScalingConfig({}) });
+      await other.query('begin');
+      const taken = await new LeaseStore(other as unknown as pg.Pool).acquire('rr-lease', { owner: 'scaling-evaluate (schedule)', ttlMs: 60_000 });
+      const asking = waiter.acquireLease('rr-lease', { owner: 'scaling-alarm (alarm)', ttlMs: 60_000 }).catch((e: unknown) => e);
+      for (let i = 0; i < 500; i++) {
+        const { rows } = await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%catalog.leases%'`);
+        if (rows.length > 0) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await other.query('commit');
+
+      // Before: the acquire's snapshot, older than that commit, failed it with "could not
+      // serialize access due to concurrent update" (40001), and the controller, taking the
+      // catalog for unreachable, evaluated without the lease beside the holder.
+      expect(taken.acquired).toBe(true);
+      expect(await asking).toMatchObject({ acquired: false, holder: 'scaling-evaluate (schedule)' });
+    } finally {
+      other.release();
+      await repeatable.end();
+    }
   });
 
   it('commits state and decision together, and neither when the work fails', async () => {

@@ -45,8 +45,8 @@ async function cancelledState(slot: number, held: string, outcome: string, to: s
 }
 const CANCELLED_IN_TIME = { held: WITHIN, outcome: 'ended: cancelled', targetNamed: false, unit: ROLLED_BACK };
 
-/** The flip's transaction is the one run transaction opened with a statement timeout (see `PgMovePort.flip`). */
-const FLIP_BEGIN = /^begin; set local statement_timeout = '\d+ms'/;
+/** The flip's transaction is the one run transaction opened with a statement timeout (see `PgMovePort.flip`; READ COMMITTED whatever the default). */
+const FLIP_BEGIN = /^begin isolation level read committed; set local statement_timeout = '\d+ms'/;
 
 type Query = (...args: unknown[]) => Promise<unknown>;
 

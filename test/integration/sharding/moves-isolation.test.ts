@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeWithToken } from '../../../functions/adapters/postgres/replica-reader.js';
 import { countSlot, documentsOf, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /**
@@ -114,6 +115,23 @@ describe('writes and transaction isolation', () => {
     } finally {
       client.release();
     }
+  });
+
+  it.each(['repeatable read', 'serializable'])('writeWithToken over a login defaulting to %s writes at READ COMMITTED and answers its token', async (isolation) => {
+    const slot = isolation === 'serializable' ? 1407 : 1406;
+    const { home, homePool } = await sides(slot);
+    const [user] = keysInSlot(slot, 1) as [string];
+    const pool = poolsAt(isolation, 1).get(home) as pg.Pool;
+
+    const written = await writeWithToken(pool, async (c) => {
+      await c.query(`insert into users (id, slot, email, display_name) values ($1, $2, 'w@example.com', 'w')`, [user, slot]);
+      return (await c.query<{ level: string }>(`select current_setting('transaction_isolation') as level`)).rows[0]?.level;
+    });
+
+    // Before: begun with the login's default, the write was refused (CAF05, shard migration 012).
+    expect(written.result).toBe('read committed');
+    expect(written.token).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+    expect(await countSlot(homePool, slot)).toEqual({ users: 1, documents: 0 });
   });
 
   it('refuses raw writes at REPEATABLE READ and SERIALIZABLE even with no move, names the level, and still serves reads at any level', async () => {

@@ -12,7 +12,8 @@ import { tortureRun } from './fixtures/torture.js';
  * third write read back at once with its read-your-writes token, one in five a keyed document
  * write through the documents API, checked with the key records after the move: see
  * `fixtures/keyed-writes.ts`); a failure prints the seed and
- * the schedule (`fc.assert` reports both), and `TORTURE_SEED` replays it.
+ * the schedule (`fc.assert` reports both), and `TORTURE_SEED` replays it. `MOVE_ENV_ISOLATION='repeatable
+ * read'` (or `serializable`) runs it with every catalog and shard database at that default level.
  */
 describe('the move torture test', () => {
   let env: MoveEnv;
