@@ -16,7 +16,7 @@ import { createShardingRuntime } from '../../../functions/adapters/postgres/shar
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { keysInSlot, refusalOf, seedUsers } from '../sharding/fixtures/move-env.js';
+import { dyingAfterFence as dyingAfterFenceOf, keysInSlot, refusalOf, seedUsers } from '../sharding/fixtures/move-env.js';
 import { startApiHarness, type ApiHarness } from './harness.js';
 
 const API = '/api/v1/scaling';
@@ -46,13 +46,8 @@ describe('GET /shards/fences', () => {
   };
   const primary = (shard: string): pg.Pool => h.sharding.primaries.get(shard) as pg.Pool;
 
-  /** A pool of `shard` that dies with its process after the fence: its connections work, its own `query` (the put-back, the settle) no longer answers. */
-  function dyingAfterFence(shard: string): { pools: Map<string, pg.Pool>; dying: pg.Pool } {
-    const url = h.cluster.shards.find((s) => s.shardId === shard)?.primary.url as string;
-    const dying = new pg.Pool({ connectionString: url, max: 4 });
-    dying.query = (() => Promise.reject(new Error('test: the process died'))) as unknown as typeof dying.query;
-    return { pools: new Map([...h.sharding.primaries, [shard, dying]]), dying };
-  }
+  const dyingAfterFence = (shard: string): { pools: Map<string, pg.Pool>; dying: pg.Pool } =>
+    dyingAfterFenceOf(h.sharding.primaries, shard, h.cluster.shards.find((s) => s.shardId === shard)?.primary.url as string);
 
   async function fenceRow(shard: string, slot: number): Promise<{ state: string; job_id: string | null } | undefined> {
     return (await primary(shard).query<{ state: string; job_id: string | null }>(`select state, job_id::text from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)])).rows[0];

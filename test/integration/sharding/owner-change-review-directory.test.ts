@@ -15,7 +15,7 @@
  * writes taken where its rows are not (its route changed past the stores), and a key refused for
  * good where its pin sends it (a row deleted whose slot's row then decided for it).
  */
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError, type CliIo } from '../../../bin/commands/kit.js';
 import { createShardsCommand } from '../../../bin/commands/shards.js';
@@ -23,7 +23,7 @@ import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapt
 import { reviewFences, type FenceReviewOptions, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countingStores, deletePinPastGuard, documentWrittenFor, keysInSlot, lockWaitOn, moveStoppedAfterRelease, otherProcess, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { countingStores, deletePinPastGuard, documentWrittenFor, keysInSlot, lockWaitOn, moveStoppedAfterRelease, otherProcess, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv, dyingAfterFence as dyingAfterFenceOf } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let directory: DirectoryStore;
@@ -54,12 +54,7 @@ async function directoryRow(pool: pg.Pool, key: string): Promise<{ state: string
   return rows[0];
 }
 
-/** A pool of `shard` that dies with its process after the fence: its connections (the fence, the wait, the count) work, its own `query` (the put-back, the settle) no longer answers. */
-function dyingAfterFence(shard: string): { pools: Map<string, pg.Pool>; dying: pg.Pool } {
-  const dying = new pg.Pool({ connectionString: env.urls.shards[shard], max: 4 });
-  dying.query = (() => Promise.reject(new Error('test: the process died'))) as unknown as typeof dying.query;
-  return { pools: new Map([...env.shards, [shard, dying]]), dying };
-}
+const dyingAfterFence = (shard: string): { pools: Map<string, pg.Pool>; dying: pg.Pool } => dyingAfterFenceOf(env.shards, shard, env.urls.shards[shard] as string);
 
 /** `key`'s user written through the env's router (its pins, fences and CAF02 re-routes): where it landed. */
 function userWrittenThroughRouter(key: string): Promise<string> {

@@ -18,7 +18,7 @@ import { createShardsCommand } from '../../../bin/commands/shards.js';
 import { reviewFences, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { controlLogin, countSlot, fenceState, keysInSlot, moveStoppedAfterRelease, otherProcess, refusalOf, seedUsers, sides, startMoveEnv, userWriteOutcome, movedThenGivenBackInTransaction, type MoveEnv } from './fixtures/move-env.js';
+import { controlLogin, countSlot, fenceState, keysInSlot, moveStoppedAfterRelease, otherProcess, refusalOf, seedUsers, sides, startMoveEnv, userWriteOutcome, movedThenGivenBackInTransaction, type MoveEnv, dyingAfterFence as dyingAfterFenceOf } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -28,12 +28,7 @@ afterAll(async () => {
   await env?.stop();
 });
 
-/** A pool of `shard` that dies with its process after the fence: its connections (the fence, the wait, the count) work, its own `query` (the put-back, the settle) no longer answers. */
-function dyingAfterFence(shard: string): { pools: Map<string, pg.Pool>; dying: pg.Pool } {
-  const dying = new pg.Pool({ connectionString: env.urls.shards[shard], max: 4 });
-  dying.query = (() => Promise.reject(new Error('test: the process died'))) as unknown as typeof dying.query;
-  return { pools: new Map([...env.shards, [shard, dying]]), dying };
-}
+const dyingAfterFence = (shard: string): { pools: Map<string, pg.Pool>; dying: pg.Pool } => dyingAfterFenceOf(env.shards, shard, env.urls.shards[shard] as string);
 
 /** A new user of `slot` written through the env's router (its fences, CAF02 re-routes): where it landed. */
 async function writtenThroughRouter(slot: number, user: string): Promise<string> {

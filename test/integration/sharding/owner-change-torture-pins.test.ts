@@ -56,7 +56,7 @@ import { SlotMapOwnerKeptError, SlotMapRowsLeftError, type SlotMapStore } from '
 import { OwnerChangeFencedError, RowsCountTimeoutError } from '../../../functions/adapters/postgres/unit-rows.js';
 import type { ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
 import { countingStores, keysInSlot, readCommitted, shardIds, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
-import { runModelWrites, staleWriter, writeArb, type ModelWrites, type UserModel, type Write } from './fixtures/torture-writes.js';
+import { placementViolations, runModelWrites, staleWriter, writeArb, type ModelWrites, type UserModel, type Write } from './fixtures/torture-writes.js';
 
 const SHARDS = shardIds(3);
 const USERS = 3;
@@ -279,19 +279,7 @@ async function runSchedule(slots: readonly [number, number], steps: readonly Ste
     for (const [u, m] of (model[i] as UserModel[]).entries()) {
       const key = keys[i]?.[u] as string;
       const owner = await routeOf(key, slot);
-      for (const [id, pool] of env.shards) {
-        const users = await pool.query<{ display_name: string }>('select display_name from users where id = $1', [key]);
-        const docs = await pool.query<{ id: string }>('select id::text from documents where owner_id = $1', [key]);
-        if (id !== owner) {
-          if (users.rows.length + docs.rows.length > 0) violations.push(`s${i}u${u} (owner ${owner}) has ${users.rows.length} users and ${docs.rows.length} documents on ${id}: hidden from every reader`);
-          continue;
-        }
-        if (m.exists && users.rows.length !== 1) violations.push(`s${i}u${u}: acknowledged, found ${users.rows.length} times on its owner ${owner}`);
-        if (!m.exists && users.rows.length !== 0) violations.push(`s${i}u${u}: deleted (acknowledged), still on ${owner}`);
-        if (m.exists && users.rows[0] !== undefined && users.rows[0].display_name !== m.name) violations.push(`s${i}u${u}: name ${users.rows[0].display_name}, acknowledged ${m.name}`);
-        const docIds = docs.rows.map((r) => r.id).sort();
-        if (docIds.join() !== [...m.docs].sort().join()) violations.push(`s${i}u${u}: documents on ${owner} ${JSON.stringify(docIds)}, acknowledged ${JSON.stringify([...m.docs])}`);
-      }
+      violations.push(...(await placementViolations(env, `s${i}u${u}`, key, owner, m)));
       // Liveness: a fresh writer writes the key on its owner.
       try {
         const fresh = staleWriter(env, map, 0);

@@ -23,18 +23,16 @@
  * `TORTURE_LOG=1` prints every schedule's log.
  */
 import fc from 'fast-check';
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { reviewFences, type FenceReview } from '../../../functions/adapters/postgres/fence-review.js';
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
-import { createShardWriter, routerForWrites, type ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import type { ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { moveSlots, type SlotMap } from '../../../functions/core/sharding/slot-map.js';
-import { keysInSlot, shardIds, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
-import { runModelWrites, writeArb, type ModelWrites, type UserModel, type Write } from './fixtures/torture-writes.js';
+import { dyingAfterFence as dyingAfterFenceOf, keysInSlot, shardIds, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { placementViolations, runModelWrites, staleWriter as modelWriter, writeArb, type ModelWrites, type UserModel, type Write } from './fixtures/torture-writes.js';
 
 const SHARDS = shardIds(3);
 const USERS = 3;
@@ -86,17 +84,8 @@ const actionArb: fc.Arbitrary<Action> = fc.oneof(
 );
 const stepArb: fc.Arbitrary<Step> = fc.record({ action: actionArb, writes: fc.array(writeArb(USERS), { minLength: 0, maxLength: 5 }), empty: fc.boolean() });
 
-/** A writer whose router holds `map` and a directory cache of `ttlMs`, re-reading both only when a write is refused; giving up on a fenced unit after `fenceWaitMs`. */
-function staleWriter(env: MoveEnv, map: SlotMap, ttlMs = 60_000, fenceWaitMs = 300): ShardWriter {
-  const config = parseShardingConfig({
-    strategy: 'hash_based',
-    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
-    default_shard: 'shard_a',
-  });
-  const directory = new DirectoryStore(env.catalog, { ttlMs, shards: [...env.shards.keys()] });
-  const router = ShardRouter.fromConfig(config, { slotMap: map, directory });
-  return createShardWriter({ router: routerForWrites(router, env.slotMaps, directory), primaries: env.shards, maxFenceWaitMs: fenceWaitMs });
-}
+/** A writer whose router holds `map` and a directory cache of `ttlMs`, giving up on a fenced unit after `fenceWaitMs` (short: a schedule's dying changes leave fences). */
+const staleWriter = (env: MoveEnv, map: SlotMap, ttlMs = 60_000, fenceWaitMs = 300): ShardWriter => modelWriter(env, map, ttlMs, fenceWaitMs);
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -106,12 +95,7 @@ afterAll(async () => {
   await env?.stop();
 });
 
-/** The shards' pools with `shard`'s dying after a change's fence: its connections work, its own `query` (the put-back, the settle) no longer answers. */
-function dyingAfterFence(shard: string): { pools: Map<string, pg.Pool>; dying: pg.Pool } {
-  const dying = new pg.Pool({ connectionString: env.urls.shards[shard], max: 4 });
-  dying.query = (() => Promise.reject(new Error('test: the process died'))) as unknown as typeof dying.query;
-  return { pools: new Map([...env.shards, [shard, dying]]), dying };
-}
+const dyingAfterFence = (shard: string): { pools: Map<string, pg.Pool>; dying: pg.Pool } => dyingAfterFenceOf(env.shards, shard, env.urls.shards[shard] as string);
 
 /** Runs `change` with stores given the shards' pools as `how` says (a caller's transaction, or `from`'s pool dying after the fence). */
 async function byHand<T>(how: How, from: string, change: (stores: { directory: DirectoryStore; slotMaps: SlotMapStore }, client: pg.Pool | pg.PoolClient) => Promise<T>): Promise<T> {
@@ -260,19 +244,7 @@ async function runSchedule(slots: readonly [number, number], steps: readonly Ste
     for (const [u, m] of (model[i] as UserModel[]).entries()) {
       const key = keys[i]?.[u] as string;
       const owner = await routeOf(key, slot);
-      for (const [id, pool] of env.shards) {
-        const users = await pool.query<{ display_name: string }>('select display_name from users where id = $1', [key]);
-        const docs = await pool.query<{ id: string }>('select id::text from documents where owner_id = $1', [key]);
-        if (id !== owner) {
-          if (users.rows.length + docs.rows.length > 0) violations.push(`s${i}u${u} (owner ${owner}) has ${users.rows.length} users and ${docs.rows.length} documents on ${id}: hidden from every reader`);
-          continue;
-        }
-        if (m.exists && users.rows.length !== 1) violations.push(`s${i}u${u}: acknowledged, found ${users.rows.length} times on its owner ${owner}`);
-        if (!m.exists && users.rows.length !== 0) violations.push(`s${i}u${u}: deleted (acknowledged), still on ${owner}`);
-        if (m.exists && users.rows[0] !== undefined && users.rows[0].display_name !== m.name) violations.push(`s${i}u${u}: name ${users.rows[0].display_name}, acknowledged ${m.name}`);
-        const docIds = docs.rows.map((r) => r.id).sort();
-        if (docIds.join() !== [...m.docs].sort().join()) violations.push(`s${i}u${u}: documents on ${owner} ${JSON.stringify(docIds)}, acknowledged ${JSON.stringify([...m.docs])}`);
-      }
+      violations.push(...(await placementViolations(env, `s${i}u${u}`, key, owner, m)));
       // Liveness: once reviewed, a fresh writer writes the key on its owner.
       try {
         const wrote = await staleWriter(env, map, 0, 2_000).withShardWrite(key, async ({ client }) =>
