@@ -53,6 +53,7 @@ import type { Queryable, SlotMapStore } from './slot-map-store.js';
 import { withIdleBound, type MoverCatalog } from './mover-catalog.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION, UNIQUE_VIOLATION } from './sqlstate.js';
 import { inTransaction, RollbackWith } from './transaction.js';
+import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused } from './unit-rows.js';
 
 /** The slot-map side of the catalog the mover needs. */
 export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish' | 'ownerOf'>;
@@ -504,16 +505,61 @@ interface OwnerRead {
 export const LOCK_SLOT_MAPS_FOR_HASH_ROUTE = 'select catalog.lock_slot_maps_for_hash_route()';
 
 /**
+ * Locks the `catalog.slot_pin_locks` row of a directory move's key's slot FOR SHARE with `client`,
+ * the transaction that may pin the key on the strength of its route by hash (the source's
+ * preparation pinning it to the source, a rollback pinning it back there, the flip or a lost flip's
+ * recovery publishing the target over no entry), held to its end (sharding migration 017), as a
+ * pin made by hand locks it (DirectoryStore). A map published by hand reads its slots' pinned keys
+ * once, under their rows FOR UPDATE, to keep them out of the old owner's `moved` row and mark them
+ * `moved` to their pins on the new owner (OwnerChangeFences.markPinnedKeys); a move's pins are
+ * written with `rowsLeftOn` (the job's word), past the store's lock, so one written after that read
+ * and before the map's commit was in neither's sight: the map committed with no row of the key on
+ * the slot's new owner, and a router whose directory cache lacked the pin sent the key's writes
+ * there by hash, acknowledged where no reader looks (owner-change-dirmove-slot-race.test.ts; issue
+ * #15, owner-change-torture-review.test.ts seed -1238155181). Now a publication holding the row is
+ * waited for, and the slot's owner read after it (under the map's SHARE lock) is its map's: a key
+ * routed by hash to a third shard is refused as any (MoveOwnerConflict); one that locks the row
+ * after this waits for the pin's commit and reads it. Waited for at most
+ * {@link SLOT_PIN_LOCK_WAIT_MS} (the flip's statement bound, if shorter, ends it first), then
+ * refused ({@link MoveError}, nothing written: the transaction rolls back and the move tries again
+ * on its next run). The transaction must be READ COMMITTED (the read after the lock must see what
+ * the publication committed): refused otherwise, naming its level.
+ */
+async function lockSlotOfPinOverNoEntry(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, client: Queryable): Promise<void> {
+  const refused = `cannot pin key ${job.unitId} for its move`;
+  const refusal = await lockSlotsForPins(client, [job.slot], 'share', SLOT_PIN_LOCK_WAIT_MS, refused);
+  if (refusal === null) return;
+  throw new MoveError(
+    `${refused}: ${slotLockRefused(refusal, {
+      other: `another change of its slot ${job.slot} (a slot map published by hand, or a slot move being planned)`,
+      waitMs: SLOT_PIN_LOCK_WAIT_MS,
+      rule: "a move may not pin its key unseen by a change of its slot's pinned keys",
+      nothing: 'written',
+      again: 'the move tries again on its next run',
+    })}`,
+  );
+}
+
+/**
  * Who the catalog names as a move's unit's owner now (see {@link PgMovePort} `currentOwner`): a
  * directory key's entry, else its slot's owner (`routesTo`); a slot's owner in the current map.
  * With `lockHashRoute` (in a transaction, at READ COMMITTED), a key without an entry has its
- * slot's owner read under {@link LOCK_SLOT_MAPS_FOR_HASH_ROUTE}: no map can be published between
- * that read and the transaction's end.
+ * slot's row of `catalog.slot_pin_locks` locked FOR SHARE (see {@link lockSlotOfPinOverNoEntry})
+ * and then its slot's owner read under {@link LOCK_SLOT_MAPS_FOR_HASH_ROUTE}: no map can be
+ * published between that read and the transaction's end, and none that read the slot's pinned
+ * keys before the caller's pin commits unseen by it.
  */
 export async function ownerRead(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, directory: MoverDirectory, slotMaps: MoverSlotMaps, client: Queryable, lockHashRoute = false): Promise<OwnerRead> {
   if (job.kind === 'directory') {
     const entry = await directory.entry(job.unitId, client);
-    if (entry === null && lockHashRoute) await client.query(LOCK_SLOT_MAPS_FOR_HASH_ROUTE);
+    if (entry === null && lockHashRoute) {
+      // The slot's pin lock first, then the SHARE lock on the map: the order a publication by hand
+      // (slot rows FOR UPDATE, then its insert into catalog.slot_maps) and a slot move's plan (its
+      // slot FOR UPDATE, then the SHARE lock) take them in; the other way round, this transaction
+      // and a publication would each wait for the other's lock (a deadlock).
+      await lockSlotOfPinOverNoEntry(job, client);
+      await client.query(LOCK_SLOT_MAPS_FOR_HASH_ROUTE);
+    }
     const routesTo = entry?.shardId ?? (await slotMaps.ownerOf(job.slot, client))?.shardId ?? null;
     return { owner: entry?.shardId ?? null, version: entry?.version ?? 0, by: entry?.updatedBy ?? null, routesTo };
   }
@@ -2493,7 +2539,13 @@ export class PgMovePort implements MovePort<MoveJob> {
     );
   }
 
-  /** Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. */
+  /**
+   * Runs `fn` in a catalog transaction with the job row locked; rolls back when it throws. READ
+   * COMMITTED whatever the login's or the database's default: a pin over no entry reads the slot's
+   * owner after waiting for the slot's pin lock (see {@link ownerRead}), and must see the map a
+   * publication committed meanwhile (a REPEATABLE READ default read the transaction's first snapshot;
+   * {@link LOCKED_JOB_BEGIN}).
+   */
   private async withLockedJob<T>(job: MoveJob, fn: (row: MoveJob) => Promise<T | RollbackWith<NoInfer<T>>>, begin = LOCKED_JOB_BEGIN, onBegun?: () => void): Promise<T> {
     return this.catalog.transaction<T>(begin, async () => {
       onBegun?.();
