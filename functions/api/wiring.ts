@@ -102,21 +102,36 @@ export interface ScalingApiDeps {
   readonly sharding?: ShardingDeps;
   /** How many recent decisions the recommendations look at (default 2000). */
   readonly recommendationWindow?: number;
+  /**
+   * Told of each catalog failure answered 503 (the answer names none of the driver's text): the
+   * log. Without it, the sharding deps' `onFailure` where there are shards.
+   */
+  readonly onFailure?: (failure: InspectionFailure) => void;
 }
 
 const iso = (ms: number | Date): string => new Date(ms).toISOString();
 /** A 400 naming the query or body field at fault. */
 const invalid = (name: string, reason: string): ProblemError => new ProblemError(400, `${name}: ${reason}`, { title: 'Invalid request', invalidParams: [{ name, reason }] });
 
-/** Turns storage failures into the API's "unavailable" so callers get 503 and a retry hint. */
-async function available<T>(what: string, work: () => Promise<T>): Promise<T> {
+/**
+ * Turns storage failures into the API's "unavailable" so callers get 503 and a retry hint. The
+ * answer says only that the catalog did not answer; the driver's text (which names addresses and
+ * ports) goes to `report`, the log, so that an operator can find why the 503s came.
+ */
+async function catalogAvailable<T>(what: string, work: () => Promise<T>, report: ((failure: InspectionFailure) => void) | undefined): Promise<T> {
   try {
     return await work();
   } catch (err) {
     // Committed, only the wait for an evaluation already asking ECS failed: "unreachable" would
     // tell the caller that nothing was stored.
-    if (err instanceof ChangeStoredUnsettledError) throw unsettledProblem(err);
-    if (err instanceof CatalogError) throw new UnavailableError(`${what}: the catalog is unreachable right now`, { cause: err });
+    if (err instanceof ChangeStoredUnsettledError) {
+      reportSafely(report, { what, error: err.cause ?? err });
+      throw unsettledProblem(err);
+    }
+    if (err instanceof CatalogError) {
+      reportSafely(report, { what, error: err.cause ?? err });
+      throw new UnavailableError(`${what}: the catalog is unreachable right now`, { cause: err });
+    }
     throw err;
   }
 }
@@ -138,15 +153,23 @@ function unsettledProblem(err: ChangeStoredUnsettledError, markFailure?: unknown
  * (ChangeStoredUnsettledError): the change is in force all the same, so its caller must still
  * mark it on the services. Answers the stored value, or `unsettled` and no value.
  */
-async function committing<T>(what: string, work: () => Promise<T>): Promise<{ value: T; unsettled?: undefined } | { value?: undefined; unsettled: ChangeStoredUnsettledError }> {
-  return available(what, async () => {
+async function committing<T>(
+  what: string,
+  work: () => Promise<T>,
+  report: ((failure: InspectionFailure) => void) | undefined,
+): Promise<{ value: T; unsettled?: undefined } | { value?: undefined; unsettled: ChangeStoredUnsettledError }> {
+  return catalogAvailable(what, async () => {
     try {
       return { value: await work() };
     } catch (err) {
-      if (err instanceof ChangeStoredUnsettledError) return { unsettled: err };
+      if (err instanceof ChangeStoredUnsettledError) {
+        // In force all the same: the caller still marks it, then answers 503 (markThenRefuse).
+        reportSafely(report, { what, error: err.cause ?? err });
+        return { unsettled: err };
+      }
       throw err;
     }
-  });
+  }, report);
 }
 
 /**
@@ -285,6 +308,8 @@ function jobView(job: MoveJob): MoveJobView {
 /** Builds the port. */
 export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
   const { catalog, controller, target, metrics, clock } = deps;
+  const report = deps.onFailure ?? deps.sharding?.onFailure;
+  const available = <T>(what: string, work: () => Promise<T>): Promise<T> => catalogAvailable(what, work, report);
 
   /**
    * Marks on the services (ECS tags) the `enabled: false` a configuration version stores, as a
@@ -571,6 +596,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           },
           { actor, comment },
         ),
+        report,
       );
       // Its wait failed, the version is in force: marked from the configuration stored now.
       if (written.unsettled !== undefined) return markThenRefuse(written.unsettled, () => markCurrentConfigStops(before));
@@ -584,7 +610,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       refuseUnscaledServices(document, control.config.services);
       try {
         const before = control.version > 0 ? control.config : undefined;
-        const written = await committing('writing the configuration', () => catalog.putConfig(document, { actor, ifVersion: expectedVersion, comment }));
+        const written = await committing('writing the configuration', () => catalog.putConfig(document, { actor, ifVersion: expectedVersion, comment }), report);
         if (written.unsettled !== undefined) return await markThenRefuse(written.unsettled, () => markCurrentConfigStops(before));
         const stored = written.value;
         await markConfigStops(before, stored);
@@ -601,7 +627,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const key = scope.service ?? '*';
       // Whether it changed is decided by the catalog under its lock: a value read here first
       // could be stale by the time the write lands (8 concurrent starts all saw "stopped").
-      const written = await committing('recording the switch', () => catalog.setSwitch({ scope: key, enabled, actor, ...(scope.reason ? { reason: scope.reason } : {}) }));
+      const written = await committing('recording the switch', () => catalog.setSwitch({ scope: key, enabled, actor, ...(scope.reason ? { reason: scope.reason } : {}) }), report);
       // An evaluation without the catalog cannot read the switch: the stop is also marked on the
       // services (ECS tags), and a start clears that mark. Both after the catalog's write, so a
       // failure leaves the safer state (marked but started) or is reported, and a retry repairs

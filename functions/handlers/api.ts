@@ -15,6 +15,7 @@ import type { ScalingApiPort } from '../api/service.js';
 import { createScalingApiPort, shardingDepsOf } from '../api/wiring.js';
 import { RdsInventory } from '../adapters/aws/rds-inventory.js';
 import { HistoryReader } from '../adapters/postgres/history-reader.js';
+import type { InspectionFailure } from '../adapters/postgres/shard-inspector.js';
 import { withRequestDeadline } from '../adapters/postgres/request-deadline.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { awsClients, rdsClient } from './shared/aws.js';
@@ -69,6 +70,10 @@ export function createApiHandler(port: () => ScalingApiPort | Promise<ScalingApi
 
 let awsPort: Promise<ScalingApiPort> | undefined;
 
+/** A failure the API's answer names by its kind only: the driver's text, `what` saying which. */
+const logFailure = ({ error, ...about }: InspectionFailure): void =>
+  logger.warn('shard or catalog failure (the response names its kind only)', { ...about, error: error instanceof Error ? error : String(error) });
+
 /** The API over the controller runtime and, when configured, the shards (built once per container). */
 async function buildAwsPort(): Promise<ScalingApiPort> {
   const rt = controllerRuntime();
@@ -86,10 +91,12 @@ async function buildAwsPort(): Promise<ScalingApiPort> {
         // The responses name a failure by its kind only (a shard's in health, statistics and the
         // fence listing; the catalog's or a shard's in a 503 of the moves endpoints and in the
         // recommendations): the driver's text is logged here, `what` saying which.
-        onInspectionFailure: ({ error, ...about }) => logger.warn('shard or catalog failure (the response names its kind only)', { ...about, error: error instanceof Error ? error : String(error) }),
+        onInspectionFailure: logFailure,
       })
     : undefined;
   return createScalingApiPort({
+    // A catalog read or write answered 503 (configuration, history, switches): its driver text.
+    onFailure: logFailure,
     catalog: rt.catalog,
     history: new HistoryReader(rt.db),
     controller: rt.controller,

@@ -88,15 +88,16 @@ describe('shard failures in API responses', () => {
   }, 60_000);
 
   /**
-   * Runs `request` while catalog.move_jobs is locked, and cancels its statement once it waits on
-   * the lock (as the catalog role's statement_timeout would, SQLSTATE 57014): what it answers.
+   * Runs `request` while `table` (catalog.move_jobs by default) is locked, and cancels its
+   * statement once it waits on the lock (as the catalog role's statement_timeout would, SQLSTATE
+   * 57014): what it answers.
    */
-  async function withMoveJobsCancelled<T>(request: () => Promise<T>): Promise<T> {
-    const waiting = `select pid from pg_stat_activity where pid <> pg_backend_pid() and wait_event_type = 'Lock' and query like '%catalog.move_jobs%'`;
+  async function withMoveJobsCancelled<T>(request: () => Promise<T>, table = 'catalog.move_jobs'): Promise<T> {
+    const waiting = `select pid from pg_stat_activity where pid <> pg_backend_pid() and wait_event_type = 'Lock' and query like '%${table}%'`;
     const locker = await h.catalogPool.connect();
     try {
       await locker.query('begin');
-      await locker.query('lock table catalog.move_jobs in access exclusive mode');
+      await locker.query(`lock table ${table} in access exclusive mode`);
       const answer = request();
       await expect.poll(async () => (await h.catalogPool.query(waiting)).rowCount, { timeout: 10_000 }).toBeGreaterThan(0);
       await h.catalogPool.query(`select pg_cancel_backend(pid) from (${waiting}) w`);
@@ -128,6 +129,16 @@ describe('shard failures in API responses', () => {
     const items = body.items as unknown as { category: string; evidence: Record<string, unknown> }[];
     expect(items.find((i) => i.category === 'shard_rebalance_unavailable')?.evidence).toMatchObject({ status: 500, reason: 'the check failed: a statement ran past its time limit' });
     expect(h.inspectionFailures.slice(before).filter((f) => f.what === 'rebalance check (GET /recommendations)').map((f) => (f.error as Error).message)).toEqual(['canceling statement due to user request']);
+  }, 60_000);
+
+  it("a configuration read answers the catalog's cancelled statement with a 503 without its text, the text logged", async () => {
+    const before = h.inspectionFailures.length;
+
+    // The port itself: GET /config serves a snapshot a few seconds old.
+    const failed = await withMoveJobsCancelled(() => h.port.getConfig().then(() => undefined, (err: unknown) => err), 'catalog.scaling_config');
+
+    expect(failed).toMatchObject({ name: 'UnavailableError', message: 'reading the configuration: the catalog is unreachable right now' });
+    expect(h.inspectionFailures.slice(before).map((f) => [f.what, (f.error as Error).message])).toEqual([['reading the configuration', 'canceling statement due to user request']]);
   }, 60_000);
 
   it('GET /shards/fences names the shard whose login is refused by kind', async () => {
