@@ -20,6 +20,7 @@ import { reviewFences, type FenceReview } from '../../functions/adapters/postgre
 import { createPool } from '../../functions/handlers/shared/db.js';
 import { parseShardUrls, shardUrlsById, ShardUrlsError } from '../../functions/handlers/shared/shard-urls.js';
 import { localShardingConfig } from '../../functions/local/sharding-config.js';
+import { describeRouting, LocalRoutingFileError, readLocalRouting } from '../../functions/local/routing-file.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
 import { CliError, databaseUrl, EXIT_FAILURE, numberFlag, parseFlags, UsageError } from './kit.js';
 
@@ -55,9 +56,9 @@ its state, unit, job, moved_to, map version and what it does to the unit's write
                       order, and refused without it); a login that may write write_fences (the
                       mover's, or the owner) for --settle
   --local             review local mode's running cluster (npm start): its catalog and shards as
-                      its manifest and servers say, and its routing (hash_based, with
-                      $SHARDING_STRATEGY and $SHARDING_ENABLED as for start); not with
-                      --catalog-url or --shard
+                      its manifest and servers say, and the routing start recorded in
+                      DIR/routing.json ($SHARDING_STRATEGY and $SHARDING_ENABLED here are
+                      refused where they disagree with it); not with --catalog-url or --shard
   --data-dir DIR      with --local: the directory local mode runs in (default .local, as start's)
 
 Exit code 0 when nothing is left for the operator, 1 when some row still needs them (or a shard
@@ -154,10 +155,13 @@ function routingFromEnv(env: Record<string, string | undefined>): MoveRouting | 
   }
 }
 
+/** The sharding variables that change local mode's routing (functions/local/sharding-config.ts). */
+const ROUTING_VARIABLES = ['SHARDING_STRATEGY', 'SHARDING_ENABLED'] as const;
+
 /**
  * Local mode's running cluster under `dataDir` (its `pg` directory: the manifest and the servers'
- * `postmaster.pid`), and local mode's routing (functions/local/sharding-config.ts: hash_based with
- * the sharding variables on top, as `start` applies them).
+ * `postmaster.pid`), and the routing `start` recorded beside it (functions/local/routing-file.ts),
+ * or, where none is recorded, local mode's routing with this shell's sharding variables on top.
  */
 async function localTarget(dataDir: string, env: Record<string, string | undefined>): Promise<Target> {
   let running;
@@ -167,13 +171,30 @@ async function localTarget(dataDir: string, env: Record<string, string | undefin
     if (err instanceof EmbeddedClusterError) throw new CliError(`--local: ${err.message}`, { cause: err });
     throw err;
   }
-  let routing: MoveRouting;
+  let fromShell: MoveRouting;
   try {
-    routing = moveRoutingOf(localShardingConfig(running.shards, env));
+    fromShell = moveRoutingOf(localShardingConfig(running.shards, env));
   } catch (err) {
     if (err instanceof ShardingConfigError) throw new UsageError(err.problems.join('\n'), { cause: err });
     throw err;
   }
+  // The routing `start` was given is the routers' (routing-file.ts); this shell's variables only
+  // where it recorded none (a local mode started before the file existed). A shell that sets them
+  // otherwise is refused: which one the operator meant cannot be told.
+  let started: MoveRouting | undefined;
+  try {
+    started = await readLocalRouting(dataDir);
+  } catch (err) {
+    if (err instanceof LocalRoutingFileError) throw new CliError(`--local: ${err.message}`, { cause: err });
+    throw err;
+  }
+  const shellSets = ROUTING_VARIABLES.filter((name) => env[name] !== undefined);
+  if (started !== undefined && shellSets.length > 0 && describeRouting(started) !== describeRouting(fromShell)) {
+    throw new UsageError(
+      `--local: ${shellSets.join(' and ')} in this shell ${shellSets.length > 1 ? 'give' : 'gives'} ${describeRouting(fromShell)}, but local mode under ${dataDir} was started with ${describeRouting(started)}, which its routers use: unset ${shellSets.length > 1 ? 'them' : 'it'} (or set ${shellSets.length > 1 ? 'them' : 'it'} as start had ${shellSets.length > 1 ? 'them' : 'it'}) and run again`,
+    );
+  }
+  const routing = started ?? fromShell;
   return { catalogUrl: running.catalogUrl, shardUrls: new Map(running.shards.map((s) => [s.shardId, s.primaryUrl])), routing };
 }
 

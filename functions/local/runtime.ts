@@ -42,6 +42,7 @@ import { CATALOG_QUERY_TIMEOUT_MS, CATALOG_STATEMENT_TIMEOUT_MS } from '../adapt
 import { ListeningClient } from '../adapters/postgres/listening-client.js';
 import { MoveBusyError } from '../adapters/postgres/mover.js';
 import { isTerminal } from '../core/sharding/move-plan.js';
+import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { createShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import { SimulatedFleet } from '../adapters/sim/fleet.js';
 import { LiveLoad } from '../adapters/sim/live-load.js';
@@ -50,6 +51,7 @@ import { createDocumentsRoute, DEFAULT_REQUEST_DEADLINE_MS } from './documents-a
 import { seedDemoData, type SeedOutcome } from './seed.js';
 import { LocalEnvironmentError } from './environment-error.js';
 import { localShardingConfig } from './sharding-config.js';
+import { writeLocalRouting } from './routing-file.js';
 
 const MIGRATIONS = resolve(dirname(fileURLToPath(import.meta.url)), '../adapters/postgres/migrations');
 
@@ -230,6 +232,8 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     cleanup.push(() => within(STOP_STEP_WAIT_MS, catalogPool.end()));
 
     const shardingConfig = localShardingConfig(cluster.shards, options.env);
+    // `shards fences --local` judges fence rows by this routing, not by its own shell's variables.
+    await writeLocalRouting(options.dataDir, moveRoutingOf(shardingConfig));
     const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' },
       readReplicas: true,
       // The API's answers name a failure by its kind only (a shard's, or the catalog's behind a

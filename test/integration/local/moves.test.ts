@@ -39,6 +39,11 @@ describe('local mode moves', () => {
     return { status: res.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
   }
 
+  it("records the routing it was started with beside its cluster, for `shards fences --local`", async () => {
+    const { readLocalRouting } = await import('../../../functions/local/routing-file.js');
+    expect(await readLocalRouting(dataDir)).toEqual({ strategy: 'hash_based', overrideHash: true, fallback: 'hash', enabled: true });
+  });
+
   it('finishes a move whose first run stopped on a long writer, once the writer is gone', async () => {
     const key = '2f3e4d5c-6b7a-4981-a0b1-c2d3e4f5a6b7';
     const route = (await json(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };

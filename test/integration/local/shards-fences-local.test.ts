@@ -3,7 +3,9 @@
  * cluster instead of --catalog-url/--shard. Local mode's servers take fresh ports at every start,
  * so the command finds them as the cluster left them: its manifest (`cluster.json`, the layout and
  * the password) and each server's `postmaster.pid` (port, pid, status). It reviews with local
- * mode's routing (hash_based, pins routing their keys), so a key's directory rows are settled too.
+ * mode's routing (the one `start` recorded in `<dataDir>/routing.json`; without it hash_based, pins
+ * routing their keys), so a key's directory rows are settled too. A review shell whose sharding
+ * variables disagree with the recorded routing is refused.
  * Refused, naming the flag: --local with --catalog-url or --shard. Said plainly, exit 1: no
  * cluster there, a manifest that names servers that are not there, servers stopped, or a
  * `postmaster.pid` left by a server that died.
@@ -21,6 +23,7 @@ import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-stor
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { keysInSlot } from '../sharding/fixtures/move-env.js';
+import { writeLocalRouting } from '../../../functions/local/routing-file.js';
 
 let base: string;
 let cluster: EmbeddedCluster;
@@ -74,6 +77,45 @@ describe('shards fences --local', () => {
       expect(settled.out.join('')).toContain(`settled: reopened (deleted), ${owner} takes the key's writes`);
       expect((await pool.query(`select 1 from write_fences where kind = 'directory' and unit_id = $1`, [key])).rows).toHaveLength(0);
     } finally {
+      await pool.end();
+    }
+  }, 60_000);
+
+  it('judges by the routing start recorded, not by the review shell\'s variables; refuses a shell that disagrees; names a broken record', async () => {
+    const slot = 78;
+    const [key] = keysInSlot(slot, 1) as [string];
+    const routingPath = join(base, 'routing.json');
+    const shard = cluster.shards[0] as { shardId: string; primaryUrl: string };
+    const pool = new pg.Pool({ connectionString: shard.primaryUrl, max: 1 });
+    try {
+      await pool.query(`insert into write_fences (kind, unit_id, state) values ('directory', $1, 'fenced')`, [key]);
+      // Local mode started with SHARDING_ENABLED=false: every key routes to the default shard, so
+      // the review cannot settle the row by pin or slot (a shell without the variable would have
+      // judged it by hash and reopened it).
+      await writeLocalRouting(base, { strategy: 'hash_based', overrideHash: true, fallback: 'hash', enabled: false });
+      const listed = capture();
+      expect(await createShardsCommand({}).run(['fences', '--local', '--data-dir', base, '--settle', '--older-than', '0'], listed.io)).toBe(1);
+      expect(listed.out.join('')).toContain('sharding is disabled (SHARDING_ENABLED=false): every key routes to default_shard, whatever its pin or slot; decide by hand');
+      expect((await pool.query(`select state from write_fences where kind = 'directory' and unit_id = $1`, [key])).rows).toEqual([{ state: 'fenced' }]);
+
+      // This shell says enabled: which routing is meant cannot be told.
+      await expect(createShardsCommand({ SHARDING_ENABLED: 'true' }).run(['fences', '--local', '--data-dir', base], capture().io)).rejects.toThrow(
+        new UsageError(
+          `--local: SHARDING_ENABLED in this shell gives hash_based (override_hash on, fallback hash), but local mode under ${base} was started with hash_based (override_hash on, fallback hash, sharding disabled), which its routers use: unset it (or set it as start had it) and run again`,
+        ),
+      );
+      // The same value as start had: accepted.
+      const same = capture();
+      expect(await createShardsCommand({ SHARDING_ENABLED: 'false' }).run(['fences', '--local', '--data-dir', base], same.io)).toBe(1);
+      expect(same.out.join('')).toContain('sharding is disabled (SHARDING_ENABLED=false)');
+
+      await writeFile(routingPath, '{"strategy": "consistent"');
+      await expect(fences('--local', '--data-dir', base)).rejects.toThrow(new RegExp(`^--local: ${routingPath.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: not valid JSON .*; start local mode again to rewrite it$`));
+      await writeFile(routingPath, '{"strategy": "consistent", "overrideHash": true, "fallback": "hash"}');
+      await expect(fences('--local', '--data-dir', base)).rejects.toThrow(`--local: ${routingPath}: strategy: `);
+    } finally {
+      await rm(routingPath, { force: true });
+      await pool.query(`delete from write_fences where kind = 'directory' and unit_id = $1`, [key]);
       await pool.end();
     }
   }, 60_000);
