@@ -53,7 +53,7 @@ import type { Queryable, SlotMapStore } from './slot-map-store.js';
 import { withIdleBound, type MoverCatalog } from './mover-catalog.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION, UNIQUE_VIOLATION } from './sqlstate.js';
 import { inTransaction, RollbackWith } from './transaction.js';
-import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused } from './unit-rows.js';
+import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, type SlotLockRefusal } from './unit-rows.js';
 
 /** The slot-map side of the catalog the mover needs. */
 export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish' | 'ownerOf'>;
@@ -418,6 +418,13 @@ function publisherOf(job: Pick<MoveJob, 'id'>): `move job #${number}` {
 const LOCK_NOT_AVAILABLE = '55P03';
 
 /**
+ * How long before its fence deadline a flip gives up its wait for its key's slot's pin lock
+ * (`flipLocked`): enough for the server's lock_timeout to answer before the run's cancel at the
+ * deadline, so that the fence's give-up names the lock.
+ */
+const FLIP_SLOT_LOCK_MARGIN_MS = 100;
+
+/**
  * A move's `incoming` row on its target: inserted, or over a row of the unit that says `moved`,
  * `incoming` or `open` (never `fenced`: another move's cutover). `$5` is `check_undo` (shard
  * migration 026): null, or what the row replaced while the target is not checked yet (see
@@ -519,26 +526,51 @@ export const LOCK_SLOT_MAPS_FOR_HASH_ROUTE = 'select catalog.lock_slot_maps_for_
  * #15, owner-change-torture-review.test.ts seed -1238155181). Now a publication holding the row is
  * waited for, and the slot's owner read after it (under the map's SHARE lock) is its map's: a key
  * routed by hash to a third shard is refused as any (MoveOwnerConflict); one that locks the row
- * after this waits for the pin's commit and reads it. Waited for at most
- * {@link SLOT_PIN_LOCK_WAIT_MS} (the flip's statement bound, if shorter, ends it first), then
- * refused ({@link MoveError}, nothing written: the transaction rolls back and the move tries again
- * on its next run). The transaction must be READ COMMITTED (the read after the lock must see what
- * the publication committed): refused otherwise, naming its level.
+ * after this waits for the pin's commit and reads it. Waited for at most `waitMs`
+ * ({@link SLOT_PIN_LOCK_WAIT_MS} outside the fence; the flip passes what is left of its fence
+ * budget, see {@link PgMovePort} `flipLocked`), then refused ({@link MoveSlotLockBusy}, a
+ * {@link MoveError}: nothing written, the transaction rolls back; the move tries again on its next
+ * run, or the flip gives its fence up as over budget and tries again at its next fence attempt).
+ * The transaction must be READ COMMITTED (the read after the lock must see what the publication
+ * committed): refused otherwise, naming its level.
  */
-async function lockSlotOfPinOverNoEntry(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, client: Queryable): Promise<void> {
+async function lockSlotOfPinOverNoEntry(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, client: Queryable, waitMs: number, again: string): Promise<void> {
   const refused = `cannot pin key ${job.unitId} for its move`;
-  const refusal = await lockSlotsForPins(client, [job.slot], 'share', SLOT_PIN_LOCK_WAIT_MS, refused);
+  const refusal = await lockSlotsForPins(client, [job.slot], 'share', waitMs, refused);
   if (refusal === null) return;
-  throw new MoveError(
+  throw new MoveSlotLockBusy(
     `${refused}: ${slotLockRefused(refusal, {
       other: `another change of its slot ${job.slot} (a slot map published by hand, or a slot move being planned)`,
-      waitMs: SLOT_PIN_LOCK_WAIT_MS,
+      waitMs: Math.max(1, Math.round(waitMs)),
       rule: "a move may not pin its key unseen by a change of its slot's pinned keys",
       nothing: 'written',
-      again: 'the move tries again on its next run',
+      again,
     })}`,
+    refusal.kind,
   );
 }
+
+/**
+ * A directory move's pin over no entry refused by {@link lockSlotOfPinOverNoEntry}: `refusal`
+ * says why (another change of the slot held its lock past the wait, a deadlock, the transaction's
+ * isolation level). The flip answers a wait past its bound as over budget (see `flipLocked`).
+ */
+export class MoveSlotLockBusy extends MoveError {
+  override readonly name = 'MoveSlotLockBusy';
+  constructor(
+    message: string,
+    readonly refusal: SlotLockRefusal['kind'],
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * How {@link ownerRead} locks a key without an entry: `true` for the lock's own bound
+ * ({@link SLOT_PIN_LOCK_WAIT_MS}), or the flip's bound and words (`waitMs`, what is left of its
+ * fence budget; `again`, what the move does after a refusal).
+ */
+export type HashRouteLock = boolean | { readonly waitMs: number; readonly again: string };
 
 /**
  * Who the catalog names as a move's unit's owner now (see {@link PgMovePort} `currentOwner`): a
@@ -549,7 +581,7 @@ async function lockSlotOfPinOverNoEntry(job: Pick<MoveJob, 'kind' | 'unitId' | '
  * published between that read and the transaction's end, and none that read the slot's pinned
  * keys before the caller's pin commits unseen by it.
  */
-export async function ownerRead(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, directory: MoverDirectory, slotMaps: MoverSlotMaps, client: Queryable, lockHashRoute = false): Promise<OwnerRead> {
+export async function ownerRead(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, directory: MoverDirectory, slotMaps: MoverSlotMaps, client: Queryable, lockHashRoute: HashRouteLock = false): Promise<OwnerRead> {
   if (job.kind === 'directory') {
     const entry = await directory.entry(job.unitId, client);
     if (entry === null && lockHashRoute) {
@@ -557,7 +589,8 @@ export async function ownerRead(job: Pick<MoveJob, 'kind' | 'unitId' | 'slot'>, 
       // (slot rows FOR UPDATE, then its insert into catalog.slot_maps) and a slot move's plan (its
       // slot FOR UPDATE, then the SHARE lock) take them in; the other way round, this transaction
       // and a publication would each wait for the other's lock (a deadlock).
-      await lockSlotOfPinOverNoEntry(job, client);
+      const bound = lockHashRoute === true ? { waitMs: SLOT_PIN_LOCK_WAIT_MS, again: 'the move tries again on its next run' } : lockHashRoute;
+      await lockSlotOfPinOverNoEntry(job, client, bound.waitMs, bound.again);
       await client.query(LOCK_SLOT_MAPS_FOR_HASH_ROUTE);
     }
     const routesTo = entry?.shardId ?? (await slotMaps.ownerOf(job.slot, client))?.shardId ?? null;
@@ -2569,7 +2602,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    * published between the read and the commit sent the key's writes by hash to a third shard
    * while the flip pinned it to the target, out of sight of its readers.
    */
-  private currentOwner(job: MoveJob, publishing = false): Promise<OwnerRead & { map: SlotMap | null }> {
+  private currentOwner(job: MoveJob, publishing: HashRouteLock = false): Promise<OwnerRead & { map: SlotMap | null }> {
     return this.catalog.use(async (catalog) => {
       if (job.kind === 'directory') return { ...(await ownerRead(job, this.options.directory, this.options.slotMaps, catalog, publishing)), map: null };
       const map = await this.options.slotMaps.current(catalog);
@@ -2702,7 +2735,34 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (row.flipStarted) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'flipped', job: row });
     if (row.cancelRequested || row.rollbackTo !== null) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'cancelled', job: row });
     if (this.budgetLeft() <= 0) return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget' });
-    const read = await this.currentOwner(row, true);
+    // A key without an entry (its pin deleted since the source's preparation) is published over no
+    // entry, under its slot's pin lock (see ownerRead), which a map published by hand holds FOR
+    // UPDATE through its fence and its count of the slot's rows on the shards: seconds on a large
+    // slot, each shard within its count bound. The flip waits for it with the source fenced, so it
+    // waits no longer than what is left of its fence budget, the bound of every other wait of the
+    // flip (the job row, the map's SHARE lock: the statement timeout above), and not the lock's own
+    // 5 s (SLOT_PIN_LOCK_WAIT_MS), the bound of pins made with no fence held: with the default
+    // budget (2 s) the statement timeout ended the wait first, as over budget, but a budget past 5
+    // s had the wait fail the run at 5 s (a MoveError: the fence given back and the move stopped
+    // until its next run, though its budget allowed the wait, or a retry at its next fence attempt
+    // would have found the lock free). Not shorter: the lock conflicts only with a change of the
+    // slot's pinned keys (a publication by hand, a slot move's plan, which holds it for a read of
+    // the directory), rare and mostly brief, and giving the fence up costs a new fence, catch-up
+    // and verification, writes held again. A wait that ends unlocked is a flip over budget, as a
+    // lock wait cut by the statement timeout is: nothing published, the transaction rolled back,
+    // the fence given back, and the cutover tried again at its next fence attempt (the next run,
+    // attempts spent), when the publication has decided: a key it sent by hash to a third shard
+    // fails the move (owner-change-dirmove-flip-slot-race.test.ts; docs/sharding-spec.md section
+    // 9). The wait ends FLIP_SLOT_LOCK_MARGIN_MS before the deadline, by its own lock_timeout: at
+    // the deadline itself the run's cancel (see flip) ended it first, the same outcome, but
+    // recorded as "the flip ran out of time" with no word of the slot's lock it waited for.
+    let read: OwnerRead & { map: SlotMap | null };
+    try {
+      read = await this.currentOwner(row, { waitMs: Math.max(1, this.budgetLeft() - FLIP_SLOT_LOCK_MARGIN_MS), again: 'the flip gave its fence up as over budget and tries again at its next fence attempt' });
+    } catch (err) {
+      if (err instanceof MoveSlotLockBusy && err.refusal === 'timeout') return new RollbackWith<FlipOutcome<MoveJob>>({ kind: 'over_budget', detail: err.message });
+      throw err;
+    }
     const { owner, version } = read;
     // Someone else already names the target (an operator pinned the key there, another publisher
     // gave it the slot) while this run verified the sides equal under its fence: no write of the

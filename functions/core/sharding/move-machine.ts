@@ -88,8 +88,11 @@ export type VerifyOutcome = { readonly kind: 'equal' } | { readonly kind: 'diffe
  */
 export type FlipOutcome<J = MoveJobView> =
   | { readonly kind: 'flipped'; readonly job: J }
-  /** The fence budget ran out first: nothing was published. */
-  | { readonly kind: 'over_budget' }
+  /**
+   * The fence budget ran out first: nothing was published. `detail`, when given, names what the
+   * flip waited for (recorded with the fence's give-up).
+   */
+  | { readonly kind: 'over_budget'; readonly detail?: string }
   /** A cancellation was recorded first; the move must roll back. */
   | { readonly kind: 'cancelled'; readonly job: J }
   /**
@@ -422,7 +425,8 @@ export async function driveMove<J extends MoveJobView>(start: J, port: MovePort<
             const flip = verdict.kind === 'equal' ? await port.flip(job) : verdict;
             if (flip.kind === 'over_budget') {
               await port.unfence(job);
-              job = await giveUp('verify_timed_out', `could not be verified and published within its budget (${verdict.kind === 'equal' ? 'the flip' : 'the verification'} ran out of time)`);
+              const why = verdict.kind === 'equal' ? `the flip ran out of time${'detail' in flip && flip.detail !== undefined ? `: ${flip.detail}` : ''}` : 'the verification ran out of time';
+              job = await giveUp('verify_timed_out', `could not be verified and published within its budget (${why})`);
               break;
             }
             // As the flip read (and recorded) it, not read back: that read, under the fence and
