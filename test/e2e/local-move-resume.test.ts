@@ -6,7 +6,15 @@
  * change capture left behind, and no PostgreSQL process after the last stop.
  *
  * The move's phase is watched in the catalog directly (a client of its own, polling), and the
- * process is frozen (SIGSTOP) as soon as the phase is seen, so it is killed in that phase.
+ * process is frozen (SIGSTOP) as soon as the phase is seen, so it is killed in that phase. Each
+ * phase is held open by the test until the kill, so that a busy machine cannot carry the move past
+ * it between two polls (it did: a 2-core machine at load 13 saw the first kill land with the source
+ * already fenced, the second after the move had finished): the copy by a SHARE lock on the
+ * target's documents (its inserts wait); the fence by a trigger on the catalog's slot maps that
+ * sleeps (made before the move and kept in the catalog's data across the restarts, dropped once
+ * the last run is up): the flip's insert of its map sleeps until its fence budget cancels it, the
+ * flip is over budget and the fence is taken again, so the source is fenced for most of each
+ * attempt.
  */
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -72,6 +80,28 @@ async function killWhen(run: LocalProcess, id: string, wanted: (job: Job) => boo
     }
   });
 }
+
+/**
+ * Runs `fn` while a transaction of its own on `url` holds what `hold` takes (statements run in
+ * order inside it), then rolls that transaction back.
+ */
+async function holding<T>(url: string, hold: readonly string[], fn: () => Promise<T>): Promise<T> {
+  return withClient(url, async (c) => {
+    await c.query('begin');
+    try {
+      for (const sql of hold) await c.query(sql);
+      return await fn();
+    } finally {
+      await c.query('rollback').catch(() => undefined);
+    }
+  });
+}
+
+/** Every slot map inserted sleeps (a flip's, until its fence budget cancels it): the flips are held. */
+const HOLD_FLIPS = `
+  create function public.test_hold_flips() returns trigger language plpgsql as $$ begin perform pg_sleep(60); return new; end $$;
+  create trigger test_hold_flips before insert on catalog.slot_maps for each row execute function public.test_hold_flips();`;
+const RELEASE_FLIPS = 'drop trigger test_hold_flips on catalog.slot_maps; drop function public.test_hold_flips()';
 
 /** Documents written for one owner, one after another, for as long as `running`. */
 class Writer {
@@ -147,17 +177,24 @@ describe('a move resumed after local mode is killed', () => {
     writer.start();
     await eventually(async () => (writer.acknowledged.size >= 20 ? true : undefined), 20_000, 'documents written before the move');
 
-    const planned = await fetch(`${run.url}${API}/shards/moves`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to }) });
-    expect(planned.status).toBe(202);
-    const id = ((await planned.json()) as { id: string }).id;
-
-    // Killed once the copy has begun, then (restarted) once the source is fenced.
+    // Killed once the copy has begun (its inserts on the target held), then (restarted) once the
+    // source is fenced (the flip's map held).
     const killedAt: Job[] = [];
-    killedAt.push(await killWhen(run, id, (j) => j.state !== 'planned', 10_000));
+    let id = '';
+    // Kept in the catalog's data: the killed run's servers stop with it.
+    await withClient(await serverUrl(run, 'catalog', 'catalog'), (c) => c.query(HOLD_FLIPS));
+    await holding(await serverUrl(run, `${to}/primary`, 'ca_dms'), ['lock table documents in share mode'], async () => {
+      const planned = await fetch(`${run.url}${API}/shards/moves`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'slot', unit: String(route.slot), to }) });
+      expect(planned.status).toBe(202);
+      id = ((await planned.json()) as { id: string }).id;
+      killedAt.push(await killWhen(run, id, (j) => j.state !== 'planned', 10_000));
+    });
     run = await start();
     writer.url = run.url;
-    killedAt.push(await killWhen(run, id, (j) => j.fenced, 10_000));
+    killedAt.push(await killWhen(run, id, (j) => j.fenced, 30_000));
     run = await start();
+    // The flips go on (the drop waits for a held flip's insert to be cancelled, at most its budget).
+    await withClient(await serverUrl(run, 'catalog', 'catalog'), (c) => c.query(RELEASE_FLIPS));
     writer.url = run.url;
 
     let last: unknown;
