@@ -31,6 +31,7 @@ import type { Backlog, ControlState, ControllerCatalog, DecisionRecord, LeaseOut
 import type { Block, Direction, MetricsSnapshot, Reason, ServiceState } from '../../core/scaling/types.js';
 import { LeaseError, LeaseStore } from './lease-store.js';
 import { serverTimeoutMs } from './deadline.js';
+import { retryingSerializationFailures } from './sqlstate.js';
 import { SERVICE_LOCK_IDLE_MS, serviceLockCallBoundMs } from './statement-bounds.js';
 import { inTransaction } from './transaction.js';
 
@@ -437,7 +438,11 @@ export class CatalogStore implements ControllerCatalog {
     try {
       // The service's lock row, once: a statement of its own, outside the transaction, so that a
       // first evaluation does not hold the row's insertion (which another would wait for) to its end.
-      await db.query('insert into catalog.service_locks (service) values ($1::text) on conflict (service) do nothing', [service]);
+      // Sent again on 40001 (retryingSerializationFailures): at the login's or the database's
+      // default_transaction_isolation, REPEATABLE READ failed one that waited for another first
+      // evaluation's insert of the row once that committed (the row not in its snapshot), and the
+      // evaluation with it, as if the catalog were unreachable (catalog-store.test.ts; issue #15).
+      await retryingSerializationFailures(() => db.query('insert into catalog.service_locks (service) values ($1::text) on conflict (service) do nothing', [service]));
       // The lock is held while the orchestrator is asked: the session is idle in transaction for
       // the whole call, which no statement_timeout bounds. A client that never comes back (a
       // Lambda timed out or frozen mid-call, its connection kept open by RDS Proxy) would hold the
@@ -608,10 +613,17 @@ export class CatalogStore implements ControllerCatalog {
    */
   async recordAlarm(alarm: AlarmRecord): Promise<boolean> {
     return wrap('recording an alarm', async () => {
-      const { rowCount } = await (await this.db()).query(
-        `insert into catalog.scaling_alarms (message_id, alarm_name, new_state, service, reason, state_changed_at)
-         values ($1, $2, $3, $4, $5, $6) on conflict (message_id) do nothing`,
-        [alarm.messageId, alarm.alarmName, alarm.newState, alarm.service ?? null, alarm.reason, alarm.stateChangedAt ?? null],
+      const db = await this.db();
+      // Sent again on 40001: at REPEATABLE READ a delivery that waited for another delivery's
+      // insert of the same message failed once that committed (its row not in the snapshot), and
+      // the alarm function, taking the catalog for unreachable, evaluated the redelivery as a new
+      // alarm (catalog-store.test.ts; issue #15). Sent again, it finds the row: a redelivery.
+      const { rowCount } = await retryingSerializationFailures(() =>
+        db.query(
+          `insert into catalog.scaling_alarms (message_id, alarm_name, new_state, service, reason, state_changed_at)
+           values ($1, $2, $3, $4, $5, $6) on conflict (message_id) do nothing`,
+          [alarm.messageId, alarm.alarmName, alarm.newState, alarm.service ?? null, alarm.reason, alarm.stateChangedAt ?? null],
+        ),
       );
       return rowCount === 1;
     });

@@ -21,7 +21,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { EVALUATION_LEASE, type LeaseOutcome, type LeaseRequest } from '../../core/scaling/ports.js';
-import { hasSqlState, SERIALIZATION_FAILURE } from './sqlstate.js';
+import { hasSqlState, retryingSerializationFailures, SERIALIZATION_ATTEMPTS, SERIALIZATION_FAILURE } from './sqlstate.js';
 
 /** The lease names in use, so no two kinds of work share one by accident. */
 export const LEASES = {
@@ -87,19 +87,40 @@ export class LeaseStore {
       // committed (40001, its snapshot older than the row), where READ COMMITTED judges the row
       // committed (held: not taken); the controller then took the catalog for unreachable and
       // evaluated without the lease, beside its holder (catalog-store.test.ts; issue #15). Nothing
-      // was written: run again, the statement takes a new snapshot and judges that row.
-      const taken = await db.query(ACQUIRE, [name, token, request.ttlMs]).catch((err: unknown) => {
+      // was written: run again, the statement takes a new snapshot and judges that row. At most
+      // SERIALIZATION_ATTEMPTS times: a row that changed under every one of them (other sessions
+      // taking, giving back or taking over the lease one after another) was asked for without end
+      // before, the evaluation waiting on it for as long as that lasted.
+      const taken = await retryingSerializationFailures(() => db.query(ACQUIRE, [name, token, request.ttlMs])).catch((err: unknown) => {
         if (hasSqlState(err, SERIALIZATION_FAILURE)) return null;
         throw err;
       });
-      if (taken === null) continue;
+      if (taken === null) {
+        // Answered as held, not thrown: the callers take an error for an unreachable catalog, and
+        // the controller then evaluates without the lease (degraded, allowed to scale out), which
+        // here would be beside a holder that can scale in. Standing aside costs one evaluation;
+        // the next one asks again.
+        const { rows } = await db.query<{ holder: string; acquired_at: Date; expires_at: Date }>(CURRENT, [name]);
+        const row = rows[0];
+        const now = Date.now();
+        return {
+          acquired: false,
+          holder: row === undefined ? `unknown: the lease changed hands under each of ${SERIALIZATION_ATTEMPTS} tries to take it` : row.holder.replace(/ [0-9a-f-]{36}$/, ''),
+          since: row?.acquired_at.getTime() ?? now,
+          until: row?.expires_at.getTime() ?? now,
+        };
+      }
       if (taken.rowCount === 1) {
         let released = false;
         return {
           acquired: true,
           release: async () => {
             if (released) return;
-            await (await this.db()).query('delete from catalog.leases where name = $1 and holder = $2', [name, token]);
+            // A statement of its own, sent again on 40001 as the acquire is: at REPEATABLE READ one
+            // that waited for another acquire taking the lease over once it lapsed failed once that
+            // committed, and the controller reported the lease not released (catalog-store.test.ts).
+            const db = await this.db();
+            await retryingSerializationFailures(() => db.query('delete from catalog.leases where name = $1 and holder = $2', [name, token]));
             // Only once the row is gone: a release that failed can be tried again.
             released = true;
           },

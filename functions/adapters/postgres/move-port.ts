@@ -51,7 +51,7 @@ import { isNodeFailure } from './replica-reader.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { Queryable, SlotMapStore } from './slot-map-store.js';
 import { withIdleBound, type MoverCatalog } from './mover-catalog.js';
-import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION, UNIQUE_VIOLATION } from './sqlstate.js';
+import { hasSqlState, INSUFFICIENT_PRIVILEGE, retryingSerializationFailures, UNDEFINED_FUNCTION, UNIQUE_VIOLATION } from './sqlstate.js';
 import { inTransaction, RollbackWith } from './transaction.js';
 import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, type SlotLockRefusal } from './unit-rows.js';
 
@@ -810,13 +810,23 @@ export class PgMovePort implements MovePort<MoveJob> {
     // Under the fence (`drained`), held to its deadline: see heldToFence. Cancelled there, it
     // recorded nothing (a COMMIT cancelled past its commit record only warns), and the driver
     // gives the fence up.
+    // A statement of its own (as recordError's and updateJobRow's outside the run's transactions),
+    // at the login's or the database's default_transaction_isolation: one that waited for a cancel
+    // request's update of the job row (or another run's claim, its lease lapsed) failed at
+    // REPEATABLE READ with 40001 once that committed (issue #15), and the run with it, the
+    // cancellation left to the next run (moves-catalog-isolation.test.ts). Sent again, it judges the
+    // row as READ COMMITTED does: the cancel request kept (the run then rolls back), another
+    // run's claim found (this one's lease lost). Not a READ COMMITTED transaction of its own: two
+    // more round trips for every write of the job, the fence's among them.
     const fenced = this.fenceDeadline !== null;
     return this.heldToFence(async () => {
-      const { rows } = await this.catalog.query<JobRow>(
-        // A transition clears the last error, except the clean-up's note on the rows it kept, which
-        // the finished job keeps (see cleanUp).
-        `update catalog.move_jobs set state = $2, error = ${name === 'cleaned' ? 'coalesce($3, error)' : '$3'}, updated_at = now()${stamp}${extra} where id = $1 and state = $4 and ${this.mine} returning *`,
-        [job.id, to, note ?? null, from],
+      const { rows } = await retryingSerializationFailures(() =>
+        this.catalog.query<JobRow>(
+          // A transition clears the last error, except the clean-up's note on the rows it kept, which
+          // the finished job keeps (see cleanUp).
+          `update catalog.move_jobs set state = $2, error = ${name === 'cleaned' ? 'coalesce($3, error)' : '$3'}, updated_at = now()${stamp}${extra} where id = $1 and state = $4 and ${this.mine} returning *`,
+          [job.id, to, note ?? null, from],
+        ),
       );
       if (!rows[0]) {
         await this.assertLease(job);
@@ -874,7 +884,7 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   async recordError(job: MoveJob, error: string): Promise<void> {
-    await this.catalog.query(`update catalog.move_jobs set error = $2, updated_at = now() where id = $1 and ${this.mine}`, [job.id, error]);
+    await retryingSerializationFailures(() => this.catalog.query(`update catalog.move_jobs set error = $2, updated_at = now() where id = $1 and ${this.mine}`, [job.id, error]));
   }
 
   /**
@@ -899,9 +909,14 @@ export class PgMovePort implements MovePort<MoveJob> {
     return toJob(await this.updateJobRow(set, params, job));
   }
 
-  /** {@link updateJob}'s row as the catalog returned it (with the columns {@link toJob} leaves out). */
+  /**
+   * {@link updateJob}'s row as the catalog returned it (with the columns {@link toJob} leaves out).
+   * Sent again on a serialization failure (see {@link PgMovePort.transition}).
+   */
   private async updateJobRow(set: string, params: readonly unknown[], job: MoveJob): Promise<JobRow & RecordedSource> {
-    const { rows } = await this.catalog.query<JobRow & RecordedSource>(`update catalog.move_jobs set ${set}, updated_at = now() where id = $1 and ${this.mine} returning *`, [job.id, ...params]);
+    const { rows } = await retryingSerializationFailures(() =>
+      this.catalog.query<JobRow & RecordedSource>(`update catalog.move_jobs set ${set}, updated_at = now() where id = $1 and ${this.mine} returning *`, [job.id, ...params]),
+    );
     if (!rows[0]) {
       await this.assertLease(job);
       throw new MoveError(`move job #${job.id} has disappeared from the catalog`);

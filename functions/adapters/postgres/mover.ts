@@ -55,6 +55,7 @@ import {
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
+import { retryingSerializationFailures } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
 import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused } from './unit-rows.js';
 
@@ -501,7 +502,18 @@ export class Mover {
     client.on('error', onError);
     try {
       const holder = `${this.options.holder ?? `mover pid ${process.pid}`} ${randomUUID()}`;
-      const { rows } = await catalog.query<JobRow & { lease_epoch: string }>(CLAIM, [id, holder, ttlMs]);
+      // The claim, the renewals and the release are statements of their own, at the login's or
+      // the database's default_transaction_isolation, each waiting for a transaction that holds
+      // the job row: a cancel request's update (an instant), or the flip of a run whose lease
+      // lapsed under it (up to its fence budget), which the claim must then judge as committed.
+      // At REPEATABLE READ that commit failed them with 40001 (issue #15): the claim failed the
+      // worker's run, and the job waited for its next tick; the release failed unseen, leaving the
+      // job claimed by a run that had ended, every run refused as busy until the lease lapsed
+      // (moves-catalog-isolation.test.ts). Sent again, each judges the row as it is then (see
+      // retryingSerializationFailures): the claim takes the job over if the lease is still lapsed,
+      // or finds it busy where that run renewed it as soon as its flip committed (which READ
+      // COMMITTED, judging the row at the flip's commit, would not have seen): either is safe.
+      const { rows } = await retryingSerializationFailures(() => catalog.query<JobRow & { lease_epoch: string }>(CLAIM, [id, holder, ttlMs]));
       const claimed = rows[0];
       if (!claimed) {
         const { rows: found } = await catalog.query<{ holder: string | null; until: Date | null }>('select lease_holder as holder, lease_expires_at as until from catalog.move_jobs where id = $1', [id]);
@@ -518,8 +530,7 @@ export class Mover {
       const renewal = setInterval(() => {
         if (renewing) return;
         renewing = true;
-        catalog
-          .query(RENEW, [id, epoch, ttlMs, holder])
+        retryingSerializationFailures(() => catalog.query(RENEW, [id, epoch, ttlMs, holder]))
           .catch(() => undefined)
           .finally(() => {
             renewing = false;
@@ -570,7 +581,7 @@ export class Mover {
       } finally {
         clearInterval(renewal);
         // A release that fails leaves the claim to lapse at its expiry.
-        await catalog.query(RELEASE, [id, epoch, holder]).catch(() => undefined);
+        await retryingSerializationFailures(() => catalog.query(RELEASE, [id, epoch, holder])).catch(() => undefined);
       }
     } finally {
       client.off('error', onError);

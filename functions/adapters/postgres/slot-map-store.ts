@@ -15,7 +15,7 @@
 import type pg from 'pg';
 import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
-import { hasSqlState, INVALID_PARAMETER_VALUE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
+import { hasSqlState, INVALID_PARAMETER_VALUE, retryingSerializationFailures, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
 import { slotOf } from '../../core/sharding/hash.js';
 import { boundedCount, countedOwnerChange, OwnerChangeFences, countTimeoutOf, describeRows, lockSlotsForPins, pinnedKeysOf, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
@@ -455,12 +455,19 @@ export class SlotMapStore {
   async initialise(map: SlotMap, by = 'initialise', reason = 'initial slot map from the configured shard weights', client: Queryable = this.pool): Promise<SlotMap> {
     const first = parseSlotMap(map);
     if (first.version !== 1) throw new SlotMapError(`the first slot map must be version 1, got ${first.version}`);
-    await client.query(
-      `insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason)
-       select 1, $1, $2, $3, $4 where not exists (select 1 from catalog.slot_maps)
-       on conflict (version) do nothing`,
-      [first.slotCount, first.assignments, by, reason],
-    );
+    // Sent again on 40001 where it is a statement of its own (the store's pool): at the login's or
+    // the database's default_transaction_isolation, REPEATABLE READ failed one that waited for
+    // another process's first map, in flight, once that committed (its row not in the snapshot),
+    // and the process's sharding layer failed to start (routing-stores.test.ts; issue #15). Sent
+    // again, it finds that map. In a caller's transaction it is sent once.
+    const insert = (): Promise<unknown> =>
+      client.query(
+        `insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason)
+         select 1, $1, $2, $3, $4 where not exists (select 1 from catalog.slot_maps)
+         on conflict (version) do nothing`,
+        [first.slotCount, first.assignments, by, reason],
+      );
+    await (client === this.pool ? retryingSerializationFailures(insert) : insert());
     return this.current(client);
   }
 }

@@ -55,6 +55,47 @@ export function hasSqlState(error: unknown, ...codes: readonly string[]): boolea
 }
 
 /**
+ * How many times {@link retryingSerializationFailures} sends a statement in all: one conflict is
+ * the race it is there for (a transaction that changed the row committed while the statement
+ * waited for it), and each try after a conflict is a new snapshot that sees that commit; five in
+ * a row means the row keeps changing under the caller, which is answered rather than waited out.
+ */
+export const SERIALIZATION_ATTEMPTS = 5;
+
+/**
+ * Runs `statement`, one statement that is its own transaction (sent outside any transaction:
+ * autocommit), again while it fails with {@link SERIALIZATION_FAILURE}, at most `attempts` times in
+ * all; then the last failure is thrown as it is (the caller decides what a row that kept changing
+ * means). Nothing of a failed try was written.
+ *
+ * Why: a statement outside a transaction runs at the login's or the database's
+ * `default_transaction_isolation` (an RDS parameter group, an `ALTER ROLE ... SET` can make it
+ * REPEATABLE READ or SERIALIZABLE). There one that waits for another session's update of its row
+ * (or for an insert of the same key, `on conflict`) fails with 40001 once that session commits,
+ * "could not serialize access due to concurrent update", where READ COMMITTED judges the row as
+ * committed. Sent again it takes a new snapshot, which holds that commit, and judges the row as
+ * READ COMMITTED would have: the same answer, at no cost unless the race happened, where a READ
+ * COMMITTED transaction of its own costs every call two more round trips (issue #15;
+ * docs/sharding-spec.md section 9, "Catalog transactions and `default_transaction_isolation`").
+ * Never inside a transaction: the failure aborts it, and the statement sent again would only be
+ * refused (25P02).
+ *
+ * @example
+ * ```ts
+ * const { rows } = await retryingSerializationFailures(() => pool.query(CLAIM, [id, holder, ttlMs]));
+ * ```
+ */
+export async function retryingSerializationFailures<T>(statement: () => Promise<T>, attempts = SERIALIZATION_ATTEMPTS): Promise<T> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await statement();
+    } catch (err) {
+      if (attempt >= attempts || !hasSqlState(err, SERIALIZATION_FAILURE)) throw err;
+    }
+  }
+}
+
+/**
  * What a failed call to a database (a shard's node, the catalog) is, in words fit for an API
  * response: the kind of failure and, where one is known, what to do. The driver's and the
  * server's own text names addresses and ports (`connect ECONNREFUSED 10.0.3.7:5432`), logins

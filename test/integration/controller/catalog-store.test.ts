@@ -314,6 +314,156 @@ describe('catalog store: alarms and locks', () => {
     }
   });
 
+  it('answers an acquire whose lease row kept changing while it asked (its login defaulting to REPEATABLE READ) as held by the holder it finds, after five tries, rather than ask for ever or fail as if the catalog were unreachable', async () => {
+    // A chain of other sessions each changing the lease row while the acquire waits for the one
+    // before: every try waits for them and fails with 40001 once one commits (a try that waited
+    // in the unique index's check, holding no lock of the row, may see two of them commit first).
+    const name = 'rr-contended';
+    await pool.query(`insert into catalog.leases (name, holder, acquired_at, expires_at) values ($1, 'contender 0', now(), now() + interval '1 minute')`, [name]);
+    const repeatable = new pg.Pool({ connectionString: server.url, max: 2, application_name: 'rr-acquirer', options: '-c default_transaction_isolation=repeatable\\ read' });
+    let tries = 0;
+    const counted = new Proxy(repeatable, {
+      get(target, prop): unknown {
+        if (prop === 'query') {
+          return (text: string, values?: unknown[]) => {
+            if (text.includes('insert into catalog.leases')) tries += 1;
+            return target.query(text, values);
+          };
+        }
+        const value = Reflect.get(target, prop) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const waitingFor = async (where: string, params: unknown[], stop: () => boolean): Promise<void> => {
+      for (let i = 0; i < 1000 && !stop(); i++) {
+        const { rows } = await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and ${where}`, params);
+        if (rows.length > 0) return;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    };
+    const contender = async (k: number): Promise<{ client: pg.PoolClient; pid: number; updated: Promise<unknown> }> => {
+      const client = await pool.connect();
+      const { rows } = await client.query<{ pid: number }>('select pg_backend_pid() as pid');
+      await client.query('begin');
+      const updated = client.query(`update catalog.leases set holder = $2, acquired_at = now() where name = $1`, [name, `contender ${k}`]);
+      return { client, pid: rows[0]?.pid as number, updated };
+    };
+    // At most two contenders at a time: the test's pool has four connections.
+    const clients = new Set<pg.PoolClient>();
+    const commit = async (client: pg.PoolClient): Promise<void> => {
+      await client.query('commit');
+      clients.delete(client);
+      client.release();
+    };
+    try {
+      let current = await contender(1);
+      clients.add(current.client);
+      await current.updated;
+      let settled = false;
+      const asking = new LeaseStore(counted).acquire(name, { owner: 'scaling-evaluate (schedule)', ttlMs: 60_000 }).finally(() => {
+        settled = true;
+      });
+      for (let k = 2; k <= 16 && !settled; k++) {
+        await waitingFor(`application_name = 'rr-acquirer'`, [], () => settled);
+        const next = await contender(k);
+        clients.add(next.client);
+        await waitingFor('pid = $1', [next.pid], () => false);
+        await commit(current.client);
+        await next.updated;
+        current = next;
+      }
+      await commit(current.client);
+
+      // Before: asked again at every conflict, without end while the row kept changing (here,
+      // 8 to 16 tries for 16 changes).
+      expect(await asking).toMatchObject({ acquired: false, holder: expect.stringMatching(/^contender \d+$/) as unknown });
+      expect(tries).toBe(5);
+    } finally {
+      for (const c of clients) {
+        await c.query('rollback').catch(() => undefined);
+        c.release();
+      }
+      await repeatable.end();
+    }
+  });
+
+  it('gives back a lease whose login defaults to REPEATABLE READ though another took it over, as it lapsed, while the release waited for it', async () => {
+    const repeatable = new pg.Pool({ connectionString: server.url, max: 2, options: '-c default_transaction_isolation=repeatable\\ read' });
+    const other = await pool.connect();
+    try {
+      const mine = await new LeaseStore(repeatable).acquire('rr-release', { owner: 'scaling-evaluate (schedule)', ttlMs: 1 });
+      await new Promise((r) => setTimeout(r, 20));
+      await other.query('begin');
+      const next = await new LeaseStore(other as unknown as pg.Pool).acquire('rr-release', { owner: 'scaling-alarm (alarm)', ttlMs: 60_000 });
+      const releasing = mine.acquired ? mine.release().then(() => 'released', (e: Error) => `threw: ${e.message}`) : Promise.resolve('never held');
+      for (let i = 0; i < 500; i++) {
+        const { rows } = await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%catalog.leases%'`);
+        if (rows.length > 0) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await other.query('commit');
+
+      // Before: the release's snapshot, older than the takeover's commit, failed it with 40001: the
+      // controller reported the lease not released and tried again at its next evaluation.
+      expect(next.acquired).toBe(true);
+      expect(await releasing).toBe('released');
+      const { rows } = await pool.query<{ holder: string }>('select holder from catalog.leases where name = $1', ['rr-release']);
+      expect(rows[0]?.holder).toMatch(/^scaling-alarm \(alarm\) /);
+    } finally {
+      other.release();
+      await repeatable.end();
+    }
+  });
+
+  it("evaluates a new service whose lock row another first evaluation inserted while this one asked, its login defaulting to REPEATABLE READ, rather than fail it", async () => {
+    const repeatable = new pg.Pool({ connectionString: server.url, max: 2, options: '-c default_transaction_isolation=repeatable\\ read' });
+    const other = await pool.connect();
+    try {
+      const waiter = new CatalogStore(repeatable, { defaults: parseScalingConfig({}) });
+      await other.query('begin');
+      await other.query('insert into catalog.service_locks (service) values ($1)', ['rr-new-svc']);
+      const asking = waiter.withServiceLock('rr-new-svc', async () => 'evaluated').catch((e: unknown) => e);
+      for (let i = 0; i < 500; i++) {
+        const { rows } = await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%service_locks%'`);
+        if (rows.length > 0) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await other.query('commit');
+
+      // Before: the insert's snapshot did not hold the row it conflicted with: 40001, a
+      // CatalogError, the service's evaluation failed as if the catalog were unreachable.
+      expect(await asking).toEqual({ acquired: true, value: 'evaluated' });
+    } finally {
+      other.release();
+      await repeatable.end();
+    }
+  });
+
+  it('recognises a redelivered SNS message recorded by another delivery while this one was recorded, its login defaulting to REPEATABLE READ', async () => {
+    const repeatable = new pg.Pool({ connectionString: server.url, max: 2, options: '-c default_transaction_isolation=repeatable\\ read' });
+    const other = await pool.connect();
+    try {
+      const waiter = new CatalogStore(repeatable, { defaults: parseScalingConfig({}) });
+      const alarm = { messageId: 'rr-msg', alarmName: 'cpu-high', newState: 'ALARM', service: 'worker', reason: 'Threshold Crossed' };
+      await other.query('begin');
+      expect(await new CatalogStore(other as unknown as pg.Pool, { defaults: parseScalingConfig({}) }).recordAlarm(alarm)).toBe(true);
+      const again = waiter.recordAlarm(alarm).catch((e: unknown) => e);
+      for (let i = 0; i < 500; i++) {
+        const { rows } = await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%scaling_alarms%'`);
+        if (rows.length > 0) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await other.query('commit');
+
+      // Before: 40001, a CatalogError: the alarm function logged the catalog unreachable and
+      // evaluated the redelivery as a new alarm.
+      expect(await again).toBe(false);
+    } finally {
+      other.release();
+      await repeatable.end();
+    }
+  });
+
   it('commits state and decision together, and neither when the work fails', async () => {
     const failing = store.withServiceLock('atomic-svc', async (session) => {
       await session.saveState({ service: 'atomic-svc', events: [], metricsHistory: [], recommendations: [], memory: { n: 1 } });

@@ -129,5 +129,173 @@ describe('a request on a move job whose row a run holds locked, the requester de
     expect(answer).toBeInstanceOf(MoveNotCancellableError);
     expect((answer as Error).message).toMatch(/has published the new owner; it can only finish$/);
   }, 60_000);
+});
 
+/**
+ * `pool` with every transaction of its clients held at its COMMIT until `gate` settles (`held` is
+ * called there, its statements made and its row locks taken): a cancel request's transaction
+ * (`Mover.requestCancel`, its own READ COMMITTED one) caught in the instant between its update of
+ * the job row and its commit, for as long as a test needs another session to wait on that row.
+ */
+function heldAtCommit(pool: pg.Pool, held: () => void, gate: Promise<void>): pg.Pool {
+  const bound = <T extends object>(target: T, prop: string | symbol): unknown => {
+    const value = Reflect.get(target, prop) as unknown;
+    return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+  };
+  return new Proxy(pool, {
+    get(target, prop): unknown {
+      if (prop !== 'connect') return bound(target, prop);
+      return async () => {
+        const client = await target.connect();
+        return new Proxy(client, {
+          get(c, p): unknown {
+            if (p !== 'query') return bound(c, p);
+            return async (text: unknown, values?: unknown) => {
+              if (text === 'commit') {
+                held();
+                await gate;
+              }
+              return c.query(text as string, values as unknown[]);
+            };
+          },
+        });
+      };
+    },
+  });
+}
+
+/** A cancel request through `pool` whose transaction is held at its commit until a statement of another catalog session waits on a lock. */
+function cancelHeldUntilWaitedOn(pool: pg.Pool): { request: (id: number) => Promise<unknown>; updated: Promise<void> } {
+  let updated: () => void = () => undefined;
+  const made = new Promise<void>((r) => (updated = r));
+  let release: () => void = () => undefined;
+  const gate = new Promise<void>((r) => (release = r));
+  const api = new Mover({
+    catalog: heldAtCommit(
+      pool,
+      () => {
+        updated();
+        void lockWaitOn(env.catalog, 'catalog').then(release);
+      },
+      gate,
+    ),
+    shards: env.shards,
+    slotMaps: env.slotMaps,
+    directory: env.directory,
+    readerGraceMs: 0,
+  });
+  return { request: (id) => api.requestCancel(id).catch((e: unknown) => e), updated: made };
+}
+
+describe("a run's single statements on its job row (outside its transactions), its catalog login defaulting to REPEATABLE READ", () => {
+  it("a run's update of its job that waited for a cancel request's transaction judges the row that committed: the run rolls the move back, not failed by a serialization error", async () => {
+    const slot = 1603;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 2), 1);
+    const catalog = repeatableReadCatalog();
+    const cancel = cancelHeldUntilWaitedOn(catalog);
+    let asked: Promise<unknown> | null = null;
+    // Copied: the run's next statement is its update of the job (the transition `copied`), which
+    // waits for the cancel request's update of the row, made and not yet committed.
+    const hook = async (point: MoveHookPoint, job: { id: number }): Promise<void> => {
+      if (point !== 'copied' || asked !== null) return;
+      asked = cancel.request(job.id);
+      await cancel.updated;
+    };
+    const mover = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+
+    const ended = await mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+
+    // Before: the update's snapshot, older than the cancel's commit, failed it with "could not
+    // serialize access due to concurrent update" (40001): the run failed (the worker's tick
+    // reported it), the cancellation left to the next run.
+    expect(await asked).toMatchObject({ cancelRequested: true });
+    expect(ended).toBe('ended: cancelled');
+    expect(await env.ownerOf(slot)).toBe(from);
+  }, 60_000);
+
+  it("a run's release of its job that waited for a cancel request's transaction gives the job back: the next run rolls it back at once, not refused as busy until the lease lapses", async () => {
+    const slot = 1604;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 2), 1);
+    const catalog = repeatableReadCatalog();
+    const cancel = cancelHeldUntilWaitedOn(catalog);
+    const stop = new AbortController();
+    let asked: Promise<unknown> | null = null;
+    // The run is told to stop (a worker near its timeout) as it starts copying, and a cancel is
+    // requested: its next statement on the job row is the release of its lease.
+    const hook = async (point: MoveHookPoint, job: { id: number }): Promise<void> => {
+      if (point !== 'copying' || asked !== null) return;
+      stop.abort();
+      asked = cancel.request(job.id);
+      await cancel.updated;
+    };
+    const mover = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+    const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    const paused = await mover.run(planned.id, { stop: stop.signal });
+    expect(await asked).toMatchObject({ cancelRequested: true });
+
+    const next = await mover.run(planned.id).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+
+    // Before: the release failed with 40001 (and was let go: "the claim lapses at its expiry"),
+    // so the job stayed claimed by a run that had ended, and every run was refused for the
+    // lease's 30 s ("is being run by mover pid ...").
+    expect(paused.state).toBe('copying');
+    expect(next).toBe('ended: cancelled');
+  }, 60_000);
+
+  it("a run's claim of a job whose previous run's flip holds the row past that run's lease judges the row the flip committed: it takes the job over, or stands aside for the run that renewed its lease, not failed by a serialization error", async () => {
+    const slot = 1605;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 2), 1);
+    const next = new Mover({ catalog: repeatableReadCatalog(), shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0 });
+    let jobId = 0;
+    let claiming: Promise<string> | null = null;
+    // The flip, its job row locked and its map not yet published, outlives its run's lease (a
+    // lock wait, a slow catalog: the renewal waits for the transaction); the next run's claim
+    // then waits for the row.
+    const slotMaps: MoverSlotMaps = {
+      current: (...args) => env.slotMaps.current(...args),
+      ownerOf: (...args) => env.slotMaps.ownerOf(...args),
+      async publish(...args) {
+        if (args[3] !== undefined && claiming === null) {
+          await (args[3] as pg.ClientBase).query('select pg_sleep(1.5)');
+          claiming = next.run(jobId).then(
+            (j) => `ended: ${j.state}`,
+            (e: Error) => `threw: ${e.message}`,
+          );
+          await lockWaitOn(env.catalog, 'catalog');
+        }
+        return env.slotMaps.publish(...args);
+      },
+    };
+    const first = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps, directory: env.directory, readerGraceMs: 0, leaseTtlMs: 1000, fenceBudgetMs: 10_000 });
+    jobId = (await first.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id;
+
+    const ended = await first.run(jobId).then(
+      (j) => `ended: ${j.state}`,
+      (e: Error) => `threw: ${e.message}`,
+    );
+    const taken = await (claiming ?? Promise.resolve('never claimed'));
+
+    // Before: the claim's snapshot, older than the flip's commit, failed it with 40001: the
+    // worker's run failed (counted and logged as a failure), and the job waited for its next tick.
+    // Now the claim judges the row as it is once sent again: the lease still lapsed (taken over:
+    // this run finishes the move, the first stops at its next write), or renewed by the first run
+    // as soon as its flip committed (busy: the first finishes it).
+    expect(taken).toMatch(/^(ended: done|threw: move job #\d+ is being run by mover )/);
+    expect([ended, taken]).toContain('ended: done');
+    expect(await env.ownerOf(slot)).toBe(to);
+    expect((await next.get(jobId)).state).toBe('done');
+  }, 60_000);
 });

@@ -45,6 +45,31 @@ describe('catalog stores for routing (real PostgreSQL)', () => {
       expect(rows[0]).toEqual({ n: 1 });
     });
 
+    it("initialises the first version once while another process's first map is being committed, its login defaulting to REPEATABLE READ", async () => {
+      // Every process of a deployment starting on a new catalog (the API's, the moves worker's)
+      // initialises the map; the other's insert is in flight, not yet committed.
+      const repeatable = new pg.Pool({ connectionString: server.url, max: 2, options: '-c default_transaction_isolation=repeatable\\ read' });
+      const other = await pool.connect();
+      try {
+        await other.query('begin');
+        await new SlotMapStore(pool).initialise(initial, 'boot', 'initial map', other);
+        const starting = new SlotMapStore(repeatable).initialise(initial, 'boot', 'initial map').catch((e: unknown) => e);
+        for (let i = 0; i < 500; i++) {
+          const { rows } = await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%catalog.slot_maps%'`);
+          if (rows.length > 0) break;
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        await other.query('commit');
+
+        // Before: the insert's snapshot did not hold the row it conflicted with: 40001, and the
+        // process failed to start its sharding layer.
+        expect(await starting).toEqual(initial);
+      } finally {
+        other.release();
+        await repeatable.end();
+      }
+    });
+
     it('returns the latest published map exactly as it was published', async () => {
       const store = new SlotMapStore(pool);
       await store.initialise(initial);
