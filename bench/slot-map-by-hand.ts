@@ -34,7 +34,7 @@ import { z } from 'zod';
 import { buildSlotMap, moveSlots, type SlotMap } from '../functions/core/sharding/slot-map.js';
 import { MIGRATIONS, migrateDatabase, startTestPostgres, withAdmin } from '../test/support/postgres.js';
 
-const { values } = parseArgs({ options: { jobs: { type: 'string' }, owners: { type: 'string' }, rounds: { type: 'string' }, variants: { type: 'string' } } });
+const { values } = parseArgs({ options: { jobs: { type: 'string' }, owners: { type: 'string' }, rounds: { type: 'string' }, variants: { type: 'string' }, maps: { type: 'string' } } });
 const options = z
   .object({
     jobs: z
@@ -48,14 +48,15 @@ const options = z
       .string()
       .default('017,current')
       .transform((s) => s.split(',').map((v) => v.trim()))
-      .refine((list) => list.length > 0 && list.every((v) => v === '017' || v === 'current'), '--variants must be 017, current, or both separated by a comma'),
+      .refine((list) => list.length > 0 && list.every((v) => v === '017' || v === '019' || v === 'current'), '--variants must be 017, 019 or current, or several separated by commas'),
+    maps: z.coerce.number({ message: '--maps must be a number' }).int('--maps must be a whole number').min(1, '--maps must be at least 1').default(1),
   })
   .parse(values);
 
-/** The sharding migrations through 017, copied into a folder of their own (the catalog before 018). */
-async function migrationsThrough017(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'ca-dms-bench-017-'));
-  for (const file of await readdir(MIGRATIONS.sharding)) if (/^\d{3}_/.test(file) && Number(file.slice(0, 3)) <= 17) await cp(join(MIGRATIONS.sharding, file), join(dir, file));
+/** The sharding migrations through `last`, copied into a folder of their own (the catalog before `last + 1`). */
+async function migrationsThrough(last: number): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), `ca-dms-bench-${last}-`));
+  for (const file of await readdir(MIGRATIONS.sharding)) if (/^\d{3}_/.test(file) && Number(file.slice(0, 3)) <= last) await cp(join(MIGRATIONS.sharding, file), join(dir, file));
   return dir;
 }
 
@@ -83,15 +84,20 @@ async function timed(db: pg.Client, run: () => Promise<unknown>, refused?: strin
 }
 
 const server = await startTestPostgres();
-const old017 = await migrationsThrough017();
+const old017 = await migrationsThrough(17);
+const old019 = await migrationsThrough(19);
+const variantName = (variant: string) => (variant === 'current' ? 'this release' : `migration ${variant}`);
 try {
   const owners = Array.from({ length: options.owners }, (_, i) => `s${i + 1}`);
   const map = buildSlotMap(owners.map((shardId) => ({ shardId, weight: 1 })));
   const [first, second] = owners as [string, string];
   const last = owners[owners.length - 1] as string;
-  const oneSlot = moveSlots(map, [0], last);
+  // Published over the latest of `--maps` maps.
+  const atEnd = (next: SlotMap): SlotMap => ({ ...next, version: options.maps + 1 });
+  const oneSlot = atEnd(moveSlots(map, [0], last));
+  const typo = atEnd({ ...map, assignments: map.assignments.map((o, slot) => (slot === 0 ? `${o}_0O2` : o)) });
   const firstSlots = map.assignments.flatMap((o, slot) => (o === first ? [slot] : []));
-  const oneOwner = moveSlots(map, firstSlots, last);
+  const oneOwner = atEnd(moveSlots(map, firstSlots, last));
   // Published (one row), or the figures would be of a compare-and-set that wrote nothing.
   const byHand = async (db: pg.Client, next: SlotMap) => {
     const { rows } = await db.query('select version from catalog.publish_slot_map_by_hand($1, $2, $3)', [next.version, next.assignments, 'bench']);
@@ -104,11 +110,35 @@ try {
   for (const variant of options.variants) {
     const database = `catalog_${variant}`;
     await withAdmin(server.url, (admin) => admin.query(`create database ${database}`));
-    await migrateDatabase(server.urlFor(database), 'sharding', variant === '017' ? old017 : MIGRATIONS.sharding);
+    // The maps are published before this release's migrations (020, 021) run, as on a catalog
+    // upgraded to it: 021 reads them into catalog.slot_map_shards, timed here.
+    await migrateDatabase(server.urlFor(database), 'sharding', variant === '017' ? old017 : old019);
     const db = new pg.Client({ connectionString: server.urlFor(database) });
     await db.connect();
     try {
       await db.query(`insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (1, $1, $2, 'bench', 'bench')`, [map.slotCount, map.assignments]);
+      if (options.maps > 1) {
+        // Versions 2.. are flips, each giving one slot (in turn) to the last owner, as moves'
+        // flips do; inserted with the catalog's triggers off (the CAF08 trigger's checks are not
+        // what is measured), the latest version 1's map again (the cases below publish from it).
+        const started = performance.now();
+        await db.query('begin');
+        await db.query('set local session_replication_role = replica');
+        await db.query(
+          `insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason)
+           select g, $2, $3::text[], 'bench', 'bench' from generate_series(2, $1) g`,
+          [options.maps, map.slotCount, map.assignments],
+        );
+        await db.query(`update catalog.slot_maps set assignments[(version % $2) + 1] = $3 where version between 2 and $1 - 1`, [options.maps, map.slotCount, last]);
+        await db.query('commit');
+        await db.query('vacuum analyze catalog.slot_maps');
+        console.log(`  (${options.maps} maps published in ${((performance.now() - started) / 1000).toFixed(1)} s)`);
+      }
+      if (variant === 'current') {
+        const started = performance.now();
+        await migrateDatabase(server.urlFor(database), 'sharding', MIGRATIONS.sharding);
+        console.log(`  (this release's migrations on ${options.maps} maps: ${((performance.now() - started) / 1000).toFixed(1)} s, 021's fill of catalog.slot_map_shards among them)`);
+      }
       for (const jobs of options.jobs) {
         await db.query('truncate catalog.move_jobs');
         await db.query(
@@ -117,10 +147,11 @@ try {
           [jobs, map.slotCount, second, first],
         );
         await db.query('vacuum analyze catalog.move_jobs');
-        const rows = { one: [] as number[], owner: [] as number[], trigger: [] as number[], plain: [] as number[] };
+        const rows = { one: [] as number[], owner: [] as number[], trigger: [] as number[], plain: [] as number[], typo: [] as number[] };
         for (let round = 0; round < options.rounds; round++) {
           rows.one.push(await timed(db, () => byHand(db, oneSlot)));
           rows.owner.push(await timed(db, () => byHand(db, oneOwner)));
+          rows.typo.push(await timed(db, () => byHand(db, typo), '22023'));
           await db.query('begin');
           try {
             await db.query(`select set_config('ca_dms.map_writer', 'by hand: bench', true)`);
@@ -141,11 +172,12 @@ try {
             ),
           );
         }
-        console.log(`\nthrough ${variant === '017' ? 'migration 017' : 'this release'}, ${jobs} move jobs:`);
+        console.log(`\nthrough ${variantName(variant)}, ${options.maps} maps, ${jobs} move jobs:`);
         console.log(`  1 slot                      ${stats(rows.one)}`);
         console.log(`  1 owner's slots             ${stats(rows.owner)}`);
         console.log(`  trigger, 1 owner's slots    ${stats(rows.trigger)}`);
         console.log(`  plain insert${jobs > 0 ? ' (CAF08)' : ' (passes)'}       ${stats(rows.plain)}`);
+        console.log(`  typo in an owner (22023)    ${stats(rows.typo)}`);
         if (jobs === Math.max(...options.jobs)) {
           const notices: string[] = [];
           const hear = (n: { message?: string }) => notices.push(n.message ?? '');
@@ -175,7 +207,7 @@ try {
             if (ms > seen.slowestMs) Object.assign(seen, { slowestMs: ms, plan: notice.replace(/Query Parameters: .*\n/, '') });
             statements.set(text, seen);
           }
-          plans.push(`\n== through ${variant === '017' ? 'migration 017' : 'this release'}, ${jobs} move jobs: the statements of one "1 owner's slots" call that took 0.5 ms or more in all`);
+          plans.push(`\n== through ${variantName(variant)}, ${jobs} move jobs: the statements of one "1 owner's slots" call that took 0.5 ms or more in all`);
           for (const s of [...statements.values()].filter((s) => s.totalMs >= 0.5).sort((a, b) => b.totalMs - a.totalMs)) plans.push(`\n-- ran ${s.runs} times, ${s.totalMs.toFixed(1)} ms in all; the slowest:\n${s.plan}`);
         }
       }
@@ -186,5 +218,6 @@ try {
   console.log(plans.join('\n'));
 } finally {
   await rm(old017, { recursive: true, force: true });
+  await rm(old019, { recursive: true, force: true });
   await server.stop();
 }

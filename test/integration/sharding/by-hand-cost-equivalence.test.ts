@@ -10,7 +10,10 @@
  * without `ca_dms.override_moves`, a stranger), `ca_dms.new_shards`, the first map. Each case runs
  * both versions on the same rows in the same transaction, rolled back, and compares the whole
  * outcome (SQLSTATE, message, DETAIL, HINT, or the row published). A seed is printed on a mismatch;
- * BY_HAND_EQUIVALENCE_SEED replays one.
+ * BY_HAND_EQUIVALENCE_SEED replays one. Since sharding migrations 020 and 021, catalog.shard_known
+ * reads "a slot map names it" from catalog.slot_map_shards, which the CAF08 trigger keeps: the
+ * comparisons above cover maps recorded by that trigger; the last describe covers maps published
+ * before 020 (read by 021's fill, which holds off no map insert) and concurrent writers.
  */
 import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -352,4 +355,193 @@ describe('sharding migration 018: a map by hand racing another publication', () 
       await hand.end();
     }
   });
+});
+
+describe('sharding migrations 020 and 021: catalog.shard_known from the table of the shards the maps name', () => {
+  it("answers as 013's (and 018's) for every owner on random catalogs written before 020, once 020 and 021 filled the table from their history", async () => {
+    const upTo019 = mkdtempSync(join(tmpdir(), 'sharding-019-'));
+    try {
+      cpSync(MIGRATIONS.sharding, upTo019, { recursive: true });
+      for (const file of readdirSync(upTo019)) if (/^\d{3}_/.test(file) && Number(file.slice(0, 3)) > 19) unlinkSync(join(upTo019, file));
+      for (const seed of seeds.slice(0, SEED === undefined ? 12 : 1)) {
+        const database = `fill_${seed}`;
+        await admin.query(`create database ${database}`);
+        const pool = new pg.Pool({ connectionString: server.urlFor(database), max: 1 });
+        pool.on('error', () => undefined);
+        try {
+          await runMigrations(pool, 'sharding', upTo019);
+          for (const name of ['shard_known', 'shard_refusal']) await pool.query(version013(name));
+          const c = await pool.connect();
+          try {
+            await c.query('begin');
+            await catalog(c, random(seed));
+            await c.query('commit');
+          } finally {
+            c.release();
+          }
+          await runMigrations(pool, 'sharding', MIGRATIONS.sharding);
+          for (const shard of OWNERS) {
+            const { rows } = await pool.query<{ now: string; before: string }>(
+              `select concat_ws(' ', catalog.shard_known($1), catalog.shard_refusal($1)) as now, concat_ws(' ', catalog.shard_known_013($1), catalog.shard_refusal_013($1)) as before`,
+              [shard],
+            );
+            expect(`seed ${seed} ${shard}: ${rows[0]?.now}`).toBe(`seed ${seed} ${shard}: ${rows[0]?.before}`);
+          }
+          // The table is the maps' owners, no more.
+          const { rows } = await pool.query<{ extra: string[] | null; missing: string[] | null }>(
+            `select (select array_agg(shard_id) from catalog.slot_map_shards k where not exists (select 1 from catalog.slot_maps m where k.shard_id = any (m.assignments))) as extra,
+                    (select array_agg(distinct a) from catalog.slot_maps m, unnest(m.assignments) a where not exists (select 1 from catalog.slot_map_shards k where k.shard_id = a)) as missing`,
+          );
+          expect({ seed, ...rows[0] }).toEqual({ seed, extra: null, missing: null });
+        } finally {
+          await pool.end();
+          await admin.query(`drop database ${database} with (force)`);
+        }
+      }
+    } finally {
+      rmSync(upTo019, { recursive: true, force: true });
+    }
+  }, 240_000);
+
+  /** catalog.shard_known of each shard. */
+  const answers = async (pool: pg.Pool, shards: readonly string[]): Promise<boolean[]> =>
+    (await pool.query<{ k: boolean }>('select catalog.shard_known(s) as k from unnest($1::text[]) with ordinality u(s, i) order by i', [shards])).rows.map((r) => r.k);
+  /** The shards of catalog.slot_map_shards, as the superuser sees them committed. */
+  const recorded = async (): Promise<string[]> => (await admin.query<{ shard_id: string }>('select shard_id from catalog.slot_map_shards order by 1')).rows.map((r) => r.shard_id);
+  const MAP = ['shard_001', 'shard_001', 'shard_002', 'shard_002', 'shard_003', 'shard_003', 'shard_003', 'shard_001'];
+  const insertMap = (c: pg.Pool | pg.ClientBase, version: number, owners: readonly string[]) =>
+    c.query(`insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values ($1, $2, $3, 'test', 'test')`, [version, owners.length, owners]);
+  const session = async (): Promise<pg.Client> => {
+    const client = new pg.Client({ connectionString: server.url });
+    client.on('error', () => undefined);
+    await client.connect();
+    return client;
+  };
+  const waiting = async (pid: number): Promise<void> => {
+    for (let i = 0; i < 200; i++) {
+      const { rows } = await admin.query<{ w: string | null }>('select wait_event_type as w from pg_stat_activity where pid = $1', [pid]);
+      if (rows[0]?.w === 'Lock') return;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    throw new Error(`session ${pid} never waited for a lock`);
+  };
+  const answer = (p: Promise<unknown>) => p.then(() => 'ok', (e: pg.DatabaseError) => `${e.code} ${e.message.slice(0, 80)}`);
+  const pidOf = async (c: pg.Client) => (await c.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
+
+  it("021's fill of the maps published before 020 holds off no map insert, and leaves a shard a map's trigger recorded meanwhile as it is", async () => {
+    const upTo020 = mkdtempSync(join(tmpdir(), 'sharding-020-'));
+    const database = 'fill_live';
+    await admin.query(`create database ${database}`);
+    const pool = new pg.Pool({ connectionString: server.urlFor(database), max: 1 });
+    pool.on('error', () => undefined);
+    const connect = async () => {
+      const client = new pg.Client({ connectionString: server.urlFor(database) });
+      client.on('error', () => undefined);
+      await client.connect();
+      return client;
+    };
+    const holder = await connect();
+    const writer = await connect();
+    try {
+      cpSync(MIGRATIONS.sharding, upTo020, { recursive: true });
+      for (const file of readdirSync(upTo020)) if (/^\d{3}_/.test(file) && Number(file.slice(0, 3)) > 20) unlinkSync(join(upTo020, file));
+      // The history: maps published before 020 (the triggers off, so nothing of them recorded).
+      await runMigrations(pool, 'sharding', upTo020);
+      await writer.query('begin');
+      await writer.query('set local session_replication_role = replica');
+      await insertMap(writer, 1, MAP);
+      await insertMap(writer, 2, MAP.map((o, i) => (i === 0 ? 'shard_old' : o)));
+      await writer.query('commit');
+      expect((await pool.query('select count(*)::int as n from catalog.slot_map_shards')).rows[0]?.n).toBe(0);
+      // The fill is held at its first shard (in code-point order) by an uncommitted row of it.
+      await holder.query('begin');
+      await holder.query(`insert into catalog.slot_map_shards values ('shard_001')`);
+      const migrated = runMigrations(pool, 'sharding', MIGRATIONS.sharding);
+      for (let i = 0; ; i++) {
+        const { rows } = await admin.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'`, [database]);
+        if ((rows[0]?.n ?? 0) > 0) break;
+        if (i > 400) throw new Error('the fill never waited');
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      // Meanwhile a flip gives slot 4 to a shard no map named before: published, not held off.
+      await writer.query(`set lock_timeout = '2s'`);
+      await insertMap(writer, 3, MAP.map((o, i) => (i === 0 ? 'shard_old' : i === 4 ? 'shard_new' : o)));
+      await holder.query('rollback');
+      await migrated;
+      expect(await answers(pool, ['shard_001', 'shard_002', 'shard_003', 'shard_old', 'shard_new', 'shard_0O2'])).toEqual([true, true, true, true, true, false]);
+      expect((await pool.query<{ s: string[] }>('select array_agg(shard_id order by shard_id) as s from catalog.slot_map_shards')).rows[0]?.s).toEqual(['shard_001', 'shard_002', 'shard_003', 'shard_new', 'shard_old']);
+    } finally {
+      await holder.end();
+      await writer.end();
+      await pool.end();
+      await admin.query(`drop database ${database} with (force)`);
+      rmSync(upTo020, { recursive: true, force: true });
+    }
+  }, 120_000);
+
+  it('records the owners of every map inserted, updated, or none once the maps are truncated; a shard named only by a map rolled back is not known', async () => {
+    await admin.query('truncate catalog.slot_maps, catalog.shard_directory, catalog.move_jobs');
+    expect(await recorded()).toEqual([]);
+    await insertMap(admin, 1, MAP);
+    expect(await recorded()).toEqual(['shard_001', 'shard_002', 'shard_003']);
+    await insertMap(admin, 2, MAP.map((o, i) => (i === 0 ? 'shard_004' : o)));
+    await admin.query('begin');
+    await insertMap(admin, 3, MAP.map((o, i) => (i === 1 ? 'shard_005' : o)));
+    await admin.query('rollback');
+    expect(await recorded()).toEqual(['shard_001', 'shard_002', 'shard_003', 'shard_004']);
+    expect((await admin.query(`select catalog.shard_known('shard_005') as k`)).rows[0]?.k).toBe(false);
+    await admin.query(`update catalog.slot_maps set assignments[2] = 'shard_006' where version = 1`);
+    expect(await recorded()).toEqual(['shard_001', 'shard_002', 'shard_003', 'shard_004', 'shard_006']);
+    await admin.query('truncate catalog.slot_maps');
+    expect(await recorded()).toEqual([]);
+  });
+
+  it.each(['read committed', 'repeatable read'])(
+    'two transactions naming the same new shards (in either order) neither deadlock nor fail: the second waits for the first, and records them itself if the first rolls back (%s)',
+    async (isolation) => {
+      await admin.query('truncate catalog.slot_maps, catalog.shard_directory, catalog.move_jobs');
+      await insertMap(admin, 1, MAP);
+      const one = await session();
+      const two = await session();
+      try {
+        const twoPid = await pidOf(two);
+        // The first commits: the second, waiting on the new shards' rows, goes on and publishes.
+        await one.query(`begin isolation level ${isolation}`);
+        await two.query(`begin isolation level ${isolation}`);
+        await insertMap(one, 2, MAP.map((o, i) => (i === 0 ? 'shard_x' : i === 1 ? 'shard_y' : o)));
+        const second = answer(insertMap(two, 3, MAP.map((o, i) => (i === 0 ? 'shard_y' : i === 1 ? 'shard_x' : o))));
+        await waiting(twoPid);
+        await one.query('commit');
+        expect(await second).toBe('ok');
+        await two.query('commit');
+        expect(await recorded()).toEqual(['shard_001', 'shard_002', 'shard_003', 'shard_x', 'shard_y']);
+
+        // The first rolls back: the second records the shard itself.
+        await one.query(`begin isolation level ${isolation}`);
+        await two.query(`begin isolation level ${isolation}`);
+        await insertMap(one, 4, MAP.map((o, i) => (i === 2 ? 'shard_z' : o)));
+        const third = answer(insertMap(two, 5, MAP.map((o, i) => (i === 3 ? 'shard_z' : o))));
+        await waiting(twoPid);
+        await one.query('rollback');
+        expect(await third).toBe('ok');
+        await two.query('commit');
+        expect(await recorded()).toEqual(['shard_001', 'shard_002', 'shard_003', 'shard_x', 'shard_y', 'shard_z']);
+
+        // The same version naming a new shard: the second is refused as before 020 (23505, which
+        // SlotMapStore reads as a lost compare-and-set), not with a serialization failure.
+        await one.query(`begin isolation level ${isolation}`);
+        await two.query(`begin isolation level ${isolation}`);
+        await insertMap(one, 6, MAP.map((o, i) => (i === 4 ? 'shard_w' : o)));
+        const same = answer(insertMap(two, 6, MAP.map((o, i) => (i === 4 ? 'shard_w' : o))));
+        await waiting(twoPid);
+        await one.query('commit');
+        expect(await same).toBe('23505 duplicate key value violates unique constraint "slot_maps_pkey"');
+        await two.query('rollback');
+        expect(await recorded()).toEqual(['shard_001', 'shard_002', 'shard_003', 'shard_w', 'shard_x', 'shard_y', 'shard_z']);
+      } finally {
+        await one.end();
+        await two.end();
+      }
+    },
+  );
 });
