@@ -24,6 +24,7 @@ import { reviewFences, type FenceReviewOptions, type ReviewedFence } from '../..
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { countingStores, deletePinPastGuard, documentWrittenFor, keysInSlot, lockWaitOn, moveStoppedAfterRelease, otherProcess, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv, dyingAfterFence as dyingAfterFenceOf } from './fixtures/move-env.js';
+import { staleWriter } from './fixtures/torture-writes.js';
 
 let env: MoveEnv;
 let directory: DirectoryStore;
@@ -368,6 +369,38 @@ describe('what the review refuses to settle of a key', () => {
       expect(keyRow(r.rows, from, key)).toMatchObject({ route: from, action: 'reopen' });
       expect(keyRow(r.rows, from, key)?.outcome).toMatch(new RegExp(`^left: the key's rows are on ${to} \\(1 in users, 2 in documents\\), where this row sends its writes`));
     }
+  }, 120_000);
+
+  it("reopens no fenced row of a key whose pin change died after its commit, unpinned past the stores while its rows stayed on the shard it was pinned to: reopened, the key's writes were taken where its rows are not", async () => {
+    const slot = 2316;
+    const { from, to, source, target } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    // Pinned to `to` by a process that died after its fence on `from`: the pin written, `from`'s row of the key left fenced (its settle lost).
+    const { pools, dying } = dyingAfterFence(from);
+    try {
+      const store = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: pools });
+      expect(String(await refusalOf(store.set(key, to, 'ops@example.com')))).toMatch(/the owner change was written, but its fences could not all be settled/);
+    } finally {
+      await dying.end();
+    }
+    expect({ pin: await env.directory.get(key), fence: await unitFenceState(source, 'directory', key) }).toEqual({ pin: to, fence: 'fenced' });
+    await seedUsers(target, slot, [key], 2);
+    // The pin deleted past the stores: the key routes by hash to `from` again, its rows on `to`, under the dead change's fence.
+    expect(await deletePinPastGuard(env.catalog, key)).toBe(true);
+    const fresh = async (): Promise<string> =>
+      staleWriter(env, await env.slotMaps.current(), 0, 300)
+        .withShardWrite(key, async ({ client }) => (await client.query(`update users set display_name = 'renamed' where id = $1`, [key])).rowCount)
+        .then(
+          (r) => `acknowledged on ${r.shardId} (${String(r.value)} row)`,
+          (e: Error) => `refused: ${e.message.slice(0, 60)}`,
+        );
+    expect(await fresh()).toMatch(/^refused/);
+    const settled = await review({ settle: true, olderThanMs: 0 });
+    // Reopened, `from` acknowledged the key's update touching nothing, its user and documents on `to`, out of its readers' sight.
+    expect(await fresh()).toMatch(/^refused/);
+    expect(await unitFenceState(source, 'directory', key)).toBe('fenced');
+    expect(keyRow(settled.rows, from, key)).toMatchObject({ route: from, action: 'reopen' });
+    expect(keyRow(settled.rows, from, key)?.outcome).toMatch(new RegExp(`^left: the key's rows are on ${to} \\(1 in users, 2 in documents\\), another shard \\(a fenced row names no new owner\\), and ${to} has no row of the key refusing them`));
   }, 120_000);
 
   /**

@@ -1,0 +1,194 @@
+/**
+ * Issue #15: the fence review (`ca-dms-scaling shards fences --settle`,
+ * functions/adapters/postgres/fence-review.ts) and a slot whose owner was changed back past the
+ * stores while its rows stayed on the shard its old owner's `moved` row sends its writes to.
+ *
+ * A map published by hand through the stores (given the shards' pools) gives a slot from A to B:
+ * A's row is fenced, then `moved` to B; the slot's writes land on B. Then a map gives the slot
+ * back to A past the stores' count and fence (`rowsLeftOn: 'checked'`, a caller's word that the
+ * rows are accounted for, which fences nothing; or SQL): A's `moved` row, sending the writes to
+ * B, refuses them where the map now sends them, none acknowledged. That row is on the shard the
+ * map names, so the review reopens it unless it counts the slot's rows where the row sends them:
+ * reopened while they stayed on B, A took the slot's writes (its new users, its users' updates
+ * touching nothing) out of sight of B's rows. The key's version of this was fixed before
+ * (owner-change-review-directory.test.ts, "... under a pin change's dead fence ..."); these are
+ * the slot's, on three shards, with the rows of keys of the slot pinned to B or to the third shard
+ * (not the slot's: their pins route them) left out of the count. The same through A's `fenced`
+ * row, which names no new owner: a change to B that died after its commit (its settle lost), the
+ * slot given back past the stores since, looked like one that died before it, and was reopened.
+ */
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { reviewFences, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
+import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import type { ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
+import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
+import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { countingStores, dyingAfterFence, keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { placementViolations, runModelWrites, staleWriter, type ModelWrites, type UserModel } from './fixtures/torture-writes.js';
+
+/** hash_based with directory.override_hash on: the routing the stores and the writers here route by. */
+const PINS_ROUTE: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
+
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv({ shards: 3 });
+}, 180_000);
+afterAll(async () => {
+  await env?.stop();
+});
+
+function rowOf(rows: readonly ReviewedFence[], shard: string, slot: number): ReviewedFence | undefined {
+  return rows.find((r) => r.shard === shard && r.kind === 'slot' && r.unitId === String(slot));
+}
+
+/** A fresh writer (the current map, no directory cache), giving up on a refused unit after 300 ms. */
+async function freshWriter(): Promise<ShardWriter> {
+  return staleWriter(env, await env.slotMaps.current(), 0, 300);
+}
+
+/**
+ * `slot` given by hand (through the stores) from its owner A to B, its first user and a document
+ * written there through a router, then a second user of the slot pinned to the third shard C
+ * with a document there; returns the sides, the keys and the model of the first user's rows.
+ */
+async function slotWrittenOnB(slot: number): Promise<{ A: string; B: string; C: string; keys: string[]; model: UserModel; ctx: ModelWrites }> {
+  const { from: A, to: B, third: C } = await threeShardsOf(env, slot);
+  const { slotMaps, directory } = countingStores(env);
+  await slotMaps.publishByHand(moveSlots(await slotMaps.current(), [slot], B), 'the slot to B by hand');
+  expect(await unitFenceState(env.shards.get(A) as pg.Pool, 'slot', String(slot))).toBe('moved');
+  const keys = keysInSlot(slot, 3);
+  const model: UserModel = { exists: false, name: '', docs: new Set() };
+  const ctx: ModelWrites = { writers: [await freshWriter()], model: [[model]], keys: [keys.slice(0, 1)], slots: [slot], log: [], violations: [] };
+  await runModelWrites(ctx, [
+    { writer: 0, slot: 0, user: 0, op: 'insert' },
+    { writer: 0, slot: 0, user: 0, op: 'doc' },
+  ]);
+  expect({ violations: ctx.violations, log: ctx.log.map((l) => l.replace(/ \(attempts.*$/, '')) }).toEqual({
+    violations: [],
+    log: [`write insert s0u0 by w0: acknowledged on ${B}`, `write doc s0u0 by w0: acknowledged on ${B}`],
+  });
+  // A key of the slot pinned to C, with its rows there: not the slot's (its pin routes it).
+  const pinned = keys[2] as string;
+  await directory.set(pinned, C, 'ops@example.com');
+  await seedUsers(env.shards.get(C) as pg.Pool, slot, [pinned], 1);
+  return { A, B, C, keys, model, ctx };
+}
+
+/** The slot given back to A past the stores' count and fence: a caller's word that its rows are accounted for (they are not: they are on B). */
+async function givenBackPastTheStores(slot: number, A: string): Promise<void> {
+  const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+  await store.publishByHand(moveSlots(await store.current(), [slot], A), 'the slot back to A, rows "checked"', env.catalog, { rowsLeftOn: 'checked' });
+  expect(await env.ownerOf(slot)).toBe(A);
+}
+
+/** A new user of the slot and an update of the first user's name, through a fresh writer: where each landed or why not. */
+async function writesThroughFreshRouter(slot: number, keys: readonly string[]): Promise<string[]> {
+  const writer = await freshWriter();
+  const insert = writer.withShardWrite(keys[1] as string, async ({ client }) => (await client.query(`insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'after')`, [keys[1], slot])).rowCount);
+  const update = writer.withShardWrite(keys[0] as string, async ({ client }) => (await client.query(`update users set display_name = 'renamed' where id = $1`, [keys[0]])).rowCount);
+  return Promise.all(
+    [insert, update].map((p) =>
+      p.then(
+        (r) => `acknowledged on ${r.shardId} (${String(r.value)} row)`,
+        (e: Error) => `refused: ${e.message.slice(0, 80)}`,
+      ),
+    ),
+  );
+}
+
+const review = (): ReturnType<typeof reviewFences> => reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
+
+describe("a slot's moved row on the shard the map names, the slot's rows on the shard it sends them to", () => {
+  it("reopens no moved row of a slot given back past the stores while its rows stayed where the row sends its writes: reopened, the map's owner took the slot's writes out of sight of its rows, and a second review did it too", async () => {
+    const slot = 2401;
+    const { A, B, keys, model } = await slotWrittenOnB(slot);
+    await givenBackPastTheStores(slot, A);
+    // Before the review: A's row (moved to B) refuses the slot's writes where the map sends them; none acknowledged.
+    expect((await writesThroughFreshRouter(slot, keys)).every((o) => o.startsWith('refused'))).toBe(true);
+    const settled = await review();
+    const again = await review();
+    // Reopened, A took the new user, and the first user's rename touched nothing there (its row on B, out of A's readers' sight).
+    expect(await writesThroughFreshRouter(slot, keys)).toEqual([expect.stringMatching(/^refused/), expect.stringMatching(/^refused/)]);
+    expect(await unitFenceState(env.shards.get(A) as pg.Pool, 'slot', String(slot))).toBe('moved');
+    expect(await placementViolations(env, 'user 0', keys[0] as string, B, model)).toEqual([]);
+    for (const r of [settled, again]) {
+      expect(rowOf(r.rows, A, slot)).toMatchObject({ owner: A, movedTo: B, action: 'reopen' });
+      expect(rowOf(r.rows, A, slot)?.outcome).toMatch(new RegExp(`^left: the slot's rows are on ${B} \\(1 in users, 1 in documents; less those of keys the directory pins\\), where this row sends its writes, and ${B} has no row of the slot refusing them`));
+    }
+    // What the row's outcome asks: the slot given back to B by hand through the stores; its writes land there, on its rows.
+    const { slotMaps } = countingStores(env);
+    await slotMaps.publishByHand(moveSlots(await slotMaps.current(), [slot], B), 'the slot back to its rows');
+    expect(await writesThroughFreshRouter(slot, keys)).toEqual([`acknowledged on ${B} (1 row)`, `acknowledged on ${B} (1 row)`]);
+  }, 120_000);
+
+  it("reopens no moved row of a slot given back past the stores over a hand change's dead fence on the shard holding its rows", async () => {
+    const slot = 2402;
+    const { A, B, keys, model } = await slotWrittenOnB(slot);
+    // A hand change giving it back to A whose process died after its fence on B: refused for the slot's rows there, its put-back lost.
+    const { pools, dying } = dyingAfterFence(env.shards, B, env.urls.shards[B] as string);
+    try {
+      const store = new SlotMapStore(env.catalog, { shardPools: pools });
+      expect(await refusalOf(store.publishByHand(moveSlots(await store.current(), [slot], A), 'the slot back to A'))).toBeInstanceOf(SlotMapRowsLeftError);
+    } finally {
+      await dying.end();
+    }
+    expect(await unitFenceState(env.shards.get(B) as pg.Pool, 'slot', String(slot))).toBe('fenced');
+    await givenBackPastTheStores(slot, A);
+    const settled = await review();
+    const again = await review();
+    // B's dead fence is set moved to A (it refuses either way); A's row stays, in both reviews.
+    expect(await writesThroughFreshRouter(slot, keys)).toEqual([expect.stringMatching(/^refused/), expect.stringMatching(/^refused/)]);
+    expect(await placementViolations(env, 'user 0', keys[0] as string, B, model)).toEqual([]);
+    expect(rowOf(settled.rows, B, slot)?.outcome).toMatch(new RegExp(`^settled: moved to ${A}`));
+    for (const r of [settled, again]) {
+      expect(rowOf(r.rows, A, slot)?.outcome).toMatch(new RegExp(`^left: the slot's rows are on ${B} \\(1 in users, 1 in documents; less those of keys the directory pins\\), where this row sends its writes, and ${B} has only a hand change's '(fenced|moved)' row of the slot over them`));
+    }
+  }, 120_000);
+
+  it("reopens no fenced row of a slot whose hand change died after its commit, given back past the stores while its rows stayed on the shard that change gave it to", async () => {
+    const slot = 2404;
+    const { from: A, to: B } = await threeShardsOf(env, slot);
+    // Given to B by hand by a process that died after its fence on A: published, A's row left fenced (its settle lost).
+    const { pools, dying } = dyingAfterFence(env.shards, A, env.urls.shards[A] as string);
+    try {
+      const published = new SlotMapStore(env.catalog, { shardPools: pools }).publishByHand(moveSlots(await env.slotMaps.current(), [slot], B), 'the slot to B by hand');
+      expect(String(await refusalOf(published))).toMatch(/the owner change was written, but its fences could not all be settled/);
+    } finally {
+      await dying.end();
+    }
+    expect({ owner: await env.ownerOf(slot), fence: await unitFenceState(env.shards.get(A) as pg.Pool, 'slot', String(slot)) }).toEqual({ owner: B, fence: 'fenced' });
+    const keys = keysInSlot(slot, 2);
+    const model: UserModel = { exists: false, name: '', docs: new Set() };
+    const ctx: ModelWrites = { writers: [await freshWriter()], model: [[model]], keys: [keys.slice(0, 1)], slots: [slot], log: [], violations: [] };
+    await runModelWrites(ctx, [
+      { writer: 0, slot: 0, user: 0, op: 'insert' },
+      { writer: 0, slot: 0, user: 0, op: 'doc' },
+    ]);
+    expect(ctx.violations).toEqual([]);
+    await givenBackPastTheStores(slot, A);
+    const settled = await review();
+    expect(await writesThroughFreshRouter(slot, keys)).toEqual([expect.stringMatching(/^refused/), expect.stringMatching(/^refused/)]);
+    expect(await placementViolations(env, 'user 0', keys[0] as string, B, model)).toEqual([]);
+    expect(rowOf(settled.rows, A, slot)?.outcome).toMatch(new RegExp(`^left: the slot's rows are on ${B} \\(1 in users, 1 in documents; less those of keys the directory pins\\)`));
+  }, 120_000);
+
+  it("reopens a slot's moved row whose moved_to shard holds only rows of the slot's keys pinned there or elsewhere (not the slot's: their pins route them)", async () => {
+    const slot = 2403;
+    const { from: A, to: B, third: C } = await threeShardsOf(env, slot);
+    const { slotMaps, directory } = countingStores(env);
+    await slotMaps.publishByHand(moveSlots(await slotMaps.current(), [slot], B), 'the slot to B by hand');
+    const [onB, onC, after] = keysInSlot(slot, 3) as [string, string, string];
+    // A key of the slot pinned to B and one pinned to C, each with its rows there.
+    await directory.set(onB, B, 'ops@example.com');
+    await seedUsers(env.shards.get(B) as pg.Pool, slot, [onB], 2);
+    await directory.set(onC, C, 'ops@example.com');
+    await seedUsers(env.shards.get(C) as pg.Pool, slot, [onC], 1);
+    await givenBackPastTheStores(slot, A);
+    const settled = await review();
+    expect(rowOf(settled.rows, A, slot)?.outcome).toBe(`settled: reopened (deleted), ${A} takes the slot's writes`);
+    const writer = await freshWriter();
+    const written = await writer.withShardWrite(after, async ({ client }) => (await client.query(`insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'after')`, [after, slot])).rowCount);
+    expect({ shard: written.shardId, rows: written.value }).toEqual({ shard: A, rows: 1 });
+  }, 120_000);
+});
