@@ -96,6 +96,14 @@ export class LeaseStore {
         throw err;
       });
       if (taken === null) {
+        // Within the caller's wait (`waitMs`: an alarm's evaluation waits up to 10 s for the one
+        // running), asked again after a poll, with five tries of its own: answered at once, an
+        // alarm stood aside a moment into its wait, told the lease was held by a holder that then
+        // gave it back (catalog-store.test.ts). The cap bounds each ask, the wait the whole.
+        if (Date.now() + POLL_MS <= deadline && request.signal?.aborted !== true) {
+          await sleep(POLL_MS, request.signal);
+          continue;
+        }
         // Answered as held, not thrown: the callers take an error for an unreachable catalog, and
         // the controller then evaluates without the lease (degraded, allowed to scale out), which
         // here would be beside a holder that can scale in. Standing aside costs one evaluation;

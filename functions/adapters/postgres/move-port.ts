@@ -3046,7 +3046,7 @@ export class PgMovePort implements MovePort<MoveJob> {
             // one committed just after it. Except where it may pin the key back to its source
             // (below): then it writes a route, and reads with `publishing` as the flip does
             // (docs/sharding-spec.md section 9).
-            const read = await this.currentOwner(row, keyFenced && row.rollbackTo === null);
+            const read = await this.currentOwner(row, keyFenced && row.rollbackTo === null ? this.pinBackLock() : false);
             const { owner } = read;
             let { version } = read;
             const toTarget = targetRouteRefusal(job, read, copied, held);
@@ -3165,6 +3165,27 @@ export class PgMovePort implements MovePort<MoveJob> {
         return finish();
       }),
     );
+  }
+
+  /**
+   * How a rollback's decision waits for its key's slot's pin lock before it may pin the key back
+   * to its source over no entry (see {@link ownerRead}): with no fence held, the lock's own bound
+   * ({@link SLOT_PIN_LOCK_WAIT_MS}). Under the fence (a cancellation the flip answered, a failed
+   * verification) the decision is held to the fence deadline (heldToFence), which cut a wait for
+   * a change of the slot holding the lock (a publication by hand counting the slot's rows) with a
+   * cancel: the run failed and recorded "canceling statement due to user request", with no word
+   * of the lock or of what follows (owner-change-dirmove-flip-slot-race.test.ts). So, as the flip's
+   * wait (`flipLocked`), it ends FLIP_SLOT_LOCK_MARGIN_MS before that deadline by its own
+   * lock_timeout, the refusal naming the lock; never longer than the lock's own bound. Either way
+   * nothing is decided: the driver gives the fence back, and the next run decides again.
+   */
+  private pinBackLock(): HashRouteLock {
+    if (this.fenceDeadline === null) return true;
+    const untilDeadline = Math.max(this.budgetLeft(), DEADLINE_GRACE_MS) - FLIP_SLOT_LOCK_MARGIN_MS;
+    return {
+      waitMs: Math.max(1, Math.min(SLOT_PIN_LOCK_WAIT_MS, untilDeadline)),
+      again: 'the run gave its fence back with nothing decided, and the next run decides again',
+    };
   }
 
   /**

@@ -23,6 +23,7 @@ import { z } from 'zod';
 import { slotOf } from '../../core/sharding/hash.js';
 import { uuidForm } from '../../core/sharding/keys.js';
 import { DEADLINE_GRACE_MS, MAX_DEADLINE_MS, NodeTimeoutError, serverTimeoutMs, withNodeDeadline } from './deadline.js';
+import { retryingSerializationFailures } from './sqlstate.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 
@@ -1079,16 +1080,24 @@ export class OwnerChangeFences {
     this.skipped = new Map();
     for (const [shard, rows] of shards) {
       const pool = this.pools.get(shard) as Queryable;
-      await pool
-        .query(
+      // Each statement here (and in settle) is one of its own on the shard's pool, at its login's
+      // or database's default_transaction_isolation, and a compare-and-set on a row another
+      // session may be changing: a review of the fence rows (`shards fences --settle`) settling
+      // the same row once this change's transaction has ended. At REPEATABLE READ one that waited
+      // for that session failed with 40001 once it committed, where READ COMMITTED finds the row
+      // changed and leaves it: a publication that had committed threw that its fences stayed
+      // `fenced`, the review having set them `moved` (owner-change-settle-race.test.ts). Sent again
+      // (retryingSerializationFailures), it judges the row as READ COMMITTED does.
+      await retryingSerializationFailures(() =>
+        pool.query(
           `with u as (select * from jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text, prior jsonb)),
                 gone as (delete from write_fences w using u where w.kind = u.kind and w.unit_id = u.unit_id and u.prior is null and w.state = 'fenced' and w.job_id is null)
            update write_fences w set state = coalesce(u.prior ->> 'state', 'open'), moved_to = u.prior ->> 'movedTo', map_version = (u.prior ->> 'mapVersion')::bigint, job_id = (u.prior ->> 'jobId')::bigint,
                   excluded_keys = array(select jsonb_array_elements_text(u.prior -> 'excludedKeys')), updated_at = now()
              from u where w.kind = u.kind and w.unit_id = u.unit_id and u.prior is not null and w.state = 'fenced' and w.job_id is null`,
           [JSON.stringify(rows.map((r) => ({ kind: r.kind, unit_id: r.unitId, prior: r.prior })))],
-        )
-        .catch(() => undefined);
+        ),
+      ).catch(() => undefined);
     }
   }
 
@@ -1102,14 +1111,15 @@ export class OwnerChangeFences {
     const failed: string[] = [];
     for (const [shard, rows] of this.shardsOf) {
       const pool = this.pools.get(shard) as Queryable;
-      await pool
-        .query(
+      // Sent again on 40001: see putBack.
+      await retryingSerializationFailures(() =>
+        pool.query(
           `update write_fences w set state = 'moved', moved_to = u."to", map_version = $2::bigint, updated_at = now()
              from jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text, "to" text)
             where w.kind = u.kind and w.unit_id = u.unit_id and w.state = 'fenced' and w.job_id is null`,
           [JSON.stringify(rows.map((r) => ({ kind: r.kind, unit_id: r.unitId, to: r.to }))), version],
-        )
-        .catch((err: unknown) => failed.push(`${shard} (${err instanceof Error ? err.message : String(err)})`));
+        ),
+      ).catch((err: unknown) => failed.push(`${shard} (${err instanceof Error ? err.message : String(err)})`));
     }
     for (const [shard, units] of newOwners ? this.newOwners : []) {
       const pool = this.pools.get(shard) as Queryable;
@@ -1127,11 +1137,15 @@ export class OwnerChangeFences {
         // this shard after this change published: its `moved` row, as of its later version) is kept
         // (owner-change-settle-race.test.ts).
         const finished = await this.finishedMovedJobs(pool, list);
-        await pool.query(
-          `delete from write_fences w using jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text)
-            where w.kind = u.kind and w.unit_id = u.unit_id and w.state = 'moved' and (w.job_id is null or w.job_id = any($2::bigint[]))
-              and (w.map_version is null or w.map_version < $3::bigint)`,
-          [list, finished, version],
+        // Sent again on 40001 (see putBack): a review deleting the same row, or a move's
+        // preparation taking it over, while this waited for it.
+        await retryingSerializationFailures(() =>
+          pool.query(
+            `delete from write_fences w using jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text)
+              where w.kind = u.kind and w.unit_id = u.unit_id and w.state = 'moved' and (w.job_id is null or w.job_id = any($2::bigint[]))
+                and (w.map_version is null or w.map_version < $3::bigint)`,
+            [list, finished, version],
+          ),
         );
       })().catch((err: unknown) => failed.push(`${shard}, the new owner (${err instanceof Error ? err.message : String(err)})`));
     }

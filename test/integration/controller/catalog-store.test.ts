@@ -2,6 +2,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CatalogStore, ConfigVersionConflictError } from '../../../functions/adapters/postgres/catalog-store.js';
 import { LeaseStore } from '../../../functions/adapters/postgres/lease-store.js';
+import { SERIALIZATION_ATTEMPTS } from '../../../functions/adapters/postgres/sqlstate.js';
 import { parseScalingConfig, ScalingConfigError } from '../../../functions/core/scaling/config.js';
 import type { DecisionRecord } from '../../../functions/core/scaling/ports.js';
 import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
@@ -378,6 +379,88 @@ describe('catalog store: alarms and locks', () => {
       // 8 to 16 tries for 16 changes).
       expect(await asking).toMatchObject({ acquired: false, holder: expect.stringMatching(/^contender \d+$/) as unknown });
       expect(tries).toBe(5);
+    } finally {
+      for (const c of clients) {
+        await c.query('rollback').catch(() => undefined);
+        c.release();
+      }
+      await repeatable.end();
+    }
+  });
+
+  it('keeps asking for a lease whose row kept changing under five tries while its wait (waitMs) lasts, and takes it once its holder gives it back, rather than answer it held by a holder that has let it go', async () => {
+    // An alarm's evaluation waits up to 10 s for the lease (ALARM_LEASE_WAIT_MS). A chain of other
+    // sessions changes the lease row while it asks, as in the test above (each try fails with
+    // 40001 once the one it waited for commits), and the last of them gives the lease back.
+    const name = 'rr-contended-wait';
+    await pool.query(`insert into catalog.leases (name, holder, acquired_at, expires_at) values ($1, 'contender 0', now(), now() + interval '1 minute')`, [name]);
+    const repeatable = new pg.Pool({ connectionString: server.url, max: 2, application_name: 'rr-waiter', options: '-c default_transaction_isolation=repeatable\\ read' });
+    let tries = 0;
+    const counted = new Proxy(repeatable, {
+      get(target, prop): unknown {
+        if (prop === 'query') {
+          return (text: string, values?: unknown[]) => {
+            if (text.includes('insert into catalog.leases')) tries += 1;
+            return target.query(text, values);
+          };
+        }
+        const value = Reflect.get(target, prop) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const waitingFor = async (where: string, params: unknown[], stop: () => boolean): Promise<void> => {
+      for (let i = 0; i < 1000 && !stop(); i++) {
+        const { rows } = await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and ${where}`, params);
+        if (rows.length > 0) return;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    };
+    const contender = async (k: number, release: boolean): Promise<{ client: pg.PoolClient; pid: number; updated: Promise<unknown> }> => {
+      const client = await pool.connect();
+      const { rows } = await client.query<{ pid: number }>('select pg_backend_pid() as pid');
+      await client.query('begin');
+      const updated = release
+        ? client.query('delete from catalog.leases where name = $1', [name])
+        : client.query(`update catalog.leases set holder = $2, acquired_at = now() where name = $1`, [name, `contender ${k}`]);
+      return { client, pid: rows[0]?.pid as number, updated };
+    };
+    const clients = new Set<pg.PoolClient>();
+    const commit = async (client: pg.PoolClient): Promise<void> => {
+      await client.query('commit');
+      clients.delete(client);
+      client.release();
+    };
+    try {
+      let current = await contender(1, false);
+      clients.add(current.client);
+      await current.updated;
+      let settled = false;
+      const started = Date.now();
+      const asking = new LeaseStore(counted).acquire(name, { owner: 'scaling-alarm (alarm)', ttlMs: 60_000, waitMs: 10_000 }).finally(() => {
+        settled = true;
+      });
+      // Changed until the acquire has been sent more than five times (its first ask's cap), then given back.
+      let released = false;
+      for (let k = 2; k <= 40 && !settled && !released; k++) {
+        await waitingFor(`application_name = 'rr-waiter'`, [], () => settled);
+        released = tries > SERIALIZATION_ATTEMPTS;
+        const next = await contender(k, released);
+        clients.add(next.client);
+        await waitingFor('pid = $1', [next.pid], () => false);
+        await commit(current.client);
+        await next.updated;
+        current = next;
+      }
+      await commit(current.client);
+      const got = await asking;
+
+      // Before: answered after its fifth try, a moment into its 10 s wait, as held by "contender
+      // 5" or so, whose row the chain then changed again and gave back: the alarm's evaluation
+      // stood aside ("another evaluation was still running after 10 s") with the lease free.
+      expect(got).toMatchObject({ acquired: true });
+      expect(Date.now() - started).toBeLessThan(10_000);
+      const { rows } = await pool.query<{ holder: string }>('select holder from catalog.leases where name = $1', [name]);
+      expect(rows[0]?.holder).toMatch(/^scaling-alarm \(alarm\) /);
     } finally {
       for (const c of clients) {
         await c.query('rollback').catch(() => undefined);

@@ -298,4 +298,43 @@ describe("a run's single statements on its job row (outside its transactions), i
     expect(await env.ownerOf(slot)).toBe(to);
     expect((await next.get(jobId)).state).toBe('done');
   }, 60_000);
+
+  it("a run's update of its job that waited for another run's takeover of its lease, sent again, finds the job not its own: the run learns it lost its lease and writes nothing more", async () => {
+    const slot = 1606;
+    const from = await env.ownerOf(slot);
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    await seedUsers(env.shards.get(from) as pg.Pool, slot, keysInSlot(slot, 2), 1);
+    const other = await env.catalog.connect();
+    let committed: Promise<void> | null = null;
+    // Copied: the run's next statement is its update of the job (the transition `copied`). Another
+    // run's claim of the job (as if this run's lease had lapsed) is made meanwhile and committed
+    // once that update waits for it.
+    const hook = async (point: MoveHookPoint, job: { id: number }): Promise<void> => {
+      if (point !== 'copied' || committed !== null) return;
+      await other.query('begin');
+      await other.query(`update catalog.move_jobs set lease_holder = 'mover of the next run', lease_epoch = lease_epoch + 1, lease_expires_at = clock_timestamp() + interval '1 minute' where id = $1`, [job.id]);
+      committed = lockWaitOn(env.catalog, 'catalog').then(async () => {
+        await other.query('commit');
+      });
+    };
+    try {
+      const mover = new Mover({ catalog: repeatableReadCatalog(), shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 0, hook });
+      const planned = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+
+      const ended = await mover.run(planned.id).then(
+        (j) => `ended: ${j.state}`,
+        (e: Error) => `threw: ${e.message}`,
+      );
+      await committed;
+
+      // Sent again, the update's lease condition is judged on the row the takeover committed: no
+      // row, and the run stops (MoveLeaseLostError), its transition not made over the other run's job.
+      expect(ended).toMatch(/^threw: .*this run's lease was taken over by mover of the next run/);
+      const { rows } = await env.catalog.query<{ state: string; lease_holder: string; error: string | null }>('select state, lease_holder, error from catalog.move_jobs where id = $1', [planned.id]);
+      expect(rows[0]).toMatchObject({ state: 'copying', lease_holder: 'mover of the next run', error: null });
+    } finally {
+      await other.query('rollback').catch(() => undefined);
+      other.release();
+    }
+  }, 60_000);
 });

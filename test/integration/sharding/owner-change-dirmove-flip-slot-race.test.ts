@@ -23,6 +23,12 @@
  * its next fence attempt; within it the flip waits (a budget of 8 s). Before, a wait ended at 5 s
  * failed the run (a MoveError: the move stopped until its next run, with a budget of 5.5 or 8 s),
  * and one cut at the budget was recorded as "the flip ran out of time" alone. Figures are printed.
+ *
+ * The same lock held against the two other publications of a move over no entry: the rollback's
+ * pin back to the source under the fence (a cancellation the flip answered), whose wait is held to
+ * the fence deadline and refused naming the lock (before, cut by the deadline's cancel, the run
+ * said only "canceling statement due to user request"); and the publication again of a flip the
+ * catalog lost (no fence held: the lock's own 5 s, then refused, the next run publishing it).
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -78,7 +84,7 @@ interface Raced {
  * of the test's (`lock`: a publication counting a large slot's rows on the shards, which holds it
  * as long). Meanwhile a writer holding the map from before the move updates the key.
  */
-async function raced(slot: number, fenceBudgetMs: number, holdMs: number, holder: 'publication' | 'lock', rows = true): Promise<Raced> {
+async function raced(slot: number, fenceBudgetMs: number, holdMs: number, holder: 'publication' | 'lock', rows = true, cancel = false): Promise<Raced> {
   const { from, to, third } = await threeShardsOf(env, slot);
   const [key] = keysInSlot(slot, 1) as [string];
   const source = env.shards.get(from) as pg.Pool;
@@ -110,6 +116,8 @@ async function raced(slot: number, fenceBudgetMs: number, holdMs: number, holder
       await holding.query('insert into catalog.slot_pin_locks (slot) values ($1) on conflict do nothing', [slot]);
       await holding.query('select slot from catalog.slot_pin_locks where slot = $1 for update', [slot]);
     }
+    // A cancellation, requested now: the flip answers it, and the run rolls back under its fence.
+    if (cancel) expect(await mover.requestCancel(jobId)).toMatchObject({ cancelRequested: true });
     const t0 = Date.now();
     // A write sent now, by a router that holds the map from before the move and no pin: the source,
     // fenced; it waits for the fence to open (or the key to move) and is acknowledged then.
@@ -214,5 +222,67 @@ describe("a directory move's flip over no entry racing a map published by hand t
     expect(r.violations).toEqual([]);
     expect(r.fencedMs).toBeLessThan(5500 + 1000);
     expect(await lockWaits()).toBe(0);
+  }, 120_000);
+});
+
+describe("a directory move's rollback under its fence, its key unpinned and its slot's pin lock held", () => {
+  it('a cancellation answered by the flip while a change of the slot holds its pin lock past the budget: writes to the key are held no longer than the budget, and the next run rolls back', async () => {
+    const r = await raced(2444, 2000, 4000, 'lock', true, true);
+    console.log(`${figures(r, 2000, 4000)}; in the end ${r.moved}`);
+    expect(r.violations).toEqual([]);
+    expect(r.fencedMs).toBeLessThan(2000 + 1000);
+    expect(r.writeWaitMs).toBeLessThan(2000 + 1000);
+    // Before: the wait, cut by the fence deadline's cancel, failed the run with "canceling
+    // statement due to user request" (the job's record too), with no word of the slot's lock.
+    expect(r.firstRun).toMatch(/^threw: cannot pin key .* for its move: another change of its slot 2444 .* held catalog\.slot_pin_locks for more than \d+ ms.*the run gave its fence back with nothing decided/);
+    expect(r.moved).toBe('ended: cancelled');
+    expect(await countingStores(env).directory.entry(r.key)).toMatchObject({ shardId: r.from });
+    expect(await lockWaits()).toBe(0);
+  }, 120_000);
+});
+
+describe("a directory move's flip the catalog lost, published again over no entry while a change of the key's slot holds its pin lock", () => {
+  it('the recovery waits the lock bound (5 s) with no write of the key held, is refused naming the lock, and the next run publishes the flip again', async () => {
+    const slot = 2445;
+    const { from, to } = await threeShardsOf(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const [source, target] = [env.shards.get(from), env.shards.get(to)] as [pg.Pool, pg.Pool];
+    await seedUsers(source, slot, [key], 1);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    expect(await outcomeOf(mover.run(job.id))).toBe('ended: done');
+    // A catalog failed over to a standby further behind: the job just before its flip, and the
+    // key's pin gone (an operator deleted it during the move, past sharding migration 010's guard).
+    await env.catalog.query(
+      `update catalog.move_jobs set state = 'verifying', flip_started_at = null, map_version_after = null, unfenced_at = null, cleaning_up_at = null,
+              finished_at = null, rows_deleted = 0, lease_holder = null, lease_expires_at = null where id = $1`,
+      [job.id],
+    );
+    expect(await deletePinPastGuard(env.catalog, key)).toBe(true);
+    expect({ source: await unitFenceState(source, 'directory', key), target: await unitFenceState(target, 'directory', key) }).toEqual({ source: 'moved', target: 'open' });
+    const holding = await env.catalog.connect();
+    try {
+      await holding.query('begin');
+      await holding.query('insert into catalog.slot_pin_locks (slot) values ($1) on conflict do nothing', [slot]);
+      await holding.query('select slot from catalog.slot_pin_locks where slot = $1 for update', [slot]);
+      const t0 = Date.now();
+      const refused = await outcomeOf(env.mover({ readerGraceMs: 0 }).run(job.id));
+      const waitedMs = Date.now() - t0;
+      // With no fence of the run's held meanwhile: the key's writes go where its fences send them (the target).
+      const during = { source: await unitFenceState(source, 'directory', key), target: await unitFenceState(target, 'directory', key) };
+      await holding.query('commit');
+      const resumed = await outcomeOf(env.mover({ readerGraceMs: 0 }).run(job.id));
+      console.log(`lost flip: the recovery waited ${waitedMs} ms for the slot's pin lock and was refused; then ${resumed}`);
+
+      expect(refused).toMatch(/^threw: cannot pin key .* for its move: another change of its slot 2445 .* held catalog\.slot_pin_locks for more than 5000 ms.*the move tries again on its next run/);
+      expect(waitedMs).toBeGreaterThanOrEqual(4900);
+      expect(during).toEqual({ source: 'moved', target: 'open' });
+      expect(resumed).toBe('ended: done');
+      expect(await countingStores(env).directory.entry(key)).toMatchObject({ shardId: to });
+      expect(await lockWaits()).toBe(0);
+    } finally {
+      await holding.query('rollback').catch(() => undefined);
+      holding.release();
+    }
   }, 120_000);
 });

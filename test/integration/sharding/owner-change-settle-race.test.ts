@@ -8,11 +8,12 @@
  * again (those of routers whose map still named it, version P1's) while the map named the third
  * shard: acknowledged out of every reader's sight.
  */
-import type pg from 'pg';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { reviewFences } from '../../../functions/adapters/postgres/fence-review.js';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { fenceState, keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
+import { fenceState, keysInSlot, lockWaitOn, refusalOf, seedUsers, startMoveEnv, threeShardsOf, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -24,6 +25,11 @@ afterAll(async () => {
 
 /** `pool`, whose settle of a new owner's `moved` rows waits (once) for `gate`; `reached` resolves when it starts waiting. */
 function stalledAtNewOwnerSettle(pool: pg.Pool): { pool: pg.Pool; reached: Promise<void>; release: () => void } {
+  return stalledAt(pool, 'delete from write_fences w using jsonb_to_recordset');
+}
+
+/** `pool`, whose first statement containing `text` waits for `release`; `reached` resolves when it starts waiting. */
+function stalledAt(pool: pg.Pool, text: string): { pool: pg.Pool; reached: Promise<void>; release: () => void } {
   let reach!: () => void;
   let release!: () => void;
   const reached = new Promise<void>((r) => (reach = r));
@@ -33,7 +39,7 @@ function stalledAtNewOwnerSettle(pool: pg.Pool): { pool: pg.Pool; reached: Promi
     get(target, prop) {
       if (prop === 'query') {
         return async (...args: unknown[]) => {
-          if (!once && typeof args[0] === 'string' && args[0].includes('delete from write_fences w using jsonb_to_recordset')) {
+          if (!once && typeof args[0] === 'string' && args[0].includes(text)) {
             once = true;
             reach();
             await gate;
@@ -98,4 +104,92 @@ describe('SlotMapStore.publishByHand, a later hand change of the slot publishing
     const { rows } = await shardA.query(`select state, moved_to, map_version::text, job_id from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
     expect(rows).toEqual([{ state: 'moved', moved_to: c, map_version: '1', job_id: null }]);
   }, 60_000);
+});
+
+/**
+ * `pool` whose clients hold the COMMIT of a transaction that updated `write_fences` (a review's
+ * settle of a row) until `gate` settles, `held` called there (its row lock taken, not committed).
+ */
+function heldAtFenceCommit(pool: pg.Pool, held: () => void, gate: Promise<void>): pg.Pool {
+  const bound = <T extends object>(target: T, prop: string | symbol): unknown => {
+    const value = Reflect.get(target, prop) as unknown;
+    return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+  };
+  return new Proxy(pool, {
+    get(target, prop): unknown {
+      if (prop !== 'connect') return bound(target, prop);
+      return async () => {
+        const client = await target.connect();
+        let wrote = false;
+        return new Proxy(client, {
+          get(c, p): unknown {
+            if (p !== 'query') return bound(c, p);
+            return async (text: unknown, values?: unknown) => {
+              if (typeof text === 'string' && /^\s*(update|delete from) write_fences/.test(text)) wrote = true;
+              if (text === 'commit' && wrote) {
+                wrote = false;
+                held();
+                await gate;
+              }
+              return c.query(text as string, values as unknown[]);
+            };
+          },
+        });
+      };
+    },
+  });
+}
+
+describe("SlotMapStore.publishByHand, the shards' logins defaulting to REPEATABLE READ, a review settling its fence between its commit and its settle", () => {
+  it("the change's settle that waited for the review's compare-and-set finds the row settled, and the publication answers published, not that its fences stay fenced", async () => {
+    const slot = 2303;
+    const { from: a, to: b } = await threeShardsOf(env, slot);
+    // The store's shard pools: the mover's login, its default REPEATABLE READ (an RDS parameter
+    // group, an ALTER ROLE ... SET); its settle's UPDATE is a statement of its own.
+    const rr = new Map<string, pg.Pool>(
+      [...env.shards.keys()].map((id) => {
+        const p = new pg.Pool({ connectionString: env.urls.shards[id], max: 3, options: '-c default_transaction_isolation=repeatable\\ read' });
+        p.on('error', () => undefined);
+        return [id, p];
+      }),
+    );
+    const stalled = stalledAt(rr.get(a) as pg.Pool, `set state = 'moved', moved_to = u."to"`);
+    const store = new SlotMapStore(env.catalog, { shardPools: new Map([...rr, [a, stalled.pool]]) });
+    let reviewHeld!: () => void;
+    const reviewAtCommit = new Promise<void>((r) => (reviewHeld = r));
+    let letReviewCommit!: () => void;
+    const reviewGate = new Promise<void>((r) => (letReviewCommit = r));
+    try {
+      // The change has committed (the map names B) and is about to set A's `fenced` row `moved`.
+      const published = store.publishByHand(moveSlots(await store.current(), [slot], b), 'to b').then(
+        (r) => `published version ${r.map.version}`,
+        (e: Error) => `threw: ${e.message}`,
+      );
+      await stalled.reached;
+      expect((await store.current()).assignments[slot]).toBe(b);
+      expect(await fenceState(env.shards.get(a) as pg.Pool, slot)).toBe('fenced');
+      // An operator's review (`shards fences --settle`) meanwhile: A's hand row `fenced`, the map
+      // naming B, set `moved` to B by its compare-and-set, held at its commit.
+      const review = reviewFences({ catalog: env.catalog, shards: new Map([...env.shards, [a, heldAtFenceCommit(env.shards.get(a) as pg.Pool, reviewHeld, reviewGate)]]), settle: true });
+      await reviewAtCommit;
+      // The change's settle, sent now, waits for the review's row lock; the review then commits.
+      stalled.release();
+      await lockWaitOn(env.shards.get(a) as pg.Pool, a);
+      letReviewCommit();
+      const reviewed = await review;
+
+      // Before: the settle's snapshot, older than the review's commit, failed it with "could not
+      // serialize access due to concurrent update" (40001): the publication, committed, threw
+      // "its fences could not all be settled ... stay 'fenced'", though the review had set them
+      // `moved` (at READ COMMITTED the settle finds the row changed and leaves it).
+      expect(reviewed.rows.find((r) => r.shard === a && r.unitId === String(slot))?.outcome).toMatch(/^settled: moved to /);
+      expect(await published).toMatch(/^published version \d+$/);
+      const { rows } = await env.shards.get(a)!.query<{ state: string; moved_to: string }>(`select state, moved_to from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+      expect(rows).toEqual([{ state: 'moved', moved_to: b }]);
+    } finally {
+      stalled.release();
+      letReviewCommit();
+      await Promise.all([...rr.values()].map((p) => p.end()));
+    }
+  }, 90_000);
 });
