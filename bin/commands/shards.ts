@@ -5,8 +5,10 @@
  * is provably safe (functions/adapters/postgres/fence-review.ts, docs/sharding-spec.md section 9,
  * "Settling the rows a hand change left"). A key's `directory` rows are judged by the shard the key
  * routes to, which depends on the sharding configuration (whether pins override the hash): read
- * from `SHARDING_CONFIG_JSON` as the scaling API's function reads it, or, with `--local`, local
- * mode's; without either they are left to the operator.
+ * from `SHARDING_CONFIG_JSON` as the scaling API's function reads it, else the one the runtimes
+ * recorded in the catalog (runtime-routings.ts, sharding migration 022) where they recorded one
+ * recently; with `--local`, local mode's. Without any they are left to the operator. `--settle` is
+ * refused where `SHARDING_CONFIG_JSON`'s routing differs from one a runtime recorded recently.
  */
 import { resolve } from 'node:path';
 import type pg from 'pg';
@@ -14,18 +16,20 @@ import { z } from 'zod';
 import { parseJsonText } from '../../functions/core/json-text.js';
 import { loadShardingConfig } from '../../functions/core/sharding/config.js';
 import { ShardingConfigError } from '../../functions/core/sharding/errors.js';
-import { moveRoutingOf, type MoveRouting } from '../../functions/core/sharding/move-machine.js';
+import { describeRouting, moveRoutingOf, sameRouting, type MoveRouting } from '../../functions/core/sharding/move-machine.js';
 import { EmbeddedClusterError, runningEmbeddedCluster } from '../../functions/adapters/postgres/embedded-cluster.js';
 import { reviewFences, type FenceReview } from '../../functions/adapters/postgres/fence-review.js';
+import { DEFAULT_RECORDED_WITHIN_MS, recordedRoutings, RecordedRoutingsError, routingForReview } from '../../functions/adapters/postgres/runtime-routings.js';
 import { createPool } from '../../functions/handlers/shared/db.js';
 import { parseShardUrls, shardUrlsById, ShardUrlsError } from '../../functions/handlers/shared/shard-urls.js';
 import { localShardingConfig } from '../../functions/local/sharding-config.js';
-import { describeRouting, LocalRoutingFileError, readLocalRouting } from '../../functions/local/routing-file.js';
+import { LocalRoutingFileError, readLocalRouting } from '../../functions/local/routing-file.js';
 import type { CliCommand, CliIo, FlagTable } from './kit.js';
 import { CliError, databaseUrl, EXIT_FAILURE, numberFlag, parseFlags, UsageError } from './kit.js';
 
 const usage = `Usage: ca-dms-scaling shards fences [--settle] [--older-than SECONDS] [--all] [--json]
-                                   [--catalog-url URL] [--shard SHARD ...] | [--local [--data-dir DIR]]
+                                   [--catalog-url URL] [--shard SHARD ...] [--recorded-within SECONDS]
+                                   | [--local [--data-dir DIR]]
 
 Lists, per shard, every write_fences row that no live move explains: a row left 'fenced' by a
 slot map or a pin changed by hand that did not finish, a 'moved' row on the shard the unit
@@ -39,9 +43,14 @@ its state, unit, job, moved_to, map version and what it does to the unit's write
                       commit, no move of the slot (or key) is unfinished, the row is older than
                       --older-than, and no rows of the unit sit behind a 'moved' row. A key's
                       directory rows are judged by the shard its route names (its pin, else its
-                      slot's owner), which needs the sharding configuration: $SHARDING_CONFIG_JSON
-                      (as the scaling API's function has it), or local mode's with --local; without
-                      it they are left to the operator. A live move's rows are never touched.
+                      slot's owner), which needs the sharding configuration's routing:
+                      $SHARDING_CONFIG_JSON (as the scaling API's function has it), else the one
+                      the runtimes (the API's and the moves worker's functions, local mode)
+                      recorded in the catalog within --recorded-within, where they all recorded
+                      the same; local mode's with --local; without any they are left to the
+                      operator. Refused where $SHARDING_CONFIG_JSON's routing differs from one a
+                      runtime recorded (listing still works, saying so). A live move's rows are
+                      never touched.
   --older-than SECONDS  seconds since a row was last written before --settle may
                       reopen it (default 900)
   --all               list the explained rows too (open rows, a live move's, moved rows on a shard
@@ -49,6 +58,9 @@ its state, unit, job, moved_to, map version and what it does to the unit's write
   --json              print the review as JSON
   --catalog-url URL   the catalog database (default: $CATALOG_DATABASE_URL); a login that may
                       lock catalog.owner_change_review (the control login, or the owner)
+  --recorded-within SECONDS  how recently a runtime must have recorded its routing (at its start:
+                      a Lambda cold start) for the review to count it (default 86400, a day); narrow
+                      it only once every runtime of an older routing has stopped (a deploy since)
   --shard SHARD       a shard as ID=URL (its id, as the sharding configuration names it, and its
                       primary's URL); repeat or comma-separate
                       (default: $SHARD_DATABASE_URLS, a JSON array or comma-separated list of
@@ -74,6 +86,7 @@ const table: FlagTable = {
   shard: { type: 'string', multiple: true },
   local: { type: 'boolean' },
   'data-dir': { type: 'string' },
+  'recorded-within': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 };
 
@@ -87,6 +100,7 @@ const flagsSchema = z
     shard: z.array(z.string()).optional(),
     local: z.boolean().optional(),
     'data-dir': z.string().min(1, 'expected a directory').optional(),
+    'recorded-within': numberFlag({ min: 0, max: 86_400 * 365, int: true, unit: 'seconds' }).optional(),
     help: z.boolean().optional(),
   })
   .superRefine((f, ctx) => {
@@ -95,6 +109,9 @@ const flagsSchema = z
       if (f.local === true && f[flag] !== undefined) {
         ctx.addIssue({ code: 'custom', path: ['local'], message: `cannot be combined with --${flag}: --local reviews local mode's running cluster, whose catalog and shards its manifest names; drop one of them` });
       }
+    }
+    if (f.local === true && f['recorded-within'] !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['recorded-within'], message: "not with --local: --local judges by the routing local mode's start recorded in its routing.json, not by the catalog's records; drop one of them" });
     }
     if (f['data-dir'] !== undefined && f.local !== true) ctx.addIssue({ code: 'custom', path: ['data-dir'], message: 'only with --local (the directory local mode runs in)' });
   });
@@ -117,7 +134,10 @@ function parseShards(raw: string | readonly string[], source: string, env: Recor
 interface Target {
   readonly catalogUrl: string;
   readonly shardUrls: ReadonlyMap<string, string>;
+  /** Remotely: `SHARDING_CONFIG_JSON`'s, checked against the runtimes' records once the catalog is open. */
   readonly routing: MoveRouting | undefined;
+  /** With `--local`: where its routing came from, for the review's routing line. */
+  readonly localNote?: string;
 }
 
 /** The databases from the flags or the environment, and the routing from `SHARDING_CONFIG_JSON` where set. */
@@ -189,18 +209,22 @@ async function localTarget(dataDir: string, env: Record<string, string | undefin
     throw err;
   }
   const shellSets = ROUTING_VARIABLES.filter((name) => env[name] !== undefined);
-  if (started !== undefined && shellSets.length > 0 && describeRouting(started) !== describeRouting(fromShell)) {
+  if (started !== undefined && shellSets.length > 0 && !sameRouting(started, fromShell)) {
     throw new UsageError(
       `--local: ${shellSets.join(' and ')} in this shell ${shellSets.length > 1 ? 'give' : 'gives'} ${describeRouting(fromShell)}, but local mode under ${dataDir} was started with ${describeRouting(started)}, which its routers use: unset ${shellSets.length > 1 ? 'them' : 'it'} (or set ${shellSets.length > 1 ? 'them' : 'it'} as start had ${shellSets.length > 1 ? 'them' : 'it'}) and run again`,
     );
   }
   const routing = started ?? fromShell;
-  return { catalogUrl: running.catalogUrl, shardUrls: new Map(running.shards.map((s) => [s.shardId, s.primaryUrl])), routing };
+  const localNote =
+    started !== undefined
+      ? `judged by the routing local mode under ${dataDir} was started with, ${describeRouting(started)} (routing.json)`
+      : `judged by local mode's routing with this shell's sharding variables on top, ${describeRouting(fromShell)}: local mode under ${dataDir} recorded none (started before routing.json existed)`;
+  return { catalogUrl: running.catalogUrl, shardUrls: new Map(running.shards.map((s) => [s.shardId, s.primaryUrl])), routing, localNote };
 }
 
-/** The review as lines an operator reads. */
-function describe(review: FenceReview, settle: boolean): string {
-  const lines: string[] = [`slot map version ${review.mapVersion}; ${review.rows.length} row(s) listed, ${review.explained} explained by a live move or the map`];
+/** The review as lines an operator reads; `routing` says what a key's rows were judged by. */
+function describe(review: FenceReview, settle: boolean, routing: string): string {
+  const lines: string[] = [`slot map version ${review.mapVersion}; ${review.rows.length} row(s) listed, ${review.explained} explained by a live move or the map`, `routing: ${routing}`];
   if (review.changeInFlight !== undefined) lines.push(`note: ${review.changeInFlight}`);
   for (const u of review.unreachable) lines.push(`unreachable: ${u}`);
   for (const r of review.rows) {
@@ -243,15 +267,36 @@ export function createShardsCommand(env: Record<string, string | undefined> = pr
         shards.set(id, pool);
       }
       const settle = flags.settle === true;
+      // Remotely, the routing the runtimes recorded (runtime-routings.ts) decides with
+      // SHARDING_CONFIG_JSON's, before any shard is read: a settle judged by a routing some router
+      // does not use is refused, nothing touched. Local mode's routing.json is its start's own record.
+      let judged: { routing: MoveRouting | undefined; from: string | undefined; note: string; unknown?: string };
+      if (target.localNote !== undefined) {
+        judged = { routing: target.routing, from: '--local', note: target.localNote };
+      } else {
+        const withinMs = (flags['recorded-within'] ?? DEFAULT_RECORDED_WITHIN_MS / 1000) * 1000;
+        let recorded;
+        try {
+          recorded = await recordedRoutings(catalog, withinMs);
+        } catch (err) {
+          if (err instanceof RecordedRoutingsError) throw new CliError(err.message, { cause: err });
+          throw err;
+        }
+        const decided = routingForReview(target.routing, recorded, withinMs);
+        if (settle && decided.conflict !== undefined) throw new CliError(decided.conflict);
+        judged = decided;
+      }
       const review = await reviewFences({
         catalog,
         shards,
         settle,
         all: flags.all === true,
         ...(flags['older-than'] === undefined ? {} : { olderThanMs: flags['older-than'] * 1000 }),
-        ...(target.routing === undefined ? {} : { routing: target.routing }),
+        ...(judged.routing === undefined ? {} : { routing: judged.routing }),
+        ...(judged.unknown === undefined ? {} : { routingUnknown: judged.unknown }),
       });
-      io.stdout(flags.json === true ? `${JSON.stringify(review, null, 2)}\n` : describe(review, settle));
+      const routing = { judgedBy: judged.routing ?? null, from: judged.from ?? null, note: judged.note };
+      io.stdout(flags.json === true ? `${JSON.stringify({ ...review, routing }, null, 2)}\n` : describe(review, settle, judged.note));
       const left = review.rows.some((r) => r.action === 'none' ? r.diagnosis !== 'explained: nothing to settle' : r.outcome === undefined || !r.outcome.startsWith('settled'));
       return left || review.unreachable.length > 0 ? EXIT_FAILURE : 0;
     } finally {

@@ -22,7 +22,7 @@ import { awsClients, rdsClient } from './shared/aws.js';
 import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime } from './shared/runtime.js';
-import { shardCredentialsFromEnv, shardingConfigFromEnv } from './shared/sharding-env.js';
+import { logRoutingNotRecorded, shardCredentialsFromEnv, shardingConfigFromEnv } from './shared/sharding-env.js';
 import { loadParameterEnv } from './shared/parameter-env.js';
 
 // The deployment's growing configuration (SSM Parameter Store), read once in the init phase.
@@ -92,6 +92,7 @@ async function buildAwsPort(): Promise<ScalingApiPort> {
         // fence listing; the catalog's or a shard's in a 503 of the moves endpoints and in the
         // recommendations): the driver's text is logged here, `what` saying which.
         onInspectionFailure: logFailure,
+        onRoutingNotRecorded: logRoutingNotRecorded,
       })
     : undefined;
   return createScalingApiPort({

@@ -22,7 +22,7 @@ import { awsClients } from './shared/aws.js';
 import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime } from './shared/runtime.js';
-import { shardCredentialsFromEnv, shardingConfigFromEnv } from './shared/sharding-env.js';
+import { logRoutingNotRecorded, shardCredentialsFromEnv, shardingConfigFromEnv } from './shared/sharding-env.js';
 import { leaseTtl } from './shared/telemetry.js';
 import { loadParameterEnv } from './shared/parameter-env.js';
 
@@ -160,7 +160,9 @@ export const handler = createMovesHandler(() => {
     const config = await shardingConfigFromEnv(process.env, awsClients().secrets);
     // A rotated-away login is re-read from its secret, not kept until the container is recycled.
     const credentials = shardCredentialsFromEnv(process.env, awsClients().secrets);
-    return config ? createShardingRuntime({ config, catalog: await controllerRuntime().db(), actor: 'scaling-moves', pools: { max: 2, ...(credentials ? { credentials } : {}) } }) : undefined;
+    return config
+      ? createShardingRuntime({ config, catalog: await controllerRuntime().db(), actor: 'scaling-moves', pools: { max: 2, ...(credentials ? { credentials } : {}) }, onRoutingNotRecorded: logRoutingNotRecorded })
+      : undefined;
   })().catch((err: unknown) => {
     sharding = undefined;
     throw err;

@@ -69,8 +69,3 @@ export async function readLocalRouting(dataDir: string): Promise<MoveRouting | u
   const { enabled, ...rest } = parsed.data;
   return enabled === undefined ? rest : { ...rest, enabled };
 }
-
-/** The routing as one line for a message: `directory_based (override_hash on, fallback hash)`. */
-export function describeRouting(routing: MoveRouting): string {
-  return `${routing.strategy} (override_hash ${routing.overrideHash ? 'on' : 'off'}, fallback ${routing.fallback}${routing.enabled === false ? ', sharding disabled' : ''})`;
-}

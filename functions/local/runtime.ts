@@ -242,6 +242,7 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
         const where = nodeId ?? shardId;
         say(`failed: ${what}${where === undefined ? '' : ` of ${where}`}: ${error instanceof Error ? error.message : String(error)}`);
       },
+      onRoutingNotRecorded: (error) => say(`note: the routing was not recorded in catalog.runtime_routings (${error instanceof Error ? error.message : String(error)}); local mode runs all the same, and shards fences --local reads it from routing.json`),
       ...(options.moveDrainTimeoutMs !== undefined ? { moveDrainTimeoutMs: options.moveDrainTimeoutMs } : {}),
     });
     cleanup.push(() => within(STOP_STEP_WAIT_MS, sharding.close()));

@@ -132,6 +132,12 @@ export interface FenceReviewOptions {
    * are listed and left to the operator.
    */
   readonly routing?: MoveRouting;
+  /**
+   * Why `routing` is absent, as each key's row left to the operator says it (the command's: no
+   * configuration given, and the runtimes' recorded routings missing or disagreeing,
+   * runtime-routings.ts); by default, that the review was not given the configuration.
+   */
+  readonly routingUnknown?: string;
 }
 
 /** {@link FenceReviewOptions.olderThanMs}'s default: far past any hand change's fence-to-commit time (its counts are bounded by 10 s a shard). */
@@ -286,7 +292,16 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
     // Counted within the time the settles have: a silent shard leaves its rows withheld, not the review hung.
     const count: RowCounter = (shard, unit) =>
       byDeadline(countUnitRows(options.shards.get(shard) as Queryable, unit), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
-    const { map, judged, explained } = await judgeRows(catalog, read, { all: options.all === true, minAge, changeInFlight, routing: options.routing, count, read: new Set(read.keys()), given: new Set(options.shards.keys()) });
+    const { map, judged, explained } = await judgeRows(catalog, read, {
+      all: options.all === true,
+      minAge,
+      changeInFlight,
+      routing: options.routing,
+      ...(options.routingUnknown === undefined ? {} : { routingUnknown: options.routingUnknown }),
+      count,
+      read: new Set(read.keys()),
+      given: new Set(options.shards.keys()),
+    });
     const reviewed: ReviewedFence[] = [];
     for (const { shard, read: r, row, plan } of judged) {
       if (options.settle !== true || row.action === 'none' || row.withheld !== undefined) {
@@ -358,6 +373,7 @@ interface UnitFacts {
   /** A directory row: the shard's `slot` row of the key's slot, if read (not `open`). */
   readonly slotRow?: FenceRowRead;
   readonly routing: MoveRouting | undefined;
+  readonly routingUnknown?: string;
 }
 
 /** A key's route under `routing`: the shard, how it was decided and the version its `moved` rows record; or why the review cannot tell. */
@@ -366,6 +382,7 @@ function keyRoute(key: string, f: UnitFacts): { shard: string; how: string; vers
   if (r === undefined) {
     return {
       unknown:
+        f.routingUnknown ??
         "the review was not given the sharding configuration, and where the key routes depends on it (whether pins override the hash: strategy and directory.override_hash): run it with SHARDING_CONFIG_JSON set (as the scaling API's function has it) or --local, or decide by hand",
     };
   }
@@ -728,6 +745,8 @@ interface JudgeOptions {
   readonly minAge: number;
   readonly changeInFlight: string | undefined;
   readonly routing: MoveRouting | undefined;
+  /** Why `routing` is absent ({@link FenceReviewOptions.routingUnknown}). */
+  readonly routingUnknown?: string;
   /** Counts the rows a reopen of a `moved` row would bring back into sight ({@link countUnitRows}, bounded by the caller). */
   readonly count: RowCounter;
   /** The shards whose rows were read (given, and answering): a unit's rows are counted only on those. */
@@ -804,6 +823,7 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
         jobs: jobById,
         unfinished: unfinishedBySlot.get(slot),
         routing: o.routing,
+        ...(o.routingUnknown === undefined ? {} : { routingUnknown: o.routingUnknown }),
         ...(pin === undefined ? {} : { pin }),
         ...(slotRow === undefined ? {} : { slotRow }),
       };

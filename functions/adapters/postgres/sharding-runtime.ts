@@ -26,6 +26,7 @@ import { Mover } from './mover.js';
 import { createShardReader, type ShardReader } from './read-transaction.js';
 import { ReplicaReader } from './replica-reader.js';
 import { withinRequestDeadline } from './request-deadline.js';
+import { recordRuntimeRouting } from './runtime-routings.js';
 import { ShardInspector, type EndpointFactsSource, type InspectionFailure } from './shard-inspector.js';
 import { ShardPools, type ShardPoolOptions } from './shard-pools.js';
 import { SlotMapStore } from './slot-map-store.js';
@@ -35,7 +36,7 @@ export interface ShardingRuntimeOptions {
   readonly config: ShardingConfig;
   /** The catalog database (slot maps, directory, move jobs), already migrated. */
   readonly catalog: pg.Pool;
-  /** Recorded as the publisher of the first slot map and of moves. */
+  /** Recorded as the publisher of the first slot map and of moves, and beside the routing this runtime runs with (`catalog.runtime_routings`). */
   readonly actor: string;
   readonly pools?: ShardPoolOptions;
   /** Start the replica reader's health loop (a long-running process wants it; a Lambda API call does not). */
@@ -50,6 +51,14 @@ export interface ShardingRuntimeOptions {
    * answers (README, "No response carries ... a database's error text").
    */
   readonly onInspectionFailure?: (failure: InspectionFailure) => void;
+  /**
+   * Told the catalog's error where the routing this runtime runs with could not be recorded
+   * (`catalog.runtime_routings`, runtime-routings.ts: a catalog without sharding migration 022
+   * during a deploy, a login without its grant). The runtime starts all the same: the record is
+   * for `ca-dms-scaling shards fences`, which without it cannot check an operator's routing
+   * against this runtime's; routing does not need it.
+   */
+  readonly onRoutingNotRecorded?: (error: unknown) => void;
 }
 
 export interface ShardingRuntime {
@@ -115,6 +124,18 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
     }
     const directory = new DirectoryStore(catalog, { ttlMs: config.directory.cache_ttl_seconds * 1000, shards: pools.shardIds(), shardPools: primaries, pinsOverrideHash });
     const router = ShardRouter.fromConfig(config, { slotMap: await slotMaps.current(), directory });
+    // The routing this runtime runs with, recorded for `shards fences` (runtime-routings.ts), which
+    // judges a key's fence rows by it: one autocommit statement per runtime built (a cold start),
+    // none per request. A failure is told and the start goes on: a runtime that could not start
+    // for want of a record would take down routing for a review's sake (a catalog without
+    // sharding migration 022 while a deploy applies it after the code).
+    await recordRuntimeRouting(catalog, options.actor, moveRoutingOf(config)).catch((err: unknown) => {
+      try {
+        options.onRoutingNotRecorded?.(err);
+      } catch {
+        // A throwing logger changes nothing: the runtime starts.
+      }
+    });
     const keyRouter = routerForWrites(router, slotMaps, directory);
     const writer = createShardWriter({ router: keyRouter, primaries });
     let reader: ReplicaReader | undefined;

@@ -497,6 +497,16 @@ export function moveRoutingOf(config: ShardingConfig): MoveRouting {
   return { strategy: config.strategy, overrideHash: config.directory.override_hash, fallback: config.directory.fallback, enabled: config.enabled };
 }
 
+/** The routing as one line for a message: `directory_based (override_hash on, fallback hash)`. */
+export function describeRouting(routing: MoveRouting): string {
+  return `${routing.strategy} (override_hash ${routing.overrideHash ? 'on' : 'off'}, fallback ${routing.fallback}${routing.enabled === false ? ', sharding disabled' : ''})`;
+}
+
+/** Whether two routings are the same, field by field (`enabled` absent is `true`), not merely ones that happen to route a key alike. */
+export function sameRouting(a: MoveRouting, b: MoveRouting): boolean {
+  return a.strategy === b.strategy && a.overrideHash === b.overrideHash && a.fallback === b.fallback && (a.enabled !== false) === (b.enabled !== false);
+}
+
 export type MoveUnitVerdict =
   | {
       readonly ok: true;

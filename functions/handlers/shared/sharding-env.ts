@@ -18,6 +18,7 @@ import { readSecret, secretArnSchema as secretArn, secretLogins } from '../../ad
 import { shardWithLogin } from '../../adapters/postgres/connection-url.js';
 import type { LoginCredentials } from '../../adapters/postgres/secret-pool.js';
 import { EnvironmentError } from './env.js';
+import { logger } from './powertools.js';
 import { parseJsonText } from '../../core/json-text.js';
 
 
@@ -81,4 +82,15 @@ export function shardCredentialsFromEnv(env: Record<string, string | undefined>,
     if (!byShard.has(shardId)) throw new EnvironmentError([{ path: 'SHARD_DB_SECRET_ARNS', message: `no secret for shard ${shardId}` }]);
     return read(shardId);
   };
+}
+
+/**
+ * The functions' `onRoutingNotRecorded` (sharding-runtime.ts): a runtime whose routing the catalog
+ * did not record starts all the same, and says so once, at its cold start.
+ */
+export function logRoutingNotRecorded(error: unknown): void {
+  logger.warn(
+    "the routing this function runs with was not recorded in catalog.runtime_routings (sharding migration 022 not applied yet, or the login lacks its grant); it runs all the same, but `shards fences` cannot check an operator's routing against it until a cold start records it",
+    { error: error instanceof Error ? error : String(error) },
+  );
 }

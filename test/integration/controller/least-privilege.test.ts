@@ -134,6 +134,17 @@ describe('the scaling API on the shards, as ca_dms_monitor', () => {
       readMoveLog: '42501',
     });
   });
+
+  it('records the routing it runs with in the catalog as ca_dms_control (sharding migration 022), which may not delete a record; the application login may not read them', async () => {
+    const control = poolAs(LOGINS.control, SHARDS[0]);
+    const app = poolAs(LOGINS.app, SHARDS[0]);
+    const { rows } = await control.query<{ actor: string; routing: unknown }>(`select actor, routing from catalog.runtime_routings where actor = 'scaling-api'`);
+    expect(rows).toEqual([{ actor: 'scaling-api', routing: { strategy: 'hash_based', override_hash: true, fallback: 'hash', enabled: true } }]);
+    expect({
+      deleteAsControl: await sqlstateOf(() => control.query('delete from catalog.runtime_routings')),
+      readAsApp: await sqlstateOf(() => app.query('select * from catalog.runtime_routings')),
+    }).toEqual({ deleteAsControl: '42501', readAsApp: '42501' });
+  });
 });
 
 describe('the moves worker on the shards, as ca_dms_mover', () => {

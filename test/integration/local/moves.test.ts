@@ -44,6 +44,17 @@ describe('local mode moves', () => {
     expect(await readLocalRouting(dataDir)).toEqual({ strategy: 'hash_based', overrideHash: true, fallback: 'hash', enabled: true });
   });
 
+  it('records the routing it runs with in its catalog too, as every sharding runtime does, for `shards fences` without --local', async () => {
+    const catalog = new pg.Client({ connectionString: local.cluster.catalogUrl });
+    await catalog.connect();
+    try {
+      const { rows } = await catalog.query<{ actor: string; routing: unknown }>('select actor, routing from catalog.runtime_routings');
+      expect(rows).toEqual([{ actor: 'local-mode', routing: { strategy: 'hash_based', override_hash: true, fallback: 'hash', enabled: true } }]);
+    } finally {
+      await catalog.end();
+    }
+  });
+
   it('finishes a move whose first run stopped on a long writer, once the writer is gone', async () => {
     const key = '2f3e4d5c-6b7a-4981-a0b1-c2d3e4f5a6b7';
     const route = (await json(`${API}/shards/route?key=${key}`)).body as { shard_id: string; slot: number };

@@ -1,0 +1,234 @@
+/**
+ * The routing each sharding runtime runs with, recorded in the catalog (`catalog.runtime_routings`,
+ * sharding migration 022), and what `ca-dms-scaling shards fences` makes of it (issue #15,
+ * docs/sharding-spec.md section 9, "Settling the rows a hand change left").
+ *
+ * The review judges a key's `directory` fence rows by the shard the key routes to, which depends on
+ * the routing (strategy, `directory.override_hash`, fallback, enabled), and the shards do not
+ * record it. Read from the operator's `SHARDING_CONFIG_JSON` alone, a shell whose document differed
+ * from the deployed routers' (an old copy, another stage's) had rows settled by a route no router
+ * takes. So every runtime ({@link recordRuntimeRouting}, called by `createShardingRuntime`: the
+ * scaling API's function, the moves worker's, local mode) records its routing once as it is built,
+ * and the review ({@link routingForReview}) uses the routings recorded recently where it is given
+ * none, and refuses to settle where the one it is given differs from one of them.
+ *
+ * @example
+ * ```ts
+ * await recordRuntimeRouting(catalog, 'scaling-api', moveRoutingOf(config)); // once per cold start
+ * const recorded = await recordedRoutings(catalog, DEFAULT_RECORDED_WITHIN_MS);
+ * const { routing, conflict } = routingForReview(routingFromShell, recorded, DEFAULT_RECORDED_WITHIN_MS);
+ * ```
+ */
+import type pg from 'pg';
+import { z } from 'zod';
+import { describeRouting, sameRouting, type MoveRouting } from '../../core/sharding/move-machine.js';
+import { hasSqlState, INSUFFICIENT_PRIVILEGE, retryingSerializationFailures } from './sqlstate.js';
+
+type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
+
+/** SQLSTATE undefined_table: a catalog without sharding migration 022. */
+const UNDEFINED_TABLE = '42P01';
+
+/**
+ * How recently a runtime must have recorded a routing for the review to count it (24 h). A record
+ * is written when a runtime is built (a Lambda cold start), not at each request, so its `seen_at` is
+ * when the oldest router that may still run with it started. Lambda replaces its execution
+ * environments "every few hours" even under constant load (AWS does not publish a bound), and the
+ * moves worker's schedule starts one every few hours at least: a routing no runtime was built with
+ * for a day is no router's any more. A deploy replaces the functions' environments at once; an
+ * operator who knows every runtime of an old routing is gone narrows the window
+ * (`--recorded-within`).
+ */
+export const DEFAULT_RECORDED_WITHIN_MS = 24 * 3_600_000;
+
+/** The routing as the table holds it: the configuration's names, every field present (migration 022). */
+const storedRouting = z
+  .object({
+    strategy: z.enum(['hash_based', 'range_based', 'directory_based']),
+    override_hash: z.boolean(),
+    fallback: z.enum(['hash', 'reject']),
+    enabled: z.boolean(),
+  })
+  .strict();
+
+/**
+ * Records that a runtime of `actor` was built with `routing` now: one statement, the row of that
+ * actor and routing inserted or its `seen_at` moved. Autocommit and no session state (RDS Proxy
+ * multiplexes the functions' catalog connections), sent again on 40001: at a login's or the
+ * database's default of REPEATABLE READ, two cold starts of one actor and routing at once failed
+ * the second's `on conflict` update once the first committed. Throws what the catalog answers (a
+ * catalog without migration 022: 42P01); the runtime reports it and starts all the same.
+ */
+export async function recordRuntimeRouting(catalog: Queryable, actor: string, routing: MoveRouting): Promise<void> {
+  const stored: z.infer<typeof storedRouting> = { strategy: routing.strategy, override_hash: routing.overrideHash, fallback: routing.fallback, enabled: routing.enabled !== false };
+  await retryingSerializationFailures(() =>
+    catalog.query(
+      `insert into catalog.runtime_routings (actor, routing) values ($1, $2::jsonb)
+       on conflict (actor, routing) do update set seen_at = now()`,
+      [actor, JSON.stringify(stored)],
+    ),
+  );
+}
+
+/** A routing a runtime recorded, as the review read it. */
+export interface RecordedRouting {
+  readonly actor: string;
+  /** Undefined where the row is not a routing this version reads (then `raw` says what it holds). */
+  readonly routing: MoveRouting | undefined;
+  readonly raw: string;
+  readonly firstSeenAt: Date;
+  /** The last time a runtime of `actor` was built with it, by the catalog's clock. */
+  readonly seenAt: Date;
+  /** Milliseconds from `seenAt` to the catalog's now. */
+  readonly ageMs: number;
+}
+
+/** The catalog's routings could not be read (a login without SELECT on the table). */
+export class RecordedRoutingsError extends Error {
+  override readonly name = 'RecordedRoutingsError';
+}
+
+/**
+ * The routings runtimes recorded within `withinMs` of the catalog's now (its clock, not this
+ * machine's), newest first; undefined where the catalog has no `catalog.runtime_routings` (sharding
+ * migration 022 not applied yet).
+ */
+export async function recordedRoutings(catalog: Queryable, withinMs: number): Promise<readonly RecordedRouting[] | undefined> {
+  let rows: Array<{ actor: string; routing: unknown; first_seen_at: Date; seen_at: Date; age_ms: number }>;
+  try {
+    ({ rows } = await catalog.query(
+      `select actor, routing, first_seen_at, seen_at, (extract(epoch from (now() - seen_at)) * 1000)::float8 as age_ms
+         from catalog.runtime_routings
+        where seen_at >= now() - make_interval(secs => $1::float8 / 1000)
+        order by seen_at desc, actor`,
+      [withinMs],
+    ));
+  } catch (err) {
+    if (hasSqlState(err, UNDEFINED_TABLE)) return undefined;
+    if (hasSqlState(err, INSUFFICIENT_PRIVILEGE)) {
+      throw new RecordedRoutingsError("this catalog login may not read catalog.runtime_routings, the routings the runtimes recorded: use the control login (ca_dms_control) or the catalog's owner, after sharding migration 022 (ca-dms-scaling migrate)", { cause: err });
+    }
+    throw err;
+  }
+  return rows.map((r) => {
+    const parsed = storedRouting.safeParse(r.routing);
+    return {
+      actor: r.actor,
+      routing: parsed.success ? { strategy: parsed.data.strategy, overrideHash: parsed.data.override_hash, fallback: parsed.data.fallback, enabled: parsed.data.enabled } : undefined,
+      raw: JSON.stringify(r.routing),
+      firstSeenAt: r.first_seen_at,
+      seenAt: r.seen_at,
+      ageMs: Math.max(0, Math.round(r.age_ms)),
+    };
+  });
+}
+
+/** How the review judges a key's route, and what it says of it. */
+export interface ReviewRouting {
+  /** The routing a key's `directory` rows are judged by; undefined: they are left to the operator. */
+  readonly routing: MoveRouting | undefined;
+  /** Where it came from. */
+  readonly from: 'SHARDING_CONFIG_JSON' | 'recorded' | undefined;
+  /** What the review says of the routing, on its own line. */
+  readonly note: string;
+  /** Set where the routing given differs from one a runtime recorded recently: `--settle` is refused with it. */
+  readonly conflict?: string;
+  /** Set where `routing` is undefined: why, as each key's row left to the operator says. */
+  readonly unknown?: string;
+}
+
+function hours(ms: number): string {
+  return ms % 3_600_000 === 0 ? `${ms / 3_600_000} h` : `${Math.round(ms / 1000)} s`;
+}
+
+function age(ms: number): string {
+  const s = Math.round(ms / 1000);
+  return s < 120 ? `${s} s ago` : s < 7200 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
+}
+
+/** The records grouped by routing (unreadable rows each a group of their own), newest first. */
+function byRouting(recorded: readonly RecordedRouting[]): Array<{ routing: MoveRouting | undefined; text: string; records: RecordedRouting[] }> {
+  const groups: Array<{ routing: MoveRouting | undefined; text: string; records: RecordedRouting[] }> = [];
+  for (const r of recorded) {
+    const r0 = r.routing;
+    const group = r0 === undefined ? undefined : groups.find((g) => g.routing !== undefined && sameRouting(g.routing, r0));
+    if (group !== undefined) group.records.push(r);
+    else groups.push({ routing: r0, text: r0 === undefined ? `a routing this version cannot read (${r.raw})` : describeRouting(r0), records: [r] });
+  }
+  return groups;
+}
+
+/** `scaling-api (last built with it 2026-12-07T12:00:00.000Z, 35 min ago)`, each record of a group. */
+function whoRecorded(records: readonly RecordedRouting[]): string {
+  return records.map((r) => `${r.actor} (last built with it ${r.seenAt.toISOString()}, ${age(r.ageMs)})`).join(', ');
+}
+
+/**
+ * The routing the review judges a key's rows by, from the one the operator gave (`given`, from
+ * `SHARDING_CONFIG_JSON`; undefined: none) and the ones runtimes recorded within `withinMs`
+ * (`recorded`; undefined: the catalog has no table for them):
+ * - given, and every recent record the same: given (the routers' own);
+ * - given, and a recent record differs: given for a listing, and {@link ReviewRouting.conflict}
+ *   for `--settle`, which is refused naming both and who recorded it. Judged by a routing some
+ *   router does not use, a key's row could be reopened where that router does not send the key,
+ *   or set `moved` to where it does not look;
+ * - none given, and every recent record the same: the recorded one (the operator need not copy the
+ *   deployed document);
+ * - none given, and the records differ (a change of the routing whose old runtimes may still run),
+ *   or none recorded: none, the key's rows left to the operator, saying why;
+ * - given, and no record (none recent, or no table): given, as before migration 022, saying the
+ *   review could not check it.
+ * An unreadable record differs from every routing.
+ */
+export function routingForReview(given: MoveRouting | undefined, recorded: readonly RecordedRouting[] | undefined, withinMs: number): ReviewRouting {
+  const window = `within the last ${hours(withinMs)}`;
+  if (recorded === undefined) {
+    const missing = 'the catalog has no catalog.runtime_routings (sharding migration 022 not applied: ca-dms-scaling migrate), where the runtimes record the routing their routers use';
+    if (given !== undefined) return { routing: given, from: 'SHARDING_CONFIG_JSON', note: `judged by SHARDING_CONFIG_JSON's routing, ${describeRouting(given)}, unchecked: ${missing}` };
+    return { routing: undefined, from: undefined, note: `none: SHARDING_CONFIG_JSON is not set and ${missing}`, unknown: `the review was not given the sharding configuration, and ${missing}; where the key routes depends on it (whether pins override the hash: strategy and directory.override_hash): run it with SHARDING_CONFIG_JSON set (as the scaling API's function has it) or --local, or decide by hand` };
+  }
+  const groups = byRouting(recorded);
+  if (given !== undefined) {
+    const others = groups.filter((g) => g.routing === undefined || !sameRouting(g.routing, given));
+    if (groups.length === 0) {
+      return { routing: given, from: 'SHARDING_CONFIG_JSON', note: `judged by SHARDING_CONFIG_JSON's routing, ${describeRouting(given)}, unchecked: no runtime recorded its routing in catalog.runtime_routings ${window}` };
+    }
+    if (others.length === 0) {
+      return { routing: given, from: 'SHARDING_CONFIG_JSON', note: `judged by SHARDING_CONFIG_JSON's routing, ${describeRouting(given)}, the one the runtimes recorded ${window}: ${whoRecorded(recorded)}` };
+    }
+    const differing = others.map((g) => `${g.text}, recorded by ${whoRecorded(g.records)}`).join('; ');
+    const youngest = Math.floor(Math.min(...others.flatMap((g) => g.records.map((r) => r.ageMs))) / 1000);
+    const fromRecords = groups.length === 1 ? ` Unset SHARDING_CONFIG_JSON to judge by the recorded routing, or set it as the routers have it.` : ` The runtimes recorded more than one routing ${window} (a change of the routing whose earlier runtimes may still run): settle once they agree.`;
+    return {
+      routing: given,
+      from: 'SHARDING_CONFIG_JSON',
+      note: `SHARDING_CONFIG_JSON gives ${describeRouting(given)}, but runtimes recorded another routing ${window}, the one their routers run with: ${differing}. The rows are listed as SHARDING_CONFIG_JSON's routing judges them; --settle is refused until the two agree`,
+      conflict:
+        `--settle refused: SHARDING_CONFIG_JSON gives ${describeRouting(given)}, but runtimes recorded another routing ${window}, the one their routers run with: ${differing}. Judged by a routing a router does not use, a key's directory row could be reopened where that router does not send the key, or set moved to where it does not look. Nothing was read from the shards or settled.` +
+        `${fromRecords} ${
+          youngest < 60
+            ? `A runtime was built with it ${youngest} s ago: its routers most likely still run with it.`
+            : `Where every runtime built with it has stopped since (a deploy replaces the functions' runtimes at once; the last was built ${youngest} s ago), --recorded-within SECONDS under ${youngest} leaves its records out.`
+        } Without --settle the rows are listed.`,
+    };
+  }
+  if (groups.length === 0) {
+    return {
+      routing: undefined,
+      from: undefined,
+      note: `none: SHARDING_CONFIG_JSON is not set and no runtime recorded its routing in catalog.runtime_routings ${window}`,
+      unknown: `the review was not given the sharding configuration and no runtime recorded its routing ${window}, and where the key routes depends on it (whether pins override the hash: strategy and directory.override_hash): run it with SHARDING_CONFIG_JSON set (as the scaling API's function has it) or --local, or decide by hand`,
+    };
+  }
+  const [only] = groups;
+  if (groups.length === 1 && only?.routing !== undefined) {
+    return { routing: only.routing, from: 'recorded', note: `judged by the routing the runtimes recorded ${window}, ${describeRouting(only.routing)}: ${whoRecorded(only.records)}` };
+  }
+  const all = groups.map((g) => `${g.text}, recorded by ${whoRecorded(g.records)}`).join('; ');
+  return {
+    routing: undefined,
+    from: undefined,
+    note: `none: SHARDING_CONFIG_JSON is not set, and the runtimes recorded ${groups.length > 1 ? 'different routings' : 'a routing this version cannot read'} ${window}: ${all}`,
+    unknown: `the runtimes recorded ${groups.length > 1 ? 'different routings' : 'a routing this version cannot read'} ${window} (${groups.map((g) => g.text).join('; ')}), and where the key routes depends on which its routers use: once every runtime of the routing no longer deployed has stopped, --recorded-within SECONDS under the age of its last record leaves it out; or decide by hand`,
+  };
+}

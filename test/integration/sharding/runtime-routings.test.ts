@@ -1,0 +1,203 @@
+/**
+ * Issue #15: `ca-dms-scaling shards fences` judges a key's `directory` fence rows by the shard the
+ * key routes to, which depends on the routing (strategy, directory.override_hash, fallback,
+ * enabled). It read that from the operator's SHARDING_CONFIG_JSON alone, and a shell whose
+ * document differed from the deployed routers' had the rows settled by a route no router takes.
+ * Now every sharding runtime records the routing it runs with in the catalog
+ * (`catalog.runtime_routings`, sharding migration 022; runtime-routings.ts) as it is built, and the
+ * review uses the recorded routing where it is given none, and refuses `--settle` where the one it
+ * is given differs from one a runtime recorded recently (listing still works, saying so).
+ *
+ * The record must never stop a runtime from starting: a catalog without the table (a deploy that
+ * runs the code before the migration) or a login without the grant is told and the runtime starts.
+ */
+import type pg from 'pg';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { CliIo } from '../../../bin/commands/kit.js';
+import { createShardsCommand } from '../../../bin/commands/shards.js';
+import { createShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
+import { parseShardingConfig, type ShardingConfig } from '../../../functions/core/sharding/config.js';
+import { sqlstateOf } from '../../support/postgres.js';
+import { controlLogin, keysInSlot, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv();
+}, 120_000);
+afterAll(async () => {
+  await env?.stop();
+});
+// Each test starts from no record (the env's catalog is a superuser's: it may delete them).
+beforeEach(async () => {
+  await env.catalog.query('delete from catalog.runtime_routings');
+});
+
+/** The env's shards under `directory` (override_hash on unless given) and `strategy` (hash_based). */
+function configWith(directory: Record<string, unknown> = {}, strategy = 'hash_based'): ShardingConfig {
+  return parseShardingConfig({
+    strategy,
+    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url })),
+    default_shard: 'shard_a',
+    directory,
+  });
+}
+
+/** A runtime built and closed, as a function's cold start builds it: what it leaves in the catalog. */
+async function coldStart(actor: string, config: ShardingConfig, catalog: pg.Pool = env.catalog, onRoutingNotRecorded?: (error: unknown) => void): Promise<void> {
+  const runtime = await createShardingRuntime({ config, catalog, actor, pools: { max: 1 }, ...(onRoutingNotRecorded ? { onRoutingNotRecorded } : {}) });
+  await runtime.close();
+}
+
+async function records(): Promise<Array<{ actor: string; routing: unknown; seen_at: Date; first_seen_at: Date }>> {
+  return (await env.catalog.query<{ actor: string; routing: unknown; seen_at: Date; first_seen_at: Date }>('select actor, routing, seen_at, first_seen_at from catalog.runtime_routings order by actor, seen_at')).rows;
+}
+
+const PINS_ROUTE = { strategy: 'hash_based', override_hash: true, fallback: 'hash', enabled: true };
+const HASH_ONLY = { strategy: 'hash_based', override_hash: false, fallback: 'hash', enabled: true };
+
+describe('a sharding runtime records the routing it runs with (catalog.runtime_routings)', () => {
+  it('once per runtime built: the same actor and routing again moves its seen_at, another routing adds a row of its own', async () => {
+    await coldStart('scaling-api', configWith());
+    const [first] = await records();
+    expect(first).toMatchObject({ actor: 'scaling-api', routing: PINS_ROUTE });
+    await coldStart('scaling-api', configWith());
+    await coldStart('scaling-api', configWith({ override_hash: false }));
+    await coldStart('scaling-moves', configWith());
+
+    const rows = await records();
+    expect(rows.map((r) => [r.actor, r.routing])).toEqual([
+      ['scaling-api', PINS_ROUTE],
+      ['scaling-api', HASH_ONLY],
+      ['scaling-moves', PINS_ROUTE],
+    ]);
+    const again = rows[0];
+    expect(again?.first_seen_at).toEqual(first?.first_seen_at);
+    expect(again?.seen_at.getTime()).toBeGreaterThan(first?.seen_at.getTime() ?? Infinity);
+  });
+
+  it('as the control login (ca_dms_control), as on AWS: it records and reads, and may not delete a record', async () => {
+    const control = await controlLogin(env, 'routing_recorder');
+    try {
+      const failures: unknown[] = [];
+      await coldStart('scaling-moves', configWith({}, 'directory_based'), control, (e) => failures.push(e));
+      expect(failures).toEqual([]);
+      expect((await control.query('select actor, routing from catalog.runtime_routings')).rows).toEqual([
+        { actor: 'scaling-moves', routing: { strategy: 'directory_based', override_hash: true, fallback: 'hash', enabled: true } },
+      ]);
+      expect(await sqlstateOf(() => control.query('delete from catalog.runtime_routings'))).toBe('42501');
+    } finally {
+      await control.end();
+    }
+  });
+
+  it('starts all the same where the catalog has no table yet (a deploy running the code before sharding migration 022), telling why; a throwing logger changes nothing', async () => {
+    await env.catalog.query('alter table catalog.runtime_routings rename to runtime_routings_away');
+    try {
+      const failures: unknown[] = [];
+      const runtime = await createShardingRuntime({ config: configWith(), catalog: env.catalog, actor: 'scaling-api', pools: { max: 1 }, onRoutingNotRecorded: (e) => failures.push(e) });
+      try {
+        expect((await runtime.router.resolve(keysInSlot(5, 1)[0] as string)).shardId).toBe(await env.ownerOf(5));
+      } finally {
+        await runtime.close();
+      }
+      expect(failures.map((e) => (e as { code?: string }).code)).toEqual(['42P01']);
+      await coldStart('scaling-api', configWith(), env.catalog, () => {
+        throw new Error('the logger failed');
+      });
+    } finally {
+      await env.catalog.query('alter table catalog.runtime_routings_away rename to runtime_routings');
+    }
+  });
+});
+
+describe('shards fences judges by the routing the runtimes recorded', () => {
+  function capture(): { io: CliIo; out: string[] } {
+    const out: string[] = [];
+    return { io: { stdout: (t) => out.push(t), stderr: () => undefined, cwd: process.cwd() }, out };
+  }
+  const urls = (): Record<string, string> => ({
+    CATALOG_DATABASE_URL: env.urls.catalog,
+    SHARD_DATABASE_URLS: Object.entries(env.urls.shards).map(([id, url]) => `${id}=${url}`).join(','),
+  });
+  /** The deployed document's shape: credential-free URLs (only the routing is read). */
+  const document = (directory: Record<string, unknown> = {}): string =>
+    JSON.stringify({ strategy: 'hash_based', shards: Object.keys(env.urls.shards).map((id) => ({ shard_id: id, database_url: `postgresql://${id}.example.invalid:5432/ca_dms` })), default_shard: 'shard_a', directory });
+
+  /**
+   * A key of `slot` pinned (past the stores) to the shard that does not own its slot, and the
+   * `fenced` row a pin change killed between its fence and its settle left on its slot's owner:
+   * where the key routes depends on whether pins override the hash.
+   */
+  async function pinnedAwayWithDeadFence(slot: number): Promise<{ key: string; from: string; to: string; source: pg.Pool }> {
+    const { from, to, source } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await env.catalog.query(`insert into catalog.shard_directory (key, shard_id, updated_by) values ($1, $2, 'test')`, [key, to]);
+    await source.query(`insert into write_fences (kind, unit_id, state) values ('directory', $1, 'fenced')`, [key]);
+    return { key, from, to, source };
+  }
+
+  it("refuses --settle where SHARDING_CONFIG_JSON's routing differs from the one a runtime recorded, naming both and the actor; lists all the same, saying so", async () => {
+    // The deployed routers route by hash alone (override_hash off): the key goes to its slot's
+    // owner, whatever its pin. The operator's shell has a document with pins routing.
+    await coldStart('scaling-api', configWith({ override_hash: false }));
+    const { key, from, source } = await pinnedAwayWithDeadFence(2411);
+    const shell = { ...urls(), SHARDING_CONFIG_JSON: document() };
+
+    // Settled by the shell's routing, the key's row on its slot's owner, where every router sends
+    // its writes, was set moved to its pin's shard, where none does (CAF01 became CAF02): a row
+    // settled by a route no router takes.
+    const refused = createShardsCommand(shell).run(['fences', '--settle', '--older-than', '0'], capture().io);
+    await expect(refused).rejects.toThrow(
+      /^--settle refused: SHARDING_CONFIG_JSON gives hash_based \(override_hash on, fallback hash\), but runtimes recorded another routing within the last 24 h, the one their routers run with: hash_based \(override_hash off, fallback hash\), recorded by scaling-api \(last built with it .*\)\. .*Nothing was read from the shards or settled\. Unset SHARDING_CONFIG_JSON/,
+    );
+    expect(await unitFenceState(source, 'directory', key)).toBe('fenced');
+
+    const listed = capture();
+    await createShardsCommand(shell).run(['fences'], listed.io);
+    const text = listed.out.join('');
+    expect(text).toMatch(/\nrouting: SHARDING_CONFIG_JSON gives hash_based \(override_hash on, fallback hash\), but runtimes recorded another routing .*scaling-api.*--settle is refused until the two agree\n/);
+    expect(text).toContain(`${from}  directory ${key}  fenced`);
+  });
+
+  it('with no SHARDING_CONFIG_JSON, settles a key\'s rows by the routing the runtimes recorded (before, left to the operator)', async () => {
+    await coldStart('scaling-api', configWith());
+    await coldStart('scaling-moves', configWith());
+    const { key, from, to, source } = await pinnedAwayWithDeadFence(2412);
+
+    const settled = capture();
+    await createShardsCommand(urls()).run(['fences', '--settle', '--older-than', '0'], settled.io);
+    const text = settled.out.join('');
+    expect(text).toMatch(/\nrouting: judged by the routing the runtimes recorded within the last 24 h, hash_based \(override_hash on, fallback hash\): scaling-(api|moves) .*, scaling-(api|moves) /);
+    expect(text).toContain(`settled: moved to ${to}`);
+    expect(await unitFenceState(source, 'directory', key)).toBe('moved');
+    expect(from).not.toBe(to);
+  });
+
+  it('with no SHARDING_CONFIG_JSON and the runtimes disagreeing, leaves a key\'s rows to the operator naming both routings; --recorded-within leaves a gone runtime\'s record out', async () => {
+    await coldStart('scaling-moves', configWith({ override_hash: false }));
+    await coldStart('scaling-api', configWith());
+    const { key, source, to } = await pinnedAwayWithDeadFence(2413);
+
+    const left = capture();
+    await createShardsCommand(urls()).run(['fences', '--settle', '--older-than', '0'], left.io);
+    expect(left.out.join('')).toMatch(/not settled: the runtimes recorded different routings within the last 24 h \(hash_based \(override_hash on, fallback hash\); hash_based \(override_hash off, fallback hash\)\)/);
+    expect(await unitFenceState(source, 'directory', key)).toBe('fenced');
+
+    // The hash-only runtime was built two hours ago and has stopped since (a deploy): out of a one-hour window.
+    await env.catalog.query(`update catalog.runtime_routings set seen_at = now() - interval '2 hours' where actor = 'scaling-moves'`);
+    const settled = capture();
+    await createShardsCommand(urls()).run(['fences', '--settle', '--older-than', '0', '--recorded-within', '3600'], settled.io);
+    expect(settled.out.join('')).toContain(`settled: moved to ${to}`);
+  });
+
+  it('ages a record out after a day by default: a runtime not built with a routing for a day runs no router with it', async () => {
+    await coldStart('scaling-api', configWith({ override_hash: false }));
+    await env.catalog.query(`update catalog.runtime_routings set seen_at = now() - interval '25 hours'`);
+    const { key, source, to } = await pinnedAwayWithDeadFence(2414);
+    const settled = capture();
+    await createShardsCommand({ ...urls(), SHARDING_CONFIG_JSON: document() }).run(['fences', '--settle', '--older-than', '0'], settled.io);
+    expect(settled.out.join('')).toMatch(/\nrouting: judged by SHARDING_CONFIG_JSON's routing, hash_based \(override_hash on, fallback hash\), unchecked: no runtime recorded its routing in catalog.runtime_routings within the last 24 h\n/);
+    expect(settled.out.join('')).toContain(`settled: moved to ${to}`);
+    expect(await unitFenceState(source, 'directory', key)).toBe('moved');
+  });
+});
