@@ -1,7 +1,7 @@
 /**
  * A small forward-only migration runner. Each migration set (the control-plane catalog, the
  * CA-DMS shard schema) is a folder of `NNN_description.sql` files applied in order, each in its
- * own transaction, and recorded in `catalog.schema_migrations` with a checksum so an edited,
+ * own transaction (READ COMMITTED, whatever the default level), and recorded in `catalog.schema_migrations` with a checksum so an edited,
  * already-applied file is caught rather than silently ignored. Concurrent runners (two deploys,
  * two local starts) wait for each other migration by migration: each migration's transaction
  * locks `catalog.schema_migrations` (SHARE ROW EXCLUSIVE, which conflicts with itself) and
@@ -172,7 +172,14 @@ export async function runMigrations(pool: pg.Pool, set: string, dir: string, opt
         // The roles the migration names that did not exist when this attempt began (see createdMeanwhile).
         let absentRoles: readonly string[] = [];
         try {
-          const ran = await inClientTransaction(client, 'begin', async () => {
+          // READ COMMITTED whatever the login's or the database's default_transaction_isolation (an
+          // RDS parameter group may make it SERIALIZABLE): the migrations are written for it (they
+          // lock, then read what committed before the lock). At SERIALIZABLE, sharding migration
+          // 021 (which reads every slot map, then inserts the shards they name) and a slot move's
+          // flip committed meanwhile (which looked in that table for its own new shard) were each
+          // other's read/write conflict: the migration failed with 40001 after its whole read, at
+          // every deploy during which a move flipped (by-hand-cost-equivalence.test.ts).
+          const ran = await inClientTransaction(client, 'begin isolation level read committed', async () => {
             // A migration may run long (an index on a big table); the role's default statement
             // timeout (catalog migration 005) is for the functions' queries. Its lock waits are
             // bounded, though (see the module comment). Transaction-scoped, so neither outlives

@@ -13,7 +13,9 @@
  * BY_HAND_EQUIVALENCE_SEED replays one. Since sharding migrations 020 and 021, catalog.shard_known
  * reads "a slot map names it" from catalog.slot_map_shards, which the CAF08 trigger keeps: the
  * comparisons above cover maps recorded by that trigger; the last describe covers maps published
- * before 020 (read by 021's fill, which holds off no map insert) and concurrent writers.
+ * before 020 (read by 021's fill, which holds off no map insert, at any default isolation level),
+ * concurrent writers (READ COMMITTED to SERIALIZABLE), a first map skipped by ON CONFLICT DO NOTHING
+ * and one written after a TRUNCATE by an older snapshot.
  */
 import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,6 +23,8 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
+import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { MIGRATIONS, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 
 const SLOTS = 8;
@@ -428,10 +432,15 @@ describe('sharding migrations 020 and 021: catalog.shard_known from the table of
   const answer = (p: Promise<unknown>) => p.then(() => 'ok', (e: pg.DatabaseError) => `${e.code} ${e.message.slice(0, 80)}`);
   const pidOf = async (c: pg.Client) => (await c.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
 
-  it("021's fill of the maps published before 020 holds off no map insert, and leaves a shard a map's trigger recorded meanwhile as it is", async () => {
+  it.each(['read committed', 'repeatable read', 'serializable'])("021's fill of the maps published before 020 holds off no map insert, and leaves a shard a map's trigger recorded meanwhile as it is (the database's default isolation %s)", async (isolation) => {
+    // At a default of SERIALIZABLE, the fill (which read every map) and a flip committed meanwhile
+    // (which looked in the table for its new shard, which the fill then inserts) were each other's
+    // read/write conflict: the migration failed with 40001 after its whole read, at every deploy
+    // during which a move flipped. The runner begins each migration READ COMMITTED (migrate.ts).
     const upTo020 = mkdtempSync(join(tmpdir(), 'sharding-020-'));
-    const database = 'fill_live';
+    const database = `fill_live_${isolation.replace(' ', '_')}`;
     await admin.query(`create database ${database}`);
+    await admin.query(`alter database ${database} set default_transaction_isolation = '${isolation}'`);
     const pool = new pg.Pool({ connectionString: server.urlFor(database), max: 1 });
     pool.on('error', () => undefined);
     const connect = async () => {
@@ -544,4 +553,78 @@ describe('sharding migrations 020 and 021: catalog.shard_known from the table of
       }
     },
   );
+
+  it("a first map that lost to another process's (SlotMapStore.initialise: ON CONFLICT DO NOTHING) leaves no shard known that only it named", async () => {
+    // Two processes start on a catalog with no map, configured with different shards (a deploy
+    // that adds shard_004 while the old tasks still run): both find no map and insert version 1.
+    // The second waits for the first's, and its insert is skipped, the statement a success: what
+    // its trigger ran before the skip stays. 018 answered shard_004 unknown: no map names it.
+    await admin.query('truncate catalog.slot_maps, catalog.shard_directory, catalog.move_jobs');
+    const one = await session();
+    const two = await session();
+    try {
+      const twoPid = await pidOf(two);
+      const shards = (ids: readonly string[]) => buildSlotMap(ids.map((shardId) => ({ shardId, weight: 1 })), { slotCount: SLOTS });
+      await one.query('begin');
+      await new SlotMapStore(one).initialise(shards(['shard_001', 'shard_002', 'shard_003']), 'one');
+      const second = answer(new SlotMapStore(two).initialise(shards(['shard_001', 'shard_002', 'shard_003', 'shard_004']), 'two'));
+      await waiting(twoPid);
+      await one.query('commit');
+      expect(await second).toBe('ok');
+      const { rows } = await admin.query<{ created_by: string }>('select created_by from catalog.slot_maps');
+      expect(rows.map((r) => r.created_by)).toEqual(['one']);
+      expect(await answers(admin, ['shard_001', 'shard_002', 'shard_003', 'shard_004'])).toEqual([true, true, true, false]);
+      expect(await recorded()).toEqual(['shard_001', 'shard_002', 'shard_003']);
+    } finally {
+      await one.end();
+      await two.end();
+    }
+  });
+
+  it('the same version naming a new shard: the second is refused with 23505 at SERIALIZABLE too, as before 020, not with a serialization failure', async () => {
+    // At SERIALIZABLE, a unique violation on a key the transaction read absent is a serialization
+    // failure (PostgreSQL checks SSI conflicts before it reports the violation): the second map's
+    // look for shard_w in the table, then its insert of it, answered 40001 where 018 answered 23505
+    // (SlotMapStore's lost compare-and-set), once the first committed.
+    await admin.query('truncate catalog.slot_maps, catalog.shard_directory, catalog.move_jobs');
+    await insertMap(admin, 1, MAP);
+    const one = await session();
+    const two = await session();
+    try {
+      const twoPid = await pidOf(two);
+      await one.query('begin isolation level serializable');
+      await two.query('begin isolation level serializable');
+      await insertMap(one, 2, MAP.map((o, i) => (i === 4 ? 'shard_w' : o)));
+      const same = answer(insertMap(two, 2, MAP.map((o, i) => (i === 5 ? 'shard_w' : o))));
+      await waiting(twoPid);
+      await one.query('commit');
+      expect(await same).toBe('23505 duplicate key value violates unique constraint "slot_maps_pkey"');
+      await two.query('rollback');
+      expect(await recorded()).toEqual(['shard_001', 'shard_002', 'shard_003', 'shard_w']);
+    } finally {
+      await one.end();
+      await two.end();
+    }
+  });
+
+  it("a first map after a TRUNCATE of the maps, by a REPEATABLE READ transaction whose snapshot is older than it, records every owner", async () => {
+    // TRUNCATE is not MVCC-safe: a snapshot taken before it sees the maps gone (PostgreSQL docs,
+    // TRUNCATE), so the transaction's map is a first map, whose owners are all added where the
+    // table lacks them. Emptied by a DELETE, the table still showed that snapshot the shards it
+    // held before, and the map's owners among them were not added: shard_001 unknown, though the
+    // only map names it.
+    await admin.query('truncate catalog.slot_maps, catalog.shard_directory, catalog.move_jobs');
+    await insertMap(admin, 1, MAP);
+    const old = await session();
+    try {
+      await old.query('begin isolation level repeatable read');
+      await old.query('select count(*) from catalog.move_jobs');
+      await admin.query('truncate catalog.slot_maps');
+      await insertMap(old, 1, MAP.map((o, i) => (i === 0 ? 'shard_004' : o)));
+      await old.query('commit');
+      expect(await answers(admin, ['shard_001', 'shard_002', 'shard_003', 'shard_004'])).toEqual([true, true, true, true]);
+    } finally {
+      await old.end();
+    }
+  });
 });

@@ -19,17 +19,42 @@
 -- none, on 2 cores loaded by other work). A trigger of its own would read the maps again: zipping
 -- them costs about 2 ms there, checking every owner of the new map against the table
 -- (`assignments <@ array(...)`) 0.3 to 0.6 ms with 3 shards and about 5 ms with 64, growing with
--- the shards. A first map (no map before it) adds all its owners.
+-- the shards. A first map (no map before it) adds all its owners, each inserted whether or not the
+-- transaction's snapshot shows it in the table: a REPEATABLE READ snapshot taken before a TRUNCATE
+-- of the maps sees them gone (TRUNCATE is not MVCC-safe) but the table's rows, deleted by the same
+-- TRUNCATE's trigger, still there, and the owners of its first map went unrecorded (the insert
+-- finds the deleted row dead, and a shard there still live and committed is a unique_violation,
+-- caught: below).
+--
+-- The trigger fires AFTER INSERT (012 to 019 fired it BEFORE): its rows are written only for a map
+-- that is in the table. Fired before, it ran for a row that an `INSERT ... ON CONFLICT DO NOTHING`
+-- then skipped, the statement a success and the rows kept: SlotMapStore.initialise, two processes
+-- starting on a catalog with no map and configured with different shards (one that a deploy
+-- adds), left the loser's new shard known though no map names it. And it ran before the row's
+-- primary key was checked: two publications of one version (a lost compare-and-set) naming the
+-- same new shard met in this table first, where, at SERIALIZABLE, the second's unique_violation on
+-- a shard it had looked for is a serialization failure (PostgreSQL reports the SSI conflict
+-- first): 40001 where 018 answered 23505 (SlotMapVersionConflictError). Fired after, the second
+-- waits for the first's version and fails on it (23505) before reaching this table. Its refusals
+-- are the same, with the same text; a map both refused and a lost compare-and-set (another
+-- publication of its version committed meanwhile) is now refused as the latter (23505: read the
+-- map again, then publish), and a map refused and also failing a CHECK constraint of slot_maps (a
+-- superuser's SQL; the stores and catalog.publish_slot_map_by_hand check those first) names the
+-- constraint. About the same cost (the row read back, its assignments detoasted): an insert of a
+-- 4096-slot map changing one slot, no move jobs, the median of 200 in one transaction, the two
+-- alternated 7 times on 2 cores at load 3 to 7: 1.06 to 1.24 ms fired after (1.5 and 1.9 ms at the
+-- highest load), 1.01 to 1.30 ms fired before, 0.29 ms with the trigger off.
 --
 -- The rows are the transaction's own: a map rolled back (refused, a lost compare-and-set, a
 -- rollback) takes them back with it, so no shard is ever known for a map nobody published (the
 -- answer 018 gave). Two transactions naming the same new shard: the second insert waits for the
 -- first's (a unique index), then, if the first committed, does nothing (its unique_violation
 -- caught, not ON CONFLICT DO NOTHING: at REPEATABLE READ that raises a serialization failure
--- instead, and two publications of one version would answer 40001 where they answer 23505,
--- SlotMapVersionConflictError), and, if the first rolled back, inserts the shard itself. Each map's
--- new shards are inserted in one order (code points): two maps naming the same two new shards wait
--- for each other one way, never both ways (no deadlock).
+-- instead, and the second map would fail with 40001 where it is published; at SERIALIZABLE the
+-- unique_violation is itself a serialization failure, as any insert of a key read absent meanwhile
+-- is), and, if the first rolled back, inserts the shard itself. Each map's new shards are inserted
+-- in one order (code points): two maps naming the same two new shards wait for each other one way,
+-- never both ways (no deadlock).
 --
 -- And, for a map changed by other means than an insert: an UPDATE of a map (a superuser's; the
 -- control login may only read and insert maps) adds its new owners, a TRUNCATE of the maps empties
@@ -39,12 +64,17 @@
 -- triggers off (`session_replication_role = replica`, a superuser's) are not recorded, as they are
 -- not checked.
 --
--- Safe on a live catalog: a new table, and `create or replace` of 018's trigger function (same
--- signature and attributes). The lock below (SHARE ROW EXCLUSIVE, which every insert's ROW
--- EXCLUSIVE conflicts with) waits for the map inserts in flight (their trigger ran 018's function,
--- which records nothing) to end, and holds off new ones until this migration commits, a moment:
--- every map is then either committed before this migration (021 reads it) or recorded by its own
--- trigger. The runner's lock_timeout bounds the wait (a flip in flight ends in milliseconds).
+-- Safe on a live catalog: a new table, `create or replace` of 018's trigger function (same
+-- signature and attributes), and of 012's trigger (`create or replace trigger`, PostgreSQL 14: a
+-- DROP TRIGGER would take ACCESS EXCLUSIVE, holding off every read of the maps). The lock below
+-- (SHARE ROW EXCLUSIVE, which every insert's ROW EXCLUSIVE conflicts with; the routers' reads do
+-- not wait for it, and the triggers are created under it) waits for the map inserts in flight
+-- (their trigger ran 018's function, which records nothing) to end, and holds off new ones until
+-- this migration commits, a moment: every map is then either committed before this migration (021
+-- reads it) or recorded by its own trigger. The runner's lock_timeout bounds the wait (a flip in
+-- flight ends in milliseconds; a map by hand holds its insert while it counts rows on the shards,
+-- seconds: a flip queued behind this lock meanwhile ends at its fence budget as over budget, its
+-- fence given back, and flips at its next fence attempt).
 create table if not exists catalog.slot_map_shards (
   shard_id text primary key
 );
@@ -54,8 +84,9 @@ lock table catalog.slot_maps in share row exclusive mode;
 
 -- Adds each of `p_shards` (NULLs and duplicates ignored) that the table does not hold, one at a
 -- time in code-point order, a concurrent insert of the same shard waited for and then left as it
--- is (above). Called by the triggers below and by migration 021; no login may call it.
-create or replace function catalog.slot_map_shards_add(p_shards text[]) returns void
+-- is (above). Those the transaction's snapshot shows in the table are not tried, unless `p_every`
+-- (a first map: above). Called by the triggers below and by migration 021; no login may call it.
+create or replace function catalog.slot_map_shards_add(p_shards text[], p_every boolean default false) returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
@@ -65,7 +96,7 @@ declare
 begin
   for shard in
     select distinct s collate "C" from unnest(p_shards) s
-     where s is not null and not exists (select 1 from catalog.slot_map_shards k where k.shard_id = s)
+     where s is not null and (p_every or not exists (select 1 from catalog.slot_map_shards k where k.shard_id = s))
      order by 1
   loop
     begin
@@ -76,7 +107,7 @@ begin
   end loop;
 end
 $$;
-revoke all on function catalog.slot_map_shards_add(text[]) from public;
+revoke all on function catalog.slot_map_shards_add(text[], boolean) from public;
 
 -- Migration 018's trigger function, its refusals unchanged, recording the changed slots' owners
 -- the table does not hold (above). 018's one query over the changed slots is now a CTE read twice:
@@ -97,7 +128,7 @@ declare
 begin
   select m.assignments into previous from catalog.slot_maps m where m.version < new.version order by m.version desc limit 1;
   if previous is null then
-    perform catalog.slot_map_shards_add(new.assignments);
+    perform catalog.slot_map_shards_add(new.assignments, true);
     return new; -- the first map
   end if;
   if writer ~ '^move job #[0-9]{1,18}$' then
@@ -158,6 +189,10 @@ begin
           hint = 'change owners through moves; a recovery by hand: select * from catalog.publish_slot_map_by_hand(version, assignments, reason)';
 end
 $$;
+
+-- Fired AFTER INSERT (above): the same trigger as 012's, replaced in place.
+create or replace trigger slot_maps_owner_kept after insert on catalog.slot_maps
+  for each row execute function catalog.slot_maps_owner_kept();
 
 -- A map's owners changed by an UPDATE (a superuser's) are added; a TRUNCATE of the maps leaves
 -- none (above).

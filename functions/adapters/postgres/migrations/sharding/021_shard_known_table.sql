@@ -17,6 +17,10 @@
 -- that 020's trigger inserts too: a map naming a new shard while it runs waits at most for this
 -- migration's commit). Every map committed before 020 is seen here; every map inserted since was
 -- recorded by 020's trigger. Until this migration commits, catalog.shard_known answers as 018's.
+-- READ COMMITTED, as the runner begins every migration (migrate.ts): at a database's default of
+-- SERIALIZABLE, this read of every map and a flip committed meanwhile that looked in the table for
+-- its new shard were each other's read/write conflict, and the migration failed with 40001 (about
+-- 18 s of reading at 20,000 maps, 2 loaded cores) at every deploy during which a move flipped.
 --
 -- Safe on a live catalog and idempotent: rows added where absent, `create or replace function` of
 -- 018's function, same signature and attributes (its grants kept), nothing that needs a superuser.
