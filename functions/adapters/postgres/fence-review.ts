@@ -57,7 +57,7 @@ import { slotOf } from '../../core/sharding/hash.js';
 import type { MoveRouting } from '../../core/sharding/move-machine.js';
 import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline } from './deadline.js';
 import { failureKind } from './sqlstate.js';
-import { describeRows, keyRowsOn, pinnedKeysOf, slotRowsOn, type TableRows } from './unit-rows.js';
+import { describeRows, keyRowsOn, keysRowsOn, pinnedKeysOf, slotRowsOn, type TableRows } from './unit-rows.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 
@@ -207,6 +207,9 @@ type RowCounter = (
   unit: { readonly kind: 'slot' | 'slot routed'; readonly slot: number; readonly excluded: readonly string[] } | { readonly kind: 'directory'; readonly key: string },
 ) => Promise<TableRows[]>;
 
+/** Counts many keys' rows on a shard at once, as {@link RowCounter} counts one's (`keysRowsOn`): by key, keys without rows absent; throws where the shard does not answer. */
+type KeysCounter = (shard: string, keys: readonly string[]) => Promise<Map<string, TableRows[]>>;
+
 /** A judged row with how it would be settled. */
 interface Judged {
   readonly shard: string;
@@ -292,6 +295,8 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
     // Counted within the time the settles have: a silent shard leaves its rows withheld, not the review hung.
     const count: RowCounter = (shard, unit) =>
       byDeadline(countUnitRows(options.shards.get(shard) as Queryable, unit), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
+    const countKeys: KeysCounter = (shard, keys) =>
+      byDeadline(keysRowsOn(options.shards.get(shard) as Queryable, keys), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
     const { map, judged, explained } = await judgeRows(catalog, read, {
       all: options.all === true,
       minAge,
@@ -299,6 +304,7 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
       routing: options.routing,
       ...(options.routingUnknown === undefined ? {} : { routingUnknown: options.routingUnknown }),
       count,
+      countKeys,
       read: new Set(read.keys()),
       given: new Set(options.shards.keys()),
     });
@@ -727,12 +733,22 @@ export async function listFences(options: FenceListingOptions): Promise<FenceRev
       throw new Error(shardFailure(err), { cause: err });
     }
   };
+  const countKeys: KeysCounter = async (shard, keys) => {
+    const pool = options.shards.get(shard) as pg.Pool;
+    try {
+      return await withNodeDeadline(pool, options.timeoutMs, shard, (c) => keysRowsOn(c, keys));
+    } catch (err) {
+      options.onFailure?.({ what: "counting keys' rows", shardId: shard, error: err });
+      throw new Error(shardFailure(err), { cause: err });
+    }
+  };
   const { map, judged, explained } = await judgeRows(options.catalog, read, {
     all: options.all === true,
     minAge: options.olderThanMs ?? DEFAULT_REVIEW_MIN_AGE_MS,
     changeInFlight: undefined,
     routing: options.routing,
     count,
+    countKeys,
     read: new Set(read.keys()),
     given: new Set(options.shards.keys()),
   });
@@ -749,6 +765,8 @@ interface JudgeOptions {
   readonly routingUnknown?: string;
   /** Counts the rows a reopen of a `moved` row would bring back into sight ({@link countUnitRows}, bounded by the caller). */
   readonly count: RowCounter;
+  /** Counts many keys' rows on a shard at once: the keys whose rows {@link rowsBehind} may count, before it judges them. */
+  readonly countKeys: KeysCounter;
   /** The shards whose rows were read (given, and answering): a unit's rows are counted only on those. */
   readonly read: ReadonlySet<string>;
   /** The shards given to the review (read or not): the deployment's. */
@@ -797,7 +815,7 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
   // One unfinished move a slot (move_jobs_one_active_per_slot): a slot's, or a key's of that slot.
   const unfinishedBySlot = new Map(jobs.filter((j) => !FINISHED.has(j.state)).map((j) => [j.slot, j]));
   const rowOn = new Map([...read].map(([shard, list]) => [shard, new Map(list.map((r) => [`${r.kind}:${r.unit_id}`, r]))]));
-  const judged: Judged[] = [];
+  const pending: Array<Judged & { readonly behind: boolean }> = [];
   let explained = 0;
   const pinnedRead = new Map<number, Promise<readonly string[]>>();
   const catalogFacts: CatalogFacts = {
@@ -850,10 +868,34 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
         action: verdict?.action ?? 'none',
         ...(verdict?.withheld === undefined ? {} : { withheld: verdict.withheld }),
       };
-      let withheld = base.withheld ?? (base.action === 'reopen' ? reopenWithheld(base, o.minAge, o.changeInFlight) : undefined);
-      if (withheld === undefined && base.action === 'reopen' && (r.state === 'moved' || r.state === 'fenced')) withheld = await rowsBehind(r, shard, rowOn, o, catalogFacts);
-      judged.push({ shard, read: r, row: withheld === undefined ? base : { ...base, withheld }, plan: verdict?.plan ?? {} });
+      const withheld = base.withheld ?? (base.action === 'reopen' ? reopenWithheld(base, o.minAge, o.changeInFlight) : undefined);
+      pending.push({ shard, read: r, row: withheld === undefined ? base : { ...base, withheld }, plan: verdict?.plan ?? {}, behind: withheld === undefined && base.action === 'reopen' && (r.state === 'moved' || r.state === 'fenced') });
     }
+  }
+  // The keys whose rows rowsBehind may count, counted first, all at once on each shard read: a
+  // `fenced` key row is counted on every other shard given, and counted one key and one shard at a
+  // time (three round trips each through the API's bounded connections), 2,000 such rows on three
+  // shards took 24.7 s at a round trip of about 1 ms, of the API's 27 s (API Gateway's 29 s):
+  // each page of GET /shards/fences, which lists the whole and answers a page, paid it again.
+  // And the keys a slot's reopen may hand back to its shard that a pin once sent elsewhere (keysOnceRoutedElsewhere).
+  const behindSlots = new Set(pending.flatMap((p) => (p.behind && p.read.kind === 'slot' ? [Number(p.read.unit_id)] : [])));
+  const behindKeys = [
+    ...new Set([
+      ...pending.flatMap((p) => (p.behind && p.read.kind === 'directory' ? [p.read.unit_id] : [])),
+      ...(behindSlots.size === 0 ? [] : rows.flatMap((x) => (x.kind === 'directory' && x.state !== 'open' && behindSlots.has(slotOf(x.unit_id)) ? [x.unit_id] : []))),
+    ]),
+  ];
+  const keyCounts = new Map<string, Promise<Map<string, TableRows[]>>>();
+  for (const on of behindKeys.length === 0 ? [] : o.read) {
+    const counting = o.countKeys(on, behindKeys);
+    counting.catch(() => undefined); // Told to each row that asks (rowsBehind): none is left unhandled meanwhile.
+    keyCounts.set(on, counting);
+  }
+  const counts: JudgeOptions = { ...o, count: async (on, unit) => (unit.kind === 'directory' && keyCounts.has(on) ? ((await keyCounts.get(on))?.get(unit.key) ?? []) : o.count(on, unit)) };
+  const judged: Judged[] = [];
+  for (const { behind, ...p } of pending) {
+    const withheld = behind ? await rowsBehind(p.read, p.shard, rowOn, counts, catalogFacts) : undefined;
+    judged.push(withheld === undefined ? p : { ...p, row: { ...p.row, withheld } });
   }
   return { map, judged, explained };
 }
@@ -944,7 +986,15 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
   // their rows are). Where the review cannot tell whether pins route (no routing given), the
   // pinned keys' rows are counted too: with pins routing nothing, they go where the slot goes.
   const pinsRoute = o.routing !== undefined && o.routing.enabled !== false && o.routing.strategy !== 'range_based' && (o.routing.strategy === 'directory_based' || o.routing.overrideHash);
-  for (const to of elsewhere) {
+  // Where the unit's writes went on from a shard counted, by a `moved` row there (the shard it came from).
+  const via = new Map<string, string>();
+  for (let i = 0; i < elsewhere.length; i += 1) {
+    const to = elsewhere[i] as string;
+    const from = via.get(to);
+    const whereTo = from === undefined ? where : `${where} (moved on from ${from})`;
+    if (!o.read.has(to)) {
+      return `${to}, ${whereTo}, was not read (not given, or it did not answer): the ${noun}'s rows there could not be counted (its route may have changed past the stores, its rows staying there); settle again with ${to}`;
+    }
     // Rows of the unit behind a move's `moved` row of it there are that move's leftovers (its clean-up
     // keeps a user that still owns documents stored under another slot), not the unit's live rows.
     // Behind any other row they are the unit's own: a hand change counts the unit's rows before it
@@ -955,7 +1005,29 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
     // (owner-change-review-directory.test.ts, "... under a pin change's dead fence ..."); a slot
     // given back past the stores likewise (owner-change-review-slot-rows-elsewhere.test.ts).
     const theirs = rowOn.get(to)?.get(unit.kind === 'slot' ? `slot:${unit.slot}` : `directory:${unit.key}`);
+    // Its `moved` row there sent the unit's writes on, and its rows with them where a move took
+    // them: counted there too. Not followed, a slot given by hand to B, moved on from B to C by a
+    // move, then given back to this shard past the stores, had this row reopened (B's rows behind
+    // the move's row taken for leftovers, C never counted), this shard taking the slot's writes, its
+    // rows on C (owner-change-review-slot-rows-elsewhere.test.ts, "... moved the slot on ...").
+    const onTo = theirs?.state === 'moved' ? theirs.moved_to : null;
+    if (onTo !== null && onTo !== shard && onTo !== to && !elsewhere.includes(onTo)) {
+      elsewhere.push(onTo);
+      via.set(onTo, to);
+    }
     if (theirs !== undefined && theirs.state === 'moved' && theirs.job_id !== null) continue;
+    // A key with no row of its own there is decided for by its slot's row there ("Which row
+    // applies"): behind a slot move's `moved` row that does not keep the key out, its rows are that
+    // move's leftovers too (the kept user of a document stored under another slot), refused to every
+    // writer since (CAF02; a pin sending the key there is refused by the stores for that row).
+    // Counted as the key's live rows, a pin change's dead fence on the shard the key routes to (by
+    // hash, after the slot's move there) was left for good, its writes refused there (CAF01), the
+    // way out it named (pin it back there) one that reads the leftovers as they were before the move
+    // (owner-change-review-slot-rows-elsewhere.test.ts, "... a finished slot move's leftovers ...").
+    if (unit.kind === 'directory' && theirs === undefined) {
+      const slotRow = rowOn.get(to)?.get(`slot:${slotOf(unit.key)}`);
+      if (slotRow !== undefined && slotRow.state === 'moved' && slotRow.job_id !== null && !(slotRow.excluded_keys ?? []).includes(unit.key)) continue;
+    }
     const over =
       theirs === undefined || theirs.state === 'open'
         ? `no row of the ${noun} refusing them`
@@ -968,7 +1040,7 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
       if (there.length === 0) continue;
       const how = r.state === 'moved' ? '' : `the hand change of its pin that left this row pinned it to ${to} and died after its commit (or it was pinned there since), and `;
       return (
-        `the key's rows are on ${to} (${describeRows(there)}), ${where}, and ${to} has ${over}: ${how}its route was changed to ${shard} past the stores (an unpin or a pin made by SQL, which nothing counts); reopened, ${shard} would take the key's writes while its rows stay on ${to}, out of its readers' sight. ` +
+        `the key's rows are on ${to} (${describeRows(there)}), ${whereTo}, and ${to} has ${over}: ${how}its route was changed to ${shard} past the stores (an unpin or a pin made by SQL, which nothing counts); reopened, ${shard} would take the key's writes while its rows stay on ${to}, out of its readers' sight. ` +
         `Pin it back to ${to}, or move it: pinned to ${to}, POST /shards/moves {"kind":"directory","unit":"${unit.key}","to":"${shard}"} (docs/sharding-spec.md section 9, "An owner changed outside a move")`
       );
     }
@@ -984,9 +1056,60 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
     const pinsCounted = pinsRoute ? 'less those of keys the directory pins' : `the rows of keys the directory pins counted too, as ${o.routing === undefined ? 'the review was not given the sharding configuration (whether pins route)' : 'pins route no key under the sharding configuration'}`;
     const how = r.state === 'moved' ? '' : `the hand change that left this row gave it to ${to} and died after its commit (or a map gave it there since), and `;
     return (
-      `the slot's rows are on ${to} (${describeRows(there)}; ${pinsCounted}), ${where}, and ${to} has ${over}: ${how}the slot was given to ${shard} past the stores (a map published with rowsLeftOn 'checked', or by SQL, which counts and fences nothing), its rows staying on ${to}; reopened, ${shard} would take the slot's writes while its rows stay on ${to}, out of its readers' sight. ` +
+      `the slot's rows are on ${to} (${describeRows(there)}; ${pinsCounted}), ${whereTo}, and ${to} has ${over}: ${how}the slot was given to ${shard} past the stores (a map published with rowsLeftOn 'checked', or by SQL, which counts and fences nothing), its rows staying on ${to}; reopened, ${shard} would take the slot's writes while its rows stay on ${to}, out of its readers' sight. ` +
       `Give the slot back to ${to} by hand through the stores (given the shards' pools: they count ${shard}'s rows of it and fence it), then, to have it on ${shard}, move it: POST /shards/moves {"kind":"slot","unit":"${unit.slot}","to":"${shard}"}; or, having put its rows on ${to} in order by hand, delete this row (docs/sharding-spec.md section 9, "An owner changed outside a move")`
     );
+  }
+  if (unit.kind === 'slot') return keysOnceRoutedElsewhere(shard, unit, rowOn, o, catalog, pinsRoute, counted);
+  return undefined;
+}
+
+/**
+ * For a slot's row {@link rowsBehind} would reopen: the keys of the slot a reopen hands to this
+ * shard (not pinned where pins route, not in the row's `excluded_keys`, which it lets through
+ * already) that a pin once sent elsewhere, told by a `directory` row of theirs (not `open`) on any
+ * shard read, each counted on every other shard read (not a finished move's leftovers there:
+ * behind its `moved` row of the key, or of the slot where the key has no row of its own). Such a
+ * key's rows there mean its pin was deleted past the stores (which refuse an unpin while its rows
+ * are on the pin's shard, and while it has a `directory` row on any shard), its rows staying on the
+ * shard it was pinned to: not counted, a slot given by hand to B, a key of it pinned to C through
+ * the stores (B's row of the key `moved` to C), the slot given back to A and the pin deleted past
+ * the stores, had A's row reopened, A then acknowledging the key's updates touching nothing, its
+ * rows on C (owner-change-review-slot-rows-elsewhere.test.ts, "... unpinned past the stores ...").
+ */
+async function keysOnceRoutedElsewhere(
+  shard: string,
+  unit: { readonly kind: 'slot'; readonly slot: number; readonly excluded: readonly string[] },
+  rowOn: ReadonlyMap<string, ReadonlyMap<string, FenceRowRead>>,
+  o: JudgeOptions,
+  catalog: CatalogFacts,
+  pinsRoute: boolean,
+  counted: (on: string, rows: Parameters<RowCounter>[1]) => Promise<TableRows[] | string>,
+): Promise<string | undefined> {
+  const once = new Set<string>();
+  for (const rows of rowOn.values()) for (const x of rows.values()) if (x.kind === 'directory' && x.state !== 'open' && slotOf(x.unit_id) === unit.slot && !unit.excluded.includes(x.unit_id)) once.add(x.unit_id);
+  if (once.size === 0) return undefined;
+  let pinned: ReadonlySet<string>;
+  try {
+    pinned = new Set(pinsRoute ? await catalog.pinnedOf(unit.slot) : []);
+  } catch (err) {
+    return `the directory's keys of slot ${unit.slot} could not be read (${err instanceof Error ? err.message : String(err)}): the rows of its keys a pin once sent elsewhere could not be counted; settle again`;
+  }
+  for (const key of [...once].filter((k) => !pinned.has(k)).sort()) {
+    for (const on of [...o.read].sort()) {
+      if (on === shard) continue;
+      const own = rowOn.get(on)?.get(`directory:${key}`);
+      if (own !== undefined && own.state === 'moved' && own.job_id !== null) continue;
+      const slotRow = rowOn.get(on)?.get(`slot:${unit.slot}`);
+      if (own === undefined && slotRow !== undefined && slotRow.state === 'moved' && slotRow.job_id !== null && !(slotRow.excluded_keys ?? []).includes(key)) continue;
+      const there = await counted(on, { kind: 'directory', key });
+      if (typeof there === 'string') return there;
+      if (there.length === 0) continue;
+      return (
+        `the rows of key ${key} of the slot are on ${on} (${describeRows(there)}), and the key routes by the slot now (${pinsRoute ? 'no pin' : 'pins route no key, or the review was not given the sharding configuration'}), though a pin once sent it elsewhere (a 'directory' row of it stands on a shard): its pin was deleted past the stores (which refuse an unpin while its rows are on the pin's shard), its rows staying on ${on}; reopened, ${shard} would take the key's writes while its rows stay on ${on}, out of its readers' sight. ` +
+        `Pin it back to ${on} (then this row may be settled), or put its rows in order by hand (docs/sharding-spec.md section 9, "An owner changed outside a move")`
+      );
+    }
   }
   return undefined;
 }

@@ -16,15 +16,20 @@
  * (not the slot's: their pins route them) left out of the count. The same through A's `fenced`
  * row, which names no new owner: a change to B that died after its commit (its settle lost), the
  * slot given back past the stores since, looked like one that died before it, and was reopened.
+ * Then what the review must follow or leave out: the slot's rows moved on from B to C by a
+ * finished move (B's `moved` row sends them on), a key of the slot unpinned past the stores with
+ * its rows on the shard it was pinned to, a finished slot move's leftovers (not a key's live rows),
+ * and the cost of counting a key's rows on every other shard (2,000 rows through the API's bounds).
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { reviewFences, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
+import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import { listFences, reviewFences, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import type { ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countingStores, dyingAfterFence, keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { countingStores, deletePinPastGuard, dyingAfterFence, keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 import { placementViolations, runModelWrites, staleWriter, type ModelWrites, type UserModel } from './fixtures/torture-writes.js';
 
 /** hash_based with directory.override_hash on: the routing the stores and the writers here route by. */
@@ -190,5 +195,138 @@ describe("a slot's moved row on the shard the map names, the slot's rows on the 
     const writer = await freshWriter();
     const written = await writer.withShardWrite(after, async ({ client }) => (await client.query(`insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'after')`, [after, slot])).rowCount);
     expect({ shard: written.shardId, rows: written.value }).toEqual({ shard: A, rows: 1 });
+  }, 120_000);
+});
+
+describe("a slot's rows moved on from the shard its row sends them to", () => {
+  it("reopens no moved row whose moved_to shard moved the slot on to a third shard by a finished move, the slot given back past the stores while its rows stayed there: reopened, the map's owner took the slot's writes out of sight of its rows", async () => {
+    const slot = 2406;
+    const { A, B, C, keys, model } = await slotWrittenOnB(slot);
+    // The slot moved on from B to C by a move (B's row moved to C, by the job; its rows copied, B's deleted).
+    const mover = env.mover({ readerGraceMs: 0 });
+    expect((await mover.run((await mover.plan({ kind: 'slot', slot, to: C, createdBy: 'test' })).id)).state).toBe('done');
+    expect(await unitFenceState(env.shards.get(B) as pg.Pool, 'slot', String(slot))).toBe('moved');
+    await givenBackPastTheStores(slot, A);
+    const settled = await review();
+    // Reopened (B's rows behind its moved row taken for the move's leftovers, C never counted), A took the new user, the rename touched nothing.
+    expect(await writesThroughFreshRouter(slot, keys)).toEqual([expect.stringMatching(/^refused/), expect.stringMatching(/^refused/)]);
+    expect(await unitFenceState(env.shards.get(A) as pg.Pool, 'slot', String(slot))).toBe('moved');
+    expect(await placementViolations(env, 'user 0', keys[0] as string, C, model)).toEqual([]);
+    expect(rowOf(settled.rows, A, slot)?.outcome).toMatch(new RegExp(`^left: the slot's rows are on ${C} \\(1 in users, 1 in documents; less those of keys the directory pins\\), where this row sends its writes \\(moved on from ${B}\\)`));
+  }, 120_000);
+});
+
+describe("a key of the slot unpinned past the stores, its rows on the third shard it was pinned to", () => {
+  it("reopens no moved row of the slot where a key of it, pinned to a third shard through the stores, was unpinned past them, its rows staying there: reopened, the map's owner took the key's writes out of sight of its rows", async () => {
+    const slot = 2407;
+    const { A, B, C, keys } = await slotWrittenOnB(slot);
+    const pinned = keys[2] as string;
+    // The slot's own rows on B emptied (its first user deleted where it lives), then the slot given back to A past the stores: honest for the slot's rows.
+    await (await freshWriter()).withShardWrite(keys[0] as string, async ({ client }) => client.query('delete from users where id = $1', [keys[0]]));
+    await givenBackPastTheStores(slot, A);
+    // The key pinned to C (B's row of it moved to C) unpinned past the stores' guard, which refuses it for its rows on C: it routes by the slot to A now.
+    expect(await unitFenceState(env.shards.get(B) as pg.Pool, 'directory', pinned)).toBe('moved');
+    expect(await deletePinPastGuard(env.catalog, pinned)).toBe(true);
+    const rename = async (): Promise<string> =>
+      (await freshWriter()).withShardWrite(pinned, async ({ client }) => (await client.query(`update users set display_name = 'renamed' where id = $1`, [pinned])).rowCount).then(
+        (r) => `acknowledged on ${r.shardId} (${String(r.value)} row)`,
+        (e: Error) => `refused: ${e.message.slice(0, 60)}`,
+      );
+    expect(await rename()).toMatch(/^refused/);
+    const settled = await review();
+    // Reopened, A acknowledged the key's rename touching nothing, its user on C, out of A's readers' sight.
+    expect(await rename()).toMatch(/^refused/);
+    expect(await unitFenceState(env.shards.get(A) as pg.Pool, 'slot', String(slot))).toBe('moved');
+    expect(rowOf(settled.rows, A, slot)?.outcome).toMatch(new RegExp(`^left: the rows of key ${pinned} of the slot are on ${C} \\(1 in users, 1 in documents\\), and the key routes by the slot now \\(no pin\\), though a pin once sent it elsewhere`));
+  }, 120_000);
+});
+
+describe("rows of the unit elsewhere that are a finished move's leftovers, not its live rows", () => {
+  it("reopens a key's dead pin-change fence where the key's only rows on another shard are a finished slot move's leftovers behind that shard's moved row of the key's slot (counted as live, the key was refused for good)", async () => {
+    const slot = 2405;
+    const { from: A, to: B, third: C } = await threeShardsOf(env, slot);
+    const [source, target] = [env.shards.get(A) as pg.Pool, env.shards.get(B) as pg.Pool];
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [key], 1);
+    // A document of the user under another slot, written before shard migration 015 (its foreign
+    // keys skipped): the slot move's clean-up keeps the user on A, behind A's `moved` row of the slot.
+    await source.query(`begin; set local session_replication_role = replica; insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), '${key}', ${slot + 100}, 'before 015'); commit`);
+    const mover = env.mover({ readerGraceMs: 0 });
+    expect((await mover.run((await mover.plan({ kind: 'slot', slot, to: B, createdBy: 'test' })).id)).state).toBe('done');
+    expect({ kept: (await source.query('select 1 from users where id = $1', [key])).rows.length, fence: await unitFenceState(source, 'slot', String(slot)) }).toEqual({ kept: 1, fence: 'moved' });
+    // A pin of the key to C by a process that died after its fence on B: refused for the key's rows
+    // there (counted after the fence), its put-back lost; the key still routes to B by hash.
+    const { pools, dying } = dyingAfterFence(env.shards, B, env.urls.shards[B] as string);
+    try {
+      const store = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: pools });
+      expect(await refusalOf(store.set(key, C, 'ops@example.com'))).toBeInstanceOf(DirectoryRowsLeftError);
+    } finally {
+      await dying.end();
+    }
+    expect({ pin: await env.directory.get(key), fence: await unitFenceState(target, 'directory', key) }).toEqual({ pin: null, fence: 'fenced' });
+    const settled = await review();
+    // Left, B refused the key's writes (CAF01) for good, for rows on A no reader routes to: the
+    // move's leftovers, which A's moved row of the slot keeps out of sight (and pinned back to A as
+    // the row asked, the key's readers had read them as they were before the move).
+    const row = settled.rows.find((r) => r.shard === B && r.kind === 'directory' && r.unitId === key);
+    expect(row).toMatchObject({ route: B, action: 'reopen' });
+    expect(row?.outcome).toBe(`settled: reopened (deleted), ${B} takes the key's writes`);
+    const writer = await freshWriter();
+    const written = await writer.withShardWrite(key, async ({ client }) => (await client.query(`update users set display_name = 'renamed' where id = $1`, [key])).rowCount);
+    expect({ shard: written.shardId, rows: written.value }).toEqual({ shard: B, rows: 1 });
+  }, 120_000);
+});
+
+describe("the cost of counting a key's rows on every other shard", () => {
+  /** `pool` as if a round trip away (`rttMs` before each statement and each connection), counting the statements sent. */
+  function distant(pool: pg.Pool, rttMs: number, sent: { n: number }): pg.Pool {
+    const wait = (): Promise<void> => new Promise((r) => setTimeout(r, rttMs));
+    const through = <T extends object>(target: T, query: (...a: unknown[]) => Promise<unknown>): T =>
+      new Proxy(target, {
+        get(t, prop) {
+          if (prop === 'query')
+            return async (...a: unknown[]) => {
+              sent.n += 1;
+              await wait();
+              return query.call(t, ...a);
+            };
+          if (prop === 'connect' && t === (pool as object))
+            return async () => {
+              const c = await pool.connect();
+              await wait();
+              return through(c, c.query as (...a: unknown[]) => Promise<unknown>);
+            };
+          const value = Reflect.get(t, prop, t) as unknown;
+          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(t) : value;
+        },
+      });
+    return through(pool, pool.query as (...a: unknown[]) => Promise<unknown>);
+  }
+
+  it("lists 2,000 pin changes' dead fences, each key counted on every other shard, in a few statements a shard (one a key and a shard took 24.7 s at a 1 ms round trip, of the API's 27 s)", async () => {
+    const map = await env.slotMaps.current();
+    const R = map.assignments[3000] as string;
+    const keys = map.assignments.flatMap((o, slot) => (o === R && slot >= 3000 ? keysInSlot(slot, 2) : [])).slice(0, 2000);
+    expect(keys).toHaveLength(2000);
+    const pool = env.shards.get(R) as pg.Pool;
+    // Left by pin changes that died after their fence, before their commit, an hour ago: each key routes to R by hash.
+    await pool.query(`insert into write_fences (kind, unit_id, state) select 'directory', k, 'fenced' from unnest($1::text[]) k`, [keys]);
+    try {
+      await pool.query(`update write_fences set updated_at = now() - interval '1 hour' where kind = 'directory' and unit_id = any($1::text[])`, [keys]);
+      const sent = { n: 0 };
+      const started = Date.now();
+      const listed = await listFences({
+        catalog: distant(env.catalog, 1, sent),
+        shards: new Map([...env.shards].map(([id, p]) => [id, distant(p, 1, sent)])),
+        timeoutMs: 10_000,
+        routing: PINS_ROUTE,
+      });
+      const tookMs = Date.now() - started;
+      const ours = listed.rows.filter((r) => r.shard === R && r.kind === 'directory' && keys.includes(r.unitId));
+      expect({ rows: ours.length, reopen: ours.filter((r) => r.action === 'reopen' && r.withheld === undefined).length }).toEqual({ rows: 2000, reopen: 2000 });
+      expect({ few: sent.n < 100, fast: tookMs < 5_000 }).toEqual({ few: true, fast: true });
+    } finally {
+      await pool.query(`delete from write_fences where kind = 'directory' and unit_id = any($1::text[])`, [keys]);
+    }
   }, 120_000);
 });

@@ -8,7 +8,12 @@
  * or rolls back, some by a process that dies after its fence (its put-back or settle lost: the old
  * owner's row left `fenced`), unpins, directory moves and slot moves (the Mover), and reviews that
  * settle with `--older-than 0` (the routing of hash_based with directory.override_hash on, as the
- * stores route), alone or at the same time as another change; and writers whose routers hold
+ * stores route), alone or at the same time as another change; owner changes past the stores made
+ * as an operator's recovery makes them (a map published with `rowsLeftOn: 'checked'`, a pin
+ * deleted by SQL past the guard), honestly: the unit's users emptied first, no write meanwhile, and
+ * every router given the catalog's routes right after (no stale map or directory cache of before
+ * it is used again), so that the review must settle what they leave over the rows of dead changes
+ * (a give-back over a change that died after its commit) and refuse nothing for good; and writers whose routers hold
  * STALE maps and directory caches (re-read only when a write is refused), inserting, updating and
  * deleting users and documents of 2 slots over 3 shards while all this runs.
  *
@@ -31,7 +36,7 @@ import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-stor
 import type { ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { moveSlots, type SlotMap } from '../../../functions/core/sharding/slot-map.js';
-import { dyingAfterFence as dyingAfterFenceOf, keysInSlot, shardIds, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { deletePinPastGuard, dyingAfterFence as dyingAfterFenceOf, keysInSlot, shardIds, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { placementViolations, runModelWrites, staleWriter as modelWriter, writeArb, type ModelWrites, type UserModel, type Write } from './fixtures/torture-writes.js';
 
 const SHARDS = shardIds(3);
@@ -48,6 +53,8 @@ type Action =
   | { readonly kind: 'pin'; readonly slot: number; readonly user: number; readonly to: number; readonly how: How; readonly repin: boolean }
   | { readonly kind: 'unpin'; readonly slot: number; readonly user: number }
   | { readonly kind: 'dirmove'; readonly slot: number; readonly user: number; readonly to: number }
+  | { readonly kind: 'checked'; readonly slot: number; readonly to: number }
+  | { readonly kind: 'sqlunpin'; readonly slot: number; readonly user: number }
   | { readonly kind: 'review' }
   | { readonly kind: 'stale'; readonly writer: number; readonly back: number }
   | { readonly kind: 'none' }
@@ -59,6 +66,12 @@ interface Step {
   readonly empty: boolean;
 }
 
+/** An owner change past the stores' count and fence, made by an operator who has checked the unit's rows. */
+function pastTheStores(a: Action): a is Extract<Action, { kind: 'checked' | 'sqlunpin' }> {
+  return a.kind === 'checked' || a.kind === 'sqlunpin';
+}
+const pastIn = (a: Action): boolean => pastTheStores(a) || (a.kind === 'both' && (pastIn(a.first) || pastIn(a.second)));
+
 const howArb = fc.constantFrom<How>('plain', 'plain', 'commit', 'rollback', 'dies', 'dies');
 const oneArb: fc.Arbitrary<Action> = fc.oneof(
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('publish' as const), slot: fc.nat(1), to: fc.integer({ min: 1, max: 2 }), how: howArb }) },
@@ -67,6 +80,8 @@ const oneArb: fc.Arbitrary<Action> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('unpin' as const), slot: fc.nat(1), user: fc.nat(USERS - 1) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('dirmove' as const), slot: fc.nat(1), user: fc.nat(USERS - 1), to: fc.integer({ min: 1, max: 2 }) }) },
   { weight: 3, arbitrary: fc.constant({ kind: 'review' as const }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('checked' as const), slot: fc.nat(1), to: fc.integer({ min: 1, max: 2 }) }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('sqlunpin' as const), slot: fc.nat(1), user: fc.nat(USERS - 1) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('stale' as const), writer: fc.nat(2), back: fc.integer({ min: 1, max: 4 }) }) },
   { weight: 1, arbitrary: fc.constant({ kind: 'none' as const }) },
 );
@@ -77,8 +92,10 @@ const actionArb: fc.Arbitrary<Action> = fc.oneof(
   {
     weight: 1,
     arbitrary: fc.record({ kind: fc.constant('both' as const), first: oneArb, second: oneArb }).filter((b) => {
-      const slotChange = (a: Action, c: Action): boolean => (a.kind === 'pin' || a.kind === 'unpin') && (c.kind === 'publish' || c.kind === 'move') && a.slot === c.slot;
-      return !slotChange(b.first, b.second) && !slotChange(b.second, b.first);
+      const slotChange = (a: Action, c: Action): boolean => (a.kind === 'pin' || a.kind === 'unpin' || a.kind === 'sqlunpin') && (c.kind === 'publish' || c.kind === 'move' || c.kind === 'checked') && a.slot === c.slot;
+      // A change past the stores is made over a unit the operator has checked: no other change of its slot meanwhile.
+      const pastOver = (a: Action, c: Action): boolean => pastTheStores(a) && 'slot' in c && a.slot === c.slot;
+      return !slotChange(b.first, b.second) && !slotChange(b.second, b.first) && !pastOver(b.first, b.second) && !pastOver(b.second, b.first);
     }),
   },
 );
@@ -170,6 +187,35 @@ async function runSchedule(slots: readonly [number, number], steps: readonly Ste
       log.push(`writer w${a.writer} now holds map version ${map.version}`);
       return;
     }
+    if (pastTheStores(a)) {
+      // Made only over a unit found empty, as an operator's check finds it (emptying it may have been refused: a dead change's fence).
+      const left = emptied(a).filter(([s, u]) => model[s]?.[u]?.exists);
+      if (left.length > 0) {
+        log.push(`${a.kind} of slot ${slots[a.slot] ?? '?'} not made: ${left.map(([s, u]) => `s${s}u${u}`).join(', ')} still has rows`);
+        return;
+      }
+      // And only where the unit's row on the shard it will route to is none, `open`, or a hand
+      // change's (which the review settles), as the operator's check finds it: over a move's row
+      // there the unit is refused (CAF02) by a row no review may take, and a move planned from there
+      // stops on it ("the catalog and the shard disagree"), unfinished until someone cancels it.
+      const slot = slots[a.slot] as number;
+      const current = await env.slotMaps.current();
+      const landing = a.kind === 'checked' ? (SHARDS[(SHARDS.indexOf(current.assignments[slot] as string) + a.to) % SHARDS.length] as string) : (current.assignments[slot] as string);
+      const unit = a.kind === 'checked' ? ['slot', String(slot)] : ['directory', keys[a.slot]?.[a.user] as string];
+      const { rows: moveRows } = await (env.shards.get(landing) as pg.Pool).query<{ state: string; job_id: string }>(
+        `select state, job_id::text from write_fences where kind = $1 and unit_id = $2 and state <> 'open' and job_id is not null`,
+        unit,
+      );
+      if (moveRows.length > 0) {
+        log.push(`${a.kind} ${unit.join(' ')} not made: its row on ${landing} is move job #${moveRows[0]?.job_id ?? '?'}'s '${moveRows[0]?.state ?? '?'}'`);
+        return;
+      }
+    }
+    if (a.kind === 'sqlunpin') {
+      const key = keys[a.slot]?.[a.user] as string;
+      log.push(`unpin past the guard s${a.slot}u${a.user} (pinned to ${await routeOf(key, slots[a.slot] as number)}): ${String(await deletePinPastGuard(env.catalog, key))}`);
+      return;
+    }
     if (a.kind === 'pin' || a.kind === 'unpin' || a.kind === 'dirmove') {
       const key = keys[a.slot]?.[a.user] as string;
       const slot = slots[a.slot] as number;
@@ -196,6 +242,16 @@ async function runSchedule(slots: readonly [number, number], steps: readonly Ste
     const current = await env.slotMaps.current();
     const from = current.assignments[slot] as string;
     const to = SHARDS[(SHARDS.indexOf(from) + a.to) % SHARDS.length] as string;
+    if (a.kind === 'checked') {
+      try {
+        const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+        const record = await store.publishByHand(moveSlots(current, [slot], to), 'torture recovery by hand', env.catalog, { rowsLeftOn: 'checked' });
+        log.push(`publishByHand (rowsLeftOn 'checked') slot ${slot} ${from} -> ${to}: version ${record.map.version}`);
+      } catch (err) {
+        log.push(`publishByHand (rowsLeftOn 'checked') slot ${slot} ${from} -> ${to}: refused: ${err instanceof Error ? `${err.name}: ${err.message.slice(0, 240)}` : String(err)}`);
+      }
+      return;
+    }
     if (a.kind === 'move') {
       try {
         const mover = env.mover({ readerGraceMs: 0 });
@@ -217,18 +273,30 @@ async function runSchedule(slots: readonly [number, number], steps: readonly Ste
   /** The users an action changes the owner of, emptied first (a change with no rows to count goes through). */
   function emptied(a: Action): Array<[number, number]> {
     if (a.kind === 'both') return [...emptied(a.first), ...emptied(a.second)];
-    if (a.kind === 'publish') return [0, 1, 2].map((u) => [a.slot, u]);
-    if (a.kind === 'pin' || a.kind === 'unpin') return [[a.slot, a.user]];
+    if (a.kind === 'publish' || a.kind === 'checked') return [0, 1, 2].map((u) => [a.slot, u]);
+    if (a.kind === 'pin' || a.kind === 'unpin' || a.kind === 'sqlunpin') return [[a.slot, a.user]];
     return [];
   }
 
   for (const step of steps) {
-    log.push(`-- step: ${JSON.stringify(step.action)}${step.empty ? ' (emptied first)' : ''}`);
-    if (step.empty) {
+    const past = pastIn(step.action);
+    log.push(`-- step: ${JSON.stringify(step.action)}${step.empty || past ? ' (emptied first)' : ''}`);
+    if (step.empty || past) {
       const deletes = emptied(step.action)
         .filter(([s, u]) => model[s]?.[u]?.exists)
         .map(([s, u]) => ({ writer: u % 3, slot: s, user: u, op: 'delete' as const }));
       await runModelWrites(ctx, deletes);
+    }
+    if (past) {
+      // The operator's recovery: no write while it is made, then every router given the routes it
+      // leaves (its stale ones would write where the unit was, which nothing fences: the caller's word).
+      await runAction(step.action);
+      const latest = await env.slotMaps.current();
+      versions.splice(0, versions.length, latest);
+      for (const w of writers.keys()) writers[w] = staleWriter(env, latest);
+      log.push(`routers given map version ${latest.version} and fresh directory caches`);
+      await runModelWrites(ctx, step.writes);
+      continue;
     }
     await Promise.all([runAction(step.action), runModelWrites(ctx, step.writes)]);
     const latest = await env.slotMaps.current();
