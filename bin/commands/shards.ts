@@ -100,7 +100,7 @@ const flagsSchema = z
     shard: z.array(z.string()).optional(),
     local: z.boolean().optional(),
     'data-dir': z.string().min(1, 'expected a directory').optional(),
-    'recorded-within': numberFlag({ min: 0, max: 86_400 * 365, int: true, unit: 'seconds' }).optional(),
+    'recorded-within': numberFlag({ min: 1, max: 86_400 * 365, int: true, unit: 'seconds' }).optional(),
     help: z.boolean().optional(),
   })
   .superRefine((f, ctx) => {

@@ -545,6 +545,10 @@ export const fenceListingSchema = z.object({
   ),
   explained: z.number().int().describe('rows not listed (without all=true): open rows, a live move\'s, a moved row on a shard the map does not name'),
   unreachable: z.array(z.string()).describe(`shards whose rows could not be read in time, each as "shard (reason)", the reason ${FAILURE_KIND}: their rows are not listed`),
+  otherRoutings: z
+    .string()
+    .optional()
+    .describe("set where a runtime (the API's or the moves worker's function, local mode) recorded a routing other than this API's within the last day (catalog.runtime_routings: a change of the routing whose earlier runtimes may still run), naming it and who recorded it: the directory rows' route and action are judged by this API's routing alone, and ca-dms-scaling shards fences --settle leaves them to the operator until the routings agree"),
 });
 /** One page of the listing: its rows in (shard, kind, unit) order, code point by code point, and where the next page starts. */
 export const fencePageSchema = fenceListingSchema.extend({

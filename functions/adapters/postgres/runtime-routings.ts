@@ -23,6 +23,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import { describeRouting, sameRouting, type MoveRouting } from '../../core/sharding/move-machine.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, retryingSerializationFailures } from './sqlstate.js';
+import { sqlLiteral } from './write-transaction.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 
@@ -41,6 +42,18 @@ const UNDEFINED_TABLE = '42P01';
  */
 export const DEFAULT_RECORDED_WITHIN_MS = 24 * 3_600_000;
 
+/**
+ * How long a runtime's record may wait on a lock before it gives up (its `lock_timeout`, see
+ * {@link recordRuntimeRouting}). The record sits in a cold start's path, and the API's first
+ * request's deadline is taken before its runtime is built: a session holding the record's row (an
+ * operator's open transaction on the table, a migration's lock) held each cold start for the
+ * catalog role's statement timeout on AWS (10 s, catalog migration 005; of a 27 s request
+ * deadline), and where the login has none, until that session ended. A second is far longer than
+ * another cold start's own upsert holds the row (one autocommit statement), and the record is not
+ * worth more: a runtime that could not record is told and starts all the same.
+ */
+export const RECORD_LOCK_WAIT_MS = 1_000;
+
 /** The routing as the table holds it: the configuration's names, every field present (migration 022). */
 const storedRouting = z
   .object({
@@ -52,20 +65,27 @@ const storedRouting = z
   .strict();
 
 /**
- * Records that a runtime of `actor` was built with `routing` now: one statement, the row of that
- * actor and routing inserted or its `seen_at` moved. Autocommit and no session state (RDS Proxy
- * multiplexes the functions' catalog connections), sent again on 40001: at a login's or the
- * database's default of REPEATABLE READ, two cold starts of one actor and routing at once failed
- * the second's `on conflict` update once the first committed. Throws what the catalog answers (a
- * catalog without migration 022: 42P01); the runtime reports it and starts all the same.
+ * Records that a runtime of `actor` was built with `routing` now: the row of that actor and routing
+ * inserted or its `seen_at` moved. One simple query, its own implicit transaction (no session
+ * state survives it: RDS Proxy multiplexes the functions' catalog connections), whose
+ * `set local lock_timeout` bounds its wait on a lock to {@link RECORD_LOCK_WAIT_MS} (SQLSTATE
+ * 55P03 past it); a simple query takes no parameters, so the actor and the routing go in as
+ * literals (`sqlLiteral`). Sent again on 40001: at a login's or the database's default of
+ * REPEATABLE READ, two cold starts of one actor and routing at once failed the second's
+ * `on conflict` update once the first committed. Throws what the catalog answers (a catalog
+ * without migration 022: 42P01; a held row: 55P03); the runtime reports it and starts all the same.
  */
 export async function recordRuntimeRouting(catalog: Queryable, actor: string, routing: MoveRouting): Promise<void> {
   const stored: z.infer<typeof storedRouting> = { strategy: routing.strategy, override_hash: routing.overrideHash, fallback: routing.fallback, enabled: routing.enabled !== false };
+  const actorLiteral = sqlLiteral(actor);
+  if (actorLiteral === undefined) throw new Error(`the actor ${JSON.stringify(actor)} holds a NUL character, which PostgreSQL text cannot: its routing was not recorded`);
+  // The routing's JSON is this function's own (enum values and booleans): no NUL.
+  const routingLiteral = sqlLiteral(JSON.stringify(stored)) as string;
   await retryingSerializationFailures(() =>
     catalog.query(
-      `insert into catalog.runtime_routings (actor, routing) values ($1, $2::jsonb)
+      `set local lock_timeout = ${RECORD_LOCK_WAIT_MS};
+       insert into catalog.runtime_routings (actor, routing) values (${actorLiteral}, ${routingLiteral}::jsonb)
        on conflict (actor, routing) do update set seen_at = now()`,
-      [actor, JSON.stringify(stored)],
     ),
   );
 }
@@ -231,4 +251,32 @@ export function routingForReview(given: MoveRouting | undefined, recorded: reado
     note: `none: SHARDING_CONFIG_JSON is not set, and the runtimes recorded ${groups.length > 1 ? 'different routings' : 'a routing this version cannot read'} ${window}: ${all}`,
     unknown: `the runtimes recorded ${groups.length > 1 ? 'different routings' : 'a routing this version cannot read'} ${window} (${groups.map((g) => g.text).join('; ')}), and where the key routes depends on which its routers use: once every runtime of the routing no longer deployed has stopped, --recorded-within SECONDS under the age of its last record leaves it out; or decide by hand`,
   };
+}
+
+/**
+ * What GET /shards/fences says beside its listing where a runtime recorded, within
+ * {@link DEFAULT_RECORDED_WITHIN_MS}, a routing other than `own` (the API's runtime's): the
+ * listing judges a key's `directory` rows (their `route` and `action`) by its own runtime's routing
+ * alone, and `shards fences --settle` judges by neither while the records disagree (it leaves the
+ * keys' rows to the operator, or refuses where SHARDING_CONFIG_JSON is given). Undefined where
+ * every recent record is `own`, where the catalog has no table (migration 022 not applied), and
+ * where the records could not be read: the listing stands without the remark, and no catalog
+ * error's text goes into a response (README). One small read of a table of a few rows.
+ */
+export async function otherRoutingsRemark(catalog: Queryable, own: MoveRouting): Promise<string | undefined> {
+  let recorded: readonly RecordedRouting[] | undefined;
+  try {
+    recorded = await recordedRoutings(catalog, DEFAULT_RECORDED_WITHIN_MS);
+  } catch {
+    return undefined;
+  }
+  if (recorded === undefined) return undefined;
+  const others = byRouting(recorded).filter((g) => g.routing === undefined || !sameRouting(g.routing, own));
+  if (others.length === 0) return undefined;
+  const differing = others.map((g) => `${g.text}, recorded by ${whoRecorded(g.records)}`).join('; ');
+  return (
+    `runtimes recorded another routing than this API's within the last ${hours(DEFAULT_RECORDED_WITHIN_MS)} (catalog.runtime_routings): ${differing}. ` +
+    `The directory rows' route and action are judged by this API's routing, ${describeRouting(own)}; while a router may still run with another, ` +
+    `ca-dms-scaling shards fences --settle leaves those rows to the operator (or refuses, given SHARDING_CONFIG_JSON) until the routings agree`
+  );
 }

@@ -26,7 +26,7 @@ import { Mover } from './mover.js';
 import { createShardReader, type ShardReader } from './read-transaction.js';
 import { ReplicaReader } from './replica-reader.js';
 import { withinRequestDeadline } from './request-deadline.js';
-import { recordRuntimeRouting } from './runtime-routings.js';
+import { otherRoutingsRemark, recordRuntimeRouting } from './runtime-routings.js';
 import { ShardInspector, type EndpointFactsSource, type InspectionFailure } from './shard-inspector.js';
 import { ShardPools, type ShardPoolOptions } from './shard-pools.js';
 import { SlotMapStore } from './slot-map-store.js';
@@ -81,7 +81,7 @@ export interface ShardingRuntime {
    * inspector's pools (the API's monitor login), each shard within `health_check_timeout_seconds`
    * or what the request being served has left, whichever is less (request-deadline.ts).
    */
-  readonly fences: { list(options?: { readonly all?: boolean }): Promise<FenceReview> };
+  readonly fences: { list(options?: { readonly all?: boolean }): Promise<FenceReview & { readonly otherRoutings?: string }> };
   readonly mover: Mover;
   /** The last move of a key's unit off a shard, from the catalog (the documents API's check of a token of another shard). */
   readonly moves: MovesLookup;
@@ -165,8 +165,10 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
     const inspectionPrimaries = new Map(inspectionPools.shardIds().map((id) => [id, inspectionPools.primary(id).pool]));
     const fences: ShardingRuntime['fences'] = {
       // The configuration's routing tells which shard a key's directory rows are judged against.
-      list: (listing = {}) =>
-        listFences({
+      // Then, where a runtime recorded another routing recently, a remark that says so
+      // (runtime-routings.ts, otherRoutingsRemark): the rows are judged by this runtime's alone.
+      list: async (listing = {}) => {
+        const review = await listFences({
           catalog,
           shards: inspectionPrimaries,
           // Read by listFences as each of its waits on a shard begins (the shard's fence rows,
@@ -180,7 +182,10 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
           all: listing.all === true,
           routing: moveRoutingOf(config),
           ...(options.onInspectionFailure ? { onFailure: options.onInspectionFailure } : {}),
-        }),
+        });
+        const otherRoutings = await otherRoutingsRemark(catalog, moveRoutingOf(config));
+        return otherRoutings === undefined ? review : { ...review, otherRoutings };
+      },
     };
     const mover = new Mover({
       catalog,

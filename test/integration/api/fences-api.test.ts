@@ -137,6 +137,26 @@ describe('GET /shards/fences', () => {
     }
   }, 60_000);
 
+  it("says where a runtime recorded another routing than this API's recently (catalog.runtime_routings): a route and action judged by its own routing alone could be ones --settle will not take", async () => {
+    // The harness's runtime recorded its own (hash_based, override_hash on) as it was built; the
+    // moves worker's recorded a hash-only one an hour ago (a change of the routing rolling out).
+    const other = JSON.stringify({ strategy: 'hash_based', override_hash: false, fallback: 'hash', enabled: true });
+    await h.catalogPool.query(`insert into catalog.runtime_routings (actor, routing, seen_at) values ('scaling-moves', $1::jsonb, now() - interval '1 hour')`, [other]);
+    try {
+      const res = await listingUntil('', (l) => (l as { otherRoutings?: string }).otherRoutings !== undefined);
+      expect(res.status).toBe(200);
+      const said = (res.body as { otherRoutings?: string }).otherRoutings;
+      expect(said).toContain('hash_based (override_hash off, fallback hash), recorded by scaling-moves');
+      expect(said).toContain('judged by this API\'s routing, hash_based (override_hash on, fallback hash)');
+      expect(said).toContain('shards fences');
+    } finally {
+      await h.catalogPool.query(`delete from catalog.runtime_routings where actor = 'scaling-moves'`);
+    }
+    // Once every runtime records the API's own routing, nothing is said.
+    const agreed = await listingUntil('', (l) => (l as { otherRoutings?: string }).otherRoutings === undefined);
+    expect((agreed.body as { otherRoutings?: string }).otherRoutings).toBeUndefined();
+  });
+
   it('with all=true lists the explained rows too', async () => {
     const c = side(1903);
     const res = await listingUntil('?all=true', (l) => rowOf(l.rows, c.from, 1903) !== undefined);

@@ -99,7 +99,20 @@ describe("RDS's master user (rds_superuser, not a superuser)", () => {
     });
     const control = new pg.Pool({ connectionString: `postgresql://ca_dms_control_user:c@127.0.0.1:${server.port}/${SHARDS[0]}`, max: 2 });
     pools.push(control);
-    const worker = await createShardingRuntime({ config, catalog: control, actor: 'scaling-moves', pools: { max: 2 } });
+    // Each cold start records its routing as the control login (sharding migration 022's grants on
+    // a catalog the master migrated): the first inserts, the next moves its seen_at (on conflict
+    // update), bounded by its own lock_timeout (runtime-routings.ts), nothing told.
+    const notRecorded: unknown[] = [];
+    const onRoutingNotRecorded = (e: unknown): void => void notRecorded.push(e);
+    await (await createShardingRuntime({ config, catalog: control, actor: 'scaling-api', pools: { max: 1 }, onRoutingNotRecorded })).close();
+    await (await createShardingRuntime({ config, catalog: control, actor: 'scaling-api', pools: { max: 1 }, onRoutingNotRecorded })).close();
+    const worker = await createShardingRuntime({ config, catalog: control, actor: 'scaling-moves', pools: { max: 2 }, onRoutingNotRecorded });
+    expect(notRecorded).toEqual([]);
+    const { rows: recorded } = await control.query<{ actor: string; updated: boolean }>('select actor, seen_at > first_seen_at as updated from catalog.runtime_routings order by actor');
+    expect(recorded).toEqual([
+      { actor: 'scaling-api', updated: true },
+      { actor: 'scaling-moves', updated: false },
+    ]);
     try {
       const slot = 301;
       const from = (await worker.slotMaps.current()).assignments[slot] as string;

@@ -15,6 +15,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { CliIo } from '../../../bin/commands/kit.js';
 import { createShardsCommand } from '../../../bin/commands/shards.js';
+import { RECORD_LOCK_WAIT_MS } from '../../../functions/adapters/postgres/runtime-routings.js';
 import { createShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { parseShardingConfig, type ShardingConfig } from '../../../functions/core/sharding/config.js';
 import { sqlstateOf } from '../../support/postgres.js';
@@ -106,6 +107,41 @@ describe('a sharding runtime records the routing it runs with (catalog.runtime_r
       });
     } finally {
       await env.catalog.query('alter table catalog.runtime_routings_away rename to runtime_routings');
+    }
+  });
+  it("does not hold a cold start past a short bound where another session holds the record's row (a locked or slow catalog): told, the runtime starts", async () => {
+    // The record sits in the cold start's path: the API's first answer waits on it (its request
+    // deadline is taken before the runtime is built). A session holding the row (an operator's
+    // open transaction, a migration's lock) held every cold start for the role's statement
+    // timeout on AWS (10 s), and without one, for good.
+    await coldStart('scaling-api', configWith());
+    const holder = await env.catalog.connect();
+    try {
+      await holder.query('begin');
+      await holder.query(`select 1 from catalog.runtime_routings where actor = 'scaling-api' for update`);
+      const control = await controlLogin(env, 'routing_waiter');
+      try {
+        const failures: unknown[] = [];
+        const started = performance.now();
+        const built = coldStart('scaling-api', configWith(), control, (e) => failures.push(e));
+        const inTime = await Promise.race([built.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5_000))]);
+        const ms = performance.now() - started;
+        await holder.query('rollback');
+        await built;
+        expect(inTime, `the cold start waited ${Math.round(ms)} ms on the held row`).toBe(true);
+        expect(ms).toBeLessThan(RECORD_LOCK_WAIT_MS + 1_500);
+        expect(failures.map((e) => (e as { code?: string }).code)).toEqual(['55P03']);
+        // Its bound was its own implicit transaction's: the pooled connection (one) keeps none.
+        expect((await control.query<{ lock_timeout: string }>('show lock_timeout')).rows[0]?.lock_timeout).toBe('0');
+        await coldStart('scaling-api', configWith(), control, (e) => failures.push(e));
+        expect(failures).toHaveLength(1);
+        expect((await control.query<{ lock_timeout: string }>('show lock_timeout')).rows[0]?.lock_timeout).toBe('0');
+      } finally {
+        await control.end();
+      }
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
     }
   });
 });
