@@ -53,11 +53,11 @@
  * ```
  */
 import type pg from 'pg';
-import { slotOf } from '../../core/sharding/hash.js';
+import { SLOT_COUNT, slotOf } from '../../core/sharding/hash.js';
 import type { MoveRouting } from '../../core/sharding/move-machine.js';
 import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline } from './deadline.js';
 import { failureKind } from './sqlstate.js';
-import { describeRows, keyRowsOn, keysRowsOn, pinnedKeysOf, slotRowsOn, type TableRows } from './unit-rows.js';
+import { describeRows, keyRowsOn, keysRowsOn, pinnedKeysOf, slotRowsOn, slotsRowsOn, type TableRows } from './unit-rows.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 
@@ -210,6 +210,9 @@ type RowCounter = (
 /** Counts many keys' rows on a shard at once, as {@link RowCounter} counts one's (`keysRowsOn`): by key, keys without rows absent; throws where the shard does not answer. */
 type KeysCounter = (shard: string, keys: readonly string[]) => Promise<Map<string, TableRows[]>>;
 
+/** Counts many slots' rows on a shard at once, as {@link RowCounter} counts a `slot routed` unit's (`slotsRowsOn`): the i-th list the i-th unit's; throws where the shard does not answer. */
+type SlotsCounter = (shard: string, units: ReadonlyArray<{ readonly slot: number; readonly excluded: readonly string[] }>) => Promise<TableRows[][]>;
+
 /** A judged row with how it would be settled. */
 interface Judged {
   readonly shard: string;
@@ -297,6 +300,8 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
       byDeadline(countUnitRows(options.shards.get(shard) as Queryable, unit), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
     const countKeys: KeysCounter = (shard, keys) =>
       byDeadline(keysRowsOn(options.shards.get(shard) as Queryable, keys), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
+    const countSlots: SlotsCounter = (shard, units) =>
+      byDeadline(slotsRowsOn(options.shards.get(shard) as Queryable, units), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
     const { map, judged, explained } = await judgeRows(catalog, read, {
       all: options.all === true,
       minAge,
@@ -305,6 +310,7 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
       ...(options.routingUnknown === undefined ? {} : { routingUnknown: options.routingUnknown }),
       count,
       countKeys,
+      countSlots,
       read: new Set(read.keys()),
       given: new Set(options.shards.keys()),
     });
@@ -742,6 +748,15 @@ export async function listFences(options: FenceListingOptions): Promise<FenceRev
       throw new Error(shardFailure(err), { cause: err });
     }
   };
+  const countSlots: SlotsCounter = async (shard, units) => {
+    const pool = options.shards.get(shard) as pg.Pool;
+    try {
+      return await withNodeDeadline(pool, options.timeoutMs, shard, (c) => slotsRowsOn(c, units));
+    } catch (err) {
+      options.onFailure?.({ what: "counting slots' rows", shardId: shard, error: err });
+      throw new Error(shardFailure(err), { cause: err });
+    }
+  };
   const { map, judged, explained } = await judgeRows(options.catalog, read, {
     all: options.all === true,
     minAge: options.olderThanMs ?? DEFAULT_REVIEW_MIN_AGE_MS,
@@ -749,6 +764,7 @@ export async function listFences(options: FenceListingOptions): Promise<FenceRev
     routing: options.routing,
     count,
     countKeys,
+    countSlots,
     read: new Set(read.keys()),
     given: new Set(options.shards.keys()),
   });
@@ -767,6 +783,8 @@ interface JudgeOptions {
   readonly count: RowCounter;
   /** Counts many keys' rows on a shard at once: the keys whose rows {@link rowsBehind} may count, before it judges them. */
   readonly countKeys: KeysCounter;
+  /** Counts many slots' rows on a shard at once: the slots whose rows {@link rowsBehind} may count where a map since (or a `moved` row) gave them, before it judges them. */
+  readonly countSlots: SlotsCounter;
   /** The shards whose rows were read (given, and answering): a unit's rows are counted only on those. */
   readonly read: ReadonlySet<string>;
   /** The shards given to the review (read or not): the deployment's. */
@@ -817,14 +835,28 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
   const rowOn = new Map([...read].map(([shard, list]) => [shard, new Map(list.map((r) => [`${r.kind}:${r.unit_id}`, r]))]));
   const pending: Array<Judged & { readonly behind: boolean }> = [];
   let explained = 0;
-  const pinnedRead = new Map<number, Promise<readonly string[]>>();
+  // The catalog's facts rowsBehind reads, each read once for every row that may ask, not once a
+  // row: a read of the whole directory a slot, and of every map since a row's version a row, cost
+  // 500 dead hand changes' `fenced` slot rows two catalog round trips each (the directory's pins
+  // read whole 500 times), of the API's 27 s (owner-change-review-slot-rows-elsewhere.test.ts,
+  // "lists 500 hand changes' dead slot fences ..."). Where the read of all fails, each row asking
+  // is told (and withheld), as when its own read failed.
+  let pinnedRead: Promise<Map<number, string[]>> | undefined;
+  const fencedSlots = [...new Map(rows.flatMap((r) => (r.kind === 'slot' && r.state === 'fenced' ? [[`${r.unit_id}:${r.map_version}`, { slot: Number(r.unit_id), version: Number(r.map_version) }] as const] : []))).values()];
+  let ownersRead: Promise<Map<string, string[]>> | undefined;
   const catalogFacts: CatalogFacts = {
-    pinnedOf: (slot) => {
-      const known = pinnedRead.get(slot) ?? pinnedKeysOf(catalog, new Set([slot]));
-      pinnedRead.set(slot, known);
-      return known;
+    pinnedOf: async (slot) => {
+      pinnedRead ??= pinnedKeysOf(catalog, new Set(Array.from({ length: SLOT_COUNT }, (_, i) => i))).then((pinned) => {
+        const bySlot = new Map<number, string[]>();
+        for (const key of pinned) bySlot.set(slotOf(key), [...(bySlot.get(slotOf(key)) ?? []), key]);
+        return bySlot;
+      });
+      return (await pinnedRead).get(slot) ?? [];
     },
     ownersSince: async (slot, version) => {
+      ownersRead ??= ownersOfSlotsSince(catalog, fencedSlots);
+      const known = (await ownersRead).get(`${slot}:${version}`);
+      if (known !== undefined) return known;
       const { rows: owners } = await catalog.query<{ owner: string | null }>('select distinct assignments[$1::int + 1] as owner from catalog.slot_maps where version >= $2::bigint', [slot, version]);
       return owners.flatMap((x) => (x.owner === null ? [] : [x.owner]));
     },
@@ -891,7 +923,55 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
     counting.catch(() => undefined); // Told to each row that asks (rowsBehind): none is left unhandled meanwhile.
     keyCounts.set(on, counting);
   }
-  const counts: JudgeOptions = { ...o, count: async (on, unit) => (unit.kind === 'directory' && keyCounts.has(on) ? ((await keyCounts.get(on))?.get(unit.key) ?? []) : o.count(on, unit)) };
+  // And the slots whose rows rowsBehind counts where a map since gave them (a `fenced` row) or
+  // where a `moved` row sends their writes, counted all at once on each shard read, as rowsBehind
+  // would count each (its excluded keys and, where pins route, the keys the directory pins of it
+  // left out): one slot and one shard at a time, with two catalog reads a row, 500 dead hand
+  // changes' `fenced` slot rows took 5.6 s at a round trip of about 1 ms, of the API's 27 s
+  // (owner-change-review-slot-rows-elsewhere.test.ts, "lists 500 hand changes' dead slot
+  // fences ..."). A unit rowsBehind asks for that is not among these (a chain of `moved` rows
+  // followed) is counted on its own; where a catalog read fails here, rowsBehind reads it again
+  // and says so for the row.
+  const pinsRoute = pinsRouteBy(o.routing);
+  const slotUnits = new Map<string, Array<{ readonly slot: number; readonly excluded: readonly string[] }>>();
+  const slotUnitAt = new Map<string, number>();
+  for (const p of pending) {
+    if (!p.behind || p.read.kind !== 'slot') continue;
+    const slot = Number(p.read.unit_id);
+    let owners: readonly string[];
+    let pinned: readonly string[];
+    try {
+      owners = p.read.state === 'moved' ? (p.read.moved_to === null ? [] : [p.read.moved_to]) : await catalogFacts.ownersSince(slot, Number(p.read.map_version));
+      pinned = pinsRoute ? await catalogFacts.pinnedOf(slot) : [];
+    } catch {
+      continue;
+    }
+    const excluded = [...(p.read.excluded_keys ?? []), ...pinned];
+    for (const on of owners) {
+      const at = slotUnitKey(on, slot, excluded);
+      if (on === p.shard || !o.read.has(on) || slotUnitAt.has(at)) continue;
+      const units = slotUnits.get(on) ?? [];
+      slotUnitAt.set(at, units.length);
+      units.push({ slot, excluded });
+      slotUnits.set(on, units);
+    }
+  }
+  const slotCounts = new Map<string, Promise<TableRows[][]>>();
+  for (const [on, units] of slotUnits) {
+    const counting = o.countSlots(on, units);
+    counting.catch(() => undefined); // Told to each row that asks (rowsBehind), as the keys' counts are.
+    slotCounts.set(on, counting);
+  }
+  const counts: JudgeOptions = {
+    ...o,
+    count: async (on, unit) => {
+      if (unit.kind === 'directory' && keyCounts.has(on)) return (await keyCounts.get(on))?.get(unit.key) ?? [];
+      const at = unit.kind === 'slot routed' ? slotUnitAt.get(slotUnitKey(on, unit.slot, unit.excluded)) : undefined;
+      const counting = slotCounts.get(on);
+      if (at !== undefined && counting !== undefined) return (await counting)[at] ?? [];
+      return o.count(on, unit);
+    },
+  };
   const judged: Judged[] = [];
   for (const { behind, ...p } of pending) {
     const withheld = behind ? await rowsBehind(p.read, p.shard, rowOn, counts, catalogFacts) : undefined;
@@ -985,7 +1065,7 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
   // here), nor, where pins route, the keys the directory pins (their pins route them, wherever
   // their rows are). Where the review cannot tell whether pins route (no routing given), the
   // pinned keys' rows are counted too: with pins routing nothing, they go where the slot goes.
-  const pinsRoute = o.routing !== undefined && o.routing.enabled !== false && o.routing.strategy !== 'range_based' && (o.routing.strategy === 'directory_based' || o.routing.overrideHash);
+  const pinsRoute = pinsRouteBy(o.routing);
   // Where the unit's writes went on from a shard counted, by a `moved` row there (the shard it came from).
   const via = new Map<string, string>();
   for (let i = 0; i < elsewhere.length; i += 1) {
@@ -1062,6 +1142,38 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
   }
   if (unit.kind === 'slot') return keysOnceRoutedElsewhere(shard, unit, rowOn, o, catalog, pinsRoute, counted);
   return undefined;
+}
+
+/** Whether the directory's pins route keys under `routing` (not known without it: taken as not, their rows counted with the slot's). */
+function pinsRouteBy(routing: MoveRouting | undefined): boolean {
+  return routing !== undefined && routing.enabled !== false && routing.strategy !== 'range_based' && (routing.strategy === 'directory_based' || routing.overrideHash);
+}
+
+/** Where a `slot routed` count of `slot` on `on`, less `excluded`, sits in the batch {@link judgeRows} counts before judging. */
+function slotUnitKey(on: string, slot: number, excluded: readonly string[]): string {
+  return JSON.stringify([on, slot, excluded]);
+}
+
+/**
+ * The shards that own each slot in the maps from its version on (the latest included), for every
+ * `fenced` slot row read: one statement, each map's assignments read (and unnested) once, not a
+ * read of every map since a row's version a row. Keyed `${slot}:${version}`.
+ */
+async function ownersOfSlotsSince(catalog: Queryable, pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>();
+  if (pairs.length === 0) return out;
+  const { rows } = await catalog.query<{ slot: number; version: string; owners: string[] | null }>(
+    `with p as (select * from unnest($1::int[], $2::bigint[]) as p(slot, version)),
+          a as (select m.version, a.ord::int - 1 as slot, a.owner
+                  from catalog.slot_maps m cross join lateral unnest(m.assignments) with ordinality as a(owner, ord)
+                 where m.version >= (select min(version) from p))
+     select p.slot, p.version::text as version, array_agg(distinct a.owner) filter (where a.owner is not null) as owners
+       from p left join a on a.slot = p.slot and a.version >= p.version
+      group by p.slot, p.version`,
+    [pairs.map((p) => p.slot), pairs.map((p) => p.version)],
+  );
+  for (const r of rows) out.set(`${r.slot}:${r.version}`, r.owners ?? []);
+  return out;
 }
 
 /**
