@@ -315,86 +315,16 @@ describe('catalog store: alarms and locks', () => {
     }
   });
 
-  it('answers an acquire whose lease row kept changing while it asked (its login defaulting to REPEATABLE READ) as held by the holder it finds, after five tries, rather than ask for ever or fail as if the catalog were unreachable', async () => {
-    // A chain of other sessions each changing the lease row while the acquire waits for the one
-    // before: every try waits for them and fails with 40001 once one commits (a try that waited
-    // in the unique index's check, holding no lock of the row, may see two of them commit first).
-    const name = 'rr-contended';
+  /**
+   * A chain of other sessions each changing the lease row `name` (taken by 'contender 0') while an
+   * acquire through `pool` (login defaulting to REPEATABLE READ, `applicationName`) waits for the
+   * one before: every try waits for them and fails with 40001 once one commits (a try that waited
+   * in the unique index's check, holding no lock of the row, may see two of them commit first).
+   * `tries()` counts the acquire's inserts; a contender with `release` gives the lease back.
+   */
+  async function leaseChain(name: string, applicationName: string) {
     await pool.query(`insert into catalog.leases (name, holder, acquired_at, expires_at) values ($1, 'contender 0', now(), now() + interval '1 minute')`, [name]);
-    const repeatable = new pg.Pool({ connectionString: server.url, max: 2, application_name: 'rr-acquirer', options: '-c default_transaction_isolation=repeatable\\ read' });
-    let tries = 0;
-    const counted = new Proxy(repeatable, {
-      get(target, prop): unknown {
-        if (prop === 'query') {
-          return (text: string, values?: unknown[]) => {
-            if (text.includes('insert into catalog.leases')) tries += 1;
-            return target.query(text, values);
-          };
-        }
-        const value = Reflect.get(target, prop) as unknown;
-        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-      },
-    });
-    const waitingFor = async (where: string, params: unknown[], stop: () => boolean): Promise<void> => {
-      for (let i = 0; i < 1000 && !stop(); i++) {
-        const { rows } = await pool.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and ${where}`, params);
-        if (rows.length > 0) return;
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    };
-    const contender = async (k: number): Promise<{ client: pg.PoolClient; pid: number; updated: Promise<unknown> }> => {
-      const client = await pool.connect();
-      const { rows } = await client.query<{ pid: number }>('select pg_backend_pid() as pid');
-      await client.query('begin');
-      const updated = client.query(`update catalog.leases set holder = $2, acquired_at = now() where name = $1`, [name, `contender ${k}`]);
-      return { client, pid: rows[0]?.pid as number, updated };
-    };
-    // At most two contenders at a time: the test's pool has four connections.
-    const clients = new Set<pg.PoolClient>();
-    const commit = async (client: pg.PoolClient): Promise<void> => {
-      await client.query('commit');
-      clients.delete(client);
-      client.release();
-    };
-    try {
-      let current = await contender(1);
-      clients.add(current.client);
-      await current.updated;
-      let settled = false;
-      const asking = new LeaseStore(counted).acquire(name, { owner: 'scaling-evaluate (schedule)', ttlMs: 60_000 }).finally(() => {
-        settled = true;
-      });
-      for (let k = 2; k <= 16 && !settled; k++) {
-        await waitingFor(`application_name = 'rr-acquirer'`, [], () => settled);
-        const next = await contender(k);
-        clients.add(next.client);
-        await waitingFor('pid = $1', [next.pid], () => false);
-        await commit(current.client);
-        await next.updated;
-        current = next;
-      }
-      await commit(current.client);
-
-      // Before: asked again at every conflict, without end while the row kept changing (here,
-      // 8 to 16 tries for 16 changes).
-      expect(await asking).toMatchObject({ acquired: false, holder: expect.stringMatching(/^contender \d+$/) as unknown });
-      expect(tries).toBe(5);
-    } finally {
-      for (const c of clients) {
-        await c.query('rollback').catch(() => undefined);
-        c.release();
-      }
-      await repeatable.end();
-    }
-  });
-
-  it('keeps asking for a lease whose row kept changing under five tries while its wait (waitMs) lasts, and takes it once its holder gives it back, rather than answer it held by a holder that has let it go', async () => {
-    // An alarm's evaluation waits up to 10 s for the lease (ALARM_LEASE_WAIT_MS). A chain of other
-    // sessions changes the lease row while it asks, as in the test above (each try fails with
-    // 40001 once the one it waited for commits), and the last of them gives the lease back.
-    const name = 'rr-contended-wait';
-    await pool.query(`insert into catalog.leases (name, holder, acquired_at, expires_at) values ($1, 'contender 0', now(), now() + interval '1 minute')`, [name]);
-    const repeatable = new pg.Pool({ connectionString: server.url, max: 2, application_name: 'rr-waiter', options: '-c default_transaction_isolation=repeatable\\ read' });
+    const repeatable = new pg.Pool({ connectionString: server.url, max: 2, application_name: applicationName, options: '-c default_transaction_isolation=repeatable\\ read' });
     let tries = 0;
     const counted = new Proxy(repeatable, {
       get(target, prop): unknown {
@@ -424,26 +354,79 @@ describe('catalog store: alarms and locks', () => {
         : client.query(`update catalog.leases set holder = $2, acquired_at = now() where name = $1`, [name, `contender ${k}`]);
       return { client, pid: rows[0]?.pid as number, updated };
     };
+    // At most two contenders at a time: the test's pool has four connections.
     const clients = new Set<pg.PoolClient>();
     const commit = async (client: pg.PoolClient): Promise<void> => {
       await client.query('commit');
       clients.delete(client);
       client.release();
     };
+    const end = async (): Promise<void> => {
+      for (const c of clients) {
+        await c.query('rollback').catch(() => undefined);
+        c.release();
+      }
+      await repeatable.end();
+    };
+    return { pool: counted, tries: () => tries, waitingFor, contender, clients, commit, end };
+  }
+
+  it('answers an acquire whose lease row kept changing while it asked (its login defaulting to REPEATABLE READ) as held by the holder it finds, after five tries, rather than ask for ever or fail as if the catalog were unreachable', async () => {
+    // A chain of other sessions each changing the lease row while the acquire waits for the one
+    // before: every try waits for them and fails with 40001 once one commits (a try that waited
+    // in the unique index's check, holding no lock of the row, may see two of them commit first).
+    const name = 'rr-contended';
+    const chain = await leaseChain(name, 'rr-acquirer');
+    const { contender, waitingFor, commit, clients } = chain;
+    try {
+      let current = await contender(1, false);
+      clients.add(current.client);
+      await current.updated;
+      let settled = false;
+      const asking = new LeaseStore(chain.pool).acquire(name, { owner: 'scaling-evaluate (schedule)', ttlMs: 60_000 }).finally(() => {
+        settled = true;
+      });
+      for (let k = 2; k <= 16 && !settled; k++) {
+        await waitingFor(`application_name = 'rr-acquirer'`, [], () => settled);
+        const next = await contender(k, false);
+        clients.add(next.client);
+        await waitingFor('pid = $1', [next.pid], () => false);
+        await commit(current.client);
+        await next.updated;
+        current = next;
+      }
+      await commit(current.client);
+
+      // Before: asked again at every conflict, without end while the row kept changing (here,
+      // 8 to 16 tries for 16 changes).
+      expect(await asking).toMatchObject({ acquired: false, holder: expect.stringMatching(/^contender \d+$/) as unknown });
+      expect(chain.tries()).toBe(5);
+    } finally {
+      await chain.end();
+    }
+  });
+
+  it('keeps asking for a lease whose row kept changing under five tries while its wait (waitMs) lasts, and takes it once its holder gives it back, rather than answer it held by a holder that has let it go', async () => {
+    // An alarm's evaluation waits up to 10 s for the lease (ALARM_LEASE_WAIT_MS). A chain of other
+    // sessions changes the lease row while it asks, as in the test above (each try fails with
+    // 40001 once the one it waited for commits), and the last of them gives the lease back.
+    const name = 'rr-contended-wait';
+    const chain = await leaseChain(name, 'rr-waiter');
+    const { contender, waitingFor, commit, clients } = chain;
     try {
       let current = await contender(1, false);
       clients.add(current.client);
       await current.updated;
       let settled = false;
       const started = Date.now();
-      const asking = new LeaseStore(counted).acquire(name, { owner: 'scaling-alarm (alarm)', ttlMs: 60_000, waitMs: 10_000 }).finally(() => {
+      const asking = new LeaseStore(chain.pool).acquire(name, { owner: 'scaling-alarm (alarm)', ttlMs: 60_000, waitMs: 10_000 }).finally(() => {
         settled = true;
       });
       // Changed until the acquire has been sent more than five times (its first ask's cap), then given back.
       let released = false;
       for (let k = 2; k <= 40 && !settled && !released; k++) {
         await waitingFor(`application_name = 'rr-waiter'`, [], () => settled);
-        released = tries > SERIALIZATION_ATTEMPTS;
+        released = chain.tries() > SERIALIZATION_ATTEMPTS;
         const next = await contender(k, released);
         clients.add(next.client);
         await waitingFor('pid = $1', [next.pid], () => false);
@@ -462,11 +445,7 @@ describe('catalog store: alarms and locks', () => {
       const { rows } = await pool.query<{ holder: string }>('select holder from catalog.leases where name = $1', [name]);
       expect(rows[0]?.holder).toMatch(/^scaling-alarm \(alarm\) /);
     } finally {
-      for (const c of clients) {
-        await c.query('rollback').catch(() => undefined);
-        c.release();
-      }
-      await repeatable.end();
+      await chain.end();
     }
   });
 
