@@ -12,6 +12,7 @@ import type { MoverDirectory, MoverSlotMaps } from '../../../functions/adapters/
 import { Mover, MoveNotCancellableError, type MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { documentsOf, keysInSlot, lockWaitOn, readCommitted, seedUsers, startMoveEnv, UnguardedOperatorDirectory, type MoveEnv } from './fixtures/move-env.js';
+import { heldAtCommit } from '../../support/held-commit.js';
 
 let env: MoveEnv;
 const pools: pg.Pool[] = [];
@@ -130,39 +131,6 @@ describe('a request on a move job whose row a run holds locked, the requester de
     expect((answer as Error).message).toMatch(/has published the new owner; it can only finish$/);
   }, 60_000);
 });
-
-/**
- * `pool` with every transaction of its clients held at its COMMIT until `gate` settles (`held` is
- * called there, its statements made and its row locks taken): a cancel request's transaction
- * (`Mover.requestCancel`, its own READ COMMITTED one) caught in the instant between its update of
- * the job row and its commit, for as long as a test needs another session to wait on that row.
- */
-function heldAtCommit(pool: pg.Pool, held: () => void, gate: Promise<void>): pg.Pool {
-  const bound = <T extends object>(target: T, prop: string | symbol): unknown => {
-    const value = Reflect.get(target, prop) as unknown;
-    return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-  };
-  return new Proxy(pool, {
-    get(target, prop): unknown {
-      if (prop !== 'connect') return bound(target, prop);
-      return async () => {
-        const client = await target.connect();
-        return new Proxy(client, {
-          get(c, p): unknown {
-            if (p !== 'query') return bound(c, p);
-            return async (text: unknown, values?: unknown) => {
-              if (text === 'commit') {
-                held();
-                await gate;
-              }
-              return c.query(text as string, values as unknown[]);
-            };
-          },
-        });
-      };
-    },
-  });
-}
 
 /** A cancel request through `pool` whose transaction is held at its commit until a statement of another catalog session waits on a lock. */
 function cancelHeldUntilWaitedOn(pool: pg.Pool): { request: (id: number) => Promise<unknown>; updated: Promise<void> } {

@@ -14,6 +14,7 @@ import { reviewFences } from '../../../functions/adapters/postgres/fence-review.
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { fenceState, keysInSlot, lockWaitOn, refusalOf, seedUsers, startMoveEnv, threeShardsOf, userWriteOutcome, type MoveEnv } from './fixtures/move-env.js';
+import { heldAtCommit } from '../../support/held-commit.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -106,40 +107,6 @@ describe('SlotMapStore.publishByHand, a later hand change of the slot publishing
   }, 60_000);
 });
 
-/**
- * `pool` whose clients hold the COMMIT of a transaction that updated `write_fences` (a review's
- * settle of a row) until `gate` settles, `held` called there (its row lock taken, not committed).
- */
-function heldAtFenceCommit(pool: pg.Pool, held: () => void, gate: Promise<void>): pg.Pool {
-  const bound = <T extends object>(target: T, prop: string | symbol): unknown => {
-    const value = Reflect.get(target, prop) as unknown;
-    return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-  };
-  return new Proxy(pool, {
-    get(target, prop): unknown {
-      if (prop !== 'connect') return bound(target, prop);
-      return async () => {
-        const client = await target.connect();
-        let wrote = false;
-        return new Proxy(client, {
-          get(c, p): unknown {
-            if (p !== 'query') return bound(c, p);
-            return async (text: unknown, values?: unknown) => {
-              if (typeof text === 'string' && /^\s*(update|delete from) write_fences/.test(text)) wrote = true;
-              if (text === 'commit' && wrote) {
-                wrote = false;
-                held();
-                await gate;
-              }
-              return c.query(text as string, values as unknown[]);
-            };
-          },
-        });
-      };
-    },
-  });
-}
-
 describe("SlotMapStore.publishByHand, the shards' logins defaulting to REPEATABLE READ, a review settling its fence between its commit and its settle", () => {
   it("the change's settle that waited for the review's compare-and-set finds the row settled, and the publication answers published, not that its fences stay fenced", async () => {
     const slot = 2303;
@@ -170,7 +137,7 @@ describe("SlotMapStore.publishByHand, the shards' logins defaulting to REPEATABL
       expect(await fenceState(env.shards.get(a) as pg.Pool, slot)).toBe('fenced');
       // An operator's review (`shards fences --settle`) meanwhile: A's hand row `fenced`, the map
       // naming B, set `moved` to B by its compare-and-set, held at its commit.
-      const review = reviewFences({ catalog: env.catalog, shards: new Map([...env.shards, [a, heldAtFenceCommit(env.shards.get(a) as pg.Pool, reviewHeld, reviewGate)]]), settle: true });
+      const review = reviewFences({ catalog: env.catalog, shards: new Map([...env.shards, [a, heldAtCommit(env.shards.get(a) as pg.Pool, reviewHeld, reviewGate, (sql) => /^\s*(update|delete from) write_fences/.test(sql))]]), settle: true });
       await reviewAtCommit;
       // The change's settle, sent now, waits for the review's row lock; the review then commits.
       stalled.release();
