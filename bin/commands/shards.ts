@@ -160,7 +160,17 @@ function remoteTarget(flags: { readonly 'catalog-url'?: string | undefined; read
  */
 function routingFromEnv(env: Record<string, string | undefined>): MoveRouting | undefined {
   const raw = env['SHARDING_CONFIG_JSON'];
-  if (raw === undefined || raw.trim() === '') return undefined;
+  if (raw === undefined || raw.trim() === '') {
+    // Read only on top of that document: dropped unsaid, the operator who set them believed the
+    // review judged by them while it judged by the routing the runtimes recorded.
+    const set = ROUTING_VARIABLES.filter((name) => env[name] !== undefined);
+    if (set.length > 0) {
+      throw new UsageError(
+        `${set.join(', ')}: set without SHARDING_CONFIG_JSON, on top of which the review reads ${set.length > 1 ? 'them' : 'it'} (as the scaling API's function does): set SHARDING_CONFIG_JSON too, or unset ${set.length > 1 ? 'them' : 'it'} to have the review judge by the routing the runtimes recorded in the catalog`,
+      );
+    }
+    return undefined;
+  }
   let doc: unknown;
   try {
     doc = parseJsonText(raw);

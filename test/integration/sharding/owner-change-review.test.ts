@@ -422,6 +422,12 @@ describe('what the review refuses to settle', () => {
     await expect(command.run(['fences', '--older-than', '-1'], capture().io)).rejects.toThrow('--older-than: expected a whole number of seconds from 0 to 31536000, got "-1"');
     // 0 would leave out every record, the check against the runtimes' routings turned off unsaid.
     await expect(command.run(['fences', '--recorded-within', '0'], capture().io)).rejects.toThrow('--recorded-within: expected a whole number of seconds from 1 to 31536000, got "0"');
+    // Read on top of SHARDING_CONFIG_JSON only: without it they were dropped unsaid.
+    await expect(createShardsCommand({ ...cliEnv(), SHARDING_STRATEGY: 'hash_based', SHARDING_ENABLED: 'true' }).run(['fences'], capture().io)).rejects.toThrow(
+      new UsageError(
+        'SHARDING_STRATEGY, SHARDING_ENABLED: set without SHARDING_CONFIG_JSON, on top of which the review reads them (as the scaling API\'s function does): set SHARDING_CONFIG_JSON too, or unset them to have the review judge by the routing the runtimes recorded in the catalog',
+      ),
+    );
     await expect(command.run(['fences', '--settel'], capture().io)).rejects.toThrow(/Unknown option '--settel'.*accepted flags: --settle/);
     await expect(command.run(['fences', '--shard', env.urls.catalog], capture().io)).rejects.toThrow(/--shard: expected ID=URL/);
     await expect(command.run(['fences', '--shard', 'shard_a=postgresql://u:p@db.example.com/x'], capture().io)).rejects.toThrow('--shard: shard shard_a: db.example.com is not loopback: add sslmode=verify-full');
