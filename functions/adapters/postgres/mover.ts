@@ -222,6 +222,7 @@ export class Mover {
     let from: string;
     let excluded: string[] = [];
     let versionBefore: number;
+    let entry: Awaited<ReturnType<MoverDirectory['entry']>> = null;
     if (req.kind === 'slot') {
       if (req.slot >= map.slotCount) {
         throw new MoveRequestError(`slot ${req.slot} is outside 0..${map.slotCount - 1}`, 'invalid', { issues: [{ field: 'slot', reason: `must be a slot number from 0 to ${map.slotCount - 1}` }] });
@@ -235,14 +236,17 @@ export class Mover {
     } else {
       unitId = canonicalKey(req.key);
       slot = keySlot(unitId);
-      const entry = await this.options.directory.entry(unitId);
+      entry = await this.options.directory.entry(unitId);
       from = entry?.shardId ?? (map.assignments[slot] as string);
       versionBefore = entry?.version ?? 0;
     }
     if (!this.options.shards.has(from)) throw new MoveRequestError(`the unit's owner ${from} has no primary pool in this mover`, 'unknown-shard');
     if (from === req.to) throw new MoveRequestError(`${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`} is already on ${req.to}`, 'same-shard');
     await this.checkUnitSize(req.kind, unitId, from);
-    if (req.kind === 'directory') await this.checkKeySlot(unitId, slot, from);
+    if (req.kind === 'directory') {
+      await this.checkKeySlot(unitId, slot, from);
+      await this.checkSourceOwnsKey(unitId, from, entry === null ? 'by hash' : 'pinned');
+    }
     // The owner was read before the job is recorded: another move of the slot may have finished
     // in between (the unique index only stops one that is still unfinished). A job recorded from
     // an owner that is no longer the owner could neither run (its fence says moved) nor be
@@ -438,6 +442,36 @@ export class Mover {
     const found = rows.map((r) => `${r.n} in ${r.t} (slot ${r.slots.slice(0, 5).join(', ')})`).join(', ');
     const reason = `key ${key} has rows on ${from} under another slot than its id's slot ${slot}: ${found}; a restore, a hand-made row or a document written with a wrong slot before shard migration 015, which a move of the key would leave behind: correct their slot there first (docs/sharding-spec.md, section 9). Nothing was planned`;
     throw new MoveRequestError(`cannot move key ${key}: ${reason}`, 'invalid', { issues: [{ field: 'key', reason }] });
+  }
+
+  /**
+   * Refuses a directory move whose source, the shard the catalog sends the key to, says by its own
+   * fence row that it does not own the key (`moved`, to the shard named in `moved_to`): a finished
+   * move's row, left where the catalog routes the key again because its pin was deleted past the
+   * catalog's guard (CAF06, a superuser's SQL: `session_replication_role = replica`) or changed past
+   * it (CAF07). Every write and read of the key there is refused already (CAF02), and such a move
+   * could never run: its first run pinned the key to the source over no entry (hiding its rows on
+   * the shard they moved to, and keeping the key unwritable) and then stopped on the source's fence
+   * ("the catalog and the shard disagree"), the job left `copying` until cancelled, holding every
+   * other move of the key's slot (issue #15, moves-directory-source-moved.test.ts). Refused here,
+   * nothing recorded and nothing pinned, with the way out: the key's owner is a decision by hand,
+   * `catalog.repin_by_hand` to the shard its rows moved to (then a move from there, if wanted).
+   * Read before the job is recorded: a move that changes this row is of the key's slot, and the
+   * plan's re-read of the owner under the job row (below) refuses a plan that raced one.
+   */
+  private async checkSourceOwnsKey(key: string, from: string, route: 'by hash' | 'pinned'): Promise<void> {
+    const source = this.options.shards.get(from) as pg.Pool;
+    const { rows } = await source.query<{ moved_to: string | null; map_version: string | null }>(
+      `select moved_to, map_version from write_fences where kind = 'directory' and unit_id = $1 and state = 'moved'`,
+      [key],
+    );
+    const row = rows[0];
+    if (row === undefined) return;
+    const there = row.moved_to ?? 'another shard';
+    const routed = route === 'pinned' ? `its pin names ${from}` : `it has no pin and routes by hash to its slot's owner, ${from}`;
+    throw new MoveConflictError(
+      `cannot move key ${key} from ${from}: the catalog sends it to ${from} (${routed}), but ${from}'s fence row of the key says moved to ${there} (version ${row.map_version ?? '?'}), a finished move's: the catalog and the shard disagree, and ${from} refuses every write and read of the key (CAF02). Its pin was deleted or changed past the catalog's guard (CAF06/CAF07). Nothing was recorded or pinned. Decide the key's owner by hand: where its rows are (on ${there}, after that move), select catalog.repin_by_hand('${key}', '${there}', '<reason>'); then move it from there if wanted (docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned")`,
+    );
   }
 
   /** Refuses a unit with more rows in one table than {@link MoverOptions.maxUnitRows}. */
