@@ -211,7 +211,14 @@ type RowCounter = (
 type KeysCounter = (shard: string, keys: readonly string[]) => Promise<Map<string, TableRows[]>>;
 
 /** Counts many slots' rows on a shard at once, as {@link RowCounter} counts a `slot routed` unit's (`slotsRowsOn`): the i-th list the i-th unit's; throws where the shard does not answer. */
-type SlotsCounter = (shard: string, units: ReadonlyArray<{ readonly slot: number; readonly excluded: readonly string[] }>) => Promise<TableRows[][]>;
+type SlotsCounter = (shard: string, units: readonly SlotUnit[]) => Promise<TableRows[][]>;
+
+/** A slot unit {@link SlotsCounter} counts: `slot routed` (elsewhere: the slot's rows less `excluded`) or `slot` (a `moved` row's own shard: less the keys with a `directory` row there too), as {@link countUnitRows} counts each. */
+interface SlotUnit {
+  readonly kind: 'slot' | 'slot routed';
+  readonly slot: number;
+  readonly excluded: readonly string[];
+}
 
 /** A judged row with how it would be settled. */
 interface Judged {
@@ -301,7 +308,7 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
     const countKeys: KeysCounter = (shard, keys) =>
       byDeadline(keysRowsOn(options.shards.get(shard) as Queryable, keys), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
     const countSlots: SlotsCounter = (shard, units) =>
-      byDeadline(slotsRowsOn(options.shards.get(shard) as Queryable, units), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
+      byDeadline(slotUnitsRowsOn(options.shards.get(shard) as Queryable, units), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
     const { map, judged, explained } = await judgeRows(catalog, read, {
       all: options.all === true,
       minAge,
@@ -751,7 +758,7 @@ export async function listFences(options: FenceListingOptions): Promise<FenceRev
   const countSlots: SlotsCounter = async (shard, units) => {
     const pool = options.shards.get(shard) as pg.Pool;
     try {
-      return await withNodeDeadline(pool, options.timeoutMs, shard, (c) => slotsRowsOn(c, units));
+      return await withNodeDeadline(pool, options.timeoutMs, shard, (c) => slotUnitsRowsOn(c, units));
     } catch (err) {
       options.onFailure?.({ what: "counting slots' rows", shardId: shard, error: err });
       throw new Error(shardFailure(err), { cause: err });
@@ -929,11 +936,11 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
   // left out): one slot and one shard at a time, with two catalog reads a row, 500 dead hand
   // changes' `fenced` slot rows took 5.6 s at a round trip of about 1 ms, of the API's 27 s
   // (owner-change-review-slot-rows-elsewhere.test.ts, "lists 500 hand changes' dead slot
-  // fences ..."). A unit rowsBehind asks for that is not among these (a chain of `moved` rows
-  // followed) is counted on its own; where a catalog read fails here, rowsBehind reads it again
-  // and says so for the row.
+  // fences ..."). The chains of `moved` rows rowsBehind follows, and a `moved` row's own shard, are
+  // counted here too; a unit rowsBehind asks for that is not among these is counted on its own;
+  // where a catalog read fails here, rowsBehind reads it again and says so for the row.
   const pinsRoute = pinsRouteBy(o.routing);
-  const slotUnits = new Map<string, Array<{ readonly slot: number; readonly excluded: readonly string[] }>>();
+  const slotUnits = new Map<string, SlotUnit[]>();
   const slotUnitAt = new Map<string, number>();
   for (const p of pending) {
     if (!p.behind || p.read.kind !== 'slot') continue;
@@ -947,13 +954,34 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
       continue;
     }
     const excluded = [...(p.read.excluded_keys ?? []), ...pinned];
-    for (const on of owners) {
-      const at = slotUnitKey(on, slot, excluded);
+    // And the shards the owners' `moved` rows of the slot send its writes on to, as rowsBehind
+    // follows them (a chain, to its end or a cycle): counted one at a time, with the `moved` rows'
+    // own shards below, 500 slots' `moved` rows whose shard's own `moved` row sent them on to a
+    // third shard took 3,015 statements and 8.0-8.9 s at a round trip of about 1 ms; at once, 21
+    // and 0.1 s (fence-review-slot-counts.test.ts, "... chains ...").
+    const chain = [...owners];
+    for (let i = 0; i < chain.length; i += 1) {
+      const to = chain[i] as string;
+      const theirs = rowOn.get(to)?.get(`slot:${slot}`);
+      const onTo = theirs?.state === 'moved' ? theirs.moved_to : null;
+      if (onTo !== null && onTo !== p.shard && !chain.includes(onTo)) chain.push(onTo);
+    }
+    for (const on of chain) {
+      const at = slotUnitKey(on, 'slot routed', slot, excluded);
       if (on === p.shard || !o.read.has(on) || slotUnitAt.has(at)) continue;
       const units = slotUnits.get(on) ?? [];
       slotUnitAt.set(at, units.length);
-      units.push({ slot, excluded });
+      units.push({ kind: 'slot routed', slot, excluded });
       slotUnits.set(on, units);
+    }
+    // A `moved` row's own shard, which rowsBehind counts first (the rows the unit left there): one
+    // at a time, half of the 3,015 statements above, counted at once too (slotUnitsRowsOn).
+    const own = slotUnitKey(p.shard, 'slot', slot, p.read.excluded_keys ?? []);
+    if (p.read.state === 'moved' && o.read.has(p.shard) && !slotUnitAt.has(own)) {
+      const units = slotUnits.get(p.shard) ?? [];
+      slotUnitAt.set(own, units.length);
+      units.push({ kind: 'slot', slot, excluded: p.read.excluded_keys ?? [] });
+      slotUnits.set(p.shard, units);
     }
   }
   const slotCounts = new Map<string, Promise<TableRows[][]>>();
@@ -966,7 +994,7 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
     ...o,
     count: async (on, unit) => {
       if (unit.kind === 'directory' && keyCounts.has(on)) return (await keyCounts.get(on))?.get(unit.key) ?? [];
-      const at = unit.kind === 'slot routed' ? slotUnitAt.get(slotUnitKey(on, unit.slot, unit.excluded)) : undefined;
+      const at = unit.kind === 'directory' ? undefined : slotUnitAt.get(slotUnitKey(on, unit.kind, unit.slot, unit.excluded));
       const counting = slotCounts.get(on);
       if (at !== undefined && counting !== undefined) return (await counting)[at] ?? [];
       return o.count(on, unit);
@@ -1149,26 +1177,38 @@ function pinsRouteBy(routing: MoveRouting | undefined): boolean {
   return routing !== undefined && routing.enabled !== false && routing.strategy !== 'range_based' && (routing.strategy === 'directory_based' || routing.overrideHash);
 }
 
-/** Where a `slot routed` count of `slot` on `on`, less `excluded`, sits in the batch {@link judgeRows} counts before judging. */
-function slotUnitKey(on: string, slot: number, excluded: readonly string[]): string {
-  return JSON.stringify([on, slot, excluded]);
+/** Where a `slot routed` (or `slot`) count of `slot` on `on`, less `excluded`, sits in the batch {@link judgeRows} counts before judging. */
+function slotUnitKey(on: string, kind: SlotUnit['kind'], slot: number, excluded: readonly string[]): string {
+  return JSON.stringify([on, kind, slot, excluded]);
 }
 
 /**
  * The shards that own each slot in the maps from its version on (the latest included), for every
  * `fenced` slot row read: one statement, each map's assignments read (and unnested) once, not a
  * read of every map since a row's version a row. Keyed `${slot}:${version}`.
+ *
+ * Each slot asked for is reduced first to its owners and the last version each owned it in (a
+ * shard owned the slot in a map from a row's version on exactly when its last such version is at
+ * or past it), and the other slots' assignments dropped as they are unnested: joining every
+ * unnested assignment to the rows' (slot, version) pairs and sorting each pair's owners took
+ * 21.5-27.9 s for 500 rows at version 0 under 5,000 maps of 4,096 slots on a loaded 2-core host
+ * (GET /shards/fences' listing 15.4-18.0 s), of the API's 27 s, on every page; this 5.0-7.9 s
+ * (the listing 4.5 s), against 4.3 s to unnest the maps alone (fence-review-slot-counts.test.ts).
+ * Still a read of every map since the oldest row's version: a history far longer than that
+ * wants the maps' owners kept by slot.
  */
 async function ownersOfSlotsSince(catalog: Queryable, pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>): Promise<Map<string, string[]>> {
   const out = new Map<string, string[]>();
   if (pairs.length === 0) return out;
   const { rows } = await catalog.query<{ slot: number; version: string; owners: string[] | null }>(
     `with p as (select * from unnest($1::int[], $2::bigint[]) as p(slot, version)),
-          a as (select m.version, a.ord::int - 1 as slot, a.owner
+          w as (select distinct slot + 1 as ord from p),
+          a as (select a.ord::int - 1 as slot, a.owner, max(m.version) as last
                   from catalog.slot_maps m cross join lateral unnest(m.assignments) with ordinality as a(owner, ord)
-                 where m.version >= (select min(version) from p))
+                 where m.version >= (select min(version) from p) and a.ord in (select ord from w)
+                 group by 1, 2)
      select p.slot, p.version::text as version, array_agg(distinct a.owner) filter (where a.owner is not null) as owners
-       from p left join a on a.slot = p.slot and a.version >= p.version
+       from p left join a on a.slot = p.slot and a.last >= p.version
       group by p.slot, p.version`,
     [pairs.map((p) => p.slot), pairs.map((p) => p.version)],
   );
@@ -1224,6 +1264,42 @@ async function keysOnceRoutedElsewhere(
     }
   }
   return undefined;
+}
+
+/**
+ * Many slot units' rows on a shard at once ({@link SlotsCounter}), each as {@link countUnitRows}
+ * counts it alone: the `slot routed` ones in one statement (`slotsRowsOn`), the `slot` ones (a
+ * `moved` row's own shard) in another, which leaves out, as countUnitRows does, the keys this
+ * row keeps out and those with a `directory` row on the shard (their own rows decide for them).
+ */
+async function slotUnitsRowsOn(c: Queryable, units: readonly SlotUnit[]): Promise<TableRows[][]> {
+  const out = units.map((): TableRows[] => []);
+  const routedAt = units.flatMap((u, i) => (u.kind === 'slot routed' ? [i] : []));
+  const ownAt = units.flatMap((u, i) => (u.kind === 'slot' ? [i] : []));
+  const routed = await slotsRowsOn(c, routedAt.map((i) => units[i] as SlotUnit));
+  routedAt.forEach((at, j) => (out[at] = routed[j] ?? []));
+  if (ownAt.length === 0) return out;
+  const own = ownAt.map((i) => units[i] as SlotUnit);
+  const { rows } = await c.query<{ t: TableRows['table']; i: number; n: number }>(
+    `with u as (select * from unnest($1::int[], $2::int[]) as u(i, slot)),
+          x as (select * from unnest($3::int[], $4::text[]) as x(i, key))
+     select 'users' as t, u.i, count(*)::int as n from u join users r on r.slot = u.slot
+       where not exists (select 1 from x where x.i = u.i and x.key = r.id::text)
+         and not exists (select 1 from write_fences d where d.kind = 'directory' and d.unit_id = r.id::text) group by u.i
+     union all
+     select 'documents', u.i, count(*)::int from u join documents r on r.slot = u.slot
+       where not exists (select 1 from x where x.i = u.i and x.key = r.owner_id::text)
+         and not exists (select 1 from write_fences d where d.kind = 'directory' and d.unit_id = r.owner_id::text) group by u.i
+     union all
+     select 'document_keys', u.i, count(*)::int from u join document_keys r on r.slot = u.slot
+       where not exists (select 1 from x where x.i = u.i and x.key = r.owner_id::text)
+         and not exists (select 1 from write_fences d where d.kind = 'directory' and d.unit_id = r.owner_id::text) group by u.i`,
+    [own.map((_, j) => j), own.map((u) => u.slot), own.flatMap((u, j) => u.excluded.map(() => j)), own.flatMap((u) => u.excluded)],
+  );
+  const order: readonly TableRows['table'][] = ['users', 'documents', 'document_keys'];
+  for (const r of rows) if (Number(r.n) > 0) out[ownAt[Number(r.i)] as number]?.push({ table: r.t, rows: Number(r.n) });
+  for (const at of ownAt) out[at]?.sort((a, b) => order.indexOf(a.table) - order.indexOf(b.table));
+  return out;
 }
 
 /** A unit's rows on a shard ({@link RowCounter}): a key's (as a pin's count), or those a slot's row decides for. */
