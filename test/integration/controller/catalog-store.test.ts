@@ -368,7 +368,34 @@ describe('catalog store: alarms and locks', () => {
       }
       await repeatable.end();
     };
-    return { pool: counted, tries: () => tries, waitingFor, contender, clients, commit, end };
+    /**
+     * Asks `ask` through the counting pool while contenders 1, 2, ... change the row one after
+     * another (each waited on by the acquire, then committed), at most `max` of them, until the
+     * acquire answers; once `releaseWhen()` holds, the next contender gives the lease back instead.
+     */
+    const run = async <T>(ask: (p: pg.Pool) => Promise<T>, max: number, releaseWhen: () => boolean = () => false): Promise<T> => {
+      let current = await contender(1, false);
+      clients.add(current.client);
+      await current.updated;
+      let settled = false;
+      const asking = ask(counted).finally(() => {
+        settled = true;
+      });
+      let released = false;
+      for (let k = 2; k <= max && !settled && !released; k++) {
+        await waitingFor(`application_name = '${applicationName}'`, [], () => settled);
+        released = releaseWhen();
+        const next = await contender(k, released);
+        clients.add(next.client);
+        await waitingFor('pid = $1', [next.pid], () => false);
+        await commit(current.client);
+        await next.updated;
+        current = next;
+      }
+      await commit(current.client);
+      return asking;
+    };
+    return { tries: () => tries, run, end };
   }
 
   it('answers an acquire whose lease row kept changing while it asked (its login defaulting to REPEATABLE READ) as held by the holder it finds, after five tries, rather than ask for ever or fail as if the catalog were unreachable', async () => {
@@ -377,29 +404,12 @@ describe('catalog store: alarms and locks', () => {
     // in the unique index's check, holding no lock of the row, may see two of them commit first).
     const name = 'rr-contended';
     const chain = await leaseChain(name, 'rr-acquirer');
-    const { contender, waitingFor, commit, clients } = chain;
     try {
-      let current = await contender(1, false);
-      clients.add(current.client);
-      await current.updated;
-      let settled = false;
-      const asking = new LeaseStore(chain.pool).acquire(name, { owner: 'scaling-evaluate (schedule)', ttlMs: 60_000 }).finally(() => {
-        settled = true;
-      });
-      for (let k = 2; k <= 16 && !settled; k++) {
-        await waitingFor(`application_name = 'rr-acquirer'`, [], () => settled);
-        const next = await contender(k, false);
-        clients.add(next.client);
-        await waitingFor('pid = $1', [next.pid], () => false);
-        await commit(current.client);
-        await next.updated;
-        current = next;
-      }
-      await commit(current.client);
+      const answer = await chain.run((p) => new LeaseStore(p).acquire(name, { owner: 'scaling-evaluate (schedule)', ttlMs: 60_000 }), 16);
 
       // Before: asked again at every conflict, without end while the row kept changing (here,
       // 8 to 16 tries for 16 changes).
-      expect(await asking).toMatchObject({ acquired: false, holder: expect.stringMatching(/^contender \d+$/) as unknown });
+      expect(answer).toMatchObject({ acquired: false, holder: expect.stringMatching(/^contender \d+$/) as unknown });
       expect(chain.tries()).toBe(5);
     } finally {
       await chain.end();
@@ -412,30 +422,10 @@ describe('catalog store: alarms and locks', () => {
     // 40001 once the one it waited for commits), and the last of them gives the lease back.
     const name = 'rr-contended-wait';
     const chain = await leaseChain(name, 'rr-waiter');
-    const { contender, waitingFor, commit, clients } = chain;
     try {
-      let current = await contender(1, false);
-      clients.add(current.client);
-      await current.updated;
-      let settled = false;
       const started = Date.now();
-      const asking = new LeaseStore(chain.pool).acquire(name, { owner: 'scaling-alarm (alarm)', ttlMs: 60_000, waitMs: 10_000 }).finally(() => {
-        settled = true;
-      });
       // Changed until the acquire has been sent more than five times (its first ask's cap), then given back.
-      let released = false;
-      for (let k = 2; k <= 40 && !settled && !released; k++) {
-        await waitingFor(`application_name = 'rr-waiter'`, [], () => settled);
-        released = chain.tries() > SERIALIZATION_ATTEMPTS;
-        const next = await contender(k, released);
-        clients.add(next.client);
-        await waitingFor('pid = $1', [next.pid], () => false);
-        await commit(current.client);
-        await next.updated;
-        current = next;
-      }
-      await commit(current.client);
-      const got = await asking;
+      const got = await chain.run((p) => new LeaseStore(p).acquire(name, { owner: 'scaling-alarm (alarm)', ttlMs: 60_000, waitMs: 10_000 }), 40, () => chain.tries() > SERIALIZATION_ATTEMPTS);
 
       // Before: answered after its fifth try, a moment into its 10 s wait, as held by "contender
       // 5" or so, whose row the chain then changed again and gave back: the alarm's evaluation

@@ -14,6 +14,7 @@ import { listFences } from '../../../functions/adapters/postgres/fence-review.js
 import { slotRowsOn, slotsRowsOn } from '../../../functions/adapters/postgres/unit-rows.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { keysInSlot, readCommitted, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { distant } from '../../support/distant-pool.js';
 
 const PINS_ROUTE: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
 
@@ -93,31 +94,6 @@ describe("the owners of the fenced slots since their rows' versions, with a long
 });
 
 describe("chains of moved rows and a moved row's own shard, counted with the batch", () => {
-  /** `pool` as if a round trip away (`rttMs` before each statement and each connection), counting the statements sent (as owner-change-review-slot-rows-elsewhere.test.ts's). */
-  function distant(pool: pg.Pool, rttMs: number, sent: { n: number }): pg.Pool {
-    const wait = (): Promise<void> => new Promise((r) => setTimeout(r, rttMs));
-    const through = <T extends object>(target: T, query: (...a: unknown[]) => Promise<unknown>): T =>
-      new Proxy(target, {
-        get(t, prop) {
-          if (prop === 'query')
-            return async (...a: unknown[]) => {
-              sent.n += 1;
-              await wait();
-              return query.call(t, ...a);
-            };
-          if (prop === 'connect' && t === (pool as object))
-            return async () => {
-              const c = await pool.connect();
-              await wait();
-              return through(c, c.query as (...a: unknown[]) => Promise<unknown>);
-            };
-          const value = Reflect.get(t, prop, t) as unknown;
-          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(t) : value;
-        },
-      });
-    return through(pool, pool.query as (...a: unknown[]) => Promise<unknown>);
-  }
-
   it("lists 500 slots' moved rows whose moved_to shard's moved row sends the writes on to a third shard, at a 1 ms round trip, in a few statements (one a unit and a shard: 3,015, 8 s)", async () => {
     const current = await env.slotMaps.current();
     const [A, B, C] = [...env.shards.keys()] as [string, string, string];

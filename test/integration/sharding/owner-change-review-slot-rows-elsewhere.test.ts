@@ -35,6 +35,7 @@ import type { MoveRouting } from '../../../functions/core/sharding/move-machine.
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
 import { countingStores, deletePinPastGuard, dyingAfterFence, keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 import { placementViolations, runModelWrites, staleWriter, type ModelWrites, type UserModel } from './fixtures/torture-writes.js';
+import { distant } from '../../support/distant-pool.js';
 
 /** hash_based with directory.override_hash on: the routing the stores and the writers here route by. */
 const PINS_ROUTE: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
@@ -332,31 +333,6 @@ describe("chains of moved rows the review follows: cycles, and a shard not read"
 });
 
 describe("the cost of counting the units' rows on other shards: keys on every other shard, slots where a map since gave them", () => {
-  /** `pool` as if a round trip away (`rttMs` before each statement and each connection), counting the statements sent. */
-  function distant(pool: pg.Pool, rttMs: number, sent: { n: number }): pg.Pool {
-    const wait = (): Promise<void> => new Promise((r) => setTimeout(r, rttMs));
-    const through = <T extends object>(target: T, query: (...a: unknown[]) => Promise<unknown>): T =>
-      new Proxy(target, {
-        get(t, prop) {
-          if (prop === 'query')
-            return async (...a: unknown[]) => {
-              sent.n += 1;
-              await wait();
-              return query.call(t, ...a);
-            };
-          if (prop === 'connect' && t === (pool as object))
-            return async () => {
-              const c = await pool.connect();
-              await wait();
-              return through(c, c.query as (...a: unknown[]) => Promise<unknown>);
-            };
-          const value = Reflect.get(t, prop, t) as unknown;
-          return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(t) : value;
-        },
-      });
-    return through(pool, pool.query as (...a: unknown[]) => Promise<unknown>);
-  }
-
   it("lists 2,000 pin changes' dead fences, each key counted on every other shard, in a few statements a shard (one a key and a shard took 24.7 s at a 1 ms round trip, of the API's 27 s)", async () => {
     const map = await env.slotMaps.current();
     const R = map.assignments[3000] as string;
