@@ -88,20 +88,28 @@ async function readerSees(key: string): Promise<string | null> {
     );
 }
 
+/**
+ * A pin change of `key` to `to` by a DirectoryStore whose process dies once `dyingOn`'s fence is
+ * taken (dyingAfterFence): what the change answered (its refusal, or its error).
+ */
+async function pinChangeDyingAfterFence(dyingOn: string, key: string, to: string): Promise<unknown> {
+  const { pools, dying } = dyingAfterFence(dyingOn);
+  try {
+    const store = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: pools });
+    return await refusalOf(store.set(key, to, 'ops@example.com'));
+  } finally {
+    await dying.end();
+  }
+}
+
 describe('a pin changed by hand whose process died between its fence and its put-back or settle', () => {
   it('before its commit: the old owner left fenced where the key still routes; without the configuration (or with pins routing no key) left to the operator, with it reopened, and the key\'s writes land there again', async () => {
     const slot = 2301;
     const { from, to, source } = await sides(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
     await seedUsers(source, slot, [key], 1);
-    const { pools, dying } = dyingAfterFence(from);
-    try {
-      const store = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: pools });
-      // Refused for the key's rows (after the fence), its put-back lost with the process.
-      expect(await refusalOf(store.set(key, to, 'ops@example.com'))).toBeInstanceOf(DirectoryRowsLeftError);
-    } finally {
-      await dying.end();
-    }
+    // Refused for the key's rows (after the fence), its put-back lost with the process.
+    expect(await pinChangeDyingAfterFence(from, key, to)).toBeInstanceOf(DirectoryRowsLeftError);
     expect({ pin: await env.directory.get(key), fence: await unitFenceState(source, 'directory', key), write: await staleUserWrite(source, slot, keysInSlot(slot, 2)[1] as string) }).toEqual({
       pin: null,
       fence: 'fenced',
@@ -132,13 +140,7 @@ describe('a pin changed by hand whose process died between its fence and its put
     const slot = 2302;
     const { from, to, source } = await sides(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
-    const { pools, dying } = dyingAfterFence(from);
-    try {
-      const store = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: pools });
-      expect(String(await refusalOf(store.set(key, to, 'ops@example.com')))).toMatch(/the owner change was written, but its fences could not all be settled/);
-    } finally {
-      await dying.end();
-    }
+    expect(String(await pinChangeDyingAfterFence(from, key, to))).toMatch(/the owner change was written, but its fences could not all be settled/);
     const pin = await env.directory.entry(key);
     expect({ pin: pin?.shardId, fence: await unitFenceState(source, 'directory', key) }).toEqual({ pin: to, fence: 'fenced' });
     // The key's slot is still `from`'s: judged by the map alone, this row looked like one on its owner.
@@ -261,13 +263,7 @@ describe('what the review refuses to settle of a key', () => {
     const { from, to, source, target } = await sides(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
     await seedUsers(source, slot, [key], 1);
-    const { pools, dying } = dyingAfterFence(from);
-    try {
-      const store = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: pools });
-      expect(await refusalOf(store.set(key, to, 'ops@example.com'))).toBeInstanceOf(DirectoryRowsLeftError);
-    } finally {
-      await dying.end();
-    }
+    expect(await pinChangeDyingAfterFence(from, key, to)).toBeInstanceOf(DirectoryRowsLeftError);
     expect(await unitFenceState(source, 'directory', key)).toBe('fenced');
     const mover = env.mover({ readerGraceMs: 0 });
     const job = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
@@ -348,13 +344,7 @@ describe('what the review refuses to settle of a key', () => {
     await directory.set(key, to, 'ops@example.com');
     await seedUsers(target, slot, [key], 2);
     // A pin back whose process died after its fence on `to`: refused for the key's rows there, its put-back lost.
-    const { pools, dying } = dyingAfterFence(to);
-    try {
-      const store = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: pools });
-      expect(await refusalOf(store.set(key, from, 'ops@example.com'))).toBeInstanceOf(DirectoryRowsLeftError);
-    } finally {
-      await dying.end();
-    }
+    expect(await pinChangeDyingAfterFence(to, key, from)).toBeInstanceOf(DirectoryRowsLeftError);
     expect({ here: (await directoryRow(source, key))?.state, there: (await directoryRow(target, key))?.state }).toEqual({ here: 'moved', there: 'fenced' });
     // The pin deleted past the stores: the key routes by hash to `from` again, its rows on `to`, under the dead change's fence.
     expect(await deletePinPastGuard(env.catalog, key)).toBe(true);
@@ -376,13 +366,7 @@ describe('what the review refuses to settle of a key', () => {
     const { from, to, source, target } = await sides(env, slot);
     const [key] = keysInSlot(slot, 1) as [string];
     // Pinned to `to` by a process that died after its fence on `from`: the pin written, `from`'s row of the key left fenced (its settle lost).
-    const { pools, dying } = dyingAfterFence(from);
-    try {
-      const store = new DirectoryStore(env.catalog, { ttlMs: 0, shards: [...env.shards.keys()], shardPools: pools });
-      expect(String(await refusalOf(store.set(key, to, 'ops@example.com')))).toMatch(/the owner change was written, but its fences could not all be settled/);
-    } finally {
-      await dying.end();
-    }
+    expect(String(await pinChangeDyingAfterFence(from, key, to))).toMatch(/the owner change was written, but its fences could not all be settled/);
     expect({ pin: await env.directory.get(key), fence: await unitFenceState(source, 'directory', key) }).toEqual({ pin: to, fence: 'fenced' });
     await seedUsers(target, slot, [key], 2);
     // The pin deleted past the stores: the key routes by hash to `from` again, its rows on `to`, under the dead change's fence.
