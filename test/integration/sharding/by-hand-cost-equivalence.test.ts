@@ -279,23 +279,25 @@ describe("sharding migration 018's reads once a session's plans are generic", ()
   });
 });
 
+/** A client of its own (each side of a race its own session). */
+async function session(): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: server.url });
+  client.on('error', () => undefined);
+  await client.connect();
+  return client;
+}
+
+/** Until `pid` waits for a lock (its insert behind the other side's uncommitted map). */
+async function waiting(pid: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const { rows } = await admin.query<{ w: string | null }>('select wait_event_type as w from pg_stat_activity where pid = $1', [pid]);
+    if (rows[0]?.w === 'Lock') return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`session ${pid} never waited for a lock`);
+}
+
 describe('sharding migration 018: a map by hand racing another publication', () => {
-  /** A client of its own (each side of a race its own session). */
-  const session = async (): Promise<pg.Client> => {
-    const client = new pg.Client({ connectionString: server.url });
-    client.on('error', () => undefined);
-    await client.connect();
-    return client;
-  };
-  /** Until `pid` waits for a lock (its insert behind the other side's uncommitted map). */
-  const waiting = async (pid: number): Promise<void> => {
-    for (let i = 0; i < 200; i++) {
-      const { rows } = await admin.query<{ w: string | null }>('select wait_event_type as w from pg_stat_activity where pid = $1', [pid]);
-      if (rows[0]?.w === 'Lock') return;
-      await new Promise((r) => setTimeout(r, 25));
-    }
-    throw new Error(`session ${pid} never waited for a lock`);
-  };
   const answer = (p: Promise<unknown>) => p.then(() => 'published', (e: pg.DatabaseError) => `${e.code} ${e.message.slice(0, 80)}`);
 
   it("neither takes a lock 013 took: a map by hand waits behind a flip's uncommitted map of the same version and is refused (23505); a flip waits behind a map by hand and is refused; the moving slot's refusal holds while its cancel is uncommitted", async () => {
@@ -415,20 +417,6 @@ describe('sharding migrations 020 and 021: catalog.shard_known from the table of
   const MAP = ['shard_001', 'shard_001', 'shard_002', 'shard_002', 'shard_003', 'shard_003', 'shard_003', 'shard_001'];
   const insertMap = (c: pg.Pool | pg.ClientBase, version: number, owners: readonly string[]) =>
     c.query(`insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values ($1, $2, $3, 'test', 'test')`, [version, owners.length, owners]);
-  const session = async (): Promise<pg.Client> => {
-    const client = new pg.Client({ connectionString: server.url });
-    client.on('error', () => undefined);
-    await client.connect();
-    return client;
-  };
-  const waiting = async (pid: number): Promise<void> => {
-    for (let i = 0; i < 200; i++) {
-      const { rows } = await admin.query<{ w: string | null }>('select wait_event_type as w from pg_stat_activity where pid = $1', [pid]);
-      if (rows[0]?.w === 'Lock') return;
-      await new Promise((r) => setTimeout(r, 25));
-    }
-    throw new Error(`session ${pid} never waited for a lock`);
-  };
   const answer = (p: Promise<unknown>) => p.then(() => 'ok', (e: pg.DatabaseError) => `${e.code} ${e.message.slice(0, 80)}`);
   const pidOf = async (c: pg.Client) => (await c.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
 
