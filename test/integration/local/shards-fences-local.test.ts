@@ -25,6 +25,19 @@ import { migrateAll } from '../../../functions/handlers/shared/migrations.js';
 import { keysInSlot } from '../sharding/fixtures/move-env.js';
 import { writeLocalRouting } from '../../../functions/local/routing-file.js';
 
+/**
+ * A one-connection pool whose clients keep an error listener after the pool lets them go:
+ * `pool.end()` resolves before their sockets close, and the last test stops the servers, whose
+ * "terminating connection due to administrator command" then reached a client with no listener
+ * (an uncaught exception failing the run).
+ */
+function quietPool(url: string): pg.Pool {
+  const pool = new pg.Pool({ connectionString: url, max: 1 });
+  pool.on('error', () => undefined);
+  pool.on('connect', (client) => client.on('error', () => undefined));
+  return pool;
+}
+
 let base: string;
 let cluster: EmbeddedCluster;
 beforeAll(async () => {
@@ -32,8 +45,8 @@ beforeAll(async () => {
   // The servers run as the postgres OS user when we are root: it must traverse the directory.
   await chmod(base, 0o755);
   cluster = await startEmbeddedCluster({ root: join(base, 'pg'), shards: 2, replicasPerShard: 0 });
-  const catalog = new pg.Pool({ connectionString: cluster.catalogUrl, max: 1 });
-  const shards = cluster.shards.map((s) => new pg.Pool({ connectionString: s.primaryUrl, max: 1 }));
+  const catalog = quietPool(cluster.catalogUrl);
+  const shards = cluster.shards.map((s) => quietPool(s.primaryUrl));
   try {
     // What local mode's start does before it serves: migrations, then the first slot map.
     await migrateAll({ catalog, shards });
@@ -64,7 +77,7 @@ describe('shards fences --local', () => {
     const owner = (await catalog.query<{ owner: string }>('select assignments[$1::int + 1] as owner from catalog.slot_maps order by version desc limit 1', [slot])).rows[0]?.owner as string;
     await catalog.end();
     const shard = cluster.shards.find((s) => s.shardId === owner) as { primaryUrl: string };
-    const pool = new pg.Pool({ connectionString: shard.primaryUrl, max: 1 });
+    const pool = quietPool(shard.primaryUrl);
     try {
       // What a pin change killed between its fence and its put-back leaves where the key still routes (by hash).
       await pool.query(`insert into write_fences (kind, unit_id, state) values ('directory', $1, 'fenced')`, [key]);
@@ -86,7 +99,7 @@ describe('shards fences --local', () => {
     const [key] = keysInSlot(slot, 1) as [string];
     const routingPath = join(base, 'routing.json');
     const shard = cluster.shards[0] as { shardId: string; primaryUrl: string };
-    const pool = new pg.Pool({ connectionString: shard.primaryUrl, max: 1 });
+    const pool = quietPool(shard.primaryUrl);
     try {
       await pool.query(`insert into write_fences (kind, unit_id, state) values ('directory', $1, 'fenced')`, [key]);
       // Local mode started with SHARDING_ENABLED=false: every key routes to the default shard, so
