@@ -15,7 +15,8 @@
  * with `synchronous_commit = on`) and notes the primary's WAL position and clock. A replica that
  * replays past that position within the wait is current (lag 0, to the wait's resolution);
  * otherwise its lag is the primary's clock now minus the commit time of the last transaction it
- * replayed, which is also the primary's clock, so no clock skew between hosts enters. When the
+ * replayed, which is also the primary's clock, so no clock skew between hosts enters (a primary
+ * clock stepped back behind that commit time leaves the lag unknown, never 0). When the
  * primary does not answer, the replica's own measure is used (0 when everything received has
  * been replayed, otherwise the age of its last replayed commit).
  *
@@ -253,7 +254,14 @@ export async function probeReplicaLag(replica: ShardNode, heartbeat: Heartbeat |
       if (poll * pollMs >= options.waitMs) {
         if (row.replay_commit_ms === null) return { ...base, lagSeconds: null };
         const primaryNowMs = heartbeat.primaryMs + (now() - heartbeat.localMs);
-        return { ...base, lagSeconds: Math.max(0, (primaryNowMs - row.replay_commit_ms) / 1000) };
+        // The replayed commit is before the heartbeat in the WAL, so it was stamped before the
+        // heartbeat's clock reading: a primary clock that reads earlier than it was stepped back
+        // since (an NTP step, a VM restored or moved). How far behind the replica is cannot then
+        // be told from that clock; taken as 0, a replica whose replay had stopped would be
+        // vouched for as current for as long as the clock stays behind
+        // (test/integration/sharding/replica-lag-clock.test.ts).
+        if (primaryNowMs < row.replay_commit_ms) return { ...base, lagSeconds: null };
+        return { ...base, lagSeconds: (primaryNowMs - row.replay_commit_ms) / 1000 };
       }
       await new Promise((resolve) => setTimeout(resolve, pollMs));
     }

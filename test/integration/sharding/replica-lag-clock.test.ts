@@ -1,0 +1,69 @@
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { commitHeartbeat, probeReplicaLag } from '../../../functions/adapters/postgres/replica-lag.js';
+import type { ShardNode } from '../../../functions/adapters/postgres/shard-pools.js';
+import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+
+/**
+ * The replay lag of a replica that has not replayed the heartbeat is the primary's clock now minus
+ * the commit time of the last transaction the replica replayed: both read on the primary's clock,
+ * so no skew between hosts enters. Its clock may still step back (an NTP step, a VM restored or
+ * migrated, a host whose clock was set by hand): commits stamped before the step then read as
+ * made in the future. The difference came out negative, was taken as 0 ("current"), and a
+ * replica whose replay had stopped well behind was vouched for as fresh as of the probe (the
+ * reader's freshAsOfMs, the health report's lag), for as long as the clock stayed behind, within
+ * the byte bound. A primary's clock behind a commit it made says nothing of how far behind the
+ * replica is: its lag is unknown (no reads; the health report says so), not 0.
+ *
+ * The step is the heartbeat's reading of the primary's clock set an hour back: what
+ * `commitHeartbeat` answers from a primary whose clock was stepped back an hour after the
+ * replica's last replayed commit (PostgreSQL's own clock cannot be stepped from a test).
+ */
+describe('replay lag when the primary clock stepped back', () => {
+  let cluster: TestShardCluster;
+  const pools: pg.Pool[] = [];
+  const node = (role: 'primary' | 'replica', url: string): ShardNode => {
+    const pool = new pg.Pool({ connectionString: url, max: 2 });
+    pool.on('error', () => undefined);
+    pools.push(pool);
+    return { nodeId: `shard_001/${role}`, shardId: 'shard_001', role, endpoint: url, pool };
+  };
+
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 1, schema: false });
+  }, 120_000);
+  afterAll(async () => {
+    await Promise.all(pools.splice(0).map((p) => p.end()));
+    await cluster?.stop();
+  });
+
+  it('leaves the lag of a replica behind the heartbeat unknown, not 0, when the primary clock reads earlier than its last replayed commit', async () => {
+    const shard = cluster.shards[0];
+    const replica = shard?.replicas[0];
+    if (!shard || !replica) throw new Error('one replica needed');
+    const primary = node('primary', shard.primary.url);
+    const standby = node('replica', replica.url);
+    await primary.pool.query('create table if not exists clock_probe (id serial primary key, at timestamptz default clock_timestamp())');
+    await primary.pool.query('insert into clock_probe default values');
+    await replica.waitForCatchUp();
+    // Replay stops; the primary goes on committing: the replica falls behind, and stays behind.
+    await replica.pauseReplay();
+    try {
+      for (let i = 0; i < 5; i += 1) await primary.pool.query('insert into clock_probe default values');
+      const options = { timeoutMs: 3000, waitMs: 100 };
+      const heartbeat = await commitHeartbeat(primary, options);
+      if (heartbeat === null) throw new Error('the primary committed no heartbeat');
+      const onTime = await probeReplicaLag(standby, heartbeat, options);
+      const steppedBack = await probeReplicaLag(standby, { ...heartbeat, primaryMs: heartbeat.primaryMs - 3_600_000 }, options);
+
+      // The same replica, the same replay position, behind the heartbeat in bytes either way.
+      expect(onTime).toMatchObject({ inRecovery: true, lagSeconds: expect.any(Number) });
+      expect(steppedBack?.replayLsn).toBe(onTime?.replayLsn);
+      expect(steppedBack?.lagBytes).toBeGreaterThan(0n);
+      // Before: 0, a replica that had stopped replaying measured as current.
+      expect(steppedBack?.lagSeconds).toBeNull();
+    } finally {
+      await replica.resumeReplay();
+    }
+  }, 60_000);
+});
