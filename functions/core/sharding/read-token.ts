@@ -43,17 +43,37 @@ const TOKEN = /^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})@([0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]
 /** An example, for error messages and API documents. */
 export const READ_TOKEN_EXAMPLE = 'shard_001@0/3000060;tl=1;v=12';
 
-/** Parses a token; throws {@link ReadTokenError} naming what is wrong. */
+/** A part of a token shown in an error: quoted, and cut short (a header may be kilobytes long). */
+const shown = (part: string): string => JSON.stringify(part.length > 40 ? `${part.slice(0, 40)}…` : part);
+
+/**
+ * Why `text`, which the token pattern refused, is not a token: the first part that is wrong,
+ * named, so that a client (or the operator reading its 400) sees which of the four parts it
+ * mangled rather than the whole form again.
+ */
+function whatIsWrong(text: string): string {
+  const at = text.indexOf('@');
+  if (at < 0) return 'has no shard (shard_id@...)';
+  const shard = text.slice(0, at);
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(shard)) return `names the shard ${shown(shard)}, which is not a shard id (a letter or digit, then up to 62 letters, digits, _ . or -)`;
+  const [lsn = '', ...fields] = text.slice(at + 1).split(';');
+  if (!/^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/.test(lsn)) return `has the WAL position ${shown(lsn)}, which is not two hexadecimal numbers of 1 to 8 digits (like 0/3000060)`;
+  const names = fields.map((f) => f.split('=', 1)[0] ?? '');
+  if (!names.includes('tl') || !names.includes('v')) {
+    const lowerCase = names.some((n) => n === 'TL' || n === 'V');
+    return `lacks the timeline (;tl=N) or the map version (;v=N) that tokens carry${lowerCase ? ' (their names are lower-case)' : ''}`;
+  }
+  if (fields.length !== 2 || names[0] !== 'tl' || names[1] !== 'v') return `has ${shown(fields.join(';'))} after its WAL position; a token has exactly ;tl=N;v=N there, in that order`;
+  const timeline = fields[0]?.slice('tl='.length) ?? '';
+  if (!/^[1-9][0-9]{0,9}$/.test(timeline)) return `has the timeline ${shown(timeline)}, which is not a whole number from 1 to 4294967295 (no sign, no leading zero)`;
+  const version = fields[1]?.slice('v='.length) ?? '';
+  return `has the map version ${shown(version)}, which is not a whole number from 0 to 999999999999999 (no sign, no leading zero)`;
+}
+
+/** Parses a token; throws {@link ReadTokenError} naming the part that is wrong. */
 export function parseReadToken(text: string): ReadToken {
   const m = TOKEN.exec(text);
-  if (!m) {
-    const reason = !text.includes('@')
-      ? 'has no shard (shard_id@...)'
-      : !/;tl=/.test(text) || !/;v=/.test(text)
-        ? 'lacks the timeline (;tl=N) or the map version (;v=N) that tokens carry'
-        : 'is not of the form shard_id@LSN;tl=N;v=N';
-    throw new ReadTokenError(`the read token ${reason}, e.g. ${READ_TOKEN_EXAMPLE}`);
-  }
+  if (!m) throw new ReadTokenError(`the read token ${whatIsWrong(text)}, e.g. ${READ_TOKEN_EXAMPLE}`);
   const timeline = Number(m[3]);
   if (timeline > 0xffffffff) throw new ReadTokenError(`the read token's timeline ${m[3]} is beyond PostgreSQL's 32-bit timelines`);
   return { shardId: m[1] as string, lsn: formatLsn(parseLsn(m[2] as string)), timeline, mapVersion: Number(m[4]) };

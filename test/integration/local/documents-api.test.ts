@@ -185,6 +185,27 @@ describe('documents API against real PostgreSQL: honest answers to bad and hosti
     expect((good.body.items as { id: string }[]).map((d) => d.id)).toContain(doc.body.id);
   });
 
+  it.each([
+    ['a negative map version', (t: string) => t.replace(/;v=\d+$/, ';v=-1'), /map version "-1"/],
+    ['an empty map version (cut short)', (t: string) => t.replace(/;v=\d+$/, ';v='), /map version ""/],
+    ['timeline 0', (t: string) => t.replace(/;tl=\d+/, ';tl=0'), /timeline "0"/],
+    ['a negative timeline', (t: string) => t.replace(/;tl=\d+/, ';tl=-1'), /timeline "-1"/],
+    ['a WAL position cut short', (t: string) => t.replace(/@[^;]+/, '@1/'), /WAL position "1\/"/],
+    ['a WAL position of more than 64 bits', (t: string) => t.replace(/@[^;]+/, '@1/123456789'), /WAL position "1\/123456789"/],
+    ['an upper-case token', (t: string) => t.toUpperCase(), /lower-case/],
+    ['a shard id that is no shard id', (t: string) => `shard 1${t.slice(t.indexOf('@'))}`, /shard "shard 1"/],
+    ['two tokens in one header', (t: string) => `${t}, ${t}`, /exactly ;tl=N;v=N/],
+  ])('refuses an X-Read-After with %s (400), naming the part that is wrong', async (_what, mangle, reason) => {
+    const doc = await api.request('POST', '/api/v1/documents', { owner_id: owner.id, title: 'mangled token' });
+    const token = mangle(doc.headers.get('x-read-token') ?? '');
+    const answers = await Promise.all(
+      [`/api/v1/users/${owner.id}`, `/api/v1/users/${owner.id}/documents`, `/api/v1/documents/${String(doc.body.id)}`].map((path) => api.request('GET', path, undefined, { 'x-read-after': token })),
+    );
+
+    expect(answers.map((r) => [r.status, r.body.invalid_params?.[0]?.name])).toEqual(Array.from({ length: 3 }, () => [400, 'header.x-read-after']));
+    for (const r of answers) expect(r.body.invalid_params[0].reason).toMatch(reason);
+  });
+
   it('reads on the primary with ?consistency=primary, and refuses any other value (400 naming query.consistency)', async () => {
     const doc = await api.request('POST', '/api/v1/documents', { owner_id: owner.id, title: 'on the primary' });
     const reads = await Promise.all([

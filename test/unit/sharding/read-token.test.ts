@@ -22,12 +22,18 @@ describe('read-your-writes tokens', () => {
     ['garbage', /has no shard/],
     ['shard_001@0/3000060', /lacks the timeline \(;tl=N\) or the map version/],
     ['shard_001@0/3000060;tl=1', /lacks the timeline \(;tl=N\) or the map version/],
-    ['shard_001@0/3000060;tl=0;v=3', /not of the form/],
-    ['shard_001@0/3000060;v=3;tl=1', /not of the form/],
-    ['shard_001@0/3000060;tl=1;v=3;x=1', /not of the form/],
-    ['shard_001@0/30000601234;tl=1;v=3', /not of the form/],
+    ['shard_001@0/3000060;tl=0;v=3', /has the timeline "0", which is not a whole number from 1/],
+    ['shard_001@0/3000060;tl=01;v=3', /has the timeline "01"/],
+    ['shard_001@0/3000060;tl=1;v=-3', /has the map version "-3", which is not a whole number from 0/],
+    ['shard_001@0/3000060;tl=1;v=1000000000000000', /has the map version "1000000000000000"/],
+    ['shard_001@0/3000060;v=3;tl=1', /has "v=3;tl=1" after its WAL position; a token has exactly ;tl=N;v=N there, in that order/],
+    ['shard_001@0/3000060;tl=1;v=3;x=1', /has "tl=1;v=3;x=1" after its WAL position/],
+    ['shard_001@0/30000601234;tl=1;v=3', /has the WAL position "0\/30000601234", which is not two hexadecimal numbers/],
     ['shard_001@0/3000060;tl=4294967296;v=3', /beyond PostgreSQL's 32-bit timelines/],
-    ['shard 001@0/3000060;tl=1;v=3', /not of the form/],
+    ['shard 001@0/3000060;tl=1;v=3', /names the shard "shard 001", which is not a shard id/],
+    ['shard_001@@0/3000060;tl=1;v=3', /has the WAL position "@0\/3000060"/],
+    ['SHARD_001@0/3000060;TL=1;V=3', /lacks the timeline .* \(their names are lower-case\)/],
+    [`${'s'.repeat(5000)}@0/0;tl=1;v=1`, /names the shard "s{40}…", which is not a shard id/],
   ])('refuses %j, saying why', (text, reason) => {
     expect(() => parseReadToken(text)).toThrow(ReadTokenError);
     expect(() => parseReadToken(text)).toThrow(reason);
