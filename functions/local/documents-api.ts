@@ -263,7 +263,7 @@ export function documentsApiDocument(): JsonSchema {
             shard_id: { type: 'string' },
             lsn: { type: 'string', description: "the token's WAL position" },
             timeline: { type: 'integer', description: "the token's timeline" },
-            fork_lsn: { type: 'string', description: "where the token's timeline ends in the primary's timeline's past" },
+            fork_lsn: { type: 'string', description: "where the token's timeline ends in the primary's timeline's past (for a token of the primary's own timeline number that another server issued, where the primary's WAL on it ends)" },
             current_timeline: { type: 'integer' },
           },
           required: ['type', 'shard_id', 'lsn', 'timeline', 'fork_lsn', 'current_timeline'],

@@ -341,6 +341,12 @@ export class ReplicaReader {
    * {@link TIMELINE_HISTORY_RETRY_MS}.
    */
   readonly #histories = new Map<string, { readonly history: Promise<readonly TimelineSwitch[] | null>; retryAtMs?: number }>();
+  /**
+   * Per shard, primary timeline and server (the keys of {@link #histories}), the furthest WAL
+   * insert position a read has seen that server at: a token of its timeline at or before it is
+   * in its past with no query ({@link #pastPrimaryEnd}).
+   */
+  readonly #reached = new Map<string, bigint>();
   #timer: NodeJS.Timeout | undefined;
   #running = false;
 
@@ -638,12 +644,42 @@ export class ReplicaReader {
    * then answers as it did before shard migration 027.
    */
   async #lostWrite(shardId: string, nodeId: string, client: pg.ClientBase, primary: { readonly timeline: number; readonly server: string } | null, options: ReadOptions): Promise<LostWrite | undefined> {
-    if (options.token === undefined || options.tokenTimeline === undefined || primary === null || primary.timeline <= options.tokenTimeline) return undefined;
+    if (options.token === undefined || options.tokenTimeline === undefined || primary === null) return undefined;
+    if (primary.timeline === options.tokenTimeline) return this.#pastPrimaryEnd(shardId, client, primary, options.token);
+    if (primary.timeline < options.tokenTimeline) return undefined;
     const { timeline } = primary;
     const history = await this.#history(shardId, primary, client, options.deadlineAt, nodeId);
     if (history === null) return undefined;
     const lost = lostInFailover(history, timeline, { lsn: parseLsn(options.token), timeline: options.tokenTimeline });
     return lost === undefined ? undefined : { shardId, lsn: options.token, timeline: options.tokenTimeline, forkLsn: formatLsn(lost.forkLsn), currentTimeline: timeline };
+  }
+
+  /**
+   * The write of `token`, a token of the timeline the primary `client` is on, when that primary
+   * has not reached its position: the server that acknowledged it is not this one, though on the
+   * same timeline number. Two replicas promoted one after the other without a shared WAL archive
+   * both take timeline N + 1 (the first failed too, or was given up); a write the first
+   * acknowledged on N + 1 is in no history of the second, whose N + 1 is its own. Read as usual,
+   * the second's primary answered a miss as a 404, as if the write had never been made
+   * (`test/integration/sharding/timeline-lost-write-same-timeline.test.ts`). A token this server
+   * issued is never past its insert position (which only moves on; the token is that position
+   * read after the commit, or a page header before it), so no write it holds is told lost. Once
+   * the second server's WAL passes the token's position the two cannot be told apart (the limit
+   * docs/sharding-spec.md states). One query (`pg_current_wal_insert_lsn()` on the read's
+   * connection, under its deadline) only for a token past the furthest position a read has seen
+   * this server at ({@link #reached}).
+   */
+  async #pastPrimaryEnd(shardId: string, client: pg.ClientBase, { timeline, server }: { readonly timeline: number; readonly server: string }, token: string): Promise<LostWrite | undefined> {
+    const key = `${shardId}/${timeline}/${server}`;
+    const lsn = parseLsn(token);
+    const known = this.#reached.get(key);
+    if (known !== undefined && lsn <= known) return undefined;
+    const { rows } = await client.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn');
+    const text = rows[0]?.lsn;
+    if (text === undefined || !isLsn(text)) return undefined;
+    const reached = parseLsn(text);
+    if (known === undefined || reached > known) this.#reached.set(key, reached);
+    return lsn <= reached ? undefined : { shardId, lsn: token, timeline, forkLsn: formatLsn(reached), currentTimeline: timeline };
   }
 
   /**

@@ -114,7 +114,10 @@ export interface LostWrite {
   /** The token's position and timeline. */
   readonly lsn: string;
   readonly timeline: number;
-  /** Where the token's timeline ends in the current timeline's past (its switchpoint). */
+  /**
+   * Where the token's timeline ends in the current timeline's past (its switchpoint); for a token
+   * of the current timeline number that another server issued, where the primary's WAL on it ends.
+   */
   readonly forkLsn: string;
   /** The shard primary's timeline at the read. */
   readonly currentTimeline: number;
@@ -122,5 +125,8 @@ export interface LostWrite {
 
 /** What a read answers about a {@link LostWrite} (the documents API's 410 `detail`). */
 export function lostWriteMessage(lost: LostWrite): string {
+  if (lost.timeline === lost.currentTimeline) {
+    return `shard ${lost.shardId}: the write of the read token at ${lost.lsn} on timeline ${lost.timeline} is not on the shard's primary, whose WAL on timeline ${lost.timeline} ends at ${lost.forkLsn} (the write was acknowledged by another server that took the same timeline number: a second failover, without a shared WAL archive): this write was lost in a failover; send it again if it is still wanted`;
+  }
   return `shard ${lost.shardId}: the write of the read token at ${lost.lsn} on timeline ${lost.timeline} is not on the shard's primary, whose timeline ${lost.currentTimeline} took over from timeline ${lost.timeline} at ${lost.forkLsn} (a failover to a replica that had not received the write): this write was lost in a failover; send it again if it is still wanted`;
 }
