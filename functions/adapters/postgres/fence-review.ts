@@ -864,8 +864,7 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
       ownersRead ??= ownersOfSlotsSince(catalog, fencedSlots);
       const known = (await ownersRead).get(`${slot}:${version}`);
       if (known !== undefined) return known;
-      const { rows: owners } = await catalog.query<{ owner: string | null }>('select distinct assignments[$1::int + 1] as owner from catalog.slot_maps where version >= $2::bigint', [slot, version]);
-      return owners.flatMap((x) => (x.owner === null ? [] : [x.owner]));
+      return (await ownersOfSlotsSince(catalog, [{ slot, version }])).get(`${slot}:${version}`) ?? [];
     },
   };
   for (const [shard, shardRows] of read) {
@@ -1184,8 +1183,67 @@ function slotUnitKey(on: string, kind: SlotUnit['kind'], slot: number, excluded:
 
 /**
  * The shards that own each slot in the maps from its version on (the latest included), for every
- * `fenced` slot row read: one statement, each map's assignments read (and unnested) once, not a
- * read of every map since a row's version a row. Keyed `${slot}:${version}`.
+ * `fenced` slot row read: one statement (two where the history lacks a slot, below), keyed
+ * `${slot}:${version}`.
+ *
+ * Read from each slot's owner history (catalog.slot_owner_history, sharding migrations 023 and
+ * 024: the versions at which the slot's owner changed, and the owner from there on), not from the
+ * maps: the owners since a version are the one in force at the first map at or past it and those
+ * of the slot's later changes, an index probe and a few rows a slot. Reading every map since the
+ * oldest row's version (ownersOfSlotsSinceByMaps) was linear in the history: 500 rows at version 0
+ * listed in 0.7 s at 1,000 4096-slot maps, 4.5 s at 5,000 and 42 s at 20,000, past the API's
+ * 27 s; from the history 0.07 s, 0.06 s and 0.3 s (bench/fence-review.ts, 2 loaded cores). The same answers (fence-review-owner-history.test.ts compares the
+ * two on random histories: flips, maps by hand, holes, gaps in the versions, maps inserted below
+ * others, updated, deleted, truncated).
+ *
+ * Where the history holds no owner of a slot at or below the first map at or past the version
+ * asked for (the history not filled yet: between migrations 023 and 024 of a deploy; a map
+ * inserted with the triggers off; a slot past the first maps' length), that slot is read from the
+ * maps as before, not answered with the owners the history lacks: a missing owner is a shard
+ * whose rows of the slot the review would not count before reopening the row.
+ */
+export async function ownersOfSlotsSince(catalog: Queryable, pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>): Promise<Map<string, string[]>> {
+  const { owners, unknown } = await ownersOfSlotsFromHistory(catalog, pairs);
+  if (unknown.length > 0) for (const [key, found] of await ownersOfSlotsSinceByMaps(catalog, unknown)) owners.set(key, found);
+  return owners;
+}
+
+/**
+ * {@link ownersOfSlotsSince} from catalog.slot_owner_history alone: the pairs it answers, and
+ * those it cannot (no owner of the slot recorded at or below the first map at or past the
+ * version). A pair with no map at or past its version has no owner (answered, empty).
+ */
+export async function ownersOfSlotsFromHistory(
+  catalog: Queryable,
+  pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>,
+): Promise<{ owners: Map<string, string[]>; unknown: Array<{ slot: number; version: number }> }> {
+  const owners = new Map<string, string[]>();
+  const unknown: Array<{ slot: number; version: number }> = [];
+  if (pairs.length === 0) return { owners, unknown };
+  const { rows } = await catalog.query<{ slot: number; version: string; known: boolean; owners: string[] | null }>(
+    `with p as (select distinct slot, version from unnest($1::int[], $2::bigint[]) as p(slot, version)),
+          f as (select p.slot, p.version, (select min(m.version) from catalog.slot_maps m where m.version >= p.version) as first from p)
+     select f.slot, f.version::text as version,
+            f.first is null or exists (select 1 from catalog.slot_owner_history h where h.slot = f.slot and h.from_version <= f.first) as known,
+            array(select distinct o.shard_id from (
+                    (select h.shard_id from catalog.slot_owner_history h where h.slot = f.slot and h.from_version <= f.first order by h.from_version desc limit 1)
+                    union all
+                    select h.shard_id from catalog.slot_owner_history h where h.slot = f.slot and h.from_version > f.first) o
+                   where o.shard_id is not null order by 1) as owners
+       from f`,
+    [pairs.map((p) => p.slot), pairs.map((p) => p.version)],
+  );
+  for (const r of rows) {
+    if (r.known) owners.set(`${r.slot}:${r.version}`, r.owners ?? []);
+    else unknown.push({ slot: r.slot, version: Number(r.version) });
+  }
+  return { owners, unknown };
+}
+
+/**
+ * {@link ownersOfSlotsSince} read from the maps: every map since the oldest pair's version, each
+ * map's assignments read (and unnested) once. Where the owner history cannot answer, and the
+ * answer it is compared with (fence-review-owner-history.test.ts).
  *
  * Each slot asked for is reduced first to its owners and the last version each owned it in (a
  * shard owned the slot in a map from a row's version on exactly when its last such version is at
@@ -1194,10 +1252,8 @@ function slotUnitKey(on: string, kind: SlotUnit['kind'], slot: number, excluded:
  * 21.5-27.9 s for 500 rows at version 0 under 5,000 maps of 4,096 slots on a loaded 2-core host
  * (GET /shards/fences' listing 15.4-18.0 s), of the API's 27 s, on every page; this 5.0-7.9 s
  * (the listing 4.5 s), against 4.3 s to unnest the maps alone (fence-review-slot-counts.test.ts).
- * Still a read of every map since the oldest row's version: a history far longer than that
- * wants the maps' owners kept by slot.
  */
-async function ownersOfSlotsSince(catalog: Queryable, pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>): Promise<Map<string, string[]>> {
+export async function ownersOfSlotsSinceByMaps(catalog: Queryable, pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>): Promise<Map<string, string[]>> {
   const out = new Map<string, string[]>();
   if (pairs.length === 0) return out;
   const { rows } = await catalog.query<{ slot: number; version: string; owners: string[] | null }>(
