@@ -724,6 +724,35 @@ function decideByHand(job: Pick<MoveJob, 'kind' | 'unitId'> & Partial<Pick<MoveJ
     : `: publish a map giving slot ${job.unitId} to ${shard ?? 'the shard holding its rows'} in a transaction that names this unfinished move first: begin; set local ca_dms.override_moves = '${job.id ?? '<the move job id>'}'; select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, <reason>); commit (SlotMapStore.publishByHand with that transaction's client; docs/sharding-spec.md section 9, "A moved slot keeps its owner")`;
 }
 
+/** A source's fence row of its unit that says it does not own the unit, as {@link sourceDisowns} words it. */
+export interface DisowningRow {
+  readonly state: string;
+  readonly moved_to: string | null;
+  readonly map_version: string | null;
+  readonly job_id: string | null;
+}
+
+/**
+ * Why a move cannot take its unit from `from`, whose own fence row of the unit says `moved` (or
+ * `incoming`) though the catalog names `from` as the owner, and the way out: the unit's owner
+ * decided by hand where its rows are. Said by the plan (a slot's row, `checkSourceOwnsSlot`) and by
+ * the run that meets such a row made after the plan (prepareSource): both name the row, whose it
+ * is, and the two decisions an operator has, by where the rows are (docs/sharding-spec.md section
+ * 9, "A move is not planned from a shard whose row says the unit moved away").
+ */
+export function sourceDisowns(kind: 'slot' | 'directory', unitId: string, from: string, row: DisowningRow): string {
+  const unit = `${kind === 'slot' ? 'slot' : 'key'} ${unitId}`;
+  const whose = row.job_id === null ? "a hand change's (job_id null: a change in a caller's transaction rolled back, or one that died)" : `move job #${row.job_id}'s`;
+  const says = `${row.state}${row.moved_to === null ? '' : ` to ${row.moved_to}`} (version ${row.map_version ?? '?'}), ${whose}`;
+  const there = row.moved_to ?? '<the shard holding its rows>';
+  const owner =
+    kind === 'slot'
+      ? `publish a map giving slot ${unitId} to ${there} (SlotMapStore.publishByHand given the shards' pools, which counts and fences ${from}; or select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, '<reason>'))`
+      : `select * from catalog.repin_by_hand('${unitId}', '${there}', '<reason>')`;
+  const unitSql = `kind = '${kind}' and unit_id = '${unitId}' and state = '${row.state}'`;
+  return `${from}'s fence row of ${unit} says ${says}: ${from} does not own it, though the catalog names it (the catalog and the shard disagree), and refuses every write and read of it there (${row.state === 'moved' ? 'CAF02' : 'CAF01'}). Decide its owner by hand, by where its rows are: on ${there} (after a finished move's row: they moved there), ${owner}; on no shard (a hand change's row, over a unit it gave away empty), ca-dms-scaling shards fences --settle, which reopens the row only where neither shard holds rows of it; on ${from} (the row written past the stores over rows that never left), delete it there: delete from write_fences where ${unitSql}. Then move it from its owner if wanted (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`;
+}
+
 function foreignOwnerMessage(job: MoveJob, read: OwnerRead): string {
   const change =
     job.kind === 'directory'
@@ -1248,10 +1277,20 @@ export class PgMovePort implements MovePort<MoveJob> {
       job.from,
       async (c) => {
         await c.query(`insert into write_fences (kind, unit_id, excluded_keys) values ($1, $2, $3) on conflict (kind, unit_id) do nothing`, [job.kind, job.unitId, excluded]);
-        const fence = await c.query<{ state: string; job_id: string | null }>('select state, job_id from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
+        const fence = await c.query<DisowningRow>('select state, job_id::text, moved_to, map_version::text from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
         const row = fence.rows[0];
         if (row?.state === 'moved' || row?.state === 'incoming') {
-          throw new MoveError(`the fence on ${job.from} says ${job.kind} ${job.unitId} is ${row.state}: that shard does not own it, the catalog and the shard disagree`);
+          // Changed after the plan (whose check refuses such a row: mover.ts checkSourceOwnsSlot,
+          // checkSourceOwnsKey): a hand change in a caller's transaction rolled back, a superuser's
+          // SQL. This job's own `moved` row (a lost flip) was taken by recoverLostFlip before any
+          // step. The move can never run from here, and this run fenced nothing of its own on the
+          // source: a MoveOwnerConflict, which the driver answers by rolling the move back as
+          // failed (this job's copy on the target deleted, if any; a rollback that would delete
+          // rows where the catalog routes the unit is refused as ever). Thrown as a plain MoveError
+          // before (issue #15, moves-slot-source-moved.test.ts), the job stayed `copying`, every
+          // run stopping here again, until someone cancelled it, holding every other move of the
+          // slot (and, for a slot, every map by hand of it: CAF08), its error naming no way out.
+          throw new MoveOwnerConflict(`move job #${job.id} cannot take ${job.kind === 'slot' ? 'slot' : 'key'} ${job.unitId} from ${job.from}, and was rolled back as failed (nothing of it fenced on ${job.from}; its copy on ${job.to}, if any, deleted): ${sourceDisowns(job.kind, job.unitId, job.from, row)}`);
         }
         if (row?.state === 'fenced' && row.job_id === null) {
           // A slot map published by hand fences the old owner with no job (OwnerChangeFences).

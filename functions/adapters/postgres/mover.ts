@@ -54,7 +54,7 @@ import {
   type MoveRequest,
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
-import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
+import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sourceDisowns, type DisowningRow, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 import { retryingSerializationFailures } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
 import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused } from './unit-rows.js';
@@ -202,7 +202,8 @@ export class Mover {
    * Validates a move request and records it as a `planned` job. The source is the unit's current
    * owner. Throws {@link MoveRequestError} for a request that is malformed or cannot be carried
    * out (its `problem` says which) and {@link MoveConflictError} when the slot already has an
-   * unfinished move. Nothing is recorded when it throws.
+   * unfinished move, or when the source's own fence row of the unit says it moved away
+   * (`checkSourceOwnsKey`, `checkSourceOwnsSlot`). Nothing is recorded when it throws.
    */
   async plan(request: MoveRequest): Promise<MoveJob> {
     const parsed = moveRequestSchema.safeParse(request);
@@ -246,6 +247,8 @@ export class Mover {
     if (req.kind === 'directory') {
       await this.checkKeySlot(unitId, slot, from);
       await this.checkSourceOwnsKey(unitId, from, entry === null ? 'by hash' : 'pinned');
+    } else {
+      await this.checkSourceOwnsSlot(slot, from, map.version);
     }
     // The owner was read before the job is recorded: another move of the slot may have finished
     // in between (the unique index only stops one that is still unfinished). A job recorded from
@@ -458,20 +461,72 @@ export class Mover {
    * `catalog.repin_by_hand` to the shard its rows moved to (then a move from there, if wanted).
    * Read before the job is recorded: a move that changes this row is of the key's slot, and the
    * plan's re-read of the owner under the job row (below) refuses a plan that raced one.
+   *
+   * Where the source has no row of the key, its slot's row decides for the key there ("Which row
+   * applies"), and one that says `moved` (the key not among its `excluded_keys`) is refused the
+   * same way: the slot moved A -> B and was given back to A by a map by hand that neither fences
+   * nor opens a row (`rowsLeftOn: 'checked'`, `catalog.publish_slot_map_by_hand` straight), the
+   * key's rows went to B with the slot, and a directory move of the key from A to B inserted an
+   * `open` row of the key on A, copied A's none over B's and ended `done`: the key's user and
+   * documents were on no shard (moves-slot-source-moved.test.ts, h101). At plan time only: after
+   * it, a slot row turned `moved` may be a hand change's that gave the slot, empty of rows, to the
+   * move's target, where the key then routes by hash and the move rightly finishes.
    */
   private async checkSourceOwnsKey(key: string, from: string, route: 'by hash' | 'pinned'): Promise<void> {
     const source = this.options.shards.get(from) as pg.Pool;
-    const { rows } = await source.query<{ moved_to: string | null; map_version: string | null }>(
-      `select moved_to, map_version from write_fences where kind = 'directory' and unit_id = $1 and state = 'moved'`,
-      [key],
+    const slot = String(keySlot(key));
+    const { rows: both } = await source.query<DisowningRow & { kind: string; excluded_keys: string[] | null }>(
+      `select kind, state, moved_to, map_version::text, job_id::text, excluded_keys from write_fences
+        where (kind = 'directory' and unit_id = $1) or (kind = 'slot' and unit_id = $2)`,
+      [key, slot],
     );
-    const row = rows[0];
+    const own = both.find((r) => r.kind === 'directory');
+    const slotRow = both.find((r) => r.kind === 'slot');
+    if (own === undefined && slotRow?.state === 'moved' && !(slotRow.excluded_keys ?? []).includes(key)) {
+      const routedBy = route === 'pinned' ? `its pin names ${from}` : `it has no pin and routes by hash to its slot's owner, ${from}`;
+      const there = slotRow.moved_to ?? '<the shard holding its rows>';
+      const way =
+        route === 'pinned'
+          ? `select catalog.repin_by_hand('${key}', '${there}', '<reason>')`
+          : `publish a map giving its slot ${slot} to ${there} (SlotMapStore.publishByHand given the shards' pools, which counts and fences ${from}; or select * from catalog.publish_slot_map_by_hand(<next version>, <assignments>, '<reason>'))`;
+      throw new MoveConflictError(
+        `cannot move key ${key} from ${from}: the catalog sends it to ${from} (${routedBy}), but ${from} has no fence row of the key, and the row of its slot ${slot} there, which decides for the key, says moved to ${there} (version ${slotRow.map_version ?? '?'}, ${slotRow.job_id === null ? "a hand change's" : `move job #${slotRow.job_id}'s`}): the key's rows went with its slot, and a move from ${from} would copy ${from}'s none over them. Nothing was recorded or pinned. Decide the key's owner by hand: where its rows are (on ${there}), ${way}; where they are on ${from} after all, give the key a row of its own there, which decides for it over its slot's: insert into write_fences (kind, unit_id) values ('directory', '${key}'); then move it if wanted (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
+      );
+    }
+    const row = own?.state === 'moved' ? own : undefined;
     if (row === undefined) return;
     const there = row.moved_to ?? 'another shard';
     const routed = route === 'pinned' ? `its pin names ${from}` : `it has no pin and routes by hash to its slot's owner, ${from}`;
     throw new MoveConflictError(
       `cannot move key ${key} from ${from}: the catalog sends it to ${from} (${routed}), but ${from}'s fence row of the key says moved to ${there} (version ${row.map_version ?? '?'}), a finished move's: the catalog and the shard disagree, and ${from} refuses every write and read of the key (CAF02). Its pin was deleted or changed past the catalog's guard (CAF06/CAF07). Nothing was recorded or pinned. Decide the key's owner by hand: where its rows are (on ${there}, after that move), select catalog.repin_by_hand('${key}', '${there}', '<reason>'); then move it from there if wanted (docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned")`,
     );
+  }
+
+  /**
+   * Refuses a slot move whose source, the shard the latest map names for the slot, says by its own
+   * fence row that it does not own the slot (`moved`, to the shard named in `moved_to`): a finished
+   * slot move's row (A -> B done, A's row `moved` to B) left where a map published by hand gives the
+   * slot back to A without taking it (`catalog.publish_slot_map_by_hand` straight, a store without
+   * the shards' pools, or `rowsLeftOn: 'checked'`: none of them fences or opens a row, CAF08 lets a
+   * map by hand through for a finished move), or a hand change's (`job_id` null) that a caller's
+   * transaction rolled back. Every write and read of the slot there is refused already (CAF02), and
+   * such a move could never run: it was recorded, its first run stopped on the source's fence ("the
+   * catalog and the shard disagree"), and the job stayed `copying`, every run stopping there again,
+   * until cancelled, holding every other move of the slot and every map by hand of it (CAF08)
+   * meanwhile (issue #15, moves-slot-source-moved.test.ts). Refused here, nothing recorded, with the
+   * way out: the slot's owner is a decision by hand (a map giving it to where its rows are, or the
+   * hand row settled where the rows are on the source). Read before the job is recorded, as for a
+   * key ({@link checkSourceOwnsKey}); the run's own check stays, for a row changed after the plan.
+   */
+  private async checkSourceOwnsSlot(slot: number, from: string, version: number): Promise<void> {
+    const source = this.options.shards.get(from) as pg.Pool;
+    const { rows } = await source.query<{ moved_to: string | null; map_version: string | null; job_id: string | null }>(
+      `select moved_to, map_version, job_id::text from write_fences where kind = 'slot' and unit_id = $1 and state = 'moved'`,
+      [String(slot)],
+    );
+    const row = rows[0];
+    if (row === undefined) return;
+    throw new MoveConflictError(`cannot move slot ${slot} from ${from}, which slot map version ${version} names its owner: ${sourceDisowns('slot', String(slot), from, { state: 'moved', ...row })}. Nothing was recorded`);
   }
 
   /** Refuses a unit with more rows in one table than {@link MoverOptions.maxUnitRows}. */

@@ -178,7 +178,10 @@ export class MoveError extends Error {
  * move's source nor its target as the unit's owner: an operator pinned the key to a third shard,
  * or someone published a map giving the slot to one. The move could only publish by overwriting
  * that, so the driver rolls it back as failed, this message its error, instead of leaving it to
- * fence the unit's writes again at every run until someone cancels it.
+ * fence the unit's writes again at every run until someone cancels it. Thrown too where the source
+ * itself says, by its fence row of the unit (`moved` or `incoming`, not this move's), that it does
+ * not own the unit the catalog names it for: the move can never run from there, and left
+ * unfinished it held every other move of the slot until someone cancelled it.
  */
 export class MoveOwnerConflict extends MoveError {
   override readonly name = 'MoveOwnerConflict';

@@ -1,0 +1,213 @@
+/**
+ * Issue #15 (h101): a move whose source, the shard the catalog names, says by its own fence row
+ * that it does not own the unit (`moved`). A slot moved A -> B (done, A's row `moved` to B) and
+ * given back to A by a map by hand that neither fences nor opens a row (`catalog.publish_slot_map_by_hand`
+ * straight, a store without the shards' pools, `rowsLeftOn: 'checked'`; CAF08 lets a map by hand
+ * through for a finished move): a slot move of it from A was recorded, its run stopped on A's fence
+ * ("the catalog and the shard disagree"), and the job stayed `copying`, every run stopping there
+ * again, holding every other move of the slot until cancelled. Now refused at plan (409, nothing
+ * recorded), as a directory move is (moves-directory-source-moved.test.ts). And a row that turns
+ * `moved` after the plan (a hand change in a caller's transaction rolled back, a superuser's SQL)
+ * now fails the move at its run (rolled back, the slot free), its error naming the way out, for
+ * both kinds; `shards fences` reopens such a row only where the unit's rows are on its shard.
+ * And a directory move of a key of such a slot (no row of the key on A: the slot's `moved` row
+ * decides for it) ended `done` with the key's rows on no shard: now refused at plan too.
+ */
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { reviewFences } from '../../../functions/adapters/postgres/fence-review.js';
+import { MoveConflictError } from '../../../functions/adapters/postgres/move-jobs.js';
+import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
+import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { countSlot, documentWrittenFor, fenceState, keysInSlot, type MoveEnv, outcomeOf, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState } from './fixtures/move-env.js';
+
+const PINS_ROUTE: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
+
+let env: MoveEnv;
+beforeAll(async () => {
+  env = await startMoveEnv({ shards: 2 });
+});
+afterAll(async () => {
+  await env?.stop();
+});
+
+const jobCount = async (): Promise<number> => Number((await env.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n);
+
+/** A hand change's row (`job_id` null) on `pool`, as a change in a caller's transaction rolled back leaves it (or a superuser's SQL). */
+async function handRowMoved(pool: pg.Pool, kind: 'slot' | 'directory', unit: string, to: string): Promise<void> {
+  await pool.query(
+    `insert into write_fences (kind, unit_id, state, moved_to, map_version) values ($1, $2, 'moved', $3, 1)
+     on conflict (kind, unit_id) do update set state = 'moved', moved_to = $3, map_version = 1, job_id = null`,
+    [kind, unit, to],
+  );
+}
+
+describe('a slot move from a shard whose fence row says the slot moved away', () => {
+  it('is refused at plan time, nothing recorded, naming both shards and the way out, which leads to a finished move', async () => {
+    const slot = 1702;
+    const { from, to, source, target } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [key], 3);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const first = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(first.id)).state).toBe('done');
+    // Given back to A by hand, past nothing but the operator's care: no fence taken or opened.
+    await env.slotMaps.publishByHand(moveSlots(await env.slotMaps.current(), [slot], from), 'restored by hand', undefined, { rowsLeftOn: 'checked' });
+    expect(await env.ownerOf(slot)).toBe(from);
+    expect(await fenceState(source, slot)).toBe('moved');
+    expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 3 });
+    // `shards fences` lists A's row (it refuses the slot where the map sends it) and does not
+    // reopen it: the slot's rows are where it sends the writes, B.
+    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
+    const listed = review.rows.find((r) => r.shard === from && r.kind === 'slot' && r.unitId === String(slot));
+    expect(listed?.state).toBe('moved');
+    expect(listed?.outcome ?? '').toContain(`left: the slot's rows are on ${to}`);
+    expect(await fenceState(source, slot)).toBe('moved');
+
+    const jobsBefore = await jobCount();
+    const refused = await refusalOf(mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }));
+    if (refused === null) {
+      // Before the fix: the plan recorded the job; its runs stopped on A's fence, the job left `copying`.
+      const { rows } = await env.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
+      const id = Number(rows[0]?.id);
+      const ran = await outcomeOf(mover.run(id));
+      const other = await refusalOf(mover.plan({ kind: 'directory', key, to, createdBy: 'test' }));
+      expect.fail(`plan recorded job #${id}; run ${ran}; job state ${(await mover.get(id)).state}; another move of the slot: ${other instanceof Error ? other.message : 'planned'}`);
+    }
+    expect(refused).toBeInstanceOf(MoveConflictError);
+    const msg = (refused as Error).message;
+    expect(msg).toContain(`cannot move slot ${slot} from ${from}`);
+    expect(msg).toContain(`moved to ${to}`);
+    expect(msg).toContain(`move job #${first.id}'s`);
+    expect(msg).toContain('publish_slot_map_by_hand');
+    expect(msg).toContain('Nothing was recorded');
+    expect(await jobCount()).toBe(jobsBefore);
+    expect(await fenceState(source, slot)).toBe('moved');
+    expect(await fenceState(target, slot)).toBe('open');
+
+    // The way out it names: the slot given by hand to where its rows are (the store with the
+    // shards' pools counts A, empty, and fences it), its writes taken there, and a move from there
+    // plans, runs and finishes.
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'rows moved there, map given back past its row');
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${to}`);
+    const back = await mover.plan({ kind: 'slot', slot, to: from, createdBy: 'test' });
+    expect((await mover.run(back.id)).state).toBe('done');
+    expect(await countSlot(source, slot)).toEqual({ users: 1, documents: 4 });
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${from}`);
+  });
+});
+
+describe("a directory move of a key whose source's slot row says the slot moved away", () => {
+  it('is refused at plan time, nothing recorded or pinned: before, it ended done with the key on no shard', async () => {
+    // The slot moved A -> B with the key's rows, then given back to A by a map by hand that
+    // neither fences nor opens a row. A has no row of the key: its slot's `moved` row decides.
+    const slot = 1705;
+    const { from, to, source, target } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [key], 3);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const first = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(first.id)).state).toBe('done');
+    await env.slotMaps.publishByHand(moveSlots(await env.slotMaps.current(), [slot], from), 'restored by hand', undefined, { rowsLeftOn: 'checked' });
+    const jobsBefore = await jobCount();
+    const refused = await refusalOf(mover.plan({ kind: 'directory', key, to, createdBy: 'test' }));
+    if (refused === null) {
+      // Before the fix: the move ran to `done`, its copy of A's none of the key put over B's rows.
+      const { rows } = await env.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
+      const id = Number(rows[0]?.id);
+      const ran = await outcomeOf(mover.run(id));
+      expect.fail(`plan recorded job #${id}; run ${ran}; the key's rows left: ${JSON.stringify(await countSlot(source, slot))} on ${from}, ${JSON.stringify(await countSlot(target, slot))} on ${to}`);
+    }
+    expect(refused).toBeInstanceOf(MoveConflictError);
+    const msg = (refused as Error).message;
+    expect(msg).toContain(`cannot move key ${key} from ${from}`);
+    expect(msg).toContain(`its slot ${slot} there, which decides for the key, says moved to ${to}`);
+    expect(msg).toContain('publish_slot_map_by_hand');
+    expect(await jobCount()).toBe(jobsBefore);
+    expect(await env.directory.entry(key)).toBeNull();
+    expect(await unitFenceState(source, 'directory', key)).toBeUndefined();
+    expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 3 });
+    // The way out: the slot given to where its rows are; the key then moves from there.
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'rows moved there, map given back past its row');
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${to}`);
+    const back = await mover.plan({ kind: 'directory', key, to: from, createdBy: 'test' });
+    expect((await mover.run(back.id)).state).toBe('done');
+    expect(await countSlot(source, slot)).toEqual({ users: 1, documents: 4 });
+  });
+});
+
+describe("a move whose source's row turns moved after its plan", () => {
+  it('a slot move fails at its run, rolled back, the slot free, its error naming the way out, which leads to a finished move', async () => {
+    // An empty slot given away by a hand change in a caller's transaction that rolled back (the
+    // store gives away only a slot it counted empty): its row `moved`, job_id null, the map still
+    // naming A. Written here past the catalog, as only a superuser could once the move is planned
+    // (CAF08 refuses the map meanwhile).
+    const slot = 1703;
+    const { from, to, source, target } = await sides(env, slot);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await handRowMoved(source, 'slot', String(slot), to);
+    const ran = await outcomeOf(mover.run(job.id));
+    const after = await mover.get(job.id);
+    // Before the fix: `threw: the fence on A says slot ... is moved ...`, the job left `copying`.
+    expect(`${ran}; ${after.state}`).toBe('ended: failed; failed');
+    expect(after.error).toContain(`${from}'s fence row of slot ${slot} says moved to ${to}`);
+    expect(after.error).toContain("a hand change's");
+    expect(after.error).toContain('shards fences --settle');
+    expect(after.error).toContain('publish_slot_map_by_hand');
+    expect(await fenceState(target, slot)).toBeUndefined();
+    // The slot is free: a new move is refused by the plan's check of the row, not by the job.
+    const again = await refusalOf(mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }));
+    expect(again).toBeInstanceOf(MoveConflictError);
+    expect((again as Error).message).toContain(`cannot move slot ${slot} from ${from}`);
+    // The way out for a hand change's row over a slot empty on both shards: `shards fences
+    // --settle` reopens it, and the move then runs to its end, the slot's new writes on B.
+    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
+    expect(review.rows.find((r) => r.shard === from && r.kind === 'slot' && r.unitId === String(slot))?.outcome).toMatch(/^settled/);
+    expect(await fenceState(source, slot)).toBeUndefined();
+    const next = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(next.id)).state).toBe('done');
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(target, slot, [key], 0);
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${to}`);
+  });
+
+  it('a directory move fails at its run likewise, its rows kept, the review leaving the row, the way out by hand leading to a finished move', async () => {
+    // A superuser's SQL over a key whose rows never left A: its `directory` row `moved`.
+    const slot = 1704;
+    const { from, to, source, target } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [key], 2);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    await handRowMoved(source, 'directory', key, to);
+    const ran = await outcomeOf(mover.run(job.id));
+    const after = await mover.get(job.id);
+    expect(`${ran}; ${after.state}`).toBe('ended: failed; failed');
+    expect(after.error).toContain(`${from}'s fence row of key ${key} says moved to ${to}`);
+    expect(after.error).toContain(`catalog.repin_by_hand('${key}', '${to}'`);
+    expect(after.error).toContain(`delete from write_fences where kind = 'directory' and unit_id = '${key}' and state = 'moved'`);
+    expect(await unitFenceState(target, 'directory', key)).toBeUndefined();
+    expect(await countSlot(source, slot)).toEqual({ users: 1, documents: 2 });
+    expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
+    // Its run pinned the key where it routed (its source), as every directory move does first.
+    expect((await env.directory.entry(key))?.shardId).toBe(from);
+    const again = await refusalOf(mover.plan({ kind: 'directory', key, to, createdBy: 'test' }));
+    expect(again).toBeInstanceOf(MoveConflictError);
+    // `shards fences` lists the row and leaves it: rows of the key stand behind it on A.
+    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
+    expect(review.rows.find((r) => r.shard === from && r.kind === 'directory' && r.unitId === key)?.outcome).toMatch(/^left: .* holds rows of key/);
+    expect(await unitFenceState(source, 'directory', key)).toBe('moved');
+    // The way out for rows that never left A: the row deleted there by hand, as the error says.
+    await source.query(`delete from write_fences where kind = 'directory' and unit_id = $1 and state = 'moved'`, [key]);
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${from}`);
+    const next = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    expect((await mover.run(next.id)).state).toBe('done');
+    env.directory.invalidate(key);
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${to}`);
+    expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 4 });
+  });
+});
