@@ -7,7 +7,8 @@
  * it out. The catalog: one 4096-slot map over `--owners` shards (default 3); the jobs move slots
  * (each slot in turn from slot 0 up: the first owner's slots first) from the second owner to the
  * first, so every other owner is named by the map alone and its "a shard the catalog knows" check
- * (013's catalog.shard_known) reads every job.
+ * (013's catalog.shard_known) read every job (through migration 024 a typo still did, twice: the
+ * `024` variant; since 025 none).
  * Printed, per variant and job count, the median, p90 and max of `--rounds` (default 3) calls,
  * each in a transaction rolled back:
  *   - `1 slot`: a map by hand that gives slot 0 to the last owner (SlotMapStore.publishByHand's
@@ -23,7 +24,8 @@
  *
  * Run: `npm run bench:slot-map-by-hand --` or `npx tsx bench/slot-map-by-hand.ts` (options:
  * `--jobs 0,1000,100000`, `--owners N`, default 3, `--rounds N`, default 3; `--variants 017,current`,
- * either or both: the 017 variant takes about 35 s per call at 100,000 jobs on 2 shared cores).
+ * any of 017, 019, 024 and current: the 017 variant takes about 35 s per call at 100,000 jobs on 2
+ * shared cores; 024 is the catalog before migration 025, whose typo read every move job twice).
  */
 import { cp, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -48,7 +50,7 @@ const options = z
       .string()
       .default('017,current')
       .transform((s) => s.split(',').map((v) => v.trim()))
-      .refine((list) => list.length > 0 && list.every((v) => v === '017' || v === '019' || v === 'current'), '--variants must be 017, 019 or current, or several separated by commas'),
+      .refine((list) => list.length > 0 && list.every((v) => v === '017' || v === '019' || v === '024' || v === 'current'), '--variants must be 017, 019, 024 or current, or several separated by commas'),
     maps: z.coerce.number({ message: '--maps must be a number' }).int('--maps must be a whole number').min(1, '--maps must be at least 1').default(1),
   })
   .parse(values);
@@ -86,6 +88,7 @@ async function timed(db: pg.Client, run: () => Promise<unknown>, refused?: strin
 const server = await startTestPostgres();
 const old017 = await migrationsThrough(17);
 const old019 = await migrationsThrough(19);
+const old024 = await migrationsThrough(24);
 const variantName = (variant: string) => (variant === 'current' ? 'this release' : `migration ${variant}`);
 try {
   const owners = Array.from({ length: options.owners }, (_, i) => `s${i + 1}`);
@@ -134,9 +137,9 @@ try {
         await db.query('vacuum analyze catalog.slot_maps');
         console.log(`  (${options.maps} maps published in ${((performance.now() - started) / 1000).toFixed(1)} s)`);
       }
-      if (variant === 'current') {
+      if (variant === 'current' || variant === '024') {
         const started = performance.now();
-        await migrateDatabase(server.urlFor(database), 'sharding', MIGRATIONS.sharding);
+        await migrateDatabase(server.urlFor(database), 'sharding', variant === '024' ? old024 : MIGRATIONS.sharding);
         console.log(`  (this release's migrations on ${options.maps} maps: ${((performance.now() - started) / 1000).toFixed(1)} s, 021's fill of catalog.slot_map_shards among them)`);
       }
       for (const jobs of options.jobs) {
@@ -219,5 +222,6 @@ try {
 } finally {
   await rm(old017, { recursive: true, force: true });
   await rm(old019, { recursive: true, force: true });
+  await rm(old024, { recursive: true, force: true });
   await server.stop();
 }
