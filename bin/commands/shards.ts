@@ -29,6 +29,7 @@ import { CliError, databaseUrl, EXIT_FAILURE, numberFlag, parseFlags, UsageError
 
 const usage = `Usage: ca-dms-scaling shards fences [--settle] [--older-than SECONDS] [--all] [--json]
                                    [--catalog-url URL] [--shard SHARD ...] [--recorded-within SECONDS]
+                                   [--ignore-superseded]
                                    | [--local [--data-dir DIR]]
 
 Lists, per shard, every write_fences row that no live move explains: a row left 'fenced' by a
@@ -61,6 +62,11 @@ its state, unit, job, moved_to, map version and what it does to the unit's write
   --recorded-within SECONDS  how recently a runtime must have recorded its routing (at its start:
                       a Lambda cold start) for the review to count it (default 86400, a day); narrow
                       it only once every runtime of an older routing has stopped (a deploy since)
+  --ignore-superseded leave out the records of a routing whose actor (scaling-api, scaling-moves,
+                      ...) was built with another routing since: say it once every runtime of
+                      that actor built before has stopped (a deploy that changed the routing
+                      replaced them); another actor's record of the old routing still counts.
+                      The listing marks such records "superseded"
   --shard SHARD       a shard as ID=URL (its id, as the sharding configuration names it, and its
                       primary's URL); repeat or comma-separate
                       (default: $SHARD_DATABASE_URLS, a JSON array or comma-separated list of
@@ -87,6 +93,7 @@ const table: FlagTable = {
   local: { type: 'boolean' },
   'data-dir': { type: 'string' },
   'recorded-within': { type: 'string' },
+  'ignore-superseded': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 };
 
@@ -101,6 +108,7 @@ const flagsSchema = z
     local: z.boolean().optional(),
     'data-dir': z.string().min(1, 'expected a directory').optional(),
     'recorded-within': numberFlag({ min: 1, max: 86_400 * 365, int: true, unit: 'seconds' }).optional(),
+    'ignore-superseded': z.boolean().optional(),
     help: z.boolean().optional(),
   })
   .superRefine((f, ctx) => {
@@ -110,8 +118,10 @@ const flagsSchema = z
         ctx.addIssue({ code: 'custom', path: ['local'], message: `cannot be combined with --${flag}: --local reviews local mode's running cluster, whose catalog and shards its manifest names; drop one of them` });
       }
     }
-    if (f.local === true && f['recorded-within'] !== undefined) {
-      ctx.addIssue({ code: 'custom', path: ['recorded-within'], message: "not with --local: --local judges by the routing local mode's start recorded in its routing.json, not by the catalog's records; drop one of them" });
+    for (const flag of ['recorded-within', 'ignore-superseded'] as const) {
+      if (f.local === true && f[flag] !== undefined) {
+        ctx.addIssue({ code: 'custom', path: [flag], message: "not with --local: --local judges by the routing local mode's start recorded in its routing.json, not by the catalog's records; drop one of them" });
+      }
     }
     if (f['data-dir'] !== undefined && f.local !== true) ctx.addIssue({ code: 'custom', path: ['data-dir'], message: 'only with --local (the directory local mode runs in)' });
   });
@@ -178,7 +188,7 @@ function routingFromEnv(env: Record<string, string | undefined>): MoveRouting | 
     throw new UsageError(`SHARDING_CONFIG_JSON: not valid JSON: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
   try {
-    return moveRoutingOf(loadShardingConfig(doc, env));
+    return moveRoutingOf(loadShardingConfig(doc, env), env, 'SHARDING_CONFIG_JSON');
   } catch (err) {
     if (err instanceof ShardingConfigError) throw new UsageError(`SHARDING_CONFIG_JSON: ${err.problems.join('; ')}`, { cause: err });
     throw err;
@@ -203,7 +213,7 @@ async function localTarget(dataDir: string, env: Record<string, string | undefin
   }
   let fromShell: MoveRouting;
   try {
-    fromShell = moveRoutingOf(localShardingConfig(running.shards, env));
+    fromShell = moveRoutingOf(localShardingConfig(running.shards, env), env, "local mode's configuration");
   } catch (err) {
     if (err instanceof ShardingConfigError) throw new UsageError(err.problems.join('\n'), { cause: err });
     throw err;
@@ -292,7 +302,7 @@ export function createShardsCommand(env: Record<string, string | undefined> = pr
           if (err instanceof RecordedRoutingsError) throw new CliError(err.message, { cause: err });
           throw err;
         }
-        const decided = routingForReview(target.routing, recorded, withinMs);
+        const decided = routingForReview(target.routing, recorded, withinMs, { ignoreSuperseded: flags['ignore-superseded'] === true });
         if (settle && decided.conflict !== undefined) throw new CliError(decided.conflict);
         judged = decided;
       }

@@ -82,6 +82,7 @@ async function buildAwsPort(): Promise<ScalingApiPort> {
   const sharding = shardingConfig
     ? await createShardingRuntime({
         config: shardingConfig,
+        env: process.env,
         catalog: await rt.db(),
         actor: 'scaling-api',
         // A rotated-away login is re-read from its secret, not kept until the container is recycled.

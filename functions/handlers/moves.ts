@@ -161,7 +161,7 @@ export const handler = createMovesHandler(() => {
     // A rotated-away login is re-read from its secret, not kept until the container is recycled.
     const credentials = shardCredentialsFromEnv(process.env, awsClients().secrets);
     return config
-      ? createShardingRuntime({ config, catalog: await controllerRuntime().db(), actor: 'scaling-moves', pools: { max: 2, ...(credentials ? { credentials } : {}) }, onRoutingNotRecorded: logRoutingNotRecorded })
+      ? createShardingRuntime({ config, env: process.env, catalog: await controllerRuntime().db(), actor: 'scaling-moves', pools: { max: 2, ...(credentials ? { credentials } : {}) }, onRoutingNotRecorded: logRoutingNotRecorded })
       : undefined;
   })().catch((err: unknown) => {
     sharding = undefined;

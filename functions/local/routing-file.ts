@@ -37,7 +37,9 @@ export class LocalRoutingFileError extends Error {
 export async function writeLocalRouting(dataDir: string, routing: MoveRouting): Promise<void> {
   const path = join(dataDir, ROUTING_FILE);
   const partial = `${path}.${process.pid}.tmp`;
-  await writeFile(partial, `${JSON.stringify(routing, null, 2)}\n`, { mode: 0o644 });
+  // The routing's fields only (routingSchema): where a disabled routing came from is said on reading.
+  const { strategy, overrideHash, fallback, enabled } = routing;
+  await writeFile(partial, `${JSON.stringify({ strategy, overrideHash, fallback, ...(enabled === undefined ? {} : { enabled }) }, null, 2)}\n`, { mode: 0o644 });
   await rename(partial, path);
 }
 
@@ -67,5 +69,7 @@ export async function readLocalRouting(dataDir: string): Promise<MoveRouting | u
     throw new LocalRoutingFileError(`${path}: ${issue?.path.join('.') || 'the document'}: ${issue?.message ?? 'not a routing'}; start local mode again to rewrite it`);
   }
   const { enabled, ...rest } = parsed.data;
-  return enabled === undefined ? rest : { ...rest, enabled };
+  if (enabled === undefined) return rest;
+  // Local mode's own configuration enables sharding: only start's SHARDING_ENABLED disables it.
+  return enabled ? { ...rest, enabled } : { ...rest, enabled, disabledBy: `SHARDING_ENABLED=false in the environment local mode was started with, recorded in ${path}` };
 }

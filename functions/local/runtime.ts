@@ -233,8 +233,8 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
 
     const shardingConfig = localShardingConfig(cluster.shards, options.env);
     // `shards fences --local` judges fence rows by this routing, not by its own shell's variables.
-    await writeLocalRouting(options.dataDir, moveRoutingOf(shardingConfig));
-    const sharding = await createShardingRuntime({ config: shardingConfig, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' },
+    await writeLocalRouting(options.dataDir, moveRoutingOf(shardingConfig, options.env));
+    const sharding = await createShardingRuntime({ config: shardingConfig, env: options.env, catalog: catalogPool, actor: 'local-mode', pools: { max: 10, applicationName: 'ca-dms-local' },
       readReplicas: true,
       // The API's answers name a failure by its kind only (a shard's, or the catalog's behind a
       // 503 of the moves endpoints); the driver's text is printed here.

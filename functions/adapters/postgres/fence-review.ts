@@ -54,7 +54,7 @@
  */
 import type pg from 'pg';
 import { SLOT_COUNT, slotOf } from '../../core/sharding/hash.js';
-import type { MoveRouting } from '../../core/sharding/move-machine.js';
+import { shardingDisabled, type MoveRouting } from '../../core/sharding/move-machine.js';
 import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline } from './deadline.js';
 import { failureKind } from './sqlstate.js';
 import { describeRows, keyRowsOn, keysRowsOn, pinnedKeysOf, slotRowsOn, slotsRowsOn, type TableRows } from './unit-rows.js';
@@ -405,7 +405,7 @@ function keyRoute(key: string, f: UnitFacts): { shard: string; how: string; vers
         "the review was not given the sharding configuration, and where the key routes depends on it (whether pins override the hash: strategy and directory.override_hash): run it with SHARDING_CONFIG_JSON set (as the scaling API's function has it) or --local, or decide by hand",
     };
   }
-  if (r.enabled === false) return { unknown: 'sharding is disabled (SHARDING_ENABLED=false): every key routes to default_shard, whatever its pin or slot; decide by hand' };
+  if (r.enabled === false) return { unknown: `${shardingDisabled(r)}: every key routes to default_shard, whatever its pin or slot; decide by hand` };
   if (r.strategy === 'range_based') return { unknown: 'strategy range_based routes keys by the configured ranges, not by pin or slot; decide by hand' };
   if (r.strategy === 'hash_based' && !r.overrideHash) {
     return {

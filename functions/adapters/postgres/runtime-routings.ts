@@ -101,6 +101,14 @@ export interface RecordedRouting {
   readonly seenAt: Date;
   /** Milliseconds from `seenAt` to the catalog's now. */
   readonly ageMs: number;
+  /**
+   * Whether a runtime of the same actor was built with another routing since `seenAt` (its record
+   * of that routing is newer): every runtime of the actor built since runs with another routing.
+   * Not that every runtime built before has stopped (an old one may still serve: a rolling or a
+   * canary deploy, a warm Lambda environment until it is replaced), which no record can tell: the
+   * record still counts unless the operator, who knows the deploy, says so (`--ignore-superseded`).
+   */
+  readonly superseded: boolean;
 }
 
 /** The catalog's routings could not be read (a login without SELECT on the table). */
@@ -130,15 +138,26 @@ export async function recordedRoutings(catalog: Queryable, withinMs: number): Pr
     }
     throw err;
   }
+  const latest = new Map<string, number>();
+  for (const r of rows) latest.set(r.actor, Math.max(latest.get(r.actor) ?? -Infinity, r.seen_at.getTime()));
   return rows.map((r) => {
     const parsed = storedRouting.safeParse(r.routing);
     return {
       actor: r.actor,
-      routing: parsed.success ? { strategy: parsed.data.strategy, overrideHash: parsed.data.override_hash, fallback: parsed.data.fallback, enabled: parsed.data.enabled } : undefined,
+      routing: parsed.success
+        ? {
+            strategy: parsed.data.strategy,
+            overrideHash: parsed.data.override_hash,
+            fallback: parsed.data.fallback,
+            enabled: parsed.data.enabled,
+            ...(parsed.data.enabled ? {} : { disabledBy: `"enabled": false in the routing ${r.actor} recorded in catalog.runtime_routings, last built with it ${r.seen_at.toISOString()}` }),
+          }
+        : undefined,
       raw: JSON.stringify(r.routing),
       firstSeenAt: r.first_seen_at,
       seenAt: r.seen_at,
       ageMs: Math.max(0, Math.round(r.age_ms)),
+      superseded: r.seen_at.getTime() < (latest.get(r.actor) ?? -Infinity),
     };
   });
 }
@@ -180,7 +199,24 @@ function byRouting(recorded: readonly RecordedRouting[]): Array<{ routing: MoveR
 
 /** `scaling-api (last built with it 2026-12-07T12:00:00.000Z, 35 min ago)`, each record of a group. */
 function whoRecorded(records: readonly RecordedRouting[]): string {
-  return records.map((r) => `${r.actor} (last built with it ${r.seenAt.toISOString()}, ${age(r.ageMs)})`).join(', ');
+  return records.map((r) => `${r.actor} (last built with it ${r.seenAt.toISOString()}, ${age(r.ageMs)}${r.superseded ? `, superseded: ${r.actor} was built with another routing since` : ''})`).join(', ');
+}
+
+/** What a refusal says where every record it names is superseded (`--ignore-superseded`), or ''. */
+function supersededHint(records: readonly RecordedRouting[]): string {
+  return records.length > 0 && records.every((r) => r.superseded)
+    ? ' Every runtime of each actor built since runs with another routing: once every runtime built before has stopped (a deploy replaced them), --ignore-superseded leaves those records out.'
+    : '';
+}
+
+/** How the review counts the records. */
+export interface ReviewRoutingOptions {
+  /**
+   * Leaves out the records their actor has since superseded ({@link RecordedRouting.superseded}):
+   * the operator says every runtime built before the actor's newer routing has stopped (`shards
+   * fences --ignore-superseded`). A record no newer one of its actor supersedes still counts.
+   */
+  readonly ignoreSuperseded?: boolean;
 }
 
 /**
@@ -198,10 +234,19 @@ function whoRecorded(records: readonly RecordedRouting[]): string {
  *   or none recorded: none, the key's rows left to the operator, saying why;
  * - given, and no record (none recent, or no table): given, as before migration 022, saying the
  *   review could not check it.
- * An unreadable record differs from every routing.
+ * An unreadable record differs from every routing. With `options.ignoreSuperseded`, the records
+ * their actor has since superseded are left out first (the note names them).
  */
-export function routingForReview(given: MoveRouting | undefined, recorded: readonly RecordedRouting[] | undefined, withinMs: number): ReviewRouting {
+export function routingForReview(given: MoveRouting | undefined, everyRecord: readonly RecordedRouting[] | undefined, withinMs: number, options: ReviewRoutingOptions = {}): ReviewRouting {
   const window = `within the last ${hours(withinMs)}`;
+  const leftOut = options.ignoreSuperseded === true ? (everyRecord ?? []).filter((r) => r.superseded) : [];
+  const recorded = everyRecord?.filter((r) => !leftOut.includes(r));
+  const leftOutNote = leftOut.length === 0 ? '' : `; left out (--ignore-superseded): ${byRouting(leftOut).map((g) => `${g.text}, recorded by ${whoRecorded(g.records)}`).join('; ')}`;
+  const decided = decide(given, recorded, window);
+  return leftOutNote === '' ? decided : { ...decided, note: `${decided.note}${leftOutNote}` };
+}
+
+function decide(given: MoveRouting | undefined, recorded: readonly RecordedRouting[] | undefined, window: string): ReviewRouting {
   if (recorded === undefined) {
     const missing = 'the catalog has no catalog.runtime_routings (sharding migration 022 not applied: ca-dms-scaling migrate), where the runtimes record the routing their routers use';
     if (given !== undefined) return { routing: given, from: 'SHARDING_CONFIG_JSON', note: `judged by SHARDING_CONFIG_JSON's routing, ${describeRouting(given)}, unchecked: ${missing}` };
@@ -225,7 +270,7 @@ export function routingForReview(given: MoveRouting | undefined, recorded: reado
       note: `SHARDING_CONFIG_JSON gives ${describeRouting(given)}, but runtimes recorded another routing ${window}, the one their routers run with: ${differing}. The rows are listed as SHARDING_CONFIG_JSON's routing judges them; --settle is refused until the two agree`,
       conflict:
         `--settle refused: SHARDING_CONFIG_JSON gives ${describeRouting(given)}, but runtimes recorded another routing ${window}, the one their routers run with: ${differing}. Judged by a routing a router does not use, a key's directory row could be reopened where that router does not send the key, or set moved to where it does not look. Nothing was read from the shards or settled.` +
-        `${fromRecords} ${
+        `${fromRecords}${supersededHint(others.flatMap((g) => g.records))} ${
           youngest < 60
             ? `A runtime was built with it ${youngest} s ago: its routers most likely still run with it.`
             : `Where every runtime built with it has stopped since (a deploy replaces the functions' runtimes at once; the last was built ${youngest} s ago), --recorded-within SECONDS under ${youngest} leaves its records out.`
@@ -249,7 +294,7 @@ export function routingForReview(given: MoveRouting | undefined, recorded: reado
     routing: undefined,
     from: undefined,
     note: `none: SHARDING_CONFIG_JSON is not set, and the runtimes recorded ${groups.length > 1 ? 'different routings' : 'a routing this version cannot read'} ${window}: ${all}`,
-    unknown: `the runtimes recorded ${groups.length > 1 ? 'different routings' : 'a routing this version cannot read'} ${window} (${groups.map((g) => g.text).join('; ')}), and where the key routes depends on which its routers use: once every runtime of the routing no longer deployed has stopped, --recorded-within SECONDS under the age of its last record leaves it out; or decide by hand`,
+    unknown: `the runtimes recorded ${groups.length > 1 ? 'different routings' : 'a routing this version cannot read'} ${window} (${groups.map((g) => g.text).join('; ')}), and where the key routes depends on which its routers use: once every runtime of the routing no longer deployed has stopped, --ignore-superseded leaves out the records whose actor was built with another routing since, and --recorded-within SECONDS under the age of its last record leaves it out; or decide by hand`,
   };
 }
 

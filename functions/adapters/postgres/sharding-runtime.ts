@@ -12,7 +12,7 @@
  * ```
  */
 import type pg from 'pg';
-import type { ShardingConfig } from '../../core/sharding/config.js';
+import type { ShardingConfig, ShardingEnv } from '../../core/sharding/config.js';
 import { moveRoutingOf } from '../../core/sharding/move-machine.js';
 import { freshnessBoundsFromConfig } from '../../core/sharding/replica-choice.js';
 import { ShardRouter } from '../../core/sharding/router.js';
@@ -59,6 +59,11 @@ export interface ShardingRuntimeOptions {
    * against this runtime's; routing does not need it.
    */
   readonly onRoutingNotRecorded?: (error: unknown) => void;
+  /**
+   * The environment `config` was loaded with (its `SHARDING_ENABLED` overrides the document's
+   * `enabled`): a move refused because sharding is disabled names which of the two disabled it.
+   */
+  readonly env?: ShardingEnv;
 }
 
 export interface ShardingRuntime {
@@ -101,6 +106,7 @@ export interface ShardingRuntime {
 /** Builds the layer; publishes the first slot map from the configured weights when there is none. */
 export async function createShardingRuntime(options: ShardingRuntimeOptions): Promise<ShardingRuntime> {
   const { config, catalog } = options;
+  const routing = moveRoutingOf(config, options.env);
   const pools = ShardPools.fromConfig(config, options.pools ?? {});
   const closers: Array<() => Promise<void>> = [() => pools.end()];
   const closeAll = async (): Promise<void> => {
@@ -129,7 +135,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
     // none per request. A failure is told and the start goes on: a runtime that could not start
     // for want of a record would take down routing for a review's sake (a catalog without
     // sharding migration 022 while a deploy applies it after the code).
-    await recordRuntimeRouting(catalog, options.actor, moveRoutingOf(config)).catch((err: unknown) => {
+    await recordRuntimeRouting(catalog, options.actor, routing).catch((err: unknown) => {
       try {
         options.onRoutingNotRecorded?.(err);
       } catch {
@@ -180,10 +186,10 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
             return withinRequestDeadline(config.health_check_timeout_seconds * 1000);
           },
           all: listing.all === true,
-          routing: moveRoutingOf(config),
+          routing,
           ...(options.onInspectionFailure ? { onFailure: options.onInspectionFailure } : {}),
         });
-        const otherRoutings = await otherRoutingsRemark(catalog, moveRoutingOf(config));
+        const otherRoutings = await otherRoutingsRemark(catalog, routing);
         return otherRoutings === undefined ? review : { ...review, otherRoutings };
       },
     };
@@ -193,7 +199,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       slotMaps,
       directory,
       actor: options.actor,
-      routing: moveRoutingOf(config),
+      routing,
       ...(options.moveDrainTimeoutMs !== undefined ? { drainTimeoutMs: options.moveDrainTimeoutMs } : {}),
     });
     return {

@@ -491,13 +491,35 @@ export interface MoveRouting {
   readonly overrideHash: boolean;
   /** What `directory_based` does with keys not in the directory. */
   readonly fallback: 'hash' | 'reject';
-  /** `false` when sharding is disabled (`SHARDING_ENABLED=false`); default `true`. */
+  /** `false` when sharding is disabled (the configuration's `enabled`, or `SHARDING_ENABLED=false` over it); default `true`. */
   readonly enabled?: boolean;
+  /**
+   * Where `enabled: false` came from, as a refusal names it (`SHARDING_ENABLED=false`, the
+   * document's `"enabled": false`, a runtime's record): the operator who reads "sharding is
+   * disabled" must know what to change. Not part of the routing: {@link sameRouting} ignores it.
+   */
+  readonly disabledBy?: string;
 }
 
-/** The routing a sharding configuration gives the mover. */
-export function moveRoutingOf(config: ShardingConfig): MoveRouting {
-  return { strategy: config.strategy, overrideHash: config.directory.override_hash, fallback: config.directory.fallback, enabled: config.enabled };
+/** Whether `SHARDING_ENABLED` says false, as core/sharding/config.ts reads it. */
+function envDisables(env: { readonly SHARDING_ENABLED?: string | undefined } | undefined): boolean {
+  return ['false', '0', 'no'].includes(env?.SHARDING_ENABLED?.trim().toLowerCase() ?? '');
+}
+
+/**
+ * The routing a sharding configuration gives the mover. `env`, the variables the configuration was
+ * loaded with (they override the document), tells where a disabled routing came from; `document`
+ * names the document in that message (default "the sharding configuration").
+ */
+export function moveRoutingOf(config: ShardingConfig, env?: { readonly SHARDING_ENABLED?: string | undefined }, document = 'the sharding configuration'): MoveRouting {
+  const routing = { strategy: config.strategy, overrideHash: config.directory.override_hash, fallback: config.directory.fallback, enabled: config.enabled };
+  if (config.enabled) return routing;
+  return { ...routing, disabledBy: envDisables(env) ? `SHARDING_ENABLED=${env?.SHARDING_ENABLED?.trim() ?? 'false'}` : `${document}'s "enabled": false` };
+}
+
+/** `sharding is disabled (SHARDING_ENABLED=false)`: the words every refusal of a disabled routing begins with. */
+export function shardingDisabled(routing: MoveRouting): string {
+  return `sharding is disabled (${routing.disabledBy ?? '"enabled": false in the routing'})`;
 }
 
 /** The routing as one line for a message: `directory_based (override_hash on, fallback hash)`. */
@@ -533,7 +555,7 @@ export function moveUnitFor(routing: MoveRouting, kind: MoveUnitKind): MoveUnitV
   if (routing.enabled === false) {
     return {
       ok: false,
-      reason: 'sharding is disabled (SHARDING_ENABLED=false): every key routes to default_shard whatever the slot map or the directory says; a move would strand its rows on the target: enable sharding first',
+      reason: `${shardingDisabled(routing)}: every key routes to default_shard whatever the slot map or the directory says; a move would strand its rows on the target: enable sharding first`,
     };
   }
   if (routing.strategy === 'range_based') {

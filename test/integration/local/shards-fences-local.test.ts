@@ -108,7 +108,7 @@ describe('shards fences --local', () => {
       await writeLocalRouting(base, { strategy: 'hash_based', overrideHash: true, fallback: 'hash', enabled: false });
       const listed = capture();
       expect(await createShardsCommand({}).run(['fences', '--local', '--data-dir', base, '--settle', '--older-than', '0'], listed.io)).toBe(1);
-      expect(listed.out.join('')).toContain('sharding is disabled (SHARDING_ENABLED=false): every key routes to default_shard, whatever its pin or slot; decide by hand');
+      expect(listed.out.join('')).toContain(`sharding is disabled (SHARDING_ENABLED=false in the environment local mode was started with, recorded in ${routingPath}): every key routes to default_shard, whatever its pin or slot; decide by hand`);
       expect((await pool.query(`select state from write_fences where kind = 'directory' and unit_id = $1`, [key])).rows).toEqual([{ state: 'fenced' }]);
 
       // This shell says enabled: which routing is meant cannot be told.
@@ -120,7 +120,7 @@ describe('shards fences --local', () => {
       // The same value as start had: accepted.
       const same = capture();
       expect(await createShardsCommand({ SHARDING_ENABLED: 'false' }).run(['fences', '--local', '--data-dir', base], same.io)).toBe(1);
-      expect(same.out.join('')).toContain('sharding is disabled (SHARDING_ENABLED=false)');
+      expect(same.out.join('')).toContain(`sharding is disabled (SHARDING_ENABLED=false in the environment local mode was started with, recorded in ${routingPath}):`);
 
       await writeFile(routingPath, '{"strategy": "consistent"');
       await expect(fences('--local', '--data-dir', base)).rejects.toThrow(new RegExp(`^--local: ${routingPath.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: not valid JSON .*; start local mode again to rewrite it$`));

@@ -11,11 +11,12 @@
  * The record must never stop a runtime from starting: a catalog without the table (a deploy that
  * runs the code before the migration) or a login without the grant is told and the runtime starts.
  */
-import type pg from 'pg';
+import { readFileSync } from 'node:fs';
+import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { CliIo } from '../../../bin/commands/kit.js';
 import { createShardsCommand } from '../../../bin/commands/shards.js';
-import { RECORD_LOCK_WAIT_MS } from '../../../functions/adapters/postgres/runtime-routings.js';
+import { RECORD_LOCK_WAIT_MS, recordedRoutings, recordRuntimeRouting } from '../../../functions/adapters/postgres/runtime-routings.js';
 import { createShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { parseShardingConfig, type ShardingConfig } from '../../../functions/core/sharding/config.js';
 import { sqlstateOf } from '../../support/postgres.js';
@@ -146,6 +147,51 @@ describe('a sharding runtime records the routing it runs with (catalog.runtime_r
   });
 });
 
+describe('a router not built by createShardingRuntime records its routing as docs/sharding-spec.md says', () => {
+  /** The SQL the spec gives such a router ("Recording a router's routing"), read from the spec itself. */
+  function documentedSql(): string {
+    const spec = readFileSync(new URL('../../../docs/sharding-spec.md', import.meta.url), 'utf8');
+    const section = spec.slice(spec.indexOf("**Recording a router's routing"));
+    const sql = /```sql\n([\s\S]*?)```/.exec(section)?.[1];
+    if (sql === undefined) throw new Error("docs/sharding-spec.md gives no ```sql block under \"Recording a router's routing\"");
+    return sql.trim();
+  }
+
+  it('as the application login (ca_dms_app, the CA-DMS backend\'s): the documented call records it, the review counts it; the table stays closed to the login; a routing of another shape is refused, nothing recorded', async () => {
+    await env.catalog.query(`create role routing_app_router login password 'routing app router' in role ca_dms_app`);
+    const url = new URL(env.urls.catalog);
+    url.username = 'routing_app_router';
+    url.password = 'routing app router';
+    const app = new pg.Pool({ connectionString: url.toString(), max: 1 });
+    app.on('error', () => undefined);
+    try {
+      const routing = { strategy: 'directory_based', override_hash: true, fallback: 'reject', enabled: true };
+      await app.query(documentedSql(), ['ca-dms-backend', JSON.stringify(routing)]);
+      await app.query(documentedSql(), ['ca-dms-backend', JSON.stringify(routing)]);
+      expect((await records()).map((r) => [r.actor, r.routing])).toEqual([['ca-dms-backend', routing]]);
+      const [read] = (await recordedRoutings(env.catalog, 60_000)) ?? [];
+      expect(read).toMatchObject({ actor: 'ca-dms-backend', routing: { strategy: 'directory_based', overrideHash: true, fallback: 'reject', enabled: true }, superseded: false });
+
+      expect(await sqlstateOf(() => app.query(`insert into catalog.runtime_routings (actor, routing) values ('x', '{"strategy": "hash_based", "override_hash": true, "fallback": "hash", "enabled": true}')`))).toBe('42501');
+      expect(await sqlstateOf(() => app.query('select * from catalog.runtime_routings'))).toBe('42501');
+      for (const wrong of [{ ...routing, strategy: 'consistent' }, { strategy: 'hash_based', override_hash: true, fallback: 'hash' }, { ...routing, enabled: 'yes' }, { ...routing, extra: 1 }]) {
+        expect(await sqlstateOf(() => app.query(documentedSql(), ['ca-dms-backend', JSON.stringify(wrong)]))).toBe('22023');
+      }
+      expect(await sqlstateOf(() => app.query(documentedSql(), [' ', JSON.stringify(routing)]))).toBe('22023');
+      expect((await records()).length).toBe(1);
+    } finally {
+      await app.end();
+      await env.catalog.query('drop role routing_app_router');
+    }
+  });
+
+  it("a disabled routing a runtime recorded names its record, not SHARDING_ENABLED, as what disabled it", async () => {
+    await recordRuntimeRouting(env.catalog, 'ca-dms-backend', { strategy: 'hash_based', overrideHash: true, fallback: 'hash', enabled: false });
+    const [read] = (await recordedRoutings(env.catalog, 60_000)) ?? [];
+    expect(read?.routing?.disabledBy).toMatch(/^"enabled": false in the routing ca-dms-backend recorded in catalog.runtime_routings, last built with it \d{4}-/);
+  });
+});
+
 describe('shards fences judges by the routing the runtimes recorded', () => {
   function capture(): { io: CliIo; out: string[] } {
     const out: string[] = [];
@@ -224,6 +270,33 @@ describe('shards fences judges by the routing the runtimes recorded', () => {
     const settled = capture();
     await createShardsCommand(urls()).run(['fences', '--settle', '--older-than', '0', '--recorded-within', '3600'], settled.io);
     expect(settled.out.join('')).toContain(`settled: moved to ${to}`);
+  });
+
+  it("after a change of the routing, --ignore-superseded leaves out the records their actor has since superseded (built with another routing later), not another actor's; without it --settle is refused, saying so", async () => {
+    // scaling-api ran with hash-only routing until a deploy two hours ago changed its document;
+    // every runtime built since runs with pins routing. Within the day the old record counts.
+    await coldStart('scaling-api', configWith({ override_hash: false }));
+    await env.catalog.query(`update catalog.runtime_routings set seen_at = now() - interval '2 hours', first_seen_at = now() - interval '30 days'`);
+    await coldStart('scaling-api', configWith());
+    const { key, source, to } = await pinnedAwayWithDeadFence(2415);
+    const shell = { ...urls(), SHARDING_CONFIG_JSON: document() };
+
+    await expect(createShardsCommand(shell).run(['fences', '--settle', '--older-than', '0'], capture().io)).rejects.toThrow(
+      /recorded by scaling-api \(last built with it [^)]*, 2 h ago, superseded: scaling-api was built with another routing since\)\..*Every runtime of each actor built since runs with another routing: once every runtime built before has stopped \(a deploy replaced them\), --ignore-superseded leaves those records out\./,
+    );
+    expect(await unitFenceState(source, 'directory', key)).toBe('fenced');
+
+    const settled = capture();
+    await createShardsCommand(shell).run(['fences', '--settle', '--older-than', '0', '--ignore-superseded'], settled.io);
+    expect(settled.out.join('')).toMatch(/\nrouting: judged by SHARDING_CONFIG_JSON's routing, hash_based \(override_hash on, fallback hash\), the one the runtimes recorded within the last 24 h: scaling-api .*; left out \(--ignore-superseded\): hash_based \(override_hash off, fallback hash\), recorded by scaling-api /);
+    expect(settled.out.join('')).toContain(`settled: moved to ${to}`);
+    expect(await unitFenceState(source, 'directory', key)).toBe('moved');
+
+    // The moves worker was not rebuilt since: its old routing's record is no actor's superseded one.
+    await coldStart('scaling-moves', configWith({ override_hash: false }));
+    const other = await pinnedAwayWithDeadFence(2416);
+    await expect(createShardsCommand(shell).run(['fences', '--settle', '--older-than', '0', '--ignore-superseded'], capture().io)).rejects.toThrow(/^--settle refused: .*recorded by scaling-moves \(last built with it [^)]*\)\./);
+    expect(await unitFenceState(other.source, 'directory', other.key)).toBe('fenced');
   });
 
   it('ages a record out after a day by default: a runtime not built with a routing for a day runs no router with it', async () => {

@@ -9,6 +9,7 @@ import {
   MoveFenceTimeoutError,
   MoveOwnerConflict,
   MovePaused,
+  moveRoutingOf,
   moveUnitFor,
   type FlipOutcome,
   type MoveCrashPoint,
@@ -17,6 +18,7 @@ import {
   type MoveTransitionName,
   type VerifyOutcome,
 } from '../../../functions/core/sharding/move-machine.js';
+import { loadShardingConfig } from '../../../functions/core/sharding/config.js';
 import { canTransition } from '../../../functions/core/sharding/move-plan.js';
 
 type Job = MoveJobView;
@@ -428,5 +430,28 @@ describe('which units a strategy can move', () => {
     const verdict = moveUnitFor({ strategy, overrideHash, fallback }, kind);
     expect(verdict.ok).toBe(false);
     expect(verdict.ok ? '' : verdict.reason).toMatch(reason);
+  });
+});
+
+describe('a move refused because sharding is disabled names what disabled it (issue #15)', () => {
+  const doc = { shards: [{ shard_id: 'a', database_url: 'postgresql://a.example.invalid/db' }], default_shard: 'a' };
+  const refusal = (routing: Parameters<typeof moveUnitFor>[0]) => {
+    const verdict = moveUnitFor(routing, 'slot');
+    return verdict.ok ? 'moved' : verdict.reason;
+  };
+
+  it('SHARDING_ENABLED=false over a document that enables sharding: the variable', () => {
+    const env = { SHARDING_ENABLED: 'false' };
+    expect(refusal(moveRoutingOf(loadShardingConfig({ ...doc, enabled: true }, env), env))).toMatch(/^sharding is disabled \(SHARDING_ENABLED=false\): every key routes to default_shard/);
+  });
+
+  it('"enabled": false in the document, no variable: the document, by the name it is given, and not SHARDING_ENABLED', () => {
+    const reason = refusal(moveRoutingOf(loadShardingConfig({ ...doc, enabled: false }, {}), {}, 'SHARDING_CONFIG_JSON'));
+    expect(reason).toMatch(/^sharding is disabled \(SHARDING_CONFIG_JSON's "enabled": false\): /);
+    expect(reason).not.toContain('SHARDING_ENABLED');
+  });
+
+  it('a routing of unknown origin says only that the routing has enabled false', () => {
+    expect(refusal({ strategy: 'hash_based', overrideHash: true, fallback: 'hash', enabled: false })).toMatch(/^sharding is disabled \("enabled": false in the routing\): /);
   });
 });
