@@ -662,8 +662,13 @@ export class ReplicaReader {
    * acknowledged on N + 1 is in no history of the second, whose N + 1 is its own. Read as usual,
    * the second's primary answered a miss as a 404, as if the write had never been made
    * (`test/integration/sharding/timeline-lost-write-same-timeline.test.ts`). A token this server
-   * issued is never past its insert position (which only moves on; the token is that position
-   * read after the commit, or a page header before it), so no write it holds is told lost. Once
+   * issued is never past its insert position while it runs (which only moves on; the token is
+   * that position read after the commit, or a page header before it). A crash is the exception:
+   * the token may include other sessions' WAL not yet written out, which the crash loses, and the
+   * server restarted on the same timeline is then behind a token of a write it holds (the
+   * acknowledged commit was flushed). So the answer is marked `pastWalEnd`: a caller answers it
+   * for a miss only, never for a list that may hold the write
+   * (`test/integration/sharding/timeline-token-crash-restart.test.ts`). Once
    * the second server's WAL passes the token's position the two cannot be told apart (the limit
    * docs/sharding-spec.md states). One query (`pg_current_wal_insert_lsn()` on the read's
    * connection, under its deadline) only for a token past the furthest position a read has seen
@@ -679,7 +684,7 @@ export class ReplicaReader {
     if (text === undefined || !isLsn(text)) return undefined;
     const reached = parseLsn(text);
     if (known === undefined || reached > known) this.#reached.set(key, reached);
-    return lsn <= reached ? undefined : { shardId, lsn: token, timeline, forkLsn: formatLsn(reached), currentTimeline: timeline };
+    return lsn <= reached ? undefined : { shardId, lsn: token, timeline, forkLsn: formatLsn(reached), currentTimeline: timeline, pastWalEnd: true };
   }
 
   /**

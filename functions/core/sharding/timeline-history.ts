@@ -121,6 +121,16 @@ export interface LostWrite {
   readonly forkLsn: string;
   /** The shard primary's timeline at the read. */
   readonly currentTimeline: number;
+  /**
+   * Set when the write was told lost only because the token is past the primary's WAL end on the
+   * token's own timeline (no history says so): another server's token, or one this very server
+   * issued before a crash. A token is the insert position read after the commit, other sessions'
+   * WAL not yet written out included; a crash loses that WAL, not the acknowledged commit, and
+   * the restarted server (same timeline) may then be behind a token of a write it holds. A
+   * caller answers it only for a miss (the write is not there either), never for a list, which
+   * may hold the write (`test/integration/sharding/timeline-token-crash-restart.test.ts`).
+   */
+  readonly pastWalEnd?: true;
 }
 
 /** What a read answers about a {@link LostWrite} (the documents API's 410 `detail`). */

@@ -66,4 +66,56 @@ describe('replay lag when the primary clock stepped back', () => {
       await replica.resumeReplay();
     }
   }, 60_000);
+
+  /**
+   * The other side of the rule: with a sane clock the lag is never unknown for a replica that is
+   * merely behind. Every commit the replica replayed without the heartbeat's position is in the
+   * WAL before that position, which is read on the primary (with its clock, after it) once the
+   * heartbeat committed: its commit time was stamped before the record was placed, so before the
+   * clock reading, and the primary's clock at the measure is later still. A busy primary is where
+   * it would go wrong if it could: commits of other sessions land between the heartbeat's commit
+   * and the position's reading, with commit times close to the clock reading, and a replica a
+   * few records behind is measured by the clock at once (no wait).
+   */
+  it('never leaves the lag of a healthy replica of a busy primary unknown (no clock step)', async () => {
+    const shard = cluster.shards[0];
+    const replica = shard?.replicas[0];
+    if (!shard || !replica) throw new Error('one replica needed');
+    const primary = node('primary', shard.primary.url);
+    const standby = node('replica', replica.url);
+    await primary.pool.query('create table if not exists clock_probe (id serial primary key, at timestamptz default clock_timestamp())');
+    // A replica that has replayed no commit since it started has no commit time to measure by
+    // (unknown, as before this rule): past one here.
+    await primary.pool.query('insert into clock_probe default values');
+    await replica.waitForCatchUp();
+    let writing = true;
+    const writers = Array.from({ length: 3 }, async () => {
+      const client = new pg.Client({ connectionString: shard.primary.url });
+      client.on('error', () => undefined);
+      await client.connect();
+      try {
+        while (writing) await client.query('insert into clock_probe default values');
+      } finally {
+        await client.end();
+      }
+    });
+    const seen = { current: 0, behind: 0, unknown: 0 };
+    try {
+      for (let i = 0; i < 150; i += 1) {
+        const options = { timeoutMs: 3000, waitMs: 0, pollMs: 1 };
+        const heartbeat = await commitHeartbeat(primary, options);
+        if (heartbeat === null) throw new Error('the primary committed no heartbeat');
+        const lag = await probeReplicaLag(standby, heartbeat, options);
+        if (lag?.lagSeconds === null || lag === undefined) seen.unknown += 1;
+        else if (lag.lagSeconds === 0) seen.current += 1;
+        else seen.behind += 1;
+      }
+    } finally {
+      writing = false;
+      await Promise.all(writers);
+    }
+    // The measure by the clock was taken (the replica a few records behind), and never unknown.
+    expect(seen.behind).toBeGreaterThan(0);
+    expect(seen.unknown).toBe(0);
+  }, 60_000);
 });
