@@ -753,6 +753,19 @@ export function sourceDisowns(kind: 'slot' | 'directory', unitId: string, from: 
   return `${from}'s fence row of ${unit} says ${says}: ${from} does not own it, though the catalog names it (the catalog and the shard disagree), and refuses every write and read of it there (${row.state === 'moved' ? 'CAF02' : 'CAF01'}). Decide its owner by hand, by where its rows are: on ${there} (after a finished move's row: they moved there), ${owner}; on no shard (a hand change's row, over a unit it gave away empty), ca-dms-scaling shards fences --settle, which reopens the row only where neither shard holds rows of it; on ${from} (the row written past the stores over rows that never left), delete it there: delete from write_fences where ${unitSql}. Then move it from its owner if wanted (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`;
 }
 
+/**
+ * Why a directory move cannot take its key from `from`, which has no fence row of the key while
+ * its row of the key's slot, deciding for the key there, says `moved` (or `incoming`) and does not
+ * keep the key out, though the catalog sends the key to `from` (its pin): said by the run that meets
+ * such a row made after the plan (prepareSource; the plan's own words are mover.ts
+ * checkSourceOwnsKey's), with the ways out by where the key's rows are.
+ */
+export function keyFollowsDisowningSlot(key: string, slot: number, from: string, row: DisowningRow): string {
+  const whose = row.job_id === null ? "a hand change's (job_id null: a change in a caller's transaction rolled back, or one that died)" : `move job #${row.job_id}'s`;
+  const there = row.moved_to ?? '<the shard holding its rows>';
+  return `${from} has no fence row of key ${key}, and its row of the key's slot ${slot}, which decides for the key there, says ${row.state}${row.moved_to === null ? '' : ` to ${row.moved_to}`} (version ${row.map_version ?? '?'}, ${whose}): ${from} refuses the key's every write and read (${row.state === 'moved' ? 'CAF02' : 'CAF01'}) though the catalog sends the key there (its pin), and a move from ${from} would reopen the key there and copy ${from}'s rows of it, maybe none, over those on ${row.moved_to ?? 'the shard holding them'}. Nothing of the key was reopened on ${from}. Decide the key's owner by hand, by where its rows are: on ${there} (the slot's rows went there), select catalog.repin_by_hand('${key}', '${there}', '<reason>'); on ${from} after all, give the key a row of its own there, which decides for it over its slot's: insert into write_fences (kind, unit_id) values ('directory', '${key}'); then move it if wanted (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`;
+}
+
 function foreignOwnerMessage(job: MoveJob, read: OwnerRead): string {
   const change =
     job.kind === 'directory'
@@ -1276,7 +1289,33 @@ export class PgMovePort implements MovePort<MoveJob> {
       job,
       job.from,
       async (c) => {
-        await c.query(`insert into write_fences (kind, unit_id, excluded_keys) values ($1, $2, $3) on conflict (kind, unit_id) do nothing`, [job.kind, job.unitId, excluded]);
+        const inserted = await c.query(`insert into write_fences (kind, unit_id, excluded_keys) values ($1, $2, $3) on conflict (kind, unit_id) do nothing`, [job.kind, job.unitId, excluded]);
+        if (job.kind === 'directory' && inserted.rowCount === 1 && checkTarget !== 'unpinned') {
+          // The source had no row of the key: its slot's row decided for the key there ("Which row
+          // applies"), and the `open` row just inserted decides instead. Where that slot row says
+          // the slot left (or has not come yet), the key's rows are not the source's to give: the
+          // plan refuses such a row (checkSourceOwnsKey), and this one turned so after it, while the
+          // catalog still sends the key here (pinned to the source, by this run or an operator).
+          // Going on, the move reopened the key on a shard that had disowned it, copied its none of
+          // the key over the target's rows and ended `done`: the key's user and documents on no
+          // shard, where an operator had copied the slot's rows to the target by hand and the
+          // slot's map by hand (which counted the source empty, fenced it and turned its row
+          // `moved`) was rolled back in the caller's transaction (h107,
+          // moves-slot-source-moved.test.ts). Refused in this transaction, the insert undone. A key
+          // routed by hash to the target ('unpinned') is the case that goes on: a map by hand gave
+          // the slot, empty of the key's rows, to the move's target, and the target's check
+          // (checkedIncoming) stops the move at any row of the key it holds.
+          const { rows: slotRows } = await c.query<DisowningRow & { excluded_keys: string[] | null }>(
+            `select state, job_id::text, moved_to, map_version::text, excluded_keys from write_fences where kind = 'slot' and unit_id = $1`,
+            [String(job.slot)],
+          );
+          const slotRow = slotRows[0];
+          if ((slotRow?.state === 'moved' || slotRow?.state === 'incoming') && !(slotRow.excluded_keys ?? []).includes(job.unitId)) {
+            throw new MoveOwnerConflict(
+              `move job #${job.id} cannot take key ${job.unitId} from ${job.from}, and was rolled back as failed (nothing of it fenced on ${job.from}; its copy on ${job.to}, if any, deleted): ${keyFollowsDisowningSlot(job.unitId, job.slot, job.from, slotRow)}`,
+            );
+          }
+        }
         const fence = await c.query<DisowningRow>('select state, job_id::text, moved_to, map_version::text from write_fences where kind = $1 and unit_id = $2', [job.kind, job.unitId]);
         const row = fence.rows[0];
         if (row?.state === 'moved' || row?.state === 'incoming') {
@@ -3201,8 +3240,38 @@ export class PgMovePort implements MovePort<MoveJob> {
         if (read.owner === null && read.routesTo === job.from) {
           await this.catalog.use((catalog) => this.pinToSourceOverNoEntry(job, catalog));
         }
+        const routesTo = read.owner ?? read.routesTo;
+        if (routesTo !== null && routesTo !== job.from) await this.closeKeyRowOverDisowningSlot(job, routesTo, read.version);
         return finish();
       }),
+    );
+  }
+
+  /**
+   * At the end of a directory move's rollback where the catalog routes the key elsewhere than the
+   * source (`routesTo`, as of directory version `version`): the source's `open` row of the key, which
+   * this move's preparation inserted where its slot's row there says `moved` (or `incoming`) and does
+   * not keep the key out, turns `moved` to that shard, so that the source refuses the key's writes
+   * again (CAF02) as its slot's row did before the move. The move goes on from such a source only
+   * where the key routed by hash to its target (a map by hand gave the slot, empty of the key's rows,
+   * to the target after the plan: prepareSource); rolled back (the key pinned to a third shard
+   * meanwhile), that `open` row was left, and a writer still holding the map from before the hand
+   * change was acknowledged on the source, where no route sends the key, out of every reader's
+   * sight (h107, moves-slot-source-moved.test.ts, "a directory move's rollback over a source whose
+   * slot row had disowned the key"). Only over such a slot row: where the source's slot row lets the
+   * key through, its own `open` row changes nothing a router's route does not. Compare-and-set on
+   * the shard in one statement: a row changed since (a later move's, an operator's) is left.
+   */
+  private async closeKeyRowOverDisowningSlot(job: MoveJob, routesTo: string, version: number): Promise<void> {
+    if (job.kind !== 'directory') return;
+    await this.write(job, job.from, (c) =>
+      c.query(
+        `update write_fences k set state = 'moved', moved_to = $3, map_version = $4, updated_at = clock_timestamp()
+          where k.kind = 'directory' and k.unit_id = $1 and k.state = 'open'
+            and exists (select 1 from write_fences s where s.kind = 'slot' and s.unit_id = $2 and s.state in ('moved', 'incoming')
+                         and not ($1 = any(coalesce(s.excluded_keys, '{}'::text[]))))`,
+        [job.unitId, String(job.slot), routesTo, version],
+      ),
     );
   }
 

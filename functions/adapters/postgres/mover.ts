@@ -468,9 +468,12 @@ export class Mover {
    * nor opens a row (`rowsLeftOn: 'checked'`, `catalog.publish_slot_map_by_hand` straight), the
    * key's rows went to B with the slot, and a directory move of the key from A to B inserted an
    * `open` row of the key on A, copied A's none over B's and ended `done`: the key's user and
-   * documents were on no shard (moves-slot-source-moved.test.ts, h101). At plan time only: after
-   * it, a slot row turned `moved` may be a hand change's that gave the slot, empty of rows, to the
-   * move's target, where the key then routes by hash and the move rightly finishes.
+   * documents were on no shard (moves-slot-source-moved.test.ts, h101). A slot row turned `moved`
+   * after the plan is judged by the run (PgMovePort.prepareSource) by where the catalog sends the
+   * key then: to the target, by hash (a hand change gave the slot, empty of the key's rows, to the
+   * move's target), the move rightly finishes; to the source (its pin), the run fails as here.
+   * So is a row `incoming` that no unfinished move holds (the key's own, or its slot's): its run
+   * failed after pinning the key to the source, where CAF06 kept it pinned for good (h107).
    */
   private async checkSourceOwnsKey(key: string, from: string, route: 'by hash' | 'pinned'): Promise<void> {
     const source = this.options.shards.get(from) as pg.Pool;
@@ -482,8 +485,17 @@ export class Mover {
     );
     const own = both.find((r) => r.kind === 'directory');
     const slotRow = both.find((r) => r.kind === 'slot');
+    const routedBy = route === 'pinned' ? `its pin names ${from}` : `it has no pin and routes by hash to its slot's owner, ${from}`;
+    if (own === undefined && slotRow?.state === 'incoming' && !(slotRow.excluded_keys ?? []).includes(key) && !(await this.unfinishedJob(slotRow.job_id))) {
+      // As `moved`, below, for a slot row `incoming` that no unfinished move holds (one that does
+      // holds the slot too, and the job's unique index answers for it): the source refuses the
+      // key's every write (CAF01), and its run, meeting the row, failed after pinning the key to
+      // the source, where CAF06 then kept it pinned for good (h107, moves-slot-source-moved.test.ts).
+      throw new MoveConflictError(
+        `cannot move key ${key} from ${from}: the catalog sends it to ${from} (${routedBy}), but ${from} has no fence row of the key, and the row of its slot ${slot} there, which decides for the key, says incoming (${slotRow.job_id === null ? "a hand change's or a superuser's, job_id null" : `move job #${slotRow.job_id}'s, which has ended`}): ${from} does not own the key's rows yet, or no longer knows whether it does, and refuses its every write and read (CAF01). Nothing was recorded or pinned. Decide the slot's owner by hand, by where its rows are, and settle that row (ca-dms-scaling shards fences lists it; where the slot's rows are on ${from}, delete it there: delete from write_fences where kind = 'slot' and unit_id = '${slot}' and state = 'incoming'); then move the key if wanted (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
+      );
+    }
     if (own === undefined && slotRow?.state === 'moved' && !(slotRow.excluded_keys ?? []).includes(key)) {
-      const routedBy = route === 'pinned' ? `its pin names ${from}` : `it has no pin and routes by hash to its slot's owner, ${from}`;
       const there = slotRow.moved_to ?? '<the shard holding its rows>';
       const way =
         route === 'pinned'
@@ -493,10 +505,15 @@ export class Mover {
         `cannot move key ${key} from ${from}: the catalog sends it to ${from} (${routedBy}), but ${from} has no fence row of the key, and the row of its slot ${slot} there, which decides for the key, says moved to ${there} (version ${slotRow.map_version ?? '?'}, ${slotRow.job_id === null ? "a hand change's" : `move job #${slotRow.job_id}'s`}): the key's rows went with its slot, and a move from ${from} would copy ${from}'s none over them. Nothing was recorded or pinned. Decide the key's owner by hand: where its rows are (on ${there}), ${way}; where they are on ${from} after all, give the key a row of its own there, which decides for it over its slot's: insert into write_fences (kind, unit_id) values ('directory', '${key}'); then move it if wanted (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
       );
     }
+    if (own?.state === 'incoming' && !(await this.unfinishedJob(own.job_id))) {
+      // The key's own row `incoming`, of no unfinished move: its run met the row (prepareSource)
+      // and failed after pinning the key to the source, kept pinned there for good (CAF06).
+      throw new MoveConflictError(`cannot move key ${key} from ${from}: the catalog sends it to ${from} (${routedBy}), but ${sourceDisowns('directory', key, from, own)}. Nothing was recorded or pinned`);
+    }
     const row = own?.state === 'moved' ? own : undefined;
     if (row === undefined) return;
     const there = row.moved_to ?? 'another shard';
-    const routed = route === 'pinned' ? `its pin names ${from}` : `it has no pin and routes by hash to its slot's owner, ${from}`;
+    const routed = routedBy;
     throw new MoveConflictError(
       `cannot move key ${key} from ${from}: the catalog sends it to ${from} (${routed}), but ${from}'s fence row of the key says moved to ${there} (version ${row.map_version ?? '?'}), a finished move's: the catalog and the shard disagree, and ${from} refuses every write and read of the key (CAF02). Its pin was deleted or changed past the catalog's guard (CAF06/CAF07). Nothing was recorded or pinned. Decide the key's owner by hand: where its rows are (on ${there}, after that move), select catalog.repin_by_hand('${key}', '${there}', '<reason>'); then move it from there if wanted (docs/sharding-spec.md section 9, "A key moved by a directory move stays pinned")`,
     );
@@ -520,13 +537,32 @@ export class Mover {
    */
   private async checkSourceOwnsSlot(slot: number, from: string, version: number): Promise<void> {
     const source = this.options.shards.get(from) as pg.Pool;
-    const { rows } = await source.query<{ moved_to: string | null; map_version: string | null; job_id: string | null }>(
-      `select moved_to, map_version, job_id::text from write_fences where kind = 'slot' and unit_id = $1 and state = 'moved'`,
+    const { rows } = await source.query<DisowningRow>(
+      `select state, moved_to, map_version::text, job_id::text from write_fences where kind = 'slot' and unit_id = $1 and state in ('moved', 'incoming')`,
       [String(slot)],
     );
     const row = rows[0];
     if (row === undefined) return;
-    throw new MoveConflictError(`cannot move slot ${slot} from ${from}, which slot map version ${version} names its owner: ${sourceDisowns('slot', String(slot), from, { state: 'moved', ...row })}. Nothing was recorded`);
+    // An `incoming` row an unfinished move holds is that move's, which holds the slot too: the
+    // job's unique index answers for it. One of no such move (a superuser's, a job ended by hand)
+    // was recorded and failed at its run (h107, moves-slot-source-moved.test.ts).
+    if (row.state === 'incoming' && (await this.unfinishedJob(row.job_id))) return;
+    // The map read by the plan may be older than the row: a move of the slot from `from` that
+    // finished after that read left the row and gave the slot away. The catalog no longer names
+    // `from` then, and the plan's re-read of the owner under the job row refuses it in the words
+    // that say so ("is already on ..."; "... another move finished while this one was planned");
+    // read from a stale map, this refusal told the operator to decide the slot's owner by hand
+    // (h107: moves-races.test.ts, "records nothing from an owner that another move of the slot
+    // replaced while the plan was being made", failed since this check came in).
+    if ((await this.options.slotMaps.ownerOf(slot))?.shardId !== from) return;
+    throw new MoveConflictError(`cannot move slot ${slot} from ${from}, which slot map version ${version} names its owner: ${sourceDisowns('slot', String(slot), from, row)}. Nothing was recorded`);
+  }
+
+  /** Whether `jobId` (a fence row's `job_id`) names a move job the catalog has unfinished. */
+  private async unfinishedJob(jobId: string | null): Promise<boolean> {
+    if (jobId === null) return false;
+    const { rows } = await this.options.catalog.query(`select 1 from catalog.move_jobs where id = $1::bigint and state not in ('done', 'failed', 'cancelled')`, [jobId]);
+    return rows.length > 0;
   }
 
   /** Refuses a unit with more rows in one table than {@link MoverOptions.maxUnitRows}. */

@@ -12,6 +12,10 @@
  * both kinds; `shards fences` reopens such a row only where the unit's rows are on its shard.
  * And a directory move of a key of such a slot (no row of the key on A: the slot's `moved` row
  * decides for it) ended `done` with the key's rows on no shard: now refused at plan too.
+ * h107's review: the same damage from a slot row turned `moved` after a directory move's plan
+ * (judged at the run by where the catalog sends the key), `incoming` rows at plan, the rollback's
+ * deletion after a row turned so past the copy, and the key's `open` row a rolled-back move left on
+ * a source whose slot row had disowned the key.
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -20,7 +24,7 @@ import { MoveConflictError } from '../../../functions/adapters/postgres/move-job
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countSlot, documentWrittenFor, fenceState, keysInSlot, type MoveEnv, outcomeOf, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState } from './fixtures/move-env.js';
+import { countSlot, documentWrittenFor, fenceState, keysInSlot, type MoveEnv, outcomeOf, readCommitted, refusalOf, seedUsers, sides, startMoveEnv, threeShardsOf, unitFenceState, userWriteOutcome } from './fixtures/move-env.js';
 
 const PINS_ROUTE: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
 
@@ -209,5 +213,211 @@ describe("a move whose source's row turns moved after its plan", () => {
     env.directory.invalidate(key);
     expect(await documentWrittenFor(env, key)).toBe(`written on ${to}`);
     expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 4 });
+  });
+});
+
+/** Copies `key`'s user and documents from `from` to `to` by hand and deletes them on `from`, as an operator moving a slot's rows past the mover does (pg_dump, COPY). */
+async function keyRowsCopiedByHand(from: pg.Pool, to: pg.Pool, key: string): Promise<void> {
+  const users = (await from.query<{ id: string; slot: number; email: string; display_name: string }>('select id, slot, email, display_name from users where id = $1', [key])).rows;
+  const docs = (await from.query<{ id: string; owner_id: string; slot: number; title: string; content: unknown }>('select id, owner_id, slot, title, content from documents where owner_id = $1', [key])).rows;
+  await readCommitted(to, async (c) => {
+    for (const u of users) await c.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4)', [u.id, u.slot, u.email, u.display_name]);
+    for (const d of docs) await c.query('insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5)', [d.id, d.owner_id, d.slot, d.title, d.content]);
+  });
+  await readCommitted(from, async (c) => {
+    await c.query('delete from documents where owner_id = $1', [key]);
+    await c.query('delete from users where id = $1', [key]);
+  });
+}
+
+describe("a directory move whose source's row of the key's slot turns moved after its plan (h107)", () => {
+  it('fails at its run, rolled back, where the catalog still sends the key to the source: before, it copied the source\'s none over the rows and ended done', async () => {
+    // The key's rows taken to the target by hand after the plan, and the slot given there by hand
+    // in a caller's transaction that rolled back: the store counted the source empty of the slot,
+    // fenced it and turned its row `moved` to the target, and the map still names the source. The
+    // source has no row of the key: its slot's row decides for the key there.
+    const slot = 1706;
+    const { from, to, source, target } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [key], 3);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    await keyRowsCopiedByHand(source, target, key);
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    const client = await env.catalog.connect();
+    try {
+      await client.query('begin');
+      await store.publishByHand(moveSlots(await store.current(), [slot], to), 'rows copied there by hand', client);
+      await client.query('rollback');
+    } finally {
+      client.release();
+    }
+    expect(await env.ownerOf(slot)).toBe(from);
+    expect(await fenceState(source, slot)).toBe('moved');
+    expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 3 });
+
+    const ran = await outcomeOf(mover.run(job.id));
+    const after = await mover.get(job.id);
+    // Before the fix: `ended: done`, the key's rows on neither shard ({0, 0} on the target).
+    expect(`${ran}; ${after.state}; ${JSON.stringify(await countSlot(target, slot))}`).toBe(`ended: failed; failed; ${JSON.stringify({ users: 1, documents: 3 })}`);
+    expect(after.error).toContain(`${from} has no fence row of key ${key}, and its row of the key's slot ${slot}, which decides for the key there, says moved to ${to}`);
+    expect(after.error).toContain(`catalog.repin_by_hand('${key}', '${to}'`);
+    // Nothing of the key reopened on the source, nothing fenced or deleted on the target.
+    expect(await unitFenceState(source, 'directory', key)).toBeUndefined();
+    expect(await unitFenceState(target, 'directory', key)).toBeUndefined();
+    // The way out it names, the rows being on the target: the key pinned there by hand.
+    await env.catalog.query(`select catalog.repin_by_hand($1, $2, 'rows copied there by hand')`, [key, to]);
+    env.directory.invalidate(key);
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${to}`);
+    expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 4 });
+  });
+
+  it('finishes where a hand change gave the slot, empty, to its target, the key routed there by hash', async () => {
+    // h101's case: the move of a key with no rows, its slot given to the move's target by a map by
+    // hand (CAF08 checks slot moves only) after the plan. The source's row of the slot says `moved`
+    // to the target, which the key routes to by hash: the move publishes it there.
+    const slot = 1707;
+    const { from, to, source, target } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const mover = env.mover({ readerGraceMs: 0 });
+    const job = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'the slot given away empty');
+    expect(await fenceState(source, slot)).toBe('moved');
+    expect((await mover.run(job.id)).state).toBe('done');
+    expect((await env.directory.entry(key))?.shardId).toBe(to);
+    expect(await unitFenceState(source, 'directory', key)).toBe('moved');
+    await seedUsers(target, slot, [key], 0);
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${to}`);
+    expect(await countSlot(source, slot)).toEqual({ users: 0, documents: 0 });
+    expect(from).not.toBe(to);
+  });
+});
+
+describe("a move from a shard whose fence row says the unit is incoming there (h107)", () => {
+  /** An `incoming` row of no live move on `pool` (a superuser's SQL, or a job row ended by hand), as the source's run would meet it. */
+  async function handRowIncoming(pool: pg.Pool, kind: 'slot' | 'directory', unit: string): Promise<void> {
+    await pool.query(
+      `insert into write_fences (kind, unit_id, state) values ($1, $2, 'incoming')
+       on conflict (kind, unit_id) do update set state = 'incoming', moved_to = null, job_id = null`,
+      [kind, unit],
+    );
+  }
+
+  it('a directory move is refused at plan time, nothing recorded or pinned, for the key\'s own row and for its slot\'s: before, its run pinned the key there for good and failed', async () => {
+    const slot = 1708;
+    const { from, to, source } = await sides(env, slot);
+    const [own, bySlot] = keysInSlot(slot, 2) as [string, string];
+    await seedUsers(source, slot, [own, bySlot], 1);
+    const mover = env.mover({ readerGraceMs: 0 });
+    await handRowIncoming(source, 'directory', own);
+    for (const key of [own, bySlot]) {
+      if (key === bySlot) await handRowIncoming(source, 'slot', String(slot));
+      const jobsBefore = await jobCount();
+      const refused = await refusalOf(mover.plan({ kind: 'directory', key, to, createdBy: 'test' }));
+      if (refused === null) {
+        const { rows } = await env.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
+        const id = Number(rows[0]?.id);
+        const ran = await outcomeOf(mover.run(id));
+        expect.fail(`plan recorded job #${id} for key ${key === own ? '(own row)' : '(slot row)'}; run ${ran}; the key pinned to ${(await env.directory.entry(key))?.shardId ?? 'nothing'}`);
+      }
+      expect(refused).toBeInstanceOf(MoveConflictError);
+      expect((refused as Error).message).toContain(`cannot move key ${key} from ${from}`);
+      expect((refused as Error).message).toContain('incoming');
+      expect(await jobCount()).toBe(jobsBefore);
+      expect(await env.directory.entry(key)).toBeNull();
+    }
+    await source.query(`delete from write_fences where state = 'incoming' and job_id is null and ((kind = 'slot' and unit_id = $1) or (kind = 'directory' and unit_id = $2))`, [String(slot), own]);
+  });
+
+  it('a slot move is refused at plan time, nothing recorded: before, it was recorded and failed at its run', async () => {
+    const slot = 1709;
+    const { from, to, source } = await sides(env, slot);
+    await handRowIncoming(source, 'slot', String(slot));
+    const jobsBefore = await jobCount();
+    const mover = env.mover({ readerGraceMs: 0 });
+    const refused = await refusalOf(mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }));
+    if (refused === null) {
+      const { rows } = await env.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
+      expect.fail(`plan recorded job #${rows[0]?.id}; run ${await outcomeOf(mover.run(Number(rows[0]?.id)))}`);
+    }
+    expect(refused).toBeInstanceOf(MoveConflictError);
+    expect((refused as Error).message).toContain(`cannot move slot ${slot} from ${from}`);
+    expect((refused as Error).message).toContain('says incoming');
+    expect(await jobCount()).toBe(jobsBefore);
+    await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1 and state = 'incoming' and job_id is null`, [String(slot)]);
+  });
+});
+
+describe("a move whose source's row turns moved after its copy (h107)", () => {
+  it('fails at its next run and deletes on the target only its own copy: the rows on the source are kept', async () => {
+    // The run copied the slot to the target and died; a row `moved` to the target written on the
+    // source since (a superuser's SQL). The rollback deletes what lies under its own `incoming`
+    // row there, which refused every other writer since it was taken: its copy, nothing else.
+    const slot = 1710;
+    const { from, to, source, target } = await sides(env, slot);
+    await seedUsers(source, slot, keysInSlot(slot, 2), 2);
+    const dying = env.mover({
+      readerGraceMs: 0,
+      hook(point) {
+        if (point === 'copied') throw new Error('test: the run dies after its copy');
+      },
+    });
+    const job = await dying.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await expect(dying.run(job.id)).rejects.toThrow(/dies after its copy/);
+    expect(await countSlot(target, slot)).toEqual({ users: 2, documents: 4 });
+    await handRowMoved(source, 'slot', String(slot), to);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const ran = await outcomeOf(mover.run(job.id));
+    const after = await mover.get(job.id);
+    expect(`${ran}; ${after.state}`).toBe('ended: failed; failed');
+    expect(after.error).toContain(`${from}'s fence row of slot ${slot} says moved to ${to}`);
+    expect(await countSlot(target, slot)).toEqual({ users: 0, documents: 0 });
+    expect(await countSlot(source, slot)).toEqual({ users: 2, documents: 4 });
+    expect(await fenceState(target, slot)).toBe('moved');
+    await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1 and state = 'moved' and job_id is null`, [String(slot)]);
+  });
+});
+
+describe("a directory move's rollback over a source whose slot row had disowned the key (h107)", () => {
+  let env3: MoveEnv;
+  beforeAll(async () => {
+    env3 = await startMoveEnv({ shards: 3 });
+  });
+  afterAll(async () => {
+    await env3?.stop();
+  });
+
+  it("leaves no open row of the key on the source, which refuses the key's writes again as before the move", async () => {
+    // The key (no rows) moves A -> B; its slot is given, empty, to B by a map by hand after the
+    // plan (A's slot row `moved` to B): the key routes by hash to B, and the move goes on, its run
+    // inserting the key's `open` row on A. It dies after its copy; an operator pins the key to a
+    // third shard C meanwhile: the move fails and rolls back. A writer still holding the map from
+    // before the hand change writes the key on A.
+    const slot = 1711;
+    const { from, to, third } = await threeShardsOf(env3, slot);
+    const source = env3.shards.get(from) as pg.Pool;
+    const [key] = keysInSlot(slot, 1) as [string];
+    const dying = env3.mover({
+      readerGraceMs: 0,
+      hook(point) {
+        if (point === 'copied') throw new Error('test: the run dies after its copy');
+      },
+    });
+    const job = await dying.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    const store = new SlotMapStore(env3.catalog, { shardPools: env3.shards });
+    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'the slot given away empty');
+    expect(await fenceState(source, slot)).toBe('moved');
+    expect(await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
+    await expect(dying.run(job.id)).rejects.toThrow(/dies after its copy/);
+    expect(await unitFenceState(source, 'directory', key)).toBe('open');
+    await env3.directory.set(key, third, 'ops@example.com');
+    const mover = env3.mover({ readerGraceMs: 0 });
+    const ran = await outcomeOf(mover.run(job.id));
+    expect(`${ran}; ${(await mover.get(job.id)).state}`).toBe('ended: failed; failed');
+    // Before the fix: the key's row on A stayed `open`, and the write was acknowledged on A, where
+    // no route sends the key (its pin names C): out of every reader's sight.
+    expect(await userWriteOutcome(source, slot, key)).toBe('refused CAF02');
+    expect(await unitFenceState(source, 'directory', key)).not.toBe('open');
   });
 });
