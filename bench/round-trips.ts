@@ -1,13 +1,15 @@
 /**
  * Round-trip benchmark of the sharded write and read transactions: `--n` writes (`withShardWrite`,
- * one upsert each) and then `--n` reads (`withShardRead` on the primary, one lookup each), one at
- * a time, with a request deadline, on loopback against one embedded PostgreSQL shard, per round.
- * With `--before DIR` every round also runs the code of another checkout (the same files under
- * `DIR/functions`, e.g. `git archive HEAD~1 functions | tar -x -C DIR`), interleaved with this
- * one's in blocks of 50 operations, so that both see the same machine load. Printed: the round
- * trips of a write and a read of each (counted on the wire by test/support/pg-wire-recorder.ts
- * over a few extra operations), the mean and p50/p99 latency per round and implementation, and
- * the median of those over the rounds.
+ * one upsert each), then `--n` reads (`withShardRead` on the primary, one lookup each), then `--n`
+ * token reads (the same, with the write's read token: on the primary, which checks the token),
+ * one at a time, with a request deadline, on loopback against one embedded PostgreSQL shard, per
+ * round. With `--before DIR` every round also runs the code of another checkout (the same files
+ * under `DIR/functions`, e.g. `git archive HEAD~1 functions | tar -x -C DIR`: its write and read
+ * transactions and its replica reader), interleaved with this one's in blocks of 50 operations,
+ * so that both see the same machine load. Printed: the round trips of a write, a read and a token
+ * read of each (counted on the wire by test/support/pg-wire-recorder.ts over a few extra
+ * operations), the mean and p50/p99 latency per round and implementation, and the median of those
+ * over the rounds.
  * Loopback hides most of a round trip's cost: on a network, multiply the round trips saved by the
  * RTT (0.2-1 ms within an AZ, more across AZs or through RDS Proxy).
  *
@@ -21,10 +23,12 @@ import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { keySlot } from '../functions/core/sharding/keys.js';
 import { parseShardingConfig } from '../functions/core/sharding/config.js';
-import { ReplicaReader } from '../functions/adapters/postgres/replica-reader.js';
+import type { ReplicaReader } from '../functions/adapters/postgres/replica-reader.js';
+import type * as ReaderModule from '../functions/adapters/postgres/replica-reader.js';
 import { ShardPools } from '../functions/adapters/postgres/shard-pools.js';
 import type * as WriteModule from '../functions/adapters/postgres/write-transaction.js';
 import type * as ReadModule from '../functions/adapters/postgres/read-transaction.js';
+import type { ReadToken } from '../functions/core/sharding/read-token.js';
 import { startMoveEnv } from '../test/integration/sharding/fixtures/move-env.js';
 import { startPgWireRecorder } from '../test/support/pg-wire-recorder.js';
 
@@ -49,6 +53,7 @@ interface Impl {
   readonly name: string;
   readonly write: typeof WriteModule;
   readonly read: typeof ReadModule;
+  readonly reader: typeof ReaderModule;
 }
 
 async function implAt(name: string, root: string): Promise<Impl> {
@@ -57,6 +62,7 @@ async function implAt(name: string, root: string): Promise<Impl> {
     name,
     write: (await import(resolve(dir, 'write-transaction.ts'))) as typeof WriteModule,
     read: (await import(resolve(dir, 'read-transaction.ts'))) as typeof ReadModule,
+    reader: (await import(resolve(dir, 'replica-reader.ts'))) as typeof ReaderModule,
   };
 }
 
@@ -72,7 +78,13 @@ const poolsFor = (u: string): ShardPools => ShardPools.fromConfig(parseShardingC
 const pools = poolsFor(url);
 const recorded = poolsFor(`postgresql://${new URL(url).username}:${new URL(url).password}@127.0.0.1:${recorder.port}${new URL(url).pathname}`);
 const readerOptions = { bounds: { maxLagSeconds: 60, maxLagBytes: 1 << 24, maxStateAgeMs: 120_000 }, intervalMs: 60_000 };
-const replicaReaders = [new ReplicaReader(pools, readerOptions), new ReplicaReader(recorded, readerOptions)];
+/** Every reader made, stopped at the end. */
+const replicaReaders: ReplicaReader[] = [];
+const readerOf = (impl: Impl, over: ShardPools): ReplicaReader => {
+  const reader = new impl.reader.ReplicaReader(over, readerOptions);
+  replicaReaders.push(reader);
+  return reader;
+};
 
 const router = {
   routeForWrite: (key: string) => Promise.resolve({ shardId, slot: keySlot(key), version: 1, viaDirectory: false }),
@@ -97,23 +109,33 @@ function figures(ms: number[]): Figures {
 interface Ops {
   write(key: string): Promise<void>;
   read(key: string): Promise<void>;
+  tokenRead(key: string): Promise<void>;
 }
 
-function opsOf(impl: Impl, over: ShardPools, reader: ReplicaReader): Ops {
+function opsOf(impl: Impl, over: ShardPools): Ops {
   const writer = impl.write.createShardWriter({ router, primaries: new Map([[shardId, over.primary(shardId).pool]]) });
-  const reads = impl.read.createShardReader({ router, reader });
+  const reads = impl.read.createShardReader({ router, reader: readerOf(impl, over) });
+  /** The read token of each key's last write. */
+  const tokens = new Map<string, ReadToken>();
   return {
     async write(key) {
-      await writer.withShardWrite(
+      const { readToken } = await writer.withShardWrite(
         key,
         ({ client, slot }) =>
           client.query('insert into users (id, slot, email, display_name) values ($1, $2, $3, $4) on conflict (id) do update set display_name = excluded.display_name', [key, slot, `${key}@example.org`, 'bench']),
         { deadlineMs: options.deadlineMs },
       );
+      tokens.set(key, readToken);
     },
     async read(key) {
       const { value } = await reads.withShardRead(key, async ({ client }) => (await client.query('select display_name from users where id = $1', [key])).rowCount, { deadlineMs: options.deadlineMs, primary: true });
       if (value !== 1) throw new Error(`read of ${key} found ${value} rows, expected 1`);
+    },
+    async tokenRead(key) {
+      const token = tokens.get(key);
+      if (token === undefined) throw new Error(`no write of ${key} before its token read`);
+      const { value } = await reads.withShardRead(key, async ({ client }) => (await client.query('select display_name from users where id = $1', [key])).rowCount, { deadlineMs: options.deadlineMs, token });
+      if (value !== 1) throw new Error(`token read of ${key} found ${value} rows, expected 1`);
     },
   };
 }
@@ -124,10 +146,10 @@ function opsOf(impl: Impl, over: ShardPools, reader: ReplicaReader): Ops {
  * load on the shared machine falls on all of them alike.
  */
 const BLOCK = 50;
-async function round(ops: ReadonlyMap<string, Ops>, n: number): Promise<Map<string, { write: Figures; read: Figures }>> {
+async function round(ops: ReadonlyMap<string, Ops>, n: number): Promise<Map<string, { write: Figures; read: Figures; tokenRead: Figures }>> {
   const names = [...ops.keys()];
-  const ms = new Map(names.map((name) => [name, { write: [] as number[], read: [] as number[] }]));
-  for (const kind of ['write', 'read'] as const) {
+  const ms = new Map(names.map((name) => [name, { write: [] as number[], read: [] as number[], tokenRead: [] as number[] }]));
+  for (const kind of ['write', 'read', 'tokenRead'] as const) {
     for (let from = 0, block = 0; from < n; from += BLOCK, block++) {
       for (const name of block % 2 === 0 ? names : [...names].reverse()) {
         const op = ops.get(name) as Ops;
@@ -140,44 +162,47 @@ async function round(ops: ReadonlyMap<string, Ops>, n: number): Promise<Map<stri
       }
     }
   }
-  return new Map(names.map((name) => [name, { write: figures(ms.get(name)?.write ?? []), read: figures(ms.get(name)?.read ?? []) }]));
+  return new Map(names.map((name) => [name, { write: figures(ms.get(name)?.write ?? []), read: figures(ms.get(name)?.read ?? []), tokenRead: figures(ms.get(name)?.tokenRead ?? []) }]));
 }
 
-/** Round trips of one write and one read of `impl`, counted on the wire. */
-async function roundTrips(impl: Impl): Promise<{ write: number; read: number }> {
+/** Round trips of one write, one read and one token read of `impl`, counted on the wire. */
+async function roundTrips(impl: Impl): Promise<{ write: number; read: number; tokenRead: number }> {
+  const reader = readerOf(impl, recorded);
   const per = async (work: () => Promise<unknown>): Promise<number> => {
     // Through the reader: a connection's first read on a primary also checks, once, that the
     // server is out of recovery (one more round trip then, none after); not counted here.
-    await (replicaReaders[1] as ReplicaReader).query(shardId, 'select 1', [], { primary: true });
+    await reader.query(shardId, 'select 1', [], { primary: true });
     recorder.clear();
     const ops = 10;
     for (let i = 0; i < ops; i++) await work();
     return recorder.statements().length / ops;
   };
   const writer = impl.write.createShardWriter({ router, primaries: new Map([[shardId, recorded.primary(shardId).pool]]) });
-  const reads = impl.read.createShardReader({ router, reader: replicaReaders[1] as ReplicaReader });
+  const reads = impl.read.createShardReader({ router, reader });
   const key = keys[0] as string;
+  const { readToken } = await writer.withShardWrite(key, ({ client }) => client.query('update users set display_name = $2 where id = $1', [key, 'rt']), { deadlineMs: options.deadlineMs });
   return {
     write: await per(() => writer.withShardWrite(key, ({ client }) => client.query('update users set display_name = $2 where id = $1', [key, 'rt']), { deadlineMs: options.deadlineMs })),
     read: await per(() => reads.withShardRead(key, async ({ client }) => (await client.query('select 1 from users where id = $1', [key])).rowCount, { deadlineMs: options.deadlineMs, primary: true })),
+    tokenRead: await per(() => reads.withShardRead(key, async ({ client }) => (await client.query('select 1 from users where id = $1', [key])).rowCount, { deadlineMs: options.deadlineMs, token: readToken })),
   };
 }
 
 const fmt = (f: Figures): string => `mean ${f.meanMs.toFixed(3)} ms, p50 ${f.p50Ms.toFixed(3)}, p99 ${f.p99Ms.toFixed(3)}`;
 try {
-  const ops = new Map(impls.map((impl) => [impl.name, opsOf(impl, pools, replicaReaders[0] as ReplicaReader)]));
+  const ops = new Map(impls.map((impl) => [impl.name, opsOf(impl, pools)]));
   // Warm-up: connections opened, catalog caches filled, the rows written once.
   await round(ops, Math.min(500, options.n));
-  const trips = new Map<string, { write: number; read: number }>();
+  const trips = new Map<string, { write: number; read: number; tokenRead: number }>();
   for (const impl of impls) trips.set(impl.name, await roundTrips(impl));
-  console.log(`round trips per operation (one statement of its own, with a deadline): ${impls.map((i) => `${i.name}: write ${trips.get(i.name)?.write}, read ${trips.get(i.name)?.read}`).join('; ')}`);
+  console.log(`round trips per operation (one statement of its own, with a deadline): ${impls.map((i) => `${i.name}: write ${trips.get(i.name)?.write}, read ${trips.get(i.name)?.read}, token read ${trips.get(i.name)?.tokenRead}`).join('; ')}`);
   console.log(`N=${options.n} writes then N reads per round, in blocks of ${BLOCK} alternating between the implementations; deadline ${options.deadlineMs} ms, loopback, ${os.cpus().length} CPUs, load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
-  const results = new Map<string, Array<{ write: Figures; read: Figures }>>();
+  const results = new Map<string, Array<{ write: Figures; read: Figures; tokenRead: Figures }>>();
   for (let r = 1; r <= options.rounds; r++) {
     const figuresOf = await round(ops, options.n);
     for (const [name, f] of figuresOf) {
       results.set(name, [...(results.get(name) ?? []), f]);
-      console.log(`round ${r} ${name.padEnd(13)} write ${fmt(f.write)} | read ${fmt(f.read)}`);
+      console.log(`round ${r} ${name.padEnd(13)} write ${fmt(f.write)} | read ${fmt(f.read)} | token read ${fmt(f.tokenRead)}`);
     }
     console.log(`  load after round ${r}: ${os.loadavg()[0]?.toFixed(2)}`);
   }
@@ -186,8 +211,9 @@ try {
     const rs = results.get(impl.name) ?? [];
     const w = median(rs.map((x) => x.write.p50Ms));
     const rd = median(rs.map((x) => x.read.p50Ms));
+    const tr = median(rs.map((x) => x.tokenRead.p50Ms));
     console.log(
-      `median over ${rs.length} rounds, ${impl.name.padEnd(13)} write p50 ${w.toFixed(3)} ms, mean ${median(rs.map((x) => x.write.meanMs)).toFixed(3)} ms | read p50 ${rd.toFixed(3)} ms, mean ${median(rs.map((x) => x.read.meanMs)).toFixed(3)} ms`,
+      `median over ${rs.length} rounds, ${impl.name.padEnd(13)} write p50 ${w.toFixed(3)} ms, mean ${median(rs.map((x) => x.write.meanMs)).toFixed(3)} ms | read p50 ${rd.toFixed(3)} ms, mean ${median(rs.map((x) => x.read.meanMs)).toFixed(3)} ms | token read p50 ${tr.toFixed(3)} ms, mean ${median(rs.map((x) => x.tokenRead.meanMs)).toFixed(3)} ms`,
     );
   }
 } finally {

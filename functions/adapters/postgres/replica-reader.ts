@@ -66,26 +66,78 @@ export class PrimaryInRecoveryError extends Error {
   }
 }
 
-/**
- * Connections a read found on a server out of recovery, with that server's timeline (null when it
- * could not be told) and the server's start (`pg_postmaster_start_time()`). A server never goes
- * back into recovery without a restart, which ends its connections, and a primary's timeline
- * changes only by a promotion, which only a server in recovery undergoes: one check per
- * connection is enough, for both.
- */
-const primaryTimelineOf = new WeakMap<pg.ClientBase, { readonly timeline: number; readonly server: string } | null>();
+/** What {@link PRIMARY_CHECK_SQL} found on a server out of recovery: its timeline and start, and its WAL insert position then. */
+interface PrimaryCheck {
+  readonly timeline: number;
+  readonly server: string;
+  readonly insertLsn: bigint;
+}
 
 /**
- * The per-connection check: in recovery, or the primary's timeline (the first 8 hex digits of its
- * current WAL file's name) and when the server started. The start tells servers apart that reached
- * the same timeline number by different pasts: without a shared WAL archive, two replicas of one
- * primary promoted one after the other (the first failed too, or was given up) both take timeline
- * N + 1, each with its own switchpoint, and a history kept for the first would be wrong for the
- * second.
+ * Connections a read found on a server out of recovery, with what the check found (null when the
+ * timeline could not be told). Only an untokened read trusts it for the connection's life, and it
+ * only needs "not in recovery" from it: a server never goes back into recovery without a restart,
+ * which ends the connections made straight to it, and behind RDS Proxy a connection outlives
+ * its server but the proxy lends it only the current writer ("The proxy automatically determines
+ * the current writer instance", https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy.howitworks.html).
+ * A read with a token's timeline checks its connection's server again, each time
+ * ({@link PrimaryCheck}, see withReadClient): which server that is can change under an open
+ * connection ("the DB instance associated with the proxy changes while the connection remains
+ * open", https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/rds-proxy.examples.html).
+ */
+const primaryTimelineOf = new WeakMap<pg.ClientBase, PrimaryCheck | null>();
+
+/**
+ * The primary check: in recovery, or the primary's timeline (the first 8 hex digits of its
+ * current WAL file's name), when the server started, and its WAL insert position. The start tells
+ * servers apart that reached the same timeline number by different pasts: without a shared WAL
+ * archive, two replicas of one primary promoted one after the other (the first failed too, or was
+ * given up) both take timeline N + 1, each with its own switchpoint, and a history kept for the
+ * first would be wrong for the second. The insert position is what a token of the server's own
+ * timeline is measured against ({@link pastPrimaryEnd}): one statement, one round trip, for all four.
  */
 const PRIMARY_CHECK_SQL = `select pg_is_in_recovery() as in_recovery,
   case when pg_is_in_recovery() then null else ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint end as tli,
-  (extract(epoch from pg_postmaster_start_time()) * 1000000)::bigint::text as started`;
+  (extract(epoch from pg_postmaster_start_time()) * 1000000)::bigint::text as started,
+  case when pg_is_in_recovery() then null else pg_current_wal_insert_lsn()::text end as lsn`;
+
+/**
+ * Runs {@link PRIMARY_CHECK_SQL} on `client`, lent on `nodeId`'s primary address: the server's
+ * {@link PrimaryCheck} (null when its timeline or position cannot be read), or a
+ * {@link PrimaryInRecoveryError} when it is a standby.
+ */
+async function checkPrimary(client: pg.ClientBase, nodeId: string): Promise<PrimaryCheck | null> {
+  const { rows } = await client.query<{ in_recovery: boolean; tli: string | null; started: string; lsn: string | null }>(PRIMARY_CHECK_SQL);
+  const row = rows[0];
+  if (row?.in_recovery === true) throw new PrimaryInRecoveryError(nodeId);
+  if (row?.tli == null || row.lsn === null || !isLsn(row.lsn)) return null;
+  return { timeline: Number(row.tli), server: row.started, insertLsn: parseLsn(row.lsn) };
+}
+
+/**
+ * The write of `token`, a token of the timeline the `primary` checked is on, when that primary
+ * has not reached its position: the server that acknowledged it is not this one, though on the
+ * same timeline number. Two replicas promoted one after the other without a shared WAL archive
+ * both take timeline N + 1 (the first failed too, or was given up); a write the first
+ * acknowledged on N + 1 is in no history of the second, whose N + 1 is its own. Read as usual,
+ * the second's primary answered a miss as a 404, as if the write had never been made
+ * (`test/integration/sharding/timeline-lost-write-same-timeline.test.ts`). A token this server
+ * issued is never past its insert position while it runs (which only moves on; the token is
+ * that position read after the commit, or a page header before it). A crash is the exception:
+ * the token may include other sessions' WAL not yet written out, which the crash loses, and the
+ * server restarted on the same timeline is then behind a token of a write it holds (the
+ * acknowledged commit was flushed). So the answer is marked `pastWalEnd`: a caller answers it
+ * for a miss only, never for a list that may hold the write
+ * (`test/integration/sharding/timeline-token-crash-restart.test.ts`). Once
+ * the second server's WAL passes the token's position the two cannot be told apart (the limit
+ * docs/sharding-spec.md states). No query of its own: the position is the one the read's primary
+ * check found ({@link PRIMARY_CHECK_SQL}), on the server the read runs on. (A position kept per
+ * timeline and server, to spare a query, was the wrong server's once a proxy had moved the
+ * connection: test/integration/sharding/timeline-lost-write-writer-proxy.test.ts.)
+ */
+function pastPrimaryEnd(shardId: string, { timeline, insertLsn }: PrimaryCheck, token: string): LostWrite | undefined {
+  return parseLsn(token) <= insertLsn ? undefined : { shardId, lsn: token, timeline, forkLsn: formatLsn(insertLsn), currentTimeline: timeline, pastWalEnd: true };
+}
 
 /** Shard migration 027: the primary's timeline and its history file's text (NULL when its owner may not read it). */
 const TIMELINE_HISTORY_SQL = 'select timeline::text as timeline, history from timeline_history()';
@@ -341,12 +393,6 @@ export class ReplicaReader {
    * {@link TIMELINE_HISTORY_RETRY_MS}.
    */
   readonly #histories = new Map<string, { readonly history: Promise<readonly TimelineSwitch[] | null>; retryAtMs?: number }>();
-  /**
-   * Per shard, primary timeline and server (the keys of {@link #histories}), the furthest WAL
-   * insert position a read has seen that server at: a token of its timeline at or before it is
-   * in its past with no query ({@link #pastPrimaryEnd}).
-   */
-  readonly #reached = new Map<string, bigint>();
   #timer: NodeJS.Timeout | undefined;
   #running = false;
 
@@ -559,12 +605,15 @@ export class ReplicaReader {
         if (options.deadlineAt !== undefined) guard = holdToDeadline(lent, options.deadlineAt);
         let lostWrite: LostWrite | undefined;
         if (target.kind === 'primary') {
-          if (!primaryTimelineOf.has(lent)) {
-            const { rows } = await lent.query<{ in_recovery: boolean; tli: string | null; started: string }>(PRIMARY_CHECK_SQL);
-            if (rows[0]?.in_recovery === true) throw new PrimaryInRecoveryError(node.nodeId);
-            primaryTimelineOf.set(lent, rows[0]?.tli == null ? null : { timeline: Number(rows[0].tli), server: rows[0].started });
-          }
-          lostWrite = await this.#lostWrite(shardId, node.nodeId, lent, primaryTimelineOf.get(lent) ?? null, options);
+          // A read whose token can be judged (its timeline known) asks the connection's server
+          // what it is now, every time: through RDS Proxy an open connection is lent the new
+          // writer after a failover, and a verdict on the first server's check answered a write
+          // the failover lost 404, as never made
+          // (test/integration/sharding/timeline-lost-write-writer-proxy.test.ts). Any other read
+          // needs only "not in recovery", which holds for the connection's life (primaryTimelineOf).
+          const judged = options.token !== undefined && options.tokenTimeline !== undefined;
+          if (judged || !primaryTimelineOf.has(lent)) primaryTimelineOf.set(lent, await checkPrimary(lent, node.nodeId));
+          if (judged) lostWrite = await this.#lostWrite(shardId, node.nodeId, lent, primaryTimelineOf.get(lent) ?? null, options);
         }
         if (target.kind === 'replica') {
           // The replica was chosen before the wait for its connection (a busy pool can hold a read
@@ -643,48 +692,15 @@ export class ReplicaReader {
    * that timeline ends in it. Undefined otherwise, and whenever the history cannot be had: the read
    * then answers as it did before shard migration 027.
    */
-  async #lostWrite(shardId: string, nodeId: string, client: pg.ClientBase, primary: { readonly timeline: number; readonly server: string } | null, options: ReadOptions): Promise<LostWrite | undefined> {
+  async #lostWrite(shardId: string, nodeId: string, client: pg.ClientBase, primary: PrimaryCheck | null, options: ReadOptions): Promise<LostWrite | undefined> {
     if (options.token === undefined || options.tokenTimeline === undefined || primary === null) return undefined;
-    if (primary.timeline === options.tokenTimeline) return this.#pastPrimaryEnd(shardId, client, primary, options.token);
+    if (primary.timeline === options.tokenTimeline) return pastPrimaryEnd(shardId, primary, options.token);
     if (primary.timeline < options.tokenTimeline) return undefined;
     const { timeline } = primary;
     const history = await this.#history(shardId, primary, client, options.deadlineAt, nodeId);
     if (history === null) return undefined;
     const lost = lostInFailover(history, timeline, { lsn: parseLsn(options.token), timeline: options.tokenTimeline });
     return lost === undefined ? undefined : { shardId, lsn: options.token, timeline: options.tokenTimeline, forkLsn: formatLsn(lost.forkLsn), currentTimeline: timeline };
-  }
-
-  /**
-   * The write of `token`, a token of the timeline the primary `client` is on, when that primary
-   * has not reached its position: the server that acknowledged it is not this one, though on the
-   * same timeline number. Two replicas promoted one after the other without a shared WAL archive
-   * both take timeline N + 1 (the first failed too, or was given up); a write the first
-   * acknowledged on N + 1 is in no history of the second, whose N + 1 is its own. Read as usual,
-   * the second's primary answered a miss as a 404, as if the write had never been made
-   * (`test/integration/sharding/timeline-lost-write-same-timeline.test.ts`). A token this server
-   * issued is never past its insert position while it runs (which only moves on; the token is
-   * that position read after the commit, or a page header before it). A crash is the exception:
-   * the token may include other sessions' WAL not yet written out, which the crash loses, and the
-   * server restarted on the same timeline is then behind a token of a write it holds (the
-   * acknowledged commit was flushed). So the answer is marked `pastWalEnd`: a caller answers it
-   * for a miss only, never for a list that may hold the write
-   * (`test/integration/sharding/timeline-token-crash-restart.test.ts`). Once
-   * the second server's WAL passes the token's position the two cannot be told apart (the limit
-   * docs/sharding-spec.md states). One query (`pg_current_wal_insert_lsn()` on the read's
-   * connection, under its deadline) only for a token past the furthest position a read has seen
-   * this server at ({@link #reached}).
-   */
-  async #pastPrimaryEnd(shardId: string, client: pg.ClientBase, { timeline, server }: { readonly timeline: number; readonly server: string }, token: string): Promise<LostWrite | undefined> {
-    const key = `${shardId}/${timeline}/${server}`;
-    const lsn = parseLsn(token);
-    const known = this.#reached.get(key);
-    if (known !== undefined && lsn <= known) return undefined;
-    const { rows } = await client.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn');
-    const text = rows[0]?.lsn;
-    if (text === undefined || !isLsn(text)) return undefined;
-    const reached = parseLsn(text);
-    if (known === undefined || reached > known) this.#reached.set(key, reached);
-    return lsn <= reached ? undefined : { shardId, lsn: token, timeline, forkLsn: formatLsn(reached), currentTimeline: timeline, pastWalEnd: true };
   }
 
   /**

@@ -1,0 +1,95 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
+import { parseLsn } from '../../../functions/core/sharding/lsn.js';
+import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
+import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { startWriterProxy } from '../../support/writer-proxy.js';
+import { ONE_SHARD, oneShardApi, type Answer } from './fixtures/one-shard-api.js';
+
+const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
+
+/**
+ * A shard address through RDS Proxy: the proxy keeps client connections open across a failover
+ * and lends them the new writer (test/support/writer-proxy.ts, with the AWS pages it follows). The
+ * reader checked each pooled connection's server once (in recovery? timeline, server start) and
+ * judged read tokens against that check for the connection's life. After the failover the same
+ * connection reached the promoted replica, on timeline 2, while the reader still took it for the
+ * timeline-1 primary it had checked: a token of a write that primary acknowledged and the
+ * failover lost was judged on timeline 1, found behind the position a read had seen timeline 1's
+ * server at, and the miss answered 404 "no user", as if the write had never been made.
+ */
+describe('a read token through a proxy that keeps its client connections across a failover', () => {
+  let cluster: TestShardCluster;
+  const closers: (() => Promise<void>)[] = [];
+  beforeAll(async () => {
+    cluster = await startShardCluster({ shards: 1, replicasPerShard: 1, schema: true });
+  }, 180_000);
+  afterAll(async () => {
+    for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
+    await cluster?.stop();
+  });
+
+  it('answers 410 for a write lost in the failover, on the connection the proxy moved to the promoted replica', async () => {
+    const shard = cluster.shards[0];
+    const replica = shard?.replicas[0];
+    if (!shard || !replica) throw new Error('the cluster has no replica');
+    const proxy = await startWriterProxy(Number(new URL(shard.primary.url).port));
+    closers.push(() => proxy.close());
+    const viaProxy = new URL(shard.primary.url);
+    viaProxy.port = String(proxy.port);
+    // One connection: every request below is served on the same pooled client.
+    const { api, pools } = await oneShardApi(viaProxy.toString(), closers, { max: 1 });
+    const tokenOf = (answer: Answer): string => {
+      const token = answer.headers.get('x-read-token');
+      if (answer.status !== 201 || token === null) throw new Error(`the write answered ${answer.status} without a token: ${JSON.stringify(answer.body)}`);
+      return token;
+    };
+    const read = (path: string, token?: string): Promise<Answer> => api('GET', path, undefined, token === undefined ? {} : { 'x-read-after': token });
+
+    const kept = await api('POST', '/api/v1/users', { email: 'kept@example.org', display_name: 'kept' });
+    const keptToken = tokenOf(kept);
+    await replica.waitForCatchUp();
+    // The replica stops receiving; the primary acknowledges a write it never gets.
+    closers.push(await cutWalReceiver(replica.url));
+    const lost = await api('POST', '/api/v1/users', { email: 'lost@example.org', display_name: 'lost' });
+    const lostToken = tokenOf(lost);
+    const lostId = String(lost.body.id);
+    // Read your write, on the primary that made it.
+    const beforeFailover = await read(`/api/v1/users/${lostId}`, lostToken);
+
+    // The primary fails; the replica is promoted (timeline 2); the proxy's writer is now the
+    // replica, and the client connection the pool holds stays open.
+    await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
+    await proxy.failover(Number(new URL(replica.url).port));
+    const afterFailover = await read(`/api/v1/users/${lostId}`, lostToken);
+    const keptRead = await read(`/api/v1/users/${String(kept.body.id)}`, keptToken);
+    const onPromoted = await api('POST', '/api/v1/users', { email: 'promoted@example.org', display_name: 'promoted' });
+    const ownRead = await read(`/api/v1/users/${String(onPromoted.body?.id)}`, tokenOf(onPromoted));
+    const withoutToken = await read(`/api/v1/users/${lostId}`);
+
+    // The premise: one pooled connection all along, moved once by the proxy; the token of
+    // timeline 1, past where timeline 1 ends in the promoted replica's history.
+    const fork = await withClient(replica.url, async (c) => {
+      const { rows } = await c.query<{ text: string }>("select pg_read_file('pg_wal/00000002.history') as text");
+      return /^1\t([0-9A-F]+\/[0-9A-F]+)\t/m.exec(rows[0]?.text ?? '')?.[1] ?? '';
+    });
+    const token = parseReadToken(lostToken);
+    expect({ connections: pools.primary(ONE_SHARD).pool.totalCount, moved: proxy.moved(), timeline: token.timeline, pastFork: parseLsn(token.lsn) > parseLsn(fork) }).toEqual({
+      connections: 1,
+      moved: 1,
+      timeline: 1,
+      pastFork: true,
+    });
+
+    expect({ status: beforeFailover.status, id: beforeFailover.body?.id as unknown }).toEqual({ status: 200, id: lostId });
+    // Before: 404 "no user ...", judged against the connection's first server.
+    expect({ status: afterFailover.status, type: afterFailover.body?.type as unknown, lsn: afterFailover.body?.lsn as unknown, fork: afterFailover.body?.fork_lsn as unknown, current: afterFailover.body?.current_timeline as unknown }).toEqual({
+      status: 410,
+      type: WRITE_LOST_TYPE,
+      lsn: token.lsn,
+      fork,
+      current: 2,
+    });
+    expect([keptRead.status, onPromoted.status, ownRead.status, withoutToken.status]).toEqual([200, 201, 200, 404]);
+  }, 120_000);
+});
