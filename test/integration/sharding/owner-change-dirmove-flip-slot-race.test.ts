@@ -218,7 +218,13 @@ describe("a directory move's flip over no entry racing a map published by hand t
     const r = await raced(2442, 5500, 7000, 'lock');
     console.log(figures(r, 5500, 7000));
     expect(r.firstRun).toBe('ended: done');
-    expect(r.gaveUp).toMatch(/the flip ran out of time: cannot pin key/);
+    // Over budget, the run going on: on a quiet machine the budget runs out in the wait for the
+    // slot's pin lock, which the record names ("the flip ran out of time: cannot pin key ...");
+    // on one loaded past a load of 13 the fence's steps before the wait may use the budget up
+    // first, and the record says only that the flip ran out of time. Either is the outcome this
+    // test is for (before: a MoveError at the lock's own 5 s, the run stopped); the lock's naming
+    // is checked by the 2 s budget's test above.
+    expect(r.gaveUp).toMatch(/within its budget \(the flip ran out of time/);
     expect(r.violations).toEqual([]);
     expect(r.fencedMs).toBeLessThan(5500 + 1000);
     expect(await lockWaits()).toBe(0);
