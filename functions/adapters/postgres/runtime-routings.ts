@@ -107,8 +107,17 @@ export interface RecordedRouting {
    * Not that every runtime built before has stopped (an old one may still serve: a rolling or a
    * canary deploy, a warm Lambda environment until it is replaced), which no record can tell: the
    * record still counts unless the operator, who knows the deploy, says so (`--ignore-superseded`).
+   * Only a record written by the same side supersedes it ({@link RecordedRouting.byApplication}):
+   * an application login's record of a control runtime's name never supersedes the runtime's.
    */
   readonly superseded: boolean;
+  /**
+   * Whether an application login wrote it, through `catalog.record_runtime_routing` (sharding
+   * migration 027), rather than a control-plane runtime (or the catalog's owner); false on a
+   * catalog before 027. Such a login may write any name of its own choosing, so its records are
+   * named as its own, and supersede only its own (it may not record a runtime's name: 42501).
+   */
+  readonly byApplication: boolean;
 }
 
 /** The catalog's routings could not be read (a login without SELECT on the table). */
@@ -122,11 +131,14 @@ export class RecordedRoutingsError extends Error {
  * migration 022 not applied yet).
  */
 export async function recordedRoutings(catalog: Queryable, withinMs: number): Promise<readonly RecordedRouting[] | undefined> {
-  let rows: Array<{ actor: string; routing: unknown; first_seen_at: Date; seen_at: Date; age_ms: number }>;
+  let rows: Array<{ actor: string; routing: unknown; first_seen_at: Date; seen_at: Date; age_ms: number; by_application: boolean }>;
   try {
+    // `by_application` read through the row's JSON: a catalog before sharding migration 027 has no
+    // such column (every record then reads as a runtime's), and this version reviews it all the same.
     ({ rows } = await catalog.query(
-      `select actor, routing, first_seen_at, seen_at, (extract(epoch from (now() - seen_at)) * 1000)::float8 as age_ms
-         from catalog.runtime_routings
+      `select actor, routing, first_seen_at, seen_at, (extract(epoch from (now() - seen_at)) * 1000)::float8 as age_ms,
+              coalesce((to_jsonb(r) ->> 'by_application')::boolean, false) as by_application
+         from catalog.runtime_routings r
         where seen_at >= now() - make_interval(secs => $1::float8 / 1000)
         order by seen_at desc, actor`,
       [withinMs],
@@ -138,8 +150,12 @@ export async function recordedRoutings(catalog: Queryable, withinMs: number): Pr
     }
     throw err;
   }
+  // An actor's records on each side apart: an application login's call under a runtime's name
+  // (one it took before any runtime recorded under it) must not make the runtime's true record
+  // superseded, for --ignore-superseded to leave out (sharding migration 027).
+  const side = (r: { actor: string; by_application: boolean }): string => `${r.by_application ? 'application' : 'runtime'}\u0000${r.actor}`;
   const latest = new Map<string, number>();
-  for (const r of rows) latest.set(r.actor, Math.max(latest.get(r.actor) ?? -Infinity, r.seen_at.getTime()));
+  for (const r of rows) latest.set(side(r), Math.max(latest.get(side(r)) ?? -Infinity, r.seen_at.getTime()));
   return rows.map((r) => {
     const parsed = storedRouting.safeParse(r.routing);
     return {
@@ -157,7 +173,8 @@ export async function recordedRoutings(catalog: Queryable, withinMs: number): Pr
       firstSeenAt: r.first_seen_at,
       seenAt: r.seen_at,
       ageMs: Math.max(0, Math.round(r.age_ms)),
-      superseded: r.seen_at.getTime() < (latest.get(r.actor) ?? -Infinity),
+      superseded: r.seen_at.getTime() < (latest.get(side(r)) ?? -Infinity),
+      byApplication: r.by_application,
     };
   });
 }
@@ -197,9 +214,34 @@ function byRouting(recorded: readonly RecordedRouting[]): Array<{ routing: MoveR
   return groups;
 }
 
-/** `scaling-api (last built with it 2026-12-07T12:00:00.000Z, 35 min ago)`, each record of a group. */
-function whoRecorded(records: readonly RecordedRouting[]): string {
-  return records.map((r) => `${r.actor} (last built with it ${r.seenAt.toISOString()}, ${age(r.ageMs)}${r.superseded ? `, superseded: ${r.actor} was built with another routing since` : ''})`).join(', ');
+/**
+ * How many records of one routing the review names ({@link whoRecorded}); the rest are counted. The
+ * runtimes' records are a few (their actors times the routings they ran with), but an application
+ * login adds a row with each name it records under (sharding migration 026): 20,000 calls made GET
+ * /shards/fences's `otherRoutings` about 3 MB, past a Lambda's response limit with a few more.
+ */
+export const RECORDS_NAMED_PER_ROUTING = 10;
+
+/**
+ * `scaling-api (last built with it 2026-12-07T12:00:00.000Z, 35 min ago)`, each record of a group:
+ * the runtimes' records first, then the application logins', newest first on each side, at most
+ * {@link RECORDS_NAMED_PER_ROUTING}, the rest counted.
+ */
+function whoRecorded(all: readonly RecordedRouting[]): string {
+  const ordered = [...all.filter((r) => !r.byApplication), ...all.filter((r) => r.byApplication)];
+  const named = ordered.slice(0, RECORDS_NAMED_PER_ROUTING);
+  const rest = ordered.slice(RECORDS_NAMED_PER_ROUTING);
+  const restByApplication = rest.filter((r) => r.byApplication).length;
+  const counted =
+    rest.length === 0
+      ? ''
+      : `, and ${rest.length.toLocaleString('en-US')} more records of it (${restByApplication.toLocaleString('en-US')} by application logins; catalog.runtime_routings holds them all)`;
+  return `${named
+    .map((r) => {
+      const by = r.byApplication ? 'recorded by an application login through catalog.record_runtime_routing, ' : '';
+      return `${r.actor} (${by}last built with it ${r.seenAt.toISOString()}, ${age(r.ageMs)}${r.superseded ? `, superseded: ${r.actor} was built with another routing since` : ''})`;
+    })
+    .join(', ')}${counted}`;
 }
 
 /** What a refusal says where every record it names is superseded (`--ignore-superseded`), or ''. */

@@ -16,7 +16,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { CliIo } from '../../../bin/commands/kit.js';
 import { createShardsCommand } from '../../../bin/commands/shards.js';
-import { RECORD_LOCK_WAIT_MS, recordedRoutings, recordRuntimeRouting } from '../../../functions/adapters/postgres/runtime-routings.js';
+import { otherRoutingsRemark, RECORD_LOCK_WAIT_MS, recordedRoutings, recordRuntimeRouting } from '../../../functions/adapters/postgres/runtime-routings.js';
 import { createShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
 import { parseShardingConfig, type ShardingConfig } from '../../../functions/core/sharding/config.js';
 import { sqlstateOf } from '../../support/postgres.js';
@@ -297,6 +297,106 @@ describe('shards fences judges by the routing the runtimes recorded', () => {
     const other = await pinnedAwayWithDeadFence(2416);
     await expect(createShardsCommand(shell).run(['fences', '--settle', '--older-than', '0', '--ignore-superseded'], capture().io)).rejects.toThrow(/^--settle refused: .*recorded by scaling-moves \(last built with it [^)]*\)\./);
     expect(await unitFenceState(other.source, 'directory', other.key)).toBe('fenced');
+  });
+
+  describe("an application login's records (catalog.record_runtime_routing) cannot hide a runtime's", () => {
+    /** A login of ca_dms_app, as the CA-DMS backend's (or a compromised one's) on AWS. */
+    async function appLogin(name: string): Promise<pg.Pool> {
+      await env.catalog.query(`create role ${name} login password 'app login' in role ca_dms_app`);
+      const url = new URL(env.urls.catalog);
+      url.username = name;
+      url.password = 'app login';
+      const app = new pg.Pool({ connectionString: url.toString(), max: 1 });
+      app.on('error', () => undefined);
+      return app;
+    }
+    const record = (app: pg.Pool, actor: string, routing: Record<string, unknown>): Promise<unknown> =>
+      app.query('select catalog.record_runtime_routing($1, $2::jsonb)', [actor, JSON.stringify(routing)]);
+
+    it("may not record under a control runtime's name: the real scaling-api record is not marked superseded, and --settle --ignore-superseded judges by it", async () => {
+      // The deployed runtimes route by hash alone (override_hash off): the pinned key's writes go
+      // to its slot's owner, where its row is fenced. An application login (a compromised or
+      // misconfigured backend) records pins routing under their names: before, that made their
+      // true records "superseded", --ignore-superseded left them out, and the forged routing
+      // alone judged the key: its row on the slot's owner, where every router sends its writes,
+      // was set moved to the pin's shard, where none does (CAF01 became CAF02).
+      await coldStart('scaling-api', configWith({ override_hash: false }));
+      await coldStart('scaling-moves', configWith({ override_hash: false }));
+      const { key, source } = await pinnedAwayWithDeadFence(2417);
+      const app = await appLogin('routing_forger');
+      try {
+        for (const actor of ['scaling-api', 'scaling-moves']) {
+          // Nor may it keep a control runtime's record of a routing fresh (its seen_at), which
+          // would mark the routing the runtimes were built with since as superseded.
+          expect(await sqlstateOf(() => record(app, actor, HASH_ONLY)), actor).toBe('42501');
+          expect(await sqlstateOf(() => record(app, actor, PINS_ROUTE)), actor).toBe('42501');
+        }
+        expect((await records()).map((r) => [r.actor, r.routing])).toEqual([
+          ['scaling-api', HASH_ONLY],
+          ['scaling-moves', HASH_ONLY],
+        ]);
+        const settled = capture();
+        await createShardsCommand(urls()).run(['fences', '--settle', '--older-than', '0', '--ignore-superseded'], settled.io);
+        expect(settled.out.join('')).toMatch(/\nrouting: judged by the routing the runtimes recorded within the last 24 h, hash_based \(override_hash off, fallback hash\): /);
+        expect(await unitFenceState(source, 'directory', key)).toBe('fenced');
+      } finally {
+        await app.end();
+        await env.catalog.query('drop role routing_forger');
+      }
+    });
+
+    it("a name the application login recorded first (before any runtime of it) supersedes no runtime's record, and the listing says whose record it is", async () => {
+      const app = await appLogin('routing_squatter');
+      try {
+        await record(app, 'scaling-api', HASH_ONLY);
+        await coldStart('scaling-api', configWith());
+        expect(await sqlstateOf(() => record(app, 'scaling-api', HASH_ONLY))).toBe('42501');
+        // Each side's records supersede their own side's only: neither is superseded here.
+        const read = (await recordedRoutings(env.catalog, 60_000)) ?? [];
+        expect(read.map((r) => [r.actor, r.routing?.overrideHash, r.superseded, r.byApplication])).toEqual([
+          ['scaling-api', true, false, false],
+          ['scaling-api', false, false, true],
+        ]);
+        const { key, source } = await pinnedAwayWithDeadFence(2418);
+        const left = capture();
+        await createShardsCommand(urls()).run(['fences', '--settle', '--older-than', '0', '--ignore-superseded'], left.io);
+        expect(left.out.join('')).toMatch(/recorded by scaling-api \(recorded by an application login through catalog\.record_runtime_routing, last built with it /);
+        expect(await unitFenceState(source, 'directory', key)).toBe('fenced');
+      } finally {
+        await app.end();
+        await env.catalog.query('drop role routing_squatter');
+      }
+    });
+
+    it("a flood of an application login's records (a name per call) does not flood the review: each routing names its runtimes' records and a few more, counting the rest", async () => {
+      // Each call under a new name adds a row (the table keeps one per actor and routing). 20,000
+      // of them made GET /shards/fences's otherRoutings (and the CLI's routing line) list every
+      // one, about 3 MB: past a Lambda's 6 MB response with a few more, the listing failed for a day.
+      await coldStart('scaling-api', configWith({ override_hash: false }));
+      await env.catalog.query(
+        `insert into catalog.runtime_routings (actor, routing, by_application)
+         select 'svc-' || g, $1::jsonb, true from generate_series(1, 20000) g`,
+        [JSON.stringify(HASH_ONLY)],
+      );
+      const remark = (await otherRoutingsRemark(env.catalog, { strategy: 'hash_based', overrideHash: true, fallback: 'hash', enabled: true })) ?? '';
+      expect(remark).toMatch(/^runtimes recorded another routing than this API's .*: hash_based \(override_hash off, fallback hash\), recorded by scaling-api \(last built with it [^)]*\), svc-\d+ \(recorded by an application login/);
+      expect(remark).toContain(', and 19,991 more records of it (19,991 by application logins; catalog.runtime_routings holds them all).');
+      expect(remark.length).toBeLessThan(5_000);
+    });
+
+    it('refuses an actor with control characters, spaces or quotes (it is printed in the review and its refusals), nothing recorded', async () => {
+      const app = await appLogin('routing_odd');
+      try {
+        for (const actor of ['ca-dms-backend\nrouting: judged by SHARDING_CONFIG_JSON', 'ca-dms-backend\u001b[8m', 'ca dms backend', "x'y", 'x'.repeat(201)]) {
+          expect(await sqlstateOf(() => record(app, actor, PINS_ROUTE)), JSON.stringify(actor)).toBe('22023');
+        }
+        await record(app, 'ca-dms-backend.worker_2', PINS_ROUTE);
+        expect((await records()).map((r) => r.actor)).toEqual(['ca-dms-backend.worker_2']);
+      } finally {
+        await app.end();
+        await env.catalog.query('drop role routing_odd');
+      }
+    });
   });
 
   it('ages a record out after a day by default: a runtime not built with a routing for a day runs no router with it', async () => {

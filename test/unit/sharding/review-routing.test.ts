@@ -12,7 +12,7 @@ const HASH_ONLY: MoveRouting = { strategy: 'hash_based', overrideHash: false, fa
 
 function record(actor: string, routing: MoveRouting | undefined, ageMs = 3_600_000): RecordedRouting {
   const seenAt = new Date(Date.UTC(2026, 11, 7, 12) - ageMs);
-  return { actor, routing, raw: routing === undefined ? '{"strategy":"consistent"}' : JSON.stringify(routing), firstSeenAt: seenAt, seenAt, ageMs, superseded: false };
+  return { actor, routing, raw: routing === undefined ? '{"strategy":"consistent"}' : JSON.stringify(routing), firstSeenAt: seenAt, seenAt, ageMs, superseded: false, byApplication: false };
 }
 
 const within = DEFAULT_RECORDED_WITHIN_MS;
