@@ -100,6 +100,12 @@ export interface ScalingApiDeps {
   readonly metrics: MetricsSource;
   readonly clock: Clock;
   readonly sharding?: ShardingDeps;
+  /**
+   * Without `sharding`, what left it out, as the shards endpoints' 404 names it
+   * (`shardingOffReason`: `SHARDING_CONFIG_JSON` not set, `SHARDING_ENABLED=false`, the document's
+   * `"enabled": false`). Default: "no sharding configuration was given".
+   */
+  readonly shardingOff?: string;
   /** How many recent decisions the recommendations look at (default 2000). */
   readonly recommendationWindow?: number;
   /**
@@ -364,7 +370,10 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
   };
 
   const sharding = (): ShardingDeps => {
-    if (!deps.sharding) throw new ProblemError(404, 'sharding is not enabled (SHARDING_ENABLED=false): there are no shards to report on');
+    // It named SHARDING_ENABLED=false whatever left sharding out: an operator whose document said
+    // "enabled": false, or whose function had no SHARDING_CONFIG_JSON at all, was sent to a
+    // variable that was not set.
+    if (!deps.sharding) throw new ProblemError(404, `sharding is not enabled (${deps.shardingOff ?? 'no sharding configuration was given'}): there are no shards to report on`);
     return deps.sharding;
   };
   // Another process (a move) may have published a newer map since this one was loaded: every

@@ -22,7 +22,7 @@ import { awsClients, rdsClient } from './shared/aws.js';
 import { withPowertools } from './shared/middleware.js';
 import { logger, metrics } from './shared/powertools.js';
 import { controllerRuntime } from './shared/runtime.js';
-import { logRoutingNotRecorded, shardCredentialsFromEnv, shardingConfigFromEnv } from './shared/sharding-env.js';
+import { logRoutingNotRecorded, shardCredentialsFromEnv, shardingConfigFromEnv, shardingOffReason } from './shared/sharding-env.js';
 import { loadParameterEnv } from './shared/parameter-env.js';
 
 // The deployment's growing configuration (SSM Parameter Store), read once in the init phase.
@@ -105,6 +105,7 @@ async function buildAwsPort(): Promise<ScalingApiPort> {
     target: rt.target,
     metrics: rt.metrics,
     clock: { now: () => Date.now() },
+    ...(sharding ? {} : { shardingOff: shardingOffReason(process.env) }),
     ...(sharding
       ? {
           // A Lambda invocation cannot outlive its response: the API only plans the move, and

@@ -65,6 +65,19 @@ export async function shardingConfigFromEnv(env: Record<string, string | undefin
 }
 
 /**
+ * Why {@link shardingConfigFromEnv} gave no configuration, in the words the API's 404 uses: the
+ * document not given, `SHARDING_ENABLED` saying false over it, or the document's own
+ * `"enabled": false`. Only meaningful where that function returned `undefined`.
+ */
+export function shardingOffReason(env: Record<string, string | undefined>): string {
+  const doc = env.SHARDING_CONFIG_JSON;
+  if (doc === undefined || doc.trim() === '') return 'SHARDING_CONFIG_JSON is not set';
+  const enabled = env.SHARDING_ENABLED?.trim().toLowerCase();
+  if (enabled === 'false' || enabled === '0' || enabled === 'no') return `SHARDING_ENABLED=${env.SHARDING_ENABLED?.trim() ?? 'false'}`;
+  return `SHARDING_CONFIG_JSON's "enabled": false`;
+}
+
+/**
  * Where each shard's login comes from after a rotation: shard id -> re-read of its secret in
  * `SHARD_DB_SECRET_ARNS` (same order as `SHARDING_CONFIG_JSON`'s shards). `undefined` without
  * secrets (local mode, tests with URLs). Give it to the shard pools (`pools.credentials`), so a
