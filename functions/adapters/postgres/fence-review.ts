@@ -1197,10 +1197,12 @@ function slotUnitKey(on: string, kind: SlotUnit['kind'], slot: number, excluded:
  * others, updated, deleted, truncated).
  *
  * Where the history holds no owner of a slot at or below the first map at or past the version
- * asked for (the history not filled yet: between migrations 023 and 024 of a deploy; a map
- * inserted with the triggers off; a slot past the first maps' length), that slot is read from the
- * maps as before, not answered with the owners the history lacks: a missing owner is a shard
- * whose rows of the slot the review would not count before reopening the row.
+ * asked for (a slot past the first maps' length), or holds it only at or below a map the history
+ * lacks (catalog.slot_owner_history_maps, sharding migration 028: a map inserted with the triggers
+ * off, a superuser's restore), that slot is read from the maps as before, not answered with the
+ * owners the history lacks: a missing owner is a shard whose rows of the slot the review would not
+ * count before reopening the row. Every slot is read from the maps on a catalog not yet migrated
+ * to 028 (between 023, 024 and 028 of a deploy; fence-review-owner-history-races.test.ts).
  */
 export async function ownersOfSlotsSince(catalog: Queryable, pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>): Promise<Map<string, string[]>> {
   const { owners, unknown } = await ownersOfSlotsFromHistory(catalog, pairs);
@@ -1211,7 +1213,9 @@ export async function ownersOfSlotsSince(catalog: Queryable, pairs: ReadonlyArra
 /**
  * {@link ownersOfSlotsSince} from catalog.slot_owner_history alone: the pairs it answers, and
  * those it cannot (no owner of the slot recorded at or below the first map at or past the
- * version). A pair with no map at or past its version has no owner (answered, empty).
+ * version, or that owner recorded at or below the highest map whose rows the history lacks: a
+ * slot change of that map's would be missing; every pair before sharding migration 028). A pair
+ * with no map at or past its version has no owner (answered, empty).
  */
 export async function ownersOfSlotsFromHistory(
   catalog: Queryable,
@@ -1220,11 +1224,18 @@ export async function ownersOfSlotsFromHistory(
   const owners = new Map<string, string[]>();
   const unknown: Array<{ slot: number; version: number }> = [];
   if (pairs.length === 0) return { owners, unknown };
+  // A catalog before 028 (a deploy's migrations in progress, 024's fill taking minutes): no list of
+  // the maps recorded, so no slot's history is known complete; read every pair from the maps.
+  const { rows: ready } = await catalog.query<{ ready: boolean }>(`select to_regclass('catalog.slot_owner_history_maps') is not null as ready`);
+  if (!ready[0]?.ready) return { owners, unknown: pairs.map((p) => ({ slot: p.slot, version: p.version })) };
   const { rows } = await catalog.query<{ slot: number; version: string; known: boolean; owners: string[] | null }>(
     `with p as (select distinct slot, version from unnest($1::int[], $2::bigint[]) as p(slot, version)),
-          f as (select p.slot, p.version, (select min(m.version) from catalog.slot_maps m where m.version >= p.version) as first from p)
+          f as (select p.slot, p.version, (select min(m.version) from catalog.slot_maps m where m.version >= p.version) as first from p),
+          u as (select coalesce(max(m.version), 0) as below from catalog.slot_maps m
+                 where not exists (select 1 from catalog.slot_owner_history_maps r where r.version = m.version))
      select f.slot, f.version::text as version,
-            f.first is null or exists (select 1 from catalog.slot_owner_history h where h.slot = f.slot and h.from_version <= f.first) as known,
+            f.first is null
+              or coalesce((select max(h.from_version) from catalog.slot_owner_history h where h.slot = f.slot and h.from_version <= f.first) > (select below from u), false) as known,
             array(select distinct o.shard_id from (
                     (select h.shard_id from catalog.slot_owner_history h where h.slot = f.slot and h.from_version <= f.first order by h.from_version desc limit 1)
                     union all

@@ -15,7 +15,7 @@
 import type pg from 'pg';
 import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
-import { hasSqlState, INVALID_PARAMETER_VALUE, retryingSerializationFailures, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
+import { hasSqlState, INVALID_PARAMETER_VALUE, retryingSerializationFailures, SERIALIZATION_FAILURE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
 import { slotOf } from '../../core/sharding/hash.js';
 import { boundedCount, countedOwnerChange, OwnerChangeFences, countTimeoutOf, describeRows, lockSlotsForPins, pinnedKeysOf, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
@@ -430,7 +430,12 @@ export class SlotMapStore {
       return (await insert()).rows;
     } catch (err) {
       // 23505: a concurrent publisher inserted the same version between our check and insert.
-      if (hasSqlState(err, UNIQUE_VIOLATION)) throw new SlotMapVersionConflictError(map.version + 1, map.version, { cause: err });
+      // 40001: at REPEATABLE READ or SERIALIZABLE, a map inserted (or changed) by a transaction
+      // that committed after this one's snapshot: every statement changing the maps takes the
+      // owner history's writer row first (sharding migration 028), and one whose snapshot cannot
+      // see the other's map may not publish against it. The same answer: reload (in a new
+      // transaction) and retry.
+      if (hasSqlState(err, UNIQUE_VIOLATION) || hasSqlState(err, SERIALIZATION_FAILURE)) throw new SlotMapVersionConflictError(map.version + 1, map.version, { cause: err });
       if (hasSqlState(err, SLOT_OWNER_KEPT)) throw new SlotMapOwnerKeptError((err as Error).message, { cause: err });
       // publish_slot_map_by_hand refused its arguments (sharding migration 013: an owner the catalog does not know, say).
       if (hasSqlState(err, INVALID_PARAMETER_VALUE)) throw new SlotMapError((err as Error).message, { cause: err });
