@@ -1001,7 +1001,7 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
   };
   const judged: Judged[] = [];
   for (const { behind, ...p } of pending) {
-    const withheld = behind ? await rowsBehind(p.read, p.shard, rowOn, counts, catalogFacts) : undefined;
+    const withheld = behind ? await rowsBehind(p.read, p.shard, rowOn, counts, catalogFacts, p.plan) : undefined;
     judged.push(withheld === undefined ? p : { ...p, row: { ...p.row, withheld } });
   }
   return { map, judged, explained };
@@ -1035,7 +1035,7 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
  *   died after its commit, the route changed back past the stores since, looks like one that died
  *   before it (same file; owner-change-review-directory.test.ts, "... died after its commit ...").
  */
-async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<string, ReadonlyMap<string, FenceRowRead>>, o: JudgeOptions, catalog: CatalogFacts): Promise<string | undefined> {
+async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<string, ReadonlyMap<string, FenceRowRead>>, o: JudgeOptions, catalog: CatalogFacts, plan: SettlePlan = {}): Promise<string | undefined> {
   const unit = r.kind === 'slot' ? ({ kind: 'slot', slot: Number(r.unit_id), excluded: r.excluded_keys ?? [] } as const) : ({ kind: 'directory', key: r.unit_id } as const);
   const what = r.kind === 'slot' ? `slot ${r.unit_id}` : `key ${r.unit_id}`;
   const counted = async (on: string, rows: Parameters<RowCounter>[1] = unit): Promise<TableRows[] | string> => {
@@ -1077,6 +1077,26 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
       return `the slot maps published since this row's version ${r.map_version} could not be read (${err instanceof Error ? err.message : String(err)}): the slot's rows where they sent it could not be counted; settle again`;
     }
   } else elsewhere = [...o.given].filter((s) => s !== shard);
+  // A key's row set `open` (a pinned key whose slot's row here is `moved` and does not keep it
+  // out: judgeKey) takes the key's writes here over that slot row, which says where the slot's
+  // rows went, the key's with them where it was routed by the slot when the slot left (not placed
+  // by the directory then: not in the row's `excluded_keys`). The key's own row does not name that
+  // shard (a hand change of its pin, rolled back in the caller's transaction, names the pin's new
+  // shard; a superuser's row, anything): counted only where the key's row sent its writes, a key
+  // pinned here past the stores while its rows stayed where its slot went had its row set `open`,
+  // and this shard took its writes (a new user of the key acknowledged here) while its user and
+  // documents stayed there, out of its readers' sight (h110, moves-slot-source-moved.test.ts,
+  // "shards fences --settle over a pinned key's row ..."). Counted there too, as where this row
+  // sends its writes, and on from there as they are.
+  const slotSent = new Map<string, string>();
+  if (unit.kind === 'directory' && plan.reopenAs === 'open') {
+    const slotRow = rowOn.get(shard)?.get(`slot:${slotOf(unit.key)}`);
+    const to = slotRow?.state === 'moved' ? slotRow.moved_to : null;
+    if (to !== null && to !== undefined && to !== shard && !elsewhere.includes(to)) {
+      elsewhere.push(to);
+      slotSent.set(to, `where ${shard}'s row of the key's slot ${slotOf(unit.key)} sent the slot's rows (moved to ${to}, not keeping the key out)`);
+    }
+  }
   const where =
     r.state === 'moved'
       ? 'where this row sends its writes'
@@ -1085,7 +1105,7 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
         : `another shard (a fenced row names no new owner)`;
   const unread = elsewhere.filter((s) => !o.read.has(s));
   if (unread.length > 0) {
-    return `${unread.join(', ')}, ${where}, ${unread.length > 1 ? 'were' : 'was'} not read (not given, or it did not answer): the ${noun}'s rows there could not be counted (its route may have changed past the stores, its rows staying there); settle again with ${unread.join(', ')}`;
+    return `${unread.join(', ')}, ${unread.every((s) => slotSent.has(s)) ? slotSent.get(unread[0] as string) : where}, ${unread.length > 1 ? 'were' : 'was'} not read (not given, or it did not answer): the ${noun}'s rows there could not be counted (its route may have changed past the stores, its rows staying there); settle again with ${unread.join(', ')}`;
   }
   // The slot's rows there are those of the keys that route by the slot, which a reopen hands to
   // this shard: not those this row keeps out (its excluded keys: their own rows decide for them
@@ -1098,7 +1118,7 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
   for (let i = 0; i < elsewhere.length; i += 1) {
     const to = elsewhere[i] as string;
     const from = via.get(to);
-    const whereTo = from === undefined ? where : `${where} (moved on from ${from})`;
+    const whereTo = slotSent.get(to) ?? (from === undefined ? where : `${where} (moved on from ${from})`);
     if (!o.read.has(to)) {
       return `${to}, ${whereTo}, was not read (not given, or it did not answer): the ${noun}'s rows there could not be counted (its route may have changed past the stores, its rows staying there); settle again with ${to}`;
     }
@@ -1117,7 +1137,16 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
     // move, then given back to this shard past the stores, had this row reopened (B's rows behind
     // the move's row taken for leftovers, C never counted), this shard taking the slot's writes, its
     // rows on C (owner-change-review-slot-rows-elsewhere.test.ts, "... moved the slot on ...").
-    const onTo = theirs?.state === 'moved' ? theirs.moved_to : null;
+    // A key with no row of its own there follows its slot's row there ("Which row applies"): a
+    // `moved` one that does not keep the key out sent the key's rows on with the slot's, and they
+    // are counted where it sent them too. Not followed, a key whose slot moved A -> B -> C with its
+    // rows, pinned to A past the stores over a `moved` row of it naming B, had that row set `open`
+    // (its rows on B, behind B's slot move row, taken for that move's leftovers, below; C never
+    // counted), A taking the key's writes, its rows on C (h110, moves-slot-source-moved.test.ts,
+    // "follows the slot's rows on ...").
+    const slotThere = unit.kind === 'directory' && theirs === undefined ? rowOn.get(to)?.get(`slot:${slotOf(unit.key)}`) : undefined;
+    const slotOnTo = slotThere?.state === 'moved' && unit.kind === 'directory' && !(slotThere.excluded_keys ?? []).includes(unit.key) ? slotThere.moved_to : null;
+    const onTo = theirs?.state === 'moved' ? theirs.moved_to : slotOnTo;
     if (onTo !== null && onTo !== shard && onTo !== to && !elsewhere.includes(onTo)) {
       elsewhere.push(onTo);
       via.set(onTo, to);

@@ -3259,20 +3259,41 @@ export class PgMovePort implements MovePort<MoveJob> {
    * change was acknowledged on the source, where no route sends the key, out of every reader's
    * sight (h107, moves-slot-source-moved.test.ts, "a directory move's rollback over a source whose
    * slot row had disowned the key"). Only over such a slot row: where the source's slot row lets the
-   * key through, its own `open` row changes nothing a router's route does not. Compare-and-set on
-   * the shard in one statement: a row changed since (a later move's, an operator's) is left.
+   * key through, its own `open` row changes nothing a router's route does not.
+   *
+   * And only over no row of the key on the source. Such a row is not always this move's: a key
+   * moved back to the source by an earlier directory move after its slot left (its rows routed by
+   * the slot then, so that the slot's `moved` row there does not keep it out) has that move's `open`
+   * row over the slot's, and its rows there; so has a key given a row of its own by hand where its
+   * rows were on the source after all (the way out checkSourceOwnsKey names). Turned `moved` to
+   * wherever the catalog routes the key at this rollback's end (a pin deleted past the guard, the
+   * key routed by hash to its slot's owner), that row said the key's rows went where they never
+   * were: they stayed on the source behind it, refused there (CAF02) and, routed back to the
+   * shard the key had come from, refused there too by that move's `moved` row, and the way out
+   * (catalog.repin_by_hand to where the rows are) was refused on the source as well (h110,
+   * moves-slot-source-moved.test.ts, "a directory move's rollback over the key's own open row
+   * ..."). The rollback puts back only what this move made: where the source holds rows of the
+   * key (counted after the row is locked: the key's writers in flight, which hold it FOR SHARE,
+   * have committed or been refused), the row is left as it was before the move; where it holds
+   * none, the row hides nothing, whoever inserted it, and refuses the writes no route sends there.
+   * A key this move's source took over no row of its own holds rows there only where a writer
+   * holding the map from before the hand change wrote them before the move fenced it: they are
+   * the key's, out of sight where the catalog routes it, and stay open on the source, as the
+   * review (`shards fences`) leaves a row over such rows to the operator. Compare-and-set on the
+   * shard, in the transaction that locked the row: a row changed since (a later move's, an
+   * operator's) is left.
    */
   private async closeKeyRowOverDisowningSlot(job: MoveJob, routesTo: string, version: number): Promise<void> {
     if (job.kind !== 'directory') return;
-    await this.write(job, job.from, (c) =>
-      c.query(
-        `update write_fences k set state = 'moved', moved_to = $3, map_version = $4, updated_at = clock_timestamp()
-          where k.kind = 'directory' and k.unit_id = $1 and k.state = 'open'
+    const over = `k.kind = 'directory' and k.unit_id = $1 and k.state = 'open'
             and exists (select 1 from write_fences s where s.kind = 'slot' and s.unit_id = $2 and s.state in ('moved', 'incoming')
-                         and not ($1 = any(coalesce(s.excluded_keys, '{}'::text[]))))`,
-        [job.unitId, String(job.slot), routesTo, version],
-      ),
-    );
+                         and not ($1 = any(coalesce(s.excluded_keys, '{}'::text[]))))`;
+    await this.write(job, job.from, async (c) => {
+      const locked = await c.query(`select 1 from write_fences k where ${over} for update of k`, [job.unitId, String(job.slot)]);
+      if (locked.rowCount !== 1) return;
+      if ((await heldOnTarget(c, job)).length > 0) return;
+      await c.query(`update write_fences k set state = 'moved', moved_to = $3, map_version = $4, updated_at = clock_timestamp() where ${over}`, [job.unitId, String(job.slot), routesTo, version]);
+    });
   }
 
   /**

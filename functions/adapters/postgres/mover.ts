@@ -57,7 +57,7 @@ import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sourceDisowns, type DisowningRow, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 import { retryingSerializationFailures } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
-import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused } from './unit-rows.js';
+import { describeRows, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn } from './unit-rows.js';
 
 export * from './move-jobs.js';
 export type { MoverDirectory, MoverSlotMaps } from './move-port.js';
@@ -249,6 +249,7 @@ export class Mover {
       await this.checkSourceOwnsKey(unitId, from, entry === null ? 'by hash' : 'pinned');
     } else {
       await this.checkSourceOwnsSlot(slot, from, map.version);
+      await this.checkTargetHoldsNoSlotRows(slot, from, req.to, excluded, map.version);
     }
     // The owner was read before the job is recorded: another move of the slot may have finished
     // in between (the unique index only stops one that is still unfinished). A job recorded from
@@ -556,6 +557,42 @@ export class Mover {
     // replaced while the plan was being made", failed since this check came in).
     if ((await this.options.slotMaps.ownerOf(slot))?.shardId !== from) return;
     throw new MoveConflictError(`cannot move slot ${slot} from ${from}, which slot map version ${version} names its owner: ${sourceDisowns('slot', String(slot), from, row)}. Nothing was recorded`);
+  }
+
+  /**
+   * Refuses a slot move to a shard that holds rows of the slot (less the keys the directory keeps
+   * out of it, `excluded`) behind no row of the slot that says they are not its own: none, or
+   * `open`. A slot move's copy deletes the target's rows of the unit in each page's range before it
+   * writes the source's (its own earlier pages, a finished move's leftovers kept behind that
+   * move's `moved` row there); the target is not checked for rows as a directory move's is
+   * (PgMovePort.checkedIncoming), since no writer is sent there while the map names the source.
+   * Rows there behind no refusing row are not leftovers, then, but rows that a change past the
+   * stores left out of the map's sight: a slot moved A -> B with its rows and given back to A by a
+   * map by hand that fenced and opened nothing (A's row `moved` to B), whose way out at plan
+   * (checkSourceOwnsSlot) was misjudged, A's row deleted by hand as if the rows were on A. The
+   * move of the slot to B, where its rows were, then deleted them page by page, copied A's none
+   * and ended `done`, the slot's users and documents on no shard (h110, moves-slot-source-moved.test.ts,
+   * "a slot move to a shard holding the slot's rows ..."). Refused at plan, nothing recorded, naming
+   * the rows and the way out by what they are. Read once, at plan time: while the map names the
+   * source, nothing routes a writer to the target, and a row `moved`, `incoming` or `fenced` there
+   * is a move's or a change's, met by the run as ever.
+   */
+  private async checkTargetHoldsNoSlotRows(slot: number, from: string, to: string, excluded: readonly string[], version: number): Promise<void> {
+    const target = this.options.shards.get(to) as pg.Pool;
+    const { rows } = await target.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+    const state = rows[0]?.state;
+    if (state !== undefined && state !== 'open') return;
+    const [held] = await slotsRowsOn(target, [{ slot, excluded }]);
+    if (held === undefined || held.length === 0) return;
+    // As checkSourceOwnsSlot: the map read by the plan may be older than the rows. A move of the
+    // slot to `to` that finished after that read put them there and gave `to` the slot; the plan's
+    // re-read of the owner under the job row refuses it in the words that say so ("is already on
+    // ..."), which this refusal, read from a stale map, would hide (moves-races.test.ts, "records
+    // nothing from an owner that another move of the slot replaced ...").
+    if ((await this.options.slotMaps.ownerOf(slot))?.shardId !== from) return;
+    throw new MoveConflictError(
+      `cannot move slot ${slot} from ${from} to ${to}: ${to} holds rows of the slot (${describeRows(held)}${excluded.length > 0 ? `, less the ${excluded.length} key(s) the directory keeps out of it` : ''}) behind ${state === undefined ? 'no fence row of it' : 'its open fence row'}, though slot map version ${version} names ${from}: not a finished move's leftovers (they stand behind its 'moved' row), but rows the map does not send readers to, and the move's copy would delete them before writing ${from}'s. Nothing was recorded. Decide where the slot's rows are by hand: where they are the slot's own (a map given to ${from} past the stores while they stayed on ${to}, and ${from}'s 'moved' row of it deleted by hand as if they were on ${from}), give the slot to ${to} by hand through the stores (SlotMapStore.publishByHand given the shards' pools, which counts ${from}'s rows of it and fences it), and its writes land where its rows are; where they are stale copies of rows on ${from} (copied there by hand), delete them on ${to} (select id from users where slot = ${slot}; select id, owner_id from documents where slot = ${slot}), then plan the move again (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
+    );
   }
 
   /** Whether `jobId` (a fence row's `job_id`) names a move job the catalog has unfinished. */

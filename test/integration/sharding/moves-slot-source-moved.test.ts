@@ -16,6 +16,11 @@
  * (judged at the run by where the catalog sends the key), `incoming` rows at plan, the rollback's
  * deletion after a row turned so past the copy, and the key's `open` row a rolled-back move left on
  * a source whose slot row had disowned the key.
+ * h110's review: that rollback's close of a key row the move did not insert, over the key's rows
+ * (a key moved back to the source); `shards fences --settle` setting a pinned key's row `open`
+ * over its slot's `moved` row while the key's rows are where that slot row sent them; and a slot
+ * move to a shard holding the slot's rows behind no refusing row (the third way out misjudged),
+ * whose copy deleted them.
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -24,16 +29,18 @@ import { MoveConflictError } from '../../../functions/adapters/postgres/move-job
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countSlot, documentWrittenFor, fenceState, keysInSlot, type MoveEnv, outcomeOf, readCommitted, refusalOf, seedUsers, sides, startMoveEnv, threeShardsOf, unitFenceState, userWriteOutcome } from './fixtures/move-env.js';
+import { countSlot, deletePinPastGuard, documentWrittenFor, fenceState, keysInSlot, type MoveEnv, outcomeOf, readCommitted, refusalOf, seedUsers, sides, startMoveEnv, threeShardsOf, unitFenceState, userWriteOutcome } from './fixtures/move-env.js';
 
 const PINS_ROUTE: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
 
 let env: MoveEnv;
+/** Three shards: a key pinned to a third shard, or its slot's rows on one shard while its pin names another (h107, h110). */
+let env3: MoveEnv;
 beforeAll(async () => {
-  env = await startMoveEnv({ shards: 2 });
+  [env, env3] = await Promise.all([startMoveEnv({ shards: 2 }), startMoveEnv({ shards: 3 })]);
 });
 afterAll(async () => {
-  await env?.stop();
+  await Promise.all([env?.stop(), env3?.stop()]);
 });
 
 const jobCount = async (): Promise<number> => Number((await env.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n);
@@ -380,14 +387,6 @@ describe("a move whose source's row turns moved after its copy (h107)", () => {
 });
 
 describe("a directory move's rollback over a source whose slot row had disowned the key (h107)", () => {
-  let env3: MoveEnv;
-  beforeAll(async () => {
-    env3 = await startMoveEnv({ shards: 3 });
-  });
-  afterAll(async () => {
-    await env3?.stop();
-  });
-
   it("leaves no open row of the key on the source, which refuses the key's writes again as before the move", async () => {
     // The key (no rows) moves A -> B; its slot is given, empty, to B by a map by hand after the
     // plan (A's slot row `moved` to B): the key routes by hash to B, and the move goes on, its run
@@ -419,5 +418,157 @@ describe("a directory move's rollback over a source whose slot row had disowned 
     // no route sends the key (its pin names C): out of every reader's sight.
     expect(await userWriteOutcome(source, slot, key)).toBe('refused CAF02');
     expect(await unitFenceState(source, 'directory', key)).not.toBe('open');
+  });
+});
+
+/** A mover whose run dies right after its copy, for a rollback by the next run. */
+function dyingAfterCopy(e: MoveEnv): ReturnType<MoveEnv['mover']> {
+  return e.mover({
+    readerGraceMs: 0,
+    hook(point) {
+      if (point === 'copied') throw new Error('test: the run dies after its copy');
+    },
+  });
+}
+
+describe("a directory move's rollback over the key's own open row on a source whose slot row had disowned the slot (h110)", () => {
+  it("leaves a row the move did not insert, over the key's rows there: a key moved back to the source earlier, its pin deleted past the guard meanwhile", async () => {
+    // The slot moved A -> B with the key's rows (routed by hash), then the key moved back B -> A
+    // by a directory move: A's row of the key is `open` (that move's), over A's row of the slot,
+    // `moved` to B, which does not keep the key out (it was not placed by the directory when the
+    // slot moved); the key's rows are on A, its pin names A. A move of it A -> C dies after its
+    // copy, and a superuser deletes its pin past the guard (CAF06): the key routes by hash to B, a
+    // third shard, and the next run rolls the move back as failed.
+    const slot = 1712;
+    const { from, to, third } = await threeShardsOf(env3, slot);
+    const a = env3.shards.get(from) as pg.Pool;
+    const c = env3.shards.get(third) as pg.Pool;
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(a, slot, [key], 2);
+    const mover = env3.mover({ readerGraceMs: 0 });
+    const slotMove = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(slotMove.id)).state).toBe('done');
+    const back = await mover.plan({ kind: 'directory', key, to: from, createdBy: 'test' });
+    expect((await mover.run(back.id)).state).toBe('done');
+    expect(await countSlot(a, slot)).toEqual({ users: 1, documents: 2 });
+    expect(await unitFenceState(a, 'directory', key)).toBe('open');
+    expect(await fenceState(a, slot)).toBe('moved');
+    const dying = dyingAfterCopy(env3);
+    const job = await dying.plan({ kind: 'directory', key, to: third, createdBy: 'test' });
+    await expect(dying.run(job.id)).rejects.toThrow(/dies after its copy/);
+    expect(await deletePinPastGuard(env3.catalog, key)).toBe(true);
+    env3.directory.invalidate(key);
+    const ran = await outcomeOf(mover.run(job.id));
+    expect(`${ran}; ${(await mover.get(job.id)).state}`).toBe('ended: failed; failed');
+    expect(await countSlot(a, slot)).toEqual({ users: 1, documents: 2 });
+    expect(await countSlot(c, slot)).toEqual({ users: 0, documents: 0 });
+    // Before the fix: A's row of the key, which the move did not insert, turned `moved` to B,
+    // whose own row of the key says `moved` to A (the move back): the key's rows on A behind a
+    // row saying they went where they never were, refused on both shards (CAF02), and the way out
+    // (the key pinned by hand to where its rows are) refused there too.
+    expect(await unitFenceState(a, 'directory', key)).toBe('open');
+    await env3.catalog.query(`select catalog.repin_by_hand($1, $2, 'its rows are there')`, [key, from]);
+    env3.directory.invalidate(key);
+    expect(await documentWrittenFor(env3, key)).toBe(`written on ${from}`);
+    expect(await countSlot(a, slot)).toEqual({ users: 1, documents: 3 });
+  });
+});
+
+describe("shards fences --settle over a pinned key's row on a shard whose slot row says moved (h110)", () => {
+  it("does not reopen the key there while its rows are where that slot row sent them: before, it set the row open, the key's writes taken where its rows are not", async () => {
+    // The slot moved A -> B with the key's rows (routed by hash); the key pinned to A past the
+    // stores (a pin over no entry counts nothing), and a hand change of its pin from A to C in a
+    // caller's transaction that rolled back left A's row of the key `moved` to C (job_id null).
+    // A's row of the slot, `moved` to B, does not keep the key out: reopened, the key's own row
+    // would be set `open` over it.
+    const slot = 1713;
+    const { from, to, third } = await threeShardsOf(env3, slot);
+    const a = env3.shards.get(from) as pg.Pool;
+    const b = env3.shards.get(to) as pg.Pool;
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(a, slot, [key], 2);
+    const mover = env3.mover({ readerGraceMs: 0 });
+    const slotMove = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(slotMove.id)).state).toBe('done');
+    expect(await countSlot(b, slot)).toEqual({ users: 1, documents: 2 });
+    await env3.directory.set(key, from, 'ops@example.com');
+    await handRowMoved(a, 'directory', key, third);
+    const review = await reviewFences({ catalog: env3.catalog, shards: env3.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
+    const listed = review.rows.find((r) => r.shard === from && r.kind === 'directory' && r.unitId === key);
+    // Before the fix: `settled: reopened (set open)`, and a new user of the key acknowledged on A
+    // while its user and documents stay on B, out of its readers' sight.
+    expect(`${await unitFenceState(a, 'directory', key)}; ${listed?.outcome ?? 'not listed'}`).toMatch(new RegExp(`^moved; left: the key's rows are on ${to} \\(`));
+    expect(await userWriteOutcome(a, slot, key)).toBe('refused CAF02');
+    // The way out it names: the key pinned back to where its rows are.
+    await env3.catalog.query(`select catalog.repin_by_hand($1, $2, 'its rows are there')`, [key, to]);
+    env3.directory.invalidate(key);
+    expect(await documentWrittenFor(env3, key)).toBe(`written on ${to}`);
+  });
+
+  it("follows the slot's rows on from the shard its rows went to: the key's rows with the slot moved on from there", async () => {
+    // The slot moved A -> B, then B -> C, with the key's rows (routed by hash); the key pinned to
+    // A past the stores, and a hand change of its pin from A to B rolled back in its caller's
+    // transaction (A's row of the key `moved` to B). On B, no row of the key: its slot's `moved`
+    // row there, a move's, makes the key's rows on B that move's leftovers, and sent them on to C.
+    const slot = 1715;
+    const { from, to, third } = await threeShardsOf(env3, slot);
+    const a = env3.shards.get(from) as pg.Pool;
+    const c = env3.shards.get(third) as pg.Pool;
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(a, slot, [key], 2);
+    const mover = env3.mover({ readerGraceMs: 0 });
+    for (const next of [to, third]) {
+      const move = await mover.plan({ kind: 'slot', slot, to: next, createdBy: 'test' });
+      expect((await mover.run(move.id)).state).toBe('done');
+    }
+    expect(await countSlot(c, slot)).toEqual({ users: 1, documents: 2 });
+    await env3.directory.set(key, from, 'ops@example.com');
+    await handRowMoved(a, 'directory', key, to);
+    const review = await reviewFences({ catalog: env3.catalog, shards: env3.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
+    const listed = review.rows.find((r) => r.shard === from && r.kind === 'directory' && r.unitId === key);
+    // Before: `settled: reopened (set open)`, C never counted.
+    expect(`${await unitFenceState(a, 'directory', key)}; ${listed?.outcome ?? 'not listed'}`).toMatch(new RegExp(`^moved; left: the key's rows are on ${third} \\(.*moved on from ${to}`));
+    expect(await userWriteOutcome(a, slot, key)).toBe('refused CAF02');
+  });
+});
+
+describe("a slot move to a shard holding the slot's rows behind no row refusing them (h110)", () => {
+  it("is refused at plan time, nothing recorded, after the source's moved row was deleted by hand while the rows were on the target: before, the move deleted them and ended done", async () => {
+    // The slot moved A -> B with its rows, given back to A by a map by hand that neither fences nor
+    // opens a row (A's row `moved` to B). The plan of a move from A names three ways out by where
+    // the rows are; an operator takes the third (the rows on A, the row deleted there) while they
+    // are on B, then moves the slot to B, where they are.
+    const slot = 1714;
+    const { from, to, source, target } = await sides(env, slot);
+    const keys = keysInSlot(slot, 2);
+    await seedUsers(source, slot, keys, 3);
+    const mover = env.mover({ readerGraceMs: 0 });
+    const first = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(first.id)).state).toBe('done');
+    await env.slotMaps.publishByHand(moveSlots(await env.slotMaps.current(), [slot], from), 'restored by hand', undefined, { rowsLeftOn: 'checked' });
+    expect(await refusalOf(mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }))).toBeInstanceOf(MoveConflictError);
+    await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1 and state = 'moved'`, [String(slot)]);
+    const jobsBefore = await jobCount();
+    const refused = await refusalOf(mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }));
+    if (refused === null) {
+      // Before the fix: the move's copy deleted the target's rows of the slot (A's none copied
+      // over them), the map gave it the slot, and the slot's users and documents were on no shard.
+      const { rows } = await env.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
+      const ran = await outcomeOf(mover.run(Number(rows[0]?.id)));
+      expect.fail(`plan recorded job #${rows[0]?.id}; run ${ran}; the slot's rows left: ${JSON.stringify(await countSlot(source, slot))} on ${from}, ${JSON.stringify(await countSlot(target, slot))} on ${to}`);
+    }
+    expect(refused).toBeInstanceOf(MoveConflictError);
+    const msg = (refused as Error).message;
+    expect(msg).toContain(`cannot move slot ${slot} from ${from} to ${to}: ${to} holds rows of the slot (2 in users, 6 in documents)`);
+    expect(msg).toContain('publishByHand');
+    expect(msg).toContain('Nothing was recorded');
+    expect(await jobCount()).toBe(jobsBefore);
+    expect(await countSlot(target, slot)).toEqual({ users: 2, documents: 6 });
+    // The way out it names, the rows being on B: the slot given there by hand through the stores
+    // (they count A, empty, and fence it); its writes then land where its rows are.
+    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
+    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'its rows are there');
+    expect(await documentWrittenFor(env, keys[0] as string)).toBe(`written on ${to}`);
+    expect(await countSlot(target, slot)).toEqual({ users: 2, documents: 7 });
   });
 });
