@@ -392,6 +392,15 @@ const PAGE_SNAPSHOT = `${SNAPSHOT}; set local enable_sort = off`;
 /** Writes by the mover itself, which the write-fence trigger lets through. */
 const MOVER_WRITE = "begin; set local ca_dms.move_writer = 'on'";
 /**
+ * {@link MOVER_WRITE} at READ COMMITTED whatever the login's or the database's
+ * `default_transaction_isolation`: for a write that locks a fence row and then reads what the
+ * writers that held it committed meanwhile (each statement a snapshot of its own). Begun bare at a
+ * REPEATABLE READ default, every statement read the snapshot of the transaction's first (the
+ * permit's hold, before the lock), and the rows a writer holding the row committed while the lock
+ * waited for it were not seen (moves-rollback-close-isolation.test.ts).
+ */
+const MOVER_WRITE_READ_COMMITTED = "begin isolation level read committed; set local ca_dms.move_writer = 'on'";
+/**
  * How a run's catalog transactions with its job row locked begin ({@link PgMovePort} `withLockedJob`):
  * READ COMMITTED whatever the login's or the database's `default_transaction_isolation` (an RDS
  * parameter group, an `ALTER ROLE ... SET`). Each reads where the unit routes after it has locked
@@ -3288,12 +3297,22 @@ export class PgMovePort implements MovePort<MoveJob> {
     const over = `k.kind = 'directory' and k.unit_id = $1 and k.state = 'open'
             and exists (select 1 from write_fences s where s.kind = 'slot' and s.unit_id = $2 and s.state in ('moved', 'incoming')
                          and not ($1 = any(coalesce(s.excluded_keys, '{}'::text[]))))`;
-    await this.write(job, job.from, async (c) => {
-      const locked = await c.query(`select 1 from write_fences k where ${over} for update of k`, [job.unitId, String(job.slot)]);
-      if (locked.rowCount !== 1) return;
-      if ((await heldOnTarget(c, job)).length > 0) return;
-      await c.query(`update write_fences k set state = 'moved', moved_to = $3, map_version = $4, updated_at = clock_timestamp() where ${over}`, [job.unitId, String(job.slot), routesTo, version]);
-    });
+    // READ COMMITTED whatever the shard's default: the count reads after the lock, in a snapshot
+    // of its own. At a REPEATABLE READ default it read the snapshot of the permit's hold, taken
+    // before the lock waited for a writer holding the row, whose new user of the key (committed
+    // meanwhile, acknowledged) it did not see: the row turned `moved` over that user, out of every
+    // reader's sight (h113, moves-rollback-close-isolation.test.ts).
+    await this.write(
+      job,
+      job.from,
+      async (c) => {
+        const locked = await c.query(`select 1 from write_fences k where ${over} for update of k`, [job.unitId, String(job.slot)]);
+        if (locked.rowCount !== 1) return;
+        if ((await heldOnTarget(c, job)).length > 0) return;
+        await c.query(`update write_fences k set state = 'moved', moved_to = $3, map_version = $4, updated_at = clock_timestamp() where ${over}`, [job.unitId, String(job.slot), routesTo, version]);
+      },
+      MOVER_WRITE_READ_COMMITTED,
+    );
   }
 
   /**

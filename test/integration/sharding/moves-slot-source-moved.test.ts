@@ -253,10 +253,11 @@ describe("a directory move whose source's row of the key's slot turns moved afte
     const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
     const client = await env.catalog.connect();
     try {
-      await client.query('begin');
+      // READ COMMITTED, as the store asks of a caller's transaction (MOVE_ENV_ISOLATION='repeatable read' too).
+      await client.query('begin isolation level read committed');
       await store.publishByHand(moveSlots(await store.current(), [slot], to), 'rows copied there by hand', client);
-      await client.query('rollback');
     } finally {
+      await client.query('rollback');
       client.release();
     }
     expect(await env.ownerOf(slot)).toBe(from);
