@@ -590,6 +590,12 @@ export class Mover {
     // ..."), which this refusal, read from a stale map, would hide (moves-races.test.ts, "records
     // nothing from an owner that another move of the slot replaced ...").
     if ((await this.options.slotMaps.ownerOf(slot))?.shardId !== from) return;
+    // Source and target reaching one database (two spellings of one endpoint): the rows counted
+    // are the source's own. The run's permit claim refuses such a move naming the configuration
+    // (moves-permit-claim.test.ts); this refusal would send the operator after rows that are not
+    // there. One server's database is told by its oid and the postmaster's start (to the
+    // microsecond), which two servers do not share.
+    if (await sameDatabase(this.options.shards.get(from) as pg.Pool, target)) return;
     throw new MoveConflictError(
       `cannot move slot ${slot} from ${from} to ${to}: ${to} holds rows of the slot (${describeRows(held)}${excluded.length > 0 ? `, less the ${excluded.length} key(s) the directory keeps out of it` : ''}) behind ${state === undefined ? 'no fence row of it' : 'its open fence row'}, though slot map version ${version} names ${from}: not a finished move's leftovers (they stand behind its 'moved' row), but rows the map does not send readers to, and the move's copy would delete them before writing ${from}'s. Nothing was recorded. Decide where the slot's rows are by hand: where they are the slot's own (a map given to ${from} past the stores while they stayed on ${to}, and ${from}'s 'moved' row of it deleted by hand as if they were on ${from}), give the slot to ${to} by hand through the stores (SlotMapStore.publishByHand given the shards' pools, which counts ${from}'s rows of it and fences it), and its writes land where its rows are; where they are stale copies of rows on ${from} (copied there by hand), delete them on ${to} (select id from users where slot = ${slot}; select id, owner_id from documents where slot = ${slot}), then plan the move again (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
     );
@@ -831,4 +837,13 @@ export class Mover {
     }
     return toJob(rows[0]);
   }
+}
+
+/** The identity of the database a pool reaches: its oid and its server's start, to the microsecond. */
+const DATABASE_IDENTITY_SQL = `select (select oid from pg_database where datname = current_database())::text || '@' || (extract(epoch from pg_postmaster_start_time()) * 1000000)::bigint::text as id`;
+
+/** Whether two pools reach one database (see {@link DATABASE_IDENTITY_SQL}). */
+async function sameDatabase(a: pg.Pool, b: pg.Pool): Promise<boolean> {
+  const [x, y] = await Promise.all([a.query<{ id: string }>(DATABASE_IDENTITY_SQL), b.query<{ id: string }>(DATABASE_IDENTITY_SQL)]);
+  return x.rows[0]?.id !== undefined && x.rows[0].id === y.rows[0]?.id;
 }

@@ -20,7 +20,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { DirectoryRowsLeftError } from '../../../functions/adapters/postgres/directory-store.js';
-import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { MoveConflictError, Mover } from '../../../functions/adapters/postgres/mover.js';
 import type { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { SlotMapRowsLeftError } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
@@ -109,7 +109,7 @@ describe('a directory pin that routes a key with rows away from them, outside a 
 });
 
 describe('a slot map that gives a slot with rows to another shard, outside a move', () => {
-  it('is refused by SlotMapStore.publish and publishByHand naming the slot, both shards and the counts (nothing published); slots without rows, or with only pinned keys\' rows, are published; with rowsLeftOn the slot splits and its next move deletes its rows', async () => {
+  it('is refused by SlotMapStore.publish and publishByHand naming the slot, both shards and the counts (nothing published); slots without rows, or with only pinned keys\' rows, are published; with rowsLeftOn the slot splits and its next move, which would delete its rows, is refused at plan', async () => {
     const slot = 2201;
     const { from, to } = await threeShardsOf(env, slot);
     const keys = keysInSlot(slot, 3);
@@ -143,10 +143,15 @@ describe('a slot map that gives a slot with rows to another shard, outside a mov
     await slotMaps.publish(moveSlots(await slotMaps.current(), [slot], to), 'ops@example.com', 'by hand', undefined, { rowsLeftOn: 'checked' });
     const newcomer = keys[2] as string;
     expect({ read: await readDocs(keys[0] as string), signUp: await signedUp(newcomer) }).toEqual({ read: `read 0 on ${to}`, signUp: `written on ${to}` });
+    // The slot's next move, back to `from`, deleted `from`'s rows of the slot page by page before
+    // copying `to`'s (its documents on no shard: { from: 1 user, 0 documents; to: 0, 0 }). A slot
+    // move into a target holding rows of the slot behind no fence row is now refused at plan
+    // (mover.ts checkTargetHoldsNoSlotRows), nothing recorded, every row where it was.
     const mover = new Mover({ catalog: env.catalog, shards: env.shards, slotMaps, directory, readerGraceMs: 0 });
-    const back = await mover.plan({ kind: 'slot', slot, to: from, createdBy: 'test' });
-    expect((await mover.run(back.id)).state).toBe('done');
-    expect({ from: await countSlot(pool(from), slot), to: await countSlot(pool(to), slot) }).toEqual({ from: { users: 1, documents: 0 }, to: { users: 0, documents: 0 } });
+    const back = await refusalOf(mover.plan({ kind: 'slot', slot, to: from, createdBy: 'test' }));
+    expect(back).toBeInstanceOf(MoveConflictError);
+    expect((back as Error).message).toContain(`cannot move slot ${slot} from ${to} to ${from}: ${from} holds rows of the slot (2 in users, 6 in documents) behind no fence row of it`);
+    expect({ from: await countSlot(pool(from), slot), to: await countSlot(pool(to), slot) }).toEqual({ from: { users: 2, documents: 6 }, to: { users: 1, documents: 0 } });
   }, 120_000);
 });
 
