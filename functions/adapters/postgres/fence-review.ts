@@ -1228,7 +1228,8 @@ function slotUnitKey(on: string, kind: SlotUnit['kind'], slot: number, excluded:
  * Where the history holds no owner of a slot at or below the first map at or past the version
  * asked for (a slot past the first maps' length), or holds it only at or below a map the history
  * lacks (catalog.slot_owner_history_maps, sharding migration 028: a map inserted with the triggers
- * off, a superuser's restore), that slot is read from the maps as before, not answered with the
+ * off, a superuser's restore, until catalog.slot_owner_history_repair() of migration 029 records it
+ * again), that slot is read from the maps as before, not answered with the
  * owners the history lacks: a missing owner is a shard whose rows of the slot the review would not
  * count before reopening the row. Every slot is read from the maps on a catalog not yet migrated
  * to 028 (between 023, 024 and 028 of a deploy; fence-review-owner-history-races.test.ts).
