@@ -91,23 +91,35 @@ try {
     [fenced.map(String)],
   );
 
+  /**
+   * A DO block adding maps after the latest, each flipping one slot (slot (version * 7919) mod
+   * SLOTS, 1-based in the array) to the other shard, as a slot move's flip does, inserted with the
+   * catalog's triggers on: as many as `loop` (the loop's head: `while v < N`, `for i in 1..N`)
+   * runs. With `timed`, each insert is timed on the server (clock_timestamp around it), the
+   * milliseconds left in the transaction's setting `bench.flips`, comma-separated.
+   */
+  const flipsBlock = (loop: string, timed: boolean): string => `do $$
+     declare
+       a text[] := (select assignments from catalog.slot_maps order by version desc limit 1);
+       v integer := (select max(version) from catalog.slot_maps);
+       s integer;
+       t timestamptz;
+       took double precision[] := '{}';
+     begin
+       ${loop} loop
+         v := v + 1;
+         s := (v::bigint * 7919 % ${SLOTS})::integer + 1;
+         a[s] := case when a[s] = 'shard_a' then 'shard_b' else 'shard_a' end;
+         ${timed ? 't := clock_timestamp();' : ''}
+         insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (v, ${SLOTS}, a, 'bench', 'a flip');
+         ${timed ? 'took := took || extract(epoch from clock_timestamp() - t) * 1000;' : ''}
+       end loop;
+       ${timed ? "perform set_config('bench.flips', array_to_string(took, ','), true);" : ''}
+     end $$`;
+
   /** Adds maps, each flipping one slot, until the latest version is `to`. */
   const grow = async (to: number): Promise<void> => {
-    await catalog.query(
-      `do $$
-       declare
-         a text[] := (select assignments from catalog.slot_maps order by version desc limit 1);
-         v integer := (select max(version) from catalog.slot_maps);
-         s integer;
-       begin
-         while v < ${to} loop
-           v := v + 1;
-           s := (v::bigint * 7919 % ${SLOTS})::integer + 1;
-           a[s] := case when a[s] = 'shard_a' then 'shard_b' else 'shard_a' end;
-           insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (v, ${SLOTS}, a, 'bench', 'a flip');
-         end loop;
-       end $$`,
-    );
+    await catalog.query(flipsBlock(`while v < ${to}`, false));
     await catalog.query('vacuum analyze');
   };
 
@@ -116,26 +128,7 @@ try {
     const c = await catalog.connect();
     try {
       await c.query('begin');
-      await c.query(
-        `do $$
-         declare
-           a text[] := (select assignments from catalog.slot_maps order by version desc limit 1);
-           v integer := (select max(version) from catalog.slot_maps);
-           s integer;
-           t timestamptz;
-           took double precision[] := '{}';
-         begin
-           for i in 1..${options.flips} loop
-             v := v + 1;
-             s := (v::bigint * 7919 % ${SLOTS})::integer + 1;
-             a[s] := case when a[s] = 'shard_a' then 'shard_b' else 'shard_a' end;
-             t := clock_timestamp();
-             insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (v, ${SLOTS}, a, 'bench', 'a flip');
-             took := took || extract(epoch from clock_timestamp() - t) * 1000;
-           end loop;
-           perform set_config('bench.flips', array_to_string(took, ','), true);
-         end $$`,
-      );
+      await c.query(flipsBlock(`for i in 1..${options.flips}`, true));
       const each = ((await c.query<{ t: string }>(`select current_setting('bench.flips') as t`)).rows[0]?.t ?? '').split(',').map(Number);
       await c.query('rollback');
       return each;

@@ -13,7 +13,8 @@
  * rec.statements(); // [{ kind: 'parse', name: '', sql: 'select 1' }] or a simple query
  * ```
  */
-import { createConnection, createServer, type Socket } from 'node:net';
+import { createConnection, createServer } from 'node:net';
+import { closeListener, listenOnLoopback, SocketSet } from './loopback-listener.js';
 
 export interface RecordedStatement {
   readonly kind: 'simple' | 'parse';
@@ -49,14 +50,10 @@ function cstrings(buf: Buffer, from: number): string[] {
 export async function startPgWireRecorder(targetPort: number): Promise<PgWireRecorder> {
   const startups: Array<Record<string, string>> = [];
   const statements: RecordedStatement[] = [];
-  const sockets = new Set<Socket>();
+  const sockets = new SocketSet();
   const server = createServer((client) => {
     const upstream = createConnection({ host: '127.0.0.1', port: targetPort });
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
-      s.on('error', () => undefined);
-    }
+    for (const s of [client, upstream]) sockets.track(s);
     let pending = Buffer.alloc(0);
     let started = false;
     client.on('data', (chunk: Buffer) => {
@@ -94,12 +91,7 @@ export async function startPgWireRecorder(targetPort: number): Promise<PgWireRec
     upstream.pipe(client);
     client.on('end', () => upstream.end());
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const addr = server.address();
-  const port = typeof addr === 'object' && addr ? addr.port : 0;
+  const port = await listenOnLoopback(server);
   return {
     port,
     startups: () => startups,
@@ -108,9 +100,6 @@ export async function startPgWireRecorder(targetPort: number): Promise<PgWireRec
       startups.length = 0;
       statements.length = 0;
     },
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
+    close: () => closeListener(server, sockets),
   };
 }

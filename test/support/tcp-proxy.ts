@@ -15,7 +15,8 @@
  * await proxy.restore(); // the same port accepts again
  * ```
  */
-import { createConnection, createServer, type Socket } from 'node:net';
+import { createConnection, createServer } from 'node:net';
+import { closeListener, listenOnLoopback, SocketSet } from './loopback-listener.js';
 
 export interface TcpProxy {
   readonly port: number;
@@ -33,7 +34,7 @@ export interface TcpProxy {
 }
 
 export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
-  const sockets = new Set<Socket>();
+  const sockets = new SocketSet();
   let forwarding = true;
   let upstreamPort = targetPort;
   const server = createServer((client) => {
@@ -43,23 +44,13 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
       return;
     }
     const upstream = createConnection({ host: '127.0.0.1', port: upstreamPort });
-    upstream.on('error', () => undefined);
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
-    }
+    for (const s of [client, upstream]) sockets.track(s);
     client.pipe(upstream).pipe(client);
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const addr = server.address();
-  const port = typeof addr === 'object' && addr ? addr.port : 0;
+  const port = await listenOnLoopback(server);
   const cut = async (): Promise<void> => {
     forwarding = false;
-    for (const s of sockets) s.destroy();
-    sockets.clear();
+    sockets.destroyAll();
   };
   return {
     port,
@@ -71,8 +62,8 @@ export async function startTcpProxy(targetPort: number): Promise<TcpProxy> {
       upstreamPort = port;
     },
     async close() {
-      await cut();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      forwarding = false;
+      await closeListener(server, sockets);
     },
   };
 }

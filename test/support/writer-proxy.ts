@@ -28,6 +28,7 @@
  * ```
  */
 import { createConnection, createServer, type Socket } from 'node:net';
+import { closeListener, listenOnLoopback, SocketSet } from './loopback-listener.js';
 
 export interface WriterProxy {
   readonly port: number;
@@ -96,13 +97,7 @@ export async function startWriterProxy(targetPort: number): Promise<WriterProxy>
   let writerPort = targetPort;
   let moved = 0;
   const sessions = new Set<Session>();
-  const sockets = new Set<Socket>();
-  const track = (s: Socket): Socket => {
-    sockets.add(s);
-    s.on('error', () => undefined);
-    s.on('close', () => sockets.delete(s));
-    return s;
-  };
+  const sockets = new SocketSet();
 
   /** Forwards the server's messages to the client, noting each ReadyForQuery; answers the function that takes the server's bytes. */
   const relay = (session: Session, upstream: Socket): ((chunk: Buffer) => void) => {
@@ -126,7 +121,7 @@ export async function startWriterProxy(targetPort: number): Promise<WriterProxy>
   };
 
   const server = createServer((socket) => {
-    const session: Session = { client: track(socket), upstream: undefined, startup: undefined, password: undefined, status: undefined, busy: false, held: undefined };
+    const session: Session = { client: sockets.track(socket), upstream: undefined, startup: undefined, password: undefined, status: undefined, busy: false, held: undefined };
     sessions.add(session);
     socket.on('close', () => {
       sessions.delete(session);
@@ -141,7 +136,7 @@ export async function startWriterProxy(targetPort: number): Promise<WriterProxy>
             socket.write('N');
             continue;
           }
-          const upstream = track(createConnection({ host: '127.0.0.1', port: writerPort }));
+          const upstream = sockets.track(createConnection({ host: '127.0.0.1', port: writerPort }));
           session.upstream = upstream;
           if (code === CANCEL_REQUEST) {
             upstream.end(message);
@@ -170,7 +165,7 @@ export async function startWriterProxy(targetPort: number): Promise<WriterProxy>
       session.upstream = undefined;
       session.held = [];
       old?.destroy();
-      const upstream = track(createConnection({ host: '127.0.0.1', port }));
+      const upstream = sockets.track(createConnection({ host: '127.0.0.1', port }));
       const framer = new Framer(true);
       let loggedIn = false;
       const fail = (): void => {
@@ -209,12 +204,7 @@ export async function startWriterProxy(targetPort: number): Promise<WriterProxy>
       upstream.on('connect', () => upstream.write(session.startup ?? Buffer.alloc(0)));
     });
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const addr = server.address();
-  const port = typeof addr === 'object' && addr ? addr.port : 0;
+  const port = await listenOnLoopback(server);
   return {
     port,
     async failover(to) {
@@ -228,9 +218,6 @@ export async function startWriterProxy(targetPort: number): Promise<WriterProxy>
       await Promise.all(moves);
     },
     moved: () => moved,
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
+    close: () => closeListener(server, sockets),
   };
 }

@@ -121,6 +121,28 @@ async function outcome(c: pg.PoolClient, run: () => Promise<pg.QueryResult>): Pr
   }
 }
 
+/**
+ * In `c`'s transaction, a catalog of one 8-slot map over three shards (version 1; answered, a
+ * copy the caller may change) and 4,000 finished jobs, every slot moved from shard_001 to
+ * shard_002: a history a map by hand must not read through. Nothing else (no directory entry);
+ * not analyzed, so that a test may add its own jobs first.
+ */
+async function finishedJobsCatalog(c: pg.PoolClient): Promise<string[]> {
+  await c.query('truncate catalog.slot_maps, catalog.shard_directory, catalog.move_jobs');
+  const map = ['shard_001', 'shard_001', 'shard_002', 'shard_002', 'shard_003', 'shard_003', 'shard_003', 'shard_001'];
+  await c.query(`insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (1, 8, $1, 'test', 'initial')`, [map]);
+  await c.query(
+    `insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, state, created_by, copying_at, flip_started_at, finished_at)
+     select 'slot', (g % 8)::text, g % 8, 'shard_001', 'shard_002', 'done', 'test', now(), now(), now() from generate_series(1, 4000) g`,
+  );
+  return map;
+}
+
+/** The rows of catalog.move_jobs read so far in `c`'s transaction (sequential scans and index fetches): counted, not timed. */
+async function jobRowsRead(c: pg.PoolClient): Promise<number> {
+  return Number((await c.query<{ n: string }>(`select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) as n from pg_stat_xact_user_tables where schemaname = 'catalog' and relname = 'move_jobs'`)).rows[0]?.n ?? 0);
+}
+
 const CASES = Number(process.env['BY_HAND_EQUIVALENCE_CASES'] ?? 200);
 const SEED = process.env['BY_HAND_EQUIVALENCE_SEED'] === undefined ? undefined : Number(process.env['BY_HAND_EQUIVALENCE_SEED']);
 const seeds = SEED === undefined ? Array.from({ length: CASES }, (_, i) => 1 + i * 7919) : [SEED];
@@ -251,18 +273,11 @@ describe("sharding migration 018's reads once a session's plans are generic", ()
     const c = await admin.connect();
     try {
       await c.query('begin');
-      await c.query('truncate catalog.slot_maps, catalog.shard_directory, catalog.move_jobs');
-      const map = ['shard_001', 'shard_001', 'shard_002', 'shard_002', 'shard_003', 'shard_003', 'shard_003', 'shard_001'];
-      await c.query(`insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (1, 8, $1, 'test', 'initial')`, [map]);
-      await c.query(
-        `insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, state, created_by, copying_at, flip_started_at, finished_at)
-         select 'slot', (g % 8)::text, g % 8, 'shard_001', 'shard_002', 'done', 'test', now(), now(), now() from generate_series(1, 4000) g`,
-      );
+      const map = await finishedJobsCatalog(c);
       await c.query('analyze catalog.move_jobs');
       // And with every plan generic from the first call: what a session settles on at any point.
       if (generic) await c.query(`set local plan_cache_mode = force_generic_plan`);
-      const read = async () =>
-        Number((await c.query<{ n: string }>(`select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) as n from pg_stat_xact_user_tables where schemaname = 'catalog' and relname = 'move_jobs'`)).rows[0]?.n ?? 0);
+      const read = () => jobRowsRead(c);
       const reads: number[] = [];
       for (let v = 2; v <= 11; v++) {
         const before = await read();
@@ -633,18 +648,11 @@ describe('sharding migration 025: the shards the move jobs name, from the table 
     const c = await admin.connect();
     try {
       await c.query('begin');
-      await c.query('truncate catalog.slot_maps, catalog.shard_directory, catalog.move_jobs');
-      const map = ['shard_001', 'shard_001', 'shard_002', 'shard_002', 'shard_003', 'shard_003', 'shard_003', 'shard_001'];
-      await c.query(`insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason) values (1, 8, $1, 'test', 'initial')`, [map]);
-      await c.query(
-        `insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, state, created_by, copying_at, flip_started_at, finished_at)
-         select 'slot', (g % 8)::text, g % 8, 'shard_001', 'shard_002', 'done', 'test', now(), now(), now() from generate_series(1, 4000) g`,
-      );
+      const map = await finishedJobsCatalog(c);
       // A shard only a job names (a move to it that failed before its flip).
       await c.query(`insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, state, created_by) values ('slot', '3', 3, 'shard_002', 'shard_job', 'failed', 'test')`);
       await c.query('analyze catalog.move_jobs');
-      const read = async () =>
-        Number((await c.query<{ n: string }>(`select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) as n from pg_stat_xact_user_tables where schemaname = 'catalog' and relname = 'move_jobs'`)).rows[0]?.n ?? 0);
+      const read = () => jobRowsRead(c);
       const before = await read();
       const typo = map.map((o, i) => (i === 0 ? 'shard_0O2' : o));
       const refused = await outcome(c, () => c.query(`select version from catalog.publish_slot_map_by_hand(2, $1::text[], 'OPS-7')`, [typo]));

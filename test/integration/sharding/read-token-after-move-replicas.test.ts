@@ -1,22 +1,13 @@
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { reviewFences } from '../../../functions/adapters/postgres/fence-review.js';
-import { createMovesLookup } from '../../../functions/adapters/postgres/move-lookup.js';
-import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
-import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
-import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
-import { createShardWriter, routerForWrites } from '../../../functions/adapters/postgres/write-transaction.js';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { buildSlotMap, moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { createDocumentsRoute } from '../../../functions/local/documents-api.js';
 import { migrateDatabase } from '../../support/postgres.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
 import { connectMoveEnv, dyingAfterFence, fenceState, firstSlotOwnedBy, keysInSlot, refusalOf, seedUsers, type MoveEnv } from './fixtures/move-env.js';
+import { documentsApiClientOver, type ApiCall } from './fixtures/move-env-api.js';
 
 const SOURCE = 'shard_002';
 const TARGET = 'shard_001';
@@ -34,8 +25,7 @@ describe('a read token issued before its key moved, read after the move, replica
   let cluster: TestShardCluster;
   let env: MoveEnv;
   const closers: (() => Promise<void>)[] = [];
-  type Answer = { status: number; body: Record<string, unknown> | null; headers: Headers };
-  let api: (path: string, headers?: Record<string, string>, body?: unknown) => Promise<Answer>;
+  let api: ApiCall;
 
   beforeAll(async () => {
     cluster = await startShardCluster({ shards: 2, replicasPerShard: 1, schema: true });
@@ -46,40 +36,7 @@ describe('a read token issued before its key moved, read after the move, replica
     await migrateDatabase(catalog, 'sharding');
     env = connectMoveEnv({ catalog, shards: { [TARGET]: a.primary.url, [SOURCE]: b.primary.url } });
     await env.slotMaps.initialise(buildSlotMap([TARGET, SOURCE].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
-    const config = parseShardingConfig({
-      strategy: 'hash_based',
-      shards: cluster.shards.map((s) => ({ shard_id: s.shardId, database_url: s.primary.url, weight: 1, read_replicas: s.replicas.map((r) => r.url) })),
-      default_shard: TARGET,
-    });
-    const pools = ShardPools.fromConfig(config, { max: 4, connectionTimeoutMillis: 2000 });
-    const reader = new ReplicaReader(pools, { bounds: { maxLagSeconds: 60, maxLagBytes: 64 * 1024 * 1024, maxStateAgeMs: 60_000 }, intervalMs: 200, probeTimeoutMs: 2000 });
-    await reader.start();
-    const router = routerForWrites(ShardRouter.fromConfig(config, { slotMap: await env.slotMaps.current(), directory: env.directory }), env.slotMaps, env.directory);
-    const route = createDocumentsRoute({
-      writer: createShardWriter({ router, primaries: new Map(cluster.shards.map((s) => [s.shardId, pools.primary(s.shardId).pool])) }),
-      reader,
-      reads: createShardReader({ router, reader }),
-      moves: createMovesLookup(env.catalog),
-      shardIds: [TARGET, SOURCE],
-      onError: () => undefined,
-    });
-    const http = createServer((req, res) => void Promise.resolve(route(req, res)).then((handled) => (handled ? undefined : res.writeHead(404).end())));
-    await new Promise<void>((ok) => http.listen(0, '127.0.0.1', ok));
-    closers.push(async () => {
-      await new Promise<void>((ok) => http.close(() => ok()));
-      reader.stop();
-      await pools.end();
-    });
-    const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
-    api = async (path, headers = {}, body) => {
-      const res = await fetch(`${url}${path}`, {
-        method: body === undefined ? 'GET' : 'POST',
-        headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text === '' ? null : (JSON.parse(text) as Record<string, unknown>), headers: res.headers };
-    };
+    api = await documentsApiClientOver(env, closers, { defaultShard: TARGET, readReplicas: Object.fromEntries(cluster.shards.map((s) => [s.shardId, s.replicas.map((r) => r.url)])) });
   }, 240_000);
   afterAll(async () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);

@@ -1,8 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { commitHeartbeat, probeReplicaLag } from '../../../functions/adapters/postgres/replica-lag.js';
-import type { ShardNode } from '../../../functions/adapters/postgres/shard-pools.js';
-import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { lagProbeShard, type LagProbeNodes } from './fixtures/lag-probe-shard.js';
 
 /**
  * The replay lag of a replica that has not replayed the heartbeat is the primary's clock now minus
@@ -20,32 +19,24 @@ import { startShardCluster, type TestShardCluster } from '../../support/replica.
  * replica's last replayed commit (PostgreSQL's own clock cannot be stepped from a test).
  */
 describe('replay lag when the primary clock stepped back', () => {
-  let cluster: TestShardCluster;
-  const pools: pg.Pool[] = [];
-  const node = (role: 'primary' | 'replica', url: string): ShardNode => {
-    const pool = new pg.Pool({ connectionString: url, max: 2 });
-    pool.on('error', () => undefined);
-    pools.push(pool);
-    return { nodeId: `shard_001/${role}`, shardId: 'shard_001', role, endpoint: url, pool };
+  const cluster = lagProbeShard();
+  beforeAll(() => cluster.start(), 120_000);
+  afterAll(() => cluster.stop());
+  /**
+   * The shard's nodes, the replica caught up past a commit of the primary's: a replica that has
+   * replayed no commit since it started has no commit time to measure by (unknown, as before the
+   * rule these tests are about).
+   */
+  const caughtUp = async (): Promise<LagProbeNodes> => {
+    const nodes = cluster.nodes();
+    await nodes.primary.pool.query('create table if not exists clock_probe (id serial primary key, at timestamptz default clock_timestamp())');
+    await nodes.primary.pool.query('insert into clock_probe default values');
+    await nodes.replica.waitForCatchUp();
+    return nodes;
   };
 
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 1, schema: false });
-  }, 120_000);
-  afterAll(async () => {
-    await Promise.all(pools.splice(0).map((p) => p.end()));
-    await cluster?.stop();
-  });
-
   it('leaves the lag of a replica behind the heartbeat unknown, not 0, when the primary clock reads earlier than its last replayed commit', async () => {
-    const shard = cluster.shards[0];
-    const replica = shard?.replicas[0];
-    if (!shard || !replica) throw new Error('one replica needed');
-    const primary = node('primary', shard.primary.url);
-    const standby = node('replica', replica.url);
-    await primary.pool.query('create table if not exists clock_probe (id serial primary key, at timestamptz default clock_timestamp())');
-    await primary.pool.query('insert into clock_probe default values');
-    await replica.waitForCatchUp();
+    const { replica, primary, standby } = await caughtUp();
     // Replay stops; the primary goes on committing: the replica falls behind, and stays behind.
     await replica.pauseReplay();
     try {
@@ -78,16 +69,7 @@ describe('replay lag when the primary clock stepped back', () => {
    * few records behind is measured by the clock at once (no wait).
    */
   it('never leaves the lag of a healthy replica of a busy primary unknown (no clock step)', async () => {
-    const shard = cluster.shards[0];
-    const replica = shard?.replicas[0];
-    if (!shard || !replica) throw new Error('one replica needed');
-    const primary = node('primary', shard.primary.url);
-    const standby = node('replica', replica.url);
-    await primary.pool.query('create table if not exists clock_probe (id serial primary key, at timestamptz default clock_timestamp())');
-    // A replica that has replayed no commit since it started has no commit time to measure by
-    // (unknown, as before this rule): past one here.
-    await primary.pool.query('insert into clock_probe default values');
-    await replica.waitForCatchUp();
+    const { shard, primary, standby } = await caughtUp();
     let writing = true;
     const writers = Array.from({ length: 3 }, async () => {
       const client = new pg.Client({ connectionString: shard.primary.url });

@@ -1,8 +1,6 @@
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { commitHeartbeat, probeReplicaLag } from '../../../functions/adapters/postgres/replica-lag.js';
-import type { ShardNode } from '../../../functions/adapters/postgres/shard-pools.js';
-import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { lagProbeShard } from './fixtures/lag-probe-shard.js';
 
 /**
  * A node's statements under a deadline (deadline.ts, `withNodeDeadline`: the replica lag probe,
@@ -14,32 +12,17 @@ import { startShardCluster, type TestShardCluster } from '../../support/replica.
  * replica, taken for one that does not answer, served no read.
  */
 describe('the replica lag probe over a login defaulting to SERIALIZABLE', () => {
-  let cluster: TestShardCluster;
-  const pools: pg.Pool[] = [];
-  const node = (role: 'primary' | 'replica', url: string): ShardNode => {
-    const pool = new pg.Pool({ connectionString: url, max: 2, options: '-c default_transaction_isolation=serializable' });
-    pool.on('error', () => undefined);
-    pools.push(pool);
-    return { nodeId: `shard_001/${role}`, shardId: 'shard_001', role, endpoint: url, pool };
-  };
-
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 1, schema: false });
-  }, 120_000);
-  afterAll(async () => {
-    await Promise.all(pools.splice(0).map((p) => p.end()));
-    await cluster?.stop();
-  });
+  const cluster = lagProbeShard('-c default_transaction_isolation=serializable');
+  beforeAll(() => cluster.start(), 120_000);
+  afterAll(() => cluster.stop());
 
   it('measures the replica against a heartbeat of its primary', async () => {
-    const shard = cluster.shards[0];
-    const replica = shard?.replicas[0];
-    if (!shard || !replica) throw new Error('one replica needed');
+    const { replica, primary, standby } = cluster.nodes();
     await replica.waitForCatchUp();
     const options = { timeoutMs: 3000, waitMs: 3000 };
 
-    const heartbeat = await commitHeartbeat(node('primary', shard.primary.url), options);
-    const lag = await probeReplicaLag(node('replica', replica.url), heartbeat, options);
+    const heartbeat = await commitHeartbeat(primary, options);
+    const lag = await probeReplicaLag(standby, heartbeat, options);
 
     // Before: undefined (the replica "did not answer"), the probe refused at its BEGIN's first statement.
     expect(heartbeat).not.toBeNull();

@@ -6,8 +6,9 @@ import type { ShardPools } from '../../../functions/adapters/postgres/shard-pool
 import { formatLsn, parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
 import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
-import { startTcpProxy } from '../../support/tcp-proxy.js';
-import { oneShardApi, type Answer, type Api } from './fixtures/one-shard-api.js';
+import { oneShardApi, readAfterRetried, type Answer, type Api } from './fixtures/one-shard-api.js';
+import { replicatedShard } from './fixtures/replicated-shard.js';
+import { keptOnBothReplicas, promoteFirstBehindAddress, promoteSecondAtAddress } from './fixtures/two-promotions.js';
 
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
 /** The reader's per-connection primary check (replica-reader.ts, PRIMARY_CHECK_SQL), as pg_stat_activity shows it (a LIKE pattern). */
@@ -216,26 +217,10 @@ describe('a read token after a failover, at the edges', () => {
  * had received and the second had not is lost on the second.
  */
 describe('a read token after two replicas were promoted to the same timeline number', () => {
-  let cluster: TestShardCluster;
-  const closers: (() => Promise<void>)[] = [];
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 2, schema: true });
-  }, 180_000);
-  afterAll(async () => {
-    for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
-    await cluster?.stop();
-  });
+  const { cluster, closers } = replicatedShard(2);
 
   it('answers 410 on the second for a write the first had received, after the address moved from the first to the second', async () => {
-    const shard = cluster.shards[0];
-    const [first, second] = shard?.replicas ?? [];
-    if (!shard || !first || !second) throw new Error('the cluster has no two replicas');
-    const serve = async (databaseUrl: string): Promise<Api> => (await oneShardApi(databaseUrl, closers)).api;
-    const before = await serve(shard.primary.url);
-    const kept = await before('POST', '/api/v1/users', { email: 'both@example.org', display_name: 'both' });
-    if (kept.status !== 201) throw new Error(`the first write answered ${kept.status}`);
-    await first.waitForCatchUp();
-    await second.waitForCatchUp();
+    const { first, second, serve, before } = await keptOnBothReplicas(cluster(), closers, { email: 'both@example.org', display_name: 'both' });
     // The second replica stops receiving first; the write then reaches the first replica only.
     closers.push(await cutWalReceiver(second.url));
     const written = await before('POST', '/api/v1/users', { email: 'first-only@example.org', display_name: 'first only' });
@@ -245,22 +230,13 @@ describe('a read token after two replicas were promoted to the same timeline num
     closers.push(await cutWalReceiver(first.url));
 
     // The primary fails; the first replica is promoted (timeline 2) and the address names it.
-    await withClient(first.url, (c) => c.query('select pg_promote(true, 60)'));
-    const proxy = await startTcpProxy(new URL(first.url).port === '' ? 5432 : Number(new URL(first.url).port));
-    closers.push(() => proxy.close());
-    const viaProxy = new URL(first.url);
-    viaProxy.port = String(proxy.port);
-    const after = await serve(viaProxy.toString());
+    const { proxy, after } = await promoteFirstBehindAddress(first, serve, closers);
     const onFirst = await after('GET', `/api/v1/users/${userId}`, undefined, { 'x-read-after': token });
 
     // The first fails as well; the second is promoted (timeline 2 too) and the address names it.
-    await withClient(second.url, (c) => c.query('select pg_promote(true, 60)'));
-    proxy.retarget(Number(new URL(second.url).port));
-    await proxy.cut();
-    await proxy.restore();
+    await promoteSecondAtAddress(second, proxy);
     // The connections the pool held to the first are gone: the first read after may meet one (503).
-    let onSecond = await after('GET', `/api/v1/users/${userId}`, undefined, { 'x-read-after': token });
-    for (let i = 0; i < 3 && onSecond.status === 503; i += 1) onSecond = await after('GET', `/api/v1/users/${userId}`, undefined, { 'x-read-after': token });
+    const onSecond = await readAfterRetried(after, `/api/v1/users/${userId}`, token);
 
     // The premise: both on timeline 2, the token at or before the first's fork, past the second's.
     const forkOf = async (url: string): Promise<{ timeline: number; fork: bigint }> =>

@@ -1,10 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
-import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
-import { startTcpProxy } from '../../support/tcp-proxy.js';
-import { oneShardApi, type Answer, type Api } from './fixtures/one-shard-api.js';
+import { cutWalReceiver } from '../../support/replica.js';
+import { readAfterRetried, type Answer } from './fixtures/one-shard-api.js';
+import { replicatedShard } from './fixtures/replicated-shard.js';
+import { keptOnBothReplicas, promoteFirstBehindAddress, promoteSecondAtAddress } from './fixtures/two-promotions.js';
 
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
 
@@ -19,37 +20,16 @@ const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
  * tell: a token it issued is never past its WAL insert position, and this one is.
  */
 describe('a read token of timeline 2 issued by another server than the timeline-2 primary read', () => {
-  let cluster: TestShardCluster;
-  const closers: (() => Promise<void>)[] = [];
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 2, schema: true });
-  }, 180_000);
-  afterAll(async () => {
-    for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
-    await cluster?.stop();
-  });
+  const { cluster, closers } = replicatedShard(2);
 
   it('answers 410 for a write the first promoted server acknowledged, past the second one\'s WAL, and 200 for writes the second holds', async () => {
-    const shard = cluster.shards[0];
-    const [first, second] = shard?.replicas ?? [];
-    if (!shard || !first || !second) throw new Error('the cluster has no two replicas');
-    const serve = async (databaseUrl: string): Promise<Api> => (await oneShardApi(databaseUrl, closers)).api;
-    const before = await serve(shard.primary.url);
-    const kept = await before('POST', '/api/v1/users', { email: 'kept@example.org', display_name: 'kept' });
-    if (kept.status !== 201) throw new Error(`the first write answered ${kept.status}`);
-    await first.waitForCatchUp();
-    await second.waitForCatchUp();
+    const { first, second, serve, kept } = await keptOnBothReplicas(cluster(), closers, { email: 'kept@example.org', display_name: 'kept' });
     closers.push(await cutWalReceiver(second.url));
     closers.push(await cutWalReceiver(first.url));
 
     // The primary fails; the first replica is promoted (timeline 2), the address names it, and it
     // takes writes, the last one's token on timeline 2 well past where the second's WAL will be.
-    await withClient(first.url, (c) => c.query('select pg_promote(true, 60)'));
-    const proxy = await startTcpProxy(Number(new URL(first.url).port));
-    closers.push(() => proxy.close());
-    const viaProxy = new URL(first.url);
-    viaProxy.port = String(proxy.port);
-    const after = await serve(viaProxy.toString());
+    const { proxy, after } = await promoteFirstBehindAddress(first, serve, closers);
     for (let i = 0; i < 10; i += 1) await after('POST', '/api/v1/users', { email: `pad${i}@example.org`, display_name: 'pad' });
     const written = await after('POST', '/api/v1/users', { email: 'on-first@example.org', display_name: 'first' });
     const token = written.headers.get('x-read-token') ?? '';
@@ -57,16 +37,9 @@ describe('a read token of timeline 2 issued by another server than the timeline-
     const onFirst = await after('GET', `/api/v1/users/${userId}`, undefined, { 'x-read-after': token });
 
     // The first fails as well; the second is promoted (timeline 2 too) and the address names it.
-    await withClient(second.url, (c) => c.query('select pg_promote(true, 60)'));
-    proxy.retarget(Number(new URL(second.url).port));
-    await proxy.cut();
-    await proxy.restore();
+    await promoteSecondAtAddress(second, proxy);
     // The connections the pool held to the first are gone: the first read after may meet one (503).
-    const read = async (path: string, readAfter: string): Promise<Answer> => {
-      let answer = await after('GET', path, undefined, { 'x-read-after': readAfter });
-      for (let i = 0; i < 3 && answer.status === 503; i += 1) answer = await after('GET', path, undefined, { 'x-read-after': readAfter });
-      return answer;
-    };
+    const read = (path: string, readAfter: string): Promise<Answer> => readAfterRetried(after, path, readAfter);
     const lost = await read(`/api/v1/users/${userId}`, token);
     const keptRead = await read(`/api/v1/users/${String(kept.body?.id)}`, kept.headers.get('x-read-token') ?? '');
     const onSecond = await after('POST', '/api/v1/users', { email: 'on-second@example.org', display_name: 'second' });

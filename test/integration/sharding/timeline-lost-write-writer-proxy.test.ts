@@ -1,10 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
-import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { cutWalReceiver } from '../../support/replica.js';
 import { startWriterProxy } from '../../support/writer-proxy.js';
 import { ONE_SHARD, oneShardApi, type Answer } from './fixtures/one-shard-api.js';
+import { replicatedShard } from './fixtures/replicated-shard.js';
 
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
 
@@ -19,18 +20,10 @@ const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
  * server at, and the miss answered 404 "no user", as if the write had never been made.
  */
 describe('a read token through a proxy that keeps its client connections across a failover', () => {
-  let cluster: TestShardCluster;
-  const closers: (() => Promise<void>)[] = [];
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 1, schema: true });
-  }, 180_000);
-  afterAll(async () => {
-    for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
-    await cluster?.stop();
-  });
+  const { cluster, closers } = replicatedShard(1);
 
   it('answers 410 for a write lost in the failover, on the connection the proxy moved to the promoted replica', async () => {
-    const shard = cluster.shards[0];
+    const shard = cluster().shards[0];
     const replica = shard?.replicas[0];
     if (!shard || !replica) throw new Error('the cluster has no replica');
     const proxy = await startWriterProxy(Number(new URL(shard.primary.url).port));

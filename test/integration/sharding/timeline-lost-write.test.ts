@@ -1,9 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { parseReadToken, type ReadToken } from '../../../functions/core/sharding/read-token.js';
-import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { cutWalReceiver } from '../../support/replica.js';
 import { ONE_SHARD, oneShardApi, type Answer, type Api } from './fixtures/one-shard-api.js';
+import { replicatedShard } from './fixtures/replicated-shard.js';
 
 /** One shard, every key in slot 7: the unit under test is the token's timeline, not routing. */
 const SHARD = ONE_SHARD;
@@ -19,8 +20,7 @@ const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
  * read-your-writes tokens.
  */
 describe('a read token of a write lost in a failover', () => {
-  let cluster: TestShardCluster;
-  const closers: (() => Promise<void>)[] = [];
+  const { cluster, closers } = replicatedShard(1);
   /** Set by the first test: the promoted replica, and the tokens and ids it was written with. */
   let promotedUrl = '';
   let lostUser = '';
@@ -42,16 +42,8 @@ describe('a read token of a write lost in a failover', () => {
       return m[1];
     });
 
-  beforeAll(async () => {
-    cluster = await startShardCluster({ shards: 1, replicasPerShard: 1, schema: true });
-  });
-  afterAll(async () => {
-    for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
-    await cluster?.stop();
-  });
-
   it('answers 410 naming the shard, the token and the fork point on every read that takes X-Read-After, and a token before the fork reads as before', async () => {
-    const shard = cluster.shards[0];
+    const shard = cluster().shards[0];
     const replica = shard?.replicas[0];
     if (!shard || !replica) throw new Error('the cluster has no replica');
     const before = await apiOn(shard.primary.url);

@@ -1,10 +1,11 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { captureWriteToken } from '../../../functions/adapters/postgres/replica-reader.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { formatReadToken, parseReadToken } from '../../../functions/core/sharding/read-token.js';
 import { migrateDatabase } from '../../support/postgres.js';
-import { oneShardApi, type Answer, type Api } from './fixtures/one-shard-api.js';
+import { oneShardApi, readAfterRetried, type Answer } from './fixtures/one-shard-api.js';
 import { startRestartable, type RestartablePostgres } from './fixtures/restartable.js';
 
 /**
@@ -56,8 +57,9 @@ describe('a read token past the WAL end of its own primary restarted after a cra
     await admin.end();
 
     await server.restart('immediate');
-    const after = await withFresh(server.url, async (c) => (await c.query<{ lsn: string; tli: string }>("select pg_current_wal_insert_lsn()::text as lsn, substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) as tli")).rows[0]);
-    const read = async (path: string): Promise<Answer> => retried(api, path, token);
+    const after = await withClient(server.url, async (c) => (await c.query<{ lsn: string; tli: string }>("select pg_current_wal_insert_lsn()::text as lsn, substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) as tli")).rows[0]);
+    // The pool's connections died with the server: the first reads after may meet one (503).
+    const read = (path: string): Promise<Answer> => readAfterRetried(api, path, token);
     const list = await read(`/api/v1/users/${String(user.body?.id)}/documents`);
     const one = await read(`/api/v1/documents/${String(doc.body?.id)}?owner=${String(user.body?.id)}`);
     const owner = await read(`/api/v1/users/${String(user.body?.id)}`);
@@ -73,21 +75,3 @@ describe('a read token past the WAL end of its own primary restarted after a cra
     expect([one.status, owner.status]).toEqual([200, 200]);
   }, 120_000);
 });
-
-async function withFresh<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: url });
-  c.on('error', () => undefined);
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end();
-  }
-}
-
-/** The pool's connections died with the server: the first reads after may meet one (503). */
-async function retried(api: Api, path: string, token: string): Promise<Answer> {
-  let answer = await api('GET', path, undefined, { 'x-read-after': token });
-  for (let i = 0; i < 3 && answer.status === 503; i += 1) answer = await api('GET', path, undefined, { 'x-read-after': token });
-  return answer;
-}
