@@ -573,7 +573,12 @@ export class Mover {
    * move of the slot to B, where its rows were, then deleted them page by page, copied A's none
    * and ended `done`, the slot's users and documents on no shard (h110, moves-slot-source-moved.test.ts,
    * "a slot move to a shard holding the slot's rows ..."). Refused at plan, nothing recorded, naming
-   * the rows and the way out by what they are. Read once, at plan time: while the map names the
+   * the rows and the way out by what they are: the slot given to the target through the stores
+   * (rows that are its own), stale copies deleted there, or, where the source holds rows of the slot
+   * too (a split: a map with `rowsLeftOn: 'checked'` gave it the slot while the rows stayed on the
+   * target, and it took writes since), the source's rows put on the target by hand first: the
+   * stores' give-back counts them and refuses while any are left, so the first way alone never
+   * went through a split, and the second lost the rows (owner-change-rows-left.test.ts). Read once, at plan time: while the map names the
    * source, nothing routes a writer to the target, and a row `moved`, `incoming` or `fenced` there
    * is a move's or a change's, met by the run as ever.
    */
@@ -597,7 +602,7 @@ export class Mover {
     // microsecond), which two servers do not share.
     if (await sameDatabase(this.options.shards.get(from) as pg.Pool, target)) return;
     throw new MoveConflictError(
-      `cannot move slot ${slot} from ${from} to ${to}: ${to} holds rows of the slot (${describeRows(held)}${excluded.length > 0 ? `, less the ${excluded.length} key(s) the directory keeps out of it` : ''}) behind ${state === undefined ? 'no fence row of it' : 'its open fence row'}, though slot map version ${version} names ${from}: not a finished move's leftovers (they stand behind its 'moved' row), but rows the map does not send readers to, and the move's copy would delete them before writing ${from}'s. Nothing was recorded. Decide where the slot's rows are by hand: where they are the slot's own (a map given to ${from} past the stores while they stayed on ${to}, and ${from}'s 'moved' row of it deleted by hand as if they were on ${from}), give the slot to ${to} by hand through the stores (SlotMapStore.publishByHand given the shards' pools, which counts ${from}'s rows of it and fences it), and its writes land where its rows are; where they are stale copies of rows on ${from} (copied there by hand), delete them on ${to} (select id from users where slot = ${slot}; select id, owner_id from documents where slot = ${slot}), then plan the move again (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
+      `cannot move slot ${slot} from ${from} to ${to}: ${to} holds rows of the slot (${describeRows(held)}${excluded.length > 0 ? `, less the ${excluded.length} key(s) the directory keeps out of it` : ''}) behind ${state === undefined ? 'no fence row of it' : 'its open fence row'}, though slot map version ${version} names ${from}: not a finished move's leftovers (they stand behind its 'moved' row), but rows the map does not send readers to, and the move's copy would delete them before writing ${from}'s. Nothing was recorded. Decide where the slot's rows are by hand: where they are the slot's own (a map given to ${from} past the stores while they stayed on ${to}, and ${from}'s 'moved' row of it deleted by hand as if they were on ${from}), give the slot to ${to} by hand through the stores (SlotMapStore.publishByHand given the shards' pools, which counts ${from}'s rows of it and fences it), and its writes land where its rows are; where both hold rows of the slot (a split: a map past the stores, rowsLeftOn 'checked' or SQL, gave the slot to ${from} while its rows stayed on ${to}, and ${from} took writes of it since), copy ${from}'s rows of the slot to ${to} by hand, delete them on ${from}, then give the slot to ${to} by hand through the stores (which refuse while ${from} still holds any, nothing published: rows written there meanwhile are not left behind); where they are stale copies of rows on ${from} (copied there by hand), delete them on ${to} (select id from users where slot = ${slot}; select id, owner_id from documents where slot = ${slot}), then plan the move again (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
     );
   }
 

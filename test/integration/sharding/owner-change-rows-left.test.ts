@@ -152,6 +152,23 @@ describe('a slot map that gives a slot with rows to another shard, outside a mov
     expect(back).toBeInstanceOf(MoveConflictError);
     expect((back as Error).message).toContain(`cannot move slot ${slot} from ${to} to ${from}: ${from} holds rows of the slot (2 in users, 6 in documents) behind no fence row of it`);
     expect({ from: await countSlot(pool(from), slot), to: await countSlot(pool(to), slot) }).toEqual({ from: { users: 2, documents: 6 }, to: { users: 1, documents: 0 } });
+    // Both shards hold live rows of the slot (a split), and the refusal's first way out, the slot
+    // given to `from` by hand through the stores, is refused in its turn (`to` holds the newcomer),
+    // its second (delete `from`'s rows as stale copies) would lose them: it names the split's own,
+    // the source's rows put on the target by hand, then the slot given there through the stores.
+    expect((back as Error).message).toContain(`where both hold rows of the slot (a split: a map past the stores, rowsLeftOn 'checked' or SQL, gave the slot to ${to} while its rows stayed on ${from}, and ${to} took writes of it since), copy ${to}'s rows of the slot to ${from} by hand, delete them on ${to}, then give the slot to ${from} by hand through the stores`);
+    const giveBack = await refusalOf(slotMaps.publishByHand(moveSlots(await slotMaps.current(), [slot], from), 'the split mended (OPS-10)'));
+    expect(giveBack).toBeInstanceOf(SlotMapRowsLeftError);
+    const moved = (await pool(to).query<{ row: unknown }>('select to_jsonb(u) as row from users u where slot = $1', [slot])).rows.map((r) => r.row);
+    await pool(from).query('insert into users select * from jsonb_populate_recordset(null::users, $1::jsonb)', [JSON.stringify(moved)]);
+    await pool(to).query('delete from users where slot = $1', [slot]);
+    await slotMaps.publishByHand(moveSlots(await slotMaps.current(), [slot], from), 'the split mended (OPS-10)');
+    expect({ read: await readDocs(keys[0] as string), newcomer: (await usersOf(newcomer))[from], from: await countSlot(pool(from), slot), to: await countSlot(pool(to), slot) }).toEqual({
+      read: `read 3 on ${from}`,
+      newcomer: 1,
+      from: { users: 3, documents: 6 },
+      to: { users: 0, documents: 0 },
+    });
   }, 120_000);
 });
 
