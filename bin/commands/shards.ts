@@ -62,7 +62,7 @@ its state, unit, job, moved_to, map version and what it does to the unit's write
   --recorded-within SECONDS  how recently a runtime must have recorded its routing (at its start:
                       a Lambda cold start) for the review to count it (default 86400, a day); narrow
                       it only once every runtime of an older routing has stopped (a deploy since)
-  --ignore-superseded leave out the records of a routing whose actor (scaling-api, scaling-moves,
+  --ignore-superseded  leave out the records of a routing whose actor (scaling-api, scaling-moves,
                       ...) was built with another routing since: say it once every runtime of
                       that actor built before has stopped (a deploy that changed the routing
                       replaced them); another actor's record of the old routing still counts.
