@@ -26,6 +26,7 @@ import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { MIGRATIONS, sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { databaseAtIsolation, untilSomeoneWaits } from './fixtures/sharding-catalog.js';
 
 const SLOTS = 8;
 const SHARDS = ['shard_001', 'shard_002', 'shard_003', 'shard_004'];
@@ -442,16 +443,7 @@ describe('sharding migrations 020 and 021: catalog.shard_known from the table of
     // during which a move flipped. The runner begins each migration READ COMMITTED (migrate.ts).
     const upTo020 = mkdtempSync(join(tmpdir(), 'sharding-020-'));
     const database = `fill_live_${isolation.replace(' ', '_')}`;
-    await admin.query(`create database ${database}`);
-    await admin.query(`alter database ${database} set default_transaction_isolation = '${isolation}'`);
-    const pool = new pg.Pool({ connectionString: server.urlFor(database), max: 1 });
-    pool.on('error', () => undefined);
-    const connect = async () => {
-      const client = new pg.Client({ connectionString: server.urlFor(database) });
-      client.on('error', () => undefined);
-      await client.connect();
-      return client;
-    };
+    const { pool, connect, close } = await databaseAtIsolation(server, admin, database, isolation);
     const holder = await connect();
     const writer = await connect();
     try {
@@ -469,12 +461,7 @@ describe('sharding migrations 020 and 021: catalog.shard_known from the table of
       await holder.query('begin');
       await holder.query(`insert into catalog.slot_map_shards values ('shard_001')`);
       const migrated = runMigrations(pool, 'sharding', MIGRATIONS.sharding);
-      for (let i = 0; ; i++) {
-        const { rows } = await admin.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'`, [database]);
-        if ((rows[0]?.n ?? 0) > 0) break;
-        if (i > 400) throw new Error('the fill never waited');
-        await new Promise((r) => setTimeout(r, 25));
-      }
+      await untilSomeoneWaits(admin, database);
       // Meanwhile a flip gives slot 4 to a shard no map named before: published, not held off.
       await writer.query(`set lock_timeout = '2s'`);
       await insertMap(writer, 3, MAP.map((o, i) => (i === 0 ? 'shard_old' : i === 4 ? 'shard_new' : o)));
@@ -483,10 +470,7 @@ describe('sharding migrations 020 and 021: catalog.shard_known from the table of
       expect(await answers(pool, ['shard_001', 'shard_002', 'shard_003', 'shard_old', 'shard_new', 'shard_0O2'])).toEqual([true, true, true, true, true, false]);
       expect((await pool.query<{ s: string[] }>('select array_agg(shard_id order by shard_id) as s from catalog.slot_map_shards')).rows[0]?.s).toEqual(['shard_001', 'shard_002', 'shard_003', 'shard_new', 'shard_old']);
     } finally {
-      await holder.end();
-      await writer.end();
-      await pool.end();
-      await admin.query(`drop database ${database} with (force)`);
+      await close();
       rmSync(upTo020, { recursive: true, force: true });
     }
   }, 120_000);

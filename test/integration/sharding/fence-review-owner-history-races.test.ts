@@ -20,18 +20,15 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { SlotMapVersionConflictError } from '../../../functions/core/sharding/errors.js';
 import { ownersOfSlotsSince, ownersOfSlotsSinceByMaps } from '../../../functions/adapters/postgres/fence-review.js';
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
-import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
-import { MIGRATIONS, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import type { TestPostgres } from '../../support/postgres.js';
+import { startShardingCatalog } from './fixtures/sharding-catalog.js';
 
 let server: TestPostgres;
 let admin: pg.Pool;
 const clients: pg.Client[] = [];
 
 beforeAll(async () => {
-  server = await startTestPostgres();
-  admin = new pg.Pool({ connectionString: server.url, max: 2 });
-  admin.on('error', () => undefined);
-  await runMigrations(admin, 'sharding', MIGRATIONS.sharding);
+  ({ server, admin } = await startShardingCatalog(2));
 }, 60_000);
 afterAll(async () => {
   for (const c of clients) await c.end().catch(() => undefined);
@@ -100,18 +97,26 @@ const with_ = (slot: number, owner: string, base: readonly string[] = A) => base
 
 describe.each(['read committed', 'repeatable read', 'serializable'])('two maps inserted at once, %s', (isolation) => {
   /**
+   * Two sessions, each in a transaction at `isolation`; the second's snapshot taken (a read of the
+   * maps) before the first writes anything, and its backend's pid, to see it wait for a lock.
+   */
+  async function twoTransactions(): Promise<{ first: pg.Client; second: pg.Client; secondPid: number }> {
+    const first = await connect();
+    const second = await connect();
+    await first.query(`begin isolation level ${isolation}`);
+    await second.query(`begin isolation level ${isolation}`);
+    await second.query('select 1 from catalog.slot_maps limit 1'); // its snapshot, before the first's write
+    return { first, second, secondPid: await pid(second) };
+  }
+
+  /**
    * `first` inserts `firstMap`, and before it commits `second` inserts `secondMap`; `first`
    * commits, then `second`. The second either fails with a serialization failure (40001, nothing
    * published) or is published; either way the review answers as the maps do.
    */
   async function race(setup: Array<[number, string[]]>, firstMap: [number, string[]], secondMap: [number, string[]]): Promise<string | undefined> {
     for (const [v, m] of setup) await insertMap(admin, v, m);
-    const first = await connect();
-    const second = await connect();
-    await first.query(`begin isolation level ${isolation}`);
-    await second.query(`begin isolation level ${isolation}`);
-    await second.query('select 1 from catalog.slot_maps limit 1'); // its snapshot, before the first's insert
-    const secondPid = await pid(second);
+    const { first, second, secondPid } = await twoTransactions();
     await insertMap(first, ...firstMap);
     const inserted = insertMap(second, ...secondMap).then(
       () => undefined,
@@ -132,12 +137,7 @@ describe.each(['read committed', 'repeatable read', 'serializable'])('two maps i
 
   it("two publications of the same version through the store: the second one's is a version conflict (reload and retry) at every level (SERIALIZABLE answered a raw 40001 before 028)", async () => {
     await insertMap(admin, 1, A);
-    const first = await connect();
-    const second = await connect();
-    await first.query(`begin isolation level ${isolation}`);
-    await second.query(`begin isolation level ${isolation}`);
-    await second.query('select 1 from catalog.slot_maps limit 1');
-    const secondPid = await pid(second);
+    const { first, second, secondPid } = await twoTransactions();
     await new SlotMapStore(first).publish({ version: 2, slotCount: 4, assignments: with_(0, 'shard_b') }, 'test', 'first', first, { rowsLeftOn: 'checked' });
     const published = new SlotMapStore(second).publish({ version: 2, slotCount: 4, assignments: with_(1, 'shard_b') }, 'test', 'second', second, { rowsLeftOn: 'checked' }).then(
       () => undefined,
@@ -173,12 +173,7 @@ describe.each(['read committed', 'repeatable read', 'serializable'])('two maps i
       [2, with_(0, 'shard_b')],
     ] as Array<[number, string[]]>)
       await insertMap(admin, v, m);
-    const first = await connect();
-    const second = await connect();
-    await first.query(`begin isolation level ${isolation}`);
-    await second.query(`begin isolation level ${isolation}`);
-    await second.query('select 1 from catalog.slot_maps limit 1');
-    const secondPid = await pid(second);
+    const { first, second, secondPid } = await twoTransactions();
     await first.query('delete from catalog.slot_maps where version = 2');
     const inserted = insertMap(second, 3, with_(0, 'shard_b')).then(
       () => undefined,

@@ -18,17 +18,15 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ownersOfSlotsFromHistory, ownersOfSlotsSince, ownersOfSlotsSinceByMaps } from '../../../functions/adapters/postgres/fence-review.js';
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
-import { MIGRATIONS, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { MIGRATIONS, type TestPostgres } from '../../support/postgres.js';
+import { startShardingCatalog } from './fixtures/sharding-catalog.js';
 
 let server: TestPostgres;
 let admin: pg.Pool;
 const folders: string[] = [];
 
 beforeAll(async () => {
-  server = await startTestPostgres();
-  admin = new pg.Pool({ connectionString: server.url, max: 2 });
-  admin.on('error', () => undefined);
-  await runMigrations(admin, 'sharding', MIGRATIONS.sharding);
+  ({ server, admin } = await startShardingCatalog(2));
 }, 60_000);
 afterAll(async () => {
   for (const folder of folders) rmSync(folder, { recursive: true, force: true });

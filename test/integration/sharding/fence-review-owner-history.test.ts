@@ -22,7 +22,8 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ownersOfSlotsFromHistory, ownersOfSlotsSince, ownersOfSlotsSinceByMaps } from '../../../functions/adapters/postgres/fence-review.js';
 import { runMigrations } from '../../../functions/adapters/postgres/migrate.js';
-import { MIGRATIONS, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
+import { MIGRATIONS, type TestPostgres } from '../../support/postgres.js';
+import { databaseAtIsolation, startShardingCatalog, untilSomeoneWaits } from './fixtures/sharding-catalog.js';
 
 const SLOTS = 6;
 const OWNERS = ['shard_a', 'shard_b', 'shard_c'];
@@ -31,10 +32,7 @@ let server: TestPostgres;
 let admin: pg.Pool;
 
 beforeAll(async () => {
-  server = await startTestPostgres();
-  admin = new pg.Pool({ connectionString: server.url, max: 1 });
-  admin.on('error', () => undefined);
-  await runMigrations(admin, 'sharding', MIGRATIONS.sharding);
+  ({ server, admin } = await startShardingCatalog(1));
 }, 60_000);
 afterAll(async () => {
   await admin?.end();
@@ -287,16 +285,7 @@ describe("migration 024's fill of the maps published before 023", () => {
   it.each(['read committed', 'repeatable read', 'serializable'])('holds off no map insert, and a flip during the fill is recorded by its own trigger (the database default isolation %s)', async (isolation) => {
     const to023 = upTo(23);
     const database = `owner_history_live_${isolation.replace(' ', '_')}`;
-    await admin.query(`create database ${database}`);
-    await admin.query(`alter database ${database} set default_transaction_isolation = '${isolation}'`);
-    const pool = new pg.Pool({ connectionString: server.urlFor(database), max: 1 });
-    pool.on('error', () => undefined);
-    const connect = async () => {
-      const client = new pg.Client({ connectionString: server.urlFor(database) });
-      client.on('error', () => undefined);
-      await client.connect();
-      return client;
-    };
+    const { pool, connect, close } = await databaseAtIsolation(server, admin, database, isolation);
     const holder = await connect();
     const writer = await connect();
     try {
@@ -311,12 +300,7 @@ describe("migration 024's fill of the maps published before 023", () => {
       await holder.query('begin');
       await holder.query(`insert into catalog.slot_owner_history values (0, 1, 'shard_x')`);
       const migrated = runMigrations(pool, 'sharding', MIGRATIONS.sharding);
-      for (let i = 0; ; i++) {
-        const { rows } = await admin.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where datname = $1 and wait_event_type = 'Lock'`, [database]);
-        if ((rows[0]?.n ?? 0) > 0) break;
-        if (i > 400) throw new Error('the fill never waited');
-        await new Promise((r) => setTimeout(r, 25));
-      }
+      await untilSomeoneWaits(admin, database);
       // Meanwhile a flip: published, not held off, its row recorded by its trigger.
       await writer.query(`set lock_timeout = '2s'`);
       const latest = (await writer.query<{ a: string[] }>('select assignments as a from catalog.slot_maps where version = 6')).rows[0]?.a as string[];
@@ -328,10 +312,7 @@ describe("migration 024's fill of the maps published before 023", () => {
       expect(seen.fromHistory).toEqual(seen.fromMaps);
       expect(seen).not.toHaveProperty('unknownWithinFirstMap');
     } finally {
-      await holder.end();
-      await writer.end();
-      await pool.end();
-      await admin.query(`drop database ${database} with (force)`);
+      await close();
       rmSync(to023, { recursive: true, force: true });
     }
   }, 60_000);

@@ -24,7 +24,7 @@
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { reviewFences } from '../../../functions/adapters/postgres/fence-review.js';
+import { type FenceReview, reviewFences, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
 import { MoveConflictError } from '../../../functions/adapters/postgres/move-jobs.js';
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
@@ -54,24 +54,78 @@ async function handRowMoved(pool: pg.Pool, kind: 'slot' | 'directory', unit: str
   );
 }
 
+type Mover = ReturnType<MoveEnv['mover']>;
+
+/** The shards of `slot` in `env`, one key of it seeded on its owner with `docs` documents, and a mover (reader grace 0). */
+async function seededSides(slot: number, docs: number): Promise<Awaited<ReturnType<typeof sides>> & { key: string; mover: Mover }> {
+  const shards = await sides(env, slot);
+  const [key] = keysInSlot(slot, 1) as [string];
+  await seedUsers(shards.source, slot, [key], docs);
+  return { ...shards, key, mover: env.mover({ readerGraceMs: 0 }) };
+}
+
+/** The three shards of `slot` in `env3` (its owner A, B, C), one key of it seeded on A with two documents, and a mover (reader grace 0). */
+async function seededThree(slot: number): Promise<{ from: string; to: string; third: string; a: pg.Pool; b: pg.Pool; c: pg.Pool; key: string; mover: Mover }> {
+  const { from, to, third } = await threeShardsOf(env3, slot);
+  const pool = (shard: string) => env3.shards.get(shard) as pg.Pool;
+  const [key] = keysInSlot(slot, 1) as [string];
+  await seedUsers(pool(from), slot, [key], 2);
+  return { from, to, third, a: pool(from), b: pool(to), c: pool(third), key, mover: env3.mover({ readerGraceMs: 0 }) };
+}
+
+/** The slot given back to `from` by a map by hand that neither fences nor opens a row (a store without the shards' pools, `rowsLeftOn: 'checked'`; CAF08 lets it through for a finished move). */
+async function givenBackPastFences(slot: number, from: string): Promise<void> {
+  await env.slotMaps.publishByHand(moveSlots(await env.slotMaps.current(), [slot], from), 'restored by hand', undefined, { rowsLeftOn: 'checked' });
+}
+
+/** The slot given to `to` by a map by hand through the stores with the shards' pools (they count the shard it leaves, empty, and fence it). */
+async function givenByHand(e: MoveEnv, slot: number, to: string, reason: string): Promise<void> {
+  const store = new SlotMapStore(e.catalog, { shardPools: e.shards });
+  await store.publishByHand(moveSlots(await store.current(), [slot], to), reason);
+}
+
+/** `shards fences --settle` (no age limit, pins honoured) over `e`'s shards. */
+function settleReview(e: MoveEnv): Promise<FenceReview> {
+  return reviewFences({ catalog: e.catalog, shards: e.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
+}
+
+/** The review's row of `unit` on `shard`, if it lists one. */
+function listedRow(review: FenceReview, shard: string, kind: 'slot' | 'directory', unit: string): ReviewedFence | undefined {
+  return review.rows.find((r) => r.shard === shard && r.kind === kind && r.unitId === unit);
+}
+
+/** The job the latest plan recorded, and how its run ended: for the failure message of a plan that should have been refused. */
+async function latestJobRun(mover: Mover): Promise<{ rows: Array<{ id: string }>; id: number; ran: string }> {
+  const { rows } = await env.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
+  const id = Number(rows[0]?.id);
+  return { rows, id, ran: await outcomeOf(mover.run(id)) };
+}
+
+/** A mover whose run dies right after its copy, for a rollback by the next run. */
+function dyingAfterCopy(e: MoveEnv): Mover {
+  return e.mover({
+    readerGraceMs: 0,
+    hook(point) {
+      if (point === 'copied') throw new Error('test: the run dies after its copy');
+    },
+  });
+}
+
 describe('a slot move from a shard whose fence row says the slot moved away', () => {
   it('is refused at plan time, nothing recorded, naming both shards and the way out, which leads to a finished move', async () => {
     const slot = 1702;
-    const { from, to, source, target } = await sides(env, slot);
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(source, slot, [key], 3);
-    const mover = env.mover({ readerGraceMs: 0 });
+    const { from, to, source, target, key, mover } = await seededSides(slot, 3);
     const first = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     expect((await mover.run(first.id)).state).toBe('done');
     // Given back to A by hand, past nothing but the operator's care: no fence taken or opened.
-    await env.slotMaps.publishByHand(moveSlots(await env.slotMaps.current(), [slot], from), 'restored by hand', undefined, { rowsLeftOn: 'checked' });
+    await givenBackPastFences(slot, from);
     expect(await env.ownerOf(slot)).toBe(from);
     expect(await fenceState(source, slot)).toBe('moved');
     expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 3 });
     // `shards fences` lists A's row (it refuses the slot where the map sends it) and does not
     // reopen it: the slot's rows are where it sends the writes, B.
-    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
-    const listed = review.rows.find((r) => r.shard === from && r.kind === 'slot' && r.unitId === String(slot));
+    const review = await settleReview(env);
+    const listed = listedRow(review, from, 'slot', String(slot));
     expect(listed?.state).toBe('moved');
     expect(listed?.outcome ?? '').toContain(`left: the slot's rows are on ${to}`);
     expect(await fenceState(source, slot)).toBe('moved');
@@ -80,9 +134,7 @@ describe('a slot move from a shard whose fence row says the slot moved away', ()
     const refused = await refusalOf(mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }));
     if (refused === null) {
       // Before the fix: the plan recorded the job; its runs stopped on A's fence, the job left `copying`.
-      const { rows } = await env.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
-      const id = Number(rows[0]?.id);
-      const ran = await outcomeOf(mover.run(id));
+      const { id, ran } = await latestJobRun(mover);
       const other = await refusalOf(mover.plan({ kind: 'directory', key, to, createdBy: 'test' }));
       expect.fail(`plan recorded job #${id}; run ${ran}; job state ${(await mover.get(id)).state}; another move of the slot: ${other instanceof Error ? other.message : 'planned'}`);
     }
@@ -100,8 +152,7 @@ describe('a slot move from a shard whose fence row says the slot moved away', ()
     // The way out it names: the slot given by hand to where its rows are (the store with the
     // shards' pools counts A, empty, and fences it), its writes taken there, and a move from there
     // plans, runs and finishes.
-    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
-    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'rows moved there, map given back past its row');
+    await givenByHand(env, slot, to, 'rows moved there, map given back past its row');
     expect(await documentWrittenFor(env, key)).toBe(`written on ${to}`);
     const back = await mover.plan({ kind: 'slot', slot, to: from, createdBy: 'test' });
     expect((await mover.run(back.id)).state).toBe('done');
@@ -115,20 +166,15 @@ describe("a directory move of a key whose source's slot row says the slot moved 
     // The slot moved A -> B with the key's rows, then given back to A by a map by hand that
     // neither fences nor opens a row. A has no row of the key: its slot's `moved` row decides.
     const slot = 1705;
-    const { from, to, source, target } = await sides(env, slot);
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(source, slot, [key], 3);
-    const mover = env.mover({ readerGraceMs: 0 });
+    const { from, to, source, target, key, mover } = await seededSides(slot, 3);
     const first = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     expect((await mover.run(first.id)).state).toBe('done');
-    await env.slotMaps.publishByHand(moveSlots(await env.slotMaps.current(), [slot], from), 'restored by hand', undefined, { rowsLeftOn: 'checked' });
+    await givenBackPastFences(slot, from);
     const jobsBefore = await jobCount();
     const refused = await refusalOf(mover.plan({ kind: 'directory', key, to, createdBy: 'test' }));
     if (refused === null) {
       // Before the fix: the move ran to `done`, its copy of A's none of the key put over B's rows.
-      const { rows } = await env.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
-      const id = Number(rows[0]?.id);
-      const ran = await outcomeOf(mover.run(id));
+      const { id, ran } = await latestJobRun(mover);
       expect.fail(`plan recorded job #${id}; run ${ran}; the key's rows left: ${JSON.stringify(await countSlot(source, slot))} on ${from}, ${JSON.stringify(await countSlot(target, slot))} on ${to}`);
     }
     expect(refused).toBeInstanceOf(MoveConflictError);
@@ -141,8 +187,7 @@ describe("a directory move of a key whose source's slot row says the slot moved 
     expect(await unitFenceState(source, 'directory', key)).toBeUndefined();
     expect(await countSlot(target, slot)).toEqual({ users: 1, documents: 3 });
     // The way out: the slot given to where its rows are; the key then moves from there.
-    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
-    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'rows moved there, map given back past its row');
+    await givenByHand(env, slot, to, 'rows moved there, map given back past its row');
     expect(await documentWrittenFor(env, key)).toBe(`written on ${to}`);
     const back = await mover.plan({ kind: 'directory', key, to: from, createdBy: 'test' });
     expect((await mover.run(back.id)).state).toBe('done');
@@ -176,7 +221,7 @@ describe("a move whose source's row turns moved after its plan", () => {
     expect((again as Error).message).toContain(`cannot move slot ${slot} from ${from}`);
     // The way out for a hand change's row over a slot empty on both shards: `shards fences
     // --settle` reopens it, and the move then runs to its end, the slot's new writes on B.
-    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
+    const review = await settleReview(env);
     expect(review.rows.find((r) => r.shard === from && r.kind === 'slot' && r.unitId === String(slot))?.outcome).toMatch(/^settled/);
     expect(await fenceState(source, slot)).toBeUndefined();
     const next = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
@@ -189,10 +234,7 @@ describe("a move whose source's row turns moved after its plan", () => {
   it('a directory move fails at its run likewise, its rows kept, the review leaving the row, the way out by hand leading to a finished move', async () => {
     // A superuser's SQL over a key whose rows never left A: its `directory` row `moved`.
     const slot = 1704;
-    const { from, to, source, target } = await sides(env, slot);
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(source, slot, [key], 2);
-    const mover = env.mover({ readerGraceMs: 0 });
+    const { from, to, source, target, key, mover } = await seededSides(slot, 2);
     const job = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
     await handRowMoved(source, 'directory', key, to);
     const ran = await outcomeOf(mover.run(job.id));
@@ -209,7 +251,7 @@ describe("a move whose source's row turns moved after its plan", () => {
     const again = await refusalOf(mover.plan({ kind: 'directory', key, to, createdBy: 'test' }));
     expect(again).toBeInstanceOf(MoveConflictError);
     // `shards fences` lists the row and leaves it: rows of the key stand behind it on A.
-    const review = await reviewFences({ catalog: env.catalog, shards: env.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
+    const review = await settleReview(env);
     expect(review.rows.find((r) => r.shard === from && r.kind === 'directory' && r.unitId === key)?.outcome).toMatch(/^left: .* holds rows of key/);
     expect(await unitFenceState(source, 'directory', key)).toBe('moved');
     // The way out for rows that never left A: the row deleted there by hand, as the error says.
@@ -244,10 +286,7 @@ describe("a directory move whose source's row of the key's slot turns moved afte
     // fenced it and turned its row `moved` to the target, and the map still names the source. The
     // source has no row of the key: its slot's row decides for the key there.
     const slot = 1706;
-    const { from, to, source, target } = await sides(env, slot);
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(source, slot, [key], 3);
-    const mover = env.mover({ readerGraceMs: 0 });
+    const { from, to, source, target, key, mover } = await seededSides(slot, 3);
     const job = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
     await keyRowsCopiedByHand(source, target, key);
     const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
@@ -289,8 +328,7 @@ describe("a directory move whose source's row of the key's slot turns moved afte
     const [key] = keysInSlot(slot, 1) as [string];
     const mover = env.mover({ readerGraceMs: 0 });
     const job = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
-    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
-    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'the slot given away empty');
+    await givenByHand(env, slot, to, 'the slot given away empty');
     expect(await fenceState(source, slot)).toBe('moved');
     expect((await mover.run(job.id)).state).toBe('done');
     expect((await env.directory.entry(key))?.shardId).toBe(to);
@@ -324,9 +362,7 @@ describe("a move from a shard whose fence row says the unit is incoming there (h
       const jobsBefore = await jobCount();
       const refused = await refusalOf(mover.plan({ kind: 'directory', key, to, createdBy: 'test' }));
       if (refused === null) {
-        const { rows } = await env.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
-        const id = Number(rows[0]?.id);
-        const ran = await outcomeOf(mover.run(id));
+        const { id, ran } = await latestJobRun(mover);
         expect.fail(`plan recorded job #${id} for key ${key === own ? '(own row)' : '(slot row)'}; run ${ran}; the key pinned to ${(await env.directory.entry(key))?.shardId ?? 'nothing'}`);
       }
       expect(refused).toBeInstanceOf(MoveConflictError);
@@ -365,12 +401,7 @@ describe("a move whose source's row turns moved after its copy (h107)", () => {
     const slot = 1710;
     const { from, to, source, target } = await sides(env, slot);
     await seedUsers(source, slot, keysInSlot(slot, 2), 2);
-    const dying = env.mover({
-      readerGraceMs: 0,
-      hook(point) {
-        if (point === 'copied') throw new Error('test: the run dies after its copy');
-      },
-    });
+    const dying = dyingAfterCopy(env);
     const job = await dying.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     await expect(dying.run(job.id)).rejects.toThrow(/dies after its copy/);
     expect(await countSlot(target, slot)).toEqual({ users: 2, documents: 4 });
@@ -398,15 +429,9 @@ describe("a directory move's rollback over a source whose slot row had disowned 
     const { from, to, third } = await threeShardsOf(env3, slot);
     const source = env3.shards.get(from) as pg.Pool;
     const [key] = keysInSlot(slot, 1) as [string];
-    const dying = env3.mover({
-      readerGraceMs: 0,
-      hook(point) {
-        if (point === 'copied') throw new Error('test: the run dies after its copy');
-      },
-    });
+    const dying = dyingAfterCopy(env3);
     const job = await dying.plan({ kind: 'directory', key, to, createdBy: 'test' });
-    const store = new SlotMapStore(env3.catalog, { shardPools: env3.shards });
-    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'the slot given away empty');
+    await givenByHand(env3, slot, to, 'the slot given away empty');
     expect(await fenceState(source, slot)).toBe('moved');
     expect(await userWriteOutcome(source, slot, keysInSlot(slot, 1)[0] as string)).toBe('refused CAF02');
     await expect(dying.run(job.id)).rejects.toThrow(/dies after its copy/);
@@ -422,16 +447,6 @@ describe("a directory move's rollback over a source whose slot row had disowned 
   });
 });
 
-/** A mover whose run dies right after its copy, for a rollback by the next run. */
-function dyingAfterCopy(e: MoveEnv): ReturnType<MoveEnv['mover']> {
-  return e.mover({
-    readerGraceMs: 0,
-    hook(point) {
-      if (point === 'copied') throw new Error('test: the run dies after its copy');
-    },
-  });
-}
-
 describe("a directory move's rollback over the key's own open row on a source whose slot row had disowned the slot (h110)", () => {
   it("leaves a row the move did not insert, over the key's rows there: a key moved back to the source earlier, its pin deleted past the guard meanwhile", async () => {
     // The slot moved A -> B with the key's rows (routed by hash), then the key moved back B -> A
@@ -441,12 +456,7 @@ describe("a directory move's rollback over the key's own open row on a source wh
     // copy, and a superuser deletes its pin past the guard (CAF06): the key routes by hash to B, a
     // third shard, and the next run rolls the move back as failed.
     const slot = 1712;
-    const { from, to, third } = await threeShardsOf(env3, slot);
-    const a = env3.shards.get(from) as pg.Pool;
-    const c = env3.shards.get(third) as pg.Pool;
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(a, slot, [key], 2);
-    const mover = env3.mover({ readerGraceMs: 0 });
+    const { from, to, third, a, c, key, mover } = await seededThree(slot);
     const slotMove = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     expect((await mover.run(slotMove.id)).state).toBe('done');
     const back = await mover.plan({ kind: 'directory', key, to: from, createdBy: 'test' });
@@ -483,19 +493,14 @@ describe("shards fences --settle over a pinned key's row on a shard whose slot r
     // A's row of the slot, `moved` to B, does not keep the key out: reopened, the key's own row
     // would be set `open` over it.
     const slot = 1713;
-    const { from, to, third } = await threeShardsOf(env3, slot);
-    const a = env3.shards.get(from) as pg.Pool;
-    const b = env3.shards.get(to) as pg.Pool;
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(a, slot, [key], 2);
-    const mover = env3.mover({ readerGraceMs: 0 });
+    const { from, to, third, a, b, key, mover } = await seededThree(slot);
     const slotMove = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     expect((await mover.run(slotMove.id)).state).toBe('done');
     expect(await countSlot(b, slot)).toEqual({ users: 1, documents: 2 });
     await env3.directory.set(key, from, 'ops@example.com');
     await handRowMoved(a, 'directory', key, third);
-    const review = await reviewFences({ catalog: env3.catalog, shards: env3.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
-    const listed = review.rows.find((r) => r.shard === from && r.kind === 'directory' && r.unitId === key);
+    const review = await settleReview(env3);
+    const listed = listedRow(review, from, 'directory', key);
     // Before the fix: `settled: reopened (set open)`, and a new user of the key acknowledged on A
     // while its user and documents stay on B, out of its readers' sight.
     expect(`${await unitFenceState(a, 'directory', key)}; ${listed?.outcome ?? 'not listed'}`).toMatch(new RegExp(`^moved; left: the key's rows are on ${to} \\(`));
@@ -512,12 +517,7 @@ describe("shards fences --settle over a pinned key's row on a shard whose slot r
     // transaction (A's row of the key `moved` to B). On B, no row of the key: its slot's `moved`
     // row there, a move's, makes the key's rows on B that move's leftovers, and sent them on to C.
     const slot = 1715;
-    const { from, to, third } = await threeShardsOf(env3, slot);
-    const a = env3.shards.get(from) as pg.Pool;
-    const c = env3.shards.get(third) as pg.Pool;
-    const [key] = keysInSlot(slot, 1) as [string];
-    await seedUsers(a, slot, [key], 2);
-    const mover = env3.mover({ readerGraceMs: 0 });
+    const { from, to, third, a, c, key, mover } = await seededThree(slot);
     for (const next of [to, third]) {
       const move = await mover.plan({ kind: 'slot', slot, to: next, createdBy: 'test' });
       expect((await mover.run(move.id)).state).toBe('done');
@@ -525,8 +525,8 @@ describe("shards fences --settle over a pinned key's row on a shard whose slot r
     expect(await countSlot(c, slot)).toEqual({ users: 1, documents: 2 });
     await env3.directory.set(key, from, 'ops@example.com');
     await handRowMoved(a, 'directory', key, to);
-    const review = await reviewFences({ catalog: env3.catalog, shards: env3.shards, settle: true, olderThanMs: 0, routing: PINS_ROUTE });
-    const listed = review.rows.find((r) => r.shard === from && r.kind === 'directory' && r.unitId === key);
+    const review = await settleReview(env3);
+    const listed = listedRow(review, from, 'directory', key);
     // Before: `settled: reopened (set open)`, C never counted.
     expect(`${await unitFenceState(a, 'directory', key)}; ${listed?.outcome ?? 'not listed'}`).toMatch(new RegExp(`^moved; left: the key's rows are on ${third} \\(.*moved on from ${to}`));
     expect(await userWriteOutcome(a, slot, key)).toBe('refused CAF02');
@@ -546,7 +546,7 @@ describe("a slot move to a shard holding the slot's rows behind no row refusing 
     const mover = env.mover({ readerGraceMs: 0 });
     const first = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
     expect((await mover.run(first.id)).state).toBe('done');
-    await env.slotMaps.publishByHand(moveSlots(await env.slotMaps.current(), [slot], from), 'restored by hand', undefined, { rowsLeftOn: 'checked' });
+    await givenBackPastFences(slot, from);
     expect(await refusalOf(mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }))).toBeInstanceOf(MoveConflictError);
     await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1 and state = 'moved'`, [String(slot)]);
     const jobsBefore = await jobCount();
@@ -554,8 +554,7 @@ describe("a slot move to a shard holding the slot's rows behind no row refusing 
     if (refused === null) {
       // Before the fix: the move's copy deleted the target's rows of the slot (A's none copied
       // over them), the map gave it the slot, and the slot's users and documents were on no shard.
-      const { rows } = await env.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
-      const ran = await outcomeOf(mover.run(Number(rows[0]?.id)));
+      const { rows, ran } = await latestJobRun(mover);
       expect.fail(`plan recorded job #${rows[0]?.id}; run ${ran}; the slot's rows left: ${JSON.stringify(await countSlot(source, slot))} on ${from}, ${JSON.stringify(await countSlot(target, slot))} on ${to}`);
     }
     expect(refused).toBeInstanceOf(MoveConflictError);
@@ -567,8 +566,7 @@ describe("a slot move to a shard holding the slot's rows behind no row refusing 
     expect(await countSlot(target, slot)).toEqual({ users: 2, documents: 6 });
     // The way out it names, the rows being on B: the slot given there by hand through the stores
     // (they count A, empty, and fence it); its writes then land where its rows are.
-    const store = new SlotMapStore(env.catalog, { shardPools: env.shards });
-    await store.publishByHand(moveSlots(await store.current(), [slot], to), 'its rows are there');
+    await givenByHand(env, slot, to, 'its rows are there');
     expect(await documentWrittenFor(env, keys[0] as string)).toBe(`written on ${to}`);
     expect(await countSlot(target, slot)).toEqual({ users: 2, documents: 7 });
   });
