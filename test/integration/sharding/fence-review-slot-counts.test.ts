@@ -13,8 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
 import { slotRowsOn, slotsRowsOn } from '../../../functions/adapters/postgres/unit-rows.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
+import { listFencesAtDistance } from './fixtures/distant-listing.js';
 import { keysInSlot, readCommitted, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
-import { distant } from '../../support/distant-pool.js';
 
 const PINS_ROUTE: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
 
@@ -117,15 +117,7 @@ describe("chains of moved rows and a moved row's own shard, counted with the bat
     await insertMoved(B, C);
     await poolA.query(`update write_fences set excluded_keys = array[$2::text] where kind = 'slot' and unit_id = $1`, [String(excludedOnA), excludedKey]);
     try {
-      const sent = { n: 0 };
-      const started = Date.now();
-      const listed = await listFences({
-        catalog: distant(env.catalog, 1, sent),
-        shards: new Map([...env.shards].map(([id, p]) => [id, distant(p, 1, sent)])),
-        timeoutMs: 25_000,
-        routing: PINS_ROUTE,
-      });
-      const tookMs = Date.now() - started;
+      const { listed, sent, tookMs } = await listFencesAtDistance(env, 25_000);
       console.log(`chains: ${sent.n} statements, ${tookMs} ms`);
       const ours = listed.rows.filter((r) => r.shard === A && r.kind === 'slot' && ids.includes(r.unitId));
       expect({ rows: ours.length, reopen: ours.filter((r) => r.action === 'reopen' && r.withheld === undefined).length }).toEqual({ rows: 500, reopen: 498 });

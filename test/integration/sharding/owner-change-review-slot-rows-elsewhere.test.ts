@@ -33,9 +33,9 @@ import { SlotMapRowsLeftError, SlotMapStore } from '../../../functions/adapters/
 import type { ShardWriter } from '../../../functions/adapters/postgres/write-transaction.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { listFencesAtDistance } from './fixtures/distant-listing.js';
 import { countingStores, deletePinPastGuard, dyingAfterFence, keysInSlot, refusalOf, seedUsers, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
 import { placementViolations, runModelWrites, staleWriter, type ModelWrites, type UserModel } from './fixtures/torture-writes.js';
-import { distant } from '../../support/distant-pool.js';
 
 /** hash_based with directory.override_hash on: the routing the stores and the writers here route by. */
 const PINS_ROUTE: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
@@ -343,15 +343,7 @@ describe("the cost of counting the units' rows on other shards: keys on every ot
     await pool.query(`insert into write_fences (kind, unit_id, state) select 'directory', k, 'fenced' from unnest($1::text[]) k`, [keys]);
     try {
       await pool.query(`update write_fences set updated_at = now() - interval '1 hour' where kind = 'directory' and unit_id = any($1::text[])`, [keys]);
-      const sent = { n: 0 };
-      const started = Date.now();
-      const listed = await listFences({
-        catalog: distant(env.catalog, 1, sent),
-        shards: new Map([...env.shards].map(([id, p]) => [id, distant(p, 1, sent)])),
-        timeoutMs: 10_000,
-        routing: PINS_ROUTE,
-      });
-      const tookMs = Date.now() - started;
+      const { listed, sent, tookMs } = await listFencesAtDistance(env, 10_000);
       const ours = listed.rows.filter((r) => r.shard === R && r.kind === 'directory' && keys.includes(r.unitId));
       expect({ rows: ours.length, reopen: ours.filter((r) => r.action === 'reopen' && r.withheld === undefined).length }).toEqual({ rows: 2000, reopen: 2000 });
       console.log(`listFences over 2,000 fenced key rows: ${sent.n} statements, ${tookMs} ms`);
@@ -469,15 +461,7 @@ describe("the cost of counting the units' rows on other shards: keys on every ot
     await pool.query(`update write_fences set excluded_keys = array[$2::text] where kind = 'slot' and unit_id = $1`, [String(withExcluded), excludedKey]);
     try {
       await pool.query(`update write_fences set updated_at = now() - interval '1 hour' where kind = 'slot' and unit_id = any($1::text[])`, [ids]);
-      const sent = { n: 0 };
-      const started = Date.now();
-      const listed = await listFences({
-        catalog: distant(env.catalog, 1, sent),
-        shards: new Map([...env.shards].map(([id, p]) => [id, distant(p, 1, sent)])),
-        timeoutMs: 10_000,
-        routing: PINS_ROUTE,
-      });
-      const tookMs = Date.now() - started;
+      const { listed, sent, tookMs } = await listFencesAtDistance(env, 10_000);
       const ours = listed.rows.filter((r) => r.shard === R && r.kind === 'slot' && ids.includes(r.unitId));
       expect({ rows: ours.length, reopen: ours.filter((r) => r.action === 'reopen' && r.withheld === undefined).length }).toEqual({ rows: 500, reopen: 499 });
       expect(rowOf(ours, R, withRows)?.withheld).toMatch(new RegExp(`^the slot's rows are on ${B} \\(1 in users, 2 in documents; less those of keys the directory pins\\), which a map published since this row's version ${before.version} gave the slot to`));
