@@ -17,12 +17,13 @@
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { UsageError, type CliIo } from '../../../bin/commands/kit.js';
+import { UsageError } from '../../../bin/commands/kit.js';
 import { createShardsCommand } from '../../../bin/commands/shards.js';
 import { DirectoryRowsLeftError, DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
 import { reviewFences, type FenceReviewOptions, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
+import { captureIo, deployedDocument, fencesCliUrls } from './fixtures/fences-cli.js';
 import { countingStores, deletePinPastGuard, documentWrittenFor, keysInSlot, lockWaitOn, moveStoppedAfterRelease, otherProcess, refusalOf, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv, dyingAfterFence as dyingAfterFenceOf } from './fixtures/move-env.js';
 import { staleWriter } from './fixtures/torture-writes.js';
 
@@ -490,17 +491,9 @@ describe('what the review refuses to settle of a key', () => {
 });
 
 describe('the command reads the routing as the scaling API does (SHARDING_CONFIG_JSON)', () => {
-  function capture(): { io: CliIo; out: string[] } {
-    const out: string[] = [];
-    return { io: { stdout: (t) => out.push(t), stderr: () => undefined, cwd: process.cwd() }, out };
-  }
-  const urls = (): Record<string, string> => ({
-    CATALOG_DATABASE_URL: env.urls.catalog,
-    SHARD_DATABASE_URLS: Object.entries(env.urls.shards).map(([id, url]) => `${id}=${url}`).join(','),
-  });
-  /** The deployed document's shape: credential-free URLs (only the routing is read). */
-  const config = (directory: Record<string, unknown> = {}): string =>
-    JSON.stringify({ strategy: 'hash_based', shards: Object.keys(env.urls.shards).map((id) => ({ shard_id: id, database_url: `postgresql://${id}.example.invalid:5432/ca_dms` })), default_shard: 'shard_a', directory });
+  const capture = captureIo;
+  const urls = (): Record<string, string> => fencesCliUrls(env);
+  const config = (directory: Record<string, unknown> = {}): string => deployedDocument(env, directory);
 
   it("settles a key's rows with it, leaves them without it (saying how to give it), and refuses one it cannot read, naming it", async () => {
     const slot = 2311;

@@ -14,7 +14,7 @@
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import type { CliIo } from '../../../bin/commands/kit.js';
+import { captureIo, deployedDocument, fencesCliUrls } from './fixtures/fences-cli.js';
 import { createShardsCommand } from '../../../bin/commands/shards.js';
 import { otherRoutingsRemark, RECORD_LOCK_WAIT_MS, recordedRoutings, recordRuntimeRouting } from '../../../functions/adapters/postgres/runtime-routings.js';
 import { createShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
@@ -193,17 +193,9 @@ describe('a router not built by createShardingRuntime records its routing as doc
 });
 
 describe('shards fences judges by the routing the runtimes recorded', () => {
-  function capture(): { io: CliIo; out: string[] } {
-    const out: string[] = [];
-    return { io: { stdout: (t) => out.push(t), stderr: () => undefined, cwd: process.cwd() }, out };
-  }
-  const urls = (): Record<string, string> => ({
-    CATALOG_DATABASE_URL: env.urls.catalog,
-    SHARD_DATABASE_URLS: Object.entries(env.urls.shards).map(([id, url]) => `${id}=${url}`).join(','),
-  });
-  /** The deployed document's shape: credential-free URLs (only the routing is read). */
-  const document = (directory: Record<string, unknown> = {}): string =>
-    JSON.stringify({ strategy: 'hash_based', shards: Object.keys(env.urls.shards).map((id) => ({ shard_id: id, database_url: `postgresql://${id}.example.invalid:5432/ca_dms` })), default_shard: 'shard_a', directory });
+  const capture = captureIo;
+  const urls = (): Record<string, string> => fencesCliUrls(env);
+  const document = (directory: Record<string, unknown> = {}): string => deployedDocument(env, directory);
 
   /**
    * A key of `slot` pinned (past the stores) to the shard that does not own its slot, and the
