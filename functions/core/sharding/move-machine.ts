@@ -502,7 +502,7 @@ export interface MoveRouting {
 }
 
 /** Whether `SHARDING_ENABLED` says false, as core/sharding/config.ts reads it. */
-function envDisables(env: { readonly SHARDING_ENABLED?: string | undefined } | undefined): boolean {
+export function envDisables(env: { readonly SHARDING_ENABLED?: string | undefined } | undefined): boolean {
   return ['false', '0', 'no'].includes(env?.SHARDING_ENABLED?.trim().toLowerCase() ?? '');
 }
 

@@ -14,6 +14,7 @@
 import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { z } from 'zod';
 import { loadShardingConfig, type ShardingConfig } from '../../core/sharding/config.js';
+import { envDisables } from '../../core/sharding/move-machine.js';
 import { readSecret, secretArnSchema as secretArn, secretLogins } from '../../adapters/aws/database-secret.js';
 import { shardWithLogin } from '../../adapters/postgres/connection-url.js';
 import type { LoginCredentials } from '../../adapters/postgres/secret-pool.js';
@@ -72,8 +73,7 @@ export async function shardingConfigFromEnv(env: Record<string, string | undefin
 export function shardingOffReason(env: Record<string, string | undefined>): string {
   const doc = env.SHARDING_CONFIG_JSON;
   if (doc === undefined || doc.trim() === '') return 'SHARDING_CONFIG_JSON is not set';
-  const enabled = env.SHARDING_ENABLED?.trim().toLowerCase();
-  if (enabled === 'false' || enabled === '0' || enabled === 'no') return `SHARDING_ENABLED=${env.SHARDING_ENABLED?.trim() ?? 'false'}`;
+  if (envDisables(env)) return `SHARDING_ENABLED=${env.SHARDING_ENABLED?.trim() ?? 'false'}`;
   return `SHARDING_CONFIG_JSON's "enabled": false`;
 }
 
