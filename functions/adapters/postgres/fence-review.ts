@@ -194,6 +194,8 @@ interface SettlePlan {
   readonly movedVersion?: number;
   /** What the settled row does now, for the outcome. */
   readonly takes?: string;
+  /** A key's row: how its route reaches the row's shard (its pin, or by hash), for the words of a refusal ({@link rowsBehind}). */
+  readonly routeHow?: string;
 }
 
 /**
@@ -548,7 +550,7 @@ function judgeKey(r: FenceRowRead, shard: string, f: UnitFacts, job: { id: strin
     slotWithheld = `${shard}'s row of the key's slot ${slot} is ${s.state} (${s.job_id === null ? 'a hand change' : `move job #${s.job_id}`}) and does not keep the key out: deleted, it would refuse the key's writes here; opened, the key would pass a fence of its slot: settle that row first`;
   }
   const withheld = moving ?? slotWithheld;
-  return { ...base, diagnosis, action: 'reopen', plan, ...(withheld === undefined ? {} : { withheld }) };
+  return { ...base, diagnosis, action: 'reopen', plan: { ...plan, routeHow: route.how }, ...(withheld === undefined ? {} : { withheld }) };
 }
 
 /** How long a settling statement waits for a row lock on a shard (a move's or a change's statement on the row). */
@@ -1017,6 +1019,9 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
  *   deleted or changed on the other shard since, back with its old data), as a hand change that
  *   would delete such a row refuses (unit-rows.ts, `refuseRowsBehindMoved`). A slot's rows are
  *   those its row decides for: not of its `excluded_keys`, nor of a key with a `directory` row there;
+ *   told so only behind a slot move's row: behind a key's row ({@link keyRowsBehind}) or a hand
+ *   change's row of a slot ({@link slotRowsBehindHandRow}) no move left them, and they are taken
+ *   for the unit's live rows, never to be deleted;
  * - a key's: its rows on the shard the row sends its writes to (`moved_to`), unless they are a
  *   finished move's leftovers there (behind its `moved` row; a hand change's row stands over live
  *   rows, as it counts them before it fences): the key's route was changed to this shard past the stores
@@ -1049,10 +1054,9 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
     const here = await counted(shard);
     if (typeof here === 'string') return here;
     if (here.length > 0) {
-      const find =
-        unit.kind === 'slot'
-          ? `select id, email from users where slot = ${unit.slot}; select id, owner_id, slot from documents where owner_id in (select id from users where slot = ${unit.slot})`
-          : `select id, email from users where id = '${unit.key}'; select id, slot from documents where owner_id = '${unit.key}'`;
+      if (unit.kind === 'directory') return keyRowsBehind(r, shard, unit.key, here, plan.routeHow, o, counted);
+      if (r.job_id === null) return slotRowsBehindHandRow(r, shard, unit, here, o, catalog, counted);
+      const find = `select id, email from users where slot = ${unit.slot}; select id, owner_id, slot from documents where owner_id in (select id from users where slot = ${unit.slot})`;
       return (
         `${shard} holds rows of ${what} (${describeRows(here)}) behind this row: rows the unit left there when it went away (a finished move's clean-up keeps a user that still owns documents stored under another slot, written before shard migration 015), read by no one since; reopened, ${shard} would serve them again as the unit's, as they were then. ` +
         `Find them on ${shard} (${find}), give each document under another slot its owner's slot or delete it, delete the rows, then settle again (docs/sharding-spec.md section 9, "What a finished move leaves on its source, and the unit coming back")`
@@ -1198,6 +1202,92 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
   }
   if (unit.kind === 'slot') return keysOnceRoutedElsewhere(shard, unit, rowOn, o, catalog, pinsRoute, counted);
   return undefined;
+}
+
+/**
+ * Why a key's `moved` row on the shard the key routes to is not reopened over the key's rows there
+ * ({@link rowsBehind}'s first count): they are the rows the key's readers find there once the row is
+ * gone, and nothing tells the review that they are anything but the key's live, acknowledged rows.
+ * Not a move's leftovers: a directory move's clean-up leaves none of its key's rows on its source
+ * (a key with rows under another slot is refused at plan), and a pin changed through the stores
+ * counts the key's rows where it routes before it fences there and is refused while there are
+ * any. So the row was written over them past the stores (a pin change by SQL that failed half way,
+ * its fence turned `moved` and its repin never made; a superuser's row), or they came behind it
+ * since (a restore, rows copied back by hand after a change rolled back). Taken for leftovers, the
+ * review told the operator to delete them (the key's only rows, acknowledged while its pin sent
+ * it here: h116, moves-slot-source-moved.test.ts, "... a pinned key's own moved row with the key's
+ * live rows behind it"). It now says where the row sends the key's writes and what that shard
+ * holds of the key, and names the two ways out by where the key's rows are, neither deleting them.
+ */
+async function keyRowsBehind(
+  r: FenceRowRead,
+  shard: string,
+  key: string,
+  here: readonly TableRows[],
+  routeHow: string | undefined,
+  o: JudgeOptions,
+  counted: (on: string) => Promise<TableRows[] | string>,
+): Promise<string> {
+  const to = r.moved_to;
+  let there: string;
+  if (to === null || to === shard) there = 'this row names no other shard';
+  else if (!o.read.has(to)) there = `${to}, where this row sends the key's writes, was not read (not given, or it did not answer): its rows of the key could not be counted`;
+  else {
+    const held = await counted(to);
+    if (typeof held === 'string') there = held;
+    else if (held.length === 0) there = `${to}, where this row sends the key's writes, holds none of the key's rows: those on ${shard} are its only ones on the shards read`;
+    else there = `${to}, where this row sends the key's writes, holds rows of the key too (${describeRows(held)}): the key is split over the two shards; compare them`;
+  }
+  const pinTo = to === null || to === shard ? '<the shard holding its rows>' : to;
+  return (
+    `${shard} holds rows of key ${key} (${describeRows(here)}) behind this row, and the key routes to ${shard} (${routeHow ?? 'its route'}): the rows its readers find there, to be taken for its live, acknowledged rows, not a move's leftovers (a directory move leaves none of its key's rows on its source, and a pin changed through the stores counts them first and is refused while there are any): the row was written over them past the stores (a pin change by SQL that failed half way, a superuser's row) or they came behind it since (a restore, rows copied back by hand). Not reopened, and do not delete them; ${there}. ` +
+    `Decide by hand where the key's rows are: where they are those on ${shard}, delete this row there (delete from write_fences where kind = 'directory' and unit_id = '${key}' and state = 'moved'), and ${shard} takes the key's writes where its rows are; where they are those on ${pinTo}, pin the key there (select catalog.repin_by_hand('${key}', '${pinTo}', '<reason>')), ${shard}'s left out of its readers' sight as they are now (docs/sharding-spec.md section 9, "Settling the rows a hand change left")`
+  );
+}
+
+/**
+ * As {@link keyRowsBehind}, for a slot's `moved` row of a hand change (`job_id` null) on the shard
+ * the map names, over rows of the slot there (those the row decides for): not a finished move's
+ * leftovers, which stand behind that move's own row (its clean-up keeps a user that still owns a
+ * document stored under another slot), and a map published through the stores counts the slot's
+ * rows on the shard it gives away before it fences there and is refused while there are any. So
+ * the row was written over them past the stores (a change by SQL that failed half way, a
+ * superuser's row), or they came behind it since (a restore, rows copied by hand): taken for
+ * leftovers, the review told the operator to delete what may be the slot's live, acknowledged
+ * rows (h116, moves-slot-source-moved.test.ts, "... a slot's hand row ..."). A move's row keeps
+ * the leftovers' words.
+ */
+async function slotRowsBehindHandRow(
+  r: FenceRowRead,
+  shard: string,
+  unit: { readonly kind: 'slot'; readonly slot: number; readonly excluded: readonly string[] },
+  here: readonly TableRows[],
+  o: JudgeOptions,
+  catalog: CatalogFacts,
+  counted: (on: string, rows: Parameters<RowCounter>[1]) => Promise<TableRows[] | string>,
+): Promise<string> {
+  const to = r.moved_to;
+  let there: string;
+  if (to === null || to === shard) there = 'this row names no other shard';
+  else if (!o.read.has(to)) there = `${to}, where this row sends the slot's writes, was not read (not given, or it did not answer): its rows of the slot could not be counted`;
+  else {
+    let held: TableRows[] | string;
+    try {
+      // As the rest of rowsBehind counts it there: the keys the slot routes (where pins route, not the pinned ones).
+      const pinned = pinsRouteBy(o.routing) ? await catalog.pinnedOf(unit.slot) : [];
+      held = await counted(to, { kind: 'slot routed', slot: unit.slot, excluded: [...unit.excluded, ...pinned] });
+    } catch (err) {
+      held = `the directory's keys of slot ${unit.slot} could not be read (${err instanceof Error ? err.message : String(err)}): the slot's rows on ${to} could not be counted`;
+    }
+    if (typeof held === 'string') there = held;
+    else if (held.length === 0) there = `${to}, where this row sends the slot's writes, holds none of the slot's rows: those on ${shard} are its only ones on the shards read`;
+    else there = `${to}, where this row sends the slot's writes, holds rows of the slot too (${describeRows(held)}): the slot is split over the two shards; compare them`;
+  }
+  const giveTo = to === null || to === shard ? '<the shard holding its rows>' : to;
+  return (
+    `${shard} holds rows of slot ${unit.slot} (${describeRows(here)}) behind this row, a hand change's (job_id null), and the map names ${shard}: the rows the slot's readers find there, to be taken for its live, acknowledged rows, not a move's leftovers (those stand behind the move's own row, and a map published through the stores counts the slot's rows on the shard it gives away before it fences there and is refused while there are any): the row was written over them past the stores (a change by SQL that failed half way, a superuser's row) or they came behind it since (a restore, rows copied by hand). Not reopened, and do not delete them; ${there}. ` +
+    `Decide by hand where the slot's rows are: where they are those on ${shard}, delete this row there (delete from write_fences where kind = 'slot' and unit_id = '${unit.slot}' and state = 'moved'), and ${shard} takes the slot's writes where its rows are; where they are those on ${giveTo}, give the slot there by hand (SlotMapStore.publishByHand with rowsLeftOn 'checked': the stores' count would refuse it for ${shard}'s rows), ${shard}'s left out of its readers' sight as they are now (docs/sharding-spec.md section 9, "Settling the rows a hand change left")`
+  );
 }
 
 /** Whether the directory's pins route keys under `routing` (not known without it: taken as not, their rows counted with the slot's). */

@@ -41,6 +41,7 @@ import { canonicalKey, keySlot } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
 import { withNodeDeadline } from './deadline.js';
+import { ownersOfSlotsSince } from './fence-review.js';
 import {
   MoveBusyError,
   MoveConflictError,
@@ -250,6 +251,7 @@ export class Mover {
     } else {
       await this.checkSourceOwnsSlot(slot, from, map.version);
       await this.checkTargetHoldsNoSlotRows(slot, from, req.to, excluded, map.version);
+      await this.checkFormerOwnersHoldNoSlotRows(slot, from, req.to, excluded, map.version);
     }
     // The owner was read before the job is recorded: another move of the slot may have finished
     // in between (the unique index only stops one that is still unfinished). A job recorded from
@@ -604,6 +606,49 @@ export class Mover {
     throw new MoveConflictError(
       `cannot move slot ${slot} from ${from} to ${to}: ${to} holds rows of the slot (${describeRows(held)}${excluded.length > 0 ? `, less the ${excluded.length} key(s) the directory keeps out of it` : ''}) behind ${state === undefined ? 'no fence row of it' : 'its open fence row'}, though slot map version ${version} names ${from}: not a finished move's leftovers (they stand behind its 'moved' row), but rows the map does not send readers to, and the move's copy would delete them before writing ${from}'s. Nothing was recorded. Decide where the slot's rows are by hand: where they are the slot's own (a map given to ${from} past the stores while they stayed on ${to}, and ${from}'s 'moved' row of it deleted by hand as if they were on ${from}), give the slot to ${to} by hand through the stores (SlotMapStore.publishByHand given the shards' pools, which counts ${from}'s rows of it and fences it), and its writes land where its rows are; where both hold rows of the slot (a split: a map past the stores, rowsLeftOn 'checked' or SQL, gave the slot to ${from} while its rows stayed on ${to}, and ${from} took writes of it since), copy ${from}'s rows of the slot to ${to} by hand, delete them on ${from}, then give the slot to ${to} by hand through the stores (which refuse while ${from} still holds any, nothing published: rows written there meanwhile are not left behind); where they are stale copies of rows on ${from} (copied there by hand), delete them on ${to} (select id from users where slot = ${slot}; select id, owner_id from documents where slot = ${slot}), then plan the move again (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
     );
+  }
+
+  /**
+   * Refuses a slot move while a shard that owned the slot in an earlier map (catalog.slot_owner_history,
+   * sharding migrations 023, 024 and 028: every owner since the first map), neither the source nor
+   * the target ({@link checkTargetHoldsNoSlotRows} counts that one), holds rows of the slot (less the
+   * keys the directory keeps out of it, `excluded`) behind no row of the slot that says they are not
+   * its own: none, or `open`. The source's missing row is trusted only once no such shard is found:
+   * a slot moved A -> B with its rows, given back to A by a map past the stores (rowsLeftOn 'checked',
+   * SQL) that fenced and opened nothing, and A's `moved` row deleted by hand as if the rows were on A
+   * (the way out checkSourceOwnsSlot names, misjudged), left A taking the slot's writes, no row
+   * refusing them, while the slot's rows stayed on B. The check above counted the target alone, so
+   * a move of the slot from A to a third shard C went through: it copied A's rows (the few written
+   * since, or none) to C, flipped and ended `done`, B's users and documents left out of every
+   * reader's sight for good, the map's history the only trace of where they were (h116,
+   * moves-slot-source-moved.test.ts, "a slot move to a third shard while a shard that owned the
+   * slot holds its rows ..."). A former owner's rows behind its `moved` row are a finished move's
+   * leftovers (or a hand change's fence, which counted the rows before it fenced), and one behind
+   * `fenced` or `incoming` a move's or a change's in flight: passed, as for the target. A shard the
+   * history names that this mover has no pool for (removed from the deployment) cannot be counted
+   * and is passed. Read once, at plan time, as the target's count.
+   */
+  private async checkFormerOwnersHoldNoSlotRows(slot: number, from: string, to: string, excluded: readonly string[], version: number): Promise<void> {
+    const owners = (await ownersOfSlotsSince(this.options.catalog, [{ slot, version: 0 }])).get(`${slot}:0`) ?? [];
+    for (const shard of owners) {
+      if (shard === from || shard === to) continue;
+      const pool = this.options.shards.get(shard);
+      if (pool === undefined) continue;
+      const { rows } = await pool.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+      const state = rows[0]?.state;
+      if (state !== undefined && state !== 'open') continue;
+      const [held] = await slotsRowsOn(pool, [{ slot, excluded }]);
+      if (held === undefined || held.length === 0) continue;
+      // As checkTargetHoldsNoSlotRows: a map read by the plan older than the rows (a move of the
+      // slot from that shard finished since) is refused by the plan's re-read of the owner in the
+      // words that say so; and a shard reaching the source's own database counted the source's rows.
+      if ((await this.options.slotMaps.ownerOf(slot))?.shardId !== from) return;
+      if (await sameDatabase(this.options.shards.get(from) as pg.Pool, pool)) continue;
+      throw new MoveConflictError(
+        `cannot move slot ${slot} from ${from} to ${to}: ${shard}, which owned the slot in an earlier slot map, holds rows of it (${describeRows(held)}${excluded.length > 0 ? `, less the ${excluded.length} key(s) the directory keeps out of it` : ''}) behind ${state === undefined ? 'no fence row of it' : 'its open fence row'}, though slot map version ${version} names ${from}: not a finished move's leftovers (they stand behind its 'moved' row), but rows the map does not send readers to, and the move would copy ${from}'s rows of the slot alone to ${to}, leaving ${shard}'s out of every reader's sight for good. Nothing was recorded. ` +
+          `Decide where the slot's rows are by hand: where they are the slot's own (a map gave the slot to ${from} past the stores while they stayed on ${shard}, rowsLeftOn 'checked' or SQL, and ${from}'s 'moved' row of it was deleted by hand as if they were on ${from}; ${from} has taken the slot's writes since, no row refusing them), put them together on ${shard} first: copy ${from}'s rows of the slot to ${shard} by hand (select id from users where slot = ${slot}; select id, owner_id from documents where slot = ${slot}), delete them on ${from}, give the slot to ${shard} by hand through the stores (SlotMapStore.publishByHand given the shards' pools, which counts ${from}'s rows of it, refuses while any are left, and fences it), then move it from ${shard} to ${to}; where they are stale copies of rows on ${from} (copied there by hand), delete them on ${shard}, then plan the move again (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
+      );
+    }
   }
 
   /** Whether `jobId` (a fence row's `job_id`) names a move job the catalog has unfinished. */

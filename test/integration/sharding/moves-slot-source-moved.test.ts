@@ -21,6 +21,10 @@
  * over its slot's `moved` row while the key's rows are where that slot row sent them; and a slot
  * move to a shard holding the slot's rows behind no refusing row (the third way out misjudged),
  * whose copy deleted them.
+ * h116: the review's words for a pinned key's (or a slot's hand) `moved` row over its live rows on
+ * the shard it routes to (it said to delete them as leftovers), and a slot move to a third shard
+ * while a shard the map's history names holds the slot's rows behind no refusing row (the third
+ * way out misjudged, then the slot moved on: B's rows left out of every reader's sight).
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -569,5 +573,107 @@ describe("a slot move to a shard holding the slot's rows behind no row refusing 
     await givenByHand(env, slot, to, 'its rows are there');
     expect(await documentWrittenFor(env, keys[0] as string)).toBe(`written on ${to}`);
     expect(await countSlot(target, slot)).toEqual({ users: 2, documents: 7 });
+  });
+});
+
+describe("shards fences --settle over a pinned key's (or a slot's) own moved row with its live rows behind it (h116)", () => {
+  it("leaves the row and says the rows are where the key's pin sends it, never to delete them: before, it called them leftovers and said to delete them", async () => {
+    // The key pinned to A, its rows there acknowledged through the router; then an operator's pin
+    // change from A to B made by SQL that failed half way (its fence on A turned moved to B, its
+    // repin never made), as a store's change rolled back in its caller's transaction leaves the row.
+    const slot = 1716;
+    const { from, to, source, target, key } = await seededSides(slot, 2);
+    await env.directory.set(key, from, 'ops@example.com');
+    env.directory.invalidate(key);
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${from}`);
+    await handRowMoved(source, 'directory', key, to);
+    const review = await settleReview(env);
+    const outcome = listedRow(review, from, 'directory', key)?.outcome ?? 'not listed';
+    // Before the fix: `left: A holds rows of key ... behind this row: rows the unit left there when
+    // it went away ... delete the rows, then settle again`: the key's only rows, acknowledged.
+    expect(outcome).not.toMatch(/delete the rows|left there when it went away/);
+    expect(outcome).toMatch(new RegExp(`^left: ${from} holds rows of key ${key} \\(1 in users, 3 in documents\\) behind this row, and the key routes to ${from} \\(its pin, directory version \\d+\\)`));
+    expect(outcome).toContain('do not delete them');
+    expect(outcome).toContain(`${to}, where this row sends the key's writes, holds none of the key's rows`);
+    expect(outcome).toContain(`delete from write_fences where kind = 'directory' and unit_id = '${key}' and state = 'moved'`);
+    expect({ row: await unitFenceState(source, 'directory', key), here: await countSlot(source, slot), there: await countSlot(target, slot) }).toEqual({
+      row: 'moved',
+      here: { users: 1, documents: 3 },
+      there: { users: 0, documents: 0 },
+    });
+    // The way out it names for the key's rows here: its row deleted by hand; the key's writes land with its rows.
+    await source.query(`delete from write_fences where kind = 'directory' and unit_id = $1 and state = 'moved'`, [key]);
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${from}`);
+    expect(await countSlot(source, slot)).toEqual({ users: 1, documents: 4 });
+  });
+
+  it("leaves a slot's hand row over the slot's rows likewise, never saying to delete them, its way out leading to the slot's writes landing with its rows", async () => {
+    // The slot's rows on A, acknowledged there; a hand change's row of the slot turned moved to B
+    // over them past the stores (a change by SQL that failed half way, a superuser's row).
+    const slot = 1718;
+    const { from, to, source, target, key } = await seededSides(slot, 2);
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${from}`);
+    await handRowMoved(source, 'slot', String(slot), to);
+    const review = await settleReview(env);
+    const outcome = listedRow(review, from, 'slot', String(slot))?.outcome ?? 'not listed';
+    // Before the fix: `... rows the unit left there when it went away ... delete the rows, then settle again`.
+    expect(outcome).not.toMatch(/delete the rows|left there when it went away/);
+    expect(outcome).toMatch(new RegExp(`^left: ${from} holds rows of slot ${slot} \\(1 in users, 3 in documents\\) behind this row, a hand change's \\(job_id null\\), and the map names ${from}`));
+    expect(outcome).toContain(`do not delete them; ${to}, where this row sends the slot's writes, holds none of the slot's rows`);
+    expect(outcome).toContain(`delete from write_fences where kind = 'slot' and unit_id = '${slot}' and state = 'moved'`);
+    expect({ row: await fenceState(source, slot), here: await countSlot(source, slot), there: await countSlot(target, slot) }).toEqual({
+      row: 'moved',
+      here: { users: 1, documents: 3 },
+      there: { users: 0, documents: 0 },
+    });
+    await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1 and state = 'moved'`, [String(slot)]);
+    expect(await documentWrittenFor(env, key)).toBe(`written on ${from}`);
+    expect(await countSlot(source, slot)).toEqual({ users: 1, documents: 4 });
+  });
+});
+
+describe("a slot move to a third shard while a shard that owned the slot holds its rows behind no refusing row (h116)", () => {
+  it("is refused at plan time, nothing recorded, naming that shard: before, it copied the source's rows to the third shard and ended done, the slot's rows left out of every reader's sight", async () => {
+    // The slot moved A -> B with its rows, given back to A by a map by hand that neither fences nor
+    // opens a row (A's row `moved` to B); an operator takes the plan's third way out misjudged (A's
+    // row deleted by hand as if the rows were on A) while they are on B. A then takes the slot's
+    // writes (no row refuses them), and the slot is moved on to C: the check of 48ef7ab counts C alone.
+    const slot = 1717;
+    const { from, to, third, a, b, c, key, mover } = await seededThree(slot);
+    const first = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(first.id)).state).toBe('done');
+    await env3.slotMaps.publishByHand(moveSlots(await env3.slotMaps.current(), [slot], from), 'restored by hand', undefined, { rowsLeftOn: 'checked' });
+    expect(await refusalOf(mover.plan({ kind: 'slot', slot, to: third, createdBy: 'test' }))).toBeInstanceOf(MoveConflictError);
+    await a.query(`delete from write_fences where kind = 'slot' and unit_id = $1 and state = 'moved'`, [String(slot)]);
+    const newcomer = keysInSlot(slot, 2)[1] as string;
+    const landed = await env3.writer.withShardWrite(newcomer, async ({ client, slot: s }) => {
+      await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'newcomer')`, [newcomer, s, `${newcomer}@example.com`]);
+    });
+    expect(landed.shardId).toBe(from);
+    const jobsBefore = Number((await env3.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n);
+    const refused = await refusalOf(mover.plan({ kind: 'slot', slot, to: third, createdBy: 'test' }));
+    if (refused === null) {
+      const { rows } = await env3.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
+      const ran = await outcomeOf(mover.run(Number(rows[0]?.id)));
+      expect.fail(
+        `plan recorded job #${rows[0]?.id}; run ${ran}; the slot's rows: ${JSON.stringify(await countSlot(c, slot))} on ${third} (its owner now), ${JSON.stringify(await countSlot(b, slot))} left on ${to}, out of every reader's sight`,
+      );
+    }
+    expect(refused).toBeInstanceOf(MoveConflictError);
+    const msg = (refused as Error).message;
+    expect(msg).toContain(`cannot move slot ${slot} from ${from} to ${third}: ${to}, which owned the slot in an earlier slot map, holds rows of it (1 in users, 2 in documents) behind its open fence row`);
+    expect(msg).toContain('Nothing was recorded');
+    expect(Number((await env3.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n)).toBe(jobsBefore);
+    expect(await countSlot(b, slot)).toEqual({ users: 1, documents: 2 });
+    expect(await countSlot(c, slot)).toEqual({ users: 0, documents: 0 });
+    // The way out it names (a split: rows on both): A's rows of the slot put on B by hand, the
+    // slot given to B through the stores (they count A, empty, and fence it), then moved on to C.
+    await keyRowsCopiedByHand(a, b, newcomer);
+    await givenByHand(env3, slot, to, 'its rows are there');
+    const next = await mover.plan({ kind: 'slot', slot, to: third, createdBy: 'test' });
+    expect((await mover.run(next.id)).state).toBe('done');
+    expect(await countSlot(c, slot)).toEqual({ users: 2, documents: 2 });
+    env3.directory.invalidate(key);
+    expect(await documentWrittenFor(env3, key)).toBe(`written on ${third}`);
   });
 });
