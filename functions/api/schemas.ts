@@ -502,7 +502,7 @@ export const rebalanceCheckSchema = z.object({
     movedRows: z.number(),
     movedBytes: z.number(),
     shards: z.array(z.object({ shardId: z.string(), target: z.number(), before: z.number(), after: z.number() })),
-    unresolved: z.array(z.string()).describe('shards left outside the threshold, each with the reason'),
+    unresolved: z.array(z.string()).describe('shards left outside the threshold, each with the reason; and each unit not proposed because the move plan refuses its move (POST /shards/moves would answer 400, 409 or 422), with the plan\'s own message'),
   }),
 });
 

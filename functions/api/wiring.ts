@@ -413,6 +413,66 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
   }
 
   /**
+   * The rebalance check's plan ({@link ShardInspector.planRebalance}) without the moves the move
+   * plan refuses. Before, the check remembered no refusal: a unit whose move POST /shards/moves
+   * refused (409: the source's fence row of the slot says moved or incoming, the target holds rows
+   * of the slot behind no row, ...; 400: a key's rows under another slot)
+   * was proposed again at every snapshot, and whoever followed the check met the same refusal
+   * every health_check_interval (issue #15, rebalance-refused-moves.test.ts). Each move proposed
+   * is now put to the plan's own checks ({@link Mover.refusals}: the ones POST /shards/moves runs
+   * before it records anything, not a copy of their rules), a unit refused is left out and the
+   * plan made again without it, and the unit is listed under `summary.unresolved` with the plan's
+   * own words, so the operator sees what to settle. Nothing is remembered between snapshots: a row
+   * settled meanwhile makes the unit proposed again at the next.
+   *
+   * The cost is bounded by the moves proposed, not by the units: a move is checked once per check
+   * whatever the rounds (a few indexed reads on its source and target, its rows not counted again:
+   * the census's counts are planned within the mover's maxUnitRows already; the slot map and the
+   * directory read once a round, {@link Mover.refusals}), and a round after the first checks only the
+   * moves the plan made anew in place of the refused; after {@link REFUSAL_ROUNDS} rounds that each
+   * found a refusal, the moves of the next plan not yet checked are left out too (the summary's
+   * figures still count them), said in `unresolved`.
+   */
+  async function withoutRefusedMoves(census: RebalanceCensus, options: Parameters<ShardInspector['planRebalance']>[1]): Promise<Awaited<ReturnType<ShardInspector['planRebalance']>>> {
+    const s = sharding();
+    const unitKey = (u: { kind: string; id: string }): string => `${u.kind}:${u.id}`;
+    const refused = new Map<string, string>();
+    const accepted = new Set<string>();
+    let units = census.units;
+    for (let round = 1; ; round++) {
+      const result = await s.inspector.planRebalance({ ...census, units }, options);
+      const unchecked = result.moves.filter((m) => !accepted.has(`${unitKey(m.unit)}\u0000${m.to}`));
+      const refusedNow: string[] = [];
+      if (round > REFUSAL_ROUNDS && unchecked.length > 0) {
+        // Bounded: the plan's moves not yet checked are not proposed unchecked.
+        const left = new Set(unchecked.map((m) => unitKey(m.unit)));
+        const moves = result.moves.filter((m) => !left.has(unitKey(m.unit)));
+        const stopped = `${unchecked.length} more move${unchecked.length === 1 ? ' was' : 's were'} left out unchecked (the summary's figures still count them): the check puts its moves to the move plan's checks in at most ${REFUSAL_ROUNDS} rounds, and found refusals in each; settle the units listed, and the next check proposes more`;
+        return { ...result, moves, summary: { ...result.summary, unresolved: [...result.summary.unresolved, ...refused.values(), stopped] } };
+      }
+      const verdicts = await s.mover.refusals(
+        unchecked.map((m) => (m.unit.kind === 'slot' ? { kind: 'slot', slot: Number(m.unit.id), to: m.to, createdBy: 'rebalance-check' } : { kind: 'directory', key: m.unit.id, to: m.to, createdBy: 'rebalance-check' })),
+      );
+      unchecked.forEach((m, j) => {
+        const verdict = verdicts[j];
+        if (verdict === undefined) {
+          accepted.add(`${unitKey(m.unit)}\u0000${m.to}`);
+          return;
+        }
+        refusedNow.push(unitKey(m.unit));
+        refused.set(
+          unitKey(m.unit),
+          `${m.unit.kind === 'slot' ? 'slot' : 'directory key'} ${m.unit.id} on ${m.from} is not proposed to move to ${m.to}: the move plan refuses it (POST /shards/moves answers ${verdict.status}): ${verdict.reason}`,
+        );
+      });
+      if (refusedNow.length === 0) {
+        return refused.size === 0 ? result : { ...result, summary: { ...result.summary, unresolved: [...result.summary.unresolved, ...refused.values()] } };
+      }
+      units = census.units.filter((u) => !refused.has(unitKey(u)));
+    }
+  }
+
+  /**
    * A service the orchestrator does not know would be stored, listed by /status with an error,
    * and evaluated as skipped forever; a misspelt override (`workr`) would leave `worker`
    * unchanged. 422 naming each one the document adds; those already configured stay allowed.
@@ -688,7 +748,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           (async () => {
             // As GET /shards/rebalance-check plans, from the same measurement.
             const { census, inFlight } = await rebalanceCensus();
-            return { result: await s.inspector.planRebalance(census, { maxUnitRows: s.mover.maxUnitRows }), inFlight };
+            return { result: await withoutRefusedMoves(census, { maxUnitRows: s.mover.maxUnitRows }), inFlight };
           })().catch((err: unknown) => {
             const failed = rebalanceFailure(err);
             // A 503 names its shard (the inspector logged the driver's text); a 409 is a state of
@@ -757,7 +817,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       const s = sharding();
       try {
         // Within the mover's limit: a proposed move it would refuse (422 'too-large') misleads.
-        return await s.inspector.planRebalance((await rebalanceCensus()).census, { ...options, maxUnitRows: s.mover.maxUnitRows });
+        return await withoutRefusedMoves((await rebalanceCensus()).census, { ...options, maxUnitRows: s.mover.maxUnitRows });
       } catch (err) {
         // A plan over an unreachable shard would be blind; shards of unequal weights cannot be
         // balanced towards equal loads. Both are states of the system, not server faults.
@@ -892,6 +952,13 @@ function slotNumber(unit: string): number {
   }
   return Number(unit);
 }
+
+/**
+ * The most plans the rebalance check makes to leave out the units the move plan refuses: each
+ * plan after the first checks only the moves it made anew, and refusals found in this many in a
+ * row (units refused by the dozen, none settled) leave the rest for the next snapshot.
+ */
+const REFUSAL_ROUNDS = 5;
 
 /**
  * What GET /shards/rebalance-check answers for a check that failed, for GET /recommendations to say

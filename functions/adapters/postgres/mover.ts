@@ -37,8 +37,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
+import type { z } from 'zod';
+import type { SlotMap } from '../../core/sharding/slot-map.js';
+import type { DirectoryEntry } from './directory-store.js';
 import { canonicalKey, keySlot } from '../../core/sharding/keys.js';
-import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting } from '../../core/sharding/move-machine.js';
+import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting, type MoveUnitVerdict } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
 import { withNodeDeadline } from './deadline.js';
 import { ownersOfSlotsSince } from './fence-review.js';
@@ -171,6 +174,30 @@ const DEFAULT_ROUTING: MoveRouting = { strategy: 'hash_based', overrideHash: tru
 /** How long a refused cancel waits for the target's fence row, which only chooses its words (see {@link Mover.requestCancel}). */
 const TARGET_ROW_READ_MS = 2000;
 
+/** The catalog's state {@link Mover.refusals} reads once for every request it checks. */
+interface CatalogRead {
+  readonly map: SlotMap;
+  readonly directory: readonly DirectoryEntry[];
+}
+
+/**
+ * How many requests' reads of the shards {@link Mover.refusals} makes at a time (each a few
+ * indexed reads of its source and target): within a Lambda's small pools, and the shards'
+ * connections the rebalance check shares with the traffic.
+ */
+const REFUSAL_CHECKS_AT_ONCE = 4;
+
+/** A request {@link Mover.plan}'s checks before recording passed, with what they read. */
+interface CheckedRequest {
+  readonly req: z.output<typeof moveRequestSchema>;
+  readonly unit: Extract<MoveUnitVerdict, { ok: true }>;
+  readonly unitId: string;
+  readonly slot: number;
+  readonly from: string;
+  readonly excluded: string[];
+  readonly versionBefore: number;
+}
+
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -207,52 +234,7 @@ export class Mover {
    * (`checkSourceOwnsKey`, `checkSourceOwnsSlot`). Nothing is recorded when it throws.
    */
   async plan(request: MoveRequest): Promise<MoveJob> {
-    const parsed = moveRequestSchema.safeParse(request);
-    if (!parsed.success) {
-      const issues = parsed.error.issues.map((i) => ({ field: i.path.join('.'), reason: i.message }));
-      const detail = issues.map((i) => `${i.field || '(request)'}: ${i.reason}`).join('; ');
-      throw new MoveRequestError(`invalid move request: ${detail}`, 'invalid', { cause: parsed.error, issues });
-    }
-    const req = parsed.data;
-    const unit = moveUnitFor(this.routing, req.kind);
-    if (!unit.ok) throw new MoveRequestError(`cannot move a ${req.kind === 'slot' ? 'slot' : 'directory key'}: ${unit.reason}`, 'strategy');
-    const shardIds = [...this.options.shards.keys()];
-    if (!this.options.shards.has(req.to)) throw new MoveRequestError(`target shard ${req.to} is not one of ${shardIds.join(', ')}`, 'unknown-shard');
-    const map = await this.options.slotMaps.current();
-    let unitId: string;
-    let slot: number;
-    let from: string;
-    let excluded: string[] = [];
-    let versionBefore: number;
-    let entry: Awaited<ReturnType<MoverDirectory['entry']>> = null;
-    if (req.kind === 'slot') {
-      if (req.slot >= map.slotCount) {
-        throw new MoveRequestError(`slot ${req.slot} is outside 0..${map.slotCount - 1}`, 'invalid', { issues: [{ field: 'slot', reason: `must be a slot number from 0 to ${map.slotCount - 1}` }] });
-      }
-      unitId = String(req.slot);
-      slot = req.slot;
-      from = map.assignments[slot] as string;
-      // Keys the directory places stay where it puts them; their rows do not move with the slot.
-      if (unit.excludeDirectoryKeys) excluded = await this.directoryKeysIn(slot);
-      versionBefore = map.version;
-    } else {
-      unitId = canonicalKey(req.key);
-      slot = keySlot(unitId);
-      entry = await this.options.directory.entry(unitId);
-      from = entry?.shardId ?? (map.assignments[slot] as string);
-      versionBefore = entry?.version ?? 0;
-    }
-    if (!this.options.shards.has(from)) throw new MoveRequestError(`the unit's owner ${from} has no primary pool in this mover`, 'unknown-shard');
-    if (from === req.to) throw new MoveRequestError(`${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`} is already on ${req.to}`, 'same-shard');
-    await this.checkUnitSize(req.kind, unitId, from);
-    if (req.kind === 'directory') {
-      await this.checkKeySlot(unitId, slot, from);
-      await this.checkSourceOwnsKey(unitId, from, entry === null ? 'by hash' : 'pinned');
-    } else {
-      await this.checkSourceOwnsSlot(slot, from, map.version);
-      await this.checkTargetHoldsNoSlotRows(slot, from, req.to, excluded, map.version);
-      await this.checkFormerOwnersHoldNoSlotRows(slot, from, req.to, excluded, map.version);
-    }
+    const { req, unit, unitId, slot, from, excluded, versionBefore } = await this.checked(request);
     // The owner was read before the job is recorded: another move of the slot may have finished
     // in between (the unique index only stops one that is still unfinished). A job recorded from
     // an owner that is no longer the owner could neither run (its fence says moved) nor be
@@ -344,6 +326,110 @@ export class Mover {
       client.release(broken || undefined);
     }
     return toJob(recorded);
+  }
+
+  /**
+   * What {@link plan} checks before it records a job, everything it reads outside the job's
+   * transaction: the request's shape, the routing, the target, the unit's owner and size, and the
+   * fence rows and rows that refuse it (checkKeySlot, checkSourceOwnsKey, checkSourceOwnsSlot,
+   * checkTargetHoldsNoSlotRows). Throws what {@link plan} throws for them; records nothing. One
+   * method for both {@link plan} and {@link refusal}, so that the rebalance check asks the plan's
+   * own rules, never a copy of them.
+   */
+  private async checked(request: MoveRequest, read?: CatalogRead): Promise<CheckedRequest> {
+    const parsed = moveRequestSchema.safeParse(request);
+    if (!parsed.success) {
+      const issues = parsed.error.issues.map((i) => ({ field: i.path.join('.'), reason: i.message }));
+      const detail = issues.map((i) => `${i.field || '(request)'}: ${i.reason}`).join('; ');
+      throw new MoveRequestError(`invalid move request: ${detail}`, 'invalid', { cause: parsed.error, issues });
+    }
+    const req = parsed.data;
+    const unit = moveUnitFor(this.routing, req.kind);
+    if (!unit.ok) throw new MoveRequestError(`cannot move a ${req.kind === 'slot' ? 'slot' : 'directory key'}: ${unit.reason}`, 'strategy');
+    const shardIds = [...this.options.shards.keys()];
+    if (!this.options.shards.has(req.to)) throw new MoveRequestError(`target shard ${req.to} is not one of ${shardIds.join(', ')}`, 'unknown-shard');
+    const map = read?.map ?? (await this.options.slotMaps.current());
+    let unitId: string;
+    let slot: number;
+    let from: string;
+    let excluded: string[] = [];
+    let versionBefore: number;
+    let entry: Awaited<ReturnType<MoverDirectory['entry']>> = null;
+    if (req.kind === 'slot') {
+      if (req.slot >= map.slotCount) {
+        throw new MoveRequestError(`slot ${req.slot} is outside 0..${map.slotCount - 1}`, 'invalid', { issues: [{ field: 'slot', reason: `must be a slot number from 0 to ${map.slotCount - 1}` }] });
+      }
+      unitId = String(req.slot);
+      slot = req.slot;
+      from = map.assignments[slot] as string;
+      // Keys the directory places stay where it puts them; their rows do not move with the slot.
+      if (unit.excludeDirectoryKeys) excluded = read ? read.directory.map((e) => e.key).filter((k) => keySlot(k) === slot) : await this.directoryKeysIn(slot);
+      versionBefore = map.version;
+    } else {
+      unitId = canonicalKey(req.key);
+      slot = keySlot(unitId);
+      entry = read ? (read.directory.find((e) => e.key === unitId) ?? null) : await this.options.directory.entry(unitId);
+      from = entry?.shardId ?? (map.assignments[slot] as string);
+      versionBefore = entry?.version ?? 0;
+    }
+    if (!this.options.shards.has(from)) throw new MoveRequestError(`the unit's owner ${from} has no primary pool in this mover`, 'unknown-shard');
+    if (from === req.to) throw new MoveRequestError(`${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`} is already on ${req.to}`, 'same-shard');
+    // Counted here unless the caller counted it (the rebalance check: its census's counts, table
+    // by table, against this mover's maxUnitRows), the one read that grows with the unit.
+    if (read === undefined) await this.checkUnitSize(req.kind, unitId, from);
+    if (req.kind === 'directory') {
+      await this.checkKeySlot(unitId, slot, from);
+      await this.checkSourceOwnsKey(unitId, from, entry === null ? 'by hash' : 'pinned');
+    } else {
+      await this.checkSourceOwnsSlot(slot, from, map.version);
+      await this.checkTargetHoldsNoSlotRows(slot, from, req.to, excluded, map.version);
+      await this.checkFormerOwnersHoldNoSlotRows(slot, from, req.to, excluded, map.version);
+    }
+    return { req, unit, unitId, slot, from, excluded, versionBefore };
+  }
+
+  /**
+   * Why {@link plan} would refuse each of `requests` now, in its own words (its error's message,
+   * and the HTTP status POST /shards/moves answers it with: 409 for a conflict with the shards' or
+   * the catalog's state, 422 for a request that cannot be carried out, 400 for one the plan calls
+   * invalid, a key's rows under another slot), or undefined where its
+   * checks before recording pass, in the order given. The same checks ({@link checked}), nothing
+   * recorded; the slot map and the directory read once for them all (the plan reads them for its
+   * one request: a 4096-entry map and every pin for each move made the rebalance check's checks
+   * cost as much again as the rest of it), and at most {@link REFUSAL_CHECKS_AT_ONCE} requests'
+   * reads of the shards at a time. The unit's size is not counted again (checkUnitSize: a count of
+   * up to {@link DEFAULT_MAX_UNIT_ROWS} rows a table, a move): the caller plans within
+   * {@link maxUnitRows} from its own counts (the rebalance check's census, table by table, as this
+   * mover counts them), and a unit grown past it since is refused by {@link plan} as ever. An unfinished move of the unit's slot (409 at plan, the job's
+   * unique index) is not read here: the rebalance check leaves those slots out already, and the
+   * re-read of the owner under the job row is the plan's alone (a race, not a state to report).
+   * Throws what is not a refusal (a shard or the catalog not answering), for the caller to report
+   * as the plan would. Used by the rebalance check, so that it proposes no move the plan refuses
+   * (issue #15, rebalance-refused-moves.test.ts).
+   */
+  async refusals(requests: readonly MoveRequest[]): Promise<Array<{ readonly status: 400 | 409 | 422; readonly reason: string } | undefined>> {
+    if (requests.length === 0) return [];
+    const [map, directory] = await Promise.all([this.options.slotMaps.current(), this.options.directory.all()]);
+    const out: Array<{ readonly status: 400 | 409 | 422; readonly reason: string } | undefined> = [];
+    for (let i = 0; i < requests.length; i += REFUSAL_CHECKS_AT_ONCE) {
+      const batch = requests.slice(i, i + REFUSAL_CHECKS_AT_ONCE);
+      out.push(
+        ...(await Promise.all(
+          batch.map(async (request) => {
+            try {
+              await this.checked(request, { map, directory });
+              return undefined;
+            } catch (err) {
+              if (err instanceof MoveConflictError) return { status: 409 as const, reason: err.message };
+              // As POST /shards/moves answers them (functions/api/wiring.ts, startMove): 'invalid' 400.
+              if (err instanceof MoveRequestError) return { status: err.problem === 'invalid' ? (400 as const) : (422 as const), reason: err.message };
+              throw err;
+            }
+          }),
+        )),
+      );
+    }
+    return out;
   }
 
   /**

@@ -65,8 +65,16 @@ const storedRouting = z
   .strict();
 
 /**
- * Records that a runtime of `actor` was built with `routing` now: the row of that actor and routing
- * inserted or its `seen_at` moved. One simple query, its own implicit transaction (no session
+ * Records that a runtime of `actor` was built with `routing` now: the runtimes' row of that actor
+ * and routing inserted or its `seen_at` moved, never an application login's row of the same actor
+ * and routing (`by_application`, sharding migration 027): that row is the application's record,
+ * and its `seen_at` says when the application last recorded. Before, the upsert's conflict on
+ * (actor, routing) moved it and wrote no runtime's row (sharding migration 030 keys the rows by
+ * side; runtime-routings.test.ts, "a control runtime's record under a name and routing an
+ * application login recorded first moves no application row"). The statement names no conflict
+ * target and reads the side through the row's JSON, so that it runs on every catalog from
+ * migration 022 on: before 030, where an application's row holds the actor and routing, nothing
+ * is written and it throws, saying so (the runtime is told and starts). One simple query, its own implicit transaction (no session
  * state survives it: RDS Proxy multiplexes the functions' catalog connections), whose
  * `set local lock_timeout` bounds its wait on a lock to {@link RECORD_LOCK_WAIT_MS} (SQLSTATE
  * 55P03 past it); a simple query takes no parameters, so the actor and the routing go in as
@@ -81,13 +89,29 @@ export async function recordRuntimeRouting(catalog: Queryable, actor: string, ro
   if (actorLiteral === undefined) throw new Error(`the actor ${JSON.stringify(actor)} holds a NUL character, which PostgreSQL text cannot: its routing was not recorded`);
   // The routing's JSON is this function's own (enum values and booleans): no NUL.
   const routingLiteral = sqlLiteral(JSON.stringify(stored)) as string;
-  await retryingSerializationFailures(() =>
+  const results = await retryingSerializationFailures(() =>
     catalog.query(
       `set local lock_timeout = ${RECORD_LOCK_WAIT_MS};
-       insert into catalog.runtime_routings (actor, routing) values (${actorLiteral}, ${routingLiteral}::jsonb)
-       on conflict (actor, routing) do update set seen_at = now()`,
+       with moved as (
+         update catalog.runtime_routings r set seen_at = now()
+          where r.actor = ${actorLiteral} and r.routing = ${routingLiteral}::jsonb
+            and not coalesce((to_jsonb(r) ->> 'by_application')::boolean, false)
+         returning 1),
+       added as (
+         insert into catalog.runtime_routings (actor, routing)
+         select ${actorLiteral}, ${routingLiteral}::jsonb where not exists (select 1 from moved)
+         on conflict do nothing
+         returning 1)
+       select (select count(*) from moved) + (select count(*) from added) as written`,
     ),
   );
+  // Two statements: node-postgres answers with one result each.
+  const last = (Array.isArray(results) ? results[results.length - 1] : results) as pg.QueryResult<{ written: string }> | undefined;
+  if (Number(last?.rows[0]?.written ?? 1) === 0) {
+    throw new Error(
+      `the routing of ${actor} was not recorded: an application login's record of the same name and routing holds its row, on a catalog whose runtime_routings still has one row per actor and routing (sharding migration 030 not applied: ca-dms-scaling migrate); that record was left as it was`,
+    );
+  }
 }
 
 /** A routing a runtime recorded, as the review read it. */
@@ -251,6 +275,25 @@ function supersededHint(records: readonly RecordedRouting[]): string {
     : '';
 }
 
+/**
+ * What the listing's texts (GET /shards/fences's `otherRoutings`, the `routing:` line of `shards
+ * fences` where SHARDING_CONFIG_JSON differs) say of the superseded among `records`, the records of
+ * other routings than the one judged by, or '': every one superseded, that `--ignore-superseded`
+ * leaves them out once the runtimes built before have stopped; some, how many, and that the others
+ * still count. Before, only --settle's refusal named the flag ({@link supersededHint}), and an
+ * operator reading the listing after a deploy was told the routings disagree with no word of the
+ * way out the review has for exactly that.
+ */
+function supersededRemark(records: readonly RecordedRouting[], where: 'api' | 'note'): string {
+  const superseded = records.filter((r) => r.superseded).length;
+  if (superseded === 0) return '';
+  if (superseded === records.length) {
+    return `${where === 'api' ? 'Every' : 'every'} record of another routing is superseded (its actor was built with another routing since): once every runtime built before has stopped (a deploy replaced them), ${where === 'api' ? 'ca-dms-scaling shards fences ' : ''}--ignore-superseded leaves those records out`;
+  }
+  const rest = records.length - superseded;
+  return `${superseded.toLocaleString('en-US')} of those ${records.length.toLocaleString('en-US')} records ${superseded === 1 ? 'is' : 'are'} superseded (its actor was built with another routing since): --ignore-superseded leaves ${superseded === 1 ? 'it' : 'them'} out once every runtime built before has stopped; the other${rest === 1 ? '' : ` ${rest.toLocaleString('en-US')}`} still count${rest === 1 ? 's' : ''}`;
+}
+
 /** How the review counts the records. */
 export interface ReviewRoutingOptions {
   /**
@@ -304,12 +347,13 @@ function decide(given: MoveRouting | undefined, recorded: readonly RecordedRouti
       return { routing: given, from: 'SHARDING_CONFIG_JSON', note: `judged by SHARDING_CONFIG_JSON's routing, ${describeRouting(given)}, the one the runtimes recorded ${window}: ${whoRecorded(recorded)}` };
     }
     const differing = others.map((g) => `${g.text}, recorded by ${whoRecorded(g.records)}`).join('; ');
+    const supersededNote = supersededRemark(others.flatMap((g) => g.records), 'note');
     const youngest = Math.floor(Math.min(...others.flatMap((g) => g.records.map((r) => r.ageMs))) / 1000);
     const fromRecords = groups.length === 1 ? ` Unset SHARDING_CONFIG_JSON to judge by the recorded routing, or set it as the routers have it.` : ` The runtimes recorded more than one routing ${window} (a change of the routing whose earlier runtimes may still run): settle once they agree.`;
     return {
       routing: given,
       from: 'SHARDING_CONFIG_JSON',
-      note: `SHARDING_CONFIG_JSON gives ${describeRouting(given)}, but runtimes recorded another routing ${window}, the one their routers run with: ${differing}. The rows are listed as SHARDING_CONFIG_JSON's routing judges them; --settle is refused until the two agree`,
+      note: `SHARDING_CONFIG_JSON gives ${describeRouting(given)}, but runtimes recorded another routing ${window}, the one their routers run with: ${differing}. The rows are listed as SHARDING_CONFIG_JSON's routing judges them; --settle is refused until the two agree${supersededNote === '' ? '' : `; ${supersededNote}`}`,
       conflict:
         `--settle refused: SHARDING_CONFIG_JSON gives ${describeRouting(given)}, but runtimes recorded another routing ${window}, the one their routers run with: ${differing}. Judged by a routing a router does not use, a key's directory row could be reopened where that router does not send the key, or set moved to where it does not look. Nothing was read from the shards or settled.` +
         `${fromRecords}${supersededHint(others.flatMap((g) => g.records))} ${
@@ -361,8 +405,10 @@ export async function otherRoutingsRemark(catalog: Queryable, own: MoveRouting):
   const others = byRouting(recorded).filter((g) => g.routing === undefined || !sameRouting(g.routing, own));
   if (others.length === 0) return undefined;
   const differing = others.map((g) => `${g.text}, recorded by ${whoRecorded(g.records)}`).join('; ');
+  const superseded = supersededRemark(others.flatMap((g) => g.records), 'api');
   return (
     `runtimes recorded another routing than this API's within the last ${hours(DEFAULT_RECORDED_WITHIN_MS)} (catalog.runtime_routings): ${differing}. ` +
+    `${superseded === '' ? '' : `${superseded}. `}` +
     `The directory rows' route and action are judged by this API's routing, ${describeRouting(own)}; while a router may still run with another, ` +
     `ca-dms-scaling shards fences --settle leaves those rows to the operator (or refuses, given SHARDING_CONFIG_JSON) until the routings agree`
   );

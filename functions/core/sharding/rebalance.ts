@@ -110,7 +110,7 @@ export interface RebalanceSummary {
   readonly movedRows: number;
   readonly movedBytes: number;
   readonly shards: readonly ShardBalance[];
-  /** Shards left outside the threshold, each with the reason. */
+  /** Shards left outside the threshold, each with the reason (the API's check adds the units the move plan refuses: functions/api/wiring.ts, withoutRefusedMoves). */
   readonly unresolved: readonly string[];
 }
 

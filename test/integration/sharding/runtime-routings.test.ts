@@ -291,6 +291,31 @@ describe('shards fences judges by the routing the runtimes recorded', () => {
     expect(await unitFenceState(other.source, 'directory', other.key)).toBe('fenced');
   });
 
+  it("where a superseded record is what differs, GET /shards/fences's otherRoutings and the listing's routing line say that --ignore-superseded leaves it out; another actor's record that still counts is not called superseded", async () => {
+    // scaling-api ran with hash-only routing until a deploy two hours ago; every runtime built since
+    // runs with pins routing, the API's own. Before, neither text named the way out the refusal of
+    // --settle names (--ignore-superseded), and the operator reading the listing had no hint of it.
+    await coldStart('scaling-api', configWith({ override_hash: false }));
+    await env.catalog.query(`update catalog.runtime_routings set seen_at = now() - interval '2 hours', first_seen_at = now() - interval '30 days'`);
+    await coldStart('scaling-api', configWith());
+    const own = { strategy: 'hash_based' as const, overrideHash: true, fallback: 'hash' as const, enabled: true };
+
+    const remark = (await otherRoutingsRemark(env.catalog, own)) ?? '';
+    expect(remark).toMatch(/^runtimes recorded another routing than this API's .*superseded: scaling-api was built with another routing since\)\./);
+    expect(remark).toContain('Every record of another routing is superseded (its actor was built with another routing since): once every runtime built before has stopped (a deploy replaced them), ca-dms-scaling shards fences --ignore-superseded leaves those records out.');
+    const listed = capture();
+    await createShardsCommand({ ...urls(), SHARDING_CONFIG_JSON: document() }).run(['fences'], listed.io);
+    expect(listed.out.join('')).toMatch(
+      /\nrouting: SHARDING_CONFIG_JSON gives hash_based \(override_hash on, fallback hash\), but runtimes recorded another routing .*--settle is refused until the two agree; every record of another routing is superseded \(its actor was built with another routing since\): once every runtime built before has stopped \(a deploy replaced them\), --ignore-superseded leaves those records out\n/,
+    );
+
+    // The moves worker still runs with hash-only routing: its record is no actor's superseded one.
+    await coldStart('scaling-moves', configWith({ override_hash: false }));
+    const mixed = (await otherRoutingsRemark(env.catalog, own)) ?? '';
+    expect(mixed).toContain('1 of those 2 records is superseded (its actor was built with another routing since): --ignore-superseded leaves it out once every runtime built before has stopped; the other still counts.');
+    expect(mixed).not.toContain('Every record of another routing is superseded');
+  });
+
   describe("an application login's records (catalog.record_runtime_routing) cannot hide a runtime's", () => {
     /** A login of ca_dms_app, as the CA-DMS backend's (or a compromised one's) on AWS. */
     async function appLogin(name: string): Promise<pg.Pool> {
@@ -357,6 +382,35 @@ describe('shards fences judges by the routing the runtimes recorded', () => {
       } finally {
         await app.end();
         await env.catalog.query('drop role routing_squatter');
+      }
+    });
+
+    it("a control runtime's record under a name and routing an application login recorded first moves no application row: each side keeps its own row and seen_at", async () => {
+      // Before, both sides shared the row of an actor and routing (sharding migration 022's key):
+      // the runtime's upsert moved the application login's row's seen_at, and recorded no row of
+      // its own, the application's row (its seen_at now the runtime's) standing for both.
+      const app = await appLogin('routing_first');
+      try {
+        await record(app, 'ca-dms-backend', HASH_ONLY);
+        await env.catalog.query(`update catalog.runtime_routings set seen_at = now() - interval '2 hours', first_seen_at = now() - interval '2 hours'`);
+        const [before] = (await env.catalog.query<{ seen_at: Date }>('select seen_at from catalog.runtime_routings')).rows;
+        await coldStart('ca-dms-backend', configWith({ override_hash: false }));
+
+        const rows = (
+          await env.catalog.query<{ actor: string; by_application: boolean; seen_at: Date }>('select actor, by_application, seen_at from catalog.runtime_routings order by by_application')
+        ).rows;
+        expect(rows.map((r) => [r.actor, r.by_application])).toEqual([
+          ['ca-dms-backend', false],
+          ['ca-dms-backend', true],
+        ]);
+        expect(rows[1]?.seen_at).toEqual(before?.seen_at);
+        expect((rows[0]?.seen_at.getTime() ?? 0) - (before?.seen_at.getTime() ?? 0)).toBeGreaterThan(3_600_000);
+        // And the runtime's record stays the runtime's: the application login may not record under its name now.
+        expect(await sqlstateOf(() => record(app, 'ca-dms-backend', HASH_ONLY))).toBe('42501');
+        expect((await env.catalog.query<{ seen_at: Date }>('select seen_at from catalog.runtime_routings where by_application')).rows[0]?.seen_at).toEqual(before?.seen_at);
+      } finally {
+        await app.end();
+        await env.catalog.query('drop role routing_first');
       }
     });
 

@@ -1,0 +1,117 @@
+/**
+ * Issue #15: the rebalance check proposed moves the move plan then refused (409), and proposed the
+ * same ones again at every snapshot: an operator (or a tool) following GET /shards/rebalance-check
+ * with POST /shards/moves met the same refusal every health_check_interval. The check now asks the
+ * plan's own checks (Mover.refusals, the checks POST /shards/moves runs before it records anything)
+ * of every move it would propose, leaves out a unit the plan refuses, plans again without it, and
+ * lists the unit under `summary.unresolved` with the plan's own words.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
+import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
+import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import { ConflictError, type ScalingApiPort } from '../../../functions/api/service.js';
+import { createScalingApiPort, type ScalingApiDeps } from '../../../functions/api/wiring.js';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { ShardRouter } from '../../../functions/core/sharding/router.js';
+import { keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+/** Slots of shard_a with rows (2 users, 1 document each: 4 rows a slot); shard_b holds none. */
+const SLOTS = 10;
+
+let env: MoveEnv;
+let pools: ShardPools;
+let port: ScalingApiPort;
+/** The slot the first test makes the plan refuse, until it deletes the row. */
+let refusedSlot = '';
+
+beforeAll(async () => {
+  env = await startMoveEnv();
+  pools = ShardPools.fromConfig({ shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, read_replicas: [] })) }, { max: 2 });
+  const map = await env.slotMaps.current();
+  const source = env.shards.get('shard_a');
+  if (!source) throw new Error('no shard_a in the move env');
+  for (const slot of map.assignments.flatMap((shard, s) => (shard === 'shard_a' ? [s] : [])).slice(0, SLOTS)) await seedUsers(source, slot, keysInSlot(slot, 2), 1);
+  const config = parseShardingConfig({
+    strategy: 'hash_based',
+    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
+    default_shard: 'shard_a',
+  });
+  port = createScalingApiPort({
+    // The rebalance check and POST /shards/moves read the sharding layer only.
+    ...({} as Omit<ScalingApiDeps, 'sharding'>),
+    sharding: {
+      router: ShardRouter.fromConfig(config, { slotMap: map, directory: env.directory }),
+      slotMaps: env.slotMaps,
+      directory: env.directory,
+      inspector: new ShardInspector(pools, { timeoutMs: 5000 }),
+      fences: { list: (o = {}) => listFences({ catalog: env.catalog, shards: env.shards, timeoutMs: 5000, all: o.all === true }) },
+      mover: env.mover(),
+      runMove: () => undefined,
+    },
+  });
+}, 180_000);
+afterAll(async () => {
+  await pools?.end();
+  await env?.stop();
+});
+
+describe('the rebalance check and the moves the plan refuses', () => {
+  it("does not propose again a move POST /shards/moves refused (the source's fence row of the slot says moved): it lists the slot as unresolved with the plan's reason, and proposes the others in its place", async () => {
+    const source = env.shards.get('shard_a');
+    if (!source) throw new Error('no shard_a');
+    const first = await port.rebalanceCheck({ by: 'rows' });
+    const [proposed] = first.moves;
+    if (!proposed) throw new Error('the first check proposed no move');
+    const slot = proposed.unit.id;
+    refusedSlot = slot;
+    // A hand change's row left on the source (a map by hand that gave the slot back fencing nothing):
+    // the plan refuses every move of the slot from shard_a until the operator decides its owner.
+    await source.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version) values ('slot', $1, 'moved', 'shard_b', 1)`, [slot]);
+    try {
+      const refused = await port.startMove({ kind: 'slot', unit: slot, to: proposed.to }, 'test').then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      expect(refused).toBeInstanceOf(ConflictError);
+      const reason = (refused as Error).message;
+      expect(reason).toMatch(new RegExp(`^cannot move slot ${slot} from shard_a`));
+
+      const again = await port.rebalanceCheck({ by: 'rows' });
+
+      expect(again.moves.map((m) => m.unit.id)).not.toContain(slot);
+      // The other slots hold the same rows: they are proposed in its place.
+      expect(again.moves.length).toBeGreaterThan(0);
+      expect(again.summary.unresolved).toContain(`slot ${slot} on shard_a is not proposed to move to shard_b: the move plan refuses it (POST /shards/moves answers 409): ${reason}`);
+      // The refused POST recorded nothing.
+      expect(await env.mover().unfinished()).toEqual([]);
+    } finally {
+      await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1`, [slot]);
+    }
+  });
+
+  it('does not propose a move to a shard holding rows of the slot behind no fence row of it (the plan refuses it: its copy would delete them), naming them', async () => {
+    const target = env.shards.get('shard_b');
+    if (!target) throw new Error('no shard_b');
+    const first = await port.rebalanceCheck({ by: 'rows' });
+    const [proposed] = first.moves;
+    if (!proposed) throw new Error('the first check proposed no move');
+    const slot = proposed.unit.id;
+    // Copies of the slot's rows on shard_b that the map does not send readers to (a restore, rows copied by hand).
+    await seedUsers(target, Number(slot), keysInSlot(Number(slot), 1), 0);
+    try {
+      const again = await port.rebalanceCheck({ by: 'rows' });
+
+      expect(again.moves.map((m) => m.unit.id)).not.toContain(slot);
+      expect(again.summary.unresolved.join('\n')).toContain(`slot ${slot} on shard_a is not proposed to move to shard_b: the move plan refuses it (POST /shards/moves answers 409): cannot move slot ${slot} from shard_a to shard_b: shard_b holds rows of the slot`);
+    } finally {
+      await target.query('delete from users where slot = $1', [Number(slot)]);
+    }
+  });
+
+  it('proposes the slot again once the row is settled: the refusal is asked afresh at each snapshot, not remembered', async () => {
+    const check = await port.rebalanceCheck({ by: 'rows' });
+    expect(check.summary.unresolved).toEqual([]);
+    expect(check.moves.map((m) => m.unit.id)).toContain(refusedSlot);
+  });
+});
