@@ -27,9 +27,16 @@
  *                function 1.15 ms, 023's 1.12 ms (rounds 1.04 to 1.52 and 1.06 to 1.71 ms):
  *                no measurable difference.
  *
+ *   the directory `--directory N` pins (keys in the canonical UUID form, pinned to the two shards
+ *                in turn; pins override the hash) at 1,000 maps, `--flips 0`: before sharding
+ *                migration 031 (the pins read whole, hashed in TypeScript) 0.06 s with none,
+ *                0.14 s at 10,000, 0.73 s at 100,000, 10.05 s [8.08, 10.27, 10.05] at 1,000,000
+ *                (load 2.4 to 3.9); after (the pins of the 500 slots read by the directory's slot
+ *                column: an eighth of the directory here) 0.07 s, 0.16 s and 0.68 s (load 5.5 to 12).
+ *
  * Run: `npm run bench:fence-review` (options: `--maps 1000,5000,20000`; `--fenced N`, default
  * 500; `--rounds N`, default 3; `--flips N`, default 200, 0 for none; `--alternate N`, default 5,
- * 0 for none).
+ * 0 for none; `--directory N` pins, default 0).
  */
 import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -40,7 +47,7 @@ import { z } from 'zod';
 import { listFences } from '../functions/adapters/postgres/fence-review.js';
 import { MIGRATIONS, migrateDatabase, startTestPostgres, withAdmin } from '../test/support/postgres.js';
 
-const { values } = parseArgs({ options: { maps: { type: 'string' }, fenced: { type: 'string' }, rounds: { type: 'string' }, flips: { type: 'string' }, alternate: { type: 'string' } } });
+const { values } = parseArgs({ options: { maps: { type: 'string' }, fenced: { type: 'string' }, rounds: { type: 'string' }, flips: { type: 'string' }, alternate: { type: 'string' }, directory: { type: 'string' } } });
 const count = (name: string, fallback: number, min = 1) => z.coerce.number({ message: `--${name} must be a number` }).int(`--${name} must be a whole number`).min(min, `--${name} must be at least ${min}`).default(fallback);
 const options = z
   .object({
@@ -54,6 +61,7 @@ const options = z
     rounds: count('rounds', 3),
     flips: count('flips', 200, 0),
     alternate: count('alternate', 5, 0),
+    directory: count('directory', 0, 0),
   })
   .parse(values);
 
@@ -85,6 +93,22 @@ try {
      select 1, $1::int, array(select case when s % 2 = 0 then 'shard_a' else 'shard_b' end from generate_series(0, $1::int - 1) s), 'bench', 'the first map'`,
     [SLOTS],
   );
+  // `--directory N` pins: N keys in the canonical UUID form (as CA-DMS's user ids are), pinned to
+  // the shards in turn, inserted with the catalog's triggers on; what the review reads of the
+  // directory (the pinned keys of the slots it reviews) grows with them.
+  if (options.directory > 0) {
+    const added = performance.now();
+    for (let from = 0; from < options.directory; from += 100_000) {
+      await catalog.query(
+        `insert into catalog.shard_directory (key, shard_id, updated_by)
+         select md5('bench-pin-' || i)::uuid::text, case when i % 2 = 0 then 'shard_a' else 'shard_b' end, 'bench'
+           from generate_series($1::int, $2::int - 1) i`,
+        [from, Math.min(options.directory, from + 100_000)],
+      );
+    }
+    await catalog.query('vacuum analyze catalog.shard_directory');
+    console.log(`${options.directory} directory pins added in ${((performance.now() - added) / 1000).toFixed(1)} s`);
+  }
   const fenced = Array.from({ length: options.fenced }, (_, i) => 2 * i).filter((s) => s < SLOTS);
   await (shards.get('shard_a') as pg.Pool).query(
     `insert into write_fences (kind, unit_id, state, map_version, updated_at) select 'slot', s, 'fenced', 0, now() - interval '1 hour' from unnest($1::text[]) s`,
@@ -137,7 +161,7 @@ try {
     }
   };
 
-  console.log(`load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}; ${options.fenced} fenced slot rows at version 0, ${SLOTS}-slot maps, ${options.rounds} round(s)`);
+  console.log(`load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}; ${options.fenced} fenced slot rows at version 0, ${SLOTS}-slot maps, ${options.directory} directory pins, ${options.rounds} round(s)`);
   for (const maps of options.maps) {
     const grown = performance.now();
     await grow(maps);

@@ -246,6 +246,7 @@ async function localTarget(dataDir: string, env: Record<string, string | undefin
 function describe(review: FenceReview, settle: boolean, routing: string): string {
   const lines: string[] = [`slot map version ${review.mapVersion}; ${review.rows.length} row(s) listed, ${review.explained} explained by a live move or the map`, `routing: ${routing}`];
   if (review.changeInFlight !== undefined) lines.push(`note: ${review.changeInFlight}`);
+  if (review.ownerHistory !== undefined) lines.push(`note: ${review.ownerHistory}`);
   for (const u of review.unreachable) lines.push(`unreachable: ${u}`);
   for (const r of review.rows) {
     lines.push(

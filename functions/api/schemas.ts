@@ -545,6 +545,12 @@ export const fenceListingSchema = z.object({
   ),
   explained: z.number().int().describe('rows not listed (without all=true): open rows, a live move\'s, a moved row on a shard the map does not name'),
   unreachable: z.array(z.string()).describe(`shards whose rows could not be read in time, each as "shard (reason)", the reason ${FAILURE_KIND}: their rows are not listed`),
+  ownerHistory: z
+    .string()
+    .optional()
+    .describe(
+      "set where the owners of fenced slots were read from every slot map since their rows' versions (slow: seconds at thousands of maps), not from the slots' owner history, because maps are missing from its list (catalog.slot_owner_history_maps: inserted with the triggers off, a restore) or sharding migration 028 is not applied: how many maps and slots, and the repair (select catalog.slot_owner_history_repair(); as the migration login)",
+    ),
   otherRoutings: z
     .string()
     .optional()

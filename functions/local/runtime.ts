@@ -37,6 +37,7 @@ import { createDashboardRoute } from '../adapters/http/dashboard.js';
 import { CatalogStore } from '../adapters/postgres/catalog-store.js';
 import { startEmbeddedCluster, type EmbeddedCluster } from '../adapters/postgres/embedded-cluster.js';
 import { HistoryReader } from '../adapters/postgres/history-reader.js';
+import { fillDirectorySlots } from '../adapters/postgres/directory-slot-fill.js';
 import { runMigrations, type MigrationResult } from '../adapters/postgres/migrate.js';
 import { CATALOG_QUERY_TIMEOUT_MS, CATALOG_STATEMENT_TIMEOUT_MS } from '../adapters/postgres/statement-bounds.js';
 import { ListeningClient } from '../adapters/postgres/listening-client.js';
@@ -214,6 +215,9 @@ export async function startLocalMode(options: LocalModeOptions): Promise<LocalMo
     try {
       sayApplied('catalog', await runMigrations(migrationPool, 'catalog', join(MIGRATIONS, 'catalog')));
       sayApplied('catalog', await runMigrations(migrationPool, 'sharding', join(MIGRATIONS, 'sharding')));
+      // As migrateAll does: the directory rows written before sharding migration 031 given their slot, a batch a transaction.
+      const filled = await fillDirectorySlots(migrationPool);
+      if (filled > 0) say(`  postgres: catalog: gave ${filled} directory pin(s) their slot (sharding migration 031)`);
     } finally {
       await within(STOP_STEP_WAIT_MS, migrationPool.end());
     }

@@ -53,7 +53,7 @@
  * ```
  */
 import type pg from 'pg';
-import { SLOT_COUNT, slotOf } from '../../core/sharding/hash.js';
+import { slotOf } from '../../core/sharding/hash.js';
 import { shardingDisabled, type MoveRouting } from '../../core/sharding/move-machine.js';
 import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline } from './deadline.js';
 import { failureKind } from './sqlstate.js';
@@ -100,6 +100,13 @@ export interface FenceReview {
   readonly changeInFlight?: string;
   /** Shards whose rows could not be read. */
   readonly unreachable: readonly string[];
+  /**
+   * Set where the owners of slots were read from the maps, not from their owner history, because
+   * the history's list lacks maps (catalog.slot_owner_history_maps: maps inserted with the triggers
+   * off, a restore) or the catalog is not migrated to sharding 028: how many maps, how many slots
+   * were read the slow way, and the operator's step that repairs it.
+   */
+  readonly ownerHistory?: string;
 }
 
 export interface FenceReviewOptions {
@@ -311,7 +318,7 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
       byDeadline(keysRowsOn(options.shards.get(shard) as Queryable, keys), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
     const countSlots: SlotsCounter = (shard, units) =>
       byDeadline(slotUnitsRowsOn(options.shards.get(shard) as Queryable, units), shardsBy, () => new Error(`no answer by the review's deadline (${timeoutMs} ms)`));
-    const { map, judged, explained } = await judgeRows(catalog, read, {
+    const { map, judged, explained, ownerHistory } = await judgeRows(catalog, read, {
       all: options.all === true,
       minAge,
       changeInFlight,
@@ -334,7 +341,7 @@ export async function reviewFences(options: FenceReviewOptions): Promise<FenceRe
       reviewed.push({ ...row, outcome });
     }
     await catalog.query('commit');
-    return { mapVersion: map.version, rows: reviewed, explained, unreachable, ...(changeInFlight === undefined ? {} : { changeInFlight }) };
+    return { mapVersion: map.version, rows: reviewed, explained, unreachable, ...(changeInFlight === undefined ? {} : { changeInFlight }), ...(ownerHistory === undefined ? {} : { ownerHistory }) };
   } catch (err) {
     failure = err;
     if (!guard.expired) {
@@ -766,7 +773,7 @@ export async function listFences(options: FenceListingOptions): Promise<FenceRev
       throw new Error(shardFailure(err), { cause: err });
     }
   };
-  const { map, judged, explained } = await judgeRows(options.catalog, read, {
+  const { map, judged, explained, ownerHistory } = await judgeRows(options.catalog, read, {
     all: options.all === true,
     minAge: options.olderThanMs ?? DEFAULT_REVIEW_MIN_AGE_MS,
     changeInFlight: undefined,
@@ -777,7 +784,7 @@ export async function listFences(options: FenceListingOptions): Promise<FenceRev
     read: new Set(read.keys()),
     given: new Set(options.shards.keys()),
   });
-  return { mapVersion: map.version, rows: judged.map((j) => j.row), explained, unreachable };
+  return { mapVersion: map.version, rows: judged.map((j) => j.row), explained, unreachable, ...(ownerHistory === undefined ? {} : { ownerHistory }) };
 }
 
 /** How {@link judgeRows} judges. */
@@ -813,7 +820,11 @@ interface CatalogFacts {
  * `all`, else those no live move explains), each with its diagnosis, action and why a reopen is
  * withheld, and how many were explained.
  */
-async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly FenceRowRead[]>, o: JudgeOptions): Promise<{ map: { version: number; assignments: string[] }; judged: Judged[]; explained: number }> {
+async function judgeRows(
+  catalog: Queryable,
+  read: ReadonlyMap<string, readonly FenceRowRead[]>,
+  o: JudgeOptions,
+): Promise<{ map: { version: number; assignments: string[] }; judged: Judged[]; explained: number; ownerHistory?: string }> {
   // The map is read after the rows, not before: a move (or a change through a client holding no
   // transaction, which takes no lock) that flipped the slot between an earlier read of the map and
   // the read of the rows left the source's row `moved`, which that older map made look like a row
@@ -850,12 +861,26 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
   // read whole 500 times), of the API's 27 s (owner-change-review-slot-rows-elsewhere.test.ts,
   // "lists 500 hand changes' dead slot fences ..."). Where the read of all fails, each row asking
   // is told (and withheld), as when its own read failed.
+  // The pins are read for the slots whose rows rowsBehind judges (`behindSlots` below), all at
+  // once, through the directory's slot column (pinnedKeysOf): read for every slot, the whole
+  // directory was read, 8-10 s of the listing at 1,000,000 pins (directory-slot.test.ts). A slot
+  // asked for outside them is read on its own.
   let pinnedRead: Promise<Map<number, string[]>> | undefined;
+  let pinnedFor: ReadonlySet<number> = new Set();
   const fencedSlots = [...new Map(rows.flatMap((r) => (r.kind === 'slot' && r.state === 'fenced' ? [[`${r.unit_id}:${r.map_version}`, { slot: Number(r.unit_id), version: Number(r.map_version) }] as const] : []))).values()];
   let ownersRead: Promise<Map<string, string[]>> | undefined;
+  // The slow reads of the owners (from the maps) the history's unlisted maps cost, told to the
+  // operator with the step that repairs them (ownerHistoryNote).
+  const slowSlots = new Set<number>();
+  let unlistedMaps: number | null | undefined;
+  const slow: SlowOwnersRead = (r) => {
+    for (const p of r.pairs) slowSlots.add(p.slot);
+    unlistedMaps = r.unlistedMaps === null || unlistedMaps === null ? null : Math.max(unlistedMaps ?? 0, r.unlistedMaps);
+  };
   const catalogFacts: CatalogFacts = {
     pinnedOf: async (slot) => {
-      pinnedRead ??= pinnedKeysOf(catalog, new Set(Array.from({ length: SLOT_COUNT }, (_, i) => i))).then((pinned) => {
+      if (!pinnedFor.has(slot)) return pinnedKeysOf(catalog, new Set([slot]));
+      pinnedRead ??= pinnedKeysOf(catalog, pinnedFor).then((pinned) => {
         const bySlot = new Map<number, string[]>();
         for (const key of pinned) bySlot.set(slotOf(key), [...(bySlot.get(slotOf(key)) ?? []), key]);
         return bySlot;
@@ -863,10 +888,10 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
       return (await pinnedRead).get(slot) ?? [];
     },
     ownersSince: async (slot, version) => {
-      ownersRead ??= ownersOfSlotsSince(catalog, fencedSlots);
+      ownersRead ??= ownersOfSlotsSince(catalog, fencedSlots, slow);
       const known = (await ownersRead).get(`${slot}:${version}`);
       if (known !== undefined) return known;
-      return (await ownersOfSlotsSince(catalog, [{ slot, version }])).get(`${slot}:${version}`) ?? [];
+      return (await ownersOfSlotsSince(catalog, [{ slot, version }], slow)).get(`${slot}:${version}`) ?? [];
     },
   };
   for (const [shard, shardRows] of read) {
@@ -919,6 +944,7 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
   // each page of GET /shards/fences, which lists the whole and answers a page, paid it again.
   // And the keys a slot's reopen may hand back to its shard that a pin once sent elsewhere (keysOnceRoutedElsewhere).
   const behindSlots = new Set(pending.flatMap((p) => (p.behind && p.read.kind === 'slot' ? [Number(p.read.unit_id)] : [])));
+  pinnedFor = behindSlots;
   const behindKeys = [
     ...new Set([
       ...pending.flatMap((p) => (p.behind && p.read.kind === 'directory' ? [p.read.unit_id] : [])),
@@ -1006,7 +1032,27 @@ async function judgeRows(catalog: Queryable, read: ReadonlyMap<string, readonly 
     const withheld = behind ? await rowsBehind(p.read, p.shard, rowOn, counts, catalogFacts, p.plan) : undefined;
     judged.push(withheld === undefined ? p : { ...p, row: { ...p.row, withheld } });
   }
-  return { map, judged, explained };
+  const ownerHistory = ownerHistoryNote(unlistedMaps, slowSlots.size);
+  return { map, judged, explained, ...(ownerHistory === undefined ? {} : { ownerHistory }) };
+}
+
+/**
+ * What the review tells the operator of its slow reads of the owners (from every map since a
+ * row's version, not from the slot's owner history): set only where the history's list lacks maps
+ * (`unlistedMaps` > 0) or the catalog has no list (null: before sharding migration 028), the
+ * causes an operator can repair; a slot past the first map's length, also read from the maps,
+ * needs no repair. Silent, the review took seconds where it took milliseconds (4.2-4.9 s against
+ * 37-53 ms at 5,000 maps, past the API's 27 s at 20,000) and nothing said why
+ * (fence-review-owner-history-repair.test.ts, "... says so ...").
+ */
+function ownerHistoryNote(unlistedMaps: number | null | undefined, slots: number): string | undefined {
+  if (unlistedMaps === undefined || unlistedMaps === 0 || slots === 0) return undefined;
+  const read = `the owners of ${slots} slot${slots === 1 ? '' : 's'} were read from every slot map since their rows' versions, not from their owner history (slow: linear in the maps, seconds at thousands)`;
+  if (unlistedMaps === null) return `${read}: the catalog has no list of the maps the history holds (sharding migration 028 not applied): run the migrations (ca-dms-scaling migrate)`;
+  return (
+    `${unlistedMaps} slot map${unlistedMaps === 1 ? ' is' : 's are'} not listed in the owner history (catalog.slot_owner_history_maps: inserted with the triggers off, a restore), so ${read}. ` +
+    'Run, as the migration login: select catalog.slot_owner_history_repair(); (docs/sharding-spec.md section 9, "Each slot\'s owner history")'
+  );
 }
 
 /**
@@ -1324,11 +1370,17 @@ function slotUnitKey(on: string, kind: SlotUnit['kind'], slot: number, excluded:
  * count before reopening the row. Every slot is read from the maps on a catalog not yet migrated
  * to 028 (between 023, 024 and 028 of a deploy; fence-review-owner-history-races.test.ts).
  */
-export async function ownersOfSlotsSince(catalog: Queryable, pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>): Promise<Map<string, string[]>> {
-  const { owners, unknown } = await ownersOfSlotsFromHistory(catalog, pairs);
-  if (unknown.length > 0) for (const [key, found] of await ownersOfSlotsSinceByMaps(catalog, unknown)) owners.set(key, found);
+export async function ownersOfSlotsSince(catalog: Queryable, pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>, slow?: SlowOwnersRead): Promise<Map<string, string[]>> {
+  const { owners, unknown, unlistedMaps } = await ownersOfSlotsFromHistory(catalog, pairs);
+  if (unknown.length > 0) {
+    slow?.({ pairs: unknown, unlistedMaps });
+    for (const [key, found] of await ownersOfSlotsSinceByMaps(catalog, unknown)) owners.set(key, found);
+  }
   return owners;
 }
+
+/** Told the pairs {@link ownersOfSlotsSince} read from the maps, and how many maps the history's list lacks (null: no list, a catalog before sharding migration 028). */
+export type SlowOwnersRead = (read: { readonly pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>; readonly unlistedMaps: number | null }) => void;
 
 /**
  * {@link ownersOfSlotsSince} from catalog.slot_owner_history alone: the pairs it answers, and
@@ -1340,18 +1392,18 @@ export async function ownersOfSlotsSince(catalog: Queryable, pairs: ReadonlyArra
 export async function ownersOfSlotsFromHistory(
   catalog: Queryable,
   pairs: ReadonlyArray<{ readonly slot: number; readonly version: number }>,
-): Promise<{ owners: Map<string, string[]>; unknown: Array<{ slot: number; version: number }> }> {
+): Promise<{ owners: Map<string, string[]>; unknown: Array<{ slot: number; version: number }>; unlistedMaps: number | null }> {
   const owners = new Map<string, string[]>();
   const unknown: Array<{ slot: number; version: number }> = [];
-  if (pairs.length === 0) return { owners, unknown };
+  if (pairs.length === 0) return { owners, unknown, unlistedMaps: 0 };
   // A catalog before 028 (a deploy's migrations in progress, 024's fill taking minutes): no list of
   // the maps recorded, so no slot's history is known complete; read every pair from the maps.
   const { rows: ready } = await catalog.query<{ ready: boolean }>(`select to_regclass('catalog.slot_owner_history_maps') is not null as ready`);
-  if (!ready[0]?.ready) return { owners, unknown: pairs.map((p) => ({ slot: p.slot, version: p.version })) };
-  const { rows } = await catalog.query<{ slot: number; version: string; known: boolean; owners: string[] | null }>(
+  if (!ready[0]?.ready) return { owners, unknown: pairs.map((p) => ({ slot: p.slot, version: p.version })), unlistedMaps: null };
+  const { rows } = await catalog.query<{ slot: number; version: string; known: boolean; owners: string[] | null; unlisted: number }>(
     `with p as (select distinct slot, version from unnest($1::int[], $2::bigint[]) as p(slot, version)),
           f as (select p.slot, p.version, (select min(m.version) from catalog.slot_maps m where m.version >= p.version) as first from p),
-          u as (select coalesce(max(m.version), 0) as below from catalog.slot_maps m
+          u as (select coalesce(max(m.version), 0) as below, count(*)::int as unlisted from catalog.slot_maps m
                  where not exists (select 1 from catalog.slot_owner_history_maps r where r.version = m.version))
      select f.slot, f.version::text as version,
             f.first is null
@@ -1360,7 +1412,8 @@ export async function ownersOfSlotsFromHistory(
                     (select h.shard_id from catalog.slot_owner_history h where h.slot = f.slot and h.from_version <= f.first order by h.from_version desc limit 1)
                     union all
                     select h.shard_id from catalog.slot_owner_history h where h.slot = f.slot and h.from_version > f.first) o
-                   where o.shard_id is not null order by 1) as owners
+                   where o.shard_id is not null order by 1) as owners,
+            (select unlisted from u) as unlisted
        from f`,
     [pairs.map((p) => p.slot), pairs.map((p) => p.version)],
   );
@@ -1368,7 +1421,7 @@ export async function ownersOfSlotsFromHistory(
     if (r.known) owners.set(`${r.slot}:${r.version}`, r.owners ?? []);
     else unknown.push({ slot: r.slot, version: Number(r.version) });
   }
-  return { owners, unknown };
+  return { owners, unknown, unlistedMaps: Number(rows[0]?.unlisted ?? 0) };
 }
 
 /**

@@ -10,6 +10,7 @@
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import type pg from 'pg';
+import { fillDirectorySlots } from '../../adapters/postgres/directory-slot-fill.js';
 import { runMigrations } from '../../adapters/postgres/migrate.js';
 
 /** Where the migration sets live in the source tree (bundles set MIGRATIONS_DIR instead). */
@@ -34,7 +35,8 @@ export function shardLabel(i: number, id: string | undefined): string {
 }
 
 /**
- * Applies the pending migrations of every set; stops at the first failure (MigrationError).
+ * Applies the pending migrations of every set, then fills the directory's slots left empty
+ * (sharding migration 031); stops at the first failure (MigrationError).
  * `shardIds`, in the order of `shards`, names each shard given an id.
  */
 export async function migrateAll(opts: { catalog: pg.Pool; shards: readonly pg.Pool[]; shardIds?: readonly (string | undefined)[]; dir?: string }): Promise<MigrationSummary[]> {
@@ -44,6 +46,10 @@ export async function migrateAll(opts: { catalog: pg.Pool; shards: readonly pg.P
     const r = await runMigrations(opts.catalog, set, join(dir, set));
     out.push({ target: 'catalog', set, applied: r.applied, alreadyApplied: r.alreadyApplied });
   }
+  // The directory rows written before sharding migration 031 given their slot, a batch a
+  // transaction (directory-slot-fill.ts): not in 031's own transaction, which would hold the
+  // directory's writers off for the whole fill. Nothing left, it is one statement.
+  await fillDirectorySlots(opts.catalog);
   for (const [i, shard] of opts.shards.entries()) {
     const r = await runMigrations(shard, SHARD_SET, join(dir, SHARD_SET));
     out.push({ target: shardLabel(i, opts.shardIds?.[i]), set: SHARD_SET, applied: r.applied, alreadyApplied: r.alreadyApplied });

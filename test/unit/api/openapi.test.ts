@@ -54,7 +54,7 @@ describe('the scaling API OpenAPI document', () => {
     expect(Object.keys(primary?.properties?.['facts']?.properties ?? {})).toEqual(expect.arrayContaining(['reachable', 'connections', 'rates', 'replication', 'rds']));
     expect(Object.keys(body('/shards/statistics', 'get', '200').properties ?? {})).toEqual(expect.arrayContaining(['shards', 'totals', 'imbalance', 'complete', 'unreachable']));
     expect(Object.keys(body('/shards/rebalance-check', 'get', '200').properties ?? {})).toEqual(expect.arrayContaining(['needed', 'moves', 'summary']));
-    expect(Object.keys(body('/shards/fences', 'get', '200').properties ?? {})).toEqual(['mapVersion', 'rows', 'explained', 'unreachable', 'otherRoutings', 'next_cursor']);
+    expect(Object.keys(body('/shards/fences', 'get', '200').properties ?? {})).toEqual(['mapVersion', 'rows', 'explained', 'unreachable', 'ownerHistory', 'otherRoutings', 'next_cursor']);
     expect(Object.keys(body('/shards/fences', 'get', '200').properties?.['rows']?.items?.properties ?? {})).toEqual(
       expect.arrayContaining(['shard', 'kind', 'unitId', 'state', 'jobId', 'movedTo', 'mapVersion', 'ageMs', 'owner', 'diagnosis', 'action', 'withheld']),
     );
