@@ -37,6 +37,14 @@ export interface WriterProxy {
    * once each has logged in again), every busy one is closed, new ones go there.
    */
   failover(port: number): Promise<void>;
+  /**
+   * A failover at the boundary between two transactions of one client connection: once the
+   * server has answered a client message containing `text` and the connection is idle again
+   * (ReadyForQuery, not in a transaction), {@link failover} to `port`, before the client's next
+   * message is relayed (a multiplexing proxy lends each transaction whichever server connection it
+   * has; across a failover, the next one is the new writer's). Once.
+   */
+  failoverAfter(text: string, port: number): void;
   /** How many client connections {@link failover} moved to another server, in all. */
   moved(): number;
   /** Closes every connection and the listener. */
@@ -91,11 +99,14 @@ interface Session {
   busy: boolean;
   /** Client messages held while the session logs in on a new server. */
   held: Buffer[] | undefined;
+  /** Set by {@link WriterProxy.failoverAfter} on the session that sent its text: fail over at its next idle ReadyForQuery. */
+  failoverAt: number | undefined;
 }
 
 export async function startWriterProxy(targetPort: number): Promise<WriterProxy> {
   let writerPort = targetPort;
   let moved = 0;
+  let after: { readonly text: Buffer; readonly port: number } | undefined;
   const sessions = new Set<Session>();
   const sockets = new SocketSet();
 
@@ -110,6 +121,12 @@ export async function startWriterProxy(targetPort: number): Promise<WriterProxy>
           session.busy = false;
         }
         session.client.write(message);
+        if (message[0] === 0x5a && session.status === 'I' && session.failoverAt !== undefined) {
+          const to = session.failoverAt;
+          session.failoverAt = undefined;
+          // Synchronously: moveTo holds the client's next message from here on.
+          void failover(to);
+        }
       }
     };
     upstream.on('data', feed);
@@ -121,7 +138,7 @@ export async function startWriterProxy(targetPort: number): Promise<WriterProxy>
   };
 
   const server = createServer((socket) => {
-    const session: Session = { client: sockets.track(socket), upstream: undefined, startup: undefined, password: undefined, status: undefined, busy: false, held: undefined };
+    const session: Session = { client: sockets.track(socket), upstream: undefined, startup: undefined, password: undefined, status: undefined, busy: false, held: undefined, failoverAt: undefined };
     sessions.add(session);
     socket.on('close', () => {
       sessions.delete(session);
@@ -151,6 +168,10 @@ export async function startWriterProxy(targetPort: number): Promise<WriterProxy>
         // The first password message is the one a replayed login sends again.
         if (message[0] === 0x70 /* p */ && session.password === undefined && session.status === undefined) session.password = message;
         if (session.status !== undefined && message[0] !== 0x58 /* X */) session.busy = true;
+        if (after !== undefined && message.includes(after.text)) {
+          session.failoverAt = after.port;
+          after = undefined;
+        }
         if (session.held !== undefined) session.held.push(message);
         else session.upstream?.write(message);
       }
@@ -204,18 +225,23 @@ export async function startWriterProxy(targetPort: number): Promise<WriterProxy>
       upstream.on('connect', () => upstream.write(session.startup ?? Buffer.alloc(0)));
     });
 
+  async function failover(to: number): Promise<void> {
+    writerPort = to;
+    const moves: Promise<void>[] = [];
+    for (const session of sessions) {
+      if (session.startup === undefined) continue;
+      if (session.status !== 'I' || session.busy) session.client.destroy();
+      else moves.push(moveTo(session, to));
+    }
+    await Promise.all(moves);
+  }
+
   const port = await listenOnLoopback(server);
   return {
     port,
-    async failover(to) {
-      writerPort = to;
-      const moves: Promise<void>[] = [];
-      for (const session of sessions) {
-        if (session.startup === undefined) continue;
-        if (session.status !== 'I' || session.busy) session.client.destroy();
-        else moves.push(moveTo(session, to));
-      }
-      await Promise.all(moves);
+    failover,
+    failoverAfter(text, to) {
+      after = { text: Buffer.from(text), port: to };
     },
     moved: () => moved,
     close: () => closeListener(server, sockets),

@@ -296,15 +296,16 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
       }
       type Outcome = { verdict: 'read'; value: T; servedBy: string; lostWrite: LostWrite | undefined } | { verdict: 'reroute' | 'wait' | 'primary' };
       let outcome: Outcome;
+      const begin = readBeginSql(route.slot, key, left);
       try {
         outcome = await options.reader.withReadClient(
           route.shardId,
           (client, servedBy, node) => {
-            const begin = readBeginSql(route.slot, key, left);
             let fenceRows: ReaderFenceRow[] | undefined;
             return inClientTransaction<Outcome>(
               client,
-              begin.sql,
+              // Begun by the replica reader, with the primary check, where a primary judges the token.
+              node.begun ?? begin.sql,
               async () => {
                 // Read with the BEGIN, unless the key could not go into its simple query.
                 const fences = { rows: fenceRows ?? (await client.query<ReaderFenceRow>(READER_FENCE_ROWS_SQL, [String(route.slot), key])).rows };
@@ -324,6 +325,7 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
             ...readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader)),
             ...(onPrimary || readOptions.primary === true ? { primary: true } : {}),
             ...(deadlineAt === undefined ? {} : { deadlineAt }),
+            begin: begin.sql,
           },
           // Its BEGIN sets statement_timeout to the time left (readBeginSql): none fires before the deadline.
           { statementTimeout: true },

@@ -107,8 +107,14 @@ const PRIMARY_CHECK_SQL = `select pg_is_in_recovery() as in_recovery,
  * {@link PrimaryInRecoveryError} when it is a standby.
  */
 async function checkPrimary(client: pg.ClientBase, nodeId: string): Promise<PrimaryCheck | null> {
-  const { rows } = await client.query<{ in_recovery: boolean; tli: string | null; started: string; lsn: string | null }>(PRIMARY_CHECK_SQL);
-  const row = rows[0];
+  const { rows } = await client.query<PrimaryCheckRow>(PRIMARY_CHECK_SQL);
+  return primaryCheckOf(rows[0], nodeId);
+}
+
+type PrimaryCheckRow = { in_recovery: boolean; tli: string | null; started: string; lsn: string | null };
+
+/** {@link checkPrimary}'s verdict on the row {@link PRIMARY_CHECK_SQL} answered. */
+function primaryCheckOf(row: PrimaryCheckRow | undefined, nodeId: string): PrimaryCheck | null {
   if (row?.in_recovery === true) throw new PrimaryInRecoveryError(nodeId);
   if (row?.tli == null || row.lsn === null || !isLsn(row.lsn)) return null;
   return { timeline: Number(row.tli), server: row.started, insertLsn: parseLsn(row.lsn) };
@@ -153,9 +159,15 @@ export const TIMELINE_HISTORY_RETRY_MS = 60_000;
  * The history of the timeline `client`'s primary is on, parsed; null when it cannot be had
  * (see {@link TIMELINE_HISTORY_RETRY_MS}). Other errors (the connection failed) are thrown.
  */
-async function readTimelineHistory(client: pg.ClientBase, timeline: number): Promise<readonly TimelineSwitch[] | null> {
+async function readTimelineHistory(client: pg.ClientBase, timeline: number, inTransaction = false): Promise<readonly TimelineSwitch[] | null> {
   try {
-    const { rows } = await client.query<{ timeline: string; history: string | null }>(TIMELINE_HISTORY_SQL);
+    // In the read's own transaction ({@link ReadOptions.begin}), behind a savepoint in the same
+    // round trip: a history this login cannot read must not abort the read.
+    const answer: unknown = await client.query(inTransaction ? `savepoint timeline_history; ${TIMELINE_HISTORY_SQL}; release savepoint timeline_history` : TIMELINE_HISTORY_SQL).catch(async (error: unknown) => {
+      if (inTransaction && hasSqlState(error, UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE)) await client.query('rollback to savepoint timeline_history');
+      throw error;
+    });
+    const rows = ((inTransaction ? (answer as pg.QueryResult[])[1] : (answer as pg.QueryResult)) as pg.QueryResult<{ timeline: string; history: string | null }>).rows;
     const row = rows[0];
     if (row === undefined || row.history === null || Number(row.timeline) !== timeline) return null;
     return parseTimelineHistory(row.history, timeline);
@@ -259,6 +271,17 @@ export interface ReadOptions {
    * One that is NaN, infinite or more than `MAX_DEADLINE_MS` away is refused (`InvalidDeadlineError`).
    */
   readonly deadlineAt?: number;
+  /**
+   * The BEGIN of the transaction `withReadClient`'s `fn` reads in (a simple query: its SET LOCALs
+   * and first reads may follow it), for a read whose token a primary judges: the primary check is
+   * then sent in that transaction, in the same round trip ({@link ReadNode.begun}), so that the
+   * verdict and the read are one server's. Through a proxy that lends each transaction whichever
+   * server connection it has (RDS Proxy's multiplexing), a check that was a transaction of its own
+   * could be answered by the old writer and the read by the new one across a failover
+   * (timeline-lost-write-writer-proxy.test.ts). Without it, or for any other read, the check (if
+   * any) is a statement of its own and `fn` begins its own transaction.
+   */
+  readonly begin?: string;
 }
 
 export interface ReadResult<R> {
@@ -281,6 +304,12 @@ export interface ReadNode {
    * answered, a miss is a 410 instead of a 404).
    */
   readonly lostWrite?: LostWrite;
+  /**
+   * Set when the read's transaction is already open on the client ({@link ReadOptions.begin}): what
+   * its BEGIN answered (the primary check's result taken out). `fn` must not begin another; it
+   * commits or rolls back this one.
+   */
+  readonly begun?: { readonly begun: unknown };
 }
 
 /** Anything with pg's `query` (a pool or a client). */
@@ -604,6 +633,7 @@ export class ReplicaReader {
         // A read may be cancelled at any point: it changes nothing.
         if (options.deadlineAt !== undefined) guard = holdToDeadline(lent, options.deadlineAt);
         let lostWrite: LostWrite | undefined;
+        let begun: { readonly begun: unknown } | undefined;
         if (target.kind === 'primary') {
           // A read whose token can be judged (its timeline known) asks the connection's server
           // what it is now, every time: through RDS Proxy an open connection is lent the new
@@ -611,9 +641,27 @@ export class ReplicaReader {
           // the failover lost 404, as never made
           // (test/integration/sharding/timeline-lost-write-writer-proxy.test.ts). Any other read
           // needs only "not in recovery", which holds for the connection's life (primaryTimelineOf).
+          // Where the caller gives its transaction's BEGIN, the check is sent in it, in the same
+          // round trip: a proxy that lends each transaction a server connection (RDS Proxy's
+          // multiplexing) could answer a check of its own from the old writer and the read's
+          // transaction from the new one (ReadOptions.begin). The history, when asked, is asked in
+          // it too: all from the server the read runs on.
           const judged = options.token !== undefined && options.tokenTimeline !== undefined;
-          if (judged || !primaryTimelineOf.has(lent)) primaryTimelineOf.set(lent, await checkPrimary(lent, node.nodeId));
-          if (judged) lostWrite = await this.#lostWrite(shardId, node.nodeId, lent, primaryTimelineOf.get(lent) ?? null, options);
+          if (judged && options.begin !== undefined) {
+            const answer = (await lent.query(`${options.begin}; ${PRIMARY_CHECK_SQL}`)) as unknown as pg.QueryResult[];
+            const results = answer.slice(0, -1);
+            begun = { begun: results.length === 1 ? results[0] : results };
+            try {
+              primaryTimelineOf.set(lent, primaryCheckOf((answer.at(-1) as pg.QueryResult<PrimaryCheckRow> | undefined)?.rows[0], node.nodeId));
+              lostWrite = await this.#lostWrite(shardId, node.nodeId, lent, primaryTimelineOf.get(lent) ?? null, options, true);
+            } catch (error) {
+              await lent.query('rollback').catch(() => undefined);
+              throw error;
+            }
+          } else {
+            if (judged || !primaryTimelineOf.has(lent)) primaryTimelineOf.set(lent, await checkPrimary(lent, node.nodeId));
+            if (judged) lostWrite = await this.#lostWrite(shardId, node.nodeId, lent, primaryTimelineOf.get(lent) ?? null, options);
+          }
         }
         if (target.kind === 'replica') {
           // The replica was chosen before the wait for its connection (a busy pool can hold a read
@@ -637,7 +685,7 @@ export class ReplicaReader {
           );
           if (rows[0]?.ok !== true) return { skip: true };
         }
-        return { skip: false, value: await fn(lent, node.nodeId, { replica: target.kind === 'replica', ...(lostWrite === undefined ? {} : { lostWrite }) }) };
+        return { skip: false, value: await fn(lent, node.nodeId, { replica: target.kind === 'replica', ...(lostWrite === undefined ? {} : { lostWrite }), ...(begun === undefined ? {} : { begun }) }) };
       };
       try {
         // A replica that stops answering (a frozen host, a black-holed path) never fails a query
@@ -692,12 +740,12 @@ export class ReplicaReader {
    * that timeline ends in it. Undefined otherwise, and whenever the history cannot be had: the read
    * then answers as it did before shard migration 027.
    */
-  async #lostWrite(shardId: string, nodeId: string, client: pg.ClientBase, primary: PrimaryCheck | null, options: ReadOptions): Promise<LostWrite | undefined> {
+  async #lostWrite(shardId: string, nodeId: string, client: pg.ClientBase, primary: PrimaryCheck | null, options: ReadOptions, inTransaction = false): Promise<LostWrite | undefined> {
     if (options.token === undefined || options.tokenTimeline === undefined || primary === null) return undefined;
     if (primary.timeline === options.tokenTimeline) return pastPrimaryEnd(shardId, primary, options.token);
     if (primary.timeline < options.tokenTimeline) return undefined;
     const { timeline } = primary;
-    const history = await this.#history(shardId, primary, client, options.deadlineAt, nodeId);
+    const history = await this.#history(shardId, primary, client, options.deadlineAt, nodeId, inTransaction);
     if (history === null) return undefined;
     const lost = lostInFailover(history, timeline, { lsn: parseLsn(options.token), timeline: options.tokenTimeline });
     return lost === undefined ? undefined : { shardId, lsn: options.token, timeline: options.tokenTimeline, forkLsn: formatLsn(lost.forkLsn), currentTimeline: timeline };
@@ -718,6 +766,7 @@ export class ReplicaReader {
     client: pg.ClientBase,
     deadlineAt: number | undefined,
     nodeId: string,
+    inTransaction = false,
   ): Promise<readonly TimelineSwitch[] | null> {
     const key = `${shardId}/${timeline}/${server}`;
     const cached = this.#histories.get(key);
@@ -730,7 +779,7 @@ export class ReplicaReader {
         // Another read's connection or deadline: asked again below, on this read's connection.
       }
     }
-    const entry: { readonly history: Promise<readonly TimelineSwitch[] | null>; retryAtMs?: number } = { history: readTimelineHistory(client, timeline) };
+    const entry: { readonly history: Promise<readonly TimelineSwitch[] | null>; retryAtMs?: number } = { history: readTimelineHistory(client, timeline, inTransaction) };
     this.#histories.set(key, entry);
     try {
       const history = await entry.history;

@@ -54,17 +54,19 @@ export class RolledBackAtCommitError extends Error {
  * Runs `fn` in one transaction on `client`, which the caller keeps. `onRollbackFailure` hears
  * of a rollback that failed after an error (the caller should then discard the connection).
  * `onBegun` is given what `begin` answered (an array of results when it holds several
- * statements: a caller may read something in the same round trip as its BEGIN).
+ * statements: a caller may read something in the same round trip as its BEGIN). `begin` may also
+ * be a transaction already begun on `client` (`{ begun }`, what its BEGIN answered): it is not
+ * sent, and `fn`'s outcome ends that transaction as it would one begun here.
  */
 export async function inClientTransaction<T>(
   client: Pick<pg.ClientBase, 'query'>,
-  begin: string,
+  begin: string | { readonly begun: unknown },
   fn: () => Promise<T | RollbackWith<NoInfer<T>>>,
   onRollbackFailure?: (error: Error) => void,
   onBegun?: (answer: unknown) => void,
 ): Promise<T> {
   try {
-    const begun: unknown = await client.query(begin);
+    const begun: unknown = typeof begin === 'string' ? await client.query(begin) : begin.begun;
     onBegun?.(begun);
     const result = await fn();
     if (result instanceof RollbackWith) {

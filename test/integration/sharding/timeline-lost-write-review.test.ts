@@ -164,13 +164,19 @@ describe('a read token after a failover, at the edges', () => {
     ['was cancelled', 'pg_cancel_backend'],
     ['lost its connection', 'pg_terminate_backend'],
   ])('answers 410 on a read that joined another read\'s history query, which then %s', async (_what, how) => {
+    // The read asks in its own read-only transaction (ReplicaReader, ReadOptions.begin), where a
+    // sequence cannot advance: the first asker is told by an advisory lock it holds to its end, and
+    // it waits on the gate this session holds until the first asker's query has been ended.
+    const gate = new pg.Client({ connectionString: promotedUrl });
+    gate.on('error', () => undefined);
+    await gate.connect();
+    await gate.query('select pg_advisory_lock(4712)');
     await withClient(promotedUrl, async (c) => {
       await c.query('alter function timeline_history() rename to timeline_history_slow_inner');
-      await c.query('create sequence review_first_asker');
       await c.query(`create function timeline_history() returns table (timeline bigint, history text) language plpgsql as $$
         begin
-          -- Only the first asker waits (a sequence is not rolled back): the others answer at once.
-          if nextval('review_first_asker') = 1 then perform pg_sleep(30); end if;
+          -- Only the first asker waits: the others answer at once (or, once it is gone, after the gate).
+          if pg_try_advisory_xact_lock(4711) then perform pg_advisory_xact_lock_shared(4712); end if;
           return query select * from timeline_history_slow_inner();
         end $$`);
     });
@@ -191,9 +197,11 @@ describe('a read token after a failover, at the edges', () => {
       const sleeping = await waitFor('history query', "select pid from pg_stat_activity where query like '%timeline_history()%' and state = 'active' and pid <> pg_backend_pid()");
       const secondAnswer = read(second.api);
       // The second read's connection made its primary check and now waits on the first's query.
-      await waitFor('second connection', `select pid from pg_stat_activity where query like '${PRIMARY_CHECK_LIKE}' and state = 'idle' and pid <> ${sleeping}`);
+      // (In its read's transaction, begun with the check.)
+      await waitFor('second connection', `select pid from pg_stat_activity where query like '%${PRIMARY_CHECK_LIKE}' and state = 'idle in transaction' and pid <> ${sleeping}`);
       await sleep(200);
       await activity(`select ${how}(${sleeping})`);
+      await gate.query('select pg_advisory_unlock(4712)');
       const [a, b] = await Promise.all([firstAnswer, secondAnswer]);
 
       expect({ first: a.status === 410 }).toEqual({ first: false });
@@ -203,9 +211,9 @@ describe('a read token after a failover, at the edges', () => {
         // The wrapper's sleeping query may still hold it: end what is left of it first.
         await c.query("select pg_terminate_backend(pid) from pg_stat_activity where query like '%timeline_history()%' and pid <> pg_backend_pid()");
         await c.query('drop function timeline_history()');
-        await c.query('drop sequence review_first_asker');
         await c.query('alter function timeline_history_slow_inner() rename to timeline_history');
       });
+      await gate.end().catch(() => undefined);
     }
   }, 120_000);
 });

@@ -86,3 +86,44 @@ describe('a read token through a proxy that keeps its client connections across 
     expect([keptRead.status, onPromoted.status, ownRead.status, withoutToken.status]).toEqual([200, 201, 200, 404]);
   }, 120_000);
 });
+
+/**
+ * The same proxy lending each transaction whichever server connection it has (multiplexing, RDS
+ * Proxy's default), the failover falling between two transactions of one read: the primary check
+ * (in recovery? timeline, server start, WAL position) was a statement of its own, and the read's
+ * snapshot another transaction, so the check could be answered by the old writer and the read by
+ * the new one. The verdict on the token was then the old server's (the write there: no loss) and
+ * the miss the new one's, answered 404 "no user", as if the write had never been made. The check
+ * now runs in the read's own transaction (its BEGIN's round trip): both come from one server.
+ */
+describe('a read token through a proxy that fails over between two transactions of one read', () => {
+  const { cluster, closers } = replicatedShard(1);
+
+  it("never answers 404 for a write it judged from another server's check", async () => {
+    const shard = cluster().shards[0];
+    const replica = shard?.replicas[0];
+    if (!shard || !replica) throw new Error('the cluster has no replica');
+    const proxy = await startWriterProxy(Number(new URL(shard.primary.url).port));
+    closers.push(() => proxy.close());
+    const viaProxy = new URL(shard.primary.url);
+    viaProxy.port = String(proxy.port);
+    const { api } = await oneShardApi(viaProxy.toString(), closers, { max: 1 });
+    await replica.waitForCatchUp();
+    closers.push(await cutWalReceiver(replica.url));
+    const lost = await api('POST', '/api/v1/users', { email: 'lost@example.org', display_name: 'lost' });
+    const lostToken = lost.headers.get('x-read-token');
+    if (lost.status !== 201 || lostToken === null) throw new Error(`the write answered ${lost.status} without a token`);
+    await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
+
+    // The old primary still answers (it has not noticed); the proxy's writer changes once the
+    // transaction that holds the primary check has ended.
+    proxy.failoverAfter('pg_is_in_recovery() as in_recovery', Number(new URL(replica.url).port));
+    const read = await api('GET', `/api/v1/users/${String(lost.body.id)}`, undefined, { 'x-read-after': lostToken });
+    const next = await api('GET', `/api/v1/users/${String(lost.body.id)}`, undefined, { 'x-read-after': lostToken });
+
+    expect(proxy.moved()).toBe(1);
+    // Judged and read on the old primary (the write is there), or both on the promoted one (410); never 404.
+    expect({ status: read.status, id: read.body?.id as unknown }).toEqual({ status: 200, id: lost.body.id });
+    expect({ status: next.status, type: next.body?.type as unknown }).toEqual({ status: 410, type: WRITE_LOST_TYPE });
+  }, 120_000);
+});
