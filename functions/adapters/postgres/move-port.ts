@@ -845,8 +845,17 @@ export class PgMovePort implements MovePort<MoveJob> {
     return this.publishing;
   }
 
+  /**
+   * Sent again on a serialization failure, as are {@link assertLease}'s and {@link checkCancel}'s
+   * reads: each is a statement of its own at the catalog's default level, and at SERIALIZABLE
+   * serializable snapshot isolation ends even a read with 40001 ("read/write dependencies among
+   * transactions") where a transaction that changed the row committed after the read's snapshot
+   * with a conflict of its own; the step then failed with it (moves-ssi-reads.test.ts). Sent again,
+   * the read's new snapshot holds that commit. Inside the port's READ COMMITTED transactions
+   * (`withLockedJob`), where `assertLease` is also called, no read fails so, and nothing is resent.
+   */
   async reload(job: MoveJob): Promise<MoveJob> {
-    const { rows } = await this.catalog.query<JobRow>('select * from catalog.move_jobs where id = $1', [job.id]);
+    const { rows } = await retryingSerializationFailures(() => this.catalog.query<JobRow>('select * from catalog.move_jobs where id = $1', [job.id]));
     if (!rows[0]) throw new MoveError(`move job #${job.id} has disappeared from the catalog`);
     return toJob(rows[0]);
   }
@@ -951,7 +960,10 @@ export class PgMovePort implements MovePort<MoveJob> {
 
   /** Throws {@link MoveLeaseLostError} when another run has claimed the job since this one did. */
   private async assertLease(job: MoveJob): Promise<void> {
-    const { rows } = await this.catalog.query<{ mine: boolean; holder: string | null }>(`select ${this.mine} as mine, lease_holder as holder from catalog.move_jobs where id = $1`, [job.id]);
+    // Sent again on 40001, see reload.
+    const { rows } = await retryingSerializationFailures(() =>
+      this.catalog.query<{ mine: boolean; holder: string | null }>(`select ${this.mine} as mine, lease_holder as holder from catalog.move_jobs where id = $1`, [job.id]),
+    );
     if (rows[0] && !rows[0].mine) throw new MoveLeaseLostError(`move job #${job.id}: this run's lease was taken over by ${rows[0].holder ?? 'another run'} after it expired; this run stops and changes nothing more`);
   }
 
@@ -1212,9 +1224,9 @@ export class PgMovePort implements MovePort<MoveJob> {
   /** Between copy pages and catch-up passes (no fence held): a cancellation, or the run's time being up. */
   private async checkCancel(job: MoveJob): Promise<void> {
     if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up in ${job.state}; the next run resumes it there`);
-    const { rows } = await this.catalog.query<{ c: boolean; mine: boolean }>(
-      `select cancel_requested or rollback_to is not null as c, ${this.mine} as mine from catalog.move_jobs where id = $1`,
-      [job.id],
+    // Sent again on 40001, see reload.
+    const { rows } = await retryingSerializationFailures(() =>
+      this.catalog.query<{ c: boolean; mine: boolean }>(`select cancel_requested or rollback_to is not null as c, ${this.mine} as mine from catalog.move_jobs where id = $1`, [job.id]),
     );
     if (rows[0]?.mine === false) await this.assertLease(job);
     if (rows[0]?.c) throw new MoveCancelled();

@@ -171,6 +171,30 @@ const LOCK_NOT_AVAILABLE = '55P03';
 const DEADLOCK_DETECTED = '40P01';
 
 const DEFAULT_ROUTING: MoveRouting = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' };
+/**
+ * How long a plan's insert of its job waits for a row another transaction inserted and has not
+ * committed (its `lock_timeout`; the plan's other waits set their own): the unfinished move of
+ * the same slot (the one-unfinished-move-per-slot index), or the row of
+ * catalog.move_job_shards of a shard no job named before, which the first plan naming it holds to
+ * its commit (sharding migration 025). A healthy holder keeps it for its own bounded waits, the
+ * slot's pin lock and the slot maps' SHARE lock ({@link SLOT_PIN_LOCK_WAIT_MS} each) and a few
+ * reads; a holder whose connection was lost mid-transaction (a black-holed path, a proxy that
+ * stops forwarding without closing: its server hears nothing) keeps it until its server ends the
+ * session, which nothing bounded before {@link PLAN_IDLE_MS}, and the insert waited with it for
+ * ever where the login set no statement_timeout (the control login's 10 s, catalog migration
+ * 005, cancelled it with a bare "statement timeout"). Below that 10 s so that the refusal is this
+ * one and names the row; above one of the holder's own waits.
+ */
+const PLAN_RECORD_WAIT_MS = 8_000;
+/**
+ * How long the plan's transaction may sit idle on the server (`SET LOCAL
+ * idle_in_transaction_session_timeout`): between its statements the plan runs only its own code,
+ * so a transaction idle this long has lost its client (a black-holed connection), and its server
+ * ends it, taking back the job row and the shard rows it held (moves-plan-lost-holder.test.ts).
+ * Longer than {@link PLAN_RECORD_WAIT_MS}: a plan that waits behind a lost one is refused, naming
+ * the row, rather than left to outwait it.
+ */
+const PLAN_IDLE_MS = 15_000;
 /** How long a refused cancel waits for the target's fence row, which only chooses its words (see {@link Mover.requestCancel}). */
 const TARGET_ROW_READ_MS = 2000;
 
@@ -256,13 +280,20 @@ export class Mover {
       // lock below must see a pin committed while the plan waited for it (a REPEATABLE READ
       // default read the snapshot of the insert, and the job kept out no key pinned meanwhile:
       // owner-change-pin-lock-order.test.ts).
-      await client.query('begin isolation level read committed');
-      const { rows } = await client.query<JobRow>(
-        `insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, excluded_keys, map_version_before, created_by, reason)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning *`,
-        [req.kind, unitId, slot, from, req.to, excluded, versionBefore, req.createdBy, req.reason],
-      );
-      recorded = rows[0] as JobRow;
+      // Bounded on the server, in the same round trip: see PLAN_RECORD_WAIT_MS and PLAN_IDLE_MS.
+      await client.query(`begin isolation level read committed; set local lock_timeout = ${PLAN_RECORD_WAIT_MS}; set local idle_in_transaction_session_timeout = ${PLAN_IDLE_MS}`);
+      try {
+        const { rows } = await client.query<JobRow>(
+          `insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, excluded_keys, map_version_before, created_by, reason)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning *`,
+          [req.kind, unitId, slot, from, req.to, excluded, versionBefore, req.createdBy, req.reason],
+        );
+        recorded = rows[0] as JobRow;
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== LOCK_NOT_AVAILABLE) throw err;
+        await client.query('rollback');
+        throw new MoveConflictError(`cannot plan the move of ${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`}: ${await this.recordWaitRefused(client, err, slot, from, req.to)}`, { cause: err });
+      }
       // A slot's owner is read under the SHARE lock a directory move's flip takes (sharding
       // migration 008): a map inserted and not yet committed is waited for and read, and one
       // inserted after it waits for this commit, when the catalog's trigger sees this job and
@@ -433,6 +464,30 @@ export class Mover {
   }
 
   /**
+   * What the plan's insert waited for past {@link PLAN_RECORD_WAIT_MS}, after `client`'s
+   * rollback: the error's context names the unique index the insert waited on (the server's
+   * "while inserting index tuple ... in relation ...", under the trigger's function for
+   * catalog.move_job_shards), and for
+   * catalog.move_job_shards the shards of this plan the table does not hold committed are the ones
+   * another plan holds (one read, on the refusal's path only).
+   */
+  private async recordWaitRefused(client: pg.PoolClient, err: unknown, slot: number, from: string, to: string): Promise<string> {
+    const where = String((err as { where?: unknown }).where ?? '');
+    const after = `for more than ${PLAN_RECORD_WAIT_MS} ms, ended on its connection or not (a plan whose connection was lost mid-transaction keeps it until the server ends its session: at most ${PLAN_IDLE_MS} ms idle for a plan of this version). Nothing was recorded: plan it again`;
+    if (where.includes('move_job_shards')) {
+      const { rows } = await client.query<{ shard_id: string }>('select shard_id from catalog.move_job_shards where shard_id = any($1::text[])', [[from, to]]);
+      const held = [from, to].filter((s) => !rows.some((r) => r.shard_id === s));
+      const named = held.length === 0 ? `${from} or ${to}, a shard no move job named before, held its row` : held.length === 1 ? `${held[0]}, a shard no move job named before, held its row` : `${held.join(' and ')}, shards no move job named before, held their rows`;
+      return `another plan naming ${named} of catalog.move_job_shards (sharding migration 025: the first job naming a shard records it, and a second one waits for that commit) ${after}`;
+    }
+    // The server's context names the unique index: "while inserting index tuple (0,2) in relation "move_jobs_one_active_per_slot"".
+    if (where.includes('move_jobs_one_active_per_slot')) {
+      return `a move of slot ${slot} planned by another transaction and not yet committed held its row of catalog.move_jobs (one unfinished move per slot) ${after}`;
+    }
+    return `the insert into catalog.move_jobs waited for a lock another transaction held (the table's, a migration's say: ${where === '' ? 'no context given' : where.replace(/\s+/g, ' ')}) for more than ${PLAN_RECORD_WAIT_MS} ms. Nothing was recorded: plan it again`;
+  }
+
+  /**
    * Takes the SHARE lock on `catalog.slot_maps` a slot move's plan reads its slot's owner under
    * (sharding migration 008), with `client`, the plan's transaction, waiting at most
    * {@link SLOT_PIN_LOCK_WAIT_MS}; refused ({@link MoveConflictError}, the transaction rolled back,
@@ -471,7 +526,9 @@ export class Mover {
 
   /** The job as recorded now. */
   async get(id: number): Promise<MoveJob> {
-    const { rows } = await this.options.catalog.query<JobRow>('select * from catalog.move_jobs where id = $1', [id]);
+    // Statements of their own at the catalog's default level, sent again on 40001 (a SERIALIZABLE
+    // default can end a read so: see PgMovePort.reload), as are this class's other reads outside a transaction.
+    const { rows } = await retryingSerializationFailures(() => this.options.catalog.query<JobRow>('select * from catalog.move_jobs where id = $1', [id]));
     if (!rows[0]) throw new MoveRequestError(`there is no move job #${id}`, 'not-found');
     return toJob(rows[0]);
   }
@@ -501,7 +558,7 @@ export class Mover {
 
   /** Unfinished jobs, oldest first. */
   async unfinished(): Promise<MoveJob[]> {
-    const { rows } = await this.options.catalog.query<JobRow>('select * from catalog.move_jobs where state <> all($1::text[]) order by id', [TERMINAL_STATES]);
+    const { rows } = await retryingSerializationFailures(() => this.options.catalog.query<JobRow>('select * from catalog.move_jobs where state <> all($1::text[]) order by id', [TERMINAL_STATES]));
     return rows.map(toJob);
   }
 
@@ -740,7 +797,7 @@ export class Mover {
   /** Whether `jobId` (a fence row's `job_id`) names a move job the catalog has unfinished. */
   private async unfinishedJob(jobId: string | null): Promise<boolean> {
     if (jobId === null) return false;
-    const { rows } = await this.options.catalog.query(`select 1 from catalog.move_jobs where id = $1::bigint and state not in ('done', 'failed', 'cancelled')`, [jobId]);
+    const { rows } = await retryingSerializationFailures(() => this.options.catalog.query(`select 1 from catalog.move_jobs where id = $1::bigint and state not in ('done', 'failed', 'cancelled')`, [jobId]));
     return rows.length > 0;
   }
 
@@ -820,7 +877,9 @@ export class Mover {
       const { rows } = await retryingSerializationFailures(() => catalog.query<JobRow & { lease_epoch: string }>(CLAIM, [id, holder, ttlMs]));
       const claimed = rows[0];
       if (!claimed) {
-        const { rows: found } = await catalog.query<{ holder: string | null; until: Date | null }>('select lease_holder as holder, lease_expires_at as until from catalog.move_jobs where id = $1', [id]);
+        const { rows: found } = await retryingSerializationFailures(() =>
+          catalog.query<{ holder: string | null; until: Date | null }>('select lease_holder as holder, lease_expires_at as until from catalog.move_jobs where id = $1', [id]),
+        );
         if (!found[0]) throw new MoveRequestError(`there is no move job #${id}`, 'not-found');
         throw new MoveBusyError(`move job #${id} is being run by ${found[0].holder ?? 'another mover'} (its lease runs until ${found[0].until?.toISOString() ?? '?'})`);
       }

@@ -15,7 +15,7 @@
 import type pg from 'pg';
 import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
-import { hasSqlState, INVALID_PARAMETER_VALUE, retryingSerializationFailures, SERIALIZATION_FAILURE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
+import { hasSqlState, INVALID_PARAMETER_VALUE, readRetried, retryingSerializationFailures, SERIALIZATION_FAILURE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
 import { slotOf } from '../../core/sharding/hash.js';
 import { boundedCount, countedOwnerChange, OwnerChangeFences, countTimeoutOf, describeRows, lockSlotsForPins, pinnedKeysOf, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
@@ -160,7 +160,8 @@ export class SlotMapStore {
 
   /** The latest map with its metadata, or `null` before the first one. */
   async latest(client: Queryable = this.pool): Promise<SlotMapRecord | null> {
-    const { rows } = await client.query<Row>(`select ${COLUMNS} from catalog.slot_maps order by version desc limit 1`);
+    // Sent again on 40001 on the store's own pool (readRetried): so are its other plain reads.
+    const { rows } = await readRetried(client, this.pool, () => client.query<Row>(`select ${COLUMNS} from catalog.slot_maps order by version desc limit 1`));
     return rows[0] ? toRecord(rows[0]) : null;
   }
 
@@ -175,7 +176,7 @@ export class SlotMapStore {
    * ```
    */
   async currentIfNewer(knownVersion: number, client: Queryable = this.pool): Promise<SlotMap | null> {
-    const { rows } = await client.query<Row>(`select ${COLUMNS} from catalog.slot_maps where version > $1 order by version desc limit 1`, [knownVersion]);
+    const { rows } = await readRetried(client, this.pool, () => client.query<Row>(`select ${COLUMNS} from catalog.slot_maps where version > $1 order by version desc limit 1`, [knownVersion]));
     return rows[0] ? toRecord(rows[0]).map : null;
   }
 
@@ -189,19 +190,23 @@ export class SlotMapStore {
    * ```
    */
   async ownerOf(slot: number, client: Queryable = this.pool): Promise<{ shardId: string | null; version: number } | null> {
-    const { rows } = await client.query<{ version: number; owner: string | null }>('select version, assignments[$1::int + 1] as owner from catalog.slot_maps order by version desc limit 1', [slot]);
+    const { rows } = await readRetried(client, this.pool, () =>
+      client.query<{ version: number; owner: string | null }>('select version, assignments[$1::int + 1] as owner from catalog.slot_maps order by version desc limit 1', [slot]),
+    );
     return rows[0] ? { shardId: rows[0].owner, version: Number(rows[0].version) } : null;
   }
 
   /** One version of the map, or `null` if it does not exist. */
   async get(version: number, client: Queryable = this.pool): Promise<SlotMapRecord | null> {
-    const { rows } = await client.query<Row>(`select ${COLUMNS} from catalog.slot_maps where version = $1`, [version]);
+    const { rows } = await readRetried(client, this.pool, () => client.query<Row>(`select ${COLUMNS} from catalog.slot_maps where version = $1`, [version]));
     return rows[0] ? toRecord(rows[0]) : null;
   }
 
   /** Versions newest first, without their assignments. */
   async history(limit = 50, client: Queryable = this.pool): Promise<SlotMapVersionInfo[]> {
-    const { rows } = await client.query<Omit<Row, 'assignments' | 'slot_count'>>('select version, created_at, created_by, reason from catalog.slot_maps order by version desc limit $1', [limit]);
+    const { rows } = await readRetried(client, this.pool, () =>
+      client.query<Omit<Row, 'assignments' | 'slot_count'>>('select version, created_at, created_by, reason from catalog.slot_maps order by version desc limit $1', [limit]),
+    );
     return rows.map((r) => ({ version: r.version, createdAt: r.created_at, createdBy: r.created_by, reason: r.reason }));
   }
 

@@ -96,6 +96,25 @@ export async function retryingSerializationFailures<T>(statement: () => Promise<
 }
 
 /**
+ * A plain read, `statement`, sent on `client`: again on 40001 ({@link retryingSerializationFailures})
+ * where `client` is the store's own `pool` (each statement then a transaction of its own, at the
+ * login's or the database's default level: at SERIALIZABLE, serializable snapshot isolation ends
+ * even a read with 40001, "could not serialize access due to read/write dependencies among
+ * transactions", when a transaction that changed what it reads committed after its snapshot with a
+ * conflict of its own; sent again, its new snapshot holds that commit), once as it is on a client
+ * of the caller's (maybe inside the caller's transaction, which the failure aborted: a statement sent
+ * again there would only be refused, 25P02).
+ *
+ * @example
+ * ```ts
+ * const { rows } = await readRetried(client, this.pool, () => client.query(LATEST));
+ * ```
+ */
+export function readRetried<T>(client: unknown, pool: unknown, statement: () => Promise<T>): Promise<T> {
+  return client === pool ? retryingSerializationFailures(statement) : statement();
+}
+
+/**
  * What a failed call to a database (a shard's node, the catalog) is, in words fit for an API
  * response: the kind of failure and, where one is known, what to do. The driver's and the
  * server's own text names addresses and ports (`connect ECONNREFUSED 10.0.3.7:5432`), logins
