@@ -203,6 +203,13 @@ interface SettlePlan {
   readonly takes?: string;
   /** A key's row: how its route reaches the row's shard (its pin, or by hash), for the words of a refusal ({@link rowsBehind}). */
   readonly routeHow?: string;
+  /**
+   * A key's row: its slot's row on the same shard where that row does not let the key through
+   * (`moved`, `fenced` or `incoming`, the key not in its `excluded_keys`), with whether the key
+   * follows it (routed by hash) or its pin sends it there: what a way out by hand must do with the
+   * key's row so that the shard takes its writes ({@link keyRowsBehind}).
+   */
+  readonly slotRowHere?: { readonly state: string; readonly movedTo: string | null; readonly jobId: string | null; readonly byPin: boolean };
 }
 
 /**
@@ -557,7 +564,8 @@ function judgeKey(r: FenceRowRead, shard: string, f: UnitFacts, job: { id: strin
     slotWithheld = `${shard}'s row of the key's slot ${slot} is ${s.state} (${s.job_id === null ? 'a hand change' : `move job #${s.job_id}`}) and does not keep the key out: deleted, it would refuse the key's writes here; opened, the key would pass a fence of its slot: settle that row first`;
   }
   const withheld = moving ?? slotWithheld;
-  return { ...base, diagnosis, action: 'reopen', plan: { ...plan, routeHow: route.how }, ...(withheld === undefined ? {} : { withheld }) };
+  const slotRowHere = lets ? {} : { slotRowHere: { state: s.state, movedTo: s.moved_to, jobId: s.job_id, byPin: route.byPin } };
+  return { ...base, diagnosis, action: 'reopen', plan: { ...plan, routeHow: route.how, ...slotRowHere }, ...(withheld === undefined ? {} : { withheld }) };
 }
 
 /** How long a settling statement waits for a row lock on a shard (a move's or a change's statement on the row). */
@@ -1100,7 +1108,7 @@ async function rowsBehind(r: FenceRowRead, shard: string, rowOn: ReadonlyMap<str
     const here = await counted(shard);
     if (typeof here === 'string') return here;
     if (here.length > 0) {
-      if (unit.kind === 'directory') return keyRowsBehind(r, shard, unit.key, here, plan.routeHow, o, counted);
+      if (unit.kind === 'directory') return keyRowsBehind(r, shard, unit.key, here, plan, o, counted);
       if (r.job_id === null) return slotRowsBehindHandRow(r, shard, unit, here, o, catalog, counted);
       const find = `select id, email from users where slot = ${unit.slot}; select id, owner_id, slot from documents where owner_id in (select id from users where slot = ${unit.slot})`;
       return (
@@ -1270,7 +1278,7 @@ async function keyRowsBehind(
   shard: string,
   key: string,
   here: readonly TableRows[],
-  routeHow: string | undefined,
+  plan: SettlePlan,
   o: JudgeOptions,
   counted: (on: string) => Promise<TableRows[] | string>,
 ): Promise<string> {
@@ -1285,9 +1293,29 @@ async function keyRowsBehind(
     else there = `${to}, where this row sends the key's writes, holds rows of the key too (${describeRows(held)}): the key is split over the two shards; compare them`;
   }
   const pinTo = to === null || to === shard ? '<the shard holding its rows>' : to;
+  // The row as read, so that the statement printed changes no row written since (a move's or a
+  // change's); `unit_id` as the shard stores it (the canonical key).
+  const same = `kind = 'directory' and unit_id = '${key}' and state = 'moved' and moved_to ${to === null ? 'is null' : `= '${to}'`} and job_id ${r.job_id === null ? 'is null' : `= ${r.job_id}`}`;
+  // What the row's shard takes the key's writes by once this row is out of the way: deleted, the
+  // slot's row there decides for the key ("Which row applies"). Where that row does not let the
+  // key through and the key's pin sends it there, the key's own row is set `open` (as the review
+  // itself settles such a row): printed as a deletion, the slot's `moved` row then refused every
+  // write the pin sends there (CAF02, the router sent back by the pin: "routing is not
+  // converging"), for good (h120, moves-slot-source-moved.test.ts, "... on a shard whose slot row
+  // says moved"). A key routed by hash follows its slot's row, listed (and settled) on its own.
+  const s = plan.slotRowHere;
+  const slotRow = s === undefined ? '' : `${shard}'s row of the key's slot ${slotOf(key)} (${s.state}${s.movedTo === null ? '' : ` to ${s.movedTo}`}${s.jobId === null ? ', a hand change' : `, move job #${s.jobId}`})`;
+  let keep: string;
+  if (s === undefined) keep = `delete this row there (delete from write_fences where ${same}), and ${shard} takes the key's writes where its rows are`;
+  else if (!s.byPin) keep = `delete this row there (delete from write_fences where ${same}); the key, routed by hash, then follows ${slotRow}, listed on its own: ${shard} takes the key's writes once that row is settled`;
+  else if (s.state === 'moved') {
+    keep = `open this row there (update write_fences set state = 'open', moved_to = null, job_id = null, updated_at = now() where ${same}), and ${shard} takes the key's writes where its rows are (deleted instead, ${slotRow} would decide for the key and refuse every write its pin sends there, for good)`;
+  } else {
+    keep = `settle ${slotRow} first (deleted, this row would hand the key to it, which refuses its writes; opened, the key would pass a fence of its slot), then delete this row there (delete from write_fences where ${same}), and ${shard} takes the key's writes where its rows are`;
+  }
   return (
-    `${shard} holds rows of key ${key} (${describeRows(here)}) behind this row, and the key routes to ${shard} (${routeHow ?? 'its route'}): the rows its readers find there, to be taken for its live, acknowledged rows, not a move's leftovers (a directory move leaves none of its key's rows on its source, and a pin changed through the stores counts them first and is refused while there are any): the row was written over them past the stores (a pin change by SQL that failed half way, a superuser's row) or they came behind it since (a restore, rows copied back by hand). Not reopened, and do not delete them; ${there}. ` +
-    `Decide by hand where the key's rows are: where they are those on ${shard}, delete this row there (delete from write_fences where kind = 'directory' and unit_id = '${key}' and state = 'moved'), and ${shard} takes the key's writes where its rows are; where they are those on ${pinTo}, pin the key there (select catalog.repin_by_hand('${key}', '${pinTo}', '<reason>')), ${shard}'s left out of its readers' sight as they are now (docs/sharding-spec.md section 9, "Settling the rows a hand change left")`
+    `${shard} holds rows of key ${key} (${describeRows(here)}) behind this row, and the key routes to ${shard} (${plan.routeHow ?? 'its route'}): the rows its readers find there, to be taken for its live, acknowledged rows, not a move's leftovers (a directory move leaves none of its key's rows on its source, and a pin changed through the stores counts them first and is refused while there are any): the row was written over them past the stores (a pin change by SQL that failed half way, a superuser's row) or they came behind it since (a restore, rows copied back by hand). Not reopened, and do not delete them; ${there}. ` +
+    `Decide by hand where the key's rows are: where they are those on ${shard}, ${keep}; where they are those on ${pinTo}, pin the key there (select catalog.repin_by_hand('${key}', '${pinTo}', '<reason>')), ${shard}'s left out of its readers' sight as they are now (docs/sharding-spec.md section 9, "Settling the rows a hand change left")`
   );
 }
 
@@ -1332,7 +1360,7 @@ async function slotRowsBehindHandRow(
   const giveTo = to === null || to === shard ? '<the shard holding its rows>' : to;
   return (
     `${shard} holds rows of slot ${unit.slot} (${describeRows(here)}) behind this row, a hand change's (job_id null), and the map names ${shard}: the rows the slot's readers find there, to be taken for its live, acknowledged rows, not a move's leftovers (those stand behind the move's own row, and a map published through the stores counts the slot's rows on the shard it gives away before it fences there and is refused while there are any): the row was written over them past the stores (a change by SQL that failed half way, a superuser's row) or they came behind it since (a restore, rows copied by hand). Not reopened, and do not delete them; ${there}. ` +
-    `Decide by hand where the slot's rows are: where they are those on ${shard}, delete this row there (delete from write_fences where kind = 'slot' and unit_id = '${unit.slot}' and state = 'moved'), and ${shard} takes the slot's writes where its rows are; where they are those on ${giveTo}, give the slot there by hand (SlotMapStore.publishByHand with rowsLeftOn 'checked': the stores' count would refuse it for ${shard}'s rows), ${shard}'s left out of its readers' sight as they are now (docs/sharding-spec.md section 9, "Settling the rows a hand change left")`
+    `Decide by hand where the slot's rows are: where they are those on ${shard}, delete this row there (delete from write_fences where kind = 'slot' and unit_id = '${unit.slot}' and state = 'moved' and job_id is null), and ${shard} takes the slot's writes where its rows are; where they are those on ${giveTo}, give the slot there by hand (SlotMapStore.publishByHand with rowsLeftOn 'checked': the stores' count would refuse it for ${shard}'s rows), ${shard}'s left out of its readers' sight as they are now (docs/sharding-spec.md section 9, "Settling the rows a hand change left")`
   );
 }
 

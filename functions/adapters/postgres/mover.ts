@@ -40,7 +40,7 @@ import type pg from 'pg';
 import type { z } from 'zod';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryEntry } from './directory-store.js';
-import { canonicalKey, keySlot } from '../../core/sharding/keys.js';
+import { canonicalKey, keySlot, uuidForm } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting, type MoveUnitVerdict } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
 import { withNodeDeadline } from './deadline.js';
@@ -61,7 +61,7 @@ import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sourceDisowns, type DisowningRow, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 import { retryingSerializationFailures } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
-import { describeRows, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn } from './unit-rows.js';
+import { describeRows, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn, type TableRows } from './unit-rows.js';
 
 export * from './move-jobs.js';
 export type { MoverDirectory, MoverSlotMaps } from './move-port.js';
@@ -411,6 +411,7 @@ export class Mover {
     if (req.kind === 'directory') {
       await this.checkKeySlot(unitId, slot, from);
       await this.checkSourceOwnsKey(unitId, from, entry === null ? 'by hash' : 'pinned');
+      await this.checkOtherShardsHoldNoKeyRows(unitId, slot, from, req.to, entry === null ? 'by hash' : 'pinned');
     } else {
       await this.checkSourceOwnsSlot(slot, from, map.version);
       await this.checkTargetHoldsNoSlotRows(slot, from, req.to, excluded, map.version);
@@ -790,6 +791,63 @@ export class Mover {
       throw new MoveConflictError(
         `cannot move slot ${slot} from ${from} to ${to}: ${shard}, which owned the slot in an earlier slot map, holds rows of it (${describeRows(held)}${excluded.length > 0 ? `, less the ${excluded.length} key(s) the directory keeps out of it` : ''}) behind ${state === undefined ? 'no fence row of it' : 'its open fence row'}, though slot map version ${version} names ${from}: not a finished move's leftovers (they stand behind its 'moved' row), but rows the map does not send readers to, and the move would copy ${from}'s rows of the slot alone to ${to}, leaving ${shard}'s out of every reader's sight for good. Nothing was recorded. ` +
           `Decide where the slot's rows are by hand: where they are the slot's own (a map gave the slot to ${from} past the stores while they stayed on ${shard}, rowsLeftOn 'checked' or SQL, and ${from}'s 'moved' row of it was deleted by hand as if they were on ${from}; ${from} has taken the slot's writes since, no row refusing them), put them together on ${shard} first: copy ${from}'s rows of the slot to ${shard} by hand (select id from users where slot = ${slot}; select id, owner_id from documents where slot = ${slot}), delete them on ${from}, give the slot to ${shard} by hand through the stores (SlotMapStore.publishByHand given the shards' pools, which counts ${from}'s rows of it, refuses while any are left, and fences it), then move it from ${shard} to ${to}; where they are stale copies of rows on ${from} (copied there by hand), delete them on ${shard}, then plan the move again (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
+      );
+    }
+  }
+
+  /**
+   * As {@link checkFormerOwnersHoldNoSlotRows}, for a directory move: refuses it while a shard of
+   * this mover other than the source and the target holds rows of the key under its own slot (the
+   * unit a directory move carries) behind no fence row that says they are not the key's own there:
+   * the key's row `open`, or no row of the key and its slot's row there letting it through (none,
+   * `open`, or the key among its `excluded_keys`). A key's pins keep no history, so every shard is
+   * asked: one index probe a table a shard. The hole it closes (h120, moves-slot-source-moved.test.ts,
+   * "a directory move to a third shard while a shard the key was pinned to holds its rows ..."):
+   * the key moved A -> B by a directory move, its pin given back to A past the stores
+   * (`catalog.repin_by_hand`, which counts and fences nothing), and A's `moved` row of the key
+   * deleted by hand as if its rows were on A (the way out checkSourceOwnsKey names, misjudged): A
+   * took the key's writes, no row refusing them, while its rows stayed on B, and a move of the key
+   * from A to C copied A's rows of the key (none, or the few written since), pinned the key to C and
+   * ended `done`, B's user and documents out of every reader's sight for good; the target's own
+   * count (PgMovePort.checkedIncoming) counts C alone. Passed: rows behind the key's `moved`,
+   * `fenced` or `incoming` row there (a finished move's leftovers, a change in flight), or behind
+   * its slot's such row where the key follows it (a slot move's leftovers: a user its clean-up kept
+   * for documents under another slot); a shard reaching the source's or the target's database (two
+   * spellings of one endpoint: their rows are counted as theirs). Where the catalog no longer sends
+   * the key to `from` (a move of it finished since the plan read its route), the plan's re-read of
+   * the owner under the job row refuses it in the words that say so. Read once, at plan time.
+   */
+  private async checkOtherShardsHoldNoKeyRows(key: string, slot: number, from: string, to: string, route: 'by hash' | 'pinned'): Promise<void> {
+    // Only a key in the canonical UUID form owns rows (unit-rows.ts, keyRowsOn).
+    if (uuidForm(key) === undefined) return;
+    for (const [shard, pool] of this.options.shards) {
+      if (shard === from || shard === to) continue;
+      const { rows: fences } = await pool.query<{ kind: string; state: string; excluded_keys: string[] | null }>(
+        `select kind, state, excluded_keys from write_fences where (kind = 'directory' and unit_id = $1) or (kind = 'slot' and unit_id = $2)`,
+        [key, String(slot)],
+      );
+      const own = fences.find((f) => f.kind === 'directory');
+      const slotRow = fences.find((f) => f.kind === 'slot');
+      if (own !== undefined && own.state !== 'open') continue;
+      if (own === undefined && slotRow !== undefined && slotRow.state !== 'open' && !(slotRow.excluded_keys ?? []).includes(key)) continue;
+      const { rows } = await pool.query<{ t: TableRows['table']; n: number }>(
+        `select 'users' as t, count(*)::int as n from users where id = $1::uuid and slot = $2::integer
+         union all select 'documents', count(*)::int from documents where owner_id = $1::uuid and slot = $2::integer
+         union all select 'document_keys', count(*)::int from document_keys where owner_id = $1::uuid and slot = $2::integer`,
+        [key, slot],
+      );
+      const held = rows.filter((r) => Number(r.n) > 0).map((r) => ({ table: r.t, rows: Number(r.n) }));
+      if (held.length === 0) continue;
+      const now = await this.options.directory.entry(key);
+      if ((now?.shardId ?? (await this.options.slotMaps.ownerOf(slot))?.shardId) !== from) return;
+      const source = this.options.shards.get(from) as pg.Pool;
+      const target = this.options.shards.get(to) as pg.Pool;
+      if ((await sameDatabase(source, pool)) || (await sameDatabase(target, pool))) continue;
+      const behind = own !== undefined ? 'its open row of the key' : slotRow === undefined ? 'no fence row of the key or of its slot' : `no row of the key, its slot ${slot}'s row there ${slotRow.state === 'open' ? 'open' : `keeping the key out (${slotRow.state})`}`;
+      const routedBy = route === 'pinned' ? `its pin names ${from}` : `it has no pin and routes by hash to its slot's owner, ${from}`;
+      throw new MoveConflictError(
+        `cannot move key ${key} from ${from} to ${to}: ${shard} holds rows of the key (${describeRows(held)}) behind ${behind}, though the catalog sends the key to ${from} (${routedBy}): not a finished move's leftovers (they stand behind its 'moved' row), but rows no route sends readers to, and the move would copy ${from}'s rows of the key alone to ${to} and pin it there, leaving ${shard}'s out of every reader's sight for good. Nothing was recorded or pinned. ` +
+          `Decide where the key's rows are by hand: where they are the key's own (its pin given to ${from} past the stores, catalog.repin_by_hand or SQL, while they stayed on ${shard}, and ${from}'s 'moved' row of the key deleted by hand as if they were on ${from}), pin the key back there (select catalog.repin_by_hand('${key}', '${shard}', '<reason>')), first copying to ${shard} by hand any rows of the key ${from} took since (select id from users where id = '${key}'; select id from documents where owner_id = '${key}') and deleting them on ${from}, then move it from ${shard} if wanted; where they are stale copies of rows on ${from} (copied there by hand), delete them on ${shard}, then plan the move again (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
       );
     }
   }

@@ -677,3 +677,82 @@ describe("a slot move to a third shard while a shard that owned the slot holds i
     expect(await documentWrittenFor(env3, key)).toBe(`written on ${third}`);
   });
 });
+
+describe("shards fences --settle over a pinned key's own moved row with its rows behind it, on a shard whose slot row says moved (h120)", () => {
+  it("names the SQL that opens the key's row, not one that deletes it: deleted, the slot's moved row refused the key's writes where its pin sends them, for good", async () => {
+    // The slot moved A -> B with the key's rows (routed by hash), then the key moved back B -> A by
+    // a directory move: its rows and its pin on A, A's row of the key `open` over A's row of the
+    // slot, `moved` to B, which does not keep the key out. A pin change of the key from A to C by
+    // SQL that failed half way (or a store's change rolled back in its caller's transaction) left
+    // A's row of the key `moved` to C, job_id null, over the key's live rows.
+    const slot = 1719;
+    const { from, to, third, a, c, key, mover } = await seededThree(slot);
+    const slotMove = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    expect((await mover.run(slotMove.id)).state).toBe('done');
+    const back = await mover.plan({ kind: 'directory', key, to: from, createdBy: 'test' });
+    expect((await mover.run(back.id)).state).toBe('done');
+    expect(await fenceState(a, slot)).toBe('moved');
+    await handRowMoved(a, 'directory', key, third);
+    const review = await settleReview(env3);
+    const outcome = listedRow(review, from, 'directory', key)?.outcome ?? 'not listed';
+    expect(outcome).toMatch(new RegExp(`^left: ${from} holds rows of key ${key} \\(1 in users, 2 in documents\\) behind this row, and the key routes to ${from} \\(its pin, directory version \\d+\\)`));
+    expect(outcome).toContain('do not delete them');
+    // The way out it prints for the key's rows here, run as printed.
+    const printed = /where they are those on [^,]+, (?:delete|open) this row there \(((?:delete from|update) write_fences .*?state = 'moved'(?: and moved_to (?:is null|= '[^']*') and job_id (?:is null|= \d+))?)\)/.exec(outcome)?.[1];
+    expect(printed, outcome).toBeDefined();
+    await a.query(printed as string);
+    env3.directory.invalidate(key);
+    // Before the fix: `delete from write_fences where kind = 'directory' ...`: A's row of the slot,
+    // `moved` to B, then decided for the key and refused every write its pin sends to A (CAF02),
+    // the router sent back to A by the pin ("routing is not converging"), until someone found it.
+    expect(await documentWrittenFor(env3, key)).toBe(`written on ${from}`);
+    expect(await countSlot(a, slot)).toEqual({ users: 1, documents: 3 });
+    expect(await countSlot(c, slot)).toEqual({ users: 0, documents: 0 });
+  });
+});
+
+describe("a directory move to a third shard while a shard the key was pinned to holds its rows behind no refusing row (h120)", () => {
+  it("is refused at plan time, nothing recorded or pinned, naming that shard: before, it moved the source's rows alone, pinned the key to the third shard and ended done, the key's rows left out of every reader's sight", async () => {
+    // The key moved A -> B by a directory move (its rows and pin on B, A's row of the key `moved`
+    // to B); its pin given back to A past the stores (catalog.repin_by_hand, which counts and
+    // fences nothing); the plan's way out misjudged (A's row of the key deleted by hand as if its
+    // rows were on A). A then takes the key's writes, no row refusing them, while its rows stay on
+    // B, and the key is moved on to C: the checks count the source and the target alone.
+    const slot = 1720;
+    const { from, to, third, a, b, c, key, mover } = await seededThree(slot);
+    const first = await mover.plan({ kind: 'directory', key, to, createdBy: 'test' });
+    expect((await mover.run(first.id)).state).toBe('done');
+    expect(await countSlot(b, slot)).toEqual({ users: 1, documents: 2 });
+    await env3.catalog.query(`select catalog.repin_by_hand($1, $2, 'restored by hand')`, [key, from]);
+    env3.directory.invalidate(key);
+    expect(await refusalOf(mover.plan({ kind: 'directory', key, to: third, createdBy: 'test' }))).toBeInstanceOf(MoveConflictError);
+    await a.query(`delete from write_fences where kind = 'directory' and unit_id = $1 and state = 'moved'`, [key]);
+    const jobsBefore = Number((await env3.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n);
+    const refused = await refusalOf(mover.plan({ kind: 'directory', key, to: third, createdBy: 'test' }));
+    if (refused === null) {
+      const { rows } = await env3.catalog.query<{ id: string }>('select id::text from catalog.move_jobs order by id desc limit 1');
+      const ran = await outcomeOf(mover.run(Number(rows[0]?.id)));
+      env3.directory.invalidate(key);
+      expect.fail(
+        `plan recorded job #${rows[0]?.id}; run ${ran}; the key's rows: ${JSON.stringify(await countSlot(c, slot))} on ${third} (its pin now: ${(await env3.directory.entry(key))?.shardId ?? 'none'}), ${JSON.stringify(await countSlot(b, slot))} left on ${to}, out of every reader's sight`,
+      );
+    }
+    expect(refused).toBeInstanceOf(MoveConflictError);
+    const msg = (refused as Error).message;
+    expect(msg).toContain(`cannot move key ${key} from ${from} to ${third}: ${to} holds rows of the key (1 in users, 2 in documents) behind`);
+    expect(msg).toContain('Nothing was recorded or pinned');
+    expect(Number((await env3.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n)).toBe(jobsBefore);
+    expect((await env3.directory.entry(key))?.shardId).toBe(from);
+    expect(await countSlot(b, slot)).toEqual({ users: 1, documents: 2 });
+    // The way out it names, the key's rows being on B: the key pinned back there by hand; its
+    // writes land with its rows, and it moves on from there.
+    await env3.catalog.query(`select catalog.repin_by_hand($1, $2, 'its rows are there')`, [key, to]);
+    env3.directory.invalidate(key);
+    expect(await documentWrittenFor(env3, key)).toBe(`written on ${to}`);
+    const next = await mover.plan({ kind: 'directory', key, to: third, createdBy: 'test' });
+    expect((await mover.run(next.id)).state).toBe('done');
+    env3.directory.invalidate(key);
+    expect(await countSlot(c, slot)).toEqual({ users: 1, documents: 3 });
+    expect(await documentWrittenFor(env3, key)).toBe(`written on ${third}`);
+  });
+});
