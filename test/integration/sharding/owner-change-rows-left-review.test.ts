@@ -68,7 +68,9 @@ describe('a slot map giving away slots without rows', () => {
     const { to } = await threeShardsOf(env, slot);
     await slotMaps.publish(moveSlots(await slotMaps.current(), [slot, slot + 1, slot + 2], to), 'ops@example.com', 'empty slots');
     expect(await env.ownerOf(slot)).toBe(to);
-    expect(statements.filter((s) => s.includes('shard_directory'))).toHaveLength(1);
+    // Its reads of the directory's rows; sharding migration 031's probe for the slot column
+    // (pinnedKeysOf, pg_attribute) names the table but reads none of them.
+    expect(statements.filter((s) => /from catalog\.shard_directory/.test(s))).toHaveLength(1);
   }, 120_000);
 });
 
