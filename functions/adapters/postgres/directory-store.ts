@@ -20,7 +20,7 @@ import { slotOf } from '../../core/sharding/hash.js';
 import { canonicalKey, uuidForm } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
-import { hasSqlState, INVALID_PARAMETER_VALUE, PIN_KEPT, PIN_OWNER_KEPT, readRetried, retryingSerializationFailures } from './sqlstate.js';
+import { hasSqlState, INVALID_PARAMETER_VALUE, PIN_KEPT, PIN_OWNER_KEPT, readRetried } from './sqlstate.js';
 import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, keyRowsOn, lockSlotsForPins, OwnerChangeFences, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
@@ -238,7 +238,7 @@ export class DirectoryStore implements DirectoryLookup {
     if (cached !== undefined) return cached.value;
     const generation = this.generation;
     // Sent again on 40001 (readRetried, sqlstate.ts): so are this store's other plain reads on its pool.
-    const { rows } = await retryingSerializationFailures(() => this.pool.query<{ shard_id: string }>('select shard_id from catalog.shard_directory where key = $1', [key]));
+    const { rows } = await readRetried(this.pool, this.pool, () => this.pool.query<{ shard_id: string }>('select shard_id from catalog.shard_directory where key = $1', [key]));
     const shardId = rows[0]?.shard_id ?? null;
     if (generation === this.generation) this.cache.set(key, shardId);
     return shardId;
@@ -678,7 +678,7 @@ export class DirectoryStore implements DirectoryLookup {
     const limit = options.limit ?? MAX_DIRECTORY_PAGE;
     if (!Number.isInteger(limit) || limit < 1 || limit > MAX_DIRECTORY_PAGE) throw new DirectoryError(`a directory page holds 1 to ${MAX_DIRECTORY_PAGE} entries, not ${limit}`);
     // One row more than the page tells whether another page follows.
-    const { rows } = await retryingSerializationFailures(() =>
+    const { rows } = await readRetried(this.pool, this.pool, () =>
       this.pool.query<Row>(
         `select key, shard_id, version, updated_at, updated_by from catalog.shard_directory
          where ($1::text is null or shard_id = $1) and ($2::text is null or key collate "C" > $2)

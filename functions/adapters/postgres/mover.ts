@@ -474,7 +474,7 @@ export class Mover {
    */
   private async recordWaitRefused(client: pg.PoolClient, err: unknown, slot: number, from: string, to: string): Promise<string> {
     const where = String((err as { where?: unknown }).where ?? '');
-    const after = `for more than ${PLAN_RECORD_WAIT_MS} ms, ended on its connection or not (a plan whose connection was lost mid-transaction keeps it until the server ends its session: at most ${PLAN_IDLE_MS} ms idle for a plan of this version). Nothing was recorded: plan it again`;
+    const after = `for more than ${PLAN_RECORD_WAIT_MS} ms: a plan still running, or one whose connection was lost mid-transaction, which keeps it until its server ends the session (after at most ${PLAN_IDLE_MS} ms idle for a plan of this version; an older version's plan sets no such bound). Nothing was recorded: plan it again`;
     if (where.includes('move_job_shards')) {
       const { rows } = await client.query<{ shard_id: string }>('select shard_id from catalog.move_job_shards where shard_id = any($1::text[])', [[from, to]]);
       const held = [from, to].filter((s) => !rows.some((r) => r.shard_id === s));

@@ -312,6 +312,14 @@ export interface ReadNode {
   readonly begun?: { readonly begun: unknown };
 }
 
+/**
+ * The transaction {@link ReplicaReader.query} runs its statement in where a primary judges its
+ * token (the check is sent with it). One statement has one snapshot at any level: REPEATABLE READ,
+ * as a shard read's (`createShardReader`), so that a SERIALIZABLE default adds no serialization
+ * failure of its own; READ ONLY, as the query is (it may as well run on a replica).
+ */
+const QUERY_BEGIN = 'begin isolation level repeatable read read only';
+
 /** Anything with pg's `query` (a pool or a client). */
 export interface Queryable {
   query<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
@@ -592,12 +600,26 @@ export class ReplicaReader {
   /**
    * Runs one read-only query on the best node of `shardId`. SQL errors are thrown as pg raised
    * them; node failures move the read to the next node.
+   *
+   * A read whose token a primary judges runs its query in the transaction the check was sent in
+   * ({@link QUERY_BEGIN}, {@link ReadOptions.begin}): one round trip more (its COMMIT) for those
+   * reads only; every other read is the one statement it was. Sent as a statement of its own, the
+   * check could be answered by the old writer and the query by the new one through a proxy that
+   * lends each transaction a server connection across a failover: no rows and no lost write, a
+   * miss for a write the failover lost (timeline-lost-write-writer-proxy.test.ts).
    */
   async query<R extends pg.QueryResultRow = pg.QueryResultRow>(shardId: string, text: string, values: unknown[] = [], options: ReadOptions = {}): Promise<ReadResult<R>> {
-    return this.withReadClient(shardId, async (client, servedBy, node) => {
-      const result = await client.query<R>(text, values);
-      return { rows: result.rows, rowCount: result.rowCount, servedBy, ...(node.lostWrite === undefined ? {} : { lostWrite: node.lostWrite }) };
-    }, options);
+    return this.withReadClient(
+      shardId,
+      async (client, servedBy, node) => {
+        const run = async (): Promise<ReadResult<R>> => {
+          const result = await client.query<R>(text, values);
+          return { rows: result.rows, rowCount: result.rowCount, servedBy, ...(node.lostWrite === undefined ? {} : { lostWrite: node.lostWrite }) };
+        };
+        return node.begun === undefined ? run() : inClientTransaction(client, node.begun, run);
+      },
+      { ...options, begin: QUERY_BEGIN },
+    );
   }
 
   /**

@@ -97,8 +97,9 @@ export async function retryingSerializationFailures<T>(statement: () => Promise<
 
 /**
  * A plain read, `statement`, sent on `client`: again on 40001 ({@link retryingSerializationFailures})
- * where `client` is the store's own `pool` (each statement then a transaction of its own, at the
- * login's or the database's default level: at SERIALIZABLE, serializable snapshot isolation ends
+ * where `client` is the store's own `pool` and not a connection in a transaction block (each
+ * statement then a transaction of its own, at the login's or the database's default level: at
+ * SERIALIZABLE, serializable snapshot isolation ends
  * even a read with 40001, "could not serialize access due to read/write dependencies among
  * transactions", when a transaction that changed what it reads committed after its snapshot with a
  * conflict of its own; sent again, its new snapshot holds that commit), once as it is on a client
@@ -111,7 +112,20 @@ export async function retryingSerializationFailures<T>(statement: () => Promise<
  * ```
  */
 export function readRetried<T>(client: unknown, pool: unknown, statement: () => Promise<T>): Promise<T> {
-  return client === pool ? retryingSerializationFailures(statement) : statement();
+  return client === pool && !inTransactionBlock(client) ? retryingSerializationFailures(statement) : statement();
+}
+
+/**
+ * Whether `client` is a connection inside a transaction block, open ('T') or failed ('E'), as its
+ * server's last ReadyForQuery said (pg's `getTransactionStatus`; a pool has none: each of its
+ * statements is a transaction of its own). A store may be built on a client rather than a pool
+ * (`new SlotMapStore(client)`, a caller's transaction on it): its "own pool" is then the caller's
+ * transaction, and a read retried there was refused (25P02) in place of the 40001 the caller's
+ * own retry of its transaction looks for (moves-ssi-reads.test.ts).
+ */
+function inTransactionBlock(client: unknown): boolean {
+  const status = (client as { getTransactionStatus?: () => unknown } | null)?.getTransactionStatus?.();
+  return status === 'T' || status === 'E';
 }
 
 /**

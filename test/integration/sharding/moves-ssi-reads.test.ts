@@ -124,4 +124,22 @@ describe('the routing stores\' plain reads at a SERIALIZABLE catalog', () => {
       client.release();
     }
   });
+
+  it("a store on a client in the caller's SERIALIZABLE transaction answers its read's 40001 as it is: the read is not sent again in the transaction the failure aborted", async () => {
+    const { version } = await env.slotMaps.current();
+    const client = await gated('from catalog.slot_maps order by version desc limit 1', 'catalog.slot_maps', `update catalog.slot_maps set reason = 'changed in a transaction' where version = ${version}`);
+    try {
+      await client.query('begin isolation level serializable');
+      // Before: 25P02 ("current transaction is aborted"), the read sent again inside it; the
+      // caller's own retry of its transaction looks for 40001.
+      const read = await new SlotMapStore(client).latest().then(
+        (r) => r?.reason,
+        (err: unknown) => (err as { code?: string }).code,
+      );
+      await client.query('rollback');
+      expect(read).toBe('40001');
+    } finally {
+      client.release();
+    }
+  });
 });

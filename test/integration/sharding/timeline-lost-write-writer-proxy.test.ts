@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { parseReadToken } from '../../../functions/core/sharding/read-token.js';
+import { readOptionsFor } from '../../../functions/adapters/postgres/read-transaction.js';
 import { cutWalReceiver } from '../../support/replica.js';
 import { startWriterProxy } from '../../support/writer-proxy.js';
 import { ONE_SHARD, oneShardApi, type Answer } from './fixtures/one-shard-api.js';
@@ -125,5 +126,43 @@ describe('a read token through a proxy that fails over between two transactions 
     // Judged and read on the old primary (the write is there), or both on the promoted one (410); never 404.
     expect({ status: read.status, id: read.body?.id as unknown }).toEqual({ status: 200, id: lost.body.id });
     expect({ status: next.status, type: next.body?.type as unknown }).toEqual({ status: 410, type: WRITE_LOST_TYPE });
+  }, 120_000);
+});
+
+/**
+ * The same failover between two transactions, through `ReplicaReader.query` (one statement, the
+ * library's documented read, and GET /api/v1/documents/:id's read of every shard without an owner):
+ * its primary check was still a statement of its own, outside the read's BEGIN that
+ * `createShardReader` now sends it in, so the verdict on the token was the old writer's (no loss)
+ * and the miss the new one's: no rows and no lost write, a miss the caller answers 404.
+ */
+describe('ReplicaReader.query with a token through a proxy that fails over between two transactions of one read', () => {
+  const { cluster, closers } = replicatedShard(1);
+
+  it("never answers a miss for a write it judged from another server's check", async () => {
+    const shard = cluster().shards[0];
+    const replica = shard?.replicas[0];
+    if (!shard || !replica) throw new Error('the cluster has no replica');
+    const proxy = await startWriterProxy(Number(new URL(shard.primary.url).port));
+    closers.push(() => proxy.close());
+    const viaProxy = new URL(shard.primary.url);
+    viaProxy.port = String(proxy.port);
+    const { api, reader } = await oneShardApi(viaProxy.toString(), closers, { max: 1 });
+    await replica.waitForCatchUp();
+    closers.push(await cutWalReceiver(replica.url));
+    const lost = await api('POST', '/api/v1/users', { email: 'lost@example.org', display_name: 'lost' });
+    const lostToken = lost.headers.get('x-read-token');
+    if (lost.status !== 201 || lostToken === null) throw new Error(`the write answered ${lost.status} without a token`);
+    const options = readOptionsFor(ONE_SHARD, parseReadToken(lostToken));
+    await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
+
+    proxy.failoverAfter('pg_is_in_recovery() as in_recovery', Number(new URL(replica.url).port));
+    const read = await reader.query<{ id: string }>(ONE_SHARD, 'select id::text as id from users where id = $1', [lost.body.id], options);
+    const next = await reader.query<{ id: string }>(ONE_SHARD, 'select id::text as id from users where id = $1', [lost.body.id], options);
+    const seen = (r: typeof read) => ({ ids: r.rows.map((row) => row.id), lost: r.lostWrite?.currentTimeline });
+
+    expect(proxy.moved()).toBe(1);
+    // Before: { ids: [], lost: undefined } for the first (checked on the old writer, read on the new one).
+    expect({ read: seen(read), next: seen(next) }).toEqual({ read: { ids: [lost.body.id], lost: undefined }, next: { ids: [], lost: 2 } });
   }, 120_000);
 });
