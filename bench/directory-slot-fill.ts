@@ -7,7 +7,9 @@
  * `--batch` rows, each its own transaction) timed while another connection writes a pin of a key
  * already in the directory every 20 ms (the longest of those writes printed: what a batch holds a
  * pin off); last, the fence review's read of one slot's pins (`pinnedKeysOf`) against the read
- * of the whole directory it replaced, medians of 5.
+ * of the whole directory it replaced, medians of 5. And the fill run again with nothing left (as
+ * every deploy and local start runs it), against the walk of every key such a run made before it
+ * started at the first row whose slot is NULL.
  *
  * Measured on 2 shared cores loaded by other work (2026-12-07): see docs/sharding-spec.md
  * section 2, "The hash in SQL".
@@ -94,11 +96,26 @@ try {
       filling = false;
       await writer;
       await pool.query('vacuum analyze catalog.shard_directory');
+      // Run again with nothing left (every deploy's and every local start's run from now on), and
+      // the walk of every key such a run made before it started at the first NULL row.
+      const again = performance.now();
+      const againFilled = await fillDirectorySlots(pool, { batch: options.batch });
+      const againMs = performance.now() - again;
+      const walked = performance.now();
+      let statements = 0;
+      for (let after: string | null = null; ; ) {
+        statements += 1;
+        const r: { last_key: string | null } | undefined = (await pool.query<{ last_key: string | null }>('select last_key from catalog.shard_directory_slot_fill($1::text, $2::int)', [after, options.batch])).rows[0];
+        if (r === undefined || r.last_key === null) break;
+        after = r.last_key;
+      }
+      const walkedMs = performance.now() - walked;
       const bySlotMs: number[] = [];
       for (let r = 0; r < 5; r += 1) bySlotMs.push(await whole());
       console.log(
         `${pins} pins: migration 031 ${seconds(migrateMs)}; fill ${n} rows in ${batches} batches ${seconds(fillMs)} (${((fillMs * 1000) / Math.max(1, n)).toFixed(1)} µs a row), ` +
           `${writes.length} pin writes meanwhile, median ${median(writes).toFixed(1)} ms, longest ${Math.max(...writes).toFixed(1)} ms; ` +
+          `fill again (nothing left) ${againFilled} rows in ${(againMs).toFixed(1)} ms (walking every key: ${seconds(walkedMs)}, ${statements} statements); ` +
           `one slot's pins: read whole ${seconds(median(wholeMs))}, by slot ${(median(bySlotMs)).toFixed(1)} ms`,
       );
     } finally {

@@ -21,7 +21,7 @@ import { canonicalKey, uuidForm } from '../../core/sharding/keys.js';
 import type { DirectoryLookup } from '../../core/sharding/router.js';
 import { TtlCache } from '../../core/sharding/ttl-cache.js';
 import { hasSqlState, INVALID_PARAMETER_VALUE, PIN_KEPT, PIN_OWNER_KEPT, readRetried } from './sqlstate.js';
-import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, keyRowsOn, lockSlotsForPins, OwnerChangeFences, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
+import { boundedCount, countedOwnerChange, countTimeoutOf, describeRows, directoryKeysBySlot, keyRowsOn, lockSlotsForPins, OwnerChangeFences, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
 /** A directory write was refused (unknown shard, empty key or author). */
 export class DirectoryError extends Error {
@@ -242,6 +242,22 @@ export class DirectoryStore implements DirectoryLookup {
     const shardId = rows[0]?.shard_id ?? null;
     if (generation === this.generation) this.cache.set(key, shardId);
     return shardId;
+  }
+
+  /**
+   * Every directory key whose hash slot (that of its canonical form, keySlot) is `slot`, read from
+   * the catalog (never cached; in the caller's transaction when `client` is one): the keys a slot
+   * move keeps out of its slot (mover.ts). Read by the directory's slot column (sharding migration
+   * 031, unit-rows.ts directoryKeysBySlot: the rows of the slot and those not yet given theirs),
+   * not whole: a slot move's plan read the whole directory twice, once inside its transaction,
+   * which holds the slot's pins and every map publication off meanwhile (1,000,000 keys at
+   * 1,000,000 pins; directory-slot.test.ts, "a slot move's plan ..."). A key stored in another UUID
+   * spelling than the canonical one, which routes nothing and keeps no row out of a move, may be
+   * missed (directoryKeysBySlot says why).
+   */
+  async keysInSlot(slot: number, client: Queryable = this.pool): Promise<string[]> {
+    const keys = await readRetried(client, this.pool, () => directoryKeysBySlot(client, new Set([slot])));
+    return keys.filter((k) => slotOf(canonicalKey(k)) === slot);
   }
 
   /** The full entry, read from the catalog (never cached). */

@@ -63,7 +63,7 @@ export type MoverSlotMaps = Pick<SlotMapStore, 'current' | 'publish' | 'ownerOf'
  * is called once each transaction of the mover that wrote the entry has ended: the process's
  * lookups (the same store routes its requests) must not keep an owner read before that commit.
  */
-export type MoverDirectory = Pick<DirectoryStore, 'entry' | 'set' | 'all' | 'invalidate'>;
+export type MoverDirectory = Pick<DirectoryStore, 'entry' | 'set' | 'all' | 'keysInSlot' | 'invalidate'>;
 
 /** What a move recorded of its source (sharding migrations 014, 015), as the catalog returns it (bigint as text). */
 interface RecordedSource {

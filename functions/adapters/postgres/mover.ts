@@ -40,6 +40,7 @@ import type pg from 'pg';
 import type { z } from 'zod';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryEntry } from './directory-store.js';
+import { SLOT_COUNT } from '../../core/sharding/hash.js';
 import { canonicalKey, keySlot, uuidForm } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting, type MoveUnitVerdict } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
@@ -61,7 +62,7 @@ import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sourceDisowns, type DisowningRow, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 import { retryingSerializationFailures } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
-import { describeRows, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn, type TableRows } from './unit-rows.js';
+import { describeRows, directoryKeysBySlot, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn, type TableRows } from './unit-rows.js';
 
 export * from './move-jobs.js';
 export type { MoverDirectory, MoverSlotMaps } from './move-port.js';
@@ -201,7 +202,14 @@ const TARGET_ROW_READ_MS = 2000;
 /** The catalog's state {@link Mover.refusals} reads once for every request it checks. */
 interface CatalogRead {
   readonly map: SlotMap;
-  readonly directory: readonly DirectoryEntry[];
+  /**
+   * The directory's keys of the slot requests' slots, by slot (DirectoryStore.keysInSlot's, for
+   * all of them in one statement): not the whole directory, which the check read once a round
+   * before, 1,000 keys a page (directory-slot.test.ts, "the rebalance check's refusals ...").
+   */
+  readonly keysBySlot: ReadonlyMap<number, readonly string[]>;
+  /** The directory entries of the directory requests' keys (canonical), those pinned. */
+  readonly entries: ReadonlyMap<string, DirectoryEntry>;
 }
 
 /**
@@ -335,8 +343,11 @@ export class Mover {
       // key and was then cancelled): a key left out of `excluded` would be copied and deleted from
       // where the directory keeps it. From this row on, no other move of the slot can change them.
       if (req.kind === 'slot' && unit.excludeDirectoryKeys) {
-        const { rows: keys } = await client.query<{ key: string }>('select key from catalog.shard_directory');
-        const now = keys.map((k) => k.key).filter((k) => keySlot(k) === slot);
+        // The rows of the slot (and those whose slot is not yet filled) through the directory's slot
+        // column (sharding migration 031), not the whole directory: read whole here, under the
+        // slot's pin lock and the maps' SHARE lock, it held the slot's pins and every map
+        // publication off while 1,000,000 keys were read (directory-slot.test.ts, "a slot move's plan ...").
+        const now = await this.options.directory.keysInSlot(slot, client);
         if (now.length !== excluded.length || now.some((k) => !excluded.includes(k))) {
           await client.query('rollback');
           throw new MoveConflictError(`the directory's keys in ${what} changed while this move was planned; nothing was recorded: plan it again`);
@@ -394,12 +405,12 @@ export class Mover {
       slot = req.slot;
       from = map.assignments[slot] as string;
       // Keys the directory places stay where it puts them; their rows do not move with the slot.
-      if (unit.excludeDirectoryKeys) excluded = read ? read.directory.map((e) => e.key).filter((k) => keySlot(k) === slot) : await this.directoryKeysIn(slot);
+      if (unit.excludeDirectoryKeys) excluded = read ? [...(read.keysBySlot.get(slot) ?? [])] : await this.directoryKeysIn(slot);
       versionBefore = map.version;
     } else {
       unitId = canonicalKey(req.key);
       slot = keySlot(unitId);
-      entry = read ? (read.directory.find((e) => e.key === unitId) ?? null) : await this.options.directory.entry(unitId);
+      entry = read ? (read.entries.get(unitId) ?? null) : await this.options.directory.entry(unitId);
       from = entry?.shardId ?? (map.assignments[slot] as string);
       versionBefore = entry?.version ?? 0;
     }
@@ -428,7 +439,9 @@ export class Mover {
    * checks before recording pass, in the order given. The same checks ({@link checked}), nothing
    * recorded; the slot map and the directory read once for them all (the plan reads them for its
    * one request: a 4096-entry map and every pin for each move made the rebalance check's checks
-   * cost as much again as the rest of it), and at most {@link REFUSAL_CHECKS_AT_ONCE} requests'
+   * cost as much again as the rest of it): the directory's rows of the requests' slots (by its
+   * slot column, sharding migration 031) and of their keys, not the whole directory, which cost a
+   * read of every pin a round (1,000 a page), and at most {@link REFUSAL_CHECKS_AT_ONCE} requests'
    * reads of the shards at a time. The unit's size is not counted again (checkUnitSize: a count of
    * up to {@link DEFAULT_MAX_UNIT_ROWS} rows a table, a move): the caller plans within
    * {@link maxUnitRows} from its own counts (the rebalance check's census, table by table, as this
@@ -441,7 +454,28 @@ export class Mover {
    */
   async refusals(requests: readonly MoveRequest[]): Promise<Array<{ readonly status: 400 | 409 | 422; readonly reason: string } | undefined>> {
     if (requests.length === 0) return [];
-    const [map, directory] = await Promise.all([this.options.slotMaps.current(), this.options.directory.all()]);
+    // The slots and keys the requests name, as far as they are well formed (checked refuses the others before it reads them).
+    const slots = new Set(requests.flatMap((r) => (r.kind === 'slot' && Number.isInteger(r.slot) && r.slot >= 0 && r.slot < SLOT_COUNT ? [r.slot] : [])));
+    const keys = [...new Set(requests.flatMap((r) => (r.kind === 'directory' && typeof r.key === 'string' ? [canonicalKey(r.key)] : [])))];
+    const catalog = this.options.catalog;
+    const [map, slotKeys, pinned] = await Promise.all([
+      this.options.slotMaps.current(),
+      retryingSerializationFailures(() => directoryKeysBySlot(catalog, slots)),
+      keys.length === 0
+        ? []
+        : retryingSerializationFailures(() =>
+            catalog.query<{ key: string; shard_id: string; version: string; updated_at: Date; updated_by: string }>(
+              'select key, shard_id, version::text as version, updated_at, updated_by from catalog.shard_directory where key = any($1::text[])',
+              [keys],
+            ),
+          ).then((r) => r.rows),
+    ]);
+    const keysBySlot = new Map<number, string[]>();
+    for (const key of slotKeys) {
+      const slot = keySlot(key);
+      if (slots.has(slot)) keysBySlot.set(slot, [...(keysBySlot.get(slot) ?? []), key]);
+    }
+    const entries = new Map(pinned.map((r) => [r.key, { key: r.key, shardId: r.shard_id, version: Number(r.version), updatedAt: r.updated_at, updatedBy: r.updated_by }] as const));
     const out: Array<{ readonly status: 400 | 409 | 422; readonly reason: string } | undefined> = [];
     for (let i = 0; i < requests.length; i += REFUSAL_CHECKS_AT_ONCE) {
       const batch = requests.slice(i, i + REFUSAL_CHECKS_AT_ONCE);
@@ -449,7 +483,7 @@ export class Mover {
         ...(await Promise.all(
           batch.map(async (request) => {
             try {
-              await this.checked(request, { map, directory });
+              await this.checked(request, { map, keysBySlot, entries });
               return undefined;
             } catch (err) {
               if (err instanceof MoveConflictError) return { status: 409 as const, reason: err.message };
@@ -520,9 +554,13 @@ export class Mover {
     await client.query(`select set_config('lock_timeout', $1, true)`, [rows[0]?.prior ?? '0']);
   }
 
-  /** Every directory key whose hash slot is `slot`. */
+  /**
+   * Every directory key whose hash slot is `slot`: read by the directory's slot column (sharding
+   * migration 031; DirectoryStore.keysInSlot), as the plan's check of them inside its transaction
+   * is, not the whole directory a page at a time.
+   */
   private async directoryKeysIn(slot: number): Promise<string[]> {
-    return (await this.options.directory.all()).map((e) => e.key).filter((k) => keySlot(k) === slot);
+    return this.options.directory.keysInSlot(slot);
   }
 
   /** The job as recorded now. */

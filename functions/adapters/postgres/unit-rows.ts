@@ -267,16 +267,37 @@ export async function slotsRowsOn(pool: Queryable, units: ReadonlyArray<{ readon
  * are left in the catalog.
  */
 export async function pinnedKeysOf(client: Queryable, slots: ReadonlySet<number>): Promise<string[]> {
+  const uuid = `key ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'`;
+  return (await directoryKeysBySlot(client, slots, uuid)).filter((k) => uuidForm(k) === k && slots.has(slotOf(k)));
+}
+
+/**
+ * The keys of the directory rows whose `slot` column (sharding migration 031) is one of `slots`,
+ * or NULL (not yet filled: directory-slot-fill.ts; or written with the triggers off), that also
+ * meet `where` (SQL over `key`, this module's own text, never a caller's input); every row meeting
+ * `where` on a catalog before 031 (a deploy's migrations in progress). A superset: the caller
+ * hashes each key again and keeps those of its slots (the TypeScript hash decides, as before 031).
+ * Read in the caller's transaction when `client` is one. For {@link pinnedKeysOf} and a slot
+ * move's plan (mover.ts), which read the whole directory before 031 (1,000,000 rows at 1,000,000
+ * pins, twice for a plan, once inside its transaction; directory-slot.test.ts).
+ *
+ * A key stored in another UUID spelling than the canonical one (upper case, braces; only a writer
+ * of plain SQL stores one: the stores and catalog.repin_by_hand store canonicalKey's form) has the
+ * slot of its stored text here, which its canonical form's need not be: a caller that hashes
+ * canonicalKey(key) misses it where the two differ. Such a pin routes nothing (the router looks
+ * the canonical form up) and excludes no row from a slot move (the shards compare a row's owner as
+ * uuid text, canonical, with the excluded keys): missing it changes nothing a move copies.
+ */
+export async function directoryKeysBySlot(client: Queryable, slots: ReadonlySet<number>, where = 'true'): Promise<string[]> {
   if (slots.size === 0) return [];
   const { rows: column } = await client.query<{ slotted: boolean }>(
     `select exists (select 1 from pg_catalog.pg_attribute where attrelid = pg_catalog.to_regclass('catalog.shard_directory') and attname = 'slot' and not attisdropped) as slotted`,
   );
-  const uuid = `key ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'`;
   const { rows } =
     column[0]?.slotted === true
-      ? await client.query<{ key: string }>(`select key from catalog.shard_directory where (slot = any($1::int[]) or slot is null) and ${uuid}`, [[...slots]])
-      : await client.query<{ key: string }>(`select key from catalog.shard_directory where ${uuid}`);
-  return rows.map((r) => r.key).filter((k) => uuidForm(k) === k && slots.has(slotOf(k)));
+      ? await client.query<{ key: string }>(`select key from catalog.shard_directory where (slot = any($1::int[]) or slot is null) and ${where}`, [[...slots]])
+      : await client.query<{ key: string }>(`select key from catalog.shard_directory where ${where}`);
+  return rows.map((r) => r.key);
 }
 
 /** How long a pin, a publication by hand or a slot move's plan waits for another's lock of a slot ({@link lockSlotsForPins}). */

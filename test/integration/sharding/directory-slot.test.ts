@@ -13,9 +13,12 @@
  */
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
-import type pg from 'pg';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
+import { DirectoryStore } from '../../../functions/adapters/postgres/directory-store.js';
+import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { pinnedKeysOf } from '../../../functions/adapters/postgres/unit-rows.js';
 import { fillDirectorySlots } from '../../../functions/adapters/postgres/directory-slot-fill.js';
 import { murmur3_32, slotOf } from '../../../functions/core/sharding/hash.js';
@@ -53,6 +56,32 @@ async function pinElsewhere(n: number, tag: string): Promise<string[]> {
     [tag, n],
   );
   return rows.map((r) => r.key);
+}
+
+/**
+ * A mover whose catalog (its own pool, its stores') runs on clients that count the rows each
+ * statement on the directory returned: what a plan or the rebalance check's refusals read of it.
+ */
+function countingMover(): { mover: Mover; rows: () => number; end: () => Promise<void> } {
+  let directoryRows = 0;
+  class Counting extends pg.Client {
+    override query(...args: unknown[]): never {
+      const text = typeof args[0] === 'string' ? args[0] : ((args[0] as { text?: string } | undefined)?.text ?? '');
+      const count = (r: pg.QueryResult | undefined) => {
+        if (r !== undefined && /from catalog\.shard_directory/.test(text)) directoryRows += r.rowCount ?? r.rows.length;
+      };
+      // pg.Pool's own query passes a callback; a client's caller awaits the promise.
+      const last = args[args.length - 1];
+      if (typeof last === 'function') args[args.length - 1] = (err: unknown, r: pg.QueryResult | undefined) => (count(r), (last as (e: unknown, r: unknown) => void)(err, r));
+      const result = (super.query as (...a: unknown[]) => unknown)(...args);
+      if (result instanceof Promise) void result.then(count, () => undefined);
+      return result as never;
+    }
+  }
+  const catalog = new pg.Pool({ connectionString: env.urls.catalog, max: 3, Client: Counting });
+  catalog.on('error', () => undefined);
+  const mover = new Mover({ catalog, shards: env.shards, slotMaps: new SlotMapStore(catalog), directory: new DirectoryStore(catalog, { ttlMs: 0, shards: [...env.shards.keys()] }), readerGraceMs: 0 });
+  return { mover, rows: () => directoryRows, end: () => catalog.end() };
 }
 
 describe('catalog.murmur3_32 and catalog.key_slot (sharding migration 031) hash as the spec does', () => {
@@ -151,6 +180,43 @@ describe("the directory's slot column", () => {
   });
 });
 
+describe('the fill run by every deploy and every start of local mode', () => {
+  it('walks no key where no row lacks its slot, and from the first that does (a rerun reads the pins left NULL, not the whole directory)', async () => {
+    // Pins given their slot by the trigger: nothing for the fill to do. Walked whole, a no-op run
+    // cost every deploy (migrateAll) and every local start one statement per batch of keys: 500
+    // at 1,000,000 pins (bench/directory-slot-fill.ts, "fill again").
+    const pinned = await pinElsewhere(40, 'directory-slot-noop-');
+    let calls = 0;
+    const counted = {
+      query: async (text: string, values?: unknown[]) => {
+        if (/shard_directory_slot_fill/.test(text)) calls += 1;
+        return env.catalog.query(text, values);
+      },
+    } as Pick<pg.Pool, 'query'>;
+    try {
+      await fillDirectorySlots(env.catalog);
+      calls = 0;
+      expect({ filled: await fillDirectorySlots(counted, { batch: 5 }), calls }).toEqual({ filled: 0, calls: 0 });
+      // One row left NULL (a pin a batch skipped, a restore): the walk starts at it, not at the first key.
+      const sorted = (await env.catalog.query<{ key: string }>('select key from catalog.shard_directory order by key')).rows.map((r) => r.key);
+      const late = sorted[sorted.length - 3] as string;
+      const c = await env.catalog.connect();
+      try {
+        await c.query('set session_replication_role = replica');
+        await c.query('update catalog.shard_directory set slot = null where key = $1', [late]);
+      } finally {
+        await c.query('set session_replication_role = origin');
+        c.release();
+      }
+      calls = 0;
+      const filled = await fillDirectorySlots(counted, { batch: 5 });
+      expect({ filled, calls, slot: (await env.catalog.query<{ slot: number }>('select slot from catalog.shard_directory where key = $1', [late])).rows[0]?.slot }).toEqual({ filled: 1, calls: 2, slot: slotOf(late) });
+    } finally {
+      await env.catalog.query('delete from catalog.shard_directory where key = any($1::text[])', [pinned]);
+    }
+  });
+});
+
 describe('the fence review reads only the directory rows of the slots it reviews', () => {
   it("lists a dead hand change's slot row with 3,000 pins of other slots reading none of them (read whole: 3,000 rows on every listing, 8-10 s at 1,000,000)", async () => {
     const current = await env.slotMaps.current();
@@ -179,6 +245,48 @@ describe('the fence review reads only the directory rows of the slots it reviews
     } finally {
       await shard.query(`delete from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
       await env.catalog.query('delete from catalog.shard_directory where key = any($1::text[])', [[...others, pinnedHere]]);
+    }
+  }, 60_000);
+});
+
+describe("a slot move's plan reads only the directory rows of its slot", () => {
+  it("records the slot's pinned keys as excluded with 3,000 pins of other slots reading none of them (read whole twice, once inside the plan's transaction, which holds the slot's pins and the maps off)", async () => {
+    const slot = 3333;
+    const from = await env.ownerOf(slot);
+    const to = [...env.shards.keys()].find((s) => s !== from) as string;
+    const here = keysInSlot(slot, 2);
+    const others = await pinElsewhere(3000, 'directory-slot-plan-');
+    const ofSlot = others.filter((k) => slotOf(k) === slot);
+    await env.catalog.query(`insert into catalog.shard_directory (key, shard_id, updated_by) select k, $2, 'test' from unnest($1::text[]) k`, [here, to]);
+    const { mover, rows, end } = countingMover();
+    let id: number | undefined;
+    try {
+      const job = await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' });
+      id = job.id;
+      expect({ excluded: [...job.excludedKeys].sort(), directoryRows: rows() }).toEqual({ excluded: [...here, ...ofSlot].sort(), directoryRows: 2 * (here.length + ofSlot.length) });
+    } finally {
+      if (id !== undefined) await mover.cancel(id);
+      await end();
+      await env.catalog.query('delete from catalog.shard_directory where key = any($1::text[])', [[...others, ...here]]);
+    }
+  }, 60_000);
+});
+
+describe("the rebalance check's refusals read only the directory rows of the slots they check", () => {
+  it('checks two slot moves with 3,000 pins of other slots reading none of them (read whole once a round before)', async () => {
+    const slots = [3401, 3402];
+    const here = slots.flatMap((slot) => keysInSlot(slot, 1));
+    const others = await pinElsewhere(3000, 'directory-slot-refusals-');
+    const ofSlots = others.filter((k) => slots.includes(slotOf(k)));
+    const owners = await Promise.all(slots.map((slot) => env.ownerOf(slot)));
+    await env.catalog.query(`insert into catalog.shard_directory (key, shard_id, updated_by) select k, 'shard_a', 'test' from unnest($1::text[]) k`, [here]);
+    const { mover, rows, end } = countingMover();
+    try {
+      const verdicts = await mover.refusals(slots.map((slot, i) => ({ kind: 'slot', slot, to: owners[i] === 'shard_a' ? 'shard_b' : 'shard_a', createdBy: 'test' })));
+      expect({ verdicts, directoryRows: rows() }).toEqual({ verdicts: [undefined, undefined], directoryRows: here.length + ofSlots.length });
+    } finally {
+      await end();
+      await env.catalog.query('delete from catalog.shard_directory where key = any($1::text[])', [[...others, ...here]]);
     }
   }, 60_000);
 });

@@ -51,6 +51,7 @@ describe("a directory move's flip of an unpinned key, its catalog login defaulti
     let written: string | null = null;
     const directory: MoverDirectory = {
       all: (...args) => env.directory.all(...args),
+      keysInSlot: (...args) => env.directory.keysInSlot(...args),
       set: (...args) => env.directory.set(...args),
       invalidate: (...args) => env.directory.invalidate(...args),
       async entry(...args): Promise<DirectoryEntry | null> {

@@ -40,6 +40,7 @@ function directoryWithOperator(key: string, armed: () => boolean, change: () => 
   const wrapped = {
     changed: false,
     all: (...args: Parameters<MoverDirectory['all']>) => env.directory.all(...args),
+    keysInSlot: (...args: Parameters<MoverDirectory['keysInSlot']>) => env.directory.keysInSlot(...args),
     invalidate: (...args: Parameters<MoverDirectory['invalidate']>) => env.directory.invalidate(...args),
     set: (...args: Parameters<MoverDirectory['set']>) => env.directory.set(...args),
     async entry(...args: Parameters<MoverDirectory['entry']>) {
@@ -324,6 +325,7 @@ describe("the directory cache of the mover's own process across a directory move
     const directory: MoverDirectory = {
       entry: (...args) => shared.entry(...args),
       all: (...args) => shared.all(...args),
+      keysInSlot: (...args) => shared.keysInSlot(...args),
       invalidate: (...args) => shared.invalidate(...args),
       async set(...args) {
         const written = await shared.set(...args);
@@ -813,6 +815,7 @@ describe("the first run of the move of a key whose pin was deleted before its co
     let pending: Promise<void> = Promise.resolve();
     const directory: MoverDirectory = {
       all: (...args) => env.directory.all(...args),
+      keysInSlot: (...args) => env.directory.keysInSlot(...args),
       set: (...args) => env.directory.set(...args),
       entry: (...args) => env.directory.entry(...args),
       invalidate(...args) {

@@ -207,6 +207,7 @@ describe('a stalled run of a directory-key move', () => {
     const stallingDirectory = {
       entry: env.directory.entry.bind(env.directory),
       all: env.directory.all.bind(env.directory),
+      keysInSlot: env.directory.keysInSlot.bind(env.directory),
       invalidate: env.directory.invalidate.bind(env.directory),
       async set(...args: Parameters<typeof env.directory.set>) {
         if (!stalled) {

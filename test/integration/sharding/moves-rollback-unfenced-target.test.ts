@@ -120,6 +120,7 @@ describe('a directory move cancelled before its source was prepared, the key pin
     const directory: MoverDirectory = {
       set: (...args) => env.directory.set(...args),
       all: (...args) => env.directory.all(...args),
+      keysInSlot: (...args) => env.directory.keysInSlot(...args),
       invalidate: (...args) => env.directory.invalidate(...args),
       async entry(...args) {
         const read = await env.directory.entry(...args);

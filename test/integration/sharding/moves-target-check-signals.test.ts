@@ -104,6 +104,7 @@ describe("a pin committed between the flip's read of a key's entry (none) and it
     let pinnedVersion: number | null = null;
     const directory: MoverDirectory = {
       all: (...args) => env.directory.all(...args),
+      keysInSlot: (...args) => env.directory.keysInSlot(...args),
       invalidate: (...args) => env.directory.invalidate(...args),
       set: (...args) => env.directory.set(...args),
       async entry(...args) {

@@ -178,6 +178,7 @@ describe('a directory move of a key routed by hash to its target, whose check of
     const stop = new AbortController();
     const directory: MoverDirectory = {
       all: (...args) => env.directory.all(...args),
+      keysInSlot: (...args) => env.directory.keysInSlot(...args),
       invalidate: (...args) => env.directory.invalidate(...args),
       set: (...args) => env.directory.set(...args),
       entry: (...args) => {
