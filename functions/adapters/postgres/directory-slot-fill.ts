@@ -27,8 +27,29 @@ type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 /** Keys a batch walks (and gives their slot where it is NULL): 10,000 held a pin written meanwhile up to 0.97 s on 2 cores at load 10-15, 2,000 up to 0.14 s at load 9-10 (bench/directory-slot-fill.ts). */
 export const DIRECTORY_SLOT_FILL_BATCH = 2_000;
 
-/** Fills every directory row whose slot is NULL, a batch of keys at a time in key order from the first such key (none: one statement); the number filled. */
-export async function fillDirectorySlots(catalog: Queryable, options: { readonly batch?: number; readonly onBatch?: (filled: number) => void } = {}): Promise<number> {
+/** How {@link fillDirectorySlots} runs. */
+export interface DirectorySlotFillOptions {
+  /** Keys a batch walks; default {@link DIRECTORY_SLOT_FILL_BATCH}. */
+  readonly batch?: number;
+  /** Told the rows each batch filled. */
+  readonly onBatch?: (filled: number) => void;
+  /**
+   * When to stop (epoch ms, read between batches): the fill is left for the next run, which starts
+   * where the NULL slots start. The migrations function gives its own time less a margin: a fill
+   * of several million pins (100-135 s a million on 2 loaded cores, bench/directory-slot-fill.ts)
+   * would otherwise outlast the function, and a CloudFormation custom resource that never answers
+   * holds the stack update for an hour. Readers take the NULL rows as their slot's, so a fill left
+   * half done costs reads, not answers.
+   */
+  readonly until?: number;
+  /** Told the rows filled when {@link until} stopped the fill with rows left (not called when it finished). */
+  readonly onTimeUp?: (filled: number) => void;
+  /** The clock {@link until} is read on; default Date.now. */
+  readonly now?: () => number;
+}
+
+/** Fills every directory row whose slot is NULL, a batch of keys at a time in key order from the first such key (none: one statement), until done or `until`; the number filled. */
+export async function fillDirectorySlots(catalog: Queryable, options: DirectorySlotFillOptions = {}): Promise<number> {
   const batch = options.batch ?? DIRECTORY_SLOT_FILL_BATCH;
   if (!Number.isInteger(batch) || batch < 1) throw new RangeError(`fillDirectorySlots: batch must be a whole number of at least 1 (got ${batch}); nothing was filled`);
   // Where the walk starts: just before the first key whose slot is NULL, and nowhere where none
@@ -47,7 +68,12 @@ export async function fillDirectorySlots(catalog: Queryable, options: { readonly
   if (start[0]?.first == null) return 0;
   let total = 0;
   let after: string | null = start[0].after;
+  const now = options.now ?? Date.now;
   for (;;) {
+    if (options.until !== undefined && now() >= options.until) {
+      options.onTimeUp?.(total);
+      return total;
+    }
     const result: pg.QueryResult<{ filled: number; last_key: string | null }> = await catalog.query('select filled, last_key from catalog.shard_directory_slot_fill($1::text, $2::int)', [after, batch]);
     const r = result.rows[0];
     if (r === undefined || r.last_key === null) return total;

@@ -36,23 +36,36 @@ export function shardLabel(i: number, id: string | undefined): string {
 
 /**
  * Applies the pending migrations of every set, then fills the directory's slots left empty
- * (sharding migration 031); stops at the first failure (MigrationError).
- * `shardIds`, in the order of `shards`, names each shard given an id.
+ * (sharding migration 031) until `fillUntil` (epoch ms; unbounded without it); stops at the first
+ * failure (MigrationError). `shardIds`, in the order of `shards`, names each shard given an id;
+ * `onFillTimeUp` is told the rows filled when `fillUntil` left some for the next run.
  */
-export async function migrateAll(opts: { catalog: pg.Pool; shards: readonly pg.Pool[]; shardIds?: readonly (string | undefined)[]; dir?: string }): Promise<MigrationSummary[]> {
+export async function migrateAll(opts: {
+  catalog: pg.Pool;
+  shards: readonly pg.Pool[];
+  shardIds?: readonly (string | undefined)[];
+  dir?: string;
+  fillUntil?: number;
+  onFillTimeUp?: (filled: number) => void;
+}): Promise<MigrationSummary[]> {
   const dir = opts.dir ?? DEFAULT_MIGRATIONS_DIR;
   const out: MigrationSummary[] = [];
   for (const set of CATALOG_SETS) {
     const r = await runMigrations(opts.catalog, set, join(dir, set));
     out.push({ target: 'catalog', set, applied: r.applied, alreadyApplied: r.alreadyApplied });
   }
-  // The directory rows written before sharding migration 031 given their slot, a batch a
-  // transaction (directory-slot-fill.ts): not in 031's own transaction, which would hold the
-  // directory's writers off for the whole fill. Nothing left, it is one statement.
-  await fillDirectorySlots(opts.catalog);
   for (const [i, shard] of opts.shards.entries()) {
     const r = await runMigrations(shard, SHARD_SET, join(dir, SHARD_SET));
     out.push({ target: shardLabel(i, opts.shardIds?.[i]), set: SHARD_SET, applied: r.applied, alreadyApplied: r.alreadyApplied });
   }
+  // The directory rows written before sharding migration 031 given their slot, a batch a
+  // transaction (directory-slot-fill.ts): not in 031's own transaction, which would hold the
+  // directory's writers off for the whole fill. Nothing left, it is one statement. After the
+  // shards' migrations, so that a long fill cut short by `fillUntil` leaves no migration undone;
+  // what it leaves, the next run fills (readers take the NULL rows as their slot's meanwhile).
+  await fillDirectorySlots(opts.catalog, {
+    ...(opts.fillUntil === undefined ? {} : { until: opts.fillUntil }),
+    ...(opts.onFillTimeUp === undefined ? {} : { onTimeUp: opts.onFillTimeUp }),
+  });
   return out;
 }

@@ -217,6 +217,36 @@ describe('the fill run by every deploy and every start of local mode', () => {
   });
 });
 
+describe('the fill bounded by the migrations function\'s time', () => {
+  it('stops between batches once its time is up, says how many it filled, and the next run fills the rest', async () => {
+    const keys = keysInSlot(2347, 5);
+    const c = await env.catalog.connect();
+    try {
+      await c.query('set session_replication_role = replica');
+      await c.query(`insert into catalog.shard_directory (key, shard_id, updated_by) select k, 'shard_a', 'restore' from unnest($1::text[]) k`, [keys]);
+      await c.query('set session_replication_role = origin');
+    } finally {
+      c.release();
+    }
+    const unfilled = async (): Promise<number | undefined> =>
+      (await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.shard_directory where key = any($1::text[]) and slot is null', [keys])).rows[0]?.n;
+    try {
+      // A clock read before each batch: in time for the first, past `until` at the second.
+      const reads = [0, 10];
+      const stopped: number[] = [];
+      const filled = await fillDirectorySlots(env.catalog, { batch: 2, until: 5, now: () => reads.shift() ?? 10, onTimeUp: (n) => stopped.push(n) });
+      expect({ filled, stopped, left: await unfilled() }).toEqual({ filled: 2, stopped: [2], left: 3 });
+      // Left NULL meanwhile: still read as their slot's.
+      expect((await pinnedKeysOf(env.catalog, new Set([2347]))).sort()).toEqual([...keys].sort());
+      const again: number[] = [];
+      expect(await fillDirectorySlots(env.catalog, { batch: 2, until: Date.now() + 600_000, onTimeUp: (n) => again.push(n) })).toBe(3);
+      expect({ again, left: await unfilled() }).toEqual({ again: [], left: 0 });
+    } finally {
+      await env.catalog.query('delete from catalog.shard_directory where key = any($1::text[])', [keys]);
+    }
+  });
+});
+
 describe('the fence review reads only the directory rows of the slots it reviews', () => {
   it("lists a dead hand change's slot row with 3,000 pins of other slots reading none of them (read whole: 3,000 rows on every listing, 8-10 s at 1,000,000)", async () => {
     const current = await env.slotMaps.current();
