@@ -21,6 +21,7 @@ import { prepareTrace, simulate } from '../core/scaling/simulator/simulate.js';
 import type { MetricsSnapshot, ServiceState } from '../core/scaling/types.js';
 import { RebalancePlanError, RoutingError } from '../core/sharding/errors.js';
 import { canonicalKey } from '../core/sharding/keys.js';
+import { summaryWithout } from '../core/sharding/rebalance.js';
 import type { ShardRouter } from '../core/sharding/router.js';
 import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredConfig, type StoredDecision } from '../adapters/postgres/catalog-store.js';
@@ -430,14 +431,18 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
    * the census's counts are planned within the mover's maxUnitRows already; the slot map and the
    * directory read once a round, {@link Mover.refusals}), and a round after the first checks only the
    * moves the plan made anew in place of the refused; after {@link REFUSAL_ROUNDS} rounds that each
-   * found a refusal, the moves of the next plan not yet checked are left out too (the summary's
-   * figures still count them), said in `unresolved`.
+   * found a refusal, the moves of the next plan not yet checked are left out too, said in
+   * `unresolved`, and the summary's figures are those of the moves proposed ({@link summaryWithout}).
+   * A move whose checks could not be made (a shard not answering) is left out the same way, at once.
    */
   async function withoutRefusedMoves(census: RebalanceCensus, options: Parameters<ShardInspector['planRebalance']>[1]): Promise<Awaited<ReturnType<ShardInspector['planRebalance']>>> {
     const s = sharding();
     const unitKey = (u: { kind: string; id: string }): string => `${u.kind}:${u.id}`;
     const refused = new Map<string, string>();
     const accepted = new Set<string>();
+    // The checks' time, every round's together (Mover.refusals: a check not ended by then is
+    // a failure, its move not proposed): within the API's request deadline, after the census.
+    const until = Date.now() + REFUSAL_CHECKS_MS;
     let units = census.units;
     for (let round = 1; ; round++) {
       const result = await s.inspector.planRebalance({ ...census, units }, options);
@@ -447,16 +452,42 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         // Bounded: the plan's moves not yet checked are not proposed unchecked.
         const left = new Set(unchecked.map((m) => unitKey(m.unit)));
         const moves = result.moves.filter((m) => !left.has(unitKey(m.unit)));
-        const stopped = `${unchecked.length} more move${unchecked.length === 1 ? ' was' : 's were'} left out unchecked (the summary's figures still count them): the check puts its moves to the move plan's checks in at most ${REFUSAL_ROUNDS} rounds, and found refusals in each; settle the units listed, and the next check proposes more`;
-        return { ...result, moves, summary: { ...result.summary, unresolved: [...result.summary.unresolved, ...refused.values(), stopped] } };
+        const stopped = `${unchecked.length} more move${unchecked.length === 1 ? ' was' : 's were'} left out unchecked: the check puts its moves to the move plan's checks in at most ${REFUSAL_ROUNDS} rounds, and found refusals in each; settle the units listed, and the next check proposes more`;
+        // The summary's figures are those of the moves proposed, not of the plan's: before, they
+        // still counted those left out (summaryWithout).
+        const summary = summaryWithout(result.summary, result.moves.filter((m) => left.has(unitKey(m.unit))));
+        return { ...result, moves, summary: { ...summary, unresolved: [...summary.unresolved, ...refused.values(), stopped] } };
       }
       const verdicts = await s.mover.refusals(
         unchecked.map((m) => (m.unit.kind === 'slot' ? { kind: 'slot', slot: Number(m.unit.id), to: m.to, createdBy: 'rebalance-check' } : { kind: 'directory', key: m.unit.id, to: m.to, createdBy: 'rebalance-check' })),
+        { until, budgetMs: REFUSAL_CHECKS_MS },
       );
+      // Moves whose checks could not be made (a shard that stopped answering since the census, a
+      // read past its statement timeout): neither refused nor passed, so not proposed (nothing is
+      // proposed unchecked), each named with the failure's kind (the driver's text, which names
+      // addresses, goes to onFailure only, as the check's other failures), and no plan is made
+      // again: another round would send its new moves to the same shard and wait as long again.
+      // Before, the failure was thrown and the whole check failed with it (500, and GET
+      // /recommendations lost its shard figures) where, without these checks, it had answered
+      // (rebalance-refused-moves.test.ts, "answers where the move plan's checks of a move cannot
+      // read a shard"). What is neither a refusal nor a node's failure (a fault of this code) is
+      // thrown, as before.
+      const uncheckable: string[] = [];
       unchecked.forEach((m, j) => {
         const verdict = verdicts[j];
         if (verdict === undefined) {
           accepted.add(`${unitKey(m.unit)}\u0000${m.to}`);
+          return;
+        }
+        if ('failed' in verdict) {
+          const failure = verdict.failed;
+          if (!(isNodeFailure(failure) || (failure as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) throw failure;
+          if (uncheckable.length === 0) reportSafely(s.onFailure, { what: "rebalance check (the move plan's checks of its moves)", error: failure });
+          uncheckable.push(
+            `${m.unit.kind === 'slot' ? 'slot' : 'directory key'} ${m.unit.id} on ${m.from} is not proposed to move to ${m.to}: the move plan's checks of it ${
+              'notStarted' in verdict ? `were not made (they stopped at another move's: ${failureKind(failure)})` : `could not be made (${failureKind(failure)})`
+            }; the next check asks them again`,
+          );
           return;
         }
         refusedNow.push(unitKey(m.unit));
@@ -465,6 +496,13 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           `${m.unit.kind === 'slot' ? 'slot' : 'directory key'} ${m.unit.id} on ${m.from} is not proposed to move to ${m.to}: the move plan refuses it (POST /shards/moves answers ${verdict.status}): ${verdict.reason}`,
         );
       });
+      if (uncheckable.length > 0) {
+        // The plan's moves not passed (refused or not checked) are left out, this plan not made
+        // again, and the summary's figures are those of the moves proposed (as after the last round).
+        const passed = (m: { unit: { kind: string; id: string }; to: string }): boolean => accepted.has(`${unitKey(m.unit)}\u0000${m.to}`);
+        const summary = summaryWithout(result.summary, result.moves.filter((m) => !passed(m)));
+        return { ...result, moves: result.moves.filter(passed), summary: { ...summary, unresolved: [...summary.unresolved, ...refused.values(), ...uncheckable] } };
+      }
       if (refusedNow.length === 0) {
         return refused.size === 0 ? result : { ...result, summary: { ...result.summary, unresolved: [...result.summary.unresolved, ...refused.values()] } };
       }
@@ -959,6 +997,16 @@ function slotNumber(unit: string): number {
  * row (units refused by the dozen, none settled) leave the rest for the next snapshot.
  */
 const REFUSAL_ROUNDS = 5;
+
+/**
+ * The time the rebalance check gives the move plan's checks of its moves, every round's together
+ * ({@link Mover.refusals}): about 1 ms a move on a healthy shard (bench/rebalance-refusals.ts), so
+ * thousands of moves fit. The shards' pools set no query timeout, and a check waiting on a lock
+ * (a migration's ACCESS EXCLUSIVE, an operator's) held the whole check, past the API's request
+ * deadline (27 s), with the census already made; now the moves not checked by then are not
+ * proposed, and the check answers.
+ */
+const REFUSAL_CHECKS_MS = 5_000;
 
 /**
  * What GET /shards/rebalance-check answers for a check that failed, for GET /recommendations to say

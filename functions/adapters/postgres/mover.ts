@@ -44,7 +44,7 @@ import { SLOT_COUNT } from '../../core/sharding/hash.js';
 import { canonicalKey, keySlot, uuidForm } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting, type MoveUnitVerdict } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
-import { withNodeDeadline } from './deadline.js';
+import { NodeTimeoutError, withNodeDeadline } from './deadline.js';
 import { ownersOfSlotsSince } from './fence-review.js';
 import {
   MoveBusyError,
@@ -210,6 +210,12 @@ interface CatalogRead {
   readonly keysBySlot: ReadonlyMap<number, readonly string[]>;
   /** The directory entries of the directory requests' keys (canonical), those pinned. */
   readonly entries: ReadonlyMap<string, DirectoryEntry>;
+  /**
+   * Every owner each slot had since the first map (catalog.slot_owner_history, what
+   * checkFormerOwnersHoldNoSlotRows reads), keyed `${slot}:0` as ownersOfSlotsSince answers, read
+   * once for every slot request checked, with the map.
+   */
+  readonly owners?: ReadonlyMap<string, string[]>;
 }
 
 /**
@@ -218,6 +224,13 @@ interface CatalogRead {
  * connections the rebalance check shares with the traffic.
  */
 const REFUSAL_CHECKS_AT_ONCE = 4;
+
+/**
+ * Why {@link Mover.refusals} found a request's move refused: the plan's own message and the status
+ * POST /shards/moves answers it with; or `failed`, what its checks threw that is not a refusal (a
+ * shard or the catalog not answering), the move neither refused nor passed.
+ */
+export type MoveRefusal = { readonly status: 400 | 409 | 422; readonly reason: string } | { readonly failed: unknown; readonly notStarted?: true };
 
 /** A request {@link Mover.plan}'s checks before recording passed, with what they read. */
 interface CheckedRequest {
@@ -426,7 +439,7 @@ export class Mover {
     } else {
       await this.checkSourceOwnsSlot(slot, from, map.version);
       await this.checkTargetHoldsNoSlotRows(slot, from, req.to, excluded, map.version);
-      await this.checkFormerOwnersHoldNoSlotRows(slot, from, req.to, excluded, map.version);
+      await this.checkFormerOwnersHoldNoSlotRows(slot, from, req.to, excluded, map.version, read?.owners?.get(`${slot}:0`));
     }
     return { req, unit, unitId, slot, from, excluded, versionBefore };
   }
@@ -448,17 +461,35 @@ export class Mover {
    * mover counts them), and a unit grown past it since is refused by {@link plan} as ever. An unfinished move of the unit's slot (409 at plan, the job's
    * unique index) is not read here: the rebalance check leaves those slots out already, and the
    * re-read of the owner under the job row is the plan's alone (a race, not a state to report).
-   * Throws what is not a refusal (a shard or the catalog not answering), for the caller to report
-   * as the plan would. Used by the rebalance check, so that it proposes no move the plan refuses
-   * (issue #15, rebalance-refused-moves.test.ts).
+   * A request whose checks failed with what is not a refusal (a shard or the catalog not answering,
+   * a statement timeout) gets `{ failed }`, the error, for the caller to judge: the others' verdicts
+   * stand. Before, the error was thrown, and one shard that stopped answering after the rebalance
+   * check's census (or one read past its statement timeout) failed the whole check (500, GET
+   * /recommendations without its shard figures) where, without these checks, it had answered
+   * (rebalance-refused-moves.test.ts, "answers where the move plan's checks of a move cannot read
+   * a shard"). Once a request's checks failed so, no further request's are started (each gets
+   * `{ failed, notStarted: true }`, the same failure): a shard that does not answer costs one wait,
+   * not one per batch. `until` (epoch ms, `Date.now()`'s clock) bounds the checks: a request whose
+   * checks have not ended by then gets `{ failed }`, a {@link NodeTimeoutError} of `budgetMs` (the shards' pools
+   * set no query timeout: a read waiting on a lock held the rebalance check for as long, past the
+   * API's request deadline, "answers while a read of the move plan's checks waits on a lock"). The
+   * reads shared by every request (the slot map, the directory, the slots' former owners) are
+   * bounded so too, and their failure is every request's.
+   * Used by the rebalance check, so that it proposes no move the plan refuses (issue #15,
+   * rebalance-refused-moves.test.ts).
    */
-  async refusals(requests: readonly MoveRequest[]): Promise<Array<{ readonly status: 400 | 409 | 422; readonly reason: string } | undefined>> {
+  async refusals(requests: readonly MoveRequest[], options: { readonly until?: number; readonly budgetMs?: number } = {}): Promise<Array<MoveRefusal | undefined>> {
     if (requests.length === 0) return [];
     // The slots and keys the requests name, as far as they are well formed (checked refuses the others before it reads them).
     const slots = new Set(requests.flatMap((r) => (r.kind === 'slot' && Number.isInteger(r.slot) && r.slot >= 0 && r.slot < SLOT_COUNT ? [r.slot] : [])));
     const keys = [...new Set(requests.flatMap((r) => (r.kind === 'directory' && typeof r.key === 'string' ? [canonicalKey(r.key)] : [])))];
     const catalog = this.options.catalog;
-    const [map, slotKeys, pinned] = await Promise.all([
+    // The former owners of every slot asked, in one read (ownersOfSlotsSince takes many slots):
+    // read per move, each a statement of its own over catalog.slot_owner_history and the list of
+    // maps it holds (every map's row, one more with each move ever made), and where the history
+    // is not complete (a catalog before sharding migration 028, or maps it does not list) over
+    // every map's 4096 owners, from the first: per move, where one read answers for all.
+    const shared = Promise.all([
       this.options.slotMaps.current(),
       retryingSerializationFailures(() => directoryKeysBySlot(catalog, slots)),
       keys.length === 0
@@ -469,31 +500,68 @@ export class Mover {
               [keys],
             ),
           ).then((r) => r.rows),
-    ]);
+      slots.size === 0 ? new Map<string, string[]>() : ownersOfSlotsSince(catalog, [...slots].map((slot) => ({ slot, version: 0 }))),
+    ] as const);
+    // Named by the caller's whole budget (its failure's kind: "no answer within 5000 ms").
+    const timedOut = (left: number): MoveRefusal => ({ failed: new NodeTimeoutError("the move plan's checks", options.budgetMs ?? Math.max(0, Math.round(left))) });
+    /** `work`, or the time-out's verdict once `until` has passed: the work goes on, its result dropped. */
+    const inTime = async <T>(work: Promise<T>): Promise<T | MoveRefusal> => {
+      const left = options.until === undefined ? Infinity : options.until - Date.now();
+      if (left === Infinity) return work;
+      if (left <= 0) return timedOut(left);
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<MoveRefusal>((resolve) => {
+        timer = setTimeout(() => resolve(timedOut(left)), left);
+      });
+      try {
+        return await Promise.race([work, late]);
+      } finally {
+        clearTimeout(timer);
+      }
+    };
+    // The shared reads failing or late, no request's checks can be made: each gets the failure.
+    shared.catch(() => undefined);
+    let read: Awaited<typeof shared> | MoveRefusal;
+    try {
+      read = await inTime(shared);
+    } catch (err) {
+      read = { failed: err };
+    }
+    if (!Array.isArray(read)) {
+      const failed = read;
+      return requests.map(() => failed);
+    }
+    const [map, slotKeys, pinned, owners] = read;
     const keysBySlot = new Map<number, string[]>();
     for (const key of slotKeys) {
       const slot = keySlot(key);
       if (slots.has(slot)) keysBySlot.set(slot, [...(keysBySlot.get(slot) ?? []), key]);
     }
     const entries = new Map(pinned.map((r) => [r.key, { key: r.key, shardId: r.shard_id, version: Number(r.version), updatedAt: r.updated_at, updatedBy: r.updated_by }] as const));
-    const out: Array<{ readonly status: 400 | 409 | 422; readonly reason: string } | undefined> = [];
+    const out: Array<MoveRefusal | undefined> = [];
+    const one = async (request: MoveRequest): Promise<MoveRefusal | undefined> => {
+      try {
+        await this.checked(request, { map, keysBySlot, entries, owners });
+        return undefined;
+      } catch (err) {
+        if (err instanceof MoveConflictError) return { status: 409 as const, reason: err.message };
+        // As POST /shards/moves answers them (functions/api/wiring.ts, startMove): 'invalid' 400.
+        if (err instanceof MoveRequestError) return { status: err.problem === 'invalid' ? (400 as const) : (422 as const), reason: err.message };
+        return { failed: err };
+      }
+    };
+    // The first failure met, which stops the checks: the requests after it are not started.
+    let stoppedBy: unknown;
     for (let i = 0; i < requests.length; i += REFUSAL_CHECKS_AT_ONCE) {
       const batch = requests.slice(i, i + REFUSAL_CHECKS_AT_ONCE);
-      out.push(
-        ...(await Promise.all(
-          batch.map(async (request) => {
-            try {
-              await this.checked(request, { map, keysBySlot, entries });
-              return undefined;
-            } catch (err) {
-              if (err instanceof MoveConflictError) return { status: 409 as const, reason: err.message };
-              // As POST /shards/moves answers them (functions/api/wiring.ts, startMove): 'invalid' 400.
-              if (err instanceof MoveRequestError) return { status: err.problem === 'invalid' ? (400 as const) : (422 as const), reason: err.message };
-              throw err;
-            }
-          }),
-        )),
-      );
+      if (stoppedBy !== undefined) {
+        out.push(...batch.map(() => ({ failed: stoppedBy, notStarted: true as const })));
+        continue;
+      }
+      const verdicts = await Promise.all(batch.map((request) => inTime(one(request))));
+      out.push(...verdicts);
+      const failed = verdicts.find((v): v is { readonly failed: unknown } => v !== undefined && 'failed' in v);
+      if (failed !== undefined) stoppedBy = failed.failed;
     }
     return out;
   }
@@ -810,8 +878,9 @@ export class Mover {
    * history names that this mover has no pool for (removed from the deployment) cannot be counted
    * and is passed. Read once, at plan time, as the target's count.
    */
-  private async checkFormerOwnersHoldNoSlotRows(slot: number, from: string, to: string, excluded: readonly string[], version: number): Promise<void> {
-    const owners = (await ownersOfSlotsSince(this.options.catalog, [{ slot, version: 0 }])).get(`${slot}:0`) ?? [];
+  private async checkFormerOwnersHoldNoSlotRows(slot: number, from: string, to: string, excluded: readonly string[], version: number, read?: readonly string[]): Promise<void> {
+    // `read`: the owners the caller read for many slots at once (Mover.refusals).
+    const owners = read ?? (await ownersOfSlotsSince(this.options.catalog, [{ slot, version: 0 }])).get(`${slot}:0`) ?? [];
     for (const shard of owners) {
       if (shard === from || shard === to) continue;
       const pool = this.options.shards.get(shard);

@@ -89,9 +89,10 @@ export async function recordRuntimeRouting(catalog: Queryable, actor: string, ro
   if (actorLiteral === undefined) throw new Error(`the actor ${JSON.stringify(actor)} holds a NUL character, which PostgreSQL text cannot: its routing was not recorded`);
   // The routing's JSON is this function's own (enum values and booleans): no NUL.
   const routingLiteral = sqlLiteral(JSON.stringify(stored)) as string;
-  const results = await retryingSerializationFailures(() =>
-    catalog.query(
-      `set local lock_timeout = ${RECORD_LOCK_WAIT_MS};
+  const statement = (): Promise<number> =>
+    retryingSerializationFailures(() =>
+      catalog.query(
+        `set local lock_timeout = ${RECORD_LOCK_WAIT_MS};
        with moved as (
          update catalog.runtime_routings r set seen_at = now()
           where r.actor = ${actorLiteral} and r.routing = ${routingLiteral}::jsonb
@@ -103,11 +104,21 @@ export async function recordRuntimeRouting(catalog: Queryable, actor: string, ro
          on conflict do nothing
          returning 1)
        select (select count(*) from moved) + (select count(*) from added) as written`,
-    ),
-  );
-  // Two statements: node-postgres answers with one result each.
-  const last = (Array.isArray(results) ? results[results.length - 1] : results) as pg.QueryResult<{ written: string }> | undefined;
-  if (Number(last?.rows[0]?.written ?? 1) === 0) {
+      ),
+    ).then((results) => {
+      // Two statements: node-postgres answers with one result each.
+      const last = (Array.isArray(results) ? results[results.length - 1] : results) as pg.QueryResult<{ written: string }> | undefined;
+      return Number(last?.rows[0]?.written ?? 1);
+    });
+  // Nothing written is not yet an application's row holding the key: the update and the insert
+  // read one snapshot, taken before another cold start of the same actor and routing committed its
+  // row (READ COMMITTED, the default), so the update found no row and the insert, waiting on that
+  // row, did nothing once it committed. Sent once more, the statement's new snapshot sees it and
+  // moves its seen_at. Before, the second of two cold starts at once threw the message below, that
+  // sharding migration 030 was not applied, on a catalog where it was (runtime-routings.test.ts,
+  // "two cold starts of one actor and routing at once both record"). Nothing written twice is the
+  // application's row of a catalog before 030: the other side's row, never this one's, stays put.
+  if ((await statement()) === 0 && (await statement()) === 0) {
     throw new Error(
       `the routing of ${actor} was not recorded: an application login's record of the same name and routing holds its row, on a catalog whose runtime_routings still has one row per actor and routing (sharding migration 030 not applied: ca-dms-scaling migrate); that record was left as it was`,
     );

@@ -110,7 +110,7 @@ export interface RebalanceSummary {
   readonly movedRows: number;
   readonly movedBytes: number;
   readonly shards: readonly ShardBalance[];
-  /** Shards left outside the threshold, each with the reason (the API's check adds the units the move plan refuses: functions/api/wiring.ts, withoutRefusedMoves). */
+  /** Shards left outside the threshold, each with the reason (the API's check adds the units the move plan refuses or could not check: functions/api/wiring.ts, withoutRefusedMoves). */
   readonly unresolved: readonly string[];
 }
 
@@ -131,6 +131,45 @@ interface Candidate {
   resolves: boolean;
   /** The receiving shard's load relative to its target before the move. */
   toRelative: number;
+}
+
+/** How far `v` lies outside the band of `threshold` around `target` (0 within it). */
+function excessOver(target: number, v: number, threshold: number): number {
+  return Math.max(0, v - target * (1 + threshold)) + Math.max(0, target * (1 - threshold) - v);
+}
+
+/** Load `v` over `target`; 1 when the shard holds exactly its share. */
+function relativeLoad(target: number, v: number): number {
+  return target === 0 ? (v === 0 ? 1 : Infinity) : v / target;
+}
+
+/**
+ * `summary`, a plan's, as if the plan had not made `leftOut`, moves of it that are not proposed
+ * after all: each shard's after-figure, the imbalance and balance after, and the rows and bytes
+ * moved, computed as {@link planRebalance} computes them. The API's check leaves out the moves
+ * the move plan refuses or could not check once it stops planning again (functions/api/wiring.ts,
+ * withoutRefusedMoves); before, its summary still counted them, and a check proposing no move
+ * said the shards would be balanced after it (`balancedAfter: true`, the rows of moves it did not
+ * propose counted as moved: rebalance-refused-moves.test.ts).
+ */
+export function summaryWithout(summary: RebalanceSummary, leftOut: readonly PlannedMove[]): RebalanceSummary {
+  if (leftOut.length === 0) return summary;
+  const metric = (x: { bytes: number; rows: number }): number => (summary.by === 'bytes' ? x.bytes : x.rows);
+  const after = new Map(summary.shards.map((s) => [s.shardId, s.after]));
+  for (const m of leftOut) {
+    after.set(m.from, (after.get(m.from) ?? 0) + metric(m));
+    after.set(m.to, (after.get(m.to) ?? 0) - metric(m));
+  }
+  const shards = summary.shards.map((s) => ({ ...s, after: after.get(s.shardId) as number }));
+  const total = shards.reduce((a, s) => a + s.target, 0);
+  return {
+    ...summary,
+    imbalanceAfter: total === 0 ? 1 : Math.max(...shards.map((s) => relativeLoad(s.target, s.after))),
+    balancedAfter: shards.every((s) => excessOver(s.target, s.after, summary.threshold) === 0),
+    movedRows: summary.movedRows - leftOut.reduce((a, m) => a + m.rows, 0),
+    movedBytes: summary.movedBytes - leftOut.reduce((a, m) => a + m.bytes, 0),
+    shards,
+  };
 }
 
 /** Plans the moves; throws {@link RebalancePlanError} for inconsistent input. */
@@ -163,13 +202,10 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
   const target = new Map(shards.map((s) => [s.shardId, (total * s.weight) / weightSum]));
   const targetOf = (id: string): number => target.get(id) as number;
   const weightOf = (id: string): number => weight.get(id) as number;
-  const excess = (id: string, v: number): number => {
-    const t = targetOf(id);
-    return Math.max(0, v - t * (1 + threshold)) + Math.max(0, t * (1 - threshold) - v);
-  };
+  const excess = (id: string, v: number): number => excessOver(targetOf(id), v, threshold);
   const loadOf = (id: string): number => load.get(id) as number;
   /** Load over target; 1 when the shard holds exactly its share. */
-  const relative = (id: string, v: number = loadOf(id)): number => (targetOf(id) === 0 ? (v === 0 ? 1 : Infinity) : v / targetOf(id));
+  const relative = (id: string, v: number = loadOf(id)): number => relativeLoad(targetOf(id), v);
   const order = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
   const tableRowsOf = (u: MovableUnit): number => u.maxTableRows ?? u.rows;
 

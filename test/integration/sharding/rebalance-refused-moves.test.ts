@@ -6,10 +6,12 @@
  * of every move it would propose, leaves out a unit the plan refuses, plans again without it, and
  * lists the unit under `summary.unresolved` with the plan's own words.
  */
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import type { InspectionFailure } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { ConflictError, type ScalingApiPort } from '../../../functions/api/service.js';
 import { createScalingApiPort, type ScalingApiDeps } from '../../../functions/api/wiring.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
@@ -24,33 +26,42 @@ let pools: ShardPools;
 let port: ScalingApiPort;
 /** The slot the first test makes the plan refuse, until it deletes the row. */
 let refusedSlot = '';
+let mapAtStart: Awaited<ReturnType<MoveEnv['slotMaps']['current']>>;
 
 beforeAll(async () => {
   env = await startMoveEnv();
   pools = ShardPools.fromConfig({ shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, read_replicas: [] })) }, { max: 2 });
   const map = await env.slotMaps.current();
+  mapAtStart = map;
   const source = env.shards.get('shard_a');
   if (!source) throw new Error('no shard_a in the move env');
   for (const slot of map.assignments.flatMap((shard, s) => (shard === 'shard_a' ? [s] : [])).slice(0, SLOTS)) await seedUsers(source, slot, keysInSlot(slot, 2), 1);
+  port = portWith(env.mover());
+}, 180_000);
+
+/** The API's port over the env's shards, its moves planned (and refusals asked) by `mover`. */
+function portWith(mover: ReturnType<MoveEnv['mover']>, onFailure?: (failure: InspectionFailure) => void): ScalingApiPort {
   const config = parseShardingConfig({
     strategy: 'hash_based',
     shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
     default_shard: 'shard_a',
   });
-  port = createScalingApiPort({
+  return createScalingApiPort({
     // The rebalance check and POST /shards/moves read the sharding layer only.
     ...({} as Omit<ScalingApiDeps, 'sharding'>),
     sharding: {
-      router: ShardRouter.fromConfig(config, { slotMap: map, directory: env.directory }),
+      router: ShardRouter.fromConfig(config, { slotMap: mapAtStart, directory: env.directory }),
       slotMaps: env.slotMaps,
       directory: env.directory,
       inspector: new ShardInspector(pools, { timeoutMs: 5000 }),
       fences: { list: (o = {}) => listFences({ catalog: env.catalog, shards: env.shards, timeoutMs: 5000, all: o.all === true }) },
-      mover: env.mover(),
+      mover,
       runMove: () => undefined,
+      ...(onFailure ? { onFailure } : {}),
     },
   });
-}, 180_000);
+}
+
 afterAll(async () => {
   await pools?.end();
   await env?.stop();
@@ -114,4 +125,67 @@ describe('the rebalance check and the moves the plan refuses', () => {
     expect(check.summary.unresolved).toEqual([]);
     expect(check.moves.map((m) => m.unit.id)).toContain(refusedSlot);
   });
+  it("answers where the move plan's checks of a move cannot read a shard (it stopped answering after the census): the moves it could not check are not proposed, each named with the failure's kind, and the failure is reported", async () => {
+    // Before, Mover.refusals threw the driver's error and the whole check failed with it (500:
+    // "the check failed", GET /recommendations without its shard figures) where, without the
+    // checks, it had answered. shard_b's pool here reaches nothing (a port nothing listens on, on
+    // loopback): the census (the inspector's pools) measured it, the checks cannot read it.
+    const gone = new pg.Pool({ connectionString: 'postgres://nobody@127.0.0.1:1/nothing', connectionTimeoutMillis: 2000, max: 1 });
+    gone.on('error', () => undefined);
+    const failures: InspectionFailure[] = [];
+    try {
+      const checked = portWith(env.mover({ shards: new Map([...env.shards, ['shard_b', gone]]) }), (f) => failures.push(f));
+      const check = await checked.rebalanceCheck({ by: 'rows' });
+
+      expect(check.moves).toEqual([]);
+      expect(check.needed).toBe(true);
+      // The summary's figures are those of the moves proposed, none: not those of the plan's
+      // (before, it said the shards were balanced after moves it did not propose).
+      expect(check.summary.movedRows).toBe(0);
+      expect(check.summary.movedBytes).toBe(0);
+      expect(check.summary.balancedAfter).toBe(false);
+      expect(check.summary.imbalanceAfter).toBe(check.summary.imbalanceBefore);
+      expect(check.summary.shards.map((s) => s.after)).toEqual(check.summary.shards.map((s) => s.before));
+      expect(check.summary.unresolved.length).toBeGreaterThan(0);
+      for (const line of check.summary.unresolved) {
+        expect(line).toMatch(
+          /^slot \d+ on shard_a is not proposed to move to shard_b: the move plan's checks of it (could not be made \(connection error ECONNREFUSED\)|were not made \(they stopped at another move's: connection error ECONNREFUSED\)); the next check asks them again$/,
+        );
+      }
+      // The driver's own text (an address, a port) stays in the report, out of the answer.
+      expect(check.summary.unresolved.join('\n')).not.toContain('127.0.0.1');
+      expect(failures.length).toBeGreaterThan(0);
+      expect(failures[0]?.what).toMatch(/rebalance check/);
+    } finally {
+      await gone.end();
+    }
+  });
+  it("answers while a read of the move plan's checks waits on a lock (the catalog's slot_owner_history locked by a migration): the moves not checked in the checks' time are not proposed, named as such", async () => {
+    // Nothing bounded the checks' reads (the shards' pools set no query timeout; the control
+    // login's catalog statement_timeout is 10 s a read, four reads at a time, batch after batch):
+    // the former owners' check (checkFormerOwnersHoldNoSlotRows) waited on the history's lock for
+    // as long as it was held, and the whole check with it, past the API's request deadline, its
+    // census (which does not read the history) made long before.
+    const holder = await env.catalog.connect();
+    holder.on('error', () => undefined);
+    try {
+      await holder.query('begin');
+      await holder.query('lock table catalog.slot_owner_history in access exclusive mode');
+      const answered = port.rebalanceCheck({ by: 'rows' }).then(
+        (check) => ({ check }),
+        (error: unknown) => ({ error }),
+      );
+      const inTime = await Promise.race([answered.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 30_000))]);
+      await holder.query('rollback');
+      const outcome = await answered;
+      expect(inTime, 'the check waited for the lock').toBe(true);
+      if (!('check' in outcome)) throw outcome.error;
+      expect(outcome.check.moves).toEqual([]);
+      expect(outcome.check.summary.unresolved.length).toBeGreaterThan(0);
+      expect(outcome.check.summary.unresolved[0]).toMatch(/^slot \d+ on shard_a is not proposed to move to shard_b: the move plan's checks of it could not be made \(no answer within 5000 ms\); the next check asks them again$/);
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+    }
+  }, 60_000);
 });

@@ -145,6 +145,70 @@ describe('a sharding runtime records the routing it runs with (catalog.runtime_r
       holder.release();
     }
   });
+  it("on a catalog before sharding migration 030 (one row per actor and routing), a runtime's record under an application login's name and routing writes nothing, leaves that row as it was, and says so", async () => {
+    // The code is deployed before the migration is applied: the runtimes' statement names no
+    // conflict target, so it runs there, and must not move the application's row it cannot key apart.
+    await env.catalog.query(`alter table catalog.runtime_routings drop constraint runtime_routings_pkey, add constraint runtime_routings_pkey primary key (actor, routing)`);
+    try {
+      await env.catalog.query(`insert into catalog.runtime_routings (actor, routing, by_application, seen_at, first_seen_at) values ('ca-dms-backend', $1::jsonb, true, now() - interval '2 hours', now() - interval '2 hours')`, [JSON.stringify(HASH_ONLY)]);
+      const [before] = await records();
+      const failures: unknown[] = [];
+      await coldStart('ca-dms-backend', configWith({ override_hash: false }), env.catalog, (e) => failures.push(e));
+
+      expect(failures.map((e) => (e as Error).message)).toEqual([
+        "the routing of ca-dms-backend was not recorded: an application login's record of the same name and routing holds its row, on a catalog whose runtime_routings still has one row per actor and routing (sharding migration 030 not applied: ca-dms-scaling migrate); that record was left as it was",
+      ]);
+      expect(await records()).toEqual([before]);
+      // Another routing of the name is a row of its own there too: recorded.
+      await coldStart('ca-dms-backend', configWith(), env.catalog, (e) => failures.push(e));
+      expect(failures).toHaveLength(1);
+      expect((await records()).map((r) => r.routing)).toEqual([HASH_ONLY, PINS_ROUTE]);
+    } finally {
+      await env.catalog.query('delete from catalog.runtime_routings');
+      await env.catalog.query(`alter table catalog.runtime_routings drop constraint runtime_routings_pkey, add constraint runtime_routings_pkey primary key (actor, routing, by_application)`);
+    }
+  });
+
+  it("two cold starts of one actor and routing at once both record: the one whose insert met the other's row, committed meanwhile, moves its seen_at and is told no failure", async () => {
+    // The runtimes' statement (update its own side's row, else insert, no conflict target) ran
+    // both parts on one snapshot: the second cold start's update found no row (the first's was not
+    // committed), its insert waited on the first's and did nothing once it committed, and the
+    // statement, having written nothing, threw that an application login's record held the row on
+    // a catalog without sharding migration 030 (neither was so), its seen_at not moved.
+    const routing = { strategy: 'hash_based' as const, overrideHash: true, fallback: 'hash' as const, enabled: true };
+    // The second waits on the first's row at most RECORD_LOCK_WAIT_MS: on a loaded machine the
+    // first's commit can come later (55P03, the bound doing its work), and the race is run again.
+    for (let attempt = 1; ; attempt++) {
+      await env.catalog.query('delete from catalog.runtime_routings');
+      const first = await env.catalog.connect();
+      try {
+        await first.query('begin');
+        await recordRuntimeRouting(first, 'scaling-api', routing);
+        const [committed] = (await first.query<{ seen_at: Date }>('select seen_at from catalog.runtime_routings')).rows;
+        const second = recordRuntimeRouting(env.catalog, 'scaling-api', routing).then(
+          () => undefined,
+          (err: unknown) => err,
+        );
+        // The second's insert waits on the first's row.
+        for (let i = 0; i < 200; i++) {
+          const { rows } = await env.catalog.query(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%runtime_routings%' and pid <> pg_backend_pid()`);
+          if (rows.length > 0) break;
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        await first.query('commit');
+        const outcome = await second;
+        if ((outcome as { code?: string } | undefined)?.code === '55P03' && attempt < 5) continue;
+        expect(outcome).toBeUndefined();
+        const rows = await records();
+        expect(rows.map((r) => [r.actor, r.routing])).toEqual([['scaling-api', PINS_ROUTE]]);
+        expect(rows[0]?.seen_at.getTime()).toBeGreaterThan(committed?.seen_at.getTime() ?? Infinity);
+        return;
+      } finally {
+        await first.query('rollback').catch(() => undefined);
+        first.release();
+      }
+    }
+  });
 });
 
 describe('a router not built by createShardingRuntime records its routing as docs/sharding-spec.md says', () => {

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { RebalancePlanError } from '../../../functions/core/sharding/errors.js';
 import { DEFAULT_MAX_UNIT_ROWS } from '../../../functions/core/sharding/move-plan.js';
-import { planRebalance, type MovableUnit, type ShardLoad } from '../../../functions/core/sharding/rebalance.js';
+import { planRebalance, summaryWithout, type MovableUnit, type ShardLoad } from '../../../functions/core/sharding/rebalance.js';
 
 const slot = (id: number, shardId: string, bytes: number, rows = bytes / 100): MovableUnit => ({ kind: 'slot', id: String(id), shardId, rows, bytes });
 const totals = (units: MovableUnit[], ids: string[]): ShardLoad[] =>
@@ -31,6 +31,23 @@ describe('rebalance planner', () => {
     // The optimum moves a fifth of the data (8000 bytes); the threshold lets it stop at 10% under.
     expect(plan.summary.movedBytes).toBeGreaterThanOrEqual(7200);
     expect(plan.summary.movedBytes).toBeLessThanOrEqual(8000);
+  });
+
+  it("summaryWithout gives a plan's figures as if it had not made the moves left out: all of them, the figures before; some, the plan's of the rest", () => {
+    const units = Array.from({ length: 40 }, (_, i) => slot(i, ['a', 'b'][i % 2] as string, 100));
+    const plan = planRebalance({ shards: totals(units, ['a', 'b', 'c']), units });
+    expect(plan.moves.length).toBeGreaterThan(2);
+    expect(summaryWithout(plan.summary, [])).toBe(plan.summary);
+    const none = summaryWithout(plan.summary, plan.moves);
+    expect(none).toMatchObject({ movedRows: 0, movedBytes: 0, balancedAfter: plan.summary.balancedBefore, imbalanceAfter: plan.summary.imbalanceBefore });
+    expect(none.shards.map((s) => s.after)).toEqual(none.shards.map((s) => s.before));
+    // The first two moves kept: the figures of a plan that made those two alone.
+    const kept = plan.moves.slice(0, 2);
+    const some = summaryWithout(plan.summary, plan.moves.slice(2));
+    const keptUnits = units.map((u) => (kept.some((m) => m.unit.id === u.id) ? { ...u, shardId: 'c' } : u));
+    const alone = planRebalance({ shards: totals(keptUnits, ['a', 'b', 'c']), units: [] }).summary;
+    expect(some.shards.map((s) => s.after)).toEqual(alone.shards.map((s) => s.before));
+    expect(some).toMatchObject({ movedBytes: 200, movedRows: 2, balancedAfter: alone.balancedBefore, imbalanceAfter: alone.imbalanceBefore });
   });
 
   it('stops at maxMoves and says the plan is incomplete', () => {
