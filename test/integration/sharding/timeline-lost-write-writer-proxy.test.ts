@@ -101,24 +101,7 @@ describe('a read token through a proxy that fails over between two transactions 
   const { cluster, closers } = replicatedShard(1);
 
   it("never answers 404 for a write it judged from another server's check", async () => {
-    const shard = cluster().shards[0];
-    const replica = shard?.replicas[0];
-    if (!shard || !replica) throw new Error('the cluster has no replica');
-    const proxy = await startWriterProxy(Number(new URL(shard.primary.url).port));
-    closers.push(() => proxy.close());
-    const viaProxy = new URL(shard.primary.url);
-    viaProxy.port = String(proxy.port);
-    const { api } = await oneShardApi(viaProxy.toString(), closers, { max: 1 });
-    await replica.waitForCatchUp();
-    closers.push(await cutWalReceiver(replica.url));
-    const lost = await api('POST', '/api/v1/users', { email: 'lost@example.org', display_name: 'lost' });
-    const lostToken = lost.headers.get('x-read-token');
-    if (lost.status !== 201 || lostToken === null) throw new Error(`the write answered ${lost.status} without a token`);
-    await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
-
-    // The old primary still answers (it has not noticed); the proxy's writer changes once the
-    // transaction that holds the primary check has ended.
-    proxy.failoverAfter('pg_is_in_recovery() as in_recovery', Number(new URL(replica.url).port));
+    const { api, proxy, lost, lostToken } = await lostWriteFailingOverAfterCheck(cluster, closers);
     const read = await api('GET', `/api/v1/users/${String(lost.body.id)}`, undefined, { 'x-read-after': lostToken });
     const next = await api('GET', `/api/v1/users/${String(lost.body.id)}`, undefined, { 'x-read-after': lostToken });
 
@@ -140,23 +123,8 @@ describe('ReplicaReader.query with a token through a proxy that fails over betwe
   const { cluster, closers } = replicatedShard(1);
 
   it("never answers a miss for a write it judged from another server's check", async () => {
-    const shard = cluster().shards[0];
-    const replica = shard?.replicas[0];
-    if (!shard || !replica) throw new Error('the cluster has no replica');
-    const proxy = await startWriterProxy(Number(new URL(shard.primary.url).port));
-    closers.push(() => proxy.close());
-    const viaProxy = new URL(shard.primary.url);
-    viaProxy.port = String(proxy.port);
-    const { api, reader } = await oneShardApi(viaProxy.toString(), closers, { max: 1 });
-    await replica.waitForCatchUp();
-    closers.push(await cutWalReceiver(replica.url));
-    const lost = await api('POST', '/api/v1/users', { email: 'lost@example.org', display_name: 'lost' });
-    const lostToken = lost.headers.get('x-read-token');
-    if (lost.status !== 201 || lostToken === null) throw new Error(`the write answered ${lost.status} without a token`);
+    const { reader, proxy, lost, lostToken } = await lostWriteFailingOverAfterCheck(cluster, closers);
     const options = readOptionsFor(ONE_SHARD, parseReadToken(lostToken));
-    await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
-
-    proxy.failoverAfter('pg_is_in_recovery() as in_recovery', Number(new URL(replica.url).port));
     const read = await reader.query<{ id: string }>(ONE_SHARD, 'select id::text as id from users where id = $1', [lost.body.id], options);
     const next = await reader.query<{ id: string }>(ONE_SHARD, 'select id::text as id from users where id = $1', [lost.body.id], options);
     const seen = (r: typeof read) => ({ ids: r.rows.map((row) => row.id), lost: r.lostWrite?.currentTimeline });
@@ -166,3 +134,28 @@ describe('ReplicaReader.query with a token through a proxy that fails over betwe
     expect({ read: seen(read), next: seen(next) }).toEqual({ read: { ids: [lost.body.id], lost: undefined }, next: { ids: [], lost: 2 } });
   }, 120_000);
 });
+
+/**
+ * A one-shard API through a writer proxy, its replica cut off from the primary's WAL, a user
+ * written (its row on the old primary only), the replica promoted, and the proxy set to move its
+ * connection to the promoted server once the transaction holding the primary check has ended
+ * (the old primary still answers: it has not noticed).
+ */
+async function lostWriteFailingOverAfterCheck(cluster: ReturnType<typeof replicatedShard>['cluster'], closers: ReturnType<typeof replicatedShard>['closers']) {
+  const shard = cluster().shards[0];
+  const replica = shard?.replicas[0];
+  if (!shard || !replica) throw new Error('the cluster has no replica');
+  const proxy = await startWriterProxy(Number(new URL(shard.primary.url).port));
+  closers.push(() => proxy.close());
+  const viaProxy = new URL(shard.primary.url);
+  viaProxy.port = String(proxy.port);
+  const { api, reader } = await oneShardApi(viaProxy.toString(), closers, { max: 1 });
+  await replica.waitForCatchUp();
+  closers.push(await cutWalReceiver(replica.url));
+  const lost = await api('POST', '/api/v1/users', { email: 'lost@example.org', display_name: 'lost' });
+  const lostToken = lost.headers.get('x-read-token');
+  if (lost.status !== 201 || lostToken === null) throw new Error(`the write answered ${lost.status} without a token`);
+  await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
+  proxy.failoverAfter('pg_is_in_recovery() as in_recovery', Number(new URL(replica.url).port));
+  return { api, reader, proxy, lost, lostToken };
+}
