@@ -155,14 +155,7 @@ describe("the directory's slot column", () => {
 
   it('is filled in batches for rows written without it (triggers off), which the readers find meanwhile', async () => {
     const keys = keysInSlot(2345, 5);
-    const c = await env.catalog.connect();
-    try {
-      await c.query('set session_replication_role = replica');
-      await c.query(`insert into catalog.shard_directory (key, shard_id, updated_by) select k, 'shard_a', 'restore' from unnest($1::text[]) k`, [keys]);
-      await c.query('set session_replication_role = origin');
-    } finally {
-      c.release();
-    }
+    await pinWithTriggersOff(keys);
     try {
       expect((await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.shard_directory where key = any($1::text[]) and slot is null', [keys])).rows[0]?.n).toBe(5);
       // Not yet filled: read all the same, as the rows of their slot.
@@ -220,14 +213,7 @@ describe('the fill run by every deploy and every start of local mode', () => {
 describe('the fill bounded by the migrations function\'s time', () => {
   it('stops between batches once its time is up, says how many it filled, and the next run fills the rest', async () => {
     const keys = keysInSlot(2347, 5);
-    const c = await env.catalog.connect();
-    try {
-      await c.query('set session_replication_role = replica');
-      await c.query(`insert into catalog.shard_directory (key, shard_id, updated_by) select k, 'shard_a', 'restore' from unnest($1::text[]) k`, [keys]);
-      await c.query('set session_replication_role = origin');
-    } finally {
-      c.release();
-    }
+    await pinWithTriggersOff(keys);
     const unfilled = async (): Promise<number | undefined> =>
       (await env.catalog.query<{ n: number }>('select count(*)::int as n from catalog.shard_directory where key = any($1::text[]) and slot is null', [keys])).rows[0]?.n;
     try {
@@ -320,3 +306,15 @@ describe("the rebalance check's refusals read only the directory rows of the slo
     }
   }, 60_000);
 });
+
+/** Pins `keys` to shard_a as a restore with the triggers off writes them: their slot left NULL. */
+async function pinWithTriggersOff(keys: readonly string[]): Promise<void> {
+  const c = await env.catalog.connect();
+  try {
+    await c.query('set session_replication_role = replica');
+    await c.query(`insert into catalog.shard_directory (key, shard_id, updated_by) select k, 'shard_a', 'restore' from unnest($1::text[]) k`, [keys]);
+    await c.query('set session_replication_role = origin');
+  } finally {
+    c.release();
+  }
+}
