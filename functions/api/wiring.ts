@@ -27,7 +27,7 @@ import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredConfig, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
-import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
+import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanShardUnanswered, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
 import { ShardInspectionError, type HealthReport, type InspectionFailure, type RebalanceCensus, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
@@ -212,6 +212,13 @@ async function reachable<T>(what: string, work: () => Promise<T>, report: ((fail
     // answering there is as unavailable as anywhere else. Its subclasses (a refused request, a
     // conflict) are answers, whatever their cause.
     const failure = err instanceof MoveError && err.name === 'MoveError' ? err.cause : err;
+    // A shard the plan's checks had to ask, in the plan's words: they name the shard (by its id,
+    // not its address) and why it was asked, where "the catalog or a shard" left the operator
+    // looking at the move's source and target (h124: a directory move asks every shard).
+    if (failure instanceof MovePlanShardUnanswered) {
+      reportSafely(report, { what, shardId: failure.shard, error: failure.cause });
+      throw new UnavailableError(`${what}: ${failure.message}`, { cause: err });
+    }
     if (!(failure instanceof MoveError) && (isNodeFailure(failure) || (failure as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) {
       reportSafely(report, { what, error: failure });
       throw new UnavailableError(`${what}: the catalog or a shard did not answer (${failureKind(failure)}); try again shortly`, { cause: err });

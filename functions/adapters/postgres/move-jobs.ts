@@ -100,6 +100,28 @@ export class MoveConflictError extends MoveError {
   override readonly name = 'MoveConflictError';
 }
 
+/**
+ * A shard the plan's checks had to ask did not answer (a refused or dropped connection, a timeout):
+ * the request could be neither planned nor refused, and nothing was recorded. Not a
+ * {@link MoveError} (an answer about the move) but a node's failure, which POST /shards/moves
+ * answers with a 503 (functions/api/wiring.ts, `reachable`), in this error's words: they name the
+ * shard and why the plan asks it, where the driver's own text named an address the operator had to
+ * map to a shard, and the API's generic words ("the catalog or a shard did not answer") left them
+ * looking at the move's source and target, both answering (h124: a directory move asks every shard
+ * of the mover, Mover.checkOtherShardsHoldNoKeyRows). `cause` is the driver's error, for the log
+ * and for failureKind.
+ */
+export class MovePlanShardUnanswered extends Error {
+  override readonly name = 'MovePlanShardUnanswered';
+  constructor(
+    message: string,
+    readonly shard: string,
+    options: { cause: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
 /** Another mover process is running this job right now. */
 export class MoveBusyError extends MoveError {
   override readonly name = 'MoveBusyError';

@@ -50,6 +50,7 @@ import {
   MoveBusyError,
   MoveConflictError,
   MoveError,
+  MovePlanShardUnanswered,
   MoveNotCancellableError,
   MoveRequestError,
   moveRequestSchema,
@@ -60,9 +61,13 @@ import {
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sourceDisowns, type DisowningRow, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
-import { retryingSerializationFailures } from './sqlstate.js';
+import { isNodeFailure } from './replica-reader.js';
+import { failureKind, retryingSerializationFailures } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
 import { describeRows, directoryKeysBySlot, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn, type TableRows } from './unit-rows.js';
+
+/** SQLSTATE query_canceled (57014): a statement ended by the server's statement_timeout. */
+const QUERY_CANCELED = '57014';
 
 export * from './move-jobs.js';
 export type { MoverDirectory, MoverSlotMaps } from './move-port.js';
@@ -547,7 +552,8 @@ export class Mover {
         if (err instanceof MoveConflictError) return { status: 409 as const, reason: err.message };
         // As POST /shards/moves answers them (functions/api/wiring.ts, startMove): 'invalid' 400.
         if (err instanceof MoveRequestError) return { status: err.problem === 'invalid' ? (400 as const) : (422 as const), reason: err.message };
-        return { failed: err };
+        // The rebalance check judges a node's failure by the driver's error (functions/api/wiring.ts).
+        return { failed: err instanceof MovePlanShardUnanswered ? err.cause : err };
       }
     };
     // The first failure met, which stops the checks: the requests after it are not started.
@@ -922,26 +928,55 @@ export class Mover {
    * for documents under another slot); a shard reaching the source's or the target's database (two
    * spellings of one endpoint: their rows are counted as theirs). Where the catalog no longer sends
    * the key to `from` (a move of it finished since the plan read its route), the plan's re-read of
-   * the owner under the job row refuses it in the words that say so. Read once, at plan time.
+   * the owner under the job row refuses it in the words that say so. Read once, at plan time. A
+   * shard that does not answer refuses the plan ({@link MovePlanShardUnanswered}, a 503 naming it):
+   * it may hold the key's rows. A slot move's clean-up's kept user of the key, on a shard the slot
+   * came back to while the key was pinned elsewhere, stands behind the key's own `moved` row that
+   * the slot move back wrote there (the key kept out), and passes (h124).
    */
   private async checkOtherShardsHoldNoKeyRows(key: string, slot: number, from: string, to: string, route: 'by hash' | 'pinned'): Promise<void> {
     // Only a key in the canonical UUID form owns rows (unit-rows.ts, keyRowsOn).
     if (uuidForm(key) === undefined) return;
+    /**
+     * `work`'s answer from `shard`, or, where the shard does not answer, the refusal that says so.
+     * A shard that is neither the key's source nor its target, down or unreachable, holds every
+     * key move up: it may hold the key's rows, and the plan cannot tell. Thrown bare, the driver's
+     * error named an address ("connect ECONNREFUSED 10.0.3.17:5432"), which the API answered as
+     * "the catalog or a shard did not answer": an operator then checked the key's source and
+     * target, both answering (h124, moves-slot-source-moved.test.ts, "a directory move while a
+     * shard neither its source nor its target does not answer").
+     */
+    const ask = async <T>(shard: string, work: () => Promise<T>): Promise<T> => {
+      try {
+        return await work();
+      } catch (err) {
+        if (!isNodeFailure(err) && (err as { code?: unknown } | null)?.code !== QUERY_CANCELED) throw err;
+        throw new MovePlanShardUnanswered(
+          `cannot plan the move of key ${key} from ${from} to ${to}: ${shard} did not answer (${failureKind(err)}), and a directory-key move asks every shard of the deployment, not only its source and target, whether it holds rows of the key that no fence row there refuses (a key's pins keep no history: rows a hand change of its pin left on ${shard} would be left out of every reader's sight by the move; docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away"). Nothing was recorded or pinned: plan it again once ${shard} answers`,
+          shard,
+          { cause: err },
+        );
+      }
+    };
     for (const [shard, pool] of this.options.shards) {
       if (shard === from || shard === to) continue;
-      const { rows: fences } = await pool.query<{ kind: string; state: string; excluded_keys: string[] | null }>(
-        `select kind, state, excluded_keys from write_fences where (kind = 'directory' and unit_id = $1) or (kind = 'slot' and unit_id = $2)`,
-        [key, String(slot)],
+      const { rows: fences } = await ask(shard, () =>
+        pool.query<{ kind: string; state: string; excluded_keys: string[] | null }>(
+          `select kind, state, excluded_keys from write_fences where (kind = 'directory' and unit_id = $1) or (kind = 'slot' and unit_id = $2)`,
+          [key, String(slot)],
+        ),
       );
       const own = fences.find((f) => f.kind === 'directory');
       const slotRow = fences.find((f) => f.kind === 'slot');
       if (own !== undefined && own.state !== 'open') continue;
       if (own === undefined && slotRow !== undefined && slotRow.state !== 'open' && !(slotRow.excluded_keys ?? []).includes(key)) continue;
-      const { rows } = await pool.query<{ t: TableRows['table']; n: number }>(
-        `select 'users' as t, count(*)::int as n from users where id = $1::uuid and slot = $2::integer
-         union all select 'documents', count(*)::int from documents where owner_id = $1::uuid and slot = $2::integer
-         union all select 'document_keys', count(*)::int from document_keys where owner_id = $1::uuid and slot = $2::integer`,
-        [key, slot],
+      const { rows } = await ask(shard, () =>
+        pool.query<{ t: TableRows['table']; n: number }>(
+          `select 'users' as t, count(*)::int as n from users where id = $1::uuid and slot = $2::integer
+           union all select 'documents', count(*)::int from documents where owner_id = $1::uuid and slot = $2::integer
+           union all select 'document_keys', count(*)::int from document_keys where owner_id = $1::uuid and slot = $2::integer`,
+          [key, slot],
+        ),
       );
       const held = rows.filter((r) => Number(r.n) > 0).map((r) => ({ table: r.t, rows: Number(r.n) }));
       if (held.length === 0) continue;

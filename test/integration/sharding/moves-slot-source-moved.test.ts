@@ -29,7 +29,8 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type FenceReview, reviewFences, type ReviewedFence } from '../../../functions/adapters/postgres/fence-review.js';
-import { MoveConflictError } from '../../../functions/adapters/postgres/move-jobs.js';
+import { MoveConflictError, MovePlanShardUnanswered } from '../../../functions/adapters/postgres/move-jobs.js';
+import { isNodeFailure } from '../../../functions/adapters/postgres/replica-reader.js';
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
@@ -754,5 +755,85 @@ describe("a directory move to a third shard while a shard the key was pinned to 
     env3.directory.invalidate(key);
     expect(await countSlot(c, slot)).toEqual({ users: 1, documents: 3 });
     expect(await documentWrittenFor(env3, key)).toBe(`written on ${third}`);
+  });
+});
+
+describe("a directory move while a shard holds only the user a slot move's clean-up kept there, its slot since given back (h124)", () => {
+  it("is planned and finishes: the slot's move back wrote A a row of the key saying moved to its pin, which the check honours", async () => {
+    // The key's user on A owns a document stored under another slot (written before shard migration
+    // 015): the slot's move A -> B kept that user on A ("clean-up kept 1 user row"), behind A's
+    // `moved` row of the slot. The key then moved B -> C by a directory move (pinned to C, its rows
+    // there), and the slot came back B -> A by a slot move, the key kept out of it (pinned): A's
+    // row of the slot no longer keeps the key out, but the move back wrote A a row of the key,
+    // `moved` to its pin, C: the kept user stands behind it, and the check passes it.
+    const slot = 1721;
+    const { from, to, third, a, b, c, key, mover } = await seededThree(slot);
+    await a.query(
+      `begin; set local session_replication_role = replica;
+       insert into documents (id, owner_id, slot, title) values (gen_random_uuid(), '${key}', ${slot + 100}, 'before 015'); commit`,
+    );
+    const away = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+    expect({ state: away.state, error: away.error }).toEqual({ state: 'done', error: expect.stringMatching(/clean-up kept 1 user row/) as unknown });
+    expect((await mover.run((await mover.plan({ kind: 'directory', key, to: third, createdBy: 'test' })).id)).state).toBe('done');
+    expect((await mover.run((await mover.plan({ kind: 'slot', slot, to: from, createdBy: 'test' })).id)).state).toBe('done');
+    env3.directory.invalidate(key);
+    expect((await env3.directory.entry(key))?.shardId).toBe(third);
+    expect(await countSlot(a, slot)).toEqual({ users: 1, documents: 0 });
+    expect(await countSlot(c, slot)).toEqual({ users: 1, documents: 2 });
+    const planned = await outcomeOf(mover.plan({ kind: 'directory', key, to, createdBy: 'test' }).then((j) => mover.run(j.id)));
+    expect(planned).toBe('ended: done');
+    env3.directory.invalidate(key);
+    expect(await countSlot(b, slot)).toEqual({ users: 1, documents: 2 });
+    expect(await documentWrittenFor(env3, key)).toBe(`written on ${to}`);
+  });
+});
+
+describe("a directory move while a shard neither its source nor its target does not answer (h124)", () => {
+  it("is refused, nothing recorded or pinned, by an error that names that shard and why a key's move asks it, still a node's failure (503)", async () => {
+    const slot = 1722;
+    const { from, to, third, key } = await seededThree(slot);
+    // The third shard's primary as a pool to a port nothing listens on (loopback).
+    const dead = new (await import('pg')).default.Pool({ host: '127.0.0.1', port: 1, user: 'nobody', database: third, connectionTimeoutMillis: 2_000 });
+    dead.on('error', () => undefined);
+    try {
+      const shards = new Map(env3.shards);
+      shards.set(third, dead);
+      const mover = env3.mover({ readerGraceMs: 0, shards });
+      const jobsBefore = Number((await env3.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n);
+      const failure = (await refusalOf(mover.plan({ kind: 'directory', key, to, createdBy: 'test' }))) as Error | null;
+      expect(failure).not.toBeNull();
+      // Before: the driver's bare "connect ECONNREFUSED 127.0.0.1:1", which the API answers as
+      // "starting the move: the catalog or a shard did not answer (connection error ECONNREFUSED)":
+      // the operator looked at the key's source and target, both answering.
+      expect((failure as Error).message).toMatch(new RegExp(`^cannot plan the move of key ${key} from ${from} to ${to}: ${third} did not answer \\(connection error ECONNREFUSED\\)`));
+      expect((failure as Error).message).toContain('Nothing was recorded or pinned');
+      // A node's failure, which POST /shards/moves answers with a 503 in these words (wiring.ts, reachable).
+      expect(failure).toBeInstanceOf(MovePlanShardUnanswered);
+      expect(isNodeFailure((failure as MovePlanShardUnanswered).cause)).toBe(true);
+      expect(Number((await env3.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n)).toBe(jobsBefore);
+      expect(await env3.directory.entry(key)).toBeNull();
+    } finally {
+      await dead.end();
+    }
+  });
+});
+
+describe("directory moves over every shard's rows of the key: no false refusal (h124)", () => {
+  it("a key moved A -> B -> A -> C by directory moves, then its slot moved while it was pinned, then the key moved on: each planned and done, its rows with it", async () => {
+    const slot = 1723;
+    const { from, to, third, b, c, key, mover } = await seededThree(slot);
+    const move = async (target: string) => {
+      const outcome = await outcomeOf(mover.plan({ kind: 'directory', key, to: target, createdBy: 'test' }).then((j) => mover.run(j.id)));
+      env3.directory.invalidate(key);
+      return outcome;
+    };
+    expect([await move(to), await move(from), await move(third)]).toEqual(['ended: done', 'ended: done', 'ended: done']);
+    // The slot moves A -> B while the key is pinned to C (kept out of it), and the key moves on to B.
+    expect(await outcomeOf(mover.plan({ kind: 'slot', slot, to, createdBy: 'test' }).then((j) => mover.run(j.id)))).toBe('ended: done');
+    expect(await countSlot(c, slot)).toEqual({ users: 1, documents: 2 });
+    expect(await move(to)).toBe('ended: done');
+    expect(await countSlot(b, slot)).toEqual({ users: 1, documents: 2 });
+    expect(await move(from)).toBe('ended: done');
+    expect(await documentWrittenFor(env3, key)).toBe(`written on ${from}`);
   });
 });
