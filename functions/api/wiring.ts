@@ -33,6 +33,7 @@ import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
 import { failureKind } from '../adapters/postgres/sqlstate.js';
+import { withinRequestDeadline } from '../adapters/postgres/request-deadline.js';
 import { coalesced } from './coalesce.js';
 import { ProblemError } from './http.js';
 import { TIMESERIES_MAX_POINTS, TIMESERIES_MAX_WINDOW_SECONDS } from './schemas.js';
@@ -449,7 +450,13 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
     const accepted = new Set<string>();
     // The checks' time, every round's together (Mover.refusals: a check not ended by then is
     // a failure, its move not proposed): within the API's request deadline, after the census.
-    const until = Date.now() + REFUSAL_CHECKS_MS;
+    // What the request has left where that is less (withinRequestDeadline): before, the checks
+    // had their 5 s from the census's end whatever was left, and a census ended near the
+    // deadline (it is bounded by it) was followed by up to 5 s of checks that API Gateway did not
+    // wait for (504; rebalance-refused-moves.test.ts, "gives the move plan's checks what the
+    // request has left").
+    const budgetMs = withinRequestDeadline(REFUSAL_CHECKS_MS);
+    const until = Date.now() + budgetMs;
     let units = census.units;
     for (let round = 1; ; round++) {
       const result = await s.inspector.planRebalance({ ...census, units }, options);
@@ -467,7 +474,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       }
       const verdicts = await s.mover.refusals(
         unchecked.map((m) => (m.unit.kind === 'slot' ? { kind: 'slot', slot: Number(m.unit.id), to: m.to, createdBy: 'rebalance-check' } : { kind: 'directory', key: m.unit.id, to: m.to, createdBy: 'rebalance-check' })),
-        { until, budgetMs: REFUSAL_CHECKS_MS },
+        { until, budgetMs },
       );
       // Moves whose checks could not be made (a shard that stopped answering since the census, a
       // read past its statement timeout): neither refused nor passed, so not proposed (nothing is

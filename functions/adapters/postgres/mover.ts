@@ -237,6 +237,57 @@ const REFUSAL_CHECKS_AT_ONCE = 4;
  */
 export type MoveRefusal = { readonly status: 400 | 409 | 422; readonly reason: string } | { readonly failed: unknown; readonly notStarted?: true };
 
+/**
+ * How long after {@link Mover.refusals}' `until` a read of its checks still running is cut: later
+ * than the checks' own verdict (their time-out, named by the caller's budget), so that the verdict
+ * is that one and not the driver's "Query read timeout".
+ */
+const REFUSAL_READ_CUT_GRACE_MS = 100;
+
+/**
+ * `pool` as {@link Mover.refusals}' checks read it: each query is sent on a connection of its own
+ * taken from `pool` with a client-side `query_timeout` of the time left until `until` (and a little
+ * more, {@link REFUSAL_READ_CUT_GRACE_MS}); one not running by then is not sent (a
+ * {@link NodeTimeoutError} of `budgetMs`). A query cut so fails, and its connection is ended, not
+ * returned to the pool (pg-pool's release with an error), so the pool can open another at once.
+ * Before, a late read was only dropped (its result unread): it kept its connection for as long as
+ * it waited (the shards' pools set no query timeout; the catalog's statement_timeout is 10 s), and
+ * a Lambda's catalog pool has one (handlers/shared/db.ts): the next check's census and any move
+ * planned meanwhile waited for it and failed ("timeout exceeded when trying to connect";
+ * rebalance-refused-moves.test.ts, "leaves no connection held by a read its time ran out on").
+ * The server may go on waiting for the lock until it notices the connection gone (or its own
+ * statement_timeout ends the statement): a server's backend, not a client's connection.
+ * Everything but `query` is the pool's own.
+ */
+function boundedPool(pool: pg.Pool, until: number, budgetMs: number): pg.Pool {
+  const query = async (text: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult> => {
+    const client = await pool.connect();
+    const left = until - Date.now();
+    if (left <= 0) {
+      client.release();
+      throw new NodeTimeoutError("the move plan's checks", budgetMs);
+    }
+    const config: pg.QueryConfig = typeof text === 'string' ? { text } : { ...text };
+    let failed: Error | undefined;
+    try {
+      return await client.query({ ...config, ...(values === undefined ? {} : { values }), query_timeout: left + REFUSAL_READ_CUT_GRACE_MS } as pg.QueryConfig);
+    } catch (err) {
+      failed = err instanceof Error ? err : new Error(String(err));
+      throw err;
+    } finally {
+      // As pg-pool's own query: a failed query's connection is ended (it may still be running one).
+      client.release(failed);
+    }
+  };
+  return new Proxy(pool, {
+    get(target, prop) {
+      if (prop === 'query') return query;
+      const value: unknown = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
 /** A request {@link Mover.plan}'s checks before recording passed, with what they read. */
 interface CheckedRequest {
   readonly req: z.output<typeof moveRequestSchema>;
@@ -488,7 +539,17 @@ export class Mover {
     // The slots and keys the requests name, as far as they are well formed (checked refuses the others before it reads them).
     const slots = new Set(requests.flatMap((r) => (r.kind === 'slot' && Number.isInteger(r.slot) && r.slot >= 0 && r.slot < SLOT_COUNT ? [r.slot] : [])));
     const keys = [...new Set(requests.flatMap((r) => (r.kind === 'directory' && typeof r.key === 'string' ? [canonicalKey(r.key)] : [])))];
-    const catalog = this.options.catalog;
+    // The checks' reads bounded by `until` and cut at it (boundedPool): a read left waiting holds
+    // none of the pools' connections past it.
+    const checker =
+      options.until === undefined
+        ? this
+        : new Mover({
+            ...this.options,
+            catalog: boundedPool(this.options.catalog, options.until, options.budgetMs ?? Math.max(0, options.until - Date.now())),
+            shards: new Map([...this.options.shards].map(([id, pool]) => [id, boundedPool(pool, options.until as number, options.budgetMs ?? Math.max(0, (options.until as number) - Date.now()))])),
+          });
+    const catalog = checker.options.catalog;
     // The former owners of every slot asked, in one read (ownersOfSlotsSince takes many slots):
     // read per move, each a statement of its own over catalog.slot_owner_history and the list of
     // maps it holds (every map's row, one more with each move ever made), and where the history
@@ -509,7 +570,7 @@ export class Mover {
     ] as const);
     // Named by the caller's whole budget (its failure's kind: "no answer within 5000 ms").
     const timedOut = (left: number): MoveRefusal => ({ failed: new NodeTimeoutError("the move plan's checks", options.budgetMs ?? Math.max(0, Math.round(left))) });
-    /** `work`, or the time-out's verdict once `until` has passed: the work goes on, its result dropped. */
+    /** `work`, or the time-out's verdict once `until` has passed: the work's result is dropped, and its reads still running are cut just after (boundedPool). */
     const inTime = async <T>(work: Promise<T>): Promise<T | MoveRefusal> => {
       const left = options.until === undefined ? Infinity : options.until - Date.now();
       if (left === Infinity) return work;
@@ -546,7 +607,7 @@ export class Mover {
     const out: Array<MoveRefusal | undefined> = [];
     const one = async (request: MoveRequest): Promise<MoveRefusal | undefined> => {
       try {
-        await this.checked(request, { map, keysBySlot, entries, owners });
+        await checker.checked(request, { map, keysBySlot, entries, owners });
         return undefined;
       } catch (err) {
         if (err instanceof MoveConflictError) return { status: 409 as const, reason: err.message };

@@ -428,6 +428,44 @@ describe('migrate handler (custom resource)', () => {
     expect(response).toEqual({ PhysicalResourceId: PHYSICAL_ID, Data: { Applied: 0, Targets: 2 } });
   });
 
+  it("leaves the directory's slot fill for the next run when the function has less than two minutes left, says so, and answers CloudFormation; with time, fills it", async () => {
+    // Pins written before sharding migration 031 (slot NULL), as a restore leaves them: the
+    // trigger that gives a new pin its slot is off for the insert.
+    const keys = ['fill-a', 'fill-b', 'fill-c'];
+    const c = new pg.Client({ connectionString: catalogDb });
+    await c.connect();
+    const unfilled = async (): Promise<number | undefined> =>
+      (await c.query<{ n: number }>('select count(*)::int as n from catalog.shard_directory where key = any($1::text[]) and slot is null', [keys])).rows[0]?.n;
+    // A WARN line goes to stderr (console.warn).
+    const warned: Array<Record<string, unknown>> = [];
+    vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      for (const line of String(chunk).split('\n').filter((l) => l.startsWith('{'))) warned.push(JSON.parse(line) as Record<string, unknown>);
+      return true;
+    });
+    const fillWarnings = (): Array<Record<string, unknown>> => [...stdout, ...warned].filter((l) => String(l['message']).startsWith('directory slot fill stopped for time'));
+    try {
+      await c.query('set session_replication_role = replica');
+      await c.query(`insert into catalog.shard_directory (key, shard_id, updated_by) select k, 'shard_a', 'restore' from unnest($1::text[]) k`, [keys]);
+      await c.query('set session_replication_role = origin');
+
+      // 30 s left: less than the fill's margin (120 s), so no batch is run.
+      const short = await handler()({ ...base, RequestType: 'Update', PhysicalResourceId: PHYSICAL_ID, OldResourceProperties: {} }, context);
+      expect(short).toEqual({ PhysicalResourceId: PHYSICAL_ID, Data: { Applied: 0, Targets: 2 } });
+      expect(await unfilled()).toBe(3);
+      expect(fillWarnings()).toMatchObject([{ level: 'WARN', filled: 0 }]);
+
+      stdout = [];
+      warned.length = 0;
+      const long = await handler()({ ...base, RequestType: 'Update', PhysicalResourceId: PHYSICAL_ID, OldResourceProperties: {} }, { ...context, getRemainingTimeInMillis: () => 840_000 });
+      expect(long).toEqual({ PhysicalResourceId: PHYSICAL_ID, Data: { Applied: 0, Targets: 2 } });
+      expect(await unfilled()).toBe(0);
+      expect(fillWarnings()).toEqual([]);
+    } finally {
+      await c.query('delete from catalog.shard_directory where key = any($1::text[])', [keys]);
+      await c.end();
+    }
+  });
+
   it("creates the application's least-privilege login on each shard from its own secret", async () => {
     const appSecret = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shard-1-app-AbCdEf';
     const sm = mockClient(SecretsManagerClient);

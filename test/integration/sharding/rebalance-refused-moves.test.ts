@@ -9,10 +9,12 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
+import { Mover } from '../../../functions/adapters/postgres/mover.js';
+import { withRequestDeadline } from '../../../functions/adapters/postgres/request-deadline.js';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import type { InspectionFailure } from '../../../functions/adapters/postgres/shard-inspector.js';
-import { ConflictError, type ScalingApiPort } from '../../../functions/api/service.js';
+import { ConflictError, UnavailableError, type ScalingApiPort } from '../../../functions/api/service.js';
 import { createScalingApiPort, type ScalingApiDeps } from '../../../functions/api/wiring.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
@@ -183,6 +185,65 @@ describe('the rebalance check and the moves the plan refuses', () => {
       expect(outcome.check.moves).toEqual([]);
       expect(outcome.check.summary.unresolved.length).toBeGreaterThan(0);
       expect(outcome.check.summary.unresolved[0]).toMatch(/^slot \d+ on shard_a is not proposed to move to shard_b: the move plan's checks of it could not be made \(no answer within 5000 ms\); the next check asks them again$/);
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+    }
+  }, 60_000);
+  it("leaves no connection held by a read its time ran out on: with the catalog's one connection (a Lambda's pool), the next check answers too, and so does POST /shards/moves of a directory key", async () => {
+    // Mover.refusals dropped a late read's result but let the read run: the former owners' read
+    // (checkFormerOwnersHoldNoSlotRows), waiting on the history's lock, kept the catalog's
+    // connection, and a Lambda's catalog pool has one (handlers/shared/db.ts, POOL_DEFAULTS: max
+    // 1, connectionTimeoutMillis 3000). The next check's census (the moves unfinished) then waited
+    // for that connection and failed ("timeout exceeded when trying to connect", a 500), as did
+    // any move planned meanwhile that does not read the history.
+    const catalog = new pg.Pool({ connectionString: env.urls.catalog, max: 1, connectionTimeoutMillis: 3000 });
+    catalog.on('error', () => undefined);
+    const mover = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 100 });
+    const checked = portWith(mover);
+    const holder = await env.catalog.connect();
+    holder.on('error', () => undefined);
+    const pinned = keysInSlot(Number(refusedSlot), 1)[0] as string;
+    try {
+      await holder.query('begin');
+      await holder.query('lock table catalog.slot_owner_history in access exclusive mode');
+      const outcomes: string[] = [];
+      for (let i = 0; i < 2; i++) {
+        const check = await checked.rebalanceCheck({ by: 'rows' }).then(
+          (c) => c,
+          (error: unknown) => error as Error,
+        );
+        outcomes.push(check instanceof Error ? `failed: ${check.message}` : `answered: ${check.moves.length} moves, ${check.summary.unresolved.length} unresolved`);
+      }
+      // A directory key's move reads no history: the plan is made (and cancelled below).
+      const started = await checked.startMove({ kind: 'directory', unit: pinned, to: 'shard_b' }, 'test').then(
+        (job) => job,
+        (error: unknown) => error as Error,
+      );
+      // Planned or refused by its checks: either is an answer; a 503 (the catalog's connection not had) is not.
+      outcomes.push(started instanceof UnavailableError ? `move unavailable: ${started.message}` : 'move answered');
+      expect(outcomes.map((o) => o.replace(/\d+ unresolved/, 'N unresolved'))).toEqual(['answered: 0 moves, N unresolved', 'answered: 0 moves, N unresolved', 'move answered']);
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+      for (const job of await env.mover().unfinished()) await env.mover().cancel(job.id).catch(() => undefined);
+      await catalog.end();
+    }
+  }, 60_000);
+  it("gives the move plan's checks what the request has left where that is less than their 5 s (API Gateway answers 504 at its deadline, the check's answer unread)", async () => {
+    // Before, the checks had 5 s from the census's end whatever the request had left: a census
+    // that ended near the request's deadline (it is bounded by it, shard-inspector.ts) was
+    // followed by up to 5 s of checks past it.
+    const holder = await env.catalog.connect();
+    holder.on('error', () => undefined);
+    try {
+      await holder.query('begin');
+      await holder.query('lock table catalog.slot_owner_history in access exclusive mode');
+      const check = await withRequestDeadline(Date.now() + 1500, () => port.rebalanceCheck({ by: 'rows' }));
+      expect(check.moves).toEqual([]);
+      const budgets = check.summary.unresolved.map((line) => Number(/no answer within (\d+) ms/.exec(line)?.[1]));
+      expect(budgets.length).toBeGreaterThan(0);
+      for (const budget of budgets) expect(budget).toBeLessThanOrEqual(1500);
     } finally {
       await holder.query('rollback').catch(() => undefined);
       holder.release();
