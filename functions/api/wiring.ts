@@ -429,8 +429,8 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
    * was proposed again at every snapshot, and whoever followed the check met the same refusal
    * every health_check_interval (issue #15, rebalance-refused-moves.test.ts). Each move proposed
    * is now put to the plan's own checks ({@link Mover.refusals}: the ones POST /shards/moves runs
-   * before it records anything, not a copy of their rules), a unit refused is left out and the
-   * plan made again without it, and the unit is listed under `summary.unresolved` with the plan's
+   * before it records anything, not a copy of their rules), a move refused is left out and the
+   * plan made again without the unit towards that target (towards any, once refused towards two), and the unit is listed under `summary.unresolved` with the plan's
    * own words, so the operator sees what to settle. Nothing is remembered between snapshots: a row
    * settled meanwhile makes the unit proposed again at the next.
    *
@@ -446,7 +446,10 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
   async function withoutRefusedMoves(census: RebalanceCensus, options: Parameters<ShardInspector['planRebalance']>[1]): Promise<Awaited<ReturnType<ShardInspector['planRebalance']>>> {
     const s = sharding();
     const unitKey = (u: { kind: string; id: string }): string => `${u.kind}:${u.id}`;
+    /** The plan's refusals, by unit and target (`unitKey\u0000target`): the line `unresolved` lists. */
     const refused = new Map<string, string>();
+    /** The targets each unit was refused towards (by unitKey). */
+    const refusedTargets = new Map<string, string[]>();
     const accepted = new Set<string>();
     // The checks' time, every round's together (Mover.refusals: a check not ended by then is
     // a failure, its move not proposed): within the API's request deadline, after the census.
@@ -505,8 +508,9 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           return;
         }
         refusedNow.push(unitKey(m.unit));
+        refusedTargets.set(unitKey(m.unit), [...(refusedTargets.get(unitKey(m.unit)) ?? []), m.to]);
         refused.set(
-          unitKey(m.unit),
+          `${unitKey(m.unit)}\u0000${m.to}`,
           `${m.unit.kind === 'slot' ? 'slot' : 'directory key'} ${m.unit.id} on ${m.from} is not proposed to move to ${m.to}: the move plan refuses it (POST /shards/moves answers ${verdict.status}): ${verdict.reason}`,
         );
       });
@@ -520,7 +524,19 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
       if (refusedNow.length === 0) {
         return refused.size === 0 ? result : { ...result, summary: { ...result.summary, unresolved: [...result.summary.unresolved, ...refused.values()] } };
       }
-      units = census.units.filter((u) => !refused.has(unitKey(u)));
+      // A refusal may hold for its target only (the target holds rows of the slot behind no fence
+      // row: POST /shards/moves to another shard passes), so the unit stays offered to the other
+      // shards: before, it was left out for every target, and a shard whose units one target
+      // refused was never offered another (rebalance-refused-targets.test.ts: shard_a's slots, each
+      // refused towards shard_b, never proposed to shard_c). A unit refused towards two targets is
+      // left out for all: most refusals are of the unit wherever it goes (its source's fence row, a
+      // key's rows under another slot), and the rounds ({@link REFUSAL_ROUNDS}) are not to be spent
+      // asking each shard in turn.
+      units = census.units.flatMap((u) => {
+        const to = refusedTargets.get(unitKey(u));
+        if (to === undefined) return [u];
+        return to.length >= 2 ? [] : [{ ...u, refusedTargets: to }];
+      });
     }
   }
 
@@ -854,8 +870,10 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
 
     async shardStatistics({ exact }) {
       const s = sharding();
-      const slotMap = await s.slotMaps.current();
-      return s.inspector.statistics({ exact, slotMap });
+      // The directory with the map: an exact count then counts each unit's rows where the map or
+      // the directory gives it, as the rebalance census does (shard-inspector.ts, ownedRowsSql).
+      const [slotMap, directory] = await Promise.all([s.slotMaps.current(), s.directory.all()]);
+      return s.inspector.statistics({ exact, slotMap, directory, routing: moveRoutingOf(s.router.config) });
     },
 
     async shardHealth() {

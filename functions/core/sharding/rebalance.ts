@@ -60,6 +60,12 @@ export const rebalanceInputSchema = z.strictObject({
       bytes: size,
       /** The most rows the unit has in any one sharded table, as the mover counts them before a move. Default: `rows`, never less. */
       maxTableRows: size.optional(),
+      /**
+       * Shards the unit is not proposed to move to (the API's check: those the move plan refuses
+       * it towards, functions/api/wiring.ts, withoutRefusedMoves); it may still move to others.
+       * Default none.
+       */
+      refusedTargets: z.array(z.string().min(1)).optional(),
     }),
   ),
   /** Allowed deviation from each shard's target, as a fraction. Default 0.10 (10%). */
@@ -271,7 +277,7 @@ export function planRebalance(input: RebalanceInput): RebalancePlan {
       if (over ? at !== problem : at === problem) continue;
       const targets = over ? shards.map((s) => s.shardId) : [problem];
       for (const t of targets) {
-        if (t === at) continue;
+        if (t === at || u.refusedTargets?.includes(t)) continue;
         const c = admissible(u, at, t, problem);
         if (c !== undefined && tableRowsOf(u) > maxUnitRows) {
           if (!tooLarge.includes(u)) tooLarge.push(u);

@@ -103,6 +103,40 @@ describe('the rebalance check and the moves the plan refuses', () => {
     }
   });
 
+  it("counts the rows of a slot the map gives to shard_a, whose fence row there says moved, in shard_a's load as in the unit it offers: the plan's figures and its moves agree", async () => {
+    // Before, the census took the slot's rows off shard_a's load (a fence state of rows held
+    // without owning them) yet offered the slot, with those rows, as a unit of shard_a: the plan
+    // balanced 36 rows against 0 with units of 40, and the check proposed 4 moves where the
+    // shards hold 40 rows and 0 (5 moves of 4 rows to balance them). The rows are where the map
+    // sends the slot: a hand change's leftover row does not take them anywhere else.
+    const source = env.shards.get('shard_a');
+    if (!source) throw new Error('no shard_a');
+    const map = await env.slotMaps.current();
+    const slot = map.assignments.findIndex((shard) => shard === 'shard_a');
+    await source.query(`insert into write_fences (kind, unit_id, state, moved_to, map_version) values ('slot', $1, 'moved', 'shard_b', 1)`, [String(slot)]);
+    try {
+      const inspector = new ShardInspector(pools, { timeoutMs: 5000 });
+      const census = await inspector.rebalanceCensus({ slotMap: map });
+      const load = census.statistics.shards.find((s) => s.shardId === 'shard_a');
+      const unitRows = census.units.filter((u) => u.shardId === 'shard_a').reduce((a, u) => a + u.rows, 0);
+      expect(load?.rows).toBe(SLOTS * 4);
+      expect(unitRows).toBe(SLOTS * 4);
+      // /shards/statistics (exact) counts them as the census does.
+      const exact = await inspector.statistics({ exact: true, slotMap: map, directory: await env.directory.all() });
+      expect(exact.shards.find((s) => s.shardId === 'shard_a')?.rows).toBe(SLOTS * 4);
+
+      const check = await port.rebalanceCheck({ by: 'rows' });
+      expect(check.summary.shards.map((s) => [s.shardId, s.before])).toEqual([['shard_a', SLOTS * 4], ['shard_b', 0]]);
+      expect(check.moves.map((m) => m.unit.id)).not.toContain(String(slot));
+      expect(check.moves).toHaveLength(SLOTS / 2);
+      expect(check.summary.movedRows).toBe(check.moves.reduce((a, m) => a + m.rows, 0));
+      expect(check.summary.shards.map((s) => [s.shardId, s.after])).toEqual([['shard_a', (SLOTS / 2) * 4], ['shard_b', (SLOTS / 2) * 4]]);
+      expect(check.summary.balancedAfter).toBe(true);
+    } finally {
+      await source.query(`delete from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+    }
+  });
+
   it('does not propose a move to a shard holding rows of the slot behind no fence row of it (the plan refuses it: its copy would delete them), naming them', async () => {
     const target = env.shards.get('shard_b');
     if (!target) throw new Error('no shard_b');

@@ -214,3 +214,19 @@ describe('rebalance planner', () => {
     expect(() => planRebalance({ shards: [...shards, ...shards], units: [] })).toThrow(/listed twice/);
   });
 });
+
+describe('rebalance planner: targets a unit is refused towards', () => {
+  it('never proposes a unit towards a shard in its refusedTargets, and proposes it towards another', () => {
+    const shards: ShardLoad[] = [
+      { shardId: 'a', bytes: 12, rows: 12 },
+      { shardId: 'b', bytes: 3, rows: 3 },
+      { shardId: 'c', bytes: 4, rows: 4 },
+    ];
+    const units: MovableUnit[] = [1, 2, 3].map((id) => ({ kind: 'slot', id: String(id), shardId: 'a', rows: 4, bytes: 4 }));
+    // Unrefused, the lightest shard b is taken first.
+    expect(planRebalance({ shards, units, by: 'rows' }).moves.map((m) => m.to)).toContain('b');
+    const plan = planRebalance({ shards, units: units.map((u) => ({ ...u, refusedTargets: ['b'] })), by: 'rows' });
+    expect(plan.moves.filter((m) => m.to === 'b')).toEqual([]);
+    expect(plan.moves.map((m) => [m.from, m.to])).toEqual([['a', 'c']]);
+  });
+});
