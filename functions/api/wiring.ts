@@ -435,7 +435,8 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
    * settled meanwhile makes the unit proposed again at the next.
    *
    * The cost is bounded by the moves proposed, not by the units: a move is checked once per check
-   * whatever the rounds (a few indexed reads on its source and target, its rows not counted again:
+   * whatever the rounds (a unit refused for the first time is asked towards one other shard in the
+   * same round too: at most two checks a move proposed) (a few indexed reads on its source and target, its rows not counted again:
    * the census's counts are planned within the mover's maxUnitRows already; the slot map and the
    * directory read once a round, {@link Mover.refusals}), and a round after the first checks only the
    * moves the plan made anew in place of the refused; after {@link REFUSAL_ROUNDS} rounds that each
@@ -521,6 +522,40 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         const summary = summaryWithout(result.summary, result.moves.filter((m) => !passed(m)));
         return { ...result, moves: result.moves.filter(passed), summary: { ...summary, unresolved: [...summary.unresolved, ...refused.values(), ...uncheckable] } };
       }
+      // A unit refused for the first time is asked at once, in this round, towards one other
+      // shard (the one the plan leaves lightest against its target): most refusals are of the
+      // unit wherever it goes (its source's fence row), and asked one target a round, each such
+      // unit spent two of the {@link REFUSAL_ROUNDS} rounds on three shards; three of them spent
+      // them all, and the check proposed nothing where the unit after them passed
+      // (rebalance-refused-rounds.test.ts). Refused there too, it is left out for every target
+      // (two refusals, as below); passed, that move is not asked again should the plan make it.
+      // A check that could not be made is neither: the move is asked again if the plan makes it.
+      // After the return above: where a shard did not answer, no further check is waited for.
+      const probes = unchecked.flatMap((m) => {
+        if (refusedTargets.get(unitKey(m.unit))?.length !== 1 || !refusedNow.includes(unitKey(m.unit))) return [];
+        const relative = (b: { target: number; after: number }): number => (b.target > 0 ? b.after / b.target : b.after);
+        const other = result.summary.shards
+          .filter((b) => b.shardId !== m.from && b.shardId !== m.to)
+          .sort((a, b) => relative(a) - relative(b) || (a.shardId < b.shardId ? -1 : a.shardId > b.shardId ? 1 : 0))[0];
+        return other === undefined ? [] : [{ ...m, to: other.shardId }];
+      });
+      const probed = await s.mover.refusals(
+        probes.map((m) => (m.unit.kind === 'slot' ? { kind: 'slot', slot: Number(m.unit.id), to: m.to, createdBy: 'rebalance-check' } : { kind: 'directory', key: m.unit.id, to: m.to, createdBy: 'rebalance-check' })),
+        { until, budgetMs },
+      );
+      probes.forEach((m, j) => {
+        const verdict = probed[j];
+        if (verdict === undefined) {
+          accepted.add(`${unitKey(m.unit)}\u0000${m.to}`);
+          return;
+        }
+        if ('failed' in verdict) return;
+        refusedTargets.set(unitKey(m.unit), [...(refusedTargets.get(unitKey(m.unit)) ?? []), m.to]);
+        refused.set(
+          `${unitKey(m.unit)}\u0000${m.to}`,
+          `${m.unit.kind === 'slot' ? 'slot' : 'directory key'} ${m.unit.id} on ${m.from} is not proposed to move to ${m.to}: the move plan refuses it (POST /shards/moves answers ${verdict.status}): ${verdict.reason}`,
+        );
+      });
       if (refusedNow.length === 0) {
         return refused.size === 0 ? result : { ...result, summary: { ...result.summary, unresolved: [...result.summary.unresolved, ...refused.values()] } };
       }
