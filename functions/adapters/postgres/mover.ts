@@ -44,7 +44,7 @@ import { SLOT_COUNT } from '../../core/sharding/hash.js';
 import { canonicalKey, keySlot, uuidForm } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting, type MoveUnitVerdict } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
-import { NodeTimeoutError, withNodeDeadline } from './deadline.js';
+import { cancelStatement, NodeTimeoutError, withNodeDeadline } from './deadline.js';
 import { ownersOfSlotsSince } from './fence-review.js';
 import {
   MoveBusyError,
@@ -244,6 +244,7 @@ export type MoveRefusal = { readonly status: 400 | 409 | 422; readonly reason: s
  */
 const REFUSAL_READ_CUT_GRACE_MS = 100;
 
+
 /**
  * `pool` as {@link Mover.refusals}' checks read it: each query is sent on a connection of its own
  * taken from `pool` with a client-side `query_timeout` of the time left until `until` (and a little
@@ -255,8 +256,9 @@ const REFUSAL_READ_CUT_GRACE_MS = 100;
  * a Lambda's catalog pool has one (handlers/shared/db.ts): the next check's census and any move
  * planned meanwhile waited for it and failed ("timeout exceeded when trying to connect";
  * rebalance-refused-moves.test.ts, "leaves no connection held by a read its time ran out on").
- * The server may go on waiting for the lock until it notices the connection gone (or its own
- * statement_timeout ends the statement): a server's backend, not a client's connection.
+ * The statement is cancelled on the server too (deadline.ts {@link cancelStatement}, sent and not waited for): a backend waiting on a
+ * lock does not notice its connection ended. A connection lost while lent is listened for, as
+ * pg-pool's own query does (its 'error' event unheard ended the process).
  * Everything but `query` is the pool's own.
  */
 function boundedPool(pool: pg.Pool, until: number, budgetMs: number): pg.Pool {
@@ -269,14 +271,29 @@ function boundedPool(pool: pg.Pool, until: number, budgetMs: number): pg.Pool {
     }
     const config: pg.QueryConfig = typeof text === 'string' ? { text } : { ...text };
     let failed: Error | undefined;
+    // As pg-pool's own query, which listens while it lends the client: pg-pool takes its idle
+    // listener off a client it lends, and a connection lost under the read (no server's FATAL
+    // first: a failover, a proxy or NAT dropping it) makes the client emit 'error'. Unheard, that
+    // was an uncaught exception, the process ended (a Lambda's API, local mode; h127,
+    // rebalance-refused-moves.test.ts, "answers where the connection of a read of the move plan's
+    // checks is lost while the read runs"). The read itself fails with the same error.
+    const onError = (err: Error): void => {
+      failed ??= err;
+    };
+    client.on('error', onError);
     try {
       return await client.query({ ...config, ...(values === undefined ? {} : { values }), query_timeout: left + REFUSAL_READ_CUT_GRACE_MS } as pg.QueryConfig);
     } catch (err) {
-      failed = err instanceof Error ? err : new Error(String(err));
+      failed ??= err instanceof Error ? err : new Error(String(err));
+      // The read cut by its query_timeout: its statement is cancelled on the server too (a backend
+      // waiting on a lock does not read its socket, and waited for as long as the lock was held, one
+      // more backend each check: h127, "leaves no statement of a read its time ran out on waiting").
+      if (err instanceof Error && err.message === 'Query read timeout') cancelStatement(client);
       throw err;
     } finally {
       // As pg-pool's own query: a failed query's connection is ended (it may still be running one).
       client.release(failed);
+      client.off('error', onError);
     }
   };
   return new Proxy(pool, {

@@ -18,6 +18,7 @@ import { ConflictError, UnavailableError, type ScalingApiPort } from '../../../f
 import { createScalingApiPort, type ScalingApiDeps } from '../../../functions/api/wiring.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { ShardRouter } from '../../../functions/core/sharding/router.js';
+import { startTcpProxy } from '../../support/tcp-proxy.js';
 import { keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /** Slots of shard_a with rows (2 users, 1 document each: 4 rows a slot); shard_b holds none. */
@@ -281,6 +282,91 @@ describe('the rebalance check and the moves the plan refuses', () => {
     } finally {
       await holder.query('rollback').catch(() => undefined);
       holder.release();
+    }
+  }, 60_000);
+  it("answers where the connection of a read of the move plan's checks is lost while the read runs (a failover, a proxy): the lost connection's error event is heard, the process goes on", async () => {
+    // boundedPool sends each read on a client of its own taken with pool.connect(), and pg-pool
+    // takes its idle listener off a client it lends: a connection lost under a running read (no
+    // server's FATAL first: a failover, a proxy or NAT dropping it) made the client emit 'error'
+    // with no listener, an uncaught exception that ended the process (a Lambda's API, local mode),
+    // where pg-pool's own query (before 0d1a4a2) listens for it. The catalog is reached here
+    // through a proxy that is cut while the former owners' read waits on the history's lock.
+    const proxy = await startTcpProxy(Number(new URL(env.urls.catalog).port));
+    const url = new URL(env.urls.catalog);
+    url.hostname = '127.0.0.1';
+    url.port = String(proxy.port);
+    const catalog = new pg.Pool({ connectionString: url.toString(), max: 1, connectionTimeoutMillis: 3000 });
+    catalog.on('error', () => undefined);
+    const mover = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 100 });
+    const holder = await env.catalog.connect();
+    holder.on('error', () => undefined);
+    try {
+      await holder.query('begin');
+      await holder.query('lock table catalog.slot_owner_history in access exclusive mode');
+      const answered = portWith(mover)
+        .rebalanceCheck({ by: 'rows' })
+        .then(
+          (check) => ({ check }),
+          (error: unknown) => ({ error }),
+        );
+      // The read waiting on the lock, then its connection lost.
+      for (let i = 0; i < 100; i++) {
+        const { rows } = await env.catalog.query<{ n: number }>(
+          `select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%slot_owner_history%' and pid <> pg_backend_pid()`,
+        );
+        if ((rows[0]?.n ?? 0) > 0) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await proxy.cut();
+      const outcome = await answered;
+      if (!('check' in outcome)) throw outcome.error;
+      expect(outcome.check.moves).toEqual([]);
+      expect(outcome.check.summary.unresolved.length).toBeGreaterThan(0);
+      expect(outcome.check.summary.unresolved[0]).toMatch(/^slot \d+ on shard_a is not proposed to move to shard_b: the move plan's checks of it could not be made \(/);
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+      await catalog.end();
+      await proxy.close();
+    }
+  }, 60_000);
+  it("leaves no statement of a read its time ran out on waiting on the server: each check's cut read is cancelled there, not left to wait for the lock on a connection the client ended", async () => {
+    // boundedPool ended a cut read's connection, but a backend waiting on a lock does not read its
+    // socket: it waited on for as long as the lock was held (the shards' logins set no
+    // statement_timeout), one more backend each check (measured: 1, 2, 3, 4 after four checks),
+    // where before 0d1a4a2 the pool's size bounded them. The cut now sends a cancel request too.
+    const catalog = new pg.Pool({ connectionString: env.urls.catalog, max: 1, connectionTimeoutMillis: 3000 });
+    catalog.on('error', () => undefined);
+    const mover = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 100 });
+    const checked = portWith(mover);
+    const holder = await env.catalog.connect();
+    holder.on('error', () => undefined);
+    const waiting = async (): Promise<number> =>
+      (
+        await env.catalog.query<{ n: number }>(
+          `select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%slot_owner_history%' and pid <> pg_backend_pid()`,
+        )
+      ).rows[0]?.n ?? -1;
+    try {
+      await holder.query('begin');
+      await holder.query('lock table catalog.slot_owner_history in access exclusive mode');
+      const counts: number[] = [];
+      for (let i = 0; i < 2; i++) {
+        const check = await withRequestDeadline(Date.now() + 1500, () => checked.rebalanceCheck({ by: 'rows' }));
+        expect(check.summary.unresolved.length).toBeGreaterThan(0);
+        // The cancel is sent as the read is cut; its backend ends once the server has it.
+        let n = await waiting();
+        for (let j = 0; j < 40 && n > 0; j++) {
+          await new Promise((r) => setTimeout(r, 50));
+          n = await waiting();
+        }
+        counts.push(n);
+      }
+      expect(counts, 'backends of cut reads still waiting on the lock after each check').toEqual([0, 0]);
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+      await catalog.end();
     }
   }, 60_000);
 });
