@@ -577,10 +577,15 @@ async function abandon(pool: pg.Pool, client: pg.ClientBase, checkedOutAt: numbe
     // two hosts is compared, and no step of the wall clock counts. The login is the given-up
     // connection's own, not this one's: after a rotation of the secret (alternating users) the
     // pool opens its new connections as the other user.
+    // With a timeout (PostgreSQL 14+, the oldest the stacks deploy): the call returns once the
+    // backend has exited, or after the timeout with a warning, so that the abandonment, and the
+    // handler that awaits it before its sandbox freezes, ends with the backend gone, not only
+    // signalled (at load 15 a backend signalled was still listed when the moves handler returned:
+    // moves-abandon-cancels-query.test.ts). Within the bound below, which ends this connection.
     await other.query(
-      `select pg_terminate_backend(a.pid) from pg_stat_activity a
+      `select pg_terminate_backend(a.pid, $4::bigint) from pg_stat_activity a
         where a.pid = $1 and a.usename = $3 and a.backend_start < clock_timestamp() - $2::double precision * interval '1 millisecond'`,
-      [pid, performance.now() - checkedOutAt, login],
+      [pid, performance.now() - checkedOutAt, login, Math.max(1, Math.floor(graceMs * 0.8))],
     );
   } catch (error) {
     broken = error instanceof Error ? error : new Error(String(error));
