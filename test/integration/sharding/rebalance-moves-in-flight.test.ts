@@ -6,14 +6,11 @@
  * be once the moves under way end; a move being cancelled or rolled back ends where it began.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
-import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import type { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import type { ScalingApiPort } from '../../../functions/api/service.js';
-import { createScalingApiPort, type ScalingApiDeps } from '../../../functions/api/wiring.js';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { rebalancePools, rebalancePort } from './fixtures/rebalance-port.js';
 
 /** Slots of shard_a with rows (2 users, 1 document each: 4 rows a slot); shard_b holds none. */
 const SLOTS = 10;
@@ -24,29 +21,12 @@ let port: ScalingApiPort;
 
 beforeAll(async () => {
   env = await startMoveEnv();
-  pools = ShardPools.fromConfig({ shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, read_replicas: [] })) }, { max: 2 });
+  pools = rebalancePools(env);
   const map = await env.slotMaps.current();
   const source = env.shards.get('shard_a');
   if (!source) throw new Error('no shard_a in the move env');
   for (const slot of map.assignments.flatMap((shard, s) => (shard === 'shard_a' ? [s] : [])).slice(0, SLOTS)) await seedUsers(source, slot, keysInSlot(slot, 2), 1);
-  const config = parseShardingConfig({
-    strategy: 'hash_based',
-    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
-    default_shard: 'shard_a',
-  });
-  port = createScalingApiPort({
-    // The rebalance check reads the sharding layer only; the controller's side is never called.
-    ...({} as Omit<ScalingApiDeps, 'sharding'>),
-    sharding: {
-      router: ShardRouter.fromConfig(config, { slotMap: map, directory: env.directory }),
-      slotMaps: env.slotMaps,
-      directory: env.directory,
-      inspector: new ShardInspector(pools, { timeoutMs: 5000 }),
-      fences: { list: (o = {}) => listFences({ catalog: env.catalog, shards: env.shards, timeoutMs: 5000, all: o.all === true }) },
-      mover: env.mover(),
-      runMove: () => undefined,
-    },
-  });
+  port = rebalancePort(env, { slotMap: map, inspector: new ShardInspector(pools, { timeoutMs: 5000 }) });
 }, 180_000);
 afterAll(async () => {
   await pools?.end();

@@ -8,18 +8,15 @@
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
 import { Mover } from '../../../functions/adapters/postgres/mover.js';
 import { withRequestDeadline } from '../../../functions/adapters/postgres/request-deadline.js';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
-import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import type { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import type { InspectionFailure } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { ConflictError, UnavailableError, type ScalingApiPort } from '../../../functions/api/service.js';
-import { createScalingApiPort, type ScalingApiDeps } from '../../../functions/api/wiring.js';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { startTcpProxy } from '../../support/tcp-proxy.js';
 import { keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { rebalancePools, rebalancePort } from './fixtures/rebalance-port.js';
 
 /** Slots of shard_a with rows (2 users, 1 document each: 4 rows a slot); shard_b holds none. */
 const SLOTS = 10;
@@ -33,7 +30,7 @@ let mapAtStart: Awaited<ReturnType<MoveEnv['slotMaps']['current']>>;
 
 beforeAll(async () => {
   env = await startMoveEnv();
-  pools = ShardPools.fromConfig({ shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, read_replicas: [] })) }, { max: 2 });
+  pools = rebalancePools(env);
   const map = await env.slotMaps.current();
   mapAtStart = map;
   const source = env.shards.get('shard_a');
@@ -44,25 +41,7 @@ beforeAll(async () => {
 
 /** The API's port over the env's shards, its moves planned (and refusals asked) by `mover`. */
 function portWith(mover: ReturnType<MoveEnv['mover']>, onFailure?: (failure: InspectionFailure) => void): ScalingApiPort {
-  const config = parseShardingConfig({
-    strategy: 'hash_based',
-    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
-    default_shard: 'shard_a',
-  });
-  return createScalingApiPort({
-    // The rebalance check and POST /shards/moves read the sharding layer only.
-    ...({} as Omit<ScalingApiDeps, 'sharding'>),
-    sharding: {
-      router: ShardRouter.fromConfig(config, { slotMap: mapAtStart, directory: env.directory }),
-      slotMaps: env.slotMaps,
-      directory: env.directory,
-      inspector: new ShardInspector(pools, { timeoutMs: 5000 }),
-      fences: { list: (o = {}) => listFences({ catalog: env.catalog, shards: env.shards, timeoutMs: 5000, all: o.all === true }) },
-      mover,
-      runMove: () => undefined,
-      ...(onFailure ? { onFailure } : {}),
-    },
-  });
+  return rebalancePort(env, { slotMap: mapAtStart, inspector: new ShardInspector(pools, { timeoutMs: 5000 }), mover, ...(onFailure ? { onFailure } : {}) });
 }
 
 afterAll(async () => {

@@ -8,14 +8,11 @@
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
-import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import type { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import type { ScalingApiPort } from '../../../functions/api/service.js';
-import { createScalingApiPort, type ScalingApiDeps } from '../../../functions/api/wiring.js';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
 import { keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { rebalancePools, rebalancePort } from './fixtures/rebalance-port.js';
 
 let env: MoveEnv;
 let pools: ShardPools;
@@ -25,7 +22,7 @@ let slots: number[] = [];
 
 beforeAll(async () => {
   env = await startMoveEnv({ shards: 3 });
-  pools = ShardPools.fromConfig({ shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, read_replicas: [] })) }, { max: 2 });
+  pools = rebalancePools(env);
   const map = await env.slotMaps.current();
   const shard = (id: string): pg.Pool => {
     const pool = env.shards.get(id);
@@ -41,24 +38,7 @@ beforeAll(async () => {
   }
   const own = owned('shard_c')[0] as number;
   await seedUsers(shard('shard_c'), own, keysInSlot(own, 2), 1);
-  const config = parseShardingConfig({
-    strategy: 'hash_based',
-    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
-    default_shard: 'shard_a',
-  });
-  port = createScalingApiPort({
-    // The rebalance check reads the sharding layer only.
-    ...({} as Omit<ScalingApiDeps, 'sharding'>),
-    sharding: {
-      router: ShardRouter.fromConfig(config, { slotMap: map, directory: env.directory }),
-      slotMaps: env.slotMaps,
-      directory: env.directory,
-      inspector: new ShardInspector(pools, { timeoutMs: 5000 }),
-      fences: { list: (o = {}) => listFences({ catalog: env.catalog, shards: env.shards, timeoutMs: 5000, all: o.all === true }) },
-      mover: env.mover(),
-      runMove: () => undefined,
-    },
-  });
+  port = rebalancePort(env, { slotMap: map, inspector: new ShardInspector(pools, { timeoutMs: 5000 }) });
 }, 180_000);
 
 afterAll(async () => {

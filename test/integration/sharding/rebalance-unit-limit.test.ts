@@ -6,14 +6,11 @@
  * say which units it left out and why.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
 import type { MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
-import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
-import { createScalingApiPort, type ScalingApiDeps } from '../../../functions/api/wiring.js';
-import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
-import { ShardRouter } from '../../../functions/core/sharding/router.js';
+import type { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { keysInSlot, seedKeys, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { rebalancePools, rebalancePort } from './fixtures/rebalance-port.js';
 
 let env: MoveEnv;
 let pools: ShardPools;
@@ -27,7 +24,7 @@ const LIMIT = 20;
 
 beforeAll(async () => {
   env = await startMoveEnv();
-  pools = ShardPools.fromConfig({ shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, read_replicas: [] })) }, { max: 2 });
+  pools = rebalancePools(env);
   inspector = new ShardInspector(pools, { timeoutMs: 5000 });
   const map = await env.slotMaps.current();
   const owned = map.assignments.flatMap((shard, slot) => (shard === 'shard_a' ? [slot] : [])).slice(0, 6);
@@ -45,24 +42,7 @@ afterAll(async () => {
 
 describe("the rebalance check within the mover's maxUnitRows", () => {
   it("GET /shards/rebalance-check plans within the maxUnitRows of the mover the API starts moves with", async () => {
-    const config = parseShardingConfig({
-      strategy: 'hash_based',
-      shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
-      default_shard: 'shard_a',
-    });
-    const port = createScalingApiPort({
-      // The rebalance check reads the sharding layer only; the controller's side is never called.
-      ...({} as Omit<ScalingApiDeps, 'sharding'>),
-      sharding: {
-        router: ShardRouter.fromConfig(config, { slotMap: await env.slotMaps.current(), directory: env.directory }),
-        slotMaps: env.slotMaps,
-        directory: env.directory,
-        inspector,
-        fences: { list: (o = {}) => listFences({ catalog: env.catalog, shards: env.shards, timeoutMs: 5000, all: o.all === true }) },
-        mover: env.mover({ maxUnitRows: LIMIT }),
-        runMove: () => undefined,
-      },
-    });
+    const port = rebalancePort(env, { slotMap: await env.slotMaps.current(), inspector, mover: env.mover({ maxUnitRows: LIMIT }) });
     const check = await port.rebalanceCheck({ by: 'rows' });
     expect(check.needed).toBe(true);
     expect(check.moves.length).toBeGreaterThan(0);
