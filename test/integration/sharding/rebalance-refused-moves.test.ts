@@ -44,6 +44,20 @@ function portWith(mover: ReturnType<MoveEnv['mover']>, onFailure?: (failure: Ins
   return rebalancePort(env, { slotMap: mapAtStart, inspector: new ShardInspector(pools, { timeoutMs: 5000 }), mover, ...(onFailure ? { onFailure } : {}) });
 }
 
+
+/**
+ * A mover whose catalog pool has a Lambda's one connection (handlers/shared/db.ts, POOL_DEFAULTS:
+ * max 1, 3 s to get it) on `catalogUrl`, and a connection of the env's own catalog pool to hold
+ * locks with; both listened to (a test ends or cuts them).
+ */
+async function lambdaCatalogMover(catalogUrl: string): Promise<{ catalog: pg.Pool; mover: Mover; holder: pg.PoolClient }> {
+  const catalog = new pg.Pool({ connectionString: catalogUrl, max: 1, connectionTimeoutMillis: 3000 });
+  catalog.on('error', () => undefined);
+  const mover = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 100 });
+  const holder = await env.catalog.connect();
+  holder.on('error', () => undefined);
+  return { catalog, mover, holder };
+}
 afterAll(async () => {
   await pools?.end();
   await env?.stop();
@@ -211,12 +225,8 @@ describe('the rebalance check and the moves the plan refuses', () => {
     // 1, connectionTimeoutMillis 3000). The next check's census (the moves unfinished) then waited
     // for that connection and failed ("timeout exceeded when trying to connect", a 500), as did
     // any move planned meanwhile that does not read the history.
-    const catalog = new pg.Pool({ connectionString: env.urls.catalog, max: 1, connectionTimeoutMillis: 3000 });
-    catalog.on('error', () => undefined);
-    const mover = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 100 });
+    const { catalog, mover, holder } = await lambdaCatalogMover(env.urls.catalog);
     const checked = portWith(mover);
-    const holder = await env.catalog.connect();
-    holder.on('error', () => undefined);
     const pinned = keysInSlot(Number(refusedSlot), 1)[0] as string;
     try {
       await holder.query('begin');
@@ -274,11 +284,7 @@ describe('the rebalance check and the moves the plan refuses', () => {
     const url = new URL(env.urls.catalog);
     url.hostname = '127.0.0.1';
     url.port = String(proxy.port);
-    const catalog = new pg.Pool({ connectionString: url.toString(), max: 1, connectionTimeoutMillis: 3000 });
-    catalog.on('error', () => undefined);
-    const mover = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 100 });
-    const holder = await env.catalog.connect();
-    holder.on('error', () => undefined);
+    const { catalog, mover, holder } = await lambdaCatalogMover(url.toString());
     try {
       await holder.query('begin');
       await holder.query('lock table catalog.slot_owner_history in access exclusive mode');
@@ -314,12 +320,8 @@ describe('the rebalance check and the moves the plan refuses', () => {
     // socket: it waited on for as long as the lock was held (the shards' logins set no
     // statement_timeout), one more backend each check (measured: 1, 2, 3, 4 after four checks),
     // where before 0d1a4a2 the pool's size bounded them. The cut now sends a cancel request too.
-    const catalog = new pg.Pool({ connectionString: env.urls.catalog, max: 1, connectionTimeoutMillis: 3000 });
-    catalog.on('error', () => undefined);
-    const mover = new Mover({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 100 });
+    const { catalog, mover, holder } = await lambdaCatalogMover(env.urls.catalog);
     const checked = portWith(mover);
-    const holder = await env.catalog.connect();
-    holder.on('error', () => undefined);
     const waiting = async (): Promise<number> =>
       (
         await env.catalog.query<{ n: number }>(
