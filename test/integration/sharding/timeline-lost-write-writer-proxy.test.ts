@@ -24,15 +24,8 @@ describe('a read token through a proxy that keeps its client connections across 
   const { cluster, closers } = replicatedShard(1);
 
   it('answers 410 for a write lost in the failover, on the connection the proxy moved to the promoted replica', async () => {
-    const shard = cluster().shards[0];
-    const replica = shard?.replicas[0];
-    if (!shard || !replica) throw new Error('the cluster has no replica');
-    const proxy = await startWriterProxy(Number(new URL(shard.primary.url).port));
-    closers.push(() => proxy.close());
-    const viaProxy = new URL(shard.primary.url);
-    viaProxy.port = String(proxy.port);
     // One connection: every request below is served on the same pooled client.
-    const { api, pools } = await oneShardApi(viaProxy.toString(), closers, { max: 1 });
+    const { replica, proxy, api, pools } = await apiThroughWriterProxy(cluster, closers);
     const tokenOf = (answer: Answer): string => {
       const token = answer.headers.get('x-read-token');
       if (answer.status !== 201 || token === null) throw new Error(`the write answered ${answer.status} without a token: ${JSON.stringify(answer.body)}`);
@@ -142,14 +135,7 @@ describe('ReplicaReader.query with a token through a proxy that fails over betwe
  * (the old primary still answers: it has not noticed).
  */
 async function lostWriteFailingOverAfterCheck(cluster: ReturnType<typeof replicatedShard>['cluster'], closers: ReturnType<typeof replicatedShard>['closers']) {
-  const shard = cluster().shards[0];
-  const replica = shard?.replicas[0];
-  if (!shard || !replica) throw new Error('the cluster has no replica');
-  const proxy = await startWriterProxy(Number(new URL(shard.primary.url).port));
-  closers.push(() => proxy.close());
-  const viaProxy = new URL(shard.primary.url);
-  viaProxy.port = String(proxy.port);
-  const { api, reader } = await oneShardApi(viaProxy.toString(), closers, { max: 1 });
+  const { replica, proxy, api, reader } = await apiThroughWriterProxy(cluster, closers);
   await replica.waitForCatchUp();
   closers.push(await cutWalReceiver(replica.url));
   const lost = await api('POST', '/api/v1/users', { email: 'lost@example.org', display_name: 'lost' });
@@ -158,4 +144,16 @@ async function lostWriteFailingOverAfterCheck(cluster: ReturnType<typeof replica
   await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
   proxy.failoverAfter('pg_is_in_recovery() as in_recovery', Number(new URL(replica.url).port));
   return { api, reader, proxy, lost, lostToken };
+}
+
+/** The one-shard API over the cluster's primary through a writer proxy, on one pooled connection. */
+async function apiThroughWriterProxy(cluster: ReturnType<typeof replicatedShard>['cluster'], closers: ReturnType<typeof replicatedShard>['closers']) {
+  const shard = cluster().shards[0];
+  const replica = shard?.replicas[0];
+  if (!shard || !replica) throw new Error('the cluster has no replica');
+  const proxy = await startWriterProxy(Number(new URL(shard.primary.url).port));
+  closers.push(() => proxy.close());
+  const viaProxy = new URL(shard.primary.url);
+  viaProxy.port = String(proxy.port);
+  return { shard, replica, proxy, ...(await oneShardApi(viaProxy.toString(), closers, { max: 1 })) };
 }
