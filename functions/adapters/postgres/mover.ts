@@ -64,7 +64,7 @@ import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sou
 import { isNodeFailure } from './replica-reader.js';
 import { failureKind, retryingSerializationFailures } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
-import { describeRows, directoryKeysBySlot, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn, type TableRows } from './unit-rows.js';
+import { describeRows, directoryKeysBySlot, keyRowsOn, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn } from './unit-rows.js';
 
 /** SQLSTATE query_canceled (57014): a statement ended by the server's statement_timeout. */
 const QUERY_CANCELED = '57014';
@@ -1048,15 +1048,7 @@ export class Mover {
       const slotRow = fences.find((f) => f.kind === 'slot');
       if (own !== undefined && own.state !== 'open') continue;
       if (own === undefined && slotRow !== undefined && slotRow.state !== 'open' && !(slotRow.excluded_keys ?? []).includes(key)) continue;
-      const { rows } = await ask(shard, () =>
-        pool.query<{ t: TableRows['table']; n: number }>(
-          `select 'users' as t, count(*)::int as n from users where id = $1::uuid and slot = $2::integer
-           union all select 'documents', count(*)::int from documents where owner_id = $1::uuid and slot = $2::integer
-           union all select 'document_keys', count(*)::int from document_keys where owner_id = $1::uuid and slot = $2::integer`,
-          [key, slot],
-        ),
-      );
-      const held = rows.filter((r) => Number(r.n) > 0).map((r) => ({ table: r.t, rows: Number(r.n) }));
+      const held = await ask(shard, () => keyRowsOn(pool, key, slot));
       if (held.length === 0) continue;
       const now = await this.options.directory.entry(key);
       if ((now?.shardId ?? (await this.options.slotMaps.ownerOf(slot))?.shardId) !== from) return;

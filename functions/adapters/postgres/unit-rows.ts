@@ -142,17 +142,19 @@ export function describeRows(counts: readonly TableRows[]): string {
 
 /**
  * A directory key's rows on a shard: rows whose owner is the key (`users.id`,
- * `documents.owner_id`, `document_keys.owner_id`), under any slot. Only a user id (a UUID) owns
- * rows: any other key (a tenant name) holds none, and no shard is asked.
+ * `documents.owner_id`, `document_keys.owner_id`), under any slot, or under `slot` only where it
+ * is given (the unit a directory move carries: rows under another slot are that slot's). Only a
+ * user id (a UUID) owns rows: any other key (a tenant name) holds none, and no shard is asked.
  */
-export async function keyRowsOn(pool: Queryable, key: string): Promise<TableRows[]> {
+export async function keyRowsOn(pool: Queryable, key: string, slot?: number): Promise<TableRows[]> {
   const id = uuidForm(key);
   if (id === undefined) return [];
+  const under = slot === undefined ? '' : ' and slot = $2::integer';
   const { rows } = await pool.query<{ users: number; documents: number; document_keys: number }>(
-    `select (select count(*)::int from users where id = $1::uuid) as users,
-            (select count(*)::int from documents where owner_id = $1::uuid) as documents,
-            (select count(*)::int from document_keys where owner_id = $1::uuid) as document_keys`,
-    [id],
+    `select (select count(*)::int from users where id = $1::uuid${under}) as users,
+            (select count(*)::int from documents where owner_id = $1::uuid${under}) as documents,
+            (select count(*)::int from document_keys where owner_id = $1::uuid${under}) as document_keys`,
+    slot === undefined ? [id] : [id, slot],
   );
   const r = rows[0] ?? { users: 0, documents: 0, document_keys: 0 };
   return (['users', 'documents', 'document_keys'] as const).filter((t) => Number(r[t]) > 0).map((table) => ({ table, rows: Number(r[table]) }));
