@@ -50,8 +50,8 @@ import { RoutingError } from '../core/sharding/errors.js';
 
 export interface DocumentsApiDeps {
   readonly writer: ShardWriter;
-  /** `primaryTimeline` (when given) sends token reads to the primary after a failover, as `withShardRead` does. */
-  readonly reader: Pick<ReplicaReader, 'query'> & Partial<Pick<ReplicaReader, 'primaryTimeline' | 'maxLagSeconds'>>;
+  /** `primaryTimeline` and `primaryClusterId` (when given) send token reads to the primary after a failover or a blue/green switchover, as `withShardRead` does. */
+  readonly reader: Pick<ReplicaReader, 'query'> & Partial<Pick<ReplicaReader, 'primaryTimeline' | 'primaryClusterId' | 'maxLagSeconds'>>;
   /** Reads of one owner's rows (fence-checked, read-your-writes). */
   readonly reads: ShardReader;
   readonly shardIds: readonly string[];
@@ -729,7 +729,7 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
    * position means nothing there, so the read goes to the primary (with the token, on its own
    * shard: the primary tells a write a failover lost from one that never existed).
    */
-  const tokenFor = (shardId: string, token: ReadToken | undefined): ReadOptions => readOptionsFor(shardId, token, deps.reader.primaryTimeline?.bind(deps.reader));
+  const tokenFor = (shardId: string, token: ReadToken | undefined): ReadOptions => readOptionsFor(shardId, token, deps.reader.primaryTimeline?.bind(deps.reader), deps.reader.primaryClusterId?.bind(deps.reader));
   const deadlineMs = deps.deadlineMs ?? DEFAULT_REQUEST_DEADLINE_MS;
   /** The request's deadline, from now: called once its input is read and checked. */
   const startDeadline = (): Deadline => {

@@ -81,7 +81,7 @@ describe('the documents API and npm run load', () => {
 
     expect(created.status).toBe(201);
     expect(doc.shard_id).toBe(owner?.shard_id);
-    expect(token).toMatch(new RegExp(`^${owner?.shard_id}@[0-9A-F]+/[0-9A-F]+;tl=[0-9]+;v=[0-9]+$`));
+    expect(token).toMatch(new RegExp(`^${owner?.shard_id}@[0-9A-F]+/[0-9A-F]+;tl=[0-9]+;v=[0-9]+;id=[0-9a-f]{16}$`));
     expect(read.status).toBe(200);
     expect(((await read.json()) as { title: string }).title).toBe('Minutes');
   });

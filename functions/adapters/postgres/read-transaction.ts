@@ -44,8 +44,11 @@ import { deadlineSettingsSql, READER_FENCE_ROWS_SQL, readerFenceRowsSql, sqlLite
 export interface ShardReaderOptions {
   /** The routing; `fresh: true` must bypass every cache (asked for after finding a unit moved away). */
   readonly router: WriteRouter;
-  /** `primaryTimeline` (when given) sends token reads to the primary after a failover. */
-  readonly reader: Pick<ReplicaReader, 'withReadClient'> & Partial<Pick<ReplicaReader, 'primaryTimeline'>>;
+  /**
+   * `primaryTimeline` (when given) sends token reads to the primary after a failover;
+   * `primaryClusterId`, those of another cluster (a blue/green switchover since).
+   */
+  readonly reader: Pick<ReplicaReader, 'withReadClient'> & Partial<Pick<ReplicaReader, 'primaryTimeline' | 'primaryClusterId'>>;
   /** How many times a read may be sent elsewhere because its unit moved. Default 5. */
   readonly maxReroutes?: number;
   /** How long a read may wait for a unit being copied in. Default 10 000 ms. */
@@ -224,14 +227,26 @@ const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => set
  * everything a failover kept. A token of this shard goes along to the primary too, which checks
  * it against its timeline's history: a write a failover lost is told apart from one that never
  * existed (`ReadNode.lostWrite`). A token of another shard (the write was made before a move)
- * says nothing about this shard's timelines.
+ * says nothing about this shard's timelines. Nor does a token of another cluster than the one
+ * the shard's primary was last found in (`clusterIdOf`, the reader's heartbeat): its position
+ * and timeline are that cluster's (a blue/green switchover since, cluster-identity.ts), and the
+ * primary holds what the switchover waited for. Otherwise its id goes along: a primary or
+ * replica of another cluster is told by the id, not the position (replica-reader.ts).
  */
-export function readOptionsFor(shardId: string, token: ReadToken | undefined, timelineOf?: (shardId: string) => number | undefined): ReadOptions {
+export function readOptionsFor(
+  shardId: string,
+  token: ReadToken | undefined,
+  timelineOf?: (shardId: string) => number | undefined,
+  clusterIdOf?: (shardId: string) => string | undefined,
+): ReadOptions {
   if (token === undefined) return {};
   if (token.shardId !== shardId) return { primary: true };
+  const cluster = token.clusterId === undefined ? undefined : clusterIdOf?.(shardId);
+  if (cluster !== undefined && cluster !== token.clusterId) return { primary: true };
+  const id = token.clusterId === undefined ? {} : { tokenClusterId: token.clusterId };
   const timeline = timelineOf?.(shardId);
-  if (timeline !== undefined && timeline !== token.timeline) return { primary: true, token: token.lsn, tokenTimeline: token.timeline };
-  return { token: token.lsn, tokenTimeline: token.timeline };
+  if (timeline !== undefined && timeline !== token.timeline) return { primary: true, token: token.lsn, tokenTimeline: token.timeline, ...id };
+  return { token: token.lsn, tokenTimeline: token.timeline, ...id };
 }
 
 /** A read's snapshot: repeatable read, read only (the fence rows and `fn` see one state of the shard). */
@@ -322,7 +337,7 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
           },
           {
             // On the primary too the token goes along: the primary checks it against its timeline's history.
-            ...readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader)),
+            ...readOptionsFor(route.shardId, token, options.reader.primaryTimeline?.bind(options.reader), options.reader.primaryClusterId?.bind(options.reader)),
             ...(onPrimary || readOptions.primary === true ? { primary: true } : {}),
             ...(deadlineAt === undefined ? {} : { deadlineAt }),
             begin: begin.sql,

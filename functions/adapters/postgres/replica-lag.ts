@@ -29,6 +29,7 @@
  */
 import type pg from 'pg';
 import { lsnBytesBehind, parseLsn } from '../../core/sharding/lsn.js';
+import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
 import { withNodeDeadline } from './deadline.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
 import type { ShardNode } from './shard-pools.js';
@@ -42,6 +43,8 @@ export interface Heartbeat {
   readonly localMs: number;
   /** The primary's timeline (from its current WAL file name). */
   readonly timeline: number;
+  /** The primary's cluster (cluster-identity.ts); undefined when its login may not read it. */
+  readonly clusterId?: string;
 }
 
 export interface LagMeasureOptions {
@@ -198,11 +201,14 @@ export async function commitHeartbeat(primary: ShardNode, options: LagMeasureOpt
       await c.query('set local synchronous_commit = on');
       await c.query('select txid_current()');
     });
-    const { rows } = await withNodeDeadline(primary.pool, budgetOf(options), primary.nodeId, (c) =>
-      c.query<{ lsn: string; now_ms: number; tli: string }>(HEARTBEAT_POSITION_SQL),
+    const { rows } = await withNodeDeadline(primary.pool, budgetOf(options), primary.nodeId, async (c) =>
+      c.query<{ lsn: string; now_ms: number; tli: string; cluster_id?: string }>(
+        (await clusterIdReadable(primary.pool, c)) ? `${HEARTBEAT_POSITION_SQL}, ${CLUSTER_ID_SQL} as cluster_id` : HEARTBEAT_POSITION_SQL,
+      ),
     );
     const row = rows[0];
-    return row ? { lsn: parseLsn(row.lsn), primaryMs: row.now_ms, localMs: now(), timeline: Number(row.tli) } : null;
+    const clusterId = clusterIdOfRow(row);
+    return row ? { lsn: parseLsn(row.lsn), primaryMs: row.now_ms, localMs: now(), timeline: Number(row.tli), ...(clusterId === undefined ? {} : { clusterId }) } : null;
   } catch {
     return null;
   }

@@ -33,6 +33,7 @@ import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../.
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { lostInFailover, parseTimelineHistory, TimelineHistoryError, type LostWrite, type TimelineSwitch } from '../../core/sharding/timeline-history.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
+import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
 import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, queryCanceled, type CancelledByOtherOptions, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
@@ -71,6 +72,8 @@ interface PrimaryCheck {
   readonly timeline: number;
   readonly server: string;
   readonly insertLsn: bigint;
+  /** The server's cluster (cluster-identity.ts); undefined when not asked, or not readable by the login. */
+  readonly clusterId?: string;
 }
 
 /**
@@ -101,23 +104,27 @@ const PRIMARY_CHECK_SQL = `select pg_is_in_recovery() as in_recovery,
   (extract(epoch from pg_postmaster_start_time()) * 1000000)::bigint::text as started,
   case when pg_is_in_recovery() then null else pg_current_wal_insert_lsn()::text end as lsn`;
 
+/** {@link PRIMARY_CHECK_SQL} with the server's cluster id, for a token that carries one. */
+const PRIMARY_CHECK_WITH_CLUSTER_SQL = `${PRIMARY_CHECK_SQL}, ${CLUSTER_ID_SQL} as cluster_id`;
+
 /**
  * Runs {@link PRIMARY_CHECK_SQL} on `client`, lent on `nodeId`'s primary address: the server's
  * {@link PrimaryCheck} (null when its timeline or position cannot be read), or a
  * {@link PrimaryInRecoveryError} when it is a standby.
  */
-async function checkPrimary(client: pg.ClientBase, nodeId: string): Promise<PrimaryCheck | null> {
-  const { rows } = await client.query<PrimaryCheckRow>(PRIMARY_CHECK_SQL);
+async function checkPrimary(client: pg.ClientBase, nodeId: string, sql: string = PRIMARY_CHECK_SQL): Promise<PrimaryCheck | null> {
+  const { rows } = await client.query<PrimaryCheckRow>(sql);
   return primaryCheckOf(rows[0], nodeId);
 }
 
-type PrimaryCheckRow = { in_recovery: boolean; tli: string | null; started: string; lsn: string | null };
+type PrimaryCheckRow = { in_recovery: boolean; tli: string | null; started: string; lsn: string | null; cluster_id?: string };
 
 /** {@link checkPrimary}'s verdict on the row {@link PRIMARY_CHECK_SQL} answered. */
 function primaryCheckOf(row: PrimaryCheckRow | undefined, nodeId: string): PrimaryCheck | null {
   if (row?.in_recovery === true) throw new PrimaryInRecoveryError(nodeId);
   if (row?.tli == null || row.lsn === null || !isLsn(row.lsn)) return null;
-  return { timeline: Number(row.tli), server: row.started, insertLsn: parseLsn(row.lsn) };
+  const clusterId = clusterIdOfRow(row);
+  return { timeline: Number(row.tli), server: row.started, insertLsn: parseLsn(row.lsn), ...(clusterId === undefined ? {} : { clusterId }) };
 }
 
 /**
@@ -257,6 +264,12 @@ export interface ReadOptions {
    * timeline (a position of one timeline says nothing about another's WAL).
    */
   readonly tokenTimeline?: number;
+  /**
+   * The cluster the token's write committed in (`ReadToken.clusterId`, cluster-identity.ts): a
+   * replica serves the token only in that cluster, and a primary of another cluster never judges
+   * the write lost by its position (its positions are its own).
+   */
+  readonly tokenClusterId?: string;
   /**
    * Read from the primary only: for a write whose position means nothing on this shard's
    * replicas (it was made on another shard, before a move).
@@ -408,6 +421,8 @@ export class ReplicaReader {
   readonly #onFailover: ((event: FailoverEvent) => void) | undefined;
   readonly #states = new Map<string, ReplicaState>();
   readonly #timelines = new Map<string, number>();
+  /** Per shard, the cluster its primary was in at the last heartbeat (cluster-identity.ts; unset when its login may not read it). */
+  readonly #clusterIds = new Map<string, string>();
   /**
    * Per replica, how fresh its last measure against a heartbeat found it (undefined: unknown).
    * Without a heartbeat (the primary does not answer) a replica measures itself current once it
@@ -504,6 +519,8 @@ export class ReplicaReader {
     const heartbeat = await commitHeartbeat(this.#pools.primary(shardId), options);
     if (heartbeat) {
       this.#timelines.set(shardId, heartbeat.timeline);
+      if (heartbeat.clusterId === undefined) this.#clusterIds.delete(shardId);
+      else this.#clusterIds.set(shardId, heartbeat.clusterId);
       this.#lastHeartbeatLsn.set(shardId, heartbeat.lsn);
     }
     const lastHeartbeatLsn = this.#lastHeartbeatLsn.get(shardId);
@@ -571,6 +588,15 @@ export class ReplicaReader {
    */
   primaryTimeline(shardId: string): number | undefined {
     return this.#timelines.get(shardId);
+  }
+
+  /**
+   * The cluster of `shardId`'s primary at the last probe (undefined before the first, for a
+   * shard without replicas, or a login that may not read it): a read-your-writes token of
+   * another cluster predates a blue/green switchover (cluster-identity.ts).
+   */
+  primaryClusterId(shardId: string): string | undefined {
+    return this.#clusterIds.get(shardId);
   }
 
   /** The last measured state of each replica of `shardId`, with why it gets no reads (or null). */
@@ -669,8 +695,10 @@ export class ReplicaReader {
           // transaction from the new one (ReadOptions.begin). The history, when asked, is asked in
           // it too: all from the server the read runs on.
           const judged = options.token !== undefined && options.tokenTimeline !== undefined;
+          // A token of a cluster: the check tells which one the server is in (cluster-identity.ts).
+          const checkSql = judged && options.tokenClusterId !== undefined && (await clusterIdReadable(node.pool, lent)) ? PRIMARY_CHECK_WITH_CLUSTER_SQL : PRIMARY_CHECK_SQL;
           if (judged && options.begin !== undefined) {
-            const answer = (await lent.query(`${options.begin}; ${PRIMARY_CHECK_SQL}`)) as unknown as pg.QueryResult[];
+            const answer = (await lent.query(`${options.begin}; ${checkSql}`)) as unknown as pg.QueryResult[];
             const results = answer.slice(0, -1);
             begun = { begun: results.length === 1 ? results[0] : results };
             try {
@@ -681,7 +709,7 @@ export class ReplicaReader {
               throw error;
             }
           } else {
-            if (judged || !primaryTimelineOf.has(lent)) primaryTimelineOf.set(lent, await checkPrimary(lent, node.nodeId));
+            if (judged || !primaryTimelineOf.has(lent)) primaryTimelineOf.set(lent, await checkPrimary(lent, node.nodeId, checkSql));
             if (judged) lostWrite = await this.#lostWrite(shardId, node.nodeId, lent, primaryTimelineOf.get(lent) ?? null, options);
           }
         }
@@ -692,18 +720,24 @@ export class ReplicaReader {
           const state = this.#states.get(target.nodeId);
           if (state === undefined || replicaIneligibility(state.lagBytes === null ? { ...state, lagBytes: 0n } : state, this.#bounds, this.#now()) !== null) return { skip: true };
         }
-        if (target.kind === 'replica' && !target.tokenVerified && options.token !== undefined) {
+        // The reader's probes vouch for a replica's position in the cluster its last heartbeat
+        // found the primary in: for a token of another cluster (or before any heartbeat told
+        // one) the replica is asked, in the check below.
+        const verified = target.kind === 'replica' && target.tokenVerified && (options.tokenClusterId === undefined || this.#clusterIds.get(shardId) === options.tokenClusterId);
+        if (target.kind === 'replica' && !verified && options.token !== undefined) {
           // Past the position, and on the token's timeline (a replica following an old primary
-          // can be past any position of the new one).
+          // can be past any position of the new one), and in the token's cluster (a replica of
+          // another is past positions of its own: a blue/green switchover, cluster-identity.ts).
           // With the timeline unreadable for this login, the position alone (the reader's state,
           // which then has no timeline either, never verified the token without this check).
+          const clusterId = options.tokenClusterId !== undefined && (await clusterIdReadable(node.pool, lent)) ? options.tokenClusterId : null;
           const { rows } = await withTimelineSql(node.pool, (timelineSql) =>
             timelineSql === null
-              ? lent.query<{ ok: boolean }>('select pg_last_wal_replay_lsn() >= $1::pg_lsn as ok', [options.token])
-              : lent.query<{ ok: boolean }>(`select pg_last_wal_replay_lsn() >= $1::pg_lsn and ($2::bigint is null or ${timelineSql} = $2::bigint) as ok`, [
-                  options.token,
-                  options.tokenTimeline ?? null,
-                ]),
+              ? lent.query<{ ok: boolean }>(`select pg_last_wal_replay_lsn() >= $1::pg_lsn and ($2::text is null or ${CLUSTER_ID_SQL} = $2::text) as ok`, [options.token, clusterId])
+              : lent.query<{ ok: boolean }>(
+                  `select pg_last_wal_replay_lsn() >= $1::pg_lsn and ($2::bigint is null or ${timelineSql} = $2::bigint) and ($3::text is null or ${CLUSTER_ID_SQL} = $3::text) as ok`,
+                  [options.token, options.tokenTimeline ?? null, clusterId],
+                ),
           );
           if (rows[0]?.ok !== true) return { skip: true };
         }
@@ -764,6 +798,9 @@ export class ReplicaReader {
    */
   async #lostWrite(shardId: string, nodeId: string, client: pg.ClientBase, primary: PrimaryCheck | null, options: ReadOptions, inTransaction = false): Promise<LostWrite | undefined> {
     if (options.token === undefined || options.tokenTimeline === undefined || primary === null) return undefined;
+    // A token of another cluster: its position and timeline say nothing about this one's WAL, and
+    // this primary holds what a blue/green switchover waited for (cluster-identity.ts).
+    if (options.tokenClusterId !== undefined && primary.clusterId !== undefined && primary.clusterId !== options.tokenClusterId) return undefined;
     if (primary.timeline === options.tokenTimeline) return pastPrimaryEnd(shardId, primary, options.token);
     if (primary.timeline < options.tokenTimeline) return undefined;
     const { timeline } = primary;

@@ -25,6 +25,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
+import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
 import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline, type ClientDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { READ_ONLY_SQL_TRANSACTION, UNIQUE_VIOLATION } from './sqlstate.js';
@@ -226,9 +227,10 @@ const WRITE_TIMELINE_SQL = `select case when pg_is_in_recovery() then null else 
  * error, and the transaction is rolled back as before. `fences` is false when the key cannot be
  * a literal ({@link sqlLiteral}): its fence rows are then read apart, with parameters.
  */
-function writeBeginSql(slot: number, key: string, leftMs: number | undefined): { readonly sql: string; readonly fences: boolean } {
+function writeBeginSql(slot: number, key: string, leftMs: number | undefined, clusterId: boolean): { readonly sql: string; readonly fences: boolean } {
   const settings = leftMs === undefined ? '' : `; ${deadlineSettingsSql(leftMs, { lockTimeout: true })}`;
-  const begin = `${WRITE_BEGIN}${settings}; ${WRITE_TIMELINE_SQL}`;
+  // The cluster the write commits on, for its token (cluster-identity.ts), with the timeline.
+  const begin = `${WRITE_BEGIN}${settings}; ${WRITE_TIMELINE_SQL}${clusterId ? `, ${CLUSTER_ID_SQL} as cluster_id` : ''}`;
   const keyLiteral = sqlLiteral(key);
   if (keyLiteral === undefined || !Number.isSafeInteger(slot)) return { sql: begin, fences: false };
   // A safe integer's decimal text needs no escaping (the column is text, as the parameter was).
@@ -246,6 +248,11 @@ function rowsOfAnswer(answer: unknown, at: number): unknown[] | undefined {
 function timelineOfBegin(answer: unknown, fences: boolean): number | undefined {
   const tli = (rowsOfAnswer(answer, fences ? -2 : -1)?.[0] as { tli?: unknown } | undefined)?.tli;
   return typeof tli === 'string' || typeof tli === 'number' ? Number(tli) : undefined;
+}
+
+/** The cluster id {@link writeBeginSql} answered with the timeline, if it did. */
+function clusterIdOfBegin(answer: unknown, fences: boolean): string | undefined {
+  return clusterIdOfRow(rowsOfAnswer(answer, fences ? -2 : -1)?.[0]);
 }
 
 /**
@@ -563,6 +570,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       const guard = deadlineAt === undefined ? undefined : holdToDeadline(client, deadlineAt, { mayCancel: () => !committing });
       /** The timeline of the server the transaction runs on, read with its BEGIN. */
       let timeline: number | undefined;
+      /** The cluster of that server, read with its BEGIN too (undefined: its login may not read it). */
+      let clusterId: string | undefined;
       /** Set once the connection went back to its pool as broken before the attempt's end (see `writePosition`). */
       let released = false;
       const discard = (error: Error): void => {
@@ -574,7 +583,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       /** The fence rows read in the BEGIN's round trip (see `writeBeginSql`). */
       let fenceRows: FenceRow[] | undefined;
       try {
-        const begin = writeBeginSql(route.slot, key, deadlineAt === undefined ? undefined : deadlineAt - Date.now());
+        const begin = writeBeginSql(route.slot, key, deadlineAt === undefined ? undefined : deadlineAt - Date.now(), await clusterIdReadable(pool, client));
         const body = await inClientTransaction<{ verdict: 'write'; value: T } | { verdict: Exclude<FenceVerdict, 'write'> }>(
           client,
           begin.sql,
@@ -599,6 +608,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           },
           (answer) => {
             timeline = timelineOfBegin(answer, begin.fences);
+            clusterId = clusterIdOfBegin(answer, begin.fences);
             if (begin.fences) fenceRows = rowsOfAnswer(answer, -1) as FenceRow[] | undefined;
           },
         );
@@ -606,7 +616,10 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           committed = true;
           const position = await writePosition(client, guard, pool, route.shardId, deadlineAt, discard, timeline);
           const lsn = position.rows[0]?.lsn ?? '0/0';
-          const readToken = { shardId: route.shardId, lsn, timeline: Number(position.rows[0]?.tli ?? 1), mapVersion: route.version };
+          // The id is the BEGIN's server's: the commit's. A position read on another connection
+          // (writePosition) from another cluster of the same timeline number (a switchover since)
+          // only makes the token one of another cluster there, read on its primary: never misjudged.
+          const readToken = { shardId: route.shardId, lsn, timeline: Number(position.rows[0]?.tli ?? 1), mapVersion: route.version, ...(clusterId === undefined ? {} : { clusterId }) };
           return { value: body.value, shardId: route.shardId, slot: route.slot, token: lsn, readToken, attempts: attempt };
         }
         outcome = body.verdict;

@@ -12,6 +12,7 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { clusterIdReadable } from '../../../functions/adapters/postgres/cluster-identity.js';
 import { createShardReader } from '../../../functions/adapters/postgres/read-transaction.js';
 import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
@@ -54,10 +55,18 @@ describe('round trips of a write and a read on a shard', () => {
   /**
    * What the client sent for `work`, once its pooled connection is open (the connection's own
    * set-up is no part of it, nor is the reader's check, once per connection, that the primary's
-   * address reached a server out of recovery).
+   * address reached a server out of recovery, nor the question, once per pool, whether its login
+   * may read the server's cluster id: cluster-identity.ts).
    */
   const sentFor = async (work: () => Promise<unknown>): Promise<{ outcome: string; sent: string[] }> => {
     await reader.query(shardId, 'select 1', [], { primary: true });
+    const pool = pools.primary(shardId).pool;
+    const client = await pool.connect();
+    try {
+      await clusterIdReadable(pool, client);
+    } finally {
+      client.release();
+    }
     recorder.clear();
     const outcome = await work().then(
       () => 'done',
