@@ -1,8 +1,10 @@
 /**
  * How far a write's read-your-writes token lies past the write's own commit record (issue #15,
- * "a write lost in a failover"). The writer reads the token (`pg_current_wal_insert_lsn()`) in a
- * round trip after the COMMIT's answer, so WAL that other sessions insert in between puts it past
- * the commit record's end. A failover whose fork point falls in that gap keeps the write yet calls
+ * "a write lost in a failover"). The writer reads the token (`TOKEN_POSITION_SQL`: the flush
+ * position, or the insert position under `synchronous_commit = off`, which the test servers run
+ * with; `PGOPTIONS='-c synchronous_commit=on'` measures the flush position) in a round trip after
+ * the COMMIT's answer, so WAL that other sessions insert (or flush) in between puts it past the
+ * commit record's end. A failover whose fork point falls in that gap keeps the write yet calls
  * it lost: a list read with its token answers 410 (docs/sharding-spec.md, "A write lost in a
  * failover", Imprecision). This measures the gap on one embedded PostgreSQL 17 shard:
  * `--writers` concurrent writers (`withShardWrite`, one user insert each) for `--n` writes in all;

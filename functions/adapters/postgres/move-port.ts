@@ -2297,8 +2297,10 @@ export class PgMovePort implements MovePort<MoveJob> {
           // holds the fence row, so after every writer of the unit that took the row before it
           // committed (a later one waits for the fence and is refused): every commit record of a
           // write of the unit acknowledged before the fence was inserted before this position.
-          // A token is the insert position read after its commit (lsn.ts), and the insert position
-          // never goes back on a timeline, so a token read before the fence is at or before it.
+          // A token is the flush or the insert position read after its commit (TOKEN_POSITION_SQL
+          // in token-position.ts), at most the insert position then (the flush position trails
+          // it), and the insert position never goes back on a timeline, so a token read before
+          // the fence is at or before it.
           // pg_current_wal_lsn() (the write position) may trail records already inserted (and
           // commits acknowledged with synchronous_commit off), so a token read just before the
           // fence could lie past it. Both are the raw insert position (past a page header when

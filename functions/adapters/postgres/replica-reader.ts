@@ -38,6 +38,7 @@ import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, queryC
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
+import { TOKEN_POSITION_SQL } from './token-position.js';
 import { inClientTransaction } from './transaction.js';
 
 /** No node of the shard could serve the read (every replica and the primary failed). */
@@ -135,13 +136,18 @@ function primaryCheckOf(row: PrimaryCheckRow | undefined, nodeId: string): Prima
  * acknowledged on N + 1 is in no history of the second, whose N + 1 is its own. Read as usual,
  * the second's primary answered a miss as a 404, as if the write had never been made
  * (`test/integration/sharding/timeline-lost-write-same-timeline.test.ts`). A token this server
- * issued is never past its insert position while it runs (which only moves on; the token is
- * that position read after the commit, or a page header before it). A crash is the exception:
- * the token may include other sessions' WAL not yet written out, which the crash loses, and the
- * server restarted on the same timeline is then behind a token of a write it holds (the
- * acknowledged commit was flushed). So the answer is marked `pastWalEnd`: a caller answers it
- * for a miss only, never for a list that may hold the write
- * (`test/integration/sharding/timeline-token-crash-restart.test.ts`). Once
+ * issued is never past its insert position while it runs (which only moves on; the token is its
+ * flush or insert position read after the commit, or a page header before it). Nor after a crash
+ * and restart on the same timeline, for a write committed with `synchronous_commit` not off: its
+ * token is the flush position ({@link TOKEN_POSITION_SQL}), which crash recovery does not take
+ * back. A token of the insert position did include other sessions' WAL not yet flushed, which the
+ * crash lost, and a miss with it on the server that held the write answered 410
+ * (`test/integration/sharding/timeline-token-crash-restart.test.ts`). A write committed with
+ * `synchronous_commit = off` keeps the insert position: such a write itself may be lost in a
+ * crash, and its token past the restarted server's end then says so. The answer is still marked
+ * `pastWalEnd`: a caller answers it for a miss only, never for a list that may hold the write
+ * (tokens issued before the flush position was, and a session that lowered the setting for its
+ * transaction alone, see {@link TOKEN_POSITION_SQL}). Once
  * the second server's WAL passes the token's position the two cannot be told apart (the limit
  * docs/sharding-spec.md states). No query of its own: the position is the one the read's primary
  * check found ({@link PRIMARY_CHECK_SQL}), on the server the read runs on. (A position kept per
@@ -340,8 +346,11 @@ export interface Queryable {
 
 /**
  * The read-your-writes token of everything this session (or anyone) committed so far: the
- * primary's WAL insert position. Call it after COMMIT. Insert, not flush, position: with
- * `synchronous_commit = off` the commit record may not be flushed yet, but it is inserted.
+ * primary's WAL flush position, or its insert position when the session's `synchronous_commit`
+ * is off (the commit record may not be flushed yet then, but it is inserted); see
+ * {@link TOKEN_POSITION_SQL} for why not always the insert position (a crash
+ * restart leaves the primary behind a token of a write it holds). Call it after COMMIT, on a
+ * session whose `synchronous_commit` is what the commit ran with (not lowered by SET LOCAL in it).
  *
  * @example
  * ```ts
@@ -350,7 +359,7 @@ export interface Queryable {
  * ```
  */
 export async function captureWriteToken(db: Queryable): Promise<string> {
-  const { rows } = await db.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn');
+  const { rows } = await db.query<{ lsn: string }>(`select ${TOKEN_POSITION_SQL}::text as lsn`);
   const lsn = rows[0]?.lsn;
   if (lsn === undefined || !isLsn(lsn)) throw new LsnError('the primary returned no WAL position');
   return formatLsn(normalizeWalPosition(parseLsn(lsn)));

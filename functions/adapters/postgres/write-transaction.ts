@@ -29,6 +29,7 @@ import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-ide
 import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline, type ClientDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { READ_ONLY_SQL_TRANSACTION, UNIQUE_VIOLATION } from './sqlstate.js';
+import { TOKEN_POSITION_SQL } from './token-position.js';
 import { inClientTransaction, RolledBackAtCommitError, RollbackWith } from './transaction.js';
 
 /** Where a key's writes go, as the router sees it now. */
@@ -351,10 +352,11 @@ function movingTo(rows: readonly FenceRow[], viaDirectory: boolean): string | nu
 }
 
 /**
- * The primary's WAL insert position and timeline (the first 8 hex digits of the WAL segment
- * file name), after a commit: what a read-your-writes token carries.
+ * {@link TOKEN_POSITION_SQL} (why the flush position, and when the insert position) and the
+ * timeline (the first 8 hex digits of the WAL segment file name), after a commit: what a
+ * read-your-writes token carries.
  */
-export const WRITE_POSITION_SQL = `select pg_current_wal_insert_lsn()::text as lsn, ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint as tli`;
+export const WRITE_POSITION_SQL = `select ${TOKEN_POSITION_SQL}::text as lsn, ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint as tli`;
 
 /**
  * A directory-placed key answers only to its directory fence: its rows stay put when its hash
@@ -496,7 +498,9 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       }
       // The connection failed after the COMMIT was acknowledged (a reset, a terminated backend):
       // the write is committed, and any session's insert position read from now on on that server
-      // is at or past its commit record, so another connection gives a token as good. Not while the deadline
+      // is at or past its commit record, as is its flush position when the commit was flushed
+      // before it was answered (TOKEN_POSITION_SQL: the pool's sessions share their settings), so
+      // another connection gives a token as good. Not while the deadline
       // holds the connection dropped for silence (`expired`): that primary is not answering.
       if (guard?.expired === true) throw err;
       discard(err instanceof Error ? err : new Error(String(err)));

@@ -1,7 +1,8 @@
 /**
- * PostgreSQL WAL positions (LSNs). A read-your-writes token is the primary's WAL insert position
- * after a commit, written the way PostgreSQL prints a `pg_lsn` (`16/B374D848`); a replica may
- * serve a read carrying that token once its replay position is at or past it.
+ * PostgreSQL WAL positions (LSNs). A read-your-writes token is the primary's WAL flush (or, for
+ * a commit with `synchronous_commit = off`, insert) position after a commit, written the way
+ * PostgreSQL prints a `pg_lsn` (`16/B374D848`); a replica may serve a read carrying that token
+ * once its replay position is at or past it.
  *
  * @example
  * ```ts

@@ -5,8 +5,10 @@
  *     <shard_id>@<lsn>;tl=<timeline>;v=<map version>[;id=<cluster id>]
  *     shard_001@0/3000060;tl=1;v=12;id=6b1713f378951104
  *
- * - `shard_id` and `lsn`: the shard primary that committed the write and its WAL insert
- *   position after the commit. A replica of that shard that has replayed past it holds the write.
+ * - `shard_id` and `lsn`: the shard primary that committed the write and its WAL flush position
+ *   after the commit (its insert position when the commit was made with `synchronous_commit =
+ *   off`): at or past the commit's record either way. A replica of that shard that has replayed
+ *   past it holds the write.
  * - `tl`: the primary's timeline then. After a failover (a new timeline) a position of the old
  *   timeline says nothing about a replica of the new one: the read goes to the primary.
  * - `v`: the slot-map version the write was routed with. A reader holding an older map

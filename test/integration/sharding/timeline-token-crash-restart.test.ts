@@ -2,6 +2,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { captureWriteToken } from '../../../functions/adapters/postgres/replica-reader.js';
+import { WRITE_POSITION_SQL } from '../../../functions/adapters/postgres/write-transaction.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { formatReadToken, parseReadToken } from '../../../functions/core/sharding/read-token.js';
 import { migrateDatabase } from '../../support/postgres.js';
@@ -9,7 +10,7 @@ import { oneShardApi, readAfterRetried, type Answer } from './fixtures/one-shard
 import { startRestartable, type RestartablePostgres } from './fixtures/restartable.js';
 
 /**
- * A read token is the primary's WAL insert position read after the commit
+ * A read token was the primary's WAL insert position read after the commit
  * (`captureWriteToken`): everything inserted by then, other sessions' WAL too, some of it not yet
  * written out. A primary that crashes and restarts (the same server, the same timeline: crash
  * recovery takes no new one) keeps what was flushed, the acknowledged commit among it, and loses
@@ -17,15 +18,18 @@ import { startRestartable, type RestartablePostgres } from './fixtures/restartab
  * issued for a write it holds. The same-timeline check (a token past the primary's WAL end is
  * another server's, h104's 5259872) read such a token as a lost write: a list, which answers 410
  * whenever the reader says so, refused the owner's documents with the document among them, and
- * told the client to send the write again.
+ * told the client to send the write again (fixed in 2599dab: a list ignores that verdict); a miss
+ * (a row the token's write did not make, or one deleted since) still answered 410 until h130 made
+ * the token the flush position where the commit was flushed (`TOKEN_POSITION_SQL` in
+ * token-position.ts), which a crash does not take back.
  *
  * The interleaving: another session's uncommitted insert falls between the write's commit and
  * the token's read. The API's write reads its token right after its commit, so the token is taken
- * here as it does (`captureWriteToken` on the primary, in the API's token form) with that insert
- * in the gap. The WAL writer is slowed (10 s) so that the insert stays in the WAL buffers until
- * the crash (an immediate shutdown).
+ * here as it does (`captureWriteToken`, or the writer's own `WRITE_POSITION_SQL`, on the primary,
+ * in the API's token form) with that insert in the gap. The WAL writer is slowed (10 s) so that
+ * the insert stays in the WAL buffers until the crash (an immediate shutdown).
  */
-describe('a read token past the WAL end of its own primary restarted after a crash', () => {
+describe('a read token of a write its own primary holds, read after that primary restarted from a crash', () => {
   let server: RestartablePostgres;
   const closers: (() => Promise<void>)[] = [];
   beforeAll(async () => {
@@ -54,6 +58,7 @@ describe('a read token past the WAL end of its own primary restarted after a cra
     await other.query('begin');
     await other.query("insert into filler select g, repeat('x', 100) from generate_series(1, 2000) g");
     const token = formatReadToken({ ...issued, lsn: await captureWriteToken(admin) });
+    const inserted = (await admin.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn')).rows[0]?.lsn ?? '0/0';
     await admin.end();
 
     await server.restart('immediate');
@@ -64,14 +69,60 @@ describe('a read token past the WAL end of its own primary restarted after a cra
     const one = await read(`/api/v1/documents/${String(doc.body?.id)}?owner=${String(user.body?.id)}`);
     const owner = await read(`/api/v1/users/${String(user.body?.id)}`);
 
-    // The premise: the same timeline, and the token past the restarted primary's WAL end.
-    expect({ timeline: Number.parseInt(after?.tli ?? '', 16), tokenTimeline: issued.timeline, pastEnd: parseLsn(token.split('@')[1]?.split(';')[0] ?? '0/0') > parseLsn(after?.lsn ?? '0/0') }).toEqual({
+    // The premise: the same timeline, and the crash lost WAL inserted before the token was read
+    // (a token of the insert position, as before h130, was past the restarted primary's WAL end).
+    expect({ timeline: Number.parseInt(after?.tli ?? '', 16), tokenTimeline: issued.timeline, lostInserted: parseLsn(inserted) > parseLsn(after?.lsn ?? '0/0') }).toEqual({
       timeline: 1,
       tokenTimeline: 1,
-      pastEnd: true,
+      lostInserted: true,
     });
     // Before: 410 write-lost for the list ("another server that took the same timeline number").
     expect({ status: list.status, items: (list.body?.items as { id: string }[] | undefined)?.map((d) => d.id) }).toEqual({ status: 200, items: [doc.body?.id] });
     expect([one.status, owner.status]).toEqual([200, 200]);
+  }, 120_000);
+
+  // The known limit the spec stated until h130: a miss with such a token (a row the token's write
+  // did not make, or one deleted since) still answered 410 "your write was lost", on the server
+  // that holds the write. The token is read here with the API's own statement (WRITE_POSITION_SQL)
+  // after a commit of the same session, another session's insert in the gap, as above.
+  it('answers a miss with a token of a write it holds 404, not 410 "lost" (a row the write did not make, a row deleted since)', async () => {
+    const { api } = await oneShardApi(server.url, closers);
+    const user = await api('POST', '/api/v1/users', { email: 'crash-miss@example.org', display_name: 'crash miss' });
+    const doomed = await api('POST', '/api/v1/documents', { owner_id: user.body?.id, title: 'deleted before the crash' });
+    if (user.status !== 201 || doomed.status !== 201) throw new Error(`the writes answered ${user.status}, ${doomed.status}`);
+    const issued = parseReadToken(user.headers.get('x-read-token') ?? '');
+
+    const writer = new pg.Client({ connectionString: server.url });
+    writer.on('error', () => undefined);
+    await writer.connect();
+    const other = new pg.Client({ connectionString: server.url });
+    other.on('error', () => undefined);
+    await other.connect();
+    await other.query('create table filler_miss (n int, pad text)');
+    // The token's write: the document's delete, committed on the session that then reads the token.
+    await writer.query('delete from documents where id = $1', [doomed.body?.id]);
+    await other.query('begin');
+    await other.query("insert into filler_miss select g, repeat('x', 100) from generate_series(1, 2000) g");
+    const position = (await writer.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL)).rows[0];
+    const token = formatReadToken({ ...issued, lsn: position?.lsn ?? '0/0', timeline: Number(position?.tli ?? 0) });
+    const before = await withClient(server.url, async (c) => (await c.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn')).rows[0]?.lsn ?? '0/0');
+    await writer.end();
+
+    await server.restart('immediate');
+    const after = await withClient(server.url, async (c) => (await c.query<{ lsn: string; tli: string }>("select pg_current_wal_insert_lsn()::text as lsn, substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) as tli")).rows[0]);
+    const read = (path: string): Promise<Answer> => readAfterRetried(api, path, token);
+    const neverMade = await read(`/api/v1/documents/00000000-0000-4000-8000-000000000015?owner=${String(user.body?.id)}`);
+    const deleted = await read(`/api/v1/documents/${String(doomed.body?.id)}?owner=${String(user.body?.id)}`);
+    const owner = await read(`/api/v1/users/${String(user.body?.id)}`);
+
+    // The premise: the crash lost WAL inserted before it (the other session's), so that the
+    // restarted primary is on the same timeline with its WAL end behind what had been inserted.
+    expect({ timeline: Number.parseInt(after?.tli ?? '', 16), tokenTimeline: issued.timeline, lostInserted: parseLsn(before) > parseLsn(after?.lsn ?? '0/0') }).toEqual({
+      timeline: 1,
+      tokenTimeline: 1,
+      lostInserted: true,
+    });
+    // Before: 410 write-lost for both misses, from the server that holds the token's write.
+    expect({ neverMade: neverMade.status, deleted: deleted.status, owner: owner.status }).toEqual({ neverMade: 404, deleted: 404, owner: 200 });
   }, 120_000);
 });
