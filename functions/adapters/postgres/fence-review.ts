@@ -56,7 +56,7 @@ import type pg from 'pg';
 import { slotOf } from '../../core/sharding/hash.js';
 import { shardingDisabled, type MoveRouting } from '../../core/sharding/move-machine.js';
 import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline } from './deadline.js';
-import { failureKind } from './sqlstate.js';
+import { failureKind, readRetried } from './sqlstate.js';
 import { describeRows, keyRowsOn, keysRowsOn, pinnedKeysOf, slotRowsOn, slotsRowsOn, type TableRows } from './unit-rows.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -842,19 +842,27 @@ async function judgeRows(
   // row, a change's fence takes a `moved` one over and is refused by a `fenced` one), which the
   // compare-and-set below refuses. The directory's pins likewise: a pin changed by hand since the
   // rows were read fenced (wrote) the key's row on its old owner first.
-  const { rows: maps } = await catalog.query<{ version: number; assignments: string[] }>('select version, assignments from catalog.slot_maps order by version desc limit 1');
+  // Each read sent again on 40001 where `catalog` is a pool, or a connection in no transaction
+  // (listFences: GET /shards/fences), each statement then a transaction of its own at the login's
+  // or the database's default level: at SERIALIZABLE a read can fail so (sqlstate.ts readRetried),
+  // and the listing answered the 40001 (h132, moves-ssi-reads.test.ts, "the fence listing ...").
+  // Sent once inside the review's own READ COMMITTED transaction, where no read fails so.
+  const plain = <T>(read: () => Promise<T>): Promise<T> => readRetried(catalog, catalog, read);
+  const { rows: maps } = await plain(() => catalog.query<{ version: number; assignments: string[] }>('select version, assignments from catalog.slot_maps order by version desc limit 1'));
   const map = maps[0];
   if (map === undefined) throw new Error('the catalog has no slot map yet: nothing routes to the shards, and no fence row can be judged');
   const rows = [...read.values()].flat();
   const slotsOf = (r: FenceRowRead): number => (r.kind === 'slot' ? Number(r.unit_id) : slotOf(r.unit_id));
-  const { rows: jobs } = await catalog.query<{ id: string; slot: number; state: string; kind: string; unit_id: string; flipped: boolean }>(
-    `select id::text, slot, state, kind, unit_id, flip_started_at is not null as flipped from catalog.move_jobs where id = any($1::bigint[]) or (slot = any($2::int[]) and state not in ('done', 'failed', 'cancelled'))`,
-    [[...new Set(rows.flatMap((r) => (r.job_id === null ? [] : [r.job_id])))], [...new Set(rows.map(slotsOf))]],
+  const { rows: jobs } = await plain(() =>
+    catalog.query<{ id: string; slot: number; state: string; kind: string; unit_id: string; flipped: boolean }>(
+      `select id::text, slot, state, kind, unit_id, flip_started_at is not null as flipped from catalog.move_jobs where id = any($1::bigint[]) or (slot = any($2::int[]) and state not in ('done', 'failed', 'cancelled'))`,
+      [[...new Set(rows.flatMap((r) => (r.job_id === null ? [] : [r.job_id])))], [...new Set(rows.map(slotsOf))]],
+    ),
   );
   const keys = [...new Set(rows.flatMap((r) => (r.kind === 'directory' && r.state !== 'open' ? [r.unit_id] : [])))];
   const pins = new Map<string, { shard: string; version: number }>();
   if (keys.length > 0) {
-    const { rows: entries } = await catalog.query<{ key: string; shard_id: string; version: string }>('select key, shard_id, version::text from catalog.shard_directory where key = any($1::text[])', [keys]);
+    const { rows: entries } = await plain(() => catalog.query<{ key: string; shard_id: string; version: string }>('select key, shard_id, version::text from catalog.shard_directory where key = any($1::text[])', [keys]));
     for (const e of entries) pins.set(e.key, { shard: e.shard_id, version: Number(e.version) });
   }
   const jobById = new Map(jobs.map((j) => [j.id, j]));
@@ -887,8 +895,8 @@ async function judgeRows(
   };
   const catalogFacts: CatalogFacts = {
     pinnedOf: async (slot) => {
-      if (!pinnedFor.has(slot)) return pinnedKeysOf(catalog, new Set([slot]));
-      pinnedRead ??= pinnedKeysOf(catalog, pinnedFor).then((pinned) => {
+      if (!pinnedFor.has(slot)) return plain(() => pinnedKeysOf(catalog, new Set([slot])));
+      pinnedRead ??= plain(() => pinnedKeysOf(catalog, pinnedFor)).then((pinned) => {
         const bySlot = new Map<number, string[]>();
         for (const key of pinned) bySlot.set(slotOf(key), [...(bySlot.get(slotOf(key)) ?? []), key]);
         return bySlot;
@@ -896,10 +904,10 @@ async function judgeRows(
       return (await pinnedRead).get(slot) ?? [];
     },
     ownersSince: async (slot, version) => {
-      ownersRead ??= ownersOfSlotsSince(catalog, fencedSlots, slow);
+      ownersRead ??= plain(() => ownersOfSlotsSince(catalog, fencedSlots, slow));
       const known = (await ownersRead).get(`${slot}:${version}`);
       if (known !== undefined) return known;
-      return (await ownersOfSlotsSince(catalog, [{ slot, version }], slow)).get(`${slot}:${version}`) ?? [];
+      return (await plain(() => ownersOfSlotsSince(catalog, [{ slot, version }], slow))).get(`${slot}:${version}`) ?? [];
     },
   };
   for (const [shard, shardRows] of read) {

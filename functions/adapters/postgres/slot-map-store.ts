@@ -15,7 +15,7 @@
 import type pg from 'pg';
 import { SlotMapError, SlotMapVersionConflictError } from '../../core/sharding/errors.js';
 import { parseSlotMap, type SlotMap } from '../../core/sharding/slot-map.js';
-import { hasSqlState, INVALID_PARAMETER_VALUE, readRetried, retryingSerializationFailures, SERIALIZATION_FAILURE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
+import { hasSqlState, INVALID_PARAMETER_VALUE, readRetried, SERIALIZATION_FAILURE, SLOT_OWNER_KEPT, UNIQUE_VIOLATION } from './sqlstate.js';
 import { slotOf } from '../../core/sharding/hash.js';
 import { boundedCount, countedOwnerChange, OwnerChangeFences, countTimeoutOf, describeRows, lockSlotsForPins, pinnedKeysOf, refusedRowsLeftOn, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotRowsOn, type OwnerChangeOptions, type ShardPoolsById, type TableRows } from './unit-rows.js';
 
@@ -469,7 +469,9 @@ export class SlotMapStore {
     // the database's default_transaction_isolation, REPEATABLE READ failed one that waited for
     // another process's first map, in flight, once that committed (its row not in the snapshot),
     // and the process's sharding layer failed to start (routing-stores.test.ts; issue #15). Sent
-    // again, it finds that map. In a caller's transaction it is sent once.
+    // again, it finds that map. In a caller's transaction it is sent once: so is it where the store
+    // was built on the caller's client, in a transaction (readRetried: sent again there, it was
+    // refused, 25P02, in place of the 40001 the caller's own retry looks for; h132, moves-ssi-reads.test.ts).
     const insert = (): Promise<unknown> =>
       client.query(
         `insert into catalog.slot_maps (version, slot_count, assignments, created_by, reason)
@@ -477,7 +479,7 @@ export class SlotMapStore {
          on conflict (version) do nothing`,
         [first.slotCount, first.assignments, by, reason],
       );
-    await (client === this.pool ? retryingSerializationFailures(insert) : insert());
+    await readRetried(client, this.pool, insert);
     return this.current(client);
   }
 }

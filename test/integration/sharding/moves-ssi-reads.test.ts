@@ -20,6 +20,7 @@ import { MoveLeaseLostError } from '../../../functions/core/sharding/move-machin
 import { MoverCatalog } from '../../../functions/adapters/postgres/mover-catalog.js';
 import { PgMovePort } from '../../../functions/adapters/postgres/move-port.js';
 import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
+import { listFences } from '../../../functions/adapters/postgres/fence-review.js';
 import type { MoveJob } from '../../../functions/adapters/postgres/move-jobs.js';
 import { firstSlotOwnedBy, lockWaitOn, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
@@ -138,6 +139,38 @@ describe('the routing stores\' plain reads at a SERIALIZABLE catalog', () => {
       );
       await client.query('rollback');
       expect(read).toBe('40001');
+    } finally {
+      client.release();
+    }
+  });
+
+  it("initialise on a client in the caller's SERIALIZABLE transaction answers its insert's 40001 as it is: not sent again in the transaction the failure aborted (h132)", async () => {
+    const current = await env.slotMaps.current();
+    const client = await gated('insert into catalog.slot_maps', 'catalog.slot_maps', `update catalog.slot_maps set reason = 'changed in a transaction' where version = ${current.version}`);
+    try {
+      await client.query('begin isolation level serializable');
+      // Before: 25P02 ("current transaction is aborted"): the store built on the caller's client
+      // took it for its own pool and sent the insert again inside the aborted transaction.
+      const first = { ...current, version: 1 };
+      const outcome = await new SlotMapStore(client).initialise(first).then(
+        () => 'initialised',
+        (err: unknown) => (err as { code?: string }).code,
+      );
+      await client.query('rollback');
+      expect(outcome).toBe('40001');
+    } finally {
+      client.release();
+    }
+  });
+
+  it("the fence listing (GET /shards/fences) reads the latest map the other transaction committed rather than answering 40001 (h132)", async () => {
+    // listFences judges the rows by the map, the jobs and the pins, each a plain read of its own
+    // on the catalog it is given (the API's pool), at the default level: not sent again before.
+    const { version } = await env.slotMaps.current();
+    const client = await gated('from catalog.slot_maps order by version desc limit 1', 'catalog.slot_maps', `update catalog.slot_maps set reason = 'changed for the listing' where version = ${version}`);
+    try {
+      const listing = await listFences({ catalog: client, shards: env.shards, timeoutMs: 5000 }).then((l) => `map version ${l.mapVersion}`, codeOf);
+      expect(listing).toBe(`map version ${version}`);
     } finally {
       client.release();
     }
