@@ -501,9 +501,14 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           const failure = verdict.failed;
           if (!(isNodeFailure(failure) || (failure as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) throw failure;
           if (uncheckable.length === 0) reportSafely(s.onFailure, { what: "rebalance check (the move plan's checks of its moves)", error: failure });
+          // The shard that did not answer is named where the checks knew which (one asked beside the
+          // move's source and target: a key move asks every shard, a slot move every former owner of
+          // its slot), with why it was asked: before, the line named only the failure's kind, and the
+          // operator checked the move's source and target, both answering (h132).
+          const kind = verdict.unanswered === undefined ? failureKind(failure) : `${verdict.unanswered.shard}, ${verdict.unanswered.asked}, did not answer: ${failureKind(failure)}`;
           uncheckable.push(
             `${m.unit.kind === 'slot' ? 'slot' : 'directory key'} ${m.unit.id} on ${m.from} is not proposed to move to ${m.to}: the move plan's checks of it ${
-              'notStarted' in verdict ? `were not made (they stopped at another move's: ${failureKind(failure)})` : `could not be made (${failureKind(failure)})`
+              'notStarted' in verdict ? `were not made (they stopped at another move's: ${kind})` : `could not be made (${kind})`
             }; the next check asks them again`,
           );
           return;

@@ -108,17 +108,24 @@ export class MoveConflictError extends MoveError {
  * shard and why the plan asks it, where the driver's own text named an address the operator had to
  * map to a shard, and the API's generic words ("the catalog or a shard did not answer") left them
  * looking at the move's source and target, both answering (h124: a directory move asks every shard
- * of the mover, Mover.checkOtherShardsHoldNoKeyRows). `cause` is the driver's error, for the log
- * and for failureKind.
+ * of the mover, Mover.checkOtherShardsHoldNoKeyRows; h132: a slot move asks every shard that owned
+ * the slot in an earlier map, Mover.checkFormerOwnersHoldNoSlotRows). `cause` is the driver's error,
+ * for the log and for failureKind.
  */
 export class MovePlanShardUnanswered extends Error {
   override readonly name = 'MovePlanShardUnanswered';
+  /**
+   * Why the plan asked {@link shard}, in a few words fit for a line of the rebalance check's
+   * `unresolved` ("which a directory key's move asks too"), which names the shard as this error does.
+   */
+  readonly asked: string;
   constructor(
     message: string,
     readonly shard: string,
-    options: { cause: unknown },
+    options: { cause: unknown; asked: string },
   ) {
-    super(message, options);
+    super(message, { cause: options.cause });
+    this.asked = options.asked;
   }
 }
 

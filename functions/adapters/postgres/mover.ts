@@ -183,8 +183,8 @@ const DEFAULT_ROUTING: MoveRouting = { strategy: 'hash_based', overrideHash: tru
  * the same slot (the one-unfinished-move-per-slot index), or the row of
  * catalog.move_job_shards of a shard no job named before, which the first plan naming it holds to
  * its commit (sharding migration 025). A healthy holder keeps it for its own bounded waits, the
- * slot's pin lock and the slot maps' SHARE lock ({@link SLOT_PIN_LOCK_WAIT_MS} each) and a few
- * reads; a holder whose connection was lost mid-transaction (a black-holed path, a proxy that
+ * slot's pin lock and the slot maps' SHARE lock ({@link PLAN_LOCK_WAITS_MS} for both together) and
+ * a few reads; a holder whose connection was lost mid-transaction (a black-holed path, a proxy that
  * stops forwarding without closing: its server hears nothing) keeps it until its server ends the
  * session, which nothing bounded before {@link PLAN_IDLE_MS}, and the insert waited with it for
  * ever where the login set no statement_timeout (the control login's 10 s, catalog migration
@@ -192,6 +192,17 @@ const DEFAULT_ROUTING: MoveRouting = { strategy: 'hash_based', overrideHash: tru
  * one and names the row; above one of the holder's own waits.
  */
 const PLAN_RECORD_WAIT_MS = 8_000;
+/**
+ * How long a plan's lock waits after its insert, the slot's pin lock and the SHARE lock of
+ * catalog.slot_maps, may take together: the pin lock's wait is {@link SLOT_PIN_LOCK_WAIT_MS}, as
+ * every pin's, and the maps' gets what is left of this. Each waited {@link SLOT_PIN_LOCK_WAIT_MS}
+ * before, and a healthy plan that waited out most of both held its job's rows (a new shard's of
+ * catalog.move_job_shards among them) about 10 s, past {@link PLAN_RECORD_WAIT_MS}: a second plan
+ * naming that shard was refused ("another plan naming ... held its row") while the first went on
+ * to record its job (h132, moves-plan-lost-holder.test.ts). Now the job's rows are held at most
+ * this and the plan's few reads, well within the second plan's wait.
+ */
+const PLAN_LOCK_WAITS_MS = SLOT_PIN_LOCK_WAIT_MS;
 /**
  * How long the plan's transaction may sit idle on the server (`SET LOCAL
  * idle_in_transaction_session_timeout`): between its statements the plan runs only its own code,
@@ -235,7 +246,18 @@ const REFUSAL_CHECKS_AT_ONCE = 4;
  * POST /shards/moves answers it with; or `failed`, what its checks threw that is not a refusal (a
  * shard or the catalog not answering), the move neither refused nor passed.
  */
-export type MoveRefusal = { readonly status: 400 | 409 | 422; readonly reason: string } | { readonly failed: unknown; readonly notStarted?: true };
+export type MoveRefusal =
+  | { readonly status: 400 | 409 | 422; readonly reason: string }
+  | {
+      readonly failed: unknown;
+      readonly notStarted?: true;
+      /**
+       * The shard that did not answer, where the checks knew which (one asked beside the move's
+       * source and target: {@link MovePlanShardUnanswered}), and why it was asked, in a few words:
+       * for the rebalance check's `unresolved` line, which named no shard before (h132).
+       */
+      readonly unanswered?: { readonly shard: string; readonly asked: string };
+    };
 
 /**
  * How long after {@link Mover.refusals}' `until` a read of its checks still running is cut: later
@@ -401,6 +423,8 @@ export class Mover {
       // one written after waits for this commit and then sees this job (the pin is refused).
       // Before, both committed unseen by each other, and the move copied and deleted the newly
       // pinned key's rows whatever its pin named.
+      // The plan's lock waits below share PLAN_LOCK_WAITS_MS, counted from here: the job's rows are in.
+      const waitsEnd = Date.now() + PLAN_LOCK_WAITS_MS;
       if (req.kind === 'slot' && unit.excludeDirectoryKeys) {
         const refusal = await lockSlotsForPins(client, [slot], 'update', SLOT_PIN_LOCK_WAIT_MS, `cannot plan the move of slot ${slot}`);
         if (refusal !== null) {
@@ -416,7 +440,7 @@ export class Mover {
           );
         }
       }
-      if (req.kind === 'slot') await this.lockSlotMapsForPlan(client, slot);
+      if (req.kind === 'slot') await this.lockSlotMapsForPlan(client, slot, Math.max(1, Math.min(SLOT_PIN_LOCK_WAIT_MS, waitsEnd - Date.now())));
       const entry = req.kind === 'directory' ? await this.options.directory.entry(unitId, client) : null;
       const owner = entry?.shardId ?? (await this.options.slotMaps.current(client)).assignments[slot];
       const what = req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`;
@@ -573,7 +597,11 @@ export class Mover {
     // is not complete (a catalog before sharding migration 028, or maps it does not list) over
     // every map's 4096 owners, from the first: per move, where one read answers for all.
     const shared = Promise.all([
-      this.options.slotMaps.current(),
+      // On the checks' catalog (bounded and cut at `until`), not the store's own pool: read there,
+      // the verdict came at `until` but the read waited on a lock of catalog.slot_maps for as long
+      // as it was held, holding a connection of the store's pool, a Lambda's one (h132,
+      // rebalance-refused-moves.test.ts, "leaves no read of the latest slot map waiting ...").
+      retryingSerializationFailures(() => this.options.slotMaps.current(catalog)),
       retryingSerializationFailures(() => directoryKeysBySlot(catalog, slots)),
       keys.length === 0
         ? []
@@ -630,22 +658,23 @@ export class Mover {
         if (err instanceof MoveConflictError) return { status: 409 as const, reason: err.message };
         // As POST /shards/moves answers them (functions/api/wiring.ts, startMove): 'invalid' 400.
         if (err instanceof MoveRequestError) return { status: err.problem === 'invalid' ? (400 as const) : (422 as const), reason: err.message };
-        // The rebalance check judges a node's failure by the driver's error (functions/api/wiring.ts).
-        return { failed: err instanceof MovePlanShardUnanswered ? err.cause : err };
+        // The rebalance check judges a node's failure by the driver's error (functions/api/wiring.ts),
+        // and names the shard where the checks knew which.
+        return err instanceof MovePlanShardUnanswered ? { failed: err.cause, unanswered: { shard: err.shard, asked: err.asked } } : { failed: err };
       }
     };
     // The first failure met, which stops the checks: the requests after it are not started.
-    let stoppedBy: unknown;
+    let stoppedBy: Extract<MoveRefusal, { failed: unknown }> | undefined;
     for (let i = 0; i < requests.length; i += REFUSAL_CHECKS_AT_ONCE) {
       const batch = requests.slice(i, i + REFUSAL_CHECKS_AT_ONCE);
       if (stoppedBy !== undefined) {
-        out.push(...batch.map(() => ({ failed: stoppedBy, notStarted: true as const })));
+        const { failed, unanswered } = stoppedBy;
+        out.push(...batch.map(() => ({ failed, notStarted: true as const, ...(unanswered ? { unanswered } : {}) })));
         continue;
       }
       const verdicts = await Promise.all(batch.map((request) => inTime(one(request))));
       out.push(...verdicts);
-      const failed = verdicts.find((v): v is { readonly failed: unknown } => v !== undefined && 'failed' in v);
-      if (failed !== undefined) stoppedBy = failed.failed;
+      stoppedBy = verdicts.find((v): v is Extract<MoveRefusal, { failed: unknown }> => v !== undefined && 'failed' in v);
     }
     return out;
   }
@@ -676,8 +705,8 @@ export class Mover {
 
   /**
    * Takes the SHARE lock on `catalog.slot_maps` a slot move's plan reads its slot's owner under
-   * (sharding migration 008), with `client`, the plan's transaction, waiting at most
-   * {@link SLOT_PIN_LOCK_WAIT_MS}; refused ({@link MoveConflictError}, the transaction rolled back,
+   * (sharding migration 008), with `client`, the plan's transaction, waiting at most `waitMs` (what
+   * is left of {@link PLAN_LOCK_WAITS_MS} after the slot's pin lock); refused ({@link MoveConflictError}, the transaction rolled back,
    * nothing recorded) past it or where PostgreSQL ends the wait to break a deadlock. The plan holds
    * its slot's row of `catalog.slot_pin_locks` by then: unbounded, a map inserted in a caller's
    * transaction and left uncommitted held the plan, and every pin of the slot behind it, for as
@@ -685,9 +714,9 @@ export class Mover {
    * of the slot waited for the plan while the plan waited for it (a deadlock: the plan was ended
    * with PostgreSQL's bare "deadlock detected"; owner-change-pin-lock-order.test.ts).
    */
-  private async lockSlotMapsForPlan(client: pg.PoolClient, slot: number): Promise<void> {
+  private async lockSlotMapsForPlan(client: pg.PoolClient, slot: number, waitMs: number): Promise<void> {
     const { rows } = await client.query<{ prior: string }>(`select current_setting('lock_timeout') as prior`);
-    await client.query(`select set_config('lock_timeout', $1, true)`, [`${SLOT_PIN_LOCK_WAIT_MS}ms`]);
+    await client.query(`select set_config('lock_timeout', $1, true)`, [`${Math.round(waitMs)}ms`]);
     try {
       await client.query(LOCK_SLOT_MAPS_FOR_HASH_ROUTE);
     } catch (err) {
@@ -696,7 +725,7 @@ export class Mover {
       await client.query('rollback');
       const what =
         code === LOCK_NOT_AVAILABLE
-          ? `a slot map inserted into catalog.slot_maps and not yet committed (a map being published, in a caller's transaction, say) held the table for more than ${SLOT_PIN_LOCK_WAIT_MS} ms`
+          ? `a slot map inserted into catalog.slot_maps and not yet committed (a map being published, in a caller's transaction, say) held the table for more than ${Math.round(waitMs)} ms (what the plan's ${PLAN_LOCK_WAITS_MS} ms for its lock waits had left)`
           : `this plan and a transaction holding a slot map inserted into catalog.slot_maps and not yet committed each waited for a lock the other held (the plan held its slot's row of catalog.slot_pin_locks: a caller's transaction that published a map and then changed a pin of slot ${slot}, say), a deadlock, which PostgreSQL ended by refusing this plan (SQLSTATE 40P01)`;
       throw new MoveConflictError(
         `cannot plan the move of slot ${slot}: ${what}, and a move reads its slot's owner under a SHARE lock of the table, so that no map giving the slot away commits unseen by the move (sharding migration 008; docs/sharding-spec.md section 9, "A pin racing a change of its slot"). Nothing was recorded: plan it again once that map is committed or rolled back`,
@@ -891,7 +920,7 @@ export class Mover {
     // read from a stale map, this refusal told the operator to decide the slot's owner by hand
     // (h107: moves-races.test.ts, "records nothing from an owner that another move of the slot
     // replaced while the plan was being made", failed since this check came in).
-    if ((await this.options.slotMaps.ownerOf(slot))?.shardId !== from) return;
+    if ((await this.ownerOfSlot(slot))?.shardId !== from) return;
     throw new MoveConflictError(`cannot move slot ${slot} from ${from}, which slot map version ${version} names its owner: ${sourceDisowns('slot', String(slot), from, row)}. Nothing was recorded`);
   }
 
@@ -930,7 +959,7 @@ export class Mover {
     // re-read of the owner under the job row refuses it in the words that say so ("is already on
     // ..."), which this refusal, read from a stale map, would hide (moves-races.test.ts, "records
     // nothing from an owner that another move of the slot replaced ...").
-    if ((await this.options.slotMaps.ownerOf(slot))?.shardId !== from) return;
+    if ((await this.ownerOfSlot(slot))?.shardId !== from) return;
     // Source and target reaching one database (two spellings of one endpoint): the rows counted
     // are the source's own. The run's permit claim refuses such a move naming the configuration
     // (moves-permit-claim.test.ts); this refusal would send the operator after rows that are not
@@ -969,15 +998,24 @@ export class Mover {
       if (shard === from || shard === to) continue;
       const pool = this.options.shards.get(shard);
       if (pool === undefined) continue;
-      const { rows } = await pool.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+      // A former owner that does not answer refuses the plan in words that name it and why it was
+      // asked (MovePlanShardUnanswered, a 503), as a key move's third shard does: thrown bare, the
+      // driver's error named an address, which the API answered as "the catalog or a shard did not
+      // answer", and the operator checked the slot's source and target, both answering (h132,
+      // moves-slot-source-moved.test.ts, "a slot move while a shard that owned the slot does not answer").
+      const ask = <T>(work: () => Promise<T>): Promise<T> =>
+        askedShard(shard, 'which owned the slot in an earlier slot map', work, (kind) =>
+          `cannot plan the move of slot ${slot} from ${from} to ${to}: ${shard} did not answer (${kind}), and it owned the slot in an earlier slot map (catalog.slot_owner_history): a slot move asks every shard that ever owned its slot, not only its source and target, whether it holds rows of the slot that no fence row there refuses (rows a map published past the stores left on ${shard} would be left out of every reader's sight by the move; docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away"). Nothing was recorded: plan it again once ${shard} answers (a shard the deployment no longer configures is not asked)`,
+        );
+      const { rows } = await ask(() => pool.query<{ state: string }>(`select state from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]));
       const state = rows[0]?.state;
       if (state !== undefined && state !== 'open') continue;
-      const [held] = await slotsRowsOn(pool, [{ slot, excluded }]);
+      const [held] = await ask(() => slotsRowsOn(pool, [{ slot, excluded }]));
       if (held === undefined || held.length === 0) continue;
       // As checkTargetHoldsNoSlotRows: a map read by the plan older than the rows (a move of the
       // slot from that shard finished since) is refused by the plan's re-read of the owner in the
       // words that say so; and a shard reaching the source's own database counted the source's rows.
-      if ((await this.options.slotMaps.ownerOf(slot))?.shardId !== from) return;
+      if ((await this.ownerOfSlot(slot))?.shardId !== from) return;
       if (await sameDatabase(this.options.shards.get(from) as pg.Pool, pool)) continue;
       throw new MoveConflictError(
         `cannot move slot ${slot} from ${from} to ${to}: ${shard}, which owned the slot in an earlier slot map, holds rows of it (${describeRows(held)}${excluded.length > 0 ? `, less the ${excluded.length} key(s) the directory keeps out of it` : ''}) behind ${state === undefined ? 'no fence row of it' : 'its open fence row'}, though slot map version ${version} names ${from}: not a finished move's leftovers (they stand behind its 'moved' row), but rows the map does not send readers to, and the move would copy ${from}'s rows of the slot alone to ${to}, leaving ${shard}'s out of every reader's sight for good. Nothing was recorded. ` +
@@ -1024,18 +1062,10 @@ export class Mover {
      * target, both answering (h124, moves-slot-source-moved.test.ts, "a directory move while a
      * shard neither its source nor its target does not answer").
      */
-    const ask = async <T>(shard: string, work: () => Promise<T>): Promise<T> => {
-      try {
-        return await work();
-      } catch (err) {
-        if (!isNodeFailure(err) && (err as { code?: unknown } | null)?.code !== QUERY_CANCELED) throw err;
-        throw new MovePlanShardUnanswered(
-          `cannot plan the move of key ${key} from ${from} to ${to}: ${shard} did not answer (${failureKind(err)}), and a directory-key move asks every shard of the deployment, not only its source and target, whether it holds rows of the key that no fence row there refuses (a key's pins keep no history: rows a hand change of its pin left on ${shard} would be left out of every reader's sight by the move; docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away"). Nothing was recorded or pinned: plan it again once ${shard} answers`,
-          shard,
-          { cause: err },
-        );
-      }
-    };
+    const ask = <T>(shard: string, work: () => Promise<T>): Promise<T> =>
+      askedShard(shard, "which a directory key's move asks too", work, (kind) =>
+        `cannot plan the move of key ${key} from ${from} to ${to}: ${shard} did not answer (${kind}), and a directory-key move asks every shard of the deployment, not only its source and target, whether it holds rows of the key that no fence row there refuses (a key's pins keep no history: rows a hand change of its pin left on ${shard} would be left out of every reader's sight by the move; docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away"). Nothing was recorded or pinned: plan it again once ${shard} answers`,
+      );
     for (const [shard, pool] of this.options.shards) {
       if (shard === from || shard === to) continue;
       const { rows: fences } = await ask(shard, () =>
@@ -1050,8 +1080,8 @@ export class Mover {
       if (own === undefined && slotRow !== undefined && slotRow.state !== 'open' && !(slotRow.excluded_keys ?? []).includes(key)) continue;
       const held = await ask(shard, () => keyRowsOn(pool, key, slot));
       if (held.length === 0) continue;
-      const now = await this.options.directory.entry(key);
-      if ((now?.shardId ?? (await this.options.slotMaps.ownerOf(slot))?.shardId) !== from) return;
+      const now = await retryingSerializationFailures(() => this.options.directory.entry(key, this.options.catalog));
+      if ((now?.shardId ?? (await this.ownerOfSlot(slot))?.shardId) !== from) return;
       const source = this.options.shards.get(from) as pg.Pool;
       const target = this.options.shards.get(to) as pg.Pool;
       if ((await sameDatabase(source, pool)) || (await sameDatabase(target, pool))) continue;
@@ -1062,6 +1092,18 @@ export class Mover {
           `Decide where the key's rows are by hand: where they are the key's own (its pin given to ${from} past the stores, catalog.repin_by_hand or SQL, while they stayed on ${shard}, and ${from}'s 'moved' row of the key deleted by hand as if they were on ${from}), pin the key back there (select catalog.repin_by_hand('${key}', '${shard}', '<reason>')), first copying to ${shard} by hand any rows of the key ${from} took since (select id from users where id = '${key}'; select id from documents where owner_id = '${key}') and deleting them on ${from}, then move it from ${shard} if wanted; where they are stale copies of rows on ${from} (copied there by hand), delete them on ${shard}, then plan the move again (docs/sharding-spec.md section 9, "A move is not planned from a shard whose row says the unit moved away")`,
       );
     }
+  }
+
+  /**
+   * The slot's owner in the latest map, as the plan's checks read it again before a refusal: on this
+   * mover's catalog pool (in {@link refusals}, its checks' pool, bounded and cut at their `until`),
+   * sent again on 40001 (a statement of its own). Read through the store's own pool, the checks'
+   * time did not bound it: the verdict came at `until`, but the read waited on a lock of
+   * catalog.slot_maps for as long as it was held, holding a connection of that pool (h132,
+   * rebalance-refused-moves.test.ts, "leaves no read of a slot's owner inside the checks waiting ...").
+   */
+  private ownerOfSlot(slot: number): Promise<{ shardId: string | null; version: number } | null> {
+    return retryingSerializationFailures(() => this.options.slotMaps.ownerOf(slot, this.options.catalog));
   }
 
   /** Whether `jobId` (a fence row's `job_id`) names a move job the catalog has unfinished. */
@@ -1306,6 +1348,22 @@ export class Mover {
 
 /** The identity of the database a pool reaches: its oid and its server's start, to the microsecond. */
 const DATABASE_IDENTITY_SQL = `select (select oid from pg_database where datname = current_database())::text || '@' || (extract(epoch from pg_postmaster_start_time()) * 1000000)::bigint::text as id`;
+
+/**
+ * `work`'s answer from `shard`, a shard the plan's checks ask beside the move's source and target;
+ * where it does not answer (a node's failure, or its statement cancelled), a
+ * {@link MovePlanShardUnanswered} in `words(kind)` (the failure's kind, sqlstate.ts failureKind:
+ * never the driver's text, which names an address), `asked` saying in a few words why that shard
+ * was asked. Anything else is thrown as it is.
+ */
+async function askedShard<T>(shard: string, asked: string, work: () => Promise<T>, words: (kind: string) => string): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if (!isNodeFailure(err) && (err as { code?: unknown } | null)?.code !== QUERY_CANCELED) throw err;
+    throw new MovePlanShardUnanswered(words(failureKind(err)), shard, { cause: err, asked });
+  }
+}
 
 /** Whether two pools reach one database (see {@link DATABASE_IDENTITY_SQL}). */
 async function sameDatabase(a: pg.Pool, b: pg.Pool): Promise<boolean> {

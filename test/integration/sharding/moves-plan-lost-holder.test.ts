@@ -12,14 +12,16 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { Mover, MoveConflictError } from '../../../functions/adapters/postgres/mover.js';
 import { SilentRelay } from './fixtures/silent-relay.js';
-import { firstSlotOwnedBy, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { firstSlotOwnedBy, lockWaitOn, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
+/** Three shards, no move planned before h132's test: shard_a and shard_c are new to catalog.move_job_shards there. */
+let env3: MoveEnv;
 beforeAll(async () => {
-  env = await startMoveEnv({ shards: 2 });
+  [env, env3] = await Promise.all([startMoveEnv({ shards: 2 }), startMoveEnv({ shards: 3 })]);
 });
 afterAll(async () => {
-  await env?.stop();
+  await Promise.all([env?.stop(), env3?.stop()]);
 });
 
 /** Resolves once no session of the catalog sits in a transaction (the lost plan's ended by its server). */
@@ -108,5 +110,53 @@ describe('a plan racing another plan whose connection was lost mid-transaction',
     expect(String((racing as Error).message)).toMatch(new RegExp(`cannot plan the move of slot ${slot}: a move of slot ${slot} planned by another transaction and not yet committed held its row of catalog\\.move_jobs .*Nothing was recorded: plan it again`));
     await noSessionInTransaction();
     expect((await env.mover().plan({ kind: 'slot', slot, to: 'shard_b', createdBy: 'test' })).state).toBe('planned');
+  }, 60_000);
+});
+
+describe("a plan racing a healthy plan that names the same new shard and waits out both of its own lock waits (h132)", () => {
+  it("is not refused for the first plan's healthy waits: the first holds the new shard's row for less than the second's bound", async () => {
+    // The first plan's insert writes shard_a's and shard_c's rows of catalog.move_job_shards; it
+    // then waits for its slot's pin lock and for the SHARE lock of catalog.slot_maps, each bounded
+    // (5 s). Held 4.4 s each by other transactions, a first plan bounded by each wait alone held
+    // those rows about 9 s, past the second plan's 8 s (PLAN_RECORD_WAIT_MS), which was refused
+    // ("another plan naming shard_a and shard_c ... of catalog.move_job_shards") while the first,
+    // healthy, went on to record its job.
+    const first = await firstSlotOwnedBy(env3, 'shard_a', 0);
+    const second = await firstSlotOwnedBy(env3, 'shard_a', first + 1);
+    const pins = await env3.catalog.connect();
+    const maps = await env3.catalog.connect();
+    pins.on('error', () => undefined);
+    maps.on('error', () => undefined);
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    try {
+      await pins.query('begin');
+      await pins.query('insert into catalog.slot_pin_locks (slot) values ($1) on conflict do nothing', [first]);
+      await pins.query('select slot from catalog.slot_pin_locks where slot = $1 for update', [first]);
+      const outcome = (p: Promise<unknown>) =>
+        p.then(
+          () => 'recorded',
+          (err: unknown) => `${(err as Error).name}: ${(err as Error).message}`,
+        );
+      const one = outcome(env3.mover().plan({ kind: 'slot', slot: first, to: 'shard_c', createdBy: 'test' }));
+      await lockWaitOn(env3.catalog, 'catalog');
+      const two = outcome(env3.mover().plan({ kind: 'slot', slot: second, to: 'shard_c', createdBy: 'test' }));
+      await sleep(4400);
+      // The slot maps held (a map being published in a caller's transaction) before the pin lock is let go.
+      await maps.query('begin');
+      await maps.query('lock table catalog.slot_maps in row exclusive mode');
+      await pins.query('commit');
+      await sleep(4400);
+      await maps.query('commit');
+      const [a, b] = await Promise.all([one, two]);
+      // The first: recorded, or refused by its own waits, naming the lock it waited for.
+      expect(a).toMatch(/^(recorded|MoveConflictError: cannot plan the move of slot \d+: a slot map inserted into catalog\.slot_maps)/);
+      // The second: never refused for a row of catalog.move_job_shards that a healthy plan held.
+      expect(b).not.toMatch(/move_job_shards/);
+    } finally {
+      await pins.query('rollback').catch(() => undefined);
+      await maps.query('rollback').catch(() => undefined);
+      pins.release();
+      maps.release();
+    }
   }, 60_000);
 });

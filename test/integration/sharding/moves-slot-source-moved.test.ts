@@ -818,6 +818,44 @@ describe("a directory move while a shard neither its source nor its target does 
   });
 });
 
+describe("a slot move while a shard that owned the slot, neither its source nor its target, does not answer (h132)", () => {
+  it("is refused, nothing recorded, by an error that names that shard and why a slot's move asks it, still a node's failure (503)", async () => {
+    // The slot moved A -> B and back B -> A (catalog.slot_owner_history names B); B then stops
+    // answering, and the slot is moved from A to C: the plan asks B (checkFormerOwnersHoldNoSlotRows).
+    const slot = 1726;
+    const { from, to, third, mover } = await seededThree(slot);
+    expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
+    expect((await mover.run((await mover.plan({ kind: 'slot', slot, to: from, createdBy: 'test' })).id)).state).toBe('done');
+    const dead = new (await import('pg')).default.Pool({ host: '127.0.0.1', port: 1, user: 'nobody', database: to, connectionTimeoutMillis: 2_000 });
+    dead.on('error', () => undefined);
+    try {
+      const shards = new Map(env3.shards);
+      shards.set(to, dead);
+      const downed = env3.mover({ readerGraceMs: 0, shards });
+      const jobsBefore = Number((await env3.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n);
+      const failure = (await refusalOf(downed.plan({ kind: 'slot', slot, to: third, createdBy: 'test' }))) as Error | null;
+      expect(failure).not.toBeNull();
+      // Before: the driver's bare "connect ECONNREFUSED 127.0.0.1:1", which the API answered as
+      // "starting the move: the catalog or a shard did not answer (connection error ECONNREFUSED)".
+      expect((failure as Error).message).toMatch(new RegExp(`^cannot plan the move of slot ${slot} from ${from} to ${third}: ${to} did not answer \\(connection error ECONNREFUSED\\), and it owned the slot in an earlier slot map`));
+      expect((failure as Error).message).toContain('Nothing was recorded');
+      expect((failure as Error).message).not.toContain('127.0.0.1');
+      expect(failure).toBeInstanceOf(MovePlanShardUnanswered);
+      expect((failure as MovePlanShardUnanswered).shard).toBe(to);
+      expect(isNodeFailure((failure as MovePlanShardUnanswered).cause)).toBe(true);
+      expect(Number((await env3.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n)).toBe(jobsBefore);
+      // The rebalance check's refusals name it too (its `unresolved` line: wiring.ts).
+      const [verdict] = await downed.refusals([{ kind: 'slot', slot, to: third, createdBy: 'test' }]);
+      expect(verdict && 'failed' in verdict ? { unanswered: verdict.unanswered, node: isNodeFailure(verdict.failed) } : verdict).toEqual({
+        unanswered: { shard: to, asked: 'which owned the slot in an earlier slot map' },
+        node: true,
+      });
+    } finally {
+      await dead.end();
+    }
+  });
+});
+
 describe("directory moves over every shard's rows of the key: no false refusal (h124)", () => {
   it("a key moved A -> B -> A -> C by directory moves, then its slot moved while it was pinned, then the key moved on: each planned and done, its rows with it", async () => {
     const slot = 1723;

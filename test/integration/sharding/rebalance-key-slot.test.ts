@@ -12,7 +12,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import type { MoveRequestError } from '../../../functions/adapters/postgres/mover.js';
+import pg from 'pg';
 import { keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { rebalancePort } from './fixtures/rebalance-port.js';
 
 let env: MoveEnv;
 let pools: ShardPools;
@@ -61,5 +63,32 @@ describe('the rebalance check and a directory key with rows under another slot t
     const check = await inspector.rebalanceCheck({ slotMap: await env.slotMaps.current(), directory: [{ key, shardId: 'shard_a' }], routing, by: 'rows' });
     expect(check.needed).toBe(true);
     expect(check.moves.filter((m) => m.unit.kind === 'directory').map((m) => m.unit.id)).toEqual([]);
+  });
+});
+
+describe("the rebalance check's line for a directory key's move whose checks could not be made (h132)", () => {
+  it('names the shard that did not answer, one a key move asks beside its source and target, and why it was asked', async () => {
+    // A key move's plan asks every shard of the mover whether it holds rows of the key
+    // (checkOtherShardsHoldNoKeyRows); shard_c, configured in the mover and on a port nothing
+    // listens on (loopback), does not answer. Before, the line said "could not be made (connection
+    // error ECONNREFUSED)", and the operator checked the move's source and target, both answering.
+    const owned = (await env.slotMaps.current()).assignments.flatMap((shard, slot) => (shard === 'shard_a' ? [slot] : []));
+    const slot = owned[10] as number;
+    const [big] = keysInSlot(slot, 1) as [string];
+    await seedUsers(env.shards.get('shard_a') as pg.Pool, slot, [big], 40);
+    await env.directory.set(big, 'shard_a', 'test');
+    const gone = new pg.Pool({ connectionString: 'postgres://nobody@127.0.0.1:1/nothing', connectionTimeoutMillis: 2000, max: 1 });
+    gone.on('error', () => undefined);
+    try {
+      const port = rebalancePort(env, { slotMap: await env.slotMaps.current(), inspector, mover: env.mover({ shards: new Map([...env.shards, ['shard_c', gone]]) }) });
+      const check = await port.rebalanceCheck({ by: 'rows' });
+      expect(check.moves.filter((m) => m.unit.kind === 'directory' && m.unit.id === big)).toEqual([]);
+      expect(check.summary.unresolved.filter((line) => line.startsWith(`directory key ${big} `))).toEqual([
+        `directory key ${big} on shard_a is not proposed to move to shard_b: the move plan's checks of it could not be made (shard_c, which a directory key's move asks too, did not answer: connection error ECONNREFUSED); the next check asks them again`,
+      ]);
+      expect(check.summary.unresolved.join('\n')).not.toContain('127.0.0.1');
+    } finally {
+      await gone.end();
+    }
   });
 });

@@ -350,4 +350,70 @@ describe('the rebalance check and the moves the plan refuses', () => {
       await catalog.end();
     }
   }, 60_000);
+
+  it("leaves no read of the latest slot map waiting on the server once the checks' time ran out (catalog.slot_maps locked): the shared read is bounded as the others (h132)", async () => {
+    // Mover.refusals read the latest map through the slot map store's own pool, outside the
+    // checks' bounded pools: the verdict came at `until`, but the read waited on for as long as the
+    // lock was held, holding a connection of the store's pool (a Lambda's one catalog connection).
+    const holder = await env.catalog.connect();
+    holder.on('error', () => undefined);
+    const slot = Number(mapAtStart.assignments.findIndex((shard) => shard === 'shard_a'));
+    try {
+      await holder.query('begin');
+      await holder.query('lock table catalog.slot_maps in access exclusive mode');
+      const [verdict] = await env.mover().refusals([{ kind: 'slot', slot, to: 'shard_b', createdBy: 'test' }], { until: Date.now() + 1000, budgetMs: 1000 });
+      expect(verdict !== undefined && 'failed' in verdict ? String(verdict.failed) : verdict).toMatch(/no answer within 1000 ms/);
+      expect(await stillWaiting("%from catalog.slot_maps order by version desc limit 1%"), 'reads of the latest map still waiting on the lock').toBe(0);
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+    }
+  }, 60_000);
+  it("leaves no read of a slot's owner inside the checks waiting on the server once their time ran out (catalog.slot_maps locked after the shared reads): it is bounded as the others (h132)", async () => {
+    // checkTargetHoldsNoSlotRows reads the slot's owner again (SlotMapStore.ownerOf) once it has
+    // found rows on the target: through the store's own pool, outside the checks' bounded pools.
+    const target = env.shards.get('shard_b') as pg.Pool;
+    const slot = mapAtStart.assignments.flatMap((shard, s) => (shard === 'shard_a' ? [s] : []))[SLOTS + 3] as number;
+    await seedUsers(target, slot, keysInSlot(slot, 1), 0);
+    const holder = await env.catalog.connect();
+    holder.on('error', () => undefined);
+    // The shared reads answer; the table is locked as the target's check begins (the checks read
+    // shard_b first there, each read on a connection of its own: Mover.refusals' boundedPool).
+    let armed = true;
+    const gated = new Proxy(target, {
+      get(pool, prop) {
+        if (prop !== 'connect') return Reflect.get(pool, prop, pool) as unknown;
+        return async () => {
+          if (armed) {
+            armed = false;
+            await holder.query('begin');
+            await holder.query('lock table catalog.slot_maps in access exclusive mode');
+          }
+          return pool.connect();
+        };
+      },
+    });
+    try {
+      const mover = new Mover({ catalog: env.catalog, shards: new Map([...env.shards, ['shard_b', gated]]), slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 100 });
+      const [verdict] = await mover.refusals([{ kind: 'slot', slot, to: 'shard_b', createdBy: 'test' }], { until: Date.now() + 1500, budgetMs: 1500 });
+      expect(verdict !== undefined && 'failed' in verdict ? String(verdict.failed) : JSON.stringify(verdict)).toMatch(/no answer within 1500 ms/);
+      expect(await stillWaiting('%assignments[$1::int + 1] as owner%'), "reads of the slot's owner still waiting on the lock").toBe(0);
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+      await target.query('delete from users where slot = $1', [slot]);
+    }
+  }, 60_000);
 });
+
+/** How many backends run a statement like `pattern` waiting on a lock, after up to 2 s for cancels sent to arrive. */
+async function stillWaiting(pattern: string): Promise<number> {
+  const count = async (): Promise<number> =>
+    (await env.catalog.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like $1 and pid <> pg_backend_pid()`, [pattern])).rows[0]?.n ?? -1;
+  let n = await count();
+  for (let j = 0; j < 40 && n > 0; j++) {
+    await new Promise((r) => setTimeout(r, 50));
+    n = await count();
+  }
+  return n;
+}
