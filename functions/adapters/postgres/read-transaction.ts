@@ -150,6 +150,22 @@ export function rowFenceStateSql(owner: string, slot: string): string {
 }
 
 /**
+ * Whether the fence row that decides a stored row's state ({@link rowFenceStateSql}: the owner's
+ * `directory` row, else its `slot` row unless the owner is one of its `excluded_keys`) was written
+ * by a hand change (`job_id` null) rather than by a move, as a SQL boolean over the same columns;
+ * true where no row decides. Read only for rows whose state is not `open` (the rebalance census:
+ * rows behind a move's `moved` row are that move's leftovers, behind a hand change's they are
+ * live; docs/sharding-spec.md, section 7). Kept beside {@link rowFenceStateSql}: the two must pick
+ * the same row.
+ */
+export function rowFenceByHandSql(owner: string, slot: string): string {
+  return `coalesce(
+    (select f.job_id is null from write_fences f where f.kind = 'directory' and f.unit_id = ${owner}::text),
+    (select f.job_id is null from write_fences f where f.kind = 'slot' and f.unit_id = ${slot}::text and not (${owner}::text = any (f.excluded_keys))),
+    true)`;
+}
+
+/**
  * The rows of `table` (alias `r`) that a fence row of the shard names, by slot or by owner: a
  * superset of the rows whose fence state ({@link rowFenceStateSql}) is one of `states`, found
  * through the (slot, id) and owner indexes rather than by a scan of the table.

@@ -54,7 +54,7 @@ import {
 } from '../../core/sharding/statistics.js';
 import { withNodeDeadline } from './deadline.js';
 import { requestTimeLeftMs } from './request-deadline.js';
-import { NOT_OWNED_STATES_SQL, rowFenceStateSql, rowsOfFencedUnitsSql } from './read-transaction.js';
+import { NOT_OWNED_STATES_SQL, rowFenceByHandSql, rowFenceStateSql, rowsOfFencedUnitsSql } from './read-transaction.js';
 import { commitHeartbeat, probeReplicaLag, type ReplicaLag } from './replica-lag.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { failureKind, INSUFFICIENT_PRIVILEGE } from './sqlstate.js';
@@ -193,11 +193,15 @@ export interface StatisticsOptions {
    */
   readonly slotMap?: SlotMap;
   /**
-   * Directory entries (key -> shard), as the rebalance census takes them. Without them (the map
-   * alone cannot tell a key's leftovers from its slot's rows) an exact count takes every row a
-   * fence row says the shard holds without owning off its count.
+   * Directory entries (key -> shard), as the rebalance census takes them, or how to read them:
+   * a reader is called (once) only when some count is exact (`exact`, or a table never analysed),
+   * the only answers that read the directory, so that estimates do not read every pin (the
+   * directory_based strategy pins every user: 100,000 pins took 2-6 s to read, a page of 1,000 a
+   * round trip, `bench/statistics-directory.ts`). Without them (the map alone cannot tell a key's
+   * leftovers from its slot's rows) an exact count takes every row a fence row says the shard
+   * holds without owning off its count. A reader that fails fails the report with its error.
    */
-  readonly directory?: readonly { readonly key: string; readonly shardId: string }[];
+  readonly directory?: readonly { readonly key: string; readonly shardId: string }[] | (() => Promise<readonly { readonly key: string; readonly shardId: string }[]>);
   /** The configured routing, as the rebalance census takes it (which directory entries place their keys). */
   readonly routing?: MoveRouting;
 }
@@ -661,12 +665,17 @@ export class ShardInspector {
    */
   async statistics(options: StatisticsOptions = {}): Promise<StatisticsReport> {
     const shardIds = this.#pools.shardIds();
-    const directory = placingDirectory(options.directory ?? [], options.routing);
+    const given = options.directory;
+    let directoryRead: Promise<{ key: string; shardId: string }[]> | undefined;
+    const readDirectory = (): Promise<{ key: string; shardId: string }[]> =>
+      (directoryRead ??= (typeof given === 'function' ? given() : Promise.resolve(given ?? [])).then((listed) => placingDirectory(listed, options.routing)));
+    const slotMap = options.slotMap;
     const owned = options.slotMap ? slotsOwnedBy(options.slotMap.assignments, shardIds) : new Map<string, number>();
     const results = await Promise.all(
       shardIds.map(async (shardId): Promise<{ shardId: string; measurement?: ShardMeasurement; error?: string }> => {
         try {
-          const tables = await this.#tableStatistics(this.#pools.primary(shardId), options.exact ?? false, options.slotMap && options.directory && homesOf(shardId, options.slotMap, directory));
+          const homes = slotMap && given !== undefined ? async () => ({ slotMap, directory: await readDirectory() }) : undefined;
+          const tables = await this.#tableStatistics(this.#pools.primary(shardId), options.exact ?? false, homes);
           const find = (name: string): number => tables.find((t) => t.table === name)?.rows ?? 0;
           const names = this.#tables();
           return {
@@ -686,6 +695,8 @@ export class ShardInspector {
         }
       }),
     );
+    // A directory that could not be read is the catalog's failure, not the shards' that needed it.
+    if (directoryRead !== undefined) await directoryRead;
     const measurements = results.flatMap((r) => (r.measurement ? [r.measurement] : []));
     const unreachable = results.flatMap((r) => (r.error !== undefined ? [{ shardId: r.shardId, error: r.error }] : []));
     const unconfigured = options.slotMap ? unconfiguredOwners(options.slotMap.assignments, shardIds) : [];
@@ -697,11 +708,23 @@ export class ShardInspector {
     return this.#options.wholeTableBudgetMs ?? Math.min(this.#options.timeoutMs * 10, MAX_WHOLE_TABLE_BUDGET_MS);
   }
 
+  /** The sharded tables among `present` (names as pg_class has them), each with its owner column, escaped. */
+  #ownedTables(client: pg.PoolClient, present: readonly string[]): { table: string; owner: 'id' | 'owner_id' }[] {
+    const names = this.#tables();
+    return [names.users, names.documents, ...(names.keys === undefined ? [] : [names.keys])]
+      .filter((name) => present.includes(name))
+      .map((name) => ({ table: client.escapeIdentifier(name), owner: name === names.users ? ('id' as const) : ('owner_id' as const) }));
+  }
+
   #tables(): { users: string; documents: string; keys?: string } {
     return this.#options.tables ?? { users: 'users', documents: 'documents', keys: 'document_keys' };
   }
 
-  async #tableStatistics(node: ShardNode, exact: boolean, homes?: [string[], string[], number[]]): Promise<TableStatistics[]> {
+  async #tableStatistics(
+    node: ShardNode,
+    exact: boolean,
+    homes?: () => Promise<{ slotMap: SlotMap; directory: readonly { readonly key: string; readonly shardId: string }[] }>,
+  ): Promise<TableStatistics[]> {
     const names = this.#tables();
     const wanted = [names.users, names.documents, ...(names.keys === undefined ? [] : [names.keys])];
     const budget = this.#budget(exact ? this.wholeTableBudgetMs : this.#options.timeoutMs);
@@ -735,6 +758,16 @@ export class ShardInspector {
         [wanted],
       );
       const out: TableStatistics[] = [];
+      // The units given to the shard, read once for the tables counted exactly, sent with only the
+      // keys whose rows the count judges by them ({@link movedRowOwners}).
+      let given: Promise<[string[], string[], number[]] | undefined> | undefined;
+      const homesHere = (): Promise<[string[], string[], number[]] | undefined> =>
+        (given ??= homes === undefined
+          ? Promise.resolve(undefined)
+          : homes().then(async ({ slotMap, directory }) => {
+              const owners = await movedRowOwners(client, this.#ownedTables(client, rows.map((r) => r.table)));
+              return homesOf(node.shardId, slotMap, directory, (key) => owners.has(key));
+            }));
       for (const name of wanted) {
         const found = rows.find((r) => r.table === name);
         // A shard not yet migrated to 021 has no key records to count.
@@ -744,7 +777,8 @@ export class ShardInspector {
         // reltuples is -1 until the table is first vacuumed or analysed: no estimate exists yet.
         if (exact || found.estimate < 0) {
           const owner = name === names.users ? 'id' : 'owner_id';
-          const { rows: counted } = await client.query<{ n: number; bytes: number }>(ownedRowsSql(table, owner, rowBytesSql(client, 'r', found.columns), homes && HOMES), homes);
+          const values = await homesHere();
+          const { rows: counted } = await client.query<{ n: number; bytes: number }>(ownedRowsSql(table, owner, rowBytesSql(client, 'r', found.columns), values && HOMES), values);
           out.push({ table: name, rows: counted[0]?.n ?? 0, bytes: Math.round(counted[0]?.bytes ?? 0), diskBytes: found.disk_bytes, method: 'exact' });
         } else {
           // pg_class counted no page of (part of) the heap there is now (it was analysed or
@@ -849,12 +883,19 @@ export class ShardInspector {
         return [
           `select ${i} as t, r.slot, k.key, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned
              from ${table} r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
-          `select ${i}, null, null, n, bytes, true from (${ownedRowsSql(table, t.owner, bytes, HOMES, true)}) f`,
+          `select ${i}, r.slot, k.key, count(*)::float8, coalesce(sum(${bytes}), 0)::float8, true
+             from (${notOwnedRowsSql(table, t.owner, HOMES)}) r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
         ];
       });
+      // The keys that group or judge a row here: those placed here (units of their own), those of
+      // a slot the map gives here (their rows are not the slot's unit), and the owners of rows
+      // behind a `moved` row (judged by where their unit is given). Another shard's key whose slot
+      // is another shard's decides nothing here: sent every listed key with each statement, a
+      // census of 100,000 pins sent each shard 3.6 MB of keys to hash ({@link movedRowOwners}).
+      const owners = await movedRowOwners(client, tables.map((t) => ({ table: client.escapeIdentifier(t.name), owner: t.owner })));
       const { rows: groups } = await client.query<{ t: number; slot: number | null; key: string | null; n: number; bytes: number; not_owned: boolean }>(
         parts.join('\n union all\n'),
-        homesOf(shardId, slotMap, directory),
+        homesOf(shardId, slotMap, directory, (key, home) => home === shardId || slotMap.assignments[keySlot(key)] === shardId || owners.has(key)),
       );
       const home = new Map(directory.map((d) => [d.key, d.shardId]));
       const slots = new Map<number, { rows: number; bytes: number }>();
@@ -880,7 +921,14 @@ export class ShardInspector {
         const sign = g.not_owned ? -1 : 1;
         total.rows += sign * g.n;
         total.bytes += sign * g.bytes;
-        if (g.not_owned || g.slot === null) continue;
+        if (g.slot === null) continue;
+        // Rows the shard holds without owning them are taken off the units they were counted in,
+        // as off the shard's load: a unit is offered with the rows counted here.
+        if (g.not_owned) {
+          if (g.key !== null && home.get(g.key) === shardId) keys.set(g.key, add(keys.get(g.key), -g.n, -g.bytes));
+          else if (g.key === null && slotMap.assignments[g.slot] === shardId) slots.set(g.slot, add(slots.get(g.slot), -g.n, -g.bytes));
+          continue;
+        }
         addRows(slotTableRows, g.slot, g.t, g.n);
         if (g.key !== null) addRows(keyTableRows, g.key, g.t, g.n);
         if (g.key !== null) {
@@ -916,10 +964,10 @@ export class ShardInspector {
           documents: statistics[1]?.rows ?? 0,
         },
         units: [
-          ...[...slots.entries()].sort(([a], [b]) => a - b).map(([slot, u]) => unit('slot', String(slot), u, slotTableRows.get(slot))),
+          ...[...slots.entries()].filter(([, u]) => u.rows > 0).sort(([a], [b]) => a - b).map(([slot, u]) => unit('slot', String(slot), u, slotTableRows.get(slot))),
           ...directory.flatMap((d) => {
             const u = keys.get(d.key);
-            return u && !strayKeys.has(d.key) ? [unit('directory', d.key, u, keyTableRows.get(d.key))] : [];
+            return u && u.rows > 0 && !strayKeys.has(d.key) ? [unit('directory', d.key, u, keyTableRows.get(d.key))] : [];
           }),
         ],
       };
@@ -1135,29 +1183,34 @@ export function hostPort(endpoint: string): string {
  * sizes) plus index scans of the units in flight, all in one snapshot.
  *
  * With `homes` (the units the slot map and the directory give to the shard, {@link HomesParams}),
- * a `moved` row of a unit given to this shard takes nothing off: a finished move's leftovers lie
- * on a shard the map no longer names, and a `moved` row of a unit the map still gives here (a hand
- * change's leftover row, a map published past the stores) leaves the rows where the map sends
- * them. Before, those rows were taken off the shard's load while the census offered the unit
- * with them (its units are the rows of the units given to the shard), and the plan's figures and
- * its moves disagreed (rebalance-refused-moves.test.ts: 36 rows balanced against 0 with units of
- * 40, 4 moves proposed where 5 balance the shards). `incoming` rows are always taken off: during a
- * move the map names the source until the flip, and after it the target's row is opened.
+ * a hand change's `moved` row (`job_id` null) of a unit given to this shard takes nothing off: a
+ * `moved` row of a unit the map still gives here (a hand change's leftover row, a map published
+ * past the stores) leaves the rows where the map sends them. Before, those rows were taken off the
+ * shard's load while the census offered the unit with them (its units are the rows of the units
+ * given to the shard), and the plan's figures and its moves disagreed (rebalance-refused-moves.test.ts:
+ * 36 rows balanced against 0 with units of 40, 4 moves proposed where 5 balance the shards). A
+ * move's own `moved` row takes its rows off wherever the map sends the unit: they are that move's
+ * leftovers (a user its clean-up kept), its copy live on the shard the move took the unit to, as
+ * the fence review judges them (docs/sharding-spec.md, section 7). Taking nothing off for them too,
+ * a slot given back by hand past the stores to a shard holding such leftovers had them counted
+ * there and their live copy on the other shard, each row twice, and the leftovers offered as the
+ * slot's unit (census-hand-give-back.test.ts). `incoming` rows are always taken off: during a move
+ * the map names the source until the flip, and after it the target's row is opened.
  */
-function ownedRowsSql(table: string, owner: 'id' | 'owner_id', rowBytes: string, homes?: HomesParams, notOwnedOnly = false): string {
-  const notOwned =
-    homes === undefined
-      ? `select count(*)::float8 as n, coalesce(sum(${rowBytes}), 0)::float8 as bytes
-         from (${rowsOfFencedUnitsSql(table, owner, NOT_OWNED_STATES_SQL)}) r
-        where ${rowFenceStateSql(`r.${owner}`, 'r.slot')} in ${NOT_OWNED_STATES_SQL}`
-      : `select count(*)::float8 as n, coalesce(sum(${rowBytes}), 0)::float8 as bytes
-         from (select u.*, ${rowFenceStateSql(`u.${owner}`, 'u.slot')} as fence_state from (${rowsOfFencedUnitsSql(table, owner, NOT_OWNED_STATES_SQL)}) u) r
-        where r.fence_state in ${NOT_OWNED_STATES_SQL}
-          and not (r.fence_state = 'moved' and ${homedHereSql(`r.${owner}`, 'r.slot', homes)})`;
-  if (notOwnedOnly) return notOwned;
+function ownedRowsSql(table: string, owner: 'id' | 'owner_id', rowBytes: string, homes?: HomesParams): string {
   return `select a.n - f.n as n, a.bytes - f.bytes as bytes
     from (select count(*)::float8 as n, coalesce(sum(${rowBytes}), 0)::float8 as bytes from ${table} r) a,
-      (${notOwned}) f`;
+      (select count(*)::float8 as n, coalesce(sum(${rowBytes}), 0)::float8 as bytes from (${notOwnedRowsSql(table, owner, homes)}) r) f`;
+}
+
+/**
+ * The rows of a sharded table the shard holds without owning their unit, by {@link ownedRowsSql}'s
+ * rule: a statement whose rows are the table's columns (and `fence_state`), for `from (...) r`.
+ */
+function notOwnedRowsSql(table: string, owner: 'id' | 'owner_id', homes?: HomesParams): string {
+  const given = homes === undefined ? 'false' : `(${rowFenceByHandSql(`r.${owner}`, 'r.slot')} and ${homedHereSql(`r.${owner}`, 'r.slot', homes)})`;
+  return `select r.* from (select u.*, ${rowFenceStateSql(`u.${owner}`, 'u.slot')} as fence_state from (${rowsOfFencedUnitsSql(table, owner, NOT_OWNED_STATES_SQL)}) u) r
+    where r.fence_state in ${NOT_OWNED_STATES_SQL} and not (r.fence_state = 'moved' and ${given})`;
 }
 
 /**
@@ -1172,13 +1225,41 @@ interface HomesParams {
   readonly homeSlots: string;
 }
 
-/** {@link HomesParams}' values for `shardId`, in the order `listedKeys`, `homeKeys`, `homeSlots`. */
-function homesOf(shardId: string, slotMap: SlotMap, directory: readonly { readonly key: string; readonly shardId: string }[]): [string[], string[], number[]] {
+/**
+ * {@link HomesParams}' values for `shardId`, in the order `listedKeys`, `homeKeys`, `homeSlots`, of
+ * the directory keys `matters` keeps (the keys whose rows the statement groups or judges on this
+ * shard; the others are left out of both lists, as if not listed, which changes no answer there).
+ */
+function homesOf(
+  shardId: string,
+  slotMap: SlotMap,
+  directory: readonly { readonly key: string; readonly shardId: string }[],
+  matters: (key: string, home: string) => boolean,
+): [string[], string[], number[]] {
+  const kept = directory.filter((d) => matters(d.key, d.shardId));
   return [
-    directory.map((d) => d.key),
-    directory.filter((d) => d.shardId === shardId).map((d) => d.key),
+    kept.map((d) => d.key),
+    kept.filter((d) => d.shardId === shardId).map((d) => d.key),
     slotMap.assignments.flatMap((owner, slot) => (owner === shardId ? [slot] : [])),
   ];
+}
+
+/**
+ * The owners (uuid text) of a shard's rows behind a `moved` fence row, in `tables` (escaped names
+ * and owner columns): the only rows whose count reads the directory's keys ({@link homedHereSql},
+ * {@link notOwnedRowsSql}), found through the indexes as the count finds them. A key owning none
+ * is judged nowhere on this shard, so it need not be sent: at 100,000 pins the three statements of
+ * an exact count each sent every shard every key (3.6 MB) to hash. Read in a statement of its own
+ * (READ COMMITTED, withNodeDeadline): a `moved` row committed between it and the count (a flip
+ * that moment) has its rows judged as of keys not listed, by their slot, as a count begun a moment
+ * earlier would not have judged them at all.
+ */
+async function movedRowOwners(client: pg.PoolClient, tables: readonly { readonly table: string; readonly owner: 'id' | 'owner_id' }[]): Promise<Set<string>> {
+  if (tables.length === 0) return new Set();
+  const { rows } = await client.query<{ owner: string }>(
+    tables.map((t) => `select f.${t.owner}::text as owner from (${rowsOfFencedUnitsSql(t.table, t.owner, `('moved')`)}) f`).join('\n union\n'),
+  );
+  return new Set(rows.map((r) => r.owner));
 }
 
 /**
