@@ -33,7 +33,7 @@ import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
 import { failureKind } from '../adapters/postgres/sqlstate.js';
-import { withinRequestDeadline } from '../adapters/postgres/request-deadline.js';
+import { requestTimeLeftMs, withinRequestDeadline } from '../adapters/postgres/request-deadline.js';
 import { coalesced } from './coalesce.js';
 import { ProblemError } from './http.js';
 import { TIMESERIES_MAX_POINTS, TIMESERIES_MAX_WINDOW_SECONDS } from './schemas.js';
@@ -964,11 +964,17 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
 
     async startMove(request, actor) {
       const s = sharding();
+      // The plan's reads of the shards end at the request's deadline (Mover.plan's `until`): a
+      // shard table held ACCESS EXCLUSIVE (a migration, a VACUUM FULL) held the request past API
+      // Gateway's 504 before, and its read's backend went on waiting (h134). Outside a request
+      // (no deadline), unbounded as before.
+      const left = requestTimeLeftMs();
+      const bound = left === undefined ? {} : { until: Date.now() + left };
       try {
         const job = await reachable('starting the move', () =>
           request.kind === 'slot'
-            ? s.mover.plan({ kind: 'slot', slot: slotNumber(request.unit), to: request.to, createdBy: actor, reason: 'POST /shards/moves' })
-            : s.mover.plan({ kind: 'directory', key: request.unit, to: request.to, createdBy: actor, reason: 'POST /shards/moves' }),
+            ? s.mover.plan({ kind: 'slot', slot: slotNumber(request.unit), to: request.to, createdBy: actor, reason: 'POST /shards/moves' }, bound)
+            : s.mover.plan({ kind: 'directory', key: request.unit, to: request.to, createdBy: actor, reason: 'POST /shards/moves' }, bound),
           s.onFailure,
         );
         s.runMove(job.id);

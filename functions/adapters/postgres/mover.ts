@@ -327,6 +327,32 @@ function boundedPool(pool: pg.Pool, until: number, budgetMs: number): pg.Pool {
   });
 }
 
+/**
+ * `pool`, shard `shard`'s, as {@link Mover.plan}'s checks read it within a request
+ * ({@link boundedPool}: each read cut at `until`, its statement cancelled on the server), a read
+ * cut or not sent for want of time failing with a {@link NodeTimeoutError} naming the shard (its
+ * `nodeId`), which the plan answers as the shard not answering (MovePlanShardUnanswered, a 503):
+ * boundedPool's own errors name "the move plan's checks" (the rebalance check's words) or are the
+ * driver's "Query read timeout", neither naming the shard. Anything else is thrown as it is.
+ */
+function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs: number): pg.Pool {
+  const bounded = boundedPool(pool, until, budgetMs);
+  const query = async (text: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult> => {
+    try {
+      return await bounded.query(text, values);
+    } catch (err) {
+      if (!(err instanceof NodeTimeoutError) && !(err instanceof Error && err.message === 'Query read timeout')) throw err;
+      throw Object.assign(new NodeTimeoutError(shard, budgetMs), { cause: err });
+    }
+  };
+  return new Proxy(bounded, {
+    get(target, prop) {
+      if (prop === 'query') return query;
+      return Reflect.get(target, prop, target) as unknown;
+    },
+  });
+}
+
 /** A request {@link Mover.plan}'s checks before recording passed, with what they read. */
 interface CheckedRequest {
   readonly req: z.output<typeof moveRequestSchema>;
@@ -373,8 +399,8 @@ export class Mover {
    * unfinished move, or when the source's own fence row of the unit says it moved away
    * (`checkSourceOwnsKey`, `checkSourceOwnsSlot`). Nothing is recorded when it throws.
    */
-  async plan(request: MoveRequest): Promise<MoveJob> {
-    const { req, unit, unitId, slot, from, excluded, versionBefore } = await this.checked(request);
+  async plan(request: MoveRequest, options: { readonly until?: number } = {}): Promise<MoveJob> {
+    const { req, unit, unitId, slot, from, excluded, versionBefore } = await this.checkedBy(request, options.until);
     // The owner was read before the job is recorded: another move of the slot may have finished
     // in between (the unique index only stops one that is still unfinished). A job recorded from
     // an owner that is no longer the owner could neither run (its fence says moved) nor be
@@ -481,6 +507,31 @@ export class Mover {
   }
 
   /**
+   * {@link checked} for {@link plan}, its reads of the shards ended at `until` (epoch ms) where one
+   * is given: POST /shards/moves gives its request's deadline (functions/api/wiring.ts, startMove).
+   * Before, those reads (the unit's size, the fence rows and rows of the unit on its source and
+   * target, and on the other shards a move asks) were bounded on no side: the shards' pools set no
+   * query timeout and their logins no statement_timeout, and a table of a shard held ACCESS
+   * EXCLUSIVE (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) held the request
+   * for as long as the lock was held, past API Gateway's 29 s (its 504, naming nothing), the read's
+   * backend still waiting after (h134, moves-plan-shard-locked.test.ts). Now each read is sent on
+   * {@link boundedPool} (cut at `until`, its statement cancelled on the server, its connection
+   * ended), and one cut so fails the plan with {@link MovePlanShardUnanswered} naming the shard
+   * (a 503), nothing recorded. The bound is the request's whole time, not a share of it: the unit's
+   * size is counted here, the one read that grows with the unit (an index count: 0.12 s for a
+   * slot's 2,000,000 documents, vacuumed, on a loaded 2-core machine; more where the visibility map
+   * is not yet set, h134), and a count past the request's deadline could not be answered anyway. The catalog's reads keep their own bound (the control login's statement_timeout), and
+   * so does the job's transaction after the checks ({@link PLAN_RECORD_WAIT_MS}, {@link PLAN_LOCK_WAITS_MS}).
+   * Without `until` (a caller outside a request: a script, a test), the reads are as they were.
+   */
+  private async checkedBy(request: MoveRequest, until: number | undefined): Promise<CheckedRequest> {
+    if (until === undefined) return this.checked(request);
+    const budgetMs = Math.max(0, Math.round(until - Date.now()));
+    const checker = new Mover({ ...this.options, shards: new Map([...this.options.shards].map(([id, pool]) => [id, shardBoundedPool(id, pool, until, budgetMs)])) });
+    return checker.checked(request);
+  }
+
+  /**
    * What {@link plan} checks before it records a job, everything it reads outside the job's
    * transaction: the request's shape, the routing, the target, the unit's owner and size, and the
    * fence rows and rows that refuse it (checkKeySlot, checkSourceOwnsKey, checkSourceOwnsSlot,
@@ -526,17 +577,32 @@ export class Mover {
     }
     if (!this.options.shards.has(from)) throw new MoveRequestError(`the unit's owner ${from} has no primary pool in this mover`, 'unknown-shard');
     if (from === req.to) throw new MoveRequestError(`${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`} is already on ${req.to}`, 'same-shard');
-    // Counted here unless the caller counted it (the rebalance check: its census's counts, table
-    // by table, against this mover's maxUnitRows), the one read that grows with the unit.
-    if (read === undefined) await this.checkUnitSize(req.kind, unitId, from);
-    if (req.kind === 'directory') {
-      await this.checkKeySlot(unitId, slot, from);
-      await this.checkSourceOwnsKey(unitId, from, entry === null ? 'by hash' : 'pinned');
-      await this.checkOtherShardsHoldNoKeyRows(unitId, slot, from, req.to, entry === null ? 'by hash' : 'pinned');
-    } else {
-      await this.checkSourceOwnsSlot(slot, from, map.version);
-      await this.checkTargetHoldsNoSlotRows(slot, from, req.to, excluded, map.version);
-      await this.checkFormerOwnersHoldNoSlotRows(slot, from, req.to, excluded, map.version, read?.owners?.get(`${slot}:0`));
+    const what = req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`;
+    try {
+      // Counted here unless the caller counted it (the rebalance check: its census's counts, table
+      // by table, against this mover's maxUnitRows), the one read that grows with the unit.
+      if (read === undefined) await this.checkUnitSize(req.kind, unitId, from);
+      if (req.kind === 'directory') {
+        await this.checkKeySlot(unitId, slot, from);
+        await this.checkSourceOwnsKey(unitId, from, entry === null ? 'by hash' : 'pinned');
+        await this.checkOtherShardsHoldNoKeyRows(unitId, slot, from, req.to, entry === null ? 'by hash' : 'pinned');
+      } else {
+        await this.checkSourceOwnsSlot(slot, from, map.version);
+        await this.checkTargetHoldsNoSlotRows(slot, from, req.to, excluded, map.version);
+        await this.checkFormerOwnersHoldNoSlotRows(slot, from, req.to, excluded, map.version, read?.owners?.get(`${slot}:0`));
+      }
+    } catch (err) {
+      // A read of the move's source or target cut at the plan's `until` (checkedBy: the request's
+      // deadline), named as a shard the plan asked beside them is (askedShard), where the API's
+      // generic words ("the catalog or a shard did not answer") named neither (h134).
+      if (!(err instanceof NodeTimeoutError) || (err.nodeId !== from && err.nodeId !== req.to)) throw err;
+      const shard = err.nodeId;
+      const role = shard === from ? "the move's source" : "the move's target";
+      throw new MovePlanShardUnanswered(
+        `cannot plan the move of ${what} from ${from} to ${req.to}: ${shard} did not answer (${failureKind(err)}, what the request had left): it is ${role}, which the plan's checks read before anything is recorded (${shard === from ? "the unit's size, and its fence row of the unit" : 'its fence row of the unit, and its rows of it'}); a table of it held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow or silent server keeps such a read waiting. The read was cancelled on ${shard}. Nothing was recorded: plan it again once ${shard} answers`,
+        shard,
+        { cause: err, asked: role },
+      );
     }
     return { req, unit, unitId, slot, from, excluded, versionBefore };
   }

@@ -1,0 +1,142 @@
+/**
+ * Issue #15 (h134): POST /shards/moves reads the shards before it records a job (Mover.plan's
+ * checks: the unit's size on its source, the fence rows and the rows of the slot on its source and
+ * target, Mover.checked). Those reads were bounded on no side: a shard table held ACCESS EXCLUSIVE
+ * (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) held the request for as long
+ * as the lock was held, past the API's request deadline (API Gateway answered its own 504, naming
+ * nothing), and the read's backend went on waiting after. The plan's shard reads now end at the
+ * request's deadline: 503 naming the shard and what the plan asked it, nothing recorded, the
+ * statement cancelled on the server.
+ *
+ * Reproduced here with requests that API Gateway received long enough ago that 3 s are left before
+ * the answer margin, and a holder that lets go of its lock well after that: before the fix each
+ * request waited for the holder and then recorded its job (201).
+ */
+import type { APIGatewayProxyEvent, Context } from 'aws-lambda';
+import { setTimeout as delay } from 'node:timers/promises';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
+import { API_ANSWER_MARGIN_MS, API_GATEWAY_TIMEOUT_MS } from '../../../functions/api/apigw.js';
+import type { ScalingApiPort } from '../../../functions/api/service.js';
+import { createScalingApiPort, shardingDepsOf, type ScalingApiDeps } from '../../../functions/api/wiring.js';
+import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
+import { createApiHandler } from '../../../functions/handlers/api.js';
+import { firstSlotOwnedBy, keysInSlot, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+/** What the requests below have left before the answer margin. */
+const LEFT_MS = 3000;
+/** When the holder lets go of its lock: long after the request's deadline (an unbounded read is then answered, and its job recorded). */
+const HOLD_MS = LEFT_MS + 9000;
+
+let env: MoveEnv;
+let runtime: ShardingRuntime;
+let port: ScalingApiPort;
+beforeAll(async () => {
+  // A third shard: a directory key's move asks every shard of the deployment (askedShard).
+  env = await startMoveEnv({ shards: 3 });
+  const config = parseShardingConfig({
+    strategy: 'hash_based',
+    shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
+    default_shard: 'shard_a',
+  });
+  runtime = await createShardingRuntime({ config, catalog: env.catalog, actor: 'plan-lock-test' });
+  port = createScalingApiPort({
+    // POST /shards/moves reads the sharding layer only; the controller's side is never called.
+    ...({} as Omit<ScalingApiDeps, 'sharding'>),
+    sharding: shardingDepsOf(runtime, () => undefined),
+  });
+}, 120_000);
+afterAll(async () => {
+  await runtime?.close();
+  await env?.stop();
+}, 60_000);
+
+function event(body: unknown, receivedAt: number): APIGatewayProxyEvent {
+  return {
+    httpMethod: 'POST',
+    path: '/api/v1/scaling/shards/moves',
+    headers: { 'content-type': 'application/json' },
+    multiValueHeaders: {},
+    queryStringParameters: null,
+    multiValueQueryStringParameters: null,
+    pathParameters: null,
+    stageVariables: null,
+    body: JSON.stringify(body),
+    isBase64Encoded: false,
+    resource: '/{proxy+}',
+    requestContext: { requestId: 'plan-lock', requestTimeEpoch: receivedAt, identity: { userArn: 'arn:aws:iam::000000000000:user/ops', sourceIp: '127.0.0.1' } },
+  } as unknown as APIGatewayProxyEvent;
+}
+
+function context(remainingMs: number): Context {
+  const ends = Date.now() + remainingMs;
+  return {
+    callbackWaitsForEmptyEventLoop: false,
+    functionName: 'ca-dms-scaling-api-test',
+    functionVersion: '$LATEST',
+    invokedFunctionArn: 'arn:aws:lambda:eu-west-1:000000000000:function:ca-dms-scaling-api-test',
+    memoryLimitInMB: '512',
+    awsRequestId: 'plan-lock-test',
+    logGroupName: 'test',
+    logStreamName: 'test',
+    getRemainingTimeInMillis: () => Math.max(0, ends - Date.now()),
+    done: () => undefined,
+    fail: () => undefined,
+    succeed: () => undefined,
+  };
+}
+
+/** Received by API Gateway long enough ago that `leftMs` is left before the margin; the function's own timeout further off. */
+const receivedLeaving = (leftMs: number): number => Date.now() - (API_GATEWAY_TIMEOUT_MS - API_ANSWER_MARGIN_MS - leftMs);
+
+/** The backends of `pool`'s database other than `except` waiting on a lock. */
+async function lockWaiters(pool: pg.Pool, except: number): Promise<number> {
+  const { rows } = await pool.query<{ n: string }>(`select count(*) as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' and pid <> $1`, [except]);
+  return Number(rows[0]?.n);
+}
+
+describe('POST /shards/moves while a table of a shard the plan reads is held ACCESS EXCLUSIVE', () => {
+  it.each([
+    ['a slot move', 'its source', 'shard_a', 'documents'],
+    ['a slot move', 'its target', 'shard_b', 'users'],
+    ['a directory key move', 'a third shard', 'shard_c', 'users'],
+  ] as const)('%s whose %s has a table locked answers 503 naming that shard by the request deadline; nothing recorded, no read left waiting', async (kind, role, shard, table) => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', kind === 'a slot move' ? (shard === 'shard_a' ? 100 : 200) : 300);
+    const unit = kind === 'a slot move' ? String(slot) : (keysInSlot(slot, 1)[0] as string);
+    const url = env.urls.shards[shard] as string;
+    const holder = new pg.Client({ connectionString: url });
+    holder.on('error', () => undefined);
+    await holder.connect();
+    const observer = new pg.Pool({ connectionString: url, max: 1 });
+    observer.on('error', () => undefined);
+    let release: NodeJS.Timeout | undefined;
+    try {
+      const { rows } = await holder.query<{ pid: number }>('select pg_backend_pid() as pid');
+      const holderPid = Number(rows[0]?.pid);
+      await holder.query(`begin; lock table ${table} in access exclusive mode`);
+      // Let go of long after the deadline (an unbounded read then answered, and the plan recorded its job); at once once answered.
+      release = setTimeout(() => void holder.query('rollback').catch(() => undefined), HOLD_MS);
+      const handler = createApiHandler(() => port);
+      const result = await handler(event({ kind: kind === 'a slot move' ? 'slot' : 'directory', unit, to: 'shard_b' }, receivedLeaving(LEFT_MS)), context(29_000));
+      const detail = String((JSON.parse(result.body) as { detail?: unknown }).detail);
+      // Read while the holder still holds its lock: the cut read's statement was cancelled on the server.
+      let waiting = await lockWaiters(observer, holderPid);
+      for (let i = 0; i < 50 && waiting > 0; i++) {
+        await delay(100);
+        waiting = await lockWaiters(observer, holderPid);
+      }
+      const stillHeld = (await observer.query<{ n: string }>(`select count(*) as n from pg_locks where pid = $1 and mode = 'AccessExclusiveLock' and granted`, [holderPid])).rows[0]?.n;
+      expect({ status: result.statusCode, waiting, stillHeld: Number(stillHeld) > 0 }).toEqual({ status: 503, waiting: 0, stillHeld: true });
+      const asked =
+        role === 'a third shard' ? `\\), and a directory-key move asks every shard` : `, what the request had left\\): it is the move's ${role === 'its source' ? 'source' : 'target'}`;
+      expect(detail).toMatch(new RegExp(`^starting the move: cannot plan the move of ${kind === 'a slot move' ? 'slot' : 'key'} ${unit} from shard_a to shard_b: ${shard} did not answer \\(no answer within \\d+ ms${asked}`));
+      expect(detail).toContain('Nothing was recorded');
+      expect(Number((await env.catalog.query<{ n: string }>('select count(*) as n from catalog.move_jobs')).rows[0]?.n)).toBe(0);
+    } finally {
+      clearTimeout(release);
+      await holder.end().catch(() => undefined);
+      await observer.end();
+    }
+  }, 60_000);
+});
