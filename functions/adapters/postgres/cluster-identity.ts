@@ -17,8 +17,9 @@
  * (`pg_control_system()` reads the control file, a few kilobytes) costs no more than the
  * statement's other functions. What is cached, per pool, is whether the login may call it: a
  * provider may revoke the control-file functions (see replica-lag.ts, `withTimelineSql`), and a
- * statement naming one would then fail. That is learned once, by one statement on the first
- * connection that needs it; a login refused gets tokens without the id, read as before.
+ * statement naming one would then fail. That is learned once, by one statement on a connection
+ * that needs it (each of a new pool's first concurrent callers asks on its own); a login refused
+ * gets tokens without the id, read as before.
  */
 import type pg from 'pg';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
@@ -30,27 +31,34 @@ import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlst
  */
 export const CLUSTER_ID_SQL = `(select lpad(to_hex(system_identifier), 16, '0') from pg_catalog.pg_control_system())`;
 
-const readable = new WeakMap<pg.Pool, Promise<boolean>>();
+/** Per pool, whether its login may read {@link CLUSTER_ID_SQL}, once a connection of it answered. */
+const readable = new WeakMap<pg.Pool, boolean>();
 
 /**
- * Whether `pool`'s login may read {@link CLUSTER_ID_SQL}: asked once per pool, on `client` (one
- * of its connections), by the first caller; the others wait for that answer. A refusal (42501,
- * or 42883 where a provider removed the function) is kept for the pool's life; another failure
- * (the connection broke) is thrown and asked again next time.
+ * Whether `pool`'s login may read {@link CLUSTER_ID_SQL}: asked on `client` (one of its
+ * connections, not in a transaction: a refusal would abort it) until one of the pool's
+ * connections has answered, then known for the pool's life. A refusal (42501, or 42883 where a
+ * provider removed the function) is kept as false; another failure (the connection broke, the
+ * caller's deadline cancelled it) is the caller's own, thrown, and asked again next time. Callers
+ * that find no answer yet each ask on their own connection, never wait on another's question: a
+ * shared question made every write and read of a new pool wait for the first connection's answer
+ * (past their own deadlines, which watch their own connections) and fail with its failure, a
+ * write on a healthy connection reported cancelled by another session, nothing committed
+ * (test/integration/sharding/cluster-id-probe.test.ts). So a pool's first concurrent callers
+ * each send it once: a short statement, on connections that are opening anyway.
  */
-export function clusterIdReadable(pool: pg.Pool, client: pg.ClientBase): Promise<boolean> {
+export async function clusterIdReadable(pool: pg.Pool, client: pg.ClientBase): Promise<boolean> {
   const known = readable.get(pool);
   if (known !== undefined) return known;
-  const asked = client.query(`select ${CLUSTER_ID_SQL} as cluster_id`).then(
-    () => true,
-    (error: unknown) => {
-      if (hasSqlState(error, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION)) return false;
-      readable.delete(pool);
-      throw error;
-    },
-  );
-  readable.set(pool, asked);
-  return asked;
+  try {
+    await client.query(`select ${CLUSTER_ID_SQL} as cluster_id`);
+  } catch (error) {
+    if (!hasSqlState(error, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION)) throw error;
+    readable.set(pool, false);
+    return false;
+  }
+  readable.set(pool, true);
+  return true;
 }
 
 /** The cluster id in a row's `cluster_id` column, when it is one. */

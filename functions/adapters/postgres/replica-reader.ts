@@ -38,7 +38,7 @@ import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, queryC
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
-import { TOKEN_POSITION_SQL } from './token-position.js';
+import { COMMIT_SETTING_SQL, commitSettingOf, tokenPositionSql } from './token-position.js';
 import { inClientTransaction } from './transaction.js';
 
 /** No node of the shard could serve the read (every replica and the primary failed). */
@@ -139,7 +139,7 @@ function primaryCheckOf(row: PrimaryCheckRow | undefined, nodeId: string): Prima
  * issued is never past its insert position while it runs (which only moves on; the token is its
  * flush or insert position read after the commit, or a page header before it). Nor after a crash
  * and restart on the same timeline, for a write committed with `synchronous_commit` not off: its
- * token is the flush position ({@link TOKEN_POSITION_SQL}), which crash recovery does not take
+ * token is the flush position (`TOKEN_POSITION_SQL`, token-position.ts), which crash recovery does not take
  * back. A token of the insert position did include other sessions' WAL not yet flushed, which the
  * crash lost, and a miss with it on the server that held the write answered 410
  * (`test/integration/sharding/timeline-token-crash-restart.test.ts`). A write committed with
@@ -147,7 +147,7 @@ function primaryCheckOf(row: PrimaryCheckRow | undefined, nodeId: string): Prima
  * crash, and its token past the restarted server's end then says so. The answer is still marked
  * `pastWalEnd`: a caller answers it for a miss only, never for a list that may hold the write
  * (tokens issued before the flush position was, and a session that lowered the setting for its
- * transaction alone, see {@link TOKEN_POSITION_SQL}). Once
+ * transaction alone, see `TOKEN_POSITION_SQL` in token-position.ts). Once
  * the second server's WAL passes the token's position the two cannot be told apart (the limit
  * docs/sharding-spec.md states). No query of its own: the position is the one the read's primary
  * check found ({@link PRIMARY_CHECK_SQL}), on the server the read runs on. (A position kept per
@@ -348,9 +348,12 @@ export interface Queryable {
  * The read-your-writes token of everything this session (or anyone) committed so far: the
  * primary's WAL flush position, or its insert position when the session's `synchronous_commit`
  * is off (the commit record may not be flushed yet then, but it is inserted); see
- * {@link TOKEN_POSITION_SQL} for why not always the insert position (a crash
+ * `TOKEN_POSITION_SQL` (token-position.ts) for why not always the insert position (a crash
  * restart leaves the primary behind a token of a write it holds). Call it after COMMIT, on a
- * session whose `synchronous_commit` is what the commit ran with (not lowered by SET LOCAL in it).
+ * session whose `synchronous_commit` is what the commit ran with: a transaction that lowered it
+ * for itself alone (`SET LOCAL synchronous_commit = off`) passes `transactionSetting: 'off'`
+ * (read before its COMMIT, as `writeWithToken` does in the COMMIT's round trip), or its token, the
+ * flush position, may fall short of the commit record, not flushed yet.
  *
  * @example
  * ```ts
@@ -358,8 +361,8 @@ export interface Queryable {
  * const token = await captureWriteToken(client); // '0/3000148'
  * ```
  */
-export async function captureWriteToken(db: Queryable): Promise<string> {
-  const { rows } = await db.query<{ lsn: string }>(`select ${TOKEN_POSITION_SQL}::text as lsn`);
+export async function captureWriteToken(db: Queryable, options: { readonly transactionSetting?: string } = {}): Promise<string> {
+  const { rows } = await db.query<{ lsn: string }>(`select ${tokenPositionSql(options.transactionSetting)}::text as lsn`);
   const lsn = rows[0]?.lsn;
   if (lsn === undefined || !isLsn(lsn)) throw new LsnError('the primary returned no WAL position');
   return formatLsn(normalizeWalPosition(parseLsn(lsn)));
@@ -375,11 +378,25 @@ export async function captureWriteToken(db: Queryable): Promise<string> {
 export async function writeWithToken<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<{ result: T; token: string }> {
   const client = await pool.connect();
   let broken = false;
+  /** The transaction's own synchronous_commit (a `SET LOCAL` in `fn`), read with its COMMIT. */
+  let transactionSetting: string | undefined;
   try {
-    const result = await inClientTransaction(client, 'begin isolation level read committed', () => fn(client), () => {
-      broken = true;
-    });
-    return { result, token: await captureWriteToken(client) };
+    const result = await inClientTransaction(
+      client,
+      'begin isolation level read committed',
+      () => fn(client),
+      () => {
+        broken = true;
+      },
+      undefined,
+      {
+        read: COMMIT_SETTING_SQL,
+        onRead: (answer) => {
+          transactionSetting = commitSettingOf(answer);
+        },
+      },
+    );
+    return { result, token: await captureWriteToken(client, transactionSetting === undefined ? {} : { transactionSetting }) };
   } finally {
     client.release(broken || undefined);
   }

@@ -26,8 +26,36 @@
  * of November 2021 on), so the restarted primary's WAL end is never behind it. A replica, which is
  * sent flushed WAL only, can reach it without waiting for WAL a later flush brings. With off the
  * commit may be lost in a crash, and a token past the restarted primary's end then says so
- * rightly. The setting is the session's as it stands after the commit: a body that lowers it for
- * its transaction alone (`SET LOCAL synchronous_commit = off`) must not (docs/sharding-spec.md,
- * "Read-your-writes tokens").
+ * rightly. The setting read here is the session's as it stands after the commit, which a
+ * transaction that lowered it for itself alone (`SET LOCAL synchronous_commit = off`) no longer
+ * shows: the writer and `writeWithToken` read the transaction's own in the COMMIT's round trip
+ * ({@link COMMIT_SETTING_SQL}) and take the insert position for such a commit
+ * ({@link tokenPositionSql}); `captureWriteToken` after a caller's own COMMIT cannot, and is told
+ * it (docs/sharding-spec.md, "Read-your-writes tokens").
  */
 export const TOKEN_POSITION_SQL = "case when current_setting('synchronous_commit') = 'off' then pg_current_wal_insert_lsn() else pg_current_wal_flush_lsn() end";
+
+/**
+ * The transaction's own `synchronous_commit`, read in the COMMIT's round trip (sent before the
+ * COMMIT in one simple query: `inClientTransaction`'s `atCommit`), where a `SET LOCAL` of the
+ * transaction still holds. With `off` the COMMIT is answered before its record is flushed, and a
+ * flush position read after it may fall short of it: a replica replayed to such a token did not
+ * hold the write (test/integration/sharding/read-token-flush-position.test.ts, h133).
+ */
+export const COMMIT_SETTING_SQL = "select current_setting('synchronous_commit') as synchronous_commit";
+
+/** The setting {@link COMMIT_SETTING_SQL} answered, if it did. */
+export function commitSettingOf(answer: { readonly rows?: readonly unknown[] } | undefined): string | undefined {
+  const value = (answer?.rows?.[0] as { synchronous_commit?: unknown } | undefined)?.synchronous_commit;
+  return typeof value === 'string' ? value : undefined;
+}
+
+/**
+ * The token's position for a commit whose transaction ran with `synchronous_commit` =
+ * `transactionSetting` ({@link COMMIT_SETTING_SQL}; undefined when not read): the insert position
+ * for `off` (the commit record is inserted, perhaps not flushed), else {@link TOKEN_POSITION_SQL}
+ * (the flush position unless the session's own setting is off).
+ */
+export function tokenPositionSql(transactionSetting: string | undefined): string {
+  return transactionSetting === 'off' ? 'pg_current_wal_insert_lsn()' : TOKEN_POSITION_SQL;
+}

@@ -56,7 +56,12 @@ export class RolledBackAtCommitError extends Error {
  * `onBegun` is given what `begin` answered (an array of results when it holds several
  * statements: a caller may read something in the same round trip as its BEGIN). `begin` may also
  * be a transaction already begun on `client` (`{ begun }`, what its BEGIN answered): it is not
- * sent, and `fn`'s outcome ends that transaction as it would one begun here.
+ * sent, and `fn`'s outcome ends that transaction as it would one begun here. `atCommit.read` (one
+ * statement) is sent with the COMMIT, before it in the same simple query, and `atCommit.onRead`
+ * given its result: what only the transaction itself can still answer (its own `SET LOCAL`
+ * settings, which the COMMIT ends) is read without a round trip of its own. In a transaction a
+ * statement of which had failed, that statement fails (25P02) and the COMMIT is not run: thrown as
+ * {@link RolledBackAtCommitError}, after the rollback, as the COMMIT's ROLLBACK answer would be.
  */
 export async function inClientTransaction<T>(
   client: Pick<pg.ClientBase, 'query'>,
@@ -64,7 +69,9 @@ export async function inClientTransaction<T>(
   fn: () => Promise<T | RollbackWith<NoInfer<T>>>,
   onRollbackFailure?: (error: Error) => void,
   onBegun?: (answer: unknown) => void,
+  atCommit?: { readonly read: string; readonly onRead: (answer: pg.QueryResult) => void },
 ): Promise<T> {
+  let abortedAtCommit = false;
   try {
     const begun: unknown = typeof begin === 'string' ? await client.query(begin) : begin.begun;
     onBegun?.(begun);
@@ -76,13 +83,28 @@ export async function inClientTransaction<T>(
     // A transaction in which a statement failed (the body handled its error, a cancellation at
     // the request's deadline, say) is aborted: PostgreSQL answers its COMMIT with ROLLBACK, not
     // an error, and nothing was committed.
-    const committed: { command?: unknown } | undefined = await client.query('commit');
+    let committed: { command?: unknown } | undefined;
+    if (atCommit === undefined) committed = await client.query('commit');
+    else {
+      let answer: unknown;
+      try {
+        answer = await client.query(`${atCommit.read}; commit`);
+      } catch (error) {
+        abortedAtCommit = (error as { code?: unknown } | null)?.code === '25P02';
+        throw error;
+      }
+      const results = Array.isArray(answer) ? (answer as pg.QueryResult[]) : [];
+      committed = results.at(-1);
+      const read = results.at(-2);
+      if (read !== undefined) atCommit.onRead(read);
+    }
     if (committed?.command === 'ROLLBACK') throw new RolledBackAtCommitError();
     return result;
   } catch (err) {
     await client.query('rollback').catch((rollbackError: unknown) => {
       onRollbackFailure?.(rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError)));
     });
+    if (abortedAtCommit) throw new RolledBackAtCommitError();
     throw err;
   }
 }

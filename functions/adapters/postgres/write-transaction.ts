@@ -29,7 +29,7 @@ import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-ide
 import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline, type ClientDeadline } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { READ_ONLY_SQL_TRANSACTION, UNIQUE_VIOLATION } from './sqlstate.js';
-import { TOKEN_POSITION_SQL } from './token-position.js';
+import { COMMIT_SETTING_SQL, commitSettingOf, tokenPositionSql } from './token-position.js';
 import { inClientTransaction, RolledBackAtCommitError, RollbackWith } from './transaction.js';
 
 /** Where a key's writes go, as the router sees it now. */
@@ -352,11 +352,21 @@ function movingTo(rows: readonly FenceRow[], viaDirectory: boolean): string | nu
 }
 
 /**
- * {@link TOKEN_POSITION_SQL} (why the flush position, and when the insert position) and the
+ * `TOKEN_POSITION_SQL` (token-position.ts) (why the flush position, and when the insert position) and the
  * timeline (the first 8 hex digits of the WAL segment file name), after a commit: what a
  * read-your-writes token carries.
  */
-export const WRITE_POSITION_SQL = `select ${TOKEN_POSITION_SQL}::text as lsn, ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint as tli`;
+export const WRITE_POSITION_SQL = writePositionSql(undefined);
+
+/**
+ * {@link WRITE_POSITION_SQL} for a commit whose transaction ran with `synchronous_commit` =
+ * `transactionSetting` (read in the COMMIT's round trip, `COMMIT_SETTING_SQL`): with `off` (a
+ * body's `SET LOCAL synchronous_commit = off`, which the session's setting read after the commit
+ * no longer shows) the insert position, the commit record being perhaps not flushed yet.
+ */
+function writePositionSql(transactionSetting: string | undefined): string {
+  return `select ${tokenPositionSql(transactionSetting)}::text as lsn, ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::bigint as tli`;
+}
 
 /**
  * A directory-placed key answers only to its directory fence: its rows stay put when its hash
@@ -484,9 +494,10 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     deadlineAt: number | undefined,
     discard: (error: Error) => void,
     timeline: number | undefined,
+    positionSql: string,
   ): Promise<pg.QueryResult<{ lsn: string; tli: string }>> {
     try {
-      return await client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
+      return await client.query<{ lsn: string; tli: string }>(positionSql);
     } catch (err) {
       // After the commit no statement_timeout of the transaction is in force: a 57014 here is a
       // cancel request's (the deadline's, sent as the commit went out, or another session's),
@@ -494,20 +505,21 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       if (guard !== undefined && queryCanceled(err)) {
         // Once the request is passed on in full (its second signal could cancel the next statement too).
         await guard.settled();
-        return client.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL);
+        return client.query<{ lsn: string; tli: string }>(positionSql);
       }
       // The connection failed after the COMMIT was acknowledged (a reset, a terminated backend):
       // the write is committed, and any session's insert position read from now on on that server
       // is at or past its commit record, as is its flush position when the commit was flushed
-      // before it was answered (TOKEN_POSITION_SQL: the pool's sessions share their settings), so
-      // another connection gives a token as good. Not while the deadline
+      // before it was answered (`positionSql`: the insert position for a transaction that ran with
+      // synchronous_commit off, whatever the other session's setting), so another connection
+      // gives a token as good. Not while the deadline
       // holds the connection dropped for silence (`expired`): that primary is not answering.
       if (guard?.expired === true) throw err;
       discard(err instanceof Error ? err : new Error(String(err)));
       const timeoutMs = deadlineAt === undefined ? TOKEN_RETRY_MS : Math.max(DEADLINE_GRACE_MS, deadlineAt - Date.now());
       let position: pg.QueryResult<{ lsn: string; tli: string }>;
       try {
-        position = await withNodeDeadline(pool, timeoutMs, `${shardId}/primary`, (other) => other.query<{ lsn: string; tli: string }>(WRITE_POSITION_SQL));
+        position = await withNodeDeadline(pool, timeoutMs, `${shardId}/primary`, (other) => other.query<{ lsn: string; tli: string }>(positionSql));
       } catch {
         throw err;
       }
@@ -576,6 +588,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       let timeline: number | undefined;
       /** The cluster of that server, read with its BEGIN too (undefined: its login may not read it). */
       let clusterId: string | undefined;
+      /** The transaction's own synchronous_commit, read with its COMMIT (token-position.ts, COMMIT_SETTING_SQL). */
+      let commitSetting: string | undefined;
       /** Set once the connection went back to its pool as broken before the attempt's end (see `writePosition`). */
       let released = false;
       const discard = (error: Error): void => {
@@ -615,10 +629,18 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
             clusterId = clusterIdOfBegin(answer, begin.fences);
             if (begin.fences) fenceRows = rowsOfAnswer(answer, -1) as FenceRow[] | undefined;
           },
+          // The body may have lowered synchronous_commit for its transaction alone (SET LOCAL),
+          // which the COMMIT ends: read with it, in its round trip, for the token's position.
+          {
+            read: COMMIT_SETTING_SQL,
+            onRead: (answer) => {
+              commitSetting = commitSettingOf(answer);
+            },
+          },
         );
         if (body.verdict === 'write') {
           committed = true;
-          const position = await writePosition(client, guard, pool, route.shardId, deadlineAt, discard, timeline);
+          const position = await writePosition(client, guard, pool, route.shardId, deadlineAt, discard, timeline, writePositionSql(commitSetting));
           const lsn = position.rows[0]?.lsn ?? '0/0';
           // The id is the BEGIN's server's: the commit's. A position read on another connection
           // (writePosition) from another cluster of the same timeline number (a switchover since)

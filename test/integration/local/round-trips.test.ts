@@ -17,6 +17,7 @@ import { createShardReader } from '../../../functions/adapters/postgres/read-tra
 import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { createShardWriter, ShardWriteError, type WriteRoute } from '../../../functions/adapters/postgres/write-transaction.js';
+import { RolledBackAtCommitError } from '../../../functions/adapters/postgres/transaction.js';
 import { startPgWireRecorder, type PgWireRecorder } from '../../support/pg-wire-recorder.js';
 import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
 
@@ -90,17 +91,44 @@ describe('round trips of a write and a read on a shard', () => {
       sent: [
         expect.stringMatching(/^simple: begin isolation level read committed; /) as unknown as string,
         'parse: insert into users (id, slot, email, display_name) values ($1',
-        'simple: commit',
-        // The read token (TOKEN_POSITION_SQL: the flush position, the insert position under synchronous_commit off); recorded cut short.
-        expect.stringMatching(/^simple: select case when current_setting\('synchronous_commit'\) = 'of/) as unknown as string,
+        // The COMMIT, with the transaction's own synchronous_commit read before it in its round
+        // trip (COMMIT_SETTING_SQL, token-position.ts: a body's SET LOCAL off; h133).
+        "simple: select current_setting('synchronous_commit') as synchronous_",
+        // The read token (TOKEN_POSITION_SQL: the flush position, the insert position under
+        // synchronous_commit off, as the test servers run); recorded cut short.
+        expect.stringMatching(/^simple: select (case when current_setting\('synchronous_commit'\) = 'of|pg_current_wal_insert_lsn\(\)::text as lsn)/) as unknown as string,
       ],
     });
+    expect(recorder.statements()[2]?.sql).toBe("select current_setting('synchronous_commit') as synchronous_commit; commit");
     const begin = recorder.statements()[0]?.sql ?? '';
     // The timeouts come with the BEGIN, before any statement that could wait: never a transaction open without them.
     expect({
       timeouts: /^begin isolation level read committed; set local statement_timeout = \d+; set local lock_timeout = \d+; set local idle_in_transaction_session_timeout = \d+; select case/.test(begin),
       fenceRows: begin.includes(`w.unit_id = '${key}'`) && begin.trimEnd().endsWith('for share of w'),
     }).toEqual({ timeouts: 'deadlineMs' in options, fenceRows: true });
+  });
+
+  // The COMMIT carries a statement before it (the transaction's synchronous_commit): in a
+  // transaction a statement of which failed (the body handled its error), that statement fails
+  // (25P02) and the COMMIT is not run. The writer answers as when the COMMIT answered ROLLBACK:
+  // RolledBackAtCommitError, nothing committed, the connection rolled back and lent again.
+  it('a body that handled a failed statement: rolled back at the COMMIT as before, nothing committed, the connection reused', async () => {
+    const key = randomUUID();
+    const { writer } = onShard(3003);
+    const { outcome, sent } = await sentFor(() =>
+      writer.withShardWrite(key, async (ctx) => {
+        await insertUser(key)(ctx);
+        await ctx.client.query('select 1/0').catch(() => undefined);
+      }),
+    );
+    expect({ outcome, sent: sent.slice(1) }).toEqual({
+      outcome: `25P02 ${new RolledBackAtCommitError().toString()}`,
+      sent: ['parse: insert into users (id, slot, email, display_name) values ($1', 'simple: select 1/0', "simple: select current_setting('synchronous_commit') as synchronous_", 'simple: rollback'],
+    });
+    const again = randomUUID();
+    await writer.withShardWrite(again, insertUser(again));
+    const held = await direct.query<{ id: string }>('select id::text from users where id = any($1::uuid[]) order by id', [[key, again]]);
+    expect(held.rows.map((r) => r.id)).toEqual([again]);
   });
 
   it.each([

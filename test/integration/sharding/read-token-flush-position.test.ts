@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeWithToken } from '../../../functions/adapters/postgres/replica-reader.js';
 import { createShardWriter, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
@@ -32,15 +33,22 @@ describe('read-your-writes tokens under load of other writers', () => {
     await cluster?.stop();
   });
 
+  // `setLocal`: the session's setting is on, and the body lowers it for its transaction alone
+  // (SET LOCAL synchronous_commit = off). The setting is read in the COMMIT's round trip, so the
+  // token is the insert position then (before, the session's setting read after the commit, on,
+  // gave the flush position, which could fall short of the unflushed commit record; h133).
   it.each([
-    { synchronousCommit: 'on', position: 'flush' },
-    { synchronousCommit: 'off', position: 'insert' },
-  ])('a replica replayed to the token of a write committed with synchronous_commit $synchronousCommit holds it (the $position position)', async ({ synchronousCommit }) => {
+    { synchronousCommit: 'on', position: 'flush', setLocal: false, via: 'withShardWrite' },
+    { synchronousCommit: 'off', position: 'insert', setLocal: false, via: 'withShardWrite' },
+    { synchronousCommit: 'on', position: 'insert', setLocal: true, via: 'withShardWrite' },
+    { synchronousCommit: 'on', position: 'insert', setLocal: true, via: 'writeWithToken' },
+  ])('a replica replayed to the token of a write committed with synchronous_commit $synchronousCommit (SET LOCAL off: $setLocal, $via) holds it (the $position position)', async ({ synchronousCommit, setLocal, via }) => {
     const shard = cluster.shards[0];
     const replicaUrl = shard?.replicas[0]?.url;
     if (shard === undefined || replicaUrl === undefined) throw new Error('the cluster has no replica');
     const router: WriteRouter = { routeForWrite: () => Promise.resolve({ shardId: shard.shardId, slot: 7, version: 1, viaDirectory: false }) };
-    const writer = createShardWriter({ router, primaries: new Map([[shard.shardId, pool(shard.primary.url, `-c synchronous_commit=${synchronousCommit}`, 4)]]) });
+    const primary = pool(shard.primary.url, `-c synchronous_commit=${synchronousCommit}`, 4);
+    const writer = createShardWriter({ router, primaries: new Map([[shard.shardId, primary]]) });
     const others = pool(shard.primary.url, '-c synchronous_commit=off', 3);
     const replica = pool(replicaUrl, '', 4);
     const admin = pool(shard.primary.url, '', 1);
@@ -64,7 +72,14 @@ describe('read-your-writes tokens under load of other writers', () => {
     const writers = [0, 1, 2, 3].map(async () => {
       for (let i = 0; i < 25; i += 1) {
         const id = randomUUID();
-        const written = await writer.withShardWrite(id, ({ client, slot }) => client.query("insert into users (id, slot, email, display_name) values ($1, $2, 'load@example.org', 'load')", [id, slot]));
+        const insert = async (client: pg.ClientBase, slot: number): Promise<void> => {
+          if (setLocal) await client.query('set local synchronous_commit = off');
+          await client.query("insert into users (id, slot, email, display_name) values ($1, $2, 'load@example.org', 'load')", [id, slot]);
+        };
+        const written =
+          via === 'withShardWrite'
+            ? await writer.withShardWrite(id, ({ client, slot }) => insert(client, slot))
+            : await writeWithToken(primary, (client) => insert(client, 7));
         const token = parseLsn(written.token);
         // Once the replica has replayed to the token (as a reader's routing checks), the row is there.
         for (let waited = 0; ; waited += 1) {
