@@ -46,6 +46,7 @@ import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
 import { DirectoryVersionConflictError, type DirectoryEntry, type DirectoryStore, type ExpectedDirectoryEntry } from './directory-store.js';
 import { abandonConnection, connectBy, DEADLINE_GRACE_MS, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
+import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { isNodeFailure } from './replica-reader.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
@@ -2281,6 +2282,12 @@ export class PgMovePort implements MovePort<MoveJob> {
     // recorded with the fence: a read with a token of the source whose write a failover of the
     // source lost before this move tells so on the unit's new shard (sharding migration 014).
     let source = await this.sourceTimeline(job.from);
+    // And which cluster the source is (sharding migration 032), read in the fence's own statement
+    // below, when the mover's login may read the control file (learned once per pool, here, before
+    // the fence): timelines and positions are a cluster's own, and a blue/green switchover puts
+    // another cluster behind the shard's address (cluster-identity.ts).
+    const clusterReadable = await this.clusterIdReadable(job.from);
+    let fencedCluster: string | null = null;
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     let fencedOn: number | null;
     let fencedAt: string | null = null;
@@ -2311,12 +2318,13 @@ export class PgMovePort implements MovePort<MoveJob> {
           const res = await client.query<{ tli: string | null; lsn: string | null }>(
             `update write_fences set state = 'fenced', job_id = $3, updated_at = clock_timestamp()
               where kind = $1 and unit_id = $2 and (state = 'open' or (state = 'fenced' and job_id = $3))
-              returning ${CURRENT_TIMELINE_SQL} as tli, pg_current_wal_insert_lsn()::text as lsn`,
+              returning ${CURRENT_TIMELINE_SQL} as tli, pg_current_wal_insert_lsn()::text as lsn${clusterReadable ? `, ${CLUSTER_ID_SQL} as cluster_id` : ''}`,
             [job.kind, job.unitId, job.id],
           );
           if (res.rowCount !== 1) throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.from} is missing or held by another move`);
           const tli = res.rows[0]?.tli;
           fencedAt = res.rows[0]?.lsn ?? null;
+          fencedCluster = clusterIdOfRow(res.rows[0]) ?? null;
           return tli === null || tli === undefined ? null : Number(tli);
         },
         bounded,
@@ -2343,7 +2351,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     try {
       // A fence taken again (a resumed run) overwrites what the last one recorded.
       await this.heldToFence(() =>
-        this.updateJob('fenced_at = coalesce(fenced_at, clock_timestamp()), source_timeline = $2, source_history = $3, source_fence_lsn = $4::pg_lsn', [source.timeline, source.history, fencedAt], job),
+        this.updateJob(
+          'fenced_at = coalesce(fenced_at, clock_timestamp()), source_timeline = $2, source_history = $3, source_fence_lsn = $4::pg_lsn, source_cluster_id = $5',
+          [source.timeline, source.history, fencedAt, fencedCluster],
+          job,
+        ),
       );
     } catch (err) {
       if ((err as { code?: string }).code !== QUERY_CANCELED) throw err;
@@ -2365,6 +2377,21 @@ export class PgMovePort implements MovePort<MoveJob> {
       return await Promise.race([work, spent]);
     } finally {
       clearTimeout(timer);
+    }
+  }
+
+  /** Whether the mover's login may read `shard`'s cluster id ({@link clusterIdReadable}, asked once per pool). */
+  private async clusterIdReadable(shard: string): Promise<boolean> {
+    const pool = this.pool(shard);
+    const client = await pool.connect();
+    let broken: Error | undefined;
+    try {
+      return await clusterIdReadable(pool, client);
+    } catch (error) {
+      broken = error instanceof Error ? error : new Error(String(error));
+      throw error;
+    } finally {
+      client.release(broken);
     }
   }
 

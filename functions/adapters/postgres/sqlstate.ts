@@ -21,6 +21,8 @@ export const UNIQUE_VIOLATION = '23505';
 export const READ_ONLY_SQL_TRANSACTION = '25006';
 /** 42883: no such function (a migration that adds it not applied yet, or not on the search_path). */
 export const UNDEFINED_FUNCTION = '42883';
+/** 42703: no such column (a migration that adds it not applied yet). */
+export const UNDEFINED_COLUMN = '42703';
 /**
  * 22023 (invalid_parameter_value): a catalog function refused its arguments, e.g. a recovery by
  * hand (`catalog.repin_by_hand`, `catalog.publish_slot_map_by_hand`, sharding migration 013) given

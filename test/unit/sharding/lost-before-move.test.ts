@@ -35,6 +35,19 @@ describe('lostBeforeMove (a token of the shard a unit moved off, issue #15)', ()
       garbage: undefined,
     });
   });
+
+  it('judges a token that names its cluster only by a move that recorded that cluster; one that names none as before (sharding migration 032)', () => {
+    const blue = parseReadToken('shard_a@0/3000200;tl=1;v=1;id=00000000000000b1');
+    const green = parseReadToken('shard_a@0/3000200;tl=1;v=1;id=00000000000000a2');
+    const onGreen = { timeline: 2, history: HISTORY_2, clusterId: '00000000000000a2' };
+    expect({
+      sameCluster: lostBeforeMove(green, onGreen)?.forkLsn,
+      otherCluster: lostBeforeMove(blue, onGreen),
+      notRecorded: lostBeforeMove(green, { timeline: 2, history: HISTORY_2, clusterId: null }),
+      notRecordedAbsent: lostBeforeMove(green, { timeline: 2, history: HISTORY_2 }),
+      tokenWithout: lostBeforeMove(past, onGreen)?.forkLsn,
+    }).toEqual({ sameCluster: '0/3000158', otherCluster: undefined, notRecorded: undefined, notRecordedAbsent: undefined, tokenWithout: '0/3000158' });
+  });
 });
 
 describe('createMovesLookup', () => {
@@ -56,6 +69,25 @@ describe('createMovesLookup', () => {
     expect({ found, asked }).toEqual({
       found: { timeline: 2, history: HISTORY_2 },
       asked: [{ text: expect.stringContaining('catalog.last_move_off($1, $2, $3)'), values: ['shard_a', slotOf(key), key] }],
+    });
+  });
+
+  it('reads the recorded cluster, and before sharding migration 032 (42703: no such column) the move without one', async () => {
+    const asked: string[] = [];
+    const pool = {
+      query: (text: string) => {
+        asked.push(text);
+        if (text.includes('source_cluster_id')) return Promise.reject(Object.assign(new Error('column "source_cluster_id" does not exist'), { code: '42703' }));
+        return Promise.resolve({ rows: [{ timeline: '2', history: HISTORY_2, cluster_id: null }] });
+      },
+    };
+    const recorded = { query: () => Promise.resolve({ rows: [{ timeline: '2', history: HISTORY_2, cluster_id: '00000000000000a2' }] }) };
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a fake pool
+    const lookup = (p: unknown) => createMovesLookup(p as any).lastMoveOff('shard_a', 'k');
+    expect({ recorded: await lookup(recorded), before: await lookup(pool), asked: asked.length }).toEqual({
+      recorded: { timeline: 2, history: HISTORY_2, clusterId: '00000000000000a2' },
+      before: { timeline: 2, history: HISTORY_2, clusterId: null },
+      asked: 2,
     });
   });
 
@@ -81,6 +113,22 @@ describe('createMovesLookup', () => {
     expect({ copied, asked }).toEqual({
       copied: true,
       asked: [{ text: expect.stringContaining('catalog.write_copied_off($1, $2, $3, $4, $5::pg_lsn)'), values: ['shard_a', slotOf(key), key, 3, '0/3002000'] }],
+    });
+  });
+
+  it('asks migration 032\'s catalog.write_copied_off with the cluster a token names', async () => {
+    const asked: unknown[] = [];
+    const pool = {
+      query: (text: string, values: unknown[]) => {
+        asked.push({ text, values });
+        return Promise.resolve({ rows: [{ copied: false }] });
+      },
+    };
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a fake pool
+    const copied = await createMovesLookup(pool as any).writeCopiedOff(parseReadToken('shard_a@0/3002000;tl=3;v=1;id=00000000000000a2'), 'k');
+    expect({ copied, asked }).toEqual({
+      copied: false,
+      asked: [{ text: expect.stringContaining('catalog.write_copied_off($1, $2, $3, $4, $5::pg_lsn, $6)'), values: ['shard_a', slotOf('k'), 'k', 3, '0/3002000', '00000000000000a2'] }],
     });
   });
 
