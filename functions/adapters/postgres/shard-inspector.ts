@@ -59,6 +59,9 @@ import { commitHeartbeat, probeReplicaLag, type ReplicaLag } from './replica-lag
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { failureKind, INSUFFICIENT_PRIVILEGE } from './sqlstate.js';
 
+/** What {@link ShardInspector}'s measurement of a shard answers when a count to make exact needs the directory it was not given. */
+const DIRECTORY_NEEDED = Symbol('directory needed');
+
 /** The slowest statements of a node, from `pg_stat_statements`. */
 export type StatementsReport =
   | { readonly available: true; readonly top: readonly StatementStat[] }
@@ -199,7 +202,9 @@ export interface StatisticsOptions {
    * directory_based strategy pins every user: 100,000 pins took 2-6 s to read, a page of 1,000 a
    * round trip, `bench/statistics-directory.ts`). Without them (the map alone cannot tell a key's
    * leftovers from its slot's rows) an exact count takes every row a fence row says the shard
-   * holds without owning off its count. A reader that fails fails the report with its error.
+   * holds without owning off its count. A reader that fails fails the report with its error;
+   * it is never called inside a shard's deadline (a slow catalog is not a shard that does not
+   * answer, {@link ShardInspector.statistics}).
    */
   readonly directory?: readonly { readonly key: string; readonly shardId: string }[] | (() => Promise<readonly { readonly key: string; readonly shardId: string }[]>);
   /** The configured routing, as the rebalance census takes it (which directory entries place their keys). */
@@ -670,33 +675,49 @@ export class ShardInspector {
     const readDirectory = (): Promise<{ key: string; shardId: string }[]> =>
       (directoryRead ??= (typeof given === 'function' ? given() : Promise.resolve(given ?? [])).then((listed) => placingDirectory(listed, options.routing)));
     const slotMap = options.slotMap;
+    // The directory is never read inside a shard's deadline: read there (a table never analysed
+    // found in an estimate's transaction), a slow catalog (its directory table locked, 100,000
+    // pins read 1,000 a round trip) spent the shards' own deadlines, and every shard was listed
+    // unreachable ("no answer within ...") though each had answered at once, the catalog named
+    // nowhere (statistics-directory-wait.test.ts). Exact counts need it on every shard: read
+    // first. Estimates need it only where a table was never analysed: such a shard ends its
+    // transaction saying so, and is measured again once the directory is read.
+    const directory = slotMap && given !== undefined && (options.exact === true || typeof given !== 'function') ? await readDirectory() : undefined;
     const owned = options.slotMap ? slotsOwnedBy(options.slotMap.assignments, shardIds) : new Map<string, number>();
     const results = await Promise.all(
       shardIds.map(async (shardId): Promise<{ shardId: string; measurement?: ShardMeasurement; error?: string }> => {
-        try {
-          const homes = slotMap && given !== undefined ? async () => ({ slotMap, directory: await readDirectory() }) : undefined;
-          const tables = await this.#tableStatistics(this.#pools.primary(shardId), options.exact ?? false, homes);
-          const find = (name: string): number => tables.find((t) => t.table === name)?.rows ?? 0;
-          const names = this.#tables();
-          return {
-            shardId,
-            measurement: {
+        const measure = async (listed: readonly { readonly key: string; readonly shardId: string }[] | undefined): Promise<{ shardId: string; measurement?: ShardMeasurement; error?: string } | typeof DIRECTORY_NEEDED> => {
+          try {
+            const homes = slotMap && given !== undefined ? { slotMap, ...(listed === undefined ? {} : { directory: listed }) } : undefined;
+            const tables = await this.#tableStatistics(this.#pools.primary(shardId), options.exact ?? false, homes);
+            if (tables === DIRECTORY_NEEDED) return DIRECTORY_NEEDED;
+            const find = (name: string): number => tables.find((t) => t.table === name)?.rows ?? 0;
+            const names = this.#tables();
+            return {
               shardId,
-              weight: this.#options.weights?.[shardId] ?? 1,
-              slotsOwned: owned.get(shardId) ?? 0,
-              tables,
-              users: find(names.users),
-              documents: find(names.documents),
-            },
-          };
-        } catch (error) {
-          this.#failed({ what: 'statistics', shardId, error });
-          return { shardId, error: kindOf(error) };
-        }
+              measurement: {
+                shardId,
+                weight: this.#options.weights?.[shardId] ?? 1,
+                slotsOwned: owned.get(shardId) ?? 0,
+                tables,
+                users: find(names.users),
+                documents: find(names.documents),
+              },
+            };
+          } catch (error) {
+            this.#failed({ what: 'statistics', shardId, error });
+            return { shardId, error: kindOf(error) };
+          }
+        };
+        const first = await measure(directory);
+        if (first !== DIRECTORY_NEEDED) return first;
+        // Read outside the shard's try: a directory that cannot be read is the catalog's failure,
+        // and fails the report with its own error, not the shard that needed it.
+        const again = await measure(await readDirectory());
+        if (again === DIRECTORY_NEEDED) throw new Error(`statistics of ${shardId}: the directory was given and still asked for (a defect)`);
+        return again;
       }),
     );
-    // A directory that could not be read is the catalog's failure, not the shards' that needed it.
-    if (directoryRead !== undefined) await directoryRead;
     const measurements = results.flatMap((r) => (r.measurement ? [r.measurement] : []));
     const unreachable = results.flatMap((r) => (r.error !== undefined ? [{ shardId: r.shardId, error: r.error }] : []));
     const unconfigured = options.slotMap ? unconfiguredOwners(options.slotMap.assignments, shardIds) : [];
@@ -723,8 +744,8 @@ export class ShardInspector {
   async #tableStatistics(
     node: ShardNode,
     exact: boolean,
-    homes?: () => Promise<{ slotMap: SlotMap; directory: readonly { readonly key: string; readonly shardId: string }[] }>,
-  ): Promise<TableStatistics[]> {
+    homes?: { readonly slotMap: SlotMap; readonly directory?: readonly { readonly key: string; readonly shardId: string }[] },
+  ): Promise<TableStatistics[] | typeof DIRECTORY_NEEDED> {
     const names = this.#tables();
     const wanted = [names.users, names.documents, ...(names.keys === undefined ? [] : [names.keys])];
     const budget = this.#budget(exact ? this.wholeTableBudgetMs : this.#options.timeoutMs);
@@ -758,16 +779,19 @@ export class ShardInspector {
         [wanted],
       );
       const out: TableStatistics[] = [];
+      // A count to make exact, and no directory yet: the caller reads it outside this deadline
+      // and measures the shard again ({@link statistics}).
+      if (homes !== undefined && homes.directory === undefined && rows.some((r) => exact || r.estimate < 0)) return DIRECTORY_NEEDED;
       // The units given to the shard, read once for the tables counted exactly, sent with only the
       // keys whose rows the count judges by them ({@link movedRowOwners}).
       let given: Promise<[string[], string[], number[]] | undefined> | undefined;
       const homesHere = (): Promise<[string[], string[], number[]] | undefined> =>
-        (given ??= homes === undefined
-          ? Promise.resolve(undefined)
-          : homes().then(async ({ slotMap, directory }) => {
-              const owners = await movedRowOwners(client, this.#ownedTables(client, rows.map((r) => r.table)));
-              return homesOf(node.shardId, slotMap, directory, (key) => owners.has(key));
-            }));
+        (given ??=
+          homes === undefined
+            ? Promise.resolve(undefined)
+            : movedRowOwners(client, this.#ownedTables(client, rows.map((r) => r.table))).then((owners) =>
+                homesOf(node.shardId, homes.slotMap, homes.directory ?? [], (key) => owners.has(key)),
+              ));
       for (const name of wanted) {
         const found = rows.find((r) => r.table === name);
         // A shard not yet migrated to 021 has no key records to count.
@@ -916,6 +940,14 @@ export class ShardInspector {
       // row, a document written with a wrong slot before shard migration 015): the mover refuses to
       // plan their directory move (mover.ts checkKeySlot, 400), so they are not offered.
       const strayKeys = new Set<string>();
+      // Whether a slot's move takes a row of it (not of a key placed here): the mover leaves out
+      // only the keys the directory places whose id's slot it is (`excluded_keys`, Mover.checked),
+      // and copies the rows of another shard's key stored under this slot (a stray row: a restore,
+      // a hand-made row). Before, such a row was in the slot's unit only when the key was not sent
+      // with the statement (its id's slot another shard's, {@link homesOf}), not when it was (its
+      // id's slot this shard's): the unit's rows said 4 where its maxTableRows said 5, and the
+      // shard's units summed to less than its load (census-stray-key-rows.test.ts).
+      const slotTakes = (slot: number, key: string | null): boolean => key === null || keySlot(key) !== slot;
       for (const g of groups) {
         const total = totals[g.t] as { rows: number; bytes: number };
         const sign = g.not_owned ? -1 : 1;
@@ -926,15 +958,15 @@ export class ShardInspector {
         // as off the shard's load: a unit is offered with the rows counted here.
         if (g.not_owned) {
           if (g.key !== null && home.get(g.key) === shardId) keys.set(g.key, add(keys.get(g.key), -g.n, -g.bytes));
-          else if (g.key === null && slotMap.assignments[g.slot] === shardId) slots.set(g.slot, add(slots.get(g.slot), -g.n, -g.bytes));
+          else if (slotMap.assignments[g.slot] === shardId && slotTakes(g.slot, g.key)) slots.set(g.slot, add(slots.get(g.slot), -g.n, -g.bytes));
           continue;
         }
         addRows(slotTableRows, g.slot, g.t, g.n);
         if (g.key !== null) addRows(keyTableRows, g.key, g.t, g.n);
-        if (g.key !== null) {
-          if (home.get(g.key) === shardId) keys.set(g.key, add(keys.get(g.key), g.n, g.bytes));
-          if (home.get(g.key) === shardId && g.slot !== keySlot(g.key)) strayKeys.add(g.key);
-        } else if (slotMap.assignments[g.slot] === shardId) {
+        if (g.key !== null && home.get(g.key) === shardId) {
+          keys.set(g.key, add(keys.get(g.key), g.n, g.bytes));
+          if (g.slot !== keySlot(g.key)) strayKeys.add(g.key);
+        } else if (slotMap.assignments[g.slot] === shardId && slotTakes(g.slot, g.key)) {
           slots.set(g.slot, add(slots.get(g.slot), g.n, g.bytes));
         }
       }
