@@ -546,7 +546,9 @@ interface Deadline {
 /** The request's deadline passed on its way to the database, or there: nothing was written. */
 function passedDeadline(error: unknown): boolean {
   if (error instanceof ShardWriteError || error instanceof ShardReadError) return error.reason === 'deadline-exceeded';
-  // A read on every shard, through the replica reader: its node fell silent, or PostgreSQL cancelled it.
+  // A read on every shard, through the replica reader: its node fell silent, or its statement was
+  // cancelled at the deadline (both DeadlinePassedError); a raw 57014 is a session's or role's own
+  // statement_timeout, shorter than the deadline, which ended the read as the deadline would have.
   return error instanceof DeadlinePassedError || (error as { code?: unknown }).code === '57014';
 }
 

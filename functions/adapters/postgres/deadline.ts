@@ -104,11 +104,29 @@ export const DEADLINE_GRACE_MS = 250;
  */
 export const CANCEL_REPEAT_MS = 50;
 
-/** The request's deadline passed with the node silent: its connection was dropped. */
+/**
+ * The request's deadline passed: before a connection was lent (`connect`: nothing was sent), with
+ * the node silent (`query`: its connection was dropped), or with the node answering: the statement
+ * running then was cancelled on the server at the deadline (`cancelled`: by the deadline's own
+ * cancel request, or by the `statement_timeout` of the time left; `cause` is pg's 57014, the
+ * connection is kept). A statement another session cancelled is not this error (see
+ * {@link ClientDeadline.cancelledByOther}).
+ */
 export class DeadlinePassedError extends Error {
   override readonly name = 'DeadlinePassedError';
-  constructor(readonly nodeId: string, readonly phase: 'connect' | 'query') {
-    super(phase === 'connect' ? `${nodeId}: no connection before the request's deadline` : `${nodeId}: no answer by the request's deadline; the connection was dropped`);
+  constructor(
+    readonly nodeId: string,
+    readonly phase: 'connect' | 'query' | 'cancelled',
+    options?: { cause?: unknown },
+  ) {
+    super(
+      phase === 'connect'
+        ? `${nodeId}: no connection before the request's deadline`
+        : phase === 'query'
+          ? `${nodeId}: no answer by the request's deadline; the connection was dropped`
+          : `${nodeId}: the statement running at the request's deadline was cancelled on the server (57014); the connection was kept`,
+      options,
+    );
   }
 }
 
@@ -211,6 +229,14 @@ export interface ClientDeadline {
    * pass meanwhile. An error the guard saw no arrival of is told as of now.
    */
   cancelledByOther(error: unknown, options?: CancelledByOtherOptions): boolean;
+  /**
+   * Whether `error` is the statement the deadline ended: a 57014 that is not another session's
+   * ({@link ClientDeadline.cancelledByOther}) and arrived once the deadline had sent its cancel
+   * request, or at or past the deadline (the `statement_timeout` of the time left fires then, and
+   * can beat the request). Told as of its arrival, as `cancelledByOther` is. A 57014 before the
+   * deadline with none sent (a session's or role's own `statement_timeout`, shorter) is neither.
+   */
+  cancelledByDeadline(error: unknown, options?: CancelledByOtherOptions): boolean;
   /**
    * Stops the timers and the listening to the connection's errors (call before releasing the
    * client, on every path: a guard never disarmed leaves its listener on a pooled connection,
@@ -393,6 +419,13 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
     },
     Math.min(MAX_DEADLINE_MS, Math.max(0, deadlineAt + (options.graceMs ?? DEADLINE_GRACE_MS) - Date.now())),
   );
+  // As of the error's arrival when it came from the server while held: not after the rollback's
+  // round trip (or anything else awaited since), by when the deadline may have passed.
+  const arrivalOf = (error: unknown): { readonly at: number; readonly cancelSent: boolean } | undefined => (typeof error === 'object' && error !== null ? arrivals.get(error) : undefined);
+  const byOther = (error: unknown, byOtherOptions?: CancelledByOtherOptions): boolean => {
+    const arrived = arrivalOf(error);
+    return cancelledByOtherSession(error, deadlineAtMonotonic, arrived?.cancelSent ?? cancelsSent > 0, arrived?.at ?? performance.now(), byOtherOptions);
+  };
   return {
     get expired() {
       return expired;
@@ -400,11 +433,11 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
     get cancelSent() {
       return cancelsSent > 0;
     },
-    cancelledByOther(error, byOtherOptions) {
-      // As of the error's arrival when it came from the server while held: not after the
-      // rollback's round trip (or anything else awaited since), by when the deadline may have passed.
-      const arrived = typeof error === 'object' && error !== null ? arrivals.get(error) : undefined;
-      return cancelledByOtherSession(error, deadlineAtMonotonic, arrived?.cancelSent ?? cancelsSent > 0, arrived?.at ?? performance.now(), byOtherOptions);
+    cancelledByOther: byOther,
+    cancelledByDeadline(error, byOtherOptions) {
+      if (!queryCanceled(error) || byOther(error, byOtherOptions)) return false;
+      const arrived = arrivalOf(error);
+      return (arrived?.cancelSent ?? cancelsSent > 0) || (arrived?.at ?? performance.now()) >= deadlineAtMonotonic;
     },
     disarm() {
       clearTimeout(canceller);

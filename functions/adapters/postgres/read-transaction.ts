@@ -363,7 +363,12 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
         );
       } catch (err) {
         if (err instanceof DeadlinePassedError) {
-          const what = err.phase === 'connect' ? `no connection to ${err.nodeId} was free before it; nothing was sent` : `${err.nodeId} did not answer (its connection was dropped)`;
+          const what =
+            err.phase === 'connect'
+              ? `no connection to ${err.nodeId} was free before it; nothing was sent`
+              : err.phase === 'cancelled'
+                ? `PostgreSQL cancelled it on ${err.nodeId}`
+                : `${err.nodeId} did not answer (its connection was dropped)`;
           throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline: ${what}`, { cause: err });
         }
         if (err instanceof ReadCancelledError) {

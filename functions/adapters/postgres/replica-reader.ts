@@ -651,7 +651,8 @@ export class ReplicaReader {
 
   /**
    * Runs one read-only query on the best node of `shardId`. SQL errors are thrown as pg raised
-   * them; node failures move the read to the next node.
+   * them; node failures move the read to the next node; a query past `deadlineAt` fails with
+   * {@link DeadlinePassedError} (see {@link withReadClient}).
    *
    * A read whose token a primary judges runs its query in the transaction the check was sent in
    * ({@link QUERY_BEGIN}, {@link ReadOptions.begin}): one round trip more (its COMMIT) for those
@@ -684,7 +685,9 @@ export class ReplicaReader {
    * time left (a transaction begun with `deadlineSettingsSql`, as `createShardReader`'s). Default
    * false: the session's own (a role's default) may then fire before the deadline, and its 57014,
    * in a language other than English, is not told from another session's cancel
-   * ({@link ReadCancelledError}): it is thrown as pg raised it.
+   * ({@link ReadCancelledError}): it is thrown as pg raised it. A statement the read's own
+   * deadline (`deadlineAt`) cancelled fails the read with {@link DeadlinePassedError} (`cancelled`,
+   * pg's 57014 its `cause`), as one on a silent node does (`query`), and no other node is tried.
    */
   async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string, node: ReadNode) => Promise<T>, options: ReadOptions = {}, held: CancelledByOtherOptions = { statementTimeout: false }): Promise<T> {
     checkDeadlineMs('deadlineAt (from now)', options.deadlineAt === undefined ? undefined : options.deadlineAt - Date.now());
@@ -797,12 +800,19 @@ export class ReplicaReader {
           // in any lc_messages language, see cancelledByOtherSession): someone else's, not the
           // deadline's. Asked first, before the wait below.
           const byOther = guard?.cancelledByOther(error, held) === true;
+          // The statement the deadline ended (its cancel request, or the statement_timeout of the
+          // time left): the deadline's, as a silent node's is, not the driver's raw 57014, whose
+          // words ("due to user request") would blame someone else in every log that prints it,
+          // and which each caller had to recognise by its code (a caller that did not answered
+          // it as an unexpected failure). Not retried on another node: the deadline is spent.
+          const byDeadline = !byOther && guard?.cancelledByDeadline(error, held) === true;
           // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
           if (guard !== undefined && queryCanceled(error)) await guard.settled();
           // A connection left in a transaction (its rollback failed: a cancel's second signal
           // cancelled it, say) must not be lent again: the next read's statements would fail in it.
           client?.release(guard?.reusable(error) === false || (client !== undefined && leftInTransaction(client)) || undefined);
           if (byOther) throw new ReadCancelledError(node.nodeId, error);
+          if (byDeadline) throw new DeadlinePassedError(node.nodeId, 'cancelled', { cause: error });
           throw error;
         }
         // A broken connection must not go back to the pool; one abandoned on a replica that stopped
