@@ -129,6 +129,15 @@ export class MovePlanShardUnanswered extends Error {
   }
 }
 
+/**
+ * A plan within a request ({@link Mover.plan}'s `until`) found the request's deadline passed before
+ * it read or recorded anything more: nothing was recorded, and POST /shards/moves answers 503 in
+ * these words (a job recorded then would be answered to no one: API Gateway's 504 comes first).
+ */
+export class MovePlanOutOfTime extends MoveError {
+  override readonly name = 'MovePlanOutOfTime';
+}
+
 /** Another mover process is running this job right now. */
 export class MoveBusyError extends MoveError {
   override readonly name = 'MoveBusyError';

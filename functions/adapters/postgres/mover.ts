@@ -50,6 +50,7 @@ import {
   MoveBusyError,
   MoveConflictError,
   MoveError,
+  MovePlanOutOfTime,
   MovePlanShardUnanswered,
   MoveNotCancellableError,
   MoveRequestError,
@@ -341,7 +342,12 @@ function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs:
     try {
       return await bounded.query(text, values);
     } catch (err) {
-      if (!(err instanceof NodeTimeoutError) && !(err instanceof Error && err.message === 'Query read timeout')) throw err;
+      // The shard down or unreachable (a closed port: ECONNREFUSED; a connection lost): named too,
+      // where the API answered "the catalog or a shard did not answer", naming neither (h137).
+      if (!(err instanceof NodeTimeoutError) && !(err instanceof Error && err.message === 'Query read timeout')) throw isNodeFailure(err) ? new ShardNodeFailure(shard, err as Error) : err;
+      // Not sent, the deadline passed before it (the checks' catalog reads took the time): the
+      // shard was not asked, and "no answer within ..." would blame it (h137).
+      if (err instanceof NodeTimeoutError && Date.now() >= until) throw new MovePlanOutOfTime(outOfTime(`before its checks read ${shard}`, until), { cause: err });
       throw Object.assign(new NodeTimeoutError(shard, budgetMs), { cause: err });
     }
   };
@@ -351,6 +357,24 @@ function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs:
       return Reflect.get(target, prop, target) as unknown;
     },
   });
+}
+
+/**
+ * A node failure (sqlstate.ts, isNodeFailure: a refused or lost connection) of a read of shard
+ * `nodeId` by {@link Mover.plan}'s checks within a request ({@link shardBoundedPool}), the driver's
+ * error its cause: its code and message kept, so that it is judged (isNodeFailure, failureKind) as
+ * the driver's error is, and the plan can name the shard.
+ */
+class ShardNodeFailure extends Error {
+  override readonly name = 'ShardNodeFailure';
+  readonly code: unknown;
+  constructor(
+    readonly nodeId: string,
+    cause: Error,
+  ) {
+    super(cause.message, { cause });
+    this.code = (cause as { code?: unknown }).code;
+  }
 }
 
 /** A request {@link Mover.plan}'s checks before recording passed, with what they read. */
@@ -400,7 +424,25 @@ export class Mover {
    * (`checkSourceOwnsKey`, `checkSourceOwnsSlot`). Nothing is recorded when it throws.
    */
   async plan(request: MoveRequest, options: { readonly until?: number } = {}): Promise<MoveJob> {
-    const { req, unit, unitId, slot, from, excluded, versionBefore } = await this.checkedBy(request, options.until);
+    const { until } = options;
+    const { req, unit, unitId, slot, from, excluded, versionBefore } = await this.checkedBy(request, until);
+    // The job's transaction ends by `until` too (the request's deadline): each of its lock waits is
+    // its own bound or what the request has left, the less (h137). Bounded by their own alone (8 s
+    // for the insert, 5 s for the pin lock and the maps' SHARE lock together), a request whose
+    // checks left it a second waited past API Gateway's 504 for a lock of the catalog (a migration's,
+    // a VACUUM's, a plan's) and then recorded its job, answered to no one: the case the deadline on
+    // the checks meant to end (moves-plan-shard-locked.test.ts, "... record step would wait ...").
+    // None left (the checks' catalog reads, bounded by the control login's statement_timeout, ran
+    // past it), nothing is begun.
+    const leftMs = (): number => (until === undefined ? Infinity : until - Date.now());
+    /** `ownMs`, or what the request has left where less (at least 1 ms: 0 is no bound to PostgreSQL); and whether the deadline set it. */
+    const bounded = (ownMs: number): { waitMs: number; byDeadline: boolean } => {
+      const left = leftMs();
+      return left < ownMs ? { waitMs: Math.max(1, Math.floor(left)), byDeadline: true } : { waitMs: ownMs, byDeadline: false };
+    };
+    if (until !== undefined && leftMs() <= 0) {
+      throw new MovePlanOutOfTime(`cannot plan the move of ${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`} from ${from} to ${req.to}: ${outOfTime('once its checks had passed', until)}`);
+    }
     // The owner was read before the job is recorded: another move of the slot may have finished
     // in between (the unique index only stops one that is still unfinished). A job recorded from
     // an owner that is no longer the owner could neither run (its fence says moved) nor be
@@ -423,7 +465,8 @@ export class Mover {
       // default read the snapshot of the insert, and the job kept out no key pinned meanwhile:
       // owner-change-pin-lock-order.test.ts).
       // Bounded on the server, in the same round trip: see PLAN_RECORD_WAIT_MS and PLAN_IDLE_MS.
-      await client.query(`begin isolation level read committed; set local lock_timeout = ${PLAN_RECORD_WAIT_MS}; set local idle_in_transaction_session_timeout = ${PLAN_IDLE_MS}`);
+      const recordWait = bounded(PLAN_RECORD_WAIT_MS);
+      await client.query(`begin isolation level read committed; set local lock_timeout = ${recordWait.waitMs}; set local idle_in_transaction_session_timeout = ${PLAN_IDLE_MS}`);
       try {
         const { rows } = await client.query<JobRow>(
           `insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, excluded_keys, map_version_before, created_by, reason)
@@ -434,7 +477,7 @@ export class Mover {
       } catch (err) {
         if ((err as { code?: unknown }).code !== LOCK_NOT_AVAILABLE) throw err;
         await client.query('rollback');
-        throw new MoveConflictError(`cannot plan the move of ${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`}: ${await this.recordWaitRefused(client, err, slot, from, req.to)}`, { cause: err });
+        throw new MoveConflictError(`cannot plan the move of ${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`}: ${await this.recordWaitRefused(client, err, slot, from, req.to, recordWait)}`, { cause: err });
       }
       // A slot's owner is read under the SHARE lock a directory move's flip takes (sharding
       // migration 008): a map inserted and not yet committed is waited for and read, and one
@@ -452,21 +495,22 @@ export class Mover {
       // The plan's lock waits below share PLAN_LOCK_WAITS_MS, counted from here: the job's rows are in.
       const waitsEnd = Date.now() + PLAN_LOCK_WAITS_MS;
       if (req.kind === 'slot' && unit.excludeDirectoryKeys) {
-        const refusal = await lockSlotsForPins(client, [slot], 'update', SLOT_PIN_LOCK_WAIT_MS, `cannot plan the move of slot ${slot}`);
+        const pinWait = bounded(SLOT_PIN_LOCK_WAIT_MS);
+        const refusal = await lockSlotsForPins(client, [slot], 'update', pinWait.waitMs, `cannot plan the move of slot ${slot}`);
         if (refusal !== null) {
           await client.query('rollback');
           throw new MoveConflictError(
             `cannot plan the move of slot ${slot}: ${slotLockRefused(refusal, {
               other: `a pin of a key of slot ${slot} (or a slot map published by hand giving it away)`,
-              waitMs: SLOT_PIN_LOCK_WAIT_MS,
+              waitMs: pinWait.waitMs,
               rule: "a move may not read its slot's pinned keys while one is being changed",
               nothing: 'recorded',
-              again: 'plan it again',
+              again: pinWait.byDeadline ? `plan it again (the wait was what the request had left before its deadline, less than a pin lock's ${SLOT_PIN_LOCK_WAIT_MS} ms)` : 'plan it again',
             })}`,
           );
         }
       }
-      if (req.kind === 'slot') await this.lockSlotMapsForPlan(client, slot, Math.max(1, Math.min(SLOT_PIN_LOCK_WAIT_MS, waitsEnd - Date.now())));
+      if (req.kind === 'slot') await this.lockSlotMapsForPlan(client, slot, bounded(Math.max(1, Math.min(SLOT_PIN_LOCK_WAIT_MS, waitsEnd - Date.now()))));
       const entry = req.kind === 'directory' ? await this.options.directory.entry(unitId, client) : null;
       const owner = entry?.shardId ?? (await this.options.slotMaps.current(client)).assignments[slot];
       const what = req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`;
@@ -520,12 +564,18 @@ export class Mover {
    * (a 503), nothing recorded. The bound is the request's whole time, not a share of it: the unit's
    * size is counted here, the one read that grows with the unit (an index count: 0.12 s for a
    * slot's 2,000,000 documents, vacuumed, on a loaded 2-core machine; more where the visibility map
-   * is not yet set, h134), and a count past the request's deadline could not be answered anyway. The catalog's reads keep their own bound (the control login's statement_timeout), and
-   * so does the job's transaction after the checks ({@link PLAN_RECORD_WAIT_MS}, {@link PLAN_LOCK_WAITS_MS}).
+   * is not yet set, h134), and a count past the request's deadline could not be answered anyway. The catalog's reads keep their own bound (the control login's statement_timeout);
+   * the job's transaction after the checks ends by `until` too ({@link plan}: each lock wait its own
+   * bound or what is left, the less; h137). A shard down or unreachable (a refused or lost
+   * connection, {@link ShardNodeFailure}) is named as one cut is, and a request already past `until`
+   * reads nothing ({@link MovePlanOutOfTime}: no shard blamed for "no answer within 0 ms").
    * Without `until` (a caller outside a request: a script, a test), the reads are as they were.
    */
   private async checkedBy(request: MoveRequest, until: number | undefined): Promise<CheckedRequest> {
     if (until === undefined) return this.checked(request);
+    // Already past (the handler's deadline spent before the plan began): nothing is read. Before,
+    // each shard was "not answering (no answer within 0 ms ...)", a shard blamed that was never asked (h137).
+    if (until - Date.now() <= 0) throw new MovePlanOutOfTime(outOfTime('before its checks began', until));
     const budgetMs = Math.max(0, Math.round(until - Date.now()));
     const checker = new Mover({ ...this.options, shards: new Map([...this.options.shards].map(([id, pool]) => [id, shardBoundedPool(id, pool, until, budgetMs)])) });
     return checker.checked(request);
@@ -595,11 +645,16 @@ export class Mover {
       // A read of the move's source or target cut at the plan's `until` (checkedBy: the request's
       // deadline), named as a shard the plan asked beside them is (askedShard), where the API's
       // generic words ("the catalog or a shard did not answer") named neither (h134).
-      if (!(err instanceof NodeTimeoutError) || (err.nodeId !== from && err.nodeId !== req.to)) throw err;
+      // One that is down or unreachable (ShardNodeFailure, within a request) is named alike (h137).
+      if (!(err instanceof NodeTimeoutError || err instanceof ShardNodeFailure) || (err.nodeId !== from && err.nodeId !== req.to)) throw err;
       const shard = err.nodeId;
       const role = shard === from ? "the move's source" : "the move's target";
+      const why =
+        err instanceof NodeTimeoutError
+          ? `a table of it held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow or silent server keeps such a read waiting. The read was cancelled on ${shard}`
+          : `the server is down, restarting, or unreachable from here (its address, a security group, the pool's login)`;
       throw new MovePlanShardUnanswered(
-        `cannot plan the move of ${what} from ${from} to ${req.to}: ${shard} did not answer (${failureKind(err)}, what the request had left): it is ${role}, which the plan's checks read before anything is recorded (${shard === from ? "the unit's size, and its fence row of the unit" : 'its fence row of the unit, and its rows of it'}); a table of it held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow or silent server keeps such a read waiting. The read was cancelled on ${shard}. Nothing was recorded: plan it again once ${shard} answers`,
+        `cannot plan the move of ${what} from ${from} to ${req.to}: ${shard} did not answer (${failureKind(err)}${err instanceof NodeTimeoutError ? ', what the request had left' : ''}): it is ${role}, which the plan's checks read before anything is recorded (${shard === from ? "the unit's size, and its fence row of the unit" : 'its fence row of the unit, and its rows of it'}); ${why}. Nothing was recorded: plan it again once ${shard} answers`,
         shard,
         { cause: err, asked: role },
       );
@@ -753,9 +808,11 @@ export class Mover {
    * catalog.move_job_shards the shards of this plan the table does not hold committed are the ones
    * another plan holds (one read, on the refusal's path only).
    */
-  private async recordWaitRefused(client: pg.PoolClient, err: unknown, slot: number, from: string, to: string): Promise<string> {
+  private async recordWaitRefused(client: pg.PoolClient, err: unknown, slot: number, from: string, to: string, wait: { readonly waitMs: number; readonly byDeadline: boolean }): Promise<string> {
     const where = String((err as { where?: unknown }).where ?? '');
-    const after = `for more than ${PLAN_RECORD_WAIT_MS} ms: a plan still running, or one whose connection was lost mid-transaction, which keeps it until its server ends the session (after at most ${PLAN_IDLE_MS} ms idle for a plan of this version; an older version's plan sets no such bound). Nothing was recorded: plan it again`;
+    // Cut by the request's deadline (Mover.plan's `until`), not by the insert's own bound: said so.
+    const waited = wait.byDeadline ? `for ${wait.waitMs} ms, past the request's deadline (what it had left; the insert's own bound is ${PLAN_RECORD_WAIT_MS} ms)` : `for more than ${PLAN_RECORD_WAIT_MS} ms`;
+    const after = `${waited}: a plan still running, or one whose connection was lost mid-transaction, which keeps it until its server ends the session (after at most ${PLAN_IDLE_MS} ms idle for a plan of this version; an older version's plan sets no such bound). Nothing was recorded: plan it again`;
     if (where.includes('move_job_shards')) {
       const { rows } = await client.query<{ shard_id: string }>('select shard_id from catalog.move_job_shards where shard_id = any($1::text[])', [[from, to]]);
       const held = [from, to].filter((s) => !rows.some((r) => r.shard_id === s));
@@ -766,7 +823,7 @@ export class Mover {
     if (where.includes('move_jobs_one_active_per_slot')) {
       return `a move of slot ${slot} planned by another transaction and not yet committed held its row of catalog.move_jobs (one unfinished move per slot) ${after}`;
     }
-    return `the insert into catalog.move_jobs waited for a lock another transaction held (the table's, a migration's say: ${where === '' ? 'no context given' : where.replace(/\s+/g, ' ')}) for more than ${PLAN_RECORD_WAIT_MS} ms. Nothing was recorded: plan it again`;
+    return `the insert into catalog.move_jobs waited for a lock another transaction held (the table's, a migration's say: ${where === '' ? 'no context given' : where.replace(/\s+/g, ' ')}) ${waited}. Nothing was recorded: plan it again`;
   }
 
   /**
@@ -780,7 +837,8 @@ export class Mover {
    * of the slot waited for the plan while the plan waited for it (a deadlock: the plan was ended
    * with PostgreSQL's bare "deadlock detected"; owner-change-pin-lock-order.test.ts).
    */
-  private async lockSlotMapsForPlan(client: pg.PoolClient, slot: number, waitMs: number): Promise<void> {
+  private async lockSlotMapsForPlan(client: pg.PoolClient, slot: number, wait: { readonly waitMs: number; readonly byDeadline: boolean }): Promise<void> {
+    const { waitMs } = wait;
     const { rows } = await client.query<{ prior: string }>(`select current_setting('lock_timeout') as prior`);
     await client.query(`select set_config('lock_timeout', $1, true)`, [`${Math.round(waitMs)}ms`]);
     try {
@@ -789,12 +847,23 @@ export class Mover {
       const code = (err as { code?: unknown }).code;
       if (code !== LOCK_NOT_AVAILABLE && code !== DEADLOCK_DETECTED) throw err;
       await client.query('rollback');
+      const held = wait.byDeadline
+        ? `past the request's deadline (${Math.round(waitMs)} ms, what the request had left, less than the plan's ${PLAN_LOCK_WAITS_MS} ms for its lock waits)`
+        : `for more than ${Math.round(waitMs)} ms (what the plan's ${PLAN_LOCK_WAITS_MS} ms for its lock waits had left)`;
+      // Who held it, by the modes granted on the table (pg_locks shows every session's; a map's
+      // insert holds ROW EXCLUSIVE): a VACUUM or ANALYZE (autovacuum's among them) holds SHARE
+      // UPDATE EXCLUSIVE, a migration's ALTER TABLE or a LOCK TABLE a stronger mode, and the
+      // refusal blamed "a slot map inserted ... and not yet committed" for them too, sending the
+      // operator after a publication there was not (h137, moves-plan-shard-locked.test.ts).
+      const others = code === LOCK_NOT_AVAILABLE ? await otherHoldersOf(client, 'catalog.slot_maps', SHARE_CONFLICTS_BUT_INSERTS).catch(() => []) : [];
       const what =
-        code === LOCK_NOT_AVAILABLE
-          ? `a slot map inserted into catalog.slot_maps and not yet committed (a map being published, in a caller's transaction, say) held the table for more than ${Math.round(waitMs)} ms (what the plan's ${PLAN_LOCK_WAITS_MS} ms for its lock waits had left)`
-          : `this plan and a transaction holding a slot map inserted into catalog.slot_maps and not yet committed each waited for a lock the other held (the plan held its slot's row of catalog.slot_pin_locks: a caller's transaction that published a map and then changed a pin of slot ${slot}, say), a deadlock, which PostgreSQL ended by refusing this plan (SQLSTATE 40P01)`;
+        code === DEADLOCK_DETECTED
+          ? `this plan and a transaction holding a slot map inserted into catalog.slot_maps and not yet committed each waited for a lock the other held (the plan held its slot's row of catalog.slot_pin_locks: a caller's transaction that published a map and then changed a pin of slot ${slot}, say), a deadlock, which PostgreSQL ended by refusing this plan (SQLSTATE 40P01)`
+          : others.length > 0
+            ? `a transaction holding catalog.slot_maps in ${others.map((o) => `${o.mode} mode (pid ${o.pid}${o.backendType === 'client backend' || o.backendType === '' ? '' : `, ${o.backendType}`})`).join(', ')} held the table ${held}: a VACUUM or an ANALYZE (autovacuum's too) holds SHARE UPDATE EXCLUSIVE, a migration's ALTER TABLE or a LOCK TABLE a stronger mode`
+            : `a slot map inserted into catalog.slot_maps and not yet committed (a map being published, in a caller's transaction, say) held the table ${held}`;
       throw new MoveConflictError(
-        `cannot plan the move of slot ${slot}: ${what}, and a move reads its slot's owner under a SHARE lock of the table, so that no map giving the slot away commits unseen by the move (sharding migration 008; docs/sharding-spec.md section 9, "A pin racing a change of its slot"). Nothing was recorded: plan it again once that map is committed or rolled back`,
+        `cannot plan the move of slot ${slot}: ${what}, and a move reads its slot's owner under a SHARE lock of the table, so that no map giving the slot away commits unseen by the move (sharding migration 008; docs/sharding-spec.md section 9, "A pin racing a change of its slot"). Nothing was recorded: plan it again once ${others.length > 0 ? 'that transaction has ended' : 'that map is committed or rolled back'}`,
         { cause: err },
       );
     }
@@ -1435,4 +1504,31 @@ async function askedShard<T>(shard: string, asked: string, work: () => Promise<T
 async function sameDatabase(a: pg.Pool, b: pg.Pool): Promise<boolean> {
   const [x, y] = await Promise.all([a.query<{ id: string }>(DATABASE_IDENTITY_SQL), b.query<{ id: string }>(DATABASE_IDENTITY_SQL)]);
   return x.rows[0]?.id !== undefined && x.rows[0].id === y.rows[0]?.id;
+}
+
+/** Why a plan within a request stopped at `until` (epoch ms), already past, `when` it found so. */
+function outOfTime(when: string, until: number): string {
+  return `the request's deadline (API Gateway's 29 s or the function's end, less the answer margin) had passed ${when}${Date.now() - until >= 1 ? `, ${Math.round(Date.now() - until)} ms before` : ''}, and a job recorded after it would be answered to no one. Nothing was recorded: plan it again`;
+}
+
+/**
+ * The table lock modes that conflict with SHARE (what a slot move's plan takes on catalog.slot_maps)
+ * other than ROW EXCLUSIVE, a map's insert's, strongest first: a VACUUM's or ANALYZE's, a LOCK
+ * TABLE's, a migration's ALTER TABLE's.
+ */
+const SHARE_CONFLICTS_BUT_INSERTS = ['AccessExclusiveLock', 'ExclusiveLock', 'ShareRowExclusiveLock', 'ShareUpdateExclusiveLock'] as const;
+
+/**
+ * The sessions other than `client`'s holding `table` in one of `modes` (pg_locks, which every login
+ * reads; the session's backend_type from pg_stat_activity, which names an autovacuum worker to any
+ * login), in the order of `modes`: for a refusal that names who held a lock it waited for.
+ */
+async function otherHoldersOf(client: pg.PoolClient, table: string, modes: readonly string[]): Promise<Array<{ mode: string; pid: number; backendType: string }>> {
+  const { rows } = await client.query<{ mode: string; pid: number; backend_type: string | null }>(
+    `select l.mode, l.pid, a.backend_type from pg_locks l left join pg_stat_activity a on a.pid = l.pid
+      where l.locktype = 'relation' and l.relation = to_regclass($1) and l.granted and l.pid <> pg_backend_pid() and l.mode = any($2::text[])
+      order by array_position($2::text[], l.mode), l.pid`,
+    [table, modes],
+  );
+  return rows.map((r) => ({ mode: r.mode, pid: Number(r.pid), backendType: r.backend_type ?? '' }));
 }
