@@ -13,11 +13,12 @@ import type { APIGatewayProxyEvent, Context } from 'aws-lambda';
 import { setTimeout as delay } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
-import { API_ANSWER_MARGIN_MS, API_GATEWAY_TIMEOUT_MS } from '../../../functions/api/apigw.js';
+import { API_ANSWER_MARGIN_MS } from '../../../functions/api/apigw.js';
 import type { ScalingApiPort } from '../../../functions/api/service.js';
 import { createScalingApiPort, shardingDepsOf, type ScalingApiDeps } from '../../../functions/api/wiring.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { createApiHandler } from '../../../functions/handlers/api.js';
+import { apiFunctionContext, apiGatewayEvent, receivedLeaving } from './fixtures/api-gateway-request.js';
 import { startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 import { SilentRelay } from './fixtures/silent-relay.js';
 
@@ -60,40 +61,8 @@ afterAll(async () => {
   await env?.stop();
 }, 60_000);
 
-function event(path: string, query: Record<string, string>, receivedAt: number): APIGatewayProxyEvent {
-  return {
-    httpMethod: 'GET',
-    path: `/api/v1/scaling${path}`,
-    headers: {},
-    multiValueHeaders: {},
-    queryStringParameters: query,
-    multiValueQueryStringParameters: null,
-    pathParameters: null,
-    stageVariables: null,
-    body: null,
-    isBase64Encoded: false,
-    resource: '/{proxy+}',
-    requestContext: { requestId: `deadline-${path}`, requestTimeEpoch: receivedAt, identity: { userArn: 'arn:aws:iam::000000000000:user/ops', sourceIp: '127.0.0.1' } },
-  } as unknown as APIGatewayProxyEvent;
-}
-
-function context(remainingMs: number): Context {
-  const ends = Date.now() + remainingMs;
-  return {
-    callbackWaitsForEmptyEventLoop: false,
-    functionName: 'ca-dms-scaling-api-test',
-    functionVersion: '$LATEST',
-    invokedFunctionArn: 'arn:aws:lambda:eu-west-1:000000000000:function:ca-dms-scaling-api-test',
-    memoryLimitInMB: '512',
-    awsRequestId: 'deadline-test',
-    logGroupName: 'test',
-    logStreamName: 'test',
-    getRemainingTimeInMillis: () => Math.max(0, ends - Date.now()),
-    done: () => undefined,
-    fail: () => undefined,
-    succeed: () => undefined,
-  };
-}
+const event = (path: string, query: Record<string, string>, receivedAt: number): APIGatewayProxyEvent => apiGatewayEvent({ method: 'GET', path, query, receivedAt, requestId: `deadline-${path}` });
+const context = (remainingMs: number): Context => apiFunctionContext(remainingMs, 'deadline-test');
 
 /** One request through a fresh handler (no snapshot from an earlier one): its status, body and how long it took. */
 async function call(path: string, query: Record<string, string>, receivedAt: number, remainingMs: number): Promise<{ status: number; body: unknown; ms: number }> {
@@ -102,9 +71,6 @@ async function call(path: string, query: Record<string, string>, receivedAt: num
   const result = await handler(event(path, query, receivedAt), context(remainingMs));
   return { status: result.statusCode, body: JSON.parse(result.body) as unknown, ms: performance.now() - started };
 }
-
-/** Received by API Gateway long enough ago that `LEFT_MS` is left before the margin; the function's own timeout further off. */
-const receivedLeaving = (leftMs: number): number => Date.now() - (API_GATEWAY_TIMEOUT_MS - API_ANSWER_MARGIN_MS - leftMs);
 
 describe('a shard route with a silent shard and health_check_timeout_seconds past what API Gateway allows', () => {
   it.each([

@@ -18,11 +18,12 @@ import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createShardingRuntime, type ShardingRuntime } from '../../../functions/adapters/postgres/sharding-runtime.js';
-import { API_ANSWER_MARGIN_MS, API_GATEWAY_TIMEOUT_MS } from '../../../functions/api/apigw.js';
+import { API_ANSWER_MARGIN_MS } from '../../../functions/api/apigw.js';
 import type { ScalingApiPort } from '../../../functions/api/service.js';
 import { createScalingApiPort, shardingDepsOf, type ScalingApiDeps } from '../../../functions/api/wiring.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { createApiHandler } from '../../../functions/handlers/api.js';
+import { apiFunctionContext, apiGatewayEvent, receivedLeaving } from './fixtures/api-gateway-request.js';
 import { firstSlotOwnedBy, keysInSlot, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
 /** What the requests below have left before the answer margin. */
@@ -53,43 +54,8 @@ afterAll(async () => {
   await env?.stop();
 }, 60_000);
 
-function event(body: unknown, receivedAt: number): APIGatewayProxyEvent {
-  return {
-    httpMethod: 'POST',
-    path: '/api/v1/scaling/shards/moves',
-    headers: { 'content-type': 'application/json' },
-    multiValueHeaders: {},
-    queryStringParameters: null,
-    multiValueQueryStringParameters: null,
-    pathParameters: null,
-    stageVariables: null,
-    body: JSON.stringify(body),
-    isBase64Encoded: false,
-    resource: '/{proxy+}',
-    requestContext: { requestId: 'plan-lock', requestTimeEpoch: receivedAt, identity: { userArn: 'arn:aws:iam::000000000000:user/ops', sourceIp: '127.0.0.1' } },
-  } as unknown as APIGatewayProxyEvent;
-}
-
-function context(remainingMs: number): Context {
-  const ends = Date.now() + remainingMs;
-  return {
-    callbackWaitsForEmptyEventLoop: false,
-    functionName: 'ca-dms-scaling-api-test',
-    functionVersion: '$LATEST',
-    invokedFunctionArn: 'arn:aws:lambda:eu-west-1:000000000000:function:ca-dms-scaling-api-test',
-    memoryLimitInMB: '512',
-    awsRequestId: 'plan-lock-test',
-    logGroupName: 'test',
-    logStreamName: 'test',
-    getRemainingTimeInMillis: () => Math.max(0, ends - Date.now()),
-    done: () => undefined,
-    fail: () => undefined,
-    succeed: () => undefined,
-  };
-}
-
-/** Received by API Gateway long enough ago that `leftMs` is left before the margin; the function's own timeout further off. */
-const receivedLeaving = (leftMs: number): number => Date.now() - (API_GATEWAY_TIMEOUT_MS - API_ANSWER_MARGIN_MS - leftMs);
+const event = (body: unknown, receivedAt: number): APIGatewayProxyEvent => apiGatewayEvent({ method: 'POST', path: '/shards/moves', body, receivedAt, requestId: 'plan-lock' });
+const context = (remainingMs: number): Context => apiFunctionContext(remainingMs, 'plan-lock-test');
 
 /** The backends of `pool`'s database other than `except` waiting on a lock. */
 async function lockWaiters(pool: pg.Pool, except: number): Promise<number> {
