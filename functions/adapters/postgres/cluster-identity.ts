@@ -61,6 +61,11 @@ export async function clusterIdReadable(pool: pg.Pool, client: pg.ClientBase): P
   return true;
 }
 
+/** What {@link clusterIdReadable} learned for `pool` (undefined: not asked yet), without asking. */
+export function clusterIdReadableKnown(pool: pg.Pool): boolean | undefined {
+  return readable.get(pool);
+}
+
 /** The cluster id in a row's `cluster_id` column, when it is one. */
 export function clusterIdOfRow(row: unknown): string | undefined {
   const id = (row as { cluster_id?: unknown } | undefined)?.cluster_id;

@@ -46,7 +46,7 @@ import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
 import { DirectoryVersionConflictError, type DirectoryEntry, type DirectoryStore, type ExpectedDirectoryEntry } from './directory-store.js';
 import { abandonConnection, connectBy, DEADLINE_GRACE_MS, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
-import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
+import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable, clusterIdReadableKnown } from './cluster-identity.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { isNodeFailure } from './replica-reader.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
@@ -2380,13 +2380,25 @@ export class PgMovePort implements MovePort<MoveJob> {
     }
   }
 
-  /** Whether the mover's login may read `shard`'s cluster id ({@link clusterIdReadable}, asked once per pool). */
+  /**
+   * Whether the mover's login may read `shard`'s cluster id ({@link clusterIdReadable}, asked once
+   * per pool). The answer is kept for the shard's own pool, never for the bounded wrapper
+   * {@link pool} makes at each call (a new one every time): kept for the wrapper, it was never
+   * found again, and every fence sent the question again (a round trip before each fence, and
+   * where the login is refused, a failed statement in the shard's log at each one;
+   * test/integration/sharding/timeline-lost-write-blue-green.test.ts). Known, no connection is
+   * taken (the release asks too, while the fence is held); not known, the question is sent on a
+   * connection of the wrapper, bounded as the run's other checkouts.
+   */
   private async clusterIdReadable(shard: string): Promise<boolean> {
     const pool = this.pool(shard);
+    const own = this.options.shards.get(shard) ?? pool;
+    const known = clusterIdReadableKnown(own);
+    if (known !== undefined) return known;
     const client = await pool.connect();
     let broken: Error | undefined;
     try {
-      return await clusterIdReadable(pool, client);
+      return await clusterIdReadable(own, client);
     } catch (error) {
       broken = error instanceof Error ? error : new Error(String(error));
       throw error;
@@ -2958,13 +2970,19 @@ export class PgMovePort implements MovePort<MoveJob> {
     // without them, on neither shard once the source was cleaned up. The row `moved` before
     // that snapshot, no writer of the unit logs anything later. Empty after a fence that held
     // (the final catch-up emptied it under the fence): nothing of it then.
+    // And which cluster it was released on (sharding migration 032), in the same RETURNING: a
+    // blue/green switchover while the fence is held puts another cluster behind the source's
+    // address, whose timeline and history the record below takes. Whether the login may read it
+    // is known by now (the fence asked, for the shard's pool); a resumed run in a new process
+    // that only releases asks it here, once.
+    const clusterReadable = await this.clusterIdReadable(job.from);
     const { rows: released } = await this.write(job, job.from, (c) =>
-      c.query<{ tli: string | null; held: boolean | null; logged: boolean }>(
+      c.query<{ tli: string | null; held: boolean | null; logged: boolean; cluster_id?: string }>(
         `update write_fences w set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
            from (select state as was, job_id as was_job from write_fences where kind = $1 and unit_id = $2) o
           where w.kind = $1 and w.unit_id = $2
           returning ${CURRENT_TIMELINE_SQL} as tli, o.was in ('fenced', 'moved') and o.was_job is not distinct from $5::bigint as held,
-                    exists (select 1 from move_changes where job_id = $5) as logged`,
+                    exists (select 1 from move_changes where job_id = $5) as logged${clusterReadable ? `, ${CLUSTER_ID_SQL} as cluster_id` : ''}`,
         [job.kind, job.unitId, job.to, version, job.id],
       ),
     );
@@ -2988,13 +3006,22 @@ export class PgMovePort implements MovePort<MoveJob> {
     // dropped (not told copied) and the history with it (nothing known by migration 014's rule,
     // as a move before it); the timeline is the release's, so a stay the unit began on the source
     // is not taken for one it left on the same timeline (write_copied_off). In the same UPDATE.
+    // Likewise released on another cluster than the fence's (a switchover while the fence was
+    // held), or one not known where the fence recorded one: the timeline, history and position
+    // recorded are then another cluster's numbers, and the cluster recorded is the release's
+    // (NULL: not known). Kept, the fence's cluster (blue) stood beside the release's timeline
+    // and history (green's): a blue token past where green's timeline 1 ends, whose write green
+    // held and the move copied, answered 410 on the new owner
+    // (test/integration/sharding/timeline-lost-write-blue-green.test.ts).
     const releasedOn = released[0]?.tli ?? null;
+    const releasedCluster = clusterIdOfRow(released[0]) ?? null;
     const recorded = await this.updateJobRow(
       `unfenced_at = coalesce(unfenced_at, clock_timestamp()),
-       source_fence_lsn = case when source_timeline = $2::bigint then source_fence_lsn end,
-       source_history = case when $2::bigint is null or source_timeline = $2::bigint then source_history end,
-       source_timeline = coalesce($2::bigint, source_timeline)`,
-      [releasedOn],
+       source_fence_lsn = case when source_timeline = $2::bigint and source_cluster_id is not distinct from $3::text then source_fence_lsn end,
+       source_history = case when ($2::bigint is null or source_timeline = $2::bigint) and source_cluster_id is not distinct from $3::text then source_history end,
+       source_timeline = coalesce($2::bigint, source_timeline),
+       source_cluster_id = $3::text`,
+      [releasedOn, releasedCluster],
       job,
     );
     // Released on another timeline F' than the fence's F, the move copied F' (the final catch-up

@@ -1,12 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { clusterIdReadable } from '../../../functions/adapters/postgres/cluster-identity.js';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { createMovesLookup } from '../../../functions/adapters/postgres/move-lookup.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { clusterIdFromSystemIdentifier, parseReadToken } from '../../../functions/core/sharding/read-token.js';
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { migrateDatabase, startTestPostgres, withAdmin, type TestPostgres } from '../../support/postgres.js';
+import { startTcpProxy } from '../../support/tcp-proxy.js';
 import type { TestReplica } from '../../support/replica.js';
 import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, seedUsers, type MoveEnv, type MoveEnvUrls } from './fixtures/move-env.js';
 import { startFailoverPair, type FailoverPair } from './fixtures/failover-pair.js';
@@ -158,4 +160,150 @@ describe('a blue token read on the shard its unit moved to, after a blue/green s
     // A token issued before tokens named their cluster: judged by position, as before.
     expect(await listWith(`${SOURCE}@${t.lsn};tl=1;v=${t.mapVersion}`)).toEqual({ status: 410, type: WRITE_LOST_TYPE });
   }, 120_000);
+
+  it("tells a write copied off through a stay back on A only when the unit left again from the token's cluster, and asks the mover's pool once whether it may read the cluster id", async () => {
+    // Runs after the tests above (the last one cleared the recorded cluster): the move off A
+    // (green after its failover, timeline 2) records green again.
+    const green = (await clusterIdOf(replica?.url ?? '')) ?? '';
+    const blueId = parseReadToken(token).clusterId ?? '';
+    await after.catalog.query("update catalog.move_jobs set source_cluster_id = $2 where slot = $1 and state = 'done'", [slot, green]);
+    const [{ id: copiedId, lsn: at } = { id: '', lsn: '' }] = (await after.catalog.query<{ id: string; lsn: string }>("select id::text, source_fence_lsn::text as lsn from catalog.move_jobs where state = 'done' and slot = $1", [slot])).rows;
+
+    // The mover's own pool of A, its answer known (a write or an earlier fence asked it): a fence
+    // sends no question of its own. Each fence used to ask again: the mover's pools are wrapped
+    // per call (droppingPool), and the answer was kept per wrapper, never found again.
+    const source = after.shards.get(SOURCE) as pg.Pool;
+    const known = await source.connect();
+    try {
+      expect(await clusterIdReadable(source, known)).toBe(true);
+    } finally {
+      known.release();
+    }
+    let asked = 0;
+    const connect = source.connect.bind(source) as (...args: unknown[]) => Promise<pg.PoolClient>;
+    const counted = new WeakSet<pg.PoolClient>();
+    // Pool.query connects with a callback (passed on as it is); the mover's checkouts without.
+    (source as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
+      if (args.length > 0) return connect(...args);
+      const client = await connect();
+      if (!counted.has(client)) {
+        counted.add(client);
+        const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+        (client as unknown as { query: (...args: unknown[]) => unknown }).query = (text: unknown, ...rest: unknown[]) => {
+          if (typeof text === 'string' && text.startsWith('select (select lpad(to_hex(system_identifier)')) asked++;
+          return query(text, ...rest);
+        };
+      }
+      return client;
+    };
+    // The unit comes back onto A (green, timeline 2) and leaves it again.
+    const move = async (to: string, counting: boolean): Promise<string> => {
+      const mover = after.mover({ readerGraceMs: 0 });
+      const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+      if (job.state !== 'done') throw new Error(`the move to ${to} ended ${job.state}`);
+      if (!counting) asked = 0;
+      return String(job.id);
+    };
+    let back = '';
+    let offAgain = '';
+    try {
+      back = await move(SOURCE, false);
+      offAgain = await move(TARGET, true);
+    } finally {
+      (source as unknown as { connect: (...args: unknown[]) => unknown }).connect = connect;
+    }
+    expect({ asked, recorded: (await after.catalog.query<{ id: string | null }>('select source_cluster_id as id from catalog.move_jobs where id = $1', [offAgain])).rows }).toEqual({
+      asked: 0,
+      recorded: [{ id: green }],
+    });
+
+    // The stay as migration 015 tells one safe: the copy back written on a later timeline than the
+    // token's (3) and the unit gone again on that one. Recorded by hand: the servers here are on
+    // timeline 2 (the copy off's); a third timeline would take another failover of green.
+    await after.catalog.query('update catalog.move_jobs set target_timeline = 3 where id = $1', [back]);
+    await after.catalog.query('update catalog.move_jobs set source_timeline = 3 where id = $1', [offAgain]);
+    const lookup = createMovesLookup(after.catalog);
+    const copied = async (): Promise<{ green: boolean; blue: boolean; none: boolean }> => {
+      const at2 = (id?: string) => parseReadToken(`${SOURCE}@${at};tl=2;v=1${id === undefined ? '' : `;id=${id}`}`);
+      return { green: await lookup.writeCopiedOff(at2(green), owner), blue: await lookup.writeCopiedOff(at2(blueId), owner), none: await lookup.writeCopiedOff(at2(), owner) };
+    };
+    // Left again from green (the token's cluster): the copy off by the first move stays green's write's.
+    expect(await copied()).toEqual({ green: true, blue: false, none: true });
+    // Left again from another cluster (a blue/green switchover during the stay; timeline 3 is then
+    // that cluster's number, which says nothing of a failover of green during the stay), or from
+    // one not recorded: not known for a token of green. A token without the id, as before.
+    for (const other of [blueId, null]) {
+      await after.catalog.query('update catalog.move_jobs set source_cluster_id = $2 where id = $1', [offAgain, other]);
+      expect({ other, ...(await copied()) }).toEqual({ other, green: false, blue: false, none: true });
+    }
+    // The copy off and the leaving again both recorded of blue: then a token of blue is told
+    // copied, and green's is not (the numbers are blue's).
+    await after.catalog.query('update catalog.move_jobs set source_cluster_id = $2 where id = any($1::bigint[])', [[copiedId, offAgain], blueId]);
+    expect(await copied()).toEqual({ green: false, blue: true, none: true });
+  }, 180_000);
+
+  it("records the cluster the fence was released on: a switchover while the move holds the fence leaves no blue cluster id beside green's timeline and history", async () => {
+    if (!blue || !replica || !pair) throw new Error('no servers');
+    const [b, r] = [blue, replica];
+    // A's address (a proxy, as the shard's DNS name or RDS Proxy) reaches blue, then green.
+    const proxy = await startTcpProxy(b.port);
+    closers.push(() => proxy.close());
+    const proxied = b.urlFor(SOURCE).replace(`:${b.port}/`, `:${proxy.port}/`);
+    const env = connectMoveEnv({ catalog: pair.catalogServer.urlFor('catalog'), shards: { [TARGET]: pair.catalogServer.urlFor(TARGET), [SOURCE]: proxied } });
+    closers.push(() => env.stop());
+    const slot2 = await firstSlotOwnedBy(env, SOURCE, 100);
+    const [owner2] = keysInSlot(slot2, 1) as [string];
+    await seedUsers(env.shards.get(SOURCE) as pg.Pool, slot2, [owner2], 0);
+    const w = await (await apiOver(env))('/api/v1/documents', {}, { owner_id: owner2, title: 'written on blue, moved during the switchover' });
+    const blueToken = w.headers.get('x-read-token') ?? '';
+    if (w.status !== 201 || blueToken === '') throw new Error(`the write answered ${w.status}: ${JSON.stringify(w.body)}`);
+    const doc2 = String(w.body.id);
+    for (const [table, column] of [['users', 'id'], ['documents', 'owner_id'], ['document_keys', 'owner_id']] as const) await replicate(b.urlFor(SOURCE), r.urlFor(SOURCE), table, column, owner2);
+    /** `table`'s rows `where` on blue, put in place of green's, as the logical replication does. */
+    const carry = async (table: string, where: string, value: string): Promise<void> => {
+      const rows = await withClient(b.urlFor(SOURCE), async (c) => (await c.query<{ r: unknown }>(`select row_to_json(t) as r from ${table} t where ${where}`, [value])).rows.map((x) => x.r));
+      await withClient(r.urlFor(SOURCE), async (c) => {
+        await c.query(`delete from ${table} t where ${where}`, [value]);
+        for (const row of rows) await c.query(`insert into ${table} overriding system value select * from json_populate_record(null::${table}, $1::json)`, [JSON.stringify(row)]);
+      });
+    };
+    const mover = env.mover({
+      readerGraceMs: 0,
+      fenceBudgetMs: 30_000,
+      hook: async (point, job) => {
+        if (point !== 'fenced') return;
+        // The switchover while the move holds the fence: green has what blue committed (the
+        // fence row fenced by this job, its permit and capture), and A's address reaches green.
+        await carry('write_fences', "kind = 'slot' and unit_id = $1", String(slot2));
+        for (const table of ['move_permits', 'move_captures', 'move_changes']) await carry(table, 'job_id = $1::bigint', String(job.id));
+        proxy.retarget(r.port);
+        await proxy.cut();
+        await proxy.restore();
+        // The pools see their connections to blue closed before the run sends its next statement.
+        await new Promise((resolve) => setTimeout(resolve, 300));
+      },
+    });
+    const job = await mover.run((await mover.plan({ kind: 'slot', slot: slot2, to: TARGET, createdBy: 'test' })).id);
+    expect({ state: job.state, error: job.error ?? null }).toEqual({ state: 'done', error: null });
+
+    const green = (await clusterIdOf(r.url)) ?? '';
+    const t = parseReadToken(blueToken);
+    // The premise: a blue token of timeline 1 past where green's timeline 1 ends.
+    expect({ timeline: t.timeline, past: parseLsn(t.lsn) > fork, id: t.clusterId }).toEqual({ timeline: 1, past: true, id: await clusterIdOf(b.url) });
+    // Released on green (timeline 2): the record is green's (its timeline, history and cluster),
+    // never blue's cluster beside green's numbers, and no fence position (one of blue's WAL).
+    const recorded = await env.catalog.query<{ tl: string | null; lsn: string | null; id: string | null }>(
+      'select source_timeline::text as tl, source_fence_lsn::text as lsn, source_cluster_id as id from catalog.move_jobs where id = $1',
+      [job.id],
+    );
+    // Before: blue's id beside green's history (timeline 1 ending at X), and the blue token,
+    // whose write green held and the move copied, answered 410 on the new owner.
+    const list = await (await apiOver(env))(`/api/v1/users/${owner2}/documents`, { 'x-read-after': blueToken });
+    expect({ recorded: recorded.rows, status: list.status, type: list.body?.type as unknown, ids: (list.body?.items as { id: string }[] | undefined)?.map((i) => i.id) }).toEqual({
+      recorded: [{ tl: '2', lsn: null, id: green }],
+      status: 200,
+      type: undefined,
+      ids: [doc2],
+    });
+  }, 180_000);
 });
