@@ -26,6 +26,7 @@ import { createScalingApiPort, type ScalingApiDeps } from '../functions/api/wiri
 import { parseShardingConfig } from '../functions/core/sharding/config.js';
 import { ShardRouter } from '../functions/core/sharding/router.js';
 import { keysInSlot, seedUsers, startMoveEnv } from '../test/integration/sharding/fixtures/move-env.js';
+import { median, timed } from './support/timing.js';
 
 const flags = z
   .object({
@@ -34,13 +35,6 @@ const flags = z
     reps: z.coerce.number().int().min(1).max(50).default(5),
   })
   .parse(parseArgs({ options: { slots: { type: 'string' }, refused: { type: 'string' }, reps: { type: 'string' } }, strict: true }).values);
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
-async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
-  const t0 = performance.now();
-  const out = await fn();
-  return [out, performance.now() - t0];
-}
 
 console.log(`load average before: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 const env = await startMoveEnv();

@@ -28,6 +28,7 @@ import { parseShardingConfig } from '../functions/core/sharding/config.js';
 import { moveRoutingOf } from '../functions/core/sharding/move-machine.js';
 import { ShardRouter } from '../functions/core/sharding/router.js';
 import { keysInSlot, seedUsers, startMoveEnv } from '../test/integration/sharding/fixtures/move-env.js';
+import { median, timed } from './support/timing.js';
 
 const flags = z
   .object({
@@ -39,13 +40,6 @@ const flags = z
     reps: z.coerce.number().int().min(1).max(50).default(3),
   })
   .parse(parseArgs({ options: { pins: { type: 'string' }, slots: { type: 'string' }, reps: { type: 'string' } }, strict: true }).values);
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
-async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
-  const t0 = performance.now();
-  const out = await fn();
-  return [out, performance.now() - t0];
-}
 
 console.log(`load average before: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 const env = await startMoveEnv();
