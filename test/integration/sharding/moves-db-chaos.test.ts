@@ -98,10 +98,32 @@ describe('a move under database faults at random moments', () => {
         const runP = moverOwnPools().run(planned.id);
         let settled = false;
         void runP.then(() => (settled = true), () => (settled = true));
+        // Hung means no progress, not slow: on a loaded machine (load 11-14 on the 2 cores) a
+        // catch-up pass took about 1 s and a run that moved on at every step outlasted 15 s,
+        // which a bound on the whole run called hung (h140). Progress is what the job row records
+        // (state, pages copied, changes applied, rows deleted, fence attempts, error); the run is
+        // hung once none of it has changed for 15 s, or it is still running after 90 s.
         const t0 = Date.now();
+        // Read on the test's own pools, which the chaos does not terminate; a read that fails (the
+        // catalog restarting, in its 'restart' cases) tells nothing, and is not the run's failure.
+        const mark = (): Promise<string | undefined> =>
+          env
+            .mover()
+            .get(planned.id)
+            .then(
+              (j) => JSON.stringify([j.state, j.rowsCopied, j.changesApplied, j.rowsDeleted, j.fenceTimeouts, j.error]),
+              () => undefined,
+            );
+        let seen = await mark();
+        let movedAt = t0;
         while (!settled) {
           await delay(200);
-          if (Date.now() - t0 > 15_000) {
+          const now = await mark();
+          if (now !== undefined && now !== seen) {
+            seen = now;
+            movedAt = Date.now();
+          }
+          if (Date.now() - movedAt > 15_000 || Date.now() - t0 > 90_000) {
             const j = await env.mover().get(planned.id);
             const act = async (url: string) => {
               const c = new pg.Client({ connectionString: url });
@@ -111,7 +133,7 @@ describe('a move under database faults at random moments', () => {
               await c.end();
               return { act: r.rows, waiting: l.rows };
             };
-            console.log('HUNG RUN', JSON.stringify({ state: j.state, err: j.error, src: await act(env.urls.shards[from] as string), tgt: await act(env.urls.shards[to] as string), cat: await act(env.urls.catalog) }, null, 1));
+            console.log('HUNG RUN', JSON.stringify({ runMs: Date.now() - t0, sinceProgressMs: Date.now() - movedAt, state: j.state, err: j.error, rowsCopied: j.rowsCopied, changesApplied: j.changesApplied, src: await act(env.urls.shards[from] as string), tgt: await act(env.urls.shards[to] as string), cat: await act(env.urls.catalog) }, null, 1));
             hung = true;
             break;
           }
