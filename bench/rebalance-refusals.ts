@@ -21,11 +21,11 @@ import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { listFences } from '../functions/adapters/postgres/fence-review.js';
 import { ShardInspector } from '../functions/adapters/postgres/shard-inspector.js';
-import { ShardPools } from '../functions/adapters/postgres/shard-pools.js';
 import { createScalingApiPort, type ScalingApiDeps } from '../functions/api/wiring.js';
 import { parseShardingConfig } from '../functions/core/sharding/config.js';
 import { ShardRouter } from '../functions/core/sharding/router.js';
 import { keysInSlot, seedUsers, startMoveEnv } from '../test/integration/sharding/fixtures/move-env.js';
+import { rebalancePools } from '../test/integration/sharding/fixtures/rebalance-port.js';
 import { median, timed } from './support/timing.js';
 
 const flags = z
@@ -38,7 +38,7 @@ const flags = z
 
 console.log(`load average before: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 const env = await startMoveEnv();
-const pools = ShardPools.fromConfig({ shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, read_replicas: [] })) }, { max: 4 });
+const pools = rebalancePools(env, 4);
 try {
   const map = await env.slotMaps.current();
   const source = env.shards.get('shard_a');
