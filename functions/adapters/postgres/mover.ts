@@ -44,7 +44,7 @@ import { SLOT_COUNT } from '../../core/sharding/hash.js';
 import { canonicalKey, keySlot, uuidForm } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting, type MoveUnitVerdict } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
-import { cancelStatement, NodeTimeoutError, withNodeDeadline } from './deadline.js';
+import { cancelStatement, connectBy, DeadlinePassedError, holdToDeadline, NodeTimeoutError, queryCanceled, serverTimeoutMs, withNodeDeadline } from './deadline.js';
 import { ownersOfSlotsSince } from './fence-review.js';
 import {
   MoveBusyError,
@@ -213,6 +213,25 @@ const PLAN_LOCK_WAITS_MS = SLOT_PIN_LOCK_WAIT_MS;
  * the row, rather than left to outwait it.
  */
 const PLAN_IDLE_MS = 15_000;
+/**
+ * How long after the request's deadline (`until`) {@link Mover.plan} cancels the statement of its
+ * job's transaction still running: as long as {@link boundedPool} lets a read of its checks run
+ * past it ({@link REFUSAL_READ_CUT_GRACE_MS}), well within the answer margin before API Gateway's
+ * 504 (API_ANSWER_MARGIN_MS). Later than `until` so that a lock wait bounded by the time left (its
+ * lock_timeout ends at `until`) is refused naming the lock's holder, not cancelled unnamed.
+ */
+const PLAN_CANCEL_SLACK_MS = 100;
+
+/**
+ * SQL setting the transaction's `statement_timeout` (SET LOCAL's scope: `set_config(..., true)`)
+ * to `ms`, unless the session's is shorter and not 0 (the control login's 10 s, catalog migration
+ * 005): the request's time left bounds each statement on the server too, never beyond the login's
+ * own bound.
+ */
+function statementTimeoutAtMostSql(ms: number): string {
+  return `select set_config('statement_timeout', (case when s.ms > 0 and s.ms < ${ms} then s.ms else ${ms} end)::bigint::text, true) from (select extract(epoch from current_setting('statement_timeout')::interval) * 1000 as ms) s`;
+}
+
 /** How long a refused cancel waits for the target's fence row, which only chooses its words (see {@link Mover.requestCancel}). */
 const TARGET_ROW_READ_MS = 2000;
 
@@ -286,7 +305,24 @@ const REFUSAL_READ_CUT_GRACE_MS = 100;
  */
 function boundedPool(pool: pg.Pool, until: number, budgetMs: number): pg.Pool {
   const query = async (text: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult> => {
-    const client = await pool.connect();
+    // Not sent, the deadline already passed: nothing asked of the node.
+    if (until - Date.now() <= 0) throw new NodeTimeoutError("the move plan's checks", budgetMs);
+    // The checkout bounded by `until` too (deadline.ts connectBy), not only by the pool's
+    // connectionTimeoutMillis (2 s for the shards' pools, 3 s for a Lambda's): a node that accepts
+    // TCP and never answers the startup (a silent node: a frozen host, a black-holed path) kept a
+    // request with 1 s left up to 1 s past its deadline, answered with the pool's "timeout
+    // exceeded when trying to connect" (h141, moves-plan-deadline-gaps.test.ts). A connection that
+    // arrives after the deadline goes back to the pool (connectBy), and a silent node's connect is
+    // ended by the pool at its own timeout: none is left held (a Lambda's pools have one).
+    let client: pg.PoolClient;
+    try {
+      client = await connectBy(pool, until, "the move plan's checks");
+    } catch (err) {
+      // The node asked and silent until the deadline: a NodeTimeoutError as a read cut is (its
+      // cause the DeadlinePassedError, which tells shardBoundedPool the node was asked).
+      if (err instanceof DeadlinePassedError) throw Object.assign(new NodeTimeoutError("the move plan's checks", budgetMs), { cause: err });
+      throw err;
+    }
     const left = until - Date.now();
     if (left <= 0) {
       client.release();
@@ -347,7 +383,9 @@ function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs:
       if (!(err instanceof NodeTimeoutError) && !(err instanceof Error && err.message === 'Query read timeout')) throw isNodeFailure(err) ? new ShardNodeFailure(shard, err as Error) : err;
       // Not sent, the deadline passed before it (the checks' catalog reads took the time): the
       // shard was not asked, and "no answer within ..." would blame it (h137).
-      if (err instanceof NodeTimeoutError && Date.now() >= until) throw new MovePlanOutOfTime(outOfTime(`before its checks read ${shard}`, until), { cause: err });
+      // One whose connect was under way at the deadline (boundedPool: connectBy's DeadlinePassedError
+      // its cause) did ask the shard, which did not answer: named as a read cut is.
+      if (err instanceof NodeTimeoutError && !(err.cause instanceof DeadlinePassedError) && Date.now() >= until) throw new MovePlanOutOfTime(outOfTime(`before its checks read ${shard}`, until), { cause: err });
       throw Object.assign(new NodeTimeoutError(shard, budgetMs), { cause: err });
     }
   };
@@ -458,6 +496,20 @@ export class Mover {
       broken = true;
     };
     client.on('error', onError);
+    // Every statement of the job's transaction ends by `until` too, not only its lock waits: a
+    // statement slow for another reason (a catalog under heavy I/O, a slow disk; a trigger that
+    // sleeps in the test) ran past the request's deadline and then committed the job, answered to no
+    // one (h141, moves-plan-deadline-gaps.test.ts: 202 after 4 s where 1 s was left). The
+    // statement running at the deadline is cancelled (deadline.ts holdToDeadline: a cancel request,
+    // repeated while the transaction runs on), never the commit once sent (a commit cancelled may
+    // still have committed), and none is sent with no time left (below). A little after `until`
+    // ({@link PLAN_CANCEL_SLACK_MS}): a lock wait bounded by what the request had left (its
+    // lock_timeout, set to end at `until`) is refused naming the lock's holder, as before, rather
+    // than cancelled unnamed. The server bounds each statement by the time left too (its
+    // statement_timeout, never longer than the login's own), should the client go.
+    let committing = false;
+    const guard = until === undefined ? undefined : holdToDeadline(client, until + PLAN_CANCEL_SLACK_MS, { mayCancel: () => !committing });
+    let failure: unknown;
     let recorded: JobRow;
     try {
       // READ COMMITTED whatever the login's or the database's default: the reads after the slot's
@@ -466,7 +518,9 @@ export class Mover {
       // owner-change-pin-lock-order.test.ts).
       // Bounded on the server, in the same round trip: see PLAN_RECORD_WAIT_MS and PLAN_IDLE_MS.
       const recordWait = bounded(PLAN_RECORD_WAIT_MS);
-      await client.query(`begin isolation level read committed; set local lock_timeout = ${recordWait.waitMs}; set local idle_in_transaction_session_timeout = ${PLAN_IDLE_MS}`);
+      await client.query(
+        `begin isolation level read committed; set local lock_timeout = ${recordWait.waitMs}; set local idle_in_transaction_session_timeout = ${PLAN_IDLE_MS}${until === undefined ? '' : `; ${statementTimeoutAtMostSql(serverTimeoutMs(leftMs() + PLAN_CANCEL_SLACK_MS))}`}`,
+      );
       try {
         const { rows } = await client.query<JobRow>(
           `insert into catalog.move_jobs (kind, unit_id, slot, from_shard, to_shard, excluded_keys, map_version_before, created_by, reason)
@@ -533,10 +587,27 @@ export class Mover {
           throw new MoveConflictError(`the directory's keys in ${what} changed while this move was planned; nothing was recorded: plan it again`);
         }
       }
+      // No commit sent with no time left: the job would be recorded after the answer.
+      if (until !== undefined && leftMs() <= 0) {
+        await client.query('rollback');
+        throw new MovePlanOutOfTime(`cannot plan the move of ${what} from ${from} to ${req.to}: ${outOfTime('while it recorded its job', until)}`);
+      }
+      // Between here and the COMMIT being written to the socket only microtasks run.
+      committing = true;
       await client.query('commit');
     } catch (err) {
+      failure = err;
       await client.query('rollback').catch(() => undefined);
       if (err instanceof MoveError) throw err;
+      // A statement of the transaction cancelled at the request's deadline (the guard's cancel
+      // request, or the statement_timeout of the time left) or a connection dropped then (a catalog
+      // that answered nothing within the grace), before its commit was sent: nothing was recorded.
+      if (guard !== undefined && until !== undefined && !committing && (guard.expired || guard.cancelledByDeadline(err) || (queryCanceled(err) && leftMs() <= 0 && !guard.cancelledByOther(err)))) {
+        throw new MovePlanOutOfTime(
+          `cannot plan the move of ${req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`} from ${from} to ${req.to}: ${outOfTime(`while it recorded its job (the catalog's statement running then was cancelled${guard.expired ? ' and its connection dropped: the catalog did not answer' : ''})`, until)}`,
+          { cause: err },
+        );
+      }
       if ((err as { code?: string }).code === '23505') {
         // On this connection: a pool of one (a Lambda's) has no other to give until it is released.
         const { rows } = await client.query<{ id: string }>(`select id from catalog.move_jobs where slot = $1 and state <> all($2::text[])`, [slot, TERMINAL_STATES]);
@@ -544,8 +615,12 @@ export class Mover {
       }
       throw new MoveError(`could not record the move: ${message(err)}`, { cause: err });
     } finally {
+      guard?.disarm();
+      // Cancelled at the deadline: lent again only once the cancel request has been passed on in
+      // full (deadline.ts ClientDeadline.reusable): a late one would cancel the next request's statement.
+      if (guard !== undefined && queryCanceled(failure)) await guard.settled();
       client.off('error', onError);
-      client.release(broken || undefined);
+      client.release(broken || guard?.reusable(failure) === false || undefined);
     }
     return toJob(recorded);
   }
