@@ -73,6 +73,17 @@ interface RecordedSource {
   readonly source_fence_lsn: string | null;
 }
 
+/**
+ * The source's timeline and its history as one statement read them (`PgMovePort.sourceTimeline`),
+ * with the id of the cluster that answered when it was asked (`clusterId` absent: not asked; null:
+ * asked, none answered).
+ */
+interface SourceTimeline {
+  readonly timeline: number | null;
+  readonly history: string | null;
+  readonly clusterId?: string | null;
+}
+
 export interface MoveSettings {
   /**
    * How long a transaction of the run may sit idle on a shard before the server ends it
@@ -2278,15 +2289,22 @@ export class PgMovePort implements MovePort<MoveJob> {
     // hold its writes for nothing (the flip refuses), at every run.
     const read = await this.ownerBeforeFence(job);
     if (isForeignOwner(job, read)) throw new MoveOwnerConflict(foreignOwnerMessage(job, read));
-    // The source's timeline and its history, read before the fence (outside its budget) and
-    // recorded with the fence: a read with a token of the source whose write a failover of the
-    // source lost before this move tells so on the unit's new shard (sharding migration 014).
-    let source = await this.sourceTimeline(job.from);
-    // And which cluster the source is (sharding migration 032), read in the fence's own statement
+    // Which cluster the source is (sharding migration 032), read in the fence's own statement
     // below, when the mover's login may read the control file (learned once per pool, here, before
     // the fence): timelines and positions are a cluster's own, and a blue/green switchover puts
     // another cluster behind the shard's address (cluster-identity.ts).
     const clusterReadable = await this.clusterIdReadable(job.from);
+    // The source's timeline and its history, read before the fence (outside its budget) and
+    // recorded with the fence: a read with a token of the source whose write a failover of the
+    // source lost before this move tells so on the unit's new shard (sharding migration 014).
+    // Read with the cluster id in the same statement (so of the one server that answered it), and
+    // recorded only beside the fence's own cluster id: a switchover between this read and the
+    // fence, both clusters on the same timeline number (each after a failover of its own), had
+    // blue's history recorded beside green's id and timeline, and a token of green whose write
+    // green held and the move copied, past where blue's timeline 1 ended, answered 410 "write
+    // lost" on the unit's new shard
+    // (test/integration/sharding/timeline-lost-write-switchover-fence.test.ts).
+    let source = await this.sourceTimeline(job.from, clusterReadable);
     let fencedCluster: string | null = null;
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     let fencedOn: number | null;
@@ -2340,14 +2358,18 @@ export class PgMovePort implements MovePort<MoveJob> {
     // it (nothing known). A source that answered no timeline before the fence (the function absent
     // or refused, the mover without shard migration 031) would answer none again: it is not asked
     // while the fence holds the unit's writes.
-    if (fencedOn !== source.timeline && fencedOn !== null && source.timeline !== null) {
-      const unknown = { timeline: null, history: null };
+    // Likewise a switchover between the two (another cluster answered the fence than the read):
+    // the history is read again, kept only when of the fence's cluster and timeline, else none is
+    // recorded (the timeline and cluster id are the fence's: nothing known of the history).
+    const ofFence = (read: SourceTimeline): boolean => read.timeline === fencedOn && (!clusterReadable || read.clusterId === fencedCluster);
+    if (!ofFence(source) && fencedOn !== null && source.timeline !== null) {
+      const unknown: SourceTimeline = { timeline: null, history: null };
       source = await this.withinBudget(
-        this.sourceTimeline(job.from).catch(() => unknown),
+        this.sourceTimeline(job.from, clusterReadable).catch(() => unknown),
         unknown,
       );
     }
-    if (source.timeline !== fencedOn) source = { timeline: fencedOn, history: null };
+    if (!ofFence(source)) source = { timeline: fencedOn, history: null };
     try {
       // A fence taken again (a resumed run) overwrites what the last one recorded.
       await this.heldToFence(() =>
@@ -2412,12 +2434,19 @@ export class PgMovePort implements MovePort<MoveJob> {
    * timeline_history(), which the mover may execute from shard migration 031 on). Nulls when it
    * cannot be had: the function absent (42883) or refused (42501), a NULL history (its owner may
    * not read the file); other errors (the connection) are thrown, as any of the move's queries.
+   * `withClusterId` (the login may read the control file): with the cluster id of the server that
+   * answered, in the same statement (null when it answered none), so that the history is never
+   * paired with another cluster's id read by another statement.
    */
-  private async sourceTimeline(shard: string): Promise<{ timeline: number | null; history: string | null }> {
+  private async sourceTimeline(shard: string, withClusterId: boolean): Promise<SourceTimeline> {
     try {
-      const { rows } = await this.pool(shard).query<{ timeline: string | null; history: string | null }>('select timeline::text as timeline, history from timeline_history()');
+      const { rows } = await this.pool(shard).query<{ timeline: string | null; history: string | null; cluster_id?: string }>(
+        `select timeline::text as timeline, history${withClusterId ? `, ${CLUSTER_ID_SQL} as cluster_id` : ''} from timeline_history()`,
+      );
       const row = rows[0];
-      return row === undefined || row.timeline === null ? { timeline: null, history: null } : { timeline: Number(row.timeline), history: row.history };
+      return row === undefined || row.timeline === null
+        ? { timeline: null, history: null }
+        : { timeline: Number(row.timeline), history: row.history, ...(withClusterId ? { clusterId: clusterIdOfRow(row) ?? null } : {}) };
     } catch (err) {
       if (hasSqlState(err, UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE)) return { timeline: null, history: null };
       throw err;
@@ -3031,13 +3060,15 @@ export class PgMovePort implements MovePort<MoveJob> {
     // on the unit's new shard straight after this move. Recorded only with that timeline: the
     // read failing (the function absent or refused, the source unreachable) or answering
     // another timeline (a second failover) leaves it NULL (nothing known, as before). No fence
-    // position is recorded with it: never told copied (write_copied_off).
+    // position is recorded with it: never told copied (write_copied_off). Nor when another
+    // cluster answered the read than the release (a switchover in between, both on the same
+    // timeline number): read with its cluster id in one statement, as the fence's.
     if (releasedOn !== null && recorded.source_timeline !== null && String(recorded.source_timeline) === releasedOn && recorded.source_history === null && recorded.source_fence_lsn === null) {
-      const now = await this.sourceTimeline(job.from).catch(() => ({ timeline: null, history: null }));
-      if (now.timeline !== null && String(now.timeline) === releasedOn && now.history !== null) {
+      const now: SourceTimeline = await this.sourceTimeline(job.from, clusterReadable).catch(() => ({ timeline: null, history: null }));
+      if (now.timeline !== null && String(now.timeline) === releasedOn && now.history !== null && (!clusterReadable || now.clusterId === releasedCluster)) {
         await this.updateJob(
-          `source_history = case when source_timeline = $2::bigint and source_fence_lsn is null then coalesce(source_history, $3) else source_history end`,
-          [releasedOn, now.history],
+          `source_history = case when source_timeline = $2::bigint and source_fence_lsn is null and source_cluster_id is not distinct from $4::text then coalesce(source_history, $3) else source_history end`,
+          [releasedOn, now.history, releasedCluster],
           job,
         );
       }

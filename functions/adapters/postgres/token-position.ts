@@ -53,9 +53,18 @@ export function commitSettingOf(answer: { readonly rows?: readonly unknown[] } |
 /**
  * The token's position for a commit whose transaction ran with `synchronous_commit` =
  * `transactionSetting` ({@link COMMIT_SETTING_SQL}; undefined when not read): the insert position
- * for `off` (the commit record is inserted, perhaps not flushed), else {@link TOKEN_POSITION_SQL}
- * (the flush position unless the session's own setting is off).
+ * for `off` (the commit record is inserted, perhaps not flushed), the flush position for any other
+ * value (the commit record was flushed before the COMMIT was answered), and when not read,
+ * {@link TOKEN_POSITION_SQL} (by the session's setting after the commit). The transaction's own
+ * setting decides both ways: a session whose setting is off (a session-level SET, a role's or a
+ * database's) and whose transaction raised it for itself (`SET LOCAL synchronous_commit = on`, a
+ * write that must be durable) committed with its record flushed, but the session's setting read
+ * after the commit says off, and its token was the insert position: past a primary restarted from
+ * a crash that lost other sessions' WAL inserted after the commit, a miss with it answered 410
+ * "write lost" from the server that holds the write
+ * (test/integration/sharding/timeline-token-crash-restart.test.ts, h142).
  */
 export function tokenPositionSql(transactionSetting: string | undefined): string {
-  return transactionSetting === 'off' ? 'pg_current_wal_insert_lsn()' : TOKEN_POSITION_SQL;
+  if (transactionSetting === undefined) return TOKEN_POSITION_SQL;
+  return transactionSetting === 'off' ? 'pg_current_wal_insert_lsn()' : 'pg_current_wal_flush_lsn()';
 }

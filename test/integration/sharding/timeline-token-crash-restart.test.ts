@@ -2,6 +2,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { captureWriteToken } from '../../../functions/adapters/postgres/replica-reader.js';
+import { COMMIT_SETTING_SQL, commitSettingOf } from '../../../functions/adapters/postgres/token-position.js';
 import { WRITE_POSITION_SQL } from '../../../functions/adapters/postgres/write-transaction.js';
 import { parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { formatReadToken, parseReadToken } from '../../../functions/core/sharding/read-token.js';
@@ -124,5 +125,53 @@ describe('a read token of a write its own primary holds, read after that primary
     });
     // Before: 410 write-lost for both misses, from the server that holds the token's write.
     expect({ neverMade: neverMade.status, deleted: deleted.status, owner: owner.status }).toEqual({ neverMade: 404, deleted: 404, owner: 200 });
+  }, 120_000);
+
+  // h142: a session (a role's or a database's setting, or a session-level SET) committing with
+  // synchronous_commit off, whose transaction raised it for itself (`SET LOCAL synchronous_commit
+  // = on`: this write must be durable). The commit record is flushed; the session's setting read
+  // after the COMMIT says off, and the token was the insert position though the caller passed the
+  // transaction's own setting (`transactionSetting: 'on'`, as writeWithToken and the writer read it
+  // in the COMMIT's round trip): past the restarted primary's WAL end, a miss answered 410.
+  it("takes the flush position for a commit the transaction made with synchronous_commit on in a session set off: a miss after a crash restart is 404, not 410", async () => {
+    const { api } = await oneShardApi(server.url, closers);
+    const user = await api('POST', '/api/v1/users', { email: 'crash-local@example.org', display_name: 'crash local' });
+    const doomed = await api('POST', '/api/v1/documents', { owner_id: user.body?.id, title: 'deleted durably before the crash' });
+    if (user.status !== 201 || doomed.status !== 201) throw new Error(`the writes answered ${user.status}, ${doomed.status}`);
+    const issued = parseReadToken(user.headers.get('x-read-token') ?? '');
+
+    const writer = new pg.Client({ connectionString: server.url });
+    writer.on('error', () => undefined);
+    await writer.connect();
+    const other = new pg.Client({ connectionString: server.url });
+    other.on('error', () => undefined);
+    await other.connect();
+    await other.query('create table filler_local (n int, pad text)');
+    await writer.query('set synchronous_commit = off');
+    await writer.query('begin');
+    await writer.query('set local synchronous_commit = on');
+    await writer.query('delete from documents where id = $1', [doomed.body?.id]);
+    const transactionSetting = commitSettingOf(await writer.query(COMMIT_SETTING_SQL));
+    await writer.query('commit');
+    await other.query('begin');
+    await other.query("insert into filler_local select g, repeat('x', 100) from generate_series(1, 2000) g");
+    const token = formatReadToken({ ...issued, lsn: await captureWriteToken(writer, transactionSetting === undefined ? {} : { transactionSetting }) });
+    const before = await withClient(server.url, async (c) => (await c.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn')).rows[0]?.lsn ?? '0/0');
+    await writer.end();
+
+    await server.restart('immediate');
+    const after = await withClient(server.url, async (c) => (await c.query<{ lsn: string; tli: string }>("select pg_current_wal_insert_lsn()::text as lsn, substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) as tli")).rows[0]);
+    const read = (path: string): Promise<Answer> => readAfterRetried(api, path, token);
+    const deleted = await read(`/api/v1/documents/${String(doomed.body?.id)}?owner=${String(user.body?.id)}`);
+
+    // The premise: the transaction's own setting read as on, and the crash lost WAL inserted
+    // before the token was read (the other session's), on the same timeline.
+    expect({ transactionSetting, timeline: Number.parseInt(after?.tli ?? '', 16), lostInserted: parseLsn(before) > parseLsn(after?.lsn ?? '0/0') }).toEqual({
+      transactionSetting: 'on',
+      timeline: 1,
+      lostInserted: true,
+    });
+    // Before: 410 write-lost, from the server that holds the token's (durable) write.
+    expect({ deleted: deleted.status, type: deleted.body?.type as unknown }).toEqual({ deleted: 404, type: expect.not.stringMatching(/write-lost/) as unknown });
   }, 120_000);
 });

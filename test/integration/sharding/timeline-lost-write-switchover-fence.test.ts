@@ -1,0 +1,175 @@
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
+import { formatLsn, parseLsn } from '../../../functions/core/sharding/lsn.js';
+import { clusterIdFromSystemIdentifier } from '../../../functions/core/sharding/read-token.js';
+import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
+import { migrateDatabase, startTestPostgres, withAdmin, type TestPostgres } from '../../support/postgres.js';
+import { startTestReplica, type TestReplica } from '../../support/replica.js';
+import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.js';
+import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, seedUsers, type MoveEnv } from './fixtures/move-env.js';
+import { startFailoverPair, type FailoverPair } from './fixtures/failover-pair.js';
+import { documentsApiClientOver, type ApiCall } from './fixtures/move-env-api.js';
+
+const SOURCE = 'shard_b';
+const TARGET = 'shard_a';
+
+/**
+ * Issue #15 (h142): the move off A reads A's timeline and its history before the fence (outside
+ * the fence's budget) and A's cluster id in the fence's own statement. A blue/green switchover
+ * between the two (A's address, a proxy here, reaching green, another cluster) where both clusters
+ * are on the same timeline number (2, each after a failover of its own) recorded blue's history
+ * beside green's cluster id: the timeline matched, so nothing read it again. A token of green's
+ * timeline 1 whose write green's timeline 2 holds (green forked past it) but past where blue's
+ * timeline 1 ended was then judged by blue's history: 410 "write lost" on the unit's new shard for
+ * a write that is there. The history is now read with the cluster id in one statement, and kept
+ * only when that id is the fence's.
+ */
+describe("a switchover between the move's read of the source's timeline history and its fence, both clusters on timeline 2", () => {
+  let pair: FailoverPair | undefined;
+  let blue: TestPostgres | undefined;
+  let blueReplica: TestReplica | undefined;
+  let proxy: TcpProxy | undefined;
+  let env: MoveEnv | undefined;
+  const closers: (() => Promise<void>)[] = [];
+  let blueFork = 0n;
+  let greenFork = 0n;
+
+  const position = (url: string): Promise<bigint> => withClient(url, async (c) => parseLsn((await c.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn')).rows[0]?.lsn ?? '0/0'));
+  const clusterIdOf = (url: string): Promise<string | undefined> =>
+    withClient(url, async (c) => clusterIdFromSystemIdentifier((await c.query<{ id: string }>('select system_identifier::text as id from pg_control_system()')).rows[0]?.id ?? ''));
+  /** Promotes `replica` (timeline 2) and answers where its timeline 1 ended (its history file). */
+  const promote = async (replica: TestReplica): Promise<bigint> => {
+    await withClient(replica.url, (c) => c.query('select pg_promote(true, 60)'));
+    return withClient(replica.url, async (c) => {
+      const { rows } = await c.query<{ text: string }>("select pg_read_file('pg_wal/00000002.history') as text");
+      return parseLsn(/^1\t([0-9A-F]+\/[0-9A-F]+)\t/m.exec(rows[0]?.text ?? '')?.[1] ?? '0/0');
+    });
+  };
+
+  beforeAll(async () => {
+    // Blue initdb'd on its own (another system identifier than the template's copies, green's).
+    [pair, blue] = await Promise.all([startFailoverPair({ catalogShard: TARGET, failingShard: SOURCE }), startTestPostgres({ initdbFlags: [] })]);
+    await withAdmin(blue.url, (c) => c.query(`create database ${SOURCE}`));
+    await migrateDatabase(blue.urlFor(SOURCE), 'shard');
+    blueReplica = await startTestReplica(blue);
+    await blueReplica.waitForCatchUp();
+    // Each cluster fails over once: both on timeline 2, blue's timeline 1 ending well before green's.
+    blueFork = await promote(blueReplica);
+    const green = pair.failingServer.urlFor(SOURCE);
+    while ((await position(green)) <= blueFork + 2n ** 25n) {
+      await withClient(green, (c) => c.query('create temp table if not exists pad (n int); insert into pad values (1); select pg_switch_wal()'));
+    }
+    await pair.replica.waitForCatchUp();
+    greenFork = await promote(pair.replica);
+  }, 240_000);
+  afterAll(async () => {
+    for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
+    await env?.stop().catch(() => undefined);
+    await proxy?.close().catch(() => undefined);
+    await blueReplica?.stop().catch(() => undefined);
+    await Promise.all([pair?.stop(), blue?.stop()]);
+  });
+
+  it("records the history of the cluster it fenced on: a token of green's timeline 1 whose write green's timeline 2 holds reads 200 on the new shard, not 410", async () => {
+    if (!pair || !blueReplica || !blue) throw new Error('no servers');
+    const [b, g] = [blueReplica, pair.replica];
+    // A's address (a proxy, as the shard's DNS name or RDS Proxy) reaches blue, then green.
+    const p = await startTcpProxy(b.port);
+    proxy = p;
+    const proxied = b.urlFor(SOURCE).replace(`:${b.port}/`, `:${p.port}/`);
+    const e = connectMoveEnv({ catalog: pair.catalogServer.urlFor('catalog'), shards: { [TARGET]: pair.catalogServer.urlFor(TARGET), [SOURCE]: proxied } });
+    env = e;
+    await e.slotMaps.initialise(buildSlotMap([TARGET, SOURCE].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
+    const version = (await e.slotMaps.current()).version;
+    const slot = await firstSlotOwnedBy(e, SOURCE, 100);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    await seedUsers(e.shards.get(SOURCE) as pg.Pool, slot, [owner], 1);
+
+    const mover = e.mover({ readerGraceMs: 0, fenceBudgetMs: 30_000 });
+    const planned = await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' });
+    /** `table`'s rows `where` on blue, put in place of green's, as the logical replication does. */
+    const carry = async (table: string, where: string, value: string): Promise<void> => {
+      const rows = await withClient(b.urlFor(SOURCE), async (c) => (await c.query<{ r: unknown }>(`select row_to_json(t) as r from ${table} t where ${where}`, [value])).rows.map((x) => x.r));
+      await withClient(g.urlFor(SOURCE), async (c) => {
+        // As logical replication applies changes: no trigger of green's fires (the capture's).
+        await c.query("set session_replication_role = 'replica'");
+        await c.query(`delete from ${table} t where ${where}`, [value]);
+        for (const row of rows) await c.query(`insert into ${table} overriding system value select * from json_populate_record(null::${table}, $1::json)`, [JSON.stringify(row)]);
+      });
+    };
+    const switchover = async (): Promise<void> => {
+      for (const [table, column] of [['users', 'id'], ['documents', 'owner_id'], ['document_keys', 'owner_id']] as const) await carry(table, `${column} = $1::uuid`, owner);
+      await carry('write_fences', "kind = 'slot' and unit_id = $1", String(slot));
+      for (const table of ['move_permits', 'move_captures', 'move_changes']) await carry(table, 'job_id = $1::bigint', String(planned.id));
+      p.retarget(g.port);
+      await p.cut();
+      await p.restore();
+      // The pool sees its connections to blue closed before the run sends its next statement.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    };
+    // The switchover right after the mover's read of A's timeline history, before its fence: on
+    // the connection that read it (the mover's checkouts are its pool's connect without a callback).
+    const pool = e.shards.get(SOURCE) as pg.Pool;
+    const connect = pool.connect.bind(pool) as (...args: unknown[]) => Promise<pg.PoolClient>;
+    let switched = false;
+    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
+      if (args.length > 0) return connect(...args);
+      const client = await connect();
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      // Anything else as it was (a COPY stream is answered at once, not as a promise).
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+        if (switched || typeof a[0] !== 'string' || !a[0].includes('timeline_history()')) return query(...a);
+        switched = true;
+        return (async () => {
+          const answer = await query(...a);
+          // Checked out, this connection is closed under its holder: its error is expected.
+          client.on('error', () => undefined);
+          await switchover();
+          return answer;
+        })();
+      };
+      return client;
+    };
+    const job = await mover.run(planned.id);
+    (pool as unknown as { connect: unknown }).connect = connect;
+    expect({ switched, state: job.state, error: job.error ?? null }).toEqual({ switched: true, state: 'done', error: null });
+
+    const greenId = (await clusterIdOf(g.url)) ?? '';
+    const lsn = blueFork + 2n ** 24n;
+    // The premise: two clusters on timeline 2; the token's position on timeline 1 past blue's fork, before green's.
+    expect({ blue: (await clusterIdOf(b.url)) === greenId, past: lsn > blueFork, held: lsn < greenFork }).toEqual({ blue: false, past: true, held: true });
+    const recorded = await e.catalog.query<{ tl: string | null; history: string | null; id: string | null }>(
+      'select source_timeline::text as tl, source_history as history, source_cluster_id as id from catalog.move_jobs where id = $1',
+      [job.id],
+    );
+    const row = recorded.rows[0];
+    // Before: 410 "write lost" for the list that holds the write green kept and the move copied,
+    // blue's history (its timeline 1 ending at blue's fork) recorded beside green's cluster id.
+    const api: ApiCall = await documentsApiClientOver(e, closers, { defaultShard: TARGET });
+    const list = await api(`/api/v1/users/${owner}/documents`, { 'x-read-after': `${SOURCE}@${formatLsn(lsn)};tl=1;v=${version};id=${greenId}` });
+    const historyOf = (text: string | null | undefined): string | null | undefined =>
+      text?.includes(formatLsn(blueFork)) ? 'blue' : text?.includes(formatLsn(greenFork)) ? 'green' : text;
+    expect({ tl: row?.tl, id: row?.id, history: historyOf(row?.history), status: list.status, type: list.body?.type as unknown, items: (list.body?.items as unknown[] | undefined)?.length }).toEqual({
+      tl: '2',
+      id: greenId,
+      history: 'green',
+      status: 200,
+      type: undefined,
+      items: 1,
+    });
+    // Tokens of timeline 1 without the cluster id (issued before tokens named it) are judged by
+    // position with what was recorded, as before: held before green's fork, lost past it; and a
+    // token of green past its fork is lost too.
+    const judged = async (at: bigint, id: string): Promise<unknown> => {
+      const a = await api(`/api/v1/users/${owner}/documents`, { 'x-read-after': `${SOURCE}@${formatLsn(at)};tl=1;v=${version}${id}` });
+      return { status: a.status, type: a.body?.type as unknown };
+    };
+    const lost = { status: 410, type: 'https://ca-dms-scaling.dev/problems/write-lost' };
+    expect({ held: await judged(lsn, ''), lost: await judged(greenFork + 2n ** 20n, ''), greenLost: await judged(greenFork + 2n ** 20n, `;id=${greenId}`) }).toEqual({
+      held: { status: 200, type: undefined },
+      lost,
+      greenLost: lost,
+    });
+  }, 180_000);
+});
