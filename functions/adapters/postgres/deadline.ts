@@ -109,14 +109,18 @@ export const CANCEL_REPEAT_MS = 50;
  * the node silent (`query`: its connection was dropped), or with the node answering: the statement
  * running then was cancelled on the server at the deadline (`cancelled`: by the deadline's own
  * cancel request, or by the `statement_timeout` of the time left; `cause` is pg's 57014, the
- * connection is kept). A statement another session cancelled is not this error (see
- * {@link ClientDeadline.cancelledByOther}).
+ * connection is kept), or while the request waited for another request's query on the node
+ * (`waited`: a replica reader's read waiting for the timeline history another read is asking; that
+ * query goes on under its own request's deadline, nothing of this request's was cancelled, and the
+ * node may be answering well: `ReplicaReader`'s `#history`). A statement another session cancelled
+ * is not this error (see {@link ClientDeadline.cancelledByOther}), nor one the session's own
+ * `statement_timeout` ended before the deadline ({@link StatementTimeoutError}).
  */
 export class DeadlinePassedError extends Error {
   override readonly name = 'DeadlinePassedError';
   constructor(
     readonly nodeId: string,
-    readonly phase: 'connect' | 'query' | 'cancelled',
+    readonly phase: 'connect' | 'query' | 'cancelled' | 'waited',
     options?: { cause?: unknown },
   ) {
     super(
@@ -124,10 +128,59 @@ export class DeadlinePassedError extends Error {
         ? `${nodeId}: no connection before the request's deadline`
         : phase === 'query'
           ? `${nodeId}: no answer by the request's deadline; the connection was dropped`
-          : `${nodeId}: the statement running at the request's deadline was cancelled on the server (57014); the connection was kept`,
+          : phase === 'cancelled'
+            ? `${nodeId}: the statement running at the request's deadline was cancelled on the server (57014); the connection was kept`
+            : `${nodeId}: the request's deadline passed while it waited for another request's query on the node (its timeline history), which was left running under that request's own deadline; nothing of this request's was cancelled`,
       options,
     );
   }
+}
+
+/**
+ * A statement was cancelled on the server by the session's own `statement_timeout`, shorter than
+ * what was left of the request's deadline: one the request did not set (a role's or database's
+ * default, `ALTER ROLE ... SET statement_timeout`, `ALTER DATABASE ... SET`, the server's
+ * configuration or parameter group), in force where the request runs a statement outside a
+ * transaction of its own (`ReplicaReader.query`: a transaction held to a deadline sets
+ * `statement_timeout` to the time left, which replaces it), or one the caller's code set in the
+ * transaction (`SET LOCAL statement_timeout` in a write's body). Not the request's deadline: nothing
+ * the caller asked for ended, an operator's (or the code's) setting did, and the statement would
+ * end so again on a retry while that setting stands. Told by pg's words ("canceling statement due to
+ * statement timeout"), which are English only where the server's `lc_messages` is: in another
+ * language such a 57014 is left as pg raised it (it cannot be told from another session's cancel
+ * request on a path that sets no `statement_timeout` of its own). `cause` is pg's 57014; nothing
+ * was written, and the connection was kept.
+ */
+export class StatementTimeoutError extends Error {
+  override readonly name = 'StatementTimeoutError';
+  constructor(
+    readonly nodeId: string,
+    cause: unknown,
+  ) {
+    super(
+      `${nodeId}: the statement was cancelled by the session's own statement_timeout (the setting of the login's role or database, or one set by the request's own code; see pg_settings' source for statement_timeout on that node), before the request's deadline: not the deadline's doing. Raise that statement_timeout (ALTER ROLE ... SET statement_timeout) or make the statement faster`,
+      { cause },
+    );
+  }
+}
+
+/**
+ * How long before the deadline a statement timeout must arrive to be told the session's own
+ * ({@link ClientDeadline.cancelledByOwnTimeout}): the deadline's own `statement_timeout` of the time
+ * left is whole ms rounded up from `Date.now()`, whole ms too, so it can fire up to about 2 ms off
+ * the guard's (monotonic) deadline; one so near it is the deadline's, as it was always told.
+ */
+const OWN_TIMEOUT_SLACK_MS = 5;
+
+/**
+ * Whether `error` is a statement the session's own `statement_timeout` ended (see
+ * {@link StatementTimeoutError}): a 57014 in pg's English words for a statement timeout. The caller
+ * asks only once it knows the deadline neither sent a cancel request for it nor had passed when it
+ * arrived ({@link ClientDeadline.cancelledByDeadline}): a `statement_timeout` of the time left,
+ * set with the request's transaction, fires at the deadline, in the same words.
+ */
+export function ownStatementTimeout(error: unknown): boolean {
+  return queryCanceled(error) && error instanceof Error && error.message.includes('statement timeout');
 }
 
 /**
@@ -237,6 +290,16 @@ export interface ClientDeadline {
    * deadline with none sent (a session's or role's own `statement_timeout`, shorter) is neither.
    */
   cancelledByDeadline(error: unknown, options?: CancelledByOtherOptions): boolean;
+  /**
+   * Whether `error` is a statement the session's own `statement_timeout` ended before the deadline
+   * (a role's or database's default, or the caller's own SET LOCAL): a 57014 that is neither
+   * another session's ({@link ClientDeadline.cancelledByOther}) nor the deadline's
+   * ({@link ClientDeadline.cancelledByDeadline}) and says so in pg's English words
+   * ({@link ownStatementTimeout}; in another language it is neither this nor the deadline's), having
+   * arrived more than a few ms before the deadline ({@link OWN_TIMEOUT_SLACK_MS}). Told as of its
+   * arrival, as the others are. See {@link StatementTimeoutError}.
+   */
+  cancelledByOwnTimeout(error: unknown, options?: CancelledByOtherOptions): boolean;
   /**
    * Stops the timers and the listening to the connection's errors (call before releasing the
    * client, on every path: a guard never disarmed leaves its listener on a pooled connection,
@@ -426,6 +489,11 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
     const arrived = arrivalOf(error);
     return cancelledByOtherSession(error, deadlineAtMonotonic, arrived?.cancelSent ?? cancelsSent > 0, arrived?.at ?? performance.now(), byOtherOptions);
   };
+  const byDeadline = (error: unknown, byOtherOptions?: CancelledByOtherOptions): boolean => {
+    if (!queryCanceled(error) || byOther(error, byOtherOptions)) return false;
+    const arrived = arrivalOf(error);
+    return (arrived?.cancelSent ?? cancelsSent > 0) || (arrived?.at ?? performance.now()) >= deadlineAtMonotonic;
+  };
   return {
     get expired() {
       return expired;
@@ -434,10 +502,13 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
       return cancelsSent > 0;
     },
     cancelledByOther: byOther,
-    cancelledByDeadline(error, byOtherOptions) {
-      if (!queryCanceled(error) || byOther(error, byOtherOptions)) return false;
-      const arrived = arrivalOf(error);
-      return (arrived?.cancelSent ?? cancelsSent > 0) || (arrived?.at ?? performance.now()) >= deadlineAtMonotonic;
+    cancelledByDeadline: byDeadline,
+    cancelledByOwnTimeout(error, byOtherOptions) {
+      // Not within OWN_TIMEOUT_SLACK_MS of the deadline: the statement_timeout of the time left
+      // (written in whole ms, rounded up, from the wall clock, which this guard's monotonic
+      // deadline was derived from at another instant) fires at the deadline, give or take a
+      // millisecond of those roundings, and is the deadline's; left to the callers' rule for it.
+      return ownStatementTimeout(error) && !byOther(error, byOtherOptions) && !byDeadline(error, byOtherOptions) && (arrivalOf(error)?.at ?? performance.now()) < deadlineAtMonotonic - OWN_TIMEOUT_SLACK_MS;
     },
     disarm() {
       clearTimeout(canceller);

@@ -38,7 +38,7 @@ import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { LostWrite } from '../../core/sharding/timeline-history.js';
 import { ReadCancelledError, type ReadOptions, type ReplicaReader } from './replica-reader.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
-import { checkDeadlineMs, DeadlinePassedError } from './deadline.js';
+import { checkDeadlineMs, DeadlinePassedError, StatementTimeoutError } from './deadline.js';
 import { deadlineSettingsSql, READER_FENCE_ROWS_SQL, readerFenceRowsSql, sqlLiteral, type WriteRoute, type WriteRouter } from './write-transaction.js';
 
 export interface ShardReaderOptions {
@@ -99,8 +99,10 @@ export interface ShardReadResult<T> {
 }
 
 /**
- * `cancelled`: a read with a deadline had a statement cancelled before it by someone else's cancel
- * request (`pg_cancel_backend`, an operator), not by its own deadline.
+ * `cancelled`: a read had a statement cancelled before its deadline, not by it: by someone else's
+ * cancel request (`pg_cancel_backend`, an operator; `cause` a `ReadCancelledError`), or by the
+ * session's own `statement_timeout`, shorter (a role's default, the read's own code's SET LOCAL;
+ * `cause` a `StatementTimeoutError`, deadline.ts).
  */
 export type ShardReadErrorReason = 'deadline-exceeded' | 'cancelled' | 'too-many-reroutes' | 'incoming-timeout';
 
@@ -368,8 +370,17 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
               ? `no connection to ${err.nodeId} was free before it; nothing was sent`
               : err.phase === 'cancelled'
                 ? `PostgreSQL cancelled it on ${err.nodeId}`
-                : `${err.nodeId} did not answer (its connection was dropped)`;
+                : err.phase === 'waited'
+                  ? `it was waiting for another read's query on ${err.nodeId} (the timeline history), left running under that read's deadline`
+                  : `${err.nodeId} did not answer (its connection was dropped)`;
           throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline: ${what}`, { cause: err });
+        }
+        if (err instanceof StatementTimeoutError) {
+          throw new ShardReadError(
+            'cancelled',
+            `a statement of the read on shard ${route.shardId} was cancelled on ${err.nodeId} by the session's own statement_timeout (a role's or database's setting, or one the read's code set), ${readOptions.deadlineMs === undefined ? 'the read having no deadline' : `before its ${readOptions.deadlineMs} ms deadline: not the deadline`}`,
+            { cause: err },
+          );
         }
         if (err instanceof ReadCancelledError) {
           throw new ShardReadError('cancelled', `a statement of the read on shard ${route.shardId} was cancelled on ${err.nodeId} by another session's request (not its ${readOptions.deadlineMs} ms deadline)`, { cause: err });

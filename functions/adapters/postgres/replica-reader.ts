@@ -34,7 +34,7 @@ import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadT
 import { lostInFailover, parseTimelineHistory, TimelineHistoryError, type LostWrite, type TimelineSwitch } from '../../core/sharding/timeline-history.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
 import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
-import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, queryCanceled, type CancelledByOtherOptions, type ClientDeadline } from './deadline.js';
+import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, ownStatementTimeout, queryCanceled, StatementTimeoutError, type CancelledByOtherOptions, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
@@ -191,15 +191,17 @@ async function readTimelineHistory(client: pg.ClientBase, timeline: number, inTr
 }
 
 /**
- * `work`, or a {@link DeadlinePassedError} (`query`, on `nodeId`) once `deadlineAt` (`Date.now()`
- * ms) has passed, whichever comes first; `work` itself goes on (it is someone else's to end). No
- * deadline: `work` alone.
+ * `work`, another request's query this one waits for, or a {@link DeadlinePassedError} (`waited`,
+ * on `nodeId`) once `deadlineAt` (`Date.now()` ms) has passed, whichever comes first; `work` itself
+ * goes on (it is someone else's to end). Not `query`: that phase says the node did not answer and
+ * the connection was dropped for it, when here the node may answer well and the wait was on another
+ * request's statement (a lock it waits on, a slow plan). No deadline: `work` alone.
  */
 async function byDeadline<T>(work: Promise<T>, deadlineAt: number | undefined, nodeId: string): Promise<T> {
   if (deadlineAt === undefined) return work;
   let timer: NodeJS.Timeout | undefined;
   const passed = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new DeadlinePassedError(nodeId, 'query')), Math.max(0, deadlineAt - Date.now()));
+    timer = setTimeout(() => reject(new DeadlinePassedError(nodeId, 'waited')), Math.max(0, deadlineAt - Date.now()));
   });
   try {
     return await Promise.race([work, passed]);
@@ -688,6 +690,9 @@ export class ReplicaReader {
    * ({@link ReadCancelledError}): it is thrown as pg raised it. A statement the read's own
    * deadline (`deadlineAt`) cancelled fails the read with {@link DeadlinePassedError} (`cancelled`,
    * pg's 57014 its `cause`), as one on a silent node does (`query`), and no other node is tried.
+   * One the session's own `statement_timeout` ended before the deadline (a role's default: in force
+   * for statements `fn` sends outside a transaction of the deadline's) fails it with a
+   * {@link StatementTimeoutError}, not retried either: the next node would end it alike.
    */
   async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string, node: ReadNode) => Promise<T>, options: ReadOptions = {}, held: CancelledByOtherOptions = { statementTimeout: false }): Promise<T> {
     checkDeadlineMs('deadlineAt (from now)', options.deadlineAt === undefined ? undefined : options.deadlineAt - Date.now());
@@ -806,6 +811,12 @@ export class ReplicaReader {
           // and which each caller had to recognise by its code (a caller that did not answered
           // it as an unexpected failure). Not retried on another node: the deadline is spent.
           const byDeadline = !byOther && guard?.cancelledByDeadline(error, held) === true;
+          // The session's own statement_timeout, shorter than the time left (a role's default,
+          // ALTER ROLE ... SET statement_timeout: in force for a statement sent outside a
+          // transaction held to the deadline, as `query`'s is), or one `fn` set: neither the
+          // deadline's nor another session's, and said so, naming the setting (the writer and
+          // withShardRead tell it so too). Without a deadline, any 57014 in those words is.
+          const byOwnTimeout = !byOther && !byDeadline && (guard === undefined ? ownStatementTimeout(error) : guard.cancelledByOwnTimeout(error, held));
           // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
           if (guard !== undefined && queryCanceled(error)) await guard.settled();
           // A connection left in a transaction (its rollback failed: a cancel's second signal
@@ -813,6 +824,7 @@ export class ReplicaReader {
           client?.release(guard?.reusable(error) === false || (client !== undefined && leftInTransaction(client)) || undefined);
           if (byOther) throw new ReadCancelledError(node.nodeId, error);
           if (byDeadline) throw new DeadlinePassedError(node.nodeId, 'cancelled', { cause: error });
+          if (byOwnTimeout) throw new StatementTimeoutError(node.nodeId, error);
           throw error;
         }
         // A broken connection must not go back to the pool; one abandoned on a replica that stopped

@@ -26,7 +26,19 @@ import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
 import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
-import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline, type ClientDeadline } from './deadline.js';
+import {
+  checkDeadlineMs,
+  connectBy,
+  DEADLINE_GRACE_MS,
+  DeadlinePassedError,
+  holdToDeadline,
+  ownStatementTimeout,
+  queryCanceled,
+  serverTimeoutMs,
+  StatementTimeoutError,
+  withNodeDeadline,
+  type ClientDeadline,
+} from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { READ_ONLY_SQL_TRANSACTION, UNIQUE_VIOLATION } from './sqlstate.js';
 import { COMMIT_SETTING_SQL, commitSettingOf, tokenPositionSql } from './token-position.js';
@@ -161,7 +173,9 @@ export interface ShardWriteResult<T> {
  * sent (its answer lost, or the commit answered and the read token's query not): the write may
  * have been (when the message says so, was) committed. `cancelled`: a write with a deadline had a
  * statement cancelled before it by someone else's cancel request (`pg_cancel_backend`, an
- * operator), not by its own deadline. Every other reason: nothing was committed.
+ * operator), or by the session's own `statement_timeout`, shorter (the write's body's SET LOCAL, a
+ * role's default where no deadline replaced it; `cause` a `StatementTimeoutError`, deadline.ts),
+ * not by its own deadline. Every other reason: nothing was committed.
  */
 export type ShardWriteErrorReason = 'unknown-shard' | 'fence-timeout' | 'too-many-reroutes' | 'deadline-exceeded' | 'outcome-unknown' | 'cancelled';
 
@@ -689,6 +703,17 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         // any lc_messages language, see cancelledByOtherSession): someone else's (pg_cancel_backend).
         if (guard?.cancelledByOther(err) === true) {
           throw new ShardWriteError('cancelled', `a statement of the write on shard ${route.shardId} was cancelled on the server by another session's request (not its ${writeOptions.deadlineMs} ms deadline); nothing was committed`, { cause: err });
+        }
+        // The session's own statement_timeout, shorter than the time left, ended a statement before
+        // the deadline: the body's own SET LOCAL (a role's default is replaced by the deadline's
+        // SET LOCAL of the time left; with no deadline it is in force). Not the deadline: said so,
+        // naming the setting, as the replica reader and withShardRead say it (issue #15).
+        if (guard === undefined ? ownStatementTimeout(err) : guard.cancelledByOwnTimeout(err)) {
+          throw new ShardWriteError(
+            'cancelled',
+            `a statement of the write on shard ${route.shardId} was cancelled by the session's own statement_timeout (a role's or database's setting, or one the write's own code set), ${writeOptions.deadlineMs === undefined ? 'the write having no deadline' : `before its ${writeOptions.deadlineMs} ms deadline: not the deadline`}; nothing was committed`,
+            { cause: new StatementTimeoutError(`${route.shardId}/primary`, err) },
+          );
         }
         if (deadlineAt !== undefined && typeof code === 'string' && DEADLINE_SQLSTATES.has(code)) {
           throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} passed its ${writeOptions.deadlineMs} ms deadline; PostgreSQL cancelled it and nothing was committed`, { cause: err });

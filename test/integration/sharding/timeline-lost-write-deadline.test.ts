@@ -1,6 +1,8 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DeadlinePassedError } from '../../../functions/adapters/postgres/deadline.js';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
+import { ShardReadError } from '../../../functions/adapters/postgres/read-transaction.js';
 import { cutWalReceiver, startShardCluster, type TestShardCluster } from '../../support/replica.js';
 import { oneShardApi, type Answer, type Api } from './fixtures/one-shard-api.js';
 
@@ -74,7 +76,8 @@ describe('a read waiting on another read\'s timeline history query', () => {
     };
     try {
       const first = await oneShardApi(promotedUrl, closers, { max: 4, deadlineMs: LONG_DEADLINE_MS });
-      const short = await oneShardApi(promotedUrl, closers, { given: { pools: first.pools, reader: first.reader }, deadlineMs: SHORT_DEADLINE_MS });
+      const logged: unknown[] = [];
+      const short = await oneShardApi(promotedUrl, closers, { given: { pools: first.pools, reader: first.reader }, deadlineMs: SHORT_DEADLINE_MS, onError: (error) => logged.push(error) });
       // Closed first (closers run in reverse): the stuck query then ends, and the servers can close.
       closers.push(letGo);
       const read = (api: Api, path: string): Promise<Answer> => api('GET', path, undefined, { 'x-read-after': lostUserToken });
@@ -106,6 +109,17 @@ describe('a read waiting on another read\'s timeline history query', () => {
       expect({ firstPendingThen }).toEqual({ firstPendingThen: true });
       expect(seen(byOwner)).toEqual(deadlineAnswer);
       expect(seen(everyShard)).toEqual(deadlineAnswer);
+      // What they log says what happened: the deadline passed while each waited on the first
+      // read's query (phase 'waited'), not that the node did not answer and its connection was
+      // dropped (phase 'query', as it said before h144: untrue, the primary answered every other
+      // statement).
+      const phaseOf = (error: unknown): string => {
+        const passed = error instanceof DeadlinePassedError ? error : (error as { cause?: unknown } | null)?.cause;
+        return passed instanceof DeadlinePassedError ? `${passed.phase}: ${passed.message.includes('another request') && !passed.message.includes('dropped') ? 'says it waited' : passed.message}` : String(error);
+      };
+      expect(logged.map(phaseOf)).toEqual(['waited: says it waited', 'waited: says it waited']);
+      const byOwnerLogged = logged.find((e) => e instanceof ShardReadError);
+      expect(byOwnerLogged instanceof ShardReadError ? byOwnerLogged.message : byOwnerLogged).toContain("waiting for another read's query");
 
       // The first read's query was left to it: once the lock is free it answers 410.
       await letGo();
