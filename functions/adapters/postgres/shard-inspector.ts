@@ -35,6 +35,7 @@ import {
   type RdsFacts,
 } from '../../core/sharding/health.js';
 import { RebalancePlanError } from '../../core/sharding/errors.js';
+import { slotOf } from '../../core/sharding/hash.js';
 import { canonicalKey, keySlot } from '../../core/sharding/keys.js';
 import { lsnBytesBehind, parseLsn } from '../../core/sharding/lsn.js';
 import { moveUnitFor, type MoveRouting } from '../../core/sharding/move-machine.js';
@@ -852,10 +853,11 @@ export class ShardInspector {
    */
   async movableUnits(slotMap: SlotMap, given: readonly { readonly key: string; readonly shardId: string }[] = []): Promise<MovableUnit[]> {
     const directory = canonicalDirectory(given);
+    const keySlots = slotsOfKeys(directory);
     const perShard = await Promise.all(
       this.#pools.shardIds().map(async (shardId) => {
         try {
-          return (await this.#census(shardId, slotMap, directory)).units;
+          return (await this.#census(shardId, slotMap, directory, keySlots)).units;
         } catch (error) {
           this.#failed({ what: 'movable units', shardId, error });
           throw new ShardInspectionError(`cannot list the movable units of ${shardId}: ${kindOf(error)}`, { cause: error });
@@ -877,6 +879,7 @@ export class ShardInspector {
     shardId: string,
     slotMap: SlotMap,
     directory: readonly { readonly key: string; readonly shardId: string }[],
+    keySlots: ReadonlyMap<string, number>,
   ): Promise<{ measurement: ShardMeasurement; units: MovableUnit[]; inRecovery: boolean }> {
     const names = this.#tables();
     const node = this.#pools.primary(shardId);
@@ -901,27 +904,44 @@ export class ShardInspector {
         { name: names.documents, owner: 'owner_id' as const, ...found(names.documents) },
         ...(keyTable === undefined ? [] : [{ name: keyTable, owner: 'owner_id' as const, ...found(keyTable) }]),
       ];
+      // Each table's rows grouped by slot and listed owner (`k`: the keys sent, each with its id's
+      // slot and whether the directory places it here), those the shard holds without owning them
+      // apart (`not_owned`), then the tables' groups of a slot and owner made one row (a column of
+      // rows and of bytes a table): a row a unit or a slot with rows in several tables, not one a
+      // table. With the key's slot and placement sent with it, every row says whether it stands
+      // under its owner's slot (`own`) and whether its owner is placed here (`here`), so grouping it
+      // into its unit below reads no hash and no directory map (each key is hashed once a census,
+      // {@link slotsOfKeys}): at 100,000 pins, a group a pinned key and a table (100,000 rows a
+      // shard), each key hashed twice and looked up twice in a map of the whole directory, took
+      // 1.3-1.7 s a shard (at a load average of 10-14 on 2 cores) of a census of 5-7 s; grouped so,
+      // 50,000 rows a shard take 40-90 ms. The statement itself (its scan, join and grouping, and
+      // the rows' parsing) is most of what is left, 0.6-1 s a shard (h143,
+      // `npm run bench:statistics-directory`).
       const parts = tables.flatMap((t, i) => {
         const table = client.escapeIdentifier(t.name);
         const bytes = rowBytesSql(client, 'r', t.columns);
         return [
-          `select ${i} as t, r.slot, k.key, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned
-             from ${table} r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
-          `select ${i}, r.slot, k.key, count(*)::float8, coalesce(sum(${bytes}), 0)::float8, true
-             from (${notOwnedRowsSql(table, t.owner, HOMES)}) r left join pg_catalog.unnest($1::text[]) as k(key) on k.key = r.${t.owner}::text group by r.slot, k.key`,
+          `select ${i} as t, r.slot, k.key, k.kslot = r.slot as own, k.here, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned
+             from ${table} r left join k on k.key = r.${t.owner}::text group by r.slot, k.key, k.kslot, k.here`,
+          `select ${i}, r.slot, k.key, k.kslot = r.slot, k.here, count(*)::float8, coalesce(sum(${bytes}), 0)::float8, true
+             from (${notOwnedRowsSql(table, t.owner, HOMES)}) r left join k on k.key = r.${t.owner}::text group by r.slot, k.key, k.kslot, k.here`,
         ];
       });
+      const perTable = tables.map((_, i) => `coalesce(sum(g.n) filter (where g.t = ${i}), 0)::float8 as n${i}, coalesce(sum(g.bytes) filter (where g.t = ${i}), 0)::float8 as b${i}`).join(', ');
       // The keys that group or judge a row here: those placed here (units of their own), those of
       // a slot the map gives here (their rows are not the slot's unit), and the owners of rows
       // behind a `moved` row (judged by where their unit is given). Another shard's key whose slot
       // is another shard's decides nothing here: sent every listed key with each statement, a
       // census of 100,000 pins sent each shard 3.6 MB of keys to hash ({@link movedRowOwners}).
       const owners = await movedRowOwners(client, tables.map((t) => ({ table: client.escapeIdentifier(t.name), owner: t.owner })));
-      const { rows: groups } = await client.query<{ t: number; slot: number | null; key: string | null; n: number; bytes: number; not_owned: boolean }>(
-        parts.join('\n union all\n'),
-        homesOf(shardId, slotMap, directory, (key, home) => home === shardId || slotMap.assignments[keySlot(key)] === shardId || owners.has(key)),
+      const kept = directory.filter((d) => d.shardId === shardId || slotMap.assignments[keySlots.get(d.key) as number] === shardId || owners.has(d.key));
+      const { rows: groups } = await client.query<{ slot: number | null; key: string | null; own: boolean | null; here: boolean | null; not_owned: boolean } & Record<string, number>>(
+        `with k as (select * from rows from (pg_catalog.unnest($1::text[]), pg_catalog.unnest($4::int[]), pg_catalog.unnest($5::bool[])) as k(key, kslot, here))
+         select g.slot, g.key, g.own, g.here, g.not_owned, ${perTable}
+           from (${parts.join('\n union all\n')}) g group by g.slot, g.key, g.own, g.here, g.not_owned`,
+        // HomesParams' ($1 to $3, homesOf's of the keys kept), then each kept key's slot and whether it is placed here.
+        [...homesOf(shardId, slotMap, kept, () => true), kept.map((d) => keySlots.get(d.key) as number), kept.map((d) => d.shardId === shardId)],
       );
-      const home = new Map(directory.map((d) => [d.key, d.shardId]));
       const slots = new Map<number, { rows: number; bytes: number }>();
       const keys = new Map<string, { rows: number; bytes: number }>();
       const totals = tables.map(() => ({ rows: 0, bytes: 0 }));
@@ -931,43 +951,61 @@ export class ShardInspector {
       const slotTableRows = new Map<number, number[]>();
       const keyTableRows = new Map<string, number[]>();
       const addRows = <K>(into: Map<K, number[]>, k: K, t: number, n: number): void => {
-        const per = into.get(k) ?? tables.map(() => 0);
+        let per = into.get(k);
+        if (per === undefined) into.set(k, (per = tables.map(() => 0)));
         per[t] = (per[t] ?? 0) + n;
-        into.set(k, per);
       };
-      const add = (into: { rows: number; bytes: number } | undefined, n: number, bytes: number): { rows: number; bytes: number } => ({ rows: (into?.rows ?? 0) + n, bytes: (into?.bytes ?? 0) + bytes });
+      const add = <K>(into: Map<K, { rows: number; bytes: number }>, k: K, n: number, bytes: number): void => {
+        const u = into.get(k);
+        if (u === undefined) into.set(k, { rows: n, bytes });
+        else {
+          u.rows += n;
+          u.bytes += bytes;
+        }
+      };
       // Keys placed here with rows here under another slot than their id's (a restore, a hand-made
       // row, a document written with a wrong slot before shard migration 015): the mover refuses to
       // plan their directory move (mover.ts checkKeySlot, 400), so they are not offered.
       const strayKeys = new Set<string>();
-      // Whether a slot's move takes a row of it (not of a key placed here): the mover leaves out
-      // only the keys the directory places whose id's slot it is (`excluded_keys`, Mover.checked),
-      // and copies the rows of another shard's key stored under this slot (a stray row: a restore,
-      // a hand-made row). Before, such a row was in the slot's unit only when the key was not sent
-      // with the statement (its id's slot another shard's, {@link homesOf}), not when it was (its
-      // id's slot this shard's): the unit's rows said 4 where its maxTableRows said 5, and the
-      // shard's units summed to less than its load (census-stray-key-rows.test.ts).
-      const slotTakes = (slot: number, key: string | null): boolean => key === null || keySlot(key) !== slot;
+      // The unit whose move carries a group's rows (of `slot`, owned by `key`; null: an owner not
+      // listed, or not sent, see homesOf) off this shard, as the mover copies: a key's directory
+      // move, the rows of the key under its id's slot (`own`; move-port.ts unitFilterOf), where the
+      // directory places the key here (`here`); a slot's move, every row of the slot but those of
+      // the placed keys whose id's slot it is (`excluded_keys`, Mover.checked, wherever they are
+      // placed), where the map gives the slot here. A row neither carries is in no unit: its load is
+      // counted here and no move takes it (a placed key's rows under its own slot on a shard it is
+      // not placed on; a row under another shard's slot), and a unit offered with it would be
+      // offered with rows its move leaves behind. Before, a row of a key placed here under another
+      // slot this shard owns (a stray row: a restore, a hand-made row, a document written with a
+      // wrong slot before shard migration 015) was the key's (a unit not offered, its move refused)
+      // while the slot's move copied it: the slot was offered with 4 rows, its maxTableRows 5 and
+      // its move copying 8 (census-pinned-key-stray-rows.test.ts); and before that (h131), one of
+      // another shard's key was the slot's only when the key was not sent with the statement
+      // (census-stray-key-rows.test.ts).
       for (const g of groups) {
-        const total = totals[g.t] as { rows: number; bytes: number };
         const sign = g.not_owned ? -1 : 1;
-        total.rows += sign * g.n;
-        total.bytes += sign * g.bytes;
-        if (g.slot === null) continue;
-        // Rows the shard holds without owning them are taken off the units they were counted in,
-        // as off the shard's load: a unit is offered with the rows counted here.
-        if (g.not_owned) {
-          if (g.key !== null && home.get(g.key) === shardId) keys.set(g.key, add(keys.get(g.key), -g.n, -g.bytes));
-          else if (slotMap.assignments[g.slot] === shardId && slotTakes(g.slot, g.key)) slots.set(g.slot, add(slots.get(g.slot), -g.n, -g.bytes));
-          continue;
+        let n = 0;
+        let bytes = 0;
+        for (let t = 0; t < tables.length; t++) {
+          const rows = Number(g[`n${t}`]);
+          const b = Number(g[`b${t}`]);
+          const total = totals[t] as { rows: number; bytes: number };
+          total.rows += sign * rows;
+          total.bytes += sign * b;
+          n += rows;
+          bytes += b;
+          if (g.not_owned || rows === 0 || g.slot === null) continue;
+          addRows(slotTableRows, g.slot, t, rows);
+          if (g.key !== null && g.here === true) addRows(keyTableRows, g.key, t, rows);
         }
-        addRows(slotTableRows, g.slot, g.t, g.n);
-        if (g.key !== null) addRows(keyTableRows, g.key, g.t, g.n);
-        if (g.key !== null && home.get(g.key) === shardId) {
-          keys.set(g.key, add(keys.get(g.key), g.n, g.bytes));
-          if (g.slot !== keySlot(g.key)) strayKeys.add(g.key);
-        } else if (slotMap.assignments[g.slot] === shardId && slotTakes(g.slot, g.key)) {
-          slots.set(g.slot, add(slots.get(g.slot), g.n, g.bytes));
+        if (g.slot === null) continue;
+        if (!g.not_owned && g.key !== null && g.here === true && g.own === false) strayKeys.add(g.key);
+        // Rows the shard holds without owning them are taken off the unit they were counted in,
+        // as off the shard's load: a unit is offered with the rows counted here.
+        if (g.key !== null && g.own === true) {
+          if (g.here === true) add(keys, g.key, sign * n, sign * bytes);
+        } else if (slotMap.assignments[g.slot] === shardId) {
+          add(slots, g.slot, sign * n, sign * bytes);
         }
       }
       const statistics: TableStatistics[] = tables.map((t, i) => ({
@@ -1043,6 +1081,8 @@ export class ShardInspector {
     // another configuration place no key: a slot move takes every row of the slot along, those of
     // listed keys too, so their rows are counted in their slot, not left out of every unit.
     const directory = placingDirectory(listed, routing);
+    // Each key hashed once for every shard's census (and the busy slots below), not once a shard and a row.
+    const keySlots = slotsOfKeys(directory);
     // Where the directory places keys, one pinned to a shard not configured cannot be routed (the
     // router refuses it), and its rows, wherever they lie, belong to no unit: counted in their
     // shard's load, moved by nothing.
@@ -1057,7 +1097,7 @@ export class ShardInspector {
     }
     const census = await Promise.all(
       this.#pools.shardIds().map((shardId) =>
-        this.#census(shardId, slotMap, directory).then(
+        this.#census(shardId, slotMap, directory, keySlots).then(
           (c) => ({ shardId, ...c }),
           (error: unknown) => {
             this.#failed({ what: 'rebalance census', shardId, error });
@@ -1081,7 +1121,7 @@ export class ShardInspector {
       return verdict.ok ? [] : [{ kind, reason: verdict.reason }];
     });
     const all = measured.flatMap((c) => c.units);
-    const units = all.filter((u) => !refused.some((r) => r.kind === u.kind)).filter((u) => !busySlots.has(u.kind === 'slot' ? Number(u.id) : keySlot(u.id)));
+    const units = all.filter((u) => !refused.some((r) => r.kind === u.kind)).filter((u) => busySlots.size === 0 || !busySlots.has(u.kind === 'slot' ? Number(u.id) : (keySlots.get(u.id) ?? keySlot(u.id))));
     const shardIds = new Set(measured.map((c) => c.shardId));
     const moving = pending.flatMap((p) => {
       const id = p.kind === 'directory' ? canonicalKey(p.unitId) : p.unitId;
@@ -1179,6 +1219,11 @@ function freeOnceLanded(free: Readonly<Record<string, number>>, pending: Rebalan
 function placingDirectory(listed: readonly { readonly key: string; readonly shardId: string }[], routing: MoveRouting | undefined): { key: string; shardId: string }[] {
   const slotVerdict = routing === undefined ? undefined : moveUnitFor(routing, 'slot');
   return slotVerdict?.ok === true && !slotVerdict.excludeDirectoryKeys ? [] : canonicalDirectory(listed);
+}
+
+/** Each key's slot ({@link keySlot}) of `directory`, whose keys are canonical ({@link canonicalDirectory}). */
+function slotsOfKeys(directory: readonly { readonly key: string }[]): Map<string, number> {
+  return new Map(directory.map((d) => [d.key, slotOf(d.key)]));
 }
 
 /**
