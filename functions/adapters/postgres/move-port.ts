@@ -3062,7 +3062,14 @@ export class PgMovePort implements MovePort<MoveJob> {
     // another timeline (a second failover) leaves it NULL (nothing known, as before). No fence
     // position is recorded with it: never told copied (write_copied_off). Nor when another
     // cluster answered the read than the release (a switchover in between, both on the same
-    // timeline number): read with its cluster id in one statement, as the fence's.
+    // timeline number): read with its cluster id in one statement, as the fence's. That check
+    // (`now.clusterId === releasedCluster`) is what keeps it out: the UPDATE's own condition on
+    // source_cluster_id always holds (this run's record above set it, and every write of the job
+    // row is compared-and-set on the run's lease). Without it, a read that reached blue (a
+    // connection opened with a DNS answer cached from before the switchover) after a release on
+    // green recorded blue's history beside green's id, and a green token whose write green held
+    // answered 410 on the unit's new shard
+    // (test/integration/sharding/timeline-lost-write-switchover-fence.test.ts).
     if (releasedOn !== null && recorded.source_timeline !== null && String(recorded.source_timeline) === releasedOn && recorded.source_history === null && recorded.source_fence_lsn === null) {
       const now: SourceTimeline = await this.sourceTimeline(job.from, clusterReadable).catch(() => ({ timeline: null, history: null }));
       if (now.timeline !== null && String(now.timeline) === releasedOn && now.history !== null && (!clusterReadable || now.clusterId === releasedCluster)) {

@@ -172,4 +172,115 @@ describe("a switchover between the move's read of the source's timeline history 
       greenLost: lost,
     });
   }, 180_000);
+
+  // h146: the release's history read (a move released on another cluster than its fence's reads
+  // the source's history once writes are let through) answered by another cluster than the one the
+  // release ran on: a client that opened its connection with a DNS answer cached from before a
+  // blue/green switchover (RDS's endpoint reaches green; a cached answer still names blue, which
+  // stays up, renamed, and answers reads). Both on timeline 2. Kept, blue's history stood beside
+  // green's id and timeline 2, and a green token whose write green held and the move copied, past
+  // where blue's timeline 1 ended, answered 410 "write lost" on the unit's new shard.
+  it("records no history another cluster answered after the release: a green token whose write green held reads 200 on the new shard, not 410", async () => {
+    if (!pair || !blueReplica || !blue) throw new Error('no servers');
+    const [b, g] = [blueReplica, pair.replica];
+    const p = await startTcpProxy(b.port);
+    closers.push(() => p.close());
+    const proxied = b.urlFor(SOURCE).replace(`:${b.port}/`, `:${p.port}/`);
+    const e = connectMoveEnv({ catalog: pair.catalogServer.urlFor('catalog'), shards: { [TARGET]: pair.catalogServer.urlFor(TARGET), [SOURCE]: proxied } });
+    closers.push(() => e.stop());
+    // The slot map the test above made (made here when that test was left out: `-t`).
+    const map = await e.slotMaps.current().catch(() => undefined);
+    if (map === undefined) await e.slotMaps.initialise(buildSlotMap([TARGET, SOURCE].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
+    const version = (await e.slotMaps.current()).version;
+    const slot = await firstSlotOwnedBy(e, SOURCE, 200);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    await seedUsers(e.shards.get(SOURCE) as pg.Pool, slot, [owner], 1);
+    /** `table`'s rows `where` on blue, put in place of green's, as the logical replication does. */
+    const carry = async (table: string, where: string, value: string): Promise<void> => {
+      const rows = await withClient(b.urlFor(SOURCE), async (c) => (await c.query<{ r: unknown }>(`select row_to_json(t) as r from ${table} t where ${where}`, [value])).rows.map((x) => x.r));
+      await withClient(g.urlFor(SOURCE), async (c) => {
+        await c.query("set session_replication_role = 'replica'");
+        await c.query(`delete from ${table} t where ${where}`, [value]);
+        for (const row of rows) await c.query(`insert into ${table} overriding system value select * from json_populate_record(null::${table}, $1::json)`, [JSON.stringify(row)]);
+      });
+    };
+    // After the release, the source's next timeline_history() read goes over a new connection
+    // opened with blue's address (the stale DNS answer): the proxy sends that one connection to blue.
+    const pool = e.shards.get(SOURCE) as pg.Pool;
+    const connect = pool.connect.bind(pool) as (...args: unknown[]) => Promise<pg.PoolClient>;
+    const wrapped = new WeakSet<pg.PoolClient>();
+    let released = false;
+    let staleReads = 0;
+    let historyReads = 0;
+    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
+      if (args.length > 0) return connect(...args);
+      const client = await connect();
+      if (wrapped.has(client)) return client;
+      wrapped.add(client);
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+        if (typeof a[0] !== 'string' || !a[0].includes('timeline_history()')) return query(...a);
+        historyReads += 1;
+        if (!released || staleReads > 0) return query(...a);
+        staleReads += 1;
+        return (async () => {
+          p.retarget(b.port);
+          try {
+            return await withClient(proxied, (c) => c.query(a[0] as string));
+          } finally {
+            p.retarget(g.port);
+          }
+        })();
+      };
+      return client;
+    };
+    const mover = e.mover({
+      readerGraceMs: 0,
+      fenceBudgetMs: 30_000,
+      hook: async (point, job) => {
+        if (point !== 'fenced') return;
+        // The switchover while the move holds the fence (released on green, another cluster than
+        // the fence's: the fence's history and position dropped, the history read again after).
+        for (const [table, column] of [['users', 'id'], ['documents', 'owner_id'], ['document_keys', 'owner_id']] as const) await carry(table, `${column} = $1::uuid`, owner);
+        await carry('write_fences', "kind = 'slot' and unit_id = $1", String(slot));
+        for (const table of ['move_permits', 'move_captures', 'move_changes']) await carry(table, 'job_id = $1::bigint', String(job.id));
+        p.retarget(g.port);
+        await p.cut();
+        await p.restore();
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        released = true;
+      },
+    });
+    let job;
+    try {
+      job = await mover.run((await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' })).id);
+    } finally {
+      (pool as unknown as { connect: unknown }).connect = connect;
+    }
+    // The fence's read (blue, the fence's cluster: not read again) and the release's (stale: blue).
+    expect({ state: job.state, error: job.error ?? null, staleReads, historyReads }).toEqual({ state: 'done', error: null, staleReads: 1, historyReads: 2 });
+
+    const greenId = (await clusterIdOf(g.url)) ?? '';
+    const lsn = blueFork + 2n ** 24n;
+    const recorded = await e.catalog.query<{ tl: string | null; history: string | null; id: string | null; lsn: string | null }>(
+      'select source_timeline::text as tl, source_history as history, source_cluster_id as id, source_fence_lsn::text as lsn from catalog.move_jobs where id = $1',
+      [job.id],
+    );
+    const row = recorded.rows[0];
+    const historyOf = (text: string | null | undefined): string | null | undefined =>
+      text?.includes(formatLsn(blueFork)) ? 'blue' : text?.includes(formatLsn(greenFork)) ? 'green' : text;
+    const api: ApiCall = await documentsApiClientOver(e, closers, { defaultShard: TARGET });
+    const list = await api(`/api/v1/users/${owner}/documents`, { 'x-read-after': `${SOURCE}@${formatLsn(lsn)};tl=1;v=${version};id=${greenId}` });
+    // Before: blue's history beside green's id and timeline 2, and 410 "write lost" for the list
+    // that holds the write green kept and the move copied. Now nothing known of the history.
+    expect({ tl: row?.tl, id: row?.id, lsn: row?.lsn, history: historyOf(row?.history), status: list.status, type: list.body?.type as unknown, items: (list.body?.items as unknown[] | undefined)?.length }).toEqual({
+      tl: '2',
+      id: greenId,
+      lsn: null,
+      history: null,
+      status: 200,
+      type: undefined,
+      items: 1,
+    });
+  }, 180_000);
 });
