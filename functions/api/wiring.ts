@@ -27,7 +27,7 @@ import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredConfig, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
-import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanOutOfTime, MovePlanShardUnanswered, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
+import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardUnanswered, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
 import { ShardInspectionError, type HealthReport, type InspectionFailure, type RebalanceCensus, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
@@ -989,8 +989,10 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
           throw new ProblemError(422, err.message, { invalidParams: [{ name: field, reason: err.message }], cause: err });
         }
         if (err instanceof MoveConflictError || err instanceof MoveBusyError) throw new ConflictError(err.message, { cause: err });
-        // The request's deadline passed before the plan read or recorded anything more (Mover.plan's `until`): 503, nothing recorded.
-        if (err instanceof MovePlanOutOfTime) throw new UnavailableError(`starting the move: ${err.message}`, { cause: err });
+        // The request's deadline passed before the plan read or recorded anything more (Mover.plan's
+        // `until`): 503, nothing recorded. Or its commit was sent and not answered: the job may be
+        // recorded (503, in words that say how to find out).
+        if (err instanceof MovePlanOutOfTime || err instanceof MovePlanOutcomeUnknown) throw new UnavailableError(`starting the move: ${err.message}`, { cause: err });
         throw err;
       }
     },

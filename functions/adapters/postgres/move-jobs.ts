@@ -138,6 +138,17 @@ export class MovePlanOutOfTime extends MoveError {
   override readonly name = 'MovePlanOutOfTime';
 }
 
+/**
+ * {@link Mover.plan} sent the commit of the job's transaction and the catalog's answer never came
+ * (its connection dropped at the request's deadline, lost, or timed out): the job may be recorded
+ * (and then run by the moves worker) or not, and the plan cannot tell. POST /shards/moves answers
+ * 503 in these words, which say how to find out (plan it again: 409 naming the job where it was
+ * recorded), not "nothing was recorded" nor "try again shortly" (h145).
+ */
+export class MovePlanOutcomeUnknown extends MoveError {
+  override readonly name = 'MovePlanOutcomeUnknown';
+}
+
 /** Another mover process is running this job right now. */
 export class MoveBusyError extends MoveError {
   override readonly name = 'MoveBusyError';

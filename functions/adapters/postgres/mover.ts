@@ -51,6 +51,7 @@ import {
   MoveConflictError,
   MoveError,
   MovePlanOutOfTime,
+  MovePlanOutcomeUnknown,
   MovePlanShardUnanswered,
   MoveNotCancellableError,
   MoveRequestError,
@@ -426,6 +427,16 @@ interface CheckedRequest {
   readonly versionBefore: number;
 }
 
+/**
+ * Whether `err` is an error the server sent (an ErrorResponse: its SQLSTATE and severity), not one
+ * of the client or the connection (a dropped or lost connection, pg's `query_timeout`), after which
+ * a statement sent may or may not have run.
+ */
+function fromServer(err: unknown): boolean {
+  const e = err as { code?: unknown; severity?: unknown } | null;
+  return typeof e === 'object' && e !== null && typeof e.severity === 'string' && typeof e.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code);
+}
+
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -487,7 +498,29 @@ export class Mover {
     // cancelled (the catalog names its target), and would block the slot for good. So the owner
     // is read again once the job row is in, in the same transaction: any move of the slot that
     // could still change it now conflicts with this row.
-    const client = await this.options.catalog.connect();
+    const what = req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`;
+    // Taken by the deadline too (deadline.ts connectBy), not only by the catalog pool's connection
+    // timeout (3 s in a Lambda): a catalog that accepts TCP and never answers the startup (a
+    // failover's old address, a black-holed path) once the checks had read it kept a request with
+    // 1 s left until that timeout, 2 s past its deadline, answered "the catalog or a shard did not
+    // answer (no answer in time); try again shortly" (h145, moves-plan-deadline-review.test.ts). A
+    // connection lent after the deadline goes back to the pool unused (connectBy); the silent
+    // connect is ended by the pool at its own timeout. A catalog that refuses the connection
+    // (ECONNREFUSED, a password) fails as before: the API names it as a catalog failure.
+    let client: pg.PoolClient;
+    if (until === undefined) client = await this.options.catalog.connect();
+    else {
+      const connectMs = Math.max(0, Math.round(leftMs()));
+      try {
+        client = await connectBy(this.options.catalog, until, 'the catalog');
+      } catch (err) {
+        if (!(err instanceof DeadlinePassedError)) throw err;
+        throw new MovePlanOutOfTime(
+          `cannot plan the move of ${what} from ${from} to ${req.to}: the catalog gave no connection for the job's transaction by the request's deadline (API Gateway's 29 s or the function's end, less the answer margin; no connection within ${connectMs} ms, what the request had left after its checks): the catalog did not answer (failing over, restarting, or unreachable), or every connection of its pool was in use. Nothing was recorded: plan it again`,
+          { cause: err },
+        );
+      }
+    }
     // A connection ended under the transaction (a failover, a proxy, a terminated backend) fails
     // its statement; the client's error event that follows must not crash the process, and the
     // connection must not go back to the pool.
@@ -567,7 +600,6 @@ export class Mover {
       if (req.kind === 'slot') await this.lockSlotMapsForPlan(client, slot, bounded(Math.max(1, Math.min(SLOT_PIN_LOCK_WAIT_MS, waitsEnd - Date.now()))));
       const entry = req.kind === 'directory' ? await this.options.directory.entry(unitId, client) : null;
       const owner = entry?.shardId ?? (await this.options.slotMaps.current(client)).assignments[slot];
-      const what = req.kind === 'slot' ? `slot ${unitId}` : `key ${unitId}`;
       if (owner !== from) {
         await client.query('rollback');
         if (owner === req.to) throw new MoveRequestError(`${what} is already on ${req.to} (another move finished while this one was planned)`, 'same-shard');
@@ -608,10 +640,37 @@ export class Mover {
           { cause: err },
         );
       }
+      // The commit was sent and no answer from the server came back (the connection dropped by the
+      // deadline's guard, lost, or the client's own query timeout): the catalog may have committed
+      // the job, and "could not record" (answered by the API as "the catalog or a shard did not
+      // answer ...; try again shortly") was untrue where it had: the job was there, planned, and run
+      // by the moves worker (h145, moves-plan-deadline-review.test.ts). An error the server sent
+      // (a SQLSTATE) ended the transaction, so nothing was recorded then, as below.
+      if (committing && !fromServer(err)) {
+        throw new MovePlanOutcomeUnknown(
+          `cannot tell whether the move of ${what} from ${from} to ${req.to} was recorded: the catalog did not answer its commit (${guard?.expired ? "no answer by the request's deadline; the connection was dropped" : message(err)}), which had been sent. The job may be recorded, and if so the moves worker runs it: plan the same move again, which answers 409 naming the job (follow it with GET /shards/moves/<id>, or cancel it with DELETE) where it was recorded and is unfinished, 422 (already on ${req.to}) where it has finished, and records it where it was not`,
+          { cause: err },
+        );
+      }
       if ((err as { code?: string }).code === '23505') {
-        // On this connection: a pool of one (a Lambda's) has no other to give until it is released.
-        const { rows } = await client.query<{ id: string }>(`select id from catalog.move_jobs where slot = $1 and state <> all($2::text[])`, [slot, TERMINAL_STATES]);
-        throw new MoveConflictError(`slot ${slot} already has an unfinished move (job #${rows[0]?.id ?? '?'}); finish or cancel it first`, { cause: err });
+        // The transaction rolled back: nothing of this plan's was recorded, and the answer is the
+        // conflict, whatever comes of the read below, which only names the other job. On this
+        // connection: a pool of one (a Lambda's) has no other to give until it is released. Still
+        // held to the deadline (its answer is due by then), and a read cut by it (a lock of
+        // catalog.move_jobs held past the deadline: a migration's ALTER TABLE) answers the conflict
+        // without the id; its raw 57014 was answered "the catalog or a shard did not answer (...);
+        // try again shortly" (h145, moves-plan-deadline-review.test.ts).
+        let other: string;
+        try {
+          const { rows } = await client.query<{ id: string }>(`select id from catalog.move_jobs where slot = $1 and state <> all($2::text[])`, [slot, TERMINAL_STATES]);
+          other = `job #${rows[0]?.id ?? '?'}`;
+        } catch (readErr) {
+          // What the finally below judges the connection by (a cancel request's 57014 waits for it to settle).
+          failure = readErr;
+          const cut = guard !== undefined && (guard.expired || guard.cancelledByDeadline(readErr));
+          other = `its job's id could not be read ${cut ? "by the request's deadline" : `(${message(readErr)})`}; the same request made again names it`;
+        }
+        throw new MoveConflictError(`slot ${slot} already has an unfinished move (${other}); finish or cancel it first`, { cause: err });
       }
       throw new MoveError(`could not record the move: ${message(err)}`, { cause: err });
     } finally {
