@@ -37,7 +37,7 @@ import { z } from 'zod';
 import { uuidForm } from '../core/sharding/keys.js';
 import type { ExtraRoute } from '../adapters/http/local-server.js';
 import { ReadCancelledError, type ReadOptions, type ReplicaReader } from '../adapters/postgres/replica-reader.js';
-import { DeadlinePassedError, StatementTimeoutError } from '../adapters/postgres/deadline.js';
+import { DeadlinePassedError, SessionTimeoutError } from '../adapters/postgres/deadline.js';
 import { ShardWriteError, type ShardWriteContext, type ShardWriteResult, type ShardWriter } from '../adapters/postgres/write-transaction.js';
 import { NOT_OWNED_STATES_SQL, readOptionsFor, rowFenceStateSql, ShardReadError, type ShardReader } from '../adapters/postgres/read-transaction.js';
 import { formatReadToken, parseReadToken, READ_TOKEN_EXAMPLE, ReadTokenError, type ReadToken } from '../core/sharding/read-token.js';
@@ -239,8 +239,8 @@ export function documentsApiDocument(): JsonSchema {
   // What a request past its deadline answers (see `unexpected`): the client must tell a retry from a look.
   const unavailable = (write: boolean) => ({
     description: write
-      ? "the shard did not answer within the request's deadline (or is being moved, or cancelled the write at another session's request or by a statement_timeout of its own, shorter than the deadline): nothing was written; retry after Retry-After seconds"
-      : "the shard did not answer within the request's deadline (or is being moved, or cancelled the read at another session's request or by a statement_timeout of its own, shorter than the deadline, or, for a `consistency=primary` read, its primary cannot be reached); retry after Retry-After seconds",
+      ? "the shard did not answer within the request's deadline (or is being moved, or cancelled the write at another session's request or by a statement_timeout or lock_timeout of its own, shorter than the deadline): nothing was written; retry after Retry-After seconds"
+      : "the shard did not answer within the request's deadline (or is being moved, or cancelled the read at another session's request or by a statement_timeout or lock_timeout of its own, shorter than the deadline, or, for a `consistency=primary` read, its primary cannot be reached); retry after Retry-After seconds",
     headers: { 'Retry-After': { description: 'seconds to wait before retrying', schema: { type: 'integer', minimum: 0 } } },
     content: problem.content,
   });
@@ -548,8 +548,8 @@ function passedDeadline(error: unknown): boolean {
   if (error instanceof ShardWriteError || error instanceof ShardReadError) return error.reason === 'deadline-exceeded';
   // A read on every shard, through the replica reader: its node fell silent, or its statement was
   // cancelled at the deadline (both DeadlinePassedError). A session's or role's own
-  // statement_timeout, shorter than the deadline, is not this: the reader says so
-  // (StatementTimeoutError, answered below as a cancel before the deadline). A raw 57014 is one
+  // statement_timeout or lock_timeout, shorter than the deadline, is not this: the reader says so
+  // (SessionTimeoutError, answered below as a cancel before the deadline). A raw 57014 is one
   // the reader could not tell (a server whose lc_messages is not English, before the deadline):
   // answered as the deadline's, as it always was.
   return error instanceof DeadlinePassedError || (error as { code?: unknown }).code === '57014';
@@ -580,12 +580,13 @@ function unexpected(error: unknown, deadlineMs: number, kind: 'read' | 'write'):
     return { status: 503, detail, headers: { 'retry-after': '1' } };
   }
   // Cancelled on the server before the deadline, not by it: by someone else (an operator's
-  // pg_cancel_backend), or by the session's own statement_timeout (a role's default, shorter than
-  // the deadline: StatementTimeoutError, which onError logs naming the setting). Nothing was
+  // pg_cancel_backend), or by the session's own statement_timeout or lock_timeout (a role's
+  // default, shorter than the deadline: SessionTimeoutError, which onError logs naming the
+  // setting; before h147 a role's lock_timeout was answered as any unexpected failure). Nothing was
   // committed, or read. The same 503 and Retry-After as a deadline's: only the detail, which said
   // the deadline passed when it had not, differs.
   if (error instanceof ShardWriteError && error.reason === 'cancelled') return { status: 503, detail: 'the shard cancelled the write before its deadline; nothing was written; retry', headers: { 'retry-after': '1' } };
-  if ((error instanceof ShardReadError && error.reason === 'cancelled') || error instanceof ReadCancelledError || error instanceof StatementTimeoutError) {
+  if ((error instanceof ShardReadError && error.reason === 'cancelled') || error instanceof ReadCancelledError || error instanceof SessionTimeoutError) {
     return { status: 503, detail: 'the shard cancelled the read before its deadline; retry', headers: { 'retry-after': '1' } };
   }
   if (error instanceof RoutingError) return { status: 400, detail: error.message };

@@ -114,7 +114,7 @@ export const CANCEL_REPEAT_MS = 50;
  * query goes on under its own request's deadline, nothing of this request's was cancelled, and the
  * node may be answering well: `ReplicaReader`'s `#history`). A statement another session cancelled
  * is not this error (see {@link ClientDeadline.cancelledByOther}), nor one the session's own
- * `statement_timeout` ended before the deadline ({@link StatementTimeoutError}).
+ * `statement_timeout` or `lock_timeout` ended before the deadline ({@link SessionTimeoutError}).
  */
 export class DeadlinePassedError extends Error {
   override readonly name = 'DeadlinePassedError';
@@ -137,50 +137,102 @@ export class DeadlinePassedError extends Error {
 }
 
 /**
- * A statement was cancelled on the server by the session's own `statement_timeout`, shorter than
- * what was left of the request's deadline: one the request did not set (a role's or database's
- * default, `ALTER ROLE ... SET statement_timeout`, `ALTER DATABASE ... SET`, the server's
- * configuration or parameter group), in force where the request runs a statement outside a
- * transaction of its own (`ReplicaReader.query`: a transaction held to a deadline sets
- * `statement_timeout` to the time left, which replaces it), or one the caller's code set in the
- * transaction (`SET LOCAL statement_timeout` in a write's body). Not the request's deadline: nothing
- * the caller asked for ended, an operator's (or the code's) setting did, and the statement would
- * end so again on a retry while that setting stands. Told by pg's words ("canceling statement due to
- * statement timeout"), which are English only where the server's `lc_messages` is: in another
- * language such a 57014 is left as pg raised it (it cannot be told from another session's cancel
- * request on a path that sets no `statement_timeout` of its own). `cause` is pg's 57014; nothing
- * was written, and the connection was kept.
+ * The session's own timeouts a request can meet before its deadline: `statement_timeout` (57014,
+ * "canceling statement due to statement timeout") and `lock_timeout` (55P03, "canceling statement
+ * due to lock timeout"), each set by a role's or database's default or by the request's own code.
  */
-export class StatementTimeoutError extends Error {
-  override readonly name = 'StatementTimeoutError';
+export type SessionTimeoutSetting = 'statement_timeout' | 'lock_timeout';
+
+/**
+ * A statement was ended on the server by one of the session's own timeouts (`setting`:
+ * `statement_timeout`, or `lock_timeout` for a lock wait), shorter than what was left of the
+ * request's deadline: one the request did not set (a role's or database's default, `ALTER ROLE ...
+ * SET statement_timeout`, `ALTER DATABASE ... SET lock_timeout`, the server's configuration or
+ * parameter group), in force where the request runs a statement outside a transaction of its own
+ * (`ReplicaReader.query`), or kept by a transaction held to a deadline, which bounds it by the time
+ * left but never lengthens it ({@link timeoutsAtMostSql}); or one the caller's code set in the
+ * transaction (`SET LOCAL statement_timeout`, `SET LOCAL lock_timeout` in a write's body). Not the
+ * request's deadline: nothing the caller asked for ended, an operator's (or the code's) setting
+ * did, and the statement would end so again on a retry while that setting stands. Told by pg's
+ * words ({@link sessionTimeoutOf}), which are English only where the server's `lc_messages` is: in
+ * another language such an error is left as pg raised it (a 57014 cannot then be told from another
+ * session's cancel request on a path that sets no `statement_timeout` of its own). `cause` is pg's
+ * error; nothing was written, and the connection was kept. (One class for both settings, named in
+ * `setting` and in the message: the two are told, and answered, alike.)
+ */
+export class SessionTimeoutError extends Error {
+  override readonly name = 'SessionTimeoutError';
   constructor(
     readonly nodeId: string,
+    readonly setting: SessionTimeoutSetting,
     cause: unknown,
   ) {
     super(
-      `${nodeId}: the statement was cancelled by the session's own statement_timeout (the setting of the login's role or database, or one set by the request's own code; see pg_settings' source for statement_timeout on that node), before the request's deadline: not the deadline's doing. Raise that statement_timeout (ALTER ROLE ... SET statement_timeout) or make the statement faster`,
+      setting === 'statement_timeout'
+        ? `${nodeId}: the statement was cancelled by the session's own statement_timeout (the setting of the login's role or database, or one set by the request's own code; see pg_settings' source for statement_timeout on that node), before the request's deadline: not the deadline's doing. Raise that statement_timeout (ALTER ROLE ... SET statement_timeout) or make the statement faster`
+        : `${nodeId}: the statement waited for a lock longer than the session's own lock_timeout allows (the setting of the login's role or database, or one set by the request's own code; see pg_settings' source for lock_timeout on that node), before the request's deadline: not the deadline's doing. Raise that lock_timeout (ALTER ROLE ... SET lock_timeout) or find what holds the lock so long (pg_locks, pg_stat_activity)`,
       { cause },
     );
   }
 }
 
 /**
- * How long before the deadline a statement timeout must arrive to be told the session's own
- * ({@link ClientDeadline.cancelledByOwnTimeout}): the deadline's own `statement_timeout` of the time
- * left is whole ms rounded up from `Date.now()`, whole ms too, so it can fire up to about 2 ms off
- * the guard's (monotonic) deadline; one so near it is the deadline's, as it was always told.
+ * How long before the deadline a session timeout must arrive to be told the session's own
+ * ({@link ClientDeadline.sessionTimeout}): the deadline's own `statement_timeout` and
+ * `lock_timeout` of the time left are whole ms rounded up from `Date.now()`, whole ms too, so they
+ * can fire up to about 2 ms off the guard's (monotonic) deadline; one so near it is the
+ * deadline's, as it was always told. (Neither fires earlier: each counts from the start of its
+ * statement, or of its lock wait, all after the transaction's BEGIN.)
  */
 const OWN_TIMEOUT_SLACK_MS = 5;
 
+/** SQLSTATE lock_not_available: a lock wait past `lock_timeout`, or a lock NOWAIT would not wait for. */
+const LOCK_NOT_AVAILABLE = '55P03';
+
 /**
- * Whether `error` is a statement the session's own `statement_timeout` ended (see
- * {@link StatementTimeoutError}): a 57014 in pg's English words for a statement timeout. The caller
- * asks only once it knows the deadline neither sent a cancel request for it nor had passed when it
- * arrived ({@link ClientDeadline.cancelledByDeadline}): a `statement_timeout` of the time left,
- * set with the request's transaction, fires at the deadline, in the same words.
+ * Which of the session's own timeouts ended the statement `error` failed (see
+ * {@link SessionTimeoutError}), if one did: a 57014 or a 55P03 in pg's English words for a
+ * statement timeout, or a lock timeout (a 55P03 of NOWAIT, "could not obtain lock", is none). The
+ * caller asks only once it knows the deadline neither sent a cancel request for it nor had passed
+ * when it arrived ({@link ClientDeadline.sessionTimeout}): the `statement_timeout` and
+ * `lock_timeout` of the time left, set with the request's transaction, fire at the deadline, in
+ * the same words.
  */
-export function ownStatementTimeout(error: unknown): boolean {
-  return queryCanceled(error) && error instanceof Error && error.message.includes('statement timeout');
+export function sessionTimeoutOf(error: unknown): SessionTimeoutSetting | undefined {
+  if (!(error instanceof Error)) return undefined;
+  if (queryCanceled(error) && error.message.includes('statement timeout')) return 'statement_timeout';
+  if ((error as { code?: unknown }).code === LOCK_NOT_AVAILABLE && error.message.includes('lock timeout')) return 'lock_timeout';
+  return undefined;
+}
+
+/**
+ * SQL setting the transaction's `settings` (SET LOCAL's scope: `set_config(..., true)`) to `ms`,
+ * each unless the session's own is shorter and not 0 (a role's or database's default, `ALTER ROLE
+ * ... SET statement_timeout`, the control login's 10 s of catalog migration 005): the request's
+ * time left bounds each statement (each lock wait) on the server too, never beyond the bound the
+ * operator gave the login. One statement, no round trip of its own (it goes in the BEGIN's simple
+ * query); it answers one row, each setting's value as set. `ms` whole, as {@link serverTimeoutMs}
+ * gives it.
+ */
+export function timeoutsAtMostSql(settings: readonly SessionTimeoutSetting[], ms: number): string {
+  const chosen = settings.map((s) => `set_config('${s}', (case when s.${s} > 0 and s.${s} < ${ms} then s.${s} else ${ms} end)::bigint::text, true) as ${s}`);
+  const own = settings.map((s) => `extract(epoch from current_setting('${s}')::interval) * 1000 as ${s}`);
+  return `select ${chosen.join(', ')} from (select ${own.join(', ')}) s`;
+}
+
+/**
+ * Who cancelled a statement {@link cancelledByOtherSession} told another session's, in words for an
+ * error's message: "another session's request" where pg's English words say so ("due to user
+ * request"); otherwise (a server whose `lc_messages` is another language) that, or the session's
+ * own `statement_timeout`, which a transaction held to a deadline keeps where shorter than the
+ * time left (a role's default, `timeoutsAtMostSql`; or the request's own code's SET LOCAL): before
+ * the deadline, with no cancel request of the deadline's sent, the two are told apart by the words
+ * alone. Either way the statement was cancelled before the deadline, not by it.
+ */
+export function otherCancelWords(error: unknown): string {
+  return error instanceof Error && error.message.includes('user request')
+    ? "another session's request"
+    : "another session's request, or by the session's own statement_timeout, shorter than the deadline (the server's words, not in English, do not tell which)";
 }
 
 /**
@@ -291,15 +343,23 @@ export interface ClientDeadline {
    */
   cancelledByDeadline(error: unknown, options?: CancelledByOtherOptions): boolean;
   /**
-   * Whether `error` is a statement the session's own `statement_timeout` ended before the deadline
-   * (a role's or database's default, or the caller's own SET LOCAL): a 57014 that is neither
-   * another session's ({@link ClientDeadline.cancelledByOther}) nor the deadline's
-   * ({@link ClientDeadline.cancelledByDeadline}) and says so in pg's English words
-   * ({@link ownStatementTimeout}; in another language it is neither this nor the deadline's), having
-   * arrived more than a few ms before the deadline ({@link OWN_TIMEOUT_SLACK_MS}). Told as of its
-   * arrival, as the others are. See {@link StatementTimeoutError}.
+   * Which of the session's own timeouts ended the statement `error` failed before the deadline, if
+   * one did (a role's or database's default, or the caller's own SET LOCAL): `statement_timeout`,
+   * a 57014 that is neither another session's ({@link ClientDeadline.cancelledByOther}) nor the
+   * deadline's ({@link ClientDeadline.cancelledByDeadline}), or `lock_timeout`, a 55P03; either
+   * saying so in pg's English words ({@link sessionTimeoutOf}; in another language it is none),
+   * and having arrived more than a few ms before the deadline
+   * ({@link ClientDeadline.arrivedBeforeDeadline}). Told as of its arrival, as the others are. See
+   * {@link SessionTimeoutError}.
    */
-  cancelledByOwnTimeout(error: unknown, options?: CancelledByOtherOptions): boolean;
+  sessionTimeout(error: unknown, options?: CancelledByOtherOptions): SessionTimeoutSetting | undefined;
+  /**
+   * Whether the server's `error` arrived more than a few ms before the deadline
+   * ({@link OWN_TIMEOUT_SLACK_MS}) with no cancel request of the deadline's sent by then: no
+   * timeout the deadline set (the time left) can have raised it. Told as of its arrival (of now,
+   * for an error the guard saw no arrival of).
+   */
+  arrivedBeforeDeadline(error: unknown): boolean;
   /**
    * Stops the timers and the listening to the connection's errors (call before releasing the
    * client, on every path: a guard never disarmed leaves its listener on a pooled connection,
@@ -339,7 +399,11 @@ export interface CancelledByOtherOptions {
    * `deadlineSettingsSql`) was in force for the statement. Default true. False on a path that sets
    * none (one statement outside a transaction, `ReplicaReader.query`): the session's own (a role's
    * or database's default, `ALTER ROLE ... SET statement_timeout`) may be shorter than the deadline
-   * and fire before it, so a 57014 then is another session's only by its English words.
+   * and fire before it, so a 57014 then is another session's only by its English words. (True
+   * leaves one case to the words too: the transaction keeps the session's own where shorter than
+   * the time left, and a 57014 that one raised before the deadline, in another language than
+   * English, is taken for another session's cancel; the request fails as cancelled before its
+   * deadline either way, which is true of both, and its message names both: {@link otherCancelWords}.)
    */
   readonly statementTimeout?: boolean;
 }
@@ -364,11 +428,11 @@ export function queryCanceled(error: unknown): boolean {
  * session's request (`pg_cancel_backend`, an operator), not by the deadline. Told by the
  * deadline's own record, not by the message's words, which are in the server's `lc_messages`
  * language ("storniere Anfrage wegen Benutzeraufforderung" in German): 57014 caught before the
- * deadline with none sent. No `statement_timeout` of the request's transaction can have fired by
- * then: it is set to the time left when the transaction began (`deadlineSettingsSql`) and counts
+ * deadline with none sent. No `statement_timeout` of the time left the request's transaction set
+ * can have fired by then: it is set when the transaction began (`deadlineSettingsSql`) and counts
  * from each statement's own start. English words refine it where they can: "due to statement
- * timeout" is a timeout (a session's or role's own, shorter than the deadline, on a path that sets
- * none), and "due to user request" is another session's past the deadline too, when the deadline
+ * timeout" is a timeout (a session's or role's own, shorter than the deadline: on a path that sets
+ * none, or kept by the transaction where shorter than the time left), and "due to user request" is another session's past the deadline too, when the deadline
  * sent none (a write's commit was on its way, the transaction had failed); in another language a
  * statement cancelled then counts as the deadline's (nothing was committed either way).
  */
@@ -494,6 +558,14 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
     const arrived = arrivalOf(error);
     return (arrived?.cancelSent ?? cancelsSent > 0) || (arrived?.at ?? performance.now()) >= deadlineAtMonotonic;
   };
+  // Not within OWN_TIMEOUT_SLACK_MS of the deadline: the statement_timeout and lock_timeout of the
+  // time left (written in whole ms, rounded up, from the wall clock, which this guard's monotonic
+  // deadline was derived from at another instant) fire at the deadline, give or take a millisecond
+  // of those roundings, and are the deadline's; left to the callers' rule for them.
+  const beforeDeadline = (error: unknown): boolean => {
+    const arrived = arrivalOf(error);
+    return !(arrived?.cancelSent ?? cancelsSent > 0) && (arrived?.at ?? performance.now()) < deadlineAtMonotonic - OWN_TIMEOUT_SLACK_MS;
+  };
   return {
     get expired() {
       return expired;
@@ -503,13 +575,11 @@ export function holdToDeadline(client: pg.ClientBase, deadlineAt: number, option
     },
     cancelledByOther: byOther,
     cancelledByDeadline: byDeadline,
-    cancelledByOwnTimeout(error, byOtherOptions) {
-      // Not within OWN_TIMEOUT_SLACK_MS of the deadline: the statement_timeout of the time left
-      // (written in whole ms, rounded up, from the wall clock, which this guard's monotonic
-      // deadline was derived from at another instant) fires at the deadline, give or take a
-      // millisecond of those roundings, and is the deadline's; left to the callers' rule for it.
-      return ownStatementTimeout(error) && !byOther(error, byOtherOptions) && !byDeadline(error, byOtherOptions) && (arrivalOf(error)?.at ?? performance.now()) < deadlineAtMonotonic - OWN_TIMEOUT_SLACK_MS;
+    sessionTimeout(error, byOtherOptions) {
+      const setting = sessionTimeoutOf(error);
+      return setting !== undefined && !byOther(error, byOtherOptions) && !byDeadline(error, byOtherOptions) && beforeDeadline(error) ? setting : undefined;
     },
+    arrivedBeforeDeadline: beforeDeadline,
     disarm() {
       clearTimeout(canceller);
       canceller = undefined;

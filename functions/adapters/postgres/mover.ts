@@ -44,7 +44,7 @@ import { SLOT_COUNT } from '../../core/sharding/hash.js';
 import { canonicalKey, keySlot, uuidForm } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting, type MoveUnitVerdict } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
-import { cancelStatement, connectBy, DeadlinePassedError, holdToDeadline, NodeTimeoutError, queryCanceled, serverTimeoutMs, withNodeDeadline } from './deadline.js';
+import { cancelStatement, connectBy, DeadlinePassedError, holdToDeadline, NodeTimeoutError, queryCanceled, serverTimeoutMs, timeoutsAtMostSql, withNodeDeadline } from './deadline.js';
 import { ownersOfSlotsSince } from './fence-review.js';
 import {
   MoveBusyError,
@@ -222,16 +222,6 @@ const PLAN_IDLE_MS = 15_000;
  * lock_timeout ends at `until`) is refused naming the lock's holder, not cancelled unnamed.
  */
 const PLAN_CANCEL_SLACK_MS = 100;
-
-/**
- * SQL setting the transaction's `statement_timeout` (SET LOCAL's scope: `set_config(..., true)`)
- * to `ms`, unless the session's is shorter and not 0 (the control login's 10 s, catalog migration
- * 005): the request's time left bounds each statement on the server too, never beyond the login's
- * own bound.
- */
-function statementTimeoutAtMostSql(ms: number): string {
-  return `select set_config('statement_timeout', (case when s.ms > 0 and s.ms < ${ms} then s.ms else ${ms} end)::bigint::text, true) from (select extract(epoch from current_setting('statement_timeout')::interval) * 1000 as ms) s`;
-}
 
 /** How long a refused cancel waits for the target's fence row, which only chooses its words (see {@link Mover.requestCancel}). */
 const TARGET_ROW_READ_MS = 2000;
@@ -552,7 +542,7 @@ export class Mover {
       // Bounded on the server, in the same round trip: see PLAN_RECORD_WAIT_MS and PLAN_IDLE_MS.
       const recordWait = bounded(PLAN_RECORD_WAIT_MS);
       await client.query(
-        `begin isolation level read committed; set local lock_timeout = ${recordWait.waitMs}; set local idle_in_transaction_session_timeout = ${PLAN_IDLE_MS}${until === undefined ? '' : `; ${statementTimeoutAtMostSql(serverTimeoutMs(leftMs() + PLAN_CANCEL_SLACK_MS))}`}`,
+        `begin isolation level read committed; set local lock_timeout = ${recordWait.waitMs}; set local idle_in_transaction_session_timeout = ${PLAN_IDLE_MS}${until === undefined ? '' : `; ${timeoutsAtMostSql(['statement_timeout'], serverTimeoutMs(leftMs() + PLAN_CANCEL_SLACK_MS))}`}`,
       );
       try {
         const { rows } = await client.query<JobRow>(

@@ -38,7 +38,7 @@ import type { ReadToken } from '../../core/sharding/read-token.js';
 import type { LostWrite } from '../../core/sharding/timeline-history.js';
 import { ReadCancelledError, type ReadOptions, type ReplicaReader } from './replica-reader.js';
 import { inClientTransaction, RollbackWith } from './transaction.js';
-import { checkDeadlineMs, DeadlinePassedError, StatementTimeoutError } from './deadline.js';
+import { checkDeadlineMs, DeadlinePassedError, otherCancelWords, SessionTimeoutError } from './deadline.js';
 import { deadlineSettingsSql, READER_FENCE_ROWS_SQL, readerFenceRowsSql, sqlLiteral, type WriteRoute, type WriteRouter } from './write-transaction.js';
 
 export interface ShardReaderOptions {
@@ -101,8 +101,8 @@ export interface ShardReadResult<T> {
 /**
  * `cancelled`: a read had a statement cancelled before its deadline, not by it: by someone else's
  * cancel request (`pg_cancel_backend`, an operator; `cause` a `ReadCancelledError`), or by the
- * session's own `statement_timeout`, shorter (a role's default, the read's own code's SET LOCAL;
- * `cause` a `StatementTimeoutError`, deadline.ts).
+ * session's own `statement_timeout` or `lock_timeout`, shorter (a role's default, the read's own
+ * code's SET LOCAL; `cause` a `SessionTimeoutError`, deadline.ts, naming which).
  */
 export type ShardReadErrorReason = 'deadline-exceeded' | 'cancelled' | 'too-many-reroutes' | 'incoming-timeout';
 
@@ -360,7 +360,8 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
             ...(deadlineAt === undefined ? {} : { deadlineAt }),
             begin: begin.sql,
           },
-          // Its BEGIN sets statement_timeout to the time left (readBeginSql): none fires before the deadline.
+          // Its BEGIN sets statement_timeout to the time left (readBeginSql), or keeps the
+          // session's own where shorter: told from another session's cancel by pg's words then.
           { statementTimeout: true },
         );
       } catch (err) {
@@ -375,15 +376,15 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
                   : `${err.nodeId} did not answer (its connection was dropped)`;
           throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline: ${what}`, { cause: err });
         }
-        if (err instanceof StatementTimeoutError) {
+        if (err instanceof SessionTimeoutError) {
           throw new ShardReadError(
             'cancelled',
-            `a statement of the read on shard ${route.shardId} was cancelled on ${err.nodeId} by the session's own statement_timeout (a role's or database's setting, or one the read's code set), ${readOptions.deadlineMs === undefined ? 'the read having no deadline' : `before its ${readOptions.deadlineMs} ms deadline: not the deadline`}`,
+            `a statement of the read on shard ${route.shardId} was ${err.setting === 'lock_timeout' ? 'ended, waiting for a lock,' : 'cancelled'} on ${err.nodeId} by the session's own ${err.setting} (a role's or database's setting, or one the read's code set), ${readOptions.deadlineMs === undefined ? 'the read having no deadline' : `before its ${readOptions.deadlineMs} ms deadline: not the deadline`}`,
             { cause: err },
           );
         }
         if (err instanceof ReadCancelledError) {
-          throw new ShardReadError('cancelled', `a statement of the read on shard ${route.shardId} was cancelled on ${err.nodeId} by another session's request (not its ${readOptions.deadlineMs} ms deadline)`, { cause: err });
+          throw new ShardReadError('cancelled', `a statement of the read on shard ${route.shardId} was cancelled on ${err.nodeId} by ${otherCancelWords(err.cause)} (not its ${readOptions.deadlineMs} ms deadline)`, { cause: err });
         }
         if (deadlineAt !== undefined && (err as { code?: unknown }).code === QUERY_CANCELED) {
           throw new ShardReadError('deadline-exceeded', `the read on shard ${route.shardId} passed its ${readOptions.deadlineMs} ms deadline; PostgreSQL cancelled it`, { cause: err });

@@ -34,7 +34,7 @@ import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadT
 import { lostInFailover, parseTimelineHistory, TimelineHistoryError, type LostWrite, type TimelineSwitch } from '../../core/sharding/timeline-history.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
 import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
-import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, ownStatementTimeout, queryCanceled, StatementTimeoutError, type CancelledByOtherOptions, type ClientDeadline } from './deadline.js';
+import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, otherCancelWords, queryCanceled, SessionTimeoutError, sessionTimeoutOf, type CancelledByOtherOptions, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
@@ -228,7 +228,9 @@ export class ReplicaDownError extends Error {
 /**
  * A statement of a read held to a deadline was cancelled on the server by another session's
  * request (`pg_cancel_backend`, an operator) before the deadline asked for any: the read failed,
- * not by its deadline. `cause` is pg's error (57014). Not retried on another node: a cancelled
+ * not by its deadline. (On a server whose messages are not in English, in a transaction held to
+ * the deadline, it may be the session's own shorter `statement_timeout` too: the message says so,
+ * `otherCancelWords`, deadline.ts.) `cause` is pg's error (57014). Not retried on another node: a cancelled
  * read was stopped on purpose.
  */
 export class ReadCancelledError extends Error {
@@ -237,7 +239,7 @@ export class ReadCancelledError extends Error {
     readonly nodeId: string,
     cause: unknown,
   ) {
-    super(`${nodeId}: a statement of the read was cancelled on the server by another session's request, before the read's deadline`, { cause });
+    super(`${nodeId}: a statement of the read was cancelled on the server by ${otherCancelWords(cause)}, before the read's deadline`, { cause });
   }
 }
 
@@ -690,9 +692,10 @@ export class ReplicaReader {
    * ({@link ReadCancelledError}): it is thrown as pg raised it. A statement the read's own
    * deadline (`deadlineAt`) cancelled fails the read with {@link DeadlinePassedError} (`cancelled`,
    * pg's 57014 its `cause`), as one on a silent node does (`query`), and no other node is tried.
-   * One the session's own `statement_timeout` ended before the deadline (a role's default: in force
-   * for statements `fn` sends outside a transaction of the deadline's) fails it with a
-   * {@link StatementTimeoutError}, not retried either: the next node would end it alike.
+   * One the session's own `statement_timeout` or `lock_timeout` ended before the deadline (a role's
+   * default: in force for statements `fn` sends outside a transaction of the deadline's, and kept
+   * by one where shorter than the time left) fails it with a {@link SessionTimeoutError} naming
+   * the setting, not retried either: the next node would end it alike.
    */
   async withReadClient<T>(shardId: string, fn: (client: pg.PoolClient, servedBy: string, node: ReadNode) => Promise<T>, options: ReadOptions = {}, held: CancelledByOtherOptions = { statementTimeout: false }): Promise<T> {
     checkDeadlineMs('deadlineAt (from now)', options.deadlineAt === undefined ? undefined : options.deadlineAt - Date.now());
@@ -811,12 +814,13 @@ export class ReplicaReader {
           // and which each caller had to recognise by its code (a caller that did not answered
           // it as an unexpected failure). Not retried on another node: the deadline is spent.
           const byDeadline = !byOther && guard?.cancelledByDeadline(error, held) === true;
-          // The session's own statement_timeout, shorter than the time left (a role's default,
-          // ALTER ROLE ... SET statement_timeout: in force for a statement sent outside a
-          // transaction held to the deadline, as `query`'s is), or one `fn` set: neither the
-          // deadline's nor another session's, and said so, naming the setting (the writer and
-          // withShardRead tell it so too). Without a deadline, any 57014 in those words is.
-          const byOwnTimeout = !byOther && !byDeadline && (guard === undefined ? ownStatementTimeout(error) : guard.cancelledByOwnTimeout(error, held));
+          // The session's own statement_timeout or lock_timeout, shorter than the time left (a
+          // role's default, ALTER ROLE ... SET statement_timeout: in force for a statement sent
+          // outside a transaction held to the deadline, as `query`'s is, and kept by one where
+          // shorter, deadlineSettingsSql), or one `fn` set: neither the deadline's nor another
+          // session's, and said so, naming the setting (the writer and withShardRead tell it so
+          // too). Without a deadline, any 57014 or 55P03 in those words is.
+          const ownTimeout = byOther || byDeadline ? undefined : guard === undefined ? sessionTimeoutOf(error) : guard.sessionTimeout(error, held);
           // Cancelled at the deadline: lent again only once the cancel request has been passed on in full.
           if (guard !== undefined && queryCanceled(error)) await guard.settled();
           // A connection left in a transaction (its rollback failed: a cancel's second signal
@@ -824,7 +828,7 @@ export class ReplicaReader {
           client?.release(guard?.reusable(error) === false || (client !== undefined && leftInTransaction(client)) || undefined);
           if (byOther) throw new ReadCancelledError(node.nodeId, error);
           if (byDeadline) throw new DeadlinePassedError(node.nodeId, 'cancelled', { cause: error });
-          if (byOwnTimeout) throw new StatementTimeoutError(node.nodeId, error);
+          if (ownTimeout !== undefined) throw new SessionTimeoutError(node.nodeId, ownTimeout, error);
           throw error;
         }
         // A broken connection must not go back to the pool; one abandoned on a replica that stopped

@@ -32,10 +32,12 @@ import {
   DEADLINE_GRACE_MS,
   DeadlinePassedError,
   holdToDeadline,
-  ownStatementTimeout,
+  otherCancelWords,
   queryCanceled,
   serverTimeoutMs,
-  StatementTimeoutError,
+  SessionTimeoutError,
+  sessionTimeoutOf,
+  timeoutsAtMostSql,
   withNodeDeadline,
   type ClientDeadline,
 } from './deadline.js';
@@ -173,9 +175,9 @@ export interface ShardWriteResult<T> {
  * sent (its answer lost, or the commit answered and the read token's query not): the write may
  * have been (when the message says so, was) committed. `cancelled`: a write with a deadline had a
  * statement cancelled before it by someone else's cancel request (`pg_cancel_backend`, an
- * operator), or by the session's own `statement_timeout`, shorter (the write's body's SET LOCAL, a
- * role's default where no deadline replaced it; `cause` a `StatementTimeoutError`, deadline.ts),
- * not by its own deadline. Every other reason: nothing was committed.
+ * operator), or ended by the session's own `statement_timeout` or `lock_timeout`, shorter (a
+ * role's default, the write's body's SET LOCAL; `cause` a `SessionTimeoutError`, deadline.ts,
+ * naming which), not by its own deadline. Every other reason: nothing was committed.
  */
 export type ShardWriteErrorReason = 'unknown-shard' | 'fence-timeout' | 'too-many-reroutes' | 'deadline-exceeded' | 'outcome-unknown' | 'cancelled';
 
@@ -193,9 +195,10 @@ export class ShardWriteError extends Error {
 
 export interface ShardWriteOptions {
   /**
-   * The request's deadline, in ms from the call. Each attempt's transaction gets `SET LOCAL
-   * statement_timeout` and `lock_timeout` of the time left, so PostgreSQL itself stops the
-   * work when the caller stops waiting (no query left running for nobody). NaN, infinite or over
+   * The request's deadline, in ms from the call. Each attempt's transaction gets a
+   * `statement_timeout` and a `lock_timeout` of the time left (or the session's own, where shorter:
+   * `deadlineSettingsSql`), so PostgreSQL itself stops the work when the caller stops waiting (no
+   * query left running for nobody). NaN, infinite or over
    * `MAX_DEADLINE_MS` is refused (`InvalidDeadlineError`, deadline.ts).
    */
   readonly deadlineMs?: number;
@@ -205,8 +208,11 @@ export interface ShardWriter {
   withShardWrite<T>(key: string, fn: (ctx: ShardWriteContext) => Promise<T>, options?: ShardWriteOptions): Promise<ShardWriteResult<T>>;
 }
 
+/** SQLSTATE lock_not_available: a lock wait past `lock_timeout` (or a lock NOWAIT would not wait for). */
+const LOCK_NOT_AVAILABLE = '55P03';
+
 /** SQLSTATEs of a statement or lock wait the deadline cut short. */
-const DEADLINE_SQLSTATES = new Set(['57014', '55P03']);
+const DEADLINE_SQLSTATES = new Set(['57014', LOCK_NOT_AVAILABLE]);
 
 interface FenceRow {
   kind: 'slot' | 'directory';
@@ -327,20 +333,26 @@ export function sqlLiteral(text: string): string | undefined {
 /**
  * The SET LOCALs of a transaction held to a deadline `leftMs` away: `statement_timeout` (and,
  * for a write, `lock_timeout`) of the time left, so PostgreSQL stops the work when the caller
- * stops waiting, and `idle_in_transaction_session_timeout` of the time left and the client's
+ * stops waiting, each unless the session's own is shorter ({@link timeoutsAtMostSql}: a role's or
+ * database's default, which an operator sets as a safety limit on every statement of the login:
+ * the deadline bounds the transaction's statements by the time left, it does not lift that limit,
+ * as it did until h147 here while the replica reader's lone statements obeyed it; a statement it
+ * ends before the deadline is told as the session's own, `SessionTimeoutError`, deadline.ts), and
+ * `idle_in_transaction_session_timeout` of the time left and the client's
  * grace: a transaction whose client is gone without a word (a black-holed path: its close never
  * arrives) would otherwise stay open on the server until TCP notices, hours, holding its rows and
  * the unit's fence row FOR SHARE (a move could not fence, a keyed retry would wait on its
  * uncommitted row) or, for a read, its snapshot (vacuum, a replica's replay) and its locks (DDL
  * queues behind them). Past the deadline and the client's grace the client has given it up
  * anyway. Sent in the BEGIN's own simple query, so that no transaction is ever open on the
- * server without them (one stranded between a BEGIN and a later SET would be).
+ * server without them (one stranded between a BEGIN and a later SET would be); the timeouts are a
+ * `select` there (one row), which no caller reads.
  * Only whole numbers of ms are written into the SQL ({@link serverTimeoutMs}).
  */
 export function deadlineSettingsSql(leftMs: number, options: { readonly lockTimeout: boolean }): string {
   const left = serverTimeoutMs(leftMs);
   const idle = serverTimeoutMs(left + DEADLINE_GRACE_MS);
-  return `set local statement_timeout = ${left}; ${options.lockTimeout ? `set local lock_timeout = ${left}; ` : ''}set local idle_in_transaction_session_timeout = ${idle}`;
+  return `${timeoutsAtMostSql(options.lockTimeout ? ['statement_timeout', 'lock_timeout'] : ['statement_timeout'], left)}; set local idle_in_transaction_session_timeout = ${idle}`;
 }
 
 const NIL_UUID = '00000000-0000-0000-0000-000000000000';
@@ -702,20 +714,26 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         // A cancel request the deadline did not send (57014 before the deadline, none sent: told in
         // any lc_messages language, see cancelledByOtherSession): someone else's (pg_cancel_backend).
         if (guard?.cancelledByOther(err) === true) {
-          throw new ShardWriteError('cancelled', `a statement of the write on shard ${route.shardId} was cancelled on the server by another session's request (not its ${writeOptions.deadlineMs} ms deadline); nothing was committed`, { cause: err });
+          throw new ShardWriteError('cancelled', `a statement of the write on shard ${route.shardId} was cancelled on the server by ${otherCancelWords(err)} (not its ${writeOptions.deadlineMs} ms deadline); nothing was committed`, { cause: err });
         }
-        // The session's own statement_timeout, shorter than the time left, ended a statement before
-        // the deadline: the body's own SET LOCAL (a role's default is replaced by the deadline's
-        // SET LOCAL of the time left; with no deadline it is in force). Not the deadline: said so,
-        // naming the setting, as the replica reader and withShardRead say it (issue #15).
-        if (guard === undefined ? ownStatementTimeout(err) : guard.cancelledByOwnTimeout(err)) {
+        // The session's own statement_timeout or lock_timeout, shorter than the time left, ended a
+        // statement (a lock wait) before the deadline: a role's or database's default (the
+        // transaction keeps it where shorter than the time left, deadlineSettingsSql; with no
+        // deadline it is in force), or the body's own SET LOCAL. Not the deadline: said so, naming
+        // the setting, as the replica reader and withShardRead say it (issue #15).
+        const ownTimeout = guard === undefined ? sessionTimeoutOf(err) : guard.sessionTimeout(err);
+        if (ownTimeout !== undefined) {
           throw new ShardWriteError(
             'cancelled',
-            `a statement of the write on shard ${route.shardId} was cancelled by the session's own statement_timeout (a role's or database's setting, or one the write's own code set), ${writeOptions.deadlineMs === undefined ? 'the write having no deadline' : `before its ${writeOptions.deadlineMs} ms deadline: not the deadline`}; nothing was committed`,
-            { cause: new StatementTimeoutError(`${route.shardId}/primary`, err) },
+            `a statement of the write on shard ${route.shardId} was ${ownTimeout === 'lock_timeout' ? 'ended, waiting for a lock,' : 'cancelled'} by the session's own ${ownTimeout} (a role's or database's setting, or one the write's own code set), ${writeOptions.deadlineMs === undefined ? 'the write having no deadline' : `before its ${writeOptions.deadlineMs} ms deadline: not the deadline`}; nothing was committed`,
+            { cause: new SessionTimeoutError(`${route.shardId}/primary`, ownTimeout, err) },
           );
         }
-        if (deadlineAt !== undefined && typeof code === 'string' && DEADLINE_SQLSTATES.has(code)) {
+        // A lock the body would not wait for (NOWAIT), or a lock timeout in words other than
+        // English, before the deadline: not the deadline's either (its lock_timeout of the time
+        // left fires at the deadline), so the server's own error, as for any other the body met.
+        const beforeDeadline = code === LOCK_NOT_AVAILABLE && guard?.arrivedBeforeDeadline(err) === true;
+        if (deadlineAt !== undefined && typeof code === 'string' && DEADLINE_SQLSTATES.has(code) && !beforeDeadline) {
           throw new ShardWriteError('deadline-exceeded', `the write on shard ${route.shardId} passed its ${writeOptions.deadlineMs} ms deadline; PostgreSQL cancelled it and nothing was committed`, { cause: err });
         }
         // The database enforces the fence too (shard migration 004): a row of this transaction

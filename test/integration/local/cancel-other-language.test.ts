@@ -25,18 +25,19 @@ import { ReadCancelledError } from '../../../functions/adapters/postgres/replica
 import { ShardWriteError } from '../../../functions/adapters/postgres/write-transaction.js';
 import { startDocumentsApi, type DocumentsApi } from './documents-harness.js';
 
-/** PostgreSQL's 57014 messages as a server with lc_messages=de_DE words them (postgres-15.mo). */
+/** PostgreSQL's 57014 and lock timeout (55P03) messages as a server with lc_messages=de_DE words them (postgres-15.mo). */
 const GERMAN: Readonly<Record<string, string>> = {
   'canceling statement due to user request': 'storniere Anfrage wegen Benutzeraufforderung',
   'canceling statement due to statement timeout': 'storniere Anfrage wegen Zeitüberschreitung der Anfrage',
+  'canceling statement due to lock timeout': 'storniere Anfrage wegen Zeitüberschreitung einer Sperre',
 };
 
-/** `query`, its 57014 worded as a German server words it. */
+/** `query`, its 57014 (or 55P03) worded as a German server words it. */
 async function inGerman<T>(query: Promise<T>): Promise<T> {
   try {
     return await query;
   } catch (error) {
-    if (queryCanceled(error) && error instanceof Error) {
+    if ((queryCanceled(error) || (error as { code?: unknown }).code === '55P03') && error instanceof Error) {
       const german = GERMAN[error.message];
       if (german === undefined) throw new Error(`no German wording known for ${JSON.stringify(error.message)}`, { cause: error });
       error.message = german;
@@ -264,6 +265,68 @@ describe("a session's own statement_timeout, shorter than the deadline, on a ser
       );
     // Before: ReadCancelledError ("cancelled on the server by another session's request"), code undefined.
     expect({ byOther: outcome.byOther, code: outcome.code, beforeDeadline: outcome.ms < 4000 }).toEqual({ byOther: false, code: '57014', beforeDeadline: true });
+  });
+});
+
+describe("a session's own statement_timeout, shorter than the deadline, in a transaction held to it, on a server speaking German", () => {
+  // The transaction keeps the session's own where shorter than the time left (a role's default;
+  // here the body's SET LOCAL, to the same effect): its 57014 before the deadline is told from
+  // another session's cancel only by English words. Failed as cancelled, true of both, and the
+  // error says it may be either, not that another session cancelled it (h147).
+  it('fails a write as cancelled before its deadline, naming both causes the words cannot tell apart', async () => {
+    const key = randomUUID();
+    const outcome = await api.sharding.writer
+      .withShardWrite(
+        key,
+        async ({ client }) => {
+          await client.query('set local statement_timeout = 50');
+          return (await inGerman(client.query('select pg_sleep(3)'))).rowCount;
+        },
+        { deadlineMs: 4000 },
+      )
+      .then(
+        () => ({ reason: 'committed', message: '' }),
+        (e: unknown) => ({ reason: reasonOf(e), message: e instanceof Error ? e.message : String(e) }),
+      );
+    // Before: "cancelled on the server by another session's request".
+    expect({ reason: outcome.reason, both: outcome.message.includes("another session's request, or by the session's own statement_timeout") }).toEqual({ reason: 'cancelled', both: true });
+  });
+});
+
+describe("a session's own lock_timeout, shorter than the deadline, on a server speaking German", () => {
+  // The words do not tell it from a lock NOWAIT would not wait for, but when it arrived does: the
+  // deadline's own lock_timeout (the time left) fires at the deadline, not before (h147).
+  it("fails a write with the 55P03, not as past its deadline", async () => {
+    const key = randomUUID();
+    const shardId = (await api.sharding.router.resolve(key)).shardId;
+    const { rows } = await api.sharding.writer.withShardWrite(key, async ({ client, slot }) =>
+      client.query<{ id: string }>("insert into users (id, slot, email, display_name) values ($1, $2, 'de@example.org', 'De') returning id::text", [key, slot]),
+    ).then((r) => r.value);
+    if (rows[0]?.id !== key) throw new Error('the user was not written');
+    const holder = await api.primary(shardId).connect();
+    let outcome: { reason: string; code: unknown };
+    try {
+      await holder.query('begin');
+      await holder.query('select 1 from users where id = $1 for no key update', [key]);
+      outcome = await api.sharding.writer
+        .withShardWrite(
+          key,
+          async ({ client }) => {
+            await client.query('set local lock_timeout = 50');
+            return (await inGerman(client.query('select 1 from users where id = $1 for update', [key]))).rowCount;
+          },
+          { deadlineMs: 4000 },
+        )
+        .then(
+          () => ({ reason: 'committed', code: undefined as unknown }),
+          (e: unknown) => ({ reason: reasonOf(e), code: (e as { code?: unknown }).code }),
+        );
+    } finally {
+      await holder.query('rollback');
+      holder.release();
+    }
+    // Before: 'deadline-exceeded' after 50 ms of a 4 s deadline.
+    expect(outcome).toEqual({ reason: expect.stringContaining('Zeitüberschreitung einer Sperre') as unknown as string, code: '55P03' });
   });
 });
 

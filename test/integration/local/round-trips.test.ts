@@ -103,7 +103,8 @@ describe('round trips of a write and a read on a shard', () => {
     const begin = recorder.statements()[0]?.sql ?? '';
     // The timeouts come with the BEGIN, before any statement that could wait: never a transaction open without them.
     expect({
-      timeouts: /^begin isolation level read committed; set local statement_timeout = \d+; set local lock_timeout = \d+; set local idle_in_transaction_session_timeout = \d+; select case/.test(begin),
+      // statement_timeout and lock_timeout: the time left, or the session's own where shorter (one select, deadline.ts timeoutsAtMostSql).
+      timeouts: /^begin isolation level read committed; select set_config\('statement_timeout', [^;]*set_config\('lock_timeout', [^;]*; set local idle_in_transaction_session_timeout = \d+; select case/.test(begin),
       fenceRows: begin.includes(`w.unit_id = '${key}'`) && begin.trimEnd().endsWith('for share of w'),
     }).toEqual({ timeouts: 'deadlineMs' in options, fenceRows: true });
   });
@@ -145,7 +146,7 @@ describe('round trips of a write and a read on a shard', () => {
     });
     const begin = recorder.statements()[0]?.sql ?? '';
     expect({
-      timeouts: /^begin isolation level repeatable read read only; set local statement_timeout = \d+; set local idle_in_transaction_session_timeout = \d+; select kind/.test(begin),
+      timeouts: /^begin isolation level repeatable read read only; select set_config\('statement_timeout', [^;]*; set local idle_in_transaction_session_timeout = \d+; select kind/.test(begin) && !begin.includes('lock_timeout'),
       fenceRows: begin.includes(`unit_id = '${key}'`),
     }).toEqual({ timeouts: 'deadlineMs' in options, fenceRows: true });
   });
