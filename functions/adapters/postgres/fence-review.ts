@@ -56,7 +56,7 @@ import type pg from 'pg';
 import { slotOf } from '../../core/sharding/hash.js';
 import { shardingDisabled, type MoveRouting } from '../../core/sharding/move-machine.js';
 import { checkDeadlineMs, connectBy, DEADLINE_GRACE_MS, DeadlinePassedError, holdToDeadline, queryCanceled, serverTimeoutMs, withNodeDeadline } from './deadline.js';
-import { failureKind, readRetried } from './sqlstate.js';
+import { failureKind, LOCK_NOT_AVAILABLE, readRetried } from './sqlstate.js';
 import { describeRows, keyRowsOn, keysRowsOn, pinnedKeysOf, slotRowsOn, slotsRowsOn, type TableRows } from './unit-rows.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
@@ -175,9 +175,6 @@ export class FenceReviewTimeoutError extends Error {
 }
 
 const FINISHED = new Set(['done', 'failed', 'cancelled']);
-
-/** SQLSTATE lock_not_available (`for update nowait`). */
-const LOCK_NOT_AVAILABLE = '55P03';
 
 interface FenceRowRead {
   kind: 'slot' | 'directory';

@@ -30,6 +30,7 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pg from 'pg';
+import { LOCK_NOT_AVAILABLE } from './sqlstate.js';
 import { inClientTransaction } from './transaction.js';
 
 export class MigrationError extends Error {
@@ -105,8 +106,6 @@ export interface LockHolder {
 export const DEFAULT_LOCK_TIMEOUT_MS = 5000;
 export const DEFAULT_LOCK_ATTEMPTS = 5;
 export const DEFAULT_RETRY_PAUSE_MS = 10_000;
-/** SQLSTATE lock_not_available: what a statement that hit `lock_timeout` fails with. */
-const LOCK_NOT_AVAILABLE = '55P03';
 /** SQLSTATE 40P01: the migration was chosen to break a deadlock, and rolled back. */
 const DEADLOCK_DETECTED = '40P01';
 

@@ -52,7 +52,7 @@ import { isNodeFailure } from './replica-reader.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
 import type { Queryable, SlotMapStore } from './slot-map-store.js';
 import { withIdleBound, type MoverCatalog } from './mover-catalog.js';
-import { hasSqlState, INSUFFICIENT_PRIVILEGE, retryingSerializationFailures, UNDEFINED_FUNCTION, UNIQUE_VIOLATION } from './sqlstate.js';
+import { hasSqlState, INSUFFICIENT_PRIVILEGE, LOCK_NOT_AVAILABLE, retryingSerializationFailures, UNDEFINED_FUNCTION, UNIQUE_VIOLATION } from './sqlstate.js';
 import { inTransaction, RollbackWith } from './transaction.js';
 import { lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, type SlotLockRefusal } from './unit-rows.js';
 
@@ -436,7 +436,6 @@ function publisherOf(job: Pick<MoveJob, 'id'>): `move job #${number}` {
   return `move job #${job.id}`;
 }
 
-const LOCK_NOT_AVAILABLE = '55P03';
 
 /**
  * How long before its fence deadline a flip gives up its wait for its key's slot's pin lock

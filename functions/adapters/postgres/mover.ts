@@ -64,7 +64,7 @@ import {
 import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sourceDisowns, type DisowningRow, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 import { isNodeFailure } from './replica-reader.js';
-import { failureKind, retryingSerializationFailures } from './sqlstate.js';
+import { failureKind, LOCK_NOT_AVAILABLE, retryingSerializationFailures } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
 import { describeRows, directoryKeysBySlot, keyRowsOn, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn } from './unit-rows.js';
 
@@ -173,8 +173,6 @@ const CLAIM = `
 // a catalog failover has lost a claim (see PgMovePortOptions.leaseHolder).
 const RENEW = `update catalog.move_jobs set lease_expires_at = clock_timestamp() + $3::double precision * interval '1 millisecond' where id = $1 and lease_epoch = $2 and lease_holder = $4`;
 const RELEASE = 'update catalog.move_jobs set lease_holder = null, lease_expires_at = null where id = $1 and lease_epoch = $2 and lease_holder = $3';
-/** SQLSTATE lock_not_available: a wait past its `lock_timeout`. */
-const LOCK_NOT_AVAILABLE = '55P03';
 /** SQLSTATE deadlock_detected: PostgreSQL ended the wait to break a deadlock. */
 const DEADLOCK_DETECTED = '40P01';
 

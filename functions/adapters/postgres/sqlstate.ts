@@ -15,6 +15,12 @@ export const INSUFFICIENT_PRIVILEGE = '42501';
  * replica, also a query cancelled for a conflict with recovery.
  */
 export const SERIALIZATION_FAILURE = '40001';
+/**
+ * 55P03 (lock_not_available): a lock wait past `lock_timeout` (the fence's, a deadline's, a
+ * session's own), or a lock NOWAIT would not wait for. (deadline.ts keeps its own copy: this module
+ * imports it.)
+ */
+export const LOCK_NOT_AVAILABLE = '55P03';
 /** 23505: a unique index refused a row. */
 export const UNIQUE_VIOLATION = '23505';
 /** 25006: a write refused by a read-only transaction (every transaction of a server in recovery). */

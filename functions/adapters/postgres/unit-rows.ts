@@ -23,7 +23,7 @@ import { z } from 'zod';
 import { slotOf } from '../../core/sharding/hash.js';
 import { uuidForm } from '../../core/sharding/keys.js';
 import { DEADLINE_GRACE_MS, MAX_DEADLINE_MS, NodeTimeoutError, serverTimeoutMs, withNodeDeadline } from './deadline.js';
-import { retryingSerializationFailures } from './sqlstate.js';
+import { LOCK_NOT_AVAILABLE, retryingSerializationFailures } from './sqlstate.js';
 
 type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 
@@ -684,8 +684,6 @@ export class OwnerChangeFencedError extends Error {
 /** The states of a move job that has ended (catalog.move_jobs), as an SQL list. */
 const FINISHED_JOB_STATES = `('done', 'failed', 'cancelled')`;
 
-/** SQLSTATE lock_not_available: the fence's `lock_timeout`. */
-const LOCK_NOT_AVAILABLE = '55P03';
 
 /** How long the fence of an owner change waits for an `open` row its writers hold (a move's fence budget, 2 s by default). */
 const FENCE_LOCK_TIMEOUT_MS = 2_000;

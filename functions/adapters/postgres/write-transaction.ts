@@ -42,7 +42,7 @@ import {
   type ClientDeadline,
 } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
-import { READ_ONLY_SQL_TRANSACTION, UNIQUE_VIOLATION } from './sqlstate.js';
+import { LOCK_NOT_AVAILABLE, READ_ONLY_SQL_TRANSACTION, UNIQUE_VIOLATION } from './sqlstate.js';
 import { COMMIT_SETTING_SQL, commitSettingOf, tokenPositionSql } from './token-position.js';
 import { inClientTransaction, RolledBackAtCommitError, RollbackWith } from './transaction.js';
 
@@ -208,8 +208,6 @@ export interface ShardWriter {
   withShardWrite<T>(key: string, fn: (ctx: ShardWriteContext) => Promise<T>, options?: ShardWriteOptions): Promise<ShardWriteResult<T>>;
 }
 
-/** SQLSTATE lock_not_available: a lock wait past `lock_timeout` (or a lock NOWAIT would not wait for). */
-const LOCK_NOT_AVAILABLE = '55P03';
 
 /** SQLSTATEs of a statement or lock wait the deadline cut short. */
 const DEADLINE_SQLSTATES = new Set(['57014', LOCK_NOT_AVAILABLE]);
