@@ -34,6 +34,7 @@ import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
 import { failureKind } from '../adapters/postgres/sqlstate.js';
 import { requestTimeLeftMs, withinRequestDeadline } from '../adapters/postgres/request-deadline.js';
+import { SessionTimeoutError } from '../adapters/postgres/deadline.js';
 import { coalesced } from './coalesce.js';
 import { ProblemError } from './http.js';
 import { TIMESERIES_MAX_POINTS, TIMESERIES_MAX_WINDOW_SECONDS } from './schemas.js';
@@ -219,6 +220,14 @@ async function reachable<T>(what: string, work: () => Promise<T>, report: ((fail
     if (failure instanceof MovePlanShardUnanswered) {
       reportSafely(report, { what, shardId: failure.shard, error: failure.cause });
       throw new UnavailableError(`${what}: ${failure.message}`, { cause: err });
+    }
+    // A statement of the catalog ended by its session's own statement_timeout before the request's
+    // deadline (or a lock wait by its lock_timeout; Mover.plan: its checks' reads, the job's transaction), in the plan's words, which
+    // name the setting: "a statement ran past its time limit; try again shortly" named none, and
+    // trying again meets the same setting (h150).
+    if (failure instanceof SessionTimeoutError) {
+      reportSafely(report, { what, error: failure });
+      throw new UnavailableError(`${what}: ${err instanceof MoveError ? err.message : failure.message}`, { cause: err });
     }
     if (!(failure instanceof MoveError) && (isNodeFailure(failure) || (failure as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) {
       reportSafely(report, { what, error: failure });

@@ -44,7 +44,7 @@ import { SLOT_COUNT } from '../../core/sharding/hash.js';
 import { canonicalKey, keySlot, uuidForm } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting, type MoveUnitVerdict } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
-import { cancelStatement, connectBy, DeadlinePassedError, holdToDeadline, NodeTimeoutError, queryCanceled, serverTimeoutMs, timeoutsAtMostSql, withNodeDeadline } from './deadline.js';
+import { cancelStatement, connectBy, DeadlinePassedError, holdToDeadline, NodeTimeoutError, queryCanceled, SessionTimeoutError, sessionTimeoutOf, serverTimeoutMs, timeoutsAtMostSql, withNodeDeadline } from './deadline.js';
 import { ownersOfSlotsSince } from './fence-review.js';
 import {
   MoveBusyError,
@@ -387,6 +387,66 @@ function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs:
 }
 
 /**
+ * The catalog's `pool` as {@link Mover.plan}'s checks read it within a request (the slot map, the
+ * directory's keys and entries, the slots' former owners, the owner read again before a refusal,
+ * a fence row's job): {@link boundedPool}, as the shards' are ({@link shardBoundedPool}) and as
+ * {@link Mover.refusals} reads the catalog. Before, these reads went through the stores' own pool
+ * and this mover's, bounded only by the catalog pool's connection timeout (3 s in a Lambda,
+ * handlers/shared/db.ts) and by the read's own bounds (the control login's 10 s statement_timeout,
+ * catalog migration 005; pg's 12 s query_timeout): a catalog silent from the start of a request
+ * with 1 s left (a failover's old address) answered 3.2 s later, and a table of it held ACCESS
+ * EXCLUSIVE (a migration's ALTER TABLE) kept the request for as long as the lock was held, both in
+ * the API's generic words, "the catalog or a shard did not answer ...; try again shortly" (h150,
+ * moves-plan-deadline-review.test.ts). Now a read cut at `until`, or whose connection had not
+ * opened by then, fails the plan with {@link MovePlanOutOfTime} naming the catalog (a 503, nothing
+ * recorded; the read's statement cancelled on the server, its connection ended: a Lambda's pool of
+ * one serves the next request), and one not sent because the deadline had already passed (the
+ * shards' reads took the time) says so without blaming the catalog. A read the session's own
+ * statement_timeout ended first (a login's shorter setting: the reads here set none of their own)
+ * fails with a {@link MoveError} naming that setting, its cause a {@link SessionTimeoutError}
+ * (deadline.ts, as the shards' reads and writes name it; the API answers 503 in its words).
+ * Anything else (a refused or lost connection) is thrown as it is, and the API names the catalog
+ * or a shard as before. `refused`: "cannot plan the move of slot 5 to shard_b", for the words.
+ */
+function catalogBoundedPool(pool: pg.Pool, until: number, budgetMs: number, refused: () => string): pg.Pool {
+  const bounded = boundedPool(pool, until, budgetMs);
+  const query = async (text: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult> => {
+    try {
+      return await bounded.query(text, values);
+    } catch (err) {
+      // The reads set no timeout of their own: a 57014 or 55P03 in a timeout's words is the login's.
+      const setting = sessionTimeoutOf(err);
+      if (setting !== undefined) {
+        throw new MoveError(
+          `${refused()}: the catalog ${setting === 'statement_timeout' ? 'cancelled a read of the plan\'s checks' : 'ended a lock wait of a read of the plan\'s checks'} by its session's own ${setting} (the catalog login's role or database setting${setting === 'statement_timeout' ? ', 10 s for the control login by catalog migration 005' : ''}; pg_settings' source for ${setting} names where it is set), shorter than what the request had left (its deadline had not passed). A table the read needs held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow catalog keeps such a read. Nothing was recorded: plan it again once that has ended, or raise that ${setting} (ALTER ROLE ... SET ${setting})`,
+          { cause: new SessionTimeoutError('the catalog', setting, err) },
+        );
+      }
+      const cut = err instanceof Error && err.message === 'Query read timeout';
+      if (!cut && !(err instanceof NodeTimeoutError)) throw err;
+      // Not sent, the deadline already passed (the checks' reads of the shards took the time): the
+      // catalog was not asked, and "did not answer" would blame it.
+      const connecting = err instanceof NodeTimeoutError && err.cause instanceof DeadlinePassedError;
+      if (!cut && !connecting) throw new MovePlanOutOfTime(`${refused()}: ${outOfTime('before its checks read the catalog', until)}`, { cause: err });
+      throw new MovePlanOutOfTime(
+        `${refused()}: the catalog did not answer a read of the plan's checks by the request's deadline (API Gateway's 29 s or the function's end, less the answer margin; no answer within ${budgetMs} ms, what the request had left for its checks): ${
+          connecting
+            ? 'no connection to it opened by then: the catalog did not answer (failing over, restarting, or unreachable), or every connection of its pool was in use'
+            : "a table it reads held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open), or a slow or silent catalog, kept the read. The read was cancelled on the catalog"
+        }. Nothing was recorded: plan it again once the catalog answers`,
+        { cause: err },
+      );
+    }
+  };
+  return new Proxy(bounded, {
+    get(target, prop) {
+      if (prop === 'query') return query;
+      return Reflect.get(target, prop, target) as unknown;
+    },
+  });
+}
+
+/**
  * A node failure (sqlstate.ts, isNodeFailure: a refused or lost connection) of a read of shard
  * `nodeId` by {@link Mover.plan}'s checks within a request ({@link shardBoundedPool}), the driver's
  * error its cause: its code and message kept, so that it is judged (isNodeFailure, failureKind) as
@@ -469,8 +529,8 @@ export class Mover {
     // checks left it a second waited past API Gateway's 504 for a lock of the catalog (a migration's,
     // a VACUUM's, a plan's) and then recorded its job, answered to no one: the case the deadline on
     // the checks meant to end (moves-plan-shard-locked.test.ts, "... record step would wait ...").
-    // None left (the checks' catalog reads, bounded by the control login's statement_timeout, ran
-    // past it), nothing is begun.
+    // None left (the checks' reads took it all: each is cut at `until`, and one not answered by
+    // then fails the checks, but a read answered just at it leaves nothing), nothing is begun.
     const leftMs = (): number => (until === undefined ? Infinity : until - Date.now());
     /** `ownMs`, or what the request has left where less (at least 1 ms: 0 is no bound to PostgreSQL); and whether the deadline set it. */
     const bounded = (ownMs: number): { waitMs: number; byDeadline: boolean } => {
@@ -640,6 +700,21 @@ export class Mover {
           { cause: err },
         );
       }
+      // The session's own statement_timeout, shorter than what the request had left (the plan's SET
+      // LOCAL keeps a login's shorter one: timeoutsAtMostSql), ended a statement first: not
+      // the deadline, and the transaction rolled back. Answered "the catalog or a shard did not
+      // answer (a statement ran past its time limit); try again shortly", naming neither the
+      // catalog nor the setting, where trying again meets the same setting (h150,
+      // moves-plan-deadline-review.test.ts). Named as the shards' reads and writes name it
+      // (deadline.ts SessionTimeoutError, its cause; the API answers 503 in these words).
+      // (Its lock waits have the plan's own lock_timeout, refused above naming the holder: only a
+      // statement_timeout is the session's here.)
+      if ((guard === undefined ? sessionTimeoutOf(err) : guard.sessionTimeout(err)) === 'statement_timeout') {
+        throw new MoveError(
+          `could not record the move of ${what} from ${from} to ${req.to}: the catalog cancelled a statement of the job's transaction by its session's own statement_timeout (the catalog login's role or database setting, 10 s for the control login by catalog migration 005; pg_settings' source for statement_timeout names where it is set), ${until === undefined ? 'the plan having no deadline' : 'shorter than what the request had left (its deadline had not passed)'}. A lock of catalog.move_jobs or catalog.slot_maps held by another transaction (a migration's, a plan's) or a slow catalog keeps such a statement. Nothing was recorded: plan it again once that has ended, or raise that statement_timeout (ALTER ROLE ... SET statement_timeout)`,
+          { cause: new SessionTimeoutError('the catalog', 'statement_timeout', err) },
+        );
+      }
       if ((err as { code?: string }).code === '23505') {
         // The transaction rolled back: nothing of this plan's was recorded, and the answer is the
         // conflict, whatever comes of the read below, which only names the other job. On this
@@ -686,8 +761,9 @@ export class Mover {
    * (a 503), nothing recorded. The bound is the request's whole time, not a share of it: the unit's
    * size is counted here, the one read that grows with the unit (an index count: 0.12 s for a
    * slot's 2,000,000 documents, vacuumed, on a loaded 2-core machine; more where the visibility map
-   * is not yet set, h134), and a count past the request's deadline could not be answered anyway. The catalog's reads keep their own bound (the control login's statement_timeout);
-   * the job's transaction after the checks ends by `until` too ({@link plan}: each lock wait its own
+   * is not yet set, h134), and a count past the request's deadline could not be answered anyway. The
+   * checks' reads of the catalog end at `until` too ({@link catalogBoundedPool}: a 503 naming the
+   * catalog; h150); the job's transaction after the checks ends by `until` too ({@link plan}: each lock wait its own
    * bound or what is left, the less; h137). A shard down or unreachable (a refused or lost
    * connection, {@link ShardNodeFailure}) is named as one cut is, and a request already past `until`
    * reads nothing ({@link MovePlanOutOfTime}: no shard blamed for "no answer within 0 ms").
@@ -699,8 +775,14 @@ export class Mover {
     // each shard was "not answering (no answer within 0 ms ...)", a shard blamed that was never asked (h137).
     if (until - Date.now() <= 0) throw new MovePlanOutOfTime(outOfTime('before its checks began', until));
     const budgetMs = Math.max(0, Math.round(until - Date.now()));
-    const checker = new Mover({ ...this.options, shards: new Map([...this.options.shards].map(([id, pool]) => [id, shardBoundedPool(id, pool, until, budgetMs)])) });
-    return checker.checked(request);
+    // The checks' reads of the catalog too (catalogBoundedPool, h150): the slot map, the directory
+    // and the owners read through the stores' own pools were bounded by the catalog pool's
+    // connection timeout and the login's statement_timeout alone. Only once the request has been
+    // parsed (every read comes after), so its unit can be named.
+    const refused = (): string => `cannot plan the move of ${request.kind === 'slot' ? `slot ${request.slot}` : `key ${canonicalKey(String(request.key))}`} to ${request.to}`;
+    const catalog = catalogBoundedPool(this.options.catalog, until, budgetMs, refused);
+    const checker = new Mover({ ...this.options, catalog, shards: new Map([...this.options.shards].map(([id, pool]) => [id, shardBoundedPool(id, pool, until, budgetMs)])) });
+    return checker.checked(request, undefined, catalog);
   }
 
   /**
@@ -709,9 +791,13 @@ export class Mover {
    * fence rows and rows that refuse it (checkKeySlot, checkSourceOwnsKey, checkSourceOwnsSlot,
    * checkTargetHoldsNoSlotRows). Throws what {@link plan} throws for them; records nothing. One
    * method for both {@link plan} and {@link refusal}, so that the rebalance check asks the plan's
-   * own rules, never a copy of them.
+   * own rules, never a copy of them. `catalog`: where the slot map and the directory are read
+   * (checkedBy: this mover's catalog pool, bounded by the request's deadline); the stores' own
+   * pools without.
    */
-  private async checked(request: MoveRequest, read?: CatalogRead): Promise<CheckedRequest> {
+  private async checked(request: MoveRequest, read?: CatalogRead, catalog?: pg.Pool): Promise<CheckedRequest> {
+    /** `work` on `catalog` where given (sent again on 40001, as the stores do on their own pools), else on the store's own pool. */
+    const fromCatalog = <T>(work: (q?: pg.Pool) => Promise<T>): Promise<T> => (catalog === undefined ? work() : retryingSerializationFailures(() => work(catalog)));
     const parsed = moveRequestSchema.safeParse(request);
     if (!parsed.success) {
       const issues = parsed.error.issues.map((i) => ({ field: i.path.join('.'), reason: i.message }));
@@ -723,7 +809,7 @@ export class Mover {
     if (!unit.ok) throw new MoveRequestError(`cannot move a ${req.kind === 'slot' ? 'slot' : 'directory key'}: ${unit.reason}`, 'strategy');
     const shardIds = [...this.options.shards.keys()];
     if (!this.options.shards.has(req.to)) throw new MoveRequestError(`target shard ${req.to} is not one of ${shardIds.join(', ')}`, 'unknown-shard');
-    const map = read?.map ?? (await this.options.slotMaps.current());
+    const map = read?.map ?? (await fromCatalog((q) => this.options.slotMaps.current(q)));
     let unitId: string;
     let slot: number;
     let from: string;
@@ -738,12 +824,12 @@ export class Mover {
       slot = req.slot;
       from = map.assignments[slot] as string;
       // Keys the directory places stay where it puts them; their rows do not move with the slot.
-      if (unit.excludeDirectoryKeys) excluded = read ? [...(read.keysBySlot.get(slot) ?? [])] : await this.directoryKeysIn(slot);
+      if (unit.excludeDirectoryKeys) excluded = read ? [...(read.keysBySlot.get(slot) ?? [])] : await fromCatalog((q) => this.directoryKeysIn(slot, q));
       versionBefore = map.version;
     } else {
       unitId = canonicalKey(req.key);
       slot = keySlot(unitId);
-      entry = read ? (read.entries.get(unitId) ?? null) : await this.options.directory.entry(unitId);
+      entry = read ? (read.entries.get(unitId) ?? null) : await fromCatalog((q) => this.options.directory.entry(unitId, q));
       from = entry?.shardId ?? (map.assignments[slot] as string);
       versionBefore = entry?.version ?? 0;
     }
@@ -997,8 +1083,8 @@ export class Mover {
    * migration 031; DirectoryStore.keysInSlot), as the plan's check of them inside its transaction
    * is, not the whole directory a page at a time.
    */
-  private async directoryKeysIn(slot: number): Promise<string[]> {
-    return this.options.directory.keysInSlot(slot);
+  private async directoryKeysIn(slot: number, catalog?: pg.Pool): Promise<string[]> {
+    return this.options.directory.keysInSlot(slot, catalog);
   }
 
   /** The job as recorded now. */
