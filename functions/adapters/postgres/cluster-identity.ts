@@ -19,7 +19,18 @@
  * provider may revoke the control-file functions (see replica-lag.ts, `withTimelineSql`), and a
  * statement naming one would then fail. That is learned once, by one statement on a connection
  * that needs it (each of a new pool's first concurrent callers asks on its own); a login refused
- * gets tokens without the id, read as before.
+ * gets tokens without the id, read as before. A grant can go later (`REVOKE EXECUTE ON FUNCTION
+ * pg_control_system() FROM ...`, a switchover that puts a cluster behind the address where the
+ * login lacks it): kept for the pool's life, "may" then failed every statement that named the
+ * function (42501), every write, read with a token of a cluster, heartbeat, fence and release,
+ * until the process restarted (test/integration/sharding/cluster-id-revoked*.test.ts). So a
+ * statement that embedded {@link CLUSTER_ID_SQL} and was refused forgets the answer
+ * ({@link forgetClusterIdReadable}), which is asked again, and is sent again, once, without it
+ * where sending it again is safe: where nothing of the refused statement took effect (a refused
+ * function is refused as the statement starts, before it reads or locks a row) and the statement
+ * changes nothing, or its transaction is rolled back and no work of the caller's ran in it
+ * ({@link withClusterIdReadable}). The opposite (refused, granted later) is kept for the pool's
+ * life: it only leaves tokens without the id, read as before.
  */
 import type pg from 'pg';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
@@ -36,7 +47,8 @@ const readable = new WeakMap<pg.Pool, boolean>();
 
 /**
  * Whether `pool`'s login may read {@link CLUSTER_ID_SQL}: asked on `client` (one of its
- * connections, not in a transaction: a refusal would abort it) until one of the pool's
+ * connections, not in a transaction, where a refusal would abort it, unless `inTransaction` says
+ * it is: then behind a savepoint) until one of the pool's
  * connections has answered, then known for the pool's life. A refusal (42501, or 42883 where a
  * provider removed the function) is kept as false; another failure (the connection broke, the
  * caller's deadline cancelled it) is the caller's own, thrown, and asked again next time. Callers
@@ -47,18 +59,73 @@ const readable = new WeakMap<pg.Pool, boolean>();
  * (test/integration/sharding/cluster-id-probe.test.ts). So a pool's first concurrent callers
  * each send it once: a short statement, on connections that are opening anyway.
  */
-export async function clusterIdReadable(pool: pg.Pool, client: pg.ClientBase): Promise<boolean> {
+export async function clusterIdReadable(pool: pg.Pool, client: pg.ClientBase, options: { readonly inTransaction?: boolean } = {}): Promise<boolean> {
   const known = readable.get(pool);
   if (known !== undefined) return known;
   try {
-    await client.query(`select ${CLUSTER_ID_SQL} as cluster_id`);
+    // In a transaction (`inTransaction`), behind a savepoint, which a refusal rolls back to: the
+    // transaction goes on (one round trip more, on a refusal only).
+    await client.query(`${options.inTransaction === true ? 'savepoint cluster_id_question; ' : ''}select ${CLUSTER_ID_SQL} as cluster_id`);
   } catch (error) {
     if (!hasSqlState(error, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION)) throw error;
+    if (options.inTransaction === true) await client.query('rollback to savepoint cluster_id_question');
     readable.set(pool, false);
     return false;
   }
   readable.set(pool, true);
   return true;
+}
+
+/**
+ * Whether `error`, the failure of a statement that embedded {@link CLUSTER_ID_SQL}, may be its
+ * refusal: 42501 (the login lost EXECUTE on `pg_control_system()`) or 42883 (a provider removed
+ * it). Another part of the statement may have been refused instead: asked again alone
+ * ({@link clusterIdReadable}) after {@link forgetClusterIdReadable}, the question tells which.
+ */
+export function clusterIdRefused(error: unknown): boolean {
+  return hasSqlState(error, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION);
+}
+
+/**
+ * Forgets that `pool`'s login may read the cluster id, after a statement that embedded
+ * {@link CLUSTER_ID_SQL} on one of its connections was refused ({@link clusterIdRefused}): the
+ * next {@link clusterIdReadable} asks again. A refusal known is kept (forgetting it would only
+ * send the question again).
+ */
+export function forgetClusterIdReadable(pool: pg.Pool): void {
+  if (readable.get(pool) === true) readable.delete(pool);
+}
+
+/**
+ * Runs `run` with whether `pool`'s login may read the cluster id ({@link clusterIdReadable}, asked
+ * on `client` when not known, behind a savepoint with `inTransaction`, for a `client` in a
+ * transaction; not asked, and false, when `wanted` is false); when `run` was given
+ * true and failed with {@link clusterIdRefused}, forgets the answer, lets `undo` leave `client`
+ * out of the transaction `run` may have begun on it (or, `inTransaction`, roll it back to a
+ * savepoint `run` set before its statement), asks again on `client` and runs `run` once
+ * more with the new answer (false: without the id). Its second failure, or any other, is thrown.
+ * Only for a `run` that may be sent again after such a failure: one that changes nothing (a read,
+ * a check, a position), or one whose transaction the refusal rolled back before any of the
+ * caller's work ran in it.
+ */
+export async function withClusterIdReadable<T>(
+  pool: pg.Pool,
+  client: pg.ClientBase,
+  run: (readable: boolean) => Promise<T>,
+  options: { readonly wanted?: boolean; readonly undo?: () => Promise<unknown>; readonly inTransaction?: boolean } = {},
+): Promise<T> {
+  if (options.wanted === false) return run(false);
+  const inTransaction = { inTransaction: options.inTransaction === true };
+  const asked = await clusterIdReadable(pool, client, inTransaction);
+  if (!asked) return run(false);
+  try {
+    return await run(true);
+  } catch (error) {
+    if (!clusterIdRefused(error)) throw error;
+    forgetClusterIdReadable(pool);
+    await options.undo?.();
+    return run(await clusterIdReadable(pool, client, inTransaction));
+  }
 }
 
 /** What {@link clusterIdReadable} learned for `pool` (undefined: not asked yet), without asking. */

@@ -46,7 +46,7 @@ import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
 import { DirectoryVersionConflictError, type DirectoryEntry, type DirectoryStore, type ExpectedDirectoryEntry } from './directory-store.js';
 import { abandonConnection, connectBy, DEADLINE_GRACE_MS, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
-import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable, clusterIdReadableKnown } from './cluster-identity.js';
+import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable, clusterIdReadableKnown, clusterIdRefused, forgetClusterIdReadable } from './cluster-identity.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { isNodeFailure } from './replica-reader.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
@@ -2292,7 +2292,7 @@ export class PgMovePort implements MovePort<MoveJob> {
     // below, when the mover's login may read the control file (learned once per pool, here, before
     // the fence): timelines and positions are a cluster's own, and a blue/green switchover puts
     // another cluster behind the shard's address (cluster-identity.ts).
-    const clusterReadable = await this.clusterIdReadable(job.from);
+    let clusterReadable = await this.clusterIdReadable(job.from);
     // The source's timeline and its history, read before the fence (outside its budget) and
     // recorded with the fence: a read with a token of the source whose write a failover of the
     // source lost before this move tells so on the unit's new shard (sharding migration 014).
@@ -2304,6 +2304,8 @@ export class PgMovePort implements MovePort<MoveJob> {
     // lost" on the unit's new shard
     // (test/integration/sharding/timeline-lost-write-switchover-fence.test.ts).
     let source = await this.sourceTimeline(job.from, clusterReadable);
+    // Asked again by the read above when it was refused the id (a grant revoked since): known, no round trip.
+    clusterReadable = await this.clusterIdReadable(job.from);
     let fencedCluster: string | null = null;
     this.fenceDeadline = this.now() + this.settings.fenceBudgetMs;
     let fencedOn: number | null;
@@ -2312,40 +2314,47 @@ export class PgMovePort implements MovePort<MoveJob> {
       // The lock wait is bounded from the transaction's first statement (a whole number of ms
       // written into the text), the permit's too.
       const bounded = `${MOVER_WRITE}; set local lock_timeout = '${Math.max(1, Math.round(this.settings.fenceBudgetMs))}ms'`;
-      fencedOn = await this.write(
-        job,
-        job.from,
-        async (client) => {
-          // The timeline in the same round trip: the one the fence was taken on. And the WAL
-          // insert position then (sharding migration 015): RETURNING is evaluated once the UPDATE
-          // holds the fence row, so after every writer of the unit that took the row before it
-          // committed (a later one waits for the fence and is refused): every commit record of a
-          // write of the unit acknowledged before the fence was inserted before this position.
-          // A token is the flush or the insert position read after its commit (TOKEN_POSITION_SQL
-          // in token-position.ts), at most the insert position then (the flush position trails
-          // it), and the insert position never goes back on a timeline, so a token read before
-          // the fence is at or before it.
-          // pg_current_wal_lsn() (the write position) may trail records already inserted (and
-          // commits acknowledged with synchronous_commit off), so a token read just before the
-          // fence could lie past it. Both are the raw insert position (past a page header when
-          // the last record ended at a page boundary): compared with a token moved back to that
-          // boundary (normalizeWalPosition), the fence position is at or past it all the same.
-          // A token past this position names no write this stay of the unit took on this
-          // timeline (a write of the unit after the fence is refused), so at or past it copied it.
-          const res = await client.query<{ tli: string | null; lsn: string | null }>(
-            `update write_fences set state = 'fenced', job_id = $3, updated_at = clock_timestamp()
-              where kind = $1 and unit_id = $2 and (state = 'open' or (state = 'fenced' and job_id = $3))
-              returning ${CURRENT_TIMELINE_SQL} as tli, pg_current_wal_insert_lsn()::text as lsn${clusterReadable ? `, ${CLUSTER_ID_SQL} as cluster_id` : ''}`,
-            [job.kind, job.unitId, job.id],
-          );
-          if (res.rowCount !== 1) throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.from} is missing or held by another move`);
-          const tli = res.rows[0]?.tli;
-          fencedAt = res.rows[0]?.lsn ?? null;
-          fencedCluster = clusterIdOfRow(res.rows[0]) ?? null;
-          return tli === null || tli === undefined ? null : Number(tli);
-        },
-        bounded,
-      );
+      // Refused the id (a grant revoked since the pool learned it may read it), the fence's
+      // transaction was rolled back, nothing fenced: taken again, once, without it
+      // (withClusterId). The first answer kept, every fence of the source failed so, until the
+      // process restarted.
+      fencedOn = await this.withClusterId(job.from, clusterReadable, (withClusterId) => {
+        clusterReadable = withClusterId;
+        return this.write(
+          job,
+          job.from,
+          async (client) => {
+            // The timeline in the same round trip: the one the fence was taken on. And the WAL
+            // insert position then (sharding migration 015): RETURNING is evaluated once the UPDATE
+            // holds the fence row, so after every writer of the unit that took the row before it
+            // committed (a later one waits for the fence and is refused): every commit record of a
+            // write of the unit acknowledged before the fence was inserted before this position.
+            // A token is the flush or the insert position read after its commit (TOKEN_POSITION_SQL
+            // in token-position.ts), at most the insert position then (the flush position trails
+            // it), and the insert position never goes back on a timeline, so a token read before
+            // the fence is at or before it.
+            // pg_current_wal_lsn() (the write position) may trail records already inserted (and
+            // commits acknowledged with synchronous_commit off), so a token read just before the
+            // fence could lie past it. Both are the raw insert position (past a page header when
+            // the last record ended at a page boundary): compared with a token moved back to that
+            // boundary (normalizeWalPosition), the fence position is at or past it all the same.
+            // A token past this position names no write this stay of the unit took on this
+            // timeline (a write of the unit after the fence is refused), so at or past it copied it.
+            const res = await client.query<{ tli: string | null; lsn: string | null }>(
+              `update write_fences set state = 'fenced', job_id = $3, updated_at = clock_timestamp()
+                where kind = $1 and unit_id = $2 and (state = 'open' or (state = 'fenced' and job_id = $3))
+                returning ${CURRENT_TIMELINE_SQL} as tli, pg_current_wal_insert_lsn()::text as lsn${withClusterId ? `, ${CLUSTER_ID_SQL} as cluster_id` : ''}`,
+              [job.kind, job.unitId, job.id],
+            );
+            if (res.rowCount !== 1) throw new MoveError(`the fence row of ${job.kind} ${job.unitId} on ${job.from} is missing or held by another move`);
+            const tli = res.rows[0]?.tli;
+            fencedAt = res.rows[0]?.lsn ?? null;
+            fencedCluster = clusterIdOfRow(res.rows[0]) ?? null;
+            return tli === null || tli === undefined ? null : Number(tli);
+          },
+          bounded,
+        );
+      });
     } catch (err) {
       this.fenceDeadline = null;
       if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
@@ -2429,6 +2438,26 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
+   * `run` (a statement in a write transaction of its own on `shard`) with `readable`, whether the
+   * mover's login may read `shard`'s cluster id ({@link clusterIdReadable}); when given true and
+   * refused ({@link clusterIdRefused}: 42501, the grant revoked since the pool learned it; 42883),
+   * the answer is forgotten, asked again, and `run` sent once more with the new one (false:
+   * without the id). Sending it again is safe: the refusal failed its statement and rolled its
+   * transaction back, nothing of it was done. Refused again (another part of the statement was,
+   * the question answered yes), the error is thrown as before.
+   */
+  private async withClusterId<T>(shard: string, readable: boolean, run: (readable: boolean) => Promise<T>): Promise<T> {
+    if (!readable) return run(false);
+    try {
+      return await run(true);
+    } catch (error) {
+      if (!clusterIdRefused(error)) throw error;
+      forgetClusterIdReadable(this.options.shards.get(shard) ?? this.pool(shard));
+      return run(await this.clusterIdReadable(shard));
+    }
+  }
+
+  /**
    * `shard`'s primary timeline and its history file's text (shard migration 027's
    * timeline_history(), which the mover may execute from shard migration 031 on). Nulls when it
    * cannot be had: the function absent (42883) or refused (42501), a NULL history (its owner may
@@ -2447,8 +2476,16 @@ export class PgMovePort implements MovePort<MoveJob> {
         ? { timeline: null, history: null }
         : { timeline: Number(row.timeline), history: row.history, ...(withClusterId ? { clusterId: clusterIdOfRow(row) ?? null } : {}) };
     } catch (err) {
-      if (hasSqlState(err, UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE)) return { timeline: null, history: null };
-      throw err;
+      if (!hasSqlState(err, UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE)) throw err;
+      // Refused the cluster id (a grant revoked since the pool learned it may read it), or the
+      // history itself: the answer is forgotten and asked again; refused the id now, the history
+      // is read again without it (kept, the fence that follows failed too, and the history was
+      // lost to the move's record; cluster-identity.ts).
+      if (withClusterId) {
+        forgetClusterIdReadable(this.options.shards.get(shard) ?? this.pool(shard));
+        if (!(await this.clusterIdReadable(shard))) return this.sourceTimeline(shard, false);
+      }
+      return { timeline: null, history: null };
     }
   }
 
@@ -3003,17 +3040,24 @@ export class PgMovePort implements MovePort<MoveJob> {
     // address, whose timeline and history the record below takes. Whether the login may read it
     // is known by now (the fence asked, for the shard's pool); a resumed run in a new process
     // that only releases asks it here, once.
-    const clusterReadable = await this.clusterIdReadable(job.from);
-    const { rows: released } = await this.write(job, job.from, (c) =>
-      c.query<{ tli: string | null; held: boolean | null; logged: boolean; cluster_id?: string }>(
-        `update write_fences w set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
-           from (select state as was, job_id as was_job from write_fences where kind = $1 and unit_id = $2) o
-          where w.kind = $1 and w.unit_id = $2
-          returning ${CURRENT_TIMELINE_SQL} as tli, o.was in ('fenced', 'moved') and o.was_job is not distinct from $5::bigint as held,
-                    exists (select 1 from move_changes where job_id = $5) as logged${clusterReadable ? `, ${CLUSTER_ID_SQL} as cluster_id` : ''}`,
-        [job.kind, job.unitId, job.to, version, job.id],
-      ),
-    );
+    // Refused the id (a grant revoked since the fence asked), the release's transaction was rolled
+    // back, nothing released: sent again, once, without it (withClusterId). The first answer
+    // kept, the release failed at every try, the unit fenced for good (its writes refused after
+    // the flip) until the process restarted.
+    let clusterReadable = await this.clusterIdReadable(job.from);
+    const { rows: released } = await this.withClusterId(job.from, clusterReadable, (withClusterId) => {
+      clusterReadable = withClusterId;
+      return this.write(job, job.from, (c) =>
+        c.query<{ tli: string | null; held: boolean | null; logged: boolean; cluster_id?: string }>(
+          `update write_fences w set state = 'moved', moved_to = $3, map_version = $4, job_id = $5, updated_at = clock_timestamp()
+             from (select state as was, job_id as was_job from write_fences where kind = $1 and unit_id = $2) o
+            where w.kind = $1 and w.unit_id = $2
+            returning ${CURRENT_TIMELINE_SQL} as tli, o.was in ('fenced', 'moved') and o.was_job is not distinct from $5::bigint as held,
+                      exists (select 1 from move_changes where job_id = $5) as logged${withClusterId ? `, ${CLUSTER_ID_SQL} as cluster_id` : ''}`,
+          [job.kind, job.unitId, job.to, version, job.id],
+        ),
+      );
+    });
     // Those writes committed before the UPDATE above took the row (every writer of the unit holds
     // it while it writes), logged by the source's capture (still on): applied to the target
     // before it opens, writes still held there (only on this path: a fence that held costs nothing).

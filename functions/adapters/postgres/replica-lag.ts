@@ -29,7 +29,7 @@
  */
 import type pg from 'pg';
 import { lsnBytesBehind, parseLsn } from '../../core/sharding/lsn.js';
-import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
+import { CLUSTER_ID_SQL, clusterIdOfRow, withClusterIdReadable } from './cluster-identity.js';
 import { withNodeDeadline } from './deadline.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
 import type { ShardNode } from './shard-pools.js';
@@ -190,6 +190,8 @@ const REPLICA_SQL_WITHOUT_TIMELINE = `select pg_is_in_recovery() as in_recovery,
 const replicaSql = (timelineSql: string | null): string =>
   timelineSql === null ? REPLICA_SQL_WITHOUT_TIMELINE : REPLICA_SQL_WITHOUT_TIMELINE.replace('null::int as timeline', `${timelineSql} as timeline`);
 
+type HeartbeatRow = { lsn: string; now_ms: number; tli: string; cluster_id?: string };
+
 /** Commits a heartbeat on `primary`; null when the primary does not answer within the budget. */
 export async function commitHeartbeat(primary: ShardNode, options: LagMeasureOptions): Promise<Heartbeat | null> {
   const now = options.now ?? Date.now;
@@ -201,9 +203,20 @@ export async function commitHeartbeat(primary: ShardNode, options: LagMeasureOpt
       await c.query('set local synchronous_commit = on');
       await c.query('select txid_current()');
     });
-    const { rows } = await withNodeDeadline(primary.pool, budgetOf(options), primary.nodeId, async (c) =>
-      c.query<{ lsn: string; now_ms: number; tli: string; cluster_id?: string }>(
-        (await clusterIdReadable(primary.pool, c)) ? `${HEARTBEAT_POSITION_SQL}, ${CLUSTER_ID_SQL} as cluster_id` : HEARTBEAT_POSITION_SQL,
+    // Refused the id (the grant revoked since the pool learned it may read it), the position is
+    // read again without it (cluster-identity.ts): kept, every heartbeat failed, and no replica
+    // was vouched for, until the process restarted. In withNodeDeadline's transaction: the id is
+    // asked, and read, behind a savepoint, which a refusal rolls back to (no round trip more).
+    const rows = await withNodeDeadline(primary.pool, budgetOf(options), primary.nodeId, (c) =>
+      withClusterIdReadable(
+        primary.pool,
+        c,
+        async (withClusterId) => {
+          if (!withClusterId) return (await c.query<HeartbeatRow>(HEARTBEAT_POSITION_SQL)).rows;
+          const answer = (await c.query(`savepoint cluster_id; ${HEARTBEAT_POSITION_SQL}, ${CLUSTER_ID_SQL} as cluster_id`)) as unknown as pg.QueryResult<HeartbeatRow>[];
+          return answer.at(-1)?.rows ?? [];
+        },
+        { inTransaction: true, undo: () => c.query('rollback to savepoint cluster_id') },
       ),
     );
     const row = rows[0];

@@ -33,7 +33,7 @@ import { formatLsn, isLsn, LsnError, normalizeWalPosition, parseLsn } from '../.
 import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadTarget, type ReplicaState } from '../../core/sharding/replica-choice.js';
 import { lostInFailover, parseTimelineHistory, TimelineHistoryError, type LostWrite, type TimelineSwitch } from '../../core/sharding/timeline-history.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
-import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
+import { CLUSTER_ID_SQL, clusterIdOfRow, withClusterIdReadable } from './cluster-identity.js';
 import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, otherCancelWords, queryCanceled, SessionTimeoutError, sessionTimeoutOf, type CancelledByOtherOptions, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
@@ -355,7 +355,8 @@ export interface Queryable {
  * `TOKEN_POSITION_SQL` (token-position.ts) for why not always the insert position (a crash
  * restart leaves the primary behind a token of a write it holds). Call it after COMMIT, on a
  * session whose `synchronous_commit` is what the commit ran with: a transaction that lowered it
- * for itself alone (`SET LOCAL synchronous_commit = off`) passes `transactionSetting: 'off'`
+ * for itself alone (`SET LOCAL synchronous_commit = off`) passes `transactionSetting: 'off'` (or
+ * any spelling PostgreSQL takes for off: `false`, `no`, `0`, any case; token-position.ts)
  * (read before its COMMIT, as `writeWithToken` does in the COMMIT's round trip), or its token, the
  * flush position, may fall short of the commit record, not flushed yet.
  *
@@ -733,9 +734,17 @@ export class ReplicaReader {
           // it too: all from the server the read runs on.
           const judged = options.token !== undefined && options.tokenTimeline !== undefined;
           // A token of a cluster: the check tells which one the server is in (cluster-identity.ts).
-          const checkSql = judged && options.tokenClusterId !== undefined && (await clusterIdReadable(node.pool, lent)) ? PRIMARY_CHECK_WITH_CLUSTER_SQL : PRIMARY_CHECK_SQL;
+          // Refused the id (the login's grant revoked since its pool learned it may read it), the
+          // check is sent again without it (withClusterIdReadable): it changes nothing, and the
+          // transaction begun with it is rolled back first.
+          const clusterIdWanted = judged && options.tokenClusterId !== undefined;
+          const checkSql = (withClusterId: boolean): string => (withClusterId ? PRIMARY_CHECK_WITH_CLUSTER_SQL : PRIMARY_CHECK_SQL);
           if (judged && options.begin !== undefined) {
-            const answer = (await lent.query(`${options.begin}; ${checkSql}`)) as unknown as pg.QueryResult[];
+            const begin = options.begin;
+            const answer = await withClusterIdReadable(node.pool, lent, async (withClusterId) => (await lent.query(`${begin}; ${checkSql(withClusterId)}`)) as unknown as pg.QueryResult[], {
+              wanted: clusterIdWanted,
+              undo: () => lent.query('rollback'),
+            });
             const results = answer.slice(0, -1);
             begun = { begun: results.length === 1 ? results[0] : results };
             try {
@@ -746,7 +755,9 @@ export class ReplicaReader {
               throw error;
             }
           } else {
-            if (judged || !primaryTimelineOf.has(lent)) primaryTimelineOf.set(lent, await checkPrimary(lent, node.nodeId, checkSql));
+            if (judged || !primaryTimelineOf.has(lent)) {
+              primaryTimelineOf.set(lent, await withClusterIdReadable(node.pool, lent, (withClusterId) => checkPrimary(lent, node.nodeId, checkSql(withClusterId)), { wanted: clusterIdWanted }));
+            }
             if (judged) lostWrite = await this.#lostWrite(shardId, node.nodeId, lent, primaryTimelineOf.get(lent) ?? null, options);
           }
         }
@@ -767,14 +778,25 @@ export class ReplicaReader {
           // another is past positions of its own: a blue/green switchover, cluster-identity.ts).
           // With the timeline unreadable for this login, the position alone (the reader's state,
           // which then has no timeline either, never verified the token without this check).
-          const clusterId = options.tokenClusterId !== undefined && (await clusterIdReadable(node.pool, lent)) ? options.tokenClusterId : null;
+          // Refused the id (the grant revoked since the pool learned it may read it), the check is
+          // sent again without it (withClusterIdReadable), inside the timeline's fallback: outside,
+          // the refusal was taken for the timeline expression's, and the pool moved down to no
+          // timeline at all for its life (replica-lag.ts, withTimelineSql).
           const { rows } = await withTimelineSql(node.pool, (timelineSql) =>
-            timelineSql === null
-              ? lent.query<{ ok: boolean }>(`select pg_last_wal_replay_lsn() >= $1::pg_lsn and ($2::text is null or ${CLUSTER_ID_SQL} = $2::text) as ok`, [options.token, clusterId])
-              : lent.query<{ ok: boolean }>(
-                  `select pg_last_wal_replay_lsn() >= $1::pg_lsn and ($2::bigint is null or ${timelineSql} = $2::bigint) and ($3::text is null or ${CLUSTER_ID_SQL} = $3::text) as ok`,
-                  [options.token, options.tokenTimeline ?? null, clusterId],
-                ),
+            withClusterIdReadable(
+              node.pool,
+              lent,
+              (withClusterId) => {
+                const clusterId = withClusterId ? (options.tokenClusterId ?? null) : null;
+                return timelineSql === null
+                  ? lent.query<{ ok: boolean }>(`select pg_last_wal_replay_lsn() >= $1::pg_lsn and ($2::text is null or ${CLUSTER_ID_SQL} = $2::text) as ok`, [options.token, clusterId])
+                  : lent.query<{ ok: boolean }>(
+                      `select pg_last_wal_replay_lsn() >= $1::pg_lsn and ($2::bigint is null or ${timelineSql} = $2::bigint) and ($3::text is null or ${CLUSTER_ID_SQL} = $3::text) as ok`,
+                      [options.token, options.tokenTimeline ?? null, clusterId],
+                    );
+              },
+              { wanted: options.tokenClusterId !== undefined },
+            ),
           );
           if (rows[0]?.ok !== true) return { skip: true };
         }

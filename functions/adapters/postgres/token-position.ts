@@ -66,5 +66,24 @@ export function commitSettingOf(answer: { readonly rows?: readonly unknown[] } |
  */
 export function tokenPositionSql(transactionSetting: string | undefined): string {
   if (transactionSetting === undefined) return TOKEN_POSITION_SQL;
-  return transactionSetting === 'off' ? 'pg_current_wal_insert_lsn()' : 'pg_current_wal_flush_lsn()';
+  return synchronousCommitOff(transactionSetting) ? 'pg_current_wal_insert_lsn()' : 'pg_current_wal_flush_lsn()';
+}
+
+/**
+ * The spellings of `off` PostgreSQL accepts for `synchronous_commit`: besides `off`, the hidden
+ * boolean entries of the enum (`false`, `no`, `0`: guc_tables.c's synchronous_commit_options),
+ * matched without regard to case, as PostgreSQL matches an enum's names (`SET LOCAL
+ * synchronous_commit = 'OFF'` is off). No prefixes, no surrounding blanks: an enum takes none
+ * (`'of'`, `'f'`, `'n'`, `' off'` are refused by the server, so they never describe a commit;
+ * each of these checked on the embedded PostgreSQL, h149). SHOW and
+ * current_setting() answer the canonical `off` for all of them, so {@link COMMIT_SETTING_SQL} reads
+ * `off`; a caller that passes its own spelling (`captureWriteToken`'s `transactionSetting`, the
+ * value it set) is read alike: taken for on, its token was the flush position, which a commit not
+ * flushed yet may lie past (a replica replayed to it lacking the write).
+ */
+const SYNCHRONOUS_COMMIT_OFF = new Set(['off', 'false', 'no', '0']);
+
+/** Whether `setting` is a spelling of `synchronous_commit = off` ({@link SYNCHRONOUS_COMMIT_OFF}). */
+export function synchronousCommitOff(setting: string): boolean {
+  return SYNCHRONOUS_COMMIT_OFF.has(setting.toLowerCase());
 }

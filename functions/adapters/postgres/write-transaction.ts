@@ -25,7 +25,7 @@ import type { ShardRouter } from '../../core/sharding/router.js';
 import type { SlotMap } from '../../core/sharding/slot-map.js';
 import type { DirectoryStore } from './directory-store.js';
 import type { SlotMapStore } from './slot-map-store.js';
-import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable } from './cluster-identity.js';
+import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable, clusterIdRefused, forgetClusterIdReadable } from './cluster-identity.js';
 import {
   checkDeadlineMs,
   connectBy,
@@ -166,7 +166,7 @@ export interface ShardWriteResult<T> {
   readonly token: string;
   /** The read-your-writes token of this write: the position, the primary's timeline and the map version it was routed with. */
   readonly readToken: ReadToken;
-  /** 1 when the first route was right; more when the unit was fenced or had moved. */
+  /** 1 when the first route was right; more when the unit was fenced or had moved (or, once, when its BEGIN was refused the cluster id: cluster-identity.ts). */
   readonly attempts: number;
 }
 
@@ -570,6 +570,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     let reroutes = 0;
     let waitedMs = 0;
     let backoffMs = 2;
+    /** Set once a BEGIN of this write was refused the cluster id (see the `cluster-id-refused` outcome below). */
+    let clusterIdRefusedOnce = false;
     for (let attempt = 1; ; attempt++) {
       /** Why this attempt waits, if it does: a fence, or a copy moving in that holds a written id. */
       let waitedFor: 'fence' | 'copy' = 'fence';
@@ -598,7 +600,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         died = true;
       };
       client.on('error', onError);
-      let outcome: FenceVerdict;
+      /** `cluster-id-refused`: sent again at once, without the cluster id (see the catch below). */
+      let outcome: FenceVerdict | 'cluster-id-refused';
       let broken = false;
       /** What the attempt failed with, if it did (a connection a late cancel may reach is not reused). */
       let failure: unknown;
@@ -624,8 +627,12 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       };
       /** The fence rows read in the BEGIN's round trip (see `writeBeginSql`). */
       let fenceRows: FenceRow[] | undefined;
+      /** Whether the BEGIN's round trip asked for the cluster id, and whether it was answered. */
+      let askedClusterId = false;
+      let begun = false;
       try {
-        const begin = writeBeginSql(route.slot, key, deadlineAt === undefined ? undefined : deadlineAt - Date.now(), await clusterIdReadable(pool, client));
+        askedClusterId = await clusterIdReadable(pool, client);
+        const begin = writeBeginSql(route.slot, key, deadlineAt === undefined ? undefined : deadlineAt - Date.now(), askedClusterId);
         const body = await inClientTransaction<{ verdict: 'write'; value: T } | { verdict: Exclude<FenceVerdict, 'write'> }>(
           client,
           begin.sql,
@@ -649,6 +656,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
             broken = true;
           },
           (answer) => {
+            begun = true;
             timeline = timelineOfBegin(answer, begin.fences);
             clusterId = clusterIdOfBegin(answer, begin.fences);
             if (begin.fences) fenceRows = rowsOfAnswer(answer, -1) as FenceRow[] | undefined;
@@ -742,7 +750,19 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         // stays on that standby for good: pooled again, it would fail every write lent it after the
         // address names the primary again, for as long as traffic keeps it from idling out.
         if (code === READ_ONLY_SQL_TRANSACTION) broken = true;
-        if (code === 'CAF01') outcome = 'wait';
+        // The BEGIN's round trip refused the cluster id it asked for (42501: the login's EXECUTE on
+        // pg_control_system() revoked since its pool learned it may; 42883: the function removed):
+        // its transaction was rolled back before the key's fence rows were read or `fn` ran, so
+        // nothing of the write was done. The pool's answer is forgotten (cluster-identity.ts),
+        // asked again on the next attempt's connection, and the write sent again at once, without
+        // the id once the login is refused it: kept, every write of the pool failed so until the
+        // process restarted. Once: refused again (another part of the round trip was refused, the
+        // question answered yes), the error is the write's.
+        if (askedClusterId && !begun && !clusterIdRefusedOnce && clusterIdRefused(err)) {
+          clusterIdRefusedOnce = true;
+          forgetClusterIdReadable(pool);
+          outcome = 'cluster-id-refused';
+        } else if (code === 'CAF01') outcome = 'wait';
         else if (code === 'CAF02') outcome = 'reroute';
         else if (!broken && (await conflictsWithCopy(client, route.shardId, err).catch(() => false))) {
           outcome = 'wait';
@@ -755,6 +775,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         client.off('error', onError);
         if (!released) client.release(broken || died || guard?.reusable(failure) === false || undefined);
       }
+      if (outcome === 'cluster-id-refused') continue;
       if (outcome === 'reroute') {
         reroutes += 1;
         if (reroutes > maxReroutes) {
