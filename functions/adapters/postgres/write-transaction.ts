@@ -142,7 +142,10 @@ export interface ShardWriterOptions {
   readonly router: WriteRouter;
   /** Primary pool of every shard, by shard id. */
   readonly primaries: ReadonlyMap<string, pg.Pool>;
-  /** How long a write may wait for a fenced unit before giving up. Default 10 000 ms. */
+  /**
+   * How long a write may wait for a fenced unit before giving up (its back-offs, and its waits on
+   * a fence row a lock timeout ended). Default 10 000 ms.
+   */
   readonly maxFenceWaitMs?: number;
   /** How many times a write may be sent elsewhere because its unit moved. Default 5. */
   readonly maxReroutes?: number;
@@ -211,6 +214,23 @@ export interface ShardWriter {
 
 /** SQLSTATEs of a statement or lock wait the deadline cut short. */
 const DEADLINE_SQLSTATES = new Set(['57014', LOCK_NOT_AVAILABLE]);
+
+/**
+ * Whether `error` ended a wait for a row lock on a `write_fences` row (55P03, a lock timeout: pg's
+ * innermost context is "while locking tuple (0,1) in relation "write_fences"", whose tuple id and
+ * relation name stay as they are in every `lc_messages` language; a NOWAIT's 55P03 has no such
+ * context, nor a wait for a lock on the whole table). Only a fence change holds such a row
+ * updated or FOR UPDATE (a move's fence, flip, release or give-up, a hand change's fence, an
+ * operator's SQL): writers hold it FOR SHARE, which never waits for another FOR SHARE. The wait is
+ * the writer's own statement of its key's rows (`writerFenceRowsSql`, in the BEGIN's round trip)
+ * or the fence trigger's for a row the body writes (shard migration 004).
+ */
+function lockWaitOnFenceRow(error: unknown): boolean {
+  const e = error as { code?: unknown; where?: unknown } | null;
+  if (e?.code !== LOCK_NOT_AVAILABLE || typeof e.where !== 'string') return false;
+  const innermost = e.where.split('\n', 1)[0] ?? '';
+  return /\(\d+,\d+\)/.test(innermost) && innermost.includes('write_fences');
+}
 
 interface FenceRow {
   kind: 'slot' | 'directory';
@@ -575,6 +595,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     for (let attempt = 1; ; attempt++) {
       /** Why this attempt waits, if it does: a fence, or a copy moving in that holds a written id. */
       let waitedFor: 'fence' | 'copy' = 'fence';
+      /** When the attempt began (monotonic): a wait on a fence row it met counts toward maxFenceWaitMs. */
+      const attemptStarted = performance.now();
       const route = await options.router.routeForWrite(key, { fresh });
       // As for reads: once the caller's deadline has passed, no further attempt (a 1 ms
       // statement_timeout does not reliably stop the short fence-row statement).
@@ -722,12 +744,25 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         if (guard?.cancelledByOther(err) === true) {
           throw new ShardWriteError('cancelled', `a statement of the write on shard ${route.shardId} was cancelled on the server by ${otherCancelWords(err)} (not its ${writeOptions.deadlineMs} ms deadline); nothing was committed`, { cause: err });
         }
+        // A wait on a fence row (its key's own, or the fence trigger's for a row the body writes)
+        // that a lock timeout ended before the deadline: a fence change held the row (a move's
+        // fence or flip until its commit, a hand change's fence transaction), and the session's
+        // own lock_timeout, shorter (a role's default: the transaction keeps it, deadlineSettingsSql,
+        // and with no deadline it is in force), ended the wait first. The fence's wait, not an
+        // error of the write: tried again as after CAF01 (below), within maxFenceWaitMs
+        // ('fence-timeout', the wait counted) and the deadline, each wait still within the role's
+        // limit. Until h151 the write failed `cancelled` by its own lock_timeout wherever a fence
+        // change held the row longer than the role's setting (a login at 1 ms: 6 of about 4,000
+        // writes through 6 moves), a wait a login without the setting sat out
+        // (fence-wait-role-lock-timeout.test.ts). At the deadline it is the deadline's, as ever.
+        const fenceRowWait = lockWaitOnFenceRow(err) && (guard === undefined || guard.arrivedBeforeDeadline(err));
+        if (fenceRowWait) waitedMs += Math.max(0, Math.round(performance.now() - attemptStarted));
         // The session's own statement_timeout or lock_timeout, shorter than the time left, ended a
         // statement (a lock wait) before the deadline: a role's or database's default (the
         // transaction keeps it where shorter than the time left, deadlineSettingsSql; with no
         // deadline it is in force), or the body's own SET LOCAL. Not the deadline: said so, naming
         // the setting, as the replica reader and withShardRead say it (issue #15).
-        const ownTimeout = guard === undefined ? sessionTimeoutOf(err) : guard.sessionTimeout(err);
+        const ownTimeout = fenceRowWait ? undefined : guard === undefined ? sessionTimeoutOf(err) : guard.sessionTimeout(err);
         if (ownTimeout !== undefined) {
           throw new ShardWriteError(
             'cancelled',
@@ -762,7 +797,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           clusterIdRefusedOnce = true;
           forgetClusterIdReadable(pool);
           outcome = 'cluster-id-refused';
-        } else if (code === 'CAF01') outcome = 'wait';
+        } else if (code === 'CAF01' || fenceRowWait) outcome = 'wait';
         else if (code === 'CAF02') outcome = 'reroute';
         else if (!broken && (await conflictsWithCopy(client, route.shardId, err).catch(() => false))) {
           outcome = 'wait';
