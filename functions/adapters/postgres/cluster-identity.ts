@@ -46,6 +46,16 @@ export const CLUSTER_ID_SQL = `(select lpad(to_hex(system_identifier), 16, '0') 
 const readable = new WeakMap<pg.Pool, boolean>();
 
 /**
+ * Per pool, how many times its answer "may" was forgotten ({@link forgetClusterIdReadable}). A
+ * question sent before a forget whose "may" is delivered after it (the statement ran before the
+ * REVOKE, its answer came late: a slow connection, a busy event loop) is not kept: it was the
+ * answer the refusal had just proved wrong, and kept, the refused write asked again, was told
+ * "may", was refused again and failed with 42501, its one resend spent
+ * (test/integration/sharding/cluster-id-revoked.test.ts, h152).
+ */
+const forgotten = new WeakMap<pg.Pool, number>();
+
+/**
  * Whether `pool`'s login may read {@link CLUSTER_ID_SQL}: asked on `client` (one of its
  * connections, not in a transaction, where a refusal would abort it, unless `inTransaction` says
  * it is: then behind a savepoint) until one of the pool's
@@ -62,6 +72,7 @@ const readable = new WeakMap<pg.Pool, boolean>();
 export async function clusterIdReadable(pool: pg.Pool, client: pg.ClientBase, options: { readonly inTransaction?: boolean } = {}): Promise<boolean> {
   const known = readable.get(pool);
   if (known !== undefined) return known;
+  const forgottenBefore = forgotten.get(pool) ?? 0;
   try {
     // In a transaction (`inTransaction`), behind a savepoint, which a refusal rolls back to: the
     // transaction goes on (one round trip more, on a refusal only).
@@ -72,7 +83,8 @@ export async function clusterIdReadable(pool: pg.Pool, client: pg.ClientBase, op
     readable.set(pool, false);
     return false;
   }
-  readable.set(pool, true);
+  // A "may" answered before a forget since (see `forgotten`): the caller's, not the pool's.
+  if ((forgotten.get(pool) ?? 0) === forgottenBefore) readable.set(pool, true);
   return true;
 }
 
@@ -93,7 +105,11 @@ export function clusterIdRefused(error: unknown): boolean {
  * send the question again).
  */
 export function forgetClusterIdReadable(pool: pg.Pool): void {
-  if (readable.get(pool) === true) readable.delete(pool);
+  if (readable.get(pool) === false) return;
+  // Counted even when nothing is known (another caller forgot first): a question still out, sent
+  // before the refusal, must not put its "may" back.
+  readable.delete(pool);
+  forgotten.set(pool, (forgotten.get(pool) ?? 0) + 1);
 }
 
 /**

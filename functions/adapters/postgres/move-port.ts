@@ -2369,7 +2369,15 @@ export class PgMovePort implements MovePort<MoveJob> {
     // Likewise a switchover between the two (another cluster answered the fence than the read):
     // the history is read again, kept only when of the fence's cluster and timeline, else none is
     // recorded (the timeline and cluster id are the fence's: nothing known of the history).
-    const ofFence = (read: SourceTimeline): boolean => read.timeline === fencedOn && (!clusterReadable || read.clusterId === fencedCluster);
+    // And a fence refused the id and taken again without it (withClusterId: a grant revoked, or a
+    // switchover to a cluster where the login lacks it, since the read) after a read that carried
+    // one: which cluster the fence ran on is not known, so the read's is not taken for it; the
+    // history is read again, as for another cluster, without the id (the pool now refused it), and
+    // kept by timeline alone as a login refused from the start keeps it. Taken for the fence's,
+    // blue's history (read before a switchover) stood beside green's timeline 2 and fence, and a
+    // green token whose write green held, past where blue's timeline 1 ended, answered 410 on the
+    // unit's new shard (test/integration/sharding/timeline-lost-write-switchover-fence.test.ts, h152).
+    const ofFence = (read: SourceTimeline): boolean => read.timeline === fencedOn && (clusterReadable ? read.clusterId === fencedCluster : read.clusterId === undefined);
     if (!ofFence(source) && fencedOn !== null && source.timeline !== null) {
       const unknown: SourceTimeline = { timeline: null, history: null };
       source = await this.withinBudget(

@@ -206,7 +206,8 @@ export async function commitHeartbeat(primary: ShardNode, options: LagMeasureOpt
     // Refused the id (the grant revoked since the pool learned it may read it), the position is
     // read again without it (cluster-identity.ts): kept, every heartbeat failed, and no replica
     // was vouched for, until the process restarted. In withNodeDeadline's transaction: the id is
-    // asked, and read, behind a savepoint, which a refusal rolls back to (no round trip more).
+    // asked, and read, behind a savepoint, which a refusal rolls back to (set in the read's own round
+    // trip: none more with the grant; four more, once, after a revoke: cluster-id-revoked.test.ts).
     const rows = await withNodeDeadline(primary.pool, budgetOf(options), primary.nodeId, (c) =>
       withClusterIdReadable(
         primary.pool,

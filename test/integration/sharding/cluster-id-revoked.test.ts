@@ -101,6 +101,154 @@ describe('the cluster id, its grant revoked after the pool learned it may read i
     expect(held).toBe(3);
   }, 60_000);
 
+  // A refusal in the BEGIN's round trip that is not the cluster id's (here the fence rows' read of
+  // move_captures, the login's SELECT on it revoked) is sent again once (the id asked again, and
+  // answered yes), then thrown as before: not retried for ever, not masked, nothing committed,
+  // and the pool's answer (may read the id) is the same after (h152).
+  it.each([{ deadlineMs: undefined }, { deadlineMs: 10_000 }])('throws a refusal of the BEGIN that is not the cluster id\'s (deadline $deadlineMs), and commits nothing', async ({ deadlineMs }) => {
+    const { writer, primary } = stack();
+    await insertUser(writer);
+    const count = (): Promise<number | undefined> => withClient(primaryUrl, async (c) => (await c.query<{ n: number }>("select count(*)::int as n from users where email = 'revoked@example.org'")).rows[0]?.n);
+    const before = await count();
+    await withClient(primaryUrl, (c) => c.query(`revoke select on move_captures from ${APPLICATION_ROLE}`));
+    let refused: string;
+    try {
+      const id = randomUUID();
+      refused = await outcome(
+        writer.withShardWrite(id, ({ client, slot }) => client.query("insert into users (id, slot, email, display_name) values ($1, $2, 'revoked@example.org', 'revoked')", [id, slot]), deadlineMs === undefined ? {} : { deadlineMs }).then(() => 'written'),
+      );
+    } finally {
+      await withClient(primaryUrl, (c) => c.query(`grant select on move_captures to ${APPLICATION_ROLE}`));
+    }
+    expect(refused).toMatch(/^failed 42501: permission denied for table move_captures/);
+    expect(await count()).toBe(before);
+    expect(clusterIdReadableKnown(primary)).toBe(true);
+    const after = await insertUser(writer);
+    expect(after.readToken.clusterId).toBe(await clusterId());
+  }, 60_000);
+
+  // Many writers of one pool in flight when the grant goes: each refused BEGIN forgets the answer
+  // and is sent again; every write commits once, none fails (h152).
+  it('commits every one of many concurrent writes, once each, and serves every concurrent read, when the grant goes while they run', async () => {
+    const { writer, primary, reader } = stack();
+    const { readToken } = await insertUser(writer);
+    const options = { primary: true, token: readToken.lsn, tokenTimeline: readToken.timeline, ...(readToken.clusterId === undefined ? {} : { tokenClusterId: readToken.clusterId }) };
+    const count = (): Promise<number | undefined> => withClient(primaryUrl, async (c) => (await c.query<{ n: number }>("select count(*)::int as n from users where email = 'revoked@example.org'")).rows[0]?.n);
+    const before = (await count()) ?? 0;
+    const writes = Array.from({ length: 24 }, (_, i) => new Promise((r) => setTimeout(r, i * 2)).then(() => outcome(insertUser(writer))));
+    const reads = Array.from({ length: 24 }, (_, i) =>
+      new Promise((r) => setTimeout(r, i * 2)).then(() =>
+        // The check in the read's BEGIN (query), or as a statement of its own (withReadClient without one).
+        outcome(i % 2 === 0 ? reader.query(shardId, 'select 1 as one', [], options).then((r) => r.rowCount) : reader.withReadClient(shardId, async (client) => (await client.query('select 1 as one')).rowCount, options)),
+      ),
+    );
+    await new Promise((r) => setTimeout(r, 10));
+    await revoke();
+    const results = await Promise.all(writes);
+    expect(results.filter((r) => typeof r === 'string')).toEqual([]);
+    expect(new Set(await Promise.all(reads))).toEqual(new Set([1]));
+    expect(await count()).toBe(before + 24);
+    expect(clusterIdReadableKnown(primary)).toBe(false);
+  }, 60_000);
+
+  // An answer "may" read before the grant went, delivered only after a write refused the id had
+  // forgotten the answer (a slow connection, a busy event loop: the statement ran before the
+  // REVOKE, its answer came later), was kept: the refused write asked again, was told "may" from
+  // that stale answer, was refused again and failed with 42501 (h152).
+  it('does not let a question answered before the revoke, delivered after a refused write forgot the answer, fail that write', async () => {
+    const { writer, primary } = stack();
+    let held: (() => void) | undefined;
+    let delivered: Promise<void> | undefined;
+    let armed = false;
+    let revoked = false;
+    const connect = primary.connect.bind(primary) as () => Promise<pg.PoolClient>;
+    (primary as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
+      if (args.length > 0) return (connect as (...a: unknown[]) => unknown)(...args);
+      // The refused write's next attempt: the stale answer arrives first.
+      if (armed && held !== undefined) {
+        const release = held;
+        held = undefined;
+        release();
+        await delivered;
+        await new Promise((r) => setImmediate(r));
+      }
+      const client = await connect();
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+        if (typeof a[0] === 'string' && revoked && a[0] === 'rollback') armed = true;
+        // The pool's first question: answered by the server at once, delivered when released.
+        if (delivered !== undefined || typeof a[0] !== 'string' || !a[0].startsWith('select (select lpad')) return query(...a);
+        let answered: () => void = () => undefined;
+        delivered = new Promise<void>((r) => {
+          answered = r;
+        });
+        return (async () => {
+          const answer = await (query(...a) as Promise<unknown>);
+          await new Promise<void>((r) => {
+            held = r;
+          });
+          answered();
+          return answer;
+        })();
+      };
+      return client;
+    };
+    // The first write's question is held; a second, concurrent, asks on its own and commits with the id.
+    const first = outcome(insertUser(writer));
+    while (delivered === undefined) await new Promise((r) => setTimeout(r, 5));
+    const second = await insertUser(writer);
+    await revoke();
+    revoked = true;
+    const third = await outcome(insertUser(writer));
+    held?.();
+    const firstDone = await first;
+
+    expect(second.readToken.clusterId).toBe(await clusterId());
+    expect(typeof third === 'string' ? third : { clusterId: third.readToken.clusterId }).toEqual({ clusterId: undefined });
+    expect(typeof firstDone === 'string' ? firstDone : { clusterId: firstDone.readToken.clusterId }).toEqual({ clusterId: undefined });
+  }, 60_000);
+
+  // The savepoint the heartbeat's position read sets (for a refusal to roll back to) goes in the
+  // same simple query: the common path (the answer known, the grant kept) sends as many round
+  // trips as before the savepoint, and after a revoke the heartbeats that follow as many as a
+  // login refused from the start (h152).
+  it('sends the heartbeat in as many round trips as before, with the grant and after its revoke', async () => {
+    const { pools, primary } = stack();
+    const sent: string[] = [];
+    const wrapped = new WeakSet<pg.PoolClient>();
+    const connect = primary.connect.bind(primary) as () => Promise<pg.PoolClient>;
+    (primary as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
+      if (args.length > 0) return (connect as (...a: unknown[]) => unknown)(...args);
+      const client = await connect();
+      // A pooled client is lent again: wrapped once.
+      if (wrapped.has(client)) return client;
+      wrapped.add(client);
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+        if (typeof a[0] === 'string') sent.push(a[0].slice(0, 30));
+        return query(...a);
+      };
+      return client;
+    };
+    const roundTrips = async (): Promise<number> => {
+      sent.length = 0;
+      const heartbeat = await commitHeartbeat(pools.primary(shardId), { timeoutMs: 5000 });
+      expect(heartbeat).not.toBeNull();
+      return sent.length;
+    };
+    const asking = await roundTrips();
+    const known = await roundTrips();
+    await revoke();
+    const refused = await roundTrips();
+    const after = await roundTrips();
+
+    // The heartbeat's transaction (begin, set local, txid_current, commit) and the position's (begin, the read, commit).
+    expect({ asking, known, after }).toEqual({ asking: 8, known: 7, after: 7 });
+    // Once, after the revoke: the refused read, rolled back to its savepoint, the question asked
+    // again behind one of its own and rolled back to it, the read sent again without the id.
+    expect(refused).toBe(7 + 4);
+  }, 60_000);
+
   // `query` sends the check in its transaction's BEGIN; `withReadClient` without a BEGIN (its
   // callers that give none) as a statement of its own.
   it.each([{ check: 'in the BEGIN of its transaction' }, { check: 'as a statement of its own' }])(

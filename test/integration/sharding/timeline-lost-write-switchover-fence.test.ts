@@ -1,5 +1,6 @@
-import type pg from 'pg';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureLogin, MOVER_ROLE } from '../../../functions/adapters/postgres/app-role.js';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { formatLsn, parseLsn } from '../../../functions/core/sharding/lsn.js';
 import { clusterIdFromSystemIdentifier } from '../../../functions/core/sharding/read-token.js';
@@ -278,6 +279,107 @@ describe("a switchover between the move's read of the source's timeline history 
       id: greenId,
       lsn: null,
       history: null,
+      status: 200,
+      type: undefined,
+      items: 1,
+    });
+  }, 180_000);
+  // h152: the switchover of the first test, where the mover's login may call pg_control_system()
+  // on blue (its pool learned so with the history's read) but not on green (a cluster behind the
+  // address where the login lacks it). The fence on green was refused the id, sent again without it
+  // (cluster-id-revoked-move.test.ts), and with no id of the fence's to compare, the history read
+  // with blue's id was kept beside green's timeline 2 and fence: a green token of timeline 1 whose
+  // write green's timeline 2 holds, past where blue's timeline 1 ended, answered 410 "write lost"
+  // on the unit's new shard. Last: it revokes pg_control_system() on green.
+  it("keeps no history read with an id beside a fence that could not tell its cluster: a green token whose write green held reads 200, not 410", async () => {
+    if (!pair || !blueReplica || !blue) throw new Error('no servers');
+    const [b, g] = [blueReplica, pair.replica];
+    const LOGIN = 'switch_mover';
+    for (const url of [b.urlFor(SOURCE), g.urlFor(SOURCE)]) {
+      const admin = new pg.Pool({ connectionString: url, max: 1 });
+      admin.on('error', () => undefined);
+      try {
+        await ensureLogin(admin, { username: LOGIN, password: 'mover pass' }, { role: MOVER_ROLE });
+      } finally {
+        await admin.end();
+      }
+    }
+    await withClient(g.urlFor(SOURCE), (c) => c.query('revoke execute on function pg_control_system() from public'));
+    const p = await startTcpProxy(b.port);
+    closers.push(() => p.close());
+    const proxied = b.urlFor(SOURCE).replace(`:${b.port}/`, `:${p.port}/`);
+    const e = connectMoveEnv({ catalog: pair.catalogServer.urlFor('catalog'), shards: { [TARGET]: pair.catalogServer.urlFor(TARGET), [SOURCE]: proxied } });
+    closers.push(() => e.stop());
+    const map = await e.slotMaps.current().catch(() => undefined);
+    if (map === undefined) await e.slotMaps.initialise(buildSlotMap([TARGET, SOURCE].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
+    const version = (await e.slotMaps.current()).version;
+    const slot = await firstSlotOwnedBy(e, SOURCE, 300);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    await seedUsers(e.shards.get(SOURCE) as pg.Pool, slot, [owner], 1);
+    // The mover's own login over A's address (the env's pools are the administrator's, never refused).
+    const moverUrl = new URL(proxied);
+    moverUrl.username = LOGIN;
+    moverUrl.password = 'mover pass';
+    const pool = new pg.Pool({ connectionString: moverUrl.toString(), max: 4 });
+    pool.on('error', () => undefined);
+    closers.push(() => pool.end());
+    const carry = async (table: string, where: string, value: string): Promise<void> => {
+      const rows = await withClient(b.urlFor(SOURCE), async (c) => (await c.query<{ r: unknown }>(`select row_to_json(t) as r from ${table} t where ${where}`, [value])).rows.map((x) => x.r));
+      await withClient(g.urlFor(SOURCE), async (c) => {
+        await c.query("set session_replication_role = 'replica'");
+        await c.query(`delete from ${table} t where ${where}`, [value]);
+        for (const row of rows) await c.query(`insert into ${table} overriding system value select * from json_populate_record(null::${table}, $1::json)`, [JSON.stringify(row)]);
+      });
+    };
+    const mover = e.mover({ readerGraceMs: 0, fenceBudgetMs: 30_000, shards: new Map([[TARGET, e.shards.get(TARGET) as pg.Pool], [SOURCE, pool]]) });
+    const planned = await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' });
+    const connect = pool.connect.bind(pool) as (...args: unknown[]) => Promise<pg.PoolClient>;
+    let switched = false;
+    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
+      if (args.length > 0) return connect(...args);
+      const client = await connect();
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+        if (switched || typeof a[0] !== 'string' || !a[0].includes('timeline_history()') || !a[0].includes('pg_control_system')) return query(...a);
+        switched = true;
+        return (async () => {
+          const answer = await query(...a);
+          client.on('error', () => undefined);
+          for (const [table, column] of [['users', 'id'], ['documents', 'owner_id'], ['document_keys', 'owner_id']] as const) await carry(table, `${column} = $1::uuid`, owner);
+          await carry('write_fences', "kind = 'slot' and unit_id = $1", String(slot));
+          for (const table of ['move_permits', 'move_captures', 'move_changes']) await carry(table, 'job_id = $1::bigint', String(planned.id));
+          p.retarget(g.port);
+          await p.cut();
+          await p.restore();
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          return answer;
+        })();
+      };
+      return client;
+    };
+    let job;
+    try {
+      job = await mover.run(planned.id);
+    } finally {
+      (pool as unknown as { connect: unknown }).connect = connect;
+    }
+    expect({ switched, state: job.state, error: job.error ?? null }).toEqual({ switched: true, state: 'done', error: null });
+
+    const lsn = blueFork + 2n ** 24n;
+    const recorded = await e.catalog.query<{ tl: string | null; history: string | null; id: string | null }>(
+      'select source_timeline::text as tl, source_history as history, source_cluster_id as id from catalog.move_jobs where id = $1',
+      [job.id],
+    );
+    const row = recorded.rows[0];
+    const historyOf = (text: string | null | undefined): string | null | undefined =>
+      text?.includes(formatLsn(blueFork)) ? 'blue' : text?.includes(formatLsn(greenFork)) ? 'green' : text;
+    const api: ApiCall = await documentsApiClientOver(e, closers, { defaultShard: TARGET });
+    // A token of green's timeline 1 without the id (the application's login is refused it on green too).
+    const list = await api(`/api/v1/users/${owner}/documents`, { 'x-read-after': `${SOURCE}@${formatLsn(lsn)};tl=1;v=${version}` });
+    expect({ tl: row?.tl, id: row?.id, history: historyOf(row?.history), status: list.status, type: list.body?.type as unknown, items: (list.body?.items as unknown[] | undefined)?.length }).toEqual({
+      tl: '2',
+      id: null,
+      history: 'green',
       status: 200,
       type: undefined,
       items: 1,
