@@ -30,8 +30,6 @@ describe("a switchover between the move's read of the source's timeline history 
   let pair: FailoverPair | undefined;
   let blue: TestPostgres | undefined;
   let blueReplica: TestReplica | undefined;
-  let proxy: TcpProxy | undefined;
-  let env: MoveEnv | undefined;
   const closers: (() => Promise<void>)[] = [];
   let blueFork = 0n;
   let greenFork = 0n;
@@ -64,10 +62,32 @@ describe("a switchover between the move's read of the source's timeline history 
     await pair.replica.waitForCatchUp();
     greenFork = await promote(pair.replica);
   }, 240_000);
+  /**
+   * A's address (a proxy, as the shard's DNS name or RDS Proxy) over `b`, a move env reaching
+   * shard A through it, the slot map (made by the first test to ask; a test run alone with `-t`
+   * makes it), the first slot of A's from `from`, and one owner of it seeded on A. Closed with the
+   * file (`closers`).
+   */
+  const proxiedSource = async (
+    pair: FailoverPair,
+    b: { readonly port: number; urlFor(database: string): string },
+    from: number,
+  ): Promise<{ p: TcpProxy; proxied: string; e: MoveEnv; version: number; slot: number; owner: string }> => {
+    const p = await startTcpProxy(b.port);
+    closers.push(() => p.close());
+    const proxied = b.urlFor(SOURCE).replace(`:${b.port}/`, `:${p.port}/`);
+    const e = connectMoveEnv({ catalog: pair.catalogServer.urlFor('catalog'), shards: { [TARGET]: pair.catalogServer.urlFor(TARGET), [SOURCE]: proxied } });
+    closers.push(() => e.stop());
+    const map = await e.slotMaps.current().catch(() => undefined);
+    if (map === undefined) await e.slotMaps.initialise(buildSlotMap([TARGET, SOURCE].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
+    const version = (await e.slotMaps.current()).version;
+    const slot = await firstSlotOwnedBy(e, SOURCE, from);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    await seedUsers(e.shards.get(SOURCE) as pg.Pool, slot, [owner], 1);
+    return { p, proxied, e, version, slot, owner };
+  };
   afterAll(async () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
-    await env?.stop().catch(() => undefined);
-    await proxy?.close().catch(() => undefined);
     await blueReplica?.stop().catch(() => undefined);
     await Promise.all([pair?.stop(), blue?.stop()]);
   });
@@ -76,16 +96,7 @@ describe("a switchover between the move's read of the source's timeline history 
     if (!pair || !blueReplica || !blue) throw new Error('no servers');
     const [b, g] = [blueReplica, pair.replica];
     // A's address (a proxy, as the shard's DNS name or RDS Proxy) reaches blue, then green.
-    const p = await startTcpProxy(b.port);
-    proxy = p;
-    const proxied = b.urlFor(SOURCE).replace(`:${b.port}/`, `:${p.port}/`);
-    const e = connectMoveEnv({ catalog: pair.catalogServer.urlFor('catalog'), shards: { [TARGET]: pair.catalogServer.urlFor(TARGET), [SOURCE]: proxied } });
-    env = e;
-    await e.slotMaps.initialise(buildSlotMap([TARGET, SOURCE].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
-    const version = (await e.slotMaps.current()).version;
-    const slot = await firstSlotOwnedBy(e, SOURCE, 100);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    await seedUsers(e.shards.get(SOURCE) as pg.Pool, slot, [owner], 1);
+    const { p, e, version, slot, owner } = await proxiedSource(pair, b, 100);
 
     const mover = e.mover({ readerGraceMs: 0, fenceBudgetMs: 30_000 });
     const planned = await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' });
@@ -184,18 +195,7 @@ describe("a switchover between the move's read of the source's timeline history 
   it("records no history another cluster answered after the release: a green token whose write green held reads 200 on the new shard, not 410", async () => {
     if (!pair || !blueReplica || !blue) throw new Error('no servers');
     const [b, g] = [blueReplica, pair.replica];
-    const p = await startTcpProxy(b.port);
-    closers.push(() => p.close());
-    const proxied = b.urlFor(SOURCE).replace(`:${b.port}/`, `:${p.port}/`);
-    const e = connectMoveEnv({ catalog: pair.catalogServer.urlFor('catalog'), shards: { [TARGET]: pair.catalogServer.urlFor(TARGET), [SOURCE]: proxied } });
-    closers.push(() => e.stop());
-    // The slot map the test above made (made here when that test was left out: `-t`).
-    const map = await e.slotMaps.current().catch(() => undefined);
-    if (map === undefined) await e.slotMaps.initialise(buildSlotMap([TARGET, SOURCE].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
-    const version = (await e.slotMaps.current()).version;
-    const slot = await firstSlotOwnedBy(e, SOURCE, 200);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    await seedUsers(e.shards.get(SOURCE) as pg.Pool, slot, [owner], 1);
+    const { p, proxied, e, version, slot, owner } = await proxiedSource(pair, b, 200);
     /** `table`'s rows `where` on blue, put in place of green's, as the logical replication does. */
     const carry = async (table: string, where: string, value: string): Promise<void> => {
       const rows = await withClient(b.urlFor(SOURCE), async (c) => (await c.query<{ r: unknown }>(`select row_to_json(t) as r from ${table} t where ${where}`, [value])).rows.map((x) => x.r));
@@ -305,17 +305,7 @@ describe("a switchover between the move's read of the source's timeline history 
       }
     }
     await withClient(g.urlFor(SOURCE), (c) => c.query('revoke execute on function pg_control_system() from public'));
-    const p = await startTcpProxy(b.port);
-    closers.push(() => p.close());
-    const proxied = b.urlFor(SOURCE).replace(`:${b.port}/`, `:${p.port}/`);
-    const e = connectMoveEnv({ catalog: pair.catalogServer.urlFor('catalog'), shards: { [TARGET]: pair.catalogServer.urlFor(TARGET), [SOURCE]: proxied } });
-    closers.push(() => e.stop());
-    const map = await e.slotMaps.current().catch(() => undefined);
-    if (map === undefined) await e.slotMaps.initialise(buildSlotMap([TARGET, SOURCE].map((shardId) => ({ shardId, weight: 1 }))), 'test', 'two test shards');
-    const version = (await e.slotMaps.current()).version;
-    const slot = await firstSlotOwnedBy(e, SOURCE, 300);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    await seedUsers(e.shards.get(SOURCE) as pg.Pool, slot, [owner], 1);
+    const { p, proxied, e, version, slot, owner } = await proxiedSource(pair, b, 300);
     // The mover's own login over A's address (the env's pools are the administrator's, never refused).
     const moverUrl = new URL(proxied);
     moverUrl.username = LOGIN;
