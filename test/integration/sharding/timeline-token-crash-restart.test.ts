@@ -42,6 +42,27 @@ describe('a read token of a write its own primary holds, read after that primary
     await server?.stop();
   });
 
+  /**
+   * A miss's scene: an API over the server, a user (`tag`) and a document of it (`title`) written
+   * through it, the user's token, and two sessions of the server's own: `writer` (whose commit the
+   * test's token will name) and `other` (which inserts into `table`, made here, in the gap).
+   */
+  const missScene = async (tag: string, title: string, table: string) => {
+    const { api } = await oneShardApi(server.url, closers);
+    const user = await api('POST', '/api/v1/users', { email: `${tag}@example.org`, display_name: tag.replace('-', ' ') });
+    const doomed = await api('POST', '/api/v1/documents', { owner_id: user.body?.id, title });
+    if (user.status !== 201 || doomed.status !== 201) throw new Error(`the writes answered ${user.status}, ${doomed.status}`);
+    const issued = parseReadToken(user.headers.get('x-read-token') ?? '');
+    const writer = new pg.Client({ connectionString: server.url });
+    writer.on('error', () => undefined);
+    await writer.connect();
+    const other = new pg.Client({ connectionString: server.url });
+    other.on('error', () => undefined);
+    await other.connect();
+    await other.query(`create table ${table} (n int, pad text)`);
+    return { api, user, doomed, issued, writer, other };
+  };
+
   it('answers the write it holds (200, list, document and user), not 410 "lost in a failover"', async () => {
     const { api } = await oneShardApi(server.url, closers);
     const user = await api('POST', '/api/v1/users', { email: 'crash@example.org', display_name: 'crash' });
@@ -87,19 +108,7 @@ describe('a read token of a write its own primary holds, read after that primary
   // that holds the write. The token is read here with the API's own statement (WRITE_POSITION_SQL)
   // after a commit of the same session, another session's insert in the gap, as above.
   it('answers a miss with a token of a write it holds 404, not 410 "lost" (a row the write did not make, a row deleted since)', async () => {
-    const { api } = await oneShardApi(server.url, closers);
-    const user = await api('POST', '/api/v1/users', { email: 'crash-miss@example.org', display_name: 'crash miss' });
-    const doomed = await api('POST', '/api/v1/documents', { owner_id: user.body?.id, title: 'deleted before the crash' });
-    if (user.status !== 201 || doomed.status !== 201) throw new Error(`the writes answered ${user.status}, ${doomed.status}`);
-    const issued = parseReadToken(user.headers.get('x-read-token') ?? '');
-
-    const writer = new pg.Client({ connectionString: server.url });
-    writer.on('error', () => undefined);
-    await writer.connect();
-    const other = new pg.Client({ connectionString: server.url });
-    other.on('error', () => undefined);
-    await other.connect();
-    await other.query('create table filler_miss (n int, pad text)');
+    const { api, user, doomed, issued, writer, other } = await missScene('crash-miss', 'deleted before the crash', 'filler_miss');
     // The token's write: the document's delete, committed on the session that then reads the token.
     await writer.query('delete from documents where id = $1', [doomed.body?.id]);
     await other.query('begin');
@@ -134,19 +143,7 @@ describe('a read token of a write its own primary holds, read after that primary
   // transaction's own setting (`transactionSetting: 'on'`, as writeWithToken and the writer read it
   // in the COMMIT's round trip): past the restarted primary's WAL end, a miss answered 410.
   it("takes the flush position for a commit the transaction made with synchronous_commit on in a session set off: a miss after a crash restart is 404, not 410", async () => {
-    const { api } = await oneShardApi(server.url, closers);
-    const user = await api('POST', '/api/v1/users', { email: 'crash-local@example.org', display_name: 'crash local' });
-    const doomed = await api('POST', '/api/v1/documents', { owner_id: user.body?.id, title: 'deleted durably before the crash' });
-    if (user.status !== 201 || doomed.status !== 201) throw new Error(`the writes answered ${user.status}, ${doomed.status}`);
-    const issued = parseReadToken(user.headers.get('x-read-token') ?? '');
-
-    const writer = new pg.Client({ connectionString: server.url });
-    writer.on('error', () => undefined);
-    await writer.connect();
-    const other = new pg.Client({ connectionString: server.url });
-    other.on('error', () => undefined);
-    await other.connect();
-    await other.query('create table filler_local (n int, pad text)');
+    const { api, user, doomed, issued, writer, other } = await missScene('crash-local', 'deleted durably before the crash', 'filler_local');
     await writer.query('set synchronous_commit = off');
     await writer.query('begin');
     await writer.query('set local synchronous_commit = on');
