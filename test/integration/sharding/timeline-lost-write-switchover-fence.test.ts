@@ -86,6 +86,34 @@ describe("a switchover between the move's read of the source's timeline history 
     await seedUsers(e.shards.get(SOURCE) as pg.Pool, slot, [owner], 1);
     return { p, proxied, e, version, slot, owner };
   };
+  /**
+   * The switchover: the unit's rows, its slot's fence row and the job's permit, capture and change
+   * rows copied from blue (`b`) in place of green's (`g`), as logical replication applies them (no
+   * trigger of green's fires), then A's address (`p`) moved to green and its connections cut.
+   */
+  const switchToGreen = async (s: {
+    readonly p: TcpProxy;
+    readonly b: { urlFor(database: string): string };
+    readonly g: { readonly port: number; urlFor(database: string): string };
+    readonly owner: string;
+    readonly slot: number;
+    readonly jobId: string;
+  }): Promise<void> => {
+    const carry = async (table: string, where: string, value: string): Promise<void> => {
+      const rows = await withClient(s.b.urlFor(SOURCE), async (c) => (await c.query<{ r: unknown }>(`select row_to_json(t) as r from ${table} t where ${where}`, [value])).rows.map((x) => x.r));
+      await withClient(s.g.urlFor(SOURCE), async (c) => {
+        await c.query("set session_replication_role = 'replica'");
+        await c.query(`delete from ${table} t where ${where}`, [value]);
+        for (const row of rows) await c.query(`insert into ${table} overriding system value select * from json_populate_record(null::${table}, $1::json)`, [JSON.stringify(row)]);
+      });
+    };
+    for (const [table, column] of [['users', 'id'], ['documents', 'owner_id'], ['document_keys', 'owner_id']] as const) await carry(table, `${column} = $1::uuid`, s.owner);
+    await carry('write_fences', "kind = 'slot' and unit_id = $1", String(s.slot));
+    for (const table of ['move_permits', 'move_captures', 'move_changes']) await carry(table, 'job_id = $1::bigint', s.jobId);
+    s.p.retarget(s.g.port);
+    await s.p.cut();
+    await s.p.restore();
+  };
   afterAll(async () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
     await blueReplica?.stop().catch(() => undefined);
@@ -100,23 +128,8 @@ describe("a switchover between the move's read of the source's timeline history 
 
     const mover = e.mover({ readerGraceMs: 0, fenceBudgetMs: 30_000 });
     const planned = await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' });
-    /** `table`'s rows `where` on blue, put in place of green's, as the logical replication does. */
-    const carry = async (table: string, where: string, value: string): Promise<void> => {
-      const rows = await withClient(b.urlFor(SOURCE), async (c) => (await c.query<{ r: unknown }>(`select row_to_json(t) as r from ${table} t where ${where}`, [value])).rows.map((x) => x.r));
-      await withClient(g.urlFor(SOURCE), async (c) => {
-        // As logical replication applies changes: no trigger of green's fires (the capture's).
-        await c.query("set session_replication_role = 'replica'");
-        await c.query(`delete from ${table} t where ${where}`, [value]);
-        for (const row of rows) await c.query(`insert into ${table} overriding system value select * from json_populate_record(null::${table}, $1::json)`, [JSON.stringify(row)]);
-      });
-    };
     const switchover = async (): Promise<void> => {
-      for (const [table, column] of [['users', 'id'], ['documents', 'owner_id'], ['document_keys', 'owner_id']] as const) await carry(table, `${column} = $1::uuid`, owner);
-      await carry('write_fences', "kind = 'slot' and unit_id = $1", String(slot));
-      for (const table of ['move_permits', 'move_captures', 'move_changes']) await carry(table, 'job_id = $1::bigint', String(planned.id));
-      p.retarget(g.port);
-      await p.cut();
-      await p.restore();
+      await switchToGreen({ p, b, g, owner, slot, jobId: String(planned.id) });
       // The pool sees its connections to blue closed before the run sends its next statement.
       await new Promise((resolve) => setTimeout(resolve, 300));
     };
@@ -196,15 +209,6 @@ describe("a switchover between the move's read of the source's timeline history 
     if (!pair || !blueReplica || !blue) throw new Error('no servers');
     const [b, g] = [blueReplica, pair.replica];
     const { p, proxied, e, version, slot, owner } = await proxiedSource(pair, b, 200);
-    /** `table`'s rows `where` on blue, put in place of green's, as the logical replication does. */
-    const carry = async (table: string, where: string, value: string): Promise<void> => {
-      const rows = await withClient(b.urlFor(SOURCE), async (c) => (await c.query<{ r: unknown }>(`select row_to_json(t) as r from ${table} t where ${where}`, [value])).rows.map((x) => x.r));
-      await withClient(g.urlFor(SOURCE), async (c) => {
-        await c.query("set session_replication_role = 'replica'");
-        await c.query(`delete from ${table} t where ${where}`, [value]);
-        for (const row of rows) await c.query(`insert into ${table} overriding system value select * from json_populate_record(null::${table}, $1::json)`, [JSON.stringify(row)]);
-      });
-    };
     // After the release, the source's next timeline_history() read goes over a new connection
     // opened with blue's address (the stale DNS answer): the proxy sends that one connection to blue.
     const pool = e.shards.get(SOURCE) as pg.Pool;
@@ -242,12 +246,7 @@ describe("a switchover between the move's read of the source's timeline history 
         if (point !== 'fenced') return;
         // The switchover while the move holds the fence (released on green, another cluster than
         // the fence's: the fence's history and position dropped, the history read again after).
-        for (const [table, column] of [['users', 'id'], ['documents', 'owner_id'], ['document_keys', 'owner_id']] as const) await carry(table, `${column} = $1::uuid`, owner);
-        await carry('write_fences', "kind = 'slot' and unit_id = $1", String(slot));
-        for (const table of ['move_permits', 'move_captures', 'move_changes']) await carry(table, 'job_id = $1::bigint', String(job.id));
-        p.retarget(g.port);
-        await p.cut();
-        await p.restore();
+        await switchToGreen({ p, b, g, owner, slot, jobId: String(job.id) });
         await new Promise((resolve) => setTimeout(resolve, 300));
         released = true;
       },
@@ -313,14 +312,6 @@ describe("a switchover between the move's read of the source's timeline history 
     const pool = new pg.Pool({ connectionString: moverUrl.toString(), max: 4 });
     pool.on('error', () => undefined);
     closers.push(() => pool.end());
-    const carry = async (table: string, where: string, value: string): Promise<void> => {
-      const rows = await withClient(b.urlFor(SOURCE), async (c) => (await c.query<{ r: unknown }>(`select row_to_json(t) as r from ${table} t where ${where}`, [value])).rows.map((x) => x.r));
-      await withClient(g.urlFor(SOURCE), async (c) => {
-        await c.query("set session_replication_role = 'replica'");
-        await c.query(`delete from ${table} t where ${where}`, [value]);
-        for (const row of rows) await c.query(`insert into ${table} overriding system value select * from json_populate_record(null::${table}, $1::json)`, [JSON.stringify(row)]);
-      });
-    };
     const mover = e.mover({ readerGraceMs: 0, fenceBudgetMs: 30_000, shards: new Map([[TARGET, e.shards.get(TARGET) as pg.Pool], [SOURCE, pool]]) });
     const planned = await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' });
     const connect = pool.connect.bind(pool) as (...args: unknown[]) => Promise<pg.PoolClient>;
@@ -335,12 +326,7 @@ describe("a switchover between the move's read of the source's timeline history 
         return (async () => {
           const answer = await query(...a);
           client.on('error', () => undefined);
-          for (const [table, column] of [['users', 'id'], ['documents', 'owner_id'], ['document_keys', 'owner_id']] as const) await carry(table, `${column} = $1::uuid`, owner);
-          await carry('write_fences', "kind = 'slot' and unit_id = $1", String(slot));
-          for (const table of ['move_permits', 'move_captures', 'move_changes']) await carry(table, 'job_id = $1::bigint', String(planned.id));
-          p.retarget(g.port);
-          await p.cut();
-          await p.restore();
+          await switchToGreen({ p, b, g, owner, slot, jobId: String(planned.id) });
           await new Promise((resolve) => setTimeout(resolve, 300));
           return answer;
         })();
