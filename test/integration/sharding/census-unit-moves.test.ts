@@ -15,9 +15,10 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
-import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
+import type { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
 import { keysInSlot, readCommitted, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { rebalancePools } from './fixtures/rebalance-port.js';
 
 let env: MoveEnv;
 let pools: ShardPools;
@@ -25,7 +26,7 @@ let inspector: ShardInspector;
 
 beforeAll(async () => {
   env = await startMoveEnv();
-  pools = ShardPools.fromConfig({ shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, read_replicas: [] })) }, { max: 2 });
+  pools = rebalancePools(env);
   inspector = new ShardInspector(pools, { timeoutMs: 5000 });
 }, 180_000);
 afterAll(async () => {
