@@ -114,6 +114,39 @@ describe("a switchover between the move's read of the source's timeline history 
     await s.p.cut();
     await s.p.restore();
   };
+  /**
+   * `pool`'s checkouts (the mover's: its pool's connect without a callback) watched: after the
+   * first statement `matches` picks is answered, `then` runs (the switchover) before its answer is
+   * handed back, on the connection that read it, which is then closed under its holder (its error
+   * expected). Anything else as it was (a COPY stream is answered at once, not as a promise).
+   * `restore` puts the pool's connect back; `happened` tells whether `then` ran.
+   */
+  const afterFirstRead = (pool: pg.Pool, matches: (sql: string) => boolean, then: () => Promise<void>): { restore(): void; happened(): boolean } => {
+    const connect = pool.connect.bind(pool) as (...args: unknown[]) => Promise<pg.PoolClient>;
+    let done = false;
+    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
+      if (args.length > 0) return connect(...args);
+      const client = await connect();
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+        if (done || typeof a[0] !== 'string' || !matches(a[0])) return query(...a);
+        done = true;
+        return (async () => {
+          const answer = await query(...a);
+          client.on('error', () => undefined);
+          await then();
+          return answer;
+        })();
+      };
+      return client;
+    };
+    return {
+      restore: () => {
+        (pool as unknown as { connect: unknown }).connect = connect;
+      },
+      happened: () => done,
+    };
+  };
   afterAll(async () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
     await blueReplica?.stop().catch(() => undefined);
@@ -135,29 +168,10 @@ describe("a switchover between the move's read of the source's timeline history 
     };
     // The switchover right after the mover's read of A's timeline history, before its fence: on
     // the connection that read it (the mover's checkouts are its pool's connect without a callback).
-    const pool = e.shards.get(SOURCE) as pg.Pool;
-    const connect = pool.connect.bind(pool) as (...args: unknown[]) => Promise<pg.PoolClient>;
-    let switched = false;
-    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
-      if (args.length > 0) return connect(...args);
-      const client = await connect();
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      // Anything else as it was (a COPY stream is answered at once, not as a promise).
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
-        if (switched || typeof a[0] !== 'string' || !a[0].includes('timeline_history()')) return query(...a);
-        switched = true;
-        return (async () => {
-          const answer = await query(...a);
-          // Checked out, this connection is closed under its holder: its error is expected.
-          client.on('error', () => undefined);
-          await switchover();
-          return answer;
-        })();
-      };
-      return client;
-    };
+    const hook = afterFirstRead(e.shards.get(SOURCE) as pg.Pool, (sql) => sql.includes('timeline_history()'), switchover);
     const job = await mover.run(planned.id);
-    (pool as unknown as { connect: unknown }).connect = connect;
+    hook.restore();
+    const switched = hook.happened();
     expect({ switched, state: job.state, error: job.error ?? null }).toEqual({ switched: true, state: 'done', error: null });
 
     const greenId = (await clusterIdOf(g.url)) ?? '';
@@ -314,31 +328,21 @@ describe("a switchover between the move's read of the source's timeline history 
     closers.push(() => pool.end());
     const mover = e.mover({ readerGraceMs: 0, fenceBudgetMs: 30_000, shards: new Map([[TARGET, e.shards.get(TARGET) as pg.Pool], [SOURCE, pool]]) });
     const planned = await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' });
-    const connect = pool.connect.bind(pool) as (...args: unknown[]) => Promise<pg.PoolClient>;
-    let switched = false;
-    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
-      if (args.length > 0) return connect(...args);
-      const client = await connect();
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
-        if (switched || typeof a[0] !== 'string' || !a[0].includes('timeline_history()') || !a[0].includes('pg_control_system')) return query(...a);
-        switched = true;
-        return (async () => {
-          const answer = await query(...a);
-          client.on('error', () => undefined);
-          await switchToGreen({ p, b, g, owner, slot, jobId: String(planned.id) });
-          await new Promise((resolve) => setTimeout(resolve, 300));
-          return answer;
-        })();
-      };
-      return client;
-    };
+    const hook = afterFirstRead(
+      pool,
+      (sql) => sql.includes('timeline_history()') && sql.includes('pg_control_system'),
+      async () => {
+        await switchToGreen({ p, b, g, owner, slot, jobId: String(planned.id) });
+        await new Promise((resolve) => setTimeout(resolve, 300));
+      },
+    );
     let job;
     try {
       job = await mover.run(planned.id);
     } finally {
-      (pool as unknown as { connect: unknown }).connect = connect;
+      hook.restore();
     }
+    const switched = hook.happened();
     expect({ switched, state: job.state, error: job.error ?? null }).toEqual({ switched: true, state: 'done', error: null });
 
     const lsn = blueFork + 2n ** 24n;
