@@ -8,6 +8,7 @@ import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.js';
 import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, seedUsers, type MoveEnv } from './fixtures/move-env.js';
 import { startFailoverPair, type FailoverPair } from './fixtures/failover-pair.js';
+import { interceptCheckouts } from './fixtures/pool-checkouts.js';
 import { documentsApiClientOver, type ApiCall } from './fixtures/move-env-api.js';
 
 const SOURCE = 'shard_b';
@@ -42,35 +43,20 @@ describe("the fence's reads of the source's timeline history, counted", () => {
    */
   const counting = (pool: pg.Pool): { log: string[]; restore: () => void; onHistoryRead?: (client: pg.PoolClient) => Promise<void> } => {
     const log: string[] = [];
-    const connect = pool.connect.bind(pool) as (...args: unknown[]) => Promise<pg.PoolClient>;
-    const wrapped = new WeakSet<pg.PoolClient>();
-    const counter: { log: string[]; restore: () => void; onHistoryRead?: (client: pg.PoolClient) => Promise<void> } = {
-      log,
-      restore: () => {
-        (pool as unknown as { connect: unknown }).connect = connect;
-      },
-    };
-    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
-      if (args.length > 0) return connect(...args);
-      const client = await connect();
-      if (wrapped.has(client)) return client;
-      wrapped.add(client);
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
-        const text = typeof a[0] === 'string' ? a[0] : typeof (a[0] as { text?: unknown } | undefined)?.text === 'string' ? (a[0] as { text: string }).text : '(not text)';
-        log.push(text);
-        const hook = counter.onHistoryRead;
-        if (hook === undefined || !text.includes(HISTORY_READ)) return query(...a);
-        counter.onHistoryRead = undefined;
-        return (async () => {
-          const answer = await query(...a);
-          client.on('error', () => undefined);
-          await hook(client);
-          return answer;
-        })();
-      };
-      return client;
-    };
+    const counter: { log: string[]; restore: () => void; onHistoryRead?: (client: pg.PoolClient) => Promise<void> } = { log, restore: () => undefined };
+    counter.restore = interceptCheckouts(pool, (sent, send, client) => {
+      const text = sent ?? '(not text)';
+      log.push(text);
+      const hook = counter.onHistoryRead;
+      if (hook === undefined || !text.includes(HISTORY_READ)) return send();
+      counter.onHistoryRead = undefined;
+      return (async () => {
+        const answer = await send();
+        client.on('error', () => undefined);
+        await hook(client);
+        return answer;
+      })();
+    }).restore;
     return counter;
   };
   /** The statements of `log` from the fence's read of the history to the fence's end, summarised. */

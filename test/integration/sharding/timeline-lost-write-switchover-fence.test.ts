@@ -8,6 +8,7 @@ import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { migrateDatabase, startTestPostgres, withAdmin, type TestPostgres } from '../../support/postgres.js';
 import { startTestReplica, type TestReplica } from '../../support/replica.js';
 import { startTcpProxy, type TcpProxy } from '../../support/tcp-proxy.js';
+import { afterFirstRead, interceptCheckouts } from './fixtures/pool-checkouts.js';
 import { connectMoveEnv, firstSlotOwnedBy, keysInSlot, seedUsers, type MoveEnv } from './fixtures/move-env.js';
 import { startFailoverPair, type FailoverPair } from './fixtures/failover-pair.js';
 import { documentsApiClientOver, type ApiCall } from './fixtures/move-env-api.js';
@@ -114,39 +115,6 @@ describe("a switchover between the move's read of the source's timeline history 
     await s.p.cut();
     await s.p.restore();
   };
-  /**
-   * `pool`'s checkouts (the mover's: its pool's connect without a callback) watched: after the
-   * first statement `matches` picks is answered, `then` runs (the switchover) before its answer is
-   * handed back, on the connection that read it, which is then closed under its holder (its error
-   * expected). Anything else as it was (a COPY stream is answered at once, not as a promise).
-   * `restore` puts the pool's connect back; `happened` tells whether `then` ran.
-   */
-  const afterFirstRead = (pool: pg.Pool, matches: (sql: string) => boolean, then: () => Promise<void>): { restore(): void; happened(): boolean } => {
-    const connect = pool.connect.bind(pool) as (...args: unknown[]) => Promise<pg.PoolClient>;
-    let done = false;
-    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
-      if (args.length > 0) return connect(...args);
-      const client = await connect();
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
-        if (done || typeof a[0] !== 'string' || !matches(a[0])) return query(...a);
-        done = true;
-        return (async () => {
-          const answer = await query(...a);
-          client.on('error', () => undefined);
-          await then();
-          return answer;
-        })();
-      };
-      return client;
-    };
-    return {
-      restore: () => {
-        (pool as unknown as { connect: unknown }).connect = connect;
-      },
-      happened: () => done,
-    };
-  };
   afterAll(async () => {
     for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
     await blueReplica?.stop().catch(() => undefined);
@@ -226,33 +194,23 @@ describe("a switchover between the move's read of the source's timeline history 
     // After the release, the source's next timeline_history() read goes over a new connection
     // opened with blue's address (the stale DNS answer): the proxy sends that one connection to blue.
     const pool = e.shards.get(SOURCE) as pg.Pool;
-    const connect = pool.connect.bind(pool) as (...args: unknown[]) => Promise<pg.PoolClient>;
-    const wrapped = new WeakSet<pg.PoolClient>();
     let released = false;
     let staleReads = 0;
     let historyReads = 0;
-    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
-      if (args.length > 0) return connect(...args);
-      const client = await connect();
-      if (wrapped.has(client)) return client;
-      wrapped.add(client);
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
-        if (typeof a[0] !== 'string' || !a[0].includes('timeline_history()')) return query(...a);
-        historyReads += 1;
-        if (!released || staleReads > 0) return query(...a);
-        staleReads += 1;
-        return (async () => {
-          p.retarget(b.port);
-          try {
-            return await withClient(proxied, (c) => c.query(a[0] as string));
-          } finally {
-            p.retarget(g.port);
-          }
-        })();
-      };
-      return client;
-    };
+    const watch = interceptCheckouts(pool, (text, send) => {
+      if (text === undefined || !text.includes('timeline_history()')) return send();
+      historyReads += 1;
+      if (!released || staleReads > 0) return send();
+      staleReads += 1;
+      return (async () => {
+        p.retarget(b.port);
+        try {
+          return await withClient(proxied, (c) => c.query(text));
+        } finally {
+          p.retarget(g.port);
+        }
+      })();
+    });
     const mover = e.mover({
       readerGraceMs: 0,
       fenceBudgetMs: 30_000,
@@ -269,7 +227,7 @@ describe("a switchover between the move's read of the source's timeline history 
     try {
       job = await mover.run((await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' })).id);
     } finally {
-      (pool as unknown as { connect: unknown }).connect = connect;
+      watch.restore();
     }
     // The fence's read (blue, the fence's cluster: not read again) and the release's (stale: blue).
     expect({ state: job.state, error: job.error ?? null, staleReads, historyReads }).toEqual({ state: 'done', error: null, staleReads: 1, historyReads: 2 });
