@@ -29,8 +29,14 @@
  * where sending it again is safe: where nothing of the refused statement took effect (a refused
  * function is refused as the statement starts, before it reads or locks a row) and the statement
  * changes nothing, or its transaction is rolled back and no work of the caller's ran in it
- * ({@link withClusterIdReadable}). The opposite (refused, granted later) is kept for the pool's
- * life: it only leaves tokens without the id, read as before.
+ * ({@link withClusterIdReadable}). The opposite (refused, granted later: `GRANT EXECUTE ON
+ * FUNCTION pg_control_system() TO ...`, a switchover back to a cluster where the login has it) was
+ * kept for the pool's life: every token of the pool went without the id, and so every read with
+ * one judged by position and timeline alone (a blue/green switchover not seen), until the process
+ * restarted. A refusal now holds for {@link CLUSTER_ID_RECHECK_MS} (per pool,
+ * {@link recheckClusterIdRefusal}): then the next caller that needs the answer asks again, once,
+ * on its own connection, and the pool's other callers keep the refusal meanwhile (the question is
+ * claimed as it is sent: one statement per pool per interval at most, never one per write).
  */
 import type pg from 'pg';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
@@ -46,6 +52,63 @@ export const CLUSTER_ID_SQL = `(select lpad(to_hex(system_identifier), 16, '0') 
 const readable = new WeakMap<pg.Pool, boolean>();
 
 /**
+ * How long a refusal of the cluster id is kept before it is asked again (ms), unless the pool has
+ * its own ({@link recheckClusterIdRefusal}). A refused question costs one failed statement (an
+ * ERROR line in the server's log) and one round trip on a connection that needs the answer: once
+ * every 5 minutes per pool is nothing beside the pool's traffic, and a grant given is in tokens
+ * within that.
+ */
+export const CLUSTER_ID_RECHECK_MS = 5 * 60_000;
+
+/** When a refusal may be asked again: an interval and the clock it is measured on (monotonic, ms). */
+export interface ClusterIdRecheck {
+  readonly intervalMs: number;
+  readonly now: () => number;
+}
+
+const DEFAULT_RECHECK: ClusterIdRecheck = { intervalMs: CLUSTER_ID_RECHECK_MS, now: () => performance.now() };
+
+/** Per pool, its own {@link ClusterIdRecheck} (tests: a clock of their own, no wall-clock wait). */
+const rechecks = new WeakMap<pg.Pool, ClusterIdRecheck>();
+
+/**
+ * Per pool whose answer is a refusal, when (on its {@link ClusterIdRecheck}'s clock) it was
+ * learned, or last claimed for asking again: the refusal holds until `intervalMs` past it.
+ */
+const refusedAt = new WeakMap<pg.Pool, number>();
+
+/**
+ * Sets how long `pool`'s refusals of the cluster id are kept before they are asked again, and on
+ * which clock (default {@link CLUSTER_ID_RECHECK_MS} on `performance.now()`). Part settings keep
+ * the rest as they were.
+ */
+export function recheckClusterIdRefusal(pool: pg.Pool, recheck: Partial<ClusterIdRecheck>): void {
+  rechecks.set(pool, { ...(rechecks.get(pool) ?? DEFAULT_RECHECK), ...recheck });
+}
+
+/**
+ * `pool`'s {@link ClusterIdRecheck}: also the interval and clock of the other per-pool refusals
+ * kept alike (the mover's of `timeline_history()`, move-port.ts), so that a test sets one clock.
+ */
+export function refusalRecheck(pool: pg.Pool): ClusterIdRecheck {
+  return rechecks.get(pool) ?? DEFAULT_RECHECK;
+}
+
+/** `pool`'s answer as known now: a refusal past its interval is not known (undefined). */
+function knownNow(pool: pg.Pool): boolean | undefined {
+  const known = readable.get(pool);
+  if (known !== false) return known;
+  const { intervalMs, now } = rechecks.get(pool) ?? DEFAULT_RECHECK;
+  return now() - (refusedAt.get(pool) ?? Number.NEGATIVE_INFINITY) >= intervalMs ? undefined : false;
+}
+
+/** Keeps `pool`'s answer as a refusal, learned (or claimed for asking again) now. */
+function refuse(pool: pg.Pool): void {
+  readable.set(pool, false);
+  refusedAt.set(pool, (rechecks.get(pool) ?? DEFAULT_RECHECK).now());
+}
+
+/**
  * Per pool, how many times its answer "may" was forgotten ({@link forgetClusterIdReadable}). A
  * question sent before a forget whose "may" is delivered after it (the statement ran before the
  * REVOKE, its answer came late: a slow connection, a busy event loop) is not kept: it was the
@@ -59,8 +122,11 @@ const forgotten = new WeakMap<pg.Pool, number>();
  * Whether `pool`'s login may read {@link CLUSTER_ID_SQL}: asked on `client` (one of its
  * connections, not in a transaction, where a refusal would abort it, unless `inTransaction` says
  * it is: then behind a savepoint) until one of the pool's
- * connections has answered, then known for the pool's life. A refusal (42501, or 42883 where a
- * provider removed the function) is kept as false; another failure (the connection broke, the
+ * connections has answered, then known: "may" until a statement is refused it
+ * ({@link forgetClusterIdReadable}), a refusal (42501, or 42883 where a provider removed the
+ * function) for its interval ({@link recheckClusterIdRefusal}), after which the first caller asks
+ * again and claims the question (the others keep the refusal, for another interval should the
+ * question fail otherwise, or not come back). Another failure (the connection broke, the
  * caller's deadline cancelled it) is the caller's own, thrown, and asked again next time. Callers
  * that find no answer yet each ask on their own connection, never wait on another's question: a
  * shared question made every write and read of a new pool wait for the first connection's answer
@@ -70,8 +136,10 @@ const forgotten = new WeakMap<pg.Pool, number>();
  * each send it once: a short statement, on connections that are opening anyway.
  */
 export async function clusterIdReadable(pool: pg.Pool, client: pg.ClientBase, options: { readonly inTransaction?: boolean } = {}): Promise<boolean> {
-  const known = readable.get(pool);
+  const known = knownNow(pool);
   if (known !== undefined) return known;
+  // A refusal past its interval: claimed, so that the pool's other callers keep it while this asks.
+  if (readable.get(pool) === false) refuse(pool);
   const forgottenBefore = forgotten.get(pool) ?? 0;
   try {
     // In a transaction (`inTransaction`), behind a savepoint, which a refusal rolls back to: the
@@ -80,7 +148,7 @@ export async function clusterIdReadable(pool: pg.Pool, client: pg.ClientBase, op
   } catch (error) {
     if (!hasSqlState(error, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION)) throw error;
     if (options.inTransaction === true) await client.query('rollback to savepoint cluster_id_question');
-    readable.set(pool, false);
+    refuse(pool);
     return false;
   }
   // A "may" answered before a forget since (see `forgotten`): the caller's, not the pool's.
@@ -144,9 +212,12 @@ export async function withClusterIdReadable<T>(
   }
 }
 
-/** What {@link clusterIdReadable} learned for `pool` (undefined: not asked yet), without asking. */
+/**
+ * What {@link clusterIdReadable} learned for `pool` (undefined: not asked yet, or a refusal past
+ * its interval, to be asked again), without asking.
+ */
 export function clusterIdReadableKnown(pool: pg.Pool): boolean | undefined {
-  return readable.get(pool);
+  return knownNow(pool);
 }
 
 /** The cluster id in a row's `cluster_id` column, when it is one. */

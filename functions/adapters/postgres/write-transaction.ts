@@ -590,8 +590,15 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
     let reroutes = 0;
     let waitedMs = 0;
     let backoffMs = 2;
-    /** Set once a BEGIN of this write was refused the cluster id (see the `cluster-id-refused` outcome below). */
-    let clusterIdRefusedOnce = false;
+    /**
+     * The pools on which a BEGIN of this write was refused the cluster id (see the `cluster-id-refused`
+     * outcome below): once per pool, not per write. A write rerouted meanwhile (a move flipped its
+     * unit's owner) to another shard whose login was refused too (the same provider's revoke, its
+     * pool having learned "may" before) was refused there in turn: counted once for the write, that
+     * refusal failed it with 42501 (test/integration/sharding/cluster-id-revoked.test.ts, h154).
+     * Bounded all the same: by the shards, each pool refused at most once.
+     */
+    const clusterIdRefusedOn = new Set<pg.Pool>();
     for (let attempt = 1; ; attempt++) {
       /** Why this attempt waits, if it does: a fence, or a copy moving in that holds a written id. */
       let waitedFor: 'fence' | 'copy' = 'fence';
@@ -791,10 +798,10 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
         // nothing of the write was done. The pool's answer is forgotten (cluster-identity.ts),
         // asked again on the next attempt's connection, and the write sent again at once, without
         // the id once the login is refused it: kept, every write of the pool failed so until the
-        // process restarted. Once: refused again (another part of the round trip was refused, the
-        // question answered yes), the error is the write's.
-        if (askedClusterId && !begun && !clusterIdRefusedOnce && clusterIdRefused(err)) {
-          clusterIdRefusedOnce = true;
+        // process restarted. Once per pool: refused again there (another part of the round trip
+        // was refused, the question answered yes), the error is the write's.
+        if (askedClusterId && !begun && !clusterIdRefusedOn.has(pool) && clusterIdRefused(err)) {
+          clusterIdRefusedOn.add(pool);
           forgetClusterIdReadable(pool);
           outcome = 'cluster-id-refused';
         } else if (code === 'CAF01' || fenceRowWait) outcome = 'wait';

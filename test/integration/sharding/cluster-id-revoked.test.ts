@@ -2,13 +2,13 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { APPLICATION_ROLE, ensureLogin } from '../../../functions/adapters/postgres/app-role.js';
-import { clusterIdReadableKnown } from '../../../functions/adapters/postgres/cluster-identity.js';
+import { clusterIdReadableKnown, recheckClusterIdRefusal } from '../../../functions/adapters/postgres/cluster-identity.js';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import { commitHeartbeat } from '../../../functions/adapters/postgres/replica-lag.js';
 import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { createShardWriter, type ShardWriter, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
-import { clusterIdFromSystemIdentifier } from '../../../functions/core/sharding/read-token.js';
+import { clusterIdFromSystemIdentifier, formatReadToken } from '../../../functions/core/sharding/read-token.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
 
 const LOGIN = 'revoked_app';
@@ -59,6 +59,26 @@ describe('the cluster id, its grant revoked after the pool learned it may read i
   const insertUser = (writer: ShardWriter) => {
     const id = randomUUID();
     return writer.withShardWrite(id, ({ client, slot }) => client.query("insert into users (id, slot, email, display_name) values ($1, $2, 'revoked@example.org', 'revoked')", [id, slot]));
+  };
+  const grant = (): Promise<unknown> => withClient(primaryUrl, (c) => c.query('grant execute on function pg_control_system() to public'));
+  /** Counts the cluster id questions (`clusterIdReadable`'s own statement) sent on `pool`'s connections from now on. */
+  const countQuestions = (pool: pg.Pool): { readonly count: number } => {
+    const counted = { count: 0 };
+    const wrapped = new WeakSet<pg.PoolClient>();
+    const connect = pool.connect.bind(pool) as () => Promise<pg.PoolClient>;
+    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
+      if (args.length > 0) return (connect as (...a: unknown[]) => unknown)(...args);
+      const client = await connect();
+      if (wrapped.has(client)) return client;
+      wrapped.add(client);
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+        if (typeof a[0] === 'string' && a[0].startsWith('select (select lpad')) counted.count += 1;
+        return query(...a);
+      };
+      return client;
+    };
+    return counted;
   };
   const outcome = <T>(p: Promise<T>): Promise<T | string> => p.catch((e: unknown) => `failed ${(e as { code?: string }).code ?? ''}: ${e instanceof Error ? e.message : String(e)}`);
 
@@ -269,6 +289,93 @@ describe('the cluster id, its grant revoked after the pool learned it may read i
     },
     60_000,
   );
+
+  // A refusal was kept for the pool's life: a login granted pg_control_system() later (a provider's
+  // grant given back, a switchover back to a cluster where the login has it) issued tokens without
+  // `;id=` until the process restarted. Now a refusal holds for its interval, then the next caller
+  // asks again, once (h154). The pool's clock is the test's: no wall-clock wait.
+  it('puts the id back in tokens once the refusal\'s interval has passed after the grant was given again, asking once per interval', async () => {
+    const { writer, primary } = stack();
+    let clock = 0;
+    recheckClusterIdRefusal(primary, { intervalMs: 60_000, now: () => clock });
+    const questions = countQuestions(primary);
+    await revoke();
+    const tokenOf = async (): Promise<string> => formatReadToken((await insertUser(writer)).readToken);
+    const refused = await tokenOf();
+    await grant();
+    const granted = await tokenOf();
+    clock += 59_999;
+    const justBefore = await tokenOf();
+    const asked = questions.count;
+    clock += 1;
+    const after = await tokenOf();
+    const next = await tokenOf();
+    const id = await clusterId();
+
+    expect({ refused, granted, justBefore }).toEqual({ refused: expect.not.stringContaining(';id='), granted: expect.not.stringContaining(';id='), justBefore: expect.not.stringContaining(';id=') });
+    // Before: no `;id=` in any of them, the refusal kept.
+    expect({ after, next }).toEqual({ after: expect.stringMatching(new RegExp(`;id=${id}$`)), next: expect.stringMatching(new RegExp(`;id=${id}$`)) });
+    // One question refused (the first write's), none until the interval passed, then one.
+    expect({ asked, total: questions.count }).toEqual({ asked: 1, total: 2 });
+  }, 60_000);
+
+  it('asks a refusal past its interval again once, not once per concurrent write, and keeps it while still refused', async () => {
+    // Eight connections, all open before the interval passes: each write on its own.
+    const primary = new pg.Pool({ connectionString: asLogin(primaryUrl), max: 8 });
+    primary.on('error', () => undefined);
+    closers.push(() => primary.end());
+    const writer = createShardWriter({ router: { routeForWrite: () => Promise.resolve({ shardId, slot: 7, version: 1, viaDirectory: false }) }, primaries: new Map([[shardId, primary]]) });
+    let clock = 0;
+    recheckClusterIdRefusal(primary, { intervalMs: 1000, now: () => clock });
+    const open = await Promise.all(Array.from({ length: 8 }, () => primary.connect()));
+    for (const client of open) client.release();
+    await revoke();
+    await insertUser(writer);
+    const questions = countQuestions(primary);
+    clock += 1000;
+    const writes = await Promise.all(Array.from({ length: 8 }, () => insertUser(writer)));
+
+    expect(writes.map((w) => w.readToken.clusterId)).toEqual(Array.from({ length: 8 }, () => undefined));
+    expect({ questions: questions.count, known: clusterIdReadableKnown(primary) }).toEqual({ questions: 1, known: false });
+  }, 60_000);
+
+  // A write's BEGIN refused the id was sent again once per request: rerouted meanwhile (a move
+  // flipped its unit's owner) to a second shard whose login was refused too (its pool had learned
+  // "may" before), the second shard's refusal failed the write with 42501 (h154).
+  it('commits a write refused the id on its shard, then rerouted to a second shard that refuses it too', async () => {
+    const { writer: warm, primary } = stack();
+    // The "second shard": another pool (a cache of its own) of the login over the same database,
+    // the write sent there to another slot; the first shard's slot is 'moved' once both learned "may".
+    const second = new pg.Pool({ connectionString: asLogin(primaryUrl), max: 2 });
+    second.on('error', () => undefined);
+    closers.push(() => second.end());
+    const routes: string[] = [];
+    const router: WriteRouter = {
+      routeForWrite: (_key, options) => {
+        const shard = options?.fresh === true ? 'second' : 'first';
+        routes.push(shard);
+        return Promise.resolve({ shardId: shard, slot: shard === 'first' ? 7 : 8, version: 1, viaDirectory: false });
+      },
+    };
+    const writer = createShardWriter({ router, primaries: new Map([['first', primary], ['second', second]]) });
+    await insertUser(warm);
+    await createShardWriter({ router: { routeForWrite: () => Promise.resolve({ shardId: 'second', slot: 8, version: 1, viaDirectory: false }) }, primaries: new Map([['second', second]]) }).withShardWrite(randomUUID(), () => Promise.resolve());
+    const learned = { first: clusterIdReadableKnown(primary), second: clusterIdReadableKnown(second) };
+    await withClient(primaryUrl, (c) => c.query("insert into write_fences (kind, unit_id, state, moved_to, map_version) values ('slot', '7', 'moved', 'second', 2)"));
+    let written: Awaited<ReturnType<typeof insertUser>> | string;
+    try {
+      await revoke();
+      written = await outcome(insertUser(writer));
+    } finally {
+      await withClient(primaryUrl, (c) => c.query("delete from write_fences where kind = 'slot' and unit_id = '7'"));
+    }
+
+    expect(learned).toEqual({ first: true, second: true });
+    // Before: "failed 42501: permission denied for function pg_control_system", from the second shard.
+    expect(typeof written === 'string' ? written : { shardId: written.shardId, clusterId: written.readToken.clusterId }).toEqual({ shardId: 'second', clusterId: undefined });
+    expect(routes).toEqual(['first', 'first', 'second', 'second']);
+    expect({ first: clusterIdReadableKnown(primary), second: clusterIdReadableKnown(second) }).toEqual({ first: false, second: false });
+  }, 60_000);
 
   it("serves a read with a token of the cluster on the replica, whose token check was refused the id, and the heartbeat still measures it", async () => {
     const { writer, reader, pools } = stack();
