@@ -46,7 +46,7 @@ import { moveSlots, type SlotMap } from '../../core/sharding/slot-map.js';
 import { DirectoryVersionConflictError, type DirectoryEntry, type DirectoryStore, type ExpectedDirectoryEntry } from './directory-store.js';
 import { abandonConnection, connectBy, DEADLINE_GRACE_MS, holdToDeadline, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
-import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable, clusterIdReadableKnown, clusterIdRefused, forgetClusterIdReadable } from './cluster-identity.js';
+import { CLUSTER_ID_SQL, clusterIdOfRow, clusterIdReadable, clusterIdReadableKnown, clusterIdRefused, forgetClusterIdReadable, refusalRecheck } from './cluster-identity.js';
 import { differingIds, HASH_RUN_SQL, HashRun, hashValue } from './move-hashes.js';
 import { isNodeFailure } from './replica-reader.js';
 import { toJob, type CopyCursor, type JobRow, type MoveJob, type TableSummaries } from './move-jobs.js';
@@ -795,6 +795,20 @@ function foreignOwnerMessage(job: MoveJob, read: OwnerRead): string {
       : `slot ${job.unitId} was given to ${read.owner ?? 'nobody'} (slot map version ${read.version})`;
   return `${change} while this move ran: that shard is neither the move's source ${job.from} nor its target ${job.to}, so the move cannot publish its target without overwriting the ${job.kind === 'slot' ? 'map' : read.owner === null ? 'hash route' : 'pin'}; it stopped and rolled back its copy on ${job.to}; the unit's rows are on ${job.from}`;
 }
+
+/**
+ * Per shard pool (the mover's own, never a bounded wrapper: see `clusterIdReadable` in the port),
+ * when its login was last refused the source's history (`timeline_history()`: 42501 where the
+ * grant of shard migration 031 is missing or revoked, 42883 where migration 027 is not there), on
+ * the pool's refusal clock ({@link refusalRecheck}): not read again until that interval has
+ * passed. Read again at every move, the refused read cost a failed statement (an ERROR in the
+ * source's log) and, where the login may read the cluster id, the id's question sent again (the
+ * read's refusal forgot its answer): two statements a move, outside the fence, for a history
+ * that was never had (test/integration/sharding/cluster-id-revoked-move.test.ts, h154). Kept,
+ * the move records no history, as a refused read records none: nothing known, reads answer as
+ * before shard migration 014; a grant given later is read at the first move past the interval.
+ */
+const historyRefusedAt = new WeakMap<pg.Pool, number>();
 
 /**
  * The id ranges of `n` copy lanes: equal shares of the UUID space, cut on its first 32 bits
@@ -2311,15 +2325,20 @@ export class PgMovePort implements MovePort<MoveJob> {
     let fencedOn: number | null;
     let fencedAt: string | null = null;
     try {
-      // The lock wait is bounded from the transaction's first statement (a whole number of ms
-      // written into the text), the permit's too.
-      const bounded = `${MOVER_WRITE}; set local lock_timeout = '${Math.max(1, Math.round(this.settings.fenceBudgetMs))}ms'`;
       // Refused the id (a grant revoked since the pool learned it may read it), the fence's
       // transaction was rolled back, nothing fenced: taken again, once, without it
       // (withClusterId). The first answer kept, every fence of the source failed so, until the
       // process restarted.
       fencedOn = await this.withClusterId(job.from, clusterReadable, (withClusterId) => {
         clusterReadable = withClusterId;
+        // The lock wait is bounded from the transaction's first statement (a whole number of ms
+        // written into the text), the permit's too: by what is left of the budget, the whole of
+        // it for the first attempt. A fence sent again (withClusterId) was bounded by the whole
+        // budget again, the first attempt's time (its round trip, the question asked again) not
+        // taken off it: fence and resend together could hold the unit's writers past the budget
+        // (test/integration/sharding/cluster-id-revoked-move.test.ts, h154). Spent, 1 ms: the
+        // wait ends at once (LOCK_NOT_AVAILABLE, the fence not taken, as a fence the budget ran out on).
+        const bounded = `${MOVER_WRITE}; set local lock_timeout = '${Math.max(1, Math.round(this.budgetLeft()))}ms'`;
         return this.write(
           job,
           job.from,
@@ -2475,6 +2494,10 @@ export class PgMovePort implements MovePort<MoveJob> {
    * paired with another cluster's id read by another statement.
    */
   private async sourceTimeline(shard: string, withClusterId: boolean): Promise<SourceTimeline> {
+    const own = this.options.shards.get(shard) ?? this.pool(shard);
+    // The history refused the mover's login lately (see `historyRefusedAt`): not asked again yet.
+    const recheck = refusalRecheck(own);
+    if (recheck.now() - (historyRefusedAt.get(own) ?? Number.NEGATIVE_INFINITY) < recheck.intervalMs) return { timeline: null, history: null };
     try {
       const { rows } = await this.pool(shard).query<{ timeline: string | null; history: string | null; cluster_id?: string }>(
         `select timeline::text as timeline, history${withClusterId ? `, ${CLUSTER_ID_SQL} as cluster_id` : ''} from timeline_history()`,
@@ -2490,9 +2513,12 @@ export class PgMovePort implements MovePort<MoveJob> {
       // is read again without it (kept, the fence that follows failed too, and the history was
       // lost to the move's record; cluster-identity.ts).
       if (withClusterId) {
-        forgetClusterIdReadable(this.options.shards.get(shard) ?? this.pool(shard));
+        forgetClusterIdReadable(own);
         if (!(await this.clusterIdReadable(shard))) return this.sourceTimeline(shard, false);
       }
+      // The history itself was refused (read without the id, or the id asked again and allowed):
+      // kept for the pool, as a refusal of the id is (see `historyRefusedAt`).
+      historyRefusedAt.set(own, recheck.now());
       return { timeline: null, history: null };
     }
   }

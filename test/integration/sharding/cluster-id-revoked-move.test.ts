@@ -40,12 +40,16 @@ describe("a move off a source whose mover login was refused pg_control_system() 
   };
   const revoke = (): Promise<unknown> => withClient(sourceUrl, (c) => c.query('revoke execute on function pg_control_system() from public'));
   /** Moves the next slot of the source to the target with a mover over `shards`; the job's state, or the run's error. */
-  const moveOff = async (shards: Map<string, pg.Pool>, hook?: (point: MoveHookPoint) => Promise<void>): Promise<{ slot: number; owner: string; outcome: string; id: string | null }> => {
+  const moveOff = async (
+    shards: Map<string, pg.Pool>,
+    hook?: (point: MoveHookPoint) => Promise<void>,
+    options: { readonly fenceBudgetMs?: number; readonly clock?: () => number } = {},
+  ): Promise<{ slot: number; owner: string; outcome: string; id: string | null }> => {
     const slot = await firstSlotOwnedBy(env, SOURCE, from);
     from = slot + 1;
     const [owner] = keysInSlot(slot, 1) as [string];
     await seedUsers(env.shards.get(SOURCE) as pg.Pool, slot, [owner], 1);
-    const mover = env.mover({ readerGraceMs: 0, shards, ...(hook === undefined ? {} : { hook }) });
+    const mover = env.mover({ readerGraceMs: 0, shards, ...(hook === undefined ? {} : { hook }), ...options });
     const job = await mover.plan({ kind: 'slot', slot, to: TARGET, createdBy: 'test' });
     const outcome = await mover.run(job.id).then(
       (j) => `${j.state}${j.error ? `: ${j.error}` : ''}`,
@@ -123,6 +127,115 @@ describe("a move off a source whose mover login was refused pg_control_system() 
     // Before: "threw: move job #.. stopped in cutover: permission denied for function pg_control_system".
     expect({ revoked, outcome: moved.outcome, recorded: moved.id }).toEqual({ revoked: true, outcome: 'done', recorded: null });
     expect(await write(moved.owner)).toBe(`written on ${TARGET}`);
+  }, 120_000);
+
+  // The fence refused the id is taken again without it, its lock wait bounded from the
+  // transaction's first statement by a lock_timeout written into the text: the whole fence budget
+  // again, the first attempt's time (its round trip, the question asked again) not taken off it,
+  // so fence and resend together could hold the unit's writers past the budget (h154). The
+  // mover's clock is stepped by 400 ms while the refused fence's answer comes back.
+  it("bounds the fence sent again without the id by what is left of the fence budget", async () => {
+    const { shards, pool } = moverShards();
+    let stepMs = 0;
+    let revoked = false;
+    const fences: { lockTimeoutMs: number; withId: boolean }[] = [];
+    const BUDGET = 2000;
+    const wrapped = new WeakSet<pg.PoolClient>();
+    const connect = pool.connect.bind(pool) as () => Promise<pg.PoolClient>;
+    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
+      if (args.length > 0) return (connect as (...a: unknown[]) => unknown)(...args);
+      const client = await connect();
+      // A pooled client is lent again: wrapped once.
+      if (wrapped.has(client)) return client;
+      wrapped.add(client);
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      let lockTimeoutMs: number | undefined;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+        const text = typeof a[0] === 'string' ? a[0] : '';
+        const bound = /set local lock_timeout = '(\d+)ms'/.exec(text);
+        if (bound !== null) lockTimeoutMs = Number(bound[1]);
+        if (text.includes("set state = 'fenced'") && lockTimeoutMs !== undefined) {
+          const withId = text.includes('pg_control_system');
+          fences.push({ lockTimeoutMs, withId });
+          // The refused fence took 400 ms (on the mover's clock) to come back.
+          if (withId && revoked) {
+            return (async () => {
+              try {
+                return await (query(...a) as Promise<unknown>);
+              } finally {
+                stepMs += 400;
+              }
+            })();
+          }
+        }
+        // The grant goes right after the fence's read of the source's history (which still read the id).
+        if (revoked || !text.includes('from timeline_history()') || !text.includes('pg_control_system')) return query(...a);
+        revoked = true;
+        return (async () => {
+          const answer = await (query(...a) as Promise<unknown>);
+          await revoke();
+          return answer;
+        })();
+      };
+      return client;
+    };
+    const moved = await moveOff(shards, undefined, { fenceBudgetMs: BUDGET, clock: () => performance.now() + stepMs });
+
+    expect({ outcome: moved.outcome, withId: fences.map((f) => f.withId) }).toEqual({ outcome: 'done', withId: [true, false] });
+    const [first, resent] = fences as [(typeof fences)[0], (typeof fences)[0]];
+    expect(first.lockTimeoutMs).toBeGreaterThanOrEqual(BUDGET - 1);
+    // Before: 2000 ms again. Now at most the budget less the 400 ms the first attempt took.
+    expect(resent.lockTimeoutMs).toBeLessThanOrEqual(BUDGET - 400);
+    expect(resent.lockTimeoutMs).toBeGreaterThan(0);
+  }, 120_000);
+
+  // A mover refused timeline_history() (its grant, shard migration 031, not given or revoked) but
+  // allowed the cluster id: the history's read with the id was refused, the id's answer forgotten
+  // and asked again (yes), at every move: a statement more per move, outside the fence, besides
+  // the refused read itself (h154). Now the history's refusal is kept for the pool, as the id's
+  // is: no read of it, nor question, until its interval has passed.
+  it('asks neither the history nor the cluster id again at each move of a mover refused timeline_history() but allowed the id', async () => {
+    const { shards, pool } = moverShards();
+    const sent: string[] = [];
+    const wrapped = new WeakSet<pg.PoolClient>();
+    const connect = pool.connect.bind(pool) as () => Promise<pg.PoolClient>;
+    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
+      if (args.length > 0) return (connect as (...a: unknown[]) => unknown)(...args);
+      const client = await connect();
+      if (wrapped.has(client)) return client;
+      wrapped.add(client);
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+        if (typeof a[0] === 'string') sent.push(a[0]);
+        return query(...a);
+      };
+      return client;
+    };
+    const counted = (): { questions: number; histories: number } => {
+      const texts = sent.splice(0);
+      return { questions: texts.filter((t) => t.startsWith('select (select lpad')).length, histories: texts.filter((t) => t.includes('from timeline_history()')).length };
+    };
+    await withClient(sourceUrl, (c) => c.query(`revoke execute on function timeline_history() from ${MOVER_ROLE}`));
+    let first: Awaited<ReturnType<typeof moveOff>>;
+    let second: Awaited<ReturnType<typeof moveOff>>;
+    let third: Awaited<ReturnType<typeof moveOff>>;
+    const statements: { questions: number; histories: number }[] = [];
+    try {
+      first = await moveOff(shards);
+      statements.push(counted());
+      second = await moveOff(shards);
+      statements.push(counted());
+      third = await moveOff(shards);
+      statements.push(counted());
+    } finally {
+      await withClient(sourceUrl, (c) => c.query(`grant execute on function timeline_history() to ${MOVER_ROLE}`));
+    }
+
+    // Each move records the fence's cluster id (the login may read it), none a history.
+    expect([first, second, third].map((m) => ({ outcome: m.outcome, recorded: m.id !== null }))).toEqual(Array.from({ length: 3 }, () => ({ outcome: 'done', recorded: true })));
+    // The first move: the pool's question, the refused read, the question asked again. Before,
+    // every later move: the refused read and the question again (1 and 1); now neither.
+    expect(statements).toEqual([{ questions: 2, histories: 1 }, { questions: 0, histories: 0 }, { questions: 0, histories: 0 }]);
   }, 120_000);
 
   it('releases the fence of a move whose grant went between its flip and its release: the unit is not left fenced', async () => {
