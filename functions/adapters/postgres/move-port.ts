@@ -837,6 +837,8 @@ export class PgMovePort implements MovePort<MoveJob> {
   private pre: PreVerified | null = null;
   /** The job whose destination this run has named on the source's capture row (see {@link nameDestination}). */
   private hinted: number | null = null;
+  /** By job, the keys a slot move leaves on its source ({@link setAside}). */
+  private readonly keysSetAside = new Map<number, readonly string[]>();
   /** The condition every write of the job row carries: the run's lease (its epoch and its holder) is still the job's. */
   private readonly mine: string;
   /** The run's lease epoch, which its writes on the shards carry too (see {@link write}). */
@@ -1257,9 +1259,63 @@ export class PgMovePort implements MovePort<MoveJob> {
     if (rows[0]?.c) throw new MoveCancelled();
   }
 
-  /** `where` clause selecting the unit's rows of a table, with its parameters from `$first` (see {@link unitFilterOf}). */
+  /**
+   * `where` clause selecting the unit's rows of a table, with its parameters from `$first` (see
+   * {@link unitFilterOf}): for a slot move of this port's, less the rows of the keys it sets aside
+   * on its source ({@link setAside}), on either side.
+   */
   private unitFilter(job: UnitRef, table: TableName, first: number, alias = ''): { sql: string; params: unknown[] } {
-    return unitFilterOf(job, table, first, alias);
+    return unitFilterOf(this.withSetAside(job), table, first, alias);
+  }
+
+  /** `job` with the keys {@link setAside} found for it on its source added to its excluded keys, for the row filters alone (never written to a fence row or a capture). */
+  private withSetAside<J extends UnitRef>(job: J): J {
+    const id = (job as Partial<MoveJob>).id;
+    const aside = job.kind === 'slot' && id !== undefined ? this.keysSetAside.get(id) : undefined;
+    return aside === undefined || aside.length === 0 ? job : { ...job, excludedKeys: [...job.excludedKeys, ...aside] };
+  }
+
+  /**
+   * The keys whose rows under a slot a move of it leaves on its source (issue #15, h153): keys
+   * with a `directory` fence row of their own there in another state than `open` (`moved` by a
+   * directory move or a hand change, `incoming` to a move of the key, `fenced` by one), owning
+   * rows under the slot (their id's slot another: a restore, a write past the triggers; or a key
+   * of the slot not pinned to it any more). That row decides for each of their rows there, under
+   * whatever slot (the trigger's rule, shard migration 004; `rowFenceStateSql`): they are not the
+   * slot's, and the census takes them off its unit (shard-inspector.ts, `notOwnedRowsSql`). The
+   * slot's excluded keys (the keys pinned whose id's slot it is) left out rows only of the keys
+   * hashing to the slot, so the copy took such a row to the slot's new owner, where the key's
+   * fence is open or the key unknown: a stale row served there as current (a user deleted or
+   * changed on the shard the key moved to, back with its old data). Left out of the copy, the
+   * catch-up, the comparison and the clean-up alike (one filter, {@link unitFilter}), and never
+   * deleted: not the move's to delete (the clean-up's note counts them).
+   *
+   * Read once per job and run, on the first step that reads the unit's rows, and kept for the
+   * run: the comparison under the fence reads no more, and the two sides are always compared
+   * over the same rows (the target's fences say nothing of the source's). A later run reads them
+   * again. A key's row changed between two runs moves its rows into or out of the unit with no
+   * write the capture logs: one that came in (the key's row opened: a move of the key back) is
+   * missing on the target, and the comparison fails the move, which rolls back (nothing lost);
+   * one that went out (the key moved away meanwhile) keeps its copy on the target, as before
+   * this filter (issue #15, h153's report). Such keys are a handful
+   * (a key is fenced on a shard only while moving, or as the leftover of a move), each probed
+   * through the owner indexes; sent with the unit's excluded keys, an anti-join on a short array.
+   */
+  private async setAside(job: MoveJob): Promise<void> {
+    if (job.kind !== 'slot' || this.keysSetAside.has(job.id)) return;
+    const { rows } = await this.pool(job.from).query<{ key: string }>(
+      // Materialized: only keys in the canonical UUID form (a tenant name owns no row) are cast.
+      `with f as materialized (select unit_id as key from write_fences
+                                where kind = 'directory' and state <> 'open' and unit_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' and not (unit_id = any($2::text[]))),
+            k as materialized (select key, key::uuid as id from f)
+       select k.key from k
+        where exists (select 1 from users u where u.id = k.id and u.slot = $1::int)
+           or exists (select 1 from documents d where d.owner_id = k.id and d.slot = $1::int)
+           or exists (select 1 from document_keys r where r.owner_id = k.id and r.slot = $1::int)
+        order by 1`,
+      [Number(job.unitId), job.excludedKeys],
+    );
+    this.keysSetAside.set(job.id, rows.map((r) => r.key));
   }
 
   async prepareSource(job: MoveJob): Promise<void> {
@@ -1712,6 +1768,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   async copy(start: MoveJob): Promise<MoveJob> {
     let job = start;
+    await this.setAside(job);
     let cursor: CopyCursor = job.copyCursor ?? this.freshCursor('users');
     const source = this.pool(job.from);
     const target = this.pool(job.to);
@@ -2098,7 +2155,8 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /** {@link unitFilter} with its values written as SQL literals, for COPY (which takes no parameters). */
-  private unitFilterLiteral(job: MoveJob, table: TableName, client: pg.ClientBase): string {
+  private unitFilterLiteral(start: MoveJob, table: TableName, client: pg.ClientBase): string {
+    const job = this.withSetAside(start);
     const owner = TABLES.find((t) => t.name === table)?.owner ?? 'id';
     if (job.kind === 'slot') {
       const slot = Number(job.unitId);
@@ -2111,6 +2169,7 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   async catchUp(job: MoveJob, until: 'few' | 'all'): Promise<boolean> {
+    await this.setAside(job);
     if (this.hinted !== job.id) {
       await this.nameDestination(job);
       this.hinted = job.id;
@@ -2283,6 +2342,7 @@ export class PgMovePort implements MovePort<MoveJob> {
    * last changes and the comparison of the rows changed since.
    */
   async fence(job: MoveJob): Promise<boolean> {
+    await this.setAside(job);
     if (this.pre?.jobId !== job.id || (await this.targetChanges(job)) > RECHECK_LIMIT) await this.whileCatchingUp(job, () => this.preVerify(job));
     // The full comparison leaves behind every change applied while it read both sides (thousands
     // under 8 writers, 185-204 ms of a 255-300 ms fence to compare again). Each round compares
@@ -2746,6 +2806,9 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   async verify(job: MoveJob): Promise<VerifyOutcome> {
+    // Read already by the catch-up before the fence (one round trip more, held under it, only in a
+    // run that began here).
+    await this.setAside(job);
     const left = this.budgetLeft();
     if (left <= 0) return { kind: 'over_budget' };
     const pre = this.pre?.jobId === job.id ? this.pre : null;
@@ -3048,6 +3111,11 @@ export class PgMovePort implements MovePort<MoveJob> {
    * waits for the target to open.
    */
   async releaseFence(job: MoveJob): Promise<void> {
+    // Read by the catch-up before the fence in a run that got there; in one that begins here (past
+    // the flip) a source not answering must not keep the fence from being given up: its last
+    // catch-up then filters by the excluded keys alone (the rows set aside take no write through
+    // the triggers, so none is captured), and the clean-up reads them again.
+    await this.setAside(job).catch(() => undefined);
     await this.givingFenceUp(() => this.releaseFenceForward(job));
   }
 
@@ -3186,6 +3254,7 @@ export class PgMovePort implements MovePort<MoveJob> {
   async cleanUp(start: MoveJob): Promise<MoveJob> {
     const job = await this.reload(start);
     const source = this.pool(job.from);
+    await this.setAside(job);
     await this.stopSourceCapture(job);
     // The target's capture stopped as its fence opened; this sweeps what ended captures left there.
     await this.stopTargetCapture(job);
@@ -3198,7 +3267,16 @@ export class PgMovePort implements MovePort<MoveJob> {
       if (n > 0) await this.updateJob('rows_deleted = rows_deleted + $2', [n], job);
       if (this.options.timeUp?.()) throw new MovePaused(`move job #${job.id}: this run's time is up in the clean-up; the next run resumes it`);
     });
-    const note = kept > 0 ? `clean-up kept ${kept} user row(s) on ${job.from} that still own documents outside the moved unit` : null;
+    const aside = await this.leftAside(source, job);
+    const notes = [
+      ...(kept > 0 ? [`clean-up kept ${kept} user row(s) on ${job.from} that still own documents outside the moved unit`] : []),
+      ...(aside > 0
+        ? [
+            `clean-up left ${aside} row(s) on ${job.from} of keys fenced there by a unit of their own (a 'moved', 'incoming' or 'fenced' directory row: rows of the key, not the slot's, neither copied nor deleted; docs/sharding-spec.md section 9, "Rows of a key fenced by its own row")`,
+          ]
+        : []),
+    ];
+    const note = notes.length > 0 ? notes.join('; ') : null;
     // Errors of earlier attempts are moot once the clean-up has finished; the note is not.
     return this.updateJob('error = $2', [note], job);
   }
@@ -3257,6 +3335,20 @@ export class PgMovePort implements MovePort<MoveJob> {
     await this.deleteUnit(job, job.from, 'users', begin, OWNS_NOTHING, afterBatch);
     const left = this.unitFilter(job, 'users', 1, 'u.');
     const { rows } = await pool.query<{ n: number }>(`select count(*)::int as n from users u where ${left.sql}`, left.params);
+    return rows[0]?.n ?? 0;
+  }
+
+  /** How many rows of the slot's keys set aside ({@link setAside}) are left on `pool` (the source, after its clean-up). */
+  private async leftAside(pool: pg.Pool, job: MoveJob): Promise<number> {
+    await this.setAside(job);
+    const keys = job.kind === 'slot' ? (this.keysSetAside.get(job.id) ?? []) : [];
+    if (keys.length === 0) return 0;
+    const { rows } = await pool.query<{ n: number }>(
+      `select ((select count(*) from users where slot = $1::int and id::text = any($2::text[]))
+             + (select count(*) from documents where slot = $1::int and owner_id::text = any($2::text[]))
+             + (select count(*) from document_keys where slot = $1::int and owner_id::text = any($2::text[])))::int as n`,
+      [Number(job.unitId), keys],
+    );
     return rows[0]?.n ?? 0;
   }
 
@@ -3395,7 +3487,12 @@ export class PgMovePort implements MovePort<MoveJob> {
     const ours = targetRow?.state === 'incoming' && Number(targetRow.job_id) === job.id;
     if (ours && targetRow.unchecked) await this.undoUncheckedFence(job);
     const ownCopy = ours && !targetRow.unchecked;
-    if (ownCopy) await this.deleteCopy(job);
+    if (ownCopy) {
+      // The target's rows of keys the source fences by a row of their own are no part of the copy
+      // (see setAside): a key moved to the target holds them there as its own.
+      await this.setAside(job);
+      await this.deleteCopy(job);
+    }
     // The source's capture ends only once the copy is gone: while it runs, another move from this
     // source whose rows meet this copy's stale rows on the target (documents handed between the
     // units) may clear them (see clearStaleCopies); stopped first, it would be stopped on them
