@@ -223,7 +223,7 @@ const idempotencyKey = z
   .optional();
 const createDocumentHeaders = z.object({
   'idempotency-key': idempotencyKey.describe(
-    `makes the POST safe to send again: a retry with the same key and the same body answers the document the first attempt created, as it is now (201, \`Idempotent-Replayed: true\`) instead of creating a second; the same key with another body (title and content, compared with the first request's, not with the document) is a 422; a 409 once the document was deleted or belongs to another owner. Keys belong to the owner and are remembered for ${IDEMPOTENCY_KEY_RETENTION_MS / 3_600_000} hours from their first use, whatever becomes of the document; an expired key is a new key. ${IDEMPOTENCY_KEY_FORM}`,
+    `makes the POST safe to send again: a retry with the same key and the same body answers the document the first attempt created, as it is now (201, \`Idempotent-Replayed: true\`) instead of creating a second; the same key with another body (title and content, compared with the first request's, not with the document) is a 422; a 409 once the document was deleted or belongs to another owner, or while an earlier request with the key is still being written and this one cannot wait for it within its deadline (its shard login's own lock_timeout ending each wait). Keys belong to the owner and are remembered for ${IDEMPOTENCY_KEY_RETENTION_MS / 3_600_000} hours from their first use, whatever becomes of the document; an expired key is a new key. ${IDEMPOTENCY_KEY_FORM}`,
   ),
 });
 
@@ -537,6 +537,26 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   return parsed;
 }
 
+/**
+ * Whether a keyed write failed because the session's own `lock_timeout` (a role's setting,
+ * shorter than the request's deadline) ended its wait for a row of `document_keys` another
+ * transaction holds: another request of the owner's keys in flight, uncommitted (a retry of the
+ * same key meeting the first attempt's record on the primary key: "while inserting index tuple
+ * (0,1) in relation "document_keys"", pg's innermost context, whose tuple id and relation name
+ * stay as they are in every lc_messages language; or a prune of an expired record the other holds).
+ */
+function waitedOnKeyRecord(error: unknown): boolean {
+  if (!(error instanceof ShardWriteError) || error.reason !== 'cancelled') return false;
+  const timeout = error.cause;
+  if (!(timeout instanceof SessionTimeoutError) || timeout.setting !== 'lock_timeout') return false;
+  const where = (timeout.cause as { where?: unknown } | null)?.where;
+  const innermost = typeof where === 'string' ? (where.split('\n', 1)[0] ?? '') : '';
+  return /\(\d+,\d+\)/.test(innermost) && innermost.includes('"document_keys"');
+}
+
+/** How much of the request's deadline a keyed write's retry keeps past its back-off to be sent again (see createDocument). */
+const KEY_RECORD_WAIT_MARGIN_MS = 25;
+
 /** A request's deadline: an instant, and what is left of it as a `deadlineMs`. */
 interface Deadline {
   readonly at: number;
@@ -747,9 +767,9 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     return { at, left: () => at - Date.now() };
   };
   /** A write held to the request's deadline; one that may have been committed names where to look for it (`check`). */
-  const write = async <T>(key: string, check: string, fn: (ctx: ShardWriteContext) => Promise<T>, keyed = false): Promise<ShardWriteResult<T>> => {
+  const write = async <T>(key: string, check: string, fn: (ctx: ShardWriteContext) => Promise<T>, keyed = false, deadline: Deadline = startDeadline()): Promise<ShardWriteResult<T>> => {
     try {
-      return await deps.writer.withShardWrite(key, fn, { deadlineMs: startDeadline().left() });
+      return await deps.writer.withShardWrite(key, fn, { deadlineMs: deadline.left() });
     } catch (error) {
       if (error instanceof ShardWriteError && error.reason === 'outcome-unknown') throw new WriteOutcomeUnknownError(check, keyed, error);
       throw error;
@@ -918,7 +938,8 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       | { readonly kind: 'replayed'; readonly row: DocumentRow | undefined; readonly documentId: string }
       | { readonly kind: 'misused'; readonly documentId: string }
       | { readonly kind: 'released' };
-    const result = await write(
+    const deadline = startDeadline();
+    const attempt = (): Promise<ShardWriteResult<Outcome | undefined>> => write(
       body.owner_id,
       `${location}&consistency=primary`,
       async ({ client, slot }): Promise<Outcome | undefined> => {
@@ -951,7 +972,35 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
         return { kind: 'replayed', row: rows[0], documentId: record.document_id };
       },
       key !== undefined,
+      deadline,
     );
+    // A retry of a request still in flight waits on the primary key for the first attempt's key
+    // record, uncommitted, and answers what that attempt made once it commits (or claims the key
+    // itself once it rolls back). A shard login whose role sets a short lock_timeout (an
+    // operator's limit on every lock wait: 1 ms, say) ended that wait at once, and the retry was
+    // a 503 "the shard cancelled the write" where a login without the setting got its 201
+    // (keyed-retry-role-lock-timeout.test.ts; h155, issue #15). So the write is sent again, each
+    // wait within the login's limit, after a short back-off, as the writer does for a fence row
+    // (write-transaction.ts, lockWaitOnFenceRow), until the request's deadline; at it, a 409 naming
+    // the attempt in flight (draft-ietf-httpapi-idempotency-key-header: a request whose key is
+    // being processed), not a 503 blaming the shard. Nothing was written by any of these attempts.
+    let result: ShardWriteResult<Outcome | undefined>;
+    for (let backoffMs = 2; ; backoffMs = Math.min(backoffMs * 2, 50)) {
+      try {
+        result = await attempt();
+        break;
+      } catch (error) {
+        if (key === undefined || !waitedOnKeyRecord(error)) throw error;
+        // Not sent again once too little is left for an attempt to meet the record before the
+        // deadline does (a timer's lateness on a loaded host included): that attempt would end
+        // as the deadline's (a 503), telling nothing of the request in flight.
+        if (deadline.left() <= backoffMs + KEY_RECORD_WAIT_MARGIN_MS) {
+          const reason = `an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), and this one could not wait for it within its ${deadlineMs} ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered`;
+          throw new HttpProblem({ status: 409, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }], headers: { 'retry-after': '1' } });
+        }
+        await new Promise((resolve) => setTimeout(resolve, backoffMs));
+      }
+    }
     if (!result.value) throw new HttpProblem({ status: 422, detail: `body.owner_id: there is no user ${body.owner_id}; create the user first`, invalid: [{ name: 'body.owner_id', reason: 'no such user' }] });
     const outcome = result.value;
     const headers = { 'x-read-token': formatReadToken(result.readToken) };

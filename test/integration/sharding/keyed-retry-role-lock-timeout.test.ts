@@ -1,0 +1,96 @@
+/**
+ * A keyed write (`POST /api/v1/documents` with an `Idempotency-Key`) sent again while its first
+ * attempt is still in flight meets that attempt's uncommitted `document_keys` row on the record's
+ * primary key (shard migration 021) and waits for it: once the first commits, the retry answers
+ * the document it created (201, `Idempotent-Replayed: true`); if it rolls back, the retry claims
+ * the key itself (docs/sharding-spec.md section 10). Under a login whose role sets `lock_timeout`
+ * (an operator's limit on every lock wait, 1 ms here), that wait was ended at once and the retry
+ * answered 503 ("the shard cancelled the write"), where a login without the setting waited and got
+ * its 201. Now the retry is sent again, each wait within the login's limit, until the request's
+ * deadline; at it, a 409 naming the request in flight (h155, issue #15).
+ */
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { idempotencyKeyId } from '../../../functions/local/documents-api.js';
+import { startKeyedApi, type KeyedApi } from './fixtures/keyed-writes.js';
+import { firstSlotOwnedBy, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+let env: MoveEnv;
+const pools: pg.Pool[] = [];
+const apis: KeyedApi[] = [];
+beforeAll(async () => {
+  env = await startMoveEnv();
+}, 120_000);
+afterAll(async () => {
+  await Promise.all(apis.splice(0).map((a) => a.close()));
+  await Promise.all(pools.splice(0).map((p) => p.end()));
+  await env?.stop();
+});
+
+/** The documents API over a writer whose login's role sets lock_timeout to `ms`. */
+async function apiWithLockTimeout(ms: number, deadlineMs = 10_000): Promise<KeyedApi> {
+  const primaries = new Map(
+    Object.entries(env.urls.shards).map(([id, url]) => {
+      const pool = new pg.Pool({ connectionString: url, max: 4, options: `-c lock_timeout=${ms}` });
+      pool.on('error', () => undefined);
+      pools.push(pool);
+      return [id, pool] as const;
+    }),
+  );
+  const { writer, reader } = await otherProcess(env, { ttlMs: 0, primaries });
+  const api = await startKeyedApi({ writer, reader, shards: primaries }, { deadlineMs });
+  apis.push(api);
+  return api;
+}
+
+describe("a keyed write's retry while its first attempt is in flight, its login's role setting lock_timeout to 1 ms", () => {
+  it.each([
+    { first: 'commits 300 ms later', commit: true as boolean | undefined, from: 100, holdMs: 300, deadlineMs: 10_000 },
+    { first: 'rolls back 300 ms later', commit: false as boolean | undefined, from: 200, holdMs: 300, deadlineMs: 10_000 },
+    { first: "is still in flight at the retry's 1 s deadline", commit: undefined, from: 300, holdMs: 1500, deadlineMs: 1000 },
+  ])('the first attempt $first: the retry answers as it would have without the setting, or 409 naming the attempt in flight', async ({ commit, from, holdMs, deadlineMs }) => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', from);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    const shard = env.shards.get('shard_a') as pg.Pool;
+    await seedUsers(shard, slot, [owner], 0);
+    const api = await apiWithLockTimeout(1, deadlineMs);
+    const key = `retry-${from}`;
+    const body = { owner_id: owner, title: 'in flight', content: { n: 1 } };
+    // The first attempt, in flight: its document and its key record written, not committed.
+    const first = await shard.connect();
+    first.on('error', () => undefined);
+    const firstDoc = (await shard.query<{ id: string }>('select gen_random_uuid()::text as id')).rows[0]?.id as string;
+    let answer;
+    try {
+      await first.query('begin');
+      await first.query(`insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5)`, [firstDoc, owner, slot, body.title, JSON.stringify(body.content)]);
+      await first.query(
+        `insert into document_keys (id, owner_id, slot, document_id, request_digest, created_at) values ($1, $2, $3, $4, idempotency_request_digest($5::text, $6::jsonb), now())`,
+        [idempotencyKeyId(owner, key), owner, slot, firstDoc, body.title, JSON.stringify(body.content)],
+      );
+      const retry = api.post(body, key);
+      await new Promise((r) => setTimeout(r, holdMs));
+      if (commit === undefined) answer = await retry;
+      await first.query(commit === false ? 'rollback' : 'commit');
+      answer ??= await retry;
+    } finally {
+      await first.query('rollback').catch(() => undefined);
+      first.release();
+    }
+    const documents = (await shard.query<{ n: number }>(`select count(*)::int as n from documents where owner_id = $1`, [owner])).rows[0]?.n;
+    expect({ status: answer.status, replayed: answer.replayed, first: answer.body.id === firstDoc, documents, detail: answer.body.detail }).toEqual(
+      commit === true
+        ? { status: 201, replayed: true, first: true, documents: 1, detail: undefined }
+        : commit === false
+          ? { status: 201, replayed: false, first: false, documents: 1, detail: undefined }
+          : {
+              status: 409,
+              replayed: false,
+              first: false,
+              documents: 1,
+              detail:
+                "header.idempotency-key: an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), and this one could not wait for it within its 1000 ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered",
+            },
+    );
+  }, 30_000);
+});
