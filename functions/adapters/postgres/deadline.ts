@@ -138,10 +138,26 @@ export class DeadlinePassedError extends Error {
 
 /**
  * The session's own timeouts a request can meet before its deadline: `statement_timeout` (57014,
- * "canceling statement due to statement timeout") and `lock_timeout` (55P03, "canceling statement
- * due to lock timeout"), each set by a role's or database's default or by the request's own code.
+ * "canceling statement due to statement timeout"), `lock_timeout` (55P03, "canceling statement
+ * due to lock timeout") and `idle_in_transaction_session_timeout` (25P03, a FATAL: the server ends
+ * the transaction and closes the connection), each set by a role's or database's default or by the
+ * request's own code.
  */
-export type SessionTimeoutSetting = 'statement_timeout' | 'lock_timeout';
+export type SessionTimeoutSetting = 'statement_timeout' | 'lock_timeout' | 'idle_in_transaction_session_timeout';
+
+/** SQLSTATE idle_in_transaction_session_timeout: the server ended a transaction idle past that setting, and closed its connection. */
+export const IDLE_IN_TRANSACTION_TIMEOUT = '25P03';
+
+/**
+ * The FATAL 25P03 (`idle_in_transaction_session_timeout`) among `errors`, if one is: the error a
+ * statement failed with (the FATAL reached it on its way), or the one the client emitted as
+ * 'error' (it arrived while the client sent nothing; the next statement then fails with pg's "Client
+ * has encountered a connection error and is not queryable", naming nothing). Told by its code, in
+ * any `lc_messages` language: only that timeout raises it.
+ */
+export function idleTimeoutOf(...errors: readonly unknown[]): Error | undefined {
+  return errors.find((e): e is Error => e instanceof Error && (e as { code?: unknown }).code === IDLE_IN_TRANSACTION_TIMEOUT);
+}
 
 /**
  * A statement was ended on the server by one of the session's own timeouts (`setting`:
@@ -158,7 +174,11 @@ export type SessionTimeoutSetting = 'statement_timeout' | 'lock_timeout';
  * another language such an error is left as pg raised it (a 57014 cannot then be told from another
  * session's cancel request on a path that sets no `statement_timeout` of its own). `cause` is pg's
  * error; nothing was written, and the connection was kept. (One class for both settings, named in
- * `setting` and in the message: the two are told, and answered, alike.)
+ * `setting` and in the message: the two are told, and answered, alike.) Also the session's own
+ * `idle_in_transaction_session_timeout` (`setting`), which a transaction held to a deadline keeps
+ * where shorter than the deadline's own (`deadlineSettingsSql`, write-transaction.ts): it ends the
+ * whole transaction, not a statement, and the server closes the connection (FATAL 25P03), which
+ * is discarded, not kept; told by its code alone ({@link idleTimeoutOf}).
  */
 export class SessionTimeoutError extends Error {
   override readonly name = 'SessionTimeoutError';
@@ -168,9 +188,11 @@ export class SessionTimeoutError extends Error {
     cause: unknown,
   ) {
     super(
-      setting === 'statement_timeout'
-        ? `${nodeId}: the statement was cancelled by the session's own statement_timeout (the setting of the login's role or database, or one set by the request's own code; see pg_settings' source for statement_timeout on that node), before the request's deadline: not the deadline's doing. Raise that statement_timeout (ALTER ROLE ... SET statement_timeout) or make the statement faster`
-        : `${nodeId}: the statement waited for a lock longer than the session's own lock_timeout allows (the setting of the login's role or database, or one set by the request's own code; see pg_settings' source for lock_timeout on that node), before the request's deadline: not the deadline's doing. Raise that lock_timeout (ALTER ROLE ... SET lock_timeout) or find what holds the lock so long (pg_locks, pg_stat_activity)`,
+      setting === 'idle_in_transaction_session_timeout'
+        ? `${nodeId}: the transaction sat idle (the client's own work between two of its statements) longer than the session's own idle_in_transaction_session_timeout allows (the setting of the login's role or database, or one set by the request's own code; see pg_settings' source for idle_in_transaction_session_timeout on that node), before the request's deadline: not the deadline's doing. The server ended the transaction (nothing of it was committed) and closed the connection (FATAL 25P03), which was discarded. Raise that setting (ALTER ROLE ... SET idle_in_transaction_session_timeout) or do less between the transaction's statements`
+        : setting === 'statement_timeout'
+          ? `${nodeId}: the statement was cancelled by the session's own statement_timeout (the setting of the login's role or database, or one set by the request's own code; see pg_settings' source for statement_timeout on that node), before the request's deadline: not the deadline's doing. Raise that statement_timeout (ALTER ROLE ... SET statement_timeout) or make the statement faster`
+          : `${nodeId}: the statement waited for a lock longer than the session's own lock_timeout allows (the setting of the login's role or database, or one set by the request's own code; see pg_settings' source for lock_timeout on that node), before the request's deadline: not the deadline's doing. Raise that lock_timeout (ALTER ROLE ... SET lock_timeout) or find what holds the lock so long (pg_locks, pg_stat_activity)`,
       { cause },
     );
   }
@@ -212,10 +234,14 @@ export function sessionTimeoutOf(error: unknown): SessionTimeoutSetting | undefi
  * time left bounds each statement (each lock wait) on the server too, never beyond the bound the
  * operator gave the login. One statement, no round trip of its own (it goes in the BEGIN's simple
  * query); it answers one row, each setting's value as set. `ms` whole, as {@link serverTimeoutMs}
- * gives it.
+ * gives it; `msOf` another such bound for a setting of its own (`idle_in_transaction_session_timeout`:
+ * the time left and the client's grace).
  */
-export function timeoutsAtMostSql(settings: readonly SessionTimeoutSetting[], ms: number): string {
-  const chosen = settings.map((s) => `set_config('${s}', (case when s.${s} > 0 and s.${s} < ${ms} then s.${s} else ${ms} end)::bigint::text, true) as ${s}`);
+export function timeoutsAtMostSql(settings: readonly SessionTimeoutSetting[], ms: number, msOf: Readonly<Partial<Record<SessionTimeoutSetting, number>>> = {}): string {
+  const chosen = settings.map((s) => {
+    const at = msOf[s] ?? ms;
+    return `set_config('${s}', (case when s.${s} > 0 and s.${s} < ${at} then s.${s} else ${at} end)::bigint::text, true) as ${s}`;
+  });
   const own = settings.map((s) => `extract(epoch from current_setting('${s}')::interval) * 1000 as ${s}`);
   return `select ${chosen.join(', ')} from (select ${own.join(', ')}) s`;
 }

@@ -379,7 +379,7 @@ export function createShardReader(options: ShardReaderOptions): ShardReader {
         if (err instanceof SessionTimeoutError) {
           throw new ShardReadError(
             'cancelled',
-            `a statement of the read on shard ${route.shardId} was ${err.setting === 'lock_timeout' ? 'ended, waiting for a lock,' : 'cancelled'} on ${err.nodeId} by the session's own ${err.setting} (a role's or database's setting, or one the read's code set), ${readOptions.deadlineMs === undefined ? 'the read having no deadline' : `before its ${readOptions.deadlineMs} ms deadline: not the deadline`}`,
+            `${err.setting === 'idle_in_transaction_session_timeout' ? `the read's transaction on shard ${route.shardId} was ended, idle between two statements, and its connection closed` : `a statement of the read on shard ${route.shardId} was ${err.setting === 'lock_timeout' ? 'ended, waiting for a lock,' : 'cancelled'}`} on ${err.nodeId} by the session's own ${err.setting} (a role's or database's setting, or one the read's code set), ${readOptions.deadlineMs === undefined ? 'the read having no deadline' : `before its ${readOptions.deadlineMs} ms deadline: not the deadline`}`,
             { cause: err },
           );
         }

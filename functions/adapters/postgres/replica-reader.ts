@@ -34,7 +34,7 @@ import { rankReadTargets, replicaIneligibility, type FreshnessBounds, type ReadT
 import { lostInFailover, parseTimelineHistory, TimelineHistoryError, type LostWrite, type TimelineSwitch } from '../../core/sharding/timeline-history.js';
 import { commitHeartbeat, probeReplicaLag, readPrimaryPosition, withTimelineSql } from './replica-lag.js';
 import { CLUSTER_ID_SQL, clusterIdOfRow, withClusterIdReadable } from './cluster-identity.js';
-import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, otherCancelWords, queryCanceled, SessionTimeoutError, sessionTimeoutOf, type CancelledByOtherOptions, type ClientDeadline } from './deadline.js';
+import { checkDeadlineMs, connectBy, DeadlinePassedError, holdToDeadline, idleTimeoutOf, NodeTimeoutError, otherCancelWords, queryCanceled, SessionTimeoutError, sessionTimeoutOf, type CancelledByOtherOptions, type ClientDeadline } from './deadline.js';
 import { dropConnection } from './listening-client.js';
 import type { ShardNode, ShardPools } from './shard-pools.js';
 import { hasSqlState, INSUFFICIENT_PRIVILEGE, UNDEFINED_FUNCTION } from './sqlstate.js';
@@ -416,13 +416,54 @@ const RETRIABLE_SQLSTATES = new Set([
   '40001', // on a replica: canceled due to a conflict with recovery
 ]);
 
-/** True for errors about the node (connection lost, refused, shutting down), not about the SQL. */
+/**
+ * The messages node-postgres (pg 8, pg-pool 3) gives the errors it raises itself, without a code,
+ * when a node fails: the connection ended under a query (client.js, the connection's 'end': with
+ * "unexpectedly" unless the client ended it), a query sent on a client whose connection failed or
+ * was closed, the client's `query_timeout` ("Query read timeout"), its `connectionTimeoutMillis`
+ * (the stream destroyed with "timeout expired"; through a pool, "Connection terminated due to
+ * connection timeout", that error its cause) and the pool's wait for a connection ("timeout
+ * exceeded when trying to connect"). Matched whole: until h155 any error without a code whose
+ * message merely contained "timeout", "connection" or "terminated" counted (an application
+ * error a read's `fn` threw, "the session timeout of user 42 expired", was taken for the node's:
+ * its connection discarded and the read sent to the next node to fail again).
+ */
+const PG_NODE_FAILURE_MESSAGES: ReadonlySet<string> = new Set([
+  'Connection terminated',
+  'Connection terminated unexpectedly',
+  'Connection terminated due to connection timeout',
+  'Client has encountered a connection error and is not queryable',
+  'Client was closed and is not queryable',
+  'Query read timeout',
+  'timeout expired',
+  'timeout exceeded when trying to connect',
+]);
+
+/**
+ * True for errors about the node (connection lost, refused, shutting down), not about the SQL:
+ * a SQLSTATE of class 08 or {@link RETRIABLE_SQLSTATES}; a code of Node's own (ECONNREFUSED,
+ * ECONNRESET, EPIPE, ETIMEDOUT, ENOTFOUND, EHOSTUNREACH, ...: no SQLSTATE class begins with E; and
+ * this module's ENOTPRIMARY, ENODEDOWN); one of node-postgres's own errors of a failed node, told
+ * by its whole message ({@link PG_NODE_FAILURE_MESSAGES}); or this layer's errors of a node that
+ * did not answer in time or at all (`NodeTimeoutError`, `DeadlinePassedError`, deadline.ts;
+ * {@link ShardUnavailableError}), which the callers (api/wiring.ts, mover.ts, move-port.ts) answer
+ * as the node's failure, a 503 "did not answer". Nothing else, whatever its message says.
+ */
 export function isNodeFailure(error: unknown): boolean {
   if (!(error instanceof Error)) return false;
   const code = (error as { code?: unknown }).code;
+  // Node's codes first: EPIPE is five capitals, as a SQLSTATE is, and was taken for one (of no
+  // class that counts) until h155, so a write to a socket the node had closed was the SQL's fault.
+  // No SQLSTATE class begins with E (sqlstate.ts failureKind reads them in this order too).
+  // An errno's name (ECONNREFUSED, ECONNRESET, ETIMEDOUT, EPIPE, EHOSTUNREACH, EAI_AGAIN, ...), and
+  // this module's ENOTPRIMARY, ENODEDOWN: not Node's ERR_* codes, which name a program's misuse
+  // (ERR_INVALID_ARG_TYPE) or a configuration's (ERR_TLS_CERT_ALTNAME_INVALID), not a node that
+  // failed: taken for one, the read went on to the next node to fail the same way, the API said
+  // "did not answer, try again" of a fault no retry mends.
+  if (typeof code === 'string' && /^E[A-Z0-9]+(_AGAIN)?$/.test(code)) return true;
   if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code.startsWith('08') || RETRIABLE_SQLSTATES.has(code);
-  if (typeof code === 'string' && code.startsWith('E')) return true; // ECONNREFUSED, ECONNRESET, ETIMEDOUT, ...
-  return /connection|terminated|timeout/i.test(error.message);
+  if (error instanceof NodeTimeoutError || error instanceof DeadlinePassedError || error instanceof ShardUnavailableError) return true;
+  return PG_NODE_FAILURE_MESSAGES.has(error.message);
 }
 
 /**
@@ -709,6 +750,17 @@ export class ReplicaReader {
       /** Set when the read gave up on this replica (found down) while it was still connecting. */
       let abandoned: Error | undefined;
       let guard: ClientDeadline | undefined;
+      /**
+       * What the lent client emitted as 'error' while lent: a FATAL the server sent while the read
+       * sent nothing (the session's own idle_in_transaction_session_timeout, 25P03, ending a
+       * transaction `fn` left idle), which the next statement does not name ("Client has
+       * encountered a connection error and is not queryable").
+       */
+      const emitted: unknown[] = [];
+      const onEmitted = (error: unknown): void => {
+        emitted.push(error);
+      };
+      let listened: pg.PoolClient | undefined;
       const attempt = async (): Promise<{ readonly skip: true } | { readonly skip: false; readonly value: T }> => {
         const lent = options.deadlineAt === undefined ? await node.pool.connect() : await connectBy(node.pool, options.deadlineAt, node.nodeId);
         if (abandoned !== undefined) {
@@ -716,6 +768,8 @@ export class ReplicaReader {
           throw abandoned;
         }
         client = lent;
+        listened = lent;
+        lent.on('error', onEmitted);
         // A read may be cancelled at any point: it changes nothing.
         if (options.deadlineAt !== undefined) guard = holdToDeadline(lent, options.deadlineAt);
         let lostWrite: LostWrite | undefined;
@@ -812,6 +866,7 @@ export class ReplicaReader {
               })
             : await attempt();
         guard?.disarm();
+        listened?.off('error', onEmitted);
         const done: pg.PoolClient | undefined = client;
         client = undefined;
         done?.release(guard?.reusable() === false || (done !== undefined && leftInTransaction(done)) || undefined);
@@ -819,11 +874,22 @@ export class ReplicaReader {
         return outcome.value;
       } catch (error) {
         guard?.disarm();
+        listened?.off('error', onEmitted);
         if (guard?.expired === true || error instanceof DeadlinePassedError) {
           // The deadline is spent: no other node is tried.
           const passed = error instanceof DeadlinePassedError ? error : new DeadlinePassedError(node.nodeId, 'query');
           client?.release(passed);
           throw passed;
+        }
+        // The session's own idle_in_transaction_session_timeout (a role's, shorter than the
+        // deadline's own, which the transaction keeps: deadlineSettingsSql) ended the transaction
+        // while `fn` worked between two statements: the server closed the connection (discarded
+        // here). Named, as the writer names it; not a failure of the node (every node of the login
+        // has the setting), so no other node is tried and the replica is not marked failed.
+        const idleEnded = idleTimeoutOf(error, ...emitted);
+        if (idleEnded !== undefined) {
+          client?.release(idleEnded);
+          throw new SessionTimeoutError(node.nodeId, 'idle_in_transaction_session_timeout', idleEnded);
         }
         if (!isNodeFailure(error)) {
           // A cancel request the deadline did not send (57014 before the deadline, none sent: told

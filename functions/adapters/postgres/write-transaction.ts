@@ -32,6 +32,7 @@ import {
   DEADLINE_GRACE_MS,
   DeadlinePassedError,
   holdToDeadline,
+  idleTimeoutOf,
   otherCancelWords,
   queryCanceled,
   serverTimeoutMs,
@@ -40,6 +41,7 @@ import {
   timeoutsAtMostSql,
   withNodeDeadline,
   type ClientDeadline,
+  type SessionTimeoutSetting,
 } from './deadline.js';
 import { rowFenceStateSql } from './read-transaction.js';
 import { LOCK_NOT_AVAILABLE, READ_ONLY_SQL_TRANSACTION, UNIQUE_VIOLATION } from './sqlstate.js';
@@ -232,9 +234,91 @@ function lockWaitOnFenceRow(error: unknown): boolean {
   return /\(\d+,\d+\)/.test(innermost) && innermost.includes('write_fences');
 }
 
+/**
+ * What a write waited on, for the words of its `fence-timeout`: the unit (`kind`, `unitId`) and
+ * the move job that wrote its fence row (`jobId`; null: a row of no job, a hand change's or an
+ * operator's; undefined: not read yet, see {@link readFenceHold}). `how`: `fenced`, the row read
+ * `fenced` or `incoming` (the writer's own read of its key's rows, or the fence trigger's CAF01 for
+ * a row its body wrote); `locked`, a lock wait on the row (a fence change held it updated and
+ * uncommitted past the session's own lock_timeout), `tuple` the row's tuple id pg named, the unit
+ * then unknown until read.
+ */
+interface FenceHold {
+  readonly how: 'fenced' | 'locked';
+  readonly kind?: 'slot' | 'directory';
+  readonly unitId?: string;
+  readonly jobId?: string | null;
+  readonly tuple?: string;
+}
+
+/** The unit a fence trigger's CAF01 names ("write to slot 7 refused: ...", shard migration 021's own words, in every lc_messages). */
+function fenceHoldOfRefusal(error: unknown): FenceHold {
+  const found = /^write to (slot|directory) (.*) refused: /s.exec((error as { message?: unknown } | null)?.message as string);
+  return found === null ? { how: 'fenced' } : { how: 'fenced', kind: found[1] as 'slot' | 'directory', unitId: found[2] };
+}
+
+/** The tuple id of the `write_fences` row a lock wait ended on (see {@link lockWaitOnFenceRow}). */
+function fenceHoldOfLockWait(error: unknown): FenceHold {
+  const tuple = /\((\d+,\d+)\)/.exec(((error as { where?: unknown }).where as string).split('\n', 1)[0] ?? '')?.[1];
+  return tuple === undefined ? { how: 'locked' } : { how: 'locked', tuple: `(${tuple})` };
+}
+
+/**
+ * The words of a `fence-timeout` after `waitedMs` on `hold` (see {@link FenceHold}): the unit, kind
+ * and id, and what holds it, the move job its fence row names or a hand change (a row naming no
+ * job: `catalog.publish_slot_map_by_hand`, a directory change by hand, an operator's SQL). Until
+ * h155 every such timeout said "slot X ... stayed fenced (a move is in its cutover or its mover
+ * stopped there)", the key's slot, even where the wait was on its directory key's row, on another
+ * unit a row of the write belongs to, or on a hand change's fence, which no mover will ever lift.
+ */
+function fenceTimeoutWords(hold: FenceHold, shardId: string, route: WriteRoute, waitedMs: number): string {
+  const unit =
+    hold.kind === undefined
+      ? `the fence row ${hold.tuple === undefined ? '' : `${hold.tuple} `}of slot ${route.slot}${route.viaDirectory ? '' : ' or of its directory key'}, or of a unit a row of the write belongs to,`
+      : `${hold.kind === 'slot' ? 'slot' : 'directory key'} ${hold.unitId}`;
+  const holder =
+    hold.jobId === undefined
+      ? 'a move or a hand change (its fence row could not be read)'
+      : hold.jobId === null
+        ? 'a hand change (its fence row names no move job: a slot map or directory change by hand, or an operator\'s SQL, that has not released it)'
+        : `move job #${hold.jobId} (in its cutover, or its mover stopped there: see the job)`;
+  if (hold.how === 'fenced') return `${unit} on shard ${shardId} stayed fenced for more than ${waitedMs} ms, by ${holder}`;
+  const last = hold.jobId === undefined ? 'its row could not be read' : hold.jobId === null ? 'its row names no move job: a hand change, or an operator\'s SQL' : `its row names move job #${hold.jobId}`;
+  return `${unit} on shard ${shardId} had its fence row held by a fence change not yet committed for more than ${waitedMs} ms (each wait ended by the session's own lock_timeout; ${last}; pg_stat_activity shows the transaction holding it)`;
+}
+
+/**
+ * `hold` with what its fence row says, read on `pool` where the wait did not read it (a CAF01 of
+ * the fence trigger names the unit only; a lock wait, the row's tuple id only): one bounded query,
+ * on the `fence-timeout` path alone, never a write's way through. Unread (the shard silent, the row
+ * gone or changed since), `hold` as it was: the words say so.
+ */
+async function readFenceHold(pool: pg.Pool, shardId: string, hold: FenceHold): Promise<FenceHold> {
+  if (hold.kind !== undefined && hold.jobId !== undefined) return hold;
+  if (hold.kind === undefined && hold.tuple === undefined) return hold;
+  try {
+    const rows = await withNodeDeadline(pool, FENCE_HOLD_READ_MS, `${shardId}/primary`, async (c) =>
+      hold.kind !== undefined
+        ? (await c.query<Pick<FenceRow, 'kind' | 'unit_id' | 'job_id'>>(`select kind, unit_id, job_id::text as job_id from write_fences where kind = $1 and unit_id = $2`, [hold.kind, hold.unitId])).rows
+        : (await c.query<Pick<FenceRow, 'kind' | 'unit_id' | 'job_id'>>(`select kind, unit_id, job_id::text as job_id from write_fences where ctid = $1::tid`, [hold.tuple])).rows,
+    );
+    const row = rows[0];
+    return row === undefined ? hold : { how: hold.how, kind: row.kind, unitId: row.unit_id, jobId: row.job_id };
+  } catch {
+    return hold;
+  }
+}
+
+/** The bound of {@link readFenceHold}'s query. */
+const FENCE_HOLD_READ_MS = 1000;
+
 interface FenceRow {
   kind: 'slot' | 'directory';
+  /** The slot's number or the directory key, as text. */
+  unit_id: string;
   state: 'open' | 'fenced' | 'moved' | 'incoming';
+  /** The move job that wrote the row, as text; null for a hand change's row (or an operator's). */
+  job_id: string | null;
   /** The shard a move in progress is taking the unit to, once its bulk copy is done (shard migration 011); a hint. */
   moving_to: string | null;
 }
@@ -326,7 +410,7 @@ export const READER_FENCE_ROWS_SQL = readerFenceRowsSql('$1', '$2');
  * `key` are SQL expressions, as for {@link readerFenceRowsSql}.
  */
 export function writerFenceRowsSql(slot: string, key: string): string {
-  return `select w.kind, w.state,
+  return `select w.kind, w.unit_id, w.state, w.job_id::text as job_id,
          (select to_jsonb(c) ->> 'moving_to' from move_captures c
            where c.kind = w.kind and c.unit_id = w.unit_id and to_jsonb(c) ->> 'moving_to' is not null and not (${key} = any (c.excluded_keys)) limit 1) as moving_to
     from write_fences w
@@ -356,12 +440,15 @@ export function sqlLiteral(text: string): string | undefined {
  * the deadline bounds the transaction's statements by the time left, it does not lift that limit,
  * as it did until h147 here while the replica reader's lone statements obeyed it; a statement it
  * ends before the deadline is told as the session's own, `SessionTimeoutError`, deadline.ts), and
- * `idle_in_transaction_session_timeout` of the time left and the client's
- * grace: a transaction whose client is gone without a word (a black-holed path: its close never
- * arrives) would otherwise stay open on the server until TCP notices, hours, holding its rows and
- * the unit's fence row FOR SHARE (a move could not fence, a keyed retry would wait on its
- * uncommitted row) or, for a read, its snapshot (vacuum, a replica's replay) and its locks (DDL
- * queues behind them). Past the deadline and the client's grace the client has given it up
+ * `idle_in_transaction_session_timeout` of the time left and the client's grace (or, again, the
+ * session's own where shorter: an operator's limit on how long a transaction of the login sits
+ * idle with its locks and snapshot, which until h155 this SET LOCAL lifted for every transaction
+ * held to a deadline; one it ends is told as the session's own, `SessionTimeoutError`, its
+ * connection discarded: the server closed it, FATAL 25P03): a transaction whose client is gone
+ * without a word (a black-holed path: its close never arrives) would otherwise stay open on the
+ * server until TCP notices, hours, holding its rows and the unit's fence row FOR SHARE (a move
+ * could not fence, a keyed retry would wait on its uncommitted row) or, for a read, its snapshot
+ * (vacuum, a replica's replay) and its locks (DDL queues behind them). Past the deadline and the client's grace the client has given it up
  * anyway. Sent in the BEGIN's own simple query, so that no transaction is ever open on the
  * server without them (one stranded between a BEGIN and a later SET would be); the timeouts are a
  * `select` there (one row), which no caller reads.
@@ -370,7 +457,8 @@ export function sqlLiteral(text: string): string | undefined {
 export function deadlineSettingsSql(leftMs: number, options: { readonly lockTimeout: boolean }): string {
   const left = serverTimeoutMs(leftMs);
   const idle = serverTimeoutMs(left + DEADLINE_GRACE_MS);
-  return `${timeoutsAtMostSql(options.lockTimeout ? ['statement_timeout', 'lock_timeout'] : ['statement_timeout'], left)}; set local idle_in_transaction_session_timeout = ${idle}`;
+  const settings: SessionTimeoutSetting[] = options.lockTimeout ? ['statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout'] : ['statement_timeout', 'idle_in_transaction_session_timeout'];
+  return timeoutsAtMostSql(settings, left, { idle_in_transaction_session_timeout: idle });
 }
 
 const NIL_UUID = '00000000-0000-0000-0000-000000000000';
@@ -440,9 +528,12 @@ const TOKEN_RETRY_MS = 5000;
  * else (the connection reset or closed, a FATAL as the server stops) leaves the commit's
  * outcome unknown: the server may have committed before it failed. The severity is read as the
  * server spells it: under another `lc_messages` a refused commit counts as unknown, which is safe.
+ * A FATAL 25P03 (`idle_in_transaction_session_timeout`) is a refusal too, whatever its severity's
+ * words: the server raises it only while the transaction sits idle, before it has read the COMMIT,
+ * and ends the transaction with it.
  */
 function refusedCommit(error: unknown): boolean {
-  return error instanceof RolledBackAtCommitError || (error as { severity?: unknown } | null)?.severity === 'ERROR';
+  return error instanceof RolledBackAtCommitError || (error as { severity?: unknown } | null)?.severity === 'ERROR' || idleTimeoutOf(error) !== undefined;
 }
 
 /** Builds a {@link ShardWriter} over the shard primaries. */
@@ -599,6 +690,8 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
      * Bounded all the same: by the shards, each pool refused at most once.
      */
     const clusterIdRefusedOn = new Set<pg.Pool>();
+    /** What the write's last wait on a fence was on, for the words of its `fence-timeout`. */
+    let hold: FenceHold = { how: 'fenced' };
     for (let attempt = 1; ; attempt++) {
       /** Why this attempt waits, if it does: a fence, or a copy moving in that holds a written id. */
       let waitedFor: 'fence' | 'copy' = 'fence';
@@ -625,8 +718,15 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
       // emits 'error' on the client, which the pool does not listen to then: unheard, it would end
       // the process. The failed query carries the error to the caller instead (see transaction.ts).
       let died = false;
-      const onError = (): void => {
+      /**
+       * What the client emitted as 'error', in order: a FATAL that came while it sent nothing (the
+       * idle timeout's 25P03, say), then pg's "Connection terminated unexpectedly" as the server
+       * closes the connection.
+       */
+      const diedWith: unknown[] = [];
+      const onError = (error: unknown): void => {
         died = true;
+        diedWith.push(error);
       };
       client.on('error', onError);
       /** `cluster-id-refused`: sent again at once, without the cluster id (see the catch below). */
@@ -671,6 +771,10 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
             const destination = movingTo(fences.rows, route.viaDirectory);
             if (destination !== null && destination !== route.shardId) prepareDestination(destination, pool);
             const found = verdict(fences.rows, route.viaDirectory);
+            if (found === 'wait') {
+              const row = fences.rows.find((r) => (r.kind === 'directory' || !route.viaDirectory) && (r.state === 'fenced' || r.state === 'incoming'));
+              hold = row === undefined ? { how: 'fenced' } : { how: 'fenced', kind: row.kind, unitId: row.unit_id, jobId: row.job_id };
+            }
             if (found !== 'write') return new RollbackWith({ verdict: found });
             const value = await fn({ client, shardId: route.shardId, slot: route.slot, version: route.version });
             // A connection that died before now (its backend terminated while the transaction sat
@@ -746,6 +850,22 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           );
         }
         const code = (err as { code?: unknown }).code;
+        // The session's own idle_in_transaction_session_timeout, shorter than the deadline's (kept
+        // by deadlineSettingsSql; with no deadline in force as it is), ended the transaction while
+        // the body worked between two statements: the server sent FATAL 25P03 and closed the
+        // connection (discarded: `died`, or `broken` here). Named, as the other session timeouts
+        // are; the deadline's own idle timeout fires only past the deadline and the client's
+        // grace, by when the connection was dropped (`expired`, above). Nothing was committed: a
+        // COMMIT is refused unsent once the connection failed, or met the FATAL (`refusedCommit`).
+        const idleEnded = idleTimeoutOf(err, ...diedWith);
+        if (idleEnded !== undefined) {
+          broken = true;
+          throw new ShardWriteError(
+            'cancelled',
+            `the write's transaction on shard ${route.shardId} sat idle longer than the session's own idle_in_transaction_session_timeout (a role's or database's setting, or one the write's own code set), ${writeOptions.deadlineMs === undefined ? 'the write having no deadline' : `before its ${writeOptions.deadlineMs} ms deadline: not the deadline`}; the server ended it and closed the connection, and nothing was committed`,
+            { cause: new SessionTimeoutError(`${route.shardId}/primary`, 'idle_in_transaction_session_timeout', idleEnded) },
+          );
+        }
         // A cancel request the deadline did not send (57014 before the deadline, none sent: told in
         // any lc_messages language, see cancelledByOtherSession): someone else's (pg_cancel_backend).
         if (guard?.cancelledByOther(err) === true) {
@@ -804,8 +924,10 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
           clusterIdRefusedOn.add(pool);
           forgetClusterIdReadable(pool);
           outcome = 'cluster-id-refused';
-        } else if (code === 'CAF01' || fenceRowWait) outcome = 'wait';
-        else if (code === 'CAF02') outcome = 'reroute';
+        } else if (code === 'CAF01' || fenceRowWait) {
+          outcome = 'wait';
+          hold = fenceRowWait ? fenceHoldOfLockWait(err) : fenceHoldOfRefusal(err);
+        } else if (code === 'CAF02') outcome = 'reroute';
         else if (!broken && (await conflictsWithCopy(client, route.shardId, err).catch(() => false))) {
           outcome = 'wait';
           waitedFor = 'copy';
@@ -829,7 +951,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
             'fence-timeout',
             waitedFor === 'copy'
               ? `an id this write inserts on shard ${route.shardId} is held by a move's copy of another unit for more than ${maxFenceWaitMs} ms (the row left that unit; that move's catch-up or clean-up removes the copy): retry later`
-              : `slot ${route.slot} on shard ${route.shardId} stayed fenced for more than ${maxFenceWaitMs} ms (a move is in its cutover or its mover stopped there)`,
+              : fenceTimeoutWords(await readFenceHold(pool, route.shardId, hold), route.shardId, route, maxFenceWaitMs),
           );
         }
         await sleep(backoffMs);

@@ -103,8 +103,8 @@ describe('round trips of a write and a read on a shard', () => {
     const begin = recorder.statements()[0]?.sql ?? '';
     // The timeouts come with the BEGIN, before any statement that could wait: never a transaction open without them.
     expect({
-      // statement_timeout and lock_timeout: the time left, or the session's own where shorter (one select, deadline.ts timeoutsAtMostSql).
-      timeouts: /^begin isolation level read committed; select set_config\('statement_timeout', [^;]*set_config\('lock_timeout', [^;]*; set local idle_in_transaction_session_timeout = \d+; select case/.test(begin),
+      // statement_timeout, lock_timeout and idle_in_transaction_session_timeout: the deadline's, or the session's own where shorter (one select, deadline.ts timeoutsAtMostSql).
+      timeouts: /^begin isolation level read committed; select set_config\('statement_timeout', [^;]*set_config\('lock_timeout', [^;]*set_config\('idle_in_transaction_session_timeout', [^;]*; select case/.test(begin),
       fenceRows: begin.includes(`w.unit_id = '${key}'`) && begin.trimEnd().endsWith('for share of w'),
     }).toEqual({ timeouts: 'deadlineMs' in options, fenceRows: true });
   });
@@ -146,7 +146,7 @@ describe('round trips of a write and a read on a shard', () => {
     });
     const begin = recorder.statements()[0]?.sql ?? '';
     expect({
-      timeouts: /^begin isolation level repeatable read read only; select set_config\('statement_timeout', [^;]*; set local idle_in_transaction_session_timeout = \d+; select kind/.test(begin) && !begin.includes('lock_timeout'),
+      timeouts: /^begin isolation level repeatable read read only; select set_config\('statement_timeout', [^;]*set_config\('idle_in_transaction_session_timeout', [^;]*; select kind/.test(begin) && !begin.includes("'lock_timeout'"),
       fenceRows: begin.includes(`unit_id = '${key}'`),
     }).toEqual({ timeouts: 'deadlineMs' in options, fenceRows: true });
   });

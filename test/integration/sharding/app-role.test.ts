@@ -43,7 +43,7 @@ describe('the application role on a shard', () => {
       await client.query('begin');
       // The writer's own statement: the fence rows, locked, with the destination of a move in progress.
       const fences = await client.query(WRITER_FENCE_ROWS_SQL, ['7', user]);
-      expect(fences.rows).toEqual([{ kind: 'slot', state: 'open', moving_to: 'shard-002' }]);
+      expect(fences.rows).toEqual([{ kind: 'slot', unit_id: '7', state: 'open', job_id: null, moving_to: 'shard-002' }]);
       await client.query('insert into users (id, slot, email, display_name) values ($1, 7, $2, $3)', [user, 'a@example.com', 'A']);
       await client.query('insert into documents (id, owner_id, slot, title) values ($1, $2, 7, $3)', [randomUUID(), user, 'Minutes']);
       await client.query('update documents set title = $1 where owner_id = $2', ['Agenda', user]);

@@ -135,7 +135,9 @@ describe("a write that meets a fence change holding its unit's fence row, its lo
     await seedUsers(env.shards.get('shard_a') as pg.Pool, slot, [key], 1);
     const { writer } = await otherProcess(env, { ttlMs: 0, primaries: poolsWithLockTimeout(50), maxFenceWaitMs: 300 });
     const written = await acrossAFence('shard_a', slot, () => outcome(writer.withShardWrite(key, async () => undefined)), 1500, 0);
-    expect(written).toBe(`fence-timeout: slot ${slot} on shard shard_a stayed fenced for more than 300 ms (a move is in its cutover or its mover stopped there)`);
+    expect(written).toBe(
+      `fence-timeout: slot ${slot} on shard shard_a had its fence row held by a fence change not yet committed for more than 300 ms (each wait ended by the session's own lock_timeout; its row names no move job: a hand change, or an operator's SQL; pg_stat_activity shows the transaction holding it)`,
+    );
   }, 30_000);
 
   it('a fence row held past the deadline still ends the write at its deadline (deadline-exceeded), not as the fence', async () => {

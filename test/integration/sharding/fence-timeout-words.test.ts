@@ -1,0 +1,116 @@
+/**
+ * A write that waits on a fence past its writer's `maxFenceWaitMs` fails `fence-timeout`, and its
+ * words name the unit it waited on (its kind and id: the key's slot, its directory key, or another
+ * unit a row of the write belongs to) and what holds it: the move job its fence row names, or a
+ * hand change where the row names none (docs/sharding-spec.md section 9). Until h155 every such
+ * timeout said "slot X ... stayed fenced (a move is in its cutover or its mover stopped there)",
+ * the key's slot, whatever the wait was on: an operator reading it looked for a move that did not
+ * exist (a hand change's fence, which no mover lifts) or at the wrong unit (issue #15).
+ */
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ShardWriteError, type ShardWriteContext } from '../../../functions/adapters/postgres/write-transaction.js';
+import { firstSlotOwnedBy, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+
+let env: MoveEnv;
+const pools: pg.Pool[] = [];
+beforeAll(async () => {
+  env = await startMoveEnv();
+}, 120_000);
+afterAll(async () => {
+  await Promise.all(pools.splice(0).map((p) => p.end()));
+  await env?.stop();
+});
+
+const shardA = (): pg.Pool => env.shards.get('shard_a') as pg.Pool;
+
+/** `kind`/`unit`'s fence row on shard_a committed `fenced`, naming `jobId` (null: a hand change's), for the length of `during`. */
+async function whileFenced<T>(kind: 'slot' | 'directory', unit: string, jobId: number | null, during: () => Promise<T>): Promise<T> {
+  await shardA().query(
+    `insert into write_fences (kind, unit_id, state, job_id) values ($1, $2, 'fenced', $3)
+     on conflict (kind, unit_id) do update set state = 'fenced', job_id = excluded.job_id, updated_at = clock_timestamp()`,
+    [kind, unit, jobId],
+  );
+  try {
+    return await during();
+  } finally {
+    await shardA().query(`delete from write_fences where kind = $1 and unit_id = $2`, [kind, unit]);
+  }
+}
+
+/** The failure a write of `key` (its body `body`) ended with, by a writer of `maxFenceWaitMs` 100 over `primaries`. */
+async function failureOf(key: string, body: (ctx: ShardWriteContext) => Promise<void> = async () => undefined, primaries?: ReadonlyMap<string, pg.Pool>, maxFenceWaitMs = 100): Promise<string> {
+  const { writer } = await otherProcess(env, { ttlMs: 0, maxFenceWaitMs, ...(primaries === undefined ? {} : { primaries }) });
+  return writer.withShardWrite(key, body, { deadlineMs: 10_000 }).then(
+    () => 'written',
+    (e: unknown) => (e instanceof ShardWriteError ? `${e.reason}: ${e.message}` : `threw ${String(e)}`),
+  );
+}
+
+describe("a fence-timeout's words name the unit waited on and what holds it", () => {
+  it("the key's slot, fenced by a move job: the job", async () => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', 100);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const failed = await whileFenced('slot', String(slot), 7, () => failureOf(key));
+    expect(failed).toBe(`fence-timeout: slot ${slot} on shard shard_a stayed fenced for more than 100 ms, by move job #7 (in its cutover, or its mover stopped there: see the job)`);
+  }, 30_000);
+
+  it("the key's slot, fenced by a hand change (its row names no job): a hand change, not a move", async () => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', 200);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const failed = await whileFenced('slot', String(slot), null, () => failureOf(key));
+    expect(failed).toBe(
+      `fence-timeout: slot ${slot} on shard shard_a stayed fenced for more than 100 ms, by a hand change (its fence row names no move job: a slot map or directory change by hand, or an operator's SQL, that has not released it)`,
+    );
+  }, 30_000);
+
+  it("the key's directory key, fenced while its slot is open: the directory key, not the slot", async () => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', 300);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const failed = await whileFenced('directory', key, 9, () => failureOf(key));
+    expect(failed).toBe(`fence-timeout: directory key ${key} on shard shard_a stayed fenced for more than 100 ms, by move job #9 (in its cutover, or its mover stopped there: see the job)`);
+  }, 30_000);
+
+  it("another unit a row of the write belongs to (the fence trigger's CAF01): that unit and its job, read on the timeout's path", async () => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', 400);
+    const other = await firstSlotOwnedBy(env, 'shard_a', slot + 1);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const [otherKey] = keysInSlot(other, 1) as [string];
+    await seedUsers(shardA(), slot, [key], 0);
+    const failed = await whileFenced('slot', String(other), 11, () =>
+      failureOf(key, async ({ client }) => {
+        await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'other')`, [otherKey, other, `${otherKey}@example.com`]);
+      }),
+    );
+    expect(failed).toBe(`fence-timeout: slot ${other} on shard shard_a stayed fenced for more than 100 ms, by move job #11 (in its cutover, or its mover stopped there: see the job)`);
+  }, 30_000);
+
+  it("the key's slot row held updated by an uncommitted fence change past the login's lock_timeout: the unit, held uncommitted, and the job its row names", async () => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', 500);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await shardA().query(`insert into write_fences (kind, unit_id) values ('slot', $1) on conflict (kind, unit_id) do nothing`, [String(slot)]);
+    // A login whose role sets lock_timeout to 50 ms: each wait on the held row ends so.
+    const primaries = new Map(
+      Object.entries(env.urls.shards).map(([id, url]) => {
+        const pool = new pg.Pool({ connectionString: url, max: 2, options: '-c lock_timeout=50' });
+        pool.on('error', () => undefined);
+        pools.push(pool);
+        return [id, pool] as const;
+      }),
+    );
+    const holder = await shardA().connect();
+    holder.on('error', () => undefined);
+    try {
+      await holder.query('begin');
+      await holder.query(`update write_fences set state = 'fenced' where kind = 'slot' and unit_id = $1`, [String(slot)]);
+      const failed = await failureOf(key, undefined, primaries, 300);
+      expect(failed).toBe(
+        `fence-timeout: slot ${slot} on shard shard_a had its fence row held by a fence change not yet committed for more than 300 ms (each wait ended by the session's own lock_timeout; its row names no move job: a hand change, or an operator's SQL; pg_stat_activity shows the transaction holding it)`,
+      );
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+      await shardA().query(`delete from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
+    }
+  }, 30_000);
+});
