@@ -27,14 +27,14 @@ import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredConfig, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
-import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardUnanswered, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
+import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanCatalogRefused, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardUnanswered, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
 import { ShardInspectionError, type HealthReport, type InspectionFailure, type RebalanceCensus, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
 import { failureKind } from '../adapters/postgres/sqlstate.js';
 import { requestTimeLeftMs, withinRequestDeadline } from '../adapters/postgres/request-deadline.js';
-import { SessionTimeoutError } from '../adapters/postgres/deadline.js';
+import { SessionTimeoutError, sessionTimeoutOf } from '../adapters/postgres/deadline.js';
 import { coalesced } from './coalesce.js';
 import { ProblemError } from './http.js';
 import { TIMESERIES_MAX_POINTS, TIMESERIES_MAX_WINDOW_SECONDS } from './schemas.js';
@@ -237,6 +237,40 @@ async function reachable<T>(what: string, work: () => Promise<T>, report: ((fail
   }
 }
 
+/**
+ * The rebalance check's reads of the catalog (the slot map, the directory, the unfinished moves),
+ * `reads`, with a failure of theirs that is the catalog's answered as the plan's checks answer it
+ * (Mover.plan, catalogBoundedPool): a statement ended by the catalog session's own
+ * statement_timeout or lock_timeout (the login's role or database setting: these reads set none of
+ * their own), before the request's deadline, is a 503 naming the catalog and the setting (its cause
+ * a SessionTimeoutError); the catalog refusing or losing the connection a 503 naming the catalog
+ * and the failure's kind. Before, both reached the API bare: "an internal error occurred" (500)
+ * where a table the reads need was held by a lock longer than a login's statement_timeout of
+ * 50 ms, naming neither (h156, moves-plan-refusals-named.test.ts). The driver's text goes to
+ * `report`, the log. Anything else is thrown as it is.
+ */
+async function rebalanceCatalogReads<T>(reads: Promise<T>, report: ((failure: InspectionFailure) => void) | undefined): Promise<T> {
+  const what = 'the rebalance check';
+  try {
+    return await reads;
+  } catch (err) {
+    const left = requestTimeLeftMs();
+    const setting = left === undefined || left > 0 ? sessionTimeoutOf(err) : undefined;
+    if (setting !== undefined) {
+      reportSafely(report, { what, error: err });
+      throw new UnavailableError(
+        `${what}: the catalog ${setting === 'statement_timeout' ? 'cancelled a read of the rebalance check' : 'ended a lock wait of a read of the rebalance check'} (the slot map, the directory or the unfinished moves) by its session's own ${setting} (the catalog login's role or database setting${setting === 'statement_timeout' ? ', 10 s for the control login by catalog migration 005' : ''}; pg_settings' source for ${setting} names where it is set), shorter than what the request had left. A table the read needs held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow catalog keeps such a read. Ask again once that has ended, or raise that ${setting} (ALTER ROLE ... SET ${setting})`,
+        { cause: new SessionTimeoutError('the catalog', setting, err) },
+      );
+    }
+    if (isNodeFailure(err) && !(err instanceof UnavailableError)) {
+      reportSafely(report, { what, error: err });
+      throw new UnavailableError(`${what}: the catalog did not answer a read of the rebalance check (${failureKind(err)}); ask again once it answers`, { cause: err });
+    }
+    throw err;
+  }
+}
+
 /** Hands `failure` to `report`; a throwing logger must not change the answer. */
 function reportSafely(report: ((failure: InspectionFailure) => void) | undefined, failure: InspectionFailure): void {
   try {
@@ -413,7 +447,7 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
   const censuses = new Map<string, Promise<RebalanceCensus>>();
   async function rebalanceCensus(): Promise<{ census: RebalanceCensus; inFlight: number }> {
     const s = sharding();
-    const [slotMap, directory, unfinished] = await Promise.all([s.slotMaps.current(), s.directory.all(), s.mover.unfinished()]);
+    const [slotMap, directory, unfinished] = await rebalanceCatalogReads(Promise.all([s.slotMaps.current(), s.directory.all(), s.mover.unfinished()]), s.onFailure);
     // A unit with an unfinished move cannot be started again (409).
     const busySlots = [...new Set(unfinished.map((j) => j.slot))].sort((a, b) => a - b);
     // Those that will end on their target are planned as if done: whoever started the moves a
@@ -1002,6 +1036,15 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         // `until`): 503, nothing recorded. Or its commit was sent and not answered: the job may be
         // recorded (503, in words that say how to find out).
         if (err instanceof MovePlanOutOfTime || err instanceof MovePlanOutcomeUnknown) throw new UnavailableError(`starting the move: ${err.message}`, { cause: err });
+        // The catalog refused the plan's connection (nothing listening, no free slot: 503 with
+        // Retry-After, it answers again in its time) or its login (a 500: the credentials are the
+        // deployment's to fix, and a client told to retry would retry for nothing), named with the
+        // cause by its kind; the driver's text (address, login) to the log (h156).
+        if (err instanceof MovePlanCatalogRefused) {
+          reportSafely(s.onFailure, { what: 'starting the move', error: err.cause ?? err });
+          if (err.fault === 'credentials') throw new ProblemError(500, `starting the move: ${err.message}`, { cause: err });
+          throw new UnavailableError(`starting the move: ${err.message}`, { cause: err });
+        }
         throw err;
       }
     },
@@ -1110,6 +1153,10 @@ function rebalanceFailure(err: unknown): { status: number; reason: string } {
   // Both name no address, login or relation of a server's (the inspector states failures by kind).
   if (err instanceof RebalancePlanError) return { status: 409, reason: err.message };
   if (err instanceof ShardInspectionError) return { status: 503, reason: err.message };
+  // The check's reads of the catalog ended by its session's own timeout, or its connection refused
+  // (rebalanceCatalogReads: in words naming the catalog and the setting or the kind, no server text;
+  // the driver's error already logged), as GET /shards/rebalance-check answers them (h156).
+  if (err instanceof UnavailableError) return { status: 503, reason: err.message };
   // The catalog's or the driver's own text is not for a response (README): its kind only.
   return { status: 500, reason: `the check failed: ${failureKind(err)}` };
 }

@@ -139,6 +139,32 @@ export class MovePlanOutOfTime extends MoveError {
 }
 
 /**
+ * The catalog refused a connection {@link Mover.plan} asked it for (a read of its checks, or the
+ * job's transaction), or refused its login, or lost it before answering: nothing was recorded.
+ * `fault` says what an operator does about it, and so how POST /shards/moves answers it
+ * (functions/api/wiring.ts, `startMove`): `unavailable` (nothing listens at its address: stopped,
+ * restarting, failing over; no free connection slot, 53300; the connection lost), a 503 with
+ * Retry-After, the catalog answering again in its time; `credentials` (the login refused: 28P01 a
+ * wrong password, 28000 no such role or pg_hba.conf, 3D000 no such database), a 500, as a fault of
+ * the deployment's configuration no retry mends until someone changes the catalog login's secret
+ * or the configuration (a rotation in progress is the secret pool's to retry: secret-pool.ts). In
+ * words that name the catalog and the cause by its kind (sqlstate.ts failureKind: no address, login
+ * or server text, which stay with `cause`, the driver's error, for the log). Before, these were the
+ * API's generic "the catalog or a shard did not answer (...); try again shortly", naming neither,
+ * and a refused login "an internal error occurred" (h156, moves-plan-refusals-named.test.ts).
+ */
+export class MovePlanCatalogRefused extends MoveError {
+  override readonly name = 'MovePlanCatalogRefused';
+  constructor(
+    message: string,
+    readonly fault: 'unavailable' | 'credentials',
+    options: { cause: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/**
  * {@link Mover.plan} sent the commit of the job's transaction and the catalog's answer never came
  * (its connection dropped at the request's deadline, lost, or timed out): the job may be recorded
  * (and then run by the moves worker) or not, and the plan cannot tell. POST /shards/moves answers

@@ -50,6 +50,7 @@ import {
   MoveBusyError,
   MoveConflictError,
   MoveError,
+  MovePlanCatalogRefused,
   MovePlanOutOfTime,
   MovePlanOutcomeUnknown,
   MovePlanShardUnanswered,
@@ -64,7 +65,7 @@ import {
 import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sourceDisowns, type DisowningRow, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 import { isNodeFailure } from './replica-reader.js';
-import { failureKind, LOCK_NOT_AVAILABLE, retryingSerializationFailures } from './sqlstate.js';
+import { failureKind, LOCK_NOT_AVAILABLE, retryingSerializationFailures, SERIALIZATION_FAILURE } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
 import { describeRows, directoryKeysBySlot, keyRowsOn, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn } from './unit-rows.js';
 
@@ -162,7 +163,23 @@ export interface MoverOptions {
   readonly holder?: string;
   /** Called at each crash point; tests use it to kill the process at a chosen step. */
   readonly hook?: (point: MoveHookPoint, job: MoveJob) => Promise<void> | void;
+  /**
+   * Called (and awaited) at each point of {@link Mover.plan} named by {@link MovePlanHookPoint}
+   * (nothing else is awaited in between); tests use it to change the catalog under the plan at a
+   * chosen step (stop it, refuse its login, make it silent). Before, the tests told the plan's own
+   * checkout from its checks' by the names of the calling methods on the stack, which a refactor
+   * or a bundler's minification of those names silently broke (h156).
+   */
+  readonly planHook?: (point: MovePlanHookPoint) => Promise<void> | void;
 }
+
+/**
+ * Where {@link MoverOptions.planHook} is called: `before-record-checkout`, once the plan's checks
+ * have passed, right before the plan checks out the catalog connection of the job's transaction
+ * (the one checkout of a plan that is not a read of its checks: each of those checks out a
+ * connection of its own, {@link boundedPool}).
+ */
+export type MovePlanHookPoint = 'before-record-checkout';
 
 // `$3::double precision`: an exact match for pg_catalog's `*` (see lease-store.ts's ACQUIRE).
 const CLAIM = `
@@ -359,14 +376,30 @@ function boundedPool(pool: pg.Pool, until: number, budgetMs: number): pg.Pool {
  * cut or not sent for want of time failing with a {@link NodeTimeoutError} naming the shard (its
  * `nodeId`), which the plan answers as the shard not answering (MovePlanShardUnanswered, a 503):
  * boundedPool's own errors name "the move plan's checks" (the rebalance check's words) or are the
- * driver's "Query read timeout", neither naming the shard. Anything else is thrown as it is.
+ * driver's "Query read timeout", neither naming the shard. A read the shard session's own
+ * statement_timeout or lock_timeout ended (the reads set none) fails with a {@link MoveError} naming
+ * the shard and the setting, its cause a {@link SessionTimeoutError} (h156). Anything else is
+ * thrown as it is. `refused`: "cannot plan the move of slot 5 to shard_b", for the words.
  */
-function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs: number): pg.Pool {
+function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs: number, refused: () => string): pg.Pool {
   const bounded = boundedPool(pool, until, budgetMs);
   const query = async (text: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult> => {
     try {
       return await bounded.query(text, values);
     } catch (err) {
+      // The reads set no timeout of their own: a 57014 or 55P03 in a timeout's words is the shard
+      // login's (an ALTER ROLE ... SET statement_timeout, a parameter group's). Before, it reached the
+      // API bare and was answered "the catalog or a shard did not answer (a statement ran past its
+      // time limit); try again shortly", naming neither the shard nor the setting, where trying
+      // again meets the same setting (h156, moves-plan-refusals-named.test.ts). Named as the
+      // catalog's reads name it (catalogBoundedPool), its cause a SessionTimeoutError.
+      const setting = sessionTimeoutOf(err);
+      if (setting !== undefined) {
+        throw new MoveError(
+          `${refused()}: ${shard} ${setting === 'statement_timeout' ? "cancelled a read of the plan's checks" : "ended a lock wait of a read of the plan's checks"} by its session's own ${setting} (the shard login's role or database setting, or its parameter group's; pg_settings' source for ${setting} on ${shard} names where it is set), shorter than what the request had left (its deadline had not passed). A table the read needs held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow shard keeps such a read. Nothing was recorded: plan it again once that has ended, or raise that ${setting} (ALTER ROLE ... SET ${setting})`,
+          { cause: new SessionTimeoutError(shard, setting, err) },
+        );
+      }
       // The shard down or unreachable (a closed port: ECONNREFUSED; a connection lost): named too,
       // where the API answered "the catalog or a shard did not answer", naming neither (h137).
       if (!(err instanceof NodeTimeoutError) && !(err instanceof Error && err.message === 'Query read timeout')) throw isNodeFailure(err) ? new ShardNodeFailure(shard, err as Error) : err;
@@ -405,8 +438,9 @@ function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs:
  * statement_timeout ended first (a login's shorter setting: the reads here set none of their own)
  * fails with a {@link MoveError} naming that setting, its cause a {@link SessionTimeoutError}
  * (deadline.ts, as the shards' reads and writes name it; the API answers 503 in its words).
- * Anything else (a refused or lost connection) is thrown as it is, and the API names the catalog
- * or a shard as before. `refused`: "cannot plan the move of slot 5 to shard_b", for the words.
+ * A refused or lost connection, or a refused login, fails it with a {@link MovePlanCatalogRefused}
+ * naming the catalog and the cause ({@link catalogRefused}; h156). Anything else is thrown as it
+ * is. `refused`: "cannot plan the move of slot 5 to shard_b", for the words.
  */
 function catalogBoundedPool(pool: pg.Pool, until: number, budgetMs: number, refused: () => string): pg.Pool {
   const bounded = boundedPool(pool, until, budgetMs);
@@ -423,7 +457,10 @@ function catalogBoundedPool(pool: pg.Pool, until: number, budgetMs: number, refu
         );
       }
       const cut = err instanceof Error && err.message === 'Query read timeout';
-      if (!cut && !(err instanceof NodeTimeoutError)) throw err;
+      // Refused (nothing listens, no free connection slot, the login refused) or lost: named, the
+      // catalog and the cause, where the API said "the catalog or a shard did not answer (...); try
+      // again shortly", or, for a refused login, "an internal error occurred" (h156).
+      if (!cut && !(err instanceof NodeTimeoutError)) throw catalogRefused(err, refused(), "a read of the plan's checks") ?? err;
       // Not sent, the deadline already passed (the checks' reads of the shards took the time): the
       // catalog was not asked, and "did not answer" would blame it.
       const connecting = err instanceof NodeTimeoutError && err.cause instanceof DeadlinePassedError;
@@ -462,6 +499,48 @@ class ShardNodeFailure extends Error {
     super(cause.message, { cause });
     this.code = (cause as { code?: unknown }).code;
   }
+}
+
+/** SQLSTATEs of a login the catalog refused (see {@link catalogRefused}): the credentials, the role, the database. */
+const LOGIN_REFUSED = /^(28...|3D000)$/;
+
+/**
+ * `err`, a failure of a catalog connection {@link Mover.plan} asked for (`asked`: "a read of the
+ * plan's checks", "the job's transaction"), as a {@link MovePlanCatalogRefused} naming the catalog
+ * and the cause where it is one (a refused or lost connection, no free connection slot, a refused
+ * login); undefined for anything else (an error of a statement: the caller's to judge). `refused`:
+ * "cannot plan the move of slot 5 to shard_b", for the words.
+ */
+function catalogRefused(err: unknown, refused: string, asked: string): MovePlanCatalogRefused | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && LOGIN_REFUSED.test(code)) {
+    return new MovePlanCatalogRefused(
+      `${refused}: the catalog refused the login of ${asked} (${failureKind(err)}): the catalog login's credentials (the configuration's catalog URL, or the secret the function reads it from) do not match the catalog's. Nothing was recorded: trying again does not help until they do`,
+      'credentials',
+      { cause: err },
+    );
+  }
+  // A serialization failure (40001, a SERIALIZABLE default) is the reads' own retry's
+  // (retryingSerializationFailures), not the catalog's refusal.
+  if (!isNodeFailure(err) || code === SERIALIZATION_FAILURE) return undefined;
+  // What happened, in the words of what the operator looks at: a server refusing (nothing listens
+  // at its address: ECONNREFUSED; starting up: 57P03; no free slot: 53300), a connection lost (a
+  // reset, pg's "Connection terminated unexpectedly"), or none given in time (pg-pool's own
+  // connection timeout, shorter than what the request had left).
+  const slots = code === '53300';
+  const timedOut = code === undefined && err instanceof Error && /timeout/i.test(err.message);
+  const refusedIt = slots || code === '57P03' || (typeof code === 'string' && /^E[A-Z]+$/.test(code) && code !== 'ECONNRESET' && code !== 'EPIPE');
+  const what = timedOut ? `gave no connection for ${asked} within its pool's connection timeout` : `${refusedIt ? 'refused' : 'lost'} the connection of ${asked}`;
+  const why = slots
+    ? 'every connection slot it allows the login (or the server) is taken'
+    : timedOut
+      ? 'it did not answer (failing over, restarting, or unreachable), or every connection of the pool was in use'
+      : 'it is stopped, restarting or failing over, or unreachable from here (its address, a security group)';
+  return new MovePlanCatalogRefused(
+    `${refused}: the catalog ${what} (${failureKind(err)}): ${why}. Nothing was recorded: plan it again once the catalog answers`,
+    'unavailable',
+    { cause: err },
+  );
 }
 
 /** A request {@link Mover.plan}'s checks before recording passed, with what they read. */
@@ -553,16 +632,19 @@ export class Mover {
     // 1 s left until that timeout, 2 s past its deadline, answered "the catalog or a shard did not
     // answer (no answer in time); try again shortly" (h145, moves-plan-deadline-review.test.ts). A
     // connection lent after the deadline goes back to the pool unused (connectBy); the silent
-    // connect is ended by the pool at its own timeout. A catalog that refuses the connection
-    // (ECONNREFUSED, a password) fails as before: the API names it as a catalog failure.
+    // connect is ended by the pool at its own timeout.
+    await this.options.planHook?.('before-record-checkout');
+    // A catalog that refuses the connection (nothing listens, no free connection slot, the login
+    // refused) is named, and the cause (catalogRefused), as for the checks' reads (h156).
+    const recordRefused = (err: unknown): unknown => catalogRefused(err, `cannot plan the move of ${what} from ${from} to ${req.to}`, "the job's transaction") ?? err;
     let client: pg.PoolClient;
-    if (until === undefined) client = await this.options.catalog.connect();
+    if (until === undefined) client = await this.options.catalog.connect().catch((err: unknown) => Promise.reject(recordRefused(err)));
     else {
       const connectMs = Math.max(0, Math.round(leftMs()));
       try {
         client = await connectBy(this.options.catalog, until, 'the catalog');
       } catch (err) {
-        if (!(err instanceof DeadlinePassedError)) throw err;
+        if (!(err instanceof DeadlinePassedError)) throw recordRefused(err);
         throw new MovePlanOutOfTime(
           `cannot plan the move of ${what} from ${from} to ${req.to}: the catalog gave no connection for the job's transaction by the request's deadline (API Gateway's 29 s or the function's end, less the answer margin; no connection within ${connectMs} ms, what the request had left after its checks): the catalog did not answer (failing over, restarting, or unreachable), or every connection of its pool was in use. Nothing was recorded: plan it again`,
           { cause: err },
@@ -781,7 +863,7 @@ export class Mover {
     // parsed (every read comes after), so its unit can be named.
     const refused = (): string => `cannot plan the move of ${request.kind === 'slot' ? `slot ${request.slot}` : `key ${canonicalKey(String(request.key))}`} to ${request.to}`;
     const catalog = catalogBoundedPool(this.options.catalog, until, budgetMs, refused);
-    const checker = new Mover({ ...this.options, catalog, shards: new Map([...this.options.shards].map(([id, pool]) => [id, shardBoundedPool(id, pool, until, budgetMs)])) });
+    const checker = new Mover({ ...this.options, catalog, shards: new Map([...this.options.shards].map(([id, pool]) => [id, shardBoundedPool(id, pool, until, budgetMs, refused)])) });
     return checker.checked(request, undefined, catalog);
   }
 
@@ -1703,6 +1785,10 @@ async function askedShard<T>(shard: string, asked: string, work: () => Promise<T
   try {
     return await work();
   } catch (err) {
+    // Already the plan's answer (shardBoundedPool: the shard login's own statement_timeout, named;
+    // the deadline passed before the read), whose words ("statement_timeout") isNodeFailure would
+    // take for a node's failure.
+    if (err instanceof MoveError) throw err;
     if (!isNodeFailure(err) && (err as { code?: unknown } | null)?.code !== QUERY_CANCELED) throw err;
     throw new MovePlanShardUnanswered(words(failureKind(err)), shard, { cause: err, asked });
   }

@@ -22,7 +22,7 @@ import { listFences, type FenceReview } from './fence-review.js';
 import { LeaseStore } from './lease-store.js';
 import { createMovesLookup } from './move-lookup.js';
 import type { MovesLookup } from '../../core/sharding/lost-before-move.js';
-import { Mover } from './mover.js';
+import { Mover, type MoverOptions } from './mover.js';
 import { createShardReader, type ShardReader } from './read-transaction.js';
 import { ReplicaReader } from './replica-reader.js';
 import { withinRequestDeadline } from './request-deadline.js';
@@ -45,6 +45,8 @@ export interface ShardingRuntimeOptions {
   readonly cloud?: EndpointFactsSource;
   /** How long a move waits for writers older than its change capture before it stops, resumable (the mover's default, 30 s, when absent). */
   readonly moveDrainTimeoutMs?: number;
+  /** The mover's {@link MoverOptions.planHook}: tests change the catalog under a plan at a chosen step. */
+  readonly movePlanHook?: MoverOptions['planHook'];
   /**
    * Told each failure the inspector and the fence listing report by its kind only, with the
    * driver's error: its text (addresses, logins, relations) is for the log, never for the API's
@@ -201,6 +203,7 @@ export async function createShardingRuntime(options: ShardingRuntimeOptions): Pr
       actor: options.actor,
       routing,
       ...(options.moveDrainTimeoutMs !== undefined ? { drainTimeoutMs: options.moveDrainTimeoutMs } : {}),
+      ...(options.movePlanHook !== undefined ? { planHook: options.movePlanHook } : {}),
     });
     return {
       config,

@@ -55,30 +55,30 @@ function catalogPool(url: string): pg.Pool {
 }
 
 /**
- * Runs `hook` before the checkout Mover.plan makes itself for the job's transaction, once: told by
- * the caller on the stack from the checks' reads, which check out under Mover.checkedBy (each read
- * on a connection of its own, held to the deadline: h150).
+ * A runtime (and the API's port over it) whose catalog is `catalog`; `beforePlansCheckout`, where
+ * given, runs once, before the checkout Mover.plan makes itself for the job's transaction (its
+ * `planHook` at `before-record-checkout`: after the checks' reads, which check out connections of
+ * their own, held to the deadline: h150). Before, the test told that checkout by the names of the
+ * calling methods on the stack (`Mover.plan`, not under `Mover.checked`; h156).
  */
-function beforePlansCheckout(pool: pg.Pool, hook: () => Promise<void>): void {
-  const original = pool.connect.bind(pool) as (...args: unknown[]) => unknown;
-  let armed = true;
-  (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = (...args: unknown[]) => {
-    const stack = new Error().stack ?? '';
-    if (armed && args.length === 0 && stack.includes('Mover.plan') && !stack.includes('Mover.checked')) {
-      armed = false;
-      return hook().then(() => original());
-    }
-    return original(...args);
-  };
-}
-
-async function runtimeOver(catalog: pg.Pool): Promise<{ runtime: ShardingRuntime; port: ScalingApiPort }> {
+async function runtimeOver(catalog: pg.Pool, beforePlansCheckout?: () => Promise<void>): Promise<{ runtime: ShardingRuntime; port: ScalingApiPort }> {
   const config = parseShardingConfig({
     strategy: 'hash_based',
     shards: Object.entries(env.urls.shards).map(([shard_id, database_url]) => ({ shard_id, database_url, weight: 1, read_replicas: [] })),
     default_shard: 'shard_a',
   });
-  const runtime = await createShardingRuntime({ config, catalog, actor: 'plan-review-test', pools: { max: 1 } });
+  let armed = beforePlansCheckout !== undefined;
+  const runtime = await createShardingRuntime({
+    config,
+    catalog,
+    actor: 'plan-review-test',
+    pools: { max: 1 },
+    movePlanHook: async (point) => {
+      if (!armed || point !== 'before-record-checkout') return;
+      armed = false;
+      await beforePlansCheckout?.();
+    },
+  });
   return { runtime, port: createScalingApiPort({ ...({} as Omit<ScalingApiDeps, 'sharding'>), sharding: shardingDepsOf(runtime, () => undefined) }) };
 }
 
@@ -117,15 +117,14 @@ describe("POST /shards/moves whose catalog goes silent (a failover's old address
     const slot = await firstSlotOwnedBy(env, 'shard_a', 500);
     const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
     const catalog = catalogPool(relay.url(env.urls.catalog));
-    const { runtime, port } = await runtimeOver(catalog);
+    // The checks' catalog reads answered; the catalog then fails over: its connection is reset
+    // and its old address answers nothing, so the plan's own checkout opens a connection that
+    // is never answered.
+    const { runtime, port } = await runtimeOver(catalog, async () => {
+      relay.failOver();
+      await delay(100);
+    });
     try {
-      // The checks' catalog reads answered; the catalog then fails over: its connection is reset
-      // and its old address answers nothing, so the plan's own checkout opens a connection that
-      // is never answered.
-      beforePlansCheckout(catalog, async () => {
-        relay.failOver();
-        await delay(100);
-      });
       const handler = createApiHandler(() => port);
       const started = Date.now();
       const result = await handler(event({ kind: 'slot', unit: String(slot), to: 'shard_b' }, receivedLeaving(1500)), context());
@@ -189,10 +188,9 @@ describe('POST /shards/moves whose catalog goes silent once the COMMIT of the jo
     const slot = await firstSlotOwnedBy(env, 'shard_a', 700);
     const relay = await SilentRelay.start(Number(new URL(env.urls.catalog).port));
     const catalog = catalogPool(relay.url(env.urls.catalog));
-    const { runtime, port } = await runtimeOver(catalog);
+    // The plan's own connection: its COMMIT reaches the server, whose answer is lost.
+    const { runtime, port } = await runtimeOver(catalog, async () => relay.blackholeAfter('commit\u0000'));
     try {
-      // The plan's own connection: its COMMIT reaches the server, whose answer is lost.
-      beforePlansCheckout(catalog, async () => relay.blackholeAfter('commit\u0000'));
       const handler = createApiHandler(() => port);
       const result = await handler(event({ kind: 'slot', unit: String(slot), to: 'shard_b' }, receivedLeaving(1500)), context());
       const detail = detailOf(result.body);
