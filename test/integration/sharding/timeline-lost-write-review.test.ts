@@ -11,8 +11,12 @@ import { replicatedShard } from './fixtures/replicated-shard.js';
 import { keptOnBothReplicas, promoteFirstBehindAddress, promoteSecondAtAddress } from './fixtures/two-promotions.js';
 
 const WRITE_LOST_TYPE = 'https://ca-dms-scaling.dev/problems/write-lost';
-/** The reader's per-connection primary check (replica-reader.ts, PRIMARY_CHECK_SQL), as pg_stat_activity shows it (a LIKE pattern). */
-const PRIMARY_CHECK_LIKE = 'select pg_is_in_recovery() as in_recovery,%case when pg_is_in_recovery() then null else%pg_walfile_name(pg_current_wal_insert_lsn())%';
+/**
+ * The start of the round trip that begins a replica reader's transaction, with its deadline's
+ * settings and its primary check (replica-reader.ts, PRIMARY_CHECK_SQL), as pg_stat_activity
+ * shows it (a LIKE pattern).
+ */
+const READ_BEGIN_LIKE = 'begin isolation level repeatable read read only; select set_config(%';
 const PAGE = 8192n;
 
 
@@ -197,8 +201,12 @@ describe('a read token after a failover, at the edges', () => {
       const sleeping = await waitFor('history query', "select pid from pg_stat_activity where query like '%timeline_history()%' and state = 'active' and pid <> pg_backend_pid()");
       const secondAnswer = read(second.api);
       // The second read's connection made its primary check and now waits on the first's query.
-      // (In its read's transaction, begun with the check.)
-      await waitFor('second connection', `select pid from pg_stat_activity where query like '%${PRIMARY_CHECK_LIKE}' and state = 'idle in transaction' and pid <> ${sleeping}`);
+      // (In its read's transaction, begun with the check in one round trip: idle in that
+      // transaction, the check has answered. Matched by the round trip's start: since the BEGIN
+      // keeps a login's idle_in_transaction_session_timeout too, the round trip is longer than
+      // pg_stat_activity keeps of a query, track_activity_query_size's 1024 bytes, and the check
+      // at its end is cut off there.)
+      await waitFor('second connection', `select pid from pg_stat_activity where query like '${READ_BEGIN_LIKE}' and state = 'idle in transaction' and pid <> ${sleeping}`);
       await sleep(200);
       await activity(`select ${how}(${sleeping})`);
       await gate.query('select pg_advisory_unlock(4712)');
