@@ -678,6 +678,26 @@ function unitFilterOf(job: UnitRef, table: TableName, first: number, alias = '')
 }
 
 /**
+ * The keys with a `directory` row of their own on a shard (`states`: in another state than `open`,
+ * or in any) owning rows under `slot` there, less `excluded` (see PgMovePort.setAside).
+ */
+async function keysFencedByOwnRow(pool: Queryable, slot: number, excluded: readonly string[], states: 'not open' | 'any'): Promise<string[]> {
+  const { rows } = await pool.query<{ key: string }>(
+    // Materialized: only keys in the canonical UUID form (a tenant name owns no row) are cast.
+    `with f as materialized (select unit_id as key from write_fences
+                              where kind = 'directory'${states === 'not open' ? " and state <> 'open'" : ''} and unit_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' and not (unit_id = any($2::text[]))),
+          k as materialized (select key, key::uuid as id from f)
+     select k.key from k
+      where exists (select 1 from users u where u.id = k.id and u.slot = $1::int)
+         or exists (select 1 from documents d where d.owner_id = k.id and d.slot = $1::int)
+         or exists (select 1 from document_keys r where r.owner_id = k.id and r.slot = $1::int)
+      order by 1`,
+    [slot, excluded],
+  );
+  return rows.map((r) => r.key);
+}
+
+/**
  * A directory key's rows on a move's target where the move copied nothing there (see
  * {@link targetHoldsCopy}), as `<n> in <table>` for each sharded table holding some: writes sent
  * there by hash, which the move's check of its target (`PgMovePort.checkedIncoming`) stops at
@@ -1290,9 +1310,21 @@ export class PgMovePort implements MovePort<MoveJob> {
    * catch-up, the comparison and the clean-up alike (one filter, {@link unitFilter}), and never
    * deleted: not the move's to delete (the clean-up's note counts them).
    *
+   * And the target's keys alike (h158): a key with a `directory` row of its own on the target,
+   * in any state, owning rows under the slot there. That row decides for them there too: `open`
+   * (a key moved to the target by a directory move, or pinned there), they are the key's, live
+   * and served (a reader lists a key's documents by owner, whatever their slot); `moved`, a
+   * leftover of the key's own, not the slot's. The copy's delete of the target's unit rows before
+   * each COPY, and a rollback's deletion of the copy, took every row under the slot there but
+   * those of its excluded keys: a move of the slot to the shard such a key lives on deleted the
+   * key's live row (moves-slot-target-own-key.test.ts). The same keys are left out on the source
+   * (the two sides compared over the same rows): a row there of such a key, the slot's by the
+   * source's fences (the key has no row of its own there), stays with the key's others on the
+   * source and the clean-up's note counts it, to be put by hand where the key lives.
+   *
    * Read once per job and run, on the first step that reads the unit's rows, and kept for the
    * run: the comparison under the fence reads no more, and the two sides are always compared
-   * over the same rows (the target's fences say nothing of the source's). A later run reads them
+   * over the same rows (one list, read from both, applied to both). A later run reads them
    * again. A key's row changed between two runs moves its rows into or out of the unit with no
    * write the capture logs: one that came in (the key's row opened: a move of the key back) is
    * missing on the target, and the comparison fails the move, which rolls back (nothing lost);
@@ -1303,19 +1335,11 @@ export class PgMovePort implements MovePort<MoveJob> {
    */
   private async setAside(job: MoveJob): Promise<void> {
     if (job.kind !== 'slot' || this.keysSetAside.has(job.id)) return;
-    const { rows } = await this.pool(job.from).query<{ key: string }>(
-      // Materialized: only keys in the canonical UUID form (a tenant name owns no row) are cast.
-      `with f as materialized (select unit_id as key from write_fences
-                                where kind = 'directory' and state <> 'open' and unit_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' and not (unit_id = any($2::text[]))),
-            k as materialized (select key, key::uuid as id from f)
-       select k.key from k
-        where exists (select 1 from users u where u.id = k.id and u.slot = $1::int)
-           or exists (select 1 from documents d where d.owner_id = k.id and d.slot = $1::int)
-           or exists (select 1 from document_keys r where r.owner_id = k.id and r.slot = $1::int)
-        order by 1`,
-      [Number(job.unitId), job.excludedKeys],
-    );
-    this.keysSetAside.set(job.id, rows.map((r) => r.key));
+    const slot = Number(job.unitId);
+    // Both read before either is kept: a side not answering leaves the list unread, and the next
+    // step that needs it reads both again.
+    const [source, target] = await Promise.all([keysFencedByOwnRow(this.pool(job.from), slot, job.excludedKeys, 'not open'), keysFencedByOwnRow(this.pool(job.to), slot, job.excludedKeys, 'any')]);
+    this.keysSetAside.set(job.id, [...new Set([...source, ...target])].sort());
   }
 
   async prepareSource(job: MoveJob): Promise<void> {
@@ -3272,7 +3296,7 @@ export class PgMovePort implements MovePort<MoveJob> {
       ...(kept > 0 ? [`clean-up kept ${kept} user row(s) on ${job.from} that still own documents outside the moved unit`] : []),
       ...(aside > 0
         ? [
-            `clean-up left ${aside} row(s) on ${job.from} of keys fenced there by a unit of their own (a 'moved', 'incoming' or 'fenced' directory row: rows of the key, not the slot's, neither copied nor deleted; docs/sharding-spec.md section 9, "Rows of a key fenced by its own row")`,
+            `clean-up left ${aside} row(s) on ${job.from} of keys fenced there by a unit of their own (a 'moved', 'incoming' or 'fenced' directory row), or holding rows under the slot on ${job.to} by a directory row of their own there: rows of the key, not the slot's, neither copied nor deleted; put them by hand where the key lives, under its own slot (docs/sharding-spec.md section 9, "Rows of a key fenced by its own row")`,
           ]
         : []),
     ];
