@@ -27,7 +27,7 @@ import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredConfig, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
-import { MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanCatalogRefused, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardUnanswered, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
+import { CATALOG_LOGIN_REFUSED_WHY, CATALOG_ROTATION_HOW_TO_TELL, catalogLoginRefused, MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanCatalogRefused, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardUnanswered, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
 import { ShardInspectionError, type HealthReport, type InspectionFailure, type RebalanceCensus, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
@@ -246,8 +246,11 @@ async function reachable<T>(what: string, work: () => Promise<T>, report: ((fail
  * a SessionTimeoutError); the catalog refusing or losing the connection a 503 naming the catalog
  * and the failure's kind. Before, both reached the API bare: "an internal error occurred" (500)
  * where a table the reads need was held by a lock longer than a login's statement_timeout of
- * 50 ms, naming neither (h156, moves-plan-refusals-named.test.ts). The driver's text goes to
- * `report`, the log. Anything else is thrown as it is.
+ * 50 ms, naming neither (h156, moves-plan-refusals-named.test.ts). A login the catalog refused
+ * (28P01, 28000, 3D000) is a 500 naming the catalog login's credentials and a rotation of its
+ * secret under way, as POST /shards/moves answers it (MovePlanCatalogRefused): it too reached the
+ * API bare, "an internal error occurred" (h160). The driver's text goes to `report`, the log.
+ * Anything else is thrown as it is.
  */
 async function rebalanceCatalogReads<T>(reads: Promise<T>, report: ((failure: InspectionFailure) => void) | undefined): Promise<T> {
   const what = 'the rebalance check';
@@ -261,6 +264,15 @@ async function rebalanceCatalogReads<T>(reads: Promise<T>, report: ((failure: In
       throw new UnavailableError(
         `${what}: the catalog ${setting === 'statement_timeout' ? 'cancelled a read of the rebalance check' : 'ended a lock wait of a read of the rebalance check'} (the slot map, the directory or the unfinished moves) by its session's own ${setting} (the catalog login's role or database setting${setting === 'statement_timeout' ? ', 10 s for the control login by catalog migration 005' : ''}; pg_settings' source for ${setting} names where it is set), shorter than what the request had left. A table the read needs held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow catalog keeps such a read. Ask again once that has ended, or raise that ${setting} (ALTER ROLE ... SET ${setting})`,
         { cause: new SessionTimeoutError('the catalog', setting, err) },
+      );
+    }
+    if (catalogLoginRefused(err)) {
+      reportSafely(report, { what, error: err });
+      // No Retry-After (a 500): a client told to retry a wrong password would retry for nothing.
+      throw new ProblemError(
+        500,
+        `${what}: the catalog refused the login of a read of the rebalance check (${failureKind(err)}): ${CATALOG_LOGIN_REFUSED_WHY}. Ask again once the rotation has finished (${CATALOG_ROTATION_HOW_TO_TELL}); otherwise asking again does not help until the credentials match`,
+        { cause: err },
       );
     }
     if (isNodeFailure(err) && !(err instanceof UnavailableError)) {
@@ -904,7 +916,8 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
             const failed = rebalanceFailure(err);
             // A 503 names its shard (the inspector logged the driver's text); a 409 is a state of
             // the shards. A 500 is the catalog's or the driver's failure, told by its kind only.
-            if (failed.status === 500) reportSafely(s.onFailure, { what: 'rebalance check (GET /recommendations)', error: err });
+            // (A ProblemError's failure, rebalanceCatalogReads's, is logged already.)
+            if (failed.status === 500 && !(err instanceof ProblemError)) reportSafely(s.onFailure, { what: 'rebalance check (GET /recommendations)', error: err });
             return { failed };
           }),
         ]);
@@ -1038,8 +1051,9 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         if (err instanceof MovePlanOutOfTime || err instanceof MovePlanOutcomeUnknown) throw new UnavailableError(`starting the move: ${err.message}`, { cause: err });
         // The catalog refused the plan's connection (nothing listening, no free slot: 503 with
         // Retry-After, it answers again in its time) or its login (a 500: the credentials are the
-        // deployment's to fix, and a client told to retry would retry for nothing), named with the
-        // cause by its kind; the driver's text (address, login) to the log (h156).
+        // deployment's to fix, and a client told to retry would retry for nothing; the words name
+        // the one window that ends by itself, a rotation of the login's secret under way: h160),
+        // named with the cause by its kind; the driver's text (address, login) to the log (h156).
         if (err instanceof MovePlanCatalogRefused) {
           reportSafely(s.onFailure, { what: 'starting the move', error: err.cause ?? err });
           if (err.fault === 'credentials') throw new ProblemError(500, `starting the move: ${err.message}`, { cause: err });
@@ -1157,6 +1171,9 @@ function rebalanceFailure(err: unknown): { status: number; reason: string } {
   // (rebalanceCatalogReads: in words naming the catalog and the setting or the kind, no server text;
   // the driver's error already logged), as GET /shards/rebalance-check answers them (h156).
   if (err instanceof UnavailableError) return { status: 503, reason: err.message };
+  // Its reads' login refused by the catalog (rebalanceCatalogReads: the credentials or a rotation
+  // under way, named; the driver's error already logged; h160).
+  if (err instanceof ProblemError) return { status: err.status, reason: err.detail };
   // The catalog's or the driver's own text is not for a response (README): its kind only.
   return { status: 500, reason: `the check failed: ${failureKind(err)}` };
 }

@@ -139,6 +139,34 @@ export class MovePlanOutOfTime extends MoveError {
 }
 
 /**
+ * Whether `err` is a login the catalog refused (SQLSTATE class 28: 28P01 a wrong password, 28000
+ * no such role or pg_hba.conf; 3D000 no such database): what {@link MovePlanCatalogRefused} calls
+ * `credentials`, and the rebalance check's reads of the catalog answer alike (api/wiring.ts).
+ */
+export function catalogLoginRefused(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^(28...|3D000)$/.test(code);
+}
+
+/**
+ * Why the catalog refuses a login, as the answers of POST /shards/moves and GET
+ * /shards/rebalance-check say it (after the failure's kind, sqlstate.ts failureKind): the
+ * configuration, or the one window that ends by itself, a single-user rotation of the login's secret
+ * under way. The secret pool (secret-pool.ts) re-reads the secret and retries a refused login once,
+ * but between the rotation's setSecret (the catalog has the new password) and its finishSecret (the
+ * secret's AWSCURRENT names it), or before RDS Proxy has read the new version, the re-read gives
+ * what was refused and the retry is refused too (docs/infrastructure.md, "Rotation behind RDS
+ * Proxy"). Before, the words said "trying again does not help until they do" alone, sending the
+ * operator after a misconfiguration where the same plan a minute later was recorded (h160,
+ * moves-plan-refusals-named.test.ts, "while the catalog login's secret is being rotated").
+ */
+export const CATALOG_LOGIN_REFUSED_WHY =
+  "the catalog login's credentials (the configuration's catalog URL, or the secret the function reads it from) do not match the catalog's, or a rotation of that secret under way has not reached every side yet (its new password set in the catalog before the secret's AWSCURRENT names it, or before RDS Proxy has read it; docs/infrastructure.md, \"Rotation behind RDS Proxy\"), which ends within minutes";
+
+/** How to know whether a rotation runs, for the words after {@link CATALOG_LOGIN_REFUSED_WHY}. */
+export const CATALOG_ROTATION_HOW_TO_TELL = "the secret's last rotation date and the rotation function's log say whether one runs";
+
+/**
  * The catalog refused a connection {@link Mover.plan} asked it for (a read of its checks, or the
  * job's transaction), or refused its login, or lost it before answering: nothing was recorded.
  * `fault` says what an operator does about it, and so how POST /shards/moves answers it
@@ -147,7 +175,9 @@ export class MovePlanOutOfTime extends MoveError {
  * Retry-After, the catalog answering again in its time; `credentials` (the login refused: 28P01 a
  * wrong password, 28000 no such role or pg_hba.conf, 3D000 no such database), a 500, as a fault of
  * the deployment's configuration no retry mends until someone changes the catalog login's secret
- * or the configuration (a rotation in progress is the secret pool's to retry: secret-pool.ts). In
+ * or the configuration, or a single-user rotation of that secret ends (between its setSecret and
+ * finishSecret, or RDS Proxy's read of the new version, the secret pool's re-read and retry,
+ * secret-pool.ts, are refused too: the words name that case, h160). In
  * words that name the catalog and the cause by its kind (sqlstate.ts failureKind: no address, login
  * or server text, which stay with `cause`, the driver's error, for the log). Before, these were the
  * API's generic "the catalog or a shard did not answer (...); try again shortly", naming neither,

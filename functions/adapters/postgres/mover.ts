@@ -50,6 +50,9 @@ import {
   MoveBusyError,
   MoveConflictError,
   MoveError,
+  CATALOG_LOGIN_REFUSED_WHY,
+  CATALOG_ROTATION_HOW_TO_TELL,
+  catalogLoginRefused,
   MovePlanCatalogRefused,
   MovePlanOutOfTime,
   MovePlanOutcomeUnknown,
@@ -501,9 +504,6 @@ class ShardNodeFailure extends Error {
   }
 }
 
-/** SQLSTATEs of a login the catalog refused (see {@link catalogRefused}): the credentials, the role, the database. */
-const LOGIN_REFUSED = /^(28...|3D000)$/;
-
 /**
  * `err`, a failure of a catalog connection {@link Mover.plan} asked for (`asked`: "a read of the
  * plan's checks", "the job's transaction"), as a {@link MovePlanCatalogRefused} naming the catalog
@@ -513,9 +513,12 @@ const LOGIN_REFUSED = /^(28...|3D000)$/;
  */
 function catalogRefused(err: unknown, refused: string, asked: string): MovePlanCatalogRefused | undefined {
   const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && LOGIN_REFUSED.test(code)) {
+  // A 500 (the API: a client told to retry a wrong password would retry for nothing), whose words
+  // name the one case where waiting mends it, a rotation of the login's secret under way
+  // (CATALOG_LOGIN_REFUSED_WHY; h160).
+  if (catalogLoginRefused(err)) {
     return new MovePlanCatalogRefused(
-      `${refused}: the catalog refused the login of ${asked} (${failureKind(err)}): the catalog login's credentials (the configuration's catalog URL, or the secret the function reads it from) do not match the catalog's. Nothing was recorded: trying again does not help until they do`,
+      `${refused}: the catalog refused the login of ${asked} (${failureKind(err)}): ${CATALOG_LOGIN_REFUSED_WHY}. Nothing was recorded: plan it again once the rotation has finished (${CATALOG_ROTATION_HOW_TO_TELL}); otherwise trying again does not help until the credentials match`,
       'credentials',
       { cause: err },
     );

@@ -13,6 +13,12 @@
  *    naming the catalog and the setting, as the plan's checks name it, not a 500.
  * c. A read of the plan's checks on a shard ended by the shard login's own statement_timeout: a
  *    503 naming the shard and the setting, not the generic words.
+ * d. A refused login during a single-user rotation of the catalog login's secret (the new password
+ *    set in the catalog, the secret not yet naming it; the secret pool's re-read and retry refused
+ *    too): the 500 names the rotation as a cause that ends by itself, and the plan made again once
+ *    the rotation has finished is recorded (h160).
+ * e. The rebalance check's reads of the catalog whose login it refuses: a 500 naming the catalog
+ *    login's credentials (and a rotation under way), not "an internal error occurred" (h160).
  */
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -24,6 +30,7 @@ import type { ScalingApiPort } from '../../../functions/api/service.js';
 import { createScalingApiPort, shardingDepsOf, type ScalingApiDeps } from '../../../functions/api/wiring.js';
 import { parseShardingConfig } from '../../../functions/core/sharding/config.js';
 import { createApiHandler } from '../../../functions/handlers/api.js';
+import { SecretPool, type LoginCredentials } from '../../../functions/adapters/postgres/secret-pool.js';
 import { refusedLoopbackPort } from '../../support/refused-port.js';
 import { apiFunctionContext, apiGatewayEvent, receivedLeaving } from './fixtures/api-gateway-request.js';
 import { firstSlotOwnedBy, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
@@ -169,6 +176,84 @@ describe('POST /shards/moves whose catalog refuses the connection of the plan', 
       }, 60_000);
     }
   }
+});
+
+describe("POST /shards/moves while the catalog login's secret is being rotated (single-user, as the control login behind RDS Proxy)", () => {
+  // The rotation sets the new password in the catalog (setSecret) before the secret's AWSCURRENT
+  // names it (finishSecret), and RDS Proxy reads it later still (docs/infrastructure.md, "Rotation
+  // behind RDS Proxy"): a new login in that window is refused even after the secret pool re-read the
+  // secret and retried. The 500 said "trying again does not help until they do", sending the
+  // operator after a misconfiguration, where the same plan a moment later is recorded (h160).
+  it('answers the refused login naming the rotation as a cause that ends by itself; planned again once the rotation has finished, recorded', async () => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', 900);
+    await admin.query(`do $$ begin if not exists (select from pg_roles where rolname = 'h160_rotated') then create role h160_rotated login in role postgres; end if; end $$`);
+    await admin.query(`alter role h160_rotated password 'before'`);
+    const url = new URL(env.urls.catalog);
+    // What GetSecretValue answers for AWSCURRENT.
+    let current: LoginCredentials = { username: 'h160_rotated', password: 'before' };
+    const pool = new SecretPool(
+      { host: url.hostname, port: Number(url.port), user: current.username, password: current.password, database: url.pathname.slice(1), application_name: 'h160-rotated', max: 1, connectionTimeoutMillis: 3000 },
+      async () => current,
+      { minRefreshIntervalMs: 0 },
+    );
+    pool.on('error', () => undefined);
+    const { runtime, port } = await runtimeOver(pool);
+    try {
+      const handler = createApiHandler(() => port);
+      // setSecret: the catalog has the new password; the secret's AWSCURRENT still the old one.
+      await admin.query(`alter role h160_rotated password 'after'`);
+      await admin.query(`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'h160-rotated'`);
+      for (let i = 0; i < 100 && pool.totalCount > 0; i++) await delay(20);
+      const result = await handler(postMove(slot), context());
+      const detail = detailOf(result);
+      console.log(`rotation under way: ${result.statusCode} ${detail}`);
+      expect({ status: result.statusCode, jobs: await jobsOf(slot) }).toEqual({ status: 500, jobs: 0 });
+      expect(detail).toMatch(/the catalog refused the login of a read of the plan's checks \(the login was refused \(SQLSTATE 28P01/);
+      expect(detail).toMatch(/a rotation of that secret under way/);
+      expect(detail).not.toMatch(/trying again does not help until they do$/);
+      expect(detail).not.toMatch(/'before'|'after'|h160_rotated|127\.0\.0\.1/);
+      // finishSecret: AWSCURRENT names the new password; the same plan is recorded.
+      current = { username: 'h160_rotated', password: 'after' };
+      const again = await handler(postMove(slot), context());
+      expect({ again: again.statusCode, jobs: await jobsOf(slot) }).toEqual({ again: 202, jobs: 1 });
+    } finally {
+      await runtime.close();
+      await pool.end().catch(() => undefined);
+    }
+  }, 60_000);
+});
+
+describe('GET /shards/rebalance-check whose catalog refuses the login of its reads', () => {
+  // The check's reads of the catalog (the slot map, the directory, the unfinished moves) name the
+  // catalog refusing or losing their connection (503), but a refused login reached the API bare:
+  // "an internal error occurred" (500), where POST /shards/moves names the catalog login's
+  // credentials for the same refusal (h160).
+  it("answers 500 naming the catalog login's credentials (and a rotation under way), no Retry-After, no driver text; the driver's error logged", async () => {
+    const catalog = catalogPool();
+    const { runtime, port } = await runtimeOver(catalog.pool);
+    try {
+      reported.length = 0;
+      await catalog.refuse('password');
+      const handler = createApiHandler(() => port);
+      const result = await handler(apiGatewayEvent({ method: 'GET', path: '/shards/rebalance-check', receivedAt: receivedLeaving(10_000), requestId: 'rebalance-login' }), context());
+      const detail = detailOf(result);
+      console.log(`rebalance check, catalog login refused: ${result.statusCode} ${detail}`);
+      expect(result.statusCode).toBe(500);
+      expect(detail).toMatch(/^the rebalance check: the catalog refused the login of a read of the rebalance check \(the login was refused \(SQLSTATE 28P01/);
+      expect(detail).toContain("the catalog login's credentials");
+      expect(detail).toContain('a rotation of that secret under way');
+      expect(detail).not.toMatch(/127\.0\.0\.1|password authentication failed|for user/);
+      expect(retryAfterOf(result)).toBeUndefined();
+      expect(reported.filter((f) => f.what === 'the rebalance check').map((f) => (f.error as Error).message)).toContainEqual(expect.stringMatching(/password authentication failed/) as unknown);
+      // The catalog's login mended, the check answers.
+      await catalog.restore();
+      expect((await handler(apiGatewayEvent({ method: 'GET', path: '/shards/rebalance-check', receivedAt: receivedLeaving(10_000), requestId: 'rebalance-login-again' }), context())).statusCode).toBe(200);
+    } finally {
+      await catalog.restore();
+      await runtime.close();
+      await catalog.pool.end().catch(() => undefined);
+    }
+  }, 60_000);
 });
 
 describe("GET /shards/rebalance-check whose catalog reads are ended by the catalog login's own statement_timeout", () => {
