@@ -376,10 +376,20 @@ const KEY_RECORD_SQL = `select k.document_id, k.request_digest = ${requestDigest
 /**
  * Deletes a few of an owner's expired key records (`$1` owner, `$2` retention in seconds, `$3`
  * how many): only the owner's, whose unit this write holds, so the fence never refuses it.
+ * Only records still expired as deleted, and none another transaction holds (`skip locked`): a
+ * record expired in this statement's snapshot may be being claimed again by another request of
+ * its key (CLAIM_KEY_SQL's update: a new document, `created_at` now). Until h159 the prune chose
+ * records by its snapshot and deleted them by id alone: it waited for that claim and, once it
+ * committed, deleted the live record all the same (READ COMMITTED re-checks the new row version
+ * against the DELETE's own condition, which was `id = any(...)` alone), and a retry of that
+ * request created a second document (keyed-retry-role-lock-timeout.test.ts). Skipped, a held
+ * record is pruned by a later write: a prune is the owner's housekeeping, never worth a wait (under
+ * a login's short lock_timeout the wait failed the write, a different key's).
  */
-const PRUNE_KEYS_SQL = `delete from document_keys where id = any(array(
+const PRUNE_KEYS_SQL = `delete from document_keys d where d.id = any(array(
   select k.id from document_keys k where k.owner_id = $1 and k.created_at <= pg_catalog.now() - pg_catalog.make_interval(secs => $2::double precision)
-   order by k.created_at limit $3))`;
+   order by k.created_at limit $3 for update skip locked))
+  and d.owner_id = $1 and d.created_at <= pg_catalog.now() - pg_catalog.make_interval(secs => $2::double precision)`;
 
 /** RFC 9562 UUID version 5 (SHA-1) of `name` (UTF-8) in `namespace`. */
 function uuidV5(namespace: Buffer, name: string): string {
@@ -550,6 +560,26 @@ function waitedOnKeyRecord(error: unknown): boolean {
   const timeout = error.cause;
   if (!(timeout instanceof SessionTimeoutError) || timeout.setting !== 'lock_timeout') return false;
   const where = (timeout.cause as { where?: unknown } | null)?.where;
+  const innermost = typeof where === 'string' ? (where.split('\n', 1)[0] ?? '') : '';
+  return /\(\d+,\d+\)/.test(innermost) && innermost.includes('"document_keys"');
+}
+
+/**
+ * Whether a keyed write sent again after {@link waitedOnKeyRecord} ended at the request's deadline
+ * (nothing committed), still waiting on a row of `document_keys`: PostgreSQL's lock_timeout of the
+ * time left, the statement_timeout beside it or the deadline's cancel request ended that wait, pg's
+ * error its cause, its innermost context naming the relation as {@link waitedOnKeyRecord} reads it.
+ * Not a shard that answered nothing by the deadline and its grace (the cause a
+ * `DeadlinePassedError`, the connection dropped): that is the shard's, a 503, whatever the attempt
+ * before met. Such an attempt was sent with less time left than the login's own
+ * lock_timeout (300 ms, say, under a 1 s deadline: each attempt's wait ends by that setting while
+ * more than it is left, the last one's by the deadline's): until h159 it was answered as the deadline's, a 503 "the
+ * shard did not answer", blaming a shard that answered every statement, where a login at 1 ms got
+ * the 409 naming the request in flight (keyed-retry-role-lock-timeout.test.ts).
+ */
+function endedWaitingOnKeyRecord(error: unknown): boolean {
+  if (!(error instanceof ShardWriteError) || error.reason !== 'deadline-exceeded') return false;
+  const where = (error.cause as { where?: unknown } | null)?.where;
   const innermost = typeof where === 'string' ? (where.split('\n', 1)[0] ?? '') : '';
   return /\(\d+,\d+\)/.test(innermost) && innermost.includes('"document_keys"');
 }
@@ -985,19 +1015,29 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     // the attempt in flight (draft-ietf-httpapi-idempotency-key-header: a request whose key is
     // being processed), not a 503 blaming the shard. Nothing was written by any of these attempts.
     let result: ShardWriteResult<Outcome | undefined>;
+    const inFlight = (): HttpProblem => {
+      const reason = `an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), and this one could not wait for it within its ${deadlineMs} ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered`;
+      return new HttpProblem({ status: 409, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }], headers: { 'retry-after': '1' } });
+    };
+    /** Whether an attempt of this request already waited on the key record (see {@link endedWaitingOnKeyRecord}). */
+    let waited = false;
     for (let backoffMs = 2; ; backoffMs = Math.min(backoffMs * 2, 50)) {
       try {
         result = await attempt();
         break;
       } catch (error) {
+        // An attempt sent again, its wait ended by the deadline (the login's lock_timeout longer
+        // than what was left, the attempt's lock_timeout that time left): the same
+        // request in flight, the same 409, nothing written ('deadline-exceeded' is never said of
+        // a commit that may have been made: that is 'outcome-unknown').
+        if (key !== undefined && waited && endedWaitingOnKeyRecord(error)) throw inFlight();
         if (key === undefined || !waitedOnKeyRecord(error)) throw error;
+        waited = true;
         // Not sent again once too little is left for an attempt to meet the record before the
         // deadline does (a timer's lateness on a loaded host included): that attempt would end
-        // as the deadline's (a 503), telling nothing of the request in flight.
-        if (deadline.left() <= backoffMs + KEY_RECORD_WAIT_MARGIN_MS) {
-          const reason = `an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), and this one could not wait for it within its ${deadlineMs} ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered`;
-          throw new HttpProblem({ status: 409, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }], headers: { 'retry-after': '1' } });
-        }
+        // as the deadline's, telling nothing of the request in flight unless it ends waiting on
+        // the record (above).
+        if (deadline.left() <= backoffMs + KEY_RECORD_WAIT_MARGIN_MS) throw inFlight();
         await new Promise((resolve) => setTimeout(resolve, backoffMs));
       }
     }

@@ -7,11 +7,13 @@
  * (an operator's limit on every lock wait, 1 ms here), that wait was ended at once and the retry
  * answered 503 ("the shard cancelled the write"), where a login without the setting waited and got
  * its 201. Now the retry is sent again, each wait within the login's limit, until the request's
- * deadline; at it, a 409 naming the request in flight (h155, issue #15).
+ * deadline; at it, a 409 naming the request in flight (h155, issue #15). Under a login's 300 ms
+ * and a 1 s deadline the last attempt's wait was ended by the deadline (its lock_timeout the time
+ * left), and the retry was a 503 "the shard did not answer" until h159: the same 409 now.
  */
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { idempotencyKeyId } from '../../../functions/local/documents-api.js';
+import { IDEMPOTENCY_KEY_RETENTION_MS, idempotencyKeyId } from '../../../functions/local/documents-api.js';
 import { startKeyedApi, type KeyedApi } from './fixtures/keyed-writes.js';
 import { firstSlotOwnedBy, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
 
@@ -45,15 +47,16 @@ async function apiWithLockTimeout(ms: number, deadlineMs = 10_000): Promise<Keye
 
 describe("a keyed write's retry while its first attempt is in flight, its login's role setting lock_timeout to 1 ms", () => {
   it.each([
-    { first: 'commits 300 ms later', commit: true as boolean | undefined, from: 100, holdMs: 300, deadlineMs: 10_000 },
-    { first: 'rolls back 300 ms later', commit: false as boolean | undefined, from: 200, holdMs: 300, deadlineMs: 10_000 },
-    { first: "is still in flight at the retry's 1 s deadline", commit: undefined, from: 300, holdMs: 1500, deadlineMs: 1000 },
-  ])('the first attempt $first: the retry answers as it would have without the setting, or 409 naming the attempt in flight', async ({ commit, from, holdMs, deadlineMs }) => {
+    { first: 'commits 300 ms later', commit: true as boolean | undefined, from: 100, holdMs: 300, deadlineMs: 10_000, lockTimeoutMs: 1 },
+    { first: 'rolls back 300 ms later', commit: false as boolean | undefined, from: 200, holdMs: 300, deadlineMs: 10_000, lockTimeoutMs: 1 },
+    { first: "is still in flight at the retry's 1 s deadline", commit: undefined, from: 300, holdMs: 1500, deadlineMs: 1000, lockTimeoutMs: 1 },
+    { first: "is still in flight at the retry's 1 s deadline, the login's lock_timeout 300 ms", commit: undefined, from: 400, holdMs: 1500, deadlineMs: 1000, lockTimeoutMs: 300 },
+  ])('the first attempt $first: the retry answers as it would have without the setting, or 409 naming the attempt in flight', async ({ commit, from, holdMs, deadlineMs, lockTimeoutMs }) => {
     const slot = await firstSlotOwnedBy(env, 'shard_a', from);
     const [owner] = keysInSlot(slot, 1) as [string];
     const shard = env.shards.get('shard_a') as pg.Pool;
     await seedUsers(shard, slot, [owner], 0);
-    const api = await apiWithLockTimeout(1, deadlineMs);
+    const api = await apiWithLockTimeout(lockTimeoutMs ?? 1, deadlineMs);
     const key = `retry-${from}`;
     const body = { owner_id: owner, title: 'in flight', content: { n: 1 } };
     // The first attempt, in flight: its document and its key record written, not committed.
@@ -92,5 +95,49 @@ describe("a keyed write's retry while its first attempt is in flight, its login'
                 "header.idempotency-key: an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), and this one could not wait for it within its 1000 ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered",
             },
     );
+  }, 30_000);
+});
+
+describe("an owner's keyed write whose prune of expired key records meets one another request is claiming again (its key's record expired, re-used)", () => {
+  // The prune (PRUNE_KEYS_SQL) chose the owner's expired records in its snapshot and deleted them
+  // by id: one that another request was claiming again (CLAIM_KEY_SQL's update of an expired
+  // record: a new document, created_at now) was waited for and, once that request committed,
+  // deleted all the same (READ COMMITTED re-checks only `id = any(...)`, which still held): the
+  // live record of a document just created was gone, and a retry of that request created a
+  // second document (h159). A login without a lock_timeout of its own, as by default.
+  it("leaves the record claimed again: that request's retry answers its document, no second one", async () => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', 800);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    const shard = env.shards.get('shard_a') as pg.Pool;
+    await seedUsers(shard, slot, [owner], 0);
+    const api = await apiWithLockTimeout(0, 10_000);
+    const key = 'reused-800';
+    const body = { owner_id: owner, title: 'claimed again', content: { n: 2 } };
+    const keyId = idempotencyKeyId(owner, key);
+    const expiredAt = `now() - make_interval(secs => ${IDEMPOTENCY_KEY_RETENTION_MS / 1000 + 3600})`;
+    // The key's first use, expired: its record and its document, a day and an hour old.
+    const oldDoc = (await shard.query<{ id: string }>(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'old', '{}') returning id::text`, [owner, slot])).rows[0]?.id;
+    await shard.query(`insert into document_keys (id, owner_id, slot, document_id, request_digest, created_at) values ($1, $2, $3, $4, idempotency_request_digest('old'::text, '{}'::jsonb), ${expiredAt})`, [keyId, owner, slot, oldDoc]);
+    // The key used again (its record expired): a request claiming it, in flight, not committed.
+    const first = await shard.connect();
+    first.on('error', () => undefined);
+    const newDoc = (await shard.query<{ id: string }>('select gen_random_uuid()::text as id')).rows[0]?.id as string;
+    try {
+      await first.query('begin');
+      await first.query(`insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5)`, [newDoc, owner, slot, body.title, JSON.stringify(body.content)]);
+      await first.query(`update document_keys set document_id = $2, request_digest = idempotency_request_digest($3::text, $4::jsonb), created_at = now() where id = $1`, [keyId, newDoc, body.title, JSON.stringify(body.content)]);
+      // Another request of the owner, another key: its prune waits on the record being claimed.
+      const other = api.post({ owner_id: owner, title: 'other', content: {} }, 'other-800');
+      await new Promise((r) => setTimeout(r, 300));
+      await first.query('commit');
+      const otherAnswer = await other;
+      expect(otherAnswer.status).toBe(201);
+    } finally {
+      await first.query('rollback').catch(() => undefined);
+      first.release();
+    }
+    const retry = await api.post(body, key);
+    const documents = (await shard.query<{ n: number }>(`select count(*)::int as n from documents where owner_id = $1 and title = $2`, [owner, body.title])).rows[0]?.n;
+    expect({ status: retry.status, replayed: retry.replayed, first: retry.body.id === newDoc, documents }).toEqual({ status: 201, replayed: true, first: true, documents: 1 });
   }, 30_000);
 });
