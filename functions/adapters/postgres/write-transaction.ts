@@ -283,7 +283,16 @@ function fenceTimeoutWords(hold: FenceHold, shardId: string, route: WriteRoute, 
         ? 'a hand change (its fence row names no move job: a slot map or directory change by hand, or an operator\'s SQL, that has not released it)'
         : `move job #${hold.jobId} (in its cutover, or its mover stopped there: see the job)`;
   if (hold.how === 'fenced') return `${unit} on shard ${shardId} stayed fenced for more than ${waitedMs} ms, by ${holder}`;
-  const last = hold.jobId === undefined ? 'its row could not be read' : hold.jobId === null ? 'its row names no move job: a hand change, or an operator\'s SQL' : `its row names move job #${hold.jobId}`;
+  // The row read here is the one last committed: the change holding it (a move's fence or flip
+  // sets the row's job_id in its own uncommitted UPDATE, move-port.ts; a hand change's clears it)
+  // is not readable until it commits, so the committed row's job names an earlier change, not the
+  // holder. Until h159 these words said "its row names no move job: a hand change, or an
+  // operator's SQL" of a move's fence held uncommitted over a unit's open row, sending the
+  // operator to look for a hand change (fence-timeout-words.test.ts).
+  const last =
+    hold.jobId === undefined
+      ? 'its row could not be read'
+      : `the change holding it, a move's fence or flip or a hand change, is not readable until it commits: the row as last committed names ${hold.jobId === null ? 'no move job' : `move job #${hold.jobId}`}`;
   return `${unit} on shard ${shardId} had its fence row held by a fence change not yet committed for more than ${waitedMs} ms (each wait ended by the session's own lock_timeout; ${last}; pg_stat_activity shows the transaction holding it)`;
 }
 
@@ -293,11 +302,16 @@ function fenceTimeoutWords(hold: FenceHold, shardId: string, route: WriteRoute, 
  * on the `fence-timeout` path alone, never a write's way through. Unread (the shard silent, the row
  * gone or changed since), `hold` as it was: the words say so.
  */
-async function readFenceHold(pool: pg.Pool, shardId: string, hold: FenceHold): Promise<FenceHold> {
+async function readFenceHold(pool: pg.Pool, shardId: string, hold: FenceHold, deadlineAt: number | undefined): Promise<FenceHold> {
   if (hold.kind !== undefined && hold.jobId !== undefined) return hold;
   if (hold.kind === undefined && hold.tuple === undefined) return hold;
+  // Within what the write's deadline has left, too: bounded by its own 1 s alone, a write held to
+  // 300 ms answered its fence-timeout past 1.1 s where the primary's pool lent no connection (or
+  // the primary fell silent) just then (h159, fence-timeout-words.test.ts). Nothing left: unread.
+  const boundMs = deadlineAt === undefined ? FENCE_HOLD_READ_MS : Math.min(FENCE_HOLD_READ_MS, deadlineAt - Date.now());
+  if (boundMs < 1) return hold;
   try {
-    const rows = await withNodeDeadline(pool, FENCE_HOLD_READ_MS, `${shardId}/primary`, async (c) =>
+    const rows = await withNodeDeadline(pool, boundMs, `${shardId}/primary`, async (c) =>
       hold.kind !== undefined
         ? (await c.query<Pick<FenceRow, 'kind' | 'unit_id' | 'job_id'>>(`select kind, unit_id, job_id::text as job_id from write_fences where kind = $1 and unit_id = $2`, [hold.kind, hold.unitId])).rows
         : (await c.query<Pick<FenceRow, 'kind' | 'unit_id' | 'job_id'>>(`select kind, unit_id, job_id::text as job_id from write_fences where ctid = $1::tid`, [hold.tuple])).rows,
@@ -309,7 +323,7 @@ async function readFenceHold(pool: pg.Pool, shardId: string, hold: FenceHold): P
   }
 }
 
-/** The bound of {@link readFenceHold}'s query. */
+/** The bound of {@link readFenceHold}'s query (less where the write's deadline leaves less). */
 const FENCE_HOLD_READ_MS = 1000;
 
 interface FenceRow {
@@ -951,7 +965,7 @@ export function createShardWriter(options: ShardWriterOptions): ShardWriter {
             'fence-timeout',
             waitedFor === 'copy'
               ? `an id this write inserts on shard ${route.shardId} is held by a move's copy of another unit for more than ${maxFenceWaitMs} ms (the row left that unit; that move's catch-up or clean-up removes the copy): retry later`
-              : fenceTimeoutWords(await readFenceHold(pool, route.shardId, hold), route.shardId, route, maxFenceWaitMs),
+              : fenceTimeoutWords(await readFenceHold(pool, route.shardId, hold, deadlineAt), route.shardId, route, maxFenceWaitMs),
           );
         }
         await sleep(backoffMs);

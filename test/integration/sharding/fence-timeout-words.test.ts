@@ -85,8 +85,11 @@ describe("a fence-timeout's words name the unit waited on and what holds it", ()
     expect(failed).toBe(`fence-timeout: slot ${other} on shard shard_a stayed fenced for more than 100 ms, by move job #11 (in its cutover, or its mover stopped there: see the job)`);
   }, 30_000);
 
-  it("the key's slot row held updated by an uncommitted fence change past the login's lock_timeout: the unit, held uncommitted, and the job its row names", async () => {
-    const slot = await firstSlotOwnedBy(env, 'shard_a', 500);
+  it.each([
+    { change: 'a hand change (its update names no job)', jobId: null as number | null, from: 500 },
+    { change: "move job #42's fence (move-port's: its update names the job)", jobId: 42 as number | null, from: 600 },
+  ])("the key's slot row held updated by an uncommitted fence change past the login's lock_timeout, $change: the unit, held uncommitted, the job its committed row names, never taken for the holder's", async ({ jobId, from }) => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', from);
     const [key] = keysInSlot(slot, 1) as [string];
     await shardA().query(`insert into write_fences (kind, unit_id) values ('slot', $1) on conflict (kind, unit_id) do nothing`, [String(slot)]);
     // A login whose role sets lock_timeout to 50 ms: each wait on the held row ends so.
@@ -102,15 +105,72 @@ describe("a fence-timeout's words name the unit waited on and what holds it", ()
     holder.on('error', () => undefined);
     try {
       await holder.query('begin');
-      await holder.query(`update write_fences set state = 'fenced' where kind = 'slot' and unit_id = $1`, [String(slot)]);
+      await holder.query(`update write_fences set state = 'fenced', job_id = $2 where kind = 'slot' and unit_id = $1`, [String(slot), jobId]);
       const failed = await failureOf(key, undefined, primaries, 300);
+      // The row as committed (open, no job) says nothing of the uncommitted change holding it: a
+      // move's fence (job_id set in the same update) read as "a hand change" until h159.
       expect(failed).toBe(
-        `fence-timeout: slot ${slot} on shard shard_a had its fence row held by a fence change not yet committed for more than 300 ms (each wait ended by the session's own lock_timeout; its row names no move job: a hand change, or an operator's SQL; pg_stat_activity shows the transaction holding it)`,
+        `fence-timeout: slot ${slot} on shard shard_a had its fence row held by a fence change not yet committed for more than 300 ms (each wait ended by the session's own lock_timeout; the change holding it, a move's fence or flip or a hand change, is not readable until it commits: the row as last committed names no move job; pg_stat_activity shows the transaction holding it)`,
       );
     } finally {
       await holder.query('rollback').catch(() => undefined);
       holder.release();
       await shardA().query(`delete from write_fences where kind = 'slot' and unit_id = $1`, [String(slot)]);
     }
+  }, 30_000);
+});
+
+describe("a fence-timeout's read of what holds the fence, on a shard whose pool lends no connection then", () => {
+  // The read (readFenceHold, one bounded query on the timeout's path) was bounded by 1 s of its
+  // own whatever the write's deadline had left: a write held to 300 ms answered past 1.1 s where
+  // the primary's pool had no free connection (or the primary fell silent) at that moment (h159).
+  // A pool whose connect never answers when asked by that read (told by its caller's frame).
+  class NoConnectionForTheRead extends pg.Pool {
+    override connect(): Promise<pg.PoolClient>;
+    override connect(callback: (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void): void;
+    override connect(callback?: (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void): Promise<pg.PoolClient> | undefined {
+      if (callback === undefined && (new Error().stack ?? '').includes('readFenceHold')) return new Promise<pg.PoolClient>(() => undefined);
+      return callback === undefined ? super.connect() : (super.connect(callback), undefined);
+    }
+  }
+
+  it('is bounded by what the deadline has left: answered by the deadline (and its grace), the holder said unread', async () => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', 700);
+    const other = await firstSlotOwnedBy(env, 'shard_a', slot + 1);
+    const [key] = keysInSlot(slot, 1) as [string];
+    const [otherKey] = keysInSlot(other, 1) as [string];
+    await seedUsers(shardA(), slot, [key], 0);
+    const primaries = new Map(
+      Object.entries(env.urls.shards).map(([id, url]) => {
+        const pool = new NoConnectionForTheRead({ connectionString: url, max: 2 });
+        pool.on('error', () => undefined);
+        pools.push(pool);
+        return [id, pool] as const;
+      }),
+    );
+    const { writer } = await otherProcess(env, { ttlMs: 0, maxFenceWaitMs: 100, primaries });
+    const DEADLINE_MS = 300;
+    const answered = await whileFenced('slot', String(other), 11, async () => {
+      const started = Date.now();
+      const failed = await writer
+        .withShardWrite(
+          key,
+          async ({ client }) => {
+            await client.query(`insert into users (id, slot, email, display_name) values ($1, $2, $3, 'other')`, [otherKey, other, `${otherKey}@example.com`]);
+          },
+          { deadlineMs: DEADLINE_MS },
+        )
+        .then(
+          () => 'written',
+          (e: unknown) => (e instanceof ShardWriteError ? `${e.reason}: ${e.message}` : `threw ${String(e)}`),
+        );
+      return { failed, ms: Date.now() - started };
+    });
+    // The deadline's contract, with the margin write-deadline.test.ts allows a loaded host: not a
+    // performance figure. The unbounded read answered at the fence wait and 1 s at the least.
+    expect({ failed: answered.failed, withinDeadline: answered.ms < DEADLINE_MS + 600 }).toEqual({
+      failed: `fence-timeout: slot ${other} on shard shard_a stayed fenced for more than 100 ms, by a move or a hand change (its fence row could not be read)`,
+      withinDeadline: true,
+    });
   }, 30_000);
 });

@@ -136,7 +136,7 @@ describe("a write that meets a fence change holding its unit's fence row, its lo
     const { writer } = await otherProcess(env, { ttlMs: 0, primaries: poolsWithLockTimeout(50), maxFenceWaitMs: 300 });
     const written = await acrossAFence('shard_a', slot, () => outcome(writer.withShardWrite(key, async () => undefined)), 1500, 0);
     expect(written).toBe(
-      `fence-timeout: slot ${slot} on shard shard_a had its fence row held by a fence change not yet committed for more than 300 ms (each wait ended by the session's own lock_timeout; its row names no move job: a hand change, or an operator's SQL; pg_stat_activity shows the transaction holding it)`,
+      `fence-timeout: slot ${slot} on shard shard_a had its fence row held by a fence change not yet committed for more than 300 ms (each wait ended by the session's own lock_timeout; the change holding it, a move's fence or flip or a hand change, is not readable until it commits: the row as last committed names no move job; pg_stat_activity shows the transaction holding it)`,
     );
   }, 30_000);
 
