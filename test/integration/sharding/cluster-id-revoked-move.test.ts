@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ensureLogin, MOVER_ROLE } from '../../../functions/adapters/postgres/app-role.js';
-import { clusterIdReadableKnown } from '../../../functions/adapters/postgres/cluster-identity.js';
+import { clusterIdReadableKnown, recheckClusterIdRefusal } from '../../../functions/adapters/postgres/cluster-identity.js';
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import type { MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { fenceState, firstSlotOwnedBy, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
@@ -250,5 +250,40 @@ describe("a move off a source whose mover login was refused pg_control_system() 
     // its fence wait and failed (fence-timeout).
     expect({ outcome: moved.outcome, ...states }).toEqual({ outcome: 'done', source: 'moved', target: 'open' });
     expect(await write(moved.owner)).toBe(`written on ${TARGET}`);
+  }, 120_000);
+  // A refusal expires (h154): past its interval while the fence was held, the grant given back
+  // meanwhile, the release asked again and read the id, and the move's record took it for a
+  // release on another cluster than the fence's (not known): its fence position was dropped
+  // (NULL: never told copied, write_copied_off) for a move that never left its cluster (h157).
+  it('keeps the fence position of a move fenced without the id whose refusal expired, the grant given back, before its release', async () => {
+    const { shards, pool } = moverShards();
+    let clock = 0;
+    recheckClusterIdRefusal(pool, { intervalMs: 1000, now: () => clock });
+    await revoke();
+    const first = await moveOff(shards);
+    const second = await moveOff(shards, async (point) => {
+      if (point === 'published') {
+        await withClient(sourceUrl, (c) => c.query('grant execute on function pg_control_system() to public'));
+        clock += 1000;
+      }
+    });
+    const record = async (slot: number): Promise<unknown> =>
+      (
+        await env.catalog.query<{ cluster: string | null; fenced: boolean }>(
+          "select source_cluster_id as cluster, source_fence_lsn is not null as fenced from catalog.move_jobs where kind = 'slot' and unit_id = $1::text order by id desc limit 1",
+          [String(slot)],
+        )
+      ).rows[0];
+    const third = await moveOff(shards);
+
+    expect([first.outcome, second.outcome, third.outcome]).toEqual(['done', 'done', 'done']);
+    // The first move: fenced and released without the id, its fence position kept (timeline alone).
+    expect(await record(first.slot)).toEqual({ cluster: null, fenced: true });
+    // Before: { cluster: <the source's id>, fenced: false }, the release's id beside no fence position.
+    expect(await record(second.slot)).toEqual({ cluster: null, fenced: true });
+    // The grant back, the next move reads the id at its fence and records it.
+    expect(await record(third.slot)).toEqual({ cluster: expect.stringMatching(/^[0-9a-f]{16}$/), fenced: true });
+    expect(clusterIdReadableKnown(pool)).toBe(true);
+    expect(await write(second.owner)).toBe(`written on ${TARGET}`);
   }, 120_000);
 });

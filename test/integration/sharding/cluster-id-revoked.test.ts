@@ -377,6 +377,35 @@ describe('the cluster id, its grant revoked after the pool learned it may read i
     expect({ first: clusterIdReadableKnown(primary), second: clusterIdReadableKnown(second) }).toEqual({ first: false, second: false });
   }, 60_000);
 
+  // A refusal past its interval is asked again where the answer is needed: also inside the
+  // heartbeat's transaction (behind a savepoint) and before a read's check in its BEGIN, places a
+  // known refusal never asked before h154 (h157's review).
+  it.each([{ regranted: false }, { regranted: true }])('asks a refusal past its interval again inside the heartbeat and before a read\'s check (granted again: $regranted)', async ({ regranted }) => {
+    const { writer, reader, pools, primary } = stack();
+    let clock = 0;
+    recheckClusterIdRefusal(primary, { intervalMs: 1000, now: () => clock });
+    const { readToken } = await insertUser(writer);
+    const options = { primary: true, token: readToken.lsn, tokenTimeline: readToken.timeline, ...(readToken.clusterId === undefined ? {} : { tokenClusterId: readToken.clusterId }) };
+    await revoke();
+    const refused = await commitHeartbeat(pools.primary(shardId), { timeoutMs: 5000 });
+    if (regranted) await grant();
+    clock += 1000;
+    const heartbeat = await commitHeartbeat(pools.primary(shardId), { timeoutMs: 5000 });
+    const knownAfterHeartbeat = clusterIdReadableKnown(primary);
+    clock += 1000;
+    const read = await outcome(reader.query(shardId, 'select 1 as one', [], options).then((r) => ({ servedBy: r.servedBy, rows: r.rowCount })));
+    clock += 1000;
+    const written = await insertUser(writer);
+    const id = await clusterId();
+
+    expect(readToken.clusterId).toBe(id);
+    expect(refused === null ? null : { clusterId: refused.clusterId }).toEqual({ clusterId: undefined });
+    expect(heartbeat === null ? null : { clusterId: heartbeat.clusterId }).toEqual({ clusterId: regranted ? id : undefined });
+    expect(knownAfterHeartbeat).toBe(regranted);
+    expect(read).toEqual({ servedBy: `${shardId}/primary`, rows: 1 });
+    expect(written.readToken.clusterId).toBe(regranted ? id : undefined);
+  }, 60_000);
+
   it("serves a read with a token of the cluster on the replica, whose token check was refused the id, and the heartbeat still measures it", async () => {
     const { writer, reader, pools } = stack();
     // Measured before the write: its token is past what the reader vouches for, so the replica is
