@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
 import type { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
-import { keysInSlot, moveStoppedAfterRelease, readCommitted, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { idsUnder, keysInSlot, type MoveEnv, moveStoppedAfterRelease, pastTriggers, seedUsers, startMoveEnv } from './fixtures/move-env.js';
 import { rebalancePools } from './fixtures/rebalance-port.js';
 
 let env: MoveEnv;
@@ -33,20 +33,6 @@ afterAll(async () => {
   await pools?.end();
   await env?.stop();
 });
-
-/** Runs `sql` on a shard past its triggers (a restore, a row written before the triggers existed). */
-async function pastTriggers(pool: pg.Pool, sql: string, params: unknown[]): Promise<void> {
-  await readCommitted(pool, async (c) => {
-    await c.query('set local session_replication_role = replica');
-    await c.query(sql, params);
-  });
-}
-
-/** The ids of `table`'s rows under `slot` on a shard. */
-async function idsUnder(pool: pg.Pool, table: 'users' | 'documents', slot: number): Promise<string[]> {
-  const { rows } = await pool.query<{ id: string }>(`select id::text from ${table} where slot = $1 order by id`, [slot]);
-  return rows.map((r) => r.id);
-}
 
 const HASH = { strategy: 'hash_based', overrideHash: true, fallback: 'hash' } as const;
 const CONFIGURATIONS: readonly { readonly name: string; readonly routing: MoveRouting }[] = [

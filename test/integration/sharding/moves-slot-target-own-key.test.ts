@@ -14,7 +14,7 @@
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { keysInSlot, readCommitted, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { idsUnder, keysInSlot, type MoveEnv, pastTriggers, seedUsers, startMoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 
@@ -24,20 +24,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-/** Runs `sql` on a shard past its triggers (a restore, a row written before the triggers existed). */
-async function pastTriggers(pool: pg.Pool, sql: string, params: unknown[]): Promise<void> {
-  await readCommitted(pool, async (c) => {
-    await c.query('set local session_replication_role = replica');
-    await c.query(sql, params);
-  });
-}
-
-/** The ids of `table`'s rows under `slot` on a shard. */
-async function idsUnder(pool: pg.Pool, table: 'users' | 'documents', slot: number): Promise<string[]> {
-  const { rows } = await pool.query<{ id: string }>(`select id::text from ${table} where slot = $1 order by id`, [slot]);
-  return rows.map((r) => r.id);
-}
 
 /**
  * A slot of `from` with two users and a document each, and a key of another slot of `from` moved
