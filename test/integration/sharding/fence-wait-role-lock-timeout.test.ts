@@ -20,24 +20,16 @@
  * relation) is now the fence's wait: the write is tried again as after `CAF01`, each wait still
  * within the role's 50 ms. (h151, issue #15.)
  */
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SessionTimeoutError } from '../../../functions/adapters/postgres/deadline.js';
 import { ShardWriteError } from '../../../functions/adapters/postgres/write-transaction.js';
-import { firstSlotOwnedBy, keysInSlot, otherProcess, seedUsers, sides, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { firstSlotOwnedBy, keysInSlot, type MoveEnv, otherProcess, poolsWithSettings, seedUsers, sides, startMoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 const pools: pg.Pool[] = [];
 /** The shards' pools of a login whose role sets `lock_timeout` to `ms` (a startup setting: the session's own, as a role's default is). */
-const poolsWithLockTimeout = (ms: number): Map<string, pg.Pool> =>
-  new Map(
-    Object.entries(env.urls.shards).map(([id, url]) => {
-      const pool = new pg.Pool({ connectionString: url, max: 4, options: `-c lock_timeout=${ms}` });
-      pool.on('error', () => undefined);
-      pools.push(pool);
-      return [id, pool];
-    }),
-  );
+const poolsWithLockTimeout = (ms: number): Map<string, pg.Pool> => poolsWithSettings(env, { lock_timeout: ms }, pools);
 
 beforeAll(async () => {
   env = await startMoveEnv();

@@ -9,14 +9,14 @@
  * the setting (`SessionTimeoutError`, deadline.ts), and its connection is not lent again; so does
  * a read through the replica reader (`withShardRead`), which tries no other node for it.
  */
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SessionTimeoutError } from '../../../functions/adapters/postgres/deadline.js';
 import { createShardReader, ShardReadError } from '../../../functions/adapters/postgres/read-transaction.js';
 import { ReplicaReader } from '../../../functions/adapters/postgres/replica-reader.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { ShardWriteError } from '../../../functions/adapters/postgres/write-transaction.js';
-import { firstSlotOwnedBy, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { firstSlotOwnedBy, keysInSlot, type MoveEnv, otherProcess, poolsWithSettings, seedUsers, startMoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 const pools: pg.Pool[] = [];
@@ -29,15 +29,7 @@ afterAll(async () => {
 });
 
 /** The shards' pools of a login whose role sets idle_in_transaction_session_timeout to `ms` (a startup setting: the session's own, as a role's default is). */
-const poolsWithIdleTimeout = (ms: number): Map<string, pg.Pool> =>
-  new Map(
-    Object.entries(env.urls.shards).map(([id, url]) => {
-      const pool = new pg.Pool({ connectionString: url, max: 2, options: `-c idle_in_transaction_session_timeout=${ms}` });
-      pool.on('error', () => undefined);
-      pools.push(pool);
-      return [id, pool] as const;
-    }),
-  );
+const poolsWithIdleTimeout = (ms: number): Map<string, pg.Pool> => poolsWithSettings(env, { idle_in_transaction_session_timeout: ms }, pools, 2);
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

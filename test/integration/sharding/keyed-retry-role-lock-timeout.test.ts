@@ -11,11 +11,11 @@
  * and a 1 s deadline the last attempt's wait was ended by the deadline (its lock_timeout the time
  * left), and the retry was a 503 "the shard did not answer" until h159: the same 409 now.
  */
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IDEMPOTENCY_KEY_RETENTION_MS, idempotencyKeyId } from '../../../functions/local/documents-api.js';
 import { startKeyedApi, type KeyedApi } from './fixtures/keyed-writes.js';
-import { firstSlotOwnedBy, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { firstSlotOwnedBy, keysInSlot, type MoveEnv, otherProcess, poolsWithSettings, seedUsers, startMoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 const pools: pg.Pool[] = [];
@@ -31,14 +31,7 @@ afterAll(async () => {
 
 /** The documents API over a writer whose login's role sets lock_timeout to `ms`. */
 async function apiWithLockTimeout(ms: number, deadlineMs = 10_000): Promise<KeyedApi> {
-  const primaries = new Map(
-    Object.entries(env.urls.shards).map(([id, url]) => {
-      const pool = new pg.Pool({ connectionString: url, max: 4, options: `-c lock_timeout=${ms}` });
-      pool.on('error', () => undefined);
-      pools.push(pool);
-      return [id, pool] as const;
-    }),
-  );
+  const primaries = poolsWithSettings(env, { lock_timeout: ms }, pools);
   const { writer, reader } = await otherProcess(env, { ttlMs: 0, primaries });
   const api = await startKeyedApi({ writer, reader, shards: primaries }, { deadlineMs });
   apis.push(api);

@@ -1,7 +1,7 @@
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeWithToken } from '../../../functions/adapters/postgres/replica-reader.js';
-import { countSlot, documentsOf, keysInSlot, otherProcess, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { countSlot, documentsOf, keysInSlot, type MoveEnv, otherProcess, poolsWithSettings, seedUsers, startMoveEnv } from './fixtures/move-env.js';
 
 /**
  * Writes to the sharded tables run at READ COMMITTED (shard migration 012, docs/sharding-spec.md
@@ -14,14 +14,7 @@ describe('writes and transaction isolation', () => {
   let env: MoveEnv;
   const pools: pg.Pool[] = [];
   /** Pools whose login defaults to `isolation`, as an application's might. */
-  const poolsAt = (isolation: string, max = 4): Map<string, pg.Pool> =>
-    new Map(
-      Object.entries(env.urls.shards).map(([id, url]) => {
-        const pool = new pg.Pool({ connectionString: url, max, options: `-c default_transaction_isolation=${isolation.replace(' ', '\\ ')}` });
-        pools.push(pool);
-        return [id, pool];
-      }),
-    );
+  const poolsAt = (isolation: string, max = 4): Map<string, pg.Pool> => poolsWithSettings(env, { default_transaction_isolation: isolation }, pools, max);
   const sides = async (slot: number) => {
     const home = await env.ownerOf(slot);
     const away = home === 'shard_a' ? 'shard_b' : 'shard_a';
