@@ -6,6 +6,7 @@ import { clusterIdReadableKnown, recheckClusterIdRefusal } from '../../../functi
 import { withClient } from '../../../functions/adapters/postgres/embedded-cluster.js';
 import type { MoveHookPoint } from '../../../functions/adapters/postgres/mover.js';
 import { fenceState, firstSlotOwnedBy, keysInSlot, seedUsers, startMoveEnv, type MoveEnv } from './fixtures/move-env.js';
+import { interceptCheckouts } from './fixtures/pool-checkouts.js';
 
 const SOURCE = 'shard_b';
 const TARGET = 'shard_a';
@@ -140,45 +141,36 @@ describe("a move off a source whose mover login was refused pg_control_system() 
     let revoked = false;
     const fences: { lockTimeoutMs: number; withId: boolean }[] = [];
     const BUDGET = 2000;
-    const wrapped = new WeakSet<pg.PoolClient>();
-    const connect = pool.connect.bind(pool) as () => Promise<pg.PoolClient>;
-    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
-      if (args.length > 0) return (connect as (...a: unknown[]) => unknown)(...args);
-      const client = await connect();
-      // A pooled client is lent again: wrapped once.
-      if (wrapped.has(client)) return client;
-      wrapped.add(client);
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      let lockTimeoutMs: number | undefined;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
-        const text = typeof a[0] === 'string' ? a[0] : '';
-        const bound = /set local lock_timeout = '(\d+)ms'/.exec(text);
-        if (bound !== null) lockTimeoutMs = Number(bound[1]);
-        if (text.includes("set state = 'fenced'") && lockTimeoutMs !== undefined) {
-          const withId = text.includes('pg_control_system');
-          fences.push({ lockTimeoutMs, withId });
-          // The refused fence took 400 ms (on the mover's clock) to come back.
-          if (withId && revoked) {
-            return (async () => {
-              try {
-                return await (query(...a) as Promise<unknown>);
-              } finally {
-                stepMs += 400;
-              }
-            })();
-          }
+    // Each connection's last lock_timeout set (a fence's transaction sets it before the fence).
+    const lockTimeoutOf = new WeakMap<pg.PoolClient, number>();
+    interceptCheckouts(pool, (sent, send, client) => {
+      const text = sent ?? '';
+      const bound = /set local lock_timeout = '(\d+)ms'/.exec(text);
+      if (bound !== null) lockTimeoutOf.set(client, Number(bound[1]));
+      const lockTimeoutMs = lockTimeoutOf.get(client);
+      if (text.includes("set state = 'fenced'") && lockTimeoutMs !== undefined) {
+        const withId = text.includes('pg_control_system');
+        fences.push({ lockTimeoutMs, withId });
+        // The refused fence took 400 ms (on the mover's clock) to come back.
+        if (withId && revoked) {
+          return (async () => {
+            try {
+              return await (send() as Promise<unknown>);
+            } finally {
+              stepMs += 400;
+            }
+          })();
         }
-        // The grant goes right after the fence's read of the source's history (which still read the id).
-        if (revoked || !text.includes('from timeline_history()') || !text.includes('pg_control_system')) return query(...a);
-        revoked = true;
-        return (async () => {
-          const answer = await (query(...a) as Promise<unknown>);
-          await revoke();
-          return answer;
-        })();
-      };
-      return client;
-    };
+      }
+      // The grant goes right after the fence's read of the source's history (which still read the id).
+      if (revoked || !text.includes('from timeline_history()') || !text.includes('pg_control_system')) return send();
+      revoked = true;
+      return (async () => {
+        const answer = await (send() as Promise<unknown>);
+        await revoke();
+        return answer;
+      })();
+    });
     const moved = await moveOff(shards, undefined, { fenceBudgetMs: BUDGET, clock: () => performance.now() + stepMs });
 
     expect({ outcome: moved.outcome, withId: fences.map((f) => f.withId) }).toEqual({ outcome: 'done', withId: [true, false] });
@@ -197,20 +189,10 @@ describe("a move off a source whose mover login was refused pg_control_system() 
   it('asks neither the history nor the cluster id again at each move of a mover refused timeline_history() but allowed the id', async () => {
     const { shards, pool } = moverShards();
     const sent: string[] = [];
-    const wrapped = new WeakSet<pg.PoolClient>();
-    const connect = pool.connect.bind(pool) as () => Promise<pg.PoolClient>;
-    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
-      if (args.length > 0) return (connect as (...a: unknown[]) => unknown)(...args);
-      const client = await connect();
-      if (wrapped.has(client)) return client;
-      wrapped.add(client);
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
-        if (typeof a[0] === 'string') sent.push(a[0]);
-        return query(...a);
-      };
-      return client;
-    };
+    interceptCheckouts(pool, (text, send) => {
+      if (text !== undefined) sent.push(text);
+      return send();
+    });
     const counted = (): { questions: number; histories: number } => {
       const texts = sent.splice(0);
       return { questions: texts.filter((t) => t.startsWith('select (select lpad')).length, histories: texts.filter((t) => t.includes('from timeline_history()')).length };

@@ -10,6 +10,7 @@ import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js'
 import { createShardWriter, type ShardWriter, type WriteRouter } from '../../../functions/adapters/postgres/write-transaction.js';
 import { clusterIdFromSystemIdentifier, formatReadToken } from '../../../functions/core/sharding/read-token.js';
 import { startShardCluster, type TestShardCluster } from '../../support/replica.js';
+import { interceptCheckouts } from './fixtures/pool-checkouts.js';
 
 const LOGIN = 'revoked_app';
 const PASSWORD = 'app pass';
@@ -64,20 +65,10 @@ describe('the cluster id, its grant revoked after the pool learned it may read i
   /** Counts the cluster id questions (`clusterIdReadable`'s own statement) sent on `pool`'s connections from now on. */
   const countQuestions = (pool: pg.Pool): { readonly count: number } => {
     const counted = { count: 0 };
-    const wrapped = new WeakSet<pg.PoolClient>();
-    const connect = pool.connect.bind(pool) as () => Promise<pg.PoolClient>;
-    (pool as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
-      if (args.length > 0) return (connect as (...a: unknown[]) => unknown)(...args);
-      const client = await connect();
-      if (wrapped.has(client)) return client;
-      wrapped.add(client);
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
-        if (typeof a[0] === 'string' && a[0].startsWith('select (select lpad')) counted.count += 1;
-        return query(...a);
-      };
-      return client;
-    };
+    interceptCheckouts(pool, (text, send) => {
+      if (text?.startsWith('select (select lpad') === true) counted.count += 1;
+      return send();
+    });
     return counted;
   };
   const outcome = <T>(p: Promise<T>): Promise<T | string> => p.catch((e: unknown) => `failed ${(e as { code?: string }).code ?? ''}: ${e instanceof Error ? e.message : String(e)}`);
@@ -235,21 +226,10 @@ describe('the cluster id, its grant revoked after the pool learned it may read i
   it('sends the heartbeat in as many round trips as before, with the grant and after its revoke', async () => {
     const { pools, primary } = stack();
     const sent: string[] = [];
-    const wrapped = new WeakSet<pg.PoolClient>();
-    const connect = primary.connect.bind(primary) as () => Promise<pg.PoolClient>;
-    (primary as unknown as { connect: (...args: unknown[]) => unknown }).connect = async (...args: unknown[]) => {
-      if (args.length > 0) return (connect as (...a: unknown[]) => unknown)(...args);
-      const client = await connect();
-      // A pooled client is lent again: wrapped once.
-      if (wrapped.has(client)) return client;
-      wrapped.add(client);
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
-        if (typeof a[0] === 'string') sent.push(a[0].slice(0, 30));
-        return query(...a);
-      };
-      return client;
-    };
+    interceptCheckouts(primary, (text, send) => {
+      if (text !== undefined) sent.push(text.slice(0, 30));
+      return send();
+    });
     const roundTrips = async (): Promise<number> => {
       sent.length = 0;
       const heartbeat = await commitHeartbeat(pools.primary(shardId), { timeoutMs: 5000 });
