@@ -603,4 +603,8 @@ export const moveJobSchema = z.object({
   finishedAt: isoTime.nullable(),
   progressedAt: isoTime.describe('when the job last moved forward: a page copied, a batch of source rows deleted (or of the copy, in a rollback), or a state it does not come back from (the catch-up, fence and verification loop counts only when it ends in the flip)'),
   fenceMs: z.number().nullable().describe('how long writes to the unit were fenced, once the fence has been released'),
+  sourceClusterId: z
+    .string()
+    .nullable()
+    .describe("the source's PostgreSQL cluster id (16 hex digits, pg_control_system()'s system identifier) the move recorded with its fence, then with its release; null where none was: the mover's login may not read it, or the fence was recorded before this field existed (the fence is then released without it and judged by timeline alone; docs/sharding-spec.md, read-your-writes tokens)"),
 });

@@ -65,6 +65,14 @@ export interface MoveJob extends MoveJobView {
   readonly progressedAt: Date;
   /** How long writes to the unit were fenced, once the fence has been released. */
   readonly fenceMs: number | null;
+  /**
+   * The source's cluster id the job records (sharding migration 032, `source_cluster_id`): the
+   * fence's until the release, then the release's; null where none was recorded (a fence taken
+   * without it, its login refused `pg_control_system()` then, or a fence recorded before 032).
+   * Read with every row of the job (no round trip of its own): a run that resumes a move past its
+   * flip releases a fence recorded without the id without the id too (`PgMovePort.releaseFence`).
+   */
+  readonly sourceClusterId: string | null;
 }
 
 /** Why a move request was refused, for callers that map it to a status (API: 422). */
@@ -266,6 +274,7 @@ export interface JobRow {
   unfenced_at: Date | null;
   finished_at: Date | null;
   progressed_at: Date;
+  source_cluster_id: string | null;
 }
 
 export function toJob(r: JobRow): MoveJob {
@@ -301,5 +310,7 @@ export function toJob(r: JobRow): MoveJob {
     finishedAt: r.finished_at,
     progressedAt: r.progressed_at,
     fenceMs: r.fenced_at && r.unfenced_at ? r.unfenced_at.getTime() - r.fenced_at.getTime() : null,
+    // Absent from a row of a catalog before sharding migration 032: none recorded.
+    sourceClusterId: r.source_cluster_id ?? null,
   };
 }

@@ -868,17 +868,6 @@ export class PgMovePort implements MovePort<MoveJob> {
   /** Set while this run gives a fence up (reopens or releases it): its writes get the fence's slack ({@link MoveSettings.fenceSlackMs}). */
   private releasingFence = false;
   /**
-   * The job whose fence this run took without the source's cluster id (the mover's login refused
-   * it then), if any: its release is sent without the id too. A refusal expires (cluster-identity.ts,
-   * h154): past its interval while the fence was held, the grant given back meanwhile, the release
-   * asked again, read the id, and was taken for a release on another cluster than the fence's (the
-   * fence's not known): the fence position was dropped from the move's record (source_fence_lsn
-   * NULL, never told copied, write_copied_off) for a move that never left its cluster
-   * (test/integration/sharding/cluster-id-revoked-move.test.ts, h157). Without the id, the release
-   * is judged by timeline alone, as the fence was, as a login refused from the start is.
-   */
-  private fencedWithoutClusterId: number | null = null;
-  /**
    * Set once this run has sent a statement that publishes a new owner, until that flip's
    * transaction is known not to have committed (see {@link mayHavePublished}).
    */
@@ -2474,8 +2463,8 @@ export class PgMovePort implements MovePort<MoveJob> {
       if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
       throw err;
     }
-    // Taken without the id: released without it too (see `fencedWithoutClusterId`).
-    this.fencedWithoutClusterId = clusterReadable ? null : job.id;
+    // Taken without the id: recorded without it below (`source_cluster_id` NULL), and released
+    // without it too, by whichever run releases it (see releaseFenceForward).
     // The source failed over between the read and the fence (rare): the history is read again,
     // waited for at most what is left of the budget (the fence is held meanwhile); not had by then
     // (an error, the budget spent) or of another timeline again, the timeline is recorded without
@@ -3183,9 +3172,20 @@ export class PgMovePort implements MovePort<MoveJob> {
     // back, nothing released: sent again, once, without it (withClusterId). The first answer
     // kept, the release failed at every try, the unit fenced for good (its writes refused after
     // the flip) until the process restarted.
-    // A fence this run took without the id is released without it, whatever the pool has learned
-    // since (a refusal past its interval asked again, the grant given back: see `fencedWithoutClusterId`).
-    let clusterReadable = this.fencedWithoutClusterId === job.id ? false : await this.clusterIdReadable(job.from);
+    // A fence the job records without the id (`source_cluster_id` NULL: its login refused it then,
+    // or a fence recorded before 032) is released without it, whatever the pool answers now, and
+    // nothing is asked: read, the id was taken for a release on another cluster than the fence's
+    // (not known), and the fence position was dropped from the record (source_fence_lsn NULL, never
+    // told copied, write_copied_off) of a move that never left its cluster. So it went when a
+    // refusal expired while the fence was held, the grant given back (h157), and when the run that
+    // released was not the one that fenced (the mover died past its flip; the run that resumed it,
+    // in a new process whose pool may read the id, released): a rule of the run's own (39cf252)
+    // missed that one (test/integration/sharding/cluster-id-revoked-move.test.ts, h162). The job
+    // row is read with the id in every statement that hands the run its job (the claim, every
+    // compare-and-set of the row, `returning *`): the fence's record is in hand, no round trip more.
+    // Without the id, the release is judged by timeline alone, as the fence was. A release
+    // repeated after one that recorded none (released without the id) is sent without it again.
+    let clusterReadable = job.sourceClusterId === null ? false : await this.clusterIdReadable(job.from);
     const { rows: released } = await this.withClusterId(job.from, clusterReadable, (withClusterId) => {
       clusterReadable = withClusterId;
       return this.write(job, job.from, (c) =>

@@ -45,7 +45,7 @@ describe("a move off a source whose mover login was refused pg_control_system() 
     shards: Map<string, pg.Pool>,
     hook?: (point: MoveHookPoint) => Promise<void>,
     options: { readonly fenceBudgetMs?: number; readonly clock?: () => number } = {},
-  ): Promise<{ slot: number; owner: string; outcome: string; id: string | null }> => {
+  ): Promise<{ slot: number; owner: string; outcome: string; id: string | null; job: number }> => {
     const slot = await firstSlotOwnedBy(env, SOURCE, from);
     from = slot + 1;
     const [owner] = keysInSlot(slot, 1) as [string];
@@ -57,7 +57,7 @@ describe("a move off a source whose mover login was refused pg_control_system() 
       (e: unknown) => `threw ${(e as { code?: string }).code ?? ''}: ${e instanceof Error ? e.message : String(e)}`,
     );
     const { rows } = await env.catalog.query<{ id: string | null }>('select source_cluster_id as id from catalog.move_jobs where id = $1', [job.id]);
-    return { slot, owner, outcome, id: rows[0]?.id ?? null };
+    return { slot, owner, outcome, id: rows[0]?.id ?? null, job: job.id };
   };
   /** A document written for `owner` through the env's writer (its unit's owner now): 'written' or why not. */
   const write = (owner: string): Promise<string> =>
@@ -267,5 +267,45 @@ describe("a move off a source whose mover login was refused pg_control_system() 
     expect(await record(third.slot)).toEqual({ cluster: expect.stringMatching(/^[0-9a-f]{16}$/), fenced: true });
     expect(clusterIdReadableKnown(pool)).toBe(true);
     expect(await write(second.owner)).toBe(`written on ${TARGET}`);
+  }, 120_000);
+
+  // The same loss where the release runs in another process than the fence (h157's note on
+  // 39cf252, whose rule was the run's own): the mover died after its flip, fenced without the id,
+  // and the run that resumed it, with a pool of its own that may read the id (the grant given
+  // back), read the id at the release, taken for a release on another cluster than the fence's
+  // (not known): the fence position dropped for a move that never left its cluster (h162).
+  it('keeps the fence position of a move fenced without the id and released by a resumed run whose pool may read it', async () => {
+    const { shards } = moverShards();
+    await revoke();
+    const died = await moveOff(shards, async (point) => {
+      if (point === 'published') throw new Error('test: the mover dies after the flip');
+    });
+    const fenced = await env.catalog.query<{ cluster: string | null; fenced: boolean; state: string }>(
+      'select source_cluster_id as cluster, source_fence_lsn is not null as fenced, state from catalog.move_jobs where id = $1',
+      [died.job],
+    );
+    await withClient(sourceUrl, (c) => c.query('grant execute on function pg_control_system() to public'));
+    // A new process: a pool of its own, its answer not known yet (the grant is back: it may read the id).
+    const { shards: resumedShards, pool: resumedPool } = moverShards();
+    const resumed = await env
+      .mover({ readerGraceMs: 0, shards: resumedShards })
+      .run(died.job)
+      .then(
+        (j) => j.state,
+        (e: unknown) => `threw: ${e instanceof Error ? e.message : String(e)}`,
+      );
+    const { rows } = await env.catalog.query<{ cluster: string | null; fenced: boolean }>(
+      'select source_cluster_id as cluster, source_fence_lsn is not null as fenced from catalog.move_jobs where id = $1',
+      [died.job],
+    );
+
+    // The premise: the first run died past its flip, fenced without the id, its position recorded.
+    expect({ outcome: died.outcome, ...fenced.rows[0] }).toEqual({ outcome: expect.stringContaining('the mover dies after the flip'), cluster: null, fenced: true, state: 'verifying' });
+    expect(resumed).toBe('done');
+    // Before: { cluster: <the source's id>, fenced: false }, the release's id beside no fence position.
+    expect(rows[0]).toEqual({ cluster: null, fenced: true });
+    // The release asked nothing of the resumed pool: the job said the fence was taken without the id.
+    expect(clusterIdReadableKnown(resumedPool)).toBeUndefined();
+    expect(await write(died.owner)).toBe(`written on ${TARGET}`);
   }, 120_000);
 });
