@@ -1015,8 +1015,14 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     // the attempt in flight (draft-ietf-httpapi-idempotency-key-header: a request whose key is
     // being processed), not a 503 blaming the shard. Nothing was written by any of these attempts.
     let result: ShardWriteResult<Outcome | undefined>;
+    // The record waited on may also be an expired one that another request of the owner is
+    // deleting (PRUNE_KEYS_SQL, early in that request's transaction, which may then wait on its
+    // own key): pg's error names a row of document_keys either way (the wait is on the holder's
+    // transaction, whatever it does to the row), so the words name both. Until h161 they named a
+    // request with this key alone, where none was in flight: the client looked for a request it
+    // never sent (keyed-retry-role-lock-timeout.test.ts).
     const inFlight = (): HttpProblem => {
-      const reason = `an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), and this one could not wait for it within its ${deadlineMs} ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered`;
+      const reason = `an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), or, the key's record having expired, another request of this owner is deleting it (each keyed write prunes its owner's expired key records) and has not committed; this one could not wait for it within its ${deadlineMs} ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered`;
       return new HttpProblem({ status: 409, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }], headers: { 'retry-after': '1' } });
     };
     /** Whether an attempt of this request already waited on the key record (see {@link endedWaitingOnKeyRecord}). */

@@ -38,6 +38,14 @@ async function apiWithLockTimeout(ms: number, deadlineMs = 10_000): Promise<Keye
   return api;
 }
 
+/** The 409 of a keyed write whose waits on its key's record a 1 ms login lock_timeout ended until its 1 s deadline. */
+const IN_FLIGHT_1000 =
+  "header.idempotency-key: an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), or, the key's record having expired, another request of this owner is deleting it (each keyed write prunes its owner's expired key records) and has not committed; this one could not wait for it within its 1000 ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered";
+
+/** What a keyed write's prune of its owner's expired key records runs (PRUNE_KEYS_SQL's words, 16 records). */
+const PRUNE_SQL_LIKE = `delete from document_keys d where d.id = any(array(
+  select k.id from document_keys k where k.owner_id = $1 and k.created_at <= now() - make_interval(secs => $2::double precision) order by k.created_at limit 16 for update skip locked))`;
+
 describe("a keyed write's retry while its first attempt is in flight, its login's role setting lock_timeout to 1 ms", () => {
   it.each([
     { first: 'commits 300 ms later', commit: true as boolean | undefined, from: 100, holdMs: 300, deadlineMs: 10_000, lockTimeoutMs: 1 },
@@ -85,7 +93,7 @@ describe("a keyed write's retry while its first attempt is in flight, its login'
               first: false,
               documents: 1,
               detail:
-                "header.idempotency-key: an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), and this one could not wait for it within its 1000 ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered",
+                IN_FLIGHT_1000,
             },
     );
   }, 30_000);
@@ -132,5 +140,99 @@ describe("an owner's keyed write whose prune of expired key records meets one an
     const retry = await api.post(body, key);
     const documents = (await shard.query<{ n: number }>(`select count(*)::int as n from documents where owner_id = $1 and title = $2`, [owner, body.title])).rows[0]?.n;
     expect({ status: retry.status, replayed: retry.replayed, first: retry.body.id === newDoc, documents }).toEqual({ status: 201, replayed: true, first: true, documents: 1 });
+  }, 30_000);
+});
+
+describe("a keyed request claiming its key again (its record expired) while another transaction holds that record", () => {
+  // CLAIM_KEY_SQL renews an expired record in place (insert ... on conflict do update where
+  // expired); a prune of another request of the owner (PRUNE_KEYS_SQL: for update skip locked,
+  // then delete) or another claim of the same key may hold the record first. The claim waits for
+  // that transaction and, once it ends, sees what it left: no record (the prune's delete: a new
+  // one is inserted), the record renewed by the other claim (live: its request's document
+  // answered, replayed), or the expired record as it was (renewed by this claim). Checked for
+  // h161 (review of 298ed05): each answers as it would have with the holder done first.
+  it.each([
+    { holder: "a prune's delete, committed", sql: 'delete', commit: true, from: 900, login: 0 },
+    { holder: "a prune's delete, rolled back", sql: 'delete', commit: false, from: 1000, login: 0 },
+    { holder: "the same request's claim, committed", sql: 'claim', commit: true, from: 1100, login: 0 },
+    { holder: "the same request's claim, rolled back", sql: 'claim', commit: false, from: 1200, login: 0 },
+    { holder: "a prune's delete, committed, the login's lock_timeout 1 ms", sql: 'delete', commit: true, from: 1300, login: 1 },
+    { holder: "the same request's claim, committed, the login's lock_timeout 1 ms", sql: 'claim', commit: true, from: 1400, login: 1 },
+  ])('$holder: one document of the request, answered as with the holder done first', async ({ sql, commit, from, login }) => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', from);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    const shard = env.shards.get('shard_a') as pg.Pool;
+    await seedUsers(shard, slot, [owner], 0);
+    const api = await apiWithLockTimeout(login, 10_000);
+    const key = `expired-${from}`;
+    const body = { owner_id: owner, title: 'claimed again', content: { n: 3 } };
+    const keyId = idempotencyKeyId(owner, key);
+    const expiredAt = `now() - make_interval(secs => ${IDEMPOTENCY_KEY_RETENTION_MS / 1000 + 3600})`;
+    const oldDoc = (await shard.query<{ id: string }>(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'old', '{}') returning id::text`, [owner, slot])).rows[0]?.id;
+    await shard.query(`insert into document_keys (id, owner_id, slot, document_id, request_digest, created_at) values ($1, $2, $3, $4, idempotency_request_digest('old'::text, '{}'::jsonb), ${expiredAt})`, [keyId, owner, slot, oldDoc]);
+    const holder = await shard.connect();
+    holder.on('error', () => undefined);
+    const heldDoc = (await shard.query<{ id: string }>('select gen_random_uuid()::text as id')).rows[0]?.id as string;
+    let answer;
+    try {
+      await holder.query('begin');
+      if (sql === 'delete') {
+        await holder.query(`select id from document_keys where owner_id = $1 and created_at < now() - interval '1 hour' for update skip locked`, [owner]);
+        await holder.query(`delete from document_keys where id = $1`, [keyId]);
+      } else {
+        await holder.query(`insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5)`, [heldDoc, owner, slot, body.title, JSON.stringify(body.content)]);
+        await holder.query(`update document_keys set document_id = $2, request_digest = idempotency_request_digest($3::text, $4::jsonb), created_at = now() where id = $1`, [keyId, heldDoc, body.title, JSON.stringify(body.content)]);
+      }
+      const claim = api.post(body, key);
+      await new Promise((r) => setTimeout(r, 300));
+      await holder.query(commit ? 'commit' : 'rollback');
+      answer = await claim;
+    } finally {
+      await holder.query('rollback').catch(() => undefined);
+      holder.release();
+    }
+    const documents = (await shard.query<{ n: number }>(`select count(*)::int as n from documents where owner_id = $1 and title = $2`, [owner, body.title])).rows[0]?.n;
+    const record = (await shard.query<{ document_id: string }>(`select document_id::text from document_keys where id = $1 and created_at > now() - interval '1 hour'`, [keyId])).rows[0]?.document_id;
+    const replayed = sql === 'claim' && commit;
+    expect({ status: answer.status, replayed: answer.replayed, held: answer.body.id === heldDoc, documents, recordNames: record === answer.body.id }).toEqual({
+      status: 201,
+      replayed,
+      held: replayed,
+      documents: 1,
+      recordNames: true,
+    });
+  }, 30_000);
+});
+
+describe("a keyed request claiming its key again while another request's prune holds its expired record past the deadline", () => {
+  // Its key's record expired, another request of the owner deleting it (PRUNE_KEYS_SQL, in that
+  // request's write, which may wait on its own key meanwhile): a login's lock_timeout of 1 ms
+  // ends each of this request's waits on it until its deadline. No request with this key was in
+  // flight: the 409 said "an earlier request with this key is still being written" alone, and the
+  // client looked for a request it never sent (h161, review of 298ed05). It names both holders now.
+  it('answers the 409 naming the prune of an expired record too, nothing written', async () => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', 1500);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    const shard = env.shards.get('shard_a') as pg.Pool;
+    await seedUsers(shard, slot, [owner], 0);
+    const api = await apiWithLockTimeout(1, 1000);
+    const key = 'pruned-1500';
+    const keyId = idempotencyKeyId(owner, key);
+    const expiredAt = `now() - make_interval(secs => ${IDEMPOTENCY_KEY_RETENTION_MS / 1000 + 3600})`;
+    const oldDoc = (await shard.query<{ id: string }>(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'old', '{}') returning id::text`, [owner, slot])).rows[0]?.id;
+    await shard.query(`insert into document_keys (id, owner_id, slot, document_id, request_digest, created_at) values ($1, $2, $3, $4, idempotency_request_digest('old'::text, '{}'::jsonb), ${expiredAt})`, [keyId, owner, slot, oldDoc]);
+    const pruning = await shard.connect();
+    pruning.on('error', () => undefined);
+    let answer;
+    try {
+      await pruning.query('begin');
+      await pruning.query(PRUNE_SQL_LIKE, [owner, IDEMPOTENCY_KEY_RETENTION_MS / 1000]);
+      answer = await api.post({ owner_id: owner, title: 'new', content: {} }, key);
+    } finally {
+      await pruning.query('rollback').catch(() => undefined);
+      pruning.release();
+    }
+    const documents = (await shard.query<{ n: number }>(`select count(*)::int as n from documents where owner_id = $1 and title = 'new'`, [owner])).rows[0]?.n;
+    expect({ status: answer.status, detail: answer.body.detail, documents }).toEqual({ status: 409, detail: IN_FLIGHT_1000, documents: 0 });
   }, 30_000);
 });
