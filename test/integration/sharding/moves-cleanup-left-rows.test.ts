@@ -30,7 +30,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureLogin } from '../../../functions/adapters/postgres/app-role.js';
 import type { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-store.js';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countingStores, countSlot, fenceState, keyRecords, keysInSlot, otherProcess, refusalOf, seedKeys, seedUsers, sides, startMoveEnv, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { countingStores, countSlot, fenceState, keyRecords, keysInSlot, type MoveEnv, otherProcess, refusalOf, runStoppedAfterCopy, seedKeys, seedUsers, sides, startMoveEnv, unitFenceState } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 let slotMaps: SlotMapStore;
@@ -179,13 +179,7 @@ describe('the kept user when a move back is rolled back', () => {
     expect((await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id)).state).toBe('done');
     await target.query(`update users set display_name = 'renamed' where id = $1`, [user]);
     const planned = await mover.plan({ kind: 'slot', slot, to: from, createdBy: 'test' });
-    const stopped = env.mover({
-      readerGraceMs: 0,
-      hook(point) {
-        if (point === 'copied') throw new Error('test: the mover stops after the copy');
-      },
-    });
-    await expect(stopped.run(planned.id)).rejects.toThrow(/stops after the copy/);
+    await runStoppedAfterCopy(env, planned.id);
     await mover.requestCancel(planned.id);
     expect((await mover.run(planned.id)).state).toBe('cancelled');
     // Before: the rollback's deletion of the copied user cascaded to the document under another slot.
@@ -269,15 +263,7 @@ describe('the kept user when its slot comes back, moved by a mover login that ma
     expect(away.state).toBe('done');
     await target.query(`update users set display_name = 'renamed' where id = $1`, [user]);
     const planned = await env.mover().plan({ kind: 'slot', slot, to: from, createdBy: 'test' });
-    const stopped = env.mover({
-      readerGraceMs: 0,
-      shards: moverPools,
-      copyBatchRows: 1,
-      hook(point) {
-        if (point === 'copied') throw new Error('test: the mover stops after the copy');
-      },
-    });
-    await expect(stopped.run(planned.id)).rejects.toThrow(/stops after the copy/);
+    await runStoppedAfterCopy(env, planned.id, { shards: moverPools, copyBatchRows: 1 });
     // Every page committed on the target, none of its cursors saved (a crash after each commit).
     await target.query(`update users set display_name = 'renamed again' where id = $1`, [user]);
     await env.catalog.query(`update catalog.move_jobs set copy_cursor = $2 where id = $1`, [planned.id, JSON.stringify({ table: 'users', after: null })]);
@@ -305,14 +291,7 @@ describe('the kept user when its slot comes back, moved by a mover login that ma
     const slot = 2107;
     const { user, elsewhere, from, source, target } = await movedAway(slot);
     const planned = await env.mover().plan({ kind: 'slot', slot, to: from, createdBy: 'test' });
-    const stopped = env.mover({
-      readerGraceMs: 0,
-      shards: moverPools,
-      hook(point) {
-        if (point === 'copied') throw new Error('test: the mover stops after the copy');
-      },
-    });
-    await expect(stopped.run(planned.id)).rejects.toThrow(/stops after the copy/);
+    await runStoppedAfterCopy(env, planned.id, { shards: moverPools });
     await env.mover().requestCancel(planned.id);
     const ended = await env.mover({ readerGraceMs: 0, shards: moverPools }).run(planned.id);
     expect(ended.state).toBe('cancelled');

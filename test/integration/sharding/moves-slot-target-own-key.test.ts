@@ -14,7 +14,7 @@
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { idsUnder, keysInSlot, type MoveEnv, pastTriggers, seedUsers, startMoveEnv } from './fixtures/move-env.js';
+import { idsUnder, keysInSlot, type MoveEnv, pastTriggers, runStoppedAfterCopy, seedUsers, startMoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 
@@ -74,14 +74,8 @@ describe("a slot's move to the shard a key lives on leaves that key's rows there
 
   it("a rollback after the copy deletes its copy and keeps the key's row on the target", async () => {
     const { slot, to, source, target, keyRow, slotRows } = await slotWithTargetKeyRow(2600);
-    const stopping = env.mover({
-      readerGraceMs: 0,
-      hook(point) {
-        if (point === 'copied') throw new Error('test: the mover stops after the copy');
-      },
-    });
-    const planned = await stopping.plan({ kind: 'slot', slot, to, createdBy: 'test' });
-    await expect(stopping.run(planned.id)).rejects.toThrow(/after the copy/);
+    const planned = await env.mover().plan({ kind: 'slot', slot, to, createdBy: 'test' });
+    await runStoppedAfterCopy(env, planned.id);
     await env.mover().requestCancel(planned.id);
 
     const job = await env.mover({ readerGraceMs: 0 }).run(planned.id);
