@@ -44,7 +44,7 @@ import { SLOT_COUNT } from '../../core/sharding/hash.js';
 import { canonicalKey, keySlot, uuidForm } from '../../core/sharding/keys.js';
 import { driveMove, moveUnitFor, type MoveCrashPoint, type MoveRouting, type MoveUnitVerdict } from '../../core/sharding/move-machine.js';
 import { canCancel, DEFAULT_MAX_UNIT_ROWS, isTerminal, TERMINAL_STATES } from '../../core/sharding/move-plan.js';
-import { cancelStatement, connectBy, DeadlinePassedError, holdToDeadline, NodeTimeoutError, queryCanceled, SessionTimeoutError, sessionTimeoutOf, serverTimeoutMs, timeoutsAtMostSql, withNodeDeadline } from './deadline.js';
+import { cancelStatement, connectBy, DeadlinePassedError, holdToDeadline, NodeTimeoutError, queryCanceled, SessionTimeoutError, sessionTimeoutOf, serverTimeoutMs, timeoutsAtMostSql, withNodeDeadline, type SessionTimeoutSetting } from './deadline.js';
 import { ownersOfSlotsSince } from './fence-review.js';
 import {
   MoveBusyError,
@@ -385,33 +385,37 @@ function boundedPool(pool: pg.Pool, until: number, budgetMs: number): pg.Pool {
  * thrown as it is. `refused`: "cannot plan the move of slot 5 to shard_b", for the words.
  */
 function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs: number, refused: () => string): pg.Pool {
-  const bounded = boundedPool(pool, until, budgetMs);
+  return failingInWords(boundedPool(pool, until, budgetMs), (err) => {
+    // The reads set no timeout of their own: a 57014 or 55P03 in a timeout's words is the shard
+    // login's (an ALTER ROLE ... SET statement_timeout, a parameter group's). Before, it reached the
+    // API bare and was answered "the catalog or a shard did not answer (a statement ran past its
+    // time limit); try again shortly", naming neither the shard nor the setting, where trying
+    // again meets the same setting (h156, moves-plan-refusals-named.test.ts). Named as the
+    // catalog's reads name it (catalogBoundedPool), its cause a SessionTimeoutError.
+    checksSessionTimeout(err, refused, shard, (setting) => `the shard login's role or database setting, or its parameter group's; pg_settings' source for ${setting} on ${shard} names where it is set`);
+    // The shard down or unreachable (a closed port: ECONNREFUSED; a connection lost): named too,
+    // where the API answered "the catalog or a shard did not answer", naming neither (h137).
+    if (!(err instanceof NodeTimeoutError) && !(err instanceof Error && err.message === 'Query read timeout')) throw isNodeFailure(err) ? new ShardNodeFailure(shard, err as Error) : err;
+    // Not sent, the deadline passed before it (the checks' catalog reads took the time): the
+    // shard was not asked, and "no answer within ..." would blame it (h137).
+    // One whose connect was under way at the deadline (boundedPool: connectBy's DeadlinePassedError
+    // its cause) did ask the shard, which did not answer: named as a read cut is.
+    if (err instanceof NodeTimeoutError && !(err.cause instanceof DeadlinePassedError) && Date.now() >= until) throw new MovePlanOutOfTime(outOfTime(`before its checks read ${shard}`, until), { cause: err });
+    throw Object.assign(new NodeTimeoutError(shard, budgetMs), { cause: err });
+  });
+}
+
+/**
+ * `bounded` (a {@link boundedPool}) whose `query` fails with what `fail` throws for each error of
+ * a read: the plan's checks' reads of a shard ({@link shardBoundedPool}) and of the catalog
+ * ({@link catalogBoundedPool}), each in words naming what did not answer.
+ */
+function failingInWords(bounded: pg.Pool, fail: (err: unknown) => never): pg.Pool {
   const query = async (text: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult> => {
     try {
       return await bounded.query(text, values);
     } catch (err) {
-      // The reads set no timeout of their own: a 57014 or 55P03 in a timeout's words is the shard
-      // login's (an ALTER ROLE ... SET statement_timeout, a parameter group's). Before, it reached the
-      // API bare and was answered "the catalog or a shard did not answer (a statement ran past its
-      // time limit); try again shortly", naming neither the shard nor the setting, where trying
-      // again meets the same setting (h156, moves-plan-refusals-named.test.ts). Named as the
-      // catalog's reads name it (catalogBoundedPool), its cause a SessionTimeoutError.
-      const setting = sessionTimeoutOf(err);
-      if (setting !== undefined) {
-        throw new MoveError(
-          `${refused()}: ${shard} ${setting === 'statement_timeout' ? "cancelled a read of the plan's checks" : "ended a lock wait of a read of the plan's checks"} by its session's own ${setting} (the shard login's role or database setting, or its parameter group's; pg_settings' source for ${setting} on ${shard} names where it is set), shorter than what the request had left (its deadline had not passed). A table the read needs held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow shard keeps such a read. Nothing was recorded: plan it again once that has ended, or raise that ${setting} (ALTER ROLE ... SET ${setting})`,
-          { cause: new SessionTimeoutError(shard, setting, err) },
-        );
-      }
-      // The shard down or unreachable (a closed port: ECONNREFUSED; a connection lost): named too,
-      // where the API answered "the catalog or a shard did not answer", naming neither (h137).
-      if (!(err instanceof NodeTimeoutError) && !(err instanceof Error && err.message === 'Query read timeout')) throw isNodeFailure(err) ? new ShardNodeFailure(shard, err as Error) : err;
-      // Not sent, the deadline passed before it (the checks' catalog reads took the time): the
-      // shard was not asked, and "no answer within ..." would blame it (h137).
-      // One whose connect was under way at the deadline (boundedPool: connectBy's DeadlinePassedError
-      // its cause) did ask the shard, which did not answer: named as a read cut is.
-      if (err instanceof NodeTimeoutError && !(err.cause instanceof DeadlinePassedError) && Date.now() >= until) throw new MovePlanOutOfTime(outOfTime(`before its checks read ${shard}`, until), { cause: err });
-      throw Object.assign(new NodeTimeoutError(shard, budgetMs), { cause: err });
+      return fail(err);
     }
   };
   return new Proxy(bounded, {
@@ -420,6 +424,22 @@ function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs:
       return Reflect.get(target, prop, target) as unknown;
     },
   });
+}
+
+/**
+ * Throws, where `err` is a statement the session's own statement_timeout or lock_timeout ended
+ * (sessionTimeoutOf: the plan's checks' reads set neither, so it is the login's), a
+ * {@link MoveError} naming `nodeId` ('the catalog', a shard) and the setting, `origin` saying where
+ * such a setting comes from on it; its cause a {@link SessionTimeoutError}. Anything else returns.
+ */
+function checksSessionTimeout(err: unknown, refused: () => string, nodeId: string, origin: (setting: SessionTimeoutSetting) => string): void {
+  const setting = sessionTimeoutOf(err);
+  if (setting === undefined) return;
+  const slow = nodeId === 'the catalog' ? 'catalog' : 'shard';
+  throw new MoveError(
+    `${refused()}: ${nodeId} ${setting === 'statement_timeout' ? "cancelled a read of the plan's checks" : "ended a lock wait of a read of the plan's checks"} by its session's own ${setting} (${origin(setting)}), shorter than what the request had left (its deadline had not passed). A table the read needs held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow ${slow} keeps such a read. Nothing was recorded: plan it again once that has ended, or raise that ${setting} (ALTER ROLE ... SET ${setting})`,
+    { cause: new SessionTimeoutError(nodeId, setting, err) },
+  );
 }
 
 /**
@@ -446,43 +466,26 @@ function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs:
  * is. `refused`: "cannot plan the move of slot 5 to shard_b", for the words.
  */
 function catalogBoundedPool(pool: pg.Pool, until: number, budgetMs: number, refused: () => string): pg.Pool {
-  const bounded = boundedPool(pool, until, budgetMs);
-  const query = async (text: string | pg.QueryConfig, values?: unknown[]): Promise<pg.QueryResult> => {
-    try {
-      return await bounded.query(text, values);
-    } catch (err) {
-      // The reads set no timeout of their own: a 57014 or 55P03 in a timeout's words is the login's.
-      const setting = sessionTimeoutOf(err);
-      if (setting !== undefined) {
-        throw new MoveError(
-          `${refused()}: the catalog ${setting === 'statement_timeout' ? 'cancelled a read of the plan\'s checks' : 'ended a lock wait of a read of the plan\'s checks'} by its session's own ${setting} (the catalog login's role or database setting${setting === 'statement_timeout' ? ', 10 s for the control login by catalog migration 005' : ''}; pg_settings' source for ${setting} names where it is set), shorter than what the request had left (its deadline had not passed). A table the read needs held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow catalog keeps such a read. Nothing was recorded: plan it again once that has ended, or raise that ${setting} (ALTER ROLE ... SET ${setting})`,
-          { cause: new SessionTimeoutError('the catalog', setting, err) },
-        );
-      }
-      const cut = err instanceof Error && err.message === 'Query read timeout';
-      // Refused (nothing listens, no free connection slot, the login refused) or lost: named, the
-      // catalog and the cause, where the API said "the catalog or a shard did not answer (...); try
-      // again shortly", or, for a refused login, "an internal error occurred" (h156).
-      if (!cut && !(err instanceof NodeTimeoutError)) throw catalogRefused(err, refused(), "a read of the plan's checks") ?? err;
-      // Not sent, the deadline already passed (the checks' reads of the shards took the time): the
-      // catalog was not asked, and "did not answer" would blame it.
-      const connecting = err instanceof NodeTimeoutError && err.cause instanceof DeadlinePassedError;
-      if (!cut && !connecting) throw new MovePlanOutOfTime(`${refused()}: ${outOfTime('before its checks read the catalog', until)}`, { cause: err });
-      throw new MovePlanOutOfTime(
-        `${refused()}: the catalog did not answer a read of the plan's checks by the request's deadline (API Gateway's 29 s or the function's end, less the answer margin; no answer within ${budgetMs} ms, what the request had left for its checks): ${
-          connecting
-            ? 'no connection to it opened by then: the catalog did not answer (failing over, restarting, or unreachable), or every connection of its pool was in use'
-            : "a table it reads held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open), or a slow or silent catalog, kept the read. The read was cancelled on the catalog"
-        }. Nothing was recorded: plan it again once the catalog answers`,
-        { cause: err },
-      );
-    }
-  };
-  return new Proxy(bounded, {
-    get(target, prop) {
-      if (prop === 'query') return query;
-      return Reflect.get(target, prop, target) as unknown;
-    },
+  return failingInWords(boundedPool(pool, until, budgetMs), (err) => {
+    // The reads set no timeout of their own: a 57014 or 55P03 in a timeout's words is the login's.
+    checksSessionTimeout(err, refused, 'the catalog', (setting) => `the catalog login's role or database setting${setting === 'statement_timeout' ? ', 10 s for the control login by catalog migration 005' : ''}; pg_settings' source for ${setting} names where it is set`);
+    const cut = err instanceof Error && err.message === 'Query read timeout';
+    // Refused (nothing listens, no free connection slot, the login refused) or lost: named, the
+    // catalog and the cause, where the API said "the catalog or a shard did not answer (...); try
+    // again shortly", or, for a refused login, "an internal error occurred" (h156).
+    if (!cut && !(err instanceof NodeTimeoutError)) throw catalogRefused(err, refused(), "a read of the plan's checks") ?? err;
+    // Not sent, the deadline already passed (the checks' reads of the shards took the time): the
+    // catalog was not asked, and "did not answer" would blame it.
+    const connecting = err instanceof NodeTimeoutError && err.cause instanceof DeadlinePassedError;
+    if (!cut && !connecting) throw new MovePlanOutOfTime(`${refused()}: ${outOfTime('before its checks read the catalog', until)}`, { cause: err });
+    throw new MovePlanOutOfTime(
+      `${refused()}: the catalog did not answer a read of the plan's checks by the request's deadline (API Gateway's 29 s or the function's end, less the answer margin; no answer within ${budgetMs} ms, what the request had left for its checks): ${
+        connecting
+          ? 'no connection to it opened by then: the catalog did not answer (failing over, restarting, or unreachable), or every connection of its pool was in use'
+          : "a table it reads held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open), or a slow or silent catalog, kept the read. The read was cancelled on the catalog"
+      }. Nothing was recorded: plan it again once the catalog answers`,
+      { cause: err },
+    );
   });
 }
 
