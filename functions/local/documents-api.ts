@@ -223,7 +223,7 @@ const idempotencyKey = z
   .optional();
 const createDocumentHeaders = z.object({
   'idempotency-key': idempotencyKey.describe(
-    `makes the POST safe to send again: a retry with the same key and the same body answers the document the first attempt created, as it is now (201, \`Idempotent-Replayed: true\`) instead of creating a second; the same key with another body (title and content, compared with the first request's, not with the document) is a 422; a 409 once the document was deleted or belongs to another owner, or while an earlier request with the key is still being written and this one cannot wait for it within its deadline (its shard login's own lock_timeout ending each wait). Keys belong to the owner and are remembered for ${IDEMPOTENCY_KEY_RETENTION_MS / 3_600_000} hours from their first use, whatever becomes of the document; an expired key is a new key. ${IDEMPOTENCY_KEY_FORM}`,
+    `makes the POST safe to send again: a retry with the same key and the same body answers the document the first attempt created, as it is now (201, \`Idempotent-Replayed: true\`) instead of creating a second; the same key with another body (title and content, compared with the first request's, not with the document) is a 422; a 409 once the document was deleted or belongs to another owner, or while an earlier request with the key is still being written and this one cannot wait for it within its deadline (one wait ended by the deadline, or each ended by the shard login's own lock_timeout); a 503 naming body.owner_id while the owner's row is held by a deletion not committed yet, a 422 once it is. Keys belong to the owner and are remembered for ${IDEMPOTENCY_KEY_RETENTION_MS / 3_600_000} hours from their first use, whatever becomes of the document; an expired key is a new key. ${IDEMPOTENCY_KEY_FORM}`,
   ),
 });
 
@@ -384,7 +384,8 @@ const KEY_RECORD_SQL = `select k.document_id, k.request_digest = ${requestDigest
  * against the DELETE's own condition, which was `id = any(...)` alone), and a retry of that
  * request created a second document (keyed-retry-role-lock-timeout.test.ts). Skipped, a held
  * record is pruned by a later write: a prune is the owner's housekeeping, never worth a wait (under
- * a login's short lock_timeout the wait failed the write, a different key's).
+ * a login's short lock_timeout the wait failed the write, a different key's). Run last in the write,
+ * just before its commit (h164): the records it deletes are held only from there to the commit.
  */
 const PRUNE_KEYS_SQL = `delete from document_keys d where d.id = any(array(
   select k.id from document_keys k where k.owner_id = $1 and k.created_at <= pg_catalog.now() - pg_catalog.make_interval(secs => $2::double precision)
@@ -548,40 +549,52 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
 }
 
 /**
- * Whether a keyed write failed because the session's own `lock_timeout` (a role's setting,
- * shorter than the request's deadline) ended its wait for a row of `document_keys` another
- * transaction holds: another request of the owner's keys in flight, uncommitted (a retry of the
- * same key meeting the first attempt's record on the primary key: "while inserting index tuple
- * (0,1) in relation "document_keys"", pg's innermost context, whose tuple id and relation name
- * stay as they are in every lc_messages language; or a prune of an expired record the other holds).
+ * The rows a keyed write waits on that another transaction holds: a `document_keys` record
+ * (another request of the owner's key in flight, uncommitted: a retry of the same key meeting the
+ * first attempt's record on the primary key, "while inserting index tuple (0,1) in relation
+ * "document_keys"", pg's innermost context, whose tuple id and relation name stay as they are in
+ * every lc_messages language; or a prune of an expired record the other holds), or the owner's
+ * `users` row, which the write takes first ("while locking tuple (0,1) in relation "users""): a
+ * deletion of the user, not committed yet.
  */
-function waitedOnKeyRecord(error: unknown): boolean {
-  if (!(error instanceof ShardWriteError) || error.reason !== 'cancelled') return false;
-  const timeout = error.cause;
-  if (!(timeout instanceof SessionTimeoutError) || timeout.setting !== 'lock_timeout') return false;
-  const where = (timeout.cause as { where?: unknown } | null)?.where;
+type HeldRelation = 'document_keys' | 'users';
+
+/** The relation pg's error (its innermost context) names a tuple of, among {@link HeldRelation}'s. */
+function heldRelationOf(pgError: unknown): HeldRelation | undefined {
+  const where = (pgError as { where?: unknown } | null)?.where;
   const innermost = typeof where === 'string' ? (where.split('\n', 1)[0] ?? '') : '';
-  return /\(\d+,\d+\)/.test(innermost) && innermost.includes('"document_keys"');
+  if (!/\(\d+,\d+\)/.test(innermost)) return undefined;
+  if (innermost.includes('"document_keys"')) return 'document_keys';
+  if (innermost.includes('"users"')) return 'users';
+  return undefined;
 }
 
 /**
- * Whether a keyed write sent again after {@link waitedOnKeyRecord} ended at the request's deadline
- * (nothing committed), still waiting on a row of `document_keys`: PostgreSQL's lock_timeout of the
- * time left, the statement_timeout beside it or the deadline's cancel request ended that wait, pg's
- * error its cause, its innermost context naming the relation as {@link waitedOnKeyRecord} reads it.
- * Not a shard that answered nothing by the deadline and its grace (the cause a
- * `DeadlinePassedError`, the connection dropped): that is the shard's, a 503, whatever the attempt
- * before met. Such an attempt was sent with less time left than the login's own
- * lock_timeout (300 ms, say, under a 1 s deadline: each attempt's wait ends by that setting while
- * more than it is left, the last one's by the deadline's): until h159 it was answered as the deadline's, a 503 "the
- * shard did not answer", blaming a shard that answered every statement, where a login at 1 ms got
- * the 409 naming the request in flight (keyed-retry-role-lock-timeout.test.ts).
+ * The row a keyed write was waiting on when the session's own `lock_timeout` (a role's setting,
+ * shorter than the request's deadline) ended the wait; undefined for any other failure.
  */
-function endedWaitingOnKeyRecord(error: unknown): boolean {
-  if (!(error instanceof ShardWriteError) || error.reason !== 'deadline-exceeded') return false;
-  const where = (error.cause as { where?: unknown } | null)?.where;
-  const innermost = typeof where === 'string' ? (where.split('\n', 1)[0] ?? '') : '';
-  return /\(\d+,\d+\)/.test(innermost) && innermost.includes('"document_keys"');
+function rowWaitEndedByLogin(error: unknown): HeldRelation | undefined {
+  if (!(error instanceof ShardWriteError) || error.reason !== 'cancelled') return undefined;
+  const timeout = error.cause;
+  if (!(timeout instanceof SessionTimeoutError) || timeout.setting !== 'lock_timeout') return undefined;
+  return heldRelationOf(timeout.cause);
+}
+
+/**
+ * The row a keyed write was still waiting on when it ended at the request's deadline (nothing
+ * committed): PostgreSQL's lock_timeout of the time left, the statement_timeout beside it or the
+ * deadline's cancel request ended that wait, pg's error its cause, its innermost context naming
+ * the relation as {@link heldRelationOf} reads it. Not a shard that answered nothing by the
+ * deadline and its grace (the cause a `DeadlinePassedError`, the connection dropped): that is the
+ * shard's, a 503. The wait may be the request's only one (a login without a lock_timeout of its
+ * own, the default: until h164 answered as the deadline's 503 "the shard did not answer"), or the
+ * last of attempts sent again after the login's own lock_timeout ended the others, with less
+ * time left than that setting (300 ms, say, under a 1 s deadline: until h159 that 503 too), where
+ * a login at 1 ms got the 409 naming the request in flight (keyed-retry-role-lock-timeout.test.ts).
+ */
+function rowWaitEndedByDeadline(error: unknown): HeldRelation | undefined {
+  if (!(error instanceof ShardWriteError) || error.reason !== 'deadline-exceeded') return undefined;
+  return heldRelationOf(error.cause);
 }
 
 /** How much of the request's deadline a keyed write's retry keeps past its back-off to be sent again (see createDocument). */
@@ -973,7 +986,16 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
       body.owner_id,
       `${location}&consistency=primary`,
       async ({ client, slot }): Promise<Outcome | undefined> => {
-        const owner = await client.query('select 1 from users where id = $1', [body.owner_id]);
+        // The owner's row is taken first (`for key share`, as the documents' and key records'
+        // foreign keys take it anyway later in the write), so the owner cannot be deleted under
+        // the write and a deletion in flight is waited for here, on the owner, and not on the
+        // owner's key records it cascades to: a keyed write that read the owner as present, then
+        // waited on its key's record a deletion held, failed its foreign key once the deletion
+        // committed (503 "could not serve") or, held past its deadline, answered the 409 naming
+        // a request of its key or a prune that did not exist (h164; keyed-retry-role-lock-timeout.test.ts).
+        // Once the deletion committed, the row is not there (READ COMMITTED): the 422 "no user".
+        // The same order as a deletion's (the user, then its cascade): the two never deadlock.
+        const owner = await client.query('select 1 from users where id = $1 for key share', [body.owner_id]);
         if (owner.rowCount === 0) return undefined;
         const insertDocument = async (): Promise<Outcome> => {
           const { rows } = await client.query<DocumentRow>(`insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, $4, $5) returning ${DOC_COLUMNS}`, [
@@ -986,20 +1008,31 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
           return { kind: 'created', row: rows[0] as DocumentRow };
         };
         if (key === undefined) return insertDocument();
-        await client.query(PRUNE_KEYS_SQL, [body.owner_id, retentionSeconds, IDEMPOTENCY_KEY_PRUNE_BATCH]);
         const keyId = idempotencyKeyId(body.owner_id, key);
-        // In the same transaction as the document: the record exists exactly when the document was
-        // created (or, for a document of the key written before key records, adopted: see CLAIM_KEY_SQL).
-        const claimed = await client.query<{ document_id: string }>(CLAIM_KEY_SQL, [keyId, body.owner_id, slot, id, body.title, content, retentionSeconds]);
-        // Another document id: a document of the key written before key records, adopted.
-        if (claimed.rows[0]?.document_id === id) return insertDocument();
-        const record = (await client.query<{ document_id: string; same: boolean }>(KEY_RECORD_SQL, [keyId, body.title, content])).rows[0];
-        // Claimed by nobody and held by nobody: the record expired and was pruned (or its owner
-        // deleted) between the two statements. Nothing was created: the retry claims it afresh.
-        if (!record) return { kind: 'released' };
-        if (!record.same) return { kind: 'misused', documentId: record.document_id };
-        const { rows } = await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where id = $1`, [record.document_id]);
-        return { kind: 'replayed', row: rows[0], documentId: record.document_id };
+        const claim = async (): Promise<Outcome> => {
+          // In the same transaction as the document: the record exists exactly when the document was
+          // created (or, for a document of the key written before key records, adopted: see CLAIM_KEY_SQL).
+          const claimed = await client.query<{ document_id: string }>(CLAIM_KEY_SQL, [keyId, body.owner_id, slot, id, body.title, content, retentionSeconds]);
+          // Another document id: a document of the key written before key records, adopted.
+          if (claimed.rows[0]?.document_id === id) return insertDocument();
+          const record = (await client.query<{ document_id: string; same: boolean }>(KEY_RECORD_SQL, [keyId, body.title, content])).rows[0];
+          // Claimed by nobody and held by nobody: the record expired and was pruned between the two
+          // statements (its owner cannot be deleted meanwhile: its row is held). Nothing was
+          // created: the retry claims it afresh.
+          if (!record) return { kind: 'released' };
+          if (!record.same) return { kind: 'misused', documentId: record.document_id };
+          const { rows } = await client.query<DocumentRow>(`select ${DOC_COLUMNS} from documents where id = $1`, [record.document_id]);
+          return { kind: 'replayed', row: rows[0], documentId: record.document_id };
+        };
+        const outcome = await claim();
+        // Last, just before the commit: the records it deletes stay locked until the commit, and
+        // another request of the owner claiming one of those keys again waits on it that long.
+        // Until h164 the prune came first, and the records were held for the whole write (its own
+        // claim's wait on a request of its key in flight included): that other request waited
+        // as long, up to its deadline (keyed-retry-role-lock-timeout.test.ts). The same
+        // statements, in another order: no round trip more.
+        await client.query(PRUNE_KEYS_SQL, [body.owner_id, retentionSeconds, IDEMPOTENCY_KEY_PRUNE_BATCH]);
+        return outcome;
       },
       key !== undefined,
       deadline,
@@ -1016,34 +1049,49 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
     // being processed), not a 503 blaming the shard. Nothing was written by any of these attempts.
     let result: ShardWriteResult<Outcome | undefined>;
     // The record waited on may also be an expired one that another request of the owner is
-    // deleting (PRUNE_KEYS_SQL, early in that request's transaction, which may then wait on its
-    // own key): pg's error names a row of document_keys either way (the wait is on the holder's
-    // transaction, whatever it does to the row), so the words name both. Until h161 they named a
-    // request with this key alone, where none was in flight: the client looked for a request it
-    // never sent (keyed-retry-role-lock-timeout.test.ts).
-    const inFlight = (): HttpProblem => {
-      const reason = `an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), or, the key's record having expired, another request of this owner is deleting it (each keyed write prunes its owner's expired key records) and has not committed; this one could not wait for it within its ${deadlineMs} ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered`;
+    // deleting (PRUNE_KEYS_SQL, last in that request's transaction, held until its commit): pg's
+    // error names a row of document_keys either way (the wait is on the holder's transaction,
+    // whatever it does to the row), so the words name both. Until h161 they named a request with
+    // this key alone, where none was in flight: the client looked for a request it never sent
+    // (keyed-retry-role-lock-timeout.test.ts). `byLogin`: some wait was ended by the login's own
+    // lock_timeout (otherwise the one wait was the deadline's).
+    const inFlight = (byLogin: boolean): HttpProblem => {
+      const reason = `an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), or, the key's record having expired, another request of this owner is deleting it (each keyed write prunes its owner's expired key records) and has not committed; this one could not wait for it within its ${deadlineMs} ms deadline${byLogin ? ", each wait ended by the shard login's own lock_timeout" : ''}; nothing was written by this request: send it again once that request has been answered`;
       return new HttpProblem({ status: 409, detail: `header.idempotency-key: ${reason}`, invalid: [{ name: 'header.idempotency-key', reason }], headers: { 'retry-after': '1' } });
     };
-    /** Whether an attempt of this request already waited on the key record (see {@link endedWaitingOnKeyRecord}). */
-    let waited = false;
+    // The owner's row held (the write takes it first, `for key share`): by a deletion of the user
+    // not committed yet, or by another session locking it or changing its key. Not the key's
+    // doing, nor the shard's silence: a 503 naming the owner, nothing written; once the deletion
+    // commits, the same request answers the 422 "no user".
+    const ownerHeld = (): HttpProblem => {
+      const reason = `the owner's user row (users ${body.owner_id}) is held by another transaction not committed yet (the user being deleted, or the row locked or its key changed by another session), and this write could not wait for it within its ${deadlineMs} ms deadline; nothing was written by this request: send it again in a moment (once the user is deleted, it answers 422)`;
+      return new HttpProblem({ status: 503, detail: `body.owner_id: ${reason}`, invalid: [{ name: 'body.owner_id', reason }], headers: { 'retry-after': '1' } });
+    };
+    const heldAtDeadline = (on: HeldRelation): HttpProblem => (on === 'users' ? ownerHeld() : inFlight(waitedByLogin));
+    /** Whether an attempt of this request had its wait on a held row ended by the login's own lock_timeout (see {@link rowWaitEndedByLogin}). */
+    let waitedByLogin = false;
     for (let backoffMs = 2; ; backoffMs = Math.min(backoffMs * 2, 50)) {
       try {
         result = await attempt();
         break;
       } catch (error) {
-        // An attempt sent again, its wait ended by the deadline (the login's lock_timeout longer
-        // than what was left, the attempt's lock_timeout that time left): the same
-        // request in flight, the same 409, nothing written ('deadline-exceeded' is never said of
-        // a commit that may have been made: that is 'outcome-unknown').
-        if (key !== undefined && waited && endedWaitingOnKeyRecord(error)) throw inFlight();
-        if (key === undefined || !waitedOnKeyRecord(error)) throw error;
-        waited = true;
-        // Not sent again once too little is left for an attempt to meet the record before the
+        if (key === undefined) throw error;
+        // An attempt whose wait on a key record or on the owner's row was ended by the deadline
+        // (the login without a lock_timeout of its own, or one longer than what was left: the
+        // attempt's lock_timeout that time left): the request in flight, the same 409, or the owner
+        // held, nothing written ('deadline-exceeded' is never said of a commit that may have been
+        // made: that is 'outcome-unknown'). Until h164 this was so only of an attempt sent again
+        // after a wait the login's lock_timeout ended: a login without one (the default) waited
+        // once, until the deadline, and answered the deadline's 503 "the shard did not answer".
+        const ended = rowWaitEndedByDeadline(error);
+        if (ended !== undefined) throw heldAtDeadline(ended);
+        const byLogin = rowWaitEndedByLogin(error);
+        if (byLogin === undefined) throw error;
+        waitedByLogin = true;
+        // Not sent again once too little is left for an attempt to meet the row before the
         // deadline does (a timer's lateness on a loaded host included): that attempt would end
-        // as the deadline's, telling nothing of the request in flight unless it ends waiting on
-        // the record (above).
-        if (deadline.left() <= backoffMs + KEY_RECORD_WAIT_MARGIN_MS) throw inFlight();
+        // as the deadline's, telling nothing of the holder unless it ends waiting on the row (above).
+        if (deadline.left() <= backoffMs + KEY_RECORD_WAIT_MARGIN_MS) throw heldAtDeadline(byLogin);
         await new Promise((resolve) => setTimeout(resolve, backoffMs));
       }
     }

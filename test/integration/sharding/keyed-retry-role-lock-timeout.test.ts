@@ -9,13 +9,15 @@
  * its 201. Now the retry is sent again, each wait within the login's limit, until the request's
  * deadline; at it, a 409 naming the request in flight (h155, issue #15). Under a login's 300 ms
  * and a 1 s deadline the last attempt's wait was ended by the deadline (its lock_timeout the time
- * left), and the retry was a 503 "the shard did not answer" until h159: the same 409 now.
+ * left), and the retry was a 503 "the shard did not answer" until h159: the same 409 now; under a
+ * login without a lock_timeout (the default) too, since h164. Also here: the owner's prune of
+ * expired key records, run last in the write, and a user deleted while a keyed write of theirs waits.
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IDEMPOTENCY_KEY_RETENTION_MS, idempotencyKeyId } from '../../../functions/local/documents-api.js';
 import { startKeyedApi, type KeyedApi } from './fixtures/keyed-writes.js';
-import { firstSlotOwnedBy, keysInSlot, type MoveEnv, otherProcess, poolsWithSettings, seedUsers, startMoveEnv } from './fixtures/move-env.js';
+import { firstSlotOwnedBy, keysInSlot, lockWaitOn, type MoveEnv, otherProcess, poolsWithSettings, seedUsers, startMoveEnv } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 const pools: pg.Pool[] = [];
@@ -42,6 +44,14 @@ async function apiWithLockTimeout(ms: number, deadlineMs = 10_000): Promise<Keye
 const IN_FLIGHT_1000 =
   "header.idempotency-key: an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), or, the key's record having expired, another request of this owner is deleting it (each keyed write prunes its owner's expired key records) and has not committed; this one could not wait for it within its 1000 ms deadline, each wait ended by the shard login's own lock_timeout; nothing was written by this request: send it again once that request has been answered";
 
+/**
+ * The same 409 under a login without a lock_timeout of its own (the default): one wait, ended by the
+ * deadline (its lock_timeout the time left). Until h164 that was the deadline's 503 "the shard did
+ * not answer", where the documents promise this 409 (README, the OpenAPI document).
+ */
+const IN_FLIGHT_1000_ONE_WAIT =
+  "header.idempotency-key: an earlier request with this key is still being written (its key record on the owner's shard is not committed yet), or, the key's record having expired, another request of this owner is deleting it (each keyed write prunes its owner's expired key records) and has not committed; this one could not wait for it within its 1000 ms deadline; nothing was written by this request: send it again once that request has been answered";
+
 /** What a keyed write's prune of its owner's expired key records runs (PRUNE_KEYS_SQL's words, 16 records). */
 const PRUNE_SQL_LIKE = `delete from document_keys d where d.id = any(array(
   select k.id from document_keys k where k.owner_id = $1 and k.created_at <= now() - make_interval(secs => $2::double precision) order by k.created_at limit 16 for update skip locked))`;
@@ -52,6 +62,7 @@ describe("a keyed write's retry while its first attempt is in flight, its login'
     { first: 'rolls back 300 ms later', commit: false as boolean | undefined, from: 200, holdMs: 300, deadlineMs: 10_000, lockTimeoutMs: 1 },
     { first: "is still in flight at the retry's 1 s deadline", commit: undefined, from: 300, holdMs: 1500, deadlineMs: 1000, lockTimeoutMs: 1 },
     { first: "is still in flight at the retry's 1 s deadline, the login's lock_timeout 300 ms", commit: undefined, from: 400, holdMs: 1500, deadlineMs: 1000, lockTimeoutMs: 300 },
+    { first: "is still in flight at the retry's 1 s deadline, the login without a lock_timeout (the default)", commit: undefined, from: 500, holdMs: 1500, deadlineMs: 1000, lockTimeoutMs: 0 },
   ])('the first attempt $first: the retry answers as it would have without the setting, or 409 naming the attempt in flight', async ({ commit, from, holdMs, deadlineMs, lockTimeoutMs }) => {
     const slot = await firstSlotOwnedBy(env, 'shard_a', from);
     const [owner] = keysInSlot(slot, 1) as [string];
@@ -92,8 +103,7 @@ describe("a keyed write's retry while its first attempt is in flight, its login'
               replayed: false,
               first: false,
               documents: 1,
-              detail:
-                IN_FLIGHT_1000,
+              detail: lockTimeoutMs === 0 ? IN_FLIGHT_1000_ONE_WAIT : IN_FLIGHT_1000,
             },
     );
   }, 30_000);
@@ -234,5 +244,113 @@ describe("a keyed request claiming its key again while another request's prune h
     }
     const documents = (await shard.query<{ n: number }>(`select count(*)::int as n from documents where owner_id = $1 and title = 'new'`, [owner])).rows[0]?.n;
     expect({ status: answer.status, detail: answer.body.detail, documents }).toEqual({ status: 409, detail: IN_FLIGHT_1000, documents: 0 });
+  }, 30_000);
+});
+
+describe("an owner's keyed write held open mid-transaction while another request of the owner claims an expired key again", () => {
+  // Each keyed write prunes its owner's expired key records (PRUNE_KEYS_SQL). Until h164 it did so
+  // first, before its own claim, and held the locks of the records it deleted for the whole write:
+  // a request claiming one of those (expired) keys again waited on it for that write's length (here,
+  // the write waits on its own key's record, which a first attempt still holds), until its
+  // deadline. The prune now runs last, just before the commit, and the record it would have taken
+  // is then live again (claimed by that request): left as it is (h159), 2 documents.
+  it("answers the other request's 201 while the write is held, and the write's prune, after, spares its live record", async () => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', 1600);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    const shard = env.shards.get('shard_a') as pg.Pool;
+    await seedUsers(shard, slot, [owner], 0);
+    const api = await apiWithLockTimeout(0, 10_000);
+    const quick = await apiWithLockTimeout(0, 2000);
+    const heldKey = 'held-1600';
+    const expiredKey = 'expired-1600';
+    const expiredId = idempotencyKeyId(owner, expiredKey);
+    const expiredAt = `now() - make_interval(secs => ${IDEMPOTENCY_KEY_RETENTION_MS / 1000 + 3600})`;
+    const oldDoc = (await shard.query<{ id: string }>(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'old', '{}') returning id::text`, [owner, slot])).rows[0]?.id;
+    await shard.query(`insert into document_keys (id, owner_id, slot, document_id, request_digest, created_at) values ($1, $2, $3, $4, idempotency_request_digest('old'::text, '{}'::jsonb), ${expiredAt})`, [expiredId, owner, slot, oldDoc]);
+    // A first attempt of the held key, in flight: its record written, not committed.
+    const first = await shard.connect();
+    first.on('error', () => undefined);
+    let reclaimed;
+    let held;
+    try {
+      await first.query('begin');
+      await first.query(`insert into document_keys (id, owner_id, slot, document_id, request_digest, created_at) values ($1, $2, $3, gen_random_uuid(), idempotency_request_digest('held'::text, '{}'::jsonb), now())`, [
+        idempotencyKeyId(owner, heldKey),
+        owner,
+        slot,
+      ]);
+      // Its retry: a keyed write of the owner, held open waiting on that record.
+      const retry = api.post({ owner_id: owner, title: 'held', content: {} }, heldKey);
+      await lockWaitOn(shard, 'shard_a');
+      // The expired key used again while that write is held: within its 2 s deadline.
+      reclaimed = await quick.post({ owner_id: owner, title: 'reclaimed', content: {} }, expiredKey);
+      await first.query('rollback');
+      held = await retry;
+    } finally {
+      await first.query('rollback').catch(() => undefined);
+      first.release();
+    }
+    const record = (await shard.query<{ document_id: string }>(`select document_id::text from document_keys where id = $1 and created_at > now() - interval '1 hour'`, [expiredId])).rows[0]?.document_id;
+    const documents = (await shard.query<{ title: string }>(`select title from documents where owner_id = $1 and title <> 'old' order by title`, [owner])).rows.map((r) => r.title);
+    expect({ reclaimed: reclaimed.status, replayed: reclaimed.replayed, held: held.status, recordNames: record === reclaimed.body.id, documents }).toEqual({
+      reclaimed: 201,
+      replayed: false,
+      held: 201,
+      recordNames: true,
+      documents: ['held', 'reclaimed'],
+    });
+  }, 30_000);
+});
+
+describe("a user deleted while a keyed write of theirs waits on the deletion", () => {
+  // A user's deletion (the application's `delete from users`: the documents API has no route for
+  // it) cascades to the owner's documents and key records (shard migrations 001, 015, 021). A keyed
+  // write of the owner that met it read the owner as present (the deletion not committed) and
+  // waited on the deleted record of its key: once the deletion committed, its claim's foreign key
+  // failed (503 "the shard could not serve the request right now"); still uncommitted at the
+  // deadline, the 409 naming "an earlier request with this key" or "another request of this owner
+  // deleting" the record, neither of which was so (h164). The write now takes its owner's row
+  // first (`for key share`): it waits on the deletion there and answers what was so: once the
+  // deletion committed, the 422 "no user" of a write for an owner who does not exist; while it is
+  // not committed, a 503 naming the owner's row held by another transaction, nothing written.
+  const NO_USER = (owner: string) => `body.owner_id: there is no user ${owner}; create the user first`;
+  const OWNER_HELD_1000 = (owner: string) =>
+    `body.owner_id: the owner's user row (users ${owner}) is held by another transaction not committed yet (the user being deleted, or the row locked or its key changed by another session), and this write could not wait for it within its 1000 ms deadline; nothing was written by this request: send it again in a moment (once the user is deleted, it answers 422)`;
+  it.each([
+    { deletion: 'committed while the write waits', login: 0, from: 1700, deadlineMs: 10_000, commit: true },
+    { deletion: 'committed while the write waits, the login\'s lock_timeout 1 ms', login: 1, from: 1800, deadlineMs: 10_000, commit: true },
+    { deletion: "not committed at the write's 1 s deadline", login: 0, from: 1900, deadlineMs: 1000, commit: false },
+    { deletion: "not committed at the write's 1 s deadline, the login's lock_timeout 1 ms", login: 1, from: 2000, deadlineMs: 1000, commit: false },
+  ])('the deletion $deletion: the answer says so, nothing written', async ({ login, from, deadlineMs, commit }) => {
+    const slot = await firstSlotOwnedBy(env, 'shard_a', from);
+    const [owner] = keysInSlot(slot, 1) as [string];
+    const shard = env.shards.get('shard_a') as pg.Pool;
+    await seedUsers(shard, slot, [owner], 0);
+    const api = await apiWithLockTimeout(login, deadlineMs);
+    const key = `deleted-${from}`;
+    const body = { owner_id: owner, title: 'kept?', content: {} };
+    expect((await api.post(body, key)).status).toBe(201);
+    const deleting = await shard.connect();
+    deleting.on('error', () => undefined);
+    let answer;
+    try {
+      await deleting.query('begin');
+      await deleting.query('delete from users where id = $1', [owner]);
+      const retry = api.post(body, key);
+      if (commit) {
+        // The write waiting (a login at 1 ms: sent again and again meanwhile, if it ever waits).
+        if (login === 0) await lockWaitOn(shard, 'shard_a');
+        else await new Promise((r) => setTimeout(r, 300));
+        await deleting.query('commit');
+      }
+      answer = await retry;
+    } finally {
+      await deleting.query('rollback').catch(() => undefined);
+      deleting.release();
+    }
+    const rows = (await shard.query<{ d: number; k: number }>(`select (select count(*)::int from documents where owner_id = $1) as d, (select count(*)::int from document_keys where owner_id = $1) as k`, [owner])).rows[0];
+    expect({ status: answer.status, detail: answer.body.detail, rows }).toEqual(
+      commit ? { status: 422, detail: NO_USER(owner), rows: { d: 0, k: 0 } } : { status: 503, detail: OWNER_HELD_1000(owner), rows: { d: 1, k: 1 } },
+    );
   }, 30_000);
 });
