@@ -27,9 +27,10 @@ import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredConfig, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
-import { CATALOG_LOGIN_REFUSED_WHY, CATALOG_ROTATION_HOW_TO_TELL, catalogLoginRefused, MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanCatalogRefused, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardUnanswered, MoveRequestError, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
+import { CATALOG_LOGIN_REFUSED_WHY, CATALOG_ROTATION_HOW_TO_TELL, catalogLoginRefused, MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanCatalogRefused, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardUnanswered, MoveRequestError, NodeLoginRefused, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
 import { ShardInspectionError, type HealthReport, type InspectionFailure, type RebalanceCensus, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
+import { CredentialsReadError } from '../adapters/postgres/secret-pool.js';
 import type { ShardingRuntime } from '../adapters/postgres/sharding-runtime.js';
 import type { SlotMapStore } from '../adapters/postgres/slot-map-store.js';
 import { failureKind } from '../adapters/postgres/sqlstate.js';
@@ -266,6 +267,13 @@ async function rebalanceCatalogReads<T>(reads: Promise<T>, report: ((failure: In
         { cause: new SessionTimeoutError('the catalog', setting, err) },
       );
     }
+    // The login refused and the secret pool's re-read of its credentials failed: the source named,
+    // by its failure's name only (the text names the secret's ARN: to the log), a 503 where it
+    // passes by itself (throttled, a timeout), else a 500, as POST /shards/moves answers it (h166).
+    if (err instanceof CredentialsReadError) {
+      reportSafely(report, { what, error: err });
+      throw credentialsUnreadable(err);
+    }
     if (catalogLoginRefused(err)) {
       reportSafely(report, { what, error: err });
       // No Retry-After (a 500): a client told to retry a wrong password would retry for nothing.
@@ -281,6 +289,47 @@ async function rebalanceCatalogReads<T>(reads: Promise<T>, report: ((failure: In
     }
     throw err;
   }
+}
+
+/**
+ * The words of the rebalance check's `unresolved` line for a move whose checks (Mover.refusals)
+ * failed with a node's own session timeout or a refused login, as the plan's checks name them
+ * (Mover.plan: the node and the setting; the node and its login's credentials), without the
+ * driver's text (a role's name); undefined for any other failure. Before, the first was "could not
+ * be made (a statement ran past its time limit)", naming neither the node nor the setting, and the
+ * second reached the API bare, "an internal error occurred" (h166, moves-plan-catalog-lost.test.ts).
+ */
+function checksFailureWords(failure: unknown): string | undefined {
+  if (failure instanceof SessionTimeoutError) {
+    const { nodeId, setting } = failure;
+    const catalog = nodeId === 'the catalog';
+    const where = catalog
+      ? `the catalog login's role or database setting${setting === 'statement_timeout' ? ', 10 s for the control login by catalog migration 005' : ''}`
+      : `${nodeId}'s login's role or database setting, or its parameter group's`;
+    return `${nodeId} ${setting === 'lock_timeout' ? 'ended a lock wait of a read of them' : 'cancelled a read of them'} by its session's own ${setting} (${where}; pg_settings' source for ${setting} on ${catalog ? 'it' : nodeId} names where it is set), shorter than what the request had left: a table the read needs held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow ${catalog ? 'catalog' : 'shard'} keeps such a read; raise that ${setting} (ALTER ROLE ... SET ${setting}) should it recur`;
+  }
+  if (failure instanceof NodeLoginRefused) {
+    const { nodeId } = failure;
+    const why =
+      nodeId === 'the catalog'
+        ? CATALOG_LOGIN_REFUSED_WHY
+        : `${nodeId}'s login's credentials (the configuration's database URL, or the secret the function reads them from) do not match ${nodeId}'s, or a rotation of that secret under way has not reached every side yet, which ends within minutes`;
+    return `${nodeId} refused the login of a read of them (${failureKind(failure.cause)}): ${why}`;
+  }
+  return undefined;
+}
+
+/**
+ * The rebalance check's answer where a read of the catalog (its own, or one of the move plan's
+ * checks it asks) had its login refused and the secret pool's re-read of the credentials failed
+ * (secret-pool.ts CredentialsReadError): the source named by its failure's name only (the text
+ * names the secret's ARN: to the log), a 503 where it passes by itself (throttled, a timeout),
+ * else a 500, as POST /shards/moves answers it. Before, "an internal error occurred" (h166).
+ */
+function credentialsUnreadable(err: CredentialsReadError): ProblemError | UnavailableError {
+  const words = `the rebalance check: the catalog refused the login of a read of the rebalance check (${failureKind(err.refused)}), and the catalog login's credentials could not be read again from their source (its Secrets Manager secret: ${err.sourceFailure})`;
+  if (err.transient) return new UnavailableError(`${words}: a failure of the source that passes by itself (throttled, or no answer in time); ask again shortly`, { cause: err });
+  return new ProblemError(500, `${words}: the function's role may not read the secret (its IAM policy, the secret's KMS key), or the secret is gone or does not hold a login; ask again once the secret can be read (the function's log names it and the source's error)`, { cause: err });
 }
 
 /** Hands `failure` to `report`; a throwing logger must not change the answer. */
@@ -554,13 +603,19 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         }
         if ('failed' in verdict) {
           const failure = verdict.failed;
-          if (!(isNodeFailure(failure) || (failure as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) throw failure;
-          if (uncheckable.length === 0) reportSafely(s.onFailure, { what: "rebalance check (the move plan's checks of its moves)", error: failure });
+          if (failure instanceof CredentialsReadError) {
+            reportSafely(s.onFailure, { what: "rebalance check (the move plan's checks of its moves)", error: failure });
+            throw credentialsUnreadable(failure);
+          }
+          const named = checksFailureWords(failure);
+          if (named === undefined && !(isNodeFailure(failure) || (failure as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) throw failure;
+          // A refused login's driver text (the role's name) goes to the log, not the answer.
+          if (uncheckable.length === 0) reportSafely(s.onFailure, { what: "rebalance check (the move plan's checks of its moves)", error: failure instanceof NodeLoginRefused ? failure.cause : failure });
           // The shard that did not answer is named where the checks knew which (one asked beside the
           // move's source and target: a key move asks every shard, a slot move every former owner of
           // its slot), with why it was asked: before, the line named only the failure's kind, and the
           // operator checked the move's source and target, both answering (h132).
-          const kind = verdict.unanswered === undefined ? failureKind(failure) : `${verdict.unanswered.shard}, ${verdict.unanswered.asked}, did not answer: ${failureKind(failure)}`;
+          const kind = named ?? (verdict.unanswered === undefined ? failureKind(failure) : `${verdict.unanswered.shard}, ${verdict.unanswered.asked}, did not answer: ${failureKind(failure)}`);
           uncheckable.push(
             `${m.unit.kind === 'slot' ? 'slot' : 'directory key'} ${m.unit.id} on ${m.from} is not proposed to move to ${m.to}: the move plan's checks of it ${
               'notStarted' in verdict ? `were not made (they stopped at another move's: ${kind})` : `could not be made (${kind})`

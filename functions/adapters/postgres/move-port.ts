@@ -2387,9 +2387,11 @@ export class PgMovePort implements MovePort<MoveJob> {
     const read = await this.ownerBeforeFence(job);
     if (isForeignOwner(job, read)) throw new MoveOwnerConflict(foreignOwnerMessage(job, read));
     // Which cluster the source is (sharding migration 032), read in the fence's own statement
-    // below, when the mover's login may read the control file (learned once per pool, here, before
-    // the fence): timelines and positions are a cluster's own, and a blue/green switchover puts
-    // another cluster behind the shard's address (cluster-identity.ts).
+    // below, when the mover's login may read the control file (known per pool and asked here, before
+    // the fence, where not known: a refusal is kept CLUSTER_ID_RECHECK_MS, then asked again, so the
+    // release may be told otherwise and follows the job's record instead, job.sourceClusterId):
+    // timelines and positions are a cluster's own, and a blue/green switchover puts another cluster
+    // behind the shard's address (cluster-identity.ts).
     let clusterReadable = await this.clusterIdReadable(job.from);
     // The source's timeline and its history, read before the fence (outside its budget) and
     // recorded with the fence: a read with a token of the source whose write a failover of the
@@ -2524,8 +2526,9 @@ export class PgMovePort implements MovePort<MoveJob> {
   }
 
   /**
-   * Whether the mover's login may read `shard`'s cluster id ({@link clusterIdReadable}, asked once
-   * per pool). The answer is kept for the shard's own pool, never for the bounded wrapper
+   * Whether the mover's login may read `shard`'s cluster id ({@link clusterIdReadable}, known per
+   * pool: a "may" kept, a refusal kept CLUSTER_ID_RECHECK_MS and then asked again, so not always
+   * the answer the fence had: the release follows job.sourceClusterId, not this). The answer is kept for the shard's own pool, never for the bounded wrapper
    * {@link pool} makes at each call (a new one every time): kept for the wrapper, it was never
    * found again, and every fence sent the question again (a round trip before each fence, and
    * where the login is refused, a failed statement in the shard's log at each one;

@@ -68,6 +68,7 @@ import {
 import { MoverCatalog } from './mover-catalog.js';
 import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sourceDisowns, type DisowningRow, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 import { isNodeFailure } from './replica-reader.js';
+import { CredentialsReadError } from './secret-pool.js';
 import { failureKind, LOCK_NOT_AVAILABLE, retryingSerializationFailures, SERIALIZATION_FAILURE } from './sqlstate.js';
 import { inTransaction } from './transaction.js';
 import { describeRows, directoryKeysBySlot, keyRowsOn, lockSlotsForPins, SLOT_PIN_LOCK_WAIT_MS, slotLockRefused, slotsRowsOn } from './unit-rows.js';
@@ -443,6 +444,42 @@ function checksSessionTimeout(err: unknown, refused: () => string, nodeId: strin
 }
 
 /**
+ * A login node `nodeId` ('the catalog', a shard) refused (SQLSTATE class 28, or 3D000: no such
+ * database) to a read of {@link Mover.refusals}' checks, the driver's error its cause (its text
+ * names the role: it goes to the log, never to an answer). The rebalance check names the node and
+ * its login's credentials in the move's `unresolved` line.
+ */
+export class NodeLoginRefused extends Error {
+  override readonly name = 'NodeLoginRefused';
+  constructor(
+    readonly nodeId: string,
+    cause: unknown,
+  ) {
+    super(`${nodeId} refused the login of a read of the move plan's checks (${failureKind(cause)})`, { cause });
+  }
+}
+
+/**
+ * `bounded` (a {@link boundedPool}, node `nodeId`'s) as {@link Mover.refusals}' checks read it: a
+ * read ended by the node session's own statement_timeout or lock_timeout (the reads set none: it is
+ * the login's) fails with a {@link SessionTimeoutError} naming the node and the setting, and a login
+ * the node refused with a {@link NodeLoginRefused}, as the plan's checks name them
+ * ({@link checksSessionTimeout}, {@link catalogRefused}). Before, the first reached the rebalance
+ * check's `unresolved` line as "could not be made (a statement ran past its time limit)", naming
+ * neither the node nor the setting, where asking again meets the same setting; the second was
+ * thrown bare, and the whole check answered "an internal error occurred" (h166,
+ * moves-plan-catalog-lost.test.ts). Anything else is thrown as it is (the check judges it).
+ */
+function refusalReadsInWords(nodeId: string, bounded: pg.Pool): pg.Pool {
+  return failingInWords(bounded, (err) => {
+    const setting = sessionTimeoutOf(err);
+    if (setting !== undefined) throw new SessionTimeoutError(nodeId, setting, err);
+    if (catalogLoginRefused(err)) throw new NodeLoginRefused(nodeId, err);
+    throw err;
+  });
+}
+
+/**
  * The catalog's `pool` as {@link Mover.plan}'s checks read it within a request (the slot map, the
  * directory's keys and entries, the slots' former owners, the owner read again before a refusal,
  * a fence row's job): {@link boundedPool}, as the shards' are ({@link shardBoundedPool}) and as
@@ -516,6 +553,24 @@ class ShardNodeFailure extends Error {
  */
 function catalogRefused(err: unknown, refused: string, asked: string): MovePlanCatalogRefused | undefined {
   const code = (err as { code?: unknown } | null)?.code;
+  // The login refused and the secret pool's re-read of its credentials failed (secret-pool.ts
+  // CredentialsReadError): the source named, by the failure's name only (its text names the
+  // secret's ARN, an account; to the log). A 503 where it passes by itself (throttled, a timeout:
+  // trying again shortly helps), else a 500 (the function's role may not read the secret, the
+  // secret is gone or not a login: the deployment's to mend). Before, the source's bare error
+  // reached the API, "an internal error occurred" (h166, moves-plan-catalog-lost.test.ts).
+  if (err instanceof CredentialsReadError) {
+    const transient = err.transient;
+    return new MovePlanCatalogRefused(
+      `${refused}: the catalog refused the login of ${asked} (${failureKind(err.refused)}), and the catalog login's credentials could not be read again from their source (its Secrets Manager secret: ${err.sourceFailure}): ${
+        transient
+          ? 'a failure of the source that passes by itself (throttled, or no answer in time). Nothing was recorded: plan it again shortly'
+          : "the function's role may not read the secret (its IAM policy, the secret's KMS key), or the secret is gone or does not hold a login. Nothing was recorded: plan it again once the secret can be read (the function's log names it and the source's error)"
+      }`,
+      transient ? 'unavailable' : 'credentials',
+      { cause: err },
+    );
+  }
   // A 500 (the API: a client told to retry a wrong password would retry for nothing), whose words
   // name the one case where waiting mends it, a rotation of the login's secret under way
   // (CATALOG_LOGIN_REFUSED_WHY; h160).
@@ -661,8 +716,11 @@ export class Mover {
     // its statement; the client's error event that follows must not crash the process, and the
     // connection must not go back to the pool.
     let broken = false;
-    const onError = (): void => {
+    /** The error the connection was lost with (the server's FATAL, a reset), heard between statements. */
+    let lostWith: Error | undefined;
+    const onError = (err: Error): void => {
       broken = true;
+      lostWith ??= err;
     };
     client.on('error', onError);
     // Every statement of the job's transaction ends by `until` too, not only its lock waits: a
@@ -822,6 +880,25 @@ export class Mover {
           other = `its job's id could not be read ${cut ? "by the request's deadline" : `(${message(readErr)})`}; the same request made again names it`;
         }
         throw new MoveConflictError(`slot ${slot} already has an unfinished move (${other}); finish or cancel it first`, { cause: err });
+      }
+      // The connection lost mid-transaction, before its commit was sent (its backend terminated by a
+      // failover or an operator, the catalog stopped, a reset), or a statement of it not answered
+      // within the client's query_timeout (a silent catalog): no commit was sent, so nothing was
+      // recorded (a transaction left on a silent path is ended by the catalog, PLAN_IDLE_MS). Named,
+      // the catalog and the cause, a 503 (MovePlanCatalogRefused, as a connection of the checks
+      // lost), where the plain MoveError below was answered "the catalog or a shard did not answer
+      // (SQLSTATE 57P01); try again shortly", naming neither (h166, moves-plan-catalog-lost.test.ts).
+      // A connection lost between statements fails the next one with pg's "not queryable", which
+      // names no cause: the error heard on the client does.
+      if (!committing && (broken || isNodeFailure(err))) {
+        // The server's own word where it sent one (57P01: its backend terminated), else the client's.
+        const lost = fromServer(err) ? err : (lostWith ?? err);
+        const silent = !fromServer(lost) && lost instanceof Error && /timeout/i.test(lost.message);
+        throw new MovePlanCatalogRefused(
+          `cannot plan the move of ${what} from ${from} to ${req.to}: the catalog ${silent ? "did not answer a statement of the job's transaction within the client's query timeout" : "lost the connection of the job's transaction"} (${failureKind(lost)}), before its commit was sent: it is stopped, restarting or failing over, or unreachable from here${silent ? ' (a silent path: the catalog ends the transaction left open on its own bound)' : ''}. Nothing was recorded: plan it again once the catalog answers`,
+          'unavailable',
+          { cause: lost },
+        );
       }
       throw new MoveError(`could not record the move: ${message(err)}`, { cause: err });
     } finally {
@@ -999,13 +1076,15 @@ export class Mover {
     const keys = [...new Set(requests.flatMap((r) => (r.kind === 'directory' && typeof r.key === 'string' ? [canonicalKey(r.key)] : [])))];
     // The checks' reads bounded by `until` and cut at it (boundedPool): a read left waiting holds
     // none of the pools' connections past it.
+    // A read ended by its node's own session timeout, or a login the node refused, is named with
+    // the node (refusalReadsInWords), as the plan's checks name them.
     const checker =
       options.until === undefined
         ? this
         : new Mover({
             ...this.options,
-            catalog: boundedPool(this.options.catalog, options.until, options.budgetMs ?? Math.max(0, options.until - Date.now())),
-            shards: new Map([...this.options.shards].map(([id, pool]) => [id, boundedPool(pool, options.until as number, options.budgetMs ?? Math.max(0, (options.until as number) - Date.now()))])),
+            catalog: refusalReadsInWords('the catalog', boundedPool(this.options.catalog, options.until, options.budgetMs ?? Math.max(0, options.until - Date.now()))),
+            shards: new Map([...this.options.shards].map(([id, pool]) => [id, refusalReadsInWords(id, boundedPool(pool, options.until as number, options.budgetMs ?? Math.max(0, (options.until as number) - Date.now())))])),
           });
     const catalog = checker.options.catalog;
     // The former owners of every slot asked, in one read (ownersOfSlotsSince takes many slots):

@@ -31,6 +31,67 @@ export function isAuthenticationFailure(err: unknown): boolean {
   return typeof code === 'string' && /^28[0-9A-Z]{3}$/.test(code);
 }
 
+/**
+ * A login refused for its credentials (`refused`, the server's class-28 error) whose re-read of
+ * them failed (`cause`: the source's error, Secrets Manager's throttling, a timeout, access denied,
+ * a secret that is not a login). Thrown by {@link SecretPool.connect} in place of the source's bare
+ * error, which named neither the refused login nor the pool, and reached the API as "an internal
+ * error occurred" (h166, moves-plan-catalog-lost.test.ts). Its message keeps the source's text
+ * (a secret's ARN, an account): for the log, not an answer; {@link sourceFailure} and
+ * {@link transient} are what an answer may say. No `code`: it is neither the node's refusal nor a
+ * node's failure (sqlstate.ts, replica-reader.ts isNodeFailure read `code`).
+ */
+export class CredentialsReadError extends Error {
+  override readonly name = 'CredentialsReadError';
+  constructor(
+    readonly refused: unknown,
+    cause: unknown,
+  ) {
+    super(`a login was refused for its credentials and re-reading them from their source failed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+
+  /**
+   * Whether the source's failure passes by itself: throttled (ThrottlingException, 429), its
+   * service failing (InternalServiceError, a 5xx), or no answer in time or a connection lost on the
+   * way (a timeout, ECONNRESET, ETIMEDOUT, EAI_AGAIN). Anything else (access denied, no such
+   * secret, a key it cannot be decrypted with, a value that is not a login) needs the deployment mended.
+   */
+  get transient(): boolean {
+    return causes(this.cause).some((e) => {
+      const { name, code, $metadata, $retryable } = e as { name?: unknown; code?: unknown; $metadata?: { httpStatusCode?: unknown }; $retryable?: unknown };
+      const status = typeof $metadata?.httpStatusCode === 'number' ? $metadata.httpStatusCode : undefined;
+      return (
+        $retryable !== undefined ||
+        (status !== undefined && (status === 429 || status >= 500)) ||
+        (typeof name === 'string' && TRANSIENT_SOURCE_FAILURES.test(name)) ||
+        (typeof code === 'string' && ['ECONNRESET', 'ETIMEDOUT', 'ECONNREFUSED', 'EAI_AGAIN', 'EPIPE'].includes(code))
+      );
+    });
+  }
+
+  /**
+   * The source's failure in words that name no secret, role or account: the service's error name
+   * (ThrottlingException, AccessDeniedException, TimeoutError) where one is given, else what was
+   * wrong with the secret's value.
+   */
+  get sourceFailure(): string {
+    const named = causes(this.cause).find((e) => typeof (e as { name?: unknown }).name === 'string' && !['Error', 'DatabaseSecretError', 'ZodError', 'SyntaxError'].includes((e as Error).name));
+    if (named !== undefined) return (named as Error).name;
+    const parseError = causes(this.cause).some((e) => e instanceof SyntaxError || (e as Error).name === 'ZodError');
+    return parseError ? "its value is not a database login's JSON (username and password)" : 'the read failed';
+  }
+}
+
+/** Names of a source's errors that pass by themselves (AWS SDK error names; a client-side timeout). */
+const TRANSIENT_SOURCE_FAILURES = /^(ThrottlingException|Throttling|TooManyRequestsException|RequestLimitExceeded|InternalServiceError|InternalFailure|ServiceUnavailable(Exception)?|RequestTimeout(Exception)?|TimeoutError)$/;
+
+/** `err` and its causes, outermost first (at most a few: a cycle must not loop). */
+function causes(err: unknown): unknown[] {
+  const out: unknown[] = [];
+  for (let e = err; e !== undefined && e !== null && out.length < 8; e = (e as { cause?: unknown }).cause) out.push(e);
+  return out;
+}
+
 type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void;
 
 /** How often a {@link SecretPool} may re-read its credentials. */
@@ -125,7 +186,8 @@ export class SecretPool extends pg.Pool {
       } catch (err) {
         if (!isAuthenticationFailure(err)) throw err;
         // Logins refused together, or after another one already re-read the secret, share it.
-        if (generation === this.#generation) await this.refreshCredentials();
+        // A re-read that failed is named with the login it was for (CredentialsReadError).
+        if (generation === this.#generation) await this.refreshCredentials().catch((readErr: unknown) => Promise.reject(new CredentialsReadError(err, readErr)));
         // Nothing new to log in with (re-read moments ago): the same login would be refused again.
         if (generation === this.#generation) throw err;
         return super.connect();

@@ -31,7 +31,7 @@ import { ListeningClient } from '../../adapters/postgres/listening-client.js';
 import { withRdsTls, tlsFor } from '../../adapters/postgres/tls.js';
 import { CATALOG_QUERY_TIMEOUT_MS } from '../../adapters/postgres/statement-bounds.js';
 
-export { isAuthenticationFailure, SecretPool } from '../../adapters/postgres/secret-pool.js';
+export { CredentialsReadError, isAuthenticationFailure, SecretPool } from '../../adapters/postgres/secret-pool.js';
 export { DatabaseSecretError, databaseSecretSchema, readSecret, type DatabaseSecret } from '../../adapters/aws/database-secret.js';
 import type { DatabaseLocation } from './env.js';
 

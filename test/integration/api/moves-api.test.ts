@@ -127,7 +127,12 @@ describe('shard moves over HTTP', () => {
 
     expect(answers).toEqual([
       { status: 503, detail: 'starting the move: the catalog or a shard did not answer (a statement ran past its time limit); try again shortly' },
-      { status: 503, detail: 'starting the move: the catalog or a shard did not answer (SQLSTATE 57P01); try again shortly' },
+      // The connection ended mid-transaction: the catalog named, and the cause (h166), where the
+      // answer was "the catalog or a shard did not answer (SQLSTATE 57P01); try again shortly".
+      {
+        status: 503,
+        detail: `starting the move: cannot plan the move of slot ${route.slot} from ${route.shard_id} to ${to}: the catalog lost the connection of the job's transaction (SQLSTATE 57P01), before its commit was sent: it is stopped, restarting or failing over, or unreachable from here. Nothing was recorded: plan it again once the catalog answers`,
+      },
     ]);
     // Nothing was recorded: the same request is served once the catalog answers.
     const again = await post();

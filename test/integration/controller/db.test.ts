@@ -13,7 +13,7 @@ import { commitHeartbeat } from '../../../functions/adapters/postgres/replica-la
 import type { ShardNode } from '../../../functions/adapters/postgres/shard-pools.js';
 import { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import { RDS_CA_BUNDLE } from '../../../functions/adapters/postgres/tls.js';
-import { createPool, DatabaseSecretError, isAuthenticationFailure, readSecret, SecretPool } from '../../../functions/handlers/shared/db.js';
+import { createPool, CredentialsReadError, DatabaseSecretError, isAuthenticationFailure, readSecret, SecretPool } from '../../../functions/handlers/shared/db.js';
 import { startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { SilentRelay } from '../sharding/fixtures/silent-relay.js';
 
@@ -142,9 +142,13 @@ describe('re-reads that cannot run away (single flight, interval, backoff)', () 
     secretSays('app_user_clone', 'clone-pass');
     const recovered = await pool.query<{ u: string }>('select current_user as u');
 
-    expect(first).toBeInstanceOf(DatabaseSecretError);
-    expect((first as Error).message).toBe(`reading database secret ${SECRET_ARN} failed: User is not authorized to perform: secretsmanager:GetSecretValue`);
-    expect([again, afterOne, stillBackingOff]).toEqual([first, expect.any(DatabaseSecretError), expect.any(DatabaseSecretError)]);
+    // The refused login named, the source's failure its cause (h166: a caller can tell the two apart).
+    expect(first).toBeInstanceOf(CredentialsReadError);
+    expect((first as Error).cause).toBeInstanceOf(DatabaseSecretError);
+    expect(((first as Error).cause as Error).message).toBe(`reading database secret ${SECRET_ARN} failed: User is not authorized to perform: secretsmanager:GetSecretValue`);
+    expect(((first as CredentialsReadError).refused as { code?: unknown }).code).toBe('28P01');
+    expect([again, afterOne, stillBackingOff]).toEqual([first, expect.any(CredentialsReadError), expect.any(CredentialsReadError)]);
+    expect([again, afterOne, stillBackingOff].map((e) => (e as Error).cause)).toEqual([expect.any(DatabaseSecretError), expect.any(DatabaseSecretError), expect.any(DatabaseSecretError)]);
     expect(recovered.rows[0]?.u).toBe('app_user_clone');
     expect(sm.commandCalls(GetSecretValueCommand)).toHaveLength(3);
   });
