@@ -678,23 +678,94 @@ function unitFilterOf(job: UnitRef, table: TableName, first: number, alias = '')
 }
 
 /**
+ * How many of the slot's rows the read of {@link setAsideKeysSql} reads from the slot's side for
+ * the cost of one of the shard's `directory` rows read from the fences' side: a row of the slot,
+ * hashed against the fences, costs 0.2-0.75 us; a fence row, three owner-index probes, 5-9 us
+ * (bench/set-aside-keys.ts, h165, on a loaded 2-core machine).
+ */
+const SET_ASIDE_ROWS_PER_FENCE = 32;
+
+/**
+ * The most `directory` rows {@link setAsideKeysSql} counts: from as many, the fences' side costs as
+ * much as 64,000 rows of the slot or more, and the slot's side, whose cost grows a row of the slot
+ * at a time, is read (counting them all took 20-40 ms at 100,000 rows).
+ */
+const SET_ASIDE_FENCES_COUNTED = 2000;
+
+/**
+ * The statement of {@link keysFencedByOwnRow} (`$1` the slot, `$2` the keys left out). Its cost was
+ * three owner-index probes for every `directory` row of the shard, whatever the slot: 479 ms on the
+ * source and 695 ms on the target with 100,000 `moved` rows (the leftovers of directory moves away,
+ * which accumulate), for a slot of 12,000 rows (issue #15, h165). Read from the slot's side (its rows
+ * by the (slot, id) indexes, each owner looked up in the fences' primary key) it is a row of the slot
+ * each: 21 ms there, but 243 ms for a slot of 240,000 rows where the shard has few such rows. So it
+ * reads from the cheaper side: the shard's `directory` rows counted up to
+ * {@link SET_ASIDE_FENCES_COUNTED}, and the slot's rows up to {@link SET_ASIDE_ROWS_PER_FENCE} of
+ * them a fence row (the (slot, id) indexes alone), the fences' side is read only where there are
+ * fewer fence rows than that and the slot has more rows (both counts bounded, a few ms). Both
+ * forms are in the statement, each under a condition of the two counts alone (a one-time filter:
+ * the other is never run), so the choice is made with figures of this moment, in one round trip.
+ * Both answer the same keys (bench/set-aside-keys.ts checks it): the canonical UUIDs (a tenant name
+ * owns no row) with such a row, less those left out, owning a row under the slot.
+ */
+export function setAsideKeysSql(states: 'not open' | 'any'): string {
+  const state = states === 'not open' ? " and state <> 'open'" : '';
+  return `with nf as materialized (select count(*) as n from (select 1 from write_fences where kind = 'directory'${state} limit ${SET_ASIDE_FENCES_COUNTED}) f),
+          ns as materialized (select count(*) as n from (select 1 from users where slot = $1::int
+                                                           union all select 1 from documents where slot = $1::int
+                                                           union all select 1 from document_keys where slot = $1::int
+                                                           limit (select ${SET_ASIDE_ROWS_PER_FENCE} * n + 1 from nf)) s),
+          side as materialized (select nf.n < ${SET_ASIDE_FENCES_COUNTED} and ns.n > ${SET_ASIDE_ROWS_PER_FENCE} * nf.n as fences from nf, ns),
+          -- Materialized: only keys in the canonical UUID form (a tenant name owns no row) are cast.
+          f as materialized (select unit_id as key from write_fences
+                              where kind = 'directory'${state} and unit_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' and not (unit_id = any($2::text[]))),
+          k as materialized (select key, key::uuid as id from f),
+          -- Materialized, so that its plan (parallel, on a large slot) starts no worker unless read.
+          o as materialized (select w.unit_id as key
+                               from (select id as owner from users where slot = $1::int
+                                     union all select owner_id from documents where slot = $1::int
+                                     union all select owner_id from document_keys where slot = $1::int) o
+                               join write_fences w on w.kind = 'directory' and w.unit_id = o.owner::text
+                              where true${state.replace('state', 'w.state')} and not (w.unit_id = any($2::text[])))
+     select k.key from k
+      where (select fences from side)
+        and (exists (select 1 from users u where u.id = k.id and u.slot = $1::int)
+             or exists (select 1 from documents d where d.owner_id = k.id and d.slot = $1::int)
+             or exists (select 1 from document_keys r where r.owner_id = k.id and r.slot = $1::int))
+     union
+     select o.key from o where not (select fences from side)
+     order by 1`;
+}
+
+/**
  * The keys with a `directory` row of their own on a shard (`states`: in another state than `open`,
  * or in any) owning rows under `slot` there, less `excluded` (see PgMovePort.setAside).
  */
 async function keysFencedByOwnRow(pool: Queryable, slot: number, excluded: readonly string[], states: 'not open' | 'any'): Promise<string[]> {
-  const { rows } = await pool.query<{ key: string }>(
-    // Materialized: only keys in the canonical UUID form (a tenant name owns no row) are cast.
-    `with f as materialized (select unit_id as key from write_fences
-                              where kind = 'directory'${states === 'not open' ? " and state <> 'open'" : ''} and unit_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' and not (unit_id = any($2::text[]))),
-          k as materialized (select key, key::uuid as id from f)
-     select k.key from k
-      where exists (select 1 from users u where u.id = k.id and u.slot = $1::int)
-         or exists (select 1 from documents d where d.owner_id = k.id and d.slot = $1::int)
-         or exists (select 1 from document_keys r where r.owner_id = k.id and r.slot = $1::int)
-      order by 1`,
-    [slot, excluded],
-  );
+  const { rows } = await pool.query<{ key: string }>(setAsideKeysSql(states), [slot, excluded]);
   return rows.map((r) => r.key);
+}
+
+/**
+ * A key's rows on a shard under another slot than its id's `slot` (`under`: any, or only the slots
+ * moving in there, their `slot` row `incoming`), as `<n> in <table> (slot <s>, ...)` for each
+ * sharded table holding some: a restore, a hand-made row, a document written with a wrong slot
+ * before shard migration 015, or a slot move's copy of such a row. A move of the key carries its
+ * rows under its own slot only (docs/sharding-spec.md section 9): its plan refuses such rows on its
+ * source (mover.ts checkKeySlot), and its run on its source, and on its target under slots moving
+ * in there ({@link PgMovePort.prepareSource}). One definition for both.
+ */
+export async function keyRowsUnderOtherSlots(pool: Queryable, key: string, slot: number, under: 'any slot' | 'incoming slots' = 'any slot'): Promise<string[]> {
+  const incoming = under === 'incoming slots' ? ` where s::text in (select unit_id from write_fences where kind = 'slot' and state = 'incoming')` : '';
+  const { rows } = await pool.query<{ t: string; n: number; slots: number[] }>(
+    `select t, count(*)::int as n, array_agg(distinct s order by s) as slots from (
+       select 'users' as t, slot as s from users where id = $1::uuid and slot <> $2::integer
+       union all select 'documents', slot from documents where owner_id = $1::uuid and slot <> $2::integer
+       union all select 'document_keys', slot from document_keys where owner_id = $1::uuid and slot <> $2::integer) r${incoming}
+     group by t order by t desc`,
+    [key, slot],
+  );
+  return rows.map((r) => `${r.n} in ${r.t} (slot ${r.slots.slice(0, 5).join(', ')})`);
 }
 
 /**
@@ -1302,7 +1373,8 @@ export class PgMovePort implements MovePort<MoveJob> {
    * rows under the slot (their id's slot another: a restore, a write past the triggers; or a key
    * of the slot not pinned to it any more). That row decides for each of their rows there, under
    * whatever slot (the trigger's rule, shard migration 004; `rowFenceStateSql`): they are not the
-   * slot's, and the census takes them off its unit (shard-inspector.ts, `notOwnedRowsSql`). The
+   * slot's, and the census takes them off its unit (shard-inspector.ts: `notOwnedRowsSql` for
+   * `moved` and `incoming`, its `fk` for `fenced`, h165). The
    * slot's excluded keys (the keys pinned whose id's slot it is) left out rows only of the keys
    * hashing to the slot, so the copy took such a row to the slot's new owner, where the key's
    * fence is open or the key unknown: a stale row served there as current (a user deleted or
@@ -1328,10 +1400,13 @@ export class PgMovePort implements MovePort<MoveJob> {
    * again. A key's row changed between two runs moves its rows into or out of the unit with no
    * write the capture logs: one that came in (the key's row opened: a move of the key back) is
    * missing on the target, and the comparison fails the move, which rolls back (nothing lost);
-   * one that went out (the key moved away meanwhile) keeps its copy on the target, as before
-   * this filter (issue #15, h153's report). Such keys are a handful
-   * (a key is fenced on a shard only while moving, or as the leftover of a move), each probed
-   * through the owner indexes; sent with the unit's excluded keys, an anti-join on a short array.
+   * one that went out (the key moved away meanwhile) kept its copy on the target, served there
+   * as the key's where the key moved to the target, without the writes made on the source since
+   * (issue #15, h165). A key's move is what turns such a key's row (a key with rows under another
+   * slot than its id's), and its run now refuses such rows on either side as its plan does
+   * ({@link checkKeySlotOnBothSides}). Such keys are a handful (a key is fenced on a shard only
+   * while moving, or as the leftover of a move), read from the cheaper side ({@link setAsideKeysSql});
+   * sent with the unit's excluded keys, an anti-join on a short array.
    */
   private async setAside(job: MoveJob): Promise<void> {
     if (job.kind !== 'slot' || this.keysSetAside.has(job.id)) return;
@@ -1478,11 +1553,38 @@ export class PgMovePort implements MovePort<MoveJob> {
       const target = await this.write(job, job.to, (c) => c.query(INCOMING_UPSERT, [job.kind, job.unitId, job.id, excluded, null]));
       if (target.rowCount !== 1) throw new MoveError(`${job.kind} ${job.unitId} on ${job.to} is fenced by another move`);
     }
+    if (job.kind === 'directory') await this.checkKeySlotOnBothSides(job);
     await this.markExcludedKeys(job);
     await this.write(job, job.from, (c) =>
       c.query(`insert into move_captures (job_id, kind, unit_id, excluded_keys) values ($1, $2, $3, $4) on conflict (job_id) do nothing`, [job.id, job.kind, job.unitId, job.excludedKeys]),
     );
     await this.drain(source, job);
+  }
+
+  /**
+   * A directory move's run refuses, as its plan does (mover.ts checkKeySlot), a key with rows
+   * under another slot than its id's on its source, and on its target under a slot moving in there
+   * (its `slot` row `incoming`: a slot move's copy of such a row of the key, the slot's by its
+   * source's fences, which moves with it) (issue #15, h165). Checked at each run's preparation once
+   * the key's rows on both sides are its own row's (the source's row of the key in, the target's
+   * `incoming`), for what came after the plan. A row of the key under a slot the target owns (a
+   * restore there) is another unit's, met by the copy as a collision, which stops the move with a
+   * lasting error to be resolved (moves-id-collision.test.ts), as before. Gone on, the key's move turned its own row `moved` on the source and `open` on
+   * the target, which decide for each of its rows there, under whatever slot: the slot's move,
+   * resumed, read its keys set aside again (PgMovePort.setAside) and left the key out of its
+   * catch-up, so the copy it had made before kept its earlier data, live as the key's on the
+   * target, a write to the row on the source since lost behind the `moved` row
+   * (moves-slot-set-aside-between-runs.test.ts). Refused as a MoveOwnerConflict: the move is rolled
+   * back as failed (its copy on the target, if any, deleted; its rows' slots are a hand correction
+   * first), rather than stay `copying`, stopping here every run, holding every other move of its slot.
+   */
+  private async checkKeySlotOnBothSides(job: MoveJob): Promise<void> {
+    const [source, target] = await Promise.all([keyRowsUnderOtherSlots(this.pool(job.from), job.unitId, job.slot), keyRowsUnderOtherSlots(this.pool(job.to), job.unitId, job.slot, 'incoming slots')]);
+    const found = [...source.map((r) => `${r} on ${job.from}`), ...target.map((r) => `${r} on ${job.to}`)];
+    if (found.length === 0) return;
+    throw new MoveOwnerConflict(
+      `move job #${job.id} cannot move key ${job.unitId}, and was rolled back as failed (its copy on ${job.to}, if any, deleted): the key has rows under another slot than its id's slot ${job.slot}: ${found.join(', ')}; a restore, a hand-made row, a document written with a wrong slot before shard migration 015, or a slot move's copy of one, which this move would leave behind while its own rows decided for them (its 'moved' row on ${job.from}, its 'open' one on ${job.to}): correct their slot first (or let the slot's move finish), then plan the move again (docs/sharding-spec.md, section 9)`,
+    );
   }
 
   /**

@@ -66,7 +66,7 @@ import {
   type MoveRequest,
 } from './move-jobs.js';
 import { MoverCatalog } from './mover-catalog.js';
-import { heldOnTarget, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sourceDisowns, type DisowningRow, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
+import { heldOnTarget, keyRowsUnderOtherSlots, LOCK_SLOT_MAPS_FOR_HASH_ROUTE, ownerRead, PgMovePort, sourceDisowns, type DisowningRow, targetFenceRow, targetHoldsCopy, targetRouteRefusal, targetRouteStops, type MoverDirectory, type MoverSlotMaps } from './move-port.js';
 import { isNodeFailure } from './replica-reader.js';
 import { CredentialsReadError } from './secret-pool.js';
 import { failureKind, LOCK_NOT_AVAILABLE, retryingSerializationFailures, SERIALIZATION_FAILURE } from './sqlstate.js';
@@ -1308,17 +1308,8 @@ export class Mover {
    * while the key moved, so the move is refused, naming them. Nothing is recorded.
    */
   private async checkKeySlot(key: string, slot: number, from: string): Promise<void> {
-    const source = this.options.shards.get(from) as pg.Pool;
-    const { rows } = await source.query<{ t: string; n: number; slots: number[] }>(
-      `select t, count(*)::int as n, array_agg(distinct s order by s) as slots from (
-         select 'users' as t, slot as s from users where id = $1::uuid and slot <> $2::integer
-         union all select 'documents', slot from documents where owner_id = $1::uuid and slot <> $2::integer
-         union all select 'document_keys', slot from document_keys where owner_id = $1::uuid and slot <> $2::integer) r
-       group by t order by t desc`,
-      [key, slot],
-    );
-    if (rows.length === 0) return;
-    const found = rows.map((r) => `${r.n} in ${r.t} (slot ${r.slots.slice(0, 5).join(', ')})`).join(', ');
+    const found = (await keyRowsUnderOtherSlots(this.options.shards.get(from) as pg.Pool, key, slot)).join(', ');
+    if (found === '') return;
     const reason = `key ${key} has rows on ${from} under another slot than its id's slot ${slot}: ${found}; a restore, a hand-made row or a document written with a wrong slot before shard migration 015, which a move of the key would leave behind: correct their slot there first (docs/sharding-spec.md, section 9). Nothing was planned`;
     throw new MoveRequestError(`cannot move key ${key}: ${reason}`, 'invalid', { issues: [{ field: 'key', reason }] });
   }

@@ -921,9 +921,9 @@ export class ShardInspector {
         const table = client.escapeIdentifier(t.name);
         const bytes = rowBytesSql(client, 'r', t.columns);
         return [
-          `select ${i} as t, r.slot, k.key, k.kslot = r.slot as own, k.here, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned
-             from ${table} r left join k on k.key = r.${t.owner}::text group by r.slot, k.key, k.kslot, k.here`,
-          `select ${i}, r.slot, k.key, k.kslot = r.slot, k.here, count(*)::float8, coalesce(sum(${bytes}), 0)::float8, true
+          `select ${i} as t, r.slot, k.key, k.kslot = r.slot as own, k.here, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned, fk.key is not null as fenced
+             from ${table} r left join k on k.key = r.${t.owner}::text left join fk on fk.key = r.${t.owner}::text group by r.slot, k.key, k.kslot, k.here, fk.key`,
+          `select ${i}, r.slot, k.key, k.kslot = r.slot, k.here, count(*)::float8, coalesce(sum(${bytes}), 0)::float8, true, false
              from (${notOwnedRowsSql(table, t.owner, HOMES)}) r left join k on k.key = r.${t.owner}::text group by r.slot, k.key, k.kslot, k.here`,
         ];
       });
@@ -935,10 +935,18 @@ export class ShardInspector {
       // census of 100,000 pins sent each shard 3.6 MB of keys to hash ({@link movedRowOwners}).
       const owners = await movedRowOwners(client, tables.map((t) => ({ table: client.escapeIdentifier(t.name), owner: t.owner })));
       const kept = directory.filter((d) => d.shardId === shardId || slotMap.assignments[keySlots.get(d.key) as number] === shardId || owners.has(d.key));
-      const { rows: groups } = await client.query<{ slot: number | null; key: string | null; own: boolean | null; here: boolean | null; not_owned: boolean } & Record<string, number>>(
-        `with k as (select * from rows from (pg_catalog.unnest($1::text[]), pg_catalog.unnest($4::int[]), pg_catalog.unnest($5::bool[])) as k(key, kslot, here))
-         select g.slot, g.key, g.own, g.here, g.not_owned, ${perTable}
-           from (${parts.join('\n union all\n')}) g group by g.slot, g.key, g.own, g.here, g.not_owned`,
+      // `fk`: the keys `fenced` here by a `directory` row of their own (a directory move's fence,
+      // a hand change's in flight or stopped before its put-back), a handful (the partial index
+      // write_fences_in_move_idx). Their rows are still this shard's (its load), but that row
+      // decides for each of them, under whatever slot, so a slot's move sets them aside
+      // (move-port.ts setAside, the one rule: a key with a row of its own here in another state
+      // than `open`): they are in no slot's unit, as `moved` and `incoming` ones are taken off it.
+      // Counted in it before, the slot was offered with rows its move leaves behind (h165).
+      const { rows: groups } = await client.query<{ slot: number | null; key: string | null; own: boolean | null; here: boolean | null; not_owned: boolean; fenced: boolean } & Record<string, number>>(
+        `with k as (select * from rows from (pg_catalog.unnest($1::text[]), pg_catalog.unnest($4::int[]), pg_catalog.unnest($5::bool[])) as k(key, kslot, here)),
+              fk as (select unit_id as key from write_fences where kind = 'directory' and state = 'fenced')
+         select g.slot, g.key, g.own, g.here, g.not_owned, g.fenced, ${perTable}
+           from (${parts.join('\n union all\n')}) g group by g.slot, g.key, g.own, g.here, g.not_owned, g.fenced`,
         // HomesParams' ($1 to $3, homesOf's of the keys kept), then each kept key's slot and whether it is placed here.
         [...homesOf(shardId, slotMap, kept, () => true), kept.map((d) => keySlots.get(d.key) as number), kept.map((d) => d.shardId === shardId)],
       );
@@ -1004,7 +1012,7 @@ export class ShardInspector {
         // as off the shard's load: a unit is offered with the rows counted here.
         if (g.key !== null && g.own === true) {
           if (g.here === true) add(keys, g.key, sign * n, sign * bytes);
-        } else if (slotMap.assignments[g.slot] === shardId) {
+        } else if (slotMap.assignments[g.slot] === shardId && !g.fenced) {
           add(slots, g.slot, sign * n, sign * bytes);
         }
       }

@@ -10,7 +10,9 @@
  * offered with 4 rows, its move copying 5. A slot's move now leaves out the rows of keys with a
  * row of their own on the source in another state than `open` (copy, catch-up, verification and
  * clean-up alike): not copied, and not deleted (not the move's to delete), the job's note saying
- * how many it left.
+ * how many it left. And (h165) a key `fenced` by its own row there (a hand change stopped before
+ * its put-back, a directory move's fence): the census took the `moved`/`incoming` ones off the
+ * slot's unit but counted the `fenced` ones in it, offering the slot with 5 rows its move copied 4 of.
  */
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -141,5 +143,35 @@ describe("the moved key's leftover, in a slot move's later runs and its rollback
     expect(job.state).toBe('cancelled');
     expect([...(await idsUnder(target, 'users', slot)), ...(await idsUnder(target, 'documents', slot))]).toEqual([]);
     expect([...(await idsUnder(source, 'users', slot)), ...(await idsUnder(source, 'documents', slot))].sort()).toEqual([...slotRows, leftover].sort());
+  }, 90_000);
+});
+
+describe("a slot's move and the census agree on a key 'fenced' by its own row (h165)", () => {
+  it("the census offers the slot without the rows under it of a key fenced there by a row of its own (a hand change stopped before its put-back), as its move leaves them", async () => {
+    const map = await env.slotMaps.current();
+    const first = 2800;
+    const from = map.assignments[first] as string;
+    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+    const mine: number[] = [];
+    for (let s = first; mine.length < 2; s++) if (map.assignments[s] === from) mine.push(s);
+    const [slot, keyOwn] = mine as [number, number];
+    const source = env.shards.get(from) as pg.Pool;
+    await seedUsers(source, slot, keysInSlot(slot, 2), 1);
+    const [key] = keysInSlot(keyOwn, 1) as [string];
+    await seedUsers(source, keyOwn, [key], 1);
+    const { rows } = await source.query<{ id: string }>('select gen_random_uuid()::text as id');
+    const stray = rows[0]?.id as string;
+    await pastTriggers(source, `insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, 'restored', '{}'::jsonb)`, [stray, key, slot]);
+    // The key's own row 'fenced' with no job: a hand change of its owner stopped before its put-back.
+    await source.query(`insert into write_fences (kind, unit_id, state) values ('directory', $1, 'fenced')`, [key]);
+    const directory = (await env.directory.all()).map((e) => ({ key: e.key, shardId: e.shardId }));
+    const census = await inspector.rebalanceCensus({ slotMap: map, directory, routing: HASH });
+    const unit = census.units.find((u) => u.kind === 'slot' && u.id === String(slot));
+    const mover = env.mover({ readerGraceMs: 0, routing: HASH });
+
+    const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+
+    expect({ state: job.state, rowsCopied: job.rowsCopied, offered: unit?.rows }).toEqual({ state: 'done', rowsCopied: 4, offered: 4 });
+    expect(await idsUnder(source, 'documents', slot)).toEqual([stray]);
   }, 90_000);
 });
