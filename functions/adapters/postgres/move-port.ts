@@ -1395,7 +1395,8 @@ export class PgMovePort implements MovePort<MoveJob> {
    * source and the clean-up's note counts it, to be put by hand where the key lives.
    *
    * Read once per job and run, on the first step that reads the unit's rows, and kept for the
-   * run: the comparison under the fence reads no more, and the two sides are always compared
+   * run (read again by the clean-up alone, added to it: {@link cleanUp}, h169): the comparison
+   * under the fence reads no more, and the two sides are always compared
    * over the same rows (one list, read from both, applied to both). A later run reads them
    * again. A key's row changed between two runs moves its rows into or out of the unit with no
    * write the capture logs: one that came in (the key's row opened: a move of the key back) is
@@ -1408,13 +1409,17 @@ export class PgMovePort implements MovePort<MoveJob> {
    * while moving, or as the leftover of a move), read from the cheaper side ({@link setAsideKeysSql});
    * sent with the unit's excluded keys, an anti-join on a short array.
    */
-  private async setAside(job: MoveJob): Promise<void> {
-    if (job.kind !== 'slot' || this.keysSetAside.has(job.id)) return;
+  private async setAside(job: MoveJob, again = false): Promise<void> {
+    if (job.kind !== 'slot') return;
+    const before = this.keysSetAside.get(job.id);
+    if (before !== undefined && !again) return;
     const slot = Number(job.unitId);
     // Both read before either is kept: a side not answering leaves the list unread, and the next
     // step that needs it reads both again.
     const [source, target] = await Promise.all([keysFencedByOwnRow(this.pool(job.from), slot, job.excludedKeys, 'not open'), keysFencedByOwnRow(this.pool(job.to), slot, job.excludedKeys, 'any')]);
-    this.keysSetAside.set(job.id, [...new Set([...source, ...target])].sort());
+    // Read again (`again`, the clean-up): the keys read before stay set aside too (the
+    // verification, which covered only the rows it read, left theirs out).
+    this.keysSetAside.set(job.id, [...new Set([...(before ?? []), ...source, ...target])].sort());
   }
 
   async prepareSource(job: MoveJob): Promise<void> {
@@ -1579,12 +1584,17 @@ export class PgMovePort implements MovePort<MoveJob> {
    * first), rather than stay `copying`, stopping here every run, holding every other move of its slot.
    */
   private async checkKeySlotOnBothSides(job: MoveJob): Promise<void> {
+    const found = await this.keyRowsUnderOtherSlotsOnBothSides(job);
+    if (found === null) return;
+    throw new MoveOwnerConflict(`move job #${job.id} cannot move key ${job.unitId}, and was rolled back as failed (its copy on ${job.to}, if any, deleted): ${found}`);
+  }
+
+  /** What {@link checkKeySlotOnBothSides} refuses (the reason, from "the key has rows"), or null where the key has no such row. */
+  private async keyRowsUnderOtherSlotsOnBothSides(job: MoveJob): Promise<string | null> {
     const [source, target] = await Promise.all([keyRowsUnderOtherSlots(this.pool(job.from), job.unitId, job.slot), keyRowsUnderOtherSlots(this.pool(job.to), job.unitId, job.slot, 'incoming slots')]);
     const found = [...source.map((r) => `${r} on ${job.from}`), ...target.map((r) => `${r} on ${job.to}`)];
-    if (found.length === 0) return;
-    throw new MoveOwnerConflict(
-      `move job #${job.id} cannot move key ${job.unitId}, and was rolled back as failed (its copy on ${job.to}, if any, deleted): the key has rows under another slot than its id's slot ${job.slot}: ${found.join(', ')}; a restore, a hand-made row, a document written with a wrong slot before shard migration 015, or a slot move's copy of one, which this move would leave behind while its own rows decided for them (its 'moved' row on ${job.from}, its 'open' one on ${job.to}): correct their slot first (or let the slot's move finish), then plan the move again (docs/sharding-spec.md, section 9)`,
-    );
+    if (found.length === 0) return null;
+    return `the key has rows under another slot than its id's slot ${job.slot}: ${found.join(', ')}; a restore, a hand-made row, a document written with a wrong slot before shard migration 015, or a slot move's copy of one, which this move would leave behind while its own rows decided for them (its 'moved' row on ${job.from}, its 'open' one on ${job.to}): correct their slot first (or let the slot's move finish), then plan the move again (docs/sharding-spec.md, section 9)`;
   }
 
   /**
@@ -2942,6 +2952,17 @@ export class PgMovePort implements MovePort<MoveJob> {
     await this.setAside(job);
     const left = this.budgetLeft();
     if (left <= 0) return { kind: 'over_budget' };
+    // A directory move's key: its rows under another slot than its id's, read again under the
+    // fence, alongside the comparison (two owner-index probes, no round trip more). Checked at the
+    // run's preparation only (checkKeySlotOnBothSides), a run resumed past it (the job
+    // `catching_up`) did not see a row of the key restored under a slot s after it: a move of s
+    // copied it to the key's target, the key's flip then made that copy the key's live row there,
+    // and the slot move's catch-up, its list of keys set aside read before the flip, put the
+    // source's older row over a write made to it on the target since (issue #15, h169,
+    // moves-slot-set-aside-between-runs.test.ts). Found, the move is rolled back as failed under
+    // its fence, the key's writes never sent to the target.
+    const keyRows = job.kind === 'directory' ? this.keyRowsUnderOtherSlotsOnBothSides(job) : Promise.resolve(null);
+    keyRows.catch(() => undefined);
     const pre = this.pre?.jobId === job.id ? this.pre : null;
     let source: TableSummaries;
     let target: TableSummaries;
@@ -2957,6 +2978,8 @@ export class PgMovePort implements MovePort<MoveJob> {
       if ((err as { code?: string }).code === QUERY_CANCELED) return { kind: 'over_budget' };
       throw err;
     }
+    const keyRowsFound = await keyRows;
+    if (keyRowsFound !== null) return { kind: 'differ', detail: `verification failed: ${keyRowsFound}` };
     if (this.budgetLeft() <= 0) return { kind: 'over_budget' };
     try {
       await this.heldToFence(() => this.updateJob('source_summary = $2, target_summary = $3', [JSON.stringify(source), JSON.stringify(target)], job));
@@ -3398,7 +3421,18 @@ export class PgMovePort implements MovePort<MoveJob> {
   async cleanUp(start: MoveJob): Promise<MoveJob> {
     const job = await this.reload(start);
     const source = this.pool(job.from);
-    await this.setAside(job);
+    // Read again, even in the run that read them for its copy, catch-up and verification, and
+    // added to those: a key's own row changed within the run turns its rows out of the unit with no
+    // write the capture logs (issue #15, h169). A directory move of a key with a row under the slot,
+    // run once the slot move had read its list and copied the row, is refused at its preparation
+    // (checkKeySlotOnBothSides), and its rollback leaves the slot's target a `moved` row of the
+    // key, which sets the key aside there: with the list of before, the clean-up deleted the
+    // key's row on the source, where the key lives (its row there `open`, its pin), written since
+    // the copy, and the only other copy of it was behind that `moved` row, served by no shard
+    // (moves-slot-set-aside-between-runs.test.ts). A key set aside since the verification keeps
+    // its rows on the source (counted in the note), never deletes more than the verification
+    // covered. The comparison under the fence reads no more (the flip is decided on one list).
+    await this.setAside(job, true);
     await this.stopSourceCapture(job);
     // The target's capture stopped as its fence opened; this sweeps what ended captures left there.
     await this.stopTargetCapture(job);

@@ -923,8 +923,8 @@ export class ShardInspector {
         return [
           `select ${i} as t, r.slot, k.key, k.kslot = r.slot as own, k.here, count(*)::float8 as n, coalesce(sum(${bytes}), 0)::float8 as bytes, false as not_owned, fk.key is not null as fenced
              from ${table} r left join k on k.key = r.${t.owner}::text left join fk on fk.key = r.${t.owner}::text group by r.slot, k.key, k.kslot, k.here, fk.key`,
-          `select ${i}, r.slot, k.key, k.kslot = r.slot, k.here, count(*)::float8, coalesce(sum(${bytes}), 0)::float8, true, false
-             from (${notOwnedRowsSql(table, t.owner, HOMES)}) r left join k on k.key = r.${t.owner}::text group by r.slot, k.key, k.kslot, k.here`,
+          `select ${i}, r.slot, k.key, k.kslot = r.slot, k.here, count(*)::float8, coalesce(sum(${bytes}), 0)::float8, true, fk.key is not null
+             from (${notOwnedRowsSql(table, t.owner, HOMES)}) r left join k on k.key = r.${t.owner}::text left join fk on fk.key = r.${t.owner}::text group by r.slot, k.key, k.kslot, k.here, fk.key`,
         ];
       });
       const perTable = tables.map((_, i) => `coalesce(sum(g.n) filter (where g.t = ${i}), 0)::float8 as n${i}, coalesce(sum(g.bytes) filter (where g.t = ${i}), 0)::float8 as b${i}`).join(', ');
@@ -941,10 +941,16 @@ export class ShardInspector {
       // decides for each of them, under whatever slot, so a slot's move sets them aside
       // (move-port.ts setAside, the one rule: a key with a row of its own here in another state
       // than `open`): they are in no slot's unit, as `moved` and `incoming` ones are taken off it.
-      // Counted in it before, the slot was offered with rows its move leaves behind (h165).
+      // Counted in it before, the slot was offered with rows its move leaves behind (h165). And the
+      // keys `moved` here by a hand change (`job_id` null): where the map or the directory gives
+      // the key to this shard, such a row takes nothing off the load (notOwnedRowsSql's `homes`),
+      // and its rows were counted in the slot's unit, which the move sets them aside from as well
+      // (h169: offered with 5 rows, 4 copied). A handful too (a hand change's leftovers); rows of
+      // such a key taken off by notOwnedRowsSql are marked alike in both parts, so they cancel out
+      // of no unit.
       const { rows: groups } = await client.query<{ slot: number | null; key: string | null; own: boolean | null; here: boolean | null; not_owned: boolean; fenced: boolean } & Record<string, number>>(
         `with k as (select * from rows from (pg_catalog.unnest($1::text[]), pg_catalog.unnest($4::int[]), pg_catalog.unnest($5::bool[])) as k(key, kslot, here)),
-              fk as (select unit_id as key from write_fences where kind = 'directory' and state = 'fenced')
+              fk as (select unit_id as key from write_fences where kind = 'directory' and (state = 'fenced' or (state = 'moved' and job_id is null)))
          select g.slot, g.key, g.own, g.here, g.not_owned, g.fenced, ${perTable}
            from (${parts.join('\n union all\n')}) g group by g.slot, g.key, g.own, g.here, g.not_owned, g.fenced`,
         // HomesParams' ($1 to $3, homesOf's of the keys kept), then each kept key's slot and whether it is placed here.

@@ -175,3 +175,38 @@ describe("a slot's move and the census agree on a key 'fenced' by its own row (h
     expect(await idsUnder(source, 'documents', slot)).toEqual([stray]);
   }, 90_000);
 });
+
+describe("a slot's move and the census agree on a key with a row of its own on the source, in each state (h169)", () => {
+  const CASES = [
+    { name: "'open'", state: 'open', job: null, pinned: true },
+    { name: "'fenced', no job", state: 'fenced', job: null, pinned: true },
+    { name: "'incoming', no job", state: 'incoming', job: null, pinned: false },
+    { name: "'moved' by a move, pinned elsewhere", state: 'moved', job: 999_001, pinned: false },
+    { name: "'moved' by a hand change, pinned elsewhere", state: 'moved', job: null, pinned: false },
+    { name: "'moved' by a hand change, pinned to the source", state: 'moved', job: null, pinned: true },
+  ] as const;
+  CASES.forEach(({ name, state, job: jobId, pinned }, i) => {
+    it(`${name}: the census offers the slot with as many rows as its move copies`, async () => {
+      const map = await env.slotMaps.current();
+      const first = 3000 + 20 * i;
+      const from = map.assignments[first] as string;
+      const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
+      const mine: number[] = [];
+      for (let s = first; mine.length < 2; s++) if (map.assignments[s] === from) mine.push(s);
+      const [slot, keyOwn] = mine as [number, number];
+      const source = env.shards.get(from) as pg.Pool;
+      await seedUsers(source, slot, keysInSlot(slot, 2), 1);
+      const [key] = keysInSlot(keyOwn, 1) as [string];
+      await seedUsers(source, keyOwn, [key], 1);
+      await pastTriggers(source, `insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'restored', '{}'::jsonb)`, [key, slot]);
+      await env.directory.set(key, pinned ? from : to, 'test');
+      await pastTriggers(source, `insert into write_fences (kind, unit_id, state, job_id, moved_to) values ('directory', $1, $2, $3, $4)`, [key, state, jobId, state === 'moved' ? to : null]);
+      const directory = (await env.directory.all()).map((e) => ({ key: e.key, shardId: e.shardId }));
+      const census = await inspector.rebalanceCensus({ slotMap: map, directory, routing: HASH });
+      const unit = census.units.find((u) => u.kind === 'slot' && u.id === String(slot));
+      const mover = env.mover({ readerGraceMs: 0, routing: HASH });
+      const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
+      expect({ state: job.state, offered: unit?.rows }).toEqual({ state: 'done', offered: job.rowsCopied });
+    }, 90_000);
+  });
+});
