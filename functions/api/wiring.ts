@@ -27,7 +27,7 @@ import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredConfig, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
-import { CATALOG_LOGIN_REFUSED_WHY, CATALOG_ROTATION_HOW_TO_TELL, catalogLoginRefused, MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanCatalogRefused, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardUnanswered, MoveRequestError, NodeLoginRefused, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
+import { CATALOG_LOGIN_REFUSED_WHY, CATALOG_ROTATION_HOW_TO_TELL, catalogLoginRefused, MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanCatalogRefused, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardLoginRefused, MovePlanShardUnanswered, MoveRequestError, NodeLoginRefused, shardLoginRefusedWords, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
 import { ShardInspectionError, type HealthReport, type InspectionFailure, type RebalanceCensus, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import { CredentialsReadError } from '../adapters/postgres/secret-pool.js';
@@ -276,12 +276,7 @@ async function rebalanceCatalogReads<T>(reads: Promise<T>, report: ((failure: In
     }
     if (catalogLoginRefused(err)) {
       reportSafely(report, { what, error: err });
-      // No Retry-After (a 500): a client told to retry a wrong password would retry for nothing.
-      throw new ProblemError(
-        500,
-        `${what}: the catalog refused the login of a read of the rebalance check (${failureKind(err)}): ${CATALOG_LOGIN_REFUSED_WHY}. Ask again once the rotation has finished (${CATALOG_ROTATION_HOW_TO_TELL}); otherwise asking again does not help until the credentials match`,
-        { cause: err },
-      );
+      throw catalogLoginRefusedProblem(err);
     }
     if (isNodeFailure(err) && !(err instanceof UnavailableError)) {
       reportSafely(report, { what, error: err });
@@ -289,6 +284,21 @@ async function rebalanceCatalogReads<T>(reads: Promise<T>, report: ((failure: In
     }
     throw err;
   }
+}
+
+/**
+ * The rebalance check's answer where the catalog refused the login of one of its reads (28P01,
+ * 28000, 3D000): its own reads of the catalog, or the move plan's checks it asks (Mover.refusals),
+ * alike (h168: those listed every move unchecked, a 200, where the same refusal of the check's own
+ * reads, and of the plan, is a 500). No Retry-After (a 500): a client told to retry a wrong
+ * password would retry for nothing; the words name the one window that ends by itself, a rotation.
+ */
+function catalogLoginRefusedProblem(err: unknown): ProblemError {
+  return new ProblemError(
+    500,
+    `the rebalance check: the catalog refused the login of a read of the rebalance check (${failureKind(err)}): ${CATALOG_LOGIN_REFUSED_WHY}. Ask again once the rotation has finished (${CATALOG_ROTATION_HOW_TO_TELL}); otherwise asking again does not help until the credentials match`,
+    { cause: err },
+  );
 }
 
 /**
@@ -308,14 +318,9 @@ function checksFailureWords(failure: unknown): string | undefined {
       : `${nodeId}'s login's role or database setting, or its parameter group's`;
     return `${nodeId} ${setting === 'lock_timeout' ? 'ended a lock wait of a read of them' : 'cancelled a read of them'} by its session's own ${setting} (${where}; pg_settings' source for ${setting} on ${catalog ? 'it' : nodeId} names where it is set), shorter than what the request had left: a table the read needs held by a lock (a migration's ALTER TABLE, a VACUUM FULL, a LOCK TABLE left open) or a slow ${catalog ? 'catalog' : 'shard'} keeps such a read; raise that ${setting} (ALTER ROLE ... SET ${setting}) should it recur`;
   }
-  if (failure instanceof NodeLoginRefused) {
-    const { nodeId } = failure;
-    const why =
-      nodeId === 'the catalog'
-        ? CATALOG_LOGIN_REFUSED_WHY
-        : `${nodeId}'s login's credentials (the configuration's database URL, or the secret the function reads them from) do not match ${nodeId}'s, or a rotation of that secret under way has not reached every side yet, which ends within minutes`;
-    return `${nodeId} refused the login of a read of them (${failureKind(failure.cause)}): ${why}`;
-  }
+  // A shard's (the catalog's fails the whole check: catalogLoginRefusedProblem), its secret's
+  // source named where the secret pool's re-read failed (h168), in the plan's words.
+  if (failure instanceof NodeLoginRefused) return shardLoginRefusedWords(failure.nodeId, failure.cause, 'a read of them')?.words;
   return undefined;
 }
 
@@ -603,9 +608,15 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         }
         if ('failed' in verdict) {
           const failure = verdict.failed;
-          if (failure instanceof CredentialsReadError) {
-            reportSafely(s.onFailure, { what: "rebalance check (the move plan's checks of its moves)", error: failure });
-            throw credentialsUnreadable(failure);
+          // The catalog's login refused to the checks (or its secret unreadable): the whole check
+          // fails as its own reads of the catalog fail so (rebalanceCatalogReads), and as the plan
+          // answers it: a 500 naming the credentials (503 where the secret's source is throttled).
+          // Listed as unchecked moves, it was a 200 whose every move was "not proposed" (h168);
+          // a shard's is listed, as a shard not answering is (the census answered for it).
+          const catalogLogin = failure instanceof NodeLoginRefused && failure.nodeId === 'the catalog' ? failure.cause : failure instanceof CredentialsReadError ? failure : undefined;
+          if (catalogLogin !== undefined) {
+            reportSafely(s.onFailure, { what: "rebalance check (the move plan's checks of its moves)", error: catalogLogin });
+            throw catalogLogin instanceof CredentialsReadError ? credentialsUnreadable(catalogLogin) : catalogLoginRefusedProblem(catalogLogin);
           }
           const named = checksFailureWords(failure);
           if (named === undefined && !(isNodeFailure(failure) || (failure as { code?: unknown } | null)?.code === STATEMENT_CANCELED)) throw failure;
@@ -1109,6 +1120,13 @@ export function createScalingApiPort(deps: ScalingApiDeps): ScalingApiPort {
         // deployment's to fix, and a client told to retry would retry for nothing; the words name
         // the one window that ends by itself, a rotation of the login's secret under way: h160),
         // named with the cause by its kind; the driver's text (address, login) to the log (h156).
+        // A shard the checks read refused their login, or its secret could not be read again
+        // (h168): as the catalog's, the shard named; a 503 only where the source passes by itself.
+        if (err instanceof MovePlanShardLoginRefused) {
+          reportSafely(s.onFailure, { what: 'starting the move', shardId: err.shard, error: err.cause ?? err });
+          if (err.fault === 'credentials') throw new ProblemError(500, `starting the move: ${err.message}`, { cause: err });
+          throw new UnavailableError(`starting the move: ${err.message}`, { cause: err });
+        }
         if (err instanceof MovePlanCatalogRefused) {
           reportSafely(s.onFailure, { what: 'starting the move', error: err.cause ?? err });
           if (err.fault === 'credentials') throw new ProblemError(500, `starting the move: ${err.message}`, { cause: err });

@@ -203,6 +203,30 @@ export class MovePlanCatalogRefused extends MoveError {
 }
 
 /**
+ * A shard {@link Mover.plan}'s checks read (the move's source, its target, or one asked beside them)
+ * refused the login of a read (SQLSTATE class 28, 3D000), or refused it and its secret pool's
+ * re-read of the login's credentials failed (secret-pool.ts CredentialsReadError): nothing was
+ * recorded. `fault` as {@link MovePlanCatalogRefused}'s: `credentials` a 500 (the deployment's to
+ * mend; the words name the one window that ends by itself, a rotation of the shard login's secret
+ * under way), `unavailable` a 503 with Retry-After (the secret's source throttled or not answering
+ * in time). In words that name the shard and the cause by its kind, never the role, the address or
+ * the secret's ARN (those stay with `cause`, for the log). Before, the driver's or the source's error
+ * reached the API bare: "an internal error occurred", naming nothing (h168,
+ * moves-plan-catalog-lost.test.ts).
+ */
+export class MovePlanShardLoginRefused extends MoveError {
+  override readonly name = 'MovePlanShardLoginRefused';
+  constructor(
+    message: string,
+    readonly shard: string,
+    readonly fault: 'unavailable' | 'credentials',
+    options: { cause: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/**
  * {@link Mover.plan} sent the commit of the job's transaction and the catalog's answer never came
  * (its connection dropped at the request's deadline, lost, or timed out): the job may be recorded
  * (and then run by the moves worker) or not, and the plan cannot tell. POST /shards/moves answers

@@ -55,6 +55,7 @@ import {
   catalogLoginRefused,
   MovePlanCatalogRefused,
   MovePlanOutOfTime,
+  MovePlanShardLoginRefused,
   MovePlanOutcomeUnknown,
   MovePlanShardUnanswered,
   MoveNotCancellableError,
@@ -394,6 +395,12 @@ function shardBoundedPool(shard: string, pool: pg.Pool, until: number, budgetMs:
     // again meets the same setting (h156, moves-plan-refusals-named.test.ts). Named as the
     // catalog's reads name it (catalogBoundedPool), its cause a SessionTimeoutError.
     checksSessionTimeout(err, refused, shard, (setting) => `the shard login's role or database setting, or its parameter group's; pg_settings' source for ${setting} on ${shard} names where it is set`);
+    // A login the shard refused (class 28, 3D000), or refused with its secret pool's re-read of the
+    // credentials failing (CredentialsReadError): named, the shard and its login, as the catalog's
+    // is (catalogRefused). Before, both were thrown bare and answered "an internal error occurred"
+    // (h168, moves-plan-catalog-lost.test.ts).
+    const login = shardLoginRefused(err, shard, refused(), "a read of the plan's checks");
+    if (login !== undefined) throw login;
     // The shard down or unreachable (a closed port: ECONNREFUSED; a connection lost): named too,
     // where the API answered "the catalog or a shard did not answer", naming neither (h137).
     if (!(err instanceof NodeTimeoutError) && !(err instanceof Error && err.message === 'Query read timeout')) throw isNodeFailure(err) ? new ShardNodeFailure(shard, err as Error) : err;
@@ -455,8 +462,47 @@ export class NodeLoginRefused extends Error {
     readonly nodeId: string,
     cause: unknown,
   ) {
-    super(`${nodeId} refused the login of a read of the move plan's checks (${failureKind(cause)})`, { cause });
+    super(`${nodeId} refused the login of a read of the move plan's checks (${failureKind(cause instanceof CredentialsReadError ? cause.refused : cause)})`, { cause });
   }
+}
+
+/**
+ * The words for a login shard `shard` refused to `asked` ("a read of the plan's checks"), `err`
+ * the driver's class-28 (or 3D000) error, or a {@link CredentialsReadError} (refused, and the secret
+ * pool's re-read of the credentials failed), as the catalog's are worded ({@link catalogRefused}):
+ * the failure's kind and the secret source's error name only (the role, the address and the
+ * secret's ARN go to the log); undefined for any other failure. `transient`: the source's failure
+ * passes by itself (throttled, a timeout: a 503); `unreadable`: the secret could not be read.
+ */
+export function shardLoginRefusedWords(shard: string, err: unknown, asked: string): { words: string; unreadable: boolean; transient: boolean } | undefined {
+  if (err instanceof CredentialsReadError) {
+    const transient = err.transient;
+    return {
+      words: `${shard} refused the login of ${asked} (${failureKind(err.refused)}), and ${shard}'s login's credentials could not be read again from their source (its Secrets Manager secret: ${err.sourceFailure}): ${
+        transient ? 'a failure of the source that passes by itself (throttled, or no answer in time)' : "the function's role may not read the secret (its IAM policy, the secret's KMS key), or the secret is gone or does not hold a login"
+      }`,
+      unreadable: true,
+      transient,
+    };
+  }
+  if (!catalogLoginRefused(err)) return undefined;
+  return {
+    words: `${shard} refused the login of ${asked} (${failureKind(err)}): ${shard}'s login's credentials (the configuration's database URL, or the secret the function reads them from) do not match ${shard}'s, or a rotation of that secret under way has not reached every side yet, which ends within minutes`,
+    unreadable: false,
+    transient: false,
+  };
+}
+
+/** {@link shardLoginRefusedWords} as {@link Mover.plan}'s answer, `refused` its opening words; undefined for any other failure. */
+function shardLoginRefused(err: unknown, shard: string, refused: string, asked: string): MovePlanShardLoginRefused | undefined {
+  const named = shardLoginRefusedWords(shard, err, asked);
+  if (named === undefined) return undefined;
+  const again = named.transient
+    ? 'plan it again shortly'
+    : named.unreadable
+      ? "plan it again once the secret can be read (the function's log names it and the source's error)"
+      : `plan it again once the rotation has finished (${CATALOG_ROTATION_HOW_TO_TELL}); otherwise trying again does not help until the credentials match`;
+  return new MovePlanShardLoginRefused(`${refused}: ${named.words}. Nothing was recorded: ${again}`, shard, named.transient ? 'unavailable' : 'credentials', { cause: err });
 }
 
 /**
@@ -474,7 +520,9 @@ function refusalReadsInWords(nodeId: string, bounded: pg.Pool): pg.Pool {
   return failingInWords(bounded, (err) => {
     const setting = sessionTimeoutOf(err);
     if (setting !== undefined) throw new SessionTimeoutError(nodeId, setting, err);
-    if (catalogLoginRefused(err)) throw new NodeLoginRefused(nodeId, err);
+    // A login refused whose secret pool's re-read failed too (CredentialsReadError) is the node's
+    // login as well: named with the node, not thrown bare and taken for the catalog's (h168).
+    if (catalogLoginRefused(err) || err instanceof CredentialsReadError) throw new NodeLoginRefused(nodeId, err);
     throw err;
   });
 }
@@ -898,6 +946,20 @@ export class Mover {
           `cannot plan the move of ${what} from ${from} to ${req.to}: the catalog ${silent ? "did not answer a statement of the job's transaction within the client's query timeout" : "lost the connection of the job's transaction"} (${failureKind(lost)}), before its commit was sent: it is stopped, restarting or failing over, or unreachable from here${silent ? ' (a silent path: the catalog ends the transaction left open on its own bound)' : ''}. Nothing was recorded: plan it again once the catalog answers`,
           'unavailable',
           { cause: lost },
+        );
+      }
+      // The server ended the connection in its answer to the commit (its backend terminated while
+      // the commit ran: a deferred constraint's trigger, a failover's or an operator's
+      // pg_terminate_backend; 57P01, a FATAL): an error the server sent in answer to COMMIT is a
+      // commit refused, the transaction rolled back (after its commit record, the server sends no
+      // error: it ends the connection unanswered, MovePlanOutcomeUnknown above). Named, the catalog
+      // and the cause, where it answered "the catalog or a shard did not answer (SQLSTATE 57P01);
+      // try again shortly" (h168, moves-plan-catalog-lost.test.ts).
+      if (committing && fromServer(err) && isNodeFailure(err)) {
+        throw new MovePlanCatalogRefused(
+          `cannot plan the move of ${what} from ${from} to ${req.to}: the catalog ended the connection of the job's transaction while it ran its commit, which it refused (${failureKind(err)}): it is stopping, restarting or failing over, or an operator ended the session. Nothing was recorded: plan it again once the catalog answers`,
+          'unavailable',
+          { cause: err },
         );
       }
       throw new MoveError(`could not record the move: ${message(err)}`, { cause: err });

@@ -196,6 +196,55 @@ describe("POST /shards/moves whose catalog connection is lost between two statem
   }, 60_000);
 });
 
+describe("POST /shards/moves whose catalog backend is terminated while it runs the job's COMMIT (h168)", () => {
+  it("answers 503 saying nothing was recorded (the server's FATAL answered the commit: it rolled back), and the job is not there; planned again, recorded", async () => {
+    const slot = await emptySlotOfA(900);
+    // A deferred trigger keeps the COMMIT running (its constraint checked at commit) while the
+    // backend is terminated: the server's FATAL 57P01 is the commit's answer, the transaction
+    // rolled back (nothing of it durable before its commit record).
+    await admin.query(`create or replace function catalog.h168_slow_commit() returns trigger language plpgsql as $$ begin perform pg_sleep(2); return null; end $$`);
+    await admin.query(`create constraint trigger h168_slow_commit after insert on catalog.move_jobs deferrable initially deferred for each row when (new.slot = ${slot}) execute function catalog.h168_slow_commit()`);
+    const catalog = lambdaPool(env.urls.catalog, 'h168-commit');
+    const { runtime, port } = await runtimeOver(catalog);
+    let terminated = 0;
+    let stop = false;
+    const terminating = (async () => {
+      while (!stop && terminated === 0) {
+        const { rows } = await admin.query<{ ok: boolean }>(`select pg_terminate_backend(pid) as ok from pg_stat_activity where application_name = 'h168-commit' and state = 'active' and query = 'commit'`);
+        terminated = rows.filter((r) => r.ok).length;
+        if (terminated === 0) await delay(20);
+      }
+    })();
+    try {
+      const handler = createApiHandler(() => port);
+      const result = await handler(postMove(slot, 10_000), context());
+      stop = true;
+      await terminating;
+      const detail = detailOf(result);
+      console.log(`backend terminated during COMMIT: ${result.statusCode} ${detail}`);
+      expect(terminated).toBe(1);
+      expect({ status: result.statusCode, jobs: await jobsOf(slot) }).toEqual({ status: 503, jobs: 0 });
+      expect(detail).not.toContain('cannot tell whether');
+      // Named, the catalog and the cause, as a connection lost before the commit is (h166), where
+      // it answered "the catalog or a shard did not answer (SQLSTATE 57P01); try again shortly".
+      expect(detail).toMatch(new RegExp(`^starting the move: cannot plan the move of slot ${slot} from shard_a to shard_b: the catalog ended the connection of the job's transaction while it ran its commit, which it refused \\(`));
+      expect(detail).toContain('Nothing was recorded');
+      expect(detail).not.toMatch(/127\.0\.0\.1|administrator command/);
+      expect(retryAfterOf(result)).toBeDefined();
+      await admin.query('drop trigger if exists h168_slow_commit on catalog.move_jobs');
+      const again = await handler(postMove(slot), context());
+      expect({ again: again.statusCode, jobs: await jobsOf(slot) }).toEqual({ again: 202, jobs: 1 });
+    } finally {
+      stop = true;
+      await terminating;
+      await admin.query('drop trigger if exists h168_slow_commit on catalog.move_jobs').catch(() => undefined);
+      await admin.query('drop function if exists catalog.h168_slow_commit()').catch(() => undefined);
+      await runtime.close();
+      await catalog.end().catch(() => undefined);
+    }
+  }, 60_000);
+});
+
 describe("GET /shards/rebalance-check whose per-move checks (Mover.refusals) meet a login's own timeout or a refused login", () => {
   /** The API's port, its moves' checks asked of a mover over `catalog` and `shards`. */
   const portOver = (catalog: pg.Pool, shards: ReadonlyMap<string, pg.Pool>, onFailure: (f: InspectionFailure) => void): ScalingApiPort =>
@@ -347,6 +396,203 @@ describe("POST /shards/moves whose secret pool cannot re-read the catalog login'
       } finally {
         await runtime.close();
         await pool.end().catch(() => undefined);
+      }
+    }, 60_000);
+  }
+});
+
+/**
+ * h168, the gaps h166 left: a SHARD whose login the plan's checks are refused (28P01), or whose
+ * secret pool's re-read of that login fails, reached POST /shards/moves bare ("an internal error
+ * occurred"); the rebalance check's per-move checks named a shard's unreadable secret as the
+ * catalog's, and failed the whole check with it; a catalog login refused there listed every move as
+ * unchecked (200) where the check's own reads of the catalog, and the plan, answer 500.
+ */
+describe('a login refused to the plan\'s checks, or its secret unreadable: the node named, as the plan and the rebalance check name the catalog (h168)', () => {
+  const ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:h168-shard-AbCdEf';
+  const throttled = (): Error => new SecretsManagerServiceException({ name: 'ThrottlingException', $fault: 'client', $metadata: { httpStatusCode: 400 }, message: `Rate exceeded for ${ARN}` });
+  const denied = (): Error =>
+    new SecretsManagerServiceException({
+      name: 'AccessDeniedException',
+      $fault: 'client',
+      $metadata: { httpStatusCode: 400 },
+      message: `User: arn:aws:sts::123456789012:assumed-role/h168/fn is not authorized to perform: secretsmanager:GetSecretValue on resource: ${ARN}`,
+    });
+  /** A pool of `url`'s database logged in as h168_login with a wrong password: every login refused (28P01). */
+  const refusedPool = (url: string, applicationName: string): pg.Pool => {
+    const u = new URL(url);
+    u.username = 'h168_login';
+    u.password = 'not-the-password';
+    return lambdaPool(u.toString(), applicationName);
+  };
+  /** A secret pool of `url`'s database logged in as h168_login with a wrong password, whose re-read of its secret fails with `error`. */
+  const unreadableSecretPool = (url: string, applicationName: string, error: () => Error): SecretPool => {
+    const u = new URL(url);
+    const secrets = { send: async () => Promise.reject(error()) } as unknown as SecretsManagerClient;
+    const pool = new SecretPool(
+      { host: u.hostname, port: Number(u.port), user: 'h168_login', password: 'not-the-password', database: u.pathname.slice(1), application_name: applicationName, max: 1, connectionTimeoutMillis: 3000 },
+      () => readSecret(secrets, ARN),
+      { minRefreshIntervalMs: 0 },
+    );
+    pool.on('error', () => undefined);
+    return pool;
+  };
+  beforeAll(async () => {
+    for (const url of [env.urls.catalog, ...Object.values(env.urls.shards)]) {
+      const c = new pg.Client({ connectionString: url });
+      c.on('error', () => undefined);
+      await c.connect();
+      try {
+        await c.query(`do $$ begin if not exists (select from pg_roles where rolname = 'h168_login') then create role h168_login login password 'h168' in role postgres; end if; end $$`);
+      } finally {
+        await c.end();
+      }
+    }
+  });
+  const portOver = (catalog: pg.Pool, shards: ReadonlyMap<string, pg.Pool>, onFailure: (f: InspectionFailure) => void): ScalingApiPort =>
+    rebalancePort(env, {
+      slotMap: mapAtStart,
+      inspector: new ShardInspector(pools, { timeoutMs: 5000 }),
+      mover: new Mover({ catalog, shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 100 }),
+      onFailure,
+    });
+  const rebalanceCheck = (): APIGatewayProxyEvent => apiGatewayEvent({ method: 'GET', path: '/shards/rebalance-check', query: { by: 'rows' }, receivedAt: receivedLeaving(10_000), requestId: 'h168-check' });
+  const NO_SECRETS = /123456789012|arn:aws|h168_login|not-the-password|127\.0\.0\.1|password authentication failed/;
+
+  const planCases = [
+    ["shard_b (the move's target) refuses the plan's checks' login (28P01)", () => refusedPool(env.urls.shards.shard_b as string, 'h168-plan-refused'), 500, /shard_b refused the login of a read of the plan's checks \(the login was refused \(SQLSTATE 28P01.*shard_b's login's credentials/],
+    [
+      "shard_b's secret pool cannot re-read its login's secret (ThrottlingException)",
+      () => unreadableSecretPool(env.urls.shards.shard_b as string, 'h168-plan-throttled', throttled),
+      503,
+      /shard_b refused the login of a read of the plan's checks \(the login was refused \(SQLSTATE 28P01.*shard_b's login's credentials could not be read again from their source \(its Secrets Manager secret: ThrottlingException\)/,
+    ],
+    [
+      "shard_b's secret pool cannot re-read its login's secret (AccessDeniedException)",
+      () => unreadableSecretPool(env.urls.shards.shard_b as string, 'h168-plan-denied', denied),
+      500,
+      /shard_b's login's credentials could not be read again from their source \(its Secrets Manager secret: AccessDeniedException\)/,
+    ],
+  ] as const;
+  for (const [why, make, status, words] of planCases) {
+    it(`POST /shards/moves, ${why}: ${status} naming shard_b and its login, not "an internal error occurred"; nothing recorded, no role, ARN or address`, async () => {
+      const slot = await emptySlotOfA(800 + 20 * planCases.findIndex((c) => c[0] === why));
+      const catalog = lambdaPool(env.urls.catalog, 'h168-plan-catalog');
+      const shardB = make();
+      const failures: InspectionFailure[] = [];
+      try {
+        const handler = createApiHandler(() => portOver(catalog, new Map([...env.shards, ['shard_b', shardB]]), (f) => failures.push(f)));
+        const result = await handler(postMove(slot), context());
+        const detail = detailOf(result);
+        console.log(`plan, ${why}: ${result.statusCode} ${detail}`);
+        expect({ status: result.statusCode, jobs: await jobsOf(slot) }).toEqual({ status, jobs: 0 });
+        expect(detail).toMatch(new RegExp(`^starting the move: cannot plan the move of slot ${slot} to shard_b: `));
+        expect(detail).toMatch(words);
+        expect(detail).toContain('Nothing was recorded');
+        expect(detail).not.toMatch(NO_SECRETS);
+        expect(detail).not.toContain('the catalog');
+        if (status === 503) expect(retryAfterOf(result)).toBeDefined();
+        else expect(retryAfterOf(result)).toBeUndefined();
+        // The driver's text (the role) and the source's (the ARN) to the failure log.
+        expect(failures.map((f) => String((f.error as Error).message)).join(' | ')).toMatch(/password authentication failed|h168-shard/);
+      } finally {
+        await catalog.end().catch(() => undefined);
+        await shardB.end().catch(() => undefined);
+      }
+    }, 60_000);
+  }
+
+  it("GET /shards/rebalance-check, shard_b's secret pool cannot re-read its login's secret: 200, its moves listed unchecked naming shard_b and its secret's source, not a whole-check failure blaming the catalog", async () => {
+    const catalog = lambdaPool(env.urls.catalog, 'h168-check-catalog');
+    const shardB = unreadableSecretPool(env.urls.shards.shard_b as string, 'h168-check-denied', denied);
+    const failures: InspectionFailure[] = [];
+    try {
+      const handler = createApiHandler(() => portOver(catalog, new Map([...env.shards, ['shard_b', shardB]]), (f) => failures.push(f)));
+      const result = await handler(rebalanceCheck(), context());
+      console.log(`check, shard_b's secret unreadable: ${result.statusCode} ${result.body.slice(0, 700)}`);
+      expect(result.statusCode).toBe(200);
+      const check = JSON.parse(result.body) as { moves: unknown[]; summary: { unresolved: string[] } };
+      expect(check.moves).toEqual([]);
+      expect(check.summary.unresolved.length).toBeGreaterThan(0);
+      for (const line of check.summary.unresolved) {
+        expect(line).toMatch(/^slot \d+ on shard_a is not proposed to move to shard_b: the move plan's checks of it (could not be made|were not made) \(.*shard_b refused the login of a read of them \(the login was refused \(SQLSTATE 28P01.*shard_b's login's credentials could not be read again from their source \(its Secrets Manager secret: AccessDeniedException\)/);
+        expect(line).not.toContain('the catalog');
+      }
+      expect(result.body).not.toMatch(NO_SECRETS);
+      expect(failures.map((f) => String((f.error as Error).message))).toContainEqual(expect.stringContaining(ARN) as unknown);
+    } finally {
+      await catalog.end().catch(() => undefined);
+      await shardB.end().catch(() => undefined);
+    }
+  }, 60_000);
+
+  /**
+   * The catalog's login refused only once the check's own reads of it have answered: the move plan's
+   * checks it asks (Mover.refusals) are the first to log in after the password of h168_login
+   * changed (a rotation) and its backends were ended.
+   */
+  class RotatedAtChecks extends Mover {
+    readonly #catalog: pg.Pool;
+    constructor(options: ConstructorParameters<typeof Mover>[0]) {
+      super(options);
+      this.#catalog = options.catalog;
+    }
+    override async refusals(...args: Parameters<Mover['refusals']>): ReturnType<Mover['refusals']> {
+      await admin.query(`alter role h168_login password 'rotated'`);
+      await admin.query(`select pg_terminate_backend(pid) from pg_stat_activity where usename = 'h168_login' and application_name like 'h168-check-%'`);
+      for (let i = 0; i < 100 && this.#catalog.totalCount > 0; i++) await delay(20);
+      return super.refusals(...args);
+    }
+  }
+  const catalogAs = (applicationName: string, error?: () => Error): pg.Pool => {
+    const u = new URL(env.urls.catalog);
+    if (error === undefined) {
+      u.username = 'h168_login';
+      u.password = 'h168';
+      return lambdaPool(u.toString(), applicationName);
+    }
+    const secrets = { send: async () => Promise.reject(error()) } as unknown as SecretsManagerClient;
+    const pool = new SecretPool(
+      { host: u.hostname, port: Number(u.port), user: 'h168_login', password: 'h168', database: u.pathname.slice(1), application_name: applicationName, max: 1, connectionTimeoutMillis: 3000 },
+      () => readSecret(secrets, ARN),
+      { minRefreshIntervalMs: 0 },
+    );
+    pool.on('error', () => undefined);
+    return pool;
+  };
+  const catalogCases = [
+    ['the catalog refuses the login of the per-move checks (28P01)', () => catalogAs('h168-check-refused'), 500, /^the rebalance check: the catalog refused the login of a read of the rebalance check \(the login was refused \(SQLSTATE 28P01.*do not match the catalog's/],
+    [
+      "the catalog's secret pool cannot re-read the per-move checks' login (ThrottlingException)",
+      () => catalogAs('h168-check-throttled', throttled),
+      503,
+      /^the rebalance check: the catalog refused the login of a read of the rebalance check \(the login was refused \(SQLSTATE 28P01.*the catalog login's credentials could not be read again from their source \(its Secrets Manager secret: ThrottlingException\)/,
+    ],
+  ] as const;
+  for (const [why, make, status, words] of catalogCases) {
+    it(`GET /shards/rebalance-check, ${why}: ${status}, as the check's own reads of the catalog and the plan answer it, not a 200 listing every move unchecked`, async () => {
+      await admin.query(`alter role h168_login password 'h168'`);
+      const catalog = make();
+      const failures: InspectionFailure[] = [];
+      try {
+        const port = rebalancePort(env, {
+          slotMap: mapAtStart,
+          inspector: new ShardInspector(pools, { timeoutMs: 5000 }),
+          mover: new RotatedAtChecks({ catalog, shards: env.shards, slotMaps: env.slotMaps, directory: env.directory, readerGraceMs: 100 }),
+          onFailure: (f) => failures.push(f),
+        });
+        const result = await createApiHandler(() => port)(rebalanceCheck(), context());
+        const detail = detailOf(result);
+        console.log(`check, ${why}: ${result.statusCode} ${result.statusCode === 200 ? result.body.slice(0, 500) : detail}`);
+        expect(result.statusCode).toBe(status);
+        expect(detail).toMatch(words);
+        expect(detail).not.toMatch(NO_SECRETS);
+        if (status === 503) expect(retryAfterOf(result)).toBeDefined();
+        else expect(retryAfterOf(result)).toBeUndefined();
+        expect(failures.length).toBeGreaterThan(0);
+      } finally {
+        await admin.query(`alter role h168_login password 'h168'`);
+        await catalog.end().catch(() => undefined);
       }
     }, 60_000);
   }
