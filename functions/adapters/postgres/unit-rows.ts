@@ -635,6 +635,14 @@ async function catalogFirst<R, T>(client: Queryable, change: CountedChange<R, T>
   return done;
 }
 
+/** A move job of a unit, unfinished and not flipped, as {@link OwnerChangeFences} reads it. */
+interface UnflippedMove {
+  readonly job: string;
+  readonly from: string;
+  readonly to: string;
+  readonly state: string;
+}
+
 /** A unit an owner change takes from `from` to `to`, fenced on `from` meanwhile ({@link OwnerChangeFences}). */
 export interface FencedUnit {
   readonly kind: 'slot' | 'directory';
@@ -734,6 +742,8 @@ export class OwnerChangeFences {
   private newOwners = new Map<string, { kind: string; unitId: string }[]>();
   /** The units {@link fence} left to their unflipped move, by their move job: confirmed by {@link confirmSkipped} once the write is made. */
   private skipped = new Map<string, { unit: FencedUnit; job: string }>();
+  /** Every unit the last {@link fence} was given: read again by {@link confirmSkipped} for a move to a third shard planned since. */
+  private changed: readonly FencedUnit[] = [];
 
   constructor(
     private readonly pools: ShardPoolsById,
@@ -805,11 +815,14 @@ export class OwnerChangeFences {
 
   /** Fences `units` on their old owners (those with a pool here) and waits for their older writers; see the class. */
   async fence(all: readonly FencedUnit[]): Promise<void> {
+    this.changed = all;
     const moving = await this.unflippedMoves(all);
+    // Refused before anything is fenced; confirmed in the write's transaction (confirmSkipped).
+    this.refuseThirdShards(all, moving);
     this.skipped = new Map(
       all.flatMap((u) => {
-        const job = moving.get(`${u.kind}:${u.unitId}`);
-        return job === undefined || this.pools.get(u.from) === undefined || u.from === u.to ? [] : [[`${u.kind}:${u.unitId}`, { unit: u, job }] as const];
+        const move = moving.get(`${u.kind}:${u.unitId}`);
+        return move === undefined || this.pools.get(u.from) === undefined || u.from === u.to ? [] : [[`${u.kind}:${u.unitId}`, { unit: u, job: move.job }] as const];
       }),
     );
     // A unit whose move has not flipped is its move's to fence and release (a map given the move's
@@ -960,15 +973,67 @@ export class OwnerChangeFences {
     }
   }
 
-  /** The units of `units` (`kind:unit_id`) with a move job the catalog (or `client`) shows unfinished and not flipped, with that job's id; none without the catalog. */
-  private async unflippedMoves(units: readonly FencedUnit[], client: Queryable | undefined = this.catalogReader): Promise<Map<string, string>> {
+  /** The units of `units` (`kind:unit_id`) with a move job the catalog (or `client`) shows unfinished and not flipped, with that job; none without the catalog. */
+  private async unflippedMoves(units: readonly FencedUnit[], client: Queryable | undefined = this.catalogReader): Promise<Map<string, UnflippedMove>> {
     if (client === undefined || units.length === 0) return new Map();
-    const { rows } = await client.query<{ unit: string; job: string }>(
-      `select j.kind || ':' || j.unit_id as unit, j.id::text as job from catalog.move_jobs j join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
+    const { rows } = await client.query<{ unit: string } & UnflippedMove>(
+      `select j.kind || ':' || j.unit_id as unit, j.id::text as job, j.from_shard as "from", j.to_shard as "to", j.state from catalog.move_jobs j join jsonb_to_recordset($1::jsonb) as u(kind text, unit_id text) using (kind, unit_id)
         where j.state not in ${FINISHED_JOB_STATES} and j.flip_started_at is null`,
       [unitList(units)],
     );
-    return new Map(rows.map((r) => [r.unit, r.job]));
+    return new Map(rows.map(({ unit, ...move }) => [unit, move]));
+  }
+
+  /**
+   * Refuses the change where it gives a unit whose move is unfinished and not flipped (`moving`,
+   * read by {@link unflippedMoves}) to a shard that is neither that move's target nor its source
+   * (issue #15, h163). Such a unit is its move's to fence and release ({@link fence} skips it), and
+   * the move does so only for its own target: given a third shard, the change fenced nothing on
+   * the unit's old owner and settled nothing on the new one, and the move, finding the unit's owner
+   * changed to a shard it does not know, rolled back and reopened its source. The key of
+   * owner-change-torture-pins.test.ts (TORTURE_SEED=-903527539) was then pinned to a shard whose
+   * `moved` row of an earlier move refused its every write ("routing is not converging", for good),
+   * and the move's source, `open`, acknowledged the writes of routers holding the old route, where
+   * no reader looks (owner-change-skip-third-shard.test.ts). Nothing guards against it in the
+   * catalog: `catalog.repin_by_hand` passes the pin guard unconditionally (sharding migration 011),
+   * a first pin over no entry meets no guard (a BEFORE UPDATE trigger), and a map by hand that
+   * names the move in `ca_dms.override_moves` passes `CAF08` whatever it gives the slot.
+   * A change to the move's target is left to the move as before (but a key's, before its move
+   * prepared its source: below); one to its source is too: the way out the mover's "the key's
+   * owner must be decided by hand" names after a pin to the target made past the stores (the move
+   * then goes on from its source, or may be cancelled).
+   */
+  private refuseThirdShards(units: readonly FencedUnit[], moving: ReadonlyMap<string, UnflippedMove>): void {
+    const refused = units.flatMap((u) => {
+      const move = moving.get(`${u.kind}:${u.unitId}`);
+      if (move === undefined || u.from === u.to || u.to === move.from) return [];
+      if (u.to !== move.to) return [{ unit: u, move, unprepared: false }];
+      // A key given to its move's target before the move prepared its source (which pins the key
+      // there, in state `copying`, at every run of that state): the move then stops at every run,
+      // "this move's own target ... can neither go on nor be cancelled", its source left `open` to
+      // the writes of routers holding the old route while the target's rows refuse the key's own
+      // (owner-change-torture-pins.test.ts, TORTURE_SEED=217622814 TORTURE_RUNS=30). Past its copy
+      // the state never comes back to it: a pin to the target is then the move's own outcome.
+      return u.kind === 'directory' && (move.state === 'planned' || move.state === 'copying') ? [{ unit: u, move, unprepared: true }] : [];
+    });
+    const [first] = refused;
+    if (first === undefined) return;
+    const { unit: u, move: m } = first;
+    const what = u.kind === 'slot' ? `slot ${u.unitId}` : `key ${u.unitId}`;
+    const more = refused.length > 1 ? ` (and ${refused.length - 1} more unit(s) so)` : '';
+    const again = u.kind === 'slot' ? 'publish the map again' : 'change the pin again';
+    const cancel = `DELETE /api/v1/scaling/shards/moves/${m.job}`;
+    if (first.unprepared) {
+      throw new Error(
+        `${this.refused}: ${what} is being moved to ${m.to} by move job #${m.job} (${m.from} to ${m.to}, ${m.state}), which has not prepared its source yet${more}: pinned to ${m.to} by hand before then, the move stops at every run and can neither go on nor be cancelled, ${m.from} left taking the writes of routers that still send them there, out of every reader's sight, while ${m.to} refuses the key's own. ` +
+          `Nothing was changed. Let the move go on (it pins the key to ${m.to} itself at its flip; GET /api/v1/scaling/shards/moves/${m.job} shows catching_up or later once a pin to ${m.to} is left to it), or cancel it (${cancel}), then ${again} (docs/sharding-spec.md section 9, "An owner changed by hand while its move runs")`,
+      );
+    }
+    throw new Error(
+      `${this.refused}: ${what} is being moved by move job #${m.job} (${m.from} to ${m.to}, ${m.state}), unfinished and not flipped, and this change gives it to ${u.to}, not ${m.to}${more}. ` +
+        `A unit whose move has not flipped is the move's to fence and release, and only for its target: written, the change would fence nothing on ${u.from}, and the move, finding its unit given to a shard it does not know, would roll back and reopen ${m.from}, taking the unit's writes of routers that still send them there, out of every reader's sight, while ${u.to} refused or lost the unit's own. ` +
+        `Nothing was ${u.kind === 'slot' ? 'published' : 'changed'}. Cancel the move (${cancel}) or let it end, then ${again}, or move the unit to ${u.to} (POST /api/v1/scaling/shards/moves); a move that can neither finish nor be cancelled has its owner decided by hand between ${m.from} and ${m.to} first (docs/sharding-spec.md section 9, "An owner changed by hand while its move runs")`,
+    );
   }
 
   /**
@@ -980,13 +1045,18 @@ export class OwnerChangeFences {
    * the unit's old owner was neither fenced nor `moved`: its writers sent there by the old map
    * were acknowledged where the map no longer looks (owner-change-skip-race.test.ts). Refused, the
    * next try fences it as any. A move still unfinished here let the write through only where the
-   * caller named it (`ca_dms.override_moves`) or bypassed the guard: its premise, a move that can
-   * neither finish nor be cancelled, is the caller's.
+   * caller named it (`ca_dms.override_moves`) or bypassed the guard (`catalog.repin_by_hand`, a first
+   * pin over no entry): its premise, a move that can neither finish nor be cancelled, is the
+   * caller's, but only for the move's own two shards: a unit given to a third shard is refused here
+   * too ({@link refuseThirdShards}, read again for every unit of the change).
    */
   async confirmSkipped(c: Queryable): Promise<void> {
+    // Every unit of the change, not only those skipped: a move to a third shard planned since the
+    // fence read the moves (the unit fenced then as any) fails as above once it finds the change.
+    const still = await this.unflippedMoves(this.changed, c);
+    this.refuseThirdShards(this.changed, still);
     if (this.skipped.size === 0) return;
-    const still = await this.unflippedMoves([...this.skipped.values()].map((s) => s.unit), c);
-    const ended = [...this.skipped].filter(([unit, s]) => still.get(unit) !== s.job);
+    const ended = [...this.skipped].filter(([unit, s]) => still.get(unit)?.job !== s.job);
     const [first] = ended;
     if (first === undefined) return;
     const [, { unit, job }] = first;
@@ -1188,6 +1258,7 @@ export class OwnerChangeFences {
     this.shardsOf = new Map();
     this.newOwners = new Map();
     this.skipped = new Map();
+    this.changed = [];
     for (const [shard, rows] of shards) {
       const pool = this.pools.get(shard) as Queryable;
       // Each statement here (and in settle) is one of its own on the shard's pool, at its login's
