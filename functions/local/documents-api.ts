@@ -597,6 +597,16 @@ function rowWaitEndedByDeadline(error: unknown): HeldRelation | undefined {
   return heldRelationOf(error.cause);
 }
 
+/**
+ * Whether a write's attempt was refused by PostgreSQL's deadlock detection (SQLSTATE 40P01, pg's
+ * error itself or the cause of the writer's error): the attempt's transaction was rolled back,
+ * nothing of it committed (an error a COMMIT reports is a rollback too).
+ */
+function deadlockRefused(error: unknown): boolean {
+  const codeOf = (e: unknown): unknown => (e as { code?: unknown } | null)?.code;
+  return codeOf(error) === '40P01' || (error instanceof ShardWriteError && error.reason !== 'outcome-unknown' && codeOf(error.cause) === '40P01');
+}
+
 /** How much of the request's deadline a keyed write's retry keeps past its back-off to be sent again (see createDocument). */
 const KEY_RECORD_WAIT_MARGIN_MS = 25;
 
@@ -994,7 +1004,12 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
         // committed (503 "could not serve") or, held past its deadline, answered the 409 naming
         // a request of its key or a prune that did not exist (h164; keyed-retry-role-lock-timeout.test.ts).
         // Once the deletion committed, the row is not there (READ COMMITTED): the 422 "no user".
-        // The same order as a deletion's (the user, then its cascade): the two never deadlock.
+        // The same order as a deletion's (the user, then its cascade): the two never deadlock. A
+        // deletion that deletes the owner's key records itself before the user, in one transaction
+        // (children first), does: the write waits on a key record it deleted, it on the owner's row
+        // the write holds. PostgreSQL ends it after deadlock_timeout, refusing the one that waited
+        // first: the write, sent again then (see deadlockRefused), or the deletion, which fails
+        // (h167, docs/sharding-spec.md; until h164 both went through). Delete users by the cascade.
         const owner = await client.query('select 1 from users where id = $1 for key share', [body.owner_id]);
         if (owner.rowCount === 0) return undefined;
         const insertDocument = async (): Promise<Outcome> => {
@@ -1075,7 +1090,14 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
         result = await attempt();
         break;
       } catch (error) {
-        if (key === undefined) throw error;
+        // A write without a key takes the owner's row first too (and waits there on a deletion of
+        // the user not committed yet, as it waited in its foreign key's check before h164): that
+        // wait ended by the deadline is the same 503 naming the owner's row held, not the
+        // deadline's "the shard did not answer" it was until h167, blaming a shard that answered
+        // every statement (keyed-retry-role-lock-timeout.test.ts). Such a write touches no key
+        // record, and is not sent again (a wait its login's own lock_timeout ended is answered as
+        // that setting's).
+        if (key === undefined) throw rowWaitEndedByDeadline(error) === 'users' ? ownerHeld() : error;
         // An attempt whose wait on a key record or on the owner's row was ended by the deadline
         // (the login without a lock_timeout of its own, or one longer than what was left: the
         // attempt's lock_timeout that time left): the request in flight, the same 409, or the owner
@@ -1085,6 +1107,18 @@ export function createDocumentsRoute(deps: DocumentsApiDeps): ExtraRoute {
         // once, until the deadline, and answered the deadline's 503 "the shard did not answer".
         const ended = rowWaitEndedByDeadline(error);
         if (ended !== undefined) throw heldAtDeadline(ended);
+        // A deadlock PostgreSQL ended by refusing this attempt (40P01: its transaction rolled back,
+        // nothing written, whatever statement it was): a deletion of the user that deleted the
+        // owner's key records before the user, in one transaction, while this attempt (holding the
+        // owner's row, taken first) waited on one of them. Sent again, the attempt waits on the
+        // owner's row the deletion now holds and answers what is so once it ends (the 422 "no user"
+        // after a commit). Until h167 the 503 "the shard could not serve the request right now"
+        // (keyed-retry-role-lock-timeout.test.ts). Not once too little is left to meet the row.
+        if (deadlockRefused(error)) {
+          if (deadline.left() <= backoffMs + KEY_RECORD_WAIT_MARGIN_MS) throw error;
+          await new Promise((resolve) => setTimeout(resolve, backoffMs));
+          continue;
+        }
         const byLogin = rowWaitEndedByLogin(error);
         if (byLogin === undefined) throw error;
         waitedByLogin = true;
