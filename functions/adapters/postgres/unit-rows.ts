@@ -831,11 +831,24 @@ export class OwnerChangeFences {
     // (moves-api.test.ts). Its writes are the move's: captured, and refused once it fences. A
     // flipped move's unit is the map's already: fenced on its new owner as any.
     const units = all.filter((u) => !moving.has(`${u.kind}:${u.unitId}`));
+    // But a unit whose old owner is neither its move's source nor its target (given to a third
+    // shard past the stores: `catalog.repin_by_hand`, a map by the catalog's function naming the
+    // move in `ca_dms.override_moves`), which a change through the store gives back to the move's
+    // source or to its target ({@link refuseThirdShards} lets those through): the move fences and
+    // releases only its own two shards, and nothing fenced that third shard, which took the unit's
+    // writes of routers that still sent them there, acknowledged out of every reader's sight
+    // (owner-change-skip-third-shard-review.test.ts, h170). Fenced there as any (`moved` to the
+    // new owner at the settle), its new owner left to the move (its rows there are the move's: the
+    // source's, or the target's `incoming`), and still confirmed as left to the move (skipped).
+    const strays = all.filter((u) => {
+      const move = moving.get(`${u.kind}:${u.unitId}`);
+      return move !== undefined && u.from !== move.from && u.from !== move.to;
+    });
     const byShard = new Map<string, FencedUnit[]>();
-    for (const u of units) {
+    for (const u of [...units, ...strays]) {
       if (this.pools.get(u.from) === undefined || u.from === u.to) continue;
       byShard.set(u.from, [...(byShard.get(u.from) ?? []), u]);
-      if (this.pools.get(u.to) !== undefined) this.newOwners.set(u.to, [...(this.newOwners.get(u.to) ?? []), { kind: u.kind, unitId: u.unitId }]);
+      if (this.pools.get(u.to) !== undefined && !moving.has(`${u.kind}:${u.unitId}`)) this.newOwners.set(u.to, [...(this.newOwners.get(u.to) ?? []), { kind: u.kind, unitId: u.unitId }]);
     }
     await this.refuseRefusingNewOwners(units);
     await this.markPinnedKeys(units);
