@@ -27,6 +27,7 @@ import { SlotMapStore } from '../../../functions/adapters/postgres/slot-map-stor
 import { buildSlotMap } from '../../../functions/core/sharding/slot-map.js';
 import { MIGRATIONS, sqlstateOf, startTestPostgres, type TestPostgres } from '../../support/postgres.js';
 import { databaseAtIsolation, untilSomeoneWaits } from './fixtures/sharding-catalog.js';
+import { mulberry32 as random } from '../../../functions/core/scaling/simulator/prng.js';
 
 const SLOTS = 8;
 const SHARDS = ['shard_001', 'shard_002', 'shard_003', 'shard_004'];
@@ -59,18 +60,6 @@ afterAll(async () => {
   await admin?.end();
   await server?.stop();
 });
-
-/** mulberry32: the same cases for the same seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Rng = () => number;
 const pick = <T,>(r: Rng, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;

@@ -23,6 +23,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setAsideKeysSql } from '../../../functions/adapters/postgres/move-port.js';
 import { keysInSlot, type MoveEnv, pastTriggers, runStoppedAfterCopy, seedUsers, startMoveEnv } from './fixtures/move-env.js';
+import { mulberry32 as random } from '../../../functions/core/scaling/simulator/prng.js';
 
 let env: MoveEnv;
 
@@ -229,17 +230,6 @@ describe("a key's move resumed past its preparation within one run of a slot's m
 });
 
 describe("the read of a slot move's keys set aside: both forms against the rule, over random shapes", () => {
-  /** A small seeded generator (mulberry32): a failing seed is reported and replayed as is. */
-  function random(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-      a = (a + 0x6d2b79f5) >>> 0;
-      let t = a;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-  }
   const STATES = ['open', 'moved', 'incoming', 'fenced'] as const;
   const forced = (sql: string, side: 'fences' | 'slot'): string =>
     sql.replace('where not (select fences from side)', `where ${side === 'slot'}`).replace('where (select fences from side)', `where ${side === 'fences'}`);
