@@ -25,7 +25,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countingStores, keysInSlot, outcomeOf, publishPastOwnerGuard, refusalOf, runStoppedAfterCopy, settledOrWaiting, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv } from './fixtures/move-env.js';
+import { countingStores, keysInSlot, outcomeOf, publishPastOwnerGuard, refusalOf, runStoppedAfterCopy, settledOrWaiting, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv, keyWrittenFor, staleWriteOutcome } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -34,36 +34,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-/** A new user `key` with one document written through the env's writer: `written on <shard>`, or `failed: <message>`. */
-function keyWrittenFor(key: string): Promise<string> {
-  return env.writer
-    .withShardWrite(key, async ({ client, slot }) => {
-      await client.query(`insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'routed') on conflict (id) do nothing`, [key, slot]);
-      await client.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'routed', '{"rev": 0}')`, [key, slot]);
-    })
-    .then(
-      (r) => `written on ${r.shardId}`,
-      (e: Error) => `failed: ${e.message.slice(0, 300)}`,
-    );
-}
-
-/** A new user `key` (with one document) written straight to `pool`, as a router whose route still names that shard: `'acknowledged'` or `'refused <SQLSTATE>'`. */
-async function staleWriteOutcome(pool: pg.Pool, slot: number, key: string): Promise<string> {
-  const c = await pool.connect();
-  try {
-    await c.query('begin isolation level read committed');
-    await c.query(`insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'stale route')`, [key, slot]);
-    await c.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'stale route', '{"rev": 0}')`, [key, slot]);
-    await c.query('commit');
-    return 'acknowledged';
-  } catch (err) {
-    await c.query('rollback').catch(() => undefined);
-    return `refused ${(err as { code?: string }).code ?? '?'}`;
-  } finally {
-    c.release();
-  }
-}
 
 async function held(): Promise<pg.PoolClient> {
   const c = await env.catalog.connect();
@@ -99,7 +69,7 @@ describe("a key's pin to a third shard racing its directory move's plan", () => 
         planned: planned === null ? 'recorded' : String(planned).slice(0, 200),
         moved,
         pin: (await directory.entry(key))?.shardId,
-        write: await keyWrittenFor(key),
+        write: await keyWrittenFor(env, key),
         staleOnX: await staleWriteOutcome(env.shards.get(x) as pg.Pool, slot, key),
         keyOnX: await unitFenceState(env.shards.get(x) as pg.Pool, 'directory', key),
       };
@@ -135,7 +105,7 @@ describe('allowed and refused cases around an unflipped move', () => {
     }
     const moved = await outcomeOf(mover.run(job.id));
     const [user] = keysInSlot(slot, 1) as [string];
-    const result = { outcome: outcome === null ? null : String(outcome).slice(0, 300), moved, owner: (await slotMaps.current()).assignments[slot], write: await keyWrittenFor(user), staleOnX: await staleWriteOutcome(env.shards.get(x) as pg.Pool, slot, keysInSlot(slot, 1)[0] as string) };
+    const result = { outcome: outcome === null ? null : String(outcome).slice(0, 300), moved, owner: (await slotMaps.current()).assignments[slot], write: await keyWrittenFor(env, user), staleOnX: await staleWriteOutcome(env.shards.get(x) as pg.Pool, slot, keysInSlot(slot, 1)[0] as string) };
     expect(result).toEqual({ outcome: null, moved: 'ended: done', owner: y, write: `written on ${y}`, staleOnX: expect.stringMatching(/^refused CAF0[12]$/) as unknown });
   }, 90_000);
 
@@ -176,7 +146,7 @@ describe('allowed and refused cases around an unflipped move', () => {
     const unpinned = await refusalOf(directory.delete(key));
     expect(String(unpinned)).toMatch(new RegExp(`DirectoryUnpinRefusedError: cannot unpin key ${key}: unpinned, it would route by hash to ${a} \\(slot ${slot}\\) instead of ${b}, its pin`));
     expect(await outcomeOf(mover.run(job.id))).toBe('ended: done');
-    expect({ pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(key), staleOnB: await staleWriteOutcome(env.shards.get(b) as pg.Pool, slot, key) }).toEqual({
+    expect({ pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(env, key), staleOnB: await staleWriteOutcome(env.shards.get(b) as pg.Pool, slot, key) }).toEqual({
       pin: c3,
       write: `written on ${c3}`,
       staleOnB: expect.stringMatching(/^refused CAF0[12]$/) as unknown,
@@ -198,7 +168,7 @@ describe('allowed and refused cases around an unflipped move', () => {
       moved,
       pin: (await directory.entry(key))?.shardId,
       owner: (await slotMaps.current()).assignments[slot],
-      write: await keyWrittenFor(key),
+      write: await keyWrittenFor(env, key),
       staleKeyOnX: await staleWriteOutcome(env.shards.get(x) as pg.Pool, slot, key),
     };
     // Not a change of the key's owner the map can see (no pin): its move, its source never
@@ -235,7 +205,7 @@ describe('allowed and refused cases around an unflipped move', () => {
     } finally {
       c.release();
     }
-    const result = { repinned, moved, pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(key), staleOnX: await staleWriteOutcome(env.shards.get(x) as pg.Pool, slot, key) };
+    const result = { repinned, moved, pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(env, key), staleOnX: await staleWriteOutcome(env.shards.get(x) as pg.Pool, slot, key) };
     expect(result).toEqual({ repinned: null, moved: 'ended: done', pin: y, write: `written on ${y}`, staleOnX: expect.stringMatching(/^refused CAF0[12]$/) as unknown });
   }, 90_000);
 
@@ -267,7 +237,7 @@ describe('allowed and refused cases around an unflipped move', () => {
         staleOnZ: await staleWriteOutcome(env.shards.get(z) as pg.Pool, slot, k),
         rowOnZ: await unitFenceState(env.shards.get(z) as pg.Pool, 'directory', k),
         moved,
-        write: await keyWrittenFor(k),
+        write: await keyWrittenFor(env, k),
         y,
       };
     }
@@ -300,6 +270,6 @@ describe('allowed and refused cases around an unflipped move', () => {
     const result = { outcome: outcome === null ? null : String(outcome).slice(0, 300), staleOnZ: await staleWriteOutcome(env.shards.get(z) as pg.Pool, slot, user), rowOnZ: await unitFenceState(env.shards.get(z) as pg.Pool, 'slot', String(slot)) };
     expect(result).toEqual({ outcome: null, staleOnZ: expect.stringMatching(/^refused CAF0[12]$/) as unknown, rowOnZ: 'moved' });
     expect(await outcomeOf(mover.run(job.id))).toBe('ended: done');
-    expect(await keyWrittenFor(user)).toBe(`written on ${y}`);
+    expect(await keyWrittenFor(env, user)).toBe(`written on ${y}`);
   }, 90_000);
 });

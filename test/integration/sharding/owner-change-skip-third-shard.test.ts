@@ -28,7 +28,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countingStores, keysInSlot, outcomeOf, refusalOf, runStoppedAfterCopy, startMoveEnv, threeShardsOf, type MoveEnv } from './fixtures/move-env.js';
+import { countingStores, keysInSlot, outcomeOf, refusalOf, runStoppedAfterCopy, startMoveEnv, threeShardsOf, type MoveEnv, keyWrittenFor, staleWriteOutcome } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -37,36 +37,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
-
-/** A new user `key` (with one document) written straight to `pool`, as a router whose route still names that shard: `'acknowledged'` or `'refused <SQLSTATE>'`. */
-async function staleWriteOutcome(pool: pg.Pool, slot: number, key: string): Promise<string> {
-  const c = await pool.connect();
-  try {
-    await c.query('begin isolation level read committed');
-    await c.query(`insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'stale route')`, [key, slot]);
-    await c.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'stale route', '{"rev": 0}')`, [key, slot]);
-    await c.query('commit');
-    return 'acknowledged';
-  } catch (err) {
-    await c.query('rollback').catch(() => undefined);
-    return `refused ${(err as { code?: string }).code ?? '?'}`;
-  } finally {
-    c.release();
-  }
-}
-
-/** A new user `key` with one document written through the env's writer (its routing, fences and retries): `written on <shard>`, or `failed: <message>`. */
-function keyWrittenFor(key: string): Promise<string> {
-  return env.writer
-    .withShardWrite(key, async ({ client, slot }) => {
-      await client.query(`insert into users (id, slot, email, display_name) values ($1::uuid, $2, $1::text || '@example.com', 'routed') on conflict (id) do nothing`, [key, slot]);
-      await client.query(`insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'routed', '{"rev": 0}')`, [key, slot]);
-    })
-    .then(
-      (r) => `written on ${r.shardId}`,
-      (e: Error) => `failed: ${e.message.slice(0, 300)}`,
-    );
-}
 
 /** Each shard's `directory` write_fences row of `key`: `state[ to moved_to][ #job]`, or `none`. */
 async function keyRows(key: string): Promise<Record<string, string>> {
@@ -104,7 +74,7 @@ describe("a key's owner changed by hand while its directory move runs, unflipped
     // Before: the repin committed (pin X), the move found a foreign owner and rolled back (its
     // source Y `open` again), X's `moved` row (to Y) refused the key's every write there, re-routed
     // to X again ("routing is not converging"), and Y acknowledged a write of the old route.
-    const after = { moved, pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(key) };
+    const after = { moved, pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(env, key) };
     expect(after).toEqual({ moved: 'ended: done', pin: z, write: `written on ${z}` });
     expect(await staleWriteOutcome(env.shards.get(y) as pg.Pool, slot, key)).toMatch(/^refused CAF0[12]$/);
     expect(String(outcome)).toMatch(
@@ -129,7 +99,7 @@ describe("a key's owner changed by hand while its directory move runs, unflipped
     const moved = await outcomeOf(mover.run(job.id));
     // Before: the pin committed (Z: no guard for an insert), the move found a foreign owner and
     // failed, and X, its source, stayed `open` for a key routed to Z.
-    expect({ moved, pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(key) }).toEqual({ moved: 'ended: done', pin: y, write: `written on ${y}` });
+    expect({ moved, pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(env, key) }).toEqual({ moved: 'ended: done', pin: y, write: `written on ${y}` });
     expect(await staleWriteOutcome(env.shards.get(x) as pg.Pool, slot, key)).toMatch(/^refused CAF0[12]$/);
     expect(String(outcome)).toMatch(new RegExp(`cannot pin key ${key} to ${z}: .*move job #${job.id} \\(${x} to ${y}, planned\\).*Nothing was changed`));
   }, 90_000);
@@ -158,7 +128,7 @@ describe("a key's owner changed by hand while its directory move runs, unflipped
     expect(await outcomeOf(stopping.run(job.id))).toMatch(/stops after catching up/);
     expect((await directory.repinByHand(key, y, 'test: given to the move target past its copy')).shardId).toBe(y);
     expect(await outcomeOf(mover.run(job.id))).toBe('ended: done');
-    expect({ pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(key) }).toEqual({ pin: y, write: `written on ${y}` });
+    expect({ pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(env, key) }).toEqual({ pin: y, write: `written on ${y}` });
   }, 90_000);
 
   it("the way out the move names after a pin to its target made past the stores, the key given back to its source, is left to the move", async () => {
@@ -175,7 +145,7 @@ describe("a key's owner changed by hand while its directory move runs, unflipped
     // That way out, the key's rows (none) on its source: given back to the source through the store, not refused.
     expect((await directory.repinByHand(key, x, 'test: given back to the move source')).shardId).toBe(x);
     expect(await outcomeOf(mover.run(job.id))).toBe('ended: done');
-    expect({ pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(key) }).toEqual({ pin: y, write: `written on ${y}` });
+    expect({ pin: (await directory.entry(key))?.shardId, write: await keyWrittenFor(env, key) }).toEqual({ pin: y, write: `written on ${y}` });
   }, 90_000);
 });
 
