@@ -31,6 +31,15 @@ afterAll(async () => {
   await env?.stop();
 });
 
+
+/** A user with no documents seeded on shard_a, in the first slot from `from` that shard_a owns: its slot, its id, shard_a's pool. */
+async function ownerOnShardA(from: number): Promise<{ slot: number; owner: string; shard: pg.Pool }> {
+  const slot = await firstSlotOwnedBy(env, 'shard_a', from);
+  const [owner] = keysInSlot(slot, 1) as [string];
+  const shard = env.shards.get('shard_a') as pg.Pool;
+  await seedUsers(shard, slot, [owner], 0);
+  return { slot, owner, shard };
+}
 /** The documents API over a writer whose login's role sets lock_timeout to `ms`. */
 async function apiWithLockTimeout(ms: number, deadlineMs = 10_000, settings: Readonly<Record<string, string>> = {}): Promise<KeyedApi> {
   const primaries = poolsWithSettings(env, { lock_timeout: ms, ...settings }, pools);
@@ -64,10 +73,7 @@ describe("a keyed write's retry while its first attempt is in flight, its login'
     { first: "is still in flight at the retry's 1 s deadline, the login's lock_timeout 300 ms", commit: undefined, from: 400, holdMs: 1500, deadlineMs: 1000, lockTimeoutMs: 300 },
     { first: "is still in flight at the retry's 1 s deadline, the login without a lock_timeout (the default)", commit: undefined, from: 500, holdMs: 1500, deadlineMs: 1000, lockTimeoutMs: 0 },
   ])('the first attempt $first: the retry answers as it would have without the setting, or 409 naming the attempt in flight', async ({ commit, from, holdMs, deadlineMs, lockTimeoutMs }) => {
-    const slot = await firstSlotOwnedBy(env, 'shard_a', from);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    const shard = env.shards.get('shard_a') as pg.Pool;
-    await seedUsers(shard, slot, [owner], 0);
+    const { slot, owner, shard } = await ownerOnShardA(from);
     const api = await apiWithLockTimeout(lockTimeoutMs ?? 1, deadlineMs);
     const key = `retry-${from}`;
     const body = { owner_id: owner, title: 'in flight', content: { n: 1 } };
@@ -117,10 +123,7 @@ describe("an owner's keyed write whose prune of expired key records meets one an
   // live record of a document just created was gone, and a retry of that request created a
   // second document (h159). A login without a lock_timeout of its own, as by default.
   it("leaves the record claimed again: that request's retry answers its document, no second one", async () => {
-    const slot = await firstSlotOwnedBy(env, 'shard_a', 800);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    const shard = env.shards.get('shard_a') as pg.Pool;
-    await seedUsers(shard, slot, [owner], 0);
+    const { slot, owner, shard } = await ownerOnShardA(800);
     const api = await apiWithLockTimeout(0, 10_000);
     const key = 'reused-800';
     const body = { owner_id: owner, title: 'claimed again', content: { n: 2 } };
@@ -169,10 +172,7 @@ describe("a keyed request claiming its key again (its record expired) while anot
     { holder: "a prune's delete, committed, the login's lock_timeout 1 ms", sql: 'delete', commit: true, from: 1300, login: 1 },
     { holder: "the same request's claim, committed, the login's lock_timeout 1 ms", sql: 'claim', commit: true, from: 1400, login: 1 },
   ])('$holder: one document of the request, answered as with the holder done first', async ({ sql, commit, from, login }) => {
-    const slot = await firstSlotOwnedBy(env, 'shard_a', from);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    const shard = env.shards.get('shard_a') as pg.Pool;
-    await seedUsers(shard, slot, [owner], 0);
+    const { slot, owner, shard } = await ownerOnShardA(from);
     const api = await apiWithLockTimeout(login, 10_000);
     const key = `expired-${from}`;
     const body = { owner_id: owner, title: 'claimed again', content: { n: 3 } };
@@ -221,10 +221,7 @@ describe("a keyed request claiming its key again while another request's prune h
   // flight: the 409 said "an earlier request with this key is still being written" alone, and the
   // client looked for a request it never sent (h161, review of 298ed05). It names both holders now.
   it('answers the 409 naming the prune of an expired record too, nothing written', async () => {
-    const slot = await firstSlotOwnedBy(env, 'shard_a', 1500);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    const shard = env.shards.get('shard_a') as pg.Pool;
-    await seedUsers(shard, slot, [owner], 0);
+    const { slot, owner, shard } = await ownerOnShardA(1500);
     const api = await apiWithLockTimeout(1, 1000);
     const key = 'pruned-1500';
     const keyId = idempotencyKeyId(owner, key);
@@ -255,10 +252,7 @@ describe("an owner's keyed write held open mid-transaction while another request
   // deadline. The prune now runs last, just before the commit, and the record it would have taken
   // is then live again (claimed by that request): left as it is (h159), 2 documents.
   it("answers the other request's 201 while the write is held, and the write's prune, after, spares its live record", async () => {
-    const slot = await firstSlotOwnedBy(env, 'shard_a', 1600);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    const shard = env.shards.get('shard_a') as pg.Pool;
-    await seedUsers(shard, slot, [owner], 0);
+    const { slot, owner, shard } = await ownerOnShardA(1600);
     const api = await apiWithLockTimeout(0, 10_000);
     const quick = await apiWithLockTimeout(0, 2000);
     const heldKey = 'held-1600';
@@ -324,10 +318,7 @@ describe("a user deleted while a keyed write of theirs waits on the deletion", (
     { deletion: "not committed at the write's 1 s deadline", login: 0, from: 1900, deadlineMs: 1000, commit: false },
     { deletion: "not committed at the write's 1 s deadline, the login's lock_timeout 1 ms", login: 1, from: 2000, deadlineMs: 1000, commit: false },
   ])('the deletion $deletion: the answer says so, nothing written', async ({ login, from, deadlineMs, commit }) => {
-    const slot = await firstSlotOwnedBy(env, 'shard_a', from);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    const shard = env.shards.get('shard_a') as pg.Pool;
-    await seedUsers(shard, slot, [owner], 0);
+    const { owner, shard } = await ownerOnShardA(from);
     const api = await apiWithLockTimeout(login, deadlineMs);
     const key = `deleted-${from}`;
     const body = { owner_id: owner, title: 'kept?', content: {} };
@@ -364,10 +355,7 @@ describe("the owner's row a keyed write takes first (for key share), against the
   // goes through while a keyed write of the owner waits on its key's record, and the write then
   // answers as it would have.
   it("an e-mail and display-name update of the owner commits while a keyed write of the owner waits on its key's record", async () => {
-    const slot = await firstSlotOwnedBy(env, 'shard_a', 2010);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    const shard = env.shards.get('shard_a') as pg.Pool;
-    await seedUsers(shard, slot, [owner], 0);
+    const { slot, owner, shard } = await ownerOnShardA(2010);
     const api = await apiWithLockTimeout(0, 10_000);
     const key = 'owner-update-2010';
     const first = await shard.connect();
@@ -404,10 +392,7 @@ describe("the owner's row a keyed write takes first (for key share), against the
     { deletion: 'committed while the write waits', from: 2020, deadlineMs: 10_000, commit: true },
     { deletion: "not committed at the write's 1 s deadline", from: 2030, deadlineMs: 1000, commit: false },
   ])('a write without a key, the deletion $deletion', async ({ from, deadlineMs, commit }) => {
-    const slot = await firstSlotOwnedBy(env, 'shard_a', from);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    const shard = env.shards.get('shard_a') as pg.Pool;
-    await seedUsers(shard, slot, [owner], 0);
+    const { owner, shard } = await ownerOnShardA(from);
     const api = await apiWithLockTimeout(0, deadlineMs);
     const deleting = await shard.connect();
     deleting.on('error', () => undefined);
@@ -440,10 +425,7 @@ describe("a user deleted children first (the key records, then the user, in one 
   // nothing of the write was done and the owner was then gone: the write is sent again, waits on
   // the owner's row the deletion now holds, and answers what is so once it commits, the 422 "no user".
   it('the deletion goes through, and the write answers 422 "no user", nothing written', async () => {
-    const slot = await firstSlotOwnedBy(env, 'shard_a', 2040);
-    const [owner] = keysInSlot(slot, 1) as [string];
-    const shard = env.shards.get('shard_a') as pg.Pool;
-    await seedUsers(shard, slot, [owner], 0);
+    const { owner, shard } = await ownerOnShardA(2040);
     // Which of the two PostgreSQL refuses is the one whose deadlock_timeout ends first once both
     // wait: the write's (3 s, from its wait on the key record) checked while the deletion's (60 s)
     // has not, so the deletion, sent once the write is seen waiting, is always in the cycle by then
