@@ -19,7 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ShardInspector } from '../../../functions/adapters/postgres/shard-inspector.js';
 import type { ShardPools } from '../../../functions/adapters/postgres/shard-pools.js';
 import type { MoveRouting } from '../../../functions/core/sharding/move-machine.js';
-import { idsUnder, keysInSlot, type MoveEnv, moveStoppedAfterRelease, pastTriggers, runStoppedAfterCopy, seedUsers, startMoveEnv } from './fixtures/move-env.js';
+import { idsUnder, keysInSlot, type MoveEnv, moveStoppedAfterRelease, pastTriggers, runStoppedAfterCopy, seedUsers, startMoveEnv, slotAndKeyOfAnother } from './fixtures/move-env.js';
 import { rebalancePools } from './fixtures/rebalance-port.js';
 
 let env: MoveEnv;
@@ -74,7 +74,7 @@ describe("a slot's move leaves the slot's rows of a key moved away by a director
       expect(slotRows).toHaveLength(4);
 
       const directory = (await env.directory.all()).map((e) => ({ key: e.key, shardId: e.shardId }));
-      const census = await inspector.rebalanceCensus({ slotMap: map, directory, routing });
+      const census = await inspector.rebalanceCensus({ slotMap: await env.slotMaps.current(), directory, routing });
       const unit = census.units.find((u) => u.kind === 'slot' && u.id === String(slot));
       const mover = env.mover({ readerGraceMs: 0, routing });
       const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);
@@ -98,16 +98,7 @@ describe("a slot's move leaves the slot's rows of a key moved away by a director
  * writes it). Returns the slot, the leftover's id and the slot's other rows' ids.
  */
 async function slotWithLeftover(first: number): Promise<{ slot: number; from: string; to: string; source: pg.Pool; target: pg.Pool; leftover: string; slotRows: string[] }> {
-  const map = await env.slotMaps.current();
-  const from = map.assignments[first] as string;
-  const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-  const mine: number[] = [];
-  for (let s = first; mine.length < 2; s++) if (map.assignments[s] === from) mine.push(s);
-  const [slot, keyOwn] = mine as [number, number];
-  const source = env.shards.get(from) as pg.Pool;
-  await seedUsers(source, slot, keysInSlot(slot, 2), 1);
-  const [moved] = keysInSlot(keyOwn, 1) as [string];
-  await seedUsers(source, keyOwn, [moved], 1);
+  const { from, to, slot, key: moved, source } = await slotAndKeyOfAnother(env, first);
   await env.directory.set(moved, from, 'test');
   const earlier = env.mover({ readerGraceMs: 0 });
   expect((await earlier.run((await earlier.plan({ kind: 'directory', key: moved, to, createdBy: 'test' })).id)).state).toBe('done');
@@ -148,24 +139,14 @@ describe("the moved key's leftover, in a slot move's later runs and its rollback
 
 describe("a slot's move and the census agree on a key 'fenced' by its own row (h165)", () => {
   it("the census offers the slot without the rows under it of a key fenced there by a row of its own (a hand change stopped before its put-back), as its move leaves them", async () => {
-    const map = await env.slotMaps.current();
-    const first = 2800;
-    const from = map.assignments[first] as string;
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    const mine: number[] = [];
-    for (let s = first; mine.length < 2; s++) if (map.assignments[s] === from) mine.push(s);
-    const [slot, keyOwn] = mine as [number, number];
-    const source = env.shards.get(from) as pg.Pool;
-    await seedUsers(source, slot, keysInSlot(slot, 2), 1);
-    const [key] = keysInSlot(keyOwn, 1) as [string];
-    await seedUsers(source, keyOwn, [key], 1);
+    const { to, slot, key, source } = await slotAndKeyOfAnother(env, 2800);
     const { rows } = await source.query<{ id: string }>('select gen_random_uuid()::text as id');
     const stray = rows[0]?.id as string;
     await pastTriggers(source, `insert into documents (id, owner_id, slot, title, content) values ($1, $2, $3, 'restored', '{}'::jsonb)`, [stray, key, slot]);
     // The key's own row 'fenced' with no job: a hand change of its owner stopped before its put-back.
     await source.query(`insert into write_fences (kind, unit_id, state) values ('directory', $1, 'fenced')`, [key]);
     const directory = (await env.directory.all()).map((e) => ({ key: e.key, shardId: e.shardId }));
-    const census = await inspector.rebalanceCensus({ slotMap: map, directory, routing: HASH });
+    const census = await inspector.rebalanceCensus({ slotMap: await env.slotMaps.current(), directory, routing: HASH });
     const unit = census.units.find((u) => u.kind === 'slot' && u.id === String(slot));
     const mover = env.mover({ readerGraceMs: 0, routing: HASH });
 
@@ -187,22 +168,12 @@ describe("a slot's move and the census agree on a key with a row of its own on t
   ] as const;
   CASES.forEach(({ name, state, job: jobId, pinned }, i) => {
     it(`${name}: the census offers the slot with as many rows as its move copies`, async () => {
-      const map = await env.slotMaps.current();
-      const first = 3000 + 20 * i;
-      const from = map.assignments[first] as string;
-      const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-      const mine: number[] = [];
-      for (let s = first; mine.length < 2; s++) if (map.assignments[s] === from) mine.push(s);
-      const [slot, keyOwn] = mine as [number, number];
-      const source = env.shards.get(from) as pg.Pool;
-      await seedUsers(source, slot, keysInSlot(slot, 2), 1);
-      const [key] = keysInSlot(keyOwn, 1) as [string];
-      await seedUsers(source, keyOwn, [key], 1);
+      const { from, to, slot, key, source } = await slotAndKeyOfAnother(env, 3000 + 20 * i);
       await pastTriggers(source, `insert into documents (id, owner_id, slot, title, content) values (gen_random_uuid(), $1, $2, 'restored', '{}'::jsonb)`, [key, slot]);
       await env.directory.set(key, pinned ? from : to, 'test');
       await pastTriggers(source, `insert into write_fences (kind, unit_id, state, job_id, moved_to) values ('directory', $1, $2, $3, $4)`, [key, state, jobId, state === 'moved' ? to : null]);
       const directory = (await env.directory.all()).map((e) => ({ key: e.key, shardId: e.shardId }));
-      const census = await inspector.rebalanceCensus({ slotMap: map, directory, routing: HASH });
+      const census = await inspector.rebalanceCensus({ slotMap: await env.slotMaps.current(), directory, routing: HASH });
       const unit = census.units.find((u) => u.kind === 'slot' && u.id === String(slot));
       const mover = env.mover({ readerGraceMs: 0, routing: HASH });
       const job = await mover.run((await mover.plan({ kind: 'slot', slot, to, createdBy: 'test' })).id);

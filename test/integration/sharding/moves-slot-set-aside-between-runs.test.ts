@@ -22,7 +22,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setAsideKeysSql } from '../../../functions/adapters/postgres/move-port.js';
-import { keysInSlot, type MoveEnv, pastTriggers, runStoppedAfterCopy, seedUsers, startMoveEnv } from './fixtures/move-env.js';
+import { keysInSlot, type MoveEnv, pastTriggers, runStoppedAfterCopy, seedUsers, startMoveEnv, slotAndKeyOfAnother } from './fixtures/move-env.js';
 import { mulberry32 as random } from '../../../functions/core/scaling/simulator/prng.js';
 
 let env: MoveEnv;
@@ -46,18 +46,7 @@ async function ownRow(pool: pg.Pool, key: string): Promise<string | undefined> {
 
 describe("a slot move resumed after a key's own row changed state keeps the key's rows right", () => {
   it("a key's move run between two runs of the slot's move, after its copy of the key's row under the slot: refused, the write made since served where the key lives, the stale copy by no shard", async () => {
-    const map = await env.slotMaps.current();
-    const first = 2900;
-    const from = map.assignments[first] as string;
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    const mine: number[] = [];
-    for (let s = first; mine.length < 2; s++) if (map.assignments[s] === from) mine.push(s);
-    const [slot, keyOwn] = mine as [number, number];
-    const source = env.shards.get(from) as pg.Pool;
-    const target = env.shards.get(to) as pg.Pool;
-    await seedUsers(source, slot, keysInSlot(slot, 2), 1);
-    const [key] = keysInSlot(keyOwn, 1) as [string];
-    await seedUsers(source, keyOwn, [key], 1);
+    const { from, to, slot, key, source, target } = await slotAndKeyOfAnother(env, 2900);
     await env.directory.set(key, from, 'test');
     // K's directory move, planned before its document under s is there (its plan refuses such rows).
     const keyMove = env.mover({ readerGraceMs: 0 });
@@ -126,18 +115,7 @@ describe("the read of a slot move's keys set aside answers alike from either sid
 
 describe("a key's move run within one run of a slot's move, after the slot's copy of the key's row under the slot", () => {
   it("refused, its rollback's 'moved' row on the slot's target read by the clean-up: the key's row left where the key lives, with the write made on it since", async () => {
-    const map = await env.slotMaps.current();
-    const first = 3300;
-    const from = map.assignments[first] as string;
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    const mine: number[] = [];
-    for (let s = first; mine.length < 2; s++) if (map.assignments[s] === from) mine.push(s);
-    const [slot, keyOwn] = mine as [number, number];
-    const source = env.shards.get(from) as pg.Pool;
-    const target = env.shards.get(to) as pg.Pool;
-    await seedUsers(source, slot, keysInSlot(slot, 2), 1);
-    const [key] = keysInSlot(keyOwn, 1) as [string];
-    await seedUsers(source, keyOwn, [key], 1);
+    const { from, to, slot, key, source, target } = await slotAndKeyOfAnother(env, 3300);
     await env.directory.set(key, from, 'test');
     // K's move planned before its document under s is there (its plan refuses such rows), then run
     // inside the slot move's run, after its copy (the list of keys set aside read before it).
@@ -173,18 +151,7 @@ describe("a key's move run within one run of a slot's move, after the slot's cop
 
 describe("a key's move resumed past its preparation within one run of a slot's move, a row of the key restored under the slot since", () => {
   it('refused under its fence: no write of the key acknowledged on the target, the slot move\'s catch-up overwrites none', async () => {
-    const map = await env.slotMaps.current();
-    const first = 3400;
-    const from = map.assignments[first] as string;
-    const to = from === 'shard_a' ? 'shard_b' : 'shard_a';
-    const mine: number[] = [];
-    for (let s = first; mine.length < 2; s++) if (map.assignments[s] === from) mine.push(s);
-    const [slot, keyOwn] = mine as [number, number];
-    const source = env.shards.get(from) as pg.Pool;
-    const target = env.shards.get(to) as pg.Pool;
-    await seedUsers(source, slot, keysInSlot(slot, 2), 1);
-    const [key] = keysInSlot(keyOwn, 1) as [string];
-    await seedUsers(source, keyOwn, [key], 1);
+    const { from, to, slot, key, source, target } = await slotAndKeyOfAnother(env, 3400);
     await env.directory.set(key, from, 'test');
     // K's move prepared and copied (nothing of K under another slot then), stopped `catching_up`.
     const keyJob = await env.mover({ readerGraceMs: 0 }).plan({ kind: 'directory', key, to, createdBy: 'test' });
