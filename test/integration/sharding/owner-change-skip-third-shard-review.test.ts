@@ -25,7 +25,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countingStores, keysInSlot, outcomeOf, publishPastOwnerGuard, refusalOf, runStoppedAfterCopy, settledOrWaiting, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv, keyWrittenFor, staleWriteOutcome } from './fixtures/move-env.js';
+import { countingStores, keysInSlot, outcomeOf, publishPastOwnerGuard, refusalOf, runStoppedAfterCopy, settledOrWaiting, startMoveEnv, threeShardsOf, unitFenceState, type MoveEnv, keyWrittenFor, staleWriteOutcome, publishByHandOverriding } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -93,16 +93,7 @@ describe('allowed and refused cases around an unflipped move', () => {
     const job = await mover.plan({ kind: 'slot', slot, to: y, createdBy: 'test' });
     await runStoppedAfterCopy(env, job.id);
     const before = await slotMaps.current();
-    const c = await held();
-    let outcome: unknown;
-    try {
-      await c.query('begin');
-      await c.query(`select set_config('ca_dms.override_moves', $1, true)`, [String(job.id)]);
-      outcome = await refusalOf(slotMaps.publishByHand(moveSlots(before, [slot], y), 'test: to its target', c));
-      await c.query(outcome === null ? 'commit' : 'rollback');
-    } finally {
-      c.release();
-    }
+    const outcome = await publishByHandOverriding(env.catalog, slotMaps, job.id, moveSlots(before, [slot], y), 'test: to its target');
     const moved = await outcomeOf(mover.run(job.id));
     const [user] = keysInSlot(slot, 1) as [string];
     const result = { outcome: outcome === null ? null : String(outcome).slice(0, 300), moved, owner: (await slotMaps.current()).assignments[slot], write: await keyWrittenFor(env, user), staleOnX: await staleWriteOutcome(env.shards.get(x) as pg.Pool, slot, keysInSlot(slot, 1)[0] as string) };
@@ -118,16 +109,7 @@ describe('allowed and refused cases around an unflipped move', () => {
     const job = await mover.plan({ kind: 'slot', slot: s2, to: y, createdBy: 'test' });
     await runStoppedAfterCopy(env, job.id);
     const before = await slotMaps.current();
-    const c = await held();
-    let outcome: unknown;
-    try {
-      await c.query('begin');
-      await c.query(`select set_config('ca_dms.override_moves', $1, true)`, [String(job.id)]);
-      outcome = await refusalOf(slotMaps.publishByHand(moveSlots(before, [s1, s2], z), 'test: two slots to a third shard', c));
-      await c.query(outcome === null ? 'commit' : 'rollback');
-    } finally {
-      c.release();
-    }
+    const outcome = await publishByHandOverriding(env.catalog, slotMaps, job.id, moveSlots(before, [s1, s2], z), 'test: two slots to a third shard');
     expect(String(outcome)).toMatch(new RegExp(`slot ${s2} is being moved by move job #${job.id}`));
     expect(String(outcome)).not.toMatch(/more unit/);
     expect({ s1OnX: await unitFenceState(env.shards.get(x) as pg.Pool, 'slot', String(s1)), s1OnZ: await unitFenceState(env.shards.get(z) as pg.Pool, 'slot', String(s1)), version: (await slotMaps.current()).version }).toEqual({ s1OnX: undefined, s1OnZ: undefined, version: before.version });
@@ -256,16 +238,7 @@ describe('allowed and refused cases around an unflipped move', () => {
     await runStoppedAfterCopy(env, job.id);
     // Given to Z past every guard (a superuser's publication: no trigger, no fence, no count).
     await publishPastOwnerGuard(env.catalog, env.slotMaps, moveSlots(await slotMaps.current(), [slot], z), 'test', 'test: past the stores');
-    const c = await held();
-    let outcome: unknown;
-    try {
-      await c.query('begin');
-      await c.query(`select set_config('ca_dms.override_moves', $1, true)`, [String(job.id)]);
-      outcome = await refusalOf(slotMaps.publishByHand(moveSlots(await slotMaps.current(c), [slot], x), 'test: back to the move source', c));
-      await c.query(outcome === null ? 'commit' : 'rollback');
-    } finally {
-      c.release();
-    }
+    const outcome = await publishByHandOverriding(env.catalog, slotMaps, job.id, moveSlots(await slotMaps.current(), [slot], x), 'test: back to the move source');
     const [user] = keysInSlot(slot, 1) as [string];
     const result = { outcome: outcome === null ? null : String(outcome).slice(0, 300), staleOnZ: await staleWriteOutcome(env.shards.get(z) as pg.Pool, slot, user), rowOnZ: await unitFenceState(env.shards.get(z) as pg.Pool, 'slot', String(slot)) };
     expect(result).toEqual({ outcome: null, staleOnZ: expect.stringMatching(/^refused CAF0[12]$/) as unknown, rowOnZ: 'moved' });

@@ -28,7 +28,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { moveSlots } from '../../../functions/core/sharding/slot-map.js';
-import { countingStores, keysInSlot, outcomeOf, refusalOf, runStoppedAfterCopy, startMoveEnv, threeShardsOf, type MoveEnv, keyWrittenFor, staleWriteOutcome } from './fixtures/move-env.js';
+import { countingStores, keysInSlot, outcomeOf, refusalOf, runStoppedAfterCopy, startMoveEnv, threeShardsOf, type MoveEnv, keyWrittenFor, staleWriteOutcome, publishByHandOverriding } from './fixtures/move-env.js';
 
 let env: MoveEnv;
 beforeAll(async () => {
@@ -158,16 +158,7 @@ describe('a slot map published by hand naming an unflipped move (ca_dms.override
     const job = await mover.plan({ kind: 'slot', slot, to: y, createdBy: 'test' });
     await runStoppedAfterCopy(env, job.id);
     const before = await slotMaps.current();
-    const c = await env.catalog.connect();
-    let outcome: unknown;
-    try {
-      await c.query('begin');
-      await c.query(`select set_config('ca_dms.override_moves', $1, true)`, [String(job.id)]);
-      outcome = await refusalOf(slotMaps.publishByHand(moveSlots(before, [slot], z), 'test: to a third shard', c));
-      await c.query(outcome === null ? 'commit' : 'rollback');
-    } finally {
-      c.release();
-    }
+    const outcome = await publishByHandOverriding(env.catalog, slotMaps, job.id, moveSlots(before, [slot], z), 'test: to a third shard');
     const moved = await outcomeOf(mover.run(job.id));
     const [user] = keysInSlot(slot, 1) as [string];
     // Before: published (Z), the move rolled back (a foreign owner), X open for a slot the map gives Z.
