@@ -27,7 +27,7 @@ import { moveRoutingOf } from '../core/sharding/move-machine.js';
 import { CatalogError, ChangeStoredUnsettledError, ConfigVersionConflictError, type CatalogStore, type StoredConfig, type StoredDecision } from '../adapters/postgres/catalog-store.js';
 import type { DirectoryStore } from '../adapters/postgres/directory-store.js';
 import { InvalidCursorError, type HistoryReader } from '../adapters/postgres/history-reader.js';
-import { CATALOG_LOGIN_REFUSED_WHY, CATALOG_ROTATION_HOW_TO_TELL, catalogLoginRefused, MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanCatalogRefused, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardLoginRefused, MovePlanShardUnanswered, MoveRequestError, NodeLoginRefused, shardLoginRefusedWords, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
+import { CATALOG_LOGIN_REFUSED_WHY, CATALOG_ROTATION_HOW_TO_TELL, catalogLoginRefused, MoveBusyError, MoveConflictError, MoveError, MoveNotCancellableError, MovePlanCatalogRefused, MovePlanOutOfTime, MovePlanOutcomeUnknown, MovePlanShardLoginRefused, MovePlanShardUnanswered, MoveRequestError, NodeLoginRefused, shardLoginRefusedWords, unreadableCredentialsWords, type MoveJob, type Mover } from '../adapters/postgres/mover.js';
 import { ShardInspectionError, type HealthReport, type InspectionFailure, type RebalanceCensus, type ShardInspector } from '../adapters/postgres/shard-inspector.js';
 import { isNodeFailure } from '../adapters/postgres/replica-reader.js';
 import { CredentialsReadError } from '../adapters/postgres/secret-pool.js';
@@ -332,9 +332,9 @@ function checksFailureWords(failure: unknown): string | undefined {
  * else a 500, as POST /shards/moves answers it. Before, "an internal error occurred" (h166).
  */
 function credentialsUnreadable(err: CredentialsReadError): ProblemError | UnavailableError {
-  const words = `the rebalance check: the catalog refused the login of a read of the rebalance check (${failureKind(err.refused)}), and the catalog login's credentials could not be read again from their source (its Secrets Manager secret: ${err.sourceFailure})`;
-  if (err.transient) return new UnavailableError(`${words}: a failure of the source that passes by itself (throttled, or no answer in time); ask again shortly`, { cause: err });
-  return new ProblemError(500, `${words}: the function's role may not read the secret (its IAM policy, the secret's KMS key), or the secret is gone or does not hold a login; ask again once the secret can be read (the function's log names it and the source's error)`, { cause: err });
+  const words = `the rebalance check: ${unreadableCredentialsWords(err, 'the catalog', "the catalog login's", 'a read of the rebalance check')}`;
+  if (err.transient) return new UnavailableError(`${words}; ask again shortly`, { cause: err });
+  return new ProblemError(500, `${words}; ask again once the secret can be read (the function's log names it and the source's error)`, { cause: err });
 }
 
 /** Hands `failure` to `report`; a throwing logger must not change the answer. */

@@ -467,6 +467,18 @@ export class NodeLoginRefused extends Error {
 }
 
 /**
+ * The words for a login node `node` refused to `asked` whose secret pool's re-read of the
+ * credentials (`whose`: "the catalog login's", "shard_b's login's") failed too: the refusal's kind,
+ * the source's failure by its error name only (its text names the secret's ARN, an account: to the
+ * log), and whether it passes by itself (throttled, a timeout) or is the deployment's to mend.
+ * One wording for the plan's and the rebalance check's answers, the catalog's and a shard's.
+ */
+export function unreadableCredentialsWords(err: CredentialsReadError, node: string, whose: string, asked: string): string {
+  const why = err.transient ? 'a failure of the source that passes by itself (throttled, or no answer in time)' : "the function's role may not read the secret (its IAM policy, the secret's KMS key), or the secret is gone or does not hold a login";
+  return `${node} refused the login of ${asked} (${failureKind(err.refused)}), and ${whose} credentials could not be read again from their source (its Secrets Manager secret: ${err.sourceFailure}): ${why}`;
+}
+
+/**
  * The words for a login shard `shard` refused to `asked` ("a read of the plan's checks"), `err`
  * the driver's class-28 (or 3D000) error, or a {@link CredentialsReadError} (refused, and the secret
  * pool's re-read of the credentials failed), as the catalog's are worded ({@link catalogRefused}):
@@ -475,16 +487,7 @@ export class NodeLoginRefused extends Error {
  * passes by itself (throttled, a timeout: a 503); `unreadable`: the secret could not be read.
  */
 export function shardLoginRefusedWords(shard: string, err: unknown, asked: string): { words: string; unreadable: boolean; transient: boolean } | undefined {
-  if (err instanceof CredentialsReadError) {
-    const transient = err.transient;
-    return {
-      words: `${shard} refused the login of ${asked} (${failureKind(err.refused)}), and ${shard}'s login's credentials could not be read again from their source (its Secrets Manager secret: ${err.sourceFailure}): ${
-        transient ? 'a failure of the source that passes by itself (throttled, or no answer in time)' : "the function's role may not read the secret (its IAM policy, the secret's KMS key), or the secret is gone or does not hold a login"
-      }`,
-      unreadable: true,
-      transient,
-    };
-  }
+  if (err instanceof CredentialsReadError) return { words: unreadableCredentialsWords(err, shard, `${shard}'s login's`, asked), unreadable: true, transient: err.transient };
   if (!catalogLoginRefused(err)) return undefined;
   return {
     words: `${shard} refused the login of ${asked} (${failureKind(err)}): ${shard}'s login's credentials (the configuration's database URL, or the secret the function reads them from) do not match ${shard}'s, or a rotation of that secret under way has not reached every side yet, which ends within minutes`,
@@ -610,11 +613,7 @@ function catalogRefused(err: unknown, refused: string, asked: string): MovePlanC
   if (err instanceof CredentialsReadError) {
     const transient = err.transient;
     return new MovePlanCatalogRefused(
-      `${refused}: the catalog refused the login of ${asked} (${failureKind(err.refused)}), and the catalog login's credentials could not be read again from their source (its Secrets Manager secret: ${err.sourceFailure}): ${
-        transient
-          ? 'a failure of the source that passes by itself (throttled, or no answer in time). Nothing was recorded: plan it again shortly'
-          : "the function's role may not read the secret (its IAM policy, the secret's KMS key), or the secret is gone or does not hold a login. Nothing was recorded: plan it again once the secret can be read (the function's log names it and the source's error)"
-      }`,
+      `${refused}: ${unreadableCredentialsWords(err, 'the catalog', "the catalog login's", asked)}. Nothing was recorded: ${transient ? 'plan it again shortly' : "plan it again once the secret can be read (the function's log names it and the source's error)"}`,
       transient ? 'unavailable' : 'credentials',
       { cause: err },
     );
