@@ -42,6 +42,24 @@ describe('moves that hold under hostile conditions', () => {
     });
   });
 
+  it('runs a directory move through the moves handler with the Lambda pool settings too (its checks of the key under other slots at preparation and under the fence beside the summaries)', async () => {
+    const slot = 420;
+    const { from, to, source, target } = await sides(env, slot);
+    const [key] = keysInSlot(slot, 1) as [string];
+    await seedUsers(source, slot, [key], 3);
+    await env.directory.set(key, from, 'test');
+    const planned = await env.mover().plan({ kind: 'directory', key: key.toUpperCase(), to, createdBy: 'test' });
+    await withMovesHandler(env, async (handler, catalog) => {
+      const result = await handler(tick, lambdaContext);
+
+      expect(catalog.options.max).toBe(1);
+      expect(result.failed).toEqual([]);
+      expect(result.ran).toContainEqual({ id: planned.id, state: 'done' });
+      const { rows } = await target.query<{ n: number }>('select count(*)::int as n from documents where owner_id = $1', [key]);
+      expect(rows[0]?.n).toBe(3);
+    });
+  });
+
   it('stops an invocation near its timeout before it starts a job, and the next invocation runs it', async () => {
     const slot = 411;
     const { to, source, target } = await sides(env, slot);
